@@ -1,0 +1,188 @@
+"""Candle's ``Device``: ``Device.Cpu``, ``Device.new_cuda(i)``, ``Device.cuda_if_available(i)``.
+
+A Device names one JAX device. Ops across devices raise ``DeviceMismatchBinaryOp`` as in Candle
+instead of moving data behind the user's back. Each device owns a seedable random generator
+(``device.set_seed(42)``), which, unlike Candle's, also works on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+from candlejax import errors
+
+
+@functools.lru_cache(maxsize=None)
+def _gpus() -> tuple[Any, ...]:
+    try:
+        return tuple(jax.devices("gpu"))
+    except RuntimeError:
+        return ()
+
+
+class DeviceLocation:
+    """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }``."""
+
+    __slots__ = ("kind", "gpu_id")
+
+    def __init__(self, kind: str, gpu_id: int = 0):
+        self.kind, self.gpu_id = kind, gpu_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeviceLocation) and (self.kind, self.gpu_id) == (other.kind, other.gpu_id)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.gpu_id))
+
+    def __repr__(self) -> str:
+        return "Cpu" if self.kind == "cpu" else f"Cuda {{ gpu_id: {self.gpu_id} }}"
+
+
+class _DeviceMeta(type):
+    @property
+    def Cpu(cls) -> Device:  # noqa: N802 - Candle's variant name
+        """``Device::Cpu``."""
+        return _CPU
+
+
+class Device(metaclass=_DeviceMeta):
+    """A compute device. Use ``Device.Cpu``, ``Device.new_cuda(0)`` or ``Device.cuda_if_available(0)``."""
+
+    __slots__ = ("kind", "ordinal")
+
+    def __init__(self, kind: str = "cpu", ordinal: int = 0):
+        if kind not in ("cpu", "cuda"):
+            if kind == "metal":
+                raise errors.NotCompiledWithMetalSupport()
+            raise errors.Msg(f"unknown device kind {kind!r}, expected 'cpu' or 'cuda'")
+        self.kind, self.ordinal = kind, int(ordinal)
+
+    # --- constructors ----------------------------------------------------------------------
+    @staticmethod
+    def new_cuda(ordinal: int = 0) -> Device:
+        """``Device::new_cuda(ordinal)``: raises when JAX sees no such GPU."""
+        gpus = _gpus()
+        if not gpus:
+            raise errors.NotCompiledWithCudaSupport()
+        if not 0 <= ordinal < len(gpus):
+            raise errors.Msg(f"cuda device {ordinal} not found, {len(gpus)} visible")
+        return Device("cuda", ordinal)
+
+    @staticmethod
+    def new_cuda_with_stream(ordinal: int = 0) -> Device:
+        return Device.new_cuda(ordinal)
+
+    @staticmethod
+    def cuda_if_available(ordinal: int = 0) -> Device:
+        """The GPU ``ordinal`` when JAX sees one, else ``Device.Cpu``."""
+        return Device("cuda", ordinal) if ordinal < len(_gpus()) else _CPU
+
+    @staticmethod
+    def new_metal(ordinal: int = 0) -> Device:
+        raise errors.NotCompiledWithMetalSupport()
+
+    @staticmethod
+    def metal_if_available(ordinal: int = 0) -> Device:
+        return _CPU
+
+    @staticmethod
+    def from_jax(d: Any) -> Device:
+        """The Device of a ``jax.Device``."""
+        if d.platform == "cpu":
+            return _CPU if d.id == 0 else Device("cpu", d.id)
+        return Device("cuda", _gpus().index(d) if d in _gpus() else d.id)
+
+    @staticmethod
+    def coerce(d: Any) -> Device:
+        """Accept a Device, ``None`` (cpu), a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a jax.Device."""
+        if d is None:
+            return _CPU
+        if isinstance(d, Device):
+            return d
+        if isinstance(d, str):
+            kind, _, idx = d.lower().partition(":")
+            if kind == "cpu":
+                return _CPU
+            if kind in ("cuda", "gpu"):
+                return Device.new_cuda(int(idx or 0))
+            if kind == "metal":
+                raise errors.NotCompiledWithMetalSupport()
+            raise errors.Msg(f"unknown device {d!r}")
+        if hasattr(d, "platform"):
+            return Device.from_jax(d)
+        raise errors.Msg(f"cannot use {d!r} as a device")
+
+    # --- queries ---------------------------------------------------------------------------
+    @property
+    def jax_device(self) -> Any:
+        """The ``jax.Device`` this names."""
+        if self.kind == "cpu":
+            return jax.devices("cpu")[self.ordinal]
+        return _gpus()[self.ordinal]
+
+    def location(self) -> DeviceLocation:
+        return DeviceLocation(self.kind, self.ordinal)
+
+    def same_device(self, other: Device) -> bool:
+        return self == other
+
+    def is_cpu(self) -> bool:
+        return self.kind == "cpu"
+
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def is_metal(self) -> bool:
+        return False
+
+    def supports_bf16(self) -> bool:
+        return self.kind == "cuda"
+
+    def bf16_default_to_f32(self) -> Any:
+        from candlejax.dtype import DType
+
+        return DType.BF16 if self.kind == "cuda" else DType.F32
+
+    def synchronize(self) -> None:
+        """Wait for all work queued on this device."""
+        for a in jax.live_arrays():
+            if self.jax_device in a.devices():
+                a.block_until_ready()
+
+    # --- randomness --------------------------------------------------------------------------
+    def set_seed(self, seed: int) -> None:
+        """Seed this device's generator (``device.set_seed(42)``); works on the CPU too."""
+        from candlejax import random
+
+        random.set_seed(self, seed)
+
+    def get_current_seed(self) -> int:
+        from candlejax import random
+
+        return random.get_seed(self)
+
+    # --- dunder ------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            try:
+                other = Device.coerce(other)
+            except errors.Error:
+                return False
+        return isinstance(other, Device) and (self.kind, self.ordinal) == (other.kind, other.ordinal)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.ordinal))
+
+    def __repr__(self) -> str:
+        return "Cpu" if self.kind == "cpu" and self.ordinal == 0 else (
+            f"Cpu({self.ordinal})" if self.kind == "cpu" else f"Cuda({self.ordinal})"
+        )
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.ordinal}"
+
+
+_CPU = Device("cpu", 0)

@@ -1,0 +1,146 @@
+"""Candle's ``DType``: u8, u32, i16, i32, i64, bf16, f16, f32, f64 and f8e4m3.
+
+``DType.F32`` is Candle's ``DType::F32``; ``DType.parse("f32")`` is ``"f32".parse::<DType>()``.
+64-bit dtypes need JAX's x64 mode (``candlejax.enable_x64()``); without it candlejax raises instead
+of letting JAX silently truncate i64/f64 to 32 bits.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+
+_NP = {
+    "u8": np.dtype(np.uint8),
+    "u32": np.dtype(np.uint32),
+    "i16": np.dtype(np.int16),
+    "i32": np.dtype(np.int32),
+    "i64": np.dtype(np.int64),
+    "bf16": np.dtype(jnp.bfloat16),
+    "f16": np.dtype(np.float16),
+    "f32": np.dtype(np.float32),
+    "f64": np.dtype(np.float64),
+    "f8e4m3": np.dtype(jnp.float8_e4m3fn),
+}
+
+
+class DType(enum.Enum):
+    """A tensor element type. Members: U8 U32 I16 I32 I64 BF16 F16 F32 F64 F8E4M3."""
+
+    U8 = "u8"
+    U32 = "u32"
+    I16 = "i16"
+    I32 = "i32"
+    I64 = "i64"
+    BF16 = "bf16"
+    F16 = "f16"
+    F32 = "f32"
+    F64 = "f64"
+    F8E4M3 = "f8e4m3"
+
+    # --- Candle's DType API -------------------------------------------------------------------
+    def as_str(self) -> str:
+        """``dtype.as_str()`` -> ``"f32"``."""
+        return self.value
+
+    @staticmethod
+    def parse(s: str) -> DType:
+        """``"f32".parse::<DType>()``; raises ``cannot parse 'x' as a dtype``."""
+        try:
+            return DType(s.lower().strip())
+        except ValueError:
+            raise errors.Msg(f"cannot parse '{s}' as a dtype") from None
+
+    def size_in_bytes(self) -> int:
+        return _NP[self.value].itemsize
+
+    def is_int(self) -> bool:
+        return self in _INT
+
+    def is_float(self) -> bool:
+        return self in _FLOAT
+
+    # --- interop ---------------------------------------------------------------------------
+    @property
+    def np(self) -> np.dtype:
+        """The numpy dtype (``ml_dtypes`` for bf16 / f8)."""
+        return _NP[self.value]
+
+    @property
+    def jnp(self) -> np.dtype:
+        """The dtype to hand to jax.numpy."""
+        return _NP[self.value]
+
+    def __repr__(self) -> str:
+        return f"DType.{self.name}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_INT = frozenset({DType.U8, DType.U32, DType.I16, DType.I32, DType.I64})
+_FLOAT = frozenset({DType.BF16, DType.F16, DType.F32, DType.F64, DType.F8E4M3})
+_FROM_NP = {v: DType(k) for k, v in _NP.items()}
+_WIDE = frozenset({DType.I64, DType.F64})
+
+U8, U32, I16, I32, I64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64
+BF16, F16, F32, F64, F8E4M3 = DType.BF16, DType.F16, DType.F32, DType.F64, DType.F8E4M3
+
+
+def x64_enabled() -> bool:
+    return bool(jax.config.read("jax_enable_x64"))
+
+
+def enable_x64(enabled: bool = True) -> None:
+    """Turn JAX's 64-bit mode on so that i64 / f64 tensors keep their width.
+
+    Off by default: 64-bit mode makes every eager op slower, and most models run in f32/bf16.
+    """
+    jax.config.update("jax_enable_x64", enabled)
+
+
+def check_width(dtype: DType, where: str = "") -> DType:
+    """Raise instead of letting JAX truncate a 64-bit dtype when x64 mode is off."""
+    if dtype in _WIDE and not x64_enabled():
+        raise errors.UnsupportedDTypeForOp(
+            dtype,
+            where or "tensor creation",
+            "64-bit dtypes need JAX's x64 mode: call candlejax.enable_x64() (or set JAX_ENABLE_X64=1)"
+            " before creating tensors, or use a 32-bit dtype",
+        )
+    return dtype
+
+
+def to_dtype(x: Any) -> DType:
+    """Accept a DType, a string (``"f32"``), a numpy / jax dtype, or a candle-pyo3 style name."""
+    if isinstance(x, DType):
+        return x
+    if isinstance(x, str):
+        return DType.parse(x)
+    try:
+        return _FROM_NP[np.dtype(x)]
+    except (KeyError, TypeError):
+        pass
+    if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
+        return DType.U8
+    raise errors.Msg(f"cannot convert {x!r} to a candlejax DType")
+
+
+def from_array_dtype(dt: Any, where: str = "tensor") -> DType:
+    """The DType of a numpy / jax array dtype, with a clear error for unsupported ones."""
+    try:
+        return _FROM_NP[dt]
+    except KeyError:
+        pass
+    try:
+        return _FROM_NP[np.dtype(dt)]
+    except (KeyError, TypeError):
+        raise errors.UnsupportedDTypeForOp(
+            str(dt), where, "supported: " + ", ".join(d.value for d in DType)
+        ) from None

@@ -1,0 +1,234 @@
+"""The candlejax error hierarchy, mirroring Candle's ``candle_core::Error`` enum.
+
+Every error is a :class:`candlejax.Error` (itself a ``ValueError``, as in Candle's Python binding)
+and its message follows Candle's wording, e.g. ``shape mismatch in add, lhs: [2, 3], rhs: [3]``.
+Errors are raised by the facade before XLA sees an op, eagerly and under ``jax.jit`` alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    """Candle's Debug format for a shape: ``[2, 3]``."""
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def _dt(dtype: Any) -> str:
+    """Candle's Debug format for a dtype: ``F32``."""
+    name = getattr(dtype, "name", None)
+    if name is not None and hasattr(dtype, "as_str"):
+        return name
+    return str(dtype).upper()
+
+
+class Error(ValueError):
+    """Base class of every candlejax error (``candle::Error``)."""
+
+
+class Msg(Error):
+    """A free-text error (Candle's ``bail!``/``Error::Msg``)."""
+
+
+class UnexpectedDType(Error):
+    def __init__(self, expected: Any, got: Any, msg: str = "unexpected dtype"):
+        self.expected, self.got = expected, got
+        super().__init__(f"{msg}, expected: {_dt(expected)}, got: {_dt(got)}")
+
+
+class DTypeMismatchBinaryOp(Error):
+    def __init__(self, lhs: Any, rhs: Any, op: str):
+        self.lhs, self.rhs, self.op = lhs, rhs, op
+        super().__init__(
+            f"dtype mismatch in {op}, lhs: {_dt(lhs)}, rhs: {_dt(rhs)}"
+            " (binary ops never promote; convert one side with .to_dtype(...))"
+        )
+
+
+class UnsupportedDTypeForOp(Error):
+    def __init__(self, dtype: Any, op: str, hint: str = ""):
+        self.dtype, self.op = dtype, op
+        super().__init__(f"unsupported dtype {_dt(dtype)} for op {op}" + (f" ({hint})" if hint else ""))
+
+
+class DimOutOfRange(Error, IndexError):
+    def __init__(self, shape: Sequence[int], dim: int, op: str):
+        self.shape, self.dim, self.op = tuple(shape), dim, op
+        super().__init__(f"{op}: dimension index {dim} out of range for shape {fmt_shape(shape)}")
+
+
+class DuplicateDimIndex(Error):
+    def __init__(self, shape: Sequence[int], dims: Sequence[int], op: str):
+        self.shape, self.dims, self.op = tuple(shape), tuple(dims), op
+        super().__init__(f"{op}: duplicate dim index {fmt_shape(dims)} for shape {fmt_shape(shape)}")
+
+
+class UnexpectedNumberOfDims(Error):
+    def __init__(self, expected: int, got: int, shape: Sequence[int], op: str | None = None):
+        self.expected, self.got, self.shape = expected, got, tuple(shape)
+        prefix = f"{op}: " if op else ""
+        super().__init__(f"{prefix}unexpected rank, expected: {expected}, got: {got} ({fmt_shape(shape)})")
+
+
+class UnexpectedShape(Error):
+    def __init__(self, msg: str, expected: Sequence[int], got: Sequence[int]):
+        self.expected, self.got = tuple(expected), tuple(got)
+        super().__init__(f"{msg}, expected: {fmt_shape(expected)}, got: {fmt_shape(got)}")
+
+
+class ShapeMismatch(Error):
+    def __init__(self, buffer_size: int, shape: Sequence[int]):
+        self.buffer_size, self.shape = buffer_size, tuple(shape)
+        super().__init__(
+            f"Shape mismatch, got buffer of size {buffer_size} which is compatible with shape {fmt_shape(shape)}"
+        )
+
+
+class ShapeMismatchBinaryOp(Error):
+    def __init__(self, lhs: Sequence[int], rhs: Sequence[int], op: str, hint: str = ""):
+        self.lhs, self.rhs, self.op = tuple(lhs), tuple(rhs), op
+        if not hint and op in _BROADCAST_HINT_OPS:
+            hint = f"use broadcast_{op} to broadcast, or make the shapes equal"
+        super().__init__(
+            f"shape mismatch in {op}, lhs: {fmt_shape(lhs)}, rhs: {fmt_shape(rhs)}" + (f" ({hint})" if hint else "")
+        )
+
+
+_BROADCAST_HINT_OPS = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne", "lt", "le", "gt", "ge"}
+
+
+class ShapeMismatchCat(Error):
+    def __init__(self, dim: int, first_shape: Sequence[int], n: int, nth_shape: Sequence[int]):
+        super().__init__(
+            f"shape mismatch in cat for dim {dim}, shape for arg 1: {fmt_shape(first_shape)}"
+            f" shape for arg {n}: {fmt_shape(nth_shape)}"
+        )
+
+
+class ShapeMismatchSplit(Error):
+    def __init__(self, shape: Sequence[int], dim: int, n_parts: int):
+        super().__init__(f"Cannot divide tensor of shape {fmt_shape(shape)} equally along dim {dim} into {n_parts}")
+
+
+class OnlySingleDimension(Error):
+    def __init__(self, op: str):
+        super().__init__(f"{op} can only be performed on a single dimension")
+
+
+class EmptyTensor(Error):
+    def __init__(self, op: str):
+        super().__init__(f"empty tensor for {op}")
+
+
+class DeviceMismatchBinaryOp(Error):
+    def __init__(self, lhs: Any, rhs: Any, op: str):
+        self.lhs, self.rhs, self.op = lhs, rhs, op
+        super().__init__(
+            f"device mismatch in {op}, lhs: {lhs!r}, rhs: {rhs!r} (move one side with .to_device(...))"
+        )
+
+
+class NarrowInvalidArgs(Error, IndexError):
+    def __init__(self, shape: Sequence[int], dim: int, start: int, len: int, msg: str):
+        self.shape, self.dim, self.start, self.len = tuple(shape), dim, start, len
+        super().__init__(
+            f"narrow invalid args {msg}: {fmt_shape(shape)}, dim: {dim}, start: {start}, len:{len}"
+        )
+
+
+class Conv1dInvalidArgs(Error):
+    def __init__(self, msg: str, inp: Sequence[int], k: Sequence[int], padding: Any, stride: Any, op: str = "conv1d"):
+        super().__init__(
+            f"{op} invalid args {msg}: inp: {fmt_shape(inp)}, k: {fmt_shape(k)}, pad: {padding}, stride: {stride}"
+        )
+
+
+class InvalidIndex(Error, IndexError):
+    def __init__(self, op: str, index: int, size: int):
+        self.op, self.index, self.size = op, index, size
+        super().__init__(f"{op} invalid index {index} with dim size {size}")
+
+
+class BroadcastIncompatibleShapes(Error):
+    def __init__(self, src_shape: Sequence[int], dst_shape: Sequence[int], op: str | None = None):
+        self.src_shape, self.dst_shape = tuple(src_shape), tuple(dst_shape)
+        prefix = f"{op}: " if op else ""
+        super().__init__(f"{prefix}cannot broadcast {fmt_shape(src_shape)} to {fmt_shape(dst_shape)}")
+
+
+class CannotSetVar(Error):
+    def __init__(self, msg: str):
+        super().__init__(f"cannot set variable {msg}")
+
+
+class RequiresContiguous(Error):
+    def __init__(self, op: str):
+        super().__init__(f"{op} only supports contiguous tensors")
+
+
+class OpRequiresAtLeastOneTensor(Error):
+    def __init__(self, op: str):
+        super().__init__(f"{op} expects at least one tensor")
+
+
+class OpRequiresAtLeastTwoTensors(Error):
+    def __init__(self, op: str):
+        super().__init__(f"{op} expects at least two tensors")
+
+
+class BackwardNotSupported(Error):
+    def __init__(self, op: str):
+        super().__init__(f"backward is not supported for {op}")
+
+
+class NotCompiledWithCudaSupport(Error):
+    def __init__(self, detail: str = ""):
+        super().__init__(
+            "the candle crate has not been built with cuda support"
+            + (f" ({detail})" if detail else " (no CUDA device is visible to JAX; install jax[cuda12] on a GPU machine)")
+        )
+
+
+class NotCompiledWithMetalSupport(Error):
+    def __init__(self) -> None:
+        super().__init__("the candle crate has not been built with metal support (candlejax runs on XLA: CPU, CUDA)")
+
+
+class CannotFindTensor(Error, KeyError):
+    def __init__(self, path: str, detail: str = ""):
+        self.path = path
+        super().__init__(f"cannot find tensor {path}" + (f" ({detail})" if detail else ""))
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class UnsupportedSafeTensorDtype(Error):
+    def __init__(self, dtype: str, where: str = ""):
+        super().__init__(f"unsupported safetensor dtype {dtype}" + (f" ({where})" if where else ""))
+
+
+class SafeTensor(Error):
+    """A malformed or unreadable safetensors file."""
+
+
+class Npy(Error):
+    """A malformed npy/npz file or an unsupported npy dtype."""
+
+    def __init__(self, msg: str):
+        super().__init__(f"npy/npz error {msg}")
+
+
+class Gguf(Error):
+    """A malformed or unsupported GGUF file."""
+
+
+class TracingError(Error):
+    """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
+
+
+__all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
+    "fmt_shape"
+]

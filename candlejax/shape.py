@@ -1,0 +1,225 @@
+"""Shapes, dims and ``D``: Candle's ``Shape``, ``D::Minus1`` and dim-resolution helpers.
+
+Candle dims are ``usize`` or ``D::Minus1/Minus2/Minus(n)``; candlejax also accepts plain negative
+ints (``-1`` == ``D.Minus1``). ``resolve_dim`` turns any of them into a positive axis or raises
+``DimOutOfRange`` naming the op and the shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Union
+
+from candlejax import errors
+
+
+class D:
+    """Candle's ``D`` enum: ``D.Minus1``, ``D.Minus2``, ``D.Minus(n)``."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        if n <= 0:
+            raise errors.Msg(f"D.Minus expects a positive offset, got {n}")
+        self.n = n
+
+    @staticmethod
+    def Minus(n: int) -> D:  # noqa: N802 - Candle's name
+        return D(n)
+
+    def to_index(self, rank: int) -> int:
+        return rank - self.n
+
+    def __index__(self) -> int:
+        return -self.n
+
+    def __int__(self) -> int:
+        return -self.n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, D) and other.n == self.n
+
+    def __hash__(self) -> int:
+        return hash(("D", self.n))
+
+    def __repr__(self) -> str:
+        return f"D.Minus{self.n}" if self.n <= 2 else f"D.Minus({self.n})"
+
+
+D.Minus1 = D(1)  # type: ignore[attr-defined]
+D.Minus2 = D(2)  # type: ignore[attr-defined]
+
+Dim = Union[int, D]
+
+
+def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> int:
+    """A positive axis for ``dim`` (int, negative int or ``D``) on ``shape``.
+
+    ``extra=1`` allows ``dim == rank`` (for ``unsqueeze`` / ``stack``), where ``D.Minus1`` /
+    ``-1`` mean "append at the end" as in Candle.
+    """
+    rank = len(shape)
+    if isinstance(dim, D):
+        d = rank + extra - dim.n
+    else:
+        try:
+            d = int(dim.__index__())
+        except AttributeError:
+            raise errors.Msg(f"{op}: dim must be an int or D, got {dim!r}") from None
+        if d < 0:
+            d += rank + extra
+    if not 0 <= d < rank + extra:
+        raise errors.DimOutOfRange(shape, int(dim) if not isinstance(dim, D) else -dim.n, op)
+    return d
+
+
+def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
+    """Resolve one dim or a sequence of dims; duplicates raise ``DuplicateDimIndex``."""
+    if isinstance(dims, (int, D)) or hasattr(dims, "__index__"):
+        return (resolve_dim(dims, shape, op),)
+    out = tuple(resolve_dim(d, shape, op) for d in dims)
+    if len(set(out)) != len(out):
+        raise errors.DuplicateDimIndex(shape, out, op)
+    return out
+
+
+def as_shape(shape: Any) -> tuple[int, ...]:
+    """A tuple of ints from a Shape, an int, a tuple/list, or ``()`` (scalar)."""
+    if isinstance(shape, Shape):
+        return shape.dims()
+    if isinstance(shape, int):
+        return (shape,)
+    if hasattr(shape, "__index__"):
+        return (int(shape),)
+    try:
+        out = tuple(int(d) for d in shape)
+    except TypeError:
+        raise errors.Msg(f"cannot use {shape!r} as a shape") from None
+    if any(d < 0 for d in out):
+        raise errors.Msg(f"negative dimension in shape {list(out)}")
+    return out
+
+
+def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[int, ...]:
+    """Candle's ``ShapeWithOneHole``: a shape where one entry may be ``()`` (or ``-1``)."""
+    if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
+        spec = as_shape(spec)
+    spec = tuple(spec)
+    holes = [i for i, d in enumerate(spec) if d == () or (isinstance(d, int) and d == -1)]
+    if len(holes) > 1:
+        raise errors.Msg(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
+    if not holes:
+        dims = as_shape(spec)
+        n = 1
+        for d in dims:
+            n *= d
+        if n != elem_count:
+            raise errors.ShapeMismatch(elem_count, dims)
+        return dims
+    known = 1
+    for i, d in enumerate(spec):
+        if i != holes[0]:
+            known *= int(d)
+    if known == 0 or elem_count % known:
+        shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
+        raise errors.Msg(f"cannot reshape tensor with {elem_count} elements to {shown}")
+    return tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+
+
+class Shape:
+    """Candle's ``Shape``: ``Shape((2, 3)).dims()``, ``.rank()``, ``.elem_count()``, ``.dims2()``."""
+
+    __slots__ = ("_dims",)
+
+    def __init__(self, dims: Iterable[int] | int = ()):
+        self._dims = as_shape(dims)
+
+    @staticmethod
+    def from_dims(dims: Iterable[int]) -> Shape:
+        return Shape(dims)
+
+    def dims(self) -> tuple[int, ...]:
+        return self._dims
+
+    def into_dims(self) -> list[int]:
+        return list(self._dims)
+
+    def rank(self) -> int:
+        return len(self._dims)
+
+    def elem_count(self) -> int:
+        n = 1
+        for d in self._dims:
+            n *= d
+        return n
+
+    def dim(self, d: Dim) -> int:
+        return self._dims[resolve_dim(d, self._dims, "dim")]
+
+    def extend(self, more: Iterable[int]) -> Shape:
+        return Shape(self._dims + tuple(more))
+
+    def _dimsn(self, n: int) -> tuple[int, ...]:
+        if len(self._dims) != n:
+            raise errors.UnexpectedNumberOfDims(n, len(self._dims), self._dims)
+        return self._dims
+
+    def dims0(self) -> tuple[()]:
+        self._dimsn(0)
+        return ()
+
+    def dims1(self) -> int:
+        return self._dimsn(1)[0]
+
+    def dims2(self) -> tuple[int, int]:
+        return self._dimsn(2)  # type: ignore[return-value]
+
+    def dims3(self) -> tuple[int, int, int]:
+        return self._dimsn(3)  # type: ignore[return-value]
+
+    def dims4(self) -> tuple[int, int, int, int]:
+        return self._dimsn(4)  # type: ignore[return-value]
+
+    def dims5(self) -> tuple[int, int, int, int, int]:
+        return self._dimsn(5)  # type: ignore[return-value]
+
+    def broadcast_shape_binary_op(self, rhs: Shape | Sequence[int], op: str) -> Shape:
+        return Shape(broadcast_shapes(self._dims, as_shape(rhs), op))
+
+    def __iter__(self):
+        return iter(self._dims)
+
+    def __len__(self) -> int:
+        return len(self._dims)
+
+    def __getitem__(self, i):
+        return self._dims[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Shape):
+            return self._dims == other._dims
+        if isinstance(other, (tuple, list)):
+            return self._dims == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._dims)
+
+    def __repr__(self) -> str:
+        return errors.fmt_shape(self._dims)
+
+
+def broadcast_shapes(lhs: Sequence[int], rhs: Sequence[int], op: str) -> tuple[int, ...]:
+    """Numpy broadcasting of two shapes, raising ``ShapeMismatchBinaryOp`` naming ``op``."""
+    n = max(len(lhs), len(rhs))
+    a = (1,) * (n - len(lhs)) + tuple(lhs)
+    b = (1,) * (n - len(rhs)) + tuple(rhs)
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise errors.ShapeMismatchBinaryOp(lhs, rhs, op, "the shapes cannot be broadcast together")
+    return tuple(out)

@@ -1,0 +1,222 @@
+"""The Tensor primitives: wrapping one ``jax.Array``, its pytree registration, and the checks
+every topic module shares.
+
+requires: jax, candlejax.dtype / device / shape / errors
+provides: ``wrap``, ``TensorBase`` (``_a``, ``_wrap``, ``dtype``, ``shape``, ``device``, ``rank``, ``dims``,
+``dim``, ``dims0..5``, ``elem_count``, ``jax``), ``unwrap``, ``check_same_shape``,
+``check_same_dtype``, ``check_same_device``, ``check_float``, ``check_int``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import _FROM_NP, DType, from_array_dtype
+from candlejax.shape import Shape, resolve_dim
+
+_new = object.__new__
+_Tensor: Any = None  # set by candlejax.tensor once Tensor exists
+
+
+class TensorBase:
+    """Holds one ``jax.Array`` (or a tracer under jit) in ``_a``. Immutable."""
+
+    __slots__ = ("_a",)
+
+    _a: Any
+
+    @staticmethod
+    def _wrap(a: Any) -> Any:
+        """A new ``Tensor`` around ``a`` (always ``Tensor``, also when called on a subclass)."""
+        t = _new(_Tensor)
+        t._a = a
+        return t
+
+    # --- properties (as Candle's Python binding, numpy and PyTorch) ----------------------------
+    @property
+    def dtype(self) -> DType:
+        """The element type, e.g. ``DType.F32``."""
+        try:
+            return _FROM_NP[self._a.dtype]
+        except KeyError:
+            return from_array_dtype(self._a.dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The dims as a tuple, e.g. ``(2, 3)``."""
+        return self._a.shape
+
+    @property
+    def rank(self) -> int:
+        return self._a.ndim
+
+    @property
+    def ndim(self) -> int:
+        return self._a.ndim
+
+    @property
+    def device(self) -> Device:
+        """The Device the data lives on (``Device.Cpu`` under tracing)."""
+        a = self._a
+        if isinstance(a, jax.core.Tracer):
+            return Device.Cpu if _SINGLE_DEVICE() else _tracer_device(a)
+        devs = a.devices()
+        if len(devs) != 1:
+            return Device.from_jax(min(devs, key=lambda d: d.id))
+        return Device.from_jax(next(iter(devs)))
+
+    @property
+    def jax(self) -> jax.Array:
+        """The underlying ``jax.Array`` (zero-copy)."""
+        return self._a
+
+    # --- Candle's shape methods ----------------------------------------------------------------
+    def dims(self) -> tuple[int, ...]:
+        return self._a.shape
+
+    def dim(self, d: Any) -> int:
+        """The size of dim ``d`` (int, negative int or ``D``)."""
+        s = self._a.shape
+        return s[resolve_dim(d, s, "dim")]
+
+    def elem_count(self) -> int:
+        n = 1
+        for d in self._a.shape:
+            n *= d
+        return n
+
+    def layout_shape(self) -> Shape:
+        return Shape(self._a.shape)
+
+    def _dimsn(self, n: int) -> tuple[int, ...]:
+        s = self._a.shape
+        if len(s) != n:
+            raise errors.UnexpectedNumberOfDims(n, len(s), s, f"dims{n}")
+        return s
+
+    def dims0(self) -> tuple[()]:
+        self._dimsn(0)
+        return ()
+
+    def dims1(self) -> int:
+        return self._dimsn(1)[0]
+
+    def dims2(self) -> tuple[int, int]:
+        return self._dimsn(2)  # type: ignore[return-value]
+
+    def dims3(self) -> tuple[int, int, int]:
+        return self._dimsn(3)  # type: ignore[return-value]
+
+    def dims4(self) -> tuple[int, int, int, int]:
+        return self._dimsn(4)  # type: ignore[return-value]
+
+    def dims5(self) -> tuple[int, int, int, int, int]:
+        return self._dimsn(5)  # type: ignore[return-value]
+
+    # --- interop -------------------------------------------------------------------------------
+    def __jax_array__(self) -> jax.Array:
+        return self._a
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if isinstance(self._a, jax.core.Tracer):
+            raise errors.TracingError(
+                "cannot convert a traced Tensor to numpy inside jax.jit/grad/vmap; return it from the"
+                " traced function and convert outside"
+            )
+        out = np.asarray(self._a)
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        if not self._a.shape:
+            raise TypeError("len() of a rank-0 tensor")
+        return self._a.shape[0]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        if self.elem_count() != 1:
+            raise errors.Msg(
+                f"the truth value of a tensor with shape {errors.fmt_shape(self.shape)} is ambiguous;"
+                " use .sum_all(), .max_all() or .to_scalar()"
+            )
+        return bool(np.asarray(self._a).reshape(()))
+
+
+_single: list[bool] = []
+
+
+def _SINGLE_DEVICE() -> bool:  # noqa: N802
+    if not _single:
+        _single.append(len(jax.devices()) == 1 and len(jax.devices("cpu")) == 1)
+    return _single[0]
+
+
+def _tracer_device(a: Any) -> Device:
+    return Device.Cpu
+
+
+def wrap(a: Any) -> Any:
+    """A new ``Tensor`` around the jax array (or tracer) ``a``."""
+    t = _new(_Tensor)
+    t._a = a
+    return t
+
+
+def unwrap(x: Any) -> Any:
+    """The jax array behind a Tensor (other values pass through)."""
+    return x._a if isinstance(x, TensorBase) else x
+
+
+def check_same_shape(op: str, a: TensorBase, b: TensorBase) -> None:
+    if a._a.shape != b._a.shape:
+        raise errors.ShapeMismatchBinaryOp(a._a.shape, b._a.shape, op)
+
+
+def check_same_dtype(op: str, a: TensorBase, b: TensorBase) -> None:
+    if a._a.dtype != b._a.dtype:
+        raise errors.DTypeMismatchBinaryOp(a.dtype, b.dtype, op)
+
+
+def check_same_device(op: str, *ts: TensorBase) -> None:
+    """Raise ``DeviceMismatchBinaryOp`` when concrete tensors live on different devices.
+
+    Free on a single-device machine; under tracing devices are the tracer's business.
+    """
+    if _SINGLE_DEVICE() or len(ts) < 2:
+        return
+    first = None
+    for t in ts:
+        a = t._a
+        if isinstance(a, jax.core.Tracer) or not hasattr(a, "devices"):
+            continue
+        if first is None:
+            first = t
+        elif a.devices() != first._a.devices():
+            raise errors.DeviceMismatchBinaryOp(first.device, t.device, op)
+
+
+def check_binary(op: str, a: TensorBase, b: Any) -> None:
+    """Candle's strict binary-op checks: same shape, same dtype, same device."""
+    if not isinstance(b, TensorBase):
+        raise errors.Msg(f"{op}: expected a Tensor as rhs, got {type(b).__name__}")
+    check_same_shape(op, a, b)
+    check_same_dtype(op, a, b)
+    check_same_device(op, a, b)
+
+
+def check_float(op: str, t: TensorBase) -> None:
+    if not t.dtype.is_float():
+        raise errors.UnsupportedDTypeForOp(t.dtype, op, "convert with .to_dtype(DType.F32) first")
+
+
+def check_int(op: str, t: TensorBase, what: str = "index") -> None:
+    if not t.dtype.is_int():
+        raise errors.UnexpectedDType(
+            DType.U32, t.dtype, f"{op}: {what} tensor must have an integer dtype (u8, u32, i16, i32, i64)"
+        )

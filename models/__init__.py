@@ -1,0 +1,1 @@
+"""``candlejax.models``: model families with Hugging Face weight names (~ candle-transformers)."""

@@ -1,0 +1,20 @@
+"""Shared test fixtures: numpy RNG with a printed seed, float64 references."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import candlejax  # noqa: E402,F401  (applies candlejax's JAX settings before any array exists)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    seed = abs(hash(request.node.nodeid)) % (2**31)
+    print(f"numpy seed: {seed}")
+    return np.random.default_rng(seed)
