@@ -1,0 +1,224 @@
+"""Eager per-op latency: candlejax vs raw jax.numpy, candle-pyo3, torch and numpy, side by side.
+
+Each library runs in its own fresh worker processes (``--procs``); a worker times every op as
+"call, then wait for the result" (``block_until_ready`` for JAX), takes the median of
+``--repeats`` timing runs, and the parent reports the median over processes. A second part checks
+that a jitted candlejax function lowers to the same HLO op counts as the hand-written jnp one.
+
+    python bench/ops.py                 # table on stdout
+    python bench/ops.py --markdown      # the rows recorded in bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+OPS = ["add", "mul", "matmul64", "matmul1024", "softmax", "reshape", "index", "sum"]
+LIBS = ["candlejax", "jnp", "jnp-defaults", "candle", "torch", "numpy"]
+
+
+def _time(fn: Callable[[], object], sync: Callable[[object], object], number: int, repeats: int) -> float:
+    for _ in range(max(3, number // 10)):
+        sync(fn())
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sync(fn())
+        runs.append((time.perf_counter() - t0) / number * 1e6)
+    return statistics.median(runs)
+
+
+def _cases(lib: str):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a64, b64 = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    a1k, b1k = (rng.standard_normal((1024, 1024)).astype(np.float32) for _ in range(2))
+    if lib == "candlejax":
+        import candlejax as cj
+        from candlejax import Tensor
+        from candlejax.nn import ops as nn_ops
+
+        x, y, X, Y = (Tensor.new(v) for v in (a64, b64, a1k, b1k))
+        sync = lambda t: t._a.block_until_ready()  # noqa: E731
+        return sync, {
+            "add": lambda: x.add(y),
+            "mul": lambda: x.mul(y),
+            "matmul64": lambda: x.matmul(y),
+            "matmul1024": lambda: X.matmul(Y),
+            "softmax": lambda: nn_ops.softmax_last_dim(x),
+            "reshape": lambda: x.reshape((4096,)),
+            "index": lambda: x.i((slice(None), slice(0, 4))),
+            "sum": lambda: x.sum_keepdim(1),
+        }, cj
+    if lib in ("jnp", "jnp-defaults"):
+        if lib == "jnp":
+            import candlejax  # noqa: F401  (same process settings as candlejax)
+        import jax
+        import jax.numpy as jnp
+
+        x, y, X, Y = (jnp.asarray(v) for v in (a64, b64, a1k, b1k))
+        sync = lambda t: t.block_until_ready()  # noqa: E731
+        return sync, {
+            "add": lambda: jnp.add(x, y),
+            "mul": lambda: jnp.multiply(x, y),
+            "matmul64": lambda: jnp.matmul(x, y),
+            "matmul1024": lambda: jnp.matmul(X, Y),
+            "softmax": lambda: jax.nn.softmax(x, axis=-1),
+            "reshape": lambda: x.reshape((4096,)),
+            "index": lambda: x[:, :4],
+            "sum": lambda: jnp.sum(x, axis=1, keepdims=True),
+        }, jax
+    if lib == "candle":
+        import candle
+
+        x, y, X, Y = (candle.Tensor(v) for v in (a64, b64, a1k, b1k))
+        sync = lambda t: t  # noqa: E731
+        return sync, {
+            "add": lambda: x + y,
+            "mul": lambda: x * y,
+            "matmul64": lambda: x.matmul(y),
+            "matmul1024": lambda: X.matmul(Y),
+            "softmax": lambda: candle.functional.softmax(x, -1),
+            "reshape": lambda: x.reshape((4096,)),
+            "index": lambda: x[:, :4],
+            "sum": lambda: x.sum_keepdim(1),
+        }, candle
+    if lib == "torch":
+        import torch
+
+        x, y, X, Y = (torch.from_numpy(v) for v in (a64, b64, a1k, b1k))
+        sync = lambda t: t  # noqa: E731
+        return sync, {
+            "add": lambda: torch.add(x, y),
+            "mul": lambda: torch.mul(x, y),
+            "matmul64": lambda: torch.matmul(x, y),
+            "matmul1024": lambda: torch.matmul(X, Y),
+            "softmax": lambda: torch.softmax(x, -1),
+            "reshape": lambda: x.reshape(4096),
+            "index": lambda: x[:, :4],
+            "sum": lambda: x.sum(1, keepdim=True),
+        }, torch
+    if lib == "numpy":
+
+        def softmax(v):
+            e = np.exp(v - v.max(-1, keepdims=True))
+            return e / e.sum(-1, keepdims=True)
+
+        sync = lambda t: t  # noqa: E731
+        return sync, {
+            "add": lambda: np.add(a64, b64),
+            "mul": lambda: np.multiply(a64, b64),
+            "matmul64": lambda: a64 @ b64,
+            "matmul1024": lambda: a1k @ b1k,
+            "softmax": lambda: softmax(a64),
+            "reshape": lambda: a64.reshape(4096),
+            "index": lambda: a64[:, :4],
+            "sum": lambda: a64.sum(1, keepdims=True),
+        }, np
+    raise SystemExit(f"unknown lib {lib}")
+
+
+def worker(lib: str, repeats: int) -> dict[str, float | None]:
+    sync, cases, _ = _cases(lib)
+    out: dict[str, float | None] = {}
+    for name in OPS:
+        fn = cases.get(name)
+        if fn is None:
+            out[name] = None
+            continue
+        number = 20 if name == "matmul1024" else 2000
+        try:
+            out[name] = _time(fn, sync, number, repeats)
+        except Exception as e:  # noqa: BLE001 - an op a peer lacks is reported as n/a
+            print(f"{lib} {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            out[name] = None
+    return out
+
+
+def hlo_check() -> list[tuple[str, dict[str, int], dict[str, int]]]:
+    """Op counts of the optimised HLO of a candlejax function vs the same function in jnp."""
+    import collections
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from candlejax import Tensor
+    from candlejax.nn import ops as nn_ops
+
+    def counts(fn, *args):
+        text = jax.jit(fn).lower(*args).compile().as_text()
+        ops = re.findall(r"=\s*\S+\s+([a-z][a-z0-9\-]*)\(", text)
+        return dict(collections.Counter(o for o in ops if o not in ("parameter",)))
+
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32)
+    rows = []
+
+    def cj_mlp(x, w):
+        return nn_ops.softmax_last_dim(x.matmul(w).relu().broadcast_add(x.sum_keepdim(1)))
+
+    def jnp_mlp(x, w):
+        return jax.nn.softmax(jnp.maximum(x @ w, 0) + jnp.sum(x, 1, keepdims=True), axis=-1)
+
+    rows.append(("matmul+relu+bcast add+softmax", counts(cj_mlp, Tensor.new(x), Tensor.new(w)),
+                 counts(jnp_mlp, jnp.asarray(x), jnp.asarray(w))))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--procs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--libs", default=",".join(LIBS))
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--worker")
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.repeats)))
+        return
+    results: dict[str, dict[str, float | None]] = {}
+    for lib in args.libs.split(","):
+        per_proc = []
+        for _ in range(args.procs):
+            env = dict(os.environ)
+            out = subprocess.run([sys.executable, __file__, "--worker", lib, "--repeats", str(args.repeats)],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                print(f"{lib}: worker failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                break
+            per_proc.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results[lib] = {
+            op: (statistics.median([r[op] for r in per_proc if r.get(op) is not None])
+                 if any(r.get(op) is not None for r in per_proc) else None)
+            for op in OPS
+        }
+    fmt = lambda v: "n/a" if v is None else (f"{v:.1f}" if v < 100 else f"{v:.0f}")  # noqa: E731
+    print("| lib | " + " | ".join(OPS) + " |")
+    print("|---|" + "---|" * len(OPS))
+    for lib, row in results.items():
+        print(f"| {lib} | " + " | ".join(fmt(row[o]) for o in OPS) + " |")
+    if "candlejax" in results and "jnp" in results:
+        cjr, jr = results["candlejax"], results["jnp"]
+        print("| candlejax − jnp (µs) | " + " | ".join(
+            fmt(cjr[o] - jr[o]) if cjr[o] is not None and jr[o] is not None else "n/a" for o in OPS) + " |")
+    print()
+    for name, a, b in hlo_check():
+        same = "identical" if a == b else "DIFFERENT"
+        print(f"HLO op counts, {name}: candlejax {sum(a.values())} ops, jnp {sum(b.values())} ops -> {same}")
+        if a != b:
+            print(f"  candlejax {a}\n  jnp       {b}")
+
+
+if __name__ == "__main__":
+    main()
