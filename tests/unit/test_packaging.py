@@ -1,0 +1,44 @@
+"""Packaging: the wheel holds candlejax (with models as candlejax.models) and nothing top-level else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    (whl,) = out.glob("candlejax-*.whl")
+    return whl
+
+
+def test_wheel_has_only_candlejax_top_level(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"candlejax", next(t for t in tops if t.endswith(".dist-info"))}
+    assert "candlejax/models/__init__.py" in names
+    assert "candlejax/py.typed" in names
+    assert not any(n.startswith("models/") for n in names)
+
+
+def test_models_importable_as_subpackage(tmp_path: Path) -> None:
+    code = (
+        "import importlib.util, candlejax.models as m; print(m.__file__);"
+        " print(importlib.util.find_spec('models') is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    file, no_top_level = out.stdout.split()
+    assert Path(file).resolve().parent == ROOT / "models"
+    assert no_top_level == "True"
