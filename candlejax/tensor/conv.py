@@ -1,13 +1,374 @@
-"""Convolutions, pooling and resizing (NCL / NCHW as Candle).
+"""Convolutions, pooling and resizing (NCL / NCHW, PyTorch's layouts, as Candle).
 
 requires: candlejax.tensor._core (TensorBase, unwrap, checks), candlejax._dispatch.op
-provides: ConvMixin
+provides: ConvMixin (conv1d, conv2d, conv_transpose1d, conv_transpose2d, avg_pool2d[_with_stride],
+max_pool2d[_with_stride], interpolate1d/upsample_nearest1d, interpolate2d/upsample_nearest2d,
+upsample_bilinear2d[_with_scale])
+
+Each op is one jitted function over ``lax.conv_general_dilated`` / ``lax.reduce_window`` / static
+gathers, so every op here is differentiable (Candle has no backward for conv_transpose1d, for
+pooling with stride != kernel, for non-integer nearest upsampling or for bilinear upsampling).
 """
 
 from __future__ import annotations
 
-from candlejax.tensor._core import TensorBase
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.tensor._core import TensorBase, check_float, check_same_device, wrap
+
+IntOrPair = int | tuple[int, int]
+
+_DN1 = ("NCH", "OIH", "NCH")
+_DN2 = ("NCHW", "OIHW", "NCHW")
 
 
+# --- argument helpers ----------------------------------------------------------------------------
+def _int(v: Any, name: str, op_name: str, minimum: int) -> int:
+    try:
+        i = int(v.__index__())
+    except AttributeError:
+        raise errors.Msg(f"{op_name}: {name} must be an int, got {v!r}") from None
+    if i < minimum:
+        raise errors.Msg(f"{op_name}: {name} must be >= {minimum}, got {i}")
+    return i
+
+
+def _pair(v: Any, name: str, op_name: str, minimum: int) -> tuple[int, int]:
+    """Candle's ``ToUsize2``: an int ``k`` means ``(k, k)``; a pair is taken as is."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise errors.Msg(f"{op_name}: {name} must be an int or a pair of ints, got {v!r}")
+        return (_int(v[0], name, op_name, minimum), _int(v[1], name, op_name, minimum))
+    i = _int(v, name, op_name, minimum)
+    return (i, i)
+
+
+def _fmt(p: tuple[int, ...]) -> str:
+    return str(p[0]) if len(set(p)) == 1 else "(" + ", ".join(map(str, p)) + ")"
+
+
+def _dimsn(t: TensorBase, n: int, op_name: str, what: str = "input") -> tuple[int, ...]:
+    s = t.shape
+    if len(s) != n:
+        raise errors.UnexpectedNumberOfDims(n, len(s), s, f"{op_name} {what}")
+    return s
+
+
+def _check_kernel(op_name: str, x: TensorBase, kernel: Any) -> None:
+    if not isinstance(kernel, TensorBase):
+        raise errors.Msg(f"{op_name}: expected a Tensor kernel, got {type(kernel).__name__}")
+    if x._a.dtype != kernel._a.dtype:
+        raise errors.DTypeMismatchBinaryOp(x.dtype, kernel.dtype, op_name)
+    check_same_device(op_name, x, kernel)
+
+
+def _conv_out(n: int, k: int, p: int, s: int, d: int) -> int:
+    """``(n + 2p - d(k-1) - 1) / s + 1`` (floor), or <= 0 when the kernel does not fit."""
+    span = n + 2 * p - d * (k - 1) - 1
+    return -1 if span < 0 else span // s + 1
+
+
+def _tconv_out(n: int, k: int, p: int, op_: int, s: int, d: int) -> int:
+    return (n - 1) * s - 2 * p + d * (k - 1) + op_ + 1
+
+
+# --- jitted kernels ------------------------------------------------------------------------------
+@op(static=("padding", "stride", "dilation", "groups", "dn"))
+def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+          groups: int, dn: tuple[str, str, str]) -> Any:
+    return lax.conv_general_dilated(
+        x, k, window_strides=stride, padding=[(p, p) for p in padding], rhs_dilation=dilation,
+        dimension_numbers=dn, feature_group_count=groups,
+    )
+
+
+@op(static=("padding", "output_padding", "stride", "dilation", "groups", "dn"))
+def _conv_transpose(x: Any, k: Any, *, padding: tuple[int, ...], output_padding: tuple[int, ...],
+                    stride: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+                    dn: tuple[str, str, str]) -> Any:
+    """The transposed convolution as the gradient of a convolution: dilate the input by the stride,
+    pad by ``d(k-1) - p`` (+ output_padding on the right), convolve with the flipped kernel whose
+    in/out channels are swapped per group. ``k`` is ``(C_in, C_out/groups, *K)`` as in PyTorch."""
+    c_in, c_out_g = k.shape[0], k.shape[1]
+    spatial = k.shape[2:]
+    nd = len(spatial)
+    k = k.reshape((groups, c_in // groups, c_out_g, *spatial))
+    k = jnp.swapaxes(k, 1, 2).reshape((groups * c_out_g, c_in // groups, *spatial))
+    k = jnp.flip(k, axis=tuple(range(2, 2 + nd)))
+    pads = [
+        (d * (ks - 1) - p, d * (ks - 1) - p + o)
+        for ks, p, o, d in zip(spatial, padding, output_padding, dilation)
+    ]
+    return lax.conv_general_dilated(
+        x, k, window_strides=(1,) * nd, padding=pads, lhs_dilation=stride, rhs_dilation=dilation,
+        dimension_numbers=dn, feature_group_count=groups,
+    )
+
+
+@op(static=("kernel", "stride"))
+def _avg_pool2d(x: Any, *, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
+    s = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, 1, *kernel), (1, 1, *stride), "VALID")
+    return (s / (kernel[0] * kernel[1])).astype(x.dtype)
+
+
+@op(static=("kernel", "stride"))
+def _max_pool2d(x: Any, *, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
+    dt = np.dtype(x.dtype)
+    init = np.array(-np.inf, dt) if jnp.issubdtype(dt, jnp.floating) else np.array(np.iinfo(dt).min, dt)
+    return lax.reduce_window(x, init, lax.max, (1, 1, *kernel), (1, 1, *stride), "VALID")
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    """Candle's (and PyTorch's) nearest source index: ``min(src - 1, floor(i * src / dst))``."""
+    scale = src / dst
+    return np.minimum(src - 1, np.floor(np.arange(dst, dtype=np.float64) * scale)).astype(np.int32)
+
+
+@op(static=("sizes",))
+def _upsample_nearest(x: Any, *, sizes: tuple[int, ...]) -> Any:
+    nd = len(sizes)
+    for i, dst in enumerate(sizes):
+        axis = x.ndim - nd + i
+        x = jnp.take(x, _nearest_index(x.shape[axis], dst), axis=axis)
+    return x
+
+
+def _bilinear_weights(src: int, dst: int, align_corners: bool, scale: float | None):
+    """PyTorch's ``area_pixel_compute_source_index``: two source indices and their weights."""
+    if align_corners:
+        ratio = (src - 1) / (dst - 1) if dst > 1 else 0.0
+    else:
+        ratio = 1.0 / scale if scale is not None and scale > 0 else src / dst
+    i = np.arange(dst, dtype=np.float64)
+    pos = ratio * i if align_corners else np.maximum(ratio * (i + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), src - 1)
+    i1 = np.where(i0 < src - 1, i0 + 1, i0)
+    l1 = pos - i0
+    return i0.astype(np.int32), i1.astype(np.int32), 1.0 - l1, l1
+
+
+@op(static=("sizes", "align_corners", "scales"))
+def _upsample_bilinear2d(x: Any, *, sizes: tuple[int, int], align_corners: bool,
+                         scales: tuple[float | None, float | None]) -> Any:
+    out_dtype = x.dtype
+    cdt = jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else x.dtype
+    y = x.astype(cdt)
+    for axis, dst, scale in ((2, sizes[0], scales[0]), (3, sizes[1], scales[1])):
+        i0, i1, w0, w1 = _bilinear_weights(y.shape[axis], dst, align_corners, scale)
+        shape = (dst, 1) if axis == 2 else (dst,)
+        w0 = jnp.asarray(w0.reshape(shape), cdt)
+        w1 = jnp.asarray(w1.reshape(shape), cdt)
+        y = jnp.take(y, i0, axis=axis) * w0 + jnp.take(y, i1, axis=axis) * w1
+    return y.astype(out_dtype)
+
+
+# --- the mixin -----------------------------------------------------------------------------------
 class ConvMixin(TensorBase):
     __slots__ = ()
+
+    # convolutions ------------------------------------------------------------------------------
+    def conv1d(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1, groups: int = 1) -> Any:
+        """1D convolution, Candle's ``conv1d`` (PyTorch ``F.conv1d``).
+
+        ``self``: ``(B, C_in, L)``, ``kernel``: ``(C_out, C_in / groups, K)`` ->
+        ``(B, C_out, (L + 2p - d(K-1) - 1) / s + 1)``. Zero padding on both sides.
+        """
+        name = "conv1d"
+        _check_kernel(name, self, kernel)
+        _, c_in, l_in = _dimsn(self, 3, name)
+        c_out, c_in_k, k_size = _dimsn(kernel, 3, name, "kernel")
+        p = _int(padding, "padding", name, 0)
+        s = _int(stride, "stride", name, 1)
+        d = _int(dilation, "dilation", name, 1)
+        g = _int(groups, "groups", name, 1)
+        if c_in != c_in_k * g:
+            raise errors.Conv1dInvalidArgs(
+                "the number of in-channels on the input doesn't match the kernel size", self.shape, kernel.shape, p, s
+            )
+        if c_out % g != 0:
+            raise errors.Conv1dInvalidArgs(
+                f"the number of out-channels {c_out} is not divisible by groups {g}", self.shape, kernel.shape, p, s
+            )
+        if _conv_out(l_in, k_size, p, s, d) <= 0:
+            raise errors.Conv1dInvalidArgs(
+                f"the dilated kernel ({d * (k_size - 1) + 1}) is larger than the padded input ({l_in + 2 * p})",
+                self.shape, kernel.shape, p, s,
+            )
+        return wrap(_conv(self._a, kernel._a, padding=(p,), stride=(s,), dilation=(d,), groups=g, dn=_DN1))
+
+    def conv1d_with_algo(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1,
+                         groups: int = 1, cudnn_fwd_algo: Any = None) -> Any:
+        """``conv1d``; the cuDNN algorithm hint is ignored (XLA picks the algorithm)."""
+        return self.conv1d(kernel, padding, stride, dilation, groups)
+
+    def conv2d(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1, dilation: IntOrPair = 1,
+               groups: int = 1) -> Any:
+        """2D convolution, Candle's ``conv2d`` (PyTorch ``F.conv2d``).
+
+        ``self``: ``(B, C_in, H, W)``, ``kernel``: ``(C_out, C_in / groups, KH, KW)``.
+        ``padding``/``stride``/``dilation`` are ints as in Candle, or ``(h, w)`` pairs (extension).
+        """
+        name = "conv2d"
+        _check_kernel(name, self, kernel)
+        _, c_in, i_h, i_w = _dimsn(self, 4, name)
+        c_out, c_in_k, k_h, k_w = _dimsn(kernel, 4, name, "kernel")
+        p = _pair(padding, "padding", name, 0)
+        s = _pair(stride, "stride", name, 1)
+        d = _pair(dilation, "dilation", name, 1)
+        g = _int(groups, "groups", name, 1)
+        if c_in != c_in_k * g:
+            raise errors.Msg(f"in_channel mismatch between input ({c_in}, groups {g}) and kernel ({c_in_k})")
+        if c_out % g != 0:
+            raise errors.Msg(f"conv2d: out_channel {c_out} is not divisible by groups {g}")
+        for n, k, pp, ss, dd in ((i_h, k_h, p[0], s[0], d[0]), (i_w, k_w, p[1], s[1], d[1])):
+            if _conv_out(n, k, pp, ss, dd) <= 0:
+                raise errors.Conv1dInvalidArgs(
+                    f"the dilated kernel ({dd * (k - 1) + 1}) is larger than the padded input ({n + 2 * pp})",
+                    self.shape, kernel.shape, _fmt(p), _fmt(s), op="conv2d",
+                )
+        return wrap(_conv(self._a, kernel._a, padding=p, stride=s, dilation=d, groups=g, dn=_DN2))
+
+    def conv2d_with_algo(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1,
+                         dilation: IntOrPair = 1, groups: int = 1, cudnn_fwd_algo: Any = None) -> Any:
+        """``conv2d``; the cuDNN algorithm hint is ignored (XLA picks the algorithm)."""
+        return self.conv2d(kernel, padding, stride, dilation, groups)
+
+    def _conv_transpose(self, name: str, nd: int, kernel: Any, padding: Any, output_padding: Any,
+                        stride: Any, dilation: Any, groups: Any) -> Any:
+        _check_kernel(name, self, kernel)
+        xs = _dimsn(self, 2 + nd, name)
+        ks = _dimsn(kernel, 2 + nd, name, "kernel")
+        conv = _pair if nd == 2 else (lambda v, n, o, m: (_int(v, n, o, m),))
+        p = conv(padding, "padding", name, 0)
+        op_ = conv(output_padding, "output_padding", name, 0)
+        s = conv(stride, "stride", name, 1)
+        d = conv(dilation, "dilation", name, 1)
+        g = _int(groups, "groups", name, 1)
+        c_in, c_in_k = xs[1], ks[0]
+        if c_in != c_in_k:
+            raise errors.Msg(f"in_channel mismatch between input ({c_in}) and kernel ({c_in_k})")
+        if c_in % g != 0:
+            raise errors.Msg(f"in_channel {c_in} is not divisible by the number of groups")
+        for o, ss, dd in zip(op_, s, d):
+            if o >= max(ss, dd):
+                raise errors.Msg(
+                    f"{name}: output_padding ({_fmt(op_)}) must be smaller than either stride ({_fmt(s)})"
+                    f" or dilation ({_fmt(d)})"
+                )
+        for n, k, pp, o, ss, dd in zip(xs[2:], ks[2:], p, op_, s, d):
+            if _tconv_out(n, k, pp, o, ss, dd) <= 0:
+                raise errors.Conv1dInvalidArgs(
+                    f"the padding is too large, the output would be empty ({_tconv_out(n, k, pp, o, ss, dd)})",
+                    self.shape, kernel.shape, _fmt(p), _fmt(s), op=name,
+                )
+        dn = _DN1 if nd == 1 else _DN2
+        return wrap(_conv_transpose(self._a, kernel._a, padding=p, output_padding=op_, stride=s, dilation=d,
+                                    groups=g, dn=dn))
+
+    def conv_transpose1d(self, kernel: Any, padding: int = 0, output_padding: int = 0, stride: int = 1,
+                         dilation: int = 1, groups: int = 1) -> Any:
+        """1D transposed convolution, Candle's ``conv_transpose1d`` (PyTorch ``F.conv_transpose1d``).
+
+        ``self``: ``(B, C_in, L)``, ``kernel``: ``(C_in, C_out / groups, K)`` ->
+        ``(B, C_out, (L-1)s - 2p + d(K-1) + output_padding + 1)``. Differentiable (Candle's is not).
+        """
+        return self._conv_transpose("conv_transpose1d", 1, kernel, padding, output_padding, stride, dilation, groups)
+
+    def conv_transpose2d(self, kernel: Any, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
+                         stride: IntOrPair = 1, dilation: IntOrPair = 1, groups: int = 1) -> Any:
+        """2D transposed convolution, Candle's ``conv_transpose2d`` (PyTorch ``F.conv_transpose2d``).
+
+        ``self``: ``(B, C_in, H, W)``, ``kernel``: ``(C_in, C_out / groups, KH, KW)``. ``groups`` and
+        ``(h, w)`` pairs are extensions over Candle.
+        """
+        return self._conv_transpose("conv_transpose2d", 2, kernel, padding, output_padding, stride, dilation, groups)
+
+    # pooling -----------------------------------------------------------------------------------
+    def _pool_args(self, name: str, kernel_size: Any, stride: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        k = _pair(kernel_size, "kernel-size", name, 1)
+        s = _pair(stride, "stride", name, 1)
+        _, _, h, w = _dimsn(self, 4, name)
+        if h < k[0] or w < k[1]:
+            raise errors.Msg(f"kernel-size ({k[0]}, {k[1]}) is larger than the input size {h},{w}")
+        return k, s
+
+    def avg_pool2d(self, kernel_size: IntOrPair) -> Any:
+        """2D average pooling with stride = kernel size, no padding, floor (PyTorch ``F.avg_pool2d``)."""
+        return self.avg_pool2d_with_stride(kernel_size, kernel_size)
+
+    def avg_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Any:
+        """2D average pooling of ``(B, C, H, W)`` -> ``(B, C, (H-kh)/sh + 1, (W-kw)/sw + 1)``."""
+        name = "avg_pool2d"
+        k, s = self._pool_args(name, kernel_size, stride)
+        check_float(name, self)
+        return wrap(_avg_pool2d(self._a, kernel=k, stride=s))
+
+    def max_pool2d(self, kernel_size: IntOrPair) -> Any:
+        """2D max pooling with stride = kernel size, no padding, floor (PyTorch ``F.max_pool2d``)."""
+        return self.max_pool2d_with_stride(kernel_size, kernel_size)
+
+    def max_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Any:
+        """2D max pooling of ``(B, C, H, W)`` -> ``(B, C, (H-kh)/sh + 1, (W-kw)/sw + 1)``."""
+        k, s = self._pool_args("max_pool2d", kernel_size, stride)
+        return wrap(_max_pool2d(self._a, kernel=k, stride=s))
+
+    # resizing ----------------------------------------------------------------------------------
+    def interpolate1d(self, target_size: int) -> Any:
+        """Nearest-neighbour resize of ``(B, C, L)`` to ``(B, C, target_size)``
+        (PyTorch ``F.interpolate(mode="nearest")``): source index ``floor(i * L / target_size)``."""
+        _dimsn(self, 3, "interpolate1d")
+        n = _int(target_size, "target_size", "interpolate1d", 1)
+        return wrap(_upsample_nearest(self._a, sizes=(n,)))
+
+    def upsample_nearest1d(self, target_size: int) -> Any:
+        """Alias of ``interpolate1d``."""
+        return self.interpolate1d(target_size)
+
+    def interpolate2d(self, target_h: int, target_w: int) -> Any:
+        """Nearest-neighbour resize of ``(B, C, H, W)`` to ``(B, C, target_h, target_w)``."""
+        _dimsn(self, 4, "interpolate2d")
+        h = _int(target_h, "target_h", "interpolate2d", 1)
+        w = _int(target_w, "target_w", "interpolate2d", 1)
+        return wrap(_upsample_nearest(self._a, sizes=(h, w)))
+
+    def upsample_nearest2d(self, target_h: int, target_w: int) -> Any:
+        """Alias of ``interpolate2d``."""
+        return self.interpolate2d(target_h, target_w)
+
+    def upsample_bilinear2d(self, target_h: int, target_w: int, align_corners: bool = False) -> Any:
+        """Bilinear resize of ``(B, C, H, W)`` to ``(B, C, target_h, target_w)``, as PyTorch's
+        ``F.interpolate(mode="bilinear", size=..., align_corners=...)``. Differentiable."""
+        name = "upsample_bilinear2d"
+        _dimsn(self, 4, name)
+        check_float(name, self)
+        h = _int(target_h, "target_h", name, 1)
+        w = _int(target_w, "target_w", name, 1)
+        return wrap(_upsample_bilinear2d(self._a, sizes=(h, w), align_corners=bool(align_corners),
+                                         scales=(None, None)))
+
+    def upsample_bilinear2d_with_scale(self, scale_h: float, scale_w: float, align_corners: bool = False) -> Any:
+        """Bilinear resize by scale factors, as ``F.interpolate(scale_factor=(sh, sw), mode="bilinear")``:
+        output size ``floor(H * sh)``; the input itself when the size does not change."""
+        name = "upsample_bilinear2d_with_scale"
+        _, _, h, w = _dimsn(self, 4, name)
+        check_float(name, self)
+        sh, sw = float(scale_h), float(scale_w)
+        if not (sh > 0 and sw > 0 and math.isfinite(sh) and math.isfinite(sw)):
+            raise errors.Msg(f"{name}: scale factors must be positive, got ({sh}, {sw})")
+        oh, ow = math.floor(h * sh), math.floor(w * sw)
+        if oh < 1 or ow < 1:
+            raise errors.Msg(f"{name}: scale ({sh}, {sw}) gives an empty output ({oh}, {ow}) for input ({h}, {w})")
+        if (oh, ow) == (h, w):
+            return self
+        return wrap(_upsample_bilinear2d(self._a, sizes=(oh, ow), align_corners=bool(align_corners),
+                                         scales=(sh, sw)))
+
+
+__all__ = ["ConvMixin"]

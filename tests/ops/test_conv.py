@@ -1,0 +1,264 @@
+"""Convolution, pooling and resizing against torch.nn.functional (float64 references), with
+gradients, eagerly and under jax.jit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def T(a) -> cj.Tensor:  # noqa: N802
+    return cj.Tensor._wrap(jnp.asarray(a))
+
+
+def check(cj_fn, torch_fn, arrays, rng, atol=2e-5, rtol=2e-4, grad=True):
+    """Forward (eager and jitted) and gradients of every input against torch in float64."""
+    tensors = [T(a) for a in arrays]
+    out = cj_fn(*tensors)
+    t_in = [torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrays]
+    ref = torch_fn(*t_in)
+    assert out.shape == tuple(ref.shape)
+    assert out.dtype == tensors[0].dtype
+    np.testing.assert_allclose(np.asarray(out), ref.detach().numpy(), atol=atol, rtol=rtol)
+    jitted = jax.jit(cj_fn)(*tensors)
+    assert isinstance(jitted, cj.Tensor)
+    np.testing.assert_allclose(np.asarray(jitted), ref.detach().numpy(), atol=atol, rtol=rtol)
+    if not grad:
+        return
+    cot = rng.standard_normal(ref.shape).astype(np.float32)
+    (ref * torch.tensor(cot.astype(np.float64))).sum().backward()
+
+    def loss(*arrs):
+        return jnp.sum(cj_fn(*[cj.Tensor._wrap(a) for a in arrs]).jax * cot)
+
+    grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(arrays)))))(*[jnp.asarray(a) for a in arrays])
+    for g, t in zip(grads, t_in):
+        np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), atol=10 * atol, rtol=10 * rtol)
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# --- conv1d / conv2d -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "p,s,d,g", [(0, 1, 1, 1), (1, 1, 1, 1), (2, 2, 1, 1), (1, 3, 2, 1), (0, 1, 1, 2), (3, 2, 3, 4)]
+)
+def test_conv1d(rng, p, s, d, g):
+    x, k = randn(rng, 2, 8, 17), randn(rng, 12, 8 // g, 3)
+    check(
+        lambda x, k: x.conv1d(k, p, s, d, g),
+        lambda x, k: F.conv1d(x, k, padding=p, stride=s, dilation=d, groups=g),
+        [x, k],
+        rng,
+    )
+
+
+@pytest.mark.parametrize(
+    "p,s,d,g",
+    [(0, 1, 1, 1), (1, 1, 1, 1), (1, 2, 1, 2), (2, 1, 2, 1), ((1, 2), (2, 1), (1, 2), 1), (0, 2, 1, 4)],
+)
+def test_conv2d(rng, p, s, d, g):
+    x, k = randn(rng, 2, 4, 9, 10), randn(rng, 8, 4 // g, 3, 2)
+    check(
+        lambda x, k: x.conv2d(k, padding=p, stride=s, dilation=d, groups=g),
+        lambda x, k: F.conv2d(x, k, padding=p, stride=s, dilation=d, groups=g),
+        [x, k],
+        rng,
+    )
+
+
+def test_conv_defaults_match_candle_python_signature(rng):
+    x, k = randn(rng, 1, 3, 6, 6), randn(rng, 2, 3, 3, 3)
+    np.testing.assert_allclose(
+        np.asarray(T(x).conv2d(T(k))), F.conv2d(torch.tensor(x), torch.tensor(k)).numpy(), atol=1e-5
+    )
+    y = T(x).conv2d_with_algo(T(k), 1, 1, 1, 1, None)
+    assert y.shape == (1, 2, 6, 6)
+
+
+# --- transposed convolutions ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "p,op,s,d,g",
+    [(0, 0, 1, 1, 1), (1, 0, 2, 1, 1), (1, 1, 2, 1, 1), (2, 0, 3, 2, 1), (1, 1, 2, 2, 2), (0, 2, 3, 1, 4),
+     (5, 0, 1, 3, 1)],
+)
+def test_conv_transpose1d(rng, p, op, s, d, g):
+    x, k = randn(rng, 2, 8, 7), randn(rng, 8, 6 // g if g < 4 else 3, 3)
+    check(
+        lambda x, k: x.conv_transpose1d(k, p, op, s, d, g),
+        lambda x, k: F.conv_transpose1d(x, k, padding=p, output_padding=op, stride=s, dilation=d, groups=g),
+        [x, k],
+        rng,
+    )
+
+
+@pytest.mark.parametrize(
+    "p,op,s,d,g",
+    [(0, 0, 1, 1, 1), (1, 1, 2, 1, 1), (1, 0, 2, 2, 1), ((1, 0), (1, 0), (2, 1), 1, 1), (1, 0, 2, 1, 2)],
+)
+def test_conv_transpose2d(rng, p, op, s, d, g):
+    x, k = randn(rng, 2, 4, 5, 6), randn(rng, 4, 6 // g, 3, 2)
+    check(
+        lambda x, k: x.conv_transpose2d(k, p, op, s, d, g),
+        lambda x, k: F.conv_transpose2d(x, k, padding=p, output_padding=op, stride=s, dilation=d, groups=g),
+        [x, k],
+        rng,
+    )
+
+
+# --- pooling ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k,s", [(2, None), (3, None), ((2, 3), None), (3, 1), ((3, 2), (1, 2)), (2, 3)])
+def test_pools(rng, k, s):
+    x = randn(rng, 2, 3, 8, 9)
+    if s is None:
+        check(lambda x: x.avg_pool2d(k), lambda x: F.avg_pool2d(x, k), [x], rng)
+        check(lambda x: x.max_pool2d(k), lambda x: F.max_pool2d(x, k), [x], rng)
+    else:
+        check(lambda x: x.avg_pool2d_with_stride(k, s), lambda x: F.avg_pool2d(x, k, s), [x], rng)
+        check(lambda x: x.max_pool2d_with_stride(k, s), lambda x: F.max_pool2d(x, k, s), [x], rng)
+
+
+def test_pools_match_candle_pyo3(rng):
+    candle = pytest.importorskip("candle")
+    x = randn(rng, 1, 2, 6, 7)
+    ct = candle.Tensor(x[0].tolist()).reshape((1, 2, 6, 7))  # candle-pyo3 takes <= 3 nesting levels
+
+    def values(t):
+        return np.array(t.reshape(t.shape[1:]).values())[None]
+
+    ref_max = values(candle.functional.max_pool2d(ct, 2, stride=2))
+    ref_avg = values(candle.functional.avg_pool2d(ct, 3, stride=1))
+    np.testing.assert_allclose(np.asarray(T(x).max_pool2d(2)), ref_max, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(T(x).avg_pool2d_with_stride(3, 1)), ref_avg, atol=1e-6)
+
+
+def test_max_pool_integers():
+    x = np.arange(2 * 16, dtype=np.uint32).reshape(1, 2, 4, 4)
+    y = T(x).max_pool2d(2)
+    assert y.dtype == cj.DType.U32
+    np.testing.assert_array_equal(np.asarray(y), F.max_pool2d(torch.tensor(x.astype(np.float32)), 2).numpy())
+
+
+# --- resizing ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 3, 7, 14, 21, 5])
+def test_upsample_nearest1d(rng, n):
+    x = randn(rng, 2, 3, 7)
+    check(lambda x: x.upsample_nearest1d(n), lambda x: F.interpolate(x, size=n, mode="nearest"), [x], rng)
+    np.testing.assert_array_equal(np.asarray(T(x).interpolate1d(n)), np.asarray(T(x).upsample_nearest1d(n)))
+
+
+@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (12, 7), (4, 5)])
+def test_upsample_nearest2d(rng, h, w):
+    x = randn(rng, 2, 3, 4, 5)
+    check(lambda x: x.upsample_nearest2d(h, w), lambda x: F.interpolate(x, size=(h, w), mode="nearest"), [x], rng)
+
+
+@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (13, 7), (1, 1)])
+@pytest.mark.parametrize("align", [False, True])
+def test_upsample_bilinear2d(rng, h, w, align):
+    x = randn(rng, 2, 3, 4, 5)
+    check(
+        lambda x: x.upsample_bilinear2d(h, w, align),
+        lambda x: F.interpolate(x, size=(h, w), mode="bilinear", align_corners=align),
+        [x],
+        rng,
+    )
+
+
+@pytest.mark.parametrize("sh,sw", [(2.0, 2.0), (1.5, 2.7), (0.5, 0.75)])
+def test_upsample_bilinear2d_with_scale(rng, sh, sw):
+    x = randn(rng, 1, 2, 6, 8)
+    check(
+        lambda x: x.upsample_bilinear2d_with_scale(sh, sw, False),
+        lambda x: F.interpolate(x, scale_factor=(sh, sw), mode="bilinear", align_corners=False),
+        [x],
+        rng,
+    )
+    t = T(x)
+    assert t.upsample_bilinear2d_with_scale(1.0, 1.0) is t
+
+
+# --- dtypes ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dt", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_dtype_preserved(rng, dt):
+    x = T(jnp.asarray(randn(rng, 1, 2, 6, 6), dt))
+    k = T(jnp.asarray(randn(rng, 2, 2, 3, 3), dt))
+    k_t = T(jnp.asarray(randn(rng, 2, 2, 3), dt))
+    x1 = T(jnp.asarray(randn(rng, 1, 2, 6), dt))
+    outs = [
+        x.conv2d(k, 1), x.conv_transpose2d(k, 1), x1.conv1d(k_t), x1.conv_transpose1d(k_t, 0, 1, 2),
+        x.avg_pool2d(2), x.max_pool2d(2), x.upsample_nearest2d(9, 9), x.upsample_bilinear2d(9, 4),
+        x1.upsample_nearest1d(3),
+    ]
+    for o in outs:
+        assert o.jax.dtype == dt
+
+
+def test_bf16_close_to_f32(rng):
+    x, k = randn(rng, 1, 4, 8, 8), randn(rng, 3, 4, 3, 3)
+    ref = np.asarray(T(x).conv2d(T(k), 1))
+    got = T(jnp.asarray(x, jnp.bfloat16)).conv2d(T(jnp.asarray(k, jnp.bfloat16)), 1)
+    np.testing.assert_allclose(np.asarray(got.jax.astype(jnp.float32)), ref, atol=0.15, rtol=0.05)
+
+
+# --- errors ------------------------------------------------------------------------------------------
+def test_conv1d_errors(rng):
+    x = T(randn(rng, 1, 4, 10))
+    with pytest.raises(errors.Conv1dInvalidArgs, match=r"conv1d invalid args the number of in-channels on the input"
+                       r" doesn't match the kernel size: inp: \[1, 4, 10\], k: \[2, 3, 3\], pad: 0, stride: 1"):
+        x.conv1d(T(randn(rng, 2, 3, 3)))
+    with pytest.raises(errors.Conv1dInvalidArgs, match="larger than the padded input"):
+        x.conv1d(T(randn(rng, 2, 4, 11)))
+    with pytest.raises(errors.UnexpectedNumberOfDims, match=r"expected: 3, got: 4"):
+        T(randn(rng, 1, 1, 4, 10)).conv1d(T(randn(rng, 2, 4, 3)))
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match="dtype mismatch in conv1d, lhs: F32, rhs: BF16"):
+        x.conv1d(T(jnp.zeros((2, 4, 3), jnp.bfloat16)))
+    with pytest.raises(errors.Msg, match="stride must be >= 1"):
+        x.conv1d(T(randn(rng, 2, 4, 3)), stride=0)
+    with pytest.raises(errors.Conv1dInvalidArgs, match="not divisible by groups"):
+        x.conv1d(T(randn(rng, 3, 2, 3)), groups=2)
+
+
+def test_conv2d_errors(rng):
+    x = T(randn(rng, 1, 3, 5, 5))
+    with pytest.raises(errors.Msg, match=r"in_channel mismatch between input \(3, groups 1\) and kernel \(4\)"):
+        x.conv2d(T(randn(rng, 2, 4, 3, 3)))
+    with pytest.raises(errors.Conv1dInvalidArgs, match="conv2d invalid args"):
+        x.conv2d(T(randn(rng, 2, 3, 7, 3)))
+    with pytest.raises(errors.Msg, match=r"in_channel mismatch between input \(3\) and kernel \(4\)"):
+        x.conv_transpose2d(T(randn(rng, 4, 2, 3, 3)))
+    with pytest.raises(errors.Msg, match="in_channel 3 is not divisible by the number of groups"):
+        T(randn(rng, 1, 3, 5)).conv_transpose1d(T(randn(rng, 3, 2, 3)), groups=2)
+    with pytest.raises(errors.Msg, match="output_padding"):
+        x.conv_transpose2d(T(randn(rng, 3, 2, 3, 3)), output_padding=1)
+    with pytest.raises(errors.Msg, match="expected a Tensor kernel"):
+        x.conv2d(np.zeros((2, 3, 3, 3)))
+
+
+def test_pool_errors(rng):
+    x = T(randn(rng, 1, 1, 2, 2))
+    with pytest.raises(errors.Msg, match=r"kernel-size \(3, 3\) is larger than the input size 2,2"):
+        x.max_pool2d(3)
+    with pytest.raises(errors.Msg, match=r"kernel-size \(1, 3\) is larger than the input size 2,2"):
+        x.avg_pool2d((1, 3))
+    with pytest.raises(errors.UnsupportedDTypeForOp, match="avg_pool2d"):
+        T(np.ones((1, 1, 4, 4), np.uint8)).avg_pool2d(2)
+    with pytest.raises(errors.UnexpectedNumberOfDims):
+        T(randn(rng, 2, 2, 2)).max_pool2d(2)
+    with pytest.raises(errors.UnexpectedNumberOfDims):
+        T(randn(rng, 2, 2, 2)).upsample_nearest2d(4, 4)
+
+
+def test_errors_raised_under_jit(rng):
+    x, k = T(randn(rng, 1, 3, 5, 5)), T(randn(rng, 2, 4, 3, 3))
+    with pytest.raises(errors.Msg, match="in_channel mismatch"):
+        jax.jit(lambda x, k: x.conv2d(k))(x, k)
