@@ -1,13 +1,417 @@
 """Leaving or changing representation: to_dtype, to_device, to_vec*, numpy/torch/DLPack, repr.
 
-requires: candlejax.tensor._core (TensorBase, unwrap, checks), candlejax._dispatch.op
-provides: ConvertMixin
+requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op
+provides: ConvertMixin, print options (``set_print_options``, ``set_print_options_default``,
+``set_print_options_short``, ``set_print_options_full``, ``print_options``) as in
+``candle::display``
+
+Host conversions (``to_vec*``, ``values``, ``item``, ``numpy``, ``to_torch``) need concrete values:
+inside ``jax.jit`` / ``grad`` / ``vmap`` they raise :class:`candlejax.errors.TracingError`, while
+``repr`` shows the shape and dtype of a traced tensor without its values.
 """
 
 from __future__ import annotations
 
-from candlejax.tensor._core import TensorBase
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jax
+import numpy as np
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.device import Device
+from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.tensor._core import TensorBase, wrap
+
+_Tracer = jax.core.Tracer
+_CPU = Device.Cpu
+
+
+# --- print options (candle::display) ------------------------------------------------------------
+@dataclass(frozen=True)
+class PrinterOptions:
+    """``candle::display::PrinterOptions``: how ``str(t)`` / ``repr(t)`` render values."""
+
+    precision: int = 4
+    threshold: int = 1000
+    edge_items: int = 3
+    line_width: int = 80
+    sci_mode: bool | None = None
+
+
+_PO = [PrinterOptions()]
+
+
+def print_options() -> PrinterOptions:
+    """The current print options."""
+    return _PO[0]
+
+
+def set_print_options(
+    precision: int | None = None,
+    threshold: int | None = None,
+    edge_items: int | None = None,
+    line_width: int | None = None,
+    sci_mode: bool | str | None = "keep",
+) -> None:
+    """``candle::display::set_print_options``: change some or all print options."""
+    po = _PO[0]
+    kw: dict[str, Any] = {}
+    if precision is not None:
+        kw["precision"] = int(precision)
+    if threshold is not None:
+        kw["threshold"] = int(threshold)
+    if edge_items is not None:
+        kw["edge_items"] = int(edge_items)
+    if line_width is not None:
+        kw["line_width"] = int(line_width)
+    if sci_mode != "keep":
+        kw["sci_mode"] = sci_mode
+    _PO[0] = replace(po, **kw)
+
+
+def set_print_options_default() -> None:
+    """precision 4, threshold 1000, edge items 3, line width 80."""
+    _PO[0] = PrinterOptions()
+
+
+def set_print_options_short() -> None:
+    """precision 2, edge items 2."""
+    _PO[0] = PrinterOptions(precision=2, edge_items=2)
+
+
+def set_print_options_full() -> None:
+    """Never summarise."""
+    _PO[0] = PrinterOptions(threshold=2**63 - 1)
+
+
+# --- Candle's Display ---------------------------------------------------------------------------
+def _nonfinite(v: float) -> str:
+    return "NaN" if v != v else ("inf" if v > 0 else "-inf")
+
+
+class _FloatFmt:
+    """candle's FloatFormatter: int mode (``1.``), fixed (``1.5000``) or sci (``1.5000e-5``)."""
+
+    __slots__ = ("int_mode", "precision", "sci_mode")
+
+    def __init__(self, vals: np.ndarray, po: PrinterOptions):
+        self.int_mode, self.sci_mode, self.precision = True, False, po.precision
+        v = vals[np.isfinite(vals) & (vals != 0)]
+        if v.size:
+            m = np.abs(v)
+            mx, mn = m.max(), m.min()
+            t = vals.dtype.type
+            self.int_mode = bool(np.all(np.ceil(v) == v))
+            self.sci_mode = bool(mx / mn > t(1000.0) or mx > t(1e8) or mn < t(1e-4))
+        if po.sci_mode is not None:
+            self.sci_mode = po.sci_mode
+
+    def __call__(self, v: float, w: int) -> str:
+        if self.sci_mode:
+            if math.isfinite(v):
+                mant, _, ex = f"{v:.{self.precision}e}".partition("e")
+                s = f"{mant}e{int(ex)}"
+            else:
+                s = _nonfinite(v)
+            return s.rjust(w)
+        if self.int_mode:
+            if math.isfinite(v):
+                return f"{v:.0f}".rjust(w - 1) + "."
+            return _nonfinite(v).rjust(w)
+        if math.isfinite(v):
+            return f"{v:.{self.precision}f}".rjust(w)
+        return _nonfinite(v).rjust(w)
+
+
+def _int_fmt(v: int, w: int) -> str:
+    return str(v).rjust(w)
+
+
+def _summarized(arr: np.ndarray, edge: int) -> np.ndarray:
+    """The values that a summarised display shows (candle's ``get_summarized_data``), flattened."""
+    if arr.ndim == 0:
+        return arr.reshape(1)
+    if arr.ndim == 1:
+        if arr.shape[0] > 2 * edge:
+            return np.concatenate([arr[:edge], arr[-edge:]])
+        return arr
+    rows = range(arr.shape[0])
+    if arr.shape[0] > 2 * edge:
+        rows = [*range(edge), *range(arr.shape[0] - edge, arr.shape[0])]
+    parts = [_summarized(arr[i], edge) for i in rows]
+    return np.concatenate(parts) if parts else arr.reshape(-1)
+
+
+def _fmt_tensor(arr: Any, indent: int, w: int, summarize: bool, po: PrinterOptions, fmt: Any, out: list[str]) -> None:
+    """candle's ``fmt_tensor``: nested brackets, ``...`` when summarised, wrapped 1-D rows."""
+    edge = po.edge_items
+    out.append("[")
+    if arr.ndim == 0:
+        out.append(fmt(arr.item(), w))
+    elif arr.ndim == 1:
+        n = arr.shape[0]
+        if summarize and n > 2 * edge:
+            for v in arr[:edge].tolist():
+                out.append(fmt(v, w))
+                out.append(", ")
+            out.append("...")
+            for v in arr[n - edge :].tolist():
+                out.append(", ")
+                out.append(fmt(v, w))
+        else:
+            per_line = max(1, po.line_width // (w + 2))
+            nl = "\n" + " " * indent
+            for i, v in enumerate(arr.tolist()):
+                if i > 0:
+                    out.append(("," + nl) if i % per_line == 0 else ", ")
+                out.append(fmt(v, w))
+    else:
+        n = arr.shape[0]
+        nl = ",\n" + " " * indent
+        if summarize and n > 2 * edge:
+            for i in range(edge):
+                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+                out.append(nl)
+            out.append("...\n" + " " * indent)
+            for i in range(n - edge, n):
+                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+                if i + 1 != n:
+                    out.append(nl)
+        else:
+            for i in range(n):
+                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+                if i + 1 != n:
+                    out.append(nl)
+    out.append("]")
+
+
+def _footer(shape: tuple[int, ...], dtype: DType, dev: str = "") -> str:
+    return f"Tensor[{errors.fmt_shape(shape)}, {dtype.as_str()}{dev}]"
+
+
+def format_tensor(t: TensorBase) -> str:
+    """Candle's ``Display`` for a tensor: the values, then ``Tensor[[2, 2], f32]``."""
+    a = t._a
+    dtype = t.dtype
+    if isinstance(a, _Tracer):
+        return f"Traced<{_footer(a.shape, dtype)}>"
+    if a.is_deleted():
+        return f"<deleted>\n{_footer(a.shape, dtype)}"
+    dev = t.device
+    suffix = "" if dev.kind == "cpu" else f", {dev}"
+    po = _PO[0]
+    arr = np.asarray(a)
+    summarize = arr.size > po.threshold
+    shown = _summarized(arr, po.edge_items) if summarize else arr.reshape(-1)
+    if dtype.is_float():
+        fmt: Any = _FloatFmt(shown, po)
+        if arr.dtype.itemsize < 4:  # bf16 / f16 / f8 print through f32, as the half crate does
+            arr = arr.astype(np.float32)
+            shown = shown.astype(np.float32)
+    else:
+        fmt = _int_fmt
+    w = 1
+    for v in shown.tolist():
+        w = max(w, len(fmt(v, 1)))
+    out: list[str] = []
+    _fmt_tensor(arr, 1, w, summarize, po, fmt, out)
+    out.append("\n")
+    out.append(_footer(arr.shape, dtype, suffix))
+    return "".join(out)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _host(t: TensorBase, op_name: str) -> np.ndarray:
+    a = t._a
+    if isinstance(a, _Tracer):
+        raise errors.TracingError(
+            f"{op_name}: cannot read the values of a traced Tensor (shape {errors.fmt_shape(a.shape)}) inside"
+            " jax.jit/grad/vmap; return it from the traced function and convert outside, or use"
+            " jax.debug.print"
+        )
+    return np.asarray(a)
+
+
+def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray:
+    a = t._a
+    if a.ndim != rank:
+        raise errors.UnexpectedNumberOfDims(rank, a.ndim, a.shape, op_name)
+    if dtype is not None:
+        want = dtype if isinstance(dtype, DType) else to_dtype(dtype)
+        got = t.dtype
+        if want is not got:
+            raise errors.UnexpectedDType(want, got, f"{op_name}: unexpected dtype")
+    return _host(t, op_name)
+
+
+@op(static=("dtype",))
+def _astype(a: Any, *, dtype: Any) -> Any:
+    return a.astype(dtype)
+
+
+def _dev(device: Any) -> Device:
+    if device is None or device is _CPU:
+        return _CPU
+    return device if isinstance(device, Device) else Device.coerce(device)
 
 
 class ConvertMixin(TensorBase):
     __slots__ = ()
+
+    # --- dtype / device --------------------------------------------------------------------
+    def to_dtype(self, dtype: Any) -> Any:
+        """``t.to_dtype(DType::F16)`` (also ``"f16"``); same dtype returns ``self``.
+
+        Float -> int truncates toward zero and saturates (NaN -> 0), as Rust's ``as``.
+        PyTorch: ``t.to(torch.float16)``.
+        """
+        d = dtype if isinstance(dtype, DType) else to_dtype(dtype)
+        a = self._a
+        npd = d.np
+        if a.dtype == npd:
+            return self
+        if d is DType.I64 or d is DType.F64:
+            check_width(d, "to_dtype")
+        return wrap(_astype(a, dtype=npd))
+
+    def to_device(self, device: Any) -> Any:
+        """``t.to_device(&device)``; the same device returns ``self``. PyTorch: ``t.to(device)``."""
+        dev = _dev(device)
+        a = self._a
+        if isinstance(a, _Tracer):
+            if len(jax.devices()) == 1:
+                return self
+            return wrap(jax.device_put(a, dev.jax_device))
+        jd = dev.jax_device
+        if a.devices() == {jd}:
+            return self
+        return wrap(jax.device_put(a, jd))
+
+    def to(self, *args: Any, dtype: Any = None, device: Any = None, other: Any = None) -> Any:
+        """candle-pyo3's ``t.to(...)``: any of a DType, a device, or a Tensor (its dtype and device)."""
+        for x in args:
+            if isinstance(x, TensorBase):
+                other = x
+            elif isinstance(x, DType):
+                dtype = x
+            elif isinstance(x, Device) or hasattr(x, "platform"):
+                device = x
+            elif isinstance(x, str):
+                try:
+                    dtype = DType.parse(x)
+                except errors.Error:
+                    device = x
+            else:
+                raise TypeError(f"to: cannot interpret argument {x!r} as a dtype, device or tensor")
+        out: Any = self
+        if other is not None:
+            dtype = dtype if dtype is not None else other.dtype
+            device = device if device is not None else other.device
+        if dtype is not None:
+            out = out.to_dtype(dtype)
+        if device is not None:
+            out = out.to_device(device)
+        return out
+
+    def detach(self) -> Any:
+        """``t.detach()``: the same values, cut from the gradient (``jax.lax.stop_gradient``)."""
+        return wrap(jax.lax.stop_gradient(self._a))
+
+    def copy(self) -> Any:
+        """``t.copy()``: a tensor with its own buffer (matters for buffer donation). PyTorch: ``clone``."""
+        a = self._a
+        if isinstance(a, _Tracer):
+            return wrap(a)
+        return wrap(a.copy())
+
+    # --- host values -----------------------------------------------------------------------
+    def to_vec0(self, dtype: Any = None) -> Any:
+        """``t.to_vec0::<T>()``: the Python scalar of a rank-0 tensor (``dtype`` checks T)."""
+        return _check_vec(self, 0, dtype, "to_vec0").item()
+
+    def to_scalar(self, dtype: Any = None) -> Any:
+        """``t.to_scalar::<T>()`` (same as :meth:`to_vec0`). PyTorch: ``t.item()``."""
+        return _check_vec(self, 0, dtype, "to_scalar").item()
+
+    def to_vec1(self, dtype: Any = None) -> list[Any]:
+        """``t.to_vec1::<T>()``: a list of Python numbers; rank must be 1; ``dtype`` checks T."""
+        return _check_vec(self, 1, dtype, "to_vec1").tolist()
+
+    def to_vec2(self, dtype: Any = None) -> list[list[Any]]:
+        """``t.to_vec2::<T>()``: nested lists; rank must be 2."""
+        return _check_vec(self, 2, dtype, "to_vec2").tolist()
+
+    def to_vec3(self, dtype: Any = None) -> list[list[list[Any]]]:
+        """``t.to_vec3::<T>()``: nested lists; rank must be 3."""
+        return _check_vec(self, 3, dtype, "to_vec3").tolist()
+
+    def values(self) -> Any:
+        """candle-pyo3's ``t.values()``: a Python scalar or nested lists (any rank)."""
+        return _host(self, "values").tolist()
+
+    def to_list(self) -> Any:
+        """Nested Python lists (a scalar for rank 0). PyTorch: ``t.tolist()``."""
+        return _host(self, "to_list").tolist()
+
+    def tolist(self) -> Any:
+        """PyTorch / numpy spelling of :meth:`to_list`."""
+        return _host(self, "tolist").tolist()
+
+    def item(self) -> Any:
+        """The Python number of a one-element tensor of any rank. PyTorch: ``t.item()``."""
+        arr = _host(self, "item")
+        if arr.size != 1:
+            raise errors.Msg(
+                f"item: expected a tensor with one element, got shape {errors.fmt_shape(arr.shape)}"
+                " (use to_vec1 / to_list for more)"
+            )
+        return arr.reshape(()).item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def numpy(self) -> np.ndarray:
+        """A numpy array of the values, zero-copy (read-only) for CPU tensors. bf16 stays bf16."""
+        return _host(self, "numpy")
+
+    def to_torch(self) -> Any:
+        """A ``torch.Tensor`` sharing memory through DLPack (candle-pyo3's ``to_torch``)."""
+        import torch
+
+        a = self._a
+        _host(self, "to_torch")
+        try:
+            return torch.from_dlpack(a)
+        except Exception:  # a dtype or device DLPack cannot carry: go through numpy
+            return torch.from_numpy(np.array(a))
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        _host(self, "__dlpack__")
+        return self._a.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self._a.__dlpack_device__()
+
+    # --- display ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """Candle's Display: ``[[1., 2.],\\n [3., 4.]]\\nTensor[[2, 2], f32]``."""
+        return format_tensor(self)
+
+    def __str__(self) -> str:
+        return format_tensor(self)
+
+    def __format__(self, spec: str) -> str:
+        """``f"{t:.3f}"`` formats the value of a one-element tensor; otherwise ``str(t)``."""
+        if spec and not isinstance(self._a, _Tracer) and self._a.size == 1:
+            return format(self.item(), spec)
+        return format_tensor(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython / Jupyter plain-text display."""
+        p.text(format_tensor(self))

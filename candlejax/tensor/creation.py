@@ -1,13 +1,641 @@
 """Creating tensors: new, zeros, ones, full, arange, eye, rand, randn, *_like, from_vec, ...
 
-requires: candlejax.tensor._core (TensorBase, unwrap, checks), candlejax._dispatch.op
-provides: CreationMixin
+requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op, candlejax.random
+provides: CreationMixin, ``as_jax_array`` (host data -> jax array with Candle's dtype inference),
+``infer_dtype`` (the DType a Python scalar gets)
+
+Argument order follows Candle (``Tensor::zeros(shape, dtype, &dev)`` reads
+``Tensor.zeros(shape, dtype, device)``); ``dtype``/``device`` default to F32 / ``Device.Cpu`` where
+Candle requires them, for convenience. Python data gets candle-pyo3's dtype inference: float -> F32,
+non-negative int -> U32, negative int -> I64 (I32 when x64 is off), bool -> U8 (see
+docs/differences/creation-convert.md).
 """
 
 from __future__ import annotations
 
-from candlejax.tensor._core import TensorBase
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax import random as _random
+from candlejax._dispatch import op
+from candlejax.device import Device
+from candlejax.dtype import _FROM_NP, DType, check_width, from_array_dtype, to_dtype, x64_enabled
+from candlejax.shape import as_shape, shape_with_hole
+from candlejax.tensor._core import TensorBase, wrap
+
+_Tracer = jax.core.Tracer
+_CPU = Device.Cpu
+_U32_MAX = 2**32 - 1
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+# --- device placement ---------------------------------------------------------------------------
+_default_dev: list[Device] = []
+
+
+def _default_device() -> Device:
+    if not _default_dev:
+        _default_dev.append(Device.from_jax(jax.devices()[0]))
+    return _default_dev[0]
+
+
+def _place(a: Any, device: Device | None) -> Any:
+    """Put ``a`` on ``device`` unless it is already JAX's default device (the fast path)."""
+    if device is None or isinstance(a, _Tracer):
+        return a
+    if device is _CPU and _default_device() is _CPU:
+        return a
+    if not isinstance(device, Device):
+        device = Device.coerce(device)
+    if device == _default_device() and not hasattr(a, "devices"):
+        return a
+    if hasattr(a, "devices") and a.devices() == {device.jax_device}:
+        return a
+    return jax.device_put(a, device.jax_device)
+
+
+def _dev(device: Any) -> Device:
+    if device is None or device is _CPU:
+        return _CPU
+    return device if isinstance(device, Device) else Device.coerce(device)
+
+
+def _dt(dtype: Any, op_name: str) -> DType:
+    d = dtype if isinstance(dtype, DType) else to_dtype(dtype)
+    if d is DType.I64 or d is DType.F64:
+        check_width(d, op_name)
+    return d
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape):
+        return shape
+    return as_shape(shape)
+
+
+# --- dtype inference for Python data ------------------------------------------------------------
+def _int_dtype(lo: int, hi: int, where: str) -> DType:
+    """U32 for non-negative ints below 2**32, else I64 (x64 on) or I32 (x64 off, when it fits)."""
+    if lo >= 0 and hi <= _U32_MAX:
+        return DType.U32
+    if x64_enabled():
+        if lo < -(2**63) or hi > 2**63 - 1:
+            raise errors.Msg(f"{where}: integer {hi if hi > 2**63 - 1 else lo} does not fit in i64")
+        return DType.I64
+    if _I32_MIN <= lo and hi <= _I32_MAX:
+        return DType.I32
+    return check_width(DType.I64, where)  # raises the x64 error
+
+
+def infer_dtype(value: Any, where: str = "tensor") -> DType:
+    """The DType candlejax gives a Python scalar: bool -> U8, int -> U32/I32/I64, float -> F32."""
+    if isinstance(value, (bool, np.bool_)):
+        return DType.U8
+    if isinstance(value, int):
+        return _int_dtype(value, value, where)
+    if isinstance(value, float):
+        return DType.F32
+    if isinstance(value, (np.generic, np.ndarray, jax.Array, _Tracer)):
+        return _np_dtype(np.dtype(value.dtype), where)
+    if isinstance(value, TensorBase):
+        return value.dtype
+    raise TypeError(f"incorrect type {type(value)} for tensor")
+
+
+def _np_dtype(dt: np.dtype, where: str) -> DType:
+    d = _FROM_NP.get(dt)
+    if d is None:
+        if dt == np.bool_:
+            return DType.U8
+        d = from_array_dtype(dt, where)
+    if d is DType.I64 or d is DType.F64:
+        check_width(d, where)
+    return d
+
+
+def _nested_shape(x: Any) -> tuple[int, ...]:
+    if isinstance(x, (list, tuple)):
+        if not x:
+            return (0,)
+        return (len(x), *_nested_shape(x[0]))
+    if isinstance(x, (np.ndarray, TensorBase)) or hasattr(x, "__jax_array__"):
+        return tuple(np.shape(x))
+    return ()
+
+
+def _ragged_error(data: Any) -> errors.Error:
+    """Candle's error for ragged nested lists: the first pair of siblings whose shapes differ."""
+
+    def walk(x: Any) -> errors.Error | None:
+        if not isinstance(x, (list, tuple)) or not x:
+            return None
+        first = _nested_shape(x[0])
+        for e in x[1:]:
+            s = _nested_shape(e)
+            if s != first:
+                return errors.Msg(
+                    f"two elements have different shapes {errors.fmt_shape(s)} {errors.fmt_shape(first)}"
+                )
+        for e in x:
+            err = walk(e)
+            if err is not None:
+                return err
+        return None
+
+    return walk(data) or errors.Msg("cannot build a tensor from this nested data")
+
+
+def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
+    """A numpy array (already in the target dtype) from Python scalars / nested lists."""
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError):
+        if isinstance(data, (list, tuple)):
+            raise _ragged_error(data) from None
+        raise TypeError(f"incorrect type {type(data)} for tensor") from None
+    kind = arr.dtype.kind
+    if kind == "O" or kind in "USV":
+        if isinstance(data, (list, tuple)):
+            err = _ragged_error(data)
+            if "different shapes" in str(err):
+                raise err
+        bad = arr.flat[0] if arr.size else data
+        for v in arr.flat:
+            if not isinstance(v, (bool, int, float, np.generic)):
+                bad = v
+                break
+        if isinstance(bad, int):  # ints beyond int64/uint64
+            raise errors.Msg(f"{where}: integer {bad} does not fit in a 64-bit tensor")
+        raise TypeError(f"incorrect type {type(bad)} for tensor")
+    if arr.ndim > 1 and 0 in arr.shape[1:] and isinstance(data, (list, tuple)):
+        raise errors.Msg("empty array")
+    if dtype is not None:
+        return arr.astype(dtype.np, copy=False)
+    if kind == "f":
+        return arr.astype(np.float32, copy=False)
+    if kind == "b":
+        return arr.astype(np.uint8)
+    if kind in "iu":
+        if arr.size == 0:
+            return arr.astype(np.float32)
+        d = _int_dtype(int(arr.min()), int(arr.max()), where)
+        return arr.astype(d.np, copy=False)
+    if kind == "c":
+        raise errors.UnsupportedDTypeForOp(str(arr.dtype), where, "complex numbers are not supported")
+    raise TypeError(f"incorrect type {type(data)} for tensor")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+_TORCH_NAMES = {
+    "uint8": DType.U8, "uint32": DType.U32, "int16": DType.I16, "int32": DType.I32, "int64": DType.I64,
+    "bfloat16": DType.BF16, "float16": DType.F16, "float32": DType.F32, "float64": DType.F64,
+    "float8_e4m3fn": DType.F8E4M3, "bool": DType.U8,
+}
+
+
+def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
+    """A jax array from a torch tensor: DLPack (zero-copy on CPU), numpy as the fallback."""
+    import torch
+
+    name = str(t.dtype).removeprefix("torch.")
+    d = _TORCH_NAMES.get(name)
+    if d is None:
+        raise errors.UnsupportedDTypeForOp(name, where, "supported: " + ", ".join(x.value for x in DType))
+    check_width(d, where)
+    t = t.detach()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    try:
+        a = jax.dlpack.from_dlpack(t)
+    except Exception:
+        if d is DType.BF16:
+            a = jnp.asarray(t.float().numpy()).astype(jnp.bfloat16)
+        else:
+            a = jnp.asarray(t.numpy())
+    if dtype is not None and dtype is not d:
+        a = a.astype(dtype.np)
+    return a
+
+
+def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
+    """A ``jax.Array`` (or tracer) from any supported data, with Candle's dtype inference.
+
+    Copies host data (numpy arrays and Python lists); jax arrays and Tensors are used as they are
+    (and cast when ``dtype`` differs).
+    """
+    dt = None if dtype is None else _dt(dtype, where)
+    if isinstance(data, TensorBase):
+        a = data._a
+    elif isinstance(data, (jax.Array, _Tracer)):
+        a = data
+    elif isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        if dt is None:
+            _np_dtype(data.dtype, where)
+            if data.dtype == np.bool_:
+                data = data.astype(np.uint8)
+            return jnp.asarray(data)
+        return jnp.asarray(np.asarray(data).astype(dt.np, copy=False))
+    elif _is_torch(data):
+        return _from_torch(data, dt, where)
+    elif isinstance(data, (list, tuple, int, float, bool)):
+        return jnp.asarray(_from_python(data, dt, where))
+    elif hasattr(data, "__jax_array__"):
+        a = data.__jax_array__()
+    elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):
+        return as_jax_array(np.asarray(data), dtype, where)
+    else:
+        raise TypeError(f"incorrect type {type(data)} for tensor")
+    adt = a.dtype
+    if adt == np.bool_:
+        a = a.astype(np.uint8)
+    elif adt not in _FROM_NP:
+        from_array_dtype(adt, where)
+    if dt is not None and a.dtype != dt.np:
+        a = a.astype(dt.np)
+    return a
+
+
+# --- jitted builders ----------------------------------------------------------------------------
+@op(static=("shape", "dtype"))
+def _zeros(*, shape: tuple[int, ...], dtype: Any) -> Any:
+    return jnp.zeros(shape, dtype)
+
+
+@op(static=("shape", "dtype"))
+def _ones(*, shape: tuple[int, ...], dtype: Any) -> Any:
+    return jnp.ones(shape, dtype)
+
+
+@op(static=("shape", "dtype"))
+def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+    return jnp.full(shape, value, dtype)
+
+
+@op(static=("n", "dtype"))
+def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
+    i = jax.lax.iota(dtype, n)
+    return (start + i * step).astype(dtype)
+
+
+@op(static=("n", "dtype", "k", "upper"))
+def _tri(*, n: int, dtype: Any, k: int, upper: bool) -> Any:
+    r = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
+    c = jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    if k == 0 and not upper:
+        m = c <= r
+    elif upper:
+        m = c >= r
+    else:
+        m = c == r
+    return m.astype(dtype)
+
+
+@op(static=("shape", "dtype"))
+def _uniform(key: Any, lo: Any, up: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+    return jax.random.uniform(key, shape, dtype, jnp.asarray(lo, dtype), jnp.asarray(up, dtype))
+
+
+@op(static=("shape", "dtype"))
+def _normal(key: Any, mean: Any, std: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+    z = jax.random.normal(key, shape, dtype)
+    return (z * jnp.asarray(std, dtype) + jnp.asarray(mean, dtype)).astype(dtype)
+
+
+def _static_number(x: Any, what: str, op_name: str) -> Any:
+    if isinstance(x, TensorBase):
+        x = x._a
+    if isinstance(x, _Tracer):
+        raise errors.Msg(f"{op_name}: {what} must be a Python number (it fixes the output shape), got a traced value")
+    if hasattr(x, "shape") and getattr(x, "shape", ()) == ():
+        x = x.item()
+    if not isinstance(x, (int, float)):
+        raise errors.Msg(f"{op_name}: {what} must be a number, got {type(x).__name__}")
+    return x
+
+
+def _rand_dtype(dtype: Any, op_name: str) -> DType:
+    d = DType.F32 if dtype is None else _dt(dtype, op_name)
+    if not d.is_float():
+        raise errors.UnsupportedDTypeForOp(d, op_name, "random tensors are float-only; sample then .to_dtype(...)")
+    return d
+
+
+def _concrete(x: Any) -> float | None:
+    """``x`` as a Python float when it is concrete, else None (traced bounds skip validation)."""
+    if isinstance(x, TensorBase):
+        x = x._a
+    if isinstance(x, _Tracer):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _key_for(key: Any, device: Device, op_name: str) -> Any:
+    if key is None:
+        return _random.next_key(device, op_name)
+    return _random.as_key(key)
 
 
 class CreationMixin(TensorBase):
     __slots__ = ()
+
+    # --- constructors ----------------------------------------------------------------------
+    def __init__(self, data: Any, device: Any = None, dtype: Any = None) -> None:
+        """``Tensor(data, device=None, dtype=None)``; candle-pyo3's ``candle.Tensor(data)``.
+
+        ``data``: a Python scalar, nested lists/tuples, a numpy / jax array, a torch tensor or a
+        Tensor. ``device=None`` keeps a jax array's (or Tensor's) device and puts host data on
+        ``Device.Cpu``. PyTorch: ``torch.tensor(data, dtype=..., device=...)``.
+        """
+        a = as_jax_array(data, dtype)
+        if device is None:
+            device = None if isinstance(data, (TensorBase, jax.Array, _Tracer)) else _CPU
+        else:
+            device = _dev(device)
+        self._a = _place(a, device)
+
+    @classmethod
+    def new(cls, data: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::new(array, &device)``: copy ``data`` onto ``device``.
+
+        Python floats give F32, non-negative ints U32, negative ints I64 (I32 without x64),
+        bools U8; numpy / jax / torch data keep their dtype. PyTorch: ``torch.tensor``.
+        """
+        return wrap(_place(as_jax_array(data, dtype, "new"), _dev(device)))
+
+    @staticmethod
+    def from_vec(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::from_vec(vec, shape, &device)``; ``shape`` may hold one hole (``()`` or -1).
+
+        Raises ``Shape mismatch, got buffer of size 5 which is compatible with shape [2, 3]``.
+        """
+        a = as_jax_array(data, dtype, "from_vec")
+        dims = shape_with_hole(shape, a.size, "from_vec")
+        return wrap(_place(a.reshape(dims), _dev(device)))
+
+    @staticmethod
+    def from_slice(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::from_slice(&[T], shape, &device)`` (no hole allowed)."""
+        a = as_jax_array(data, dtype, "from_slice")
+        dims = _shape(shape)
+        n = math.prod(dims)
+        if n != a.size:
+            raise errors.ShapeMismatch(a.size, dims)
+        return wrap(_place(a.reshape(dims), _dev(device)))
+
+    @staticmethod
+    def from_iter(iterable: Iterable[Any], device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::from_iter(iter, &device)``: a 1-D tensor from any iterable of scalars."""
+        data = list(iterable)
+        if any(isinstance(x, (list, tuple)) for x in data):
+            raise errors.Msg("from_iter: expected an iterable of scalars")
+        return wrap(_place(as_jax_array(data, dtype, "from_iter"), _dev(device)))
+
+    @staticmethod
+    def from_numpy(array: np.ndarray, device: Any = None) -> Any:
+        """A Tensor sharing ``array``'s memory where XLA allows it (aligned, C-contiguous, on CPU).
+
+        Keeps the dtype (bool -> U8, which copies). As with ``torch.from_numpy``, writing to the
+        numpy array afterwards may change the tensor: copy first (or use ``Tensor.new``).
+        """
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        _np_dtype(array.dtype, "from_numpy")
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        dev = _dev(device)
+        target = dev.jax_device if (dev is not _CPU or _default_device() is not _CPU) else None
+        a = jax.device_put(array, target) if target is not None else jax.device_put(array)
+        return wrap(a)
+
+    @staticmethod
+    def from_jax(array: Any) -> Any:
+        """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8."""
+        adt = array.dtype
+        if adt not in _FROM_NP:
+            if adt == np.bool_:
+                array = array.astype(np.uint8)
+            else:
+                from_array_dtype(adt, "from_jax")
+        return wrap(array)
+
+    @staticmethod
+    def from_torch(t: Any, device: Any = None) -> Any:
+        """A Tensor from a ``torch.Tensor`` through DLPack (zero-copy for contiguous CPU tensors)."""
+        if not _is_torch(t):
+            raise TypeError(f"from_torch expects a torch.Tensor, got {type(t).__name__}")
+        return wrap(_place(_from_torch(t, None, "from_torch"), None if device is None else _dev(device)))
+
+    # --- constant tensors ------------------------------------------------------------------
+    @staticmethod
+    def zeros(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::zeros(shape, dtype, &device)``. PyTorch: ``torch.zeros``."""
+        d = _dt(dtype, "zeros")
+        return wrap(_place(_zeros(shape=_shape(shape), dtype=d.np), _dev(device)))
+
+    @staticmethod
+    def ones(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::ones(shape, dtype, &device)``. PyTorch: ``torch.ones``."""
+        d = _dt(dtype, "ones")
+        return wrap(_place(_ones(shape=_shape(shape), dtype=d.np), _dev(device)))
+
+    @staticmethod
+    def empty(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::empty`` (uninitialised in Candle): zeros here."""
+        return CreationMixin.zeros(shape, dtype, device)
+
+    @staticmethod
+    def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given."""
+        v = value._a if isinstance(value, TensorBase) else value
+        d = infer_dtype(v, "full") if dtype is None else _dt(dtype, "full")
+        return wrap(_place(_full(v, shape=_shape(shape), dtype=d.np), _dev(device)))
+
+    def zeros_like(self) -> Any:
+        """``t.zeros_like()``: zeros with this tensor's shape, dtype and device."""
+        a = self._a
+        return wrap(_place(_zeros(shape=a.shape, dtype=a.dtype), _like_dev(a)))
+
+    def ones_like(self) -> Any:
+        """``t.ones_like()``."""
+        a = self._a
+        return wrap(_place(_ones(shape=a.shape, dtype=a.dtype), _like_dev(a)))
+
+    def empty_like(self) -> Any:
+        """``t.empty_like()`` (zeros here: JAX has no uninitialised memory)."""
+        return self.zeros_like()
+
+    def full_like(self, value: Any) -> Any:
+        """``torch.full_like(t, value)``: ``value`` cast to this tensor's dtype."""
+        a = self._a
+        v = value._a if isinstance(value, TensorBase) else value
+        return wrap(_place(_full(v, shape=a.shape, dtype=a.dtype), _like_dev(a)))
+
+    # --- ranges and structured matrices ------------------------------------------------------
+    @staticmethod
+    def arange(start: Any, end: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::arange(start, end, &device)``: ``[start, end)`` with step 1.
+
+        Ints give U32 (I32/I64 when negative), floats F32, unless ``dtype`` is given.
+        """
+        return CreationMixin.arange_step(start, end, 1, device, dtype=dtype)
+
+    @staticmethod
+    def arange_step(start: Any, end: Any, step: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+        """``Tensor::arange_step(start, end, step, &device)``; negative steps count down.
+
+        Raises ``step cannot be zero``. Element ``i`` is ``start + i * step`` (no accumulated
+        rounding). PyTorch: ``torch.arange(start, end, step)``.
+        """
+        start = _static_number(start, "start", "arange")
+        end = _static_number(end, "end", "arange")
+        step = _static_number(step, "step", "arange")
+        if step == 0:
+            raise errors.Msg("step cannot be zero")
+        all_int = isinstance(start, int) and isinstance(end, int) and isinstance(step, int)
+        if dtype is not None:
+            d = _dt(dtype, "arange")
+        elif all_int:
+            d = _int_dtype(min(start, end), max(start, end), "arange")
+        else:
+            d = DType.F32
+        if all_int:
+            n = max(0, -((start - end) // step))  # ceil((end - start) / step)
+        else:
+            n = max(0, math.ceil((end - start) / step))
+        if d.is_int() and all_int:
+            cdt = d.np  # exact integer arithmetic
+        elif x64_enabled():
+            cdt = np.float64
+        else:
+            cdt = np.float32
+        a = _arange(np.asarray(start, cdt), np.asarray(step, cdt), n=n, dtype=d.np)
+        return wrap(_place(a, _dev(device)))
+
+    @staticmethod
+    def eye(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::eye(n, dtype, &device)``: the ``n x n`` identity."""
+        return _tri_like(n, dtype, device, "eye", k=1, upper=False)
+
+    @staticmethod
+    def tril2(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::tril2(n, dtype, &device)``: ones on and below the diagonal."""
+        return _tri_like(n, dtype, device, "tril2", k=0, upper=False)
+
+    @staticmethod
+    def triu2(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+        """``Tensor::triu2(n, dtype, &device)``: ones on and above the diagonal."""
+        return _tri_like(n, dtype, device, "triu2", k=0, upper=True)
+
+    @staticmethod
+    def meshgrid(tensors: Sequence[Any], xy_indexing: bool) -> list[Any]:
+        """``Tensor::meshgrid(&[a, b, ..], xy_indexing)``: coordinate grids from 1-D tensors.
+
+        ``xy_indexing=False`` gives shape ``(len(a), len(b), ...)`` (``indexing="ij"``);
+        ``True`` swaps the first two output dims (``indexing="xy"``, as numpy / PyTorch).
+        """
+        ts = list(tensors)
+        if len(ts) < 2:
+            raise errors.OpRequiresAtLeastTwoTensors("meshgrid")
+        arrs = []
+        for t in ts:
+            a = t._a if isinstance(t, TensorBase) else as_jax_array(t, None, "meshgrid")
+            if a.ndim != 1:
+                raise errors.UnexpectedNumberOfDims(1, a.ndim, a.shape, "meshgrid")
+            arrs.append(a)
+        first = arrs[0]
+        for a in arrs[1:]:
+            if a.dtype != first.dtype:
+                raise errors.DTypeMismatchBinaryOp(wrap(first).dtype, wrap(a).dtype, "meshgrid")
+        return [wrap(g) for g in _meshgrid(*arrs, xy=bool(xy_indexing))]
+
+    # --- random ------------------------------------------------------------------------------
+    @staticmethod
+    def rand(lo: Any, up: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
+        """``Tensor::rand(lo, up, shape, &device)``: uniform on ``[lo, up)``, F32 unless ``dtype``.
+
+        Without ``key`` it draws from ``device``'s seeded generator (eager only: raises
+        ``TracingError`` under jit); with ``key=`` it is a pure function of the key.
+        PyTorch: ``torch.rand(shape) * (up - lo) + lo``.
+        """
+        d = _rand_dtype(dtype, "rand")
+        lo_c, up_c = _concrete(lo), _concrete(up)
+        if lo_c is not None and up_c is not None and lo_c > up_c:
+            raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
+        dev = _dev(device)
+        k = _key_for(key, dev, "rand")
+        return wrap(_place(_uniform(k, _unw(lo), _unw(up), shape=_shape(shape), dtype=d.np), dev))
+
+    @staticmethod
+    def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
+        """``Tensor::randn(mean, std, shape, &device)``: normal samples, F32 unless ``dtype``.
+
+        Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``.
+        """
+        d = _rand_dtype(dtype, "randn")
+        std_c = _concrete(std)
+        if std_c is not None and not std_c >= 0:
+            raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
+        dev = _dev(device)
+        k = _key_for(key, dev, "randn")
+        return wrap(_place(_normal(k, _unw(mean), _unw(std), shape=_shape(shape), dtype=d.np), dev))
+
+    def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:
+        """``t.rand_like(lo, up)``: uniform samples with this tensor's shape, dtype and device."""
+        if not self.dtype.is_float():
+            raise errors.UnsupportedDTypeForOp(self.dtype, "rand_like", "random tensors are float-only")
+        a = self._a
+        return CreationMixin.rand(lo, up, a.shape, _tensor_dev(self), key=key, dtype=self.dtype)
+
+    def randn_like(self, mean: Any, std: Any, *, key: Any = None) -> Any:
+        """``t.randn_like(mean, std)``: normal samples with this tensor's shape, dtype and device."""
+        if not self.dtype.is_float():
+            raise errors.UnsupportedDTypeForOp(self.dtype, "randn_like", "random tensors are float-only")
+        a = self._a
+        return CreationMixin.randn(mean, std, a.shape, _tensor_dev(self), key=key, dtype=self.dtype)
+
+
+# --- helpers used above -----------------------------------------------------------------------------
+def _unw(x: Any) -> Any:
+    return x._a if isinstance(x, TensorBase) else x
+
+
+def _like_dev(a: Any) -> Device | None:
+    """The device to place a *_like result on: None (JAX's default) on a one-device machine."""
+    if isinstance(a, _Tracer) or len(jax.devices()) == 1:
+        return None
+    devs = a.devices()
+    return Device.from_jax(next(iter(devs))) if len(devs) == 1 else None
+
+
+def _tensor_dev(t: TensorBase) -> Device:
+    if isinstance(t._a, _Tracer):
+        return _CPU
+    return t.device
+
+
+def _tri_like(n: Any, dtype: Any, device: Any, op_name: str, *, k: int, upper: bool) -> Any:
+    n = _static_number(n, "n", op_name)
+    if not isinstance(n, int) or n < 0:
+        raise errors.Msg(f"{op_name}: n must be a non-negative int, got {n!r}")
+    d = _dt(dtype, op_name)
+    return wrap(_place(_tri(n=n, dtype=d.np, k=k, upper=upper), _dev(device)))
+
+
+@op(static=("xy",))
+def _meshgrid(*arrs: Any, xy: bool) -> list[Any]:
+    return jnp.meshgrid(*arrs, indexing="xy" if xy else "ij")
+
