@@ -1,0 +1,161 @@
+"""Which leaves of a model an optimizer trains, and how to put new values back.
+
+requires: jax, candlejax.tensor, candlejax.nn (optional: Var)
+provides: ``Split`` (``split(model, wrt)``), ``is_var``
+
+A model is any pytree: a ``cj.nn.Module``, a dict or tuple of Tensors, a plain jax pytree. When the
+tree holds ``cj.nn.Var`` parameters, exactly the float Vars are trained (Candle trains the Vars of
+its ``VarMap``); a non-float Var raises instead of being dropped silently as Candle does. A tree
+without Vars (plain Tensors / arrays) trains every float leaf. ``wrt`` narrows the set further.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from candlejax import errors
+from candlejax.tensor._core import TensorBase
+
+
+def _var_class() -> Any:
+    try:
+        from candlejax.nn import Var  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return Var
+
+
+def is_var(x: Any) -> bool:
+    """True for a ``cj.nn.Var`` (a trainable parameter)."""
+    v = _var_class()
+    return v is not None and isinstance(x, v)
+
+
+def _is_top(x: Any) -> bool:
+    return isinstance(x, TensorBase) or is_var(x)
+
+
+def _name_of(path: Any, leaf: Any) -> str:
+    name = getattr(leaf, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    s = jax.tree_util.keystr(path, simple=True, separator=".") if path else ""
+    return s or "<root>"
+
+
+def _is_float(a: Any) -> bool:
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        return isinstance(a, float)
+    return bool(jnp.issubdtype(dt, jnp.floating))
+
+
+class Split(NamedTuple):
+    """A flattened model: every array leaf, which of them are trained, and their names."""
+
+    treedef: Any  # the full tree structure (down to jax arrays)
+    leaves: list[Any]  # every leaf, in treedef order
+    mask: tuple[bool, ...]  # trained or not, per leaf
+    names: tuple[str, ...]  # checkpoint names of the trained leaves
+
+    @property
+    def params(self) -> list[Any]:
+        return [a for a, m in zip(self.leaves, self.mask) if m]
+
+    @property
+    def rest(self) -> list[Any]:
+        return [a for a, m in zip(self.leaves, self.mask) if not m]
+
+    def merge(self, params: list[Any], rest: list[Any] | None = None) -> Any:
+        """The model with the trained leaves replaced by ``params``."""
+        return self.treedef.unflatten(merge_leaves(self.mask, params, self.rest if rest is None else rest))
+
+
+def merge_leaves(mask: tuple[bool, ...], params: list[Any], rest: list[Any]) -> list[Any]:
+    p, r = iter(params), iter(rest)
+    return [next(p) if m else next(r) for m in mask]
+
+
+def _wrt_pred(wrt: Any) -> Callable[[str], bool] | None:
+    if wrt is None:
+        return None
+    if isinstance(wrt, str):
+        pat = re.compile(wrt)
+        return lambda name: pat.search(name) is not None
+    if isinstance(wrt, re.Pattern):
+        return lambda name: wrt.search(name) is not None
+    if callable(wrt):
+        return wrt
+    raise errors.Msg(f"wrt must be None, a regex string or a callable(name) -> bool, got {type(wrt).__name__}")
+
+
+def split(model: Any, wrt: Any = None, *, what: str = "optimizer") -> Split:
+    """Flatten ``model`` and mark the leaves to train (see the module docstring)."""
+    tops = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_top)[0]
+    has_vars = any(is_var(t) for _, t in tops)
+    pred = _wrt_pred(wrt)
+    mask: list[bool] = []
+    names: list[str] = []
+    for path, top in tops:
+        sub = jax.tree_util.tree_leaves(top)
+        name = _name_of(path, top)
+        if has_vars:
+            train = is_var(top)
+            if train and not all(_is_float(a) for a in sub):
+                dt = getattr(sub[0], "dtype", type(sub[0]).__name__) if sub else "?"
+                raise errors.UnsupportedDTypeForOp(
+                    dt,
+                    f"{what} (Var {name!r})",
+                    "only float Vars can be trained; Candle silently drops a non-float Var from its optimizer,"
+                    " candlejax refuses it: make it a plain Tensor (a buffer) or convert it with"
+                    " .to_dtype(DType.F32)",
+                )
+        else:
+            train = all(_is_float(a) for a in sub) and bool(sub)
+        if train and pred is not None and not pred(name):
+            train = False
+        mask.extend([train] * len(sub))
+        if train:
+            names.extend([name] if len(sub) == 1 else [f"{name}[{i}]" for i in range(len(sub))])
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    if len(leaves) != len(mask):  # pragma: no cover - a pytree whose leaves differ by is_leaf
+        raise errors.Msg(f"{what}: cannot flatten the model consistently ({len(leaves)} vs {len(mask)} leaves)")
+    if not any(mask):
+        raise errors.Msg(
+            f"{what}: the model has no trainable parameters"
+            + (" matching wrt" if pred is not None else " (no float Var / float Tensor leaves)")
+        )
+    return Split(treedef, leaves, tuple(mask), tuple(names))
+
+
+def grads_as_params(sp: Split, grads: Any) -> list[Any]:
+    """Pick the gradients of the trained leaves out of ``grads``.
+
+    ``grads`` may be model-shaped (what ``cj.grad`` / ``jax.grad`` return) or a list of arrays, one
+    per trained leaf.
+    """
+    if isinstance(grads, (list, tuple)) and len(grads) == sum(sp.mask) and all(
+        hasattr(g, "shape") for g in grads
+    ):
+        out = [g._a if isinstance(g, TensorBase) else g for g in grads]
+    else:
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        if treedef == sp.treedef:
+            out = [g for g, m in zip(leaves, sp.mask) if m]
+        else:
+            gleaves = jax.tree_util.tree_leaves(grads)
+            if len(gleaves) != sum(sp.mask):
+                raise errors.Msg(
+                    f"optimizer step: the gradients do not match the model: {len(gleaves)} gradient leaves for"
+                    f" {sum(sp.mask)} trainable parameters; pass what cj.grad(loss_fn)(model, ...) returns"
+                )
+            out = gleaves
+    for g, p, n in zip(out, sp.params, sp.names):
+        if getattr(g, "shape", None) != p.shape:
+            raise errors.UnexpectedShape(f"optimizer step: gradient of {n} has the wrong shape", p.shape, g.shape)
+    return out
