@@ -5,13 +5,30 @@ Candle seeds a device (``device.set_seed(42)``); JAX needs keys. Eagerly, ``Tens
 every draw, so the same seed gives the same numbers in every fresh process. Under ``jax.jit`` /
 ``grad`` / ``vmap`` pass ``key=`` explicitly: drawing from the stateful generator while tracing
 raises :class:`candlejax.errors.TracingError` instead of baking one key into the program.
+
+Code written Candle's way (no key arguments) can still run under ``jax.jit``: inside
+``with candlejax.random.key_scope(key):`` every draw without ``key=`` takes a fresh key derived from
+``key`` (``fold_in(key, i)`` for the i-th draw), so the traced function is a pure function of the
+key it is given::
+
+    @jax.jit
+    def noisy(x, key):
+        with random.key_scope(key):
+            return x + Tensor.randn(0.0, 1.0, x.shape, x.device)
+
+Keys are threefry2x32 keys built from the full 64-bit seed, so ``set_seed(2**40)`` and
+``set_seed(0)`` differ whether or not x64 mode is on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import is_eager
@@ -19,6 +36,19 @@ from candlejax._dispatch import is_eager
 DEFAULT_SEED = 299792458
 
 _state: dict[Any, list[Any]] = {}  # device -> [seed, base key, counter]
+_scopes = threading.local()  # .stack: list of [key, counter] pushed by key_scope
+
+
+def key(seed: int) -> jax.Array:
+    """A threefry2x32 key from a seed in ``[0, 2**64)`` (all 64 bits used, x64 mode or not)."""
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise errors.Msg(f"random key: seed must be in [0, 2**64), got {seed}")
+    data = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+_key_from_seed = key
 
 
 def _dev_key(device: Any) -> Any:
@@ -38,16 +68,26 @@ def get_seed(device: Any) -> int:
 
 
 def next_key(device: Any, op: str) -> jax.Array:
-    """A fresh key from ``device``'s generator; raises while tracing."""
+    """A fresh key: from the innermost :func:`key_scope`, else from ``device``'s generator.
+
+    Without a scope it raises :class:`TracingError` while tracing.
+    """
+    stack = getattr(_scopes, "stack", None)
+    if stack:
+        top = stack[-1]
+        k = jax.random.fold_in(top[0], top[1])
+        top[1] += 1
+        return k
     if not is_eager():
         raise errors.TracingError(
             f"{op}: cannot draw from the device's random generator inside jax.jit/grad/vmap (the key"
             f" would be baked into the compiled program); pass key=jax.random.key(seed) or a key"
-            f" argument of the traced function instead"
+            f" argument of the traced function instead, or wrap the code in"
+            f" `with candlejax.random.key_scope(key):`"
         )
     st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
     if st[1] is None:
-        st[1] = jax.random.key(st[0] % (2**63))
+        st[1] = _key_from_seed(st[0])
     k = jax.random.fold_in(st[1], st[2])
     st[2] += 1
     return k
@@ -66,11 +106,37 @@ def set_state(device: Any, state: tuple[int, int]) -> None:
 
 
 def as_key(key: Any) -> jax.Array:
-    """Accept a typed key, a raw uint32 key, or an int seed."""
-    if isinstance(key, int):
-        return jax.random.key(key)
+    """Accept a typed key, a raw uint32 key (``jax.random.PRNGKey``), or an int seed."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return _key_from_seed(int(key))
     if hasattr(key, "_a"):
         key = key._a
     if hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
+    if not hasattr(key, "dtype") or key.dtype != np.uint32:
+        raise errors.Msg(
+            f"expected a random key (jax.random.key(seed), a uint32 PRNGKey or an int seed), got {type(key).__name__}"
+        )
     return jax.random.wrap_key_data(key)
+
+
+@contextlib.contextmanager
+def key_scope(k: Any) -> Iterator[None]:
+    """Within the block, draws without ``key=`` derive their keys from ``k`` (works under jit).
+
+    The i-th draw in the block uses ``fold_in(k, i)``; scopes nest (the innermost wins) and are
+    per thread.
+    """
+    stack = getattr(_scopes, "stack", None)
+    if stack is None:
+        stack = _scopes.stack = []
+    stack.append([as_key(k), 0])
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def split(k: Any, num: int = 2) -> jax.Array:
+    """``jax.random.split`` accepting anything :func:`as_key` does."""
+    return jax.random.split(as_key(k), num)
