@@ -1,13 +1,289 @@
 """Reductions: sum, mean, max, min, argmax, argmin, var, log_sum_exp, *_all, cumsum, sort.
 
-requires: candlejax.tensor._core (TensorBase, unwrap, checks), candlejax._dispatch.op
+Each reduction is one cached ``jax.jit`` keyed on its (static) axes. Results keep the input dtype
+(as Candle: a u8 sum wraps); ``argmax``/``argmin``/sort indices are ``U32``. bf16/f16 inputs are
+accumulated in f32 and returned in their own dtype.
+
+requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op, candlejax.shape
 provides: ReduceMixin
 """
 
 from __future__ import annotations
 
-from candlejax.tensor._core import TensorBase
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax._dispatch import is_eager, op
+from candlejax.dtype import DType
+from candlejax.shape import resolve_dim, resolve_dims
+from candlejax.tensor._core import TensorBase, wrap
+
+_FLOAT = frozenset(d.np for d in DType if d.is_float())
+_HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
+_U32 = np.dtype(np.uint32)
+_F32_HINT = "convert with .to_dtype(DType.F32) first"
+
+
+def _up(a: Any) -> Any:
+    """bf16/f16 -> f32 for accumulation (a no-op for other dtypes)."""
+    return a.astype(jnp.float32) if a.dtype in _HALF else a
+
+
+# --- kernels (one cached jit each; axes and flags are static) -----------------------------------
+@op(static=("axis", "keepdims"))
+def _sum(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
+    return jnp.sum(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
+
+
+@op(static=("axis", "keepdims"))
+def _mean(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
+    return jnp.mean(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
+
+
+@op(static=("axis", "keepdims"))
+def _max(a: Any, *, axis: int, keepdims: bool) -> Any:
+    return jnp.max(a, axis=axis, keepdims=keepdims)
+
+
+@op(static=("axis", "keepdims"))
+def _min(a: Any, *, axis: int, keepdims: bool) -> Any:
+    return jnp.min(a, axis=axis, keepdims=keepdims)
+
+
+@op(static=("axis", "keepdims"))
+def _argmax(a: Any, *, axis: int, keepdims: bool) -> Any:
+    return jnp.argmax(a, axis=axis, keepdims=keepdims).astype(_U32)
+
+
+@op(static=("axis", "keepdims"))
+def _argmin(a: Any, *, axis: int, keepdims: bool) -> Any:
+    return jnp.argmin(a, axis=axis, keepdims=keepdims).astype(_U32)
+
+
+@op(static=("axis", "keepdims"))
+def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
+    x = _up(a)
+    mean = jnp.mean(x, axis=axis, keepdims=True)
+    d = x - mean
+    n = x.shape[axis]
+    return (jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1)).astype(a.dtype)
+
+
+@op(static=("axis",))
+def _log_sum_exp(a: Any, *, axis: tuple[int, ...]) -> Any:
+    return jax.nn.logsumexp(_up(a), axis=axis).astype(a.dtype)
+
+
+@op(static=("axis",))
+def _cumsum(a: Any, *, axis: int) -> Any:
+    return jnp.cumsum(_up(a), axis=axis).astype(a.dtype)
+
+
+@op(static=("descending",))
+def _argsort(a: Any, *, descending: bool) -> Any:
+    return jnp.argsort(a, axis=-1, stable=True, descending=descending).astype(_U32)
+
+
+@op(static=("descending",))
+def _sort(a: Any, *, descending: bool) -> Any:
+    idx = jnp.argsort(a, axis=-1, stable=True, descending=descending)
+    return jnp.take_along_axis(a, idx, axis=-1), idx.astype(_U32)
+
+
+def _single_dim(dim: Any, shape: tuple[int, ...], op_name: str) -> int:
+    """Candle's ``Dim``: one dim only; a sequence of several raises ``OnlySingleDimension``."""
+    if type(dim) is int and 0 <= dim < len(shape):
+        return dim
+    if isinstance(dim, (list, tuple)):
+        if len(dim) != 1:
+            raise errors.OnlySingleDimension(op_name)
+        dim = dim[0]
+    return resolve_dim(dim, shape, op_name)
+
+
+def _float_only(t: TensorBase, op_name: str, hint: str = _F32_HINT) -> None:
+    if t._a.dtype not in _FLOAT:
+        raise errors.UnsupportedDTypeForOp(t.dtype, op_name, hint)
+
+
+def _run(k: Any, a: Any, **kw: Any) -> Any:
+    return k.jitted(a, **kw) if is_eager() else k.raw(a, **kw)
+
+
+_MEAN_INT_HINT = "the mean of an integer tensor is not an integer (Candle returns 0); convert with .to_dtype(DType.F32)"
 
 
 class ReduceMixin(TensorBase):
+    """Candle's reductions, each with a ``_keepdim`` variant that keeps the reduced dims as size 1."""
+
     __slots__ = ()
+
+    # ---- sum / mean (multi-dim) ---------------------------------------------------------------
+    def _sum_impl(self, dims: Any, keepdim: bool) -> Any:
+        a = self._a
+        axis = (dims,) if type(dims) is int and 0 <= dims < a.ndim else resolve_dims(dims, a.shape, "sum")
+        if is_eager():
+            return wrap(_sum.jitted(a, axis=axis, keepdims=keepdim))
+        return wrap(_sum.raw(a, axis=axis, keepdims=keepdim))
+
+    def sum_keepdim(self, dims: Any) -> Any:
+        """Sum over one dim or several, keeping them as size 1 (Candle ``sum_keepdim``,
+        torch ``sum(dims, keepdim=True)``). Keeps the dtype: integer sums wrap."""
+        return self._sum_impl(dims, True)
+
+    def sum(self, dims: Any) -> Any:
+        """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``)."""
+        return self._sum_impl(dims, False)
+
+    def _mean_impl(self, dims: Any, keepdim: bool, name: str) -> Any:
+        a = self._a
+        axis = resolve_dims(dims, a.shape, name)
+        _float_only(self, name, _MEAN_INT_HINT)
+        return wrap(_run(_mean, a, axis=axis, keepdims=keepdim))
+
+    def mean_keepdim(self, dims: Any) -> Any:
+        """Mean over one dim or several, keeping them (Candle ``mean_keepdim``); float only."""
+        return self._mean_impl(dims, True, "mean-keepdim")
+
+    def mean(self, dims: Any) -> Any:
+        """Mean over one dim or several, removing them (Candle ``mean``, torch ``mean(dims)``); float only."""
+        return self._mean_impl(dims, False, "mean")
+
+    # ---- single-dim reductions ----------------------------------------------------------------
+    def _reduce1(self, k: Any, dim: Any, keepdim: bool, name: str) -> Any:
+        a = self._a
+        s = a.shape
+        axis = dim if type(dim) is int and 0 <= dim < len(s) else _single_dim(dim, s, name)
+        if s[axis] == 0:
+            raise errors.EmptyTensor("reduce")
+        if is_eager():
+            return wrap(k.jitted(a, axis=axis, keepdims=keepdim))
+        return wrap(k.raw(a, axis=axis, keepdims=keepdim))
+
+    def max_keepdim(self, dim: Any) -> Any:
+        """Max over one dim, kept as size 1 (Candle ``max_keepdim``, torch ``amax(dim, keepdim=True)``)."""
+        return self._reduce1(_max, dim, True, "max")
+
+    def max(self, dim: Any) -> Any:
+        """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``)."""
+        return self._reduce1(_max, dim, False, "max")
+
+    def min_keepdim(self, dim: Any) -> Any:
+        """Min over one dim, kept as size 1 (Candle ``min_keepdim``, torch ``amin(dim, keepdim=True)``)."""
+        return self._reduce1(_min, dim, True, "min")
+
+    def min(self, dim: Any) -> Any:
+        """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``)."""
+        return self._reduce1(_min, dim, False, "min")
+
+    def argmax_keepdim(self, dim: Any) -> Any:
+        """Index (U32) of the first max over one dim, kept as size 1 (Candle ``argmax_keepdim``)."""
+        return self._reduce1(_argmax, dim, True, "argmax")
+
+    def argmax(self, dim: Any) -> Any:
+        """Index (U32) of the first max over one dim (Candle ``argmax``, torch ``argmax(dim)`` -> i64)."""
+        return self._reduce1(_argmax, dim, False, "argmax")
+
+    def argmin_keepdim(self, dim: Any) -> Any:
+        """Index (U32) of the first min over one dim, kept as size 1 (Candle ``argmin_keepdim``)."""
+        return self._reduce1(_argmin, dim, True, "argmin")
+
+    def argmin(self, dim: Any) -> Any:
+        """Index (U32) of the first min over one dim (Candle ``argmin``, torch ``argmin(dim)`` -> i64)."""
+        return self._reduce1(_argmin, dim, False, "argmin")
+
+    def var_keepdim(self, dim: Any) -> Any:
+        """Unbiased variance (divide by n - 1) over one dim, kept (Candle ``var_keepdim``,
+        torch ``var(dim, keepdim=True)``); float only."""
+        a = self._a
+        axis = _single_dim(dim, a.shape, "var")
+        _float_only(self, "var")
+        return wrap(_run(_var, a, axis=axis, keepdims=True))
+
+    def var(self, dim: Any) -> Any:
+        """Unbiased variance over one dim, removed (Candle ``var``, torch ``var(dim)``); float only."""
+        a = self._a
+        axis = _single_dim(dim, a.shape, "var")
+        _float_only(self, "var")
+        return wrap(_run(_var, a, axis=axis, keepdims=False))
+
+    # ---- whole-tensor reductions (rank-0 results) ---------------------------------------------
+    def sum_all(self) -> Any:
+        """Sum of every element, rank 0 (Candle ``sum_all``, torch ``sum()``)."""
+        a = self._a
+        return wrap(_run(_sum, a, axis=tuple(range(a.ndim)), keepdims=False))
+
+    def mean_all(self) -> Any:
+        """Mean of every element, rank 0 (Candle ``mean_all``, torch ``mean()``); float only."""
+        a = self._a
+        _float_only(self, "mean_all", _MEAN_INT_HINT)
+        return wrap(_run(_mean, a, axis=tuple(range(a.ndim)), keepdims=False))
+
+    def max_all(self) -> Any:
+        """Max of every element, rank 0 (Candle ``max_all``, torch ``max()``)."""
+        return self._all_reduce(_max_all)
+
+    def min_all(self) -> Any:
+        """Min of every element, rank 0 (Candle ``min_all``, torch ``min()``)."""
+        return self._all_reduce(_min_all)
+
+    def _all_reduce(self, k: Any) -> Any:
+        a = self._a
+        if a.ndim == 0:
+            return self
+        if a.size == 0:
+            raise errors.EmptyTensor("reduce")
+        return wrap(k.jitted(a) if is_eager() else k.raw(a))
+
+    # ---- composites ---------------------------------------------------------------------------
+    def log_sum_exp(self, dims: Any) -> Any:
+        """``log(sum(exp(x), dims))``, computed stably (Candle ``log_sum_exp``, torch ``logsumexp``);
+        the reduced dims are removed; float only. All ``-inf`` gives ``-inf`` (Candle gives NaN)."""
+        a = self._a
+        axis = (dims,) if type(dims) is int and 0 <= dims < a.ndim else resolve_dims(dims, a.shape, "log-sum-exp")
+        if a.dtype not in _FLOAT:
+            _float_only(self, "log-sum-exp")
+        if not axis:
+            return self
+        if is_eager():
+            return wrap(_log_sum_exp.jitted(a, axis=axis))
+        return wrap(_log_sum_exp.raw(a, axis=axis))
+
+    def cumsum(self, dim: Any) -> Any:
+        """Cumulative sum along ``dim`` (Candle ``cumsum``, torch ``cumsum``). Exact and O(n) (Candle uses
+        an O(n^2) matmul and is float only; integers work here and keep their dtype)."""
+        a = self._a
+        axis = resolve_dim(dim, a.shape, "cumsum")
+        return wrap(_run(_cumsum, a, axis=axis))
+
+    def arg_sort_last_dim(self, asc: bool = True) -> Any:
+        """U32 indices that sort the last dim (Candle ``arg_sort_last_dim``, torch ``argsort(-1)``).
+        Stable: ties keep their original order (Candle's sort is documented as unstable)."""
+        a = self._a
+        if a.ndim == 0:
+            raise errors.Msg("empty last-dim in arg-sort")
+        return wrap(_run(_argsort, a, descending=not asc))
+
+    def sort_last_dim(self, asc: bool = True) -> tuple[Any, Any]:
+        """``(sorted, indices)`` along the last dim (Candle ``sort_last_dim``, torch ``sort(-1)``);
+        stable; the sorted values are differentiable (Candle's are not)."""
+        a = self._a
+        if a.ndim == 0:
+            raise errors.Msg("empty last-dim in arg-sort")
+        v, i = _run(_sort, a, descending=not asc)
+        return wrap(v), wrap(i)
+
+
+@op
+def _max_all(a: Any) -> Any:
+    return jnp.max(a)
+
+
+@op
+def _min_all(a: Any) -> Any:
+    return jnp.min(a)
+
