@@ -1,0 +1,864 @@
+"""GGUF files (Candle's ``candle::quantized::gguf_file``): a bounds-checked, mmapped reader and an
+atomic writer.
+
+>>> from candlejax.io import gguf
+>>> ct = gguf.Content.read("model.gguf")
+>>> ct.metadata["llama.block_count"].to_u32()
+30
+>>> q = ct.tensor("blk.0.attn_q.weight", Device.Cpu)    # a QTensor, shape (out, in)
+
+Layout (little-endian): magic ``GGUF``, version (1, 2, 3), tensor count, metadata count, the
+metadata key/values, the tensor infos (name, dims innermost-first, ggml type, offset), then the
+tensor data at the next multiple of ``general.alignment`` (default 32). Version 1 uses 32-bit
+counts, lengths and dims; versions 2 and 3 use 64-bit ones. Shapes are reported in Candle's
+row-major order (GGUF's dims reversed), e.g. a weight is ``(out, in)``.
+
+Every read is checked against the file size before anything is allocated: a truncated file, a bad
+magic, an absurd count or length, tensor data past the end, or an unknown ggml type raises
+:class:`candlejax.errors.Gguf` naming the file and the key or tensor.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import mmap
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from candlejax import errors
+from candlejax.quantized.ggml_types import GgmlDType
+from candlejax.quantized.qtensor import QTensor
+
+DEFAULT_ALIGNMENT = 32
+MAGIC = b"GGUF"
+_MAX_DIMS = 8  # ggml uses 4; anything above 8 is a corrupt header
+_MAX_NESTING = 64
+
+
+class VersionedMagic(enum.Enum):
+    """``VersionedMagic::{GgufV1, GgufV2, GgufV3}``."""
+
+    GgufV1 = 1
+    GgufV2 = 2
+    GgufV3 = 3
+
+    @property
+    def version(self) -> int:
+        return self.value
+
+
+class ValueType(enum.Enum):
+    """A GGUF metadata value type; values are the on-disk ids."""
+
+    U8 = 0
+    I8 = 1
+    U16 = 2
+    I16 = 3
+    U32 = 4
+    I32 = 5
+    F32 = 6
+    Bool = 7
+    String = 8
+    Array = 9
+    U64 = 10
+    I64 = 11
+    F64 = 12
+
+    def to_u32(self) -> int:
+        return self.value
+
+
+_SCALAR_FMT: dict[ValueType, str] = {
+    ValueType.U8: "B",
+    ValueType.I8: "b",
+    ValueType.U16: "H",
+    ValueType.I16: "h",
+    ValueType.U32: "I",
+    ValueType.I32: "i",
+    ValueType.F32: "f",
+    ValueType.U64: "Q",
+    ValueType.I64: "q",
+    ValueType.F64: "d",
+}
+_NP_OF: dict[ValueType, str] = {
+    ValueType.U8: "<u1",
+    ValueType.I8: "<i1",
+    ValueType.U16: "<u2",
+    ValueType.I16: "<i2",
+    ValueType.U32: "<u4",
+    ValueType.I32: "<i4",
+    ValueType.F32: "<f4",
+    ValueType.U64: "<u8",
+    ValueType.I64: "<i8",
+    ValueType.F64: "<f8",
+}
+_INT_RANGE = {
+    ValueType.U8: (0, 2**8 - 1),
+    ValueType.I8: (-(2**7), 2**7 - 1),
+    ValueType.U16: (0, 2**16 - 1),
+    ValueType.I16: (-(2**15), 2**15 - 1),
+    ValueType.U32: (0, 2**32 - 1),
+    ValueType.I32: (-(2**31), 2**31 - 1),
+    ValueType.U64: (0, 2**64 - 1),
+    ValueType.I64: (-(2**63), 2**63 - 1),
+}
+
+
+class Value:
+    """A GGUF metadata value (Candle's ``gguf_file::Value``): a type tag and a Python value.
+
+    ``to_u32()``, ``to_f32()``, ``to_string()``, ``to_vec()`` ... return the value when the tag
+    matches and raise otherwise (``to_u64`` also accepts u8/u16/u32/bool, as in Candle).
+    ``.value`` is the plain Python value (arrays: a list of plain values); a Value compares equal
+    to another Value with the same tag and value, or to a plain Python value.
+    Build one with ``Value.u32(7)``, ``Value.string("x")``, ``Value.array([...])`` or
+    ``Value.from_python(v)``.
+    """
+
+    __slots__ = ("_v", "elem_type", "value_type")
+
+    def __init__(self, value_type: ValueType, value: Any, elem_type: ValueType | None = None):
+        self.value_type = value_type
+        self._v = value  # scalar; for Array: list[Value] or a 1-D numpy array of a numeric elem_type
+        self.elem_type = elem_type
+
+    # --- constructors -------------------------------------------------------------------------
+    @staticmethod
+    def u8(v: int) -> Value:
+        return Value(ValueType.U8, int(v))
+
+    @staticmethod
+    def i8(v: int) -> Value:
+        return Value(ValueType.I8, int(v))
+
+    @staticmethod
+    def u16(v: int) -> Value:
+        return Value(ValueType.U16, int(v))
+
+    @staticmethod
+    def i16(v: int) -> Value:
+        return Value(ValueType.I16, int(v))
+
+    @staticmethod
+    def u32(v: int) -> Value:
+        return Value(ValueType.U32, int(v))
+
+    @staticmethod
+    def i32(v: int) -> Value:
+        return Value(ValueType.I32, int(v))
+
+    @staticmethod
+    def u64(v: int) -> Value:
+        return Value(ValueType.U64, int(v))
+
+    @staticmethod
+    def i64(v: int) -> Value:
+        return Value(ValueType.I64, int(v))
+
+    @staticmethod
+    def f32(v: float) -> Value:
+        return Value(ValueType.F32, float(np.float32(v)))
+
+    @staticmethod
+    def f64(v: float) -> Value:
+        return Value(ValueType.F64, float(v))
+
+    @staticmethod
+    def bool(v: bool) -> Value:
+        return Value(ValueType.Bool, bool(v))
+
+    @staticmethod
+    def string(v: str) -> Value:
+        return Value(ValueType.String, str(v))
+
+    @staticmethod
+    def array(items: Iterable[Any], elem_type: ValueType | None = None) -> Value:
+        """An array of Values (plain items are converted with :meth:`from_python`, or to ``elem_type``)."""
+        if isinstance(items, np.ndarray):
+            return Value._from_numpy(items, elem_type)
+        vals = [
+            v if isinstance(v, Value) else (Value._typed(elem_type, v) if elem_type else Value.from_python(v))
+            for v in items
+        ]
+        types = {v.value_type for v in vals}
+        if len(types) > 1:
+            raise errors.Gguf(f"multiple value-types in the same array {sorted(t.name for t in types)}")
+        et = next(iter(types)) if types else (elem_type or ValueType.U32)
+        return Value(ValueType.Array, vals, et)
+
+    @staticmethod
+    def _typed(t: ValueType, v: Any) -> Value:
+        if t is ValueType.Array:
+            return Value.array(v)
+        if t is ValueType.String:
+            return Value.string(v)
+        if t is ValueType.Bool:
+            return Value.bool(v)
+        if t in (ValueType.F32, ValueType.F64):
+            return Value(t, float(np.float32(v)) if t is ValueType.F32 else float(v))
+        return Value(t, int(v))
+
+    @staticmethod
+    def _from_numpy(a: np.ndarray, elem_type: ValueType | None = None) -> Value:
+        if a.ndim != 1:
+            raise errors.Gguf(f"GGUF arrays are 1-D, got an array of shape {a.shape}")
+        if a.dtype == np.bool_:
+            return Value.array([bool(x) for x in a], ValueType.Bool)
+        if elem_type is None:
+            by_np = {np.dtype(v).newbyteorder("="): k for k, v in _NP_OF.items()}
+            elem_type = by_np.get(a.dtype.newbyteorder("="))
+            if elem_type is None:
+                raise errors.Gguf(f"cannot store a numpy array of dtype {a.dtype} in GGUF metadata")
+        if elem_type not in _NP_OF:
+            return Value.array(a.tolist(), elem_type)
+        return Value(ValueType.Array, np.ascontiguousarray(a, dtype=_NP_OF[elem_type]), elem_type)
+
+    @staticmethod
+    def from_python(v: Any) -> Value:
+        """bool -> Bool, int -> U32 / I32 / U64 / I64 (the narrowest that holds it, unsigned first),
+        float -> F32, str -> String, list/tuple -> Array, numpy scalars and 1-D arrays keep their type."""
+        if isinstance(v, Value):
+            return v
+        if isinstance(v, bool | np.bool_):
+            return Value.bool(bool(v))
+        if isinstance(v, np.generic):
+            arr = np.asarray(v).reshape(1)
+            return Value._from_numpy(arr).to_vec()[0]
+        if isinstance(v, int):
+            for t in (ValueType.U32, ValueType.I32, ValueType.U64, ValueType.I64):
+                lo, hi = _INT_RANGE[t]
+                if lo <= v <= hi:
+                    return Value(t, v)
+            raise errors.Gguf(f"integer {v} does not fit in a GGUF integer type")
+        if isinstance(v, float):
+            return Value.f32(v)
+        if isinstance(v, str):
+            return Value.string(v)
+        if isinstance(v, np.ndarray):
+            return Value._from_numpy(v)
+        if isinstance(v, list | tuple):
+            return Value.array(v)
+        raise errors.Gguf(f"cannot store a {type(v).__name__} in GGUF metadata")
+
+    # --- Candle's accessors ---------------------------------------------------------------------
+    def _expect(self, t: ValueType, what: str) -> Any:
+        if self.value_type is not t:
+            raise errors.Msg(f"not a {what} {self!r}")
+        return self._v
+
+    def to_u8(self) -> int:
+        return self._expect(ValueType.U8, "u8")
+
+    def to_i8(self) -> int:
+        return self._expect(ValueType.I8, "i8")
+
+    def to_u16(self) -> int:
+        return self._expect(ValueType.U16, "u16")
+
+    def to_i16(self) -> int:
+        return self._expect(ValueType.I16, "i16")
+
+    def to_u32(self) -> int:
+        return self._expect(ValueType.U32, "u32")
+
+    def to_i32(self) -> int:
+        return self._expect(ValueType.I32, "i32")
+
+    def to_u64(self) -> int:
+        """The value as u64; u8, u16, u32 and bool are upcast (Candle's rule)."""
+        if self.value_type in (ValueType.U64, ValueType.U8, ValueType.U16, ValueType.U32, ValueType.Bool):
+            return int(self._v)
+        raise errors.Msg(f"not a u64 or upcastable to u64 {self!r}")
+
+    def to_i64(self) -> int:
+        return self._expect(ValueType.I64, "i64")
+
+    def to_f32(self) -> float:
+        return self._expect(ValueType.F32, "f32")
+
+    def to_f64(self) -> float:
+        return self._expect(ValueType.F64, "f64")
+
+    def to_bool(self) -> bool:
+        return self._expect(ValueType.Bool, "bool")
+
+    def to_string(self) -> str:
+        return self._expect(ValueType.String, "string")
+
+    def to_vec(self) -> list[Value]:
+        """The elements of an Array, as Values."""
+        v = self._expect(ValueType.Array, "vec")
+        if isinstance(v, np.ndarray):
+            t = self.elem_type
+            return [Value(t, x) for x in v.tolist()]  # type: ignore[arg-type]
+        if v and isinstance(v[0], str):
+            return [Value(ValueType.String, x) for x in v]
+        return v
+
+    def to_numpy(self) -> np.ndarray:
+        """A numeric Array as a 1-D numpy array (zero-copy when read from a file)."""
+        v = self._expect(ValueType.Array, "vec")
+        if isinstance(v, np.ndarray):
+            return v
+        return np.asarray(self.value)
+
+    def __len__(self) -> int:
+        return len(self._expect(ValueType.Array, "vec"))
+
+    @property
+    def value(self) -> Any:
+        """The plain Python value: int, float, bool, str, or a list of plain values."""
+        if self.value_type is ValueType.Array:
+            v = self._v
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            return list(v) if v and isinstance(v[0], str) else [x.value for x in v]
+        return self._v
+
+    # --- dunder --------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Value):
+            return self.value_type is other.value_type and self.value == other.value
+        return self.value == other
+
+    def __hash__(self) -> int:
+        return hash((self.value_type, repr(self.value)))
+
+    def __int__(self) -> int:
+        return int(self._v)
+
+    def __float__(self) -> float:
+        return float(self._v)
+
+    def __repr__(self) -> str:
+        if self.value_type is ValueType.Array:
+            n = len(self._v)
+            head = ", ".join(repr(x) for x in self.to_vec()[:4]) if n <= 4 else f"{n} x {self.elem_type.name}"
+            return f"Value.Array([{head}])"
+        return f"Value.{self.value_type.name}({self._v!r})"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """``gguf_file::TensorInfo``: the ggml type, Candle-order shape and the offset into the data section."""
+
+    ggml_dtype: GgmlDType
+    shape: tuple[int, ...]
+    offset: int
+
+    def elem_count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def size_in_bytes(self) -> int:
+        return self.ggml_dtype.bytes_for(self.elem_count())
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+class _Cursor:
+    """Bounds-checked little-endian reads over a buffer."""
+
+    __slots__ = ("buf", "path", "pos", "size", "v1")
+
+    def __init__(self, buf: Any, path: str):
+        self.buf, self.path, self.pos, self.size, self.v1 = buf, path, 0, len(buf), False
+
+    def err(self, msg: str) -> errors.Gguf:
+        return errors.Gguf(f"gguf {self.path}: {msg}")
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.err(
+                f"truncated or corrupt file: {what} needs {n} bytes at offset {self.pos},"
+                f" but the file has {self.size - self.pos} bytes left"
+            )
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        n = struct.calcsize("<" + fmt)
+        self.need(n, what)
+        v = struct.unpack_from("<" + fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return v
+
+    def count(self, what: str) -> int:
+        return self.scalar("I" if self.v1 else "Q", what)
+
+    def string(self, what: str) -> str:
+        n = self.count(f"the length of {what}")
+        self.need(n, f"{what} (a string of {n} bytes)")
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        # GGUF strings should not be NUL-terminated but some are; some are not valid UTF-8 (Candle: lossy)
+        return raw.rstrip(b"\x00").decode("utf-8", errors="replace")
+
+    def value_type(self, what: str) -> ValueType:
+        t = self.scalar("I", f"the value type of {what}")
+        try:
+            return ValueType(t)
+        except ValueError:
+            raise self.err(f"unrecognized value-type {t:#x} for {what}") from None
+
+    def value(self, t: ValueType, what: str, depth: int = 0) -> Value:
+        if t in _SCALAR_FMT:
+            return Value(t, self.scalar(_SCALAR_FMT[t], what))
+        if t is ValueType.Bool:
+            b = self.scalar("B", what)
+            if b not in (0, 1):
+                raise self.err(f"unexpected bool value {b} for {what}")
+            return Value(t, bool(b))
+        if t is ValueType.String:
+            return Value(t, self.string(what))
+        # Array
+        if depth >= _MAX_NESTING:
+            raise self.err(f"arrays nested more than {_MAX_NESTING} deep in {what}")
+        et = self.value_type(f"the elements of {what}")
+        n = self.count(f"the length of {what}")
+        min_elem = {
+            ValueType.String: 4 if self.v1 else 8,
+            ValueType.Array: 8 if self.v1 else 12,
+            ValueType.Bool: 1,
+        }.get(et) or struct.calcsize(_SCALAR_FMT[et])
+        if n * min_elem > self.size - self.pos:
+            raise self.err(
+                f"array {what} claims {n} elements of type {et.name} ({n * min_elem}+ bytes)"
+                f" but the file has {self.size - self.pos} bytes left"
+            )
+        if et in _NP_OF:
+            a = np.frombuffer(self.buf, dtype=_NP_OF[et], count=n, offset=self.pos).copy()
+            self.pos += a.nbytes
+            return Value(ValueType.Array, a, et)
+        if et is ValueType.Bool:
+            a = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=self.pos)
+            if n and int(a.max()) > 1:
+                raise self.err(f"unexpected bool value {int(a.max())} in {what}")
+            self.pos += n
+            return Value(ValueType.Array, [Value(et, bool(x)) for x in a.tolist()], et)
+        if et is ValueType.String:
+            return Value(ValueType.Array, self.strings(n, what), et)
+        items = [self.value(et, f"{what}[{i}]", depth + 1) for i in range(n)]
+        return Value(ValueType.Array, items, et)
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` length-prefixed strings (a tight loop: vocabularies hold 10^5 of them)."""
+        buf, pos, size = self.buf, self.pos, self.size
+        w = 4 if self.v1 else 8
+        unpack = struct.Struct("<I" if self.v1 else "<Q").unpack_from
+        out: list[str] = []
+        append = out.append
+        for i in range(n):
+            if pos + w > size:
+                self.pos = pos
+                self.need(w, f"the length of {what}[{i}]")
+            (ln,) = unpack(buf, pos)
+            pos += w
+            if pos + ln > size:
+                self.pos = pos
+                self.need(ln, f"{what}[{i}] (a string of {ln} bytes)")
+            s = str(buf[pos : pos + ln], "utf-8", "replace")
+            pos += ln
+            if s and s[-1] == "\x00":
+                s = s.rstrip("\x00")
+            append(s)
+        self.pos = pos
+        return out
+
+
+def _alignment(metadata: dict[str, Value], cur: _Cursor) -> int:
+    v = metadata.get("general.alignment")
+    if v is None:
+        return DEFAULT_ALIGNMENT
+    if v.value_type not in (ValueType.U8, ValueType.U16, ValueType.U32, ValueType.U64, ValueType.I8,
+                            ValueType.I16, ValueType.I32, ValueType.I64):
+        raise cur.err(f"general.alignment must be an integer, got {v!r}")
+    a = int(v.value)
+    if a <= 0 or a & (a - 1):
+        raise cur.err(f"general.alignment must be a positive power of two, got {a}")
+    return a
+
+
+class Content:
+    """A parsed GGUF file (``gguf_file::Content``): header, metadata and tensor infos.
+
+    The file stays mmapped (read-only) until :meth:`close` (or the end of a ``with`` block);
+    :meth:`tensor` copies one tensor's blocks onto a device as a :class:`QTensor`.
+    """
+
+    magic: VersionedMagic
+    metadata: dict[str, Value]
+    tensor_infos: dict[str, TensorInfo]
+    tensor_data_offset: int
+    alignment: int
+    path: str
+
+    def __init__(self) -> None:  # use Content.read
+        self._buf: Any = None
+        self._owned: list[Any] = []
+
+    # --- reading -------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, source: Any) -> Content:
+        """Parse a GGUF file: a path, a binary file object, or bytes. ``Content::read``."""
+        self = cls()
+        buf, path, owned = _open(source)
+        self._buf, self.path, self._owned = buf, path, owned
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    from_reader = read
+
+    def _parse(self) -> None:
+        cur = _Cursor(self._buf, self.path)
+        cur.need(4, "the magic")
+        magic = bytes(self._buf[0:4])
+        if magic != MAGIC:
+            raise cur.err(f"not a GGUF file: unknown magic {magic!r} (expected {MAGIC!r})")
+        cur.pos = 4
+        version = cur.scalar("I", "the version")
+        if version not in (1, 2, 3):
+            swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+            if swapped in (1, 2, 3):
+                raise cur.err(f"big-endian GGUF (version {swapped}) is not supported")
+            raise cur.err(f"unsupported GGUF version {version} (supported: 1, 2, 3)")
+        self.magic = VersionedMagic(version)
+        cur.v1 = version == 1
+        n_tensors = cur.count("the tensor count")
+        n_kv = cur.count("the metadata count")
+        min_kv, min_ti = (4 + 4 + 1, 4 + 4 + 4 + 8) if cur.v1 else (8 + 4 + 1, 8 + 4 + 4 + 8)
+        if n_kv * min_kv > cur.size - cur.pos:
+            raise cur.err(f"header claims {n_kv} metadata entries, more than the file can hold")
+        if n_tensors * min_ti > cur.size - cur.pos:
+            raise cur.err(f"header claims {n_tensors} tensors, more than the file can hold")
+
+        metadata: dict[str, Value] = {}
+        for i in range(n_kv):
+            key = cur.string(f"metadata key #{i}")
+            t = cur.value_type(f"metadata {key!r}")
+            metadata[key] = cur.value(t, f"metadata {key!r}")
+        self.metadata = metadata
+
+        infos: dict[str, TensorInfo] = {}
+        for i in range(n_tensors):
+            name = cur.string(f"tensor name #{i}")
+            what = f"tensor {name!r}"
+            n_dims = cur.scalar("I", f"the rank of {what}")
+            if n_dims > _MAX_DIMS:
+                raise cur.err(f"{what} has {n_dims} dims (at most {_MAX_DIMS} supported)")
+            dims = [cur.count(f"the dims of {what}") for _ in range(n_dims)]
+            code = cur.scalar("I", f"the ggml type of {what}")
+            try:
+                dtype = GgmlDType.from_u32(code)
+            except errors.Gguf as e:
+                raise cur.err(f"{e} ({what})") from None
+            offset = cur.scalar("Q", f"the offset of {what}")
+            if name in infos:
+                raise cur.err(f"duplicate {what}")
+            shape = tuple(reversed(dims))
+            if shape and shape[-1] % dtype.block_size():
+                raise cur.err(
+                    f"{what}: the number of elements in a row ({shape[-1]}) is not divisible by the"
+                    f" {dtype.name} block size {dtype.block_size()}"
+                )
+            infos[name] = TensorInfo(dtype, shape, offset)
+        self.tensor_infos = infos
+
+        self.alignment = _alignment(metadata, cur)
+        a = self.alignment
+        self.tensor_data_offset = (cur.pos + a - 1) // a * a
+        for name, info in infos.items():
+            start = self.tensor_data_offset + info.offset
+            end = start + info.size_in_bytes()
+            if end > cur.size:
+                raise cur.err(
+                    f"tensor {name!r} data [{start}, {end}) extends past the end of the file"
+                    f" ({cur.size} bytes): the file is truncated or corrupt"
+                )
+
+    # --- Candle's API ----------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.magic.value
+
+    def tensor(self, *args: Any, device: Any = None) -> QTensor:
+        """``content.tensor(name, device)`` (Candle's ``tensor(reader, name, device)`` also accepted).
+
+        Raises ``cannot find tensor info for {name}``.
+        """
+        if args and not isinstance(args[0], str):
+            args = args[1:]  # Candle passes the reader first; the file is already mapped
+        if not args:
+            raise TypeError("tensor() needs a tensor name")
+        name = args[0]
+        if len(args) > 1:
+            device = args[1]
+        info = self.tensor_infos.get(name)
+        if info is None:
+            raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {self.path}")
+        raw = self.tensor_bytes(name)
+        return QTensor.from_data(raw, info.ggml_dtype, info.shape or (1,), device)
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        """A host copy of one tensor's raw block bytes (flat uint8)."""
+        info = self.tensor_infos.get(name)
+        if info is None:
+            raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {self.path}")
+        if self._buf is None:
+            raise errors.Gguf(f"gguf {self.path}: the file has been closed")
+        start = self.tensor_data_offset + info.offset
+        n = info.size_in_bytes()
+        return np.frombuffer(self._buf, np.uint8, count=n, offset=start).copy()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The plain Python value of metadata ``key`` (``default`` when absent)."""
+        v = self.metadata.get(key)
+        return default if v is None else v.value
+
+    def close(self) -> None:
+        """Unmap the file. Tensors already read stay valid (they are copies)."""
+        self._buf = None
+        for o in reversed(self._owned):
+            try:
+                o.close()
+            except BufferError:  # a caller still holds a view; the map closes when it is dropped
+                pass
+        self._owned = []
+
+    def __enter__(self) -> Content:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"gguf.Content({self.path!r}, {self.magic.name}, {len(self.metadata)} metadata,"
+            f" {len(self.tensor_infos)} tensors)"
+        )
+
+
+def _open(source: Any) -> tuple[Any, str, list[Any]]:
+    """A read-only buffer over the file, its display name, and the objects to close."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return memoryview(source).cast("B"), "<bytes>", []
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise errors.Gguf(f"gguf {path}: cannot open: {e.strerror or e}") from None
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            f.close()
+            raise errors.Gguf(f"gguf {path}: the file is empty")
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return m, path, [m, f]
+    if isinstance(source, io.BytesIO):
+        return memoryview(source.getvalue()), "<BytesIO>", []
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file>"))
+        try:
+            fd = source.fileno()
+            size = os.fstat(fd).st_size
+            if size:
+                m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                return m, name, [m]
+        except (OSError, io.UnsupportedOperation, AttributeError, ValueError):
+            pass
+        if hasattr(source, "seek"):
+            source.seek(0)
+        return memoryview(source.read()), name, []
+    raise errors.Gguf(f"cannot read a GGUF file from a {type(source).__name__}")
+
+
+def read(source: Any) -> Content:
+    """``Content.read(source)``."""
+    return Content.read(source)
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------
+def _items(x: Any) -> list[tuple[str, Any]]:
+    if x is None:
+        return []
+    if isinstance(x, Mapping):
+        return list(x.items())
+    return [(str(k), v) for k, v in x]
+
+
+def _as_qtensor(name: str, t: Any) -> QTensor:
+    if isinstance(t, QTensor):
+        return t
+    a = np.asarray(t)
+    by = {np.dtype(np.float32): GgmlDType.F32, np.dtype(np.float16): GgmlDType.F16}
+    try:
+        import ml_dtypes
+
+        by[np.dtype(ml_dtypes.bfloat16)] = GgmlDType.BF16
+    except ImportError:  # pragma: no cover - ml_dtypes ships with jax
+        pass
+    dt = by.get(a.dtype)
+    if dt is None:
+        raise errors.Gguf(f"tensor {name!r}: cannot store dtype {a.dtype} in GGUF; quantize it to a QTensor first")
+    if a.ndim == 0:
+        a = a.reshape(1)
+    raw = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+    return QTensor(raw, dt, a.shape)
+
+
+class _Out:
+    def __init__(self, f: BinaryIO, v1: bool):
+        self.f, self.v1, self.n = f, v1, 0
+
+    def raw(self, b: bytes | memoryview) -> None:
+        self.f.write(b)
+        self.n += len(b)
+
+    def fmt(self, fmt: str, v: Any) -> None:
+        self.raw(struct.pack("<" + fmt, v))
+
+    def count(self, n: int) -> None:
+        if self.v1 and n >= 2**32:
+            raise errors.Gguf(f"GGUF v1 cannot store the count/length {n}")
+        self.fmt("I" if self.v1 else "Q", n)
+
+    def string(self, s: str) -> None:
+        b = s.encode("utf-8")
+        self.count(len(b))
+        self.raw(b)
+
+    def value(self, v: Value, where: str) -> None:
+        t = v.value_type
+        if t in _SCALAR_FMT:
+            x = v._v
+            if t in _INT_RANGE:
+                lo, hi = _INT_RANGE[t]
+                if not lo <= int(x) <= hi:
+                    raise errors.Gguf(f"metadata {where}: {x} does not fit in {t.name}")
+            self.fmt(_SCALAR_FMT[t], x)
+        elif t is ValueType.Bool:
+            self.fmt("B", 1 if v._v else 0)
+        elif t is ValueType.String:
+            self.string(v._v)
+        else:
+            et = v.elem_type or ValueType.U32
+            self.fmt("I", et.value)
+            items = v._v
+            self.count(len(items))
+            if isinstance(items, np.ndarray):
+                self.raw(np.ascontiguousarray(items, dtype=_NP_OF[et]).tobytes())
+            elif items and isinstance(items[0], str):
+                for x in items:
+                    self.string(x)
+            else:
+                for i, x in enumerate(items):
+                    if x.value_type is not et:
+                        raise errors.Gguf(
+                            f"multiple value-types in the same array {where}: {et.name}, {x.value_type.name}"
+                        )
+                    self.value(x, f"{where}[{i}]")
+
+
+def write(
+    dest: Any,
+    metadata: Mapping[str, Any] | Iterable[tuple[str, Any]] | None,
+    tensors: Mapping[str, Any] | Iterable[tuple[str, Any]] | None,
+    *,
+    version: int = 3,
+) -> None:
+    """Write a GGUF file (``gguf_file::write``), atomically when ``dest`` is a path.
+
+    ``metadata``: ``{key: Value}`` (plain Python values are converted with ``Value.from_python``).
+    ``tensors``: ``{name: QTensor}``; F32 / F16 / BF16 arrays or Tensors are stored as such.
+    Tensor data is aligned to ``general.alignment`` (default 32). ``version`` 1, 2 or 3.
+    """
+    if version not in (1, 2, 3):
+        raise errors.Gguf(f"cannot write GGUF version {version} (supported: 1, 2, 3)")
+    meta = [(k, Value.from_python(v)) for k, v in _items(metadata)]
+    keys = [k for k, _ in meta]
+    if len(set(keys)) != len(keys):
+        raise errors.Gguf("duplicate metadata keys")
+    tens = [(n, _as_qtensor(n, t)) for n, t in _items(tensors)]
+    names = [n for n, _ in tens]
+    if len(set(names)) != len(names):
+        raise errors.Gguf("duplicate tensor names")
+    align_v = dict(meta).get("general.alignment")
+    align = DEFAULT_ALIGNMENT if align_v is None else int(align_v.value)
+    if align <= 0 or align & (align - 1):
+        raise errors.Gguf(f"general.alignment must be a positive power of two, got {align}")
+
+    offsets, off = [], 0
+    for _, q in tens:
+        offsets.append(off)
+        off += (q.storage_size_in_bytes() + align - 1) // align * align
+
+    def emit(f: BinaryIO) -> None:
+        o = _Out(f, version == 1)
+        o.raw(MAGIC)
+        o.fmt("I", version)
+        o.count(len(tens))
+        o.count(len(meta))
+        for k, v in meta:
+            o.string(k)
+            o.fmt("I", v.value_type.value)
+            o.value(v, repr(k))
+        for (name, q), offset in zip(tens, offsets):
+            o.string(name)
+            o.fmt("I", q.rank)
+            for d in reversed(q.shape):
+                o.count(d)
+            o.fmt("I", q.dtype().value)
+            o.fmt("Q", offset)
+        o.raw(b"\x00" * (-o.n % align))
+        for _, q in tens:
+            data = q.data()
+            o.raw(memoryview(np.ascontiguousarray(data)))
+            o.raw(b"\x00" * (-len(data) % align))
+
+    if isinstance(dest, str | os.PathLike):
+        path = os.fspath(dest)
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                emit(f)
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    else:
+        emit(dest)
+
+
+__all__ = [
+    "DEFAULT_ALIGNMENT",
+    "Content",
+    "TensorInfo",
+    "Value",
+    "ValueType",
+    "VersionedMagic",
+    "read",
+    "write",
+]

@@ -1,0 +1,34 @@
+"""Candle's ``candle::quantized``: GGML block types, ``QTensor``, ``QMatMul``, GGUF weights.
+
+>>> from candlejax.quantized import GgmlDType, QTensor, QMatMul
+>>> q = QTensor.quantize(w, GgmlDType.Q4_0)        # w: (out, in) Tensor, in % 32 == 0
+>>> y = QMatMul.from_qtensor(q).forward(x)         # x @ wᵀ, weights stay packed on the device
+
+GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle).
+"""
+
+from candlejax.quantized.ggml_types import QK_K, GgmlDType, dequantize_np, quantize_np
+from candlejax.quantized.jax_dequant import dequantize_rows
+from candlejax.quantized.qtensor import QMatMul, QTensor, byte_shape
+from candlejax.quantized.var_builder import VarBuilder
+
+
+def __getattr__(name: str):  # gguf_file is imported lazily: candlejax.io imports this package
+    if name == "gguf_file":
+        from candlejax.io import gguf
+
+        return gguf
+    raise AttributeError(f"module 'candlejax.quantized' has no attribute {name!r}")
+
+
+__all__ = [
+    "QK_K",
+    "GgmlDType",
+    "QMatMul",
+    "QTensor",
+    "VarBuilder",
+    "byte_shape",
+    "dequantize_np",
+    "dequantize_rows",
+    "quantize_np",
+]

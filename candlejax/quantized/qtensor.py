@@ -1,0 +1,382 @@
+"""``QTensor`` and ``QMatMul``: GGML-quantised weights kept packed in device memory.
+
+A :class:`QTensor` holds the raw block bytes as one device ``jax.Array`` of uint8 with shape
+``(*shape[:-1], shape[-1] // block_size * type_size)`` (whole blocks per row), plus its
+:class:`GgmlDType` and logical shape as static data. It is a pytree, so it passes through
+``jax.jit`` as an argument and dequantisation happens inside the compiled step.
+
+:class:`QMatMul` is Candle's ``QMatMul``: ``forward(xs) = xs @ Wᵀ`` for a weight ``W`` of shape
+``(out, in)``; quantised weights are expanded inside the step, F32/F16/BF16 weights are stored as
+plain arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax._dispatch import is_eager, op
+from candlejax.device import Device
+from candlejax.quantized.ggml_types import GgmlDType, quantize_np
+from candlejax.quantized.jax_dequant import dequantize_rows
+from candlejax.tensor._core import TensorBase, unwrap, wrap
+
+_FLOAT_JNP = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def _check_shape(shape: tuple[int, ...], block_size: int) -> None:
+    """Candle's ``check_shape``: no scalars, last dim a multiple of the block size."""
+    if not shape:
+        raise errors.Msg(f"scalar tensor cannot be quantized {errors.fmt_shape(shape)}")
+    if shape[-1] % block_size:
+        raise errors.Msg(
+            f"quantized tensor must have their last dim divisible by block size {errors.fmt_shape(shape)} {block_size}"
+        )
+
+
+def byte_shape(shape: tuple[int, ...], dtype: GgmlDType) -> tuple[int, ...]:
+    """The shape of the raw data of a ``dtype`` tensor of ``shape``: whole blocks per row."""
+    return (*shape[:-1], shape[-1] // dtype.block_size() * dtype.type_size())
+
+
+@op(static=("dtype", "shape", "out"))
+def _dequantize(data: Any, *, dtype: GgmlDType, shape: tuple[int, ...], out: str) -> Any:
+    return dequantize_rows(data, dtype).reshape(shape).astype(out)
+
+
+@op(static=("dtype", "hidden"))
+def _embedding(data: Any, ids: Any, *, dtype: GgmlDType, hidden: int) -> Any:
+    rows = jnp.take(data, ids.astype(jnp.int32), axis=0)
+    return dequantize_rows(rows, dtype).reshape(*ids.shape, hidden)
+
+
+class QTensor:
+    """A GGML-quantised tensor (``candle::quantized::QTensor``).
+
+    Build one with :meth:`quantize`, :meth:`from_data`, or ``gguf.Content.tensor(name)``.
+    """
+
+    __slots__ = ("_data", "_dtype", "_shape")
+
+    _data: Any
+    _dtype: GgmlDType
+    _shape: tuple[int, ...]
+
+    def __init__(self, data: Any, dtype: GgmlDType, shape: Any):
+        """Wrap raw block bytes (uint8, flat or byte-shaped; numpy or jax) of a ``dtype`` tensor of ``shape``."""
+        shape = tuple(int(d) for d in shape)
+        _check_shape(shape, dtype.block_size())
+        bshape = byte_shape(shape, dtype)
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = np.frombuffer(data, np.uint8)
+        if data.dtype != np.uint8:
+            raise errors.UnexpectedDType("u8", str(data.dtype), "QTensor raw data must be bytes")
+        n = int(np.prod(bshape))
+        if int(np.prod(data.shape)) != n:
+            raise errors.Msg(
+                f"QTensor {dtype.name} {errors.fmt_shape(shape)} needs {n} bytes of block data,"
+                f" got {int(np.prod(data.shape))}"
+            )
+        if not isinstance(data, jax.Array | jax.core.Tracer):
+            data = jnp.asarray(np.ascontiguousarray(data))
+        self._data = data.reshape(bshape)
+        self._dtype = dtype
+        self._shape = shape
+
+    @classmethod
+    def _new(cls, data: Any, dtype: GgmlDType, shape: tuple[int, ...]) -> QTensor:
+        q = object.__new__(cls)
+        q._data, q._dtype, q._shape = data, dtype, shape
+        return q
+
+    # --- constructors ------------------------------------------------------------------------
+    @staticmethod
+    def from_data(data: Any, dtype: GgmlDType, shape: Any, device: Any = None) -> QTensor:
+        """Raw GGML bytes -> a QTensor on ``device`` (Candle's ``qtensor_from_ggml``)."""
+        q = QTensor(np.asarray(data, np.uint8) if not isinstance(data, jax.Array) else data, dtype, shape)
+        return q.to_device(device) if device is not None else q
+
+    @staticmethod
+    def quantize(t: Any, dtype: GgmlDType) -> QTensor:
+        """``QTensor::quantize(&t, dtype)``: quantise a Tensor (or array) on the host, keep its device."""
+        dev = t.device if isinstance(t, TensorBase) and is_eager() else None
+        return QTensor._quantize(t, dtype, dev)
+
+    @staticmethod
+    def quantize_onto(t: Any, dtype: GgmlDType, device: Any) -> QTensor:
+        """``QTensor::quantize_onto``: quantise and place the blocks on ``device``."""
+        return QTensor._quantize(t, dtype, Device.coerce(device))
+
+    @staticmethod
+    def _quantize(t: Any, dtype: GgmlDType, device: Device | None) -> QTensor:
+        a = unwrap(t)
+        if isinstance(a, jax.core.Tracer):
+            raise errors.TracingError(
+                "QTensor.quantize runs on the host and cannot be used inside jax.jit/grad/vmap; quantize the"
+                " weights once, outside, and pass the QTensor in as an argument"
+            )
+        x = np.asarray(a)
+        shape = tuple(x.shape)
+        _check_shape(shape, dtype.block_size())
+        raw = quantize_np(x.astype(np.float32, copy=False), dtype)
+        q = QTensor(raw, dtype, shape)
+        return q.to_device(device) if device is not None else q
+
+    # --- Candle's accessors --------------------------------------------------------------------
+    def dtype(self) -> GgmlDType:
+        """The GGML block type, e.g. ``GgmlDType.Q4_0``."""
+        return self._dtype
+
+    @property
+    def ggml_dtype(self) -> GgmlDType:
+        """The GGML block type (candle-pyo3's property name)."""
+        return self._dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The logical (dequantised) shape, row-major, e.g. ``(out, in)`` for a weight."""
+        return self._shape
+
+    def dims(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def rank(self) -> int:
+        return len(self._shape)
+
+    def elem_count(self) -> int:
+        return int(np.prod(self._shape, dtype=np.int64))
+
+    @property
+    def device(self) -> Device:
+        """The Device holding the block bytes (``Device.Cpu`` under tracing)."""
+        a = self._data
+        if isinstance(a, jax.core.Tracer) or not hasattr(a, "devices"):
+            return Device.Cpu
+        return Device.from_jax(min(a.devices(), key=lambda d: d.id))
+
+    @property
+    def raw(self) -> Any:
+        """The block bytes as a ``jax.Array`` of uint8, shape ``(*shape[:-1], row_bytes)`` (zero-copy)."""
+        return self._data
+
+    def data(self) -> np.ndarray:
+        """The block bytes on the host, flat uint8 (Candle's ``data()``)."""
+        return np.asarray(self._data).reshape(-1)
+
+    def storage_size_in_bytes(self) -> int:
+        return self._dtype.bytes_for(self.elem_count())
+
+    def to_device(self, device: Any) -> QTensor:
+        dev = Device.coerce(device)
+        if isinstance(self._data, jax.core.Tracer):
+            return self
+        return QTensor._new(jax.device_put(self._data, dev.jax_device), self._dtype, self._shape)
+
+    def reshape(self, shape: Any) -> QTensor:
+        """Change the logical shape, keeping the blocks (last dim must stay block-aligned)."""
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape)) != self.elem_count():
+            raise errors.Msg(
+                f"cannot reshape quantized tensor {errors.fmt_shape(self._shape)} to {errors.fmt_shape(shape)}:"
+                " element count differs"
+            )
+        _check_shape(shape, self._dtype.block_size())
+        return QTensor._new(self._data.reshape(byte_shape(shape, self._dtype)), self._dtype, shape)
+
+    # --- dequantisation ----------------------------------------------------------------------
+    def _dequant(self, out: str, device: Any) -> Any:
+        a = _dequantize(self._data, dtype=self._dtype, shape=self._shape, out=out)
+        t = wrap(a)
+        if device is not None and not isinstance(a, jax.core.Tracer):
+            dev = Device.coerce(device)
+            if dev != self.device:
+                t = wrap(jax.device_put(a, dev.jax_device))
+        return t
+
+    def dequantize(self, device: Any = None) -> Any:
+        """The values as an F32 ``Tensor`` on ``device`` (default: the QTensor's). Works under jit."""
+        return self._dequant("float32", device)
+
+    def dequantize_f16(self, device: Any = None) -> Any:
+        """The values as an F16 ``Tensor`` (dequantised in f32, then rounded)."""
+        return self._dequant("float16", device)
+
+    def embedding(self, ids: Any) -> Any:
+        """Rows ``ids`` of a ``(rows, hidden)`` table, dequantised: shape ``(*ids.shape, hidden)``, F32.
+
+        Only the selected rows are expanded. Eagerly, an out-of-range id raises like Candle; under
+        jit the index is clamped (JAX's gather semantics).
+        """
+        if self.rank != 2:
+            raise errors.UnexpectedNumberOfDims(2, self.rank, self._shape, "embedding")
+        rows, hidden = self._shape
+        a = unwrap(ids)
+        if not isinstance(a, jax.Array | jax.core.Tracer):
+            a = jnp.asarray(np.asarray(a))
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            raise errors.UnexpectedDType("u32", str(a.dtype), "embedding: ids must have an integer dtype")
+        if not isinstance(a, jax.core.Tracer) and a.size:
+            lo, hi = int(jnp.min(a)), int(jnp.max(a))
+            if lo < 0 or hi >= rows:
+                bad = hi if hi >= rows else lo
+                raise errors.Msg(f"embedding id {bad} is out of range for {rows} rows")
+        return wrap(_embedding(self._data, a, dtype=self._dtype, hidden=hidden))
+
+    def __repr__(self) -> str:
+        return f"QTensor[{errors.fmt_shape(self._shape)}; {self._dtype.name}]"
+
+
+def _qt_flatten(q: QTensor) -> tuple[tuple[Any], tuple[GgmlDType, tuple[int, ...]]]:
+    return (q._data,), (q._dtype, q._shape)
+
+
+def _qt_unflatten(aux: tuple[GgmlDType, tuple[int, ...]], children: Any) -> QTensor:
+    return QTensor._new(children[0], aux[0], aux[1])
+
+
+jax.tree_util.register_pytree_node(QTensor, _qt_flatten, _qt_unflatten)
+
+
+# ----------------------------------------------------------------------------------------------
+# QMatMul
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(x: Any, op_name: str) -> Any:
+    if x.dtype not in _FLOAT_JNP:
+        raise errors.UnsupportedDTypeForOp(str(x.dtype).upper(), op_name, "expects f32, f16 or bf16 inputs")
+    return x.dtype
+
+
+def _matmul_t(x: Any, w: Any) -> Any:
+    """``x @ wᵀ`` in x's dtype, accumulating in f32."""
+    cdt = x.dtype
+    y = jax.lax.dot_general(
+        x, w.astype(cdt), (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    return y.astype(cdt)
+
+
+@op(static=("dtype", "shape"))
+def _qmatmul(data: Any, x: Any, *, dtype: GgmlDType, shape: tuple[int, int]) -> Any:
+    w = dequantize_rows(data, dtype).reshape(shape)
+    return _matmul_t(x, w)
+
+
+@op
+def _dense_matmul(w: Any, x: Any) -> Any:
+    return _matmul_t(x, w)
+
+
+def _env_flag(name: str) -> bool:
+    v = os.environ.get(name, "")
+    return v not in ("", "0")
+
+
+class QMatMul:
+    """Candle's ``QMatMul``: ``forward(xs) = xs @ Wᵀ`` with ``W`` of shape ``(out, in)``.
+
+    Holds a :class:`QTensor` (kept quantised, expanded inside the step) or, for F32/F16/BF16
+    weights, a plain array in the weight's own dtype. Set ``CANDLE_DEQUANTIZE_ALL=1`` (or
+    ``CANDLE_DEQUANTIZE_ALL_F16=1``) to dequantise every weight to F32 (F16) at construction, as
+    Candle does. A pytree: pass it into ``jax.jit`` as an argument.
+    """
+
+    __slots__ = ("_w",)
+
+    _w: Any  # QTensor or jax array
+
+    def __init__(self, w: Any):
+        self._w = w
+
+    @staticmethod
+    def from_qtensor(q: QTensor) -> QMatMul:
+        if not isinstance(q, QTensor):
+            raise errors.Msg(f"QMatMul.from_qtensor expects a QTensor, got {type(q).__name__}")
+        if q.rank != 2:
+            raise errors.UnexpectedNumberOfDims(2, q.rank, q.shape, "QMatMul")
+        dt = q.dtype()
+        if dt is GgmlDType.F32:
+            return QMatMul(q.dequantize().jax)
+        if dt in (GgmlDType.F16, GgmlDType.BF16):
+            out = "float16" if dt is GgmlDType.F16 else "bfloat16"
+            return QMatMul(_dequantize(q.raw, dtype=dt, shape=q.shape, out=out))
+        if _env_flag("CANDLE_DEQUANTIZE_ALL"):
+            return QMatMul(q.dequantize().jax)
+        if _env_flag("CANDLE_DEQUANTIZE_ALL_F16"):
+            return QMatMul(q.dequantize_f16().jax)
+        return QMatMul(q)
+
+    from_arc = from_qtensor
+
+    @staticmethod
+    def from_tensor(w: Any) -> QMatMul:
+        """A QMatMul over a plain ``(out, in)`` weight Tensor (Candle's ``QMatMul::Tensor``)."""
+        a = unwrap(w)
+        if a.ndim != 2:
+            raise errors.UnexpectedNumberOfDims(2, a.ndim, a.shape, "QMatMul")
+        return QMatMul(a)
+
+    # --- queries ---------------------------------------------------------------------------
+    def is_quantized(self) -> bool:
+        return isinstance(self._w, QTensor)
+
+    @property
+    def weight(self) -> Any:
+        """The QTensor, or the plain weight as a Tensor."""
+        return self._w if isinstance(self._w, QTensor) else wrap(self._w)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self._w.shape)  # type: ignore[return-value]
+
+    # --- compute ---------------------------------------------------------------------------
+    def forward(self, xs: Any) -> Any:
+        """``xs @ Wᵀ``: ``(..., in) -> (..., out)`` in xs's dtype (f32 accumulation)."""
+        x = unwrap(xs)
+        _compute_dtype(x, "qmatmul")
+        out_f, in_f = self.shape
+        if x.ndim == 0 or x.shape[-1] != in_f:
+            raise errors.ShapeMismatchBinaryOp(
+                x.shape, (out_f, in_f), "qmatmul", f"the input's last dim must equal the weight's in-features {in_f}"
+            )
+        w = self._w
+        if isinstance(w, QTensor):
+            return wrap(_qmatmul(w.raw, x, dtype=w.dtype(), shape=w.shape))
+        return wrap(_dense_matmul(w, x))
+
+    __call__ = forward
+
+    def forward_via_f16(self, xs: Any) -> Any:
+        """Dequantise to F16 and matmul in F16; the result is in xs's dtype."""
+        x = unwrap(xs)
+        _compute_dtype(x, "qmatmul")
+        w = unwrap(self.dequantize_f16())
+        return wrap(_dense_matmul(w, x.astype(jnp.float16)).astype(x.dtype))
+
+    def dequantize_f16(self) -> Any:
+        w = self._w
+        if isinstance(w, QTensor):
+            return w.dequantize_f16()
+        return wrap(w.astype(jnp.float16))
+
+    def embedding(self, ids: Any) -> Any:
+        w = self._w
+        if isinstance(w, QTensor):
+            return w.embedding(ids)
+        return wrap(jnp.take(w, unwrap(ids).astype(jnp.int32), axis=0))
+
+    def __repr__(self) -> str:
+        w = self._w
+        return f"QMatMul({w!r})" if isinstance(w, QTensor) else f"QMatMul(Tensor[{list(w.shape)}, {w.dtype}])"
+
+
+jax.tree_util.register_pytree_node(
+    QMatMul, lambda m: ((m._w,), None), lambda _aux, ch: QMatMul(ch[0])
+)
+
+__all__ = ["QMatMul", "QTensor", "byte_shape"]
