@@ -1,0 +1,60 @@
+"""Text generation: sampling, repeat penalty, the compiled decode loop and streaming text.
+
+Candle: ``candle_transformers::generation`` (``LogitsProcessor``, ``Sampling``),
+``candle_transformers::utils::apply_repeat_penalty`` and ``candle_examples::TokenOutputStream``.
+
+>>> from candlejax.generation import LogitsProcessor, Sampling, generate, TokenOutputStream
+>>> lp = LogitsProcessor.from_sampling(42, Sampling.TopKThenTopP(k=40, p=0.9, temperature=0.8))
+>>> for tok in generate(model.step, params, cache, prompt_ids, 128, lp, eos_token_id=eos):
+...     ...
+"""
+
+from candlejax.generation.generate import DecodeFns, Generation, StepFn, decode_fns, generate
+from candlejax.generation.penalty import (
+    RecentTokens,
+    apply_repeat_penalty,
+    apply_repeat_penalty_mask,
+    context_mask,
+)
+from candlejax.generation.sampling import (
+    MIN_TEMPERATURE,
+    All,
+    ArgMax,
+    GumbelSoftmax,
+    LogitsProcessor,
+    Sampling,
+    TopK,
+    TopKThenTopP,
+    TopP,
+    normalize_sampling,
+    sample_jax,
+    sampling_key,
+    seed_key,
+)
+from candlejax.generation.stream import TokenOutputStream
+
+__all__ = [
+    "MIN_TEMPERATURE",
+    "All",
+    "ArgMax",
+    "DecodeFns",
+    "Generation",
+    "GumbelSoftmax",
+    "LogitsProcessor",
+    "RecentTokens",
+    "Sampling",
+    "StepFn",
+    "TokenOutputStream",
+    "TopK",
+    "TopKThenTopP",
+    "TopP",
+    "apply_repeat_penalty",
+    "apply_repeat_penalty_mask",
+    "context_mask",
+    "decode_fns",
+    "generate",
+    "normalize_sampling",
+    "sample_jax",
+    "sampling_key",
+    "seed_key",
+]

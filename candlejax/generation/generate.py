@@ -1,0 +1,371 @@
+"""The generation loop: prefill the prompt in one call, then one compiled decode step per token.
+
+requires: jax, candlejax.generation.sampling / penalty
+provides: ``generate``, ``Generation``, ``DecodeFns``, ``StepFn``
+
+A model exposes a pure step ``step_fn(params, cache, tokens, pos) -> (logits, cache)``: ``tokens``
+is ``(B, S)`` (u32 by default), ``pos`` a traced int32 scalar (the position of ``tokens[:, 0]``),
+``logits`` ``(B, vocab)`` for the last position (``(B, S, vocab)`` is accepted; its last position is
+used) and ``cache`` any pytree (a pre-allocated KV cache). :func:`generate` compiles, around that
+step, one function that also applies the repeat penalty and samples, so only the new token id
+leaves the device. The prompt is one call (compiled once per prompt length); every later token
+reuses one compiled decode step, because ``pos``, the sampling counter and the penalty window
+are traced arguments. Candle's equivalent is the hand-written loop in its examples
+(``model.forward(&input, index_pos)`` + ``logits_processor.sample``).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.generation.penalty import RecentTokens, apply_repeat_penalty, apply_repeat_penalty_mask
+from candlejax.generation.sampling import (
+    ArgMax,
+    LogitsProcessor,
+    Sampling,
+    normalize_sampling,
+    sample_jax,
+    sampling_key,
+    seed_key,
+)
+from candlejax.tensor._core import unwrap, wrap
+
+StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
+
+
+def _last_logits(logits: Any, op: str) -> jax.Array:
+    x = unwrap(logits)
+    if x.ndim == 3:
+        x = x[:, -1, :]
+    if x.ndim != 2:
+        raise errors.Msg(f"{op}: the step must return logits of shape (batch, vocab), got {tuple(x.shape)}")
+    return x
+
+
+class DecodeFns:
+    """The two compiled functions :func:`generate` runs for one ``step_fn`` and sampling setup.
+
+    ``fused(params, cache, tokens, pos, base_key, draw, recent, penalty) -> (token (B, 1), cache,
+    recent, pos + S, draw + 1)`` steps the model, penalises, samples and pushes the token into the
+    penalty window; ``logits(params, cache, tokens, pos) -> (logits (B, vocab), cache, pos + S)``
+    is the plain step for a host-side processor. ``trace_count`` counts how often ``step_fn`` was
+    traced (one per distinct input shape).
+    """
+
+    def __init__(
+        self,
+        step_fn: StepFn,
+        sampling: Sampling,
+        use_penalty: bool,
+        tokens_as_tensor: bool = False,
+        donate: bool = True,
+    ) -> None:
+        self.step_fn = step_fn
+        self.sampling = sampling
+        self.use_penalty = use_penalty
+        self.tokens_as_tensor = tokens_as_tensor
+        self.trace_count = 0
+
+        def call_step(params: Any, cache: Any, tokens: jax.Array, pos: jax.Array) -> tuple[jax.Array, Any]:
+            self.trace_count += 1
+            logits, cache = step_fn(params, cache, wrap(tokens) if tokens_as_tensor else tokens, pos)
+            return _last_logits(logits, "generate"), cache
+
+        def fused(params, cache, tokens, pos, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
+            logits, cache = call_step(params, cache, tokens, pos)
+            if use_penalty:
+                logits = apply_repeat_penalty_mask(logits, penalty, recent.mask(logits.shape[-1])[None, :])
+            tok = sample_jax(logits, sampling_key(base_key, draw), sampling)
+            if use_penalty:
+                recent = recent.push(tok[0])
+            return tok[:, None].astype(tokens.dtype), cache, recent, pos + tokens.shape[1], draw + 1
+
+        def plain(params, cache, tokens, pos):  # type: ignore[no-untyped-def]
+            logits, cache = call_step(params, cache, tokens, pos)
+            return logits, cache, pos + tokens.shape[1]
+
+        donate_fused = (1, 6) if donate else ()
+        donate_plain = (1,) if donate else ()
+        self.fused = jax.jit(fused, donate_argnums=donate_fused)
+        self.logits = jax.jit(plain, donate_argnums=donate_plain)
+
+
+_CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
+_CACHE_SIZE = 16
+
+
+def decode_fns(
+    step_fn: StepFn, sampling: Sampling, use_penalty: bool, tokens_as_tensor: bool = False, donate: bool = True
+) -> DecodeFns:
+    """The (cached) :class:`DecodeFns` for this step function and setup, so repeated
+    :func:`generate` calls (a chat) reuse the compiled steps."""
+    key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+    try:
+        fns = _CACHE.get(key)
+    except TypeError:  # an unhashable step function: no reuse across calls
+        return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+    if fns is None:
+        fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+        _CACHE[key] = fns
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return fns
+
+
+def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
+    p = unwrap(prompt_tokens)
+    arr = np.asarray(p) if not isinstance(p, jax.Array) else p
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] != 1:
+        raise errors.Msg(
+            f"generate: prompt_tokens must be a list of ids, shape (S,) or (1, S), got shape {tuple(arr.shape)}"
+            " (generate drives one sequence; batch the step yourself for more)"
+        )
+    if arr.shape[1] == 0:
+        raise errors.Msg("generate: the prompt is empty; give at least one token (e.g. the BOS id)")
+    return jnp.asarray(arr, dtype=dtype)
+
+
+class Generation:
+    """An iterator over the new token ids of one :func:`generate` call.
+
+    After (or during) iteration: ``tokens`` (the ids yielded so far), ``finish_reason``
+    (``"eos"``, ``"length"`` or ``None`` while running), ``cache`` (the model cache after the last
+    step), ``pos`` (how many positions the cache now holds: feed the next tokens at this
+    position to continue), ``last_token`` (the sampled id not yet fed to the model: the EOS or the
+    last generated id) and ``stats`` (prefill seconds, decode seconds, decode steps).
+    """
+
+    def __init__(
+        self,
+        step_fn: StepFn,
+        params: Any,
+        cache: Any,
+        prompt_tokens: Any,
+        max_new_tokens: int,
+        processor: LogitsProcessor | Sampling | Callable[[Any], int] | None = None,
+        eos_token_id: int | Iterable[int] | None = None,
+        *,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        start_pos: int = 0,
+        context_tokens: Sequence[int] | None = None,
+        token_dtype: Any = jnp.uint32,
+        tokens_as_tensor: bool = False,
+        donate_cache: bool = True,
+        pipeline: bool | None = None,
+        yield_eos: bool = False,
+    ) -> None:
+        self.params = params
+        self.cache = cache
+        self.max_new_tokens = int(max_new_tokens)
+        if eos_token_id is None:
+            self.eos: frozenset[int] = frozenset()
+        elif isinstance(eos_token_id, int | np.integer):
+            self.eos = frozenset([int(eos_token_id)])
+        else:
+            self.eos = frozenset(int(e) for e in eos_token_id)
+        self.repeat_penalty = float(repeat_penalty)
+        self.repeat_last_n = int(repeat_last_n)
+        self.prompt = _prompt_array(prompt_tokens, token_dtype)
+        self.pos = int(start_pos)
+        self.yield_eos = yield_eos
+        self.pipeline = (jax.default_backend() != "cpu") if pipeline is None else bool(pipeline)
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.last_token: int | None = None
+        self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
+        use_penalty = self.repeat_penalty != 1.0 and self.repeat_last_n > 0
+        # the context the penalty sees: earlier turns (if given) + this prompt
+        prompt_list = [int(t) for t in np.asarray(self.prompt[0])]
+        self._context = [*(context_tokens or ()), *prompt_list]
+
+        self.processor = processor
+        if processor is None or isinstance(processor, Sampling | type):
+            self._fused = True
+            self.sampling = normalize_sampling(processor)  # type: ignore[arg-type]
+            self._base_key = seed_key(0)
+            self._draw0 = 0
+        elif isinstance(processor, LogitsProcessor):
+            self._fused = True
+            self.sampling = processor.sampling
+            self._base_key = processor.base_key
+            self._draw0 = processor.step
+        elif callable(processor):
+            self._fused = False
+            self.sampling = ArgMax()
+            self._base_key = seed_key(0)
+            self._draw0 = 0
+        else:
+            raise errors.Msg(
+                f"generate: processor must be a LogitsProcessor, a Sampling or a callable, got {processor!r}"
+            )
+        if isinstance(self.sampling, ArgMax):
+            self._draws_count = False
+        else:
+            self._draws_count = True
+        self.fns = decode_fns(step_fn, self.sampling, use_penalty and self._fused, tokens_as_tensor, donate_cache)
+        self._use_penalty = use_penalty
+        self._it = self._run()
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+    # --- the loops -------------------------------------------------------------------------------
+    def _finish_draws(self, draws: int) -> None:
+        if isinstance(self.processor, LogitsProcessor) and self._draws_count:
+            self.processor.step = self._draw0 + draws
+
+    def _run(self) -> Iterator[int]:
+        if self.max_new_tokens <= 0:
+            self.finish_reason = "length"
+            return
+        with warnings.catch_warnings():
+            # CPU cannot always reuse donated buffers; the donation is a hint there
+            warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+            if self._fused:
+                yield from self._run_fused()
+            else:
+                yield from self._run_host()
+
+    def _run_fused(self) -> Iterator[int]:
+        fns = self.fns
+        n = max(self.repeat_last_n, 1)
+        recent = RecentTokens.create(n, self._context)
+        penalty = jnp.float32(self.repeat_penalty)
+        pos = jnp.int32(self.pos)
+        draw = jnp.int32(self._draw0)
+        params = self.params
+        s = self.prompt.shape[1]
+        t0 = time.perf_counter()
+        tok, cache, recent, pos, draw = fns.fused(
+            params, self.cache, self.prompt, pos, self._base_key, draw, recent, penalty
+        )
+        self.cache = cache
+        draws = 1
+        t = int(tok[0, 0])
+        self.stats["prefill_s"] = time.perf_counter() - t0
+        self.pos += s
+        t1 = time.perf_counter()
+        produced = 0
+        while True:
+            produced += 1
+            self.last_token = t
+            stop = t in self.eos
+            last = produced >= self.max_new_tokens
+            nxt = None
+            if self.pipeline and not stop and not last:
+                # dispatch the next step before this token reaches the host
+                nxt = fns.fused(params, self.cache, tok, pos, self._base_key, draw, recent, penalty)
+                self.cache = nxt[1]
+                self.pos += 1
+                draws += 1
+                self.stats["decode_steps"] += 1
+            if stop:
+                self.finish_reason = "eos"
+                self._finish_draws(draws)
+                self.stats["decode_s"] = time.perf_counter() - t1
+                if self.yield_eos:
+                    self.tokens.append(t)
+                    yield t
+                return
+            self.tokens.append(t)
+            self._finish_draws(draws)
+            self.stats["decode_s"] = time.perf_counter() - t1
+            yield t
+            if last:
+                self.finish_reason = "length"
+                return
+            if nxt is None:
+                nxt = fns.fused(params, self.cache, tok, pos, self._base_key, draw, recent, penalty)
+                self.cache = nxt[1]
+                self.pos += 1
+                draws += 1
+                self.stats["decode_steps"] += 1
+            tok, _, recent, pos, draw = nxt
+            t = int(tok[0, 0])
+
+    def _run_host(self) -> Iterator[int]:
+        fns = self.fns
+        proc: Callable[[Any], int] = self.processor  # type: ignore[assignment]
+        context = list(self._context)
+        pos = jnp.int32(self.pos)
+        tokens = self.prompt
+        t0 = time.perf_counter()
+        for i in range(self.max_new_tokens):
+            logits, self.cache, pos = fns.logits(self.params, self.cache, tokens, pos)
+            self.pos += tokens.shape[1]
+            row = logits[0]
+            if self._use_penalty:
+                row = apply_repeat_penalty(row, self.repeat_penalty, context[-self.repeat_last_n :])
+            t = int(proc(wrap(row)))
+            if i == 0:
+                self.stats["prefill_s"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+            else:
+                self.stats["decode_steps"] += 1
+                self.stats["decode_s"] = time.perf_counter() - t1
+            self.last_token = t
+            if t in self.eos:
+                self.finish_reason = "eos"
+                if self.yield_eos:
+                    self.tokens.append(t)
+                    yield t
+                return
+            context.append(t)
+            self.tokens.append(t)
+            yield t
+            tokens = jnp.asarray([[t]], dtype=self.prompt.dtype)
+        self.finish_reason = "length"
+
+
+def generate(
+    step_fn: StepFn,
+    params: Any,
+    cache: Any,
+    prompt_tokens: Any,
+    max_new_tokens: int,
+    processor: LogitsProcessor | Sampling | Callable[[Any], int] | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    **kwargs: Any,
+) -> Generation:
+    """Generate up to ``max_new_tokens`` ids after ``prompt_tokens``, yielding each as it comes.
+
+    ``step_fn(params, cache, tokens (B, S), pos) -> (logits (B, vocab), cache)`` is the model's
+    pure step; ``params`` and ``cache`` are pytrees passed to it as jit arguments (never baked into
+    the program). The prompt (list of ids, ``(S,)`` or ``(1, S)``) is prefilled in one call at
+    ``start_pos`` (default 0); then one compiled decode step per token. ``processor`` is a
+    :class:`LogitsProcessor` (sampled on the device, same tokens as its ``sample`` for the same
+    seed; its draw counter advances), a :class:`Sampling` (seed 0), ``None`` (greedy) or any
+    callable ``logits (vocab,) Tensor -> int`` (run on the host, Candle's loop). Generation stops
+    after an id in ``eos_token_id`` (not yielded unless ``yield_eos=True``) or after
+    ``max_new_tokens``.
+
+    Keyword options: ``repeat_penalty`` (1.0 = off) over the last ``repeat_last_n`` ids of
+    ``context_tokens`` + prompt + output (Candle's examples' ``--repeat-penalty`` /
+    ``--repeat-last-n``); ``start_pos``; ``token_dtype`` (``jnp.uint32``); ``tokens_as_tensor``
+    (pass tokens to ``step_fn`` as a candlejax Tensor); ``donate_cache`` (reuse the cache buffers
+    in place; the ``cache`` passed in must not be used afterwards); ``pipeline`` (dispatch step
+    n+1 before token n reaches the host; default on for accelerators); ``yield_eos``.
+
+    Returns a :class:`Generation` iterator; its ``cache``/``pos``/``last_token`` continue a chat.
+    """
+    return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id, **kwargs)

@@ -1,0 +1,323 @@
+"""Sampling the next token from logits: ``Sampling``, the jit-able ``sample_jax`` and Candle's
+``LogitsProcessor``.
+
+requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only)
+provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
+``normalize_sampling``, ``sample_jax``, ``sampling_key``, ``LogitsProcessor``.
+
+Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
+it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
+calls the same compiled function with the key for its n-th draw, so both give the same tokens for
+the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.tensor._core import TensorBase, unwrap
+
+#: Candle treats a temperature below this as greedy decoding.
+MIN_TEMPERATURE = 1e-7
+
+
+# --- Sampling: Candle's enum, as frozen (hashable) dataclasses so it can be a static jit argument --
+class Sampling:
+    """How to pick the next token (Candle: ``enum Sampling``).
+
+    The variants are ``Sampling.ArgMax()``, ``Sampling.All(temperature)``,
+    ``Sampling.TopK(k, temperature)``, ``Sampling.TopP(p, temperature)``,
+    ``Sampling.TopKThenTopP(k, p, temperature)`` and ``Sampling.GumbelSoftmax(temperature)``.
+    Instances are immutable and hashable.
+    """
+
+    ArgMax: ClassVar[type[ArgMax]]
+    All: ClassVar[type[All]]
+    TopK: ClassVar[type[TopK]]
+    TopP: ClassVar[type[TopP]]
+    TopKThenTopP: ClassVar[type[TopKThenTopP]]
+    GumbelSoftmax: ClassVar[type[GumbelSoftmax]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgMax(Sampling):
+    """Greedy decoding: the index of the largest logit (Candle: ``Sampling::ArgMax``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class All(Sampling):
+    """Sample from ``softmax(logits / temperature)`` (Candle: ``Sampling::All { temperature }``)."""
+
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK(Sampling):
+    """Sample among the ``k`` most likely tokens (Candle: ``Sampling::TopK { k, temperature }``)."""
+
+    k: int
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TopP(Sampling):
+    """Nucleus sampling: the smallest set of most likely tokens whose mass reaches ``p``
+    (Candle: ``Sampling::TopP { p, temperature }``)."""
+
+    p: float
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKThenTopP(Sampling):
+    """Top-k, then top-p over those k (Candle: ``Sampling::TopKThenTopP { k, p, temperature }``).
+
+    As in Candle, ``p`` is compared with the (not renormalised) probabilities of the k tokens, so
+    ``p`` at or above their total mass keeps all k.
+    """
+
+    k: int
+    p: float
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GumbelSoftmax(Sampling):
+    """``argmax(logits / temperature + Gumbel noise)``, a draw from ``softmax(logits / temperature)``
+    (Candle: ``Sampling::GumbelSoftmax { temperature }``)."""
+
+    temperature: float
+
+
+Sampling.ArgMax = ArgMax
+Sampling.All = All
+Sampling.TopK = TopK
+Sampling.TopP = TopP
+Sampling.TopKThenTopP = TopKThenTopP
+Sampling.GumbelSoftmax = GumbelSoftmax
+
+
+def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: int | None = None) -> Sampling:
+    """Apply Candle's edge rules and return the variant that is actually sampled.
+
+    * ``None`` or the class ``Sampling.ArgMax`` -> ``ArgMax()``;
+    * a temperature ``None`` or below 1e-7 -> ``ArgMax()`` (Candle applies this rule only in
+      ``LogitsProcessor::new``; applying it to every variant avoids dividing by zero);
+    * ``TopP`` with ``p <= 0`` or ``p >= 1`` -> ``All`` (plain multinomial);
+    * ``TopK`` with ``k >= vocab_size`` -> ``All``; ``TopKThenTopP`` with ``k >= vocab_size`` -> ``TopP``;
+      ``TopKThenTopP`` with ``p <= 0`` -> ``TopK``.
+    """
+    if sampling is None:
+        return ArgMax()
+    if isinstance(sampling, type):
+        if sampling is ArgMax:
+            return ArgMax()
+        raise errors.Msg(f"sampling: {sampling.__name__} needs arguments, e.g. Sampling.{sampling.__name__}(...)")
+    if not isinstance(sampling, Sampling):
+        raise errors.Msg(f"sampling: expected a Sampling variant, got {type(sampling).__name__}")
+    if isinstance(sampling, ArgMax):
+        return sampling
+    t = sampling.temperature  # type: ignore[attr-defined]
+    if t is None or not t >= MIN_TEMPERATURE:
+        return ArgMax()
+    t = float(t)
+    if isinstance(sampling, TopK | TopKThenTopP) and int(sampling.k) < 1:
+        raise errors.Msg(f"sampling: top-k needs k >= 1, got k={sampling.k}")
+    if isinstance(sampling, All):
+        return All(t)
+    if isinstance(sampling, GumbelSoftmax):
+        return GumbelSoftmax(t)
+    if isinstance(sampling, TopP):
+        p = float(sampling.p)
+        return All(t) if p <= 0.0 or p >= 1.0 else TopP(p, t)
+    if isinstance(sampling, TopK):
+        k = int(sampling.k)
+        return All(t) if vocab_size is not None and k >= vocab_size else TopK(k, t)
+    if isinstance(sampling, TopKThenTopP):
+        k, p = int(sampling.k), float(sampling.p)
+        if vocab_size is not None and k >= vocab_size:
+            return normalize_sampling(TopP(p, t))
+        return TopK(k, t) if p <= 0.0 else TopKThenTopP(k, p, t)
+    raise errors.Msg(f"sampling: unknown variant {sampling!r}")
+
+
+# --- the jit-able sampler -------------------------------------------------------------------------
+def _nucleus(sorted_logits: jax.Array, probs_sorted: jax.Array, p: float) -> jax.Array:
+    """Mask (to -inf) every sorted position whose preceding mass already reaches ``p``.
+
+    Candle walks the tokens in descending probability and keeps one while the running sum of the
+    ones before it is below ``p``; the most likely token is always kept.
+    """
+    before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
+    keep = before < p
+    keep = keep.at[..., 0].set(True)
+    return jnp.where(keep, sorted_logits, -jnp.inf)
+
+
+def _pick(sorted_logits: jax.Array, sorted_idx: jax.Array, key: jax.Array) -> jax.Array:
+    j = jax.random.categorical(key, sorted_logits, axis=-1)
+    return jnp.take_along_axis(sorted_idx, j[..., None], axis=-1)[..., 0]
+
+
+def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.Array:
+    """Draw the next token from ``logits`` (``(vocab,)`` or ``(..., vocab)``); pure and jit-able.
+
+    ``sampling`` is a compile-time constant (pass it as a static argument or close over it);
+    ``key`` is a JAX PRNG key (typed or raw). Returns int32 token ids of shape ``logits.shape[:-1]``.
+    The edge rules of :func:`normalize_sampling` apply. Rows of a batch get independent draws.
+    Candle: ``LogitsProcessor::sample`` without the state.
+    """
+    x = unwrap(logits)
+    if x.ndim < 1:
+        raise errors.UnexpectedNumberOfDims(1, 0, (), "sample")
+    vocab = x.shape[-1]
+    s = normalize_sampling(sampling, vocab)
+    x = x.astype(jnp.float32)
+    if isinstance(s, ArgMax):
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    key = _as_key(key)
+    x = x / jnp.float32(s.temperature)  # type: ignore[attr-defined]
+    if isinstance(s, All | GumbelSoftmax):
+        # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick.
+        return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+    if isinstance(s, TopK | TopKThenTopP):
+        vals, idx = jax.lax.top_k(x, s.k)
+        if isinstance(s, TopKThenTopP):
+            # probabilities over the whole vocabulary, as Candle computes them before the cut
+            probs = jnp.exp(vals - jax.nn.logsumexp(x, axis=-1, keepdims=True))
+            vals = _nucleus(vals, probs, s.p)
+        return _pick(vals, idx, key).astype(jnp.int32)
+    if isinstance(s, TopP):
+        iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+        # descending by value, ties by index (Candle's stable sort)
+        neg_sorted, idx = jax.lax.sort((-x, iota), dimension=x.ndim - 1, num_keys=1, is_stable=True)
+        vals = -neg_sorted
+        probs = jax.nn.softmax(vals, axis=-1)
+        return _pick(_nucleus(vals, probs, s.p), idx, key).astype(jnp.int32)
+    raise errors.Msg(f"sample: unsupported sampling {s!r}")
+
+
+def _as_key(key: Any) -> jax.Array:
+    key = unwrap(key)
+    if isinstance(key, int):
+        return seed_key(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The base key for a u64 seed (all 64 bits matter, whatever the x64 setting)."""
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise errors.Msg(f"seed must be in [0, 2**64), got {seed}")
+    k = jax.random.key(seed & 0xFFFFFFFF)
+    return jax.random.fold_in(k, seed >> 32) if seed >> 32 else k
+
+
+def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
+    """The key of the ``step``-th draw (``step`` may be traced): ``fold_in(base_key, step)``."""
+    return jax.random.fold_in(base_key, step)
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
+    return sample_jax(logits, sampling_key(base_key, step), sampling)
+
+
+# --- LogitsProcessor: the eager, stateful sampler ---------------------------------------------------
+class LogitsProcessor:
+    """Candle's ``LogitsProcessor``: a sampling rule plus a seeded random stream.
+
+    ``LogitsProcessor(seed, temperature=None, top_p=None)``: ``temperature`` ``None`` or below 1e-7
+    gives ``ArgMax``; otherwise ``TopP(top_p, temperature)`` if ``top_p`` is given, else
+    ``All(temperature)``. ``LogitsProcessor.from_sampling(seed, sampling)`` takes any variant.
+    ``sample(logits)`` returns the next token id as an int; draw ``n`` uses the key
+    ``fold_in(seed_key(seed), n)``, the same key :func:`candlejax.generation.generate` uses inside
+    its compiled step, so the same seed gives the same tokens in both.
+    """
+
+    def __init__(self, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
+        if temperature is None or not temperature >= MIN_TEMPERATURE:
+            sampling: Sampling = ArgMax()
+        elif top_p is None:
+            sampling = All(float(temperature))
+        else:
+            sampling = TopP(float(top_p), float(temperature))
+        self._init(seed, sampling)
+
+    def _init(self, seed: int, sampling: Sampling) -> None:
+        self.seed = int(seed)
+        self.base_key = seed_key(self.seed)
+        self.sampling = normalize_sampling(sampling)
+        #: how many draws this processor has made (the index of the next key)
+        self.step = 0
+
+    @classmethod
+    def from_sampling(cls, seed: int, sampling: Sampling | type[Sampling]) -> LogitsProcessor:
+        """Candle: ``LogitsProcessor::from_sampling(seed, sampling)``."""
+        self = cls.__new__(cls)
+        self._init(seed, normalize_sampling(sampling))
+        return self
+
+    def __repr__(self) -> str:
+        return f"LogitsProcessor(seed={self.seed}, sampling={self.sampling!r}, step={self.step})"
+
+    def sample(self, logits: Any) -> int:
+        """The next token for 1-D ``logits`` (a Tensor, jax or numpy array), as an int.
+
+        Candle: ``LogitsProcessor::sample(&logits) -> u32``.
+        """
+        x = jnp.asarray(unwrap(logits))
+        if x.ndim != 1:
+            raise errors.UnexpectedNumberOfDims(1, x.ndim, tuple(x.shape), "LogitsProcessor::sample")
+        s = normalize_sampling(self.sampling, x.shape[0])
+        if isinstance(s, ArgMax):
+            return int(jnp.argmax(x.astype(jnp.float32)))
+        tok = _sample_step(x, self.base_key, jnp.int32(self.step), sampling=s)
+        self.step += 1
+        return int(tok)
+
+    def sample_f(self, logits: Any, f: Callable[[np.ndarray], np.ndarray | None]) -> int:
+        """Sample after ``f`` edits the probabilities (Candle: ``sample_f``).
+
+        ``f`` gets ``softmax(logits / temperature)`` as a writable float32 numpy array and may edit
+        it in place or return a new one; ``ArgMax`` ignores ``f``, as in Candle. The edited
+        probabilities are renormalised (Candle's ``WeightedIndex`` does the same).
+        """
+        x = np.asarray(unwrap(logits), dtype=np.float32)
+        if x.ndim != 1:
+            raise errors.UnexpectedNumberOfDims(1, x.ndim, x.shape, "LogitsProcessor::sample_f")
+        s = normalize_sampling(self.sampling, x.shape[0])
+        if isinstance(s, ArgMax):
+            return int(np.argmax(x))
+        z = x / np.float32(s.temperature)  # type: ignore[attr-defined]
+        probs = np.exp(z - z.max())
+        probs /= probs.sum()
+        out = f(probs)
+        probs = probs if out is None else np.asarray(out, dtype=np.float32)
+        with np.errstate(divide="ignore"):
+            new_logits = np.log(probs).astype(np.float32)
+        unit = dataclasses.replace(s, temperature=1.0)  # type: ignore[type-var]
+        tok = _sample_step(jnp.asarray(new_logits), self.base_key, jnp.int32(self.step), sampling=unit)
+        self.step += 1
+        return int(tok)
+
+    def key_for_step(self, step: int | None = None) -> jax.Array:
+        """The key of draw ``step`` (default: the next draw)."""
+        return sampling_key(self.base_key, self.step if step is None else step)
+
+
+def logits_to_array(logits: Any) -> jax.Array:
+    """The jax array behind a Tensor / jax / numpy logits value."""
+    if isinstance(logits, TensorBase):
+        return logits._a
+    return jnp.asarray(logits)

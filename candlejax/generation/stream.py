@@ -1,0 +1,92 @@
+"""Streaming text out of a token stream (Candle: ``candle_examples::token_output_stream``).
+
+requires: a tokenizer with ``decode(ids, skip_special_tokens=...)`` (HF ``tokenizers.Tokenizer``
+or :class:`candlejax.tokenizer.Tokenizer`)
+provides: ``TokenOutputStream``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+
+class TokenOutputStream:
+    """Decode tokens one at a time and hand out only complete new text.
+
+    A byte-level BPE token may hold half a UTF-8 character, and SentencePiece decoders drop a
+    leading space of the first token; decoding each token alone gets both wrong. This decodes a
+    short window of recent tokens and yields the text beyond what that window already produced
+    (text-generation-inference's method, as Candle's examples do). Text that ends in an
+    incomplete character (U+FFFD) is held back until the next token completes it.
+
+    >>> stream = TokenOutputStream(tokenizer)
+    >>> for tok in generate(...):
+    ...     if (text := stream.next_token(tok)) is not None:
+    ...         print(text, end="", flush=True)
+    >>> print(stream.decode_rest() or "")
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.tokens: list[int] = []
+        self.prev_index = 0
+        self.current_index = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def into_inner(self) -> Any:
+        """The wrapped tokenizer (Candle: ``into_inner``)."""
+        return self._tokenizer
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self._tokenizer.decode(tokens, skip_special_tokens=self.skip_special_tokens)
+
+    def next_token(self, token: int) -> str | None:
+        """Add ``token``; return the new complete text, or ``None`` if there is none yet."""
+        prev_text = self._decode(self.tokens[self.prev_index : self.current_index]) if self.tokens else ""
+        self.tokens.append(int(token))
+        text = self._decode(self.tokens[self.prev_index :])
+        if len(text) > len(prev_text) and not text.endswith("\ufffd"):
+            self.prev_index = self.current_index
+            self.current_index = len(self.tokens)
+            return text[len(prev_text) :]
+        return None
+
+    def decode_rest(self) -> str | None:
+        """The text not yet handed out (call once the stream ends), or ``None``."""
+        prev_text = self._decode(self.tokens[self.prev_index : self.current_index]) if self.tokens else ""
+        text = self._decode(self.tokens[self.prev_index :])
+        if len(text) > len(prev_text):
+            return text[len(prev_text) :]
+        return None
+
+    def decode_all(self) -> str:
+        """All tokens so far, decoded at once."""
+        return self._decode(self.tokens)
+
+    def get_token(self, token_s: str) -> int | None:
+        """The id of a token string, e.g. ``"</s>"`` (Candle: ``get_token``)."""
+        tok = self._tokenizer
+        fn = getattr(tok, "token_to_id", None)
+        return fn(token_s) if fn is not None else None
+
+    def clear(self) -> None:
+        """Forget the tokens seen so far."""
+        self.tokens.clear()
+        self.prev_index = 0
+        self.current_index = 0
+
+    def stream(self, tokens: Iterable[int], flush: bool = True) -> Iterator[str]:
+        """Yield text pieces for an iterable of tokens (and the rest at the end if ``flush``)."""
+        for t in tokens:
+            piece = self.next_token(t)
+            if piece is not None:
+                yield piece
+        if flush:
+            rest = self.decode_rest()
+            if rest:
+                yield rest

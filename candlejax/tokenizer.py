@@ -1,0 +1,536 @@
+"""Tokenizers for the models: a Hugging Face ``tokenizers.Tokenizer`` built from GGUF metadata or
+read from a ``tokenizer.json``, with its special tokens and chat template.
+
+requires: tokenizers, jinja2 (for chat templates), numpy
+provides: ``Tokenizer``, ``ChatTemplate``, ``tokenizer_from_gguf_metadata``, ``load_tokenizer``,
+``gguf_tokenizer_metadata``, ``bytes_to_unicode``
+
+Candle's examples load ``tokenizer.json`` with the ``tokenizers`` crate, and for GGUF models fetch
+the separate tokenizer file; a GGUF file however carries its tokenizer in its metadata (llama.cpp's
+``tokenizer.ggml.*`` keys). :func:`tokenizer_from_gguf_metadata` rebuilds it as llama.cpp reads it:
+
+* ``tokenizer.ggml.model == "gpt2"``: byte-level BPE with the file's merges; the pre-tokenizer
+  split follows ``tokenizer.ggml.pre`` (GPT-2's regex; digits split one by one first for
+  ``smollm``/``starcoder``/...; llama-3, qwen2, tekken and gpt-4o regexes).
+* ``"llama"``: SentencePiece BPE with byte fallback (``<0x..>`` tokens); merges from the file, or
+  derived from the scores when it has none.
+* tokens typed CONTROL (3) become special added tokens, USER_DEFINED (4) plain added tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from candlejax import errors
+
+# llama.cpp token types (tokenizer.ggml.token_type)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: tokenizer.ggml.pre -> the regex split run before the byte-level step (None: GPT-2's own regex)
+PRE_TOKENIZER_SPLITS: dict[str, str] = {
+    **dict.fromkeys(
+        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx", "smaug-bpe"],
+        _LLAMA3_SPLIT,
+    ),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "megrez"], _QWEN2_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(["gpt-4o", "llama4"], _GPT4O_SPLIT),
+}
+#: pre types for which llama.cpp isolates every number character before GPT-2's regex
+DIGIT_SPLIT_PRE = frozenset(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"])
+#: pre types for which llama.cpp looks a whole word up in the vocabulary before merging
+IGNORE_MERGES_PRE = frozenset(["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "tekken"])
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# --- metadata access --------------------------------------------------------------------------------
+def _py(v: Any) -> Any:
+    """numpy scalars/arrays and bytes from a GGUF reader -> plain Python values."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, list | tuple):
+        return [_py(x) for x in v]
+    return v
+
+
+def gguf_tokenizer_metadata(source: Any) -> dict[str, Any]:
+    """The ``tokenizer.*`` (and ``general.architecture``) metadata of a GGUF file as plain values.
+
+    ``source`` is a path (read with :mod:`candlejax.io.gguf`), a ``candlejax.io.gguf.Content``, a
+    ``gguf.GGUFReader`` (the ``gguf`` package), or a mapping of key -> value (plain values, numpy
+    arrays, ``candlejax.io.gguf.Value`` or ``gguf`` field objects).
+    """
+    if isinstance(source, str | os.PathLike):
+        from candlejax.io import gguf as cj_gguf
+
+        source = cj_gguf.Content.read(os.fspath(source)).metadata
+    if hasattr(source, "metadata") and not hasattr(source, "fields"):  # a candlejax.io.gguf.Content
+        source = source.metadata
+    fields = getattr(source, "fields", None)
+    items: Iterable[tuple[str, Any]]
+    items = fields.items() if fields is not None else dict(source).items()
+    out: dict[str, Any] = {}
+    for k, v in items:
+        if not (k.startswith("tokenizer.") or k == "general.architecture"):
+            continue
+        if hasattr(v, "contents") and callable(v.contents):
+            v = v.contents()
+        elif hasattr(v, "value") and not isinstance(v, np.ndarray | np.generic):
+            v = v.value
+        out[k] = _py(v)
+    return out
+
+
+# --- building a tokenizers.Tokenizer from GGUF metadata ------------------------------------------
+def _added_tokens(tokens: Sequence[str], types: Sequence[int], vocab: Mapping[str, int], byte_level: bool) -> tuple:
+    from tokenizers import AddedToken
+
+    alphabet = set(bytes_to_unicode().values()) if byte_level else None
+    special, plain = [], []
+    for tok, ty in zip(tokens, types):
+        if ty == TOKEN_CONTROL and (alphabet is None or set(tok) <= alphabet):
+            special.append(AddedToken(tok, special=True, normalized=False))
+        elif ty == TOKEN_USER_DEFINED and tok in vocab:
+            plain.append(AddedToken(tok, special=False, normalized=False))
+    return special, plain
+
+
+def _merges(meta: Mapping[str, Any], vocab: Mapping[str, int], tokens: Sequence[str]) -> list[tuple[str, str]]:
+    merges = meta.get("tokenizer.ggml.merges")
+    if merges:
+        out = []
+        for m in merges:
+            a, _, b = m.partition(" ")
+            out.append((a, b))
+        return out
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None:
+        return []
+    # SentencePiece BPE: every split of a piece into two pieces of the vocabulary is a merge, ranked
+    # by the score of the merged piece (higher first), as sentencepiece and llama.cpp rank them.
+    score = {t: float(s) for t, s in zip(tokens, scores)}
+    found: list[tuple[str, str, float]] = []
+    for piece, s in score.items():
+        local = []
+        for i in range(1, len(piece)):
+            left, right = piece[:i], piece[i:]
+            if left in vocab and right in vocab:
+                local.append((left, right, s))
+        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        found.extend(local)
+    found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in found]
+
+
+def _post_processor(bos: str | None, eos: str | None, bos_id: int | None, eos_id: int | None, byte_level: bool) -> Any:
+    from tokenizers import processors
+
+    single, pair, special = "$A:0", "$A:0 $B:1", []
+    if bos is not None and bos_id is not None:
+        single, pair = f"{bos}:0 {single}", f"{bos}:0 $A:0 {bos}:1 $B:1"
+        special.append((bos, bos_id))
+    if eos is not None and eos_id is not None:
+        single = f"{single} {eos}:0"
+        pair = pair.replace("$A:0", f"$A:0 {eos}:0").replace("$B:1", f"$B:1 {eos}:1")
+        if (eos, eos_id) not in special:
+            special.append((eos, eos_id))
+    tp = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    if byte_level:
+        return processors.Sequence([processors.ByteLevel(trim_offsets=False), tp])
+    return tp
+
+
+def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Any:
+    """A ``tokenizers.Tokenizer`` from GGUF tokenizer metadata (key -> value).
+
+    Supports ``tokenizer.ggml.model`` ``"gpt2"`` (byte-level BPE) and ``"llama"`` (SentencePiece
+    BPE with byte fallback). BOS/EOS are added by the post-processor when
+    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults: BOS for ``"llama"``, none
+    for ``"gpt2"``, as llama.cpp and transformers).
+    """
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    meta = {k: _py(v) for k, v in meta.items()}
+    kind = meta.get("tokenizer.ggml.model")
+    tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
+    if not tokens:
+        raise errors.Msg("tokenizer: the GGUF metadata has no tokenizer.ggml.tokens")
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    pre = meta.get("tokenizer.ggml.pre")
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    eos_id = meta.get("tokenizer.ggml.eos_token_id")
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+
+    if kind == "gpt2":
+        spelling = bytes_to_unicode()
+        alphabet = set(spelling.values())
+        vocab: dict[str, int] = {}
+        for i, tok in enumerate(tokens):
+            if not set(tok) <= alphabet:
+                tok = "".join(spelling[b] for b in tok.encode("utf-8"))
+            vocab.setdefault(tok, i)
+        merges = _merges(meta, vocab, tokens)
+        model = models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False, ignore_merges=pre in IGNORE_MERGES_PRE)
+        tk = HFTokenizer(model)
+        split = PRE_TOKENIZER_SPLITS.get(pre) if pre else None
+        if split is not None:
+            tk.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        elif pre in DIGIT_SPLIT_PRE:
+            tk.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Digits(individual_digits=True),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                ]
+            )
+        else:
+            tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tk.decoder = decoders.ByteLevel()
+        byte_level, default_bos = True, False
+    elif kind == "llama":
+        vocab = {}
+        for i, tok in enumerate(tokens):
+            vocab.setdefault(tok, i)
+        merges = _merges(meta, vocab, tokens)
+        unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+        model = models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+        tk = HFTokenizer(model)
+        prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+        tk.normalizer = None
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False
+        )
+        strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+        tk.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+        )
+        byte_level, default_bos = False, True
+    else:
+        raise errors.Msg(
+            f"tokenizer: cannot build a tokenizer for tokenizer.ggml.model={kind!r}; supported: 'gpt2', 'llama'"
+        )
+
+    special, plain = _added_tokens(tokens, types, vocab, byte_level)
+    if special:
+        tk.add_special_tokens(special)
+    if plain:
+        tk.add_tokens(plain)
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos))
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    bos = tokens[bos_id] if add_bos and bos_id is not None and 0 <= bos_id < len(tokens) else None
+    eos = tokens[eos_id] if add_eos and eos_id is not None and 0 <= eos_id < len(tokens) else None
+    tk.post_processor = _post_processor(bos, eos, bos_id if bos else None, eos_id if eos else None, byte_level)
+    return tk
+
+
+# --- chat templates --------------------------------------------------------------------------------
+@functools.cache
+def _jinja_env() -> Any:
+    try:
+        import jinja2
+        from jinja2.ext import Extension
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:  # pragma: no cover - jinja2 ships with transformers and most envs
+        raise errors.Msg("chat templates need jinja2: pip install jinja2") from e
+
+    class GenerationTag(Extension):
+        """``{% generation %}...{% endgeneration %}`` (transformers marks assistant text with it)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller: Any) -> str:
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+class ChatTemplate:
+    """A Jinja chat template, rendered as ``transformers``' ``apply_chat_template`` renders it
+    (sandboxed environment, ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``tojson``,
+    ``strftime_now``; the special tokens are template variables)."""
+
+    def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None) -> None:
+        self.source = source
+        self.special_tokens = dict(special_tokens or {})
+        self._template = _jinja_env().from_string(source)
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Any = None,
+        documents: Any = None,
+        **kwargs: Any,
+    ) -> str:
+        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``)."""
+        variables = {k: v for k, v in self.special_tokens.items() if v is not None}
+        variables.update(kwargs)
+        return self._template.render(
+            messages=[dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            documents=documents,
+            **variables,
+        )
+
+
+# --- the bundle a model uses --------------------------------------------------------------------------
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` (``.hf``) with its special token ids and chat template.
+
+    ``encode(text) -> list[int]``, ``decode(ids)``, ``apply_chat_template(messages)``; ``bos_token_id``,
+    ``eos_token_id`` (the model's end of text; ``eos_token_ids`` also holds the chat template's
+    end-of-turn token when it differs). Build with :meth:`from_gguf`,
+    :meth:`from_gguf_metadata` or :func:`load_tokenizer`.
+    """
+
+    def __init__(
+        self,
+        hf: Any,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        unk_token: str | None = None,
+        pad_token: str | None = None,
+        chat_template: str | None = None,
+        add_bos_token: bool = False,
+    ) -> None:
+        self.hf = hf
+        self.bos_token, self.eos_token, self.unk_token, self.pad_token = bos_token, eos_token, unk_token, pad_token
+        self.add_bos_token = add_bos_token
+        self.chat_template_source = chat_template
+        self._chat: ChatTemplate | None = None
+
+    def _id(self, tok: str | None) -> int | None:
+        return None if tok is None else self.hf.token_to_id(tok)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id(self.unk_token)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Ids that end generation: EOS, plus ``<|im_end|>``/``<|eot_id|>``/``<end_of_turn>``/
+        ``<|end|>`` when the vocabulary has them and the chat template uses them."""
+        ids = [] if self.eos_token_id is None else [self.eos_token_id]
+        src = self.chat_template_source or ""
+        for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+            i = self._id(t)
+            if i is not None and t in src and i not in ids:
+                ids.append(i)
+        return ids
+
+    @property
+    def special_tokens_map(self) -> dict[str, str | None]:
+        return {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+            "pad_token": self.pad_token,
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.hf.id_to_token(i)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says)."""
+        return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        if self.chat_template_source is None:
+            raise errors.Msg("tokenizer: this tokenizer has no chat template")
+        if self._chat is None:
+            self._chat = ChatTemplate(self.chat_template_source, self.special_tokens_map)
+        return self._chat
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render ``messages`` with the chat template (text, or ids with ``tokenize=True``; the
+        template writes any BOS itself, so no special tokens are added when tokenizing)."""
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    # --- constructors ------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
+        """From GGUF metadata (key -> value); see :func:`tokenizer_from_gguf_metadata`."""
+        meta = gguf_tokenizer_metadata(meta)
+        hf = tokenizer_from_gguf_metadata(meta)
+        tokens = meta["tokenizer.ggml.tokens"]
+        kind = meta.get("tokenizer.ggml.model")
+
+        def tok(key: str) -> str | None:
+            i = meta.get(f"tokenizer.ggml.{key}")
+            return tokens[i] if i is not None and 0 <= int(i) < len(tokens) else None
+
+        return cls(
+            hf,
+            bos_token=tok("bos_token_id"),
+            eos_token=tok("eos_token_id"),
+            unk_token=tok("unknown_token_id"),
+            pad_token=tok("padding_token_id"),
+            chat_template=meta.get("tokenizer.chat_template"),
+            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
+        """The tokenizer stored in a GGUF file's metadata."""
+        return cls.from_gguf_metadata(gguf_tokenizer_metadata(path))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+        """See :func:`load_tokenizer`."""
+        return load_tokenizer(path)
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r},"
+            f" chat_template={'yes' if self.chat_template_source else 'no'})"
+        )
+
+
+def _token_str(v: Any) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, Mapping):
+        return v.get("content")
+    return None
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load a ``tokenizer.json`` (a file, or a folder holding one). From the same folder,
+    ``tokenizer_config.json`` supplies the special tokens and the chat template (or
+    ``chat_template.jinja``/``chat_template.json``)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise errors.Msg(f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}")
+    hf = HFTokenizer.from_file(os.fspath(file))
+    folder = file.parent
+    cfg: dict[str, Any] = {}
+    if (folder / "tokenizer_config.json").is_file():
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: take "default"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is None and (folder / "chat_template.json").is_file():
+        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return Tokenizer(
+        hf,
+        bos_token=_token_str(cfg.get("bos_token")),
+        eos_token=_token_str(cfg.get("eos_token")),
+        unk_token=_token_str(cfg.get("unk_token")),
+        pad_token=_token_str(cfg.get("pad_token")),
+        chat_template=template,
+        add_bos_token=bool(cfg.get("add_bos_token", False)),
+    )
+
+
+__all__ = [
+    "ChatTemplate",
+    "Tokenizer",
+    "bytes_to_unicode",
+    "gguf_tokenizer_metadata",
+    "load_tokenizer",
+    "tokenizer_from_gguf_metadata",
+]
