@@ -139,6 +139,8 @@ class Optimizer:
             this callable returns True); the others stay fixed.
         check_finite: after each step, check the loss and gradients; on NaN/inf skip the update
             and raise :class:`NanLoss` naming the step (one host sync per step, so opt-in).
+        donate: let XLA reuse the parameter and state buffers for the new values (the default;
+            the model and state passed in are consumed, so keep only the returned ones).
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class Optimizer:
         *,
         wrt: Any = None,
         check_finite: bool = False,
+        donate: bool = True,
         name: str = "optimizer",
     ):
         if not isinstance(tx, optax.GradientTransformation) and not (hasattr(tx, "init") and hasattr(tx, "update")):
@@ -158,6 +161,7 @@ class Optimizer:
         self._lr_array: Any = None
         self.wrt = wrt
         self.check_finite = bool(check_finite)
+        self.donate = bool(donate)
         self._step_fn: Any = None
         self._compiled: dict[Any, Any] = {}
 
@@ -198,6 +202,21 @@ class Optimizer:
     def _split(self, model: Any) -> Split:
         return split(model, self.wrt, what=self.name)
 
+    def _check_alive(self, sp: Split, state: OptState) -> None:
+        if any(getattr(a, "is_deleted", None) is not None and a.is_deleted() for a in sp.leaves):
+            dead = [n for a, n in zip(sp.params, sp.names) if a.is_deleted()]
+            raise errors.Msg(
+                f"{self.name}: the model's buffers"
+                + (f" ({', '.join(dead[:3])}{', ...' if len(dead) > 3 else ''})" if dead else "")
+                + " were donated to an earlier optimizer step and no longer exist; keep using the model returned"
+                " by step/backward_step (model, state, loss = ...), or build the optimizer with donate=False"
+            )
+        for a in jax.tree_util.tree_leaves(state):
+            if getattr(a, "is_deleted", None) is not None and a.is_deleted():
+                raise errors.Msg(
+                    f"{self.name}: this optimizer state was donated to an earlier step; use the state it returned"
+                )
+
     def init(self, model: Any) -> OptState:
         """A fresh optimizer state for ``model``'s trainable parameters (Candle's ``Optimizer::new``)."""
         sp = self._split(model)
@@ -235,7 +254,8 @@ class Optimizer:
         """
         sp = self._split(model)
         g = [_array(x) for x in grads_as_params(sp, grads)]
-        donate = not _aliased(sp.params, state, (g, sp.rest))
+        self._check_alive(sp, state)
+        donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
         if self._step_fn is None:
             f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
             self._step_fn = {True: jax.jit(f, donate_argnums=(0, 1)), False: jax.jit(f)}
@@ -256,7 +276,8 @@ class Optimizer:
         """
         sp = self._split(model)
         rest_arrays, statics = _split_rest(sp.rest)
-        donate = not _aliased(sp.params, state, (rest_arrays, batch))
+        self._check_alive(sp, state)
+        donate = self.donate and not _aliased(sp.params, state, (rest_arrays, batch))
         fn = self._compiled.get((loss_fn, donate))
         if fn is None:
             fn = jax.jit(self._make_bstep(loss_fn), static_argnums=(0, 1, 2), donate_argnums=(3, 5) if donate else ())

@@ -23,11 +23,17 @@ from candlejax.tensor._core import TensorBase
 
 
 def _var_class() -> Any:
-    try:
-        from candlejax.nn import Var  # type: ignore[attr-defined]
-    except Exception:
-        return None
-    return Var
+    global _VAR
+    if _VAR is None:
+        try:
+            from candlejax.nn.module import Var
+        except ImportError:
+            return None
+        _VAR = Var
+    return _VAR
+
+
+_VAR: Any = None
 
 
 def is_var(x: Any) -> bool:

@@ -1,0 +1,290 @@
+"""cj.optim: SGD and AdamW trajectories against torch.optim and optax; the jitted step's contract."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import candlejax as cj
+import candlejax.optim as O  # noqa: N812
+from candlejax.tensor._core import wrap
+
+torch = pytest.importorskip("torch")
+
+STEPS = 20
+
+
+def _nn():
+    try:
+        from candlejax.nn import module
+    except ImportError:
+        pytest.skip("candlejax.nn is not available")
+    return module
+
+
+def _var(a, name):
+    """A trainable leaf: a cj.nn.Var once nn exists, else a plain float Tensor."""
+    try:
+        from candlejax.nn.module import Var
+    except ImportError:
+        return wrap(jnp.asarray(a))
+    return Var(np.asarray(a), name)
+
+
+@pytest.fixture
+def problem(rng):
+    p0 = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()} for _ in range(STEPS)]
+    return p0, grads
+
+
+def _run_cj(opt, p0, grads):
+    model = {k: _var(v, k) for k, v in p0.items()}
+    state = opt.init(model)
+    for g in grads:
+        model, state = opt.step(model, state, {k: wrap(jnp.asarray(v)) for k, v in g.items()})
+    assert int(state.step) == len(grads)
+    return {k: np.asarray(v.jax) for k, v in model.items()}
+
+
+def _run_torch(make_opt, p0, grads):
+    ps = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in p0.items()}
+    opt = make_opt(list(ps.values()))
+    for g in grads:
+        for k, p in ps.items():
+            p.grad = torch.tensor(g[k])
+        opt.step()
+    return {k: p.detach().numpy() for k, p in ps.items()}
+
+
+def _run_optax(tx, p0, grads):
+    params = {k: jnp.asarray(v) for k, v in p0.items()}
+    st = tx.init(params)
+
+    @jax.jit
+    def upd(g, st, p):
+        u, st = tx.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    for g in grads:
+        params, st = upd({k: jnp.asarray(v) for k, v in g.items()}, st, params)
+    return {k: np.asarray(v) for k, v in params.items()}
+
+
+def _candle_adamw_f64(p0, grads, lr, b1, b2, eps, wd):
+    """Candle's AdamW (candle-nn/src/optim.rs) in float64."""
+    out = {}
+    for k, p in p0.items():
+        th, m, v = p.astype(np.float64), 0.0, 0.0
+        for t, g in enumerate(grads, 1):
+            g = g[k].astype(np.float64)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            mh, vh = m / (1 - b1**t), v / (1 - b2**t)
+            th = th * (1 - lr * wd) - lr * mh / (np.sqrt(vh) + eps)
+        out[k] = th
+    return out
+
+
+def _close(a, b, **kw):
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], **kw)
+
+
+# --- trajectories ---------------------------------------------------------------------------------
+def test_sgd_matches_torch_and_optax(problem):
+    p0, grads = problem
+    ours = _run_cj(O.SGD(0.05), p0, grads)
+    _close(ours, _run_torch(lambda ps: torch.optim.SGD(ps, lr=0.05), p0, grads), rtol=1e-6, atol=1e-6)
+    _close(ours, _run_optax(optax.sgd(0.05), p0, grads), rtol=0, atol=0)
+
+
+def test_adamw_defaults_are_candles():
+    p = O.ParamsAdamW()
+    assert (p.lr, p.beta1, p.beta2, p.eps, p.weight_decay) == (1e-3, 0.9, 0.999, 1e-8, 0.01)
+    assert O.AdamW().learning_rate() == 1e-3
+    assert O.AdamW.new_lr(0.1).params() == O.ParamsAdamW(lr=0.1)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1}])
+def test_adamw_matches_torch_optax_and_candles_formula(problem, cfg):
+    p0, grads = problem
+    p = O.ParamsAdamW(**cfg)
+    ours = _run_cj(O.AdamW(p), p0, grads)
+    ref = _run_torch(
+        lambda ps: torch.optim.AdamW(ps, lr=p.lr, betas=(p.beta1, p.beta2), eps=p.eps, weight_decay=p.weight_decay),
+        p0,
+        grads,
+    )
+    _close(ours, ref, rtol=1e-5, atol=1e-6)
+    _close(ours, _candle_adamw_f64(p0, grads, p.lr, p.beta1, p.beta2, p.eps, p.weight_decay), rtol=1e-5, atol=1e-6)
+    # bit-identical to a jitted optax.adamw
+    tx = optax.adamw(p.lr, b1=p.beta1, b2=p.beta2, eps=p.eps, weight_decay=p.weight_decay)
+    _close(ours, _run_optax(tx, p0, grads), rtol=0, atol=0)
+
+
+def test_from_optax_and_schedules(problem):
+    p0, grads = problem
+    sched = O.warmup_cosine_decay_schedule(0.0, 0.05, 5, STEPS)
+    ours = _run_cj(O.AdamW(O.ParamsAdamW(lr=sched)), p0, grads)
+    _close(ours, _run_optax(optax.adamw(sched, weight_decay=0.01), p0, grads), rtol=0, atol=0)
+    tx = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.03))
+    _close(_run_cj(O.from_optax(tx), p0, grads), _run_optax(tx, p0, grads), rtol=0, atol=0)
+    ours = _run_cj(O.from_optax(optax.scale_by_adam(), learning_rate=0.03), p0, grads)
+    _close(ours, _run_optax(optax.adam(0.03), p0, grads), rtol=1e-6, atol=1e-7)
+
+
+def test_clip_grad_norm_matches_torch(problem):
+    p0, grads = problem
+    ours = _run_cj(O.SGD(0.1, clip_grad_norm=0.5), p0, grads)
+    ps = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in p0.items()}
+    opt = torch.optim.SGD(list(ps.values()), lr=0.1)
+    for g in grads:
+        for k, p in ps.items():
+            p.grad = torch.tensor(g[k])
+        torch.nn.utils.clip_grad_norm_(list(ps.values()), 0.5)
+        opt.step()
+    _close(ours, {k: p.detach().numpy() for k, p in ps.items()}, rtol=1e-5, atol=1e-6)
+
+
+# --- backward_step -----------------------------------------------------------------------------------
+def _regression(rng, n=32):
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.3).astype(np.float32)
+    return x, y
+
+
+def _mse(m, x, y):
+    pred = x.jax @ m["w"].jax + m["b"].jax
+    return wrap(jnp.mean((pred - y.jax) ** 2))
+
+
+def test_backward_step_matches_torch_training_loop(rng):
+    x, y = _regression(rng)
+    w0, b0 = rng.standard_normal((3, 1)).astype(np.float32), np.zeros(1, np.float32)
+    opt = O.AdamW(O.ParamsAdamW(lr=0.05))
+    model = {"w": _var(w0, "w"), "b": _var(b0, "b")}
+    state = opt.init(model)
+    losses = []
+    for _ in range(STEPS):
+        model, state, loss = opt.backward_step(_mse, model, state, wrap(jnp.asarray(x)), wrap(jnp.asarray(y)))
+        losses.append(float(np.asarray(loss)))
+    tw, tb = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(b0))
+    topt = torch.optim.AdamW([tw, tb], lr=0.05, weight_decay=0.01)
+    tlosses = []
+    for _ in range(STEPS):
+        topt.zero_grad()
+        loss = ((torch.tensor(x) @ tw + tb - torch.tensor(y)) ** 2).mean()
+        loss.backward()
+        topt.step()
+        tlosses.append(loss.item())
+    np.testing.assert_allclose(losses, tlosses, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(model["w"].jax), tw.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert losses[-1] < losses[0] / 2
+
+
+def test_backward_step_compiles_once_and_set_learning_rate_does_not_retrace(rng):
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+    traces = []
+
+    def loss_fn(m, x, y):
+        traces.append(1)
+        return _mse(m, x, y)
+
+    opt = O.SGD(0.0)
+    model = {"w": _var(np.ones((3, 1), np.float32), "w"), "b": _var(np.zeros(1, np.float32), "b")}
+    state = opt.init(model)
+    model, state, _ = opt.backward_step(loss_fn, model, state, x, y)
+    np.testing.assert_array_equal(np.asarray(model["w"].jax), np.ones((3, 1)))  # lr 0: no change
+    opt.set_learning_rate(0.1)
+    assert opt.learning_rate() == 0.1
+    w_before = np.asarray(model["w"].jax).copy()
+    for _ in range(3):
+        model, state, _ = opt.backward_step(loss_fn, model, state, x, y)
+    assert len(traces) == 1
+    assert not np.array_equal(np.asarray(model["w"].jax), w_before)
+    assert int(state.step) == 4
+
+
+def test_backward_step_donates_the_old_buffers(rng):
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+    opt = O.SGD(0.1)
+    model = {"w": _var(np.ones((3, 1), np.float32), "w"), "b": _var(np.zeros(1, np.float32), "b")}
+    state = opt.init(model)
+    old = model["w"].jax
+    model, state, _ = opt.backward_step(_mse, model, state, x, y)
+    assert old.is_deleted()
+    assert not model["w"].jax.is_deleted()
+    with pytest.raises(cj.Error, match="donated to an earlier optimizer step"):
+        opt.backward_step(_mse, {"w": wrap(old), "b": model["b"]}, state, x, y)
+
+
+def test_only_vars_are_trained_and_wrt_filters():
+    nn = _nn()
+    model = {"w": nn.Var(np.ones(3, np.float32), "enc.w"), "v": nn.Var(np.ones(3, np.float32), "dec.w"),
+             "table": wrap(jnp.ones(3))}  # fmt: skip
+
+    def loss_fn(m):
+        return wrap(jnp.sum(m["w"].jax * m["table"].jax) + jnp.sum(m["v"].jax * m["table"].jax))
+
+    opt = O.SGD(0.5, donate=False)
+    m2, _, _ = opt.backward_step(loss_fn, model, opt.init(model))
+    assert np.asarray(m2["table"].jax).tolist() == [1.0, 1.0, 1.0]
+    assert np.asarray(m2["w"].jax).tolist() == [0.5, 0.5, 0.5]
+    assert isinstance(m2["w"], nn.Var) and m2["w"].name == "enc.w"
+    opt = O.SGD(0.5, wrt=r"^dec\.")
+    m3, _, _ = opt.backward_step(loss_fn, model, opt.init(model))
+    assert np.asarray(m3["w"].jax).tolist() == [1.0, 1.0, 1.0]
+    assert np.asarray(m3["v"].jax).tolist() == [0.5, 0.5, 0.5]
+
+
+def test_non_float_var_is_a_clear_error():
+    nn = _nn()
+    model = {"w": nn.Var(np.ones(3, np.float32), "w"), "ids": nn.Var(np.arange(3, dtype=np.uint32), "emb.ids")}
+    with pytest.raises(cj.Error, match=r"emb\.ids.*only float Vars can be trained"):
+        O.AdamW().init(model)
+
+
+def test_nan_loss_is_reported_with_its_step(rng):
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+    bad = wrap(jnp.full_like(x.jax, jnp.nan))
+    opt = O.AdamW(check_finite=True)
+    model = {"w": _var(np.ones((3, 1), np.float32), "w"), "b": _var(np.zeros(1, np.float32), "b")}
+    state = opt.init(model)
+    for _ in range(2):
+        model, state, _ = opt.backward_step(_mse, model, state, x, y)
+    before = np.asarray(model["w"].jax).copy()
+    with pytest.raises(O.NanLoss, match="optimizer step 3: loss is nan") as ei:
+        opt.backward_step(_mse, model, state, bad, y)
+    assert ei.value.step == 3 and math.isnan(ei.value.loss)
+    np.testing.assert_array_equal(np.asarray(ei.value.model["w"].jax), before)  # update skipped
+    assert int(ei.value.state.step) == 2
+    # without the check the NaN trains on silently (the JAX / Candle default)
+    opt2 = O.AdamW()
+    m2, _, loss = opt2.backward_step(_mse, ei.value.model, opt2.init(ei.value.model), bad, y)
+    assert np.isnan(np.asarray(loss)) and np.isnan(np.asarray(m2["w"].jax)).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(cj.Error, match="learning rate"):
+        O.SGD(-1.0)
+    with pytest.raises(cj.Error, match="beta1"):
+        O.ParamsAdamW(beta1=1.0)
+    with pytest.raises(cj.Error, match="ParamsAdamW"):
+        O.AdamW(0.1)  # type: ignore[arg-type]
+    with pytest.raises(cj.Error, match="no trainable parameters"):
+        O.SGD(0.1).init({"ids": wrap(jnp.arange(3))})
+    opt = O.from_optax(optax.adam(1e-3))
+    with pytest.raises(cj.Error, match="inside the optax transform"):
+        opt.set_learning_rate(0.1)
+    model = {"w": _var(np.ones(3, np.float32), "w")}
+    with pytest.raises(cj.Error, match="wrong shape"):
+        O.SGD(0.1).step(model, O.SGD(0.1).init(model), {"w": wrap(jnp.ones(4))})
+    with pytest.raises(cj.Error, match="scalar"):
+        opt = O.SGD(0.1)
+        opt.backward_step(lambda m: m["w"], model, opt.init(model))

@@ -1,0 +1,253 @@
+"""cj.data: Batcher semantics, the Dataset protocol, the IDX / MNIST reader and the offline digits."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+import candlejax as cj
+import candlejax.data as data
+from candlejax import DType
+
+
+def _xy(n=10):
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    y = np.arange(n, dtype=np.uint32)
+    return x, y
+
+
+def _labels(batcher):
+    return [np.asarray(b[1]).tolist() for b in batcher]
+
+
+# --- Batcher ---------------------------------------------------------------------------------------
+def test_batches_in_order_and_drop_last_by_default():
+    x, y = _xy(10)
+    b = data.Batcher((x, y), batch_size=4)
+    assert len(b) == 2
+    out = list(b)
+    assert [tuple(t.shape for t in o) for o in out] == [((4, 2), (4,)), ((4, 2), (4,))]
+    assert isinstance(out[0][0], cj.Tensor) and out[0][0].dtype == DType.F32 and out[0][1].dtype == DType.U32
+    np.testing.assert_array_equal(np.asarray(out[1][0]), x[4:8])
+    assert b.state() == {"epoch": 1, "position": 0, "seed": 0}
+
+
+def test_return_last_incomplete_batch():
+    x, y = _xy(10)
+    b = data.Batcher((x, y), batch_size=4, return_last_incomplete_batch=True)
+    assert len(b) == 3
+    assert _labels(b) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # a batch size above the dataset size is fine when the incomplete batch is kept
+    assert _labels(data.Batcher((x, y), batch_size=64, return_last_incomplete_batch=True)) == [list(range(10))]
+
+
+def test_default_batch_size_is_candles():
+    assert data.Batcher(_xy(40)).batch_size == 16
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch():
+    x, y = _xy(20)
+    a = data.Batcher((x, y), batch_size=5, shuffle=True, seed=3)
+    b = data.Batcher((x, y), batch_size=5, shuffle=True, seed=3)
+    c = data.Batcher((x, y), batch_size=5, shuffle=True, seed=4)
+    ea0, ea1 = _labels(a), _labels(a)
+    assert ea0 == _labels(b) and ea1 == _labels(b)  # same seed: same order, epoch by epoch
+    assert ea0 != ea1  # a new order every epoch
+    assert ea0 != _labels(c)
+    for epoch in (ea0, ea1):  # each epoch is a permutation
+        assert sorted(i for batch in epoch for i in batch) == list(range(20))
+    np.testing.assert_array_equal(a.order(1), np.concatenate(ea1))
+    # x and y stay paired
+    for xb, yb in data.Batcher((x, y), batch_size=5, shuffle=True, seed=1):
+        np.testing.assert_array_equal(np.asarray(xb)[:, 0], np.asarray(yb) * 2)
+
+
+def test_resume_from_state_mid_epoch():
+    x, y = _xy(20)
+    full = data.Batcher((x, y), batch_size=3, shuffle=True, seed=7)
+    ref = _labels(full) + _labels(full)
+    b = data.Batcher((x, y), batch_size=3, shuffle=True, seed=7)
+    got = []
+    for i, batch in enumerate(b):
+        got.append(np.asarray(batch[1]).tolist())
+        if i == 2:
+            break
+    st = b.state()
+    assert st == {"epoch": 0, "position": 3, "seed": 7}
+    b2 = data.Batcher((x, y), batch_size=3, shuffle=True, seed=0)
+    b2.set_state(st)
+    got += _labels(b2) + _labels(b2)
+    assert got == ref
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_prefetch_gives_the_same_batches(prefetch):
+    x, y = _xy(50)
+    ref = _labels(data.Batcher((x, y), 7, shuffle=True, seed=2, prefetch=0))
+    assert _labels(data.Batcher((x, y), 7, shuffle=True, seed=2, prefetch=prefetch)) == ref
+
+
+def test_breaking_out_of_a_prefetching_loop_is_clean():
+    x, y = _xy(100)
+    b = data.Batcher((x, y), 2, prefetch=4)
+    for i, _ in enumerate(b):
+        if i == 5:
+            break
+    assert b.position == 6
+    assert _labels(b)[0] == [12, 13]
+
+
+def test_single_array_yields_tensors_and_tensors_are_accepted():
+    x, _ = _xy(6)
+    out = list(data.Batcher(x, 3))
+    assert all(isinstance(t, cj.Tensor) and t.shape == (3, 2) for t in out)
+    t = cj.Tensor.new(x)
+    np.testing.assert_array_equal(np.asarray(next(iter(data.Batcher((t,), 6)))[0]), x)
+
+
+class _Squares:
+    """A Dataset-protocol object without get_batch."""
+
+    def __len__(self):
+        return 7
+
+    def __getitem__(self, i):
+        return np.float32(i) * np.ones(2, np.float32), np.uint32(i * i)
+
+
+def test_dataset_protocol_object_is_stacked():
+    ds = _Squares()
+    assert isinstance(ds, data.Dataset)
+    out = list(data.Batcher(ds, 3, return_last_incomplete_batch=True))
+    assert [np.asarray(o[1]).tolist() for o in out] == [[0, 1, 4], [9, 16, 25], [36]]
+    assert out[0][0].shape == (3, 2)
+
+
+def test_iter_batcher_is_candles_streaming_batcher():
+    pairs = ((np.full(2, i, np.float32), np.uint32(i)) for i in range(5))
+    out = list(data.Batcher.new2(pairs, 2, return_last_incomplete_batch=True))
+    assert [np.asarray(o[1]).tolist() for o in out] == [[0, 1], [2, 3], [4]]
+    singles = list(data.Batcher.new1((np.ones(3, np.float32) for _ in range(4)), 2))
+    assert [t.shape for t in singles] == [(2, 3), (2, 3)]
+
+
+def test_errors():
+    x, y = _xy(10)
+    with pytest.raises(data.EmptyDatasetError, match="empty"):
+        data.Batcher((x[:0], y[:0]), 4)
+    with pytest.raises(data.BatchSizeError, match=r"batch_size 11 is larger than the dataset \(10 examples\)"):
+        data.Batcher((x, y), 11)
+    with pytest.raises(data.BatchSizeError, match="positive"):
+        data.Batcher((x, y), 0)
+    with pytest.raises(cj.Error, match="share their first dim"):
+        data.TensorDataset(x, y[:5])
+    with pytest.raises(cj.Error, match="64-bit"):
+        data.TensorDataset(x, np.arange(10))  # int64 labels without x64 mode
+    with pytest.raises(cj.Error, match="cannot batch"):
+        data.Batcher(42, 4)
+    assert issubclass(data.EmptyDatasetError, cj.Error) and issubclass(data.BatchSizeError, cj.Error)
+
+
+def test_errors_inside_the_prefetch_thread_reach_the_caller():
+    class Broken(_Squares):
+        def __getitem__(self, i):
+            if i == 4:
+                raise KeyError("bad example 4")
+            return super().__getitem__(i)
+
+    with pytest.raises(KeyError, match="bad example 4"):
+        list(data.Batcher(Broken(), 2, prefetch=2))
+
+
+# --- IDX / MNIST ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, rng, dtype, compress):
+    a = (rng.standard_normal((3, 4, 5)) * 50).astype(dtype)
+    p = tmp_path / "a.idx"
+    data.write_idx(p, a, compress=compress)
+    b = data.read_idx(p)
+    assert b.dtype == np.dtype(dtype) and b.shape == a.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def test_idx_header_layout(tmp_path):
+    p = tmp_path / "labels.idx1-ubyte"
+    p.write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + bytes([7, 0, 9]))
+    assert data.read_idx(p).tolist() == [7, 0, 9]
+    p.write_bytes(b"\x00\x00\x0c\x01" + struct.pack(">I", 2) + struct.pack(">ii", -1, 258))
+    assert data.read_idx(p).tolist() == [-1, 258]
+
+
+def test_idx_errors(tmp_path):
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x01\x02\x08\x01")
+    with pytest.raises(data.IdxError, match="not an IDX file"):
+        data.read_idx(p)
+    p.write_bytes(b"\x00\x00\x42\x01" + struct.pack(">I", 1) + b"\x00")
+    with pytest.raises(data.IdxError, match="unknown IDX type code 0x42"):
+        data.read_idx(p)
+    p.write_bytes(b"\x00\x00\x08\x02" + struct.pack(">II", 2, 3) + b"\x00" * 5)
+    with pytest.raises(data.IdxError, match=r"data is 5 bytes but dims \[2, 3\]"):
+        data.read_idx(p)
+
+
+def _write_mnist(d, rng, n_train=12, n_test=5, gz=False):
+    def put(name, arr):
+        if gz:
+            with gzip.open(d / (name + ".gz"), "wb") as f:
+                f.write(_idx_bytes(arr))
+        else:
+            data.write_idx(d / name, arr)
+
+    imgs = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    labs = rng.integers(0, 10, n_train, dtype=np.uint8)
+    put("train-images-idx3-ubyte", imgs)
+    put("train-labels-idx1-ubyte", labs)
+    put("t10k-images-idx3-ubyte", imgs[:n_test])
+    put("t10k-labels-idx1-ubyte", labs[:n_test])
+    return imgs, labs
+
+
+def _idx_bytes(a):
+    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_from_idx_files(tmp_path, rng, gz):
+    imgs, labs = _write_mnist(tmp_path, rng, gz=gz)
+    ds = data.load_mnist(tmp_path)
+    assert ds.labels == 10
+    assert ds.train_images.shape == (12, 784) and ds.train_images.dtype == DType.F32
+    assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == DType.U8
+    assert ds.test_images.shape == (5, 784)
+    np.testing.assert_allclose(np.asarray(ds.train_images), imgs.reshape(12, -1) / 255.0, rtol=1e-6)
+    assert np.asarray(ds.test_labels).tolist() == labs[:5].tolist()
+    assert "train_images=[12, 784] f32" in repr(ds)
+    assert len(data.Batcher(ds.train, 4)) == 3
+
+
+def test_load_mnist_missing_file(tmp_path):
+    with pytest.raises(cj.Error, match="cannot find train-images-idx3-ubyte"):
+        data.load_mnist(tmp_path)
+
+
+# --- digits --------------------------------------------------------------------------------------------
+def test_digits_offline_deterministic_stratified_split():
+    pytest.importorskip("sklearn")
+    a = data.load_digits()
+    b = data.load_digits()
+    assert a.train_images.shape[0] + a.test_images.shape[0] == 1797
+    assert a.train_images.shape[1:] == (64,) and a.test_labels.dtype == DType.U32
+    assert 350 <= a.test_images.shape[0] <= 370
+    np.testing.assert_array_equal(np.asarray(a.test_images), np.asarray(b.test_images))
+    x = np.asarray(a.train_images)
+    assert x.dtype == np.float32 and x.min() == 0.0 and x.max() == 1.0
+    counts = np.bincount(np.asarray(a.test_labels), minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38  # stratified: ~36 per class
+    c = data.load_digits(seed=1, flatten=False, label_dtype=DType.U8)
+    assert c.train_images.shape[1:] == (1, 8, 8) and c.train_labels.dtype == DType.U8
+    assert not np.array_equal(np.asarray(c.test_labels), np.asarray(a.test_labels).astype(np.uint8))
