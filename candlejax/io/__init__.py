@@ -1,0 +1,36 @@
+"""Reading and writing tensors: safetensors (``candlejax.io.safetensors``) and npy/npz
+(``candlejax.io.npy``), as Candle's ``candle::safetensors`` and ``candle::npy``."""
+
+from candlejax.io import npy, safetensors
+from candlejax.io.npy import NpzTensors, read_npy, read_npz, read_npz_by_name, write_npy, write_npz
+from candlejax.io.safetensors import (
+    BufferedSafetensors,
+    MmapedSafetensors,
+    SliceSafetensors,
+    TensorView,
+    atomic_file,
+    load,
+    load_buffer,
+    save,
+    save_tensor,
+)
+
+__all__ = [
+    "BufferedSafetensors",
+    "MmapedSafetensors",
+    "NpzTensors",
+    "SliceSafetensors",
+    "TensorView",
+    "atomic_file",
+    "load",
+    "load_buffer",
+    "npy",
+    "read_npy",
+    "read_npz",
+    "read_npz_by_name",
+    "safetensors",
+    "save",
+    "save_tensor",
+    "write_npy",
+    "write_npz",
+]

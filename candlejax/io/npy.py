@@ -1,0 +1,300 @@
+"""npy / npz reading and writing: Candle's ``candle::npy`` (``Tensor::read_npy`` and friends).
+
+requires: numpy, zipfile, candlejax.dtype / device / errors / tensor, candlejax.io.safetensors.atomic_file
+provides: ``read_npy``, ``read_npz``, ``read_npz_by_name``, ``write_npy``, ``write_npz``, ``NpzTensors``
+
+The npy header is parsed here (magic, version 1/2/3, a Python-literal dict read with
+``ast.literal_eval``), with bounds checks against the file size, so a malformed file raises
+``candlejax.errors.Npy`` naming the file and the array. Supported descrs, as Candle: ``f2 f4 f8
+i2 i4 i8 u1 u4`` and ``b1`` (bool, read as U8); little-endian only. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import struct
+import zipfile
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
+
+import jax
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType, to_dtype, x64_enabled
+from candlejax.io.safetensors import atomic_file
+from candlejax.shape import Shape
+from candlejax.tensor._core import TensorBase, wrap
+
+PathLike = str | os.PathLike
+MAGIC = b"\x93NUMPY"
+_SUFFIX = ".npy"
+
+#: descr without byte-order char -> (numpy dtype, candlejax DType it loads as, or None: needs dtype=)
+_DESCR: dict[str, tuple[np.dtype, DType | None]] = {}
+for _keys, _np, _dt in [
+    (("e", "f2"), "<f2", DType.F16),
+    (("f", "f4"), "<f4", DType.F32),
+    (("d", "f8"), "<f8", DType.F64),
+    (("h", "i2"), "<i2", DType.I16),
+    (("i", "i4"), "<i4", DType.I32),
+    (("q", "i8"), "<i8", DType.I64),
+    (("B", "u1"), "u1", DType.U8),
+    (("I", "u4"), "<u4", DType.U32),
+    (("?", "b1"), "u1", DType.U8),
+    (("H", "u2"), "<u2", DType.U32),
+    (("b", "i1"), "i1", None),
+    (("Q", "u8"), "<u8", None),
+]:
+    for _k in _keys:
+        _DESCR[_k] = (np.dtype(_np), _dt)
+
+_TO_DESCR = {
+    DType.U8: "|u1", DType.U32: "<u4", DType.I16: "<i2", DType.I32: "<i4", DType.I64: "<i8",
+    DType.F16: "<f2", DType.F32: "<f4", DType.F64: "<f8",
+}
+
+
+class NpyX64Error(errors.UnsupportedDTypeForOp, errors.Npy):
+    """An i8/f8 array read while JAX's x64 mode is off (also an ``errors.Npy``)."""
+
+
+def _where(path: str, name: str | None) -> str:
+    return f"{path}" + (f", array {name!r}" if name is not None else "")
+
+
+def _err(path: str, name: str | None, msg: str) -> errors.Npy:
+    return errors.Npy(f"{msg} ({_where(path, name)})")
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def _read_exact(f: IO[bytes], n: int, path: str, name: str | None, what: str) -> bytes:
+    b = f.read(n)
+    if len(b) != n:
+        raise _err(path, name, f"truncated file: expected {n} bytes of {what}, got {len(b)}")
+    return b
+
+
+def _read_header(f: IO[bytes], size: int, path: str, name: str | None) -> tuple[str, bool, tuple[int, ...], int]:
+    """Parse the npy header from ``f`` (``size`` bytes in all); returns descr, fortran_order, shape and
+    the header's length in bytes."""
+    if _read_exact(f, 6, path, name, "magic string") != MAGIC:
+        raise _err(path, name, "magic string mismatch (not a npy file)")
+    major, _minor = _read_exact(f, 2, path, name, "version")
+    if major not in (1, 2, 3):
+        raise _err(path, name, f"unsupported version {major}")
+    ll = 2 if major == 1 else 4
+    (hlen,) = struct.unpack("<H" if ll == 2 else "<I", _read_exact(f, ll, path, name, "header length"))
+    if 8 + ll + hlen > size:
+        raise _err(path, name, f"header length {hlen} is larger than the file ({size} bytes; truncated file?)")
+    raw = _read_exact(f, hlen, path, name, "header")
+    try:
+        text = raw.decode("utf-8" if major == 3 else "latin1")
+        header = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise _err(path, name, f"unable to parse header {raw[:200]!r}") from None
+    if not isinstance(header, dict):
+        raise _err(path, name, f"unable to parse header {raw[:200]!r}")
+    if "descr" not in header:
+        raise _err(path, name, "no descr in header")
+    if "shape" not in header:
+        raise _err(path, name, "no shape in header")
+    descr, fortran, shape = header["descr"], header.get("fortran_order", False), header["shape"]
+    if not isinstance(descr, str) or not descr:
+        raise _err(path, name, f"unrecognized descr {descr!r}")
+    if not isinstance(fortran, bool):
+        raise _err(path, name, f"unknown fortran_order {fortran!r}")
+    if not (isinstance(shape, tuple) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise _err(path, name, f"invalid shape {shape!r}")
+    return descr, fortran, shape, 8 + ll + hlen
+
+
+def _read_array(
+    f: IO[bytes], size: int, path: str, name: str | None, dtype: DType | None, device: Any, header_only: bool = False
+) -> Any:
+    descr, fortran, shape, hbytes = _read_header(f, size, path, name)
+    if descr[0] == ">":
+        raise _err(path, name, f"big-endian descr {descr} is not supported; use a little-endian array")
+    key = descr.lstrip("<=|")
+    if key not in _DESCR:
+        raise _err(path, name, f"unrecognized descr {descr}")
+    np_dt, native = _DESCR[key]
+    target = dtype or native
+    if header_only:
+        return shape, native
+    if target is None:
+        raise _err(path, name, f"descr {descr} has no candlejax dtype; pass dtype=... (e.g. DType.I32) to convert it")
+    if target in (DType.I64, DType.F64) and not x64_enabled():
+        raise NpyX64Error(
+            target, f"npy read of {_where(path, name)}",
+            "64-bit dtypes need JAX's x64 mode: call candlejax.enable_x64() first, or pass"
+            f" dtype=DType.{'F32' if target is DType.F64 else 'I32'} to convert while reading",
+        )
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * np_dt.itemsize
+    if hbytes + nbytes > size:
+        raise _err(
+            path, name, f"truncated data: shape {errors.fmt_shape(shape)} of {descr} needs {nbytes} bytes,"
+            f" the file holds {max(size - hbytes, 0)}",
+        )
+    buf = _read_exact(f, nbytes, path, name, "data")
+    arr = np.frombuffer(buf, dtype=np_dt, count=numel)
+    if key in ("?", "b1"):
+        arr = arr != 0
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    arr = np.ascontiguousarray(arr.astype(target.np, copy=False))
+    return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
+
+
+def _resolve(dtype: Any) -> DType | None:
+    return None if dtype is None else to_dtype(dtype)
+
+
+def read_npy(path: PathLike, dtype: Any = None, device: Any = None) -> Any:
+    """The array of a ``.npy`` file (Candle's ``Tensor::read_npy``).
+
+    ``dtype`` converts while reading and ``device`` places the result (extensions; default: the
+    file's dtype on the CPU).
+    """
+    p = os.fspath(path)
+    with open(p, "rb") as f:
+        return _read_array(f, os.fstat(f.fileno()).st_size, p, None, _resolve(dtype), device)
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise errors.Npy(f"{path} is not a valid npz (zip) file: {e}") from None
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, name: str, dtype: DType | None, device: Any,
+            header_only: bool = False) -> Any:
+    try:
+        with zf.open(info) as f:
+            return _read_array(f, info.file_size, path, name, dtype, device, header_only)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
+        raise _err(path, name, f"cannot read the zip member: {e}") from None
+
+
+def _name_of(info: zipfile.ZipInfo) -> str:
+    n = info.filename
+    return n[: -len(_SUFFIX)] if n.endswith(_SUFFIX) else n
+
+
+def read_npz(path: PathLike, dtype: Any = None, device: Any = None) -> list[tuple[str, Any]]:
+    """All ``(name, Tensor)`` pairs of a ``.npz`` file in archive order (Candle's ``Tensor::read_npz``)."""
+    p = os.fspath(path)
+    dt = _resolve(dtype)
+    with _open_zip(p) as zf:
+        return [(_name_of(i), _member(zf, i, p, _name_of(i), dt, device)) for i in zf.infolist()]
+
+
+def read_npz_by_name(path: PathLike, names: Iterable[str], dtype: Any = None, device: Any = None) -> list[Any]:
+    """The named arrays of a ``.npz`` file, in the order asked (Candle's ``Tensor::read_npz_by_name``)."""
+    p = os.fspath(path)
+    dt = _resolve(dtype)
+    out = []
+    with _open_zip(p) as zf:
+        for name in names:
+            try:
+                info = zf.getinfo(name + _SUFFIX)
+            except KeyError:
+                raise errors.Npy(f"no array for {name} in {p!r}") from None
+            out.append(_member(zf, info, p, name, dt, device))
+    return out
+
+
+class NpzTensors:
+    """Lazy access to a ``.npz`` file (Candle's ``npy::NpzTensors``): ``names()``,
+    ``get_shape_and_dtype(name)``, ``get(name) -> Tensor | None``."""
+
+    def __init__(self, path: PathLike):
+        self.path = os.fspath(path)
+        with _open_zip(self.path) as zf:
+            self._index = {_name_of(i): i.filename for i in zf.infolist()}
+
+    def names(self) -> list[str]:
+        return list(self._index)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def _read(self, name: str, header_only: bool, dtype: Any = None, device: Any = None) -> Any:
+        with _open_zip(self.path) as zf:
+            try:
+                info = zf.getinfo(self._index[name])
+            except KeyError:
+                raise errors.Npy(f"{self.path!r} changed since it was opened: {name} is gone") from None
+            return _member(zf, info, self.path, name, _resolve(dtype), device, header_only)
+
+    def get_shape_and_dtype(self, name: str) -> tuple[Shape, DType | None]:
+        """The shape and dtype of ``name`` without reading its data (``cannot find tensor {name}``)."""
+        if name not in self._index:
+            raise errors.CannotFindTensor(name, f"not in {self.path}")
+        shape, dt = self._read(name, True)
+        return Shape(shape), dt
+
+    def get(self, name: str, dtype: Any = None, device: Any = None) -> Any:
+        """The Tensor ``name``, or ``None`` when the archive has no such array."""
+        if name not in self._index:
+            return None
+        return self._read(name, False, dtype, device)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def _npy_bytes(t: Any, what: str) -> tuple[bytes, memoryview]:
+    """The npy header (v1.0 when it fits, 64-byte aligned as numpy) and the data of ``t``."""
+    if isinstance(t, TensorBase):
+        dt = t.dtype
+    else:
+        raise errors.Msg(f"{what}: expected a Tensor, got {type(t).__name__}")
+    if dt not in _TO_DESCR:
+        raise errors.Npy(f"{dt.as_str()} is not supported ({what}; convert with .to_dtype(DType.F32) first)")
+    shape = tuple(int(d) for d in t.shape)
+    shp = "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    text = f"{{'descr': '{_TO_DESCR[dt]}', 'fortran_order': False, 'shape': {shp}, }}"
+    for version, ll in ((1, 2), (2, 4)):
+        pad = -(len(MAGIC) + 2 + ll + len(text) + 1) % 64
+        header = (text + " " * pad + "\n").encode("latin1")
+        if version == 2 or len(header) < 2**16:
+            break
+    head = MAGIC + bytes([version, 0]) + struct.pack("<H" if ll == 2 else "<I", len(header)) + header
+    arr = np.ascontiguousarray(np.asarray(t)).reshape(-1).view(np.uint8)
+    return head, arr.data
+
+
+def write_npy(t: Any, path: PathLike) -> None:
+    """``t.write_npy(path)``: a ``.npy`` file numpy reads back with ``np.load`` (atomic)."""
+    p = os.fspath(path)
+    head, data = _npy_bytes(t, f"write_npy to {p}")
+    with atomic_file(p) as f:
+        f.write(head)
+        f.write(data)
+
+
+def write_npz(tensors: Iterable[tuple[str, Any]] | Mapping[str, Any], path: PathLike) -> None:
+    """``Tensor::write_npz(&[(name, &t)], path)``: an uncompressed ``.npz`` (atomic).
+
+    Accepts a list of ``(name, Tensor)`` pairs (Candle) or a dict.
+    """
+    p = os.fspath(path)
+    items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise errors.Npy(f"duplicate array names in write_npz to {p}")
+    with atomic_file(p) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, t in items:
+            if not isinstance(name, str):
+                raise errors.Npy(f"array names must be strings, got {name!r} (write_npz to {p})")
+            head, data = _npy_bytes(t, f"write_npz of {name!r} to {p}")
+            with zf.open(name + _SUFFIX, "w", force_zip64=len(head) + data.nbytes >= 2**31 - 1) as w:
+                w.write(head)
+                w.write(data)
+
+
+__all__ = ["NpyX64Error", "NpzTensors", "read_npy", "read_npz", "read_npz_by_name", "write_npy", "write_npz"]

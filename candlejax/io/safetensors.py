@@ -1,0 +1,593 @@
+"""safetensors reading and writing: Candle's ``candle::safetensors`` module.
+
+requires: numpy, jax, ml_dtypes (via jax), candlejax.dtype / device / errors / tensor
+provides: ``save``, ``save_tensor`` (``Tensor.save_safetensors``), ``load``, ``load_buffer``,
+``MmapedSafetensors`` (one file, ``multi([...])``, or a sharded ``model.safetensors.index.json``),
+``SliceSafetensors`` / ``BufferedSafetensors`` (in-memory), ``TensorView``, ``atomic_file``.
+
+The format is an 8-byte little-endian header length, a JSON header
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`` and the
+data buffer. The header is parsed here with bounds checks, so a corrupt or truncated file raises
+``candlejax.errors.SafeTensor`` naming the file and the tensor, without allocating the sizes it
+claims. Reading maps the file and copies one tensor at a time; writing goes to a temporary file in
+the same directory that replaces the target only once complete (a failed save keeps the old file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import mmap
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
+from candlejax.tensor._core import TensorBase, wrap
+
+PathLike = str | os.PathLike
+MAX_HEADER_SIZE = 100_000_000  # as the safetensors crate
+
+#: file dtype -> (numpy dtype of the stored bytes, bits per element, candlejax DType it loads as or None)
+_ST: dict[str, tuple[np.dtype | None, int, DType | None]] = {
+    "BOOL": (np.dtype(np.uint8), 8, DType.U8),
+    "U8": (np.dtype(np.uint8), 8, DType.U8),
+    "I8": (np.dtype(np.int8), 8, None),
+    "U16": (np.dtype("<u2"), 16, DType.U32),
+    "I16": (np.dtype("<i2"), 16, DType.I16),
+    "U32": (np.dtype("<u4"), 32, DType.U32),
+    "I32": (np.dtype("<i4"), 32, DType.I32),
+    "U64": (np.dtype("<u8"), 64, None),
+    "I64": (np.dtype("<i8"), 64, DType.I64),
+    "F16": (np.dtype("<f2"), 16, DType.F16),
+    "BF16": (np.dtype(ml_dtypes.bfloat16), 16, DType.BF16),
+    "F32": (np.dtype("<f4"), 32, DType.F32),
+    "F64": (np.dtype("<f8"), 64, DType.F64),
+    "F8_E4M3": (np.dtype(ml_dtypes.float8_e4m3fn), 8, DType.F8E4M3),
+    "F8_E5M2": (np.dtype(ml_dtypes.float8_e5m2), 8, None),
+    "F8_E8M0": (np.dtype(ml_dtypes.float8_e8m0fnu), 8, None),
+    "C64": (np.dtype("<c8"), 64, None),
+    "F4": (None, 4, None),
+    "F6_E2M3": (None, 6, None),
+    "F6_E3M2": (None, 6, None),
+}
+_TO_ST = {
+    DType.U8: "U8", DType.U32: "U32", DType.I16: "I16", DType.I32: "I32", DType.I64: "I64",
+    DType.BF16: "BF16", DType.F16: "F16", DType.F32: "F32", DType.F64: "F64", DType.F8E4M3: "F8_E4M3",
+}
+
+
+# --- errors ----------------------------------------------------------------------------------------
+class SafeTensorDtypeError(errors.UnsupportedSafeTensorDtype, errors.SafeTensor):
+    """A tensor whose file dtype candlejax cannot hold (also an ``errors.SafeTensor``)."""
+
+
+class SafeTensorX64Error(errors.UnsupportedDTypeForOp, errors.SafeTensor):
+    """An I64/F64 tensor loaded while JAX's x64 mode is off (also an ``errors.SafeTensor``)."""
+
+
+def _where(src: str, name: str | None = None) -> str:
+    return f"{src}" + (f", tensor {name!r}" if name is not None else "")
+
+
+def _corrupt(src: str, msg: str, name: str | None = None) -> errors.SafeTensor:
+    return errors.SafeTensor(f"invalid safetensors file {_where(src, name)}: {msg}")
+
+
+# --- header parsing --------------------------------------------------------------------------------
+class _Entry:
+    __slots__ = ("begin", "end", "name", "shape", "st_dtype")
+
+    def __init__(self, name: str, st_dtype: str, shape: tuple[int, ...], begin: int, end: int):
+        self.name, self.st_dtype, self.shape, self.begin, self.end = name, st_dtype, shape, begin, end
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in the header")
+        out[k] = v
+    return out
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _parse(buf: Any, size: int, src: str) -> tuple[dict[str, _Entry], dict[str, str] | None, int]:
+    """Validate the header of the safetensors bytes ``buf`` (``size`` bytes long).
+
+    Returns the entries (in data order), the metadata and the absolute offset of the data buffer.
+    """
+    if size < 8:
+        raise _corrupt(src, f"the file has {size} bytes, fewer than the 8-byte header length (truncated file?)")
+    (n,) = struct.unpack("<Q", bytes(buf[:8]))
+    if n > MAX_HEADER_SIZE:
+        raise _corrupt(src, f"header length {n} is larger than the limit {MAX_HEADER_SIZE} (not a safetensors file?)")
+    if n > size - 8:
+        raise _corrupt(src, f"header length {n} is larger than the file ({size} bytes; truncated file?)")
+    if n < 2:
+        raise _corrupt(src, f"header length {n} is too small for a JSON header")
+    raw = bytes(buf[8 : 8 + n])
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _corrupt(src, f"the header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _corrupt(src, f"the header must be a JSON object, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise _corrupt(src, "__metadata__ must map strings to strings")
+    data_len = size - 8 - n
+    entries: list[_Entry] = []
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise _corrupt(src, "the entry must be an object with dtype, shape and data_offsets", name)
+        dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dt, str):
+            raise _corrupt(src, f"dtype must be a string, got {dt!r}", name)
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise _corrupt(src, f"shape must be a list of non-negative integers, got {shape!r}", name)
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_uint(o) for o in offs) and offs[0] <= offs[1]):
+            raise _corrupt(src, f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
+        begin, end = offs
+        if end > data_len:
+            raise _corrupt(
+                src, f"data_offsets {offs} point past the end of the data ({data_len} bytes; truncated file?)", name
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        spec = _ST.get(dt)
+        if spec is not None and numel * spec[1] != (end - begin) * 8:
+            need = numel * spec[1] / 8
+            raise _corrupt(
+                src,
+                f"data_offsets {offs} hold {end - begin} bytes but shape {errors.fmt_shape(shape)} of {dt}"
+                f" needs {int(need) if need == int(need) else need}",
+                name,
+            )
+        entries.append(_Entry(name, dt, tuple(shape), begin, end))
+    entries.sort(key=lambda e: (e.begin, e.end))
+    pos, prev = 0, None
+    for e in entries:
+        if e.begin < pos:
+            raise _corrupt(src, f"data_offsets [{e.begin}, {e.end}] overlap tensor {prev!r} ending at {pos}", e.name)
+        if e.begin > pos:
+            raise _corrupt(src, f"data_offsets [{e.begin}, {e.end}] leave a hole after byte {pos}", e.name)
+        pos, prev = e.end, e.name
+    if pos != data_len:
+        raise _corrupt(src, f"the tensors cover {pos} bytes of data but the file holds {data_len}")
+    return {e.name: e for e in entries}, metadata, 8 + n
+
+
+# --- decoding --------------------------------------------------------------------------------------
+def _resolve_dtype(dtype: Any) -> DType | None:
+    return None if dtype is None else to_dtype(dtype)
+
+
+def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str) -> np.ndarray:
+    """A fresh numpy array (owning its memory) holding tensor ``e``, converted to ``dtype``."""
+    np_dt, _, native = _ST.get(e.st_dtype, (None, 0, None))
+    target = dtype or native
+    if np_dt is None or target is None:
+        hint = (
+            "pass dtype=... (e.g. DType.F32) to convert it while loading" if np_dt is not None
+            else "candlejax cannot decode it"
+        )
+        raise SafeTensorDtypeError(e.st_dtype, f"{_where(src, e.name)}; {hint}")
+    if target in (DType.I64, DType.F64) and not x64_enabled():
+        raise SafeTensorX64Error(
+            target, f"safetensors load of {_where(src, e.name)}",
+            "64-bit dtypes need JAX's x64 mode: call candlejax.enable_x64() first, or pass"
+            f" dtype=DType.{'F32' if target is DType.F64 else 'I32'} to convert while loading",
+        )
+    numel = (e.end - e.begin) // np_dt.itemsize
+    view = np.frombuffer(buf, dtype=np_dt, count=numel, offset=base + e.begin)
+    try:
+        if e.st_dtype == "BOOL":
+            view = view != 0
+        out = view.astype(target.np) if view.dtype != target.np else view.copy()
+        return out.reshape(e.shape)
+    except (ValueError, OverflowError, MemoryError) as ex:
+        raise _corrupt(src, f"cannot build an array of shape {errors.fmt_shape(e.shape)}: {ex}", e.name) from None
+    finally:
+        del view
+
+
+def _to_device(arr: np.ndarray, device: Any) -> Any:
+    return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
+
+
+class TensorView:
+    """One tensor of a safetensors file, not yet loaded (``safetensors::tensor::TensorView``).
+
+    ``name``, ``shape``, ``st_dtype`` (the file's dtype string, e.g. ``"U16"``), ``dtype`` (the
+    candlejax DType it loads as), ``data_offsets``, ``nbytes``, ``data()`` (the raw bytes, zero-copy)
+    and ``load(device, dtype=None)``.
+    """
+
+    __slots__ = ("_e", "_owner")
+
+    def __init__(self, owner: _Source, entry: _Entry):
+        self._owner, self._e = owner, entry
+
+    @property
+    def name(self) -> str:
+        return self._e.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._e.shape
+
+    @property
+    def st_dtype(self) -> str:
+        return self._e.st_dtype
+
+    @property
+    def dtype(self) -> DType:
+        native = _ST.get(self._e.st_dtype, (None, 0, None))[2]
+        if native is None:
+            raise SafeTensorDtypeError(self._e.st_dtype, _where(self._owner.src, self._e.name))
+        return native
+
+    @property
+    def data_offsets(self) -> tuple[int, int]:
+        return (self._e.begin, self._e.end)
+
+    @property
+    def nbytes(self) -> int:
+        return self._e.end - self._e.begin
+
+    def elem_count(self) -> int:
+        n = 1
+        for d in self._e.shape:
+            n *= d
+        return n
+
+    def data(self) -> memoryview:
+        """The tensor's raw little-endian bytes (a zero-copy view of the mapped file)."""
+        b = self._owner.base
+        return memoryview(self._owner.buf)[b + self._e.begin : b + self._e.end]
+
+    def load(self, device: Any = None, dtype: Any = None) -> Any:
+        """The Tensor on ``device`` (default CPU); ``dtype`` converts while loading (extension)."""
+        return self._owner.load_entry(self._e, device, _resolve_dtype(dtype))
+
+    def __repr__(self) -> str:
+        return f"TensorView(name={self.name!r}, dtype={self.st_dtype}, shape={list(self.shape)})"
+
+
+class _Source:
+    """One parsed safetensors byte buffer (a mapped file or bytes in memory)."""
+
+    __slots__ = ("_file", "_mm", "base", "buf", "entries", "metadata", "src")
+
+    def __init__(self, buf: Any, src: str, mm: mmap.mmap | None = None, file: IO[bytes] | None = None):
+        self.buf, self.src, self._mm, self._file = buf, src, mm, file
+        try:
+            self.entries, self.metadata, self.base = _parse(buf, len(buf), src)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def open(path: PathLike) -> _Source:
+        src = os.fspath(path)
+        f = open(src, "rb")
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise _corrupt(src, f"the file has {size} bytes, fewer than the 8-byte header length (truncated file?)")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            f.close()
+            raise
+        return _Source(mm, src, mm, f)
+
+    def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
+        if self._mm is not None and self._mm.closed:
+            raise errors.SafeTensor(f"{self.src} was closed")
+        return _to_device(_decode(self.buf, self.base, e, dtype, self.src), device)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):
+                self._mm.close()
+        if self._file is not None:
+            self._file.close()
+
+
+# --- readers -----------------------------------------------------------------------------------------
+class MmapedSafetensors:
+    """Memory-mapped safetensors file(s), loading one tensor at a time (Candle's ``MmapedSafetensors``).
+
+    ``MmapedSafetensors(path)``; ``MmapedSafetensors([p1, p2])`` or ``.multi(paths)`` for shards;
+    ``MmapedSafetensors("model.safetensors.index.json")`` reads the Hugging Face shard index.
+    ``load(name, device)``, ``get(name) -> TensorView``, ``tensors()``, ``names()``, ``name in st``.
+    ``routing`` is ``None`` for one file, else ``{name: index into paths}`` as in Candle.
+    """
+
+    def __init__(self, path: PathLike | Sequence[PathLike]):
+        self._sources: list[_Source] = []
+        self.routing: dict[str, int] | None = None
+        if isinstance(path, (str, os.PathLike)):
+            p = os.fspath(path)
+            if p.endswith(".json"):
+                self._open_index(p)
+            else:
+                self._sources = [_Source.open(p)]
+        else:
+            self._open_multi([os.fspath(p) for p in path])
+
+    @classmethod
+    def multi(cls, paths: Sequence[PathLike]) -> MmapedSafetensors:
+        """Several files (e.g. shards); each name is routed to the file holding it."""
+        return cls(list(paths))
+
+    def _open_multi(self, paths: list[str]) -> None:
+        if not paths:
+            raise errors.SafeTensor("MmapedSafetensors.multi: no files given")
+        routing: dict[str, int] = {}
+        try:
+            for i, p in enumerate(paths):
+                s = _Source.open(p)
+                self._sources.append(s)
+                for name in s.entries:
+                    if name in routing:
+                        raise errors.SafeTensor(
+                            f"tensor {name!r} is in both {paths[routing[name]]} and {p}; shards must not overlap"
+                        )
+                    routing[name] = i
+        except BaseException:
+            self.close()
+            raise
+        self.routing = routing
+
+    def _open_index(self, index_path: str) -> None:
+        try:
+            with open(index_path, "rb") as f:
+                index = json.loads(f.read().decode("utf-8"))
+            weight_map = index["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to file names")
+        except (ValueError, KeyError, TypeError) as e:
+            raise errors.SafeTensor(f"invalid safetensors index {index_path}: {type(e).__name__}: {e}") from None
+        base = os.path.dirname(index_path)
+        shards = list(dict.fromkeys(weight_map.values()))
+        for shard in shards:
+            if not os.path.exists(os.path.join(base, shard)):
+                raise errors.SafeTensor(f"safetensors index {index_path} names shard {shard!r}, which does not exist")
+        self._open_multi([os.path.join(base, s) for s in shards])
+        assert self.routing is not None
+        for name, shard in weight_map.items():
+            i = shards.index(shard)
+            if self.routing.get(name) != i:
+                self.close()
+                raise errors.SafeTensor(
+                    f"safetensors index {index_path} routes tensor {name!r} to {shard}, which does not hold it"
+                )
+
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def paths(self) -> list[str]:
+        return [s.src for s in self._sources]
+
+    def _source_of(self, name: str) -> _Source:
+        if self.routing is None:
+            s = self._sources[0]
+            if name in s.entries:
+                return s
+        elif name in self.routing:
+            return self._sources[self.routing[name]]
+        near = difflib.get_close_matches(name, self.names(), n=3)
+        files = ", ".join(self.paths)
+        raise errors.CannotFindTensor(name, f"not in {files}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+
+    def get(self, name: str) -> TensorView:
+        """The TensorView of ``name`` (raises ``CannotFindTensor``)."""
+        s = self._source_of(name)
+        return TensorView(s, s.entries[name])
+
+    def load(self, name: str, device: Any = None, dtype: Any = None) -> Any:
+        """Tensor ``name`` on ``device``; ``dtype`` converts while loading (extension)."""
+        s = self._source_of(name)
+        return s.load_entry(s.entries[name], device, _resolve_dtype(dtype))
+
+    def tensors(self) -> list[tuple[str, TensorView]]:
+        return [(n, TensorView(s, e)) for s in self._sources for n, e in s.entries.items()]
+
+    def names(self) -> list[str]:
+        return [n for s in self._sources for n in s.entries]
+
+    keys = names
+
+    def metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` of the file(s), merged."""
+        out: dict[str, str] = {}
+        for s in self._sources:
+            out.update(s.metadata or {})
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        if self.routing is not None:
+            return name in self.routing
+        return name in self._sources[0].entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return sum(len(s.entries) for s in self._sources)
+
+    def close(self) -> None:
+        """Unmap the files (tensors already loaded stay valid)."""
+        for s in self._sources:
+            s.close()
+
+    def __enter__(self) -> MmapedSafetensors:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MmapedSafetensors({self.paths}, {len(self)} tensors)"
+
+
+class SliceSafetensors(MmapedSafetensors):
+    """Safetensors held in memory (Candle's ``SliceSafetensors`` / ``BufferedSafetensors``)."""
+
+    def __init__(self, buffer: bytes | bytearray | memoryview):
+        self.routing = None
+        self._sources = [_Source(memoryview(buffer).cast("B"), "<buffer>")]
+
+
+BufferedSafetensors = SliceSafetensors
+
+
+def load(path: PathLike, device: Any = None, dtype: Any = None) -> dict[str, Any]:
+    """All tensors of a safetensors file, in file order (Candle's ``safetensors::load``).
+
+    ``dtype`` converts every tensor while loading (extension, e.g. to read f64 without x64 mode).
+    """
+    with MmapedSafetensors(path) as st:
+        return {n: st.load(n, device, dtype) for n in st.names()}
+
+
+def load_buffer(data: bytes | bytearray | memoryview, device: Any = None, dtype: Any = None) -> dict[str, Any]:
+    """All tensors of safetensors bytes (Candle's ``safetensors::load_buffer``)."""
+    st = SliceSafetensors(data)
+    return {n: st.load(n, device, dtype) for n in st.names()}
+
+
+# --- writing ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
+    """Write ``path`` atomically: a temporary file in the same directory, fsync'd, then ``os.replace``.
+
+    On any exception the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _st_dtype_of(name: str, t: Any) -> tuple[str, tuple[int, ...]]:
+    if isinstance(t, TensorBase):
+        dt = t.dtype
+    elif isinstance(t, (np.ndarray, jax.Array, np.generic)):
+        dt = from_array_dtype(t.dtype, f"safetensors save of {name!r}")
+    else:
+        raise errors.Msg(f"safetensors save: {name!r} is a {type(t).__name__}, expected a Tensor")
+    return _TO_ST[dt], tuple(int(d) for d in t.shape)
+
+
+def serialize(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> tuple[bytes, list]:
+    """The header bytes (padded to 8) and the ``(name, tensor, nbytes)`` list in data order."""
+    if not isinstance(tensors, Mapping):
+        raise errors.Msg(f"safetensors save expects a dict of name -> Tensor, got {type(tensors).__name__}")
+    if metadata is not None and not (
+        isinstance(metadata, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise errors.Msg("safetensors save: metadata must map strings to strings")
+    items = []
+    for name, t in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise errors.Msg(f"safetensors save: invalid tensor name {name!r}")
+        st_dt, shape = _st_dtype_of(name, t)
+        items.append((name, t, st_dt, shape))
+    items.sort(key=lambda it: (-_ST[it[2]][1], it[0]))  # as the safetensors crate: by alignment, then name
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    pos, plan = 0, []
+    for name, t, st_dt, shape in items:
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * _ST[st_dt][1] // 8
+        header[name] = {"dtype": st_dt, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        plan.append((name, t, nbytes))
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, plan
+
+
+def _host_bytes(name: str, t: Any, nbytes: int) -> memoryview:
+    arr = np.asarray(t)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    if arr.nbytes != nbytes:
+        raise errors.Msg(f"safetensors save: tensor {name!r} produced {arr.nbytes} bytes, expected {nbytes}")
+    return arr.data
+
+
+def save(tensors: Mapping[str, Any], path: PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``{name: Tensor}`` to a safetensors file (Candle's ``safetensors::save``), atomically.
+
+    ``metadata`` (extension) becomes the ``__metadata__`` header entry, e.g. ``{"format": "pt"}``.
+    """
+    head, plan = serialize(tensors, metadata)
+    with atomic_file(path) as f:
+        f.write(head)
+        for name, t, nbytes in plan:
+            try:
+                f.write(_host_bytes(name, t, nbytes))
+            except errors.Error as e:
+                e.add_note(f"while saving tensor {name!r} to {os.fspath(path)} (the file was not changed)")
+                raise
+
+
+def save_tensor(t: Any, name: str, path: PathLike) -> None:
+    """``t.save_safetensors(name, path)``: one tensor under ``name``."""
+    save({name: t}, path)
+
+
+__all__ = [
+    "BufferedSafetensors",
+    "MmapedSafetensors",
+    "SafeTensorDtypeError",
+    "SafeTensorX64Error",
+    "SliceSafetensors",
+    "TensorView",
+    "atomic_file",
+    "load",
+    "load_buffer",
+    "save",
+    "save_tensor",
+    "serialize",
+]
