@@ -105,7 +105,8 @@ class _FloatFmt:
             mx, mn = m.max(), m.min()
             t = vals.dtype.type
             self.int_mode = bool(np.all(np.ceil(v) == v))
-            self.sci_mode = bool(mx / mn > t(1000.0) or mx > t(1e8) or mn < t(1e-4))
+            with np.errstate(over="ignore"):  # 1e8 is inf in f16, as in Candle's NumCast
+                self.sci_mode = bool(mx / mn > t(1000.0) or mx > t(1e8) or mn < t(1e-4))
         if po.sci_mode is not None:
             self.sci_mode = po.sci_mode
 

@@ -517,7 +517,10 @@ class CreationMixin(TensorBase):
         else:
             n = max(0, math.ceil((end - start) / step))
         if d.is_int() and all_int:
-            cdt = d.np  # exact integer arithmetic
+            cdt = d.np  # exact integer arithmetic, modular for an unsigned dtype and a negative step
+            bits = 8 * cdt.itemsize
+            if cdt.kind == "u":
+                step %= 2**bits
         elif x64_enabled():
             cdt = np.float64
         else:
