@@ -146,7 +146,7 @@ def _read_array(
     if key in ("?", "b1"):
         arr = arr != 0
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-    arr = np.ascontiguousarray(arr.astype(target.np, copy=False))
+    arr = np.asarray(arr, dtype=target.np, order="C")
     return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
 
 
