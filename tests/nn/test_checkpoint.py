@@ -1,0 +1,154 @@
+"""cj.checkpoint: a run stopped and resumed from a checkpoint ends bit-identical; atomic saves."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax as cj
+import candlejax.optim as optim
+from candlejax import Device, checkpoint
+from candlejax import random as cj_random
+from candlejax.data import Batcher
+from candlejax.tensor._core import wrap
+
+TOTAL = 17  # 5 batches per epoch: the stop at step 7 is mid-epoch
+
+
+def _var(a, name):
+    try:
+        from candlejax.nn.module import Var
+    except ImportError:
+        return wrap(jnp.asarray(a))
+    return Var(np.asarray(a), name)
+
+
+def _data():
+    r = np.random.default_rng(0)
+    x = r.standard_normal((40, 6)).astype(np.float32)
+    y = (x[:, :3].sum(1) > 0).astype(np.uint32)
+    return x, y
+
+
+def _init_model():
+    r = np.random.default_rng(1)
+    return {
+        "first": {"weight": _var(r.standard_normal((6, 16)).astype(np.float32) * 0.3, "first.weight"),
+                  "bias": _var(np.zeros(16, np.float32), "first.bias")},
+        "second": {"weight": _var(r.standard_normal((16, 2)).astype(np.float32) * 0.3, "second.weight")},
+        "table": wrap(jnp.arange(3, dtype=jnp.int32)),
+    }  # fmt: skip
+
+
+def loss_fn(m, x, y, key, noise):
+    h = jax.nn.relu((x.jax + noise.jax) @ m["first"]["weight"].jax + m["first"]["bias"].jax)
+    h = h * jax.random.bernoulli(key, 0.8, h.shape) / 0.8  # dropout from the device generator's key
+    logits = h @ m["second"]["weight"].jax
+    logp = jax.nn.log_softmax(logits)
+    return wrap(-jnp.mean(jnp.take_along_axis(logp, y.jax[:, None].astype(jnp.int32), 1)))
+
+
+def _train(tmp_path, stop_at=None, resume=False):
+    Device.Cpu.set_seed(1234)
+    aug = np.random.default_rng(99)
+    model = _init_model()
+    opt = optim.AdamW(optim.ParamsAdamW(lr=1e-2))
+    state = opt.init(model)
+    batcher = Batcher(_data(), batch_size=8, shuffle=True, seed=3)
+    step, losses = 0, []
+    path = tmp_path / "ckpt.safetensors"
+    if resume:
+        Device.Cpu.set_seed(555)  # a different generator state: restore must bring back the saved one
+        aug = np.random.default_rng(0)
+        ck = checkpoint.restore(path, model, optimizer=opt, batcher=batcher, numpy_rngs={"aug": aug})
+        model, state, step, losses = ck.model, ck.opt_state, ck.step, ck.extra["losses"]
+        assert ck.epoch == batcher.epoch == 1 and batcher.position == 2
+    while step < TOTAL:
+        for xb, yb in batcher:
+            key = cj_random.next_key(Device.Cpu, "dropout")
+            noise = wrap(jnp.asarray(aug.standard_normal(xb.shape).astype(np.float32) * 0.01))
+            model, state, loss = opt.backward_step(loss_fn, model, state, xb, yb, key, noise)
+            losses.append(float(np.asarray(loss)))
+            step += 1
+            if step == 5:
+                opt.set_learning_rate(5e-3)
+            if step == stop_at:
+                checkpoint.save(path, model, state, step=step, epoch=batcher.epoch, batcher=batcher, optimizer=opt,
+                                numpy_rngs={"aug": aug}, extra={"losses": losses})  # fmt: skip
+                return None
+            if step == TOTAL:
+                break
+    return model, state, losses, opt.learning_rate()
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    model_a, state_a, losses_a, lr_a = _train(tmp_path)
+    assert _train(tmp_path, stop_at=7) is None
+    model_b, state_b, losses_b, lr_b = _train(tmp_path, resume=True)
+    assert losses_a == losses_b and lr_a == lr_b == 5e-3
+    for a, b in zip(_leaves(model_a), _leaves(model_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_leaves(state_a), _leaves(state_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(state_b.step) == TOTAL
+
+
+def test_restore_keeps_names_kinds_and_metadata(tmp_path):
+    model = _init_model()
+    opt = optim.SGD(0.1)
+    state = opt.init(model)
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, model, state, step=3, epoch=1, extra={"note": "hi"})
+    meta = checkpoint.read_metadata(p)
+    assert meta["step"] == 3 and meta["extra"] == {"note": "hi"}
+    ck = checkpoint.restore(p, _init_model(), state)
+    assert type(ck.model["first"]["weight"]) is type(model["first"]["weight"])
+    assert getattr(ck.model["first"]["weight"], "name", "first.weight") == "first.weight"
+    assert ck.step == 3 and ck.epoch == 1 and int(ck.opt_state.step) == 0
+    with cj.io.safetensors.MmapedSafetensors(p) as f:
+        assert "model/first.weight" in f.names() and "model/table" in f.names()
+
+
+def test_checkpoint_from_another_architecture_lists_names(tmp_path):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, _init_model())
+    other = {
+        "first": {"weight": _var(np.zeros((6, 16), np.float32), "first.weight")},
+        "third": _var(np.zeros(2, np.float32), "third.weight"),
+        "table": wrap(jnp.arange(3, dtype=jnp.int32)),
+    }
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing: \['third.weight'\].*unexpected: \['first.bias'"):
+        checkpoint.restore(p, other)
+    wrong = _init_model()
+    wrong["second"]["weight"] = _var(np.zeros((16, 3), np.float32), "second.weight")
+    with pytest.raises(checkpoint.CheckpointError, match=r"second.weight has shape \[16, 2\], the model expects"):
+        checkpoint.restore(p, wrong)
+    with pytest.raises(checkpoint.CheckpointError, match="no optimizer state"):
+        checkpoint.restore(p, _init_model(), optimizer=optim.SGD(0.1))
+    cj.io.safetensors.save({"a": wrap(jnp.ones(2))}, tmp_path / "plain.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="not a candlejax checkpoint"):
+        checkpoint.restore(tmp_path / "plain.safetensors", _init_model())
+
+
+def test_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, _init_model(), step=1)
+    before = p.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cj.io.safetensors, "_host_bytes", boom)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(p, _init_model(), step=2)
+    assert p.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.safetensors"]  # no temporary file left behind
+    assert checkpoint.read_metadata(p)["step"] == 1
