@@ -93,6 +93,22 @@ def next_key(device: Any, op: str) -> jax.Array:
     return k
 
 
+def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
+    """``(key, counter)`` for a draw: the caller folds ``counter`` into ``key`` inside its own jitted
+    sampler (one dispatch instead of two). ``counter`` is None when ``key`` is already final
+    (inside a :func:`key_scope`). Same numbers as ``fold_in(*next_key_parts(...))`` == :func:`next_key`.
+    """
+    stack = getattr(_scopes, "stack", None)
+    if stack or not is_eager():
+        return next_key(device, op), None
+    st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
+    if st[1] is None:
+        st[1] = _key_from_seed(st[0])
+    c = st[2]
+    st[2] += 1
+    return st[1], c
+
+
 def get_state(device: Any = None) -> tuple[int, int]:
     """``(seed, counter)`` of ``device``'s generator, for checkpoints."""
     st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])

@@ -302,12 +302,16 @@ def _tri(*, n: int, dtype: Any, k: int, upper: bool) -> Any:
 
 
 @op(static=("shape", "dtype"))
-def _uniform(key: Any, lo: Any, up: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+def _uniform(key: Any, ctr: Any, lo: Any, up: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+    if ctr is not None:
+        key = jax.random.fold_in(key, ctr)
     return jax.random.uniform(key, shape, dtype, jnp.asarray(lo, dtype), jnp.asarray(up, dtype))
 
 
 @op(static=("shape", "dtype"))
-def _normal(key: Any, mean: Any, std: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+def _normal(key: Any, ctr: Any, mean: Any, std: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
+    if ctr is not None:
+        key = jax.random.fold_in(key, ctr)
     z = jax.random.normal(key, shape, dtype)
     return (z * jnp.asarray(std, dtype) + jnp.asarray(mean, dtype)).astype(dtype)
 
@@ -343,10 +347,13 @@ def _concrete(x: Any) -> float | None:
         return None
 
 
-def _key_for(key: Any, device: Device, op_name: str) -> Any:
+def _key_for(key: Any, device: Device, op_name: str) -> tuple[Any, Any]:
+    """``(key, counter)``: the device generator's base key and draw counter (folded in inside the
+    jitted sampler), or an explicit / scoped key and None."""
     if key is None:
-        return _random.next_key(device, op_name)
-    return _random.as_key(key)
+        k, c = _random.next_key_parts(device, op_name)
+        return k, (None if c is None else np.uint32(c & 0xFFFFFFFF))
+    return _random.as_key(key), None
 
 
 class CreationMixin(TensorBase):
@@ -579,8 +586,8 @@ class CreationMixin(TensorBase):
         if lo_c is not None and up_c is not None and lo_c > up_c:
             raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
         dev = _dev(device)
-        k = _key_for(key, dev, "rand")
-        return wrap(_place(_uniform(k, _unw(lo), _unw(up), shape=_shape(shape), dtype=d.np), dev))
+        k, c = _key_for(key, dev, "rand")
+        return wrap(_place(_uniform(k, c, _unw(lo), _unw(up), shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
@@ -593,8 +600,8 @@ class CreationMixin(TensorBase):
         if std_c is not None and not std_c >= 0:
             raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
         dev = _dev(device)
-        k = _key_for(key, dev, "randn")
-        return wrap(_place(_normal(k, _unw(mean), _unw(std), shape=_shape(shape), dtype=d.np), dev))
+        k, c = _key_for(key, dev, "randn")
+        return wrap(_place(_normal(k, c, _unw(mean), _unw(std), shape=_shape(shape), dtype=d.np), dev))
 
     def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:
         """``t.rand_like(lo, up)``: uniform samples with this tensor's shape, dtype and device."""
