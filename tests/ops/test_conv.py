@@ -19,8 +19,9 @@ def T(a) -> cj.Tensor:  # noqa: N802
     return cj.Tensor._wrap(jnp.asarray(a))
 
 
-def check(cj_fn, torch_fn, arrays, rng, atol=2e-5, rtol=2e-4, grad=True):
-    """Forward (eager and jitted) and gradients of every input against torch in float64."""
+def check(cj_fn, torch_fn, arrays, rng, atol=2e-5, rtol=2e-4, grad=True, jit=False):
+    """Forward (eager, and jitted when ``jit``) and gradients (under jax.jit) of every input against
+    torch in float64."""
     tensors = [T(a) for a in arrays]
     out = cj_fn(*tensors)
     t_in = [torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrays]
@@ -28,9 +29,10 @@ def check(cj_fn, torch_fn, arrays, rng, atol=2e-5, rtol=2e-4, grad=True):
     assert out.shape == tuple(ref.shape)
     assert out.dtype == tensors[0].dtype
     np.testing.assert_allclose(np.asarray(out), ref.detach().numpy(), atol=atol, rtol=rtol)
-    jitted = jax.jit(cj_fn)(*tensors)
-    assert isinstance(jitted, cj.Tensor)
-    np.testing.assert_allclose(np.asarray(jitted), ref.detach().numpy(), atol=atol, rtol=rtol)
+    if jit:
+        jitted = jax.jit(cj_fn)(*tensors)
+        assert isinstance(jitted, cj.Tensor)
+        np.testing.assert_allclose(np.asarray(jitted), ref.detach().numpy(), atol=atol, rtol=rtol)
     if not grad:
         return
     cot = rng.standard_normal(ref.shape).astype(np.float32)
@@ -50,7 +52,7 @@ def randn(rng, *shape):
 
 # --- conv1d / conv2d -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "p,s,d,g", [(0, 1, 1, 1), (1, 1, 1, 1), (2, 2, 1, 1), (1, 3, 2, 1), (0, 1, 1, 2), (3, 2, 3, 4)]
+    "p,s,d,g", [(0, 1, 1, 1), (2, 2, 1, 1), (1, 3, 2, 1), (3, 2, 3, 4)]
 )
 def test_conv1d(rng, p, s, d, g):
     x, k = randn(rng, 2, 8, 17), randn(rng, 12, 8 // g, 3)
@@ -64,7 +66,7 @@ def test_conv1d(rng, p, s, d, g):
 
 @pytest.mark.parametrize(
     "p,s,d,g",
-    [(0, 1, 1, 1), (1, 1, 1, 1), (1, 2, 1, 2), (2, 1, 2, 1), ((1, 2), (2, 1), (1, 2), 1), (0, 2, 1, 4)],
+    [(0, 1, 1, 1), (1, 2, 1, 2), ((1, 2), (2, 1), (1, 2), 1), (0, 2, 1, 4)],
 )
 def test_conv2d(rng, p, s, d, g):
     x, k = randn(rng, 2, 4, 9, 10), randn(rng, 8, 4 // g, 3, 2)
@@ -88,8 +90,7 @@ def test_conv_defaults_match_candle_python_signature(rng):
 # --- transposed convolutions ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "p,op,s,d,g",
-    [(0, 0, 1, 1, 1), (1, 0, 2, 1, 1), (1, 1, 2, 1, 1), (2, 0, 3, 2, 1), (1, 1, 2, 2, 2), (0, 2, 3, 1, 4),
-     (5, 0, 1, 3, 1)],
+    [(0, 0, 1, 1, 1), (1, 1, 2, 1, 1), (2, 0, 3, 2, 1), (1, 1, 2, 2, 2), (0, 2, 3, 1, 4), (5, 0, 1, 3, 1)],
 )
 def test_conv_transpose1d(rng, p, op, s, d, g):
     x, k = randn(rng, 2, 8, 7), randn(rng, 8, 6 // g if g < 4 else 3, 3)
@@ -116,7 +117,7 @@ def test_conv_transpose2d(rng, p, op, s, d, g):
 
 
 # --- pooling ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("k,s", [(2, None), (3, None), ((2, 3), None), (3, 1), ((3, 2), (1, 2)), (2, 3)])
+@pytest.mark.parametrize("k,s", [(2, None), ((2, 3), None), (3, 1), ((3, 2), (1, 2))])
 def test_pools(rng, k, s):
     x = randn(rng, 2, 3, 8, 9)
     if s is None:
@@ -149,20 +150,20 @@ def test_max_pool_integers():
 
 
 # --- resizing ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n", [1, 3, 7, 14, 21, 5])
+@pytest.mark.parametrize("n", [1, 5, 14, 21])
 def test_upsample_nearest1d(rng, n):
     x = randn(rng, 2, 3, 7)
     check(lambda x: x.upsample_nearest1d(n), lambda x: F.interpolate(x, size=n, mode="nearest"), [x], rng)
     np.testing.assert_array_equal(np.asarray(T(x).interpolate1d(n)), np.asarray(T(x).upsample_nearest1d(n)))
 
 
-@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (12, 7), (4, 5)])
+@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (12, 7)])
 def test_upsample_nearest2d(rng, h, w):
     x = randn(rng, 2, 3, 4, 5)
     check(lambda x: x.upsample_nearest2d(h, w), lambda x: F.interpolate(x, size=(h, w), mode="nearest"), [x], rng)
 
 
-@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (13, 7), (1, 1)])
+@pytest.mark.parametrize("h,w", [(8, 10), (3, 2), (13, 1)])
 @pytest.mark.parametrize("align", [False, True])
 def test_upsample_bilinear2d(rng, h, w, align):
     x = randn(rng, 2, 3, 4, 5)
@@ -185,6 +186,24 @@ def test_upsample_bilinear2d_with_scale(rng, sh, sw):
     )
     t = T(x)
     assert t.upsample_bilinear2d_with_scale(1.0, 1.0) is t
+
+
+def test_all_ops_under_jit(rng):
+    """Every op inside one jax.jit, Tensors passed as pytrees, against the eager results."""
+    x1, k1, x2, k2 = randn(rng, 1, 4, 9), randn(rng, 4, 2, 3), randn(rng, 1, 4, 8, 9), randn(rng, 4, 2, 3, 2)
+
+    def f(x1, k1, x2, k2):
+        return [
+            x1.conv1d(k1, 1, 2, 1, 2), x1.conv_transpose1d(k1, 1, 1, 2), x2.conv2d(k2, 1, 2, 1, 2),
+            x2.conv_transpose2d(k2, 1, 0, 2), x2.avg_pool2d_with_stride(3, 2), x2.max_pool2d((2, 3)),
+            x1.interpolate1d(13), x2.interpolate2d(5, 11), x2.upsample_bilinear2d(5, 11, True),
+            x2.upsample_bilinear2d_with_scale(1.5, 0.5),
+        ]
+
+    args = [T(a) for a in (x1, k1, x2, k2)]
+    for e, j in zip(f(*args), jax.jit(f)(*args)):
+        assert isinstance(j, cj.Tensor) and j.shape == e.shape
+        np.testing.assert_allclose(np.asarray(j), np.asarray(e), atol=1e-5, rtol=1e-5)
 
 
 # --- dtypes ------------------------------------------------------------------------------------------
