@@ -183,3 +183,13 @@ def test_corrupt_containers(tmp_path):
         zf.writestr("a.npy", b"\x93NUMPY\x01\x00")
     with pytest.raises(errors.Npy, match=r"truncated file.*y\.npz, array 'a'"):
         npy.read_npz(tmp_path / "y.npz")
+
+
+def test_extra_descrs(tmp_path):
+    np.save(tmp_path / "u2.npy", np.array([1, 65535], np.uint16))
+    t = npy.read_npy(tmp_path / "u2.npy")
+    assert t.dtype == DType.U32 and np.asarray(t).tolist() == [1, 65535]
+    np.save(tmp_path / "i1.npy", np.array([-1, 5], np.int8))
+    with pytest.raises(errors.Npy, match="pass dtype="):
+        npy.read_npy(tmp_path / "i1.npy")
+    assert np.asarray(npy.read_npy(tmp_path / "i1.npy", dtype="i32")).tolist() == [-1, 5]
