@@ -178,7 +178,7 @@ def _resolve_dtype(dtype: Any) -> DType | None:
     return None if dtype is None else to_dtype(dtype)
 
 
-def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str) -> np.ndarray:
+def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str, check_x64: bool = True) -> np.ndarray:
     """A fresh numpy array (owning its memory) holding tensor ``e``, converted to ``dtype``."""
     np_dt, _, native = _ST.get(e.st_dtype, (None, 0, None))
     target = dtype or native
@@ -188,7 +188,7 @@ def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str) -> np
             else "candlejax cannot decode it"
         )
         raise SafeTensorDtypeError(e.st_dtype, f"{_where(src, e.name)}; {hint}")
-    if target in (DType.I64, DType.F64) and not x64_enabled():
+    if check_x64 and target in (DType.I64, DType.F64) and not x64_enabled():
         raise SafeTensorX64Error(
             target, f"safetensors load of {_where(src, e.name)}",
             "64-bit dtypes need JAX's x64 mode: call candlejax.enable_x64() first, or pass"
@@ -266,6 +266,13 @@ class TensorView:
         """The Tensor on ``device`` (default CPU); ``dtype`` converts while loading (extension)."""
         return self._owner.load_entry(self._e, device, _resolve_dtype(dtype))
 
+    def numpy(self, dtype: Any = None) -> np.ndarray:
+        """A host copy as a numpy array (64-bit dtypes allowed without x64 mode), converted to
+        ``dtype`` if given; U16 becomes uint32 and BOOL uint8, as ``load``."""
+        o = self._owner
+        o.check_open()
+        return _decode(o.buf, o.base, self._e, _resolve_dtype(dtype), o.src, check_x64=False)
+
     def __repr__(self) -> str:
         return f"TensorView(name={self.name!r}, dtype={self.st_dtype}, shape={list(self.shape)})"
 
@@ -297,9 +304,12 @@ class _Source:
             raise
         return _Source(mm, src, mm, f)
 
-    def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
+    def check_open(self) -> None:
         if self._mm is not None and self._mm.closed:
             raise errors.SafeTensor(f"{self.src} was closed")
+
+    def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
+        self.check_open()
         return _to_device(_decode(self.buf, self.base, e, dtype, self.src), device)
 
     def close(self) -> None:
@@ -405,6 +415,10 @@ class MmapedSafetensors:
         """Tensor ``name`` on ``device``; ``dtype`` converts while loading (extension)."""
         s = self._source_of(name)
         return s.load_entry(s.entries[name], device, _resolve_dtype(dtype))
+
+    def file_of(self, name: str) -> str:
+        """The path of the file holding ``name``."""
+        return self._source_of(name).src
 
     def tensors(self) -> list[tuple[str, TensorView]]:
         return [(n, TensorView(s, e)) for s in self._sources for n, e in s.entries.items()]

@@ -157,6 +157,8 @@ def test_64bit_without_x64_names_file_and_tensor(tmp_path):
     back = cst.load(p, dtype=DType.F32)
     assert back["w"].dtype == DType.F32 and back["ids"].dtype == DType.F32
     assert cst.MmapedSafetensors(p).load("ids", dtype="i32").dtype == DType.I32
+    host = cst.MmapedSafetensors(p).get("ids").numpy()  # host copies keep 64 bits
+    assert host.dtype == np.int64 and host.tolist() == [0, 1, 2]
 
 
 def test_unsupported_dtypes(tmp_path):
@@ -224,6 +226,7 @@ def test_mmaped_multi_and_index(tmp_path, rng):
     stnp.save_file({"y.weight": np.full((3,), 2, np.float32)}, str(s2))
     st = cst.MmapedSafetensors.multi([s1, s2])
     assert st.routing == {"x.weight": 0, "x.bias": 0, "y.weight": 1}
+    assert st.file_of("y.weight") == str(s2)
     assert np.asarray(st.load("y.weight")).tolist() == [2, 2, 2]
     assert cst.MmapedSafetensors([str(s1), str(s2)]).routing == st.routing
     index = tmp_path / "model.safetensors.index.json"
@@ -310,3 +313,28 @@ def test_truncated_files(tmp_path, rng):
         p.write_bytes(raw[:cut])
         with pytest.raises(errors.SafeTensor, match=r"t\.safetensors"):
             cst.load(p)
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_mmap_reads_only_what_is_loaded(tmp_path):
+    """A 2 GiB (sparse) tensor next to a small one: opening and loading the small one reads neither
+    the big tensor nor the file through read()."""
+    big = 2**29  # f32 elements = 2 GiB
+    header = {"big": {"dtype": "F32", "shape": [big], "data_offsets": [0, 4 * big]},
+              "small": {"dtype": "F32", "shape": [2], "data_offsets": [4 * big, 4 * big + 8]}}
+    p = craft(tmp_path / "sparse.safetensors", header)
+    with open(p, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        f.truncate(f.tell() + 4 * big)
+        f.seek(0, os.SEEK_END)
+        f.write(np.array([1.0, 2.0], np.float32).tobytes())
+    before = _rchar()
+    with cst.MmapedSafetensors(p) as st:
+        assert st.get("big").shape == (big,)
+        assert np.asarray(st.load("small")).tolist() == [1.0, 2.0]
+    assert _rchar() - before < 1 << 20
