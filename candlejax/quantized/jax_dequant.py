@@ -201,7 +201,7 @@ def dequantize_rows(data: Array, dtype: GgmlDType) -> Array:
     Pure ``jax.numpy``: works eagerly and under ``jax.jit`` / ``vmap``.
     """
     if data.dtype != jnp.uint8:
-        raise errors.UnexpectedDType("u8", str(data.dtype), f"dequantize {dtype.name}: raw block data must be")
+        raise errors.UnexpectedDType("u8", str(data.dtype), f"dequantize {dtype.name}: raw block data must be bytes")
     ts, bs = dtype.type_size(), dtype.block_size()
     if data.ndim == 0 or data.shape[-1] % ts:
         raise errors.Msg(f"dequantize {dtype.name}: row of {data.shape[-1:]} bytes is not a whole number of blocks")
