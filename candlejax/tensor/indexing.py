@@ -136,7 +136,7 @@ def _check_values(ids: Any, size: int, op_name: str) -> None:
     v = np.asarray(ids)
     if v.size == 0:
         return
-    if v.min() >= 0 and v.max() < size:
+    if v.max() < size and (v.dtype.kind == "u" or v.min() >= 0):
         return
     bad = v.reshape(-1)[np.flatnonzero((v.reshape(-1) < 0) | (v.reshape(-1) >= size))[0]]
     raise errors.InvalidIndex(op_name, int(bad), size)
@@ -343,18 +343,24 @@ def _plan_index(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool, op_n
 _PLANS: dict[Any, dict] = {}
 
 
-def _plan_key(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool) -> Any:
-    """A hashable key for indexers made only of ints, slices, ``None`` and ``...`` (else ``None``)."""
+def _plan_key(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool) -> tuple[Any, list[Any]]:
+    """A hashable plan key for indexers made of ints, slices, ``None``, ``...`` and Tensors (the
+    Tensors' arrays are returned too), or ``(None, [])`` when some indexer can't be keyed."""
     key: list[Any] = [shape, strict]
+    tids: list[Any] = []
     for x in idx:
         t = type(x)
         if t is int or x is None or x is Ellipsis:
             key.append(x)
         elif t is slice:
             key.append((x.start, x.stop, x.step))
+        elif isinstance(x, TensorBase):
+            a = x._a
+            key.append(("T", a.shape, a.dtype))
+            tids.append(a)
         else:
-            return None
-    return tuple(key)
+            return None, []
+    return tuple(key), tids
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,7 +376,7 @@ class IndexingMixin(TensorBase):
         if not isinstance(idx, tuple):
             idx = (idx,)
         a = self._a
-        key = _plan_key(a.shape, idx, strict)
+        key, tids = _plan_key(a.shape, idx, strict)
         static = _PLANS.get(key) if key is not None else None
         if static is None:
             ids, static = _plan_index(a.shape, idx, strict, op_name)
@@ -379,7 +385,9 @@ class IndexingMixin(TensorBase):
                     _PLANS.clear()
                 _PLANS[key] = static
         else:
-            ids = ()
+            ids = tuple(tids)
+            for (_, size), arr in zip(static["takes"], ids):
+                _check_values(arr, size, op_name)
         if not ids and not static["rev"] and static["starts"] is None and static["shape"] == a.shape:
             return self
         return self._wrap(_index(a, ids, **static))

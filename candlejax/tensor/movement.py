@@ -368,19 +368,21 @@ class MovementMixin(TensorBase):
     def get(self, i: int) -> Any:
         """Candle ``get(i)``: index dim 0 and drop it (rank 0 -> unchanged). Negative ``i`` counts
         from the end (as candle-pyo3). PyTorch: ``t[i]``."""
-        s = self._a.shape
-        if not s:
+        if not self._a.shape:
             return self
-        return self.get_on_dim(0, i)
+        return self._get_on_dim(0, i, "get")
 
     def get_on_dim(self, dim: Any, index: int) -> Any:
         """Candle ``get_on_dim(d, i)``: ``narrow(d, i, 1)`` then ``squeeze(d)``. PyTorch: ``select``."""
+        return self._get_on_dim(dim, index, "get_on_dim")
+
+    def _get_on_dim(self, dim: Any, index: int, op_name: str) -> Any:
         s = self._a.shape
-        d = resolve_dim(dim, s, "get_on_dim")
+        d = resolve_dim(dim, s, op_name)
         i = int(index)
         if i < 0:
             if i + s[d] < 0:
-                raise errors.InvalidIndex("get_on_dim", i, s[d])
+                raise errors.InvalidIndex(op_name, i, s[d])
             i += s[d]
         _narrow_check(s, d, i, 1)
         return self._wrap(_narrow_array(self._a, d, i, 1, drop=True))

@@ -690,3 +690,13 @@ def test_errors_are_index_errors_and_raise_under_jit():
         jax.jit(lambda t, i: t.gather(i, 0))(_t(3, 2), ids([0]))
     with pytest.raises(errors.UnexpectedDType):
         jax.jit(lambda t, i: t.index_select(i, 0))(_t(3, 2), _t(2))
+
+
+def test_cached_plan_still_checks_index_values():
+    t = _t(4, 2)
+    assert t[ids([1, 3])].shape == (2, 2)
+    with pytest.raises(errors.InvalidIndex, match="index invalid index 4 with dim size 4"):
+        t[ids([1, 4])]
+    assert t.i((slice(None), ids([1]))).shape == (4, 1)
+    with pytest.raises(errors.InvalidIndex, match="i invalid index 2 with dim size 2"):
+        t.i((slice(None), ids([2])))
