@@ -700,3 +700,10 @@ def test_cached_plan_still_checks_index_values():
     assert t.i((slice(None), ids([1]))).shape == (4, 1)
     with pytest.raises(errors.InvalidIndex, match="i invalid index 2 with dim size 2"):
         t.i((slice(None), ids([2])))
+
+
+def test_orthogonal_i_matches_candle_pyo3_getitem(rng):
+    """candle-pyo3 indexes each list on its own dim; candlejax's i() does the same ([] raises)."""
+    x = rand(rng, (3, 4))
+    want = _np(candle.Tensor(x)[[0, 2], [1, 3, 3]])
+    np.testing.assert_array_equal(np.asarray(tt(x).i(([0, 2], [1, 3, 3]))), want)
