@@ -1,0 +1,88 @@
+"""``candlejax.nn``: Candle's candle-nn on JAX — Modules as pytrees, VarBuilder/VarMap, layers, ops.
+
+>>> from candlejax import DType, Device
+>>> from candlejax.nn import VarBuilder, VarMap, linear
+>>> vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+>>> layer = linear(4, 2, vb.pp("fc"))
+>>> sorted(layer.named_vars())
+['fc.bias', 'fc.weight']
+"""
+
+from candlejax.nn import encoding, init, loss, ops
+from candlejax.nn.activation import Activation, PReLU, prelu
+from candlejax.nn.conv import (
+    Conv1d,
+    Conv1dConfig,
+    Conv2d,
+    Conv2dConfig,
+    ConvTranspose1d,
+    ConvTranspose1dConfig,
+    ConvTranspose2d,
+    ConvTranspose2dConfig,
+    conv1d,
+    conv1d_no_bias,
+    conv2d,
+    conv2d_no_bias,
+    conv_transpose1d,
+    conv_transpose1d_no_bias,
+    conv_transpose2d,
+    conv_transpose2d_no_bias,
+)
+from candlejax.nn.dropout import Dropout
+from candlejax.nn.embedding import Embedding, embedding
+from candlejax.nn.encoding import one_hot
+from candlejax.nn.init import (
+    DEFAULT_KAIMING_NORMAL,
+    DEFAULT_KAIMING_UNIFORM,
+    ONE,
+    ZERO,
+    FanInOut,
+    Init,
+    NonLinearity,
+    NormalOrUniform,
+)
+from candlejax.nn.kv_cache import KvCache, RotatingKvCache
+from candlejax.nn.linear import Linear, linear, linear_b, linear_no_bias
+from candlejax.nn.module import (
+    Buffer,
+    LayerInputShape,
+    Module,
+    ModuleT,
+    Var,
+    named_buffers,
+    named_tensors,
+    named_vars,
+)
+from candlejax.nn.norm import (
+    BatchNorm,
+    BatchNormConfig,
+    GroupNorm,
+    LayerNorm,
+    LayerNormConfig,
+    RmsNorm,
+    batch_norm,
+    group_norm,
+    layer_norm,
+    layer_norm_no_bias,
+    rms_norm,
+)
+from candlejax.nn.ops import Identity
+from candlejax.nn.rnn import GRU, LSTM, Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, gru, lstm
+from candlejax.nn.rotary import RotaryEmbedding
+from candlejax.nn.sequential import Func, FuncT, Sequential, func, func_t, seq
+from candlejax.nn.var_builder import SimpleBackend, VarBuilder
+from candlejax.nn.var_map import VarMap
+
+__all__ = [
+    "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "GRU", "LSTM", "ONE", "ZERO", "Activation",
+    "BatchNorm", "BatchNormConfig", "Buffer", "Conv1d", "Conv1dConfig", "Conv2d", "Conv2dConfig",
+    "ConvTranspose1d", "ConvTranspose1dConfig", "ConvTranspose2d", "ConvTranspose2dConfig", "Direction",
+    "Dropout", "Embedding", "FanInOut", "Func", "FuncT", "GRUConfig", "GRUState", "GroupNorm", "Identity",
+    "Init", "KvCache", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
+    "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "PReLU", "RmsNorm", "RotaryEmbedding",
+    "RotatingKvCache", "Sequential", "SimpleBackend", "Var", "VarBuilder", "VarMap", "batch_norm", "conv1d",
+    "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d", "conv_transpose1d_no_bias",
+    "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding", "func", "func_t", "group_norm",
+    "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b", "linear_no_bias", "loss", "lstm",
+    "named_buffers", "named_tensors", "named_vars", "one_hot", "ops", "prelu", "rms_norm", "seq",
+]  # fmt: skip

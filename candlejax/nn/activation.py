@@ -1,0 +1,149 @@
+"""``Activation`` (Candle's enum, every variant) and ``PReLU``.
+
+requires: candlejax.nn.ops (activation functions), candlejax.nn.module
+provides: ``Activation`` (``Activation.Gelu``, ``Activation.parse("gelu_new")``, ...), ``PReLU``, ``prelu``
+
+Activations are functions in ``candlejax.nn.ops``; ``Activation`` is their Module form, so it can sit
+in a ``Sequential`` or a model config. Names parse like Candle's serde (lowercase variant names
+plus the Hugging Face aliases ``gelu_new`` and ``gelu_pytorch_tanh``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.nn import ops
+from candlejax.nn.init import Const
+from candlejax.nn.linear import _as_param
+from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = ["Activation", "PReLU", "prelu"]
+
+# variant -> (ops kind, takes a parameter)
+_VARIANTS = {
+    "Gelu": "gelu_erf",
+    "NewGelu": "gelu",
+    "GeluPytorchTanh": "gelu",
+    "Relu": "relu",
+    "Relu2": "relu2",
+    "Relu6": "relu6",
+    "Silu": "silu",
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "Swiglu": "swiglu",
+    "Swish": "swish",
+    "Mish": "mish",
+    "HardSwish": "hard_swish",
+    "QuickGelu": "quick_gelu",
+    "Tanh": "tanh",
+    "Elu": "elu",
+    "LeakyRelu": "leaky_relu",
+}
+
+_ALIASES = {
+    "gelu": "Gelu", "gelu_new": "NewGelu", "newgelu": "NewGelu", "gelu_pytorch_tanh": "GeluPytorchTanh",
+    "gelupytorchtanh": "GeluPytorchTanh", "gelu_fast": "NewGelu", "relu": "Relu", "relu2": "Relu2",
+    "relu6": "Relu6", "silu": "Silu", "sigmoid": "Sigmoid", "hardsigmoid": "HardSigmoid",
+    "hard_sigmoid": "HardSigmoid", "swiglu": "Swiglu", "swish": "Swish", "mish": "Mish",
+    "hardswish": "HardSwish", "hard_swish": "HardSwish", "quick_gelu": "QuickGelu", "tanh": "Tanh",
+    "elu": "Elu", "leakyrelu": "LeakyRelu", "leaky_relu": "LeakyRelu",
+}  # fmt: skip
+
+
+class Activation(Module):
+    """Candle's ``Activation`` enum as a Module.
+
+    Variants: ``Gelu`` (exact erf GELU, Candle's default), ``NewGelu`` / ``GeluPytorchTanh`` (tanh
+    approximation), ``Relu``, ``Relu2``, ``Relu6``, ``Silu``, ``Sigmoid``, ``HardSigmoid``, ``Swiglu``,
+    ``Swish``, ``Mish``, ``HardSwish``, ``QuickGelu``, ``Tanh``, and the parameterised
+    ``Activation.Elu(alpha)`` and ``Activation.LeakyRelu(slope)``.
+
+    >>> Activation.parse("gelu_new")
+    Activation.NewGelu
+    """
+
+    def __init__(self, variant: str = "Gelu", param: float | None = None):
+        if variant not in _VARIANTS:
+            raise errors.Msg(f"unknown activation {variant!r}, expected one of {sorted(_VARIANTS)}")
+        self.variant = variant
+        self.param = None if param is None else float(param)
+
+    @staticmethod
+    def Elu(alpha: float) -> Activation:  # noqa: N802 - Candle's variant name
+        return Activation("Elu", alpha)
+
+    @staticmethod
+    def LeakyRelu(negative_slope: float) -> Activation:  # noqa: N802
+        return Activation("LeakyRelu", negative_slope)
+
+    @staticmethod
+    def parse(s: str | dict) -> Activation:
+        """Parse a config value: ``"gelu"``, ``"gelu_new"``, ``"silu"``, ``{"elu": 1.0}``, ``"leaky_relu"``."""
+        if isinstance(s, Activation):
+            return s
+        if isinstance(s, dict) and len(s) == 1:
+            (k, v), = s.items()
+            return Activation(_ALIASES.get(str(k).lower(), str(k)), v)
+        name = str(s).strip()
+        if name in _VARIANTS:
+            return Activation(name, None if name not in ("Elu", "LeakyRelu") else (1.0 if name == "Elu" else 0.01))
+        v = _ALIASES.get(name.lower())
+        if v is None:
+            raise errors.Msg(f"unknown activation {s!r}, expected one of {sorted(_ALIASES)}")
+        return Activation(v, {"Elu": 1.0, "LeakyRelu": 0.01}.get(v))
+
+    def forward(self, xs: Any) -> Any:
+        return ops.activation(xs, _VARIANTS[self.variant], self.param or 0.0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Activation) and (self.variant, self.param) == (other.variant, other.param)
+
+    def __hash__(self) -> int:
+        return hash((self.variant, self.param))
+
+    def __repr__(self) -> str:
+        return f"Activation.{self.variant}" + ("" if self.param is None else f"({self.param})")
+
+
+for _v in _VARIANTS:
+    if _v not in ("Elu", "LeakyRelu"):
+        setattr(Activation, _v, Activation(_v))
+
+
+@op
+def _prelu(x: Any, w: Any) -> Any:
+    if w.ndim == 1 and w.shape[0] != 1 and x.ndim >= 2:
+        w = w.reshape((1, -1) + (1,) * (x.ndim - 2))
+    else:
+        w = w.reshape(())
+    return jnp.where(x >= 0, x, w.astype(x.dtype) * x)
+
+
+class PReLU(Module):
+    """``nn.PReLU``: ``max(0, x) + weight * min(0, x)``, weight per channel (dim 1) or scalar."""
+
+    def __init__(self, weight: Any, is_scalar: bool = False):
+        self.weight = _as_param(weight)
+        self.is_scalar = bool(is_scalar)
+
+    @staticmethod
+    def new(weight: Any, is_scalar: bool) -> PReLU:
+        return PReLU(weight, is_scalar)
+
+    def forward(self, xs: Any) -> Any:
+        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        w = self.weight._a
+        if not self.is_scalar and w.size != 1 and (x.ndim < 2 or x.shape[1] != w.shape[0]):
+            raise LayerInputShape(layer_name("PReLU", self.weight), f"[batch, {w.shape[0]}, ...]", x.shape)
+        return wrap(_prelu(x, w))
+
+
+def prelu(num_channels: int | None, vb: Any) -> PReLU:
+    """Param ``weight`` ``(num_channels,)`` (or ``(1,)`` when None), initialised to 0.25."""
+    n = 1 if num_channels is None else num_channels
+    return PReLU(vb.get_with_hints((n,), "weight", Const(0.25)), num_channels is None)

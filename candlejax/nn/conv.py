@@ -1,0 +1,264 @@
+"""Convolutions: ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d`` and their configs.
+
+requires: jax.lax.conv_general_dilated, candlejax.nn.module, candlejax.nn.init
+provides: ``Conv1dConfig``, ``Conv2dConfig``, ``ConvTranspose1dConfig``, ``ConvTranspose2dConfig``,
+``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d``, ``conv1d``, ``conv1d_no_bias``,
+``conv2d``, ``conv2d_no_bias``, ``conv_transpose1d``, ``conv_transpose1d_no_bias``,
+``conv_transpose2d``, ``conv_transpose2d_no_bias``
+
+Layouts follow Candle and PyTorch: input ``(B, C, L)`` / ``(B, C, H, W)``; conv weight
+``(c_out, c_in/groups, k...)``; transposed-conv weight ``(c_in, c_out/groups, k...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
+from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
+from candlejax.nn.linear import _as_param
+from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = [
+    "Conv1d",
+    "Conv1dConfig",
+    "Conv2d",
+    "Conv2dConfig",
+    "ConvTranspose1d",
+    "ConvTranspose1dConfig",
+    "ConvTranspose2d",
+    "ConvTranspose2dConfig",
+    "conv1d",
+    "conv1d_no_bias",
+    "conv2d",
+    "conv2d_no_bias",
+    "conv_transpose1d",
+    "conv_transpose1d_no_bias",
+    "conv_transpose2d",
+    "conv_transpose2d_no_bias",
+]
+
+
+@dataclass(frozen=True)
+class Conv1dConfig:
+    padding: int = 0
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class Conv2dConfig:
+    padding: int = 0
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class ConvTranspose1dConfig:
+    padding: int = 0
+    output_padding: int = 0
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class ConvTranspose2dConfig:
+    padding: int = 0
+    output_padding: int = 0
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+
+
+_DN = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
+
+
+@op(static=("nd", "padding", "stride", "dilation", "groups"))
+def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int, stride: int, dilation: int, groups: int) -> Any:
+    y = lax.conv_general_dilated(
+        x, w, window_strides=(stride,) * nd, padding=[(padding, padding)] * nd,
+        rhs_dilation=(dilation,) * nd, dimension_numbers=_DN[nd], feature_group_count=groups,
+    )  # fmt: skip
+    if b is not None:
+        y = y + b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+@op(static=("nd", "padding", "output_padding", "stride", "dilation", "groups"))
+def _conv_transpose(
+    x: Any, w: Any, b: Any, *, nd: int, padding: int, output_padding: int, stride: int, dilation: int, groups: int
+) -> Any:
+    # w: (c_in, c_out/g, k...) -> (c_out, c_in/g, k...) flipped, then a dilated-input convolution
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    k = w.shape[2:]
+    wg = w.reshape((groups, c_in // groups, c_out_g, *k))
+    wg = jnp.swapaxes(wg, 1, 2).reshape((groups * c_out_g, c_in // groups, *k))
+    wg = jnp.flip(wg, axis=tuple(range(2, 2 + nd)))
+    pads = [(dilation * (kk - 1) - padding, dilation * (kk - 1) - padding + output_padding) for kk in k]
+    y = lax.conv_general_dilated(
+        x, wg, window_strides=(1,) * nd, padding=pads, lhs_dilation=(stride,) * nd,
+        rhs_dilation=(dilation,) * nd, dimension_numbers=_DN[nd], feature_group_count=groups,
+    )  # fmt: skip
+    if b is not None:
+        y = y + b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+class _ConvBase(Module):
+    _nd = 1
+    _transpose = False
+    _kind = "Conv1d"
+
+    def __init__(self, weight: Any, bias: Any, config: Any):
+        self.weight = _as_param(weight)
+        self.bias = _as_param(bias)
+        self.config = config
+        if self.weight.ndim != self._nd + 2:
+            raise errors.UnexpectedNumberOfDims(self._nd + 2, self.weight.ndim, self.weight.shape, self._kind)
+
+    @classmethod
+    def new(cls, weight: Any, bias: Any, config: Any) -> Any:
+        return cls(weight, bias, config)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"kernel={tuple(self.weight.shape[2:])}, " + ", ".join(f"{k}={v}" for k, v in vars(c).items())
+
+    def _in_channels(self) -> int:
+        w = self.weight
+        return w.shape[0] if self._transpose else w.shape[1] * self.config.groups
+
+    def forward(self, xs: Any) -> Any:
+        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        w = self.weight._a
+        cin = self._in_channels()
+        if x.ndim != self._nd + 2 or x.shape[1] != cin:
+            spatial = "L" if self._nd == 1 else "H, W"
+            raise LayerInputShape(layer_name(self._kind, self.weight), f"[batch, {cin}, {spatial}]", x.shape)
+        if x.dtype != w.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
+        b = None if self.bias is None else self.bias._a
+        c = self.config
+        if self._transpose:
+            out = _conv_transpose(
+                x, w, b, nd=self._nd, padding=c.padding, output_padding=c.output_padding, stride=c.stride,
+                dilation=c.dilation, groups=c.groups,
+            )  # fmt: skip
+        else:
+            out = _conv(x, w, b, nd=self._nd, padding=c.padding, stride=c.stride, dilation=c.dilation, groups=c.groups)
+        return wrap(out)
+
+
+class Conv1d(_ConvBase):
+    """1-D convolution (``nn.Conv1d``): input ``(B, c_in, L)``, weight ``(c_out, c_in/groups, k)``."""
+
+    _nd, _transpose, _kind = 1, False, "Conv1d"
+
+    def __init__(self, weight: Any, bias: Any = None, config: Conv1dConfig = Conv1dConfig()):
+        super().__init__(weight, bias, config)
+
+
+class Conv2d(_ConvBase):
+    """2-D convolution (``nn.Conv2d``): input ``(B, c_in, H, W)``, weight ``(c_out, c_in/groups, kh, kw)``."""
+
+    _nd, _transpose, _kind = 2, False, "Conv2d"
+
+    def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig = Conv2dConfig()):
+        super().__init__(weight, bias, config)
+
+
+class ConvTranspose1d(_ConvBase):
+    """1-D transposed convolution (``nn.ConvTranspose1d``): weight ``(c_in, c_out/groups, k)``."""
+
+    _nd, _transpose, _kind = 1, True, "ConvTranspose1d"
+
+    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose1dConfig = ConvTranspose1dConfig()):
+        super().__init__(weight, bias, config)
+
+
+class ConvTranspose2d(_ConvBase):
+    """2-D transposed convolution (``nn.ConvTranspose2d``): weight ``(c_in, c_out/groups, kh, kw)``."""
+
+    _nd, _transpose, _kind = 2, True, "ConvTranspose2d"
+
+    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose2dConfig = ConvTranspose2dConfig()):
+        super().__init__(weight, bias, config)
+
+
+def _check_groups(c_in: int, c_out: int, groups: int, op_name: str) -> None:
+    if groups < 1 or c_in % groups or c_out % groups:
+        raise errors.Msg(f"{op_name}: groups ({groups}) must divide in_channels ({c_in}) and out_channels ({c_out})")
+
+
+def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
+    _check_groups(c_in, c_out, cfg.groups, cls.__name__)
+    ws = vb.get_with_hints((c_out, c_in // cfg.groups) + (k,) * nd, "weight", DEFAULT_KAIMING_NORMAL)
+    bs = None
+    if bias:
+        bound = 1.0 / math.sqrt(c_in)
+        bs = vb.get_with_hints((c_out,), "bias", Uniform(-bound, bound))
+    return cls(ws, bs, cfg)
+
+
+def _convt_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
+    _check_groups(c_in, c_out, cfg.groups, cls.__name__)
+    bound = 1.0 / math.sqrt(c_out * k) if nd == 1 else 1.0 / math.sqrt(c_out) / k
+    init = Uniform(-bound, bound)
+    ws = vb.get_with_hints((c_in, c_out // cfg.groups) + (k,) * nd, "weight", init)
+    bs = vb.get_with_hints((c_out,), "bias", init) if bias else None
+    return cls(ws, bs, cfg)
+
+
+def conv1d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig, vb: Any) -> Conv1d:
+    """``weight`` Kaiming-normal, ``bias`` U(±1/√in_channels) (Candle's init)."""
+    return _conv_factory(Conv1d, 1, in_channels, out_channels, kernel_size, cfg, vb, True)
+
+
+def conv1d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig, vb: Any) -> Conv1d:
+    return _conv_factory(Conv1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig, vb: Any) -> Conv2d:
+    """Square kernel ``(c_out, c_in/groups, k, k)``; init as ``conv1d``."""
+    return _conv_factory(Conv2d, 2, in_channels, out_channels, kernel_size, cfg, vb, True)
+
+
+def conv2d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig, vb: Any) -> Conv2d:
+    return _conv_factory(Conv2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)
+
+
+def conv_transpose1d(
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig, vb: Any
+) -> ConvTranspose1d:
+    """Weight ``(c_in, c_out/groups, k)`` and bias U(±1/√(c_out·k)) (Candle's init)."""
+    return _convt_factory(ConvTranspose1d, 1, in_channels, out_channels, kernel_size, cfg, vb, True)
+
+
+def conv_transpose1d_no_bias(
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig, vb: Any
+) -> ConvTranspose1d:
+    return _convt_factory(ConvTranspose1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
+
+
+def conv_transpose2d(
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
+) -> ConvTranspose2d:
+    """Weight ``(c_in, c_out/groups, k, k)`` and bias U(±1/(√c_out·k)) (Candle's init)."""
+    return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, True)
+
+
+def conv_transpose2d_no_bias(
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
+) -> ConvTranspose2d:
+    return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)

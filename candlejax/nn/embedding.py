@@ -1,0 +1,74 @@
+"""``Embedding``: a lookup table ``(vocab, hidden)`` indexed by integer ids.
+
+requires: candlejax.nn.module, candlejax.nn.init
+provides: ``Embedding``, ``embedding``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.dtype import DType, to_dtype
+from candlejax.nn.init import Randn
+from candlejax.nn.linear import _as_param
+from candlejax.nn.module import Module, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = ["Embedding", "embedding"]
+
+
+@op
+def _embed(ids: Any, table: Any) -> Any:
+    return jnp.take(table, ids, axis=0, mode="clip")
+
+
+class Embedding(Module):
+    """``Embedding::new(embeddings (V, H), hidden_size)``; ids of any rank -> ``ids.shape + [H]``.
+
+    PyTorch: ``nn.Embedding``. Out-of-range ids raise eagerly; under ``jit`` they are clamped.
+    """
+
+    def __init__(self, embeddings: Any, hidden_size: int | None = None):
+        self.weight = _as_param(embeddings)
+        self.hidden = int(hidden_size if hidden_size is not None else self.weight.shape[1])
+
+    @staticmethod
+    def new(embeddings: Any, hidden_size: int) -> Embedding:
+        return Embedding(embeddings, hidden_size)
+
+    def embeddings(self) -> Any:
+        return self.weight
+
+    def hidden_size(self) -> int:
+        return self.hidden
+
+    def extra_repr(self) -> str:
+        return f"vocab={self.weight.shape[0]}, hidden={self.hidden}"
+
+    def forward(self, ids: Any) -> Any:
+        a = ids._a if isinstance(ids, TensorBase) else as_array(ids)
+        if not jnp.issubdtype(a.dtype, jnp.integer):
+            raise errors.UnexpectedDType(
+                DType.U32, to_dtype(a.dtype), f"{layer_name('Embedding', self.weight)}: ids must be integers"
+            )
+        table = self.weight._a
+        from candlejax._dispatch import is_eager
+
+        if is_eager() and a.size:
+            import numpy as np
+
+            hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
+            if hi >= table.shape[0] or lo < 0:
+                bad = hi if hi >= table.shape[0] else lo
+                raise errors.InvalidIndex(layer_name("Embedding", self.weight), bad, table.shape[0])
+        return wrap(_embed(a, table))
+
+
+def embedding(in_size: int, out_size: int, vb: Any) -> Embedding:
+    """``embedding(vocab, hidden, vb)``: param ``weight`` ``(vocab, hidden)`` ~ N(0, 1)."""
+    w = vb.get_with_hints((in_size, out_size), "weight", Randn(0.0, 1.0))
+    return Embedding(w, out_size)

@@ -1,0 +1,195 @@
+"""Parameter initialisation, Candle's ``candle_nn::init``.
+
+requires: jax.random, candlejax.nn.module (Var)
+provides: ``Init`` (``Init.Const``, ``Init.Randn``, ``Init.Uniform``, ``Init.Kaiming``), ``Const``,
+``Randn``, ``Uniform``, ``Kaiming``, ``FanInOut``, ``NormalOrUniform``, ``NonLinearity``, ``ZERO``,
+``ONE``, ``DEFAULT_KAIMING_UNIFORM``, ``DEFAULT_KAIMING_NORMAL``.
+
+Every init is a frozen dataclass with ``sample(shape, dtype, device, key) -> jax.Array`` and
+Candle's ``var(shape, dtype, device, key=None) -> Var``. Random inits need a key; without one,
+``var`` draws from the device's seeded generator (eager only).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from candlejax import random as _random
+from candlejax.device import Device
+from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.shape import as_shape
+
+__all__ = [
+    "DEFAULT_KAIMING_NORMAL",
+    "DEFAULT_KAIMING_UNIFORM",
+    "ONE",
+    "ZERO",
+    "Const",
+    "FanInOut",
+    "Init",
+    "Kaiming",
+    "NonLinearity",
+    "NormalOrUniform",
+    "Randn",
+    "Uniform",
+]
+
+
+class FanInOut(enum.Enum):
+    """Which fan Kaiming scales by. ``fan_in = dims[1] * prod(dims[2:])``, ``fan_out = dims[0] * prod(dims[2:])``."""
+
+    FanIn = "fan_in"
+    FanOut = "fan_out"
+
+    def for_shape(self, shape: Any) -> int:
+        dims = as_shape(shape)
+        rf = math.prod(dims[2:])
+        if self is FanInOut.FanIn:
+            return 1 if len(dims) < 2 else dims[1] * rf
+        return 1 if not dims else dims[0] * rf
+
+
+class NormalOrUniform(enum.Enum):
+    Normal = "normal"
+    Uniform = "uniform"
+
+
+@dataclass(frozen=True)
+class NonLinearity:
+    """The gain for Kaiming init: ``NonLinearity.ReLU`` (√2), ``Linear`` (1), ``Sigmoid`` (1),
+    ``Tanh`` (5/3), ``SELU`` (0.75), ``NonLinearity.ExplicitGain(g)``."""
+
+    kind: str
+    explicit: float = 0.0
+
+    def gain(self) -> float:
+        return {
+            "relu": math.sqrt(2.0),
+            "linear": 1.0,
+            "sigmoid": 1.0,
+            "tanh": 5.0 / 3.0,
+            "selu": 0.75,
+        }.get(self.kind, self.explicit)
+
+    @staticmethod
+    def ExplicitGain(g: float) -> NonLinearity:  # noqa: N802 - Candle's variant name
+        return NonLinearity("explicit", float(g))
+
+
+NonLinearity.ReLU = NonLinearity("relu")  # type: ignore[attr-defined]
+NonLinearity.Linear = NonLinearity("linear")  # type: ignore[attr-defined]
+NonLinearity.Sigmoid = NonLinearity("sigmoid")  # type: ignore[attr-defined]
+NonLinearity.Tanh = NonLinearity("tanh")  # type: ignore[attr-defined]
+NonLinearity.SELU = NonLinearity("selu")  # type: ignore[attr-defined]
+
+
+def _float_dtype_for_sampling(dt: DType) -> Any:
+    return jnp.float64 if dt is DType.F64 else jnp.float32
+
+
+class _InitBase:
+    def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:  # pragma: no cover
+        raise NotImplementedError
+
+    def var(self, shape: Any, dtype: Any = DType.F32, device: Any = None, *, key: Any = None, name: str = "") -> Any:
+        """``init.var(shape, dtype, &dev)``: a new Var drawn from this init."""
+        from candlejax.nn.module import Var
+
+        dev = Device.coerce(device)
+        if key is None and not isinstance(self, Const):
+            key = _random.next_key(dev, "init.var")
+        return Var._make(self.sample(shape, dtype, dev, key), name)
+
+    def _place(self, a: jax.Array, dtype: Any, device: Any) -> jax.Array:
+        dt = check_width(to_dtype(dtype))
+        a = a.astype(dt.np)
+        if device is not None and not isinstance(a, jax.core.Tracer):
+            a = jax.device_put(a, Device.coerce(device).jax_device)
+        return a
+
+
+@dataclass(frozen=True)
+class Const(_InitBase):
+    """Every element ``value`` (``Init::Const``)."""
+
+    value: float = 0.0
+
+    def sample(self, shape: Any, dtype: Any, device: Any, key: Any = None) -> jax.Array:
+        dt = check_width(to_dtype(dtype))
+        return self._place(jnp.full(as_shape(shape), self.value, dtype=dt.np), dt, device)
+
+
+@dataclass(frozen=True)
+class Randn(_InitBase):
+    """Normal ``N(mean, stdev²)`` (``Init::Randn``)."""
+
+    mean: float = 0.0
+    stdev: float = 1.0
+
+    def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        dt = check_width(to_dtype(dtype))
+        a = jax.random.normal(_random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt))
+        return self._place(a * self.stdev + self.mean, dt, device)
+
+
+@dataclass(frozen=True)
+class Uniform(_InitBase):
+    """Uniform on ``[lo, up)`` (``Init::Uniform``)."""
+
+    lo: float = 0.0
+    up: float = 1.0
+
+    def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        dt = check_width(to_dtype(dtype))
+        a = jax.random.uniform(
+            _random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt), minval=self.lo, maxval=self.up
+        )
+        return self._place(a, dt, device)
+
+
+@dataclass(frozen=True)
+class Kaiming(_InitBase):
+    """Kaiming/He init: std = gain/√fan; the uniform variant draws from ±√3·std."""
+
+    dist: NormalOrUniform = NormalOrUniform.Normal
+    fan: FanInOut = FanInOut.FanIn
+    non_linearity: NonLinearity = NonLinearity("relu")
+
+    def std(self, shape: Any) -> float:
+        return self.non_linearity.gain() / math.sqrt(self.fan.for_shape(shape))
+
+    def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        std = self.std(shape)
+        if self.dist is NormalOrUniform.Normal:
+            return Randn(0.0, std).sample(shape, dtype, device, key)
+        bound = math.sqrt(3.0) * std
+        return Uniform(-bound, bound).sample(shape, dtype, device, key)
+
+
+InitT = Const | Randn | Uniform | Kaiming
+
+
+class Init:
+    """Candle's ``Init`` enum as a namespace: ``Init.Const(0.0)``, ``Init.Randn(mean, stdev)``,
+    ``Init.Uniform(lo, up)``, ``Init.Kaiming(dist, fan, non_linearity)``; default ``Const(0)``."""
+
+    Const = Const
+    Randn = Randn
+    Uniform = Uniform
+    Kaiming = Kaiming
+
+    @staticmethod
+    def default() -> Const:
+        return Const(0.0)
+
+
+ZERO = Const(0.0)
+ONE = Const(1.0)
+DEFAULT_KAIMING_UNIFORM = Kaiming(NormalOrUniform.Uniform, FanInOut.FanIn, NonLinearity.ReLU)  # type: ignore[attr-defined]
+DEFAULT_KAIMING_NORMAL = Kaiming(NormalOrUniform.Normal, FanInOut.FanIn, NonLinearity.ReLU)  # type: ignore[attr-defined]

@@ -1,0 +1,94 @@
+"""``Linear``: ``y = x @ wᵀ + b`` (Candle's ``candle_nn::Linear``, PyTorch's ``nn.Linear``).
+
+requires: candlejax.nn.module, candlejax.nn.init, candlejax.nn.var_builder
+provides: ``Linear``, ``linear``, ``linear_no_bias``, ``linear_b``
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
+from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
+from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = ["Linear", "linear", "linear_b", "linear_no_bias"]
+
+
+@op
+def _linear(x: Any, w: Any, b: Any) -> Any:
+    y = jnp.matmul(x, w.T)
+    return y if b is None else y + b
+
+
+def _as_param(t: Any) -> Any:
+    """Keep Vars/Tensors as they are; wrap raw arrays."""
+    if t is None or isinstance(t, TensorBase):
+        return t
+    return wrap(as_array(t))
+
+
+class Linear(Module):
+    """A fully connected layer: weight ``(out, in)``, optional bias ``(out,)``.
+
+    ``Linear(weight, bias)`` (or ``Linear.new``) builds one from tensors; ``linear(in, out, vb)``
+    fetches ``weight`` and ``bias`` through a VarBuilder. Input ``(..., in)`` with rank 2 to 4,
+    as in Candle (rank 1 and rank >= 5 raise).
+    """
+
+    def __init__(self, weight: Any, bias: Any = None):
+        self.weight = _as_param(weight)
+        self.bias = _as_param(bias)
+
+    @staticmethod
+    def new(weight: Any, bias: Any = None) -> Linear:
+        return Linear(weight, bias)
+
+    def in_dim(self) -> int:
+        return self.weight.shape[1]
+
+    def out_dim(self) -> int:
+        return self.weight.shape[0]
+
+    def extra_repr(self) -> str:
+        w = self.weight
+        return f"in={w.shape[1]}, out={w.shape[0]}, bias={self.bias is not None}"
+
+    def forward(self, xs: Any) -> Any:
+        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        w = self.weight._a
+        b = None if self.bias is None else self.bias._a
+        if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != w.shape[1]:
+            raise LayerInputShape(
+                layer_name("Linear", self.weight),
+                f"[batch, {w.shape[1]}] (rank 2 to 4, last dim {w.shape[1]})",
+                x.shape,
+            )
+        if x.dtype != w.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), "matmul")
+        return wrap(_linear(x, w, b))
+
+
+def linear_b(in_dim: int, out_dim: int, bias: bool, vb: Any) -> Linear:
+    """``weight`` Kaiming-normal (fan-in, ReLU gain), ``bias`` U(±1/√in), as Candle and PyTorch."""
+    w = vb.get_with_hints((out_dim, in_dim), "weight", DEFAULT_KAIMING_NORMAL)
+    if not bias:
+        return Linear(w, None)
+    bound = 1.0 / math.sqrt(in_dim)
+    b = vb.get_with_hints((out_dim,), "bias", Uniform(-bound, bound))
+    return Linear(w, b)
+
+
+def linear(in_dim: int, out_dim: int, vb: Any) -> Linear:
+    """``linear(in, out, vb.pp("fc1"))``: params ``fc1.weight`` ``(out, in)`` and ``fc1.bias``."""
+    return linear_b(in_dim, out_dim, True, vb)
+
+
+def linear_no_bias(in_dim: int, out_dim: int, vb: Any) -> Linear:
+    return linear_b(in_dim, out_dim, False, vb)

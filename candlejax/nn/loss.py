@@ -1,0 +1,117 @@
+"""Losses (``candle_nn::loss``): ``nll``, ``cross_entropy``, ``mse``, ``binary_cross_entropy_with_logit``, ``huber``.
+
+requires: candlejax.nn.ops (log_softmax), candlejax._dispatch.op
+provides: ``nll``, ``cross_entropy``, ``mse``, ``binary_cross_entropy_with_logit``, ``huber``
+
+Every loss returns a scalar Tensor (the mean), as Candle's. Class targets are integer tensors
+(u32 as in Candle; i32/i64/u8 also accepted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.dtype import DType, to_dtype
+from candlejax.errors import fmt_shape
+from candlejax.nn.ops import _a, _check_float, _log_softmax, _upcast
+from candlejax.tensor._core import wrap
+
+__all__ = ["binary_cross_entropy_with_logit", "cross_entropy", "huber", "mse", "nll"]
+
+
+def _check_targets(op_name: str, inp: Any, target: Any) -> None:
+    if target.ndim != 1:
+        raise errors.Msg(f"the target tensor should have a single dimension ({fmt_shape(target.shape)})")
+    if inp.ndim != 2:
+        raise errors.Msg(f"{op_name} expects an input tensor of rank 2, got {fmt_shape(inp.shape)}")
+    if inp.shape[0] != target.shape[0]:
+        raise errors.Msg(f"batch size mismatch between inp ({inp.shape[0]}) and target ({target.shape[0]})")
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise errors.UnexpectedDType(DType.U32, to_dtype(target.dtype), f"{op_name}: targets must be class ids")
+
+
+@op
+def _nll(lp: Any, t: Any) -> Any:
+    picked = jnp.take_along_axis(_upcast(lp), t.astype(jnp.int32)[:, None], axis=1)
+    return (-jnp.mean(picked)).astype(lp.dtype)
+
+
+@op
+def _ce(logits: Any, t: Any) -> Any:
+    return _nll(_log_softmax.raw(logits, axis=1), t)
+
+
+def nll(inp: Any, target: Any) -> Any:
+    """Mean of ``-inp[i, target[i]]``; ``inp`` ``(B, C)`` log-probabilities, ``target`` ``(B,)``."""
+    x, t = _a(inp), _a(target)
+    _check_float("nll", x)
+    _check_targets("nll", x, t)
+    return wrap(_nll(x, t))
+
+
+def cross_entropy(inp: Any, target: Any) -> Any:
+    """``nll(log_softmax(inp, 1), target)``: logits ``(B, C)``, class ids ``(B,)`` (``F.cross_entropy``)."""
+    x, t = _a(inp), _a(target)
+    _check_float("cross_entropy", x)
+    if x.ndim != 2:
+        raise errors.Msg(f"cross_entropy expects an input tensor of rank 2, got {fmt_shape(x.shape)}")
+    _check_targets("cross_entropy", x, t)
+    return wrap(_ce(x, t))
+
+
+def _check_same(op_name: str, x: Any, t: Any) -> None:
+    _check_float(op_name, x)
+    if x.shape != t.shape:
+        raise errors.ShapeMismatchBinaryOp(x.shape, t.shape, op_name)
+    if x.dtype != t.dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(t.dtype), op_name)
+
+
+@op
+def _mse(x: Any, t: Any) -> Any:
+    return jnp.mean(jnp.square(_upcast(x) - _upcast(t))).astype(x.dtype)
+
+
+def mse(inp: Any, target: Any) -> Any:
+    """Mean squared error; shapes must be equal (``F.mse_loss``)."""
+    x, t = _a(inp), _a(target)
+    _check_same("mse", x, t)
+    return wrap(_mse(x, t))
+
+
+@op
+def _bce_logit(x: Any, t: Any) -> Any:
+    xf, tf = _upcast(x), _upcast(t)
+    loss = jnp.maximum(xf, 0) - xf * tf + jnp.log1p(jnp.exp(-jnp.abs(xf)))
+    return jnp.mean(loss).astype(x.dtype)
+
+
+def binary_cross_entropy_with_logit(inp: Any, target: Any) -> Any:
+    """Mean binary cross-entropy on logits (``F.binary_cross_entropy_with_logits``).
+
+    Uses the stable ``max(x, 0) - x·t + log(1 + exp(-|x|))`` form; Candle applies sigmoid first and
+    overflows to inf/NaN for large logits.
+    """
+    x, t = _a(inp), _a(target)
+    _check_same("binary_cross_entropy_with_logit", x, t)
+    return wrap(_bce_logit(x, t))
+
+
+@op(static=("delta",))
+def _huber(x: Any, t: Any, *, delta: float) -> Any:
+    d = jnp.abs(_upcast(x) - _upcast(t))
+    loss = jnp.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
+    return jnp.mean(loss).astype(x.dtype)
+
+
+def huber(inp: Any, target: Any, delta: float) -> Any:
+    """Mean Huber loss (``F.huber_loss(reduction='mean', delta=delta)``); shapes must be equal."""
+    x, t = _a(inp), _a(target)
+    _check_same("huber", x, t)
+    return wrap(_huber(x, t, delta=float(delta)))
+
+

@@ -1,0 +1,641 @@
+"""Module, ModuleT, Var and Buffer: layers as pytrees whose parameters carry checkpoint names.
+
+requires: jax, candlejax.tensor (Tensor, wrap), candlejax.errors
+provides: ``Var`` (trainable, named), ``Buffer`` (named, not trained), ``Module``, ``ModuleT``,
+``static_field_names``, ``named_vars``, ``LayerInputShape`` and the helpers layers share.
+
+Every ``Module`` subclass registers itself as a JAX pytree when the class is created: Tensors,
+Vars, jax/numpy arrays, submodules and lists/tuples/dicts holding them are children; everything
+else (ints, floats, strings, dtypes, configs, callables, ``None``) is static aux data. So a model
+passes straight through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``lax.scan``, and ``cj.grad``
+returns gradients as a tree shaped like the model.
+
+A ``Var`` (Candle's ``Var``) is a Tensor that knows its checkpoint name (``"first.weight"``, static
+data); only Vars are trained. A ``Buffer`` is a named Tensor that is saved with the model but
+never differentiated (BatchNorm running statistics). Plain Tensors (rotary tables) are neither
+trained nor saved. Ops on a Var or a Buffer return plain Tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.errors import fmt_shape
+from candlejax.shape import as_shape
+from candlejax.tensor import Tensor
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = [
+    "Buffer",
+    "LayerInputShape",
+    "Module",
+    "ModuleT",
+    "Var",
+    "as_array",
+    "named_buffers",
+    "named_tensors",
+    "named_vars",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
+    """The ``jax.Array`` (or tracer) behind ``x``: a Tensor, a jax/numpy array or a Python value."""
+    if isinstance(x, TensorBase):
+        a = x._a
+    elif isinstance(x, jax.Array):
+        a = x
+    else:
+        if dtype is not None:
+            dt = check_width(to_dtype(dtype))
+            a = np.asarray(x, dtype=dt.np)
+        else:
+            a = np.asarray(x)
+            if a.dtype == np.float64:
+                a = a.astype(np.float32)
+            elif a.dtype == np.int64:
+                a = a.astype(np.int32)
+        a = jax.device_put(a, Device.coerce(device).jax_device) if device is not None else jnp.asarray(a)
+        return a
+    if dtype is not None:
+        dt = check_width(to_dtype(dtype))
+        if a.dtype != dt.np:
+            a = a.astype(dt.np)
+    if device is not None and not isinstance(a, jax.core.Tracer):
+        a = jax.device_put(a, Device.coerce(device).jax_device)
+    return a
+
+
+class LayerInputShape(errors.UnexpectedShape):
+    """A layer got an input of the wrong shape; the message names the layer path."""
+
+    def __init__(self, layer: str, expected: str, got: Any, hint: str = ""):
+        self.layer, self.expected, self.got = layer, expected, tuple(got)
+        errors.Error.__init__(
+            self,
+            f"{layer}: unexpected input shape, expected: {expected}, got: {fmt_shape(got)}"
+            + (f" ({hint})" if hint else ""),
+        )
+
+
+def layer_name(default: str, *tensors: Any) -> str:
+    """A layer's path for error messages: the prefix of its first named parameter."""
+    for t in tensors:
+        name = getattr(t, "name", "")
+        if name:
+            return f"{default} '{name.rpartition('.')[0] or name}'"
+    return default
+
+
+# ------------------------------------------------------------------------------------------------
+# Var and Buffer
+# ------------------------------------------------------------------------------------------------
+class _Named(Tensor):
+    """A Tensor with a checkpoint name (static pytree data)."""
+
+    __slots__ = ("name",)
+    name: str
+
+    def __new__(cls, data: Any, name: str = "", *, dtype: Any = None, device: Any = None) -> Any:
+        return cls._make(as_array(data, dtype, device), name)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # construction happens in __new__
+        pass
+
+    @classmethod
+    def _make(cls, a: Any, name: str = "") -> Any:
+        v = object.__new__(cls)
+        v._a = a
+        v.name = name
+        return v
+
+    def as_tensor(self) -> Tensor:
+        """The value as a plain Tensor (shares the buffer)."""
+        return wrap(self._a)
+
+    def into_inner(self) -> Tensor:
+        return wrap(self._a)
+
+    def as_detached_tensor(self) -> Tensor:
+        """``Var::as_detached_tensor``: the value with gradients stopped."""
+        return wrap(jax.lax.stop_gradient(self._a))
+
+    def set(self, src: Any) -> Any:
+        """``Var::set``, functionally: a new Var with the same name holding ``src`` (same shape)."""
+        a = as_array(src)
+        if tuple(a.shape) != tuple(self._a.shape):
+            raise errors.ShapeMismatchBinaryOp(self._a.shape, a.shape, "set")
+        if a.dtype != self._a.dtype:
+            raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(a.dtype), "set")
+        return type(self)._make(a, self.name)
+
+    def rename(self, name: str) -> Any:
+        return type(self)._make(self._a, name)
+
+    def __repr__(self) -> str:
+        a = self._a
+        dt = "?" if a is None else to_dtype(a.dtype).as_str() if not isinstance(a, jax.core.Tracer) else str(a.dtype)
+        shape = "?" if a is None else fmt_shape(a.shape)
+        body = ""
+        base_repr = Tensor.__repr__
+        if base_repr is not object.__repr__ and a is not None and not isinstance(a, jax.core.Tracer):
+            try:
+                body = "\n" + base_repr(self)
+            except Exception:
+                body = ""
+        return f"{type(self).__name__}({self.name!r}, {dt}{shape}){body}"
+
+
+class Var(_Named):
+    """A trainable parameter: a Tensor that carries its checkpoint name (Candle's ``Var``).
+
+    ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``; ``v.set(t)`` returns a
+    new Var (Candle's in-place ``set`` made functional). Ops on a Var return plain Tensors.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def from_tensor(t: Any, name: str = "") -> Var:
+        """``Var::from_tensor``: a Var holding ``t``'s value (no copy: arrays are immutable)."""
+        return Var._make(as_array(t), name or getattr(t, "name", ""))
+
+    @staticmethod
+    def new(data: Any, device: Any = None, name: str = "") -> Var:
+        return Var._make(as_array(data, None, device), name)
+
+    @staticmethod
+    def zeros(shape: Any, dtype: Any = DType.F32, device: Any = None, name: str = "") -> Var:
+        dt = check_width(to_dtype(dtype))
+        return Var._make(as_array(np.zeros(as_shape(shape), dt.np), None, device), name)
+
+    @staticmethod
+    def ones(shape: Any, dtype: Any = DType.F32, device: Any = None, name: str = "") -> Var:
+        dt = check_width(to_dtype(dtype))
+        return Var._make(as_array(np.ones(as_shape(shape), dt.np), None, device), name)
+
+
+class Buffer(_Named):
+    """A named, non-trainable Tensor saved with the model (BatchNorm running statistics).
+
+    PyTorch's registered buffer; Candle keeps these as Vars that the optimizer happens to skip.
+    """
+
+    __slots__ = ()
+
+
+def _named_flatten(v: _Named) -> tuple[tuple[Any], str]:
+    return (v._a,), v.name
+
+
+for _cls in (Var, Buffer):
+    jax.tree_util.register_pytree_node(_cls, _named_flatten, lambda name, ch, _c=_cls: _c._make(ch[0], name))
+
+
+# ------------------------------------------------------------------------------------------------
+# Module pytree machinery
+# ------------------------------------------------------------------------------------------------
+_SCALARS = (int, float, complex, str, bytes, bool, DType, Device, type)
+
+
+def _is_dynamic(v: Any) -> bool:
+    """Whether a Module attribute is a pytree child (arrays and what holds them) or static data."""
+    if v is None or isinstance(v, (Module, TensorBase, jax.Array, np.ndarray)):
+        return True  # None too: a tree with some leaves replaced by None keeps the same structure
+    if isinstance(v, _SCALARS):
+        return False
+    if isinstance(v, (list, tuple)):
+        return any(_is_dynamic(x) for x in v)
+    if isinstance(v, dict):
+        return any(_is_dynamic(x) for x in v.values())
+    if callable(v) and not hasattr(v, "__jax_array__"):
+        return False
+    leaves = jax.tree_util.tree_leaves(v)
+    if len(leaves) == 1 and leaves[0] is v:
+        return False
+    return any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+
+
+class _Static:
+    """A hashable wrapper for a static field value (falls back to identity for unhashable ones)."""
+
+    __slots__ = ("_h", "value")
+
+    def __init__(self, value: Any):
+        self.value = value
+        try:
+            self._h = hash((type(value), value))
+        except TypeError:
+            try:
+                self._h = hash((type(value), repr(value)))
+            except Exception:
+                self._h = hash(type(value))
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Static) or self._h != other._h:
+            return False
+        a, b = self.value, other.value
+        if a is b:
+            return True
+        if type(a) is not type(b):
+            return False
+        try:
+            return bool(a == b)
+        except Exception:
+            return False
+
+    def __repr__(self) -> str:
+        return f"static({self.value!r})"
+
+
+def _flatten(m: Module) -> tuple[list[Any], Any]:
+    d = m.__dict__
+    forced = type(m)._static_fields
+    keys = tuple(d)
+    children = []
+    mask = []
+    statics = []
+    for k in keys:
+        v = d[k]
+        if k not in forced and _is_dynamic(v):
+            children.append(v)
+            mask.append(True)
+        else:
+            if k in forced and isinstance(v, (TensorBase, jax.Array)):
+                raise errors.Msg(
+                    f"{type(m).__name__}.{k} is declared static but holds an array; arrays must be"
+                    " pytree children (remove it from _static_fields)"
+                )
+            statics.append(_Static(v))
+            mask.append(False)
+    return children, (keys, tuple(mask), tuple(statics))
+
+
+def _flatten_with_keys(m: Module) -> tuple[list[Any], Any]:
+    children, aux = _flatten(m)
+    keys, mask, _ = aux
+    dyn_keys = [k for k, is_dyn in zip(keys, mask) if is_dyn]
+    return [(jax.tree_util.GetAttrKey(k), c) for k, c in zip(dyn_keys, children)], aux
+
+
+def _make_unflatten(cls: type) -> Callable[[Any, Any], Any]:
+    new = object.__new__
+
+    def unflatten(aux: Any, children: Any) -> Any:
+        keys, mask, statics = aux
+        obj = new(cls)
+        d = obj.__dict__
+        ci = iter(children)
+        si = iter(statics)
+        for k, is_dyn in zip(keys, mask):
+            d[k] = next(ci) if is_dyn else next(si).value
+        return obj
+
+    return unflatten
+
+
+def _register(cls: type) -> None:
+    jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, _make_unflatten(cls), _flatten)
+
+
+def _is_var(x: Any) -> bool:
+    return isinstance(x, Var)
+
+
+def _is_named(x: Any) -> bool:
+    return isinstance(x, _Named)
+
+
+def _path_str(path: Any) -> str:
+    parts = []
+    for p in path:
+        if isinstance(p, jax.tree_util.GetAttrKey):
+            parts.append(p.name)
+        elif isinstance(p, jax.tree_util.SequenceKey):
+            parts.append(str(p.idx))
+        elif isinstance(p, jax.tree_util.DictKey):
+            parts.append(str(p.key))
+        else:
+            parts.append(str(getattr(p, "key", getattr(p, "idx", p))))
+    return ".".join(parts)
+
+
+def _collect(tree: Any, pred: Callable[[Any], bool]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_named)[0]
+    for path, leaf in leaves:
+        if pred(leaf):
+            name = leaf.name or _path_str(path)
+            out.setdefault(name, leaf)
+    return out
+
+
+def named_vars(tree: Any) -> dict[str, Var]:
+    """Checkpoint name -> Var for every trainable parameter in ``tree`` (a Module or any pytree).
+
+    Unnamed Vars are named by their attribute path (``"layers.0.weight"``); a Var shared by two
+    layers (tied weights) appears once.
+    """
+    return _collect(tree, _is_var)
+
+
+def named_buffers(tree: Any) -> dict[str, Buffer]:
+    """Checkpoint name -> Buffer (non-trainable named tensors such as running statistics)."""
+    return _collect(tree, lambda x: isinstance(x, Buffer))
+
+
+def named_tensors(tree: Any) -> dict[str, Any]:
+    """Every named tensor (Vars and Buffers): what ``save_safetensors`` writes."""
+    return _collect(tree, _is_named)
+
+
+# ------------------------------------------------------------------------------------------------
+# safetensors writing (atomic)
+# ------------------------------------------------------------------------------------------------
+_ST_DTYPES = {
+    "u8": "U8", "u32": "U32", "i16": "I16", "i32": "I32", "i64": "I64",
+    "bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64", "f8e4m3": "F8_E4M3",
+}  # fmt: skip
+
+
+def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write ``name -> Tensor/array`` to a safetensors file atomically (temp file + rename)."""
+    path = os.fspath(path)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        a = np.asarray(t._a if isinstance(t, TensorBase) else t)
+        dt = to_dtype(a.dtype)
+        raw = np.ascontiguousarray(a).tobytes()
+        end = offset + len(raw)
+        header[name] = {"dtype": _ST_DTYPES[dt.value], "shape": list(a.shape), "data_offsets": [offset, end]}
+        blobs.append(raw)
+        offset += len(raw)
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(hb).to_bytes(8, "little"))
+            f.write(hb)
+            for b in blobs:
+                f.write(b)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Module
+# ------------------------------------------------------------------------------------------------
+class Module:
+    """Base class of every layer and model (Candle's ``Module`` trait), and a JAX pytree.
+
+    Subclasses set attributes in ``__init__`` and implement ``forward(xs)``; ``m(xs)`` calls it.
+    Arrays, Tensors, Vars and submodules (also inside lists, tuples and dicts) are pytree
+    children; other values are static. Name attributes in ``_static_fields`` to force them static.
+
+    >>> from candlejax.nn import Linear, Var
+    >>> lin = Linear(Var([[1.0, 2.0]], "w.weight"), None)
+    >>> sorted(lin.named_vars())
+    ['w.weight']
+    """
+
+    _static_fields: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._static_fields = frozenset().union(*(getattr(b, "_static_fields", ()) for b in cls.__mro__))
+        _register(cls)
+
+    # --- forward ---------------------------------------------------------------------------------
+    def forward(self, xs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward(xs)")
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        """Candle's blanket ``ModuleT`` impl for every Module: ignores ``train``."""
+        return self.forward(xs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # --- parameters ------------------------------------------------------------------------------
+    def named_vars(self) -> dict[str, Var]:
+        """Checkpoint name -> Var, e.g. ``{"first.weight": Var, "first.bias": Var, ...}``."""
+        return named_vars(self)
+
+    def named_buffers(self) -> dict[str, Buffer]:
+        return named_buffers(self)
+
+    def named_tensors(self) -> dict[str, Any]:
+        """Vars and Buffers by checkpoint name."""
+        return named_tensors(self)
+
+    def all_vars(self) -> list[Var]:
+        return list(named_vars(self).values())
+
+    def num_params(self) -> int:
+        """The number of trainable scalars."""
+        return sum(int(np.prod(v.shape)) for v in named_vars(self).values())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Checkpoint name -> plain Tensor, for every Var and Buffer."""
+        return {k: wrap(v._a) for k, v in named_tensors(self).items()}
+
+    def save_safetensors(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write every Var and Buffer under its checkpoint name (written atomically)."""
+        save_safetensors_dict(named_tensors(self), path, metadata)
+
+    def load_safetensors(self, path: str | os.PathLike, strict: bool = True) -> Any:
+        """A copy of this module with every Var/Buffer replaced by the file's tensor of the same name.
+
+        Raises listing the missing and unexpected names when ``strict`` and the file comes from a
+        different architecture; shapes must match.
+        """
+        from candlejax.nn.var_builder import _open_safetensors
+
+        st = _open_safetensors([os.fspath(path)])
+        return self.load_state_dict({n: st.get(n) for n in st.names()}, strict=strict, source=os.fspath(path))
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
+        """A copy of this module whose named tensors take their values from ``state``."""
+        mine = named_tensors(self)
+        missing = sorted(set(mine) - set(state))
+        unexpected = sorted(set(state) - set(mine))
+        if strict and (missing or unexpected):
+            raise errors.Msg(
+                f"cannot load {source} into {type(self).__name__}: missing: {missing[:20]}"
+                f"{' ...' if len(missing) > 20 else ''}, unexpected: {unexpected[:20]}"
+                f"{' ...' if len(unexpected) > 20 else ''}"
+            )
+
+        def repl(x: Any) -> Any:
+            if not isinstance(x, _Named) or not x.name or x.name not in state:
+                return x
+            a = as_array(state[x.name])
+            if tuple(a.shape) != tuple(x.shape):
+                raise errors.UnexpectedShape(f"shape mismatch for {x.name} in {source}", x.shape, a.shape)
+            if a.dtype != x._a.dtype:
+                a = a.astype(x._a.dtype)
+            devs = getattr(x._a, "devices", None)
+            if devs is not None:
+                a = jax.device_put(a, next(iter(devs())))
+            return type(x)._make(a, x.name)
+
+        return jax.tree_util.tree_map(repl, self, is_leaf=_is_named)
+
+    # --- functional updates ----------------------------------------------------------------------
+    def replace(self, **changes: Any) -> Any:
+        """A shallow copy with some attributes replaced (how stateful layers return new state)."""
+        new = copy.copy(self)
+        for k, v in changes.items():
+            if k not in new.__dict__:
+                raise AttributeError(f"{type(self).__name__} has no attribute {k!r}")
+            new.__dict__[k] = v
+        return new
+
+    def to_dtype(self, dtype: Any) -> Any:
+        """A copy with every floating-point Var/Buffer/Tensor cast to ``dtype``."""
+        dt = check_width(to_dtype(dtype))
+
+        def cast(x: Any) -> Any:
+            if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+                return jnp.asarray(x).astype(dt.np)
+            return x
+
+        return jax.tree_util.tree_map(cast, self)
+
+    # --- display ---------------------------------------------------------------------------------
+    def _fields(self) -> Iterator[tuple[str, Any]]:
+        for k, v in self.__dict__.items():
+            if not k.startswith("_"):
+                yield k, v
+
+    def extra_repr(self) -> str:
+        """Static settings shown next to the layer name (override in layers)."""
+        items = []
+        for k, v in self._fields():
+            if v is not None and not _is_dynamic(v) and not callable(v):
+                items.append(f"{k}={v!r}")
+        return ", ".join(items)
+
+    def __repr__(self) -> str:
+        return "\n".join(self._repr_lines(0))
+
+    def _repr_lines(self, indent: int) -> list[str]:
+        pad = "  " * (indent + 1)
+        head = type(self).__name__
+        try:
+            extra = self.extra_repr()
+        except Exception:  # noqa: BLE001 - e.g. a gradient tree whose non-Var leaves are None
+            extra = ""
+        sub: list[str] = []
+        for k, v in self._fields():
+            sub.extend(_field_lines(k, v, indent + 1, pad))
+        if not sub:
+            return [f"{head}({extra})"]
+        return [f"{head}({extra}", *sub, "  " * indent + ")"]
+
+    def _repr_html_(self) -> str:
+        n = self.num_params()
+        return (
+            f"<div style='font-family:monospace'><b>{html.escape(type(self).__name__)}</b>"
+            f" — {n:,} trainable parameters{_html_body(self._fields())}</div>"
+        )
+
+
+def _tensor_desc(v: Any) -> str:
+    a = v._a if isinstance(v, TensorBase) else v
+    if a is None:
+        return "None"
+    try:
+        dt = to_dtype(a.dtype).as_str()
+    except Exception:
+        dt = str(a.dtype)
+    kind = type(v).__name__ if isinstance(v, TensorBase) else "array"
+    name = getattr(v, "name", "")
+    return f"{kind} {dt}{fmt_shape(a.shape)}" + (f" {name!r}" if name else "")
+
+
+def _field_lines(k: str, v: Any, indent: int, pad: str) -> list[str]:
+    if isinstance(v, Module):
+        lines = v._repr_lines(indent)
+        return [f"{pad}{k}: {lines[0]}", *lines[1:]]
+    if isinstance(v, (TensorBase, jax.Array, np.ndarray)):
+        return [f"{pad}{k}: {_tensor_desc(v)}"]
+    if isinstance(v, (list, tuple)) and _is_dynamic(v):
+        out = []
+        for i, x in enumerate(v):
+            out.extend(_field_lines(f"{k}.{i}", x, indent, pad))
+        return out
+    if isinstance(v, dict) and _is_dynamic(v):
+        out = []
+        for i, x in v.items():
+            out.extend(_field_lines(f"{k}.{i}", x, indent, pad))
+        return out
+    return []
+
+
+def _html_body(fields: Any) -> str:
+    rows = []
+    for k, v in fields:
+        if isinstance(v, Module):
+            n = v.num_params()
+            rows.append(
+                f"<details style='margin-left:1em'><summary>{html.escape(k)}: <b>{html.escape(type(v).__name__)}</b>"
+                f"({html.escape(v.extra_repr())}) <i>{n:,} params</i></summary>{_html_body(v._fields())}</details>"
+            )
+        elif isinstance(v, (TensorBase, jax.Array, np.ndarray)):
+            rows.append(f"<div style='margin-left:1em'>{html.escape(k)}: {html.escape(_tensor_desc(v))}</div>")
+        elif isinstance(v, (list, tuple, dict)) and _is_dynamic(v):
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            rows.append(_html_body((f"{k}.{i}", x) for i, x in items))
+    return "".join(rows)
+
+
+_register(Module)
+
+
+class ModuleT(Module):
+    """A layer whose behaviour depends on training mode (Candle's ``ModuleT``): BatchNorm, Dropout.
+
+    Implement ``forward_t(xs, train)``; ``train`` is a Python bool (static under ``jit``, so each
+    mode compiles once). ``m(xs)`` and ``m.forward(xs)`` run in evaluation mode;
+    ``m(xs, train=True)`` in training mode.
+    """
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward_t(xs, train)")
+
+    def forward(self, xs: Any) -> Any:
+        return self.forward_t(xs, False)
+
+    def __call__(self, xs: Any, train: bool = False, **kwargs: Any) -> Any:
+        return self.forward_t(xs, train, **kwargs)

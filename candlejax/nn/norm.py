@@ -1,0 +1,335 @@
+"""Normalisation layers: ``LayerNorm``, ``RmsNorm``, ``GroupNorm``, ``BatchNorm``.
+
+requires: candlejax.nn.ops (layer_norm, rms_norm), candlejax.nn.module, candlejax.nn.init
+provides: ``LayerNormConfig``, ``LayerNorm``, ``layer_norm``, ``layer_norm_no_bias``, ``RmsNorm``,
+``rms_norm``, ``GroupNorm``, ``group_norm``, ``BatchNormConfig``, ``BatchNorm``, ``batch_norm``
+
+All are differentiable (Candle's fused layer/rms norm are not). BatchNorm's running statistics
+are ``Buffer``s (saved, never trained) and are updated functionally:
+``y, bn = bn.forward_train(x)`` returns the output and the layer with its new statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.nn import ops
+from candlejax.nn.init import ONE, ZERO
+from candlejax.nn.linear import _as_param
+from candlejax.nn.module import Buffer, LayerInputShape, Module, ModuleT, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = [
+    "BatchNorm",
+    "BatchNormConfig",
+    "GroupNorm",
+    "LayerNorm",
+    "LayerNormConfig",
+    "RmsNorm",
+    "batch_norm",
+    "group_norm",
+    "layer_norm",
+    "layer_norm_no_bias",
+    "rms_norm",
+]
+
+
+def _arr(x: Any) -> Any:
+    return x._a if isinstance(x, TensorBase) else as_array(x)
+
+
+@dataclass(frozen=True)
+class LayerNormConfig:
+    """``eps`` 1e-5, ``remove_mean`` (False gives RMS norm), ``affine`` (learned weight and bias)."""
+
+    eps: float = 1e-5
+    remove_mean: bool = True
+    affine: bool = True
+
+    @staticmethod
+    def from_eps(eps: float) -> LayerNormConfig:
+        return LayerNormConfig(eps=eps)
+
+
+class LayerNorm(Module):
+    """Normalise over the last dim (``nn.LayerNorm(normalized_shape=H)``); f16/bf16 computed in f32."""
+
+    def __init__(self, weight: Any, bias: Any = None, eps: float = 1e-5, remove_mean: bool = True):
+        self.weight = _as_param(weight)
+        self.bias = _as_param(bias)
+        self.eps = float(eps)
+        self.remove_mean = bool(remove_mean)
+
+    @staticmethod
+    def new(weight: Any, bias: Any, eps: float) -> LayerNorm:
+        return LayerNorm(weight, bias, eps)
+
+    @staticmethod
+    def new_no_bias(weight: Any, eps: float) -> LayerNorm:
+        return LayerNorm(weight, None, eps)
+
+    @staticmethod
+    def rms_norm(weight: Any, eps: float) -> LayerNorm:
+        return LayerNorm(weight, None, eps, remove_mean=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.weight.shape[0]}, eps={self.eps}" + ("" if self.remove_mean else ", rms")
+
+    def _check(self, x: Any) -> None:
+        h = self.weight.shape[0]
+        if x.ndim < 1 or x.shape[-1] != h:
+            raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape)
+
+    def forward(self, xs: Any) -> Any:
+        x = _arr(xs)
+        self._check(x)
+        if self.remove_mean:
+            return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        out = ops.rms_norm(x, self.weight, self.eps)
+        if self.bias is not None:
+            out = wrap(out._a + self.bias._a.astype(x.dtype))
+        return out
+
+
+def layer_norm(size: int, config: LayerNormConfig | float, vb: Any) -> LayerNorm:
+    """Params ``weight`` (ones) and, when ``affine``, ``bias`` (zeros); a float config is the eps."""
+    if not isinstance(config, LayerNormConfig):
+        config = LayerNormConfig(eps=float(config))
+    w = vb.get_with_hints((size,), "weight", ONE)
+    b = vb.get_with_hints((size,), "bias", ZERO) if config.affine else None
+    return LayerNorm(w, b, config.eps, config.remove_mean)
+
+
+def layer_norm_no_bias(size: int, eps: float, vb: Any) -> LayerNorm:
+    return LayerNorm(vb.get_with_hints((size,), "weight", ONE), None, eps)
+
+
+class RmsNorm(LayerNorm):
+    """``x / sqrt(mean(x²) + eps) * weight`` over the last dim (``nn.RMSNorm``); differentiable."""
+
+    def __init__(self, weight: Any, eps: float = 1e-6):
+        super().__init__(weight, None, eps, remove_mean=False)
+
+    @staticmethod
+    def new(weight: Any, eps: float) -> RmsNorm:  # type: ignore[override]
+        return RmsNorm(weight, eps)
+
+    def into_inner(self) -> LayerNorm:
+        return LayerNorm(self.weight, None, self.eps, remove_mean=False)
+
+    def forward_diff(self, xs: Any) -> Any:
+        """Candle's differentiable path; every path is differentiable here."""
+        return self.forward(xs)
+
+
+def rms_norm(size: int, eps: float, vb: Any) -> RmsNorm:
+    """Param ``weight`` (ones)."""
+    return RmsNorm(vb.get_with_hints((size,), "weight", ONE), eps)
+
+
+# ------------------------------------------------------------------------------------------------
+@op(static=("groups", "eps"))
+def _group_norm(x: Any, w: Any, b: Any, *, groups: int, eps: float) -> Any:
+    xf = x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
+    bsz, c = x.shape[:2]
+    g = xf.reshape(bsz, groups, -1)
+    mean = jnp.mean(g, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=-1, keepdims=True)
+    y = ((g - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
+    bshape = (1, c) + (1,) * (x.ndim - 2)
+    return (y * w.reshape(bshape) + b.reshape(bshape)).astype(x.dtype)
+
+
+class GroupNorm(Module):
+    """``nn.GroupNorm(num_groups, num_channels)``: input ``(B, C, ...)`` with rank >= 3."""
+
+    def __init__(self, weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float = 1e-5):
+        if num_groups <= 0 or num_channels % num_groups:
+            raise errors.Msg(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+        self.weight = _as_param(weight)
+        self.bias = _as_param(bias)
+        self.num_channels = int(num_channels)
+        self.num_groups = int(num_groups)
+        self.eps = float(eps)
+
+    @staticmethod
+    def new(weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float) -> GroupNorm:
+        return GroupNorm(weight, bias, num_channels, num_groups, eps)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.num_groups}, channels={self.num_channels}, eps={self.eps}"
+
+    def forward(self, xs: Any) -> Any:
+        x = _arr(xs)
+        if x.ndim < 3:
+            raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
+        if x.shape[1] != self.num_channels:
+            raise LayerInputShape(layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape)
+        return wrap(_group_norm(x, self.weight._a, self.bias._a, groups=self.num_groups, eps=self.eps))
+
+
+def group_norm(num_groups: int, num_channels: int, eps: float, vb: Any) -> GroupNorm:
+    """Params ``weight`` (ones) and ``bias`` (zeros)."""
+    if num_groups <= 0 or num_channels % num_groups:
+        raise errors.Msg(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+    w = vb.get_with_hints((num_channels,), "weight", ONE)
+    b = vb.get_with_hints((num_channels,), "bias", ZERO)
+    return GroupNorm(w, b, num_channels, num_groups, eps)
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchNormConfig:
+    """``eps`` 1e-5, ``remove_mean`` True, ``affine`` True, ``momentum`` 0.1 (Candle's defaults)."""
+
+    eps: float = 1e-5
+    remove_mean: bool = True
+    affine: bool = True
+    momentum: float = 0.1
+
+
+def _as_buffer(t: Any) -> Buffer:
+    return t if isinstance(t, Buffer) else Buffer(t, getattr(t, "name", ""))
+
+
+def _bshape(x: Any) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+@op(static=("eps", "remove_mean", "momentum"))
+def _bn_train(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float, remove_mean: bool, momentum: float) -> Any:
+    xf = x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
+    axes = (0, *tuple(range(2, x.ndim)))
+    n = x.size // x.shape[1]
+    if remove_mean:
+        mean = jnp.mean(xf, axis=axes)
+        xc = xf - mean.reshape(_bshape(x))
+        new_rm = rm * (1.0 - momentum) + lax.stop_gradient(mean).astype(rm.dtype) * momentum
+    else:
+        xc, new_rm = xf, rm
+    var = jnp.mean(jnp.square(xc), axis=axes)
+    unbiased = lax.stop_gradient(var) * (n / max(n - 1, 1))
+    new_rv = rv * (1.0 - momentum) + unbiased.astype(rv.dtype) * momentum
+    y = xc * lax.rsqrt(var + eps).reshape(_bshape(x))
+    if w is not None:
+        y = y * w.reshape(_bshape(x)) + b.reshape(_bshape(x))
+    return y.astype(x.dtype), new_rm, new_rv
+
+
+@op(static=("eps", "remove_mean"))
+def _bn_eval(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float, remove_mean: bool) -> Any:
+    xf = x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
+    xc = xf - rm.reshape(_bshape(x)) if remove_mean else xf
+    y = xc * lax.rsqrt(rv.reshape(_bshape(x)) + eps)
+    if w is not None:
+        y = y * w.reshape(_bshape(x)) + b.reshape(_bshape(x))
+    return y.astype(x.dtype)
+
+
+class BatchNorm(ModuleT):
+    """Batch normalisation over dim 1 (``nn.BatchNorm1d/2d``); a ``ModuleT``.
+
+    ``bn(x)`` / ``bn.forward_t(x, False)`` use the running statistics. ``bn.forward_t(x, True)``
+    normalises with the batch statistics and returns only the output; ``y, bn = bn.forward_train(x)``
+    also returns the layer with its running statistics updated (Candle's ``Var::set``, made
+    functional). Running variance is updated with the unbiased batch variance, as in PyTorch.
+    """
+
+    def __init__(
+        self, num_features: int, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
+        eps: float = 1e-5, momentum: float = 0.1, remove_mean: bool = True,
+    ):  # fmt: skip
+        if eps < 0:
+            raise errors.Msg(f"batch-norm eps cannot be negative {eps}")
+        self.running_mean = _as_buffer(running_mean)
+        self.running_var = _as_buffer(running_var)
+        self.weight = _as_param(weight)
+        self.bias = _as_param(bias)
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.remove_mean = bool(remove_mean)
+        for n, t in (("running_mean", self.running_mean), ("running_var", self.running_var), ("weight", self.weight),
+                     ("bias", self.bias)):  # fmt: skip
+            if t is not None and tuple(t.shape) != (self.num_features,):
+                raise errors.UnexpectedShape(f"batch-norm {n} has unexpected shape", (self.num_features,), t.shape)
+
+    @staticmethod
+    def new(num_features: int, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: float) -> BatchNorm:
+        return BatchNorm(num_features, running_mean, running_var, weight, bias, eps)
+
+    @staticmethod
+    def new_no_bias(num_features: int, running_mean: Any, running_var: Any, eps: float) -> BatchNorm:
+        return BatchNorm(num_features, running_mean, running_var, None, None, eps)
+
+    @staticmethod
+    def new_with_momentum(num_features: int, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+                          eps: float, momentum: float) -> BatchNorm:  # fmt: skip
+        return BatchNorm(num_features, running_mean, running_var, weight, bias, eps, momentum)
+
+    @staticmethod
+    def new_no_bias_with_momentum(num_features: int, running_mean: Any, running_var: Any, eps: float,
+                                  momentum: float) -> BatchNorm:  # fmt: skip
+        return BatchNorm(num_features, running_mean, running_var, None, None, eps, momentum)
+
+    def extra_repr(self) -> str:
+        return f"features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _check(self, x: Any) -> None:
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise LayerInputShape(
+                layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape
+            )
+
+    def _wb(self) -> tuple[Any, Any]:
+        return (None, None) if self.weight is None else (self.weight._a, self.bias._a)
+
+    def forward_train(self, xs: Any) -> tuple[Any, BatchNorm]:
+        """Normalise with batch statistics; return ``(output, layer with updated running stats)``."""
+        x = _arr(xs)
+        self._check(x)
+        w, b = self._wb()
+        y, rm, rv = _bn_train(
+            x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps, remove_mean=self.remove_mean,
+            momentum=self.momentum,
+        )  # fmt: skip
+        new = self.replace(
+            running_mean=Buffer._make(rm, self.running_mean.name), running_var=Buffer._make(rv, self.running_var.name)
+        )
+        return wrap(y), new
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        if train:
+            return self.forward_train(xs)[0]
+        x = _arr(xs)
+        self._check(x)
+        w, b = self._wb()
+        return wrap(
+            _bn_eval(x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps, remove_mean=self.remove_mean)
+        )
+
+
+def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> BatchNorm:
+    """Params ``running_mean`` (zeros), ``running_var`` (ones), ``weight`` (ones), ``bias`` (zeros).
+
+    The running statistics are ``Buffer``s: saved under ``prefix.running_mean`` / ``running_var`` but
+    never trained.
+    """
+    if not isinstance(config, BatchNormConfig):
+        config = BatchNormConfig(eps=float(config))
+    if config.eps < 0:
+        raise errors.Msg(f"batch-norm eps cannot be negative {config.eps}")
+    rm = vb.get_with_hints((num_features,), "running_mean", ZERO)
+    rv = vb.get_with_hints((num_features,), "running_var", ONE)
+    rm, rv = Buffer._make(rm._a, rm.name), Buffer._make(rv._a, rv.name)
+    w = b = None
+    if config.affine:
+        w = vb.get_with_hints((num_features,), "weight", ONE)
+        b = vb.get_with_hints((num_features,), "bias", ZERO)
+    return BatchNorm(num_features, rm, rv, w, b, config.eps, config.momentum, config.remove_mean)

@@ -1,0 +1,578 @@
+"""``candle_nn::ops``: softmax, norms, rope, attention, activations, dropout. All differentiable.
+
+requires: candlejax._dispatch.op, candlejax.nn.module (as_array), jax.numpy / lax
+provides: ``softmax``, ``softmax_last_dim``, ``log_softmax``, ``sigmoid``, ``hard_sigmoid``, ``silu``,
+``swiglu``, ``mish``, ``leaky_relu``, ``elu``, ``selu``, ``gelu``, ``gelu_erf``, ``relu``, ``relu2``,
+``relu6``, ``hard_swish``, ``dropout``, ``rms_norm`` / ``rms_norm_slow``, ``layer_norm`` /
+``layer_norm_slow``, ``rope`` / ``rope_i`` / ``rope_thd`` (+ ``*_slow``), ``sdpa`` / ``sdpa_slow``,
+``pixel_shuffle``, ``pixel_unshuffle``, ``replication_pad2d``, ``Identity``.
+
+Each function takes and returns Tensors; the math lives in ``@op`` functions on raw arrays, so an
+eager call is one cached jitted executable and a call under ``jit`` is plain ``jax.numpy``. Unlike
+Candle, the "fused" ops (``softmax_last_dim``, ``rms_norm``, ``layer_norm``, ``rope*``, ``sdpa``) have
+gradients; each has a step-by-step ``*_slow`` reference used in parity tests. Half-precision inputs
+are normalised in f32 and returned in their own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from candlejax import errors
+from candlejax import random as _random
+from candlejax._dispatch import op
+from candlejax.errors import fmt_shape
+from candlejax.nn.module import Module, as_array
+from candlejax.shape import resolve_dim
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = [
+    "Identity",
+    "dropout",
+    "elu",
+    "gelu",
+    "gelu_erf",
+    "hard_sigmoid",
+    "hard_swish",
+    "layer_norm",
+    "layer_norm_slow",
+    "leaky_relu",
+    "log_softmax",
+    "mish",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "relu",
+    "relu2",
+    "relu6",
+    "replication_pad2d",
+    "rms_norm",
+    "rms_norm_slow",
+    "rope",
+    "rope_i",
+    "rope_i_slow",
+    "rope_slow",
+    "rope_thd",
+    "sdpa",
+    "sdpa_slow",
+    "selu",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softmax_last_dim",
+    "swiglu",
+]
+
+
+def _a(x: Any) -> Any:
+    return x._a if isinstance(x, TensorBase) else as_array(x)
+
+
+def _check_float(op_name: str, a: Any) -> None:
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        from candlejax.dtype import to_dtype
+
+        raise errors.UnsupportedDTypeForOp(to_dtype(a.dtype), op_name, "convert with .to_dtype(DType.F32) first")
+
+
+def _upcast(a: Any) -> Any:
+    return a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax family
+# ------------------------------------------------------------------------------------------------
+@op(static=("axis",))
+def _softmax(a: Any, *, axis: int) -> Any:
+    x = _upcast(a)
+    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    e = jnp.exp(x - m)
+    return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(a.dtype)
+
+
+@op(static=("axis",))
+def _log_softmax(a: Any, *, axis: int) -> Any:
+    x = _upcast(a)
+    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    s = x - m
+    return (s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))).astype(a.dtype)
+
+
+@op
+def _softmax_last(a: Any) -> Any:
+    return jax.nn.softmax(_upcast(a), axis=-1).astype(a.dtype)
+
+
+def softmax(xs: Any, dim: Any) -> Any:
+    """Softmax over ``dim`` (max-subtracted). PyTorch: ``torch.softmax(x, dim)``."""
+    a = _a(xs)
+    _check_float("softmax", a)
+    return wrap(_softmax(a, axis=resolve_dim(dim, a.shape, "softmax")))
+
+
+def softmax_last_dim(xs: Any) -> Any:
+    """Softmax over the last dim. Candle's fused kernel has no backward; this one does."""
+    a = _a(xs)
+    _check_float("softmax-last-dim", a)
+    return wrap(_softmax_last(a))
+
+
+def log_softmax(xs: Any, dim: Any) -> Any:
+    """``log(softmax(x, dim))`` computed stably. PyTorch: ``torch.log_softmax``."""
+    a = _a(xs)
+    _check_float("log_softmax", a)
+    return wrap(_log_softmax(a, axis=resolve_dim(dim, a.shape, "log_softmax")))
+
+
+# ------------------------------------------------------------------------------------------------
+# activations (function forms; Activation modules are generated from these)
+# ------------------------------------------------------------------------------------------------
+def _hard_sigmoid(x: Any) -> Any:
+    return jnp.clip((x + 3.0) / 6.0, 0.0, 1.0)
+
+
+def _swiglu(x: Any) -> Any:
+    a, b = jnp.split(x, 2, axis=-1)
+    return jax.nn.silu(a) * b
+
+
+def _mish(x: Any) -> Any:
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+_UNARY = {
+    "sigmoid": jax.nn.sigmoid,
+    "hard_sigmoid": _hard_sigmoid,
+    "silu": jax.nn.silu,
+    "swiglu": _swiglu,
+    "mish": _mish,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_erf": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "relu6": lambda x: jnp.clip(x, 0.0, 6.0),
+    "hard_swish": lambda x: x * _hard_sigmoid(x),
+    "swish": lambda x: x * jax.nn.sigmoid(x),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "tanh": jnp.tanh,
+}
+
+
+@op(static=("kind", "p0", "p1"))
+def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
+    if kind == "elu":
+        return jnp.where(a > 0, a, (p0 * jnp.expm1(a)).astype(a.dtype))
+    if kind == "leaky_relu":
+        return jnp.where(a >= 0, a, (a * p0).astype(a.dtype))
+    if kind == "selu":
+        return (p1 * jnp.where(a > 0, a, p0 * jnp.expm1(a))).astype(a.dtype)
+    return _UNARY[kind](a).astype(a.dtype)
+
+
+def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
+    """Apply the named activation (see ``Activation``)."""
+    a = _a(xs)
+    _check_float(kind, a)
+    if kind == "swiglu" and a.shape[-1] % 2:
+        raise errors.Msg(f"swiglu: the last dim must be even, got shape {fmt_shape(a.shape)}")
+    return wrap(_activation(a, kind=kind, p0=float(p0), p1=float(p1)))
+
+
+def sigmoid(xs: Any) -> Any:
+    """``1 / (1 + exp(-x))``, differentiable."""
+    return activation(xs, "sigmoid")
+
+
+def hard_sigmoid(xs: Any) -> Any:
+    """``clamp((x + 3) / 6, 0, 1)`` (Candle's definition)."""
+    return activation(xs, "hard_sigmoid")
+
+
+def silu(xs: Any) -> Any:
+    """``x * sigmoid(x)``."""
+    return activation(xs, "silu")
+
+
+def swiglu(xs: Any) -> Any:
+    """Split the last dim in two halves ``a, b``: ``silu(a) * b``."""
+    return activation(xs, "swiglu")
+
+
+def mish(xs: Any) -> Any:
+    """``x * tanh(softplus(x))``."""
+    return activation(xs, "mish")
+
+
+def gelu(xs: Any) -> Any:
+    """GELU, tanh approximation (Candle's ``Tensor::gelu``; PyTorch ``approximate='tanh'``)."""
+    return activation(xs, "gelu")
+
+
+def gelu_erf(xs: Any) -> Any:
+    """Exact (erf) GELU (PyTorch's default ``F.gelu``)."""
+    return activation(xs, "gelu_erf")
+
+
+def relu(xs: Any) -> Any:
+    return activation(xs, "relu")
+
+
+def relu2(xs: Any) -> Any:
+    """``relu(x)²``."""
+    return activation(xs, "relu2")
+
+
+def relu6(xs: Any) -> Any:
+    return activation(xs, "relu6")
+
+
+def hard_swish(xs: Any) -> Any:
+    """``x * hard_sigmoid(x)``."""
+    return activation(xs, "hard_swish")
+
+
+def leaky_relu(xs: Any, negative_slope: float) -> Any:
+    return activation(xs, "leaky_relu", negative_slope)
+
+
+def elu(xs: Any, alpha: float) -> Any:
+    return activation(xs, "elu", alpha)
+
+
+def selu(xs: Any, alpha: float = 1.6732632423543772, gamma: float = 1.0507009873554805) -> Any:
+    return activation(xs, "selu", alpha, gamma)
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout
+# ------------------------------------------------------------------------------------------------
+@op(static=("p",))
+def _dropout(a: Any, key: Any, *, p: float) -> Any:
+    keep = jax.random.bernoulli(key, 1.0 - p, a.shape)
+    return jnp.where(keep, a / jnp.asarray(1.0 - p, a.dtype), jnp.zeros((), a.dtype))
+
+
+def dropout(xs: Any, p: float, *, key: Any = None) -> Any:
+    """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    ``key`` is a jax key (or an int seed); without one, the device's seeded generator is used,
+    which works eagerly only (under ``jit`` pass ``key=``).
+    """
+    if not 0.0 <= p < 1.0:
+        raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
+    a = _a(xs)
+    _check_float("dropout", a)
+    if p == 0.0:
+        return wrap(a)
+    if key is None:
+        from candlejax.device import Device
+
+        dev = xs.device if isinstance(xs, TensorBase) else Device.Cpu
+        key = _random.next_key(dev, "dropout")
+    return wrap(_dropout(a, _random.as_key(key), p=float(p)))
+
+
+# ------------------------------------------------------------------------------------------------
+# normalisation
+# ------------------------------------------------------------------------------------------------
+@op(static=("eps", "remove_mean"))
+def _norm_fast(a: Any, w: Any, b: Any, *, eps: float, remove_mean: bool) -> Any:
+    x = _upcast(a)
+    if remove_mean:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + eps)
+    else:
+        y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    y = y * _upcast(w)
+    if b is not None:
+        y = y + _upcast(b)
+    return y.astype(a.dtype)
+
+
+def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
+    _check_float(op_name, a)
+    h = a.shape[-1] if a.ndim else None
+    if w.ndim != 1 or w.shape[0] != h or (b is not None and tuple(b.shape) != tuple(w.shape)):
+        shapes = [fmt_shape(a.shape), fmt_shape(w.shape)] + ([fmt_shape(b.shape)] if b is not None else [])
+        raise errors.Msg(f"shape mismatch in {op_name} {' '.join(shapes)}")
+
+
+def rms_norm(xs: Any, alpha: Any, eps: float) -> Any:
+    """``x / sqrt(mean(x², -1) + eps) * alpha`` over the last dim; alpha ``(H,)``. Differentiable."""
+    a, w = _a(xs), _a(alpha)
+    _check_norm("rms-norm", a, w)
+    return wrap(_norm_fast(a, w, None, eps=float(eps), remove_mean=False))
+
+
+def rms_norm_slow(xs: Any, alpha: Any, eps: float) -> Any:
+    """Step-by-step reference for :func:`rms_norm`."""
+    a, w = _a(xs), _a(alpha)
+    _check_norm("rms-norm", a, w)
+    x = _upcast(a)
+    norm = jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return wrap(((x / norm) * _upcast(w)).astype(a.dtype))
+
+
+def layer_norm(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
+    """Layer norm over the last dim: ``(x - mean) / sqrt(var + eps) * alpha + beta``. Differentiable."""
+    a, w = _a(xs), _a(alpha)
+    b = None if beta is None else _a(beta)
+    _check_norm("layer-norm", a, w, b)
+    return wrap(_norm_fast(a, w, b, eps=float(eps), remove_mean=True))
+
+
+def layer_norm_slow(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
+    """Step-by-step reference for :func:`layer_norm`."""
+    a, w = _a(xs), _a(alpha)
+    b = None if beta is None else _a(beta)
+    _check_norm("layer-norm", a, w, b)
+    x = _upcast(a)
+    h = x.shape[-1]
+    mean = jnp.sum(x, axis=-1, keepdims=True) / h
+    xc = x - mean
+    var = jnp.sum(xc * xc, axis=-1, keepdims=True) / h
+    y = xc / jnp.sqrt(var + eps) * _upcast(w)
+    if b is not None:
+        y = y + _upcast(b)
+    return wrap(y.astype(a.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# rotary embeddings
+# ------------------------------------------------------------------------------------------------
+def _rope_tables(cos: Any, sin: Any, t: int, b: int, layout: str) -> tuple[Any, Any]:
+    """cos/sin (T', D/2) or (B, T', D/2) -> broadcastable to xs, first T rows."""
+    if cos.ndim == 2:
+        cos, sin = cos[:t], sin[:t]
+        if layout == "bhtd":
+            return cos[None, None], sin[None, None]
+        return cos[None, :, None], sin[None, :, None]
+    cos, sin = cos[:, :t], sin[:, :t]
+    if layout == "bhtd":
+        return cos[:, None], sin[:, None]
+    return cos[:, :, None], sin[:, :, None]
+
+
+@op(static=("layout", "interleaved"))
+def _rope(x: Any, cos: Any, sin: Any, *, layout: str, interleaved: bool) -> Any:
+    t = x.shape[2] if layout == "bhtd" else x.shape[1]
+    c, s = _rope_tables(cos.astype(x.dtype), sin.astype(x.dtype), t, x.shape[0], layout)
+    if interleaved:
+        xr = x.reshape(*x.shape[:-1], -1, 2)
+        x0, x1 = xr[..., 0], xr[..., 1]
+        return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape)
+    cf = jnp.concatenate([c, c], axis=-1)
+    sf = jnp.concatenate([s, s], axis=-1)
+    h = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+    return x * cf + rot * sf
+
+
+def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
+    _check_float(op_name, x)
+    if x.ndim != 4:
+        raise errors.UnexpectedNumberOfDims(4, x.ndim, x.shape, op_name)
+    b, t, d = x.shape[0], (x.shape[2] if layout == "bhtd" else x.shape[1]), x.shape[3]
+    bad = cos.shape != sin.shape or d % 2 or cos.shape[-1] * 2 != d or cos.ndim not in (2, 3)
+    bad = bad or cos.shape[-2] < t or (cos.ndim == 3 and cos.shape[0] != b)
+    if bad:
+        raise errors.Msg(
+            f"inconsistent last dim size in {op_name} {fmt_shape(x.shape)} {fmt_shape(cos.shape)}"
+            f" {fmt_shape(sin.shape)}"
+            f" (expected cos/sin of shape [T>={t}, {d // 2}] or [{b}, T>={t}, {d // 2}])"
+        )
+
+
+def _rope_call(name: str, xs: Any, cos: Any, sin: Any, layout: str, interleaved: bool) -> Any:
+    x, c, s = _a(xs), _a(cos), _a(sin)
+    _check_rope(name, x, c, s, layout)
+    return wrap(_rope(x, c, s, layout=layout, interleaved=interleaved))
+
+
+def rope(xs: Any, cos: Any, sin: Any) -> Any:
+    """Rotary embedding, "rotate_half" layout; xs ``(B, H, T, D)``, cos/sin ``(T, D/2)`` or ``(B, T, D/2)``."""
+    return _rope_call("rope", xs, cos, sin, "bhtd", False)
+
+
+def rope_i(xs: Any, cos: Any, sin: Any) -> Any:
+    """Rotary embedding on interleaved pairs ``(x[2i], x[2i+1])``; xs ``(B, H, T, D)``."""
+    return _rope_call("rope-i", xs, cos, sin, "bhtd", True)
+
+
+def rope_thd(xs: Any, cos: Any, sin: Any) -> Any:
+    """Rotary embedding ("rotate_half" layout) for xs ``(B, T, H, D)``."""
+    return _rope_call("rope-thd", xs, cos, sin, "bthd", False)
+
+
+def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
+    """Step-by-step reference for :func:`rope`."""
+    x, c, s = _a(xs), _a(cos), _a(sin)
+    _check_rope("rope", x, c, s, "bhtd")
+    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+
+
+def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
+    """Step-by-step reference for :func:`rope_i`."""
+    x, c, s = _a(xs), _a(cos), _a(sin)
+    _check_rope("rope-i", x, c, s, "bhtd")
+    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = jnp.zeros_like(x).at[..., 0::2].set(x0 * c - x1 * s).at[..., 1::2].set(x0 * s + x1 * c)
+    return wrap(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# attention
+# ------------------------------------------------------------------------------------------------
+def _causal_keep(s: int, skv: int) -> Any:
+    """(S, Skv) bool: query i sees key j iff j <= i + (Skv - S) (aligned at the end, as with a KV cache)."""
+    return jnp.arange(skv)[None, :] <= jnp.arange(s)[:, None] + (skv - s)
+
+
+def _apply_mask(scores: Any, mask: Any) -> Any:
+    if mask is None:
+        return scores
+    if mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer):
+        return jnp.where(mask.astype(jnp.bool_), scores, jnp.finfo(scores.dtype).min)
+    return scores + mask.astype(scores.dtype)
+
+
+@op(static=("causal", "scale", "softcap"))
+def _sdpa(q: Any, k: Any, v: Any, mask: Any, *, causal: bool, scale: float, softcap: float) -> Any:
+    b, hq, s, d = q.shape
+    hkv, skv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qf = _upcast(q).reshape(b, hkv, g, s, d)
+    scores = jnp.einsum("bhgsd,bhtd->bhgst", qf, _upcast(k)) * scale
+    if softcap != 1.0:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = scores.reshape(b, hq, s, skv)
+    if causal:
+        scores = jnp.where(_causal_keep(s, skv), scores, jnp.finfo(scores.dtype).min)
+    scores = _apply_mask(scores, mask)
+    p = jax.nn.softmax(scores, axis=-1).reshape(b, hkv, g, s, skv)
+    out = jnp.einsum("bhgst,bhtd->bhgsd", p, _upcast(v))
+    return out.reshape(b, hq, s, v.shape[-1]).astype(q.dtype)
+
+
+def _check_sdpa(q: Any, k: Any, v: Any, mask: Any) -> None:
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        _check_float("sdpa", t)
+        if t.ndim != 4:
+            raise errors.Msg(f"sdpa: {n} must be (batch, heads, seq, head_dim), got {fmt_shape(t.shape)}")
+    ok = q.shape[0] == k.shape[0] == v.shape[0] and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3]
+    if not ok or q.shape[1] % k.shape[1]:
+        raise errors.Msg(
+            f"sdpa: incompatible shapes q {fmt_shape(q.shape)}, k {fmt_shape(k.shape)}, v {fmt_shape(v.shape)}"
+            " (q heads must be a multiple of kv heads)"
+        )
+    if mask is not None:
+        try:
+            jnp.broadcast_shapes(mask.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+        except ValueError:
+            raise errors.BroadcastIncompatibleShapes(
+                mask.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), "sdpa mask"
+            ) from None
+
+
+def sdpa(
+    q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
+    softcapping: float = 1.0,
+) -> Any:  # fmt: skip
+    """Scaled dot-product attention with grouped-query support, differentiable on every backend.
+
+    q ``(B, Hq, S, D)``, k/v ``(B, Hkv, Skv, D)`` with ``Hq % Hkv == 0`` (no pre-tiling needed).
+    ``mask`` broadcasts to ``(B, Hq, S, Skv)``: a bool/u8 mask keeps the nonzero positions (PyTorch's
+    convention), a float mask is added to the scores. ``do_causal`` masks key j for query i when
+    ``j > i + Skv - S`` (aligned at the end, right for a KV cache). ``scale`` defaults to ``1/√D``;
+    ``softcapping`` != 1 applies ``tanh(s / cap) * cap`` to the scores (Candle's convention).
+    """
+    qa, ka, va = _a(q), _a(k), _a(v)
+    ma = None if mask is None else _a(mask)
+    _check_sdpa(qa, ka, va, ma)
+    sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
+    return wrap(_sdpa(qa, ka, va, ma, causal=bool(do_causal), scale=sc, softcap=float(softcapping)))
+
+
+def sdpa_slow(
+    q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
+    softcapping: float = 1.0,
+) -> Any:  # fmt: skip
+    """Reference for :func:`sdpa`: repeat kv heads, matmul, mask, softmax, matmul."""
+    qa, ka, va = _a(q), _a(k), _a(v)
+    ma = None if mask is None else _a(mask)
+    _check_sdpa(qa, ka, va, ma)
+    sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
+    g = qa.shape[1] // ka.shape[1]
+    kr, vr = jnp.repeat(ka, g, axis=1), jnp.repeat(va, g, axis=1)
+    scores = (qa @ jnp.swapaxes(kr, -1, -2)) * sc
+    if softcapping != 1.0:
+        scores = jnp.tanh(scores / softcapping) * softcapping
+    if do_causal:
+        scores = jnp.where(_causal_keep(qa.shape[2], ka.shape[2]), scores, -jnp.inf)
+    scores = _apply_mask(scores, ma)
+    return wrap(jax.nn.softmax(scores, axis=-1) @ vr)
+
+
+# ------------------------------------------------------------------------------------------------
+# pixel shuffle, padding
+# ------------------------------------------------------------------------------------------------
+@op(static=("r",))
+def _pixel_shuffle(a: Any, *, r: int) -> Any:
+    b, c, h, w = a.shape
+    x = a.reshape(b, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // (r * r), h * r, w * r)
+
+
+@op(static=("r",))
+def _pixel_unshuffle(a: Any, *, r: int) -> Any:
+    b, c, h, w = a.shape
+    x = a.reshape(b, c, h // r, r, w // r, r).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * r * r, h // r, w // r)
+
+
+def pixel_shuffle(xs: Any, upscale_factor: int) -> Any:
+    """``(B, C·r², H, W) -> (B, C, H·r, W·r)`` (PyTorch's ``pixel_shuffle``)."""
+    a = _a(xs)
+    if a.ndim != 4:
+        raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_shuffle")
+    r = int(upscale_factor)
+    if a.shape[1] % (r * r):
+        raise errors.Msg(f"pixel_shuffle: channels {a.shape[1]} not divisible by {r * r}")
+    return wrap(_pixel_shuffle(a, r=r))
+
+
+def pixel_unshuffle(xs: Any, downscale_factor: int) -> Any:
+    """``(B, C, H·r, W·r) -> (B, C·r², H, W)``."""
+    a = _a(xs)
+    if a.ndim != 4:
+        raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_unshuffle")
+    r = int(downscale_factor)
+    if a.shape[2] % r or a.shape[3] % r:
+        raise errors.Msg(f"pixel_unshuffle: spatial dims {fmt_shape(a.shape[2:])} not divisible by {r}")
+    return wrap(_pixel_unshuffle(a, r=r))
+
+
+def replication_pad2d(xs: Any, pad: int) -> Any:
+    """Pad the last two dims by repeating the edge ``pad`` times (any pad, unlike Candle's {0, 1})."""
+    a = _a(xs)
+    if a.ndim != 4:
+        raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "replication_pad2d")
+    if pad == 0:
+        return wrap(a)
+    return wrap(jnp.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge"))
+
+
+class Identity(Module):
+    """``ops::Identity``: returns its input."""
+
+    def forward(self, xs: Any) -> Any:
+        return xs

@@ -1,0 +1,286 @@
+"""Recurrent layers: ``LSTM`` and ``GRU`` with PyTorch weight names and gate order; ``lax.scan`` over time.
+
+requires: jax.lax.scan, candlejax.nn.module, candlejax.nn.init
+provides: ``Direction``, ``LSTMConfig``, ``LSTMState``, ``LSTM``, ``lstm``, ``GRUConfig``, ``GRUState``,
+``GRU``, ``gru``
+
+Candle's ``RNN`` trait: ``zero_state(batch)``, ``step(x, state)``, ``seq(x) -> [state]``,
+``seq_init(x, state)``, ``states_to_tensor(states)``. Here ``seq`` runs one ``lax.scan`` (one compiled
+loop, not T Python steps); ``scan(x, state)`` returns ``(outputs (B, T, H), final state)`` directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from candlejax import errors
+from candlejax._dispatch import op
+from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
+from candlejax.nn.linear import _as_param
+from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = ["GRU", "LSTM", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
+
+
+class Direction(enum.Enum):
+    """Only changes the weight names (``..._reverse``), as in Candle; reverse the input yourself."""
+
+    Forward = "forward"
+    Backward = "backward"
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    w_ih_init: Any = DEFAULT_KAIMING_UNIFORM
+    w_hh_init: Any = DEFAULT_KAIMING_UNIFORM
+    b_ih_init: Any = field(default_factory=lambda: Const(0.0))
+    b_hh_init: Any = field(default_factory=lambda: Const(0.0))
+    layer_idx: int = 0
+    direction: Direction = Direction.Forward
+
+    @staticmethod
+    def default() -> LSTMConfig:
+        return LSTMConfig()
+
+    @staticmethod
+    def default_no_bias() -> LSTMConfig:
+        return LSTMConfig(b_ih_init=None, b_hh_init=None)
+
+
+@dataclass(frozen=True)
+class GRUConfig:
+    w_ih_init: Any = DEFAULT_KAIMING_UNIFORM
+    w_hh_init: Any = DEFAULT_KAIMING_UNIFORM
+    b_ih_init: Any = field(default_factory=lambda: Const(0.0))
+    b_hh_init: Any = field(default_factory=lambda: Const(0.0))
+
+    @staticmethod
+    def default() -> GRUConfig:
+        return GRUConfig()
+
+    @staticmethod
+    def default_no_bias() -> GRUConfig:
+        return GRUConfig(b_ih_init=None, b_hh_init=None)
+
+
+class LSTMState(Module):
+    """``(h, c)``, each ``(B, H)``."""
+
+    def __init__(self, h: Any, c: Any):
+        self.h = h
+        self.c = c
+
+
+class GRUState(Module):
+    """``h`` ``(B, H)``."""
+
+    def __init__(self, h: Any):
+        self.h = h
+
+
+def _mm(x: Any, w: Any, b: Any) -> Any:
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def _lstm_cell(gates: Any, c: Any) -> tuple[Any, Any]:
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+
+@op
+def _lstm_step(x: Any, h: Any, c: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any) -> Any:
+    return _lstm_cell(_mm(x, w_ih, b_ih) + _mm(h, w_hh, b_hh), c)
+
+
+@op
+def _lstm_scan(x: Any, h: Any, c: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any) -> Any:
+    xi = jnp.swapaxes(_mm(x, w_ih, b_ih), 0, 1)  # (T, B, 4H)
+
+    def body(carry: Any, xt: Any) -> Any:
+        h, c = carry
+        h, c = _lstm_cell(xt + _mm(h, w_hh, b_hh), c)
+        return (h, c), (h, c)
+
+    _, (hs, cs) = lax.scan(body, (h, c), xi)
+    return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(cs, 0, 1)
+
+
+def _gru_cell(xi: Any, hh: Any, h: Any) -> Any:
+    xr, xz, xn = jnp.split(xi, 3, axis=-1)
+    hr, hz, hn = jnp.split(hh, 3, axis=-1)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * h
+
+
+@op
+def _gru_step(x: Any, h: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any) -> Any:
+    return _gru_cell(_mm(x, w_ih, b_ih), _mm(h, w_hh, b_hh), h)
+
+
+@op
+def _gru_scan(x: Any, h: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any) -> Any:
+    xi = jnp.swapaxes(_mm(x, w_ih, b_ih), 0, 1)
+
+    def body(h: Any, xt: Any) -> Any:
+        h = _gru_cell(xt, _mm(h, w_hh, b_hh), h)
+        return h, h
+
+    _, hs = lax.scan(body, h, xi)
+    return jnp.swapaxes(hs, 0, 1)
+
+
+def _arr(x: Any) -> Any:
+    return x._a if isinstance(x, TensorBase) else as_array(x)
+
+
+def _opt(t: Any) -> Any:
+    return None if t is None else t._a
+
+
+class _RNNBase(Module):
+    _gates = 4
+    _kind = "LSTM"
+
+    def __init__(self, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, hidden_dim: int | None = None):
+        self.w_ih = _as_param(w_ih)
+        self.w_hh = _as_param(w_hh)
+        self.b_ih = _as_param(b_ih)
+        self.b_hh = _as_param(b_hh)
+        self.hidden_dim = int(hidden_dim if hidden_dim is not None else self.w_hh.shape[1])
+        self.in_dim = int(self.w_ih.shape[1])
+        if tuple(self.w_ih.shape) != (self._gates * self.hidden_dim, self.in_dim):
+            raise errors.UnexpectedShape(f"{self._kind} w_ih", (self._gates * self.hidden_dim, self.in_dim),
+                                         self.w_ih.shape)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_dim}, hidden={self.hidden_dim}"
+
+    def _weights(self) -> tuple[Any, ...]:
+        return self.w_ih._a, self.w_hh._a, _opt(self.b_ih), _opt(self.b_hh)
+
+    def _check(self, x: Any, rank: int) -> None:
+        if x.ndim != rank or x.shape[-1] != self.in_dim:
+            exp = f"[batch, {self.in_dim}]" if rank == 2 else f"[batch, seq_len, {self.in_dim}]"
+            raise LayerInputShape(layer_name(self._kind, self.w_ih), exp, x.shape)
+
+    def _zeros(self, batch: int) -> Any:
+        return jnp.zeros((batch, self.hidden_dim), self.w_ih._a.dtype)
+
+
+class LSTM(_RNNBase):
+    """``nn.LSTM`` (one layer, batch_first): gates ``i, f, g, o``; weights ``(4H, in)`` / ``(4H, H)``."""
+
+    _gates, _kind = 4, "LSTM"
+
+    def zero_state(self, batch_dim: int) -> LSTMState:
+        z = self._zeros(batch_dim)
+        return LSTMState(wrap(z), wrap(z))
+
+    def step(self, input: Any, state: LSTMState) -> LSTMState:
+        """One time step: input ``(B, in)``."""
+        x = _arr(input)
+        self._check(x, 2)
+        h, c = _lstm_step(x, _arr(state.h), _arr(state.c), *self._weights())
+        return LSTMState(wrap(h), wrap(c))
+
+    def scan(self, input: Any, state: LSTMState | None = None) -> tuple[Any, LSTMState]:
+        """Run over ``(B, T, in)``: return ``(h for every step (B, T, H), final state)``."""
+        x = _arr(input)
+        self._check(x, 3)
+        st = self.zero_state(x.shape[0]) if state is None else state
+        hs, cs = _lstm_scan(x, _arr(st.h), _arr(st.c), *self._weights())
+        return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
+
+    def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
+        x = _arr(input)
+        self._check(x, 3)
+        hs, cs = _lstm_scan(x, _arr(init_state.h), _arr(init_state.c), *self._weights())
+        return [LSTMState(wrap(hs[:, t]), wrap(cs[:, t])) for t in range(x.shape[1])]
+
+    def seq(self, input: Any) -> list[LSTMState]:
+        """Candle's ``seq``: the state after every step (one scan, sliced per step)."""
+        x = _arr(input)
+        return self.seq_init(x, self.zero_state(x.shape[0]))
+
+    def states_to_tensor(self, states: list[LSTMState]) -> Any:
+        """Stack the ``h`` of every state: ``(B, T, H)``."""
+        return wrap(jnp.stack([_arr(s.h) for s in states], axis=1))
+
+    def forward(self, input: Any) -> Any:
+        """``(B, T, in) -> (B, T, H)`` from a zero state."""
+        return self.scan(input)[0]
+
+
+def _rnn_names(cfg: Any) -> tuple[str, str, str, str]:
+    idx = getattr(cfg, "layer_idx", 0)
+    rev = "_reverse" if getattr(cfg, "direction", Direction.Forward) is Direction.Backward else ""
+    return tuple(f"{n}_l{idx}{rev}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))  # type: ignore[return-value]
+
+
+def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tuple[Any, Any, Any, Any]:
+    n_wih, n_whh, n_bih, n_bhh = _rnn_names(cfg)
+    w_ih = vb.get_with_hints((gates * hidden, in_dim), n_wih, cfg.w_ih_init)
+    w_hh = vb.get_with_hints((gates * hidden, hidden), n_whh, cfg.w_hh_init)
+    b_ih = None if cfg.b_ih_init is None else vb.get_with_hints((gates * hidden,), n_bih, cfg.b_ih_init)
+    b_hh = None if cfg.b_hh_init is None else vb.get_with_hints((gates * hidden,), n_bhh, cfg.b_hh_init)
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig, vb: Any) -> LSTM:
+    """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names)."""
+    return LSTM(*_rnn_params(4, in_dim, hidden_dim, config, vb), hidden_dim)
+
+
+class GRU(_RNNBase):
+    """``nn.GRU`` (one layer, batch_first): gates ``r, z, n``; weights ``(3H, in)`` / ``(3H, H)``."""
+
+    _gates, _kind = 3, "GRU"
+
+    def zero_state(self, batch_dim: int) -> GRUState:
+        return GRUState(wrap(self._zeros(batch_dim)))
+
+    def step(self, input: Any, state: GRUState) -> GRUState:
+        x = _arr(input)
+        self._check(x, 2)
+        return GRUState(wrap(_gru_step(x, _arr(state.h), *self._weights())))
+
+    def scan(self, input: Any, state: GRUState | None = None) -> tuple[Any, GRUState]:
+        x = _arr(input)
+        self._check(x, 3)
+        st = self.zero_state(x.shape[0]) if state is None else state
+        hs = _gru_scan(x, _arr(st.h), *self._weights())
+        return wrap(hs), GRUState(wrap(hs[:, -1]))
+
+    def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
+        x = _arr(input)
+        self._check(x, 3)
+        hs = _gru_scan(x, _arr(init_state.h), *self._weights())
+        return [GRUState(wrap(hs[:, t])) for t in range(x.shape[1])]
+
+    def seq(self, input: Any) -> list[GRUState]:
+        x = _arr(input)
+        return self.seq_init(x, self.zero_state(x.shape[0]))
+
+    def states_to_tensor(self, states: list[GRUState]) -> Any:
+        """Candle's GRU concatenates on dim 1: ``(B, T·H)`` (LSTM stacks to ``(B, T, H)``)."""
+        return wrap(jnp.concatenate([_arr(s.h) for s in states], axis=1))
+
+    def forward(self, input: Any) -> Any:
+        """``(B, T, in) -> (B, T, H)`` from a zero state."""
+        return self.scan(input)[0]
+
+
+def gru(in_dim: int, hidden_dim: int, config: GRUConfig, vb: Any) -> GRU:
+    """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names)."""
+    return GRU(*_rnn_params(3, in_dim, hidden_dim, config, vb), hidden_dim)

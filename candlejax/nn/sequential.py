@@ -1,0 +1,105 @@
+"""``Sequential`` / ``seq``, ``Func`` / ``func``, ``FuncT`` / ``func_t``.
+
+requires: candlejax.nn.module
+provides: ``Sequential``, ``seq``, ``Func``, ``func``, ``FuncT``, ``func_t``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from candlejax.nn.module import Module, ModuleT
+
+__all__ = ["Func", "FuncT", "Sequential", "func", "func_t", "seq"]
+
+
+class Func(Module):
+    """A Module from a function ``f(xs) -> Tensor`` (Candle's ``func(|xs| ...)``); ``f`` is static."""
+
+    def __init__(self, f: Callable[[Any], Any]):
+        self.f = f
+
+    def forward(self, xs: Any) -> Any:
+        return self.f(xs)
+
+    def extra_repr(self) -> str:
+        return getattr(self.f, "__name__", repr(self.f))
+
+
+class FuncT(ModuleT):
+    """A ModuleT from ``f(xs, train) -> Tensor`` (Candle's ``func_t``)."""
+
+    def __init__(self, f: Callable[[Any, bool], Any]):
+        self.f = f
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        return self.f(xs, train)
+
+    def extra_repr(self) -> str:
+        return getattr(self.f, "__name__", repr(self.f))
+
+
+def func(f: Callable[[Any], Any]) -> Func:
+    return Func(f)
+
+
+def func_t(f: Callable[[Any, bool], Any]) -> FuncT:
+    return FuncT(f)
+
+
+class Sequential(Module):
+    """Layers applied in order (Candle's ``Sequential``; PyTorch's ``nn.Sequential``).
+
+    ``seq().add(linear(...)).add_fn(lambda x: x.relu()).add(linear(...))``. ``add`` returns a new
+    Sequential (chaining works as in Candle's builder). Layers may be Modules or plain callables.
+    """
+
+    def __init__(self, layers: list[Any] | None = None):
+        self.layers = list(layers or [])
+
+    def add(self, layer: Any) -> Sequential:
+        if not isinstance(layer, Module):
+            layer = Func(layer)
+        return Sequential([*self.layers, layer])
+
+    def add_fn(self, f: Callable[[Any], Any]) -> Sequential:
+        return Sequential([*self.layers, Func(f)])
+
+    def forward(self, xs: Any) -> Any:
+        for layer in self.layers:
+            xs = layer(xs)
+        return xs
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        for layer in self.layers:
+            xs = layer.forward_t(xs, train)
+        return xs
+
+    def forward_all(self, xs: Any) -> list[Any]:
+        """The output of every layer."""
+        out = []
+        for layer in self.layers:
+            xs = layer(xs)
+            out.append(xs)
+        return out
+
+    def len(self) -> int:
+        return len(self.layers)
+
+    def is_empty(self) -> bool:
+        return not self.layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.layers[i]
+
+    def __iter__(self) -> Any:
+        return iter(self.layers)
+
+
+def seq() -> Sequential:
+    """An empty Sequential to ``add`` layers to."""
+    return Sequential()

@@ -1,0 +1,451 @@
+"""``VarBuilder``: build a model by name, Candle's way, from files, dicts, zeros or a ``VarMap``.
+
+requires: candlejax.nn.module (Var), candlejax.nn.var_map, candlejax.nn.init, numpy memmap
+provides: ``VarBuilder``, ``SimpleBackend`` and its implementations
+
+``vb.pp("encoder").get((768, 768), "weight")`` returns a ``Var`` named ``"encoder.weight"``. The
+backend decides what a ``get`` means: a ``VarMap`` creates the Var from the init hint; files and
+dicts check the shape and convert to the builder's dtype and device. A missing tensor raises
+``CannotFindTensor`` naming the full path, the file(s) and the nearest existing names; a wrong
+shape raises ``shape mismatch for {path}, expected: [..], got: [..]`` naming the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.nn.init import Const
+from candlejax.nn.module import Var, as_array
+from candlejax.nn.var_map import VarMap
+from candlejax.shape import as_shape
+from candlejax.tensor._core import TensorBase
+
+__all__ = [
+    "DictBackend",
+    "NpzBackend",
+    "SafetensorsBackend",
+    "SimpleBackend",
+    "VarBuilder",
+    "VarMapBackend",
+    "ZerosBackend",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# a small mmapped safetensors reader (used until candlejax.io provides MmapedSafetensors)
+# ------------------------------------------------------------------------------------------------
+_ST_TO_NP = {
+    "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
+    "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+    "BF16": DType.BF16.np, "F8_E4M3": DType.F8E4M3.np, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+class _StFile:
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            try:
+                self.header = json.loads(f.read(n))
+            except ValueError as e:
+                raise errors.SafeTensor(f"{path}: invalid safetensors header ({e})") from None
+        self.header.pop("__metadata__", None)
+        self.base = 8 + n
+        self._mm: np.memmap | None = None
+
+    def get(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        dt = _ST_TO_NP.get(info["dtype"])
+        if dt is None:
+            raise errors.UnsupportedSafeTensorDtype(info["dtype"], f"{name} in {self.path}")
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        s, e = info["data_offsets"]
+        raw = self._mm[self.base + s : self.base + e]
+        return raw.view(dt).reshape(info["shape"])
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.header[name]["shape"])
+
+
+class _LocalMmaped:
+    """Many safetensors files (or a ``*.index.json``) as one name space; the last file wins."""
+
+    def __init__(self, paths: Sequence[str]):
+        files: list[str] = []
+        for p in paths:
+            p = os.fspath(p)
+            if p.endswith(".json"):
+                with open(p) as f:
+                    index = json.load(f)
+                d = os.path.dirname(p)
+                for fn in sorted(set(index["weight_map"].values())):
+                    files.append(os.path.join(d, fn))
+            else:
+                files.append(p)
+        if not files:
+            raise errors.Msg("from_mmaped_safetensors: no files given")
+        self.files = [_StFile(f) for f in files]
+        self.routing: dict[str, _StFile] = {}
+        for f in self.files:
+            for n in f.header:
+                self.routing[n] = f
+
+    def names(self) -> list[str]:
+        return list(self.routing)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.routing
+
+    def get(self, name: str) -> np.ndarray:
+        return self.routing[name].get(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.routing[name].shape(name)
+
+    def file_of(self, name: str) -> str:
+        return self.routing[name].path
+
+    def describe(self) -> str:
+        return ", ".join(os.path.basename(f.path) for f in self.files)
+
+
+def _open_safetensors(paths: Sequence[str]) -> Any:
+    return _LocalMmaped(paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# backends
+# ------------------------------------------------------------------------------------------------
+def _to_device(a: Any, dtype: DType, device: Device) -> jax.Array:
+    dt = check_width(dtype)
+    if isinstance(a, np.ndarray):
+        if a.dtype != dt.np:
+            a = a.astype(dt.np)
+        return jax.device_put(a, device.jax_device)
+    a = as_array(a)
+    if a.dtype != dt.np:
+        a = a.astype(dt.np)
+    if not isinstance(a, jax.core.Tracer):
+        a = jax.device_put(a, device.jax_device)
+    return a
+
+
+class SimpleBackend:
+    """Candle's ``SimpleBackend``: where ``VarBuilder.get`` finds its tensors.
+
+    Subclass and implement ``_load(path) -> array``, ``_shape(path)``, ``names()``, ``contains_tensor``
+    (and ``describe()`` for error messages), or override ``get`` entirely as ``VarMapBackend`` does.
+    """
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def names(self) -> list[str]:
+        return []
+
+    def contains_tensor(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def _load(self, path: str) -> Any:
+        raise NotImplementedError
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self._load(path).shape)
+
+    def _where(self, path: str) -> str:
+        return self.describe()
+
+    def _missing(self, path: str) -> errors.CannotFindTensor:
+        names = self.names()
+        near = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+        if not near:
+            tail = path.rpartition(".")[2]
+            near = [n for n in names if n.endswith("." + tail) or n == tail][:5]
+        detail = f"not in {self.describe()}"
+        if near:
+            detail += "; nearest names: " + ", ".join(near)
+        elif names:
+            detail += f"; it holds {len(names)} tensors, e.g. " + ", ".join(sorted(names)[:5])
+        return errors.CannotFindTensor(path, detail)
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        if not self.contains_tensor(path):
+            raise self._missing(path)
+        got = self._shape(path)
+        if tuple(got) != tuple(shape):
+            e = errors.UnexpectedShape(f"shape mismatch for {path}", shape, got)
+            e.args = (f"{e.args[0]} (in {self._where(path)})",)
+            raise e
+        return _to_device(self._load(path), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        if not self.contains_tensor(path):
+            raise self._missing(path)
+        return _to_device(self._load(path), dtype, device)
+
+
+class VarMapBackend(SimpleBackend):
+    """Creates trainable Vars in a ``VarMap`` from the init hints."""
+
+    def __init__(self, varmap: VarMap):
+        self.varmap = varmap
+
+    def describe(self) -> str:
+        return repr(self.varmap)
+
+    def names(self) -> list[str]:
+        return self.varmap.names()
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.varmap
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        return self.varmap.get(shape, path, init, dtype, device)._a
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        raise errors.Msg("`get_unchecked` does not make sense for `VarMap`, use `get`.")
+
+
+class ZerosBackend(SimpleBackend):
+    """Every ``get`` returns zeros; ``contains_tensor`` is always true."""
+
+    def describe(self) -> str:
+        return "zeros"
+
+    def contains_tensor(self, path: str) -> bool:
+        return True
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        return Const(0.0).sample(shape, dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder::zeros`, use `get`.")
+
+
+class DictBackend(SimpleBackend):
+    """Tensors (or arrays) by name."""
+
+    def __init__(self, tensors: dict[str, Any], source: str = "the tensor dict"):
+        self.tensors = tensors
+        self.source = source
+
+    def describe(self) -> str:
+        return self.source
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.tensors
+
+    def _load(self, path: str) -> Any:
+        t = self.tensors[path]
+        return t._a if isinstance(t, TensorBase) else t if isinstance(t, (np.ndarray, jax.Array)) else np.asarray(t)
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(np.shape(self._load(path)))
+
+
+class SafetensorsBackend(SimpleBackend):
+    """Memory-mapped safetensors files (one, many, or a sharded ``model.safetensors.index.json``)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [os.fspath(p) for p in paths]
+        self.st = _open_safetensors(self.paths)
+
+    def describe(self) -> str:
+        return self.st.describe()
+
+    def names(self) -> list[str]:
+        return self.st.names()
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.st
+
+    def _load(self, path: str) -> Any:
+        return self.st.get(path)
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return self.st.shape(path)
+
+    def _where(self, path: str) -> str:
+        return self.st.file_of(path)
+
+
+class NpzBackend(SimpleBackend):
+    """Arrays from a ``.npz`` archive (read lazily)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self.npz = np.load(self.path, allow_pickle=False)
+        except Exception as e:
+            raise errors.Npy(f"cannot read {self.path}: {e}") from None
+
+    def describe(self) -> str:
+        return self.path
+
+    def names(self) -> list[str]:
+        return list(self.npz.files)
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.npz.files
+
+    def _load(self, path: str) -> Any:
+        return self.npz[path]
+
+
+# ------------------------------------------------------------------------------------------------
+# VarBuilder
+# ------------------------------------------------------------------------------------------------
+class VarBuilder:
+    """Candle's ``VarBuilder``: a path prefix, a backend, a target dtype and device. Cheap to copy.
+
+    >>> vb = VarBuilder.zeros("f32", None)
+    >>> w = vb.pp("layers").pp(3).get((2, 4), "weight")
+    >>> w.name, w.shape
+    ('layers.3.weight', (2, 4))
+    """
+
+    __slots__ = ("_backend", "_device", "_dtype", "_path", "_rename")
+
+    def __init__(
+        self,
+        backend: SimpleBackend,
+        dtype: Any = DType.F32,
+        device: Any = None,
+        path: tuple[str, ...] = (),
+        rename: Callable[[str], str] | None = None,
+    ):
+        self._backend = backend
+        self._dtype = check_width(to_dtype(dtype))
+        self._device = Device.coerce(device)
+        self._path = tuple(path)
+        self._rename = rename
+
+    def _with(self, **kw: Any) -> VarBuilder:
+        args = {"backend": self._backend, "dtype": self._dtype, "device": self._device, "path": self._path,
+                "rename": self._rename}  # fmt: skip
+        args.update(kw)
+        return VarBuilder(**args)
+
+    # --- constructors --------------------------------------------------------------------------
+    @staticmethod
+    def from_varmap(varmap: VarMap, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Trainable Vars created in ``varmap`` on first ``get``, initialised from the hints."""
+        return VarBuilder(VarMapBackend(varmap), dtype, device)
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, Any], dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        return VarBuilder(DictBackend(tensors), dtype, device)
+
+    @staticmethod
+    def zeros(dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        return VarBuilder(ZerosBackend(), dtype, device)
+
+    @staticmethod
+    def from_mmaped_safetensors(
+        paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32, device: Any = None
+    ) -> VarBuilder:
+        """One or many safetensors files, or a sharded ``*.index.json`` (the last file wins)."""
+        return VarBuilder(SafetensorsBackend(paths), dtype, device)
+
+    @staticmethod
+    def from_npz(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        return VarBuilder(NpzBackend(path), dtype, device)
+
+    @staticmethod
+    def from_backend(backend: SimpleBackend, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        return VarBuilder(backend, dtype, device)
+
+    new_with_args = from_backend
+
+    # --- prefixes ------------------------------------------------------------------------------
+    def pp(self, s: Any) -> VarBuilder:
+        """A builder for the sub-path ``prefix.s`` (``vb.pp(3)`` -> ``layers.3``)."""
+        return self._with(path=(*self._path, str(s)))
+
+    push_prefix = pp
+
+    def prefix(self) -> str:
+        return ".".join(self._path)
+
+    def root(self) -> VarBuilder:
+        return self._with(path=())
+
+    def set_prefix(self, s: str) -> VarBuilder:
+        return self._with(path=tuple(p for p in str(s).split(".") if p))
+
+    def path(self, name: str) -> str:
+        """The full path of ``name`` under this prefix."""
+        return ".".join((*self._path, name)) if self._path else name
+
+    # --- settings ------------------------------------------------------------------------------
+    def dtype(self) -> DType:
+        return self._dtype
+
+    def device(self) -> Device:
+        return self._device
+
+    def to_dtype(self, dtype: Any) -> VarBuilder:
+        return self._with(dtype=dtype)
+
+    set_dtype = to_dtype
+
+    def set_device(self, device: Any) -> VarBuilder:
+        return self._with(device=device)
+
+    def rename_f(self, f: Callable[[str], str]) -> VarBuilder:
+        """Look names up as ``f(path)`` in the backend (the Var keeps the model's path as its name)."""
+        prev = self._rename
+        return self._with(rename=f if prev is None else (lambda p: f(prev(p))))
+
+    rename = rename_f
+
+    def _lookup(self, name: str) -> tuple[str, str]:
+        path = self.path(name)
+        return path, (self._rename(path) if self._rename else path)
+
+    # --- getting tensors -----------------------------------------------------------------------
+    def contains_tensor(self, name: str) -> bool:
+        return self._backend.contains_tensor(self._lookup(name)[1])
+
+    def get(self, shape: Any, name: str) -> Var:
+        """``get_with_hints(shape, name, Init::Const(0))``."""
+        return self.get_with_hints_dtype(shape, name, Const(0.0), self._dtype)
+
+    def get_with_hints(self, shape: Any, name: str, init: Any) -> Var:
+        return self.get_with_hints_dtype(shape, name, init, self._dtype)
+
+    def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
+        """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
+        path, key = self._lookup(name)
+        a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
+        return Var._make(a, path)
+
+    def get_unchecked(self, name: str) -> Var:
+        return self.get_unchecked_dtype(name, self._dtype)
+
+    def get_unchecked_dtype(self, name: str, dtype: Any) -> Var:
+        path, key = self._lookup(name)
+        return Var._make(self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device), path)
+
+    def __repr__(self) -> str:
+        return (
+            f"VarBuilder(prefix={self.prefix()!r}, dtype={self._dtype!r}, device={self._device!r},"
+            f" backend={self._backend.describe()})"
+        )

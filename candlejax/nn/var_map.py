@@ -1,0 +1,133 @@
+"""``VarMap``: the named Vars a model was built from, initialised deterministically from a seed.
+
+requires: candlejax.nn.init, candlejax.nn.module (Var, save_safetensors_dict)
+provides: ``VarMap``
+
+Candle's ``VarMap`` is a shared mutable map that the optimizer updates in place. In candlejax the
+trained model is the source of truth (training returns a new model); the VarMap holds the values
+the model was created with. Copy trained values back with ``varmap.set(model.named_vars().items())``
+or save the model directly with ``model.save_safetensors(path)``.
+
+Initialisation is deterministic per ``(seed, name)``: each Var's key is the seed's key with a hash
+of its full name folded in, so a Var gets the same values whatever order layers are created in.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import check_width, to_dtype
+from candlejax.errors import fmt_shape
+from candlejax.nn.init import Const
+from candlejax.nn.module import Var, as_array, save_safetensors_dict
+from candlejax.shape import as_shape
+
+__all__ = ["VarMap"]
+
+
+def name_key(seed: int, name: str) -> jax.Array:
+    """The init key for ``name``: ``fold_in(key(seed), crc32(name))``."""
+    return jax.random.fold_in(jax.random.key(int(seed) % (2**63)), zlib.crc32(name.encode()))
+
+
+class VarMap:
+    """Name -> Var store backing ``VarBuilder.from_varmap`` (Candle's ``VarMap``).
+
+    >>> vm = VarMap(seed=0)
+    >>> v = vm.get((2, 3), "lin.weight", Const(1.0), "f32", None)
+    >>> v.name, v.shape
+    ('lin.weight', (2, 3))
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self._data: dict[str, Var] = {}
+
+    @staticmethod
+    def new(seed: int = 0) -> VarMap:
+        return VarMap(seed)
+
+    # --- creation ------------------------------------------------------------------------------
+    def get(self, shape: Any, path: str, init: Any, dtype: Any, device: Any) -> Var:
+        """Create-or-return the Var ``path``; an existing Var must have the same shape."""
+        shape = as_shape(shape)
+        existing = self._data.get(path)
+        if existing is not None:
+            if tuple(existing.shape) != shape:
+                raise errors.Msg(f"shape mismatch on {path}: {fmt_shape(existing.shape)} <> {fmt_shape(shape)}")
+            return existing
+        dt = check_width(to_dtype(dtype))
+        init = Const(0.0) if init is None else init
+        a = init.sample(shape, dt, Device.coerce(device), name_key(self.seed, path))
+        v = Var._make(a, path)
+        self._data[path] = v
+        return v
+
+    # --- access --------------------------------------------------------------------------------
+    def all_vars(self) -> list[Var]:
+        """Every Var, sorted by name (Candle returns HashMap order; here it is deterministic)."""
+        return [self._data[k] for k in sorted(self._data)]
+
+    def data(self) -> dict[str, Var]:
+        """The live name -> Var dict (Candle's ``data()``; no mutex needed)."""
+        return self._data
+
+    def names(self) -> list[str]:
+        return sorted(self._data)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # --- updates -------------------------------------------------------------------------------
+    def set_one(self, name: str, value: Any) -> None:
+        """Replace the value of an existing Var (same shape; cast to its dtype)."""
+        cur = self._data.get(name)
+        if cur is None:
+            raise errors.Msg(f"cannot find {name} in VarMap")
+        a = as_array(value)
+        if tuple(a.shape) != tuple(cur.shape):
+            raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
+        if a.dtype != cur._a.dtype:
+            a = a.astype(cur._a.dtype)
+        self._data[name] = Var._make(a, name)
+
+    def set(self, items: Iterable[tuple[str, Any]] | dict[str, Any]) -> None:
+        """``set_one`` for each ``(name, value)``, e.g. ``vm.set(model.named_vars())``."""
+        if isinstance(items, dict):
+            items = items.items()
+        for name, value in items:
+            self.set_one(name, value)
+
+    # --- files ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every Var to a safetensors file (atomically)."""
+        save_safetensors_dict(dict(self._data), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
+        the file is an error."""
+        from candlejax.nn.var_builder import _open_safetensors
+
+        st = _open_safetensors([os.fspath(path)])
+        for name in sorted(self._data):
+            if name not in st:
+                raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}")
+            try:
+                self.set_one(name, st.get(name))
+            except errors.Error as e:
+                raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"VarMap(seed={self.seed}, {len(self._data)} vars)"
+
+

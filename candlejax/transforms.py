@@ -1,0 +1,232 @@
+"""``cj.jit``, ``cj.grad``, ``cj.value_and_grad``: JAX transforms that take Modules as arguments.
+
+requires: jax, candlejax.nn.module (Var)
+provides: ``jit``, ``grad``, ``value_and_grad``, ``partition``, ``combine``, ``trainable``,
+``apply_updates``
+
+* ``jit(fn)``: like ``jax.jit``, but any argument may hold non-array leaves (ints, strings,
+  callables inside lists or dicts); they are treated as static (part of the cache key) and arrays
+  as traced arguments. Modules keep their static fields in their pytree structure, so weights are
+  always arguments of the compiled program, never constants: updating the weights and calling
+  again reuses the same executable. Decorating a method traces ``self``.
+* ``grad(fn)`` / ``value_and_grad(fn)``: differentiate ``fn(model, *args)`` with respect to the
+  trainable ``Var``s of the first argument only. Gradients come back as a tree shaped like the
+  model: each Var holds its gradient (and keeps its name); every other leaf is ``None``.
+  ``apply_updates(model, updates)`` adds such a tree to a model (optax-style updates).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from candlejax import errors
+from candlejax.nn.module import Var
+from candlejax.tensor._core import TensorBase, wrap
+
+__all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
+
+
+# ------------------------------------------------------------------------------------------------
+# jit
+# ------------------------------------------------------------------------------------------------
+class _Static:
+    """A non-array leaf carried through ``jax.jit`` as pytree structure (hashed into the cache key)."""
+
+    __slots__ = ("_h", "value")
+
+    def __init__(self, value: Any):
+        self.value = value
+        try:
+            self._h = hash((type(value), value))
+        except TypeError:
+            self._h = hash(type(value))
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Static) or type(self.value) is not type(other.value):
+            return False
+        if self.value is other.value:
+            return True
+        try:
+            return bool(self.value == other.value)
+        except Exception:
+            return False
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s), lambda aux, _: aux)
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _box(tree: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if all(_is_array(x) for x in leaves):
+        return tree
+    return treedef.unflatten([x if _is_array(x) else _Static(x) for x in leaves])
+
+
+def _unbox(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, _Static) else x, tree,
+                                  is_leaf=lambda x: isinstance(x, _Static))  # fmt: skip
+
+
+class _Jitted:
+    def __init__(self, fn: Callable[..., Any], **jit_kwargs: Any):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            args, kwargs = _unbox((args, kwargs))
+            return _box(fn(*args, **kwargs))
+
+        self._jitted = jax.jit(inner, **jit_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = _box((args, kwargs))
+        return _unbox(self._jitted(*args, **kwargs))
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return functools.partial(self, instance)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = _box((args, kwargs))
+        return self._jitted.lower(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        return self._jitted._cache_size()
+
+
+def jit(fn: Callable[..., Any] | None = None, *, donate_argnums: Any = (), **jit_kwargs: Any) -> Any:
+    """Compile ``fn`` with XLA; Modules (and any pytree) may be passed as arguments.
+
+    ``donate_argnums`` lets XLA reuse the buffers of those arguments for the outputs (pass the
+    model and optimizer state of a training step). Python scalars are static: a changing float
+    (a learning rate) recompiles, so pass such values as arrays.
+
+    >>> import candlejax as cj, jax.numpy as jnp
+    >>> f = jit(lambda x, n: x * n)
+    >>> float(f(jnp.float32(2.0), 3))
+    6.0
+    """
+    if fn is None:
+        return lambda f: jit(f, donate_argnums=donate_argnums, **jit_kwargs)
+    return _Jitted(fn, donate_argnums=donate_argnums, **jit_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# partition / combine
+# ------------------------------------------------------------------------------------------------
+def _is_var(x: Any) -> bool:
+    return isinstance(x, Var)
+
+
+def partition(tree: Any) -> tuple[Any, Any]:
+    """Split ``tree`` into ``(vars, rest)``: two trees shaped like it, with ``None`` in the other's places.
+
+    ``vars`` holds the trainable Vars; ``rest`` every other array (buffers, rotary tables, ...).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_var)
+    diff = [x if isinstance(x, Var) else None for x in leaves]
+    rest = [None if isinstance(x, Var) else x for x in leaves]
+    return treedef.unflatten(diff), treedef.unflatten(rest)
+
+
+def trainable(tree: Any) -> Any:
+    """The trainable Vars of ``tree``, in a tree shaped like it (``None`` elsewhere): what an optax
+    optimizer should ``init`` and ``update``."""
+    return partition(tree)[0]
+
+
+def _is_none_or_var(x: Any) -> bool:
+    return x is None or isinstance(x, Var)
+
+
+def combine(vars_tree: Any, rest: Any) -> Any:
+    """Inverse of :func:`partition`."""
+    return jax.tree_util.tree_map(lambda a, b: b if a is None else a, vars_tree, rest, is_leaf=_is_none_or_var)
+
+
+def apply_updates(tree: Any, updates: Any) -> Any:
+    """``tree + updates`` where ``updates`` is shaped like :func:`trainable` (``None`` = no update).
+
+    Updates keep each parameter's dtype (optax's ``apply_updates`` semantics)."""
+
+    def add(u: Any, p: Any) -> Any:
+        if u is None:
+            return p
+        return (p + u).astype(p.dtype)
+
+    return jax.tree_util.tree_map(add, updates, tree, is_leaf=lambda x: x is None)
+
+
+# ------------------------------------------------------------------------------------------------
+# grad
+# ------------------------------------------------------------------------------------------------
+def _check_diff(diff: Any) -> None:
+    for v in jax.tree_util.tree_leaves(diff, is_leaf=_is_var):
+        if isinstance(v, Var) and not jax.numpy.issubdtype(v._a.dtype, jax.numpy.inexact):
+            raise errors.UnsupportedDTypeForOp(
+                v.dtype, "grad",
+                f"Var {v.name!r} is not floating point; integer parameters cannot be differentiated"
+                " (hold them as a plain Tensor or Buffer instead of a Var)",
+            )  # fmt: skip
+
+
+def _scalar(out: Any, what: str) -> Any:
+    a = out._a if isinstance(out, TensorBase) else out
+    shape = getattr(a, "shape", ())
+    if shape not in ((), (1,)):
+        raise errors.Msg(f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}")
+    return a.reshape(()) if shape == (1,) else a
+
+
+def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable[..., Any]:
+    """``fn(model, *args) -> loss`` becomes ``(model, *args) -> (loss, grads)``.
+
+    ``grads`` is shaped like ``model``: each trainable Var holds its gradient, every other leaf
+    is ``None`` (no gradient flows to Buffers, plain Tensors or static data). With ``has_aux``,
+    ``fn`` returns ``(loss, aux)`` and the result is ``((loss, aux), grads)``. Works eagerly and
+    inside ``cj.jit``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        diff, rest = partition(model)
+        _check_diff(diff)
+
+        def inner(d: Any) -> Any:
+            out = fn(combine(d, rest), *args, **kwargs)
+            if has_aux:
+                loss, aux = out
+                return _scalar(loss, "value_and_grad"), aux
+            return _scalar(out, "value_and_grad")
+
+        val, g = jax.value_and_grad(inner, has_aux=has_aux)(diff)
+        if has_aux:
+            return (wrap(val[0]), val[1]), g
+        return wrap(val), g
+
+    return wrapper
+
+
+def grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable[..., Any]:
+    """``fn(model, *args) -> loss`` becomes ``(model, *args) -> grads`` (see :func:`value_and_grad`)."""
+    vg = value_and_grad(fn, has_aux=has_aux)
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        val, g = vg(model, *args, **kwargs)
+        return (g, val[1]) if has_aux else g
+
+    return wrapper

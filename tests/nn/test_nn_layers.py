@@ -1,0 +1,312 @@
+"""Every layer against torch.nn with the same weights and inputs: forward values and gradients
+(of the parameters, by checkpoint name, and of the input)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax.nn as nn
+from candlejax import DType, Device
+from candlejax.nn import VarBuilder, Var, named_vars
+from candlejax.transforms import jit, value_and_grad
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def _vb(tmod, prefix="l"):
+    sd = {f"{prefix}.{k}": v.detach().numpy().copy() for k, v in tmod.state_dict().items()}
+    return VarBuilder.from_tensors(sd, DType.F32, Device.Cpu).pp(prefix)
+
+
+def check(layer, tmod, x, fwd=None, tfwd=None, atol=1e-5, rtol=1e-4, input_grad=True, prefix="l"):
+    """Compare forward and gradients of sum(out * r) w.r.t. every parameter and the input."""
+    fwd = fwd or (lambda m, xv: m(xv))
+    tfwd = tfwd or (lambda m, tx: m(tx))
+    tmod.zero_grad()
+    tx = torch.tensor(x, requires_grad=input_grad and np.issubdtype(x.dtype, np.floating))
+    tout = tfwd(tmod, tx)
+    r = np.random.default_rng(1).standard_normal(tuple(tout.shape)).astype(np.float32)
+    (tout * torch.tensor(r)).sum().backward()
+
+    xin = Var(x, "input") if tx.requires_grad else jnp.asarray(x)
+
+    def f(tree):
+        m, xv = tree
+        out = fwd(m, xv)
+        return jnp.sum(out._a * r), out
+
+    (_, out), grads = jit(value_and_grad(f, has_aux=True))((layer, xin))
+    np.testing.assert_allclose(np.asarray(out._a), tout.detach().numpy(), atol=atol, rtol=rtol)
+    g = named_vars(grads)
+    for name, p in tmod.named_parameters():
+        np.testing.assert_allclose(
+            np.asarray(g[f"{prefix}.{name}"]._a), p.grad.numpy(), atol=atol * 10, rtol=rtol * 10, err_msg=name
+        )
+    if tx.requires_grad:
+        np.testing.assert_allclose(np.asarray(g["input"]._a), tx.grad.numpy(), atol=atol * 10, rtol=rtol * 10)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _x(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 5), (2, 2, 3, 5)])
+def test_linear(shape):
+    t = torch.nn.Linear(5, 4)
+    check(nn.linear(5, 4, _vb(t)), t, _x(*shape))
+
+
+def test_linear_no_bias_and_constructors():
+    t = torch.nn.Linear(5, 4, bias=False)
+    lin = nn.linear_no_bias(5, 4, _vb(t))
+    assert lin.bias is None
+    check(lin, t, _x(3, 5))
+    w = Var(t.weight.detach().numpy(), "w")
+    assert nn.Linear.new(w, None).weight is w
+    assert nn.linear_b(5, 4, False, _vb(t)).bias is None
+
+
+def test_linear_rejects_rank_1_and_5():
+    lin = nn.Linear(Var(np.zeros((4, 5), np.float32), "enc.fc.weight"))
+    with pytest.raises(nn.LayerInputShape, match=r"Linear 'enc.fc'.*expected: \[batch, 5\]"):
+        lin(jnp.zeros((5,)))
+    with pytest.raises(nn.LayerInputShape):
+        lin(jnp.zeros((1, 1, 1, 1, 5)))
+
+
+def test_embedding():
+    t = torch.nn.Embedding(10, 6)
+    ids = np.array([[1, 2, 9], [0, 0, 3]], np.int64)
+    emb = nn.embedding(10, 6, _vb(t))
+    assert emb.hidden_size() == 6
+    out = check(emb, t, ids.astype(np.uint32), tfwd=lambda m, tx: m(tx.long()), input_grad=False)
+    assert out.shape == (2, 3, 6)
+    with pytest.raises(Exception, match="invalid index 10"):
+        emb(jnp.array([10], jnp.uint32))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(), dict(padding=1, stride=2), dict(dilation=2, padding=2), dict(groups=2, padding=1)],
+    ids=["plain", "pad-stride", "dilation", "groups"],
+)
+def test_conv1d(cfg):
+    t = torch.nn.Conv1d(4, 6, 3, **cfg)
+    check(nn.conv1d(4, 6, 3, nn.Conv1dConfig(**cfg), _vb(t)), t, _x(2, 4, 9))
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(padding=1, stride=2, groups=2)], ids=["plain", "pad-stride-groups"])
+def test_conv2d(cfg):
+    t = torch.nn.Conv2d(4, 6, 3, **cfg)
+    check(nn.conv2d(4, 6, 3, nn.Conv2dConfig(**cfg), _vb(t)), t, _x(2, 4, 7, 6))
+
+
+def test_conv2d_no_bias_and_bad_input():
+    t = torch.nn.Conv2d(3, 2, 3, bias=False)
+    conv = nn.conv2d_no_bias(3, 2, 3, nn.Conv2dConfig(), _vb(t, "backbone.conv1"))
+    check(conv, t, _x(1, 3, 5, 5), prefix="backbone.conv1")
+    with pytest.raises(nn.LayerInputShape, match=r"Conv2d 'backbone.conv1'.*\[batch, 3, H, W\].*\[1, 4, 5, 5\]"):
+        conv(jnp.zeros((1, 4, 5, 5)))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(), dict(stride=2, padding=1, output_padding=1), dict(dilation=2, groups=2), dict(stride=3, padding=2)],
+    ids=["plain", "stride-outpad", "dilation-groups", "stride3"],
+)
+def test_conv_transpose1d(cfg):
+    t = torch.nn.ConvTranspose1d(4, 6, 3, **cfg)
+    check(nn.conv_transpose1d(4, 6, 3, nn.ConvTranspose1dConfig(**cfg), _vb(t)), t, _x(2, 4, 7))
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(stride=2, padding=1, output_padding=1, dilation=2)], ids=["plain", "all"])
+def test_conv_transpose2d(cfg):
+    t = torch.nn.ConvTranspose2d(3, 5, 3, **cfg)
+    check(nn.conv_transpose2d(3, 5, 3, nn.ConvTranspose2dConfig(**cfg), _vb(t)), t, _x(2, 3, 5, 4))
+
+
+def _randomize(t):
+    with torch.no_grad():
+        for p in t.parameters():
+            p.copy_(torch.randn_like(p))
+    return t
+
+
+def test_layer_norm():
+    t = _randomize(torch.nn.LayerNorm(8, eps=1e-5))
+    check(nn.layer_norm(8, nn.LayerNormConfig(), _vb(t)), t, _x(2, 3, 8))
+    check(nn.layer_norm(8, 1e-5, _vb(t)), t, _x(4, 8))
+
+
+def test_rms_norm():
+    t = _randomize(torch.nn.RMSNorm(8, eps=1e-6))
+    check(nn.rms_norm(8, 1e-6, _vb(t)), t, _x(2, 3, 8))
+
+
+def test_layer_norm_half_precision_keeps_dtype():
+    ln = nn.LayerNorm(Var(np.ones(8, np.float32)).as_tensor(), None, 1e-5)
+    ln = ln.to_dtype(DType.BF16)
+    out = ln(jnp.asarray(_x(2, 8), jnp.bfloat16))
+    assert out.dtype == DType.BF16
+
+
+def test_group_norm():
+    t = _randomize(torch.nn.GroupNorm(2, 6))
+    check(nn.group_norm(2, 6, 1e-5, _vb(t)), t, _x(3, 6, 4, 2))
+    with pytest.raises(Exception, match=r"num_groups \(4\) must divide num_channels \(6\)"):
+        nn.group_norm(4, 6, 1e-5, VarBuilder.zeros())
+    with pytest.raises(Exception, match="at least 3"):
+        nn.group_norm(2, 6, 1e-5, _vb(t))(jnp.zeros((2, 6)))
+
+
+def test_batch_norm_train_eval_and_running_stats():
+    t = _randomize(torch.nn.BatchNorm2d(3, momentum=0.1))
+    bn = nn.batch_norm(3, nn.BatchNormConfig(), _vb(t))
+    assert set(bn.named_vars()) == {"l.weight", "l.bias"}
+    assert set(bn.named_buffers()) == {"l.running_mean", "l.running_var"}
+    x = _x(4, 3, 5, 5)
+    # training mode: batch statistics (forward + gradients), running stats updated functionally
+    t.train()
+    check(bn, t, x, fwd=lambda m, xv: m(xv, train=True))
+    t2 = _randomize(torch.nn.BatchNorm2d(3))
+    bn2 = nn.batch_norm(3, nn.BatchNormConfig(), _vb(t2))
+    t2.train()
+    t2(torch.tensor(x))
+    y, bn2_new = bn2.forward_train(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(bn2_new.running_mean._a), t2.running_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn2_new.running_var._a), t2.running_var.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn2.running_var._a), 1.0)  # the old layer is unchanged
+    # eval mode with the updated statistics
+    t2.eval()
+    tout = t2(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(bn2_new(jnp.asarray(x))._a), tout, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn2_new.forward_t(jnp.asarray(x), False)._a), tout, atol=1e-5)
+
+
+def test_batch_norm_1d_eval_grads():
+    t = _randomize(torch.nn.BatchNorm1d(4)).eval()
+    with torch.no_grad():
+        t.running_mean.copy_(torch.randn(4))
+        t.running_var.copy_(torch.rand(4) + 0.5)
+    check(nn.batch_norm(4, 1e-5, _vb(t)), t, _x(5, 4))
+
+
+def test_prelu():
+    t = torch.nn.PReLU(3)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor([0.1, 0.25, -0.5]))
+    check(nn.prelu(3, _vb(t)), t, _x(2, 3, 4))
+    ts = torch.nn.PReLU()
+    check(nn.prelu(None, _vb(ts)), ts, _x(2, 3))
+
+
+def test_lstm():
+    t = torch.nn.LSTM(5, 7, batch_first=True)
+    lstm = nn.lstm(5, 7, nn.LSTMConfig(), _vb(t))
+    assert set(lstm.named_vars()) == {f"l.{n}" for n, _ in t.named_parameters()}
+    check(lstm, t, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    states = lstm.seq(jnp.asarray(_x(2, 6, 5)))
+    assert len(states) == 6
+    seq_out = lstm.states_to_tensor(states)
+    np.testing.assert_allclose(np.asarray(seq_out._a), np.asarray(lstm(jnp.asarray(_x(2, 6, 5)))._a), atol=1e-6)
+    # step-by-step equals the scan
+    st = lstm.zero_state(2)
+    x = _x(2, 6, 5)
+    for i in range(6):
+        st = lstm.step(jnp.asarray(x[:, i]), st)
+    np.testing.assert_allclose(np.asarray(st.h._a), np.asarray(states[-1].h._a), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(st.c._a), np.asarray(states[-1].c._a), atol=1e-6)
+
+
+def test_lstm_names_layer_idx_direction():
+    vb = VarBuilder.zeros()
+    cfg = nn.LSTMConfig(layer_idx=1, direction=nn.Direction.Backward)
+    m = nn.lstm(3, 4, cfg, vb)
+    assert "weight_ih_l1_reverse" in m.named_vars()
+    m = nn.lstm(3, 4, nn.LSTMConfig.default_no_bias(), vb)
+    assert set(m.named_vars()) == {"weight_ih_l0", "weight_hh_l0"}
+
+
+def test_gru():
+    t = torch.nn.GRU(5, 7, batch_first=True)
+    g = nn.gru(5, 7, nn.GRUConfig(), _vb(t))
+    check(g, t, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    states = g.seq(jnp.asarray(_x(2, 6, 5)))
+    assert g.states_to_tensor(states).shape == (2, 6 * 7)  # Candle's cat on dim 1
+
+
+ACTS = [
+    ("gelu", lambda x: F.gelu(x)),
+    ("gelu_new", lambda x: F.gelu(x, approximate="tanh")),
+    ("gelu_pytorch_tanh", lambda x: F.gelu(x, approximate="tanh")),
+    ("relu", F.relu),
+    ("relu2", lambda x: F.relu(x) ** 2),
+    ("relu6", F.relu6),
+    ("silu", F.silu),
+    ("sigmoid", torch.sigmoid),
+    ("hardsigmoid", lambda x: torch.clamp((x + 3) / 6, 0, 1)),
+    ("swiglu", lambda x: F.silu(x.chunk(2, -1)[0]) * x.chunk(2, -1)[1]),
+    ("swish", lambda x: x * torch.sigmoid(x)),
+    ("mish", F.mish),
+    ("hardswish", F.hardswish),
+    ("quick_gelu", lambda x: x * torch.sigmoid(1.702 * x)),
+    ({"elu": 0.7}, lambda x: F.elu(x, 0.7)),
+    ({"leakyrelu": 0.05}, lambda x: F.leaky_relu(x, 0.05)),
+]
+
+
+@pytest.mark.parametrize("name,tf", ACTS, ids=[str(a[0]) for a in ACTS])
+def test_activation(name, tf):
+    act = nn.Activation.parse(name)
+
+    class TMod(torch.nn.Module):
+        def forward(self, x):
+            return tf(x)
+
+    check(act, TMod(), _x(3, 8) * 3)
+
+
+def test_activation_variants_and_parse():
+    assert nn.Activation.parse("gelu") == nn.Activation.Gelu
+    assert nn.Activation.parse("gelu_new") == nn.Activation.NewGelu
+    assert nn.Activation.parse("Relu6") == nn.Activation.Relu6
+    assert nn.Activation.Elu(1.0) == nn.Activation.parse("elu")
+    assert repr(nn.Activation.LeakyRelu(0.1)) == "Activation.LeakyRelu(0.1)"
+    with pytest.raises(Exception, match="unknown activation"):
+        nn.Activation.parse("nope")
+
+
+def test_dropout():
+    d = nn.Dropout(0.5)
+    x = jnp.ones((200, 100))
+    np.testing.assert_array_equal(np.asarray(d(x)._a), 1.0)  # eval: identity
+    y = np.asarray(d.forward_t(x, True, key=0)._a)
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    assert abs((y == 0).mean() - 0.5) < 0.02
+    y2 = np.asarray(d.forward_t(x, True, key=0)._a)
+    np.testing.assert_array_equal(y, y2)  # same key, same mask
+    with pytest.raises(Exception, match=r"dropout probability has to be in \[0, 1\), got 1.0"):
+        nn.Dropout(1.0)
+
+
+def test_sequential_and_func():
+    t = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    sd = {k: v.detach().numpy() for k, v in t.state_dict().items()}
+    vb = VarBuilder.from_tensors(sd)
+    model = nn.seq().add(nn.linear(4, 8, vb.pp(0))).add_fn(nn.ops.relu).add(nn.linear(8, 3, vb.pp(2)))
+    assert len(model) == 3 and model.len() == 3 and not model.is_empty()
+    out = model(jnp.asarray(_x(5, 4)))
+    np.testing.assert_allclose(np.asarray(out._a), t(torch.tensor(_x(5, 4))).detach().numpy(), atol=1e-5)
+    assert len(model.forward_all(jnp.asarray(_x(5, 4)))) == 3
+    assert sorted(model.named_vars()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    f = nn.func(lambda x: x)
+    assert f(out) is out
