@@ -261,10 +261,35 @@ def _matmul_t(x: Any, w: Any) -> Any:
     return y.astype(cdt)
 
 
+#: Weights with more elements than this are dequantised in row chunks on the CPU backend.
+CHUNK_THRESHOLD = 1 << 23
+_CHUNK_ELEMS = 1 << 18
+
+
+def _chunk_rows(out_f: int, in_f: int) -> int:
+    """The largest divisor of ``out_f`` whose rows hold at most ~_CHUNK_ELEMS values (0: no chunking)."""
+    if out_f * in_f <= CHUNK_THRESHOLD or jax.default_backend() != "cpu":
+        return 0
+    target = max(1, _CHUNK_ELEMS // in_f)
+    for r in range(min(target, out_f), 0, -1):
+        if out_f % r == 0:
+            return r if r > 1 else 0
+    return 0
+
+
 @op(static=("dtype", "shape"))
 def _qmatmul(data: Any, x: Any, *, dtype: GgmlDType, shape: tuple[int, int]) -> Any:
-    w = dequantize_rows(data, dtype).reshape(shape)
-    return _matmul_t(x, w)
+    out_f, in_f = shape
+    rows = _chunk_rows(out_f, in_f)
+    if not rows:
+        return _matmul_t(x, dequantize_rows(data, dtype).reshape(shape))
+    # Large weight on the CPU: expand `rows` rows at a time so the f32 copy of the weight is never
+    # materialised whole (a fresh 100+ MB buffer per call costs more than the arithmetic).
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_f)
+    chunks = data.reshape(out_f // rows, rows, data.shape[-1])
+    ys = jax.lax.map(lambda c: _matmul_t(x2, dequantize_rows(c, dtype)), chunks)  # (n, M, rows)
+    return jnp.moveaxis(ys, 0, 1).reshape(*lead, out_f)
 
 
 @op

@@ -266,3 +266,18 @@ def test_qmatmul_is_a_pytree_with_packed_weights(rng):
     assert len(leaves) == 1 and leaves[0].dtype == jnp.uint8 and leaves[0].nbytes == 32 * 2 * 18
     ids = m.embedding(np.array([0, 31]))
     np.testing.assert_array_equal(np.asarray(ids), np.asarray(q.dequantize())[[0, 31]])
+
+
+def test_qmatmul_large_weight_chunked_path(monkeypatch, rng):
+    import candlejax.quantized.qtensor as qt
+
+    monkeypatch.setattr(qt, "CHUNK_THRESHOLD", 1024)  # take the row-chunked path on a small weight
+    monkeypatch.setattr(qt, "_CHUNK_ELEMS", 4 * 64)
+    assert qt._chunk_rows(48, 64) == (4 if jax.default_backend() == "cpu" else 0)
+    w = rng.standard_normal((48, 64)).astype(np.float32)
+    q = QTensor.quantize(w, GgmlDType.Q4_1)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    y = qt._qmatmul.raw(q.raw, jnp.asarray(x), dtype=q.dtype(), shape=q.shape)
+    ref = x.astype(np.float64) @ np.asarray(q.dequantize()).astype(np.float64).T
+    assert y.shape == (2, 3, 48)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
