@@ -161,6 +161,12 @@ def test_qtensor_quantize_shape_errors():
     assert str(e.value) == "quantized tensor must have their last dim divisible by block size [2, 100] 256"
     with pytest.raises(errors.Error, match="scalar tensor cannot be quantized"):
         QTensor.quantize(np.float32(1.0), GgmlDType.Q4_0)
+    with pytest.raises(errors.TracingError, match="outside"):
+        jax.jit(lambda a: QTensor.quantize(a, GgmlDType.Q4_0).raw)(jnp.ones((1, 32)))
+    import candlejax.quantized as cq
+    from candlejax.io import gguf as gguf_mod
+
+    assert cq.gguf_file is gguf_mod
 
 
 def test_qtensor_quantize_bf16_input(rng):
