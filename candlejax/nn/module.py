@@ -554,7 +554,7 @@ class Module:
         head = type(self).__name__
         try:
             extra = self.extra_repr()
-        except Exception:  # noqa: BLE001 - e.g. a gradient tree whose non-Var leaves are None
+        except Exception:  # e.g. a gradient tree whose non-Var leaves are None
             extra = ""
         sub: list[str] = []
         for k, v in self._fields():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import candlejax.nn as nn
-from candlejax import DType, Device
-from candlejax.nn import VarBuilder, Var, named_vars
+from candlejax import Device, DType
+from candlejax.nn import Var, VarBuilder, named_vars
 from candlejax.transforms import jit, value_and_grad
 
 torch = pytest.importorskip("torch")
@@ -181,7 +181,7 @@ def test_batch_norm_train_eval_and_running_stats():
     bn2 = nn.batch_norm(3, nn.BatchNormConfig(), _vb(t2))
     t2.train()
     t2(torch.tensor(x))
-    y, bn2_new = bn2.forward_train(jnp.asarray(x))
+    _y, bn2_new = bn2.forward_train(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(bn2_new.running_mean._a), t2.running_mean.numpy(), atol=1e-6)
     np.testing.assert_allclose(np.asarray(bn2_new.running_var._a), t2.running_var.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(bn2.running_var._a), 1.0)  # the old layer is unchanged

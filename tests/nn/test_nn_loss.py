@@ -1,0 +1,65 @@
+"""Losses against torch (values and gradients) and Candle's error messages."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from candlejax.nn import loss, ops
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def _x(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _cmp(cj_fn, torch_fn, *arrays, diff=(0,), atol=1e-5):
+    val = cj_fn(*arrays)
+    assert val.shape == ()
+    targs = [torch.tensor(a, requires_grad=i in diff) for i, a in enumerate(arrays)]
+    tval = torch_fn(*targs)
+    tval.backward()
+    np.testing.assert_allclose(np.asarray(val._a), tval.detach().numpy(), atol=atol)
+    grads = jax.grad(lambda *a: cj_fn(*a)._a, argnums=diff)(*[jnp.asarray(a) for a in arrays])
+    for i, g in zip(diff, grads):
+        np.testing.assert_allclose(np.asarray(g), targs[i].grad.numpy(), atol=atol)
+
+
+def test_cross_entropy_and_nll():
+    logits = _x(6, 5) * 3
+    y = np.array([0, 4, 2, 2, 1, 3], np.uint32)
+    _cmp(loss.cross_entropy, lambda a, t: F.cross_entropy(a, t.long()), logits, y)
+    lp = np.asarray(ops.log_softmax(logits, 1)._a)
+    _cmp(loss.nll, lambda a, t: F.nll_loss(a, t.long()), lp, y.astype(np.int32))
+
+
+def test_cross_entropy_errors():
+    with pytest.raises(Exception, match="cross_entropy expects an input tensor of rank 2"):
+        loss.cross_entropy(_x(2, 3, 4), np.zeros(2, np.uint32))
+    with pytest.raises(Exception, match=r"batch size mismatch between inp \(4\) and target \(3\)"):
+        loss.nll(_x(4, 3), np.zeros(3, np.uint32))
+    with pytest.raises(Exception, match=r"the target tensor should have a single dimension \(\[4, 1\]\)"):
+        loss.nll(_x(4, 3), np.zeros((4, 1), np.uint32))
+    with pytest.raises(Exception, match="class ids"):
+        loss.cross_entropy(_x(4, 3), np.zeros(4, np.float32))
+
+
+def test_mse_bce_huber():
+    a, b = _x(4, 3), _x(4, 3, seed=1)
+    _cmp(loss.mse, F.mse_loss, a, b, diff=(0, 1))
+    t = (np.random.default_rng(2).random((4, 3)) > 0.5).astype(np.float32)
+    _cmp(loss.binary_cross_entropy_with_logit, F.binary_cross_entropy_with_logits, a * 5, t)
+    _cmp(lambda x, y: loss.huber(x, y, 0.7), lambda x, y: F.huber_loss(x, y, delta=0.7), a, b, diff=(0, 1))
+    with pytest.raises(Exception, match=r"shape mismatch in mse, lhs: \[4, 3\], rhs: \[3\]"):
+        loss.mse(a, b[0])
+
+
+def test_bce_with_logit_is_stable_for_large_logits():
+    x = np.array([[100.0, -100.0]], np.float32)
+    t = np.array([[0.0, 1.0]], np.float32)
+    v = float(loss.binary_cross_entropy_with_logit(x, t)._a)
+    assert np.isfinite(v) and abs(v - 100.0) < 1e-3

@@ -1,0 +1,215 @@
+"""Module pytrees, named Vars, repr, save/load and the issue's user-facing example."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax.nn as nn
+from candlejax import Device, DType, Tensor
+from candlejax.nn import Buffer, Linear, Module, Var, VarBuilder, VarMap, linear, ops
+from candlejax.nn import loss as nn_loss
+from candlejax.tensor._core import wrap
+from candlejax.transforms import apply_updates, jit, value_and_grad
+
+
+class Model(Module):
+    def __init__(self, vb):
+        self.first = linear(784, 100, vb.pp("first"))
+        self.second = linear(100, 10, vb.pp("second"))
+
+    def forward(self, image):
+        return self.second.forward(ops.relu(self.first.forward(image)))
+
+
+class Mixed(Module):
+    def __init__(self, vb):
+        self.layers = [linear(3, 3, vb.pp("layers").pp(i)) for i in range(2)]
+        self.table = wrap(jnp.arange(3.0))  # plain Tensor: not trained, not saved
+        self.stats = Buffer(jnp.ones(3), "stats")  # named, saved, not trained
+        self.act = nn.Activation.Silu
+        self.n = 3
+        self.name = "mixed"
+        self.fn = jnp.tanh
+        self.cfg = {"eps": 1e-5}
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return wrap(x._a * self.table._a * self.stats._a)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return Mixed(VarBuilder.from_varmap(VarMap(seed=1)))
+
+
+def test_named_vars_use_checkpoint_names(model):
+    assert list(model.named_vars()) == ["first.weight", "first.bias", "second.weight", "second.bias"]
+    assert model.first.weight.shape == (100, 784)
+    assert model.num_params() == 784 * 100 + 100 + 100 * 10 + 10
+
+
+def test_pytree_static_and_dynamic_fields(mixed):
+    leaves, treedef = jax.tree_util.tree_flatten(mixed)
+    assert len(leaves) == 4 + 2  # 4 linear params + table + stats; ints/strings/callables/activation are static
+    back = jax.tree_util.tree_unflatten(treedef, leaves)
+    assert type(back) is Mixed and back.n == 3 and back.name == "mixed" and back.fn is jnp.tanh
+    assert back.layers[1].weight.name == "layers.1.weight"
+    assert isinstance(back.stats, Buffer) and back.stats.name == "stats"
+    assert set(mixed.named_vars()) == {"layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+    assert set(mixed.named_tensors()) == set(mixed.named_vars()) | {"stats"}
+    # same structure after a tree_map (the optimizer's update path)
+    m2 = jax.tree_util.tree_map(lambda a: a * 2, mixed)
+    assert jax.tree_util.tree_structure(m2) == treedef
+
+
+def test_ops_on_var_return_plain_tensors(model):
+    w = model.first.weight
+    assert isinstance(w, Var) and isinstance(w, Tensor)
+    t = w.as_tensor()
+    assert type(t) is Tensor
+    out = model.first(jnp.ones((2, 784)))
+    assert type(out) is Tensor
+    v2 = w.set(jnp.zeros_like(w._a))
+    assert isinstance(v2, Var) and v2.name == "first.weight" and float(jnp.abs(w._a).sum()) > 0
+    with pytest.raises(Exception, match="shape mismatch in set"):
+        w.set(jnp.zeros(3))
+
+
+def test_jit_grad_vmap_over_a_model(mixed):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3)), jnp.float32)
+    y = jax.jit(lambda m, x: m(x)._a)(mixed, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(mixed(x)._a), atol=1e-6)
+    # vmap over the batch with the model broadcast
+    yv = jax.vmap(lambda xi: mixed(xi[None])._a[0])(x)
+    np.testing.assert_allclose(np.asarray(yv), np.asarray(y), atol=1e-6)
+    # vmap over an ensemble of models (stacked params)
+    ens = jax.tree_util.tree_map(lambda a: jnp.stack([a, a * 0.5]), mixed)
+    ye = jax.vmap(lambda m: m(x)._a)(ens)
+    assert ye.shape == (2, 4, 3)
+    # gradients: only Vars, as a tree shaped like the model
+    _, g = value_and_grad(lambda m: jnp.sum(m(x)._a ** 2))(mixed)
+    assert type(g) is Mixed
+    assert g.table._a is None and g.stats._a is None  # no gradient for plain Tensors / Buffers
+    assert g.layers[0].weight.name == "layers.0.weight" and g.layers[0].weight.shape == (3, 3)
+    def by_weight(w):
+        layer0 = mixed.layers[0].replace(weight=Var(w, "w"))
+        return jnp.sum(mixed.replace(layers=[layer0, mixed.layers[1]])(x)._a ** 2)
+
+    ref = jax.grad(by_weight)(mixed.layers[0].weight._a)
+    np.testing.assert_allclose(np.asarray(g.layers[0].weight._a), np.asarray(ref), atol=1e-5)
+
+
+def test_lax_scan_over_modules():
+    vb = VarBuilder.from_varmap(VarMap(seed=0))
+    layers = [linear(4, 4, vb.pp(i)) for i in range(3)]
+    # Var names are static metadata, so stack through the leaves (the stack keeps layer 0's names)
+    treedef = jax.tree_util.tree_structure(layers[0])
+    leaves = [jax.tree_util.tree_leaves(layer) for layer in layers]
+    stacked = treedef.unflatten([jnp.stack(a) for a in zip(*leaves)])
+
+    def body(x, layer):
+        return layer(x), None
+
+    out, _ = jax.lax.scan(body, wrap(jnp.ones((2, 4))), stacked)
+    ref = wrap(jnp.ones((2, 4)))
+    for layer in layers:
+        ref = layer(ref)
+    np.testing.assert_allclose(np.asarray(out._a), np.asarray(ref._a), atol=1e-5)
+
+
+def test_repr_and_html(mixed, model):
+    r = repr(model)
+    assert "first: Linear(in=784, out=100, bias=True" in r
+    assert "Var f32[100, 784] 'first.weight'" in r
+    r2 = repr(mixed)
+    assert "layers.1: Linear" in r2 and "Buffer f32[3] 'stats'" in r2 and "n=3" in r2
+    h = model._repr_html_()
+    assert "79,510 trainable parameters" in h and "<details" in h
+    assert "'first.weight'" in repr(model.first.weight)
+
+
+def test_save_and_load_safetensors(tmp_path, mixed):
+    p = tmp_path / "m.safetensors"
+    mixed.save_safetensors(p)
+    vb = VarBuilder.from_mmaped_safetensors([p], DType.F32, Device.Cpu)
+    again = Mixed(vb)
+    for k, v in mixed.named_vars().items():
+        np.testing.assert_array_equal(np.asarray(again.named_vars()[k]._a), np.asarray(v._a))
+    zero = jax.tree_util.tree_map(jnp.zeros_like, mixed)
+    loaded = zero.load_safetensors(p)
+    np.testing.assert_array_equal(np.asarray(loaded.stats._a), 1.0)
+    np.testing.assert_array_equal(np.asarray(loaded.layers[1].bias._a), np.asarray(mixed.layers[1].bias._a))
+
+
+def test_load_from_another_architecture_lists_names(tmp_path, mixed, model):
+    p = tmp_path / "m.safetensors"
+    mixed.save_safetensors(p)
+    with pytest.raises(Exception, match=r"missing: \['first.bias'.*unexpected: \['layers.0.bias'"):
+        model.load_safetensors(p)
+    with pytest.raises(Exception, match=r"cannot find tensor first.weight .*nearest names"):
+        Model(VarBuilder.from_mmaped_safetensors(p))
+
+
+def test_static_field_marker_and_array_in_static_raises():
+    class M(Module):
+        _static_fields = ("scale",)
+
+        def __init__(self, scale):
+            self.scale = scale
+
+    m = M((1, 2))
+    assert jax.tree_util.tree_leaves(m) == []
+    with pytest.raises(Exception, match="declared static but holds an array"):
+        jax.tree_util.tree_leaves(M(jnp.ones(2)))
+
+
+def test_module_t_and_forward_t():
+    seqm = nn.seq().add(nn.linear(3, 3, VarBuilder.zeros())).add(nn.Activation.Relu)
+    x = jnp.ones((1, 3))
+    assert seqm.forward_t(x, True).shape == (1, 3)
+    d = nn.Dropout(0.3)
+    assert d(wrap(x)).shape == (1, 3)
+
+
+def test_issue_example_trains_and_reloads(tmp_path):
+    """The user-facing example of the nn issue (with a plain SGD step instead of cj.optim)."""
+    varmap = VarMap()
+    vb = VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu)
+    model = Model(vb)
+    w_direct = Linear(Var(np.ones((2, 3), np.float32), "w"), Var(np.zeros(2, np.float32), "b"))
+    assert Linear.new(w_direct.weight, w_direct.bias)(jnp.ones((1, 3))).shape == (1, 2)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, 784)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 64), jnp.uint32)
+
+    def loss_fn(m, x, y):
+        return nn_loss.cross_entropy(m.forward(x), y)
+
+    @jit
+    def step(m, x, y):
+        loss, g = value_and_grad(loss_fn)(m, x, y)
+        return apply_updates(m, jax.tree_util.tree_map(lambda g: -0.05 * g, g)), loss
+
+    first = None
+    for _ in range(10):
+        model, loss = step(model, x, y)
+        first = first if first is not None else float(loss._a)
+    assert float(loss._a) < first
+    assert model(x).shape == (64, 10)
+    path = tmp_path / "model.safetensors"
+    model.save_safetensors(path)
+    vb = VarBuilder.from_mmaped_safetensors([str(path)], DType.F32, Device.Cpu)
+    model2 = Model(vb)
+    np.testing.assert_allclose(np.asarray(model2(x)._a), np.asarray(model(x)._a), atol=1e-6)
+    # VarMap.set copies trained values back (Candle's in-place update, made explicit)
+    varmap.set(model.named_vars())
+    np.testing.assert_array_equal(np.asarray(varmap.data()["first.bias"]._a), np.asarray(model.first.bias._a))

@@ -1,0 +1,222 @@
+"""candlejax.nn.ops, encoding, rotary and KV caches: against torch, fast vs *_slow parity, gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax.nn as nn
+from candlejax import DType
+from candlejax.nn import ops
+from candlejax.tensor._core import wrap
+from candlejax.transforms import jit
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def _x(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _np(t):
+    return np.asarray(t._a)
+
+
+def test_softmax_family_vs_torch():
+    x = _x(3, 4, 5)
+    tx = torch.tensor(x)
+    np.testing.assert_allclose(_np(ops.softmax(x, 1)), torch.softmax(tx, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.softmax(wrap(jnp.asarray(x)), -1)), torch.softmax(tx, -1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.softmax_last_dim(x)), torch.softmax(tx, -1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.log_softmax(x, 2)), torch.log_softmax(tx, 2).numpy(), atol=1e-5)
+    with pytest.raises(Exception, match="out of range"):
+        ops.softmax(x, 3)
+    with pytest.raises(Exception, match="unsupported dtype U32"):
+        ops.softmax(np.ones(3, np.uint32), 0)
+
+
+def test_softmax_last_dim_is_differentiable():
+    x = jnp.asarray(_x(2, 5))
+    g = jax.grad(lambda a: jnp.sum(ops.softmax_last_dim(a)._a * jnp.arange(5.0)))(x)
+    tx = torch.tensor(np.asarray(x), requires_grad=True)
+    (torch.softmax(tx, -1) * torch.arange(5.0)).sum().backward()
+    np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), atol=1e-6)
+
+
+def test_norm_fast_vs_slow_and_grads():
+    x, w, b = _x(2, 3, 8), _x(8, seed=1), _x(8, seed=2)
+
+    def both(fast, slow, *args):
+        np.testing.assert_allclose(_np(fast(*args)), _np(slow(*args)), atol=1e-5)
+        gf = jax.grad(lambda a: jnp.sum(fast(a, *args[1:])._a ** 2))(jnp.asarray(args[0]))
+        gs = jax.grad(lambda a: jnp.sum(slow(a, *args[1:])._a ** 2))(jnp.asarray(args[0]))
+        np.testing.assert_allclose(np.asarray(gf), np.asarray(gs), atol=1e-4)
+
+    both(ops.rms_norm, ops.rms_norm_slow, x, w, 1e-5)
+    both(ops.layer_norm, ops.layer_norm_slow, x, w, b, 1e-5)
+    tl = F.layer_norm(torch.tensor(x), (8,), torch.tensor(w), torch.tensor(b), 1e-5)
+    np.testing.assert_allclose(_np(ops.layer_norm(x, w, b, 1e-5)), tl.numpy(), atol=1e-5)
+    with pytest.raises(Exception, match=r"shape mismatch in rms-norm \[2, 3, 8\] \[7\]"):
+        ops.rms_norm(x, _x(7), 1e-5)
+    xb = jnp.asarray(x, jnp.bfloat16)
+    assert ops.rms_norm(xb, jnp.asarray(w, jnp.bfloat16), 1e-5).dtype == DType.BF16
+
+
+def _cos_sin(t, d):
+    cos, sin = nn.rotary.rotary_tables(d, t)
+    return cos.astype(np.float32), sin.astype(np.float32)
+
+
+def test_rope_variants_fast_vs_slow_and_reference():
+    b, h, t, d = 2, 3, 5, 8
+    x = _x(b, h, t, d)
+    cos, sin = _cos_sin(t + 2, d)  # T' >= T
+    # reference: HF rotate_half
+    c = np.concatenate([cos[:t], cos[:t]], -1)
+    s = np.concatenate([sin[:t], sin[:t]], -1)
+    rot = np.concatenate([-x[..., d // 2 :], x[..., : d // 2]], -1)
+    np.testing.assert_allclose(_np(ops.rope(x, cos, sin)), x * c + rot * s, atol=1e-5)
+    np.testing.assert_allclose(_np(ops.rope(x, cos, sin)), _np(ops.rope_slow(x, cos, sin)), atol=1e-5)
+    np.testing.assert_allclose(_np(ops.rope_i(x, cos, sin)), _np(ops.rope_i_slow(x, cos, sin)), atol=1e-5)
+    xt = np.swapaxes(x, 1, 2)
+    ref_thd = np.swapaxes(_np(ops.rope(x, cos, sin)), 1, 2)
+    np.testing.assert_allclose(_np(ops.rope_thd(xt, cos, sin)), ref_thd, atol=1e-6)
+    # batched tables (B, T, D/2)
+    cb, sb = np.stack([cos[:t]] * b), np.stack([sin[:t]] * b)
+    np.testing.assert_allclose(_np(ops.rope(x, cb, sb)), _np(ops.rope(x, cos, sin)), atol=1e-6)
+    g = jax.grad(lambda a: jnp.sum(ops.rope_i(a, cos, sin)._a ** 2))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(g), 2 * x, atol=1e-4)  # rotation preserves the norm
+    with pytest.raises(Exception, match="inconsistent last dim size in rope"):
+        ops.rope(x, cos[:, :3], sin[:, :3])
+
+
+def test_rotary_embedding_offsets_and_traced_offset():
+    rot = nn.RotaryEmbedding(8, 16)
+    q, k = _x(1, 2, 3, 8), _x(1, 2, 3, 8, seed=1)
+    q1, _k1 = rot.apply(q, k, 4)
+    cos, sin = _cos_sin(16, 8)
+    np.testing.assert_allclose(_np(q1), _np(ops.rope(q, cos[4:7], sin[4:7])), atol=1e-6)
+    f = jit(lambda r, q, k, off: r.apply(q, k, off))
+    q2, _ = f(rot, q, k, jnp.int32(4))
+    np.testing.assert_allclose(_np(q2), _np(q1), atol=1e-6)
+    assert not rot.named_vars()  # tables are plain Tensors: not trained, not saved
+    with pytest.raises(Exception, match="exceed max_position_embeddings"):
+        rot.apply(q, k, 15)
+
+
+def _torch_sdpa(q, k, v, mask=None, causal=False, scale=None):
+    g = q.shape[1] // k.shape[1]
+    tk = torch.tensor(k).repeat_interleave(g, 1)
+    tv = torch.tensor(v).repeat_interleave(g, 1)
+    m = None if mask is None else torch.tensor(mask)
+    return F.scaled_dot_product_attention(torch.tensor(q), tk, tv, attn_mask=m, is_causal=causal, scale=scale).numpy()
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+def test_sdpa_vs_torch(hq, hkv):
+    q, k, v = _x(2, hq, 5, 8), _x(2, hkv, 5, 8, seed=1), _x(2, hkv, 5, 8, seed=2)
+    np.testing.assert_allclose(_np(ops.sdpa(q, k, v)), _torch_sdpa(q, k, v), atol=1e-5)
+    np.testing.assert_allclose(_np(ops.sdpa(q, k, v, do_causal=True)), _torch_sdpa(q, k, v, causal=True), atol=1e-5)
+    mask = np.random.default_rng(3).random((1, 1, 5, 5)) > 0.3
+    mask[..., 0] = True
+    np.testing.assert_allclose(_np(ops.sdpa(q, k, v, mask=mask)), _torch_sdpa(q, k, v, mask), atol=1e-5)
+    fmask = np.where(mask, 0.0, -1e9).astype(np.float32)
+    np.testing.assert_allclose(_np(ops.sdpa(q, k, v, mask=fmask, scale=0.3)), _torch_sdpa(q, k, v, fmask, scale=0.3),
+                               atol=1e-5)  # fmt: skip
+    for kw in (dict(), dict(do_causal=True), dict(mask=mask, softcapping=2.0)):
+        np.testing.assert_allclose(_np(ops.sdpa(q, k, v, **kw)), _np(ops.sdpa_slow(q, k, v, **kw)), atol=1e-5)
+
+
+def test_sdpa_gradients_vs_torch():
+    q, k, v = _x(1, 2, 4, 8), _x(1, 2, 4, 8, seed=1), _x(1, 2, 4, 8, seed=2)
+    gs = jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2))(
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    )
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    (F.scaled_dot_product_attention(tq, tk, tv, is_causal=True) ** 2).sum().backward()
+    for g, t in zip(gs, (tq, tk, tv)):
+        np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), atol=1e-4)
+
+
+def test_kv_cache_decode_matches_full_attention():
+    b, h, t, d = 1, 2, 6, 4
+    q, k, v = _x(b, h, t, d), _x(b, h, t, d, seed=1), _x(b, h, t, d, seed=2)
+    full = _np(ops.sdpa(q, k, v, do_causal=True))
+    cache = nn.KvCache.new(2, 8)
+    (ka, va), cache = cache.append(k[:, :, :3], v[:, :, :3])  # prefill 3
+    out0 = ops.sdpa(q[:, :, :3], ka, va, mask=cache.attn_mask(3))
+    np.testing.assert_allclose(_np(out0), full[:, :, :3], atol=1e-5)
+    assert cache.current_seq_len() == 3 and cache.k().shape == (b, h, 3, d)
+
+    @jit
+    def step(cache, q, k, v):
+        (ka, va), cache = cache.append(k, v)
+        return ops.sdpa(q, ka, va, mask=cache.attn_mask(1)), cache
+
+    for i in range(3, 6):
+        o, cache = step(cache, q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1])
+        np.testing.assert_allclose(_np(o), full[:, :, i : i + 1], atol=1e-5)
+    assert step._cache_size() == 1  # one compiled step serves every token
+    with pytest.raises(Exception, match="exceeds max_seq_len 8"):
+        cache.append(k[:, :, :3], v[:, :, :3])
+
+
+def test_rotating_kv_cache_sliding_window():
+    b, h, t, d, w = 1, 1, 7, 4, 3
+    q, k, v = _x(b, h, t, d), _x(b, h, t, d, seed=1), _x(b, h, t, d, seed=2)
+    qp = np.arange(t)[:, None]
+    kp = np.arange(t)[None, :]
+    ref = _np(ops.sdpa(q, k, v, mask=(kp <= qp) & (kp > qp - w)))
+    cache = nn.RotatingKvCache.new(2, w)
+    outs = []
+    for lo, hi in ((0, 2), (2, 5), (5, 6), (6, 7)):  # chunks that wrap around the ring
+        (ka, va), cache = cache.append(k[:, :, lo:hi], v[:, :, lo:hi])
+        outs.append(_np(ops.sdpa(q[:, :, lo:hi], ka, va, mask=cache.attn_mask(hi - lo))))
+    np.testing.assert_allclose(np.concatenate(outs, 2), ref, atol=1e-5)
+    assert cache.offset() == 7
+
+
+def test_activations_and_dropout_functions():
+    x = _x(4, 6)
+    tx = torch.tensor(x)
+    np.testing.assert_allclose(_np(ops.sigmoid(x)), torch.sigmoid(tx).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.silu(x)), F.silu(tx).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.swiglu(x)), (F.silu(tx[:, :3]) * tx[:, 3:]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.leaky_relu(x, 0.2)), F.leaky_relu(tx, 0.2).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.selu(x)), F.selu(tx).numpy(), atol=1e-5)
+    np.testing.assert_allclose(_np(ops.elu(x, 1.0)), F.elu(tx).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_np(ops.gelu_erf(x)), F.gelu(tx).numpy(), atol=1e-6)
+    with pytest.raises(Exception, match=r"got 1\.5"):
+        ops.dropout(x, 1.5)
+    y = _np(ops.dropout(x, 0.25, key=jax.random.key(1)))
+    assert np.all((y == 0) | np.isclose(y, x / 0.75))
+    with pytest.raises(Exception, match="pass key="):
+        jax.jit(lambda a: ops.dropout(a, 0.5)._a)(jnp.asarray(x))
+
+
+def test_pixel_shuffle_and_padding():
+    x = _x(2, 8, 3, 3)
+    tx = torch.tensor(x)
+    np.testing.assert_allclose(_np(ops.pixel_shuffle(x, 2)), F.pixel_shuffle(tx, 2).numpy())
+    y = _np(ops.pixel_shuffle(x, 2))
+    np.testing.assert_allclose(_np(ops.pixel_unshuffle(y, 2)), x)
+    np.testing.assert_allclose(_np(ops.replication_pad2d(x, 1)), F.pad(tx, (1, 1, 1, 1), mode="replicate").numpy())
+
+
+def test_one_hot():
+    idx = np.array([[0, 2], [-1, 1]], np.int32)
+    out = nn.one_hot(idx, 3, 1.0, 0.0)
+    assert out.dtype == DType.F32 and out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(_np(out)[1, 0], [0, 0, 0])
+    np.testing.assert_array_equal(_np(out)[0, 1], [0, 0, 1])
+    assert nn.one_hot(idx, 3, 5, 0).dtype == DType.U32
+    with pytest.raises(Exception, match="one_hot: index value 5 exceeds depth 4"):
+        nn.one_hot(np.array([5], np.uint32), 4)
+
+
+def test_identity():
+    x = wrap(jnp.ones(2))
+    assert ops.Identity()(x) is x

@@ -1,0 +1,134 @@
+"""cj.jit / cj.grad / cj.value_and_grad over Modules: weights are arguments, only Vars are trained."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from candlejax.nn import Buffer, Module, Var, VarBuilder, VarMap, linear
+from candlejax.tensor._core import wrap
+from candlejax.transforms import apply_updates, combine, grad, jit, partition, trainable, value_and_grad
+
+
+class Net(Module):
+    def __init__(self, vb):
+        self.fc = linear(3, 2, vb.pp("fc"))
+        self.offset = Buffer(jnp.ones(2), "offset")
+        self.act = "relu"
+
+    def forward(self, x):
+        return wrap(jax.nn.relu(self.fc(x)._a) + self.offset._a)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return Net(VarBuilder.from_varmap(VarMap(seed=3)))
+
+
+def test_changed_weights_reuse_the_compiled_function(net):
+    traces = []
+
+    @jit
+    def f(m, x):
+        traces.append(1)
+        return m(x)
+
+    x = jnp.ones((4, 3))
+    y1 = f(net, x)
+    net2 = net.replace(fc=net.fc.replace(weight=net.fc.weight.set(net.fc.weight._a * 2 + 1)))
+    y2 = f(net2, x)
+    assert len(traces) == 1 and f._cache_size() == 1
+    assert not np.allclose(np.asarray(y1._a), np.asarray(y2._a))
+    np.testing.assert_allclose(np.asarray(y2._a), np.asarray(net2(x)._a), atol=1e-6)
+
+
+def test_jit_static_leaves_and_methods(net):
+    traces = []
+
+    @jit
+    def f(x, cfg):
+        traces.append(1)
+        return x * cfg["scale"] if cfg["mode"] == "mul" else x
+
+    x = jnp.ones(2)
+    assert float(f(x, {"scale": 3.0, "mode": "mul"})[0]) == 3.0
+    f(x + 1, {"scale": 3.0, "mode": "mul"})
+    assert len(traces) == 1
+    f(x, {"scale": 4.0, "mode": "mul"})  # a Python float is static: new trace
+    assert len(traces) == 2
+
+    class WithMethod(Module):
+        def __init__(self):
+            self.w = Var(jnp.ones(2), "w")
+
+        @jit
+        def forward(self, x):
+            return wrap(self.w._a * x)
+
+    m = WithMethod()
+    assert float(m(jnp.ones(2) * 2)._a[0]) == 2.0
+    m2 = m.replace(w=m.w.set(jnp.ones(2) * 5))
+    assert float(m2(jnp.ones(2) * 2)._a[0]) == 10.0  # self is traced: no stale weights
+
+
+def test_grad_only_vars_and_aux(net):
+    x = jnp.ones((4, 3))
+
+    def loss(m, x):
+        out = m(x)
+        return jnp.sum(out._a ** 2), out.shape
+
+    (val, aux), g = value_and_grad(loss, has_aux=True)(net, x)
+    assert aux == (4, 2) and val.shape == ()
+    assert isinstance(g.fc.weight, Var) and g.fc.weight.name == "fc.weight"
+    assert g.offset._a is None  # Buffers get no gradient
+    g2, _ = grad(loss, has_aux=True)(net, x)
+    np.testing.assert_array_equal(np.asarray(g2.fc.bias._a), np.asarray(g.fc.bias._a))
+    # under jit too
+    gj = jit(grad(lambda m, x: jnp.sum(m(x)._a ** 2)))(net, x)
+    np.testing.assert_allclose(np.asarray(gj.fc.weight._a), np.asarray(g.fc.weight._a), atol=1e-5)
+
+
+def test_partition_combine_apply_updates(net):
+    vars_, rest = partition(net)
+    assert jax.tree_util.tree_structure(combine(vars_, rest)) == jax.tree_util.tree_structure(net)
+    t = trainable(net)
+    assert len(jax.tree_util.tree_leaves(t)) == 2
+    upd = jax.tree_util.tree_map(jnp.ones_like, t)
+    new = apply_updates(net, upd)
+    np.testing.assert_allclose(np.asarray(new.fc.bias._a), np.asarray(net.fc.bias._a) + 1)
+    np.testing.assert_allclose(np.asarray(new.offset._a), 1.0)
+
+
+def test_optax_on_trainable(net):
+    optax = pytest.importorskip("optax")
+    tx = optax.adamw(1e-2)
+    state = tx.init(trainable(net))
+    x = jnp.ones((4, 3))
+
+    @jit
+    def step(m, s, x):
+        loss, g = value_and_grad(lambda m, x: jnp.sum(m(x)._a ** 2))(m, x)
+        upd, s = tx.update(g, s, trainable(m))
+        return apply_updates(m, upd), s, loss
+
+    m = net
+    losses = []
+    for _ in range(5):
+        m, state, loss = step(m, state, x)
+        losses.append(float(loss._a))
+    assert losses[-1] < losses[0]
+    assert m.fc.weight.name == "fc.weight"
+
+
+def test_errors():
+    class IntVar(Module):
+        def __init__(self):
+            self.w = Var(jnp.ones(2, jnp.int32), "counts")
+
+    with pytest.raises(Exception, match="Var 'counts' is not floating point"):
+        grad(lambda m: jnp.sum(m.w._a))(IntVar())
+    with pytest.raises(Exception, match="must return a scalar loss"):
+        grad(lambda m: m.fc(jnp.ones((2, 3)))._a)(Net(VarBuilder.zeros()))

@@ -1,0 +1,174 @@
+"""VarBuilder backends and errors; VarMap determinism, save/load; init variants."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax.nn as nn
+from candlejax import Device, DType, errors
+from candlejax.nn import Var, VarBuilder, VarMap
+from candlejax.nn.init import (
+    DEFAULT_KAIMING_NORMAL,
+    DEFAULT_KAIMING_UNIFORM,
+    Const,
+    FanInOut,
+    Init,
+    Kaiming,
+    NonLinearity,
+    NormalOrUniform,
+    Randn,
+    Uniform,
+)
+from candlejax.nn.module import save_safetensors_dict
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("st")
+    rng = np.random.default_rng(0)
+    a = {"model.embed.weight": rng.standard_normal((5, 4)).astype(np.float32),
+         "model.layers.0.attn.q.weight": rng.standard_normal((4, 4)).astype(np.float32)}  # fmt: skip
+    b = {"model.layers.1.attn.q.weight": rng.standard_normal((4, 4)).astype(np.float32),
+         "model.norm.weight": np.ones(4, np.float32)}  # fmt: skip
+    save_safetensors_dict(a, d / "model-00001-of-00002.safetensors")
+    save_safetensors_dict(b, d / "model-00002-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {**{k: "model-00001-of-00002.safetensors" for k in a},
+                                            **{k: "model-00002-of-00002.safetensors" for k in b}}}  # fmt: skip
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    np.savez(d / "w.npz", **a)
+    return d, {**a, **b}
+
+
+def test_prefixes():
+    vb = VarBuilder.zeros(DType.F32, Device.Cpu)
+    assert vb.pp("model").pp("layers").pp(3).prefix() == "model.layers.3"
+    assert vb.push_prefix("a").set_prefix("x.y").prefix() == "x.y"
+    assert vb.pp("a").root().prefix() == ""
+    v = vb.pp("model").get((2, 3), "weight")
+    assert isinstance(v, Var) and v.name == "model.weight" and float(jnp.abs(v._a).sum()) == 0
+    assert vb.dtype() == DType.F32 and vb.device() == Device.Cpu
+    assert vb.to_dtype(DType.BF16).get(2, "w").dtype == DType.BF16
+    assert vb.contains_tensor("anything")
+
+
+def test_sharded_index_and_many_files(files):
+    d, ref = files
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors.index.json"], DType.F32, Device.Cpu)
+    w = vb.pp("model").pp("layers").pp(1).pp("attn").pp("q").get((4, 4), "weight")
+    assert w.name == "model.layers.1.attn.q.weight"
+    np.testing.assert_array_equal(np.asarray(w._a), ref["model.layers.1.attn.q.weight"])
+    vb2 = VarBuilder.from_mmaped_safetensors(sorted(d.glob("*.safetensors")), DType.BF16, Device.Cpu)
+    e = vb2.pp("model.embed").get((5, 4), "weight")
+    assert e.dtype == DType.BF16
+    assert vb2.contains_tensor("model.norm.weight") and not vb2.contains_tensor("model.nope")
+    assert vb2.get_unchecked("model.norm.weight").shape == (4,)
+
+
+def test_missing_tensor_names_path_file_and_nearest(files):
+    d, _ = files
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors.index.json"])
+    with pytest.raises(errors.CannotFindTensor) as ei:
+        vb.pp("model.layers.1.attn").pp("k").get((4, 4), "weight")
+    msg = str(ei.value)
+    assert "cannot find tensor model.layers.1.attn.k.weight" in msg
+    assert "model-00001-of-00002.safetensors" in msg
+    assert "nearest names: model.layers.1.attn.q.weight" in msg
+
+
+def test_wrong_shape_names_path_and_file(files):
+    d, _ = files
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors.index.json"])
+    with pytest.raises(errors.UnexpectedShape) as ei:
+        vb.pp("model.embed").get((4, 5), "weight")
+    msg = str(ei.value)
+    assert msg.startswith("shape mismatch for model.embed.weight, expected: [4, 5], got: [5, 4]")
+    assert "model-00001-of-00002.safetensors" in msg
+
+
+def test_from_tensors_npz_rename(files):
+    d, ref = files
+    vb = VarBuilder.from_tensors({"a.w": jnp.ones((2, 2)), "b": np.zeros(3, np.float32)}, DType.F32, Device.Cpu)
+    assert vb.pp("a").get((2, 2), "w").name == "a.w"
+    with pytest.raises(errors.CannotFindTensor, match=r"nearest names: a\.w"):
+        vb.pp("a").get((2, 2), "ww")
+    vz = VarBuilder.from_npz(d / "w.npz")
+    np.testing.assert_array_equal(np.asarray(vz.get((5, 4), "model.embed.weight")._a), ref["model.embed.weight"])
+    # rename_f: the model asks for "embed.weight", the file holds "model.embed.weight"
+    vr = VarBuilder.from_npz(d / "w.npz").rename_f(lambda p: "model." + p)
+    w = vr.pp("embed").get((5, 4), "weight")
+    assert w.name == "embed.weight"
+
+
+def test_varmap_deterministic_independent_of_order():
+    def build(order):
+        vm = VarMap(seed=7)
+        vb = VarBuilder.from_varmap(vm)
+        for name in order:
+            nn.linear(4, 3, vb.pp(name))
+        return vm
+
+    a, b = build(["x", "y"]), build(["y", "x"])
+    for k in a.data():
+        np.testing.assert_array_equal(np.asarray(a.data()[k]._a), np.asarray(b.data()[k]._a))
+    c = build(["x", "y"])
+    assert not np.array_equal(np.asarray(a.data()["x.weight"]._a), np.asarray(a.data()["y.weight"]._a))
+    assert [v.name for v in c.all_vars()] == ["x.bias", "x.weight", "y.bias", "y.weight"]
+    d = VarMap(seed=8)
+    nn.linear(4, 3, VarBuilder.from_varmap(d).pp("x"))
+    assert not np.array_equal(np.asarray(a.data()["x.weight"]._a), np.asarray(d.data()["x.weight"]._a))
+
+
+def test_varmap_get_existing_set_save_load(tmp_path):
+    vm = VarMap()
+    vb = VarBuilder.from_varmap(vm)
+    w = vb.get_with_hints((2, 3), "w", Const(2.0))
+    assert vb.get((2, 3), "w")._a is w._a  # existing var returned as-is
+    with pytest.raises(errors.Error, match=r"shape mismatch on w: \[2, 3\] <> \[3, 2\]"):
+        vb.get((3, 2), "w")
+    with pytest.raises(errors.Error, match="`get_unchecked` does not make sense for `VarMap`"):
+        vb.get_unchecked("w")
+    vm.set_one("w", np.ones((2, 3)))
+    np.testing.assert_array_equal(np.asarray(vm.data()["w"]._a), 1.0)
+    with pytest.raises(errors.Error, match="cannot find nope in VarMap"):
+        vm.set_one("nope", np.ones(1))
+    p = tmp_path / "vm.safetensors"
+    vm.save(p)
+    vm2 = VarMap()
+    VarBuilder.from_varmap(vm2).get((2, 3), "w")
+    vm2.load(p)
+    np.testing.assert_array_equal(np.asarray(vm2.data()["w"]._a), 1.0)
+    vm3 = VarMap()
+    VarBuilder.from_varmap(vm3).get((2,), "other")
+    with pytest.raises(errors.Error, match="error setting other using data from"):
+        vm3.load(p)
+
+
+def test_init_variants_statistics():
+    vm = VarMap(seed=0)
+    vb = VarBuilder.from_varmap(vm)
+    k = vb.get_with_hints((256, 128), "k", DEFAULT_KAIMING_NORMAL)
+    assert abs(float(jnp.std(k._a)) - math.sqrt(2 / 128)) < 0.01
+    ku = vb.get_with_hints((256, 128), "ku", DEFAULT_KAIMING_UNIFORM)
+    assert float(jnp.max(jnp.abs(ku._a))) <= math.sqrt(3) * math.sqrt(2 / 128) + 1e-6
+    u = vb.get_with_hints((1000,), "u", Uniform(-0.5, 0.5))
+    assert -0.5 <= float(u._a.min()) and float(u._a.max()) < 0.5
+    r = vb.get_with_hints((4000,), "r", Randn(3.0, 0.5))
+    assert abs(float(r._a.mean()) - 3) < 0.05 and abs(float(r._a.std()) - 0.5) < 0.05
+    assert FanInOut.FanIn.for_shape((8, 4, 3, 3)) == 36 and FanInOut.FanOut.for_shape((8, 4, 3, 3)) == 72
+    assert NonLinearity.Tanh.gain() == 5 / 3 and NonLinearity.ExplicitGain(2.5).gain() == 2.5
+    kf = Kaiming(NormalOrUniform.Normal, FanInOut.FanOut, NonLinearity.Linear)
+    assert kf.std((10, 40)) == 1 / math.sqrt(10)
+    assert Init.default() == Const(0.0) and nn.ZERO == Init.Const(0.0) and nn.ONE.value == 1.0
+    v = Randn(0.0, 1.0).var((3,), DType.F32, Device.Cpu, key=0, name="v")
+    assert isinstance(v, Var) and v.name == "v"
+
+
+def test_linear_init_matches_candle_recipe():
+    lin = nn.linear(400, 50, VarBuilder.from_varmap(VarMap(seed=1)))
+    assert abs(float(jnp.std(lin.weight._a)) - math.sqrt(2 / 400)) < 0.005
+    assert float(jnp.max(jnp.abs(lin.bias._a))) <= 1 / math.sqrt(400)
