@@ -143,9 +143,12 @@ class Generation:
 
     After (or during) iteration: ``tokens`` (the ids yielded so far), ``finish_reason``
     (``"eos"``, ``"length"`` or ``None`` while running), ``cache`` (the model cache after the last
-    step), ``pos`` (how many positions the cache now holds: feed the next tokens at this
-    position to continue), ``last_token`` (the sampled id not yet fed to the model: the EOS or the
-    last generated id) and ``stats`` (prefill seconds, decode seconds, decode steps).
+    step), ``pos`` (how many positions the cache now holds), ``last_token`` (the last sampled id:
+    the EOS or the last generated id), ``pending_token`` (``last_token`` if the cache has not
+    consumed it yet, else ``None``: a pipelined run may already have fed it) and ``stats``
+    (prefill seconds, decode seconds, decode steps). To continue (a chat), call :func:`generate`
+    again with ``cache=g.cache``, ``start_pos=g.pos`` and a prompt that starts with
+    ``g.pending_token`` when it is not ``None`` (:meth:`continuation` builds it).
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class Generation:
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.last_token: int | None = None
+        self.pending_token: int | None = None
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
         use_penalty = self.repeat_penalty != 1.0 and self.repeat_last_n > 0
         # the context the penalty sees: earlier turns (if given) + this prompt
@@ -229,10 +233,17 @@ class Generation:
     def close(self) -> None:
         self._it.close()
 
+    def continuation(self, new_tokens: Sequence[int] = ()) -> list[int]:
+        """The tokens to feed next: the pending token (if any) followed by ``new_tokens``."""
+        head = [] if self.pending_token is None else [self.pending_token]
+        return [*head, *(int(t) for t in new_tokens)]
+
     # --- the loops -------------------------------------------------------------------------------
-    def _finish_draws(self, draws: int) -> None:
+    def _finish_draws(self, produced: int) -> None:
+        """Advance the processor's stream by the tokens sampled and handed out (a speculative
+        pipelined draw after EOS does not count)."""
         if isinstance(self.processor, LogitsProcessor) and self._draws_count:
-            self.processor.step = self._draw0 + draws
+            self.processor.step = self._draw0 + produced
 
     def _run(self) -> Iterator[int]:
         if self.max_new_tokens <= 0:
@@ -253,55 +264,51 @@ class Generation:
         penalty = jnp.float32(self.repeat_penalty)
         pos = jnp.int32(self.pos)
         draw = jnp.int32(self._draw0)
-        params = self.params
-        s = self.prompt.shape[1]
+        params, key = self.params, self._base_key
+
+        def step(tok: jax.Array) -> tuple:
+            out = fns.fused(params, self.cache, tok, pos, key, draw, recent, penalty)
+            self.cache = out[1]
+            self.pos += tok.shape[1]
+            return out
+
         t0 = time.perf_counter()
-        tok, cache, recent, pos, draw = fns.fused(
-            params, self.cache, self.prompt, pos, self._base_key, draw, recent, penalty
-        )
-        self.cache = cache
-        draws = 1
-        t = int(tok[0, 0])
-        self.stats["prefill_s"] = time.perf_counter() - t0
-        self.pos += s
-        t1 = time.perf_counter()
+        tok, _, recent, pos, draw = step(self.prompt)
         produced = 0
+        t1 = 0.0
         while True:
             produced += 1
-            self.last_token = t
-            stop = t in self.eos
-            last = produced >= self.max_new_tokens
+            more = produced < self.max_new_tokens
             nxt = None
-            if self.pipeline and not stop and not last:
-                # dispatch the next step before this token reaches the host
-                nxt = fns.fused(params, self.cache, tok, pos, self._base_key, draw, recent, penalty)
-                self.cache = nxt[1]
-                self.pos += 1
-                draws += 1
+            if self.pipeline and more:
+                # dispatch the next step before this token reaches the host (speculative: if this
+                # token is EOS, the cache has consumed it and pending_token is None)
+                nxt = step(tok)
                 self.stats["decode_steps"] += 1
-            if stop:
-                self.finish_reason = "eos"
-                self._finish_draws(draws)
+            t = int(tok[0, 0])
+            if produced == 1:
+                self.stats["prefill_s"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+            else:
                 self.stats["decode_s"] = time.perf_counter() - t1
+            self.last_token = t
+            self.pending_token = t if nxt is None else None
+            self._finish_draws(produced)
+            if t in self.eos:
+                self.finish_reason = "eos"
                 if self.yield_eos:
                     self.tokens.append(t)
                     yield t
                 return
             self.tokens.append(t)
-            self._finish_draws(draws)
-            self.stats["decode_s"] = time.perf_counter() - t1
             yield t
-            if last:
+            if not more:
                 self.finish_reason = "length"
                 return
             if nxt is None:
-                nxt = fns.fused(params, self.cache, tok, pos, self._base_key, draw, recent, penalty)
-                self.cache = nxt[1]
-                self.pos += 1
-                draws += 1
+                nxt = step(tok)
                 self.stats["decode_steps"] += 1
             tok, _, recent, pos, draw = nxt
-            t = int(tok[0, 0])
 
     def _run_host(self) -> Iterator[int]:
         fns = self.fns
@@ -323,7 +330,7 @@ class Generation:
             else:
                 self.stats["decode_steps"] += 1
                 self.stats["decode_s"] = time.perf_counter() - t1
-            self.last_token = t
+            self.last_token = self.pending_token = t
             if t in self.eos:
                 self.finish_reason = "eos"
                 if self.yield_eos:

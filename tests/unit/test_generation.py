@@ -1,0 +1,506 @@
+"""candlejax.generation: sampling rules and distributions, repeat penalty, the compiled
+prefill + decode driver, and streaming text."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax.generation import (
+    LogitsProcessor,
+    RecentTokens,
+    Sampling,
+    TokenOutputStream,
+    apply_repeat_penalty,
+    apply_repeat_penalty_mask,
+    context_mask,
+    generate,
+    normalize_sampling,
+    sample_jax,
+    sampling_key,
+    seed_key,
+)
+
+# --- references ------------------------------------------------------------------------------------
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _candle_topp(prs: np.ndarray, p: float) -> np.ndarray:
+    """Candle's sample_topp: walk descending (stable), zero once the running sum reaches p."""
+    prs = prs.copy()
+    order = sorted(range(len(prs)), key=lambda i: -prs[i])
+    cum = 0.0
+    for i in order:
+        if cum >= p:
+            prs[i] = 0.0
+        else:
+            cum += prs[i]
+    return prs
+
+
+def candle_distribution(logits: np.ndarray, s: Sampling) -> np.ndarray:
+    """The distribution Candle's LogitsProcessor samples from, written from its Rust source."""
+    v = len(logits)
+    if isinstance(s, Sampling.ArgMax):
+        out = np.zeros(v)
+        out[np.argmax(logits)] = 1
+        return out
+    prs = _softmax(logits.astype(np.float64) / s.temperature)
+    if isinstance(s, Sampling.All | Sampling.GumbelSoftmax):
+        out = prs
+    elif isinstance(s, Sampling.TopP):
+        out = prs if s.p <= 0 or s.p >= 1 else _candle_topp(prs, s.p)
+    elif isinstance(s, Sampling.TopK):
+        out = prs.copy()
+        if s.k < v:
+            out[np.argsort(-prs)[s.k :]] = 0
+    elif isinstance(s, Sampling.TopKThenTopP):
+        if s.k >= v:
+            out = _candle_topp(prs, s.p)
+        else:
+            idx = np.argsort(-prs)[: s.k]
+            sub = prs[idx]
+            sub = sub if s.p <= 0 or s.p >= sub.sum() else _candle_topp(sub, s.p)
+            out = np.zeros(v)
+            out[idx] = sub
+    else:
+        raise AssertionError(s)
+    return out / out.sum()
+
+
+def candle_repeat_penalty(logits: np.ndarray, penalty: float, context: list[int]) -> np.ndarray:
+    """candle_transformers::utils::apply_repeat_penalty, line by line."""
+    out = logits.astype(np.float32).copy()
+    seen: set[int] = set()
+    for t in context:
+        if t in seen:
+            continue
+        seen.add(t)
+        if 0 <= t < len(out):
+            out[t] = out[t] / penalty if out[t] >= 0 else out[t] * penalty
+    return out
+
+
+# --- Sampling rules ---------------------------------------------------------------------------------
+
+
+def test_argmax_exact(rng):
+    x = rng.normal(size=(5, 101)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(sample_jax(x, None, Sampling.ArgMax())), x.argmax(-1))
+    lp = LogitsProcessor(1, temperature=None)
+    for row in x:
+        assert lp.sample(cj.Tensor.from_jax(jnp.asarray(row))) == int(row.argmax())
+        assert lp.sample(row) == int(row.argmax())
+    assert lp.step == 0  # greedy draws use no randomness
+    # bf16 logits are compared in f32
+    assert lp.sample(jnp.asarray(x[0], dtype=jnp.bfloat16)) == int(np.asarray(jnp.asarray(x[0], jnp.bfloat16)).argmax())
+
+
+def test_constructor_rules():
+    assert LogitsProcessor(0).sampling == Sampling.ArgMax()
+    assert LogitsProcessor(0, temperature=1e-8).sampling == Sampling.ArgMax()
+    assert LogitsProcessor(0, temperature=0.0, top_p=0.9).sampling == Sampling.ArgMax()
+    assert LogitsProcessor(0, temperature=0.7).sampling == Sampling.All(0.7)
+    assert LogitsProcessor(0, temperature=0.7, top_p=0.9).sampling == Sampling.TopP(0.9, 0.7)
+    lp = LogitsProcessor.from_sampling(3, Sampling.TopK(k=5, temperature=1.0))
+    assert lp.sampling == Sampling.TopK(5, 1.0) and lp.seed == 3
+    assert LogitsProcessor.from_sampling(3, Sampling.ArgMax).sampling == Sampling.ArgMax()
+    assert hash(Sampling.TopKThenTopP(3, 0.5, 1.0)) == hash(Sampling.TopKThenTopP(3, 0.5, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("given", "vocab", "expected"),
+    [
+        (Sampling.All(0.0), 10, Sampling.ArgMax()),
+        (Sampling.TopP(0.0, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopP(-0.5, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopP(1.0, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopP(0.9, 0.8), 10, Sampling.TopP(0.9, 0.8)),
+        (Sampling.TopK(10, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopK(50, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopK(3, 0.8), 10, Sampling.TopK(3, 0.8)),
+        (Sampling.TopKThenTopP(10, 0.5, 0.8), 10, Sampling.TopP(0.5, 0.8)),
+        (Sampling.TopKThenTopP(10, 1.0, 0.8), 10, Sampling.All(0.8)),
+        (Sampling.TopKThenTopP(3, 0.0, 0.8), 10, Sampling.TopK(3, 0.8)),
+        (Sampling.GumbelSoftmax(1e-9), 10, Sampling.ArgMax()),
+        (None, 10, Sampling.ArgMax()),
+    ],
+)
+def test_edge_rules(given, vocab, expected):
+    assert normalize_sampling(given, vocab) == expected
+
+
+def test_bad_sampling_raises():
+    with pytest.raises(cj.Error, match="k >= 1"):
+        normalize_sampling(Sampling.TopK(0, 1.0))
+    with pytest.raises(cj.Error, match="needs arguments"):
+        normalize_sampling(Sampling.TopK)
+    with pytest.raises(cj.Error):
+        LogitsProcessor(0, 1.0).sample(np.zeros((2, 3), np.float32))
+
+
+def test_seeded_determinism(rng):
+    x = rng.normal(size=(40, 50)).astype(np.float32)
+    s = Sampling.TopKThenTopP(10, 0.9, 1.2)
+    a = LogitsProcessor.from_sampling(42, s)
+    b = LogitsProcessor.from_sampling(42, s)
+    c = LogitsProcessor.from_sampling(43, s)
+    ta = [a.sample(r) for r in x]
+    assert ta == [b.sample(r) for r in x]
+    assert ta != [c.sample(r) for r in x]
+    assert a.step == 40
+    # draw n uses fold_in(seed_key(seed), n): the compiled (here also vmapped) sampler agrees
+    base = seed_key(42)
+    batched = jax.jit(jax.vmap(lambda r, n: sample_jax(r, sampling_key(base, n), s)))(x, jnp.arange(40))
+    assert ta == np.asarray(batched).tolist()
+    # seeds are u64: the high 32 bits matter
+    assert seed_key(2**40 + 5) != seed_key(5)
+    assert (
+        np.asarray(jax.random.key_data(seed_key(2**40 + 5))).tolist()
+        != np.asarray(jax.random.key_data(seed_key(5))).tolist()
+    )
+
+
+SAMPLINGS = [
+    Sampling.All(1.0),
+    Sampling.All(0.5),
+    Sampling.GumbelSoftmax(0.7),
+    Sampling.TopK(3, 1.0),
+    Sampling.TopK(1, 1.0),
+    Sampling.TopP(0.6, 1.0),
+    Sampling.TopP(0.9, 1.5),
+    Sampling.TopKThenTopP(4, 0.5, 1.0),
+    Sampling.TopKThenTopP(4, 0.95, 0.8),  # p above the mass of the top 4: all 4 kept
+]
+
+
+@pytest.mark.parametrize("s", SAMPLINGS, ids=repr)
+def test_distribution(s):
+    logits = np.array([1.0, 2.5, 0.3, -1.0, 2.0, 0.9, -0.2, 1.7], np.float32)
+    n = 200_000
+    keys = jax.random.split(jax.random.key(7), n)
+    draws = jax.jit(jax.vmap(lambda k: sample_jax(logits, k, s)))(keys)
+    freq = np.bincount(np.asarray(draws), minlength=len(logits)) / n
+    expected = candle_distribution(logits, s)
+    np.testing.assert_allclose(freq, expected, atol=0.006)
+    assert np.all(freq[expected == 0] == 0)  # cut tokens are never drawn
+
+
+def test_batched_rows_are_independent(rng):
+    logits = np.zeros((4, 16), np.float32)
+    tok = np.asarray(sample_jax(logits, jax.random.key(0), Sampling.All(1.0)))
+    assert tok.shape == (4,) and tok.dtype == np.int32
+    assert len(set(tok.tolist())) > 1
+    tk = np.asarray(sample_jax(rng.normal(size=(3, 16)).astype(np.float32), jax.random.key(1), Sampling.TopP(0.5, 1)))
+    assert tk.shape == (3,)
+
+
+def test_sample_f_edits_probabilities(rng):
+    x = rng.normal(size=20).astype(np.float32)
+
+    def forbid_top(p: np.ndarray) -> None:
+        p[np.argmax(p)] = 0.0
+
+    lp = LogitsProcessor(5, temperature=1.0)
+    toks = [lp.sample_f(x, forbid_top) for _ in range(50)]
+    assert int(x.argmax()) not in toks
+    assert LogitsProcessor(5).sample_f(x, forbid_top) == int(x.argmax())  # ArgMax ignores f, as Candle
+
+
+# --- repeat penalty ---------------------------------------------------------------------------------
+
+
+def test_repeat_penalty_matches_candle(rng):
+    x = rng.normal(size=30).astype(np.float32) * 3
+    ctx = [3, 3, 7, 0, 29, 7, 12, 45, 3]  # duplicates count once; 45 is outside the vocab
+    want = candle_repeat_penalty(x, 1.3, ctx)
+    np.testing.assert_allclose(np.asarray(apply_repeat_penalty(x, 1.3, ctx)), want, rtol=1e-6)
+    t = apply_repeat_penalty(cj.Tensor.from_jax(jnp.asarray(x, dtype=jnp.bfloat16)), 1.3, ctx)
+    assert isinstance(t, cj.Tensor) and t.dtype == cj.DType.F32
+    # untouched tokens keep their values, a penalty of 1 is the identity
+    np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x, 1.0, ctx)), x)
+    np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x, 1.3, [])), x)
+
+
+def test_repeat_penalty_matches_transformers(rng):
+    torch = pytest.importorskip("torch")
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    x = rng.normal(size=(1, 40)).astype(np.float32) * 2
+    ctx = rng.integers(0, 40, size=25)
+    ref = RepetitionPenaltyLogitsProcessor(penalty=1.7)(torch.tensor(ctx[None]), torch.tensor(x.copy()))
+    ours = apply_repeat_penalty(x[0], 1.7, ctx.tolist())
+    np.testing.assert_allclose(np.asarray(ours), ref.numpy()[0], rtol=1e-6)
+
+
+def test_repeat_penalty_jit_forms(rng):
+    x = rng.normal(size=(2, 30)).astype(np.float32)
+    ctx = np.array([[1, 1, 5, -1, -1], [29, 0, 7, 7, 3]], np.int32)  # -1 = padding
+    f = jax.jit(lambda lg, c, p: apply_repeat_penalty(lg, p, c))
+    out = np.asarray(f(x, ctx, 1.5))
+    for b in range(2):
+        want = candle_repeat_penalty(x[b], 1.5, [int(t) for t in ctx[b] if t >= 0])
+        np.testing.assert_allclose(out[b], want, rtol=1e-6)
+    counts = np.zeros((30,), np.int32)
+    counts[[2, 4, 4]] = 3
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(apply_repeat_penalty_mask)(x[0], 2.0, counts)), candle_repeat_penalty(x[0], 2.0, [2, 4])
+    )
+    valid = np.array([True, False, True])
+    m = np.asarray(context_mask(np.array([3, 4, 5]), 8, valid))
+    assert m.tolist() == [False, False, False, True, False, True, False, False]
+    # uint32 ids, including huge ones, are safe
+    m = np.asarray(context_mask(np.array([1, 2**32 - 1], np.uint32), 4))
+    assert m.tolist() == [False, True, False, False]
+
+
+def test_recent_tokens_window():
+    r = RecentTokens.create(4, [9, 8, 7, 6, 5, 4])
+    assert set(np.flatnonzero(np.asarray(r.mask(10))).tolist()) == {7, 6, 5, 4}
+    r = jax.jit(RecentTokens.push)(r, jnp.int32(1))
+    assert set(np.flatnonzero(np.asarray(r.mask(10))).tolist()) == {6, 5, 4, 1}
+    r = RecentTokens.create(3)
+    assert not np.asarray(r.mask(5)).any()
+    r = r.push(2).push(2).push(3).push(4)
+    assert set(np.flatnonzero(np.asarray(r.mask(5))).tolist()) == {2, 3, 4}
+
+
+# --- generate() with a toy model ---------------------------------------------------------------------
+
+V, L = 32, 96
+
+
+def make_model(seed: int = 0):
+    """A bigram model with a pre-allocated token cache whose sum shifts the logits, so a wrong
+    cache or position shows up in the tokens. Returns (params, fresh_cache, step, trace_log)."""
+    r = np.random.default_rng(seed)
+    params = {
+        "W": jnp.asarray(r.normal(size=(V, V)).astype(np.float32) * 3),
+        "U": jnp.asarray(r.normal(size=(V,)).astype(np.float32)),
+    }
+    traces: list[tuple[int, ...]] = []
+
+    def step(params, cache, tokens, pos):
+        tokens = cj.tensor._core.unwrap(tokens)
+        traces.append(tuple(tokens.shape))
+        _, s = tokens.shape
+        buf = jax.lax.dynamic_update_slice(cache["buf"], tokens.astype(jnp.int32), (0, pos))
+        valid = jnp.arange(L) < pos + s
+        hist = jnp.sum(jnp.where(valid[None, :], params["U"][buf], 0.0), axis=1)
+        logits = params["W"][tokens[:, -1]] + 0.3 * hist[:, None] * params["U"][None, :]
+        return logits, {"buf": buf}
+
+    def fresh():
+        return {"buf": jnp.zeros((1, L), jnp.int32)}
+
+    return params, fresh, step, traces
+
+
+_SHARED = make_model(3)
+
+
+def host_loop(step, params, cache, prompt, n, choose, eos=None, penalty=1.0, last_n=64):
+    """Candle's example loop, eagerly: forward, (penalty), choose, feed back."""
+    tokens = list(prompt)
+    out = []
+    pos = 0
+    inp = prompt
+    for _ in range(n):
+        logits, cache = step(params, cache, jnp.asarray([inp], jnp.uint32), pos)
+        pos += len(inp)
+        row = np.asarray(logits)[0]
+        if penalty != 1.0:
+            row = np.asarray(apply_repeat_penalty(row, penalty, tokens[-last_n:]))
+        t = choose(row)
+        if t == eos:
+            break
+        tokens.append(t)
+        out.append(t)
+        inp = [t]
+    return out
+
+
+def test_generate_greedy_one_compile():
+    params, fresh, step, traces = make_model()
+    prompt = [1, 2, 3, 4, 5]
+    want = host_loop(step, params, fresh(), prompt, 30, lambda r: int(np.argmax(r)))
+    traces.clear()
+    g = generate(step, params, fresh(), prompt, 30)
+    got = list(g)
+    assert got == want
+    # the prompt went through the model in one call, then one compiled (1, 1) step served every token
+    assert traces == [(1, 5), (1, 1)]
+    assert g.finish_reason == "length" and g.pos == 5 + 29 and g.stats["decode_steps"] == 29
+    # a second generation with the same prompt length compiles nothing new
+    want = host_loop(step, params, fresh(), [5, 4, 3, 2, 1], 10, lambda r: int(np.argmax(r)))
+    traces.clear()
+    assert list(generate(step, params, fresh(), [5, 4, 3, 2, 1], 10)) == want
+    assert traces == []
+    list(generate(step, params, fresh(), [7, 7], 3))
+    assert traces == [(1, 2)]
+
+
+def test_generate_stops_at_eos():
+    params, fresh, step, _ = _SHARED
+    full = list(generate(step, params, fresh(), [3, 1], 20))
+    eos = full[6]
+    k = full.index(eos)
+    g = generate(step, params, fresh(), [3, 1], 20, eos_token_id=eos)
+    assert list(g) == full[:k] and g.finish_reason == "eos" and g.last_token == eos
+    g = generate(step, params, fresh(), [3, 1], 20, eos_token_id=[999, eos], yield_eos=True)
+    assert list(g) == full[: k + 1]
+
+
+def test_generate_streams_lazily():
+    params, fresh, step, _ = _SHARED
+    g = generate(step, params, fresh(), [1, 2], 10)
+    assert g.tokens == [] and g.pos == 0  # nothing runs before the first next()
+    first = next(g)
+    assert g.tokens == [first] and g.stats["decode_steps"] == 0
+    second = next(g)
+    assert g.tokens == [first, second] and g.stats["decode_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("sampling", "pipeline"),
+    [(Sampling.TopKThenTopP(8, 0.9, 0.8), False), (Sampling.All(1.0), True)],
+    ids=["topk-topp", "all-pipelined"],
+)
+def test_generate_sampling_same_tokens_as_processor(sampling, pipeline):
+    params, fresh, step, _ = _SHARED
+    ref = LogitsProcessor.from_sampling(11, sampling)
+    want = host_loop(step, params, fresh(), [4, 5, 6], 25, ref.sample, penalty=1.3, last_n=8)
+    lp = LogitsProcessor.from_sampling(11, sampling)
+    g = generate(step, params, fresh(), [4, 5, 6], 25, lp, repeat_penalty=1.3, repeat_last_n=8, pipeline=pipeline)
+    assert list(g) == want
+    assert lp.step == ref.step == 25  # the processor's stream advanced as if it had sampled
+    # same seed, same text; another seed, other text
+    lp2 = LogitsProcessor.from_sampling(11, sampling)
+    assert list(generate(step, params, fresh(), [4, 5, 6], 25, lp2, repeat_penalty=1.3, repeat_last_n=8)) == want
+    lp3 = LogitsProcessor.from_sampling(12, sampling)
+    assert list(generate(step, params, fresh(), [4, 5, 6], 25, lp3, repeat_penalty=1.3, repeat_last_n=8)) != want
+
+
+def test_generate_host_processor_and_penalty():
+    params, fresh, step, traces = make_model(4)
+    want = host_loop(step, params, fresh(), [1, 9], 15, lambda r: int(np.argmax(r)), penalty=2.0, last_n=4)
+    traces.clear()
+    got = list(
+        generate(
+            step,
+            params,
+            fresh(),
+            [1, 9],
+            15,
+            lambda t: int(np.argmax(np.asarray(t))),
+            repeat_penalty=2.0,
+            repeat_last_n=4,
+        )
+    )
+    assert got == want
+    assert traces == [(1, 2), (1, 1)]
+    # the fused (on-device) penalty agrees with the host one
+    assert list(generate(step, params, fresh(), [1, 9], 15, None, repeat_penalty=2.0, repeat_last_n=4)) == want
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_generate_continues_from_cache(pipeline):
+    params, fresh, step, _ = _SHARED
+    whole = list(generate(step, params, fresh(), [2, 3], 12))
+    g = generate(step, params, fresh(), [2, 3], 5, pipeline=pipeline)
+    assert list(g) == whole[:5]
+    # stopped by length: the last token was sampled but not fed; the cache holds prompt + 4
+    assert g.pos == 2 + 4 and g.pending_token == g.last_token == whole[4]
+    rest = list(generate(step, params, g.cache, g.continuation(), 7, start_pos=g.pos, pipeline=pipeline))
+    assert rest == whole[5:]
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_generate_continues_after_eos(pipeline):
+    params, fresh, step, _ = _SHARED
+    whole = list(generate(step, params, fresh(), [2, 3], 12))
+    eos = whole[3]
+    k = whole.index(eos)
+    g = generate(step, params, fresh(), [2, 3], 12, eos_token_id=eos, pipeline=pipeline)
+    assert list(g) == whole[:k]
+    # a pipelined run has already fed the EOS (pending_token None); continuation() covers both
+    assert (g.pending_token is None) == pipeline and g.pos == 2 + k + (1 if pipeline else 0)
+    nxt = g.continuation([7])
+    assert nxt == ([7] if pipeline else [eos, 7])
+    rest = list(generate(step, params, g.cache, nxt, 6, start_pos=g.pos))
+    assert rest == list(generate(step, params, fresh(), [2, 3, *whole[: k + 1], 7], 6))
+
+
+def test_generate_tensor_tokens_and_errors():
+    params, fresh, step, _ = _SHARED
+
+    def tstep(params, cache, tokens, pos):
+        assert isinstance(tokens, cj.Tensor) and tokens.dtype == cj.DType.U32
+        return step(params, cache, tokens, pos)
+
+    want = list(generate(step, params, fresh(), [1, 2], 6))
+    assert list(generate(tstep, params, fresh(), np.array([[1, 2]]), 6, tokens_as_tensor=True)) == want
+    assert list(generate(step, params, fresh(), [1, 2], 0)) == []
+    with pytest.raises(cj.Error, match="one sequence"):
+        generate(step, params, fresh(), [[1, 2], [3, 4]], 4)
+    with pytest.raises(cj.Error, match="empty"):
+        generate(step, params, fresh(), [], 4)
+
+
+# --- TokenOutputStream ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    """A byte-level BPE with no merges: one token per UTF-8 byte, so characters span tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from candlejax.tokenizer import bytes_to_unicode
+
+    vocab = {c: b for b, c in bytes_to_unicode().items()}
+    tk = Tokenizer(models.BPE(vocab, []))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return tk
+
+
+def test_token_output_stream(byte_tokenizer):
+    text = "héllo wörld, 日本語 😀 ok"
+    ids = byte_tokenizer.encode(text).ids
+    assert len(ids) == len(text.encode())
+    stream = TokenOutputStream(byte_tokenizer)
+    pieces = []
+    for i in ids:
+        p = stream.next_token(i)
+        if p is not None:
+            assert "\ufffd" not in p
+            pieces.append(p)
+    rest = stream.decode_rest()
+    assert "".join(pieces) + (rest or "") == text
+    assert stream.decode_all() == text
+    assert len(pieces) > 10  # text came out as it was produced, not at the end
+    # half a character is held back until the next byte completes it
+    s2 = TokenOutputStream(byte_tokenizer)
+    e_bytes = byte_tokenizer.encode("é").ids
+    assert s2.next_token(e_bytes[0]) is None and s2.next_token(e_bytes[1]) == "é"
+    s2.clear()
+    assert s2.tokens == [] and list(s2.stream(byte_tokenizer.encode("a😀b").ids)) == ["a", "😀", "b"]
+
+
+def test_streaming_generation_same_seed_same_text(byte_tokenizer):
+    params, fresh, step, _ = _SHARED
+
+    def run(seed: int) -> str:
+        lp = LogitsProcessor(seed, temperature=1.0, top_p=0.95)
+        stream = TokenOutputStream(byte_tokenizer)
+        return "".join(stream.stream(generate(step, params, fresh(), [65, 66], 20, lp)))
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
