@@ -114,6 +114,18 @@ def _update_slice(a: Any, src: Any, starts: tuple[int, ...]) -> Any:
     return lax.dynamic_update_slice(a, src, starts)
 
 
+@op(static=("axis",))
+def _dyn_update_slice(a: Any, src: Any, start: Any, axis: int) -> Any:
+    return lax.dynamic_update_slice_in_dim(a, src, start, axis)
+
+
+def _traced_offset(x: Any) -> Any:
+    """The traced scalar behind an offset (a Tracer or a Tensor holding one), else ``None``."""
+    if isinstance(x, TensorBase):
+        x = x._a
+    return x if isinstance(x, Tracer) else None
+
+
 @op
 def _where(pred: Any, on_true: Any, on_false: Any) -> Any:
     return jnp.where(pred != 0, on_true, on_false)
@@ -512,7 +524,8 @@ class IndexingMixin(TensorBase):
     # --- slices (functional) ------------------------------------------------------------------
     def slice_scatter(self, src: Any, dim: Any, start: int) -> Any:
         """Candle ``slice_scatter(src, dim, start)``: a copy of self with ``src`` written at
-        ``start`` along ``dim`` (src equals self off ``dim``). PyTorch: ``torch.slice_scatter``."""
+        ``start`` along ``dim`` (src equals self off ``dim``). PyTorch: ``torch.slice_scatter``.
+        ``start`` may be traced under jit (clamped so that ``src`` fits)."""
         s = self._a.shape
         d = resolve_dim(dim, s, "slice-scatter")
         src = _as_tensor(src, "slice-scatter")
@@ -521,10 +534,13 @@ class IndexingMixin(TensorBase):
         ss = src.shape
         if len(ss) != len(s):
             raise errors.UnexpectedNumberOfDims(len(s), len(ss), ss, "slice-scatter")
-        start = int(start)
+        dyn = _traced_offset(start)
+        start = 0 if dyn is not None else int(start)
         ok = start >= 0 and all((b + start <= a) if i == d else a == b for i, (a, b) in enumerate(zip(s, ss)))
         if not ok:
             raise errors.ShapeMismatchBinaryOp(s, ss, "slice-scatter (self, src)", f"start {start} on dim {d}")
+        if dyn is not None:
+            return self._wrap(_dyn_update_slice(self._a, src._a, dyn, axis=d))
         starts = tuple(start if i == d else 0 for i in range(len(s)))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 
@@ -535,7 +551,8 @@ class IndexingMixin(TensorBase):
     def slice_set(self, src: Any, dim: Any, offset: int) -> Any:
         """Candle ``slice_set(src, dim, offset)`` made functional: returns self with ``src`` written at
         ``offset`` along ``dim`` (Candle writes in place and returns nothing; rebind the result:
-        ``cache = cache.slice_set(k, 2, pos)``). Differentiable, unlike Candle's."""
+        ``cache = cache.slice_set(k, 2, pos)``). Differentiable, unlike Candle's. Under jit ``offset``
+        may be traced (a KV-cache position); it is then clamped so that ``src`` fits."""
         s = self._a.shape
         d = resolve_dim(dim, s, "slice-set")
         src = _as_tensor(src, "slice-set")
@@ -544,7 +561,8 @@ class IndexingMixin(TensorBase):
         ss = src.shape
         if len(ss) != len(s):
             raise errors.UnexpectedNumberOfDims(len(s), len(ss), s, "slice-set")
-        offset = int(offset)
+        dyn = _traced_offset(offset)
+        offset = 0 if dyn is not None else int(offset)
         if offset < 0:
             raise errors.Msg(f"slice-set: offset must be non-negative, got {offset}")
         for i, (v1, v2) in enumerate(zip(s, ss)):
@@ -552,6 +570,8 @@ class IndexingMixin(TensorBase):
                 raise errors.Msg(f"shape mismatch on target dim, dst: {v1}, src: {v2} + {offset}")
             if i != d and v1 != v2:
                 raise errors.Msg(f"shape mismatch on dim {i}, {v1} <> {v2}")
+        if dyn is not None:
+            return self._wrap(_dyn_update_slice(self._a, src._a, dyn, axis=d))
         starts = tuple(offset if i == d else 0 for i in range(len(s)))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 

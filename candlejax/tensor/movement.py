@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -95,6 +96,11 @@ def _unfold(a: Any, axis: int, size: int, step: int, n: int) -> Any:
     idx = np.arange(n)[:, None] * step + np.arange(size)[None, :]
     out = jnp.take(a, jnp.asarray(idx, dtype=jnp.int32), axis=axis)  # (.., n, size, ..)
     return jnp.moveaxis(out, axis + 1, -1)
+
+
+@op(static=("axis", "length"))
+def _dyn_narrow(a: Any, start: Any, axis: int, length: int) -> Any:
+    return lax.dynamic_slice_in_dim(a, start, length, axis=axis)
 
 
 @op
@@ -299,11 +305,18 @@ class MovementMixin(TensorBase):
 
         A negative ``start`` counts from the end (as candle-pyo3). Errors: ``NarrowInvalidArgs``
         (``start > dim_len``, ``start + len > dim_len``). PyTorch: ``Tensor.narrow``.
+        Under jit ``start`` may be traced (a scalar array or Tensor; ``len`` stays static); it is
+        then clamped to ``0..=dim_len-len`` as ``lax.dynamic_slice`` does.
         """
         s = self._a.shape
         d = resolve_dim(dim, s, "narrow")
-        start = int(start)
         length = int(len)
+        if isinstance(start, TensorBase):
+            start = start._a
+        if isinstance(start, jax.core.Tracer):
+            _narrow_check(s, d, 0, length)
+            return self._wrap(_dyn_narrow(self._a, start, axis=d, length=length))
+        start = int(start)
         if start < 0:
             if start + s[d] < 0:
                 raise errors.NarrowInvalidArgs(s, d, start, length, "start < -dim_len")

@@ -707,3 +707,24 @@ def test_orthogonal_i_matches_candle_pyo3_getitem(rng):
     x = rand(rng, (3, 4))
     want = _np(candle.Tensor(x)[[0, 2], [1, 3, 3]])
     np.testing.assert_array_equal(np.asarray(tt(x).i(([0, 2], [1, 3, 3]))), want)
+
+
+def test_traced_offsets_kv_cache_style(rng):
+    """narrow / slice_set / slice_scatter with a traced position: one compiled step for every offset;
+    an offset that would overflow is clamped so that src fits (lax.dynamic_update_slice)."""
+    cache = np.zeros((2, 6, 3), np.float32)
+    k = rand(rng, (2, 1, 3))
+    step = jax.jit(lambda c, k, pos: (c.slice_set(k, 1, pos), c.slice_scatter(k, 1, pos), c.narrow(1, pos, 2)))
+    for pos in (0, 3, 5, 9):
+        a, b, n = step(tt(cache + 1), tt(k), jnp.asarray(pos, jnp.int32))
+        want = cache + 1
+        want[:, min(pos, 5) : min(pos, 5) + 1] = k
+        np.testing.assert_array_equal(np.asarray(a), want)
+        np.testing.assert_array_equal(np.asarray(b), want)
+        assert n.shape == (2, 2, 3)
+    g = jax.jit(lambda c, p: c.narrow(0, Tensor._wrap(p), 2))(tt(np.arange(5.0)), jnp.asarray(2))
+    np.testing.assert_array_equal(np.asarray(g), [2.0, 3.0])
+    with pytest.raises(errors.NarrowInvalidArgs):
+        jax.jit(lambda c, p: c.narrow(0, p, 6))(tt(np.arange(5.0)), jnp.asarray(0))
+    with pytest.raises(errors.Msg, match="shape mismatch on target dim"):
+        jax.jit(lambda c, k, p: c.slice_set(k, 1, p))(tt(cache), tt(np.zeros((2, 7, 3), np.float32)), jnp.asarray(0))
