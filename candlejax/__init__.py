@@ -6,17 +6,23 @@
 [[3.0], [7.0]]
 """
 
+# ruff: noqa: E402, I001  (JAX settings must be applied before anything creates an array)
 from candlejax import _config
 
 _config.apply()
 
-from candlejax import errors  # noqa: E402
-from candlejax.device import Device, DeviceLocation  # noqa: E402
-from candlejax.dtype import DType, enable_x64, x64_enabled  # noqa: E402
-from candlejax.errors import Error  # noqa: E402
-from candlejax.shape import D, Shape  # noqa: E402
-from candlejax.tensor import Tensor  # noqa: E402
+from candlejax import errors
+from candlejax.device import Device, DeviceLocation
+from candlejax.dtype import DType, enable_x64, x64_enabled
+from candlejax.errors import Error
+from candlejax.shape import D, Shape
+from candlejax.tensor import Tensor
+from candlejax import data, io, nn, npy, optim, random, safetensors
+from candlejax.transforms import grad, jit, value_and_grad
 
 __version__ = "0.1.0"
 
-__all__ = ["D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "enable_x64", "errors", "x64_enabled"]
+__all__ = [
+    "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "data", "enable_x64", "errors", "grad",
+    "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
+]  # fmt: skip
