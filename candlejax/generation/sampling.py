@@ -162,8 +162,48 @@ def _nucleus(sorted_logits: jax.Array, probs_sorted: jax.Array, p: float) -> jax
     return jnp.where(keep, sorted_logits, -jnp.inf)
 
 
+def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
+    """Candle's top-p set over the whole vocabulary without sorting it.
+
+    Candle keeps token i iff the mass of the tokens ranked above it is below ``p``, i.e. iff
+    ``f(prob_i) < p`` with ``f(v) = sum(prob_j for prob_j > v)``. ``f`` falls as ``v`` grows, so the
+    kept set is ``prob >= v*`` for the smallest ``v*`` with ``f(v*) < p``. Non-negative float32
+    values order like their int32 bit patterns, so a bisection over the bits finds ``v*`` exactly
+    in 30 masked sums (a full sort of a 50k vocabulary costs ~100x more on CPU). Equal
+    probabilities at the cut are all kept (Candle's sort keeps the lower ids first).
+    """
+    probs = probs.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+    batch = probs.shape[:-1]
+    lo = jnp.zeros(batch, jnp.int32)
+    hi = jnp.full(batch, 0x3F800000, jnp.int32)  # bits of 1.0: f(1.0) = 0 < p
+
+    def body(_: Any, lohi: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        above = jnp.sum(jnp.where(bits > mid[..., None], probs, 0.0), axis=-1)
+        ok = above < p
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    _, hi = jax.lax.fori_loop(0, 30, body, (lo, hi))
+    return bits >= hi[..., None]
+
+
+def _categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from ``softmax(logits)`` by inverting the CDF with a single uniform
+    (what Candle's ``WeightedIndex`` does); ~4x cheaper than Gumbel-max over a 50k vocabulary,
+    which needs one random number per token. ``-inf`` logits are never drawn."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, logits.shape[:-1], dtype=jnp.float32) * cdf[..., -1]
+    idx = jnp.sum(cdf <= u[..., None], axis=-1)
+    # float rounding can leave u at the top of the cdf: take the last token with mass
+    last = logits.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, axis=-1), axis=-1)
+    return jnp.minimum(idx, last)
+
+
 def _pick(sorted_logits: jax.Array, sorted_idx: jax.Array, key: jax.Array) -> jax.Array:
-    j = jax.random.categorical(key, sorted_logits, axis=-1)
+    j = _categorical(key, sorted_logits)
     return jnp.take_along_axis(sorted_idx, j[..., None], axis=-1)[..., 0]
 
 
@@ -185,8 +225,10 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
         return jnp.argmax(x, axis=-1).astype(jnp.int32)
     key = _as_key(key)
     x = x / jnp.float32(s.temperature)  # type: ignore[attr-defined]
-    if isinstance(s, All | GumbelSoftmax):
-        # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick.
+    if isinstance(s, All):
+        return _categorical(key, x).astype(jnp.int32)
+    if isinstance(s, GumbelSoftmax):
+        # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick
         return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
     if isinstance(s, TopK | TopKThenTopP):
         vals, idx = jax.lax.top_k(x, s.k)
@@ -196,12 +238,9 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
             vals = _nucleus(vals, probs, s.p)
         return _pick(vals, idx, key).astype(jnp.int32)
     if isinstance(s, TopP):
-        iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-        # descending by value, ties by index (Candle's stable sort)
-        neg_sorted, idx = jax.lax.sort((-x, iota), dimension=x.ndim - 1, num_keys=1, is_stable=True)
-        vals = -neg_sorted
-        probs = jax.nn.softmax(vals, axis=-1)
-        return _pick(_nucleus(vals, probs, s.p), idx, key).astype(jnp.int32)
+        probs = jax.nn.softmax(x, axis=-1)
+        keep = _nucleus_mask(probs, s.p)
+        return _categorical(key, jnp.where(keep, x, -jnp.inf)).astype(jnp.int32)
     raise errors.Msg(f"sample: unsupported sampling {s!r}")
 
 

@@ -193,6 +193,20 @@ def test_distribution(s):
     assert np.all(freq[expected == 0] == 0)  # cut tokens are never drawn
 
 
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
+def test_nucleus_set_is_candles_on_a_large_vocab(rng, p):
+    """The sort-free top-p cut keeps exactly the tokens Candle's sorted walk keeps."""
+    from candlejax.generation.sampling import _nucleus_mask
+
+    logits = (rng.normal(size=(3, 5000)) * 2).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    got = np.asarray(jax.jit(_nucleus_mask, static_argnums=1)(jnp.asarray(probs), p))
+    for b in range(3):
+        want = _candle_topp(probs[b].astype(np.float64), p) > 0
+        assert (got[b] != want).sum() <= 1, (got[b].sum(), want.sum())  # f32 vs f64 sums at the cut
+        assert got[b][np.argmax(probs[b])]
+
+
 def test_batched_rows_are_independent(rng):
     logits = np.zeros((4, 16), np.float32)
     tok = np.asarray(sample_jax(logits, jax.random.key(0), Sampling.All(1.0)))
