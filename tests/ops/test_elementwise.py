@@ -209,10 +209,14 @@ def test_parameterised_grads(rng):
         (lambda t: t.abs().powf(1.5), lambda a: jnp.abs(a) ** 1.5),
         (lambda t: t.clamp(-1.0, 1.0), lambda a: jnp.clip(a, -1, 1)),
     ]
-    for f, ref in cases:
-        got = jax.grad(lambda a, f=f: f(Tensor._wrap(a)).sum_all().jax)(x)
-        want = jax.grad(lambda a, ref=ref: jnp.sum(ref(a)))(x)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    @jax.jit
+    def grads(x):
+        got = [jax.grad(lambda a, f=f: f(Tensor._wrap(a)).sum_all().jax)(x) for f, _ in cases]
+        return got, [jax.grad(lambda a, r=r: jnp.sum(r(a)))(x) for _, r in cases]
+
+    for g, w in zip(*grads(x)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_clamp_errors():
@@ -400,7 +404,7 @@ CMP_REF = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equa
            "ge": np.greater_equal}  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16, I32, U8], ids=str)
+@pytest.mark.parametrize("dtype", [F32, BF16, I32], ids=str)
 def test_comparisons(rng, dtype):
     x = rand(rng, (3, 4), dtype)
     y = rand(rng, (3, 4), dtype)

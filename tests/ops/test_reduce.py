@@ -65,7 +65,7 @@ def test_mean_var(rng, dtype):
             assert_close(got, want, dtype)
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16, U8, I32], ids=str)
+@pytest.mark.parametrize("dtype", [F32, BF16, U8], ids=str)
 def test_max_min_argmax_argmin(rng, dtype):
     x = rand(rng, SHAPE, dtype)
     x[:, 0, :] = x[:, 1, :]  # ties along dim 1: the first occurrence wins
@@ -138,7 +138,7 @@ def test_log_sum_exp(rng, dtype):
     np.testing.assert_allclose(f64(ninf), [-np.inf, np.log(2)])
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16, I32, U32], ids=str)
+@pytest.mark.parametrize("dtype", [F32, BF16, I32], ids=str)
 def test_cumsum(rng, dtype):
     x = rand(rng, SHAPE, dtype)
     xd = f64(x)
@@ -153,7 +153,7 @@ def test_cumsum(rng, dtype):
         np.testing.assert_array_equal(f64(ones), np.arange(1, n + 1))
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16, I32, U8], ids=str)
+@pytest.mark.parametrize("dtype", [F32, BF16, U8], ids=str)
 def test_sort(rng, dtype):
     x = rand(rng, (3, 6), dtype)
     x[:, 1] = x[:, 4]  # ties: stable order
