@@ -220,7 +220,12 @@ class Optimizer:
     def init(self, model: Any) -> OptState:
         """A fresh optimizer state for ``model``'s trainable parameters (Candle's ``Optimizer::new``)."""
         sp = self._split(model)
-        return OptState(jnp.zeros((), jnp.int32), self.tx.init(sp.params))
+        state = OptState(jnp.zeros((), jnp.int32), self.tx.init(sp.params))
+        first = sp.params[0]
+        if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
+            # committed like the parameters, so that the first and later steps share one executable
+            state = jax.device_put(state, first.sharding)
+        return state
 
     # --- the update, traced ------------------------------------------------------------------------
     def _update(self, params: list[Any], state: OptState, grads: list[Any], lr: Any) -> tuple[list[Any], OptState]:
