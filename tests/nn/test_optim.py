@@ -288,3 +288,72 @@ def test_bad_arguments():
     with pytest.raises(cj.Error, match="scalar"):
         opt = O.SGD(0.1)
         opt.backward_step(lambda m: m["w"], model, opt.init(model))
+
+
+# --- with cj.nn Modules ----------------------------------------------------------------------------
+def test_issue_example_trains_saves_and_reloads(tmp_path, rng):
+    nn = pytest.importorskip("candlejax.nn")
+    data = pytest.importorskip("candlejax.data")
+    from candlejax import Device, DType
+    from candlejax.nn import Module, VarBuilder, VarMap, linear
+
+    class Model(Module):
+        def __init__(self, vb):
+            self.first = linear(784, 100, vb.pp("first"))
+            self.second = linear(100, 10, vb.pp("second"))
+
+        def forward(self, image):
+            return self.second.forward(self.first.forward(image).relu())
+
+    protos = rng.random((10, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 256).astype(np.uint32)
+    x = (protos[y] + 0.3 * rng.random((256, 784))).astype(np.float32)
+    train_set = (x, y)
+
+    varmap = VarMap()
+    vb = VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu)
+    model = Model(vb)
+    opt = O.AdamW(O.ParamsAdamW(lr=1e-3))
+    state = opt.init(model)
+
+    def loss_fn(m, x, y):
+        return nn.loss.cross_entropy(m.forward(x), y)
+
+    losses = []
+    for _ in range(3):
+        for xb, yb in data.Batcher(train_set, batch_size=64, shuffle=True, seed=0):
+            model, state, loss = opt.backward_step(loss_fn, model, state, xb, yb)
+            losses.append(float(np.asarray(loss)))
+    assert losses[-1] < losses[0] / 4
+    assert opt._compiled[(loss_fn, True)]._cache_size() == 1  # the first step's program is reused
+    path = tmp_path / "model.safetensors"
+    model.save_safetensors(path)
+    reloaded = Model(VarBuilder.from_mmaped_safetensors([path], DType.F32, Device.Cpu))
+    assert sorted(reloaded.named_vars()) == ["first.bias", "first.weight", "second.bias", "second.weight"]
+    xt = cj.Tensor.new(x[:8])
+    np.testing.assert_array_equal(np.asarray(reloaded(xt)), np.asarray(model(xt)))
+
+
+def test_step_with_cj_grad_matches_backward_step(rng):
+    pytest.importorskip("candlejax.nn")
+    from candlejax import Device, DType
+    from candlejax.nn import VarBuilder, VarMap, linear
+    from candlejax.transforms import grad
+
+    x = wrap(jnp.asarray(rng.standard_normal((16, 5)).astype(np.float32)))
+    y = wrap(jnp.asarray(rng.standard_normal((16, 2)).astype(np.float32)))
+
+    def loss_fn(m, x, y):
+        return wrap(jnp.mean((m(x).jax - y.jax) ** 2))
+
+    def fresh():
+        return linear(5, 2, VarBuilder.from_varmap(VarMap(seed=3), DType.F32, Device.Cpu).pp("fc"))
+
+    opt_a, opt_b = O.AdamW(O.ParamsAdamW(lr=0.01)), O.AdamW(O.ParamsAdamW(lr=0.01))
+    a, b = fresh(), fresh()
+    sa, sb = opt_a.init(a), opt_b.init(b)
+    for _ in range(5):
+        a, sa, _ = opt_a.backward_step(loss_fn, a, sa, x, y)
+        b, sb = opt_b.step(b, sb, grad(loss_fn)(b, x, y))
+    for k, v in a.named_vars().items():
+        np.testing.assert_allclose(np.asarray(v), np.asarray(b.named_vars()[k]), rtol=1e-6, atol=1e-7)
