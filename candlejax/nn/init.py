@@ -6,8 +6,10 @@ provides: ``Init`` (``Init.Const``, ``Init.Randn``, ``Init.Uniform``, ``Init.Kai
 ``ONE``, ``DEFAULT_KAIMING_UNIFORM``, ``DEFAULT_KAIMING_NORMAL``.
 
 Every init is a frozen dataclass with ``sample(shape, dtype, device, key) -> jax.Array`` and
-Candle's ``var(shape, dtype, device, key=None) -> Var``. Random inits need a key; without one,
-``var`` draws from the device's seeded generator (eager only).
+Candle's ``var(shape, dtype, device, key=None) -> Var``. Random inits need a key: a jax key (works
+under ``jit``) or a ``numpy.random.Generator`` (sampled on the host, as ``VarMap`` does, so that
+building a model compiles nothing); without one, ``var`` draws from the device's seeded
+generator (eager only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from candlejax import random as _random
 from candlejax.device import Device
@@ -93,6 +96,11 @@ def _float_dtype_for_sampling(dt: DType) -> Any:
     return jnp.float64 if dt is DType.F64 else jnp.float32
 
 
+def _host(a: np.ndarray, dt: DType, device: Any) -> jax.Array:
+    """Place a host-sampled array (no XLA compile per shape: model construction stays fast)."""
+    return jax.device_put(a.astype(dt.np), Device.coerce(device).jax_device)
+
+
 class _InitBase:
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:  # pragma: no cover
         raise NotImplementedError
@@ -122,7 +130,7 @@ class Const(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any = None) -> jax.Array:
         dt = check_width(to_dtype(dtype))
-        return self._place(jnp.full(as_shape(shape), self.value, dtype=dt.np), dt, device)
+        return _host(np.full(as_shape(shape), self.value), dt, device)
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,8 @@ class Randn(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        if isinstance(key, np.random.Generator):
+            return _host(key.standard_normal(as_shape(shape)) * self.stdev + self.mean, dt, device)
         a = jax.random.normal(_random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt))
         return self._place(a * self.stdev + self.mean, dt, device)
 
@@ -147,6 +157,8 @@ class Uniform(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        if isinstance(key, np.random.Generator):
+            return _host(key.uniform(self.lo, self.up, as_shape(shape)), dt, device)
         a = jax.random.uniform(
             _random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt), minval=self.lo, maxval=self.up
         )

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from candlejax import errors
-from candlejax._dispatch import is_eager
+from candlejax._dispatch import is_eager, op
 from candlejax.nn.module import Module
 from candlejax.tensor._core import TensorBase, wrap
 
@@ -28,6 +28,31 @@ __all__ = ["KvCache", "RotatingKvCache"]
 
 def _arr(x: Any) -> Any:
     return x._a if isinstance(x, TensorBase) else jnp.asarray(x)
+
+
+@op(static=("dim",))
+def _kv_write(kb: Any, vb: Any, ka: Any, va: Any, pos: Any, *, dim: int) -> Any:
+    start = [jnp.zeros((), jnp.int32)] * ka.ndim
+    start[dim] = pos
+    kb = lax.dynamic_update_slice(kb, ka.astype(kb.dtype), start)
+    vb = lax.dynamic_update_slice(vb, va.astype(vb.dtype), start)
+    return kb, vb, pos + ka.shape[dim]
+
+
+@op(static=("dim",))
+def _ring_write(kb: Any, vb: Any, ka: Any, va: Any, off: Any, slot_pos: Any, *, dim: int) -> Any:
+    w, n = kb.shape[dim], ka.shape[dim]
+    k_all = jnp.concatenate([kb, ka.astype(kb.dtype)], axis=dim)
+    v_all = jnp.concatenate([vb, va.astype(vb.dtype)], axis=dim)
+    new_pos = off + jnp.arange(n, dtype=jnp.int32)
+    keep = min(n, w)  # only the last `window` new positions survive in the ring
+    slots = new_pos[n - keep :] % w
+
+    def put(buf: Any, x: Any) -> Any:
+        b = jnp.moveaxis(buf, dim, 0).at[slots].set(jnp.moveaxis(x.astype(buf.dtype), dim, 0)[n - keep :])
+        return jnp.moveaxis(b, 0, dim)
+
+    return k_all, v_all, put(kb, ka), put(vb, va), off + n, slot_pos.at[slots].set(new_pos[n - keep :])
 
 
 def _alloc(x: Any, dim: int, size: int) -> Any:
@@ -79,11 +104,8 @@ class KvCache(Module):
                     f"KvCache: appending {n} positions at {p} exceeds max_seq_len {self.max_seq_len}"
                     " (create the cache with a larger max_seq_len)"
                 )
-        start = [jnp.zeros((), jnp.int32)] * ka.ndim
-        start[self.dim] = pos
-        kb = lax.dynamic_update_slice(kb, ka.astype(kb.dtype), start)
-        vb = lax.dynamic_update_slice(vb, va.astype(vb.dtype), start)
-        new = KvCache(self.dim, self.max_seq_len, wrap(kb), wrap(vb), wrap(pos + n))
+        kb, vb, pos = _kv_write(kb, vb, ka, va, pos, dim=self.dim)
+        new = KvCache(self.dim, self.max_seq_len, wrap(kb), wrap(vb), wrap(pos))
         return (wrap(kb), wrap(vb)), new
 
     def attn_mask(self, q_len: int) -> Any:
@@ -154,19 +176,8 @@ class RotatingKvCache(Module):
         w = self.max_seq_len
         kb = _alloc(ka, self.dim, w) if self.k_buf is None else self.k_buf._a
         vb = _alloc(va, self.dim, w) if self.v_buf is None else self.v_buf._a
-        n = ka.shape[self.dim]
-        off = self.offset_._a
-        k_all = jnp.concatenate([kb, ka.astype(kb.dtype)], axis=self.dim)
-        v_all = jnp.concatenate([vb, va.astype(vb.dtype)], axis=self.dim)
-        new_pos = off + jnp.arange(n, dtype=jnp.int32)
-        keep = min(n, w)  # only the last `window` new positions survive in the ring
-        slots = (new_pos[n - keep :]) % w
-        kk = jnp.moveaxis(jnp.moveaxis(kb, self.dim, 0).at[slots].set(jnp.moveaxis(ka, self.dim, 0)[n - keep :]), 0,
-                          self.dim)  # fmt: skip
-        vv = jnp.moveaxis(jnp.moveaxis(vb, self.dim, 0).at[slots].set(jnp.moveaxis(va, self.dim, 0)[n - keep :]), 0,
-                          self.dim)  # fmt: skip
-        sp = self.slot_pos._a.at[slots].set(new_pos[n - keep :])
-        new = RotatingKvCache(self.dim, w, wrap(kk), wrap(vv), wrap(off + n), wrap(sp), self.slot_pos)
+        k_all, v_all, kk, vv, off, sp = _ring_write(kb, vb, ka, va, self.offset_._a, self.slot_pos._a, dim=self.dim)
+        new = RotatingKvCache(self.dim, w, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
         return (wrap(k_all), wrap(v_all)), new
 
     def attn_mask(self, q_len: int) -> Any:

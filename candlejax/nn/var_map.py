@@ -8,8 +8,9 @@ trained model is the source of truth (training returns a new model); the VarMap 
 the model was created with. Copy trained values back with ``varmap.set(model.named_vars().items())``
 or save the model directly with ``model.save_safetensors(path)``.
 
-Initialisation is deterministic per ``(seed, name)``: each Var's key is the seed's key with a hash
-of its full name folded in, so a Var gets the same values whatever order layers are created in.
+Initialisation is deterministic per ``(seed, name)``: each Var draws from a generator seeded with
+the seed and a hash of its full name, so a Var gets the same values whatever order layers are
+created in, in every process and on every platform.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-import jax
+import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
@@ -32,9 +33,12 @@ from candlejax.shape import as_shape
 __all__ = ["VarMap"]
 
 
-def name_key(seed: int, name: str) -> jax.Array:
-    """The init key for ``name``: ``fold_in(key(seed), crc32(name))``."""
-    return jax.random.fold_in(jax.random.key(int(seed) % (2**63)), zlib.crc32(name.encode()))
+def name_rng(seed: int, name: str) -> np.random.Generator:
+    """The init generator for ``name``: numpy's PCG64 seeded with ``(seed, crc32(name))``.
+
+    Sampled on the host, so building a model compiles nothing; identical on every platform.
+    """
+    return np.random.default_rng([int(seed) % (2**63), zlib.crc32(name.encode())])
 
 
 class VarMap:
@@ -65,7 +69,7 @@ class VarMap:
             return existing
         dt = check_width(to_dtype(dtype))
         init = Const(0.0) if init is None else init
-        a = init.sample(shape, dt, Device.coerce(device), name_key(self.seed, path))
+        a = init.sample(shape, dt, Device.coerce(device), name_rng(self.seed, path))
         v = Var._make(a, path)
         self._data[path] = v
         return v

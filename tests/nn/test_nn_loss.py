@@ -24,7 +24,7 @@ def _cmp(cj_fn, torch_fn, *arrays, diff=(0,), atol=1e-5):
     tval = torch_fn(*targs)
     tval.backward()
     np.testing.assert_allclose(np.asarray(val._a), tval.detach().numpy(), atol=atol)
-    grads = jax.grad(lambda *a: cj_fn(*a)._a, argnums=diff)(*[jnp.asarray(a) for a in arrays])
+    grads = jax.jit(jax.grad(lambda *a: cj_fn(*a)._a, argnums=diff))(*[jnp.asarray(a) for a in arrays])
     for i, g in zip(diff, grads):
         np.testing.assert_allclose(np.asarray(g), targs[i].grad.numpy(), atol=atol)
 

@@ -96,7 +96,7 @@ def test_jit_grad_vmap_over_a_model(mixed):
     ye = jax.vmap(lambda m: m(x)._a)(ens)
     assert ye.shape == (2, 4, 3)
     # gradients: only Vars, as a tree shaped like the model
-    _, g = value_and_grad(lambda m: jnp.sum(m(x)._a ** 2))(mixed)
+    _, g = jit(value_and_grad(lambda m: jnp.sum(m(x)._a ** 2)))(mixed)
     assert type(g) is Mixed
     assert g.table._a is None and g.stats._a is None  # no gradient for plain Tensors / Buffers
     assert g.layers[0].weight.name == "layers.0.weight" and g.layers[0].weight.shape == (3, 3)
@@ -104,7 +104,7 @@ def test_jit_grad_vmap_over_a_model(mixed):
         layer0 = mixed.layers[0].replace(weight=Var(w, "w"))
         return jnp.sum(mixed.replace(layers=[layer0, mixed.layers[1]])(x)._a ** 2)
 
-    ref = jax.grad(by_weight)(mixed.layers[0].weight._a)
+    ref = jax.jit(jax.grad(by_weight))(mixed.layers[0].weight._a)
     np.testing.assert_allclose(np.asarray(g.layers[0].weight._a), np.asarray(ref), atol=1e-5)
 
 

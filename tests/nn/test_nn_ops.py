@@ -40,7 +40,7 @@ def test_softmax_family_vs_torch():
 
 def test_softmax_last_dim_is_differentiable():
     x = jnp.asarray(_x(2, 5))
-    g = jax.grad(lambda a: jnp.sum(ops.softmax_last_dim(a)._a * jnp.arange(5.0)))(x)
+    g = jax.jit(jax.grad(lambda a: jnp.sum(ops.softmax_last_dim(a)._a * jnp.arange(5.0))))(x)
     tx = torch.tensor(np.asarray(x), requires_grad=True)
     (torch.softmax(tx, -1) * torch.arange(5.0)).sum().backward()
     np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), atol=1e-6)
@@ -51,8 +51,8 @@ def test_norm_fast_vs_slow_and_grads():
 
     def both(fast, slow, *args):
         np.testing.assert_allclose(_np(fast(*args)), _np(slow(*args)), atol=1e-5)
-        gf = jax.grad(lambda a: jnp.sum(fast(a, *args[1:])._a ** 2))(jnp.asarray(args[0]))
-        gs = jax.grad(lambda a: jnp.sum(slow(a, *args[1:])._a ** 2))(jnp.asarray(args[0]))
+        gf = jax.jit(jax.grad(lambda a: jnp.sum(fast(a, *args[1:])._a ** 2)))(jnp.asarray(args[0]))
+        gs = jax.jit(jax.grad(lambda a: jnp.sum(slow(a, *args[1:])._a ** 2)))(jnp.asarray(args[0]))
         np.testing.assert_allclose(np.asarray(gf), np.asarray(gs), atol=1e-4)
 
     both(ops.rms_norm, ops.rms_norm_slow, x, w, 1e-5)
@@ -87,7 +87,7 @@ def test_rope_variants_fast_vs_slow_and_reference():
     # batched tables (B, T, D/2)
     cb, sb = np.stack([cos[:t]] * b), np.stack([sin[:t]] * b)
     np.testing.assert_allclose(_np(ops.rope(x, cb, sb)), _np(ops.rope(x, cos, sin)), atol=1e-6)
-    g = jax.grad(lambda a: jnp.sum(ops.rope_i(a, cos, sin)._a ** 2))(jnp.asarray(x))
+    g = jax.jit(jax.grad(lambda a: jnp.sum(ops.rope_i(a, cos, sin)._a ** 2)))(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(g), 2 * x, atol=1e-4)  # rotation preserves the norm
     with pytest.raises(Exception, match="inconsistent last dim size in rope"):
         ops.rope(x, cos[:, :3], sin[:, :3])
@@ -132,7 +132,7 @@ def test_sdpa_vs_torch(hq, hkv):
 
 def test_sdpa_gradients_vs_torch():
     q, k, v = _x(1, 2, 4, 8), _x(1, 2, 4, 8, seed=1), _x(1, 2, 4, 8, seed=2)
-    gs = jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2))(
+    gs = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2)))(
         jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     )
     tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
