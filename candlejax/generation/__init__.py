@@ -28,6 +28,7 @@ from candlejax.generation.sampling import (
     TopP,
     normalize_sampling,
     sample_jax,
+    sampling_from_args,
     sampling_key,
     seed_key,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "generate",
     "normalize_sampling",
     "sample_jax",
+    "sampling_from_args",
     "sampling_key",
     "seed_key",
 ]

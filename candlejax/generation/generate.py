@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -249,13 +248,10 @@ class Generation:
         if self.max_new_tokens <= 0:
             self.finish_reason = "length"
             return
-        with warnings.catch_warnings():
-            # CPU cannot always reuse donated buffers; the donation is a hint there
-            warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-            if self._fused:
-                yield from self._run_fused()
-            else:
-                yield from self._run_host()
+        if self._fused:
+            yield from self._run_fused()
+        else:
+            yield from self._run_host()
 
     def _run_fused(self) -> Iterator[int]:
         fns = self.fns
@@ -285,7 +281,7 @@ class Generation:
                 # token is EOS, the cache has consumed it and pending_token is None)
                 nxt = step(tok)
                 self.stats["decode_steps"] += 1
-            t = int(tok[0, 0])
+            t = int(np.asarray(tok).reshape(-1)[0])  # a 4-byte copy, no extra XLA op
             if produced == 1:
                 self.stats["prefill_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()

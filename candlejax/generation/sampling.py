@@ -149,6 +149,22 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
     raise errors.Msg(f"sampling: unknown variant {sampling!r}")
 
 
+def sampling_from_args(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> Sampling:
+    """The variant Candle's examples build from ``--temperature --top-k --top-p``:
+    temperature ``None`` or ``<= 0`` -> ArgMax; else All, TopK, TopP or TopKThenTopP by which of
+    ``top_k`` / ``top_p`` are given."""
+    if temperature is None or temperature <= 0:
+        return ArgMax()
+    t = float(temperature)
+    if top_k is None and top_p is None:
+        return All(t)
+    if top_p is None:
+        return TopK(int(top_k), t)  # type: ignore[arg-type]
+    if top_k is None:
+        return TopP(float(top_p), t)
+    return TopKThenTopP(int(top_k), float(top_p), t)
+
+
 # --- the jit-able sampler -------------------------------------------------------------------------
 def _nucleus(sorted_logits: jax.Array, probs_sorted: jax.Array, p: float) -> jax.Array:
     """Mask (to -inf) every sorted position whose preceding mass already reaches ``p``.

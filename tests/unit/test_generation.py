@@ -20,6 +20,7 @@ from candlejax.generation import (
     generate,
     normalize_sampling,
     sample_jax,
+    sampling_from_args,
     sampling_key,
     seed_key,
 )
@@ -135,6 +136,15 @@ def test_constructor_rules():
 )
 def test_edge_rules(given, vocab, expected):
     assert normalize_sampling(given, vocab) == expected
+
+
+def test_sampling_from_cli_args():
+    assert sampling_from_args(None) == Sampling.ArgMax()
+    assert sampling_from_args(0.0, top_k=5) == Sampling.ArgMax()
+    assert sampling_from_args(0.8) == Sampling.All(0.8)
+    assert sampling_from_args(0.8, top_k=5) == Sampling.TopK(5, 0.8)
+    assert sampling_from_args(0.8, top_p=0.9) == Sampling.TopP(0.9, 0.8)
+    assert sampling_from_args(0.8, 5, 0.9) == Sampling.TopKThenTopP(5, 0.9, 0.8)
 
 
 def test_bad_sampling_raises():
