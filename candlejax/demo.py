@@ -4,7 +4,7 @@
     python -m candlejax.demo --quick         # fewer epochs (what the test suite runs)
     python -m candlejax.demo --epochs 50 --out runs/digits --resume
 
-The data are the 1,797 8x8 digits that scikit-learn ships (offline), split 1,437 train / 360 test.
+The data are the 1,797 8x8 digits that scikit-learn ships (offline), split 1,438 train / 359 test.
 Each model trains with Candle's AdamW through one compiled step per batch
 (``opt.backward_step``), shows a progress bar (loss, test accuracy, steps/s), writes a checkpoint
 atomically after every epoch (Ctrl-C keeps the last one; ``--resume`` continues from it), saves

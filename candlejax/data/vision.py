@@ -157,7 +157,7 @@ def load_digits(
     """The 1,797 real 8x8 handwritten digits that scikit-learn ships (UCI "optdigits" test set).
 
     Offline: the data is read from scikit-learn's bundled file. The split is stratified per class
-    and a pure function of ``seed`` (default: 1,437 train / 360 test). Images are F32 in [0, 1],
+    and a pure function of ``seed`` (default: 1,438 train / 359 test). Images are F32 in [0, 1],
     ``(N, 64)`` or ``(N, 1, 8, 8)`` with ``flatten=False``; labels are ``label_dtype`` (U32 by
     default, the class-id dtype ``cross_entropy`` takes; Candle's MNIST loader gives U8).
     """
