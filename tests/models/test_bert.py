@@ -15,11 +15,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import jax  # noqa: E402
+import jax
+from candlejax.models import bert
 
-from candlejax import DType, Device, Tensor, errors  # noqa: E402
-from candlejax.models import bert  # noqa: E402
-from candlejax.nn import VarBuilder  # noqa: E402
+from candlejax import Device, DType, Tensor, errors
+from candlejax.nn import VarBuilder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
