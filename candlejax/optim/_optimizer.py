@@ -288,18 +288,18 @@ class Optimizer:
             fn = jax.jit(self._make_bstep(loss_fn), static_argnums=(0, 1, 2), donate_argnums=(3, 5) if donate else ())
             self._compiled[(loss_fn, donate)] = fn
         params, state2, loss, ok = fn(
-            sp.treedef, sp.mask, statics, sp.params, rest_arrays, state, self._lr_arg(), batch
+            sp.treedef, sp.slots, statics, sp.params, rest_arrays, state, self._lr_arg(), batch
         )
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)
         return sp.merge(params), state2, wrap(loss)
 
     def _make_bstep(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
-        def bstep(treedef, mask, statics, params, rest_arrays, state, lr, batch):
+        def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch):
             rest = _join_rest(rest_arrays, statics)
 
             def f(p: list[Any]) -> Any:
-                out = _array(loss_fn(treedef.unflatten(merge_leaves(mask, p, rest)), *batch))
+                out = _array(loss_fn(treedef.unflatten(merge_leaves(slots, p, rest)), *batch))
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.Msg(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"

@@ -62,29 +62,41 @@ def _is_float(a: Any) -> bool:
 
 
 class Split(NamedTuple):
-    """A flattened model: every array leaf, which of them are trained, and their names."""
+    """A flattened model: every array leaf, which of them are trained, and their names.
+
+    A parameter used in two places (tied weights: the same array object twice) is one trained
+    parameter: its gradient is the sum over its uses and both places get the updated value.
+    """
 
     treedef: Any  # the full tree structure (down to jax arrays)
     leaves: list[Any]  # every leaf, in treedef order
-    mask: tuple[bool, ...]  # trained or not, per leaf
-    names: tuple[str, ...]  # checkpoint names of the trained leaves
+    slots: tuple[int, ...]  # per leaf: the index of its trained parameter, or -1 when not trained
+    names: tuple[str, ...]  # checkpoint names of the trained parameters
+
+    @property
+    def mask(self) -> tuple[bool, ...]:
+        return tuple(s >= 0 for s in self.slots)
 
     @property
     def params(self) -> list[Any]:
-        return [a for a, m in zip(self.leaves, self.mask) if m]
+        out: list[Any] = [None] * len(self.names)
+        for a, s in zip(self.leaves, self.slots):
+            if s >= 0 and out[s] is None:
+                out[s] = a
+        return out
 
     @property
     def rest(self) -> list[Any]:
-        return [a for a, m in zip(self.leaves, self.mask) if not m]
+        return [a for a, s in zip(self.leaves, self.slots) if s < 0]
 
     def merge(self, params: list[Any], rest: list[Any] | None = None) -> Any:
         """The model with the trained leaves replaced by ``params``."""
-        return self.treedef.unflatten(merge_leaves(self.mask, params, self.rest if rest is None else rest))
+        return self.treedef.unflatten(merge_leaves(self.slots, params, self.rest if rest is None else rest))
 
 
-def merge_leaves(mask: tuple[bool, ...], params: list[Any], rest: list[Any]) -> list[Any]:
-    p, r = iter(params), iter(rest)
-    return [next(p) if m else next(r) for m in mask]
+def merge_leaves(slots: tuple[int, ...], params: list[Any], rest: list[Any]) -> list[Any]:
+    r = iter(rest)
+    return [params[s] if s >= 0 else next(r) for s in slots]
 
 
 def _wrt_pred(wrt: Any) -> Callable[[str], bool] | None:
@@ -105,8 +117,9 @@ def split(model: Any, wrt: Any = None, *, what: str = "optimizer") -> Split:
     tops = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_top)[0]
     has_vars = any(is_var(t) for _, t in tops)
     pred = _wrt_pred(wrt)
-    mask: list[bool] = []
+    slots: list[int] = []
     names: list[str] = []
+    seen: dict[int, int] = {}
     for path, top in tops:
         sub = jax.tree_util.tree_leaves(top)
         name = _name_of(path, top)
@@ -125,43 +138,54 @@ def split(model: Any, wrt: Any = None, *, what: str = "optimizer") -> Split:
             train = all(_is_float(a) for a in sub) and bool(sub)
         if train and pred is not None and not pred(name):
             train = False
-        mask.extend([train] * len(sub))
-        if train:
-            names.extend([name] if len(sub) == 1 else [f"{name}[{i}]" for i in range(len(sub))])
+        for i, a in enumerate(sub):
+            if not train:
+                slots.append(-1)
+            elif id(a) in seen:  # tied: the same array used again
+                slots.append(seen[id(a)])
+            else:
+                seen[id(a)] = len(names)
+                slots.append(len(names))
+                names.append(name if len(sub) == 1 else f"{name}[{i}]")
     leaves, treedef = jax.tree_util.tree_flatten(model)
-    if len(leaves) != len(mask):  # pragma: no cover - a pytree whose leaves differ by is_leaf
-        raise errors.Msg(f"{what}: cannot flatten the model consistently ({len(leaves)} vs {len(mask)} leaves)")
-    if not any(mask):
+    if len(leaves) != len(slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
+        raise errors.Msg(f"{what}: cannot flatten the model consistently ({len(leaves)} vs {len(slots)} leaves)")
+    if not names:
         raise errors.Msg(
             f"{what}: the model has no trainable parameters"
             + (" matching wrt" if pred is not None else " (no float Var / float Tensor leaves)")
         )
-    return Split(treedef, leaves, tuple(mask), tuple(names))
+    return Split(treedef, leaves, tuple(slots), tuple(names))
 
 
 def grads_as_params(sp: Split, grads: Any) -> list[Any]:
-    """Pick the gradients of the trained leaves out of ``grads``.
+    """Pick the gradients of the trained parameters out of ``grads``.
 
-    ``grads`` may be model-shaped (what ``cj.grad`` / ``jax.grad`` return) or a list of arrays, one
-    per trained leaf.
+    ``grads`` may be model-shaped (what ``jax.grad`` returns, or ``cj.grad`` with ``None`` at the
+    untrained leaves) or a list with one array per trained parameter. Gradients of a tied
+    parameter's uses are summed.
     """
-    if isinstance(grads, (list, tuple)) and len(grads) == sum(sp.mask) and all(
-        hasattr(g, "shape") for g in grads
-    ):
+    n, used = len(sp.names), [s for s in sp.slots if s >= 0]
+    if isinstance(grads, (list, tuple)) and len(grads) == n and all(hasattr(g, "shape") for g in grads):
         out = [g._a if isinstance(g, TensorBase) else g for g in grads]
     else:
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         if treedef == sp.treedef:
-            out = [g for g, m in zip(leaves, sp.mask) if m]
+            per_use = [g for g, s in zip(leaves, sp.slots) if s >= 0]
+        elif len(leaves) in (len(used), n):
+            per_use = leaves
         else:
-            gleaves = jax.tree_util.tree_leaves(grads)
-            if len(gleaves) != sum(sp.mask):
-                raise errors.Msg(
-                    f"optimizer step: the gradients do not match the model: {len(gleaves)} gradient leaves for"
-                    f" {sum(sp.mask)} trainable parameters; pass what cj.grad(loss_fn)(model, ...) returns"
-                )
-            out = gleaves
-    for g, p, n in zip(out, sp.params, sp.names):
+            raise errors.Msg(
+                f"optimizer step: the gradients do not match the model: {len(leaves)} gradient leaves for"
+                f" {n} trainable parameters; pass what cj.grad(loss_fn)(model, ...) returns"
+            )
+        if len(per_use) == n and len(used) != n and per_use is leaves:
+            out = list(per_use)
+        else:
+            out = [None] * n
+            for g, s in zip(per_use, used):
+                out[s] = g if out[s] is None else out[s] + g
+    for g, p, name in zip(out, sp.params, sp.names):
         if getattr(g, "shape", None) != p.shape:
-            raise errors.UnexpectedShape(f"optimizer step: gradient of {n} has the wrong shape", p.shape, g.shape)
+            raise errors.UnexpectedShape(f"optimizer step: gradient of {name} has the wrong shape", p.shape, g.shape)
     return out

@@ -357,3 +357,21 @@ def test_step_with_cj_grad_matches_backward_step(rng):
         b, sb = opt_b.step(b, sb, grad(loss_fn)(b, x, y))
     for k, v in a.named_vars().items():
         np.testing.assert_allclose(np.asarray(v), np.asarray(b.named_vars()[k]), rtol=1e-6, atol=1e-7)
+
+
+def test_tied_parameters_are_one_parameter():
+    v = _var(np.ones(3, np.float32), "shared.weight")
+    x, y = wrap(jnp.asarray([1.0, 2.0, 3.0])), wrap(jnp.asarray([10.0, 20.0, 30.0]))
+
+    def loss_fn(m, x, y):
+        return wrap(jnp.sum(m["enc"].jax * x.jax) + jnp.sum(m["dec"].jax * y.jax))
+
+    opt = O.SGD(0.01)
+    model = {"enc": v, "dec": v}
+    m1, s1, _ = opt.backward_step(loss_fn, model, opt.init(model), x, y)
+    expect = 1 - 0.01 * np.array([11.0, 22.0, 33.0], np.float32)  # the gradient is summed over both uses
+    np.testing.assert_allclose(np.asarray(m1["enc"].jax), expect, rtol=1e-6)
+    assert m1["enc"].jax is m1["dec"].jax  # still tied
+    m2, _ = opt.step(m1, s1, jax.grad(lambda m: loss_fn(m, x, y).jax)(m1))
+    np.testing.assert_allclose(np.asarray(m2["dec"].jax), expect - 0.01 * np.array([11.0, 22.0, 33.0]), rtol=1e-5)
+    assert m2["enc"].jax is m2["dec"].jax
