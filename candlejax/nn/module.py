@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import copy
 import html
-import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -370,46 +368,12 @@ def named_tensors(tree: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # safetensors writing (atomic)
 # ------------------------------------------------------------------------------------------------
-_ST_DTYPES = {
-    "u8": "U8", "u32": "U32", "i16": "I16", "i32": "I32", "i64": "I64",
-    "bf16": "BF16", "f16": "F16", "f32": "F32", "f64": "F64", "f8e4m3": "F8_E4M3",
-}  # fmt: skip
-
-
 def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write ``name -> Tensor/array`` to a safetensors file atomically (temp file + rename)."""
-    path = os.fspath(path)
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    blobs = []
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        a = np.asarray(t._a if isinstance(t, TensorBase) else t)
-        dt = to_dtype(a.dtype)
-        raw = np.ascontiguousarray(a).tobytes()
-        end = offset + len(raw)
-        header[name] = {"dtype": _ST_DTYPES[dt.value], "shape": list(a.shape), "data_offsets": [offset, end]}
-        blobs.append(raw)
-        offset += len(raw)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(hb).to_bytes(8, "little"))
-            f.write(hb)
-            for b in blobs:
-                f.write(b)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``name -> Tensor/array`` to a safetensors file atomically (``candlejax.io.safetensors.save``)."""
+    from candlejax.io.safetensors import save
+
+    out = {k: (wrap(v._a) if isinstance(v, TensorBase) else wrap(jnp.asarray(v))) for k, v in tensors.items()}
+    save(out, path, {str(k): str(v) for k, v in metadata.items()} if metadata else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,7 +446,7 @@ class Module:
         from candlejax.nn.var_builder import _open_safetensors
 
         st = _open_safetensors([os.fspath(path)])
-        return self.load_state_dict({n: st.get(n) for n in st.names()}, strict=strict, source=os.fspath(path))
+        return self.load_state_dict({n: st.load(n) for n in st.names()}, strict=strict, source=os.fspath(path))
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
         """A copy of this module whose named tensors take their values from ``state``."""

@@ -1,6 +1,7 @@
 """``VarBuilder``: build a model by name, Candle's way, from files, dicts, zeros or a ``VarMap``.
 
-requires: candlejax.nn.module (Var), candlejax.nn.var_map, candlejax.nn.init, numpy memmap
+requires: candlejax.nn.module (Var), candlejax.nn.var_map, candlejax.nn.init,
+candlejax.io.safetensors (MmapedSafetensors)
 provides: ``VarBuilder``, ``SimpleBackend`` and its implementations
 
 ``vb.pp("encoder").get((768, 768), "weight")`` returns a ``Var`` named ``"encoder.weight"``. The
@@ -13,7 +14,6 @@ shape raises ``shape mismatch for {path}, expected: [..], got: [..]`` naming the
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
@@ -41,88 +42,12 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------
-# a small mmapped safetensors reader (used until candlejax.io provides MmapedSafetensors)
-# ------------------------------------------------------------------------------------------------
-_ST_TO_NP = {
-    "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
-    "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
-    "BF16": DType.BF16.np, "F8_E4M3": DType.F8E4M3.np, "BOOL": np.bool_,
-}  # fmt: skip
-
-
-class _StFile:
-    def __init__(self, path: str):
-        self.path = path
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            try:
-                self.header = json.loads(f.read(n))
-            except ValueError as e:
-                raise errors.SafeTensor(f"{path}: invalid safetensors header ({e})") from None
-        self.header.pop("__metadata__", None)
-        self.base = 8 + n
-        self._mm: np.memmap | None = None
-
-    def get(self, name: str) -> np.ndarray:
-        info = self.header[name]
-        dt = _ST_TO_NP.get(info["dtype"])
-        if dt is None:
-            raise errors.UnsupportedSafeTensorDtype(info["dtype"], f"{name} in {self.path}")
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-        s, e = info["data_offsets"]
-        raw = self._mm[self.base + s : self.base + e]
-        return raw.view(dt).reshape(info["shape"])
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.header[name]["shape"])
-
-
-class _LocalMmaped:
-    """Many safetensors files (or a ``*.index.json``) as one name space; the last file wins."""
-
-    def __init__(self, paths: Sequence[str]):
-        files: list[str] = []
-        for p in paths:
-            p = os.fspath(p)
-            if p.endswith(".json"):
-                with open(p) as f:
-                    index = json.load(f)
-                d = os.path.dirname(p)
-                for fn in sorted(set(index["weight_map"].values())):
-                    files.append(os.path.join(d, fn))
-            else:
-                files.append(p)
-        if not files:
-            raise errors.Msg("from_mmaped_safetensors: no files given")
-        self.files = [_StFile(f) for f in files]
-        self.routing: dict[str, _StFile] = {}
-        for f in self.files:
-            for n in f.header:
-                self.routing[n] = f
-
-    def names(self) -> list[str]:
-        return list(self.routing)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.routing
-
-    def get(self, name: str) -> np.ndarray:
-        return self.routing[name].get(name)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.routing[name].shape(name)
-
-    def file_of(self, name: str) -> str:
-        return self.routing[name].path
-
-    def describe(self) -> str:
-        return ", ".join(os.path.basename(f.path) for f in self.files)
-
-
-def _open_safetensors(paths: Sequence[str]) -> Any:
-    return _LocalMmaped(paths)
+def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
+    """One file, several shards, or a ``*.index.json`` as one name space (``candlejax.io``)."""
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise errors.Msg("from_mmaped_safetensors: no files given")
+    return MmapedSafetensors(paths[0] if len(paths) == 1 else paths)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,7 +193,7 @@ class SafetensorsBackend(SimpleBackend):
         self.st = _open_safetensors(self.paths)
 
     def describe(self) -> str:
-        return self.st.describe()
+        return ", ".join(os.path.basename(p) for p in self.st.paths)
 
     def names(self) -> list[str]:
         return self.st.names()
@@ -277,10 +202,25 @@ class SafetensorsBackend(SimpleBackend):
         return path in self.st
 
     def _load(self, path: str) -> Any:
-        return self.st.get(path)
+        return self.st.get(path).numpy()
 
     def _shape(self, path: str) -> tuple[int, ...]:
-        return self.st.shape(path)
+        return tuple(self.st.get(path).shape)
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        if not self.contains_tensor(path):
+            raise self._missing(path)
+        got = self._shape(path)
+        if tuple(got) != tuple(shape):
+            e = errors.UnexpectedShape(f"shape mismatch for {path}", shape, got)
+            e.args = (f"{e.args[0]} (in {self._where(path)})",)
+            raise e
+        return self.st.load(path, device, check_width(dtype))._a
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        if not self.contains_tensor(path):
+            raise self._missing(path)
+        return self.st.load(path, device, check_width(dtype))._a
 
     def _where(self, path: str) -> str:
         return self.st.file_of(path)
@@ -361,7 +301,7 @@ class VarBuilder:
     def from_mmaped_safetensors(
         paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32, device: Any = None
     ) -> VarBuilder:
-        """One or many safetensors files, or a sharded ``*.index.json`` (the last file wins)."""
+        """One or many safetensors files, or a sharded ``*.index.json`` (a name in two files raises)."""
         return VarBuilder(SafetensorsBackend(paths), dtype, device)
 
     @staticmethod

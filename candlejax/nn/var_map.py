@@ -127,7 +127,7 @@ class VarMap:
             if name not in st:
                 raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}")
             try:
-                self.set_one(name, st.get(name))
+                self.set_one(name, st.load(name))
             except errors.Error as e:
                 raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: {e}") from None
 
