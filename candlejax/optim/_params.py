@@ -112,8 +112,44 @@ def _wrt_pred(wrt: Any) -> Callable[[str], bool] | None:
     raise errors.Msg(f"wrt must be None, a regex string or a callable(name) -> bool, got {type(wrt).__name__}")
 
 
+_CACHE: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+
+
 def split(model: Any, wrt: Any = None, *, what: str = "optimizer") -> Split:
-    """Flatten ``model`` and mark the leaves to train (see the module docstring)."""
+    """Flatten ``model`` and mark the leaves to train (see the module docstring).
+
+    The marking is cached per (tree structure, leaf dtypes, wrt); a cached marking is reused only
+    when the tied leaves (the same array object in several places) are the same as before.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    try:
+        key = (treedef, tuple(getattr(a, "dtype", type(a)) for a in leaves), wrt, what)
+        hash(key)
+    except TypeError:
+        key = None
+    hit = _CACHE.get(key) if key is not None else None
+    if hit is not None and _same_ties(leaves, hit[0]):
+        return Split(treedef, leaves, hit[0], hit[1])
+    sp = _split(model, wrt, what)
+    if key is not None:
+        if len(_CACHE) > 256:
+            _CACHE.clear()
+        _CACHE[key] = (sp.slots, sp.names)
+    return sp
+
+
+def _same_ties(leaves: list[Any], slots: tuple[int, ...]) -> bool:
+    first: dict[int, int] = {}
+    for a, s in zip(leaves, slots):
+        if s < 0:
+            continue
+        i = id(a)
+        if first.setdefault(s, i) != i:
+            return False
+    return len(set(first.values())) == len(first)
+
+
+def _split(model: Any, wrt: Any, what: str) -> Split:
     tops = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_top)[0]
     has_vars = any(is_var(t) for _, t in tops)
     pred = _wrt_pred(wrt)
