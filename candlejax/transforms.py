@@ -191,22 +191,52 @@ def _scalar(out: Any, what: str) -> Any:
     return a.reshape(()) if shape == (1,) else a
 
 
+def _is_float_tensor(x: Any) -> bool:
+    return isinstance(x, TensorBase) and jax.numpy.issubdtype(x._a.dtype, jax.numpy.inexact)
+
+
+def _partition_for_grad(tree: Any) -> tuple[Any, Any, Callable[[Any, Any], Any]]:
+    """Vars when ``tree`` holds any; otherwise every floating-point Tensor (``cj.grad(f)(tensor)``).
+
+    Returns ``(diff, rest, combine_fn)``."""
+    diff, rest = partition(tree)
+    if any(isinstance(v, Var) for v in jax.tree_util.tree_leaves(diff, is_leaf=_is_var)):
+        return diff, rest, combine
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: isinstance(x, TensorBase))
+    if not any(_is_float_tensor(x) for x in leaves):
+        raise errors.Msg(
+            "grad: the first argument holds no Var and no floating-point Tensor to differentiate"
+            f" (got {type(tree).__name__}); build parameters through a VarBuilder or pass a float Tensor"
+        )
+    diff = [x if _is_float_tensor(x) else None for x in leaves]
+    rest = [None if _is_float_tensor(x) else x for x in leaves]
+    return treedef.unflatten(diff), treedef.unflatten(rest), _combine_tensors
+
+
+def _combine_tensors(diff: Any, rest: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda a, b: b if a is None else a, diff, rest, is_leaf=lambda x: x is None or isinstance(x, TensorBase)
+    )
+
+
 def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable[..., Any]:
     """``fn(model, *args) -> loss`` becomes ``(model, *args) -> (loss, grads)``.
 
     ``grads`` is shaped like ``model``: each trainable Var holds its gradient, every other leaf
-    is ``None`` (no gradient flows to Buffers, plain Tensors or static data). With ``has_aux``,
+    is ``None`` (no gradient flows to Buffers, plain Tensors or static data). When the first
+    argument holds no Var at all (a plain Tensor, or a tuple/dict of them), every floating-point
+    Tensor in it is differentiated instead, as ``jax.grad`` would. With ``has_aux``,
     ``fn`` returns ``(loss, aux)`` and the result is ``((loss, aux), grads)``. Works eagerly and
     inside ``cj.jit``.
     """
 
     @functools.wraps(fn)
     def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
-        diff, rest = partition(model)
+        diff, rest, join = _partition_for_grad(model)
         _check_diff(diff)
 
         def inner(d: Any) -> Any:
-            out = fn(combine(d, rest), *args, **kwargs)
+            out = fn(join(d, rest), *args, **kwargs)
             if has_aux:
                 loss, aux = out
                 return _scalar(loss, "value_and_grad"), aux

@@ -132,3 +132,18 @@ def test_errors():
         grad(lambda m: jnp.sum(m.w._a))(IntVar())
     with pytest.raises(Exception, match="must return a scalar loss"):
         grad(lambda m: m.fc(jnp.ones((2, 3)))._a)(Net(VarBuilder.zeros()))
+
+
+def test_grad_of_plain_tensors_and_clear_error_without_float_leaves():
+    import numpy as np
+
+    import candlejax as cj
+    from candlejax import Tensor
+
+    t = Tensor.new([1.0, -2.0, 3.0])
+    np.testing.assert_allclose(np.asarray(cj.grad(lambda x: x.sqr().sum_all())(t)), [2.0, -4.0, 6.0])
+    ga, gb = cj.grad(lambda xs: (xs[0] * xs[1]).sum_all())((t, t * 2.0))
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(t * 2.0))
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(t))
+    with pytest.raises(cj.Error, match="no Var and no floating-point Tensor"):
+        cj.grad(lambda x: x.sum_all())(Tensor.new(np.array([1, 2], dtype=np.uint32)))
