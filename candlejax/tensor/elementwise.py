@@ -57,6 +57,14 @@ def _raise_dtype(t: TensorBase, name: str, allowed: frozenset) -> None:
 _FLOAT_SIGNED = _FLOAT | _SIGNED
 
 
+def _aval(a: Any) -> Any:
+    """The abstract value (shape, dtype) of a jax array or tracer; the array itself otherwise."""
+    try:
+        return a.aval
+    except AttributeError:
+        return a
+
+
 def _cvt(s: Any, dt: Any) -> Any:
     """Cast a scalar (python, numpy or weak 0-d tracer) to the tensor dtype, inside the trace."""
     return lax.convert_element_type(s, dt)
@@ -325,13 +333,14 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
 
     def tt(lhs: TensorBase, rhs: TensorBase) -> Any:
         a, b = lhs._a, rhs._a
-        if a.shape != b.shape:
+        va, vb = _aval(a), _aval(b)  # one attribute read each, cheaper than .shape + .dtype
+        if va.shape != vb.shape:
             if not broadcast:
-                raise errors.ShapeMismatchBinaryOp(a.shape, b.shape, opname, hint)
-            broadcast_shapes(a.shape, b.shape, opname)
-        if a.dtype != b.dtype:
+                raise errors.ShapeMismatchBinaryOp(va.shape, vb.shape, opname, hint)
+            broadcast_shapes(va.shape, vb.shape, opname)
+        if va.dtype != vb.dtype:
             raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, opname)
-        if float_only and a.dtype not in _FLOAT:
+        if float_only and va.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(lhs.dtype, opname, _F32_HINT)
         if _MULTI_DEVICE():
             check_same_device(opname, lhs, rhs)

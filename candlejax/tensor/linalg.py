@@ -60,6 +60,14 @@ def _norm(a: Any) -> Any:
     return jnp.sqrt(jnp.sum(x * x)).astype(a.dtype)
 
 
+def _aval(a: Any) -> Any:
+    """The abstract value (shape, dtype) of a jax array or tracer; the array itself otherwise."""
+    try:
+        return a.aval
+    except AttributeError:
+        return a
+
+
 _multi: list[bool] = []
 
 
@@ -98,7 +106,8 @@ class LinalgMixin(TensorBase):
         if not isinstance(rhs, TensorBase):
             raise errors.Msg(f"matmul: expected a Tensor as rhs, got {type(rhs).__name__}")
         a, b = self._a, rhs._a
-        sa, sb = a.shape, b.shape
+        va, vb = _aval(a), _aval(b)
+        sa, sb = va.shape, vb.shape
         r = len(sa)
         if r < 2 or len(sb) != r:
             hint = "use dot for two vectors and mv for matrix x vector" if min(r, len(sb)) < 2 else (
@@ -113,7 +122,7 @@ class LinalgMixin(TensorBase):
             raise errors.ShapeMismatchBinaryOp(
                 sa, sb, "matmul", "batch dims must be equal; use broadcast_matmul to broadcast them"
             )
-        if a.dtype != b.dtype or a.dtype not in _FLOAT:
+        if va.dtype != vb.dtype or va.dtype not in _FLOAT:
             _check_pair("matmul", self, rhs, True)
         if _MULTI_DEVICE():
             check_same_device("matmul", self, rhs)

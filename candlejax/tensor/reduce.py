@@ -125,7 +125,8 @@ class ReduceMixin(TensorBase):
     # ---- sum / mean (multi-dim) ---------------------------------------------------------------
     def _sum_impl(self, dims: Any, keepdim: bool) -> Any:
         a = self._a
-        axis = (dims,) if type(dims) is int and 0 <= dims < a.ndim else resolve_dims(dims, a.shape, "sum")
+        s = a.shape
+        axis = (dims,) if type(dims) is int and 0 <= dims < len(s) else resolve_dims(dims, s, "sum")
         if is_eager():
             return wrap(_sum.jitted(a, axis=axis, keepdims=keepdim))
         return wrap(_sum.raw(a, axis=axis, keepdims=keepdim))
@@ -156,7 +157,10 @@ class ReduceMixin(TensorBase):
     # ---- single-dim reductions ----------------------------------------------------------------
     def _reduce1(self, k: Any, dim: Any, keepdim: bool, name: str) -> Any:
         a = self._a
-        s = a.shape
+        try:
+            s = a.aval.shape
+        except AttributeError:
+            s = a.shape
         axis = dim if type(dim) is int and 0 <= dim < len(s) else _single_dim(dim, s, name)
         if s[axis] == 0:
             raise errors.EmptyTensor("reduce")
@@ -244,7 +248,8 @@ class ReduceMixin(TensorBase):
         """``log(sum(exp(x), dims))``, computed stably (Candle ``log_sum_exp``, torch ``logsumexp``);
         the reduced dims are removed; float only. All ``-inf`` gives ``-inf`` (Candle gives NaN)."""
         a = self._a
-        axis = (dims,) if type(dims) is int and 0 <= dims < a.ndim else resolve_dims(dims, a.shape, "log-sum-exp")
+        s = a.shape
+        axis = (dims,) if type(dims) is int and 0 <= dims < len(s) else resolve_dims(dims, s, "log-sum-exp")
         if a.dtype not in _FLOAT:
             _float_only(self, "log-sum-exp")
         if not axis:
