@@ -1,0 +1,146 @@
+"""llama.Llama against transformers' LlamaForCausalLM with the same random weights (f32)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from candlejax.models import llama  # noqa: E402
+
+from candlejax import Device, DType  # noqa: E402
+from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.nn import VarBuilder  # noqa: E402
+
+BASE = dict(
+    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+)  # fmt: skip
+CASES = {
+    "gqa": dict(tie_word_embeddings=False),
+    "tied_llama3": dict(
+        tie_word_embeddings=True, num_key_value_heads=1, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32},
+    ),
+    "mha_sharded": dict(num_key_value_heads=4, head_dim=32, attention_bias=True),
+}
+
+
+def _save(tmp_path_factory, name: str, shard: bool):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**{**BASE, **CASES[name]})
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-trivial norms
+        for n, p in hf.named_parameters():
+            if "norm" in n or n.endswith("bias"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in n else 0.1 * torch.randn_like(p))
+    d = tmp_path_factory.mktemp(name)
+    hf.save_pretrained(d, safe_serialization=True, max_shard_size="40KB" if shard else "1GB")
+    return hf, d
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, tmp_path_factory):
+    name = request.param
+    hf, d = _save(tmp_path_factory, name, shard=name == "mha_sharded")
+    model = llama.Llama.from_pretrained(d, dtype=DType.F32)
+    return name, hf, model, d
+
+
+def _hf_logits(hf, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+
+
+def test_config_defaults_and_rope_parameters(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}))  # fmt: skip
+    c = llama.Config.from_json_file(p)
+    assert c.num_key_value_heads == 4 and c.head_dim == 16 and c.rope_theta == 5e5
+    assert c.rope_scaling["rope_type"] == "llama3" and c.vocab_size == 32000 and not c.tie_word_embeddings
+
+
+def test_logits_match_transformers(pair):
+    name, hf, model, _ = pair
+    ids = np.random.default_rng(1).integers(0, BASE["vocab_size"], (2, 11))
+    ours = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)
+    ref = _hf_logits(hf, ids)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+    if name == "mha_sharded":
+        assert model.layers[0].self_attn.q_proj.bias is not None
+
+
+def test_incremental_decode_matches_full_forward(pair):
+    name, _hf, model, _ = pair
+    if name == "mha_sharded":
+        pytest.skip("the cache is checked on the GQA configs")
+    ids = np.random.default_rng(2).integers(0, BASE["vocab_size"], (1, 9))
+    full = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)[0]
+    traces = []
+
+    def counted(params, cache, tokens, pos):
+        traces.append(tokens.shape)
+        return llama.step(params, cache, tokens, pos)
+
+    step = jax.jit(counted, donate_argnums=1)
+    cache = model.new_cache(1, 16)
+    logits, cache = step(model, cache, jnp.asarray(ids[:, :5], jnp.uint32), jnp.int32(0))
+    np.testing.assert_allclose(np.asarray(logits)[0], full[4], atol=1e-4, rtol=1e-4)
+    for p in range(5, 9):
+        logits, cache = step(model, cache, jnp.asarray(ids[:, p : p + 1], jnp.uint32), jnp.int32(p))
+        np.testing.assert_allclose(np.asarray(logits)[0], full[p], atol=1e-4, rtol=1e-4)
+    assert traces == [(1, 5), (1, 1)]  # the prompt, then one compiled decode step for every position
+    if name != "gqa":
+        return
+    # the stateful Candle-style forward keeps its cache between calls
+    out = model.forward(ids[:, :5], 0)
+    np.testing.assert_allclose(np.asarray(out.jax)[0], full[4], atol=1e-4, rtol=1e-4)
+    for p in range(5, 9):
+        out = model.forward(ids[:, p : p + 1], p)
+    np.testing.assert_allclose(np.asarray(out.jax)[0], full[8], atol=1e-4, rtol=1e-4)
+    again = model.forward(ids[:, :3], 0)  # index_pos 0 starts a new sequence
+    np.testing.assert_allclose(np.asarray(again.jax)[0], full[2], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_generation_matches_transformers(pair):
+    name, hf, model, _ = pair
+    if name != "gqa":
+        pytest.skip("one generation check is enough")
+    prompt = [5, 17, 3, 42]
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    ours = list(generate(llama.step, model, model.new_cache(1, 32), prompt, 8, Sampling.ArgMax()))
+    assert ours == ref
+
+
+def test_bf16_load_runs(pair):
+    name, hf, _, d = pair
+    if name != "tied_llama3":
+        pytest.skip("one dtype check is enough")
+    m16 = llama.Llama.from_pretrained(d, dtype=DType.BF16)
+    assert m16.dtype == DType.BF16
+    ids = np.arange(7)[None] % BASE["vocab_size"]
+    got = np.asarray(llama.forward_all(m16, jnp.asarray(ids, jnp.uint32)).jax)
+    ref = _hf_logits(hf, ids)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_varbuilder_load_names(pair):
+    name, _, _model, d = pair
+    if name != "gqa":
+        pytest.skip("names checked once")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    m = llama.Llama.load(vb, llama.Config.from_json_file(d / "config.json"))
+    names = m.named_vars()
+    assert "model.layers.1.self_attn.k_proj.weight" in names and "lm_head.weight" in names
+    assert names["model.layers.1.self_attn.k_proj.weight"].shape == (2 * 16, 64)
