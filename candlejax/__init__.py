@@ -17,12 +17,12 @@ from candlejax.dtype import DType, enable_x64, x64_enabled
 from candlejax.errors import Error
 from candlejax.shape import D, Shape
 from candlejax.tensor import Tensor
-from candlejax import checkpoint, data, io, nn, npy, optim, random, safetensors
+from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
 from candlejax.transforms import grad, jit, value_and_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "checkpoint", "data", "enable_x64",
+    "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
 ]  # fmt: skip
