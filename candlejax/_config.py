@@ -20,5 +20,5 @@ def apply() -> None:
         return
     try:
         jax.config.update("jax_cpu_enable_async_dispatch", False)
-    except Exception:  # noqa: BLE001 - an older/newer jax without the flag keeps its default
+    except Exception:
         pass

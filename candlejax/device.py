@@ -15,7 +15,7 @@ import jax
 from candlejax import errors
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpus() -> tuple[Any, ...]:
     try:
         return tuple(jax.devices("gpu"))
@@ -26,7 +26,7 @@ def _gpus() -> tuple[Any, ...]:
 class DeviceLocation:
     """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }``."""
 
-    __slots__ = ("kind", "gpu_id")
+    __slots__ = ("gpu_id", "kind")
 
     def __init__(self, kind: str, gpu_id: int = 0):
         self.kind, self.gpu_id = kind, gpu_id

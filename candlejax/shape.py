@@ -8,7 +8,7 @@ ints (``-1`` == ``D.Minus1``). ``resolve_dim`` turns any of them into a positive
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from candlejax import errors
 
@@ -49,7 +49,7 @@ class D:
 D.Minus1 = D(1)  # type: ignore[attr-defined]
 D.Minus2 = D(2)  # type: ignore[attr-defined]
 
-Dim = Union[int, D]
+Dim = int | D
 
 
 def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> int:

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import candlejax  # noqa: E402,F401  (applies candlejax's JAX settings before any array exists)
+import candlejax  # noqa: F401  (applies candlejax's JAX settings before any array exists)
 
 
 @pytest.fixture
