@@ -187,7 +187,7 @@ class NotCompiledWithCudaSupport(Error):
     def __init__(self, detail: str = ""):
         super().__init__(
             "the candle crate has not been built with cuda support"
-            + (f" ({detail})" if detail else " (no CUDA device is visible to JAX; install jax[cuda12] on a GPU machine)")
+            + (f" ({detail})" if detail else " (no CUDA device is visible to JAX; install jax[cuda12] on a GPU host)")
         )
 
 
