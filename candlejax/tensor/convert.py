@@ -416,3 +416,44 @@ class ConvertMixin(TensorBase):
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         """IPython / Jupyter plain-text display."""
         p.text(format_tensor(self))
+
+    # --- files (Candle's Tensor::save_safetensors / write_npy / read_npy ...) -----------------
+    def save_safetensors(self, name: str, path: Any) -> None:
+        """``t.save_safetensors("weight", "t.safetensors")``: one tensor in a safetensors file (atomic)."""
+        from candlejax.io import safetensors
+
+        safetensors.save_tensor(self, name, path)
+
+    def write_npy(self, path: Any) -> None:
+        """``t.write_npy("t.npy")`` (atomic); ``numpy.load`` reads it."""
+        from candlejax.io import npy
+
+        npy.write_npy(self, path)
+
+    @staticmethod
+    def write_npz(tensors: Any, path: Any) -> None:
+        """``Tensor.write_npz([("a", a), ("b", b)], "ab.npz")`` (atomic)."""
+        from candlejax.io import npy
+
+        npy.write_npz(tensors, path)
+
+    @staticmethod
+    def read_npy(path: Any, dtype: Any = None, device: Any = None) -> Any:
+        """``Tensor.read_npy("t.npy")``."""
+        from candlejax.io import npy
+
+        return npy.read_npy(path, dtype=dtype, device=device)
+
+    @staticmethod
+    def read_npz(path: Any, dtype: Any = None, device: Any = None) -> list[tuple[str, Any]]:
+        """``Tensor.read_npz("ab.npz")`` -> ``[(name, Tensor), ...]``."""
+        from candlejax.io import npy
+
+        return npy.read_npz(path, dtype=dtype, device=device)
+
+    @staticmethod
+    def read_npz_by_name(path: Any, names: Any, dtype: Any = None, device: Any = None) -> list[Any]:
+        """``Tensor.read_npz_by_name("ab.npz", ["a"])`` -> ``[Tensor, ...]``."""
+        from candlejax.io import npy
+
+        return npy.read_npz_by_name(path, names, dtype=dtype, device=device)

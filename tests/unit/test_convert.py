@@ -214,3 +214,22 @@ def test_numpy_torch_dlpack_roundtrip():
     assert tt.tolist() == t.to_vec2()
     assert t.__dlpack_device__() == tt.__dlpack_device__()
     assert Tensor(jnp.from_dlpack(t)).to_vec2() == t.to_vec2()
+
+
+def test_tensor_file_methods_round_trip(tmp_path):
+    import numpy as np
+    import safetensors.numpy as stn
+
+    from candlejax import Tensor
+
+    t = Tensor.new(np.arange(6, dtype=np.float32).reshape(2, 3))
+    t.save_safetensors("w", tmp_path / "t.safetensors")
+    np.testing.assert_array_equal(stn.load_file(str(tmp_path / "t.safetensors"))["w"], np.asarray(t))
+    t.write_npy(tmp_path / "t.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), np.asarray(t))
+    np.testing.assert_array_equal(np.asarray(Tensor.read_npy(tmp_path / "t.npy")), np.asarray(t))
+    Tensor.write_npz([("a", t), ("b", t * 2.0)], tmp_path / "ab.npz")
+    names = [n for n, _ in Tensor.read_npz(tmp_path / "ab.npz")]
+    assert names == ["a", "b"]
+    (b,) = Tensor.read_npz_by_name(tmp_path / "ab.npz", ["b"])
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(t) * 2)
