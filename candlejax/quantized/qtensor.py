@@ -22,6 +22,8 @@ import numpy as np
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
+from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
+from candlejax.quantized.blocked import BlockedWeight
 from candlejax.quantized.ggml_types import GgmlDType, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
 from candlejax.tensor._core import TensorBase, unwrap, wrap
@@ -297,6 +299,18 @@ def _dense_matmul(w: Any, x: Any) -> Any:
     return _matmul_t(x, w)
 
 
+@op
+def _blocked_matmul(w: BlockedWeight, x: Any) -> Any:
+    lead, in_f = x.shape[:-1], x.shape[-1]
+    y = _matmul_t(x.reshape(-1, in_f), w.dequantize(jnp.float32))  # the expansion fuses into the dot
+    return y.reshape(*lead, y.shape[-1])
+
+
+@op
+def _blocked_rows(w: BlockedWeight, ids: Any) -> Any:
+    return w.rows(jnp.clip(ids, 0, w.q.shape[0] - 1))
+
+
 def _env_flag(name: str) -> bool:
     v = os.environ.get(name, "")
     return v not in ("", "0")
@@ -305,8 +319,11 @@ def _env_flag(name: str) -> bool:
 class QMatMul:
     """Candle's ``QMatMul``: ``forward(xs) = xs @ Wᵀ`` with ``W`` of shape ``(out, in)``.
 
-    Holds a :class:`QTensor` (kept quantised, expanded inside the step) or, for F32/F16/BF16
-    weights, a plain array in the weight's own dtype. Set ``CANDLE_DEQUANTIZE_ALL=1`` (or
+    Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as a :class:`~candlejax.quantized.blocked.BlockedWeight`
+    (one byte per value plus f16 block scales; the expansion fuses into the dot, so the matmul runs
+    at dense speed); other block types as a :class:`QTensor` (kept packed, expanded inside the step);
+    F32/F16/BF16 weights as a plain array in the weight's own dtype. ``CANDLEJAX_QMATMUL_PACKED=1``
+    keeps every block type packed. Set ``CANDLE_DEQUANTIZE_ALL=1`` (or
     ``CANDLE_DEQUANTIZE_ALL_F16=1``) to dequantise every weight to F32 (F16) at construction, as
     Candle does. A pytree: pass it into ``jax.jit`` as an argument.
     """
@@ -334,6 +351,8 @@ class QMatMul:
             return QMatMul(q.dequantize().jax)
         if _env_flag("CANDLE_DEQUANTIZE_ALL_F16"):
             return QMatMul(q.dequantize_f16().jax)
+        if dt in BLOCKED_TYPES and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
+            return QMatMul(BlockedWeight.from_raw(q.raw, dt, q.shape))
         return QMatMul(q)
 
     from_arc = from_qtensor
@@ -348,12 +367,12 @@ class QMatMul:
 
     # --- queries ---------------------------------------------------------------------------
     def is_quantized(self) -> bool:
-        return isinstance(self._w, QTensor)
+        return isinstance(self._w, QTensor | BlockedWeight)
 
     @property
     def weight(self) -> Any:
-        """The QTensor, or the plain weight as a Tensor."""
-        return self._w if isinstance(self._w, QTensor) else wrap(self._w)
+        """The QTensor or BlockedWeight, or the plain weight as a Tensor."""
+        return self._w if isinstance(self._w, QTensor | BlockedWeight) else wrap(self._w)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -370,6 +389,8 @@ class QMatMul:
                 x.shape, (out_f, in_f), "qmatmul", f"the input's last dim must equal the weight's in-features {in_f}"
             )
         w = self._w
+        if isinstance(w, BlockedWeight):
+            return wrap(_blocked_matmul(w, x).astype(x.dtype))
         if isinstance(w, QTensor):
             return wrap(_qmatmul(w.raw, x, dtype=w.dtype(), shape=w.shape))
         return wrap(_dense_matmul(w, x))
@@ -385,19 +406,25 @@ class QMatMul:
 
     def dequantize_f16(self) -> Any:
         w = self._w
+        if isinstance(w, BlockedWeight):
+            return wrap(w.dequantize(jnp.float16))
         if isinstance(w, QTensor):
             return w.dequantize_f16()
         return wrap(w.astype(jnp.float16))
 
     def embedding(self, ids: Any) -> Any:
         w = self._w
+        if isinstance(w, BlockedWeight):
+            return wrap(_blocked_rows(w, unwrap(ids).astype(jnp.int32)))
         if isinstance(w, QTensor):
             return w.embedding(ids)
         return wrap(jnp.take(w, unwrap(ids).astype(jnp.int32), axis=0))
 
     def __repr__(self) -> str:
         w = self._w
-        return f"QMatMul({w!r})" if isinstance(w, QTensor) else f"QMatMul(Tensor[{list(w.shape)}, {w.dtype}])"
+        if isinstance(w, QTensor | BlockedWeight):
+            return f"QMatMul({w!r})"
+        return f"QMatMul(Tensor[{list(w.shape)}, {w.dtype}])"
 
 
 jax.tree_util.register_pytree_node(

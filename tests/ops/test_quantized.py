@@ -265,13 +265,36 @@ def test_qmatmul_dequantize_all_env(monkeypatch, rng):
     assert QMatMul.from_qtensor(q).weight.dtype is DType.F16
 
 
-def test_qmatmul_is_a_pytree_with_packed_weights(rng):
+def test_qmatmul_is_a_pytree_with_packed_weights(rng, monkeypatch):
+    monkeypatch.setenv("CANDLEJAX_QMATMUL_PACKED", "1")
     q = QTensor.quantize(rng.standard_normal((32, 64)).astype(np.float32), GgmlDType.Q4_0)
     m = QMatMul.from_qtensor(q)
     leaves = jax.tree_util.tree_leaves(m)
     assert len(leaves) == 1 and leaves[0].dtype == jnp.uint8 and leaves[0].nbytes == 32 * 2 * 18
     ids = m.embedding(np.array([0, 31]))
     np.testing.assert_array_equal(np.asarray(ids), np.asarray(q.dequantize())[[0, 31]])
+
+
+@pytest.mark.parametrize("dt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_qmatmul_blocked_layout_is_exact_and_a_pytree(rng, dt):
+    from candlejax.quantized.blocked import BlockedWeight
+
+    dtype = GgmlDType[dt]
+    w = (rng.standard_normal((48, 96)) * 3).astype(np.float32)
+    q = QTensor.quantize(w, dtype)
+    m = QMatMul.from_qtensor(q)
+    assert isinstance(m.weight, BlockedWeight) and m.is_quantized()
+    ref_w = dequantize_np(np.asarray(q.raw), dtype, q.shape)
+    np.testing.assert_array_equal(np.asarray(m.weight.dequantize()), ref_w)  # bit-identical values
+    q_leaf = jax.tree_util.tree_leaves(m)[0]
+    assert q_leaf.dtype == (jnp.int8 if dt == "Q8_0" else jnp.uint8) and q_leaf.shape == (48, 96)
+    assert m.weight.storage_size_in_bytes() <= 1.13 * w.size
+    x = rng.standard_normal((2, 3, 96)).astype(np.float32)
+    ref = x.astype(np.float64) @ ref_w.astype(np.float64).T
+    np.testing.assert_allclose(np.asarray(m.forward(x)), ref, rtol=1e-5, atol=1e-4)
+    y = jax.jit(lambda mm, xx: mm.forward(xx).jax)(m, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(m.embedding(np.array([0, 47, 5]))), ref_w[[0, 47, 5]])
 
 
 def test_qmatmul_large_weight_chunked_path(monkeypatch, rng):
