@@ -508,8 +508,13 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], args: Any) -> st
         f"Threads: workers pinned to CPUs {meta['cpus']} ({args.threads} threads): {meta['threads']}  ",
         f"Method: steps/s = median of {args.repeats} runs of ~{args.repeat_s:g} s x {args.procs} process(es),"
         f" loss waited for every {args.sync_every} step(s); {args.pool} pre-placed batches;"
-        f" RSS growth over {args.duration:g} s (first batch size only), slope after the first"
-        f" {max(5.0, args.duration / 3):.0f} s. CPU ms/step: process CPU time (all threads) per step, median;"
+        + (
+            f" RSS growth over {args.duration:g} s (first batch size only), slope after the first"
+            f" {max(5.0, args.duration / 3):.0f} s."
+            if args.duration > 0
+            else " no RSS-growth run."
+        )
+        + " CPU ms/step: process CPU time (all threads) per step, median;"
         " less sensitive to other processes' load than steps/s.",
         "",
         "| model | batch | framework | steps/s | spread | vs torch eager | vs flax-nnx | CPU ms/step"
