@@ -509,3 +509,14 @@ def test_f16_and_u32_ops_keep_dtype(rng):
     assert h.exp().dtype.np == F16 and (h * 2).dtype.np == F16
     u = T(rand(rng, (4,), U32))
     assert (u + 1).dtype.np == U32 and u.abs().dtype.np == U32 and u.sign().dtype.np == U32
+
+
+def test_relu_gradient_at_zero_matches_torch():
+    import torch
+
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    g = jax.grad(lambda a: Tensor._wrap(a).relu().sum_all().jax)(jnp.asarray(x))
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).sum().backward()
+    np.testing.assert_array_equal(np.asarray(g), tx.grad.numpy())
+    assert Tensor.new(np.array([-3, 0, 4], np.int32)).relu().to_vec1() == [0, 0, 4]
