@@ -46,12 +46,23 @@ def _save(tmp_path_factory, name: str, shard: bool):
     return hf, d
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def pair(request, tmp_path_factory):
-    name = request.param
-    hf, d = _save(tmp_path_factory, name, shard=name == "mha_sharded")
-    model = llama.Llama.from_pretrained(d, dtype=DType.F32)
-    return name, hf, model, d
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """Each case's (name, hf model, our model, folder), built once per module on first use."""
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            hf, d = _save(tmp_path_factory, name, shard=name == "mha_sharded")
+            cache[name] = (name, hf, llama.Llama.from_pretrained(d, dtype=DType.F32), d)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def pair(request, pairs):
+    return pairs(request.param)
 
 
 def _hf_logits(hf, ids: np.ndarray) -> np.ndarray:
@@ -69,6 +80,7 @@ def test_config_defaults_and_rope_parameters(tmp_path):
     assert c.rope_scaling["rope_type"] == "llama3" and c.vocab_size == 32000 and not c.tie_word_embeddings
 
 
+@pytest.mark.parametrize("pair", list(CASES), indirect=True)
 def test_logits_match_transformers(pair):
     name, hf, model, _ = pair
     ids = np.random.default_rng(1).integers(0, BASE["vocab_size"], (2, 11))
@@ -79,10 +91,9 @@ def test_logits_match_transformers(pair):
         assert model.layers[0].self_attn.q_proj.bias is not None
 
 
+@pytest.mark.parametrize("pair", ["gqa", "tied_llama3"], indirect=True)
 def test_incremental_decode_matches_full_forward(pair):
     name, _hf, model, _ = pair
-    if name == "mha_sharded":
-        pytest.skip("the cache is checked on the GQA configs")
     ids = np.random.default_rng(2).integers(0, BASE["vocab_size"], (1, 9))
     full = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)[0]
     traces = []
@@ -111,10 +122,9 @@ def test_incremental_decode_matches_full_forward(pair):
     np.testing.assert_allclose(np.asarray(again.jax)[0], full[2], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
 def test_greedy_generation_matches_transformers(pair):
-    name, hf, model, _ = pair
-    if name != "gqa":
-        pytest.skip("one generation check is enough")
+    _name, hf, model, _ = pair
     prompt = [5, 17, 3, 42]
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
@@ -123,10 +133,9 @@ def test_greedy_generation_matches_transformers(pair):
     assert ours == ref
 
 
+@pytest.mark.parametrize("pair", ["tied_llama3"], indirect=True)
 def test_bf16_load_runs(pair):
-    name, hf, _, d = pair
-    if name != "tied_llama3":
-        pytest.skip("one dtype check is enough")
+    _name, hf, _, d = pair
     m16 = llama.Llama.from_pretrained(d, dtype=DType.BF16)
     assert m16.dtype == DType.BF16
     ids = np.arange(7)[None] % BASE["vocab_size"]
@@ -135,10 +144,9 @@ def test_bf16_load_runs(pair):
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
 def test_varbuilder_load_names(pair):
-    name, _, _model, d = pair
-    if name != "gqa":
-        pytest.skip("names checked once")
+    _name, _, _model, d = pair
     vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
     m = llama.Llama.load(vb, llama.Config.from_json_file(d / "config.json"))
     names = m.named_vars()
