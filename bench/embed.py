@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candle", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--pipelines", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--dtype", default="f32", help="candlejax weight/compute dtype (f32, bf16)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="add a candlejax bf16 row")
     ap.add_argument("--cpus", type=int, default=0, help="pin the process to the first N cores (0: all)")
     args = ap.parse_args(argv)
     if args.cpus:
@@ -118,14 +118,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- candlejax -------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    emb = bert.SentenceEmbedder.from_dir(d, DType.parse(args.dtype), Device.Cpu, batch_size=32)
-    model = emb.model
-    cj = {}
-    for shape in shapes:
-        ids, tt, mask = (Tensor.from_numpy(a.astype(np.int32)) for a in inputs[shape])
-        cj[shape] = lambda ids=ids, tt=tt, mask=mask: bert.forward_jit(model, ids, tt, mask).jax.block_until_ready()
-        cj[shape]()
-    impls[f"candlejax jit ({args.dtype})"] = cj
+    emb = bert.SentenceEmbedder.from_dir(d, DType.F32, Device.Cpu, batch_size=32)
+    models = {"f32": emb.model}
+    if args.bf16:
+        models["bf16"] = emb.model.to_dtype(DType.BF16)
+    for dt, model in models.items():
+        cj = {}
+        for shape in shapes:
+            ids, tt, mask = (Tensor.from_numpy(a.astype(np.int32)) for a in inputs[shape])
+            cj[shape] = lambda m=model, i=ids, t=tt, k=mask: bert.forward_jit(m, i, t, k).jax.block_until_ready()
+            cj[shape]()
+        impls[f"candlejax jit ({dt})"] = cj
     notes.append(f"candlejax load + compile {len(shapes)} shapes: {time.perf_counter() - t0:.1f} s")
 
     # --- candle-pyo3 -----------------------------------------------------------------------------

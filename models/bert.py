@@ -55,6 +55,7 @@ __all__ = [
     "BertSelfAttention",
     "BertSelfOutput",
     "COMPILER_OPTIONS",
+    "LARGE_BATCH_TOKENS",
     "Config",
     "HiddenAct",
     "PositionEmbeddingType",
@@ -514,36 +515,46 @@ class BertModel(Module):
         return self.pooler.forward(hidden_states)
 
 
-#: XLA options for the compiled forward. jax 0.10's XLA:CPU hands dots, with elementwise and
-#: LayerNorm work fused around them, to YNNPACK; for BERT's shapes its own Eigen GEMMs plus XLA's
-#: loop fusions are ~18% faster (MiniLM, 32x128, one core). The GPU compiler ignores these flags;
-#: an XLA that does not know one falls back to its defaults.
+#: XLA options for compiling batches of at least ``LARGE_BATCH_TOKENS`` tokens. jax 0.10's XLA:CPU
+#: hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions: best for a few
+#: hundred tokens (1x16: ~2x faster than without), but at MiniLM 32x128 XLA's own Eigen GEMMs plus
+#: its loop fusions are ~30% faster (one core). The GPU compiler ignores these flags; an XLA that
+#: does not know one falls back to its defaults.
 COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+LARGE_BATCH_TOKENS = 2048
 
 
 class _Jit:
-    """``jax.jit(fn, compiler_options=COMPILER_OPTIONS)``, falling back to plain ``jax.jit`` if XLA rejects them."""
+    """``jax.jit(fn)`` for small inputs, ``jax.jit(fn, compiler_options=COMPILER_OPTIONS)`` for
+    ``fn(model, ids, ...)`` calls whose ``ids`` hold at least ``LARGE_BATCH_TOKENS`` tokens."""
 
     def __init__(self, fn: Any, **kw: Any):
         self.__wrapped__ = fn
-        self._tuned = jax.jit(fn, compiler_options=COMPILER_OPTIONS, **kw) if COMPILER_OPTIONS else None
         self._plain = jax.jit(fn, **kw)
+        self._large = jax.jit(fn, compiler_options=COMPILER_OPTIONS, **kw) if COMPILER_OPTIONS else None
+
+    def _pick(self, args: tuple) -> Any:
+        if self._large is None or len(args) < 2 or math.prod(getattr(args[1], "shape", ())) < LARGE_BATCH_TOKENS:
+            return self._plain
+        return self._large
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._tuned is not None:
+        f = self._pick(args)
+        if f is self._large:
             try:
-                return self._tuned(*args, **kwargs)
+                return f(*args, **kwargs)
             except Exception as e:  # an unknown option name or value in another jax version
                 if "option" not in str(e).lower() and "enum" not in str(e).lower():
                     raise
-                self._tuned = None
-        return self._plain(*args, **kwargs)
+                self._large = None
+                f = self._plain
+        return f(*args, **kwargs)
 
     def _cache_size(self) -> int:
-        return (self._tuned or self._plain)._cache_size()
+        return self._plain._cache_size() + (self._large._cache_size() if self._large is not None else 0)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
-        return (self._tuned or self._plain).lower(*args, **kwargs)
+        return self._pick(args).lower(*args, **kwargs)
 
 
 def _forward(model: BertModel, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
@@ -765,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("sentences", nargs="+")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
 
+    tune_malloc()
     emb = SentenceEmbedder.from_dir(
         args.model, DType.parse(args.dtype), Device.Cpu, max_length=args.max_length, batch_size=args.batch_size
     )
