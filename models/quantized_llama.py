@@ -20,10 +20,15 @@ Two GGUF details matter:
   rotate interleaved pairs ``(x[2i], x[2i+1])`` instead of the two halves transformers rotates.
   The model therefore applies ``rope_i`` (interleaved) to GGUF weights; q·k is unchanged because
   q and k carry the same permutation, and v / the output projection are not permuted.
-* Q4_0, Q4_1 and Q8_0 weights are re-laid out at load time, without changing a bit of the
-  quantised values, into separate arrays (packed nibbles / int8 values and per-block f16 scales)
-  so that XLA fuses the expansion into the matrix-vector product of a decode step. Other GGML
-  types run through :class:`candlejax.quantized.QMatMul`.
+* Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as :class:`candlejax.quantized.blocked.BlockedWeight`
+  (one byte per value plus f16 block scales/offsets, bit-identical values), the layout
+  :class:`candlejax.quantized.QMatMul` uses: XLA fuses the expansion into the matrix-vector
+  product of a decode step, so it reads ~1.1 bytes per weight. Other GGML types are kept packed
+  and expanded inside the step by QMatMul.
+
+Layers whose block types agree (every single-type file) are stacked at load time and run under
+``lax.scan`` (``from_gguf(..., layers="scan")``, the default): one layer is compiled and the
+stacked weights are sliced inside the fused products; ``layers="unrolled"`` compiles every layer.
 """
 
 from __future__ import annotations
@@ -52,197 +57,65 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.nn import Module
-from candlejax.quantized import GgmlDType, QMatMul, QTensor
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.quantized import QMatMul, QTensor
+from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
+from candlejax.quantized.blocked import BlockedWeight, unpack
+from candlejax.tensor._core import unwrap, wrap
 
 __all__ = ["Cache", "ModelWeights", "QEmbedding", "QLinear", "config_from_gguf", "forward_all", "step"]
 
-_FAST = (GgmlDType.Q4_0, GgmlDType.Q4_1, GgmlDType.Q8_0)
-
 
 # ------------------------------------------------------------------------------------------------
-# quantised weights laid out for XLA
+# quantised weights
 # ------------------------------------------------------------------------------------------------
-def _split_blocks(raw: np.ndarray, dtype: GgmlDType, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Raw GGML rows -> ``qs`` (packed values), ``d`` (scales, f16) and, for Q4_1, ``m`` (mins, f16).
-
-    Q4_0/Q4_1: ``qs`` ``(out, blocks, 16)`` u8, byte j holding value j (low nibble) and j + 16 (high
-    nibble) of its block, exactly as in the file; Q8_0: ``qs`` ``(out, blocks, 32)`` i8.
-    """
-    out_f, in_f = shape
-    nb = in_f // 32
-    b = raw.reshape(out_f, nb, dtype.type_size())
-    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0]
-    if dtype is GgmlDType.Q4_0:
-        return {"qs": np.ascontiguousarray(b[..., 2:18]), "d": d}
-    if dtype is GgmlDType.Q4_1:
-        m = np.ascontiguousarray(b[..., 2:4]).view(np.float16)[..., 0]
-        return {"qs": np.ascontiguousarray(b[..., 4:20]), "d": d, "m": m}
-    if dtype is GgmlDType.Q8_0:
-        return {"qs": np.ascontiguousarray(b[..., 2:34]).view(np.int8), "d": d}
-    raise errors.Msg(f"no split layout for {dtype.name}")
-
-
-def _lo_hi(qs: Any, d: Any) -> tuple[Any, Any]:
-    """Q4 nibbles times their block scale: ``(out, blocks * 16)`` f32 each (low and high halves)."""
-    o = qs.shape[0]
-    ds = d.astype(jnp.float32)[..., None]
-    lo = (qs & 15).astype(jnp.float32) * ds
-    hi = (qs >> 4).astype(jnp.float32) * ds
-    return lo.reshape(o, -1), hi.reshape(o, -1)
-
-
-def _q4_matmul(x: Any, qs: Any, d: Any, m: Any | None, q4_0: bool) -> Any:
-    """``x (M, in) @ Wᵀ`` for a Q4_0/Q4_1 weight, in f32.
-
-    Value j of a block sits in the low nibble of byte j and value j + 16 in the high one, so x is
-    split the same way and the product is ``x_lo @ (d·lo)ᵀ + x_hi @ (d·hi)ᵀ + Σ_block(x) @ mᵀ``
-    (Q4_0: ``m = -8 d``). For one row (a decode step) the products are written as matrix-vector
-    products, which XLA fuses with the nibble expansion: the f32 weights never reach memory.
-    """
-    mm, in_f = x.shape
-    nb = in_f // 32
-    xb = x.reshape(mm, nb, 2, 16)
-    lo, hi = _lo_hi(qs, d)
-    mins = -8.0 * d.astype(jnp.float32) if q4_0 else m.astype(jnp.float32)
-    xs = xb.sum((2, 3))
-    if mm == 1:
-        return (_mv(lo, xb[0, :, 0].reshape(-1)) + _mv(hi, xb[0, :, 1].reshape(-1)) + _mv(mins, xs[0]))[None]
-    dn = (((1,), (1,)), ((), ()))
-    y = lax_dot(xb[:, :, 0].reshape(mm, -1), lo, dn) + lax_dot(xb[:, :, 1].reshape(mm, -1), hi, dn)
-    return y + lax_dot(xs, mins, dn)
-
-
-def _q8_matmul(x: Any, qs: Any, d: Any) -> Any:
-    o, nb, _ = qs.shape
-    rows = _chunk_rows(o, nb * 32)
-    if rows:  # a large table (the tied LM head): expand `rows` rows at a time, never all of it
-        qc = qs.reshape(o // rows, rows, nb, 32)
-        dc = d.reshape(o // rows, rows, nb)
-        ys = jax.lax.map(lambda c: _q8_matmul(x, c[0], c[1]), (qc, dc))  # (chunks, M, rows)
-        return jnp.moveaxis(ys, 0, 1).reshape(x.shape[0], o)
-    w = (qs.astype(jnp.float32) * d.astype(jnp.float32)[..., None]).reshape(o, -1)
-    return lax_dot(x, w, (((1,), (1,)), ((), ())))
-
-
-def _chunk_rows(out_f: int, in_f: int, max_elems: int = 1 << 21) -> int:
-    """Rows per chunk (a divisor of ``out_f``) so a chunk holds at most ``max_elems`` values; 0 = no chunking."""
-    if out_f * in_f <= 2 * max_elems:
-        return 0
-    target = max(1, max_elems // in_f)
-    for r in range(min(target, out_f), 0, -1):
-        if out_f % r == 0:
-            return r if r > 1 else 0
-    return 0
-
-
-def _mv(w: Any, v: Any) -> Any:
-    """``w (O, K) @ v (K,)`` -> ``(O,)``: a rank-1 operand lets XLA fuse w's producer into the loop."""
-    return jax.lax.dot_general(w, v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def lax_dot(a: Any, b: Any, dn: Any) -> Any:
-    return jax.lax.dot_general(a, b, dn, preferred_element_type=jnp.float32)
-
-
 class QLinear(Module):
-    """A bias-free linear layer over a GGML-quantised weight ``(out, in)``: ``y = x @ Wᵀ``.
+    """A bias-free linear layer ``y = x @ Wᵀ`` over a quantised ``(out, in)`` weight, computed by
+    :class:`~candlejax.quantized.QMatMul`.
 
-    Q4_0/Q4_1/Q8_0 weights are held as ``qs``/``d``/``m`` arrays (see :func:`_split_blocks`) and
-    expanded inside the compiled step; F32/F16/BF16 and the other block types use
-    :class:`candlejax.quantized.QMatMul`. Output dtype = input dtype (f32 accumulation).
+    ``weight`` is what a QMatMul holds: a :class:`~candlejax.quantized.blocked.BlockedWeight`
+    (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, expanded inside the dot), a :class:`~candlejax.quantized.QTensor`
+    (other block types) or a plain array (F32/F16 or a dequantised weight). Held as a Module field
+    so the weight is a pytree child (a jit argument, sliced by ``lax.scan`` when layers are stacked).
     """
 
-    def __init__(self, kind: str, shape: tuple[int, int], qs: Any = None, d: Any = None, m: Any = None,
-                 qmatmul: Any = None):  # fmt: skip
-        self.kind = kind
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.qs, self.d, self.m = qs, d, m
-        self.qmatmul = qmatmul
+    def __init__(self, weight: Any):
+        self.weight = weight
 
     @staticmethod
-    def from_qtensor(q: QTensor, device: Any = None) -> QLinear:
-        dt = q.dtype()
-        if q.rank != 2:
-            raise errors.UnexpectedNumberOfDims(2, q.rank, q.shape, "QLinear")
-        if dt in _FAST:
-            dev = Device.coerce(device).jax_device
-            parts = _split_blocks(np.asarray(q.raw), dt, q.shape)
-            arrs = {k: jax.device_put(v, dev) for k, v in parts.items()}
-            return QLinear(dt.name, q.shape, arrs["qs"], arrs["d"], arrs.get("m"))
-        return QLinear(dt.name, q.shape, qmatmul=QMatMul.from_qtensor(q))
+    def from_qmatmul(m: QMatMul) -> QLinear:
+        return QLinear(m.weight if m.is_quantized() else unwrap(m.weight))
+
+    def qmatmul(self) -> QMatMul:
+        return QMatMul(self.weight)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
 
     def forward(self, xs: Any) -> Any:
-        x = xs._a if isinstance(xs, TensorBase) else jnp.asarray(xs)
-        out_f, in_f = self.shape
-        if x.shape[-1] != in_f:
-            raise errors.ShapeMismatchBinaryOp(x.shape, self.shape, "qlinear")
-        if self.qmatmul is not None:
-            return self.qmatmul.forward(wrap(x))
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, in_f).astype(jnp.float32)
-        if self.kind == "dense":  # an expanded weight (ModelWeights.from_gguf(..., dequantize=...))
-            y = lax_dot(x2.astype(self.qs.dtype), self.qs, (((1,), (1,)), ((), ())))
-        elif self.kind == "Q8_0":
-            y = _q8_matmul(x2, self.qs, self.d)
-        else:
-            y = _q4_matmul(x2, self.qs, self.d, self.m, self.kind == "Q4_0")
-        return wrap(y.reshape(*lead, out_f).astype(x.dtype))
+        return QMatMul(self.weight).forward(xs)
 
-    def dequantize(self) -> Any:
-        """The weight as an f32 Tensor ``(out, in)``."""
-        if self.qmatmul is not None:
-            w = self.qmatmul.weight
-            return w.dequantize() if isinstance(w, QTensor) else w
-        o, i = self.shape
-        if self.kind == "dense":
-            return wrap(jnp.asarray(self.qs, jnp.float32))
-        d = self.d.astype(jnp.float32)[..., None]
-        if self.kind == "Q8_0":
-            return wrap((self.qs.astype(jnp.float32) * d).reshape(o, i))
-        q = jnp.concatenate([self.qs & 15, self.qs >> 4], -1).astype(jnp.float32)
-        mins = -8.0 * d if self.kind == "Q4_0" else self.m.astype(jnp.float32)[..., None]
-        return wrap((q * d + mins).reshape(o, i))
+    def embedding(self, ids: Any) -> Any:
+        """Rows ``ids`` of the weight, dequantised: ``ids.shape + (in,)``."""
+        return QMatMul(self.weight).embedding(ids)
 
 
 class QEmbedding(Module):
-    """Token embeddings from a quantised ``(vocab, hidden)`` table: only the looked-up rows are
-    expanded. :meth:`as_linear` reuses the table as the tied LM head."""
+    """Token embeddings from a quantised ``(vocab, hidden)`` table (a :class:`QLinear`): only the
+    looked-up rows are expanded. :meth:`as_linear` reuses the table as the tied LM head."""
 
     def __init__(self, table: QLinear):
         self.table = table
 
     @property
-    def weight(self) -> Any:  # the dtype probe of Llama.dtype / new_cache
+    def weight(self) -> Any:  # the dtype / device probe of Llama.dtype and new_cache
         return jnp.zeros((), jnp.float32)
 
     def as_linear(self) -> QLinear:
         return self.table
 
     def forward(self, ids: Any) -> Any:
-        i = unwrap(ids).astype(jnp.int32)
-        t = self.table
-        v, h = t.shape
-        if t.qmatmul is not None:
-            return wrap(t.qmatmul.embedding(i).jax.astype(jnp.float32))
-        i = jnp.clip(i, 0, v - 1)
-        qs = jnp.take(t.qs, i, axis=0)
-        d = jnp.take(t.d, i, axis=0).astype(jnp.float32)[..., None]
-        if t.kind == "Q8_0":
-            w = qs.astype(jnp.float32) * d
-        else:
-            q = jnp.concatenate([qs & 15, qs >> 4], -1).astype(jnp.float32)
-            mins = -8.0 * d if t.kind == "Q4_0" else jnp.take(t.m, i, axis=0).astype(jnp.float32)[..., None]
-            w = q * d + mins
-        return wrap(w.reshape(*i.shape, h))
-
-
-class _DenseEmbedding(Module):
-    def __init__(self, weight: Any):
-        self.weight = weight
-
-    def forward(self, ids: Any) -> Any:
-        return wrap(jnp.take(self.weight, unwrap(ids).astype(jnp.int32), axis=0, mode="clip"))
+        return wrap(unwrap(self.table.embedding(unwrap(ids).astype(jnp.int32))).astype(jnp.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,7 +175,8 @@ class ModelWeights(Llama):
     """
 
     @staticmethod
-    def from_gguf(path: str | os.PathLike, device: Any = None, dequantize: str | None = None) -> ModelWeights:
+    def from_gguf(path: str | os.PathLike, device: Any = None, dequantize: str | None = None,
+                  layers: str | None = None) -> ModelWeights:  # fmt: skip
         """Load a GGUF file (``general.architecture`` ``llama`` or a LLaMA-shaped family).
 
         ``dequantize`` (default: from ``CANDLE_DEQUANTIZE_ALL=1`` / ``CANDLE_DEQUANTIZE_ALL_F16=1``,
@@ -315,12 +189,13 @@ class ModelWeights(Llama):
 
         content = Content.read(os.fspath(path))
         try:
-            return ModelWeights.from_content(content, device, dequantize)
+            return ModelWeights.from_content(content, device, dequantize, layers)
         finally:
             content.close()
 
     @staticmethod
-    def from_content(content: Any, device: Any = None, dequantize: str | None = None) -> ModelWeights:
+    def from_content(content: Any, device: Any = None, dequantize: str | None = None,
+                     layers: str | None = None) -> ModelWeights:  # fmt: skip
         """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it)."""
         from candlejax.tokenizer import Tokenizer
 
@@ -342,56 +217,51 @@ class ModelWeights(Llama):
                 raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {content.path}")
             return infos[name]
 
-        def lin(name: str) -> QLinear:  # host (numpy) leaves; placed on the device below
+        def lin(name: str) -> QLinear:  # host (numpy) leaves where possible; placed on the device later
             i = info(name)
             raw = content.tensor_bytes(name)
             if dequantize is not None and name != "token_embd.weight":
                 w = np.asarray(QTensor.from_data(raw, i.ggml_dtype, i.shape).dequantize().jax)
-                return QLinear("dense", i.shape, qs=w.astype(np.float16 if dequantize == "f16" else np.float32))
-            if i.ggml_dtype in _FAST and len(i.shape) == 2:
-                parts = _split_blocks(raw, i.ggml_dtype, i.shape)
-                return QLinear(i.ggml_dtype.name, i.shape, parts["qs"], parts["d"], parts.get("m"))
-            return QLinear.from_qtensor(QTensor.from_data(raw, i.ggml_dtype, i.shape, dev), dev)
+                return QLinear(w.astype(np.float16 if dequantize == "f16" else np.float32))
+            if i.ggml_dtype in BLOCKED_TYPES and len(i.shape) == 2:
+                q, scale, offset = unpack(raw, i.ggml_dtype, tuple(i.shape))
+                return QLinear(BlockedWeight(q, scale, offset, i.ggml_dtype))
+            return QLinear.from_qmatmul(QMatMul.from_qtensor(QTensor.from_data(raw, i.ggml_dtype, i.shape, dev)))
 
         def vec(name: str) -> np.ndarray:
             i = info(name)
             return np.asarray(QTensor.from_data(content.tensor_bytes(name), i.ggml_dtype, i.shape).dequantize().jax)
 
-        emb = lin("token_embd.weight")
-        embed: Module = QEmbedding(emb) if emb.qmatmul is None else _DenseEmbedding(emb.dequantize().jax)
-        def block(i: int) -> Block:
-            p = f"blk.{i}"
-            attn = CausalSelfAttention(
-                lin(f"{p}.attn_q.weight"), lin(f"{p}.attn_k.weight"), lin(f"{p}.attn_v.weight"),
-                lin(f"{p}.attn_output.weight"), cfg.num_attention_heads, cfg.num_key_value_heads,
-                cfg.head_dim, interleaved=True,
-            )  # fmt: skip
-            mlp = Mlp(lin(f"{p}.ffn_gate.weight"), lin(f"{p}.ffn_up.weight"), lin(f"{p}.ffn_down.weight"))
-            return Block(
-                RmsNorm(vec(f"{p}.attn_norm.weight"), cfg.rms_norm_eps),
-                attn,
-                RmsNorm(vec(f"{p}.ffn_norm.weight"), cfg.rms_norm_eps),
-                mlp,
-            )
+        def part(i: int, name: str) -> Any:
+            return vec(f"blk.{i}.{name}.weight") if name.endswith("_norm") else lin(f"blk.{i}.{name}.weight")
 
-        if dequantize:  # dense weights are read in place by unrolled layers (a scan would slice them out)
-            layers: Any = [_to_device(block(i), dev) for i in range(cfg.num_hidden_layers)]
+        def block(get: Any) -> Block:
+            attn = CausalSelfAttention(
+                get("attn_q"), get("attn_k"), get("attn_v"), get("attn_output"), cfg.num_attention_heads,
+                cfg.num_key_value_heads, cfg.head_dim, interleaved=True,
+            )  # fmt: skip
+            mlp = Mlp(get("ffn_gate"), get("ffn_up"), get("ffn_down"))
+            eps = cfg.rms_norm_eps
+            return Block(RmsNorm(get("attn_norm"), eps), attn, RmsNorm(get("ffn_norm"), eps), mlp)
+
+        n = cfg.num_hidden_layers
+        if layers is None:
+            layers = "unrolled" if dequantize else "scan"
+        if layers not in ("scan", "unrolled"):
+            raise errors.Msg(f"layers must be 'scan' or 'unrolled', got {layers!r}")
+        if layers == "scan" and _stackable(infos, n):
+            stacked = {name: _stack(n, lambda i, nm=name: part(i, nm), dev) for name in _PARTS}
+            blocks: Any = block(stacked.__getitem__)
         else:
-            layers = _stacked_layers(block, cfg.num_hidden_layers, dev)
+            blocks = [_to_device(block(lambda name, i=i: part(i, name)), dev) for i in range(n)]
+        embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
         norm = _to_device(RmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
-        embed = _to_device(embed, dev)
-        if cfg.tie_word_embeddings:
-            if isinstance(embed, QEmbedding):
-                lm_head = None
-            else:
-                lm_head = QLinear("F32", (cfg.vocab_size, cfg.hidden_size), qmatmul=QMatMul.from_tensor(embed.weight))
-        else:
-            lm_head = _to_device(lin("output.weight"), dev)
+        lm_head = None if cfg.tie_word_embeddings else _to_device(lin("output.weight"), dev)
         inv = rope_inv_freq(cfg)
         if "rope_freqs.weight" in infos:  # llama 3.1 GGUF: per-frequency divisors
             inv = (inv / vec("rope_freqs.weight").astype(np.float32)).astype(np.float32)
         inv_freq = jax.device_put(inv, dev.jax_device)
-        model = ModelWeights(embed, layers, norm, lm_head, inv_freq, cfg)
+        model = ModelWeights(embed, blocks, norm, lm_head, inv_freq, cfg)
         try:
             _TOKENIZERS[model] = Tokenizer.from_gguf_metadata(content.metadata)
         except errors.Error:
@@ -412,36 +282,37 @@ class ModelWeights(Llama):
 
 
 def _to_device(tree: Any, dev: Device) -> Any:
-    return jax.tree_util.tree_map(
-        lambda a: jax.device_put(a, dev.jax_device) if isinstance(a, np.ndarray) else a, tree
-    )
+    return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev.jax_device) if isinstance(a, np.ndarray) else a, tree)
 
 
-def _stacked_layers(block: Any, n: int, dev: Device) -> Block | list[Block]:
-    """The ``n`` layers as one Block whose leaves are stacked over the layers (run with
-    ``lax.scan``: one layer is compiled, and one layer's weights are expanded at a time), filled
-    layer by layer so the host holds one copy; a list of Blocks when the layers differ in
-    structure or block types (mixed-quantisation files)."""
-    first = block(0)
-    struct = jax.tree_util.tree_structure(first)
-    leaves = jax.tree_util.tree_leaves(first)
-    if not all(isinstance(x, np.ndarray) for x in leaves):
-        return [_to_device(first, dev)] + [_to_device(block(i), dev) for i in range(1, n)]
+#: the per-layer tensors of a LLaMA block (``blk.N.<part>.weight``)
+_PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def _stackable(infos: Any, n: int) -> bool:
+    """Whether every layer holds each part in one block type with a blocked (or plain float) layout."""
+    for name in _PARTS:
+        kinds = {(infos[f"blk.{i}.{name}.weight"].ggml_dtype, tuple(infos[f"blk.{i}.{name}.weight"].shape))
+                 for i in range(n) if f"blk.{i}.{name}.weight" in infos}  # fmt: skip
+        if len(kinds) != 1:
+            return False
+        dt, shape = kinds.pop()
+        if len(shape) == 2 and dt not in BLOCKED_TYPES:
+            return False
+    return True
+
+
+def _stack(n: int, get: Any, dev: Device) -> Any:
+    """Part ``get(i)`` of layers ``0 .. n`` as one pytree whose leaves are stacked over the layers,
+    filled layer by layer on the host and moved to the device one leaf at a time."""
+    first = get(0)
+    leaves, struct = jax.tree_util.tree_flatten(first)
     stacked = [np.empty((n, *x.shape), x.dtype) for x in leaves]
     for j, x in enumerate(leaves):
         stacked[j][0] = x
     del first, leaves
     for i in range(1, n):
-        b = block(i)
-        ls = jax.tree_util.tree_leaves(b)
-        if jax.tree_util.tree_structure(b) != struct or any(
-            x.shape != s.shape[1:] or x.dtype != s.dtype for x, s in zip(ls, stacked)
-        ):
-            done = [jax.tree_util.tree_unflatten(struct, [s[k] for s in stacked]) for k in range(i)]
-            return [_to_device(b, dev) for b in done] + [_to_device(b, dev)] + [
-                _to_device(block(k), dev) for k in range(i + 1, n)
-            ]
-        for j, x in enumerate(ls):
+        for j, x in enumerate(jax.tree_util.tree_leaves(get(i))):
             stacked[j][i] = x
     out = []
     for j in range(len(stacked)):
