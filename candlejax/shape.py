@@ -102,6 +102,13 @@ def as_shape(shape: Any) -> tuple[int, ...]:
 
 def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[int, ...]:
     """Candle's ``ShapeWithOneHole``: a shape where one entry may be ``()`` (or ``-1``)."""
+    if type(spec) is tuple and all(type(d) is int and d >= 0 for d in spec):  # fast path: a plain shape
+        n = 1
+        for d in spec:
+            n *= d
+        if n != elem_count:
+            raise errors.ShapeMismatch(elem_count, spec)
+        return spec
     if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
         spec = as_shape(spec)
     spec = tuple(spec)
