@@ -3,7 +3,10 @@
 Each engine runs in its own process (so peak RSS is its own): batch 1, greedy, a fixed prompt,
 ``-n`` new tokens (default 128, no early stop at EOS). Reported per engine: load seconds, time to
 first token (prefill, including candlejax's compilation of the prompt step), decode-step compile
-seconds (candlejax), decode tokens/s (median over the decode steps), peak RSS (MiB).
+seconds (candlejax), decode tokens/s (median over the decode steps), peak RSS (MiB) and, for
+candlejax, the RSS growth during decoding (MiB/min, from token 16 to the last) and the RSS of the
+bare runtime (jax imported, one op run) before the model is loaded. candlejax runs the user path,
+``candlejax.generation.generate`` (greedy on the device, donated cache).
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -15,6 +18,7 @@ when installed (it is not, here). Timings are noisy on shared machines: compare 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -39,41 +43,49 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_candlejax(n: int, dequantize: str | None) -> dict:
+def _rss_now_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
     import jax
     import jax.numpy as jnp
     from candlejax.models import llama, quantized_llama
 
     from candlejax import Device
+    from candlejax.generation import Sampling, generate
 
+    jnp.zeros(4).block_until_ready()
+    base_rss = _rss_now_mib()  # jax imported, one op run
     t0 = time.perf_counter()
-    model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize)
+    model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers)
     load_s = time.perf_counter() - t0
     ids = model.tokenizer.encode(PROMPT)
+    size = len(ids) + n + 1
+    # decode-step compile time, measured on its own (the run below compiles it again: jit caches
+    # per function object)
     step = jax.jit(llama.step, donate_argnums=1)
-    cache = model.new_cache(1, len(ids) + n + 1)
     t = time.perf_counter()
-    logits, cache = step(model, cache, jnp.asarray([ids], jnp.uint32), jnp.int32(0))
-    tok = int(jnp.argmax(logits[0]))
-    ttft = time.perf_counter() - t
-    one = jnp.zeros((1, 1), jnp.uint32)
-    t = time.perf_counter()
-    compiled = step.lower(model, cache, one, jnp.int32(0)).compile()
+    step.lower(model, model.new_cache(1, size), jnp.zeros((1, 1), jnp.uint32), jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t
-    del compiled
-    pos, times, out = len(ids), [], [tok]
-    for _ in range(n - 1):
-        t = time.perf_counter()
-        logits, cache = step(model, cache, jnp.asarray([[tok]], jnp.uint32), jnp.int32(pos))
-        tok = int(jnp.argmax(logits[0]))
-        times.append(time.perf_counter() - t)
-        out.append(tok)
-        pos += 1
+    del step
+    # the user path: candlejax.generation.generate (greedy sampled on the device, donated cache)
+    gen = generate(llama.step, model, model.new_cache(1, size), ids, n, Sampling.ArgMax())
+    stamps, rss = [time.perf_counter()], []
+    for i, _tok in enumerate(gen):
+        stamps.append(time.perf_counter())
+        if i in (16, n - 1):
+            rss.append((stamps[-1], _rss_now_mib()))
+    ttft = stamps[1] - stamps[0]
+    times = [b - a for a, b in itertools.pairwise(stamps[2:])]  # from the 2nd decode step (the 1st compiles)
+    growth = (rss[-1][1] - rss[0][1]) / ((rss[-1][0] - rss[0][0]) / 60) if len(rss) == 2 else float("nan")
     return {
         "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else " (Q4_1 kept quantised)"),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
-        "peak_rss_mib": _rss_mib(), "text": model.tokenizer.decode(out)[:80],
+        "peak_rss_mib": _rss_mib(), "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
+        "text": model.tokenizer.decode(gen.tokens)[:80],
     }  # fmt: skip
 
 
@@ -138,7 +150,7 @@ def run_llama_cpp(n: int) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     if args.child == "candlejax":
-        res = run_candlejax(args.n, args.dequantize)
+        res = run_candlejax(args.n, args.dequantize, args.layers)
     elif args.child == "transformers":
         res = run_transformers(args.n)
     else:
@@ -151,19 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=128)
     p.add_argument("--engines", default="candlejax,transformers,llama-cpp")
     p.add_argument("--dequantize", default=None, choices=[None, "f32", "f16"])
+    p.add_argument("--layers", default=None, choices=[None, "scan", "unrolled"], help="candlejax layer loop")
+    p.add_argument("--no-malloc-tune", action="store_true", help="leave glibc's malloc thresholds at their defaults")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args)
         return 0
     env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))  # glibc: reuse freed buffers instead of re-faulting
-    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
+    if not args.no_malloc_tune:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))  # glibc: reuse freed buffers instead of re-faulting
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
     rows = []
     for eng in args.engines.split(","):
         cmd = [sys.executable, __file__, "--child", eng, "-n", str(args.n)]
         if eng == "candlejax" and args.dequantize:
             cmd += ["--dequantize", args.dequantize]
+        if eng == "candlejax" and args.layers:
+            cmd += ["--layers", args.layers]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -171,15 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append(json.loads(line[7:]))
     print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {os.cpu_count()} CPU cores\n")
-    print("| engine | decode tok/s (median) | TTFT s | decode compile s | load s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|")
+    print("| engine | decode tok/s (median) | TTFT s | decode compile s | load s | peak RSS MiB | RSS growth MiB/min |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:
-            print(f"| {r['engine']} | {r['skipped']} | | | | |")
+            print(f"| {r['engine']} | {r['skipped']} | | | | | |")
             continue
         print(
             f"| {r['engine']} | {r['decode_tok_s']:.1f} | {r['ttft_s']:.2f} | {r['compile_s']:.1f} |"
-            f" {r['load_s']:.1f} | {r['peak_rss_mib']:.0f} |"
+            f" {r['load_s']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('rss_growth_mib_per_min', float('nan')):.1f} |"
         )
     print("\n" + json.dumps(rows, indent=1))
     return 0

@@ -200,7 +200,8 @@ class RmsNorm(Module):
 
 class CausalSelfAttention(Module):
     """``LlamaAttention``: q/k/v projections, rotary positions, grouped-query attention over the
-    preallocated cache, output projection."""
+    preallocated cache, output projection. With ``k_proj``/``v_proj`` ``None``, ``q_proj`` holds
+    the q, k and v rows stacked (one product; the quantized GGUF model does this)."""
 
     def __init__(self, q_proj: Any, k_proj: Any, v_proj: Any, o_proj: Any, num_heads: int, num_kv_heads: int,
                  head_dim: int, interleaved: bool = False):  # fmt: skip
@@ -228,9 +229,15 @@ class CausalSelfAttention(Module):
         this layer writes slot ``layer`` at ``pos``; mask bool ``(T, S)``.
         Returns ``(out (B, T, hidden), cache)``."""
         b, t, _ = x.shape
-        q = _apply(self.q_proj, x).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = _apply(self.k_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = _apply(self.v_proj, x).reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        if self.k_proj is None:  # q_proj holds the q, k and v rows stacked: one product
+            nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            qkv = _apply(self.q_proj, x)
+            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
+        else:
+            q, k, v = _apply(self.q_proj, x), _apply(self.k_proj, x), _apply(self.v_proj, x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         rope = ops.rope_i if self.interleaved else ops.rope
         q = _arr(rope(q, cos, sin))  # (B, Hq, T, D)
         k = _arr(rope(k, cos, sin))  # (B, Hkv, T, D)
@@ -246,7 +253,8 @@ class CausalSelfAttention(Module):
 
 
 class Mlp(Module):
-    """``LlamaMLP``: ``down(silu(gate(x)) * up(x))`` (SwiGLU)."""
+    """``LlamaMLP``: ``down(silu(gate(x)) * up(x))`` (SwiGLU). With ``up_proj`` ``None``,
+    ``gate_proj`` holds the gate and up rows stacked (one product)."""
 
     def __init__(self, gate_proj: Any, up_proj: Any, down_proj: Any):
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
@@ -258,8 +266,11 @@ class Mlp(Module):
         return Mlp(lin(h, i, vb.pp("gate_proj")), lin(h, i, vb.pp("up_proj")), lin(i, h, vb.pp("down_proj")))
 
     def forward(self, x: Any) -> Any:
-        g = _apply(self.gate_proj, x)
-        u = _apply(self.up_proj, x)
+        if self.up_proj is None:  # gate_proj holds the gate and up rows stacked: one product
+            gu = _apply(self.gate_proj, x)
+            g, u = gu[..., : gu.shape[-1] // 2], gu[..., gu.shape[-1] // 2 :]
+        else:
+            g, u = _apply(self.gate_proj, x), _apply(self.up_proj, x)
         return _apply(self.down_proj, jax.nn.silu(g) * u)
 
 

@@ -232,25 +232,37 @@ class ModelWeights(Llama):
             i = info(name)
             return np.asarray(QTensor.from_data(content.tensor_bytes(name), i.ggml_dtype, i.shape).dequantize().jax)
 
+        n = cfg.num_hidden_layers
+        # q/k/v and gate/up become one product each when their block types agree in every layer
+        fused = {k: FUSE_PRODUCTS and all(_concatenable(infos, i, v, dequantize) for i in range(n))
+                 for k, v in _FUSED.items()}  # fmt: skip
+
         def part(i: int, name: str) -> Any:
-            return vec(f"blk.{i}.{name}.weight") if name.endswith("_norm") else lin(f"blk.{i}.{name}.weight")
+            if name.endswith("_norm"):
+                return vec(f"blk.{i}.{name}.weight")
+            if name in _FUSED:
+                return _concat([lin(f"blk.{i}.{nm}.weight") for nm in _FUSED[name]])
+            return lin(f"blk.{i}.{name}.weight")
 
         def block(get: Any) -> Block:
+            qkv = (get("attn_qkv"), None, None) if fused["attn_qkv"] else (get("attn_q"), get("attn_k"), get("attn_v"))
             attn = CausalSelfAttention(
-                get("attn_q"), get("attn_k"), get("attn_v"), get("attn_output"), cfg.num_attention_heads,
-                cfg.num_key_value_heads, cfg.head_dim, interleaved=True,
+                *qkv, get("attn_output"), cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                interleaved=True,
             )  # fmt: skip
-            mlp = Mlp(get("ffn_gate"), get("ffn_up"), get("ffn_down"))
+            gu = (get("ffn_gateup"), None) if fused["ffn_gateup"] else (get("ffn_gate"), get("ffn_up"))
+            mlp = Mlp(*gu, get("ffn_down"))
             eps = cfg.rms_norm_eps
             return Block(RmsNorm(get("attn_norm"), eps), attn, RmsNorm(get("ffn_norm"), eps), mlp)
 
-        n = cfg.num_hidden_layers
         if layers is None:
             layers = "unrolled" if dequantize else "scan"
         if layers not in ("scan", "unrolled"):
             raise errors.Msg(f"layers must be 'scan' or 'unrolled', got {layers!r}")
         if layers == "scan" and _stackable(infos, n):
-            stacked = {name: _stack(n, lambda i, nm=name: part(i, nm), dev) for name in _PARTS}
+            names = [nm for nm in _PARTS if not any(fused[k] and nm in v for k, v in _FUSED.items())]
+            names += [k for k in _FUSED if fused[k]]
+            stacked = {name: _stack(n, lambda i, nm=name: part(i, nm), dev) for name in names}
             blocks: Any = block(stacked.__getitem__)
         else:
             blocks = [_to_device(block(lambda name, i=i: part(i, name)), dev) for i in range(n)]
@@ -287,6 +299,30 @@ def _to_device(tree: Any, dev: Device) -> Any:
 
 #: the per-layer tensors of a LLaMA block (``blk.N.<part>.weight``)
 _PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+#: compute q/k/v and gate/up as one product each over their stacked rows (fewer, larger products:
+#: ~5% faster decode on the CPU); read by ``from_gguf``
+FUSE_PRODUCTS = True
+_FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gateup": ("ffn_gate", "ffn_up")}
+
+
+def _concatenable(infos: Any, i: int, names: tuple[str, ...], dequantize: str | None) -> bool:
+    ts = [infos.get(f"blk.{i}.{nm}.weight") for nm in names]
+    if any(t is None or len(t.shape) != 2 for t in ts):
+        return False
+    kinds = {(t.ggml_dtype, tuple(t.shape)[1]) for t in ts}
+    return len(kinds) == 1 and (dequantize is not None or ts[0].ggml_dtype in BLOCKED_TYPES)
+
+
+def _concat(parts: list[QLinear]) -> QLinear:
+    """One QLinear whose rows are those of ``parts`` in order (no value changes)."""
+    ws = [p.weight for p in parts]
+    if isinstance(ws[0], BlockedWeight):
+        off = None if ws[0].offset is None else np.concatenate([w.offset for w in ws])
+        return QLinear(BlockedWeight(np.concatenate([w.q for w in ws]), np.concatenate([w.scale for w in ws]), off,
+                                     ws[0].ggml_dtype))  # fmt: skip
+    return QLinear(np.concatenate([np.asarray(w) for w in ws]))
 
 
 def _stackable(infos: Any, n: int) -> bool:
