@@ -491,6 +491,11 @@ class BertModel(Module):
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "bert input_ids (batch, seq)")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise errors.UnexpectedDType(DType.U32, to_dtype(ids.dtype), "bert input_ids must be integers")
+        if not isinstance(ids, jax.core.Tracer) and ids.size:  # eagerly, name bad ids (jit clamps them)
+            lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise errors.InvalidIndex("bert input_ids", hi if hi >= self.config.vocab_size else lo,
+                                          self.config.vocab_size)  # fmt: skip
         if ids.shape[1] > self.config.max_position_embeddings:
             raise errors.Msg(
                 f"bert: sequence length {ids.shape[1]} exceeds max_position_embeddings"

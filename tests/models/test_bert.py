@@ -174,6 +174,8 @@ def test_input_errors(hf_small):
         model.forward(Tensor(np.zeros((1, 4), np.float32)))
     with pytest.raises(errors.Error, match="max_position_embeddings"):
         model.forward(Tensor(np.zeros((1, 65), np.int32)))
+    with pytest.raises(errors.InvalidIndex, match="99"):
+        model.forward(Tensor(np.array([[1, 99]], np.int32)))
     with pytest.raises(errors.Error, match="attention_mask"):
         model.forward(Tensor(np.zeros((1, 4), np.int32)), None, Tensor(np.ones((1, 5), np.int32)))
 
