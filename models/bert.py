@@ -41,6 +41,7 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor.elementwise import gelu_erf_jnp
 
 __all__ = [
     "DTYPE",
@@ -78,10 +79,7 @@ def _arr(x: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # config
 # ------------------------------------------------------------------------------------------------
-def _gelu_erf(x: Any) -> Any:
-    # PyTorch's formula; jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates
-    # with both branches of a select and costs ~3x more
-    return x * 0.5 * (1.0 + jax.lax.erf(x * np.asarray(1 / math.sqrt(2), x.dtype)))
+_gelu_erf = gelu_erf_jnp
 
 
 def _gelu_tanh(x: Any) -> Any:

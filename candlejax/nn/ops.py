@@ -30,6 +30,7 @@ from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, as_array
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor.elementwise import gelu_erf_jnp
 
 __all__ = [
     "Identity",
@@ -151,7 +152,7 @@ _UNARY = {
     "swiglu": _swiglu,
     "mish": _mish,
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_erf": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_erf": gelu_erf_jnp,
     "relu": jax.nn.relu,
     "relu2": lambda x: jnp.square(jax.nn.relu(x)),
     "relu6": lambda x: jnp.clip(x, 0.0, 6.0),

@@ -20,6 +20,7 @@ provides: ElementwiseMixin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -301,8 +302,13 @@ def _gelu_tanh(a: Any) -> Any:
     return jax.nn.gelu(a, approximate=True)
 
 
-def _gelu_erf(a: Any) -> Any:
-    return jax.nn.gelu(a, approximate=False)
+def gelu_erf_jnp(a: Any) -> Any:
+    """Exact GELU, ``x/2 (1 + erf(x/√2))`` (PyTorch's formula). ``jax.nn.gelu(approximate=False)``
+    goes through erfc, which XLA:CPU evaluates with both branches of a select: ~3x slower."""
+    return a * 0.5 * (1.0 + jax.lax.erf(a * np.asarray(1 / math.sqrt(2), a.dtype)))
+
+
+_gelu_erf = gelu_erf_jnp
 
 
 def _recip(a: Any) -> Any:
