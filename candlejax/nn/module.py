@@ -221,8 +221,8 @@ def _is_dynamic(v: Any) -> bool:
         return any(_is_dynamic(x) for x in v)
     if isinstance(v, dict):
         return any(_is_dynamic(x) for x in v.values())
-    if callable(v) and not hasattr(v, "__jax_array__"):
-        return False
+    # Anything else (a registered pytree such as QMatMul, even when callable; a plain function) is a
+    # child exactly when it holds arrays.
     leaves = jax.tree_util.tree_leaves(v)
     if len(leaves) == 1 and leaves[0] is v:
         return False

@@ -213,3 +213,26 @@ def test_issue_example_trains_and_reloads(tmp_path):
     # VarMap.set copies trained values back (Candle's in-place update, made explicit)
     varmap.set(model.named_vars())
     np.testing.assert_array_equal(np.asarray(varmap.data()["first.bias"]._a), np.asarray(model.first.bias._a))
+
+
+def test_callable_pytree_fields_are_children_not_static():
+    import jax
+    import numpy as np
+
+    from candlejax.nn import Module
+    from candlejax.quantized import GgmlDType, QMatMul, QTensor
+
+    class Head(Module):
+        def __init__(self, proj, act):
+            self.proj = proj  # a callable pytree holding arrays: must be a child
+            self.act = act  # a plain function: static
+
+        def forward(self, x):
+            return self.act(self.proj(x))
+
+    w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
+    m = Head(QMatMul.from_qtensor(QTensor.quantize(w, GgmlDType.Q8_0)), lambda t: t.relu())
+    leaves = jax.tree_util.tree_leaves(m)
+    assert len(leaves) == 2 and leaves[0].shape == (8, 32)  # q and the block scales
+    out = jax.jit(lambda mm, x: mm.forward(x).jax)(m, np.ones((1, 32), np.float32))
+    assert out.shape == (1, 8)
