@@ -23,7 +23,9 @@ from pathlib import Path
 
 from candlejax import errors
 
-__all__ = ["ModelFiles", "hub_cache_dir", "repo_folder_name", "resolve", "snapshot_dir"]
+__all__ = [
+    "ModelFiles", "entry_snapshot", "hub_cache_dir", "repo_folder_name", "resolve", "resolve_root", "snapshot_dir",
+]  # fmt: skip
 
 _HASH = re.compile(r"^[0-9a-f]{40}$")
 
@@ -58,7 +60,12 @@ def repo_folder_name(repo_id: str, repo_type: str = "model") -> str:
 def snapshot_dir(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """The snapshot folder of ``repo_id`` at ``revision`` (a branch/tag under ``refs/`` or a commit
     hash; default ``main``, else the only snapshot)."""
-    repo = hub_cache_dir(cache_dir) / repo_folder_name(repo_id)
+    return entry_snapshot(hub_cache_dir(cache_dir) / repo_folder_name(repo_id), revision, repo_id)
+
+
+def entry_snapshot(repo: Path, revision: str | None = None, repo_id: str | None = None) -> Path:
+    """The snapshot folder of one cache entry folder (``.../models--org--name``)."""
+    repo_id = repo_id or repo.name
     snaps = repo / "snapshots"
     if not snaps.is_dir():
         raise errors.Msg(
@@ -98,17 +105,25 @@ def _weights(root: Path) -> list[str]:
     raise errors.Msg(f"no model.safetensors or model.safetensors.index.json in {root}")
 
 
+def resolve_root(path_or_id: str | os.PathLike, revision: str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Path:  # fmt: skip
+    """The folder of a checkpoint given as a folder, a hub cache entry folder (``models--org--name``)
+    or a hub id ``"org/name"`` in the local cache (no file inside it is checked)."""
+    p = Path(path_or_id)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / "snapshots").is_dir():
+        return entry_snapshot(p, revision)  # a cache entry folder, models--org--name
+    if p.is_dir():
+        return p
+    if isinstance(path_or_id, str) and path_or_id.count("/") == 1 and not p.exists():
+        return snapshot_dir(path_or_id, revision, cache_dir)
+    raise errors.Msg(f"{os.fspath(path_or_id)!r} is neither a model folder nor a hub id (org/name)")
+
+
 def resolve(path_or_id: str | os.PathLike, revision: str | None = None,
             cache_dir: str | os.PathLike | None = None) -> ModelFiles:  # fmt: skip
-    """The files of a checkpoint given as a folder (with ``config.json``) or a hub id ``"org/name"``
-    in the local cache."""
-    p = Path(path_or_id)
-    if p.is_dir():
-        root = p
-    elif isinstance(path_or_id, str) and path_or_id.count("/") == 1 and not p.exists():
-        root = snapshot_dir(path_or_id, revision, cache_dir)
-    else:
-        raise errors.Msg(f"{os.fspath(path_or_id)!r} is neither a model folder nor a hub id (org/name)")
+    """The files of a checkpoint given as a folder (with ``config.json``), a hub cache entry folder
+    (``models--org--name``) or a hub id ``"org/name"`` in the local cache."""
+    root = resolve_root(path_or_id, revision, cache_dir)
     config = root / "config.json"
     if not config.is_file():
         raise errors.Msg(f"no config.json in {root}")

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from candlejax.models import _hub
 
 from candlejax import errors
 from candlejax.device import Device
@@ -595,24 +596,9 @@ _embed_step_jit = _Jit(_embed_step, static_argnames=("normalize",))
 
 
 def resolve_model_dir(path: str | os.PathLike) -> str:
-    """A model folder, or a Hugging Face hub cache entry (``models--org--name``) -> its snapshot folder.
-
-    In a cache entry the revision in ``refs/main`` is used, else the newest snapshot.
-    """
-    p = os.fspath(path)
-    snaps = os.path.join(p, "snapshots")
-    if os.path.isfile(os.path.join(p, "config.json")) or not os.path.isdir(snaps):
-        return p
-    ref = os.path.join(p, "refs", "main")
-    if os.path.isfile(ref):
-        with open(ref) as f:
-            rev = f.read().strip()
-        if os.path.isdir(os.path.join(snaps, rev)):
-            return os.path.join(snaps, rev)
-    revs = sorted((os.path.join(snaps, r) for r in os.listdir(snaps)), key=os.path.getmtime)
-    if not revs:
-        raise errors.Msg(f"{p}: hub cache entry without snapshots")
-    return revs[-1]
+    """A model folder, a Hugging Face hub cache entry (``models--org--name``, at ``refs/main`` or
+    its only snapshot) or a cached hub id ``"org/name"`` -> the folder holding ``config.json``."""
+    return str(_hub.resolve_root(path))
 
 
 def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) - 1) -> bool:
@@ -636,16 +622,6 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) -
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = mallopt(m_trim_threshold, int(trim_threshold)) == 1
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) == 1 and ok)
-
-
-def _weight_files(d: str) -> list[str]:
-    for name in ("model.safetensors.index.json", "model.safetensors"):
-        if os.path.isfile(os.path.join(d, name)):
-            return [os.path.join(d, name)]
-    found = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".safetensors"))
-    if not found:
-        raise errors.Msg(f"{d}: no model.safetensors (or *.safetensors) file")
-    return found
 
 
 def _bucket(n: int, buckets: Sequence[int]) -> int:
@@ -687,9 +663,10 @@ class SentenceEmbedder:
         """Load a sentence-transformers / HF BERT folder (or a hub cache entry) from disk."""
         from tokenizers import Tokenizer
 
-        d = resolve_model_dir(path)
+        files = _hub.resolve(path)
+        d = files.root
         config = Config.from_json_file(os.path.join(d, "config.json"))
-        vb = VarBuilder.from_mmaped_safetensors(_weight_files(d), dtype, device or Device.Cpu)
+        vb = VarBuilder.from_mmaped_safetensors(files.weights, dtype, device or Device.Cpu)
         model = BertModel.load(vb, config, add_pooling_layer=False)
         tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         normalize = True
