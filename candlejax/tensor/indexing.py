@@ -18,6 +18,7 @@ provides: IndexingMixin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
-from candlejax._dispatch import op
+from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, check_int, check_same_device
@@ -389,20 +390,25 @@ class IndexingMixin(TensorBase):
             idx = (idx,)
         a = self._a
         key, tids = _plan_key(a.shape, idx, strict)
-        static = _PLANS.get(key) if key is not None else None
-        if static is None:
+        plan = _PLANS.get(key) if key is not None else None
+        if plan is None:
             ids, static = _plan_index(a.shape, idx, strict, op_name)
+            # one jitted function per plan: no static-argument hashing on the eager hot path
+            plan = (static, jax.jit(functools.partial(_index.raw, **static)))
             if key is not None:
                 if len(_PLANS) > 4096:
                     _PLANS.clear()
-                _PLANS[key] = static
+                _PLANS[key] = plan
         else:
             ids = tuple(tids)
-            for (_, size), arr in zip(static["takes"], ids):
+            for (_, size), arr in zip(plan[0]["takes"], ids):
                 _check_values(arr, size, op_name)
+        static = plan[0]
         if not ids and not static["rev"] and static["starts"] is None and static["shape"] == a.shape:
             return self
-        return self._wrap(_index(a, ids, **static))
+        if is_eager():
+            return self._wrap(plan[1](a, ids))
+        return self._wrap(_index.raw(a, ids, **static))
 
     def i(self, *index: Any) -> Any:
         """Candle ``t.i(...)``: one indexer or a tuple, applied to the leading dims, left to right.
