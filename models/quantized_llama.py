@@ -33,6 +33,7 @@ stacked weights are sliced inside the fused products; ``layers="unrolled"`` comp
 
 from __future__ import annotations
 
+import mmap
 import os
 import weakref
 from typing import Any
@@ -59,7 +60,7 @@ from candlejax.dtype import DType
 from candlejax.nn import Module
 from candlejax.quantized import QMatMul, QTensor
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
-from candlejax.quantized.blocked import BlockedWeight, unpack
+from candlejax.quantized.blocked import BlockedWeight, aligned_empty, place, unpack
 from candlejax.tensor._core import unwrap, wrap
 
 __all__ = ["Cache", "ModelWeights", "QEmbedding", "QLinear", "config_from_gguf", "forward_all", "step"]
@@ -262,11 +263,18 @@ class ModelWeights(Llama):
         if layers == "scan" and _stackable(infos, n):
             names = [nm for nm in _PARTS if not any(fused[k] and nm in v for k, v in _FUSED.items())]
             names += [k for k in _FUSED if fused[k]]
-            stacked = {name: _stack(n, lambda i, nm=name: part(i, nm), dev) for name in names}
+            stacked = {}
+            for name in names:
+                stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), dev)
+                _release_pages(content)
             blocks: Any = block(stacked.__getitem__)
         else:
-            blocks = [_to_device(block(lambda name, i=i: part(i, name)), dev) for i in range(n)]
+            blocks = []
+            for i in range(n):
+                blocks.append(_to_device(block(lambda name, i=i: part(i, name)), dev))
+                _release_pages(content)
         embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
+        _release_pages(content)
         norm = _to_device(RmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
         lm_head = None if cfg.tie_word_embeddings else _to_device(lin("output.weight"), dev)
         inv = rope_inv_freq(cfg)
@@ -294,7 +302,20 @@ class ModelWeights(Llama):
 
 
 def _to_device(tree: Any, dev: Device) -> Any:
-    return jax.tree_util.tree_map(lambda a: jax.device_put(a, dev.jax_device) if isinstance(a, np.ndarray) else a, tree)
+    """Host leaves onto ``dev`` (shared, not copied, where :func:`~candlejax.quantized.blocked.place` can)."""
+    return jax.tree_util.tree_map(lambda a: place(a, dev.jax_device), tree)
+
+
+def _release_pages(content: Any) -> None:
+    """Drop the GGUF file's mapped pages from this process's resident memory (they stay in the page
+    cache and fault back in if read again): tensors are copied out, so keeping them mapped only
+    raises peak RSS during loading."""
+    for o in getattr(content, "_owned", ()):
+        if isinstance(o, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                o.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
 
 #: the per-layer tensors of a LLaMA block (``blk.N.<part>.weight``)
@@ -340,10 +361,11 @@ def _stackable(infos: Any, n: int) -> bool:
 
 def _stack(n: int, get: Any, dev: Device) -> Any:
     """Part ``get(i)`` of layers ``0 .. n`` as one pytree whose leaves are stacked over the layers,
-    filled layer by layer on the host and moved to the device one leaf at a time."""
+    filled layer by layer into one aligned host array per leaf, which the CPU runtime then shares
+    (no device copy; other devices get one leaf at a time)."""
     first = get(0)
     leaves, struct = jax.tree_util.tree_flatten(first)
-    stacked = [np.empty((n, *x.shape), x.dtype) for x in leaves]
+    stacked = [aligned_empty((n, *x.shape), x.dtype) for x in leaves]
     for j, x in enumerate(leaves):
         stacked[j][0] = x
     del first, leaves
@@ -352,7 +374,7 @@ def _stack(n: int, get: Any, dev: Device) -> Any:
             stacked[j][i] = x
     out = []
     for j in range(len(stacked)):
-        out.append(jax.device_put(stacked[j], dev.jax_device))
+        out.append(place(stacked[j], dev.jax_device))
         stacked[j] = None  # type: ignore[call-overload]
     return jax.tree_util.tree_unflatten(struct, out)
 

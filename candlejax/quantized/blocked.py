@@ -40,8 +40,39 @@ def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
     return np.ascontiguousarray(blocks[..., at : at + 2]).view("<f2")[..., 0]
 
 
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous host array whose data starts on a 64-byte boundary, which
+    :func:`place` hands to the CPU runtime without copying."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    buf = np.empty(n + 64, np.uint8)
+    at = (-buf.ctypes.data) % 64
+    return buf[at : at + n].view(dt).reshape(shape)
+
+
+def place(a: Any, device: Any = None) -> Any:
+    """A host array as a device array. On the CPU a 64-byte-aligned contiguous array is shared with
+    the runtime through DLPack (no copy: the array must not be written afterwards); otherwise
+    ``jax.device_put`` copies it."""
+    if not isinstance(a, np.ndarray):
+        return a
+    dev = device if device is not None else jax.devices("cpu")[0]
+    if dev.platform == "cpu" and a.flags.c_contiguous and a.ctypes.data % 64 == 0 and a.size:
+        try:
+            out = jax.dlpack.from_dlpack(a)
+            if out.devices() == {dev}:
+                return out
+        except Exception:  # an unsupported dtype or runtime: copy instead
+            pass
+    return jax.device_put(a, dev)
+
+
 def _nibbles(qs: np.ndarray) -> np.ndarray:
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    out = aligned_empty((*qs.shape[:-1], 2 * qs.shape[-1]), np.uint8)
+    h = qs.shape[-1]
+    np.bitwise_and(qs, 0x0F, out=out[..., :h])
+    np.right_shift(qs, 4, out=out[..., h:])
+    return out
 
 
 def _high_bits(qh: np.ndarray) -> np.ndarray:
@@ -67,16 +98,19 @@ def unpack(
     b = np.asarray(raw, np.uint8).reshape(*lead, n // _BLOCK, size)
     d = _f16(b, 0)
     if dtype is GgmlDType.Q8_0:
-        q = np.ascontiguousarray(b[..., 2:34]).view(np.int8)
+        q = aligned_empty((*b.shape[:-1], 32), np.int8)
+        q[...] = b[..., 2:34].view(np.int8)
         return q.reshape(shape), d, None
     if dtype is GgmlDType.Q4_0:
         q, offset = _nibbles(b[..., 2:18]), (d * np.float16(-8)).astype(np.float16)
     elif dtype is GgmlDType.Q4_1:
         q, offset = _nibbles(b[..., 4:20]), _f16(b, 2)
     elif dtype is GgmlDType.Q5_0:
-        q, offset = _nibbles(b[..., 6:22]) | (_high_bits(b[..., 2:6]) << 4), (d * np.float16(-16)).astype(np.float16)
+        q, offset = _nibbles(b[..., 6:22]), (d * np.float16(-16)).astype(np.float16)
+        q |= _high_bits(b[..., 2:6]) << 4
     else:  # Q5_1
-        q, offset = _nibbles(b[..., 8:24]) | (_high_bits(b[..., 4:8]) << 4), _f16(b, 2)
+        q, offset = _nibbles(b[..., 8:24]), _f16(b, 2)
+        q |= _high_bits(b[..., 4:8]) << 4
     return q.reshape(shape), d, offset
 
 
