@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import candlejax  # noqa: F401  (applies candlejax's JAX settings before any array exists)
+import candlejax
 
 
 @pytest.fixture
@@ -19,3 +19,14 @@ def rng(request) -> np.random.Generator:
     seed = zlib.crc32(request.node.nodeid.encode())  # stable across processes (str hash is salted)
     print(f"numpy seed: {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def x64():
+    """JAX's 64-bit mode on for one test (i64/f64 tensors), restored afterwards."""
+    prev = candlejax.x64_enabled()
+    candlejax.enable_x64(True)
+    try:
+        yield
+    finally:
+        candlejax.enable_x64(prev)

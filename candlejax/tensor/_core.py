@@ -157,6 +157,19 @@ def _SINGLE_DEVICE() -> bool:  # noqa: N802
     return _single[0]
 
 
+def multi_device() -> bool:
+    """Whether cross-device checks are needed (more than one device visible); cached."""
+    return not _SINGLE_DEVICE()
+
+
+def aval(a: Any) -> Any:
+    """The abstract value (shape, dtype) of a jax array or tracer; the array itself otherwise."""
+    try:
+        return a.aval
+    except AttributeError:
+        return a
+
+
 def _tracer_device(a: Any) -> Device:
     return Device.Cpu
 

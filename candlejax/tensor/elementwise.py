@@ -33,7 +33,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
-from candlejax.tensor._core import _SINGLE_DEVICE, TensorBase, check_same_device, wrap
+from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, wrap
 
 # --- dtype sets (numpy dtypes, as found on ``jax.Array.dtype``) ---------------------------------
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
@@ -57,13 +57,6 @@ def _raise_dtype(t: TensorBase, name: str, allowed: frozenset) -> None:
 
 _FLOAT_SIGNED = _FLOAT | _SIGNED
 
-
-def _aval(a: Any) -> Any:
-    """The abstract value (shape, dtype) of a jax array or tracer; the array itself otherwise."""
-    try:
-        return a.aval
-    except AttributeError:
-        return a
 
 
 def _cvt(s: Any, dt: Any) -> Any:
@@ -116,8 +109,8 @@ def _as_scalar(x: Any) -> Any:
 def _is_weak(x: Any) -> bool:
     w = getattr(x, "weak_type", None)
     if w is None:
-        aval = getattr(x, "aval", None)
-        w = getattr(aval, "weak_type", False)
+        av = getattr(x, "aval", None)
+        w = getattr(av, "weak_type", False)
     return bool(w)
 
 
@@ -343,7 +336,7 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
 
     def tt(lhs: TensorBase, rhs: TensorBase) -> Any:
         a, b = lhs._a, rhs._a
-        va, vb = _aval(a), _aval(b)  # one attribute read each, cheaper than .shape + .dtype
+        va, vb = aval(a), aval(b)  # one attribute read each, cheaper than .shape + .dtype
         if va.shape != vb.shape:
             if not broadcast:
                 raise errors.ShapeMismatchBinaryOp(va.shape, vb.shape, opname, hint)
@@ -352,20 +345,13 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
             raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, opname)
         if float_only and va.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(lhs.dtype, opname, _F32_HINT)
-        if _MULTI_DEVICE():
+        if multi_device():
             check_same_device(opname, lhs, rhs)
         return wrap(jitted(a, b) if is_eager() else raw(a, b))
 
     return tt
 
 
-_multi: list[bool] = []
-
-
-def _MULTI_DEVICE() -> bool:  # noqa: N802
-    if not _multi:
-        _multi.append(not _SINGLE_DEVICE())
-    return _multi[0]
 
 
 def _binary_method(name: str, doc: str, opname: str | None = None) -> Callable[[Any, Any], Any]:

@@ -19,7 +19,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
-from candlejax.tensor._core import _SINGLE_DEVICE, TensorBase, check_same_device, wrap
+from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, wrap
 
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
@@ -60,21 +60,7 @@ def _norm(a: Any) -> Any:
     return jnp.sqrt(jnp.sum(x * x)).astype(a.dtype)
 
 
-def _aval(a: Any) -> Any:
-    """The abstract value (shape, dtype) of a jax array or tracer; the array itself otherwise."""
-    try:
-        return a.aval
-    except AttributeError:
-        return a
 
-
-_multi: list[bool] = []
-
-
-def _MULTI_DEVICE() -> bool:  # noqa: N802
-    if not _multi:
-        _multi.append(not _SINGLE_DEVICE())
-    return _multi[0]
 
 
 def _call(k: Any, *args: Any) -> Any:
@@ -106,7 +92,7 @@ class LinalgMixin(TensorBase):
         if not isinstance(rhs, TensorBase):
             raise errors.Msg(f"matmul: expected a Tensor as rhs, got {type(rhs).__name__}")
         a, b = self._a, rhs._a
-        va, vb = _aval(a), _aval(b)
+        va, vb = aval(a), aval(b)
         sa, sb = va.shape, vb.shape
         r = len(sa)
         if r < 2 or len(sb) != r:
@@ -124,7 +110,7 @@ class LinalgMixin(TensorBase):
             )
         if va.dtype != vb.dtype or va.dtype not in _FLOAT:
             _check_pair("matmul", self, rhs, True)
-        if _MULTI_DEVICE():
+        if multi_device():
             check_same_device("matmul", self, rhs)
         return wrap(_matmul.jitted(a, b) if is_eager() else _matmul.raw(a, b))
 

@@ -19,14 +19,6 @@ def T(a) -> cj.Tensor:  # noqa: N802
     return cj.Tensor._wrap(jnp.asarray(a))
 
 
-@pytest.fixture
-def x64():
-    prev = cj.x64_enabled()
-    cj.enable_x64(True)
-    try:
-        yield
-    finally:
-        cj.enable_x64(prev)
 
 
 DTYPES = [np.uint8, np.uint32, np.int16, np.int32, np.float16, np.float32]

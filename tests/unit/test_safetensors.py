@@ -25,14 +25,6 @@ def T(a) -> cj.Tensor:  # noqa: N802
     return cj.Tensor._wrap(jnp.asarray(a))
 
 
-@pytest.fixture
-def x64():
-    prev = cj.x64_enabled()
-    cj.enable_x64(True)
-    try:
-        yield
-    finally:
-        cj.enable_x64(prev)
 
 
 def craft(path, header, data: bytes = b"", hlen: int | None = None) -> str:
