@@ -25,7 +25,6 @@ import io
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -830,24 +829,10 @@ def write(
             o.raw(b"\x00" * (-len(data) % align))
 
     if isinstance(dest, str | os.PathLike):
-        path = os.fspath(dest)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                emit(f)
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        from candlejax.io.safetensors import atomic_file
+
+        with atomic_file(dest) as f:
+            emit(f)
     else:
         emit(dest)
 
