@@ -229,27 +229,52 @@ class CausalSelfAttention(Module):
         this layer writes slot ``layer`` at ``pos``; mask bool ``(T, S)``.
         Returns ``(out (B, T, hidden), cache)``."""
         b, t, _ = x.shape
+        nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         if self.k_proj is None:  # q_proj holds the q, k and v rows stacked: one product
-            nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
             qkv = _apply(self.q_proj, x)
-            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
+            q, k, v = qkv[..., : nh * d], qkv[..., nh * d : (nh + nkv) * d], qkv[..., (nh + nkv) * d :]
         else:
             q, k, v = _apply(self.q_proj, x), _apply(self.k_proj, x), _apply(self.v_proj, x)
-        q = q.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = k.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        rope = ops.rope_i if self.interleaved else ops.rope
-        q = _arr(rope(q, cos, sin))  # (B, Hq, T, D)
-        k = _arr(rope(k, cos, sin))  # (B, Hkv, T, D)
+        # (B, T, heads, D) throughout: no transposes of q or of the cache
+        q = _rope_bthd(q.reshape(b, t, nh, d), cos, sin, self.interleaved)
+        k = _rope_bthd(k.reshape(b, t, nkv, d), cos, sin, self.interleaved)
+        v = v.reshape(b, t, nkv, d)
         zero = jnp.zeros((), jnp.int32)
         at = (jnp.asarray(layer, jnp.int32), zero, zero, pos, zero)
-        ck = lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype)[None], at)  # in place when donated
-        cv = lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype)[None], at)
-        k_all = lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False).astype(q.dtype)  # (B, Hkv, S, D)
-        v_all = lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(q.dtype)
-        y = _arr(ops.sdpa(q, k_all, v_all, mask[None, None]))  # (B, Hq, T, D)
-        y = y.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_dim)
-        return _apply(self.o_proj, y), Cache(ck, cv)
+        # in place when the cache is donated (one fusion per tensor writes T rows of one layer)
+        ck = lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3).astype(cache.k.dtype)[None], at)
+        cv = lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype)[None], at)
+        k_all = lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False).astype(jnp.float32)  # (B, Hkv, S, D)
+        v_all = lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(jnp.float32)
+        y = _attention(q, k_all, v_all, mask)  # (B, T, Hq * D), f32
+        return _apply(self.o_proj, y.astype(x.dtype)), Cache(ck, cv)
+
+
+def _rope_bthd(x: Any, cos: Any, sin: Any, interleaved: bool) -> Any:
+    """Rotary positions on ``x`` ``(B, T, H, D)`` with cos/sin ``(T, D/2)`` (cast to x's dtype, as
+    transformers does): interleaved pairs ``(x[2i], x[2i+1])`` (GGUF) or the two halves."""
+    b, t, h, d = x.shape
+    c, s = cos.astype(x.dtype)[None, :, None, :], sin.astype(x.dtype)[None, :, None, :]
+    if interleaved:
+        x2 = x.reshape(b, t, h, d // 2, 2)
+        x0, x1 = x2[..., 0], x2[..., 1]
+        return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(b, t, h, d)
+    x0, x1 = x[..., : d // 2], x[..., d // 2 :]
+    return jnp.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
+
+
+def _attention(q: Any, k: Any, v: Any, mask: Any) -> Any:
+    """Grouped-query attention in f32: q ``(B, T, Hq, D)``, k/v ``(B, Hkv, S, D)`` (the cache
+    layout, read without a transpose), mask bool ``(T, S)`` -> ``(B, T, Hq * D)``. Normalises
+    after the value product (one division per output instead of per score)."""
+    b, t, hq, d = q.shape
+    hkv = k.shape[1]
+    qg = q.astype(jnp.float32).reshape(b, t, hkv, hq // hkv, d) * (1.0 / math.sqrt(d))
+    s = jnp.einsum("btkgd,bksd->bkgts", qg, k)
+    s = jnp.where(mask[None, None, None], s, jnp.finfo(jnp.float32).min)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    y = jnp.einsum("bkgts,bksd->bkgtd", e, v) / jnp.sum(e, axis=-1, keepdims=True)
+    return y.transpose(0, 3, 1, 2, 4).reshape(b, t, hq * d)
 
 
 class Mlp(Module):
