@@ -15,6 +15,8 @@ weight decay 0.01, Candle's defaults) on one batch:
   same step through ``nnx.cached_partial`` (Flax's documented way to cut its per-call overhead);
 * ``jax``: pure functions of a params dict (the same NCHW layout and ops as candlejax) + ``optax.adamw``,
   one ``jax.jit`` with the params and optimizer state donated: the floor for a JAX framework;
+  ``jax-sync`` is the same with CPU async dispatch off (candlejax's import-time default), so that
+  ``candlejax`` vs ``jax-sync`` compares the libraries and ``jax`` vs ``jax-sync`` the dispatch mode;
 * ``torch``: PyTorch eager, ``zero_grad(set_to_none=True)``, ``loss.backward()``, ``torch.optim.AdamW``;
   ``torch-compile``: the same with the model + loss and ``opt.step`` under ``torch.compile``.
 
@@ -57,7 +59,7 @@ from collections.abc import Callable
 from typing import Any
 
 MODELS = ("mlp", "cnn")
-FRAMEWORKS = ("candlejax", "flax-nnx", "flax-nnx-cached", "jax", "torch", "torch-compile")
+FRAMEWORKS = ("candlejax", "flax-nnx", "flax-nnx-cached", "jax", "jax-sync", "torch", "torch-compile")
 DEFAULT_FRAMEWORKS = ("candlejax", "flax-nnx", "flax-nnx-cached", "jax", "torch")
 LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
 MLP_IN = 784
@@ -251,8 +253,11 @@ def setup_flax(model: str, weights: dict[str, Any], batches: list[Any], args: An
     return step, lambda t: t.block_until_ready(), float, _jax_info()
 
 
-def setup_jax(model: str, weights: dict[str, Any], batches: list[Any], args: Any) -> Setup:
+def setup_jax(model: str, weights: dict[str, Any], batches: list[Any], args: Any, sync: bool = False) -> Setup:
     import jax
+
+    if sync:  # before any array exists, as candlejax does at import
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     import jax.numpy as jnp
     import optax
     from jax import lax
@@ -366,8 +371,8 @@ def worker(args: Any) -> dict[str, Any]:
         step, sync, value, info = setup_candlejax(args.model, weights, batches, args)
     elif fw in ("flax-nnx", "flax-nnx-cached"):
         step, sync, value, info = setup_flax(args.model, weights, batches, args, fw == "flax-nnx-cached")
-    elif fw == "jax":
-        step, sync, value, info = setup_jax(args.model, weights, batches, args)
+    elif fw in ("jax", "jax-sync"):
+        step, sync, value, info = setup_jax(args.model, weights, batches, args, fw == "jax-sync")
     elif fw in ("torch", "torch-compile"):
         step, sync, value, info = setup_torch(args.model, weights, batches, args, fw == "torch-compile")
     else:

@@ -221,12 +221,24 @@ def _is_dynamic(v: Any) -> bool:
         return any(_is_dynamic(x) for x in v)
     if isinstance(v, dict):
         return any(_is_dynamic(x) for x in v.values())
+    t = type(v)
+    if t in _LEAF_TYPES:
+        return False
     # Anything else (a registered pytree such as QMatMul, even when callable; a plain function) is a
     # child exactly when it holds arrays.
     leaves = jax.tree_util.tree_leaves(v)
     if len(leaves) == 1 and leaves[0] is v:
+        if len(_LEAF_TYPES) < 1024:
+            _LEAF_TYPES.add(t)  # not a pytree node (a config dataclass, a function): static, decided once per type
         return False
     return any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+
+
+# Types that are not pytree nodes (every instance is a single leaf and not an array): static fields.
+_LEAF_TYPES: set[type] = set()
+
+
+_CHILD_TYPES = (TensorBase, jax.Array)
 
 
 class _Static:
@@ -267,13 +279,11 @@ class _Static:
 def _flatten(m: Module) -> tuple[list[Any], Any]:
     d = m.__dict__
     forced = type(m)._static_fields
-    keys = tuple(d)
     children = []
     mask = []
     statics = []
-    for k in keys:
-        v = d[k]
-        if k not in forced and _is_dynamic(v):
+    for k, v in d.items():
+        if (v is None or isinstance(v, _CHILD_TYPES) or _is_dynamic(v)) and k not in forced:
             children.append(v)
             mask.append(True)
         else:
@@ -284,7 +294,7 @@ def _flatten(m: Module) -> tuple[list[Any], Any]:
                 )
             statics.append(_Static(v))
             mask.append(False)
-    return children, (keys, tuple(mask), tuple(statics))
+    return children, (tuple(d), tuple(mask), tuple(statics))
 
 
 def _flatten_with_keys(m: Module) -> tuple[list[Any], Any]:

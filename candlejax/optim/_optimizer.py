@@ -113,12 +113,12 @@ def _join_rest(arrays: list[Any], statics: tuple[Any, ...]) -> list[Any]:
 
 def _aliased(params: list[Any], state: Any, others: Any) -> bool:
     """True when a buffer to donate appears twice (tied weights) or also among the other inputs."""
-    seen: set[int] = set()
-    for a in [*params, *jax.tree_util.tree_leaves(state)]:
-        if id(a) in seen:
-            return True
-        seen.add(id(a))
-    return any(id(a) in seen for a in jax.tree_util.tree_leaves(others))
+    state_leaves = jax.tree_util.tree_leaves(state)
+    ids = {id(a) for a in params}
+    ids.update(id(a) for a in state_leaves)
+    if len(ids) != len(params) + len(state_leaves):
+        return True
+    return any(id(a) in ids for a in jax.tree_util.tree_leaves(others))
 
 
 def _all_finite(tree: Any) -> Any:
@@ -240,7 +240,7 @@ class Optimizer:
     def _guarded(self, params, state, grads, lr, loss):
         new_params, new_state = self._update(params, state, grads, lr)
         if not self.check_finite:
-            return new_params, new_state, jnp.array(True)
+            return new_params, new_state, None  # no extra output buffer
         ok = _all_finite(grads) if loss is None else jnp.logical_and(jnp.all(jnp.isfinite(loss)), _all_finite(grads))
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         new_params = jax.tree_util.tree_map(keep, new_params, params)
@@ -280,19 +280,23 @@ class Optimizer:
         model's parameter buffers and ``state`` are donated, so use the returned ones.
         """
         sp = self._split(model)
-        rest_arrays, statics = _split_rest(sp.rest)
-        self._check_alive(sp, state)
-        donate = self.donate and not _aliased(sp.params, state, (rest_arrays, batch))
+        params, rest = sp.params, sp.rest
+        rest_arrays, statics = _split_rest(rest)
+        donate = self.donate and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled.get((loss_fn, donate))
         if fn is None:
             fn = jax.jit(self._make_bstep(loss_fn), static_argnums=(0, 1, 2), donate_argnums=(3, 5) if donate else ())
             self._compiled[(loss_fn, donate)] = fn
-        params, state2, loss, ok = fn(
-            sp.treedef, sp.slots, statics, sp.params, rest_arrays, state, self._lr_arg(), batch
-        )
+        try:
+            params, state2, loss, ok = fn(
+                sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch
+            )
+        except Exception:
+            self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
+            raise
         if self.check_finite and not bool(ok):
-            self._raise_nan(sp, params, sp.rest, state2, loss)
-        return sp.merge(params), state2, wrap(loss)
+            self._raise_nan(sp, params, rest, state2, loss)
+        return sp.merge(params, rest), state2, wrap(loss)
 
     def _make_bstep(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch):

@@ -122,12 +122,11 @@ def split(model: Any, wrt: Any = None, *, what: str = "optimizer") -> Split:
     when the tied leaves (the same array object in several places) are the same as before.
     """
     leaves, treedef = jax.tree_util.tree_flatten(model)
+    key: Any = (treedef, tuple([getattr(a, "dtype", type(a)) for a in leaves]), wrt, what)
     try:
-        key = (treedef, tuple(getattr(a, "dtype", type(a)) for a in leaves), wrt, what)
-        hash(key)
-    except TypeError:
-        key = None
-    hit = _CACHE.get(key) if key is not None else None
+        hit = _CACHE.get(key)
+    except TypeError:  # an unhashable wrt or static field: no caching
+        key = hit = None
     if hit is not None and _same_ties(leaves, hit[0]):
         return Split(treedef, leaves, hit[0], hit[1])
     sp = _split(model, wrt, what)
