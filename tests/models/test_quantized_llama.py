@@ -98,3 +98,17 @@ def test_stateful_forward_loop_matches_generate(ours):
     ref = list(generate(llama.step, ours, ours.new_cache(1, 64), ids, 4, Sampling.ArgMax()))
     assert out == ref
     assert ours.tokenizer.decode(out).strip().startswith("Paris")
+
+
+def test_place_shares_aligned_host_arrays_and_copies_others():
+    from candlejax.quantized.blocked import aligned_empty, place
+
+    a = aligned_empty((30, 64, 32), np.uint8)
+    a[...] = np.arange(a.size, dtype=np.uint32).reshape(a.shape) % 251
+    d = place(a)
+    assert d.unsafe_buffer_pointer() == a.ctypes.data  # adopted, not copied
+    np.testing.assert_array_equal(np.asarray(d), a)
+    b = np.zeros(4097, np.uint8)[1:]  # misaligned: copied
+    e = place(b)
+    assert e.unsafe_buffer_pointer() != b.ctypes.data
+    np.testing.assert_array_equal(np.asarray(e), b)
