@@ -318,6 +318,27 @@ def _blocked_matmul(w: BlockedWeight, x: Any) -> Any:
     return y.reshape(*lead, y.shape[-1])
 
 
+def blocked_matmul_direct(w: BlockedWeight, x: Any) -> Any:
+    """``x @ Wᵀ`` contracting the expanded weight's rows directly (dot_general dims ``(1, 1)``, no
+    explicit transpose), its result behind an optimization barrier.
+
+    In isolation this form is slower than :func:`_blocked_matmul`'s (0.22 vs 0.14 ms for 1536 x
+    576), but when the input comes from attention over a KV cache inside ``lax.scan``, XLA:CPU runs
+    the transposed form ~10x slower than in isolation (the LLaMA output projection: ~0.6 ms per
+    layer), while this one keeps its speed: ~30 vs ~19 ms per SmolLM2 decode step."""
+    return _blocked_matmul_direct(w, x)
+
+
+@op
+def _blocked_matmul_direct(w: BlockedWeight, x: Any) -> Any:
+    lead, in_f = x.shape[:-1], x.shape[-1]
+    cdt = x.dtype
+    wd = w.dequantize(jnp.float32).astype(cdt)
+    y = jax.lax.dot_general(x.reshape(-1, in_f), wd, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    y = jax.lax.optimization_barrier(y.astype(cdt))
+    return y.reshape(*lead, y.shape[-1])
+
+
 @op
 def _blocked_rows(w: BlockedWeight, ids: Any) -> Any:
     return w.rows(jnp.clip(ids, 0, w.q.shape[0] - 1))
