@@ -112,3 +112,21 @@ def test_place_shares_aligned_host_arrays_and_copies_others():
     e = place(b)
     assert e.unsafe_buffer_pointer() != b.ctypes.data
     np.testing.assert_array_equal(np.asarray(e), b)
+
+
+def test_blocked_matmul_direct_matches_transposed_form():
+    import jax
+
+    from candlejax.quantized.blocked import BlockedWeight
+    from candlejax.quantized.ggml_types import GgmlDType
+    from candlejax.quantized.qtensor import _blocked_matmul, blocked_matmul_direct
+
+    rng = np.random.default_rng(0)
+    w = BlockedWeight(jnp.asarray(rng.integers(0, 16, (96, 64), dtype=np.uint8)),
+                      jnp.asarray(rng.standard_normal((96, 2)).astype(np.float16)),
+                      jnp.asarray(rng.standard_normal((96, 2)).astype(np.float16)), GgmlDType.Q4_1)  # fmt: skip
+    x = jnp.asarray(rng.standard_normal((1, 3, 64)).astype(np.float32))
+    a = jax.jit(blocked_matmul_direct)(w, x)
+    b = jax.jit(_blocked_matmul)(w, x)
+    assert a.shape == (1, 3, 96)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
