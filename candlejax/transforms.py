@@ -26,6 +26,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.nn.module import Var
+from candlejax.nn.module import _Static as _StaticValue
 from candlejax.tensor._core import TensorBase, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -34,30 +35,10 @@ __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", 
 # ------------------------------------------------------------------------------------------------
 # jit
 # ------------------------------------------------------------------------------------------------
-class _Static:
+class _Static(_StaticValue):
     """A non-array leaf carried through ``jax.jit`` as pytree structure (hashed into the cache key)."""
 
-    __slots__ = ("_h", "value")
-
-    def __init__(self, value: Any):
-        self.value = value
-        try:
-            self._h = hash((type(value), value))
-        except TypeError:
-            self._h = hash(type(value))
-
-    def __hash__(self) -> int:
-        return self._h
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Static) or type(self.value) is not type(other.value):
-            return False
-        if self.value is other.value:
-            return True
-        try:
-            return bool(self.value == other.value)
-        except Exception:
-            return False
+    __slots__ = ()
 
 
 jax.tree_util.register_pytree_node(_Static, lambda s: ((), s), lambda aux, _: aux)
