@@ -223,32 +223,27 @@ def _bin_ts(name: str, opname: str, lhs: TensorBase, s: Any, reverse: bool = Fal
     return wrap(f.jitted(a, v) if is_eager() else f.raw(a, v))
 
 
-def _strict(name: str, lhs: TensorBase, rhs: Any, opname: str | None = None) -> Any:
-    """Candle's non-broadcasting binary op: rhs a same-shape Tensor, or a scalar."""
-    opname = opname or name
+def _binary(name: str, opname: str, lhs: TensorBase, rhs: Any, broadcast: bool) -> Any:
+    """A binary op with rhs a Tensor (same shape, or numpy broadcasting), a scalar or an array."""
     if isinstance(rhs, TensorBase):
-        return _bin_tt(name, opname, lhs, rhs, False)
+        return _bin_tt(name, opname, lhs, rhs, broadcast)
     s = _as_scalar(rhs)
     if s is not None:
         return _bin_ts(name, opname, lhs, s)
     t = _as_tensor_operand(rhs)
     if t is not None:
-        return _bin_tt(name, opname, lhs, t, False)
+        return _bin_tt(name, opname, lhs, t, broadcast)
     raise errors.Msg(f"{opname}: expected a Tensor or a scalar as rhs, got {type(rhs).__name__}")
+
+
+def _strict(name: str, lhs: TensorBase, rhs: Any, opname: str | None = None) -> Any:
+    """Candle's non-broadcasting binary op: rhs a same-shape Tensor, or a scalar."""
+    return _binary(name, opname or name, lhs, rhs, False)
 
 
 def _bcast(name: str, lhs: TensorBase, rhs: Any) -> Any:
     """``broadcast_<name>``: rhs a Tensor (numpy broadcasting) or a scalar."""
-    opname = "broadcast_" + name
-    if isinstance(rhs, TensorBase):
-        return _bin_tt(name, opname, lhs, rhs, True)
-    s = _as_scalar(rhs)
-    if s is not None:
-        return _bin_ts(name, opname, lhs, s)
-    t = _as_tensor_operand(rhs)
-    if t is not None:
-        return _bin_tt(name, opname, lhs, t, True)
-    raise errors.Msg(f"{opname}: expected a Tensor or a scalar as rhs, got {type(rhs).__name__}")
+    return _binary(name, "broadcast_" + name, lhs, rhs, True)
 
 
 def _operator(name: str, lhs: TensorBase, rhs: Any, reverse: bool = False) -> Any:

@@ -545,9 +545,13 @@ class IndexingMixin(TensorBase):
         ok = start >= 0 and all((b + start <= a) if i == d else a == b for i, (a, b) in enumerate(zip(s, ss)))
         if not ok:
             raise errors.ShapeMismatchBinaryOp(s, ss, "slice-scatter (self, src)", f"start {start} on dim {d}")
+        return self._write_slice(src, d, start, dyn)
+
+    def _write_slice(self, src: Any, d: int, start: int, dyn: Any) -> Any:
+        """``src`` written into self at ``start`` (or the traced ``dyn``) along dim ``d``; checked."""
         if dyn is not None:
             return self._wrap(_dyn_update_slice(self._a, src._a, dyn, axis=d))
-        starts = tuple(start if i == d else 0 for i in range(len(s)))
+        starts = tuple(start if i == d else 0 for i in range(self._a.ndim))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 
     def slice_scatter0(self, src: Any, start: int) -> Any:
@@ -576,10 +580,7 @@ class IndexingMixin(TensorBase):
                 raise errors.Msg(f"shape mismatch on target dim, dst: {v1}, src: {v2} + {offset}")
             if i != d and v1 != v2:
                 raise errors.Msg(f"shape mismatch on dim {i}, {v1} <> {v2}")
-        if dyn is not None:
-            return self._wrap(_dyn_update_slice(self._a, src._a, dyn, axis=d))
-        starts = tuple(offset if i == d else 0 for i in range(len(s)))
-        return self._wrap(_update_slice(self._a, src._a, starts=starts))
+        return self._write_slice(src, d, offset, dyn)
 
     def slice_assign(self, ranges: Sequence[Any], src: Any) -> Any:
         """Candle ``slice_assign(&[ranges], src)``: a copy of self with the region given by one range
