@@ -20,10 +20,8 @@ STEPS = 20
 
 
 def _nn():
-    try:
-        from candlejax.nn import module
-    except ImportError:
-        pytest.skip("candlejax.nn is not available")
+    from candlejax.nn import module
+
     return module
 
 
