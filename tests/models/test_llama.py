@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax.models import llama  # noqa: E402
-
 from candlejax import Device, DType  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.models import llama  # noqa: E402
 from candlejax.nn import VarBuilder  # noqa: E402
 
 BASE = dict(

