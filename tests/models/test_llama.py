@@ -243,7 +243,7 @@ def test_positions_and_cache_limits(pairs):
         model.forward(ids, 126)
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         llama.forward_all(model, np.zeros((1, 129), np.uint32))
-    with pytest.raises(errors.Error, match="vocab|index"):
+    with pytest.raises(errors.Error, match=r"vocab|index"):
         model.forward(np.array([[BASE["vocab_size"]]]), 0)
     # a cache too small for the generation stops instead of wrapping around
     prompt = list(range(1, 22))

@@ -151,7 +151,8 @@ def _write_qwen2_gguf(path, arch="qwen2", extra=None, drop=()):
     sd = {k: v.numpy().astype(np.float32) for k, v in hf.state_dict().items()}
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}  # fmt: skip
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}  # fmt: skip
     t = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"],
          "output.weight": sd["lm_head.weight"]}  # fmt: skip
     for i in range(2):
@@ -198,7 +199,7 @@ def test_gguf_foreign_architecture_and_unread_tensors_raise(tmp_path):
         with pytest.raises(errors.Error, match=f"general.architecture '{arch}' is not implemented .*llama, qwen2"):
             quantized_llama.ModelWeights.from_gguf(tmp_path / f"{arch}.gguf", Device.Cpu)
     _write_qwen2_gguf(tmp_path / "x.gguf", extra={"blk.0.attn_q_norm.weight": np.ones(8, np.float32)})
-    with pytest.raises(errors.Error, match="never read: blk.0.attn_q_norm.weight"):
+    with pytest.raises(errors.Error, match=r"never read: blk\.0\.attn_q_norm\.weight"):
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu)
     with pytest.warns(UserWarning, match="never read"):
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu, strict=False)
