@@ -122,6 +122,12 @@ class Config:
         if self.hidden_act != "silu":
             raise errors.Msg(f"llama Config: hidden_act {self.hidden_act!r} is not implemented (silu)")
 
+    def __hash__(self) -> int:  # computed once: a jitted step hashes its static fields on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = hash(repr(self))
+        return h
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         """From a ``config.json`` dict; unknown keys are ignored."""

@@ -485,6 +485,18 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     s, hq, d = (q.shape[1], q.shape[2], q.shape[3]) if layout == "bshd" else (q.shape[2], q.shape[1], q.shape[3])
     hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[2])
     g = hq // hkv
+    if g == 1 and layout == kv_layout == "bhsd":  # plain multi-head: 4-D products (no 5-D relayouts)
+        scores = jnp.einsum("bhsd,bhtd->bhst", q * jnp.asarray(scale, q.dtype), k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)  # fmt: skip
+        if softcap != 1.0:
+            scores = jnp.tanh(scores / softcap) * softcap
+        if positions:
+            off = (skv - s) if offset is None else offset
+            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+        scores = _apply_mask(scores, mask)
+        e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
     eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
     qg = q.reshape(b, s, hkv, g, d) if layout == "bshd" else q.reshape(b, hkv, g, s, d)
     qg = qg * jnp.asarray(scale, q.dtype)
