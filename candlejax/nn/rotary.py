@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -101,11 +102,13 @@ class RotaryEmbedding(Module):
             cos, sin = rotary_tables(dim, max_position_embeddings, base)
         else:
             inv = rope_inv_freq(dim, base, rope_scaling, max_position_embeddings) if inv_freq is None else inv_freq
-            inv = np.asarray(unwrap(inv), np.float32)
+            given = unwrap(inv)
+            inv = np.asarray(given, np.float32)
             if inv.shape != (self.dim // 2,):
                 raise errors.UnexpectedShape("RotaryEmbedding inv_freq", (self.dim // 2,), inv.shape)
-            if not precompute:
-                self.inv_freq = wrap(jnp.asarray(inv))
+            if not precompute:  # a device array passed in stays where it is
+                keep = isinstance(given, jax.Array) and given.dtype == jnp.float32
+                self.inv_freq = wrap(given if keep else jnp.asarray(inv))
                 self.cos = self.sin = None
                 return
             freqs = np.outer(np.arange(max_position_embeddings, dtype=np.float32), inv)
@@ -168,6 +171,4 @@ class RotaryEmbedding(Module):
 
 
 def _traced(x: Any) -> bool:
-    import jax
-
     return isinstance(unwrap(x), jax.core.Tracer)
