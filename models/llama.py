@@ -1,11 +1,12 @@
-"""LLaMA: decoder-only transformer with RMSNorm, SwiGLU, rotary positions and grouped-query attention.
+"""LLaMA (and Mistral, Qwen2): decoder-only transformer with RMSNorm, SwiGLU, rotary positions and
+grouped-query attention.
 
 Paper: "LLaMA: Open and Efficient Foundation Language Models", https://arxiv.org/abs/2302.13971
 (Llama 2: https://arxiv.org/abs/2307.09288, Llama 3: https://arxiv.org/abs/2407.21783).
-Mirrors Hugging Face ``transformers/models/llama/modeling_llama.py`` (``LlamaForCausalLM``): the
-weight names are the checkpoint's (``model.layers.0.self_attn.q_proj.weight``, ...), read from
-``config.json`` + safetensors (one file or a sharded ``model.safetensors.index.json``). Candle:
-``candle-transformers/src/models/llama.rs``.
+Mirrors Hugging Face ``transformers/models/llama/modeling_llama.py`` (``LlamaForCausalLM``), and
+``MistralForCausalLM`` (sliding-window attention) and ``Qwen2ForCausalLM`` (q/k/v biases, per-layer
+sliding windows): the weight names are the checkpoint's (``model.layers.0.self_attn.q_proj.weight``),
+read from ``config.json`` + safetensors. Candle: ``candle-transformers/src/models/llama.rs``.
 
 Two ways to run it:
 
@@ -23,21 +24,15 @@ Two ways to run it:
 >>> step_jit = jax.jit(step, donate_argnums=1)
 >>> logits, cache = step_jit(model, model.new_cache(1, 256), prompt_ids, jnp.int32(0))
 
-Command line: ``python -m candlejax.models.llama generate --gguf FILE --prompt "..." -n 128``
-(``--model DIR`` for a safetensors folder or hub id; ``--chat`` applies the chat template).
+Text generation with a tokenizer: :class:`candlejax.pipelines.TextGeneration`; command line:
+``candlejax generate`` (:mod:`candlejax.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 import os
-import sys
-import time
-import warnings
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,23 +44,25 @@ from jax import lax
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
-from candlejax.nn import Embedding, Linear, Module, ops
+from candlejax.models.loading import check_architecture
+from candlejax.nn import Embedding, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
+from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
 from candlejax.nn.var_builder import VarBuilder
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor import unwrap, wrap
 
 __all__ = [
-    "Block",
-    "Cache",
-    "CausalSelfAttention",
-    "Config",
-    "Llama",
-    "Mlp",
-    "RmsNorm",
-    "forward_all",
-    "main",
-    "rope_inv_freq",
-    "step",
-]
+    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "Llama", "Mlp", "RmsNorm",
+    "forward_all", "rope_inv_freq", "rotary_for", "step",
+]  # fmt: skip
+
+#: model_type -> architectures this file implements
+SUPPORTED = {
+    "llama": ("LlamaForCausalLM",),
+    "mistral": ("MistralForCausalLM",),
+    "qwen2": ("Qwen2ForCausalLM",),
+}
+
+Cache = StackedKvCache  # (layers, B, Hkv, max_seq_len, head_dim) keys and values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,7 +70,8 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Config:
-    """``config.json`` of a ``LlamaForCausalLM`` checkpoint; missing keys take transformers' defaults.
+    """``config.json`` of a ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``
+    checkpoint; missing keys take transformers' defaults.
 
     ``rope_scaling`` (transformers 4) and ``rope_parameters`` (transformers 5) are both read;
     ``rope_type`` ``"default"``, ``"linear"`` and ``"llama3"`` are supported.
@@ -101,17 +99,34 @@ class Config:
     pad_token_id: int | None = None
     torch_dtype: str | None = None
     rope_interleaved: bool = False
+    model_type: str | None = None
+    architectures: list[str] | None = None
+    sliding_window: int | None = None
+    use_sliding_window: bool | None = None
+    max_window_layers: int | None = None
+    layer_types: list[str] | None = None
+    qkv_bias: bool | None = None
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.qkv_bias is None:
+            self.qkv_bias = self.attention_bias or self.model_type == "qwen2"
         if self.num_attention_heads % self.num_key_value_heads:
             raise errors.Msg(
                 f"llama Config: num_attention_heads {self.num_attention_heads} is not a multiple of"
                 f" num_key_value_heads {self.num_key_value_heads}"
             )
+        if self.hidden_act != "silu":
+            raise errors.Msg(f"llama Config: hidden_act {self.hidden_act!r} is not implemented (silu)")
+
+    def __hash__(self) -> int:  # computed once: a jitted step hashes its static fields on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = hash(repr(self))
+        return h
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -142,152 +157,85 @@ class Config:
         e = self.eos_token_id
         return [] if e is None else [int(e)] if isinstance(e, int) else [int(x) for x in e]
 
+    def window(self, layer: int) -> int | None:
+        """The sliding attention window of ``layer`` (``None``: full causal attention), as
+        transformers: Mistral's ``sliding_window`` on every layer; Qwen2's on the layers that
+        ``layer_types`` (or ``use_sliding_window`` + ``max_window_layers``) mark."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is not None:
+            return int(self.sliding_window) if self.layer_types[layer] == "sliding_attention" else None
+        if self.model_type == "qwen2":
+            on = self.use_sliding_window and layer >= int(self.max_window_layers or 0)
+            return int(self.sliding_window) if on else None
+        return int(self.sliding_window) if self.model_type == "mistral" else None
+
 
 def rope_inv_freq(config: Config) -> np.ndarray:
     """The rotary inverse frequencies ``(head_dim / 2,)`` in float32, as transformers computes them
     (``default``, ``linear`` and ``llama3`` ``rope_type``)."""
-    dim = int(config.head_dim)  # type: ignore[arg-type]
-    base = float(config.rope_theta)
-    inv = (1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)))).astype(
-        np.float32
-    )
-    sc = config.rope_scaling or {}
-    kind = sc.get("rope_type", sc.get("type", "default"))
-    if kind in (None, "default"):
-        return inv
-    if kind == "linear":
-        return (inv / np.float32(sc["factor"])).astype(np.float32)
-    if kind == "llama3":
-        factor = float(sc["factor"])
-        low, high = float(sc.get("low_freq_factor", 1.0)), float(sc.get("high_freq_factor", 4.0))
-        old = float(sc.get("original_max_position_embeddings", config.max_position_embeddings))
-        low_wavelen, high_wavelen = old / low, old / high
-        wavelen = 2 * math.pi / inv
-        out = np.where(wavelen > low_wavelen, inv / factor, inv)
-        smooth = (old / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * out / factor + smooth * out
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        return np.where(medium, smoothed, out).astype(np.float32)
-    raise errors.Msg(f"llama: rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+    return _rope_inv_freq(int(config.head_dim), float(config.rope_theta), config.rope_scaling,  # type: ignore[arg-type]
+                          config.max_position_embeddings)  # fmt: skip
+
+
+def rotary_for(cfg: Config, inv_freq: Any = None) -> RotaryEmbedding:
+    """transformers' rotary tables (positions times ``inv_freq`` in f32), on ``(B, T, H, D)``."""
+    return RotaryEmbedding(int(cfg.head_dim), cfg.max_position_embeddings, cfg.rope_theta,  # type: ignore[arg-type]
+                           interleaved=cfg.rope_interleaved, layout="bthd", rope_scaling=cfg.rope_scaling,
+                           inv_freq=rope_inv_freq(cfg) if inv_freq is None else inv_freq, precompute=False)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
 # layers, bottom-up
 # ------------------------------------------------------------------------------------------------
-def _arr(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else x
-
-
-def _apply(layer: Any, x: Any) -> Any:
-    """A linear-like layer on a raw array: ``x (..., in) -> (..., out)``."""
-    return _arr(layer(wrap(x)))
-
-
-class RmsNorm(Module):
-    """``LlamaRMSNorm``: ``x / sqrt(mean(x²) + eps) * weight``, computed in f32."""
-
-    def __init__(self, weight: Any, eps: float):
-        self.weight = weight
-        self.eps = float(eps)
-
-    @staticmethod
-    def load(size: int, eps: float, vb: Any) -> RmsNorm:
-        return RmsNorm(vb.get(size, "weight"), eps)
-
-    def forward(self, xs: Any) -> Any:
-        return ops.rms_norm(xs, self.weight, self.eps)
+def _linear(in_dim: int, out_dim: int, bias: bool, vb: VarBuilder) -> Linear:
+    w = vb.get((out_dim, in_dim), "weight")
+    return Linear(w, vb.get((out_dim,), "bias") if bias else None)
 
 
 class CausalSelfAttention(Module):
     """``LlamaAttention``: q/k/v projections, rotary positions, grouped-query attention over the
-    preallocated cache, output projection. With ``k_proj``/``v_proj`` ``None``, ``q_proj`` holds
-    the q, k and v rows stacked (one product; the quantized GGUF model does this)."""
+    preallocated cache (``ops.sdpa`` in the ``(B, T, H, D)`` layout, reading the cache in its own),
+    output projection. With ``k_proj``/``v_proj`` ``None``, ``q_proj`` holds the q, k and v rows
+    stacked (one product; the quantized GGUF model does this). ``window``: sliding-window size."""
 
     def __init__(self, q_proj: Any, k_proj: Any, v_proj: Any, o_proj: Any, num_heads: int, num_kv_heads: int,
-                 head_dim: int, interleaved: bool = False):  # fmt: skip
+                 head_dim: int, window: int | None = None):  # fmt: skip
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
         self.num_heads = int(num_heads)
         self.num_kv_heads = int(num_kv_heads)
         self.head_dim = int(head_dim)
-        self.interleaved = bool(interleaved)
+        self.window = None if window is None else int(window)
 
     @staticmethod
-    def load(vb: Any, cfg: Config) -> CausalSelfAttention:
-        h, d = cfg.hidden_size, cfg.head_dim
-        nq, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        lin = _linear_loader(cfg.attention_bias)
+    def load(vb: VarBuilder, cfg: Config, layer: int = 0) -> CausalSelfAttention:
+        h, d = cfg.hidden_size, int(cfg.head_dim)  # type: ignore[arg-type]
+        nq, nkv = cfg.num_attention_heads, int(cfg.num_key_value_heads)  # type: ignore[arg-type]
+        qb = bool(cfg.qkv_bias)
         return CausalSelfAttention(
-            lin(h, nq * d, vb.pp("q_proj")),
-            lin(h, nkv * d, vb.pp("k_proj")),
-            lin(h, nkv * d, vb.pp("v_proj")),
-            lin(nq * d, h, vb.pp("o_proj")),
-            nq, nkv, d, cfg.rope_interleaved,
+            _linear(h, nq * d, qb, vb.pp("q_proj")), _linear(h, nkv * d, qb, vb.pp("k_proj")),
+            _linear(h, nkv * d, qb, vb.pp("v_proj")), _linear(nq * d, h, cfg.attention_bias, vb.pp("o_proj")),
+            nq, nkv, d, cfg.window(layer),
         )  # fmt: skip
 
-    def forward(self, x: Any, cos: Any, sin: Any, cache: Cache, layer: int, pos: Any, mask: Any) -> tuple:
-        """x ``(B, T, hidden)``; cos/sin ``(T, head_dim/2)``; ``cache`` the stacked caches, of which
-        this layer writes slot ``layer`` at ``pos``; mask bool ``(T, S)``.
+    def forward(self, x: Any, rotary: RotaryEmbedding, cos: Any, sin: Any, cache: Cache, layer: Any,
+                pos: Any) -> tuple[Any, Cache]:  # fmt: skip
+        """x ``(B, T, hidden)``; cos/sin ``(T, head_dim/2)`` from ``rotary.tables``; ``cache`` the
+        stacked caches, of which this layer writes slot ``layer`` at ``pos``.
         Returns ``(out (B, T, hidden), cache)``."""
         b, t, _ = x.shape
         nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         if self.k_proj is None:  # q_proj holds the q, k and v rows stacked: one product
-            qkv = _apply(self.q_proj, x)
+            qkv = unwrap(self.q_proj(x))
             q, k, v = qkv[..., : nh * d], qkv[..., nh * d : (nh + nkv) * d], qkv[..., (nh + nkv) * d :]
         else:
-            q, k, v = _apply(self.q_proj, x), _apply(self.k_proj, x), _apply(self.v_proj, x)
-        # (B, T, heads, D) throughout: no transposes of q or of the cache
-        q = _rope_bthd(q.reshape(b, t, nh, d), cos, sin, self.interleaved)
-        k = _rope_bthd(k.reshape(b, t, nkv, d), cos, sin, self.interleaved)
-        v = v.reshape(b, t, nkv, d)
-        zero = jnp.zeros((), jnp.int32)
-        at = (jnp.asarray(layer, jnp.int32), zero, zero, pos, zero)
-        # in place when the cache is donated (one fusion per tensor writes T rows of one layer)
-        ck = lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3).astype(cache.k.dtype)[None], at)
-        cv = lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype)[None], at)
-        k_all = lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False).astype(jnp.float32)  # (B, Hkv, S, D)
-        v_all = lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(jnp.float32)
-        y = _attention(q, k_all, v_all, mask)  # (B, T, Hq * D), f32
-        return _apply_after_attention(self.o_proj, y.astype(x.dtype)), Cache(ck, cv)
-
-
-def _apply_after_attention(layer: Any, x: Any) -> Any:
-    """The output projection. A blocked quantised weight multiplies in the direct form
-    (:func:`candlejax.quantized.qtensor.blocked_matmul_direct`): after attention, XLA:CPU runs the
-    transposed form used elsewhere ~10x slower than in isolation."""
-    from candlejax.quantized.blocked import BlockedWeight
-    from candlejax.quantized.qtensor import blocked_matmul_direct
-
-    w = getattr(layer, "weight", None)
-    if isinstance(w, BlockedWeight):
-        return blocked_matmul_direct(w, x)
-    return _apply(layer, x)
-
-
-def _rope_bthd(x: Any, cos: Any, sin: Any, interleaved: bool) -> Any:
-    """Rotary positions on ``x`` ``(B, T, H, D)`` with cos/sin ``(T, D/2)`` (cast to x's dtype, as
-    transformers does): interleaved pairs ``(x[2i], x[2i+1])`` (GGUF) or the two halves."""
-    b, t, h, d = x.shape
-    c, s = cos.astype(x.dtype)[None, :, None, :], sin.astype(x.dtype)[None, :, None, :]
-    if interleaved:
-        x2 = x.reshape(b, t, h, d // 2, 2)
-        x0, x1 = x2[..., 0], x2[..., 1]
-        return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(b, t, h, d)
-    x0, x1 = x[..., : d // 2], x[..., d // 2 :]
-    return jnp.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
-
-
-def _attention(q: Any, k: Any, v: Any, mask: Any) -> Any:
-    """Grouped-query attention in f32: q ``(B, T, Hq, D)``, k/v ``(B, Hkv, S, D)`` (the cache
-    layout, read without a transpose), mask bool ``(T, S)`` -> ``(B, T, Hq * D)``. Normalises
-    after the value product (one division per output instead of per score)."""
-    b, t, hq, d = q.shape
-    hkv = k.shape[1]
-    qg = q.astype(jnp.float32).reshape(b, t, hkv, hq // hkv, d) * (1.0 / math.sqrt(d))
-    s = jnp.einsum("btkgd,bksd->bkgts", qg, k)
-    s = jnp.where(mask[None, None, None], s, jnp.finfo(jnp.float32).min)
-    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-    y = jnp.einsum("bkgts,bksd->bkgtd", e, v) / jnp.sum(e, axis=-1, keepdims=True)
-    return y.transpose(0, 3, 1, 2, 4).reshape(b, t, hq * d)
+            q, k, v = unwrap(self.q_proj(x)), unwrap(self.k_proj(x)), unwrap(self.v_proj(x))
+        q = rotary.apply_tables(q.reshape(b, t, nh, d), cos, sin)
+        k = rotary.apply_tables(k.reshape(b, t, nkv, d), cos, sin)
+        k_all, v_all, cache = cache.update(layer, k, v.reshape(b, t, nkv, d), pos)  # in place when donated
+        y = ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, window=self.window, layout="bshd",
+                     kv_layout="bhsd")  # fmt: skip
+        return unwrap(self.o_proj(unwrap(y).reshape(b, t, nh * d))), cache
 
 
 class Mlp(Module):
@@ -298,18 +246,15 @@ class Mlp(Module):
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
 
     @staticmethod
-    def load(vb: Any, cfg: Config) -> Mlp:
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = _linear_loader(cfg.mlp_bias)
-        return Mlp(lin(h, i, vb.pp("gate_proj")), lin(h, i, vb.pp("up_proj")), lin(i, h, vb.pp("down_proj")))
+    def load(vb: VarBuilder, cfg: Config) -> Mlp:
+        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        return Mlp(_linear(h, i, b, vb.pp("gate_proj")), _linear(h, i, b, vb.pp("up_proj")),
+                   _linear(i, h, b, vb.pp("down_proj")))  # fmt: skip
 
     def forward(self, x: Any) -> Any:
         if self.up_proj is None:  # gate_proj holds the gate and up rows stacked: one product
-            gu = _apply(self.gate_proj, x)
-            g, u = gu[..., : gu.shape[-1] // 2], gu[..., gu.shape[-1] // 2 :]
-        else:
-            g, u = _apply(self.gate_proj, x), _apply(self.up_proj, x)
-        return _apply(self.down_proj, jax.nn.silu(g) * u)
+            return unwrap(self.down_proj(ops.swiglu(self.gate_proj(x))))
+        return unwrap(self.down_proj(unwrap(ops.silu(self.gate_proj(x))) * unwrap(self.up_proj(x))))
 
 
 class Block(Module):
@@ -322,70 +267,41 @@ class Block(Module):
         self.mlp = mlp
 
     @staticmethod
-    def load(vb: Any, cfg: Config) -> Block:
+    def load(vb: VarBuilder, cfg: Config, layer: int = 0) -> Block:
         return Block(
-            RmsNorm.load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm")),
-            CausalSelfAttention.load(vb.pp("self_attn"), cfg),
-            RmsNorm.load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm")),
+            rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm")),
+            CausalSelfAttention.load(vb.pp("self_attn"), cfg, layer),
+            rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm")),
             Mlp.load(vb.pp("mlp"), cfg),
         )
 
-    def forward(self, x: Any, cos: Any, sin: Any, cache: Cache, layer: int, pos: Any, mask: Any) -> tuple:
-        h, cache = self.self_attn(_arr(self.input_layernorm(x)), cos, sin, cache, layer, pos, mask)
+    def forward(self, x: Any, rotary: RotaryEmbedding, cos: Any, sin: Any, cache: Cache, layer: Any,
+                pos: Any) -> tuple[Any, Cache]:  # fmt: skip
+        h, cache = self.self_attn(unwrap(self.input_layernorm(x)), rotary, cos, sin, cache, layer, pos)
         x = x + h
-        x = x + _arr(self.mlp(_arr(self.post_attention_layernorm(x))))
+        x = x + self.mlp(unwrap(self.post_attention_layernorm(x)))
         return x, cache
-
-
-def _linear_loader(bias: bool) -> Any:
-    def load(in_dim: int, out_dim: int, vb: Any) -> Linear:
-        w = vb.get((out_dim, in_dim), "weight")
-        return Linear(w, vb.get((out_dim,), "bias") if bias else None)
-
-    return load
-
-
-class Cache(Module):
-    """A preallocated KV cache for every layer: ``k``/``v`` of shape ``(layers, B, Hkv, max_seq_len,
-    head_dim)``. Its shape never changes, so one compiled step serves every position; slots at or
-    beyond the current position are masked out, so a cache is reused from position 0 without
-    clearing it."""
-
-    def __init__(self, k: Any, v: Any):
-        self.k = k
-        self.v = v
-
-    @staticmethod
-    def new(cfg: Config, batch: int, max_seq_len: int, dtype: Any = DType.F32, device: Any = None) -> Cache:
-        dt = to_dtype(dtype).np
-        shape = (cfg.num_hidden_layers, int(batch), cfg.num_key_value_heads, int(max_seq_len), cfg.head_dim)
-        dev = Device.coerce(device).jax_device
-        k = jax.device_put(jnp.zeros(shape, dt), dev)
-        v = jax.device_put(jnp.zeros(shape, dt), dev)
-        return Cache(k, v)
-
-    @property
-    def max_seq_len(self) -> int:
-        return int(self.k.shape[3])
-
-    @property
-    def batch(self) -> int:
-        return int(self.k.shape[1])
 
 
 # ------------------------------------------------------------------------------------------------
 # the model
 # ------------------------------------------------------------------------------------------------
-class _State:
-    """The KV cache behind the stateful ``forward`` (kept outside the weights' pytree)."""
+class Attached:
+    """Host-side data attached to a model (its tokenizer, the stateful ``forward``'s cache): a
+    static field that never changes the pytree's structure (every instance compares equal)."""
 
-    __slots__ = ("cache",)
+    __slots__ = ("cache", "owner", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
         self.cache: Cache | None = None
+        self.owner = 0
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Attached)
 
-_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    def __hash__(self) -> int:
+        return 0
 
 
 class Llama(Module):
@@ -395,100 +311,116 @@ class Llama(Module):
     A pytree of its weights: pass it to ``jax.jit`` as an argument (see :func:`step`).
     """
 
-    def __init__(self, embed_tokens: Any, layers: list[Block] | Block, norm: RmsNorm, lm_head: Any, inv_freq: Any,
-                 config: Config):  # fmt: skip
+    _static_fields = frozenset({"config"})
+
+    def __init__(self, embed_tokens: Any, layers: list[Block] | Block, norm: Any, lm_head: Any,
+                 rotary: RotaryEmbedding, config: Config, tokenizer_path: str | None = None):  # fmt: skip
         self.embed_tokens = embed_tokens
         self.layers = layers if isinstance(layers, Block) else list(layers)
         self.norm = norm
         self.lm_head = lm_head
-        self.inv_freq = inv_freq  # (head_dim/2,) f32, not trained
-        c = config
-        # static settings the step needs (plain ints so the pytree's static data hashes cheaply)
-        self.num_layers = int(c.num_hidden_layers)
-        self.num_kv_heads = int(c.num_key_value_heads)  # type: ignore[arg-type]
-        self.head_dim = int(c.head_dim)  # type: ignore[arg-type]
-        self.vocab_size = int(c.vocab_size)
-        self.hidden_size = int(c.hidden_size)
-        self.max_position_embeddings = int(c.max_position_embeddings)
-        self.config_json = json.dumps(dataclasses.asdict(c), sort_keys=True, default=str)
+        self.rotary = rotary
+        self.config = config
+        self.tokenizer_path = tokenizer_path
+        self._forward_state = Attached()
 
     # --- construction ----------------------------------------------------------------------------
     @staticmethod
-    def load(vb: VarBuilder, config: Config) -> Llama:
-        """Build from a VarBuilder holding HF ``LlamaForCausalLM`` weights (``model.*``, ``lm_head``)."""
+    def load(vb: VarBuilder, config: Config, strict: bool = True) -> Llama:
+        """Build from a VarBuilder holding HF ``*ForCausalLM`` weights (``model.*``, ``lm_head``).
+
+        Raises (``strict=False``: warns) on a ``model_type`` / ``architectures`` this file does not
+        implement and on checkpoint tensors it never read."""
         cfg = config
+        check_architecture(cfg, "llama.Llama.load", SUPPORTED, strict)
         m = vb.pp("model")
         embed = Embedding(m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight"), cfg.hidden_size)
-        layers = [Block.load(m.pp("layers").pp(i), cfg) for i in range(cfg.num_hidden_layers)]
-        norm = RmsNorm.load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))
-        if cfg.tie_word_embeddings:
-            lm_head = None
-        else:
-            lm_head = Linear(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight"))
-        inv_freq = jax.device_put(jnp.asarray(rope_inv_freq(cfg)), vb.device().jax_device)
-        return Llama(embed, layers, norm, lm_head, inv_freq, cfg)
+        layers = [Block.load(m.pp("layers").pp(i), cfg, i) for i in range(cfg.num_hidden_layers)]
+        norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))
+        lm_head = None if cfg.tie_word_embeddings else Linear(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size),
+                                                                                   "weight"))  # fmt: skip
+        rotary = rotary_for(cfg, jax.device_put(rope_inv_freq(cfg), vb.device().jax_device))
+        model = Llama(embed, layers, norm, lm_head, rotary, cfg)
+        vb.check_all_used(strict, "llama.Llama.load", ignore=("*.rotary_emb.inv_freq", "lm_head.weight"))
+        return model
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None,
-                        revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Llama:  # fmt: skip
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        strict: bool = True) -> Llama:  # fmt: skip
         """Load a local model folder, or a hub id (``"org/name"``) from the local Hugging Face cache
         (``models--org--name/snapshots/REV``; nothing is downloaded). ``dtype`` defaults to the
         checkpoint's ``torch_dtype`` (f32 if absent)."""
-        from candlejax.models import _hub
+        from candlejax.models import hub
 
-        files = _hub.resolve(path, revision=revision, cache_dir=cache_dir)
+        files = hub.resolve(path, revision=revision, cache_dir=cache_dir)
         config = Config.from_json_file(files.config)
         dt = to_dtype(dtype) if dtype is not None else _dtype_of(config.torch_dtype)
         vb = VarBuilder.from_mmaped_safetensors(files.weights, dt, Device.coerce(device))
-        model = Llama.load(vb, config)
-        _tokenizers[model] = files.tokenizer
+        model = Llama.load(vb, config, strict)
+        model.tokenizer_path = files.tokenizer
         return model
 
     @property
-    def config(self) -> Config:
-        return Config.from_dict(json.loads(self.config_json))
+    def dtype(self) -> DType:
+        return to_dtype(unwrap(self.embed_tokens.weight).dtype)
 
     @property
-    def dtype(self) -> DType:
-        return to_dtype(_arr(self.embed_tokens.weight).dtype)
+    def max_position_embeddings(self) -> int:
+        return int(self.config.max_position_embeddings)
 
     def new_cache(self, batch: int = 1, max_seq_len: int = 512, dtype: Any = None) -> Cache:
         """A zeroed :class:`Cache` for ``batch`` sequences of up to ``max_seq_len`` positions
         (default dtype: the model's)."""
-        dev = _device_of(_arr(self.embed_tokens.weight))
-        return Cache.new(self.config, batch, max_seq_len, dtype if dtype is not None else self.dtype, dev)
+        c = self.config
+        dev = _device_of(unwrap(self.rotary.inv_freq))
+        return Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]
+                         dtype if dtype is not None else self.dtype, dev)  # fmt: skip
+
+    def check_positions(self, index_pos: int, seq_len: int) -> None:
+        """Raise unless positions ``index_pos .. index_pos + seq_len - 1`` are within ``0 ..
+        max_position_embeddings - 1`` (the rotary tables and the checkpoint's training range)."""
+        if int(index_pos) < 0:
+            raise errors.Msg(f"llama: index_pos must be >= 0, got {index_pos}")
+        if int(index_pos) + int(seq_len) > self.max_position_embeddings:
+            raise errors.Msg(
+                f"llama: positions {index_pos}..{int(index_pos) + int(seq_len) - 1} exceed max_position_embeddings"
+                f" {self.max_position_embeddings}"
+            )
 
     # --- running ---------------------------------------------------------------------------------
+    def step(self, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
+        """:func:`step` as a method."""
+        return step(self, cache, tokens, pos)
+
     def forward(self, tokens: Any, index_pos: int) -> Any:
         """Candle's ``forward(&x, index_pos)``: logits ``(batch, vocab)`` of the last position.
 
         ``tokens`` ``(batch, seq)`` integer ids at positions ``index_pos ..``; the KV cache is kept
         between calls (``index_pos=0`` starts a new sequence). It grows (doubling, one recompile)
-        when a sequence outgrows it. Runs the same compiled :func:`step` as :func:`generate`.
+        when a sequence outgrows it, up to ``max_position_embeddings``; positions beyond raise.
         """
-        t = np.asarray(unwrap(tokens)) if not isinstance(unwrap(tokens), jax.Array) else unwrap(tokens)
+        t = unwrap(tokens)
+        t = t if isinstance(t, jax.Array) else np.asarray(t)
         if t.ndim == 1:
             t = t[None, :]
         if t.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, t.ndim, tuple(t.shape), "llama forward: tokens (batch, seq)")
         b, s = int(t.shape[0]), int(t.shape[1])
+        if s == 0:
+            raise errors.Msg("llama forward: tokens is empty (batch, 0)")
         index_pos = int(index_pos)
-        need = index_pos + s
-        if need > self.max_position_embeddings and not self.config.rope_scaling:
-            warnings.warn(
-                f"llama: position {need} is beyond max_position_embeddings {self.max_position_embeddings}",
-                stacklevel=2,
-            )
-        st = _STATES.get(self)
-        if st is None:
-            st = _STATES[self] = _State()
-        c = st.cache
+        self.check_positions(index_pos, s)
+        _check_ids(t, self.config.vocab_size)
+        st = self._forward_state
+        if st.owner != id(self):  # a copy made by a tree transformation: a cache of its own
+            st = self._forward_state = Attached()
+            st.owner = id(self)
+        c, need = st.cache, index_pos + s
         if c is None or c.batch != b or c.max_seq_len < need:
-            size = max(256, 1 << (need - 1).bit_length())
+            size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)
             if c is not None and c.batch == b and index_pos > 0:
-                new = self.new_cache(b, size, c.k.dtype)
-                n = min(c.max_seq_len, size)
-                c = Cache(new.k.at[:, :, :, :n].set(c.k[:, :, :, :n]), new.v.at[:, :, :, :n].set(c.v[:, :, :, :n]))
+                c = c.grow(size)
             else:
                 c = self.new_cache(b, size)
         st.cache = None  # donated below
@@ -499,23 +431,30 @@ class Llama(Module):
 
     def reset(self) -> None:
         """Drop the KV cache kept by :meth:`forward`."""
-        _STATES.pop(self, None)
+        self._forward_state = Attached()
 
     def generate(self, prompt_tokens: Sequence[int], max_new_tokens: int, processor: Any = None,
                  eos_token_id: Any = None, max_seq_len: int | None = None, **kwargs: Any) -> Any:  # fmt: skip
         """Run :func:`candlejax.generation.generate` with :func:`step` on a fresh cache sized for
-        the prompt and ``max_new_tokens``; yields token ids as they come."""
+        the prompt and ``max_new_tokens`` (``max_seq_len`` caps it; at most
+        ``max_position_embeddings``); yields token ids as they come. A full cache ends the
+        generation with ``finish_reason == "cache_full"``; a prompt longer than it raises."""
         from candlejax.generation import generate
 
         n = len(prompt_tokens) + int(max_new_tokens)
-        size = max_seq_len or _round_up(n, 128)
+        size = min(max_seq_len or _round_up(n, 128), self.max_position_embeddings)
+        self.check_positions(int(kwargs.get("start_pos", 0)), len(prompt_tokens))
         cache = self.new_cache(1, size)
         if eos_token_id is None:
             eos_token_id = self.config.eos_token_ids or None
         return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
 
 
-_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _check_ids(t: Any, vocab: int) -> None:
+    a = np.asarray(t)
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= vocab):
+        bad = int(a.max()) if int(a.max()) >= vocab else int(a.min())
+        raise errors.InvalidIndex("llama token ids", bad, vocab)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -536,55 +475,41 @@ def _dtype_of(name: str | None) -> DType:
 # ------------------------------------------------------------------------------------------------
 # the pure step
 # ------------------------------------------------------------------------------------------------
-def _rope_tables(inv_freq: Any, pos: Any, t: int) -> tuple[Any, Any]:
-    """cos, sin ``(t, head_dim/2)`` for positions ``pos .. pos + t`` (f32, as transformers)."""
-    positions = (pos + jnp.arange(t, dtype=jnp.int32)).astype(jnp.float32)
-    freqs = positions[:, None] * inv_freq[None, :]
-    return jnp.cos(freqs), jnp.sin(freqs)
-
-
-def _embed(params: Llama, ids: Any) -> Any:
-    e = params.embed_tokens
-    return _arr(e(wrap(ids)))
-
-
 def _lm_head(params: Llama, x: Any) -> Any:
     """x ``(B, T, hidden)`` -> logits ``(B, T, vocab)``."""
     if params.lm_head is not None:
-        return _apply(params.lm_head, x)
+        return unwrap(params.lm_head(x))
     e = params.embed_tokens
     head = getattr(e, "as_linear", None)
     if head is not None:  # a quantized embedding table with its own matmul
-        return _arr(head()(wrap(x)))
-    w = _arr(e.weight)
+        return unwrap(head()(x))
+    w = unwrap(e.embeddings())
     return jnp.einsum("bth,vh->btv", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
-    ids = _arr(tokens)
+    ids = unwrap(tokens)
     if ids.ndim == 1:
         ids = ids[None, :]
     ids = ids.astype(jnp.int32)
-    _b, t = ids.shape
-    pos = jnp.asarray(_arr(pos), jnp.int32).reshape(())
-    x = _embed(params, ids)
-    cos, sin = _rope_tables(params.inv_freq, pos, t)
-    s = cache.k.shape[3]
-    # query i (at position pos + i) sees cache slots 0 .. pos + i
-    mask = jnp.arange(s, dtype=jnp.int32)[None, :] <= (pos + jnp.arange(t, dtype=jnp.int32))[:, None]
+    t = ids.shape[1]
+    pos = jnp.asarray(unwrap(pos), jnp.int32).reshape(())
+    x = unwrap(params.embed_tokens(ids))
+    rotary = params.rotary
+    cos, sin = rotary.tables(t, pos)  # shared by every layer
     if isinstance(params.layers, Block):  # one Block whose weights are stacked over the layers
         def body(carry: tuple, xs: tuple) -> tuple:
             h, c = carry
             block, i = xs
-            h, c = block(h, cos, sin, c, i, pos, mask)
+            h, c = block(h, rotary, cos, sin, c, i, pos)
             return (h, c), None
 
         n = jax.tree_util.tree_leaves(params.layers)[0].shape[0]
         (x, cache), _ = lax.scan(body, (x, cache), (params.layers, jnp.arange(n, dtype=jnp.int32)))
     else:
         for i, layer in enumerate(params.layers):
-            x, cache = layer(x, cos, sin, cache, i, pos, mask)
-    return _arr(params.norm(x)), cache
+            x, cache = layer(x, rotary, cos, sin, cache, i, pos)
+    return unwrap(params.norm(x)), cache
 
 
 def step(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
@@ -602,130 +527,21 @@ def step(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache
 
 def forward_all(params: Llama, tokens: Any) -> Any:
     """Logits for every position of ``tokens`` ``(B, T)`` -> ``(B, T, vocab)`` (no cache kept)."""
-    ids = _arr(tokens)
+    ids = unwrap(tokens)
     ids = ids[None, :] if ids.ndim == 1 else ids
-    cache = Cache.new(params.config, ids.shape[0], ids.shape[1], params.dtype, _device_of(_arr(params.inv_freq)))
+    if not isinstance(ids, jax.core.Tracer):
+        params.check_positions(0, ids.shape[1])
+    cache = params.new_cache(ids.shape[0], ids.shape[1])
     x, _ = _hidden(params, cache, ids, 0)
     return wrap(_lm_head(params, x).astype(jnp.float32))
 
 
-Llama.step = staticmethod(step)  # type: ignore[attr-defined]
 _jit_step = jax.jit(step, donate_argnums=(1,))
-warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-
-
-# ------------------------------------------------------------------------------------------------
-# command line
-# ------------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m candlejax.models.llama", description="LLaMA text generation")
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate text, streaming tokens as they come")
-    src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--gguf", help="a LLaMA-family GGUF file (quantized weights, tokenizer inside)")
-    src.add_argument("--model", help="a folder with config.json + safetensors, or a hub id in the local HF cache")
-    g.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
-    g.add_argument("--prompt", default="Once upon a time")
-    g.add_argument("-n", "--sample-len", type=int, default=128, dest="n", help="new tokens to generate")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy)")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=299792458)
-    g.add_argument("--repeat-penalty", type=float, default=1.1)
-    g.add_argument("--repeat-last-n", type=int, default=64)
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    g.add_argument("--system", default=None, help="system message for --chat")
-    g.add_argument("--dtype", default=None, help="f32, bf16 or f16 (--model only)")
-    g.add_argument("--max-seq-len", type=int, default=None)
-    g.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
-    return p
-
-
-def _sampling(args: argparse.Namespace) -> Any:
-    from candlejax.generation import Sampling
-
-    t = args.temperature
-    if t is None or t <= 0:
-        return Sampling.ArgMax()
-    if args.top_k is not None and args.top_p is not None:
-        return Sampling.TopKThenTopP(args.top_k, args.top_p, t)
-    if args.top_k is not None:
-        return Sampling.TopK(args.top_k, t)
-    if args.top_p is not None:
-        return Sampling.TopP(args.top_p, t)
-    return Sampling.All(t)
-
-
-def _load_for_cli(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
-    """(model, tokenizer, eos ids) for ``--gguf`` or ``--model``."""
-    from candlejax.tokenizer import load_tokenizer
-
-    if args.gguf:
-        from candlejax.models import quantized_llama
-
-        model = quantized_llama.ModelWeights.from_gguf(args.gguf, Device.Cpu)
-        tok = load_tokenizer(args.tokenizer) if args.tokenizer else model.tokenizer
-        return model, tok, tok.eos_token_ids
-    model = Llama.from_pretrained(args.model, dtype=args.dtype)
-    path = args.tokenizer or _tokenizers.get(model)
-    if path is None:
-        raise errors.Msg(f"no tokenizer.json found for {args.model}; pass --tokenizer")
-    tok = load_tokenizer(path)
-    eos = list(dict.fromkeys([*tok.eos_token_ids, *model.config.eos_token_ids]))
-    return model, tok, eos
-
-
-def _generate_cli(args: argparse.Namespace) -> int:
-    from candlejax.generation import LogitsProcessor, TokenOutputStream
-
-    t0 = time.perf_counter()
-    model, tok, eos = _load_for_cli(args)
-    load_s = time.perf_counter() - t0
-    if args.chat:
-        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": args.prompt}
-        ]
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-    else:
-        ids = tok.encode(args.prompt)
-    if not ids:
-        ids = [tok.bos_token_id if tok.bos_token_id is not None else 0]
-    lp = LogitsProcessor.from_sampling(args.seed, _sampling(args))
-    stream = TokenOutputStream(tok)
-    if not args.chat:
-        sys.stdout.write(args.prompt)
-        sys.stdout.flush()
-    gen = model.generate(ids, args.n, lp, eos_token_id=eos or None, max_seq_len=args.max_seq_len,
-                         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n)  # fmt: skip
-    for t in gen:
-        piece = stream.next_token(t)
-        if piece is not None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    rest = stream.decode_rest()
-    if rest:
-        sys.stdout.write(rest)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    if not args.quiet:
-        st = gen.stats
-        n = st["decode_steps"]
-        rate = n / st["decode_s"] if st["decode_s"] > 0 else float("nan")
-        print(
-            f"{len(ids)} prompt tokens, {len(gen.tokens)} generated; load {load_s:.2f}s, first token"
-            f" {st['prefill_s']:.2f}s (incl. compile), decode {rate:.1f} tokens/s",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m candlejax.models.llama generate ...`` (also the ``candlejax generate`` console script)."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.command == "generate":
-        return _generate_cli(args)
-    return 2
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from candlejax.cli import main
+
+    raise SystemExit(main(sys.argv[1:], prog="python -m candlejax.models.llama"))

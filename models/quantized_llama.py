@@ -35,88 +35,38 @@ from __future__ import annotations
 
 import mmap
 import os
-import weakref
+import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType
 from candlejax.models.llama import (
+    Attached,
     Block,
     Cache,
     CausalSelfAttention,
     Config,
     Llama,
     Mlp,
-    RmsNorm,
     forward_all,
     rope_inv_freq,
+    rotary_for,
     step,
 )
-
-from candlejax import errors
-from candlejax.device import Device
-from candlejax.dtype import DType
-from candlejax.nn import Module
+from candlejax.nn.quantized import QEmbedding, QLinear, QRmsNorm
 from candlejax.quantized import QMatMul, QTensor
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight, aligned_empty, place, unpack
-from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["Cache", "ModelWeights", "QEmbedding", "QLinear", "config_from_gguf", "forward_all", "step"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "Cache", "ModelWeights", "QEmbedding", "QLinear", "config_from_gguf",
+           "forward_all", "step"]  # fmt: skip
 
-
-# ------------------------------------------------------------------------------------------------
-# quantised weights
-# ------------------------------------------------------------------------------------------------
-class QLinear(Module):
-    """A bias-free linear layer ``y = x @ Wᵀ`` over a quantised ``(out, in)`` weight, computed by
-    :class:`~candlejax.quantized.QMatMul`.
-
-    ``weight`` is what a QMatMul holds: a :class:`~candlejax.quantized.blocked.BlockedWeight`
-    (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, expanded inside the dot), a :class:`~candlejax.quantized.QTensor`
-    (other block types) or a plain array (F32/F16 or a dequantised weight). Held as a Module field
-    so the weight is a pytree child (a jit argument, sliced by ``lax.scan`` when layers are stacked).
-    """
-
-    def __init__(self, weight: Any):
-        self.weight = weight
-
-    @staticmethod
-    def from_qmatmul(m: QMatMul) -> QLinear:
-        return QLinear(m.weight if m.is_quantized() else unwrap(m.weight))
-
-    def qmatmul(self) -> QMatMul:
-        return QMatMul(self.weight)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.weight.shape)  # type: ignore[return-value]
-
-    def forward(self, xs: Any) -> Any:
-        return QMatMul(self.weight).forward(xs)
-
-    def embedding(self, ids: Any) -> Any:
-        """Rows ``ids`` of the weight, dequantised: ``ids.shape + (in,)``."""
-        return QMatMul(self.weight).embedding(ids)
-
-
-class QEmbedding(Module):
-    """Token embeddings from a quantised ``(vocab, hidden)`` table (a :class:`QLinear`): only the
-    looked-up rows are expanded. :meth:`as_linear` reuses the table as the tied LM head."""
-
-    def __init__(self, table: QLinear):
-        self.table = table
-
-    @property
-    def weight(self) -> Any:  # the dtype / device probe of Llama.dtype and new_cache
-        return jnp.zeros((), jnp.float32)
-
-    def as_linear(self) -> QLinear:
-        return self.table
-
-    def forward(self, ids: Any) -> Any:
-        return wrap(unwrap(self.table.embedding(unwrap(ids).astype(jnp.int32))).astype(jnp.float32))
+#: ``general.architecture`` values this loader implements (llama.cpp names; Mistral files say "llama")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,9 +77,20 @@ def _meta(content: Any, key: str, default: Any = None) -> Any:
     return default if v is None else v.value
 
 
+def check_architecture(content: Any) -> str:
+    """``general.architecture`` of the file; raises unless this loader implements it."""
+    arch = _meta(content, "general.architecture", "llama")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise errors.Msg(
+            f"quantized_llama: {getattr(content, 'path', 'the GGUF file')}: general.architecture {arch!r} is not"
+            f" implemented (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    return str(arch)
+
+
 def config_from_gguf(content: Any) -> Config:
     """A :class:`Config` from GGUF metadata (``{arch}.block_count``, ``{arch}.embedding_length``, ...)."""
-    arch = _meta(content, "general.architecture", "llama")
+    arch = check_architecture(content)
 
     def g(key: str, default: Any = None) -> Any:
         return _meta(content, f"{arch}.{key}", default)
@@ -162,7 +123,10 @@ def config_from_gguf(content: Any) -> Config:
         eos_token_id=_meta(content, "tokenizer.ggml.eos_token_id"),
         pad_token_id=_meta(content, "tokenizer.ggml.padding_token_id"),
         torch_dtype="float32",
-        rope_interleaved=True,
+        # llama.cpp permutes llama's q/k rows for rope on interleaved pairs; qwen2 keeps the halves
+        rope_interleaved=arch == "llama",
+        model_type=None,
+        qkv_bias="blk.0.attn_q.bias" in content.tensor_infos,
     )
 
 
@@ -177,7 +141,7 @@ class ModelWeights(Llama):
 
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, dequantize: str | None = None,
-                  layers: str | None = None) -> ModelWeights:  # fmt: skip
+                  layers: str | None = None, strict: bool = True) -> ModelWeights:  # fmt: skip
         """Load a GGUF file (``general.architecture`` ``llama`` or a LLaMA-shaped family).
 
         ``dequantize`` (default: from ``CANDLE_DEQUANTIZE_ALL=1`` / ``CANDLE_DEQUANTIZE_ALL_F16=1``,
@@ -185,18 +149,21 @@ class ModelWeights(Llama):
         trades memory (4 or 2 bytes per weight instead of ~0.6) for decode speed on the CPU, where
         XLA's dense matrix-vector products are several times faster than its fused
         expand-and-multiply loops. The embedding table stays quantised.
+
+        Files of another ``general.architecture`` raise (naming the supported ones); tensors the
+        model never reads raise too (``strict=False``: a warning).
         """
         from candlejax.io.gguf import Content
 
         content = Content.read(os.fspath(path))
         try:
-            return ModelWeights.from_content(content, device, dequantize, layers)
+            return ModelWeights.from_content(content, device, dequantize, layers, strict)
         finally:
             content.close()
 
     @staticmethod
     def from_content(content: Any, device: Any = None, dequantize: str | None = None,
-                     layers: str | None = None) -> ModelWeights:  # fmt: skip
+                     layers: str | None = None, strict: bool = True) -> ModelWeights:  # fmt: skip
         """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it)."""
         from candlejax.tokenizer import Tokenizer
 
@@ -212,10 +179,12 @@ class ModelWeights(Llama):
         dev = Device.coerce(device)
         cfg = config_from_gguf(content)
         infos = content.tensor_infos
+        read: set[str] = set()
 
         def info(name: str) -> Any:
             if name not in infos:
                 raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {content.path}")
+            read.add(name)
             return infos[name]
 
         def lin(name: str) -> QLinear:  # host (numpy) leaves where possible; placed on the device later
@@ -238,23 +207,26 @@ class ModelWeights(Llama):
         fused = {k: FUSE_PRODUCTS and all(_concatenable(infos, i, v, dequantize) for i in range(n))
                  for k, v in _FUSED.items()}  # fmt: skip
 
+        def linb(i: int, name: str) -> QLinear:  # with the bias when the file has one (qwen2's q/k/v)
+            q = lin(f"blk.{i}.{name}.weight")
+            b = f"blk.{i}.{name}.bias"
+            return QLinear(q.weight, vec(b).astype(np.float32) if b in infos else None, name == "attn_output")
+
         def part(i: int, name: str) -> Any:
             if name.endswith("_norm"):
                 return vec(f"blk.{i}.{name}.weight")
             if name in _FUSED:
-                return _concat([lin(f"blk.{i}.{nm}.weight") for nm in _FUSED[name]])
-            return lin(f"blk.{i}.{name}.weight")
+                return _concat([linb(i, nm) for nm in _FUSED[name]])
+            return linb(i, name)
 
         def block(get: Any) -> Block:
             qkv = (get("attn_qkv"), None, None) if fused["attn_qkv"] else (get("attn_q"), get("attn_k"), get("attn_v"))
-            attn = CausalSelfAttention(
-                *qkv, get("attn_output"), cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                interleaved=True,
-            )  # fmt: skip
+            attn = CausalSelfAttention(*qkv, get("attn_output"), cfg.num_attention_heads, cfg.num_key_value_heads,
+                                       cfg.head_dim)  # fmt: skip
             gu = (get("ffn_gateup"), None) if fused["ffn_gateup"] else (get("ffn_gate"), get("ffn_up"))
             mlp = Mlp(*gu, get("ffn_down"))
             eps = cfg.rms_norm_eps
-            return Block(RmsNorm(get("attn_norm"), eps), attn, RmsNorm(get("ffn_norm"), eps), mlp)
+            return Block(QRmsNorm(get("attn_norm"), eps), attn, QRmsNorm(get("ffn_norm"), eps), mlp)
 
         if layers is None:
             layers = "unrolled" if dequantize else "scan"
@@ -275,23 +247,31 @@ class ModelWeights(Llama):
                 _release_pages(content)
         embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
         _release_pages(content)
-        norm = _to_device(RmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
+        norm = _to_device(QRmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
         lm_head = None if cfg.tie_word_embeddings else _to_device(lin("output.weight"), dev)
         inv = rope_inv_freq(cfg)
         if "rope_freqs.weight" in infos:  # llama 3.1 GGUF: per-frequency divisors
             inv = (inv / vec("rope_freqs.weight").astype(np.float32)).astype(np.float32)
-        inv_freq = jax.device_put(inv, dev.jax_device)
-        model = ModelWeights(embed, blocks, norm, lm_head, inv_freq, cfg)
+        rotary = rotary_for(cfg, jax.device_put(inv, dev.jax_device))
+        unread = sorted(set(infos) - read)
+        if unread:
+            more = ", ..." if len(unread) > 8 else ""
+            msg = (f"quantized_llama: {len(unread)} tensor(s) of {content.path} were never read: "
+                   f"{', '.join(unread[:8])}{more} (the loader does not implement them)")  # fmt: skip
+            if strict:
+                raise errors.Msg(msg + "; pass strict=False to load anyway")
+            warnings.warn(msg, stacklevel=3)
+        model = ModelWeights(embed, blocks, norm, lm_head, rotary, cfg)
         try:
-            _TOKENIZERS[model] = Tokenizer.from_gguf_metadata(content.metadata)
+            model._tokenizer = Attached(Tokenizer.from_gguf_metadata(content.metadata))
         except errors.Error:
-            pass
+            model._tokenizer = Attached()
         return model
 
     @property
     def tokenizer(self) -> Any:
         """The :class:`candlejax.tokenizer.Tokenizer` stored in the GGUF file (with its chat template)."""
-        tok = _TOKENIZERS.get(self)
+        tok = self._tokenizer.value
         if tok is None:
             raise errors.Msg("this model has no tokenizer (the GGUF file has no tokenizer.ggml.* metadata)")
         return tok
@@ -337,13 +317,17 @@ def _concatenable(infos: Any, i: int, names: tuple[str, ...], dequantize: str | 
 
 
 def _concat(parts: list[QLinear]) -> QLinear:
-    """One QLinear whose rows are those of ``parts`` in order (no value changes)."""
+    """One QLinear whose rows (and biases) are those of ``parts`` in order (no value changes)."""
     ws = [p.weight for p in parts]
+    bias = None
+    if any(p.bias is not None for p in parts):
+        bias = np.concatenate([np.zeros(p.shape[0], np.float32) if p.bias is None else np.asarray(p.bias)
+                               for p in parts])  # fmt: skip
     if isinstance(ws[0], BlockedWeight):
         off = None if ws[0].offset is None else np.concatenate([w.offset for w in ws])
         return QLinear(BlockedWeight(np.concatenate([w.q for w in ws]), np.concatenate([w.scale for w in ws]), off,
-                                     ws[0].ggml_dtype))  # fmt: skip
-    return QLinear(np.concatenate([np.asarray(w) for w in ws]))
+                                     ws[0].ggml_dtype), bias)  # fmt: skip
+    return QLinear(np.concatenate([np.asarray(w) for w in ws]), bias)
 
 
 def _stackable(infos: Any, n: int) -> bool:
@@ -378,5 +362,3 @@ def _stack(n: int, get: Any, dev: Device) -> Any:
         stacked[j] = None  # type: ignore[call-overload]
     return jax.tree_util.tree_unflatten(struct, out)
 
-
-_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

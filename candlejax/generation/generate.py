@@ -141,7 +141,8 @@ class Generation:
     """An iterator over the new token ids of one :func:`generate` call.
 
     After (or during) iteration: ``tokens`` (the ids yielded so far), ``finish_reason``
-    (``"eos"``, ``"length"`` or ``None`` while running), ``cache`` (the model cache after the last
+    (``"eos"``, ``"length"``, ``"cache_full"`` when the cache has no slot left for the next token,
+    or ``None`` while running), ``cache`` (the model cache after the last
     step), ``pos`` (how many positions the cache now holds), ``last_token`` (the last sampled id:
     the EOS or the last generated id), ``pending_token`` (``last_token`` if the cache has not
     consumed it yet, else ``None``: a pipelined run may already have fed it) and ``stats``
@@ -183,6 +184,17 @@ class Generation:
         self.repeat_last_n = int(repeat_last_n)
         self.prompt = _prompt_array(prompt_tokens, token_dtype)
         self.pos = int(start_pos)
+        # a cache with a fixed number of slots (``max_seq_len``) never wraps around: a prompt that
+        # does not fit raises, and generation stops with finish_reason "cache_full" when it is full
+        cap = getattr(cache, "max_seq_len", None)
+        self.capacity = int(cap) if isinstance(cap, int | np.integer) else None
+        if self.pos < 0:
+            raise errors.Msg(f"generate: start_pos must be >= 0, got {self.pos}")
+        if self.capacity is not None and self.pos + self.prompt.shape[1] > self.capacity:
+            raise errors.Msg(
+                f"generate: the prompt ({self.prompt.shape[1]} tokens at position {self.pos}) does not fit the"
+                f" cache of {self.capacity} positions; make a larger cache"
+            )
         self.yield_eos = yield_eos
         self.pipeline = (jax.default_backend() != "cpu") if pipeline is None else bool(pipeline)
         self.tokens: list[int] = []
@@ -275,6 +287,8 @@ class Generation:
         while True:
             produced += 1
             more = produced < self.max_new_tokens
+            full = more and self.capacity is not None and self.pos >= self.capacity
+            more = more and not full
             nxt = None
             if self.pipeline and more:
                 # dispatch the next step before this token reaches the host (speculative: if this
@@ -299,7 +313,7 @@ class Generation:
             self.tokens.append(t)
             yield t
             if not more:
-                self.finish_reason = "length"
+                self.finish_reason = "cache_full" if full else "length"
                 return
             if nxt is None:
                 nxt = step(tok)
@@ -336,6 +350,9 @@ class Generation:
             context.append(t)
             self.tokens.append(t)
             yield t
+            if i + 1 < self.max_new_tokens and self.capacity is not None and self.pos >= self.capacity:
+                self.finish_reason = "cache_full"
+                return
             tokens = jnp.asarray([[t]], dtype=self.prompt.dtype)
         self.finish_reason = "length"
 

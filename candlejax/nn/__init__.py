@@ -8,7 +8,7 @@
 ['fc.bias', 'fc.weight']
 """
 
-from candlejax.nn import encoding, init, loss, ops
+from candlejax.nn import encoding, init, loss, ops, quantized
 from candlejax.nn.activation import Activation, PReLU, prelu
 from candlejax.nn.conv import (
     Conv1d,
@@ -41,7 +41,7 @@ from candlejax.nn.init import (
     NonLinearity,
     NormalOrUniform,
 )
-from candlejax.nn.kv_cache import KvCache, RotatingKvCache
+from candlejax.nn.kv_cache import ConcatKvCache, KvCache, RotatingKvCache, StackedKvCache
 from candlejax.nn.linear import Linear, linear, linear_b, linear_no_bias
 from candlejax.nn.module import (
     Buffer,
@@ -74,15 +74,16 @@ from candlejax.nn.var_builder import SimpleBackend, VarBuilder
 from candlejax.nn.var_map import VarMap
 
 __all__ = [
-    "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "GRU", "LSTM", "ONE", "ZERO", "Activation",
-    "BatchNorm", "BatchNormConfig", "Buffer", "Conv1d", "Conv1dConfig", "Conv2d", "Conv2dConfig",
-    "ConvTranspose1d", "ConvTranspose1dConfig", "ConvTranspose2d", "ConvTranspose2dConfig", "Direction",
-    "Dropout", "Embedding", "FanInOut", "Func", "FuncT", "GRUConfig", "GRUState", "GroupNorm", "Identity",
-    "Init", "KvCache", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
-    "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "PReLU", "RmsNorm", "RotaryEmbedding",
-    "RotatingKvCache", "Sequential", "SimpleBackend", "Var", "VarBuilder", "VarMap", "batch_norm", "conv1d",
-    "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d", "conv_transpose1d_no_bias",
-    "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding", "func", "func_t", "group_norm",
-    "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b", "linear_no_bias", "loss", "lstm",
-    "named_buffers", "named_tensors", "named_vars", "one_hot", "ops", "prelu", "rms_norm", "seq",
+    "Activation", "BatchNorm", "BatchNormConfig", "Buffer", "ConcatKvCache", "Conv1d", "Conv1dConfig",
+    "Conv2d", "Conv2dConfig", "ConvTranspose1d", "ConvTranspose1dConfig", "ConvTranspose2d",
+    "ConvTranspose2dConfig", "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "Direction", "Dropout",
+    "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity", "Init",
+    "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
+    "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "RmsNorm", "RotaryEmbedding",
+    "RotatingKvCache", "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder", "VarMap", "ZERO",
+    "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
+    "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
+    "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
+    "linear_no_bias", "loss", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
+    "prelu", "quantized", "rms_norm", "seq",
 ]  # fmt: skip

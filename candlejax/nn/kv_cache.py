@@ -1,7 +1,7 @@
-"""Pre-allocated, functional KV caches: ``KvCache`` and ``RotatingKvCache``.
+"""Functional KV caches: ``KvCache``, ``RotatingKvCache``, ``ConcatKvCache``, ``StackedKvCache``.
 
 requires: jax.lax (dynamic_update_slice), candlejax.nn.module
-provides: ``KvCache``, ``RotatingKvCache``
+provides: ``KvCache``, ``RotatingKvCache``, ``ConcatKvCache``, ``StackedKvCache``
 
 Candle's caches write in place and return views narrowed to the current length, so each decode
 step has a new shape. Here a cache is a Module holding fixed-size buffers and its position as an
@@ -15,19 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
+from candlejax.device import Device
+from candlejax.dtype import DType, to_dtype
 from candlejax.nn.module import Module
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["KvCache", "RotatingKvCache"]
+__all__ = ["ConcatKvCache", "KvCache", "RotatingKvCache", "StackedKvCache"]
 
 
 def _arr(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else jnp.asarray(x)
+    a = unwrap(x)
+    return a if hasattr(a, "shape") and hasattr(a, "dtype") else jnp.asarray(a)
 
 
 @op(static=("dim",))
@@ -196,3 +200,105 @@ class RotatingKvCache(Module):
         return RotatingKvCache(self.dim, self.max_seq_len, self.k_buf, self.v_buf)
 
 
+
+
+class ConcatKvCache(Module):
+    """Candle's ``ConcatKvCache::new(dim)``: keys/values concatenated along ``dim``, no size limit.
+
+    ``(k_all, v_all), cache = cache.append(k, v)``; every step has a new shape (a recompile under
+    ``jit``), so use it eagerly or prefer :class:`KvCache` / :class:`StackedKvCache` in jitted loops.
+    """
+
+    def __init__(self, dim: int, k: Any = None, v: Any = None):
+        self.dim = int(dim)
+        self.k_buf = k
+        self.v_buf = v
+
+    @staticmethod
+    def new(dim: int) -> ConcatKvCache:
+        return ConcatKvCache(dim)
+
+    def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], ConcatKvCache]:
+        ka, va = _arr(k), _arr(v)
+        if self.k_buf is not None:
+            ka = jnp.concatenate([self.k_buf._a, ka.astype(self.k_buf._a.dtype)], axis=self.dim)
+            va = jnp.concatenate([self.v_buf._a, va.astype(self.v_buf._a.dtype)], axis=self.dim)
+        return (wrap(ka), wrap(va)), ConcatKvCache(self.dim, wrap(ka), wrap(va))
+
+    def current_seq_len(self) -> int:
+        return 0 if self.k_buf is None else int(self.k_buf.shape[self.dim])
+
+    def k(self) -> Any:
+        return self.k_buf
+
+    def v(self) -> Any:
+        return self.v_buf
+
+    def reset(self) -> ConcatKvCache:
+        return ConcatKvCache(self.dim)
+
+
+class StackedKvCache(Module):
+    """Every layer's keys and values in two preallocated buffers ``k``/``v`` of shape ``(layers, B,
+    Hkv, max_seq_len, head_dim)`` (raw arrays: the pytree leaves a jitted step donates).
+
+    ``k_all, v_all, cache = cache.update(layer, k, v, pos)`` writes ``k``/``v`` (``(B, T, Hkv, D)``,
+    or ``(B, Hkv, T, D)`` with ``layout="bhsd"``) at slots ``pos .. pos + T`` of ``layer`` (in place
+    when donated) and returns that layer's whole ``(B, Hkv, max_seq_len, D)`` buffers, for
+    ``ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, kv_layout="bhsd")``, which also hides the
+    slots not written yet (so a cache is reused from position 0 without clearing it). ``layer`` and
+    ``pos`` may be traced int32 scalars. Writes past ``max_seq_len`` are clamped by XLA: check the
+    sizes before (``fits``), or :meth:`grow` the cache.
+    """
+
+    def __init__(self, k: Any, v: Any):
+        self.k = k
+        self.v = v
+
+    @staticmethod
+    def new(num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
+            dtype: Any = DType.F32, device: Any = None) -> StackedKvCache:  # fmt: skip
+        if int(max_seq_len) < 1 or int(batch) < 1:
+            raise errors.Msg(f"StackedKvCache: batch {batch} and max_seq_len {max_seq_len} must be >= 1")
+        dt = to_dtype(dtype).np
+        shape = (int(num_layers), int(batch), int(num_kv_heads), int(max_seq_len), int(head_dim))
+        dev = Device.coerce(device).jax_device
+        return StackedKvCache(jax.device_put(jnp.zeros(shape, dt), dev), jax.device_put(jnp.zeros(shape, dt), dev))
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.k.shape[3])
+
+    @property
+    def batch(self) -> int:
+        return int(self.k.shape[1])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.k.shape[0])
+
+    def fits(self, pos: int, seq_len: int) -> bool:
+        """Whether ``seq_len`` positions written at ``pos`` fit in the buffers."""
+        return 0 <= int(pos) and int(pos) + int(seq_len) <= self.max_seq_len
+
+    def update(self, layer: Any, k: Any, v: Any, pos: Any, layout: str = "bshd") -> tuple[Any, Any, StackedKvCache]:
+        ka, va = _arr(k), _arr(v)
+        if layout == "bshd":
+            ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
+        elif layout != "bhsd":
+            raise errors.Msg(f"StackedKvCache.update: layout must be 'bshd' or 'bhsd', got {layout!r}")
+        zero = jnp.zeros((), jnp.int32)
+        at = (jnp.asarray(unwrap(layer), jnp.int32), zero, zero, jnp.asarray(unwrap(pos), jnp.int32), zero)
+        ck = lax.dynamic_update_slice(self.k, ka.astype(self.k.dtype)[None], at)
+        cv = lax.dynamic_update_slice(self.v, va.astype(self.v.dtype)[None], at)
+        k_all = lax.dynamic_index_in_dim(ck, at[0], 0, keepdims=False)
+        v_all = lax.dynamic_index_in_dim(cv, at[0], 0, keepdims=False)
+        return k_all, v_all, StackedKvCache(ck, cv)
+
+    def grow(self, max_seq_len: int, keep: int | None = None) -> StackedKvCache:
+        """A cache of ``max_seq_len`` slots holding this one's first ``keep`` (default: all) slots."""
+        n = min(self.max_seq_len, int(max_seq_len)) if keep is None else int(keep)
+        shape = (*self.k.shape[:3], int(max_seq_len), self.k.shape[4])
+        k = jnp.zeros(shape, self.k.dtype).at[:, :, :, :n].set(self.k[:, :, :, :n])
+        v = jnp.zeros(shape, self.v.dtype).at[:, :, :, :n].set(self.v[:, :, :, :n])
+        return StackedKvCache(k, v)

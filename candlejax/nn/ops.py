@@ -4,7 +4,8 @@ requires: candlejax._dispatch.op, candlejax.nn.module (as_array), jax.numpy / la
 provides: ``softmax``, ``softmax_last_dim``, ``log_softmax``, ``sigmoid``, ``hard_sigmoid``, ``silu``,
 ``swiglu``, ``mish``, ``leaky_relu``, ``elu``, ``selu``, ``gelu``, ``gelu_erf``, ``relu``, ``relu2``,
 ``relu6``, ``hard_swish``, ``dropout``, ``rms_norm`` / ``rms_norm_slow``, ``layer_norm`` /
-``layer_norm_slow``, ``rope`` / ``rope_i`` / ``rope_thd`` (+ ``*_slow``), ``sdpa`` / ``sdpa_slow``,
+``layer_norm_slow``, ``rope`` / ``rope_i`` / ``rope_thd`` (+ ``*_slow``), ``sdpa`` / ``sdpa_slow``, ``repeat_kv``,
+``causal_mask``, ``padding_mask``,
 ``pixel_shuffle``, ``pixel_unshuffle``, ``replication_pad2d``, ``Identity``.
 
 Each function takes and returns Tensors; the math lives in ``@op`` functions on raw arrays, so an
@@ -58,6 +59,9 @@ __all__ = [
     "rope_i_slow",
     "rope_slow",
     "rope_thd",
+    "causal_mask",
+    "padding_mask",
+    "repeat_kv",
     "sdpa",
     "sdpa_slow",
     "selu",
@@ -438,6 +442,16 @@ def _causal_keep(s: int, skv: int) -> Any:
     return jnp.arange(skv)[None, :] <= jnp.arange(s)[:, None] + (skv - s)
 
 
+def _position_keep(s: int, skv: int, offset: Any, causal: bool, window: int | None) -> Any:
+    """(S, Skv) bool for query i at absolute position ``offset + i`` and key j at position j."""
+    qpos = (jnp.asarray(offset, jnp.int32) + jnp.arange(s, dtype=jnp.int32))[:, None]
+    kpos = jnp.arange(skv, dtype=jnp.int32)[None, :]
+    keep = kpos <= qpos if causal else jnp.ones((s, skv), jnp.bool_)
+    if window is not None:
+        keep = keep & (kpos > qpos - window)
+    return keep
+
+
 def _apply_mask(scores: Any, mask: Any) -> Any:
     if mask is None:
         return scores
@@ -446,81 +460,192 @@ def _apply_mask(scores: Any, mask: Any) -> Any:
     return scores + mask.astype(scores.dtype)
 
 
-@op(static=("causal", "scale", "softcap"))
-def _sdpa(q: Any, k: Any, v: Any, mask: Any, *, causal: bool, scale: float, softcap: float) -> Any:
-    b, hq, s, d = q.shape
-    hkv, skv = k.shape[1], k.shape[2]
+def _grouped_mask(mask: Any, b: int, hkv: int, g: int) -> Any:
+    """A mask broadcastable to ``(B, Hq, S, Skv)`` -> broadcastable to ``(B, Hkv, G, S, Skv)``."""
+    m = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if m.shape[1] == 1:
+        return m[:, :, None]
+    return m.reshape(m.shape[0], hkv, g, m.shape[2], m.shape[3])
+
+
+_SDPA_EQ = {  # (q layout, kv layout) -> scores einsum, value einsum; grouped q (.., Hkv, G, ..)
+    ("bhsd", "bhsd"): ("bkgsd,bktd->bkgst", "bkgst,bktd->bkgsd"),
+    ("bhsd", "bshd"): ("bkgsd,btkd->bkgst", "bkgst,btkd->bkgsd"),
+    ("bshd", "bhsd"): ("bskgd,bktd->bkgst", "bkgst,bktd->bkgsd"),
+    ("bshd", "bshd"): ("bskgd,btkd->bkgst", "bkgst,btkd->bkgsd"),
+}
+
+
+@op(static=("causal", "scale", "softcap", "window", "layout", "kv_layout", "positions"))
+def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale: float, softcap: float,
+          window: int | None, layout: str, kv_layout: str, positions: bool) -> Any:  # fmt: skip
+    """Grouped-query attention without repeating k/v; the softmax division comes after the value
+    product (one division per output element instead of one per score)."""
+    b = q.shape[0]
+    s, hq, d = (q.shape[1], q.shape[2], q.shape[3]) if layout == "bshd" else (q.shape[2], q.shape[1], q.shape[3])
+    hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[2])
     g = hq // hkv
-    qf = _upcast(q).reshape(b, hkv, g, s, d)
-    scores = jnp.einsum("bhgsd,bhtd->bhgst", qf, _upcast(k)) * scale
+    if g == 1 and layout == kv_layout == "bhsd":  # plain multi-head: 4-D products (no 5-D relayouts)
+        scores = jnp.einsum("bhsd,bhtd->bhst", q * jnp.asarray(scale, q.dtype), k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)  # fmt: skip
+        if softcap != 1.0:
+            scores = jnp.tanh(scores / softcap) * softcap
+        if positions:
+            off = (skv - s) if offset is None else offset
+            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+        scores = _apply_mask(scores, mask)
+        e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
+    qg = q.reshape(b, s, hkv, g, d) if layout == "bshd" else q.reshape(b, hkv, g, s, d)
+    qg = qg * jnp.asarray(scale, q.dtype)
+    scores = jnp.einsum(eq_s, qg, k.astype(q.dtype), preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Skv)
     if softcap != 1.0:
         scores = jnp.tanh(scores / softcap) * softcap
-    scores = scores.reshape(b, hq, s, skv)
-    if causal:
-        scores = jnp.where(_causal_keep(s, skv), scores, jnp.finfo(scores.dtype).min)
-    scores = _apply_mask(scores, mask)
-    p = jax.nn.softmax(scores, axis=-1).reshape(b, hkv, g, s, skv)
-    out = jnp.einsum("bhgst,bhtd->bhgsd", p, _upcast(v))
-    return out.reshape(b, hq, s, v.shape[-1]).astype(q.dtype)
+    if positions:
+        off = (skv - s) if offset is None else offset
+        scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+    if mask is not None:
+        scores = _apply_mask(scores, _grouped_mask(mask, b, hkv, g))
+    e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    y = jnp.einsum(eq_v, e.astype(v.dtype), v, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
+    y = (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    dv = v.shape[-1]
+    if layout == "bshd":
+        return y.transpose(0, 3, 1, 2, 4).reshape(b, s, hq, dv)
+    return y.reshape(b, hq, s, dv)
 
 
-def _check_sdpa(q: Any, k: Any, v: Any, mask: Any) -> None:
-    for n, t in (("q", q), ("k", k), ("v", v)):
+def _dims(t: Any, layout: str) -> tuple[int, int, int, int]:
+    """(batch, heads, seq, head_dim) of a 4-D tensor in ``layout``."""
+    return (t.shape[0], t.shape[2], t.shape[1], t.shape[3]) if layout == "bshd" else tuple(t.shape)
+
+
+def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layout: str = "bhsd") -> None:
+    for lay in (layout, kv_layout):
+        if lay not in ("bhsd", "bshd"):
+            raise errors.Msg(f"sdpa: layout must be 'bhsd' (batch, heads, seq, dim) or 'bshd', got {lay!r}")
+    for n, t, lay in (("q", q, layout), ("k", k, kv_layout), ("v", v, kv_layout)):
         _check_float("sdpa", t)
         if t.ndim != 4:
-            raise errors.Msg(f"sdpa: {n} must be (batch, heads, seq, head_dim), got {fmt_shape(t.shape)}")
-    ok = q.shape[0] == k.shape[0] == v.shape[0] and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3]
-    if not ok or q.shape[1] % k.shape[1]:
+            want = "(batch, heads, seq, head_dim)" if lay == "bhsd" else "(batch, seq, heads, head_dim)"
+            raise errors.Msg(f"sdpa: {n} must be {want}, got {fmt_shape(t.shape)}")
+    qd, kd, vd = _dims(q, layout), _dims(k, kv_layout), _dims(v, kv_layout)
+    ok = qd[0] == kd[0] == vd[0] and kd[:3] == vd[:3] and qd[3] == kd[3]
+    if not ok or qd[1] % kd[1]:
         raise errors.Msg(
-            f"sdpa: incompatible shapes q {fmt_shape(q.shape)}, k {fmt_shape(k.shape)}, v {fmt_shape(v.shape)}"
-            " (q heads must be a multiple of kv heads)"
+            f"sdpa: incompatible shapes q {fmt_shape(q.shape)} ({layout}), k {fmt_shape(k.shape)}, v"
+            f" {fmt_shape(v.shape)} ({kv_layout}) (q heads must be a multiple of kv heads)"
         )
     if mask is not None:
+        full = (qd[0], qd[1], qd[2], kd[2])
         try:
-            jnp.broadcast_shapes(mask.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+            if mask.ndim > 4 or jnp.broadcast_shapes(mask.shape, full) != full:
+                raise ValueError
         except ValueError:
-            raise errors.BroadcastIncompatibleShapes(
-                mask.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), "sdpa mask"
-            ) from None
+            what = "sdpa mask (batch, heads, q_len, kv_len)"
+            raise errors.BroadcastIncompatibleShapes(mask.shape, full, what) from None
 
 
 def sdpa(
     q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
-    softcapping: float = 1.0,
+    softcapping: float = 1.0, *, layout: str = "bhsd", kv_layout: str | None = None, offset: Any = None,
+    window: int | None = None,
 ) -> Any:  # fmt: skip
     """Scaled dot-product attention with grouped-query support, differentiable on every backend.
 
-    q ``(B, Hq, S, D)``, k/v ``(B, Hkv, Skv, D)`` with ``Hq % Hkv == 0`` (no pre-tiling needed).
+    q ``(B, Hq, S, D)``, k/v ``(B, Hkv, Skv, D)`` with ``Hq % Hkv == 0`` (k/v are never repeated).
     ``mask`` broadcasts to ``(B, Hq, S, Skv)``: a bool/u8 mask keeps the nonzero positions (PyTorch's
-    convention), a float mask is added to the scores. ``do_causal`` masks key j for query i when
-    ``j > i + Skv - S`` (aligned at the end, right for a KV cache). ``scale`` defaults to ``1/√D``;
-    ``softcapping`` != 1 applies ``tanh(s / cap) * cap`` to the scores (Candle's convention).
+    convention), a float mask is added to the scores (padding: :func:`padding_mask`). ``do_causal``
+    lets query i (at absolute position ``offset + i``) see key j iff ``j <= offset + i``; ``offset``
+    defaults to ``Skv - S`` (aligned at the end) and may be a traced int32: with a preallocated KV
+    cache (keys at absolute slots) ``offset=pos`` also hides the slots not written yet.
+    ``window`` keeps only the keys with ``offset + i - j < window`` (sliding window, Mistral).
+    ``scale`` defaults to ``1/√D``; ``softcapping`` != 1 applies ``tanh(s / cap) * cap`` to the scores.
+
+    Layouts: ``layout="bshd"`` takes and returns q / the output as ``(B, S, H, D)`` (what the
+    projections produce: no transposes), ``kv_layout`` (default: ``layout``) is the keys' and
+    values' layout. Scores and the softmax are f32; the output has q's dtype.
+    PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``.
     """
+    kv_layout = layout if kv_layout is None else kv_layout
     qa, ka, va = _a(q), _a(k), _a(v)
     ma = None if mask is None else _a(mask)
-    _check_sdpa(qa, ka, va, ma)
+    _check_sdpa(qa, ka, va, ma, layout, kv_layout)
+    if window is not None and int(window) < 1:
+        raise errors.Msg(f"sdpa: window must be >= 1, got {window}")
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
-    return wrap(_sdpa(qa, ka, va, ma, causal=bool(do_causal), scale=sc, softcap=float(softcapping)))
+    off = None if offset is None else _a(offset)
+    positions = bool(do_causal) or window is not None
+    return wrap(_sdpa(qa, ka, va, ma, off, causal=bool(do_causal), scale=sc, softcap=float(softcapping),
+                      window=None if window is None else int(window), layout=layout, kv_layout=kv_layout,
+                      positions=positions))  # fmt: skip
 
 
 def sdpa_slow(
     q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
-    softcapping: float = 1.0,
+    softcapping: float = 1.0, *, layout: str = "bhsd", kv_layout: str | None = None, offset: Any = None,
+    window: int | None = None,
 ) -> Any:  # fmt: skip
-    """Reference for :func:`sdpa`: repeat kv heads, matmul, mask, softmax, matmul."""
+    """Reference for :func:`sdpa`: transpose to ``(B, H, S, D)``, repeat kv heads, matmul, mask,
+    softmax, matmul."""
+    kv_layout = layout if kv_layout is None else kv_layout
     qa, ka, va = _a(q), _a(k), _a(v)
     ma = None if mask is None else _a(mask)
-    _check_sdpa(qa, ka, va, ma)
+    _check_sdpa(qa, ka, va, ma, layout, kv_layout)
+    if layout == "bshd":
+        qa = qa.transpose(0, 2, 1, 3)
+    if kv_layout == "bshd":
+        ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
-    g = qa.shape[1] // ka.shape[1]
-    kr, vr = jnp.repeat(ka, g, axis=1), jnp.repeat(va, g, axis=1)
-    scores = (qa @ jnp.swapaxes(kr, -1, -2)) * sc
+    kr, vr = _repeat_kv(ka, qa.shape[1] // ka.shape[1]), _repeat_kv(va, qa.shape[1] // ka.shape[1])
+    scores = (_upcast(qa) @ jnp.swapaxes(_upcast(kr), -1, -2)) * sc
     if softcapping != 1.0:
         scores = jnp.tanh(scores / softcapping) * softcapping
-    if do_causal:
-        scores = jnp.where(_causal_keep(qa.shape[2], ka.shape[2]), scores, -jnp.inf)
+    s, skv = qa.shape[2], ka.shape[2]
+    if do_causal or window is not None:
+        keep = causal_mask(s, skv, offset, window, causal=do_causal)
+        scores = jnp.where(_a(keep), scores, -jnp.inf)
     scores = _apply_mask(scores, ma)
-    return wrap(jax.nn.softmax(scores, axis=-1) @ vr)
+    out = (jax.nn.softmax(scores, axis=-1) @ _upcast(vr)).astype(qa.dtype)
+    return wrap(out.transpose(0, 2, 1, 3) if layout == "bshd" else out)
+
+
+def _repeat_kv(x: Any, n_rep: int) -> Any:
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return jnp.broadcast_to(x[:, :, None], (b, h, n_rep, s, d)).reshape(b, h * n_rep, s, d)
+
+
+def repeat_kv(xs: Any, n_rep: int) -> Any:
+    """``(B, Hkv, S, D) -> (B, Hkv * n_rep, S, D)``, each kv head repeated ``n_rep`` times in place
+    (transformers' and candle-transformers' ``repeat_kv``). :func:`sdpa` does not need it."""
+    a = _a(xs)
+    if a.ndim != 4:
+        raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "repeat_kv (batch, kv_heads, seq, head_dim)")
+    if int(n_rep) < 1:
+        raise errors.Msg(f"repeat_kv: n_rep must be >= 1, got {n_rep}")
+    return wrap(_repeat_kv(a, int(n_rep)))
+
+
+def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, window: int | None = None,
+                *, causal: bool = True) -> Any:  # fmt: skip
+    """Bool ``(q_len, kv_len)``: True where query i (at absolute position ``offset + i``, default
+    ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
+    ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
+    kv_len = q_len if kv_len is None else int(kv_len)
+    off = (kv_len - q_len) if offset is None else _a(offset)
+    return wrap(_position_keep(int(q_len), kv_len, off, causal, None if window is None else int(window)))
+
+
+def padding_mask(attention_mask: Any) -> Any:
+    """A 0/1 ``(B, S)`` attention mask (1 = real token) -> bool ``(B, 1, 1, S)`` for :func:`sdpa`."""
+    m = _a(attention_mask)
+    if m.ndim != 2:
+        raise errors.UnexpectedNumberOfDims(2, m.ndim, m.shape, "padding_mask: attention_mask (batch, seq)")
+    return wrap(m.astype(jnp.bool_)[:, None, None, :])
 
 
 # ------------------------------------------------------------------------------------------------

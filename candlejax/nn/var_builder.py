@@ -9,12 +9,18 @@ backend decides what a ``get`` means: a ``VarMap`` creates the Var from the init
 dicts check the shape and convert to the builder's dtype and device. A missing tensor raises
 ``CannotFindTensor`` naming the full path, the file(s) and the nearest existing names; a wrong
 shape raises ``shape mismatch for {path}, expected: [..], got: [..]`` naming the file.
+
+Every builder derived from one constructor (``pp``, ``to_dtype``, ...) shares one record of the
+backend names it read: ``vb.unused_names()`` lists the checkpoint tensors no ``get`` touched and
+``vb.check_all_used(strict)`` raises (or warns) on them, so a loader notices weights it ignored.
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -262,7 +268,7 @@ class VarBuilder:
     ('layers.3.weight', (2, 4))
     """
 
-    __slots__ = ("_backend", "_device", "_dtype", "_path", "_rename")
+    __slots__ = ("_backend", "_device", "_dtype", "_path", "_reads", "_rename")
 
     def __init__(
         self,
@@ -271,16 +277,18 @@ class VarBuilder:
         device: Any = None,
         path: tuple[str, ...] = (),
         rename: Callable[[str], str] | None = None,
+        reads: set[str] | None = None,
     ):
         self._backend = backend
         self._dtype = check_width(to_dtype(dtype))
         self._device = Device.coerce(device)
         self._path = tuple(path)
         self._rename = rename
+        self._reads: set[str] = set() if reads is None else reads
 
     def _with(self, **kw: Any) -> VarBuilder:
         args = {"backend": self._backend, "dtype": self._dtype, "device": self._device, "path": self._path,
-                "rename": self._rename}  # fmt: skip
+                "rename": self._rename, "reads": self._reads}  # fmt: skip
         args.update(kw)
         return VarBuilder(**args)
 
@@ -388,6 +396,7 @@ class VarBuilder:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
         path, key = self._lookup(name)
         a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
+        self._reads.add(key)
         return Var._make(a, path)
 
     def get_unchecked(self, name: str) -> Var:
@@ -395,7 +404,40 @@ class VarBuilder:
 
     def get_unchecked_dtype(self, name: str, dtype: Any) -> Var:
         path, key = self._lookup(name)
-        return Var._make(self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device), path)
+        a = self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device)
+        self._reads.add(key)
+        return Var._make(a, path)
+
+    # --- read tracking -------------------------------------------------------------------------
+    def read_names(self) -> set[str]:
+        """The backend names every builder sharing this one's record has read so far."""
+        return set(self._reads)
+
+    def mark_used(self, *names: str) -> None:
+        """Count backend names as read (tensors a loader knowingly skips, e.g. a tied head)."""
+        self._reads.update(names)
+
+    def unused_names(self, ignore: Sequence[str] = ()) -> list[str]:
+        """Backend tensors never read, minus those matching a glob in ``ignore`` (sorted)."""
+        def skipped(n: str) -> bool:
+            return n in self._reads or any(fnmatch.fnmatchcase(n, p) for p in ignore)
+
+        return sorted(n for n in self._backend.names() if not skipped(n))
+
+    def check_all_used(self, strict: bool = True, context: str = "model", ignore: Sequence[str] = ()) -> list[str]:
+        """Raise a candlejax error (``strict=False``: warn) when checkpoint tensors were never
+        read; returns their names. Loaders call this last so no weight is silently ignored."""
+        unused = self.unused_names(ignore)
+        if unused:
+            shown = ", ".join(unused[:8]) + (f", ... ({len(unused)} in all)" if len(unused) > 8 else "")
+            msg = (
+                f"{context}: {len(unused)} checkpoint tensor(s) in {self._backend.describe()} were never read: {shown}"
+                " (the loader does not implement them; pass strict=False to load anyway)"
+            )
+            if strict:
+                raise errors.Msg(msg)
+            warnings.warn(msg, stacklevel=3)
+        return unused
 
     def __repr__(self) -> str:
         return (

@@ -52,4 +52,7 @@ def _unflatten(_aux, children):
 
 jax.tree_util.register_pytree_node(Tensor, _flatten, _unflatten)
 
-__all__ = ["Tensor"]
+unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass through)
+wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)
+
+__all__ = ["Tensor", "unwrap", "wrap"]

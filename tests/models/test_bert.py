@@ -16,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
-from candlejax.models import bert
 
 from candlejax import Device, DType, Tensor, errors
+from candlejax.models import bert
 from candlejax.nn import VarBuilder
 
 torch = pytest.importorskip("torch")
@@ -241,7 +241,7 @@ def test_cli_prints_embeddings():
 
     from candlejax import cli
 
-    assert cli._COMMANDS["embed"] == ("candlejax.models.bert", ["embed"])
+    assert cli._COMMANDS["embed"][0] == "candlejax.cli.embed"
 
 
 def test_cli_text_output(capsys):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from candlejax.models import _hub
 
 from candlejax import errors
+from candlejax.models import _hub
 
 
 def _snapshot(root, repo: str, commit: str, files: dict[str, str]):

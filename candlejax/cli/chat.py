@@ -1,0 +1,46 @@
+"""``candlejax chat``: an interactive chat; each turn continues the KV cache of the previous ones."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from candlejax.cli.generate import Timer, add_model_arguments, load
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--system", default=None, help="system message")
+
+
+def run(args: argparse.Namespace) -> int:
+    from candlejax.pipelines import processor_from
+
+    tg = load(args, args.max_seq_len or 2048)
+    lp = processor_from(args.seed, args.temperature, args.top_k, args.top_p)
+    interactive = sys.stdin.isatty()
+    print(f"chat with {args.gguf or args.model} ({tg.max_seq_len} positions); /reset clears, Ctrl-D quits",
+          file=sys.stderr)  # fmt: skip
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg == "/reset":
+            tg.reset()
+            continue
+        timer = Timer()
+        for piece in tg.chat_turn(msg, args.n, lp, system=args.system, repeat_penalty=args.repeat_penalty,
+                                  repeat_last_n=args.repeat_last_n):  # fmt: skip
+            timer.tick()
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if tg.generation.finish_reason == "cache_full":
+            print("(the KV cache is full: /reset to start over, or raise --max-seq-len)", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""``candlejax generate``: stream text from a LLaMA-family model (GGUF or safetensors folder)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Any
+
+from candlejax import errors
+
+
+def _count(lo: int) -> Any:
+    def parse(v: str) -> int:
+        n = int(v)
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
+        return n
+
+    return parse
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Any:
+    def parse(v: str) -> float:
+        x = float(v)
+        if not math.isfinite(x) or x < lo or (lo_open and x == lo) or x > hi:
+            bound = f"{'(' if lo_open else '['}{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {bound}, got {v}")
+        return x
+
+    return parse
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gguf", help="a LLaMA-family GGUF file (quantized weights, tokenizer inside)")
+    src.add_argument("--model", help="a folder with config.json + safetensors, or a hub id in the local HF cache")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
+    p.add_argument("--dtype", default=None, help="f32, bf16 or f16 (--model only; default: the checkpoint's)")
+    p.add_argument("--max-seq-len", type=_count(1), default=None,
+                   help="KV cache positions (default: prompt + new tokens, at most max_position_embeddings)")
+    p.add_argument("--temperature", type=_number(0.0), default=None, help="sampling temperature (default: greedy)")
+    p.add_argument("--top-k", type=_count(1), default=None, help="sample among the k most likely (needs --temperature)")
+    p.add_argument("--top-p", type=_number(0.0, 1.0, lo_open=True), default=None,
+                   help="nucleus sampling mass (needs --temperature)")
+    p.add_argument("--seed", type=int, default=299792458, help="sampling seed")
+    p.add_argument("--repeat-penalty", type=_number(0.0, lo_open=True), default=1.1,
+                   help="divide the logits of recent tokens by this (1 = off)")
+    p.add_argument("--repeat-last-n", type=_count(0), default=64, help="how many recent tokens the penalty sees")
+    p.add_argument("-n", "--sample-len", type=_count(0), default=128, dest="n", help="new tokens to generate")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--prompt", default="Once upon a time", help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
+
+
+def load(args: argparse.Namespace, max_seq_len: int | None) -> Any:
+    """The :class:`~candlejax.pipelines.TextGeneration` for ``--gguf`` / ``--model``."""
+    from candlejax.pipelines import TextGeneration
+
+    if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
+        raise errors.Msg("--top-k / --top-p need --temperature (without it, decoding is greedy)")
+    if args.gguf:
+        return TextGeneration.from_gguf(args.gguf, tokenizer=args.tokenizer, max_seq_len=max_seq_len)
+    return TextGeneration.from_pretrained(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
+                                          max_seq_len=max_seq_len)  # fmt: skip
+
+
+class Timer:
+    """Token arrival times: tok/s over the decode steps after the first one (which compiles)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    def summary(self, n_prompt: int, load_s: float, reason: str | None) -> str:
+        ts = self.times
+        first = ts[0] - self.t0 if ts else float("nan")
+        rate = (len(ts) - 2) / (ts[-1] - ts[1]) if len(ts) > 2 and ts[-1] > ts[1] else float("nan")
+        return (f"{n_prompt} prompt tokens, {len(ts)} generated ({reason}); load {load_s:.2f}s, first token"
+                f" {first:.2f}s (incl. compile), decode {rate:.1f} tokens/s (compile excluded)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from candlejax.pipelines import processor_from
+
+    t0 = time.perf_counter()
+    tg = load(args, args.max_seq_len)
+    load_s = time.perf_counter() - t0
+    ids = tg.encode(args.prompt, chat=args.chat, system=args.system)
+    if args.max_seq_len is None:
+        tg.max_seq_len = min(len(ids) + args.n, tg.model.max_position_embeddings)
+    lp = processor_from(args.seed, args.temperature, args.top_k, args.top_p)
+    if not args.chat:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    timer = Timer()
+    for piece in tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n):
+        timer.tick()
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    reason = tg.generation.finish_reason
+    timer.times = timer.times[: len(tg.generation.tokens)] or timer.times
+    if reason == "cache_full":
+        print(f"candlejax generate: stopped: the KV cache ({tg.max_seq_len} positions) is full;"
+              " raise --max-seq-len", file=sys.stderr)  # fmt: skip
+    if not args.quiet:
+        print(timer.summary(len(ids), load_s, reason), file=sys.stderr)
+    return 0

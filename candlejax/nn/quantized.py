@@ -1,0 +1,135 @@
+"""Candle's ``candle_transformers::quantized_nn``: layers over GGML-quantised weights.
+
+requires: candlejax.quantized (QMatMul, QTensor, BlockedWeight), candlejax.nn.ops (rms_norm)
+provides: ``QLinear``, ``QEmbedding``, ``QRmsNorm``, ``linear``, ``linear_no_bias``, ``linear_b``,
+``embedding``, ``rms_norm``
+
+A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``BlockedWeight``
+(Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, expanded inside the fused product), a ``QTensor`` (other block types,
+kept packed) or a plain array (F32/F16, or a weight dequantised at load). Each layer is a Module
+whose weight is a pytree child: a jit argument, sliced by ``lax.scan`` when layers are stacked.
+The constructors read a quantised ``VarBuilder`` (``candlejax.quantized.VarBuilder.from_gguf``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.nn import ops
+from candlejax.nn.module import Module
+from candlejax.quantized.blocked import BlockedWeight
+from candlejax.quantized.qtensor import QMatMul, QTensor, blocked_matmul_direct
+from candlejax.tensor._core import unwrap, wrap
+
+__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "linear", "linear_b", "linear_no_bias", "rms_norm"]
+
+
+class QLinear(Module):
+    """``y = x @ Wᵀ (+ b)`` over a quantised ``(out, in)`` weight (Candle's ``quantized_nn::Linear``).
+
+    ``direct=True`` multiplies a blocked weight in the untransposed form
+    (:func:`candlejax.quantized.qtensor.blocked_matmul_direct`): after attention over a KV cache,
+    XLA:CPU runs the transposed form ~10x slower than in isolation (the output projection).
+    """
+
+    def __init__(self, weight: Any, bias: Any = None, direct: bool = False):
+        self.weight = weight
+        self.bias = None if bias is None else unwrap(bias)
+        self.direct = bool(direct)
+
+    @staticmethod
+    def from_qmatmul(m: QMatMul, bias: Any = None) -> QLinear:
+        return QLinear(m.weight if m.is_quantized() else unwrap(m.weight), bias)
+
+    @staticmethod
+    def from_qtensor(q: QTensor, bias: Any = None) -> QLinear:
+        return QLinear.from_qmatmul(QMatMul.from_qtensor(q), bias)
+
+    def qmatmul(self) -> QMatMul:
+        return QMatMul(self.weight)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
+
+    def forward(self, xs: Any) -> Any:
+        x = unwrap(xs)
+        if self.direct and isinstance(self.weight, BlockedWeight):
+            y = blocked_matmul_direct(self.weight, x)
+        else:
+            y = unwrap(QMatMul(self.weight).forward(x))
+        if self.bias is not None:
+            y = y + self.bias.astype(y.dtype)
+        return wrap(y)
+
+    def embedding(self, ids: Any) -> Any:
+        """Rows ``ids`` of the weight, dequantised: ``ids.shape + (in,)``."""
+        return QMatMul(self.weight).embedding(ids)
+
+
+class QEmbedding(Module):
+    """Token embeddings from a quantised ``(vocab, hidden)`` table (Candle's ``quantized_nn::Embedding``):
+    only the looked-up rows are expanded. :meth:`as_linear` reuses the table as a tied LM head."""
+
+    def __init__(self, table: QLinear | Any):
+        self.table = table if isinstance(table, QLinear) else QLinear(table)
+
+    @property
+    def weight(self) -> Any:  # a dtype / device probe: the rows come out in f32
+        return jnp.zeros((), jnp.float32)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.table.shape[0])
+
+    def as_linear(self) -> QLinear:
+        return self.table
+
+    def forward(self, ids: Any) -> Any:
+        return wrap(unwrap(self.table.embedding(unwrap(ids).astype(jnp.int32))).astype(jnp.float32))
+
+
+class QRmsNorm(Module):
+    """RMS norm whose weight was stored quantised, dequantised once at load (Candle's ``quantized_nn::RmsNorm``)."""
+
+    def __init__(self, weight: Any, eps: float):
+        w = weight.dequantize() if isinstance(weight, QTensor) else weight
+        self.weight = unwrap(w)
+        self.eps = float(eps)
+
+    def forward(self, xs: Any) -> Any:
+        return ops.rms_norm(xs, self.weight, self.eps)
+
+
+def _dense(q: QTensor) -> Any:
+    return np.asarray(unwrap(q.dequantize()))
+
+
+def linear_b(in_dim: int, out_dim: int, bias: bool, vb: Any) -> QLinear:
+    """``weight`` ``(out, in)`` quantised, ``bias`` ``(out,)`` dequantised (Candle's ``linear_b``)."""
+    w = vb.get((out_dim, in_dim), "weight")
+    b = _dense(vb.get((out_dim,), "bias")) if bias else None
+    return QLinear.from_qtensor(w, b)
+
+
+def linear(in_dim: int, out_dim: int, vb: Any) -> QLinear:
+    return linear_b(in_dim, out_dim, True, vb)
+
+
+def linear_no_bias(in_dim: int, out_dim: int, vb: Any) -> QLinear:
+    return linear_b(in_dim, out_dim, False, vb)
+
+
+def embedding(in_size: int, out_size: int, vb: Any) -> QEmbedding:
+    return QEmbedding(QLinear.from_qtensor(vb.get((in_size, out_size), "weight")))
+
+
+def rms_norm(size: int, eps: float, vb: Any) -> QRmsNorm:
+    w = vb.get(size, "weight")
+    if tuple(w.shape) != (int(size),):
+        raise errors.UnexpectedShape(f"rms_norm {vb.path('weight')}", (size,), w.shape)
+    return QRmsNorm(_dense(w), eps)

