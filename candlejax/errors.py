@@ -240,7 +240,8 @@ class DonatedVar(Msg):
     def __init__(self, name: str, what: str = "Var"):
         self.name = name
         super().__init__(
-            f"{what}{f' {name!r}' if name else ''} was donated to a functional optimizer step and no longer holds a value: keep using"
+            f"{what}{f' {name!r}' if name else ''} was donated to a functional optimizer step and no longer holds"
+            " a value: keep using"
             " what the step returned (model, state, loss = opt.backward_step(loss_fn, model, state, x, y)),"
             " build the optimizer with donate=False to keep the old model usable, or train in place with an"
             " optimizer bound to the Vars (opt = AdamW(varmap.all_vars(), ParamsAdamW(lr=...));"

@@ -112,12 +112,17 @@ def _is_var(x: Any) -> bool:
     return isinstance(x, Var)
 
 
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, TensorBase)
+
+
 def partition(tree: Any) -> tuple[Any, Any]:
     """Split ``tree`` into ``(vars, rest)``: two trees shaped like it, with ``None`` in the other's places.
 
     ``vars`` holds the trainable Vars; ``rest`` every other array (buffers, rotary tables, ...).
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_var)
+    # whole Tensors are leaves, so a non-Var Tensor becomes None (not a Tensor wrapping None)
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_tensor)
     diff = [x if isinstance(x, Var) else None for x in leaves]
     rest = [None if isinstance(x, Var) else x for x in leaves]
     return treedef.unflatten(diff), treedef.unflatten(rest)

@@ -155,7 +155,7 @@ def test_model_passed_to_a_donating_functional_step_raises_on_any_use(data):
     state = opt.init(model)
     x, y = data[0]
     new_model, state, _ = opt.backward_step(loss_fn, model, state, x, y)
-    with pytest.raises(errors.DonatedVar, match="ln.*donated to a functional optimizer step"):
+    with pytest.raises(errors.DonatedVar, match=r"ln.*donated to a functional optimizer step"):
         model.forward(x)  # eager use
     with pytest.raises(errors.DonatedVar):
         jax.jit(lambda m, x: m(x).jax)(model, x.jax)  # traced use
@@ -280,7 +280,7 @@ def test_backward_step_with_a_loss_value_raises():
     opt = SGD(varmap.all_vars(), 0.1)
     x = Tensor.new(np.ones((2, 16), np.float32))
     loss = model.forward(x).sum_all()
-    with pytest.raises(errors.OptimizerUsage, match="loss \\*function\\*.*def loss_fn"):
+    with pytest.raises(errors.OptimizerUsage, match=r"loss \*function\*.*def loss_fn"):
         opt.backward_step(loss)
     with pytest.raises(errors.OptimizerUsage, match="model to differentiate is missing"):
         opt.backward_step(loss_fn)
@@ -289,7 +289,7 @@ def test_backward_step_with_a_loss_value_raises():
 
 
 def test_candle_constructors_and_their_mistakes():
-    varmap, model = build()
+    varmap, _ = build()
     assert len(SGD(varmap.all_vars(), 0.1).vars) == 4
     assert len(SGD.new(varmap.all_vars(), 0.1).vars) == 4
     assert len(AdamW(varmap.all_vars(), ParamsAdamW(lr=1e-3)).vars) == 4
@@ -345,3 +345,31 @@ def test_set_with_a_tracer_on_an_outside_var_raises():
     with pytest.raises(errors.TracingError, match="leak"):
         jax.jit(lambda a: v.set(a).jax)(jnp.zeros(2))
     assert np.asarray(v.jax).tolist() == [1.0, 1.0]
+
+
+def test_printing_a_grad_tree_with_non_var_leaves():
+    class WithTable(Module):
+        def __init__(self, vb):
+            self.l = linear(3, 2, vb.pp("l"))
+            self.table = Tensor.new(np.ones(3, np.float32))
+
+        def forward(self, x):
+            return self.l(x * self.table)
+
+    m = WithTable(VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu))
+    g = cj.grad(lambda m, x: m(x).sum_all())(m, Tensor.new(np.ones((2, 3), np.float32)))
+    text = repr(g)
+    assert "l.weight" in text and g.table is None
+    assert str(g.table) == "None"
+
+
+def test_conv_config_none_is_candles_default():
+    from candlejax.nn import Conv2d, Conv2dConfig, conv1d, conv2d, conv_transpose2d
+
+    vb = VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu)
+    c = conv2d(1, 32, 5, None, vb.pp("c1"))  # Candle: conv2d(1, 32, 5, Default::default(), vs)
+    assert c.config == Conv2dConfig()
+    assert c.forward(Tensor.zeros((2, 1, 28, 28), DType.F32)).shape == (2, 32, 24, 24)
+    assert conv1d(2, 4, 3, None, vb.pp("c0")).config.groups == 1
+    assert conv_transpose2d(2, 4, 3, None, vb.pp("t")).config.groups == 1
+    assert Conv2d(c.weight, c.bias, None).config == Conv2dConfig()
