@@ -542,6 +542,7 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        __tracebackhide__ = True
         if callable(value) and not isinstance(value, (Module, TensorBase, type)):
             _check_not_transformed(self, name, value)
         elif isinstance(value, (list, tuple)):

@@ -99,6 +99,7 @@ class VarMap:
     def set_one(self, name: str, value: Any) -> None:
         """Set the value of an existing Var in place (same shape; cast to its dtype and moved to its
         device): every Module built from this map sees it."""
+        __tracebackhide__ = True
         cur = self._data.get(name)
         if cur is None:
             raise errors.VarMapError(f"cannot find {name} in VarMap")
@@ -133,6 +134,7 @@ class VarMap:
     def load(self, path: str | os.PathLike) -> None:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
         the file is an error."""
+        __tracebackhide__ = True
         from candlejax.nn.var_builder import _open_safetensors
 
         st = _open_safetensors([os.fspath(path)])

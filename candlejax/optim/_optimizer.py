@@ -176,6 +176,7 @@ def _mark_donated(model: Any, sp: Split) -> None:
 
 def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:
     """Validate Candle's ``vars`` argument (``varmap.all_vars()``): a non-empty list of float Vars."""
+    __tracebackhide__ = True
     if hasattr(vars, "all_vars") and not isinstance(vars, (list, tuple)):
         vars = vars.all_vars()  # a VarMap given as such
     if isinstance(vars, dict):
@@ -266,6 +267,7 @@ class Optimizer:
         name: str = "optimizer",
         vars: Sequence[Any] | None = None,
     ):
+        __tracebackhide__ = True
         if not isinstance(tx, optax.GradientTransformation) and not (hasattr(tx, "init") and hasattr(tx, "update")):
             raise errors.InvalidArgument(f"{name}: expected an optax GradientTransformation, got {type(tx).__name__}")
         self.tx = tx
@@ -329,9 +331,11 @@ class Optimizer:
 
     # --- state ------------------------------------------------------------------------------------
     def _split(self, model: Any) -> Split:
+        __tracebackhide__ = True
         return split(model, self.wrt, what=self.name)
 
     def _check_alive(self, sp: Split, state: OptState) -> None:
+        __tracebackhide__ = True
         if any(getattr(a, "is_deleted", None) is not None and a.is_deleted() for a in sp.leaves):
             dead = [n for a, n in zip(sp.params, sp.names) if a.is_deleted()]
             if dead:
@@ -450,6 +454,7 @@ class Optimizer:
         return self._bound_bstep(loss_fn, model, args)
 
     def _compiled_step(self, loss_fn: Callable[..., Any], donate: bool) -> Any:
+        __tracebackhide__ = True
         key = (loss_fn, donate)
         fn = self._compiled.get(key)
         if fn is not None:
@@ -475,6 +480,7 @@ class Optimizer:
 
     def _run(self, loss_fn: Any, sp: Split, params: list[Any], state: OptState, batch: Any) -> Any:
         """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok)``."""
+        __tracebackhide__ = True
         rest_arrays, statics = _split_rest(sp.rest)
         donate = self.donate and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled_step(loss_fn, donate)
@@ -489,6 +495,7 @@ class Optimizer:
         return (*out, donate)
 
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
+        __tracebackhide__ = True
         sp = self._split(model)
         params, state2, loss, ok, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
@@ -500,6 +507,7 @@ class Optimizer:
     # --- Candle's bound form -------------------------------------------------------------------
     def _bound_split(self, model: Any) -> tuple[Split, tuple[Any, ...]]:
         """The model split with the optimizer's Vars as the trained leaves, and those Var handles."""
+        __tracebackhide__ = True
         sp = self._split(model)
         hl = _named_leaves(model)
         if len(hl) != len(sp.slots):  # pragma: no cover
@@ -539,6 +547,7 @@ class Optimizer:
         return Split(sp.treedef, sp.leaves, slots, names), tuple(h for h, k in zip(handles, keep) if k)
 
     def _bound_state(self, handles: tuple[Any, ...], params: list[Any]) -> OptState:
+        __tracebackhide__ = True
         if self._trained is None:
             self._trained = handles
             self._state = self._init_params(params)
@@ -562,6 +571,7 @@ class Optimizer:
         return state
 
     def _check_bound_call(self) -> None:
+        __tracebackhide__ = True
         if not is_eager():
             raise errors.TracingError(
                 f"{self.name}: the bound step updates its Vars in place, which cannot happen inside"
@@ -570,6 +580,7 @@ class Optimizer:
             )
 
     def _bound_bstep(self, loss_fn: Any, model: Any, batch: Any) -> Any:
+        __tracebackhide__ = True
         self._check_bound_call()
         sp, handles = self._bound_split(model)
         params = [h._a for h in handles]
@@ -586,6 +597,7 @@ class Optimizer:
         return wrap(loss)
 
     def _bound_apply(self, grads: Any) -> None:
+        __tracebackhide__ = True
         self._check_bound_call()
         if self._vars is None:
             raise errors.OptimizerUsage(
@@ -657,6 +669,7 @@ class SGD(Optimizer):
     """
 
     def __init__(self, *args: Any, clip_grad_norm: float | None = None, **kw: Any):
+        __tracebackhide__ = True
         vars, lr = _vars_and(args, "SGD", "lr", kw.pop("lr", _MISSING))
         if lr is _MISSING:
             raise errors.InvalidArgument("SGD: the learning rate is missing: SGD(varmap.all_vars(), lr) or SGD(lr)")
@@ -702,6 +715,7 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, *args: Any, clip_grad_norm: float | None = None, **kw: Any):
+        __tracebackhide__ = True
         vars, params = _vars_and(args, "AdamW", "params", kw.pop("params", None))
         p = ParamsAdamW() if params is None or params is _MISSING else params
         if not isinstance(p, ParamsAdamW):

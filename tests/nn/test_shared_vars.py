@@ -373,3 +373,17 @@ def test_conv_config_none_is_candles_default():
     assert conv1d(2, 4, 3, None, vb.pp("c0")).config.groups == 1
     assert conv_transpose2d(2, 4, 3, None, vb.pp("t")).config.groups == 1
     assert Conv2d(c.weight, c.bias, None).config == Conv2dConfig()
+
+
+def test_facade_frames_are_hidden_from_tracebacks():
+    varmap, model = build()
+    opt = SGD(varmap.all_vars(), 0.1)
+    x = Tensor.new(np.ones((2, 16), np.float32))
+    with pytest.raises(errors.OptimizerUsage) as info:
+        opt.backward_step(model.forward(x).sum_all())
+    shown = info.traceback.filter(info)  # what pytest (and IPython) print: __tracebackhide__ frames dropped
+    assert all("candlejax/optim" not in str(e.path) for e in shown)
+    assert any("candlejax/optim" in str(e.path) for e in info.traceback)  # the frames exist, only hidden
+    with pytest.raises(errors.OptimizerUsage) as info:
+        AdamW([], ParamsAdamW())
+    assert all("candlejax/optim" not in str(e.path) for e in info.traceback.filter(info))
