@@ -387,3 +387,19 @@ def test_facade_frames_are_hidden_from_tracebacks():
     with pytest.raises(errors.OptimizerUsage) as info:
         AdamW([], ParamsAdamW())
     assert all("candlejax/optim" not in str(e.path) for e in info.traceback.filter(info))
+
+
+def test_varmap_shared_with_a_functionally_trained_model(tmp_path, data):
+    varmap, model = build()
+    opt = SGD(0.1)
+    state = opt.init(model)
+    x, y = data[0]
+    model, state, _ = opt.backward_step(loss_fn, model, state, x, y)
+    with pytest.raises(errors.DonatedVar, match="varmap.all_vars"):
+        varmap.save(tmp_path / "stale.safetensors")  # the map's Vars went into the step
+    assert not (tmp_path / "stale.safetensors").exists()
+    varmap.set(model.named_vars())  # copy the trained values back: the map is usable again
+    varmap.save(tmp_path / "trained.safetensors")
+    saved = cj.safetensors.load(str(tmp_path / "trained.safetensors"))
+    for k, v in values(model).items():
+        np.testing.assert_array_equal(np.asarray(saved[k].jax), v)
