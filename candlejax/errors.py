@@ -249,6 +249,14 @@ class DonatedVar(Msg):
         )
 
 
+class InvalidShape(Msg):
+    """A shape specification that cannot be used (negative dims, two holes, an impossible reshape)."""
+
+
+class InvalidDevice(Msg):
+    """A device name or ordinal that does not exist here."""
+
+
 class OptimizerUsage(Msg):
     """An optimizer called the wrong way (a loss value instead of a loss function, Vars it does not own, ...)."""
 

@@ -173,7 +173,9 @@ def _scalar(out: Any, what: str) -> Any:
     a = out._a if isinstance(out, TensorBase) else out
     shape = getattr(a, "shape", ())
     if shape not in ((), (1,)):
-        raise errors.Msg(f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}")
+        raise errors.InvalidShape(
+            f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}"
+        )
     return a.reshape(()) if shape == (1,) else a
 
 
@@ -190,7 +192,7 @@ def _partition_for_grad(tree: Any) -> tuple[Any, Any, Callable[[Any, Any], Any]]
         return diff, rest, combine
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: isinstance(x, TensorBase))
     if not any(_is_float_tensor(x) for x in leaves):
-        raise errors.Msg(
+        raise errors.InvalidArgument(
             "grad: the first argument holds no Var and no floating-point Tensor to differentiate"
             f" (got {type(tree).__name__}); build parameters through a VarBuilder or pass a float Tensor"
         )

@@ -75,7 +75,7 @@ class Batcher:
                 f"{n} or return_last_incomplete_batch=True"
             )
         if prefetch < 0:
-            raise errors.Msg(f"Batcher: prefetch must be >= 0, got {prefetch}")
+            raise errors.InvalidArgument(f"Batcher: prefetch must be >= 0, got {prefetch}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)

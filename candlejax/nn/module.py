@@ -406,7 +406,7 @@ def _flatten(m: Module) -> tuple[list[Any], Any]:
             mask.append(True)
         else:
             if k in forced and isinstance(v, (TensorBase, jax.Array)):
-                raise errors.Msg(
+                raise errors.InvalidArgument(
                     f"{type(m).__name__}.{k} is declared static but holds an array; arrays must be"
                     " pytree children (remove it from _static_fields)"
                 )
@@ -595,7 +595,7 @@ class Module:
         missing = sorted(set(mine) - set(state))
         unexpected = sorted(set(state) - set(mine))
         if strict and (missing or unexpected):
-            raise errors.Msg(
+            raise errors.StateDictMismatch(
                 f"cannot load {source} into {type(self).__name__}: missing: {missing[:20]}"
                 f"{' ...' if len(missing) > 20 else ''}, unexpected: {unexpected[:20]}"
                 f"{' ...' if len(unexpected) > 20 else ''}"

@@ -395,7 +395,7 @@ def test_varmap_shared_with_a_functionally_trained_model(tmp_path, data):
     state = opt.init(model)
     x, y = data[0]
     model, state, _ = opt.backward_step(loss_fn, model, state, x, y)
-    with pytest.raises(errors.DonatedVar, match="varmap.all_vars"):
+    with pytest.raises(errors.DonatedVar, match=r"varmap\.all_vars"):
         varmap.save(tmp_path / "stale.safetensors")  # the map's Vars went into the step
     assert not (tmp_path / "stale.safetensors").exists()
     varmap.set(model.named_vars())  # copy the trained values back: the map is usable again
@@ -403,3 +403,18 @@ def test_varmap_shared_with_a_functionally_trained_model(tmp_path, data):
     saved = cj.safetensors.load(str(tmp_path / "trained.safetensors"))
     for k, v in values(model).items():
         np.testing.assert_array_equal(np.asarray(saved[k].jax), v)
+
+
+def test_typed_errors_are_msg_subclasses():
+    for cls in (errors.InvalidArgument, errors.InvalidShape, errors.InvalidDevice, errors.OptimizerUsage,
+                errors.VarMapError, errors.StateDictMismatch, errors.DonatedVar, errors.TransformedModuleAttribute):
+        assert issubclass(cls, errors.Msg) and issubclass(cls, cj.Error)
+    with pytest.raises(errors.InvalidShape, match="at most one hole"):
+        Tensor.zeros((2, 6)).reshape(((), ()))
+    with pytest.raises(errors.InvalidDevice):
+        Device.coerce("tpu")
+    with pytest.raises(errors.VarMapError, match="cannot find nope"):
+        VarMap().set_one("nope", np.ones(1, np.float32))
+    _, model = build()
+    with pytest.raises(errors.StateDictMismatch, match="missing"):
+        model.load_state_dict({})
