@@ -683,7 +683,10 @@ def _wrapped_module(fn: Any, depth: int = 0) -> Any:
     if isinstance(fn, Module):
         return fn
     for attr in ("__wrapped__", "func", "__self__", "fun"):
-        inner = getattr(fn, attr, None) if not isinstance(fn, type) else None
+        try:
+            inner = getattr(fn, attr, None) if not isinstance(fn, type) else None
+        except Exception:  # an object whose attribute lookup misbehaves is not a transform
+            inner = None
         if inner is not None and inner is not fn:
             m = _wrapped_module(inner, depth + 1)
             if m is not None:

@@ -401,19 +401,20 @@ class Optimizer:
         g = [_array(x) for x in grads_as_params(sp, grads)]
         self._check_alive(sp, state)
         donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
-        params, state2 = self._apply(sp.params, state, g, donate)
+        params, state2, ok = self._apply(sp.params, state, g, donate)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
             _mark_donated(model, sp)
+        if not ok:
+            self._raise_nan(sp, params, sp.rest, state2, None)
         return sp.merge(params), state2
 
-    def _apply(self, params: list[Any], state: OptState, g: list[Any], donate: bool) -> tuple[list[Any], OptState]:
+    def _apply(self, params: list[Any], state: OptState, g: list[Any], donate: bool) -> tuple[Any, OptState, bool]:
+        """The compiled update; ``ok`` is False when ``check_finite`` found a non-finite gradient."""
         if self._step_fn is None:
             f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
             self._step_fn = {True: jax.jit(f, donate_argnums=(0, 1)), False: jax.jit(f)}
         new_params, state2, ok = self._step_fn[donate](params, state, g, self._lr_arg())
-        if self.check_finite and not bool(ok):
-            raise NanLoss(int(state2.step) + 1, None, None, state2)
-        return new_params, state2
+        return new_params, state2, not (self.check_finite and not bool(ok))
 
     def backward_step(self, loss_fn: Callable[..., Any], model: Any = _MISSING, *args: Any) -> Any:
         """One compiled ``value_and_grad`` + update. ``loss_fn(model, *batch)`` returns a scalar Tensor.
@@ -633,10 +634,12 @@ class Optimizer:
         params = [h._a for h in handles]
         state = self._bound_state(tuple(handles), params)
         donate = self.donate and not _aliased(params, state, g)
-        new_params, state2 = self._apply(params, state, g, donate)
-        for h, p in zip(handles, new_params):
+        new_params, state2, ok = self._apply(params, state, g, donate)
+        for h, p in zip(handles, new_params):  # when not ok: the values from before the step
             h._a = p
         self._state = state2
+        if not ok:
+            raise NanLoss(int(state2.step) + 1, None, None, state2)
 
     def _make_bstep(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch):

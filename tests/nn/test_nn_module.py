@@ -101,7 +101,7 @@ def test_jit_grad_vmap_over_a_model(mixed):
     # gradients: only Vars, as a tree shaped like the model
     _, g = jit(value_and_grad(lambda m: jnp.sum(m(x)._a ** 2)))(mixed)
     assert type(g) is Mixed
-    assert g.table._a is None and g.stats._a is None  # no gradient for plain Tensors / Buffers
+    assert g.table is None and g.stats is None  # no gradient for plain Tensors / Buffers
     assert g.layers[0].weight.name == "layers.0.weight" and g.layers[0].weight.shape == (3, 3)
     def by_weight(w):
         layer0 = mixed.layers[0].replace(weight=Var(w, "w"))

@@ -418,3 +418,18 @@ def test_typed_errors_are_msg_subclasses():
     _, model = build()
     with pytest.raises(errors.StateDictMismatch, match="missing"):
         model.load_state_dict({})
+
+
+def test_bound_step_check_finite_keeps_the_vars(data):
+    varmap, model = build()
+    opt = AdamW(varmap.all_vars(), ParamsAdamW(lr=1e-2), check_finite=True)
+    x, y = data[0]
+    opt.backward_step(loss_fn, model, x, y)
+    before = values(model)
+    with pytest.raises(cj.optim.NanLoss, match="step 2"):
+        opt.backward_step(lambda m, x, y: loss_fn(m, x, y) * float("nan"), model, x, y)
+    for k, v in values(model).items():
+        np.testing.assert_array_equal(v, before[k])
+    assert int(opt.state.step) == 1
+    opt.backward_step(loss_fn, model, x, y)  # and training goes on
+    assert int(opt.state.step) == 2
