@@ -433,3 +433,22 @@ def test_bound_step_check_finite_keeps_the_vars(data):
     assert int(opt.state.step) == 1
     opt.backward_step(loss_fn, model, x, y)  # and training goes on
     assert int(opt.state.step) == 2
+
+
+def test_jitted_forward_sees_bound_updates_without_retracing(data):
+    varmap, model = build()
+    opt = SGD(varmap.all_vars(), 0.5)
+    traces = []
+
+    @cj.jit
+    def fwd(m, x):
+        traces.append(1)
+        return m(x)
+
+    x, y = data[0]
+    y1 = np.asarray(fwd(model, x).jax)
+    opt.backward_step(loss_fn, model, x, y)
+    y2 = np.asarray(fwd(model, x).jax)
+    assert len(traces) == 1  # the weights are arguments, never baked-in constants
+    assert not np.array_equal(y1, y2)
+    np.testing.assert_allclose(y2, np.asarray(model.forward(x).jax), rtol=1e-5, atol=1e-6)
