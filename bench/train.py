@@ -460,6 +460,37 @@ def worker(args: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def ab_bound_vs_functional(model: str, batch: int, rounds: int, steps: int) -> str:
+    """Both candlejax training forms in one process, alternating blocks of ``steps`` steps, so that
+    machine load hits both alike; returns a Markdown line with the median CPU and wall µs/step."""
+    weights = init_weights(model)
+    batches = make_batches(model, batch, 8)
+
+    class _Args:
+        threads = 1
+
+    forms = {"functional": setup_candlejax(model, weights, batches, _Args, False),
+             "bound": setup_candlejax(model, weights, batches, _Args, True)}  # fmt: skip
+    cpu: dict[str, list[float]] = {k: [] for k in forms}
+    wall: dict[str, list[float]] = {k: [] for k in forms}
+    i = 0
+    for step, sync, _, _ in forms.values():  # compile + warm up
+        for _ in range(30):
+            sync(step(i))
+            i += 1
+    for _ in range(rounds):
+        for name, (step, sync, _, _) in forms.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                sync(step(i))
+                i += 1
+            wall[name].append((time.perf_counter() - t0) / steps * 1e6)
+            cpu[name].append((time.process_time() - c0) / steps * 1e6)
+    med = {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in forms}
+    (fc, fw), (bc, bw) = med["functional"], med["bound"]
+    return (f"| {model} | {batch} | {fc:,.0f} | {bc:,.0f} | {bc / fc:.3f} | {fw:,.0f} | {bw:,.0f} | {bw / fw:.3f} |")
+
+
 # --- parent ----------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
@@ -602,6 +633,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of the RSS-growth run (0: skip)")
     p.add_argument("--compile-timeout", type=float, default=120.0, help="flag a first step slower than this")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--ab", action="store_true",
+                   help="only compare candlejax's bound and functional steps in one process, alternating")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -613,6 +646,13 @@ def main() -> None:
 
     cpus = sorted(os.sched_getaffinity(0))[: args.threads]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.ab:
+        print("| model | batch | functional CPU µs/step | bound CPU µs/step | bound / functional | functional wall µs"
+              " | bound wall µs | bound / functional |\n|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+        for m in models:
+            for b in (int(x) for x in args.batch_sizes.split(",") if x.strip()):
+                print(ab_bound_vs_functional(m, b, args.repeats * 3, 100 if m == "mlp" else 20), flush=True)
+        return
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     for m in models:
