@@ -11,7 +11,9 @@ passes straight through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``lax.scan``
 returns gradients as a tree shaped like the model.
 
 A ``Var`` (Candle's ``Var``) is a Tensor that knows its checkpoint name (``"first.weight"``, static
-data); only Vars are trained. A ``Buffer`` is a named Tensor that is saved with the model but
+data) and a shared handle whose value an optimizer or ``VarMap.load`` sets in place (it flattens
+to its current value, so JAX transforms see plain arrays); only Vars are trained. A ``Buffer`` is
+a named Tensor that is saved with the model but
 never differentiated (BatchNorm running statistics). Plain Tensors (rotary tables) are neither
 trained nor saved. Ops on a Var or a Buffer return plain Tensors.
 """
@@ -244,8 +246,14 @@ class _Named(Tensor):
 class Var(_Named):
     """A trainable parameter: a Tensor that carries its checkpoint name (Candle's ``Var``).
 
-    ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``; ``v.set(t)`` returns a
-    new Var (Candle's in-place ``set`` made functional). Ops on a Var return plain Tensors.
+    ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``, ``Var.randn(mean, std,
+    shape, device)`` and the other Tensor constructors return Vars. A Var is a shared handle:
+    ``v.set(t)`` replaces its value in place, and a VarMap, the Modules built from it and an optimizer
+    bound to it see the change. Ops on a Var return plain Tensors.
+
+    >>> v = Var.zeros((2,), name="w")
+    >>> v.set(Tensor.new([1.0, 2.0])) is v, v.to_vec1()
+    (True, [1.0, 2.0])
     """
 
     __slots__ = ()
