@@ -260,8 +260,12 @@ class Var(_Named):
 
     @staticmethod
     def from_tensor(t: Any, name: str = "") -> Var:
-        """``Var::from_tensor``: a Var holding ``t``'s value (no copy: arrays are immutable)."""
-        return Var._make(as_array(t), name or getattr(t, "name", ""))
+        """``Var::from_tensor``: a Var holding a copy of ``t``'s value (as Candle's ``make_var``), so
+        that an optimizer donating the Var's buffer never deletes ``t``'s."""
+        a = as_array(t)
+        if not _tracer(a):
+            a = jnp.array(a, copy=True)
+        return Var._make(a, name or getattr(t, "name", ""))
 
     @staticmethod
     def new(data: Any, device: Any = None, name: str = "") -> Var:

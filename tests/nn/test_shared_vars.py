@@ -452,3 +452,11 @@ def test_jitted_forward_sees_bound_updates_without_retracing(data):
     assert len(traces) == 1  # the weights are arguments, never baked-in constants
     assert not np.array_equal(y1, y2)
     np.testing.assert_allclose(y2, np.asarray(model.forward(x).jax), rtol=1e-5, atol=1e-6)
+
+
+def test_var_from_tensor_copies_so_donation_keeps_the_source():
+    t = Tensor.new([1.0, 2.0, 3.0])
+    v = Var.from_tensor(t, "w")
+    SGD([v], 0.1).backward_step(lambda m: (m * m).sum_all(), v)
+    assert t.to_vec1() == [1.0, 2.0, 3.0]  # the source Tensor is untouched and alive
+    np.testing.assert_allclose(np.asarray(v.jax), [0.8, 1.6, 2.4], rtol=1e-6)
