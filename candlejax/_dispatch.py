@@ -43,6 +43,12 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = ()) -> Any:
                     if "incompatible devices" in str(e):
                         raise device_mismatch(f.__name__.lstrip("_"), args) from None
                     raise
+                except RuntimeError as e:
+                    if "has been deleted" in str(e):
+                        from candlejax import errors
+
+                        raise errors.DeletedBuffer(f.__name__.lstrip("_")) from None
+                    raise
             return f(*args, **kwargs)
 
         call.raw = f  # type: ignore[attr-defined]

@@ -277,6 +277,17 @@ class InvalidDevice(Msg):
     """A device name or ordinal that does not exist here."""
 
 
+class DeletedBuffer(Msg):
+    """A Tensor whose buffer was donated to an optimizer step (e.g. a ``Var.as_tensor()`` snapshot)."""
+
+    def __init__(self, op: str = ""):
+        super().__init__(
+            (f"{op}: " if op else "") + "a Tensor's buffer was donated to an optimizer step and no longer exists"
+            " (Var.as_tensor() and arrays taken from a Var share its buffer): use the Var itself, which follows"
+            " the updates, or keep a copy taken before the step (t.copy())"
+        )
+
+
 class OptimizerUsage(Msg):
     """An optimizer called the wrong way (a loss value instead of a loss function, Vars it does not own, ...)."""
 

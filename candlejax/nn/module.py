@@ -187,7 +187,8 @@ class _Named(Tensor):
         return v
 
     def as_tensor(self) -> Tensor:
-        """The value as a plain Tensor (shares the buffer)."""
+        """The current value as a plain Tensor (shares the buffer: a snapshot that a later donating
+        optimizer step deletes; the Var itself follows the updates)."""
         return wrap(self._a)
 
     def into_inner(self) -> Tensor:

@@ -460,3 +460,15 @@ def test_var_from_tensor_copies_so_donation_keeps_the_source():
     SGD([v], 0.1).backward_step(lambda m: (m * m).sum_all(), v)
     assert t.to_vec1() == [1.0, 2.0, 3.0]  # the source Tensor is untouched and alive
     np.testing.assert_allclose(np.asarray(v.jax), [0.8, 1.6, 2.4], rtol=1e-6)
+
+
+def test_as_tensor_snapshot_after_a_bound_step_raises_a_named_error(data):
+    varmap, model = build()
+    opt = SGD(varmap.all_vars(), 0.1)
+    snap = model.ln1.weight.as_tensor()
+    kept = snap.copy()
+    x, y = data[0]
+    opt.backward_step(loss_fn, model, x, y)
+    with pytest.raises(errors.DeletedBuffer, match="use the Var itself"):
+        cj.nn.Linear(snap, None).forward(x)
+    assert cj.nn.Linear(kept, None).forward(x).shape == (32, 8)
