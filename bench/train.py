@@ -9,7 +9,10 @@ Models (identical in every framework, same initial weights, same batches):
 Each step is forward + cross-entropy + backward + AdamW (lr 1e-3, betas 0.9/0.999, eps 1e-8,
 weight decay 0.01, Candle's defaults) on one batch:
 
-* ``candlejax``: ``opt.backward_step(loss_fn, model, state, x, y)`` with ``cj.optim.AdamW``;
+* ``candlejax``: ``opt.backward_step(loss_fn, model, state, x, y)`` with ``cj.optim.AdamW`` (functional);
+* ``candlejax-bound``: Candle's way, ``opt = AdamW(varmap.all_vars(), params)`` and
+  ``loss = opt.backward_step(loss_fn, model, x, y)`` updating the shared Vars in place (the model is
+  built from a VarMap that is then loaded with the same weights, as ``varmap.load`` would);
 * ``flax-nnx``: the Flax NNX tutorial step, ``@nnx.jit`` over ``nnx.value_and_grad`` +
   ``nnx.Optimizer(model, optax.adamw(...), wrt=nnx.Param).update``; ``flax-nnx-cached`` is the
   same step through ``nnx.cached_partial`` (Flax's documented way to cut its per-call overhead);
@@ -59,8 +62,9 @@ from collections.abc import Callable
 from typing import Any
 
 MODELS = ("mlp", "cnn")
-FRAMEWORKS = ("candlejax", "flax-nnx", "flax-nnx-cached", "jax", "jax-sync", "torch", "torch-compile")
-DEFAULT_FRAMEWORKS = ("candlejax", "flax-nnx", "flax-nnx-cached", "jax", "torch")
+FRAMEWORKS = ("candlejax", "candlejax-bound", "flax-nnx", "flax-nnx-cached", "jax", "jax-sync", "torch",
+              "torch-compile")  # fmt: skip
+DEFAULT_FRAMEWORKS = ("candlejax", "candlejax-bound", "flax-nnx", "flax-nnx-cached", "jax", "torch")
 LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
 MLP_IN = 784
 
@@ -144,12 +148,12 @@ def _jax_info() -> dict[str, Any]:
             "jax_devices": str(jax.devices())}  # fmt: skip
 
 
-def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], args: Any) -> Setup:
+def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], args: Any, bound: bool = False) -> Setup:
     import numpy as np
 
     import candlejax as cj
     from candlejax import Device, DType, Tensor
-    from candlejax.nn import Module, VarBuilder, linear
+    from candlejax.nn import Module, VarBuilder, VarMap, linear
 
     class Mlp(Module):  # the issue's model, verbatim
         def __init__(self, vb: Any):
@@ -161,14 +165,29 @@ def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], arg
 
     from candlejax.demo import Cnn  # the demo's CNN, as it is
 
-    vb = VarBuilder.from_tensors(dict(weights), DType.F32, Device.Cpu)
-    net = Mlp(vb) if model == "mlp" else Cnn(vb)
-    opt = cj.optim.AdamW(cj.optim.ParamsAdamW(lr=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD))
-    state = opt.init(net)
+    params = cj.optim.ParamsAdamW(lr=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD)
     data = [(Tensor.new(x), Tensor.new(y.astype(np.uint32))) for x, y in batches]
 
     def loss_fn(m: Any, x: Any, y: Any) -> Any:
         return cj.nn.loss.cross_entropy(m.forward(x), y)
+
+    if bound:
+        varmap = VarMap()
+        vm = VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu)
+        net = Mlp(vm) if model == "mlp" else Cnn(vm)
+        varmap.set(weights)  # what varmap.load(path) does, from memory
+        bopt = cj.optim.AdamW(varmap.all_vars(), params)
+
+        def bstep(i: int) -> Any:
+            x, y = data[i % len(data)]
+            return bopt.backward_step(loss_fn, net, x, y)
+
+        return bstep, lambda t: t._a.block_until_ready(), lambda t: float(t.to_scalar()), _jax_info()
+
+    vb = VarBuilder.from_tensors(dict(weights), DType.F32, Device.Cpu)
+    net = Mlp(vb) if model == "mlp" else Cnn(vb)
+    opt = cj.optim.AdamW(params)
+    state = opt.init(net)
 
     def step(i: int) -> Any:
         nonlocal net, state
@@ -367,8 +386,8 @@ def worker(args: Any) -> dict[str, Any]:
     batches = make_batches(args.model, args.batch, args.pool)
     fw = args.framework
     t_import = time.perf_counter()
-    if fw == "candlejax":
-        step, sync, value, info = setup_candlejax(args.model, weights, batches, args)
+    if fw in ("candlejax", "candlejax-bound"):
+        step, sync, value, info = setup_candlejax(args.model, weights, batches, args, fw == "candlejax-bound")
     elif fw in ("flax-nnx", "flax-nnx-cached"):
         step, sync, value, info = setup_flax(args.model, weights, batches, args, fw == "flax-nnx-cached")
     elif fw in ("jax", "jax-sync"):
@@ -439,6 +458,37 @@ def worker(args: Any) -> dict[str, Any]:
         "rss_steady": [steady[0][1], steady[-1][1], steady[-1][0] - steady[0][0]] if steady else None,
         "affinity": sorted(os.sched_getaffinity(0)), "total_steps": i, **info,
     }  # fmt: skip
+
+
+def ab_bound_vs_functional(model: str, batch: int, rounds: int, steps: int) -> str:
+    """Both candlejax training forms in one process, alternating blocks of ``steps`` steps, so that
+    machine load hits both alike; returns a Markdown line with the median CPU and wall µs/step."""
+    weights = init_weights(model)
+    batches = make_batches(model, batch, 8)
+
+    class _Args:
+        threads = 1
+
+    forms = {"functional": setup_candlejax(model, weights, batches, _Args, False),
+             "bound": setup_candlejax(model, weights, batches, _Args, True)}  # fmt: skip
+    cpu: dict[str, list[float]] = {k: [] for k in forms}
+    wall: dict[str, list[float]] = {k: [] for k in forms}
+    i = 0
+    for step, sync, _, _ in forms.values():  # compile + warm up
+        for _ in range(30):
+            sync(step(i))
+            i += 1
+    for _ in range(rounds):
+        for name, (step, sync, _, _) in forms.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                sync(step(i))
+                i += 1
+            wall[name].append((time.perf_counter() - t0) / steps * 1e6)
+            cpu[name].append((time.process_time() - c0) / steps * 1e6)
+    med = {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in forms}
+    (fc, fw), (bc, bw) = med["functional"], med["bound"]
+    return (f"| {model} | {batch} | {fc:,.0f} | {bc:,.0f} | {bc / fc:.3f} | {fw:,.0f} | {bw:,.0f} | {bw / fw:.3f} |")
 
 
 # --- parent ----------------------------------------------------------------------------------------
@@ -541,6 +591,16 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], args: Any) -> st
         )
     verdicts = []
     for (model, batch, fw), r in by.items():
+        if fw == "candlejax-bound":
+            f = by.get((model, batch, "candlejax"))
+            if f:
+                q = r["median"] / f["median"]
+                cq = f["cpu_ms"] / r["cpu_ms"]
+                verdicts.append(
+                    f"- {model}, batch {batch}: bound step = {q:.3f}x the functional step's steps/s, {cq:.3f}x by"
+                    f" CPU ms/step (target: >= 0.95x, i.e. at most 5% slower)"
+                )
+            continue
         if fw != "candlejax":
             continue
         parts = []
@@ -573,6 +633,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of the RSS-growth run (0: skip)")
     p.add_argument("--compile-timeout", type=float, default=120.0, help="flag a first step slower than this")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--ab", action="store_true",
+                   help="only compare candlejax's bound and functional steps in one process, alternating")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -584,6 +646,13 @@ def main() -> None:
 
     cpus = sorted(os.sched_getaffinity(0))[: args.threads]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.ab:
+        print("| model | batch | functional CPU µs/step | bound CPU µs/step | bound / functional | functional wall µs"
+              " | bound wall µs | bound / functional |\n|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+        for m in models:
+            for b in (int(x) for x in args.batch_sizes.split(",") if x.strip()):
+                print(ab_bound_vs_functional(m, b, args.repeats * 3, 100 if m == "mlp" else 20), flush=True)
+        return
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     for m in models:

@@ -37,7 +37,18 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = ()) -> Any:
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
             if is_eager():
-                return jitted(*args, **kwargs)
+                try:
+                    return jitted(*args, **kwargs)
+                except ValueError as e:
+                    if "incompatible devices" in str(e):
+                        raise device_mismatch(f.__name__.lstrip("_"), args) from None
+                    raise
+                except RuntimeError as e:
+                    if "has been deleted" in str(e):
+                        from candlejax import errors
+
+                        raise errors.DeletedBuffer(f.__name__.lstrip("_")) from None
+                    raise
             return f(*args, **kwargs)
 
         call.raw = f  # type: ignore[attr-defined]
@@ -45,3 +56,22 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = ()) -> Any:
         return call  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
+
+
+def device_mismatch(op_name: str, arrays: Any) -> Exception:
+    """Candle's ``DeviceMismatchBinaryOp`` for an op whose inputs live on two devices (naming both)."""
+    from candlejax import errors
+    from candlejax.device import Device
+
+    seen = []
+    for a in jax.tree_util.tree_leaves(arrays):
+        try:
+            devs = a.devices()
+        except Exception:
+            continue
+        d = Device.from_jax(min(devs, key=lambda z: z.id))
+        if d not in seen:
+            seen.append(d)
+    if len(seen) < 2:
+        return errors.Msg(f"{op_name}: inputs on incompatible devices (move them with .to_device(...))")
+    return errors.DeviceMismatchBinaryOp(seen[0], seen[1], op_name)

@@ -57,7 +57,7 @@ class Device(metaclass=_DeviceMeta):
         if kind not in ("cpu", "cuda"):
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
-            raise errors.Msg(f"unknown device kind {kind!r}, expected 'cpu' or 'cuda'")
+            raise errors.InvalidDevice(f"unknown device kind {kind!r}, expected 'cpu' or 'cuda'")
         self.kind, self.ordinal = kind, int(ordinal)
 
     # --- constructors ----------------------------------------------------------------------
@@ -68,7 +68,7 @@ class Device(metaclass=_DeviceMeta):
         if not gpus:
             raise errors.NotCompiledWithCudaSupport()
         if not 0 <= ordinal < len(gpus):
-            raise errors.Msg(f"cuda device {ordinal} not found, {len(gpus)} visible")
+            raise errors.InvalidDevice(f"cuda device {ordinal} not found, {len(gpus)} visible")
         return Device("cuda", ordinal)
 
     @staticmethod
@@ -110,10 +110,10 @@ class Device(metaclass=_DeviceMeta):
                 return Device.new_cuda(int(idx or 0))
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
-            raise errors.Msg(f"unknown device {d!r}")
+            raise errors.InvalidDevice(f"unknown device {d!r}")
         if hasattr(d, "platform"):
             return Device.from_jax(d)
-        raise errors.Msg(f"cannot use {d!r} as a device")
+        raise errors.InvalidDevice(f"cannot use {d!r} as a device")
 
     # --- queries ---------------------------------------------------------------------------
     @property

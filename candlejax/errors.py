@@ -249,6 +249,70 @@ class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 
 
+# --- typed errors for the most common free-text cases (subclasses of Msg: ``except Msg`` still works)
+class InvalidArgument(Msg):
+    """A value that a function cannot take (a negative learning rate, an unknown option, ...)."""
+
+
+class DonatedVar(Msg):
+    """A Var, model or optimizer state whose buffers were donated to an earlier optimizer step."""
+
+    def __init__(self, name: str, what: str = "Var"):
+        self.name = name
+        super().__init__(
+            f"{what}{f' {name!r}' if name else ''} was donated to a functional optimizer step and no longer holds"
+            " a value: keep using"
+            " what the step returned (model, state, loss = opt.backward_step(loss_fn, model, state, x, y)),"
+            " build the optimizer with donate=False to keep the old model usable, or train in place with an"
+            " optimizer bound to the Vars (opt = AdamW(varmap.all_vars(), ParamsAdamW(lr=...));"
+            " loss = opt.backward_step(loss_fn, model, x, y))"
+        )
+
+
+class InvalidShape(Msg):
+    """A shape specification that cannot be used (negative dims, two holes, an impossible reshape)."""
+
+
+class InvalidDevice(Msg):
+    """A device name or ordinal that does not exist here."""
+
+
+class DeletedBuffer(Msg):
+    """A Tensor whose buffer was donated to an optimizer step (e.g. a ``Var.as_tensor()`` snapshot)."""
+
+    def __init__(self, op: str = ""):
+        super().__init__(
+            (f"{op}: " if op else "") + "a Tensor's buffer was donated to an optimizer step and no longer exists"
+            " (Var.as_tensor() and arrays taken from a Var share its buffer): use the Var itself, which follows"
+            " the updates, or keep a copy taken before the step (t.copy())"
+        )
+
+
+class OptimizerUsage(Msg):
+    """An optimizer called the wrong way (a loss value instead of a loss function, Vars it does not own, ...)."""
+
+
+class VarMapError(Msg):
+    """A VarMap lookup, set or load that cannot be done (unknown name, wrong shape, file without the tensor)."""
+
+
+class StateDictMismatch(Msg):
+    """A checkpoint whose tensor names do not match the module it is loaded into."""
+
+
+class TransformedModuleAttribute(Msg):
+    """A Module attribute holding a JAX-transformed layer (``jax.vmap(layer)``), whose Vars would be hidden."""
+
+
+class DeviceMismatch(DeviceMismatchBinaryOp):
+    """Arrays of one computation (a training step, a batch and a model) on different devices."""
+
+
+class RecompileWarning(UserWarning):
+    """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
+
+
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
-    "fmt_shape"
+    "RecompileWarning",
+    "fmt_shape",
 ]

@@ -1,10 +1,12 @@
 """``cj.safetensors``: Candle's ``candle::safetensors`` for Python.
 
 >>> import candlejax as cj
->>> cj.safetensors.save({"w": w}, "model.safetensors")          # atomic
+>>> w = cj.Tensor.new([[1.0, 2.0], [3.0, 4.0]])
+>>> cj.safetensors.save({"lm_head.weight": w}, "model.safetensors")          # atomic
 >>> tensors = cj.safetensors.load("model.safetensors", cj.Device.Cpu)
->>> st = cj.safetensors.MmapedSafetensors("model.safetensors.index.json")  # shards, lazily
->>> st.load("lm_head.weight", cj.Device.Cpu)
+>>> st = cj.safetensors.MmapedSafetensors("model.safetensors")  # or a sharded *.index.json, lazily
+>>> st.load("lm_head.weight", cj.Device.Cpu).to_vec2()
+[[1.0, 2.0], [3.0, 4.0]]
 
 See ``candlejax.io.safetensors`` for the details.
 """

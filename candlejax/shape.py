@@ -20,7 +20,7 @@ class D:
 
     def __init__(self, n: int):
         if n <= 0:
-            raise errors.Msg(f"D.Minus expects a positive offset, got {n}")
+            raise errors.InvalidArgument(f"D.Minus expects a positive offset, got {n}")
         self.n = n
 
     @staticmethod
@@ -65,7 +65,7 @@ def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> i
         try:
             d = int(dim.__index__())
         except AttributeError:
-            raise errors.Msg(f"{op}: dim must be an int or D, got {dim!r}") from None
+            raise errors.InvalidArgument(f"{op}: dim must be an int or D, got {dim!r}") from None
         if d < 0:
             d += rank + extra
     if not 0 <= d < rank + extra:
@@ -94,9 +94,9 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     try:
         out = tuple(int(d) for d in shape)
     except TypeError:
-        raise errors.Msg(f"cannot use {shape!r} as a shape") from None
+        raise errors.InvalidShape(f"cannot use {shape!r} as a shape") from None
     if any(d < 0 for d in out):
-        raise errors.Msg(f"negative dimension in shape {list(out)}")
+        raise errors.InvalidShape(f"negative dimension in shape {list(out)}")
     return out
 
 
@@ -114,7 +114,7 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
     spec = tuple(spec)
     holes = [i for i, d in enumerate(spec) if d == () or (isinstance(d, int) and d == -1)]
     if len(holes) > 1:
-        raise errors.Msg(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
+        raise errors.InvalidShape(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
     if not holes:
         dims = as_shape(spec)
         n = 1
@@ -129,7 +129,7 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
             known *= int(d)
     if known == 0 or elem_count % known:
         shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
-        raise errors.Msg(f"cannot reshape tensor with {elem_count} elements to {shown}")
+        raise errors.InvalidShape(f"cannot reshape tensor with {elem_count} elements to {shown}")
     return tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
 
 

@@ -112,12 +112,17 @@ def _is_var(x: Any) -> bool:
     return isinstance(x, Var)
 
 
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, TensorBase)
+
+
 def partition(tree: Any) -> tuple[Any, Any]:
     """Split ``tree`` into ``(vars, rest)``: two trees shaped like it, with ``None`` in the other's places.
 
     ``vars`` holds the trainable Vars; ``rest`` every other array (buffers, rotary tables, ...).
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_var)
+    # whole Tensors are leaves, so a non-Var Tensor becomes None (not a Tensor wrapping None)
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_tensor)
     diff = [x if isinstance(x, Var) else None for x in leaves]
     rest = [None if isinstance(x, Var) else x for x in leaves]
     return treedef.unflatten(diff), treedef.unflatten(rest)
@@ -168,7 +173,9 @@ def _scalar(out: Any, what: str) -> Any:
     a = out._a if isinstance(out, TensorBase) else out
     shape = getattr(a, "shape", ())
     if shape not in ((), (1,)):
-        raise errors.Msg(f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}")
+        raise errors.InvalidShape(
+            f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}"
+        )
     return a.reshape(()) if shape == (1,) else a
 
 
@@ -185,7 +192,7 @@ def _partition_for_grad(tree: Any) -> tuple[Any, Any, Callable[[Any, Any], Any]]
         return diff, rest, combine
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: isinstance(x, TensorBase))
     if not any(_is_float_tensor(x) for x in leaves):
-        raise errors.Msg(
+        raise errors.InvalidArgument(
             "grad: the first argument holds no Var and no floating-point Tensor to differentiate"
             f" (got {type(tree).__name__}); build parameters through a VarBuilder or pass a float Tensor"
         )

@@ -39,7 +39,9 @@ class Batcher:
         return_last_incomplete_batch: also yield the last, smaller batch (Candle's option; PyTorch's
             ``drop_last=False``). Off by default, as in Candle, so every batch has the same shape
             and a jitted step compiles once.
-        device: where batches go (default ``Device.Cpu``).
+        device: where batches go. Default: the dataset's device, as in Candle (Tensors / jax
+            arrays on ``cuda:0`` give batches on ``cuda:0``); host data (numpy, Python) gives
+            ``Device.Cpu``.
         prefetch: batches gathered and moved to the device ahead of time on a background thread
             (0: gather on the calling thread).
 
@@ -59,6 +61,7 @@ class Batcher:
         device: Device | str | None = None,
         prefetch: int = 2,
     ):
+        src_device = _device_of(dataset)
         self.dataset, self._single = as_dataset(dataset)
         n = len(self.dataset)
         if n == 0:
@@ -72,12 +75,12 @@ class Batcher:
                 f"{n} or return_last_incomplete_batch=True"
             )
         if prefetch < 0:
-            raise errors.Msg(f"Batcher: prefetch must be >= 0, got {prefetch}")
+            raise errors.InvalidArgument(f"Batcher: prefetch must be >= 0, got {prefetch}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.return_last_incomplete_batch = bool(return_last_incomplete_batch)
-        self.device = Device.coerce(device)
+        self.device = Device.coerce(device) if device is not None else src_device
         self.prefetch = int(prefetch)
         self.epoch = 0
         self.position = 0
@@ -183,13 +186,16 @@ class IterBatcher:
         self.examples = examples
         self.batch_size = int(batch_size)
         self.return_last_incomplete_batch = return_last_incomplete_batch
-        self.device = Device.coerce(device)
+        self.device = None if device is None else Device.coerce(device)  # None: the examples' device
 
     def __iter__(self) -> Iterator[Any]:
-        dev = self.device.jax_device
         buf: list[Any] = []
+        dev: Any = None
 
         def emit() -> Any:
+            nonlocal dev
+            if dev is None:
+                dev = (self.device or _device_of(buf[0])).jax_device
             single = not isinstance(buf[0], (tuple, list))
             ts = tuple(wrap(jax.device_put(a, dev)) for a in stack_examples(buf))
             return ts[0] if single else ts
@@ -201,6 +207,17 @@ class IterBatcher:
                 buf = []
         if buf and self.return_last_incomplete_batch:
             yield emit()
+
+
+def _device_of(data: Any) -> Device:
+    """The device of a dataset given as Tensors / jax arrays (its first field); Cpu for host data."""
+    first = data[0] if isinstance(data, (tuple, list)) and data else data
+    a = getattr(first, "_a", first)
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
+        devs = a.devices()
+        if len(devs) == 1:
+            return Device.from_jax(next(iter(devs)))
+    return Device.Cpu
 
 
 def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:

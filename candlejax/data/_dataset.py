@@ -82,11 +82,13 @@ class TensorDataset:
         hosts = [_host_array(a, f"TensorDataset field {i}") for i, a in enumerate(arrays)]
         for i, a in enumerate(hosts):
             if a.ndim == 0:
-                raise errors.Msg(f"TensorDataset field {i} is a scalar; every field needs a first (example) dim")
+                raise errors.InvalidShape(
+                    f"TensorDataset field {i} is a scalar; every field needs a first (example) dim"
+                )
         n = hosts[0].shape[0]
         for i, a in enumerate(hosts[1:], 1):
             if a.shape[0] != n:
-                raise errors.Msg(
+                raise errors.InvalidShape(
                     "TensorDataset fields must share their first dim, got "
                     + ", ".join(f"field {j}: {errors.fmt_shape(h.shape)}" for j, h in enumerate(hosts))
                     + f" (field {i} differs)"
@@ -126,7 +128,7 @@ def as_dataset(data: Any) -> tuple[Any, bool]:
         return TensorDataset(data), True
     if isinstance(data, Dataset):
         return data, False
-    raise errors.Msg(
+    raise errors.InvalidArgument(
         f"cannot batch a {type(data).__name__}: pass a tuple of Tensors/arrays sharing their first dim, or an"
         " object with __len__ and __getitem__ (the Dataset protocol)"
     )

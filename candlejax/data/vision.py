@@ -166,7 +166,7 @@ def load_digits(
     except ImportError as e:  # pragma: no cover - sklearn is a dev dependency
         raise errors.Msg("load_digits needs scikit-learn (pip install scikit-learn), which ships the data") from e
     if not 0.0 < test_fraction < 1.0:
-        raise errors.Msg(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}")
+        raise errors.InvalidArgument(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}")
     raw = _sk_digits()
     x = (np.asarray(raw.data, np.float64) / 16.0).astype(np.float32)
     y = np.asarray(raw.target)

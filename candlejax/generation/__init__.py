@@ -3,10 +3,12 @@
 Candle: ``candle_transformers::generation`` (``LogitsProcessor``, ``Sampling``),
 ``candle_transformers::utils::apply_repeat_penalty`` and ``candle_examples::TokenOutputStream``.
 
->>> from candlejax.generation import LogitsProcessor, Sampling, generate, TokenOutputStream
->>> lp = LogitsProcessor.from_sampling(42, Sampling.TopKThenTopP(k=40, p=0.9, temperature=0.8))
->>> for tok in generate(model.step, params, cache, prompt_ids, 128, lp, eos_token_id=eos):
-...     ...
+Sketch (needs a model)::
+
+    from candlejax.generation import LogitsProcessor, Sampling, generate, TokenOutputStream
+    lp = LogitsProcessor.from_sampling(42, Sampling.TopKThenTopP(k=40, p=0.9, temperature=0.8))
+    for tok in generate(model.step, params, cache, prompt_ids, 128, lp, eos_token_id=eos):
+        ...
 """
 
 from candlejax.generation.generate import DecodeFns, Generation, StepFn, decode_fns, generate

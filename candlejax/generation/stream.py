@@ -20,11 +20,13 @@ class TokenOutputStream:
     (text-generation-inference's method, as Candle's examples do). Text that ends in an
     incomplete character (U+FFFD) is held back until the next token completes it.
 
-    >>> stream = TokenOutputStream(tokenizer)
-    >>> for tok in generate(...):
-    ...     if (text := stream.next_token(tok)) is not None:
-    ...         print(text, end="", flush=True)
-    >>> print(stream.decode_rest() or "")
+    Sketch (needs a tokenizer and a model)::
+
+        stream = TokenOutputStream(tokenizer)
+        for tok in generate(...):
+            if (text := stream.next_token(tok)) is not None:
+                print(text, end="", flush=True)
+        print(stream.decode_rest() or "")
     """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:

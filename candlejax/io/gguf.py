@@ -1,11 +1,12 @@
 """GGUF files (Candle's ``candle::quantized::gguf_file``): a bounds-checked, mmapped reader and an
 atomic writer.
 
->>> from candlejax.io import gguf
->>> ct = gguf.Content.read("model.gguf")
->>> ct.metadata["llama.block_count"].to_u32()
-30
->>> q = ct.tensor("blk.0.attn_q.weight", Device.Cpu)    # a QTensor, shape (out, in)
+Sketch (needs a GGUF file)::
+
+    from candlejax.io import gguf
+    ct = gguf.Content.read("model.gguf")
+    ct.metadata["llama.block_count"].to_u32()             # 30
+    q = ct.tensor("blk.0.attn_q.weight", Device.Cpu)      # a QTensor, shape (out, in)
 
 Layout (little-endian): magic ``GGUF``, version (1, 2, 3), tensor count, metadata count, the
 metadata key/values, the tensor infos (name, dims innermost-first, ggml type, offset), then the

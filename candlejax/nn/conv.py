@@ -123,7 +123,7 @@ class _ConvBase(Module):
     def __init__(self, weight: Any, bias: Any, config: Any):
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
-        self.config = config
+        self.config = _default_cfg(type(self), config)
         if self.weight.ndim != self._nd + 2:
             raise errors.UnexpectedNumberOfDims(self._nd + 2, self.weight.ndim, self.weight.shape, self._kind)
 
@@ -201,7 +201,17 @@ def _check_groups(c_in: int, c_out: int, groups: int, op_name: str) -> None:
         raise errors.Msg(f"{op_name}: groups ({groups}) must divide in_channels ({c_in}) and out_channels ({c_out})")
 
 
+def _default_cfg(cls: type, cfg: Any) -> Any:
+    """``None`` is Candle's ``Default::default()`` config (stride 1, no padding, ...)."""
+    if cfg is not None:
+        return cfg
+    cls = next(c for c in cls.__mro__ if c in (Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d))
+    return {Conv1d: Conv1dConfig, Conv2d: Conv2dConfig, ConvTranspose1d: ConvTranspose1dConfig,
+            ConvTranspose2d: ConvTranspose2dConfig}[cls]()  # fmt: skip
+
+
 def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
+    cfg = _default_cfg(cls, cfg)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     ws = vb.get_with_hints((c_out, c_in // cfg.groups) + (k,) * nd, "weight", DEFAULT_KAIMING_NORMAL)
     bs = None
@@ -212,6 +222,7 @@ def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, v
 
 
 def _convt_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
+    cfg = _default_cfg(cls, cfg)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     bound = 1.0 / math.sqrt(c_out * k) if nd == 1 else 1.0 / math.sqrt(c_out) / k
     init = Uniform(-bound, bound)

@@ -11,7 +11,9 @@ passes straight through ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``lax.scan``
 returns gradients as a tree shaped like the model.
 
 A ``Var`` (Candle's ``Var``) is a Tensor that knows its checkpoint name (``"first.weight"``, static
-data); only Vars are trained. A ``Buffer`` is a named Tensor that is saved with the model but
+data) and a shared handle whose value an optimizer or ``VarMap.load`` sets in place (it flattens
+to its current value, so JAX transforms see plain arrays); only Vars are trained. A ``Buffer`` is
+a named Tensor that is saved with the model but
 never differentiated (BatchNorm running statistics). Plain Tensors (rotary tables) are neither
 trained nor saved. Ops on a Var or a Buffer return plain Tensors.
 """
@@ -63,11 +65,7 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
             dt = check_width(to_dtype(dtype))
             a = np.asarray(x, dtype=dt.np)
         else:
-            a = np.asarray(x)
-            if a.dtype == np.float64:
-                a = a.astype(np.float32)
-            elif a.dtype == np.int64:
-                a = a.astype(np.int32)
+            a = _host_value(x)
         a = jax.device_put(a, Device.coerce(device).jax_device) if device is not None else jnp.asarray(a)
         return a
     if dtype is not None:
@@ -77,6 +75,39 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
     if device is not None and not isinstance(a, jax.core.Tracer):
         a = jax.device_put(a, Device.coerce(device).jax_device)
     return a
+
+
+def _host_value(x: Any) -> np.ndarray:
+    """Host data as numpy without silent narrowing.
+
+    numpy arrays keep their dtype: f64/i64 need x64 mode (``candlejax.enable_x64()``) or raise.
+    Python floats become F32 (Candle's default); Python ints I32 when they fit, else they raise.
+    """
+    from candlejax.dtype import x64_enabled
+
+    is_np = isinstance(x, (np.ndarray, np.generic))
+    a = np.asarray(x)
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8)
+    if x64_enabled() or a.dtype.itemsize < 8 or a.dtype.kind not in "iuf":
+        return a
+    if is_np:
+        kind = "f64" if a.dtype.kind == "f" else a.dtype.name
+        fix = "np.float32" if a.dtype.kind == "f" else "np.int32 / np.uint32"
+        raise errors.UnsupportedDTypeForOp(
+            kind, "Var/Tensor creation",
+            f"JAX would narrow it to 32 bits silently; convert first with .astype({fix}) or call"
+            " candlejax.enable_x64() at startup",
+        )
+    if a.dtype.kind == "f":
+        return a.astype(np.float32)
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise errors.UnsupportedDTypeForOp(
+            "i64", "Var/Tensor creation",
+            "a Python int does not fit in 32 bits and JAX would narrow it silently; call candlejax.enable_x64()"
+            " at startup",
+        )
+    return a.astype(np.int32)
 
 
 class LayerInputShape(errors.UnexpectedShape):
@@ -103,8 +134,41 @@ def layer_name(default: str, *tensors: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 # Var and Buffer
 # ------------------------------------------------------------------------------------------------
+class _Donated:
+    """What a Var holds once its buffer went to a functional optimizer step: any use raises."""
+
+    __slots__ = ("dtype", "name", "shape")
+
+    def __init__(self, name: str, shape: Any, dtype: Any):
+        self.name, self.shape, self.dtype = name, tuple(shape), dtype
+
+    def _raise(self) -> Any:
+        __tracebackhide__ = True
+        raise errors.DonatedVar(self.name)
+
+    def __getattr__(self, k: str) -> Any:  # any probe by numpy / JAX (aval, dtype, __jax_array__, ...)
+        if k in _PY_PROBES:
+            raise AttributeError(k)
+        self._raise()
+
+    def __repr__(self) -> str:
+        return f"<donated {self.name!r}>"
+
+
+_PY_PROBES = frozenset(("__deepcopy__", "__copy__", "__getstate__", "__setstate__", "__length_hint__"))
+
+
+def _tracer(a: Any) -> bool:
+    return isinstance(a, jax.core.Tracer)
+
+
 class _Named(Tensor):
-    """A Tensor with a checkpoint name (static pytree data)."""
+    """A Tensor with a checkpoint name (static pytree data).
+
+    The object is a *handle*, as Candle's ``Var``: its value (``_a``) can be replaced in place, so a
+    VarMap, the Modules built from it and a bound optimizer that share the handle see the same value.
+    As a pytree it flattens to its current value, so JAX transforms see plain arrays.
+    """
 
     __slots__ = ("name",)
     name: str
@@ -123,7 +187,8 @@ class _Named(Tensor):
         return v
 
     def as_tensor(self) -> Tensor:
-        """The value as a plain Tensor (shares the buffer)."""
+        """The current value as a plain Tensor (shares the buffer: a snapshot that a later donating
+        optimizer step deletes; the Var itself follows the updates)."""
         return wrap(self._a)
 
     def into_inner(self) -> Tensor:
@@ -134,19 +199,39 @@ class _Named(Tensor):
         return wrap(jax.lax.stop_gradient(self._a))
 
     def set(self, src: Any) -> Any:
-        """``Var::set``, functionally: a new Var with the same name holding ``src`` (same shape)."""
+        """``Var::set``: replace the value in place (same shape and dtype); returns the Var itself.
+
+        Every Module, VarMap and bound optimizer holding this Var sees the new value.
+        """
+        __tracebackhide__ = True
         a = as_array(src)
-        if tuple(a.shape) != tuple(self._a.shape):
-            raise errors.ShapeMismatchBinaryOp(self._a.shape, a.shape, "set")
-        if a.dtype != self._a.dtype:
+        cur = self._a
+        if type(cur) is _Donated:
+            cur = None
+        if cur is not None and tuple(a.shape) != tuple(cur.shape):
+            raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
+        if cur is not None and a.dtype != cur.dtype:
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(a.dtype), "set")
-        return type(self)._make(a, self.name)
+        self._set_value(a)
+        return self
+
+    def _set_value(self, a: Any) -> None:
+        """Point the handle at ``a`` (no checks but the tracer-leak one)."""
+        if _tracer(a) and not _tracer(self._a):
+            raise errors.TracingError(
+                f"cannot set Var {self.name!r}, which lives outside jax.jit/grad/vmap, to a traced value: the"
+                " tracer would leak; return the new value from the traced function (functional training:"
+                " model, state, loss = opt.backward_step(loss_fn, model, state, x, y))"
+            )
+        self._a = a
 
     def rename(self, name: str) -> Any:
         return type(self)._make(self._a, name)
 
     def __repr__(self) -> str:
         a = self._a
+        if type(a) is _Donated:
+            return f"{type(self).__name__}({self.name!r}, donated)"
         dt = "?" if a is None else to_dtype(a.dtype).as_str() if not isinstance(a, jax.core.Tracer) else str(a.dtype)
         shape = "?" if a is None else fmt_shape(a.shape)
         body = ""
@@ -162,16 +247,26 @@ class _Named(Tensor):
 class Var(_Named):
     """A trainable parameter: a Tensor that carries its checkpoint name (Candle's ``Var``).
 
-    ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``; ``v.set(t)`` returns a
-    new Var (Candle's in-place ``set`` made functional). Ops on a Var return plain Tensors.
+    ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``, ``Var.randn(mean, std,
+    shape, device)`` and the other Tensor constructors return Vars. A Var is a shared handle:
+    ``v.set(t)`` replaces its value in place, and a VarMap, the Modules built from it and an optimizer
+    bound to it see the change. Ops on a Var return plain Tensors.
+
+    >>> v = Var.zeros((2,), name="w")
+    >>> v.set(Tensor.new([1.0, 2.0])) is v, v.to_vec1()
+    (True, [1.0, 2.0])
     """
 
     __slots__ = ()
 
     @staticmethod
     def from_tensor(t: Any, name: str = "") -> Var:
-        """``Var::from_tensor``: a Var holding ``t``'s value (no copy: arrays are immutable)."""
-        return Var._make(as_array(t), name or getattr(t, "name", ""))
+        """``Var::from_tensor``: a Var holding a copy of ``t``'s value (as Candle's ``make_var``), so
+        that an optimizer donating the Var's buffer never deletes ``t``'s."""
+        a = as_array(t)
+        if not _tracer(a):
+            a = jnp.array(a, copy=True)
+        return Var._make(a, name or getattr(t, "name", ""))
 
     @staticmethod
     def new(data: Any, device: Any = None, name: str = "") -> Var:
@@ -187,6 +282,39 @@ class Var(_Named):
         dt = check_width(to_dtype(dtype))
         return Var._make(as_array(np.ones(as_shape(shape), dt.np), None, device), name)
 
+    def zeros_like(self) -> Var:
+        return Var._make(Tensor.zeros_like(self)._a)
+
+    def ones_like(self) -> Var:
+        return Var._make(Tensor.ones_like(self)._a)
+
+    def full_like(self, value: Any) -> Var:
+        return Var._make(Tensor.full_like(self, value)._a)
+
+    def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Var:
+        return Var._make(Tensor.rand_like(self, lo, up, key=key)._a)
+
+    def randn_like(self, mean: Any, std: Any, *, key: Any = None) -> Var:
+        return Var._make(Tensor.randn_like(self, mean, std, key=key)._a)
+
+
+def _var_creator(name: str) -> Any:
+    base = getattr(Tensor, name)
+
+    def create(*args: Any, **kwargs: Any) -> Var:
+        return Var._make(base(*args, **kwargs)._a)
+
+    create.__name__ = create.__qualname__ = name
+    create.__doc__ = f"``Var::{name}``: as ``Tensor.{name}``, returning a trainable Var."
+    return staticmethod(create)
+
+
+# Candle's Var has the Tensor constructors, returning Vars (Var::randn, Var::from_vec, ...).
+for _n in ("new", "from_vec", "from_slice", "from_iter", "from_numpy", "from_jax", "full", "arange", "arange_step",
+           "eye", "rand", "randn", "empty"):  # fmt: skip
+    if _n != "new" and hasattr(Tensor, _n):
+        setattr(Var, _n, _var_creator(_n))
+
 
 class Buffer(_Named):
     """A named, non-trainable Tensor saved with the model (BatchNorm running statistics).
@@ -198,7 +326,10 @@ class Buffer(_Named):
 
 
 def _named_flatten(v: _Named) -> tuple[tuple[Any], str]:
-    return (v._a,), v.name
+    a = v._a
+    if type(a) is _Donated:
+        a._raise()
+    return (a,), v.name
 
 
 for _cls in (Var, Buffer):
@@ -288,7 +419,7 @@ def _flatten(m: Module) -> tuple[list[Any], Any]:
             mask.append(True)
         else:
             if k in forced and isinstance(v, (TensorBase, jax.Array)):
-                raise errors.Msg(
+                raise errors.InvalidArgument(
                     f"{type(m).__name__}.{k} is declared static but holds an array; arrays must be"
                     " pytree children (remove it from _static_fields)"
                 )
@@ -382,6 +513,9 @@ def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, meta
     """Write ``name -> Tensor/array`` to a safetensors file atomically (``candlejax.io.safetensors.save``)."""
     from candlejax.io.safetensors import save
 
+    for v in tensors.values():
+        if isinstance(v, TensorBase) and type(v._a) is _Donated:
+            v._a._raise()
     out = {k: (wrap(v._a) if isinstance(v, TensorBase) else wrap(jnp.asarray(v))) for k, v in tensors.items()}
     save(out, path, {str(k): str(v) for k, v in metadata.items()} if metadata else None)
 
@@ -419,6 +553,16 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        __tracebackhide__ = True
+        if callable(value) and not isinstance(value, (Module, TensorBase, type)):
+            _check_not_transformed(self, name, value)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if callable(v) and not isinstance(v, (Module, TensorBase, type)):
+                    _check_not_transformed(self, f"{name}[{i}]", v)
+        object.__setattr__(self, name, value)
 
     # --- parameters ------------------------------------------------------------------------------
     def named_vars(self) -> dict[str, Var]:
@@ -464,7 +608,7 @@ class Module:
         missing = sorted(set(mine) - set(state))
         unexpected = sorted(set(state) - set(mine))
         if strict and (missing or unexpected):
-            raise errors.Msg(
+            raise errors.StateDictMismatch(
                 f"cannot load {source} into {type(self).__name__}: missing: {missing[:20]}"
                 f"{' ...' if len(missing) > 20 else ''}, unexpected: {unexpected[:20]}"
                 f"{' ...' if len(unexpected) > 20 else ''}"
@@ -545,10 +689,44 @@ class Module:
         )
 
 
+def _wrapped_module(fn: Any, depth: int = 0) -> Any:
+    """The Module hidden inside a JAX transform / partial / bound method, or None."""
+    if depth > 8 or fn is None:
+        return None
+    if isinstance(fn, Module):
+        return fn
+    for attr in ("__wrapped__", "func", "__self__", "fun"):
+        try:
+            inner = getattr(fn, attr, None) if not isinstance(fn, type) else None
+        except Exception:  # an object whose attribute lookup misbehaves is not a transform
+            inner = None
+        if inner is not None and inner is not fn:
+            m = _wrapped_module(inner, depth + 1)
+            if m is not None:
+                return m
+    return None
+
+
+def _check_not_transformed(owner: Any, name: str, value: Any) -> None:
+    __tracebackhide__ = True
+    inner = _wrapped_module(value)
+    if inner is None or inner is owner:
+        return
+    layer = type(inner).__name__
+    raise errors.TransformedModuleAttribute(
+        f"{type(owner).__name__}.{name}: a JAX-transformed {layer} (e.g. jax.vmap({layer.lower()}(...))) is a"
+        f" plain function to the pytree, so its Vars would be hidden from named_vars(), the optimizer and"
+        f" save_safetensors; store the layer itself (self.{name.split('[')[0]} = the {layer}) and apply the"
+        f" transform when calling it, e.g. jax.vmap(self.{name.split('[')[0]})(xs) in forward"
+    )
+
+
 def _tensor_desc(v: Any) -> str:
     a = v._a if isinstance(v, TensorBase) else v
     if a is None:
         return "None"
+    if type(a) is _Donated:
+        return f"{type(v).__name__} donated {a.name!r}"
     try:
         dt = to_dtype(a.dtype).as_str()
     except Exception:

@@ -151,7 +151,9 @@ class GroupNorm(Module):
 
     def __init__(self, weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float = 1e-5):
         if num_groups <= 0 or num_channels % num_groups:
-            raise errors.Msg(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+            raise errors.InvalidArgument(
+                f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})"
+            )
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
         self.num_channels = int(num_channels)
@@ -177,7 +179,7 @@ class GroupNorm(Module):
 def group_norm(num_groups: int, num_channels: int, eps: float, vb: Any) -> GroupNorm:
     """Params ``weight`` (ones) and ``bias`` (zeros)."""
     if num_groups <= 0 or num_channels % num_groups:
-        raise errors.Msg(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+        raise errors.InvalidArgument(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
     w = vb.get_with_hints((num_channels,), "weight", ONE)
     b = vb.get_with_hints((num_channels,), "bias", ZERO)
     return GroupNorm(w, b, num_channels, num_groups, eps)
@@ -246,7 +248,7 @@ class BatchNorm(ModuleT):
         eps: float = 1e-5, momentum: float = 0.1, remove_mean: bool = True,
     ):  # fmt: skip
         if eps < 0:
-            raise errors.Msg(f"batch-norm eps cannot be negative {eps}")
+            raise errors.InvalidArgument(f"batch-norm eps cannot be negative {eps}")
         self.running_mean = _as_buffer(running_mean)
         self.running_var = _as_buffer(running_var)
         self.weight = _as_param(weight)
@@ -324,7 +326,7 @@ def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> B
     if not isinstance(config, BatchNormConfig):
         config = BatchNormConfig(eps=float(config))
     if config.eps < 0:
-        raise errors.Msg(f"batch-norm eps cannot be negative {config.eps}")
+        raise errors.InvalidArgument(f"batch-norm eps cannot be negative {config.eps}")
     rm = vb.get_with_hints((num_features,), "running_mean", ZERO)
     rv = vb.get_with_hints((num_features,), "running_var", ONE)
     rm, rv = Buffer._make(rm._a, rm.name), Buffer._make(rv._a, rv.name)

@@ -395,6 +395,8 @@ class VarBuilder:
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
         path, key = self._lookup(name)
+        if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
+            return self._backend.varmap.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)
         return Var._make(a, path)

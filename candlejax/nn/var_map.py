@@ -3,10 +3,12 @@
 requires: candlejax.nn.init, candlejax.nn.module (Var, save_safetensors_dict)
 provides: ``VarMap``
 
-Candle's ``VarMap`` is a shared mutable map that the optimizer updates in place. In candlejax the
-trained model is the source of truth (training returns a new model); the VarMap holds the values
-the model was created with. Copy trained values back with ``varmap.set(model.named_vars().items())``
-or save the model directly with ``model.save_safetensors(path)``.
+As Candle's ``VarMap``, it holds shared ``Var`` handles: ``VarBuilder.from_varmap`` gives the
+Modules the very Var objects the map holds, so ``varmap.load(path)`` after building a model changes
+what the model computes, an optimizer bound to ``varmap.all_vars()`` trains the map and the model
+together, and ``varmap.save(path)`` writes the current (trained) values. With functional training
+(``model, state, loss = opt.backward_step(loss_fn, model, state, x, y)``) the returned model holds
+new Vars: copy them back with ``varmap.set(model.named_vars())`` or save the model itself.
 
 Initialisation is deterministic per ``(seed, name)``: each Var draws from a generator seeded with
 the seed and a hash of its full name, so a Var gets the same values whatever order layers are
@@ -20,6 +22,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+import jax
 import numpy as np
 
 from candlejax import errors
@@ -27,7 +30,7 @@ from candlejax.device import Device
 from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.nn.init import Const
-from candlejax.nn.module import Var, as_array, save_safetensors_dict
+from candlejax.nn.module import Var, _Donated, as_array, save_safetensors_dict
 from candlejax.shape import as_shape
 
 __all__ = ["VarMap"]
@@ -65,7 +68,7 @@ class VarMap:
         existing = self._data.get(path)
         if existing is not None:
             if tuple(existing.shape) != shape:
-                raise errors.Msg(f"shape mismatch on {path}: {fmt_shape(existing.shape)} <> {fmt_shape(shape)}")
+                raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(existing.shape)} <> {fmt_shape(shape)}")
             return existing
         dt = check_width(to_dtype(dtype))
         init = Const(0.0) if init is None else init
@@ -94,16 +97,27 @@ class VarMap:
 
     # --- updates -------------------------------------------------------------------------------
     def set_one(self, name: str, value: Any) -> None:
-        """Replace the value of an existing Var (same shape; cast to its dtype)."""
+        """Set the value of an existing Var in place (same shape; cast to its dtype and moved to its
+        device): every Module built from this map sees it."""
+        __tracebackhide__ = True
         cur = self._data.get(name)
         if cur is None:
-            raise errors.Msg(f"cannot find {name} in VarMap")
-        a = as_array(value)
-        if tuple(a.shape) != tuple(cur.shape):
-            raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
-        if a.dtype != cur._a.dtype:
-            a = a.astype(cur._a.dtype)
-        self._data[name] = Var._make(a, name)
+            raise errors.VarMapError(f"cannot find {name} in VarMap")
+        old = cur._a
+        donated = type(old) is _Donated
+        a = as_array(value) if hasattr(value, "dtype") and not isinstance(value, np.ndarray) else as_array(
+            value, to_dtype(old.dtype)
+        )
+        shape = old.shape if donated else tuple(old.shape)
+        if tuple(a.shape) != tuple(shape):
+            raise errors.ShapeMismatchBinaryOp(shape, a.shape, "set")
+        dtype = old.dtype
+        if a.dtype != dtype:
+            a = a.astype(dtype)
+        if not donated and not isinstance(a, jax.core.Tracer) and hasattr(old, "sharding"):
+            if a.sharding != old.sharding:
+                a = jax.device_put(a, old.sharding)
+        cur._set_value(a)
 
     def set(self, items: Iterable[tuple[str, Any]] | dict[str, Any]) -> None:
         """``set_one`` for each ``(name, value)``, e.g. ``vm.set(model.named_vars())``."""
@@ -114,22 +128,25 @@ class VarMap:
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write every Var to a safetensors file (atomically)."""
+        """Write every Var's current value to a safetensors file (atomically)."""
         save_safetensors_dict(dict(self._data), path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
         the file is an error."""
+        __tracebackhide__ = True
         from candlejax.nn.var_builder import _open_safetensors
 
         st = _open_safetensors([os.fspath(path)])
         for name in sorted(self._data):
             if name not in st:
-                raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}")
+                raise errors.VarMapError(
+                    f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}"
+                )
             try:
                 self.set_one(name, st.load(name))
             except errors.Error as e:
-                raise errors.Msg(f"error setting {name} using data from {os.fspath(path)}: {e}") from None
+                raise errors.VarMapError(f"error setting {name} using data from {os.fspath(path)}: {e}") from None
 
     def __repr__(self) -> str:
         return f"VarMap(seed={self.seed}, {len(self._data)} vars)"

@@ -9,14 +9,17 @@
 >>> model["w"].jax.tolist()
 [0.8999999761581421, 0.8999999761581421]
 
-| Candle | PyTorch | candlejax |
-|---|---|---|
-| ``SGD::new(vars, lr)`` | ``torch.optim.SGD(params, lr)`` | ``SGD(lr)`` then ``state = opt.init(model)`` |
-| ``AdamW::new(vars, ParamsAdamW {..})`` | ``torch.optim.AdamW(...)`` | ``AdamW(ParamsAdamW(...))`` |
-| ``opt.backward_step(&loss)`` | ``loss.backward(); opt.step()`` | ``opt.backward_step(loss_fn, model, state, x, y)`` |
-| ``opt.step(&grads)`` | ``opt.step()`` | ``model, state = opt.step(model, state, grads)`` |
-| ``set_learning_rate(lr)`` | ``for g in opt.param_groups: g["lr"] = lr`` | ``opt.set_learning_rate(lr)`` |
-| (none) | ``lr_scheduler``, ``clip_grad_norm_`` | optax schedules as ``lr``, ``clip_grad_norm=`` |
+Candle -> candlejax, bound (Candle's way) / functional (JAX's way):
+
+* ``SGD::new(vars, lr)`` (PyTorch ``SGD(params, lr)``): ``SGD(varmap.all_vars(), lr)`` /
+  ``SGD(lr)`` and ``state = opt.init(model)``; ``AdamW::new(vars, p)``: ``AdamW(varmap.all_vars(), p)``
+  / ``AdamW(p)``.
+* ``opt.backward_step(&loss)`` (PyTorch ``loss.backward(); opt.step()``):
+  ``loss = opt.backward_step(loss_fn, model, x, y)`` /
+  ``model, state, loss = opt.backward_step(loss_fn, model, state, x, y)``.
+* ``opt.step(&grads)``: ``opt.step(grads)`` / ``model, state = opt.step(model, state, grads)``.
+* ``set_learning_rate(lr)``: the same; schedules (optax's, as ``lr``) and ``clip_grad_norm=`` are
+  extensions (PyTorch's ``lr_scheduler``, ``clip_grad_norm_``).
 """
 
 from optax import (

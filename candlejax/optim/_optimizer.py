@@ -3,17 +3,29 @@
 requires: jax, optax, candlejax.optim._params, candlejax.tensor
 provides: ``Optimizer``, ``OptState``, ``SGD``, ``AdamW``, ``ParamsAdamW``, ``from_optax``, ``NanLoss``
 
-Candle mutates its Vars in place (``opt.backward_step(&loss)``); candlejax returns the new model and
-optimizer state instead, so that the whole step is one compiled XLA program:
+Two ways to train, compiling the same XLA program (so their trajectories are bit-identical):
+
+* Candle's: the optimizer is bound to shared ``Var`` handles and updates them in place::
+
+    opt = AdamW(varmap.all_vars(), ParamsAdamW(lr=1e-3))
+    loss = opt.backward_step(loss_fn, model, x, y)       # the model's Vars now hold the new values
+
+* JAX's: the model and the optimizer state are values; a step returns new ones (pure under
+  ``jax.jit`` / ``grad`` / ``vmap``)::
 
     state = opt.init(model)
     model, state, loss = opt.backward_step(loss_fn, model, state, x, y)
+
+  The parameter buffers of the model passed in are donated to the step (``donate=True``): that model
+  then raises ``DonatedVar`` on any use; with ``donate=False`` it stays usable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,8 +34,13 @@ import jax.numpy as jnp
 import optax
 
 from candlejax import errors
-from candlejax.optim._params import Split, grads_as_params, merge_leaves, split
+from candlejax._dispatch import is_eager
+from candlejax.optim._params import Split, grads_as_params, is_var, merge_leaves, split
 from candlejax.tensor._core import TensorBase, wrap
+
+#: Compiled steps kept per optimizer (one per loss function and donation mode), least recently used out.
+MAX_COMPILED = 16
+_MISSING: Any = object()
 
 Schedule = Callable[[Any], Any]
 
@@ -57,9 +74,14 @@ def _check_lr(lr: Any, who: str) -> Any:
     try:
         f = float(lr)
     except (TypeError, ValueError):
-        raise errors.Msg(f"{who}: learning rate must be a float or an optax schedule, got {lr!r}") from None
+        hint = ""
+        if isinstance(lr, (list, tuple)) and any(is_var(v) for v in lr):
+            hint = f" (a list of Vars goes first: {who}(varmap.all_vars(), ...))"
+        raise errors.InvalidArgument(
+            f"{who}: learning rate must be a float or an optax schedule, got {type(lr).__name__}{hint}"
+        ) from None
     if not math.isfinite(f) or f < 0:
-        raise errors.Msg(f"{who}: learning rate must be finite and >= 0, got {lr}")
+        raise errors.InvalidArgument(f"{who}: learning rate must be finite and >= 0, got {lr}")
     return f
 
 
@@ -121,6 +143,97 @@ def _aliased(params: list[Any], state: Any, others: Any) -> bool:
     return any(id(a) in ids for a in jax.tree_util.tree_leaves(others))
 
 
+def _named_leaves(model: Any) -> list[Any]:
+    """The model's leaves with Var/Buffer handles kept whole (aligned one-to-one with its array leaves)."""
+    return jax.tree_util.tree_leaves(model, is_leaf=_is_named)
+
+
+_NAMED: Any = None
+
+
+def _is_named(x: Any) -> bool:
+    global _NAMED
+    if _NAMED is None:
+        from candlejax.nn.module import _Named
+
+        _NAMED = _Named
+    return isinstance(x, _NAMED)
+
+
+def _mark_donated(model: Any, sp: Split) -> None:
+    """After a donating functional step: the model's trained Vars now raise ``DonatedVar`` on any use."""
+    from candlejax.nn.module import _Donated
+
+    hl = _named_leaves(model)
+    if len(hl) != len(sp.slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
+        return
+    for h, s in zip(hl, sp.slots):
+        if s >= 0 and is_var(h):
+            a = h._a
+            if type(a) is not _Donated:
+                h._a = _Donated(h.name, a.shape, a.dtype)
+
+
+def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:
+    """Validate Candle's ``vars`` argument (``varmap.all_vars()``): a non-empty list of float Vars."""
+    __tracebackhide__ = True
+    if hasattr(vars, "all_vars") and not isinstance(vars, (list, tuple)):
+        vars = vars.all_vars()  # a VarMap given as such
+    if isinstance(vars, dict):
+        vars = list(vars.values())
+    if not isinstance(vars, (list, tuple)):
+        raise errors.OptimizerUsage(f"{who}: expected a list of Vars (varmap.all_vars()), got {type(vars).__name__}")
+    if not vars:
+        raise errors.OptimizerUsage(
+            f"{who}: got an empty list of Vars; build the model from the VarMap first"
+            " (model = Mlp(VarBuilder.from_varmap(varmap, ...))), then create the optimizer with varmap.all_vars()"
+        )
+    out, seen = [], set()
+    for i, v in enumerate(vars):
+        if not is_var(v):
+            raise errors.OptimizerUsage(
+                f"{who}: item {i} of the Vars is a {type(v).__name__}, not a Var; only Vars are shared handles that"
+                " an optimizer can update in place (Var.from_tensor(t) makes one; VarBuilder.from_varmap returns them)"
+            )
+        if not jnp.issubdtype(v._a.dtype, jnp.floating):
+            raise errors.UnsupportedDTypeForOp(
+                v.dtype, f"{who} (Var {v.name!r})",
+                "only float Vars can be trained; Candle silently drops a non-float Var from its optimizer,"
+                " candlejax refuses it: leave it out of the list or convert it with .to_dtype(DType.F32)",
+            )
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return tuple(out)
+
+
+def _devices_of(a: Any) -> Any:
+    try:
+        return frozenset(a.devices())
+    except Exception:
+        return None
+
+
+def _device_mismatch(params: list[Any], batch: Any, what: str) -> errors.DeviceMismatch | None:
+    """A DeviceMismatch naming the model's and a batch tensor's device, when they differ."""
+    from candlejax.device import Device
+
+    pdev = next((d for d in map(_devices_of, params) if d), None)
+    if not pdev:
+        return None
+    for x in jax.tree_util.tree_leaves(batch):
+        a = _array(x)
+        d = _devices_of(a)
+        if d and d != pdev:
+            lhs = Device.from_jax(min(pdev, key=lambda z: z.id))
+            rhs = Device.from_jax(min(d, key=lambda z: z.id))
+            e = errors.DeviceMismatch(lhs, rhs, what)
+            e.args = (f"{e.args[0]}; the model is on {lhs!r}, a batch tensor on {rhs!r}: move the batch with"
+                      f" x.to_device(...) or build the Batcher on the model's device",)  # fmt: skip
+            return e
+    return None
+
+
 def _all_finite(tree: Any) -> Any:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -152,9 +265,11 @@ class Optimizer:
         check_finite: bool = False,
         donate: bool = True,
         name: str = "optimizer",
+        vars: Sequence[Any] | None = None,
     ):
+        __tracebackhide__ = True
         if not isinstance(tx, optax.GradientTransformation) and not (hasattr(tx, "init") and hasattr(tx, "update")):
-            raise errors.Msg(f"{name}: expected an optax GradientTransformation, got {type(tx).__name__}")
+            raise errors.InvalidArgument(f"{name}: expected an optax GradientTransformation, got {type(tx).__name__}")
         self.tx = tx
         self.name = name
         self._lr: Any = None if learning_rate is None else _check_lr(learning_rate, name)
@@ -163,19 +278,35 @@ class Optimizer:
         self.check_finite = bool(check_finite)
         self.donate = bool(donate)
         self._step_fn: Any = None
-        self._compiled: dict[Any, Any] = {}
+        self._compiled: OrderedDict[Any, Any] = OrderedDict()
+        self._warned_closure = False
+        # Candle's bound form: the Vars this optimizer updates in place, and its state for them
+        self._vars: tuple[Any, ...] | None = None if vars is None else _bind_vars(vars, name)
+        self._bound_ids = None if self._vars is None else {id(v) for v in self._vars}
+        self._trained: tuple[Any, ...] | None = None  # the Vars stepped (first step's order)
+        self._state: OptState | None = None
+
+    @property
+    def vars(self) -> tuple[Any, ...]:
+        """The Vars this optimizer updates in place (Candle's ``new(vars, ..)``); empty when unbound."""
+        return () if self._vars is None else self._vars
+
+    @property
+    def state(self) -> OptState | None:
+        """The state of a bound optimizer (``None`` before its first step, or when unbound)."""
+        return self._state
 
     # --- Candle's learning-rate API ---------------------------------------------------------
     def learning_rate(self, state: OptState | None = None) -> float:
         """The current learning rate (Candle's ``learning_rate()``); a schedule needs ``state``."""
         if self._lr is None:
-            raise errors.Msg(
+            raise errors.OptimizerUsage(
                 f"{self.name}: the learning rate lives inside the optax transform given to from_optax; pass"
                 " learning_rate= to from_optax with an lr-free transform (e.g. optax.scale_by_adam()) to manage it here"
             )
         if callable(self._lr):
             if state is None:
-                raise errors.Msg(
+                raise errors.OptimizerUsage(
                     f"{self.name}: the learning rate follows a schedule; pass the state: learning_rate(state)"
                 )
             return float(self._lr(state.step))
@@ -200,22 +331,19 @@ class Optimizer:
 
     # --- state ------------------------------------------------------------------------------------
     def _split(self, model: Any) -> Split:
+        __tracebackhide__ = True
         return split(model, self.wrt, what=self.name)
 
     def _check_alive(self, sp: Split, state: OptState) -> None:
+        __tracebackhide__ = True
         if any(getattr(a, "is_deleted", None) is not None and a.is_deleted() for a in sp.leaves):
             dead = [n for a, n in zip(sp.params, sp.names) if a.is_deleted()]
-            raise errors.Msg(
-                f"{self.name}: the model's buffers"
-                + (f" ({', '.join(dead[:3])}{', ...' if len(dead) > 3 else ''})" if dead else "")
-                + " were donated to an earlier optimizer step and no longer exist; keep using the model returned"
-                " by step/backward_step (model, state, loss = ...), or build the optimizer with donate=False"
-            )
+            if dead:
+                raise errors.DonatedVar(", ".join(dead[:3]) + (", ..." if len(dead) > 3 else ""), "the model's Var(s)")
+            raise errors.DonatedVar("", "a buffer of the model")
         for a in jax.tree_util.tree_leaves(state):
             if getattr(a, "is_deleted", None) is not None and a.is_deleted():
-                raise errors.Msg(
-                    f"{self.name}: this optimizer state was donated to an earlier step; use the state it returned"
-                )
+                raise errors.DonatedVar(self.name, "the state of optimizer")
 
     def init(self, model: Any) -> OptState:
         """A fresh optimizer state for ``model``'s trainable parameters (Candle's ``Optimizer::new``)."""
@@ -252,51 +380,266 @@ class Optimizer:
         raise NanLoss(int(state.step) + 1, lv, sp.merge(params, rest), state)
 
     # --- public steps --------------------------------------------------------------------------
-    def step(self, model: Any, state: OptState, grads: Any) -> tuple[Any, OptState]:
-        """Apply ``grads`` (from ``cj.grad`` / ``jax.grad``, model-shaped) and return ``(model, state)``.
+    def step(self, *args: Any) -> Any:
+        """Apply gradients (from ``cj.grad`` / ``jax.grad``, model-shaped).
 
-        Candle: ``opt.step(&grads)``. The model's parameter buffers and ``state`` are donated.
+        * bound (Candle's ``opt.step(&grads)``): ``opt.step(grads)`` updates the Vars in place, matching
+          gradients to Vars by checkpoint name;
+        * functional: ``model, state = opt.step(model, state, grads)``; the model's parameter buffers
+          and ``state`` are donated.
         """
+        __tracebackhide__ = True
+        if len(args) == 1:
+            return self._bound_apply(args[0])
+        if len(args) != 3 or not isinstance(args[1], OptState):
+            raise errors.OptimizerUsage(
+                f"{self.name}.step takes (grads) when built with Vars, or (model, state, grads) with the state from"
+                " opt.init(model)"
+            )
+        model, state, grads = args
         sp = self._split(model)
         g = [_array(x) for x in grads_as_params(sp, grads)]
         self._check_alive(sp, state)
         donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
-        if self._step_fn is None:
-            f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
-            self._step_fn = {True: jax.jit(f, donate_argnums=(0, 1)), False: jax.jit(f)}
-        params, state2, ok = self._step_fn[donate](sp.params, state, g, self._lr_arg())
-        if self.check_finite and not bool(ok):
+        params, state2, ok = self._apply(sp.params, state, g, donate)
+        if donate and not isinstance(sp.params[0], jax.core.Tracer):
+            _mark_donated(model, sp)
+        if not ok:
             self._raise_nan(sp, params, sp.rest, state2, None)
         return sp.merge(params), state2
 
-    def backward_step(
-        self, loss_fn: Callable[..., Any], model: Any, state: OptState, *batch: Any
-    ) -> tuple[Any, OptState, Any]:
-        """One compiled ``value_and_grad`` + update: returns ``(model, state, loss)``.
+    def _apply(self, params: list[Any], state: OptState, g: list[Any], donate: bool) -> tuple[Any, OptState, bool]:
+        """The compiled update; ``ok`` is False when ``check_finite`` found a non-finite gradient."""
+        if self._step_fn is None:
+            f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
+            self._step_fn = {True: jax.jit(f, donate_argnums=(0, 1)), False: jax.jit(f)}
+        new_params, state2, ok = self._step_fn[donate](params, state, g, self._lr_arg())
+        return new_params, state2, not (self.check_finite and not bool(ok))
 
-        Candle: ``opt.backward_step(&loss)``; PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``.
-        ``loss_fn(model, *batch)`` returns a scalar Tensor. The program is compiled once per
-        ``loss_fn`` (define it once, not as a new lambda per step) and per input shape; the
-        model's parameter buffers and ``state`` are donated, so use the returned ones.
+    def backward_step(self, loss_fn: Callable[..., Any], model: Any = _MISSING, *args: Any) -> Any:
+        """One compiled ``value_and_grad`` + update. ``loss_fn(model, *batch)`` returns a scalar Tensor.
+
+        * bound (Candle's ``opt.backward_step(&loss)``): ``loss = opt.backward_step(loss_fn, model, x, y)``
+          updates the optimizer's Vars in place (the model, its VarMap and anyone holding the Vars see
+          the new values) and returns the loss;
+        * functional: ``model, state, loss = opt.backward_step(loss_fn, model, state, x, y)`` with
+          ``state = opt.init(model)``; pure, also under ``jax.jit``. The parameter buffers of the model
+          passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
+          (``donate=False`` keeps it usable).
+
+        PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
+        ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
+        input shape; both forms share it, so they compute bit-identical trajectories.
         """
-        sp = self._split(model)
-        params, rest = sp.params, sp.rest
-        rest_arrays, statics = _split_rest(rest)
-        donate = self.donate and not _aliased(params, state, (rest_arrays, batch))
-        fn = self._compiled.get((loss_fn, donate))
-        if fn is None:
-            fn = jax.jit(self._make_bstep(loss_fn), static_argnums=(0, 1, 2), donate_argnums=(3, 5) if donate else ())
-            self._compiled[(loss_fn, donate)] = fn
-        try:
-            params, state2, loss, ok = fn(
-                sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch
+        __tracebackhide__ = True
+        if isinstance(loss_fn, TensorBase) or not callable(loss_fn):
+            raise errors.OptimizerUsage(
+                f"{self.name}.backward_step takes the loss *function*, not a computed loss"
+                f" ({type(loss_fn).__name__}): candlejax differentiates a function of the model. Candle's"
+                " opt.backward_step(&loss) is written: def loss_fn(model, x, y): return"
+                " cj.nn.loss.cross_entropy(model.forward(x), y); loss = opt.backward_step(loss_fn, model, x, y)"
             )
+        if model is _MISSING:
+            raise errors.OptimizerUsage(
+                f"{self.name}.backward_step(loss_fn, model, *batch): the model to differentiate is missing"
+            )
+        if args and isinstance(args[0], OptState):
+            return self._functional_bstep(loss_fn, model, args[0], args[1:])
+        if self._vars is None:
+            raise errors.OptimizerUsage(
+                f"{self.name} was built without Vars, so it has no state of its own: either pass the state"
+                " (state = opt.init(model); model, state, loss = opt.backward_step(loss_fn, model, state, x, y)) or"
+                f" bind it to the Vars as Candle does ({self.name}(varmap.all_vars(), ...); loss ="
+                " opt.backward_step(loss_fn, model, x, y))"
+            )
+        return self._bound_bstep(loss_fn, model, args)
+
+    def _compiled_step(self, loss_fn: Callable[..., Any], donate: bool) -> Any:
+        __tracebackhide__ = True
+        key = (loss_fn, donate)
+        fn = self._compiled.get(key)
+        if fn is not None:
+            self._compiled.move_to_end(key)
+            return fn
+        code = getattr(loss_fn, "__code__", None)
+        if code is not None and not self._warned_closure:
+            if any(getattr(k[0], "__code__", None) is code and k[0] is not loss_fn for k in self._compiled):
+                self._warned_closure = True
+                warnings.warn(
+                    f"{self.name}.backward_step got a new {getattr(loss_fn, '__name__', 'function')} object with the"
+                    " same code as an earlier one (a lambda or closure created per step): each new function object"
+                    " is traced and compiled again. Define the loss function once, outside the training loop;"
+                    f" only the last {MAX_COMPILED} compiled steps are kept",
+                    errors.RecompileWarning,
+                    stacklevel=4,
+                )
+        fn = jax.jit(self._make_bstep(loss_fn), static_argnums=(0, 1, 2), donate_argnums=(3, 5) if donate else ())
+        self._compiled[key] = fn
+        while len(self._compiled) > MAX_COMPILED:
+            self._compiled.popitem(last=False)
+        return fn
+
+    def _run(self, loss_fn: Any, sp: Split, params: list[Any], state: OptState, batch: Any) -> Any:
+        """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok)``."""
+        __tracebackhide__ = True
+        rest_arrays, statics = _split_rest(sp.rest)
+        donate = self.donate and not _aliased(params, state, (rest_arrays, batch))
+        fn = self._compiled_step(loss_fn, donate)
+        try:
+            out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch)
         except Exception:
             self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
+            e = _device_mismatch(params, batch, f"{self.name}.backward_step")
+            if e is not None:
+                raise e from None
             raise
+        return (*out, donate)
+
+    def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
+        __tracebackhide__ = True
+        sp = self._split(model)
+        params, state2, loss, ok, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
-            self._raise_nan(sp, params, rest, state2, loss)
-        return sp.merge(params, rest), state2, wrap(loss)
+            self._raise_nan(sp, params, sp.rest, state2, loss)
+        if donate and not isinstance(sp.params[0], jax.core.Tracer):
+            _mark_donated(model, sp)
+        return sp.merge(params, sp.rest), state2, wrap(loss)
+
+    # --- Candle's bound form -------------------------------------------------------------------
+    def _bound_split(self, model: Any) -> tuple[Split, tuple[Any, ...]]:
+        """The model split with the optimizer's Vars as the trained leaves, and those Var handles."""
+        __tracebackhide__ = True
+        sp = self._split(model)
+        hl = _named_leaves(model)
+        if len(hl) != len(sp.slots):  # pragma: no cover
+            raise errors.OptimizerUsage(f"{self.name}: cannot flatten the model consistently")
+        handles: list[Any] = [None] * len(sp.names)
+        bound = self._bound_ids
+        foreign = False
+        for h, s in zip(hl, sp.slots):
+            if s < 0:
+                continue
+            if handles[s] is None:
+                handles[s] = h
+                if id(h) not in bound:
+                    foreign = True
+            elif handles[s] is not h:  # two handles sharing one buffer: updates would reach only one
+                raise errors.OptimizerUsage(
+                    f"{self.name}: the model holds two different Var objects for {sp.names[s]!r} that share one"
+                    " buffer; use one Var in both places (tied weights) so that updates reach both"
+                )
+        if not foreign:
+            return sp, tuple(handles)
+        # Vars of the model that this optimizer does not own are not trained (as in Candle)
+        keep = [id(h) in bound for h in handles]
+        if not any(keep):
+            names = ", ".join(sp.names[:3])
+            raise errors.OptimizerUsage(
+                f"{self.name}: none of the model's Vars ({names}, ...) is one of the {len(self._vars or ())} Vars this"
+                " optimizer was built with; build the model from the same VarMap (VarBuilder.from_varmap(varmap, ..))"
+                " and pass varmap.all_vars(), or keep the model the Candle way (a functional step returns new Vars)"
+            )
+        renum, j = [], 0
+        for k in keep:
+            renum.append(j if k else -1)
+            j += k
+        slots = tuple(renum[s] if s >= 0 else -1 for s in sp.slots)
+        names = tuple(n for n, k in zip(sp.names, keep) if k)
+        return Split(sp.treedef, sp.leaves, slots, names), tuple(h for h, k in zip(handles, keep) if k)
+
+    def _bound_state(self, handles: tuple[Any, ...], params: list[Any]) -> OptState:
+        __tracebackhide__ = True
+        if self._trained is None:
+            self._trained = handles
+            self._state = self._init_params(params)
+        elif handles != self._trained:
+            if {id(h) for h in handles} == {id(h) for h in self._trained} and len(handles) == len(self._trained):
+                what = "in another order"
+            else:
+                what = f"a different set of Vars ({len(handles)} instead of {len(self._trained)})"
+            raise errors.OptimizerUsage(
+                f"{self.name}: this step trains {what} than the first step did; a bound optimizer keeps one state"
+                " for one set of Vars: create one optimizer per model (or per set of trained Vars)"
+            )
+        assert self._state is not None
+        return self._state
+
+    def _init_params(self, params: list[Any]) -> OptState:
+        state = OptState(jnp.zeros((), jnp.int32), self.tx.init(params))
+        first = params[0]
+        if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
+            state = jax.device_put(state, first.sharding)
+        return state
+
+    def _check_bound_call(self) -> None:
+        __tracebackhide__ = True
+        if not is_eager():
+            raise errors.TracingError(
+                f"{self.name}: the bound step updates its Vars in place, which cannot happen inside"
+                " jax.jit/grad/vmap; use the functional form there: model, state, loss ="
+                " opt.backward_step(loss_fn, model, state, x, y)"
+            )
+
+    def _bound_bstep(self, loss_fn: Any, model: Any, batch: Any) -> Any:
+        __tracebackhide__ = True
+        self._check_bound_call()
+        sp, handles = self._bound_split(model)
+        params = [h._a for h in handles]
+        state = self._bound_state(handles, params)
+        new_params, state2, loss, ok, _ = self._run(loss_fn, sp, params, state, batch)
+        if self.check_finite and not bool(ok):
+            for h, p in zip(handles, new_params):  # ok=False: the values from before the step
+                h._a = p
+            self._state = state2
+            raise NanLoss(int(state2.step) + 1, float(jnp.asarray(loss).reshape(-1)[0]), model, state2)
+        for h, p in zip(handles, new_params):
+            h._a = p
+        self._state = state2
+        return wrap(loss)
+
+    def _bound_apply(self, grads: Any) -> None:
+        __tracebackhide__ = True
+        self._check_bound_call()
+        if self._vars is None:
+            raise errors.OptimizerUsage(
+                f"{self.name} was built without Vars: use model, state = opt.step(model, state, grads), or build it"
+                f" with the Vars ({self.name}(varmap.all_vars(), ...))"
+            )
+        if isinstance(grads, (list, tuple)) and len(grads) == len(self._vars) and all(
+            hasattr(g, "shape") for g in grads
+        ):
+            handles, g = self._vars, [_array(x) for x in grads]
+        else:
+            from candlejax.nn.module import named_vars
+
+            by_name = {v.name: v for v in self._vars}
+            gv = named_vars(grads)
+            missing = [n for n in gv if n not in by_name]
+            if missing or not gv:
+                raise errors.OptimizerUsage(
+                    f"{self.name}.step(grads): the gradients of {missing[:3] or 'nothing'} match no Var of this"
+                    " optimizer by name; pass what cj.grad(loss_fn)(model, ...) returns for a model built from"
+                    " the optimizer's VarMap"
+                )
+            handles = tuple(by_name[n] for n in gv)
+            g = [_array(x) for x in gv.values()]
+            if self._trained is not None and set(map(id, handles)) == set(map(id, self._trained)):
+                order = {id(h): i for i, h in enumerate(handles)}
+                g = [g[order[id(h)]] for h in self._trained]
+                handles = self._trained
+        for h, x in zip(handles, g):
+            if tuple(x.shape) != tuple(h.shape):
+                raise errors.UnexpectedShape(f"{self.name}.step: gradient of {h.name} has the wrong shape", h.shape,
+                                             x.shape)  # fmt: skip
+        params = [h._a for h in handles]
+        state = self._bound_state(tuple(handles), params)
+        donate = self.donate and not _aliased(params, state, g)
+        new_params, state2, ok = self._apply(params, state, g, donate)
+        for h, p in zip(handles, new_params):  # when not ok: the values from before the step
+            h._a = p
+        self._state = state2
+        if not ok:
+            raise NanLoss(int(state2.step) + 1, None, None, state2)
 
     def _make_bstep(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch):
@@ -305,7 +648,7 @@ class Optimizer:
             def f(p: list[Any]) -> Any:
                 out = _array(loss_fn(treedef.unflatten(merge_leaves(slots, p, rest)), *batch))
                 if getattr(out, "shape", None) not in ((), (1,)):
-                    raise errors.Msg(
+                    raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
                     )
                 return out.reshape(())
@@ -328,9 +671,18 @@ class SGD(Optimizer):
     ``from_optax(optax.sgd(lr, momentum=0.9))``.
     """
 
-    def __init__(self, lr: float | Schedule, *, clip_grad_norm: float | None = None, **kw: Any):
+    def __init__(self, *args: Any, clip_grad_norm: float | None = None, **kw: Any):
+        __tracebackhide__ = True
+        vars, lr = _vars_and(args, "SGD", "lr", kw.pop("lr", _MISSING))
+        if lr is _MISSING:
+            raise errors.InvalidArgument("SGD: the learning rate is missing: SGD(varmap.all_vars(), lr) or SGD(lr)")
         tx = optax.identity() if clip_grad_norm is None else optax.clip_by_global_norm(clip_grad_norm)
-        super().__init__(tx, _check_lr(lr, "SGD"), name="SGD", **kw)
+        super().__init__(tx, _check_lr(lr, "SGD"), name="SGD", vars=vars, **kw)
+
+    @classmethod
+    def new(cls, vars: Any, lr: float | Schedule, **kw: Any) -> SGD:
+        """Candle's ``SGD::new(vars, lr)``."""
+        return cls(vars, lr, **kw)
 
 
 @dataclass
@@ -349,9 +701,11 @@ class ParamsAdamW:
         for k in ("beta1", "beta2"):
             v = getattr(self, k)
             if not 0.0 <= v < 1.0:
-                raise errors.Msg(f"ParamsAdamW: {k} must be in [0, 1), got {v}")
+                raise errors.InvalidArgument(f"ParamsAdamW: {k} must be in [0, 1), got {v}")
         if self.eps < 0 or self.weight_decay < 0:
-            raise errors.Msg(f"ParamsAdamW: eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}")
+            raise errors.InvalidArgument(
+                f"ParamsAdamW: eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}"
+            )
 
 
 class AdamW(Optimizer):
@@ -363,19 +717,31 @@ class AdamW(Optimizer):
     ``optax.adamw`` step for step; PyTorch: ``torch.optim.AdamW(params, lr, betas, eps, wd)``.
     """
 
-    def __init__(self, params: ParamsAdamW | None = None, *, clip_grad_norm: float | None = None, **kw: Any):
-        p = ParamsAdamW() if params is None else params
+    def __init__(self, *args: Any, clip_grad_norm: float | None = None, **kw: Any):
+        __tracebackhide__ = True
+        vars, params = _vars_and(args, "AdamW", "params", kw.pop("params", None))
+        p = ParamsAdamW() if params is None or params is _MISSING else params
         if not isinstance(p, ParamsAdamW):
-            raise errors.Msg(f"AdamW: expected ParamsAdamW, got {type(p).__name__} (use AdamW.new_lr(lr) for a float)")
+            raise errors.InvalidArgument(
+                f"AdamW: expected ParamsAdamW, got {type(p).__name__} (use AdamW.new_lr(vars, lr) for a float)"
+            )
         self._params = p
         parts = [] if clip_grad_norm is None else [optax.clip_by_global_norm(clip_grad_norm)]
         parts += [optax.scale_by_adam(b1=p.beta1, b2=p.beta2, eps=p.eps), optax.add_decayed_weights(p.weight_decay)]
-        super().__init__(optax.chain(*parts), p.lr, name="AdamW", **kw)
+        super().__init__(optax.chain(*parts), p.lr, name="AdamW", vars=vars, **kw)
 
     @classmethod
-    def new_lr(cls, lr: float, **kw: Any) -> AdamW:
-        """Candle's ``AdamW::new_lr(vars, lr)``: the defaults with this learning rate."""
-        return cls(ParamsAdamW(lr=lr), **kw)
+    def new(cls, vars: Any, params: ParamsAdamW | None = None, **kw: Any) -> AdamW:
+        """Candle's ``AdamW::new(vars, params)``."""
+        return cls(vars, params, **kw)
+
+    @classmethod
+    def new_lr(cls, *args: Any, **kw: Any) -> AdamW:
+        """Candle's ``AdamW::new_lr(vars, lr)``: the defaults with this learning rate (``new_lr(lr)``: unbound)."""
+        vars, lr = _vars_and(args, "AdamW.new_lr", "lr", _MISSING)
+        if lr is _MISSING:
+            raise errors.InvalidArgument("AdamW.new_lr(vars, lr): the learning rate is missing")
+        return cls(ParamsAdamW(lr=lr), **kw) if vars is None else cls(vars, ParamsAdamW(lr=lr), **kw)
 
     def params(self) -> ParamsAdamW:
         """Candle's ``params()`` (``lr`` follows :meth:`set_learning_rate`)."""
@@ -387,6 +753,23 @@ class AdamW(Optimizer):
         p = self.params()
         lr = "schedule" if callable(p.lr) else p.lr
         return f"AdamW(lr={lr}, beta1={p.beta1}, beta2={p.beta2}, eps={p.eps}, weight_decay={p.weight_decay})"
+
+
+def _vars_and(args: tuple[Any, ...], who: str, what: str, kw_value: Any) -> tuple[Any, Any]:
+    """Candle's ``(vars, config)`` or candlejax's ``(config)`` positional forms."""
+    if len(args) > 2:
+        raise errors.InvalidArgument(f"{who}: expected ({what}) or (vars, {what}), got {len(args)} arguments")
+    if len(args) == 2:
+        if kw_value is not _MISSING and kw_value is not None:
+            raise errors.InvalidArgument(f"{who}: {what} given twice")
+        return args[0], args[1]
+    if len(args) == 1:
+        a = args[0]
+        is_vars = (isinstance(a, (list, tuple)) and (not a or is_var(a[0]))) or hasattr(a, "all_vars")
+        if is_vars:
+            return a, kw_value
+        return None, a
+    return None, kw_value
 
 
 def from_optax(

@@ -109,7 +109,9 @@ def _wrt_pred(wrt: Any) -> Callable[[str], bool] | None:
         return lambda name: wrt.search(name) is not None
     if callable(wrt):
         return wrt
-    raise errors.Msg(f"wrt must be None, a regex string or a callable(name) -> bool, got {type(wrt).__name__}")
+    raise errors.InvalidArgument(
+        f"wrt must be None, a regex string or a callable(name) -> bool, got {type(wrt).__name__}"
+    )
 
 
 _CACHE: dict[Any, tuple[tuple[int, ...], tuple[str, ...]]] = {}
@@ -186,7 +188,7 @@ def _split(model: Any, wrt: Any, what: str) -> Split:
     if len(leaves) != len(slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
         raise errors.Msg(f"{what}: cannot flatten the model consistently ({len(leaves)} vs {len(slots)} leaves)")
     if not names:
-        raise errors.Msg(
+        raise errors.OptimizerUsage(
             f"{what}: the model has no trainable parameters"
             + (" matching wrt" if pred is not None else " (no float Var / float Tensor leaves)")
         )
@@ -210,7 +212,7 @@ def grads_as_params(sp: Split, grads: Any) -> list[Any]:
         elif len(leaves) in (len(used), n):
             per_use = leaves
         else:
-            raise errors.Msg(
+            raise errors.OptimizerUsage(
                 f"optimizer step: the gradients do not match the model: {len(leaves)} gradient leaves for"
                 f" {n} trainable parameters; pass what cj.grad(loss_fn)(model, ...) returns"
             )

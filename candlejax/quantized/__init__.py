@@ -1,8 +1,11 @@
 """Candle's ``candle::quantized``: GGML block types, ``QTensor``, ``QMatMul``, GGUF weights.
 
+>>> from candlejax import Tensor
 >>> from candlejax.quantized import GgmlDType, QTensor, QMatMul
+>>> w, x = Tensor.randn(0.0, 1.0, (64, 64)), Tensor.randn(0.0, 1.0, (2, 64))
 >>> q = QTensor.quantize(w, GgmlDType.Q4_0)        # w: (out, in) Tensor, in % 32 == 0
->>> y = QMatMul.from_qtensor(q).forward(x)         # x @ wᵀ, weights stay packed on the device
+>>> QMatMul.from_qtensor(q).forward(x).shape       # x @ wᵀ, weights stay packed on the device
+(2, 64)
 
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle).
 """

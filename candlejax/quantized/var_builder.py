@@ -1,7 +1,9 @@
 """candle-transformers' ``quantized_var_builder::VarBuilder``: QTensors from a GGUF file by name.
 
->>> vb = VarBuilder.from_gguf("model.gguf", Device.Cpu)
->>> w = vb.pp("blk.0").pp("attn_q").get((576, 576), "weight")   # a QTensor, shape (out, in)
+Sketch (needs a GGUF file)::
+
+    vb = VarBuilder.from_gguf("model.gguf", Device.Cpu)
+    w = vb.pp("blk.0").pp("attn_q").get((576, 576), "weight")   # a QTensor, shape (out, in)
 
 Tensors are read from the mmapped file on first use and cached (Candle reads them all up front).
 """

@@ -7,6 +7,8 @@ holding them) pass straight through ``jax.jit``, ``grad``, ``vmap`` and ``lax.sc
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
 from candlejax.tensor import _core
@@ -37,6 +39,28 @@ class Tensor(
     """
 
     __slots__ = ()
+
+    def apply(self, m: Any) -> Any:
+        """``xs.apply(&m)``: ``m.forward(xs)`` for a Module, ``m(xs)`` for a function (Candle's closures).
+
+        >>> Tensor.new([-1.0, 2.0]).apply(lambda t: t.relu()).to_vec1()
+        [0.0, 2.0]
+        """
+        fwd = getattr(m, "forward", None)
+        if fwd is not None:
+            return fwd(self)
+        if callable(m):
+            return m(self)
+        raise TypeError(f"apply: expected a Module or a function, got {type(m).__name__}")
+
+    def apply_t(self, m: Any, train: bool) -> Any:
+        """``xs.apply_t(&m, train)``: ``m.forward_t(xs, train)`` (Candle's ``ModuleT``)."""
+        fwd = getattr(m, "forward_t", None)
+        if fwd is not None:
+            return fwd(self, train)
+        if callable(m):
+            return m(self, train)
+        raise TypeError(f"apply_t: expected a ModuleT or a function (xs, train), got {type(m).__name__}")
 
 
 _core._Tensor = Tensor

@@ -1,0 +1,73 @@
+"""Batches stay on the dataset's device (Candle's semantics); a model and a batch on two devices raise
+``DeviceMismatch`` naming both devices and ``.to_device(...)``. Two host devices are simulated with
+``--xla_force_host_platform_device_count`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import candlejax as cj
+    from candlejax import Device, DType, Tensor, errors
+    from candlejax.nn import Module, VarBuilder, VarMap, linear
+
+    dev1 = Device("cpu", 1)
+    xs = Tensor.new(np.ones((8, 4), np.float32)).to_device(dev1)
+    ys = Tensor.new(np.zeros(8, np.uint32)).to_device(dev1)
+    # Batcher: batches on the dataset's device, unless told otherwise
+    (x, y), *_ = list(cj.data.Batcher((xs, ys), batch_size=4))
+    assert x.device == dev1 and y.device == dev1, (x.device, y.device)
+    (x0, _), *_ = list(cj.data.Batcher((xs, ys), batch_size=4, device=Device.Cpu))
+    assert x0.device == Device.Cpu
+    (h, _), *_ = list(cj.data.Batcher((np.ones((8, 4), np.float32), np.zeros(8, np.uint32)), batch_size=4))
+    assert h.device == Device.Cpu
+    (s,) = list(cj.data.Batcher.new1([xs[i] for i in range(4)], batch_size=4))
+    assert s.device == dev1
+
+    class M(Module):
+        def __init__(self, vb):
+            self.l = linear(4, 2, vb.pp("l"))
+        def forward(self, x):
+            return self.l(x)
+
+    def loss_fn(m, x, y):
+        return cj.nn.loss.cross_entropy(m.forward(x), y)
+
+    varmap = VarMap()
+    model = M(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
+    opt = cj.optim.SGD(varmap.all_vars(), 0.1)
+    for step in (lambda: opt.backward_step(loss_fn, model, x, y),
+                 lambda: cj.optim.SGD(0.1, donate=False).backward_step(
+                     loss_fn, model, cj.optim.SGD(0.1).init(model), x, y)):
+        try:
+            step()
+        except errors.DeviceMismatchBinaryOp as e:
+            msg = str(e)
+            assert "Cpu," in msg and "Cpu(1)" in msg and ".to_device(" in msg, msg
+        else:
+            raise AssertionError("no DeviceMismatch")
+    try:
+        model.forward(x)
+    except errors.DeviceMismatchBinaryOp as e:
+        assert ".to_device(" in str(e), str(e)
+    else:
+        raise AssertionError("no DeviceMismatch in forward")
+    # moved to the model's device, the same step runs
+    loss = opt.backward_step(loss_fn, model, x.to_device(Device.Cpu), y.to_device(Device.Cpu))
+    assert np.isfinite(float(loss.to_scalar()))
+    print("OK")
+    """
+)
+
+
+def test_batcher_device_and_device_mismatch_in_steps():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
