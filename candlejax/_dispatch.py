@@ -4,7 +4,8 @@ Eagerly, every op runs through a ``jax.jit`` built once per op and cached by JAX
 (static arguments such as axes and shapes are part of its key): one cached executable call per op
 instead of a chain of un-jitted primitives. Under a trace (``jax.jit``, ``grad``, ``vmap``, ``scan``)
 the plain function is called instead, so a jitted candlejax function lowers to exactly the HLO of
-the hand-written ``jax.numpy`` code, with no nested calls.
+the hand-written ``jax.numpy`` code, with no nested calls. An eager out-of-memory failure
+(XLA's ``RESOURCE_EXHAUSTED``) surfaces as :class:`candlejax.errors.OutOfMemory`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from typing import Any, TypeVar
 
 import jax
 from jax._src import core as _jcore
+
+from candlejax import errors
+
+_RuntimeError = jax.errors.JaxRuntimeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +42,10 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = ()) -> Any:
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
             if is_eager():
-                return jitted(*args, **kwargs)
+                try:
+                    return jitted(*args, **kwargs)
+                except _RuntimeError as e:
+                    raise errors.out_of_memory(f.__name__.lstrip("_"), e) from e
             return f(*args, **kwargs)
 
         call.raw = f  # type: ignore[attr-defined]

@@ -225,10 +225,30 @@ class Gguf(Error):
     """A malformed or unsupported GGUF file."""
 
 
+class OutOfMemory(Error, MemoryError):
+    """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, op: str, detail: str):
+        self.op = op
+        super().__init__(
+            f"out of memory in {op}: {detail} (use smaller shapes or batches, a lower-precision dtype,"
+            " or free tensors you no longer need)"
+        )
+
+
+def out_of_memory(op: str, e: BaseException) -> BaseException:
+    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error; ``e`` itself otherwise."""
+    msg = str(e)
+    if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg:
+        return OutOfMemory(op, msg.split("\n", 1)[0].replace("RESOURCE_EXHAUSTED: ", ""))
+    return e
+
+
 class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
-    "fmt_shape"
+    "fmt_shape",
+    "out_of_memory",
 ]
