@@ -225,6 +225,14 @@ class Gguf(Error):
     """A malformed or unsupported GGUF file."""
 
 
+class TorchName(Error, AttributeError):
+    """A PyTorch method name Candle spells differently; the message names the Candle spelling."""
+
+    def __init__(self, name: str, hint: str):
+        self.name = name
+        super().__init__(f"Tensor has no PyTorch-style .{name}: {hint}")
+
+
 class OutOfMemory(Error, MemoryError):
     """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
 

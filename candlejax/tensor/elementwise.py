@@ -529,11 +529,20 @@ class ElementwiseMixin(TensorBase):
             raise errors.UnsupportedDTypeForOp(self.dtype, "round_to", _F32_HINT)
         return _call(_round_to, self._a, 10.0 ** int(decimals))
 
-    def clamp(self, min: Any, max: Any) -> Any:
+    def clamp(self, min: Any = None, max: Any = None) -> Any:
         """Clamp to ``[min, max]`` (Candle ``clamp``, torch ``clamp``).
 
-        ``min``/``max`` are scalars or Tensors of the same shape and dtype (no broadcasting).
+        ``min``/``max`` are scalars or Tensors of the same shape and dtype (no broadcasting); as in
+        PyTorch, one of them may be left out (``clamp(min=0)`` is ``maximum(0)``).
         """
+        if min is None and max is None:
+            raise errors.Msg("clamp: pass min, max or both")
+        if min is None or max is None:
+            dt = self._a.dtype
+            info = jnp.finfo(dt) if jnp.issubdtype(dt, jnp.floating) else jnp.iinfo(dt)
+            inf = float("inf") if jnp.issubdtype(dt, jnp.floating) else None
+            min = (-inf if inf else int(info.min)) if min is None else min
+            max = (inf if inf else int(info.max)) if max is None else max
         lo = self._clamp_bound(min)
         hi = self._clamp_bound(max)
         return _call(_clamp, self._a, lo, hi)
