@@ -127,7 +127,7 @@ def _traced_offset(x: Any) -> Any:
     return x if isinstance(x, Tracer) else None
 
 
-@op
+@op(elementwise=True)
 def _where(pred: Any, on_true: Any, on_false: Any) -> Any:
     return jnp.where(pred != 0, on_true, on_false)
 
