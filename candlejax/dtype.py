@@ -66,6 +66,19 @@ class DType(enum.Enum):
     def is_float(self) -> bool:
         return self in _FLOAT
 
+    def __eq__(self, other: object) -> bool:
+        """Identity, and equal to its Candle name or numpy name: ``x.dtype == "f32"``,
+        ``x.dtype == "float32"``."""
+        if isinstance(other, str):
+            o = other.lower().strip()
+            return o == self.value or o == _NP[self.value].name
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = enum.Enum.__hash__
+
     # --- interop ---------------------------------------------------------------------------
     @property
     def np(self) -> np.dtype:

@@ -245,6 +245,33 @@ class PthUnsafeGlobal(Pth):
         )
 
 
+class TorchName(Error, AttributeError):
+    """A PyTorch method name Candle spells differently; the message names the Candle spelling."""
+
+    def __init__(self, name: str, hint: str):
+        self.name = name
+        super().__init__(f"Tensor has no PyTorch-style .{name}: {hint}")
+
+
+class OutOfMemory(Error, MemoryError):
+    """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, op: str, detail: str):
+        self.op = op
+        super().__init__(
+            f"out of memory in {op}: {detail} (use smaller shapes or batches, a lower-precision dtype,"
+            " or free tensors you no longer need)"
+        )
+
+
+def out_of_memory(op: str, e: BaseException) -> BaseException:
+    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error; ``e`` itself otherwise."""
+    msg = str(e)
+    if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg:
+        return OutOfMemory(op, msg.split("\n", 1)[0].replace("RESOURCE_EXHAUSTED: ", ""))
+    return e
+
+
 class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 
@@ -315,4 +342,5 @@ class RecompileWarning(UserWarning):
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",
     "fmt_shape",
+    "out_of_memory",
 ]

@@ -83,6 +83,13 @@ def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
     return out
 
 
+def _dim_int(d: Any, shape: Any) -> int:
+    """One dim of a shape: an int (or an integer-valued index type), never a float or a bool."""
+    if isinstance(d, bool) or not hasattr(d, "__index__"):
+        raise errors.Msg(f"shape {tuple(shape)!r}: dims must be integers, got {d!r} ({type(d).__name__})")
+    return int(d)
+
+
 def as_shape(shape: Any) -> tuple[int, ...]:
     """A tuple of ints from a Shape, an int, a tuple/list, or ``()`` (scalar)."""
     if isinstance(shape, Shape):
@@ -92,7 +99,7 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     if hasattr(shape, "__index__"):
         return (int(shape),)
     try:
-        out = tuple(int(d) for d in shape)
+        out = tuple(_dim_int(d, shape) for d in shape)
     except TypeError:
         raise errors.InvalidShape(f"cannot use {shape!r} as a shape") from None
     if any(d < 0 for d in out):

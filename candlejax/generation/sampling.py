@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -105,6 +106,23 @@ Sampling.TopKThenTopP = TopKThenTopP
 Sampling.GumbelSoftmax = GumbelSoftmax
 
 
+def _check_temperature(t: Any) -> None:
+    if t is not None and not isinstance(t, jax.core.Tracer) and math.isnan(float(t)):
+        raise errors.Msg("sampling: temperature is NaN; pass a number (<= 0 or None for greedy decoding)")
+
+
+def _check_logits(x: Any, where: str) -> None:
+    """Eager logits must be non-empty and NaN-free (sampling would silently return token 0)."""
+    if x.shape[0] == 0:
+        raise errors.Msg(f"{where}: the logits are empty (vocabulary of size 0)")
+    if isinstance(x, jax.core.Tracer):
+        return
+    nan = int(jnp.isnan(x).sum()) if jnp.issubdtype(x.dtype, jnp.floating) else 0
+    if nan:
+        what = "all" if nan == x.shape[0] else f"{nan} of {x.shape[0]}"
+        raise errors.Msg(f"{where}: {what} logits are NaN (the model produced NaN; check its inputs and weights)")
+
+
 def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: int | None = None) -> Sampling:
     """Apply Candle's edge rules and return the variant that is actually sampled.
 
@@ -126,6 +144,7 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
     if isinstance(sampling, ArgMax):
         return sampling
     t = sampling.temperature  # type: ignore[attr-defined]
+    _check_temperature(t)
     if t is None or not t >= MIN_TEMPERATURE:
         return ArgMax()
     t = float(t)
@@ -153,6 +172,7 @@ def sampling_from_args(temperature: float | None, top_k: int | None = None, top_
     """The variant Candle's examples build from ``--temperature --top-k --top-p``:
     temperature ``None`` or ``<= 0`` -> ArgMax; else All, TopK, TopP or TopKThenTopP by which of
     ``top_k`` / ``top_p`` are given."""
+    _check_temperature(temperature)
     if temperature is None or temperature <= 0:
         return ArgMax()
     t = float(temperature)
@@ -301,6 +321,7 @@ class LogitsProcessor:
     """
 
     def __init__(self, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
+        _check_temperature(temperature)
         if temperature is None or not temperature >= MIN_TEMPERATURE:
             sampling: Sampling = ArgMax()
         elif top_p is None:
@@ -334,6 +355,7 @@ class LogitsProcessor:
         x = jnp.asarray(unwrap(logits))
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, tuple(x.shape), "LogitsProcessor::sample")
+        _check_logits(x, "LogitsProcessor::sample")
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
             return int(jnp.argmax(x.astype(jnp.float32)))
@@ -351,6 +373,7 @@ class LogitsProcessor:
         x = np.asarray(unwrap(logits), dtype=np.float32)
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, x.shape, "LogitsProcessor::sample_f")
+        _check_logits(x, "LogitsProcessor::sample_f")
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
             return int(np.argmax(x))

@@ -474,6 +474,15 @@ class _Cursor:
         return out
 
 
+_MISSING: Any = object()
+
+
+def _check_range(path: str, key: str, x: float, lo: float | None, hi: float | None) -> None:
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise errors.Gguf(f"gguf {path}: metadata {key!r} = {x} is outside the accepted range {rng}")
+
+
 def _alignment(metadata: dict[str, Value], cur: _Cursor) -> int:
     v = metadata.get("general.alignment")
     if v is None:
@@ -547,6 +556,8 @@ class Content:
         metadata: dict[str, Value] = {}
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}")
+            if key in metadata:
+                raise cur.err(f"duplicate metadata key {key!r} (entry #{i}); the file is corrupt")
             t = cur.value_type(f"metadata {key!r}")
             metadata[key] = cur.value(t, f"metadata {key!r}")
         self.metadata = metadata
@@ -626,6 +637,86 @@ class Content:
         """The plain Python value of metadata ``key`` (``default`` when absent)."""
         v = self.metadata.get(key)
         return default if v is None else v.value
+
+    # --- validated metadata (for model loaders: check everything before allocating) ---------------
+    def _need(self, key: str, default: Any) -> Value | None:
+        v = self.metadata.get(key)
+        if v is None and default is _MISSING:
+            arch = self.metadata.get("general.architecture")
+            hint = f" (general.architecture is {arch.value!r})" if arch is not None else ""
+            raise errors.Gguf(f"gguf {self.path}: missing metadata key {key!r}{hint}")
+        return v
+
+    def get_int(self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
+        """Integer metadata ``key``, checked: a missing key (without ``default``), a non-integer value
+        or one outside ``[min, max]`` raises :class:`candlejax.errors.Gguf` naming the file and key."""
+        v = self._need(key, default)
+        if v is None:
+            return default
+        if v.value_type not in _INT_RANGE:
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be an integer, got {v!r}")
+        x = int(v.value)
+        _check_range(self.path, key, x, min, max)
+        return x
+
+    def get_float(
+        self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None,
+        positive: bool = False,
+    ) -> Any:
+        """Float metadata ``key`` (integers accepted), checked: missing, non-numeric, NaN/inf, not
+        ``> 0`` when ``positive``, or outside ``[min, max]`` raises :class:`candlejax.errors.Gguf`."""
+        v = self._need(key, default)
+        if v is None:
+            return default
+        if v.value_type not in _INT_RANGE and v.value_type not in (ValueType.F32, ValueType.F64):
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be a number, got {v!r}")
+        x = float(v.value)
+        if not np.isfinite(x):
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be finite, got {x}")
+        if positive and not x > 0:
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be > 0, got {x}")
+        _check_range(self.path, key, x, min, max)
+        return x
+
+    def get_str(self, key: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None) -> Any:
+        """String metadata ``key``, checked: missing, not a string, or not one of ``choices`` raises."""
+        v = self._need(key, default)
+        if v is None:
+            return default
+        if v.value_type is not ValueType.String:
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be a string, got {v!r}")
+        x = v.value
+        if choices is not None:
+            allowed = sorted(choices)
+            if x not in allowed:
+                raise errors.Gguf(f"gguf {self.path}: metadata {key!r} is {x!r}; supported: {', '.join(allowed)}")
+        return x
+
+    def get_array(self, key: str, default: Any = _MISSING, *, max_len: int | None = None) -> Any:
+        """Array metadata ``key`` as a :class:`Value`, checked: missing, not an array, or longer than
+        ``max_len`` raises :class:`candlejax.errors.Gguf`."""
+        v = self._need(key, default)
+        if v is None:
+            return default
+        if v.value_type is not ValueType.Array:
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} must be an array, got {v!r}")
+        if max_len is not None and len(v) > max_len:
+            raise errors.Gguf(f"gguf {self.path}: metadata {key!r} has {len(v)} elements, more than {max_len}")
+        return v
+
+    def expect_shape(self, name: str, shape: Iterable[int]) -> TensorInfo:
+        """The info of tensor ``name`` after checking its (Candle-order) shape; a missing tensor or
+        another shape raises :class:`candlejax.errors.Gguf` naming the file, tensor and both shapes."""
+        info = self.tensor_infos.get(name)
+        want = tuple(int(d) for d in shape)
+        if info is None:
+            raise errors.Gguf(f"gguf {self.path}: missing tensor {name!r} (expected shape {errors.fmt_shape(want)})")
+        if info.shape != want:
+            raise errors.Gguf(
+                f"gguf {self.path}: tensor {name!r} has shape {errors.fmt_shape(info.shape)}, the metadata"
+                f" implies {errors.fmt_shape(want)}"
+            )
+        return info
 
     def close(self) -> None:
         """Unmap the file. Tensors already read stay valid (they are copies)."""

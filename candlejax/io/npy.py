@@ -4,7 +4,8 @@ requires: numpy, zipfile, candlejax.dtype / device / errors / tensor, candlejax.
 provides: ``read_npy``, ``read_npz``, ``read_npz_by_name``, ``write_npy``, ``write_npz``, ``NpzTensors``
 
 The npy header is parsed here (magic, version 1/2/3, a Python-literal dict read with
-``ast.literal_eval``), with bounds checks against the file size, so a malformed file raises
+``ast.literal_eval`` only after its length (<= 10000 bytes, as numpy) and item count are capped),
+with bounds checks against the file size, so a malformed file raises
 ``candlejax.errors.Npy`` naming the file and the array. Supported descrs, as Candle: ``f2 f4 f8
 i2 i4 i8 u1 u4`` and ``b1`` (bool, read as U8); little-endian only. Writes are atomic.
 """
@@ -31,6 +32,9 @@ from candlejax.tensor._core import TensorBase, wrap
 PathLike = str | os.PathLike
 MAGIC = b"\x93NUMPY"
 _SUFFIX = ".npy"
+#: Header bytes and dims accepted before parsing (numpy: ``max_header_size=10000``, ``NPY_MAXDIMS=64``).
+MAX_HEADER_SIZE = 10000
+MAX_RANK = 64
 
 #: descr without byte-order char -> (numpy dtype, candlejax DType it loads as, or None: needs dtype=)
 _DESCR: dict[str, tuple[np.dtype, DType | None]] = {}
@@ -89,7 +93,14 @@ def _read_header(f: IO[bytes], size: int, path: str, name: str | None) -> tuple[
     (hlen,) = struct.unpack("<H" if ll == 2 else "<I", _read_exact(f, ll, path, name, "header length"))
     if 8 + ll + hlen > size:
         raise _err(path, name, f"header length {hlen} is larger than the file ({size} bytes; truncated file?)")
+    if hlen > MAX_HEADER_SIZE:
+        raise _err(
+            path, name, f"header of {hlen} bytes exceeds the {MAX_HEADER_SIZE}-byte limit (numpy's default"
+            " max_header_size); the file is corrupt or crafted",
+        )
     raw = _read_exact(f, hlen, path, name, "header")
+    if raw.count(b",") > 2 * MAX_RANK + 8 or raw.count(b"(") + raw.count(b"[") + raw.count(b"{") > 8:
+        raise _err(path, name, f"header {raw[:120]!r}... has too many items or brackets (rank cap: {MAX_RANK})")
     try:
         text = raw.decode("utf-8" if major == 3 else "latin1")
         header = ast.literal_eval(text.strip())
@@ -106,6 +117,8 @@ def _read_header(f: IO[bytes], size: int, path: str, name: str | None) -> tuple[
         raise _err(path, name, f"unrecognized descr {descr!r}")
     if not isinstance(fortran, bool):
         raise _err(path, name, f"unknown fortran_order {fortran!r}")
+    if isinstance(shape, tuple) and len(shape) > MAX_RANK:
+        raise _err(path, name, f"rank {len(shape)} exceeds the limit of {MAX_RANK} dims")
     if not (isinstance(shape, tuple) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise _err(path, name, f"invalid shape {shape!r}")
     return descr, fortran, shape, 8 + ll + hlen

@@ -22,6 +22,11 @@ import mmap
 import os
 import struct
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale temporary files are left in place
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -488,15 +493,46 @@ def load_buffer(data: bytes | bytearray | memoryview, device: Any = None, dtype:
 
 
 # --- writing ---------------------------------------------------------------------------------------
+def _remove_stale_temps(d: str, prefix: str) -> None:
+    """Delete ``{prefix}*.tmp`` files in ``d`` whose writer died (nobody holds their lock)."""
+    if fcntl is None:
+        return
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(d, n)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live writer holds it
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
     """Write ``path`` atomically: a temporary file in the same directory, fsync'd, then ``os.replace``.
 
-    On any exception the temporary file is removed and an existing ``path`` is left untouched.
+    On any exception the temporary file is removed and an existing ``path`` is left untouched. The
+    writer holds an exclusive ``flock`` on its temporary file; temporary files of ``path`` left by a
+    killed writer (no lock held) are removed by the next save of ``path``.
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    prefix = "." + os.path.basename(path) + "."
+    _remove_stale_temps(d, prefix)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

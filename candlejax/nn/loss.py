@@ -4,14 +4,19 @@ requires: candlejax.nn.ops (log_softmax), candlejax._dispatch.op
 provides: ``nll``, ``cross_entropy``, ``mse``, ``binary_cross_entropy_with_logit``, ``huber``
 
 Every loss returns a scalar Tensor (the mean), as Candle's. Class targets are integer tensors
-(u32 as in Candle; i32/i64/u8 also accepted).
+(u32 as in Candle; i32/i64/u8 also accepted). Eagerly, a target outside ``[0, classes)`` raises
+(as torch and Candle do). Under ``jax.jit`` values are unknown while tracing, so an out-of-range
+target gives a NaN loss; wrap the loss in :func:`check_finite` to stop there instead.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import op
@@ -20,7 +25,7 @@ from candlejax.errors import fmt_shape
 from candlejax.nn.ops import _a, _check_float, _log_softmax, _upcast
 from candlejax.tensor._core import wrap
 
-__all__ = ["binary_cross_entropy_with_logit", "cross_entropy", "huber", "mse", "nll"]
+__all__ = ["binary_cross_entropy_with_logit", "check_finite", "cross_entropy", "huber", "mse", "nll"]
 
 
 def _check_targets(op_name: str, inp: Any, target: Any) -> None:
@@ -32,6 +37,38 @@ def _check_targets(op_name: str, inp: Any, target: Any) -> None:
         raise errors.Msg(f"batch size mismatch between inp ({inp.shape[0]}) and target ({target.shape[0]})")
     if not jnp.issubdtype(target.dtype, jnp.integer):
         raise errors.UnexpectedDType(DType.U32, to_dtype(target.dtype), f"{op_name}: targets must be class ids")
+    if isinstance(target, jax.core.Tracer) or target.size == 0:
+        return
+    t = np.asarray(target)
+    bad = np.flatnonzero((t < 0) | (t >= inp.shape[1]))
+    if bad.size:
+        i = int(bad[0])
+        raise errors.Msg(
+            f"{op_name}: target {int(t[i])} at batch index {i} is out of bounds for {inp.shape[1]} classes"
+            f" (valid: 0..{inp.shape[1] - 1})"
+        )
+
+
+def _raise_nonfinite(what: str, ok: Any) -> None:
+    if not bool(ok):
+        raise errors.Msg(f"check_finite: {what} contains NaN or inf")
+
+
+def check_finite(x: Any, what: str = "loss") -> Any:
+    """Return ``x`` after checking that it holds no NaN or inf.
+
+    Eagerly it raises :class:`candlejax.errors.Msg` at once. Under ``jax.jit`` / ``grad`` it adds a
+    host callback that raises when the compiled step runs (JAX re-raises it as a ``JaxRuntimeError``
+    carrying this message when the result is read). PyTorch has no equivalent; it is the usual
+    ``torch.isfinite(loss).all()`` guard.
+    """
+    a = _a(x)
+    ok = jnp.all(jnp.isfinite(a))
+    if isinstance(a, jax.core.Tracer):
+        jax.debug.callback(functools.partial(_raise_nonfinite, what), ok)
+    else:
+        _raise_nonfinite(what, ok)
+    return x
 
 
 @op

@@ -20,6 +20,7 @@ from candlejax.tensor.indexing import IndexingMixin
 from candlejax.tensor.linalg import LinalgMixin
 from candlejax.tensor.movement import MovementMixin
 from candlejax.tensor.reduce import ReduceMixin
+from candlejax.tensor.torch_compat import TorchCompatMixin
 
 
 class Tensor(
@@ -31,6 +32,7 @@ class Tensor(
     ReduceMixin,
     LinalgMixin,
     ConvMixin,
+    TorchCompatMixin,
 ):
     """An n-dimensional array, Candle's ``Tensor``, backed by a ``jax.Array``.
 

@@ -79,9 +79,11 @@ class TensorBase:
     def dims(self) -> tuple[int, ...]:
         return self._a.shape
 
-    def dim(self, d: Any) -> int:
-        """The size of dim ``d`` (int, negative int or ``D``)."""
+    def dim(self, d: Any = None) -> int:
+        """The size of dim ``d`` (int, negative int or ``D``); PyTorch's ``dim()`` (no argument) is the rank."""
         s = self._a.shape
+        if d is None:
+            return len(s)
         return s[resolve_dim(d, s, "dim")]
 
     def elem_count(self) -> int:

@@ -248,7 +248,7 @@ def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray
     return _host(t, op_name)
 
 
-@op(static=("dtype",))
+@op(static=("dtype",), elementwise=True)
 def _astype(a: Any, *, dtype: Any) -> Any:
     return a.astype(dtype)
 

@@ -65,7 +65,12 @@ def _dev(device: Any) -> Device:
     return device if isinstance(device, Device) else Device.coerce(device)
 
 
-def _dt(dtype: Any, op_name: str) -> DType:
+def _dt(dtype: Any, op_name: str, shape: Any = None) -> DType:
+    if type(dtype) is int and type(shape) is int:
+        raise errors.Msg(
+            f"Tensor.{op_name}: the shape is a tuple: write Tensor.{op_name}(({shape}, {dtype})) or"
+            f" Tensor.{op_name}(({shape}, {dtype}), DType.F32), not PyTorch's torch.{op_name}({shape}, {dtype})"
+        )
     d = dtype if isinstance(dtype, DType) else to_dtype(dtype)
     if d is DType.I64 or d is DType.F64:
         check_width(d, op_name)
@@ -450,13 +455,13 @@ class CreationMixin(TensorBase):
     @staticmethod
     def zeros(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
         """``Tensor::zeros(shape, dtype, &device)``. PyTorch: ``torch.zeros``."""
-        d = _dt(dtype, "zeros")
+        d = _dt(dtype, "zeros", shape)
         return wrap(_place(_zeros(shape=_shape(shape), dtype=d.np), _dev(device)))
 
     @staticmethod
     def ones(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
         """``Tensor::ones(shape, dtype, &device)``. PyTorch: ``torch.ones``."""
-        d = _dt(dtype, "ones")
+        d = _dt(dtype, "ones", shape)
         return wrap(_place(_ones(shape=_shape(shape), dtype=d.np), _dev(device)))
 
     @staticmethod

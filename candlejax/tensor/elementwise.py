@@ -179,7 +179,7 @@ _CMP = ("eq", "ne", "lt", "le", "gt", "ge")
 
 def _make_kernels(f: Callable[[Any, Any], Any]) -> tuple[Any, Any, Any]:
     """(tensor-tensor, tensor-scalar, scalar-tensor) cached-jit kernels for one binary function."""
-    tt = op(f)
+    tt = op(f, elementwise=True)
 
     def ts(a: Any, s: Any) -> Any:
         return f(a, _cvt(s, a.dtype))
@@ -187,7 +187,7 @@ def _make_kernels(f: Callable[[Any, Any], Any]) -> tuple[Any, Any, Any]:
     def st(a: Any, s: Any) -> Any:
         return f(_cvt(s, a.dtype), a)
 
-    return tt, op(ts), op(st)
+    return tt, op(ts, elementwise=True), op(st, elementwise=True)
 
 
 _KERNELS = {name: _make_kernels(f) for name, f in _BIN_FNS.items()}
@@ -308,7 +308,7 @@ def _sqr(a: Any) -> Any:
 
 
 def _unary(name: str, fn: Callable[[Any], Any], allowed: frozenset, doc: str) -> Callable[[Any], Any]:
-    k = op(fn)
+    k = op(fn, elementwise=True)
     jitted, raw = k.jitted, k.raw
 
     def method(self: TensorBase) -> Any:
@@ -412,23 +412,23 @@ _DUNDER = {
 
 
 # --- parameterised unary kernels ----------------------------------------------------------------
-@op
+@op(elementwise=True)
 def _affine(a: Any, mul: Any, add: Any) -> Any:
     return a * _cvt(mul, a.dtype) + _cvt(add, a.dtype)
 
 
-@op
+@op(elementwise=True)
 def _elu(a: Any, alpha: Any) -> Any:
     alpha = _cvt(alpha, a.dtype)
     return jnp.where(a > 0, a, alpha * jnp.expm1(jnp.minimum(a, jnp.zeros((), a.dtype))))
 
 
-@op
+@op(elementwise=True)
 def _powf(a: Any, e: Any) -> Any:
     return jnp.power(a, _cvt(e, a.dtype))
 
 
-@op
+@op(elementwise=True)
 def _round_to(a: Any, mult: Any) -> Any:
     dt = a.dtype
     x = a.astype(jnp.float32) if dt in _HALF else a
@@ -436,7 +436,7 @@ def _round_to(a: Any, mult: Any) -> Any:
     return (_round(x * m) * (1 / m)).astype(dt)
 
 
-@op
+@op(elementwise=True)
 def _clamp(a: Any, lo: Any, hi: Any) -> Any:
     return jnp.minimum(jnp.maximum(a, _cvt(lo, a.dtype)), _cvt(hi, a.dtype))
 
@@ -529,11 +529,20 @@ class ElementwiseMixin(TensorBase):
             raise errors.UnsupportedDTypeForOp(self.dtype, "round_to", _F32_HINT)
         return _call(_round_to, self._a, 10.0 ** int(decimals))
 
-    def clamp(self, min: Any, max: Any) -> Any:
+    def clamp(self, min: Any = None, max: Any = None) -> Any:
         """Clamp to ``[min, max]`` (Candle ``clamp``, torch ``clamp``).
 
-        ``min``/``max`` are scalars or Tensors of the same shape and dtype (no broadcasting).
+        ``min``/``max`` are scalars or Tensors of the same shape and dtype (no broadcasting); as in
+        PyTorch, one of them may be left out (``clamp(min=0)`` is ``maximum(0)``).
         """
+        if min is None and max is None:
+            raise errors.Msg("clamp: pass min, max or both")
+        if min is None or max is None:
+            dt = self._a.dtype
+            info = jnp.finfo(dt) if jnp.issubdtype(dt, jnp.floating) else jnp.iinfo(dt)
+            inf = float("inf") if jnp.issubdtype(dt, jnp.floating) else None
+            min = (-inf if inf else int(info.min)) if min is None else min
+            max = (inf if inf else int(info.max)) if max is None else max
         lo = self._clamp_bound(min)
         hi = self._clamp_bound(max)
         return _call(_clamp, self._a, lo, hi)

@@ -127,7 +127,7 @@ def _traced_offset(x: Any) -> Any:
     return x if isinstance(x, Tracer) else None
 
 
-@op
+@op(elementwise=True)
 def _where(pred: Any, on_true: Any, on_false: Any) -> Any:
     return jnp.where(pred != 0, on_true, on_false)
 
@@ -428,7 +428,14 @@ class IndexingMixin(TensorBase):
         """``t[...]`` with numpy/PyTorch rules: ints (negative ok), slices (clamped, any step),
         ``...``, ``None`` (new axis), one 1-D integer Tensor/list (``index_select``); a rank-0
         integer Tensor selects (also traced under jit). Out of range ints raise ``InvalidIndex``
-        (an ``IndexError``, so ``for row in t`` works)."""
+        (an ``IndexError``, so ``for row in t`` works). A boolean mask (``t[t > 0]``) raises: its
+        result has a data-dependent shape; ``mask.where_cond(t, other)`` keeps the shape."""
+        if (isinstance(index, TensorBase) and index._a.dtype == np.uint8) or getattr(index, "dtype", None) == np.bool_:
+            raise errors.Msg(
+                "index: boolean masks are not supported: t[mask] has a data-dependent shape, which XLA cannot"
+                " compile; keep the shape with mask.where_cond(t, other) or t.masked_fill(mask, value), or select"
+                " on the host: np.asarray(t)[np.asarray(mask) != 0] (u8 ids: index_select(ids, 0))"
+            )
         return self._do_index(index, False, "index")
 
     # --- selection ----------------------------------------------------------------------------
@@ -462,6 +469,8 @@ class IndexingMixin(TensorBase):
         """Candle ``gather(ids, dim)`` (PyTorch ``torch.gather``): ``out[..i..] = self[..ids[..i..]..]``
         along ``dim``; ``ids`` has self's rank and sizes ``<=`` self's off ``dim``; output has ids' shape."""
         s = self._a.shape
+        if isinstance(ids, int) and not isinstance(dim, int):
+            raise errors.Msg("gather: Candle's order is gather(ids, dim); PyTorch's gather(dim, ids) swaps them")
         d = resolve_dim(dim, s, "gather")
         arr = _as_ids(ids, "gather")
         si = arr.shape

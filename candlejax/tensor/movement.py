@@ -219,9 +219,13 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_reshape(a, shape=target))
 
-    def squeeze(self, dim: Any) -> Any:
-        """Candle ``squeeze(d)``: removes dim ``d`` if its size is 1, else a no-op (PyTorch too)."""
+    def squeeze(self, dim: Any = None) -> Any:
+        """Candle ``squeeze(d)``: removes dim ``d`` if its size is 1, else a no-op (PyTorch too).
+        PyTorch's ``squeeze()`` (no dim) removes every size-1 dim."""
         s = self._a.shape
+        if dim is None:
+            keep = tuple(d for d in s if d != 1)
+            return self if keep == s else self._wrap(_reshape(self._a, shape=keep))
         d = resolve_dim(dim, s, "squeeze")
         if s[d] != 1:
             return self

@@ -117,6 +117,19 @@ def _run(k: Any, a: Any, **kw: Any) -> Any:
 _MEAN_INT_HINT = "the mean of an integer tensor is not an integer (Candle returns 0); convert with .to_dtype(DType.F32)"
 
 
+def _torch_dims(dims: Any, dim: Any, op_name: str) -> Any:
+    """The dims of a reduction given Candle-style (positional) or PyTorch-style (``dim=``)."""
+    if dim is not None:
+        if dims is not None:
+            raise errors.Msg(f"{op_name}: pass the dims once (positionally or as dim=), not both")
+        return dim
+    return dims
+
+
+def _keep_all(t: TensorBase, out: Any, keepdim: bool) -> Any:
+    return out.reshape((1,) * t.rank) if keepdim else out
+
+
 class ReduceMixin(TensorBase):
     """Candle's reductions, each with a ``_keepdim`` variant that keeps the reduced dims as size 1."""
 
@@ -136,9 +149,14 @@ class ReduceMixin(TensorBase):
         torch ``sum(dims, keepdim=True)``). Keeps the dtype: integer sums wrap."""
         return self._sum_impl(dims, True)
 
-    def sum(self, dims: Any) -> Any:
-        """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``)."""
-        return self._sum_impl(dims, False)
+    def sum(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
+        """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``).
+
+        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim=True`` are accepted."""
+        d = _torch_dims(dims, dim, "sum")
+        if d is None:
+            return _keep_all(self, self.sum_all(), keepdim)
+        return self._sum_impl(d, bool(keepdim))
 
     def _mean_impl(self, dims: Any, keepdim: bool, name: str) -> Any:
         a = self._a
@@ -150,9 +168,14 @@ class ReduceMixin(TensorBase):
         """Mean over one dim or several, keeping them (Candle ``mean_keepdim``); float only."""
         return self._mean_impl(dims, True, "mean-keepdim")
 
-    def mean(self, dims: Any) -> Any:
-        """Mean over one dim or several, removing them (Candle ``mean``, torch ``mean(dims)``); float only."""
-        return self._mean_impl(dims, False, "mean")
+    def mean(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
+        """Mean over one dim or several, removing them (Candle ``mean``, torch ``mean(dims)``); float only.
+
+        PyTorch spellings: ``mean()`` is ``mean_all()``; ``dim=`` and ``keepdim=True`` are accepted."""
+        d = _torch_dims(dims, dim, "mean")
+        if d is None:
+            return _keep_all(self, self.mean_all(), keepdim)
+        return self._mean_impl(d, bool(keepdim), "mean-keepdim" if keepdim else "mean")
 
     # ---- single-dim reductions ----------------------------------------------------------------
     def _reduce1(self, k: Any, dim: Any, keepdim: bool, name: str) -> Any:
@@ -172,33 +195,55 @@ class ReduceMixin(TensorBase):
         """Max over one dim, kept as size 1 (Candle ``max_keepdim``, torch ``amax(dim, keepdim=True)``)."""
         return self._reduce1(_max, dim, True, "max")
 
-    def max(self, dim: Any) -> Any:
-        """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``)."""
-        return self._reduce1(_max, dim, False, "max")
+    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``).
+
+        PyTorch spellings: ``max()`` is ``max_all()``; ``dim=`` and ``keepdim=True`` are accepted
+        (``max(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
+        d = dim
+        if d is None:
+            return _keep_all(self, self.max_all(), keepdim)
+        return self._reduce1(_max, d, bool(keepdim), "max")
 
     def min_keepdim(self, dim: Any) -> Any:
         """Min over one dim, kept as size 1 (Candle ``min_keepdim``, torch ``amin(dim, keepdim=True)``)."""
         return self._reduce1(_min, dim, True, "min")
 
-    def min(self, dim: Any) -> Any:
-        """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``)."""
-        return self._reduce1(_min, dim, False, "min")
+    def min(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``).
+
+        PyTorch spellings: ``min()`` is ``min_all()``; ``dim=`` and ``keepdim=True`` are accepted
+        (``min(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
+        d = dim
+        if d is None:
+            return _keep_all(self, self.min_all(), keepdim)
+        return self._reduce1(_min, d, bool(keepdim), "min")
 
     def argmax_keepdim(self, dim: Any) -> Any:
         """Index (U32) of the first max over one dim, kept as size 1 (Candle ``argmax_keepdim``)."""
         return self._reduce1(_argmax, dim, True, "argmax")
 
-    def argmax(self, dim: Any) -> Any:
-        """Index (U32) of the first max over one dim (Candle ``argmax``, torch ``argmax(dim)`` -> i64)."""
-        return self._reduce1(_argmax, dim, False, "argmax")
+    def argmax(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Index (U32) of the first max over one dim (Candle ``argmax``, torch ``argmax(dim)`` -> i64).
+
+        PyTorch spellings: ``argmax()`` is the index into the flattened tensor; ``keepdim=True`` accepted."""
+        d = dim
+        if d is None:
+            return self._flat_arg(_argmax, keepdim, "argmax")
+        return self._reduce1(_argmax, d, bool(keepdim), "argmax")
 
     def argmin_keepdim(self, dim: Any) -> Any:
         """Index (U32) of the first min over one dim, kept as size 1 (Candle ``argmin_keepdim``)."""
         return self._reduce1(_argmin, dim, True, "argmin")
 
-    def argmin(self, dim: Any) -> Any:
-        """Index (U32) of the first min over one dim (Candle ``argmin``, torch ``argmin(dim)`` -> i64)."""
-        return self._reduce1(_argmin, dim, False, "argmin")
+    def argmin(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Index (U32) of the first min over one dim (Candle ``argmin``, torch ``argmin(dim)`` -> i64).
+
+        PyTorch spellings: ``argmin()`` is the index into the flattened tensor; ``keepdim=True`` accepted."""
+        d = dim
+        if d is None:
+            return self._flat_arg(_argmin, keepdim, "argmin")
+        return self._reduce1(_argmin, d, bool(keepdim), "argmin")
 
     def var_keepdim(self, dim: Any) -> Any:
         """Unbiased variance (divide by n - 1) over one dim, kept (Candle ``var_keepdim``,
@@ -208,8 +253,15 @@ class ReduceMixin(TensorBase):
         _float_only(self, "var")
         return wrap(_run(_var, a, axis=axis, keepdims=True))
 
-    def var(self, dim: Any) -> Any:
-        """Unbiased variance over one dim, removed (Candle ``var``, torch ``var(dim)``); float only."""
+    def var(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Unbiased variance over one dim, removed (Candle ``var``, torch ``var(dim)``); float only.
+
+        PyTorch spellings: ``var()`` is the variance of all elements; ``keepdim=True`` accepted."""
+        if dim is None:
+            flat = self.flatten_all()
+            return _keep_all(self, flat.var(0), keepdim)
+        if keepdim:
+            return self.var_keepdim(dim)
         a = self._a
         axis = _single_dim(dim, a.shape, "var")
         _float_only(self, "var")
@@ -234,6 +286,14 @@ class ReduceMixin(TensorBase):
     def min_all(self) -> Any:
         """Min of every element, rank 0 (Candle ``min_all``, torch ``min()``)."""
         return self._all_reduce(_min_all)
+
+    def std(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """``var(dim, keepdim).sqrt()`` (PyTorch ``std``, unbiased); Candle has no ``std``."""
+        return self.var(dim, keepdim).sqrt()
+
+    def _flat_arg(self, k: Any, keepdim: bool, name: str) -> Any:
+        out = self.flatten_all()._reduce1(k, 0, False, name)
+        return out.reshape((1,) * self.rank) if keepdim else out
 
     def _all_reduce(self, k: Any) -> Any:
         a = self._a

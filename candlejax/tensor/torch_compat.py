@@ -1,0 +1,139 @@
+"""PyTorch spellings where Candle has no name for the same thing, and pointers where it does.
+
+requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, squeeze, clamp),
+candlejax.nn.ops (softmax, log_softmax; imported lazily)
+provides: ``T``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
+``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
+naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...).
+
+Only spellings with one possible meaning are accepted; the list is in docs/differences.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from candlejax import errors
+from candlejax.dtype import DType
+from candlejax.tensor._core import TensorBase
+
+#: PyTorch names Candle spells differently (or that cannot work on immutable XLA arrays) -> hint
+_POINTERS: dict[str, str] = {
+    "type": "use .to_dtype(DType.F32) (Candle's name)",
+    "logsumexp": "use .log_sum_exp(dims) (Candle's name)",
+    "sort": "use .sort_last_dim(asc=True) / .arg_sort_last_dim(asc=True) (Candle sorts the last dim)",
+    "argsort": "use .arg_sort_last_dim(asc=True) (Candle sorts the last dim)",
+    "topk": "use .sort_last_dim(asc=False) then .narrow(-1, 0, k) (Candle has no topk)",
+    "where": "use mask.where_cond(on_true, on_false) (Candle's name; the mask comes first)",
+    "masked_select": "a data-dependent shape cannot be compiled by XLA; use mask.where_cond(x, other) or"
+    " x.masked_fill(mask, value) to keep the shape",
+    "nonzero": "a data-dependent shape cannot be compiled by XLA; use mask.where_cond(...) or do it on the"
+    " host: np.nonzero(np.asarray(x))",
+    "all": "use x.ne(0).min_all() (Candle has no all; comparisons return u8)",
+    "any": "use x.ne(0).max_all() (Candle has no any; comparisons return u8)",
+    "bool": "Candle has no bool dtype; comparisons return u8 masks: use x.ne(0)",
+    "new_zeros": "use Tensor.zeros(shape, x.dtype, x.device) or x.zeros_like()",
+    "new_ones": "use Tensor.ones(shape, x.dtype, x.device) or x.ones_like()",
+    "new_tensor": "use Tensor.new(data, x.device)",
+    "cuda": "use .to_device(Device.new_cuda(0)) (Candle's name)",
+    "backward": "gradients come from jax: cj.value_and_grad(loss_fn)(model, ...) or Var-based optimizers",
+    "requires_grad_": "trainable parameters are candlejax.nn.Var; gradients come from cj.value_and_grad",
+    "zero_": "tensors are immutable XLA arrays: x = x.zeros_like()",
+    "fill_": "tensors are immutable XLA arrays: x = x.full_like(value)",
+    "prod": "Candle has no prod; use .log().sum(dims).exp() for positive values or np.prod on the host",
+}
+
+
+class TorchCompatMixin(TensorBase):
+    """``x.T``, ``x.size()``, ``x.view(...)``, ``x.float()``, ``x.softmax(dim)`` ... as in PyTorch."""
+
+    __slots__ = ()
+
+    @property
+    def T(self) -> Any:  # noqa: N802 - PyTorch's / numpy's name
+        """All dims reversed (PyTorch/numpy ``x.T``); Candle: ``x.t()`` for the last two dims."""
+        r = self.rank
+        return self if r < 2 else self.permute(tuple(range(r - 1, -1, -1)))  # type: ignore[attr-defined]
+
+    def size(self, dim: Any = None) -> Any:
+        """PyTorch ``x.size()`` (the shape tuple) / ``x.size(d)`` (one dim); Candle: ``dims()`` / ``dim(d)``."""
+        return self.shape if dim is None else self.dim(dim)
+
+    def numel(self) -> int:
+        """PyTorch ``x.numel()``; Candle: ``elem_count()``."""
+        return self.elem_count()
+
+    def view(self, *shape: Any) -> Any:
+        """PyTorch ``x.view(2, -1)``: ``reshape`` (XLA arrays have no views; the values are the same)."""
+        if len(shape) == 1 and not isinstance(shape[0], int):
+            shape = shape[0]
+        return self.reshape(shape)  # type: ignore[attr-defined]
+
+    def float(self) -> Any:
+        """PyTorch ``x.float()``: ``to_dtype(DType.F32)``."""
+        return self.to_dtype(DType.F32)  # type: ignore[attr-defined]
+
+    def half(self) -> Any:
+        """PyTorch ``x.half()``: ``to_dtype(DType.F16)``."""
+        return self.to_dtype(DType.F16)  # type: ignore[attr-defined]
+
+    def bfloat16(self) -> Any:
+        """PyTorch ``x.bfloat16()``: ``to_dtype(DType.BF16)``."""
+        return self.to_dtype(DType.BF16)  # type: ignore[attr-defined]
+
+    def double(self) -> Any:
+        """PyTorch ``x.double()``: ``to_dtype(DType.F64)`` (needs ``candlejax.enable_x64()``)."""
+        return self.to_dtype(DType.F64)  # type: ignore[attr-defined]
+
+    def int(self) -> Any:
+        """PyTorch ``x.int()``: ``to_dtype(DType.I32)``."""
+        return self.to_dtype(DType.I32)  # type: ignore[attr-defined]
+
+    def long(self) -> Any:
+        """PyTorch ``x.long()``: ``to_dtype(DType.I64)`` (needs ``candlejax.enable_x64()``)."""
+        return self.to_dtype(DType.I64)  # type: ignore[attr-defined]
+
+    def softmax(self, dim: Any) -> Any:
+        """PyTorch ``x.softmax(dim)``; Candle: ``candle_nn::ops::softmax(&x, dim)``."""
+        from candlejax.nn import ops
+
+        return ops.softmax(self, dim)
+
+    def log_softmax(self, dim: Any) -> Any:
+        """PyTorch ``x.log_softmax(dim)``; Candle: ``candle_nn::ops::log_softmax(&x, dim)``."""
+        from candlejax.nn import ops
+
+        return ops.log_softmax(self, dim)
+
+    def mm(self, other: Any) -> Any:
+        """PyTorch ``x.mm(y)`` (2-D only); Candle: ``matmul``."""
+        if self.rank != 2 or getattr(other, "rank", None) != 2:
+            raise errors.Msg("mm: both tensors must be 2-D; use .matmul (batched) or .broadcast_matmul")
+        return self.matmul(other)  # type: ignore[attr-defined]
+
+    def amax(self, dim: Any, keepdim: bool = False) -> Any:
+        """PyTorch ``x.amax(dim, keepdim)``: Candle's ``max`` / ``max_keepdim`` (one dim)."""
+        return self.max(dim, keepdim)  # type: ignore[attr-defined]
+
+    def amin(self, dim: Any, keepdim: bool = False) -> Any:
+        """PyTorch ``x.amin(dim, keepdim)``: Candle's ``min`` / ``min_keepdim`` (one dim)."""
+        return self.min(dim, keepdim)  # type: ignore[attr-defined]
+
+    def clone(self) -> Any:
+        """PyTorch ``x.clone()``: Candle's ``copy()``."""
+        return self.copy()  # type: ignore[attr-defined]
+
+    def cpu(self) -> Any:
+        """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
+        from candlejax.device import Device
+
+        return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
+        hint = _POINTERS.get(name)
+        if hint is None and name.endswith("_") and not name.startswith("_"):
+            hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"
+        if hint is None:
+            raise AttributeError(f"'Tensor' object has no attribute {name!r}")
+        raise errors.TorchName(name, hint)

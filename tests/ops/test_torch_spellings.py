@@ -1,0 +1,138 @@
+"""PyTorch spellings Candle has no name for (x.sum(), dim=/keepdim=, .T, view, float(), ...) give
+torch's results; the others raise an error naming the Candle spelling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import candlejax as cj
+from candlejax import DType, Tensor, errors
+
+A = np.array([[0.5, -1.0, 3.0], [2.0, 7.0, -4.0]], np.float32)
+
+# (spelling, candlejax fn, torch fn)
+SAME = [
+    ("x.sum()", lambda x: x.sum(), lambda t: t.sum()),
+    ("x.mean()", lambda x: x.mean(), lambda t: t.mean()),
+    ("x.max()", lambda x: x.max(), lambda t: t.max()),
+    ("x.min()", lambda x: x.min(), lambda t: t.min()),
+    ("x.sum(dim=1)", lambda x: x.sum(dim=1), lambda t: t.sum(dim=1)),
+    ("x.sum(1, keepdim=True)", lambda x: x.sum(1, keepdim=True), lambda t: t.sum(1, keepdim=True)),
+    ("x.sum((0, 1))", lambda x: x.sum((0, 1)), lambda t: t.sum((0, 1))),
+    ("x.sum(keepdim=True)", lambda x: x.sum(keepdim=True), lambda t: t.sum((0, 1), keepdim=True)),
+    ("x.mean(dim=0, keepdim=True)", lambda x: x.mean(dim=0, keepdim=True), lambda t: t.mean(dim=0, keepdim=True)),
+    ("x.max(dim=1, keepdim=True)", lambda x: x.max(dim=1, keepdim=True), lambda t: t.amax(dim=1, keepdim=True)),
+    ("x.min(0)", lambda x: x.min(0), lambda t: t.amin(0)),
+    ("x.amax(1)", lambda x: x.amax(1), lambda t: t.amax(1)),
+    ("x.amin(1, keepdim=True)", lambda x: x.amin(1, keepdim=True), lambda t: t.amin(1, keepdim=True)),
+    ("x.argmax()", lambda x: x.argmax(), lambda t: t.argmax()),
+    ("x.argmin()", lambda x: x.argmin(), lambda t: t.argmin()),
+    ("x.argmax(dim=1)", lambda x: x.argmax(dim=1), lambda t: t.argmax(dim=1)),
+    ("x.argmax(1, keepdim=True)", lambda x: x.argmax(1, keepdim=True), lambda t: t.argmax(1, keepdim=True)),
+    ("x.argmax(keepdim=True)", lambda x: x.argmax(keepdim=True), lambda t: t.argmax().reshape(1, 1)),
+    ("x.var()", lambda x: x.var(), lambda t: t.var()),
+    ("x.var(1, keepdim=True)", lambda x: x.var(1, keepdim=True), lambda t: t.var(1, keepdim=True)),
+    ("x.std()", lambda x: x.std(), lambda t: t.std()),
+    ("x.std(0)", lambda x: x.std(0), lambda t: t.std(0)),
+    ("x.T", lambda x: x.T, lambda t: t.T),
+    ("x.view(3, 2)", lambda x: x.view(3, 2), lambda t: t.view(3, 2)),
+    ("x.view(-1)", lambda x: x.view(-1), lambda t: t.view(-1)),
+    ("x.view((3, -1))", lambda x: x.view((3, -1)), lambda t: t.view((3, -1))),
+    ("x.float()", lambda x: x.half().float(), lambda t: t.half().float()),
+    ("x.half()", lambda x: x.half(), lambda t: t.half()),
+    ("x.bfloat16()", lambda x: x.bfloat16().float(), lambda t: t.bfloat16().float()),
+    ("x.int()", lambda x: x.int(), lambda t: t.int()),
+    ("x.softmax(1)", lambda x: x.softmax(1), lambda t: t.softmax(1)),
+    ("x.softmax(dim=0)", lambda x: x.softmax(dim=0), lambda t: t.softmax(dim=0)),
+    ("x.log_softmax(-1)", lambda x: x.log_softmax(-1), lambda t: t.log_softmax(-1)),
+    ("x.mm(x.T)", lambda x: x.mm(x.T), lambda t: t.mm(t.T)),
+    ("x @ x.T", lambda x: x @ x.T, lambda t: t @ t.T),
+    ("x.clamp(min=0)", lambda x: x.clamp(min=0.0), lambda t: t.clamp(min=0.0)),
+    ("x.clamp(max=1)", lambda x: x.clamp(max=1.0), lambda t: t.clamp(max=1.0)),
+    ("x.clamp(-1, 1)", lambda x: x.clamp(-1.0, 1.0), lambda t: t.clamp(-1.0, 1.0)),
+    ("x.unsqueeze(0).squeeze()", lambda x: x.unsqueeze(0).unsqueeze(2).squeeze(), lambda t: t[None, :, None].squeeze()),
+    ("x.clone()", lambda x: x.clone(), lambda t: t.clone()),
+    ("x.cpu()", lambda x: x.cpu(), lambda t: t.cpu()),
+]
+
+
+@pytest.mark.parametrize("case", SAME, ids=[c[0] for c in SAME])
+def test_torch_spelling_matches_torch(case):
+    _, f, g = case
+    got, want = f(Tensor.new(A)), g(torch.tensor(A))
+    assert got.shape == tuple(want.shape)
+    np.testing.assert_allclose(np.asarray(got).astype(np.float64), want.double().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_int_clamp_one_sided_and_ints_in_size():
+    x = Tensor.new(np.array([[-3, 5], [2, 9]], np.int32))
+    t = torch.tensor(np.array([[-3, 5], [2, 9]], np.int32))
+    np.testing.assert_array_equal(np.asarray(x.clamp(min=0)), t.clamp(min=0).numpy())
+    np.testing.assert_array_equal(np.asarray(x.clamp(max=4)), t.clamp(max=4).numpy())
+    y, u = Tensor.new(A), torch.tensor(A)
+    assert y.size() == tuple(u.size()) and y.size(1) == u.size(1) and y.size(-1) == u.size(-1)
+    assert y.numel() == u.numel() and y.dim() == u.dim() and y.dim(0) == 2  # Candle's dim(d) unchanged
+
+
+def test_dtype_compares_to_names():
+    x = Tensor.new(A)
+    assert x.dtype == "f32" and x.dtype == "float32" and x.dtype != "f16" and x.dtype == DType.F32
+    assert x.int().dtype == "i32" and not (x.dtype == "i32")
+    assert {DType.F32: 1}[x.dtype] == 1  # still hashable
+
+
+def test_shape_mistakes():
+    with pytest.raises(errors.Error, match=r"the shape is a tuple: write Tensor\.zeros\(\(2, 3\)\)"):
+        Tensor.zeros(2, 3)
+    with pytest.raises(errors.Error, match="shape is a tuple"):
+        Tensor.ones(2, 3)
+    with pytest.raises(errors.Error, match=r"dims must be integers, got 2\.5"):
+        Tensor.zeros((2.5, 3))
+    with pytest.raises(errors.Error, match="dims must be integers"):
+        Tensor.zeros((True, 3))
+    with pytest.raises(TypeError):  # torch refuses floats too
+        torch.zeros((2.5, 3))
+    assert Tensor.zeros(4).shape == (4,) and Tensor.zeros((np.int64(2), 3)).shape == (2, 3)
+
+
+def test_boolean_mask_indexing_points_to_where_cond():
+    x = Tensor.new(A)
+    with pytest.raises(errors.Error, match="where_cond"):
+        x[x > 1.0]
+    with pytest.raises(errors.Error, match="where_cond"):
+        x.flatten_all()[x.flatten_all() > 1.0]  # 1-D u8 mask: not taken as ids
+    kept = (x > 1.0).where_cond(x, x.zeros_like())  # the suggested spelling
+    t = torch.tensor(A)
+    np.testing.assert_array_equal(np.asarray(kept), torch.where(t > 1.0, t, 0.0).numpy())
+
+
+POINTERS = [
+    ("zero_", "x = x.zeros_like()"), ("add_", "x = x.add"), ("type", "to_dtype"), ("logsumexp", "log_sum_exp"),
+    ("sort", "sort_last_dim"), ("topk", "sort_last_dim"), ("where", "where_cond"), ("masked_select", "where_cond"),
+    ("nonzero", "where_cond"), ("all", "min_all"), ("any", "max_all"), ("bool", "ne(0)"), ("new_zeros", "zeros_like"),
+    ("cuda", "to_device"), ("prod", "Candle has no prod"),
+]
+
+
+@pytest.mark.parametrize("name,hint", POINTERS, ids=[p[0] for p in POINTERS])
+def test_other_torch_names_point_to_candle(name, hint):
+    x = Tensor.new(A)
+    assert hasattr(torch.tensor(A), name)
+    with pytest.raises(errors.TorchName, match=hint.replace("(", r"\(").replace(")", r"\)")):
+        getattr(x, name)
+    assert isinstance(errors.TorchName("x", "y"), AttributeError)
+    assert not hasattr(x, "not_a_method") and not hasattr(x, "_private_")
+
+
+def test_gather_argument_order():
+    x = Tensor.new(A)
+    with pytest.raises(errors.Error, match=r"Candle's order is gather\(ids, dim\)"):
+        x.gather(1, Tensor.new(np.array([[0], [1]], np.uint32)))
+
+
+def test_reductions_accept_dims_once():
+    with pytest.raises(errors.Error, match="pass the dims once"):
+        Tensor.new(A).sum(0, dim=1)
+    assert cj.Tensor.new(A).max(1, True).shape == (2, 1)  # Candle-style positional keepdim also works

@@ -1,0 +1,229 @@
+"""Bad input gets a candlejax error: crafted npy/GGUF files (tests/fuzz_corpus.py), out-of-range
+class targets, NaN logits and temperatures, killed saves, out-of-memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import candlejax as cj
+from candlejax import DType, Tensor, errors, npy
+from candlejax.generation import LogitsProcessor, Sampling, normalize_sampling, sampling_from_args
+from candlejax.io import gguf
+from candlejax.nn import loss
+
+fuzz_corpus = pytest.importorskip("fuzz_corpus")
+
+
+# --- item 5: npy headers are capped before parsing -------------------------------------------------
+@pytest.mark.parametrize("case", fuzz_corpus.npy_cases(), ids=lambda c: c[0])
+def test_crafted_npy_files_raise_npy_errors(tmp_path, case):
+    name, data, expected = case
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(errors.Npy, match=expected):
+        npy.read_npy(p)
+
+
+def test_huge_npy_header_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 30 MB header used to go through ast.literal_eval (minutes, GiBs); now only its length is read."""
+    import ast
+
+    p = tmp_path / "big.npy"
+    p.write_bytes(fuzz_corpus.npy_bytes("{'shape': (" + "1, " * 10_000_000 + ")}", version=2))
+    monkeypatch.setattr(ast, "literal_eval", lambda *_: pytest.fail("the header was parsed"))
+    with pytest.raises(errors.Npy, match="10000-byte limit"):
+        npy.read_npy(p)
+    with pytest.raises(ValueError):  # numpy refuses it too
+        np.load(p)
+
+
+def test_npy_rank_64_still_reads(tmp_path):
+    a = np.zeros((1,) * 64, np.float32)
+    np.save(tmp_path / "r64.npy", a)
+    assert npy.read_npy(tmp_path / "r64.npy").shape == a.shape
+
+
+def test_npy_mutations_raise_only_candlejax_errors(tmp_path):
+    np.save(tmp_path / "ok.npy", np.arange(12, dtype=np.float32).reshape(3, 4))
+    data = (tmp_path / "ok.npy").read_bytes()
+    for i, m in enumerate(fuzz_corpus.mutations(data, seed=0, n=200)):
+        p = tmp_path / f"m{i}.npy"
+        p.write_bytes(m)
+        try:
+            npy.read_npy(p)
+        except errors.Error:
+            pass
+
+
+# --- item 4 (container part) and 7: GGUF metadata ------------------------------------------------------
+@pytest.mark.parametrize("case", fuzz_corpus.gguf_cases(), ids=lambda c: c[0])
+def test_crafted_gguf_files_raise_gguf_errors(case):
+    _name, data, expected = case
+    with pytest.raises(errors.Gguf, match=expected):
+        gguf.Content.read(data)
+
+
+def test_duplicate_gguf_metadata_key_is_refused():
+    """The second llama.block_count (10^9) used to silently override the first."""
+    entries = fuzz_corpus.llama_entries()
+    dup = fuzz_corpus.kv("llama.block_count", fuzz_corpus.U32, 10**9)
+    with pytest.raises(errors.Gguf, match=r"duplicate metadata key 'llama\.block_count'"):
+        gguf.Content.read(fuzz_corpus.gguf_bytes([*entries, dup]))
+    assert gguf.Content.read(fuzz_corpus.gguf_bytes(entries)).get_int("llama.block_count") == 1
+
+
+def _llama_caps(ct: gguf.Content) -> None:
+    """The checks a loader makes with the typed getters before allocating anything."""
+    ct.get_str("general.architecture", choices=["llama"])
+    hidden = ct.get_int("llama.embedding_length", min=1, max=1 << 16)
+    heads = ct.get_int("llama.attention.head_count", min=1, max=hidden)
+    ct.get_int("llama.block_count", min=1, max=1024)
+    ct.get_int("llama.rope.dimension_count", min=1, max=hidden // heads)
+    ct.get_float("llama.rope.freq_base", positive=True)
+
+
+@pytest.mark.parametrize("case", fuzz_corpus.gguf_metadata_cases(), ids=lambda c: c[0])
+def test_gguf_metadata_getters_name_the_key(case):
+    _name, data, key, expected = case
+    ct = gguf.Content.read(data)
+    with pytest.raises(errors.Gguf, match=expected) as e:
+        _llama_caps(ct)
+    assert repr(key) in str(e.value) and "<bytes>" in str(e.value)
+
+
+def test_gguf_getters_accept_a_valid_file_and_defaults():
+    ct = gguf.Content.read(fuzz_corpus.gguf_bytes(fuzz_corpus.llama_entries(), [("w", (2, 8), 0)]))
+    _llama_caps(ct)
+    assert ct.get_float("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
+    assert ct.get_int("llama.missing", 7) == 7 and ct.get_str("x.y", None) is None
+    assert ct.expect_shape("w", (2, 8)).shape == (2, 8)
+    with pytest.raises(errors.Gguf, match=r"tensor 'w' has shape \[2, 8\], the metadata implies \[8, 2\]"):
+        ct.expect_shape("w", (8, 2))
+    with pytest.raises(errors.Gguf, match="missing tensor 'v'"):
+        ct.expect_shape("v", (1,))
+    with pytest.raises(errors.Gguf, match=r"'general\.architecture' is 'llama'; supported: phi3, qwen2"):
+        ct.get_str("general.architecture", choices=["qwen2", "phi3"])
+    with pytest.raises(errors.Gguf, match="must be a string"):
+        ct.get_str("llama.block_count")
+
+
+def test_gguf_mutations_raise_only_candlejax_errors():
+    data = fuzz_corpus.gguf_bytes(fuzz_corpus.llama_entries(), [("w", (2, 8), 0)])
+    for m in fuzz_corpus.mutations(data, seed=1, n=300):
+        try:
+            gguf.Content.read(m)
+        except errors.Error:
+            pass
+
+
+def test_fuzz_corpus_script_writes_files(tmp_path):
+    paths = fuzz_corpus.write_corpus(tmp_path)
+    assert len(paths) == len(fuzz_corpus.npy_cases()) + len(fuzz_corpus.gguf_cases()) + len(
+        fuzz_corpus.gguf_metadata_cases()
+    )
+
+
+# --- item 6: out-of-range class targets ---------------------------------------------------------------
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll"])
+@pytest.mark.parametrize("bad", [5, 2, -1])
+def test_out_of_range_targets_raise_like_torch(fn, bad):
+    logits = np.array([[0.1, 0.2], [0.3, -0.4]], np.float32)
+    tgt = np.array([0, bad], np.int32)
+    with pytest.raises((IndexError, RuntimeError)):  # torch refuses it too
+        getattr(torch.nn.functional, "cross_entropy" if fn == "cross_entropy" else "nll_loss")(
+            torch.tensor(logits), torch.tensor(tgt, dtype=torch.long)
+        )
+    with pytest.raises(errors.Error, match=f"target {bad} at batch index 1 is out of bounds for 2 classes"):
+        getattr(loss, fn)(Tensor.new(logits), Tensor.new(tgt))
+
+
+def test_in_range_targets_match_torch():
+    logits = np.array([[0.1, 0.2], [0.3, -0.4]], np.float32)
+    tgt = np.array([1, 0], np.int32)
+    ref = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(tgt, dtype=torch.long))
+    got = loss.cross_entropy(Tensor.new(logits), Tensor.new(tgt).to_dtype(DType.U32))
+    np.testing.assert_allclose(got.to_scalar(), ref.item(), rtol=1e-6)
+
+
+def test_check_finite_under_jit():
+    logits = Tensor.new(np.array([[0.1, 0.2]], np.float32))
+    step = jax.jit(lambda l, t: loss.check_finite(loss.cross_entropy(l, t)))
+    assert np.isfinite(step(logits, Tensor.new(np.array([1], np.int32))).to_scalar())
+    unchecked = jax.jit(lambda l, t: loss.cross_entropy(l, t))(logits, Tensor.new(np.array([5], np.int32)))
+    assert np.isnan(unchecked.to_scalar())  # what happens under jit without the check (documented)
+    with pytest.raises(Exception, match="check_finite: loss contains NaN or inf"):
+        step(logits, Tensor.new(np.array([5], np.int32))).to_scalar()
+    with pytest.raises(errors.Msg, match="check_finite: x contains NaN"):
+        loss.check_finite(Tensor.new([1.0, float("nan")]), "x")
+
+
+# --- item 7: NaN logits, NaN temperature, empty logits ------------------------------------------------
+@pytest.mark.parametrize("temperature", [None, 0.8])
+def test_all_nan_logits_raise(temperature):
+    nan = Tensor.new(np.full(5, np.nan, np.float32))
+    lp = LogitsProcessor(0, temperature)
+    with pytest.raises(errors.Msg, match="all logits are NaN"):
+        lp.sample(nan)
+    with pytest.raises(errors.Msg, match="1 of 3 logits are NaN"):
+        lp.sample_f(Tensor.new([0.0, float("nan"), 1.0]), lambda p: p)
+    with pytest.raises(errors.Msg, match="logits are empty"):
+        lp.sample(Tensor.new(np.zeros(0, np.float32)))
+
+
+def test_nan_temperature_raises():
+    with pytest.raises(errors.Msg, match="temperature is NaN"):
+        LogitsProcessor(0, float("nan"))
+    with pytest.raises(errors.Msg, match="temperature is NaN"):
+        normalize_sampling(Sampling.All(float("nan")))
+    with pytest.raises(errors.Msg, match="temperature is NaN"):
+        sampling_from_args(float("nan"), top_k=3)
+    assert LogitsProcessor(0, 0.0).sample(Tensor.new([0.0, 2.0, 1.0])) == 1  # greedy stays greedy
+
+
+# --- item 7: killed saves leave no temporary files behind --------------------------------------------
+def test_next_save_removes_a_killed_saves_temporary_file(tmp_path):
+    target = tmp_path / "m.safetensors"
+    cj.safetensors.save({"a": Tensor.new([1.0])}, str(target))
+    code = textwrap.dedent(f"""
+        import os, signal
+        from candlejax.io.safetensors import atomic_file
+        with atomic_file({str(target)!r}) as f:
+            f.write(b"partial")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert r.returncode == -signal.SIGKILL
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].name.startswith(".m.safetensors.")
+    np.testing.assert_array_equal(np.asarray(cj.safetensors.load(str(target))["a"]), [1.0])  # old file intact
+
+    # a live writer's temporary file of the same target is left alone
+    from candlejax.io.safetensors import atomic_file
+
+    with atomic_file(target) as f:
+        f.write(b"x")
+        cj.safetensors.save({"a": Tensor.new([2.0])}, str(target))
+        live = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(live) == 1 and live[0] != stale[0]  # the killed one is gone, the open one stays
+        f.seek(0)
+        f.write(open(target, "rb").read())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    np.testing.assert_array_equal(np.asarray(cj.safetensors.load(str(target))["a"]), [2.0])
+
+
+# --- item 7: out of memory -----------------------------------------------------------------------------
+def test_out_of_memory_is_a_candlejax_error():
+    with pytest.raises(errors.OutOfMemory, match="out of memory in zeros") as e:
+        Tensor.zeros((2**40,), DType.F32)
+    assert isinstance(e.value, MemoryError)

@@ -1,0 +1,75 @@
+"""Eager elementwise ops on a new CPU shape run through a shape bucket instead of compiling for the
+exact shape; their results are bit-identical to the exact-shape executable (and to the jitted path)."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from candlejax import DType, Tensor, _dispatch
+from candlejax.tensor import elementwise
+
+_shapes = itertools.count(1000)
+
+
+def _new_shape() -> tuple[int, int]:
+    return (next(_shapes), 3)  # a shape no other test used
+
+
+UNARY = ["exp", "log", "tanh", "sqrt", "gelu", "gelu_erf", "silu", "relu", "sigmoid", "cos", "sin", "abs", "neg",
+         "recip", "sqr", "round", "floor", "ceil", "erf"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_unary_bucketed_matches_exact(name, rng):
+    shape = _new_shape()
+    a = np.abs(rng.standard_normal(shape)).astype(np.float32) + 0.1
+    x = Tensor.new(a)
+    got = np.asarray(getattr(x, name)())  # first call: bucketed
+    ref = np.asarray(jax.jit(lambda t: getattr(t, name)())(x))  # the traced path, exact shape
+    np.testing.assert_array_equal(got, ref)
+    for _ in range(_dispatch.EXACT_AFTER):  # later calls switch to the exact executable
+        np.testing.assert_array_equal(np.asarray(getattr(x, name)()), ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32, np.uint8])
+def test_binary_scalar_and_compare_bucketed(dtype, rng):
+    shape = _new_shape()
+    a = (rng.standard_normal(shape) * 10).astype(dtype)
+    b = (rng.standard_normal(shape) * 10 + 1).astype(dtype)
+    x, y = Tensor.new(a), Tensor.new(b)
+    cases = [lambda s, t: s + t, lambda s, t: s.mul(t), lambda s, t: s.maximum(t), lambda s, t: s.ge(t),
+             lambda s, t: s - 3, lambda s, t: 2 * s, lambda s, t: s.clamp(0, 5), lambda s, t: s.to_dtype(DType.F32),
+             lambda s, t: s.ge(t).where_cond(s, t)]  # fmt: skip
+    for f in cases:
+        got = np.asarray(f(x, y))
+        ref = np.asarray(jax.jit(f)(x, y))
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_broadcasting_operator_bucketed(rng):
+    shape = _new_shape()
+    a = rng.standard_normal(shape).astype(np.float32)
+    row = rng.standard_normal((1, 3)).astype(np.float32)
+    got = np.asarray(Tensor.new(a) + Tensor.new(row))
+    np.testing.assert_array_equal(got, a + row)
+
+
+def test_bucket_sizes():
+    assert _dispatch.bucket_size(1) == _dispatch.bucket_size(_dispatch.MIN_BUCKET) == _dispatch.MIN_BUCKET
+    for n in [4097, 5000, 6000, 7000, 8191, 10**5, 10**6 + 1]:
+        b = _dispatch.bucket_size(n)
+        assert n <= b <= n * 1.25 + 1
+
+
+def test_new_shapes_do_not_compile_exact_executables():
+    k = elementwise._KERNELS["add"][0]
+    before = k.exact._cache_size()
+    for n in range(2000, 2010):
+        a = Tensor.new(np.ones((n,), np.float32))
+        np.testing.assert_array_equal(np.asarray(a + a), 2.0)
+    assert k.exact._cache_size() - before <= 1  # one bucket, not ten shapes
