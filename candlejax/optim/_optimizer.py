@@ -296,8 +296,9 @@ class Optimizer:
             params, state2, loss, ok = fn(
                 sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch
             )
-        except Exception:
-            self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
+        except Exception as e:
+            if not isinstance(e, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
+                self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
             raise
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, rest, state2, loss)
