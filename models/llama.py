@@ -455,8 +455,11 @@ class Llama(Module):
     def new_cache(self, batch: int = 1, max_seq_len: int = 512, dtype: Any = None) -> Cache:
         """A zeroed :class:`Cache` for ``batch`` sequences of up to ``max_seq_len`` positions
         (default dtype: the model's)."""
+        from candlejax import distributed  # a model on a mesh gets its cache there (heads split on "model")
+
         dev = _device_of(_arr(self.embed_tokens.weight))
-        return Cache.new(self.config, batch, max_seq_len, dtype if dtype is not None else self.dtype, dev)
+        cache = Cache.new(self.config, batch, max_seq_len, dtype if dtype is not None else self.dtype, dev)
+        return distributed.place_like(cache, self.embed_tokens, distributed.llama_tp_rules)
 
     # --- running ---------------------------------------------------------------------------------
     def forward(self, tokens: Any, index_pos: int) -> Any:
@@ -637,6 +640,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--system", default=None, help="system message for --chat")
     g.add_argument("--dtype", default=None, help="f32, bf16 or f16 (--model only)")
     g.add_argument("--max-seq-len", type=int, default=None)
+    g.add_argument("--tensor-parallel", type=int, default=1, help="split the model over N devices (--model only)")
     g.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
     return p
 
@@ -672,6 +676,10 @@ def _load_for_cli(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
         raise errors.Msg(f"no tokenizer.json found for {args.model}; pass --tokenizer")
     tok = load_tokenizer(path)
     eos = list(dict.fromkeys([*tok.eos_token_ids, *model.config.eos_token_ids]))
+    if args.tensor_parallel > 1:
+        from candlejax import distributed
+
+        model = distributed.tensor_parallel(model, args.tensor_parallel, distributed.llama_tp_rules)
     return model, tok, eos
 
 
@@ -722,6 +730,12 @@ def _generate_cli(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.llama generate ...`` (also the ``candlejax generate`` console script)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "tensor_parallel", 1) > 1:
+        from candlejax import distributed
+
+        if args.gguf:
+            raise SystemExit("--tensor-parallel works with --model (safetensors weights), not --gguf")
+        distributed.request_host_devices(args.tensor_parallel)  # CPU-only machines: simulated devices
     if args.command == "generate":
         return _generate_cli(args)
     return 2

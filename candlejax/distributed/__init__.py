@@ -23,13 +23,24 @@ from candlejax.distributed._mesh import (
     mesh,
     process_count,
     process_index,
+    request_host_devices,
     shutdown,
 )
-from candlejax.distributed._shard import Rules, named_leaves, replicate, shard, shard_batch, specs, to_host
+from candlejax.distributed._shard import (
+    Rules,
+    named_leaves,
+    place_like,
+    replicate,
+    shard,
+    shard_batch,
+    specs,
+    tensor_parallel,
+    to_host,
+)
 from candlejax.distributed.rules import bert_tp_rules, llama_tp_rules
 
 __all__ = [
     "Rules", "ShardingError", "axis_size", "bert_tp_rules", "initialize", "llama_tp_rules", "mesh", "named_leaves",
-    "process_count", "process_index", "replicate", "restore", "rules", "save", "shard", "shard_batch", "shutdown",
-    "specs", "to_host",
+    "place_like", "process_count", "process_index", "replicate", "request_host_devices", "restore", "rules", "save",
+    "shard", "shard_batch", "shutdown", "specs", "tensor_parallel", "to_host",
 ]  # fmt: skip

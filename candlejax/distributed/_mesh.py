@@ -145,3 +145,11 @@ def process_index() -> int:
 
 def process_count() -> int:
     return jax.process_count()
+
+
+def request_host_devices(n: int) -> None:
+    """Ask for ``n`` simulated CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``);
+    effective only before JAX starts its backends (call it first thing, e.g. after parsing args)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()

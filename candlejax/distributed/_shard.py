@@ -267,3 +267,30 @@ def place_opt_state(tx: Any, state: Any, params: list[Any]) -> Any:
 
     inner = optax.tree_utils.tree_map_params(tx, like, state.inner, params, transform_non_params=other)
     return type(state)(_place(state.step, rep), inner)
+
+
+def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
+    """``tree`` (a KV cache, an input) on the mesh ``ref`` (a model or a tensor) is laid out on,
+    under ``rules`` (used when that mesh has a ``"model"`` axis; else replicated); unchanged when
+    ``ref`` is on one device. Lets a model build its caches where its weights are."""
+    sh = None
+    for _, leaf in named_leaves(ref):
+        sh = getattr(_array(leaf), "sharding", None)
+        if sh is not None:
+            break
+    if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:
+        return tree
+    return shard(tree, sh.mesh, rules if "model" in sh.mesh.shape else "replicate")
+
+
+def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
+    """``model`` split over a ``{"model": n}`` mesh of the first ``n`` devices."""
+    from candlejax.distributed._mesh import mesh
+
+    devs = jax.devices()
+    if n > len(devs):
+        raise ShardingError(
+            f"tensor parallel over {n} devices, but {len(devs)} are visible; on a CPU-only machine start Python"
+            f" with XLA_FLAGS=--xla_force_host_platform_device_count={n}"
+        )
+    return shard(model, mesh({"model": n}, devs[:n]), rules)

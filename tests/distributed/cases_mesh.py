@@ -7,6 +7,8 @@ cases never share a process with the rest of the suite).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,6 +151,39 @@ def test_tensor_parallel_llama_same_logits_and_tokens():
     g = generate(llama.step, tp, cj.distributed.shard(model.new_cache(1, 32), mesh, cj.distributed.llama_tp_rules),
                  prompt, 12)  # fmt: skip
     assert list(g) == want and len(want) == 12
+
+
+def test_tensor_parallel_llama_through_generate_and_forward():
+    _, model = _llama()
+    tp = cj.distributed.shard(model, cj.distributed.mesh({"data": 4, "model": 2}), cj.distributed.llama_tp_rules)
+    prompt = [3, 1, 4, 1, 5, 9]
+    assert list(tp.generate(prompt, 10)) == list(model.generate(prompt, 10))
+    np.testing.assert_allclose(np.asarray(tp.forward(Tensor.new([prompt]), 0)),
+                               np.asarray(model.forward(Tensor.new([prompt]), 0)), rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_llama_cli_tensor_parallel(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    _, model = _llama()
+    model.save_safetensors(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA, "architectures": ["LlamaForCausalLM"]}))
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    outs = []
+    for n in (1, 2):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        cmd = [sys.executable, "-m", "candlejax.models.llama", "generate", "--model", str(tmp_path), "--prompt",
+               "w3 w1 w4 w1 w5", "-n", "8", "--quiet", "--tensor-parallel", str(n)]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] and len(outs[0].split()) > 5
 
 
 def test_tensor_parallel_bert_same_hidden_states():
