@@ -224,7 +224,8 @@ class Optimizer:
         first = sp.params[0]
         if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
             # committed like the parameters, so that the first and later steps share one executable
-            if len(first.sharding.device_set) > 1:  # on a mesh: moments sharded like their parameter
+            if not isinstance(first.sharding, jax.sharding.SingleDeviceSharding):  # on a mesh: moments laid out
+                # like their parameter
                 from candlejax.distributed._shard import place_opt_state
 
                 state = place_opt_state(self.tx, state, sp.params)
