@@ -96,7 +96,8 @@ def main() -> None:
     rows = []
     for n in [int(v) for v in a.devices.split(",")]:
         env = dict(os.environ)
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+        env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+                            " --xla_cpu_collective_call_terminate_timeout_seconds=600").strip()  # fmt: skip
         cmd = [sys.executable, __file__, "--worker", str(n), "--batch", str(a.batch), "--steps", str(a.steps),
                "--new", str(a.new)]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -27,7 +27,9 @@ def _case_names(path: Path) -> list[str]:
 
 def run_child(args: list[str], timeout: float = 600, devices: int = 8) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    # simulated devices share the CPU: on a loaded machine a collective can wait longer than XLA's 40 s default
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+                        " --xla_cpu_collective_call_terminate_timeout_seconds=600").strip()  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
