@@ -233,10 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="data-parallel over N devices (on a CPU-only machine: N simulated CPU devices)")  # fmt: skip
     p.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)  # the fresh-process half
     args = p.parse_args(argv)
-    if args.devices > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        # read when JAX starts its backends (nothing has touched a device yet)
-        flag = f"--xla_force_host_platform_device_count={args.devices}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    distributed.request_host_devices(args.devices)  # CPU-only machines: simulated devices (JAX has not started)
     if args.devices > 1 and args.batch_size % args.devices:
         p.error(f"--batch-size {args.batch_size} must be a multiple of --devices {args.devices}")
     names = [n.strip() for n in args.models.split(",") if n.strip()]

@@ -152,4 +152,8 @@ def request_host_devices(n: int) -> None:
     effective only before JAX starts its backends (call it first thing, e.g. after parsing args)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if n > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
+        flags += f" --xla_force_host_platform_device_count={int(n)}"
+        if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
+            # simulated devices share the cores: a collective may wait longer than XLA's default 40 s
+            flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+        os.environ["XLA_FLAGS"] = flags.strip()
