@@ -294,3 +294,26 @@ def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
             f" with XLA_FLAGS=--xla_force_host_platform_device_count={n}"
         )
     return shard(model, mesh({"model": n}, devs[:n]), rules)
+
+
+def device_mismatch(op: str, names: Sequence[str], params: Sequence[Any], batch: Any) -> ShardingError:
+    """The error for a step whose parameters and batch live on different devices (JAX's
+    "incompatible devices"), naming both sides and the fix."""
+
+    def ids(a: Any) -> list[int]:
+        s = getattr(_array(a), "sharding", None)
+        return sorted(d.id for d in s.device_set) if s is not None else []
+
+    p_ids = next((ids(a) for a in params if ids(a)), [])
+    where = "a mesh" if len(p_ids) > 1 else "one device"
+    p_name = names[0] if names else "the parameters"
+    for i, b in enumerate(jax.tree_util.tree_leaves(batch, is_leaf=_is_leaf)):
+        b_ids = ids(b)
+        if b_ids and b_ids != p_ids and getattr(_array(b), "committed", True):
+            return ShardingError(
+                f"{op}: the model's parameters ({p_name}, ...) are on devices {p_ids} ({where}) but batch input {i}"
+                f" (shape {list(np.shape(_array(b)))}) is on devices {b_ids}; place batches where the model is:"
+                " cj.data.Batcher(..., mesh=mesh) or cj.distributed.shard_batch(batch, mesh) for a mesh,"
+                " .to_device(...) for one device"
+            )
+    return ShardingError(f"{op}: the model's parameters ({p_name}, ...) and its inputs are on different devices")

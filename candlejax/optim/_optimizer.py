@@ -298,6 +298,10 @@ class Optimizer:
                 sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch
             )
         except Exception as e:
+            if isinstance(e, ValueError) and "incompatible devices" in str(e):
+                from candlejax.distributed._shard import device_mismatch
+
+                raise device_mismatch(f"{self.name}.backward_step", sp.names, params, batch) from e
             if not isinstance(e, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
                 self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
             raise

@@ -235,6 +235,18 @@ def test_batch_not_divisible_by_data_axis():
         cj.distributed.shard_batch(Tensor.new(np.zeros((6, 3), np.float32)), mesh)
 
 
+def test_batch_on_other_devices_than_the_model():
+    mesh = cj.distributed.mesh({"data": 2}, jax.devices()[:2])
+    model = cj.distributed.shard(Mlp(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)), mesh)
+    opt = cj.optim.AdamW()
+    state = opt.init(model)
+    dev = Device.from_jax(jax.devices()[3])
+    x, y = Tensor.new(_data()[0][:8], dev), Tensor.new(_data()[1][:8], dev)
+    with pytest.raises(ShardingError, match=r"on devices \[0, 1\] \(a mesh\) but batch input 0 .* on devices \[3\]"
+                                            r".*Batcher\(\.\.\., mesh=mesh\)"):  # fmt: skip
+        opt.backward_step(loss_fn, model, state, x, y)
+
+
 def test_mesh_errors():
     with pytest.raises(ShardingError, match=r"need 6 devices, 8 are given"):
         cj.distributed.mesh({"data": 3, "model": 2})
