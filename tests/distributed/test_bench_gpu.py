@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.distributed.test_distributed import ROOT, run_child
+from dist_helpers import ROOT, run_child  # isort: skip
 
 
 def test_gpu_bench_tiny_runs(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.distributed.test_distributed import run_child
+from dist_helpers import run_child  # isort: skip
 
 
 def test_demo_devices_matches_one_device(tmp_path):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.distributed.test_distributed import HERE, ROOT, run_child
+from dist_helpers import HERE, ROOT, run_child  # isort: skip
 
 SCRIPT = str(HERE / "mp_train.py")
 
