@@ -187,6 +187,12 @@ def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], arg
     vb = VarBuilder.from_tensors(dict(weights), DType.F32, Device.Cpu)
     net = Mlp(vb) if model == "mlp" else Cnn(vb)
     opt = cj.optim.AdamW(params)
+    if getattr(args, "devices", 1) > 1:  # data parallel: replicated model, batches split over "data"
+        import jax
+
+        mesh = cj.distributed.mesh({"data": args.devices}, jax.devices()[: args.devices])
+        net = cj.distributed.shard(net, mesh, "replicate")
+        data = [cj.distributed.shard_batch(b, mesh) for b in data]
     state = opt.init(net)
 
     def step(i: int) -> Any:
@@ -524,11 +530,14 @@ def _worker_env(threads: int, cpus: list[int]) -> dict[str, str]:
 def run_worker(model: str, batch: int, fw: str, duration: float, args: Any, cpus: list[int]) -> dict[str, Any] | None:
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--batch", str(batch), "--framework", fw,
            "--duration", str(duration)]  # fmt: skip
-    for k in ("threads", "pool", "warmup", "repeats", "repeat_s", "sync_every", "check_step"):
+    for k in ("threads", "pool", "warmup", "repeats", "repeat_s", "sync_every", "check_step", "devices"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     timeout = args.compile_timeout + args.repeats * args.repeat_s * 4 + duration + 120
+    env = _worker_env(args.threads, cpus)
+    if args.devices > 1:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(args.threads, cpus), timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"{model}/{batch}/{fw}: worker timed out after {timeout:.0f} s", file=sys.stderr)
         return None
@@ -635,6 +644,8 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--ab", action="store_true",
                    help="only compare candlejax's bound and functional steps in one process, alternating")  # fmt: skip
+    p.add_argument("--devices", type=int, default=1,
+                   help="candlejax data-parallel over N devices (CPU: N simulated host devices)")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)

@@ -18,6 +18,8 @@ from candlejax.errors import Error
 from candlejax.shape import D, Shape
 from candlejax.tensor import Tensor
 from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
+from candlejax import distributed
+from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
 from candlejax.transforms import grad, jit, value_and_grad
 
 __version__ = "0.1.0"
@@ -25,4 +27,5 @@ __version__ = "0.1.0"
 __all__ = [
     "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
+    "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
 ]  # fmt: skip

@@ -29,6 +29,7 @@ import numpy as np
 
 import candlejax.checkpoint as ckpt
 import candlejax.data as data
+import candlejax.distributed as distributed
 import candlejax.nn as nn
 import candlejax.optim as optim
 from candlejax import Device, DType, Tensor
@@ -121,19 +122,36 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, leave=True)
 
 
+def _mesh(args: Any) -> Any:
+    """``--devices N``: a data-parallel mesh over the first N devices (None for one device)."""
+    n = getattr(args, "devices", 1)
+    if n <= 1:
+        return None
+    import jax
+
+    if len(jax.devices()) < n:
+        raise SystemExit(f"--devices {n}: only {len(jax.devices())} devices visible")
+    return distributed.mesh({"data": n}, jax.devices()[:n])
+
+
 def train(name: str, ds: data.VisionDataset, out: Path, epochs: int, lr: float, seed: int, args: Any) -> dict:
     """Train one model; checkpoints after every epoch; returns a summary."""
     varmap = VarMap(seed=seed)
     model = MODELS[name](VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
     train_set = shift_augment(*ds.train)
-    batcher = data.Batcher(train_set, batch_size=args.batch_size, shuffle=True, seed=seed)
+    mesh = _mesh(args)
+    if mesh is not None:  # data parallel: the model on every device, each batch split over them
+        model = distributed.shard(model, mesh, "replicate")
+    batcher = data.Batcher(train_set, batch_size=args.batch_size, shuffle=True, seed=seed, mesh=mesh)
+    ck_mod = ckpt if mesh is None else distributed  # the same file either way (gathered)
+    test_images = ds.test_images if mesh is None else distributed.replicate(ds.test_images, mesh)
     total = epochs * len(batcher)
     opt = optim.AdamW(optim.ParamsAdamW(lr=optim.cosine_decay_schedule(lr, total)))  # Candle's AdamW defaults
     state = opt.init(model)
     path = out / f"checkpoint-{name}.safetensors"
     step = 0
     if args.resume and path.exists():
-        ck = ckpt.restore(path, model, optimizer=opt, batcher=batcher)
+        ck = ck_mod.restore(path, model, optimizer=opt, batcher=batcher)
         model, state, step = ck.model, ck.opt_state, ck.step
         print(f"{name}: resumed from {path} at epoch {batcher.epoch}, step {step}")
     bar = _bar(total, name, not args.no_progress)
@@ -152,8 +170,8 @@ def train(name: str, ds: data.VisionDataset, out: Path, epochs: int, lr: float, 
                         rate = (step - steps0) / (time.perf_counter() - t0)
                         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", steps_s=f"{rate:.0f}", refresh=False)
             loss = float(np.asarray(loss_t))
-            acc = accuracy(model, ds.test_images, ds.test_labels)
-            ckpt.save(path, model, state, step=step, epoch=batcher.epoch, batcher=batcher, optimizer=opt,
+            acc = accuracy(model, test_images, ds.test_labels)
+            ck_mod.save(path, model, state, step=step, epoch=batcher.epoch, batcher=batcher, optimizer=opt,
                       extra={"test_accuracy": acc, "loss": loss})  # fmt: skip
     except KeyboardInterrupt:
         if bar is not None:
@@ -165,7 +183,7 @@ def train(name: str, ds: data.VisionDataset, out: Path, epochs: int, lr: float, 
         rate = (step - steps0) / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", steps_s=f"{rate:.0f}")
         bar.close()
-    acc = accuracy(model, ds.test_images, ds.test_labels)
+    acc = accuracy(model, test_images, ds.test_labels)
     weights = out / f"{name}.safetensors"
     model.save_safetensors(weights)
     return {"model": name, "test_accuracy": acc, "steps": step, "seconds": round(elapsed, 2),
@@ -211,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--devices", type=int, default=1,
+                   help="data-parallel over N devices (on a CPU-only machine: N simulated CPU devices)")  # fmt: skip
     p.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)  # the fresh-process half
     args = p.parse_args(argv)
+    distributed.request_host_devices(args.devices)  # CPU-only machines: simulated devices (JAX has not started)
+    if args.devices > 1 and args.batch_size % args.devices:
+        p.error(f"--batch-size {args.batch_size} must be a multiple of --devices {args.devices}")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
         if n not in MODELS:

@@ -23,6 +23,11 @@ def _gpus() -> tuple[Any, ...]:
         return ()
 
 
+def _local_cpus() -> list[Any]:
+    """This process's CPU devices (all of them in a single-process run; see cj.distributed.initialize)."""
+    return jax.local_devices(backend="cpu")
+
+
 class DeviceLocation:
     """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }``."""
 
@@ -92,7 +97,9 @@ class Device(metaclass=_DeviceMeta):
     def from_jax(d: Any) -> Device:
         """The Device of a ``jax.Device``."""
         if d.platform == "cpu":
-            return _CPU if d.id == 0 else Device("cpu", d.id)
+            cpus = _local_cpus()
+            i = cpus.index(d) if d in cpus else d.id
+            return _CPU if i == 0 else Device("cpu", i)
         return Device("cuda", _gpus().index(d) if d in _gpus() else d.id)
 
     @staticmethod
@@ -120,7 +127,7 @@ class Device(metaclass=_DeviceMeta):
     def jax_device(self) -> Any:
         """The ``jax.Device`` this names."""
         if self.kind == "cpu":
-            return jax.devices("cpu")[self.ordinal]
+            return _local_cpus()[self.ordinal]
         return _gpus()[self.ordinal]
 
     def location(self) -> DeviceLocation:

@@ -374,8 +374,11 @@ class Llama(Module):
         (default dtype: the model's)."""
         c = self.config
         dev = _device_of(unwrap(self.rotary.inv_freq))
-        return Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]
-                         dtype if dtype is not None else self.dtype, dev)  # fmt: skip
+        cache = Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]
+                          dtype if dtype is not None else self.dtype, dev)  # fmt: skip
+        from candlejax import distributed  # a model on a mesh gets its cache there (heads split on "model")
+
+        return distributed.place_like(cache, self.embed_tokens, distributed.llama_tp_rules)
 
     def check_positions(self, index_pos: int, seq_len: int) -> None:
         """Raise unless positions ``index_pos .. index_pos + seq_len - 1`` are within ``0 ..

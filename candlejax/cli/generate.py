@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
+    p.add_argument("--tensor-parallel", type=_count(1), default=1,
+                   help="split the model over N devices (--model only; CPU: N simulated devices)")  # fmt: skip
 
 
 def load(args: argparse.Namespace, max_seq_len: int | None) -> Any:
@@ -92,8 +94,17 @@ class Timer:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import processor_from
 
+    tp = getattr(args, "tensor_parallel", 1)
+    if tp > 1:
+        from candlejax import distributed
+
+        if args.gguf:
+            raise errors.Msg("--tensor-parallel works with --model (safetensors weights), not --gguf")
+        distributed.request_host_devices(tp)  # CPU-only machines: simulated devices
     t0 = time.perf_counter()
     tg = load(args, args.max_seq_len)
+    if tp > 1:
+        tg.model = distributed.tensor_parallel(tg.model, tp, distributed.llama_tp_rules)
     load_s = time.perf_counter() - t0
     ids = tg.encode(args.prompt, chat=args.chat, system=args.system)
     if args.max_seq_len is None:

@@ -44,6 +44,9 @@ class Batcher:
             ``Device.Cpu``.
         prefetch: batches gathered and moved to the device ahead of time on a background thread
             (0: gather on the calling thread).
+        mesh: a ``cj.distributed.mesh``: batches are placed split along dim 0 over its
+            ``data_axis`` (``"data"``), each device receiving only its rows (replaces ``device``);
+            ``batch_size`` must be a multiple of that axis size.
 
     Iterating continues from the current position: breaking out of a loop and iterating again
     resumes the same epoch; a finished epoch advances ``epoch``. ``state()`` / ``set_state()``
@@ -60,6 +63,8 @@ class Batcher:
         return_last_incomplete_batch: bool = False,
         device: Device | str | None = None,
         prefetch: int = 2,
+        mesh: Any = None,
+        data_axis: str = "data",
     ):
         src_device = _device_of(dataset)
         self.dataset, self._single = as_dataset(dataset)
@@ -85,6 +90,16 @@ class Batcher:
         self.epoch = 0
         self.position = 0
         self._has_get_batch = hasattr(self.dataset, "get_batch")
+        self.mesh, self.data_axis = mesh, data_axis
+        if mesh is not None:
+            from candlejax.distributed import ShardingError, axis_size
+
+            k = axis_size(mesh, data_axis)
+            if self.batch_size % k:
+                raise ShardingError(
+                    f"Batcher: batch_size {self.batch_size} does not split over mesh axis {data_axis!r} of size {k};"
+                    f" use a multiple of {k} (e.g. {max(k, self.batch_size // k * k)})"
+                )
 
     # --- sizes and order -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -123,6 +138,11 @@ class Batcher:
         return stack_examples(examples)
 
     def _to_device(self, arrays: tuple[np.ndarray, ...]) -> Any:
+        if self.mesh is not None:
+            from candlejax.distributed import shard_batch
+
+            ts = shard_batch(arrays, self.mesh, self.data_axis)
+            return ts[0] if self._single else ts
         dev = self.device.jax_device
         ts = tuple(wrap(jax.device_put(a, dev)) for a in arrays)
         return ts[0] if self._single else ts

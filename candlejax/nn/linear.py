@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax._precision import f32_precision
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
@@ -23,7 +24,8 @@ __all__ = ["Linear", "linear", "linear_b", "linear_no_bias"]
 
 @op
 def _linear(x: Any, w: Any, b: Any) -> Any:
-    y = jnp.matmul(x, w.T)
+    # f32: exact unless cj.set_gemm_reduced_precision_f32(True) (then TF32 on GPUs)
+    y = jnp.matmul(x, w.T, precision=f32_precision() if x.dtype == jnp.float32 else None)
     return y if b is None else y + b
 
 

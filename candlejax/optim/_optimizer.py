@@ -352,7 +352,13 @@ class Optimizer:
         first = sp.params[0]
         if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
             # committed like the parameters, so that the first and later steps share one executable
-            state = jax.device_put(state, first.sharding)
+            if not isinstance(first.sharding, jax.sharding.SingleDeviceSharding):  # on a mesh: moments laid out
+                # like their parameter
+                from candlejax.distributed._shard import place_opt_state
+
+                state = place_opt_state(self.tx, state, sp.params)
+            else:
+                state = jax.device_put(state, first.sharding)
         return state
 
     # --- the update, traced ------------------------------------------------------------------------
@@ -487,8 +493,9 @@ class Optimizer:
         fn = self._compiled_step(loss_fn, donate)
         try:
             out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch)
-        except Exception:
-            self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
+        except Exception as exc:
+            if not isinstance(exc, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
+                self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
             e = _device_mismatch(params, batch, f"{self.name}.backward_step")
             if e is not None:
                 raise e from None

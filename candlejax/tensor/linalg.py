@@ -1,7 +1,8 @@
 """Matrix products: matmul, broadcast_matmul, dot, mv, norm.
 
 f32/f64 products run at full precision (``lax.Precision.HIGHEST``: no TF32/bf16 passes on
-accelerators, as Candle's default); bf16/f16 products accumulate in f32 and return their own dtype.
+accelerators, as Candle's default; ``cj.set_gemm_reduced_precision_f32(True)`` allows TF32);
+bf16/f16 products accumulate in f32 and return their own dtype.
 
 requires: candlejax.tensor._core (TensorBase, wrap, check_same_device), candlejax._dispatch.op
 provides: LinalgMixin
@@ -13,10 +14,10 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
+from candlejax._precision import f32_precision
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
 from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, wrap
@@ -24,14 +25,13 @@ from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_de
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
 _F32_HINT = "convert with .to_dtype(DType.F32) first"
-_HIGHEST = lax.Precision.HIGHEST
 
 
 def _mm(a: Any, b: Any) -> Any:
     if a.dtype in _HALF:
         return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
     if a.dtype in _FLOAT:
-        return jnp.matmul(a, b, precision=_HIGHEST)
+        return jnp.matmul(a, b, precision=f32_precision())
     return jnp.matmul(a, b)
 
 
@@ -50,7 +50,7 @@ def _dot(a: Any, b: Any) -> Any:
     if a.dtype in _HALF:
         return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
     if a.dtype in _FLOAT:
-        return jnp.dot(a, b, precision=_HIGHEST)
+        return jnp.dot(a, b, precision=f32_precision())
     return jnp.sum(a * b, dtype=a.dtype)
 
 

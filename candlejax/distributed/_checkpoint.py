@@ -1,0 +1,61 @@
+"""Checkpoints of sharded models: one gathered file, re-sharded on load."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from jax.sharding import NamedSharding
+
+from candlejax import checkpoint as _ckpt
+from candlejax.distributed._shard import _array, _is_leaf, _place, _rebuild, named_leaves, to_host
+
+
+def save(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> None:
+    """:func:`candlejax.checkpoint.save` for a model (and optimizer state) laid out on a mesh.
+
+    Scheme: *gathered file*. Every process takes part in gathering each tensor whole (an
+    all-gather across processes when shards live on other hosts); process 0 alone writes one
+    ordinary candlejax checkpoint (safetensors, checkpoint names, written atomically), the same
+    file an unsharded run writes; the others wait for it. So a checkpoint moves freely between
+    1 device, a mesh of any shape and several processes. Memory: each process holds the whole
+    model on the host while saving.
+    """
+    host_model = to_host(model)
+    host_state = None if opt_state is None else to_host(opt_state)
+    if jax.process_index() == 0:
+        _ckpt.save(path, host_model, host_state, **kwargs)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"candlejax checkpoint save {os.fspath(path)}")
+
+
+def restore(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> _ckpt.Checkpoint:
+    """:func:`candlejax.checkpoint.restore` into a sharded template: every tensor of the file is
+    placed with the sharding of the template's tensor of the same name (also the optimizer
+    state, given as ``opt_state`` or built with ``optimizer=``). Every process reads the same file
+    (a shared filesystem) and keeps only its own shards on its devices."""
+    optimizer = kwargs.get("optimizer")
+    if opt_state is None and optimizer is not None:
+        opt_state = optimizer.init(model)
+    ck = _ckpt.restore(path, to_host(model), None if opt_state is None else to_host(opt_state), **kwargs)
+    ck.model = _like(ck.model, model)
+    if opt_state is not None:
+        ck.opt_state = _like(ck.opt_state, opt_state)
+    return ck
+
+
+def _like(loaded: Any, template: Any) -> Any:
+    """``loaded``'s values with ``template``'s shardings, leaf by leaf."""
+    src = [leaf for _, leaf in named_leaves(loaded)]
+    dst = [leaf for _, leaf in named_leaves(template)]
+    placed = {}
+    for s, d in zip(src, dst):
+        sh = getattr(_array(d), "sharding", None)
+        a = _array(s)
+        if isinstance(sh, NamedSharding) or (sh is not None and jax.process_count() == 1):
+            a = _place(a, sh)
+        placed[id(s)] = _rebuild(s, a)
+    return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), loaded, is_leaf=_is_leaf)

@@ -1,0 +1,319 @@
+"""Placing models and batches on a mesh: sharding rules -> ``NamedSharding`` per tensor."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from candlejax.distributed._mesh import ShardingError, axis_size
+from candlejax.tensor._core import TensorBase, wrap
+
+AxisSpec = Sequence[str | tuple[str, ...] | None]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Named sharding rules: ``{name regex: axes per dim}``, first match wins, unmatched replicated.
+
+    Axes apply to a tensor's trailing dims (a stacked ``(layers, out, in)`` weight takes the rule
+    written for ``(out, in)``). ``require_each``: every pattern must match a tensor (a user's
+    dict); model-provided rules (optional biases, cache entries) only need to match something.
+    """
+
+    patterns: Mapping[str, AxisSpec]
+    name: str = "rules"
+    require_each: bool = True
+    _compiled: tuple = field(default=(), compare=False, repr=False)
+
+    def compiled(self) -> list[tuple[str, Any, tuple]]:
+        out = []
+        for pat, spec in self.patterns.items():
+            try:
+                rx = re.compile(pat)
+            except re.error as e:
+                raise ShardingError(f"sharding rule {pat!r} is not a valid regex: {e}") from None
+            if isinstance(spec, (str, type(None))):
+                spec = (spec,)
+            out.append((pat, rx, tuple(spec)))
+        return out
+
+
+RuleSet = str | Rules | Mapping[str, AxisSpec] | Callable[[str, tuple[int, ...]], Any]
+
+
+def _array(x: Any) -> Any:
+    return x._a if isinstance(x, TensorBase) else x
+
+
+def _is_leaf(x: Any) -> bool:
+    return isinstance(x, TensorBase)
+
+
+def named_leaves(tree: Any) -> list[tuple[str, Any]]:
+    """``(name, leaf)`` for every tensor / array leaf: its checkpoint name, else its attribute path."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]:
+        name = getattr(leaf, "name", None)
+        if not (isinstance(name, str) and name):
+            name = jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
+        out.append((name, leaf))
+    return out
+
+
+def _fmt_spec(spec: Sequence[Any]) -> str:
+    return "(" + ", ".join(repr(s) for s in spec) + ("," if len(spec) == 1 else "") + ")"
+
+
+def _check_spec(name: str, shape: tuple[int, ...], spec: tuple, mesh: Mesh, rule: str) -> P:
+    if len(spec) > len(shape):
+        raise ShardingError(
+            f"sharding rule {rule!r} gives {len(spec)} axes {_fmt_spec(spec)} for {name} of shape {list(shape)}"
+            f" (rank {len(shape)}); give at most one axis per dim"
+        )
+    full = (None,) * (len(shape) - len(spec)) + tuple(spec)
+    for dim, (size, ax) in enumerate(zip(shape, full)):
+        n = axis_size(mesh, ax)
+        if size % n:
+            raise ShardingError(
+                f"cannot shard {name} (shape {list(shape)}) dim {dim} of size {size} over mesh axis {ax!r} of size"
+                f" {n}: {n} does not divide {size}; use a mesh whose {ax!r} axis divides {size}, or a rule that"
+                f" leaves dim {dim} unsplit (None) for {name}"
+            )
+    return P(*full)
+
+
+def _fsdp_spec(shape: tuple[int, ...], n: int, axis: str) -> P:
+    """Split the largest dim that ``n`` divides (the first of equals); replicate when none does."""
+    best = None
+    for d, s in enumerate(shape):
+        if s % n == 0 and s >= n and (best is None or s > shape[best]):
+            best = d
+    if best is None:
+        return P()
+    return P(*(axis if d == best else None for d in range(len(shape))))
+
+
+def resolve(tree: Any, mesh: Mesh, rules: RuleSet) -> list[tuple[str, Any, P]]:
+    """``(name, leaf, PartitionSpec)`` for every leaf of ``tree`` under ``rules``."""
+    leaves = named_leaves(tree)
+    if not isinstance(mesh, Mesh):
+        raise ShardingError(f"expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got {type(mesh).__name__}")
+    if isinstance(rules, str):
+        if rules == "replicate":
+            return [(n, x, P()) for n, x in leaves]
+        if rules == "fsdp":
+            axis = "data" if "data" in mesh.shape else mesh.axis_names[0]
+            k = mesh.shape[axis]
+            return [(n, x, _fsdp_spec(tuple(np.shape(_array(x))), k, axis)) for n, x in leaves]
+        raise ShardingError(
+            f"unknown sharding rules {rules!r}; use 'replicate', 'fsdp', a dict {{name regex: axes per dim}} or"
+            " a model's rules (e.g. cj.distributed.rules.llama_tp_rules)"
+        )
+    if callable(rules) and not isinstance(rules, (Rules, Mapping)):
+        out = []
+        for n, x in leaves:
+            shape = tuple(np.shape(_array(x)))
+            spec = rules(n, shape)
+            spec = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+            out.append((n, x, _check_spec(n, shape, spec, mesh, getattr(rules, "__name__", "rule"))))
+        return out
+    r = rules if isinstance(rules, Rules) else Rules(dict(rules))
+    comp = r.compiled()
+    used: set[str] = set()
+    out = []
+    for n, x in leaves:
+        shape = tuple(np.shape(_array(x)))
+        for pat, rx, spec in comp:
+            if rx.search(n):
+                used.add(pat)
+                out.append((n, x, _check_spec(n, shape, spec, mesh, pat)))
+                break
+        else:
+            out.append((n, x, P()))
+    unused = [p for p, _, _ in comp if p not in used]
+    if comp and (len(unused) == len(comp) or (r.require_each and unused)):
+        sample = ", ".join(n for n, _ in leaves[:6]) + (" ..." if len(leaves) > 6 else "")
+        raise ShardingError(
+            f"sharding rule{'s' if len(unused) > 1 else ''} {unused} match{'' if len(unused) > 1 else 'es'} no"
+            f" parameter of {type(tree).__name__} (its names look like: {sample}); fix the pattern(s) (they are"
+            " regexes searched in the checkpoint names) or drop them"
+        )
+    return out
+
+
+def _place(a: Any, sharding: NamedSharding) -> Any:
+    """``a`` (a jax or numpy array) laid out as ``sharding``, also across processes."""
+    if isinstance(a, jax.Array) and a.sharding == sharding:
+        return a
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return jax.jit(lambda x: x, out_shardings=sharding)(a)
+    host = np.asarray(a)  # every process holds the same values (same seed / same file)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def _rebuild(leaf: Any, a: Any) -> Any:
+    if isinstance(leaf, TensorBase):
+        _, treedef = jax.tree_util.tree_flatten(leaf)
+        return treedef.unflatten([a])
+    return a
+
+
+def shard(tree: Any, mesh: Mesh, rules: RuleSet = "replicate") -> Any:
+    """A copy of ``tree`` (a Module, a Cache, any pytree of Tensors) laid out on ``mesh``.
+
+    ``rules``:
+      * ``"replicate"``: every tensor whole on every device (data parallelism);
+      * ``"fsdp"``: each tensor split over the ``"data"`` axis along its largest dim that the axis
+        size divides (tensors with no such dim are replicated);
+      * ``{name regex: axes per dim}``, e.g. ``{r"q_proj\\.weight$": ("model", None)}``: the first
+        matching pattern places a tensor, unmatched tensors are replicated, every pattern must
+        match one (names are checkpoint names, else attribute paths such as ``k`` of a Cache);
+      * a model's ready rules (:data:`candlejax.distributed.rules.llama_tp_rules`, ...);
+      * a function ``(name, shape) -> axes per dim``.
+    The same Module, ``backward_step`` and ``jax.jit`` code then runs on the mesh; XLA inserts the
+    collectives. JAX: ``jax.device_put(x, NamedSharding(mesh, PartitionSpec(...)))`` per tensor.
+    """
+    placed = {}
+    for _n, leaf, spec in resolve(tree, mesh, rules):
+        placed[id(leaf)] = _rebuild(leaf, _place(_array(leaf), NamedSharding(mesh, spec)))
+    return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
+
+
+def specs(tree: Any) -> dict[str, Any]:
+    """Name -> ``PartitionSpec`` of every leaf (``None`` for arrays not on a mesh)."""
+    out = {}
+    for n, leaf in named_leaves(tree):
+        s = getattr(_array(leaf), "sharding", None)
+        out[n] = s.spec if isinstance(s, NamedSharding) else None
+    return out
+
+
+def _batch_arrays(x: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    if isinstance(x, (tuple, list)):
+        return [_array(v) for v in x], lambda vs: type(x)(wrap(v) for v in vs)
+    return [_array(x)], lambda vs: wrap(vs[0])
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> Any:
+    """A batch (a Tensor / array or a tuple of them) split along dim 0 over ``axis`` of ``mesh``.
+
+    Every process passes the same global batch (same data, same seed); each places only the rows
+    of its own devices. The batch size must be a multiple of the axis size.
+    JAX: ``jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))``.
+    """
+    arrays, rebuild = _batch_arrays(batch)
+    n = axis_size(mesh, axis)
+    out = []
+    for i, a in enumerate(arrays):
+        shape = tuple(np.shape(a))
+        if not shape:
+            raise ShardingError(f"shard_batch: field {i} is a scalar; batches have the examples along dim 0")
+        if shape[0] % n:
+            lo, hi = shape[0] // n * n, (shape[0] // n + 1) * n
+            raise ShardingError(
+                f"batch of {shape[0]} examples (field {i}, shape {list(shape)}) does not split over mesh axis"
+                f" {axis!r} of size {n}; use a batch size that is a multiple of {n} (e.g. {lo or hi} or {hi}),"
+                " or drop the last incomplete batch (Batcher's default)"
+            )
+        spec = P(axis, *([None] * (len(shape) - 1)))
+        out.append(_place(a if isinstance(a, jax.Array) else np.asarray(a), NamedSharding(mesh, spec)))
+    return rebuild(out)
+
+
+def replicate(x: Any, mesh: Mesh) -> Any:
+    """``x`` (a Tensor / array or a tuple of them) whole on every device of ``mesh`` (model inputs
+    such as token ids for a tensor-parallel model)."""
+    arrays, rebuild = _batch_arrays(x)
+    return rebuild([_place(a if isinstance(a, jax.Array) else np.asarray(a), NamedSharding(mesh, P())) for a in arrays])
+
+
+def to_host(tree: Any) -> Any:
+    """``tree`` with every array gathered into host numpy arrays (all processes take part)."""
+
+    def gather(a: Any) -> Any:
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    leaves = named_leaves(tree)
+    placed = {id(leaf): _rebuild(leaf, gather(_array(leaf))) for _, leaf in leaves}
+    return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
+
+
+def place_opt_state(tx: Any, state: Any, params: list[Any]) -> Any:
+    """An optimizer state laid out like ``params``: param-shaped leaves (Adam moments) take their
+    parameter's sharding, the rest (step counts) is replicated on the same mesh."""
+    import optax
+
+    first = params[0].sharding
+    rep = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
+
+    def like(v: Any, p: Any) -> Any:
+        return _place(v, p.sharding) if hasattr(v, "shape") and tuple(v.shape) == tuple(p.shape) else _place(v, rep)
+
+    def other(v: Any) -> Any:
+        return jax.tree_util.tree_map(lambda a: _place(a, rep), v)
+
+    inner = optax.tree_utils.tree_map_params(tx, like, state.inner, params, transform_non_params=other)
+    return type(state)(_place(state.step, rep), inner)
+
+
+def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
+    """``tree`` (a KV cache, an input) on the mesh ``ref`` (a model or a tensor) is laid out on,
+    under ``rules`` (used when that mesh has a ``"model"`` axis; else replicated); unchanged when
+    ``ref`` is on one device. Lets a model build its caches where its weights are."""
+    sh = None
+    for _, leaf in named_leaves(ref):
+        sh = getattr(_array(leaf), "sharding", None)
+        if sh is not None:
+            break
+    if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:
+        return tree
+    return shard(tree, sh.mesh, rules if "model" in sh.mesh.shape else "replicate")
+
+
+def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
+    """``model`` split over a ``{"model": n}`` mesh of the first ``n`` devices."""
+    from candlejax.distributed._mesh import mesh
+
+    devs = jax.devices()
+    if n > len(devs):
+        raise ShardingError(
+            f"tensor parallel over {n} devices, but {len(devs)} are visible; on a CPU-only machine start Python"
+            f" with XLA_FLAGS=--xla_force_host_platform_device_count={n}"
+        )
+    return shard(model, mesh({"model": n}, devs[:n]), rules)
+
+
+def device_mismatch(op: str, names: Sequence[str], params: Sequence[Any], batch: Any) -> ShardingError:
+    """The error for a step whose parameters and batch live on different devices (JAX's
+    "incompatible devices"), naming both sides and the fix."""
+
+    def ids(a: Any) -> list[int]:
+        s = getattr(_array(a), "sharding", None)
+        return sorted(d.id for d in s.device_set) if s is not None else []
+
+    p_ids = next((ids(a) for a in params if ids(a)), [])
+    where = "a mesh" if len(p_ids) > 1 else "one device"
+    p_name = names[0] if names else "the parameters"
+    for i, b in enumerate(jax.tree_util.tree_leaves(batch, is_leaf=_is_leaf)):
+        b_ids = ids(b)
+        if b_ids and b_ids != p_ids and getattr(_array(b), "committed", True):
+            return ShardingError(
+                f"{op}: the model's parameters ({p_name}, ...) are on devices {p_ids} ({where}) but batch input {i}"
+                f" (shape {list(np.shape(_array(b)))}) is on devices {b_ids}; place batches where the model is:"
+                " cj.data.Batcher(..., mesh=mesh) or cj.distributed.shard_batch(batch, mesh) for a mesh,"
+                " .to_device(...) for one device"
+            )
+    return ShardingError(f"{op}: the model's parameters ({p_name}, ...) and its inputs are on different devices")

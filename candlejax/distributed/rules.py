@@ -1,0 +1,52 @@
+"""Ready tensor-parallel rules (Megatron-style) for the models in ``candlejax.models``.
+
+Written once for the shared layer kinds, keyed by the Hugging Face parameter names:
+
+* column-parallel (output features split over ``"model"``): attention q/k/v projections (so each
+  device holds whole heads), the MLP's gate/up (or intermediate) projection, their biases;
+* row-parallel (input features split): the attention output projection and the MLP's down
+  (output) projection, so each block needs one all-reduce after attention and one after the MLP;
+* the LM head is split over the vocabulary; embeddings and norms are replicated;
+* a LLaMA KV cache (``k``/``v`` of shape ``(layers, B, kv_heads, S, D)``) is split over heads.
+
+The ``"model"`` axis size must divide the number of (key/value) heads and the MLP width; a rule
+that does not fit raises naming the parameter. Megatron-LM: ``ColumnParallelLinear`` /
+``RowParallelLinear``.
+"""
+
+from __future__ import annotations
+
+from candlejax.distributed._shard import Rules
+
+COLUMN = ("model", None)  # (out, in) weight: output features split
+ROW = (None, "model")  # (out, in) weight: input features split
+BIAS = ("model",)
+
+llama_tp_rules = Rules(
+    {
+        r"self_attn\.(q|k|v)_proj\.weight$": COLUMN,
+        r"self_attn\.(q|k|v)_proj\.bias$": BIAS,
+        r"self_attn\.o_proj\.weight$": ROW,
+        r"mlp\.(gate|up)_proj\.weight$": COLUMN,
+        r"mlp\.down_proj\.weight$": ROW,
+        r"^lm_head\.weight$": COLUMN,
+        r"^(k|v)$": (None, None, "model", None, None),  # Cache.k / Cache.v: kv heads
+    },
+    name="llama_tp_rules",
+    require_each=False,
+)
+
+bert_tp_rules = Rules(
+    {
+        r"attention\.self\.(query|key|value)\.weight$": COLUMN,
+        r"attention\.self\.(query|key|value)\.bias$": BIAS,
+        r"attention\.output\.dense\.weight$": ROW,
+        r"intermediate\.dense\.weight$": COLUMN,
+        r"intermediate\.dense\.bias$": BIAS,
+        r"layer\.\d+\.output\.dense\.weight$": ROW,
+    },
+    name="bert_tp_rules",
+    require_each=False,
+)
+
+__all__ = ["BIAS", "COLUMN", "ROW", "Rules", "bert_tp_rules", "llama_tp_rules"]
