@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cpus]))
 
     import numpy as np
+
     from candlejax.models import bert
 
     if args.tune_malloc:

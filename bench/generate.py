@@ -51,10 +51,10 @@ def _rss_now_mib() -> float:
 def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
     import jax
     import jax.numpy as jnp
-    from candlejax.models import llama, quantized_llama
 
     from candlejax import Device
     from candlejax.generation import Sampling, generate
+    from candlejax.models import llama, quantized_llama
 
     jnp.zeros(4).block_until_ready()
     base_rss = _rss_now_mib()  # jax imported, one op run
