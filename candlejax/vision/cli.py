@@ -66,3 +66,44 @@ def resnet_main(argv: Sequence[str] | None = None) -> int:
     for i in np.argsort(-pr)[: a.top]:
         print(f"{IMAGENET_CLASSES[i]:40s}: {100 * pr[i]:5.2f}%")
     return 0
+
+
+def yolo_main(argv: Sequence[str] | None = None) -> int:
+    """``detect|pose IMAGE --weights FILE [--which] [--conf --iou] --out out.jpg``; ``convert IN.pt OUT``."""
+    p = argparse.ArgumentParser(prog="python -m candlejax.models.yolo")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for task in ("detect", "pose"):
+        c = sub.add_parser(task, help=f"{task} in an image and draw the result")
+        c.add_argument("image")
+        c.add_argument("--weights", required=True, help="Ultralytics .pt or .safetensors (Ultralytics names)")
+        c.add_argument("--which", help="size n|s|m|l|x (default: read from the weights)")
+        c.add_argument("--version", help="v8 or 11 (default: read from the weights)")
+        c.add_argument("--conf", type=float, default=0.25)
+        c.add_argument("--iou", type=float, default=0.45)
+        c.add_argument("--imgsz", type=int, default=640)
+        c.add_argument("--out", default="out.jpg")
+    c = sub.add_parser("convert", help="an Ultralytics .pt checkpoint -> safetensors")
+    c.add_argument("src")
+    c.add_argument("dst")
+    a = p.parse_args(argv)
+    try:
+        from candlejax.models import yolo, yolo_predict
+        from candlejax.vision import draw_detections, load_image
+
+        if a.cmd == "convert":
+            yolo_predict.pt_to_safetensors(a.src, a.dst)
+            print(f"wrote {a.dst}")
+            return 0
+        model = yolo.load(a.weights, which=a.which, version=a.version, task=a.cmd)
+        img = load_image(a.image)
+        dets = yolo.detect(model, img, conf=a.conf, iou=a.iou, imgsz=a.imgsz)
+    except errors.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for i in range(len(dets)):
+        x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
+        print(f"{model.names[int(dets.classes[i])]:>14s} {float(dets.scores[i]):.3f}  "
+              f"[{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")  # fmt: skip
+    draw_detections(img, dets, model.names).save(a.out)
+    print(f"{len(dets)} detections, annotated image written to {a.out}")
+    return 0
