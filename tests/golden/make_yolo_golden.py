@@ -31,7 +31,7 @@ from ultralytics.nn.tasks import DetectionModel, PoseModel
 from ultralytics.utils.nms import non_max_suppression
 
 sys.path.insert(0, str(Path(__file__).parent))
-from yolo_weights import make_weights  # noqa: E402
+from yolo_weights import make_weights
 
 HERE = Path(__file__).parent
 torch.set_grad_enabled(False)
