@@ -5,7 +5,6 @@ Notebooks are kept in git without outputs; a test checks that too.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -80,8 +79,6 @@ def test_notebook_saved_without_outputs(path: Path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, tmp_path: Path, kernel_name: str):
-    if path.stem == "04_vision" and importlib.util.find_spec("candlejax.io.pth") is None:
-        pytest.skip("04_vision reads an Ultralytics .pt file: needs candlejax.io.pth")
     nb = nbformat.read(path, as_version=4)
     work = tmp_path / "work"
     work.mkdir()

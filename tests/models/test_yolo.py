@@ -111,8 +111,6 @@ def test_every_size_reads_ultralytics_names_and_shapes(key):
 
 @pytest.fixture(scope="module")
 def pose11():
-    # Ultralytics .pt files are read by candlejax.io.pth (its own change); until it is present these skip
-    pytest.importorskip("candlejax.io.pth", reason="candlejax.io.pth (reading .pt checkpoints) is not in this tree")
     return yolo.load(POSE_PT)
 
 
