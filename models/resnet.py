@@ -11,7 +11,8 @@ Paper: He et al., "Deep Residual Learning for Image Recognition", https://arxiv.
     logits = net.forward(x)                                       # (B, 3, H, W) f32 -> (B, 1000)
 
 ``nclasses=None`` returns the pooled features ``(B, C)``. BatchNorm is folded into the convolutions
-(``Conv2d.absorb_bn``) by default; ``fold_bn=False`` keeps it, so ``forward_t(x, train=True)``
+(``Conv2d.absorb_bn``) by default (a folded model saves, and loads again, convs with biases and no
+norms); ``fold_bn=False`` keeps it, so ``forward_t(x, train=True)``
 normalises with batch statistics and the model can be fine-tuned with ``backward_step`` (the
 running statistics are then not updated). Shell: ``python -m candlejax.models.resnet classify IMG
 --weights FILE``.
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from candlejax import errors
-from candlejax.nn import BatchNorm, Conv2d, Conv2dConfig, Linear, ModuleT, batch_norm, conv2d_no_bias, linear
+from candlejax.nn import BatchNorm, Conv2d, Conv2dConfig, Linear, ModuleT, batch_norm, conv2d, conv2d_no_bias, linear
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ConvBn", "ResNet", "hf_to_torchvision", "resnet18", "resnet34", "resnet50",
@@ -41,7 +42,10 @@ class ConvBn(ModuleT):
 
     @staticmethod
     def load(c_in: int, c_out: int, k: int, stride: int, vb_conv: Any, vb_bn: Any, fold: bool) -> ConvBn:
-        conv = conv2d_no_bias(c_in, c_out, k, Conv2dConfig(padding=k // 2, stride=stride), vb_conv)
+        cfg = Conv2dConfig(padding=k // 2, stride=stride)
+        if fold and vb_conv.contains_tensor("bias") and not vb_bn.contains_tensor("weight"):
+            return ConvBn(conv2d(c_in, c_out, k, cfg, vb_conv))  # saved already folded (a folded model's file)
+        conv = conv2d_no_bias(c_in, c_out, k, cfg, vb_conv)
         bn = batch_norm(c_out, 1e-5, vb_bn)
         return ConvBn(conv.absorb_bn(bn)) if fold else ConvBn(conv, bn)
 

@@ -163,3 +163,6 @@ def test_classify_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(bad), "--weights", str(w)],
                        capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert r.returncode != 0 and "not a readable image" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(img), "--weights", str(w),
+                        "--which", "50"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "layer1.0.conv1.weight" in r.stderr
