@@ -129,15 +129,16 @@ def _postprocess(raw: Any, nc: int, conf: Any, iou: Any, max_det: int, top_k: in
     cls = p[:, 4 : 4 + nc]
     scores, classes = cls.max(1), cls.argmax(1)
     idx, ok = nms_arrays(boxes, scores, classes, conf, iou, max_det=max_det, top_k=top_k)
-    return boxes[idx], scores[idx], classes[idx], p[idx, 4 + nc :], ok
+    return boxes[idx], scores[idx], classes[idx], p[idx, 4 + nc :], ok, jnp.sum(scores > conf)
 
 
 def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k: int) -> tuple[Any, ...]:
-    raw = model.forward(wrap(x.astype(jnp.float32) / 255.0))
-    return _postprocess(raw._a, model.num_classes, conf, iou, max_det, top_k)
+    raw = model.forward(wrap(x.astype(jnp.float32) / 255.0))._a
+    return (*_postprocess(raw, model.num_classes, conf, iou, max_det, top_k), raw)
 
 
 _predict = jax.jit(_predict_fn, static_argnames=("max_det", "top_k"))
+_post = jax.jit(_postprocess, static_argnames=("nc", "max_det", "top_k"))
 
 
 def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
@@ -146,7 +147,9 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
 
     As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
     / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
-    image's pixels. Forward and NMS run as one compiled program per letterboxed shape.
+    image's pixels. Forward and NMS run as one compiled program per letterboxed shape; NMS looks at
+    the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again on a larger
+    static ``top_k`` (up to every anchor), so the result is Ultralytics' whatever the count.
     """
     if isinstance(img, (str, os.PathLike)):
         img = load_image(img)
@@ -154,8 +157,11 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
         img = image_to_tensor(img)
     check_image(img, "yolo.detect")
     lb_img, lb = letterbox(img, imgsz)
-    boxes, scores, classes, extra, ok = _predict(model, lb_img._a[None], jnp.float32(conf), jnp.float32(iou),
-                                                 max_det=max_det, top_k=top_k)  # fmt: skip
+    c, t = jnp.float32(conf), jnp.float32(iou)
+    boxes, scores, classes, extra, ok, n, raw = _predict(model, lb_img._a[None], c, t, max_det=max_det, top_k=top_k)
+    while int(n) > top_k and top_k < raw.shape[-1]:
+        top_k = min(top_k * 4, raw.shape[-1])
+        boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, top_k)
     ok = np.asarray(ok)
     kpts = None
     if model.kpt_shape is not None:

@@ -73,7 +73,7 @@ def test_raw_output_and_nms_match_ultralytics(key, random_files):
     np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-4)
     # NMS on Ultralytics' own output: same kept boxes, scores, classes (and keypoints)
     nc = model.num_classes
-    boxes, scores, classes, extra, ok = (np.asarray(a) for a in yolo_predict._postprocess(
+    boxes, scores, classes, extra, ok, _ = (np.asarray(a) for a in yolo_predict._postprocess(
         jnp.asarray(ref), nc, jnp.float32(RANDOM[f"{key}/conf"]), jnp.float32(0.45), 300, 1024))  # fmt: skip
     got = np.concatenate([boxes[ok], scores[ok, None], classes[ok, None], extra[ok]], 1)
     want = RANDOM[f"{key}/nms"]
@@ -209,3 +209,12 @@ def test_pose_cli(pose11, photo, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "person" in r.stdout and "1 detections" in r.stdout
     assert Image.open(out).size == (512, 512)
+
+
+def test_detect_runs_again_when_more_candidates_than_top_k(random_files):
+    model = yolo.load(random_files["v8n-detect"])  # random weights: every anchor passes conf
+    img = vision.image_to_tensor(skimage.data.astronaut())
+    few = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=256)
+    all_ = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=4096)  # 2100 anchors: no cap at all
+    assert len(few) == len(all_) > 20
+    np.testing.assert_allclose(few.boxes, all_.boxes, atol=1e-4)
