@@ -66,7 +66,8 @@ def _errors(nb) -> list[str]:
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
+    names = ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb", "04_vision.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -102,3 +103,5 @@ def test_notebook_runs(path: Path, tmp_path: Path, kernel_name: str):
         images = sum("image/png" in o.get("data", {}) for c in code_cells for o in c.outputs)
         assert images >= 3, "the training notebook draws the digits, the loss curve and the weights"
         assert (work / "model.safetensors").exists()
+    if path.stem == "04_vision":
+        assert any("image/png" in o.get("data", {}) for o in code_cells[-1].outputs), "the annotated photo"

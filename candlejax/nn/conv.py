@@ -24,7 +24,7 @@ from candlejax._dispatch import op
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param
-from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.tensor._core import TensorBase, wrap
 
 __all__ = [
@@ -176,6 +176,27 @@ class Conv2d(_ConvBase):
 
     def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig = Conv2dConfig()):
         super().__init__(weight, bias, config)
+
+    def absorb_bn(self, bn: Any) -> Conv2d:
+        """Fold an inference ``BatchNorm`` that follows this conv into its weight and bias (Candle's name).
+
+        ``w' = w * γ/√(var+ε)`` per output channel, ``b' = β + γ/√(var+ε) * (b − mean)``; the
+        result equals ``bn(conv(x))`` with the running statistics. Vars keep the conv's names.
+        """
+        if bn.weight is None:
+            raise errors.Msg("absorb_bn: batch norm does not have weight_and_bias (affine=False)")
+        c_out = self.weight.shape[0]
+        if bn.num_features != c_out:
+            raise errors.Msg(f"absorb_bn: batch norm has {bn.num_features} features, the conv {c_out} output channels")
+        w, rm, rv = self.weight._a, bn.running_mean._a, bn.running_var._a
+        g, beta = bn.weight._a.astype(w.dtype), bn.bias._a.astype(w.dtype)
+        std = g / jnp.sqrt(rv.astype(w.dtype) + bn.eps)
+        b0 = jnp.zeros((c_out,), w.dtype) if self.bias is None else self.bias._a
+        weight = w * std.reshape(c_out, 1, 1, 1)
+        bias = beta + std * (b0 - rm.astype(w.dtype))
+        wname = getattr(self.weight, "name", "")
+        return Conv2d(Var._make(weight, wname), Var._make(bias, wname.rsplit(".", 1)[0] + ".bias" if wname else ""),
+                      self.config)  # fmt: skip
 
 
 class ConvTranspose1d(_ConvBase):

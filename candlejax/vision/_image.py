@@ -1,0 +1,190 @@
+"""Image loading and transforms: PIL / numpy in, ``(3, H, W)`` u8 or f32 Tensors out.
+
+requires: numpy, PIL, jax.image, candlejax.tensor
+provides: ``ImageError``, ``load_image``, ``image_to_tensor``, ``resize_center_crop``,
+``imagenet_normalize``, ``load_image224``, ``Letterbox``, ``letterbox``, ``scale_boxes``,
+``scale_keypoints``
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.tensor._core import TensorBase, wrap
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(errors.Error):
+    """An image that cannot be read or has the wrong layout (channels, dtype, size)."""
+
+
+def _np(x: Any) -> np.ndarray:
+    return np.asarray(x._a if isinstance(x, TensorBase) else x)
+
+
+def check_image(img: Any, where: str = "image") -> np.ndarray:
+    """``img`` as a numpy ``(3, H, W)`` u8 array, or an :class:`ImageError` naming what is wrong."""
+    a = _np(img)
+    if a.ndim != 3 or a.shape[0] != 3:
+        hint = " (an (H, W, 3) array: use image_to_tensor)" if a.ndim == 3 and a.shape[-1] in (1, 3, 4) else ""
+        raise ImageError(f"{where}: expected a (3, H, W) RGB image, got shape {errors.fmt_shape(a.shape)}{hint}")
+    if a.dtype != np.uint8:
+        raise ImageError(f"{where}: expected dtype u8, got {a.dtype}")
+    if a.shape[1] == 0 or a.shape[2] == 0:
+        raise ImageError(f"{where}: the image is empty ({errors.fmt_shape(a.shape)})")
+    return a
+
+
+def image_to_tensor(img: Any, device: Device | str | None = None) -> Any:
+    """A PIL image or an ``(H, W, 3)`` / ``(H, W)`` u8 array -> ``(3, H, W)`` u8 Tensor (RGB)."""
+    from PIL import Image
+
+    if isinstance(img, Image.Image):
+        if img.width == 0 or img.height == 0:
+            raise ImageError(f"image_to_tensor: the image is empty ({img.width}x{img.height})")
+        img = np.asarray(img.convert("RGB"))
+    a = _np(img)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ImageError(f"image_to_tensor: expected (H, W, 3) RGB pixels, got shape {errors.fmt_shape(a.shape)}")
+    if a.dtype != np.uint8:
+        raise ImageError(f"image_to_tensor: expected u8 pixels, got {a.dtype}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"image_to_tensor: the image is empty ({errors.fmt_shape(a.shape)})")
+    chw = np.ascontiguousarray(a.transpose(2, 0, 1))
+    return wrap(jax.device_put(chw, Device.coerce(device).jax_device))
+
+
+def load_image(path: str | os.PathLike[str], device: Device | str | None = None) -> Any:
+    """Read an image file as a ``(3, H, W)`` u8 RGB Tensor (Candle's ``candle_examples::load_image``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ImageError(f"load_image: no such file {p!r}")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"load_image: {p!r} is not a readable image ({type(e).__name__}: {e})") from e
+    return image_to_tensor(rgb, device)
+
+
+def _resize_u8(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of a ``(C, H, W)`` u8 array (half-pixel centres, no antialias: cv2 INTER_LINEAR)."""
+    if (h, w) == a.shape[1:]:
+        return a
+    out = jax.image.resize(jnp.asarray(a, jnp.float32), (a.shape[0], h, w), "linear", antialias=False)
+    return np.asarray(jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8))
+
+
+def resize_center_crop(img: Any, size: int) -> Any:
+    """Resize the shorter side to ``size`` (bilinear, antialiased) and crop the centre ``size x size``.
+
+    Candle: ``image.resize_to_fill(size, size, Triangle)``; torchvision: ``Resize(size)`` +
+    ``CenterCrop(size)``. ``(3, H, W)`` u8 -> ``(3, size, size)`` u8 on the same device.
+    """
+    from PIL import Image
+
+    a = check_image(img, "resize_center_crop")
+    if int(size) <= 0:
+        raise ImageError(f"resize_center_crop: size must be positive, got {size}")
+    h, w = a.shape[1:]
+    r = size / min(h, w)
+    nh, nw = max(size, round(h * r)), max(size, round(w * r))
+    im = Image.fromarray(a.transpose(1, 2, 0)).resize((nw, nh), Image.Resampling.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    crop = np.asarray(im)[top : top + size, left : left + size]
+    dev = img.device if isinstance(img, TensorBase) else None
+    return image_to_tensor(crop, dev)
+
+
+def imagenet_normalize(img: Any) -> Any:
+    """u8 ``(..., 3, H, W)`` -> f32 ``(x / 255 - mean) / std`` with ImageNet's mean and std."""
+    x = img._a if isinstance(img, TensorBase) else jnp.asarray(img)
+    if x.ndim < 3 or x.shape[-3] != 3:
+        raise ImageError(f"imagenet_normalize: expected (..., 3, H, W), got shape {errors.fmt_shape(x.shape)}")
+    if x.dtype == jnp.uint8:
+        x = x.astype(jnp.float32) / 255.0
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32).reshape(3, 1, 1)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32).reshape(3, 1, 1)
+    return wrap((x.astype(jnp.float32) - mean) / std)
+
+
+def load_image224(path: str | os.PathLike[str], device: Device | str | None = None) -> Any:
+    """Candle's ``imagenet::load_image224``: ``(3, 224, 224)`` f32, ImageNet-normalised."""
+    return imagenet_normalize(resize_center_crop(load_image(path, device), 224))
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was letterboxed: original ``(h, w)``, new ``(h, w)``, scale ``gain``, ``pad`` (left, top)."""
+
+    orig_shape: tuple[int, int]
+    shape: tuple[int, int]
+    gain: float
+    pad: tuple[int, int]
+
+
+def letterbox(img: Any, imgsz: int | tuple[int, int] = 640, *, stride: int = 32, auto: bool = True,
+              fill: int = 114) -> tuple[Any, Letterbox]:  # fmt: skip
+    """Ultralytics' ``LetterBox``: scale to fit ``imgsz`` keeping the aspect ratio, pad with grey ``fill``.
+
+    With ``auto`` (the predictor's default for PyTorch models) the padding is the least that makes
+    both sides multiples of ``stride``. Returns ``((3, h, w) u8 Tensor, Letterbox)``.
+    """
+    a = check_image(img, "letterbox")
+    nh_, nw_ = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    h, w = a.shape[1:]
+    r = min(nh_ / h, nw_ / w)
+    uw, uh = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = nw_ - uw, nh_ - uh
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
+    resized = _resize_u8(a, uh, uw)
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    out = np.pad(resized, ((0, 0), (top, bottom), (left, right)), constant_values=fill)
+    dev = img.device if isinstance(img, TensorBase) else None
+    return image_to_tensor(out.transpose(1, 2, 0), dev), Letterbox((h, w), out.shape[1:], r, (left, top))
+
+
+def _gain_pad(lb: Letterbox) -> tuple[float, float, int, int]:
+    (h0, w0), (h1, w1) = lb.orig_shape, lb.shape
+    gain = min(h1 / h0, w1 / w0)
+    nh, nw = max(round(h0 * gain), 1), max(round(w0 * gain), 1)  # the resized size, as LetterBox rounds it
+    return nw / w0, nh / h0, round((w1 - nw) / 2 - 0.1), round((h1 - nh) / 2 - 0.1)
+
+
+def scale_boxes(boxes: Any, lb: Letterbox) -> np.ndarray:
+    """Ultralytics' ``scale_boxes``: xyxy boxes in the letterboxed image -> original pixels (clipped)."""
+    b = np.array(_np(boxes), np.float32, copy=True)
+    gx, gy, px, py = _gain_pad(lb)
+    b[..., [0, 2]] = (b[..., [0, 2]] - px) / gx
+    b[..., [1, 3]] = (b[..., [1, 3]] - py) / gy
+    h0, w0 = lb.orig_shape
+    b[..., [0, 2]] = b[..., [0, 2]].clip(0, w0)
+    b[..., [1, 3]] = b[..., [1, 3]].clip(0, h0)
+    return b
+
+
+def scale_keypoints(kpts: Any, lb: Letterbox) -> np.ndarray:
+    """Ultralytics' ``scale_coords`` on ``(..., K, 2|3)`` keypoints (x, y[, conf]) -> original pixels."""
+    k = np.array(_np(kpts), np.float32, copy=True)
+    gx, gy, px, py = _gain_pad(lb)
+    k[..., 0] = ((k[..., 0] - px) / gx).clip(0, lb.orig_shape[1])
+    k[..., 1] = ((k[..., 1] - py) / gy).clip(0, lb.orig_shape[0])
+    return k

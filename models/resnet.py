@@ -1,0 +1,200 @@
+"""ResNet 18/34/50/101/152 (~ candle-transformers' ``models::resnet``).
+
+Paper: He et al., "Deep Residual Learning for Image Recognition", https://arxiv.org/abs/1512.03385
+(v1.5: the stride of a bottleneck sits on its 3x3 conv). Weight names are torchvision's and timm's
+(``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``, ``fc``); a Hugging Face
+``ResNetForImageClassification`` checkpoint loads through :func:`hf_to_torchvision`::
+
+    vb = VarBuilder.from_mmaped_safetensors(["resnet50.safetensors"], DType.F32, Device.Cpu)
+    net = resnet50(1000, vb)                                      # Candle: resnet::resnet50(Some(1000), vb)
+    net = resnet50(1000, vb.rename_f(hf_to_torchvision))          # transformers' names
+    logits = net.forward(x)                                       # (B, 3, H, W) f32 -> (B, 1000)
+
+``nclasses=None`` returns the pooled features ``(B, C)``. BatchNorm is folded into the convolutions
+(``Conv2d.absorb_bn``) by default (a folded model saves, and loads again, convs with biases and no
+norms); ``fold_bn=False`` keeps it, so ``forward_t(x, train=True)``
+normalises with batch statistics and the model can be fine-tuned with ``backward_step`` (the
+running statistics are then not updated). Shell: ``python -m candlejax.models.resnet classify IMG
+--weights FILE``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from candlejax import errors
+from candlejax.nn import BatchNorm, Conv2d, Conv2dConfig, Linear, ModuleT, batch_norm, conv2d, conv2d_no_bias, linear
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "ConvBn", "ResNet", "hf_to_torchvision", "resnet18", "resnet34", "resnet50",
+    "resnet101", "resnet152",
+]  # fmt: skip
+
+
+class ConvBn(ModuleT):
+    """``conv`` (no bias) then ``bn``; with ``bn=None`` the norm is already folded into ``conv``."""
+
+    def __init__(self, conv: Conv2d, bn: BatchNorm | None = None):
+        self.conv = conv
+        self.bn = bn
+
+    @staticmethod
+    def load(c_in: int, c_out: int, k: int, stride: int, vb_conv: Any, vb_bn: Any, fold: bool) -> ConvBn:
+        cfg = Conv2dConfig(padding=k // 2, stride=stride)
+        if fold and vb_conv.contains_tensor("bias") and not vb_bn.contains_tensor("weight"):
+            return ConvBn(conv2d(c_in, c_out, k, cfg, vb_conv))  # saved already folded (a folded model's file)
+        conv = conv2d_no_bias(c_in, c_out, k, cfg, vb_conv)
+        bn = batch_norm(c_out, 1e-5, vb_bn)
+        return ConvBn(conv.absorb_bn(bn)) if fold else ConvBn(conv, bn)
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        ys = self.conv.forward(xs)
+        return ys if self.bn is None else self.bn.forward_t(ys, train)
+
+
+def _downsample(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> ConvBn | None:
+    if stride == 1 and c_in == c_out:
+        return None
+    return ConvBn.load(c_in, c_out, 1, stride, vb.pp(0), vb.pp(1), fold)
+
+
+class BasicBlock(ModuleT):
+    """Two 3x3 convs and a shortcut (ResNet-18/34); output channels ``c_out``."""
+
+    expansion = 1
+
+    def __init__(self, conv1: ConvBn, conv2: ConvBn, downsample: ConvBn | None):
+        self.conv1, self.conv2, self.downsample = conv1, conv2, downsample
+
+    @staticmethod
+    def load(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> BasicBlock:
+        return BasicBlock(
+            ConvBn.load(c_in, c_out, 3, stride, vb.pp("conv1"), vb.pp("bn1"), fold),
+            ConvBn.load(c_out, c_out, 3, 1, vb.pp("conv2"), vb.pp("bn2"), fold),
+            _downsample(c_in, c_out, stride, vb.pp("downsample"), fold),
+        )
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        ys = self.conv2.forward_t(self.conv1.forward_t(xs, train).relu(), train)
+        sc = xs if self.downsample is None else self.downsample.forward_t(xs, train)
+        return (ys + sc).relu()
+
+
+class Bottleneck(ModuleT):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand to ``4 * c_out``, and a shortcut (ResNet-50+)."""
+
+    expansion = 4
+
+    def __init__(self, conv1: ConvBn, conv2: ConvBn, conv3: ConvBn, downsample: ConvBn | None):
+        self.conv1, self.conv2, self.conv3, self.downsample = conv1, conv2, conv3, downsample
+
+    @staticmethod
+    def load(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> Bottleneck:
+        e = c_out * 4
+        return Bottleneck(
+            ConvBn.load(c_in, c_out, 1, 1, vb.pp("conv1"), vb.pp("bn1"), fold),
+            ConvBn.load(c_out, c_out, 3, stride, vb.pp("conv2"), vb.pp("bn2"), fold),
+            ConvBn.load(c_out, e, 1, 1, vb.pp("conv3"), vb.pp("bn3"), fold),
+            _downsample(c_in, e, stride, vb.pp("downsample"), fold),
+        )
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        ys = self.conv1.forward_t(xs, train).relu()
+        ys = self.conv3.forward_t(self.conv2.forward_t(ys, train).relu(), train)
+        sc = xs if self.downsample is None else self.downsample.forward_t(xs, train)
+        return (ys + sc).relu()
+
+
+class ResNet(ModuleT):
+    """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages of blocks, global average pool, ``fc``."""
+
+    def __init__(self, stem: ConvBn, layers: list[list[Any]], fc: Linear | None):
+        self.stem, self.layers, self.fc = stem, layers, fc
+
+    @staticmethod
+    def load(
+        block: type, depths: Sequence[int], nclasses: int | None, vb: Any, *,
+        widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, fold_bn: bool = True,
+    ) -> ResNet:  # fmt: skip
+        """``block``: :class:`BasicBlock` or :class:`Bottleneck`; ``depths``: blocks per stage."""
+        if block not in (BasicBlock, Bottleneck) or len(depths) != len(widths):
+            raise errors.Msg(f"ResNet.load: block must be BasicBlock or Bottleneck and len(depths) == len(widths) "
+                             f"(got {block}, {tuple(depths)}, {tuple(widths)})")  # fmt: skip
+        stem = ConvBn.load(3, stem_width, 7, 2, vb.pp("conv1"), vb.pp("bn1"), fold_bn)
+        layers, c_in = [], stem_width
+        for i, (n, w) in enumerate(zip(depths, widths, strict=True)):
+            vl = vb.pp(f"layer{i + 1}")
+            stage = []
+            for j in range(n):
+                stage.append(block.load(c_in, w, (1 if i == 0 else 2) if j == 0 else 1, vl.pp(j), fold_bn))
+                c_in = w * block.expansion
+            layers.append(stage)
+        fc = None if nclasses is None else linear(c_in, nclasses, vb.pp("fc"))
+        return ResNet(stem, layers, fc)
+
+    def forward_t(self, xs: Any, train: bool) -> Any:
+        """``(B, 3, H, W)`` f32 -> logits ``(B, nclasses)`` (or pooled features ``(B, C)``)."""
+        ys = self.stem.forward_t(xs, train).relu()
+        ys = ys.pad_with_same(-1, 1, 1).pad_with_same(-2, 1, 1).max_pool2d_with_stride(3, 2)
+        for stage in self.layers:
+            for blk in stage:
+                ys = blk.forward_t(ys, train)
+        ys = ys.mean((-2, -1))
+        return ys if self.fc is None else self.fc.forward(ys)
+
+
+def resnet18(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    """Candle: ``resnet18(nclasses, vb)``; torchvision: ``resnet18()``."""
+    return ResNet.load(BasicBlock, (2, 2, 2, 2), nclasses, vb, fold_bn=fold_bn)
+
+
+def resnet34(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    return ResNet.load(BasicBlock, (3, 4, 6, 3), nclasses, vb, fold_bn=fold_bn)
+
+
+def resnet50(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    """Candle: ``resnet50(nclasses, vb)``; torchvision: ``resnet50()`` (v1.5)."""
+    return ResNet.load(Bottleneck, (3, 4, 6, 3), nclasses, vb, fold_bn=fold_bn)
+
+
+def resnet101(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    return ResNet.load(Bottleneck, (3, 4, 23, 3), nclasses, vb, fold_bn=fold_bn)
+
+
+def resnet152(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    return ResNet.load(Bottleneck, (3, 8, 36, 3), nclasses, vb, fold_bn=fold_bn)
+
+
+_LAYER = re.compile(r"layer(\d+)\.(\d+)\.(conv|bn)(\d)\.(.+)")
+_DOWN = re.compile(r"layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)")
+
+
+def hf_to_torchvision(name: str, prefix: str = "resnet.") -> str:
+    """The Hugging Face name of the torchvision-named tensor ``name``; use as ``vb.rename_f(hf_to_torchvision)``.
+
+    ``layer2.0.conv1.weight`` -> ``resnet.encoder.stages.1.layers.0.layer.0.convolution.weight``,
+    ``fc.weight`` -> ``classifier.1.weight``. ``prefix=""`` reads a ``ResNetModel`` checkpoint
+    (``functools.partial(hf_to_torchvision, prefix="")``).
+    """
+    kind = {"conv": "convolution", "bn": "normalization"}
+    if m := _LAYER.fullmatch(name):
+        st, blk, typ, k, rest = m.groups()
+        return f"{prefix}encoder.stages.{int(st) - 1}.layers.{blk}.layer.{int(k) - 1}.{kind[typ]}.{rest}"
+    if m := _DOWN.fullmatch(name):
+        st, blk, i, rest = m.groups()
+        part = "convolution" if i == "0" else "normalization"
+        return f"{prefix}encoder.stages.{int(st) - 1}.layers.{blk}.shortcut.{part}.{rest}"
+    head, _, rest = name.partition(".")
+    if head in ("conv1", "bn1"):
+        return f"{prefix}embedder.embedder.{kind[head[:-1]]}.{rest}"
+    if head == "fc":
+        return f"classifier.1.{rest}"
+    return name
+
+
+if __name__ == "__main__":
+    from candlejax.vision.cli import resnet_main
+
+    raise SystemExit(resnet_main())

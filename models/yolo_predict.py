@@ -1,0 +1,187 @@
+"""Loading Ultralytics YOLO weights and running detection (``yolo.load``, ``yolo.detect``).
+
+requires: candlejax.models.yolo (the model classes), candlejax.vision (letterbox, NMS), candlejax.io.pth
+provides: ``load``, ``detect``
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType
+from candlejax.models.yolo import _SCALES, SIZES, Multiples, YoloV8
+from candlejax.nn import VarBuilder
+from candlejax.tensor._core import TensorBase, wrap
+from candlejax.vision import Detections, image_to_tensor, letterbox, load_image, scale_boxes, scale_keypoints
+from candlejax.vision._image import check_image
+from candlejax.vision._nms import nms_arrays
+
+__all__ = ["detect", "load"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: Ultralytics names, the architecture read from the file where it can be
+def _infer(names: dict[str, tuple[int, ...]], src: str) -> dict[str, Any]:
+    """version / which / task / num_classes / kpt of an Ultralytics state dict, from its names and shapes."""
+    if "model.0.conv.weight" not in names:
+        raise errors.Msg(f"yolo.load: {src} has no Ultralytics YOLO tensors (no model.0.conv.weight)")
+    version = "11" if any(k.startswith("model.10.m.0.attn.") for k in names) else "v8"
+    h = 22 if version == "v8" else 23
+    task = "pose" if f"model.{h}.cv4.0.2.weight" in names else "detect"
+    nc = names[f"model.{h}.cv3.0.2.weight"][0] if f"model.{h}.cv3.0.2.weight" in names else None
+    kpt = (names[f"model.{h}.cv4.0.2.weight"][0] // 3, 3) if task == "pose" else None
+    c0, n2 = names["model.0.conv.weight"][0], len({k.split(".")[3] for k in names if k.startswith("model.2.m.")})
+    which = next((w for w in SIZES if Multiples.of(w, version).ch(64) == c0
+                  and Multiples.of(w, version).n_(3 if version == "v8" else 2) == n2), None)  # fmt: skip
+    return {"version": version, "which": which, "task": task, "num_classes": nc, "kpt": kpt}
+
+
+def _check(arg: Any, found: Any, what: str, src: str) -> Any:
+    if arg is not None and found is not None and arg != found:
+        pretty = {"which": lambda v: f"size {v!r}", "version": lambda v: f"version {v!r}"}.get(what, repr)
+        raise errors.Msg(f"yolo.load: {src} holds weights for {pretty(found)}, not {pretty(arg)} "
+                         f"(--{what} {found} or leave it out to read it from the file)")  # fmt: skip
+    return found if arg is None else arg
+
+
+def _read_pt(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """An Ultralytics ``.pt`` checkpoint (pickled modules) -> (state dict, facts), without running its code."""
+    from candlejax.io import pth
+
+    ckpt = pth.load_pickle(path, allow_objects=("ultralytics.", "torch.nn.modules."))
+    rec = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+    if rec is None or not hasattr(rec, "state"):
+        raise errors.Msg(f"yolo.load: {path} is not an Ultralytics checkpoint (no 'model' module record)")
+    sd = pth.module_state_dict(rec)
+    st = rec.state if isinstance(rec.state, dict) else {}
+    yaml = st.get("yaml") if isinstance(st.get("yaml"), dict) else {}
+    names = st.get("names")
+    names = [names[i] for i in sorted(names)] if isinstance(names, dict) else names
+    facts: dict[str, Any] = {"names": names, "scale": yaml.get("scale"), "sppf_act": True}
+    try:  # SiLU or Identity after SPPF's first conv, as the pickled module says
+        mods = st["_modules"]["model"].state["_modules"]
+        act = mods["9"].state["_modules"]["cv1"].state["_modules"]["act"]
+        facts["sppf_act"] = not act.qualname.endswith("Identity")
+    except (KeyError, AttributeError, TypeError):
+        pass
+    return sd, facts
+
+
+def load(path: str | os.PathLike[str], *, version: str | None = None, which: str | None = None,
+         task: str | None = None, num_classes: int | None = None, names: Any = None,
+         dtype: DType = DType.F32, device: Device | str | None = None) -> YoloV8:  # fmt: skip
+    """A YOLOv8 / YOLO11 model from Ultralytics weights (``.pt`` checkpoint or ``.safetensors``).
+
+    What is not given (version ``v8``/``11``, size ``n``..``x``, task ``detect``/``pose``, class
+    count, keypoint shape) is read from the tensor names and shapes; what is given must match the
+    file. Class names come from a ``.pt`` file, else COCO's (80 classes) or ``person`` (1 class).
+    """
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise errors.Msg(f"yolo.load: no such file {p!r}")
+    if which is not None and which not in SIZES:
+        raise errors.Msg(f"yolo.load: unknown size which={which!r} (known: n, s, m, l, x)")
+    if version is not None and version not in _SCALES:
+        raise errors.Msg(f"yolo.load: unknown version {version!r} (known: v8, 11)")
+    facts: dict[str, Any] = {"names": None, "scale": None, "sppf_act": True}
+    if p.endswith((".pt", ".pth")):
+        sd, facts = _read_pt(p)
+        vb = VarBuilder.from_tensors({k: v for k, v in sd.items()}, dtype, device)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    else:
+        vb = VarBuilder.from_mmaped_safetensors([p], dtype, device)
+        from candlejax.io.safetensors import MmapedSafetensors
+
+        st = MmapedSafetensors([p])
+        shapes = {k: tuple(st.get(k).shape) for k in st.names()}
+        md = st.metadata() or {}
+        if "names" in md:  # written by pt_to_safetensors
+            import json
+
+            facts = {"names": json.loads(md["names"]), "scale": md.get("scale") or None,
+                     "sppf_act": md.get("sppf_act", "True") == "True"}  # fmt: skip
+    found = _infer(shapes, p)
+    if found["which"] is None:
+        found["which"] = facts.get("scale")
+    version = _check(version, found["version"], "version", p)
+    task = _check(task, found["task"], "task", p)
+    nc = _check(num_classes, found["num_classes"], "num_classes", p)
+    w = _check(which, found["which"], "which", p)
+    if w is None:
+        raise errors.Msg(f"yolo.load: cannot tell the size of {p}; pass which='n'|'s'|'m'|'l'|'x'")
+    return YoloV8.load(vb, Multiples.of(w, version), nc, version=version, task=task, kpt=found["kpt"] or (17, 3),
+                       names=names or facts.get("names"), which=w, sppf_act=facts["sppf_act"])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference: letterbox, one compiled forward + NMS, un-letterbox
+def _postprocess(raw: Any, nc: int, conf: Any, iou: Any, max_det: int, top_k: int) -> tuple[Any, ...]:
+    p = raw[0].T  # (A, 4 + nc + extra)
+    xy, wh = p[:, :2], p[:, 2:4]
+    boxes = jnp.concatenate([xy - wh / 2, xy + wh / 2], 1)
+    cls = p[:, 4 : 4 + nc]
+    scores, classes = cls.max(1), cls.argmax(1)
+    idx, ok = nms_arrays(boxes, scores, classes, conf, iou, max_det=max_det, top_k=top_k)
+    return boxes[idx], scores[idx], classes[idx], p[idx, 4 + nc :], ok, jnp.sum(scores > conf)
+
+
+def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k: int) -> tuple[Any, ...]:
+    raw = model.forward(wrap(x.astype(jnp.float32) / 255.0))._a
+    return (*_postprocess(raw, model.num_classes, conf, iou, max_det, top_k), raw)
+
+
+_predict = jax.jit(_predict_fn, static_argnames=("max_det", "top_k"))
+_post = jax.jit(_postprocess, static_argnames=("nc", "max_det", "top_k"))
+
+
+def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
+           max_det: int = 300, top_k: int = 1024) -> Detections:  # fmt: skip
+    """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a PIL image or a path.
+
+    As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
+    / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
+    image's pixels. Forward and NMS run as one compiled program per letterboxed shape; NMS looks at
+    the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again on a larger
+    static ``top_k`` (up to every anchor), so the result is Ultralytics' whatever the count.
+    """
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img)
+    elif not isinstance(img, TensorBase):
+        img = image_to_tensor(img)
+    check_image(img, "yolo.detect")
+    lb_img, lb = letterbox(img, imgsz)
+    c, t = jnp.float32(conf), jnp.float32(iou)
+    boxes, scores, classes, extra, ok, n, raw = _predict(model, lb_img._a[None], c, t, max_det=max_det, top_k=top_k)
+    while int(n) > top_k and top_k < raw.shape[-1]:
+        top_k = min(top_k * 4, raw.shape[-1])
+        boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, top_k)
+    ok = np.asarray(ok)
+    kpts = None
+    if model.kpt_shape is not None:
+        k, nd = model.kpt_shape
+        kpts = scale_keypoints(np.asarray(extra)[ok].reshape(-1, k, nd), lb)
+    return Detections(scale_boxes(np.asarray(boxes)[ok], lb), np.asarray(scores)[ok],
+                      np.asarray(classes)[ok].astype(np.int64), kpts)  # fmt: skip
+
+
+
+def pt_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Convert an Ultralytics ``.pt`` checkpoint to safetensors once (Ultralytics names, f32).
+
+    The file's metadata keeps what the names cannot tell: class names, size and SPPF activation.
+    """
+    import json
+
+    from candlejax.io.safetensors import save
+
+    sd, facts = _read_pt(os.fspath(src))
+    meta = {"names": json.dumps(facts["names"]), "scale": str(facts["scale"] or ""),
+            "sppf_act": str(facts["sppf_act"])}  # fmt: skip
+    save({k: np.asarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in sd.items()}, dst, meta)

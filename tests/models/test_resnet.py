@@ -1,0 +1,168 @@
+"""models.resnet against transformers' ResNetModel / ResNetForImageClassification (random small
+configs, same weights through safetensors), a fine-tuning step against torch, and the classify CLI."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from candlejax import Device, DType, Tensor, errors, vision
+from candlejax import optim as cjoptim
+from candlejax.models import resnet
+from candlejax.nn import VarBuilder, VarMap, loss
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONFIGS = {
+    "basic": dict(layer_type="basic", embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 2, 1, 1]),
+    "bottleneck": dict(layer_type="bottleneck", embedding_size=8, hidden_sizes=[16, 32, 48, 64], depths=[2, 1, 2, 1]),
+}
+
+
+def _hf(kind: str, head: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.ResNetConfig(num_channels=3, num_labels=10, downsample_in_first_stage=False, **CONFIGS[kind])
+    m = (transformers.ResNetForImageClassification if head else transformers.ResNetModel)(cfg).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+    return cfg, m
+
+
+def _ours(cfg, vb, nclasses, fold_bn=True):
+    block = resnet.BasicBlock if cfg.layer_type == "basic" else resnet.Bottleneck
+    widths = [h // block.expansion for h in cfg.hidden_sizes]
+    return resnet.ResNet.load(block, cfg.depths, nclasses, vb, widths=widths, stem_width=cfg.embedding_size,
+                              fold_bn=fold_bn)  # fmt: skip
+
+
+def _save(m, path) -> str:
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_logits_match_transformers(kind, fold_bn, tmp_path, rng):
+    cfg, m = _hf(kind, head=True)
+    vb = VarBuilder.from_mmaped_safetensors([_save(m, tmp_path / "m.safetensors")], DType.F32, Device.Cpu)
+    net = _ours(cfg, vb.rename_f(resnet.hf_to_torchvision), 10, fold_bn)
+    x = rng.standard_normal((2, 3, 64, 48)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).logits.numpy()
+    got = net.forward(Tensor(x)).numpy()
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_pooled_features_match_resnet_model(tmp_path, rng):
+    cfg, m = _hf("bottleneck", head=False, seed=1)
+    vb = VarBuilder.from_mmaped_safetensors([_save(m, tmp_path / "m.safetensors")], DType.F32, Device.Cpu)
+    net = _ours(cfg, vb.rename_f(functools.partial(resnet.hf_to_torchvision, prefix="")), None)
+    x = rng.standard_normal((1, 3, 40, 40)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).pooler_output.numpy()[:, :, 0, 0]
+    np.testing.assert_allclose(net.forward(Tensor(x)).numpy(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_names_cover_the_checkpoint(tmp_path):
+    cfg, m = _hf("basic", head=True)
+    names = set(_save(m, tmp_path / "m.safetensors") and m.state_dict())
+    net = _ours(cfg, VarBuilder.from_mmaped_safetensors([str(tmp_path / "m.safetensors")], DType.F32, Device.Cpu)
+                .rename_f(resnet.hf_to_torchvision), 10, fold_bn=False)  # fmt: skip
+    read = {resnet.hf_to_torchvision(k) for k in net.named_tensors()}
+    assert read == {k for k in names if not k.endswith("num_batches_tracked")}
+
+
+def test_fine_tuning_step_matches_torch(tmp_path, rng):
+    cfg, m = _hf("bottleneck", head=True, seed=2)
+    vb = VarBuilder.from_mmaped_safetensors([_save(m, tmp_path / "m.safetensors")], DType.F32, Device.Cpu)
+    net = _ours(cfg, vb.rename_f(resnet.hf_to_torchvision), 10, fold_bn=False)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = np.array([1, 7, 3, 0], np.uint32)
+    lr = 0.05
+
+    m.train()
+    out = m(torch.from_numpy(x)).logits
+    torch.nn.functional.cross_entropy(out, torch.from_numpy(y.astype(np.int64))).backward()
+    with torch.no_grad():
+        ref = {k: (p - lr * p.grad).numpy() for k, p in m.named_parameters()}
+
+    def loss_fn(model, xb, yb):
+        return loss.cross_entropy(model.forward_t(xb, True), yb)
+
+    opt = cjoptim.SGD(lr)
+    net2, _, lv = opt.backward_step(loss_fn, net, opt.init(net), Tensor(x), Tensor(y))
+    ref_loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y.astype(np.int64))).item()
+    assert abs(float(lv.to_vec0()) - ref_loss) < 1e-4
+    got = {resnet.hf_to_torchvision(k): v.numpy() for k, v in net2.named_vars().items()}
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        np.testing.assert_allclose(got[k], v, atol=2e-5, rtol=1e-4, err_msg=k)
+    moved = max(float(np.abs(ref[k] - p.detach().numpy() + lr * p.grad.numpy()).max()) for k, p in m.named_parameters())
+    assert moved < 1e-6  # the reference really is one SGD step
+    assert max(float(np.abs(p.grad.numpy()).max()) for p in m.parameters()) > 1e-3  # and the gradients are not zero
+
+
+def test_resnet50_shapes_and_names():
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+    net = resnet.resnet50(1000, vb, fold_bn=False)
+    names = net.named_tensors()
+    assert "layer1.0.downsample.0.weight" in names and "layer4.2.bn3.running_var" in names
+    assert names["fc.weight"].shape == (1000, 2048)
+    assert sum(v.elem_count() for v in net.named_vars().values()) == 25_557_032  # torchvision's count
+    def vb_new():
+        return VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+
+    r101 = resnet.resnet101(None, vb_new())
+    assert [len(st) for st in r101.layers] == [3, 4, 23, 3] and r101.fc is None
+    assert [len(st) for st in resnet.resnet152(None, vb_new()).layers] == [3, 8, 36, 3]
+    assert [len(st) for st in resnet.resnet34(None, vb_new()).layers] == [3, 4, 6, 3]
+
+
+def test_wrong_input_channels_raise():
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+    net = resnet.resnet18(10, vb)
+    with pytest.raises(errors.Error, match=r"\[batch, 3, H, W\]"):
+        net.forward(Tensor(np.zeros((1, 4, 32, 32), np.float32)))
+
+
+def test_classify_cli(tmp_path):
+    from PIL import Image
+
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+    net = resnet.resnet18(1000, vb)
+    w = tmp_path / "r18.safetensors"
+    net.save_safetensors(w)
+    img = tmp_path / "x.png"
+    Image.fromarray((np.arange(64 * 80 * 3) % 251).astype(np.uint8).reshape(64, 80, 3)).save(img)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(img), "--weights", str(w),
+                        "--which", "18"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "%" in ln]
+    assert len(lines) == 5
+    logits = net.forward(Tensor(vision.load_image224(img).numpy()[None]))
+    top = int(np.argmax(logits.numpy()[0]))
+    assert vision.IMAGENET_CLASSES[top] in lines[0]
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(bad), "--weights", str(w)],
+                       capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode != 0 and "not a readable image" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(img), "--weights", str(w),
+                        "--which", "50"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "layer1.0.conv1.weight" in r.stderr

