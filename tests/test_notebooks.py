@@ -64,7 +64,9 @@ def _errors(nb) -> list[str]:
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
+    names = [p.name for p in NOTEBOOKS]
+    assert names[:3] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
+    assert "06_segment_anything.ipynb" in names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -96,3 +98,6 @@ def test_notebook_runs(path: Path, tmp_path: Path, kernel_name: str):
         images = sum("image/png" in o.get("data", {}) for c in code_cells for o in c.outputs)
         assert images >= 3, "the training notebook draws the digits, the loss curve and the weights"
         assert (work / "model.safetensors").exists()
+    if path.stem == "06_segment_anything":
+        images = sum("image/png" in o.get("data", {}) for c in code_cells for o in c.outputs)
+        assert images >= 4, "the SAM notebook draws the point, box and automatic masks"
