@@ -66,8 +66,10 @@ def _errors(nb) -> list[str]:
 
 
 def test_notebooks_exist():
-    names = ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb", "04_vision.ipynb"]
-    assert [p.name for p in NOTEBOOKS] == names
+    names = [p.name for p in NOTEBOOKS]
+    assert names[:3] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
+    for name in ("04_vision.ipynb", "06_segment_anything.ipynb"):
+        assert name in names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -105,3 +107,6 @@ def test_notebook_runs(path: Path, tmp_path: Path, kernel_name: str):
         assert (work / "model.safetensors").exists()
     if path.stem == "04_vision":
         assert any("image/png" in o.get("data", {}) for o in code_cells[-1].outputs), "the annotated photo"
+    if path.stem == "06_segment_anything":
+        images = sum("image/png" in o.get("data", {}) for c in code_cells for o in c.outputs)
+        assert images >= 4, "the SAM notebook draws the point, box and automatic masks"

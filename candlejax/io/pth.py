@@ -18,10 +18,11 @@ allowed module prefixes become inert :class:`PickledObject` records (their const
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -377,6 +378,20 @@ def _select(obj: Any, key: str | None, src: str) -> Any:
     return obj[key]
 
 
+def _nesting_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A pickle can nest containers (or make them cyclic) beyond Python's recursion limit."""
+
+    @functools.wraps(fn)
+    def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(path, *args, **kwargs)
+        except RecursionError:
+            raise errors.Pth(f"{os.fspath(path)}: containers nested too deeply (or cyclic)") from None
+
+    return wrapper
+
+
+@_nesting_guard
 def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
     """The tensors of a ``torch.save``'d state dict, nested dicts flattened with ``.``.
 
@@ -393,6 +408,7 @@ def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarra
     return out
 
 
+@_nesting_guard
 def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, TensorInfo]:
     """Name -> dtype/shape/storage of each tensor, without reading any storage
     (Candle's ``read_pth_tensor_info``)."""
@@ -412,6 +428,7 @@ def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, T
     return out
 
 
+@_nesting_guard
 def load_pickle(path: str | os.PathLike, allow_objects: Iterable[str] = DEFAULT_ALLOWED_OBJECTS) -> Any:
     """The whole pickled object of a ``torch.save`` zip file, with tensors as numpy arrays.
 

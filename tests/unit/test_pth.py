@@ -287,3 +287,12 @@ def test_build_on_an_allowed_function_is_rejected(tmp_path) -> None:
     with pytest.raises(errors.Pth, match=r"b\.pt.*BUILD"):
         pth.load(tmp_path / "b.pt")
     assert pth._rebuild_parameter.__defaults__ is None
+
+
+def test_deep_nesting_is_an_error_not_a_crash(tmp_path) -> None:
+    depth = 5000  # beyond Python's recursion limit
+    data = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # [[[...]]]
+    with zipfile.ZipFile(tmp_path / "deep.pt", "w") as z:
+        z.writestr("a/data.pkl", data)
+    with pytest.raises(errors.Pth, match=r"deep\.pt: containers nested too deeply"):
+        pth.load(tmp_path / "deep.pt")

@@ -1,0 +1,38 @@
+"""Segment Anything (SAM) and MobileSAM (~ candle-transformers' ``models::segment_anything``).
+
+Usage::
+
+    from candlejax.models import segment_anything as sam
+    model = sam.Sam.new_tiny(VarBuilder.from_pth("mobile_sam.pt", DType.F32, Device.Cpu))
+    img = sam.load_image("photo.jpg", Device.Cpu)                    # (3, h, w) u8, longest side 1024
+    emb = model.embeddings(img)                                      # (1, 256, 64, 64)
+    low, iou = model.forward_for_embeddings(emb, h, w, [(0.45, 0.3, True)], True)  # (1, 3, 256, 256), (1, 3)
+    mask, iou = model.forward(img, [(0.45, 0.3, True)], False)       # logits at the image's size
+    for m in sam.generate_masks(model, img, points_per_side=32): ...
+
+Shell: ``python -m candlejax.models.segment_anything IMAGE --point X,Y [--auto] --out mask.png``.
+"""
+
+from .common import LayerNorm2d, MlpBlock
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import IMAGE_SIZE, Bbox, Sam, generate_masks, load_image
+from .tiny_vit import TinyViT, tiny_vit_5m
+from .transformer import TwoWayTransformer
+
+__all__ = [
+    "IMAGE_SIZE",
+    "Bbox",
+    "ImageEncoderViT",
+    "LayerNorm2d",
+    "MaskDecoder",
+    "MlpBlock",
+    "PromptEncoder",
+    "Sam",
+    "TinyViT",
+    "TwoWayTransformer",
+    "generate_masks",
+    "load_image",
+    "tiny_vit_5m",
+]

@@ -1,0 +1,58 @@
+"""Pieces every SAM part shares (~ candle-transformers' ``segment_anything/mod.rs``): ``LayerNorm2d``
+(channel LayerNorm of detectron2/ConvNeXt), ``MlpBlock`` and a ``linear`` helper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from candlejax import errors
+from candlejax.nn import Activation, Linear, Module, VarBuilder, linear_b
+from candlejax.tensor import Tensor
+
+__all__ = ["LayerNorm2d", "MlpBlock", "check_input", "linear"]
+
+
+def linear(vb: VarBuilder, in_dim: int, out_dim: int, bias: bool) -> Linear:
+    """Candle's ``segment_anything::linear(vb, in, out, bias)``."""
+    return linear_b(in_dim, out_dim, bias, vb)
+
+
+def check_input(what: str, x: Tensor, rank: int, dims: dict[int, int]) -> None:
+    """Raise a candlejax error naming ``what`` unless ``x`` has ``rank`` and the given dim sizes."""
+    shape = tuple(x.shape)
+    if len(shape) != rank or any(shape[d] != n for d, n in dims.items()):
+        want = ["_"] * rank
+        for d, n in dims.items():
+            want[d] = str(n)
+        raise errors.Msg(f"{what}: expected a tensor of shape [{', '.join(want)}], got {list(shape)}")
+
+
+class LayerNorm2d(Module):
+    """LayerNorm over the channel dim of ``(B, C, H, W)`` (SAM's ``LayerNorm2d``, eps 1e-6)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, num_channels: int, eps: float = 1e-6):
+        self.weight, self.bias, self.num_channels, self.eps = weight, bias, int(num_channels), float(eps)
+
+    @staticmethod
+    def new(num_channels: int, eps: float, vb: VarBuilder) -> LayerNorm2d:
+        return LayerNorm2d(vb.get(num_channels, "weight"), vb.get(num_channels, "bias"), num_channels, eps)
+
+    def forward(self, xs: Tensor) -> Tensor:
+        u = xs.mean_keepdim(1)
+        xs = xs.broadcast_sub(u)
+        s = xs.sqr().mean_keepdim(1)
+        xs = xs.broadcast_div((s + self.eps).sqrt())
+        c = self.num_channels
+        return xs.broadcast_mul(self.weight.reshape((1, c, 1, 1))).broadcast_add(self.bias.reshape((1, c, 1, 1)))
+
+
+class MlpBlock(Module):
+    """``lin2(act(lin1(x)))`` (SAM's ``MLPBlock``)."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, activation: Activation, vb: VarBuilder):
+        self.lin1 = linear(vb.pp("lin1"), embedding_dim, mlp_dim, True)
+        self.lin2 = linear(vb.pp("lin2"), mlp_dim, embedding_dim, True)
+        self.activation = activation
+
+    def forward(self, xs: Any) -> Tensor:
+        return self.lin2(self.activation(self.lin1(xs)))

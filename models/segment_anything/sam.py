@@ -1,0 +1,320 @@
+"""Segment Anything: image encoder + prompt encoder + mask decoder (~ candle-transformers'
+``segment_anything/sam.rs``, with the automatic mask generation of its example).
+
+``Sam.new_tiny(vb)`` is MobileSAM (TinyViT-5M encoder, ``mobile_sam.pt``); ``Sam.new(768, 12, 12,
+[2, 5, 8, 11], vb)`` is SAM ViT-B (ViT-L: 1024, 24, 16, [5, 11, 17, 23]; ViT-H: 1280, 32, 16,
+[7, 15, 23, 31]). Images are ``(3, h, w)`` with ``max(h, w) <= 1024`` (``load_image`` resizes the
+longest side to 1024); prompts are ``(x, y, is_foreground)`` points given as fractions of the
+image width and height, as in Candle. The image encoder and the prompt->mask path each run as one
+compiled XLA program (the model's weights are arguments, never constants).
+
+Differences from Candle: ``forward`` upsamples the low-resolution logits bilinearly (as SAM's
+``postprocess_masks``) where Candle uses nearest neighbour; ``forward_for_embeddings`` also takes
+an optional ``box``; crops in ``generate_masks`` use the image height for their height.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.nn import Module, VarBuilder
+from candlejax.tensor import Tensor
+from candlejax.transforms import jit
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT, tiny_vit_5m
+
+__all__ = ["IMAGE_SIZE", "Bbox", "Sam", "generate_masks", "load_image"]
+
+PROMPT_EMBED_DIM = 256
+IMAGE_SIZE = 1024
+VIT_PATCH_SIZE = 16
+PRED_IOU_THRESH = 0.88
+STABILITY_SCORE_OFFSET = 1.0
+STABILITY_SCORE_THRESHOLD = 0.95
+MODEL_MASK_THRESHOLD = 0.0
+CROP_NMS_THRESH = 0.7
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+Point = tuple[float, float, bool]
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Bbox:
+    """Candle's ``object_detection::Bbox<Tensor>``: a box in low-resolution mask pixels (256 for
+    the padded 1024 frame of the crop), the predicted IoU and the thresholded mask ``(256, 256)`` u32."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    confidence: float
+    data: Tensor
+
+
+def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int | None = IMAGE_SIZE) -> Tensor:
+    """An RGB image file as a ``(3, h, w)`` u8 Tensor, its longest side resized to ``resize_longest``
+    (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as e:
+        raise errors.Msg(f"load_image: cannot read {os.fspath(path)}: {e}") from None
+    if resize_longest is not None:
+        w, h = img.size
+        size = (resize_longest, resize_longest * h // w) if h < w else (resize_longest * w // h, resize_longest)
+        if size != img.size:
+            img = img.resize((max(size[0], 1), max(size[1], 1)), Image.BICUBIC)
+    arr = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    return Tensor(arr, device=Device.coerce(device))
+
+
+def _check_points(points: Sequence[Point]) -> None:
+    for p in points:
+        if not (isinstance(p, (tuple, list)) and len(p) == 3):
+            raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground), got {p!r}")
+        x, y, _ = p
+        if not (0.0 <= float(x) <= 1.0 and 0.0 <= float(y) <= 1.0):
+            raise errors.Msg(
+                f"sam: point ({x}, {y}) is outside the image; points are fractions of the image width and"
+                " height, in [0, 1] (0.5, 0.5 is the centre)"
+            )
+
+
+def _check_box(box: Box) -> None:
+    if len(box) != 4 or not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] > box[2] or box[1] > box[3]:
+        raise errors.Msg(
+            f"sam: box {tuple(box)!r} must be (x0, y0, x1, y1) fractions in [0, 1] with x0 <= x1, y0 <= y1"
+        )
+
+
+@jit
+def _dense_pe(prompt_encoder: PromptEncoder) -> Tensor:
+    return prompt_encoder.get_dense_pe()
+
+
+class Sam(Module):
+    """Candle's ``sam::Sam``: ``new``, ``new_tiny``, ``embeddings``, ``forward``,
+    ``forward_for_embeddings``, ``preprocess``, ``unpreprocess``, ``generate_masks``.
+
+    ``image_pe`` (the prompt encoder's dense positional encoding, ``(1, 256, 64, 64)``) is computed
+    once at construction; rebuild the model after changing ``prompt_encoder``'s weights."""
+
+    def __init__(self, image_encoder: ImageEncoderViT | TinyViT, prompt_encoder: PromptEncoder,
+                 mask_decoder: MaskDecoder, device: Any):  # fmt: skip
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = image_encoder, prompt_encoder, mask_decoder
+        dev = Device.coerce(device)
+        self.pixel_mean = Tensor(np.asarray(PIXEL_MEAN, np.float32).reshape(3, 1, 1), device=dev)
+        self.pixel_std = Tensor(np.asarray(PIXEL_STD, np.float32).reshape(3, 1, 1), device=dev)
+        # the dense positional encoding depends on the weights only: computed once, not per prompt
+        self.image_pe = _dense_pe(prompt_encoder)
+
+    @staticmethod
+    def _heads(vb: VarBuilder) -> tuple[PromptEncoder, MaskDecoder]:
+        n = IMAGE_SIZE // VIT_PATCH_SIZE
+        pe = PromptEncoder(PROMPT_EMBED_DIM, (n, n), (IMAGE_SIZE, IMAGE_SIZE), 16, vb.pp("prompt_encoder"))
+        return pe, MaskDecoder(PROMPT_EMBED_DIM, 3, 3, 256, vb.pp("mask_decoder"))
+
+    @staticmethod
+    def new(encoder_embed_dim: int, encoder_depth: int, encoder_num_heads: int,
+            encoder_global_attn_indexes: Sequence[int], vb: VarBuilder) -> Sam:  # fmt: skip
+        """SAM with a ViT encoder (ViT-B: ``Sam.new(768, 12, 12, [2, 5, 8, 11], vb)``)."""
+        enc = ImageEncoderViT(IMAGE_SIZE, VIT_PATCH_SIZE, 3, encoder_embed_dim, encoder_depth, encoder_num_heads,
+                              PROMPT_EMBED_DIM, True, True, True, 14, list(encoder_global_attn_indexes),
+                              vb.pp("image_encoder"))  # fmt: skip
+        return Sam(enc, *Sam._heads(vb), vb.device())
+
+    @staticmethod
+    def new_tiny(vb: VarBuilder) -> Sam:
+        """MobileSAM: TinyViT-5M encoder (weights ``mobile_sam.pt`` through ``VarBuilder.from_pth``)."""
+        return Sam(tiny_vit_5m(vb.pp("image_encoder")), *Sam._heads(vb), vb.device())
+
+    # --- images -----------------------------------------------------------------------------------
+    def _dims(self, img: Any) -> tuple[int, int]:
+        if not isinstance(img, Tensor):
+            raise errors.Msg(f"sam: the image must be a (3, h, w) Tensor, got {type(img).__name__}")
+        if img.rank != 3 or img.dims()[0] != 3:
+            raise errors.Msg(f"sam: the image must be (3, h, w) RGB, got shape {list(img.dims())}"
+                             " (load_image gives the right layout)")  # fmt: skip
+        _, h, w = img.dims()
+        if h > IMAGE_SIZE or w > IMAGE_SIZE or h == 0 or w == 0:
+            raise errors.Msg(f"sam: image is too large ({w}, {h}), maximum size {IMAGE_SIZE}"
+                             " (resize the longest side to 1024, e.g. with load_image)")  # fmt: skip
+        return h, w
+
+    def preprocess(self, img: Tensor) -> Tensor:
+        """Normalise with SAM's pixel mean/std and zero-pad to ``(3, 1024, 1024)``."""
+        h, w = self._dims(img)
+        xs = img.to_dtype("f32").broadcast_sub(self.pixel_mean).broadcast_div(self.pixel_std)
+        return xs.pad_with_zeros(1, 0, IMAGE_SIZE - h).pad_with_zeros(2, 0, IMAGE_SIZE - w)
+
+    def unpreprocess(self, img: Tensor) -> Tensor:
+        xs = img.broadcast_mul(self.pixel_std).broadcast_add(self.pixel_mean)
+        return xs.clamp(0.0, 255.0)
+
+    @jit
+    def _encode(self, xs: Tensor) -> Tensor:
+        return self.image_encoder(xs)
+
+    def embeddings(self, img: Tensor) -> Tensor:
+        """Image embeddings ``(1, 256, 64, 64)`` of a ``(3, h, w)`` image."""
+        return self._encode(self.preprocess(img).unsqueeze(0))
+
+    # --- prompts ----------------------------------------------------------------------------------
+    @jit
+    def _decode(self, emb: Tensor, coords: Any, labels: Any, box: Any, multimask: bool) -> tuple[Tensor, Tensor]:
+        pts = None if coords is None else (Tensor(coords), Tensor(labels))
+        boxes = None if box is None else Tensor(box)
+        sparse, dense = self.prompt_encoder(pts, boxes, None)
+        return self.mask_decoder(emb, self.image_pe, sparse, dense, multimask)
+
+    def forward_for_embeddings(self, img_embeddings: Tensor, original_h: int, original_w: int,
+                               points: Sequence[Point], multimask_output: bool,
+                               box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Low-resolution mask logits ``(1, 3 or 1, 256, 256)`` and IoU predictions ``(1, 3 or 1)``.
+
+        ``points`` are ``(x, y, is_foreground)`` with x, y fractions of the ``original_w x
+        original_h`` image (the one given to ``embeddings``); ``box`` is ``(x0, y0, x1, y1)`` in the
+        same fractions. Several points give one mask for all of them.
+        """
+        emb_shape = tuple(img_embeddings.dims())
+        if emb_shape != (1, PROMPT_EMBED_DIM, IMAGE_SIZE // VIT_PATCH_SIZE, IMAGE_SIZE // VIT_PATCH_SIZE):
+            raise errors.Msg(f"sam: image embeddings must be (1, 256, 64, 64) from embeddings(), got {list(emb_shape)}")
+        if not (0 < original_h <= IMAGE_SIZE and 0 < original_w <= IMAGE_SIZE):
+            raise errors.Msg(f"sam: image size ({original_w}, {original_h}) must be within 1..{IMAGE_SIZE}")
+        _check_points(points)
+        coords = labels = bx = None
+        if points:
+            coords = np.asarray([[[float(x) * original_w, float(y) * original_h] for x, y, _ in points]], np.float32)
+            labels = np.asarray([[1.0 if b else 0.0 for _, _, b in points]], np.float32)
+        if box is not None:
+            _check_box(box)
+            bx = np.asarray([[box[0] * original_w, box[1] * original_h, box[2] * original_w, box[3] * original_h]],
+                            np.float32)  # fmt: skip
+        return self._decode(img_embeddings, coords, labels, bx, bool(multimask_output))
+
+    def forward(self, img: Tensor, points: Sequence[Point], multimask_output: bool,
+                box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Mask logits at the image's size ``(3 or 1, h, w)`` (foreground where > 0) and IoU ``(1, n)``."""
+        h, w = self._dims(img)
+        low, iou = self.forward_for_embeddings(self.embeddings(img), h, w, points, multimask_output, box)
+        return self.postprocess_masks(low, h, w).get(0), iou
+
+    def postprocess_masks(self, low_res_masks: Tensor, h: int, w: int,
+                          original_size: tuple[int, int] | None = None) -> Tensor:  # fmt: skip
+        """SAM's ``postprocess_masks``: bilinear to 1024², crop the ``h x w`` image, then (optionally)
+        bilinear to ``original_size`` (h, w). ``(B, n, 256, 256)`` -> ``(B, n, h, w)`` logits."""
+        masks = low_res_masks.upsample_bilinear2d(IMAGE_SIZE, IMAGE_SIZE).narrow(2, 0, h).narrow(3, 0, w)
+        if original_size is not None and tuple(original_size) != (h, w):
+            masks = masks.upsample_bilinear2d(int(original_size[0]), int(original_size[1]))
+        return masks
+
+    # --- automatic mask generation -----------------------------------------------------------------
+    @jit
+    def _decode_grid(self, emb: Tensor, coords: Any) -> tuple[Tensor, Tensor]:
+        pts = Tensor(coords).unsqueeze(1)
+        labels = pts.narrow(2, 0, 1).squeeze(2).ones_like()
+        sparse, dense = self.prompt_encoder((pts, labels), None, None)
+        return self.mask_decoder(emb, self.image_pe, sparse, dense, True)
+
+    def _process_crop(self, img: Tensor, cb: tuple[int, int, int, int], grid: np.ndarray, batch: int) -> list[Bbox]:
+        x0, y0, x1, y1 = cb
+        crop = img.narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0)
+        emb = self.embeddings(crop)
+        pts = (grid * np.asarray([x1 - x0, y1 - y0], np.float32)).astype(np.float32)
+        out: list[Bbox] = []
+        for s in range(0, len(pts), batch):
+            chunk = pts[s : s + batch]
+            n = len(chunk)
+            if n < batch:  # pad the last chunk: one compiled program for every chunk
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
+            low, iou = self._decode_grid(emb, chunk)
+            low_np = low.numpy()[:n].reshape(-1, *low.dims()[2:])
+            iou_np = iou.numpy()[:n].reshape(-1)
+            for m, score in zip(low_np, iou_np):
+                if score < PRED_IOU_THRESH:
+                    continue
+                inter = float((m >= MODEL_MASK_THRESHOLD + STABILITY_SCORE_OFFSET).sum())
+                union = float((m >= MODEL_MASK_THRESHOLD - STABILITY_SCORE_OFFSET).sum())
+                if union == 0 or inter / union < STABILITY_SCORE_THRESHOLD:
+                    continue
+                binary = (m >= 0.0).astype(np.uint32)
+                xs, ys = np.nonzero(binary.sum(0))[0], np.nonzero(binary.sum(1))[0]
+                if len(xs) and len(ys):
+                    out.append(Bbox(float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]), float(score),
+                                    Tensor(binary, device=img.device)))  # fmt: skip
+        return _nms(out, CROP_NMS_THRESH)
+
+    def generate_masks(self, img: Tensor, points_per_side: int, crop_n_layer: int, crop_overlap_ratio: float,
+                       crop_n_points_downscale_factor: int) -> list[Bbox]:  # fmt: skip
+        """Candle's automatic mask generation: prompt a grid of foreground points (64 per batch),
+        keep masks with predicted IoU >= 0.88 and stability >= 0.95, box NMS at 0.7 per crop."""
+        h, w = self._dims(img)
+        if points_per_side < 1 or crop_n_layer < 0 or crop_n_points_downscale_factor < 1:
+            raise errors.Msg("generate_masks: points_per_side and crop_n_points_downscale_factor must be >= 1, "
+                             "crop_n_layer >= 0")  # fmt: skip
+        grids = [_point_grid(points_per_side // crop_n_points_downscale_factor**i) for i in range(crop_n_layer + 1)]
+        out: list[Bbox] = []
+        for cb, layer in _crop_boxes((h, w), crop_n_layer, crop_overlap_ratio):
+            out.extend(self._process_crop(img, cb, grids[layer], min(64, len(grids[layer]))))
+        return out
+
+
+def generate_masks(
+    model: Sam, img: Tensor, points_per_side: int = 32, crop_n_layer: int = 0, crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+) -> list[Bbox]:  # fmt: skip
+    """``model.generate_masks(...)`` with the defaults of Candle's example (32 points per side, no crops)."""
+    return model.generate_masks(img, points_per_side, crop_n_layer, crop_overlap_ratio,
+                                crop_n_points_downscale_factor)  # fmt: skip
+
+
+def _iou(a: Bbox, b: Bbox) -> float:
+    area_a = (a.xmax - a.xmin + 1) * (a.ymax - a.ymin + 1)
+    area_b = (b.xmax - b.xmin + 1) * (b.ymax - b.ymin + 1)
+    iw = max(min(a.xmax, b.xmax) - max(a.xmin, b.xmin) + 1, 0.0)
+    ih = max(min(a.ymax, b.ymax) - max(a.ymin, b.ymin) + 1, 0.0)
+    return iw * ih / (area_a + area_b - iw * ih)
+
+
+def _nms(boxes: list[Bbox], threshold: float) -> list[Bbox]:
+    """Candle's ``non_maximum_suppression`` for one class: by confidence, drop boxes with IoU > threshold."""
+    kept: list[Bbox] = []
+    for b in sorted(boxes, key=lambda b: -b.confidence):
+        if all(_iou(k, b) <= threshold for k in kept):
+            kept.append(b)
+    return kept
+
+
+def _point_grid(n: int) -> np.ndarray:
+    """``n x n`` points at the cell centres of [0, 1]², x-major as Candle's ``build_point_grid``."""
+    c = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return np.asarray([(x, y) for x in c for y in c], dtype=np.float32).reshape(-1, 2)
+
+
+def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> list[tuple[tuple[int, ...], int]]:
+    h, w = hw
+    boxes = [((0, 0, w, h), 0)]
+    short = min(h, w)
+    for layer in range(1, n_layers + 1):
+        n = 1 << layer
+        overlap = int(overlap_ratio * short * 2 / n)
+        cw = int(np.ceil((overlap * (n - 1) + w) / n))
+        ch = int(np.ceil((overlap * (n - 1) + h) / n))
+        for ix in range(n):
+            for iy in range(n):
+                x0, y0 = (cw - overlap) * ix, (ch - overlap) * iy
+                boxes.append(((x0, y0, min(w, x0 + cw), min(h, y0 + ch)), layer))
+    return boxes

