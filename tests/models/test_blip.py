@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from candlejax import Device, DType, Tensor, errors
-from candlejax.generation import LogitsProcessor
+from candlejax.generation import ArgMax, LogitsProcessor, decode_fns
 from candlejax.models import blip, blip_text
 from candlejax.nn import VarBuilder
 
@@ -120,6 +120,8 @@ def test_greedy_captions_token_identical(pair, rng):
         assert _caption_ids(model, px, 12) == ref
         lengths.append(len(ref))
     assert max(lengths) > 0
+    # one compiled program served the prompt and every decode step of all three captions
+    assert decode_fns(blip_text.step, ArgMax(), False).trace_count == 1
 
 
 def _caption_ids(model, px, n, **kw):
