@@ -1,0 +1,280 @@
+"""BLIP image captioning (~ candle-transformers' ``models::blip``).
+
+Paper: Li et al., "BLIP: Bootstrapping Language-Image Pre-training for Unified Vision-Language
+Understanding and Generation", https://arxiv.org/abs/2201.12086. Mirrors Hugging Face
+``transformers/models/blip/modeling_blip.py`` (``BlipForConditionalGeneration``: a pre-norm ViT
+with a fused ``qkv`` projection, then the text decoder of :mod:`candlejax.models.blip_text`
+cross-attending to every image token) with its weight names verbatim; Candle:
+``candle-transformers/src/models/blip.rs``::
+
+    config = Config.from_json_file("blip-image-captioning-large/config.json")
+    vb = VarBuilder.from_mmaped_safetensors(["blip-image-captioning-large/model.safetensors"], DType.F32, Device.Cpu)
+    model = BlipForConditionalGeneration.load(vb, config)
+    image_embeds = model.vision_model.forward(pixel_values)           # (B, 1 + patches, hidden)
+    logits = model.text_decoder.forward(input_ids, image_embeds)      # (B, S, vocab)
+    text = caption(model, "photo.jpg", tokenizer, max_new_tokens=30)  # greedy; temperature= samples
+
+:func:`caption` (in :mod:`candlejax.models._blip_pipeline`) runs the vision model compiled once and
+then one compiled decoder step per token against a pre-allocated KV cache.
+Shell: ``python -m candlejax.models.blip caption IMAGE --model DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+from candlejax import errors
+from candlejax.models import blip_text
+from candlejax.models._layers import Linear, linear
+from candlejax.nn import (
+    Activation,
+    Conv2d,
+    Conv2dConfig,
+    LayerNorm,
+    Module,
+    VarBuilder,
+    conv2d,
+    layer_norm,
+    ops,
+)
+from candlejax.tensor import Tensor
+
+__all__ = [
+    "BlipForConditionalGeneration",
+    "Config",
+    "EncoderLayer",
+    "VisionAttention",
+    "VisionConfig",
+    "VisionEmbeddings",
+    "VisionModel",
+    "caption",
+    "caption_ids",
+    "vision_forward_jit",
+]
+
+
+@dataclasses.dataclass
+class VisionConfig:
+    """``vision_config`` of a BLIP config.json (transformers' ``BlipVisionConfig`` defaults)."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    image_size: int = 384
+    patch_size: int = 16
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise errors.Msg(
+                f"blip vision_config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"
+                f" {self.num_attention_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise errors.Msg(f"blip: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        Activation.parse(self.hidden_act)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VisionConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+@dataclasses.dataclass
+class Config:
+    """A ``BlipForConditionalGeneration`` config.json: ``text_config`` and ``vision_config``.
+
+    Candle: ``blip::Config`` (``Config::image_captioning_large()``). As in transformers, the text
+    decoder's ``encoder_hidden_size`` is the vision ``hidden_size``.
+    """
+
+    text_config: blip_text.Config = dataclasses.field(default_factory=blip_text.Config)
+    vision_config: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_config, dict):
+            self.text_config = blip_text.Config.from_dict(self.text_config)
+        if isinstance(self.vision_config, dict):
+            self.vision_config = VisionConfig.from_dict(self.vision_config)
+        self.text_config.encoder_hidden_size = self.vision_config.hidden_size
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return cls(dict(d.get("text_config") or {}), dict(d.get("vision_config") or {}))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> Config:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    from_hf_config = from_dict
+
+    @classmethod
+    def image_captioning_large(cls) -> Config:
+        """``Salesforce/blip-image-captioning-large`` (Candle's ``Config::image_captioning_large``)."""
+        return cls(
+            blip_text.Config(num_attention_heads=12),
+            VisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        )
+
+    @classmethod
+    def image_captioning_base(cls) -> Config:
+        """``Salesforce/blip-image-captioning-base``."""
+        return cls(blip_text.Config(num_attention_heads=12), VisionConfig())
+
+
+# ------------------------------------------------------------------------------------------------
+# vision model, bottom-up
+# ------------------------------------------------------------------------------------------------
+def _check_pixels(pixel_values: Any, s: int) -> None:
+    """Reject pixel values that are not a float ``(B, 3, s, s)`` batch, naming the shape."""
+    shape = tuple(pixel_values.dims()) if isinstance(pixel_values, Tensor) else tuple(pixel_values.shape)
+    if len(shape) != 4 or shape[1:] != (3, s, s):
+        raise errors.UnexpectedShape(
+            f"blip vision_model: pixel_values must be (batch, 3, {s}, {s}) (resize the image first)",
+            (shape[0] if len(shape) == 4 else 1, 3, s, s), shape,
+        )  # fmt: skip
+    if isinstance(pixel_values, Tensor) and not pixel_values.dtype.is_float():
+        raise errors.Msg(f"blip vision_model: pixel_values must be a float tensor, got {pixel_values.dtype.as_str()}")
+
+
+class VisionEmbeddings(Module):
+    """Class token + ``patch_embedding`` (stride-``patch`` Conv2d) + learned ``position_embedding``."""
+
+    def __init__(self, class_embedding: Any, patch_embedding: Conv2d, position_embedding: Any, image_size: int):
+        self.class_embedding, self.patch_embedding = class_embedding, patch_embedding
+        self.position_embedding = position_embedding
+        self.image_size = int(image_size)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: VisionConfig) -> VisionEmbeddings:
+        h, n_pos = cfg.hidden_size, (cfg.image_size // cfg.patch_size) ** 2 + 1
+        conv = conv2d(3, h, cfg.patch_size, Conv2dConfig(stride=cfg.patch_size), vb.pp("patch_embedding"))
+        return VisionEmbeddings(
+            vb.get((1, 1, h), "class_embedding"), conv, vb.get((1, n_pos, h), "position_embedding"), cfg.image_size
+        )
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        _check_pixels(pixel_values, self.image_size)
+        b = pixel_values.dim(0)
+        patches = self.patch_embedding(pixel_values).flatten_from(2).transpose(1, 2)  # (B, N, C)
+        c = patches.dim(2)
+        cls = self.class_embedding.broadcast_as((b, 1, c)).to_dtype(patches.dtype)
+        return Tensor.cat([cls, patches], 1).broadcast_add(self.position_embedding)
+
+
+class VisionAttention(Module):
+    """Fused ``qkv`` projection, softmax attention, ``projection``: ``(B, S, C) -> (B, S, C)``."""
+
+    def __init__(self, qkv: Linear, projection: Linear, num_heads: int):
+        self.qkv, self.projection, self.num_heads = qkv, projection, int(num_heads)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: VisionConfig) -> VisionAttention:
+        h = cfg.hidden_size
+        qkv, proj = linear(h, 3 * h, vb.pp("qkv")), linear(h, h, vb.pp("projection"))
+        return VisionAttention(qkv, proj, cfg.num_attention_heads)
+
+    def forward(self, xs: Tensor) -> Tensor:
+        b, s, c = xs.dims3()
+        qkv = self.qkv(xs).reshape((b, s, 3, self.num_heads, c // self.num_heads)).permute((2, 0, 3, 1, 4))
+        y = ops.sdpa(qkv.get(0), qkv.get(1), qkv.get(2))  # (B, H, S, D)
+        return self.projection(y.transpose(1, 2).reshape((b, s, c)))
+
+
+class EncoderLayer(Module):
+    """Pre-norm block: ``x + self_attn(layer_norm1(x))``, ``x + mlp(layer_norm2(x))``."""
+
+    def __init__(self, self_attn: VisionAttention, layer_norm1: LayerNorm, fc1: Linear, fc2: Linear,
+                 layer_norm2: LayerNorm, act: Activation):  # fmt: skip
+        self.self_attn, self.layer_norm1, self.layer_norm2 = self_attn, layer_norm1, layer_norm2
+        self.fc1, self.fc2, self.act = fc1, fc2, act
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: VisionConfig) -> EncoderLayer:
+        h, eps, mlp = cfg.hidden_size, cfg.layer_norm_eps, vb.pp("mlp")
+        return EncoderLayer(
+            VisionAttention.load(vb.pp("self_attn"), cfg), layer_norm(h, eps, vb.pp("layer_norm1")),
+            linear(h, cfg.intermediate_size, mlp.pp("fc1")), linear(cfg.intermediate_size, h, mlp.pp("fc2")),
+            layer_norm(h, eps, vb.pp("layer_norm2")), Activation.parse(cfg.hidden_act),
+        )  # fmt: skip
+
+    def forward(self, xs: Tensor) -> Tensor:
+        xs = xs + self.self_attn(self.layer_norm1(xs))
+        return xs + self.fc2(self.act(self.fc1(self.layer_norm2(xs))))
+
+
+class VisionModel(Module):
+    """``vision_model``: embeddings, ``encoder.layers``, ``post_layernorm`` -> image embeddings ``(B, 1 + N, C)``."""
+
+    def __init__(self, embeddings: VisionEmbeddings, layers: list[EncoderLayer], post_layernorm: LayerNorm):
+        self.embeddings, self.layers, self.post_layernorm = embeddings, list(layers), post_layernorm
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: VisionConfig) -> VisionModel:
+        enc = vb.pp("encoder").pp("layers")
+        return VisionModel(
+            VisionEmbeddings.load(vb.pp("embeddings"), cfg),
+            [EncoderLayer.load(enc.pp(i), cfg) for i in range(cfg.num_hidden_layers)],
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm")),
+        )
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        xs = self.embeddings(pixel_values)
+        for layer in self.layers:
+            xs = layer(xs)
+        return self.post_layernorm(xs)
+
+
+class BlipForConditionalGeneration(Module):
+    """``vision_model`` + ``text_decoder`` (:class:`~candlejax.models.blip_text.TextLMHeadModel`).
+
+    Candle: ``BlipForConditionalGeneration::new(&config, vb)``; here ``.load(vb, config)``.
+    """
+
+    def __init__(self, vision_model: VisionModel, text_decoder: blip_text.TextLMHeadModel, config: Config):
+        self.vision_model, self.text_decoder, self.config = vision_model, text_decoder, config
+
+    @staticmethod
+    def load(vb: VarBuilder, config: Config) -> BlipForConditionalGeneration:
+        return BlipForConditionalGeneration(
+            VisionModel.load(vb.pp("vision_model"), config.vision_config),
+            blip_text.TextLMHeadModel.load(vb.pp("text_decoder"), config.text_config),
+            config,
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_model.embeddings.image_size
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
+        """Decoder logits ``(B, S, vocab)`` for ``input_ids`` given the image (transformers' ``.logits``)."""
+        return self.text_decoder(input_ids, self.vision_model(pixel_values))
+
+
+@jax.jit
+def _vision(model: VisionModel, pixel_values: Tensor) -> Tensor:
+    return model.forward(pixel_values)
+
+
+def vision_forward_jit(model: BlipForConditionalGeneration, pixel_values: Tensor) -> Tensor:
+    """The image embeddings ``(B, 1 + N, C)``, compiled once per input shape (weights are arguments)."""
+    _check_pixels(pixel_values, model.image_size)
+    return _vision(model.vision_model, pixel_values)
+
+
+from candlejax.models._blip_pipeline import caption, caption_ids  # noqa: E402  (serving code lives outside this file)
+
+if __name__ == "__main__":
+    import sys
+
+    from candlejax.models._blip_cli import main
+
+    sys.exit(main())

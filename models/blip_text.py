@@ -1,0 +1,295 @@
+"""BLIP's text decoder: a BERT with causal self-attention, cross-attention to the image and an LM head
+(~ candle-transformers' ``models::blip_text``).
+
+Mirrors Hugging Face ``transformers/models/blip/modeling_blip_text.py`` (``BlipTextLMHeadModel``)
+with its weight names verbatim (``bert.embeddings.word_embeddings.weight``,
+``bert.encoder.layer.0.crossattention.self.key.weight``, ``cls.predictions.transform.dense.weight``,
+...). Two ways to run it:
+
+* ``logits = decoder.forward(input_ids, image_embeds)``: every position, no cache (``(B, S, vocab)``);
+* pure, for ``jax.jit`` and :mod:`candlejax.generation`: ``logits, cache = step(decoder, cache,
+  tokens, pos)`` with a :class:`TextCache` from ``decoder.new_cache(image_embeds, max_seq_len)``:
+  the self-attention keys/values live in pre-allocated :class:`~candlejax.nn.KvCache` buffers and
+  the cross-attention keys/values of the image are computed once, so one compiled step serves
+  every token. Candle: ``TextLMHeadModel::forward(&mut self, input_ids, image_embeds)`` with its
+  internal cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.models._layers import Linear, linear
+from candlejax.nn import (
+    Activation,
+    Embedding,
+    KvCache,
+    LayerNorm,
+    Module,
+    VarBuilder,
+    embedding,
+    layer_norm,
+    ops,
+)
+from candlejax.tensor import Tensor
+
+__all__ = [
+    "Config",
+    "TextAttention",
+    "TextCache",
+    "TextEmbeddings",
+    "TextLMHeadModel",
+    "TextLayer",
+    "TextSelfAttention",
+    "step",
+]
+
+
+@dataclasses.dataclass
+class Config:
+    """``text_config`` of a BLIP config.json (transformers' ``BlipTextConfig`` defaults).
+
+    ``encoder_hidden_size`` is the vision model's ``hidden_size`` (``BlipConfig`` sets it so).
+    """
+
+    vocab_size: int = 30524
+    hidden_size: int = 768
+    encoder_hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 512
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    bos_token_id: int = 30522
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    sep_token_id: int = 102
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise errors.Msg(
+                f"blip text_config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"
+                f" {self.num_attention_heads}"
+            )
+        Activation.parse(self.hidden_act)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+def _heads(x: Tensor, n: int) -> Tensor:
+    """``(B, S, H*D) -> (B, H, S, D)``."""
+    b, s, _ = x.dims3()
+    return x.reshape((b, s, n, -1)).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """``(B, H, S, D) -> (B, S, H*D)``."""
+    b, h, s, d = x.dims4()
+    return x.transpose(1, 2).reshape((b, s, h * d))
+
+
+class TextEmbeddings(Module):
+    """``LayerNorm(word_embeddings(ids) + position_embeddings(pos .. pos+S))``."""
+
+    def __init__(self, word_embeddings: Embedding, position_embeddings: Embedding, norm: LayerNorm):
+        self.word_embeddings, self.position_embeddings, self.LayerNorm = word_embeddings, position_embeddings, norm
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> TextEmbeddings:
+        return TextEmbeddings(
+            embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings")),
+            embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embeddings")),
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm")),
+        )
+
+    def forward(self, input_ids: Tensor, pos: Tensor | int = 0) -> Tensor:
+        s = input_ids.dim(1)
+        offsets = Tensor.from_numpy(np.arange(s, dtype=np.int32))
+        positions = offsets + pos if isinstance(pos, Tensor) else offsets + int(pos)
+        return self.LayerNorm(self.word_embeddings(input_ids).broadcast_add(self.position_embeddings(positions)))
+
+
+class TextSelfAttention(Module):
+    """``query``/``key``/``value`` projections; keys/values from the text (self) or the image (cross)."""
+
+    def __init__(self, query: Linear, key: Linear, value: Linear, num_heads: int):
+        self.query, self.key, self.value = query, key, value
+        self.num_heads = int(num_heads)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool) -> TextSelfAttention:
+        h = cfg.hidden_size
+        kv_in = cfg.encoder_hidden_size if is_cross_attention else h
+        return TextSelfAttention(
+            linear(h, h, vb.pp("query")), linear(kv_in, h, vb.pp("key")), linear(kv_in, h, vb.pp("value")),
+            cfg.num_attention_heads,
+        )  # fmt: skip
+
+    def kv(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``(B, H, T, D)`` of ``states`` ``(B, T, C)``."""
+        return _heads(self.key(states), self.num_heads), _heads(self.value(states), self.num_heads)
+
+    def attend(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``softmax(q kᵀ / √d + mask) v`` for queries from ``xs`` ``(B, S, C)`` -> ``(B, S, C)``."""
+        q = _heads(self.query(xs), self.num_heads)
+        return _merge(ops.sdpa(q, k, v, mask, do_causal=causal))
+
+
+class TextAttention(Module):
+    """``self`` (:class:`TextSelfAttention`, named ``self_attention`` here) + ``output``:
+    ``LayerNorm(dense(ctx) + xs)``."""
+
+    def __init__(self, self_attention: TextSelfAttention, dense: Linear, norm: LayerNorm):
+        self.self_attention, self.dense, self.LayerNorm = self_attention, dense, norm
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool) -> TextAttention:
+        out = vb.pp("output")
+        return TextAttention(
+            TextSelfAttention.load(vb.pp("self"), cfg, is_cross_attention),
+            linear(cfg.hidden_size, cfg.hidden_size, out.pp("dense")),
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, out.pp("LayerNorm")),
+        )
+
+    def forward(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        return self.LayerNorm(self.dense(self.self_attention.attend(xs, k, v, mask, causal)) + xs)
+
+
+class TextLayer(Module):
+    """Causal self-attention, cross-attention to the image, feed-forward (each post-norm, residual)."""
+
+    def __init__(self, attention: TextAttention, crossattention: TextAttention, intermediate: Linear,
+                 output: Linear, output_norm: LayerNorm, act: Activation):  # fmt: skip
+        self.attention, self.crossattention = attention, crossattention
+        self.intermediate, self.output, self.output_norm, self.act = intermediate, output, output_norm, act
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> TextLayer:
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        return TextLayer(
+            TextAttention.load(vb.pp("attention"), cfg, False), TextAttention.load(vb.pp("crossattention"), cfg, True),
+            linear(h, i, vb.pp("intermediate").pp("dense")), linear(i, h, vb.pp("output").pp("dense")),
+            layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm")), Activation.parse(cfg.hidden_act),
+        )  # fmt: skip
+
+    def _feed_forward(self, xs: Tensor) -> Tensor:
+        return self.output_norm(self.output(self.act(self.intermediate(xs))) + xs)
+
+    def forward(self, xs: Tensor, image_embeds: Tensor) -> Tensor:
+        """Every position at once (no cache): ``(B, S, C)``."""
+        k, v = self.attention.self_attention.kv(xs)
+        xs = self.attention(xs, k, v, causal=True)
+        ck, cv = self.crossattention.self_attention.kv(image_embeds)
+        return self._feed_forward(self.crossattention(xs, ck, cv))
+
+    def forward_cached(self, xs: Tensor, kv: KvCache, ck: Tensor, cv: Tensor) -> tuple[Tensor, KvCache]:
+        """New positions ``(B, S, C)`` against the cache; returns them and the updated cache."""
+        k, v = self.attention.self_attention.kv(xs)
+        (k_all, v_all), kv = kv.append(k, v)
+        xs = self.attention(xs, k_all, v_all, kv.attn_mask(xs.dim(1)))
+        return self._feed_forward(self.crossattention(xs, ck, cv)), kv
+
+
+class TextCache(Module):
+    """Per layer: a self-attention :class:`KvCache` and the image's cross-attention keys/values."""
+
+    def __init__(self, kv: list[KvCache], cross_k: list[Tensor], cross_v: list[Tensor]):
+        self.kv, self.cross_k, self.cross_v = list(kv), list(cross_k), list(cross_v)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.kv[0].max_seq_len
+
+
+class TextLMHeadModel(Module):
+    """``bert`` (embeddings + ``encoder.layer.{i}``) and ``cls.predictions`` (transform + tied decoder)."""
+
+    def __init__(self, embeddings: TextEmbeddings, layers: list[TextLayer], transform: Linear,
+                 transform_norm: LayerNorm, act: Activation, decoder: Linear, config: Config):  # fmt: skip
+        self.embeddings, self.layers = embeddings, list(layers)
+        self.transform, self.transform_norm, self.act, self.decoder = transform, transform_norm, act, decoder
+        self.config = config
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> TextLMHeadModel:
+        bert, pred = vb.pp("bert"), vb.pp("cls").pp("predictions")
+        emb = TextEmbeddings.load(bert.pp("embeddings"), cfg)
+        layers = [TextLayer.load(bert.pp("encoder").pp("layer").pp(i), cfg) for i in range(cfg.num_hidden_layers)]
+        h, voc = cfg.hidden_size, cfg.vocab_size
+        dec = pred.pp("decoder")
+        if dec.contains_tensor("weight") or not cfg.tie_word_embeddings:
+            w = dec.get((voc, h), "weight")
+        else:  # tied to the word embeddings (transformers saves only one copy)
+            w = emb.word_embeddings.embeddings()
+        b = dec.get((voc,), "bias") if dec.contains_tensor("bias") else pred.get((voc,), "bias")
+        return TextLMHeadModel(
+            emb, layers, linear(h, h, pred.pp("transform").pp("dense")),
+            layer_norm(h, cfg.layer_norm_eps, pred.pp("transform").pp("LayerNorm")), Activation.parse(cfg.hidden_act),
+            Linear(w, b), cfg,
+        )  # fmt: skip
+
+    def _check_ids(self, input_ids: Tensor, start: int = 0) -> None:
+        if input_ids.rank != 2 or input_ids.dim(1) == 0:
+            raise errors.Msg(f"blip text_decoder: input_ids must be (batch, seq) with seq >= 1, got {input_ids.dims()}")
+        if start + input_ids.dim(1) > self.config.max_position_embeddings:
+            raise errors.Msg(
+                f"blip text_decoder: {start + input_ids.dim(1)} positions exceed max_position_embeddings"
+                f" {self.config.max_position_embeddings}"
+            )
+
+    def head(self, xs: Tensor) -> Tensor:
+        """``cls.predictions``: ``(..., C) -> (..., vocab)`` logits."""
+        return self.decoder(self.transform_norm(self.act(self.transform(xs))))
+
+    def forward(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
+        """Logits ``(B, S, vocab)`` for every position (causal self-attention, no cache)."""
+        self._check_ids(input_ids)
+        xs = self.embeddings(input_ids)
+        for layer in self.layers:
+            xs = layer(xs, image_embeds)
+        return self.head(xs)
+
+    def new_cache(self, image_embeds: Tensor, max_seq_len: int | None = None) -> TextCache:
+        """A :class:`TextCache` for ``image_embeds`` ``(B, N, C_vision)``: empty self-attention buffers of
+        ``max_seq_len`` positions and the image's keys/values for every layer."""
+        n = self.config.max_position_embeddings if max_seq_len is None else int(max_seq_len)
+        if not 0 < n <= self.config.max_position_embeddings:
+            raise errors.Msg(f"blip: max_seq_len {n} must be in 1..{self.config.max_position_embeddings}")
+        b = image_embeds.dim(0)
+        heads = self.config.num_attention_heads
+        like = Tensor.zeros((b, heads, 1, self.config.hidden_size // heads), image_embeds.dtype, image_embeds.device)
+        kv, ck, cv = [], [], []
+        for layer in self.layers:
+            kv.append(KvCache.preallocated(2, n, like))
+            k, v = layer.crossattention.self_attention.kv(image_embeds)
+            ck.append(k)
+            cv.append(v)
+        return TextCache(kv, ck, cv)
+
+    def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
+        """Logits ``(B, vocab)`` of the last new position and the updated cache (``pos``: position of
+        ``input_ids[:, 0]``, an int or an int32 scalar that may be traced)."""
+        xs = self.embeddings(input_ids, pos)
+        kvs = []
+        for layer, kv, ck, cv in zip(self.layers, cache.kv, cache.cross_k, cache.cross_v, strict=True):
+            xs, kv = layer.forward_cached(xs, kv, ck, cv)
+            kvs.append(kv)
+        last = xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)
+        return self.head(last), TextCache(kvs, cache.cross_k, cache.cross_v)
+
+
+def step(params: TextLMHeadModel, cache: TextCache, tokens: Any, pos: Any) -> tuple[Tensor, TextCache]:
+    """The pure decode step for :func:`candlejax.generation.generate`: ``(logits (B, vocab), cache)``."""
+    ids = tokens if isinstance(tokens, Tensor) else Tensor.from_jax(jnp.asarray(tokens))
+    p = pos if isinstance(pos, Tensor) else Tensor.from_jax(jnp.asarray(pos, jnp.int32))
+    return params.forward_cached(cache, ids, p)

@@ -1,0 +1,483 @@
+"""CLIP: contrastive image-text model (~ candle-transformers' ``models::clip``).
+
+Paper: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
+https://arxiv.org/abs/2103.00020. Mirrors Hugging Face ``transformers/models/clip/modeling_clip.py``
+(``CLIPModel``: a causal pre-norm text transformer pooled at the EOS token, a pre-norm ViT pooled
+at the class token, two bias-free projections and a learned ``logit_scale``) with its weight names
+verbatim; Candle: ``candle-transformers/src/models/clip/{mod,text_model,vision_model}.rs``::
+
+    config = ClipConfig.from_json_file("clip-vit-base-patch32/config.json")
+    vb = VarBuilder.from_mmaped_safetensors(["clip-vit-base-patch32/model.safetensors"], DType.F32, Device.Cpu)
+    model = ClipModel.load(vb, config)
+    logits_per_text, logits_per_image = model.forward(pixel_values, input_ids)
+
+Every ``forward`` runs eagerly or under ``jax.jit`` (the model is a pytree; :func:`forward_jit`
+compiles one program per input shape with the weights as arguments). Zero-shot classification
+(tokenise, preprocess, softmax over labels) is :func:`zero_shot`; ``python -m candlejax.models.clip
+IMAGE --model DIR --labels "a,b,c"`` runs it from the shell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+from candlejax import errors
+from candlejax.models._layers import Linear, linear, linear_no_bias
+from candlejax.nn import (
+    Activation,
+    Conv2d,
+    Conv2dConfig,
+    Embedding,
+    LayerNorm,
+    Module,
+    VarBuilder,
+    conv2d_no_bias,
+    embedding,
+    layer_norm,
+    ops,
+)
+from candlejax.nn.init import Const
+from candlejax.tensor import Tensor
+
+__all__ = [
+    "ClipAttention",
+    "ClipConfig",
+    "ClipEncoder",
+    "ClipEncoderLayer",
+    "ClipMlp",
+    "ClipModel",
+    "ClipTextConfig",
+    "ClipTextEmbeddings",
+    "ClipTextTransformer",
+    "ClipVisionConfig",
+    "ClipVisionEmbeddings",
+    "ClipVisionTransformer",
+    "forward_jit",
+    "image_features_jit",
+    "text_features_jit",
+    "zero_shot",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration: the keys of a CLIPModel config.json
+# ------------------------------------------------------------------------------------------------
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass
+class ClipTextConfig:
+    """``text_config`` of a ``CLIPModel`` config.json (transformers' ``CLIPTextConfig`` defaults)."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 49406
+    eos_token_id: int | None = 49407
+
+    from_dict = classmethod(_from_dict)
+
+
+@dataclasses.dataclass
+class ClipVisionConfig:
+    """``vision_config`` of a ``CLIPModel`` config.json (transformers' ``CLIPVisionConfig`` defaults)."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    from_dict = classmethod(_from_dict)
+
+
+@dataclasses.dataclass
+class ClipConfig:
+    """A ``CLIPModel`` config.json: ``text_config``, ``vision_config``, ``projection_dim``,
+    ``logit_scale_init_value``. Candle: ``ClipConfig`` (``ClipConfig::vit_base_patch32()``)."""
+
+    text_config: ClipTextConfig = dataclasses.field(default_factory=ClipTextConfig)
+    vision_config: ClipVisionConfig = dataclasses.field(default_factory=ClipVisionConfig)
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_config, dict):
+            self.text_config = ClipTextConfig.from_dict(self.text_config)
+        if isinstance(self.vision_config, dict):
+            self.vision_config = ClipVisionConfig.from_dict(self.vision_config)
+        for name, c in (("text_config", self.text_config), ("vision_config", self.vision_config)):
+            if c.hidden_size % c.num_attention_heads:
+                raise errors.Msg(
+                    f"clip: {name}.hidden_size {c.hidden_size} is not a multiple of num_attention_heads"
+                    f" {c.num_attention_heads}"
+                )
+            Activation.parse(c.hidden_act)
+        if self.vision_config.image_size % self.vision_config.patch_size:
+            raise errors.Msg(
+                f"clip: image_size {self.vision_config.image_size} is not a multiple of patch_size"
+                f" {self.vision_config.patch_size}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
+        """From a config.json dict (``*_config_dict`` keys of old checkpoints are read too)."""
+        d = dict(d)
+        text = {**(d.get("text_config_dict") or {}), **(d.get("text_config") or {})}
+        vision = {**(d.get("vision_config_dict") or {}), **(d.get("vision_config") or {})}
+        proj = d.get("projection_dim", 512)
+        scale = d.get("logit_scale_init_value", 2.6592)
+        return cls(ClipTextConfig.from_dict(text), ClipVisionConfig.from_dict(vision), int(proj), float(scale))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> ClipConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    from_hf_config = from_dict
+
+    @classmethod
+    def vit_base_patch32(cls) -> ClipConfig:
+        """``openai/clip-vit-base-patch32`` (Candle's ``ClipConfig::vit_base_patch32``)."""
+        return cls()
+
+
+# ------------------------------------------------------------------------------------------------
+# layers, bottom-up
+# ------------------------------------------------------------------------------------------------
+def _act(name: str) -> Activation:
+    return Activation.parse(name)
+
+
+class ClipAttention(Module):
+    """Multi-head attention with ``q_proj``/``k_proj``/``v_proj``/``out_proj``: ``(B, S, C) -> (B, S, C)``."""
+
+    def __init__(self, q_proj: Linear, k_proj: Linear, v_proj: Linear, out_proj: Linear, num_heads: int):
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+        self.num_heads = int(num_heads)
+
+    @staticmethod
+    def load(vb: VarBuilder, hidden: int, num_heads: int) -> ClipAttention:
+        return ClipAttention(
+            linear(hidden, hidden, vb.pp("q_proj")), linear(hidden, hidden, vb.pp("k_proj")),
+            linear(hidden, hidden, vb.pp("v_proj")), linear(hidden, hidden, vb.pp("out_proj")), num_heads,
+        )  # fmt: skip
+
+    def _heads(self, x: Tensor, b: int, s: int) -> Tensor:
+        return x.reshape((b, s, self.num_heads, -1)).transpose(1, 2)  # (B, H, S, D)
+
+    def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        b, s, c = xs.dims3()
+        q = self._heads(self.q_proj(xs), b, s)
+        k = self._heads(self.k_proj(xs), b, s)
+        v = self._heads(self.v_proj(xs), b, s)
+        y = ops.sdpa(q, k, v, mask, do_causal=causal)  # (B, H, S, D)
+        return self.out_proj(y.transpose(1, 2).reshape((b, s, c)))
+
+
+class ClipMlp(Module):
+    """``fc2(act(fc1(x)))``."""
+
+    def __init__(self, fc1: Linear, fc2: Linear, act: Activation):
+        self.fc1, self.fc2, self.activation = fc1, fc2, act
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipMlp:
+        return ClipMlp(
+            linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1")),
+            linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2")),
+            _act(cfg.hidden_act),
+        )
+
+    def forward(self, xs: Tensor) -> Tensor:
+        return self.fc2(self.activation(self.fc1(xs)))
+
+
+class ClipEncoderLayer(Module):
+    """Pre-norm block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, self_attn: ClipAttention, layer_norm1: LayerNorm, mlp: ClipMlp, layer_norm2: LayerNorm):
+        self.self_attn, self.layer_norm1, self.mlp, self.layer_norm2 = self_attn, layer_norm1, mlp, layer_norm2
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipEncoderLayer:
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        return ClipEncoderLayer(
+            ClipAttention.load(vb.pp("self_attn"), h, cfg.num_attention_heads),
+            layer_norm(h, eps, vb.pp("layer_norm1")),
+            ClipMlp.load(vb.pp("mlp"), cfg),
+            layer_norm(h, eps, vb.pp("layer_norm2")),
+        )  # fmt: skip
+
+    def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        xs = xs + self.self_attn(self.layer_norm1(xs), mask, causal)
+        return xs + self.mlp(self.layer_norm2(xs))
+
+
+class ClipEncoder(Module):
+    """``layers.{i}``: the stack of :class:`ClipEncoderLayer`."""
+
+    def __init__(self, layers: list[ClipEncoderLayer]):
+        self.layers = list(layers)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipEncoder:
+        return ClipEncoder([ClipEncoderLayer.load(vb.pp("layers").pp(i), cfg) for i in range(cfg.num_hidden_layers)])
+
+    def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        for layer in self.layers:
+            xs = layer(xs, mask, causal)
+        return xs
+
+
+class ClipTextEmbeddings(Module):
+    """``token_embedding(ids) + position_embedding(0..S)``: ``(B, S) -> (B, S, C)``."""
+
+    def __init__(self, token_embedding: Embedding, position_embedding: Embedding):
+        self.token_embedding, self.position_embedding = token_embedding, position_embedding
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipTextConfig) -> ClipTextEmbeddings:
+        return ClipTextEmbeddings(
+            embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("token_embedding")),
+            embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embedding")),
+        )
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        s = input_ids.dim(1)
+        pos = self.position_embedding.embeddings().narrow(0, 0, s)
+        return self.token_embedding(input_ids).broadcast_add(pos)
+
+
+class ClipTextTransformer(Module):
+    """``text_model``: embeddings, causal encoder, ``final_layer_norm``; pooled at the EOS token."""
+
+    def __init__(self, embeddings: ClipTextEmbeddings, encoder: ClipEncoder, final_layer_norm: LayerNorm,
+                 eos_token_id: int | None, max_position_embeddings: int):  # fmt: skip
+        self.embeddings, self.encoder, self.final_layer_norm = embeddings, encoder, final_layer_norm
+        self.eos_token_id = None if eos_token_id is None else int(eos_token_id)
+        self.max_position_embeddings = int(max_position_embeddings)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipTextConfig) -> ClipTextTransformer:
+        return ClipTextTransformer(
+            ClipTextEmbeddings.load(vb.pp("embeddings"), cfg), ClipEncoder.load(vb.pp("encoder"), cfg),
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm")), cfg.eos_token_id,
+            cfg.max_position_embeddings,
+        )  # fmt: skip
+
+    def _check(self, input_ids: Tensor) -> None:
+        if input_ids.rank != 2:
+            raise errors.Msg(f"clip text_model: input_ids must be (batch, seq), got shape {input_ids.dims()}")
+        s = input_ids.dim(1)
+        if s == 0 or s > self.max_position_embeddings:
+            raise errors.Msg(
+                f"clip text_model: sequence length {s} must be in 1..{self.max_position_embeddings}"
+                " (max_position_embeddings)"
+            )
+
+    def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The last hidden state ``(B, S, C)`` after ``final_layer_norm``."""
+        self._check(input_ids)
+        xs = self.embeddings(input_ids)
+        mask = None if attention_mask is None else attention_mask.unsqueeze(1).unsqueeze(1)  # (B, 1, 1, S)
+        return self.final_layer_norm(self.encoder(xs, mask, causal=True))
+
+    def pool(self, hidden: Tensor, input_ids: Tensor) -> Tensor:
+        """The hidden state at the EOS token (the largest id when ``eos_token_id == 2``, as transformers)."""
+        ids = input_ids
+        if self.eos_token_id == 2 or self.eos_token_id is None:
+            idx = ids.argmax_keepdim(1)
+        else:
+            idx = ids.eq(Tensor.full(self.eos_token_id, ids.dims(), ids.device, ids.dtype)).argmax_keepdim(1)
+        b, _, c = hidden.dims3()
+        idx = idx.reshape((b, 1, 1)).broadcast_as((b, 1, c)).contiguous()
+        return hidden.gather(idx, 1).squeeze(1)  # (B, C)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Pooled output ``(B, C)``."""
+        return self.pool(self.forward_hidden(input_ids, attention_mask), input_ids)
+
+
+class ClipVisionEmbeddings(Module):
+    """Class token + ``patch_embedding`` (a stride-``patch`` Conv2d, no bias) + ``position_embedding``."""
+
+    def __init__(self, class_embedding: Any, patch_embedding: Conv2d, position_embedding: Embedding,
+                 image_size: int, num_channels: int):  # fmt: skip
+        self.class_embedding = class_embedding
+        self.patch_embedding, self.position_embedding = patch_embedding, position_embedding
+        self.image_size, self.num_channels = int(image_size), int(num_channels)
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipVisionConfig) -> ClipVisionEmbeddings:
+        n_pos = (cfg.image_size // cfg.patch_size) ** 2 + 1
+        conv = conv2d_no_bias(cfg.num_channels, cfg.hidden_size, cfg.patch_size,
+                              Conv2dConfig(stride=cfg.patch_size), vb.pp("patch_embedding"))  # fmt: skip
+        return ClipVisionEmbeddings(
+            vb.get((cfg.hidden_size,), "class_embedding"), conv,
+            embedding(n_pos, cfg.hidden_size, vb.pp("position_embedding")), cfg.image_size, cfg.num_channels,
+        )  # fmt: skip
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        _check_pixels("clip vision_model", pixel_values, self.num_channels, self.image_size)
+        b = pixel_values.dim(0)
+        patches = self.patch_embedding(pixel_values).flatten_from(2).transpose(1, 2)  # (B, N, C)
+        c = patches.dim(2)
+        cls = self.class_embedding.reshape((1, 1, c)).broadcast_as((b, 1, c)).to_dtype(patches.dtype)
+        xs = Tensor.cat([cls, patches], 1)
+        return xs.broadcast_add(self.position_embedding.embeddings().unsqueeze(0))
+
+
+def _check_pixels(where: str, x: Any, channels: int, size: int) -> None:
+    """Reject an image batch that is not ``(B, channels, size, size)`` float."""
+    shape = tuple(x.dims()) if isinstance(x, Tensor) else tuple(getattr(x, "shape", ()))
+    if len(shape) != 4 or shape[1] != channels or shape[2] != size or shape[3] != size:
+        raise errors.UnexpectedShape(
+            f"{where}: pixel_values must be (batch, {channels}, {size}, {size}) (resize the image first,"
+            " e.g. with clip.preprocess)", (shape[0] if len(shape) == 4 else 1, channels, size, size), shape,
+        )  # fmt: skip
+    if isinstance(x, Tensor) and not x.dtype.is_float():
+        raise errors.Msg(f"{where}: pixel_values must be a float tensor, got {x.dtype.as_str()}")
+
+
+class ClipVisionTransformer(Module):
+    """``vision_model``: embeddings, ``pre_layrnorm`` (transformers' spelling), encoder,
+    ``post_layernorm`` on the class token."""
+
+    def __init__(self, embeddings: ClipVisionEmbeddings, pre_layrnorm: LayerNorm, encoder: ClipEncoder,
+                 post_layernorm: LayerNorm):  # fmt: skip
+        self.embeddings, self.pre_layrnorm = embeddings, pre_layrnorm
+        self.encoder, self.post_layernorm = encoder, post_layernorm
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: ClipVisionConfig) -> ClipVisionTransformer:
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        return ClipVisionTransformer(
+            ClipVisionEmbeddings.load(vb.pp("embeddings"), cfg), layer_norm(h, eps, vb.pp("pre_layrnorm")),
+            ClipEncoder.load(vb.pp("encoder"), cfg), layer_norm(h, eps, vb.pp("post_layernorm")),
+        )  # fmt: skip
+
+    def forward_hidden(self, pixel_values: Tensor) -> Tensor:
+        """The encoder's last hidden state ``(B, 1 + N, C)``."""
+        return self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)))
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Pooled output ``(B, C)``: ``post_layernorm`` of the class token."""
+        return self.post_layernorm(self.forward_hidden(pixel_values).i((slice(None), 0)))
+
+
+class ClipModel(Module):
+    """``CLIPModel``: ``text_model``, ``vision_model``, ``text_projection``, ``visual_projection``,
+    ``logit_scale``. Candle: ``ClipModel::new(vb, &config)``; here ``ClipModel.load(vb, config)``."""
+
+    def __init__(self, text_model: ClipTextTransformer, vision_model: ClipVisionTransformer,
+                 visual_projection: Linear, text_projection: Linear, logit_scale: Any):  # fmt: skip
+        self.text_model, self.vision_model = text_model, vision_model
+        self.visual_projection, self.text_projection = visual_projection, text_projection
+        self.logit_scale = logit_scale
+
+    @staticmethod
+    def load(vb: VarBuilder, config: ClipConfig) -> ClipModel:
+        t, v, p = config.text_config, config.vision_config, config.projection_dim
+        scale = vb.get_with_hints((), "logit_scale", Const(config.logit_scale_init_value))
+        return ClipModel(
+            ClipTextTransformer.load(vb.pp("text_model"), t), ClipVisionTransformer.load(vb.pp("vision_model"), v),
+            linear_no_bias(v.hidden_size, p, vb.pp("visual_projection")),
+            linear_no_bias(t.hidden_size, p, vb.pp("text_projection")), scale,
+        )  # fmt: skip
+
+    new = load
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_model.embeddings.image_size
+
+    def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Projected text embeddings ``(B, projection_dim)`` (not normalised)."""
+        return self.text_projection(self.text_model(input_ids, attention_mask))
+
+    def get_image_features(self, pixel_values: Tensor) -> Tensor:
+        """Projected image embeddings ``(B, projection_dim)`` (not normalised)."""
+        return self.visual_projection(self.vision_model(pixel_values))
+
+    def forward(
+        self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(logits_per_text (T, I), logits_per_image (I, T))``: cosine similarities times ``exp(logit_scale)``."""
+        img = _l2_normalize(self.get_image_features(pixel_values))
+        txt = _l2_normalize(self.get_text_features(input_ids, attention_mask))
+        logits_per_text = txt.matmul(img.t()).broadcast_mul(self.logit_scale.exp())
+        return logits_per_text, logits_per_text.t()
+
+
+def _l2_normalize(x: Tensor) -> Tensor:
+    return x.broadcast_div(x.sqr().sum_keepdim(-1).sqrt())
+
+
+# ------------------------------------------------------------------------------------------------
+# compiled entry points (weights are jit arguments)
+# ------------------------------------------------------------------------------------------------
+@jax.jit
+def _forward(model: ClipModel, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None) -> Any:
+    return model.forward(pixel_values, input_ids, attention_mask)
+
+
+@jax.jit
+def _text(model: ClipModel, input_ids: Tensor, attention_mask: Tensor | None) -> Any:
+    return model.get_text_features(input_ids, attention_mask)
+
+
+@jax.jit
+def _image(model: ClipModel, pixel_values: Tensor) -> Any:
+    return model.get_image_features(pixel_values)
+
+
+def _check_ids(model: ClipModel, input_ids: Tensor) -> None:
+    model.text_model._check(input_ids)
+
+
+def forward_jit(model: ClipModel, pixel_values: Tensor, input_ids: Tensor,
+                attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:meth:`ClipModel.forward` compiled (one program per input shape)."""
+    _check_pixels("clip vision_model", pixel_values, model.vision_model.embeddings.num_channels, model.image_size)
+    _check_ids(model, input_ids)
+    return _forward(model, pixel_values, input_ids, attention_mask)
+
+
+def text_features_jit(model: ClipModel, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """:meth:`ClipModel.get_text_features` compiled."""
+    _check_ids(model, input_ids)
+    return _text(model, input_ids, attention_mask)
+
+
+def image_features_jit(model: ClipModel, pixel_values: Tensor) -> Tensor:
+    """:meth:`ClipModel.get_image_features` compiled."""
+    _check_pixels("clip vision_model", pixel_values, model.vision_model.embeddings.num_channels, model.image_size)
+    return _image(model, pixel_values)
+
+
+from candlejax.models._clip_pipeline import zero_shot  # noqa: E402  (serving code lives outside this file)
+
+if __name__ == "__main__":
+    import sys
+
+    from candlejax.models._clip_cli import main
+
+    sys.exit(main())

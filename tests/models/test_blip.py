@@ -1,0 +1,209 @@
+"""models.blip / models.blip_text against transformers' BlipForConditionalGeneration (random small
+config, same weights through safetensors): image embeddings and logits, greedy captions token for
+token, the KV-cached step, sampling, BlipImageProcessor preprocessing, bad input and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from candlejax import Device, DType, Tensor, errors
+from candlejax.generation import ArgMax, LogitsProcessor, decode_fns
+from candlejax.models import blip, blip_text
+from candlejax.nn import VarBuilder
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+VOCAB, BOS, SEP, PAD = 50, 45, 46, 0
+TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=40, bos_token_id=BOS, sep_token_id=SEP, pad_token_id=PAD)  # fmt: skip
+VISION = dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8)  # fmt: skip
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": PAD, **{f"w{i}": i for i in range(1, VOCAB) if i not in (BOS, SEP)}, "[DEC]": BOS, "[SEP]": SEP}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["[PAD]", "[DEC]", "[SEP]"])
+    return tok
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.BlipConfig(text_config=TEXT, vision_config=VISION)
+    cfg._attn_implementation = "eager"
+    hf = transformers.BlipForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # larger weights than the tiny init, so that the captions depend on the image
+        for n, p in hf.named_parameters():
+            if "LayerNorm" in n or "layer_norm" in n or "layernorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+            elif p.ndim >= 2 or "embedding" in n:
+                p.normal_(0.0, 0.2)
+    d = tmp_path_factory.mktemp("blip")
+    hf.save_pretrained(d, safe_serialization=True)
+    _tiny_tokenizer().save(str(d / "tokenizer.json"))
+    config = blip.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    return hf, blip.BlipForConditionalGeneration.load(vb, config), d
+
+
+def _pixels(rng, b=1):
+    return rng.standard_normal((b, 3, 32, 32)).astype(np.float32)
+
+
+def test_config_keys(pair):
+    _, model, _ = pair
+    c = model.config
+    assert c.text_config.encoder_hidden_size == 48 and c.text_config.sep_token_id == SEP
+    assert c.vision_config.patch_size == 8 and c.text_config.vocab_size == VOCAB
+    with pytest.raises(errors.Error, match="not a multiple"):
+        blip.Config.from_dict({"vision_config": {"image_size": 30, "patch_size": 8}})
+
+
+def test_logits_match_transformers(pair, rng):
+    hf, model, _ = pair
+    px = _pixels(rng, 2)
+    ids = rng.integers(1, VOCAB, size=(2, 7))
+    ids[:, 0] = BOS
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(px), input_ids=torch.from_numpy(ids))
+    emb = model.vision_model(Tensor.from_numpy(px))
+    np.testing.assert_allclose(emb.numpy(), ref.image_embeds.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(blip.vision_forward_jit(model, Tensor.from_numpy(px)).numpy(), ref.image_embeds.numpy(),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    logits = model.forward(Tensor.from_numpy(px), Tensor.from_numpy(ids.astype(np.uint32)))
+    np.testing.assert_allclose(logits.numpy(), ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_cached_steps_match_full_forward(pair, rng):
+    _, model, _ = pair
+    px = Tensor.from_numpy(_pixels(rng))
+    ids = rng.integers(1, VOCAB, size=(1, 6)).astype(np.uint32)
+    emb = model.vision_model(px)
+    full = model.text_decoder(Tensor.from_numpy(ids), emb).numpy()[0]  # (S, V)
+    cache = model.text_decoder.new_cache(emb, 8)
+    logits, cache = blip_text.step(model.text_decoder, cache, ids[:, :3], 0)  # a prefill of 3
+    np.testing.assert_allclose(logits.numpy()[0], full[2], atol=1e-4, rtol=1e-4)
+    for t in range(3, 6):
+        logits, cache = blip_text.step(model.text_decoder, cache, ids[:, t : t + 1], t)
+        np.testing.assert_allclose(logits.numpy()[0], full[t], atol=1e-4, rtol=1e-4)
+
+
+def _hf_caption(hf, px, n):
+    with torch.no_grad():
+        out = hf.generate(pixel_values=torch.from_numpy(px), max_new_tokens=n, do_sample=False, num_beams=1)
+    ids = out[0].tolist()
+    assert ids[0] == BOS
+    ids = ids[1:]
+    return ids[: ids.index(SEP)] if SEP in ids else ids
+
+
+def test_greedy_captions_token_identical(pair, rng):
+    hf, model, _ = pair
+    lengths = []
+    for _ in range(3):
+        px = _pixels(rng)
+        ref = _hf_caption(hf, px, 12)
+        assert _caption_ids(model, px, 12) == ref
+        lengths.append(len(ref))
+    assert max(lengths) > 0
+    # one compiled program served the prompt and every decode step of all three captions
+    assert decode_fns(blip_text.step, ArgMax(), False).trace_count == 1
+
+
+def _caption_ids(model, px, n, **kw):
+    return blip.caption_ids(model, Tensor.from_numpy(px), max_new_tokens=n, **kw)
+
+
+def test_caption_text_and_sampling(pair, rng):
+    _, model, _ = pair
+    px = _pixels(rng)
+    tok = _tiny_tokenizer()
+    ids = _caption_ids(model, px, 10)
+    text = blip.caption(model, Tensor.from_numpy(px), tok, max_new_tokens=10)
+    assert text == tok.decode(ids, skip_special_tokens=True).strip()
+    # sampled: the same draws as Candle's loop (full forward each step + LogitsProcessor.sample)
+    sampled = _caption_ids(model, px, 6, temperature=1.5, seed=7)
+    lp = LogitsProcessor(7, 1.5)
+    emb = model.vision_model(Tensor.from_numpy(px))
+    seq, ref = [BOS], []
+    for _ in range(6):
+        logits = model.text_decoder(Tensor.from_numpy(np.asarray([seq], np.uint32)), emb)
+        t = lp.sample(logits.numpy()[0, -1])
+        if t == SEP:
+            break
+        ref.append(t)
+        seq.append(t)
+    assert sampled == ref
+    assert _caption_ids(model, px, 6, temperature=1.5, seed=7) == sampled  # reproducible
+
+
+def test_preprocess_matches_blip_image_processor(rng):
+    from PIL import Image
+
+    from candlejax.models._image_pipeline import pixels_blip
+
+    img = rng.integers(0, 256, size=(45, 61, 3), dtype=np.uint8)
+    proc = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
+    ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pixels_blip(img, 32).numpy(), ref, atol=1e-5)
+
+
+def test_caption_from_image_matches_transformers(pair, rng):
+    hf, model, _ = pair
+    from PIL import Image
+
+    img = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    proc = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
+    px = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"].astype(np.float32)
+    assert blip.caption_ids(model, img, max_new_tokens=8) == _hf_caption(hf, px, 8)
+
+
+def test_bad_input(pair, rng):
+    _, model, _ = pair
+    tok = _tiny_tokenizer()
+    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+        blip.caption(model, Tensor.zeros((1, 3, 40, 40), DType.F32, Device.Cpu), tok)
+    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+        model.vision_model(Tensor.zeros((1, 1, 32, 32), DType.F32, Device.Cpu))
+    with pytest.raises(errors.Error, match=r"\(H, W, 3\) uint8"):
+        blip.caption(model, np.zeros((20, 20, 2), np.uint8), tok)
+    with pytest.raises(errors.Error, match="max_new_tokens"):
+        blip.caption(model, Tensor.from_numpy(_pixels(rng)), tok, max_new_tokens=100)
+    with pytest.raises(errors.Error, match="one image at a time"):
+        blip.caption(model, Tensor.from_numpy(_pixels(rng, 2)), tok)
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
+        emb = model.vision_model(Tensor.from_numpy(_pixels(rng)))
+        model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
+
+
+def test_cli(pair, tmp_path, rng):
+    _, model, d = pair
+    from PIL import Image
+
+    img = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    Image.fromarray(img).save(path)
+    expected = blip.caption_ids(model, str(path), max_new_tokens=8)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH")] if p)}
+    r = subprocess.run(
+        [sys.executable, "-m", "candlejax.models.blip", "caption", str(path), "--model", str(d),
+         "--max-new-tokens", "8", "--ids"], capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "ids: " + " ".join(map(str, expected))
+    assert lines[-2] == _tiny_tokenizer().decode(expected, skip_special_tokens=True).strip()

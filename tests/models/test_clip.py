@@ -1,0 +1,213 @@
+"""models.clip against transformers' CLIPModel (random small configs, same weights through
+safetensors), CLIPImageProcessor, zero-shot probabilities, bad input and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from candlejax import Device, DType, Tensor, errors
+from candlejax.models import clip
+from candlejax.nn import VarBuilder
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["a", "photo", "of", "cat", "dog", "car", "the", "big", "small", "red"]
+VOCAB = 40
+BOS, EOS = VOCAB - 2, VOCAB - 1
+
+
+def _config(eos_token_id: int, act: str = "quick_gelu") -> dict:
+    return dict(
+        text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, hidden_act=act,
+                         bos_token_id=BOS, eos_token_id=eos_token_id, pad_token_id=EOS),
+        vision_config=dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act=act),
+        projection_dim=24, logit_scale_init_value=2.0,
+    )  # fmt: skip
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}, "<bos>": BOS, "<eos>": EOS}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", BOS), ("<eos>", EOS)]
+    )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(name -> (hf model, candlejax model, folder)) for eos pooling by id and by argmax (eos_token_id=2)."""
+    out = {}
+    for i, (name, eos, act) in enumerate([("eos", EOS, "quick_gelu"), ("argmax", 2, "gelu")]):
+        torch.manual_seed(i)
+        cfg = transformers.CLIPConfig(**_config(eos, act))
+        cfg._attn_implementation = "eager"
+        m = transformers.CLIPModel(cfg).eval()
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "layer_norm" in n or "layrnorm" in n or "layernorm" in n:
+                    p.add_(0.1 * torch.randn_like(p))
+        d = tmp_path_factory.mktemp(f"clip_{name}")
+        m.save_pretrained(d, safe_serialization=True)
+        _tiny_tokenizer().save(str(d / "tokenizer.json"))
+        config = clip.ClipConfig.from_json_file(d / "config.json")
+        vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+        out[name] = (m, clip.ClipModel.load(vb, config), d)
+    return out
+
+
+def _ids(rng, b=3, s=9):
+    ids = rng.integers(1, VOCAB - 2, size=(b, s))
+    ids[:, 0] = BOS
+    lengths = [s, 5, 3][:b]
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = EOS
+        ids[i, n:] = EOS
+    return ids
+
+
+@pytest.mark.parametrize("name", ["eos", "argmax"])
+def test_matches_transformers(models, rng, name):
+    hf, model, _ = models[name]
+    ids = _ids(rng)
+    pixels = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels))
+        t_feat = hf.get_text_features(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
+        i_feat = hf.get_image_features(pixel_values=torch.from_numpy(pixels)).pooler_output.numpy()
+    ids_t, px = Tensor.from_numpy(ids.astype(np.uint32)), Tensor.from_numpy(pixels)
+    # eager
+    np.testing.assert_allclose(model.get_text_features(ids_t).numpy(), t_feat, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(model.get_image_features(px).numpy(), i_feat, atol=1e-4, rtol=1e-4)
+    lpt, lpi = model.forward(px, ids_t)
+    np.testing.assert_allclose(lpt.numpy(), ref.logits_per_text.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(lpi.numpy(), ref.logits_per_image.numpy(), atol=1e-4, rtol=1e-4)
+    # compiled
+    _, lpi_j = clip.forward_jit(model, px, ids_t)
+    np.testing.assert_allclose(lpi_j.numpy(), ref.logits_per_image.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(clip.text_features_jit(model, ids_t).numpy(), t_feat, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(clip.image_features_jit(model, px).numpy(), i_feat, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_mask_matches_transformers(models, rng):
+    hf, model, _ = models["eos"]
+    ids = _ids(rng)
+    mask = (np.cumsum(ids == EOS, axis=1) <= 1).astype(np.int64)  # keep up to the first EOS
+    with torch.no_grad():
+        ref = hf.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    out = model.get_text_features(Tensor.from_numpy(ids.astype(np.uint32)), Tensor.from_numpy(mask.astype(np.uint8)))
+    np.testing.assert_allclose(out.numpy(), ref.pooler_output.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _image(rng, h=45, w=60):
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hw", [(45, 60), (70, 33), (20, 20)])
+def test_preprocess_matches_clip_image_processor(rng, hw):
+    from PIL import Image
+
+    from candlejax.models._image_pipeline import pixels_clip
+
+    img = _image(rng, *hw)
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
+    out = pixels_clip(img, 32, 32).numpy()
+    assert out.shape == ref.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_zero_shot_matches_transformers(models, rng):
+    hf, model, d = models["eos"]
+    from PIL import Image
+
+    labels = ["a photo of a cat", "a photo of a big red dog", "car"]
+    img = _image(rng)
+    tok = _tiny_tokenizer()
+    enc = [tok.encode(t).ids for t in labels]
+    s = max(map(len, enc))
+    ids = np.array([e + [EOS] * (s - len(e)) for e in enc])
+    mask = np.array([[1] * len(e) + [0] * (s - len(e)) for e in enc])
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    px = proc(images=Image.fromarray(img), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), pixel_values=px)
+    ref_probs = ref.logits_per_image.softmax(-1)[0].numpy()
+    probs = clip.zero_shot(model, img, labels, tokenizer=tok)
+    assert probs.dims() == (3,)
+    np.testing.assert_allclose(probs.numpy(), ref_probs, atol=1e-5)
+    # a tokenizer.json path and a PIL image give the same
+    probs2 = clip.zero_shot(model, Image.fromarray(img), labels, tokenizer=str(d / "tokenizer.json"))
+    np.testing.assert_allclose(probs2.numpy(), probs.numpy(), atol=1e-6)
+    assert abs(float(probs.numpy().sum()) - 1.0) < 1e-5
+
+
+def test_bad_input(models, rng):
+    _, model, _ = models["eos"]
+    tok = _tiny_tokenizer()
+    with pytest.raises(errors.Error, match="label list is empty"):
+        clip.zero_shot(model, _image(rng), [], tokenizer=tok)
+    with pytest.raises(errors.Error, match="list of strings"):
+        clip.zero_shot(model, _image(rng), "cat,dog", tokenizer=tok)
+    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+        model.get_image_features(Tensor.zeros((1, 3, 40, 40), DType.F32, Device.Cpu))
+    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+        clip.image_features_jit(model, Tensor.zeros((1, 4, 32, 32), DType.F32, Device.Cpu))
+    with pytest.raises(errors.Error, match=r"\(H, W, 3\) uint8"):
+        clip.zero_shot(model, np.zeros((20, 20, 4), np.uint8), ["cat"], tokenizer=tok)
+    with pytest.raises(errors.Error, match="cannot read image"):
+        clip.zero_shot(model, "/nonexistent/cat.png", ["cat"], tokenizer=tok)
+    with pytest.raises(errors.Error, match="sequence length 20"):
+        model.get_text_features(Tensor.zeros((1, 20), DType.U32, Device.Cpu))
+
+
+def test_config_from_json_keys(models):
+    _, _, d = models["argmax"]
+    raw = json.loads((d / "config.json").read_text())
+    c = clip.ClipConfig.from_dict(raw)
+    assert c.text_config.eos_token_id == 2 and c.vision_config.patch_size == 8 and c.projection_dim == 24
+    assert c.text_config.hidden_act == "gelu"
+    with pytest.raises(errors.Error, match="not a multiple"):
+        clip.ClipConfig.from_dict({"text_config": {"hidden_size": 30, "num_attention_heads": 4}})
+
+
+def test_cli(models, tmp_path, rng):
+    _, model, d = models["eos"]
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    img = _image(rng)
+    Image.fromarray(img).save(path)
+    labels = ["a photo of a cat", "a photo of a dog"]
+    expected = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH")] if p)}
+    r = subprocess.run(
+        [sys.executable, "-m", "candlejax.models.clip", str(path), "--model", str(d), "--labels", ",".join(labels)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ":" in ln]
+    got = {ln.rsplit(":", 1)[0].strip(): float(ln.rsplit(":", 1)[1]) for ln in lines}
+    for lab, p in zip(labels, expected, strict=True):
+        assert abs(got[lab] - p) < 1e-3
+    bad = subprocess.run(
+        [sys.executable, "-m", "candlejax.models.clip", str(path), "--model", str(d), "--labels", ""],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "label list is empty" in bad.stderr
