@@ -1,7 +1,7 @@
 """Reading and writing tensors: safetensors (``candlejax.io.safetensors``) and npy/npz
 (``candlejax.io.npy``), as Candle's ``candle::safetensors`` and ``candle::npy``."""
 
-from candlejax.io import npy, safetensors
+from candlejax.io import ct2, npy, safetensors
 from candlejax.io.npy import NpzTensors, read_npy, read_npz, read_npz_by_name, write_npy, write_npz
 from candlejax.io.safetensors import (
     BufferedSafetensors,
@@ -22,6 +22,7 @@ __all__ = [
     "SliceSafetensors",
     "TensorView",
     "atomic_file",
+    "ct2",
     "load",
     "load_buffer",
     "npy",
