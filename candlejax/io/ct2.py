@@ -32,7 +32,7 @@ import numpy as np
 
 from candlejax import errors
 
-__all__ = ["Ct2Model", "Ct2Variable", "convert_whisper", "whisper_hf_config", "whisper_state_dict"]
+__all__ = ["Ct2Model", "Ct2Variable", "convert_whisper", "tokenizer_vocab", "whisper_hf_config", "whisper_state_dict"]
 
 _DTYPES: dict[int, tuple[str, Any]] = {
     0: ("float32", np.float32),
@@ -280,7 +280,7 @@ def _token_id(vocab: dict[str, int], *names: str) -> int | None:
     return None
 
 
-def _tokenizer_vocab(tokenizer_json: str) -> dict[str, int]:
+def tokenizer_vocab(tokenizer_json: str) -> dict[str, int]:
     with open(tokenizer_json, encoding="utf-8") as f:
         tok = json.load(f)
     vocab = dict(tok.get("model", {}).get("vocab", {}))
@@ -366,7 +366,7 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, dtype: str =
     tok = os.path.join(src_dir, "tokenizer.json")
     if not os.path.exists(tok):
         raise errors.Ct2(f"ct2: {src_dir}: no tokenizer.json next to {model.path}")
-    vocab = _tokenizer_vocab(tok)
+    vocab = tokenizer_vocab(tok)
     if dtype not in ("float32", "float16"):
         raise errors.Ct2(f"ct2: convert_whisper: dtype must be 'float32' or 'float16', got {dtype!r}")
     tensors = whisper_state_dict(model, np.float32 if dtype == "float32" else np.float16)

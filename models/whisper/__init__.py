@@ -1,0 +1,26 @@
+"""Whisper speech recognition (~ candle-transformers' ``models::whisper`` and Candle's ``whisper`` example).
+
+>>> from candlejax.models import whisper
+>>> model = whisper.Whisper.from_pretrained("whisper-tiny.en", Device.Cpu)   # HF or CTranslate2 folder
+>>> for seg in whisper.transcribe(model, "speech.wav", timestamps=True):
+...     print(f"[{seg.start:.2f} -> {seg.end:.2f}] {seg.text}")
+"""
+
+from candlejax.models.whisper import audio
+from candlejax.models.whisper.model import (
+    AudioEncoder,
+    Config,
+    DecoderState,
+    MultiHeadAttention,
+    ResidualAttentionBlock,
+    TextDecoder,
+    Whisper,
+    new_state,
+    step,
+    step_jit,
+)
+
+__all__ = [
+    "AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder", "Whisper",
+    "audio", "new_state", "step", "step_jit",
+]  # fmt: skip
