@@ -6,7 +6,15 @@
 ...     print(f"[{seg.start:.2f} -> {seg.end:.2f}] {seg.text}")
 """
 
-from candlejax.models.whisper import audio
+from candlejax.models.whisper import audio, decoding
+from candlejax.models.whisper.decoding import (
+    Decoder,
+    DecodingResult,
+    Segment,
+    WhisperTokenizer,
+    compression_ratio,
+    transcribe,
+)
 from candlejax.models.whisper.model import (
     AudioEncoder,
     Config,
@@ -22,5 +30,6 @@ from candlejax.models.whisper.model import (
 
 __all__ = [
     "AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder", "Whisper",
-    "audio", "new_state", "step", "step_jit",
+    "Decoder", "DecodingResult", "Segment", "WhisperTokenizer", "audio", "compression_ratio", "decoding", "new_state",
+    "step", "step_jit", "transcribe",
 ]  # fmt: skip
