@@ -244,7 +244,10 @@ class TextDecoder(Module):
 
     def final_linear(self, x: Tensor) -> Tensor:
         """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``."""
-        return x.broadcast_matmul(self.token_embedding.embeddings().t())
+        xa, w = x.jax, self.token_embedding.embeddings().jax
+        # contracted against the (vocab, D) table directly (no transposed copy of the table)
+        return Tensor.from_jax(jax.lax.dot_general(xa, w, (((xa.ndim - 1,), (1,)), ((), ())),
+                                                   preferred_element_type=xa.dtype))  # fmt: skip
 
     def reset_kv_cache(self) -> None:
         _STATES.pop(self, None)
@@ -265,7 +268,9 @@ class DecoderState(Module):
 
     def with_position(self, pos: int) -> DecoderState:
         """The same buffers at position ``pos`` (later slots are masked out and overwritten)."""
-        cs = [KvCache(c.dim, c.max_seq_len, c.k_buf, c.v_buf, Tensor.from_jax(jnp.int32(pos))) for c in self.caches]
+        sh = self.caches[0].k_buf.jax.sharding  # committed, as step outputs are (no recompile); one buffer each
+        cs = [KvCache(c.dim, c.max_seq_len, c.k_buf, c.v_buf, Tensor.from_jax(jax.device_put(np.int32(pos), sh)))
+              for c in self.caches]  # fmt: skip
         return DecoderState(cs, self.cross_k, self.cross_v)
 
 
