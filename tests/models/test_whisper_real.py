@@ -155,3 +155,16 @@ def test_bad_input_gives_candlejax_errors(env, tmp_path):
     (tmp_path / "other" / "model.bin").write_bytes(data)
     with pytest.raises(errors.Ct2, match="not a Whisper model"):
         whisper.Whisper.from_pretrained(tmp_path / "other", Device.Cpu)
+
+
+def test_cli_prints_segments(env, capsys):
+    from candlejax.models.whisper.__main__ import default_model_dir, main
+
+    assert default_model_dir() == _ct2_dir()
+    path = env["clips"]["test"]
+    assert main(["transcribe", path, "--timestamps", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    segs = list(whisper.transcribe(env["model"], path, temperature=0.0))
+    assert out == [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()}" for s in segs]
+    assert main(["transcribe", str(env["dir"] / "missing.wav"), "--model", env["hf_dir"]]) == 1
+    assert "no such file" in capsys.readouterr().err
