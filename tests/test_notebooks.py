@@ -64,7 +64,7 @@ def _errors(nb) -> list[str]:
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb", "05_whisper.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
