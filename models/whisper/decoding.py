@@ -61,7 +61,8 @@ class WhisperTokenizer:
         self.no_timestamps = t("<|notimestamps|>")
         ts = t("<|0.00|>")
         self.timestamp_begin = ts if ts is not None else self.no_timestamps + 1
-        self.language_tokens = list(range(self.sot + 1, self.translate)) if self.translate else []
+        ids = range(self.sot + 1, self.translate) if self.translate else range(0)
+        self.language_tokens = [i for i in ids if self.tk.id_to_token(i) is not None]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode([int(i) for i in ids if i < self.eot])

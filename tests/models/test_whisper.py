@@ -137,3 +137,49 @@ def test_stream_reads_forward_in_bounded_blocks(tmp_path):
         assert not w[ref.shape[0] - 1_500_000 + 10 :].any()  # zeros past the end
         with pytest.raises(errors.Audio, match="forward-only"):
             s.read(0, 10)
+
+
+def _multilingual_tokenizer(path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    vocab = {f"w{i}": i for i in range(50257)}
+    special = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|fr|>"]
+    vocab.update({t: 50257 + i for i, t in enumerate(special)})
+    rest = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    vocab.update({t: 50358 + i for i, t in enumerate(rest)})
+    vocab.update({f"<|{i * 0.02:.2f}|>": 50364 + i for i in range(1501)})
+    Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>")).save(str(path))
+
+
+def test_multilingual_language_detection_and_prompt(tmp_path):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(3)
+    cfg = WhisperConfig(
+        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+        max_target_positions=40, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
+        bos_token_id=50257, suppress_tokens=[], begin_suppress_tokens=[220, 50257],
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    _multilingual_tokenizer(tmp_path / "tokenizer.json")
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    assert m.config.is_multilingual
+    dec = whisper.Decoder(m)
+    assert dec.tok.sot == 50258 and dec.tok.language_tokens[:3] == [50259, 50260, 50261]
+    assert dec.tok.timestamp_begin == 50364 and dec.tok.no_speech == 50362
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    audio = dec.encode(mel)
+    logits, _ = whisper.step_jit(m.decoder, whisper.new_state(m.decoder, audio), np.array([[50258]], np.int32))
+    logits = np.asarray(logits)[0, -1]
+    langs = dec.tok.language_tokens
+    expect = dec.tok.language_code(langs[int(np.argmax(logits[langs]))])
+    assert dec.detect_language(audio) == expect
+    assert dec.sot_sequence("de") == [50258, 50260, 50359]
+    with pytest.raises(errors.Msg, match="unknown language"):
+        whisper.Decoder(m, language="xx")
+    res = dec.decode(audio, 0.0, prompt=[5, 6], language="fr")
+    assert res.language == "fr" and len(res.tokens) <= 20
+    segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
+    assert all(isinstance(s, whisper.Segment) for s in segs)
