@@ -233,6 +233,26 @@ class Audio(Error):
     """Unreadable or invalid audio (empty file, not a sound file, no samples, NaN/inf samples)."""
 
 
+class Pth(Error):
+    """A malformed or unreadable PyTorch checkpoint (``torch.save`` zip file)."""
+
+
+class PthUnsafeGlobal(Pth):
+    """A PyTorch checkpoint's pickle names a global that a weights-only read does not allow."""
+
+    def __init__(self, path: str, global_name: str, objects: bool = False):
+        self.path, self.global_name = path, global_name
+        hint = (
+            "allow its module with load_pickle(path, allow_objects=(...)) to read it as an inert record"
+            if objects
+            else "only tensors, storages and plain containers are read; "
+            "candlejax.io.pth.load_pickle reads whole-module checkpoints as inert records"
+        )
+        super().__init__(
+            f"{path}: the pickle refers to {global_name}, which is not allowed ({hint}); nothing was executed"
+        )
+
+
 class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 

@@ -1,7 +1,8 @@
 """Reading and writing tensors: safetensors (``candlejax.io.safetensors``) and npy/npz
-(``candlejax.io.npy``), as Candle's ``candle::safetensors`` and ``candle::npy``."""
+(``candlejax.io.npy``), as Candle's ``candle::safetensors`` and ``candle::npy``; PyTorch
+checkpoints (``candlejax.io.pth``, read only, as ``candle::pickle``)."""
 
-from candlejax.io import ct2, npy, safetensors
+from candlejax.io import ct2, npy, pth, safetensors
 from candlejax.io.npy import NpzTensors, read_npy, read_npz, read_npz_by_name, write_npy, write_npz
 from candlejax.io.safetensors import (
     BufferedSafetensors,
@@ -26,6 +27,7 @@ __all__ = [
     "load",
     "load_buffer",
     "npy",
+    "pth",
     "read_npy",
     "read_npz",
     "read_npz_by_name",

@@ -24,6 +24,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.io import pth
 from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import Var, as_array
@@ -307,6 +308,18 @@ class VarBuilder:
     @staticmethod
     def from_npz(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
         return VarBuilder(NpzBackend(path), dtype, device)
+
+    @staticmethod
+    def from_pth(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """A ``torch.save``'d state dict, read without executing pickled code (``candlejax.io.pth``)."""
+        return VarBuilder(DictBackend(pth.load(path), os.fspath(path)), dtype, device)
+
+    @staticmethod
+    def from_pth_with_state(
+        path: str | os.PathLike, dtype: Any = DType.F32, key: str = "state_dict", device: Any = None
+    ) -> VarBuilder:
+        """The state dict stored under ``key`` (e.g. ``"state_dict"``) of a ``torch.save``'d dict."""
+        return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
 
     @staticmethod
     def from_backend(backend: SimpleBackend, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:

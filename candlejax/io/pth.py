@@ -1,0 +1,451 @@
+"""Reading PyTorch checkpoints (``torch.save`` zip files) without executing pickled code.
+
+requires: numpy, ml_dtypes (bf16), zipfile, pickle (the unpickler, with every global resolved here)
+provides: ``load``, ``load_pickle``, ``module_state_dict``, ``tensor_infos``, ``PickledObject``
+
+Candle's ``candle::pickle`` (``read_all``, ``PthTensors``) / PyTorch's ``torch.load(weights_only=True)``.
+The pickle is read by an unpickler whose ``find_class`` resolves only a fixed set of names to
+functions defined here: tensor rebuild functions, storage types and plain containers. Any other
+global raises :class:`candlejax.errors.PthUnsafeGlobal` naming it and the file, before anything is
+called; nothing from the pickle is ever imported. Tensors are built afterwards from the storage
+records, with offsets, sizes and strides checked against the storage first.
+
+``load_pickle`` also reads checkpoints that pickle whole modules (Ultralytics): classes under the
+allowed module prefixes become inert :class:`PickledObject` records (their constructors and
+``__setstate__`` are never called), and :func:`module_state_dict` walks them as ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from candlejax import errors
+from candlejax.dtype import DType
+
+__all__ = [
+    "DEFAULT_ALLOWED_OBJECTS",
+    "PickledObject",
+    "PickledRef",
+    "TensorInfo",
+    "load",
+    "load_pickle",
+    "module_state_dict",
+    "tensor_infos",
+]
+
+# storage type name -> numpy dtype
+_STORAGES: dict[str, np.dtype] = {
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": DType.BF16.np,
+    "DoubleStorage": np.dtype(np.float64),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+}
+
+DEFAULT_ALLOWED_OBJECTS: tuple[str, ...] = ("ultralytics.", "torch.nn.modules.", "torch.nn.parameter.")
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    name: str
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the pickle describes it (Candle's ``pickle::TensorInfo``); not yet read."""
+
+    storage: str  # record key, e.g. "12"
+    dtype: np.dtype
+    storage_numel: int
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+@dataclass
+class _Storage:
+    key: str
+    dtype: np.dtype
+    numel: int
+
+
+class PickledObject:
+    """An inert record of a pickled instance of an allowed class: ``qualname`` (``module.Name``),
+    the constructor ``args`` and the pickled ``state`` (usually the instance ``__dict__``)."""
+
+    qualname: str = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = object.__new__(cls)
+        obj.args = args
+        obj.state = None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls the class: record only
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __reduce__(self) -> Any:
+        raise TypeError("PickledObject records are not picklable")
+
+    def __repr__(self) -> str:
+        return f"PickledObject({self.qualname})"
+
+
+class PickledRef:
+    """An inert ``getattr(AllowedClass, "name")`` from the pickle (e.g. a method reference)."""
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+
+    def __repr__(self) -> str:
+        return f"PickledRef({self.qualname})"
+
+
+# ------------------------------------------------------------------------------------------------
+# the functions the pickle may call (REDUCE), all defined here
+# ------------------------------------------------------------------------------------------------
+def _ints(x: Any) -> bool:
+    return isinstance(x, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> TensorInfo:
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v2 expects a storage, got {type(storage).__name__}")
+    size, stride = tuple(size) if isinstance(size, (tuple, list)) else size, tuple(stride) if isinstance(
+        stride, (tuple, list)) else stride  # fmt: skip
+    if not (isinstance(offset, int) and _ints(size) and _ints(stride) and len(size) == len(stride)):
+        raise pickle.UnpicklingError(f"malformed tensor: offset {offset!r}, size {size!r}, stride {stride!r}")
+    return TensorInfo(storage.key, storage.dtype, storage.numel, offset, size, stride)
+
+
+def _rebuild_parameter(data: Any, *_: Any) -> Any:
+    return data
+
+
+def _ordered_dict(*args: Any) -> collections.OrderedDict:
+    return collections.OrderedDict(*args)
+
+
+class _Size(tuple):
+    """``torch.Size`` -> a plain tuple."""
+
+    def __new__(cls, *args: Any) -> tuple:  # type: ignore[misc]
+        return tuple(*args)
+
+
+_SAFE: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "Size"): _Size,
+    ("builtins", "dict"): dict,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "str"): str,
+    ("builtins", "bool"): bool,
+}
+_SAFE.update({("torch", name): _StorageType(name, dt) for name, dt in _STORAGES.items()})
+_OBJECTS_ONLY: dict[tuple[str, str], Any] = {("builtins", "set"): set, ("builtins", "frozenset"): frozenset}
+
+
+def _load_build(self: _Unpickler) -> None:
+    """BUILD only on records and on OrderedDicts (a state dict's ``_metadata``); never a setattr."""
+    state = self.stack.pop()
+    inst = self.stack[-1]
+    if isinstance(inst, PickledObject):
+        inst.state = state
+    elif type(inst) is collections.OrderedDict and isinstance(state, dict):
+        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")})
+    else:
+        raise pickle.UnpicklingError(f"BUILD (set state) on a {type(inst).__name__} is not allowed")
+
+
+class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler, with BUILD restricted
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def __init__(self, file: Any, src: str, allow_objects: tuple[str, ...]):
+        super().__init__(file)
+        self.src = src
+        self.allow = allow_objects
+        self.classes: dict[str, type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":
+            module = "builtins"
+        key = (module, name)
+        if key in _SAFE:
+            return _SAFE[key]
+        if self.allow:
+            if key in _OBJECTS_ONLY:
+                return _OBJECTS_ONLY[key]
+            if key == ("builtins", "getattr"):
+                return self._getattr
+            qual = f"{module}.{name}"
+            if any(qual.startswith(p) for p in self.allow):
+                if qual not in self.classes:
+                    self.classes[qual] = type(name, (PickledObject,), {"qualname": qual, "__module__": __name__})
+                return self.classes[qual]
+        raise errors.PthUnsafeGlobal(self.src, f"{module}.{name}", objects=bool(self.allow))
+
+    @staticmethod
+    def _getattr(obj: Any, name: Any) -> PickledRef:
+        if not (isinstance(obj, type) and issubclass(obj, PickledObject) and isinstance(name, str)):
+            raise pickle.UnpicklingError(f"getattr is only allowed on recorded classes, got {obj!r}")
+        return PickledRef(f"{obj.qualname}.{name}")
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        ok = (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[2], str)
+              and isinstance(pid[4], int) and not isinstance(pid[4], bool) and pid[4] >= 0)  # fmt: skip
+        if not ok:
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        st = pid[1]
+        if not isinstance(st, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage type {st!r} for storage {pid[2]}")
+        return _Storage(pid[2], st.dtype, pid[4])
+
+
+# ------------------------------------------------------------------------------------------------
+# the zip archive
+# ------------------------------------------------------------------------------------------------
+class _Archive:
+    def __init__(self, path: str | os.PathLike):
+        self.src = os.fspath(path)
+        try:
+            self.zf = zipfile.ZipFile(self.src)
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, OSError) as e:
+            raise errors.Pth(
+                f"{self.src}: not a torch.save zip file ({e}); the legacy pre-1.6 format is not supported"
+            ) from None
+        names = self.zf.namelist()
+        pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise errors.Pth(f"{self.src}: expected one <archive>/data.pkl record, found {len(pkls)}")
+        self.prefix = pkls[0][: -len("data.pkl")]
+        self.big_endian = False
+        if self.prefix + "byteorder" in names:
+            order = self.zf.read(self.prefix + "byteorder").decode("ascii", "replace").strip()
+            if order not in ("little", "big"):
+                raise errors.Pth(f"{self.src}: unknown byteorder {order!r}")
+            self.big_endian = order == "big"
+        self.storages: dict[str, np.ndarray] = {}
+
+    def unpickle(self, allow_objects: tuple[str, ...]) -> Any:
+        try:
+            data = self.zf.read(self.prefix + "data.pkl")
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise errors.Pth(f"{self.src}: cannot read {self.prefix}data.pkl: {e}") from None
+        import io
+
+        try:
+            return _Unpickler(io.BytesIO(data), self.src, allow_objects).load()
+        except errors.Error:
+            raise
+        except Exception as e:  # malformed pickle streams raise many kinds of errors
+            msg = f"malformed pickle in {self.prefix}data.pkl: {type(e).__name__}: {e}"
+            raise errors.Pth(f"{self.src}: {msg}") from None
+
+    def storage(self, t: TensorInfo, name: str) -> np.ndarray:
+        got = self.storages.get(t.storage)
+        if got is not None:
+            if got.dtype != t.dtype or got.size != t.storage_numel:
+                raise errors.Pth(f"{self.src}: tensor {name!r}: storage {t.storage} is used with two dtypes or sizes")
+            return got
+        rec = f"{self.prefix}data/{t.storage}"
+        try:
+            info = self.zf.getinfo(rec)
+        except KeyError:
+            raise errors.Pth(f"{self.src}: tensor {name!r}: storage record {rec} is missing") from None
+        nbytes = t.storage_numel * t.dtype.itemsize
+        if info.file_size < nbytes:
+            raise errors.Pth(
+                f"{self.src}: tensor {name!r}: storage record {rec} holds {info.file_size} bytes, fewer than the "
+                f"{nbytes} of {t.storage_numel} {t.dtype} elements (storage too short)"
+            )
+        buf = bytearray(nbytes)
+        try:
+            with self.zf.open(info) as f:
+                n = f.readinto(memoryview(buf))
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise errors.Pth(f"{self.src}: tensor {name!r}: cannot read storage record {rec}: {e}") from None
+        if n != nbytes:
+            raise errors.Pth(f"{self.src}: tensor {name!r}: storage record {rec} ended after {n} of {nbytes} bytes")
+        arr = np.frombuffer(buf, dtype=t.dtype.newbyteorder(">") if self.big_endian else t.dtype)
+        if self.big_endian:
+            arr = arr.astype(t.dtype)
+        self.storages[t.storage] = arr
+        return arr
+
+    def tensor(self, t: TensorInfo, name: str) -> np.ndarray:
+        if t.offset < 0 or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):
+            raise errors.Pth(f"{self.src}: tensor {name!r}: negative offset, size or stride "
+                             f"(offset {t.offset}, size {list(t.shape)}, stride {list(t.stride)})")  # fmt: skip
+        numel = int(np.prod(t.shape, dtype=object)) if t.shape else 1
+        last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride)) if numel else t.offset - 1
+        if last >= t.storage_numel or t.offset > t.storage_numel:
+            raise errors.Pth(
+                f"{self.src}: tensor {name!r}: view (offset {t.offset}, size {list(t.shape)}, stride {list(t.stride)}) "
+                f"reaches element {last}, outside its storage {t.storage} of {t.storage_numel} elements"
+            )
+        base = self.storage(t, name)
+        if numel == 0:
+            return np.empty(t.shape, dtype=t.dtype)
+        contiguous = list(t.stride) == [int(np.prod(t.shape[i + 1 :], dtype=object)) for i in range(len(t.shape))]
+        if contiguous or all(d == 1 for d in t.shape):
+            return base[t.offset : t.offset + numel].reshape(t.shape)
+        view = np.lib.stride_tricks.as_strided(
+            base[t.offset :], shape=t.shape, strides=[s * t.dtype.itemsize for s in t.stride], writeable=False
+        )
+        return np.array(view)
+
+
+def _materialise(ar: _Archive, obj: Any, name: str, seen: dict[int, Any]) -> Any:
+    """Replace every TensorInfo in a container tree by its array (errors name the tensor path)."""
+    if isinstance(obj, TensorInfo):
+        return ar.tensor(obj, name or "<root>")
+    if id(obj) in seen:
+        return seen[id(obj)]
+    if isinstance(obj, dict):
+        seen[id(obj)] = obj
+        for k in list(obj):
+            obj[k] = _materialise(ar, obj[k], f"{name}.{k}" if name else str(k), seen)
+        if isinstance(getattr(obj, "__dict__", None), dict):
+            _materialise(ar, obj.__dict__, name, seen)
+        return obj
+    if isinstance(obj, list):
+        seen[id(obj)] = obj
+        obj[:] = [_materialise(ar, v, f"{name}.{i}" if name else str(i), seen) for i, v in enumerate(obj)]
+        return obj
+    if isinstance(obj, tuple) and any(isinstance(v, (TensorInfo, dict, list, tuple, PickledObject)) for v in obj):
+        out = tuple(_materialise(ar, v, f"{name}.{i}" if name else str(i), seen) for i, v in enumerate(obj))
+        seen[id(obj)] = out
+        return out
+    if isinstance(obj, PickledObject):
+        seen[id(obj)] = obj
+        obj.args = _materialise(ar, obj.args, name, seen)
+        obj.state = _materialise(ar, obj.state, name, seen)
+        return obj
+    return obj
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str) -> None:
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return
+    for k, v in items:
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, np.ndarray):
+            if name in out:
+                raise errors.Pth(f"{src}: two tensors flatten to the name {name!r}")
+            out[name] = v
+        else:
+            _flatten(v, name, out, src)
+
+
+def _select(obj: Any, key: str | None, src: str) -> Any:
+    if key is None:
+        return obj
+    if not isinstance(obj, dict) or key not in obj:
+        have = list(obj)[:20] if isinstance(obj, dict) else type(obj).__name__
+        raise errors.Pth(f"{src}: no key {key!r} at the top level (have {have})")
+    return obj[key]
+
+
+def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """The tensors of a ``torch.save``'d state dict, nested dicts flattened with ``.``.
+
+    ``torch.load(path, weights_only=True)`` / Candle's ``pickle::read_all_with_key(path, key)``.
+    ``key`` selects a nested dict first (e.g. ``"state_dict"``). Non-tensor leaves are skipped.
+    """
+    ar = _Archive(path)
+    obj = _select(ar.unpickle(()), key, ar.src)
+    if not isinstance(obj, (dict, list, tuple)):
+        raise errors.Pth(f"{ar.src}: holds a {type(obj).__name__}, not a state dict")
+    obj = _materialise(ar, obj, "", {})
+    out: dict[str, np.ndarray] = {}
+    _flatten(obj, "", out, ar.src)
+    return out
+
+
+def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, TensorInfo]:
+    """Name -> dtype/shape/storage of each tensor, without reading any storage
+    (Candle's ``read_pth_tensor_info``)."""
+    ar = _Archive(path)
+    out: dict[str, TensorInfo] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+        for k, v in items:
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, TensorInfo):
+                out[name] = v
+            else:
+                walk(v, name)
+
+    walk(_select(ar.unpickle(()), key, ar.src), "")
+    return out
+
+
+def load_pickle(path: str | os.PathLike, allow_objects: Iterable[str] = DEFAULT_ALLOWED_OBJECTS) -> Any:
+    """The whole pickled object of a ``torch.save`` zip file, with tensors as numpy arrays.
+
+    Instances of classes whose ``module.Name`` starts with one of ``allow_objects`` become inert
+    :class:`PickledObject` records; nothing from the pickle is imported or called. Other globals
+    raise :class:`candlejax.errors.PthUnsafeGlobal`.
+    """
+    allow = tuple(allow_objects)
+    if any(not isinstance(p, str) or not p for p in allow):
+        raise errors.Msg(f"load_pickle: allow_objects must be non-empty module prefixes, got {allow!r}")
+    ar = _Archive(path)
+    return _materialise(ar, ar.unpickle(allow), "", {})
+
+
+def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """``module.state_dict()`` of a :class:`PickledObject` module record: its ``_parameters`` and
+    ``_buffers`` (minus ``_non_persistent_buffers_set``), then its ``_modules``, recursively."""
+    if not isinstance(obj, PickledObject):
+        raise errors.Msg(f"module_state_dict: expected a PickledObject module record, got {type(obj).__name__}")
+    out: dict[str, np.ndarray] = {}
+
+    def walk(m: Any, pre: str) -> None:
+        st = m.state if isinstance(m, PickledObject) else None
+        if not isinstance(st, dict):
+            return
+        skip = st.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            for k, v in (st.get(group) or {}).items():
+                if v is None or (group == "_buffers" and k in skip):
+                    continue
+                out[pre + k] = v
+        for k, sub in (st.get("_modules") or {}).items():
+            if sub is not None:
+                walk(sub, f"{pre}{k}.")
+
+    walk(obj, prefix)
+    return out
