@@ -225,6 +225,14 @@ class Gguf(Error):
     """A malformed or unsupported GGUF file."""
 
 
+class Ct2(Error):
+    """A malformed or unsupported CTranslate2 model file."""
+
+
+class Audio(Error):
+    """Unreadable or invalid audio (empty file, not a sound file, no samples, NaN/inf samples)."""
+
+
 class Pth(Error):
     """A malformed or unreadable PyTorch checkpoint (``torch.save`` zip file)."""
 

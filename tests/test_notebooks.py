@@ -68,7 +68,7 @@ def _errors(nb) -> list[str]:
 def test_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
     assert names[:3] == ["01_tensors.ipynb", "02_training.ipynb", "03_models.ipynb"]
-    for name in ("04_vision.ipynb", "06_segment_anything.ipynb"):
+    for name in ("04_vision.ipynb", "05_whisper.ipynb", "06_segment_anything.ipynb"):
         assert name in names
 
 

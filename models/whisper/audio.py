@@ -1,0 +1,129 @@
+"""Whisper's log-mel spectrogram (~ candle-transformers' ``whisper/audio.rs``).
+
+Same formula as OpenAI's ``whisper.audio.log_mel_spectrogram`` and transformers'
+``WhisperFeatureExtractor``: 400-point periodic Hann window, hop 160, centred (reflect-padded)
+STFT, power spectrum, Slaney mel filters (computed, as librosa and transformers do), the last frame
+dropped, ``log10(max(mel, 1e-10))``, floored at ``max - 8``, then ``(x + 4) / 4``. Computed on the
+CPU in float64 with numpy (as Candle does it on the CPU), returned as an f32 Tensor.
+
+>>> mel = pcm_to_mel(model.config, pcm)       # Tensor (n_mels, len(pcm) // 160)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from candlejax import errors
+from candlejax.tensor import Tensor
+
+__all__ = [
+    "CHUNK_LENGTH", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES", "SAMPLE_RATE", "log_mel_window", "mel_filters",
+    "pad_or_trim", "pcm_to_mel",
+]  # fmt: skip
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
+
+_FILTERS: dict[int, np.ndarray] = {}
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, np.float64)
+    mel = 3.0 * f / 200.0
+    log = f >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * (27.0 / np.log(6.4)), mel)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), 200.0 * m / 3.0)
+
+
+def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Slaney-normalised triangular mel filters ``(n_mels, 1 + n_fft // 2)`` (librosa's ``filters.mel``)."""
+    key = (n_mels, n_fft, sample_rate)
+    if key in _FILTERS:
+        return _FILTERS[key]
+    fft_freqs = np.linspace(0, sample_rate // 2, 1 + n_fft // 2)
+    pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+    diff = np.diff(pts)
+    slopes = pts[None, :] - fft_freqs[:, None]
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    fb = np.maximum(0.0, np.minimum(down, up)) * (2.0 / (pts[2 : n_mels + 2] - pts[:n_mels]))[None, :]
+    _FILTERS[key] = np.ascontiguousarray(fb.T)
+    return _FILTERS[key]
+
+
+def _power_frames(padded: np.ndarray, n_frames: int) -> np.ndarray:
+    """``(n_frames, 1 + N_FFT // 2)`` power spectra of the frames of an already padded signal."""
+    window = np.hanning(N_FFT + 1)[:-1]  # periodic Hann
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+    spec = np.fft.rfft(frames * window, axis=-1)
+    return spec.real**2 + spec.imag**2
+
+
+def _log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    mel = power @ filters.T  # (frames, n_mels)
+    log = np.log10(np.maximum(mel, 1e-10))
+    log = np.maximum(log, log.max() - 8.0) if log.size else log
+    return ((log + 4.0) / 4.0).T.astype(np.float32)
+
+
+def _check_pcm(samples: Any, what: str) -> np.ndarray:
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise errors.Audio(f"{what}: expected mono samples (n,), got shape {list(x.shape)}")
+    if x.size == 0:
+        raise errors.Audio(f"{what}: 0 samples")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise errors.Audio(f"{what}: expected float samples in [-1, 1], got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        i = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise errors.Audio(f"{what}: non-finite sample (NaN or inf) at sample {i} (t = {i / SAMPLE_RATE:.3f} s)")
+    return x.astype(np.float64)
+
+
+def pcm_to_mel(cfg: Any, samples: Any, filters: Any = None) -> Tensor:
+    """``audio::pcm_to_mel(cfg, samples, filters)``: 16 kHz mono samples -> f32 Tensor ``(n_mels, n // 160)``.
+
+    ``cfg`` is the model's :class:`~candlejax.models.whisper.Config` (its ``num_mel_bins``) or an int;
+    ``filters`` defaults to :func:`mel_filters`. Pad a clip to 30 s with :func:`pad_or_trim` first to
+    get transformers' ``WhisperFeatureExtractor`` features (3000 frames).
+    """
+    n_mels = int(cfg if isinstance(cfg, int) else cfg.num_mel_bins)
+    x = _check_pcm(samples, "pcm_to_mel")
+    fb = mel_filters(n_mels) if filters is None else np.asarray(filters, np.float64).reshape(n_mels, -1)
+    n = x.shape[0] // HOP_LENGTH
+    if x.shape[0] <= N_FFT // 2:
+        x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))
+    padded = np.pad(x, N_FFT // 2, mode="reflect")
+    return Tensor.from_numpy(_log_mel(_power_frames(padded, n), fb))
+
+
+def pad_or_trim(samples: Any, length: int = N_SAMPLES) -> np.ndarray:
+    """Zero-pad or cut to ``length`` samples (OpenAI's ``pad_or_trim``)."""
+    x = np.asarray(samples, np.float32)
+    return x[:length] if x.shape[0] >= length else np.pad(x, (0, length - x.shape[0]))
+
+
+def log_mel_window(source: Any, start: int, n_mels: int = 80, n_frames: int = N_FRAMES) -> np.ndarray:
+    """Mel frames ``[start // 160, ... + n_frames)`` of a stream (``source.read(start, n)``), f32 numpy.
+
+    Each frame sees the same samples as in a spectrogram of the whole file (real left context,
+    reflection at the file's start, zeros past its end); the ``max - 8`` floor is per window.
+    """
+    half = N_FFT // 2
+    n = (n_frames - 1) * HOP_LENGTH + N_FFT
+    if start == 0:
+        x = source.read(0, n - half).astype(np.float64)
+        padded = np.concatenate([x[1 : half + 1][::-1], x])
+    else:
+        padded = source.read(start - half, n).astype(np.float64)
+    return _log_mel(_power_frames(padded, n_frames), mel_filters(n_mels))

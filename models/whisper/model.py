@@ -1,0 +1,377 @@
+"""Whisper encoder-decoder (~ candle-transformers' ``whisper/model.rs``).
+
+Paper: Radford et al., "Robust Speech Recognition via Large-Scale Weak Supervision",
+https://arxiv.org/abs/2212.04356. Mirrors transformers' ``modeling_whisper.py``
+(``WhisperForConditionalGeneration``) weight names and Candle's API::
+
+    model = Whisper.from_pretrained("whisper-tiny.en", Device.Cpu)   # HF folder or CTranslate2 folder
+    audio = model.encoder.forward(mel)                              # (B, n_mels, 3000) -> (B, 1500, d_model)
+    ys = model.decoder.forward(tokens, audio, True)                 # (B, T) -> (B, T, d_model)
+    logits = model.decoder.final_linear(ys)                         # (B, T, vocab)
+
+``decoder.forward`` keeps Candle's KV-cache semantics (``flush_kv_cache=False`` continues the
+sequence). The compiled decoding path is :func:`new_state` (cross-attention keys/values computed
+once per window, self-attention caches pre-allocated to ``max_target_positions``) and
+:func:`step`, one XLA program per token; :mod:`candlejax.models.whisper.decoding` drives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import weakref
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.device import Device
+from candlejax.dtype import DType
+from candlejax.nn import (
+    Conv1d,
+    Conv1dConfig,
+    Embedding,
+    KvCache,
+    LayerNorm,
+    Linear,
+    Module,
+    VarBuilder,
+    ops,
+)
+from candlejax.tensor import Tensor
+
+__all__ = ["AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder",
+           "Whisper", "new_state", "step", "step_jit"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    """transformers' ``WhisperConfig`` keys (Candle's ``whisper::Config``); defaults: tiny.en."""
+
+    vocab_size: int = 51864
+    num_mel_bins: int = 80
+    d_model: int = 384
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 6
+    decoder_layers: int = 4
+    decoder_attention_heads: int = 6
+    encoder_ffn_dim: int = 1536
+    decoder_ffn_dim: int = 1536
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+    activation_function: str = "gelu"
+    scale_embedding: bool = False
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = (220, 50256)
+    eos_token_id: int = 50256
+    decoder_start_token_id: int = 50257
+    extra: str = field(default="{}", repr=False, compare=False)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Config:
+        known = {f.name for f in fields(Config)} - {"extra"}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
+        cfg = Config(**kw, extra=json.dumps({k: v for k, v in d.items() if k not in known}, default=str))
+        if cfg.activation_function != "gelu":
+            raise errors.Msg(f"whisper: activation_function {cfg.activation_function!r} not supported (gelu only)")
+        if cfg.d_model % cfg.encoder_attention_heads or cfg.d_model % cfg.decoder_attention_heads:
+            raise errors.Msg(f"whisper: d_model {cfg.d_model} is not a multiple of the attention heads")
+        return cfg
+
+    @staticmethod
+    def from_json_file(path: str | os.PathLike) -> Config:
+        with open(path, encoding="utf-8") as f:
+            return Config.from_dict(json.load(f))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}
+        return {**json.loads(self.extra), **d}
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.vocab_size >= 51865
+
+
+def _linear(vb: VarBuilder, n_in: int, n_out: int, bias: bool = True) -> Linear:
+    return Linear(vb.get((n_out, n_in), "weight"), vb.get((n_out,), "bias") if bias else None)
+
+
+def _layer_norm(vb: VarBuilder, n: int) -> LayerNorm:
+    return LayerNorm(vb.get((n,), "weight"), vb.get((n,), "bias"), 1e-5)
+
+
+def _heads(x: Tensor, n_head: int) -> Tensor:
+    """``(B, T, D) -> (B, H, T, D/H)``."""
+    b, t, d = x.dims3()
+    return x.reshape((b, t, n_head, d // n_head)).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape((b, t, h * dh))
+
+
+class MultiHeadAttention(Module):
+    """``WhisperAttention``: q/v/out with bias, k without; ``1/sqrt(head_dim)`` scaling."""
+
+    def __init__(self, query: Linear, key: Linear, value: Linear, out: Linear, n_head: int):
+        self.query, self.key, self.value, self.out = query, key, value, out
+        self.n_head = int(n_head)
+
+    @staticmethod
+    def load(vb: VarBuilder, n_state: int, n_head: int) -> MultiHeadAttention:
+        return MultiHeadAttention(_linear(vb.pp("q_proj"), n_state, n_state), _linear(vb.pp("k_proj"), n_state,
+                                  n_state, bias=False), _linear(vb.pp("v_proj"), n_state, n_state),
+                                  _linear(vb.pp("out_proj"), n_state, n_state), n_head)  # fmt: skip
+
+    def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``(B, H, S, D/H)`` of ``xa`` ``(B, S, D)``."""
+        return _heads(self.key.forward(xa), self.n_head), _heads(self.value.forward(xa), self.n_head)
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Any = None, causal: bool = False) -> Tensor:
+        q = _heads(self.query.forward(x), self.n_head)
+        return self.out.forward(_merge(ops.sdpa(q, k, v, mask, do_causal=causal)))
+
+    def forward(self, x: Tensor, xa: Tensor | None = None, causal: bool = False) -> Tensor:
+        k, v = self.kv(x if xa is None else xa)
+        return self.attend(x, k, v, causal=causal)
+
+
+class ResidualAttentionBlock(Module):
+    """``WhisperEncoderLayer`` / ``WhisperDecoderLayer``: pre-norm self-attention, cross-attention
+    (decoder), GELU MLP."""
+
+    def __init__(self, attn: MultiHeadAttention, attn_ln: LayerNorm, cross_attn: MultiHeadAttention | None,
+                 cross_attn_ln: LayerNorm | None, mlp_linear1: Linear, mlp_linear2: Linear,
+                 mlp_ln: LayerNorm):  # fmt: skip
+        self.attn, self.attn_ln = attn, attn_ln
+        self.cross_attn, self.cross_attn_ln = cross_attn, cross_attn_ln
+        self.mlp_linear1, self.mlp_linear2, self.mlp_ln = mlp_linear1, mlp_linear2, mlp_ln
+
+    @staticmethod
+    def load(vb: VarBuilder, n_state: int, n_head: int, n_mlp: int, cross: bool) -> ResidualAttentionBlock:
+        ca = MultiHeadAttention.load(vb.pp("encoder_attn"), n_state, n_head) if cross else None
+        ca_ln = _layer_norm(vb.pp("encoder_attn_layer_norm"), n_state) if cross else None
+        return ResidualAttentionBlock(
+            MultiHeadAttention.load(vb.pp("self_attn"), n_state, n_head), _layer_norm(vb.pp("self_attn_layer_norm"),
+            n_state), ca, ca_ln, _linear(vb.pp("fc1"), n_state, n_mlp), _linear(vb.pp("fc2"), n_mlp, n_state),
+            _layer_norm(vb.pp("final_layer_norm"), n_state),
+        )  # fmt: skip
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return x + self.mlp_linear2.forward(ops.gelu_erf(self.mlp_linear1.forward(self.mlp_ln.forward(x))))
+
+    def forward(self, x: Tensor, xa: Tensor | None = None, causal: bool = False) -> Tensor:
+        x = x + self.attn.forward(self.attn_ln.forward(x), causal=causal)
+        if self.cross_attn is not None and xa is not None:
+            x = x + self.cross_attn.forward(self.cross_attn_ln.forward(x), xa)
+        return self.mlp(x)
+
+
+class AudioEncoder(Module):
+    """``WhisperEncoder``: two GELU convolutions (the second with stride 2), positions, blocks, final norm."""
+
+    def __init__(self, conv1: Conv1d, conv2: Conv1d, positional_embedding: Tensor, blocks: list,
+                 ln_post: LayerNorm):  # fmt: skip
+        self.conv1, self.conv2, self.positional_embedding = conv1, conv2, positional_embedding
+        self.blocks, self.ln_post = list(blocks), ln_post
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> AudioEncoder:
+        d, m = cfg.d_model, cfg.num_mel_bins
+        c1 = Conv1d(vb.pp("conv1").get((d, m, 3), "weight"), vb.pp("conv1").get((d,), "bias"), Conv1dConfig(padding=1))
+        c2 = Conv1d(vb.pp("conv2").get((d, d, 3), "weight"), vb.pp("conv2").get((d,), "bias"),
+                    Conv1dConfig(padding=1, stride=2))  # fmt: skip
+        pos = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
+        heads, ffn = cfg.encoder_attention_heads, cfg.encoder_ffn_dim
+        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, False)
+                  for i in range(cfg.encoder_layers)]  # fmt: skip
+        return AudioEncoder(c1, c2, pos, blocks, _layer_norm(vb.pp("layer_norm"), d))
+
+    def forward(self, x: Tensor, flush_kv_cache: bool = True) -> Tensor:
+        """Mel ``(B, n_mels, 2 * n_ctx)`` -> ``(B, n_ctx, d_model)`` (``flush_kv_cache`` kept for Candle)."""
+        if x.ndim != 3 or x.shape[1] != self.conv1.weight.shape[1]:
+            raise errors.UnexpectedShape("whisper encoder: mel (batch, n_mels, frames)",
+                                         (1, self.conv1.weight.shape[1], 2 * self.positional_embedding.shape[0]),
+                                         x.shape)  # fmt: skip
+        x = ops.gelu_erf(self.conv2.forward(ops.gelu_erf(self.conv1.forward(x)))).transpose(1, 2)
+        n_ctx = x.shape[1]
+        if n_ctx > self.positional_embedding.shape[0]:
+            raise errors.Msg(f"whisper encoder: {n_ctx} audio positions > {self.positional_embedding.shape[0]}")
+        x = x.broadcast_add(self.positional_embedding.narrow(0, 0, n_ctx))
+        for block in self.blocks:
+            x = block.forward(x)
+        return self.ln_post.forward(x)
+
+
+class TextDecoder(Module):
+    """``WhisperDecoder``: token + learned position embeddings, causal blocks with cross-attention,
+    final norm; ``final_linear`` is the tied output projection (``proj_out``)."""
+
+    def __init__(self, token_embedding: Embedding, positional_embedding: Tensor, blocks: list, ln: LayerNorm):
+        self.token_embedding, self.positional_embedding = token_embedding, positional_embedding
+        self.blocks, self.ln = list(blocks), ln
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> TextDecoder:
+        d = cfg.d_model
+        emb = Embedding(vb.pp("embed_tokens").get((cfg.vocab_size, d), "weight"), d)
+        pos = vb.pp("embed_positions").get((cfg.max_target_positions, d), "weight")
+        heads, ffn = cfg.decoder_attention_heads, cfg.decoder_ffn_dim
+        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, True)
+                  for i in range(cfg.decoder_layers)]  # fmt: skip
+        return TextDecoder(emb, pos, blocks, _layer_norm(vb.pp("layer_norm"), d))
+
+    def forward(self, x: Any, xa: Tensor, flush_kv_cache: bool = True) -> Tensor:
+        """Tokens ``(B, T)`` and audio features ``(B, S, D)`` -> hidden states ``(B, T, D)``.
+
+        As Candle: ``flush_kv_cache=True`` starts a new sequence; ``False`` continues the previous
+        call's (same ``xa``), the new tokens at the next positions. Runs the compiled :func:`step`.
+        """
+        ids = np.asarray(x)
+        if ids.ndim != 2:
+            raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "whisper decoder: tokens (batch, seq)")
+        st = _STATES.get(self)
+        if flush_kv_cache or st is None:
+            st = _STATES[self] = new_state(self, xa)
+        h, _, new = _jit_hidden(self, st, jnp.asarray(ids, jnp.int32))
+        _STATES[self] = new
+        return h
+
+    def final_linear(self, x: Tensor) -> Tensor:
+        """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``."""
+        xa, w = x.jax, self.token_embedding.embeddings().jax
+        # contracted against the (vocab, D) table directly (no transposed copy of the table)
+        return Tensor.from_jax(jax.lax.dot_general(xa, w, (((xa.ndim - 1,), (1,)), ((), ())),
+                                                   preferred_element_type=xa.dtype))  # fmt: skip
+
+    def reset_kv_cache(self) -> None:
+        _STATES.pop(self, None)
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class DecoderState(Module):
+    """Per-window decoding state: self-attention :class:`~candlejax.nn.KvCache` per block (up to
+    ``max_target_positions``) and the cross-attention keys/values of the window's audio."""
+
+    def __init__(self, caches: list, cross_k: list, cross_v: list):
+        self.caches, self.cross_k, self.cross_v = list(caches), list(cross_k), list(cross_v)
+
+    def position(self) -> Any:
+        return self.caches[0].pos
+
+    def with_position(self, pos: int) -> DecoderState:
+        """The same buffers at position ``pos`` (later slots are masked out and overwritten)."""
+        sh = self.caches[0].k_buf.jax.sharding  # committed, as step outputs are (no recompile); one buffer each
+        cs = [KvCache(c.dim, c.max_seq_len, c.k_buf, c.v_buf, Tensor.from_jax(jax.device_put(np.int32(pos), sh)))
+              for c in self.caches]  # fmt: skip
+        return DecoderState(cs, self.cross_k, self.cross_v)
+
+
+def _new_state(dec: TextDecoder, xa: Tensor) -> DecoderState:
+    b = xa.shape[0]
+    ks, vs, caches = [], [], []
+    for block in dec.blocks:
+        k, v = block.cross_attn.kv(xa)
+        ks.append(k)
+        vs.append(v)
+        h, dh = block.attn.n_head, k.shape[-1]
+        like = jnp.zeros((b, h, 1, dh), xa.jax.dtype)
+        caches.append(KvCache.preallocated(2, dec.positional_embedding.shape[0], like))
+    return DecoderState(caches, ks, vs)
+
+
+_jit_new_state = jax.jit(_new_state)
+
+
+def new_state(decoder: TextDecoder, audio: Tensor) -> DecoderState:
+    """Cross-attention keys/values of ``audio`` ``(B, S, D)`` and empty self-attention caches (compiled)."""
+    if audio.ndim != 3 or audio.shape[-1] != decoder.ln.weight.shape[0]:
+        raise errors.UnexpectedShape("whisper decoder: audio features (batch, n_ctx, d_model)",
+                                     (1, 1500, decoder.ln.weight.shape[0]), audio.shape)  # fmt: skip
+    return _jit_new_state(decoder, audio)
+
+
+def _hidden(dec: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, Tensor, DecoderState]:
+    t = tokens.shape[1]
+    pos = state.position().jax
+    pe = jax.lax.dynamic_slice_in_dim(dec.positional_embedding.jax, pos, t, axis=0)
+    x = dec.token_embedding.forward(Tensor.from_jax(tokens)).broadcast_add(Tensor.from_jax(pe))
+    caches = []
+    for block, cache, ck, cv in zip(dec.blocks, state.caches, state.cross_k, state.cross_v):
+        a = block.attn
+        h = block.attn_ln.forward(x)
+        k, v = a.kv(h)
+        (k_all, v_all), cache = cache.append(k, v)
+        caches.append(cache)
+        x = x + a.attend(h, k_all, v_all, cache.attn_mask(t))
+        x = x + block.cross_attn.attend(block.cross_attn_ln.forward(x), ck, cv)
+        x = block.mlp(x)
+    h = dec.ln.forward(x)
+    return h, dec.final_linear(h), DecoderState(caches, state.cross_k, state.cross_v)
+
+
+_jit_hidden = jax.jit(_hidden)
+
+
+def step(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
+    """Pure decoder step: tokens ``(B, T)`` int32 at the state's position -> (logits ``(B, T, vocab)`` f32,
+    new state). ``jax.jit`` compiles it once per ``T`` (1 for every generated token)."""
+    _, logits, state = _hidden(decoder, state, tokens)
+    return logits, state
+
+
+step_jit = jax.jit(step, donate_argnums=(1,))
+warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+
+
+class Whisper(Module):
+    """``whisper::model::Whisper``: ``encoder`` (:class:`AudioEncoder`), ``decoder`` (:class:`TextDecoder`)."""
+
+    def __init__(self, encoder: AudioEncoder, decoder: TextDecoder, config: Config, path: str = ""):
+        self.encoder, self.decoder, self.config, self.path = encoder, decoder, config, path
+
+    @staticmethod
+    def load(vb: VarBuilder, config: Config) -> Whisper:
+        return Whisper(AudioEncoder.load(vb.pp("model.encoder"), config),
+                       TextDecoder.load(vb.pp("model.decoder"), config), config)  # fmt: skip
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, device: Any = None, dtype: Any = DType.F32) -> Whisper:
+        """Load a Hugging Face folder (``config.json`` + ``model.safetensors``) or a CTranslate2 folder
+        (``model.bin``, converted in memory; see :func:`candlejax.io.ct2.convert_whisper`)."""
+        from candlejax.io import ct2
+
+        path = os.fspath(path)
+        dev = Device.Cpu if device is None else device
+        st = os.path.join(path, "model.safetensors")
+        if os.path.isfile(st):
+            config = Config.from_json_file(os.path.join(path, "config.json"))
+            vb = VarBuilder.from_mmaped_safetensors([st], dtype, dev)
+        elif os.path.isfile(os.path.join(path, "model.bin")) or os.path.isfile(path):
+            m = ct2.Ct2Model.read(path)
+            d = os.path.dirname(m.path)
+            ct2_cfg = {}
+            if os.path.isfile(os.path.join(d, "config.json")):
+                with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+                    ct2_cfg = json.load(f)
+            tok = os.path.join(d, "tokenizer.json")
+            vocab = ct2.tokenizer_vocab(tok) if os.path.isfile(tok) else {}
+            config = Config.from_dict(ct2.whisper_hf_config(m, ct2_cfg, vocab)[0])
+            vb = VarBuilder.from_tensors(ct2.whisper_state_dict(m), dtype, dev)
+            path = d
+        else:
+            raise errors.Msg(f"whisper: {path}: neither model.safetensors nor a CTranslate2 model.bin found")
+        model = Whisper.load(vb, config)
+        model.path = path
+        return model
+
+    def forward(self, mel: Tensor, tokens: Any) -> Tensor:
+        """Logits ``(B, T, vocab)`` of ``tokens`` given ``mel`` (uncached, for checks)."""
+        return self.decoder.final_linear(self.decoder.forward(tokens, self.encoder.forward(mel), True))

