@@ -248,3 +248,26 @@ def test_cli_text_output(capsys):
     assert bert.main(["embed", "--model", str(MINILM), "The cat sits outside", "A man is playing guitar"]) == 0
     out = capsys.readouterr().out
     assert "embeddings: (2, 384)" in out and "cosine similarities:" in out and "[1]" in out
+
+
+def test_load_refuses_foreign_model_type_and_unread_tensors(hf_small, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, d = hf_small[ACTS[0]]
+    raw = json.loads((d / "config.json").read_text())
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors"], DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match="model_type 'roberta' is not implemented"):
+        bert.BertModel.load(vb, bert.Config.from_dict({**raw, "model_type": "roberta"}))
+    with pytest.raises(errors.Error, match="architecture 'RobertaModel'"):
+        bert.BertModel.load(vb, bert.Config.from_dict({**raw, "architectures": ["RobertaModel"]}))
+    t = load_file(str(d / "model.safetensors"))
+    t["encoder.layer.0.attention.self.distance_embedding.weight"] = np.zeros((7, 4), np.float32)
+    t["cls.predictions.bias"] = np.zeros(3, np.float32)  # a task head: skipped knowingly
+    save_file(t, str(tmp_path / "model.safetensors"))
+    vb2 = VarBuilder.from_mmaped_safetensors([tmp_path / "model.safetensors"], DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"never read: encoder\.layer\.0\.attention\.self\.distance_embedding"):
+        bert.BertModel.load(vb2, bert.Config.from_dict(raw))
+    vb3 = VarBuilder.from_mmaped_safetensors([tmp_path / "model.safetensors"], DType.F32, Device.Cpu)
+    with pytest.warns(UserWarning, match="never read"):
+        bert.BertModel.load(vb3, bert.Config.from_dict(raw), strict=False)
+    assert vb3.unused_names() == ["cls.predictions.bias", "encoder.layer.0.attention.self.distance_embedding.weight"]

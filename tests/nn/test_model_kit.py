@@ -166,3 +166,16 @@ def test_quantized_layers():
     norm = nn.quantized.QRmsNorm(np.ones(32, np.float32), 1e-6)
     ref = np.asarray(unwrap(ops.rms_norm_slow(x, np.ones(32, np.float32), 1e-6)))
     np.testing.assert_allclose(np.asarray(unwrap(norm(x))), ref, atol=1e-5)
+
+
+def test_var_builder_records_reads():
+    vb = nn.VarBuilder.from_tensors({"a.weight": np.ones((2, 2), np.float32), "a.bias": np.ones(2, np.float32),
+                                     "b.weight": np.ones(3, np.float32)})  # fmt: skip
+    vb.pp("a").get((2, 2), "weight")
+    assert vb.unused_names() == ["a.bias", "b.weight"] and vb.read_names() == {"a.weight"}
+    assert vb.unused_names(ignore=("b.*",)) == ["a.bias"]
+    with pytest.raises(errors.Error, match=r"2 checkpoint tensor\(s\) .* never read: a\.bias, b\.weight"):
+        vb.check_all_used(context="demo")
+    vb.mark_used("a.bias")
+    with pytest.warns(UserWarning, match="b.weight"):
+        assert vb.check_all_used(strict=False) == ["b.weight"]
