@@ -22,11 +22,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import op
+from candlejax._precision import f32_precision
 from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, as_array
 from candlejax.shape import resolve_dim
@@ -485,9 +487,10 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     s, hq, d = (q.shape[1], q.shape[2], q.shape[3]) if layout == "bshd" else (q.shape[2], q.shape[1], q.shape[3])
     hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[2])
     g = hq // hkv
+    prec = f32_precision() if q.dtype == jnp.float32 else None  # exact f32 unless the TF32 switch is on
     if g == 1 and layout == kv_layout == "bhsd":  # plain multi-head: 4-D products (no 5-D relayouts)
         scores = jnp.einsum("bhsd,bhtd->bhst", q * jnp.asarray(scale, q.dtype), k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)  # fmt: skip
+                            precision=prec, preferred_element_type=jnp.float32)  # fmt: skip
         if softcap != 1.0:
             scores = jnp.tanh(scores / softcap) * softcap
         if positions:
@@ -495,12 +498,13 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
             scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
         scores = _apply_mask(scores, mask)
         e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)
         return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
     eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
     qg = q.reshape(b, s, hkv, g, d) if layout == "bshd" else q.reshape(b, hkv, g, s, d)
     qg = qg * jnp.asarray(scale, q.dtype)
-    scores = jnp.einsum(eq_s, qg, k.astype(q.dtype), preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Skv)
+    # (B, Hkv, G, S, Skv)
+    scores = jnp.einsum(eq_s, qg, k.astype(q.dtype), precision=prec, preferred_element_type=jnp.float32)
     if softcap != 1.0:
         scores = jnp.tanh(scores / softcap) * softcap
     if positions:
@@ -509,7 +513,7 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     if mask is not None:
         scores = _apply_mask(scores, _grouped_mask(mask, b, hkv, g))
     e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-    y = jnp.einsum(eq_v, e.astype(v.dtype), v, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
+    y = jnp.einsum(eq_v, e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
     y = (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
     dv = v.shape[-1]
     if layout == "bshd":
@@ -642,6 +646,8 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, windo
 
 def padding_mask(attention_mask: Any) -> Any:
     """A 0/1 ``(B, S)`` attention mask (1 = real token) -> bool ``(B, 1, 1, S)`` for :func:`sdpa`."""
+    if isinstance(attention_mask, (np.ndarray, list, tuple)):  # 0/1 host data of any integer width
+        attention_mask = np.asarray(attention_mask) != 0
     m = _a(attention_mask)
     if m.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, m.ndim, m.shape, "padding_mask: attention_mask (batch, seq)")
