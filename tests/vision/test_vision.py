@@ -143,3 +143,14 @@ def test_absorb_bn_matches_torch(rng):
     with pytest.raises(errors.Error, match="features"):
         c.absorb_bn(BatchNorm(5, np.zeros(5, np.float32), np.ones(5, np.float32), np.ones(5, np.float32),
                               np.zeros(5, np.float32)))  # fmt: skip
+
+
+def test_nms_suppression_chains():
+    # each box overlaps the next one: greedy keeps every other box (a kept box's neighbour is
+    # suppressed, which frees the box after it)
+    x = np.arange(40, dtype=np.float32) * 4.0
+    boxes = np.stack([x, np.zeros(40, np.float32), x + 10, np.full(40, 10, np.float32)], 1)
+    scores = np.linspace(1.0, 0.5, 40).astype(np.float32)
+    got = vision.nms(boxes, scores, 0.4)
+    np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.4, np.zeros(40, int)))
+    assert len(got) < 40
