@@ -23,7 +23,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax import random as _random
-from candlejax._dispatch import op
+from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import _FROM_NP, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import as_shape, shape_with_hole
@@ -233,6 +233,15 @@ def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
     return a
 
 
+def _from_host(arr: Any) -> Any:
+    """Host data as a ``jax.Array``: eagerly ``device_put`` (a copy; ``jnp.asarray`` compiles one XLA
+    executable per new shape, 20-40 ms on CPU); under a trace, a constant as ``jnp.asarray`` makes."""
+    if is_eager():
+        # a fresh buffer: device_put may alias host memory that the caller later changes
+        return jax.device_put(np.array(arr, copy=True, order="C"))
+    return jnp.asarray(arr)
+
+
 def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     """A ``jax.Array`` (or tracer) from any supported data, with Candle's dtype inference.
 
@@ -249,12 +258,12 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
             _np_dtype(data.dtype, where)
             if data.dtype == np.bool_:
                 data = data.astype(np.uint8)
-            return jnp.asarray(data)
-        return jnp.asarray(np.asarray(data).astype(dt.np, copy=False))
+            return _from_host(data)
+        return _from_host(np.asarray(data).astype(dt.np, copy=False))
     elif _is_torch(data):
         return _from_torch(data, dt, where)
     elif isinstance(data, (list, tuple, int, float, bool)):
-        return jnp.asarray(_from_python(data, dt, where))
+        return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):
         a = data.__jax_array__()
     elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):

@@ -4,6 +4,7 @@ exact shape; their results are bit-identical to the exact-shape executable (and 
 from __future__ import annotations
 
 import itertools
+import logging
 
 import jax
 import numpy as np
@@ -66,10 +67,41 @@ def test_bucket_sizes():
         assert n <= b <= n * 1.25 + 1
 
 
-def test_new_shapes_do_not_compile_exact_executables():
-    k = elementwise._KERNELS["add"][0]
-    before = k.exact._cache_size()
-    for n in range(2000, 2010):
-        a = Tensor.new(np.ones((n,), np.float32))
-        np.testing.assert_array_equal(np.asarray(a + a), 2.0)
-    assert k.exact._cache_size() - before <= 1  # one bucket, not ten shapes
+class _Compiles(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            self.names.append(msg)
+
+
+def test_new_shapes_do_not_compile_until_repeated():
+    h = _Compiles()
+    log = logging.getLogger("jax")
+    log.addHandler(h)
+    try:
+        with jax.log_compiles(True):
+            a = Tensor.new(np.ones((5,), np.float32))
+            np.asarray(a + a)  # the bucket's executable exists
+            h.names.clear()
+            for n in range(2000, 2010):
+                b = Tensor.new(np.ones((n,), np.float32))
+                np.testing.assert_array_equal(np.asarray(b + b), 2.0)
+            assert h.names == []  # ten new shapes, no compile
+            for _ in range(_dispatch.EXACT_AFTER + 3):
+                np.testing.assert_array_equal(np.asarray(b + b), 2.0)
+            assert len(h.names) == 1, h.names
+    finally:
+        log.removeHandler(h)
+
+
+def test_repeated_shape_takes_the_cached_fast_path():
+    k = elementwise._KERNELS["mul"][0]
+    a = Tensor.new(np.ones((3, 77), np.float32))._a
+    for _ in range(_dispatch.EXACT_AFTER + 2):
+        k.jitted(a, a)
+    if hasattr(k.jitted, "_cache_size"):  # JAX's C++ jit object: the shape has its own cache entry
+        assert k.jitted._cache_size() >= 1
