@@ -149,9 +149,11 @@ class Sam(Module):
             raise errors.Msg(f"sam: the image must be (3, h, w) RGB, got shape {list(img.dims())}"
                              " (load_image gives the right layout)")  # fmt: skip
         _, h, w = img.dims()
-        if h > IMAGE_SIZE or w > IMAGE_SIZE or h == 0 or w == 0:
+        if h > IMAGE_SIZE or w > IMAGE_SIZE:
             raise errors.Msg(f"sam: image is too large ({w}, {h}), maximum size {IMAGE_SIZE}"
                              " (resize the longest side to 1024, e.g. with load_image)")  # fmt: skip
+        if h == 0 or w == 0:
+            raise errors.Msg(f"sam: the image is empty ({w}, {h})")
         return h, w
 
     def preprocess(self, img: Tensor) -> Tensor:

@@ -167,6 +167,8 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
         model.embeddings(cj.Tensor(np.zeros((64, 64), np.uint8)))
     with pytest.raises(errors.Error, match=r"image is too large \(800, 1100\), maximum size 1024"):
         model.forward(cj.Tensor(np.zeros((3, 1100, 800), np.uint8)), [(0.5, 0.5, True)], False)
+    with pytest.raises(errors.Error, match=r"the image is empty \(0, 10\)"):
+        model.embeddings(cj.Tensor(np.zeros((3, 10, 0), np.uint8)))
     emb = cj.Tensor.zeros((1, 256, 64, 64), cj.DType.F32, cj.Device.Cpu)
     for p in [(1.2, 0.5, True), (0.5, -0.1, False)]:
         with pytest.raises(errors.Error, match=r"point .* is outside the image.*fractions"):
