@@ -3,6 +3,7 @@
     candlejax embed --model DIR "a sentence" ...            # = python -m candlejax.models.bert embed
     candlejax generate --gguf FILE --prompt "..." -n 128     # = python -m candlejax.models.llama generate
     candlejax chat --gguf FILE                               # interactive, history kept in the KV cache
+    candlejax transcribe FILE.wav --timestamps               # = python -m candlejax.models.whisper transcribe
     candlejax demo                                           # = python -m candlejax.demo
 
 User errors (a candlejax error, a missing file, a bad value) print one line on stderr and exit 1;
@@ -23,6 +24,7 @@ _COMMANDS = {
     "embed": ("candlejax.cli.embed", "sentence embeddings with a BERT model (mean pooling + L2 normalisation)"),
     "generate": ("candlejax.cli.generate", "generate text with a LLaMA-family model, streaming tokens"),
     "chat": ("candlejax.cli.chat", "interactive chat with a LLaMA-family model, history kept in the KV cache"),
+    "transcribe": ("candlejax.cli.transcribe", "transcribe speech with Whisper (tiny.en by default)"),
     "demo": ("candlejax.demo", "the main demo (trains Candle's MNIST models; options: candlejax demo -- --help)"),
 }
 

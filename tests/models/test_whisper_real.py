@@ -168,3 +168,15 @@ def test_cli_prints_segments(env, capsys):
     assert out == [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()}" for s in segs]
     assert main(["transcribe", str(env["dir"] / "missing.wav"), "--model", env["hf_dir"]]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_console_script_transcribe(env, capsys):
+    """``candlejax transcribe`` is the same command as ``python -m candlejax.models.whisper transcribe``."""
+    from candlejax.cli import main as cli_main
+    from candlejax.models.whisper.__main__ import main
+
+    path = env["clips"]["test"]
+    assert main(["transcribe", path, "--temperature", "0", "--model", env["hf_dir"]]) == 0
+    direct = capsys.readouterr().out
+    assert cli_main(["transcribe", path, "--temperature", "0", "--model", env["hf_dir"]]) == 0
+    assert capsys.readouterr().out == direct and direct.strip()
