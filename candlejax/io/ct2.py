@@ -1,11 +1,11 @@
 """CTranslate2 model files (``model.bin``, binary version <= 6): a bounds-checked reader and a
 one-time converter of CTranslate2 Whisper models to a Hugging Face-layout safetensors folder.
 
->>> from candlejax.io import ct2
->>> m = ct2.Ct2Model.read("whisper-tiny.en-ct2/model.bin")
->>> m.spec, m.shape("encoder/conv1/weight")
-('WhisperSpec', (384, 80, 3))
->>> ct2.convert_whisper("whisper-tiny.en-ct2", "whisper-tiny.en")   # config.json + model.safetensors + tokenizer.json
+    from candlejax.io import ct2
+    m = ct2.Ct2Model.read("whisper-tiny.en-ct2/model.bin")
+    m.spec, m.shape("encoder/conv1/weight")
+    ('WhisperSpec', (384, 80, 3))
+    ct2.convert_whisper("whisper-tiny.en-ct2", "whisper-tiny.en")   # config.json + model.safetensors + tokenizer.json
 
 Layout (little-endian): ``u32 version``, ``str spec``, ``u32 revision``, ``u32 n_vars``; per
 variable ``str name``, ``u8 rank``, ``u32 dims[rank]``, ``u8 dtype`` (0 f32, 1 i8, 2 i16, 3 i32,

@@ -489,7 +489,9 @@ class Optimizer:
         """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok)``."""
         __tracebackhide__ = True
         rest_arrays, statics = _split_rest(sp.rest)
-        donate = self.donate and not _aliased(params, state, (rest_arrays, batch))
+        # under a trace (grad, vmap, jit) nothing is donated: JAX would donate the concrete primal
+        # buffers it evaluates eagerly while linearising, which the backward pass still reads
+        donate = self.donate and is_eager() and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled_step(loss_fn, donate)
         try:
             out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch)

@@ -3,10 +3,10 @@
 requires: candlejax.models.llama / quantized_llama, candlejax.generation, candlejax.tokenizer
 provides: ``TextGeneration``, ``sampling_from``
 
->>> tg = TextGeneration.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
->>> for piece in tg.stream(tg.encode("Once upon a time"), 32):
-...     print(piece, end="")
->>> tg.generation.finish_reason            # "eos", "length" or "cache_full"
+    tg = TextGeneration.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    for piece in tg.stream(tg.encode("Once upon a time"), 32):
+        print(piece, end="")
+    tg.generation.finish_reason            # "eos", "length" or "cache_full"
 
 A chat keeps its history in the cache: :meth:`TextGeneration.chat_turn` continues the cache of the
 previous turn (``start_pos``), prefilling only the new messages.
