@@ -396,6 +396,7 @@ class VarBuilder:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
         path, key = self._lookup(name)
         if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
+            self._reads.add(key)
             return self._backend.varmap.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)

@@ -133,6 +133,11 @@ def _join_rest(arrays: list[Any], statics: tuple[Any, ...]) -> list[Any]:
     return [next(it) if s is None else s.v for s in statics]
 
 
+def _on_mesh(params: list[Any]) -> bool:
+    """True when a parameter is laid out over several devices (a sharded model)."""
+    return any(len(getattr(getattr(p, "sharding", None), "device_set", ())) > 1 for p in params)
+
+
 def _aliased(params: list[Any], state: Any, others: Any) -> bool:
     """True when a buffer to donate appears twice (tied weights) or also among the other inputs."""
     state_leaves = jax.tree_util.tree_leaves(state)
@@ -498,6 +503,10 @@ class Optimizer:
         except Exception as exc:
             if not isinstance(exc, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
                 self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
+            if isinstance(exc, ValueError) and "incompatible devices" in str(exc) and _on_mesh(params):
+                from candlejax.distributed._shard import device_mismatch  # names the mesh's devices
+
+                raise device_mismatch(f"{self.name}.backward_step", sp.names, params, batch) from None
             e = _device_mismatch(params, batch, f"{self.name}.backward_step")
             if e is not None:
                 raise e from None
