@@ -30,16 +30,17 @@ import jax
 
 from candlejax import errors
 from candlejax.models import blip_text
-from candlejax.models._layers import Linear, linear
 from candlejax.nn import (
     Activation,
     Conv2d,
     Conv2dConfig,
     LayerNorm,
+    Linear,
     Module,
     VarBuilder,
     conv2d,
     layer_norm,
+    linear,
     ops,
 )
 from candlejax.tensor import Tensor

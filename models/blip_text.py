@@ -24,16 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax.models._layers import Linear, linear
 from candlejax.nn import (
     Activation,
     Embedding,
     KvCache,
     LayerNorm,
+    Linear,
     Module,
     VarBuilder,
     embedding,
     layer_norm,
+    linear,
     ops,
 )
 from candlejax.tensor import Tensor

@@ -27,18 +27,20 @@ from typing import Any
 import jax
 
 from candlejax import errors
-from candlejax.models._layers import Linear, linear, linear_no_bias
 from candlejax.nn import (
     Activation,
     Conv2d,
     Conv2dConfig,
     Embedding,
     LayerNorm,
+    Linear,
     Module,
     VarBuilder,
     conv2d_no_bias,
     embedding,
     layer_norm,
+    linear,
+    linear_no_bias,
     ops,
 )
 from candlejax.nn.init import Const
