@@ -326,13 +326,22 @@ class Llama(Module):
 
     # --- construction ----------------------------------------------------------------------------
     @staticmethod
-    def load(vb: VarBuilder, config: Config, strict: bool = True) -> Llama:
+    def load(vb: VarBuilder, config: Config, strict: bool = True, mesh: Any = None, rules: Any = None) -> Llama:
         """Build from a VarBuilder holding HF ``*ForCausalLM`` weights (``model.*``, ``lm_head``).
 
         Raises (``strict=False``: warns) on a ``model_type`` / ``architectures`` this file does not
-        implement and on checkpoint tensors it never read."""
+        implement and on checkpoint tensors it never read. ``mesh`` (a ``jax.sharding.Mesh``): each
+        weight goes onto it as it is read, laid out by ``rules`` (default
+        :data:`candlejax.distributed.llama_tp_rules`: tensor-parallel over ``"model"``)."""
         cfg = config
         check_architecture(cfg, "llama.Llama.load", SUPPORTED, strict)
+        if mesh is not None:
+            from candlejax import distributed
+
+            rules = distributed.llama_tp_rules if rules is None else rules
+            if rules is distributed.llama_tp_rules:
+                distributed.rules.check_heads(mesh, cfg.num_attention_heads, int(cfg.num_key_value_heads))  # type: ignore[arg-type]
+            return distributed.load_on_mesh(lambda v: Llama.load(v, cfg, strict), vb, mesh, rules)
         m = vb.pp("model")
         embed = Embedding(m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight"), cfg.hidden_size)
         layers = [Block.load(m.pp("layers").pp(i), cfg, i) for i in range(cfg.num_hidden_layers)]
@@ -347,17 +356,18 @@ class Llama(Module):
     @staticmethod
     def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None,
                         revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        strict: bool = True) -> Llama:  # fmt: skip
+                        strict: bool = True, mesh: Any = None, rules: Any = None) -> Llama:  # fmt: skip
         """Load a local model folder, or a hub id (``"org/name"``) from the local Hugging Face cache
         (``models--org--name/snapshots/REV``; nothing is downloaded). ``dtype`` defaults to the
-        checkpoint's ``torch_dtype`` (f32 if absent)."""
+        checkpoint's ``torch_dtype`` (f32 if absent). ``mesh``/``rules``: as :meth:`load` (each
+        weight goes from the file straight onto its shards; ``device`` is then unused)."""
         from candlejax.models import hub
 
         files = hub.resolve(path, revision=revision, cache_dir=cache_dir)
         config = Config.from_json_file(files.config)
         dt = to_dtype(dtype) if dtype is not None else _dtype_of(config.torch_dtype)
         vb = VarBuilder.from_mmaped_safetensors(files.weights, dt, Device.coerce(device))
-        model = Llama.load(vb, config, strict)
+        model = Llama.load(vb, config, strict, mesh, rules)
         model.tokenizer_path = files.tokenizer
         return model
 

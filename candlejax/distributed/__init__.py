@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from candlejax.distributed import rules
 from candlejax.distributed._checkpoint import restore, save
+from candlejax.distributed._load import load_on_mesh, on_mesh
 from candlejax.distributed._mesh import (
     ShardingError,
     axis_size,
@@ -40,7 +41,7 @@ from candlejax.distributed._shard import (
 from candlejax.distributed.rules import bert_tp_rules, llama_tp_rules
 
 __all__ = [
-    "Rules", "ShardingError", "axis_size", "bert_tp_rules", "initialize", "llama_tp_rules", "mesh", "named_leaves",
-    "place_like", "process_count", "process_index", "replicate", "request_host_devices", "restore", "rules", "save",
-    "shard", "shard_batch", "shutdown", "specs", "tensor_parallel", "to_host",
+    "Rules", "ShardingError", "axis_size", "bert_tp_rules", "initialize", "llama_tp_rules", "load_on_mesh", "mesh",
+    "named_leaves", "on_mesh", "place_like", "process_count", "process_index", "replicate", "request_host_devices",
+    "restore", "rules", "save", "shard", "shard_batch", "shutdown", "specs", "tensor_parallel", "to_host",
 ]  # fmt: skip

@@ -100,51 +100,63 @@ def _fsdp_spec(shape: tuple[int, ...], n: int, axis: str) -> P:
     return P(*(axis if d == best else None for d in range(len(shape))))
 
 
+class Resolver:
+    """Gives each ``(name, shape)`` its ``PartitionSpec`` under ``rules``, one tensor at a time (what
+    :func:`resolve` does for a whole tree and a loader on a mesh does as it reads), recording which
+    patterns matched; :meth:`check_used` then raises on patterns that matched nothing."""
+
+    def __init__(self, mesh: Mesh, rules: RuleSet):
+        if not isinstance(mesh, Mesh):
+            raise ShardingError(f"expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got {type(mesh).__name__}")
+        if isinstance(rules, str) and rules not in ("replicate", "fsdp"):
+            raise ShardingError(
+                f"unknown sharding rules {rules!r}; use 'replicate', 'fsdp', a dict {{name regex: axes per dim}} or"
+                " a model's rules (e.g. cj.distributed.rules.llama_tp_rules)"
+            )
+        self.mesh, self.rules = mesh, rules
+        self.fn = callable(rules) and not isinstance(rules, (Rules, Mapping, str))
+        self.r = None
+        if not (isinstance(rules, str) or self.fn):
+            self.r = rules if isinstance(rules, Rules) else Rules(dict(rules))  # type: ignore[arg-type]
+        self.comp = self.r.compiled() if self.r is not None else []
+        self.used: set[str] = set()
+
+    def spec(self, name: str, shape: tuple[int, ...]) -> P:
+        rules, mesh = self.rules, self.mesh
+        if isinstance(rules, str):
+            if rules == "replicate":
+                return P()
+            axis = "data" if "data" in mesh.shape else mesh.axis_names[0]  # "fsdp"
+            return _fsdp_spec(shape, mesh.shape[axis], axis)
+        if self.fn:
+            spec = rules(name, shape)  # type: ignore[operator]
+            spec = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+            return _check_spec(name, shape, spec, mesh, getattr(rules, "__name__", "rule"))
+        for pat, rx, spec in self.comp:
+            if rx.search(name):
+                self.used.add(pat)
+                return _check_spec(name, shape, spec, mesh, pat)
+        return P()
+
+    def check_used(self, names: Sequence[str], what: str) -> None:
+        """Raise when a pattern matched none of ``names`` (``require_each``) or none matched at all."""
+        comp = self.comp
+        unused = [p for p, _, _ in comp if p not in self.used]
+        if comp and (len(unused) == len(comp) or (self.r is not None and self.r.require_each and unused)):
+            sample = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+            raise ShardingError(
+                f"sharding rule{'s' if len(unused) > 1 else ''} {unused} match{'' if len(unused) > 1 else 'es'} no"
+                f" parameter of {what} (its names look like: {sample}); fix the pattern(s) (they are"
+                " regexes searched in the checkpoint names) or drop them"
+            )
+
+
 def resolve(tree: Any, mesh: Mesh, rules: RuleSet) -> list[tuple[str, Any, P]]:
     """``(name, leaf, PartitionSpec)`` for every leaf of ``tree`` under ``rules``."""
     leaves = named_leaves(tree)
-    if not isinstance(mesh, Mesh):
-        raise ShardingError(f"expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got {type(mesh).__name__}")
-    if isinstance(rules, str):
-        if rules == "replicate":
-            return [(n, x, P()) for n, x in leaves]
-        if rules == "fsdp":
-            axis = "data" if "data" in mesh.shape else mesh.axis_names[0]
-            k = mesh.shape[axis]
-            return [(n, x, _fsdp_spec(tuple(np.shape(_array(x))), k, axis)) for n, x in leaves]
-        raise ShardingError(
-            f"unknown sharding rules {rules!r}; use 'replicate', 'fsdp', a dict {{name regex: axes per dim}} or"
-            " a model's rules (e.g. cj.distributed.rules.llama_tp_rules)"
-        )
-    if callable(rules) and not isinstance(rules, (Rules, Mapping)):
-        out = []
-        for n, x in leaves:
-            shape = tuple(np.shape(_array(x)))
-            spec = rules(n, shape)
-            spec = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-            out.append((n, x, _check_spec(n, shape, spec, mesh, getattr(rules, "__name__", "rule"))))
-        return out
-    r = rules if isinstance(rules, Rules) else Rules(dict(rules))
-    comp = r.compiled()
-    used: set[str] = set()
-    out = []
-    for n, x in leaves:
-        shape = tuple(np.shape(_array(x)))
-        for pat, rx, spec in comp:
-            if rx.search(n):
-                used.add(pat)
-                out.append((n, x, _check_spec(n, shape, spec, mesh, pat)))
-                break
-        else:
-            out.append((n, x, P()))
-    unused = [p for p, _, _ in comp if p not in used]
-    if comp and (len(unused) == len(comp) or (r.require_each and unused)):
-        sample = ", ".join(n for n, _ in leaves[:6]) + (" ..." if len(leaves) > 6 else "")
-        raise ShardingError(
-            f"sharding rule{'s' if len(unused) > 1 else ''} {unused} match{'' if len(unused) > 1 else 'es'} no"
-            f" parameter of {type(tree).__name__} (its names look like: {sample}); fix the pattern(s) (they are"
-            " regexes searched in the checkpoint names) or drop them"
-        )
+    res = Resolver(mesh, rules)
+    out = [(n, x, res.spec(n, tuple(np.shape(_array(x))))) for n, x in leaves]
+    res.check_used([n for n, _ in leaves], type(tree).__name__)
     return out
 
 

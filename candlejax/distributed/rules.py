@@ -16,6 +16,9 @@ that does not fit raises naming the parameter. Megatron-LM: ``ColumnParallelLine
 
 from __future__ import annotations
 
+from jax.sharding import Mesh
+
+from candlejax.distributed._mesh import ShardingError
 from candlejax.distributed._shard import Rules
 
 COLUMN = ("model", None)  # (out, in) weight: output features split
@@ -36,6 +39,24 @@ llama_tp_rules = Rules(
     require_each=False,
 )
 
+
+
+def check_heads(mesh: Mesh, num_heads: int, num_kv_heads: int, axis: str = "model") -> None:
+    """Raise unless ``axis`` of ``mesh`` divides the attention and key/value heads (each device
+    holds whole heads under :data:`llama_tp_rules`); no-op for a mesh without ``axis``."""
+    if axis not in mesh.shape:
+        return
+    n = int(mesh.shape[axis])
+    for count, what, param in ((num_heads, "attention heads", "q_proj"), (num_kv_heads, "key/value heads", "k_proj")):
+        if int(count) % n:
+            fits = [d for d in range(1, int(count) + 1) if int(count) % d == 0]
+            raise ShardingError(
+                f"cannot split the {count} {what} of model.layers.*.self_attn.{param}.weight over mesh axis {axis!r}"
+                f" of size {n} (each device holds whole heads); use a mesh whose {axis!r} axis divides {count}"
+                f" (one of {fits})"
+            )
+
+
 bert_tp_rules = Rules(
     {
         r"attention\.self\.(query|key|value)\.weight$": COLUMN,
@@ -49,4 +70,4 @@ bert_tp_rules = Rules(
     require_each=False,
 )
 
-__all__ = ["BIAS", "COLUMN", "ROW", "Rules", "bert_tp_rules", "llama_tp_rules"]
+__all__ = ["BIAS", "COLUMN", "ROW", "Rules", "bert_tp_rules", "check_heads", "llama_tp_rules"]

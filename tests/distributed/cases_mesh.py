@@ -191,6 +191,76 @@ def test_llama_cli_tensor_parallel(tmp_path):
     assert outs[0] == outs[1] and len(set(outs[0].split()[5:])) > 2, outs
 
 
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A small random LLaMA saved as a model folder (config.json + model.safetensors)."""
+    import json
+
+    d = tmp_path_factory.mktemp("llama_tp_load")
+    _llama()[1].save_safetensors(d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps({**LLAMA, "architectures": ["LlamaForCausalLM"]}))
+    return d
+
+
+def test_llama_from_pretrained_on_mesh_places_weights_as_they_load(llama_dir, monkeypatch):
+    from candlejax.models import llama
+    from candlejax.nn.var_builder import SafetensorsBackend
+
+    P, n = jax.sharding.PartitionSpec, 2
+    ref = llama.Llama.from_pretrained(llama_dir)
+    mesh = cj.distributed.mesh({"model": n}, jax.devices()[:n])
+
+    def whole_on_one_device(*a, **k):
+        raise AssertionError("a weight was loaded whole onto one device")
+
+    monkeypatch.setattr(SafetensorsBackend, "get", whole_on_one_device)
+    tp = llama.Llama.from_pretrained(llama_dir, mesh=mesh)
+    monkeypatch.undo()
+    specs = cj.distributed.specs(tp)
+    assert specs["model.layers.0.self_attn.q_proj.weight"] == P("model", None)
+    assert specs["model.layers.1.self_attn.v_proj.weight"] == P("model", None)
+    assert specs["model.layers.0.self_attn.o_proj.weight"] == P(None, "model")
+    assert specs["model.layers.1.mlp.up_proj.weight"] == P("model", None)
+    assert specs["model.layers.1.mlp.down_proj.weight"] == P(None, "model")
+    assert specs["lm_head.weight"] == P("model", None)
+    assert specs["model.embed_tokens.weight"] == P() and specs["model.norm.weight"] == P()
+    assert all(s is not None for s in specs.values()), specs  # rotary tables on the mesh too
+    q = tp.layers[0].self_attn.q_proj.weight._a
+    assert {tuple(s.data.shape) for s in q.addressable_shards} == {(64 // n, 64)} and len(q.sharding.device_set) == n
+    prompt = [1, 5, 9, 17, 33, 2]
+    ids = jnp.asarray([prompt], jnp.uint32)
+    step = jax.jit(llama.step)
+    want, _ = step(ref, ref.new_cache(1, 32), ids, jnp.int32(0))
+    cache = tp.new_cache(1, 32)
+    assert cache.k.sharding.spec == P(None, None, "model", None, None)
+    got, _ = step(tp, cache, ids, jnp.int32(0))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    tokens = list(ref.generate(prompt, 8))
+    assert list(tp.generate(prompt, 8)) == tokens and len(set(tokens)) > 2
+    # rules= overrides the default; a plain VarBuilder loads the same way through Llama.load
+    vb = VarBuilder.from_mmaped_safetensors([llama_dir / "model.safetensors"], DType.F32, Device.Cpu)
+    rep = llama.Llama.load(vb, llama.Config.from_json_file(llama_dir / "config.json"), mesh=mesh, rules="replicate")
+    assert set(cj.distributed.specs(rep).values()) == {P()}
+
+
+def test_llama_load_on_a_mesh_that_does_not_fit_names_the_parameter(llama_dir):
+    from candlejax.models import llama
+
+    devs = jax.devices()
+    with pytest.raises(ShardingError, match=r"2 key/value heads of model\.layers\.\*\.self_attn\.k_proj\.weight over"
+                                            r" mesh axis 'model' of size 4.*one of \[1, 2\]"):  # fmt: skip
+        llama.Llama.from_pretrained(llama_dir, mesh=cj.distributed.mesh({"model": 4}, devs[:4]))
+    with pytest.raises(ShardingError, match=r"4 attention heads of model\.layers\.\*\.self_attn\.q_proj\.weight"):
+        llama.Llama.from_pretrained(llama_dir, mesh=cj.distributed.mesh({"model": 3}, devs[:3]))
+    rules = {r"mlp\.down_proj\.weight$": (None, "model")}
+    with pytest.raises(ShardingError, match=r"cannot shard model\.layers\.0\.mlp\.down_proj\.weight \(shape \[64, 128\]"
+                                            r"\) dim 1 of size 128 over mesh axis 'model' of size 3"):  # fmt: skip
+        llama.Llama.from_pretrained(llama_dir, mesh=cj.distributed.mesh({"model": 3}, devs[:3]), rules=rules)
+    with pytest.raises(ShardingError, match=r"q_proj.*bias.*matches no parameter of Llama"):
+        llama.Llama.from_pretrained(llama_dir, mesh=cj.distributed.mesh({"model": 2}, devs[:2]),
+                                    rules={**rules, r"q_proj\.bias$": ("model",)})  # fmt: skip
+
+
 def test_tensor_parallel_bert_same_hidden_states():
     from candlejax.models import bert
 
