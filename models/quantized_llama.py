@@ -177,8 +177,9 @@ def config_from_gguf(content: Any) -> Config:
     for name, shape in shapes.items():
         content.expect_shape(name, shape)
 
-    def token_id(key: str) -> int | None:
-        return content.get_int(f"tokenizer.ggml.{key}", None, min=0)
+    def token_id(key: str) -> int | None:  # some converters write -1 for "none"
+        i = content.get_int(f"tokenizer.ggml.{key}", None)
+        return None if i is None or i < 0 else i
 
     return Config(
         vocab_size=vocab,
