@@ -137,12 +137,22 @@ def _added_tokens(tokens: Sequence[str], types: Sequence[int], vocab: Mapping[st
     return special, plain
 
 
-def _merges(meta: Mapping[str, Any], vocab: Mapping[str, int], tokens: Sequence[str]) -> list[tuple[str, str]]:
+def _merges(meta: Mapping[str, Any], vocab: Mapping[str, int], tokens: Sequence[str],
+            source: str = "<metadata>") -> list[tuple[str, str]]:  # fmt: skip
     merges = meta.get("tokenizer.ggml.merges")
     if merges:
         out = []
-        for m in merges:
-            a, _, b = m.partition(" ")
+        for i, m in enumerate(merges):
+            # checked here: the tokenizers library raises a bare Exception (or panics) on a bad merge
+            a, sep, b = m.partition(" ") if isinstance(m, str) else ("", "", "")
+            missing = [t for t in (a, b, a + b) if t not in vocab] if sep and a and b else None
+            if missing is None or missing:
+                why = (
+                    "is not two tokens separated by a space"
+                    if missing is None
+                    else f"names {missing[0]!r}, which is not in tokenizer.ggml.tokens"
+                )
+                raise errors.Gguf(f"gguf {source}: tokenizer.ggml.merges[{i}] = {m!r} {why}")
             out.append((a, b))
         return out
     scores = meta.get("tokenizer.ggml.scores")
@@ -182,14 +192,25 @@ def _post_processor(bos: str | None, eos: str | None, bos_id: int | None, eos_id
     return tp
 
 
-def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Any:
+def tokenizer_from_gguf_metadata(meta: Mapping[str, Any], source: str | None = None) -> Any:
     """A ``tokenizers.Tokenizer`` from GGUF tokenizer metadata (key -> value).
 
     Supports ``tokenizer.ggml.model`` ``"gpt2"`` (byte-level BPE) and ``"llama"`` (SentencePiece
     BPE with byte fallback). BOS/EOS are added by the post-processor when
     ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults: BOS for ``"llama"``, none
-    for ``"gpt2"``, as llama.cpp and transformers).
+    for ``"gpt2"``, as llama.cpp and transformers). Corrupt metadata (a merge of unknown tokens,
+    values of the wrong type) raises :class:`candlejax.errors.Gguf` naming ``source`` (the file).
     """
+    where = source or "<metadata>"
+    try:
+        return _build_tokenizer(meta, where)
+    except errors.Error:
+        raise
+    except Exception as e:  # the tokenizers library's bare Exception, TypeErrors from odd values
+        raise errors.Gguf(f"gguf {where}: cannot build the tokenizer from its tokenizer.ggml.* metadata: {e}") from e
+
+
+def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -212,7 +233,7 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Any:
             if not set(tok) <= alphabet:
                 tok = "".join(spelling[b] for b in tok.encode("utf-8"))
             vocab.setdefault(tok, i)
-        merges = _merges(meta, vocab, tokens)
+        merges = _merges(meta, vocab, tokens, source)
         model = models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False, ignore_merges=pre in IGNORE_MERGES_PRE)
         tk = HFTokenizer(model)
         split = PRE_TOKENIZER_SPLITS.get(pre) if pre else None
@@ -238,7 +259,7 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Any:
         vocab = {}
         for i, tok in enumerate(tokens):
             vocab.setdefault(tok, i)
-        merges = _merges(meta, vocab, tokens)
+        merges = _merges(meta, vocab, tokens, source)
         unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
         model = models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
         tk = HFTokenizer(model)
@@ -446,10 +467,13 @@ class Tokenizer:
 
     # --- constructors ------------------------------------------------------------------------------
     @classmethod
-    def from_gguf_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
-        """From GGUF metadata (key -> value); see :func:`tokenizer_from_gguf_metadata`."""
+    def from_gguf_metadata(cls, meta: Mapping[str, Any], source: str | None = None) -> Tokenizer:
+        """From GGUF metadata (key -> value, or a ``candlejax.io.gguf.Content``); see
+        :func:`tokenizer_from_gguf_metadata` (``source``: the file named in errors)."""
+        p = getattr(meta, "path", None)  # a Content names its file
+        source = source or (os.fspath(p) if isinstance(p, str | os.PathLike) else None)
         meta = gguf_tokenizer_metadata(meta)
-        hf = tokenizer_from_gguf_metadata(meta)
+        hf = tokenizer_from_gguf_metadata(meta, source)
         tokens = meta["tokenizer.ggml.tokens"]
         kind = meta.get("tokenizer.ggml.model")
 
@@ -470,7 +494,7 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
         """The tokenizer stored in a GGUF file's metadata."""
-        return cls.from_gguf_metadata(gguf_tokenizer_metadata(path))
+        return cls.from_gguf_metadata(gguf_tokenizer_metadata(path), os.fspath(path))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Tokenizer:

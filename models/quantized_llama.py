@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import warnings
 from typing import Any
 
@@ -88,45 +89,119 @@ def check_architecture(content: Any) -> str:
     return str(arch)
 
 
+#: caps on GGUF metadata, far above any released model, so that a corrupt value raises before it
+#: sizes an allocation or a loop
+MAX_LAYERS = 1 << 12
+MAX_WIDTH = 1 << 17  # embedding / feed-forward / head widths
+MAX_HEADS = 1 << 12
+MAX_VOCAB = 1 << 22
+MAX_CONTEXT = 1 << 24
+
+
 def config_from_gguf(content: Any) -> Config:
-    """A :class:`Config` from GGUF metadata (``{arch}.block_count``, ``{arch}.embedding_length``, ...)."""
+    """A :class:`Config` from GGUF metadata (``{arch}.block_count``, ``{arch}.embedding_length``, ...),
+    validated against the tensor shapes before anything is allocated: a missing or absurd key, heads
+    that do not divide the width, a block count that disagrees with the ``blk.N`` tensors, or a
+    tensor of another shape raises :class:`candlejax.errors.Gguf` naming the file and key or tensor."""
     arch = check_architecture(content)
+    path = getattr(content, "path", "<gguf>")
+    k = f"{arch}.".__add__
 
-    def g(key: str, default: Any = None) -> Any:
-        return _meta(content, f"{arch}.{key}", default)
+    def bad(msg: str) -> errors.Gguf:
+        return errors.Gguf(f"gguf {path}: {msg}")
 
-    n_head = int(g("attention.head_count"))
-    hidden = int(g("embedding_length"))
-    vocab = g("vocab_size")
-    if vocab is None:
-        toks = content.metadata.get("tokenizer.ggml.tokens")
-        vocab = len(toks.value) if toks is not None else content.tensor_infos["token_embd.weight"].shape[0]
-    head_dim = g("attention.key_length") or g("rope.dimension_count") or hidden // n_head
+    n_layer = content.get_int(k("block_count"), min=1, max=MAX_LAYERS)
+    hidden = content.get_int(k("embedding_length"), min=1, max=MAX_WIDTH)
+    ff = content.get_int(k("feed_forward_length"), min=1, max=MAX_WIDTH)
+    n_head = content.get_int(k("attention.head_count"), min=1, max=min(hidden, MAX_HEADS))
+    n_kv = content.get_int(k("attention.head_count_kv"), n_head, min=1, max=n_head)
+    if n_head % n_kv:
+        raise bad(f"metadata {k('attention.head_count_kv')!r} = {n_kv} does not divide"
+                  f" {k('attention.head_count')!r} = {n_head}")  # fmt: skip
+    head_dim = content.get_int(k("attention.key_length"), None, min=2, max=MAX_WIDTH)
+    if head_dim is None:
+        if hidden % n_head:
+            raise bad(f"metadata {k('attention.head_count')!r} = {n_head} does not divide"
+                      f" {k('embedding_length')!r} = {hidden}")  # fmt: skip
+        head_dim = hidden // n_head
+    src = "attention.key_length" if k("attention.key_length") in content.metadata else "embedding_length / head_count"
+    for key in ("attention.value_length", "rope.dimension_count"):
+        v = content.get_int(k(key), head_dim, min=1, max=MAX_WIDTH)
+        if v != head_dim:  # partial rotary / distinct value heads: not this architecture
+            raise bad(f"metadata {k(key)!r} = {v} differs from the head size {head_dim} ({src}); the loader"
+                      " implements rotary embeddings over whole heads of one size")  # fmt: skip
+    if head_dim % 2:
+        raise bad(f"the head size {head_dim} is odd: rotary embeddings rotate pairs")
+    ctx = content.get_int(k("context_length"), 4096, min=1, max=MAX_CONTEXT)
+    eps = content.get_float(k("attention.layer_norm_rms_epsilon"), 1e-5, positive=True, max=1.0)
+    theta = content.get_float(k("rope.freq_base"), 10000.0, positive=True)
     scaling = None
-    kind = g("rope.scaling.type")
-    if kind == "linear" and g("rope.scaling.factor"):
-        scaling = {"rope_type": "linear", "factor": float(g("rope.scaling.factor"))}
+    kind = content.get_str(k("rope.scaling.type"), "none", choices=("none", "linear"))
+    factor = content.get_float(k("rope.scaling.factor"), None, positive=True)
+    if kind == "linear" and factor:
+        scaling = {"rope_type": "linear", "factor": factor}
+
+    infos = content.tensor_infos
+    embd = infos.get("token_embd.weight")
+    if embd is None:
+        raise bad("missing tensor 'token_embd.weight'")
+    rows = embd.shape[0] if len(embd.shape) == 2 else -1
+    vocab = content.get_int(k("vocab_size"), rows if rows > 0 else None, min=1, max=MAX_VOCAB)
+    if vocab is None:
+        raise bad(f"tensor 'token_embd.weight' has shape {errors.fmt_shape(embd.shape)}, expected (vocab, {hidden})")
+    content.get_array("tokenizer.ggml.tokens", None, max_len=vocab)  # no token id past the embedding rows
+
+    # the tensors, in Candle's (out, in) order
+    blocks = {int(m.group(1)) for m in (re.match(r"blk\.(\d+)\.", n) for n in infos) if m}
+    if blocks != set(range(n_layer)):
+        have = f"blk.0 .. blk.{max(blocks)}" if blocks == set(range(len(blocks))) else f"blk.{sorted(blocks)[:8]}"
+        raise bad(f"metadata {k('block_count')!r} = {n_layer}, but the file holds tensors of"
+                  f" {len(blocks)} block(s) ({have if blocks else 'none'})")  # fmt: skip
+    q, kvw = n_head * head_dim, n_kv * head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    if "output.weight" in infos:
+        shapes["output.weight"] = (vocab, hidden)
+    if "rope_freqs.weight" in infos:
+        shapes["rope_freqs.weight"] = (head_dim // 2,)
+    qkv_bias = "blk.0.attn_q.bias" in infos
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (hidden,), b + "ffn_norm.weight": (hidden,),
+                       b + "attn_q.weight": (q, hidden), b + "attn_k.weight": (kvw, hidden),
+                       b + "attn_v.weight": (kvw, hidden), b + "attn_output.weight": (hidden, q),
+                       b + "ffn_gate.weight": (ff, hidden), b + "ffn_up.weight": (ff, hidden),
+                       b + "ffn_down.weight": (hidden, ff)})  # fmt: skip
+        for nm, width in (("attn_q", q), ("attn_k", kvw), ("attn_v", kvw)):
+            if qkv_bias or b + nm + ".bias" in infos:
+                shapes[b + nm + ".bias"] = (width,)
+    for name, shape in shapes.items():
+        content.expect_shape(name, shape)
+
+    def token_id(key: str) -> int | None:  # some converters write -1 for "none"
+        i = content.get_int(f"tokenizer.ggml.{key}", None)
+        return None if i is None or i < 0 else i
+
     return Config(
-        vocab_size=int(vocab),
+        vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=int(g("feed_forward_length")),
-        num_hidden_layers=int(g("block_count")),
+        intermediate_size=ff,
+        num_hidden_layers=n_layer,
         num_attention_heads=n_head,
-        num_key_value_heads=int(g("attention.head_count_kv", n_head)),
-        head_dim=int(head_dim),
-        max_position_embeddings=int(g("context_length", 4096)),
-        rms_norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(g("rope.freq_base", 10000.0)),
+        num_key_value_heads=n_kv,
+        head_dim=head_dim,
+        max_position_embeddings=ctx,
+        rms_norm_eps=eps,
+        rope_theta=theta,
         rope_scaling=scaling,
-        tie_word_embeddings="output.weight" not in content.tensor_infos,
-        bos_token_id=_meta(content, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_meta(content, "tokenizer.ggml.eos_token_id"),
-        pad_token_id=_meta(content, "tokenizer.ggml.padding_token_id"),
+        tie_word_embeddings="output.weight" not in infos,
+        bos_token_id=token_id("bos_token_id"),
+        eos_token_id=token_id("eos_token_id"),
+        pad_token_id=token_id("padding_token_id"),
         torch_dtype="float32",
         # llama.cpp permutes llama's q/k rows for rope on interleaved pairs; qwen2 keeps the halves
         rope_interleaved=arch == "llama",
         model_type=None,
-        qkv_bias="blk.0.attn_q.bias" in content.tensor_infos,
+        qkv_bias=qkv_bias,
     )
 
 
@@ -165,8 +240,6 @@ class ModelWeights(Llama):
     def from_content(content: Any, device: Any = None, dequantize: str | None = None,
                      layers: str | None = None, strict: bool = True) -> ModelWeights:  # fmt: skip
         """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it)."""
-        from candlejax.tokenizer import Tokenizer
-
         if dequantize is None:
             env = os.environ.get
             dequantize = (
@@ -262,23 +335,35 @@ class ModelWeights(Llama):
                 raise errors.Msg(msg + "; pass strict=False to load anyway")
             warnings.warn(msg, stacklevel=3)
         model = ModelWeights(embed, blocks, norm, lm_head, rotary, cfg)
-        try:
-            model._tokenizer = Attached(Tokenizer.from_gguf_metadata(content.metadata))
-        except errors.Error:
-            model._tokenizer = Attached()
+        model._tokenizer = Attached(_tokenizer(content))
         return model
 
     @property
     def tokenizer(self) -> Any:
         """The :class:`candlejax.tokenizer.Tokenizer` stored in the GGUF file (with its chat template)."""
         tok = self._tokenizer.value
-        if tok is None:
-            raise errors.Msg("this model has no tokenizer (the GGUF file has no tokenizer.ggml.* metadata)")
+        if tok is None or isinstance(tok, str):
+            raise errors.Msg(f"this model has no tokenizer ({tok or 'the GGUF file has no tokenizer.ggml.* metadata'})")
         return tok
 
     @property
     def dtype(self) -> DType:
         return DType.F32
+
+
+def _tokenizer(content: Any) -> Any:
+    """The file's tokenizer; ``None`` without ``tokenizer.ggml.tokens``, a reason (str, with a
+    warning) for a tokenizer model the loader does not build; corrupt metadata raises (naming the file)."""
+    from candlejax.tokenizer import Tokenizer
+
+    if "tokenizer.ggml.tokens" not in content.metadata:
+        return None
+    kind = content.get_str("tokenizer.ggml.model", None)
+    if kind not in ("gpt2", "llama"):
+        why = f"{content.path}: tokenizer.ggml.model {kind!r} is not supported (supported: 'gpt2', 'llama')"
+        warnings.warn(f"quantized_llama: {why}; the model loads without a tokenizer", stacklevel=4)
+        return why
+    return Tokenizer.from_gguf_metadata(content.metadata, content.path)
 
 
 def _to_device(tree: Any, dev: Device) -> Any:
