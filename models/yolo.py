@@ -28,7 +28,6 @@ import numpy as np
 from candlejax import errors
 from candlejax.nn import Conv2d, Conv2dConfig, Module, batch_norm, conv2d, conv2d_no_bias, ops
 from candlejax.tensor import Tensor
-from candlejax.tensor._core import TensorBase
 
 __all__ = [
     "C2PSA", "C2f", "C3k", "C3k2", "COCO_NAMES", "ConvBlock", "DarkNet", "DetectionHead", "Dfl", "Multiples",
@@ -61,7 +60,7 @@ class Multiples:
 
     @staticmethod
     def of(which: str, version: str = "v8") -> Multiples:
-        table = _SCALES.get(version)
+        table = SCALES.get(version)
         if table is None:
             raise errors.Msg(f"yolo: unknown version {version!r} (known: v8, 11)")
         if which not in table:
@@ -86,7 +85,8 @@ class Multiples:
         return self.ch(256), self.ch(512), self.ch(1024)
 
 
-_SCALES = {
+#: YOLO version -> size letter -> the depth/width/max-channel multiples of Ultralytics' yaml
+SCALES = {
     "v8": {k: getattr(Multiples, k)() for k in SIZES},
     "11": {"n": Multiples(0.50, 0.25, 2.0), "s": Multiples(0.50, 0.50, 2.0), "m": Multiples(0.50, 1.00, 1.0),
            "l": Multiples(1.00, 1.00, 1.0), "x": Multiples(1.00, 1.50, 1.0)},
@@ -470,7 +470,7 @@ class YoloV8(Module):
 
     def forward(self, xs: Any) -> Any:
         """``(B, 3, H, W)`` f32 RGB in [0, 1], H and W multiples of 32 -> ``(B, 4 + nc [+ K*D], A)``."""
-        x = xs if isinstance(xs, TensorBase) else Tensor(xs)
+        x = xs if isinstance(xs, Tensor) else Tensor(xs)
         if x.ndim != 4 or x.shape[1] != 3:
             raise errors.Msg(f"YoloV8.forward: expected a (B, 3, H, W) image batch, got {errors.fmt_shape(x.shape)}")
         if x.shape[2] % 32 or x.shape[3] % 32:

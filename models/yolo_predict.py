@@ -16,12 +16,19 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.yolo import _SCALES, SIZES, Multiples, YoloV8
+from candlejax.models.yolo import SCALES, SIZES, Multiples, YoloV8
 from candlejax.nn import VarBuilder
-from candlejax.tensor._core import TensorBase, wrap
-from candlejax.vision import Detections, image_to_tensor, letterbox, load_image, scale_boxes, scale_keypoints
-from candlejax.vision._image import check_image
-from candlejax.vision._nms import nms_arrays
+from candlejax.tensor import Tensor, unwrap, wrap
+from candlejax.vision import (
+    Detections,
+    check_image,
+    image_to_tensor,
+    letterbox,
+    load_image,
+    nms_arrays,
+    scale_boxes,
+    scale_keypoints,
+)
 
 __all__ = ["detect", "load"]
 
@@ -88,7 +95,7 @@ def load(path: str | os.PathLike[str], *, version: str | None = None, which: str
         raise errors.Msg(f"yolo.load: no such file {p!r}")
     if which is not None and which not in SIZES:
         raise errors.Msg(f"yolo.load: unknown size which={which!r} (known: n, s, m, l, x)")
-    if version is not None and version not in _SCALES:
+    if version is not None and version not in SCALES:
         raise errors.Msg(f"yolo.load: unknown version {version!r} (known: v8, 11)")
     facts: dict[str, Any] = {"names": None, "scale": None, "sppf_act": True}
     if p.endswith((".pt", ".pth")):
@@ -133,7 +140,7 @@ def _postprocess(raw: Any, nc: int, conf: Any, iou: Any, max_det: int, top_k: in
 
 
 def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k: int) -> tuple[Any, ...]:
-    raw = model.forward(wrap(x.astype(jnp.float32) / 255.0))._a
+    raw = unwrap(model.forward(wrap(x.astype(jnp.float32) / 255.0)))
     return (*_postprocess(raw, model.num_classes, conf, iou, max_det, top_k), raw)
 
 
@@ -153,12 +160,13 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     """
     if isinstance(img, (str, os.PathLike)):
         img = load_image(img)
-    elif not isinstance(img, TensorBase):
+    elif not isinstance(img, Tensor):
         img = image_to_tensor(img)
     check_image(img, "yolo.detect")
     lb_img, lb = letterbox(img, imgsz)
     c, t = jnp.float32(conf), jnp.float32(iou)
-    boxes, scores, classes, extra, ok, n, raw = _predict(model, lb_img._a[None], c, t, max_det=max_det, top_k=top_k)
+    batch = unwrap(lb_img)[None]
+    boxes, scores, classes, extra, ok, n, raw = _predict(model, batch, c, t, max_det=max_det, top_k=top_k)
     if int(n) > top_k:  # rare with trained weights: one more pass over every anchor
         boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, raw.shape[-1])
     ok = np.asarray(ok)

@@ -17,6 +17,7 @@ from candlejax.vision._image import (
     IMAGENET_STD,
     ImageError,
     Letterbox,
+    check_image,
     image_to_tensor,
     imagenet_normalize,
     letterbox,
@@ -26,11 +27,13 @@ from candlejax.vision._image import (
     scale_boxes,
     scale_keypoints,
 )
-from candlejax.vision._nms import Detections, nms
+from candlejax.vision._nms import Detections, nms, nms_arrays
 from candlejax.vision.imagenet import IMAGENET_CLASSES
 
 __all__ = [
     "COCO_SKELETON", "IMAGENET_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "Detections", "ImageError", "Letterbox",
+    "check_image",
     "VisionDataset", "draw_detections", "image_to_tensor", "imagenet_normalize", "letterbox", "load_digits",
-    "load_image", "load_image224", "load_mnist", "nms", "resize_center_crop", "scale_boxes", "scale_keypoints",
+    "load_image", "load_image224", "load_mnist", "nms", "nms_arrays",
+    "resize_center_crop", "scale_boxes", "scale_keypoints",
 ]  # fmt: skip
