@@ -402,9 +402,9 @@ class Llama(Module):
             )
 
     # --- running ---------------------------------------------------------------------------------
-    def step(self, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
+    def step(self, cache: Cache, tokens: Any, pos: Any, last: Any = None) -> tuple[Any, Cache]:
         """:func:`step` as a method."""
-        return step(self, cache, tokens, pos)
+        return step(self, cache, tokens, pos, last)
 
     def forward(self, tokens: Any, index_pos: int) -> Any:
         """Candle's ``forward(&x, index_pos)``: logits ``(batch, vocab)`` of the last position.
@@ -525,16 +525,20 @@ def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Ca
     return unwrap(params.norm(x)), cache
 
 
-def step(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
+def step(params: Llama, cache: Cache, tokens: Any, pos: Any, last: Any = None) -> tuple[Any, Cache]:
     """The pure model step: ``(params, cache, tokens (B, T), pos) -> (logits (B, vocab), cache)``.
 
     Writes the keys/values of ``tokens`` (at positions ``pos .. pos + T``) into ``cache`` and
-    returns the logits of the last position. ``pos`` may be a traced int32 scalar, so
-    ``jax.jit(step, donate_argnums=1)`` compiles once per ``T`` (the prompt, then 1 for every
-    decode token). This is the ``step_fn`` :func:`candlejax.generation.generate` drives.
+    returns the logits of the last position, or of position ``last`` (a traced index into ``tokens``)
+    when given: a prompt padded at its end to a bucketed length gives the logits of its last real
+    token, and the padding's cache slots (causally masked) are overwritten by the tokens that follow.
+    ``pos`` may be a traced int32 scalar, so ``jax.jit(step, donate_argnums=1)`` compiles once per
+    ``T`` (the prompt, then 1 for every decode token). This is the ``step_fn``
+    :func:`candlejax.generation.generate` drives.
     """
     x, cache = _hidden(params, cache, tokens, pos)
-    logits = _lm_head(params, x[:, -1:, :])[:, 0, :]
+    x = x[:, -1:, :] if last is None else lax.dynamic_slice_in_dim(x, jnp.asarray(last, jnp.int32), 1, axis=1)
+    logits = _lm_head(params, x)[:, 0, :]
     return logits.astype(jnp.float32), cache
 
 

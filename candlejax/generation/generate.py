@@ -17,6 +17,7 @@ are traced arguments. Candle's equivalent is the hand-written loop in its exampl
 from __future__ import annotations
 
 import collections
+import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from candlejax.generation.sampling import (
     sampling_key,
     seed_key,
 )
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.tensor import unwrap, wrap
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
@@ -73,29 +74,46 @@ class DecodeFns:
         self.use_penalty = use_penalty
         self.tokens_as_tensor = tokens_as_tensor
         self.trace_count = 0
+        self.accepts_last = accepts_last(step_fn)
 
-        def call_step(params: Any, cache: Any, tokens: jax.Array, pos: jax.Array) -> tuple[jax.Array, Any]:
+        def call_step(params: Any, cache: Any, tokens: jax.Array, pos: jax.Array,
+                      length: Any = None) -> tuple[jax.Array, Any]:  # fmt: skip
             self.trace_count += 1
-            logits, cache = step_fn(params, cache, wrap(tokens) if tokens_as_tensor else tokens, pos)
+            toks = wrap(tokens) if tokens_as_tensor else tokens
+            if length is None:
+                logits, cache = step_fn(params, cache, toks, pos)
+            else:  # a padded prompt: the logits of position length - 1
+                logits, cache = step_fn(params, cache, toks, pos, last=length - 1)
             return _last_logits(logits, "generate"), cache
 
-        def fused(params, cache, tokens, pos, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
-            logits, cache = call_step(params, cache, tokens, pos)
+        def fused_core(params, cache, tokens, pos, length, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
+            logits, cache = call_step(params, cache, tokens, pos, length)
             if use_penalty:
                 logits = apply_repeat_penalty_mask(logits, penalty, recent.mask(logits.shape[-1])[None, :])
             tok = sample_jax(logits, sampling_key(base_key, draw), sampling)
             if use_penalty:
                 recent = recent.push(tok[0])
-            return tok[:, None].astype(tokens.dtype), cache, recent, pos + tokens.shape[1], draw + 1
+            n = tokens.shape[1] if length is None else length
+            return tok[:, None].astype(tokens.dtype), cache, recent, pos + n, draw + 1
+
+        def fused(params, cache, tokens, pos, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
+            return fused_core(params, cache, tokens, pos, None, base_key, draw, recent, penalty)
+
+        def plain_core(params, cache, tokens, pos, length):  # type: ignore[no-untyped-def]
+            logits, cache = call_step(params, cache, tokens, pos, length)
+            return logits, cache, pos + (tokens.shape[1] if length is None else length)
 
         def plain(params, cache, tokens, pos):  # type: ignore[no-untyped-def]
-            logits, cache = call_step(params, cache, tokens, pos)
-            return logits, cache, pos + tokens.shape[1]
+            return plain_core(params, cache, tokens, pos, None)
 
         donate_fused = (1, 6) if donate else ()
         donate_plain = (1,) if donate else ()
         self.fused = jax.jit(fused, donate_argnums=donate_fused)
         self.logits = jax.jit(plain, donate_argnums=donate_plain)
+        #: the same, for a prompt padded to a bucketed length: an extra traced ``length`` (the number
+        #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
+        self.fused_padded = jax.jit(fused_core, donate_argnums=(1, 7) if donate else ())
+        self.logits_padded = jax.jit(plain_core, donate_argnums=donate_plain)
 
 
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
@@ -120,6 +138,26 @@ def decode_fns(
     else:
         _CACHE.move_to_end(key)
     return fns
+
+
+def accepts_last(step_fn: Any) -> bool:
+    """Whether ``step_fn`` takes a ``last=`` keyword (the prompt index whose logits it returns), which
+    lets :func:`generate` pad a prompt to a bucketed length."""
+    try:
+        params = inspect.signature(step_fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "last" in params
+
+
+#: Prompts run in chunks of ``PREFILL_CHUNK`` tokens, the last one padded at its end, so every
+#: prompt and chat turn shares one compiled prefill program instead of compiling one per length.
+PREFILL_CHUNK = 32
+
+
+def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:
+    """The padded prefill length for an ``n``-token prompt: ``n`` rounded up to whole chunks."""
+    return max(1, -(-n // chunk)) * chunk
 
 
 def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
@@ -170,6 +208,7 @@ class Generation:
         donate_cache: bool = True,
         pipeline: bool | None = None,
         yield_eos: bool = False,
+        prefill_buckets: bool | None = None,
     ) -> None:
         self.params = params
         self.cache = cache
@@ -232,6 +271,16 @@ class Generation:
         else:
             self._draws_count = True
         self.fns = decode_fns(step_fn, self.sampling, use_penalty and self._fused, tokens_as_tensor, donate_cache)
+        # pad the prompt to a bucketed length (one compiled prefill per bucket, not per length) when
+        # the step can return the logits of an inner position and the padded tail fits the cache
+        n = int(self.prompt.shape[1])
+        padded = prefill_bucket(n)
+        bucket = self.fns.accepts_last and self.capacity is not None and self.pos + padded <= self.capacity
+        if prefill_buckets is not None:
+            if prefill_buckets and not self.fns.accepts_last:
+                raise errors.Msg("generate: prefill_buckets=True needs a step_fn that takes last= (see llama.step)")
+            bucket = bucket and bool(prefill_buckets)
+        self.prefill_length = padded if bucket else n
         self._use_penalty = use_penalty
         self._it = self._run()
 
@@ -250,6 +299,18 @@ class Generation:
         return [*head, *(int(t) for t in new_tokens)]
 
     # --- the loops -------------------------------------------------------------------------------
+    def _prefill_chunks(self) -> list[tuple[Any, int]]:
+        """The prompt followed by zeros up to ``prefill_length``, in pieces of at most ``PREFILL_CHUNK``
+        tokens, each with its number of real tokens. The padding is causally masked and its cache
+        slots are overwritten by the tokens that follow."""
+        p = np.asarray(self.prompt)
+        out = np.zeros((p.shape[0], self.prefill_length), p.dtype)
+        out[:, : p.shape[1]] = p
+        size = min(self.prefill_length, PREFILL_CHUNK)
+        n = p.shape[1]
+        return [(jax.device_put(out[:, i : i + size]), min(size, n - i))  # device_put: no staging executable
+                for i in range(0, self.prefill_length, size)]  # fmt: skip
+
     def _finish_draws(self, produced: int) -> None:
         """Advance the processor's stream by the tokens sampled and handed out (a speculative
         pipelined draw after EOS does not count)."""
@@ -281,7 +342,16 @@ class Generation:
             return out
 
         t0 = time.perf_counter()
-        tok, _, recent, pos, draw = step(self.prompt)
+        if self.prefill_length > self.prompt.shape[1]:
+            chunks = self._prefill_chunks()
+            for i, (chunk, n) in enumerate(chunks):  # before the last chunk: the sampled token is dropped
+                window = recent if i == len(chunks) - 1 else jax.tree_util.tree_map(jnp.copy, recent)  # (donated)
+                out = fns.fused_padded(params, self.cache, chunk, pos, jnp.int32(n), key, draw, window, penalty)
+                self.cache, pos = out[1], out[3]
+                self.pos += n
+            tok, _, recent, pos, draw = out
+        else:
+            tok, _, recent, pos, draw = step(self.prompt)
         produced = 0
         t1 = 0.0
         while True:
@@ -328,8 +398,13 @@ class Generation:
         tokens = self.prompt
         t0 = time.perf_counter()
         for i in range(self.max_new_tokens):
-            logits, self.cache, pos = fns.logits(self.params, self.cache, tokens, pos)
-            self.pos += tokens.shape[1]
+            if i == 0 and self.prefill_length > tokens.shape[1]:
+                for chunk, n in self._prefill_chunks():
+                    logits, self.cache, pos = fns.logits_padded(self.params, self.cache, chunk, pos, jnp.int32(n))
+                    self.pos += n
+            else:
+                logits, self.cache, pos = fns.logits(self.params, self.cache, tokens, pos)
+                self.pos += tokens.shape[1]
             row = logits[0]
             if self._use_penalty:
                 row = apply_repeat_penalty(row, self.repeat_penalty, context[-self.repeat_last_n :])

@@ -55,6 +55,9 @@ class TextGeneration:
         self.pos = 0
         self.generation: Any = None
         self.history: list[int] = []
+        self.messages: list[dict[str, str]] = []  # the conversation so far (chat_turn)
+        #: pad prompts to bucketed lengths (one compiled prefill per bucket); ``False``: exact lengths
+        self.prefill_buckets: bool | None = None
 
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None,
@@ -97,6 +100,7 @@ class TextGeneration:
     def reset(self) -> None:
         """Forget the conversation: the next call starts a new cache."""
         self.cache, self.pos, self.history, self.generation = None, 0, [], None
+        self.messages = []
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                repeat_last_n: int = 64, continue_cache: bool = False) -> Iterator[str]:  # fmt: skip
@@ -118,7 +122,7 @@ class TextGeneration:
 
         gen = generate(llama.step, self.model, self.cache, ids, max_new_tokens, processor, self.eos_token_ids or None,
                        start_pos=self.pos, context_tokens=self.history, repeat_penalty=repeat_penalty,
-                       repeat_last_n=repeat_last_n)  # fmt: skip
+                       repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
         self.cache = None  # donated to the generation
         self.generation = gen
         out = TokenOutputStream(self.tokenizer)
@@ -132,18 +136,33 @@ class TextGeneration:
                 yield rest
         finally:
             self.cache, self.pos = gen.cache, gen.pos
-            self.history = [*self.history, *ids, *gen.tokens]
+            seq = [*self.history, *ids, *gen.tokens]
+            if gen.finish_reason == "eos":  # the EOS ended the reply (not yielded): the cache may hold it
+                seq.append(gen.last_token)
+            self.history = seq[: gen.pos]  # exactly the tokens the cache holds
 
     def chat_turn(self, message: str, max_new_tokens: int, processor: Any = None, system: str | None = None,
                   **kw: Any) -> Iterator[str]:  # fmt: skip
         """One chat turn: the user ``message`` (after ``system`` on the first turn), prefilled after
-        the conversation already in the cache."""
+        the conversation already in the cache. The chat template renders the whole conversation
+        (``messages``, the replies as generated); only the text after what the cache holds is new."""
         first = self.generation is None or self.cache is None
-        msgs = ([{"role": "system", "content": system}] if system and first else []) + [
-            {"role": "user", "content": message}
-        ]
-        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        return self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
+        if first:
+            self.messages = [{"role": "system", "content": system}] if system else []
+        msgs = [*self.messages, {"role": "user", "content": message}]
+        tok = self.tokenizer
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True)
+        if not first:  # drop what the cache already holds (earlier turns, the last reply and its EOS)
+            held = tok.decode([*self.history, *self.generation.continuation()], skip_special_tokens=False)
+            text = text[_common_prefix_len(text, held) :]
+        ids = tok.encode(text, add_special_tokens=False)
+        yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
+        self.messages = [*msgs, {"role": "assistant", "content": tok.decode(self.generation.tokens)}]
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def processor_from(seed: int, temperature: float | None, top_k: int | None = None,

@@ -132,6 +132,44 @@ def test_greedy_generation_matches_transformers(pair):
     assert ours == ref
 
 
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_chunked_prefill_matches_transformers_and_compiles_once(pair):
+    """Prompts of any length run as 32-token prefill chunks (padded, causally masked); greedy tokens
+    equal transformers', also when a second chat turn continues the cache after a padded prefill."""
+    _name, hf, model, _ = pair
+    rng = np.random.default_rng(5)
+    shapes = []
+
+    def counted(params, cache, tokens, pos, last=None):
+        shapes.append(tuple(tokens.shape))
+        return llama.step(params, cache, tokens, pos, last)
+
+    def ref(ids, n):
+        x = torch.tensor([ids])
+        with torch.no_grad():  # an explicit mask: a prompt may hold id 0, the pad id
+            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)  # fmt: skip
+        return out[0, len(ids):].tolist()
+
+    for n in (17, 20, 23, 45):  # 45: two chunks of 32
+        prompt = rng.integers(0, BASE["vocab_size"], n).tolist()
+        g = generate(counted, model, model.new_cache(1, 64), prompt, 6, Sampling.ArgMax())
+        assert list(g) == ref(prompt, 6)
+        assert g.prefill_length == (32 if n < 32 else 64) and g.pos == n + 5
+    assert shapes == [(1, 32), (1, 1)]  # one padded prefill and one decode step for all the prompts
+    # a second turn continues the cache whose slots after the first prompt held padding
+    p1 = rng.integers(0, BASE["vocab_size"], 18).tolist()
+    g1 = generate(counted, model, model.new_cache(1, 96), p1, 4, Sampling.ArgMax())
+    out1 = list(g1)
+    p2 = rng.integers(0, BASE["vocab_size"], 9).tolist()
+    g2 = generate(counted, model, g1.cache, g1.continuation(p2), 5, Sampling.ArgMax(), start_pos=g1.pos)
+    assert g2.prefill_length == 32
+    assert list(g2) == ref([*p1, *out1, *p2], 5)
+    # the padding must fit the cache: an exact-length prefill otherwise; off on request
+    assert generate(llama.step, model, model.new_cache(1, 30), p1, 2).prefill_length == 18
+    assert generate(llama.step, model, model.new_cache(1, 64), p1, 2, prefill_buckets=False).prefill_length == 18
+
+
 @pytest.mark.parametrize("pair", ["tied_llama3"], indirect=True)
 def test_bf16_load_runs(pair):
     _name, hf, _, d = pair

@@ -85,6 +85,27 @@ def test_greedy_continuation_token_identical(ours, hf, kind):
     assert got == ref, (tok.decode(got), tok.decode(ref))
 
 
+def test_chat_turns_continue_the_cache_like_transformers(ours, hf):
+    """Two chat turns: the second prefills only its new text (the template's default system prompt
+    appears once), padded to a bucket; its greedy reply equals transformers' on the whole history."""
+    from candlejax.pipelines import TextGeneration
+
+    tg = TextGeneration(ours, ours.tokenizer, max_seq_len=256)
+    "".join(tg.chat_turn("What is 2 + 2?", NEW, Sampling.ArgMax()))
+    first = tg.generation
+    before = [*tg.history, *first.continuation()]
+    "".join(tg.chat_turn("And 3 + 3?", NEW, Sampling.ArgMax()))
+    second = tg.generation
+    new_ids = [int(t) for t in np.asarray(second.prompt[0])]
+    tok = ours.tokenizer
+    held = tok.decode([*tg.history, *second.continuation()], skip_special_tokens=False)
+    assert held.count("You are a helpful") == 1, held
+    assert tok.apply_chat_template(tg.messages, add_generation_prompt=False).startswith(held)
+    assert second.prefill_length > len(new_ids)  # padded
+    ref = _hf_greedy(hf, [*before, *new_ids[len(first.continuation()) :]], NEW)
+    assert second.tokens == (ref[: ref.index(2)] if 2 in ref else ref)  # 2: <|im_end|>, the EOS (not yielded)
+
+
 def test_stateful_forward_loop_matches_generate(ours):
     ids = ours.tokenizer.encode(PROMPTS[0])
     logits = ours.forward(jnp.asarray([ids], jnp.uint32), 0)

@@ -3,6 +3,9 @@ prefill + decode driver, and streaming text."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -528,3 +531,64 @@ def test_streaming_generation_same_seed_same_text(byte_tokenizer):
 
     assert run(3) == run(3)
     assert run(3) != run(4)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["buf"], meta_fields=["max_seq_len"])
+@dataclasses.dataclass
+class SlotCache:
+    """A token cache with a fixed number of slots (``max_seq_len``: generate's capacity)."""
+
+    buf: jax.Array
+    max_seq_len: int
+
+
+def make_last_model(seed: int = 0):
+    """The bigram model of :func:`make_model` with a ``last=`` index: the logits of ``tokens[:, last]``,
+    seeing cache slots up to ``pos + last`` only (the causal mask of a real model)."""
+    params, _, plain, _ = make_model(seed)
+    traces: list[tuple[int, ...]] = []
+
+    def step(params, cache, tokens, pos, last=None):
+        tokens = cj.tensor.unwrap(tokens)
+        traces.append(tuple(tokens.shape))
+        last = tokens.shape[1] - 1 if last is None else last
+        buf = jax.lax.dynamic_update_slice(cache.buf, tokens.astype(jnp.int32), (0, pos))
+        valid = jnp.arange(L) <= pos + last
+        hist = jnp.sum(jnp.where(valid[None, :], params["U"][buf], 0.0), axis=1)
+        logits = params["W"][jnp.take(tokens, last, axis=1)] + 0.3 * hist[:, None] * params["U"][None, :]
+        return logits, SlotCache(buf, L)
+
+    return params, lambda: SlotCache(jnp.zeros((1, L), jnp.int32), L), step, plain, traces
+
+
+@pytest.mark.parametrize("processor", [None, "host"])
+def test_generate_pads_prompts_to_buckets(processor):
+    params, fresh, step, plain, traces = make_last_model(6)
+    proc = (lambda t: int(np.argmax(np.asarray(t)))) if processor else None
+    r = np.random.default_rng(0)
+    for n in (17, 19, 23):
+        prompt = r.integers(0, V, n).tolist()
+        want = host_loop(plain, params, {"buf": jnp.zeros((1, L), jnp.int32)}, prompt, 12, lambda x: int(np.argmax(x)))
+        g = generate(step, params, fresh(), prompt, 12, proc)
+        assert list(g) == want and g.prefill_length == 32 and g.pos == n + 11
+        assert list(generate(step, params, fresh(), prompt, 12, proc, prefill_buckets=False)) == want
+    for n in (40, 70):  # longer prompts: chunks of 32 tokens, the last one padded
+        prompt = r.integers(0, V, n).tolist()
+        want = host_loop(plain, params, {"buf": jnp.zeros((1, L), jnp.int32)}, prompt, 5, lambda x: int(np.argmax(x)))
+        g = generate(step, params, fresh(), prompt, 5, proc)
+        assert list(g) == want and g.prefill_length == 32 * -(-n // 32) and g.pos == n + 4
+    assert traces.count((1, 32)) == 1  # one prefill program for all prompt lengths
+    # continuing the cache overwrites the padding's slots
+    whole = list(generate(step, params, fresh(), [2, 3, 4], 20, proc, prefill_buckets=False))
+    g = generate(step, params, fresh(), [2, 3, 4], 6, proc)
+    assert list(g) == whole[:6] and g.prefill_length == 32
+    assert list(generate(step, params, g.cache, g.continuation(), 14, proc, start_pos=g.pos)) == whole[6:]
+    # a bucket that does not fit the cache: the exact length
+    assert generate(step, params, fresh(), list(range(10)), 1, proc, start_pos=70).prefill_length == 10
+
+
+def test_generate_prefill_buckets_need_a_last_argument():
+    params, fresh, step, _ = _SHARED
+    assert generate(step, params, fresh(), [1, 2], 3).prefill_length == 2
+    with pytest.raises(cj.Error, match="last="):
+        generate(step, params, fresh(), [1, 2], 3, prefill_buckets=True)
