@@ -230,6 +230,13 @@ def new_shape_worker(n_shapes: int) -> dict[str, float]:
             model.forward(ids).jax.block_until_ready()
             times.append((time.perf_counter() - t0) * 1e3)
         out["BertModel.forward"] = statistics.median(times)
+        times = []
+        for length in (20, 40, 70):  # lengths in length buckets not run before (32, 64, 128 tokens)
+            ids_new = Tensor.new(rng.integers(1000, 2000, (1, length)).astype(np.uint32))
+            t0 = time.perf_counter()
+            model.forward(ids_new).jax.block_until_ready()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out["BertModel.forward (new bucket)"] = statistics.median(times)
         t0 = time.perf_counter()
         model.forward(ids).jax.block_until_ready()
         out["BertModel.forward (repeat)"] = (time.perf_counter() - t0) * 1e3

@@ -28,12 +28,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
-from candlejax.tensor import unwrap
+from candlejax.tensor import unwrap, wrap
 from candlejax.xla import LARGE_INPUT_OPTIONS, SizeJit
 
 __all__ = [
@@ -360,6 +361,16 @@ class BertPooler(Module):
         return ops.activation(self.dense(unwrap(hidden_states)[:, 0]), "tanh")
 
 
+#: Eager ``BertModel.forward`` pads sequences to a length bucket (see :func:`eager_length_bucket`);
+#: ``CANDLEJAX_SHAPE_BUCKETS=0`` turns this off with the eager ops' shape buckets
+EAGER_LENGTH_BUCKETS = os.environ.get("CANDLEJAX_SHAPE_BUCKETS", "1") != "0"
+
+
+def eager_length_bucket(s: int, limit: int) -> int:
+    """The padded length of an eager ``s``-token forward: 16, 32, 64, ... (at most ``limit``)."""
+    return max(s, min(max(16, 1 << (s - 1).bit_length()), limit))
+
+
 def _mask_bias(attention_mask: Any, dtype: Any) -> Any:
     """0/1 mask ``(B, S)`` -> additive ``(B, 1, 1, S)``: 0 where kept, the dtype's min where masked."""
     m = unwrap(attention_mask)
@@ -423,7 +434,8 @@ class BertModel(Module):
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise errors.UnexpectedDType(DType.U32, to_dtype(ids.dtype), "bert input_ids must be integers")
         if not isinstance(ids, jax.core.Tracer) and ids.size:  # eagerly, name bad ids (jit clamps them)
-            lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+            host = np.asarray(ids)  # (on the host: no reduction compiled per shape)
+            lo, hi = int(host.min()), int(host.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise errors.InvalidIndex("bert input_ids", hi if hi >= self.config.vocab_size else lo,
                                           self.config.vocab_size)  # fmt: skip
@@ -437,12 +449,41 @@ class BertModel(Module):
                 raise errors.UnexpectedShape(f"bert {name} must match input_ids", ids.shape, unwrap(t).shape)
 
     def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
-        """``(B, S)`` ids (and token types, 0/1 mask) -> last hidden states ``(B, S, hidden_size)``."""
+        """``(B, S)`` ids (and token types, 0/1 mask) -> last hidden states ``(B, S, hidden_size)``.
+
+        Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens, so a
+        new sentence length reuses the executables compiled for its bucket instead of compiling its
+        own (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
         ids = unwrap(input_ids)
         self._check(ids, token_type_ids, attention_mask)
+        s = int(ids.shape[1])
+        padded = eager_length_bucket(s, self.config.max_position_embeddings)
+        if EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask):
+            return self._forward_padded(ids, token_type_ids, attention_mask, padded)
+        return self._encode(ids, token_type_ids, attention_mask)
+
+    def _encode(self, ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
         x = self.embeddings(ids, token_type_ids)
         bias = None if attention_mask is None else _mask_bias(attention_mask, unwrap(x).dtype)
         return self.encoder(x, bias)
+
+    def _eager(self, *inputs: Any) -> bool:
+        arrays = [unwrap(self.embeddings.word_embeddings.weight), *(unwrap(t) for t in inputs if t is not None)]
+        return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+    def _forward_padded(self, ids: Any, token_type_ids: Any, attention_mask: Any, padded: int) -> Any:
+        b, s = ids.shape
+        device = next(iter(ids.devices())) if isinstance(ids, jax.Array) else None
+
+        def pad(a: Any) -> Any:  # on the host: no executable per length
+            a = np.asarray(unwrap(a))
+            out = np.zeros((b, padded), a.dtype)
+            out[:, :s] = a
+            return jax.device_put(out, device)
+
+        mask = np.ones((b, s), np.int32) if attention_mask is None else attention_mask
+        out = self._encode(pad(ids), None if token_type_ids is None else pad(token_type_ids), pad(mask))
+        return wrap(jax.device_put(np.asarray(unwrap(out))[:, :s], device))
 
     def pooled_output(self, hidden_states: Any) -> Any:
         """The pooler on ``forward``'s output: ``(B, hidden_size)`` (HF's ``pooler_output``)."""
