@@ -1,9 +1,8 @@
 """Chat turn latency on SmolLM2-135M-Instruct Q4_1: time to the first token of each turn.
 
 Each turn continues the KV cache of the previous ones (``TextGeneration.chat_turn``, the path of
-``candlejax chat``), so only the new message is prefilled. With prefill buckets (the default) a
-message is padded to one of 16, 24, 32, 48, 64, ... tokens and turns of similar length share one
-compiled prefill; ``--no-buckets`` prefills at the exact length (one compile per new length).
+``candlejax chat``), so only the new message is prefilled: in chunks of 32 tokens (the default; one compiled prefill for
+every message length) and, for comparison, at its exact length (one compile per new length).
 Each mode runs in its own fresh process. Reported: the first turn (it also compiles the decode
 step), then the median and maximum over the later turns of the wall time from the call to the
 first text piece, and how many prefill programs were compiled.
