@@ -99,17 +99,10 @@ def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int, stride: int, dilatio
 def _conv_transpose(
     x: Any, w: Any, b: Any, *, nd: int, padding: int, output_padding: int, stride: int, dilation: int, groups: int
 ) -> Any:
-    # w: (c_in, c_out/g, k...) -> (c_out, c_in/g, k...) flipped, then a dilated-input convolution
-    c_in, c_out_g = w.shape[0], w.shape[1]
-    k = w.shape[2:]
-    wg = w.reshape((groups, c_in // groups, c_out_g, *k))
-    wg = jnp.swapaxes(wg, 1, 2).reshape((groups * c_out_g, c_in // groups, *k))
-    wg = jnp.flip(wg, axis=tuple(range(2, 2 + nd)))
-    pads = [(dilation * (kk - 1) - padding, dilation * (kk - 1) - padding + output_padding) for kk in k]
-    y = lax.conv_general_dilated(
-        x, wg, window_strides=(1,) * nd, padding=pads, lhs_dilation=(stride,) * nd,
-        rhs_dilation=(dilation,) * nd, dimension_numbers=_DN[nd], feature_group_count=groups,
-    )  # fmt: skip
+    # the Tensor op (one kernel for both APIs: it also has the fast stride == kernel path)
+    t, k = wrap(x), wrap(w)
+    conv = t.conv_transpose2d if nd == 2 else t.conv_transpose1d
+    y = conv(k, padding, output_padding, stride, dilation, groups)._a
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
     return y

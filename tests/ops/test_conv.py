@@ -116,6 +116,18 @@ def test_conv_transpose2d(rng, p, op, s, d, g):
     )
 
 
+@pytest.mark.parametrize("nd,ks,g", [(2, (2, 2), 1), (2, (3, 2), 2), (1, (3,), 2), (1, (1,), 1)])
+def test_conv_transpose_stride_equal_to_kernel(rng, nd, ks, g):
+    """The product path (stride == kernel, no padding / dilation: SAM's 2x2 upsampling) against torch."""
+    x, k = randn(rng, 2, 4, *((5, 6)[:nd])), randn(rng, 4, 6 // g, *ks)
+    stride = ks if nd == 2 else ks[0]
+    if nd == 2:
+        ours, ref = (lambda x, k: x.conv_transpose2d(k, stride=stride, groups=g)), F.conv_transpose2d
+    else:
+        ours, ref = (lambda x, k: x.conv_transpose1d(k, stride=stride, groups=g)), F.conv_transpose1d
+    check(ours, lambda x, k: ref(x, k, stride=stride, groups=g), [x, k], rng)
+
+
 # --- pooling ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k,s", [(2, None), ((2, 3), None), (3, 1), ((3, 2), (1, 2))])
 def test_pools(rng, k, s):
