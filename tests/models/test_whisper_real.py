@@ -130,6 +130,37 @@ def test_long_audio_streams_in_windows(env):
     assert all(s.end > s.start for s in segs)
 
 
+def test_two_hour_file_streams_with_bounded_memory(env, tmp_path):
+    """A 2-hour WAV (230 MB of 16-bit samples; 460 MB as f32, 2.3 GB of mel frames at 80 x 720,000):
+    the first segment comes from the first window while resident memory stays far below the file."""
+    import struct
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    rate, seconds = 16000, 2 * 3600
+    speech = (np.clip(cj_audio.read_audio(env["clips"]["fox"]), -1, 1) * 32767).astype("<i2")
+    n = rate * seconds
+    path = tmp_path / "two_hours.wav"
+    with open(path, "wb") as f:  # a PCM WAV header, the clip, then silence (written in 16 MB blocks)
+        f.write(b"RIFF" + struct.pack("<I", 36 + 2 * n) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate,
+                2 * rate, 2, 16) + b"data" + struct.pack("<I", 2 * n))  # fmt: skip
+        f.write(speech.tobytes())
+        left, block = n - speech.size, np.zeros(8 * 2**20, "<i2").tobytes()
+        while left > 0:
+            k = min(left, 8 * 2**20)
+            f.write(block[: 2 * k])
+            left -= k
+    before = rss_mib()
+    gen = whisper.transcribe(env["model"], str(path), temperature=0.0)
+    first = next(gen)
+    grown = rss_mib() - before
+    gen.close()
+    assert "lazy dog" in first.text and first.start < 5
+    assert grown < 150, f"resident memory grew by {grown:.0f} MiB for the first window of a 2-hour file"
+
+
 def test_bad_input_gives_candlejax_errors(env, tmp_path):
     m = env["model"]
     (tmp_path / "empty.wav").write_bytes(b"")
