@@ -327,8 +327,14 @@ def step(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor
     return logits, state
 
 
-step_jit = jax.jit(step, donate_argnums=(1,))
-warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+_step_donating = jax.jit(step, donate_argnums=(1,))
+
+
+def step_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
+    """:func:`step` compiled, the state's buffers donated (updated in place where XLA can)."""
+    with warnings.catch_warnings():  # the cross-attention keys/values pass through: not reusable
+        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+        return _step_donating(decoder, state, tokens)
 
 
 class Whisper(Module):
