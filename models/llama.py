@@ -45,7 +45,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.loading import check_architecture
-from candlejax.nn import Embedding, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
+from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
 from candlejax.nn.var_builder import VarBuilder
 from candlejax.tensor import unwrap, wrap
@@ -286,22 +286,8 @@ class Block(Module):
 # ------------------------------------------------------------------------------------------------
 # the model
 # ------------------------------------------------------------------------------------------------
-class Attached:
-    """Host-side data attached to a model (its tokenizer, the stateful ``forward``'s cache): a
-    static field that never changes the pytree's structure (every instance compares equal)."""
-
-    __slots__ = ("cache", "owner", "value")
-
-    def __init__(self, value: Any = None) -> None:
-        self.value = value
-        self.cache: Cache | None = None
-        self.owner = 0
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Attached)
-
-    def __hash__(self) -> int:
-        return 0
+#: the host-side state holder (kept under its earlier name)
+Attached = HostState
 
 
 class Llama(Module):
@@ -425,10 +411,7 @@ class Llama(Module):
         index_pos = int(index_pos)
         self.check_positions(index_pos, s)
         _check_ids(t, self.config.vocab_size)
-        st = self._forward_state
-        if st.owner != id(self):  # a copy made by a tree transformation: a cache of its own
-            st = self._forward_state = Attached()
-            st.owner = id(self)
+        st = HostState.of(self)  # a copy made by a tree transformation gets a cache of its own
         c, need = st.cache, index_pos + s
         if c is None or c.batch != b or c.max_seq_len < need:
             size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)

@@ -70,6 +70,7 @@ from candlejax.nn.ops import Identity
 from candlejax.nn.rnn import GRU, LSTM, Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, gru, lstm
 from candlejax.nn.rotary import RotaryEmbedding
 from candlejax.nn.sequential import Func, FuncT, Sequential, func, func_t, seq
+from candlejax.nn.state import HostState
 from candlejax.nn.var_builder import SimpleBackend, VarBuilder
 from candlejax.nn.var_map import VarMap
 
@@ -79,7 +80,7 @@ __all__ = [
     "ConvTranspose2dConfig", "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "Direction", "Dropout",
     "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity", "Init",
     "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
-    "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "RmsNorm", "RotaryEmbedding",
+    "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "RmsNorm", "RotaryEmbedding",
     "RotatingKvCache", "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder", "VarMap", "ZERO",
     "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",

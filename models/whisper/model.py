@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import weakref
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -35,6 +34,7 @@ from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
     Embedding,
+    HostState,
     KvCache,
     LayerNorm,
     Linear,
@@ -215,6 +215,7 @@ class TextDecoder(Module):
     def __init__(self, token_embedding: Embedding, positional_embedding: Tensor, blocks: list, ln: LayerNorm):
         self.token_embedding, self.positional_embedding = token_embedding, positional_embedding
         self.blocks, self.ln = list(blocks), ln
+        self._forward_state = HostState()  # the stateful forward's decoding state
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> TextDecoder:
@@ -235,11 +236,10 @@ class TextDecoder(Module):
         ids = np.asarray(x)
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "whisper decoder: tokens (batch, seq)")
-        st = _STATES.get(self)
-        if flush_kv_cache or st is None:
-            st = _STATES[self] = new_state(self, xa)
-        h, _, new = _jit_hidden(self, st, jnp.asarray(ids, jnp.int32))
-        _STATES[self] = new
+        st = HostState.of(self)
+        if flush_kv_cache or st.value is None:
+            st.value = new_state(self, xa)
+        h, _, st.value = _jit_hidden(self, st.value, jnp.asarray(ids, jnp.int32))
         return h
 
     def final_linear(self, x: Tensor) -> Tensor:
@@ -250,10 +250,7 @@ class TextDecoder(Module):
                                                    preferred_element_type=xa.dtype))  # fmt: skip
 
     def reset_kv_cache(self) -> None:
-        _STATES.pop(self, None)
-
-
-_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._forward_state = HostState()
 
 
 class DecoderState(Module):
