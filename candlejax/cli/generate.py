@@ -61,8 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split the model over N devices (--model only; CPU: N simulated devices)")  # fmt: skip
 
 
-def load(args: argparse.Namespace, max_seq_len: int | None) -> Any:
-    """The :class:`~candlejax.pipelines.TextGeneration` for ``--gguf`` / ``--model``."""
+def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None) -> Any:
+    """The :class:`~candlejax.pipelines.TextGeneration` for ``--gguf`` / ``--model`` (``mesh``: the
+    weights load straight onto their tensor-parallel shards)."""
     from candlejax.pipelines import TextGeneration
 
     if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
@@ -70,7 +71,7 @@ def load(args: argparse.Namespace, max_seq_len: int | None) -> Any:
     if args.gguf:
         return TextGeneration.from_gguf(args.gguf, tokenizer=args.tokenizer, max_seq_len=max_seq_len)
     return TextGeneration.from_pretrained(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
-                                          max_seq_len=max_seq_len)  # fmt: skip
+                                          max_seq_len=max_seq_len, mesh=mesh)  # fmt: skip
 
 
 class Timer:
@@ -102,9 +103,7 @@ def run(args: argparse.Namespace) -> int:
             raise errors.Msg("--tensor-parallel works with --model (safetensors weights), not --gguf")
         distributed.request_host_devices(tp)  # CPU-only machines: simulated devices
     t0 = time.perf_counter()
-    tg = load(args, args.max_seq_len)
-    if tp > 1:
-        tg.model = distributed.tensor_parallel(tg.model, tp, distributed.llama_tp_rules)
+    tg = load(args, args.max_seq_len, distributed.model_mesh(tp) if tp > 1 else None)
     load_s = time.perf_counter() - t0
     ids = tg.encode(args.prompt, chat=args.chat, system=args.system)
     if args.max_seq_len is None:

@@ -295,8 +295,8 @@ def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
     return shard(tree, sh.mesh, rules if "model" in sh.mesh.shape else "replicate")
 
 
-def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
-    """``model`` split over a ``{"model": n}`` mesh of the first ``n`` devices."""
+def model_mesh(n: int) -> Any:
+    """A ``{"model": n}`` mesh of the first ``n`` devices (tensor parallelism)."""
     from candlejax.distributed._mesh import mesh
 
     devs = jax.devices()
@@ -305,7 +305,12 @@ def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
             f"tensor parallel over {n} devices, but {len(devs)} are visible; on a CPU-only machine start Python"
             f" with XLA_FLAGS=--xla_force_host_platform_device_count={n}"
         )
-    return shard(model, mesh({"model": n}, devs[:n]), rules)
+    return mesh({"model": n}, devs[:n])
+
+
+def tensor_parallel(model: Any, n: int, rules: RuleSet) -> Any:
+    """``model`` split over a ``{"model": n}`` mesh of the first ``n`` devices."""
+    return shard(model, model_mesh(n), rules)
 
 
 def device_mismatch(op: str, names: Sequence[str], params: Sequence[Any], batch: Any) -> ShardingError:

@@ -72,14 +72,14 @@ class TextGeneration:
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None, tokenizer: str | None = None,
-                        **kw: Any) -> TextGeneration:  # fmt: skip
+                        mesh: Any = None, **kw: Any) -> TextGeneration:  # fmt: skip
         from candlejax.models import llama
         from candlejax.tokenizer import load_tokenizer
 
         if os.sep in os.fspath(path) or os.fspath(path).startswith("."):
             if not os.path.isdir(path):
                 raise errors.Msg(f"no such folder: {os.fspath(path)!r}")
-        model = llama.Llama.from_pretrained(path, dtype=dtype, device=device)
+        model = llama.Llama.from_pretrained(path, dtype=dtype, device=device, mesh=mesh)  # mesh: onto shards
         tok_path = tokenizer or model.tokenizer_path
         if tok_path is None:
             raise errors.Msg(f"no tokenizer.json found for {os.fspath(path)}; pass a tokenizer")
