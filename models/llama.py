@@ -44,6 +44,7 @@ from jax import lax
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
+from candlejax.generation import PREFILL_CHUNK, generate, prefill_bucket
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
@@ -412,7 +413,12 @@ class Llama(Module):
         self.check_positions(index_pos, s)
         _check_ids(t, self.config.vocab_size)
         st = HostState.of(self)  # a copy made by a tree transformation gets a cache of its own
-        c, need = st.cache, index_pos + s
+        # several tokens run in 32-token chunks, the last padded (one compiled program for every
+        # prompt length; the padding is causally masked and later tokens overwrite its cache slots)
+        padded = prefill_bucket(s) if s > 1 else s
+        if index_pos + padded > self.max_position_embeddings:
+            padded = s
+        c, need = st.cache, index_pos + padded
         if c is None or c.batch != b or c.max_seq_len < need:
             size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)
             if c is not None and c.batch == b and index_pos > 0:
@@ -420,7 +426,16 @@ class Llama(Module):
             else:
                 c = self.new_cache(b, size)
         st.cache = None  # donated below
-        logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
+        if padded == s:
+            logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
+            return wrap(logits)
+        ids = np.zeros((b, padded), np.uint32)
+        ids[:, :s] = np.asarray(t)
+        for start in range(0, padded, PREFILL_CHUNK):
+            last = min(PREFILL_CHUNK, s - start) - 1
+            logits, c = _jit_step(self, c, jax.device_put(ids[:, start : start + PREFILL_CHUNK]),
+                                  jnp.int32(index_pos + start), jnp.int32(last))  # fmt: skip
+        st.cache = c
         return wrap(logits)
 
     __call__ = forward
@@ -435,8 +450,6 @@ class Llama(Module):
         the prompt and ``max_new_tokens`` (``max_seq_len`` caps it; at most
         ``max_position_embeddings``); yields token ids as they come. A full cache ends the
         generation with ``finish_reason == "cache_full"``; a prompt longer than it raises."""
-        from candlejax.generation import generate
-
         n = len(prompt_tokens) + int(max_new_tokens)
         size = min(max_seq_len or _round_up(n, 128), self.max_position_embeddings)
         self.check_positions(int(kwargs.get("start_pos", 0)), len(prompt_tokens))

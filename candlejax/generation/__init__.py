@@ -11,7 +11,15 @@ Sketch (needs a model)::
         ...
 """
 
-from candlejax.generation.generate import DecodeFns, Generation, StepFn, decode_fns, generate
+from candlejax.generation.generate import (
+    PREFILL_CHUNK,
+    DecodeFns,
+    Generation,
+    StepFn,
+    decode_fns,
+    generate,
+    prefill_bucket,
+)
 from candlejax.generation.penalty import (
     RecentTokens,
     apply_repeat_penalty,
@@ -38,6 +46,7 @@ from candlejax.generation.stream import TokenOutputStream
 
 __all__ = [
     "MIN_TEMPERATURE",
+    "PREFILL_CHUNK",
     "All",
     "ArgMax",
     "DecodeFns",
@@ -57,6 +66,7 @@ __all__ = [
     "decode_fns",
     "generate",
     "normalize_sampling",
+    "prefill_bucket",
     "sample_jax",
     "sampling_from_args",
     "sampling_key",
