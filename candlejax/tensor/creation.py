@@ -576,7 +576,7 @@ class CreationMixin(TensorBase):
             raise errors.OpRequiresAtLeastTwoTensors("meshgrid")
         arrs = []
         for t in ts:
-            a = t._a if isinstance(t, TensorBase) else as_jax_array(t, None, "meshgrid")
+            a = as_jax_array(t, None, "meshgrid")
             if a.ndim != 1:
                 raise errors.UnexpectedNumberOfDims(1, a.ndim, a.shape, "meshgrid")
             arrs.append(a)
