@@ -8,6 +8,9 @@
 (2, 64)
 
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle).
+The 32-value block types (``BLOCKED_TYPES``) can be held unpacked as a ``BlockedWeight``
+(``unpack_blocked`` from the file's bytes; ``aligned_empty`` / ``place_aligned`` hand host arrays to
+the CPU runtime without a copy), as the GGUF LLaMA loader does.
 """
 
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
