@@ -363,11 +363,11 @@ def s3_mlp(d: dict) -> None:
             xs, ys = Tensor.new(xs_np, DEV), Tensor.new(ys_np, DEV)
             for _ in range(2 if A.tiny else 10):
                 m, st, loss = opt.backward_step(lf, m, st, xs, ys)
-            jax.block_until_ready(loss._a)
+            jax.block_until_ready(loss.jax)
             t = time.perf_counter()
             for _ in range(n):
                 m, st, loss = opt.backward_step(lf, m, st, xs, ys)
-            jax.block_until_ready(loss._a)
+            jax.block_until_ready(loss.jax)
             d[f"cj_{name}_steps_s"] = n / (time.perf_counter() - t)
         finally:
             cj.set_gemm_reduced_precision_f32(False)

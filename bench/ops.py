@@ -50,7 +50,7 @@ def _cases(lib: str):
         from candlejax.nn import ops as nn_ops
 
         x, y, X, Y = (Tensor.new(v) for v in (a64, b64, a1k, b1k))
-        sync = lambda t: t._a.block_until_ready()  # noqa: E731
+        sync = lambda t: t.jax.block_until_ready()  # noqa: E731
         return sync, {
             "add": lambda: x.add(y),
             "mul": lambda: x.mul(y),

@@ -52,13 +52,13 @@ def worker(n: int, batch: int, steps: int, new: int) -> dict:
 
     for _ in range(10):
         model, state, loss = opt.backward_step(loss_fn, model, state, x, y)
-    loss._a.block_until_ready()
+    loss.jax.block_until_ready()
     runs = []
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(steps):
             model, state, loss = opt.backward_step(loss_fn, model, state, x, y)
-        loss._a.block_until_ready()
+        loss.jax.block_until_ready()
         runs.append(steps / (time.perf_counter() - t))
     out["dp_steps_s"] = statistics.median(runs)
     cfg = llama.Config.from_dict(dict(hidden_size=256, intermediate_size=688, num_attention_heads=8,

@@ -182,7 +182,7 @@ def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], arg
             x, y = data[i % len(data)]
             return bopt.backward_step(loss_fn, net, x, y)
 
-        return bstep, lambda t: t._a.block_until_ready(), lambda t: float(t.to_scalar()), _jax_info()
+        return bstep, lambda t: t.jax.block_until_ready(), lambda t: float(t.to_scalar()), _jax_info()
 
     vb = VarBuilder.from_tensors(dict(weights), DType.F32, Device.Cpu)
     net = Mlp(vb) if model == "mlp" else Cnn(vb)
@@ -201,7 +201,7 @@ def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], arg
         net, state, loss = opt.backward_step(loss_fn, net, state, x, y)
         return loss
 
-    return step, lambda t: t._a.block_until_ready(), lambda t: float(t.to_scalar()), _jax_info()
+    return step, lambda t: t.jax.block_until_ready(), lambda t: float(t.to_scalar()), _jax_info()
 
 
 def setup_flax(model: str, weights: dict[str, Any], batches: list[Any], args: Any, cached: bool) -> Setup:

@@ -46,11 +46,11 @@ def _nhwc_forward(net):
     import jax.numpy as jnp
 
     def conv(cb, x):
-        w = jnp.transpose(cb.conv.weight._a, (2, 3, 1, 0))  # OIHW -> HWIO
+        w = jnp.transpose(cb.conv.weight.jax, (2, 3, 1, 0))  # OIHW -> HWIO
         c = cb.conv.config
         y = jax.lax.conv_general_dilated(x, w, (c.stride,) * 2, [(c.padding, c.padding)] * 2,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
-        return y + cb.conv.bias._a
+        return y + cb.conv.bias.jax
 
     def f(net, x):
         x = jax.nn.relu(conv(net.stem, jnp.transpose(x, (0, 2, 3, 1))))
@@ -63,7 +63,7 @@ def _nhwc_forward(net):
                 y = conv(b.conv3, y)
                 x = jax.nn.relu(y + (x if b.downsample is None else conv(b.downsample, x)))
         x = x.mean((1, 2))
-        return x @ net.fc.weight._a.T + net.fc.bias._a
+        return x @ net.fc.weight.jax.T + net.fc.bias.jax
 
     return jax.jit(f)
 
@@ -85,7 +85,7 @@ def bench_resnet(batches: list[int], repeats: int, compile_torch: bool) -> list[
         save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, f"{d}/r50.safetensors")
         vb = VarBuilder.from_mmaped_safetensors([f"{d}/r50.safetensors"], DType.F32, Device.Cpu)
         net = resnet.resnet50(1000, vb.rename_f(resnet.hf_to_torchvision))
-    fwd = jax.jit(lambda m, x: m.forward(Tensor(x))._a)
+    fwd = jax.jit(lambda m, x: m.forward(Tensor(x)).jax)
     nhwc = _nhwc_forward(net)
     tc = torch.compile(hf) if compile_torch else None
     rows = []

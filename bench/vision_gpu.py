@@ -72,7 +72,7 @@ def main() -> None:
         for dt, tdt in ((DType.F32, torch.float32), (DType.BF16, torch.bfloat16)):
             vb = VarBuilder.from_mmaped_safetensors([f"{d}/r50.safetensors"], dt, Device.cuda_if_available(0))
             net = resnet.resnet50(1000, vb.rename_f(resnet.hf_to_torchvision))
-            fwd = jax.jit(lambda m, x: m.forward(Tensor(x))._a)
+            fwd = jax.jit(lambda m, x: m.forward(Tensor(x)).jax)
             nhwc = bv._nhwc_forward(net)
             th = hf.to("cuda", tdt)
             tc = torch.compile(th)

@@ -18,16 +18,17 @@ from typing import Any, TypeVar
 
 import jax
 import numpy as np
-from jax._src import core as _jcore
 
-from candlejax import errors
+from candlejax import _jax_private, errors
+from candlejax.device import Device
 
 _RuntimeError = jax.errors.JaxRuntimeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: True when no JAX trace is active (plain eager Python). ~0.2 µs.
-is_eager: Callable[[], bool] = _jcore.trace_state_clean
+#: True when no JAX trace is active (plain eager Python). ~0.2 µs (JAX's own check; through public
+#: JAX when candlejax._jax_private cannot use it).
+is_eager: Callable[[], bool] = _jax_private.is_eager
 
 Tracer = jax.core.Tracer
 
@@ -74,9 +75,6 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
 
 def device_mismatch(op_name: str, arrays: Any) -> Exception:
     """Candle's ``DeviceMismatchBinaryOp`` for an op whose inputs live on two devices (naming both)."""
-    from candlejax import errors
-    from candlejax.device import Device
-
     seen = []
     for a in jax.tree_util.tree_leaves(arrays):
         try:
@@ -89,6 +87,8 @@ def device_mismatch(op_name: str, arrays: Any) -> Exception:
     if len(seen) < 2:
         return errors.Msg(f"{op_name}: inputs on incompatible devices (move them with .to_device(...))")
     return errors.DeviceMismatchBinaryOp(seen[0], seen[1], op_name)
+
+
 # --- shape buckets for eager elementwise ops ------------------------------------------------------
 #: Eager elementwise ops on a new CPU shape run at a bucketed 1-D length (padded on the host, sliced
 #: back) instead of compiling an XLA executable for the exact shape (~20-30 ms on XLA:CPU each).
@@ -165,10 +165,10 @@ def _run_bucketed(jitted: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sh
 def bucketed(jitted: Any) -> Callable[..., Any]:
     """``jitted`` (an elementwise ``jax.jit``) behind the shape buckets described above.
 
-    Where JAX's C++ jit object can be rebuilt with another cache-miss handler (this JAX version's
-    internals, checked at import), the buckets live in that handler, so a call whose shapes are
-    compiled takes JAX's C++ fast path untouched. Otherwise a small Python gate keyed on the avals
-    does the same (~0.2 µs per call).
+    Where JAX's C++ jit object can be rebuilt with another cache-miss handler
+    (:func:`candlejax._jax_private.rebuild_jit`: this JAX version's internals), the buckets live in
+    that handler, so a call whose shapes are compiled takes JAX's C++ fast path untouched. Otherwise
+    a small Python gate keyed on the avals does the same (~0.2 µs per call).
     """
     counts: dict[Any, int] = {}
     promoted: set[Any] = set()
@@ -196,7 +196,10 @@ def bucketed(jitted: Any) -> Callable[..., Any]:
         counts[key] = c
         return _run_bucketed(jitted, args, kwargs, *plan), False
 
-    fast = _cpp_jit_with_miss_hook(jitted, on_miss)
+    def hook(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, bool]:
+        return on_miss(args, kwargs) if is_eager() else (None, False)
+
+    fast = _jax_private.rebuild_jit(jitted, hook)
     if fast is not None:
         return fast
     seen: set[Any] = set()
@@ -222,59 +225,3 @@ def bucketed(jitted: Any) -> Callable[..., Any]:
         return jitted(a, *rest, **kwargs)
 
     return call
-
-
-_CPP_CACHE: list[Any] = []
-
-
-def _cpp_jit_with_miss_hook(jitted: Any, hook: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, bool]]) -> Any:
-    """A copy of JAX's C++ jit object for ``jitted`` whose cache misses first ask ``hook``.
-
-    A result from the hook is returned without fast-path data, which makes JAX's C++ cache send
-    later calls with those shapes back to this handler (so they keep bucketing). When the hook
-    promotes shapes to their exact executable, this object's C++ cache is cleared (dropping those
-    entries) and JAX's own miss handler runs: the next call caches the exact executable's fast path.
-    ``None`` when this JAX version's internals differ from the ones used here.
-    """
-    try:
-        from jax._src import pjit as _pjit
-        from jax._src import tree_util as _tu
-        from jax._src.interpreters import pxla
-        from jax._src.lib import _jax
-
-        info, fun, miss = jitted._jit_info, jitted._fun, jitted._cache_miss
-        key = pxla.JitGlobalCppCacheKeys(
-            donate_argnums=info.donate_argnums, donate_argnames=info.donate_argnames,
-            device=info.device, backend=info.backend,
-            in_shardings_treedef=info.in_shardings_treedef, in_shardings_leaves=info.in_shardings_leaves,
-            out_shardings_treedef=info.out_shardings_treedef, out_shardings_leaves=info.out_shardings_leaves,
-            in_layouts_treedef=info.in_layouts_treedef, in_layouts_leaves=info.in_layouts_leaves,
-            out_layouts_treedef=info.out_layouts_treedef, out_layouts_leaves=info.out_layouts_leaves,
-            compiler_options_kvs=info.compiler_options_kvs,
-        )
-        if not _CPP_CACHE:
-            _CPP_CACHE.append(_jax.PjitFunctionCache(capacity=4096))
-        holder: list[Any] = []
-
-        def cache_miss(*args: Any, **kwargs: Any) -> Any:
-            if _jcore.trace_state_clean():
-                out, promote = hook(args, kwargs)
-                if out is not None:
-                    return out, None, False
-                if promote:
-                    holder[0]._clear_cache()
-            return miss(*args, **kwargs)
-
-        f = _jax.pjit(
-            _pjit.fun_name(fun), fun, cache_miss, info.static_argnums, info.static_argnames, key,
-            _tu.dispatch_registry, pxla.cc_shard_arg, _CPP_CACHE[0],  # ours: JAX's global one is shared
-        )
-        holder.append(f)
-        return f if _works(f, jitted) else None
-    except Exception:  # another JAX version: fall back to the Python gate
-        return None
-
-
-def _works(f: Any, jitted: Any) -> bool:
-    """The rebuilt object runs and caches like JAX's: two calls on a fresh shape, one cache entry."""
-    return hasattr(f, "_clear_cache") and hasattr(f, "_cache_size")

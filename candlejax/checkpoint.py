@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax import random as cj_random
 from candlejax.io import safetensors as st
-from candlejax.tensor._core import TensorBase
+from candlejax.tensor._core import TensorBase, unwrap
 
 FORMAT = "candlejax.checkpoint/1"
 _META_KEY = "candlejax.checkpoint"
@@ -68,12 +68,8 @@ def _named_leaves(model: Any) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _array(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else x
-
-
 def _host(x: Any, what: str) -> np.ndarray:
-    a = _array(x)
+    a = unwrap(x)
     if getattr(a, "is_deleted", None) is not None and a.is_deleted():
         raise CheckpointError(
             f"checkpoint save: {what} was donated to an optimizer step and no longer exists; save the model"
@@ -192,8 +188,8 @@ def restore(
         )
     repl: dict[int, Any] = {}
     for name, _, leaf in named:
-        a = _array(model_keys[name])
-        want = _array(leaf)
+        a = unwrap(model_keys[name])
+        want = unwrap(leaf)
         if tuple(a.shape) != tuple(want.shape):
             raise CheckpointError(
                 f"checkpoint {path}: {name} has shape {errors.fmt_shape(a.shape)}, the model expects"
@@ -219,7 +215,7 @@ def restore(
             )
         new_leaves = []
         for i, want in enumerate(leaves):
-            a = _array(saved[f"optim/{i}"])
+            a = unwrap(saved[f"optim/{i}"])
             if hasattr(want, "dtype") and jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
                 a = jax.random.wrap_key_data(a, impl=jax.random.key_impl(want))
             elif tuple(a.shape) != tuple(np.shape(want)):

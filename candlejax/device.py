@@ -12,7 +12,8 @@ from typing import Any
 
 import jax
 
-from candlejax import errors
+from candlejax import errors, random
+from candlejax.dtype import DType
 
 
 @functools.cache
@@ -21,6 +22,23 @@ def _gpus() -> tuple[Any, ...]:
         return tuple(jax.devices("gpu"))
     except RuntimeError:
         return ()
+
+
+_single: list[bool] = []
+
+
+def single_device() -> bool:
+    """Whether JAX sees exactly one device (one CPU, no GPU), so cross-device checks can be skipped.
+    Cached; :func:`refresh_device_count` forgets it."""
+    if not _single:
+        _single.append(len(jax.devices()) == 1 and len(jax.devices("cpu")) == 1)
+    return _single[0]
+
+
+def refresh_device_count() -> None:
+    """Forget the cached :func:`single_device` answer (``cj.distributed.initialize`` calls this once
+    more devices are visible)."""
+    _single.clear()
 
 
 def _local_cpus() -> list[Any]:
@@ -149,8 +167,6 @@ class Device(metaclass=_DeviceMeta):
         return self.kind == "cuda"
 
     def bf16_default_to_f32(self) -> Any:
-        from candlejax.dtype import DType
-
         return DType.BF16 if self.kind == "cuda" else DType.F32
 
     def synchronize(self) -> None:
@@ -162,13 +178,9 @@ class Device(metaclass=_DeviceMeta):
     # --- randomness --------------------------------------------------------------------------
     def set_seed(self, seed: int) -> None:
         """Seed this device's generator (``device.set_seed(42)``); works on the CPU too."""
-        from candlejax import random
-
         random.set_seed(self, seed)
 
     def get_current_seed(self) -> int:
-        from candlejax import random
-
         return random.get_seed(self)
 
     # --- dunder ------------------------------------------------------------------------------

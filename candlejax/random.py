@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
-from candlejax._dispatch import is_eager
+from candlejax._jax_private import is_eager
 
 DEFAULT_SEED = 299792458
 

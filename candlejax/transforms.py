@@ -27,7 +27,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.nn.module import Var
 from candlejax.nn.module import _Static as _StaticValue
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
 
@@ -170,7 +170,7 @@ def _check_diff(diff: Any) -> None:
 
 
 def _scalar(out: Any, what: str) -> Any:
-    a = out._a if isinstance(out, TensorBase) else out
+    a = unwrap(out)
     shape = getattr(a, "shape", ())
     if shape not in ((), (1,)):
         raise errors.InvalidShape(

@@ -20,7 +20,7 @@ Two GGUF details matter:
   rotate interleaved pairs ``(x[2i], x[2i+1])`` instead of the two halves transformers rotates.
   The model therefore applies ``rope_i`` (interleaved) to GGUF weights; q·k is unchanged because
   q and k carry the same permutation, and v / the output projection are not permuted.
-* Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as :class:`candlejax.quantized.blocked.BlockedWeight`
+* Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as :class:`candlejax.quantized.BlockedWeight`
   (one byte per value plus f16 block scales/offsets, bit-identical values), the layout
   :class:`candlejax.quantized.QMatMul` uses: XLA fuses the expansion into the matrix-vector
   product of a decode step, so it reads ~1.1 bytes per weight. Other GGML types are kept packed
@@ -59,9 +59,15 @@ from candlejax.models.llama import (
     step,
 )
 from candlejax.nn.quantized import QEmbedding, QLinear, QRmsNorm
-from candlejax.quantized import QMatMul, QTensor
-from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
-from candlejax.quantized.blocked import BlockedWeight, aligned_empty, place, unpack
+from candlejax.quantized import (
+    BLOCKED_TYPES,
+    BlockedWeight,
+    QMatMul,
+    QTensor,
+    aligned_empty,
+    place_aligned,
+    unpack_blocked,
+)
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "Cache", "ModelWeights", "QEmbedding", "QLinear", "config_from_gguf",
            "forward_all", "step"]  # fmt: skip
@@ -267,7 +273,7 @@ class ModelWeights(Llama):
                 w = np.asarray(QTensor.from_data(raw, i.ggml_dtype, i.shape).dequantize().jax)
                 return QLinear(w.astype(np.float16 if dequantize == "f16" else np.float32))
             if i.ggml_dtype in BLOCKED_TYPES and len(i.shape) == 2:
-                q, scale, offset = unpack(raw, i.ggml_dtype, tuple(i.shape))
+                q, scale, offset = unpack_blocked(raw, i.ggml_dtype, tuple(i.shape))
                 return QLinear(BlockedWeight(q, scale, offset, i.ggml_dtype))
             return QLinear.from_qmatmul(QMatMul.from_qtensor(QTensor.from_data(raw, i.ggml_dtype, i.shape, dev)))
 
@@ -367,8 +373,8 @@ def _tokenizer(content: Any) -> Any:
 
 
 def _to_device(tree: Any, dev: Device) -> Any:
-    """Host leaves onto ``dev`` (shared, not copied, where :func:`~candlejax.quantized.blocked.place` can)."""
-    return jax.tree_util.tree_map(lambda a: place(a, dev.jax_device), tree)
+    """Host leaves onto ``dev`` (shared, not copied, where :func:`~candlejax.quantized.place_aligned` can)."""
+    return jax.tree_util.tree_map(lambda a: place_aligned(a, dev.jax_device), tree)
 
 
 def _release_pages(content: Any) -> None:
@@ -443,7 +449,7 @@ def _stack(n: int, get: Any, dev: Device) -> Any:
             stacked[j][i] = x
     out = []
     for j in range(len(stacked)):
-        out.append(place(stacked[j], dev.jax_device))
+        out.append(place_aligned(stacked[j], dev.jax_device))
         stacked[j] = None  # type: ignore[call-overload]
     return jax.tree_util.tree_unflatten(struct, out)
 

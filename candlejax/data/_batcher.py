@@ -21,7 +21,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.data._dataset import BatchSizeError, EmptyDatasetError, as_dataset, stack_examples
 from candlejax.device import Device
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import unwrap, wrap
 
 _DONE = object()
 
@@ -232,7 +232,7 @@ class IterBatcher:
 def _device_of(data: Any) -> Device:
     """The device of a dataset given as Tensors / jax arrays (its first field); Cpu for host data."""
     first = data[0] if isinstance(data, (tuple, list)) and data else data
-    a = getattr(first, "_a", first)
+    a = unwrap(first)
     if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
         devs = a.devices()
         if len(devs) == 1:

@@ -18,6 +18,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import DType, check_width, from_array_dtype
+from candlejax.tensor._core import unwrap
 
 
 class EmptyDatasetError(errors.Error):
@@ -44,9 +45,7 @@ class Dataset(Protocol):
 
 def _host_array(x: Any, what: str) -> np.ndarray:
     """A numpy view of a Tensor / jax array / numpy array / nested list, 64-bit dtypes checked."""
-    if hasattr(x, "_a"):  # candlejax Tensor
-        x = x._a
-    a = np.asarray(x)
+    a = np.asarray(unwrap(x))
     if a.dtype == np.bool_:
         a = a.astype(np.uint8)
     if a.dtype.kind in "iu" and a.dtype.itemsize == 8 and not _x64():

@@ -23,7 +23,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import unwrap, wrap
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): data is big-endian.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -67,7 +67,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def write_idx(path: str | os.PathLike[str], array: Any, *, compress: bool = False) -> None:
     """Write ``array`` (u8, i8, i16, i32, f32 or f64) as an IDX file (gzip-compressed if asked)."""
-    a = np.asarray(array._a if hasattr(array, "_a") else array)
+    a = np.asarray(unwrap(array))
     code = _IDX_CODES.get(a.dtype.newbyteorder("="))
     if code is None:
         raise IdxError(f"write_idx: dtype {a.dtype} has no IDX type code (u8, i8, i16, i32, f32, f64)")

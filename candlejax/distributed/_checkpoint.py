@@ -9,7 +9,8 @@ import jax
 from jax.sharding import NamedSharding
 
 from candlejax import checkpoint as _ckpt
-from candlejax.distributed._shard import _array, _is_leaf, _place, _rebuild, named_leaves, to_host
+from candlejax.distributed._shard import _is_leaf, _place, _rebuild, named_leaves, to_host
+from candlejax.tensor import unwrap
 
 
 def save(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> None:
@@ -53,8 +54,8 @@ def _like(loaded: Any, template: Any) -> Any:
     dst = [leaf for _, leaf in named_leaves(template)]
     placed = {}
     for s, d in zip(src, dst):
-        sh = getattr(_array(d), "sharding", None)
-        a = _array(s)
+        sh = getattr(unwrap(d), "sharding", None)
+        a = unwrap(s)
         if isinstance(sh, NamedSharding) or (sh is not None and jax.process_count() == 1):
             a = _place(a, sh)
         placed[id(s)] = _rebuild(s, a)

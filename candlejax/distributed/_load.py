@@ -76,8 +76,8 @@ class MeshBackend(SimpleBackend):
 def on_mesh(vb: VarBuilder, mesh: Mesh, rules: RuleSet) -> VarBuilder:
     """``vb`` (same prefix, dtype, names and read record) with every tensor it reads placed on
     ``mesh`` by ``rules`` as it is read. Rules match the checkpoint names."""
-    # the VarBuilder's backend and its shared read record are internal to candlejax.nn
-    return vb._with(backend=MeshBackend(vb._backend, Resolver(mesh, rules)))
+    resolver = Resolver(mesh, rules)
+    return vb.wrap_backend(lambda inner: MeshBackend(inner, resolver))
 
 
 def load_on_mesh(load: Callable[[VarBuilder], T], vb: VarBuilder, mesh: Mesh, rules: RuleSet) -> T:

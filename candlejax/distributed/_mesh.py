@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from candlejax import errors
+from candlejax.device import refresh_device_count
 
 
 class ShardingError(errors.Error):
@@ -127,9 +128,7 @@ def initialize(
             " coordinator address and process count in every process and a distinct process id in each"
         ) from e
     _INITIALIZED[0] = True
-    from candlejax.tensor import _core
-
-    _core._single.clear()  # device checks see every device from now on
+    refresh_device_count()  # device checks see every device from now on
 
 
 def shutdown() -> None:

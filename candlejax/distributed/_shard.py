@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from candlejax.distributed._mesh import ShardingError, axis_size
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor import Tensor, unwrap, wrap
 
 AxisSpec = Sequence[str | tuple[str, ...] | None]
 
@@ -48,12 +48,8 @@ class Rules:
 RuleSet = str | Rules | Mapping[str, AxisSpec] | Callable[[str, tuple[int, ...]], Any]
 
 
-def _array(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else x
-
-
 def _is_leaf(x: Any) -> bool:
-    return isinstance(x, TensorBase)
+    return isinstance(x, Tensor)
 
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
@@ -155,7 +151,7 @@ def resolve(tree: Any, mesh: Mesh, rules: RuleSet) -> list[tuple[str, Any, P]]:
     """``(name, leaf, PartitionSpec)`` for every leaf of ``tree`` under ``rules``."""
     leaves = named_leaves(tree)
     res = Resolver(mesh, rules)
-    out = [(n, x, res.spec(n, tuple(np.shape(_array(x))))) for n, x in leaves]
+    out = [(n, x, res.spec(n, tuple(np.shape(unwrap(x))))) for n, x in leaves]
     res.check_used([n for n, _ in leaves], type(tree).__name__)
     return out
 
@@ -173,7 +169,7 @@ def _place(a: Any, sharding: NamedSharding) -> Any:
 
 
 def _rebuild(leaf: Any, a: Any) -> Any:
-    if isinstance(leaf, TensorBase):
+    if isinstance(leaf, Tensor):
         _, treedef = jax.tree_util.tree_flatten(leaf)
         return treedef.unflatten([a])
     return a
@@ -196,7 +192,7 @@ def shard(tree: Any, mesh: Mesh, rules: RuleSet = "replicate") -> Any:
     """
     placed = {}
     for _n, leaf, spec in resolve(tree, mesh, rules):
-        placed[id(leaf)] = _rebuild(leaf, _place(_array(leaf), NamedSharding(mesh, spec)))
+        placed[id(leaf)] = _rebuild(leaf, _place(unwrap(leaf), NamedSharding(mesh, spec)))
     return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
 
 
@@ -204,15 +200,15 @@ def specs(tree: Any) -> dict[str, Any]:
     """Name -> ``PartitionSpec`` of every leaf (``None`` for arrays not on a mesh)."""
     out = {}
     for n, leaf in named_leaves(tree):
-        s = getattr(_array(leaf), "sharding", None)
+        s = getattr(unwrap(leaf), "sharding", None)
         out[n] = s.spec if isinstance(s, NamedSharding) else None
     return out
 
 
 def _batch_arrays(x: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
     if isinstance(x, (tuple, list)):
-        return [_array(v) for v in x], lambda vs: type(x)(wrap(v) for v in vs)
-    return [_array(x)], lambda vs: wrap(vs[0])
+        return [unwrap(v) for v in x], lambda vs: type(x)(wrap(v) for v in vs)
+    return [unwrap(x)], lambda vs: wrap(vs[0])
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> Any:
@@ -259,7 +255,7 @@ def to_host(tree: Any) -> Any:
         return np.asarray(a)
 
     leaves = named_leaves(tree)
-    placed = {id(leaf): _rebuild(leaf, gather(_array(leaf))) for _, leaf in leaves}
+    placed = {id(leaf): _rebuild(leaf, gather(unwrap(leaf))) for _, leaf in leaves}
     return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
 
 
@@ -287,7 +283,7 @@ def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
     ``ref`` is on one device. Lets a model build its caches where its weights are."""
     sh = None
     for _, leaf in named_leaves(ref):
-        sh = getattr(_array(leaf), "sharding", None)
+        sh = getattr(unwrap(leaf), "sharding", None)
         if sh is not None:
             break
     if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:
@@ -318,7 +314,7 @@ def device_mismatch(op: str, names: Sequence[str], params: Sequence[Any], batch:
     "incompatible devices"), naming both sides and the fix."""
 
     def ids(a: Any) -> list[int]:
-        s = getattr(_array(a), "sharding", None)
+        s = getattr(unwrap(a), "sharding", None)
         return sorted(d.id for d in s.device_set) if s is not None else []
 
     p_ids = next((ids(a) for a in params if ids(a)), [])
@@ -326,10 +322,10 @@ def device_mismatch(op: str, names: Sequence[str], params: Sequence[Any], batch:
     p_name = names[0] if names else "the parameters"
     for i, b in enumerate(jax.tree_util.tree_leaves(batch, is_leaf=_is_leaf)):
         b_ids = ids(b)
-        if b_ids and b_ids != p_ids and getattr(_array(b), "committed", True):
+        if b_ids and b_ids != p_ids and getattr(unwrap(b), "committed", True):
             return ShardingError(
                 f"{op}: the model's parameters ({p_name}, ...) are on devices {p_ids} ({where}) but batch input {i}"
-                f" (shape {list(np.shape(_array(b)))}) is on devices {b_ids}; place batches where the model is:"
+                f" (shape {list(np.shape(unwrap(b)))}) is on devices {b_ids}; place batches where the model is:"
                 " cj.data.Batcher(..., mesh=mesh) or cj.distributed.shard_batch(batch, mesh) for a mesh,"
                 " .to_device(...) for one device"
             )

@@ -20,7 +20,7 @@ from candlejax.nn import ops
 from candlejax.nn.init import Const
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import wrap
 
 __all__ = ["Activation", "PReLU", "prelu"]
 
@@ -136,7 +136,7 @@ class PReLU(Module):
         return PReLU(weight, is_scalar)
 
     def forward(self, xs: Any) -> Any:
-        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        x = as_array(xs)
         w = self.weight._a
         if not self.is_scalar and w.size != 1 and (x.ndim < 2 or x.shape[1] != w.shape[0]):
             raise LayerInputShape(layer_name("PReLU", self.weight), f"[batch, {w.shape[0]}, ...]", x.shape)

@@ -25,7 +25,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import wrap
 
 __all__ = [
     "Conv1d",
@@ -133,7 +133,7 @@ class _ConvBase(Module):
         return w.shape[0] if self._transpose else w.shape[1] * self.config.groups
 
     def forward(self, xs: Any) -> Any:
-        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        x = as_array(xs)
         w = self.weight._a
         cin = self._in_channels()
         if x.ndim != self._nd + 2 or x.shape[1] != cin:

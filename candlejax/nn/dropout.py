@@ -11,7 +11,7 @@ from typing import Any
 from candlejax import errors
 from candlejax.nn import ops
 from candlejax.nn.module import ModuleT
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import TensorBase, wrap
 
 __all__ = ["Dropout"]
 
@@ -35,5 +35,5 @@ class Dropout(ModuleT):
 
     def forward_t(self, xs: Any, train: bool, key: Any = None) -> Any:
         if not train:
-            return xs if hasattr(xs, "_a") else wrap(xs)
+            return xs if isinstance(xs, TensorBase) else wrap(xs)
         return ops.dropout(xs, self.p, key=key)

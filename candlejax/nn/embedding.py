@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from candlejax import errors
-from candlejax._dispatch import op
+from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import Module, as_array, layer_name
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import wrap
 
 __all__ = ["Embedding", "embedding"]
 
@@ -50,17 +51,13 @@ class Embedding(Module):
         return f"vocab={self.weight.shape[0]}, hidden={self.hidden}"
 
     def forward(self, ids: Any) -> Any:
-        a = ids._a if isinstance(ids, TensorBase) else as_array(ids)
+        a = as_array(ids)
         if not jnp.issubdtype(a.dtype, jnp.integer):
             raise errors.UnexpectedDType(
                 DType.U32, to_dtype(a.dtype), f"{layer_name('Embedding', self.weight)}: ids must be integers"
             )
         table = self.weight._a
-        from candlejax._dispatch import is_eager
-
         if is_eager() and a.size:
-            import numpy as np
-
             hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
             if hi >= table.shape[0] or lo < 0:
                 bad = hi if hi >= table.shape[0] else lo

@@ -14,7 +14,7 @@ import numpy as np
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, check_width, to_dtype
-from candlejax.nn.ops import _a
+from candlejax.nn.module import as_array
 from candlejax.tensor._core import wrap
 
 __all__ = ["one_hot"]
@@ -33,7 +33,7 @@ def one_hot(indices: Any, depth: int, on_value: Any = 1.0, off_value: Any = 0.0,
     Rust type of ``on_value``). An index of -1 gives a row of ``off_value``; an index >= depth raises
     (checked eagerly; under ``jit`` it gives a row of ``off_value``).
     """
-    idx = _a(indices)
+    idx = as_array(indices)
     if not jnp.issubdtype(idx.dtype, jnp.integer):
         raise errors.UnexpectedDType(DType.U32, to_dtype(idx.dtype), "one_hot: indices must be integers")
     if dtype is None:

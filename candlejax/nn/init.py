@@ -26,6 +26,7 @@ import numpy as np
 from candlejax import random as _random
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.nn.module import Var
 from candlejax.shape import as_shape
 
 __all__ = [
@@ -107,8 +108,6 @@ class _InitBase:
 
     def var(self, shape: Any, dtype: Any = DType.F32, device: Any = None, *, key: Any = None, name: str = "") -> Any:
         """``init.var(shape, dtype, &dev)``: a new Var drawn from this init."""
-        from candlejax.nn.module import Var
-
         dev = Device.coerce(device)
         if key is None and not isinstance(self, Const):
             key = _random.next_key(dev, "init.var")

@@ -23,15 +23,10 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
-from candlejax.nn.module import Module
+from candlejax.nn.module import Module, as_array
 from candlejax.tensor._core import unwrap, wrap
 
 __all__ = ["ConcatKvCache", "KvCache", "RotatingKvCache", "StackedKvCache"]
-
-
-def _arr(x: Any) -> Any:
-    a = unwrap(x)
-    return a if hasattr(a, "shape") and hasattr(a, "dtype") else jnp.asarray(a)
 
 
 @op(static=("dim",))
@@ -85,8 +80,8 @@ class KvCache(Module):
     @staticmethod
     def preallocated(dim: int, max_seq_len: int, k_like: Any, v_like: Any | None = None) -> KvCache:
         """Allocate buffers shaped like ``k_like`` / ``v_like`` with ``max_seq_len`` on ``dim``."""
-        k = _arr(k_like)
-        v = k if v_like is None else _arr(v_like)
+        k = as_array(k_like)
+        v = k if v_like is None else as_array(v_like)
         return KvCache(dim, max_seq_len, wrap(_alloc(k, dim, max_seq_len)), wrap(_alloc(v, dim, max_seq_len)))
 
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], KvCache]:
@@ -96,7 +91,7 @@ class KvCache(Module):
         mask them with ``new_cache.attn_mask(q_len)``. Overflow raises eagerly; under ``jit`` the
         write is clamped, so size ``max_seq_len`` for the whole generation.
         """
-        ka, va = _arr(k), _arr(v)
+        ka, va = as_array(k), as_array(v)
         kb = _alloc(ka, self.dim, self.max_seq_len) if self.k_buf is None else self.k_buf._a
         vb = _alloc(va, self.dim, self.max_seq_len) if self.v_buf is None else self.v_buf._a
         n = ka.shape[self.dim]
@@ -176,7 +171,7 @@ class RotatingKvCache(Module):
     current_seq_len = offset
 
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
-        ka, va = _arr(k), _arr(v)
+        ka, va = as_array(k), as_array(v)
         w = self.max_seq_len
         kb = _alloc(ka, self.dim, w) if self.k_buf is None else self.k_buf._a
         vb = _alloc(va, self.dim, w) if self.v_buf is None else self.v_buf._a
@@ -219,7 +214,7 @@ class ConcatKvCache(Module):
         return ConcatKvCache(dim)
 
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], ConcatKvCache]:
-        ka, va = _arr(k), _arr(v)
+        ka, va = as_array(k), as_array(v)
         if self.k_buf is not None:
             ka = jnp.concatenate([self.k_buf._a, ka.astype(self.k_buf._a.dtype)], axis=self.dim)
             va = jnp.concatenate([self.v_buf._a, va.astype(self.v_buf._a.dtype)], axis=self.dim)
@@ -282,7 +277,7 @@ class StackedKvCache(Module):
         return 0 <= int(pos) and int(pos) + int(seq_len) <= self.max_seq_len
 
     def update(self, layer: Any, k: Any, v: Any, pos: Any, layout: str = "bshd") -> tuple[Any, Any, StackedKvCache]:
-        ka, va = _arr(k), _arr(v)
+        ka, va = as_array(k), as_array(v)
         if layout == "bshd":
             ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
         elif layout != "bhsd":

@@ -67,7 +67,7 @@ class Linear(Module):
         return f"in={w.shape[1]}, out={w.shape[0]}, bias={self.bias is not None}"
 
     def forward(self, xs: Any) -> Any:
-        x = xs._a if isinstance(xs, TensorBase) else as_array(xs)
+        x = as_array(xs)
         w = self.weight._a
         b = None if self.bias is None else self.bias._a
         if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != w.shape[1]:

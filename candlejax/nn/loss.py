@@ -22,8 +22,10 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.dtype import DType, to_dtype
 from candlejax.errors import fmt_shape
-from candlejax.nn.ops import _a, _check_float, _log_softmax, _upcast
+from candlejax.nn.module import as_array
+from candlejax.nn.ops import _check_float, _upcast
 from candlejax.tensor._core import wrap
+from candlejax.tensor.reduce import log_softmax_op
 
 __all__ = ["binary_cross_entropy_with_logit", "check_finite", "cross_entropy", "huber", "mse", "nll"]
 
@@ -62,7 +64,7 @@ def check_finite(x: Any, what: str = "loss") -> Any:
     carrying this message when the result is read). PyTorch has no equivalent; it is the usual
     ``torch.isfinite(loss).all()`` guard.
     """
-    a = _a(x)
+    a = as_array(x)
     ok = jnp.all(jnp.isfinite(a))
     if isinstance(a, jax.core.Tracer):
         jax.debug.callback(functools.partial(_raise_nonfinite, what), ok)
@@ -79,12 +81,12 @@ def _nll(lp: Any, t: Any) -> Any:
 
 @op
 def _ce(logits: Any, t: Any) -> Any:
-    return _nll(_log_softmax.raw(logits, axis=1), t)
+    return _nll(log_softmax_op.raw(logits, axis=1), t)
 
 
 def nll(inp: Any, target: Any) -> Any:
     """Mean of ``-inp[i, target[i]]``; ``inp`` ``(B, C)`` log-probabilities, ``target`` ``(B,)``."""
-    x, t = _a(inp), _a(target)
+    x, t = as_array(inp), as_array(target)
     _check_float("nll", x)
     _check_targets("nll", x, t)
     return wrap(_nll(x, t))
@@ -92,7 +94,7 @@ def nll(inp: Any, target: Any) -> Any:
 
 def cross_entropy(inp: Any, target: Any) -> Any:
     """``nll(log_softmax(inp, 1), target)``: logits ``(B, C)``, class ids ``(B,)`` (``F.cross_entropy``)."""
-    x, t = _a(inp), _a(target)
+    x, t = as_array(inp), as_array(target)
     _check_float("cross_entropy", x)
     if x.ndim != 2:
         raise errors.Msg(f"cross_entropy expects an input tensor of rank 2, got {fmt_shape(x.shape)}")
@@ -115,7 +117,7 @@ def _mse(x: Any, t: Any) -> Any:
 
 def mse(inp: Any, target: Any) -> Any:
     """Mean squared error; shapes must be equal (``F.mse_loss``)."""
-    x, t = _a(inp), _a(target)
+    x, t = as_array(inp), as_array(target)
     _check_same("mse", x, t)
     return wrap(_mse(x, t))
 
@@ -133,7 +135,7 @@ def binary_cross_entropy_with_logit(inp: Any, target: Any) -> Any:
     Uses the stable ``max(x, 0) - x·t + log(1 + exp(-|x|))`` form; Candle applies sigmoid first and
     overflows to inf/NaN for large logits.
     """
-    x, t = _a(inp), _a(target)
+    x, t = as_array(inp), as_array(target)
     _check_same("binary_cross_entropy_with_logit", x, t)
     return wrap(_bce_logit(x, t))
 
@@ -147,7 +149,7 @@ def _huber(x: Any, t: Any, *, delta: float) -> Any:
 
 def huber(inp: Any, target: Any, delta: float) -> Any:
     """Mean Huber loss (``F.huber_loss(reduction='mean', delta=delta)``); shapes must be equal."""
-    x, t = _a(inp), _a(target)
+    x, t = as_array(inp), as_array(target)
     _check_same("huber", x, t)
     return wrap(_huber(x, t, delta=float(delta)))
 

@@ -32,11 +32,12 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
-from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.dtype import DType, check_width, to_dtype, x64_enabled
 from candlejax.errors import fmt_shape
+from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = [
     "Buffer",
@@ -83,8 +84,6 @@ def _host_value(x: Any) -> np.ndarray:
     numpy arrays keep their dtype: f64/i64 need x64 mode (``candlejax.enable_x64()``) or raise.
     Python floats become F32 (Candle's default); Python ints I32 when they fit, else they raise.
     """
-    from candlejax.dtype import x64_enabled
-
     is_np = isinstance(x, (np.ndarray, np.generic))
     a = np.asarray(x)
     if a.dtype == np.bool_:
@@ -511,8 +510,6 @@ def named_tensors(tree: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write ``name -> Tensor/array`` to a safetensors file atomically (``candlejax.io.safetensors.save``)."""
-    from candlejax.io.safetensors import save
-
     for v in tensors.values():
         if isinstance(v, TensorBase) and type(v._a) is _Donated:
             v._a._raise()
@@ -597,9 +594,7 @@ class Module:
         Raises listing the missing and unexpected names when ``strict`` and the file comes from a
         different architecture; shapes must match.
         """
-        from candlejax.nn.var_builder import _open_safetensors
-
-        st = _open_safetensors([os.fspath(path)])
+        st = MmapedSafetensors(os.fspath(path))
         return self.load_state_dict({n: st.load(n) for n in st.names()}, strict=strict, source=os.fspath(path))
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
@@ -722,7 +717,7 @@ def _check_not_transformed(owner: Any, name: str, value: Any) -> None:
 
 
 def _tensor_desc(v: Any) -> str:
-    a = v._a if isinstance(v, TensorBase) else v
+    a = unwrap(v)
     if a is None:
         return "None"
     if type(a) is _Donated:

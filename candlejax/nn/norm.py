@@ -23,7 +23,7 @@ from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import Buffer, LayerInputShape, Module, ModuleT, as_array, layer_name
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import wrap
 
 __all__ = [
     "BatchNorm",
@@ -38,10 +38,6 @@ __all__ = [
     "layer_norm_no_bias",
     "rms_norm",
 ]
-
-
-def _arr(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else as_array(x)
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class LayerNorm(Module):
             raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape)
 
     def forward(self, xs: Any) -> Any:
-        x = _arr(xs)
+        x = as_array(xs)
         self._check(x)
         if self.remove_mean:
             return ops.layer_norm(x, self.weight, self.bias, self.eps)
@@ -168,7 +164,7 @@ class GroupNorm(Module):
         return f"groups={self.num_groups}, channels={self.num_channels}, eps={self.eps}"
 
     def forward(self, xs: Any) -> Any:
-        x = _arr(xs)
+        x = as_array(xs)
         if x.ndim < 3:
             raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
         if x.shape[1] != self.num_channels:
@@ -294,7 +290,7 @@ class BatchNorm(ModuleT):
 
     def forward_train(self, xs: Any) -> tuple[Any, BatchNorm]:
         """Normalise with batch statistics; return ``(output, layer with updated running stats)``."""
-        x = _arr(xs)
+        x = as_array(xs)
         self._check(x)
         w, b = self._wb()
         y, rm, rv = _bn_train(
@@ -309,7 +305,7 @@ class BatchNorm(ModuleT):
     def forward_t(self, xs: Any, train: bool) -> Any:
         if train:
             return self.forward_train(xs)[0]
-        x = _arr(xs)
+        x = as_array(xs)
         self._check(x)
         w, b = self._wb()
         return wrap(

@@ -29,11 +29,14 @@ from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import op
 from candlejax._precision import f32_precision
+from candlejax.device import Device
+from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, as_array
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
 from candlejax.tensor.elementwise import gelu_erf_jnp
+from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
 __all__ = [
     "Identity",
@@ -75,14 +78,8 @@ __all__ = [
 ]
 
 
-def _a(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else as_array(x)
-
-
 def _check_float(op_name: str, a: Any) -> None:
     if not jnp.issubdtype(a.dtype, jnp.floating):
-        from candlejax.dtype import to_dtype
-
         raise errors.UnsupportedDTypeForOp(to_dtype(a.dtype), op_name, "convert with .to_dtype(DType.F32) first")
 
 
@@ -93,22 +90,6 @@ def _upcast(a: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # softmax family
 # ------------------------------------------------------------------------------------------------
-@op(static=("axis",))
-def _softmax(a: Any, *, axis: int) -> Any:
-    x = _upcast(a)
-    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
-    e = jnp.exp(x - m)
-    return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(a.dtype)
-
-
-@op(static=("axis",))
-def _log_softmax(a: Any, *, axis: int) -> Any:
-    x = _upcast(a)
-    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
-    s = x - m
-    return (s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))).astype(a.dtype)
-
-
 @op
 def _softmax_last(a: Any) -> Any:
     return jax.nn.softmax(_upcast(a), axis=-1).astype(a.dtype)
@@ -116,23 +97,23 @@ def _softmax_last(a: Any) -> Any:
 
 def softmax(xs: Any, dim: Any) -> Any:
     """Softmax over ``dim`` (max-subtracted). PyTorch: ``torch.softmax(x, dim)``."""
-    a = _a(xs)
+    a = as_array(xs)
     _check_float("softmax", a)
-    return wrap(_softmax(a, axis=resolve_dim(dim, a.shape, "softmax")))
+    return wrap(softmax_op(a, axis=resolve_dim(dim, a.shape, "softmax")))
 
 
 def softmax_last_dim(xs: Any) -> Any:
     """Softmax over the last dim. Candle's fused kernel has no backward; this one does."""
-    a = _a(xs)
+    a = as_array(xs)
     _check_float("softmax-last-dim", a)
     return wrap(_softmax_last(a))
 
 
 def log_softmax(xs: Any, dim: Any) -> Any:
     """``log(softmax(x, dim))`` computed stably. PyTorch: ``torch.log_softmax``."""
-    a = _a(xs)
+    a = as_array(xs)
     _check_float("log_softmax", a)
-    return wrap(_log_softmax(a, axis=resolve_dim(dim, a.shape, "log_softmax")))
+    return wrap(log_softmax_op(a, axis=resolve_dim(dim, a.shape, "log_softmax")))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +163,7 @@ def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
 
 def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
     """Apply the named activation (see ``Activation``)."""
-    a = _a(xs)
+    a = as_array(xs)
     _check_float(kind, a)
     if kind == "swiglu" and a.shape[-1] % 2:
         raise errors.Msg(f"swiglu: the last dim must be even, got shape {fmt_shape(a.shape)}")
@@ -271,13 +252,11 @@ def dropout(xs: Any, p: float, *, key: Any = None) -> Any:
     """
     if not 0.0 <= p < 1.0:
         raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
-    a = _a(xs)
+    a = as_array(xs)
     _check_float("dropout", a)
     if p == 0.0:
         return wrap(a)
     if key is None:
-        from candlejax.device import Device
-
         dev = xs.device if isinstance(xs, TensorBase) else Device.Cpu
         key = _random.next_key(dev, "dropout")
     return wrap(_dropout(a, _random.as_key(key), p=float(p)))
@@ -311,14 +290,14 @@ def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
 
 def rms_norm(xs: Any, alpha: Any, eps: float) -> Any:
     """``x / sqrt(mean(x², -1) + eps) * alpha`` over the last dim; alpha ``(H,)``. Differentiable."""
-    a, w = _a(xs), _a(alpha)
+    a, w = as_array(xs), as_array(alpha)
     _check_norm("rms-norm", a, w)
     return wrap(_norm_fast(a, w, None, eps=float(eps), remove_mean=False))
 
 
 def rms_norm_slow(xs: Any, alpha: Any, eps: float) -> Any:
     """Step-by-step reference for :func:`rms_norm`."""
-    a, w = _a(xs), _a(alpha)
+    a, w = as_array(xs), as_array(alpha)
     _check_norm("rms-norm", a, w)
     x = _upcast(a)
     norm = jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
@@ -327,16 +306,16 @@ def rms_norm_slow(xs: Any, alpha: Any, eps: float) -> Any:
 
 def layer_norm(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
     """Layer norm over the last dim: ``(x - mean) / sqrt(var + eps) * alpha + beta``. Differentiable."""
-    a, w = _a(xs), _a(alpha)
-    b = None if beta is None else _a(beta)
+    a, w = as_array(xs), as_array(alpha)
+    b = None if beta is None else as_array(beta)
     _check_norm("layer-norm", a, w, b)
     return wrap(_norm_fast(a, w, b, eps=float(eps), remove_mean=True))
 
 
 def layer_norm_slow(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
     """Step-by-step reference for :func:`layer_norm`."""
-    a, w = _a(xs), _a(alpha)
-    b = None if beta is None else _a(beta)
+    a, w = as_array(xs), as_array(alpha)
+    b = None if beta is None else as_array(beta)
     _check_norm("layer-norm", a, w, b)
     x = _upcast(a)
     h = x.shape[-1]
@@ -396,7 +375,7 @@ def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
 
 
 def _rope_call(name: str, xs: Any, cos: Any, sin: Any, layout: str, interleaved: bool) -> Any:
-    x, c, s = _a(xs), _a(cos), _a(sin)
+    x, c, s = as_array(xs), as_array(cos), as_array(sin)
     _check_rope(name, x, c, s, layout)
     return wrap(_rope(x, c, s, layout=layout, interleaved=interleaved))
 
@@ -418,7 +397,7 @@ def rope_thd(xs: Any, cos: Any, sin: Any) -> Any:
 
 def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
     """Step-by-step reference for :func:`rope`."""
-    x, c, s = _a(xs), _a(cos), _a(sin)
+    x, c, s = as_array(xs), as_array(cos), as_array(sin)
     _check_rope("rope", x, c, s, "bhtd")
     c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
     h = x.shape[-1] // 2
@@ -428,7 +407,7 @@ def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
 
 def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
     """Step-by-step reference for :func:`rope_i`."""
-    x, c, s = _a(xs), _a(cos), _a(sin)
+    x, c, s = as_array(xs), as_array(cos), as_array(sin)
     _check_rope("rope-i", x, c, s, "bhtd")
     c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
     x0, x1 = x[..., 0::2], x[..., 1::2]
@@ -576,13 +555,13 @@ def sdpa(
     PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``.
     """
     kv_layout = layout if kv_layout is None else kv_layout
-    qa, ka, va = _a(q), _a(k), _a(v)
-    ma = None if mask is None else _a(mask)
+    qa, ka, va = as_array(q), as_array(k), as_array(v)
+    ma = None if mask is None else as_array(mask)
     _check_sdpa(qa, ka, va, ma, layout, kv_layout)
     if window is not None and int(window) < 1:
         raise errors.Msg(f"sdpa: window must be >= 1, got {window}")
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
-    off = None if offset is None else _a(offset)
+    off = None if offset is None else as_array(offset)
     positions = bool(do_causal) or window is not None
     return wrap(_sdpa(qa, ka, va, ma, off, causal=bool(do_causal), scale=sc, softcap=float(softcapping),
                       window=None if window is None else int(window), layout=layout, kv_layout=kv_layout,
@@ -597,8 +576,8 @@ def sdpa_slow(
     """Reference for :func:`sdpa`: transpose to ``(B, H, S, D)``, repeat kv heads, matmul, mask,
     softmax, matmul."""
     kv_layout = layout if kv_layout is None else kv_layout
-    qa, ka, va = _a(q), _a(k), _a(v)
-    ma = None if mask is None else _a(mask)
+    qa, ka, va = as_array(q), as_array(k), as_array(v)
+    ma = None if mask is None else as_array(mask)
     _check_sdpa(qa, ka, va, ma, layout, kv_layout)
     if layout == "bshd":
         qa = qa.transpose(0, 2, 1, 3)
@@ -612,7 +591,7 @@ def sdpa_slow(
     s, skv = qa.shape[2], ka.shape[2]
     if do_causal or window is not None:
         keep = causal_mask(s, skv, offset, window, causal=do_causal)
-        scores = jnp.where(_a(keep), scores, -jnp.inf)
+        scores = jnp.where(as_array(keep), scores, -jnp.inf)
     scores = _apply_mask(scores, ma)
     out = (jax.nn.softmax(scores, axis=-1) @ _upcast(vr)).astype(qa.dtype)
     return wrap(out.transpose(0, 2, 1, 3) if layout == "bshd" else out)
@@ -628,7 +607,7 @@ def _repeat_kv(x: Any, n_rep: int) -> Any:
 def repeat_kv(xs: Any, n_rep: int) -> Any:
     """``(B, Hkv, S, D) -> (B, Hkv * n_rep, S, D)``, each kv head repeated ``n_rep`` times in place
     (transformers' and candle-transformers' ``repeat_kv``). :func:`sdpa` does not need it."""
-    a = _a(xs)
+    a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "repeat_kv (batch, kv_heads, seq, head_dim)")
     if int(n_rep) < 1:
@@ -642,7 +621,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, windo
     ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
     ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
     kv_len = q_len if kv_len is None else int(kv_len)
-    off = (kv_len - q_len) if offset is None else _a(offset)
+    off = (kv_len - q_len) if offset is None else as_array(offset)
     return wrap(_position_keep(int(q_len), kv_len, off, causal, None if window is None else int(window)))
 
 
@@ -650,7 +629,7 @@ def padding_mask(attention_mask: Any) -> Any:
     """A 0/1 ``(B, S)`` attention mask (1 = real token) -> bool ``(B, 1, 1, S)`` for :func:`sdpa`."""
     if isinstance(attention_mask, (np.ndarray, list, tuple)):  # 0/1 host data of any integer width
         attention_mask = np.asarray(attention_mask) != 0
-    m = _a(attention_mask)
+    m = as_array(attention_mask)
     if m.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, m.ndim, m.shape, "padding_mask: attention_mask (batch, seq)")
     return wrap(m.astype(jnp.bool_)[:, None, None, :])
@@ -675,7 +654,7 @@ def _pixel_unshuffle(a: Any, *, r: int) -> Any:
 
 def pixel_shuffle(xs: Any, upscale_factor: int) -> Any:
     """``(B, C·r², H, W) -> (B, C, H·r, W·r)`` (PyTorch's ``pixel_shuffle``)."""
-    a = _a(xs)
+    a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_shuffle")
     r = int(upscale_factor)
@@ -686,7 +665,7 @@ def pixel_shuffle(xs: Any, upscale_factor: int) -> Any:
 
 def pixel_unshuffle(xs: Any, downscale_factor: int) -> Any:
     """``(B, C, H·r, W·r) -> (B, C·r², H, W)``."""
-    a = _a(xs)
+    a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_unshuffle")
     r = int(downscale_factor)
@@ -697,7 +676,7 @@ def pixel_unshuffle(xs: Any, downscale_factor: int) -> Any:
 
 def replication_pad2d(xs: Any, pad: int) -> Any:
     """Pad the last two dims by repeating the edge ``pad`` times (any pad, unlike Candle's {0, 1})."""
-    a = _a(xs)
+    a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "replication_pad2d")
     if pad == 0:

@@ -24,7 +24,7 @@ from candlejax._dispatch import op
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import wrap
 
 __all__ = ["GRU", "LSTM", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
 
@@ -140,10 +140,6 @@ def _gru_scan(x: Any, h: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any) -> Any
     return jnp.swapaxes(hs, 0, 1)
 
 
-def _arr(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else as_array(x)
-
-
 def _opt(t: Any) -> Any:
     return None if t is None else t._a
 
@@ -189,33 +185,33 @@ class LSTM(_RNNBase):
 
     def step(self, input: Any, state: LSTMState) -> LSTMState:
         """One time step: input ``(B, in)``."""
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 2)
-        h, c = _lstm_step(x, _arr(state.h), _arr(state.c), *self._weights())
+        h, c = _lstm_step(x, as_array(state.h), as_array(state.c), *self._weights())
         return LSTMState(wrap(h), wrap(c))
 
     def scan(self, input: Any, state: LSTMState | None = None) -> tuple[Any, LSTMState]:
         """Run over ``(B, T, in)``: return ``(h for every step (B, T, H), final state)``."""
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 3)
         st = self.zero_state(x.shape[0]) if state is None else state
-        hs, cs = _lstm_scan(x, _arr(st.h), _arr(st.c), *self._weights())
+        hs, cs = _lstm_scan(x, as_array(st.h), as_array(st.c), *self._weights())
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 3)
-        hs, cs = _lstm_scan(x, _arr(init_state.h), _arr(init_state.c), *self._weights())
+        hs, cs = _lstm_scan(x, as_array(init_state.h), as_array(init_state.c), *self._weights())
         return [LSTMState(wrap(hs[:, t]), wrap(cs[:, t])) for t in range(x.shape[1])]
 
     def seq(self, input: Any) -> list[LSTMState]:
         """Candle's ``seq``: the state after every step (one scan, sliced per step)."""
-        x = _arr(input)
+        x = as_array(input)
         return self.seq_init(x, self.zero_state(x.shape[0]))
 
     def states_to_tensor(self, states: list[LSTMState]) -> Any:
         """Stack the ``h`` of every state: ``(B, T, H)``."""
-        return wrap(jnp.stack([_arr(s.h) for s in states], axis=1))
+        return wrap(jnp.stack([as_array(s.h) for s in states], axis=1))
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""
@@ -251,30 +247,30 @@ class GRU(_RNNBase):
         return GRUState(wrap(self._zeros(batch_dim)))
 
     def step(self, input: Any, state: GRUState) -> GRUState:
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 2)
-        return GRUState(wrap(_gru_step(x, _arr(state.h), *self._weights())))
+        return GRUState(wrap(_gru_step(x, as_array(state.h), *self._weights())))
 
     def scan(self, input: Any, state: GRUState | None = None) -> tuple[Any, GRUState]:
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 3)
         st = self.zero_state(x.shape[0]) if state is None else state
-        hs = _gru_scan(x, _arr(st.h), *self._weights())
+        hs = _gru_scan(x, as_array(st.h), *self._weights())
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
-        x = _arr(input)
+        x = as_array(input)
         self._check(x, 3)
-        hs = _gru_scan(x, _arr(init_state.h), *self._weights())
+        hs = _gru_scan(x, as_array(init_state.h), *self._weights())
         return [GRUState(wrap(hs[:, t])) for t in range(x.shape[1])]
 
     def seq(self, input: Any) -> list[GRUState]:
-        x = _arr(input)
+        x = as_array(input)
         return self.seq_init(x, self.zero_state(x.shape[0]))
 
     def states_to_tensor(self, states: list[GRUState]) -> Any:
         """Candle's GRU concatenates on dim 1: ``(B, T·H)`` (LSTM stacks to ``(B, T, H)``)."""
-        return wrap(jnp.concatenate([_arr(s.h) for s in states], axis=1))
+        return wrap(jnp.concatenate([as_array(s.h) for s in states], axis=1))
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""

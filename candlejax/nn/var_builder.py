@@ -36,7 +36,7 @@ from candlejax.nn.init import Const
 from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
 from candlejax.shape import as_shape
-from candlejax.tensor._core import TensorBase
+from candlejax.tensor._core import unwrap
 
 __all__ = [
     "DictBackend",
@@ -184,7 +184,8 @@ class DictBackend(SimpleBackend):
 
     def _load(self, path: str) -> Any:
         t = self.tensors[path]
-        return t._a if isinstance(t, TensorBase) else t if isinstance(t, (np.ndarray, jax.Array)) else np.asarray(t)
+        a = unwrap(t)
+        return a if isinstance(a, (np.ndarray, jax.Array)) else np.asarray(a)
 
     def _shape(self, path: str) -> tuple[int, ...]:
         return tuple(np.shape(self._load(path)))
@@ -291,6 +292,18 @@ class VarBuilder:
                 "rename": self._rename, "reads": self._reads}  # fmt: skip
         args.update(kw)
         return VarBuilder(**args)
+
+    def wrap_backend(self, wrap: Callable[[SimpleBackend], SimpleBackend]) -> VarBuilder:
+        """This VarBuilder (same prefix, dtype, device, renames and shared read record) reading through
+        ``wrap(backend)``, a backend put in front of the current one: ``cj.distributed.on_mesh`` wraps it
+        in one that places every tensor on a mesh as it is read. Candle: a ``SimpleBackend`` that
+        delegates to another, passed to ``VarBuilder::from_backend``.
+
+        >>> vb = VarBuilder.zeros("f32", None).pp("enc")
+        >>> vb.wrap_backend(lambda b: b).get((2,), "bias").name
+        'enc.bias'
+        """
+        return self._with(backend=wrap(self._backend))
 
     # --- constructors --------------------------------------------------------------------------
     @staticmethod

@@ -29,6 +29,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
+from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import Var, _Donated, as_array, save_safetensors_dict
 from candlejax.shape import as_shape
@@ -135,9 +136,7 @@ class VarMap:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
         the file is an error."""
         __tracebackhide__ = True
-        from candlejax.nn.var_builder import _open_safetensors
-
-        st = _open_safetensors([os.fspath(path)])
+        st = MmapedSafetensors(os.fspath(path))
         for name in sorted(self._data):
             if name not in st:
                 raise errors.VarMapError(

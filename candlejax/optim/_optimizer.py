@@ -36,7 +36,7 @@ import optax
 from candlejax import errors
 from candlejax._dispatch import is_eager
 from candlejax.optim._params import Split, grads_as_params, is_var, merge_leaves, split
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 #: Compiled steps kept per optimizer (one per loss function and donation mode), least recently used out.
 MAX_COMPILED = 16
@@ -83,10 +83,6 @@ def _check_lr(lr: Any, who: str) -> Any:
     if not math.isfinite(f) or f < 0:
         raise errors.InvalidArgument(f"{who}: learning rate must be finite and >= 0, got {lr}")
     return f
-
-
-def _array(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else x
 
 
 def _is_array(x: Any) -> bool:
@@ -227,7 +223,7 @@ def _device_mismatch(params: list[Any], batch: Any, what: str) -> errors.DeviceM
     if not pdev:
         return None
     for x in jax.tree_util.tree_leaves(batch):
-        a = _array(x)
+        a = unwrap(x)
         d = _devices_of(a)
         if d and d != pdev:
             lhs = Device.from_jax(min(pdev, key=lambda z: z.id))
@@ -409,7 +405,7 @@ class Optimizer:
             )
         model, state, grads = args
         sp = self._split(model)
-        g = [_array(x) for x in grads_as_params(sp, grads)]
+        g = [unwrap(x) for x in grads_as_params(sp, grads)]
         self._check_alive(sp, state)
         donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
         params, state2, ok = self._apply(sp.params, state, g, donate)
@@ -626,7 +622,7 @@ class Optimizer:
         if isinstance(grads, (list, tuple)) and len(grads) == len(self._vars) and all(
             hasattr(g, "shape") for g in grads
         ):
-            handles, g = self._vars, [_array(x) for x in grads]
+            handles, g = self._vars, [unwrap(x) for x in grads]
         else:
             from candlejax.nn.module import named_vars
 
@@ -640,7 +636,7 @@ class Optimizer:
                     " the optimizer's VarMap"
                 )
             handles = tuple(by_name[n] for n in gv)
-            g = [_array(x) for x in gv.values()]
+            g = [unwrap(x) for x in gv.values()]
             if self._trained is not None and set(map(id, handles)) == set(map(id, self._trained)):
                 order = {id(h): i for i, h in enumerate(handles)}
                 g = [g[order[id(h)]] for h in self._trained]
@@ -664,7 +660,7 @@ class Optimizer:
             rest = _join_rest(rest_arrays, statics)
 
             def f(p: list[Any]) -> Any:
-                out = _array(loss_fn(treedef.unflatten(merge_leaves(slots, p, rest)), *batch))
+                out = unwrap(loss_fn(treedef.unflatten(merge_leaves(slots, p, rest)), *batch))
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from candlejax import errors
-from candlejax.tensor._core import TensorBase
+from candlejax.tensor._core import TensorBase, unwrap
 
 
 def _var_class() -> Any:
@@ -204,7 +204,7 @@ def grads_as_params(sp: Split, grads: Any) -> list[Any]:
     """
     n, used = len(sp.names), [s for s in sp.slots if s >= 0]
     if isinstance(grads, (list, tuple)) and len(grads) == n and all(hasattr(g, "shape") for g in grads):
-        out = [g._a if isinstance(g, TensorBase) else g for g in grads]
+        out = [unwrap(g) for g in grads]
     else:
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         if treedef == sp.treedef:

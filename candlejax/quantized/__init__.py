@@ -8,8 +8,15 @@
 (2, 64)
 
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle).
+The 32-value block types (``BLOCKED_TYPES``) can be held unpacked as a ``BlockedWeight``
+(``unpack_blocked`` from the file's bytes; ``aligned_empty`` / ``place_aligned`` hand host arrays to
+the CPU runtime without a copy), as the GGUF LLaMA loader does.
 """
 
+from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
+from candlejax.quantized.blocked import BlockedWeight, aligned_empty
+from candlejax.quantized.blocked import place as place_aligned
+from candlejax.quantized.blocked import unpack as unpack_blocked
 from candlejax.quantized.ggml_types import QK_K, GgmlDType, dequantize_np, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
 from candlejax.quantized.qtensor import QMatMul, QTensor, byte_shape
@@ -25,13 +32,18 @@ def __getattr__(name: str):  # gguf_file is imported lazily: candlejax.io import
 
 
 __all__ = [
+    "BLOCKED_TYPES",
+    "BlockedWeight",
     "QK_K",
     "GgmlDType",
     "QMatMul",
     "QTensor",
     "VarBuilder",
+    "aligned_empty",
     "byte_shape",
     "dequantize_np",
     "dequantize_rows",
+    "place_aligned",
     "quantize_np",
+    "unpack_blocked",
 ]

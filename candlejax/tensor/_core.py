@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
-from candlejax.device import Device
+from candlejax.device import Device, single_device
 from candlejax.dtype import _FROM_NP, DType, from_array_dtype
 from candlejax.shape import Shape, resolve_dim
 
@@ -64,7 +64,7 @@ class TensorBase:
         """The Device the data lives on (``Device.Cpu`` under tracing)."""
         a = self._a
         if isinstance(a, jax.core.Tracer):
-            return Device.Cpu if _SINGLE_DEVICE() else _tracer_device(a)
+            return Device.Cpu if single_device() else _tracer_device(a)
         devs = a.devices()
         if len(devs) != 1:
             return Device.from_jax(min(devs, key=lambda d: d.id))
@@ -150,18 +150,9 @@ class TensorBase:
         return bool(np.asarray(self._a).reshape(()))
 
 
-_single: list[bool] = []
-
-
-def _SINGLE_DEVICE() -> bool:  # noqa: N802
-    if not _single:
-        _single.append(len(jax.devices()) == 1 and len(jax.devices("cpu")) == 1)
-    return _single[0]
-
-
 def multi_device() -> bool:
     """Whether cross-device checks are needed (more than one device visible); cached."""
-    return not _SINGLE_DEVICE()
+    return not single_device()
 
 
 def aval(a: Any) -> Any:
@@ -203,7 +194,7 @@ def check_same_device(op: str, *ts: TensorBase) -> None:
 
     Free on a single-device machine; under tracing devices are the tracer's business.
     """
-    if _SINGLE_DEVICE() or len(ts) < 2:
+    if single_device() or len(ts) < 2:
         return
     first = None
     for t in ts:

@@ -27,7 +27,7 @@ from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import _FROM_NP, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import as_shape, shape_with_hole
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -481,7 +481,7 @@ class CreationMixin(TensorBase):
     @staticmethod
     def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
         """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given."""
-        v = value._a if isinstance(value, TensorBase) else value
+        v = unwrap(value)
         d = infer_dtype(v, "full") if dtype is None else _dt(dtype, "full")
         return wrap(_place(_full(v, shape=_shape(shape), dtype=d.np), _dev(device)))
 
@@ -502,7 +502,7 @@ class CreationMixin(TensorBase):
     def full_like(self, value: Any) -> Any:
         """``torch.full_like(t, value)``: ``value`` cast to this tensor's dtype."""
         a = self._a
-        v = value._a if isinstance(value, TensorBase) else value
+        v = unwrap(value)
         return wrap(_place(_full(v, shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
     # --- ranges and structured matrices ------------------------------------------------------
@@ -576,7 +576,7 @@ class CreationMixin(TensorBase):
             raise errors.OpRequiresAtLeastTwoTensors("meshgrid")
         arrs = []
         for t in ts:
-            a = t._a if isinstance(t, TensorBase) else as_jax_array(t, None, "meshgrid")
+            a = as_jax_array(t, None, "meshgrid")
             if a.ndim != 1:
                 raise errors.UnexpectedNumberOfDims(1, a.ndim, a.shape, "meshgrid")
             arrs.append(a)
@@ -601,7 +601,7 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "rand")
-        return wrap(_place(_uniform(k, c, _unw(lo), _unw(up), shape=_shape(shape), dtype=d.np), dev))
+        return wrap(_place(_uniform(k, c, unwrap(lo), unwrap(up), shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
@@ -615,7 +615,7 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "randn")
-        return wrap(_place(_normal(k, c, _unw(mean), _unw(std), shape=_shape(shape), dtype=d.np), dev))
+        return wrap(_place(_normal(k, c, unwrap(mean), unwrap(std), shape=_shape(shape), dtype=d.np), dev))
 
     def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:
         """``t.rand_like(lo, up)``: uniform samples with this tensor's shape, dtype and device."""
@@ -633,10 +633,6 @@ class CreationMixin(TensorBase):
 
 
 # --- helpers used above -----------------------------------------------------------------------------
-def _unw(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else x
-
-
 def _like_dev(a: Any) -> Device | None:
     """The device to place a *_like result on: None (JAX's default) on a one-device machine."""
     if isinstance(a, _Tracer) or len(jax.devices()) == 1:

@@ -5,7 +5,8 @@ Each reduction is one cached ``jax.jit`` keyed on its (static) axes. Results kee
 accumulated in f32 and returned in their own dtype.
 
 requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op, candlejax.shape
-provides: ReduceMixin
+provides: ReduceMixin, ``softmax_op`` / ``log_softmax_op`` (the kernels behind ``candlejax.nn.ops.softmax``
+/ ``log_softmax`` and the PyTorch-style ``x.softmax(dim)``)
 """
 
 from __future__ import annotations
@@ -76,6 +77,24 @@ def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
 @op(static=("axis",))
 def _log_sum_exp(a: Any, *, axis: tuple[int, ...]) -> Any:
     return jax.nn.logsumexp(_up(a), axis=axis).astype(a.dtype)
+
+
+@op(static=("axis",))
+def softmax_op(a: Any, *, axis: int) -> Any:
+    """Softmax of a float array over ``axis`` (max-subtracted; bf16/f16 computed in f32)."""
+    x = _up(a)
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    e = jnp.exp(x - m)
+    return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(a.dtype)
+
+
+@op(static=("axis",))
+def log_softmax_op(a: Any, *, axis: int) -> Any:
+    """``log(softmax(a, axis))`` of a float array, computed stably."""
+    x = _up(a)
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    s = x - m
+    return (s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))).astype(a.dtype)
 
 
 @op(static=("axis",))

@@ -1,7 +1,7 @@
 """PyTorch spellings where Candle has no name for the same thing, and pointers where it does.
 
 requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, squeeze, clamp),
-candlejax.nn.ops (softmax, log_softmax; imported lazily)
+candlejax.tensor.reduce (the softmax kernels ``candlejax.nn.ops`` uses too)
 provides: ``T``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
 ``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
 naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...).
@@ -14,8 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from candlejax import errors
+from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.tensor._core import TensorBase
+from candlejax.shape import resolve_dim
+from candlejax.tensor._core import TensorBase, check_float, wrap
+from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
 #: PyTorch names Candle spells differently (or that cannot work on immutable XLA arrays) -> hint
 _POINTERS: dict[str, str] = {
@@ -95,15 +98,13 @@ class TorchCompatMixin(TensorBase):
 
     def softmax(self, dim: Any) -> Any:
         """PyTorch ``x.softmax(dim)``; Candle: ``candle_nn::ops::softmax(&x, dim)``."""
-        from candlejax.nn import ops
-
-        return ops.softmax(self, dim)
+        check_float("softmax", self)
+        return wrap(softmax_op(self._a, axis=resolve_dim(dim, self.shape, "softmax")))
 
     def log_softmax(self, dim: Any) -> Any:
         """PyTorch ``x.log_softmax(dim)``; Candle: ``candle_nn::ops::log_softmax(&x, dim)``."""
-        from candlejax.nn import ops
-
-        return ops.log_softmax(self, dim)
+        check_float("log_softmax", self)
+        return wrap(log_softmax_op(self._a, axis=resolve_dim(dim, self.shape, "log_softmax")))
 
     def mm(self, other: Any) -> Any:
         """PyTorch ``x.mm(y)`` (2-D only); Candle: ``matmul``."""
@@ -125,8 +126,6 @@ class TorchCompatMixin(TensorBase):
 
     def cpu(self) -> Any:
         """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
-        from candlejax.device import Device
-
         return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor import Tensor, unwrap, wrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +29,7 @@ class ImageError(errors.Error):
 
 
 def _np(x: Any) -> np.ndarray:
-    return np.asarray(x._a if isinstance(x, TensorBase) else x)
+    return np.asarray(unwrap(x))
 
 
 def check_image(img: Any, where: str = "image") -> np.ndarray:
@@ -107,13 +107,13 @@ def resize_center_crop(img: Any, size: int) -> Any:
     im = Image.fromarray(a.transpose(1, 2, 0)).resize((nw, nh), Image.Resampling.BILINEAR)
     top, left = (nh - size) // 2, (nw - size) // 2
     crop = np.asarray(im)[top : top + size, left : left + size]
-    dev = img.device if isinstance(img, TensorBase) else None
+    dev = img.device if isinstance(img, Tensor) else None
     return image_to_tensor(crop, dev)
 
 
 def imagenet_normalize(img: Any) -> Any:
     """u8 ``(..., 3, H, W)`` -> f32 ``(x / 255 - mean) / std`` with ImageNet's mean and std."""
-    x = img._a if isinstance(img, TensorBase) else jnp.asarray(img)
+    x = jnp.asarray(unwrap(img))
     if x.ndim < 3 or x.shape[-3] != 3:
         raise ImageError(f"imagenet_normalize: expected (..., 3, H, W), got shape {errors.fmt_shape(x.shape)}")
     if x.dtype == jnp.uint8:
@@ -158,7 +158,7 @@ def letterbox(img: Any, imgsz: int | tuple[int, int] = 640, *, stride: int = 32,
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     out = np.pad(resized, ((0, 0), (top, bottom), (left, right)), constant_values=fill)
-    dev = img.device if isinstance(img, TensorBase) else None
+    dev = img.device if isinstance(img, Tensor) else None
     return image_to_tensor(out.transpose(1, 2, 0), dev), Letterbox((h, w), out.shape[1:], r, (left, top))
 
 

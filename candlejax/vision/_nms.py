@@ -19,13 +19,9 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
-from candlejax.tensor._core import TensorBase
+from candlejax.tensor import unwrap
 
 _MAX_WH = 7680.0  # Ultralytics' class offset for class-aware NMS
-
-
-def _arr(x: Any) -> Any:
-    return x._a if isinstance(x, TensorBase) else jnp.asarray(x)
 
 
 def _iou_matrix(b: Any) -> Any:
@@ -82,11 +78,11 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
 def nms(boxes: Any, scores: Any, iou: float, classes: Any = None, *, conf: float = 0.0, max_det: int = 300,
         top_k: int = 1024) -> np.ndarray:  # fmt: skip
     """Indices of the boxes kept by NMS, by descending score (torchvision's ``ops.nms`` / ``batched_nms``)."""
-    b, s = _arr(boxes), _arr(scores)
+    b, s = jnp.asarray(unwrap(boxes)), jnp.asarray(unwrap(scores))
     if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
         raise errors.Msg(f"nms: boxes must be (N, 4) and scores (N,), got {errors.fmt_shape(b.shape)}"
                                    f" and {errors.fmt_shape(s.shape)}")  # fmt: skip
-    c = jnp.zeros(b.shape[0], jnp.int32) if classes is None else _arr(classes)
+    c = jnp.zeros(b.shape[0], jnp.int32) if classes is None else jnp.asarray(unwrap(classes))
     idx, ok = nms_arrays(b, s, c, conf, iou, max_det=max_det, top_k=top_k, agnostic=classes is None)
     idx, ok = np.asarray(idx), np.asarray(ok)
     return idx[ok]

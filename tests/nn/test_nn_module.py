@@ -239,3 +239,27 @@ def test_callable_pytree_fields_are_children_not_static():
     assert len(leaves) == 2 and leaves[0].shape == (8, 32)  # q and the block scales
     out = jax.jit(lambda mm, x: mm.forward(x).jax)(m, np.ones((1, 32), np.float32))
     assert out.shape == (1, 8)
+
+
+def test_array_helpers_pass_arrays_and_tracers_through(rng):
+    """``as_array`` (with coercion) and ``unwrap`` (without) are the Tensor -> array helpers; a jax
+    array or a tracer comes back as it is, so layers take raw arrays under jit / vmap / grad."""
+    from candlejax.nn.module import as_array
+    from candlejax.tensor import unwrap
+
+    a = rng.standard_normal((2, 4)).astype(np.float32)
+    x = jnp.asarray(a)
+    assert as_array(x) is x and unwrap(x) is x and unwrap(Tensor.new(a)).shape == (2, 4)
+    assert as_array(Tensor.new(a), DType.F16).dtype == jnp.float16 and unwrap(3) == 3
+    norm = nn.LayerNorm.new(Tensor.ones((4,), DType.F32), Tensor.zeros((4,), DType.F32), 1e-5)
+
+    def f(r):
+        assert as_array(r) is r and unwrap(r) is r
+        (k, _), _ = nn.KvCache.preallocated(0, 4, r).append(r, r)
+        return unwrap(norm.forward(r)), unwrap(k)[:2]
+
+    y, k = jax.jit(f)(x)
+    ref = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(k), a)
+    assert jax.vmap(lambda r: unwrap(ops.softmax(r, -1)))(x).shape == (2, 4)

@@ -1,0 +1,106 @@
+"""Every use of JAX's private modules (``jax._src``), in one place, behind :data:`AVAILABLE`.
+
+candlejax needs JAX internals for two speed-ups only: the trace-state check behind
+``candlejax._dispatch.is_eager`` (~0.2 µs; the public fallback reads an opaque trace state and
+compares it with the eager one) and rebuilding a ``jax.jit`` object's C++ fast path with another
+cache-miss handler, which hosts the eager shape buckets (without it a small Python gate does the same;
+see docs/performance.md). The imports run inside ``try``: with a JAX whose internals moved,
+:data:`AVAILABLE` is False and every function here answers through public JAX (or ``None``), so
+results stay the same. ``CANDLEJAX_JAX_PRIVATE=0`` forces that path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+try:
+    from jax._src import core as _core
+    from jax._src import pjit as _pjit
+    from jax._src import tree_util as _tu
+    from jax._src.interpreters import pxla as _pxla
+    from jax._src.lib import _jax
+
+    AVAILABLE: bool = os.environ.get("CANDLEJAX_JAX_PRIVATE", "1") != "0"
+except Exception:  # another JAX version: public API only
+    AVAILABLE = False
+
+
+def _eager_public() -> Callable[[], bool] | None:
+    """``is_eager`` on public API: the current (opaque) trace state equals the eager one."""
+    try:
+        from jax.extend.core import get_opaque_trace_state
+
+        with jax.core.eval_context():
+            eager = get_opaque_trace_state()
+    except Exception:  # a JAX without these
+        return None
+
+    def is_eager() -> bool:
+        return get_opaque_trace_state() == eager
+
+    return is_eager
+
+
+def _no_trace_check() -> bool:
+    raise ImportError(
+        "candlejax: this JAX has neither jax.extend.core.get_opaque_trace_state nor"
+        " jax._src.core.trace_state_clean; use the JAX version in requirements"
+    )
+
+
+#: ``is_eager`` through public JAX only (what :data:`is_eager` is when :data:`AVAILABLE` is False).
+is_eager_public: Callable[[], bool] = _eager_public() or _no_trace_check
+#: True when no JAX trace is active (plain eager Python).
+is_eager: Callable[[], bool] = _core.trace_state_clean if AVAILABLE else is_eager_public
+
+_CPP_CACHE: list[Any] = []
+
+
+def rebuild_jit(jitted: Any, hook: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, bool]]) -> Any:
+    """A copy of JAX's C++ jit object for ``jitted`` (a ``jax.jit``), with its own cache, whose
+    cache misses first ask ``hook(args, kwargs)`` -> ``(out, clear)``.
+
+    An ``out`` that is not ``None`` is returned without fast-path data, so JAX's C++ cache sends later
+    calls with those shapes back to the hook. Otherwise JAX's own miss handler runs (after clearing
+    this copy's C++ cache when ``clear``), and the next call with these shapes takes the fast path.
+    ``None`` when :data:`AVAILABLE` is False or this JAX version's internals differ.
+    """
+    if not AVAILABLE:
+        return None
+    try:
+        info, fun, miss = jitted._jit_info, jitted._fun, jitted._cache_miss
+        key = _pxla.JitGlobalCppCacheKeys(
+            donate_argnums=info.donate_argnums, donate_argnames=info.donate_argnames,
+            device=info.device, backend=info.backend,
+            in_shardings_treedef=info.in_shardings_treedef, in_shardings_leaves=info.in_shardings_leaves,
+            out_shardings_treedef=info.out_shardings_treedef, out_shardings_leaves=info.out_shardings_leaves,
+            in_layouts_treedef=info.in_layouts_treedef, in_layouts_leaves=info.in_layouts_leaves,
+            out_layouts_treedef=info.out_layouts_treedef, out_layouts_leaves=info.out_layouts_leaves,
+            compiler_options_kvs=info.compiler_options_kvs,
+        )  # fmt: skip
+        if not _CPP_CACHE:
+            _CPP_CACHE.append(_jax.PjitFunctionCache(capacity=4096))
+        holder: list[Any] = []
+
+        def cache_miss(*args: Any, **kwargs: Any) -> Any:
+            out, clear = hook(args, kwargs)
+            if out is not None:
+                return out, None, False
+            if clear:
+                holder[0]._clear_cache()
+            return miss(*args, **kwargs)
+
+        f = _jax.pjit(
+            _pjit.fun_name(fun), fun, cache_miss, info.static_argnums, info.static_argnames, key,
+            _tu.dispatch_registry, _pxla.cc_shard_arg, _CPP_CACHE[0],  # ours: JAX's global one is shared
+        )  # fmt: skip
+    except Exception:  # another JAX version
+        return None
+    if not (hasattr(f, "_clear_cache") and hasattr(f, "_cache_size")):
+        return None
+    holder.append(f)
+    return f
