@@ -8,6 +8,7 @@
     candlejax detect IMAGE --weights yolo11n-pose.pt         # = python -m candlejax.models.yolo detect|pose
     candlejax caption IMAGE --model DIR                      # = python -m candlejax.models.blip caption
     candlejax clip IMAGE --model DIR --labels "a cat,a dog"  # = python -m candlejax.models.clip
+    candlejax segment IMAGE --point 0.5,0.5                  # = python -m candlejax.models.segment_anything
     candlejax demo                                           # = python -m candlejax.demo
 
 User errors (a candlejax error, a missing file, a bad value) print one line on stderr and exit 1;
@@ -33,6 +34,7 @@ _COMMANDS = {
     "detect": ("candlejax.cli.detect", "detect objects (or poses) with YOLOv8 / YOLO11 and draw them"),
     "caption": ("candlejax.cli.caption", "caption an image with BLIP"),
     "clip": ("candlejax.cli.zero_shot", "zero-shot label probabilities for an image with CLIP"),
+    "segment": ("candlejax.cli.segment", "Segment Anything masks for points, a box or the whole image"),
     "demo": ("candlejax.demo", "the main demo (trains Candle's MNIST models; options: candlejax demo -- --help)"),
 }
 
