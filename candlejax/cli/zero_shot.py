@@ -20,14 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from candlejax.models import clip
+    from candlejax.pipelines import ZeroShotClassifier
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    model = clip.ClipModel.from_pretrained(args.model)
-    probs = clip.zero_shot(model, args.image, labels, tokenizer=args.tokenizer).numpy()
+    clf = ZeroShotClassifier.from_pretrained(args.model, args.tokenizer)
+    ranked = clf(args.image, labels)
     width = max(len(s) for s in labels)
-    for lab, pr in sorted(zip(labels, probs, strict=True), key=lambda t: -float(t[1])):
-        print(f"{lab:<{width}} : {float(pr):.6f}")
+    for lab, pr in ranked:
+        print(f"{lab:<{width}} : {pr:.6f}")
     return 0
 
 

@@ -204,6 +204,26 @@ def test_zero_shot_takes_the_tokenizer_of_the_checkpoint_folder(models, rng):
         clip.ClipModel.from_pretrained(d / "missing")
 
 
+def test_zero_shot_pipeline_caches_the_labels(models, rng):
+    from candlejax.pipelines import ZeroShotClassifier
+
+    _, model, d = models["eos"]
+    labels = ["a photo of a cat", "a photo of a big red dog", "car"]
+    clf = ZeroShotClassifier.from_pretrained(d)
+    feats = clf.text_features(labels)
+    for _ in range(2):
+        img = _image(rng)
+        want = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+        np.testing.assert_allclose(clf.probs(img, labels), want, atol=1e-5)
+        ranked = clf(img, labels)
+        assert [lab for lab, _ in ranked] == [labels[i] for i in np.argsort(-want, kind="stable")]
+    assert clf.text_features(labels) is feats  # encoded once
+    with pytest.raises(errors.Error, match="label list is empty"):
+        clf(_image(rng), [])
+    with pytest.raises(errors.Error, match="ZeroShotClassifier: pass tokenizer="):
+        ZeroShotClassifier(model)
+
+
 def test_config_from_json_keys(models):
     _, _, d = models["argmax"]
     raw = json.loads((d / "config.json").read_text())
