@@ -24,13 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from candlejax.models import blip
-    from candlejax.models.loading import tokenizer_from
+    from candlejax.pipelines import ImageCaptioner
 
-    model = blip.BlipForConditionalGeneration.from_pretrained(args.model)
-    tok = tokenizer_from(args.tokenizer, model.path, "caption")
-    ids = blip.caption_ids(model, args.image, args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    print(tok.decode(ids, skip_special_tokens=True).strip())
+    cap = ImageCaptioner.from_pretrained(args.model, args.tokenizer, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)  # fmt: skip
+    ids = cap.ids(args.image)
+    print(cap.decode(ids))
     if args.ids:
         print("ids:", " ".join(map(str, ids)))
     return 0

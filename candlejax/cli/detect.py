@@ -29,17 +29,18 @@ def add_arguments(p: argparse.ArgumentParser, task: str | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from candlejax.models import yolo
-    from candlejax.vision import draw_detections, load_image
+    from candlejax.pipelines import ObjectDetector
+    from candlejax.vision import load_image
 
-    model = yolo.load(args.weights, which=args.which, version=args.version, task=args.task)
+    det = ObjectDetector.from_file(args.weights, conf=args.conf, iou=args.iou, imgsz=args.imgsz, which=args.which,
+                                   version=args.version, task=args.task)  # fmt: skip
     img = load_image(args.image)
-    dets = yolo.detect(model, img, conf=args.conf, iou=args.iou, imgsz=args.imgsz)
+    dets = det(img)
     for i in range(len(dets)):
         x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
-        print(f"{model.names[int(dets.classes[i])]:>14s} {float(dets.scores[i]):.3f}  "
+        print(f"{det.names[int(dets.classes[i])]:>14s} {float(dets.scores[i]):.3f}  "
               f"[{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")  # fmt: skip
-    draw_detections(img, dets, model.names).save(args.out)
+    det.annotate(img, dets).save(args.out)
     print(f"{len(dets)} detections, annotated image written to {args.out}")
     return 0
 

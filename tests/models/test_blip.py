@@ -199,6 +199,12 @@ def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):
     assert m2.path == str(d)
     assert blip.caption(m2, px, max_new_tokens=6) == expected
     assert blip.caption(m2, px, str(d / "tokenizer.json"), max_new_tokens=6) == expected
+    from candlejax.pipelines import ImageCaptioner
+
+    cap = ImageCaptioner.from_pretrained(d, max_new_tokens=6)
+    assert cap(px) == expected and cap.ids(px) == blip.caption_ids(model, px, max_new_tokens=6)
+    sampled = ImageCaptioner(model, _tiny_tokenizer(), max_new_tokens=6, temperature=1.5, seed=7)
+    assert sampled.ids(px) == blip.caption_ids(model, px, max_new_tokens=6, temperature=1.5, seed=7)
 
 
 def test_cli(pair, tmp_path, rng, capsys):

@@ -142,6 +142,13 @@ def test_yolo11n_pose_detects_the_astronaut(pose11, astro):
     np.testing.assert_allclose(k[:, 2], kr[:, 2], atol=5e-3)
     im = vision.draw_detections(img, dets, pose11.names)
     assert im.size == (512, 512)
+    from candlejax.pipelines import ObjectDetector
+
+    det = ObjectDetector(pose11)
+    again = det(skimage.data.astronaut())  # an (H, W, 3) array works as well
+    np.testing.assert_allclose(again.boxes, dets.boxes, atol=1e-4)
+    np.testing.assert_allclose(again.keypoints, dets.keypoints, atol=1e-4)
+    assert det.names == ("person",) and det.annotate(img, again).size == (512, 512)
 
 
 def test_convert_to_safetensors_gives_the_same_model(pose11, astro, tmp_path):
