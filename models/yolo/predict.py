@@ -141,7 +141,8 @@ _post = jax.jit(_postprocess, static_argnames=("nc", "max_det", "top_k"))
 
 def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
            max_det: int = 300, top_k: int = 1024) -> Detections:  # fmt: skip
-    """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a PIL image or a path.
+    """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
+    or an ``(H, W, 3)`` uint8 array (:func:`candlejax.vision.as_image`).
 
     As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
     / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
