@@ -14,9 +14,10 @@ cross-attending to every image token) with its weight names verbatim; Candle:
     logits = model.text_decoder.forward(input_ids, image_embeds)      # (B, S, vocab)
     text = caption(model, "photo.jpg", tokenizer, max_new_tokens=30)  # greedy; temperature= samples
 
-:func:`caption` (in :mod:`candlejax.models._blip_pipeline`) runs the vision model compiled once and
-then one compiled decoder step per token against a pre-allocated KV cache.
-Shell: ``python -m candlejax.models.blip caption IMAGE --model DIR``.
+:func:`caption` runs the vision model compiled once and then one compiled decoder step per token
+against a pre-allocated KV cache; ``BlipForConditionalGeneration.from_pretrained(DIR)`` loads a
+checkpoint folder and makes its ``tokenizer.json`` the default. Shell: ``python -m
+candlejax.models.blip caption IMAGE --model DIR`` (= ``candlejax caption``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from typing import Any
 
 import jax
 
-from candlejax import errors
+from candlejax import errors, vision
+from candlejax.device import Device
+from candlejax.dtype import DType
+from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
+from candlejax.models.loading import safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -55,6 +60,7 @@ __all__ = [
     "VisionModel",
     "caption",
     "caption_ids",
+    "preprocess",
     "vision_forward_jit",
 ]
 
@@ -240,8 +246,10 @@ class BlipForConditionalGeneration(Module):
     Candle: ``BlipForConditionalGeneration::new(&config, vb)``; here ``.load(vb, config)``.
     """
 
-    def __init__(self, vision_model: VisionModel, text_decoder: blip_text.TextLMHeadModel, config: Config):
+    def __init__(self, vision_model: VisionModel, text_decoder: blip_text.TextLMHeadModel, config: Config,
+                 path: str = ""):  # fmt: skip
         self.vision_model, self.text_decoder, self.config = vision_model, text_decoder, config
+        self.path = path  # the checkpoint folder (from_pretrained), where caption finds tokenizer.json
 
     @staticmethod
     def load(vb: VarBuilder, config: Config) -> BlipForConditionalGeneration:
@@ -250,6 +258,17 @@ class BlipForConditionalGeneration(Module):
             blip_text.TextLMHeadModel.load(vb.pp("text_decoder"), config.text_config),
             config,
         )
+
+    @staticmethod
+    def from_pretrained(model_dir: str | os.PathLike, dtype: Any = DType.F32,
+                        device: Any = None) -> BlipForConditionalGeneration:  # fmt: skip
+        """A checkpoint folder: ``config.json`` and ``*.safetensors``; its ``tokenizer.json`` is
+        then :func:`caption`'s default tokenizer."""
+        d = os.fspath(model_dir)
+        vb = VarBuilder.from_mmaped_safetensors(safetensors_files(d), dtype, Device.coerce(device))
+        model = BlipForConditionalGeneration.load(vb, Config.from_json_file(os.path.join(d, "config.json")))
+        model.path = d
+        return model
 
     @property
     def image_size(self) -> int:
@@ -271,11 +290,74 @@ def vision_forward_jit(model: BlipForConditionalGeneration, pixel_values: Tensor
     return _vision(model.vision_model, pixel_values)
 
 
-from candlejax.models._blip_pipeline import caption, caption_ids  # noqa: E402  (serving code lives outside this file)
+# ------------------------------------------------------------------------------------------------
+# captioning: BlipImageProcessor, the vision model once, then one compiled decoder step per token
+# ------------------------------------------------------------------------------------------------
+_BUCKET = 32  # cache lengths are rounded up to a multiple of this, so nearby max_new_tokens share a program
+
+
+def preprocess(image: Any, size: int = 384) -> Tensor:
+    """transformers' ``BlipImageProcessor``: resize to ``size`` x ``size`` (bicubic), OpenAI's CLIP
+    mean/std -> ``(1, 3, size, size)`` f32. ``image``: a path, PIL image, ``(H, W, 3)`` uint8 array
+    or ``(3, H, W)`` u8 Tensor; float pixels pass through."""
+    pixels = vision.as_pixel_batch(image)
+    if pixels is not None:
+        return pixels
+    img = vision.resize(vision.as_image(image, "blip.preprocess"), size, "bicubic")
+    return vision.normalize(img, vision.OPENAI_CLIP_MEAN, vision.OPENAI_CLIP_STD).unsqueeze(0)
+
+
+def caption_ids(
+    model: BlipForConditionalGeneration, image: Any, max_new_tokens: int = 30, temperature: float | None = None,
+    top_p: float | None = None, seed: int = 299792458, processor: LogitsProcessor | None = None,
+) -> list[int]:  # fmt: skip
+    """The caption's token ids (without the leading BOS and the final ``[SEP]``).
+
+    Candle: the ``blip`` example (vision model once, then ``text_decoder.forward`` per token with
+    its KV cache, stop at ``[SEP]``); here :func:`candlejax.generation.generate` runs one compiled
+    prefill and one compiled decode step per token against a pre-allocated cache that also holds
+    the image's cross-attention keys/values. ``temperature`` ``None`` (or 0) decodes greedily
+    (transformers' ``generate(do_sample=False)``); otherwise samples with
+    ``LogitsProcessor(seed, temperature, top_p)``, or with ``processor``.
+    """
+    if max_new_tokens < 1:
+        raise errors.Msg(f"blip.caption: max_new_tokens must be >= 1, got {max_new_tokens}")
+    cfg = model.config.text_config
+    pixels = preprocess(image, model.image_size)
+    dtype = model.vision_model.embeddings.class_embedding.dtype
+    image_embeds = vision_forward_jit(model, pixels.to_dtype(dtype))
+    if image_embeds.dim(0) != 1:
+        raise errors.Msg(f"blip.caption: one image at a time, got a batch of {image_embeds.dim(0)}")
+    limit = cfg.max_position_embeddings
+    if 1 + max_new_tokens > limit:
+        raise errors.Msg(
+            f"blip.caption: max_new_tokens {max_new_tokens} exceeds max_position_embeddings - 1 ({limit - 1})"
+        )
+    n = min(limit, -(-(1 + max_new_tokens) // _BUCKET) * _BUCKET)
+    cache = model.text_decoder.new_cache(image_embeds, n)
+    lp = processor if processor is not None else LogitsProcessor(seed, temperature, top_p)
+    gen = generate(blip_text.step, model.text_decoder, cache, [cfg.bos_token_id], max_new_tokens, lp,
+                   eos_token_id=cfg.sep_token_id)  # fmt: skip
+    return list(gen)
+
+
+def caption(
+    model: BlipForConditionalGeneration, image: Any, tokenizer: Any = None, max_new_tokens: int = 30,
+    temperature: float | None = None, top_p: float | None = None, seed: int = 299792458,
+    processor: LogitsProcessor | None = None,
+) -> str:  # fmt: skip
+    """A caption for ``image`` (see :func:`preprocess`). ``tokenizer``: a ``tokenizers.Tokenizer``,
+    the path of ``tokenizer.json`` (or its folder) or an object with ``decode(ids,
+    skip_special_tokens=True)``; by default the ``tokenizer.json`` of the folder of
+    :meth:`BlipForConditionalGeneration.from_pretrained`. See :func:`caption_ids` for the rest."""
+    tok = tokenizer_from(tokenizer, model.path, "blip.caption")
+    if not hasattr(tok, "decode"):
+        raise errors.Msg(f"blip.caption: the tokenizer needs a decode(ids, skip_special_tokens=True), got {tok!r}")
+    ids = caption_ids(model, image, max_new_tokens, temperature, top_p, seed, processor)
+    return tok.decode(ids, skip_special_tokens=True).strip()
+
 
 if __name__ == "__main__":
-    import sys
+    from candlejax.cli.caption import blip_main
 
-    from candlejax.models._blip_cli import main
-
-    sys.exit(main())
+    raise SystemExit(blip_main())

@@ -14,7 +14,7 @@ verbatim; Candle: ``candle-transformers/src/models/clip/{mod,text_model,vision_m
 Every ``forward`` runs eagerly or under ``jax.jit`` (the model is a pytree; :func:`forward_jit`
 compiles one program per input shape with the weights as arguments). Zero-shot classification
 (tokenise, preprocess, softmax over labels) is :func:`zero_shot`; ``python -m candlejax.models.clip
-IMAGE --model DIR --labels "a,b,c"`` runs it from the shell.
+IMAGE --model DIR --labels "a,b,c"`` (= ``candlejax clip``) runs it from the shell.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
-from candlejax import errors
+from candlejax import errors, vision
+from candlejax.device import Device
+from candlejax.dtype import DType
+from candlejax.models.loading import safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -61,7 +66,9 @@ __all__ = [
     "ClipVisionTransformer",
     "forward_jit",
     "image_features_jit",
+    "preprocess",
     "text_features_jit",
+    "tokenize",
     "zero_shot",
 ]
 
@@ -390,10 +397,11 @@ class ClipModel(Module):
     ``logit_scale``. Candle: ``ClipModel::new(vb, &config)``; here ``ClipModel.load(vb, config)``."""
 
     def __init__(self, text_model: ClipTextTransformer, vision_model: ClipVisionTransformer,
-                 visual_projection: Linear, text_projection: Linear, logit_scale: Any):  # fmt: skip
+                 visual_projection: Linear, text_projection: Linear, logit_scale: Any, path: str = ""):  # fmt: skip
         self.text_model, self.vision_model = text_model, vision_model
         self.visual_projection, self.text_projection = visual_projection, text_projection
         self.logit_scale = logit_scale
+        self.path = path  # the checkpoint folder (from_pretrained), where zero_shot finds tokenizer.json
 
     @staticmethod
     def load(vb: VarBuilder, config: ClipConfig) -> ClipModel:
@@ -406,6 +414,16 @@ class ClipModel(Module):
         )  # fmt: skip
 
     new = load
+
+    @staticmethod
+    def from_pretrained(model_dir: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> ClipModel:
+        """A checkpoint folder: ``config.json`` and ``*.safetensors``; its ``tokenizer.json`` is
+        then :func:`zero_shot`'s default tokenizer."""
+        d = os.fspath(model_dir)
+        vb = VarBuilder.from_mmaped_safetensors(safetensors_files(d), dtype, Device.coerce(device))
+        model = ClipModel.load(vb, ClipConfig.from_json_file(os.path.join(d, "config.json")))
+        model.path = d
+        return model
 
     @property
     def image_size(self) -> int:
@@ -475,11 +493,68 @@ def image_features_jit(model: ClipModel, pixel_values: Tensor) -> Tensor:
     return _image(model, pixel_values)
 
 
-from candlejax.models._clip_pipeline import zero_shot  # noqa: E402  (serving code lives outside this file)
+# ------------------------------------------------------------------------------------------------
+# zero-shot classification: CLIPImageProcessor, CLIPTokenizer padding, softmax over the labels
+# ------------------------------------------------------------------------------------------------
+def preprocess(image: Any, size: int = 224, crop: int | None = None) -> Tensor:
+    """transformers' ``CLIPImageProcessor``: shortest side to ``size`` (bicubic), center crop
+    ``crop`` (default ``size``), OpenAI's mean/std -> ``(1, 3, crop, crop)`` f32. ``image``: a path,
+    PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` u8 Tensor; float pixels pass through."""
+    pixels = vision.as_pixel_batch(image)
+    if pixels is not None:
+        return pixels
+    img = vision.as_image(image, "clip.preprocess")
+    img = vision.center_crop(vision.resize_shortest(img, size, "bicubic"), size if crop is None else crop)
+    return vision.normalize(img, vision.OPENAI_CLIP_MEAN, vision.OPENAI_CLIP_STD).unsqueeze(0)
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer or candlejax.tokenizer.Tokenizer
+        return [list(getattr(e, "ids", e)) for e in tokenizer.encode_batch(list(texts))]
+    if callable(tokenizer):  # a transformers tokenizer or any text -> ids function
+        out = [tokenizer(t) for t in texts]
+        return [list(o["input_ids"] if isinstance(o, dict) or hasattr(o, "keys") else o) for o in out]
+    raise errors.Msg(
+        f"clip: tokenizer must be a tokenizers.Tokenizer, a tokenizer.json path or a callable, got {tokenizer!r}"
+    )
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
+    """``(input_ids (N, S) u32, attention_mask (N, S) u8)``; each row padded with its last id (the
+    EOS); rows longer than ``max_len`` keep their first ``max_len - 1`` ids and their last one."""
+    rows = _encode(tokenizer_from(tokenizer, None, "clip.tokenize"), texts)
+    for i, r in enumerate(rows):
+        if not r:
+            raise errors.Msg(f"clip: label {i} ({texts[i]!r}) tokenises to no ids")
+        if len(r) > max_len:
+            rows[i] = [*r[: max_len - 1], r[-1]]
+    s = max(len(r) for r in rows)
+    ids = np.array([r + [r[-1]] * (s - len(r)) for r in rows], np.uint32)
+    mask = np.array([[1] * len(r) + [0] * (s - len(r)) for r in rows], np.uint8)
+    return Tensor.from_numpy(ids), Tensor.from_numpy(mask)
+
+
+def zero_shot(model: ClipModel, image: Any, labels: Sequence[str], tokenizer: Any = None) -> Tensor:
+    """Probabilities of each label for the image: ``(len(labels),)`` f32 (``(B, len(labels))`` for a
+    batch of preprocessed images). Candle: the ``clip`` example. ``image``: see :func:`preprocess`;
+    ``tokenizer``: a ``tokenizers.Tokenizer``, the path of ``tokenizer.json`` (or its folder) or a
+    callable text -> ids; by default the ``tokenizer.json`` of the folder of
+    :meth:`ClipModel.from_pretrained`."""
+    if isinstance(labels, str):
+        raise errors.Msg("clip.zero_shot: labels must be a list of strings, got one string (split it first)")
+    labels = list(labels)
+    if not labels:
+        raise errors.Msg("clip.zero_shot: the label list is empty; give at least one label")
+    tok = tokenizer_from(tokenizer, model.path, "clip.zero_shot")
+    pixels = preprocess(image, model.image_size)
+    ids, mask = tokenize(tok, labels, model.text_model.max_position_embeddings)
+    _, logits_per_image = forward_jit(model, pixels.to_dtype(model.logit_scale.dtype), ids, mask)
+    probs = ops.softmax_last_dim(logits_per_image)  # (B, N)
+    single = not isinstance(image, Tensor) or image.rank == 3 or image.dim(0) == 1
+    return probs.squeeze(0) if single and probs.dim(0) == 1 else probs
+
 
 if __name__ == "__main__":
-    import sys
+    from candlejax.cli.zero_shot import clip_main
 
-    from candlejax.models._clip_cli import main
-
-    sys.exit(main())
+    raise SystemExit(clip_main())

@@ -1,4 +1,5 @@
-"""What every model loader checks: the checkpoint's declared architecture and the tensors it read.
+"""What every model loader checks: the checkpoint's declared architecture and the tensors it read;
+the files of a checkpoint folder and the tokenizer that goes with it.
 
 >>> check_architecture(config_dict, "llama", {"llama": ("LlamaForCausalLM",)})   # raises on "gemma"
 >>> model = Model.load(vb, config)
@@ -11,13 +12,16 @@ one would run with some weights ignored or some layer computed differently, so i
 
 from __future__ import annotations
 
+import functools
+import glob
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candlejax import errors
 
-__all__ = ["check_architecture"]
+__all__ = ["check_architecture", "safetensors_files", "tokenizer_from"]
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -43,3 +47,40 @@ def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterabl
     if strict:
         raise errors.Msg(msg + " (pass strict=False to load anyway)")
     warnings.warn(msg, stacklevel=3)
+
+
+def safetensors_files(model_dir: str | os.PathLike) -> list[str]:
+    """The safetensors files of a checkpoint folder (``model.safetensors`` or all its shards)."""
+    d = os.fspath(model_dir)
+    if not os.path.isdir(d):
+        raise errors.Msg(f"no such checkpoint folder: {d!r}")
+    files = sorted(glob.glob(os.path.join(glob.escape(d), "*.safetensors")))
+    if not files:
+        raise errors.Msg(f"no .safetensors file in {d!r}")
+    return files
+
+
+def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str) -> Any:
+    """The tokenizer to use: ``tokenizer`` itself (a ``tokenizers.Tokenizer``, a
+    :class:`candlejax.tokenizer.Tokenizer` or a callable text -> ids), read from a path
+    (``tokenizer.json`` or its folder), or, when ``None``, the ``tokenizer.json`` of the folder the
+    model was loaded from (``model_dir``). Raises naming ``where`` when there is none."""
+    from candlejax.tokenizer import load_tokenizer
+
+    if isinstance(tokenizer, str | os.PathLike):
+        return load_tokenizer(tokenizer)
+    if tokenizer is not None:
+        return tokenizer
+    file = os.path.join(model_dir, "tokenizer.json") if model_dir else ""
+    if file and os.path.isfile(file):
+        return _cached_tokenizer(file, os.stat(file).st_mtime_ns)
+    why = (f"{model_dir!r}, the folder the model was loaded from, has no tokenizer.json" if model_dir
+           else "the model was not loaded from a checkpoint folder (from_pretrained(DIR))")  # fmt: skip
+    raise errors.Msg(f"{where}: pass tokenizer= (a tokenizers.Tokenizer or the path of tokenizer.json); {why}")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(file: str, mtime_ns: int) -> Any:
+    from candlejax.tokenizer import load_tokenizer
+
+    return load_tokenizer(file)

@@ -14,22 +14,36 @@ Paper: He et al., "Deep Residual Learning for Image Recognition", https://arxiv.
 (``Conv2d.absorb_bn``) by default (a folded model saves, and loads again, convs with biases and no
 norms); ``fold_bn=False`` keeps it, so ``forward_t(x, train=True)``
 normalises with batch statistics and the model can be fine-tuned with ``backward_step`` (the
-running statistics are then not updated). Shell: ``python -m candlejax.models.resnet classify IMG
---weights FILE``.
+running statistics are then not updated). :func:`load` reads a safetensors file with either naming
+and the depth read from the names. Shell: ``python -m candlejax.models.resnet classify IMG
+--weights FILE`` (= ``candlejax classify``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from candlejax import errors
-from candlejax.nn import BatchNorm, Conv2d, Conv2dConfig, Linear, ModuleT, batch_norm, conv2d, conv2d_no_bias, linear
+from candlejax.dtype import DType
+from candlejax.nn import (
+    BatchNorm,
+    Conv2d,
+    Conv2dConfig,
+    Linear,
+    ModuleT,
+    VarBuilder,
+    batch_norm,
+    conv2d,
+    conv2d_no_bias,
+    linear,
+)
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "ConvBn", "ResNet", "hf_to_torchvision", "resnet18", "resnet34", "resnet50",
-    "resnet101", "resnet152",
+    "BasicBlock", "Bottleneck", "ConvBn", "DEPTHS", "ResNet", "hf_to_torchvision", "load", "resnet18", "resnet34",
+    "resnet50", "resnet101", "resnet152",
 ]  # fmt: skip
 
 
@@ -194,7 +208,46 @@ def hf_to_torchvision(name: str, prefix: str = "resnet.") -> str:
     return name
 
 
+#: depth -> (stage depths, bottleneck blocks)
+DEPTHS = {"18": ((2, 2, 2, 2), False), "34": ((3, 4, 6, 3), False), "50": ((3, 4, 6, 3), True),
+          "101": ((3, 4, 23, 3), True), "152": ((3, 8, 36, 3), True)}  # fmt: skip
+
+
+def _depth(names: set[str], src: str) -> str:
+    """The ResNet depth a checkpoint holds, from its tensor names (torchvision or Hugging Face)."""
+    tv = {n for n in names if n.startswith(("layer", "conv1", "bn1", "fc."))}
+    if not tv:
+        inv = {hf_to_torchvision(f"layer{s}.{b}.{t}"): f"layer{s}.{b}.{t}" for s in range(1, 5)
+               for b in range(40) for t in ("conv1.weight", "conv3.weight")}  # fmt: skip
+        tv = {inv[k] for k in names if k in inv}
+    depths = tuple(len({n.split(".")[1] for n in tv if n.startswith(f"layer{i}.")}) for i in range(1, 5))
+    found = {v: k for k, v in DEPTHS.items()}.get((depths, any(".conv3." in n for n in tv)))
+    if found is None:
+        raise errors.Msg(f"resnet.load: {src} does not hold a ResNet-18/34/50/101/152 (stage depths {depths})")
+    return found
+
+
+def load(path: str | os.PathLike, nclasses: int | None = 1000, which: str | int | None = None, *,
+         dtype: Any = DType.F32, device: Any = None, fold_bn: bool = True) -> ResNet:  # fmt: skip
+    """A ResNet from a safetensors file with torchvision/timm or Hugging Face names; ``which``
+    (18, 34, 50, 101 or 152) is read from the names when not given."""
+    from candlejax.io.safetensors import MmapedSafetensors
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise errors.Msg(f"resnet.load: no such file {p!r}")
+    if which is not None and str(which) not in DEPTHS:
+        raise errors.Msg(f"resnet.load: unknown depth which={which!r} (known: {', '.join(DEPTHS)})")
+    names = set(MmapedSafetensors([p]).names())
+    which = str(which) if which is not None else _depth(names, p)
+    vb = VarBuilder.from_mmaped_safetensors([p], dtype, device)
+    if "fc.weight" not in names and "conv1.weight" not in names:
+        vb = vb.rename_f(hf_to_torchvision)
+    depths, bottleneck = DEPTHS[which]
+    return ResNet.load(Bottleneck if bottleneck else BasicBlock, depths, nclasses, vb, fold_bn=fold_bn)
+
+
 if __name__ == "__main__":
-    from candlejax.vision.cli import resnet_main
+    from candlejax.cli.classify import resnet_main
 
     raise SystemExit(resnet_main())

@@ -21,12 +21,16 @@ def test_help_lists_subcommands_with_defaults(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for name in ("embed", "generate", "chat", "demo"):
+    for name in ("embed", "generate", "chat", "demo", "classify", "detect", "caption", "clip"):
         assert name in out
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     out = capsys.readouterr().out
     assert "--repeat-penalty" in out and "(default: 1.1)" in out and "--top-p" in out
+    with pytest.raises(SystemExit):
+        cli.main(["detect", "--help"])
+    out = capsys.readouterr().out
+    assert "--conf" in out and "(default: 0.25)" in out and "--task" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -35,6 +39,9 @@ def test_help_lists_subcommands_with_defaults(capsys):
     (["generate", "--gguf", "x.gguf", "--temperature", "nan"], "--temperature"),
     (["generate", "--gguf", "x.gguf", "--top-p", "1.5", "--temperature", "1"], "--top-p"),
     (["embed", "--model", "x", "--batch-size", "0", "a"], "--batch-size"),
+    (["detect", "x.jpg", "--weights", "w.pt", "--conf", "1.5"], "--conf"),
+    (["caption", "x.jpg", "--model", "d", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["classify", "x.jpg", "--weights", "w", "--which", "19"], "--which"),
 ])  # fmt: skip
 def test_nonsense_values_are_rejected(capsys, argv, message):
     with pytest.raises(SystemExit) as e:

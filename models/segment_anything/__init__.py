@@ -10,19 +10,21 @@ Usage::
     mask, iou = model.forward(img, [(0.45, 0.3, True)], False)       # logits at the image's size
     for m in sam.generate_masks(model, img, points_per_side=32): ...
 
-Shell: ``python -m candlejax.models.segment_anything IMAGE --point X,Y [--auto] --out mask.png``.
+Shell: ``python -m candlejax.models.segment_anything IMAGE --point X,Y [--auto] --out mask.png``
+(= ``candlejax segment``).
 """
 
 from .common import LayerNorm2d, MlpBlock
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .sam import IMAGE_SIZE, Bbox, Sam, generate_masks, load_image
+from .sam import IMAGE_SIZE, VARIANTS, Bbox, Sam, default_weights, generate_masks, load_image, load_model
 from .tiny_vit import TinyViT, tiny_vit_5m
 from .transformer import TwoWayTransformer
 
 __all__ = [
     "IMAGE_SIZE",
+    "VARIANTS",
     "Bbox",
     "ImageEncoderViT",
     "LayerNorm2d",
@@ -32,7 +34,9 @@ __all__ = [
     "Sam",
     "TinyViT",
     "TwoWayTransformer",
+    "default_weights",
     "generate_masks",
     "load_image",
+    "load_model",
     "tiny_vit_5m",
 ]

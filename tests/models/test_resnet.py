@@ -166,3 +166,34 @@ def test_classify_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "candlejax.models.resnet", "classify", str(img), "--weights", str(w),
                         "--which", "50"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert r.returncode == 1 and r.stderr.startswith("error:") and "layer1.0.conv1.weight" in r.stderr
+
+
+def test_load_reads_the_depth_and_either_naming(tmp_path, rng, capsys):
+    vb = VarBuilder.from_varmap(VarMap(seed=1), DType.F32, Device.Cpu)
+    net = resnet.resnet18(1000, vb, fold_bn=False)
+    tv = tmp_path / "tv.safetensors"
+    net.save_safetensors(tv)
+    hf = tmp_path / "hf.safetensors"
+    save_file({resnet.hf_to_torchvision(k): torch.from_numpy(v.numpy().copy()) for k, v in net.named_tensors().items()},
+              str(hf))  # fmt: skip
+    x = Tensor(rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
+    ref = net.forward(x).numpy()
+    for path in (tv, hf):
+        got = resnet.load(path)
+        assert [len(st) for st in got.layers] == [2, 2, 2, 2]
+        np.testing.assert_allclose(got.forward(x).numpy(), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(errors.Error, match="unknown depth which=19 "):
+        resnet.load(tv, which=19)
+    with pytest.raises(errors.Error, match="no such file"):
+        resnet.load(tmp_path / "missing.safetensors")
+    # the console sub-command prints the same top class as python -m candlejax.models.resnet
+    from PIL import Image
+
+    from candlejax import cli
+
+    img = tmp_path / "x.png"
+    Image.fromarray((np.arange(48 * 40 * 3) % 253).astype(np.uint8).reshape(48, 40, 3)).save(img)
+    assert cli.main(["classify", str(img), "--weights", str(hf), "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top = int(np.argmax(net.forward(vision.load_image224(img).unsqueeze(0)).numpy()[0]))
+    assert len(lines) == 3 and lines[0].startswith(vision.IMAGENET_CLASSES[top])

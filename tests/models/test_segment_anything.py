@@ -232,6 +232,12 @@ def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
     assert (tinted & truth).sum() / (tinted | truth).sum() > 0.9
     assert main([str(tmp_path / "in.png"), "--point", "2,0.5"]) == 2
     assert "outside the image" in capsys.readouterr().err
+    from candlejax import cli
+
+    assert cli.main(["segment", str(tmp_path / "in.png"), "--point", pt, "--out", str(tmp_path / "o2.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o2.png")), out)
+    assert cli.main(["segment", str(tmp_path / "in.png")]) == 1
+    assert "give at least one --point" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

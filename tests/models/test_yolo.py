@@ -20,7 +20,8 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from candlejax import Device, DType, Tensor, errors, vision
-from candlejax.models import yolo, yolo_predict
+from candlejax.models import yolo
+from candlejax.models.yolo import predict as yolo_predict
 from candlejax.nn import SimpleBackend, VarBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,11 +142,18 @@ def test_yolo11n_pose_detects_the_astronaut(pose11, astro):
     np.testing.assert_allclose(k[:, 2], kr[:, 2], atol=5e-3)
     im = vision.draw_detections(img, dets, pose11.names)
     assert im.size == (512, 512)
+    from candlejax.pipelines import ObjectDetector
+
+    det = ObjectDetector(pose11)
+    again = det(skimage.data.astronaut())  # an (H, W, 3) array works as well
+    np.testing.assert_allclose(again.boxes, dets.boxes, atol=1e-4)
+    np.testing.assert_allclose(again.keypoints, dets.keypoints, atol=1e-4)
+    assert det.names == ("person",) and det.annotate(img, again).size == (512, 512)
 
 
 def test_convert_to_safetensors_gives_the_same_model(pose11, astro, tmp_path):
     dst = tmp_path / "yolo11n-pose.safetensors"
-    yolo_predict.pt_to_safetensors(POSE_PT, dst)
+    yolo.pt_to_safetensors(POSE_PT, dst)
     m = yolo.load(dst)
     assert (m.version, m.which, m.task, m.names) == ("11", "n", "pose", ("person",))
     x = astro["letterboxed"][None, :, :320, :320].astype(np.float32) / 255.0
@@ -203,12 +211,21 @@ def test_cli_bad_arguments(photo, random_files, tmp_path):
     assert r.returncode == 1 and "not a readable image" in r.stderr
 
 
-def test_pose_cli(pose11, photo, tmp_path):
+def test_pose_cli(pose11, photo, tmp_path, capsys):
     out = tmp_path / "out.jpg"
     r = _cli("pose", str(photo), "--weights", str(POSE_PT), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "person" in r.stdout and "1 detections" in r.stdout
     assert Image.open(out).size == (512, 512)
+    # the console sub-command reads the task from the weights
+    from candlejax import cli
+
+    out2 = tmp_path / "out2.jpg"
+    assert cli.main(["detect", str(photo), "--weights", str(POSE_PT), "--out", str(out2)]) == 0
+    assert capsys.readouterr().out.splitlines() == r.stdout.replace(str(out), str(out2)).splitlines()
+    assert cli.main(["detect", str(photo), "--weights", str(POSE_PT), "--task", "detect"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("candlejax detect: error:") and "not 'detect'" in err
 
 
 def test_detect_runs_again_when_more_candidates_than_top_k(random_files):

@@ -154,3 +154,49 @@ def test_nms_suppression_chains():
     got = vision.nms(boxes, scores, 0.4)
     np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.4, np.zeros(40, int)))
     assert len(got) < 40
+
+
+@pytest.mark.parametrize("hw, size, crop", [((300, 200), 96, 80), ((45, 60), 32, 32), ((20, 30), 24, 40)])
+def test_processor_steps_match_transformers(astronaut, hw, size, crop):
+    """resize / resize_shortest / center_crop against transformers.image_transforms (channels first),
+    normalize against numpy float64; ``as_image`` takes every image form."""
+    it = pytest.importorskip("transformers.image_transforms")
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
+    a = np.ascontiguousarray(astronaut[: hw[0], : hw[1]])
+    chw = a.transpose(2, 0, 1)
+    img = vision.as_image(a)
+    for other in (Image.fromarray(a), Tensor(chw)):
+        np.testing.assert_array_equal(vision.as_image(other).numpy(), chw)
+    first = ChannelDimension.FIRST
+    ref = it.resize(chw, (size, crop), PILImageResampling.BICUBIC, data_format=first, input_data_format=first)
+    np.testing.assert_array_equal(vision.resize(img, (size, crop), "bicubic").numpy(), ref)
+    short = it.get_resize_output_image_size(chw, size, default_to_square=False, input_data_format=first)
+    ref = it.resize(chw, short, PILImageResampling.BICUBIC, data_format=first, input_data_format=first)
+    got = vision.resize_shortest(img, size)
+    np.testing.assert_array_equal(got.numpy(), ref)
+    ref = it.center_crop(ref, (crop, crop), data_format=first, input_data_format=first)
+    np.testing.assert_array_equal(vision.center_crop(got, crop).numpy(), ref)
+    mean, std = vision.OPENAI_CLIP_MEAN, vision.OPENAI_CLIP_STD
+    want = (chw / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    out = vision.normalize(img, mean, std)
+    assert str(out.dtype) == "f32"
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
+
+
+def test_processor_steps_reject_bad_input(tmp_path):
+    with pytest.raises(vision.ImageError, match=r"an \(H, W, 3\) uint8 array .* shape \[4, 4, 4\] and dtype uint8"):
+        vision.as_image(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(vision.ImageError, match="dtype float32"):
+        vision.as_image(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(vision.ImageError, match="no such file"):
+        vision.as_image(tmp_path / "missing.png")
+    img = Tensor(np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(vision.ImageError, match="unknown interpolation 'cubic'"):
+        vision.resize(img, 4, "cubic")
+    with pytest.raises(vision.ImageError, match="size must be positive"):
+        vision.center_crop(img, 0)
+    with pytest.raises(vision.ImageError, match=r"normalize: expected \(\.\.\., 3, H, W\)"):
+        vision.normalize(Tensor(np.zeros((4, 8, 8), np.uint8)), vision.IMAGENET_MEAN, vision.IMAGENET_STD)
+    assert vision.as_pixel_batch(img) is None and vision.as_pixel_batch("x.png") is None
+    assert vision.as_pixel_batch(np.zeros((3, 8, 8), np.float32)).shape == (1, 3, 8, 8)

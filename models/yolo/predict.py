@@ -1,7 +1,7 @@
 """Loading Ultralytics YOLO weights and running detection (``yolo.load``, ``yolo.detect``).
 
-requires: candlejax.models.yolo (the model classes), candlejax.vision (letterbox, NMS), candlejax.io.pth
-provides: ``load``, ``detect``
+requires: candlejax.models.yolo.model (the network), candlejax.vision (letterbox, NMS), candlejax.io.pth
+provides: ``load``, ``detect``, ``pt_to_safetensors``
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.yolo import SCALES, SIZES, Multiples, YoloV8
+from candlejax.models.yolo.model import SCALES, SIZES, Multiples, YoloV8
 from candlejax.nn import VarBuilder
-from candlejax.tensor import Tensor, unwrap, wrap
-from candlejax.vision import (
-    Detections,
-    check_image,
-    image_to_tensor,
-    letterbox,
-    load_image,
-    nms_arrays,
-    scale_boxes,
-    scale_keypoints,
-)
+from candlejax.tensor import unwrap, wrap
+from candlejax.vision import Detections, as_image, letterbox, nms_arrays, scale_boxes, scale_keypoints
 
-__all__ = ["detect", "load"]
+__all__ = ["detect", "load", "pt_to_safetensors"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,7 +141,8 @@ _post = jax.jit(_postprocess, static_argnames=("nc", "max_det", "top_k"))
 
 def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
            max_det: int = 300, top_k: int = 1024) -> Detections:  # fmt: skip
-    """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a PIL image or a path.
+    """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
+    or an ``(H, W, 3)`` uint8 array (:func:`candlejax.vision.as_image`).
 
     As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
     / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
@@ -158,11 +150,7 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again over every
     anchor, so the result is Ultralytics' whatever the count.
     """
-    if isinstance(img, (str, os.PathLike)):
-        img = load_image(img)
-    elif not isinstance(img, Tensor):
-        img = image_to_tensor(img)
-    check_image(img, "yolo.detect")
+    img = as_image(img, "yolo.detect")
     lb_img, lb = letterbox(img, imgsz)
     c, t = jnp.float32(conf), jnp.float32(iou)
     batch = unwrap(lb_img)[None]
@@ -176,7 +164,6 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
         kpts = scale_keypoints(np.asarray(extra)[ok].reshape(-1, k, nd), lb)
     return Detections(scale_boxes(np.asarray(boxes)[ok], lb), np.asarray(scores)[ok],
                       np.asarray(classes)[ok].astype(np.int64), kpts)  # fmt: skip
-
 
 
 def pt_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

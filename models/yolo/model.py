@@ -1,20 +1,12 @@
-"""YOLOv8 (detect, pose) and YOLO11 (pose, detect) (~ Candle's ``yolo-v8`` example, Ultralytics' modules).
+"""The YOLOv8 / YOLO11 network (detect and pose heads).
 
 Papers/code: Ultralytics YOLOv8 and YOLO11 (https://github.com/ultralytics/ultralytics,
 ``nn/modules/{conv,block,head}.py``). Classes follow Candle's ``candle-examples/examples/yolo-v8/
 model.rs`` (``Multiples``, ``ConvBlock``, ``C2f``, ``Sppf``, ``Dfl``, ``DarkNet``, ``YoloV8Neck``,
 ``DetectionHead``, ``PoseHead``, ``YoloV8``, ``YoloV8Pose``); tensor names are Ultralytics' own
 (``model.0.conv.weight``, ``model.22.cv2.0.0.bn.running_mean``, ...), so an Ultralytics state dict
-loads as it is. BatchNorm (eps 1e-3) is folded into each conv at load time::
-
-    det = yolo.load("yolov8n.safetensors", version="v8", which="n", task="detect", num_classes=80)
-    det = yolo.load("yolo11n-pose.pt")                    # an Ultralytics checkpoint (read without pickle code)
-    raw = det.forward(x)                                  # (B, 3, H, W) f32 in [0, 1] -> (B, 4 + nc [+ K*3], A)
-    dets = yolo.detect(det, img, conf=0.25, iou=0.45)     # letterbox, forward + NMS under one jax.jit, un-letterbox
-
-``raw`` is Ultralytics' eval-mode output: boxes as (cx, cy, w, h) in input pixels, class
-probabilities, then keypoints (x, y, visibility) per anchor. Shell: ``python -m candlejax.models.yolo
-detect|pose IMAGE --weights FILE [--which n|s|m|l|x] [--conf --iou] --out out.jpg``.
+loads as it is. BatchNorm (eps 1e-3) is folded into each conv at load time. Loading files and
+detection: :mod:`candlejax.models.yolo` (``load``, ``detect``).
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from candlejax.tensor import Tensor
 
 __all__ = [
     "C2PSA", "C2f", "C3k", "C3k2", "COCO_NAMES", "ConvBlock", "DarkNet", "DetectionHead", "Dfl", "Multiples",
-    "PSABlock", "PoseHead", "Sppf", "YoloV8", "YoloV8Neck", "YoloV8Pose", "detect", "load",
+    "PSABlock", "PoseHead", "SCALES", "SIZES", "Sppf", "YoloV8", "YoloV8Neck", "YoloV8Pose",
 ]  # fmt: skip
 
 # Candle's yolo-v8 example (coco_classes.rs): the 80 COCO names in darknet spelling.
@@ -485,12 +477,3 @@ class YoloV8Pose(YoloV8):
     @staticmethod
     def load(vb: Any, m: Multiples, num_classes: int = 1, kpt: tuple[int, int] = (17, 3), **kw: Any) -> YoloV8:  # type: ignore[override]
         return YoloV8.load(vb, m, num_classes, task="pose", kpt=kpt, **kw)
-
-
-if __name__ != "__main__":  # (run as a script, the CLI imports this module afresh)
-    from candlejax.models.yolo_predict import detect, load  # (they build the classes above)
-
-if __name__ == "__main__":
-    from candlejax.vision.cli import yolo_main
-
-    raise SystemExit(yolo_main())

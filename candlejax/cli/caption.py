@@ -1,0 +1,44 @@
+"""``candlejax caption IMAGE --model DIR``: caption an image with BLIP (= ``python -m
+candlejax.models.blip caption``; Candle's ``blip`` example). ``DIR`` holds a
+``BlipForConditionalGeneration`` checkpoint: ``config.json``, ``*.safetensors``, ``tokenizer.json``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from candlejax.cli._script import count, number, parser, run_script
+
+__all__ = ["add_arguments", "blip_main", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="an image file")
+    p.add_argument("--model", required=True, help="folder with config.json, *.safetensors, tokenizer.json")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one in --model)")
+    p.add_argument("--max-new-tokens", type=count(1), default=30, help="the most caption tokens")
+    p.add_argument("--temperature", type=number(0.0), default=None, help="sample at this temperature (default: greedy)")
+    p.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=None, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=299792458, help="sampling seed")
+    p.add_argument("--ids", action="store_true", help="also print the token ids")
+
+
+def run(args: argparse.Namespace) -> int:
+    from candlejax.pipelines import ImageCaptioner
+
+    cap = ImageCaptioner.from_pretrained(args.model, args.tokenizer, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)  # fmt: skip
+    ids = cap.ids(args.image)
+    print(cap.decode(ids))
+    if args.ids:
+        print("ids:", " ".join(map(str, ids)))
+    return 0
+
+
+def blip_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m candlejax.models.blip caption IMAGE --model DIR [--max-new-tokens N] [--ids]``."""
+    p = parser("python -m candlejax.models.blip", "BLIP image captioning")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    add_arguments(sub.add_parser("caption", help="caption an image", formatter_class=fmt))
+    return run_script(p, argv, run)

@@ -1,0 +1,45 @@
+"""BLIP image captioning for serving: a model, its tokenizer and the decoding settings in one object.
+
+requires: candlejax.models.blip, tokenizers
+provides: ``ImageCaptioner``
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from candlejax.dtype import DType
+from candlejax.models import blip
+from candlejax.models.loading import tokenizer_from
+
+__all__ = ["ImageCaptioner"]
+
+
+class ImageCaptioner:
+    """``ImageCaptioner(model, tokenizer=None, max_new_tokens=30, temperature=None, top_p=None, seed=...)``:
+    ``cap(image)`` -> the caption (:func:`candlejax.models.blip.caption`). transformers:
+    ``pipeline("image-to-text")``."""
+
+    def __init__(self, model: blip.BlipForConditionalGeneration, tokenizer: Any = None, *, max_new_tokens: int = 30,
+                 temperature: float | None = None, top_p: float | None = None, seed: int = 299792458):  # fmt: skip
+        self.model = model
+        self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner")
+        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
+                        device: Any = None, **settings: Any) -> ImageCaptioner:  # fmt: skip
+        """A ``BlipForConditionalGeneration`` checkpoint folder (``config.json``, ``*.safetensors``,
+        ``tokenizer.json``); ``settings``: the decoding keywords of the constructor."""
+        return cls(blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device), tokenizer, **settings)
+
+    def ids(self, image: Any) -> list[int]:
+        """The caption's token ids (:func:`candlejax.models.blip.caption_ids`)."""
+        return blip.caption_ids(self.model, image, self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def __call__(self, image: Any) -> str:
+        return self.decode(self.ids(image))

@@ -1,0 +1,42 @@
+"""YOLO object detection for serving: a model and its thresholds in one object, plus drawing.
+
+requires: candlejax.models.yolo, candlejax.vision
+provides: ``ObjectDetector``
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from candlejax import vision
+from candlejax.models import yolo
+
+__all__ = ["ObjectDetector"]
+
+
+class ObjectDetector:
+    """``ObjectDetector(model, conf=0.25, iou=0.45, imgsz=640)``: ``det(image)`` -> ``Detections``
+    (:func:`candlejax.models.yolo.detect`); ``det.annotate(image, dets)`` draws them (a PIL image).
+    transformers: ``pipeline("object-detection")``; Ultralytics: ``YOLO(...).predict``."""
+
+    def __init__(self, model: yolo.YoloV8, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640):
+        self.model, self.conf, self.iou, self.imgsz = model, float(conf), float(iou), int(imgsz)
+
+    @classmethod
+    def from_file(cls, weights: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640,
+                  **load: Any) -> ObjectDetector:  # fmt: skip
+        """Ultralytics weights (``.pt`` or ``.safetensors``); ``load``: the keywords of
+        :func:`~candlejax.models.yolo.load` (``which``, ``version``, ``task``, ...)."""
+        return cls(yolo.load(weights, **load), conf, iou, imgsz)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.model.names)
+
+    def __call__(self, image: Any) -> vision.Detections:
+        return yolo.detect(self.model, image, conf=self.conf, iou=self.iou, imgsz=self.imgsz)
+
+    def annotate(self, image: Any, dets: vision.Detections) -> Any:
+        """The image with the boxes (and keypoints) drawn, as a ``PIL.Image``."""
+        return vision.draw_detections(vision.as_image(image, "ObjectDetector.annotate"), dets, self.model.names)

@@ -1,0 +1,80 @@
+"""CLIP zero-shot classification for serving: the labels are encoded once, each image once.
+
+requires: candlejax.models.clip, candlejax.vision, tokenizers
+provides: ``ZeroShotClassifier``
+
+:func:`candlejax.models.clip.zero_shot` runs the text and the vision tower for every call; a
+server that scores many images against the same labels keeps the labels' normalised text features
+(:meth:`ZeroShotClassifier.text_features`, cached per label tuple) and runs only the compiled
+vision tower per image. The probabilities are the same (softmax of ``exp(logit_scale)`` times the
+cosine similarities).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.dtype import DType
+from candlejax.models import clip
+from candlejax.models.loading import tokenizer_from
+from candlejax.tensor import unwrap
+
+__all__ = ["ZeroShotClassifier"]
+
+
+def _unit(x: Any) -> Any:
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class ZeroShotClassifier:
+    """``ZeroShotClassifier(model, tokenizer=None)``: ``clf(image, labels)`` -> ``[(label, p), ...]``,
+    most probable first. ``tokenizer`` as in :func:`~candlejax.models.clip.zero_shot` (default:
+    the checkpoint folder's ``tokenizer.json``). transformers: ``pipeline("zero-shot-image-classification")``.
+    """
+
+    def __init__(self, model: clip.ClipModel, tokenizer: Any = None, cache_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer_from(tokenizer, model.path, "ZeroShotClassifier")
+        self.cache_size = int(cache_size)
+        self._text: dict[tuple[str, ...], Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
+                        device: Any = None) -> ZeroShotClassifier:  # fmt: skip
+        """A ``CLIPModel`` checkpoint folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+        return cls(clip.ClipModel.from_pretrained(model_dir, dtype, device), tokenizer)
+
+    def text_features(self, labels: Sequence[str]) -> Any:
+        """The labels' L2-normalised projected text features ``(N, projection_dim)`` (a jax array), cached."""
+        if isinstance(labels, str):
+            raise errors.Msg("ZeroShotClassifier: labels must be a list of strings, got one string (split it first)")
+        key = tuple(labels)
+        if not key:
+            raise errors.Msg("ZeroShotClassifier: the label list is empty; give at least one label")
+        if key not in self._text:
+            ids, mask = clip.tokenize(self.tokenizer, key, self.model.text_model.max_position_embeddings)
+            if len(self._text) >= self.cache_size:
+                self._text.pop(next(iter(self._text)))
+            self._text[key] = _unit(unwrap(clip.text_features_jit(self.model, ids, mask)))
+        return self._text[key]
+
+    def probs(self, image: Any, labels: Sequence[str]) -> np.ndarray:
+        """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`)."""
+        txt = self.text_features(labels)
+        pixels = clip.preprocess(image, self.model.image_size)
+        if pixels.dim(0) != 1:
+            raise errors.Msg(f"ZeroShotClassifier: one image at a time, got a batch of {pixels.dim(0)}")
+        img = _unit(unwrap(clip.image_features_jit(self.model, pixels.to_dtype(self.model.logit_scale.dtype))))
+        logits = jnp.exp(unwrap(self.model.logit_scale)) * (img @ txt.T)  # (1, N)
+        return np.asarray(jax.nn.softmax(logits, axis=-1), np.float32)[0]
+
+    def __call__(self, image: Any, labels: Sequence[str]) -> list[tuple[str, float]]:
+        p = self.probs(image, labels)
+        return sorted(zip(labels, map(float, p), strict=True), key=lambda t: -t[1])
