@@ -19,14 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"candlejax": ROOT / "candlejax", "candlejax.models": ROOT / "models"}
 
-#: Import cycles among model files and their command-line / pipeline code, which are moving out of
-#: models/. This list must shrink to empty: remove an entry as soon as its cycle is gone (the test
-#: fails on an entry that no longer is a cycle) and never add one.
-KNOWN_MODEL_CYCLES: list[frozenset[str]] = [
-    frozenset({"candlejax.models.clip", "candlejax.models._clip_pipeline"}),
-    frozenset({"candlejax.models.blip", "candlejax.models._blip_pipeline"}),
-    frozenset({"candlejax.models.yolo", "candlejax.models.yolo_predict"}),
-]
+#: Import cycles allowed among model files: none (a model file holds the model only; command lines
+#: and serving code live in candlejax.cli / candlejax.pipelines). Never add one.
+KNOWN_MODEL_CYCLES: list[frozenset[str]] = []
 
 #: The one module allowed to import ``jax._src``.
 JAX_PRIVATE_SHIM = "candlejax._jax_private"
