@@ -300,8 +300,13 @@ class _Source:
     def open(path: PathLike) -> _Source:
         src = os.fspath(path)
         with open(src, "rb") as f:
+
+            def read(begin: int, end: int) -> bytes:
+                f.seek(begin)
+                return f.read(end - begin)
+
             size = os.fstat(f.fileno()).st_size
-            header, base = _read_header(lambda a, b: os.pread(f.fileno(), b - a, a), size, src)
+            header, base = _read_header(read, size, src)
         try:
             st = safetensors.safe_open(src, framework="numpy")
         except safetensors.SafetensorError as e:
@@ -567,7 +572,7 @@ def save(tensors: Mapping[str, Any], path: PathLike, metadata: Mapping[str, str]
     for name, t, dt in _plan(tensors, metadata):
         shape = [int(d) for d in t.shape]
         try:
-            arr = _host_bytes(name, t, math.prod(shape) * dt.np.itemsize)
+            arr = _host_bytes(name, t, math.prod(shape) * np.dtype(dt.np).itemsize)
         except errors.Error as e:
             e.add_note(f"while saving tensor {name!r} to {os.fspath(path)} (the file was not changed)")
             raise
