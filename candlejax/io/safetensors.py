@@ -1,16 +1,23 @@
-"""safetensors reading and writing: Candle's ``candle::safetensors`` module.
+"""safetensors reading and writing: Candle's ``candle::safetensors`` module, on the ``safetensors`` package.
 
-requires: numpy, jax, ml_dtypes (via jax), candlejax.dtype / device / errors / tensor
+requires: safetensors (``safe_open``, ``deserialize``, ``serialize_file``), numpy, ml_dtypes, jax,
+candlejax.dtype / device / errors / tensor
 provides: ``save``, ``save_tensor`` (``Tensor.save_safetensors``), ``load``, ``load_buffer``,
 ``MmapedSafetensors`` (one file, ``multi([...])``, or a sharded ``model.safetensors.index.json``),
 ``SliceSafetensors`` / ``BufferedSafetensors`` (in-memory), ``TensorView``, ``atomic_file``.
 
-The format is an 8-byte little-endian header length, a JSON header
-``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`` and the
-data buffer. The header is parsed here with bounds checks, so a corrupt or truncated file raises
-``candlejax.errors.SafeTensor`` naming the file and the tensor, without allocating the sizes it
-claims. Reading maps the file and copies one tensor at a time; writing goes to a temporary file in
-the same directory that replaces the target only once complete (a failed save keeps the old file).
+The safetensors package validates the header (offsets, sizes, dtypes, coverage), maps the file and
+reads one tensor at a time, and writes files. What is done here (see docs/io.md):
+
+- errors: the package's ``SafetensorError`` names neither the file nor, mostly, the tensor; when it
+  refuses a file, the header is examined here to raise ``candlejax.errors.SafeTensor`` naming the
+  file, the tensor and the numbers. Nothing is allocated from a size the file merely claims.
+- duplicate names in the header, which the package accepts (keeping the last), are refused.
+- F8 tensors are decoded here with ml_dtypes (the package's numpy path looks for ``numpy.float8_*``);
+  U16 loads as U32 and BOOL as U8 as in Candle; I64/F64 need x64 mode or ``dtype=``.
+- saves are atomic and durable: the package writes inside a private temporary folder next to the
+  target; the file is then fsync'd, given the umask's permissions and moved onto the target (a
+  failed save keeps the old file).
 """
 
 from __future__ import annotations
@@ -18,25 +25,22 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import mmap
 import os
 import struct
-import tempfile
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: stale temporary files are left in place
-    fcntl = None  # type: ignore[assignment]
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any
+from typing import Any
 
 import jax
 import ml_dtypes
 import numpy as np
+import safetensors
 
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
+from candlejax.io._atomic import atomic_file, atomic_name
 from candlejax.tensor._core import TensorBase, wrap
 
 PathLike = str | os.PathLike
@@ -60,15 +64,17 @@ _ST: dict[str, tuple[np.dtype | None, int, DType | None]] = {
     "F8_E4M3": (np.dtype(ml_dtypes.float8_e4m3fn), 8, DType.F8E4M3),
     "F8_E5M2": (np.dtype(ml_dtypes.float8_e5m2), 8, None),
     "F8_E8M0": (np.dtype(ml_dtypes.float8_e8m0fnu), 8, None),
+    "F8_E4M3FNUZ": (np.dtype(ml_dtypes.float8_e4m3fnuz), 8, None),
+    "F8_E5M2FNUZ": (np.dtype(ml_dtypes.float8_e5m2fnuz), 8, None),
     "C64": (np.dtype("<c8"), 64, None),
     "F4": (None, 4, None),
     "F6_E2M3": (None, 6, None),
     "F6_E3M2": (None, 6, None),
 }
-_TO_ST = {
-    DType.U8: "U8", DType.U32: "U32", DType.I16: "I16", DType.I32: "I32", DType.I64: "I64",
-    DType.BF16: "BF16", DType.F16: "F16", DType.F32: "F32", DType.F64: "F64", DType.F8E4M3: "F8_E4M3",
-}
+#: file dtypes the package's numpy path reads (the others are decoded from the mapped bytes here)
+_PKG_NUMPY = frozenset(
+    {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64", "C64"}
+)
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -88,7 +94,7 @@ def _corrupt(src: str, msg: str, name: str | None = None) -> errors.SafeTensor:
     return errors.SafeTensor(f"invalid safetensors file {_where(src, name)}: {msg}")
 
 
-# --- header parsing --------------------------------------------------------------------------------
+# --- header ------------------------------------------------------------------------------------------
 class _Entry:
     __slots__ = ("begin", "end", "name", "shape", "st_dtype")
 
@@ -109,73 +115,77 @@ def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
 
 
-def _parse(buf: Any, size: int, src: str) -> tuple[dict[str, _Entry], dict[str, str] | None, int]:
-    """Validate the header of the safetensors bytes ``buf`` (``size`` bytes long).
+def _read_header(read: Any, size: int, src: str) -> tuple[Any, int]:
+    """The JSON header (``read(begin, end) -> bytes``) and the data's absolute offset.
 
-    Returns the entries (in data order), the metadata and the absolute offset of the data buffer.
+    The length is checked against the file before the header is read, and duplicate names (which the
+    safetensors package accepts, keeping the last) are refused here.
     """
     if size < 8:
         raise _corrupt(src, f"the file has {size} bytes, fewer than the 8-byte header length (truncated file?)")
-    (n,) = struct.unpack("<Q", bytes(buf[:8]))
+    (n,) = struct.unpack("<Q", bytes(read(0, 8)))
     if n > MAX_HEADER_SIZE:
         raise _corrupt(src, f"header length {n} is larger than the limit {MAX_HEADER_SIZE} (not a safetensors file?)")
     if n > size - 8:
         raise _corrupt(src, f"header length {n} is larger than the file ({size} bytes; truncated file?)")
     if n < 2:
         raise _corrupt(src, f"header length {n} is too small for a JSON header")
-    raw = bytes(buf[8 : 8 + n])
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        return json.loads(bytes(read(8, 8 + n)).decode("utf-8"), object_pairs_hook=_no_duplicates), 8 + n
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _corrupt(src, f"the header is not valid JSON ({e})") from None
+
+
+def _explain(header: Any, data_len: int, src: str, why: Exception) -> errors.SafeTensor:
+    """The error for a header the safetensors package refused (its ``SafetensorError`` names neither the
+    file nor, mostly, the tensor or the numbers): which entry is wrong and how."""
     if not isinstance(header, dict):
-        raise _corrupt(src, f"the header must be a JSON object, got {type(header).__name__}")
+        return _corrupt(src, f"the header must be a JSON object, got {type(header).__name__}")
+    header = dict(header)
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-    ):
-        raise _corrupt(src, "__metadata__ must map strings to strings")
-    data_len = size - 8 - n
-    entries: list[_Entry] = []
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        return _corrupt(src, "__metadata__ must map strings to strings")
+    spans = []
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise _corrupt(src, "the entry must be an object with dtype, shape and data_offsets", name)
+            return _corrupt(src, "the entry must be an object with dtype, shape and data_offsets", name)
         dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dt, str):
-            raise _corrupt(src, f"dtype must be a string, got {dt!r}", name)
+            return _corrupt(src, f"dtype must be a string, got {dt!r}", name)
+        if dt not in _ST:
+            return SafeTensorDtypeError(dt, f"{_where(src, name)}; candlejax cannot decode it")
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise _corrupt(src, f"shape must be a list of non-negative integers, got {shape!r}", name)
+            return _corrupt(src, f"shape must be a list of non-negative integers, got {shape!r}", name)
         if not (isinstance(offs, list) and len(offs) == 2 and all(_is_uint(o) for o in offs) and offs[0] <= offs[1]):
-            raise _corrupt(src, f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
-        begin, end = offs
-        if end > data_len:
-            raise _corrupt(
+            return _corrupt(src, f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
+        if offs[1] > data_len:
+            return _corrupt(
                 src, f"data_offsets {offs} point past the end of the data ({data_len} bytes; truncated file?)", name
             )
-        numel = 1
-        for d in shape:
-            numel *= d
-        spec = _ST.get(dt)
-        if spec is not None and numel * spec[1] != (end - begin) * 8:
-            need = numel * spec[1] / 8
-            raise _corrupt(
-                src,
-                f"data_offsets {offs} hold {end - begin} bytes but shape {errors.fmt_shape(shape)} of {dt}"
-                f" needs {int(need) if need == int(need) else need}",
-                name,
+        need = math.prod(shape) * _ST[dt][1] / 8
+        if need != offs[1] - offs[0]:
+            return _corrupt(
+                src, f"data_offsets {offs} hold {offs[1] - offs[0]} bytes but shape {errors.fmt_shape(shape)} of"
+                f" {dt} needs {int(need) if need == int(need) else need}", name,
             )
-        entries.append(_Entry(name, dt, tuple(shape), begin, end))
-    entries.sort(key=lambda e: (e.begin, e.end))
+        spans.append((offs[0], offs[1], name))
     pos, prev = 0, None
-    for e in entries:
-        if e.begin < pos:
-            raise _corrupt(src, f"data_offsets [{e.begin}, {e.end}] overlap tensor {prev!r} ending at {pos}", e.name)
-        if e.begin > pos:
-            raise _corrupt(src, f"data_offsets [{e.begin}, {e.end}] leave a hole after byte {pos}", e.name)
-        pos, prev = e.end, e.name
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            what = f"overlap tensor {prev!r} ending at {pos}" if begin < pos else f"leave a hole after byte {pos}"
+            return _corrupt(src, f"data_offsets [{begin}, {end}] {what}", name)
+        pos, prev = end, name
     if pos != data_len:
-        raise _corrupt(src, f"the tensors cover {pos} bytes of data but the file holds {data_len}")
-    return {e.name: e for e in entries}, metadata, 8 + n
+        return _corrupt(src, f"the tensors cover {pos} bytes of data but the file holds {data_len}")
+    return _corrupt(src, f"rejected by the safetensors package: {why}")
+
+
+def _entries(header: dict[str, Any]) -> dict[str, _Entry]:
+    """The entries of a header the package accepted, in data order."""
+    out = [
+        _Entry(k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items() if k != "__metadata__"
+    ]
+    return {e.name: e for e in sorted(out, key=lambda e: (e.begin, e.end))}
 
 
 # --- decoding --------------------------------------------------------------------------------------
@@ -183,7 +193,7 @@ def _resolve_dtype(dtype: Any) -> DType | None:
     return None if dtype is None else to_dtype(dtype)
 
 
-def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str, check_x64: bool = True) -> np.ndarray:
+def _convert(src: _Source, e: _Entry, dtype: DType | None, check_x64: bool = True) -> np.ndarray:
     """A fresh numpy array (owning its memory) holding tensor ``e``, converted to ``dtype``."""
     np_dt, _, native = _ST.get(e.st_dtype, (None, 0, None))
     target = dtype or native
@@ -192,24 +202,20 @@ def _decode(buf: Any, base: int, e: _Entry, dtype: DType | None, src: str, check
             "pass dtype=... (e.g. DType.F32) to convert it while loading" if np_dt is not None
             else "candlejax cannot decode it"
         )
-        raise SafeTensorDtypeError(e.st_dtype, f"{_where(src, e.name)}; {hint}")
+        raise SafeTensorDtypeError(e.st_dtype, f"{_where(src.src, e.name)}; {hint}")
     if check_x64 and target in (DType.I64, DType.F64) and not x64_enabled():
         raise SafeTensorX64Error(
-            target, f"safetensors load of {_where(src, e.name)}",
+            target, f"safetensors load of {_where(src.src, e.name)}",
             "64-bit dtypes need JAX's x64 mode: call candlejax.enable_x64() first, or pass"
             f" dtype=DType.{'F32' if target is DType.F64 else 'I32'} to convert while loading",
         )
-    numel = (e.end - e.begin) // np_dt.itemsize
-    view = np.frombuffer(buf, dtype=np_dt, count=numel, offset=base + e.begin)
     try:
+        arr = src.array(e, np_dt)
         if e.st_dtype == "BOOL":
-            view = view != 0
-        out = view.astype(target.np) if view.dtype != target.np else view.copy()
-        return out.reshape(e.shape)
+            arr = arr.view(np.uint8) != 0
+        return arr.astype(target.np, copy=False)
     except (ValueError, OverflowError, MemoryError) as ex:
-        raise _corrupt(src, f"cannot build an array of shape {errors.fmt_shape(e.shape)}: {ex}", e.name) from None
-    finally:
-        del view
+        raise _corrupt(src.src, f"cannot build an array of shape {errors.fmt_shape(e.shape)}: {ex}", e.name) from None
 
 
 def _to_device(arr: np.ndarray, device: Any) -> Any:
@@ -263,9 +269,8 @@ class TensorView:
         return n
 
     def data(self) -> memoryview:
-        """The tensor's raw little-endian bytes (a zero-copy view of the mapped file)."""
-        b = self._owner.base
-        return memoryview(self._owner.buf)[b + self._e.begin : b + self._e.end]
+        """The tensor's raw little-endian bytes (a zero-copy view of the mapped file or the buffer)."""
+        return self._owner.raw(self._e)
 
     def load(self, device: Any = None, dtype: Any = None) -> Any:
         """The Tensor on ``device`` (default CPU); ``dtype`` converts while loading (extension)."""
@@ -274,55 +279,85 @@ class TensorView:
     def numpy(self, dtype: Any = None) -> np.ndarray:
         """A host copy as a numpy array (64-bit dtypes allowed without x64 mode), converted to
         ``dtype`` if given; U16 becomes uint32 and BOOL uint8, as ``load``."""
-        o = self._owner
-        o.check_open()
-        return _decode(o.buf, o.base, self._e, _resolve_dtype(dtype), o.src, check_x64=False)
+        return _convert(self._owner, self._e, _resolve_dtype(dtype), check_x64=False)
 
     def __repr__(self) -> str:
         return f"TensorView(name={self.name!r}, dtype={self.st_dtype}, shape={list(self.shape)})"
 
 
 class _Source:
-    """One parsed safetensors byte buffer (a mapped file or bytes in memory)."""
+    """One safetensors file opened with the package's ``safe_open``, or bytes in memory decoded by its
+    ``deserialize``; ``entries`` come from the header the package validated."""
 
-    __slots__ = ("_file", "_mm", "base", "buf", "entries", "metadata", "src")
+    __slots__ = ("_mm", "_raw", "_st", "base", "closed", "entries", "metadata", "src")
 
-    def __init__(self, buf: Any, src: str, mm: mmap.mmap | None = None, file: IO[bytes] | None = None):
-        self.buf, self.src, self._mm, self._file = buf, src, mm, file
-        try:
-            self.entries, self.metadata, self.base = _parse(buf, len(buf), src)
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, src: str, header: dict[str, Any], base: int, st: Any = None, raw: Any = None):
+        self.src, self.base, self._st, self._raw, self._mm, self.closed = src, base, st, raw, None, False
+        self.metadata: dict[str, str] | None = header.get("__metadata__")
+        self.entries = _entries(header)
 
     @staticmethod
     def open(path: PathLike) -> _Source:
         src = os.fspath(path)
-        f = open(src, "rb")
-        try:
+        with open(src, "rb") as f:
+
+            def read(begin: int, end: int) -> bytes:
+                f.seek(begin)
+                return f.read(end - begin)
+
             size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise _corrupt(src, f"the file has {size} bytes, fewer than the 8-byte header length (truncated file?)")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except BaseException:
-            f.close()
-            raise
-        return _Source(mm, src, mm, f)
+            header, base = _read_header(read, size, src)
+        try:
+            st = safetensors.safe_open(src, framework="numpy")
+        except safetensors.SafetensorError as e:
+            raise _explain(header, size - base, src, e) from None
+        return _Source(src, header, base, st=st)
+
+    @staticmethod
+    def from_buffer(buffer: bytes | bytearray | memoryview) -> _Source:
+        mv = memoryview(buffer).cast("B")
+        header, base = _read_header(lambda a, b: mv[a:b], len(mv), "<buffer>")
+        try:
+            raw = {n: v["data"] for n, v in safetensors.deserialize(buffer if type(buffer) is bytes else bytes(mv))}
+        except safetensors.SafetensorError as e:
+            raise _explain(header, len(mv) - base, "<buffer>", e) from None
+        return _Source("<buffer>", header, base, raw=raw)
 
     def check_open(self) -> None:
-        if self._mm is not None and self._mm.closed:
+        if self.closed:
             raise errors.SafeTensor(f"{self.src} was closed")
 
-    def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
+    def raw(self, e: _Entry) -> memoryview:
+        """The stored bytes of ``e``, without a copy."""
         self.check_open()
-        return _to_device(_decode(self.buf, self.base, e, dtype, self.src), device)
+        if self._raw is not None:
+            return memoryview(self._raw[e.name])
+        if self._mm is None:
+            with open(self.src, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(self._mm)[self.base + e.begin : self.base + e.end]
+
+    def array(self, e: _Entry, np_dt: np.dtype) -> np.ndarray:
+        """A fresh host array of ``e`` in its stored dtype: the package reads it, except the types
+        its numpy path cannot build (F8: it looks for ``numpy.float8_*``), decoded here with ml_dtypes."""
+        self.check_open()
+        if self._st is None or e.st_dtype not in _PKG_NUMPY:
+            return np.frombuffer(self.raw(e), np_dt).reshape(e.shape).copy()
+        try:
+            return self._st.get_tensor(e.name)
+        except safetensors.SafetensorError as ex:
+            raise _corrupt(self.src, f"cannot read: {ex}", e.name) from None
+
+    def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
+        return _to_device(_convert(self, e, dtype), device)
 
     def close(self) -> None:
+        self.closed = True
+        if self._st is not None:
+            self._st.__exit__(None, None, None)
         if self._mm is not None:
             with contextlib.suppress(BufferError):
                 self._mm.close()
-        if self._file is not None:
-            self._file.close()
 
 
 # --- readers -----------------------------------------------------------------------------------------
@@ -471,7 +506,7 @@ class SliceSafetensors(MmapedSafetensors):
 
     def __init__(self, buffer: bytes | bytearray | memoryview):
         self.routing = None
-        self._sources = [_Source(memoryview(buffer).cast("B"), "<buffer>")]
+        self._sources = [_Source.from_buffer(buffer)]
 
 
 BufferedSafetensors = SliceSafetensors
@@ -493,133 +528,64 @@ def load_buffer(data: bytes | bytearray | memoryview, device: Any = None, dtype:
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def _remove_stale_temps(d: str, prefix: str) -> None:
-    """Delete ``{prefix}*.tmp`` files in ``d`` whose writer died (nobody holds their lock)."""
-    if fcntl is None:
-        return
-    try:
-        names = [n for n in os.listdir(d) if n.startswith(prefix) and n.endswith(".tmp")]
-    except OSError:
-        return
-    for n in names:
-        p = os.path.join(d, n)
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)  # a live writer holds it
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(p)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
-    """Write ``path`` atomically: a temporary file in the same directory, fsync'd, then ``os.replace``.
-
-    On any exception the temporary file is removed and an existing ``path`` is left untouched. The
-    writer holds an exclusive ``flock`` on its temporary file; temporary files of ``path`` left by a
-    killed writer (no lock held) are removed by the next save of ``path``.
-    """
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
-    _remove_stale_temps(d, prefix)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _st_dtype_of(name: str, t: Any) -> tuple[str, tuple[int, ...]]:
-    if isinstance(t, TensorBase):
-        dt = t.dtype
-    elif isinstance(t, (np.ndarray, jax.Array, np.generic)):
-        dt = from_array_dtype(t.dtype, f"safetensors save of {name!r}")
-    else:
-        raise errors.Msg(f"safetensors save: {name!r} is a {type(t).__name__}, expected a Tensor")
-    return _TO_ST[dt], tuple(int(d) for d in t.shape)
-
-
-def serialize(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> tuple[bytes, list]:
-    """The header bytes (padded to 8) and the ``(name, tensor, nbytes)`` list in data order."""
+def _plan(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> list[tuple[str, Any, DType]]:
+    """Check the arguments of ``save``: ``(name, tensor, dtype)`` for each tensor."""
     if not isinstance(tensors, Mapping):
         raise errors.Msg(f"safetensors save expects a dict of name -> Tensor, got {type(tensors).__name__}")
     if metadata is not None and not (
         isinstance(metadata, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
     ):
         raise errors.Msg("safetensors save: metadata must map strings to strings")
-    items = []
+    out = []
     for name, t in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
             raise errors.Msg(f"safetensors save: invalid tensor name {name!r}")
-        st_dt, shape = _st_dtype_of(name, t)
-        items.append((name, t, st_dt, shape))
-    items.sort(key=lambda it: (-_ST[it[2]][1], it[0]))  # as the safetensors crate: by alignment, then name
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    pos, plan = 0, []
-    for name, t, st_dt, shape in items:
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * _ST[st_dt][1] // 8
-        header[name] = {"dtype": st_dt, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
-        plan.append((name, t, nbytes))
-        pos += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw, plan
+        if isinstance(t, TensorBase):
+            dt = t.dtype
+        elif isinstance(t, (np.ndarray, jax.Array, np.generic)):
+            dt = from_array_dtype(t.dtype, f"safetensors save of {name!r}")
+        else:
+            raise errors.Msg(f"safetensors save: {name!r} is a {type(t).__name__}, expected a Tensor")
+        out.append((name, t, dt))
+    return out
 
 
-def _host_bytes(name: str, t: Any, nbytes: int) -> memoryview:
+def _host_bytes(name: str, t: Any, nbytes: int) -> np.ndarray:
+    """The tensor's bytes on the host, little-endian and contiguous (a view where possible)."""
     arr = np.asarray(t)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     if arr.nbytes != nbytes:
         raise errors.Msg(f"safetensors save: tensor {name!r} produced {arr.nbytes} bytes, expected {nbytes}")
-    return arr.data
+    return arr
 
 
 def save(tensors: Mapping[str, Any], path: PathLike, metadata: Mapping[str, str] | None = None) -> None:
     """Write ``{name: Tensor}`` to a safetensors file (Candle's ``safetensors::save``), atomically.
 
     ``metadata`` (extension) becomes the ``__metadata__`` header entry, e.g. ``{"format": "pt"}``.
+    The safetensors package writes the file (streaming each tensor from its host buffer; tensors on
+    a CPU device are not copied).
     """
-    head, plan = serialize(tensors, metadata)
-    with atomic_file(path) as f:
-        f.write(head)
-        for name, t, nbytes in plan:
-            try:
-                f.write(_host_bytes(name, t, nbytes))
-            except errors.Error as e:
-                e.add_note(f"while saving tensor {name!r} to {os.fspath(path)} (the file was not changed)")
-                raise
+    keep, specs = [], {}
+    for name, t, dt in _plan(tensors, metadata):
+        shape = [int(d) for d in t.shape]
+        try:
+            arr = _host_bytes(name, t, math.prod(shape) * np.dtype(dt.np).itemsize)
+        except errors.Error as e:
+            e.add_note(f"while saving tensor {name!r} to {os.fspath(path)} (the file was not changed)")
+            raise
+        keep.append(arr)  # the specs hold raw pointers into these
+        specs[name] = safetensors.TensorSpec(
+            dtype=np.dtype(dt.np).name, shape=shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes
+        )
+    with atomic_name(path) as tmp:
+        try:
+            safetensors.serialize_file(specs, tmp, metadata=dict(metadata) if metadata else None)
+        except (safetensors.SafetensorError, OSError) as e:
+            raise errors.SafeTensor(f"cannot save {os.fspath(path)}: {e}") from None
+    del keep
 
 
 def save_tensor(t: Any, name: str, path: PathLike) -> None:
@@ -639,5 +605,4 @@ __all__ = [
     "load_buffer",
     "save",
     "save_tensor",
-    "serialize",
 ]

