@@ -1,6 +1,6 @@
 """Convolutions: ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d`` and their configs.
 
-requires: jax.lax.conv_general_dilated, candlejax.nn.module, candlejax.nn.init
+requires: candlejax.tensor (conv ops), candlejax.nn.module, candlejax.nn.init
 provides: ``Conv1dConfig``, ``Conv2dConfig``, ``ConvTranspose1dConfig``, ``ConvTranspose2dConfig``,
 ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d``, ``conv1d``, ``conv1d_no_bias``,
 ``conv2d``, ``conv2d_no_bias``, ``conv_transpose1d``, ``conv_transpose1d_no_bias``,
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax.numpy as jnp
-from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import op
@@ -25,7 +24,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
-from candlejax.tensor._core import wrap
+from candlejax.tensor import unwrap, wrap
 
 __all__ = [
     "Conv1d",
@@ -81,15 +80,13 @@ class ConvTranspose2dConfig:
     groups: int = 1
 
 
-_DN = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
 
 
 @op(static=("nd", "padding", "stride", "dilation", "groups"))
 def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int, stride: int, dilation: int, groups: int) -> Any:
-    y = lax.conv_general_dilated(
-        x, w, window_strides=(stride,) * nd, padding=[(padding, padding)] * nd,
-        rhs_dilation=(dilation,) * nd, dimension_numbers=_DN[nd], feature_group_count=groups,
-    )  # fmt: skip
+    t = wrap(x)  # the Tensor op (one kernel for both APIs, with its fast depthwise path)
+    conv = t.conv2d if nd == 2 else t.conv1d
+    y = unwrap(conv(wrap(w), padding, stride, dilation, groups))
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
     return y
@@ -102,7 +99,7 @@ def _conv_transpose(
     # the Tensor op (one kernel for both APIs: it also has the fast stride == kernel path)
     t, k = wrap(x), wrap(w)
     conv = t.conv_transpose2d if nd == 2 else t.conv_transpose1d
-    y = conv(k, padding, output_padding, stride, dilation, groups)._a
+    y = unwrap(conv(k, padding, output_padding, stride, dilation, groups))
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
     return y

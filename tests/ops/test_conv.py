@@ -87,6 +87,26 @@ def test_conv_defaults_match_candle_python_signature(rng):
     assert y.shape == (1, 2, 6, 6)
 
 
+@pytest.mark.parametrize("nd,ks,p,s,d", [(2, (3, 3), 1, 1, 1), (2, (3, 2), (1, 0), 2, 1), (2, (3, 3), 2, 1, 2),
+                                          (1, (3,), 1, 1, 1), (1, (5,), 2, 2, 1)])  # fmt: skip
+def test_depthwise_conv_matches_torch(rng, nd, ks, p, s, d):
+    """One filter per channel (groups == channels): the shifted-product path on the CPU."""
+    x, k = randn(rng, 2, 6, *((9, 10)[:nd])), randn(rng, 6, 1, *ks)
+    if nd == 2:
+        ours, ref = (lambda x, k: x.conv2d(k, padding=p, stride=s, dilation=d, groups=6)), F.conv2d
+    else:
+        ours, ref = (lambda x, k: x.conv1d(k, padding=p, stride=s, dilation=d, groups=6)), F.conv1d
+    check(ours, lambda x, k: ref(x, k, padding=p, stride=s, dilation=d, groups=6), [x, k], rng, jit=True)
+
+
+def test_depthwise_conv_low_precision_accumulates_in_f32(rng):
+    x, k = randn(rng, 1, 8, 12, 12), randn(rng, 8, 1, 3, 3)
+    ref = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(k, dtype=torch.float64), padding=1, groups=8)
+    out = T(x).to_dtype(cj.DType.BF16).conv2d(T(k).to_dtype(cj.DType.BF16), padding=1, groups=8)
+    assert out.dtype == cj.DType.BF16
+    np.testing.assert_allclose(np.asarray(out.to_dtype(cj.DType.F32)), ref.numpy(), atol=0.1, rtol=0.02)
+
+
 # --- transposed convolutions ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "p,op,s,d,g",
