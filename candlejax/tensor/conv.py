@@ -90,13 +90,27 @@ DEPTHWISE_MAX_TAPS = 64
 def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
           groups: int, dn: tuple[str, str, str]) -> Any:
     taps = math.prod(k.shape[2:])
+    on_cpu = jax.default_backend() == "cpu"
+    if taps == 1 and groups == 1 and not any(padding) and on_cpu:
+        return _pointwise(x, k, stride)
     if (groups > 1 and groups == x.shape[1] == k.shape[0] and k.shape[1] == 1 and taps <= DEPTHWISE_MAX_TAPS
-            and jax.default_backend() == "cpu"):  # fmt: skip
+            and on_cpu):  # fmt: skip
         return _depthwise_shifted(x, k, padding, stride, dilation)
     return lax.conv_general_dilated(
         x, k, window_strides=stride, padding=[(p, p) for p in padding], rhs_dilation=dilation,
         dimension_numbers=dn, feature_group_count=groups,
     )
+
+
+def _pointwise(x: Any, k: Any, stride: tuple[int, ...]) -> Any:
+    """A 1x1 convolution (no padding, one group) as a product over the channels: XLA:CPU runs it
+    3-11x faster than its convolution path on NCHW inputs (MobileNet / MobileSAM / YOLO 1x1 layers)."""
+    nd = k.ndim - 2
+    if any(st != 1 for st in stride):
+        x = x[(slice(None), slice(None), *(slice(None, None, st) for st in stride))]
+    dims = "hwd"[:nd]
+    return jnp.einsum(f"nc{dims},oc->no{dims}", x, k.reshape(k.shape[0], k.shape[1]),
+                      preferred_element_type=x.dtype)  # fmt: skip
 
 
 def _depthwise_shifted(x: Any, k: Any, padding: tuple[int, ...], stride: tuple[int, ...],

@@ -99,6 +99,17 @@ def test_depthwise_conv_matches_torch(rng, nd, ks, p, s, d):
     check(ours, lambda x, k: ref(x, k, padding=p, stride=s, dilation=d, groups=6), [x, k], rng, jit=True)
 
 
+@pytest.mark.parametrize("nd,s", [(2, 1), (2, 2), (2, (2, 1)), (1, 1), (1, 3)])
+def test_pointwise_conv_matches_torch(rng, nd, s):
+    """1x1 kernels (no padding, one group): the channel-product path on the CPU."""
+    x, k = randn(rng, 2, 5, *((9, 10)[:nd])), randn(rng, 7, 5, *((1, 1)[:nd]))
+    if nd == 2:
+        ours, ref = (lambda x, k: x.conv2d(k, stride=s)), F.conv2d
+    else:
+        ours, ref = (lambda x, k: x.conv1d(k, stride=s)), F.conv1d
+    check(ours, lambda x, k: ref(x, k, stride=s), [x, k], rng, jit=True)
+
+
 def test_depthwise_conv_low_precision_accumulates_in_f32(rng):
     x, k = randn(rng, 1, 8, 12, 12), randn(rng, 8, 1, 3, 3)
     ref = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(k, dtype=torch.float64), padding=1, groups=8)
