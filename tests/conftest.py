@@ -30,3 +30,27 @@ def x64():
         yield
     finally:
         candlejax.enable_x64(prev)
+
+
+@pytest.fixture
+def jax_compiles():
+    """A list that collects JAX's "Compiling ..." log messages while the test runs (``jax.log_compiles``)."""
+    import logging
+
+    import jax
+
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Compiling "):
+                seen.append(record.getMessage())
+
+    handler = Collect()
+    log = logging.getLogger("jax")
+    log.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield seen
+    finally:
+        log.removeHandler(handler)

@@ -111,39 +111,24 @@ def test_small_config_matches_transformers(hf_small, act, rng):
         np.testing.assert_allclose(np.asarray(eager), np.asarray(hidden), atol=1e-5, rtol=0)
 
 
-def test_eager_forward_pads_to_length_buckets(hf_small, rng):
+def test_eager_forward_pads_to_length_buckets(hf_small, rng, jax_compiles):
     """Eagerly, lengths 17-32 share the executables of one 32-token bucket: results equal transformers'
     at every length, and a new length in a bucket already run compiles nothing."""
-    import logging
-
     m, d = hf_small["gelu"]
     model = _load(d)
-    compiles: list[str] = []
-
-    class Log(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling "):
-                compiles.append(record.getMessage())
-
-    h = Log()
-    logging.getLogger("jax").addHandler(h)
-    try:
-        with jax.log_compiles(True):
-            for s in (20, 17, 23, 31):
-                ids, tt, mask = _inputs(rng, s=s)
-                ref, _ = _hf_forward(m, ids, tt, mask)
-                compiles.clear()
-                out = model.forward(*(Tensor(a.astype(np.int32)) for a in (ids, tt, mask)))
-                assert out.shape == (3, s, 32)
-                np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=0)
-                if s != 20:
-                    assert compiles == [], compiles[:3]
-            ids, _, _ = _inputs(rng, b=1, s=9)  # no mask, no token types
-            with torch.no_grad():
-                ref = m(torch.tensor(ids)).last_hidden_state.numpy()
-            np.testing.assert_allclose(np.asarray(model.forward(Tensor(ids.astype(np.uint32)))), ref, atol=1e-4)
-    finally:
-        logging.getLogger("jax").removeHandler(h)
+    for s in (20, 17, 23, 31):
+        ids, tt, mask = _inputs(rng, s=s)
+        ref, _ = _hf_forward(m, ids, tt, mask)
+        jax_compiles.clear()
+        out = model.forward(*(Tensor(a.astype(np.int32)) for a in (ids, tt, mask)))
+        assert out.shape == (3, s, 32)
+        np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=0)
+        if s != 20:
+            assert jax_compiles == [], jax_compiles[:3]
+    ids, _, _ = _inputs(rng, b=1, s=9)  # no mask, no token types
+    with torch.no_grad():
+        ref = m(torch.tensor(ids)).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(model.forward(Tensor(ids.astype(np.uint32)))), ref, atol=1e-4)
     assert bert.eager_length_bucket(17, 512) == 32 and bert.eager_length_bucket(3, 512) == 16
     assert bert.eager_length_bucket(40, 50) == 50 and bert.eager_length_bucket(60, 50) == 60
 

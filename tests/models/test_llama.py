@@ -122,36 +122,21 @@ def test_incremental_decode_matches_full_forward(pair):
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)
-def test_stateful_forward_runs_prompts_in_chunks(pair):
+def test_stateful_forward_runs_prompts_in_chunks(pair, jax_compiles):
     """Candle's loop: ``forward(prompt, 0)`` for prompts of 17-45 tokens compiles one 32-token
     program; the logits equal the full forward's last row and decoding continues correctly."""
-    import logging
-
     _name, _hf, model, _ = pair
-    compiles: list[str] = []
-
-    class Log(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling "):
-                compiles.append(record.getMessage())
-
-    h = Log()
-    logging.getLogger("jax").addHandler(h)
     rng = np.random.default_rng(9)
-    try:
-        with jax.log_compiles(True):
-            for i, n in enumerate((17, 23, 45, 30)):
-                ids = rng.integers(0, BASE["vocab_size"], (1, n + 1))
-                full = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)[0]
-                compiles.clear()
-                out = model.forward(ids[:, :n], 0)
-                np.testing.assert_allclose(np.asarray(out.jax)[0], full[n - 1], atol=1e-4, rtol=1e-4)
-                if i > 0:
-                    assert not [c for c in compiles if "step" in c], compiles
-                nxt = model.forward(ids[:, n:], n)  # the next token overwrites the padding's slot
-                np.testing.assert_allclose(np.asarray(nxt.jax)[0], full[n], atol=1e-4, rtol=1e-4)
-    finally:
-        logging.getLogger("jax").removeHandler(h)
+    for i, n in enumerate((17, 23, 45, 30)):
+        ids = rng.integers(0, BASE["vocab_size"], (1, n + 1))
+        full = np.asarray(llama.forward_all(model, jnp.asarray(ids, jnp.uint32)).jax)[0]
+        jax_compiles.clear()
+        out = model.forward(ids[:, :n], 0)
+        np.testing.assert_allclose(np.asarray(out.jax)[0], full[n - 1], atol=1e-4, rtol=1e-4)
+        if i > 0:
+            assert not [c for c in jax_compiles if "step" in c], jax_compiles
+        nxt = model.forward(ids[:, n:], n)  # the next token overwrites the padding's slot
+        np.testing.assert_allclose(np.asarray(nxt.jax)[0], full[n], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)
