@@ -33,7 +33,8 @@ is_eager: Callable[[], bool] = _jax_private.is_eager
 Tracer = jax.core.Tracer
 
 
-def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool = False) -> Any:
+def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool = False,
+       rowwise: str | None = None) -> Any:
     """Decorate a pure function of jax arrays so that eager calls hit a cached ``jax.jit``.
 
     ``static`` names keyword arguments that are compile-time constants (axes, shapes, flags);
@@ -41,11 +42,15 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
     function whose output element ``i`` depends only on input element ``i`` (array arguments of one
     shape, or broadcastable, plus scalars): eager calls on a CPU shape seen for the first time then
     run through a shape bucket (see :func:`bucketed`) instead of compiling for that exact shape.
+    ``rowwise`` names the static keyword holding the axis (or axes) of a one-array function that
+    works independently on each slice along those axes (a reduction over them, or a softmax /
+    cumulative sum along them): when the axes are the trailing ones, a new shape runs with its
+    leading dimensions padded to powers of two (bit-identical rows, sliced back).
     """
 
     def wrap(f: F) -> F:
         jitted = jax.jit(f, static_argnames=static) if static else jax.jit(f)
-        fast = bucketed(jitted) if elementwise else jitted
+        fast = bucketed(jitted, rowwise) if elementwise or rowwise else jitted
 
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -162,8 +167,69 @@ def _run_bucketed(jitted: Any, args: tuple[Any, ...], kwargs: dict[str, Any], sh
     return jax.device_put(np.asarray(out)[:n].reshape(shape), dev)
 
 
-def bucketed(jitted: Any) -> Callable[..., Any]:
-    """``jitted`` (an elementwise ``jax.jit``) behind the shape buckets described above.
+#: Row-wise ops pad each leading dimension to a power of two, at least this size
+MIN_ROW_BUCKET = 8
+
+
+def row_bucket(n: int) -> int:
+    """The bucketed size of a leading (not reduced) dimension: the next power of two, at least
+    ``MIN_ROW_BUCKET``."""
+    return max(MIN_ROW_BUCKET, 1 << (n - 1).bit_length())
+
+
+def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Any, ...] | None:
+    """(axes, padded shape, device) for a row-wise op on one concrete single-device CPU array with at
+    least one dimension besides the axes; ``None`` when it should not bucket."""
+    if len(args) != 1 or kwargs.get(name) is None:
+        return None
+    x = args[0]
+    if (not isinstance(x, jax.Array) or isinstance(x, Tracer) or x.ndim < 2 or not x.is_fully_addressable
+            or len(x.sharding.device_set) != 1):  # fmt: skip
+        return None
+    dev = next(iter(x.sharding.device_set))
+    if dev.platform != _CPU_PLATFORM:
+        return None
+    ax = kwargs[name]
+    try:
+        axes = tuple(sorted({int(a) % x.ndim for a in ((ax,) if isinstance(ax, int) else ax)}))
+    except TypeError:
+        return None
+    if not axes or len(axes) == x.ndim or 0 in x.shape or axes != tuple(range(x.ndim - len(axes), x.ndim)):
+        return None  # trailing axes only: each row is then computed exactly as in the exact-shape program
+    padded = tuple(d if i in axes else row_bucket(d) for i, d in enumerate(x.shape))
+    if math.prod(padded) > MAX_BUCKETED:
+        return None
+    return axes, padded, dev
+
+
+def _run_rowwise(jitted: Any, x: Any, kwargs: dict[str, Any], name: str, axes: tuple[int, ...],
+                 padded: tuple[int, ...], dev: Any) -> Any:  # fmt: skip
+    """Run on the input padded (at the end of every dimension other than the axes, with copies of
+    valid values) in place, so each result element is computed as in the exact-shape executable,
+    and slice the result back; ``None`` when its shape is not the expected one."""
+    h = np.asarray(x)
+    buf = np.pad(h, [(0, p - d) for p, d in zip(padded, h.shape)], mode="edge")
+    out = jitted(jax.device_put(buf, dev), **kwargs)
+    if not isinstance(out, jax.Array):
+        return None
+    o = np.asarray(out)
+    if o.ndim == h.ndim:  # a transform along the axes, or a reduction with keepdims
+        if any(o.shape[i] not in (padded[i], 1) for i in range(h.ndim)):
+            return None
+        target = tuple(h.shape[i] if o.shape[i] == padded[i] else 1 for i in range(h.ndim))
+    elif o.ndim == h.ndim - len(axes):  # a reduction over the axes
+        kept = [i for i in range(h.ndim) if i not in axes]
+        if o.shape != tuple(padded[i] for i in kept):
+            return None
+        target = tuple(h.shape[i] for i in kept)
+    else:
+        return None
+    return jax.device_put(np.ascontiguousarray(o[tuple(slice(0, t) for t in target)]), dev)
+
+
+def bucketed(jitted: Any, rowwise: str | None = None) -> Callable[..., Any]:
+    """``jitted`` (an elementwise ``jax.jit``, or a row-wise one: see :func:`op`) behind the shape
+    buckets described above.
 
     Where JAX's C++ jit object can be rebuilt with another cache-miss handler
     (:func:`candlejax._jax_private.rebuild_jit`: this JAX version's internals), the buckets live in
@@ -188,6 +254,14 @@ def bucketed(jitted: Any) -> Callable[..., Any]:
                 promoted.clear()
             promoted.add(key)
             return None, True
+        if rowwise is not None:
+            rplan = _rowwise_plan(args, kwargs, rowwise)
+            if rplan is None:
+                return None, False
+            if len(counts) > _SEEN_CAP:
+                counts.clear()
+            counts[key] = c
+            return _run_rowwise(jitted, args[0], kwargs, rowwise, *rplan), False
         plan = _bucket_plan(args)
         if plan is None:
             return None, False
