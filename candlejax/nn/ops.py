@@ -90,11 +90,6 @@ def _upcast(a: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # softmax family
 # ------------------------------------------------------------------------------------------------
-@op
-def _softmax_last(a: Any) -> Any:
-    return jax.nn.softmax(_upcast(a), axis=-1).astype(a.dtype)
-
-
 def softmax(xs: Any, dim: Any) -> Any:
     """Softmax over ``dim`` (max-subtracted). PyTorch: ``torch.softmax(x, dim)``."""
     a = as_array(xs)
@@ -106,7 +101,7 @@ def softmax_last_dim(xs: Any) -> Any:
     """Softmax over the last dim. Candle's fused kernel has no backward; this one does."""
     a = as_array(xs)
     _check_float("softmax-last-dim", a)
-    return wrap(_softmax_last(a))
+    return wrap(softmax_op(a, axis=-1))
 
 
 def log_softmax(xs: Any, dim: Any) -> Any:
