@@ -35,12 +35,12 @@ def _up(a: Any) -> Any:
 
 
 # --- kernels (one cached jit each; axes and flags are static) -----------------------------------
-@op(static=("axis", "keepdims"), rowwise="axis")
+@op(static=("axis", "keepdims"))
 def _sum(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
     return jnp.sum(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
 
 
-@op(static=("axis", "keepdims"), rowwise="axis")
+@op(static=("axis", "keepdims"))
 def _mean(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
     return jnp.mean(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
 
@@ -65,7 +65,7 @@ def _argmin(a: Any, *, axis: int, keepdims: bool) -> Any:
     return jnp.argmin(a, axis=axis, keepdims=keepdims).astype(_U32)
 
 
-@op(static=("axis", "keepdims"), rowwise="axis")
+@op(static=("axis", "keepdims"))
 def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
     x = _up(a)
     mean = jnp.mean(x, axis=axis, keepdims=True)
@@ -74,12 +74,12 @@ def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
     return (jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1)).astype(a.dtype)
 
 
-@op(static=("axis",), rowwise="axis")
+@op(static=("axis",))
 def _log_sum_exp(a: Any, *, axis: tuple[int, ...]) -> Any:
     return jax.nn.logsumexp(_up(a), axis=axis).astype(a.dtype)
 
 
-@op(static=("axis",), rowwise="axis")
+@op(static=("axis",))
 def softmax_op(a: Any, *, axis: int) -> Any:
     """Softmax of a float array over ``axis`` (max-subtracted; bf16/f16 computed in f32)."""
     x = _up(a)
@@ -88,7 +88,7 @@ def softmax_op(a: Any, *, axis: int) -> Any:
     return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(a.dtype)
 
 
-@op(static=("axis",), rowwise="axis")
+@op(static=("axis",))
 def log_softmax_op(a: Any, *, axis: int) -> Any:
     """``log(softmax(a, axis))`` of a float array, computed stably."""
     x = _up(a)
