@@ -44,7 +44,7 @@ from jax import lax
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
-from candlejax.generation import PREFILL_CHUNK, generate, prefill_bucket
+from candlejax.generation import generate, prefill_bucket, prefill_chunks
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
@@ -429,12 +429,10 @@ class Llama(Module):
         if padded == s:
             logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
             return wrap(logits)
-        ids = np.zeros((b, padded), np.uint32)
-        ids[:, :s] = np.asarray(t)
-        for start in range(0, padded, PREFILL_CHUNK):
-            last = min(PREFILL_CHUNK, s - start) - 1
-            logits, c = _jit_step(self, c, jax.device_put(ids[:, start : start + PREFILL_CHUNK]),
-                                  jnp.int32(index_pos + start), jnp.int32(last))  # fmt: skip
+        pos = index_pos
+        for chunk, n in prefill_chunks(np.asarray(t, np.uint32), padded):
+            logits, c = _jit_step(self, c, chunk, jnp.int32(pos), jnp.int32(n - 1))
+            pos += chunk.shape[1]
         st.cache = c
         return wrap(logits)
 

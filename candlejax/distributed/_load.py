@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from candlejax import errors
 from candlejax.device import Device
 from candlejax.distributed._mesh import ShardingError
 from candlejax.distributed._shard import Resolver, RuleSet, _place, shard
@@ -40,14 +39,8 @@ class MeshBackend(SimpleBackend):
     def contains_tensor(self, path: str) -> bool:
         return self.inner.contains_tensor(path)
 
-    def _shape(self, path: str) -> tuple[int, ...]:
-        return self.inner._shape(path)
-
-    def _where(self, path: str) -> str:
-        return self.inner._where(path)
-
-    def _missing(self, path: str) -> Any:
-        return self.inner._missing(path)
+    def check(self, path: str, shape: tuple[int, ...] | None = None) -> None:
+        self.inner.check(path, shape)
 
     def _placed(self, path: str, host: Any) -> Any:
         spec = self.resolver.spec(path, tuple(np.shape(host)))
@@ -56,20 +49,13 @@ class MeshBackend(SimpleBackend):
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
         if not isinstance(self.inner, SafetensorsBackend):
             return self._placed(path, self.inner.get(shape, path, init, dtype, device))
-        if not self.contains_tensor(path):
-            raise self._missing(path)
-        got = self._shape(path)
-        if tuple(got) != tuple(shape):
-            e = errors.UnexpectedShape(f"shape mismatch for {path}", shape, got)
-            e.args = (f"{e.args[0]} (in {self._where(path)})",)
-            raise e
+        self.inner.check(path, shape)
         return self._placed(path, self.inner.st.get(path).numpy(dtype))
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
         if not isinstance(self.inner, SafetensorsBackend):
             return self._placed(path, self.inner.get_unchecked(path, dtype, device))
-        if not self.contains_tensor(path):
-            raise self._missing(path)
+        self.inner.check(path)
         return self._placed(path, self.inner.st.get(path).numpy(dtype))
 
 

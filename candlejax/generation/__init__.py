@@ -19,6 +19,7 @@ from candlejax.generation.generate import (
     decode_fns,
     generate,
     prefill_bucket,
+    prefill_chunks,
 )
 from candlejax.generation.penalty import (
     RecentTokens,
@@ -67,6 +68,7 @@ __all__ = [
     "generate",
     "normalize_sampling",
     "prefill_bucket",
+    "prefill_chunks",
     "sample_jax",
     "sampling_from_args",
     "sampling_key",

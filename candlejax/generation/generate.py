@@ -160,6 +160,18 @@ def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:
     return max(1, -(-n // chunk)) * chunk
 
 
+def prefill_chunks(ids: np.ndarray, padded: int, chunk: int = PREFILL_CHUNK) -> list[tuple[Any, int]]:
+    """``ids`` ``(B, S)`` followed by zeros up to ``padded`` tokens, as device arrays of at most
+    ``chunk`` tokens, each with its number of real tokens. The padding is causally masked and its
+    cache slots are overwritten by the tokens that follow."""
+    out = np.zeros((ids.shape[0], padded), ids.dtype)
+    out[:, : ids.shape[1]] = ids
+    size = min(padded, chunk)
+    n = ids.shape[1]
+    return [(jax.device_put(out[:, i : i + size]), min(size, n - i))  # device_put: no staging executable
+            for i in range(0, padded, size)]  # fmt: skip
+
+
 def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
     p = unwrap(prompt_tokens)
     arr = np.asarray(p) if not isinstance(p, jax.Array) else p
@@ -300,16 +312,7 @@ class Generation:
 
     # --- the loops -------------------------------------------------------------------------------
     def _prefill_chunks(self) -> list[tuple[Any, int]]:
-        """The prompt followed by zeros up to ``prefill_length``, in pieces of at most ``PREFILL_CHUNK``
-        tokens, each with its number of real tokens. The padding is causally masked and its cache
-        slots are overwritten by the tokens that follow."""
-        p = np.asarray(self.prompt)
-        out = np.zeros((p.shape[0], self.prefill_length), p.dtype)
-        out[:, : p.shape[1]] = p
-        size = min(self.prefill_length, PREFILL_CHUNK)
-        n = p.shape[1]
-        return [(jax.device_put(out[:, i : i + size]), min(size, n - i))  # device_put: no staging executable
-                for i in range(0, self.prefill_length, size)]  # fmt: skip
+        return prefill_chunks(np.asarray(self.prompt), self.prefill_length)
 
     def _finish_draws(self, produced: int) -> None:
         """Advance the processor's stream by the tokens sampled and handed out (a speculative

@@ -112,19 +112,25 @@ class SimpleBackend:
             detail += f"; it holds {len(names)} tensors, e.g. " + ", ".join(sorted(names)[:5])
         return errors.CannotFindTensor(path, detail)
 
-    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+    def check(self, path: str, shape: tuple[int, ...] | None = None) -> None:
+        """Raise ``CannotFindTensor`` (with the nearest names) unless ``path`` is stored, and
+        ``UnexpectedShape`` naming the file when its shape is not ``shape`` (when given)."""
         if not self.contains_tensor(path):
             raise self._missing(path)
+        if shape is None:
+            return
         got = self._shape(path)
         if tuple(got) != tuple(shape):
             e = errors.UnexpectedShape(f"shape mismatch for {path}", shape, got)
             e.args = (f"{e.args[0]} (in {self._where(path)})",)
             raise e
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        self.check(path, shape)
         return _to_device(self._load(path), dtype, device)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        if not self.contains_tensor(path):
-            raise self._missing(path)
+        self.check(path)
         return _to_device(self._load(path), dtype, device)
 
 
@@ -216,18 +222,11 @@ class SafetensorsBackend(SimpleBackend):
         return tuple(self.st.get(path).shape)
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
-        if not self.contains_tensor(path):
-            raise self._missing(path)
-        got = self._shape(path)
-        if tuple(got) != tuple(shape):
-            e = errors.UnexpectedShape(f"shape mismatch for {path}", shape, got)
-            e.args = (f"{e.args[0]} (in {self._where(path)})",)
-            raise e
+        self.check(path, shape)
         return self.st.load(path, device, check_width(dtype))._a
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        if not self.contains_tensor(path):
-            raise self._missing(path)
+        self.check(path)
         return self.st.load(path, device, check_width(dtype))._a
 
     def _where(self, path: str) -> str:
