@@ -47,6 +47,7 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.generation import generate, prefill_bucket, prefill_chunks
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
+from candlejax.nn.quantized import scan_layers
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
 from candlejax.nn.var_builder import VarBuilder
 from candlejax.tensor import unwrap, wrap
@@ -505,14 +506,11 @@ def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Ca
     rotary = params.rotary
     cos, sin = rotary.tables(t, pos)  # shared by every layer
     if isinstance(params.layers, Block):  # one Block whose weights are stacked over the layers
-        def body(carry: tuple, xs: tuple) -> tuple:
+        def body(carry: tuple, block: Block, i: Any) -> tuple:
             h, c = carry
-            block, i = xs
-            h, c = block(h, rotary, cos, sin, c, i, pos)
-            return (h, c), None
+            return block(h, rotary, cos, sin, c, i, pos)
 
-        n = jax.tree_util.tree_leaves(params.layers)[0].shape[0]
-        (x, cache), _ = lax.scan(body, (x, cache), (params.layers, jnp.arange(n, dtype=jnp.int32)))
+        x, cache = scan_layers(body, (x, cache), params.layers)
     else:
         for i, layer in enumerate(params.layers):
             x, cache = layer(x, rotary, cos, sin, cache, i, pos)

@@ -20,15 +20,18 @@ Two GGUF details matter:
   rotate interleaved pairs ``(x[2i], x[2i+1])`` instead of the two halves transformers rotates.
   The model therefore applies ``rope_i`` (interleaved) to GGUF weights; q·k is unchanged because
   q and k carry the same permutation, and v / the output projection are not permuted.
-* Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as :class:`candlejax.quantized.BlockedWeight`
-  (one byte per value plus f16 block scales/offsets, bit-identical values), the layout
-  :class:`candlejax.quantized.QMatMul` uses: XLA fuses the expansion into the matrix-vector
-  product of a decode step, so it reads ~1.1 bytes per weight. Other GGML types are kept packed
-  and expanded inside the step by QMatMul.
+* Q4_0/Q4_1 weights are kept in the file's layout (:class:`candlejax.quantized.PackedWeight`,
+  0.56-0.63 bytes per weight) and multiplied by the native CPU kernel
+  (:mod:`candlejax.quantized.native`) when it is built. Otherwise, and for Q5_0/Q5_1/Q8_0, they
+  are held as :class:`candlejax.quantized.BlockedWeight` (one byte per value plus f16 block
+  scales/offsets, bit-identical values), the layout :class:`candlejax.quantized.QMatMul` uses:
+  XLA fuses the expansion into the matrix-vector product of a decode step, so it reads ~1.1 bytes
+  per weight. Other GGML types are kept packed and expanded inside the step by QMatMul.
 
 Layers whose block types agree (every single-type file) are stacked at load time and run under
-``lax.scan`` (``from_gguf(..., layers="scan")``, the default): one layer is compiled and the
-stacked weights are sliced inside the fused products; ``layers="unrolled"`` compiles every layer.
+``lax.scan`` (``from_gguf(..., layers="scan")``, the default; :func:`candlejax.nn.quantized.scan_layers`):
+one layer is compiled; stacked blocked weights are sliced inside the fused products and packed
+ones read in place by the kernel; ``layers="unrolled"`` compiles every layer.
 """
 
 from __future__ import annotations
@@ -61,10 +64,13 @@ from candlejax.models.llama import (
 from candlejax.nn.quantized import QEmbedding, QLinear, QRmsNorm
 from candlejax.quantized import (
     BLOCKED_TYPES,
+    PACKED_TYPES,
     BlockedWeight,
+    PackedWeight,
     QMatMul,
     QTensor,
     aligned_empty,
+    native,
     place_aligned,
     unpack_blocked,
 )
@@ -272,6 +278,8 @@ class ModelWeights(Llama):
             if dequantize is not None and name != "token_embd.weight":
                 w = np.asarray(QTensor.from_data(raw, i.ggml_dtype, i.shape).dequantize().jax)
                 return QLinear(w.astype(np.float16 if dequantize == "f16" else np.float32))
+            if i.ggml_dtype in PACKED_TYPES and len(i.shape) == 2 and native.available():
+                return QLinear(PackedWeight.from_raw(raw, i.ggml_dtype, tuple(i.shape)))
             if i.ggml_dtype in BLOCKED_TYPES and len(i.shape) == 2:
                 q, scale, offset = unpack_blocked(raw, i.ggml_dtype, tuple(i.shape))
                 return QLinear(BlockedWeight(q, scale, offset, i.ggml_dtype))
@@ -414,6 +422,10 @@ def _concat(parts: list[QLinear]) -> QLinear:
     if any(p.bias is not None for p in parts):
         bias = np.concatenate([np.zeros(p.shape[0], np.float32) if p.bias is None else np.asarray(p.bias)
                                for p in parts])  # fmt: skip
+    if isinstance(ws[0], PackedWeight):
+        rows = sum(w.shape[0] for w in ws)
+        return QLinear(PackedWeight(np.concatenate([w.raw for w in ws]), ws[0].ggml_dtype, (rows, ws[0].shape[1])),
+                       bias)  # fmt: skip
     if isinstance(ws[0], BlockedWeight):
         off = None if ws[0].offset is None else np.concatenate([w.offset for w in ws])
         return QLinear(BlockedWeight(np.concatenate([w.q for w in ws]), np.concatenate([w.scale for w in ws]), off,

@@ -2,12 +2,14 @@
 
 requires: candlejax.quantized (QMatMul, QTensor, BlockedWeight), candlejax.nn.ops (rms_norm)
 provides: ``QLinear``, ``QEmbedding``, ``QRmsNorm``, ``linear``, ``linear_no_bias``, ``linear_b``,
-``embedding``, ``rms_norm``
+``embedding``, ``rms_norm``, ``scan_layers``
 
-A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``BlockedWeight``
+A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``PackedWeight`` (Q4_0/Q4_1 in
+the file's layout, multiplied by the native CPU kernel when it is built), a ``BlockedWeight``
 (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, expanded inside the fused product), a ``QTensor`` (other block types,
 kept packed) or a plain array (F32/F16, or a weight dequantised at load). Each layer is a Module
-whose weight is a pytree child: a jit argument, sliced by ``lax.scan`` when layers are stacked.
+whose weight is a pytree child: a jit argument, sliced per layer by :func:`scan_layers` when
+layers are stacked (packed weights are read in place instead of sliced).
 The constructors read a quantised ``VarBuilder`` (``candlejax.quantized.VarBuilder.from_gguf``).
 """
 
@@ -15,17 +17,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from candlejax import errors
 from candlejax.nn import ops
 from candlejax.nn.module import Module
 from candlejax.quantized.blocked import BlockedWeight
+from candlejax.quantized.packed import attach_stacked, hold_stacked
 from candlejax.quantized.qtensor import QMatMul, QTensor, blocked_matmul_direct
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "linear", "linear_b", "linear_no_bias", "rms_norm"]
+__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "linear", "linear_b", "linear_no_bias", "rms_norm",
+           "scan_layers"]  # fmt: skip
+
+
+def scan_layers(body: Any, carry: Any, layers: Any) -> Any:
+    """``carry = body(carry, layer, i)`` for each layer of ``layers`` (a Module whose leaves are
+    stacked over a leading layer axis), as one ``lax.scan``; returns the final carry.
+
+    Stacked :class:`~candlejax.quantized.PackedWeight` leaves are not sliced (a slice would copy the
+    layer's weight on every step): the kernel reads layer ``i`` of the whole stack in place.
+    Candle's equivalent is the loop ``for layer in &self.layers``."""
+    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    rest, held = hold_stacked(layers)
+
+    def step(c: Any, xs: Any) -> Any:
+        layer, i = xs
+        return body(c, attach_stacked(layer, held), i), None
+
+    return lax.scan(step, carry, (rest, jnp.arange(n, dtype=jnp.int32)))[0]
 
 
 class QLinear(Module):

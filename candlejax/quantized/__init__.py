@@ -10,7 +10,8 @@
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle).
 The 32-value block types (``BLOCKED_TYPES``) can be held unpacked as a ``BlockedWeight``
 (``unpack_blocked`` from the file's bytes; ``aligned_empty`` / ``place_aligned`` hand host arrays to
-the CPU runtime without a copy), as the GGUF LLaMA loader does.
+the CPU runtime without a copy), as the GGUF LLaMA loader does. Q4_0/Q4_1 weights are kept in their
+file layout as a ``PackedWeight`` when the native kernel is built (:mod:`candlejax.quantized.native`).
 """
 
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
@@ -19,6 +20,8 @@ from candlejax.quantized.blocked import place as place_aligned
 from candlejax.quantized.blocked import unpack as unpack_blocked
 from candlejax.quantized.ggml_types import QK_K, GgmlDType, dequantize_np, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
+from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
+from candlejax.quantized.packed import PackedWeight
 from candlejax.quantized.qtensor import QMatMul, QTensor, byte_shape
 from candlejax.quantized.var_builder import VarBuilder
 
@@ -36,6 +39,8 @@ __all__ = [
     "BlockedWeight",
     "QK_K",
     "GgmlDType",
+    "PACKED_TYPES",
+    "PackedWeight",
     "QMatMul",
     "QTensor",
     "VarBuilder",

@@ -22,10 +22,13 @@ import numpy as np
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
+from candlejax.quantized import native
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight
 from candlejax.quantized.ggml_types import GgmlDType, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
+from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
+from candlejax.quantized.packed import PackedWeight
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 _FLOAT_JNP = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
@@ -340,8 +343,14 @@ def _blocked_matmul_direct(w: BlockedWeight, x: Any) -> Any:
 
 
 @op
-def _blocked_rows(w: BlockedWeight, ids: Any) -> Any:
-    return w.rows(jnp.clip(ids, 0, w.q.shape[0] - 1))
+def _packed_matmul(w: PackedWeight, x: Any) -> Any:
+    """``x @ Wᵀ`` for a 4-bit weight in its file layout (the native kernel; f32 in and out)."""
+    return w.matmul(x)
+
+
+@op
+def _blocked_rows(w: BlockedWeight | PackedWeight, ids: Any) -> Any:
+    return w.rows(jnp.clip(ids, 0, w.shape[0] - 1))
 
 
 def _env_flag(name: str) -> bool:
@@ -352,10 +361,13 @@ def _env_flag(name: str) -> bool:
 class QMatMul:
     """Candle's ``QMatMul``: ``forward(xs) = xs @ Wᵀ`` with ``W`` of shape ``(out, in)``.
 
-    Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights are held as a :class:`~candlejax.quantized.blocked.BlockedWeight`
-    (one byte per value plus f16 block scales; the expansion fuses into the dot, so the matmul runs
-    at dense speed); other block types as a :class:`QTensor` (kept packed, expanded inside the step);
-    F32/F16/BF16 weights as a plain array in the weight's own dtype. ``CANDLEJAX_QMATMUL_PACKED=1``
+    Q4_0/Q4_1 weights are held in their file layout as a
+    :class:`~candlejax.quantized.packed.PackedWeight` and multiplied by the native CPU kernel when it
+    is built (:func:`candlejax.quantized.native.available`); otherwise, and for Q5_0/Q5_1/Q8_0, as a
+    :class:`~candlejax.quantized.blocked.BlockedWeight` (one byte per value plus f16 block scales;
+    the expansion fuses into the dot, so the matmul runs at dense speed); other block types as a
+    :class:`QTensor` (kept packed, expanded inside the step); F32/F16/BF16 weights as a plain array
+    in the weight's own dtype. ``CANDLEJAX_QMATMUL_PACKED=1``
     keeps every block type packed. Set ``CANDLE_DEQUANTIZE_ALL=1`` (or
     ``CANDLE_DEQUANTIZE_ALL_F16=1``) to dequantise every weight to F32 (F16) at construction, as
     Candle does. A pytree: pass it into ``jax.jit`` as an argument.
@@ -384,6 +396,8 @@ class QMatMul:
             return QMatMul(q.dequantize().jax)
         if _env_flag("CANDLE_DEQUANTIZE_ALL_F16"):
             return QMatMul(q.dequantize_f16().jax)
+        if dt in PACKED_TYPES and native.available() and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
+            return QMatMul(PackedWeight(jnp.asarray(q.raw).reshape(q.shape[0], -1), dt, q.shape))
         if dt in BLOCKED_TYPES and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(BlockedWeight.from_raw(q.raw, dt, q.shape))
         return QMatMul(q)
@@ -400,12 +414,12 @@ class QMatMul:
 
     # --- queries ---------------------------------------------------------------------------
     def is_quantized(self) -> bool:
-        return isinstance(self._w, QTensor | BlockedWeight)
+        return isinstance(self._w, QTensor | BlockedWeight | PackedWeight)
 
     @property
     def weight(self) -> Any:
-        """The QTensor or BlockedWeight, or the plain weight as a Tensor."""
-        return self._w if isinstance(self._w, QTensor | BlockedWeight) else wrap(self._w)
+        """The QTensor, BlockedWeight or PackedWeight, or the plain weight as a Tensor."""
+        return self._w if isinstance(self._w, QTensor | BlockedWeight | PackedWeight) else wrap(self._w)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -424,6 +438,8 @@ class QMatMul:
         w = self._w
         if isinstance(w, BlockedWeight):
             return wrap(_blocked_matmul(w, x).astype(x.dtype))
+        if isinstance(w, PackedWeight):
+            return wrap(_packed_matmul(w, x).astype(x.dtype))
         if isinstance(w, QTensor):
             return wrap(_qmatmul(w.raw, x, dtype=w.dtype(), shape=w.shape))
         return wrap(_dense_matmul(w, x))
@@ -439,7 +455,7 @@ class QMatMul:
 
     def dequantize_f16(self) -> Any:
         w = self._w
-        if isinstance(w, BlockedWeight):
+        if isinstance(w, BlockedWeight | PackedWeight):
             return wrap(w.dequantize(jnp.float16))
         if isinstance(w, QTensor):
             return w.dequantize_f16()
@@ -447,7 +463,7 @@ class QMatMul:
 
     def embedding(self, ids: Any) -> Any:
         w = self._w
-        if isinstance(w, BlockedWeight):
+        if isinstance(w, BlockedWeight | PackedWeight):
             return wrap(_blocked_rows(w, unwrap(ids).astype(jnp.int32)))
         if isinstance(w, QTensor):
             return w.embedding(ids)
@@ -455,7 +471,7 @@ class QMatMul:
 
     def __repr__(self) -> str:
         w = self._w
-        if isinstance(w, QTensor | BlockedWeight):
+        if isinstance(w, QTensor | BlockedWeight | PackedWeight):
             return f"QMatMul({w!r})"
         return f"QMatMul(Tensor[{list(w.shape)}, {w.dtype}])"
 

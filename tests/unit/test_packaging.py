@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import zipfile
@@ -31,6 +32,8 @@ def test_wheel_has_only_candlejax_top_level(wheel: Path) -> None:
     assert "candlejax/models/__init__.py" in names
     assert "candlejax/py.typed" in names
     assert not any(n.startswith("models/") for n in names)
+    if sys.platform == "linux" and platform.machine() == "x86_64":  # the native 4-bit kernel is compiled in
+        assert any(n.startswith("candlejax/quantized/_native") and n.endswith(".so") for n in names), names
 
 
 def test_models_importable_as_subpackage(tmp_path: Path) -> None:

@@ -1,0 +1,105 @@
+"""The native CPU kernel for 4-bit GGML weights (Q4_0, Q4_1), called from compiled programs.
+
+``q4_matmul(x, raw, dtype)`` computes ``x @ Wᵀ`` for a weight kept in its file layout (the GGML
+blocks' bytes, 0.56-0.63 bytes per value), through an XLA FFI custom call (``jax.ffi``) into
+``csrc/quantized_matmul.cc``, which the package's build step compiles (``pip install``; AVX-512, AVX2
+or portable code chosen at run time, rows split over XLA's CPU thread pool). Activations stay f32:
+the result equals the dequantised product up to summation order (no Q8 rounding of ``x``).
+
+:func:`available` says whether the kernel was built and loads; ``CANDLEJAX_NATIVE=0`` turns it off
+(the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
+closest equivalent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from candlejax import errors
+from candlejax.quantized.ggml_types import GgmlDType
+
+TARGET = "candlejax_q4_matmul"
+#: block types the kernel reads, with the ``kind`` code the C++ handler expects
+KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3}
+ISA_NAMES = ("portable", "avx2", "avx512")
+
+
+def _library_path() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_native" + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("CANDLEJAX_NATIVE", "1") in ("0", "false", "False"):
+        return None
+    path = _library_path()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CandlejaxQ4Matmul), platform="cpu")
+    except (OSError, AttributeError, RuntimeError):
+        return None
+    lib.candlejax_native_isa.restype = ctypes.c_int
+    lib.candlejax_native_set_isa.argtypes = [ctypes.c_int]
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernel is built, loads, and is not turned off (``CANDLEJAX_NATIVE=0``)."""
+    return _library() is not None
+
+
+def isa() -> str:
+    """The instruction set the kernel runs on this CPU: ``"avx512"``, ``"avx2"`` or ``"portable"``."""
+    lib = _library()
+    if lib is None:
+        raise errors.Msg("the native quantized kernel is not available (not built, or CANDLEJAX_NATIVE=0)")
+    return ISA_NAMES[lib.candlejax_native_isa()]
+
+
+def set_isa(name: str | None) -> None:
+    """Cap the kernel's instruction set (``"portable"``, ``"avx2"``, ``"avx512"``; ``None``: detect).
+
+    For tests and comparisons: every path the CPU supports gives the same result up to rounding.
+    Programs already compiled keep calling the same handler, which reads the setting on each call."""
+    lib = _library()
+    if lib is None:
+        raise errors.Msg("the native quantized kernel is not available (not built, or CANDLEJAX_NATIVE=0)")
+    if name is not None and name not in ISA_NAMES:
+        raise errors.Msg(f"set_isa: unknown instruction set {name!r}; expected one of {ISA_NAMES} or None")
+    lib.candlejax_native_set_isa(-1 if name is None else ISA_NAMES.index(name))
+
+
+def q4_matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
+    """``x (M, K) f32 @ Wᵀ -> (M, N) f32`` for ``raw`` = ``W``'s GGML block bytes ``(N, K/32*size)``,
+    or ``(L, N, ...)`` with ``layer`` (an int32 scalar, may be traced) choosing one matrix in place."""
+    if not available():
+        raise errors.Msg("the native quantized kernel is not available (not built, or CANDLEJAX_NATIVE=0)")
+    kind = KINDS.get(dtype)
+    if kind is None:
+        names = sorted(k.name for k in KINDS)
+        raise errors.UnsupportedDTypeForOp(dtype.name, "native q4_matmul", f"supported: {names}")
+    x = jnp.asarray(x, jnp.float32)
+    if raw.ndim == 3 and layer is None:
+        raise errors.Msg("q4_matmul: a stacked (L, N, B) weight needs layer=")
+    layer = jnp.zeros((), jnp.int32) if layer is None else jnp.asarray(layer, jnp.int32).reshape(())
+    out = jax.ShapeDtypeStruct((x.shape[0], raw.shape[-2]), jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
+    return call(x, raw, layer, kind=np.int32(kind))
+
+
+__all__ = ["KINDS", "available", "isa", "q4_matmul", "set_isa"]
