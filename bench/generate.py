@@ -11,8 +11,14 @@ bare runtime (jax imported, one op run) before the model is loaded. candlejax ru
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
 
-transformers reads the GGUF with its own loader (dequantised to f32). llama-cpp-python is measured
-when installed (it is not, here). Timings are noisy on shared machines: compare engines from one run.
+transformers reads the GGUF with its own loader (dequantised to f32). llama-cpp-python runs in its
+own virtualenv (``--llama-cpp-python /path/to/venv/bin/python``; see bench/RESULTS.md for how it is
+built) on the same prompt ids. ``--rounds R`` runs the engines interleaved R times, each in a fresh
+process; greedy tokens are compared with transformers'. Timings are noisy on shared machines:
+compare engines from one run.
+
+    python bench/generate.py --rounds 5 --engines candlejax,llama-cpp,transformers \
+        --llama-cpp-python /work/llamacpp-venv/bin/python
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
     from candlejax import Device
     from candlejax.generation import Sampling, generate
     from candlejax.models import llama, quantized_llama
+    from candlejax.quantized import native
 
     jnp.zeros(4).block_until_ready()
     base_rss = _rss_now_mib()  # jax imported, one op run
@@ -81,11 +88,13 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
     times = [b - a for a, b in itertools.pairwise(stamps[2:])]  # from the 2nd decode step (the 1st compiles)
     growth = (rss[-1][1] - rss[0][1]) / ((rss[-1][0] - rss[0][0]) / 60) if len(rss) == 2 else float("nan")
     return {
-        "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else " (Q4_1 kept quantised)"),
+        "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else
+                               " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)"),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": _rss_mib(), "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
-        "text": model.tokenizer.decode(gen.tokens)[:80],
+        "text": model.tokenizer.decode(gen.tokens)[:80], "tokens": [int(t) for t in gen.tokens],
+        "file_mib": os.path.getsize(_gguf_path()) / 2**20,
     }  # fmt: skip
 
 
@@ -107,44 +116,52 @@ def run_transformers(n: int) -> dict:
     ids = Tokenizer.from_gguf(path).encode(PROMPT)
     x = torch.tensor([ids])
     times: list[float] = []
+    toks: list[int] = []
     with torch.no_grad():
         t = time.perf_counter()
         out = model(x, use_cache=True)
         past = out.past_key_values
         tok = int(out.logits[0, -1].argmax())
         ttft = time.perf_counter() - t
+        toks.append(tok)
         for _ in range(n - 1):
             t = time.perf_counter()
             out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
             past = out.past_key_values
             tok = int(out.logits[0, -1].argmax())
             times.append(time.perf_counter() - t)
+            toks.append(tok)
     return {
         "engine": "transformers f32 eager (GGUF loader)", "load_s": load_s, "ttft_s": ttft, "compile_s": 0.0,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
-        "peak_rss_mib": _rss_mib(), "text": "",
+        "peak_rss_mib": _rss_mib(), "text": "", "tokens": toks,
     }  # fmt: skip
 
 
 def run_llama_cpp(n: int) -> dict:
+    """llama-cpp-python (run with ``--llama-cpp-python``: its own virtualenv): the same prompt ids
+    (candlejax's tokenizer, passed in), greedy (top_k=1), one timestamp per generated token."""
     try:
         from llama_cpp import Llama  # type: ignore[import-not-found]
     except ImportError:
         return {"engine": "llama-cpp-python", "skipped": "not installed"}
+    ids = json.loads(os.environ["BENCH_PROMPT_IDS"])
     t0 = time.perf_counter()
     llm = Llama(_gguf_path(), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
     load_s = time.perf_counter() - t0
-    t = time.perf_counter()
-    first = None
-    count = 0
-    for _ in llm(PROMPT, max_tokens=n, temperature=0.0, stream=True):
-        count += 1
-        if first is None:
-            first = time.perf_counter() - t
-    total = time.perf_counter() - t
+    stamps, toks = [time.perf_counter()], []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        stamps.append(time.perf_counter())
+        toks.append(int(tok))
+        if len(toks) >= n:
+            break
+    times = [b - a for a, b in itertools.pairwise(stamps[2:])]
+    import llama_cpp  # type: ignore[import-not-found]
+
     return {
-        "engine": "llama-cpp-python", "load_s": load_s, "ttft_s": first, "compile_s": 0.0,
-        "decode_tok_s": (count - 1) / (total - first) if count > 1 else float("nan"), "peak_rss_mib": _rss_mib(),
+        "engine": f"llama-cpp-python {llama_cpp.__version__}", "load_s": load_s, "ttft_s": stamps[1] - stamps[0],
+        "compile_s": 0.0, "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
+        "peak_rss_mib": _rss_mib(), "tokens": toks, "file_mib": os.path.getsize(_gguf_path()) / 2**20,
     }  # fmt: skip
 
 
@@ -158,10 +175,38 @@ def _child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(res))
 
 
+def _prompt_ids() -> list[int]:
+    from candlejax.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(_gguf_path()).encode(PROMPT)
+
+
+def _cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown CPU"
+    info = dict(ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
+    flags = set(info.get("Flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{info.get('Model name', '?').strip()}, {os.cpu_count()} CPUs, flags: {' '.join(isa)}"
+
+
+def _first_difference(a: list[int], b: list[int]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"differs at {i}"
+    return "identical" if len(a) == len(b) else f"identical for {min(len(a), len(b))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=128)
     p.add_argument("--engines", default="candlejax,transformers,llama-cpp")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds (each engine in a fresh process per round)")
+    p.add_argument("--llama-cpp-python", default=sys.executable,
+                   help="interpreter of the virtualenv that has llama-cpp-python (kept out of the project's)")
     p.add_argument("--dequantize", default=None, choices=[None, "f32", "f16"])
     p.add_argument("--layers", default=None, choices=[None, "scan", "unrolled"], help="candlejax layer loop")
     p.add_argument("--no-malloc-tune", action="store_true", help="leave glibc's malloc thresholds at their defaults")
@@ -174,31 +219,56 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_malloc_tune:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))  # glibc: reuse freed buffers instead of re-faulting
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
-    rows = []
-    for eng in args.engines.split(","):
-        cmd = [sys.executable, __file__, "--child", eng, "-n", str(args.n)]
-        if eng == "candlejax" and args.dequantize:
-            cmd += ["--dequantize", args.dequantize]
-        if eng == "candlejax" and args.layers:
-            cmd += ["--layers", args.layers]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            rows.append({"engine": eng, "skipped": f"failed: {r.stderr.strip().splitlines()[-1:]}"})
+    env["BENCH_PROMPT_IDS"] = json.dumps(_prompt_ids())
+    engines = args.engines.split(",")
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for _ in range(args.rounds):
+        for eng in engines:
+            py = args.llama_cpp_python if eng == "llama-cpp" else sys.executable
+            cmd = [py, __file__, "--child", eng, "-n", str(args.n)]
+            if eng == "candlejax" and args.dequantize:
+                cmd += ["--dequantize", args.dequantize]
+            if eng == "candlejax" and args.layers:
+                cmd += ["--layers", args.layers]
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                runs[eng].append({"engine": eng, "skipped": f"failed: {r.stderr.strip().splitlines()[-1:]}"})
+                continue
+            runs[eng].append(json.loads(line[7:]))
+    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {_cpu()}; {args.rounds} round(s)\n")
+    print("| engine | decode tok/s, median of rounds (each: median step) | per round | TTFT s | decode compile s |"
+          " load s | peak RSS MiB | RSS growth MiB/min |")
+    print("|---|---|---|---|---|---|---|---|")
+    for eng, rs in runs.items():
+        ok = [r for r in rs if "skipped" not in r]
+        if not ok:
+            print(f"| {eng} | {rs[0]['skipped']} | | | | | | |")
             continue
-        rows.append(json.loads(line[7:]))
-    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {os.cpu_count()} CPU cores\n")
-    print("| engine | decode tok/s (median) | TTFT s | decode compile s | load s | peak RSS MiB | RSS growth MiB/min |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "skipped" in r:
-            print(f"| {r['engine']} | {r['skipped']} | | | | | |")
-            continue
-        print(
-            f"| {r['engine']} | {r['decode_tok_s']:.1f} | {r['ttft_s']:.2f} | {r['compile_s']:.1f} |"
-            f" {r['load_s']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('rss_growth_mib_per_min', float('nan')):.1f} |"
-        )
-    print("\n" + json.dumps(rows, indent=1))
+        def med(k: str, ok: list[dict] = ok) -> float:
+            return statistics.median(r[k] for r in ok)
+
+        per = ", ".join(f"{r['decode_tok_s']:.1f}" for r in ok)
+        growth = statistics.median(r.get("rss_growth_mib_per_min", float("nan")) for r in ok)
+        print(f"| {ok[0]['engine']} | {med('decode_tok_s'):.1f} | {per} | {med('ttft_s'):.2f} | {med('compile_s'):.1f}"
+              f" | {med('load_s'):.1f} | {med('peak_rss_mib'):.0f} | {growth:.1f} |")
+    cj, lc = [r for r in runs.get("candlejax", []) if "skipped" not in r], [
+        r for r in runs.get("llama-cpp", []) if "skipped" not in r]
+    if cj and lc:
+        ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(cj, lc)]
+        print(f"\ncandlejax / llama.cpp decode, per round: {', '.join(f'{x:.2f}x' for x in ratios)}")
+    if cj:
+        extra = [(r["peak_rss_mib"] - r["base_rss_mib"]) / r["file_mib"] for r in cj]
+        print(f"candlejax (peak RSS - bare runtime) / GGUF size, per round: {', '.join(f'{x:.2f}' for x in extra)}")
+    ref = next((r["tokens"] for r in runs.get("transformers", []) if "tokens" in r), None)
+    if ref:
+        for eng, rs in runs.items():
+            for r in rs:
+                if "tokens" in r and eng != "transformers":
+                    print(f"greedy tokens, {r['engine']} vs transformers f32: {_first_difference(r['tokens'], ref)}")
+                    break
+    print("\n" + json.dumps({e: [{k: v for k, v in r.items() if k != "tokens"} for r in rs] for e, rs in runs.items()},
+                            indent=1))
     return 0
 
 
