@@ -274,15 +274,16 @@ class ModelWeights(Llama):
 
         def lin(name: str) -> QLinear:  # host (numpy) leaves where possible; placed on the device later
             i = info(name)
+            if dequantize is None and len(i.shape) == 2:  # these copy what they keep: read the mapped bytes
+                if i.ggml_dtype in PACKED_TYPES and native.available():
+                    return QLinear(PackedWeight.from_raw(content.tensor_view(name), i.ggml_dtype, tuple(i.shape)))
+                if i.ggml_dtype in BLOCKED_TYPES:
+                    q, scale, offset = unpack_blocked(content.tensor_view(name), i.ggml_dtype, tuple(i.shape))
+                    return QLinear(BlockedWeight(q, scale, offset, i.ggml_dtype))
             raw = content.tensor_bytes(name)
             if dequantize is not None and name != "token_embd.weight":
                 w = np.asarray(QTensor.from_data(raw, i.ggml_dtype, i.shape).dequantize().jax)
                 return QLinear(w.astype(np.float16 if dequantize == "f16" else np.float32))
-            if i.ggml_dtype in PACKED_TYPES and len(i.shape) == 2 and native.available():
-                return QLinear(PackedWeight.from_raw(raw, i.ggml_dtype, tuple(i.shape)))
-            if i.ggml_dtype in BLOCKED_TYPES and len(i.shape) == 2:
-                q, scale, offset = unpack_blocked(raw, i.ggml_dtype, tuple(i.shape))
-                return QLinear(BlockedWeight(q, scale, offset, i.ggml_dtype))
             return QLinear.from_qmatmul(QMatMul.from_qtensor(QTensor.from_data(raw, i.ggml_dtype, i.shape, dev)))
 
         def vec(name: str) -> np.ndarray:
@@ -319,21 +320,22 @@ class ModelWeights(Llama):
             layers = "unrolled" if dequantize else "scan"
         if layers not in ("scan", "unrolled"):
             raise errors.Msg(f"layers must be 'scan' or 'unrolled', got {layers!r}")
+        # the embedding table first: its file pages and unpacked copy are the largest transient of
+        # loading, and are released before the layers' weights accumulate
+        embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
+        _release_pages(content)
         if layers == "scan" and _stackable(infos, n):
             names = [nm for nm in _PARTS if not any(fused[k] and nm in v for k, v in _FUSED.items())]
             names += [k for k in _FUSED if fused[k]]
             stacked = {}
             for name in names:
-                stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), dev)
-                _release_pages(content)
+                stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), dev, lambda: _release_pages(content))
             blocks: Any = block(stacked.__getitem__)
         else:
             blocks = []
             for i in range(n):
                 blocks.append(_to_device(block(lambda name, i=i: part(i, name)), dev))
                 _release_pages(content)
-        embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
-        _release_pages(content)
         norm = _to_device(QRmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
         lm_head = None if cfg.tie_word_embeddings else _to_device(lin("output.weight"), dev)
         inv = rope_inv_freq(cfg)
@@ -446,11 +448,13 @@ def _stackable(infos: Any, n: int) -> bool:
     return True
 
 
-def _stack(n: int, get: Any, dev: Device) -> Any:
+def _stack(n: int, get: Any, dev: Device, release: Any) -> Any:
     """Part ``get(i)`` of layers ``0 .. n`` as one pytree whose leaves are stacked over the layers,
     filled layer by layer into one aligned host array per leaf, which the CPU runtime then shares
-    (no device copy; other devices get one leaf at a time)."""
+    (no device copy; other devices get one leaf at a time). ``release()`` runs after each layer
+    (drops the file pages read for it)."""
     first = get(0)
+    release()
     leaves, struct = jax.tree_util.tree_flatten(first)
     stacked = [aligned_empty((n, *x.shape), x.dtype) for x in leaves]
     for j, x in enumerate(leaves):
@@ -459,6 +463,7 @@ def _stack(n: int, get: Any, dev: Device) -> Any:
     for i in range(1, n):
         for j, x in enumerate(jax.tree_util.tree_leaves(get(i))):
             stacked[j][i] = x
+        release()
     out = []
     for j in range(len(stacked)):
         out.append(place_aligned(stacked[j], dev.jax_device))

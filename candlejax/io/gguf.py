@@ -633,6 +633,19 @@ class Content:
         n = info.size_in_bytes()
         return np.frombuffer(self._buf, np.uint8, count=n, offset=start).copy()
 
+    def tensor_view(self, name: str) -> np.ndarray:
+        """A read-only view of one tensor's raw block bytes in the mapped file (flat uint8), valid
+        until :meth:`close`: for loaders that copy what they keep (no transient copy of the tensor)."""
+        info = self.tensor_infos.get(name)
+        if info is None:
+            raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {self.path}")
+        if self._buf is None:
+            raise errors.Gguf(f"gguf {self.path}: the file has been closed")
+        start = self.tensor_data_offset + info.offset
+        view = np.frombuffer(self._buf, np.uint8, count=info.size_in_bytes(), offset=start)
+        view.flags.writeable = False
+        return view
+
     def get(self, key: str, default: Any = None) -> Any:
         """The plain Python value of metadata ``key`` (``default`` when absent)."""
         v = self.metadata.get(key)
