@@ -147,6 +147,42 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Layout& lay, const 
       }
       for (int j = 0; j < 4; ++j) y[r + j] = Hsum256(acc[j]) + macc[j];
     }
+  } else {  // several activation rows: expand each block once, use it for every row of x
+    std::vector<float> buf(static_cast<size_t>(32 * m_rows + 8));
+    float* acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t{31});
+    std::vector<float> macc(static_cast<size_t>(m_rows));
+    for (; r < r1; ++r) {
+      const uint8_t* row = w + r * row_bytes;
+      std::fill(acc, acc + 32 * m_rows, 0.0f);
+      std::fill(macc.begin(), macc.end(), 0.0f);
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * lay.block_bytes;
+        const float d = _cvtsh_ss(LoadU16(blk));
+        const float mn = lay.has_min ? _cvtsh_ss(LoadU16(blk + 2)) : -8.0f * d;
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + lay.qs_offset));
+        const __m128i lo = _mm_and_si128(raw, m4);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        const __m256 ds = _mm256_set1_ps(d);
+        const __m256 wv[4] = {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), ds),
+                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), ds),
+                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), ds),
+                              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), ds)};
+        for (int64_t i = 0; i < m_rows; ++i) {
+          const float* xb = x + i * k + b * kBlock;
+          float* a = acc + 32 * i;
+          for (int q = 0; q < 4; ++q) {
+            _mm256_store_ps(a + 8 * q, _mm256_fmadd_ps(wv[q], _mm256_loadu_ps(xb + 8 * q), _mm256_load_ps(a + 8 * q)));
+          }
+          macc[i] += mn * xsum[i * nb + b];
+        }
+      }
+      for (int64_t i = 0; i < m_rows; ++i) {
+        const float* a = acc + 32 * i;
+        const __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(a), _mm256_load_ps(a + 8)),
+                                       _mm256_add_ps(_mm256_load_ps(a + 16), _mm256_load_ps(a + 24)));
+        y[i * n + r] = Hsum256(t) + macc[i];
+      }
+    }
   }
   for (; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
