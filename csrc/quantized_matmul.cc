@@ -213,6 +213,38 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Layout& lay, const 
 }
 
 // ------------------------------------------------------------------------------------------------
+// AVX-512: one weight row against G rows of x, the partial sums of all G in registers
+template <int G>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) inline void RowGroupAvx512(
+    const Layout& lay, const uint8_t* row, const float* x, const float* xsum, int64_t k, int64_t nb, float* y,
+    int64_t n) {
+  const __m128i m4 = _mm_set1_epi8(15);
+  __m512 acc[G];
+  float macc[G];
+  for (int g = 0; g < G; ++g) {
+    acc[g] = _mm512_setzero_ps();
+    macc[g] = 0.0f;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * lay.block_bytes;
+    const float d = _cvtsh_ss(LoadU16(blk));
+    const float mn = lay.has_min ? _cvtsh_ss(LoadU16(blk + 2)) : -8.0f * d;
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + lay.qs_offset));
+    const __m512 ds = _mm512_set1_ps(d);
+    const __m512 wlo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m4))), ds);
+    const __m512 whi =
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m4))), ds);
+    for (int g = 0; g < G; ++g) {
+      const float* xb = x + g * k + b * kBlock;
+      acc[g] = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xb), acc[g]);
+      acc[g] = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xb + 16), acc[g]);
+      macc[g] += mn * xsum[g * nb + b];
+    }
+  }
+  for (int g = 0; g < G; ++g) y[g * n] = _mm512_reduce_add_ps(acc[g]) + macc[g];
+}
+
+// ------------------------------------------------------------------------------------------------
 // AVX-512 path: two rows at a time for one activation row (decode), one row otherwise
 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void RowsAvx512(
     const Layout& lay, const uint8_t* w, size_t row_bytes, const float* x, const float* xsum, int64_t m_rows,
@@ -245,36 +277,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void RowsAvx512(
       }
       for (int j = 0; j < 4; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]) + macc[j];
     }
-  } else {  // several activation rows (a prompt chunk): expand each block once, use it for every row of x
-    // per activation row: two 16-wide partial sums (kept in memory: m_rows is not fixed)
-    std::vector<float> buf(static_cast<size_t>(32 * m_rows + 16));
-    float* acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
-    std::vector<float> macc(static_cast<size_t>(m_rows));
+  } else {  // several activation rows (a prompt chunk): groups of up to 8 rows of x share each expanded block
     for (; r < r1; ++r) {
       const uint8_t* row = w + r * row_bytes;
-      std::fill(acc, acc + 32 * m_rows, 0.0f);
-      std::fill(macc.begin(), macc.end(), 0.0f);
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * lay.block_bytes;
-        const float d = _cvtsh_ss(LoadU16(blk));
-        const float mn = lay.has_min ? _cvtsh_ss(LoadU16(blk + 2)) : -8.0f * d;
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + lay.qs_offset));
-        const __m512 ds = _mm512_set1_ps(d);
-        const __m512 wlo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m4))), ds);
-        const __m512 whi =
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m4))), ds);
-        for (int64_t i = 0; i < m_rows; ++i) {
-          const float* xb = x + i * k + b * kBlock;
-          float* a = acc + 32 * i;
-          _mm512_store_ps(a, _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xb), _mm512_load_ps(a)));
-          _mm512_store_ps(a + 16, _mm512_fmadd_ps(whi, _mm512_loadu_ps(xb + 16), _mm512_load_ps(a + 16)));
-          macc[i] += mn * xsum[i * nb + b];
-        }
-      }
-      for (int64_t i = 0; i < m_rows; ++i) {
-        const __m512 a = _mm512_add_ps(_mm512_load_ps(acc + 32 * i), _mm512_load_ps(acc + 32 * i + 16));
-        y[i * n + r] = _mm512_reduce_add_ps(a) + macc[i];
-      }
+      int64_t i = 0;
+      for (; i + 8 <= m_rows; i += 8) RowGroupAvx512<8>(lay, row, x + i * k, xsum + i * nb, k, nb, y + i * n + r, n);
+      for (; i + 4 <= m_rows; i += 4) RowGroupAvx512<4>(lay, row, x + i * k, xsum + i * nb, k, nb, y + i * n + r, n);
+      for (; i < m_rows; ++i) RowGroupAvx512<1>(lay, row, x + i * k, xsum + i * nb, k, nb, y + i * n + r, n);
     }
   }
   for (; r < r1; ++r) {

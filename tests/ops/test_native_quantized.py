@@ -43,7 +43,7 @@ def _isas():
 
 @needs_native
 @pytest.mark.parametrize("dt", Q4, ids=lambda d: d.name)
-@pytest.mark.parametrize("m,n,k", [(1, 70, 64), (1, 512, 576), (3, 131, 96), (32, 256, 160)])
+@pytest.mark.parametrize("m,n,k", [(1, 70, 64), (1, 512, 576), (3, 131, 96), (13, 66, 64), (32, 256, 160)])
 def test_q4_matmul_matches_float64_on_every_instruction_set(rng, dt, m, n, k):
     raw, wd = _weight(rng, dt, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
