@@ -1,7 +1,7 @@
-"""The native CPU kernel for 4-bit GGML weights (Q4_0, Q4_1), called from compiled programs.
+"""The native CPU kernel for GGML block weights (Q4_0, Q4_1, Q8_0), called from compiled programs.
 
-``q4_matmul(x, raw, dtype)`` computes ``x @ Wᵀ`` for a weight kept in its file layout (the GGML
-blocks' bytes, 0.56-0.63 bytes per value), through an XLA FFI custom call (``jax.ffi``) into
+``matmul(x, raw, dtype)`` computes ``x @ Wᵀ`` for a weight kept in its file layout (the GGML
+blocks' bytes: 0.56 / 0.63 / 1.06 bytes per value), through an XLA FFI custom call (``jax.ffi``) into
 ``csrc/quantized_matmul.cc``, which the package's build step compiles (``pip install``; AVX-512, AVX2
 or portable code chosen at run time, rows split over XLA's CPU thread pool). Activations stay f32:
 the result equals the dequantised product up to summation order (no Q8 rounding of ``x``).
@@ -26,9 +26,9 @@ import numpy as np
 from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
 
-TARGET = "candlejax_q4_matmul"
+TARGET = "candlejax_quantized_matmul"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
-KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3}
+KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3, GgmlDType.Q8_0: 8}
 ISA_NAMES = ("portable", "avx2", "avx512")
 
 
@@ -50,7 +50,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(path)
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CandlejaxQ4Matmul), platform="cpu")
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CandlejaxQMatmul), platform="cpu")
     except (OSError, AttributeError, RuntimeError):
         return None
     lib.candlejax_native_isa.restype = ctypes.c_int
@@ -84,7 +84,7 @@ def set_isa(name: str | None) -> None:
     lib.candlejax_native_set_isa(-1 if name is None else ISA_NAMES.index(name))
 
 
-def q4_matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
+def matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     """``x (M, K) f32 @ Wᵀ -> (M, N) f32`` for ``raw`` = ``W``'s GGML block bytes ``(N, K/32*size)``,
     or ``(L, N, ...)`` with ``layer`` (an int32 scalar, may be traced) choosing one matrix in place."""
     if not available():
@@ -92,14 +92,14 @@ def q4_matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     kind = KINDS.get(dtype)
     if kind is None:
         names = sorted(k.name for k in KINDS)
-        raise errors.UnsupportedDTypeForOp(dtype.name, "native q4_matmul", f"supported: {names}")
+        raise errors.UnsupportedDTypeForOp(dtype.name, "native matmul", f"supported: {names}")
     x = jnp.asarray(x, jnp.float32)
     if raw.ndim == 3 and layer is None:
-        raise errors.Msg("q4_matmul: a stacked (L, N, B) weight needs layer=")
+        raise errors.Msg("native.matmul: a stacked (L, N, B) weight needs layer=")
     layer = jnp.zeros((), jnp.int32) if layer is None else jnp.asarray(layer, jnp.int32).reshape(())
     out = jax.ShapeDtypeStruct((x.shape[0], raw.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     return call(x, raw, layer, kind=np.int32(kind))
 
 
-__all__ = ["KINDS", "available", "isa", "q4_matmul", "set_isa"]
+__all__ = ["KINDS", "available", "isa", "matmul", "set_isa"]

@@ -1,8 +1,9 @@
-"""``PackedWeight``: a 4-bit GGML weight kept in its file layout, multiplied by the native kernel.
+"""``PackedWeight``: a GGML block weight kept in its file layout, multiplied by the native kernel.
 
-A Q4_0 / Q4_1 ``(out, in)`` weight as the file's block bytes ``(out, in / 32 * block size)`` u8
-(0.56 / 0.63 bytes per value, half of :class:`~candlejax.quantized.BlockedWeight`'s), multiplied by
-:func:`candlejax.quantized.native.q4_matmul`. A pytree. Stacked over layers, ``raw`` is
+A Q4_0 / Q4_1 / Q8_0 ``(out, in)`` weight as the file's block bytes ``(out, in / 32 * block size)``
+u8 (0.56 / 0.63 / 1.06 bytes per value; the 4-bit ones half of
+:class:`~candlejax.quantized.BlockedWeight`'s), multiplied by
+:func:`candlejax.quantized.native.matmul`. A pytree. Stacked over layers, ``raw`` is
 ``(layers, out, ...)`` and :meth:`at` gives one layer's view without copying it (the kernel reads
 the layer in place), so a ``lax.scan`` over layers passes the whole stack and the layer index
 (:func:`hold_stacked` / :func:`attach_stacked`) instead of slicing ``raw`` into a copy per step.
@@ -27,7 +28,7 @@ SUPPORTED = frozenset(native.KINDS)
 
 
 class PackedWeight:
-    """A Q4_0 / Q4_1 ``(out, in)`` weight as raw GGML blocks (one layer, or a layer of a stack)."""
+    """A Q4_0 / Q4_1 / Q8_0 ``(out, in)`` weight as raw GGML blocks (one layer, or a layer of a stack)."""
 
     __slots__ = ("ggml_dtype", "layer", "logical_shape", "raw")
 
@@ -97,7 +98,7 @@ class PackedWeight:
 
 
 def _product(x: Any, raw: Any, layer: Any, dtype: GgmlDType) -> Any:
-    return native.q4_matmul(x, raw, dtype, layer)
+    return native.matmul(x, raw, dtype, layer)
 
 
 # x @ Wᵀ is linear in x: its gradient is dy @ W with W dequantised (the weight itself has no gradient)

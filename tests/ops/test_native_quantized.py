@@ -1,4 +1,4 @@
-"""The native 4-bit kernel (candlejax.quantized.native) against float64 numpy on the dequantised weights."""
+"""The native block-weight kernel (candlejax.quantized.native) against float64 numpy on the dequantised weights."""
 
 import platform
 import sys
@@ -13,7 +13,7 @@ from candlejax.nn.quantized import QLinear, scan_layers
 from candlejax.quantized import GgmlDType, PackedWeight, QMatMul, QTensor, dequantize_np, native
 
 X86_LINUX = platform.machine().lower() in ("x86_64", "amd64") and sys.platform == "linux"
-Q4 = [GgmlDType.Q4_0, GgmlDType.Q4_1]
+BLOCK_TYPES = [GgmlDType.Q4_0, GgmlDType.Q4_1, GgmlDType.Q8_0]  # the block types the kernel reads
 
 
 def test_native_kernel_is_built_here():
@@ -42,13 +42,13 @@ def _isas():
 
 
 @needs_native
-@pytest.mark.parametrize("dt", Q4, ids=lambda d: d.name)
+@pytest.mark.parametrize("dt", BLOCK_TYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("m,n,k", [(1, 70, 64), (1, 512, 576), (3, 131, 96), (13, 66, 64), (32, 256, 160)])
-def test_q4_matmul_matches_float64_on_every_instruction_set(rng, dt, m, n, k):
+def test_native_matmul_matches_float64_on_every_instruction_set(rng, dt, m, n, k):
     raw, wd = _weight(rng, dt, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     ref = x.astype(np.float64) @ wd.T
-    f = jax.jit(lambda x, r: native.q4_matmul(x, r, dt))
+    f = jax.jit(lambda x, r: native.matmul(x, r, dt))
     try:
         for isa in _isas():
             native.set_isa(isa)
@@ -60,26 +60,26 @@ def test_q4_matmul_matches_float64_on_every_instruction_set(rng, dt, m, n, k):
 
 
 @needs_native
-def test_q4_matmul_reads_one_layer_of_a_stack_in_place(rng):
+def test_native_matmul_reads_one_layer_of_a_stack_in_place(rng):
     dt = GgmlDType.Q4_1
     parts = [_weight(rng, dt, 96, 64) for _ in range(3)]
     stack = np.stack([p[0] for p in parts])
     x = rng.standard_normal((2, 64)).astype(np.float32)
-    f = jax.jit(lambda x, r, i: native.q4_matmul(x, r, dt, i))
+    f = jax.jit(lambda x, r, i: native.matmul(x, r, dt, i))
     for i, (_, wd) in enumerate(parts):
         np.testing.assert_allclose(np.asarray(f(x, stack, i)), x.astype(np.float64) @ wd.T, rtol=1e-5, atol=1e-4)
     with pytest.raises(Exception, match="layer 5 out of range"):
         np.asarray(f(x, stack, 5))
     with pytest.raises(errors.Error, match="needs layer"):
-        native.q4_matmul(x, stack, dt)
+        native.matmul(x, stack, dt)
     with pytest.raises(errors.UnsupportedDTypeForOp):
-        native.q4_matmul(x, stack[0], GgmlDType.Q8_0)
+        native.matmul(x, stack[0], GgmlDType.Q5_0)
     with pytest.raises(errors.Error, match="unknown instruction set"):
         native.set_isa("sse9")
 
 
 @needs_native
-@pytest.mark.parametrize("dt", Q4, ids=lambda d: d.name)
+@pytest.mark.parametrize("dt", BLOCK_TYPES, ids=lambda d: d.name)
 def test_qmatmul_holds_q4_weights_packed_and_matches_the_blocked_layout(rng, dt, monkeypatch):
     w = (rng.standard_normal((80, 128)) * 3).astype(np.float32)
     q = QTensor.quantize(w, dt)
