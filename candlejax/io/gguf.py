@@ -624,14 +624,7 @@ class Content:
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """A host copy of one tensor's raw block bytes (flat uint8)."""
-        info = self.tensor_infos.get(name)
-        if info is None:
-            raise errors.CannotFindTensor(name, f"cannot find tensor info for {name} in {self.path}")
-        if self._buf is None:
-            raise errors.Gguf(f"gguf {self.path}: the file has been closed")
-        start = self.tensor_data_offset + info.offset
-        n = info.size_in_bytes()
-        return np.frombuffer(self._buf, np.uint8, count=n, offset=start).copy()
+        return self.tensor_view(name).copy()
 
     def tensor_view(self, name: str) -> np.ndarray:
         """A read-only view of one tensor's raw block bytes in the mapped file (flat uint8), valid
