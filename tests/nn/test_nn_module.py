@@ -236,7 +236,8 @@ def test_callable_pytree_fields_are_children_not_static():
     w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
     m = Head(QMatMul.from_qtensor(QTensor.quantize(w, GgmlDType.Q8_0)), lambda t: t.relu())
     leaves = jax.tree_util.tree_leaves(m)
-    assert len(leaves) == 2 and leaves[0].shape == (8, 32)  # q and the block scales
+    # the weight's arrays are children (block bytes, or values + scales), not static data
+    assert leaves and sum(leaf.nbytes for leaf in leaves) >= 8 * 34
     out = jax.jit(lambda mm, x: mm.forward(x).jax)(m, np.ones((1, 32), np.float32))
     assert out.shape == (1, 8)
 
