@@ -59,8 +59,9 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the native kernel is built, loads, and is not turned off (``CANDLEJAX_NATIVE=0``)."""
-    return _library() is not None
+    """Whether the native kernel is built, loads, is not turned off (``CANDLEJAX_NATIVE=0``), and
+    JAX computes on the CPU (the kernel is registered for the CPU backend only)."""
+    return _library() is not None and jax.default_backend() == "cpu"
 
 
 def isa() -> str:
