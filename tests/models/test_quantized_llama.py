@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -224,3 +225,22 @@ def test_gguf_foreign_architecture_and_unread_tensors_raise(tmp_path):
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu)
     with pytest.warns(UserWarning, match="never read"):
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu, strict=False)
+
+
+def test_native_kernel_and_pure_jax_path_give_the_same_greedy_tokens(ours, monkeypatch):
+    """The file-layout weights with the native kernel (the default here) against the blocked layout
+    with XLA's fused product: the same 32 greedy tokens (the products differ only in summation order)."""
+    from candlejax.quantized import PackedWeight, native
+
+    if not native.available():
+        pytest.skip("the native kernel is not built on this platform")
+    assert any(isinstance(leaf, PackedWeight) for leaf in jax.tree_util.tree_leaves(
+        ours, is_leaf=lambda v: isinstance(v, PackedWeight)))  # fmt: skip
+    ids = ours.tokenizer.encode(PROMPTS[1])
+    got = list(generate(llama.step, ours, ours.new_cache(1, 128), ids, 32, Sampling.ArgMax()))
+    monkeypatch.setattr(native, "available", lambda: False)
+    blocked = quantized_llama.ModelWeights.from_gguf(os.path.join(DIR, NAME), Device.Cpu)
+    assert not any(isinstance(leaf, PackedWeight) for leaf in jax.tree_util.tree_leaves(
+        blocked, is_leaf=lambda v: isinstance(v, PackedWeight)))  # fmt: skip
+    ref = list(generate(llama.step, blocked, blocked.new_cache(1, 128), ids, 32, Sampling.ArgMax()))
+    assert got == ref
