@@ -29,6 +29,9 @@ Two GGUF details matter:
 Layers whose block types agree (every single-type file) are stacked at load time and run under
 ``lax.scan`` (``from_gguf(..., layers="scan")``, the default): one layer is compiled and the
 stacked weights are sliced inside the fused products; ``layers="unrolled"`` compiles every layer.
+
+``from_gguf(path, mesh=mesh)`` loads the model tensor-parallel (Megatron-style, by
+:data:`candlejax.distributed.llama_tp_rules`): the same :func:`step` then runs over the mesh.
 """
 
 from __future__ import annotations

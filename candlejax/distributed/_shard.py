@@ -49,6 +49,10 @@ class Rules:
 RuleSet = str | Rules | Mapping[str, AxisSpec] | Callable[[str, tuple[int, ...]], Any]
 
 
+#: values per quantisation block of a BlockedWeight
+BLOCK = 32
+
+
 def _is_leaf(x: Any) -> bool:
     return isinstance(x, (Tensor, BlockedWeight, QTensor))
 
@@ -79,8 +83,9 @@ def _block(leaf: Any) -> int | None:
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
     """``(name, leaf)`` for every tensor / array leaf: its checkpoint name, else its attribute path.
-    A quantised :class:`~candlejax.quantized.BlockedWeight` is one leaf, named like the dense weight
-    it stands for (``layers.self_attn.q_proj.weight``), so the same rules place both."""
+    A quantised weight (:class:`~candlejax.quantized.BlockedWeight`, :class:`~candlejax.quantized.QTensor`)
+    is one leaf, named like the dense weight it stands for (``layers.self_attn.q_proj.weight``), so
+    the same rules place both."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]:
         name = getattr(leaf, "name", None)
@@ -193,10 +198,6 @@ def check_blocks(name: str, shape: tuple[int, ...], block: int, spec: P, mesh: M
             f" of whole blocks; use a mesh whose {ax!r} axis divides {blocks} (one of {fits}), or a rule that"
             f" leaves dim {len(shape) - 1} unsplit (None) for {name}"
         )
-
-
-#: values per quantisation block of a BlockedWeight
-BLOCK = 32
 
 
 def _spec_of(res: Resolver, name: str, shape: tuple[int, ...], block: int | None, kind: str = "") -> P:

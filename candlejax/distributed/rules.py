@@ -10,8 +10,10 @@ Written once for the shared layer kinds, keyed by the Hugging Face parameter nam
 * a LLaMA KV cache (``k``/``v`` of shape ``(layers, B, kv_heads, S, D)``) is split over heads.
 
 The ``"model"`` axis size must divide the number of (key/value) heads and the MLP width; a rule
-that does not fit raises naming the parameter. Megatron-LM: ``ColumnParallelLinear`` /
-``RowParallelLinear``.
+that does not fit raises naming the parameter. The same rules place quantised weights (a
+``BlockedWeight`` or ``QTensor`` is named like the dense weight it stands for, e.g. a GGUF model's
+``layers.self_attn.q_proj.weight``); a row-parallel split must fall on block boundaries.
+Megatron-LM: ``ColumnParallelLinear`` / ``RowParallelLinear``.
 """
 
 from __future__ import annotations
