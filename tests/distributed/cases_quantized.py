@@ -156,13 +156,19 @@ def _tiny(path, arch="llama", dtype=GgmlDType.Q4_1, hidden=64, heads=4, kv=2, ff
     "kind, mesh, layers",
     [("llama-q4_1", (2, 2), "scan"), ("qwen2-q8_0-bias", (2, 1), "unrolled"), ("llama-q4k", (2, 1), "unrolled")],
 )
-def test_tiny_gguf_same_logits_and_tokens(tmp_path, kind, mesh, layers):
+def test_tiny_gguf_same_logits_and_tokens(tmp_path, monkeypatch, kind, mesh, layers):
     arch = kind.split("-")[0]
     dtype = {"q4_1": GgmlDType.Q4_1, "q8_0": GgmlDType.Q8_0, "q4k": GgmlDType.Q4K}[kind.split("-")[1]]
     wide = dict(hidden=512, heads=8, ff=512) if dtype is GgmlDType.Q4K else {}  # k-quants: blocks of 256
     path = _tiny(tmp_path / "m.gguf", arch, dtype, bias=kind.endswith("bias"), **wide)
     ref = quantized_llama.ModelWeights.from_gguf(path, layers=layers)
+
+    def whole_on_one_device(*a, **k):
+        raise AssertionError("a weight was placed whole on one device")
+
+    monkeypatch.setattr(quantized_llama, "place_aligned", whole_on_one_device)  # only shards reach the devices
     tp = quantized_llama.ModelWeights.from_gguf(path, layers=layers, mesh=_mesh(*mesh))
+    monkeypatch.undo()
     specs = cj.distributed.specs(tp)
     at, col, row = ("layers.", COL, ROW) if layers == "scan" else ("layers.1.", P("model", None), P(None, "model"))
     assert specs[at + "mlp.down_proj.weight"] == row and specs[at + "self_attn.v_proj.weight"] == col
