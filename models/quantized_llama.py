@@ -32,6 +32,9 @@ Layers whose block types agree (every single-type file) are stacked at load time
 ``lax.scan`` (``from_gguf(..., layers="scan")``, the default; :func:`candlejax.nn.quantized.scan_layers`):
 one layer is compiled; stacked blocked weights are sliced inside the fused products and packed
 ones read in place by the kernel; ``layers="unrolled"`` compiles every layer.
+
+``from_gguf(path, mesh=mesh)`` loads the model tensor-parallel (Megatron-style, by
+:data:`candlejax.distributed.llama_tp_rules`): the same :func:`step` then runs over the mesh.
 """
 
 from __future__ import annotations
@@ -228,7 +231,8 @@ class ModelWeights(Llama):
 
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, dequantize: str | None = None,
-                  layers: str | None = None, strict: bool = True) -> ModelWeights:  # fmt: skip
+                  layers: str | None = None, strict: bool = True, mesh: Any = None,
+                  rules: Any = None) -> ModelWeights:  # fmt: skip
         """Load a GGUF file (``general.architecture`` ``llama`` or a LLaMA-shaped family).
 
         ``dequantize`` (default: from ``CANDLE_DEQUANTIZE_ALL=1`` / ``CANDLE_DEQUANTIZE_ALL_F16=1``,
@@ -239,18 +243,25 @@ class ModelWeights(Llama):
 
         Files of another ``general.architecture`` raise (naming the supported ones); tensors the
         model never reads raise too (``strict=False``: a warning).
+
+        ``mesh`` (a ``jax.sharding.Mesh``): the weights are laid out on it by ``rules`` (default
+        :data:`candlejax.distributed.llama_tp_rules`, tensor-parallel over ``"model"``: q/k/v and
+        gate/up split by output rows, whole heads per device, kept as separate products; the
+        output and down projections split by input columns on block boundaries; embeddings and
+        norms replicated); ``device`` is then unused. A mesh that does not fit raises
+        :class:`candlejax.distributed.ShardingError` naming the GGUF tensor, before any is read.
         """
         from candlejax.io.gguf import Content
 
         content = Content.read(os.fspath(path))
         try:
-            return ModelWeights.from_content(content, device, dequantize, layers, strict)
+            return ModelWeights.from_content(content, device, dequantize, layers, strict, mesh, rules)
         finally:
             content.close()
 
     @staticmethod
-    def from_content(content: Any, device: Any = None, dequantize: str | None = None,
-                     layers: str | None = None, strict: bool = True) -> ModelWeights:  # fmt: skip
+    def from_content(content: Any, device: Any = None, dequantize: str | None = None, layers: str | None = None,
+                     strict: bool = True, mesh: Any = None, rules: Any = None) -> ModelWeights:  # fmt: skip
         """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it)."""
         if dequantize is None:
             env = os.environ.get
@@ -265,6 +276,16 @@ class ModelWeights(Llama):
         cfg = config_from_gguf(content)
         infos = content.tensor_infos
         read: set[str] = set()
+        if layers is None:
+            layers = "unrolled" if dequantize else "scan"
+        if layers not in ("scan", "unrolled"):
+            raise errors.Msg(f"layers must be 'scan' or 'unrolled', got {layers!r}")
+        stack = layers == "scan" and _stackable(infos, cfg.num_hidden_layers)
+        if mesh is not None:  # host leaves below, placed on the mesh at the end
+            rules = _check_mesh(content, cfg, mesh, rules, stack, dequantize)
+
+        def put(tree: Any) -> Any:
+            return tree if mesh is not None else _to_device(tree, dev)
 
         def info(name: str) -> Any:
             if name not in infos:
@@ -275,7 +296,7 @@ class ModelWeights(Llama):
         def lin(name: str) -> QLinear:  # host (numpy) leaves where possible; placed on the device later
             i = info(name)
             if dequantize is None and len(i.shape) == 2:  # these copy what they keep: read the mapped bytes
-                if i.ggml_dtype in PACKED_TYPES and native.available():
+                if i.ggml_dtype in PACKED_TYPES and native.available() and mesh is None:
                     return QLinear(PackedWeight.from_raw(content.tensor_view(name), i.ggml_dtype, tuple(i.shape)))
                 if i.ggml_dtype in BLOCKED_TYPES:
                     q, scale, offset = unpack_blocked(content.tensor_view(name), i.ggml_dtype, tuple(i.shape))
@@ -284,7 +305,8 @@ class ModelWeights(Llama):
             if dequantize is not None and name != "token_embd.weight":
                 w = np.asarray(QTensor.from_data(raw, i.ggml_dtype, i.shape).dequantize().jax)
                 return QLinear(w.astype(np.float16 if dequantize == "f16" else np.float32))
-            return QLinear.from_qmatmul(QMatMul.from_qtensor(QTensor.from_data(raw, i.ggml_dtype, i.shape, dev)))
+            qt = QTensor.from_data(raw, i.ggml_dtype, i.shape, None if mesh is not None else dev)
+            return QLinear.from_qmatmul(QMatMul.from_qtensor(qt))
 
         def vec(name: str) -> np.ndarray:
             i = info(name)
@@ -292,8 +314,9 @@ class ModelWeights(Llama):
 
         n = cfg.num_hidden_layers
         # q/k/v and gate/up become one product each when their block types agree in every layer
-        fused = {k: FUSE_PRODUCTS and all(_concatenable(infos, i, v, dequantize) for i in range(n))
-                 for k, v in _FUSED.items()}  # fmt: skip
+        # (not on a mesh that splits them: each device then holds whole heads of q, k and v)
+        fuse = FUSE_PRODUCTS and (mesh is None or rules == "replicate")
+        fused = {k: fuse and all(_concatenable(infos, i, v, dequantize) for i in range(n)) for k, v in _FUSED.items()}
 
         def linb(i: int, name: str) -> QLinear:  # with the bias when the file has one (qwen2's q/k/v)
             q = lin(f"blk.{i}.{name}.weight")
@@ -316,32 +339,29 @@ class ModelWeights(Llama):
             eps = cfg.rms_norm_eps
             return Block(QRmsNorm(get("attn_norm"), eps), attn, QRmsNorm(get("ffn_norm"), eps), mlp)
 
-        if layers is None:
-            layers = "unrolled" if dequantize else "scan"
-        if layers not in ("scan", "unrolled"):
-            raise errors.Msg(f"layers must be 'scan' or 'unrolled', got {layers!r}")
         # the embedding table first: its file pages and unpacked copy are the largest transient of
         # loading, and are released before the layers' weights accumulate
-        embed = QEmbedding(_to_device(lin("token_embd.weight"), dev))
+        embed = QEmbedding(put(lin("token_embd.weight")))
         _release_pages(content)
-        if layers == "scan" and _stackable(infos, n):
+        if stack:
             names = [nm for nm in _PARTS if not any(fused[k] and nm in v for k, v in _FUSED.items())]
             names += [k for k in _FUSED if fused[k]]
             stacked = {}
             for name in names:
-                stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), dev, lambda: _release_pages(content))
+                stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), None if mesh is not None else dev,
+                                       lambda: _release_pages(content))  # fmt: skip
             blocks: Any = block(stacked.__getitem__)
         else:
             blocks = []
             for i in range(n):
-                blocks.append(_to_device(block(lambda name, i=i: part(i, name)), dev))
+                blocks.append(put(block(lambda name, i=i: part(i, name))))
                 _release_pages(content)
-        norm = _to_device(QRmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps), dev)
-        lm_head = None if cfg.tie_word_embeddings else _to_device(lin("output.weight"), dev)
+        norm = put(QRmsNorm(vec("output_norm.weight"), cfg.rms_norm_eps))
+        lm_head = None if cfg.tie_word_embeddings else put(lin("output.weight"))
         inv = rope_inv_freq(cfg)
         if "rope_freqs.weight" in infos:  # llama 3.1 GGUF: per-frequency divisors
             inv = (inv / vec("rope_freqs.weight").astype(np.float32)).astype(np.float32)
-        rotary = rotary_for(cfg, jax.device_put(inv, dev.jax_device))
+        rotary = rotary_for(cfg, inv if mesh is not None else jax.device_put(inv, dev.jax_device))
         unread = sorted(set(infos) - read)
         if unread:
             more = ", ..." if len(unread) > 8 else ""
@@ -351,6 +371,10 @@ class ModelWeights(Llama):
                 raise errors.Msg(msg + "; pass strict=False to load anyway")
             warnings.warn(msg, stacklevel=3)
         model = ModelWeights(embed, blocks, norm, lm_head, rotary, cfg)
+        if mesh is not None:
+            from candlejax import distributed
+
+            model = distributed.shard(model, mesh, rules)
         model._tokenizer = Attached(_tokenizer(content))
         return model
 
@@ -397,6 +421,43 @@ def _release_pages(content: Any) -> None:
                 o.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):
                 pass
+
+
+def _check_mesh(content: Any, cfg: Config, mesh: Any, rules: Any, stack: bool, dequantize: str | None) -> Any:
+    """The rules (default ``llama_tp_rules``) that place the model on ``mesh``, checked against every
+    GGUF tensor before any is read: a mesh that does not divide the heads, or a split that is not on
+    block boundaries, raises ``ShardingError`` naming the GGUF tensor and the mesh axis."""
+    from candlejax import distributed
+
+    rules = distributed.llama_tp_rules if rules is None else rules
+    if rules is distributed.llama_tp_rules:
+        distributed.rules.check_heads(mesh, cfg.num_attention_heads, int(cfg.num_key_value_heads),  # type: ignore[arg-type]
+                                      params=("blk.*.attn_q.weight", "blk.*.attn_k.weight"))  # fmt: skip
+    n = cfg.num_hidden_layers
+    for name, info in content.tensor_infos.items():
+        m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
+        if m and m.group(2) in _PATHS:  # the model's attribute path (layers stacked: one leaf)
+            at = f"layers.{_PATHS[m.group(2)]}" if stack else f"layers.{m.group(1)}.{_PATHS[m.group(2)]}"
+            path, shape = f"{at}.{m.group(3)}", ((n,) if stack else ()) + tuple(info.shape)
+        elif name.rsplit(".", 1)[0] in _TOP_PATHS and name.endswith(".weight"):
+            path, shape = f"{_TOP_PATHS[name.rsplit('.', 1)[0]]}.weight", tuple(info.shape)
+        else:
+            continue
+        quantised = len(info.shape) == 2 and info.ggml_dtype.block_size() > 1
+        keep = quantised and (dequantize is None or name == "token_embd.weight")
+        try:
+            distributed.layout(path, shape, mesh, rules, info.ggml_dtype.block_size() if keep else None,
+                               info.ggml_dtype.name)  # fmt: skip
+        except distributed.ShardingError as e:
+            raise distributed.ShardingError(f"gguf {content.path}: tensor {name}: {e}") from None
+    return rules
+
+
+#: GGUF tensor name -> the model's attribute path (``blk.N.<part>`` -> ``layers[.N].<path>``)
+_PATHS = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+          "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}  # fmt: skip
+_TOP_PATHS = {"token_embd": "embed_tokens.table", "output_norm": "norm", "output": "lm_head"}
 
 
 #: the per-layer tensors of a LLaMA block (``blk.N.<part>.weight``)
@@ -448,11 +509,11 @@ def _stackable(infos: Any, n: int) -> bool:
     return True
 
 
-def _stack(n: int, get: Any, dev: Device, release: Any) -> Any:
+def _stack(n: int, get: Any, dev: Device | None, release: Any) -> Any:
     """Part ``get(i)`` of layers ``0 .. n`` as one pytree whose leaves are stacked over the layers,
     filled layer by layer into one aligned host array per leaf, which the CPU runtime then shares
-    (no device copy; other devices get one leaf at a time). ``release()`` runs after each layer
-    (drops the file pages read for it)."""
+    (no device copy; other devices get one leaf at a time; ``dev`` ``None``: host leaves).
+    ``release()`` runs after each layer (drops the file pages read for it)."""
     first = get(0)
     release()
     leaves, struct = jax.tree_util.tree_flatten(first)
@@ -466,7 +527,7 @@ def _stack(n: int, get: Any, dev: Device, release: Any) -> Any:
         release()
     out = []
     for j in range(len(stacked)):
-        out.append(place_aligned(stacked[j], dev.jax_device))
+        out.append(stacked[j] if dev is None else place_aligned(stacked[j], dev.jax_device))
         stacked[j] = None  # type: ignore[call-overload]
     return jax.tree_util.tree_unflatten(struct, out)
 

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
     p.add_argument("--tensor-parallel", type=_count(1), default=1,
-                   help="split the model over N devices (--model only; CPU: N simulated devices)")  # fmt: skip
+                   help="split the model over N devices (CPU: N simulated devices)")  # fmt: skip
 
 
 def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None) -> Any:
@@ -69,7 +69,7 @@ def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None) ->
     if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
         raise errors.Msg("--top-k / --top-p need --temperature (without it, decoding is greedy)")
     if args.gguf:
-        return TextGeneration.from_gguf(args.gguf, tokenizer=args.tokenizer, max_seq_len=max_seq_len)
+        return TextGeneration.from_gguf(args.gguf, tokenizer=args.tokenizer, max_seq_len=max_seq_len, mesh=mesh)
     return TextGeneration.from_pretrained(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
                                           max_seq_len=max_seq_len, mesh=mesh)  # fmt: skip
 
@@ -99,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if tp > 1:
         from candlejax import distributed
 
-        if args.gguf:
-            raise errors.Msg("--tensor-parallel works with --model (safetensors weights), not --gguf")
         distributed.request_host_devices(tp)  # CPU-only machines: simulated devices
     t0 = time.perf_counter()
     tg = load(args, args.max_seq_len, distributed.model_mesh(tp) if tp > 1 else None)

@@ -29,6 +29,7 @@ from candlejax.distributed._mesh import (
 )
 from candlejax.distributed._shard import (
     Rules,
+    layout,
     model_mesh,
     named_leaves,
     place_like,
@@ -42,7 +43,8 @@ from candlejax.distributed._shard import (
 from candlejax.distributed.rules import bert_tp_rules, llama_tp_rules
 
 __all__ = [
-    "Rules", "ShardingError", "axis_size", "bert_tp_rules", "initialize", "llama_tp_rules", "load_on_mesh", "mesh",
-    "named_leaves", "on_mesh", "place_like", "process_count", "process_index", "replicate", "request_host_devices",
-    "model_mesh", "restore", "rules", "save", "shard", "shard_batch", "shutdown", "specs", "tensor_parallel", "to_host",
+    "Rules", "ShardingError", "axis_size", "bert_tp_rules", "initialize", "layout", "llama_tp_rules", "load_on_mesh",
+    "mesh", "model_mesh", "named_leaves", "on_mesh", "place_like", "process_count", "process_index", "replicate",
+    "request_host_devices", "restore", "rules", "save", "shard", "shard_batch", "shutdown", "specs", "tensor_parallel",
+    "to_host",
 ]  # fmt: skip

@@ -9,8 +9,7 @@ import jax
 from jax.sharding import NamedSharding
 
 from candlejax import checkpoint as _ckpt
-from candlejax.distributed._shard import _is_leaf, _place, _rebuild, named_leaves, to_host
-from candlejax.tensor import unwrap
+from candlejax.distributed._shard import _arrays, _is_leaf, _map_leaf, _place, named_leaves, to_host
 
 
 def save(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> None:
@@ -54,9 +53,16 @@ def _like(loaded: Any, template: Any) -> Any:
     dst = [leaf for _, leaf in named_leaves(template)]
     placed = {}
     for s, d in zip(src, dst):
-        sh = getattr(unwrap(d), "sharding", None)
-        a = unwrap(s)
-        if isinstance(sh, NamedSharding) or (sh is not None and jax.process_count() == 1):
-            a = _place(a, sh)
-        placed[id(s)] = _rebuild(s, a)
+        placed[id(s)] = _map_leaf(s, _placer([getattr(a, "sharding", None) for a in _arrays(d)]))
     return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), loaded, is_leaf=_is_leaf)
+
+
+def _placer(shardings: list[Any]) -> Any:
+    """A function placing the arrays of one leaf, in order, with ``shardings`` (``None``: as they are)."""
+    it = iter(shardings)
+
+    def put(a: Any) -> Any:
+        sh = next(it)
+        return _place(a, sh) if isinstance(sh, NamedSharding) or (sh is not None and jax.process_count() == 1) else a
+
+    return put

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from candlejax.distributed._mesh import ShardingError, axis_size
+from candlejax.quantized import BlockedWeight, PackedWeight, QTensor
 from candlejax.tensor import Tensor, unwrap, wrap
 
 AxisSpec = Sequence[str | tuple[str, ...] | None]
@@ -48,12 +49,43 @@ class Rules:
 RuleSet = str | Rules | Mapping[str, AxisSpec] | Callable[[str, tuple[int, ...]], Any]
 
 
+#: values per quantisation block of a BlockedWeight
+BLOCK = 32
+
+
 def _is_leaf(x: Any) -> bool:
-    return isinstance(x, Tensor)
+    return isinstance(x, (Tensor, BlockedWeight, QTensor))
+
+
+def _arrays(leaf: Any) -> list[Any]:
+    """The arrays behind a leaf: one; a blocked weight's ``q``, ``scale`` (and ``offset``); a
+    QTensor's block bytes. Each has the leaf's dims, the last counting values, blocks or bytes."""
+    if isinstance(leaf, BlockedWeight):
+        return [a for a in (leaf.q, leaf.scale, leaf.offset) if a is not None]
+    if isinstance(leaf, QTensor):
+        return [leaf.raw]
+    return [unwrap(leaf)]
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+    """A leaf's logical shape (a quantised weight's is that of its values, ``(..., out, in)``)."""
+    return tuple(leaf.shape) if isinstance(leaf, (BlockedWeight, QTensor)) else tuple(np.shape(unwrap(leaf)))
+
+
+def _block(leaf: Any) -> int | None:
+    """Values per quantisation block along the last dim of a quantised leaf (``None``: not quantised)."""
+    if isinstance(leaf, BlockedWeight):
+        return BLOCK
+    if isinstance(leaf, QTensor) and leaf.ggml_dtype.block_size() > 1:
+        return int(leaf.ggml_dtype.block_size())
+    return None
 
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
-    """``(name, leaf)`` for every tensor / array leaf: its checkpoint name, else its attribute path."""
+    """``(name, leaf)`` for every tensor / array leaf: its checkpoint name, else its attribute path.
+    A quantised weight (:class:`~candlejax.quantized.BlockedWeight`, :class:`~candlejax.quantized.QTensor`)
+    is one leaf, named like the dense weight it stands for (``layers.self_attn.q_proj.weight``), so
+    the same rules place both."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]:
         name = getattr(leaf, "name", None)
@@ -147,11 +179,58 @@ class Resolver:
             )
 
 
+def check_blocks(name: str, shape: tuple[int, ...], block: int, spec: P, mesh: Mesh, kind: str = "") -> None:
+    """Raise unless ``spec`` splits a tensor of ``shape``, quantised in blocks of ``block`` values
+    along its last dim, on block boundaries: its block data and scales take the same spec, so a split
+    of the input features must give every device whole blocks with their scales."""
+    full = (None,) * (len(shape) - len(tuple(spec))) + tuple(spec)
+    ax = full[-1] if full else None
+    if ax is None:
+        return
+    n, width = axis_size(mesh, ax), shape[-1]
+    blocks = width // block
+    if blocks % n:
+        fits = [d for d in range(1, blocks + 1) if blocks % d == 0]
+        raise ShardingError(
+            f"cannot split {name} ({kind + ', ' if kind else ''}shape {list(shape)}) along dim {len(shape) - 1} (its"
+            f" {width} input features) over mesh axis {ax!r} of size {n}: the values are quantised in blocks of"
+            f" {block} with one scale per block, and {blocks} block(s) per row do not split into {n} equal shards"
+            f" of whole blocks; use a mesh whose {ax!r} axis divides {blocks} (one of {fits}), or a rule that"
+            f" leaves dim {len(shape) - 1} unsplit (None) for {name}"
+        )
+
+
+def _spec_of(res: Resolver, name: str, shape: tuple[int, ...], block: int | None, kind: str = "") -> P:
+    if block is None:
+        return res.spec(name, shape)
+    if isinstance(res.rules, str) and res.rules == "fsdp":  # a dim of whole blocks
+        return res.spec(name, (*shape[:-1], shape[-1] // block))
+    spec = res.spec(name, shape)
+    check_blocks(name, shape, block, spec, res.mesh, kind)
+    return spec
+
+
+def leaf_spec(res: Resolver, name: str, leaf: Any) -> P:
+    """The ``PartitionSpec`` of one leaf; a quantised weight's applies to each array behind it
+    (:func:`_arrays`) and must split it on block boundaries."""
+    kind = leaf.ggml_dtype.name if isinstance(leaf, (BlockedWeight, QTensor)) else ""
+    return _spec_of(res, name, _shape(leaf), _block(leaf), kind)
+
+
+def layout(name: str, shape: tuple[int, ...], mesh: Mesh, rules: RuleSet, block: int | None = None,
+           kind: str = "") -> P:  # fmt: skip
+    """The ``PartitionSpec`` that :func:`shard` gives a tensor ``name`` of ``shape`` under ``rules``
+    (``block``: quantised in blocks of that many values along the last dim, which a split must keep
+    whole; ``kind``: the block type, for messages); raises :class:`ShardingError` as :func:`shard`
+    would. Lets a loader check a file's tensors against a mesh before reading any."""
+    return _spec_of(Resolver(mesh, rules), name, tuple(shape), block, kind)
+
+
 def resolve(tree: Any, mesh: Mesh, rules: RuleSet) -> list[tuple[str, Any, P]]:
     """``(name, leaf, PartitionSpec)`` for every leaf of ``tree`` under ``rules``."""
     leaves = named_leaves(tree)
     res = Resolver(mesh, rules)
-    out = [(n, x, res.spec(n, tuple(np.shape(unwrap(x))))) for n, x in leaves]
+    out = [(n, x, leaf_spec(res, n, x)) for n, x in leaves]
     res.check_used([n for n, _ in leaves], type(tree).__name__)
     return out
 
@@ -168,11 +247,26 @@ def _place(a: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def _rebuild(leaf: Any, a: Any) -> Any:
+def _map_leaf(leaf: Any, f: Callable[[Any], Any]) -> Any:
+    """``leaf`` with ``f`` applied to each array behind it (a Tensor keeps its name / Var handle kind)."""
+    if isinstance(leaf, BlockedWeight):
+        q, scale = f(leaf.q), f(leaf.scale)  # in the order of _arrays
+        return BlockedWeight(q, scale, None if leaf.offset is None else f(leaf.offset), leaf.ggml_dtype)
+    if isinstance(leaf, QTensor):
+        return QTensor.from_data(f(leaf.raw), leaf.ggml_dtype, leaf.shape)
     if isinstance(leaf, Tensor):
         _, treedef = jax.tree_util.tree_flatten(leaf)
-        return treedef.unflatten([a])
-    return a
+        return treedef.unflatten([f(unwrap(leaf))])
+    return f(leaf)
+
+
+def _unpacked(tree: Any) -> Any:
+    """File-layout weights (:class:`~candlejax.quantized.PackedWeight`, read by the single-device
+    native kernel) as blocked weights, which the rules split on block boundaries."""
+    def conv(v: Any) -> Any:
+        return v.to_blocked() if isinstance(v, PackedWeight) else v
+
+    return jax.tree_util.tree_map(conv, tree, is_leaf=lambda v: isinstance(v, PackedWeight))
 
 
 def shard(tree: Any, mesh: Mesh, rules: RuleSet = "replicate") -> Any:
@@ -190,9 +284,11 @@ def shard(tree: Any, mesh: Mesh, rules: RuleSet = "replicate") -> Any:
     The same Module, ``backward_step`` and ``jax.jit`` code then runs on the mesh; XLA inserts the
     collectives. JAX: ``jax.device_put(x, NamedSharding(mesh, PartitionSpec(...)))`` per tensor.
     """
+    tree = _unpacked(tree)
     placed = {}
     for _n, leaf, spec in resolve(tree, mesh, rules):
-        placed[id(leaf)] = _rebuild(leaf, _place(unwrap(leaf), NamedSharding(mesh, spec)))
+        sharding = NamedSharding(mesh, spec)
+        placed[id(leaf)] = _map_leaf(leaf, lambda a, s=sharding: _place(a, s))
     return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
 
 
@@ -200,7 +296,7 @@ def specs(tree: Any) -> dict[str, Any]:
     """Name -> ``PartitionSpec`` of every leaf (``None`` for arrays not on a mesh)."""
     out = {}
     for n, leaf in named_leaves(tree):
-        s = getattr(unwrap(leaf), "sharding", None)
+        s = getattr(_arrays(leaf)[0], "sharding", None)
         out[n] = s.spec if isinstance(s, NamedSharding) else None
     return out
 
@@ -255,7 +351,7 @@ def to_host(tree: Any) -> Any:
         return np.asarray(a)
 
     leaves = named_leaves(tree)
-    placed = {id(leaf): _rebuild(leaf, gather(unwrap(leaf))) for _, leaf in leaves}
+    placed = {id(leaf): _map_leaf(leaf, gather) for _, leaf in leaves}
     return jax.tree_util.tree_map(lambda x: placed.get(id(x), x), tree, is_leaf=_is_leaf)
 
 
@@ -283,7 +379,7 @@ def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
     ``ref`` is on one device. Lets a model build its caches where its weights are."""
     sh = None
     for _, leaf in named_leaves(ref):
-        sh = getattr(unwrap(leaf), "sharding", None)
+        sh = getattr(_arrays(leaf)[0], "sharding", None)
         if sh is not None:
             break
     if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:

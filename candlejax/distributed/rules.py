@@ -10,8 +10,10 @@ Written once for the shared layer kinds, keyed by the Hugging Face parameter nam
 * a LLaMA KV cache (``k``/``v`` of shape ``(layers, B, kv_heads, S, D)``) is split over heads.
 
 The ``"model"`` axis size must divide the number of (key/value) heads and the MLP width; a rule
-that does not fit raises naming the parameter. Megatron-LM: ``ColumnParallelLinear`` /
-``RowParallelLinear``.
+that does not fit raises naming the parameter. The same rules place quantised weights (a
+``BlockedWeight`` or ``QTensor`` is named like the dense weight it stands for, e.g. a GGUF model's
+``layers.self_attn.q_proj.weight``); a row-parallel split must fall on block boundaries.
+Megatron-LM: ``ColumnParallelLinear`` / ``RowParallelLinear``.
 """
 
 from __future__ import annotations
@@ -40,18 +42,20 @@ llama_tp_rules = Rules(
 )
 
 
-
-def check_heads(mesh: Mesh, num_heads: int, num_kv_heads: int, axis: str = "model") -> None:
+def check_heads(mesh: Mesh, num_heads: int, num_kv_heads: int, axis: str = "model",
+                params: tuple[str, str] = ("model.layers.*.self_attn.q_proj.weight",
+                                           "model.layers.*.self_attn.k_proj.weight")) -> None:  # fmt: skip
     """Raise unless ``axis`` of ``mesh`` divides the attention and key/value heads (each device
-    holds whole heads under :data:`llama_tp_rules`); no-op for a mesh without ``axis``."""
+    holds whole heads under :data:`llama_tp_rules`); no-op for a mesh without ``axis``.
+    ``params``: the names of the query and key weights in the checkpoint, for the message."""
     if axis not in mesh.shape:
         return
     n = int(mesh.shape[axis])
-    for count, what, param in ((num_heads, "attention heads", "q_proj"), (num_kv_heads, "key/value heads", "k_proj")):
+    for count, what, param in ((num_heads, "attention heads", params[0]), (num_kv_heads, "key/value heads", params[1])):
         if int(count) % n:
             fits = [d for d in range(1, int(count) + 1) if int(count) % d == 0]
             raise ShardingError(
-                f"cannot split the {count} {what} of model.layers.*.self_attn.{param}.weight over mesh axis {axis!r}"
+                f"cannot split the {count} {what} of {param} over mesh axis {axis!r}"
                 f" of size {n} (each device holds whole heads); use a mesh whose {axis!r} axis divides {count}"
                 f" (one of {fits})"
             )

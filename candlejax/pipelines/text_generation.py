@@ -60,14 +60,14 @@ class TextGeneration:
         self.prefill_buckets: bool | None = None
 
     @staticmethod
-    def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None,
+    def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None, mesh: Any = None,
                   **kw: Any) -> TextGeneration:  # fmt: skip
         from candlejax.models import quantized_llama
         from candlejax.tokenizer import load_tokenizer
 
         if not os.path.isfile(path):
             raise errors.Msg(f"no such file: {os.fspath(path)!r}")
-        model = quantized_llama.ModelWeights.from_gguf(path, device)
+        model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh)  # mesh: tensor-parallel
         return TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
 
     @staticmethod

@@ -67,6 +67,17 @@ class PackedWeight:
             raise errors.Msg("PackedWeight.at: not a stacked (layers, out, bytes) weight")
         return PackedWeight(self.raw, self.ggml_dtype, self.logical_shape, layer)
 
+    def to_blocked(self) -> Any:
+        """The same values as a :class:`~candlejax.quantized.BlockedWeight` (unpacked on the host; a
+        stacked weight stays stacked): the layout for meshes and other backends than the CPU."""
+        from candlejax.quantized.blocked import BlockedWeight, unpack
+
+        if self.raw is None or (self.raw.ndim == 3 and self.layer is not None):
+            raise errors.Msg("PackedWeight.to_blocked: needs the whole weight (not a stand-in or a layer view)")
+        shape = (*self.raw.shape[:-2], *self.logical_shape)
+        q, scale, offset = unpack(np.asarray(self.raw), self.ggml_dtype, shape)
+        return BlockedWeight(q, scale, offset, self.ggml_dtype)
+
     def _rows_raw(self) -> Any:
         if self.raw.ndim == 3:
             if self.layer is None:

@@ -88,6 +88,7 @@ def test_qmatmul_holds_q4_weights_packed_and_matches_the_blocked_layout(rng, dt,
     assert m.weight.storage_size_in_bytes() == np.asarray(q.raw).size  # the file's bytes, ~0.6 per value
     ref_w = dequantize_np(np.asarray(q.raw), dt, q.shape)
     np.testing.assert_array_equal(np.asarray(m.weight.dequantize()), ref_w)
+    np.testing.assert_array_equal(np.asarray(m.weight.to_blocked().dequantize()), ref_w)  # the layout for meshes
     np.testing.assert_array_equal(np.asarray(m.embedding(np.array([0, 79, 5]))), ref_w[[0, 79, 5]])
     x = rng.standard_normal((2, 3, 128)).astype(np.float32)
     ref = x.astype(np.float64) @ ref_w.astype(np.float64).T
