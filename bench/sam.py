@@ -15,6 +15,7 @@ threads), and the wall ratio to candlejax.
 
     python bench/sam.py
     python bench/sam.py --repeats 10 --no-torch-compile
+    python bench/sam.py --tune-malloc   # glibc keeps freed buffers (candlejax.xla.tune_malloc), all rows
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--decoder-repeats", type=int, default=30)
     ap.add_argument("--no-torch-compile", action="store_true")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     args = ap.parse_args()
+    if args.tune_malloc:
+        from candlejax.xla import tune_malloc
+
+        print(f"tune_malloc: {tune_malloc()}", flush=True)
 
     import numpy as np
     import sam_reference

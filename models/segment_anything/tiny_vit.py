@@ -50,6 +50,23 @@ class Conv2dBN(Module):
     def forward(self, xs: Tensor) -> Tensor:
         return self.bn(self.c(xs))
 
+    def _bn_last(self, xs: Tensor) -> Tensor:
+        """The BatchNorm over the last (channel) axis."""
+        bn = self.bn
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        return xs.broadcast_sub(bn.running_mean).broadcast_mul(scale).broadcast_add(bn.bias)
+
+    def forward_nhwc(self, xs: Tensor) -> Tensor:
+        """Same layer on a channels-last ``(B, H, W, C)`` input (1x1 or depthwise convolution): no
+        transposes for the token-major ``(B, H*W, C)`` stages."""
+        cfg, w = self.c.config, self.c.weight
+        if cfg.groups == 1:  # 1x1, stride 1: a product over the channels
+            o, i = w.dims()[:2]
+            ys = xs.broadcast_matmul(w.reshape((o, i)).t())
+        else:
+            ys = ops.depthwise_conv2d(xs, w, cfg.padding, cfg.stride, cfg.dilation, layout="nhwc")
+        return self._bn_last(ys)
+
 
 class PatchEmbed(Module):
     """Two stride-2 3x3 Conv2dBN with GELU: ``(B, 3, H, W) -> (B, embed_dim, H/4, W/4)``."""
@@ -89,10 +106,12 @@ class PatchMerging(Module):
         self.conv3 = Conv2dBN(out, out, 1, Conv2dConfig(), vb.pp("conv3"))
 
     def forward(self, xs: Tensor) -> Tensor:
-        if xs.rank == 3:
+        if xs.rank == 3:  # tokens: channels-last all the way
             h, w = self.input_resolution
             b = xs.dims()[0]
-            xs = xs.reshape((b, h, w, -1)).permute((0, 3, 1, 2))
+            xs = xs.reshape((b, h, w, -1))
+            xs = self.conv3.forward_nhwc(_GELU(self.conv2.forward_nhwc(_GELU(self.conv1.forward_nhwc(xs)))))
+            return xs.flatten(1, 2)
         xs = self.conv3(_GELU(self.conv2(_GELU(self.conv1(xs)))))
         return xs.flatten_from(2).transpose(1, 2)
 
@@ -195,7 +214,7 @@ class TinyViTBlock(Module):
                 ys = ys.narrow(1, 0, h).narrow(2, 0, w)
             ys = ys.reshape((b, n, c))
         xs = xs + ys
-        xs = self.local_conv(xs.transpose(1, 2).reshape((b, c, h, w))).reshape((b, c, n)).transpose(1, 2)
+        xs = self.local_conv.forward_nhwc(xs.reshape((b, h, w, c))).reshape((b, n, c))
         return xs + self.mlp(xs)
 
 
