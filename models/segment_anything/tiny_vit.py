@@ -93,6 +93,11 @@ class MBConv(Module):
         ys = _GELU(self.conv2(_GELU(self.conv1(xs))))
         return _GELU(self.conv3(ys) + xs)
 
+    def forward_nhwc(self, xs: Tensor) -> Tensor:
+        """Same block on a channels-last ``(B, H, W, C)`` input."""
+        ys = _GELU(self.conv2.forward_nhwc(_GELU(self.conv1.forward_nhwc(xs))))
+        return _GELU(self.conv3.forward_nhwc(ys) + xs)
+
 
 class PatchMerging(Module):
     """Downsampling between stages; ``(B, L, C)`` or ``(B, C, H, W)`` in, ``(B, L', C')`` out.
@@ -124,9 +129,11 @@ class ConvLayer(Module):
         self.downsample = PatchMerging(input_resolution, dim, out, vb.pp("downsample"))
 
     def forward(self, xs: Tensor) -> Tensor:
+        xs = xs.permute((0, 2, 3, 1))  # channels-last: XLA:CPU's convolutions produce NHWC
         for block in self.blocks:
-            xs = block(xs)
-        return self.downsample(xs)
+            xs = block.forward_nhwc(xs)
+        b, h, w, c = xs.dims4()
+        return self.downsample(xs.reshape((b, h * w, c)))
 
 
 class Mlp(Module):
@@ -264,8 +271,10 @@ class TinyViT(Module):
         for layer in self.layers:
             xs = layer(xs)
         b, _, c = xs.dims3()
-        xs = xs.reshape((b, 64, 64, c)).permute((0, 3, 1, 2))
-        return self.neck_ln2(self.neck_conv2(self.neck_ln1(self.neck_conv1(xs))))
+        w = self.neck_conv1.weight
+        xs = xs.reshape((b, 64, 64, c)).broadcast_matmul(w.reshape(w.dims()[:2]).t())  # 1x1, channels-last
+        xs = self.neck_ln1.forward_nhwc(xs).permute((0, 3, 1, 2))
+        return self.neck_ln2(self.neck_conv2(xs))
 
 
 def tiny_vit_5m(vb: VarBuilder) -> TinyViT:
