@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from candlejax import errors
 from candlejax.nn import (
     Activation,
     BatchNorm,
@@ -61,7 +62,10 @@ class Conv2dBN(Module):
         transposes for the token-major ``(B, H*W, C)`` stages."""
         cfg, w = self.c.config, self.c.weight
         if cfg.groups == 1:  # 1x1, stride 1: a product over the channels
-            o, i = w.dims()[:2]
+            o, i, kh, kw = w.dims4()
+            if (kh, kw) != (1, 1) or cfg.stride != 1 or cfg.padding != 0:
+                raise errors.Msg(f"Conv2dBN.forward_nhwc: only 1x1 stride-1 or depthwise kernels, got {list(w.dims())}"
+                                 f" with {cfg}")  # fmt: skip
             ys = xs.broadcast_matmul(w.reshape((o, i)).t())
         else:
             ys = ops.depthwise_conv2d(xs, w, cfg.padding, cfg.stride, cfg.dilation, layout="nhwc")
