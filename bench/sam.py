@@ -15,6 +15,11 @@ threads), and the wall ratio to candlejax.
 
     python bench/sam.py
     python bench/sam.py --repeats 10 --no-torch-compile
+    python bench/sam.py --tune-malloc   # glibc keeps freed buffers (candlejax.xla.tune_malloc), all rows
+
+``--baseline DIR`` adds a row for another version of the model code, interleaved with the others:
+DIR holds a ``segment_anything`` package, e.g. from
+``git archive COMMIT models/segment_anything | tar -x -C /tmp/base`` and ``--baseline /tmp/base/models``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--decoder-repeats", type=int, default=30)
     ap.add_argument("--no-torch-compile", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR", help="folder with another version's segment_anything package")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     args = ap.parse_args()
+    if args.tune_malloc:
+        from candlejax.xla import tune_malloc
+
+        print(f"tune_malloc: {tune_malloc()}", flush=True)
 
     import numpy as np
     import sam_reference
@@ -76,6 +88,21 @@ def main() -> None:
     emb.numpy()
     model.forward_for_embeddings(emb, h, w, pts, True)[0].numpy()
     print(f"candlejax load + compile: {time.perf_counter() - t0:.1f} s", flush=True)
+
+    base_model = None
+    if args.baseline:
+        init = Path(args.baseline) / "segment_anything" / "__init__.py"
+        if not init.is_file():
+            sys.exit(f"--baseline: no segment_anything package in {args.baseline}")
+        spec = importlib.util.spec_from_file_location("sam_baseline", init,
+                                                      submodule_search_locations=[str(init.parent)])
+        assert spec is not None and spec.loader is not None
+        base_pkg = importlib.util.module_from_spec(spec)
+        sys.modules["sam_baseline"] = base_pkg
+        spec.loader.exec_module(base_pkg)
+        base_model = base_pkg.Sam.new_tiny(VarBuilder.from_pth(path, cj.DType.F32, cj.Device.Cpu))
+        diff = np.abs(base_model.embeddings(img).numpy() - emb.numpy()).max()
+        print(f"baseline embedding max abs difference: {diff:.2e}", flush=True)
 
     ref = sam_reference.build_vit_t(torch.load(path, weights_only=True))
     x = torch.from_numpy(arr).float()
@@ -109,6 +136,8 @@ def main() -> None:
         "candlejax (jit)": lambda: model.embeddings(img).numpy(),
         "MobileSAM torch eager": t_embed(ref.image_encoder),
     }
+    if base_model is not None:
+        embed_rows["candlejax baseline (jit)"] = lambda: base_model.embeddings(img).numpy()
     decode_rows: dict[str, Callable[[], object]] = {
         "candlejax (jit)": lambda: model.forward_for_embeddings(emb, h, w, pts, True)[0].numpy(),
         "MobileSAM torch eager": t_decode(decode),

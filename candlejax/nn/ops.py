@@ -6,7 +6,7 @@ provides: ``softmax``, ``softmax_last_dim``, ``log_softmax``, ``sigmoid``, ``har
 ``relu6``, ``hard_swish``, ``dropout``, ``rms_norm`` / ``rms_norm_slow``, ``layer_norm`` /
 ``layer_norm_slow``, ``rope`` / ``rope_i`` / ``rope_thd`` (+ ``*_slow``), ``sdpa`` / ``sdpa_slow``, ``repeat_kv``,
 ``causal_mask``, ``padding_mask``,
-``pixel_shuffle``, ``pixel_unshuffle``, ``replication_pad2d``, ``Identity``.
+``pixel_shuffle``, ``pixel_unshuffle``, ``replication_pad2d``, ``depthwise_conv2d``, ``Identity``.
 
 Each function takes and returns Tensors; the math lives in ``@op`` functions on raw arrays, so an
 eager call is one cached jitted executable and a call under ``jit`` is plain ``jax.numpy``. Unlike
@@ -35,6 +35,7 @@ from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, as_array
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor.conv import depthwise_conv2d_nhwc_op
 from candlejax.tensor.elementwise import gelu_erf_jnp
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
@@ -65,6 +66,7 @@ __all__ = [
     "rope_slow",
     "rope_thd",
     "causal_mask",
+    "depthwise_conv2d",
     "padding_mask",
     "repeat_kv",
     "sdpa",
@@ -684,3 +686,49 @@ class Identity(Module):
 
     def forward(self, xs: Any) -> Any:
         return xs
+
+
+def _pair_arg(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in pair):
+        raise errors.Msg(f"depthwise_conv2d: {name} must be an int or a pair of ints, got {v!r}")
+    if min(pair) < minimum:
+        raise errors.Msg(f"depthwise_conv2d: {name} must be >= {minimum}, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def depthwise_conv2d(xs: Any, kernel: Any, padding: Any = 0, stride: Any = 1, dilation: Any = 1, *,
+                     layout: str = "nchw") -> Any:  # fmt: skip
+    """Depthwise 2D convolution (one ``KH x KW`` filter per channel, zero padding on both sides).
+
+    ``kernel`` is PyTorch's / Candle's ``(C, 1, KH, KW)``; ``layout="nchw"`` takes ``(B, C, H, W)``
+    and is ``xs.conv2d(kernel, padding, stride, dilation, groups=C)``; ``layout="nhwc"`` takes and
+    returns channels-last ``(B, H, W, C)`` tensors, so token-major models ((B, H*W, C) reshaped)
+    need no transposes around the convolution. ``padding``/``stride``/``dilation``: ints or
+    ``(h, w)`` pairs. PyTorch: ``F.conv2d(x, w, padding=p, stride=s, dilation=d, groups=C)``
+    (``x.permute(0, 3, 1, 2)`` for channels-last). Differentiable.
+    """
+    if layout not in ("nchw", "nhwc"):
+        raise errors.Msg(f"depthwise_conv2d: layout must be 'nchw' or 'nhwc', got {layout!r}")
+    if not isinstance(xs, TensorBase) or not isinstance(kernel, TensorBase):
+        raise errors.Msg("depthwise_conv2d: expected Tensor input and kernel")
+    p, s, d = _pair_arg(padding, "padding", 0), _pair_arg(stride, "stride", 1), _pair_arg(dilation, "dilation", 1)
+    xa, ka = as_array(xs), as_array(kernel)
+    if xa.ndim != 4:
+        raise errors.Msg(f"depthwise_conv2d: input must be 4-D ({layout.upper()}), got {fmt_shape(xa.shape)}")
+    c = xa.shape[1] if layout == "nchw" else xa.shape[3]
+    if ka.ndim != 4 or ka.shape[:2] != (c, 1):
+        raise errors.Msg(f"depthwise_conv2d: kernel must be ({c}, 1, KH, KW) for a {layout.upper()} input of"
+                         f" shape {fmt_shape(xa.shape)}, got {fmt_shape(ka.shape)}")  # fmt: skip
+    if layout == "nchw":
+        return xs.conv2d(kernel, p, s, d, c)
+    _check_float("depthwise_conv2d", xa)
+    if xa.dtype != ka.dtype:
+        raise errors.DTypeMismatchBinaryOp(xs.dtype, kernel.dtype, "depthwise_conv2d")
+    for n, k, pp, dd in zip(xa.shape[1:3], ka.shape[2:], p, d):
+        if n + 2 * pp - dd * (k - 1) - 1 < 0:
+            raise errors.Msg(
+                f"depthwise_conv2d: the dilated kernel ({dd * (k - 1) + 1}) is larger than the padded input"
+                f" ({n + 2 * pp}), input {fmt_shape(xa.shape)}, kernel {fmt_shape(ka.shape)}"
+            )
+    return wrap(depthwise_conv2d_nhwc_op(xa, ka, padding=p, stride=s, dilation=d))

@@ -114,24 +114,42 @@ def _pointwise(x: Any, k: Any, stride: tuple[int, ...]) -> Any:
 
 
 def _depthwise_shifted(x: Any, k: Any, padding: tuple[int, ...], stride: tuple[int, ...],
-                       dilation: tuple[int, ...]) -> Any:
+                       dilation: tuple[int, ...], channels_last: bool = False) -> Any:
     """A depthwise convolution (one filter per channel) as the sum over its taps of a strided slice of
     the padded input times that tap's per-channel weight. XLA:CPU runs grouped convolutions with one
     channel per group on a slow path (10-50x slower than this elementwise form on MobileSAM's and
-    MobileNet's 3x3 layers); the sum is fused into one loop. Low-precision inputs accumulate in f32."""
+    MobileNet's 3x3 layers); the sum is fused into one loop. Low-precision inputs accumulate in f32.
+    ``channels_last``: ``x`` is ``(N, *spatial, C)`` (the weights broadcast along the last axis)."""
     spatial = k.shape[2:]
     nd = len(spatial)
     acc = jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else x.dtype
-    xp = jnp.pad(x.astype(acc), [(0, 0), (0, 0), *((p, p) for p in padding)])
+    sizes = x.shape[1:-1] if channels_last else x.shape[2:]
+    pads = [(p, p) for p in padding]
+    xp = jnp.pad(x.astype(acc), [(0, 0), *pads, (0, 0)] if channels_last else [(0, 0), (0, 0), *pads])
     out = [(n + 2 * p - d * (kk - 1) - 1) // st + 1
-           for n, p, d, kk, st in zip(x.shape[2:], padding, dilation, spatial, stride)]  # fmt: skip
+           for n, p, d, kk, st in zip(sizes, padding, dilation, spatial, stride)]  # fmt: skip
     w = k.astype(acc)
     y = None
     for tap in itertools.product(*(range(kk) for kk in spatial)):
         sl = tuple(slice(t * d, t * d + (o - 1) * st + 1, st) for t, d, o, st in zip(tap, dilation, out, stride))
-        term = xp[(slice(None), slice(None), *sl)] * w[(slice(None), 0, *tap)].reshape((1, -1) + (1,) * nd)
+        if channels_last:
+            term = xp[(slice(None), *sl, slice(None))] * w[(slice(None), 0, *tap)]
+        else:
+            term = xp[(slice(None), slice(None), *sl)] * w[(slice(None), 0, *tap)].reshape((1, -1) + (1,) * nd)
         y = term if y is None else y + term
     return y.astype(x.dtype)
+
+
+@op(static=("padding", "stride", "dilation"))
+def depthwise_conv2d_nhwc_op(x: Any, k: Any, *, padding: tuple[int, int], stride: tuple[int, int],
+                           dilation: tuple[int, int]) -> Any:
+    """Depthwise 2D convolution of an ``(N, H, W, C)`` input with a PyTorch ``(C, 1, KH, KW)`` kernel."""
+    if jax.default_backend() == "cpu" and math.prod(k.shape[2:]) <= DEPTHWISE_MAX_TAPS:
+        return _depthwise_shifted(x, k, padding, stride, dilation, channels_last=True)
+    return lax.conv_general_dilated(
+        x, k, window_strides=stride, padding=[(p, p) for p in padding], rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"), feature_group_count=x.shape[-1],
+    )
 
 
 @op(static=("padding", "output_padding", "stride", "dilation", "groups", "dn"))
@@ -434,4 +452,4 @@ class ConvMixin(TensorBase):
                                          scales=(sh, sw)))
 
 
-__all__ = ["ConvMixin"]
+__all__ = ["ConvMixin", "depthwise_conv2d_nhwc_op"]

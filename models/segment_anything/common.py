@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from candlejax import errors
-from candlejax.nn import Activation, Linear, Module, VarBuilder, linear_b
+from candlejax.nn import Activation, Linear, Module, VarBuilder, linear_b, ops
 from candlejax.tensor import Tensor
 
 __all__ = ["LayerNorm2d", "MlpBlock", "check_input", "linear"]
@@ -44,6 +44,10 @@ class LayerNorm2d(Module):
         xs = xs.broadcast_div((s + self.eps).sqrt())
         c = self.num_channels
         return xs.broadcast_mul(self.weight.reshape((1, c, 1, 1))).broadcast_add(self.bias.reshape((1, c, 1, 1)))
+
+    def forward_nhwc(self, xs: Tensor) -> Tensor:
+        """The same normalisation of a channels-last ``(B, H, W, C)`` input."""
+        return ops.layer_norm(xs, self.weight, self.bias, self.eps)
 
 
 class MlpBlock(Module):

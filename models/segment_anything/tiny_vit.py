@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from candlejax import errors
 from candlejax.nn import (
     Activation,
     BatchNorm,
@@ -50,6 +51,26 @@ class Conv2dBN(Module):
     def forward(self, xs: Tensor) -> Tensor:
         return self.bn(self.c(xs))
 
+    def _bn_last(self, xs: Tensor) -> Tensor:
+        """The BatchNorm over the last (channel) axis."""
+        bn = self.bn
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        return xs.broadcast_sub(bn.running_mean).broadcast_mul(scale).broadcast_add(bn.bias)
+
+    def forward_nhwc(self, xs: Tensor) -> Tensor:
+        """Same layer on a channels-last ``(B, H, W, C)`` input (1x1 or depthwise convolution): no
+        transposes for the token-major ``(B, H*W, C)`` stages."""
+        cfg, w = self.c.config, self.c.weight
+        if cfg.groups == 1:  # 1x1, stride 1: a product over the channels
+            o, i, kh, kw = w.dims4()
+            if (kh, kw) != (1, 1) or cfg.stride != 1 or cfg.padding != 0:
+                raise errors.Msg(f"Conv2dBN.forward_nhwc: only 1x1 stride-1 or depthwise kernels, got {list(w.dims())}"
+                                 f" with {cfg}")  # fmt: skip
+            ys = xs.broadcast_matmul(w.reshape((o, i)).t())
+        else:
+            ys = ops.depthwise_conv2d(xs, w, cfg.padding, cfg.stride, cfg.dilation, layout="nhwc")
+        return self._bn_last(ys)
+
 
 class PatchEmbed(Module):
     """Two stride-2 3x3 Conv2dBN with GELU: ``(B, 3, H, W) -> (B, embed_dim, H/4, W/4)``."""
@@ -76,6 +97,11 @@ class MBConv(Module):
         ys = _GELU(self.conv2(_GELU(self.conv1(xs))))
         return _GELU(self.conv3(ys) + xs)
 
+    def forward_nhwc(self, xs: Tensor) -> Tensor:
+        """Same block on a channels-last ``(B, H, W, C)`` input."""
+        ys = _GELU(self.conv2.forward_nhwc(_GELU(self.conv1.forward_nhwc(xs))))
+        return _GELU(self.conv3.forward_nhwc(ys) + xs)
+
 
 class PatchMerging(Module):
     """Downsampling between stages; ``(B, L, C)`` or ``(B, C, H, W)`` in, ``(B, L', C')`` out.
@@ -89,10 +115,12 @@ class PatchMerging(Module):
         self.conv3 = Conv2dBN(out, out, 1, Conv2dConfig(), vb.pp("conv3"))
 
     def forward(self, xs: Tensor) -> Tensor:
-        if xs.rank == 3:
+        if xs.rank == 3:  # tokens: channels-last all the way
             h, w = self.input_resolution
             b = xs.dims()[0]
-            xs = xs.reshape((b, h, w, -1)).permute((0, 3, 1, 2))
+            xs = xs.reshape((b, h, w, -1))
+            xs = self.conv3.forward_nhwc(_GELU(self.conv2.forward_nhwc(_GELU(self.conv1.forward_nhwc(xs)))))
+            return xs.flatten(1, 2)
         xs = self.conv3(_GELU(self.conv2(_GELU(self.conv1(xs)))))
         return xs.flatten_from(2).transpose(1, 2)
 
@@ -105,9 +133,11 @@ class ConvLayer(Module):
         self.downsample = PatchMerging(input_resolution, dim, out, vb.pp("downsample"))
 
     def forward(self, xs: Tensor) -> Tensor:
+        xs = xs.permute((0, 2, 3, 1))  # channels-last: XLA:CPU's convolutions produce NHWC
         for block in self.blocks:
-            xs = block(xs)
-        return self.downsample(xs)
+            xs = block.forward_nhwc(xs)
+        b, h, w, c = xs.dims4()
+        return self.downsample(xs.reshape((b, h * w, c)))
 
 
 class Mlp(Module):
@@ -195,7 +225,7 @@ class TinyViTBlock(Module):
                 ys = ys.narrow(1, 0, h).narrow(2, 0, w)
             ys = ys.reshape((b, n, c))
         xs = xs + ys
-        xs = self.local_conv(xs.transpose(1, 2).reshape((b, c, h, w))).reshape((b, c, n)).transpose(1, 2)
+        xs = self.local_conv.forward_nhwc(xs.reshape((b, h, w, c))).reshape((b, n, c))
         return xs + self.mlp(xs)
 
 
@@ -245,8 +275,10 @@ class TinyViT(Module):
         for layer in self.layers:
             xs = layer(xs)
         b, _, c = xs.dims3()
-        xs = xs.reshape((b, 64, 64, c)).permute((0, 3, 1, 2))
-        return self.neck_ln2(self.neck_conv2(self.neck_ln1(self.neck_conv1(xs))))
+        w = self.neck_conv1.weight
+        xs = xs.reshape((b, 64, 64, c)).broadcast_matmul(w.reshape(w.dims()[:2]).t())  # 1x1, channels-last
+        xs = self.neck_ln1.forward_nhwc(xs).permute((0, 3, 1, 2))
+        return self.neck_ln2(self.neck_conv2(xs))
 
 
 def tiny_vit_5m(vb: VarBuilder) -> TinyViT:

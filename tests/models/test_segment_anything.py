@@ -189,6 +189,27 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def test_tiny_vit_channels_last_layers_match_nchw(models) -> None:
+    """The encoder runs its convolution layers channels-last; each equals the NCHW layer (real weights)."""
+    enc = models[0].image_encoder
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 12, 12)).astype(np.float32)
+    x_nhwc = cj.Tensor(x.transpose(0, 2, 3, 1).copy())
+    down = enc.layer0.downsample
+    cases = ((down.conv1, x), (down.conv2, rng.standard_normal((1, 128, 12, 12))),  # 1x1; depthwise stride 2
+             (enc.layer0.blocks[0].conv2, rng.standard_normal((1, 256, 12, 12))))  # fmt: skip
+    for layer, inp in cases:
+        inp = inp.astype(np.float32)
+        ref = layer(cj.Tensor(inp)).numpy().transpose(0, 2, 3, 1)
+        got = layer.forward_nhwc(cj.Tensor(inp.transpose(0, 2, 3, 1).copy())).numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    block = enc.layer0.blocks[0]
+    ref = block(cj.Tensor(x)).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(block.forward_nhwc(x_nhwc).numpy(), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(errors.Error, match="only 1x1 stride-1 or depthwise"):
+        enc.patch_embed.conv1.forward_nhwc(cj.Tensor(np.zeros((1, 8, 8, 3), np.float32)))
+
+
 def test_checkpoint_holding_code_is_rejected(tmp_path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "mobile_sam.pth"

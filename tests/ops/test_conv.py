@@ -110,6 +110,42 @@ def test_pointwise_conv_matches_torch(rng, nd, s):
     check(ours, lambda x, k: ref(x, k, stride=s), [x, k], rng, jit=True)
 
 
+@pytest.mark.parametrize("ks,p,s,d", [((3, 3), 1, 1, 1), ((3, 2), (1, 0), 2, 1), ((3, 3), 2, 1, 2), ((1, 1), 0, 2, 1)])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_nn_ops_depthwise_conv2d_matches_torch(rng, ks, p, s, d, layout):
+    """``nn.ops.depthwise_conv2d``: channels-last input and output (no transposes) or NCHW."""
+    from candlejax.nn import ops
+
+    x, k = randn(rng, 2, 9, 10, 6), randn(rng, 6, 1, *ks)
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def ref(x, k):
+        xt = x.permute(0, 3, 1, 2) if layout == "nhwc" else x
+        y = F.conv2d(xt, k, padding=p, stride=s, dilation=d, groups=6)
+        return y.permute(0, 2, 3, 1) if layout == "nhwc" else y
+
+    check(lambda x, k: ops.depthwise_conv2d(x, k, p, s, d, layout=layout), ref, [x, k], rng, jit=True)
+
+
+def test_nn_ops_depthwise_conv2d_errors(rng):
+    from candlejax.nn import ops
+
+    x, k = T(randn(rng, 1, 5, 5, 4)), T(randn(rng, 4, 1, 3, 3))
+    with pytest.raises(errors.Error, match=r"kernel must be \(4, 1, KH, KW\)"):
+        ops.depthwise_conv2d(x, T(randn(rng, 3, 1, 3, 3)), layout="nhwc")
+    with pytest.raises(errors.Error, match="layout must be"):
+        ops.depthwise_conv2d(x, k, layout="nwhc")
+    with pytest.raises(errors.Error, match="larger than the padded input"):
+        ops.depthwise_conv2d(T(randn(rng, 1, 2, 2, 4)), k, layout="nhwc")
+    with pytest.raises(errors.Error, match="dtype mismatch"):
+        ops.depthwise_conv2d(x, k.to_dtype(cj.DType.BF16), 1, layout="nhwc")
+    with pytest.raises(errors.Error, match="stride must be >= 1"):
+        ops.depthwise_conv2d(x, k, 1, 0, layout="nhwc")
+    with pytest.raises(errors.Error, match="input must be 4-D"):
+        ops.depthwise_conv2d(T(randn(rng, 5, 5, 4)), k, layout="nhwc")
+
+
 def test_depthwise_conv_low_precision_accumulates_in_f32(rng):
     x, k = randn(rng, 1, 8, 12, 12), randn(rng, 8, 1, 3, 3)
     ref = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(k, dtype=torch.float64), padding=1, groups=8)
