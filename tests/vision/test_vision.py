@@ -3,6 +3,7 @@ drawing, bad input; Conv2d.absorb_bn against torch's conv + BatchNorm."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import skimage.data
@@ -77,23 +78,72 @@ def test_letterbox_shapes_and_inverse(hw):
     np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 2, h / 2, 0.9]]], atol=1e-3)
 
 
-def _nms_ref(boxes, scores, iou, classes):
-    order = np.argsort(-scores, kind="stable")
+def _nms_ref(boxes, scores, iou, classes, *, conf=-np.inf, max_det=None, top_k=None):
+    """Greedy NMS in plain numpy, float64: candidates above ``conf`` by descending score (equal scores
+    in index order), the ``top_k`` best of them, a box dropped when it overlaps a kept box of its class."""
+    order = [i for i in np.argsort(-np.asarray(scores, np.float64), kind="stable") if scores[i] > conf][:top_k]
+    b = np.asarray(boxes, np.float64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     keep = []
     for i in order:
         ok = True
         for j in keep:
             if classes[i] != classes[j]:
                 continue
-            lt, rb = np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])
-            inter = np.prod(np.clip(rb - lt, 0, None))
-            a = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-            if inter / (a(boxes[i]) + a(boxes[j]) - inter) > iou:
+            wh = np.clip(np.minimum(b[i, 2:], b[j, 2:]) - np.maximum(b[i, :2], b[j, :2]), 0, None)
+            inter = wh[0] * wh[1]
+            if inter / (area[i] + area[j] - inter) > iou:
                 ok = False
                 break
         if ok:
             keep.append(i)
-    return np.array(keep)
+    return np.array(keep[:max_det], int)
+
+
+def _grid_boxes(rng, n, span, size):
+    """Boxes on an integer grid (IoU in f32 and f64 agree about a threshold): half scattered, half
+    jittered copies of a few of them (overlap chains)."""
+    xy = rng.integers(0, span, (n, 2))
+    wh = rng.integers(4, size, (n, 2))
+    src = rng.integers(0, max(n // 20, 1), n // 2)
+    xy[: n // 2], wh[: n // 2] = xy[src] + rng.integers(-6, 7, (n // 2, 2)), wh[src] + rng.integers(-4, 5, (n // 2, 2))
+    return np.concatenate([xy, xy + np.maximum(wh, 1)], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, block, max_det, nc", [
+    (300, 16, 300, 3),  # many blocks, fewer kept than max_det
+    (300, 16, 20, 3),  # more kept than max_det: stops early
+    (1500, 512, 300, 4),  # default block size, several blocks, more kept than max_det
+    (700, 64, 1000, 1),  # max_det above the candidate count
+    (5, 512, 300, 2),  # fewer candidates than one block
+])  # fmt: skip
+def test_nms_blocks_match_greedy_reference(rng, n, block, max_det, nc):
+    boxes = _grid_boxes(rng, n, 200, 60)
+    scores = (rng.integers(0, 25, n) / 25).astype(np.float32)  # many equal scores
+    classes = rng.integers(0, nc, n).astype(np.int32)
+    fn = jax.jit(lambda b, s, c, t: vision.nms_arrays(b, s, c, 0.1, t, max_det=max_det, block=block))
+    idx, ok = (np.asarray(a) for a in fn(boxes, scores, classes, 0.45))
+    ref = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(0.1), max_det=max_det)
+    assert ok.shape == idx.shape == (max_det,) and not ok[len(ref) :].any()
+    np.testing.assert_array_equal(idx[ok], ref)
+    full = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(0.1))
+    assert len(ref) == min(len(full), max_det) > 0
+    # the public API: same result, any class (agnostic) as well
+    np.testing.assert_array_equal(vision.nms(boxes, scores, 0.45, classes, conf=0.1, max_det=max_det), ref)
+    got = vision.nms(boxes, scores, 0.45, conf=0.1, max_det=max_det, top_k=n // 2)
+    np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.45, np.zeros(n), conf=np.float32(0.1),
+                                                max_det=max_det, top_k=n // 2))  # fmt: skip
+
+
+def test_nms_without_candidates():
+    boxes = _grid_boxes(np.random.default_rng(1), 50, 100, 30)
+    scores = np.linspace(0.1, 0.5, 50, dtype=np.float32)
+    assert vision.nms(boxes, scores, 0.45, conf=0.5).shape == (0,)
+    assert vision.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).shape == (0,)
+    idx, ok = vision.nms_arrays(boxes, scores, np.zeros(50, np.int32), 0.9, 0.45, max_det=7)
+    assert idx.shape == ok.shape == (7,) and not np.asarray(ok).any()
+    with pytest.raises(errors.Error, match=r"boxes must be \(N, 4\)"):
+        vision.nms(boxes[:, :3], scores, 0.45)
 
 
 @pytest.mark.parametrize("agnostic", [True, False])
