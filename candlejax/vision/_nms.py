@@ -72,15 +72,18 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
     the boxes kept so far (a fixed ``max_det`` buffer), resolved internally, and its kept boxes are
     appended; the loop stops once ``max_det`` boxes are kept or the candidates run out.
     """
+    if max_det < 0 or top_k < 0 or block < 1:
+        raise errors.Msg(f"nms: max_det and top_k must be >= 0 and block >= 1, got max_det={max_det},"
+                         f" top_k={top_k}, block={block}")  # fmt: skip
     n = boxes.shape[0]
     k = min(top_k, n)
     if k == 0 or max_det == 0:
         return jnp.zeros(max_det, jnp.int32), jnp.zeros(max_det, bool)
     bsz = max(1, min(block, k))
     padded = -(-k // bsz) * bsz
-    s = jnp.where(scores > conf, scores, -jnp.inf)
-    top_s, idx = lax.top_k(s, k)
-    n_cand = jnp.sum(jnp.isfinite(top_s), dtype=jnp.int32)  # candidates come first, in greedy order
+    cand = scores > conf
+    _, idx = lax.top_k(jnp.where(cand, scores, -jnp.inf), k)  # candidates first, in greedy order
+    n_cand = jnp.minimum(jnp.sum(cand, dtype=jnp.int32), k)
     b = boxes[idx].astype(jnp.float32)
     if not agnostic:
         b = b + (classes[idx].astype(jnp.float32) * _MAX_WH)[:, None]
@@ -111,19 +114,20 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
     return jnp.where(ok, idx[kept_i], 0), ok
 
 
-def nms(boxes: Any, scores: Any, iou: float, classes: Any = None, *, conf: float = 0.0, max_det: int = 300,
+def nms(boxes: Any, scores: Any, iou: float, classes: Any = None, *, conf: float | None = None, max_det: int = 300,
         top_k: int = _MAX_NMS) -> np.ndarray:  # fmt: skip
     """Indices of the boxes kept by NMS, by descending score (torchvision's ``ops.nms`` / ``batched_nms``).
 
-    At most ``max_det`` boxes are returned, out of the ``top_k`` best candidates above ``conf``
-    (Ultralytics' ``max_det`` / ``max_nms``); see :func:`nms_arrays`.
+    At most ``max_det`` boxes are returned, out of the ``top_k`` best boxes scoring above ``conf``
+    (every box when ``None``; Ultralytics' ``conf`` / ``max_det`` / ``max_nms``); see :func:`nms_arrays`.
     """
     b, s = jnp.asarray(unwrap(boxes)), jnp.asarray(unwrap(scores))
     if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
         raise errors.Msg(f"nms: boxes must be (N, 4) and scores (N,), got {errors.fmt_shape(b.shape)}"
                                    f" and {errors.fmt_shape(s.shape)}")  # fmt: skip
     c = jnp.zeros(b.shape[0], jnp.int32) if classes is None else jnp.asarray(unwrap(classes))
-    idx, ok = nms_arrays(b, s, c, conf, iou, max_det=max_det, top_k=top_k, agnostic=classes is None)
+    t = -jnp.inf if conf is None else conf
+    idx, ok = nms_arrays(b, s, c, t, iou, max_det=max_det, top_k=top_k, agnostic=classes is None)
     idx, ok = np.asarray(idx), np.asarray(ok)
     return idx[ok]
 

@@ -135,15 +135,23 @@ def test_nms_blocks_match_greedy_reference(rng, n, block, max_det, nc):
                                                 max_det=max_det, top_k=n // 2))  # fmt: skip
 
 
-def test_nms_without_candidates():
+def test_nms_edge_cases():
     boxes = _grid_boxes(np.random.default_rng(1), 50, 100, 30)
     scores = np.linspace(0.1, 0.5, 50, dtype=np.float32)
+    # no candidates
     assert vision.nms(boxes, scores, 0.45, conf=0.5).shape == (0,)
     assert vision.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).shape == (0,)
     idx, ok = vision.nms_arrays(boxes, scores, np.zeros(50, np.int32), 0.9, 0.45, max_det=7)
     assert idx.shape == ok.shape == (7,) and not np.asarray(ok).any()
+    # without conf every box is a candidate, as in torchvision (zero, negative and infinite scores too)
+    signed = scores - 0.3
+    signed[[3, 17]] = np.inf
+    np.testing.assert_array_equal(vision.nms(boxes, signed, 0.45), _nms_ref(boxes, signed, 0.45, np.zeros(50)))
+    assert len(vision.nms(boxes, signed, 0.45)) > len(vision.nms(boxes, signed, 0.45, conf=0.0))
     with pytest.raises(errors.Error, match=r"boxes must be \(N, 4\)"):
         vision.nms(boxes[:, :3], scores, 0.45)
+    with pytest.raises(errors.Error, match="max_det=-1"):
+        vision.nms(boxes, scores, 0.45, max_det=-1)
 
 
 @pytest.mark.parametrize("agnostic", [True, False])
