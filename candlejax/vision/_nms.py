@@ -82,8 +82,14 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
     bsz = max(1, min(block, k))
     padded = -(-k // bsz) * bsz
     cand = scores > conf
-    _, idx = lax.top_k(jnp.where(cand, scores, -jnp.inf), k)  # candidates first, in greedy order
+    key = jnp.where(cand, scores, -jnp.inf)
     n_cand = jnp.minimum(jnp.sum(cand, dtype=jnp.int32), k)
+    # candidates first, in greedy order; a full sort only when they do not fit in one block
+    if k > bsz:
+        idx = lax.cond(n_cand <= bsz, lambda: jnp.pad(lax.top_k(key, bsz)[1], (0, k - bsz)),
+                       lambda: lax.top_k(key, k)[1])  # fmt: skip
+    else:
+        idx = lax.top_k(key, k)[1]
     b = boxes[idx].astype(jnp.float32)
     if not agnostic:
         b = b + (classes[idx].astype(jnp.float32) * _MAX_WH)[:, None]
@@ -96,12 +102,13 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
         start, count, _, _ = state
         return (count < max_det) & (start < n_cand)
 
-    def body(state: Any) -> Any:
+    def body(state: Any, first: bool = False) -> Any:
         start, count, kept_b, kept_i = state
         bb = lax.dynamic_slice_in_dim(b, start, bsz)
         pos = start + lane
-        by_kept = (_iou(kept_b, bb) > iou) & (slot < count)[:, None]  # (max_det, bsz), kept box first
-        live = (pos < n_cand) & ~jnp.any(by_kept, 0)
+        live = pos < n_cand
+        if not first:  # dropped by a box kept in an earlier block
+            live &= ~jnp.any((_iou(kept_b, bb) > iou) & (slot < count)[:, None], 0)  # (max_det, bsz)
         keep = _resolve_block(live, (_iou(bb, bb) > iou) & later)
         dest = jnp.where(keep, count + jnp.cumsum(keep, dtype=jnp.int32) - 1, max_det)  # past the buffer: dropped
         kept_b = kept_b.at[dest].set(bb, mode="drop")
@@ -109,7 +116,7 @@ def nms_arrays(boxes: Any, scores: Any, classes: Any, conf: Any, iou: Any, *, ma
         return start + bsz, count + jnp.sum(keep, dtype=jnp.int32), kept_b, kept_i
 
     init = (jnp.int32(0), jnp.int32(0), jnp.zeros((max_det, 4), jnp.float32), jnp.zeros(max_det, jnp.int32))
-    _, count, _, kept_i = lax.while_loop(cond, body, init)
+    _, count, _, kept_i = lax.while_loop(cond, body, body(init, first=True))
     ok = slot < count
     return jnp.where(ok, idx[kept_i], 0), ok
 

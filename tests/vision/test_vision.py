@@ -110,28 +110,29 @@ def _grid_boxes(rng, n, span, size):
     return np.concatenate([xy, xy + np.maximum(wh, 1)], 1).astype(np.float32)
 
 
-@pytest.mark.parametrize("n, block, max_det, nc", [
-    (300, 16, 300, 3),  # many blocks, fewer kept than max_det
-    (300, 16, 20, 3),  # more kept than max_det: stops early
-    (1500, 512, 300, 4),  # default block size, several blocks, more kept than max_det
-    (700, 64, 1000, 1),  # max_det above the candidate count
-    (5, 512, 300, 2),  # fewer candidates than one block
+@pytest.mark.parametrize("n, block, max_det, nc, conf", [
+    (300, 16, 300, 3, 0.1),  # many blocks, fewer kept than max_det
+    (300, 16, 20, 3, 0.1),  # more kept than max_det: stops early
+    (1500, 512, 300, 4, 0.1),  # default block size, several blocks, more kept than max_det
+    (1500, 512, 300, 4, 0.8),  # more boxes than a block, but the candidates fit in one
+    (700, 64, 1000, 1, 0.1),  # max_det above the candidate count
+    (5, 512, 300, 2, 0.1),  # fewer boxes than one block
 ])  # fmt: skip
-def test_nms_blocks_match_greedy_reference(rng, n, block, max_det, nc):
+def test_nms_blocks_match_greedy_reference(rng, n, block, max_det, nc, conf):
     boxes = _grid_boxes(rng, n, 200, 60)
     scores = (rng.integers(0, 25, n) / 25).astype(np.float32)  # many equal scores
     classes = rng.integers(0, nc, n).astype(np.int32)
-    fn = jax.jit(lambda b, s, c, t: vision.nms_arrays(b, s, c, 0.1, t, max_det=max_det, block=block))
+    fn = jax.jit(lambda b, s, c, t: vision.nms_arrays(b, s, c, conf, t, max_det=max_det, block=block))
     idx, ok = (np.asarray(a) for a in fn(boxes, scores, classes, 0.45))
-    ref = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(0.1), max_det=max_det)
+    ref = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(conf), max_det=max_det)
     assert ok.shape == idx.shape == (max_det,) and not ok[len(ref) :].any()
     np.testing.assert_array_equal(idx[ok], ref)
-    full = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(0.1))
+    full = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(conf))
     assert len(ref) == min(len(full), max_det) > 0
     # the public API: same result, any class (agnostic) as well
-    np.testing.assert_array_equal(vision.nms(boxes, scores, 0.45, classes, conf=0.1, max_det=max_det), ref)
-    got = vision.nms(boxes, scores, 0.45, conf=0.1, max_det=max_det, top_k=n // 2)
-    np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.45, np.zeros(n), conf=np.float32(0.1),
+    np.testing.assert_array_equal(vision.nms(boxes, scores, 0.45, classes, conf=conf, max_det=max_det), ref)
+    got = vision.nms(boxes, scores, 0.45, conf=conf, max_det=max_det, top_k=n // 2)
+    np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.45, np.zeros(n), conf=np.float32(conf),
                                                 max_det=max_det, top_k=n // 2))  # fmt: skip
 
 
