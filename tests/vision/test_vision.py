@@ -3,6 +3,8 @@ drawing, bad input; Conv2d.absorb_bn against torch's conv + BatchNorm."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -76,6 +78,28 @@ def test_letterbox_shapes_and_inverse(hw):
     np.testing.assert_allclose(vision.scale_boxes(box, lb), [[0, 0, w, h]], atol=1e-3)
     kp = np.array([[[left + nw / 2, top + nh / 2, 0.9]]], np.float32)
     np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 2, h / 2, 0.9]]], atol=1e-3)
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (7, 1000), (640, 640), (1000, 90)])
+def test_letterbox_resize_is_bilinear(rng, hw):
+    # the resized part of the letterbox against jax.image.resize (linear, no antialias) in f32
+    img = rng.integers(0, 256, (3, *hw), dtype=np.uint8)
+    out, lb = vision.letterbox(Tensor(img), 640)
+    nh, nw = max(round(hw[0] * lb.gain), 1), max(round(hw[1] * lb.gain), 1)
+    left, top = lb.pad
+    got = out.numpy()[:, top : top + nh, left : left + nw].astype(int)
+    want = np.asarray(jax.image.resize(img.astype(np.float32), (3, nh, nw), "linear", antialias=False))
+    want = np.clip(np.round(want), 0, 255).astype(int)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-2  # f32 rounding
+
+
+def test_letterbox_matches_ultralytics(astronaut):
+    # Ultralytics' LetterBox (cv2 INTER_LINEAR in fixed point) on the same photo: off by at most 1
+    want = np.load(Path(__file__).resolve().parents[1] / "golden" / "yolo11n_pose_astronaut.npz")["letterboxed"]
+    got = vision.letterbox(vision.image_to_tensor(astronaut), 640)[0].numpy()
+    assert got.shape == want.shape
+    d = np.abs(got.astype(int) - want)
+    assert d.max() <= 1 and d.mean() < 0.15
 
 
 def _nms_ref(boxes, scores, iou, classes, *, conf=-np.inf, max_det=None, top_k=None):
