@@ -127,36 +127,32 @@ def _postprocess(raw: Any, nc: int, conf: Any, iou: Any, max_det: int, top_k: in
     cls = p[:, 4 : 4 + nc]
     scores, classes = cls.max(1), cls.argmax(1)
     idx, ok = nms_arrays(boxes, scores, classes, conf, iou, max_det=max_det, top_k=top_k)
-    return boxes[idx], scores[idx], classes[idx], p[idx, 4 + nc :], ok, jnp.sum(scores > conf)
+    return boxes[idx], scores[idx], classes[idx], p[idx, 4 + nc :], ok
 
 
 def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k: int) -> tuple[Any, ...]:
     raw = unwrap(model.forward(wrap(x.astype(jnp.float32) / 255.0)))
-    return (*_postprocess(raw, model.num_classes, conf, iou, max_det, top_k), raw)
+    return _postprocess(raw, model.num_classes, conf, iou, max_det, top_k)
 
 
 _predict = jax.jit(_predict_fn, static_argnames=("max_det", "top_k"))
-_post = jax.jit(_postprocess, static_argnames=("nc", "max_det", "top_k"))
 
 
 def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
-           max_det: int = 300, top_k: int = 1024) -> Detections:  # fmt: skip
+           max_det: int = 300, top_k: int = 30000) -> Detections:  # fmt: skip
     """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
     or an ``(H, W, 3)`` uint8 array (:func:`candlejax.vision.as_image`).
 
     As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
-    / 255, best class per anchor, class-aware NMS (``iou``), boxes and keypoints mapped back to the
-    image's pixels. Forward and NMS run as one compiled program per letterboxed shape; NMS looks at
-    the ``top_k`` best-scoring anchors above ``conf`` and, when more pass, runs again over every
-    anchor, so the result is Ultralytics' whatever the count.
+    / 255, best class per anchor, class-aware NMS (``iou``) over the ``top_k`` best anchors above
+    ``conf`` (Ultralytics' ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped
+    back to the image's pixels. Forward and NMS run as one compiled program per letterboxed shape.
     """
     img = as_image(img, "yolo.detect")
     lb_img, lb = letterbox(img, imgsz)
-    c, t = jnp.float32(conf), jnp.float32(iou)
     batch = unwrap(lb_img)[None]
-    boxes, scores, classes, extra, ok, n, raw = _predict(model, batch, c, t, max_det=max_det, top_k=top_k)
-    if int(n) > top_k:  # rare with trained weights: one more pass over every anchor
-        boxes, scores, classes, extra, ok, n = _post(raw, model.num_classes, c, t, max_det, raw.shape[-1])
+    boxes, scores, classes, extra, ok = _predict(model, batch, jnp.float32(conf), jnp.float32(iou), max_det=max_det,
+                                                 top_k=top_k)  # fmt: skip
     ok = np.asarray(ok)
     kpts = None
     if model.kpt_shape is not None:

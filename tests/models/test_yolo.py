@@ -74,8 +74,8 @@ def test_raw_output_and_nms_match_ultralytics(key, random_files):
     np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-4)
     # NMS on Ultralytics' own output: same kept boxes, scores, classes (and keypoints)
     nc = model.num_classes
-    boxes, scores, classes, extra, ok, _ = (np.asarray(a) for a in yolo_predict._postprocess(
-        jnp.asarray(ref), nc, jnp.float32(RANDOM[f"{key}/conf"]), jnp.float32(0.45), 300, 1024))  # fmt: skip
+    boxes, scores, classes, extra, ok = (np.asarray(a) for a in yolo_predict._postprocess(
+        jnp.asarray(ref), nc, jnp.float32(RANDOM[f"{key}/conf"]), jnp.float32(0.45), 300, 30000))  # fmt: skip
     got = np.concatenate([boxes[ok], scores[ok, None], classes[ok, None], extra[ok]], 1)
     want = RANDOM[f"{key}/nms"]
     assert got.shape == want.shape and len(want) > 5
@@ -228,10 +228,37 @@ def test_pose_cli(pose11, photo, tmp_path, capsys):
     assert err.startswith("candlejax detect: error:") and "not 'detect'" in err
 
 
-def test_detect_runs_again_when_more_candidates_than_top_k(random_files):
-    model = yolo.load(random_files["v8n-detect"])  # random weights: every anchor passes conf
+def _greedy_nms(boxes, scores, classes, iou, max_det):
+    """Ultralytics' class-offset greedy NMS in plain numpy (float64 IoU), stable on equal scores."""
+    b = boxes.astype(np.float64) + classes[:, None] * 7680.0
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    keep = []
+    for i in np.argsort(-scores, kind="stable"):
+        if keep:
+            k = np.array(keep)
+            wh = np.clip(np.minimum(b[k, 2:], b[i, 2:]) - np.maximum(b[k, :2], b[i, :2]), 0, None)
+            inter = wh[:, 0] * wh[:, 1]
+            if (inter / (area[k] + area[i] - inter) > iou).any():
+                continue
+        keep.append(i)
+        if len(keep) == max_det:
+            break
+    return np.array(keep, int)
+
+
+@pytest.mark.parametrize("max_det", [300, 40])
+def test_detect_with_every_anchor_a_candidate(random_files, max_det):
+    # random weights: all 2,100 anchors of a 320x320 input pass conf, NMS runs over several blocks
+    model = yolo.load(random_files["v8n-detect"])
     img = vision.image_to_tensor(skimage.data.astronaut())
-    few = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=256)
-    all_ = yolo.detect(model, img, 0.25, 0.45, imgsz=320, top_k=4096)  # 2100 anchors: no cap at all
-    assert len(few) == len(all_) > 20
-    np.testing.assert_allclose(few.boxes, all_.boxes, atol=1e-4)
+    lb_img, lb = vision.letterbox(img, 320)
+    raw = _forward(model, lb_img.numpy()[None].astype(np.float32) / 255.0)[0].T
+    boxes = np.concatenate([raw[:, :2] - raw[:, 2:4] / 2, raw[:, :2] + raw[:, 2:4] / 2], 1)
+    scores, classes = raw[:, 4:].max(1), raw[:, 4:].argmax(1)
+    assert (scores > 0.25).all()
+    want = _greedy_nms(boxes, scores, classes, 0.45, max_det)
+    got = yolo.detect(model, img, 0.25, 0.45, imgsz=320, max_det=max_det)
+    assert len(got) == len(want) > 20
+    np.testing.assert_array_equal(got.classes, classes[want])
+    np.testing.assert_allclose(got.scores, scores[want], rtol=1e-6)
+    np.testing.assert_allclose(got.boxes, vision.scale_boxes(boxes[want], lb), atol=1e-3)

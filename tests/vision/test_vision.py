@@ -3,6 +3,9 @@ drawing, bad input; Conv2d.absorb_bn against torch's conv + BatchNorm."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import jax
 import numpy as np
 import pytest
 import skimage.data
@@ -77,23 +80,103 @@ def test_letterbox_shapes_and_inverse(hw):
     np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 2, h / 2, 0.9]]], atol=1e-3)
 
 
-def _nms_ref(boxes, scores, iou, classes):
-    order = np.argsort(-scores, kind="stable")
+@pytest.mark.parametrize("hw", [(300, 451), (7, 1000), (640, 640), (1000, 90)])
+def test_letterbox_resize_is_bilinear(rng, hw):
+    # the resized part of the letterbox against jax.image.resize (linear, no antialias) in f32
+    img = rng.integers(0, 256, (3, *hw), dtype=np.uint8)
+    out, lb = vision.letterbox(Tensor(img), 640)
+    nh, nw = max(round(hw[0] * lb.gain), 1), max(round(hw[1] * lb.gain), 1)
+    left, top = lb.pad
+    got = out.numpy()[:, top : top + nh, left : left + nw].astype(int)
+    want = np.asarray(jax.image.resize(img.astype(np.float32), (3, nh, nw), "linear", antialias=False))
+    want = np.clip(np.round(want), 0, 255).astype(int)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-2  # f32 rounding
+
+
+def test_letterbox_matches_ultralytics(astronaut):
+    # Ultralytics' LetterBox (cv2 INTER_LINEAR in fixed point) on the same photo: off by at most 1
+    want = np.load(Path(__file__).resolve().parents[1] / "golden" / "yolo11n_pose_astronaut.npz")["letterboxed"]
+    got = vision.letterbox(vision.image_to_tensor(astronaut), 640)[0].numpy()
+    assert got.shape == want.shape
+    d = np.abs(got.astype(int) - want)
+    assert d.max() <= 1 and d.mean() < 0.15
+
+
+def _nms_ref(boxes, scores, iou, classes, *, conf=-np.inf, max_det=None, top_k=None):
+    """Greedy NMS in plain numpy, float64: candidates above ``conf`` by descending score (equal scores
+    in index order), the ``top_k`` best of them, a box dropped when it overlaps a kept box of its class."""
+    order = [i for i in np.argsort(-np.asarray(scores, np.float64), kind="stable") if scores[i] > conf][:top_k]
+    b = np.asarray(boxes, np.float64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     keep = []
     for i in order:
         ok = True
         for j in keep:
             if classes[i] != classes[j]:
                 continue
-            lt, rb = np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])
-            inter = np.prod(np.clip(rb - lt, 0, None))
-            a = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-            if inter / (a(boxes[i]) + a(boxes[j]) - inter) > iou:
+            wh = np.clip(np.minimum(b[i, 2:], b[j, 2:]) - np.maximum(b[i, :2], b[j, :2]), 0, None)
+            inter = wh[0] * wh[1]
+            if inter / (area[i] + area[j] - inter) > iou:
                 ok = False
                 break
         if ok:
             keep.append(i)
-    return np.array(keep)
+    return np.array(keep[:max_det], int)
+
+
+def _grid_boxes(rng, n, span, size):
+    """Boxes on an integer grid (IoU in f32 and f64 agree about a threshold): half scattered, half
+    jittered copies of a few of them (overlap chains)."""
+    xy = rng.integers(0, span, (n, 2))
+    wh = rng.integers(4, size, (n, 2))
+    src = rng.integers(0, max(n // 20, 1), n // 2)
+    xy[: n // 2], wh[: n // 2] = xy[src] + rng.integers(-6, 7, (n // 2, 2)), wh[src] + rng.integers(-4, 5, (n // 2, 2))
+    return np.concatenate([xy, xy + np.maximum(wh, 1)], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, block, max_det, nc, conf", [
+    (300, 16, 300, 3, 0.1),  # many blocks, fewer kept than max_det
+    (300, 16, 20, 3, 0.1),  # more kept than max_det: stops early
+    (1500, 512, 300, 4, 0.1),  # default block size, several blocks, more kept than max_det
+    (1500, 512, 300, 4, 0.8),  # more boxes than a block, but the candidates fit in one
+    (700, 64, 1000, 1, 0.1),  # max_det above the candidate count
+    (5, 512, 300, 2, 0.1),  # fewer boxes than one block
+])  # fmt: skip
+def test_nms_blocks_match_greedy_reference(rng, n, block, max_det, nc, conf):
+    boxes = _grid_boxes(rng, n, 200, 60)
+    scores = (rng.integers(0, 25, n) / 25).astype(np.float32)  # many equal scores
+    classes = rng.integers(0, nc, n).astype(np.int32)
+    fn = jax.jit(lambda b, s, c, t: vision.nms_arrays(b, s, c, conf, t, max_det=max_det, block=block))
+    idx, ok = (np.asarray(a) for a in fn(boxes, scores, classes, 0.45))
+    ref = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(conf), max_det=max_det)
+    assert ok.shape == idx.shape == (max_det,) and not ok[len(ref) :].any()
+    np.testing.assert_array_equal(idx[ok], ref)
+    full = _nms_ref(boxes, scores, 0.45, classes, conf=np.float32(conf))
+    assert len(ref) == min(len(full), max_det) > 0
+    # the public API: same result, any class (agnostic) as well
+    np.testing.assert_array_equal(vision.nms(boxes, scores, 0.45, classes, conf=conf, max_det=max_det), ref)
+    got = vision.nms(boxes, scores, 0.45, conf=conf, max_det=max_det, top_k=n // 2)
+    np.testing.assert_array_equal(got, _nms_ref(boxes, scores, 0.45, np.zeros(n), conf=np.float32(conf),
+                                                max_det=max_det, top_k=n // 2))  # fmt: skip
+
+
+def test_nms_edge_cases():
+    boxes = _grid_boxes(np.random.default_rng(1), 50, 100, 30)
+    scores = np.linspace(0.1, 0.5, 50, dtype=np.float32)
+    # no candidates
+    assert vision.nms(boxes, scores, 0.45, conf=0.5).shape == (0,)
+    assert vision.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).shape == (0,)
+    idx, ok = vision.nms_arrays(boxes, scores, np.zeros(50, np.int32), 0.9, 0.45, max_det=7)
+    assert idx.shape == ok.shape == (7,) and not np.asarray(ok).any()
+    # without conf every box is a candidate, as in torchvision (zero, negative and infinite scores too)
+    signed = scores - 0.3
+    signed[[3, 17]] = np.inf
+    np.testing.assert_array_equal(vision.nms(boxes, signed, 0.45), _nms_ref(boxes, signed, 0.45, np.zeros(50)))
+    assert len(vision.nms(boxes, signed, 0.45)) > len(vision.nms(boxes, signed, 0.45, conf=0.0))
+    with pytest.raises(errors.Error, match=r"boxes must be \(N, 4\)"):
+        vision.nms(boxes[:, :3], scores, 0.45)
+    with pytest.raises(errors.Error, match="max_det=-1"):
+        vision.nms(boxes, scores, 0.45, max_det=-1)
 
 
 @pytest.mark.parametrize("agnostic", [True, False])
