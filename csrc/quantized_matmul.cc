@@ -160,7 +160,32 @@ template <int K>
 CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const float* xsum, int64_t m_rows,
                       int64_t k, int64_t n, int64_t r0, int64_t r1, float* y) {
   const int64_t nb = k / kBlock;
-  for (int64_t r = r0; r < r1; ++r) {
+  int64_t r = r0;
+  if (m_rows == 1) {  // decode: four weight rows per pass share the loads of x and overlap their chains
+    for (; r + 4 <= r1; r += 4) {
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      float macc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* xb = x + b * kBlock;
+        const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int j = 0; j < 4; ++j) {
+          const uint8_t* blk = w + (r + j) * row_bytes + b * Fmt<K>::kBytes;
+          const float d = Half2(LoadU16(blk));
+          __m256 q[4];
+          Expand256<K>(blk, q);
+          __m256 t = _mm256_mul_ps(q[0], x0);
+          __m256 u = _mm256_mul_ps(q[1], x1);
+          t = _mm256_fmadd_ps(q[2], x2, t);
+          u = _mm256_fmadd_ps(q[3], x3, u);
+          acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(t, u), acc[j]);
+          if constexpr (!Fmt<K>::kEight) macc[j] += Offset<K>(blk, d, Half2) * xsum[b];
+        }
+      }
+      for (int j = 0; j < 4; ++j) y[r + j] = Hsum256(acc[j]) + macc[j];
+    }
+  }
+  for (; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
     for (int64_t i = 0; i < m_rows; ++i) {
       const float* xi = x + i * k;
