@@ -20,9 +20,9 @@ Two GGUF details matter:
   rotate interleaved pairs ``(x[2i], x[2i+1])`` instead of the two halves transformers rotates.
   The model therefore applies ``rope_i`` (interleaved) to GGUF weights; q·k is unchanged because
   q and k carry the same permutation, and v / the output projection are not permuted.
-* Q4_0/Q4_1 weights are kept in the file's layout (:class:`candlejax.quantized.PackedWeight`,
-  0.56-0.63 bytes per weight) and multiplied by the native CPU kernel
-  (:mod:`candlejax.quantized.native`) when it is built. Otherwise, and for Q5_0/Q5_1/Q8_0, they
+* Q4_0/Q4_1/Q8_0 weights are kept in the file's layout (:class:`candlejax.quantized.PackedWeight`,
+  0.56-1.06 bytes per weight) and multiplied by the native CPU kernel
+  (:mod:`candlejax.quantized.native`) when it is built (not on a mesh). Otherwise, and for Q5_0/Q5_1, they
   are held as :class:`candlejax.quantized.BlockedWeight` (one byte per value plus f16 block
   scales/offsets, bit-identical values), the layout :class:`candlejax.quantized.QMatMul` uses:
   XLA fuses the expansion into the matrix-vector product of a decode step, so it reads ~1.1 bytes

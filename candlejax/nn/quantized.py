@@ -4,7 +4,7 @@ requires: candlejax.quantized (QMatMul, QTensor, BlockedWeight), candlejax.nn.op
 provides: ``QLinear``, ``QEmbedding``, ``QRmsNorm``, ``linear``, ``linear_no_bias``, ``linear_b``,
 ``embedding``, ``rms_norm``, ``scan_layers``
 
-A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``PackedWeight`` (Q4_0/Q4_1 in
+A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``PackedWeight`` (Q4_0/Q4_1/Q8_0 in
 the file's layout, multiplied by the native CPU kernel when it is built), a ``BlockedWeight``
 (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, expanded inside the fused product), a ``QTensor`` (other block types,
 kept packed) or a plain array (F32/F16, or a weight dequantised at load). Each layer is a Module

@@ -344,7 +344,7 @@ def _blocked_matmul_direct(w: BlockedWeight, x: Any) -> Any:
 
 @op
 def _packed_matmul(w: PackedWeight, x: Any) -> Any:
-    """``x @ Wᵀ`` for a 4-bit weight in its file layout (the native kernel; f32 in and out)."""
+    """``x @ Wᵀ`` for a block weight in its file layout (the native kernel; f32 in and out)."""
     return w.matmul(x)
 
 
@@ -361,9 +361,9 @@ def _env_flag(name: str) -> bool:
 class QMatMul:
     """Candle's ``QMatMul``: ``forward(xs) = xs @ Wᵀ`` with ``W`` of shape ``(out, in)``.
 
-    Q4_0/Q4_1 weights are held in their file layout as a
+    Q4_0/Q4_1/Q8_0 weights are held in their file layout as a
     :class:`~candlejax.quantized.packed.PackedWeight` and multiplied by the native CPU kernel when it
-    is built (:func:`candlejax.quantized.native.available`); otherwise, and for Q5_0/Q5_1/Q8_0, as a
+    is built (:func:`candlejax.quantized.native.available`); otherwise, and for Q5_0/Q5_1, as a
     :class:`~candlejax.quantized.blocked.BlockedWeight` (one byte per value plus f16 block scales;
     the expansion fuses into the dot, so the matmul runs at dense speed); other block types as a
     :class:`QTensor` (kept packed, expanded inside the step); F32/F16/BF16 weights as a plain array
