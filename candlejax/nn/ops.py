@@ -35,7 +35,7 @@ from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, as_array
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
-from candlejax.tensor.conv import depthwise_conv2d_nhwc_op
+from candlejax.tensor.conv import depthwise_conv2d_nhwc_op, to_usize2
 from candlejax.tensor.elementwise import gelu_erf_jnp
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
@@ -688,15 +688,6 @@ class Identity(Module):
         return xs
 
 
-def _pair_arg(v: Any, name: str, minimum: int) -> tuple[int, int]:
-    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(pair) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in pair):
-        raise errors.Msg(f"depthwise_conv2d: {name} must be an int or a pair of ints, got {v!r}")
-    if min(pair) < minimum:
-        raise errors.Msg(f"depthwise_conv2d: {name} must be >= {minimum}, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def depthwise_conv2d(xs: Any, kernel: Any, padding: Any = 0, stride: Any = 1, dilation: Any = 1, *,
                      layout: str = "nchw") -> Any:  # fmt: skip
     """Depthwise 2D convolution (one ``KH x KW`` filter per channel, zero padding on both sides).
@@ -712,7 +703,8 @@ def depthwise_conv2d(xs: Any, kernel: Any, padding: Any = 0, stride: Any = 1, di
         raise errors.Msg(f"depthwise_conv2d: layout must be 'nchw' or 'nhwc', got {layout!r}")
     if not isinstance(xs, TensorBase) or not isinstance(kernel, TensorBase):
         raise errors.Msg("depthwise_conv2d: expected Tensor input and kernel")
-    p, s, d = _pair_arg(padding, "padding", 0), _pair_arg(stride, "stride", 1), _pair_arg(dilation, "dilation", 1)
+    p, s, d = (to_usize2(v, n, "depthwise_conv2d", m) for v, n, m in ((padding, "padding", 0), (stride, "stride", 1),
+                                                                     (dilation, "dilation", 1)))
     xa, ka = as_array(xs), as_array(kernel)
     if xa.ndim != 4:
         raise errors.Msg(f"depthwise_conv2d: input must be 4-D ({layout.upper()}), got {fmt_shape(xa.shape)}")

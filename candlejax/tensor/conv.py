@@ -42,7 +42,7 @@ def _int(v: Any, name: str, op_name: str, minimum: int) -> int:
     return i
 
 
-def _pair(v: Any, name: str, op_name: str, minimum: int) -> tuple[int, int]:
+def to_usize2(v: Any, name: str, op_name: str, minimum: int) -> tuple[int, int]:
     """Candle's ``ToUsize2``: an int ``k`` means ``(k, k)``; a pair is taken as is."""
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
@@ -300,9 +300,9 @@ class ConvMixin(TensorBase):
         _check_kernel(name, self, kernel)
         _, c_in, i_h, i_w = _dimsn(self, 4, name)
         c_out, c_in_k, k_h, k_w = _dimsn(kernel, 4, name, "kernel")
-        p = _pair(padding, "padding", name, 0)
-        s = _pair(stride, "stride", name, 1)
-        d = _pair(dilation, "dilation", name, 1)
+        p = to_usize2(padding, "padding", name, 0)
+        s = to_usize2(stride, "stride", name, 1)
+        d = to_usize2(dilation, "dilation", name, 1)
         g = _int(groups, "groups", name, 1)
         if c_in != c_in_k * g:
             raise errors.Msg(f"in_channel mismatch between input ({c_in}, groups {g}) and kernel ({c_in_k})")
@@ -326,7 +326,7 @@ class ConvMixin(TensorBase):
         _check_kernel(name, self, kernel)
         xs = _dimsn(self, 2 + nd, name)
         ks = _dimsn(kernel, 2 + nd, name, "kernel")
-        conv = _pair if nd == 2 else (lambda v, n, o, m: (_int(v, n, o, m),))
+        conv = to_usize2 if nd == 2 else (lambda v, n, o, m: (_int(v, n, o, m),))
         p = conv(padding, "padding", name, 0)
         op_ = conv(output_padding, "output_padding", name, 0)
         s = conv(stride, "stride", name, 1)
@@ -373,8 +373,8 @@ class ConvMixin(TensorBase):
 
     # pooling -----------------------------------------------------------------------------------
     def _pool_args(self, name: str, kernel_size: Any, stride: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-        k = _pair(kernel_size, "kernel-size", name, 1)
-        s = _pair(stride, "stride", name, 1)
+        k = to_usize2(kernel_size, "kernel-size", name, 1)
+        s = to_usize2(stride, "stride", name, 1)
         _, _, h, w = _dimsn(self, 4, name)
         if h < k[0] or w < k[1]:
             raise errors.Msg(f"kernel-size ({k[0]}, {k[1]}) is larger than the input size {h},{w}")
@@ -452,4 +452,4 @@ class ConvMixin(TensorBase):
                                          scales=(sh, sw)))
 
 
-__all__ = ["ConvMixin", "depthwise_conv2d_nhwc_op"]
+__all__ = ["ConvMixin", "depthwise_conv2d_nhwc_op", "to_usize2"]
