@@ -122,7 +122,8 @@ def _fwd(x: Any, raw: Any, layer: Any, dtype: GgmlDType) -> Any:
 
 def _bwd(dtype: GgmlDType, res: Any, dy: Any) -> Any:
     raw, layer = res
-    w = PackedWeight(raw, dtype, (raw.shape[-2], 0), layer).dequantize(jnp.float32)
+    in_features = raw.shape[-1] // dtype.type_size() * dtype.block_size()
+    w = PackedWeight(raw, dtype, (raw.shape[-2], in_features), layer).dequantize(jnp.float32)
     no_grad = None if layer is None else np.zeros(np.shape(layer), jax.dtypes.float0)
     return dy @ w, np.zeros(raw.shape, jax.dtypes.float0), no_grad
 
