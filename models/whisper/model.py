@@ -34,9 +34,9 @@ from candlejax.dtype import DType
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
+    DecodeKvCache,
     Embedding,
     HostState,
-    KvCache,
     LayerNorm,
     Linear,
     Module,
@@ -255,8 +255,9 @@ class TextDecoder(Module):
 
 
 class DecoderState(Module):
-    """Per-window decoding state: self-attention :class:`~candlejax.nn.KvCache` per block (up to
-    ``max_target_positions``) and the cross-attention keys/values of the window's audio."""
+    """Per-window decoding state: self-attention :class:`~candlejax.nn.DecodeKvCache` per block (up to
+    ``max_target_positions``) and the cross-attention keys ``(B, H, D/H, S)`` (stored transposed, as
+    the score product reads them) and values ``(B, H, S, D/H)`` of the window's audio."""
 
     def __init__(self, caches: list, cross_k: list, cross_v: list):
         self.caches, self.cross_k, self.cross_v = list(caches), list(cross_k), list(cross_v)
@@ -267,8 +268,7 @@ class DecoderState(Module):
     def with_position(self, pos: int) -> DecoderState:
         """The same buffers at position ``pos`` (later slots are masked out and overwritten)."""
         sh = self.caches[0].k_buf.jax.sharding  # committed, as step outputs are (no recompile); one buffer each
-        cs = [KvCache(c.dim, c.max_seq_len, c.k_buf, c.v_buf, Tensor.from_jax(jax.device_put(np.int32(pos), sh)))
-              for c in self.caches]  # fmt: skip
+        cs = [c.at_position(Tensor.from_jax(jax.device_put(np.int32(pos), sh))) for c in self.caches]
         return DecoderState(cs, self.cross_k, self.cross_v)
 
 
@@ -277,11 +277,11 @@ def _new_state(dec: TextDecoder, xa: Tensor) -> DecoderState:
     ks, vs, caches = [], [], []
     for block in dec.blocks:
         k, v = block.cross_attn.kv(xa)
-        ks.append(k)
+        ks.append(k.transpose(2, 3))  # (B, H, D/H, S): the score product reads it as is, every step
         vs.append(v)
         h, dh = block.attn.n_head, k.shape[-1]
         like = jnp.zeros((b, h, 1, dh), xa.jax.dtype)
-        caches.append(KvCache.preallocated(2, dec.positional_embedding.shape[0], like))
+        caches.append(DecodeKvCache.preallocated(dec.positional_embedding.shape[0], like))
     return DecoderState(caches, ks, vs)
 
 
@@ -309,7 +309,7 @@ def _hidden(dec: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor,
         (k_all, v_all), cache = cache.append(k, v)
         caches.append(cache)
         x = x + a.attend(h, k_all, v_all, cache.attn_mask(t))
-        x = x + block.cross_attn.attend(block.cross_attn_ln.forward(x), ck, cv)
+        x = x + block.cross_attn.attend(block.cross_attn_ln.forward(x), ck.transpose(2, 3), cv)
         x = block.mlp(x)
     h = dec.ln.forward(x)
     return h, dec.final_linear(h), DecoderState(caches, state.cross_k, state.cross_v)

@@ -164,6 +164,50 @@ def test_kv_cache_decode_matches_full_attention():
         cache.append(k[:, :, :3], v[:, :, :3])
 
 
+@pytest.mark.parametrize("b,h", [(2, 3), (1, 3), (2, 1)])
+def test_decode_kv_cache_matches_full_attention_and_updates_in_place(b, h):
+    t, d, n = 6, 4, 8
+    q, k, v = _x(b, h, t, d), _x(b, h, t, d, seed=1), _x(b, h, t, d, seed=2)
+    full = _np(ops.sdpa(q, k, v, do_causal=True))
+    cache = nn.DecodeKvCache.preallocated(n, k[:, :, :1])
+    lead = tuple(x for x in (b, h) if x != 1)  # size-1 batch dims are dropped, as XLA drops them
+    assert cache.k_buf.shape == (*lead, d, n) and cache.v_buf.shape == (*lead, n, d) and cache.max_seq_len == n
+    (ka, va), cache = cache.append(k[:, :, :3], v[:, :, :3])  # prefill 3, eagerly
+    assert ka.shape == va.shape == (b, h, n, d)
+    np.testing.assert_allclose(_np(ops.sdpa(q[:, :, :3], ka, va, mask=cache.attn_mask(3))), full[:, :, :3], atol=1e-5)
+    np.testing.assert_array_equal(_np(cache.k()), k[:, :, :3])
+    np.testing.assert_array_equal(_np(cache.v()), v[:, :, :3])
+    assert cache.current_seq_len() == 3
+
+    def step(cache, q, k, v):
+        (ka, va), cache = cache.append(k, v)
+        return ops.sdpa(q, ka, va, mask=cache.attn_mask(1)), cache
+
+    jstep = jit(step, donate_argnums=(0,))
+    for i in range(3, 6):
+        o, cache = jstep(cache, q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1])
+        np.testing.assert_allclose(_np(o), full[:, :, i : i + 1], atol=1e-5)
+    assert jstep._cache_size() == 1
+    np.testing.assert_array_equal(_np(cache.k()), k)
+    # the donated buffers are written in place: no copy of a cache buffer in the compiled step
+    args = (cache, q[:, :, :1], k[:, :, :1], v[:, :, :1])
+    hlo = jax.jit(step, donate_argnums=(0,)).lower(*args).compile().as_text()
+    bufs = ("f32[" + ",".join(map(str, (*lead, d, n))) + "]", "f32[" + ",".join(map(str, (*lead, n, d))) + "]")
+    copies = [ln for ln in hlo.splitlines() if " copy(" in ln and any(s in ln.split("=")[1] for s in bufs)]
+    assert not copies, copies
+    # back to position 4: slot 4 onwards is masked out and rewritten
+    cache = cache.at_position(4)
+    assert cache.current_seq_len() == 4 and cache.reset().current_seq_len() == 0
+    (ka, va), cache = cache.append(k[:, :, 4:6], v[:, :, 4:6])
+    np.testing.assert_allclose(_np(ops.sdpa(q[:, :, 4:6], ka, va, mask=cache.attn_mask(2))), full[:, :, 4:6], atol=1e-5)
+    with pytest.raises(Exception, match="exceeds max_seq_len 8"):
+        cache.append(k[:, :, :3], v[:, :, :3])
+    with pytest.raises(Exception, match=rf"DecodeKvCache.append: k \({b}, {h}, 1, 3\).*key dim 4"):
+        cache.append(k[:, :, :1, :3], v[:, :, :1, :3])
+    with pytest.raises(Exception, match="batch, heads, seq, head_dim"):
+        nn.DecodeKvCache.preallocated(n, k[0])
+
+
 def test_rotating_kv_cache_sliding_window():
     b, h, t, d, w = 1, 1, 7, 4, 3
     q, k, v = _x(b, h, t, d), _x(b, h, t, d, seed=1), _x(b, h, t, d, seed=2)
