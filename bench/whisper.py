@@ -154,8 +154,8 @@ def run_engine(engine: str, wav: str, runs: int) -> dict:
             "peak_mib": _peak_mib(), "rss_trace": trace_first, "text": text.strip()}  # fmt: skip
 
 
-def _growth(trace: list) -> float | None:
-    pts = [(t, r) for t, r in trace if t > 30.0]
+def _growth(trace: list, since: float = 30.0) -> float | None:
+    pts = [(t, r) for t, r in trace if t > since]
     if len(pts) < 2 or pts[-1][0] - pts[0][0] < 60:
         return None
     return (pts[-1][1] - pts[0][1]) / ((pts[-1][0] - pts[0][0]) / 60)
@@ -188,13 +188,16 @@ def main() -> None:
                                  text=True, check=True, env=env)  # fmt: skip
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["growth"] = _growth(r["rss_trace"])
+            end = r["rss_trace"][-1][0] if r["rss_trace"] else 0.0
+            r["growth2"] = _growth(r["rss_trace"], since=end / 2)  # the second half of the audio
             rows.append(r)
             print(f"{e}: {r['text'][:100]!r}", file=sys.stderr)
-    print(f"| engine ({dur:.0f} s audio) | load s | first run s | warm s | RTF | peak RSS MiB | RSS growth MiB/min |")
+    print(f"| engine ({dur:.0f} s audio) | load s | first run s | warm s | RTF | peak RSS MiB | RSS growth MiB/min "
+          "(from 30 s / second half) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         warm = r["warm_s"] if r["warm_s"] is not None else r["first_s"]
-        g = "-" if r["growth"] is None else f"{r['growth']:+.1f}"
+        g = " / ".join("-" if r[k] is None else f"{r[k]:+.1f}" for k in ("growth", "growth2"))
         print(f"| {r['engine']} | {r['load_s']:.1f} | {r['first_s']:.1f} | {warm:.2f} | {warm / dur:.3f} "
               f"| {r['peak_mib']:.0f} | {g} |")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)

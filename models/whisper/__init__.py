@@ -25,6 +25,7 @@ from candlejax.models.whisper.model import (
     Whisper,
     default_model_dir,
     new_state,
+    prefill_jit,
     step,
     step_jit,
 )
@@ -32,5 +33,5 @@ from candlejax.models.whisper.model import (
 __all__ = [
     "AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder", "Whisper",
     "Decoder", "DecodingResult", "Segment", "WhisperTokenizer", "audio", "compression_ratio", "decoding",
-    "default_model_dir", "new_state", "step", "step_jit", "transcribe",
+    "default_model_dir", "new_state", "prefill_jit", "step", "step_jit", "transcribe",
 ]  # fmt: skip

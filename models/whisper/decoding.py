@@ -32,7 +32,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.audio import AudioStream, PcmSource
 from candlejax.models.whisper import audio as wa
-from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, step_jit
+from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, prefill_jit, step_jit
 from candlejax.tensor import Tensor
 
 __all__ = ["DecodingResult", "Decoder", "Segment", "WhisperTokenizer", "compression_ratio", "transcribe"]
@@ -40,7 +40,7 @@ __all__ = ["DecodingResult", "Decoder", "Segment", "WhisperTokenizer", "compress
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 TIME_PRECISION = 0.02  # seconds per timestamp token
 INPUT_STRIDE = 2  # mel frames per audio position
-_PROMPT_BUCKET = 32
+_PROMPT_CHUNK = 32  # prompt tokens per compiled prefill call (one program for every prompt)
 
 
 class WhisperTokenizer:
@@ -234,15 +234,24 @@ class Decoder:
         sample_begin, sot_index = len(initial), initial.index(tok.sot)
         dec = self.model.decoder
         state = new_state(dec, audio)
-        n_pad = -(-sample_begin // _PROMPT_BUCKET) * _PROMPT_BUCKET
-        ids = np.full((1, min(n_pad, self.n_ctx)), tok.eot, np.int32)
+        chunk = min(_PROMPT_CHUNK, self.n_ctx)
+        n_pad = -(-sample_begin // chunk) * chunk
+        ids = np.full((1, n_pad), tok.eot, np.int32)
         ids[0, :sample_begin] = initial
-        logits, state = step_jit(dec, state, jnp.asarray(ids))
-        lg = np.asarray(logits)[0]
-        state = state.with_position(sample_begin)
-        probs = np.exp(_log_softmax(lg[sot_index].astype(np.float64)))
+        rows = {}  # hidden states of the two positions whose logits are used
+        for c in range(0, n_pad, chunk):
+            c0 = min(c, self.n_ctx - chunk)  # a last chunk past the cache ends where the cache ends
+            if c0 != c:
+                state = state.with_position(c0)
+            h, state = prefill_jit(dec, state, ids[:, c0 : c0 + chunk])
+            for i in (sot_index, sample_begin - 1):
+                if c0 <= i < c0 + chunk:
+                    rows[i] = h.jax[:, i - c0]
+        state = state.with_position(sample_begin)  # the padding slots are masked out and overwritten
+        lg = np.asarray(dec.final_linear(Tensor.from_jax(jnp.stack([rows[sot_index], rows[sample_begin - 1]], 1))))[0]
+        probs = np.exp(_log_softmax(lg[0].astype(np.float64)))
         no_speech = float(probs[tok.no_speech]) if tok.no_speech is not None else 0.0
-        cur = lg[sample_begin - 1]
+        cur = lg[1]
         tokens = list(initial)
         sum_lp = 0.0
         limit = min(self.sample_len, self.n_ctx - sample_begin)

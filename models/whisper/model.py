@@ -46,7 +46,7 @@ from candlejax.nn import (
 from candlejax.tensor import Tensor
 
 __all__ = ["AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder",
-           "Whisper", "default_model_dir", "new_state", "step", "step_jit"]  # fmt: skip
+           "Whisper", "default_model_dir", "new_state", "prefill_jit", "step", "step_jit"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -333,6 +333,24 @@ def step_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Te
     with warnings.catch_warnings():  # the cross-attention keys/values pass through: not reusable
         warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
         return _step_donating(decoder, state, tokens)
+
+
+def _prefill(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
+    h, _, state = _hidden(decoder, state, tokens)  # the logits are not returned: XLA drops them
+    return h, state
+
+
+_prefill_donating = jax.jit(_prefill, donate_argnums=(1,))
+
+
+def prefill_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
+    """Tokens ``(B, T)`` int32 at the state's position -> (final-norm hidden states ``(B, T, D)``, new
+    state), compiled, the state donated. No output projection: take the rows whose logits are needed
+    to :meth:`TextDecoder.final_linear`. A long prompt goes through in chunks of one ``T`` (one
+    compiled program for every prompt length)."""
+    with warnings.catch_warnings():  # the cross-attention keys/values pass through: not reusable
+        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+        return _prefill_donating(decoder, state, tokens)
 
 
 class Whisper(Module):

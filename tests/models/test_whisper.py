@@ -68,6 +68,15 @@ def test_cached_decoding_equals_uncached(tiny):
         lg, state = whisper.step_jit(m.decoder, state, np.asarray(toks[:, i : i + 1], np.int32))
         ref = np.asarray(m.decoder.final_linear(Tensor.from_numpy(full[:, i : i + 1])))
         np.testing.assert_allclose(np.asarray(lg), ref, atol=1e-4, rtol=0)
+    # the prompt in chunks of 3 through the compiled prefill (one program), then one step
+    state = whisper.new_state(m.decoder, audio)
+    hs = []
+    for c in range(0, 9, 3):
+        h, state = whisper.prefill_jit(m.decoder, state, np.asarray(toks[:, c : c + 3], np.int32))
+        assert h.shape == (1, 3, full.shape[-1])
+        hs.append(np.asarray(h))
+    np.testing.assert_allclose(np.concatenate(hs, axis=1), full, atol=1e-5, rtol=0)
+    assert int(state.position()) == 9
 
 
 def test_mel_matches_feature_extractor_and_streaming_windows():
