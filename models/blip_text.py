@@ -9,7 +9,7 @@ with its weight names verbatim (``bert.embeddings.word_embeddings.weight``,
 * ``logits = decoder.forward(input_ids, image_embeds)``: every position, no cache (``(B, S, vocab)``);
 * pure, for ``jax.jit`` and :mod:`candlejax.generation`: ``logits, cache = step(decoder, cache,
   tokens, pos)`` with a :class:`TextCache` from ``decoder.new_cache(image_embeds, max_seq_len)``:
-  the self-attention keys/values live in pre-allocated :class:`~candlejax.nn.KvCache` buffers and
+  the self-attention keys/values live in pre-allocated :class:`~candlejax.nn.DecodeKvCache` buffers and
   the cross-attention keys/values of the image are computed once, so one compiled step serves
   every token. Candle: ``TextLMHeadModel::forward(&mut self, input_ids, image_embeds)`` with its
   internal cache.
@@ -26,8 +26,8 @@ import numpy as np
 from candlejax import errors
 from candlejax.nn import (
     Activation,
+    DecodeKvCache,
     Embedding,
-    KvCache,
     LayerNorm,
     Linear,
     Module,
@@ -193,7 +193,7 @@ class TextLayer(Module):
         ck, cv = self.crossattention.self_attention.kv(image_embeds)
         return self._feed_forward(self.crossattention(xs, ck, cv))
 
-    def forward_cached(self, xs: Tensor, kv: KvCache, ck: Tensor, cv: Tensor) -> tuple[Tensor, KvCache]:
+    def forward_cached(self, xs: Tensor, kv: DecodeKvCache, ck: Tensor, cv: Tensor) -> tuple[Tensor, DecodeKvCache]:
         """New positions ``(B, S, C)`` against the cache; returns them and the updated cache."""
         k, v = self.attention.self_attention.kv(xs)
         (k_all, v_all), kv = kv.append(k, v)
@@ -202,9 +202,10 @@ class TextLayer(Module):
 
 
 class TextCache(Module):
-    """Per layer: a self-attention :class:`KvCache` and the image's cross-attention keys/values."""
+    """Per layer: a self-attention :class:`DecodeKvCache` and the image's cross-attention keys
+    ``(B, H, D, N)`` (stored transposed, as the score product reads them) and values ``(B, H, N, D)``."""
 
-    def __init__(self, kv: list[KvCache], cross_k: list[Tensor], cross_v: list[Tensor]):
+    def __init__(self, kv: list[DecodeKvCache], cross_k: list[Tensor], cross_v: list[Tensor]):
         self.kv, self.cross_k, self.cross_v = list(kv), list(cross_k), list(cross_v)
 
     @property
@@ -271,9 +272,9 @@ class TextLMHeadModel(Module):
         like = Tensor.zeros((b, heads, 1, self.config.hidden_size // heads), image_embeds.dtype, image_embeds.device)
         kv, ck, cv = [], [], []
         for layer in self.layers:
-            kv.append(KvCache.preallocated(2, n, like))
+            kv.append(DecodeKvCache.preallocated(n, like))
             k, v = layer.crossattention.self_attention.kv(image_embeds)
-            ck.append(k)
+            ck.append(k.transpose(2, 3))  # (B, H, D, N): the score product reads it as is, every step
             cv.append(v)
         return TextCache(kv, ck, cv)
 
@@ -283,7 +284,7 @@ class TextLMHeadModel(Module):
         xs = self.embeddings(input_ids, pos)
         kvs = []
         for layer, kv, ck, cv in zip(self.layers, cache.kv, cache.cross_k, cache.cross_v, strict=True):
-            xs, kv = layer.forward_cached(xs, kv, ck, cv)
+            xs, kv = layer.forward_cached(xs, kv, ck.transpose(2, 3), cv)
             kvs.append(kv)
         last = xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)
         return self.head(last), TextCache(kvs, cache.cross_k, cache.cross_v)
