@@ -95,9 +95,13 @@ def bench_resnet(batches: list[int], repeats: int, compile_torch: bool) -> list[
         with torch.no_grad():
             ref = hf(xt).logits.numpy()
         err = float(np.abs(np.asarray(fwd(net, xj)) - ref).max())
+        assert np.array_equal(np.asarray(resnet.forward_jit(net, Tensor(xj)).jax), np.asarray(fwd(net, xj)))
         err_nhwc = float(np.abs(np.asarray(nhwc(net, xj)) - ref).max())
         row = {"batch": b, "max |Δlogits| vs transformers": err, "nhwc |Δ|": err_nhwc}
         row["candlejax jit NCHW"] = _time(lambda xj=xj: fwd(net, xj).block_until_ready(), repeats)
+        tx = Tensor(xj)
+        row["candlejax forward_jit (HWIO kernels)"] = _time(
+            lambda tx=tx: resnet.forward_jit(net, tx).jax.block_until_ready(), repeats)
         row["jax NHWC (same weights)"] = _time(lambda xj=xj: nhwc(net, xj).block_until_ready(), repeats)
         with torch.no_grad():
             row["torch eager"] = _time(lambda xt=xt: hf(xt), repeats)

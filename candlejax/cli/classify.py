@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from candlejax.vision import IMAGENET_CLASSES, load_image224
 
     net = resnet.load(args.weights, 1000, args.which)
-    logits = net.forward(load_image224(args.image).unsqueeze(0)).numpy()[0]
+    logits = resnet.forward_jit(net, load_image224(args.image).unsqueeze(0)).numpy()[0]
     pr = np.exp(logits - logits.max())
     pr /= pr.sum()
     for i in np.argsort(-pr)[: args.top]:

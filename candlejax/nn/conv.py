@@ -4,7 +4,7 @@ requires: candlejax.tensor (conv ops), candlejax.nn.module, candlejax.nn.init
 provides: ``Conv1dConfig``, ``Conv2dConfig``, ``ConvTranspose1dConfig``, ``ConvTranspose2dConfig``,
 ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d``, ``conv1d``, ``conv1d_no_bias``,
 ``conv2d``, ``conv2d_no_bias``, ``conv_transpose1d``, ``conv_transpose1d_no_bias``,
-``conv_transpose2d``, ``conv_transpose2d_no_bias``
+``conv_transpose2d``, ``conv_transpose2d_no_bias``, ``hwio_kernels``, ``with_hwio_kernels``
 
 Layouts follow Candle and PyTorch: input ``(B, C, L)`` / ``(B, C, H, W)``; conv weight
 ``(c_out, c_in/groups, k...)``; transposed-conv weight ``(c_in, c_out/groups, k...)``.
@@ -13,10 +13,13 @@ Layouts follow Candle and PyTorch: input ``(B, C, L)`` / ``(B, C, H, W)``; conv 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import op
@@ -43,6 +46,8 @@ __all__ = [
     "conv_transpose1d_no_bias",
     "conv_transpose2d",
     "conv_transpose2d_no_bias",
+    "hwio_kernels",
+    "with_hwio_kernels",
 ]
 
 
@@ -284,3 +289,98 @@ def conv_transpose2d_no_bias(
     in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
 ) -> ConvTranspose2d:
     return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)
+
+
+# --- kernels in the convolution's own layout (inference) --------------------------------------------
+_HWIO: dict[int, tuple[Any, Any]] = {}  # id(OIHW array) -> (weak ref to it, its HWIO copy)
+
+
+def _hwio_eligible(m: Any) -> bool:
+    # the convolutions that run XLA's own kernel (1x1 and depthwise ones take other paths)
+    return isinstance(m, Conv2d) and m.config.groups == 1 and math.prod(m.weight.shape[2:]) > 1
+
+
+def _conv2ds(module: Any) -> list[Any]:
+    return [m for m in jax.tree_util.tree_leaves(module, is_leaf=lambda m: isinstance(m, Conv2d))
+            if isinstance(m, Conv2d)]  # fmt: skip
+
+
+def hwio_kernels(module: Any) -> list[Any]:
+    """The kernels of ``module``'s ``Conv2d`` layers (pytree order) in ``(kh, kw, c_in, c_out)``
+    layout, for :func:`with_hwio_kernels`; ``None`` for 1x1, grouped and depthwise convolutions.
+
+    XLA:CPU's convolution reads HWIO kernels: handed the Candle/PyTorch ``(c_out, c_in, kh, kw)``
+    weights, a compiled forward transposes every kernel on every call (27 of ResNet-50's 86 ms at
+    batch 1). Each copy is made once per weight array and kept while that array lives, so new
+    weights (a loaded checkpoint, a training step) get new copies. Inference only: the copies
+    double the convolutions' weight memory. PyTorch: oneDNN's weight prepacking."""
+    out = []
+    for m in _conv2ds(module):
+        if not _hwio_eligible(m):
+            out.append(None)
+            continue
+        a = m.weight._a
+        hit = _HWIO.get(id(a))
+        if hit is None or hit[0]() is not a:
+            hit = (weakref.ref(a), jnp.transpose(a, (2, 3, 1, 0)).block_until_ready())
+            _HWIO[id(a)] = hit
+            weakref.finalize(a, _HWIO.pop, id(a), None)
+        out.append(hit[1])
+    return out
+
+
+class _HwioConv2d(Module):
+    """A ``Conv2d`` whose kernel is handed in HWIO layout (inside a compiled inference forward)."""
+
+    def __init__(self, conv: Conv2d, kernel: Any):
+        self.conv, self.kernel = conv, kernel
+
+    def forward(self, xs: Any) -> Any:
+        c = self.conv
+        x = as_array(xs)
+        cin = c._in_channels()
+        if x.ndim != 4 or x.shape[1] != cin:
+            raise LayerInputShape(layer_name("Conv2d", c.weight), f"[batch, {cin}, H, W]", x.shape)
+        if x.dtype != self.kernel.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(self.kernel.dtype), "conv2d")
+        cfg = c.config
+        y = lax.conv_general_dilated(
+            x, self.kernel, window_strides=(cfg.stride,) * 2, padding=[(cfg.padding, cfg.padding)] * 2,
+            rhs_dilation=(cfg.dilation,) * 2, dimension_numbers=("NCHW", "HWIO", "NCHW"),
+        )  # fmt: skip
+        if c.bias is not None:
+            y = y + c.bias._a.reshape(1, -1, 1, 1)
+        return wrap(y)
+
+
+def with_hwio_kernels(module: Any, kernels: list[Any]) -> Any:
+    """``module`` with each ``Conv2d`` that has a kernel in ``kernels`` (from :func:`hwio_kernels`)
+    reading it instead of its weight; same outputs. Call it inside the compiled function, with the
+    kernels passed in as arguments::
+
+        fwd = jax.jit(lambda net, ks, x: with_hwio_kernels(net, ks).forward(x))
+        logits = fwd(net, hwio_kernels(net), x)
+    """
+    it = iter(kernels)
+
+    def swap(m: Any) -> Any:
+        if not isinstance(m, Conv2d):
+            return m
+        try:
+            k = next(it)
+        except StopIteration:
+            raise errors.Msg("with_hwio_kernels: fewer kernels than Conv2d layers (use hwio_kernels(module))") from None
+        if k is None:
+            return m
+        if tuple(k.shape) != tuple(m.weight.shape[i] for i in (2, 3, 1, 0)):
+            raise errors.Msg(f"with_hwio_kernels: kernel {tuple(k.shape)} does not fit {layer_name('Conv2d', m.weight)}"
+                             f" {tuple(m.weight.shape)}")  # fmt: skip
+        return _HwioConv2d(m, unwrap(k))
+
+    out = jax.tree_util.tree_map(swap, module, is_leaf=lambda m: isinstance(m, Conv2d))
+    if next(it, _END) is not _END:
+        raise errors.Msg("with_hwio_kernels: more kernels than Conv2d layers (use hwio_kernels(module))")
+    return out
+
+
+_END = object()

@@ -66,6 +66,7 @@ def test_logits_match_transformers(kind, fold_bn, tmp_path, rng):
     got = net.forward(Tensor(x)).numpy()
     assert got.shape == (2, 10)
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(resnet.forward_jit(net, Tensor(x)).numpy(), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_pooled_features_match_resnet_model(tmp_path, rng):

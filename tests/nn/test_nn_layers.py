@@ -110,6 +110,50 @@ def test_conv2d(cfg):
     check(nn.conv2d(4, 6, 3, nn.Conv2dConfig(**cfg), _vb(t)), t, _x(2, 4, 7, 6))
 
 
+class _Convs(nn.Module):
+    def __init__(self, vb):
+        self.convs = [
+            nn.conv2d(3, 8, 3, nn.Conv2dConfig(padding=1, stride=2), vb.pp("a")),  # 3x3, strided
+            nn.conv2d(8, 8, 1, nn.Conv2dConfig(), vb.pp("b")),  # 1x1: its own path
+            nn.conv2d(8, 8, 3, nn.Conv2dConfig(padding=1, groups=8), vb.pp("c")),  # depthwise: its own path
+            nn.conv2d_no_bias(8, 6, 5, nn.Conv2dConfig(padding=4, dilation=2), vb.pp("d")),  # dilated, no bias
+        ]
+        self.head = {"last": nn.conv2d(6, 4, 3, nn.Conv2dConfig(groups=2), vb.pp("e"))}  # grouped: its own path
+
+    def forward(self, x):
+        for c in self.convs:
+            x = c(x).relu()
+        return self.head["last"](x)
+
+
+def test_hwio_kernels_give_the_same_outputs_and_follow_new_weights():
+    import jax
+
+    from candlejax.nn.conv import hwio_kernels, with_hwio_kernels
+
+    varmap = nn.VarMap()
+    net = _Convs(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
+    x = _x(2, 3, 9, 10)
+    ks = hwio_kernels(net)
+    assert [k is None for k in ks] == [False, True, True, False, True]
+    assert ks[0].shape == (3, 3, 3, 8) and ks[3].shape == (5, 5, 8, 6)
+    assert hwio_kernels(net)[0] is ks[0]  # one copy per weight array
+    fwd = jax.jit(lambda m, k, x: with_hwio_kernels(m, k).forward(x).jax)
+    np.testing.assert_array_equal(np.asarray(fwd(net, ks, x)), np.asarray(net.forward(jnp.asarray(x)).jax))
+    # new weights (as a loaded checkpoint or a training step gives) get new kernels
+    net2 = net.load_state_dict({k: np.asarray(v.jax) * 2 for k, v in net.named_tensors().items()})
+    ks2 = hwio_kernels(net2)
+    assert ks2[0] is not ks[0]
+    np.testing.assert_allclose(np.asarray(fwd(net2, ks2, x)), np.asarray(net2.forward(jnp.asarray(x)).jax),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    with pytest.raises(Exception, match="fewer kernels than Conv2d layers"):
+        with_hwio_kernels(net, ks[:2])
+    with pytest.raises(Exception, match="more kernels than Conv2d layers"):
+        with_hwio_kernels(net, [*ks, None])
+    with pytest.raises(Exception, match=r"kernel \(5, 5, 8, 6\) does not fit Conv2d 'a' \(8, 3, 3, 3\)"):
+        with_hwio_kernels(net, [ks[3], *ks[1:]])
+
+
 def test_conv2d_no_bias_and_bad_input():
     t = torch.nn.Conv2d(3, 2, 3, bias=False)
     conv = nn.conv2d_no_bias(3, 2, 3, nn.Conv2dConfig(), _vb(t, "backbone.conv1"))
