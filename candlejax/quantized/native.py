@@ -97,6 +97,12 @@ def matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     x = jnp.asarray(x, jnp.float32)
     if raw.ndim == 3 and layer is None:
         raise errors.Msg("native.matmul: a stacked (L, N, B) weight needs layer=")
+    if layer is not None and not isinstance(layer, jax.core.Tracer):
+        n_layers = raw.shape[0] if raw.ndim == 3 else 1
+        li = int(np.asarray(layer))
+        if not 0 <= li < n_layers:
+            raise errors.Msg(f"native.matmul: layer {li} out of range for a weight of {n_layers} layer(s), shape "
+                             f"{tuple(raw.shape)}")  # fmt: skip
     layer = jnp.zeros((), jnp.int32) if layer is None else jnp.asarray(layer, jnp.int32).reshape(())
     out = jax.ShapeDtypeStruct((x.shape[0], raw.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")

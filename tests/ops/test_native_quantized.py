@@ -69,7 +69,11 @@ def test_native_matmul_reads_one_layer_of_a_stack_in_place(rng):
     for i, (_, wd) in enumerate(parts):
         np.testing.assert_allclose(np.asarray(f(x, stack, i)), x.astype(np.float64) @ wd.T, rtol=1e-5, atol=1e-4)
     with pytest.raises(Exception, match="layer 5 out of range"):
-        np.asarray(f(x, stack, 5))
+        np.asarray(f(x, stack, 5))  # traced: the kernel's own check
+    with pytest.raises(errors.Error, match=r"layer 3 out of range for a weight of 3 layer\(s\), shape \(3, 96,"):
+        native.matmul(x, stack, dt, 3)  # a concrete index: checked before the call
+    with pytest.raises(errors.Error, match="layer -1 out of range"):
+        native.matmul(x, stack, dt, np.int32(-1))
     with pytest.raises(errors.Error, match="needs layer"):
         native.matmul(x, stack, dt)
     with pytest.raises(errors.UnsupportedDTypeForOp):
