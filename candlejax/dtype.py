@@ -99,7 +99,8 @@ class DType(enum.Enum):
 
 _INT = frozenset({DType.U8, DType.U32, DType.I16, DType.I32, DType.I64})
 _FLOAT = frozenset({DType.BF16, DType.F16, DType.F32, DType.F64, DType.F8E4M3})
-_FROM_NP = {v: DType(k) for k, v in _NP.items()}
+#: numpy dtype -> DType, for every dtype candlejax holds
+NUMPY_TO_DTYPE = {v: DType(k) for k, v in _NP.items()}
 _WIDE = frozenset({DType.I64, DType.F64})
 
 U8, U32, I16, I32, I64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64
@@ -137,7 +138,7 @@ def to_dtype(x: Any) -> DType:
     if isinstance(x, str):
         return DType.parse(x)
     try:
-        return _FROM_NP[np.dtype(x)]
+        return NUMPY_TO_DTYPE[np.dtype(x)]
     except (KeyError, TypeError):
         pass
     if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
@@ -148,11 +149,11 @@ def to_dtype(x: Any) -> DType:
 def from_array_dtype(dt: Any, where: str = "tensor") -> DType:
     """The DType of a numpy / jax array dtype, with a clear error for unsupported ones."""
     try:
-        return _FROM_NP[dt]
+        return NUMPY_TO_DTYPE[dt]
     except KeyError:
         pass
     try:
-        return _FROM_NP[np.dtype(dt)]
+        return NUMPY_TO_DTYPE[np.dtype(dt)]
     except (KeyError, TypeError):
         raise errors.UnsupportedDTypeForOp(
             str(dt), where, "supported: " + ", ".join(d.value for d in DType)

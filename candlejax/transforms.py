@@ -25,8 +25,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
-from candlejax.nn.module import Var
-from candlejax.nn.module import _Static as _StaticValue
+from candlejax.nn.module import StaticValue, Var
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -35,7 +34,7 @@ __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", 
 # ------------------------------------------------------------------------------------------------
 # jit
 # ------------------------------------------------------------------------------------------------
-class _Static(_StaticValue):
+class _Static(StaticValue):
     """A non-array leaf carried through ``jax.jit`` as pytree structure (hashed into the cache key)."""
 
     __slots__ = ()

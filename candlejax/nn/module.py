@@ -41,9 +41,12 @@ from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = [
     "Buffer",
+    "DonatedBuffer",
     "LayerInputShape",
     "Module",
     "ModuleT",
+    "NamedTensor",
+    "StaticValue",
     "Var",
     "as_array",
     "named_buffers",
@@ -133,7 +136,7 @@ def layer_name(default: str, *tensors: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 # Var and Buffer
 # ------------------------------------------------------------------------------------------------
-class _Donated:
+class DonatedBuffer:
     """What a Var holds once its buffer went to a functional optimizer step: any use raises."""
 
     __slots__ = ("dtype", "name", "shape")
@@ -161,7 +164,7 @@ def _tracer(a: Any) -> bool:
     return isinstance(a, jax.core.Tracer)
 
 
-class _Named(Tensor):
+class NamedTensor(Tensor):
     """A Tensor with a checkpoint name (static pytree data).
 
     The object is a *handle*, as Candle's ``Var``: its value (``_a``) can be replaced in place, so a
@@ -205,7 +208,7 @@ class _Named(Tensor):
         __tracebackhide__ = True
         a = as_array(src)
         cur = self._a
-        if type(cur) is _Donated:
+        if type(cur) is DonatedBuffer:
             cur = None
         if cur is not None and tuple(a.shape) != tuple(cur.shape):
             raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
@@ -229,7 +232,7 @@ class _Named(Tensor):
 
     def __repr__(self) -> str:
         a = self._a
-        if type(a) is _Donated:
+        if type(a) is DonatedBuffer:
             return f"{type(self).__name__}({self.name!r}, donated)"
         dt = "?" if a is None else to_dtype(a.dtype).as_str() if not isinstance(a, jax.core.Tracer) else str(a.dtype)
         shape = "?" if a is None else fmt_shape(a.shape)
@@ -243,7 +246,7 @@ class _Named(Tensor):
         return f"{type(self).__name__}({self.name!r}, {dt}{shape}){body}"
 
 
-class Var(_Named):
+class Var(NamedTensor):
     """A trainable parameter: a Tensor that carries its checkpoint name (Candle's ``Var``).
 
     ``Var(data, name="first.weight")``; ``Var.zeros(shape, dtype, device)``, ``Var.randn(mean, std,
@@ -315,7 +318,7 @@ for _n in ("new", "from_vec", "from_slice", "from_iter", "from_numpy", "from_jax
         setattr(Var, _n, _var_creator(_n))
 
 
-class Buffer(_Named):
+class Buffer(NamedTensor):
     """A named, non-trainable Tensor saved with the model (BatchNorm running statistics).
 
     PyTorch's registered buffer; Candle keeps these as Vars that the optimizer happens to skip.
@@ -324,9 +327,9 @@ class Buffer(_Named):
     __slots__ = ()
 
 
-def _named_flatten(v: _Named) -> tuple[tuple[Any], str]:
+def _named_flatten(v: NamedTensor) -> tuple[tuple[Any], str]:
     a = v._a
-    if type(a) is _Donated:
+    if type(a) is DonatedBuffer:
         a._raise()
     return (a,), v.name
 
@@ -371,7 +374,7 @@ _LEAF_TYPES: set[type] = set()
 _CHILD_TYPES = (TensorBase, jax.Array)
 
 
-class _Static:
+class StaticValue:
     """A hashable wrapper for a static field value (falls back to identity for unhashable ones)."""
 
     __slots__ = ("_h", "value")
@@ -390,7 +393,7 @@ class _Static:
         return self._h
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Static) or self._h != other._h:
+        if not isinstance(other, StaticValue) or self._h != other._h:
             return False
         a, b = self.value, other.value
         if a is b:
@@ -422,7 +425,7 @@ def _flatten(m: Module) -> tuple[list[Any], Any]:
                     f"{type(m).__name__}.{k} is declared static but holds an array; arrays must be"
                     " pytree children (remove it from _static_fields)"
                 )
-            statics.append(_Static(v))
+            statics.append(StaticValue(v))
             mask.append(False)
     return children, (tuple(d), tuple(mask), tuple(statics))
 
@@ -459,7 +462,7 @@ def _is_var(x: Any) -> bool:
 
 
 def _is_named(x: Any) -> bool:
-    return isinstance(x, _Named)
+    return isinstance(x, NamedTensor)
 
 
 def _path_str(path: Any) -> str:
@@ -511,7 +514,7 @@ def named_tensors(tree: Any) -> dict[str, Any]:
 def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write ``name -> Tensor/array`` to a safetensors file atomically (``candlejax.io.safetensors.save``)."""
     for v in tensors.values():
-        if isinstance(v, TensorBase) and type(v._a) is _Donated:
+        if isinstance(v, TensorBase) and type(v._a) is DonatedBuffer:
             v._a._raise()
     out = {k: (wrap(v._a) if isinstance(v, TensorBase) else wrap(jnp.asarray(v))) for k, v in tensors.items()}
     save(out, path, {str(k): str(v) for k, v in metadata.items()} if metadata else None)
@@ -610,7 +613,7 @@ class Module:
             )
 
         def repl(x: Any) -> Any:
-            if not isinstance(x, _Named) or not x.name or x.name not in state:
+            if not isinstance(x, NamedTensor) or not x.name or x.name not in state:
                 return x
             a = as_array(state[x.name])
             if tuple(a.shape) != tuple(x.shape):
@@ -720,7 +723,7 @@ def _tensor_desc(v: Any) -> str:
     a = unwrap(v)
     if a is None:
         return "None"
-    if type(a) is _Donated:
+    if type(a) is DonatedBuffer:
         return f"{type(v).__name__} donated {a.name!r}"
     try:
         dt = to_dtype(a.dtype).as_str()

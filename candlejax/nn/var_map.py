@@ -31,7 +31,7 @@ from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const
-from candlejax.nn.module import Var, _Donated, as_array, save_safetensors_dict
+from candlejax.nn.module import DonatedBuffer, Var, as_array, save_safetensors_dict
 from candlejax.shape import as_shape
 
 __all__ = ["VarMap"]
@@ -105,7 +105,7 @@ class VarMap:
         if cur is None:
             raise errors.VarMapError(f"cannot find {name} in VarMap")
         old = cur._a
-        donated = type(old) is _Donated
+        donated = type(old) is DonatedBuffer
         a = as_array(value) if hasattr(value, "dtype") and not isinstance(value, np.ndarray) else as_array(
             value, to_dtype(old.dtype)
         )

@@ -155,15 +155,15 @@ _NAMED: Any = None
 def _is_named(x: Any) -> bool:
     global _NAMED
     if _NAMED is None:
-        from candlejax.nn.module import _Named
+        from candlejax.nn.module import NamedTensor
 
-        _NAMED = _Named
+        _NAMED = NamedTensor
     return isinstance(x, _NAMED)
 
 
 def _mark_donated(model: Any, sp: Split) -> None:
     """After a donating functional step: the model's trained Vars now raise ``DonatedVar`` on any use."""
-    from candlejax.nn.module import _Donated
+    from candlejax.nn.module import DonatedBuffer
 
     hl = _named_leaves(model)
     if len(hl) != len(sp.slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
@@ -171,8 +171,8 @@ def _mark_donated(model: Any, sp: Split) -> None:
     for h, s in zip(hl, sp.slots):
         if s >= 0 and is_var(h):
             a = h._a
-            if type(a) is not _Donated:
-                h._a = _Donated(h.name, a.shape, a.dtype)
+            if type(a) is not DonatedBuffer:
+                h._a = DonatedBuffer(h.name, a.shape, a.dtype)
 
 
 def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:

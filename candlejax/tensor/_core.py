@@ -16,7 +16,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device, single_device
-from candlejax.dtype import _FROM_NP, DType, from_array_dtype
+from candlejax.dtype import NUMPY_TO_DTYPE, DType, from_array_dtype
 from candlejax.shape import Shape, resolve_dim
 
 _new = object.__new__
@@ -42,7 +42,7 @@ class TensorBase:
     def dtype(self) -> DType:
         """The element type, e.g. ``DType.F32``."""
         try:
-            return _FROM_NP[self._a.dtype]
+            return NUMPY_TO_DTYPE[self._a.dtype]
         except KeyError:
             return from_array_dtype(self._a.dtype)
 

@@ -25,7 +25,7 @@ from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
-from candlejax.dtype import _FROM_NP, DType, check_width, from_array_dtype, to_dtype, x64_enabled
+from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import as_shape, shape_with_hole
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
@@ -113,7 +113,7 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
 
 
 def _np_dtype(dt: np.dtype, where: str) -> DType:
-    d = _FROM_NP.get(dt)
+    d = NUMPY_TO_DTYPE.get(dt)
     if d is None:
         if dt == np.bool_:
             return DType.U8
@@ -273,7 +273,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     adt = a.dtype
     if adt == np.bool_:
         a = a.astype(np.uint8)
-    elif adt not in _FROM_NP:
+    elif adt not in NUMPY_TO_DTYPE:
         from_array_dtype(adt, where)
     if dt is not None and a.dtype != dt.np:
         a = a.astype(dt.np)
@@ -446,7 +446,7 @@ class CreationMixin(TensorBase):
     def from_jax(array: Any) -> Any:
         """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8."""
         adt = array.dtype
-        if adt not in _FROM_NP:
+        if adt not in NUMPY_TO_DTYPE:
             if adt == np.bool_:
                 array = array.astype(np.uint8)
             else:
