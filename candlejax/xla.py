@@ -4,10 +4,14 @@ requires: jax
 provides: ``SizeJit``, ``tune_malloc``
 
 jax 0.10's XLA:CPU hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions:
-best for a few hundred tokens (MiniLM 1x16: ~2x faster than without), but at MiniLM 32x128 XLA's
-own Eigen GEMMs plus its loop fusions are ~30% faster (one core). ``SizeJit`` compiles two
-programs and picks one per call by the token count of its second argument. The GPU compiler
-ignores these flags; an XLA that does not know one falls back to its defaults.
+best for a few hundred tokens (MiniLM 1x16: ~2x faster than without). For large inputs it depends
+on the CPU: on the 2-core AMD EPYC host, at MiniLM 32x128, XLA's own Eigen GEMMs plus its loop
+fusions were ~30% faster than YNNPACK; on the 2-core Intel Xeon (AVX-512) host YNNPACK stays
+faster (424-433 ms against 484-493 with two threads, 824-857 against 852-875 with one). So
+:func:`large_input_options` turns YNNPACK fusions off for large inputs except on Intel CPUs.
+``SizeJit`` compiles two programs and picks one per call by the token count of its second
+argument. The GPU compiler ignores these flags; an XLA that does not know one falls back to its
+defaults.
 """
 
 from __future__ import annotations
@@ -17,10 +21,27 @@ from typing import Any
 
 import jax
 
-__all__ = ["LARGE_INPUT_OPTIONS", "SizeJit", "tune_malloc"]
+__all__ = ["LARGE_INPUT_OPTIONS", "SizeJit", "large_input_options", "tune_malloc"]
 
-#: options for inputs of at least ``SizeJit.threshold`` elements
+#: options that turn YNNPACK fusions off (XLA's own GEMMs and loop fusions instead)
 LARGE_INPUT_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def large_input_options() -> dict[str, Any]:
+    """The compiler options for large inputs on this machine: :data:`LARGE_INPUT_OPTIONS`, or none
+    on Intel CPUs, where XLA:CPU's YNNPACK fusions stay the faster choice (see the module doc)."""
+    return {} if _cpu_vendor() == "GenuineIntel" else dict(LARGE_INPUT_OPTIONS)
 
 
 class SizeJit:
@@ -29,7 +50,7 @@ class SizeJit:
 
     def __init__(self, fn: Any, options: dict[str, Any] | None = None, threshold: int = 2048, **kw: Any):
         self.__wrapped__ = fn
-        opts = LARGE_INPUT_OPTIONS if options is None else options
+        opts = large_input_options() if options is None else options
         self.threshold = int(threshold)
         self._plain = jax.jit(fn, **kw)
         self._large = jax.jit(fn, compiler_options=opts, **kw) if opts else None

@@ -35,7 +35,7 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
-from candlejax.xla import LARGE_INPUT_OPTIONS, SizeJit
+from candlejax.xla import SizeJit, large_input_options
 
 __all__ = [
     "COMPILER_OPTIONS", "DTYPE", "LARGE_BATCH_TOKENS", "BertAttention", "BertEmbeddings", "BertEncoder",
@@ -493,7 +493,7 @@ class BertModel(Module):
 
 
 #: XLA options for compiling batches of at least ``LARGE_BATCH_TOKENS`` tokens (see :mod:`candlejax.xla`)
-COMPILER_OPTIONS: dict[str, Any] = LARGE_INPUT_OPTIONS
+COMPILER_OPTIONS: dict[str, Any] = large_input_options()
 LARGE_BATCH_TOKENS = 2048
 
 
