@@ -320,6 +320,9 @@ def hwio_kernels(module: Any) -> list[Any]:
             out.append(None)
             continue
         a = m.weight._a
+        if isinstance(a, jax.core.Tracer):  # called inside a transformation: transposed in the program
+            out.append(jnp.transpose(a, (2, 3, 1, 0)))
+            continue
         hit = _HWIO.get(id(a))
         if hit is None or hit[0]() is not a:
             hit = (weakref.ref(a), jnp.transpose(a, (2, 3, 1, 0)).block_until_ready())

@@ -146,6 +146,9 @@ def test_hwio_kernels_give_the_same_outputs_and_follow_new_weights():
     assert ks2[0] is not ks[0]
     np.testing.assert_allclose(np.asarray(fwd(net2, ks2, x)), np.asarray(net2.forward(jnp.asarray(x)).jax),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+    # inside a transformation the kernels are transposed in the program (nothing cached)
+    inner = jax.jit(lambda m, x: with_hwio_kernels(m, hwio_kernels(m)).forward(x).jax)
+    np.testing.assert_array_equal(np.asarray(inner(net, x)), np.asarray(fwd(net, ks, x)))
     with pytest.raises(Exception, match="fewer kernels than Conv2d layers"):
         with_hwio_kernels(net, ks[:2])
     with pytest.raises(Exception, match="more kernels than Conv2d layers"):
