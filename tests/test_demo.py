@@ -38,8 +38,11 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
 
     ck = tmp_path / "checkpoint-mlp.safetensors"
     args = ["--models", "mlp", "--epochs", "200", "--out", str(tmp_path), "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "candlejax.demo", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # SIGINT back to its default in the child: a runner started in the background ignores it, and
+    # a process that starts with SIGINT ignored never sees Ctrl-C
+    proc = subprocess.Popen([sys.executable, "-m", "candlejax.demo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.time() + 120
         while not ck.exists() and time.time() < deadline and proc.poll() is None:
