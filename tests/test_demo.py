@@ -38,11 +38,12 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
 
     ck = tmp_path / "checkpoint-mlp.safetensors"
     args = ["--models", "mlp", "--epochs", "200", "--out", str(tmp_path), "--no-progress"]
-    # SIGINT back to its default in the child: a runner started in the background ignores it, and
-    # a process that starts with SIGINT ignored never sees Ctrl-C
-    proc = subprocess.Popen([sys.executable, "-m", "candlejax.demo", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    # the child raises KeyboardInterrupt on SIGINT even when started with SIGINT ignored (as a runner
+    # started in the background is): Python installs its handler only for a signal not ignored
+    launch = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "sys.argv[0] = 'candlejax.demo'; runpy.run_module('candlejax.demo', run_name='__main__')")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", launch, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
         deadline = time.time() + 120
         while not ck.exists() and time.time() < deadline and proc.poll() is None:
