@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -325,32 +324,29 @@ def step(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor
     return logits, state
 
 
-_step_donating = jax.jit(step, donate_argnums=(1,))
+def _run_donating(caches: list, decoder: TextDecoder, cross_k: list, cross_v: list, tokens: Any,
+                  hidden: bool) -> tuple[Tensor, list]:  # fmt: skip
+    h, logits, state = _hidden(decoder, DecoderState(caches, cross_k, cross_v), tokens)
+    return (h if hidden else logits), state.caches  # hidden=True: the logits are dropped by XLA
+
+
+# only the self-attention caches are donated: the cross-attention keys/values pass through unchanged
+_donating = jax.jit(_run_donating, donate_argnums=(0,), static_argnames=("hidden",))
 
 
 def step_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
-    """:func:`step` compiled, the state's buffers donated (updated in place where XLA can)."""
-    with warnings.catch_warnings():  # the cross-attention keys/values pass through: not reusable
-        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-        return _step_donating(decoder, state, tokens)
-
-
-def _prefill(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
-    h, _, state = _hidden(decoder, state, tokens)  # the logits are not returned: XLA drops them
-    return h, state
-
-
-_prefill_donating = jax.jit(_prefill, donate_argnums=(1,))
+    """:func:`step` compiled, the state's self-attention caches donated (updated in place)."""
+    logits, caches = _donating(state.caches, decoder, state.cross_k, state.cross_v, tokens, hidden=False)
+    return logits, DecoderState(caches, state.cross_k, state.cross_v)
 
 
 def prefill_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
     """Tokens ``(B, T)`` int32 at the state's position -> (final-norm hidden states ``(B, T, D)``, new
-    state), compiled, the state donated. No output projection: take the rows whose logits are needed
+    state), compiled, the caches donated. No output projection: take the rows whose logits are needed
     to :meth:`TextDecoder.final_linear`. A long prompt goes through in chunks of one ``T`` (one
     compiled program for every prompt length)."""
-    with warnings.catch_warnings():  # the cross-attention keys/values pass through: not reusable
-        warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-        return _prefill_donating(decoder, state, tokens)
+    h, caches = _donating(state.caches, decoder, state.cross_k, state.cross_v, tokens, hidden=True)
+    return h, DecoderState(caches, state.cross_k, state.cross_v)
 
 
 class Whisper(Module):
