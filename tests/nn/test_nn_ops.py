@@ -164,7 +164,7 @@ def test_kv_cache_decode_matches_full_attention():
         cache.append(k[:, :, :3], v[:, :, :3])
 
 
-@pytest.mark.parametrize("b,h", [(2, 3), (1, 3), (2, 1)])
+@pytest.mark.parametrize("b,h", [(2, 3), (1, 3), (2, 1), (1, 1)])
 def test_decode_kv_cache_matches_full_attention_and_updates_in_place(b, h):
     t, d, n = 6, 4, 8
     q, k, v = _x(b, h, t, d), _x(b, h, t, d, seed=1), _x(b, h, t, d, seed=2)
