@@ -192,3 +192,32 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
     assert res.language == "fr" and len(res.tokens) <= 20
     segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
     assert all(isinstance(s, whisper.Segment) for s in segs)
+
+
+def test_prompt_chunks_that_overrun_the_cache_end_where_it_ends(tmp_path, monkeypatch):
+    """A prompt padded past ``max_target_positions`` (here 33 tokens in chunks of 32 on a 60-slot
+    cache) goes through a last chunk moved back to end at the cache's end: the same tokens and
+    log-probabilities as the prompt in one chunk."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from candlejax.models.whisper import decoding
+
+    torch.manual_seed(4)
+    cfg = WhisperConfig(
+        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+        max_target_positions=60, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
+        bos_token_id=50257, suppress_tokens=[], begin_suppress_tokens=[220, 50257],
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    _multilingual_tokenizer(tmp_path / "tokenizer.json")
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    dec = whisper.Decoder(m)
+    audio = dec.encode(np.random.default_rng(1).standard_normal((16, 3000)).astype(np.float32))
+    prompt = list(range(100, 140))  # 29 kept (n_ctx // 2 - 1) + <|startofprev|> + 3 start tokens = 33
+    chunked = dec.decode(audio, 0.0, prompt=prompt, language="fr")
+    monkeypatch.setattr(decoding, "_PROMPT_CHUNK", 64)  # one chunk of 60 (the whole cache)
+    whole = dec.decode(audio, 0.0, prompt=prompt, language="fr")
+    assert chunked.tokens == whole.tokens and len(whole.tokens) > 0
+    np.testing.assert_allclose(chunked.avg_logprob, whole.avg_logprob, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked.no_speech_prob, whole.no_speech_prob, rtol=1e-5, atol=1e-6)
