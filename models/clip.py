@@ -48,6 +48,7 @@ from candlejax.nn import (
     linear_no_bias,
     ops,
 )
+from candlejax.nn.conv import hwio_kernels, with_hwio_kernels
 from candlejax.nn.init import Const
 from candlejax.tensor import Tensor
 
@@ -454,19 +455,23 @@ def _l2_normalize(x: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 # compiled entry points (weights are jit arguments)
 # ------------------------------------------------------------------------------------------------
+# Each program gets only the weights it reads (flattening and passing the other tower's ~200 arrays
+# cost ~1.7 ms a call), and the patch convolution's kernel in the layout XLA's convolution reads
+# (nn.conv.hwio_kernels: no transpose per call).
 @jax.jit
-def _forward(model: ClipModel, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None) -> Any:
-    return model.forward(pixel_values, input_ids, attention_mask)
+def _forward(model: ClipModel, kernels: list, pixel_values: Tensor, input_ids: Tensor,
+             attention_mask: Tensor | None) -> Any:  # fmt: skip
+    return with_hwio_kernels(model, kernels).forward(pixel_values, input_ids, attention_mask)
 
 
 @jax.jit
-def _text(model: ClipModel, input_ids: Tensor, attention_mask: Tensor | None) -> Any:
-    return model.get_text_features(input_ids, attention_mask)
+def _text(text_model: Any, text_projection: Linear, input_ids: Tensor, attention_mask: Tensor | None) -> Any:
+    return text_projection(text_model(input_ids, attention_mask))  # ClipModel.get_text_features
 
 
 @jax.jit
-def _image(model: ClipModel, pixel_values: Tensor) -> Any:
-    return model.get_image_features(pixel_values)
+def _image(vision_model: Any, visual_projection: Linear, kernels: list, pixel_values: Tensor) -> Any:
+    return visual_projection(with_hwio_kernels(vision_model, kernels)(pixel_values))  # get_image_features
 
 
 def _check_ids(model: ClipModel, input_ids: Tensor) -> None:
@@ -478,19 +483,19 @@ def forward_jit(model: ClipModel, pixel_values: Tensor, input_ids: Tensor,
     """:meth:`ClipModel.forward` compiled (one program per input shape)."""
     _check_pixels("clip vision_model", pixel_values, model.vision_model.embeddings.num_channels, model.image_size)
     _check_ids(model, input_ids)
-    return _forward(model, pixel_values, input_ids, attention_mask)
+    return _forward(model, hwio_kernels(model), pixel_values, input_ids, attention_mask)
 
 
 def text_features_jit(model: ClipModel, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
     """:meth:`ClipModel.get_text_features` compiled."""
     _check_ids(model, input_ids)
-    return _text(model, input_ids, attention_mask)
+    return _text(model.text_model, model.text_projection, input_ids, attention_mask)
 
 
 def image_features_jit(model: ClipModel, pixel_values: Tensor) -> Tensor:
     """:meth:`ClipModel.get_image_features` compiled."""
     _check_pixels("clip vision_model", pixel_values, model.vision_model.embeddings.num_channels, model.image_size)
-    return _image(model, pixel_values)
+    return _image(model.vision_model, model.visual_projection, hwio_kernels(model.vision_model), pixel_values)
 
 
 # ------------------------------------------------------------------------------------------------
