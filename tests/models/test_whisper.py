@@ -161,19 +161,25 @@ def _multilingual_tokenizer(path) -> None:
     Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>")).save(str(path))
 
 
-def test_multilingual_language_detection_and_prompt(tmp_path):
+def _multilingual_model(path, seed: int, decoder_layers: int, max_target_positions: int):
+    """A random multilingual Whisper (transformers' weights, saved to ``path``) with its tokenizer."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     cfg = WhisperConfig(
-        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
-        max_target_positions=40, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
-        bos_token_id=50257, suppress_tokens=[], begin_suppress_tokens=[220, 50257],
+        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=decoder_layers,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=max_target_positions, decoder_start_token_id=50258,
+        eos_token_id=50257, pad_token_id=50257, bos_token_id=50257, suppress_tokens=[],
+        begin_suppress_tokens=[220, 50257],
     )  # fmt: skip
-    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
-    _multilingual_tokenizer(tmp_path / "tokenizer.json")
-    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    WhisperForConditionalGeneration(cfg).save_pretrained(path)
+    _multilingual_tokenizer(path / "tokenizer.json")
+    return whisper.Whisper.from_pretrained(path, Device.Cpu)
+
+
+def test_multilingual_language_detection_and_prompt(tmp_path):
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
     assert m.config.is_multilingual
     dec = whisper.Decoder(m)
     assert dec.tok.sot == 50258 and dec.tok.language_tokens[:3] == [50259, 50260, 50261]
@@ -198,20 +204,9 @@ def test_prompt_chunks_that_overrun_the_cache_end_where_it_ends(tmp_path, monkey
     """A prompt padded past ``max_target_positions`` (here 33 tokens in chunks of 32 on a 60-slot
     cache) goes through a last chunk moved back to end at the cache's end: the same tokens and
     log-probabilities as the prompt in one chunk."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
     from candlejax.models.whisper import decoding
 
-    torch.manual_seed(4)
-    cfg = WhisperConfig(
-        vocab_size=51865, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
-        max_target_positions=60, decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257,
-        bos_token_id=50257, suppress_tokens=[], begin_suppress_tokens=[220, 50257],
-    )  # fmt: skip
-    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
-    _multilingual_tokenizer(tmp_path / "tokenizer.json")
-    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    m = _multilingual_model(tmp_path, seed=4, decoder_layers=2, max_target_positions=60)
     dec = whisper.Decoder(m)
     audio = dec.encode(np.random.default_rng(1).standard_normal((16, 3000)).astype(np.float32))
     prompt = list(range(100, 140))  # 29 kept (n_ctx // 2 - 1) + <|startofprev|> + 3 start tokens = 33
