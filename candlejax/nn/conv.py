@@ -28,6 +28,7 @@ from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.tensor import unwrap, wrap
+from candlejax.tensor.conv import to_usize2
 
 __all__ = [
     "Conv1d",
@@ -134,7 +135,8 @@ class _ConvBase(Module):
         w = self.weight
         return w.shape[0] if self._transpose else w.shape[1] * self.config.groups
 
-    def forward(self, xs: Any) -> Any:
+    def _checked_input(self, xs: Any) -> Any:
+        """``xs`` as an array, after checking its rank, channel count and dtype against the layer."""
         x = as_array(xs)
         w = self.weight._a
         cin = self._in_channels()
@@ -143,6 +145,11 @@ class _ConvBase(Module):
             raise LayerInputShape(layer_name(self._kind, self.weight), f"[batch, {cin}, {spatial}]", x.shape)
         if x.dtype != w.dtype:
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
+        return x
+
+    def forward(self, xs: Any) -> Any:
+        x = self._checked_input(xs)
+        w = self.weight._a
         b = None if self.bias is None else self.bias._a
         c = self.config
         if self._transpose:
@@ -340,16 +347,12 @@ class _HwioConv2d(Module):
 
     def forward(self, xs: Any) -> Any:
         c = self.conv
-        x = as_array(xs)
-        cin = c._in_channels()
-        if x.ndim != 4 or x.shape[1] != cin:
-            raise LayerInputShape(layer_name("Conv2d", c.weight), f"[batch, {cin}, H, W]", x.shape)
-        if x.dtype != self.kernel.dtype:
-            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(self.kernel.dtype), "conv2d")
+        x = c._checked_input(xs)
         cfg = c.config
+        p = to_usize2(cfg.padding, "padding", "conv2d", 0)  # ints as in Candle, or (h, w) pairs as conv2d takes
         y = lax.conv_general_dilated(
-            x, self.kernel, window_strides=(cfg.stride,) * 2, padding=[(cfg.padding, cfg.padding)] * 2,
-            rhs_dilation=(cfg.dilation,) * 2, dimension_numbers=("NCHW", "HWIO", "NCHW"),
+            x, self.kernel, window_strides=to_usize2(cfg.stride, "stride", "conv2d", 1), padding=[(v, v) for v in p],
+            rhs_dilation=to_usize2(cfg.dilation, "dilation", "conv2d", 1), dimension_numbers=("NCHW", "HWIO", "NCHW"),
         )  # fmt: skip
         if c.bias is not None:
             y = y + c.bias._a.reshape(1, -1, 1, 1)

@@ -117,6 +117,7 @@ class _Convs(nn.Module):
             nn.conv2d(8, 8, 1, nn.Conv2dConfig(), vb.pp("b")),  # 1x1: its own path
             nn.conv2d(8, 8, 3, nn.Conv2dConfig(padding=1, groups=8), vb.pp("c")),  # depthwise: its own path
             nn.conv2d_no_bias(8, 6, 5, nn.Conv2dConfig(padding=4, dilation=2), vb.pp("d")),  # dilated, no bias
+            nn.conv2d(6, 6, 3, nn.Conv2dConfig(padding=(1, 2), stride=(1, 2)), vb.pp("f")),  # (h, w) pairs
         ]
         self.head = {"last": nn.conv2d(6, 4, 3, nn.Conv2dConfig(groups=2), vb.pp("e"))}  # grouped: its own path
 
@@ -135,7 +136,7 @@ def test_hwio_kernels_give_the_same_outputs_and_follow_new_weights():
     net = _Convs(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
     x = _x(2, 3, 9, 10)
     ks = hwio_kernels(net)
-    assert [k is None for k in ks] == [False, True, True, False, True]
+    assert [k is None for k in ks] == [False, True, True, False, False, True]
     assert ks[0].shape == (3, 3, 3, 8) and ks[3].shape == (5, 5, 8, 6)
     assert hwio_kernels(net)[0] is ks[0]  # one copy per weight array
     fwd = jax.jit(lambda m, k, x: with_hwio_kernels(m, k).forward(x).jax)
@@ -154,7 +155,7 @@ def test_hwio_kernels_give_the_same_outputs_and_follow_new_weights():
     with pytest.raises(Exception, match="more kernels than Conv2d layers"):
         with_hwio_kernels(net, [*ks, None])
     with pytest.raises(Exception, match=r"kernel \(5, 5, 8, 6\) does not fit Conv2d 'a' \(8, 3, 3, 3\)"):
-        with_hwio_kernels(net, [ks[3], *ks[1:]])
+        with_hwio_kernels(net, [ks[3], *ks[1:]])  # a kernel in the wrong place
 
 
 def test_conv2d_no_bias_and_bad_input():
