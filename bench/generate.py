@@ -6,7 +6,10 @@ first token (prefill, including candlejax's compilation of the prompt step), dec
 seconds (candlejax), decode tokens/s (median over the decode steps), peak RSS (MiB) and, for
 candlejax, the RSS growth during decoding (MiB/min, from token 16 to the last) and the RSS of the
 bare runtime (jax imported, one op run) before the model is loaded. candlejax runs the user path,
-``candlejax.generation.generate`` (greedy on the device, donated cache).
+``candlejax.generation.generate`` (greedy on the device, donated cache). ``candlejax-cached`` is
+the same with the on-disk cache of compiled programs the ``candlejax`` command line uses
+(:func:`candlejax.xla.enable_compilation_cache`): one untimed process fills a fresh cache first, so
+every timed round loads its programs as a second run of the CLI does.
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -17,7 +20,7 @@ built) on the same prompt ids. ``--rounds R`` runs the engines interleaved R tim
 process; greedy tokens are compared with transformers'. Timings are noisy on shared machines:
 compare engines from one run.
 
-    python bench/generate.py --rounds 5 --engines candlejax,llama-cpp,transformers \
+    python bench/generate.py --rounds 5 --engines candlejax,candlejax-cached,llama-cpp,transformers \
         --llama-cpp-python /work/llamacpp-venv/bin/python
 """
 
@@ -31,6 +34,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,9 +60,14 @@ def _rss_now_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
+def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir: str | None = None) -> dict:
     import jax
     import jax.numpy as jnp
+
+    if cache_dir:
+        from candlejax.xla import enable_compilation_cache
+
+        enable_compilation_cache(cache_dir)
 
     from candlejax import Device
     from candlejax.generation import Sampling, generate
@@ -91,7 +100,8 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None) -> dict:
     growth = (rss[-1][1] - rss[0][1]) / ((rss[-1][0] - rss[0][0]) / 60) if len(rss) == 2 else float("nan")
     return {
         "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else
-                               " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)"),
+                               " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)")
+        + (", programs from the compilation cache" if cache_dir else ""),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": _rss_mib(), "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
@@ -168,8 +178,9 @@ def run_llama_cpp(n: int) -> dict:
 
 
 def _child(args: argparse.Namespace) -> None:
-    if args.child == "candlejax":
-        res = run_candlejax(args.n, args.dequantize, args.layers)
+    if args.child in ("candlejax", "candlejax-cached"):
+        cache = os.environ["BENCH_XLA_CACHE"] if args.child == "candlejax-cached" else None
+        res = run_candlejax(args.n, args.dequantize, args.layers, cache)
     elif args.child == "transformers":
         res = run_transformers(args.n)
     else:
@@ -225,15 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     env["BENCH_GGUF"] = _gguf_path()
     engines = args.engines.split(",")
     runs: dict[str, list[dict]] = {e: [] for e in engines}
+    cache_tmp = tempfile.TemporaryDirectory(prefix="bench-xla-cache-")
+    env["BENCH_XLA_CACHE"] = cache_tmp.name
+
+    def command(eng: str) -> list[str]:
+        py = args.llama_cpp_python if eng == "llama-cpp" else sys.executable
+        cmd = [py, __file__, "--child", eng, "-n", str(args.n)]
+        if eng.startswith("candlejax") and args.dequantize:
+            cmd += ["--dequantize", args.dequantize]
+        if eng.startswith("candlejax") and args.layers:
+            cmd += ["--layers", args.layers]
+        return cmd
+
+    if "candlejax-cached" in engines:  # fill the cache once, untimed
+        subprocess.run(command("candlejax-cached"), capture_output=True, text=True, env=env, check=True)
     for _ in range(args.rounds):
         for eng in engines:
-            py = args.llama_cpp_python if eng == "llama-cpp" else sys.executable
-            cmd = [py, __file__, "--child", eng, "-n", str(args.n)]
-            if eng == "candlejax" and args.dequantize:
-                cmd += ["--dequantize", args.dequantize]
-            if eng == "candlejax" and args.layers:
-                cmd += ["--layers", args.layers]
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            r = subprocess.run(command(eng), capture_output=True, text=True, env=env)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 runs[eng].append({"engine": eng, "skipped": f"failed: {r.stderr.strip().splitlines()[-1:]}"})
@@ -255,14 +274,22 @@ def main(argv: list[str] | None = None) -> int:
         growth = statistics.median(r.get("rss_growth_mib_per_min", float("nan")) for r in ok)
         print(f"| {ok[0]['engine']} | {med('decode_tok_s'):.1f} | {per} | {med('ttft_s'):.2f} | {med('compile_s'):.1f}"
               f" | {med('load_s'):.1f} | {med('peak_rss_mib'):.0f} | {growth:.1f} |")
-    cj, lc = [r for r in runs.get("candlejax", []) if "skipped" not in r], [
-        r for r in runs.get("llama-cpp", []) if "skipped" not in r]
-    if cj and lc:
-        ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(cj, lc)]
-        print(f"\ncandlejax / llama.cpp decode, per round: {', '.join(f'{x:.2f}x' for x in ratios)}")
-    if cj:
-        extra = [(r["peak_rss_mib"] - r["base_rss_mib"]) / r["file_mib"] for r in cj]
-        print(f"candlejax (peak RSS - bare runtime) / GGUF size, per round: {', '.join(f'{x:.2f}' for x in extra)}")
+    lc = [r for r in runs.get("llama-cpp", []) if "skipped" not in r]
+    for name in ("candlejax", "candlejax-cached"):
+        cj = [r for r in runs.get(name, []) if "skipped" not in r]
+        if cj and lc:
+            ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(cj, lc)]
+            print(f"\n{name} / llama.cpp decode, per round: {', '.join(f'{x:.2f}x' for x in ratios)}")
+        if cj:
+            extra = [(r["peak_rss_mib"] - r["base_rss_mib"]) / r["file_mib"] for r in cj]
+            print(f"{name} (peak RSS - bare runtime) / GGUF size, per round: {', '.join(f'{x:.2f}' for x in extra)}")
+            above = ", ".join(f"{r['peak_rss_mib'] - r['base_rss_mib']:.1f}" for r in cj)
+            bare = ", ".join(f"{r['base_rss_mib']:.0f}" for r in cj)
+            print(f"{name} peak RSS - bare runtime, MiB: {above}; bare runtime, MiB: {bare}")
+    plain = next((r["tokens"] for r in runs.get("candlejax", []) if "tokens" in r), None)
+    cached = next((r["tokens"] for r in runs.get("candlejax-cached", []) if "tokens" in r), None)
+    if plain and cached:
+        print(f"greedy tokens, candlejax-cached vs candlejax: {_first_difference(cached, plain)}")
     ref = next((r["tokens"] for r in runs.get("transformers", []) if "tokens" in r), None)
     if ref:
         for eng, rs in runs.items():

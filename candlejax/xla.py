@@ -1,7 +1,9 @@
-"""XLA compiler options chosen by input size (``SizeJit``) and glibc heap tuning for serving.
+"""XLA compiler options chosen by input size (``SizeJit``), the on-disk cache of compiled
+programs (``enable_compilation_cache``) and glibc heap tuning for serving (``tune_malloc``,
+``trim_heap``).
 
 requires: jax
-provides: ``SizeJit``, ``tune_malloc``
+provides: ``SizeJit``, ``enable_compilation_cache``, ``tune_malloc``, ``trim_heap``
 
 jax 0.10's XLA:CPU hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions:
 best for a few hundred tokens (MiniLM 1x16: ~2x faster than without). For large inputs it depends
@@ -16,12 +18,25 @@ defaults.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+import os
+import platform
 from typing import Any
 
 import jax
 
-__all__ = ["LARGE_INPUT_OPTIONS", "SizeJit", "large_input_options", "tune_malloc"]
+__all__ = [
+    "COMPILATION_CACHE_ENV",
+    "LARGE_INPUT_OPTIONS",
+    "SizeJit",
+    "compilation_cache_dir",
+    "enable_compilation_cache",
+    "large_input_options",
+    "trim_heap",
+    "tune_malloc",
+]
 
 #: options that turn YNNPACK fusions off (XLA's own GEMMs and loop fusions instead)
 LARGE_INPUT_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -101,3 +116,92 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) -
     ok = mallopt(m_trim_threshold, int(trim_threshold)) == 1
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) == 1 and ok)
 
+
+
+def trim_heap() -> bool:
+    """Hand the free memory at the top of glibc's heaps back to the kernel (``malloc_trim(0)``);
+    returns False off glibc. Loaders call it once their transients are freed (the GGUF loader:
+    ~11 MiB of tokenizer-building garbage on SmolLM2), so the resident set is what is kept."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0) >= 0)
+    except (OSError, AttributeError):
+        return False
+
+
+#: environment variable: a directory for the cache of compiled programs, or ``0`` / ``off`` for none
+COMPILATION_CACHE_ENV = "CANDLEJAX_COMPILATION_CACHE"
+
+#: upper bound on the cache's size on disk, where the ``filelock`` package allows eviction
+_CACHE_MAX_BYTES = 1 << 30
+
+
+def _machine_tag() -> str:
+    """A short tag of this machine's CPU (model and instruction-set flags) and jax version: code
+    compiled for one CPU is not loaded on another sharing the same home directory."""
+    model, flags = platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features")) and ":" in line:
+                    key, value = line.split(":", 1)
+                    if key.strip() == "model name":
+                        model += value.strip()
+                    else:
+                        flags = value.strip()
+                if model != platform.machine() and flags:
+                    break
+    except OSError:
+        pass
+    text = f"{model}|{flags}|jax {jax.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compilation_cache_dir() -> str | None:
+    """Where :func:`enable_compilation_cache` keeps programs by default: ``$CANDLEJAX_COMPILATION_CACHE``
+    (``0``, ``off``, ``false`` or ``no``: none), else ``$XDG_CACHE_HOME/candlejax/xla/<machine>``
+    (``~/.cache`` without ``XDG_CACHE_HOME``), one folder per CPU kind and jax version."""
+    env = os.environ.get(COMPILATION_CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "false", "no") else os.path.expanduser(env)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "candlejax", "xla", _machine_tag())
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str | None:
+    """Keep every compiled XLA program on disk and load it instead of compiling it again, in this
+    and later processes (JAX's persistent compilation cache, for every program however small).
+
+    ``directory``: default :func:`compilation_cache_dir` (or a ``jax_compilation_cache_dir`` the
+    process has set, unless ``CANDLEJAX_COMPILATION_CACHE`` is set). Returns the directory used, or None when
+    the cache is off (``CANDLEJAX_COMPILATION_CACHE=0``) or the directory cannot be created. The
+    ``candlejax`` command-line tools call it. A process that loads its programs never starts the
+    LLVM compiler: SmolLM2 Q4_1 generation starts in 0.19 s instead of 0.47 and peaks ~70 MiB
+    lower. Like ``jax.config.update("jax_compilation_cache_dir", ...)`` (which it uses); programs
+    are keyed by their HLO, compiler options, XLA flags and jax version.
+    """
+    configured = jax.config.jax_compilation_cache_dir  # a user's own JAX setting wins over the default
+    if directory is not None:
+        path: str | None = os.fspath(directory)
+    elif configured and COMPILATION_CACHE_ENV not in os.environ:
+        path = configured
+    else:
+        path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if importlib.util.find_spec("filelock") is not None:
+        jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
+    cc.reset_cache()  # a process that compiled before this call would otherwise keep the cache off
+    return path

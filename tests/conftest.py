@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the command-line tools keep compiled programs on disk; tests that want that turn it on themselves
+os.environ.setdefault("CANDLEJAX_COMPILATION_CACHE", "0")
 
 import candlejax
 

@@ -12,7 +12,9 @@
     candlejax demo                                           # = python -m candlejax.demo
 
 User errors (a candlejax error, a missing file, a bad value) print one line on stderr and exit 1;
-``--debug`` shows the traceback.
+``--debug`` shows the traceback. Compiled programs are kept on disk for the next run
+(:func:`candlejax.xla.enable_compilation_cache`; ``CANDLEJAX_COMPILATION_CACHE=0`` turns that off,
+``CANDLEJAX_COMPILATION_CACHE=DIR`` moves it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from candlejax import errors
+from candlejax.xla import enable_compilation_cache
 
 #: sub-command -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
 _COMMANDS = {
@@ -58,6 +61,7 @@ def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "candlejax") -> int:
     """Run one sub-command; returns the exit status."""
     args = parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    enable_compilation_cache()  # programs compiled by an earlier run load from disk
     try:
         if args.command == "demo":
             rest = [a for a in args.rest if a != "--"]

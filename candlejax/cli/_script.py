@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from candlejax import errors
 from candlejax.cli.generate import _count as count
 from candlejax.cli.generate import _number as number
+from candlejax.xla import enable_compilation_cache
 
 __all__ = ["count", "number", "parser", "run_script"]
 
@@ -24,6 +25,7 @@ def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Call
     value prints ``error: ...`` and returns 1 (``--debug`` shows the traceback)."""
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    enable_compilation_cache()
     try:
         return int(run(args) or 0)
     except (errors.Error, OSError, ValueError) as e:

@@ -18,6 +18,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.cli._script import count, parser
+from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "sam_main"]
 
@@ -93,6 +94,7 @@ def sam_main(argv: Sequence[str] | None = None) -> int:
     p = parser("python -m candlejax.models.segment_anything", "Segment Anything masks for an image")
     add_arguments(p)
     args = p.parse_args(argv)
+    enable_compilation_cache()
     try:
         return run(args)
     except errors.Error as e:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from candlejax import errors
+from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "whisper_main"]
 
@@ -89,4 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
 def whisper_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.whisper transcribe FILE ...``."""
-    return run(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    enable_compilation_cache()
+    return run(args)

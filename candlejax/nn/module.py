@@ -344,12 +344,28 @@ for _cls in (Var, Buffer):
 _SCALARS = (int, float, complex, str, bytes, bool, DType, Device, type)
 
 
+def _is_array_like(x: Any) -> bool:
+    """An array, or what JAX puts in an array's place in a tree (``jax.ShapeDtypeStruct``, the
+    ``ArgInfo`` of ``jit(f).lower(...)``, a tracer): anything whose type has ``shape`` and
+    ``dtype``, NumPy scalars excepted (those stay static, as Python numbers do)."""
+    if isinstance(x, (jax.Array, np.ndarray, TensorBase)):
+        return True
+    t = type(x)
+    return hasattr(t, "shape") and hasattr(t, "dtype") and not isinstance(x, np.generic)
+
+
 def _is_dynamic(v: Any) -> bool:
-    """Whether a Module attribute is a pytree child (arrays and what holds them) or static data."""
+    """Whether a Module attribute is a pytree child (arrays and what holds them) or static data.
+
+    The answer depends on the kind of each leaf, never on the leaf being a concrete array, so a
+    tree whose arrays JAX replaced by shape placeholders (``lower``, ``eval_shape``) flattens to
+    the same structure."""
     if v is None or isinstance(v, (Module, TensorBase, jax.Array, np.ndarray)):
         return True  # None too: a tree with some leaves replaced by None keeps the same structure
     if isinstance(v, _SCALARS):
         return False
+    if _is_array_like(v):
+        return True
     if isinstance(v, (list, tuple)):
         return any(_is_dynamic(x) for x in v)
     if isinstance(v, dict):
@@ -364,7 +380,7 @@ def _is_dynamic(v: Any) -> bool:
         if len(_LEAF_TYPES) < 1024:
             _LEAF_TYPES.add(t)  # not a pytree node (a config dataclass, a function): static, decided once per type
         return False
-    return any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+    return any(_is_array_like(x) for x in leaves)
 
 
 # Types that are not pytree nodes (every instance is a single leaf and not an array): static fields.

@@ -104,7 +104,8 @@ class PackedWeight:
         return y.reshape(*lead, self.logical_shape[0])
 
     def __repr__(self) -> str:
-        stack = "" if self.raw is None or self.raw.ndim == 2 else f", layers={self.raw.shape[0]}"
+        shape = getattr(self.raw, "shape", None)  # JAX may put a placeholder in the array's place
+        stack = "" if shape is None or len(shape) != 3 else f", layers={shape[0]}"
         return f"PackedWeight({self.ggml_dtype.name}, shape={list(self.logical_shape)}{stack})"
 
 

@@ -242,6 +242,33 @@ def test_callable_pytree_fields_are_children_not_static():
     assert out.shape == (1, 8)
 
 
+def test_structure_kept_when_jax_replaces_the_arrays():
+    """``jit(f).lower(...).compile()(...)`` compares the call's tree with the lowered one, whose
+    leaves are ``ArgInfo`` placeholders; ``eval_shape`` gives ``ShapeDtypeStruct`` leaves. A pytree
+    field holding arrays (a quantized weight) must stay a child whatever its leaves are."""
+    from candlejax.quantized import GgmlDType, QMatMul, QTensor
+
+    class Head(Module):
+        def __init__(self, proj, lin, scale):
+            self.proj = proj  # a registered pytree (QMatMul) holding arrays
+            self.lin = lin
+            self.scale = scale  # a NumPy scalar: static
+
+        def forward(self, x):
+            return self.lin(self.proj(x)) * float(self.scale)
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 32)).astype(np.float32)
+    lin = Linear(Tensor(rng.standard_normal((4, 8)).astype(np.float32)), None)
+    m = Head(QMatMul.from_qtensor(QTensor.quantize(w, GgmlDType.Q8_0)), lin, np.float32(2.0))
+    x = Tensor(np.ones((1, 32), np.float32))
+    want = np.asarray(m.forward(x).jax)
+    assert jax.tree_util.tree_structure(jax.eval_shape(lambda: m)) == jax.tree_util.tree_structure(m)
+    compiled = jax.jit(lambda mm, xx: mm.forward(xx).jax).lower(m, x).compile()
+    np.testing.assert_allclose(np.asarray(compiled(m, x)), want, rtol=1e-6)
+    assert len(jax.tree_util.tree_leaves(m)) == len(jax.tree_util.tree_leaves(jax.eval_shape(lambda: m)))
+
+
 def test_array_helpers_pass_arrays_and_tracers_through(rng):
     """``as_array`` (with coercion) and ``unwrap`` (without) are the Tensor -> array helpers; a jax
     array or a tracer comes back as it is, so layers take raw arrays under jit / vmap / grad."""

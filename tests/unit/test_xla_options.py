@@ -28,3 +28,65 @@ def test_size_jit_picks_the_program_by_token_count():
     plain_only = xla.SizeJit(f, {}, threshold=8)
     assert plain_only._large is None and plain_only._pick((2.0, large)) is plain_only._plain
     np.testing.assert_allclose(float(plain_only(2.0, large)), 32.0)
+
+
+def test_compilation_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    for off in ("0", "off", "false", "no", ""):
+        monkeypatch.setenv(xla.COMPILATION_CACHE_ENV, off)
+        assert xla.compilation_cache_dir() is None
+        assert xla.enable_compilation_cache() is None  # off: nothing configured
+    monkeypatch.setenv(xla.COMPILATION_CACHE_ENV, str(tmp_path / "here"))
+    assert xla.compilation_cache_dir() == str(tmp_path / "here")
+    monkeypatch.delenv(xla.COMPILATION_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    default = xla.compilation_cache_dir()
+    assert default is not None and default.startswith(str(tmp_path / "xdg" / "candlejax" / "xla"))
+    assert default == xla.compilation_cache_dir()  # one folder per machine kind, stable
+
+
+_CACHED_RUN = """
+import hashlib, logging, sys
+import jax, jax.numpy as jnp, numpy as np
+from candlejax import xla
+jax.config.update("jax_log_compiles", True)  # cache hits are logged at WARNING then
+print("dir", xla.enable_compilation_cache())
+from candlejax.quantized import GgmlDType, QMatMul, QTensor
+w = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+m = QMatMul.from_qtensor(QTensor.quantize(w, GgmlDType.Q4_1))  # the native kernel where it is built
+x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32))
+y = jax.jit(lambda m, x: jnp.tanh(m.forward(x)))(m, x)
+print("out", hashlib.sha256(np.asarray(y).tobytes()).hexdigest())
+"""
+
+
+def test_compiled_programs_load_from_the_cache_in_a_new_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CANDLEJAX_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+
+    def run() -> tuple[str, str]:
+        p = subprocess.run([sys.executable, "-c", _CACHED_RUN], env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout, p.stderr
+
+    out1, err1 = run()
+    assert f"dir {tmp_path / 'cache'}" in out1
+    assert os.listdir(tmp_path / "cache"), "nothing was written to the cache"
+    assert "cache hit" not in err1
+    out2, err2 = run()
+    assert "Persistent compilation cache hit for 'jit__lambda'" in err2
+    assert out1.splitlines()[-1] == out2.splitlines()[-1]  # the same bits from the loaded program
+
+
+def test_the_command_line_tools_turn_the_cache_on(monkeypatch):
+    import pytest
+
+    import candlejax.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "enable_compilation_cache", lambda: calls.append(True))
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--", "--help"])
+    assert calls == [True]
