@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--block", type=int, default=4, help="consecutive calls per implementation and repeat")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds of sleep before each block (lets the previous implementation's threads go idle)")
     ap.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--candle", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--pipelines", action=argparse.BooleanOptionalAction, default=True)
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 fns[shape]()
         for _ in range(args.repeats):
             for name, fns in impls.items():
+                if args.pause:
+                    time.sleep(args.pause)
                 fns[shape]()  # the block's first call: the previous implementation's threads still spin
                 for _ in range(max(1, args.block - 1)):
                     c0, w0 = _cpu(), time.perf_counter()

@@ -19,7 +19,6 @@ defaults.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import os
 import platform
@@ -135,9 +134,6 @@ def trim_heap() -> bool:
 #: environment variable: a directory for the cache of compiled programs, or ``0`` / ``off`` for none
 COMPILATION_CACHE_ENV = "CANDLEJAX_COMPILATION_CACHE"
 
-#: upper bound on the cache's size on disk, where the ``filelock`` package allows eviction
-_CACHE_MAX_BYTES = 1 << 30
-
 
 def _machine_tag() -> str:
     """A short tag of this machine's CPU (model and instruction-set flags) and jax version: code
@@ -181,7 +177,9 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
     ``candlejax`` command-line tools call it. A process that loads its programs never starts the
     LLVM compiler: SmolLM2 Q4_1 generation starts in 0.19 s instead of 0.47 and peaks ~70 MiB
     lower. Like ``jax.config.update("jax_compilation_cache_dir", ...)`` (which it uses); programs
-    are keyed by their HLO, compiler options, XLA flags and jax version.
+    are keyed by their HLO, compiler options, XLA flags and jax version. Nothing is evicted (as
+    JAX's default; a folder made by JAX with eviction off stays readable): the folder can be
+    deleted at any time.
     """
     configured = jax.config.jax_compilation_cache_dir  # a user's own JAX setting wins over the default
     if directory is not None:
@@ -201,7 +199,5 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    if importlib.util.find_spec("filelock") is not None:
-        jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
     cc.reset_cache()  # a process that compiled before this call would otherwise keep the cache off
     return path

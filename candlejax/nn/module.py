@@ -425,8 +425,29 @@ class StaticValue:
         return f"static({self.value!r})"
 
 
+#: static values whose kind can change in place (an empty list that later gets a Module): a
+#: Module holding one as a static field is classified again on every flatten
+_MUTABLE_STATICS = (list, dict, set, bytearray)
+
+
 def _flatten(m: Module) -> tuple[list[Any], Any]:
+    """``(children, (keys, mask, statics))``. The classification of the attributes is kept on the
+    Module (``_tree``: the dynamic keys and the aux data) until an attribute is set or deleted, so
+    a jitted call does not classify every attribute of every layer again, and the same aux objects
+    make jit's tree comparison an identity check."""
     d = m.__dict__
+    try:
+        cached = m._tree
+    except AttributeError:
+        cached = None
+    if cached is not None:
+        n, dynamic = cached.entry
+        if n == len(d):
+            return [d[k] for k in dynamic], cached
+    return _classify(m, d)
+
+
+def _classify(m: Module, d: dict[str, Any]) -> tuple[list[Any], Any]:
     forced = type(m)._static_fields
     children = []
     mask = []
@@ -443,7 +464,19 @@ def _flatten(m: Module) -> tuple[list[Any], Any]:
                 )
             statics.append(StaticValue(v))
             mask.append(False)
-    return children, (tuple(d), tuple(mask), tuple(statics))
+    keys = tuple(d)
+    aux = _Aux((keys, tuple(mask), tuple(statics)))
+    if not any(isinstance(sv.value, _MUTABLE_STATICS) for sv in statics):
+        aux.entry = (len(keys), tuple(k for k, is_dyn in zip(keys, mask) if is_dyn))
+        _set_tree(m, aux)
+    return children, aux
+
+
+class _Aux(tuple):
+    """A Module's pytree aux data ``(keys, mask, statics)`` (compares as the plain tuple), carrying
+    ``entry``: ``(number of attributes, dynamic keys)`` when the classification may be cached."""
+
+    entry: tuple[int, tuple[str, ...]] | None = None
 
 
 def _flatten_with_keys(m: Module) -> tuple[list[Any], Any]:
@@ -455,6 +488,7 @@ def _flatten_with_keys(m: Module) -> tuple[list[Any], Any]:
 
 def _make_unflatten(cls: type) -> Callable[[Any, Any], Any]:
     new = object.__new__
+    set_tree = _set_tree
 
     def unflatten(aux: Any, children: Any) -> Any:
         keys, mask, statics = aux
@@ -464,6 +498,8 @@ def _make_unflatten(cls: type) -> Callable[[Any, Any], Any]:
         si = iter(statics)
         for k, is_dyn in zip(keys, mask):
             d[k] = next(ci) if is_dyn else next(si).value
+        if getattr(aux, "entry", None) is not None:  # the same structure whatever the children are
+            set_tree(obj, aux)
         return obj
 
     return unflatten
@@ -552,6 +588,8 @@ class Module:
     ['w.weight']
     """
 
+    __slots__ = ("__dict__", "__weakref__", "_tree")  # _tree: the cached pytree classification
+
     _static_fields: frozenset[str] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -579,6 +617,17 @@ class Module:
                 if callable(v) and not isinstance(v, (Module, TensorBase, type)):
                     _check_not_transformed(self, f"{name}[{i}]", v)
         object.__setattr__(self, name, value)
+        object.__setattr__(self, "_tree", None)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        object.__setattr__(self, "_tree", None)
+
+    def __getstate__(self) -> dict[str, Any]:  # pickle and copy: the attributes, not the cache
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # --- parameters ------------------------------------------------------------------------------
     def named_vars(self) -> dict[str, Var]:
@@ -651,6 +700,7 @@ class Module:
             if k not in new.__dict__:
                 raise AttributeError(f"{type(self).__name__} has no attribute {k!r}")
             new.__dict__[k] = v
+        object.__setattr__(new, "_tree", None)  # the new values are classified afresh
         return new
 
     def to_dtype(self, dtype: Any) -> Any:
@@ -786,6 +836,7 @@ def _html_body(fields: Any) -> str:
     return "".join(rows)
 
 
+_set_tree = Module.__dict__["_tree"].__set__  # the slot's setter: Module.__setattr__ would reset it
 _register(Module)
 
 

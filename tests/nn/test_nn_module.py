@@ -269,6 +269,45 @@ def test_structure_kept_when_jax_replaces_the_arrays():
     assert len(jax.tree_util.tree_leaves(m)) == len(jax.tree_util.tree_leaves(jax.eval_shape(lambda: m)))
 
 
+def test_cached_classification_follows_attribute_changes():
+    """A Module keeps its pytree classification between flattens; setting, deleting or replacing
+    an attribute, or filling a static list in place, must still be seen."""
+    import copy
+    import pickle
+
+    class Holder(Module):
+        def __init__(self):
+            self.w = Tensor(np.ones((2, 2), np.float32))
+            self.extra = []  # static while empty
+            self.scale = 2
+
+    m = Holder()
+    leaves = jax.tree_util.tree_leaves
+    assert len(leaves(m)) == 1 and len(leaves(m)) == 1  # the second flatten reads the cache
+    m.b = Tensor(np.zeros(2, np.float32))
+    assert len(leaves(m)) == 2
+    del m.b
+    assert len(leaves(m)) == 1
+    m.extra.append(Linear(Tensor(np.ones((3, 2), np.float32)), None))  # in place: no __setattr__
+    assert len(leaves(m)) == 2
+    r = m.replace(w=None)
+    assert len(leaves(r)) == 1 and len(leaves(m)) == 2
+    m.scale = Tensor(np.ones(1, np.float32))  # a static field becomes a child
+    assert len(leaves(m)) == 3
+    c = copy.copy(m)
+    c.scale = 3
+    assert len(leaves(c)) == 2 and len(leaves(m)) == 3
+    lin = Linear(Tensor(np.ones((3, 2), np.float32)), None)
+    leaves(lin)
+    p = pickle.loads(pickle.dumps(lin))
+    assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(lin)
+    p.bias = Tensor(np.zeros(3, np.float32))
+    assert len(leaves(p)) == 2 and len(leaves(lin)) == 1
+    # a tree rebuilt with other leaves keeps the structure (and so does a second flatten of it)
+    filled = jax.tree_util.tree_map(lambda a: "x", m)
+    assert jax.tree_util.tree_structure(filled) == jax.tree_util.tree_structure(m)
+
+
 def test_array_helpers_pass_arrays_and_tracers_through(rng):
     """``as_array`` (with coercion) and ``unwrap`` (without) are the Tensor -> array helpers; a jax
     array or a tracer comes back as it is, so layers take raw arrays under jit / vmap / grad."""
