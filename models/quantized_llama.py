@@ -73,6 +73,7 @@ from candlejax.quantized import (
     QMatMul,
     QTensor,
     aligned_empty,
+    dequantize_np,
     native,
     place_aligned,
     unpack_blocked,
@@ -314,9 +315,9 @@ class ModelWeights(Llama):
             qt = QTensor.from_data(raw, i.ggml_dtype, i.shape, None if mesh is not None else dev)
             return QLinear.from_qmatmul(QMatMul.from_qtensor(qt))
 
-        def vec(name: str) -> np.ndarray:
+        def vec(name: str) -> np.ndarray:  # on the host: no program is compiled to expand a norm weight
             i = info(name)
-            return np.asarray(QTensor.from_data(content.tensor_bytes(name), i.ggml_dtype, i.shape).dequantize().jax)
+            return dequantize_np(np.frombuffer(content.tensor_bytes(name), np.uint8), i.ggml_dtype, tuple(i.shape))
 
         n = cfg.num_hidden_layers
         # q/k/v and gate/up become one product each when their block types agree in every layer

@@ -172,6 +172,12 @@ def prefill_chunks(ids: np.ndarray, padded: int, chunk: int = PREFILL_CHUNK) -> 
             for i in range(0, padded, size)]  # fmt: skip
 
 
+def _scalar(value: Any, dtype: Any) -> jax.Array:
+    """A device scalar made on the host (``jnp.int32(v)`` would compile a conversion program,
+    and every XLA:CPU executable keeps ~3 MiB)."""
+    return jax.device_put(np.asarray(value, dtype))
+
+
 def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
     p = unwrap(prompt_tokens)
     arr = np.asarray(p) if not isinstance(p, jax.Array) else p
@@ -184,7 +190,9 @@ def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
         )
     if arr.shape[1] == 0:
         raise errors.Msg("generate: the prompt is empty; give at least one token (e.g. the BOS id)")
-    return jnp.asarray(arr, dtype=dtype)
+    if isinstance(arr, jax.Array):
+        return arr if arr.dtype == dtype else jnp.asarray(arr, dtype=dtype)
+    return jax.device_put(np.asarray(arr, dtype=dtype))  # a transfer, not a compiled conversion
 
 
 class Generation:
@@ -255,7 +263,7 @@ class Generation:
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
         use_penalty = self.repeat_penalty != 1.0 and self.repeat_last_n > 0
         # the context the penalty sees: earlier turns (if given) + this prompt
-        prompt_list = [int(t) for t in np.asarray(self.prompt[0])]
+        prompt_list = [int(t) for t in np.asarray(self.prompt)[0]]
         self._context = [*(context_tokens or ()), *prompt_list]
 
         self.processor = processor
@@ -333,9 +341,9 @@ class Generation:
         fns = self.fns
         n = max(self.repeat_last_n, 1)
         recent = RecentTokens.create(n, self._context)
-        penalty = jnp.float32(self.repeat_penalty)
-        pos = jnp.int32(self.pos)
-        draw = jnp.int32(self._draw0)
+        penalty = _scalar(self.repeat_penalty, np.float32)
+        pos = _scalar(self.pos, np.int32)
+        draw = _scalar(self._draw0, np.int32)
         params, key = self.params, self._base_key
 
         def step(tok: jax.Array) -> tuple:
@@ -349,7 +357,7 @@ class Generation:
             chunks = self._prefill_chunks()
             for i, (chunk, n) in enumerate(chunks):  # before the last chunk: the sampled token is dropped
                 window = recent if i == len(chunks) - 1 else jax.tree_util.tree_map(jnp.copy, recent)  # (donated)
-                out = fns.fused_padded(params, self.cache, chunk, pos, jnp.int32(n), key, draw, window, penalty)
+                out = fns.fused_padded(params, self.cache, chunk, pos, _scalar(n, np.int32), key, draw, window, penalty)
                 self.cache, pos = out[1], out[3]
                 self.pos += n
             tok, _, recent, pos, draw = out
@@ -397,13 +405,14 @@ class Generation:
         fns = self.fns
         proc: Callable[[Any], int] = self.processor  # type: ignore[assignment]
         context = list(self._context)
-        pos = jnp.int32(self.pos)
+        pos = _scalar(self.pos, np.int32)
         tokens = self.prompt
         t0 = time.perf_counter()
         for i in range(self.max_new_tokens):
             if i == 0 and self.prefill_length > tokens.shape[1]:
                 for chunk, n in self._prefill_chunks():
-                    logits, self.cache, pos = fns.logits_padded(self.params, self.cache, chunk, pos, jnp.int32(n))
+                    length = _scalar(n, np.int32)
+                    logits, self.cache, pos = fns.logits_padded(self.params, self.cache, chunk, pos, length)
                     self.pos += n
             else:
                 logits, self.cache, pos = fns.logits(self.params, self.cache, tokens, pos)

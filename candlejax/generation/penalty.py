@@ -99,7 +99,7 @@ class RecentTokens(NamedTuple):
         last = [int(t) for t in tokens][-n:] if tokens else []
         buf = np.full((n,), -1, dtype=np.int32)
         buf[: len(last)] = last
-        return RecentTokens(jnp.asarray(buf), jnp.asarray(len(last), dtype=jnp.int32))
+        return RecentTokens(jax.device_put(buf), jax.device_put(np.int32(len(last))))  # no eager programs
 
     def push(self, token: Any) -> RecentTokens:
         """Add one token (traced scalar ok), dropping the oldest when full."""

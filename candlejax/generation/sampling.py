@@ -294,7 +294,12 @@ def seed_key(seed: int) -> jax.Array:
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise errors.Msg(f"seed must be in [0, 2**64), got {seed}")
-    k = jax.random.key(seed & 0xFFFFFFFF)
+    if jax.config.jax_default_prng_impl == "threefry2x32":
+        # threefry's seeding of a 32-bit seed is (0, seed): built on the host, so that no program is
+        # compiled for it (every executable costs the process ~3 MiB on XLA:CPU)
+        k = jax.random.wrap_key_data(np.array([0, seed & 0xFFFFFFFF], np.uint32))
+    else:
+        k = jax.random.key(seed & 0xFFFFFFFF)
     return jax.random.fold_in(k, seed >> 32) if seed >> 32 else k
 
 

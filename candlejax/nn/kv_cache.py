@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from candlejax import errors
@@ -350,6 +351,14 @@ class ConcatKvCache(Module):
         return ConcatKvCache(self.dim)
 
 
+def _zeros(shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+    """Zeros on ``device``. Eagerly on a CPU device a zeroed host buffer is placed there: no
+    broadcast program is compiled for the cache's shape (each XLA:CPU executable keeps ~3 MiB)."""
+    if is_eager() and getattr(device, "platform", None) == "cpu":
+        return jax.device_put(np.zeros(shape, dtype), device)
+    return jax.device_put(jnp.zeros(shape, dtype), device)
+
+
 class StackedKvCache(Module):
     """Every layer's keys and values in two preallocated buffers ``k``/``v`` of shape ``(layers, B,
     Hkv, max_seq_len, head_dim)`` (raw arrays: the pytree leaves a jitted step donates).
@@ -375,7 +384,7 @@ class StackedKvCache(Module):
         dt = to_dtype(dtype).np
         shape = (int(num_layers), int(batch), int(num_kv_heads), int(max_seq_len), int(head_dim))
         dev = Device.coerce(device).jax_device
-        return StackedKvCache(jax.device_put(jnp.zeros(shape, dt), dev), jax.device_put(jnp.zeros(shape, dt), dev))
+        return StackedKvCache(_zeros(shape, dt, dev), _zeros(shape, dt, dev))
 
     @property
     def max_seq_len(self) -> int:

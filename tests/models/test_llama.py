@@ -151,6 +151,23 @@ def test_greedy_generation_matches_transformers(pair):
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_generation_compiles_only_its_step_programs(pair, jax_compiles):
+    """Every XLA:CPU executable keeps ~3 MiB of the process: a generation (cache, prompt, key,
+    penalty window, scalars) compiles its prefill and decode programs and nothing else."""
+    _name, _hf, model, _ = pair
+
+    def step_once(params, cache, tokens, pos, last=None):  # a fresh function: nothing cached from other tests
+        return llama.step(params, cache, tokens, pos, last)
+
+    jax_compiles.clear()
+    g = generate(step_once, model, model.new_cache(1, 48), [5, 17, 3, 42, 9], 4, Sampling.ArgMax(),
+                 repeat_penalty=1.1)  # fmt: skip
+    assert len(list(g)) == 4
+    names = [c.split(" with ")[0] for c in jax_compiles]
+    assert len(names) == 2 and all(n.startswith("Compiling jit(fused") for n in names), names
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
 def test_chunked_prefill_matches_transformers_and_compiles_once(pair):
     """Prompts of any length run as 32-token prefill chunks (padded, causally masked); greedy tokens
     equal transformers', also when a second chat turn continues the cache after a padded prefill."""

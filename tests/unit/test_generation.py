@@ -159,6 +159,15 @@ def test_bad_sampling_raises():
         LogitsProcessor(0, 1.0).sample(np.zeros((2, 3), np.float32))
 
 
+
+def test_seed_key_is_jax_random_key_without_compiling(jax_compiles):
+    for seed in (0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1):
+        want = np.asarray(jax.random.key_data(jax.random.key(seed)))
+        jax_compiles.clear()
+        got = np.asarray(jax.random.key_data(seed_key(seed)))
+        assert got.tolist() == want.tolist(), seed
+        assert not [c for c in jax_compiles if "threefry_seed" in c]
+
 def test_seeded_determinism(rng):
     x = rng.normal(size=(40, 50)).astype(np.float32)
     s = Sampling.TopKThenTopP(10, 0.9, 1.2)
