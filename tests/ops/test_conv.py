@@ -207,6 +207,24 @@ def test_pools(rng, k, s):
         check(lambda x: x.max_pool2d_with_stride(k, s), lambda x: F.max_pool2d(x, k, s), [x], rng)
 
 
+@pytest.mark.parametrize("k", [2, (2, 3)])
+def test_max_pool_gradient_goes_to_the_first_maximum_of_tied_windows(rng, k):
+    """Stride = kernel pools take a max over each window's values; with ties (ReLU zeros, rounded
+    values) the gradient still goes to the first maximum only, as PyTorch's; forward mode works."""
+    x = np.maximum(np.round(rng.standard_normal((2, 3, 8, 9)) * 2) / 2, 0).astype(np.float32)
+    c = rng.standard_normal(F.max_pool2d(torch.from_numpy(x), k).shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (F.max_pool2d(xt, k) * torch.from_numpy(c)).sum().backward()
+
+    def f(a):
+        return (T(a).max_pool2d(k).jax * c).sum()
+
+    np.testing.assert_array_equal(np.asarray(jax.grad(f)(jnp.asarray(x))), xt.grad.numpy())
+    tangent = rng.standard_normal(x.shape).astype(np.float32)
+    _, forward = jax.jvp(f, (jnp.asarray(x),), (jnp.asarray(tangent),))
+    np.testing.assert_allclose(float(forward), float((xt.grad.numpy() * tangent).sum()), rtol=1e-5)
+
+
 def test_pools_match_candle_pyo3(rng):
     candle = pytest.importorskip("candle")
     x = randn(rng, 1, 2, 6, 7)
