@@ -195,6 +195,55 @@ def test_conv_transpose_stride_equal_to_kernel(rng, nd, ks, g):
     check(ours, lambda x, k: ref(x, k, stride=stride, groups=g), [x, k], rng)
 
 
+# --- kernel gradients over batch chunks (XLA:CPU) -----------------------------------------------------
+@pytest.mark.parametrize("case", ["plain", "stride-pad", "groups", "1d"])
+def test_large_convolutions_take_kernel_gradients_over_batch_chunks(rng, case):
+    """Convolutions large enough for the chunked kernel gradient: values, input and kernel
+    gradients against torch in float64, forward mode too, and the chunk actually used."""
+    from candlejax.tensor import conv as conv_mod
+
+    groups, stride, pad = (2, 1, 1) if case == "groups" else (1, 2, 0) if case == "stride-pad" else (1, 1, 1)
+    if case == "1d":
+        x, k = randn(rng, 32, 16, 512), randn(rng, 32, 16, 5)
+        ours, ref = (lambda x, k: x.conv1d(k, 2, 1)), (lambda x, k: F.conv1d(x, k, padding=2))
+        params = conv_mod._ConvParams((1,), ((2, 2),), (1,), ("NCH", "OIH", "NCH"), 1)
+    else:
+        x, k = randn(rng, 32, 16, 32, 32), randn(rng, 32, 16 // groups, 3, 3)
+        ours = lambda x, k: x.conv2d(k, pad, stride, 1, groups)  # noqa: E731
+        ref = lambda x, k: F.conv2d(x, k, stride=stride, padding=pad, groups=groups)  # noqa: E731
+        params = conv_mod._ConvParams((stride,) * 2, ((pad, pad),) * 2, (1, 1), ("NCHW", "OIHW", "NCHW"), groups)
+    assert 1 < conv_mod._weight_grad_chunk(x, k, params) < 32
+    check(ours, ref, [x, k], rng, atol=1e-4, rtol=1e-4)
+    # forward mode (jvp) agrees with the reverse-mode gradient
+    cot = rng.standard_normal(np.asarray(ours(T(x), T(k))).shape).astype(np.float32)
+    tx, tk = randn(rng, *x.shape), randn(rng, *k.shape)
+
+    def f(a, b):
+        return jnp.sum(ours(cj.Tensor._wrap(a), cj.Tensor._wrap(b)).jax * cot)
+
+    gx, gk = jax.grad(f, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
+    _, fwd = jax.jvp(f, (jnp.asarray(x), jnp.asarray(k)), (jnp.asarray(tx), jnp.asarray(tk)))
+    want = float(np.sum(np.asarray(gx, np.float64) * tx) + np.sum(np.asarray(gk, np.float64) * tk))
+    np.testing.assert_allclose(float(fwd), want, rtol=1e-3)
+    # only the kernel's gradient (the input a constant), as in training
+    gk_only = jax.grad(lambda b: f(jnp.asarray(x), b))(jnp.asarray(k))
+    np.testing.assert_allclose(np.asarray(gk_only), np.asarray(gk), rtol=1e-5, atol=1e-4)
+
+
+def test_weight_grad_chunk_choice():
+    from candlejax.tensor import conv as conv_mod
+
+    dn = ("NCHW", "OIHW", "NCHW")
+    p = conv_mod._ConvParams((1, 1), ((1, 1), (1, 1)), (1, 1), dn, 1)
+    small = conv_mod._weight_grad_chunk(np.zeros((256, 1, 8, 8)), np.zeros((16, 1, 3, 3)), p)
+    assert small == 256  # a small kernel gradient keeps the one convolution
+    assert conv_mod._weight_grad_chunk(np.zeros((256, 16, 8, 8)), np.zeros((32, 16, 3, 3)), p) == 64
+    assert conv_mod._weight_grad_chunk(np.zeros((64, 64, 32, 32)), np.zeros((64, 64, 3, 3)), p) == 4
+    big = conv_mod._weight_grad_chunk(np.zeros((32, 64, 56, 56)), np.zeros((64, 64, 3, 3)), p)
+    assert big == 2  # at most WEIGHT_GRAD_MAX_CHUNKS chunks
+    assert conv_mod._weight_grad_chunk(np.zeros((7, 64, 56, 56)), np.zeros((64, 64, 3, 3)), p) in (1, 7)
+
+
 # --- pooling ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k,s", [(2, None), ((2, 3), None), (3, 1), ((3, 2), (1, 2))])
 def test_pools(rng, k, s):
