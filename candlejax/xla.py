@@ -179,7 +179,8 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
     lower. Like ``jax.config.update("jax_compilation_cache_dir", ...)`` (which it uses); programs
     are keyed by their HLO, compiler options, XLA flags and jax version. Nothing is evicted (as
     JAX's default; a folder made by JAX with eviction off stays readable): the folder can be
-    deleted at any time.
+    deleted at any time, which also clears an entry left damaged by a process killed while writing
+    it (JAX warns about such an entry and compiles the program again).
     """
     configured = jax.config.jax_compilation_cache_dir  # a user's own JAX setting wins over the default
     if directory is not None:
