@@ -118,28 +118,36 @@ def _plain_conv(x: Any, k: Any, p: _ConvParams) -> Any:
                                     dimension_numbers=p.dn, feature_group_count=p.groups)  # fmt: skip
 
 
-#: On XLA:CPU a convolution's weight gradient runs over chunks of the batch of about this many
-#: output positions each (see :func:`_conv_batch_chunked_grad`)
+#: On XLA:CPU a 2D convolution's kernel gradient runs over batch chunks (see
+#: :func:`_conv_batch_chunked_grad`): for small feature maps (< ``WEIGHT_GRAD_SMALL_MAP`` output
+#: positions) chunks of about ``WEIGHT_GRAD_CHUNK_POSITIONS`` positions, for larger ones the
+#: smallest chunks that keep at most ``WEIGHT_GRAD_MAX_CHUNKS`` convolutions
 WEIGHT_GRAD_CHUNK_POSITIONS = 4096
-#: at most this many chunks (one weight-gradient convolution each in the compiled program)
+WEIGHT_GRAD_SMALL_MAP = 256
 WEIGHT_GRAD_MAX_CHUNKS = 16
-#: weight gradients below this many multiply-adds keep XLA's single convolution
+#: kernel gradients below this many multiply-adds keep XLA's single convolution
 WEIGHT_GRAD_MIN_MACS = 20_000_000
 
 
 def _weight_grad_chunk(x: Any, k: Any, p: _ConvParams) -> int:
-    """The batch chunk for the weight gradient: the divisor of the batch nearest to
-    ``WEIGHT_GRAD_CHUNK_POSITIONS / output positions`` (at most ``WEIGHT_GRAD_MAX_CHUNKS`` chunks),
-    or the whole batch when the gradient is small."""
+    """The batch chunk for a 2D convolution's kernel gradient (the whole batch: no chunking).
+
+    Measured on the 2-core Intel host (kernel gradient alone; docs/performance.md): chunks of ~4,096
+    positions on 8x8 and 14x14 maps, the smallest chunks (1-4 samples) from 16x16 up; 1D
+    convolutions gained or lost depending on the stride, so they keep XLA's form."""
     batch = x.shape[p.dn[0].index("N")]
     spatial = [x.shape[p.dn[0].index(c)] for c in p.dn[0] if c not in "NC"]
+    if len(spatial) != 2 or batch < 2:
+        return batch
     kspatial = [k.shape[p.dn[1].index(c)] for c in p.dn[1] if c not in "OI"]
     dims = zip(spatial, kspatial, p.padding, p.stride, p.dilation)
     positions = math.prod(max(1, _conv_out(n, kk, lo, st, d)) for n, kk, (lo, _), st, d in dims)
-    if batch < 2 or batch * positions * math.prod(k.shape) < WEIGHT_GRAD_MIN_MACS:
+    if batch * positions * math.prod(k.shape) < WEIGHT_GRAD_MIN_MACS:
         return batch
-    want = max(1, WEIGHT_GRAD_CHUNK_POSITIONS // positions)
     fits = [c for c in range(1, batch + 1) if batch % c == 0 and batch // c <= WEIGHT_GRAD_MAX_CHUNKS]
+    if positions >= WEIGHT_GRAD_SMALL_MAP:
+        return fits[0]
+    want = max(1, WEIGHT_GRAD_CHUNK_POSITIONS // positions)
     return min(fits, key=lambda c: (abs(math.log(c / want)), -c))
 
 
@@ -148,8 +156,8 @@ def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int) -> Any:
     """A convolution whose kernel derivative is the sum of the batch chunks' (``chunk`` samples
     each). Values and the input derivative are the plain convolution's. XLA:CPU computes a
     kernel gradient over a large batch as one convolution with the batch as contraction, 1.5-3x
-    slower than over a few chunks (the digits CNN at batch 256: 2.9 -> 1.8 ms; 64x64 channels at
-    32x32, batch 64: 152 -> 45 ms; ResNet's 7x7 stem at batch 16: 145 -> 60 ms)."""
+    slower than over a few chunks (the digits CNN at batch 256: 3.2 -> 1.9 ms; 64 -> 64 channels
+    at 32x32, batch 64: 149 -> 42 ms; ResNet's 7x7 stem at batch 16: 150 -> 62 ms)."""
     return _plain_conv(x, k, p)
 
 
