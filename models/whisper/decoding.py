@@ -245,10 +245,11 @@ class Decoder:
                 state = state.with_position(c0)
             h, state = prefill_jit(dec, state, ids[:, c0 : c0 + chunk])
             for i in (sot_index, sample_begin - 1):
-                if c0 <= i < c0 + chunk:
-                    rows[i] = h.jax[:, i - c0]
+                if c0 <= i < c0 + chunk:  # on the host: no eager slice / stack programs
+                    rows[i] = np.asarray(h.jax)[:, i - c0]
         state = state.with_position(sample_begin)  # the padding slots are masked out and overwritten
-        lg = np.asarray(dec.final_linear(Tensor.from_jax(jnp.stack([rows[sot_index], rows[sample_begin - 1]], 1))))[0]
+        two = np.stack([rows[sot_index], rows[sample_begin - 1]], 1)
+        lg = np.asarray(dec.final_linear(Tensor.from_jax(jax.device_put(two))))[0]
         probs = np.exp(_log_softmax(lg[0].astype(np.float64)))
         no_speech = float(probs[tok.no_speech]) if tok.no_speech is not None else 0.0
         cur = lg[1]
