@@ -99,7 +99,10 @@ def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], 
             and on_cpu):  # fmt: skip
         return _depthwise_shifted(x, k, padding, stride, dilation)
     params = _ConvParams(stride, tuple((p, p) for p in padding), dilation, dn, groups)
-    chunk = _weight_grad_chunk(x, k, params) if on_cpu else x.shape[dn[0].index("N")]
+    # one device only: on a mesh the batch is split over devices already, and slicing it into
+    # chunks makes the partitioner move data (2 simulated devices, digits CNN: 191 -> 156 steps/s)
+    single = on_cpu and jax.device_count() == 1
+    chunk = _weight_grad_chunk(x, k, params) if single else x.shape[dn[0].index("N")]
     if chunk < x.shape[dn[0].index("N")]:
         return _conv_batch_chunked_grad(x, k, params, chunk)
     return _plain_conv(x, k, params)
