@@ -159,6 +159,7 @@ def test_generation_compiles_only_its_step_programs(pair, jax_compiles):
     def step_once(params, cache, tokens, pos, last=None):  # a fresh function: nothing cached from other tests
         return llama.step(params, cache, tokens, pos, last)
 
+    jax.clear_caches()  # the eager helpers a generation might compile may be cached by earlier tests
     jax_compiles.clear()
     g = generate(step_once, model, model.new_cache(1, 48), [5, 17, 3, 42, 9], 4, Sampling.ArgMax(),
                  repeat_penalty=1.1)  # fmt: skip
