@@ -9,7 +9,11 @@ bare runtime (jax imported, one op run) before the model is loaded. candlejax ru
 ``candlejax.generation.generate`` (greedy on the device, donated cache). ``candlejax-cached`` is
 the same with the on-disk cache of compiled programs the ``candlejax`` command line uses
 (:func:`candlejax.xla.enable_compilation_cache`): one untimed process fills a fresh cache first, so
-every timed round loads its programs as a second run of the CLI does.
+every timed round loads its programs as a second run of the CLI does. ``candlejax-compile-first``
+is the ``candlejax generate`` command's order without that cache: the model's shapes from the GGUF
+(``abstract=True``), both programs compiled (:func:`candlejax.generation.compile_generation`), the
+heap trimmed, then the weights loaded (its decode-compile column is both programs' compile time);
+``candlejax-compile-first-cached`` is that order with the cache (the CLI's second run).
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -60,7 +64,8 @@ def _rss_now_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir: str | None = None) -> dict:
+def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir: str | None = None,
+                  compile_first: bool = False) -> dict:  # fmt: skip
     import jax
     import jax.numpy as jnp
 
@@ -70,14 +75,28 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         enable_compilation_cache(cache_dir)
 
     from candlejax import Device
-    from candlejax.generation import Sampling, generate
+    from candlejax.generation import Sampling, compile_generation, generate
     from candlejax.models import llama, quantized_llama
     from candlejax.quantized import native
+    from candlejax.xla import trim_heap
 
     jnp.zeros(4).block_until_ready()
     base_rss = _rss_now_mib()  # jax imported, one op run
+    tokenizer, compile_s = None, float("nan")
+    if compile_first:  # the `candlejax generate` order: compile on the shapes, then load
+        shapes = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize,
+                                                        layers=layers, abstract=True)  # fmt: skip
+        ids = shapes.tokenizer.encode(PROMPT)
+        size = len(ids) + n + 1
+        t = time.perf_counter()
+        compile_generation(llama.step, shapes, shapes.new_cache(1, size), ids, n, Sampling.ArgMax())
+        compile_s = time.perf_counter() - t
+        tokenizer = shapes.tokenizer
+        del shapes
+        trim_heap()
     t0 = time.perf_counter()
-    model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers)
+    model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers,
+                                                   tokenizer=tokenizer)  # fmt: skip
     load_s = time.perf_counter() - t0
     ids = model.tokenizer.encode(PROMPT)
     size = len(ids) + n + 1
@@ -89,21 +108,23 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         if i in (16, n - 1):
             rss.append((stamps[-1], _rss_now_mib()))
     peak_rss = _rss_mib()
-    # decode-step compile time, measured on its own after the run (so that it does not add to the
-    # peak RSS of the user path; jit caches per function object, so this compiles again)
-    step = jax.jit(llama.step, donate_argnums=1)
-    t = time.perf_counter()
-    step.lower(model, jax.eval_shape(lambda: model.new_cache(1, size)), jnp.zeros((1, 1), jnp.uint32),
-               jnp.int32(0)).compile()  # fmt: skip
-    compile_s = time.perf_counter() - t
-    del step
+    if not compile_first:
+        # decode-step compile time, measured on its own after the run (so that it does not add to the
+        # peak RSS of the user path; jit caches per function object, so this compiles again)
+        step = jax.jit(llama.step, donate_argnums=1)
+        t = time.perf_counter()
+        step.lower(model, jax.eval_shape(lambda: model.new_cache(1, size)), jnp.zeros((1, 1), jnp.uint32),
+                   jnp.int32(0)).compile()  # fmt: skip
+        compile_s = time.perf_counter() - t
+        del step
     ttft = stamps[1] - stamps[0]
     times = [b - a for a, b in itertools.pairwise(stamps[2:])]  # from the 2nd decode step (the 1st compiles)
     growth = (rss[-1][1] - rss[0][1]) / ((rss[-1][0] - rss[0][0]) / 60) if len(rss) == 2 else float("nan")
     return {
         "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else
                                " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)")
-        + (", programs from the compilation cache" if cache_dir else ""),
+        + (", programs from the compilation cache" if cache_dir else "")
+        + (", compiled before loading" if compile_first else ""),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": peak_rss, "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
@@ -180,9 +201,9 @@ def run_llama_cpp(n: int) -> dict:
 
 
 def _child(args: argparse.Namespace) -> None:
-    if args.child in ("candlejax", "candlejax-cached"):
-        cache = os.environ["BENCH_XLA_CACHE"] if args.child == "candlejax-cached" else None
-        res = run_candlejax(args.n, args.dequantize, args.layers, cache)
+    if args.child.startswith("candlejax"):
+        cache = os.environ["BENCH_XLA_CACHE"] if args.child.endswith("-cached") else None
+        res = run_candlejax(args.n, args.dequantize, args.layers, cache, compile_first="compile-first" in args.child)
     elif args.child == "transformers":
         res = run_transformers(args.n)
     else:
@@ -250,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--layers", args.layers]
         return cmd
 
-    if "candlejax-cached" in engines:  # fill the cache once, untimed
-        subprocess.run(command("candlejax-cached"), capture_output=True, text=True, env=env, check=True)
+    for eng in engines:  # fill the cache once, untimed
+        if eng.endswith("-cached"):
+            subprocess.run(command(eng), capture_output=True, text=True, env=env, check=True)
     for _ in range(args.rounds):
         for eng in engines:
             r = subprocess.run(command(eng), capture_output=True, text=True, env=env)
@@ -277,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {ok[0]['engine']} | {med('decode_tok_s'):.1f} | {per} | {med('ttft_s'):.2f} | {med('compile_s'):.1f}"
               f" | {med('load_s'):.1f} | {med('peak_rss_mib'):.0f} | {growth:.1f} |")
     lc = [r for r in runs.get("llama-cpp", []) if "skipped" not in r]
-    for name in ("candlejax", "candlejax-cached"):
+    for name in [e for e in runs if e.startswith("candlejax")]:
         cj = [r for r in runs.get(name, []) if "skipped" not in r]
         if cj and lc:
             ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(cj, lc)]

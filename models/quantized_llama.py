@@ -234,7 +234,7 @@ class ModelWeights(Llama):
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, dequantize: str | None = None,
                   layers: str | None = None, strict: bool = True, mesh: Any = None,
-                  rules: Any = None) -> ModelWeights:  # fmt: skip
+                  rules: Any = None, *, abstract: bool = False, tokenizer: Any = None) -> ModelWeights:  # fmt: skip
         """Load a GGUF file (``general.architecture`` ``llama`` or a LLaMA-shaped family).
 
         ``dequantize`` (default: from ``CANDLE_DEQUANTIZE_ALL=1`` / ``CANDLE_DEQUANTIZE_ALL_F16=1``,
@@ -252,12 +252,20 @@ class ModelWeights(Llama):
         output and down projections split by input columns on block boundaries; embeddings and
         norms replicated); ``device`` is then unused. A mesh that does not fit raises
         :class:`candlejax.distributed.ShardingError` naming the GGUF tensor, before any is read.
+
+        ``abstract=True``: the same model with ``jax.ShapeDtypeStruct`` weights (shape, dtype and
+        the device they will be placed on; no weight is loaded, the rotary table and tokenizer are
+        real), for compiling the programs before the weights take memory
+        (:func:`candlejax.generation.compile_generation`; like ``jax.eval_shape``). ``tokenizer``:
+        attach this :class:`~candlejax.tokenizer.Tokenizer` instead of building the file's (e.g.
+        the abstract model's, so that it is built once).
         """
         from candlejax.io.gguf import Content
 
         content = Content.read(os.fspath(path))
         try:
-            return ModelWeights.from_content(content, device, dequantize, layers, strict, mesh, rules)
+            return ModelWeights.from_content(content, device, dequantize, layers, strict, mesh, rules,
+                                             abstract=abstract, tokenizer=tokenizer)  # fmt: skip
         finally:
             content.close()
             del content
@@ -265,8 +273,10 @@ class ModelWeights(Llama):
 
     @staticmethod
     def from_content(content: Any, device: Any = None, dequantize: str | None = None, layers: str | None = None,
-                     strict: bool = True, mesh: Any = None, rules: Any = None) -> ModelWeights:  # fmt: skip
-        """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it)."""
+                     strict: bool = True, mesh: Any = None, rules: Any = None, *, abstract: bool = False,
+                     tokenizer: Any = None) -> ModelWeights:  # fmt: skip
+        """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it;
+        ``abstract`` and ``tokenizer`` as :meth:`from_gguf`)."""
         if dequantize is None:
             env = os.environ.get
             dequantize = (
@@ -278,9 +288,11 @@ class ModelWeights(Llama):
 
         dev = Device.coerce(device)
         cfg = config_from_gguf(content)
-        # the tokenizer first: the garbage of building it is freed before the weights fill the heap
-        tokenizer = _tokenizer(content)
-        trim_heap()
+        if abstract and mesh is not None:
+            raise errors.Msg("ModelWeights.from_gguf: abstract=True does not take a mesh; load on one device")
+        if tokenizer is None:  # first: the garbage of building it is freed before the weights fill the heap
+            tokenizer = _tokenizer(content)
+            trim_heap()
         infos = content.tensor_infos
         read: set[str] = set()
         if layers is None:
@@ -291,7 +303,11 @@ class ModelWeights(Llama):
         if mesh is not None:  # host leaves below, placed on the mesh at the end
             rules = _check_mesh(content, cfg, mesh, rules, stack, dequantize)
 
+        sharding = jax.sharding.SingleDeviceSharding(dev.jax_device)
+
         def put(tree: Any) -> Any:
+            if abstract:
+                return _shapes(tree, dev)
             return tree if mesh is not None else _to_device(tree, dev)
 
         def info(name: str) -> Any:
@@ -304,6 +320,8 @@ class ModelWeights(Llama):
             i = info(name)
             if dequantize is None and len(i.shape) == 2:  # these copy what they keep: read the mapped bytes
                 if i.ggml_dtype in PACKED_TYPES and native.available() and mesh is None:
+                    if abstract:  # the shape alone: nothing is read
+                        return QLinear(PackedWeight.placeholder(i.ggml_dtype, tuple(i.shape), sharding))
                     return QLinear(PackedWeight.from_raw(content.tensor_view(name), i.ggml_dtype, tuple(i.shape)))
                 if i.ggml_dtype in BLOCKED_TYPES:
                     q, scale, offset = unpack_blocked(content.tensor_view(name), i.ggml_dtype, tuple(i.shape))
@@ -355,6 +373,10 @@ class ModelWeights(Llama):
             names += [k for k in _FUSED if fused[k]]
             stacked = {}
             for name in names:
+                if abstract:  # every layer's part has layer 0's shapes (_stackable)
+                    stacked[name] = _shapes(part(0, name), dev, lead=n)
+                    read.update(re.sub(r"^blk\.0\.", f"blk.{i}.", nm) for nm in list(read) for i in range(1, n))
+                    continue
                 stacked[name] = _stack(n, lambda i, nm=name: part(i, nm), None if mesh is not None else dev,
                                        lambda: _release_pages(content))  # fmt: skip
             blocks: Any = block(stacked.__getitem__)
@@ -411,6 +433,20 @@ def _tokenizer(content: Any) -> Any:
         warnings.warn(f"quantized_llama: {why}; the model loads without a tokenizer", stacklevel=4)
         return why
     return Tokenizer.from_gguf_metadata(content.metadata, content.path)
+
+
+def _shapes(tree: Any, dev: Device, lead: int | None = None) -> Any:
+    """``tree`` with a ``jax.ShapeDtypeStruct`` for each array: the shape (after ``lead`` stacked
+    layers, if given), dtype and committed placement on ``dev`` that :func:`_to_device` gives."""
+    sharding = jax.sharding.SingleDeviceSharding(dev.jax_device)
+
+    def spec(a: Any) -> Any:
+        if not isinstance(a, np.ndarray | jax.Array | jax.ShapeDtypeStruct):
+            return a
+        shape = a.shape if lead is None else (lead, *a.shape)
+        return jax.ShapeDtypeStruct(shape, a.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(spec, tree)
 
 
 def _to_device(tree: Any, dev: Device) -> Any:
@@ -494,6 +530,8 @@ def _concat(parts: list[QLinear]) -> QLinear:
                                for p in parts])  # fmt: skip
     if isinstance(ws[0], PackedWeight):
         rows = sum(w.shape[0] for w in ws)
+        if isinstance(ws[0].raw, jax.ShapeDtypeStruct):  # an abstract load
+            return QLinear(PackedWeight.placeholder(ws[0].ggml_dtype, (rows, ws[0].shape[1]), ws[0].raw.sharding), bias)
         return QLinear(PackedWeight(np.concatenate([w.raw for w in ws]), ws[0].ggml_dtype, (rows, ws[0].shape[1])),
                        bias)  # fmt: skip
     if isinstance(ws[0], BlockedWeight):

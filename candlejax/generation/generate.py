@@ -318,6 +318,50 @@ class Generation:
         head = [] if self.pending_token is None else [self.pending_token]
         return [*head, *(int(t) for t in new_tokens)]
 
+    def compile(self) -> list[Any]:
+        """Compile, without running them, the programs that iterating this generation runs (its
+        prefill and decode step) and return them (``jax.stages.Compiled``); the same setup later
+        reuses them. ``params`` and ``cache`` may hold ``jax.ShapeDtypeStruct`` leaves that carry
+        the placement the real arrays will have (``ModelWeights.from_gguf(path, abstract=True)``),
+        so the programs can be compiled before the weights are loaded and the compiler's
+        transient memory is spent before the weights take theirs. JAX: ``jit(f).lower(...).compile()``."""
+        if self.max_new_tokens <= 0:
+            return []
+        fns = self.fns
+        params, cache = self.params, self.cache
+        pos = _scalar(self.pos, np.int32)
+        padded = self.prefill_length > self.prompt.shape[1]
+        chunks = self._prefill_chunks() if padded else []
+        programs: list[Any] = []
+
+        def add(fn: Any, *args: Any) -> Any:
+            programs.append(fn.lower(*args).compile())
+            return _specs(programs[-1].out_info)
+
+        if self._fused:
+            recent = RecentTokens.create(max(self.repeat_last_n, 1), self._context)
+            penalty = _scalar(self.repeat_penalty, np.float32)
+            draw = _scalar(self._draw0, np.int32)
+            key = self._base_key
+            if padded:  # every chunk has the same shapes and host-made arguments: one program
+                first, n = chunks[0]
+                out = add(fns.fused_padded, params, cache, first, pos, _scalar(n, np.int32), key, draw, recent, penalty)
+            else:
+                out = add(fns.fused, params, cache, self.prompt, pos, key, draw, recent, penalty)
+            if self.max_new_tokens > 1:
+                tok, cache, recent, pos, draw = out
+                add(fns.fused, params, cache, tok, pos, key, draw, recent, penalty)
+        else:
+            if padded:
+                first, n = chunks[0]
+                out = add(fns.logits_padded, params, cache, first, pos, _scalar(n, np.int32))
+            else:
+                out = add(fns.logits, params, cache, self.prompt, pos)
+            if self.max_new_tokens > 1:
+                _, cache, pos = out
+                add(fns.logits, params, cache, np.zeros((1, 1), self.prompt.dtype), pos)
+        return programs
+
     # --- the loops -------------------------------------------------------------------------------
     def _prefill_chunks(self) -> list[tuple[Any, int]]:
         return prefill_chunks(np.asarray(self.prompt), self.prefill_length)
@@ -339,8 +383,8 @@ class Generation:
 
     def _run_fused(self) -> Iterator[int]:
         fns = self.fns
-        n = max(self.repeat_last_n, 1)
-        recent = RecentTokens.create(n, self._context)
+        n_recent = max(self.repeat_last_n, 1)
+        recent = RecentTokens.create(n_recent, self._context)
         penalty = _scalar(self.repeat_penalty, np.float32)
         pos = _scalar(self.pos, np.int32)
         draw = _scalar(self._draw0, np.int32)
@@ -356,9 +400,13 @@ class Generation:
         if self.prefill_length > self.prompt.shape[1]:
             chunks = self._prefill_chunks()
             for i, (chunk, n) in enumerate(chunks):  # before the last chunk: the sampled token is dropped
-                window = recent if i == len(chunks) - 1 else jax.tree_util.tree_map(jnp.copy, recent)  # (donated)
-                out = fns.fused_padded(params, self.cache, chunk, pos, _scalar(n, np.int32), key, draw, window, penalty)
-                self.cache, pos = out[1], out[3]
+                # every chunk gets host-made arguments (a fresh window, since it is donated, and its
+                # position): arrays a program returned are committed to their device, and mixing the
+                # two kinds would compile a second prefill program
+                window = recent if i == len(chunks) - 1 else RecentTokens.create(n_recent, self._context)
+                at = _scalar(self.pos, np.int32)
+                out = fns.fused_padded(params, self.cache, chunk, at, _scalar(n, np.int32), key, draw, window, penalty)
+                self.cache = out[1]
                 self.pos += n
             tok, _, recent, pos, draw = out
         else:
@@ -410,9 +458,10 @@ class Generation:
         t0 = time.perf_counter()
         for i in range(self.max_new_tokens):
             if i == 0 and self.prefill_length > tokens.shape[1]:
-                for chunk, n in self._prefill_chunks():
+                for chunk, n in self._prefill_chunks():  # host-made positions, as in _run_fused
                     length = _scalar(n, np.int32)
-                    logits, self.cache, pos = fns.logits_padded(self.params, self.cache, chunk, pos, length)
+                    at = _scalar(self.pos, np.int32)
+                    logits, self.cache, pos = fns.logits_padded(self.params, self.cache, chunk, at, length)
                     self.pos += n
             else:
                 logits, self.cache, pos = fns.logits(self.params, self.cache, tokens, pos)
@@ -442,6 +491,35 @@ class Generation:
                 return
             tokens = jnp.asarray([[t]], dtype=self.prompt.dtype)
         self.finish_reason = "length"
+
+
+def _specs(tree: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` placeholders (shape, dtype, sharding) for a compiled program's outputs."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+
+
+def compile_generation(
+    step_fn: StepFn,
+    params: Any,
+    cache: Any,
+    prompt_tokens: Any,
+    max_new_tokens: int,
+    processor: LogitsProcessor | Sampling | Callable[[Any], int] | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Compile the programs ``generate`` with the same arguments runs, without running them
+    (:meth:`Generation.compile`); ``params`` / ``cache`` may be ``jax.ShapeDtypeStruct`` trees.
+
+    Compiling before loading keeps the compiler's transient memory out of the peak::
+
+        shapes = ModelWeights.from_gguf(path, abstract=True)      # no weight loaded
+        compile_generation(llama.step, shapes, shapes.new_cache(1, 256), ids, 128)
+        model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
+        for tok in generate(llama.step, model, model.new_cache(1, 256), ids, 128): ...   # compiles nothing
+    """
+    return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id,
+                      **kwargs).compile()  # fmt: skip
 
 
 def generate(

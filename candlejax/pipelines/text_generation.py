@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from candlejax import errors
-from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, generate
+from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, compile_generation, generate
 
 __all__ = ["TextGeneration", "processor_from", "sampling_from"]
 
@@ -61,13 +61,17 @@ class TextGeneration:
 
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None, mesh: Any = None,
-                  **kw: Any) -> TextGeneration:  # fmt: skip
+                  abstract: bool = False, **kw: Any) -> TextGeneration:  # fmt: skip
+        """``abstract=True``: the model's weights are ``jax.ShapeDtypeStruct`` placeholders
+        (``ModelWeights.from_gguf(..., abstract=True)``): :meth:`compile`, then set ``model`` to the
+        loaded one, keeps the compiler's transient memory out of the process's peak."""
         from candlejax.models import quantized_llama
         from candlejax.tokenizer import load_tokenizer
 
         if not os.path.isfile(path):
             raise errors.Msg(f"no such file: {os.fspath(path)!r}")
-        model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh)  # mesh: tensor-parallel
+        # mesh: tensor-parallel
+        model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh, abstract=abstract)
         return TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
 
     @staticmethod
@@ -101,6 +105,20 @@ class TextGeneration:
         """Forget the conversation: the next call starts a new cache."""
         self.cache, self.pos, self.history, self.generation = None, 0, [], None
         self.messages = []
+
+    def compile(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
+                repeat_last_n: int = 64) -> list[Any]:  # fmt: skip
+        """Compile, without running, the programs :meth:`stream` runs for a new conversation with
+        these arguments (:func:`candlejax.generation.compile_generation`); works on a model loaded
+        with ``abstract=True``, so the programs can be compiled before the weights are loaded."""
+        from candlejax.models import llama
+
+        if len(ids) > self.max_seq_len:
+            raise errors.Msg(f"the prompt ({len(ids)} tokens) does not fit the cache of {self.max_seq_len} positions")
+        cache = self.model.new_cache(1, self.max_seq_len)
+        return compile_generation(llama.step, self.model, cache, ids, max_new_tokens, processor,
+                                  self.eos_token_ids or None, repeat_penalty=repeat_penalty,
+                                  repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                repeat_last_n: int = 64, continue_cache: bool = False) -> Iterator[str]:  # fmt: skip

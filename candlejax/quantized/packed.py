@@ -36,15 +36,27 @@ class PackedWeight:
         self.raw, self.ggml_dtype, self.logical_shape, self.layer = raw, ggml_dtype, tuple(shape), layer
 
     @staticmethod
-    def from_raw(raw: Any, dtype: GgmlDType, shape: tuple[int, ...]) -> PackedWeight:
-        """The file's bytes of a 2-D ``shape`` weight (host numpy, placed later)."""
+    def row_bytes(dtype: GgmlDType, shape: tuple[int, ...]) -> int:
+        """Bytes per row of a 2-D ``shape`` weight of block type ``dtype`` (raises for one that cannot be packed)."""
         if dtype not in SUPPORTED:
             names = sorted(d.name for d in SUPPORTED)
             raise errors.UnsupportedDTypeForOp(dtype.name, "PackedWeight", f"supported: {names}")
         if len(shape) != 2 or shape[1] % dtype.block_size():
             raise errors.Msg(f"PackedWeight: {dtype.name} weight must be 2-D with in-features a multiple of 32,"
                              f" got {errors.fmt_shape(shape)}")  # fmt: skip
-        row = shape[1] // dtype.block_size() * dtype.type_size()
+        return shape[1] // dtype.block_size() * dtype.type_size()
+
+    @staticmethod
+    def placeholder(dtype: GgmlDType, shape: tuple[int, ...], sharding: Any = None) -> PackedWeight:
+        """A stand-in whose bytes are a ``jax.ShapeDtypeStruct`` (for compiling before loading)."""
+        row = PackedWeight.row_bytes(dtype, shape)
+        raw = jax.ShapeDtypeStruct((shape[0], row), np.uint8, sharding=sharding)
+        return PackedWeight(raw, dtype, (shape[0], shape[1]))
+
+    @staticmethod
+    def from_raw(raw: Any, dtype: GgmlDType, shape: tuple[int, ...]) -> PackedWeight:
+        """The file's bytes of a 2-D ``shape`` weight (host numpy, placed later)."""
+        row = PackedWeight.row_bytes(dtype, shape)
         a = np.asarray(raw, np.uint8)
         if a.size != shape[0] * row:
             raise errors.Msg(f"PackedWeight: {a.size} bytes for a {dtype.name} {errors.fmt_shape(shape)} weight,"

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from candlejax import Device  # noqa: E402
-from candlejax.generation import Sampling, generate  # noqa: E402
+from candlejax.generation import Sampling, compile_generation, generate  # noqa: E402
 from candlejax.models import llama, quantized_llama  # noqa: E402
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,6 +119,66 @@ def test_stateful_forward_loop_matches_generate(ours):
     ref = list(generate(llama.step, ours, ours.new_cache(1, 64), ids, 4, Sampling.ArgMax()))
     assert out == ref
     assert ours.tokenizer.decode(out).strip().startswith("Paris")
+
+
+def _same_placeholders(shapes, model) -> None:
+    """``shapes`` (an abstract load) has ``model``'s tree, and a placeholder for each of its arrays
+    with the same shape, dtype and placement."""
+    a, b = jax.tree_util.tree_flatten(shapes), jax.tree_util.tree_flatten(model)
+    assert a[1] == b[1]
+    assert any(isinstance(x, jax.ShapeDtypeStruct) for x in a[0])
+    for x, y in zip(a[0], b[0], strict=True):
+        assert (x.shape, x.dtype) == (y.shape, y.dtype)
+        if isinstance(x, jax.ShapeDtypeStruct):
+            assert x.sharding == y.sharding and y.committed
+        assert isinstance(x, jax.ShapeDtypeStruct) or x.size < 1000  # only the rotary table is real
+
+
+def test_programs_compiled_on_the_abstract_model_serve_the_loaded_one(ours, jax_compiles):
+    """``from_gguf(abstract=True)`` + ``compile_generation`` compile what a generation with the
+    loaded weights runs: that generation compiles nothing and gives the usual greedy tokens."""
+    path = os.path.join(DIR, NAME)
+    shapes = quantized_llama.ModelWeights.from_gguf(path, Device.Cpu, abstract=True)
+
+    def step_fresh(params, cache, tokens, pos, last=None):  # nothing compiled for it by other tests
+        return llama.step(params, cache, tokens, pos, last)
+
+    ids = shapes.tokenizer.encode(PROMPTS[1] * 6)  # > 32 tokens: two prefill chunks
+    assert len(ids) > 32
+    kw = {"repeat_penalty": 1.1}
+    jax_compiles.clear()
+    programs = compile_generation(step_fresh, shapes, shapes.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw)
+    assert len(programs) == 2 and len(jax_compiles) == 2  # one prefill program for both chunks, one decode step
+    model = quantized_llama.ModelWeights.from_gguf(path, Device.Cpu, tokenizer=shapes.tokenizer)
+    assert model.tokenizer is shapes.tokenizer
+    _same_placeholders(shapes, model)
+    jax_compiles.clear()
+    got = list(generate(step_fresh, model, model.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw))
+    assert jax_compiles == []
+    assert got == list(generate(llama.step, ours, ours.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw))
+
+
+def test_abstract_load_of_an_unrolled_model_and_a_host_processor(tmp_path, jax_compiles):
+    """The unrolled layer loop (a float GGUF) and a host-side processor (the plain-logits programs)."""
+    _write_qwen2_gguf(tmp_path / "q.gguf")
+    shapes = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu, abstract=True)
+    model = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu)
+    _same_placeholders(shapes, model)
+
+    def step_fresh(params, cache, tokens, pos, last=None):
+        return llama.step(params, cache, tokens, pos, last)
+
+    def greedy(row):
+        return int(np.argmax(np.asarray(row.jax)))
+
+    ids = [3, 14, 15, 9, 2]
+    assert len(compile_generation(step_fresh, shapes, shapes.new_cache(1, 48), ids, 5, greedy)) == 2
+    jax_compiles.clear()
+    got = list(generate(step_fresh, model, model.new_cache(1, 48), ids, 5, greedy))
+    assert [c for c in jax_compiles if c.startswith("Compiling jit(plain")] == []  # (the host side's own ops compile)
+    assert got == list(generate(llama.step, model, model.new_cache(1, 48), ids, 5, Sampling.ArgMax()))
+    with pytest.raises(Exception, match="abstract=True does not take a mesh"):
+        quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", abstract=True, mesh=object())
 
 
 def test_place_shares_aligned_host_arrays_and_copies_others():
