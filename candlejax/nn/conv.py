@@ -28,7 +28,7 @@ from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.tensor import unwrap, wrap
-from candlejax.tensor.conv import to_usize2
+from candlejax.tensor.conv import is_patch_conv, to_usize2
 
 __all__ = [
     "Conv1d",
@@ -303,8 +303,13 @@ _HWIO: dict[int, tuple[Any, Any]] = {}  # id(OIHW array) -> (weak ref to it, its
 
 
 def _hwio_eligible(m: Any) -> bool:
-    # the convolutions that run XLA's own kernel (1x1 and depthwise ones take other paths)
-    return isinstance(m, Conv2d) and m.config.groups == 1 and math.prod(m.weight.shape[2:]) > 1
+    # the convolutions that run XLA's own kernel (1x1, depthwise and patch ones take other paths)
+    if not (isinstance(m, Conv2d) and m.config.groups == 1 and math.prod(m.weight.shape[2:]) > 1):
+        return False
+    cfg = m.config
+    pad, st, dil = (to_usize2(v, n, "conv2d", d) for v, n, d in ((cfg.padding, "padding", 0), (cfg.stride, "stride", 1),
+                                                                 (cfg.dilation, "dilation", 1)))  # fmt: skip
+    return not is_patch_conv(tuple(m.weight.shape[2:]), pad, st, dil, cfg.groups)
 
 
 def _conv2ds(module: Any) -> list[Any]:

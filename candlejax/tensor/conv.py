@@ -98,6 +98,8 @@ def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], 
     if (groups > 1 and groups == x.shape[1] == k.shape[0] and k.shape[1] == 1 and taps <= DEPTHWISE_MAX_TAPS
             and on_cpu):  # fmt: skip
         return _depthwise_shifted(x, k, padding, stride, dilation)
+    if on_cpu and is_patch_conv(k.shape[2:], padding, stride, dilation, groups) and dn[0] == "NCHW":
+        return _patch_conv(x, k)
     params = _ConvParams(stride, tuple((p, p) for p in padding), dilation, dn, groups)
     # one device only: on a mesh the batch is split over devices already, and slicing it into
     # chunks makes the partitioner move data (2 simulated devices, digits CNN: 191 -> 156 steps/s)
@@ -181,6 +183,25 @@ def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primals: tuple[Any,
 
 
 _conv_batch_chunked_grad.defjvp(_conv_batch_chunked_grad_jvp, symbolic_zeros=True)
+
+
+def is_patch_conv(kernel: tuple[int, ...], padding: Any, stride: Any, dilation: Any, groups: int) -> bool:
+    """Whether a 2D convolution cuts its input into non-overlapping patches (stride = kernel size,
+    no padding or dilation, one group): a ViT's patch embedding."""
+    return (len(kernel) == 2 and groups == 1 and tuple(stride) == tuple(kernel) and max(kernel) > 1
+            and not any(padding) and set(dilation) == {1})  # fmt: skip
+
+
+def _patch_conv(x: Any, k: Any) -> Any:
+    """A patch embedding (stride = kernel, NCHW) as one product over each patch's pixels: XLA:CPU
+    runs it 1.4-2.4x faster than its convolution (CLIP's 32x32 patches of a 224² image: 3.9 ->
+    1.6 ms; SAM ViT-B's 16x16 of 1024²: 27 -> 17 ms). Rows and columns that do not fill a patch are
+    dropped, as the convolution does."""
+    n, c, h, w = x.shape
+    kh, kw = k.shape[2:]
+    ho, wo = h // kh, w // kw
+    patches = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)
+    return jnp.einsum("nchkwl,ockl->nohw", patches, k, preferred_element_type=x.dtype)
 
 
 def _pointwise(x: Any, k: Any, stride: tuple[int, ...]) -> Any:

@@ -110,6 +110,19 @@ def test_pointwise_conv_matches_torch(rng, nd, s):
     check(ours, lambda x, k: ref(x, k, stride=s), [x, k], rng, jit=True)
 
 
+@pytest.mark.parametrize("size,ks", [((8, 8), (4, 4)), ((9, 11), (3, 2)), ((7, 7), (7, 7))])
+def test_patch_conv_matches_torch(rng, size, ks):
+    """Stride = kernel, no padding (a ViT's patch embedding; rows/columns that do not fill a patch
+    are dropped): one product per patch on XLA:CPU, the convolution's values and gradients."""
+    from candlejax.tensor.conv import is_patch_conv
+
+    assert is_patch_conv(ks, (0, 0), ks, (1, 1), 1) and not is_patch_conv(ks, (1, 1), ks, (1, 1), 1)
+    x, k = randn(rng, 2, 3, *size), randn(rng, 5, 3, *ks)
+    check(lambda x, k: x.conv2d(k, 0, ks, 1, 1), lambda x, k: F.conv2d(x, k, stride=ks), [x, k], rng, jit=True)
+    jaxpr = str(jax.make_jaxpr(lambda x, k: T(x).conv2d(T(k), 0, ks, 1, 1).jax)(x, k))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+
+
 @pytest.mark.parametrize("ks,p,s,d", [((3, 3), 1, 1, 1), ((3, 2), (1, 0), 2, 1), ((3, 3), 2, 1, 2), ((1, 1), 0, 2, 1)])
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_nn_ops_depthwise_conv2d_matches_torch(rng, ks, p, s, d, layout):
