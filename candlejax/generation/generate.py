@@ -1,7 +1,7 @@
 """The generation loop: prefill the prompt in one call, then one compiled decode step per token.
 
 requires: jax, candlejax.generation.sampling / penalty
-provides: ``generate``, ``Generation``, ``DecodeFns``, ``StepFn``
+provides: ``generate``, ``compile_generation``, ``Generation``, ``DecodeFns``, ``StepFn``
 
 A model exposes a pure step ``step_fn(params, cache, tokens, pos) -> (logits, cache)``: ``tokens``
 is ``(B, S)`` (u32 by default), ``pos`` a traced int32 scalar (the position of ``tokens[:, 0]``),
