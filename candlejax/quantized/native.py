@@ -8,7 +8,8 @@ the result equals the dequantised product up to summation order (no Q8 rounding 
 
 :func:`available` says whether the kernel was built and loads; ``CANDLEJAX_NATIVE=0`` turns it off
 (the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
-closest equivalent.
+closest equivalent. :func:`f32_matmul` is the same library's f32 product for few activation rows
+(``nn.Linear`` calls it for at most 48 rows on AVX-512 CPUs).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
 
 TARGET = "candlejax_quantized_matmul"
+#: the f32 product for few activation rows (:func:`f32_matmul`)
+F32_TARGET = "candlejax_f32_matmul"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
 KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3, GgmlDType.Q8_0: 8}
 ISA_NAMES = ("portable", "avx2", "avx512")
@@ -56,6 +59,18 @@ def _library() -> ctypes.CDLL | None:
     lib.candlejax_native_isa.restype = ctypes.c_int
     lib.candlejax_native_set_isa.argtypes = [ctypes.c_int]
     return lib
+
+
+@lru_cache(maxsize=1)
+def _f32_registered() -> bool:
+    lib = _library()
+    if lib is None or not hasattr(lib, "CandlejaxF32Matmul"):  # a library built before the f32 product
+        return False
+    try:
+        jax.ffi.register_ffi_target(F32_TARGET, jax.ffi.pycapsule(lib.CandlejaxF32Matmul), platform="cpu")
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def available() -> bool:
@@ -109,4 +124,24 @@ def matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     return call(x, raw, layer, kind=np.int32(kind))
 
 
-__all__ = ["KINDS", "available", "isa", "matmul", "set_isa"]
+def f32_available() -> bool:
+    """Whether :func:`f32_matmul` can run: the native library loads and has it, on the CPU backend."""
+    return available() and _f32_registered()
+
+
+def f32_matmul(x: Any, w: Any) -> Any:
+    """``x (M, K) f32 @ Wᵀ -> (M, N) f32`` for an f32 weight ``W (N, K)`` (PyTorch's Linear layout).
+
+    Meant for few rows (a single sentence's tokens, a decode step): each weight row is read once and
+    multiplied with the rows held in cache. Equal to ``x @ W.T`` up to summation order. No
+    derivative of its own (``nn.Linear`` wraps it in one that uses XLA's products)."""
+    if not f32_available():
+        raise errors.Msg("the native f32 product is not available (not built, or CANDLEJAX_NATIVE=0)")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1] or x.dtype != jnp.float32 or w.dtype != jnp.float32:
+        raise errors.Msg(f"native.f32_matmul: x must be (M, K) and w (N, K), both f32, got {tuple(x.shape)} "
+                         f"{x.dtype} and {tuple(w.shape)} {w.dtype}")  # fmt: skip
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call(F32_TARGET, out, vmap_method="sequential")(x, w)
+
+
+__all__ = ["KINDS", "available", "f32_available", "f32_matmul", "isa", "matmul", "set_isa"]

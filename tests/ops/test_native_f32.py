@@ -1,0 +1,95 @@
+"""The native few-row f32 product (candlejax.quantized.native.f32_matmul) and nn.Linear's use of it,
+against float64 numpy and torch."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+from candlejax.quantized import native
+
+torch = pytest.importorskip("torch")
+
+linear_mod = importlib.import_module("candlejax.nn.linear")  # (candlejax.nn.linear is also a function)
+needs_f32 = pytest.mark.skipif(not native.f32_available(), reason="native kernel not built on this platform")
+
+
+@needs_f32
+@pytest.mark.parametrize("m,k,n", [(1, 64, 64), (3, 17, 5), (5, 100, 37), (16, 384, 1536), (17, 257, 130),
+                                   (48, 96, 4)])  # fmt: skip
+def test_f32_matmul_matches_float64_on_every_instruction_set(rng, m, k, n):
+    """Tails of K (masked loads), of N (groups of four weight rows) and of M (blocks of four rows)."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    f = jax.jit(native.f32_matmul)
+    have = native.ISA_NAMES.index(native.isa())
+    try:
+        for isa in native.ISA_NAMES[: have + 1]:
+            native.set_isa(isa)
+            y = np.asarray(f(x, w))
+            assert y.shape == (m, n) and y.dtype == np.float32
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=isa)
+    finally:
+        native.set_isa(None)
+
+
+@needs_f32
+def test_f32_matmul_rejects_other_shapes_and_dtypes():
+    x = jnp.ones((2, 8), jnp.float32)
+    with pytest.raises(errors.Error, match=r"x must be \(M, K\) and w \(N, K\)"):
+        native.f32_matmul(x, jnp.ones((3, 9), jnp.float32))
+    with pytest.raises(errors.Error, match="both f32"):
+        native.f32_matmul(x.astype(jnp.bfloat16), jnp.ones((3, 8), jnp.bfloat16))
+
+
+def _calls_native(fn, *args) -> bool:
+    return native.F32_TARGET in str(jax.jit(fn).lower(*args).as_text())
+
+
+@needs_f32
+@pytest.mark.parametrize("shape", [(1, 384), (2, 8, 384), (48, 384)])
+def test_linear_with_few_rows_uses_the_native_product_and_matches_torch(rng, shape):
+    """Values and gradients (XLA's products in the backward pass) against torch.nn.Linear."""
+    if native.isa() != "avx512":
+        pytest.skip("nn.Linear takes the native product on AVX-512 CPUs only")
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((96, 384)).astype(np.float32) / 20
+    b = rng.standard_normal(96).astype(np.float32)
+    lin = cj.nn.Linear(cj.Tensor(w), cj.Tensor(b))
+
+    def f(m, x):
+        return m.forward(cj.Tensor(x)).jax
+
+    assert _calls_native(f, lin, x)
+    tl = torch.nn.Linear(384, 96).double()
+    with torch.no_grad():
+        tl.weight.copy_(torch.tensor(w, dtype=torch.float64))
+        tl.bias.copy_(torch.tensor(b, dtype=torch.float64))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ref = tl(xt)
+    np.testing.assert_allclose(np.asarray(jax.jit(f)(lin, x)), ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+    cot = rng.standard_normal(ref.shape)
+    (ref * torch.tensor(cot)).sum().backward()
+    gm, gx = jax.jit(jax.grad(lambda m, x: jnp.sum(f(m, x) * cot.astype(np.float32)), argnums=(0, 1)))(lin, x)
+    np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gm.weight.jax), tl.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gm.bias.jax), tl.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@needs_f32
+def test_linear_keeps_xlas_product_for_many_rows_small_weights_and_other_dtypes(rng):
+    lin = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)))
+
+    def f(m, x):
+        return m.forward(cj.Tensor(x)).jax
+
+    assert not _calls_native(f, lin, np.zeros((linear_mod.NATIVE_MAX_ROWS + 1, 384), np.float32))
+    small = cj.nn.Linear(cj.Tensor(rng.standard_normal((8, 16)).astype(np.float32)))
+    assert not _calls_native(f, small, np.zeros((2, 16), np.float32))
+    half = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)).to_dtype(cj.DType.BF16))
+    assert not _calls_native(f, half, np.zeros((2, 384), jnp.bfloat16))
