@@ -82,6 +82,30 @@ def test_linear_with_few_rows_uses_the_native_product_and_matches_torch(rng, sha
 
 
 @needs_f32
+def test_linear_with_few_rows_has_forward_mode_derivatives(rng):
+    """jax.jvp / jacfwd (and a Hessian) through the native product: XLA's products as its tangent map."""
+    if native.isa() != "avx512":
+        pytest.skip("nn.Linear takes the native product on AVX-512 CPUs only")
+    w = rng.standard_normal((80, 384)).astype(np.float32) / 20
+    lin = cj.nn.Linear(cj.Tensor(w))
+    x = rng.standard_normal((2, 384)).astype(np.float32)
+    tx = rng.standard_normal((2, 384)).astype(np.float32)
+
+    def f(x):
+        return lin.forward(cj.Tensor(x)).jax
+
+    assert _calls_native(f, x)
+    y, ty = jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, tx)
+    np.testing.assert_allclose(np.asarray(y), x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ty), tx.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
+    jac = jax.jit(jax.jacfwd(f))(x)
+    assert jac.shape == (2, 80, 2, 384)
+    np.testing.assert_allclose(np.asarray(jac[1, :, 1, :]), w, rtol=1e-6)
+    hess = jax.hessian(lambda x: jnp.sum(jnp.tanh(f(x))))(x)
+    assert hess.shape == (2, 384, 2, 384) and np.isfinite(np.asarray(hess)).all()
+
+
+@needs_f32
 def test_linear_keeps_xlas_product_for_many_rows_small_weights_and_other_dtypes(rng):
     lin = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)))
 
