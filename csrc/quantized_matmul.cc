@@ -1,5 +1,6 @@
 // candlejax native kernels: y = x @ W^T for GGML block-quantised weights kept in their file layout
-// (Q4_0, Q4_1, Q8_0), as an XLA FFI handler for the CPU (registered by candlejax/quantized/native.py).
+// (Q4_0, Q4_1, Q8_0), as an XLA FFI handler for the CPU (registered by candlejax/quantized/native.py),
+// and the same product for f32 weights and few activation rows (F32Matmul, further down).
 //
 // W rows are GGML blocks of 32 values. Q4_1: f16 d, f16 m, 16 bytes of nibbles (value j < 16 is the
 // low nibble of byte j, value j + 16 its high nibble), value = d * q + m. Q4_0: f16 d, 16 bytes,
