@@ -334,6 +334,39 @@ struct Shared {
   std::atomic<int64_t> done{0};
 };
 
+// rows_fn(r0, r1) over [0, n) in chunks of whole groups of four rows, claimed by the caller and the
+// pool's workers from one counter; the caller waits only for chunks already claimed (being
+// computed), so a busy pool never blocks it. rows_fn must capture by value: a worker that starts
+// after the call has returned finds no chunk left but still holds its copy.
+template <typename RowsFn>
+void ParallelRows(ffi::ThreadPool& pool, int64_t threads, int64_t n, RowsFn rows_fn) {
+  const int64_t chunks = std::min<int64_t>((threads + 1) * 4, n / 16);
+  const int64_t per = ((n + chunks - 1) / chunks + 3) / 4 * 4;
+  auto shared = std::make_shared<Shared>();
+  auto work_fn = [=](Shared* s) {
+    for (;;) {
+      const int64_t c = s->next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      const int64_t r0 = std::min(n, c * per), r1 = std::min(n, r0 + per);
+      if (r0 < r1) rows_fn(r0, r1);
+      s->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(threads, chunks - 1);
+  for (int64_t h = 0; h < helpers; ++h) {
+    pool.Schedule([shared, work_fn]() { work_fn(shared.get()); });
+  }
+  work_fn(shared.get());
+  // spin briefly, then yield the core: a loaded machine may have descheduled a worker mid-chunk
+  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 ffi::Error QMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
                    ffi::ResultBuffer<ffi::F32> out, int32_t kind) {
   int block_bytes;
@@ -396,34 +429,9 @@ ffi::Error QMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer
     rows(wp, row_bytes, xp, xsum.data(), m_rows, k, n, 0, n, yp);
     return ffi::Error::Success();
   }
-  // chunks of rows, claimed by the caller and the pool's workers from one counter; the caller
-  // waits only for chunks already claimed (being computed), so a busy pool never blocks it
-  const int64_t chunks = std::min<int64_t>((threads + 1) * 4, n / 16);
-  const int64_t per = ((n + chunks - 1) / chunks + 3) / 4 * 4;  // whole groups of four rows
-  auto shared = std::make_shared<Shared>();
   const float* xs = xsum.data();
-  auto work_fn = [=](Shared* s) {
-    for (;;) {
-      const int64_t c = s->next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      const int64_t r0 = std::min(n, c * per), r1 = std::min(n, r0 + per);
-      if (r0 < r1) rows(wp, row_bytes, xp, xs, m_rows, k, n, r0, r1, yp);
-      s->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(threads, chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([shared, work_fn]() { work_fn(shared.get()); });
-  }
-  work_fn(shared.get());
-  // spin briefly, then yield the core: a loaded machine may have descheduled a worker mid-chunk
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
-    if (spins < 2000) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  ParallelRows(pool, threads, n,
+               [=](int64_t r0, int64_t r1) { rows(wp, row_bytes, xp, xs, m_rows, k, n, r0, r1, yp); });
   return ffi::Error::Success();
 }
 
@@ -512,30 +520,7 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     rows(xp, wp, m, k, n, 0, n, yp);
     return ffi::Error::Success();
   }
-  const int64_t chunks = std::min<int64_t>((threads + 1) * 4, n / 16);
-  const int64_t per = ((n + chunks - 1) / chunks + 3) / 4 * 4;  // whole groups of four weight rows
-  auto shared = std::make_shared<Shared>();
-  auto work_fn = [=](Shared* s) {
-    for (;;) {
-      const int64_t c = s->next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      const int64_t r0 = std::min(n, c * per), r1 = std::min(n, r0 + per);
-      if (r0 < r1) rows(xp, wp, m, k, n, r0, r1, yp);
-      s->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(threads, chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([shared, work_fn]() { work_fn(shared.get()); });
-  }
-  work_fn(shared.get());
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
-    if (spins < 2000) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  ParallelRows(pool, threads, n, [=](int64_t r0, int64_t r1) { rows(xp, wp, m, k, n, r0, r1, yp); });
   return ffi::Error::Success();
 }
 
