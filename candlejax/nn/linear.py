@@ -39,10 +39,7 @@ def _linear(x: Any, w: Any, b: Any) -> Any:
     # loop for small batches (a one-token decode step ran ~20x slower than this form).
     # f32: exact unless cj.set_gemm_reduced_precision_f32(True) (then TF32 on GPUs)
     prec = f32_precision() if x.dtype == jnp.float32 else None
-    if _use_native(x, w, prec):
-        y = _native_rows_linear(x, w)
-    else:
-        y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=prec, preferred_element_type=x.dtype)
+    y = _native_rows_linear(x, w) if _use_native(x, w, prec) else _xla_linear(x, w, prec)
     return y if b is None else y + b
 
 
@@ -64,8 +61,9 @@ def _native_rows_linear(x: Any, w: Any) -> Any:
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
-def _xla_linear(x: Any, w: Any) -> Any:
-    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+def _xla_linear(x: Any, w: Any, prec: Any = lax.Precision.HIGHEST) -> Any:
+    """``x (..., in) . w (out, in)``, contracted directly (no transpose of ``w``)."""
+    return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=prec, preferred_element_type=x.dtype)
 
 
 def _native_rows_linear_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
