@@ -11,6 +11,7 @@ tests/golden/make_yolo_golden.py) on the same seeded YOLOv8n weights and the sam
 
     python bench/vision.py
     python bench/vision.py --ultralytics-python /work/golden-venv/bin/python --repeats 10
+    python bench/vision.py --skip-yolo --tune-malloc --repeats 9   # ResNet-50 rows only
 """
 
 from __future__ import annotations
@@ -95,12 +96,12 @@ def bench_resnet(batches: list[int], repeats: int, compile_torch: bool) -> list[
         with torch.no_grad():
             ref = hf(xt).logits.numpy()
         err = float(np.abs(np.asarray(fwd(net, xj)) - ref).max())
-        assert np.array_equal(np.asarray(resnet.forward_jit(net, Tensor(xj)).jax), np.asarray(fwd(net, xj)))
+        err_jit = float(np.abs(np.asarray(resnet.forward_jit(net, Tensor(xj)).jax) - ref).max())
         err_nhwc = float(np.abs(np.asarray(nhwc(net, xj)) - ref).max())
-        row = {"batch": b, "max |Δlogits| vs transformers": err, "nhwc |Δ|": err_nhwc}
+        row = {"batch": b, "max |Δlogits| vs transformers": err, "forward_jit |Δ|": err_jit, "nhwc |Δ|": err_nhwc}
         row["candlejax jit NCHW"] = _time(lambda xj=xj: fwd(net, xj).block_until_ready(), repeats)
         tx = Tensor(xj)
-        row["candlejax forward_jit (HWIO kernels)"] = _time(
+        row["candlejax resnet.forward_jit (channels-last)"] = _time(
             lambda tx=tx: resnet.forward_jit(net, tx).jax.block_until_ready(), repeats)
         row["jax NHWC (same weights)"] = _time(lambda xj=xj: nhwc(net, xj).block_until_ready(), repeats)
         with torch.no_grad():
@@ -175,13 +176,21 @@ def main() -> None:
     p.add_argument("--no-torch-compile", action="store_true")
     p.add_argument("--ultralytics-python", help="a Python with ultralytics installed (e.g. the golden venv)")
     p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--skip-yolo", action="store_true")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     a = p.parse_args()
+    if a.tune_malloc:
+        from candlejax.xla import tune_malloc
+
+        print(f"tune_malloc: {tune_malloc()}", flush=True)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     if not a.skip_resnet:
         bench_resnet([int(b) for b in a.batches.split(",")], a.repeats, not a.no_torch_compile)
-    bench_yolo(a.repeats, a.ultralytics_python)
+    if not a.skip_yolo:
+        bench_yolo(a.repeats, a.ultralytics_python)
 
 
 if __name__ == "__main__":

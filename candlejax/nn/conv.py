@@ -4,7 +4,8 @@ requires: candlejax.tensor (conv ops), candlejax.nn.module, candlejax.nn.init
 provides: ``Conv1dConfig``, ``Conv2dConfig``, ``ConvTranspose1dConfig``, ``ConvTranspose2dConfig``,
 ``Conv1d``, ``Conv2d``, ``ConvTranspose1d``, ``ConvTranspose2d``, ``conv1d``, ``conv1d_no_bias``,
 ``conv2d``, ``conv2d_no_bias``, ``conv_transpose1d``, ``conv_transpose1d_no_bias``,
-``conv_transpose2d``, ``conv_transpose2d_no_bias``, ``hwio_kernels``, ``with_hwio_kernels``
+``conv_transpose2d``, ``conv_transpose2d_no_bias``, ``hwio_kernels``, ``with_hwio_kernels``,
+``nhwc_kernel``, ``nhwc_kernel_layout``, ``with_nhwc_kernels``, ``IM2COL_MAX_POSITIONS``
 
 Layouts follow Candle and PyTorch: input ``(B, C, L)`` / ``(B, C, H, W)``; conv weight
 ``(c_out, c_in/groups, k...)``; transposed-conv weight ``(c_in, c_out/groups, k...)``.
@@ -23,14 +24,16 @@ from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax._precision import f32_precision
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
-from candlejax.nn.linear import _as_param
+from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.tensor import unwrap, wrap
 from candlejax.tensor.conv import is_patch_conv, to_usize2
 
 __all__ = [
+    "IM2COL_MAX_POSITIONS",
     "Conv1d",
     "Conv1dConfig",
     "Conv2d",
@@ -48,7 +51,10 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose2d_no_bias",
     "hwio_kernels",
+    "nhwc_kernel",
+    "nhwc_kernel_layout",
     "with_hwio_kernels",
+    "with_nhwc_kernels",
 ]
 
 
@@ -84,8 +90,6 @@ class ConvTranspose2dConfig:
     stride: int = 1
     dilation: int = 1
     groups: int = 1
-
-
 
 
 @op(static=("nd", "padding", "stride", "dilation", "groups"))
@@ -179,6 +183,42 @@ class Conv2d(_ConvBase):
     def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig = Conv2dConfig()):
         super().__init__(weight, bias, config)
 
+    def forward_nhwc(self, xs: Any, kernel: Any = None) -> Any:
+        """The same convolution on channels-last input: ``(B, H, W, c_in)`` -> ``(B, Ho, Wo, c_out)``
+        (PyTorch: a module on ``torch.channels_last`` tensors). One group only. ``kernel``: the
+        weight in the layout this input size reads (:func:`nhwc_kernel`), else the weight is
+        transposed in the program.
+
+        For models that stay channels-last inside one compiled program (``resnet.forward_jit``):
+        a 1x1 convolution is one product with the ``(c_out, c_in)`` weight; on XLA:CPU, maps of at
+        most :data:`IM2COL_MAX_POSITIONS` output positions are one product over the stacked taps
+        (im2col; a 3x3 over 7x7x512: 2.1 -> 1.4 ms), and products of at most
+        :data:`NATIVE_CONV_MAX_ROWS` rows run in the native f32 product; larger maps run XLA's
+        convolution with an HWIO kernel."""
+        x = as_array(xs)
+        w = self.weight._a
+        name = layer_name(self._kind, self.weight)
+        if self.config.groups != 1:
+            raise errors.Msg(f"{name}.forward_nhwc: grouped convolutions (groups={self.config.groups}) take NCHW "
+                             "input: use forward")  # fmt: skip
+        if x.ndim != 4 or x.shape[3] != w.shape[1]:
+            raise LayerInputShape(name, f"[batch, H, W, {w.shape[1]}] (channels last)", x.shape)
+        if x.dtype != w.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
+        layout = nhwc_kernel_layout(self, x.shape[1:3])
+        if kernel is not None:
+            want = None if layout is None else tuple(w.shape[i] for i in _PERMS[layout])
+            if tuple(kernel.shape) != want:
+                raise errors.Msg(f"{name}.forward_nhwc: kernel {tuple(kernel.shape)} is not the {layout or 'no'} kernel"
+                                 f" this input {tuple(x.shape)} reads (use nn.conv.nhwc_kernel(conv, "
+                                 f"{tuple(x.shape[1:3])}))")  # fmt: skip
+            kernel = as_array(kernel)
+        elif layout is not None:
+            kernel = jnp.transpose(w, _PERMS[layout])
+        pad, stride, dil = _conv_geometry(self.config)
+        b = None if self.bias is None else self.bias._a
+        return wrap(_conv2d_nhwc(x, w, kernel, b, pad=pad, stride=stride, dilation=dil, layout=layout))
+
     def absorb_bn(self, bn: Any) -> Conv2d:
         """Fold an inference ``BatchNorm`` that follows this conv into its weight and bias (Candle's name).
 
@@ -199,6 +239,54 @@ class Conv2d(_ConvBase):
         wname = getattr(self.weight, "name", "")
         return Conv2d(Var._make(weight, wname), Var._make(bias, wname.rsplit(".", 1)[0] + ".bias" if wname else ""),
                       self.config)  # fmt: skip
+
+
+#: channels-last convolutions (``Conv2d.forward_nhwc``) with at most this many output positions
+#: per image run as one product over the stacked taps on XLA:CPU (3x3 over 14x14x256: 1.38 ->
+#: 1.24 ms; 7x7x512: 2.1 -> 1.4 ms); larger maps keep XLA's convolution (28x28x128: 1.10 -> 1.52)
+IM2COL_MAX_POSITIONS = 256
+#: ... and their products of at most this many rows (batch x positions) run in the native f32
+#: product where ``nn.Linear`` would take it (ResNet-50's 7x7 stage at batch 1: 49 rows)
+NATIVE_CONV_MAX_ROWS = 64
+
+
+def _rows_product(x: Any, w: Any, prec: Any) -> Any:
+    """``x (..., K) . w (N, K)``: the native few-row product where it applies, else XLA's."""
+    if _use_native(x, w, prec, max_rows=NATIVE_CONV_MAX_ROWS):
+        return _native_rows_linear(x, w)
+    return _xla_linear(x, w, prec)
+
+
+def _conv_geometry(cfg: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """A 2D config's (padding, stride, dilation) as (h, w) pairs."""
+    return (to_usize2(cfg.padding, "padding", "conv2d", 0), to_usize2(cfg.stride, "stride", "conv2d", 1),
+            to_usize2(cfg.dilation, "dilation", "conv2d", 1))  # fmt: skip
+
+
+def _out_len(n: int, k: int, p: int, s: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@op(static=("pad", "stride", "dilation", "layout"))
+def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], layout: str | None) -> Any:  # fmt: skip
+    o, i, kh, kw = w.shape
+    prec = f32_precision() if x.dtype == jnp.float32 else None
+    if layout is None:  # 1x1, no padding
+        y = _rows_product(x[:, :: stride[0], :: stride[1], :], w.reshape(o, i), prec)
+    elif layout == "OHWI":
+        ho, wo = (_out_len(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:3], (kh, kw), pad, stride, dilation))
+        xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
+        taps = [lax.slice(xp, (0, r * dilation[0], c * dilation[1], 0),
+                          (x.shape[0], r * dilation[0] + stride[0] * (ho - 1) + 1,
+                           c * dilation[1] + stride[1] * (wo - 1) + 1, i), (1, stride[0], stride[1], 1))
+                for r in range(kh) for c in range(kw)]  # fmt: skip
+        cols = jnp.concatenate(taps, axis=3)  # (B, ho, wo, kh*kw*c_in): each position's taps, as a kernel row
+        y = _rows_product(cols, kernel.reshape(o, kh * kw * i), prec)
+    else:
+        y = lax.conv_general_dilated(x, kernel, stride, [(p, p) for p in pad], rhs_dilation=dilation,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=prec)  # fmt: skip
+    return y if b is None else y + b
 
 
 class ConvTranspose1d(_ConvBase):
@@ -299,22 +387,36 @@ def conv_transpose2d_no_bias(
 
 
 # --- kernels in the convolution's own layout (inference) --------------------------------------------
-_HWIO: dict[int, tuple[Any, Any]] = {}  # id(OIHW array) -> (weak ref to it, its HWIO copy)
+_HWIO_PERM, _OHWI_PERM = (2, 3, 1, 0), (0, 2, 3, 1)
+_PERMS = {"HWIO": _HWIO_PERM, "OHWI": _OHWI_PERM}
+_KERNELS: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}  # (id(OIHW array), perm) -> (weak ref, copy)
 
 
 def _hwio_eligible(m: Any) -> bool:
     # the convolutions that run XLA's own kernel (1x1, depthwise and patch ones take other paths)
     if not (isinstance(m, Conv2d) and m.config.groups == 1 and math.prod(m.weight.shape[2:]) > 1):
         return False
-    cfg = m.config
-    pad, st, dil = (to_usize2(v, n, "conv2d", d) for v, n, d in ((cfg.padding, "padding", 0), (cfg.stride, "stride", 1),
-                                                                 (cfg.dilation, "dilation", 1)))  # fmt: skip
-    return not is_patch_conv(tuple(m.weight.shape[2:]), pad, st, dil, cfg.groups)
+    pad, st, dil = _conv_geometry(m.config)
+    return not is_patch_conv(tuple(m.weight.shape[2:]), pad, st, dil, m.config.groups)
 
 
 def _conv2ds(module: Any) -> list[Any]:
     return [m for m in jax.tree_util.tree_leaves(module, is_leaf=lambda m: isinstance(m, Conv2d))
             if isinstance(m, Conv2d)]  # fmt: skip
+
+
+def _kernel_copy(a: Any, perm: tuple[int, ...]) -> Any:
+    """``a`` permuted by ``perm``, made once per array and kept while the array lives (new weights
+    get new copies); inside a transformation, permuted in the program."""
+    if isinstance(a, jax.core.Tracer):
+        return jnp.transpose(a, perm)
+    key = (id(a), perm)
+    hit = _KERNELS.get(key)
+    if hit is None or hit[0]() is not a:
+        hit = (weakref.ref(a), jnp.transpose(a, perm).block_until_ready())
+        _KERNELS[key] = hit
+        weakref.finalize(a, _KERNELS.pop, key, None)
+    return hit[1]
 
 
 def hwio_kernels(module: Any) -> list[Any]:
@@ -326,22 +428,28 @@ def hwio_kernels(module: Any) -> list[Any]:
     batch 1). Each copy is made once per weight array and kept while that array lives, so new
     weights (a loaded checkpoint, a training step) get new copies. Inference only: the copies
     double the convolutions' weight memory. PyTorch: oneDNN's weight prepacking."""
-    out = []
-    for m in _conv2ds(module):
-        if not _hwio_eligible(m):
-            out.append(None)
-            continue
-        a = m.weight._a
-        if isinstance(a, jax.core.Tracer):  # called inside a transformation: transposed in the program
-            out.append(jnp.transpose(a, (2, 3, 1, 0)))
-            continue
-        hit = _HWIO.get(id(a))
-        if hit is None or hit[0]() is not a:
-            hit = (weakref.ref(a), jnp.transpose(a, (2, 3, 1, 0)).block_until_ready())
-            _HWIO[id(a)] = hit
-            weakref.finalize(a, _HWIO.pop, id(a), None)
-        out.append(hit[1])
-    return out
+    return [_kernel_copy(m.weight._a, _HWIO_PERM) if _hwio_eligible(m) else None for m in _conv2ds(module)]
+
+
+def nhwc_kernel_layout(conv: Conv2d, in_hw: tuple[int, int]) -> str | None:
+    """The kernel layout :meth:`Conv2d.forward_nhwc` reads for ``(H, W)`` inputs: ``"OHWI"`` where
+    it runs a product over stacked taps, ``"HWIO"`` where XLA's convolution, ``None`` for a 1x1
+    convolution without padding (a product with the weight as it is)."""
+    w, cfg = conv.weight, conv.config
+    pad, stride, dil = _conv_geometry(cfg)
+    if w.shape[2] == w.shape[3] == 1 and not any(pad):
+        return None
+    ho, wo = (_out_len(n, k, p, s, d) for n, k, p, s, d in zip(in_hw, w.shape[2:], pad, stride, dil, strict=True))
+    return "OHWI" if jax.default_backend() == "cpu" and ho * wo <= IM2COL_MAX_POSITIONS else "HWIO"
+
+
+def nhwc_kernel(conv: Conv2d, in_hw: tuple[int, int]) -> Any:
+    """``conv``'s weight in the layout :meth:`Conv2d.forward_nhwc` reads for ``(H, W)`` inputs
+    (:func:`nhwc_kernel_layout`), or ``None`` where it reads the weight itself. Made once per
+    weight array and layout, kept while the array lives (as :func:`hwio_kernels`), so a compiled
+    forward gets it as an argument instead of transposing the weight on every call."""
+    layout = nhwc_kernel_layout(conv, in_hw)
+    return None if layout is None else _kernel_copy(conv.weight._a, _PERMS[layout])
 
 
 class _HwioConv2d(Module):
@@ -353,15 +461,50 @@ class _HwioConv2d(Module):
     def forward(self, xs: Any) -> Any:
         c = self.conv
         x = c._checked_input(xs)
-        cfg = c.config
-        p = to_usize2(cfg.padding, "padding", "conv2d", 0)  # ints as in Candle, or (h, w) pairs as conv2d takes
-        y = lax.conv_general_dilated(
-            x, self.kernel, window_strides=to_usize2(cfg.stride, "stride", "conv2d", 1), padding=[(v, v) for v in p],
-            rhs_dilation=to_usize2(cfg.dilation, "dilation", "conv2d", 1), dimension_numbers=("NCHW", "HWIO", "NCHW"),
-        )  # fmt: skip
+        pad, stride, dil = _conv_geometry(c.config)  # ints as in Candle, or (h, w) pairs as conv2d takes
+        y = lax.conv_general_dilated(x, self.kernel, window_strides=stride, padding=[(v, v) for v in pad],
+                                     rhs_dilation=dil, dimension_numbers=("NCHW", "HWIO", "NCHW"))  # fmt: skip
         if c.bias is not None:
             y = y + c.bias._a.reshape(1, -1, 1, 1)
         return wrap(y)
+
+
+class _NhwcConv2d(Module):
+    """A ``Conv2d`` with its kernel handed in (:func:`nhwc_kernel`); it runs channels-last."""
+
+    def __init__(self, conv: Conv2d, kernel: Any):
+        self.conv, self.kernel = conv, kernel
+
+    def forward(self, xs: Any) -> Any:
+        raise errors.Msg(f"{layer_name('Conv2d', self.conv.weight)}: with_nhwc_kernels gives channels-last layers: "
+                         "call forward_nhwc on (B, H, W, C) input")  # fmt: skip
+
+    def forward_nhwc(self, xs: Any) -> Any:
+        return self.conv.forward_nhwc(xs, self.kernel)
+
+
+def _with_kernels(fn: str, module: Any, kernels: list[Any], perms: tuple[tuple[int, ...], ...], cls: type) -> Any:
+    it = iter(kernels)
+    src = fn.replace("with_", "")
+
+    def swap(m: Any) -> Any:
+        if not isinstance(m, Conv2d):
+            return m
+        try:
+            k = next(it)
+        except StopIteration:
+            raise errors.Msg(f"{fn}: fewer kernels than Conv2d layers (use {src}(module))") from None
+        if k is None:
+            return m
+        if all(tuple(k.shape) != tuple(m.weight.shape[i] for i in perm) for perm in perms):
+            raise errors.Msg(f"{fn}: kernel {tuple(k.shape)} does not fit {layer_name('Conv2d', m.weight)}"
+                             f" {tuple(m.weight.shape)}")  # fmt: skip
+        return cls(m, unwrap(k))
+
+    out = jax.tree_util.tree_map(swap, module, is_leaf=lambda m: isinstance(m, Conv2d))
+    if next(it, _END) is not _END:
+        raise errors.Msg(f"{fn}: more kernels than Conv2d layers (use {src}(module))")
+    return out
 
 
 def with_hwio_kernels(module: Any, kernels: list[Any]) -> Any:
@@ -372,26 +515,17 @@ def with_hwio_kernels(module: Any, kernels: list[Any]) -> Any:
         fwd = jax.jit(lambda net, ks, x: with_hwio_kernels(net, ks).forward(x))
         logits = fwd(net, hwio_kernels(net), x)
     """
-    it = iter(kernels)
+    return _with_kernels("with_hwio_kernels", module, kernels, (_HWIO_PERM,), _HwioConv2d)
 
-    def swap(m: Any) -> Any:
-        if not isinstance(m, Conv2d):
-            return m
-        try:
-            k = next(it)
-        except StopIteration:
-            raise errors.Msg("with_hwio_kernels: fewer kernels than Conv2d layers (use hwio_kernels(module))") from None
-        if k is None:
-            return m
-        if tuple(k.shape) != tuple(m.weight.shape[i] for i in (2, 3, 1, 0)):
-            raise errors.Msg(f"with_hwio_kernels: kernel {tuple(k.shape)} does not fit {layer_name('Conv2d', m.weight)}"
-                             f" {tuple(m.weight.shape)}")  # fmt: skip
-        return _HwioConv2d(m, unwrap(k))
 
-    out = jax.tree_util.tree_map(swap, module, is_leaf=lambda m: isinstance(m, Conv2d))
-    if next(it, _END) is not _END:
-        raise errors.Msg("with_hwio_kernels: more kernels than Conv2d layers (use hwio_kernels(module))")
-    return out
+def with_nhwc_kernels(module: Any, kernels: list[Any]) -> Any:
+    """``module`` with each ``Conv2d`` that has a kernel in ``kernels`` (one per ``Conv2d`` in
+    pytree order, each from :func:`nhwc_kernel` or ``None``) reading it in ``forward_nhwc``. For
+    channels-last models compiled as one program (``resnet.forward_jit``)::
+
+        fwd = jax.jit(lambda net, ks, x: with_nhwc_kernels(net, ks).forward_nhwc(x))
+    """
+    return _with_kernels("with_nhwc_kernels", module, kernels, (_HWIO_PERM, _OHWI_PERM), _NhwcConv2d)
 
 
 _END = object()

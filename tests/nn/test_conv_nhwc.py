@@ -1,0 +1,104 @@
+"""``Conv2d.forward_nhwc`` (channels-last convolutions: 1x1 products, stacked-tap products, XLA's
+convolution, the native few-row product) against torch's convolution on the NCHW transpose, values
+and gradients; ``nhwc_kernel`` / ``with_nhwc_kernels`` and their errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax.nn as nn
+from candlejax import Device, DType
+from candlejax.nn.conv import IM2COL_MAX_POSITIONS, nhwc_kernel, nhwc_kernel_layout, with_nhwc_kernels
+from candlejax.quantized import native
+
+torch = pytest.importorskip("torch")
+from test_nn_layers import _vb, _x, check  # noqa: E402
+
+#: (c_in, c_out, kernel, stride, padding, dilation, (H, W))
+CASES = {
+    "1x1": (8, 16, 1, 1, 0, 1, (7, 7)),
+    "1x1 stride 2": (8, 16, 1, 2, 0, 1, (9, 8)),
+    "3x3 stacked taps": (8, 16, 3, 1, 1, 1, (7, 6)),
+    "3x3 stride 2 stacked taps": (8, 16, 3, 2, 1, 1, (9, 9)),
+    "3x3 XLA convolution": (4, 8, 3, 1, 1, 1, (20, 20)),
+    "7x7 stride 2 stem": (3, 8, 7, 2, 3, 1, (23, 21)),
+    "3x3 dilated": (4, 8, 3, 1, 2, 2, (8, 8)),
+    "(h, w) padding": (4, 6, 3, 1, (1, 0), 1, (6, 7)),
+    "3x3 native rows": (64, 64, 3, 1, 1, 1, (6, 6)),
+    "1x1 native rows": (256, 128, 1, 1, 0, 1, (7, 7)),
+}
+
+
+def _torch_nhwc(m, tx):
+    return m(tx.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_nhwc_matches_torch(case, bias):
+    cin, cout, k, stride, pad, dil, (h, w) = CASES[case]
+    t = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, bias=bias)
+    cfg = nn.Conv2dConfig(padding=pad, stride=stride, dilation=dil)
+    conv = (nn.conv2d if bias else nn.conv2d_no_bias)(cin, cout, k, cfg, _vb(t))
+    x = _x(2 if cin < 64 else 1, h, w, cin)
+    # values, and gradients of the input and both parameters, through jit
+    out = check(conv, t, x, fwd=lambda m, xv: m.forward_nhwc(xv), tfwd=_torch_nhwc, atol=1e-4)
+    # the same with the kernel handed in, eager
+    kern = nhwc_kernel(conv, (h, w))
+    with torch.no_grad():
+        ref = _torch_nhwc(t, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(conv.forward_nhwc(jnp.asarray(x), kern).numpy(), ref, atol=1e-4, rtol=1e-4)
+    assert out.shape == ref.shape
+
+
+def test_kernel_layouts_follow_the_path():
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    c3 = nn.conv2d(8, 16, 3, nn.Conv2dConfig(padding=1), vb.pp("a"))
+    c1 = nn.conv2d(8, 16, 1, nn.Conv2dConfig(), vb.pp("b"))
+    side = int(IM2COL_MAX_POSITIONS**0.5)
+    assert nhwc_kernel_layout(c1, (56, 56)) is None and nhwc_kernel(c1, (56, 56)) is None
+    assert nhwc_kernel_layout(c3, (side, side)) == "OHWI"
+    assert nhwc_kernel(c3, (side, side)).shape == (16, 3, 3, 8)
+    assert nhwc_kernel_layout(c3, (side + 1, side)) == "HWIO"
+    assert nhwc_kernel(c3, (side + 1, side)).shape == (3, 3, 8, 16)
+    assert nhwc_kernel(c3, (4, 4)) is nhwc_kernel(c3, (5, 5))  # one copy per weight array and layout
+
+
+def test_with_nhwc_kernels_and_bad_input():
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    convs = [
+        nn.conv2d(4, 8, 3, nn.Conv2dConfig(padding=1), vb.pp("a")),
+        nn.conv2d(8, 8, 1, nn.Conv2dConfig(), vb.pp("b")),
+    ]
+    x = jnp.asarray(_x(1, 6, 6, 4))
+    ks = [nhwc_kernel(convs[0], (6, 6)), nhwc_kernel(convs[1], (6, 6))]
+
+    def run(cs, x):
+        return cs[1].forward_nhwc(cs[0].forward_nhwc(x).relu())
+
+    fwd = jax.jit(lambda cs, ks, x: run(with_nhwc_kernels(cs, ks), x).jax)
+    np.testing.assert_allclose(np.asarray(fwd(convs, ks, x)), run(convs, x).numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception, match="call forward_nhwc on"):
+        with_nhwc_kernels(convs, ks)[0].forward(x)
+    with pytest.raises(Exception, match="fewer kernels than Conv2d layers"):
+        with_nhwc_kernels(convs, ks[:1])
+    with pytest.raises(Exception, match=r"kernel \(8, 3, 3, 4\) is not the HWIO kernel"):
+        convs[0].forward_nhwc(jnp.zeros((1, 20, 20, 4)), ks[0])  # a 20x20 map reads HWIO
+    with pytest.raises(nn.LayerInputShape, match=r"Conv2d 'a'.*\[batch, H, W, 4\] \(channels last\).*\[1, 4, 6, 6\]"):
+        convs[0].forward_nhwc(jnp.zeros((1, 4, 6, 6)))  # NCHW handed in
+    grouped = nn.conv2d(4, 8, 3, nn.Conv2dConfig(groups=2), vb.pp("g"))
+    with pytest.raises(Exception, match=r"grouped convolutions.*use forward"):
+        grouped.forward_nhwc(x)
+
+
+@pytest.mark.skipif(not (native.f32_available() and native.isa() == "avx512"), reason="native f32 product not used")
+def test_few_rows_run_the_native_product():
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    conv = nn.conv2d(64, 64, 3, nn.Conv2dConfig(padding=1), vb.pp("a"))
+    hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((1, 7, 7, 64))).as_text()
+    assert "candlejax_f32_matmul" in hlo
+    hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((2, 7, 7, 64))).as_text()  # 98 rows
+    assert "candlejax_f32_matmul" not in hlo
