@@ -242,9 +242,10 @@ class Conv2d(_ConvBase):
 
 
 #: channels-last convolutions (``Conv2d.forward_nhwc``) with at most this many output positions
-#: per image run as one product over the stacked taps on XLA:CPU (3x3 over 14x14x256: 1.38 ->
-#: 1.24 ms; 7x7x512: 2.1 -> 1.4 ms); larger maps keep XLA's convolution (28x28x128: 1.10 -> 1.52)
-IM2COL_MAX_POSITIONS = 256
+#: per image run as one product over the stacked taps on XLA:CPU (a 3x3 over 7x7x512: 2.1 -> 1.4
+#: ms); larger maps keep XLA's convolution (ResNet-50 whole, 14x14 maps too: batch 1 the same,
+#: batch 32 1,298 -> 1,338 ms; 28x28x128 alone: 1.10 -> 1.52 ms)
+IM2COL_MAX_POSITIONS = 64
 #: ... and their products of at most this many rows (batch x positions) run in the native f32
 #: product where ``nn.Linear`` would take it (ResNet-50's 7x7 stage at batch 1: 49 rows)
 NATIVE_CONV_MAX_ROWS = 64
