@@ -43,12 +43,13 @@ def _linear(x: Any, w: Any, b: Any) -> Any:
     return y if b is None else y + b
 
 
-def _use_native(x: Any, w: Any, prec: Any, max_rows: int = NATIVE_MAX_ROWS) -> bool:
+def _use_native(x: Any, w: Any, prec: Any, max_rows: int | None = None) -> bool:
     """Few f32 rows on a one-device CPU process with the native product built for AVX-512 (its
     portable loop is slower than XLA; a custom call has no sharding rule, so programs over several
     devices keep XLA's product)."""
     return (x.dtype == w.dtype == jnp.float32 and prec == lax.Precision.HIGHEST and w.size >= NATIVE_MIN_WEIGHT
-            and math.prod(x.shape[:-1]) <= max_rows and jax.device_count() == 1
+            and math.prod(x.shape[:-1]) <= (NATIVE_MAX_ROWS if max_rows is None else max_rows)
+            and jax.device_count() == 1
             and native.f32_available() and native.isa() == "avx512")  # fmt: skip
 
 
