@@ -205,6 +205,13 @@ class Conv2d(_ConvBase):
             raise LayerInputShape(name, f"[batch, H, W, {w.shape[1]}] (channels last)", x.shape)
         if x.dtype != w.dtype:
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
+        pad, stride, dil = _conv_geometry(self.config)
+        for n, k, p, st, d in zip(x.shape[1:3], w.shape[2:], pad, stride, dil, strict=True):
+            if _out_len(n, k, p, st, d) <= 0:
+                raise errors.Conv1dInvalidArgs(
+                    f"the dilated kernel ({d * (k - 1) + 1}) is larger than the padded input ({n + 2 * p})", x.shape,
+                    w.shape, pad, stride, op=f"{name}.forward_nhwc",
+                )  # fmt: skip
         layout = nhwc_kernel_layout(self, x.shape[1:3])
         if kernel is not None:
             want = None if layout is None else tuple(w.shape[i] for i in _PERMS[layout])
@@ -215,7 +222,6 @@ class Conv2d(_ConvBase):
             kernel = as_array(kernel)
         elif layout is not None:
             kernel = jnp.transpose(w, _PERMS[layout])
-        pad, stride, dil = _conv_geometry(self.config)
         b = None if self.bias is None else self.bias._a
         return wrap(_conv2d_nhwc(x, w, kernel, b, pad=pad, stride=stride, dilation=dil, layout=layout))
 

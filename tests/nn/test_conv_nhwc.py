@@ -89,6 +89,11 @@ def test_with_nhwc_kernels_and_bad_input():
         convs[0].forward_nhwc(jnp.zeros((1, 20, 20, 4)), ks[0])  # a 20x20 map reads HWIO
     with pytest.raises(nn.LayerInputShape, match=r"Conv2d 'a'.*\[batch, H, W, 4\] \(channels last\).*\[1, 4, 6, 6\]"):
         convs[0].forward_nhwc(jnp.zeros((1, 4, 6, 6)))  # NCHW handed in
+    unpadded = nn.conv2d(4, 8, 3, nn.Conv2dConfig(), vb.pp("u"))
+    with pytest.raises(Exception, match=r"forward_nhwc invalid args the dilated kernel \(3\) is larger than the"):
+        unpadded.forward_nhwc(jnp.zeros((1, 6, 2, 4)))  # 2 columns < 3 taps
+    with pytest.raises(Exception, match=r"dtype mismatch in conv2d, lhs: BF16, rhs: F32"):
+        convs[0].forward_nhwc(jnp.zeros((1, 6, 6, 4), jnp.bfloat16))
     grouped = nn.conv2d(4, 8, 3, nn.Conv2dConfig(groups=2), vb.pp("g"))
     with pytest.raises(Exception, match=r"grouped convolutions.*use forward"):
         grouped.forward_nhwc(x)
