@@ -69,6 +69,16 @@ def test_logits_match_transformers(kind, fold_bn, tmp_path, rng):
     np.testing.assert_allclose(resnet.forward_jit(net, Tensor(x)).numpy(), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", [resnet.BasicBlock, resnet.Bottleneck])
+def test_forward_jit_matches_forward_at_odd_sizes(block, rng):
+    # forward_jit runs channels-last with per-map kernel layouts worked out from the image size
+    vb = VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu)
+    net = resnet.ResNet.load(block, (1, 1, 1, 1), 10, vb, widths=(8, 16, 16, 32), stem_width=8)
+    for hw in [(67, 45), (17, 9), (96, 97)]:
+        x = Tensor(rng.standard_normal((2, 3, *hw)).astype(np.float32))
+        np.testing.assert_allclose(resnet.forward_jit(net, x).numpy(), net.forward(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_pooled_features_match_resnet_model(tmp_path, rng):
     cfg, m = _hf("bottleneck", head=False, seed=1)
     vb = VarBuilder.from_mmaped_safetensors([_save(m, tmp_path / "m.safetensors")], DType.F32, Device.Cpu)
