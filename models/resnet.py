@@ -47,6 +47,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.conv import nhwc_kernel, with_nhwc_kernels
 from candlejax.tensor import unwrap, wrap
+from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ConvBn", "DEPTHS", "ResNet", "forward_jit", "hf_to_torchvision", "load", "resnet18",
@@ -233,7 +234,8 @@ def _nhwc_kernels(net: ResNet, hw: tuple[int, int]) -> list[Any]:
     return [kernels[id(m)] for m in convs if isinstance(m, Conv2d)]
 
 
-_forward_compiled = jax.jit(_forward_channels_last)
+# XLA's own convolutions: YNNPACK runs those with at most 64 output channels on one thread
+_forward_compiled = OptionsJit(_forward_channels_last, XLA_CONVOLUTION_OPTIONS)
 
 
 def forward_jit(net: ResNet, xs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +29,27 @@ def test_size_jit_picks_the_program_by_token_count():
     plain_only = xla.SizeJit(f, {}, threshold=8)
     assert plain_only._large is None and plain_only._pick((2.0, large)) is plain_only._plain
     np.testing.assert_allclose(float(plain_only(2.0, large)), 32.0)
+
+
+def test_options_jit_compiles_with_the_options_and_falls_back_on_unknown_ones():
+    from jax import lax
+
+    def conv(x, k):
+        return lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 12, 12, 8)), jnp.float32)
+    k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 8, 64)), jnp.float32)
+    want = np.asarray(jax.jit(conv)(x, k))
+    oj = xla.OptionsJit(conv, xla.XLA_CONVOLUTION_OPTIONS)
+    np.testing.assert_allclose(np.asarray(oj(x, k)), want, rtol=1e-5, atol=1e-5)
+    assert oj._opts is not None
+    if jax.default_backend() == "cpu":  # the options reach XLA:CPU: the convolution leaves YNNPACK
+        assert "__ynn_fusion" in jax.jit(conv).lower(x, k).compile().as_text()
+        assert "__ynn_fusion" not in oj.lower(x, k).compile().as_text()
+    bad = xla.OptionsJit(conv, {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
+    np.testing.assert_allclose(np.asarray(bad(x, k)), want, rtol=1e-5, atol=1e-5)
+    assert bad._opts is None  # rejected once, plain jit from then on
+    assert xla.OptionsJit(conv, {})._opts is None
 
 
 def test_compilation_cache_dir_follows_the_environment(monkeypatch, tmp_path):
