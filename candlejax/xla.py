@@ -15,6 +15,13 @@ faster (424-433 ms against 484-493 with two threads, 824-857 against 852-875 wit
 ``SizeJit`` compiles two programs and picks one per call by the token count of its second
 argument. The GPU compiler ignores these flags; an XLA that does not know one falls back to its
 defaults.
+
+Convolutions are the other way round: YNNPACK runs one with at most 64 output channels on a single
+thread, so convolutional networks with narrow layers compile faster programs with XLA's own
+convolutions (:data:`XLA_CONVOLUTION_OPTIONS`, which keeps YNNPACK's dots). ``OptionsJit`` is
+``jax.jit`` with such options (``resnet.forward_jit``, YOLO's ``detect``, SAM's image encoder); a
+hand-written inference function does the same with
+``jax.jit(f, compiler_options=candlejax.xla.XLA_CONVOLUTION_OPTIONS)``.
 """
 
 from __future__ import annotations
