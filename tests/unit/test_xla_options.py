@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from candlejax import xla
 
@@ -49,6 +50,15 @@ def test_options_jit_compiles_with_the_options_and_falls_back_on_unknown_ones():
     bad = xla.OptionsJit(conv, {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
     np.testing.assert_allclose(np.asarray(bad(x, k)), want, rtol=1e-5, atol=1e-5)
     assert bad._opts is None  # rejected once, plain jit from then on
+    unknown = xla.OptionsJit(conv, {"xla_cpu_not_a_flag": "1"})  # an option this jax does not know
+    np.testing.assert_allclose(np.asarray(unknown(x, k)), want, rtol=1e-5, atol=1e-5)
+    assert unknown._opts is None
+
+    def fails(x):
+        raise ValueError("an optional argument is missing")
+
+    with pytest.raises(ValueError, match="optional argument"):  # other errors are not taken for refused options
+        xla.OptionsJit(fails, xla.XLA_CONVOLUTION_OPTIONS)(x)
     assert xla.OptionsJit(conv, {})._opts is None
 
 
