@@ -10,6 +10,8 @@ Each step is forward + cross-entropy + backward + AdamW (lr 1e-3, betas 0.9/0.99
 weight decay 0.01, Candle's defaults) on one batch:
 
 * ``candlejax``: ``opt.backward_step(loss_fn, model, state, x, y)`` with ``cj.optim.AdamW`` (functional);
+* ``candlejax-xla-conv``: ``candlejax`` with ``AdamW(params, compiler_options=cj.xla.XLA_CONVOLUTION_OPTIONS)``
+  (XLA's own convolutions instead of YNNPACK's in the compiled step);
 * ``candlejax-bound``: Candle's way, ``opt = AdamW(varmap.all_vars(), params)`` and
   ``loss = opt.backward_step(loss_fn, model, x, y)`` updating the shared Vars in place (the model is
   built from a VarMap that is then loaded with the same weights, as ``varmap.load`` would);
@@ -62,8 +64,8 @@ from collections.abc import Callable
 from typing import Any
 
 MODELS = ("mlp", "cnn")
-FRAMEWORKS = ("candlejax", "candlejax-bound", "flax-nnx", "flax-nnx-cached", "jax", "jax-sync", "torch",
-              "torch-compile")  # fmt: skip
+FRAMEWORKS = ("candlejax", "candlejax-bound", "candlejax-xla-conv", "flax-nnx", "flax-nnx-cached", "jax", "jax-sync",
+              "torch", "torch-compile")  # fmt: skip
 DEFAULT_FRAMEWORKS = ("candlejax", "candlejax-bound", "flax-nnx", "flax-nnx-cached", "jax", "torch")
 LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
 MLP_IN = 784
@@ -148,7 +150,8 @@ def _jax_info() -> dict[str, Any]:
             "jax_devices": str(jax.devices())}  # fmt: skip
 
 
-def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], args: Any, bound: bool = False) -> Setup:
+def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], args: Any, bound: bool = False,
+                    xla_conv: bool = False) -> Setup:  # fmt: skip
     import numpy as np
 
     import candlejax as cj
@@ -186,7 +189,7 @@ def setup_candlejax(model: str, weights: dict[str, Any], batches: list[Any], arg
 
     vb = VarBuilder.from_tensors(dict(weights), DType.F32, Device.Cpu)
     net = Mlp(vb) if model == "mlp" else Cnn(vb)
-    opt = cj.optim.AdamW(params)
+    opt = cj.optim.AdamW(params, compiler_options=cj.xla.XLA_CONVOLUTION_OPTIONS if xla_conv else None)
     if getattr(args, "devices", 1) > 1:  # data parallel: replicated model, batches split over "data"
         import jax
 
@@ -392,8 +395,9 @@ def worker(args: Any) -> dict[str, Any]:
     batches = make_batches(args.model, args.batch, args.pool)
     fw = args.framework
     t_import = time.perf_counter()
-    if fw in ("candlejax", "candlejax-bound"):
-        step, sync, value, info = setup_candlejax(args.model, weights, batches, args, fw == "candlejax-bound")
+    if fw in ("candlejax", "candlejax-bound", "candlejax-xla-conv"):
+        step, sync, value, info = setup_candlejax(args.model, weights, batches, args, fw == "candlejax-bound",
+                                                  fw == "candlejax-xla-conv")  # fmt: skip
     elif fw in ("flax-nnx", "flax-nnx-cached"):
         step, sync, value, info = setup_flax(args.model, weights, batches, args, fw == "flax-nnx-cached")
     elif fw in ("jax", "jax-sync"):

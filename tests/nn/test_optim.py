@@ -373,3 +373,37 @@ def test_tied_parameters_are_one_parameter():
     m2, _ = opt.step(m1, s1, jax.grad(lambda m: loss_fn(m, x, y).jax)(m1))
     np.testing.assert_allclose(np.asarray(m2["dec"].jax), expect - 0.01 * np.array([11.0, 22.0, 33.0]), rtol=1e-5)
     assert m2["enc"].jax is m2["dec"].jax
+
+
+def test_compiler_options_reach_the_training_step_and_keep_its_results():
+    from candlejax import Device, DType
+    from candlejax.demo import Cnn
+    from candlejax.nn import VarBuilder, VarMap, loss
+    from candlejax.xla import XLA_CONVOLUTION_OPTIONS
+
+    rng = np.random.default_rng(0)
+    x = cj.Tensor(rng.standard_normal((16, 64)).astype(np.float32))
+    y = cj.Tensor(rng.integers(0, 10, 16).astype(np.uint32))
+    init = {k: np.asarray(v.jax) for k, v in Cnn(VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu))
+            .named_tensors().items()}  # fmt: skip
+
+    def loss_fn(m, xb, yb):
+        return loss.cross_entropy(m.forward(xb), yb)
+
+    def train(**kw):
+        net = Cnn(VarBuilder.from_tensors(dict(init), DType.F32, Device.Cpu))
+        opt = O.AdamW(O.ParamsAdamW(lr=1e-2), **kw)
+        state = opt.init(net)
+        losses = []
+        for _ in range(4):
+            net, state, lv = opt.backward_step(loss_fn, net, state, x, y)
+            losses.append(float(lv.to_scalar()))
+        return opt, losses
+
+    _, plain = train()
+    opt, with_options = train(compiler_options=XLA_CONVOLUTION_OPTIONS)
+    np.testing.assert_allclose(with_options, plain, rtol=1e-4)
+    (step,) = opt._compiled.values()
+    assert step._opts is not None  # compiled with the options (XLA accepted them)
+    _, refused = train(compiler_options={"xla_cpu_not_a_flag": "1"})  # refused: a plain compile
+    np.testing.assert_allclose(refused, plain, rtol=1e-6)
