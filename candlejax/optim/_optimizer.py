@@ -259,7 +259,8 @@ class Optimizer:
         compiler_options: XLA compiler options for the compiled training step (``jax.jit``'s
             ``compiler_options``; refused ones fall back to none). Convolutional networks trained
             at large batches on the CPU may run faster with ``candlejax.xla.XLA_CONVOLUTION_OPTIONS``
-            (the digits CNN at batch 256: 163 -> 185 steps/s; at batch 64 it is slower, 528 -> 483).
+            (the digits CNN at batch 256: 173 -> 178 steps/s in ``bench/train.py``; at batch 64 it
+            is slower, 530 -> 490).
     """
 
     def __init__(
