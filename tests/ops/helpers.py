@@ -3,7 +3,7 @@ references, per-dtype tolerances, eager + jit runners and candle-pyo3 conversion
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -114,3 +114,19 @@ __all__ = [
     "BF16", "F16", "F32", "FLOATS", "I32", "INTS", "TOL", "U8", "U32", "T", "assert_close", "eager_and_jit",
     "eager_and_jit_many", "errors", "f64", "from_candle", "rand", "raises", "to_candle",
 ]  # fmt: skip
+
+
+def each_native_isa() -> Iterator[str]:
+    """Run the loop body once per native-kernel path this CPU has (portable, AVX2, AVX-512),
+    capped with ``native.set_isa``; detection is restored afterwards."""
+    from candlejax.quantized import native
+
+    if not native.available():
+        return
+    have = native.ISA_NAMES.index(native.isa())
+    try:
+        for isa in native.ISA_NAMES[: have + 1]:
+            native.set_isa(isa)
+            yield isa
+    finally:
+        native.set_isa(None)

@@ -12,6 +12,8 @@ import candlejax as cj
 from candlejax import errors
 from candlejax.quantized import native
 
+from helpers import each_native_isa  # isort: skip
+
 torch = pytest.importorskip("torch")
 
 linear_mod = importlib.import_module("candlejax.nn.linear")  # (candlejax.nn.linear is also a function)
@@ -27,15 +29,10 @@ def test_f32_matmul_matches_float64_on_every_instruction_set(rng, m, k, n):
     w = rng.standard_normal((n, k)).astype(np.float32)
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     f = jax.jit(native.f32_matmul)
-    have = native.ISA_NAMES.index(native.isa())
-    try:
-        for isa in native.ISA_NAMES[: have + 1]:
-            native.set_isa(isa)
-            y = np.asarray(f(x, w))
-            assert y.shape == (m, n) and y.dtype == np.float32
-            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=isa)
-    finally:
-        native.set_isa(None)
+    for isa in each_native_isa():
+        y = np.asarray(f(x, w))
+        assert y.shape == (m, n) and y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=isa)
 
 
 @needs_f32

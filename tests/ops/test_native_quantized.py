@@ -12,6 +12,8 @@ from candlejax import errors
 from candlejax.nn.quantized import QLinear, scan_layers
 from candlejax.quantized import GgmlDType, PackedWeight, QMatMul, QTensor, dequantize_np, native
 
+from helpers import each_native_isa  # isort: skip
+
 X86_LINUX = platform.machine().lower() in ("x86_64", "amd64") and sys.platform == "linux"
 BLOCK_TYPES = [GgmlDType.Q4_0, GgmlDType.Q4_1, GgmlDType.Q8_0]  # the block types the kernel reads
 
@@ -34,13 +36,6 @@ def _weight(rng, dt, n, k, scale=2.0):
     return raw, dequantize_np(np.asarray(q.raw), dt, (n, k)).astype(np.float64)
 
 
-def _isas():
-    if not native.available():
-        return []
-    have = native.ISA_NAMES.index(native.isa())
-    return list(native.ISA_NAMES[: have + 1])
-
-
 @needs_native
 @pytest.mark.parametrize("dt", BLOCK_TYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("m,n,k", [(1, 70, 64), (1, 512, 576), (3, 131, 96), (13, 66, 64), (32, 256, 160)])
@@ -49,14 +44,10 @@ def test_native_matmul_matches_float64_on_every_instruction_set(rng, dt, m, n, k
     x = rng.standard_normal((m, k)).astype(np.float32)
     ref = x.astype(np.float64) @ wd.T
     f = jax.jit(lambda x, r: native.matmul(x, r, dt))
-    try:
-        for isa in _isas():
-            native.set_isa(isa)
-            y = np.asarray(f(x, raw))
-            assert y.shape == (m, n) and y.dtype == np.float32
-            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-5 * np.abs(ref).max(), err_msg=isa)
-    finally:
-        native.set_isa(None)
+    for isa in each_native_isa():
+        y = np.asarray(f(x, raw))
+        assert y.shape == (m, n) and y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-5 * np.abs(ref).max(), err_msg=isa)
 
 
 @needs_native
