@@ -47,6 +47,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.conv import nhwc_kernel, with_nhwc_kernels
 from candlejax.tensor import unwrap, wrap
+from candlejax.tensor.conv import conv_out_len
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
 
 __all__ = [
@@ -210,7 +211,7 @@ def _forward_channels_last(net: ResNet, kernels: list[Any], xs: Any) -> Any:
 
 def _out_hw(conv: Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
     k, s, p = conv.weight.shape[2], conv.config.stride, conv.config.padding
-    return (hw[0] + 2 * p - k) // s + 1, (hw[1] + 2 * p - k) // s + 1
+    return conv_out_len(hw[0], k, p, s, 1), conv_out_len(hw[1], k, p, s, 1)
 
 
 def _nhwc_kernels(net: ResNet, hw: tuple[int, int]) -> list[Any]:
@@ -223,7 +224,7 @@ def _nhwc_kernels(net: ResNet, hw: tuple[int, int]) -> list[Any]:
         return _out_hw(cb.conv, hw)
 
     hw = conv(net.stem, hw)
-    hw = ((hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)  # edge-padded 3x3/2 max-pool
+    hw = (conv_out_len(hw[0], 3, 1, 2, 1), conv_out_len(hw[1], 3, 1, 2, 1))  # the 3x3/2 max-pool, padding 1
     for stage in net.layers:
         for blk in stage:
             if blk.downsample is not None:

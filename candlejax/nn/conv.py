@@ -30,7 +30,7 @@ from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear
 from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.tensor import unwrap, wrap
-from candlejax.tensor.conv import is_patch_conv, to_usize2
+from candlejax.tensor.conv import conv_out_len, is_patch_conv, to_usize2
 
 __all__ = [
     "IM2COL_MAX_POSITIONS",
@@ -207,7 +207,7 @@ class Conv2d(_ConvBase):
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
         pad, stride, dil = _conv_geometry(self.config)
         for n, k, p, st, d in zip(x.shape[1:3], w.shape[2:], pad, stride, dil, strict=True):
-            if _out_len(n, k, p, st, d) <= 0:
+            if conv_out_len(n, k, p, st, d) <= 0:
                 raise errors.Conv1dInvalidArgs(
                     f"the dilated kernel ({d * (k - 1) + 1}) is larger than the padded input ({n + 2 * p})", x.shape,
                     w.shape, pad, stride, op=f"{name}.forward_nhwc",
@@ -270,10 +270,6 @@ def _conv_geometry(cfg: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[in
             to_usize2(cfg.dilation, "dilation", "conv2d", 1))  # fmt: skip
 
 
-def _out_len(n: int, k: int, p: int, s: int, d: int) -> int:
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 @op(static=("pad", "stride", "dilation", "layout"))
 def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], stride: tuple[int, int],
                  dilation: tuple[int, int], layout: str | None) -> Any:  # fmt: skip
@@ -282,7 +278,7 @@ def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], s
     if layout is None:  # 1x1, no padding
         y = _rows_product(x[:, :: stride[0], :: stride[1], :], w.reshape(o, i), prec)
     elif layout == "OHWI":
-        ho, wo = (_out_len(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:3], (kh, kw), pad, stride, dilation))
+        ho, wo = (conv_out_len(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:3], (kh, kw), pad, stride, dilation))
         xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
         taps = [lax.slice(xp, (0, r * dilation[0], c * dilation[1], 0),
                           (x.shape[0], r * dilation[0] + stride[0] * (ho - 1) + 1,
@@ -446,7 +442,7 @@ def nhwc_kernel_layout(conv: Conv2d, in_hw: tuple[int, int]) -> str | None:
     pad, stride, dil = _conv_geometry(cfg)
     if w.shape[2] == w.shape[3] == 1 and not any(pad):
         return None
-    ho, wo = (_out_len(n, k, p, s, d) for n, k, p, s, d in zip(in_hw, w.shape[2:], pad, stride, dil, strict=True))
+    ho, wo = (conv_out_len(n, k, p, s, d) for n, k, p, s, d in zip(in_hw, w.shape[2:], pad, stride, dil, strict=True))
     return "OHWI" if jax.default_backend() == "cpu" and ho * wo <= IM2COL_MAX_POSITIONS else "HWIO"
 
 

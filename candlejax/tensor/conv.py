@@ -73,7 +73,7 @@ def _check_kernel(op_name: str, x: TensorBase, kernel: Any) -> None:
     check_same_device(op_name, x, kernel)
 
 
-def _conv_out(n: int, k: int, p: int, s: int, d: int) -> int:
+def conv_out_len(n: int, k: int, p: int, s: int, d: int) -> int:
     """``(n + 2p - d(k-1) - 1) / s + 1`` (floor), or <= 0 when the kernel does not fit."""
     span = n + 2 * p - d * (k - 1) - 1
     return -1 if span < 0 else span // s + 1
@@ -146,7 +146,7 @@ def _weight_grad_chunk(x: Any, k: Any, p: _ConvParams) -> int:
         return batch
     kspatial = [k.shape[p.dn[1].index(c)] for c in p.dn[1] if c not in "OI"]
     dims = zip(spatial, kspatial, p.padding, p.stride, p.dilation)
-    positions = math.prod(max(1, _conv_out(n, kk, lo, st, d)) for n, kk, (lo, _), st, d in dims)
+    positions = math.prod(max(1, conv_out_len(n, kk, lo, st, d)) for n, kk, (lo, _), st, d in dims)
     if batch * positions * math.prod(k.shape) < WEIGHT_GRAD_MIN_MACS:
         return batch
     fits = [c for c in range(1, batch + 1) if batch % c == 0 and batch // c <= WEIGHT_GRAD_MAX_CHUNKS]
@@ -420,7 +420,7 @@ class ConvMixin(TensorBase):
             raise errors.Conv1dInvalidArgs(
                 f"the number of out-channels {c_out} is not divisible by groups {g}", self.shape, kernel.shape, p, s
             )
-        if _conv_out(l_in, k_size, p, s, d) <= 0:
+        if conv_out_len(l_in, k_size, p, s, d) <= 0:
             raise errors.Conv1dInvalidArgs(
                 f"the dilated kernel ({d * (k_size - 1) + 1}) is larger than the padded input ({l_in + 2 * p})",
                 self.shape, kernel.shape, p, s,
@@ -452,7 +452,7 @@ class ConvMixin(TensorBase):
         if c_out % g != 0:
             raise errors.Msg(f"conv2d: out_channel {c_out} is not divisible by groups {g}")
         for n, k, pp, ss, dd in ((i_h, k_h, p[0], s[0], d[0]), (i_w, k_w, p[1], s[1], d[1])):
-            if _conv_out(n, k, pp, ss, dd) <= 0:
+            if conv_out_len(n, k, pp, ss, dd) <= 0:
                 raise errors.Conv1dInvalidArgs(
                     f"the dilated kernel ({dd * (k - 1) + 1}) is larger than the padded input ({n + 2 * pp})",
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op="conv2d",
@@ -595,4 +595,4 @@ class ConvMixin(TensorBase):
                                          scales=(sh, sw)))
 
 
-__all__ = ["ConvMixin", "depthwise_conv2d_nhwc_op", "to_usize2"]
+__all__ = ["ConvMixin", "conv_out_len", "depthwise_conv2d_nhwc_op", "to_usize2"]
