@@ -334,14 +334,14 @@ struct Shared {
   std::atomic<int64_t> done{0};
 };
 
-// rows_fn(r0, r1) over [0, n) in chunks of whole groups of four rows, claimed by the caller and the
-// pool's workers from one counter; the caller waits only for chunks already claimed (being
-// computed), so a busy pool never blocks it. rows_fn must capture by value: a worker that starts
-// after the call has returned finds no chunk left but still holds its copy.
+// fn(r0, r1) over [0, n) in `chunks` pieces of whole multiples of `unit` rows, claimed by the caller
+// and the pool's workers from one counter; the caller waits only for chunks already claimed (being
+// computed), so a busy pool never blocks it. fn must capture by value: a worker that starts after
+// the call has returned finds no chunk left but still holds its copy.
 template <typename RowsFn>
-void ParallelRows(ffi::ThreadPool& pool, int64_t threads, int64_t n, RowsFn rows_fn) {
-  const int64_t chunks = std::min<int64_t>((threads + 1) * 4, n / 16);
-  const int64_t per = ((n + chunks - 1) / chunks + 3) / 4 * 4;
+void ParallelChunks(ffi::ThreadPool& pool, int64_t threads, int64_t n, int64_t unit, int64_t chunks, RowsFn rows_fn) {
+  chunks = std::max<int64_t>(1, std::min(chunks, (n + unit - 1) / unit));
+  const int64_t per = ((n + chunks - 1) / chunks + unit - 1) / unit * unit;
   auto shared = std::make_shared<Shared>();
   auto work_fn = [=](Shared* s) {
     for (;;) {
@@ -365,6 +365,12 @@ void ParallelRows(ffi::ThreadPool& pool, int64_t threads, int64_t n, RowsFn rows
       std::this_thread::yield();
     }
   }
+}
+
+// rows_fn(r0, r1) over [0, n) in chunks of whole groups of four rows (see ParallelChunks)
+template <typename RowsFn>
+void ParallelRows(ffi::ThreadPool& pool, int64_t threads, int64_t n, RowsFn rows_fn) {
+  ParallelChunks(pool, threads, n, 4, std::min<int64_t>((threads + 1) * 4, n / 16), rows_fn);
 }
 
 ffi::Error QMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
@@ -499,6 +505,146 @@ CJ_AVX512 void F32RowsAvx512(const float* x, const float* w, int64_t m, int64_t 
   for (; r < r1; ++r) F32RowGroupAvx512<1>(x, w, m, k, n, r, y);
 }
 
+// --- f32 products with many activation rows -------------------------------------------------------
+// Register tiles of 12 x 32 results (24 accumulators): per step along K, 12 activation values are
+// broadcast against a 32-wide panel of weight rows, packed K-major so that a step reads two aligned
+// vectors. Each worker packs the weight panels it uses, a group that stays in L2 at a time, and
+// runs every tile of its activation rows against the group. Few rows (their activations fit in L2):
+// the workers split the weight panels, each packing only its own; many rows: they split the rows.
+
+// at most this many activation rows take the few-row product above
+constexpr int64_t kFewRows = 48;
+constexpr int kPanel = 32;
+constexpr int kTile = 12;
+// packed weight panels of a group are kept to about this many bytes (a share of a 2 MiB L2)
+constexpr int64_t kPackedBytes = int64_t{1} << 20;
+// broadcast rows are read in place: their lines are fetched this many floats ahead
+constexpr int64_t kAhead = 64;
+
+// r[i] lane j <-> r[j] lane i
+CJ_AVX512 inline void Transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // u[4q + j]: rows 4q..4q+3 of columns j, j + 4, j + 8, j + 12 (one per 128-bit lane)
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), b = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
+    const __m512 c = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 d = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
+    r[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(a, c, 0xdd);
+    r[j + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
+    r[j + 12] = _mm512_shuffle_f32x4(b, d, 0xdd);
+  }
+}
+
+inline __mmask16 FirstLanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xffff) : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1u);
+}
+
+// out[c * 32 + i] = a[i * k + c] for the first `rows` (<= 32) rows of the row-major a (rows of k),
+// zero for the rows past them; out is 64-byte aligned
+CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
+  for (int half = 0; half < 2; ++half) {
+    const int64_t base = half * 16;
+    for (int64_t c0 = 0; c0 < k; c0 += 16) {
+      const int64_t kc = std::min<int64_t>(16, k - c0);
+      const __mmask16 cols = FirstLanes(kc);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = base + i < rows ? _mm512_maskz_loadu_ps(cols, a + (base + i) * k + c0) : _mm512_setzero_ps();
+      }
+      Transpose16(r);
+      for (int64_t j = 0; j < kc; ++j) _mm512_store_ps(out + (c0 + j) * kPanel + base, r[j]);
+    }
+  }
+}
+
+// y[i, j] for MR activation rows i (read in place) and the 32 weight rows j of a packed panel
+template <int MR>
+CJ_AVX512 inline void Tile(const float* x, int64_t k, const float* panel, float* y, int64_t ldy, __mmask16 keep0,
+                           __mmask16 keep1) {
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const float* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = x + i * k;
+  for (int64_t c0 = 0; c0 < k; c0 += 16) {
+    for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
+    const int64_t c1 = std::min<int64_t>(k, c0 + 16);
+#pragma GCC unroll 4
+    for (int64_t c = c0; c < c1; ++c) {
+      const __m512 b0 = _mm512_load_ps(panel + c * kPanel), b1 = _mm512_load_ps(panel + c * kPanel + 16);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 a = _mm512_set1_ps(xr[i][c]);
+        acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_mask_storeu_ps(y + i * ldy, keep0, acc[i][0]);
+    _mm512_mask_storeu_ps(y + i * ldy + 16, keep1, acc[i][1]);
+  }
+}
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// activation rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this
+// thread's scratch (kept for its next call), each group used by every tile of rows
+CJ_AVX512 void BlockedRows(const float* x, const float* w, int64_t k, int64_t n, int64_t i0, int64_t i1, int64_t p0,
+                           int64_t p1, float* y) {
+  thread_local std::unique_ptr<float, AlignedFree> scratch;
+  thread_local int64_t scratch_floats = 0;
+  const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytes / (k * kPanel * 4)));
+  if (per_group * k * kPanel > scratch_floats) {
+    scratch_floats = per_group * k * kPanel;
+    scratch.reset(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(scratch_floats) * 4)));
+  }
+  float* packed = scratch.get();
+  for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
+    const int64_t g1 = std::min(p1, g0 + per_group);
+    for (int64_t p = g0; p < g1; ++p) {
+      PackPanel(w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), packed + (p - g0) * k * kPanel);
+    }
+    auto tiles = [&](auto mr, int64_t i) {
+      for (int64_t p = g0; p < g1; ++p) {
+        const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
+        Tile<decltype(mr)::value>(x + i * k, k, packed + (p - g0) * k * kPanel, y + i * n + p * kPanel, n,
+                                  FirstLanes(cols), FirstLanes(cols - 16));
+      }
+    };
+    int64_t i = i0;
+    for (; i + kTile <= i1; i += kTile) tiles(std::integral_constant<int, kTile>{}, i);
+    for (; i + 4 <= i1; i += 4) tiles(std::integral_constant<int, 4>{}, i);
+    for (; i < i1; ++i) tiles(std::integral_constant<int, 1>{}, i);
+  }
+}
+
+// the blocked product over `workers` threads (the caller and workers - 1 of the pool's)
+CJ_AVX512 void F32BlockedAvx512(ffi::ThreadPool& pool, int64_t workers, const float* x, const float* w, int64_t m,
+                                int64_t k, int64_t n, float* y) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  if (workers <= 1) {
+    BlockedRows(x, w, k, n, 0, m, 0, panels, y);
+  } else if (m * k * 4 <= kPackedBytes && panels >= 2 * workers) {
+    ParallelChunks(pool, workers - 1, panels, 1, workers,
+                   [=](int64_t p0, int64_t p1) { BlockedRows(x, w, k, n, 0, m, p0, p1, y); });
+  } else {
+    ParallelChunks(pool, workers - 1, m, kTile, workers,
+                   [=](int64_t i0, int64_t i1) { BlockedRows(x, w, k, n, i0, i1, 0, panels, y); });
+  }
+}
+
 ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
@@ -514,8 +660,13 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = out->typed_data();
-  auto rows = ActiveIsa() >= 2 ? F32RowsAvx512 : F32RowsPortable;
+  const bool avx512 = ActiveIsa() >= 2;
   int64_t threads = pool.num_threads();
+  if (avx512 && m > kFewRows) {
+    F32BlockedAvx512(pool, m * k * n < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, threads), xp, wp, m, k, n, yp);
+    return ffi::Error::Success();
+  }
+  auto rows = avx512 ? F32RowsAvx512 : F32RowsPortable;
   if (threads <= 0 || m * k * n < (int64_t{1} << 17) || n < 64) {
     rows(xp, wp, m, k, n, 0, n, yp);
     return ffi::Error::Success();

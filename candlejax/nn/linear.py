@@ -31,6 +31,10 @@ __all__ = ["Linear", "linear", "linear_b", "linear_no_bias"]
 NATIVE_MAX_ROWS = 48
 #: ... and weights of at least this many values (smaller products gain nothing)
 NATIVE_MIN_WEIGHT = 1 << 14
+#: f32 inputs of at least this many rows use the native blocked product (register tiles over packed
+#: weight panels), which runs large products ~5-15% faster than XLA:CPU's library product here;
+#: between the two bounds XLA's product is as fast
+NATIVE_BLOCKED_MIN_ROWS = 512
 
 
 @op
@@ -47,8 +51,9 @@ def _use_native(x: Any, w: Any, prec: Any, max_rows: int | None = None) -> bool:
     """Few f32 rows on a one-device CPU process with the native product built for AVX-512 (its
     portable loop is slower than XLA; a custom call has no sharding rule, so programs over several
     devices keep XLA's product)."""
+    rows = math.prod(x.shape[:-1])
     return (x.dtype == w.dtype == jnp.float32 and prec == lax.Precision.HIGHEST and w.size >= NATIVE_MIN_WEIGHT
-            and math.prod(x.shape[:-1]) <= (NATIVE_MAX_ROWS if max_rows is None else max_rows)
+            and (rows <= (NATIVE_MAX_ROWS if max_rows is None else max_rows) or rows >= NATIVE_BLOCKED_MIN_ROWS)
             and jax.device_count() == 1
             and native.f32_available() and native.isa() == "avx512")  # fmt: skip
 

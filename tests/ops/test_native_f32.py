@@ -1,5 +1,5 @@
-"""The native few-row f32 product (candlejax.quantized.native.f32_matmul) and nn.Linear's use of it,
-against float64 numpy and torch."""
+"""The native f32 product (candlejax.quantized.native.f32_matmul: few-row and blocked paths) and
+nn.Linear's use of it, against float64 numpy and torch."""
 
 import importlib
 
@@ -22,9 +22,14 @@ needs_f32 = pytest.mark.skipif(not native.f32_available(), reason="native kernel
 
 @needs_f32
 @pytest.mark.parametrize("m,k,n", [(1, 64, 64), (3, 17, 5), (5, 100, 37), (16, 384, 1536), (17, 257, 130),
-                                   (48, 96, 4)])  # fmt: skip
+                                   (48, 96, 4),
+                                   # blocked (more than 48 rows): one worker; workers split the weight
+                                   # panels; they split the rows; one panel per packed group (long K)
+                                   (49, 33, 70), (100, 300, 130), (600, 17, 33), (530, 1100, 65), (61, 9000, 70),
+                                   (77, 1, 40)])  # fmt: skip
 def test_f32_matmul_matches_float64_on_every_instruction_set(rng, m, k, n):
-    """Tails of K (masked loads), of N (groups of four weight rows) and of M (blocks of four rows)."""
+    """Tails of K (masked loads), of N (groups of four weight rows; 32-row panels, masked stores) and
+    of M (blocks of four rows; tiles of 12, 4 and 1 rows)."""
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(np.float32)
     ref = x.astype(np.float64) @ w.astype(np.float64).T
@@ -49,8 +54,8 @@ def _calls_native(fn, *args) -> bool:
 
 
 @needs_f32
-@pytest.mark.parametrize("shape", [(1, 384), (2, 8, 384), (48, 384)])
-def test_linear_with_few_rows_uses_the_native_product_and_matches_torch(rng, shape):
+@pytest.mark.parametrize("shape", [(1, 384), (2, 8, 384), (48, 384), (4, 128, 384)])
+def test_linear_with_few_or_many_rows_uses_the_native_product_and_matches_torch(rng, shape):
     """Values and gradients (XLA's products in the backward pass) against torch.nn.Linear."""
     if native.isa() != "avx512":
         pytest.skip("nn.Linear takes the native product on AVX-512 CPUs only")
@@ -103,13 +108,14 @@ def test_linear_with_few_rows_has_forward_mode_derivatives(rng):
 
 
 @needs_f32
-def test_linear_keeps_xlas_product_for_many_rows_small_weights_and_other_dtypes(rng):
+def test_linear_keeps_xlas_product_between_the_bounds_for_small_weights_and_other_dtypes(rng):
     lin = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)))
 
     def f(m, x):
         return m.forward(cj.Tensor(x)).jax
 
     assert not _calls_native(f, lin, np.zeros((linear_mod.NATIVE_MAX_ROWS + 1, 384), np.float32))
+    assert not _calls_native(f, lin, np.zeros((linear_mod.NATIVE_BLOCKED_MIN_ROWS - 1, 384), np.float32))
     small = cj.nn.Linear(cj.Tensor(rng.standard_normal((8, 16)).astype(np.float32)))
     assert not _calls_native(f, small, np.zeros((2, 16), np.float32))
     half = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)).to_dtype(cj.DType.BF16))
