@@ -568,24 +568,47 @@ CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
   }
 }
 
-// y[i, j] for MR activation rows i (read in place) and the 32 weight rows j of a packed panel
-template <int MR>
-CJ_AVX512 inline void Tile(const float* x, int64_t k, const float* panel, float* y, int64_t ldy, __mmask16 keep0,
-                           __mmask16 keep1) {
+// Rows of the product's left operand, read in place. A product: row i of x (M, K). A convolution
+// over a padded NHWC input: output position i, whose K = taps x channels values are the channel
+// vectors at its taps (an implicit im2col: row i's tap t starts at rows(i) + taps[t]).
+struct DenseRows {
+  const float* x;
+  int64_t k;
+  const float* operator()(int64_t i) const { return x + i * k; }
+};
+
+struct ConvRows {
+  const float* x;  // (B, Hp, Wp, C), padded
+  int64_t ho, wo, hp, wp, c, sh, sw;
+  const float* operator()(int64_t i) const {
+    const int64_t b = i / (ho * wo), r = i % (ho * wo);
+    return x + ((b * hp + (r / wo) * sh) * wp + (r % wo) * sw) * c;
+  }
+};
+
+// y[i, j] for MR left rows i0.. and the 32 weight rows j of a packed panel: per tap, `c` steps along K
+template <int MR, typename Rows>
+CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, const int64_t* taps, int64_t ntaps, int64_t c,
+                           const float* panel, float* y, int64_t ldy, __mmask16 keep0, __mmask16 keep1) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  const float* xr[MR];
-  for (int i = 0; i < MR; ++i) xr[i] = x + i * k;
-  for (int64_t c0 = 0; c0 < k; c0 += 16) {
-    for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
-    const int64_t c1 = std::min<int64_t>(k, c0 + 16);
+  const float* base[MR];
+  for (int i = 0; i < MR; ++i) base[i] = rows(i0 + i);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const float* xr[MR];
+    for (int i = 0; i < MR; ++i) xr[i] = base[i] + taps[t];
+    const float* pt = panel + t * c * kPanel;
+    for (int64_t c0 = 0; c0 < c; c0 += 16) {
+      for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
+      const int64_t c1 = std::min<int64_t>(c, c0 + 16);
 #pragma GCC unroll 4
-    for (int64_t c = c0; c < c1; ++c) {
-      const __m512 b0 = _mm512_load_ps(panel + c * kPanel), b1 = _mm512_load_ps(panel + c * kPanel + 16);
-      for (int i = 0; i < MR; ++i) {
-        const __m512 a = _mm512_set1_ps(xr[i][c]);
-        acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+      for (int64_t q = c0; q < c1; ++q) {
+        const __m512 b0 = _mm512_load_ps(pt + q * kPanel), b1 = _mm512_load_ps(pt + q * kPanel + 16);
+        for (int i = 0; i < MR; ++i) {
+          const __m512 a = _mm512_set1_ps(xr[i][q]);
+          acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+        }
       }
     }
   }
@@ -599,12 +622,23 @@ struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
 };
 
-// activation rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this
-// thread's scratch (kept for its next call), each group used by every tile of rows
-CJ_AVX512 void BlockedRows(const float* x, const float* w, int64_t k, int64_t n, int64_t i0, int64_t i1, int64_t p0,
-                           int64_t p1, float* y) {
+// the product's geometry: M left rows of K = ntaps x c values against N weight rows (N, K)
+template <typename Rows>
+struct Blocked {
+  Rows rows;
+  const int64_t* taps;
+  int64_t ntaps, c, m, n;
+  const float* w;
+  float* y;  // (M, N)
+};
+
+// left rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this thread's
+// scratch (kept for its next call), each group used by every tile of rows
+template <typename Rows>
+CJ_AVX512 void BlockedRows(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
   thread_local std::unique_ptr<float, AlignedFree> scratch;
   thread_local int64_t scratch_floats = 0;
+  const int64_t k = g.ntaps * g.c, n = g.n;
   const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytes / (k * kPanel * 4)));
   if (per_group * k * kPanel > scratch_floats) {
     scratch_floats = per_group * k * kPanel;
@@ -614,13 +648,13 @@ CJ_AVX512 void BlockedRows(const float* x, const float* w, int64_t k, int64_t n,
   for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
     const int64_t g1 = std::min(p1, g0 + per_group);
     for (int64_t p = g0; p < g1; ++p) {
-      PackPanel(w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), packed + (p - g0) * k * kPanel);
+      PackPanel(g.w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), packed + (p - g0) * k * kPanel);
     }
     auto tiles = [&](auto mr, int64_t i) {
       for (int64_t p = g0; p < g1; ++p) {
         const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
-        Tile<decltype(mr)::value>(x + i * k, k, packed + (p - g0) * k * kPanel, y + i * n + p * kPanel, n,
-                                  FirstLanes(cols), FirstLanes(cols - 16));
+        Tile<decltype(mr)::value>(g.rows, i, g.taps, g.ntaps, g.c, packed + (p - g0) * k * kPanel,
+                                  g.y + i * n + p * kPanel, n, FirstLanes(cols), FirstLanes(cols - 16));
       }
     };
     int64_t i = i0;
@@ -630,19 +664,52 @@ CJ_AVX512 void BlockedRows(const float* x, const float* w, int64_t k, int64_t n,
   }
 }
 
-// the blocked product over `workers` threads (the caller and workers - 1 of the pool's)
-CJ_AVX512 void F32BlockedAvx512(ffi::ThreadPool& pool, int64_t workers, const float* x, const float* w, int64_t m,
-                                int64_t k, int64_t n, float* y) {
-  const int64_t panels = (n + kPanel - 1) / kPanel;
+// the blocked product over `workers` threads (the caller and workers - 1 of the pool's); few left
+// rows (`left_bytes` fit in L2): the workers split the weight panels, else the rows
+template <typename Rows>
+CJ_AVX512 void F32BlockedAvx512(ffi::ThreadPool& pool, int64_t workers, const Blocked<Rows>& g, int64_t left_bytes) {
+  const int64_t panels = (g.n + kPanel - 1) / kPanel;
   if (workers <= 1) {
-    BlockedRows(x, w, k, n, 0, m, 0, panels, y);
-  } else if (m * k * 4 <= kPackedBytes && panels >= 2 * workers) {
-    ParallelChunks(pool, workers - 1, panels, 1, workers,
-                   [=](int64_t p0, int64_t p1) { BlockedRows(x, w, k, n, 0, m, p0, p1, y); });
+    BlockedRows(g, 0, g.m, 0, panels);
+  } else if (left_bytes <= kPackedBytes && panels >= 2 * workers) {
+    ParallelChunks(pool, workers - 1, panels, 1, workers, [=](int64_t p0, int64_t p1) { BlockedRows(g, 0, g.m, p0, p1); });
   } else {
-    ParallelChunks(pool, workers - 1, m, kTile, workers,
-                   [=](int64_t i0, int64_t i1) { BlockedRows(x, w, k, n, i0, i1, 0, panels, y); });
+    ParallelChunks(pool, workers - 1, g.m, kTile, workers, [=](int64_t i0, int64_t i1) { BlockedRows(g, i0, i1, 0, panels); });
   }
+}
+
+// workers for a product of `work` multiply-adds: one below ~128K, else all of the pool's threads
+int64_t Workers(ffi::ThreadPool& pool, int64_t work) {
+  return work < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, pool.num_threads());
+}
+
+// y (B, Ho, Wo, O) = the convolution of a padded channels-last x (B, Hp, Wp, C) with a kernel
+// (O, kh * kw * C) in OHWI order (stride and dilation given), on AVX-512 CPUs
+ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh,
+                       int64_t dw) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  const auto od = out->dimensions();
+  if (xd.size() != 4 || wd.size() != 2 || od.size() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 ||
+      dw < 1 || wd[1] != kh * kw * xd[3]) {
+    return ffi::Error::InvalidArgument(
+        "candlejax f32 conv: x must be (B, H, W, C), w (O, kh * kw * C) and the geometry positive");
+  }
+  const int64_t bsz = xd[0], hp = xd[1], wp = xd[2], c = xd[3], o = wd[0];
+  const int64_t ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
+  if (ho < 1 || wo < 1 || od[0] != bsz || od[1] != ho || od[2] != wo || od[3] != o) {
+    return ffi::Error::InvalidArgument("candlejax f32 conv: result must be (B, Ho, Wo, O) for this geometry");
+  }
+  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv: needs an AVX-512 CPU");
+  std::vector<int64_t> taps;
+  for (int64_t r = 0; r < kh; ++r)
+    for (int64_t q = 0; q < kw; ++q) taps.push_back((r * dh * wp + q * dw) * c);
+  const int64_t m = bsz * ho * wo;
+  const Blocked<ConvRows> g{ConvRows{x.typed_data(), ho, wo, hp, wp, c, sh, sw}, taps.data(), kh * kw, c, m, o,
+                            w.typed_data(), out->typed_data()};
+  F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * hp * wp * c * 4);
+  return ffi::Error::Success();
 }
 
 ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -663,7 +730,9 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const bool avx512 = ActiveIsa() >= 2;
   int64_t threads = pool.num_threads();
   if (avx512 && m > kFewRows) {
-    F32BlockedAvx512(pool, m * k * n < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, threads), xp, wp, m, k, n, yp);
+    const int64_t tap = 0;
+    const Blocked<DenseRows> g{DenseRows{xp, k}, &tap, 1, k, m, n, wp, yp};
+    F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
     return ffi::Error::Success();
   }
   auto rows = avx512 ? F32RowsAvx512 : F32RowsPortable;
@@ -692,6 +761,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Matmul, F32Matmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvNhwc, F32ConvNhwc,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw"));
 
 extern "C" {
 // 0 portable, 1 AVX2, 2 AVX-512: the path this CPU runs (after any cap)

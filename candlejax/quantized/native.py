@@ -28,8 +28,10 @@ from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
 
 TARGET = "candlejax_quantized_matmul"
-#: the f32 product for few activation rows (:func:`f32_matmul`)
+#: the f32 product (:func:`f32_matmul`)
 F32_TARGET = "candlejax_f32_matmul"
+#: the f32 channels-last convolution (:func:`f32_conv_nhwc`)
+F32_CONV_TARGET = "candlejax_f32_conv_nhwc"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
 KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3, GgmlDType.Q8_0: 8}
 ISA_NAMES = ("portable", "avx2", "avx512")
@@ -68,6 +70,18 @@ def _f32_registered() -> bool:
         return False
     try:
         jax.ffi.register_ffi_target(F32_TARGET, jax.ffi.pycapsule(lib.CandlejaxF32Matmul), platform="cpu")
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _conv_registered() -> bool:
+    lib = _library()
+    if lib is None or not hasattr(lib, "CandlejaxF32ConvNhwc"):  # a library built before the convolution
+        return False
+    try:
+        jax.ffi.register_ffi_target(F32_CONV_TARGET, jax.ffi.pycapsule(lib.CandlejaxF32ConvNhwc), platform="cpu")
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -124,6 +138,35 @@ def matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     return call(x, raw, layer, kind=np.int32(kind))
 
 
+def conv_available() -> bool:
+    """Whether :func:`f32_conv_nhwc` can run: the library has it, on the CPU backend, on an AVX-512 CPU."""
+    return available() and _conv_registered() and isa() == "avx512"
+
+
+def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                  dilation: tuple[int, int] = (1, 1)) -> Any:  # fmt: skip
+    """The convolution of an already padded channels-last ``x (B, H, W, C)`` f32 with ``kernel (O,
+    kh * kw * C)`` (OHWI order, flattened) -> ``(B, Ho, Wo, O)``: the blocked product over each output
+    position's taps, read in place (no im2col copy). PyTorch: ``F.conv2d`` on ``channels_last``
+    tensors with ``padding=0``. Equal to XLA's convolution up to summation order; no derivative of
+    its own (``Conv2d.forward_nhwc`` wraps it in one that uses XLA's)."""
+    if not conv_available():
+        raise errors.Msg("the native f32 convolution is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, stride, dilation
+    if (x.ndim != 4 or kernel.ndim != 2 or kernel.shape[1] != kh * kw * x.shape[3] or x.dtype != jnp.float32
+            or kernel.dtype != jnp.float32 or min(kh, kw, sh, sw, dh, dw) < 1):  # fmt: skip
+        raise errors.Msg(f"native.f32_conv_nhwc: x must be (B, H, W, C) and kernel (O, {kh}*{kw}*C), both f32, with "
+                         f"positive geometry; got {tuple(x.shape)} {x.dtype}, {tuple(kernel.shape)} {kernel.dtype}, "
+                         f"stride {stride}, dilation {dilation}")  # fmt: skip
+    ho, wo = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise errors.Msg(f"native.f32_conv_nhwc: the dilated kernel does not fit the input {tuple(x.shape)}")
+    out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel.shape[0]), jnp.float32)
+    call = jax.ffi.ffi_call(F32_CONV_TARGET, out, vmap_method="sequential")
+    return call(x, kernel, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh),
+                dw=np.int64(dw))  # fmt: skip
+
+
 def f32_available() -> bool:
     """Whether :func:`f32_matmul` can run: the native library loads and has it, on the CPU backend."""
     return available() and _f32_registered()
@@ -144,4 +187,5 @@ def f32_matmul(x: Any, w: Any) -> Any:
     return jax.ffi.ffi_call(F32_TARGET, out, vmap_method="sequential")(x, w)
 
 
-__all__ = ["KINDS", "available", "f32_available", "f32_matmul", "isa", "matmul", "set_isa"]
+__all__ = ["KINDS", "available", "conv_available", "f32_available", "f32_conv_nhwc", "f32_matmul", "isa", "matmul",
+           "set_isa"]

@@ -1,6 +1,6 @@
 """``Conv2d.forward_nhwc`` (channels-last convolutions: 1x1 products, stacked-tap products, XLA's
-convolution, the native few-row product) against torch's convolution on the NCHW transpose, values
-and gradients; ``nhwc_kernel`` / ``with_nhwc_kernels`` and their errors."""
+convolution, the native few-row product and the native convolution) against torch's convolution on
+the NCHW transpose, values and gradients; ``nhwc_kernel`` / ``with_nhwc_kernels`` and their errors."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ CASES = {
     "(h, w) padding": (4, 6, 3, 1, (1, 0), 1, (6, 7)),
     "3x3 native rows": (64, 64, 3, 1, 1, 1, (6, 6)),
     "1x1 native rows": (256, 128, 1, 1, 0, 1, (7, 7)),
+    # more than 64 output rows: the native convolution where it is built (else XLA's)
+    "3x3 native convolution": (16, 40, 3, 1, 1, 1, (12, 11)),
+    "3x3 stride 2 dilated native convolution": (16, 24, 3, 2, 2, 2, (17, 15)),
+    "5x5 (h, w) padding native convolution": (20, 33, 5, 1, (2, 1), 1, (10, 12)),
 }
+
+#: whether maps of more than IM2COL_MAX_POSITIONS positions run the native convolution here
+NATIVE_CONV = native.conv_available() and jax.device_count() == 1
 
 
 def _torch_nhwc(m, tx):
@@ -62,8 +69,12 @@ def test_kernel_layouts_follow_the_path():
     assert nhwc_kernel_layout(c1, (56, 56)) is None and nhwc_kernel(c1, (56, 56)) is None
     assert nhwc_kernel_layout(c3, (side, side)) == "OHWI"
     assert nhwc_kernel(c3, (side, side)).shape == (16, 3, 3, 8)
-    assert nhwc_kernel_layout(c3, (side + 1, side)) == "HWIO"
-    assert nhwc_kernel(c3, (side + 1, side)).shape == (3, 3, 8, 16)
+    if NATIVE_CONV:  # the native convolution reads OHWI kernels at every size
+        assert nhwc_kernel_layout(c3, (side + 1, side)) == "OHWI"
+        assert nhwc_kernel(c3, (side + 1, side)).shape == (16, 3, 3, 8)
+    else:
+        assert nhwc_kernel_layout(c3, (side + 1, side)) == "HWIO"
+        assert nhwc_kernel(c3, (side + 1, side)).shape == (3, 3, 8, 16)
     assert nhwc_kernel(c3, (4, 4)) is nhwc_kernel(c3, (5, 5))  # one copy per weight array and layout
 
 
@@ -85,8 +96,12 @@ def test_with_nhwc_kernels_and_bad_input():
         with_nhwc_kernels(convs, ks)[0].forward(x)
     with pytest.raises(Exception, match="fewer kernels than Conv2d layers"):
         with_nhwc_kernels(convs, ks[:1])
-    with pytest.raises(Exception, match=r"kernel \(8, 3, 3, 4\) is not the HWIO kernel"):
-        convs[0].forward_nhwc(jnp.zeros((1, 20, 20, 4)), ks[0])  # a 20x20 map reads HWIO
+    if NATIVE_CONV:
+        with pytest.raises(Exception, match=r"kernel \(3, 3, 4, 8\) is not the OHWI kernel"):
+            convs[0].forward_nhwc(jnp.zeros((1, 20, 20, 4)), jnp.zeros((3, 3, 4, 8)))  # an HWIO kernel
+    else:
+        with pytest.raises(Exception, match=r"kernel \(8, 3, 3, 4\) is not the HWIO kernel"):
+            convs[0].forward_nhwc(jnp.zeros((1, 20, 20, 4)), ks[0])  # a 20x20 map reads HWIO
     with pytest.raises(nn.LayerInputShape, match=r"Conv2d 'a'.*\[batch, H, W, 4\] \(channels last\).*\[1, 4, 6, 6\]"):
         convs[0].forward_nhwc(jnp.zeros((1, 4, 6, 6)))  # NCHW handed in
     unpadded = nn.conv2d(4, 8, 3, nn.Conv2dConfig(), vb.pp("u"))
@@ -107,3 +122,13 @@ def test_few_rows_run_the_native_product():
     assert "candlejax_f32_matmul" in hlo
     hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((2, 7, 7, 64))).as_text()  # 98 rows
     assert "candlejax_f32_matmul" not in hlo
+
+
+@pytest.mark.skipif(not NATIVE_CONV, reason="native f32 convolution not built for this CPU")
+def test_larger_maps_run_the_native_convolution():
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    conv = nn.conv2d(16, 32, 3, nn.Conv2dConfig(padding=1), vb.pp("a"))
+    hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((2, 7, 7, 16))).as_text()  # 98 rows
+    assert native.F32_CONV_TARGET in hlo
+    hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((1, 7, 7, 16))).as_text()  # 49: few rows
+    assert native.F32_CONV_TARGET not in hlo

@@ -120,3 +120,48 @@ def test_linear_keeps_xlas_product_between_the_bounds_for_small_weights_and_othe
     assert not _calls_native(f, small, np.zeros((2, 16), np.float32))
     half = cj.nn.Linear(cj.Tensor(rng.standard_normal((96, 384)).astype(np.float32)).to_dtype(cj.DType.BF16))
     assert not _calls_native(f, half, np.zeros((2, 384), jnp.bfloat16))
+
+
+needs_conv = pytest.mark.skipif(not native.conv_available(), reason="native f32 convolution not built for this CPU")
+
+
+def _conv_nhwc_f64(xp, w4, stride, dilation):
+    """Reference: float64 convolution of a padded NHWC input with an (O, kh, kw, C) kernel."""
+    b, h, w, c = xp.shape
+    o, kh, kw, _ = w4.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((b, ho, wo, o))
+    for r in range(kh):
+        for q in range(kw):
+            patch = xp[:, r * dh : r * dh + sh * (ho - 1) + 1 : sh, q * dw : q * dw + sw * (wo - 1) + 1 : sw, :]
+            y += patch.astype(np.float64) @ w4[:, r, q, :].astype(np.float64).T
+    return y
+
+
+@needs_conv
+@pytest.mark.parametrize("b,h,w,c,o,k,stride,dilation", [
+    (1, 9, 9, 16, 64, (3, 3), (1, 1), (1, 1)),   # rows split between workers... or one worker (small)
+    (2, 30, 28, 32, 70, (3, 3), (1, 1), (1, 1)),  # panel tail (70 = 2 x 32 + 6), row tiles of 12/4/1
+    (1, 40, 37, 3, 8, (7, 7), (2, 2), (1, 1)),   # a stem: 3 channels, 49 taps, stride 2
+    (3, 17, 19, 20, 33, (3, 5), (2, 1), (2, 3)),  # rectangular kernel, mixed stride and dilation
+    (1, 70, 66, 64, 128, (3, 3), (1, 1), (1, 1)),  # input larger than the packed-bytes budget: rows split
+])  # fmt: skip
+def test_f32_conv_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation):
+    xp = rng.standard_normal((b, h, w, c)).astype(np.float32)
+    w4 = rng.standard_normal((o, *k, c)).astype(np.float32)
+    ref = _conv_nhwc_f64(xp, w4, stride, dilation)
+    y = np.asarray(jax.jit(native.f32_conv_nhwc, static_argnums=(2, 3, 4))(xp, w4.reshape(o, -1), k, stride, dilation))
+    assert y.shape == ref.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@needs_conv
+def test_f32_conv_nhwc_rejects_bad_shapes():
+    x = jnp.ones((1, 5, 5, 4), jnp.float32)
+    with pytest.raises(errors.Error, match=r"kernel \(O, 3\*3\*C\)"):
+        native.f32_conv_nhwc(x, jnp.ones((8, 35), jnp.float32), (3, 3))
+    with pytest.raises(errors.Error, match="both f32"):
+        native.f32_conv_nhwc(x.astype(jnp.bfloat16), jnp.ones((8, 36), jnp.bfloat16), (3, 3))
+    with pytest.raises(errors.Error, match="does not fit the input"):
+        native.f32_conv_nhwc(x, jnp.ones((8, 4 * 36), jnp.float32), (6, 6))
