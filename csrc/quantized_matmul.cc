@@ -568,35 +568,54 @@ CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
   }
 }
 
-// Rows of the product's left operand, read in place. A product: row i of x (M, K). A convolution
-// over a padded NHWC input: output position i, whose K = taps x channels values are the channel
-// vectors at its taps (an implicit im2col: row i's tap t starts at rows(i) + taps[t]).
+// Rows of the product's left operand, read in place, as `c` values per tap. A product: row i of
+// x (M, K), one tap. A convolution over an NHWC input: output position i, whose K = taps x channels
+// values are the channel vectors at its taps (an implicit im2col); a tap in the padding reads zeros.
 struct DenseRows {
   const float* x;
   int64_t k;
-  const float* operator()(int64_t i) const { return x + i * k; }
+  using Pos = const float*;
+  Pos Locate(int64_t i) const { return x + i * k; }
+  const float* Tap(Pos p, int64_t) const { return p; }
 };
 
 struct ConvRows {
-  const float* x;  // (B, Hp, Wp, C), padded
-  int64_t ho, wo, hp, wp, c, sh, sw;
-  const float* operator()(int64_t i) const {
+  const float* x;      // (B, H, W, C)
+  const float* zeros;  // C zeros, for taps in the padding
+  const int64_t* tap_yx;  // (dy, dx) of each tap, dilation included
+  int64_t ho, wo, h, w, c, sh, sw, ph, pw;
+  struct Pos {
+    int64_t b, y, x;  // the batch index and the top-left input coordinate (may be negative)
+  };
+  Pos Locate(int64_t i) const {
     const int64_t b = i / (ho * wo), r = i % (ho * wo);
-    return x + ((b * hp + (r / wo) * sh) * wp + (r % wo) * sw) * c;
+    return {b, (r / wo) * sh - ph, (r % wo) * sw - pw};
+  }
+  const float* Tap(const Pos& p, int64_t t) const {
+    const int64_t yy = p.y + tap_yx[2 * t], xx = p.x + tap_yx[2 * t + 1];
+    if (yy < 0 || yy >= h || xx < 0 || xx >= w) return zeros;
+    return x + ((p.b * h + yy) * w + xx) * c;
   }
 };
 
-// y[i, j] for MR left rows i0.. and the 32 weight rows j of a packed panel: per tap, `c` steps along K
+// what a tile does with its sums before storing them: add the bias (N values, or none), then ReLU
+struct Epilogue {
+  const float* bias;
+  bool relu;
+};
+
+// y[i, j] for MR left rows i0.. and the 32 weight rows j0.. of a packed panel: per tap, `c` steps
+// along K
 template <int MR, typename Rows>
-CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, const int64_t* taps, int64_t ntaps, int64_t c,
-                           const float* panel, float* y, int64_t ldy, __mmask16 keep0, __mmask16 keep1) {
+CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
+                           int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  const float* base[MR];
-  for (int i = 0; i < MR; ++i) base[i] = rows(i0 + i);
+  typename Rows::Pos pos[MR];
+  for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
   for (int64_t t = 0; t < ntaps; ++t) {
     const float* xr[MR];
-    for (int i = 0; i < MR; ++i) xr[i] = base[i] + taps[t];
+    for (int i = 0; i < MR; ++i) xr[i] = rows.Tap(pos[i], t);
     const float* pt = panel + t * c * kPanel;
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
@@ -612,9 +631,24 @@ CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, const int64_t* taps, in
       }
     }
   }
+  const __mmask16 keep0 = FirstLanes(cols), keep1 = FirstLanes(cols - 16);
+  if (epi.bias != nullptr) {
+    const __m512 bias0 = _mm512_maskz_loadu_ps(keep0, epi.bias + j0);
+    const __m512 bias1 = _mm512_maskz_loadu_ps(keep1, epi.bias + j0 + 16);
+    for (int i = 0; i < MR; ++i) {
+      acc[i][0] = _mm512_add_ps(acc[i][0], bias0);
+      acc[i][1] = _mm512_add_ps(acc[i][1], bias1);
+    }
+  }
+  if (epi.relu) {
+    for (int i = 0; i < MR; ++i) {
+      acc[i][0] = _mm512_max_ps(acc[i][0], _mm512_setzero_ps());
+      acc[i][1] = _mm512_max_ps(acc[i][1], _mm512_setzero_ps());
+    }
+  }
   for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(y + i * ldy, keep0, acc[i][0]);
-    _mm512_mask_storeu_ps(y + i * ldy + 16, keep1, acc[i][1]);
+    _mm512_mask_storeu_ps(y + i * ldy + j0, keep0, acc[i][0]);
+    _mm512_mask_storeu_ps(y + i * ldy + j0 + 16, keep1, acc[i][1]);
   }
 }
 
@@ -626,10 +660,10 @@ struct AlignedFree {
 template <typename Rows>
 struct Blocked {
   Rows rows;
-  const int64_t* taps;
   int64_t ntaps, c, m, n;
   const float* w;
   float* y;  // (M, N)
+  Epilogue epi;
 };
 
 // left rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this thread's
@@ -652,9 +686,8 @@ CJ_AVX512 void BlockedRows(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64
     }
     auto tiles = [&](auto mr, int64_t i) {
       for (int64_t p = g0; p < g1; ++p) {
-        const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
-        Tile<decltype(mr)::value>(g.rows, i, g.taps, g.ntaps, g.c, packed + (p - g0) * k * kPanel,
-                                  g.y + i * n + p * kPanel, n, FirstLanes(cols), FirstLanes(cols - 16));
+        Tile<decltype(mr)::value>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n,
+                                  p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi);
       }
     };
     int64_t i = i0;
@@ -683,32 +716,43 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t work) {
   return work < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, pool.num_threads());
 }
 
-// y (B, Ho, Wo, O) = the convolution of a padded channels-last x (B, Hp, Wp, C) with a kernel
-// (O, kh * kw * C) in OHWI order (stride and dilation given), on AVX-512 CPUs
+// y (B, Ho, Wo, O) = act(conv(x, w) + bias) for a channels-last x (B, H, W, C), a kernel
+// (O, kh * kw * C) in OHWI order, zero padding, stride and dilation; bias (O,) or (0,) for none,
+// act 0 none or 1 ReLU; on AVX-512 CPUs
 ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh,
-                       int64_t dw) {
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                       int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t act) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const auto od = out->dimensions();
   if (xd.size() != 4 || wd.size() != 2 || od.size() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 ||
-      dw < 1 || wd[1] != kh * kw * xd[3]) {
+      dw < 1 || ph < 0 || pw < 0 || act < 0 || act > 1 || wd[1] != kh * kw * xd[3]) {
     return ffi::Error::InvalidArgument(
         "candlejax f32 conv: x must be (B, H, W, C), w (O, kh * kw * C) and the geometry positive");
   }
-  const int64_t bsz = xd[0], hp = xd[1], wp = xd[2], c = xd[3], o = wd[0];
-  const int64_t ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
+  const int64_t bsz = xd[0], h = xd[1], wi = xd[2], c = xd[3], o = wd[0];
+  const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, wo = (wi + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
   if (ho < 1 || wo < 1 || od[0] != bsz || od[1] != ho || od[2] != wo || od[3] != o) {
     return ffi::Error::InvalidArgument("candlejax f32 conv: result must be (B, Ho, Wo, O) for this geometry");
   }
+  if (bias.element_count() != 0 && bias.element_count() != static_cast<size_t>(o)) {
+    return ffi::Error::InvalidArgument("candlejax f32 conv: bias must have O values or none");
+  }
   if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv: needs an AVX-512 CPU");
-  std::vector<int64_t> taps;
-  for (int64_t r = 0; r < kh; ++r)
-    for (int64_t q = 0; q < kw; ++q) taps.push_back((r * dh * wp + q * dw) * c);
+  std::vector<int64_t> tap_yx;
+  for (int64_t r = 0; r < kh; ++r) {
+    for (int64_t q = 0; q < kw; ++q) {
+      tap_yx.push_back(r * dh);
+      tap_yx.push_back(q * dw);
+    }
+  }
+  // zeros for taps in the padding, read up to kAhead floats past the vector's end by prefetches only
+  std::vector<float> zeros(static_cast<size_t>(c), 0.0f);
   const int64_t m = bsz * ho * wo;
-  const Blocked<ConvRows> g{ConvRows{x.typed_data(), ho, wo, hp, wp, c, sh, sw}, taps.data(), kh * kw, c, m, o,
-                            w.typed_data(), out->typed_data()};
-  F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * hp * wp * c * 4);
+  const Blocked<ConvRows> g{ConvRows{x.typed_data(), zeros.data(), tap_yx.data(), ho, wo, h, wi, c, sh, sw, ph, pw},
+                            kh * kw, c, m, o, w.typed_data(), out->typed_data(),
+                            Epilogue{bias.element_count() ? bias.typed_data() : nullptr, act == 1}};
+  F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * h * wi * c * 4);
   return ffi::Error::Success();
 }
 
@@ -730,8 +774,7 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const bool avx512 = ActiveIsa() >= 2;
   int64_t threads = pool.num_threads();
   if (avx512 && m > kFewRows) {
-    const int64_t tap = 0;
-    const Blocked<DenseRows> g{DenseRows{xp, k}, &tap, 1, k, m, n, wp, yp};
+    const Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, wp, yp, Epilogue{nullptr, false}};
     F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
     return ffi::Error::Success();
   }
@@ -767,13 +810,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvNhwc, F32ConvNhwc,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("kh")
                                   .Attr<int64_t>("kw")
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw"));
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("act"));
 
 extern "C" {
 // 0 portable, 1 AVX2, 2 AVX-512: the path this CPU runs (after any cap)

@@ -76,14 +76,15 @@ class ConvBn(ModuleT):
         ys = self.conv.forward(xs)
         return ys if self.bn is None else self.bn.forward_t(ys, train)
 
-    def forward_nhwc(self, xs: Any) -> Any:
-        """Inference on channels-last ``(B, H, W, C)`` input (``Conv2d.forward_nhwc``)."""
-        ys = self.conv.forward_nhwc(xs)
+    def forward_nhwc(self, xs: Any, *, relu: bool = False) -> Any:
+        """Inference on channels-last ``(B, H, W, C)`` input (``Conv2d.forward_nhwc``); ``relu=True``
+        applies ReLU after it (inside the convolution where BatchNorm is folded)."""
         if self.bn is None:
-            return ys
+            return self.conv.forward_nhwc(xs, relu=relu)
         bn = self.bn  # BatchNorm over the last axis, with the running statistics
         scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-        return ys.broadcast_sub(bn.running_mean).broadcast_mul(scale).broadcast_add(bn.bias)
+        ys = self.conv.forward_nhwc(xs).broadcast_sub(bn.running_mean).broadcast_mul(scale).broadcast_add(bn.bias)
+        return ys.relu() if relu else ys
 
 
 def _downsample(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> ConvBn | None:
@@ -114,7 +115,7 @@ class BasicBlock(ModuleT):
         return (ys + sc).relu()
 
     def forward_nhwc(self, xs: Any) -> Any:
-        ys = self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs).relu())
+        ys = self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs, relu=True))
         sc = xs if self.downsample is None else self.downsample.forward_nhwc(xs)
         return (ys + sc).relu()
 
@@ -144,7 +145,7 @@ class Bottleneck(ModuleT):
         return (ys + sc).relu()
 
     def forward_nhwc(self, xs: Any) -> Any:
-        ys = self.conv3.forward_nhwc(self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs).relu()).relu())
+        ys = self.conv3.forward_nhwc(self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs, relu=True), relu=True))
         sc = xs if self.downsample is None else self.downsample.forward_nhwc(xs)
         return (ys + sc).relu()
 
@@ -190,7 +191,7 @@ class ResNet(ModuleT):
         """Inference on a channels-last image batch ``(B, H, W, 3)``; same logits as ``forward`` on
         its NCHW transpose. What :func:`forward_jit` runs (faster on XLA:CPU: no layout changes
         between the convolutions, products with the weights' own ``(c_out, c_in)`` rows)."""
-        ys = self.stem.forward_nhwc(xs).relu()
+        ys = self.stem.forward_nhwc(xs, relu=True)
         ys = wrap(_max_pool_3x3_s2_nhwc(unwrap(ys)))
         for stage in self.layers:
             for blk in stage:
@@ -244,11 +245,12 @@ def forward_jit(net: ResNet, xs: Any) -> Any:
 
     Inside, the program runs channels-last (:meth:`ResNet.forward_nhwc`) with each convolution's
     kernel handed in the layout its path reads (``nn.conv.nhwc_kernel``, made once per weight
-    array): 1x1 convolutions are products with the weight's rows, 3x3 convolutions on small maps
-    products over stacked taps (few rows: the native f32 product), larger maps XLA's convolution.
-    The program uses XLA's own convolutions (``candlejax.xla.XLA_CONVOLUTION_OPTIONS``: YNNPACK
-    runs those with at most 64 output channels on one thread). ResNet-50 at batch 1 on a 2-core
-    Xeon: 78.6 ms (``jax.jit(net.forward)``) -> 41.7 ms (torch.compile 45.9). Same outputs as
+    array): 1x1 convolutions are products with the weight's rows, 3x3 convolutions with at most 64
+    output rows products over stacked taps (the native few-row f32 product), larger ones the native
+    f32 convolution on AVX-512 CPUs, else XLA's convolution. The program uses XLA's own
+    convolutions where it has any (``candlejax.xla.XLA_CONVOLUTION_OPTIONS``: YNNPACK runs those
+    with at most 64 output channels on one thread). ResNet-50 at batch 1 on a 2-core Xeon: 78.6 ms
+    (``jax.jit(net.forward)``) -> 36.3-37.2 ms (torch.compile 41.8-43.8). Same outputs as
     ``net.forward`` up to summation order (~1e-5)."""
     return _forward_compiled(net, _nhwc_kernels(net, tuple(xs.shape[2:])), xs)
 

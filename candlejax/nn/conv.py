@@ -185,18 +185,20 @@ class Conv2d(_ConvBase):
     def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig = Conv2dConfig()):
         super().__init__(weight, bias, config)
 
-    def forward_nhwc(self, xs: Any, kernel: Any = None) -> Any:
+    def forward_nhwc(self, xs: Any, kernel: Any = None, *, relu: bool = False) -> Any:
         """The same convolution on channels-last input: ``(B, H, W, c_in)`` -> ``(B, Ho, Wo, c_out)``
         (PyTorch: a module on ``torch.channels_last`` tensors). One group only. ``kernel``: the
         weight in the layout this input size reads (:func:`nhwc_kernel`), else the weight is
-        transposed in the program.
+        transposed in the program. ``relu=True``: ``forward_nhwc(xs).relu()``, fused into the native
+        convolution where it runs.
 
         For models that stay channels-last inside one compiled program (``resnet.forward_jit``):
         a 1x1 convolution is one product with the ``(c_out, c_in)`` weight; on XLA:CPU, maps of at
         most :data:`IM2COL_MAX_POSITIONS` output positions are one product over the stacked taps
         (im2col; a 3x3 over 7x7x512: 2.1 -> 1.4 ms), and products of at most
-        :data:`NATIVE_CONV_MAX_ROWS` rows run in the native f32 product; larger maps run XLA's
-        convolution with an HWIO kernel."""
+        :data:`NATIVE_CONV_MAX_ROWS` rows run in the native f32 product; more output rows run the
+        native f32 convolution (OHWI kernel, taps read in place) in a one-device f32 process on an
+        AVX-512 CPU, else XLA's convolution with an HWIO kernel."""
         x = as_array(xs)
         w = self.weight._a
         name = layer_name(self._kind, self.weight)
@@ -225,7 +227,7 @@ class Conv2d(_ConvBase):
         elif layout is not None:
             kernel = jnp.transpose(w, _PERMS[layout])
         b = None if self.bias is None else self.bias._a
-        return wrap(_conv2d_nhwc(x, w, kernel, b, pad=pad, stride=stride, dilation=dil, layout=layout))
+        return wrap(_conv2d_nhwc(x, w, kernel, b, pad=pad, stride=stride, dilation=dil, layout=layout, relu=relu))
 
     def absorb_bn(self, bn: Any) -> Conv2d:
         """Fold an inference ``BatchNorm`` that follows this conv into its weight and bias (Candle's name).
@@ -265,30 +267,35 @@ def _native_conv_applies(dtype: Any) -> bool:
     return dtype == jnp.float32 and jax.device_count() == 1 and native.conv_available()
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _native_conv(xp: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int],
-                 dilation: tuple[int, int]) -> Any:  # fmt: skip
-    """The convolution of a padded NHWC ``xp`` with an ``(O, kh * kw * C)`` OHWI kernel in native code
-    (:func:`candlejax.quantized.native.f32_conv_nhwc`: 56x56x64 3x3 1.43 -> 1.09 ms, 14x14x256 1.10 ->
-    0.79 against XLA's convolution). Derivatives: XLA's convolution (the tangent map below)."""
-    return native.f32_conv_nhwc(xp, kernel, kernel_hw, stride, dilation)
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _native_conv(x: Any, kernel: Any, bias: Any, kernel_hw: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], padding: tuple[int, int], relu: bool) -> Any:  # fmt: skip
+    """``relu?(conv(x, kernel) + bias)`` of an NHWC ``x`` with an ``(O, kh * kw * C)`` OHWI kernel in native
+    code (:func:`candlejax.quantized.native.f32_conv_nhwc`: 56x56x64 3x3 1.43 -> 1.09 ms, 14x14x256
+    1.10 -> 0.79 against XLA's convolution); ``bias`` ``(O,)`` or ``(0,)``. Derivatives: XLA's
+    convolution (the tangent map below)."""
+    return native.f32_conv_nhwc(x, kernel, kernel_hw, stride, dilation, padding, bias, relu)
 
 
-def _xla_conv_ohwi(xp: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int],
-                   dilation: tuple[int, int]) -> Any:  # fmt: skip
-    k4 = kernel.reshape(kernel.shape[0], *kernel_hw, xp.shape[3])
-    return lax.conv_general_dilated(xp, k4, stride, [(0, 0), (0, 0)], rhs_dilation=dilation,
+def _xla_conv_ohwi(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], padding: tuple[int, int]) -> Any:  # fmt: skip
+    k4 = kernel.reshape(kernel.shape[0], *kernel_hw, x.shape[3])
+    return lax.conv_general_dilated(x, k4, stride, [(p, p) for p in padding], rhs_dilation=dilation,
                                     dimension_numbers=("NHWC", "OHWI", "NHWC"),
                                     precision=lax.Precision.HIGHEST)  # fmt: skip
 
 
 @_native_conv.defjvp
 def _native_conv_jvp(kernel_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-                     primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:  # fmt: skip
-    (xp, kernel), (txp, tk) = primals, tangents
-    y = _native_conv(xp, kernel, kernel_hw, stride, dilation)
-    ty = _xla_conv_ohwi(txp, kernel, kernel_hw, stride, dilation) + _xla_conv_ohwi(xp, tk, kernel_hw, stride, dilation)
-    return y, ty
+                     padding: tuple[int, int], relu: bool, primals: tuple[Any, Any, Any],
+                     tangents: tuple[Any, Any, Any]) -> tuple[Any, Any]:  # fmt: skip
+    (x, kernel, bias), (tx, tk, tb) = primals, tangents
+    y = _native_conv(x, kernel, bias, kernel_hw, stride, dilation, padding, relu)
+    geometry = (kernel_hw, stride, dilation, padding)
+    ty = _xla_conv_ohwi(tx, kernel, *geometry) + _xla_conv_ohwi(x, tk, *geometry)
+    if bias.shape[0]:
+        ty = ty + tb
+    return y, (jnp.where(y > 0, ty, 0) if relu else ty)
 
 
 def _rows_product(x: Any, w: Any, prec: Any) -> Any:
@@ -304,21 +311,22 @@ def _conv_geometry(cfg: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[in
             to_usize2(cfg.dilation, "dilation", "conv2d", 1))  # fmt: skip
 
 
-@op(static=("pad", "stride", "dilation", "layout"))
+@op(static=("pad", "stride", "dilation", "layout", "relu"))
 def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], stride: tuple[int, int],
-                 dilation: tuple[int, int], layout: str | None) -> Any:  # fmt: skip
+                 dilation: tuple[int, int], layout: str | None, relu: bool = False) -> Any:  # fmt: skip
     o, i, kh, kw = w.shape
     prec = f32_precision() if x.dtype == jnp.float32 else None
     if layout is None:  # 1x1, no padding
         y = _rows_product(x[:, :: stride[0], :: stride[1], :], w.reshape(o, i), prec)
     elif layout == "OHWI":
         ho, wo = (conv_out_len(n, k, p, s, d) for n, k, p, s, d in zip(x.shape[1:3], (kh, kw), pad, stride, dilation))
-        xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
         # few output rows: stacked taps and the few-row product below; more: the native convolution
+        # (padding, bias and ReLU inside it)
         rows = x.shape[0] * ho * wo
         if rows > NATIVE_CONV_MAX_ROWS and prec == lax.Precision.HIGHEST and _native_conv_applies(x.dtype):
-            y = _native_conv(xp, kernel.reshape(o, kh * kw * i), (kh, kw), stride, dilation)
-            return y if b is None else y + b
+            bias = jnp.zeros((0,), x.dtype) if b is None else b
+            return _native_conv(x, kernel.reshape(o, kh * kw * i), bias, (kh, kw), stride, dilation, pad, relu)
+        xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
         taps = [lax.slice(xp, (0, r * dilation[0], c * dilation[1], 0),
                           (x.shape[0], r * dilation[0] + stride[0] * (ho - 1) + 1,
                            c * dilation[1] + stride[1] * (wo - 1) + 1, i), (1, stride[0], stride[1], 1))
@@ -328,7 +336,8 @@ def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], s
     else:
         y = lax.conv_general_dilated(x, kernel, stride, [(p, p) for p in pad], rhs_dilation=dilation,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=prec)  # fmt: skip
-    return y if b is None else y + b
+    y = y if b is None else y + b
+    return jax.nn.relu(y) if relu else y
 
 
 class ConvTranspose1d(_ConvBase):
@@ -475,8 +484,8 @@ def hwio_kernels(module: Any) -> list[Any]:
 
 def nhwc_kernel_layout(conv: Conv2d, in_hw: tuple[int, int]) -> str | None:
     """The kernel layout :meth:`Conv2d.forward_nhwc` reads for ``(H, W)`` inputs: ``"OHWI"`` where
-    it runs a product over stacked taps, ``"HWIO"`` where XLA's convolution, ``None`` for a 1x1
-    convolution without padding (a product with the weight as it is)."""
+    it runs a product over stacked taps or the native convolution, ``"HWIO"`` where XLA's
+    convolution, ``None`` for a 1x1 convolution without padding (a product with the weight as it is)."""
     w, cfg = conv.weight, conv.config
     pad, stride, dil = _conv_geometry(cfg)
     if w.shape[2] == w.shape[3] == 1 and not any(pad):
@@ -522,8 +531,8 @@ class _NhwcConv2d(Module):
         raise errors.Msg(f"{layer_name('Conv2d', self.conv.weight)}: with_nhwc_kernels gives channels-last layers: "
                          "call forward_nhwc on (B, H, W, C) input")  # fmt: skip
 
-    def forward_nhwc(self, xs: Any) -> Any:
-        return self.conv.forward_nhwc(xs, self.kernel)
+    def forward_nhwc(self, xs: Any, *, relu: bool = False) -> Any:
+        return self.conv.forward_nhwc(xs, self.kernel, relu=relu)
 
 
 def _with_kernels(fn: str, module: Any, kernels: list[Any], perms: tuple[tuple[int, ...], ...], cls: type) -> Any:

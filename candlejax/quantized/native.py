@@ -8,8 +8,9 @@ the result equals the dequantised product up to summation order (no Q8 rounding 
 
 :func:`available` says whether the kernel was built and loads; ``CANDLEJAX_NATIVE=0`` turns it off
 (the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
-closest equivalent. :func:`f32_matmul` is the same library's f32 product for few activation rows
-(``nn.Linear`` calls it for at most 48 rows on AVX-512 CPUs).
+closest equivalent. :func:`f32_matmul` is the same library's f32 product (``nn.Linear`` calls it for at most 48 or at
+least 512 rows on AVX-512 CPUs) and :func:`f32_conv_nhwc` its channels-last convolution
+(``Conv2d.forward_nhwc``).
 """
 
 from __future__ import annotations
@@ -144,27 +145,33 @@ def conv_available() -> bool:
 
 
 def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int] = (1, 1),
-                  dilation: tuple[int, int] = (1, 1)) -> Any:  # fmt: skip
-    """The convolution of an already padded channels-last ``x (B, H, W, C)`` f32 with ``kernel (O,
-    kh * kw * C)`` (OHWI order, flattened) -> ``(B, Ho, Wo, O)``: the blocked product over each output
-    position's taps, read in place (no im2col copy). PyTorch: ``F.conv2d`` on ``channels_last``
-    tensors with ``padding=0``. Equal to XLA's convolution up to summation order; no derivative of
-    its own (``Conv2d.forward_nhwc`` wraps it in one that uses XLA's)."""
+                  dilation: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0), bias: Any = None,
+                  relu: bool = False) -> Any:  # fmt: skip
+    """The convolution of a channels-last ``x (B, H, W, C)`` f32 with ``kernel (O, kh * kw * C)`` (OHWI
+    order, flattened), zero ``padding`` (h, w), then ``+ bias (O,)`` and ReLU if asked ->
+    ``(B, Ho, Wo, O)``: the blocked product over each output position's taps, read in place (no
+    im2col or padded copy). PyTorch: ``F.relu(F.conv2d(x, w, b, stride, padding, dilation))`` on
+    ``channels_last`` tensors. Equal to XLA's convolution up to summation order; no derivative of its
+    own (``Conv2d.forward_nhwc`` wraps it in one that uses XLA's)."""
     if not conv_available():
         raise errors.Msg("the native f32 convolution is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
-    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, stride, dilation
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel_hw, stride, dilation, padding
+    bias = jnp.zeros((0,), jnp.float32) if bias is None else bias
     if (x.ndim != 4 or kernel.ndim != 2 or kernel.shape[1] != kh * kw * x.shape[3] or x.dtype != jnp.float32
-            or kernel.dtype != jnp.float32 or min(kh, kw, sh, sw, dh, dw) < 1):  # fmt: skip
-        raise errors.Msg(f"native.f32_conv_nhwc: x must be (B, H, W, C) and kernel (O, {kh}*{kw}*C), both f32, with "
-                         f"positive geometry; got {tuple(x.shape)} {x.dtype}, {tuple(kernel.shape)} {kernel.dtype}, "
-                         f"stride {stride}, dilation {dilation}")  # fmt: skip
-    ho, wo = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+            or kernel.dtype != jnp.float32 or bias.dtype != jnp.float32 or bias.shape not in ((0,), (kernel.shape[0],))
+            or min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0):  # fmt: skip
+        raise errors.Msg(f"native.f32_conv_nhwc: x must be (B, H, W, C), kernel (O, {kh}*{kw}*C) and bias (O,), all "
+                         f"f32, with positive geometry; got {tuple(x.shape)} {x.dtype}, {tuple(kernel.shape)} "
+                         f"{kernel.dtype}, bias {tuple(bias.shape)}, stride {stride}, dilation {dilation}, padding "
+                         f"{padding}")  # fmt: skip
+    ho = (x.shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if ho < 1 or wo < 1:
-        raise errors.Msg(f"native.f32_conv_nhwc: the dilated kernel does not fit the input {tuple(x.shape)}")
+        raise errors.Msg(f"native.f32_conv_nhwc: the dilated kernel does not fit the padded input {tuple(x.shape)}")
     out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel.shape[0]), jnp.float32)
     call = jax.ffi.ffi_call(F32_CONV_TARGET, out, vmap_method="sequential")
-    return call(x, kernel, kh=np.int64(kh), kw=np.int64(kw), sh=np.int64(sh), sw=np.int64(sw), dh=np.int64(dh),
-                dw=np.int64(dw))  # fmt: skip
+    attrs = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "ph": ph, "pw": pw, "act": int(relu)}
+    return call(x, kernel, bias, **{name: np.int64(v) for name, v in attrs.items()})
 
 
 def f32_available() -> bool:
@@ -175,9 +182,10 @@ def f32_available() -> bool:
 def f32_matmul(x: Any, w: Any) -> Any:
     """``x (M, K) f32 @ Wᵀ -> (M, N) f32`` for an f32 weight ``W (N, K)`` (PyTorch's Linear layout).
 
-    Meant for few rows (a single sentence's tokens, a decode step): each weight row is read once and
-    multiplied with the rows held in cache. Equal to ``x @ W.T`` up to summation order. No
-    derivative of its own (``nn.Linear`` wraps it in one that uses XLA's products)."""
+    Few rows (at most 48: a single sentence's tokens, a decode step): each weight row is read once
+    and multiplied with the rows held in cache. More rows (AVX-512): register tiles of 12 x 32
+    results over 32-row weight panels packed per call. Equal to ``x @ W.T`` up to summation order.
+    No derivative of its own (``nn.Linear`` wraps it in one that uses XLA's products)."""
     if not f32_available():
         raise errors.Msg("the native f32 product is not available (not built, or CANDLEJAX_NATIVE=0)")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1] or x.dtype != jnp.float32 or w.dtype != jnp.float32:

@@ -132,3 +132,14 @@ def test_larger_maps_run_the_native_convolution():
     assert native.F32_CONV_TARGET in hlo
     hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.zeros((1, 7, 7, 16))).as_text()  # 49: few rows
     assert native.F32_CONV_TARGET not in hlo
+
+
+@pytest.mark.parametrize("case", ["3x3 native convolution", "3x3 stacked taps", "3x3 XLA convolution", "1x1"])
+def test_forward_nhwc_relu_matches_torch(case):
+    """``relu=True`` equals ``forward_nhwc(x).relu()`` on every path (fused in the native convolution),
+    values and gradients against torch."""
+    cin, cout, k, stride, pad, dil, (h, w) = CASES[case]
+    t = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil)
+    conv = nn.conv2d(cin, cout, k, nn.Conv2dConfig(padding=pad, stride=stride, dilation=dil), _vb(t))
+    check(conv, t, _x(2, h, w, cin), fwd=lambda m, xv: m.forward_nhwc(xv, relu=True),
+          tfwd=lambda m, tx: torch.relu(_torch_nhwc(m, tx)), atol=1e-4)  # fmt: skip

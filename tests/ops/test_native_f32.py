@@ -127,7 +127,7 @@ needs_conv = pytest.mark.skipif(not native.conv_available(), reason="native f32 
 
 def _conv_nhwc_f64(xp, w4, stride, dilation):
     """Reference: float64 convolution of a padded NHWC input with an (O, kh, kw, C) kernel."""
-    b, h, w, c = xp.shape
+    b, h, w, _ = xp.shape
     o, kh, kw, _ = w4.shape
     (sh, sw), (dh, dw) = stride, dilation
     ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
@@ -140,18 +140,24 @@ def _conv_nhwc_f64(xp, w4, stride, dilation):
 
 
 @needs_conv
-@pytest.mark.parametrize("b,h,w,c,o,k,stride,dilation", [
-    (1, 9, 9, 16, 64, (3, 3), (1, 1), (1, 1)),   # rows split between workers... or one worker (small)
-    (2, 30, 28, 32, 70, (3, 3), (1, 1), (1, 1)),  # panel tail (70 = 2 x 32 + 6), row tiles of 12/4/1
-    (1, 40, 37, 3, 8, (7, 7), (2, 2), (1, 1)),   # a stem: 3 channels, 49 taps, stride 2
-    (3, 17, 19, 20, 33, (3, 5), (2, 1), (2, 3)),  # rectangular kernel, mixed stride and dilation
-    (1, 70, 66, 64, 128, (3, 3), (1, 1), (1, 1)),  # input larger than the packed-bytes budget: rows split
+@pytest.mark.parametrize("b,h,w,c,o,k,stride,dilation,padding,bias,relu", [
+    (1, 9, 9, 16, 64, (3, 3), (1, 1), (1, 1), (0, 0), False, False),  # one worker (small)
+    (2, 30, 28, 32, 70, (3, 3), (1, 1), (1, 1), (1, 1), True, True),  # panel tail (70 = 2 x 32 + 6), tiles 12/4/1
+    (1, 40, 37, 3, 8, (7, 7), (2, 2), (1, 1), (3, 3), True, False),  # a stem: 3 channels, 49 taps, stride 2
+    (3, 17, 19, 20, 33, (3, 5), (2, 1), (2, 3), (2, 0), False, True),  # rectangular kernel, mixed geometry
+    (1, 70, 66, 64, 128, (3, 3), (1, 1), (1, 1), (1, 1), True, True),  # input over the packed-bytes budget
+    (1, 4, 5, 8, 40, (3, 3), (1, 1), (1, 1), (4, 4), True, False),  # padding wider than the kernel's reach
 ])  # fmt: skip
-def test_f32_conv_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation):
-    xp = rng.standard_normal((b, h, w, c)).astype(np.float32)
+def test_f32_conv_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation, padding, bias, relu):
+    """Taps in the padding read zeros; bias and ReLU are applied before the store."""
+    x = rng.standard_normal((b, h, w, c)).astype(np.float32)
     w4 = rng.standard_normal((o, *k, c)).astype(np.float32)
-    ref = _conv_nhwc_f64(xp, w4, stride, dilation)
-    y = np.asarray(jax.jit(native.f32_conv_nhwc, static_argnums=(2, 3, 4))(xp, w4.reshape(o, -1), k, stride, dilation))
+    bv = rng.standard_normal(o).astype(np.float32) * 3 if bias else None
+    xp = np.pad(x, ((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)))
+    ref = _conv_nhwc_f64(xp, w4, stride, dilation) + (0 if bv is None else bv.astype(np.float64))
+    ref = np.maximum(ref, 0) if relu else ref
+    f = jax.jit(native.f32_conv_nhwc, static_argnums=(2, 3, 4, 5, 7))
+    y = np.asarray(f(x, w4.reshape(o, -1), k, stride, dilation, padding, bv, relu))
     assert y.shape == ref.shape and y.dtype == np.float32
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
@@ -161,7 +167,9 @@ def test_f32_conv_nhwc_rejects_bad_shapes():
     x = jnp.ones((1, 5, 5, 4), jnp.float32)
     with pytest.raises(errors.Error, match=r"kernel \(O, 3\*3\*C\)"):
         native.f32_conv_nhwc(x, jnp.ones((8, 35), jnp.float32), (3, 3))
-    with pytest.raises(errors.Error, match="both f32"):
+    with pytest.raises(errors.Error, match="all f32"):
         native.f32_conv_nhwc(x.astype(jnp.bfloat16), jnp.ones((8, 36), jnp.bfloat16), (3, 3))
-    with pytest.raises(errors.Error, match="does not fit the input"):
+    with pytest.raises(errors.Error, match="does not fit the padded input"):
         native.f32_conv_nhwc(x, jnp.ones((8, 4 * 36), jnp.float32), (6, 6))
+    with pytest.raises(errors.Error, match=r"bias \(7,\)"):
+        native.f32_conv_nhwc(x, jnp.ones((8, 36), jnp.float32), (3, 3), bias=jnp.ones(7, jnp.float32))
