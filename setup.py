@@ -1,5 +1,6 @@
 """Packaging glue: the top-level ``models/`` folder installs as ``candlejax.models``, and the native
-CPU kernel for 4-bit GGML weights (``csrc/quantized_matmul.cc``) is compiled when the machine can.
+CPU kernels (``csrc/``: GGML block weights, f32 products and convolutions) are compiled when the
+machine can.
 
 The kernel is optional: without an x86-64 CPU, a C++17 compiler or jaxlib's XLA FFI headers the
 build skips it with a warning and candlejax uses its pure-JAX path (``candlejax.quantized.native``).
@@ -40,7 +41,8 @@ if platform.machine().lower() in ("x86_64", "amd64") and sys.platform in ("linux
     native.append(
         Extension(
             "candlejax.quantized._native",
-            sources=["csrc/quantized_matmul.cc"],
+            sources=["csrc/native_common.cc", "csrc/quantized_matmul.cc", "csrc/f32_matmul.cc"],
+            include_dirs=["csrc"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-Wno-return-type", "-Wno-attributes"],
             optional=True,

@@ -1,6 +1,5 @@
 // candlejax native kernels: y = x @ W^T for GGML block-quantised weights kept in their file layout
 // (Q4_0, Q4_1, Q8_0), as an XLA FFI handler for the CPU (registered by candlejax/quantized/native.py),
-// and the same product for f32 weights and few activation rows (F32Matmul, further down).
 //
 // W rows are GGML blocks of 32 values. Q4_1: f16 d, f16 m, 16 bytes of nibbles (value j < 16 is the
 // low nibble of byte j, value j + 16 its high nibble), value = d * q + m. Q4_0: f16 d, 16 bytes,
@@ -13,23 +12,20 @@
 // split into chunks that the caller and XLA's intra-op thread pool work through. AVX-512 and AVX2
 // paths are chosen at run time; a portable path covers other CPUs.
 
-#include <immintrin.h>
-
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "native_common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using candlejax_native::ActiveIsa;
+using candlejax_native::ParallelRows;
 
 constexpr int kBlock = 32;
 constexpr int kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GgmlDType ids
@@ -127,7 +123,6 @@ void RowsPortable(const uint8_t* w, size_t row_bytes, const float* x, const floa
 
 // ------------------------------------------------------------------------------------------------
 // AVX2 path (8 lanes): a block expands to four vectors of 8 values
-#define CJ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 CJ_AVX2 inline float Half2(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -214,7 +209,6 @@ CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const 
 
 // ------------------------------------------------------------------------------------------------
 // AVX-512 path (16 lanes): a block expands to two vectors of 16 values
-#define CJ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 
 CJ_AVX512 inline float Half5(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -299,24 +293,6 @@ CJ_AVX512 void RowsAvx512(const uint8_t* w, size_t row_bytes, const float* x, co
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// dispatch
-int g_forced_isa = -1;  // -1: detect; 0 portable, 1 AVX2, 2 AVX-512 (candlejax_native_set_isa)
-
-int DetectIsa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
-  return 0;
-}
-
-int ActiveIsa() {
-  static const int detected = DetectIsa();
-  return g_forced_isa >= 0 ? std::min(g_forced_isa, detected) : detected;
-}
-
 template <int K>
 RowsFn PickFor(int isa) {
   switch (isa) {
@@ -328,51 +304,6 @@ RowsFn PickFor(int isa) {
       return RowsPortable<K>;
   }
 }
-
-struct Shared {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-};
-
-// fn(r0, r1) over [0, n) in `chunks` pieces of whole multiples of `unit` rows, claimed by the caller
-// and the pool's workers from one counter; the caller waits only for chunks already claimed (being
-// computed), so a busy pool never blocks it. fn must capture by value: a worker that starts after
-// the call has returned finds no chunk left but still holds its copy.
-template <typename RowsFn>
-void ParallelChunks(ffi::ThreadPool& pool, int64_t threads, int64_t n, int64_t unit, int64_t chunks, RowsFn rows_fn) {
-  chunks = std::max<int64_t>(1, std::min(chunks, (n + unit - 1) / unit));
-  const int64_t per = ((n + chunks - 1) / chunks + unit - 1) / unit * unit;
-  auto shared = std::make_shared<Shared>();
-  auto work_fn = [=](Shared* s) {
-    for (;;) {
-      const int64_t c = s->next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      const int64_t r0 = std::min(n, c * per), r1 = std::min(n, r0 + per);
-      if (r0 < r1) rows_fn(r0, r1);
-      s->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(threads, chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([shared, work_fn]() { work_fn(shared.get()); });
-  }
-  work_fn(shared.get());
-  // spin briefly, then yield the core: a loaded machine may have descheduled a worker mid-chunk
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < chunks; ++spins) {
-    if (spins < 2000) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
-// rows_fn(r0, r1) over [0, n) in chunks of whole groups of four rows (see ParallelChunks)
-template <typename RowsFn>
-void ParallelRows(ffi::ThreadPool& pool, int64_t threads, int64_t n, RowsFn rows_fn) {
-  ParallelChunks(pool, threads, n, 4, std::min<int64_t>((threads + 1) * 4, n / 16), rows_fn);
-}
-
 ffi::Error QMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> layer,
                    ffi::ResultBuffer<ffi::F32> out, int32_t kind) {
   int block_bytes;
@@ -440,353 +371,6 @@ ffi::Error QMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer
                [=](int64_t r0, int64_t r1) { rows(wp, row_bytes, xp, xs, m_rows, k, n, r0, r1, yp); });
   return ffi::Error::Success();
 }
-
-// --- f32 products with few activation rows --------------------------------------------------------
-// y (M, N) = x (M, K) @ W^T for an f32 weight W (N, K) in PyTorch's Linear layout. Each group of four
-// weight rows is read once and multiplied with the activation rows four at a time while it sits in
-// L1 (dot products along K in 16 lanes, a masked tail, reduced at the end). For the handful of rows
-// of a single-sentence encoder call XLA:CPU's library product runs at ~90 GFLOP/s on two cores.
-
-void F32RowsPortable(const float* x, const float* w, int64_t m, int64_t k, int64_t n, int64_t r0, int64_t r1,
-                     float* y) {
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t i = 0; i < m; ++i) {
-      float s = 0.0f;
-      for (int64_t c = 0; c < k; ++c) s += x[i * k + c] * w[r * k + c];
-      y[i * n + r] = s;
-    }
-  }
-}
-
-template <int MB, int NB>
-CJ_AVX512 inline void F32BlockAvx512(const float* x, const float* w, int64_t k, int64_t n, int64_t r, float* y) {
-  __m512 acc[MB][NB];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t kv = k / 16 * 16;
-  for (int64_t c = 0; c < kv; c += 16) {
-    __m512 b[NB];
-    for (int j = 0; j < NB; ++j) b[j] = _mm512_loadu_ps(w + (r + j) * k + c);
-    for (int i = 0; i < MB; ++i) {
-      const __m512 a = _mm512_loadu_ps(x + i * k + c);
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
-    }
-  }
-  if (kv < k) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (k - kv)) - 1u);
-    __m512 b[NB];
-    for (int j = 0; j < NB; ++j) b[j] = _mm512_maskz_loadu_ps(tail, w + (r + j) * k + kv);
-    for (int i = 0; i < MB; ++i) {
-      const __m512 a = _mm512_maskz_loadu_ps(tail, x + i * k + kv);
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
-    }
-  }
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) y[i * n + r + j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-template <int NB>
-CJ_AVX512 inline void F32RowGroupAvx512(const float* x, const float* w, int64_t m, int64_t k, int64_t n, int64_t r,
-                                        float* y) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) F32BlockAvx512<4, NB>(x + i * k, w, k, n, r, y + i * n);
-  switch (m - i) {
-    case 3: F32BlockAvx512<3, NB>(x + i * k, w, k, n, r, y + i * n); break;
-    case 2: F32BlockAvx512<2, NB>(x + i * k, w, k, n, r, y + i * n); break;
-    case 1: F32BlockAvx512<1, NB>(x + i * k, w, k, n, r, y + i * n); break;
-    default: break;
-  }
-}
-
-CJ_AVX512 void F32RowsAvx512(const float* x, const float* w, int64_t m, int64_t k, int64_t n, int64_t r0, int64_t r1,
-                             float* y) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) F32RowGroupAvx512<4>(x, w, m, k, n, r, y);
-  for (; r < r1; ++r) F32RowGroupAvx512<1>(x, w, m, k, n, r, y);
-}
-
-// --- f32 products with many activation rows -------------------------------------------------------
-// Register tiles of 12 x 32 results (24 accumulators): per step along K, 12 activation values are
-// broadcast against a 32-wide panel of weight rows, packed K-major so that a step reads two aligned
-// vectors. Each worker packs the weight panels it uses, a group that stays in L2 at a time, and
-// runs every tile of its activation rows against the group. Few rows (their activations fit in L2):
-// the workers split the weight panels, each packing only its own; many rows: they split the rows.
-
-// at most this many activation rows take the few-row product above
-constexpr int64_t kFewRows = 48;
-constexpr int kPanel = 32;
-constexpr int kTile = 12;
-// packed weight panels of a group are kept to about this many bytes (a share of a 2 MiB L2)
-constexpr int64_t kPackedBytes = int64_t{1} << 20;
-// broadcast rows are read in place: their lines are fetched this many floats ahead
-constexpr int64_t kAhead = 64;
-
-// r[i] lane j <-> r[j] lane i
-CJ_AVX512 inline void Transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-  }
-  // u[4q + j]: rows 4q..4q+3 of columns j, j + 4, j + 8, j + 12 (one per 128-bit lane)
-  for (int j = 0; j < 4; ++j) {
-    const __m512 a = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), b = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
-    const __m512 c = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 d = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
-    r[j] = _mm512_shuffle_f32x4(a, c, 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(a, c, 0xdd);
-    r[j + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
-    r[j + 12] = _mm512_shuffle_f32x4(b, d, 0xdd);
-  }
-}
-
-inline __mmask16 FirstLanes(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xffff) : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1u);
-}
-
-// out[c * 32 + i] = a[i * k + c] for the first `rows` (<= 32) rows of the row-major a (rows of k),
-// zero for the rows past them; out is 64-byte aligned
-CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
-  for (int half = 0; half < 2; ++half) {
-    const int64_t base = half * 16;
-    for (int64_t c0 = 0; c0 < k; c0 += 16) {
-      const int64_t kc = std::min<int64_t>(16, k - c0);
-      const __mmask16 cols = FirstLanes(kc);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) {
-        r[i] = base + i < rows ? _mm512_maskz_loadu_ps(cols, a + (base + i) * k + c0) : _mm512_setzero_ps();
-      }
-      Transpose16(r);
-      for (int64_t j = 0; j < kc; ++j) _mm512_store_ps(out + (c0 + j) * kPanel + base, r[j]);
-    }
-  }
-}
-
-// Rows of the product's left operand, read in place, as `c` values per tap. A product: row i of
-// x (M, K), one tap. A convolution over an NHWC input: output position i, whose K = taps x channels
-// values are the channel vectors at its taps (an implicit im2col); a tap in the padding reads zeros.
-struct DenseRows {
-  const float* x;
-  int64_t k;
-  using Pos = const float*;
-  Pos Locate(int64_t i) const { return x + i * k; }
-  const float* Tap(Pos p, int64_t) const { return p; }
-};
-
-struct ConvRows {
-  const float* x;      // (B, H, W, C)
-  const float* zeros;  // C zeros, for taps in the padding
-  const int64_t* tap_yx;  // (dy, dx) of each tap, dilation included
-  int64_t ho, wo, h, w, c, sh, sw, ph, pw;
-  struct Pos {
-    int64_t b, y, x;  // the batch index and the top-left input coordinate (may be negative)
-  };
-  Pos Locate(int64_t i) const {
-    const int64_t b = i / (ho * wo), r = i % (ho * wo);
-    return {b, (r / wo) * sh - ph, (r % wo) * sw - pw};
-  }
-  const float* Tap(const Pos& p, int64_t t) const {
-    const int64_t yy = p.y + tap_yx[2 * t], xx = p.x + tap_yx[2 * t + 1];
-    if (yy < 0 || yy >= h || xx < 0 || xx >= w) return zeros;
-    return x + ((p.b * h + yy) * w + xx) * c;
-  }
-};
-
-// what a tile does with its sums before storing them: add the bias (N values, or none), then ReLU
-struct Epilogue {
-  const float* bias;
-  bool relu;
-};
-
-// y[i, j] for MR left rows i0.. and the 32 weight rows j0.. of a packed panel: per tap, `c` steps
-// along K
-template <int MR, typename Rows>
-CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
-                           int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi) {
-  __m512 acc[MR][2];
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  typename Rows::Pos pos[MR];
-  for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
-  for (int64_t t = 0; t < ntaps; ++t) {
-    const float* xr[MR];
-    for (int i = 0; i < MR; ++i) xr[i] = rows.Tap(pos[i], t);
-    const float* pt = panel + t * c * kPanel;
-    for (int64_t c0 = 0; c0 < c; c0 += 16) {
-      for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
-      const int64_t c1 = std::min<int64_t>(c, c0 + 16);
-#pragma GCC unroll 4
-      for (int64_t q = c0; q < c1; ++q) {
-        const __m512 b0 = _mm512_load_ps(pt + q * kPanel), b1 = _mm512_load_ps(pt + q * kPanel + 16);
-        for (int i = 0; i < MR; ++i) {
-          const __m512 a = _mm512_set1_ps(xr[i][q]);
-          acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-          acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
-        }
-      }
-    }
-  }
-  const __mmask16 keep0 = FirstLanes(cols), keep1 = FirstLanes(cols - 16);
-  if (epi.bias != nullptr) {
-    const __m512 bias0 = _mm512_maskz_loadu_ps(keep0, epi.bias + j0);
-    const __m512 bias1 = _mm512_maskz_loadu_ps(keep1, epi.bias + j0 + 16);
-    for (int i = 0; i < MR; ++i) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], bias0);
-      acc[i][1] = _mm512_add_ps(acc[i][1], bias1);
-    }
-  }
-  if (epi.relu) {
-    for (int i = 0; i < MR; ++i) {
-      acc[i][0] = _mm512_max_ps(acc[i][0], _mm512_setzero_ps());
-      acc[i][1] = _mm512_max_ps(acc[i][1], _mm512_setzero_ps());
-    }
-  }
-  for (int i = 0; i < MR; ++i) {
-    _mm512_mask_storeu_ps(y + i * ldy + j0, keep0, acc[i][0]);
-    _mm512_mask_storeu_ps(y + i * ldy + j0 + 16, keep1, acc[i][1]);
-  }
-}
-
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-
-// the product's geometry: M left rows of K = ntaps x c values against N weight rows (N, K)
-template <typename Rows>
-struct Blocked {
-  Rows rows;
-  int64_t ntaps, c, m, n;
-  const float* w;
-  float* y;  // (M, N)
-  Epilogue epi;
-};
-
-// left rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this thread's
-// scratch (kept for its next call), each group used by every tile of rows
-template <typename Rows>
-CJ_AVX512 void BlockedRows(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
-  thread_local std::unique_ptr<float, AlignedFree> scratch;
-  thread_local int64_t scratch_floats = 0;
-  const int64_t k = g.ntaps * g.c, n = g.n;
-  const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytes / (k * kPanel * 4)));
-  if (per_group * k * kPanel > scratch_floats) {
-    scratch_floats = per_group * k * kPanel;
-    scratch.reset(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(scratch_floats) * 4)));
-  }
-  float* packed = scratch.get();
-  for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
-    const int64_t g1 = std::min(p1, g0 + per_group);
-    for (int64_t p = g0; p < g1; ++p) {
-      PackPanel(g.w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), packed + (p - g0) * k * kPanel);
-    }
-    auto tiles = [&](auto mr, int64_t i) {
-      for (int64_t p = g0; p < g1; ++p) {
-        Tile<decltype(mr)::value>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n,
-                                  p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi);
-      }
-    };
-    int64_t i = i0;
-    for (; i + kTile <= i1; i += kTile) tiles(std::integral_constant<int, kTile>{}, i);
-    for (; i + 4 <= i1; i += 4) tiles(std::integral_constant<int, 4>{}, i);
-    for (; i < i1; ++i) tiles(std::integral_constant<int, 1>{}, i);
-  }
-}
-
-// the blocked product over `workers` threads (the caller and workers - 1 of the pool's); few left
-// rows (`left_bytes` fit in L2): the workers split the weight panels, else the rows
-template <typename Rows>
-CJ_AVX512 void F32BlockedAvx512(ffi::ThreadPool& pool, int64_t workers, const Blocked<Rows>& g, int64_t left_bytes) {
-  const int64_t panels = (g.n + kPanel - 1) / kPanel;
-  if (workers <= 1) {
-    BlockedRows(g, 0, g.m, 0, panels);
-  } else if (left_bytes <= kPackedBytes && panels >= 2 * workers) {
-    ParallelChunks(pool, workers - 1, panels, 1, workers, [=](int64_t p0, int64_t p1) { BlockedRows(g, 0, g.m, p0, p1); });
-  } else {
-    ParallelChunks(pool, workers - 1, g.m, kTile, workers, [=](int64_t i0, int64_t i1) { BlockedRows(g, i0, i1, 0, panels); });
-  }
-}
-
-// workers for a product of `work` multiply-adds: one below ~128K, else all of the pool's threads
-int64_t Workers(ffi::ThreadPool& pool, int64_t work) {
-  return work < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, pool.num_threads());
-}
-
-// y (B, Ho, Wo, O) = act(conv(x, w) + bias) for a channels-last x (B, H, W, C), a kernel
-// (O, kh * kw * C) in OHWI order, zero padding, stride and dilation; bias (O,) or (0,) for none,
-// act 0 none or 1 ReLU; on AVX-512 CPUs
-ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
-                       int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t act) {
-  const auto xd = x.dimensions();
-  const auto wd = w.dimensions();
-  const auto od = out->dimensions();
-  if (xd.size() != 4 || wd.size() != 2 || od.size() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 ||
-      dw < 1 || ph < 0 || pw < 0 || act < 0 || act > 1 || wd[1] != kh * kw * xd[3]) {
-    return ffi::Error::InvalidArgument(
-        "candlejax f32 conv: x must be (B, H, W, C), w (O, kh * kw * C) and the geometry positive");
-  }
-  const int64_t bsz = xd[0], h = xd[1], wi = xd[2], c = xd[3], o = wd[0];
-  const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, wo = (wi + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-  if (ho < 1 || wo < 1 || od[0] != bsz || od[1] != ho || od[2] != wo || od[3] != o) {
-    return ffi::Error::InvalidArgument("candlejax f32 conv: result must be (B, Ho, Wo, O) for this geometry");
-  }
-  if (bias.element_count() != 0 && bias.element_count() != static_cast<size_t>(o)) {
-    return ffi::Error::InvalidArgument("candlejax f32 conv: bias must have O values or none");
-  }
-  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv: needs an AVX-512 CPU");
-  std::vector<int64_t> tap_yx;
-  for (int64_t r = 0; r < kh; ++r) {
-    for (int64_t q = 0; q < kw; ++q) {
-      tap_yx.push_back(r * dh);
-      tap_yx.push_back(q * dw);
-    }
-  }
-  // zeros for taps in the padding, read up to kAhead floats past the vector's end by prefetches only
-  std::vector<float> zeros(static_cast<size_t>(c), 0.0f);
-  const int64_t m = bsz * ho * wo;
-  const Blocked<ConvRows> g{ConvRows{x.typed_data(), zeros.data(), tap_yx.data(), ho, wo, h, wi, c, sh, sw, ph, pw},
-                            kh * kw, c, m, o, w.typed_data(), out->typed_data(),
-                            Epilogue{bias.element_count() ? bias.typed_data() : nullptr, act == 1}};
-  F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * h * wi * c * 4);
-  return ffi::Error::Success();
-}
-
-ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> out) {
-  const auto xd = x.dimensions();
-  const auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1]) {
-    return ffi::Error::InvalidArgument("candlejax f32 matmul: x must be (M, K) and w (N, K) f32 with the same K");
-  }
-  const int64_t m = xd[0], k = xd[1], n = wd[0];
-  const auto od = out->dimensions();
-  if (od.size() != 2 || od[0] != m || od[1] != n) {
-    return ffi::Error::InvalidArgument("candlejax f32 matmul: result must be (M, N)");
-  }
-  const float* xp = x.typed_data();
-  const float* wp = w.typed_data();
-  float* yp = out->typed_data();
-  const bool avx512 = ActiveIsa() >= 2;
-  int64_t threads = pool.num_threads();
-  if (avx512 && m > kFewRows) {
-    const Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, wp, yp, Epilogue{nullptr, false}};
-    F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
-    return ffi::Error::Success();
-  }
-  auto rows = avx512 ? F32RowsAvx512 : F32RowsPortable;
-  if (threads <= 0 || m * k * n < (int64_t{1} << 17) || n < 64) {
-    rows(xp, wp, m, k, n, 0, n, yp);
-    return ffi::Error::Success();
-  }
-  ParallelRows(pool, threads, n, [=](int64_t r0, int64_t r1) { rows(xp, wp, m, k, n, r0, r1, yp); });
-  return ffi::Error::Success();
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxQMatmul, QMatmul,
@@ -797,34 +381,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxQMatmul, QMatmul,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("kind"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Matmul, F32Matmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvNhwc, F32ConvNhwc,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw")
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw")
-                                  .Attr<int64_t>("act"));
-
-extern "C" {
-// 0 portable, 1 AVX2, 2 AVX-512: the path this CPU runs (after any cap)
-int candlejax_native_isa() { return ActiveIsa(); }
-// cap the path (tests run every path the CPU has); -1 restores detection
-void candlejax_native_set_isa(int isa) { g_forced_isa = isa; }
-}
