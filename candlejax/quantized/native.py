@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import jax
@@ -64,28 +64,26 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-@lru_cache(maxsize=1)
+@cache
+def _registered(target: str, symbol: str) -> bool:
+    """Register the library's handler ``symbol`` as ``target``; False where the library lacks it (one
+    built before that kernel) or is not loaded."""
+    lib = _library()
+    if lib is None or not hasattr(lib, symbol):
+        return False
+    try:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def _f32_registered() -> bool:
-    lib = _library()
-    if lib is None or not hasattr(lib, "CandlejaxF32Matmul"):  # a library built before the f32 product
-        return False
-    try:
-        jax.ffi.register_ffi_target(F32_TARGET, jax.ffi.pycapsule(lib.CandlejaxF32Matmul), platform="cpu")
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return _registered(F32_TARGET, "CandlejaxF32Matmul")
 
 
-@lru_cache(maxsize=1)
 def _conv_registered() -> bool:
-    lib = _library()
-    if lib is None or not hasattr(lib, "CandlejaxF32ConvNhwc"):  # a library built before the convolution
-        return False
-    try:
-        jax.ffi.register_ffi_target(F32_CONV_TARGET, jax.ffi.pycapsule(lib.CandlejaxF32ConvNhwc), platform="cpu")
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return _registered(F32_CONV_TARGET, "CandlejaxF32ConvNhwc")
 
 
 def available() -> bool:
