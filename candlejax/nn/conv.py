@@ -262,9 +262,11 @@ NATIVE_CONV_MAX_ROWS = 64
 
 
 def _native_conv_applies(dtype: Any) -> bool:
-    """Whether an f32 channels-last convolution runs in the native library (one-device CPU process,
-    AVX-512; a custom call has no sharding rule, so programs over several devices keep XLA's)."""
-    return dtype == jnp.float32 and jax.device_count() == 1 and native.conv_available()
+    """Whether an f32 channels-last convolution runs in the native library: exact f32 products (not
+    ``set_gemm_reduced_precision_f32``), one-device CPU process, AVX-512 (a custom call has no
+    sharding rule, so programs over several devices keep XLA's)."""
+    return (dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST and jax.device_count() == 1
+            and native.conv_available())  # fmt: skip
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))
@@ -323,7 +325,7 @@ def _conv2d_nhwc(x: Any, w: Any, kernel: Any, b: Any, *, pad: tuple[int, int], s
         # few output rows: stacked taps and the few-row product below; more: the native convolution
         # (padding, bias and ReLU inside it)
         rows = x.shape[0] * ho * wo
-        if rows > NATIVE_CONV_MAX_ROWS and prec == lax.Precision.HIGHEST and _native_conv_applies(x.dtype):
+        if rows > NATIVE_CONV_MAX_ROWS and _native_conv_applies(x.dtype):
             bias = jnp.zeros((0,), x.dtype) if b is None else b
             return _native_conv(x, kernel.reshape(o, kh * kw * i), bias, (kh, kw), stride, dilation, pad, relu)
         xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))

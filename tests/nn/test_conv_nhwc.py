@@ -143,3 +143,25 @@ def test_forward_nhwc_relu_matches_torch(case):
     conv = nn.conv2d(cin, cout, k, nn.Conv2dConfig(padding=pad, stride=stride, dilation=dil), _vb(t))
     check(conv, t, _x(2, h, w, cin), fwd=lambda m, xv: m.forward_nhwc(xv, relu=True),
           tfwd=lambda m, tx: torch.relu(_torch_nhwc(m, tx)), atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.skipif(not NATIVE_CONV, reason="native f32 convolution not built for this CPU")
+def test_reduced_precision_keeps_xlas_convolution():
+    """``set_gemm_reduced_precision_f32(True)`` (products of XLA's default precision): large maps read
+    HWIO kernels and run XLA's convolution, as without the native library."""
+    import candlejax as cj
+
+    t = torch.nn.Conv2d(16, 32, 3, padding=1)
+    conv = nn.conv2d(16, 32, 3, nn.Conv2dConfig(padding=1), _vb(t))
+    x = _x(2, 12, 11, 16)
+    cj.set_gemm_reduced_precision_f32(True)
+    try:
+        assert nhwc_kernel_layout(conv, (12, 11)) == "HWIO"
+        hlo = jax.jit(lambda x: conv.forward_nhwc(x).jax).lower(jnp.asarray(x)).as_text()
+        assert native.F32_CONV_TARGET not in hlo
+        y = conv.forward_nhwc(jnp.asarray(x), nhwc_kernel(conv, (12, 11))).numpy()
+    finally:
+        cj.set_gemm_reduced_precision_f32(False)
+    with torch.no_grad():
+        np.testing.assert_allclose(y, _torch_nhwc(t, torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
+    assert nhwc_kernel_layout(conv, (12, 11)) == "OHWI"
