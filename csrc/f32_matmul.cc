@@ -4,6 +4,7 @@
 // convolution on the same blocks (F32ConvNhwc).
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -127,9 +128,10 @@ inline __mmask16 FirstLanes(int64_t count) {
   return count >= 16 ? static_cast<__mmask16>(0xffff) : count <= 0 ? 0 : static_cast<__mmask16>((1u << count) - 1u);
 }
 
-// out[c * 32 + i] = a[i * k + c] for the first `rows` (<= 32) rows of the row-major a (rows of k),
-// zero for the rows past them; out is 64-byte aligned
-CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
+// out[c * 32 + i] = a[i * lda + c] for c < k and the first `rows` (<= 32) rows of a (lda: k unless
+// given), zero for the rows past them; out is 64-byte aligned
+CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out, int64_t lda = -1) {
+  if (lda < 0) lda = k;
   for (int half = 0; half < 2; ++half) {
     const int64_t base = half * 16;
     for (int64_t c0 = 0; c0 < k; c0 += 16) {
@@ -137,7 +139,7 @@ CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
       const __mmask16 cols = FirstLanes(kc);
       __m512 r[16];
       for (int i = 0; i < 16; ++i) {
-        r[i] = base + i < rows ? _mm512_maskz_loadu_ps(cols, a + (base + i) * k + c0) : _mm512_setzero_ps();
+        r[i] = base + i < rows ? _mm512_maskz_loadu_ps(cols, a + (base + i) * lda + c0) : _mm512_setzero_ps();
       }
       Transpose16(r);
       for (int64_t j = 0; j < kc; ++j) _mm512_store_ps(out + (c0 + j) * kPanel + base, r[j]);
@@ -150,9 +152,9 @@ CJ_AVX512 void PackPanel(const float* a, int64_t k, int64_t rows, float* out) {
 // values are the channel vectors at its taps (an implicit im2col); a tap in the padding reads zeros.
 struct DenseRows {
   const float* x;
-  int64_t k;
+  int64_t ld;  // row stride
   using Pos = const float*;
-  Pos Locate(int64_t i) const { return x + i * k; }
+  Pos Locate(int64_t i) const { return x + i * ld; }
   const float* Tap(Pos p, int64_t) const { return p; }
 };
 
@@ -228,6 +230,19 @@ CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t 
     _mm512_mask_storeu_ps(y + i * ldy + j0 + 16, keep1, acc[i][1]);
   }
 }
+
+// std::vector storage on 64-byte boundaries (packed panels are read with aligned loads)
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  explicit AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)); }
+  void deallocate(T* p, size_t) { std::free(p); }
+  bool operator==(const AlignedAllocator&) const { return true; }
+  bool operator!=(const AlignedAllocator&) const { return false; }
+};
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -333,6 +348,149 @@ ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+// --- attention ------------------------------------------------------------------------------------
+// softmax(q k^T * scale + bias) v for each (batch, head), f32, on the same register tiles: a head's
+// keys are packed as weight panels (its scores are a product with them), its values as panels of
+// the value product (32 value columns, K-major: a slice of v as it is); 12 query rows at a time,
+// their scores and softmax in this thread's scratch. q, k, v and the output are (B, H, S, D) or
+// (B, S, H, D) (`bshd`), read and written in place; bias (B or 1, Skv) is added to the scores.
+
+// exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r), r = x - n ln 2 in [-ln2/2, ln2/2]
+CJ_AVX512 inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// rows x skv scores (row stride ld) -> softmax(scores * scale + bias), in place
+CJ_AVX512 void SoftmaxRows(float* sc, int64_t rows, int64_t skv, int64_t ld, float scale, const float* bias) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = sc + i * ld;
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < skv; j += 16) {
+      const __mmask16 keep = FirstLanes(skv - j);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(keep, row + j), vscale);
+      if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias + j));
+      _mm512_mask_storeu_ps(row + j, keep, v);
+      vmax = _mm512_mask_max_ps(vmax, keep, vmax, v);
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < skv; j += 16) {
+      const __mmask16 keep = FirstLanes(skv - j);
+      const __m512 e = ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, row + j), m));
+      _mm512_mask_storeu_ps(row + j, keep, e);
+      vsum = _mm512_mask_add_ps(vsum, keep, vsum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (int64_t j = 0; j < skv; j += 16) {
+      const __mmask16 keep = FirstLanes(skv - j);
+      _mm512_mask_storeu_ps(row + j, keep, _mm512_mul_ps(_mm512_maskz_loadu_ps(keep, row + j), inv));
+    }
+  }
+}
+
+struct AttentionGeometry {
+  const float *q, *k, *v, *bias;
+  float* out;
+  int64_t b, h, s, skv, d, dv, bias_rows;
+  bool bshd;
+  float scale;
+};
+
+// heads [u0, u1) of the B x H (batch, head) pairs
+CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1) {
+  thread_local std::vector<float, AlignedAllocator<float>> kp, vp, sc;
+  const int64_t kpanels = (g.skv + kPanel - 1) / kPanel, vpanels = (g.dv + kPanel - 1) / kPanel;
+  const int64_t ld_sc = kpanels * kPanel;
+  kp.resize(static_cast<size_t>(kpanels * g.d * kPanel));
+  vp.resize(static_cast<size_t>(vpanels * g.skv * kPanel));
+  sc.resize(static_cast<size_t>(kTile * ld_sc));
+  // row strides and head offsets of the (B, H, S, D) or (B, S, H, D) tensors
+  const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t bi = u / g.h, hi = u % g.h;
+    const float* q = g.q + (g.bshd ? (bi * g.s * g.h + hi) * g.d : u * g.s * g.d);
+    const float* k = g.k + (g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
+    const float* v = g.v + (g.bshd ? (bi * g.skv * g.h + hi) * g.dv : u * g.skv * g.dv);
+    float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
+    const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
+    for (int64_t p = 0; p < kpanels; ++p) {
+      PackPanel(k + p * kPanel * ldk, g.d, std::min<int64_t>(kPanel, g.skv - p * kPanel), kp.data() + p * g.d * kPanel,
+                ldk);
+    }
+    for (int64_t p = 0; p < vpanels; ++p) {  // value columns p*32.. as K-major panels: rows of v, in order
+      const int64_t cols = std::min<int64_t>(kPanel, g.dv - p * kPanel);
+      for (int64_t t = 0; t < g.skv; ++t) {
+        float* dst = vp.data() + (p * g.skv + t) * kPanel;
+        _mm512_store_ps(dst, _mm512_maskz_loadu_ps(FirstLanes(cols), v + t * ldv + p * kPanel));
+        _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(FirstLanes(cols - 16), v + t * ldv + p * kPanel + 16));
+      }
+    }
+    const Epilogue none{nullptr, false};
+    auto rows = [&](auto mr, int64_t i) {
+      constexpr int MR = decltype(mr)::value;
+      for (int64_t p = 0; p < kpanels; ++p) {
+        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, kp.data() + p * g.d * kPanel, sc.data(), ld_sc, p * kPanel,
+                 std::min<int64_t>(kPanel, g.skv - p * kPanel), none);
+      }
+      SoftmaxRows(sc.data(), MR, g.skv, ld_sc, g.scale, bias);
+      for (int64_t p = 0; p < vpanels; ++p) {
+        Tile<MR>(DenseRows{sc.data(), ld_sc}, 0, 1, g.skv, vp.data() + p * g.skv * kPanel, o + i * ldo,
+                 ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none);
+      }
+    };
+    int64_t i = 0;
+    for (; i + kTile <= g.s; i += kTile) rows(std::integral_constant<int, kTile>{}, i);
+    for (; i + 4 <= g.s; i += 4) rows(std::integral_constant<int, 4>{}, i);
+    for (; i < g.s; ++i) rows(std::integral_constant<int, 1>{}, i);
+  }
+}
+
+ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
+                        float scale, int64_t bshd) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || od.size() != 4) {
+    return ffi::Error::InvalidArgument("candlejax f32 attention: q, k, v and the result must be 4-D");
+  }
+  // (batch, heads, seq, dim) whatever the layout
+  const int64_t b = qd[0], h = bshd ? qd[2] : qd[1], s = bshd ? qd[1] : qd[2], d = qd[3];
+  const int64_t skv = bshd ? kd[1] : kd[2], dv = vd[3];
+  const bool heads_ok = (bshd ? kd[2] == h && vd[2] == h && vd[1] == skv && od[1] == s && od[2] == h
+                              : kd[1] == h && vd[1] == h && vd[2] == skv && od[1] == h && od[2] == s);
+  if (!heads_ok || kd[0] != b || vd[0] != b || kd[3] != d || od[0] != b || od[3] != dv || skv < 1) {
+    return ffi::Error::InvalidArgument("candlejax f32 attention: q, k, v, result shapes do not match");
+  }
+  const int64_t bias_n = static_cast<int64_t>(bias.element_count());
+  if (bias_n != 0 && bias_n != skv && bias_n != b * skv) {
+    return ffi::Error::InvalidArgument("candlejax f32 attention: bias must be (B, Skv), (1, Skv) or empty");
+  }
+  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX-512 CPU");
+  const AttentionGeometry g{q.typed_data(), k.typed_data(), v.typed_data(), bias_n ? bias.typed_data() : nullptr,
+                            out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0, scale};
+  const int64_t units = b * h, work = units * s * skv * (d + dv);
+  const int64_t workers = Workers(pool, work);
+  if (workers <= 1 || units < 2) {
+    AttentionHeads(g, 0, units);
+  } else {
+    ParallelChunks(pool, workers - 1, units, 1, std::min<int64_t>(units, workers * 4),
+                   [=](int64_t u0, int64_t u1) { AttentionHeads(g, u0, u1); });
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
@@ -372,6 +530,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Matmul, F32Matmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Attention, F32Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("bshd"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvNhwc, F32ConvNhwc,
                               ffi::Ffi::Bind()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import math
 import os
 from functools import cache, lru_cache
 from typing import Any
@@ -33,6 +34,8 @@ TARGET = "candlejax_quantized_matmul"
 F32_TARGET = "candlejax_f32_matmul"
 #: the f32 channels-last convolution (:func:`f32_conv_nhwc`)
 F32_CONV_TARGET = "candlejax_f32_conv_nhwc"
+#: the f32 attention (:func:`f32_attention`)
+F32_ATTENTION_TARGET = "candlejax_f32_attention"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
 KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3, GgmlDType.Q8_0: 8}
 ISA_NAMES = ("portable", "avx2", "avx512")
@@ -135,6 +138,41 @@ def matmul(x: Any, raw: Any, dtype: GgmlDType, layer: Any = None) -> Any:
     out = jax.ShapeDtypeStruct((x.shape[0], raw.shape[-2]), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
     return call(x, raw, layer, kind=np.int32(kind))
+
+
+def _attention_registered() -> bool:
+    return _registered(F32_ATTENTION_TARGET, "CandlejaxF32Attention")
+
+
+def attention_available() -> bool:
+    """Whether :func:`f32_attention` can run: the library has it, on the CPU backend, on an AVX-512 CPU."""
+    return available() and _attention_registered() and isa() == "avx512"
+
+
+def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None = None, layout: str = "bhsd") -> Any:
+    """``softmax(q kᵀ * scale + bias) v`` per batch and head, f32: q ``(B, H, S, D)``, k ``(B, H, Skv, D)``,
+    v ``(B, H, Skv, Dv)`` (``layout="bshd"``: ``(B, S, H, D)`` each, the output too), ``bias`` an
+    additive ``(B, Skv)`` or ``(1, Skv)`` mask (padding), ``scale`` ``1/√D`` by default. PyTorch:
+    ``F.scaled_dot_product_attention`` with a float mask broadcast over heads and queries. No
+    derivative of its own (``ops.sdpa`` wraps it in one that uses its XLA form)."""
+    if not attention_available():
+        raise errors.Msg("the native f32 attention is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
+    bshd = layout == "bshd"
+    b, h, s = (q.shape[0], q.shape[2], q.shape[1]) if bshd else q.shape[:3]
+    skv = k.shape[1] if bshd else k.shape[2]
+    bias = jnp.zeros((0,), jnp.float32) if bias is None else bias
+    ok = (layout in ("bhsd", "bshd") and q.ndim == k.ndim == v.ndim == 4 and k.shape[:3] == v.shape[:3]
+          and k.shape[0] == b and (k.shape[2] if bshd else k.shape[1]) == h and k.shape[3] == q.shape[3]
+          and bias.ndim in (1, 2) and bias.shape in ((0,), (b, skv), (1, skv))
+          and all(t.dtype == jnp.float32 for t in (q, k, v, bias)))  # fmt: skip
+    if not ok:
+        raise errors.Msg(f"native.f32_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+                         f"({layout}) and bias {tuple(bias.shape)} must be f32 with matching batch, heads, keys "
+                         "and dims")  # fmt: skip
+    out = jax.ShapeDtypeStruct((b, s, h, v.shape[3]) if bshd else (b, h, s, v.shape[3]), jnp.float32)
+    call = jax.ffi.ffi_call(F32_ATTENTION_TARGET, out, vmap_method="sequential")
+    sc = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    return call(q, k, v, bias, scale=np.float32(sc), bshd=np.int64(int(bshd)))
 
 
 def conv_available() -> bool:

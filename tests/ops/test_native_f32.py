@@ -173,3 +173,91 @@ def test_f32_conv_nhwc_rejects_bad_shapes():
         native.f32_conv_nhwc(x, jnp.ones((8, 4 * 36), jnp.float32), (6, 6))
     with pytest.raises(errors.Error, match=r"bias \(7,\)"):
         native.f32_conv_nhwc(x, jnp.ones((8, 36), jnp.float32), (3, 3), bias=jnp.ones(7, jnp.float32))
+
+
+needs_attention = pytest.mark.skipif(not native.attention_available(), reason="native f32 attention not built")
+
+
+def _attention_f64(q, k, v, bias, scale, layout):
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    if layout == "bshd":
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    s = q @ k.transpose(0, 1, 3, 2) * scale
+    if bias is not None:
+        s = s + bias.astype(np.float64)[:, None, None, :]
+    e = np.exp(s - s.max(-1, keepdims=True))
+    o = (e / e.sum(-1, keepdims=True)) @ v
+    return o.transpose(0, 2, 1, 3) if layout == "bshd" else o
+
+
+@needs_attention
+@pytest.mark.parametrize("b,h,s,skv,d,dv,layout,bias", [
+    (2, 3, 17, 17, 32, 32, "bhsd", None),  # query tiles of 12, 4 and 1
+    (2, 3, 130, 129, 64, 64, "bshd", "per batch"),  # key panels with a tail, (B, S, H, D) in place
+    (1, 2, 5, 40, 8, 33, "bhsd", "shared"),  # value columns over one panel (33 = 32 + 1)
+    (3, 4, 1, 70, 16, 16, "bshd", "per batch"),  # one query (a decode step against a cache)
+])  # fmt: skip
+def test_f32_attention_matches_float64(rng, b, h, s, skv, d, dv, layout, bias):
+    """Padding positions masked with finfo.min (as ops.padding_mask makes them) get no weight."""
+    shape = (lambda n, dd: (b, n, h, dd)) if layout == "bshd" else (lambda n, dd: (b, h, n, dd))
+    q, k = rng.standard_normal(shape(s, d)).astype(np.float32), rng.standard_normal(shape(skv, d)).astype(np.float32)
+    v = rng.standard_normal(shape(skv, dv)).astype(np.float32)
+    rows = {None: 0, "shared": 1, "per batch": b}[bias]
+    bv = np.where(rng.random((rows, skv)) < 0.25, np.finfo(np.float32).min, 0).astype(np.float32) if rows else None
+    y = np.asarray(jax.jit(native.f32_attention, static_argnums=(4, 5))(q, k, v, bv, None, layout))
+    ref = _attention_f64(q, k, v, bv, 1 / np.sqrt(d), layout)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6)
+
+
+@needs_attention
+def test_f32_attention_rejects_bad_shapes():
+    q = jnp.ones((1, 2, 4, 8), jnp.float32)
+    with pytest.raises(errors.Error, match=r"must be f32 with matching"):
+        native.f32_attention(q, jnp.ones((1, 3, 4, 8), jnp.float32), jnp.ones((1, 3, 4, 8), jnp.float32))
+    with pytest.raises(errors.Error, match=r"bias \(2, 4\)"):
+        native.f32_attention(q, q, q, jnp.zeros((2, 4), jnp.float32))
+
+
+@needs_attention
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("mask", [None, "padding", "shared"])
+def test_sdpa_runs_the_native_attention_with_values_and_gradients(rng, layout, mask):
+    """ops.sdpa takes the native path for plain attention (float padding masks included) and equals
+    its reference ops.sdpa_slow, gradients too (XLA's form as the derivative)."""
+    b, h, s, d = 2, 3, 20, 16
+    shape = (b, s, h, d) if layout == "bshd" else (b, h, s, d)
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    m = None
+    if mask is not None:
+        keep = rng.random((b if mask == "padding" else 1, s)) > 0.3
+        m = np.where(keep, 0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+
+    def f(q, k, v):
+        return cj.nn.ops.sdpa(q, k, v, m, layout=layout).jax
+
+    assert native.F32_ATTENTION_TARGET in jax.jit(f).lower(q, k, v).as_text()
+    ref = cj.nn.ops.sdpa_slow(q, k, v, m, layout=layout).numpy()
+    np.testing.assert_allclose(np.asarray(jax.jit(f)(q, k, v)), ref, rtol=1e-5, atol=2e-6)
+    cot = rng.standard_normal(ref.shape).astype(np.float32)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(lambda *a: jnp.sum(cj.nn.ops.sdpa_slow(*a, m, layout=layout).jax * cot), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(grads, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
+@needs_attention
+def test_sdpa_keeps_xlas_attention_where_the_native_one_does_not_apply(rng):
+    q = rng.standard_normal((1, 4, 6, 8)).astype(np.float32)
+    kv2 = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    sdpa = cj.nn.ops.sdpa
+    cases = {
+        "causal": lambda q: sdpa(q, q, q, do_causal=True),
+        "grouped heads": lambda q: sdpa(q, kv2, kv2),
+        "bool mask": lambda q: sdpa(q, q, q, np.ones((1, 1, 1, 6), bool)),
+        "per-query mask": lambda q: sdpa(q, q, q, np.zeros((1, 1, 6, 6), np.float32)),
+        "softcapping": lambda q: sdpa(q, q, q, softcapping=30.0),
+        "bf16": lambda q: sdpa(q.astype(jnp.bfloat16), q.astype(jnp.bfloat16), q.astype(jnp.bfloat16)),
+    }
+    for name, fn in cases.items():
+        assert native.F32_ATTENTION_TARGET not in jax.jit(lambda q, fn=fn: fn(q).jax).lower(q).as_text(), name
