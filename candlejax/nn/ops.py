@@ -592,7 +592,9 @@ def sdpa(
 
     Layouts: ``layout="bshd"`` takes and returns q / the output as ``(B, S, H, D)`` (what the
     projections produce: no transposes), ``kv_layout`` (default: ``layout``) is the keys' and
-    values' layout. Scores and the softmax are f32; the output has q's dtype.
+    values' layout. Scores and the softmax are f32; the output has q's dtype. Plain attention (no
+    positions or softcapping, as many key heads as query heads, no mask or a float mask over the keys)
+    in f32 runs in native code on AVX-512 CPUs (:func:`candlejax.quantized.native.f32_attention`).
     PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``.
     """
     kv_layout = layout if kv_layout is None else kv_layout

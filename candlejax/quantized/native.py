@@ -9,8 +9,8 @@ the result equals the dequantised product up to summation order (no Q8 rounding 
 :func:`available` says whether the kernel was built and loads; ``CANDLEJAX_NATIVE=0`` turns it off
 (the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
 closest equivalent. :func:`f32_matmul` is the same library's f32 product (``nn.Linear`` calls it for at most 48 or at
-least 512 rows on AVX-512 CPUs) and :func:`f32_conv_nhwc` its channels-last convolution
-(``Conv2d.forward_nhwc``).
+least 512 rows on AVX-512 CPUs), :func:`f32_conv_nhwc` its channels-last convolution
+(``Conv2d.forward_nhwc``) and :func:`f32_attention` its attention (``ops.sdpa``).
 """
 
 from __future__ import annotations
