@@ -1,7 +1,7 @@
 // candlejax native f32 kernels for the CPU, as XLA FFI handlers (registered by
 // candlejax/quantized/native.py): y = x @ W^T for an f32 weight W (N, K) in PyTorch's Linear layout
-// (F32Matmul: few activation rows, or register-tiled blocks for many), and a channels-last
-// convolution on the same blocks (F32ConvNhwc).
+// (F32Matmul: few activation rows, or register-tiled blocks for many), and on the same blocks a
+// channels-last convolution (F32ConvNhwc) and attention (F32Attention).
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -244,9 +244,14 @@ struct AlignedAllocator {
   bool operator!=(const AlignedAllocator&) const { return false; }
 };
 
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
+// this thread's scratch buffer `which` with room for `floats` (kept for its next call): 0 the blocked
+// product's packed weight panels; 1, 2, 3 the attention's packed keys, packed values and scores
+float* Scratch(int which, int64_t floats) {
+  thread_local std::vector<float, AlignedAllocator<float>> buffers[4];
+  auto& b = buffers[which];
+  if (static_cast<int64_t>(b.size()) < floats) b.resize(static_cast<size_t>(floats));
+  return b.data();
+}
 
 // the product's geometry: M left rows of K = ntaps x c values against N weight rows (N, K)
 template <typename Rows>
@@ -262,15 +267,9 @@ struct Blocked {
 // scratch (kept for its next call), each group used by every tile of rows
 template <typename Rows>
 CJ_AVX512 void BlockedRows(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
-  thread_local std::unique_ptr<float, AlignedFree> scratch;
-  thread_local int64_t scratch_floats = 0;
   const int64_t k = g.ntaps * g.c, n = g.n;
   const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytes / (k * kPanel * 4)));
-  if (per_group * k * kPanel > scratch_floats) {
-    scratch_floats = per_group * k * kPanel;
-    scratch.reset(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(scratch_floats) * 4)));
-  }
-  float* packed = scratch.get();
+  float* packed = Scratch(0, per_group * k * kPanel);
   for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
     const int64_t g1 = std::min(p1, g0 + per_group);
     for (int64_t p = g0; p < g1; ++p) {
@@ -411,12 +410,11 @@ struct AttentionGeometry {
 
 // heads [u0, u1) of the B x H (batch, head) pairs
 CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1) {
-  thread_local std::vector<float, AlignedAllocator<float>> kp, vp, sc;
   const int64_t kpanels = (g.skv + kPanel - 1) / kPanel, vpanels = (g.dv + kPanel - 1) / kPanel;
   const int64_t ld_sc = kpanels * kPanel;
-  kp.resize(static_cast<size_t>(kpanels * g.d * kPanel));
-  vp.resize(static_cast<size_t>(vpanels * g.skv * kPanel));
-  sc.resize(static_cast<size_t>(kTile * ld_sc));
+  float* kp = Scratch(1, kpanels * g.d * kPanel);
+  float* vp = Scratch(2, vpanels * g.skv * kPanel);
+  float* sc = Scratch(3, kTile * ld_sc);
   // row strides and head offsets of the (B, H, S, D) or (B, S, H, D) tensors
   const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
   for (int64_t u = u0; u < u1; ++u) {
@@ -427,13 +425,13 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
     float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
     const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
     for (int64_t p = 0; p < kpanels; ++p) {
-      PackPanel(k + p * kPanel * ldk, g.d, std::min<int64_t>(kPanel, g.skv - p * kPanel), kp.data() + p * g.d * kPanel,
+      PackPanel(k + p * kPanel * ldk, g.d, std::min<int64_t>(kPanel, g.skv - p * kPanel), kp + p * g.d * kPanel,
                 ldk);
     }
     for (int64_t p = 0; p < vpanels; ++p) {  // value columns p*32.. as K-major panels: rows of v, in order
       const int64_t cols = std::min<int64_t>(kPanel, g.dv - p * kPanel);
       for (int64_t t = 0; t < g.skv; ++t) {
-        float* dst = vp.data() + (p * g.skv + t) * kPanel;
+        float* dst = vp + (p * g.skv + t) * kPanel;
         _mm512_store_ps(dst, _mm512_maskz_loadu_ps(FirstLanes(cols), v + t * ldv + p * kPanel));
         _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(FirstLanes(cols - 16), v + t * ldv + p * kPanel + 16));
       }
@@ -442,12 +440,12 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
     auto rows = [&](auto mr, int64_t i) {
       constexpr int MR = decltype(mr)::value;
       for (int64_t p = 0; p < kpanels; ++p) {
-        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, kp.data() + p * g.d * kPanel, sc.data(), ld_sc, p * kPanel,
+        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, kp + p * g.d * kPanel, sc, ld_sc, p * kPanel,
                  std::min<int64_t>(kPanel, g.skv - p * kPanel), none);
       }
-      SoftmaxRows(sc.data(), MR, g.skv, ld_sc, g.scale, bias);
+      SoftmaxRows(sc, MR, g.skv, ld_sc, g.scale, bias);
       for (int64_t p = 0; p < vpanels; ++p) {
-        Tile<MR>(DenseRows{sc.data(), ld_sc}, 0, 1, g.skv, vp.data() + p * g.skv * kPanel, o + i * ldo,
+        Tile<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, vp + p * g.skv * kPanel, o + i * ldo,
                  ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none);
       }
     };
