@@ -261,3 +261,22 @@ def test_sdpa_keeps_xlas_attention_where_the_native_one_does_not_apply(rng):
     }
     for name, fn in cases.items():
         assert native.F32_ATTENTION_TARGET not in jax.jit(lambda q, fn=fn: fn(q).jax).lower(q).as_text(), name
+
+
+@needs_attention
+def test_f32_attention_gives_masked_keys_no_weight_and_keeps_nans(rng):
+    """A masked key's value never leaks into the output (even a huge one), and a NaN query stays NaN
+    (no silent repair)."""
+    q, k = rng.standard_normal((1, 2, 3, 8)).astype(np.float32), rng.standard_normal((1, 2, 20, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 20, 8)).astype(np.float32)
+    bias = np.zeros((1, 20), np.float32)
+    for fill in (np.finfo(np.float32).min, -np.inf):
+        bias[0, 5:9] = fill
+        v_big = v.copy()
+        v_big[:, :, 5:9] = 1e30
+        y = np.asarray(native.f32_attention(q, k, v_big, bias))
+        np.testing.assert_allclose(y, _attention_f64(q, k, v, np.where(bias < -1e30, -1e38, 0), 1 / np.sqrt(8), "bhsd"),
+                                   rtol=1e-5, atol=2e-6)  # fmt: skip
+    q[0, 1, 2, 0] = np.nan
+    y = np.asarray(native.f32_attention(q, k, v))
+    assert np.isnan(y[0, 1, 2]).all() and np.isfinite(np.delete(y.reshape(6, 8), 5, axis=0)).all()
