@@ -1,4 +1,5 @@
-"""The native CPU kernel for GGML block weights (Q4_0, Q4_1, Q8_0), called from compiled programs.
+"""The native CPU kernels, called from compiled programs: GGML block weights (Q4_0, Q4_1, Q8_0), and
+f32 products, convolutions and attention.
 
 ``matmul(x, raw, dtype)`` computes ``x @ Wᵀ`` for a weight kept in its file layout (the GGML
 blocks' bytes: 0.56 / 0.63 / 1.06 bytes per value), through an XLA FFI custom call (``jax.ffi``) into
@@ -8,9 +9,10 @@ the result equals the dequantised product up to summation order (no Q8 rounding 
 
 :func:`available` says whether the kernel was built and loads; ``CANDLEJAX_NATIVE=0`` turns it off
 (the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
-closest equivalent. :func:`f32_matmul` is the same library's f32 product (``nn.Linear`` calls it for at most 48 or at
-least 512 rows on AVX-512 CPUs), :func:`f32_conv_nhwc` its channels-last convolution
-(``Conv2d.forward_nhwc``) and :func:`f32_attention` its attention (``ops.sdpa``).
+closest equivalent. :func:`f32_matmul` is the same library's f32 product (``nn.Linear`` calls it for
+at most 48 or at least 512 rows on AVX-512 CPUs), :func:`f32_conv_nhwc` its channels-last
+convolution (``Conv2d.forward_nhwc``) and :func:`f32_attention` its attention (``ops.sdpa``); they
+are built from ``csrc/f32_matmul.cc``.
 """
 
 from __future__ import annotations
