@@ -322,8 +322,12 @@ ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
         "candlejax f32 conv: x must be (B, H, W, C), w (O, kh * kw * C) and the geometry positive");
   }
   const int64_t bsz = xd[0], h = xd[1], wi = xd[2], c = xd[3], o = wd[0];
-  const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, wo = (wi + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-  if (ho < 1 || wo < 1 || od[0] != bsz || od[1] != ho || od[2] != wo || od[3] != o) {
+  const int64_t span_h = h + 2 * ph - dh * (kh - 1) - 1, span_w = wi + 2 * pw - dw * (kw - 1) - 1;
+  if (span_h < 0 || span_w < 0) {  // (a negative span would truncate toward zero below)
+    return ffi::Error::InvalidArgument("candlejax f32 conv: the dilated kernel does not fit the padded input");
+  }
+  const int64_t ho = span_h / sh + 1, wo = span_w / sw + 1;
+  if (od[0] != bsz || od[1] != ho || od[2] != wo || od[3] != o) {
     return ffi::Error::InvalidArgument("candlejax f32 conv: result must be (B, Ho, Wo, O) for this geometry");
   }
   if (bias.element_count() != 0 && bias.element_count() != static_cast<size_t>(o)) {

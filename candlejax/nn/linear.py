@@ -48,9 +48,10 @@ def _linear(x: Any, w: Any, b: Any) -> Any:
 
 
 def _use_native(x: Any, w: Any, prec: Any, max_rows: int | None = None) -> bool:
-    """Few f32 rows on a one-device CPU process with the native product built for AVX-512 (its
-    portable loop is slower than XLA; a custom call has no sharding rule, so programs over several
-    devices keep XLA's product)."""
+    """Whether an f32 product runs in the native library: at most ``max_rows`` (default
+    :data:`NATIVE_MAX_ROWS`) or at least :data:`NATIVE_BLOCKED_MIN_ROWS` rows, exact f32, on a
+    one-device CPU process with the library built for AVX-512 (its portable loop is slower than
+    XLA; a custom call has no sharding rule, so programs over several devices keep XLA's product)."""
     rows = math.prod(x.shape[:-1])
     return (x.dtype == w.dtype == jnp.float32 and prec == lax.Precision.HIGHEST and w.size >= NATIVE_MIN_WEIGHT
             and (rows <= (NATIVE_MAX_ROWS if max_rows is None else max_rows) or rows >= NATIVE_BLOCKED_MIN_ROWS)

@@ -533,7 +533,7 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
 
 
 def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_layout: str) -> Any:
-    """The ``(B or 1, Skv)`` additive bias for the native attention, ``()``-shaped zeros for no mask, or
+    """The ``(B or 1, Skv)`` additive bias for the native attention, an empty ``(0,)`` array for no mask, or
     None where it does not apply: f32 with exact products, one-device CPU process on AVX-512, as many
     key heads as query heads, one layout, and no mask or a float mask over keys only (padding)."""
     if not (q.dtype == k.dtype == v.dtype == jnp.float32 and layout == kv_layout

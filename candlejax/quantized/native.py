@@ -30,6 +30,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
+from candlejax.tensor.conv import conv_out_len
 
 TARGET = "candlejax_quantized_matmul"
 #: the f32 product (:func:`f32_matmul`)
@@ -202,8 +203,7 @@ def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple
                          f"f32, with positive geometry; got {tuple(x.shape)} {x.dtype}, {tuple(kernel.shape)} "
                          f"{kernel.dtype}, bias {tuple(bias.shape)}, stride {stride}, dilation {dilation}, padding "
                          f"{padding}")  # fmt: skip
-    ho = (x.shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (x.shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = conv_out_len(x.shape[1], kh, ph, sh, dh), conv_out_len(x.shape[2], kw, pw, sw, dw)
     if ho < 1 or wo < 1:
         raise errors.Msg(f"native.f32_conv_nhwc: the dilated kernel does not fit the padded input {tuple(x.shape)}")
     out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, kernel.shape[0]), jnp.float32)
@@ -233,5 +233,5 @@ def f32_matmul(x: Any, w: Any) -> Any:
     return jax.ffi.ffi_call(F32_TARGET, out, vmap_method="sequential")(x, w)
 
 
-__all__ = ["KINDS", "available", "conv_available", "f32_available", "f32_conv_nhwc", "f32_matmul", "isa", "matmul",
-           "set_isa"]
+__all__ = ["KINDS", "attention_available", "available", "conv_available", "f32_attention", "f32_available",
+           "f32_conv_nhwc", "f32_matmul", "isa", "matmul", "set_isa"]
