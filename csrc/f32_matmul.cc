@@ -96,6 +96,9 @@ constexpr int kPanel = 32;
 constexpr int kTile = 12;
 // packed weight panels of a group are kept to about this many bytes (a share of a 2 MiB L2)
 constexpr int64_t kPackedBytes = int64_t{1} << 20;
+// pre-packed panels: while a group is used, the next group's lines are fetched into L2, this many
+// per 16 steps along K of a tile
+constexpr int kAheadLinesPerStep = 4;
 // broadcast rows are read in place: their lines are fetched this many floats ahead
 constexpr int64_t kAhead = 64;
 
@@ -187,7 +190,8 @@ struct Epilogue {
 // along K
 template <int MR, typename Rows>
 CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
-                           int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi) {
+                           int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi, const char* ahead = nullptr,
+                           int64_t ahead_lines = 0) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   typename Rows::Pos pos[MR];
@@ -198,6 +202,9 @@ CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t 
     const float* pt = panel + t * c * kPanel;
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
+      for (int l = 0; l < kAheadLinesPerStep && ahead_lines > 0; ++l, --ahead_lines, ahead += 64) {
+        _mm_prefetch(ahead, _MM_HINT_T1);
+      }
       const int64_t c1 = std::min<int64_t>(c, c0 + 16);
 #pragma GCC unroll 4
       for (int64_t q = c0; q < c1; ++q) {
@@ -261,6 +268,7 @@ struct Blocked {
   const float* w;
   float* y;  // (M, N)
   Epilogue epi;
+  const float* panels = nullptr;  // w already packed, (ceil(N / 32), K, 32), or none
 };
 
 // left rows [i0, i1) against weight panels [p0, p1): groups of panels packed into this thread's
@@ -269,16 +277,33 @@ template <typename Rows>
 CJ_AVX512 void BlockedRows(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
   const int64_t k = g.ntaps * g.c, n = g.n;
   const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytes / (k * kPanel * 4)));
-  float* packed = Scratch(0, per_group * k * kPanel);
+  float* scratch = g.panels == nullptr ? Scratch(0, per_group * k * kPanel) : nullptr;
   for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
     const int64_t g1 = std::min(p1, g0 + per_group);
-    for (int64_t p = g0; p < g1; ++p) {
-      PackPanel(g.w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), packed + (p - g0) * k * kPanel);
+    const float* packed = scratch;
+    if (scratch == nullptr) {
+      packed = g.panels + g0 * k * kPanel;
+    } else {
+      for (int64_t p = g0; p < g1; ++p) {
+        PackPanel(g.w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel), scratch + (p - g0) * k * kPanel);
+      }
+    }
+    // pre-packed: the next group's panels, spread over this group's tiles
+    const char* ahead = nullptr;
+    int64_t ahead_lines = 0, per_tile = 0;
+    if (scratch == nullptr && g1 < p1) {
+      ahead = reinterpret_cast<const char*>(g.panels + g1 * k * kPanel);
+      ahead_lines = (std::min(p1, g1 + per_group) - g1) * k * kPanel * 4 / 64;
+      const int64_t calls = ((i1 - i0 + kTile - 1) / kTile) * (g1 - g0);
+      per_tile = (ahead_lines + calls - 1) / calls;
     }
     auto tiles = [&](auto mr, int64_t i) {
       for (int64_t p = g0; p < g1; ++p) {
+        const int64_t lines = std::min(per_tile, ahead_lines);
         Tile<decltype(mr)::value>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n,
-                                  p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi);
+                                  p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi, ahead, lines);
+        ahead += lines * 64;
+        ahead_lines -= lines;
       }
     };
     int64_t i = i0;
@@ -526,7 +551,48 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
+// y (M, N) = x (M, K) @ W^T for a weight already in the blocked product's panel layout:
+// panels (P, K, 32) with panels[p, c, i] = W[32 p + i, c] and zeros past row N (P = ceil(N / 32)).
+// Every row count takes the register tiles; without AVX-512 a plain loop.
+ffi::Error F32MatmulPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> panels,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions();
+  const auto pd = panels.dimensions();
+  const auto od = out->dimensions();
+  if (xd.size() != 2 || pd.size() != 3 || pd[1] != xd[1] || pd[2] != kPanel || od.size() != 2 || od[0] != xd[0] ||
+      od[1] > pd[0] * kPanel || od[1] <= (pd[0] - 1) * kPanel) {
+    return ffi::Error::InvalidArgument(
+        "candlejax f32 packed matmul: x must be (M, K), the panels (ceil(N / 32), K, 32) and the result (M, N)");
+  }
+  const int64_t m = xd[0], k = xd[1], n = od[1];
+  const float* xp = x.typed_data();
+  const float* pp = panels.typed_data();
+  float* yp = out->typed_data();
+  if (ActiveIsa() < 2) {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        const float* col = pp + (j / kPanel) * k * kPanel + j % kPanel;
+        float s = 0.0f;
+        for (int64_t c = 0; c < k; ++c) s += xp[i * k + c] * col[c * kPanel];
+        yp[i * n + j] = s;
+      }
+    }
+    return ffi::Error::Success();
+  }
+  Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, nullptr, yp, Epilogue{nullptr, false}};
+  g.panels = pp;
+  F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32MatmulPacked, F32MatmulPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Matmul, F32Matmul,
                               ffi::Ffi::Bind()

@@ -42,7 +42,7 @@ from candlejax.nn.init import (
     NormalOrUniform,
 )
 from candlejax.nn.kv_cache import ConcatKvCache, DecodeKvCache, KvCache, RotatingKvCache, StackedKvCache
-from candlejax.nn.linear import Linear, linear, linear_b, linear_no_bias
+from candlejax.nn.linear import Linear, PackedLinear, linear, linear_b, linear_no_bias, pack_linears
 from candlejax.nn.module import (
     Buffer,
     LayerInputShape,
@@ -81,11 +81,11 @@ __all__ = [
     "Dropout",
     "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity", "Init",
     "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
-    "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "RmsNorm", "RotaryEmbedding",
-    "RotatingKvCache", "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder", "VarMap", "ZERO",
-    "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
+    "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "PackedLinear", "RmsNorm",
+    "RotaryEmbedding", "RotatingKvCache", "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
+    "VarMap", "ZERO", "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
-    "linear_no_bias", "loss", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
+    "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
     "prelu", "quantized", "rms_norm", "seq",
 ]  # fmt: skip

@@ -1,12 +1,13 @@
 """``Linear``: ``y = x @ wᵀ + b`` (Candle's ``candle_nn::Linear``, PyTorch's ``nn.Linear``).
 
 requires: candlejax.nn.module, candlejax.nn.init, candlejax.nn.var_builder
-provides: ``Linear``, ``linear``, ``linear_no_bias``, ``linear_b``
+provides: ``Linear``, ``PackedLinear``, ``pack_linears``, ``linear``, ``linear_no_bias``, ``linear_b``
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -23,7 +24,7 @@ from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
 from candlejax.quantized import native
 from candlejax.tensor._core import TensorBase, wrap
 
-__all__ = ["Linear", "linear", "linear_b", "linear_no_bias"]
+__all__ = ["Linear", "PackedLinear", "linear", "linear_b", "linear_no_bias", "pack_linears"]
 
 
 #: f32 inputs of at most this many rows (all dims but the last) use the native few-row product on
@@ -133,6 +134,122 @@ class Linear(Module):
         if x.dtype != w.dtype:
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), "matmul")
         return wrap(_linear(x, w, b))
+
+
+def _use_packed(x: Any, prec: Any) -> bool:
+    """Whether a packed f32 product runs in the native library: f32 input, exact f32, one device, and
+    the library's register tiles (AVX-512)."""
+    return (x.dtype == jnp.float32 and prec == lax.Precision.HIGHEST and jax.device_count() == 1
+            and native.packed_available())  # fmt: skip
+
+
+@op(static=("n",))
+def _packed_linear(x: Any, panels: Any, b: Any, *, n: int) -> Any:
+    prec = f32_precision() if x.dtype == jnp.float32 else None
+    if _use_packed(x, prec):
+        y = _native_packed_linear(x, panels, n)
+    else:
+        y = _xla_linear(x, native.unpack_f32_panels(panels, n), prec)
+    return y if b is None else y + b
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _native_packed_linear(x: Any, panels: Any, n: int) -> Any:
+    """``x (..., in) @ W.T`` for ``W`` packed into panels, through the native product; derivatives
+    are XLA's products with the unpacked weight."""
+    y = native.f32_matmul_packed(x.reshape(-1, x.shape[-1]), panels, n)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _native_packed_linear_jvp(n: int, primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    (x, panels), (tx, tp) = primals, tangents
+    y = _native_packed_linear(x, panels, n)
+    parts = []
+    if type(tx) is not SymbolicZero:
+        parts.append(_xla_linear(tx, native.unpack_f32_panels(panels, n)))
+    if type(tp) is not SymbolicZero:
+        parts.append(_xla_linear(x, native.unpack_f32_panels(tp, n)))
+    return y, (jnp.zeros_like(y) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1])
+
+
+_native_packed_linear.defjvp(_native_packed_linear_jvp, symbolic_zeros=True)
+
+
+class PackedLinear(Module):
+    """A :class:`Linear` for inference on the CPU whose f32 weight is kept in the native product's
+    panel layout (``(ceil(out / 32), in, 32)``, :func:`candlejax.quantized.native.pack_f32_panels`),
+    packed once instead of at every call: at 128 rows a product runs 5-15% faster, at 16 rows ~1.5x.
+
+    Same results as the Linear it came from up to summation order. ``weight`` gives the ``(out, in)``
+    weight back (computed from the panels); the checkpoint name of the panels is ``<layer>.panels``,
+    so save the Linear model, not this one. ``PackedLinear.from_linear(lin)`` packs one layer,
+    :func:`pack_linears` a whole model. Close to PyTorch's packed-weight linear of oneDNN
+    (``torch.ops.mkldnn._linear_pointwise`` with a prepacked weight); Candle has none.
+    """
+
+    def __init__(self, panels: Any, out_dim: int, bias: Any = None):
+        self.panels = _as_param(panels)
+        self.bias = _as_param(bias)
+        self.out_features = int(out_dim)
+        p, _, rows = self.panels.shape
+        if self.panels.ndim != 3 or rows != native.PANEL_ROWS or not (p - 1) * rows < self.out_features <= p * rows:
+            raise errors.Msg(f"PackedLinear: panels {tuple(self.panels.shape)} do not hold {out_dim} weight rows")
+
+    @staticmethod
+    def from_linear(lin: Linear) -> PackedLinear:
+        """``lin`` with its f32 weight packed (raises for another dtype)."""
+        w = lin.weight._a
+        if w.dtype != jnp.float32:
+            raise errors.Msg(f"PackedLinear.from_linear: the weight must be f32, got {to_dtype(w.dtype)}")
+        return PackedLinear(wrap(native.pack_f32_panels(w)), w.shape[0], lin.bias)
+
+    @property
+    def weight(self) -> Any:
+        """The ``(out, in)`` weight, unpacked from the panels."""
+        return wrap(native.unpack_f32_panels(self.panels._a, self.out_features))
+
+    def to_linear(self) -> Linear:
+        """The plain :class:`Linear` with the same weight and bias."""
+        return Linear(self.weight, self.bias)
+
+    def in_dim(self) -> int:
+        return self.panels.shape[1]
+
+    def out_dim(self) -> int:
+        return self.out_features
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_dim()}, out={self.out_features}, bias={self.bias is not None}, packed"
+
+    def forward(self, xs: Any) -> Any:
+        x = as_array(xs)
+        panels = self.panels._a
+        k = panels.shape[1]
+        if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != k:
+            raise LayerInputShape(layer_name("PackedLinear", self.panels), f"[batch, {k}] (rank 2 to 4, last dim {k})",
+                                  x.shape)  # fmt: skip
+        if x.dtype != panels.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(panels.dtype), "matmul")
+        return wrap(_packed_linear(x, panels, None if self.bias is None else self.bias._a, n=self.out_features))
+
+
+def pack_linears(module: Any, *, force: bool = False) -> Any:
+    """A copy of ``module`` (any pytree of Modules) with every f32 :class:`Linear` replaced by a
+    :class:`PackedLinear`, for inference on this CPU; the other layers keep their arrays (no copy).
+
+    Packing pays where the native packed product runs (an AVX-512 CPU, one device); elsewhere the
+    module comes back unchanged unless ``force=True`` (a packed layer then unpacks its weight at each
+    call). Close to ``torch.jit.freeze`` / IPEX's ``ipex.optimize`` weight prepacking."""
+    if not (force or (jax.device_count() == 1 and native.packed_available())):
+        return module
+
+    def pack(m: Any) -> Any:
+        w = m.weight._a if isinstance(m, Linear) else None
+        if w is not None and w.dtype == jnp.float32 and w.size >= NATIVE_MIN_WEIGHT:
+            return PackedLinear.from_linear(m)
+        return m
+
+    return jax.tree_util.tree_map(pack, module, is_leaf=lambda m: isinstance(m, Linear))
 
 
 def linear_b(in_dim: int, out_dim: int, bias: bool, vb: Any) -> Linear:

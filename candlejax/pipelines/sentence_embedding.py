@@ -21,7 +21,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models import bert, hub
-from candlejax.nn import VarBuilder
+from candlejax.nn import VarBuilder, pack_linears
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
 
@@ -90,9 +90,13 @@ class SentenceEmbedder:
     @staticmethod
     def from_dir(
         path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None, max_length: int | None = None,
-        batch_size: int = 32,
+        batch_size: int = 32, pack: bool | None = None,
     ) -> SentenceEmbedder:  # fmt: skip
-        """Load a sentence-transformers / HF BERT folder (or a hub cache entry) from disk."""
+        """Load a sentence-transformers / HF BERT folder (or a hub cache entry) from disk.
+
+        ``pack``: keep the f32 Linear weights in the native product's panel layout
+        (:func:`candlejax.nn.pack_linears`, same results up to summation order; a single sentence
+        embeds ~20% faster). ``None`` packs where that product runs (an AVX-512 CPU, one device)."""
         from tokenizers import Tokenizer
 
         files = hub.resolve(path)
@@ -100,6 +104,8 @@ class SentenceEmbedder:
         config = bert.Config.from_json_file(os.path.join(d, "config.json"))
         vb = VarBuilder.from_mmaped_safetensors(files.weights, dtype, device or Device.Cpu)
         model = bert.BertModel.load(vb, config, add_pooling_layer=False)
+        if pack or pack is None:
+            model = pack_linears(model, force=bool(pack))
         tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         normalize = True
         st_cfg = os.path.join(d, "sentence_bert_config.json")

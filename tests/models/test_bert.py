@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
 
-from candlejax import Device, DType, Tensor, errors
+from candlejax import Device, DType, Tensor, errors, nn
 from candlejax.models import bert
 from candlejax.nn import VarBuilder
 
@@ -231,6 +231,25 @@ def test_minilm_matches_sentence_transformers(embedder):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # a single string, and a batch split into chunks, give the same vectors
     np.testing.assert_allclose(np.asarray(embedder.embed(SENTENCES[2]))[0], got[2], atol=1e-5)
+
+
+def test_packed_and_plain_weights_embed_alike(embedder):
+    """The default embedder packs its Linears where the native packed product runs; ``pack=False``
+    keeps the checkpoint layout; ``pack=True`` packs everywhere. Same vectors up to summation order."""
+    from candlejax.quantized import native
+
+    def packed(emb):
+        return any(isinstance(m, nn.PackedLinear) for m in jax.tree_util.tree_leaves(
+            emb.model, is_leaf=lambda m: isinstance(m, nn.PackedLinear)))  # fmt: skip
+
+    assert packed(embedder) == native.packed_available()
+    plain = bert.SentenceEmbedder.from_dir(MINILM, pack=False)
+    assert not packed(plain)
+    forced = bert.SentenceEmbedder.from_dir(MINILM, pack=True)
+    assert packed(forced)
+    ref = np.asarray(plain.embed(SENTENCES[:6]))
+    np.testing.assert_allclose(np.asarray(embedder.embed(SENTENCES[:6])), ref, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(forced.embed(SENTENCES[:6])), ref, atol=2e-6)
 
 
 def test_minilm_forward_matches_candle_pyo3(embedder):
