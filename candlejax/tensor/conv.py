@@ -3,7 +3,7 @@
 requires: candlejax.tensor._core (TensorBase, unwrap, checks), candlejax._dispatch.op
 provides: ConvMixin (conv1d, conv2d, conv_transpose1d, conv_transpose2d, avg_pool2d[_with_stride],
 max_pool2d[_with_stride], interpolate1d/upsample_nearest1d, interpolate2d/upsample_nearest2d,
-upsample_bilinear2d[_with_scale])
+upsample_bilinear2d[_with_scale]), conv2d_with_primal (a 2D convolution valued by another kernel)
 
 Each op is one jitted function over ``lax.conv_general_dilated`` / ``lax.reduce_window`` / static
 gathers, so every op here is differentiable (Candle has no backward for conv_transpose1d, for
@@ -106,8 +106,20 @@ def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], 
     single = on_cpu and jax.device_count() == 1
     chunk = _weight_grad_chunk(x, k, params) if single else x.shape[dn[0].index("N")]
     if chunk < x.shape[dn[0].index("N")]:
-        return _conv_batch_chunked_grad(x, k, params, chunk)
+        return _conv_batch_chunked_grad(x, k, params, chunk, None)
     return _plain_conv(x, k, params)
+
+
+def conv2d_with_primal(x: Any, k: Any, primal: Any, *, padding: tuple[int, int], stride: tuple[int, int],
+                       dilation: tuple[int, int]) -> Any:  # fmt: skip
+    """A one-group ``(B, C, H, W)`` x ``(O, C, kh, kw)`` convolution whose value is
+    ``primal(x, k, padding, stride, dilation)``, another kernel computing the same convolution (the
+    native library's, ``nn.Conv2d.forward``), and whose derivatives are :meth:`conv2d`'s: XLA's
+    convolutions, the kernel gradient over batch chunks on a one-device CPU process."""
+    params = _ConvParams(tuple(stride), tuple((p, p) for p in padding), tuple(dilation), _DN2, 1)
+    single = jax.default_backend() == "cpu" and jax.device_count() == 1
+    chunk = _weight_grad_chunk(x, k, params) if single else x.shape[0]
+    return _conv_batch_chunked_grad(x, k, params, chunk, primal)
 
 
 class _ConvParams(NamedTuple):
@@ -156,20 +168,27 @@ def _weight_grad_chunk(x: Any, k: Any, p: _ConvParams) -> int:
     return min(fits, key=lambda c: (abs(math.log(c / want)), -c))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int) -> Any:
+def _conv_value(x: Any, k: Any, p: _ConvParams, primal: Any) -> Any:
+    if primal is None:
+        return _plain_conv(x, k, p)
+    return primal(x, k, tuple(lo for lo, _ in p.padding), p.stride, p.dilation)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int, primal: Any) -> Any:
     """A convolution whose kernel derivative is the sum of the batch chunks' (``chunk`` samples
-    each). Values and the input derivative are the plain convolution's. XLA:CPU computes a
+    each). Values (``primal(x, k, padding, stride, dilation)`` where given) and the input derivative
+    are the plain convolution's. XLA:CPU computes a
     kernel gradient over a large batch as one convolution with the batch as contraction, 1.5-3x
     slower than over a few chunks (the digits CNN at batch 256: 3.2 -> 1.9 ms; 64 -> 64 channels
     at 32x32, batch 64: 149 -> 42 ms; ResNet's 7x7 stem at batch 16: 150 -> 62 ms)."""
-    return _plain_conv(x, k, p)
+    return _conv_value(x, k, p, primal)
 
 
-def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primals: tuple[Any, Any],
+def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primal: Any, primals: tuple[Any, Any],
                                  tangents: tuple[Any, Any]) -> tuple[Any, Any]:  # fmt: skip
     (x, k), (tx, tk) = primals, tangents
-    y = _plain_conv(x, k, p)
+    y = _conv_value(x, k, p, primal)
     parts = []
     if type(tx) is not SymbolicZero:
         parts.append(_plain_conv(tx, k, p))

@@ -165,3 +165,53 @@ def test_reduced_precision_keeps_xlas_convolution():
     with torch.no_grad():
         np.testing.assert_allclose(y, _torch_nhwc(t, torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
     assert nhwc_kernel_layout(conv, (12, 11)) == "OHWI"
+
+
+#: NCHW ``Conv2d.forward`` cases of more than 64 output positions: (c_in, c_out, kernel, stride,
+#: padding, dilation, (H, W), batch); the digits CNN's 16 -> 32 at batch 128 takes its kernel gradient over chunks
+NCHW_CASES = {
+    "3x3": (16, 40, 3, 1, 1, 1, (12, 11), 2),
+    "3x3 stride 2 dilated": (16, 24, 3, 2, 2, 2, (17, 15), 2),
+    "5x5 (h, w) padding": (20, 33, 5, 1, (2, 1), 1, (10, 12), 1),
+    "one input channel": (1, 16, 3, 1, 1, 1, (8, 8), 4),
+    "digits CNN batch 128": (16, 32, 3, 1, 1, 1, (8, 8), 128),
+}
+
+
+@pytest.mark.parametrize("case", list(NCHW_CASES))
+def test_nchw_forward_runs_the_native_convolution_with_xlas_derivatives(case):
+    """``Conv2d.forward`` on NCHW input: the value from the native convolution (transposed in and
+    out) where it is built, derivatives (reverse and forward mode) from XLA's convolutions; against
+    torch."""
+    cin, cout, k, stride, pad, dil, (h, w), batch = NCHW_CASES[case]
+    t = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil)
+    conv = nn.conv2d(cin, cout, k, nn.Conv2dConfig(padding=pad, stride=stride, dilation=dil), _vb(t))
+    x = np.random.default_rng(0).standard_normal((batch, cin, h, w)).astype(np.float32)
+    hlo = jax.jit(lambda x: conv.forward(x).jax).lower(jnp.asarray(x)).as_text()
+    assert (native.F32_CONV_TARGET in hlo) == NATIVE_CONV
+    check(conv, t, x, fwd=lambda m, xv: m.forward(xv), atol=1e-4)
+    with torch.no_grad():
+        ref = t(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(conv.forward(jnp.asarray(x)).numpy(), ref, atol=1e-4, rtol=1e-4)  # eager
+    tx = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    _, ty = jax.jvp(lambda v: conv.forward(v).jax, (jnp.asarray(x),), (jnp.asarray(tx),))
+    with torch.no_grad():
+        tref = torch.nn.functional.conv2d(torch.from_numpy(tx), t.weight, None, stride, pad, dil).numpy()
+    np.testing.assert_allclose(np.asarray(ty), tref, atol=1e-4, rtol=1e-4)
+
+
+def test_nchw_forward_keeps_the_tensor_op_elsewhere():
+    """Few output positions, 1x1 and patch (stride = kernel) convolutions, groups and bf16 keep the
+    Tensor op's convolution."""
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+
+    def runs_native(conv, shape, dtype=jnp.float32):
+        return native.F32_CONV_TARGET in jax.jit(lambda x: conv.forward(x).jax).lower(jnp.zeros(shape, dtype)).as_text()
+
+    c3 = nn.conv2d(16, 32, 3, nn.Conv2dConfig(padding=1), vb.pp("a"))
+    assert runs_native(c3, (2, 16, 7, 7)) == NATIVE_CONV  # 98 positions
+    assert not runs_native(c3, (1, 16, 8, 8))  # 64
+    assert not runs_native(nn.conv2d(16, 32, 1, nn.Conv2dConfig(), vb.pp("b")), (2, 16, 12, 12))
+    assert not runs_native(nn.conv2d(16, 32, 4, nn.Conv2dConfig(stride=4), vb.pp("c")), (2, 16, 40, 40))
+    assert not runs_native(nn.conv2d(16, 32, 3, nn.Conv2dConfig(groups=2), vb.pp("d")), (2, 16, 12, 12))
+    assert not runs_native(c3.to_dtype(DType.BF16), (2, 16, 12, 12), jnp.bfloat16)
