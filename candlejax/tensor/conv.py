@@ -188,7 +188,7 @@ def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int, primal:
 def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primal: Any, primals: tuple[Any, Any],
                                  tangents: tuple[Any, Any]) -> tuple[Any, Any]:  # fmt: skip
     (x, k), (tx, tk) = primals, tangents
-    y = _conv_value(x, k, p, primal)
+    y = _conv_batch_chunked_grad(x, k, p, chunk, primal)  # itself, so that its value has derivatives too
     parts = []
     if type(tx) is not SymbolicZero:
         parts.append(_plain_conv(tx, k, p))

@@ -215,3 +215,21 @@ def test_nchw_forward_keeps_the_tensor_op_elsewhere():
     assert not runs_native(nn.conv2d(16, 32, 4, nn.Conv2dConfig(stride=4), vb.pp("c")), (2, 16, 40, 40))
     assert not runs_native(nn.conv2d(16, 32, 3, nn.Conv2dConfig(groups=2), vb.pp("d")), (2, 16, 12, 12))
     assert not runs_native(c3.to_dtype(DType.BF16), (2, 16, 12, 12), jnp.bfloat16)
+
+
+def test_nchw_native_convolution_has_second_derivatives():
+    """The gradient of a gradient through the native route (its value's own derivatives are XLA's
+    convolution too), against torch's double backward."""
+    t = torch.nn.Conv2d(3, 5, 3, padding=1)
+    conv = nn.conv2d(3, 5, 3, nn.Conv2dConfig(padding=1), _vb(t))
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
+
+    def f(v):
+        return jnp.sum(jnp.tanh(conv.forward(v).jax))
+
+    got = jax.jit(jax.grad(lambda v: jnp.sum(jax.grad(f)(v) ** 2)))(jnp.asarray(x))
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    t = t.double()
+    (g,) = torch.autograd.grad(torch.tanh(t(tx)).sum(), tx, create_graph=True)
+    (g**2).sum().backward()
+    np.testing.assert_allclose(np.asarray(got), tx.grad.numpy(), rtol=1e-4, atol=1e-4)

@@ -141,3 +141,19 @@ def test_pack_linears_replaces_every_f32_linear_of_a_model(rng):
     if not native.packed_available():
         assert cj.nn.pack_linears(tree) is tree  # nothing to gain where the packed product does not run
     np.testing.assert_array_equal(out["layers"][0].to_linear().weight.numpy(), big.weight.numpy())
+
+
+def test_packed_linear_has_second_derivatives(rng):
+    w = rng.standard_normal((40, 64)).astype(np.float32) / 8
+    packed = cj.nn.PackedLinear.from_linear(cj.nn.Linear(cj.Tensor(w)))
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+
+    def f(v):
+        return jnp.sum(jnp.tanh(packed.forward(cj.Tensor(v)).jax))
+
+    got = jax.jit(jax.grad(lambda v: jnp.sum(jax.grad(f)(v) ** 2)))(x)
+    tw = torch.tensor(w, dtype=torch.float64)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(torch.tanh(tx @ tw.T).sum(), tx, create_graph=True)
+    (g**2).sum().backward()
+    np.testing.assert_allclose(np.asarray(got), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
