@@ -42,7 +42,7 @@ from candlejax.nn.init import (
     NormalOrUniform,
 )
 from candlejax.nn.kv_cache import ConcatKvCache, DecodeKvCache, KvCache, RotatingKvCache, StackedKvCache
-from candlejax.nn.linear import Linear, PackedLinear, linear, linear_b, linear_no_bias, pack_linears
+from candlejax.nn.linear import Linear, PackedLinear, linear, linear_b, linear_no_bias, pack_linears, unpack_linears
 from candlejax.nn.module import (
     Buffer,
     LayerInputShape,
@@ -87,5 +87,5 @@ __all__ = [
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
-    "prelu", "quantized", "rms_norm", "seq",
+    "prelu", "quantized", "rms_norm", "seq", "unpack_linears",
 ]  # fmt: skip

@@ -312,3 +312,24 @@ def test_load_refuses_foreign_model_type_and_unread_tensors(hf_small, tmp_path):
     with pytest.warns(UserWarning, match="never read"):
         bert.BertModel.load(vb3, bert.Config.from_dict(raw), strict=False)
     assert vb3.unused_names() == ["cls.predictions.bias", "encoder.layer.0.attention.self.distance_embedding.weight"]
+
+
+def test_packed_model_keeps_every_tensor_under_a_name(embedder, tmp_path):
+    """Packing renames each Linear weight ``<layer>.panels`` (its own layout) and drops none; a packed
+    model saves and loads back, and ``nn.unpack_linears`` gives the checkpoint's names and values."""
+    plain = bert.SentenceEmbedder.from_dir(MINILM, pack=False).model
+    packed = nn.pack_linears(plain, force=True)
+    names, packed_names = plain.named_tensors(), packed.named_tensors()
+    assert len(packed_names) == len(names)
+    assert "encoder.layer.0.attention.self.query.panels" in packed_names
+    assert "encoder.layer.0.attention.self.query.weight" not in packed_names
+    packed.save_safetensors(tmp_path / "packed.safetensors")
+    again = packed.load_safetensors(tmp_path / "packed.safetensors")
+    np.testing.assert_array_equal(again.named_tensors()["encoder.layer.5.output.dense.panels"].numpy(),
+                                  packed_names["encoder.layer.5.output.dense.panels"].numpy())  # fmt: skip
+    with pytest.raises(errors.Error, match="weight"):
+        plain.load_safetensors(tmp_path / "packed.safetensors")  # the packed layout is not the checkpoint's
+    back = nn.unpack_linears(packed).named_tensors()
+    assert back.keys() == names.keys()
+    for k, v in names.items():
+        np.testing.assert_array_equal(back[k].numpy(), v.numpy(), err_msg=k)
