@@ -253,10 +253,20 @@ def pack_f32_panels(w: Any) -> Any:
     (no rounding); :func:`unpack_f32_panels` inverts it."""
     if w.ndim != 2:
         raise errors.Msg(f"native.pack_f32_panels: the weight must be (N, K), got shape {tuple(w.shape)}")
+    if isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer) and w.is_fully_addressable:
+        # a concrete weight: relaid out by NumPy on the host (no program to compile per shape)
+        return jax.device_put(_pack_panels(np.asarray(w), np), w.sharding)
+    return _pack_panels(w, jnp)
+
+
+def _pack_panels(w: Any, xp: Any) -> Any:
+    """The relayout with ``xp`` (NumPy or jax.numpy)."""
     n, k = w.shape
     p = -(-n // PANEL_ROWS)
-    w = jnp.pad(w, ((0, p * PANEL_ROWS - n), (0, 0)))
-    return w.reshape(p, PANEL_ROWS, k).transpose(0, 2, 1)
+    if p * PANEL_ROWS > n:
+        w = xp.pad(w, ((0, p * PANEL_ROWS - n), (0, 0)))
+    panels = w.reshape(p, PANEL_ROWS, k).transpose(0, 2, 1)
+    return np.ascontiguousarray(panels) if xp is np else panels
 
 
 def unpack_f32_panels(panels: Any, n: int) -> Any:

@@ -26,6 +26,8 @@ def test_panel_layout_round_trips_and_pads_with_zeros(rng):
     np.testing.assert_array_equal(panels[1, 4, 5], w[37, 4])  # panels[p, c, i] = W[32 p + i, c]
     np.testing.assert_array_equal(panels[2, :, 6:], 0.0)  # rows past N
     np.testing.assert_array_equal(np.asarray(native.unpack_f32_panels(panels, 70)), w)
+    np.testing.assert_array_equal(np.asarray(jax.jit(native.pack_f32_panels)(w)), panels)  # traced: jax.numpy
+    np.testing.assert_array_equal(np.asarray(native.pack_f32_panels(np.asarray(w))), panels)  # a NumPy weight
     with pytest.raises(errors.Error, match=r"do not hold 100 weight rows"):
         native.unpack_f32_panels(panels, 100)
     with pytest.raises(errors.Error, match=r"must be \(N, K\)"):
