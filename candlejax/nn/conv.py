@@ -283,7 +283,7 @@ def _native_nchw_applies(x: Any, w: Any, padding: tuple[int, int], stride: tuple
     keep the Tensor op's products) that fits, and more than :data:`NATIVE_CONV_MAX_ROWS` output
     positions over the batch."""
     kh, kw = w.shape[2:]
-    if x.dtype != jnp.float32 or w.dtype != jnp.float32 or kh * kw == 1:
+    if w.dtype != x.dtype or kh * kw == 1:
         return False
     if is_patch_conv((kh, kw), padding, stride, dilation, 1):
         return False

@@ -75,15 +75,21 @@ def _xla_linear(x: Any, w: Any, prec: Any = lax.Precision.HIGHEST) -> Any:
     return lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=prec, preferred_element_type=x.dtype)
 
 
-def _native_rows_linear_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
-    (x, w), (tx, tw) = primals, tangents
-    y = _native_rows_linear(x, w)
+def _product_tangent(y: Any, x: Any, w: Any, tx: Any, tw: Any) -> Any:
+    """The tangent of ``y = x . w (out, in)`` as XLA's products (a symbolic-zero tangent adds nothing):
+    the derivative of the native products, which JAX transposes for gradients."""
     parts = []
     if type(tx) is not SymbolicZero:
         parts.append(_xla_linear(tx, w))
     if type(tw) is not SymbolicZero:
         parts.append(_xla_linear(x, tw))
-    return y, (jnp.zeros_like(y) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1])
+    return jnp.zeros_like(y) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _native_rows_linear_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    (x, w), (tx, tw) = primals, tangents
+    y = _native_rows_linear(x, w)
+    return y, _product_tangent(y, x, w, tx, tw)
 
 
 _native_rows_linear.defjvp(_native_rows_linear_jvp, symbolic_zeros=True)
@@ -165,12 +171,8 @@ def _native_packed_linear(x: Any, panels: Any, n: int) -> Any:
 def _native_packed_linear_jvp(n: int, primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
     (x, panels), (tx, tp) = primals, tangents
     y = _native_packed_linear(x, panels, n)
-    parts = []
-    if type(tx) is not SymbolicZero:
-        parts.append(_xla_linear(tx, native.unpack_f32_panels(panels, n)))
-    if type(tp) is not SymbolicZero:
-        parts.append(_xla_linear(x, native.unpack_f32_panels(tp, n)))
-    return y, (jnp.zeros_like(y) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1])
+    tw = tp if type(tp) is SymbolicZero else native.unpack_f32_panels(tp, n)
+    return y, _product_tangent(y, x, native.unpack_f32_panels(panels, n), tx, tw)
 
 
 _native_packed_linear.defjvp(_native_packed_linear_jvp, symbolic_zeros=True)
@@ -185,17 +187,17 @@ class PackedLinear(Module):
     weight back (computed from the panels); the panels keep their own checkpoint name,
     ``<layer>.panels``, in their own layout: save the model after :func:`unpack_linears` for a
     checkpoint in the usual names and layout. ``PackedLinear.from_linear(lin)`` packs one layer,
-    :func:`pack_linears` a whole model. Close to PyTorch's packed-weight linear of oneDNN
-    (``torch.ops.mkldnn._linear_pointwise`` with a prepacked weight); Candle has none.
+    :func:`pack_linears` a whole model. PyTorch packs weights this way when it freezes a model for
+    inference (``torch.compile`` with ``freezing``, IPEX's ``ipex.optimize``); Candle has none.
     """
 
     def __init__(self, panels: Any, out_dim: int, bias: Any = None):
         self.panels = _as_param(panels)
         self.bias = _as_param(bias)
         self.out_features = int(out_dim)
-        p, _, rows = self.panels.shape
-        if self.panels.ndim != 3 or rows != native.PANEL_ROWS or not (p - 1) * rows < self.out_features <= p * rows:
-            raise errors.Msg(f"PackedLinear: panels {tuple(self.panels.shape)} do not hold {out_dim} weight rows")
+        if not native.panels_hold(self.panels.shape, self.out_features):
+            raise errors.Msg(f"PackedLinear: panels {tuple(self.panels.shape)} do not hold {out_dim} weight rows "
+                             f"(expected ({-(-self.out_features // native.PANEL_ROWS)}, in, {native.PANEL_ROWS}))")
 
     @staticmethod
     def from_linear(lin: Linear) -> PackedLinear:
@@ -207,7 +209,7 @@ class PackedLinear(Module):
         panels = native.pack_f32_panels(w)
         if isinstance(lin.weight, Var):
             panels = Var._make(panels, _renamed(lin.weight.name, "weight", "panels"))
-        return PackedLinear(panels if isinstance(panels, TensorBase) else wrap(panels), w.shape[0], lin.bias)
+        return PackedLinear(panels, w.shape[0], lin.bias)
 
     @property
     def weight(self) -> Any:

@@ -269,12 +269,17 @@ def _pack_panels(w: Any, xp: Any) -> Any:
     return np.ascontiguousarray(panels) if xp is np else panels
 
 
+def panels_hold(shape: tuple[int, ...], n: int) -> bool:
+    """Whether panels of ``shape`` are the layout of a weight with ``n`` rows: ``(ceil(n / 32), K, 32)``."""
+    return len(shape) == 3 and shape[2] == PANEL_ROWS and (shape[0] - 1) * PANEL_ROWS < n <= shape[0] * PANEL_ROWS
+
+
 def unpack_f32_panels(panels: Any, n: int) -> Any:
     """The weight ``W (n, K)`` back from its panel layout (:func:`pack_f32_panels`)."""
-    p, k, rows = panels.shape
-    if rows != PANEL_ROWS or not (p - 1) * PANEL_ROWS < n <= p * PANEL_ROWS:
+    if not panels_hold(panels.shape, n):
         raise errors.Msg(f"native.unpack_f32_panels: panels {tuple(panels.shape)} do not hold {n} weight rows "
                          f"(expected ({-(-n // PANEL_ROWS)}, K, {PANEL_ROWS}))")  # fmt: skip
+    p, k, _ = panels.shape
     return panels.transpose(0, 2, 1).reshape(p * PANEL_ROWS, k)[:n]
 
 
@@ -285,8 +290,7 @@ def f32_matmul_packed(x: Any, panels: Any, n: int) -> Any:
     up to summation order; no derivative of its own (``nn.PackedLinear`` gives it XLA's)."""
     if not available() or not _packed_registered():
         raise errors.Msg("the native packed f32 product is not available (not built, or CANDLEJAX_NATIVE=0)")
-    if (x.ndim != 2 or panels.ndim != 3 or panels.shape[1] != x.shape[1] or panels.shape[2] != PANEL_ROWS
-            or not (panels.shape[0] - 1) * PANEL_ROWS < n <= panels.shape[0] * PANEL_ROWS
+    if (x.ndim != 2 or not panels_hold(panels.shape, n) or panels.shape[1] != x.shape[1]
             or x.dtype != jnp.float32 or panels.dtype != jnp.float32):  # fmt: skip
         raise errors.Msg(f"native.f32_matmul_packed: x must be (M, K) and the panels (ceil(n / {PANEL_ROWS}), K, "
                          f"{PANEL_ROWS}), both f32, for n = {n}; got {tuple(x.shape)} {x.dtype} and "
@@ -297,4 +301,4 @@ def f32_matmul_packed(x: Any, panels: Any, n: int) -> Any:
 
 __all__ = ["KINDS", "PANEL_ROWS", "attention_available", "available", "conv_available", "f32_attention",
            "f32_available", "f32_conv_nhwc", "f32_matmul", "f32_matmul_packed", "isa", "matmul", "pack_f32_panels",
-           "packed_available", "set_isa", "unpack_f32_panels"]
+           "packed_available", "panels_hold", "set_isa", "unpack_f32_panels"]

@@ -159,3 +159,9 @@ def test_packed_linear_has_second_derivatives(rng):
     (g,) = torch.autograd.grad(torch.tanh(tx @ tw.T).sum(), tx, create_graph=True)
     (g**2).sum().backward()
     np.testing.assert_allclose(np.asarray(got), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_linear_rejects_panels_of_another_size():
+    with pytest.raises(errors.Error, match=r"do not hold 70 weight rows \(expected \(3, in, 32\)\)"):
+        cj.nn.PackedLinear(cj.Tensor(np.zeros((2, 8, 32), np.float32)), 70)
+    assert native.panels_hold((3, 8, 32), 70) and not native.panels_hold((3, 8, 16), 70)
