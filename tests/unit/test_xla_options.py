@@ -122,3 +122,59 @@ def test_the_command_line_tools_turn_the_cache_on(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--", "--help"])
     assert calls == [True]
+
+
+def test_compile_compact_keeps_results_and_donation():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from candlejax.xla import compile_compact
+
+    f = jax.jit(lambda a, b: (a * 2 + jnp.sin(b), b.sum()), donate_argnums=0)
+    a, b = jnp.arange(6.0), jnp.linspace(0, 1, 6)
+    want = f.lower(a, b).compile()(jnp.arange(6.0), b)
+    program = compile_compact(f.lower(a, b))
+    got = program(a, b)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert a.is_deleted()  # the donation survives the round trip
+    try:
+        program(jnp.ones(7), b)
+    except TypeError as e:
+        assert "Argument types differ" in str(e)
+    else:
+        raise AssertionError("a program for shape (6,) ran on shape (7,)")
+
+
+_COMPACT_RUN = """
+import jax, jax.numpy as jnp, numpy as np
+from candlejax.xla import compile_compact, enable_compilation_cache
+enable_compilation_cache()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+hits = []
+jax.monitoring.register_event_listener(lambda e, **_: hits.append(e) if e.endswith("cache_hits") else None)
+f = lambda a: jnp.arange(a.shape[0], dtype=a.dtype) * a + jnp.sin(a)
+x = jnp.linspace(0, 1, 8)
+first = compile_compact(jax.jit(f).lower(x))       # compiled here (and written to the cache)
+jax.clear_caches()
+second = compile_compact(jax.jit(f).lower(x))      # loaded from the cache: kept as it is
+assert len(hits) == 1, hits
+want = np.arange(8) * np.linspace(0, 1, 8) + np.sin(np.linspace(0, 1, 8))
+for p in (first, second):
+    np.testing.assert_allclose(np.asarray(p(x)), want, rtol=1e-6)
+print("ok")
+"""
+
+
+def test_compile_compact_runs_programs_from_the_persistent_cache(tmp_path):
+    """A program loaded from the persistent cache is not serialized again: XLA:CPU's copy of a
+    loaded program misses its functions when run (NOT_FOUND: Function ... not found)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CANDLEJAX_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", _COMPACT_RUN], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("ok")
