@@ -138,17 +138,17 @@ class StepProgram:
         return self.jitted.lower(*args)
 
     def add(self, program: Any) -> None:
-        self.compiled.insert(0, program)
-        del self.compiled[self.MAX_PROGRAMS :]
+        self.compiled = [program, *self.compiled][: self.MAX_PROGRAMS]
 
     def __call__(self, *args: Any) -> Any:
-        for i, program in enumerate(self.compiled):
+        programs = self.compiled  # replaced, never changed in place: safe to call from several threads
+        for i, program in enumerate(programs):
             try:
                 out = program(*args)
             except (TypeError, ValueError):  # other shapes, dtypes or placement: checked before running
                 continue
-            if i:
-                self.compiled.insert(0, self.compiled.pop(i))
+            if i:  # the last program that ran is tried first next time
+                self.compiled = [program, *(p for p in programs if p is not program)]
             return out
         return self.jitted(*args)
 
