@@ -536,7 +536,7 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const float* wp = w.typed_data();
   float* yp = out->typed_data();
   const bool avx512 = ActiveIsa() >= 2;
-  int64_t threads = pool.num_threads();
+  const int64_t threads = pool.num_threads() - 1;  // helpers besides the caller, as the blocked product
   if (avx512 && m > kFewRows) {
     const Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, wp, yp, Epilogue{nullptr, false}};
     F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
