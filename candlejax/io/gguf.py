@@ -478,30 +478,6 @@ class _Cursor:
         self.pos = pos
         return _PackedStrings(bytes(buf[start:pos]), n, self.v1)
 
-    def strings(self, n: int, what: str) -> list[str]:
-        """``n`` length-prefixed strings (a tight loop: vocabularies hold 10^5 of them)."""
-        buf, pos, size = self.buf, self.pos, self.size
-        w = 4 if self.v1 else 8
-        unpack = struct.Struct("<I" if self.v1 else "<Q").unpack_from
-        out: list[str] = []
-        append = out.append
-        for i in range(n):
-            if pos + w > size:
-                self.pos = pos
-                self.need(w, f"the length of {what}[{i}]")
-            (ln,) = unpack(buf, pos)
-            pos += w
-            if pos + ln > size:
-                self.pos = pos
-                self.need(ln, f"{what}[{i}] (a string of {ln} bytes)")
-            s = str(buf[pos : pos + ln], "utf-8", "replace")
-            pos += ln
-            if s and s[-1] == "\x00":
-                s = s.rstrip("\x00")
-            append(s)
-        self.pos = pos
-        return out
-
 
 class _PackedStrings:
     """A GGUF string array kept as the file's bytes (length-prefixed strings) and decoded each time
@@ -518,9 +494,22 @@ class _PackedStrings:
         return self.n
 
     def decode(self) -> list[str]:
-        cur = _Cursor(self.raw, "<metadata>")
-        cur.v1 = self.v1
-        return cur.strings(self.n, "a string array")
+        """The strings (UTF-8, invalid bytes replaced, trailing NULs dropped); ``raw`` was
+        bounds-checked when the file was read (``_Cursor.packed_strings``)."""
+        raw, pos = self.raw, 0
+        unpack = struct.Struct("<I" if self.v1 else "<Q").unpack_from
+        w = 4 if self.v1 else 8
+        out: list[str] = []
+        append = out.append
+        for _ in range(self.n):  # a tight loop: vocabularies hold 10^5 strings
+            (ln,) = unpack(raw, pos)
+            pos += w
+            s = str(raw[pos : pos + ln], "utf-8", "replace")
+            pos += ln
+            if s and s[-1] == "\x00":
+                s = s.rstrip("\x00")
+            append(s)
+        return out
 
 
 _MISSING: Any = object()
