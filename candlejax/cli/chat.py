@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from candlejax.cli.generate import Timer, add_model_arguments, load
+from candlejax.cli.generate import Timer, add_model_arguments, compile_then_load, load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,8 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import processor_from
 
-    tg = load(args, args.max_seq_len or 2048)
+    # a GGUF file: the turns' programs are compiled before the weights are loaded (as `generate`
+    # does); prompts run in padded chunks, so any prompt's programs serve every turn
+    abstract = bool(args.gguf)
+    tg = load(args, args.max_seq_len or 2048, abstract=abstract)
     lp = processor_from(args.seed, args.temperature, args.top_k, args.top_p)
+    if abstract:
+        compile_then_load(tg, args, tg.encode("Hello", chat=True, system=args.system), lp)
     interactive = sys.stdin.isatty()
     print(f"chat with {args.gguf or args.model} ({tg.max_seq_len} positions); /reset clears, Ctrl-D quits",
           file=sys.stderr)  # fmt: skip
