@@ -91,6 +91,31 @@ inline float Offset(const uint8_t* blk, float d, float (*half)(uint16_t)) {
 using RowsFn = void (*)(const uint8_t*, size_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
                         int64_t, float*);
 
+// Software prefetch for the decode loops (one activation row, weight rows streamed from memory):
+// the rows kAheadBytes past the group being computed are requested into L1 as each group of four
+// starts, and the first kAheadBytes of the chunk at its start. The hardware prefetchers alone left
+// a call of a few hundred KB (a layer's product) at 5-10 GB/s; with this SmolLM2's decode on the
+// 2-core AMD host went 86-93 -> 133-138 tok/s. Prefetches never fault; they stay within the chunk.
+struct RowPrefetch {
+  static constexpr int64_t kAheadBytes = 2048;
+  const char* base;
+  const char* end;
+  size_t row_bytes;
+
+  RowPrefetch(const uint8_t* w, size_t rb, int64_t r0, int64_t r1)
+      : base(reinterpret_cast<const char*>(w)), end(reinterpret_cast<const char*>(w + r1 * rb)), row_bytes(rb) {
+    Lines(base + r0 * rb, base + r0 * rb + kAheadBytes);
+  }
+  // before computing rows r .. r + 3
+  void Next(int64_t r) const {
+    const char* p = base + r * row_bytes + kAheadBytes;
+    Lines(p, p + 4 * row_bytes);
+  }
+  void Lines(const char* p, const char* pe) const {
+    for (pe = std::min(pe, end); p < pe; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  }
+};
+
 // ------------------------------------------------------------------------------------------------
 // portable path
 template <int K>
@@ -158,7 +183,9 @@ CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const 
   const int64_t nb = k / kBlock;
   int64_t r = r0;
   if (m_rows == 1) {  // decode: four weight rows per pass share the loads of x and overlap their chains
+    const RowPrefetch ahead(w, row_bytes, r, r1);
     for (; r + 4 <= r1; r += 4) {
+      ahead.Next(r);
       __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
       float macc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int64_t b = 0; b < nb; ++b) {
@@ -261,7 +288,9 @@ CJ_AVX512 void RowsAvx512(const uint8_t* w, size_t row_bytes, const float* x, co
   const int64_t nb = k / kBlock;
   int64_t r = r0;
   if (m_rows == 1) {  // decode: four weight rows per pass share the loads of x and overlap their chains
+    const RowPrefetch ahead(w, row_bytes, r, r1);
     for (; r + 4 <= r1; r += 4) {
+      ahead.Next(r);
       __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       float macc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int64_t b = 0; b < nb; ++b) {
