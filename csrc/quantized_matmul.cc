@@ -95,7 +95,7 @@ using RowsFn = void (*)(const uint8_t*, size_t, const float*, const float*, int6
 // the rows kAheadBytes past the group being computed are requested into L1 as each group of four
 // starts, and the first kAheadBytes of the chunk at its start. The hardware prefetchers alone left
 // a call of a few hundred KB (a layer's product) at 5-10 GB/s; with this SmolLM2's decode on the
-// 2-core AMD host went 86-93 -> 133-138 tok/s. Prefetches never fault; they stay within the chunk.
+// 2-core AMD host went 88-101 -> 118-122 tok/s. Prefetches never fault; they stay within the chunk.
 struct RowPrefetch {
   static constexpr int64_t kAheadBytes = 2048;
   const char* base;
