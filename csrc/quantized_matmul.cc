@@ -26,6 +26,7 @@ namespace {
 
 using candlejax_native::ActiveIsa;
 using candlejax_native::ParallelRows;
+using candlejax_native::RowPrefetch;
 
 constexpr int kBlock = 32;
 constexpr int kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // GgmlDType ids
@@ -91,30 +92,6 @@ inline float Offset(const uint8_t* blk, float d, float (*half)(uint16_t)) {
 using RowsFn = void (*)(const uint8_t*, size_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
                         int64_t, float*);
 
-// Software prefetch for the decode loops (one activation row, weight rows streamed from memory):
-// the rows kAheadBytes past the group being computed are requested into L1 as each group of four
-// starts, and the first kAheadBytes of the chunk at its start. The hardware prefetchers alone left
-// a call of a few hundred KB (a layer's product) at 5-10 GB/s; with this SmolLM2's decode on the
-// 2-core AMD host went 88-101 -> 118-122 tok/s. Prefetches never fault; they stay within the chunk.
-struct RowPrefetch {
-  static constexpr int64_t kAheadBytes = 2048;
-  const char* base;
-  const char* end;
-  size_t row_bytes;
-
-  RowPrefetch(const uint8_t* w, size_t rb, int64_t r0, int64_t r1)
-      : base(reinterpret_cast<const char*>(w)), end(reinterpret_cast<const char*>(w + r1 * rb)), row_bytes(rb) {
-    Lines(base + r0 * rb, base + r0 * rb + kAheadBytes);
-  }
-  // before computing rows r .. r + 3
-  void Next(int64_t r) const {
-    const char* p = base + r * row_bytes + kAheadBytes;
-    Lines(p, p + 4 * row_bytes);
-  }
-  void Lines(const char* p, const char* pe) const {
-    for (pe = std::min(pe, end); p < pe; p += 64) _mm_prefetch(p, _MM_HINT_T0);
-  }
-};
 
 // ------------------------------------------------------------------------------------------------
 // portable path
