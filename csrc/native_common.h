@@ -30,7 +30,7 @@ struct Shared {
 // Software prefetch for loops that stream weight rows from memory once (one activation row: a
 // decode step): the rows kAheadBytes past the group being computed are requested into L1 as each
 // group starts, and the first kAheadBytes of the chunk at its start. The hardware prefetchers alone
-// left a call of a few hundred KB (a layer's product) at 5-10 GB/s; with this SmolLM2's quantized
+// left a call of a few hundred KB (a layer's product) at 5-10 GB/s; with it, SmolLM2's quantized
 // decode on the 2-core AMD host went 88-101 -> 118-122 tok/s. Prefetches never fault; they stay
 // within the chunk [row r0, row r1).
 struct RowPrefetch {

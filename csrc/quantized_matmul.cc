@@ -92,7 +92,6 @@ inline float Offset(const uint8_t* blk, float d, float (*half)(uint16_t)) {
 using RowsFn = void (*)(const uint8_t*, size_t, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
                         int64_t, float*);
 
-
 // ------------------------------------------------------------------------------------------------
 // portable path
 template <int K>
