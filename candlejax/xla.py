@@ -214,7 +214,7 @@ def compile_compact(lowered: Any) -> Any:
         compiled = lowered.compile()
     finally:
         jax.monitoring.unregister_event_listener(listen)
-    if hits or jax.default_backend() != "cpu":
+    if hits:
         return compiled
     try:
         shardings = jax.tree_util.tree_leaves((compiled.input_shardings, compiled.output_shardings))
@@ -222,6 +222,8 @@ def compile_compact(lowered: Any) -> Any:
         if len(devices) != 1:  # programs over several devices keep their own form
             return compiled
         (device,) = devices
+        if device.platform != "cpu":  # the saving was measured on XLA:CPU only
+            return compiled
         payload, in_tree, out_tree = serialize_executable.serialize(compiled)
         return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
                                                          execution_devices=[device])  # fmt: skip

@@ -80,15 +80,13 @@ CJ_AVX512 inline void F32RowGroupAvx512(const float* x, const float* w, int64_t 
 CJ_AVX512 void F32RowsAvx512(const float* x, const float* w, int64_t m, int64_t k, int64_t n, int64_t r0, int64_t r1,
                              float* y) {
   int64_t r = r0;
-  const size_t row_bytes = static_cast<size_t>(k) * sizeof(float);
-  if (m == 1) {  // one activation row (a decode step): the weight rows stream from memory
-    const RowPrefetch ahead(w, row_bytes, r, r1);
-    for (; r + 4 <= r1; r += 4) {
-      ahead.Next(r);
-      F32RowGroupAvx512<4>(x, w, m, k, n, r, y);
-    }
+  // one activation row (a decode step) streams the weight rows from memory: prefetch them; with
+  // more rows each weight row is reused, and the prefetcher's range is empty
+  const RowPrefetch ahead(w, static_cast<size_t>(k) * sizeof(float), r0, m == 1 ? r1 : r0);
+  for (; r + 4 <= r1; r += 4) {
+    ahead.Next(r);
+    F32RowGroupAvx512<4>(x, w, m, k, n, r, y);
   }
-  for (; r + 4 <= r1; r += 4) F32RowGroupAvx512<4>(x, w, m, k, n, r, y);
   for (; r < r1; ++r) F32RowGroupAvx512<1>(x, w, m, k, n, r, y);
 }
 

@@ -355,7 +355,7 @@ class Generation:
         head = [] if self.pending_token is None else [self.pending_token]
         return [*head, *(int(t) for t in new_tokens)]
 
-    def compile(self, reload: bool = True) -> list[Any]:
+    def compile(self, compact: bool = True) -> list[Any]:
         """Compile, without running them, the programs that iterating this generation runs (its
         prefill and decode step) and return them (``jax.stages.Compiled``); a later generation
         with the same step function, sampling and shapes runs them (:class:`StepProgram`), even
@@ -363,7 +363,7 @@ class Generation:
         leaves that carry the placement the real arrays will have
         (``ModelWeights.from_gguf(path, abstract=True)``), so the programs can be compiled before
         the weights are loaded and the compiler's transient memory is spent before the weights
-        take theirs. ``reload`` keeps each program compiled here in its serialized-and-loaded form
+        take theirs. ``compact`` keeps each program compiled here in its serialized-and-loaded form
         (:func:`candlejax.xla.compile_compact`), which holds less memory on XLA:CPU.
         JAX: ``jit(f).lower(...).compile()``."""
         if self.max_new_tokens <= 0:
@@ -377,7 +377,7 @@ class Generation:
 
         def add(fn: StepProgram, *args: Any) -> Any:
             lowered = fn.lower(*args)
-            program = compile_compact(lowered) if reload else lowered.compile()
+            program = compile_compact(lowered) if compact else lowered.compile()
             out = _specs(program.out_info)
             fn.add(program)
             programs.append(program)
@@ -552,11 +552,11 @@ def compile_generation(
     processor: LogitsProcessor | Sampling | Callable[[Any], int] | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     *,
-    reload: bool = True,
+    compact: bool = True,
     **kwargs: Any,
 ) -> list[Any]:
     """Compile the programs ``generate`` with the same arguments runs, without running them
-    (:meth:`Generation.compile`, ``reload`` as there); ``params`` / ``cache`` may be
+    (:meth:`Generation.compile`, ``compact`` as there); ``params`` / ``cache`` may be
     ``jax.ShapeDtypeStruct`` trees.
 
     Compiling before loading keeps the compiler's transient memory out of the peak, and once the
@@ -569,7 +569,7 @@ def compile_generation(
         for tok in generate(llama.step, model, model.new_cache(1, 256), ids, 128): ...   # compiles nothing
     """
     return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id,
-                      **kwargs).compile(reload)  # fmt: skip
+                      **kwargs).compile(compact)  # fmt: skip
 
 
 def generate(

@@ -129,18 +129,21 @@ class Linear(Module):
         return f"in={w.shape[1]}, out={w.shape[0]}, bias={self.bias is not None}"
 
     def forward(self, xs: Any) -> Any:
-        x = as_array(xs)
         w = self.weight._a
+        x = _checked_input(xs, "Linear", self.weight, w.shape[1], w.dtype)
         b = None if self.bias is None else self.bias._a
-        if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != w.shape[1]:
-            raise LayerInputShape(
-                layer_name("Linear", self.weight),
-                f"[batch, {w.shape[1]}] (rank 2 to 4, last dim {w.shape[1]})",
-                x.shape,
-            )
-        if x.dtype != w.dtype:
-            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), "matmul")
         return wrap(_linear(x, w, b))
+
+
+def _checked_input(xs: Any, kind: str, var: Any, in_dim: int, dtype: Any) -> Any:
+    """``xs`` as an array of rank 2 to 4 with last dim ``in_dim`` and the weight's dtype, or the
+    layer's error naming it (``kind`` and the weight ``var``'s checkpoint name)."""
+    x = as_array(xs)
+    if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != in_dim:
+        raise LayerInputShape(layer_name(kind, var), f"[batch, {in_dim}] (rank 2 to 4, last dim {in_dim})", x.shape)
+    if x.dtype != dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(dtype), "matmul")
+    return x
 
 
 def _use_packed(x: Any, prec: Any) -> bool:
@@ -234,14 +237,8 @@ class PackedLinear(Module):
         return f"in={self.in_dim()}, out={self.out_features}, bias={self.bias is not None}, packed"
 
     def forward(self, xs: Any) -> Any:
-        x = as_array(xs)
         panels = self.panels._a
-        k = panels.shape[1]
-        if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != k:
-            raise LayerInputShape(layer_name("PackedLinear", self.panels), f"[batch, {k}] (rank 2 to 4, last dim {k})",
-                                  x.shape)  # fmt: skip
-        if x.dtype != panels.dtype:
-            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(panels.dtype), "matmul")
+        x = _checked_input(xs, "PackedLinear", self.panels, panels.shape[1], panels.dtype)
         return wrap(_packed_linear(x, panels, None if self.bias is None else self.bias._a, n=self.out_features))
 
 

@@ -138,6 +138,9 @@ def test_compile_compact_keeps_results_and_donation():
     got = program(a, b)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+    b64 = np.linspace(0, 1, 6)
+    np.testing.assert_allclose(np.asarray(got[0]), np.arange(6.0) * 2 + np.sin(b64), rtol=1e-6)
+    np.testing.assert_allclose(float(got[1]), b64.sum(), rtol=1e-6)
     assert a.is_deleted()  # the donation survives the round trip
     try:
         program(jnp.ones(7), b)
