@@ -363,9 +363,30 @@ def _max_pool_tiles(x: Any, kernel: tuple[int, int]) -> Any:
 def _max_pool_tiles_jvp(kernel: tuple[int, int], primals: tuple[Any], tangents: tuple[Any]) -> tuple[Any, Any]:
     (x,), (t,) = primals, tangents
     windows = _tiles(x, kernel)
-    first = jnp.argmax(windows, axis=-1)[..., None] == jnp.arange(windows.shape[-1])
+    value, index = _max_and_first_index(windows)
+    first = index[..., None] == jnp.arange(windows.shape[-1])
     picked = jnp.where(first, _tiles(t, kernel), jnp.zeros((), t.dtype))
-    return windows.max(axis=-1), picked.sum(axis=-1)
+    return value, picked.sum(axis=-1)
+
+
+def _max_and_first_index(windows: Any) -> tuple[Any, Any]:
+    """The maximum over the last axis and the index of its first occurrence (NaN counts as the
+    largest value, as in ``jnp.max`` / ``jnp.argmax``), as one reduction. Separate ``max`` and
+    ``argmax`` are two reductions on XLA:CPU, the first over a transposed copy of the windows (the
+    digits CNN's pooling at batch 256: ~0.23 ms of its step)."""
+    axis = windows.ndim - 1
+    iota = lax.broadcasted_iota(jnp.int32, windows.shape, axis)
+
+    def pick(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
+        (av, ai), (bv, bi) = a, b
+        a_nan, b_nan = av != av, bv != bv
+        ties = (av == bv) | (a_nan & b_nan)
+        take_a_index = (av > bv) | (a_nan & ~b_nan) | (ties & (ai < bi))
+        return lax.select((av > bv) | a_nan, av, bv), lax.select(take_a_index, ai, bi)
+
+    init = (jnp.array(-jnp.inf, windows.dtype), jnp.array(0, jnp.int32))
+    value, index = lax.reduce((windows, iota), init, pick, (axis,))
+    return value, index
 
 
 def _nearest_index(src: int, dst: int) -> np.ndarray:

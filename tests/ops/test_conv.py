@@ -290,6 +290,20 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_tied_windows(rng, k):
     np.testing.assert_allclose(float(forward), float((xt.grad.numpy() * tangent).sum()), rtol=1e-5)
 
 
+def test_max_pool_value_under_differentiation(rng):
+    """Differentiated, the pool's value comes from the reduction that finds each window's first
+    maximum: it must equal the plain forward's and PyTorch's, NaN and infinite windows included."""
+    x = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
+    x[0, 0, 0, 1] = np.nan
+    x[0, 1, 2:4, 2:4] = -np.inf
+    x[1, 2, 0, 0], x[1, 2, 1, 1] = np.inf, np.nan
+    ref = F.max_pool2d(torch.from_numpy(x), 2).numpy()
+    tangent = jnp.ones(x.shape, jnp.float32)
+    value, _ = jax.jvp(lambda a: T(a).max_pool2d(2).jax, (jnp.asarray(x),), (tangent,))
+    np.testing.assert_array_equal(np.asarray(value), ref)
+    np.testing.assert_array_equal(np.asarray(T(x).max_pool2d(2)), ref)
+
+
 def test_pools_match_candle_pyo3(rng):
     candle = pytest.importorskip("candle")
     x = randn(rng, 1, 2, 6, 7)
