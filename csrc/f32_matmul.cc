@@ -1,7 +1,8 @@
 // candlejax native f32 kernels for the CPU, as XLA FFI handlers (registered by
 // candlejax/quantized/native.py): y = x @ W^T for an f32 weight W (N, K) in PyTorch's Linear layout
 // (F32Matmul: few activation rows, or register-tiled blocks for many), and on the same blocks a
-// channels-last convolution (F32ConvNhwc) and attention (F32Attention).
+// channels-last convolution (F32ConvNhwc) and attention (F32Attention); the convolution's kernel
+// gradient (F32ConvKernelGradNhwc).
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -383,6 +384,148 @@ ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+// --- convolution kernel gradient -------------------------------------------------------------------
+// dW (O, kh * kw * C) = sum over the batch and output positions of dy (B, Ho, Wo, O) times the input
+// values under each tap of a channels-last x (B, H, W, C): the kernel gradient of F32ConvNhwc's
+// convolution, in its OHWI kernel order. XLA:CPU computes it as a convolution contracting over the
+// batch, with x and dy first transposed batch-minor; here both are read as they are. Each chunk of
+// images accumulates into its own (kh * kw * C, O) scratch (O contiguous: 16 output channels per
+// vector), output positions in blocks that stay in L1, 8 input channels x 32 output channels of
+// results in registers per pass; the chunks' sums are added and transposed at the end.
+
+struct KernelGradGeometry {
+  int64_t h, w, c, ho, wo, o, kh, kw, sh, sw, dh, dw, ph, pw;
+};
+
+// acc[CB x NV vectors] += x (CB channels at one input position) outer dy (NV x 16 output channels)
+// over the output rows [oh0, oh1) of one image, at the positions whose input under tap (r, q) is inside
+template <int CB, int NV>
+CJ_AVX512 void KernelGradTile(const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0, int64_t oh1,
+                              int64_t r, int64_t q, int64_t c0, int64_t o0, __mmask16 last, float* acc_rows) {
+  // the output rows and columns whose input row / column under this tap is inside
+  const int64_t top = r * g.dh - g.ph, left = q * g.dw - g.pw;
+  oh0 = std::max(oh0, top >= 0 ? int64_t{0} : (-top + g.sh - 1) / g.sh);
+  oh1 = std::min(oh1, g.h - 1 - top < 0 ? int64_t{0} : (g.h - 1 - top) / g.sh + 1);
+  const int64_t ow0 = left >= 0 ? 0 : (-left + g.sw - 1) / g.sw;
+  const int64_t ow1 = std::min(g.wo, g.w - 1 - left < 0 ? int64_t{0} : (g.w - 1 - left) / g.sw + 1);
+  if (oh0 >= oh1 || ow0 >= ow1) return;
+  __m512 acc[CB][NV];
+  for (int ci = 0; ci < CB; ++ci) {
+    for (int v = 0; v < NV; ++v) {
+      acc[ci][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, acc_rows + ci * g.o + o0 + 16 * v);
+    }
+  }
+  const int64_t xstep = g.sw * g.c, o = g.o;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const float* xp = xi + ((oh * g.sh + top) * g.w + ow0 * g.sw + left) * g.c + c0;
+    const float* dp = dyi + (oh * g.wo + ow0) * o + o0;
+    for (int64_t ow = ow0; ow < ow1; ++ow, xp += xstep, dp += o) {
+      __m512 d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, dp + 16 * v);
+      for (int ci = 0; ci < CB; ++ci) {
+        const __m512 xv = _mm512_set1_ps(xp[ci]);
+        for (int v = 0; v < NV; ++v) acc[ci][v] = _mm512_fmadd_ps(xv, d[v], acc[ci][v]);
+      }
+    }
+  }
+  for (int ci = 0; ci < CB; ++ci) {
+    for (int v = 0; v < NV; ++v) {
+      _mm512_mask_storeu_ps(acc_rows + ci * g.o + o0 + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[ci][v]);
+    }
+  }
+}
+
+template <int NV>
+CJ_AVX512 void KernelGradTileCb(int cb, const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
+                                int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __mmask16 last,
+                                float* acc_rows) {
+  switch (cb) {
+    case 8: return KernelGradTile<8, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 7: return KernelGradTile<7, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 6: return KernelGradTile<6, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 5: return KernelGradTile<5, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 4: return KernelGradTile<4, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 3: return KernelGradTile<3, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 2: return KernelGradTile<2, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    default: return KernelGradTile<1, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+  }
+}
+
+// images [b0, b1) into scratch (kh * kw * C, O), which holds the sums so far: blocks of rows of one
+// image (~128 output positions), and within a block each 32 output channels' gradient rows stay in L1
+// while every tap and input channel passes over them
+CJ_AVX512 void KernelGradImages(const KernelGradGeometry& g, const float* x, const float* dy, int64_t b0, int64_t b1,
+                                float* scratch) {
+  const int64_t rows = std::max<int64_t>(1, 128 / g.wo);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xi = x + b * g.h * g.w * g.c;
+    const float* dyi = dy + b * g.ho * g.wo * g.o;
+    for (int64_t oh0 = 0; oh0 < g.ho; oh0 += rows) {
+      const int64_t oh1 = std::min(g.ho, oh0 + rows);
+      for (int64_t o0 = 0; o0 < g.o; o0 += 32) {
+        const int64_t cols = std::min<int64_t>(32, g.o - o0);
+        for (int64_t r = 0; r < g.kh; ++r) {
+          for (int64_t q = 0; q < g.kw; ++q) {
+            float* tap_rows = scratch + (r * g.kw + q) * g.c * g.o;
+            for (int64_t c0 = 0; c0 < g.c; c0 += 8) {
+              const int cb = static_cast<int>(std::min<int64_t>(8, g.c - c0));
+              float* acc_rows = tap_rows + c0 * g.o;
+              if (cols > 16) {
+                KernelGradTileCb<2>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes(cols - 16), acc_rows);
+              } else {
+                KernelGradTileCb<1>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes(cols), acc_rows);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                 ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                 int64_t dh, int64_t dw, int64_t ph, int64_t pw) {
+  const auto xd = x.dimensions();
+  const auto yd = dy.dimensions();
+  const auto od = out->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || od.size() != 2 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 ||
+      dw < 1 || ph < 0 || pw < 0 || yd[0] != xd[0] || od[0] != yd[3] || od[1] != kh * kw * xd[3]) {
+    return ffi::Error::InvalidArgument(
+        "candlejax f32 conv kernel gradient: x must be (B, H, W, C), dy (B, Ho, Wo, O), the result "
+        "(O, kh * kw * C) and the geometry positive");
+  }
+  const int64_t span_h = xd[1] + 2 * ph - dh * (kh - 1) - 1, span_w = xd[2] + 2 * pw - dw * (kw - 1) - 1;
+  if (span_h < 0 || span_w < 0 || yd[1] != span_h / sh + 1 || yd[2] != span_w / sw + 1) {
+    return ffi::Error::InvalidArgument("candlejax f32 conv kernel gradient: dy must be (B, Ho, Wo, O) for this geometry");
+  }
+  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv kernel gradient: needs an AVX-512 CPU");
+  const KernelGradGeometry g{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kh, kw, sh, sw, dh, dw, ph, pw};
+  const int64_t bsz = xd[0], k = kh * kw * g.c, size = k * g.o;
+  const int64_t workers = Workers(pool, bsz * g.ho * g.wo * size);
+  // chunks of images, each with its own scratch (one per worker, up to four per worker within ~8 MB),
+  // claimed as the pool's threads free up
+  const int64_t chunks = std::max(std::min(bsz, workers),
+                                  std::min({bsz, workers == 1 ? int64_t{1} : 4 * workers, (int64_t{8} << 20) / (4 * size)}));
+  const int64_t per = (bsz + chunks - 1) / chunks;
+  std::vector<float> scratch(static_cast<size_t>(chunks * size), 0.0f);
+  const float* xp = x.typed_data();
+  const float* dyp = dy.typed_data();
+  float* sp = scratch.data();  // a worker that starts after the return finds no chunk left
+  ParallelChunks(pool, workers - 1, bsz, 1, chunks, [=](int64_t b0, int64_t b1) {
+    KernelGradImages(g, xp, dyp, b0, b1, sp + (b0 / per) * size);
+  });
+  float* o = out->typed_data();
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < g.o; ++j) {
+      float s = 0.0f;
+      for (int64_t c = 0; c < chunks; ++c) s += sp[c * size + i * g.o + j];
+      o[j * k + i] = s;
+    }
+  }
+  return ffi::Error::Success();
+}
+
 // --- attention ------------------------------------------------------------------------------------
 // softmax(q k^T * scale + bias) v for each (batch, head), f32, on the same register tiles: a head's
 // keys are packed as weight panels (its scores are a product with them), its values as panels of
@@ -635,3 +778,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvNhwc, F32ConvNhwc,
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw")
                                   .Attr<int64_t>("act"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32ConvKernelGradNhwc, F32ConvKernelGradNhwc,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw"));

@@ -101,7 +101,9 @@ def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int, stride: int, dilatio
                     to_usize2(dilation, "dilation", "conv2d", 1))  # fmt: skip
         if _native_nchw_applies(x, w, *geometry):
             pad, st, dil = geometry
-            y = conv2d_with_primal(x, w, _native_conv_nchw, padding=pad, stride=st, dilation=dil)
+            native_grad = w.size <= NATIVE_KERNEL_GRAD_MAX_VALUES and native.conv_kernel_grad_available()
+            grad = _native_kernel_grad_nchw if native_grad else None
+            y = conv2d_with_primal(x, w, _native_conv_nchw, padding=pad, stride=st, dilation=dil, kernel_grad=grad)
             return y if b is None else y + b.reshape(1, -1, 1, 1)
     t = wrap(x)  # the Tensor op (one kernel for both APIs, with its fast depthwise path)
     conv = t.conv2d if nd == 2 else t.conv1d
@@ -266,6 +268,11 @@ IM2COL_MAX_POSITIONS = 64
 #: ... and their products of at most this many rows (batch x positions) run in the native f32
 #: product where ``nn.Linear`` would take it (ResNet-50's 7x7 stage at batch 1: 49 rows)
 NATIVE_CONV_MAX_ROWS = 64
+#: ``Conv2d.forward``'s native route takes its kernel gradient from the native library for kernels of
+#: at most this many values (``O * C * kh * kw``: up to 64 -> 64 channels 3x3), where XLA's
+#: convolutions over batch chunks (and their transposed copies) took 1.1-2.1x longer; wider layers
+#: (128 -> 256 and up) were level or slower natively and keep XLA's
+NATIVE_KERNEL_GRAD_MAX_VALUES = 64 * 64 * 9
 
 
 def _native_conv_applies(dtype: Any) -> bool:
@@ -300,6 +307,19 @@ def _native_conv_nchw(x: Any, w: Any, padding: tuple[int, int], stride: tuple[in
     y = native.f32_conv_nhwc(x.transpose(0, 2, 3, 1), kernel, (kh, kw), stride, dilation, padding,
                              jnp.zeros((0,), x.dtype), False)  # fmt: skip
     return y.transpose(0, 3, 1, 2)
+
+
+def _native_kernel_grad_nchw(x: Any, dy: Any, kernel_hw: tuple[int, int], padding: tuple[int, int],
+                             stride: tuple[int, int], dilation: tuple[int, int]) -> Any:  # fmt: skip
+    """The OIHW kernel gradient of an NCHW convolution for the output gradient ``dy``, from the
+    native channels-last kernel gradient (:func:`candlejax.quantized.native.f32_conv_kernel_grad_nhwc`;
+    transposed in, XLA folds the transposes into their producers): the digits CNN's 16 -> 32 3x3
+    over 8x8 at batch 256, ~0.75 ms on two cores, where XLA's convolutions over batch chunks took
+    ~1.6 ms plus ~0.5-1 ms of transposes."""
+    kh, kw = kernel_hw
+    g = native.f32_conv_kernel_grad_nhwc(x.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1), kernel_hw, stride,
+                                         dilation, padding)  # fmt: skip
+    return g.reshape(g.shape[0], kh, kw, x.shape[1]).transpose(0, 3, 1, 2)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))

@@ -11,8 +11,9 @@ the result equals the dequantised product up to summation order (no Q8 rounding 
 (the pure-JAX blocked layout is then used, as on other platforms). llama.cpp's ``ggml_vec_dot`` is the
 closest equivalent. :func:`f32_matmul` is the same library's f32 product (``nn.Linear`` calls it for
 at most 48 or at least 512 rows on AVX-512 CPUs), :func:`f32_conv_nhwc` its channels-last
-convolution (``Conv2d.forward_nhwc``) and :func:`f32_attention` its attention (``ops.sdpa``); they
-are built from ``csrc/f32_matmul.cc``.
+convolution (``Conv2d.forward_nhwc``), :func:`f32_conv_kernel_grad_nhwc` that convolution's kernel
+gradient (``Conv2d.forward``'s reverse mode) and :func:`f32_attention` its attention (``ops.sdpa``);
+they are built from ``csrc/f32_matmul.cc``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ F32_PACKED_TARGET = "candlejax_f32_matmul_packed"
 PANEL_ROWS = 32
 #: the f32 channels-last convolution (:func:`f32_conv_nhwc`)
 F32_CONV_TARGET = "candlejax_f32_conv_nhwc"
+#: the kernel gradient of the f32 channels-last convolution (:func:`f32_conv_kernel_grad_nhwc`)
+F32_CONV_KERNEL_GRAD_TARGET = "candlejax_f32_conv_kernel_grad_nhwc"
 #: the f32 attention (:func:`f32_attention`)
 F32_ATTENTION_TARGET = "candlejax_f32_attention"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
@@ -98,6 +101,10 @@ def _packed_registered() -> bool:
 
 def _conv_registered() -> bool:
     return _registered(F32_CONV_TARGET, "CandlejaxF32ConvNhwc")
+
+
+def _conv_kernel_grad_registered() -> bool:
+    return _registered(F32_CONV_KERNEL_GRAD_TARGET, "CandlejaxF32ConvKernelGradNhwc")
 
 
 def available() -> bool:
@@ -218,6 +225,40 @@ def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple
     call = jax.ffi.ffi_call(F32_CONV_TARGET, out, vmap_method="sequential")
     attrs = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "ph": ph, "pw": pw, "act": int(relu)}
     return call(x, kernel, bias, **{name: np.int64(v) for name, v in attrs.items()})
+
+
+def conv_kernel_grad_available() -> bool:
+    """Whether :func:`f32_conv_kernel_grad_nhwc` can run (as :func:`conv_available`)."""
+    return conv_available() and _conv_kernel_grad_registered()
+
+
+def f32_conv_kernel_grad_nhwc(x: Any, dy: Any, kernel_hw: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                              dilation: tuple[int, int] = (1, 1),
+                              padding: tuple[int, int] = (0, 0)) -> Any:  # fmt: skip
+    """The kernel gradient of :func:`f32_conv_nhwc`'s convolution: for a channels-last ``x (B, H, W,
+    C)`` and the output gradient ``dy (B, Ho, Wo, O)``, both f32, the ``(O, kh * kw * C)`` (OHWI,
+    flattened) sum over the batch and output positions of ``dy`` times the input values under each
+    tap. PyTorch: ``torch.nn.grad.conv2d_weight`` (on channels-last tensors, OHWI result). Both are
+    read in place; XLA's form of this gradient is a convolution contracting over the batch, with
+    ``x`` and ``dy`` first transposed batch-minor. Equal to it up to summation order."""
+    if not conv_kernel_grad_available():
+        raise errors.Msg("the native f32 convolution kernel gradient is not available (not built, not AVX-512, or "
+                         "CANDLEJAX_NATIVE=0)")  # fmt: skip
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel_hw, stride, dilation, padding
+    if (x.ndim != 4 or dy.ndim != 4 or x.dtype != jnp.float32 or dy.dtype != jnp.float32 or x.shape[0] != dy.shape[0]
+            or min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0):  # fmt: skip
+        raise errors.Msg(f"native.f32_conv_kernel_grad_nhwc: x must be (B, H, W, C) and dy (B, Ho, Wo, O), both f32, "
+                         f"with positive geometry; got {tuple(x.shape)} {x.dtype}, {tuple(dy.shape)} {dy.dtype}, "
+                         f"kernel {kernel_hw}, stride {stride}, dilation {dilation}, padding {padding}")  # fmt: skip
+    ho, wo = conv_out_len(x.shape[1], kh, ph, sh, dh), conv_out_len(x.shape[2], kw, pw, sw, dw)
+    if (ho, wo) != tuple(dy.shape[1:3]):
+        raise errors.Msg(f"native.f32_conv_kernel_grad_nhwc: dy {tuple(dy.shape)} must be (B, {ho}, {wo}, O) for x "
+                         f"{tuple(x.shape)}, kernel {kernel_hw}, stride {stride}, dilation {dilation}, padding "
+                         f"{padding}")  # fmt: skip
+    out = jax.ShapeDtypeStruct((dy.shape[3], kh * kw * x.shape[3]), jnp.float32)
+    call = jax.ffi.ffi_call(F32_CONV_KERNEL_GRAD_TARGET, out, vmap_method="sequential")
+    attrs = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "ph": ph, "pw": pw}
+    return call(x, dy, **{name: np.int64(v) for name, v in attrs.items()})
 
 
 def f32_available() -> bool:

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from candlejax import errors
 from candlejax._dispatch import op
@@ -106,20 +108,22 @@ def _conv(x: Any, k: Any, *, padding: tuple[int, ...], stride: tuple[int, ...], 
     single = on_cpu and jax.device_count() == 1
     chunk = _weight_grad_chunk(x, k, params) if single else x.shape[dn[0].index("N")]
     if chunk < x.shape[dn[0].index("N")]:
-        return _conv_batch_chunked_grad(x, k, params, chunk, None)
+        return _conv_batch_chunked_grad(x, k, params, chunk, None, None)
     return _plain_conv(x, k, params)
 
 
 def conv2d_with_primal(x: Any, k: Any, primal: Any, *, padding: tuple[int, int], stride: tuple[int, int],
-                       dilation: tuple[int, int]) -> Any:  # fmt: skip
+                       dilation: tuple[int, int], kernel_grad: Any = None) -> Any:  # fmt: skip
     """A one-group ``(B, C, H, W)`` x ``(O, C, kh, kw)`` convolution whose value is
     ``primal(x, k, padding, stride, dilation)``, another kernel computing the same convolution (the
     native library's, ``nn.Conv2d.forward``), and whose derivatives are :meth:`conv2d`'s: XLA's
-    convolutions, the kernel gradient over batch chunks on a one-device CPU process."""
+    convolutions, the kernel gradient over batch chunks on a one-device CPU process. With
+    ``kernel_grad(x, dy, (kh, kw), padding, stride, dilation) -> (O, C, kh, kw)`` (a kernel computing the
+    kernel gradient for the output gradient ``dy``), reverse mode takes the kernel gradient from it."""
     params = _ConvParams(tuple(stride), tuple((p, p) for p in padding), tuple(dilation), _DN2, 1)
     single = jax.default_backend() == "cpu" and jax.device_count() == 1
-    chunk = _weight_grad_chunk(x, k, params) if single else x.shape[0]
-    return _conv_batch_chunked_grad(x, k, params, chunk, primal)
+    chunk = _weight_grad_chunk(x, k, params) if single and kernel_grad is None else x.shape[0]
+    return _conv_batch_chunked_grad(x, k, params, chunk, primal, kernel_grad)
 
 
 class _ConvParams(NamedTuple):
@@ -174,25 +178,29 @@ def _conv_value(x: Any, k: Any, p: _ConvParams, primal: Any) -> Any:
     return primal(x, k, tuple(lo for lo, _ in p.padding), p.stride, p.dilation)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int, primal: Any) -> Any:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_batch_chunked_grad(x: Any, k: Any, p: _ConvParams, chunk: int, primal: Any, kernel_grad: Any) -> Any:
     """A convolution whose kernel derivative is the sum of the batch chunks' (``chunk`` samples
     each). Values (``primal(x, k, padding, stride, dilation)`` where given) and the input derivative
     are the plain convolution's. XLA:CPU computes a
     kernel gradient over a large batch as one convolution with the batch as contraction, 1.5-3x
     slower than over a few chunks (the digits CNN at batch 256: 3.2 -> 1.9 ms; 64 -> 64 channels
-    at 32x32, batch 64: 149 -> 42 ms; ResNet's 7x7 stem at batch 16: 150 -> 62 ms)."""
+    at 32x32, batch 64: 149 -> 42 ms; ResNet's 7x7 stem at batch 16: 150 -> 62 ms). With
+    ``kernel_grad`` (see :func:`conv2d_with_primal`) the kernel gradient is that kernel's, in one
+    call over the batch."""
     return _conv_value(x, k, p, primal)
 
 
-def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primal: Any, primals: tuple[Any, Any],
+def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primal: Any, kernel_grad: Any, primals: tuple[Any, Any],
                                  tangents: tuple[Any, Any]) -> tuple[Any, Any]:  # fmt: skip
     (x, k), (tx, tk) = primals, tangents
-    y = _conv_batch_chunked_grad(x, k, p, chunk, primal)  # itself, so that its value has derivatives too
+    y = _conv_batch_chunked_grad(x, k, p, chunk, primal, kernel_grad)  # itself: its value has derivatives too
     parts = []
     if type(tx) is not SymbolicZero:
         parts.append(_plain_conv(tx, k, p))
-    if type(tk) is not SymbolicZero:  # linear in tk: its transpose is a sum of per-chunk kernel gradients
+    if type(tk) is not SymbolicZero and kernel_grad is not None:  # transposed by kernel_grad
+        parts.append(_conv_in_kernel_p.bind(x, tk, params=p, kernel_grad=kernel_grad))
+    elif type(tk) is not SymbolicZero:  # linear in tk: its transpose is a sum of per-chunk kernel gradients
         axis = p.dn[0].index("N")
         chunks = [lax.slice_in_dim(x, i, i + chunk, axis=axis) for i in range(0, x.shape[axis], chunk)]
         parts.append(jnp.concatenate([_plain_conv(c, tk, p) for c in chunks], axis=p.dn[2].index("N")))
@@ -202,6 +210,77 @@ def _conv_batch_chunked_grad_jvp(p: _ConvParams, chunk: int, primal: Any, primal
 
 
 _conv_batch_chunked_grad.defjvp(_conv_batch_chunked_grad_jvp, symbolic_zeros=True)
+
+
+# --- a convolution as a linear map of its kernel, with its own kernel gradient --------------------
+# ``conv(x, k)`` for a known ``x``, linear in ``k``: evaluated (forward mode, other backends) as XLA's
+# convolution; transposed (reverse mode) by the ``kernel_grad`` it carries. JAX transposes a
+# convolution's kernel term into a convolution contracting over the batch, which XLA:CPU runs on
+# copies of ``x`` and the output gradient transposed batch-minor; a custom call cannot be
+# transposed by JAX, hence a primitive with its own rules.
+_conv_in_kernel_p = Primitive("candlejax_conv_in_kernel")
+
+
+def _conv_in_kernel_impl(x: Any, k: Any, *, params: _ConvParams, kernel_grad: Any) -> Any:
+    return _plain_conv(x, k, params)
+
+
+def _conv_in_kernel_abstract(x: Any, k: Any, *, params: _ConvParams, kernel_grad: Any) -> Any:
+    out = jax.eval_shape(functools.partial(_plain_conv, p=params), x, k)
+    return jax.core.ShapedArray(out.shape, out.dtype)
+
+
+def _conv_in_kernel_transpose(ct: Any, x: Any, k: Any, *, params: _ConvParams, kernel_grad: Any) -> list[Any]:
+    if ad.is_undefined_primal(x) or not ad.is_undefined_primal(k):
+        raise NotImplementedError("candlejax_conv_in_kernel is linear in its kernel only")
+    if type(ct) is ad.Zero:
+        return [None, ad.Zero(k.aval)]
+    return [None, _kernel_gradient(x, ct, tuple(k.aval.shape), params, kernel_grad).astype(k.aval.dtype)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _kernel_gradient(x: Any, ct: Any, kernel_shape: tuple[int, ...], params: _ConvParams, kernel_grad: Any) -> Any:
+    """``kernel_grad``'s kernel gradient for the output gradient ``ct``, with derivatives (it is
+    bilinear in ``x`` and ``ct``) from XLA's form, so that gradients of gradients work."""
+    padding = tuple(lo for lo, _ in params.padding)
+    return kernel_grad(x, ct, kernel_shape[2:], padding, params.stride, params.dilation)
+
+
+def _xla_kernel_gradient(x: Any, ct: Any, kernel_shape: tuple[int, ...], params: _ConvParams) -> Any:
+    kernel = jax.ShapeDtypeStruct(kernel_shape, ct.dtype)
+    (g,) = jax.linear_transpose(functools.partial(_plain_conv, x, p=params), kernel)(ct)
+    return g
+
+
+@_kernel_gradient.defjvp
+def _kernel_gradient_jvp(kernel_shape: tuple[int, ...], params: _ConvParams, kernel_grad: Any, primals: Any,
+                         tangents: Any) -> tuple[Any, Any]:  # fmt: skip
+    (x, ct), (tx, tct) = primals, tangents
+    y = _kernel_gradient(x, ct, kernel_shape, params, kernel_grad)
+    return y, _xla_kernel_gradient(tx, ct, kernel_shape, params) + _xla_kernel_gradient(x, tct, kernel_shape, params)
+
+
+def _conv_in_kernel_jvp(primals: Any, tangents: Any, *, params: _ConvParams, kernel_grad: Any) -> tuple[Any, Any]:
+    (x, k), (tx, tk) = primals, tangents  # bilinear: d conv(x, k) = conv(dx, k) + conv(x, dk)
+    y = _conv_in_kernel_p.bind(x, k, params=params, kernel_grad=kernel_grad)
+    parts = []
+    if type(tx) is not ad.Zero:
+        parts.append(_plain_conv(tx, k, params))
+    if type(tk) is not ad.Zero:
+        parts.append(_conv_in_kernel_p.bind(x, tk, params=params, kernel_grad=kernel_grad))
+    return y, functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+
+
+def _conv_in_kernel_batch(args: Any, dims: Any, *, params: _ConvParams, kernel_grad: Any) -> tuple[Any, int]:
+    return jax.vmap(functools.partial(_plain_conv, p=params), in_axes=tuple(dims))(*args), 0
+
+
+_conv_in_kernel_p.def_impl(_conv_in_kernel_impl)
+_conv_in_kernel_p.def_abstract_eval(_conv_in_kernel_abstract)
+mlir.register_lowering(_conv_in_kernel_p, mlir.lower_fun(_conv_in_kernel_impl, multiple_results=False))
+ad.primitive_jvps[_conv_in_kernel_p] = _conv_in_kernel_jvp
+ad.primitive_transposes[_conv_in_kernel_p] = _conv_in_kernel_transpose
+batching.primitive_batchers[_conv_in_kernel_p] = _conv_in_kernel_batch
 
 
 def is_patch_conv(kernel: tuple[int, ...], padding: Any, stride: Any, dilation: Any, groups: int) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import candlejax.nn as nn
-from candlejax import Device, DType
+from candlejax import Device, DType, Tensor
 from candlejax.nn.conv import IM2COL_MAX_POSITIONS, nhwc_kernel, nhwc_kernel_layout, with_nhwc_kernels
 from candlejax.quantized import native
 
@@ -37,6 +37,8 @@ CASES = {
 
 #: whether maps of more than IM2COL_MAX_POSITIONS positions run the native convolution here
 NATIVE_CONV = native.conv_available() and jax.device_count() == 1
+#: whether NCHW ``Conv2d.forward`` on such maps takes its kernel gradient from the native library
+NATIVE_KERNEL_GRAD = NATIVE_CONV and native.conv_kernel_grad_available()
 
 
 def _torch_nhwc(m, tx):
@@ -181,14 +183,16 @@ NCHW_CASES = {
 @pytest.mark.parametrize("case", list(NCHW_CASES))
 def test_nchw_forward_runs_the_native_convolution_with_xlas_derivatives(case):
     """``Conv2d.forward`` on NCHW input: the value from the native convolution (transposed in and
-    out) where it is built, derivatives (reverse and forward mode) from XLA's convolutions; against
-    torch."""
+    out) where it is built, the kernel gradient from the native kernel gradient, the other
+    derivatives (reverse and forward mode) from XLA's convolutions; against torch."""
     cin, cout, k, stride, pad, dil, (h, w), batch = NCHW_CASES[case]
     t = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil)
     conv = nn.conv2d(cin, cout, k, nn.Conv2dConfig(padding=pad, stride=stride, dilation=dil), _vb(t))
     x = np.random.default_rng(0).standard_normal((batch, cin, h, w)).astype(np.float32)
     hlo = jax.jit(lambda x: conv.forward(x).jax).lower(jnp.asarray(x)).as_text()
     assert (native.F32_CONV_TARGET in hlo) == NATIVE_CONV
+    grad_hlo = jax.jit(jax.grad(lambda m: m.forward(jnp.asarray(x)).jax.sum())).lower(conv).as_text()
+    assert (native.F32_CONV_KERNEL_GRAD_TARGET in grad_hlo) == NATIVE_KERNEL_GRAD
     check(conv, t, x, fwd=lambda m, xv: m.forward(xv), atol=1e-4)
     with torch.no_grad():
         ref = t(torch.from_numpy(x)).numpy()
@@ -198,6 +202,54 @@ def test_nchw_forward_runs_the_native_convolution_with_xlas_derivatives(case):
     with torch.no_grad():
         tref = torch.nn.functional.conv2d(torch.from_numpy(tx), t.weight, None, stride, pad, dil).numpy()
     np.testing.assert_allclose(np.asarray(ty), tref, atol=1e-4, rtol=1e-4)
+
+
+def test_nchw_native_kernel_gradient_under_vmap_jvp_and_second_order():
+    """The native route's kernel term: per-example gradients (``vmap`` of ``grad``), forward mode in
+    the weights, and a Hessian-vector product in the weights, against torch in float64."""
+    t = torch.nn.Conv2d(6, 10, 3, padding=1)
+    conv = nn.conv2d(6, 10, 3, nn.Conv2dConfig(padding=1), _vb(t))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 9, 8)).astype(np.float32)
+    v = rng.standard_normal(tuple(t.weight.shape)).astype(np.float32)
+    w0 = conv.weight.jax
+
+    def loss(w, xb):
+        return jnp.sum(jnp.tanh(conv.replace(weight=Tensor.from_jax(w)).forward(xb).jax) ** 2)
+
+    t64 = t.double()
+    tw = t64.weight
+
+    def tloss(xb):
+        return (torch.tanh(torch.nn.functional.conv2d(xb, tw, t64.bias, padding=1)) ** 2).sum()
+
+    # per-example gradients
+    per = jax.jit(jax.vmap(lambda xi: jax.grad(loss)(w0, xi[None])))(jnp.asarray(x))
+    for i in range(len(x)):
+        (gi,) = torch.autograd.grad(tloss(torch.tensor(x[i : i + 1], dtype=torch.float64)), tw)
+        np.testing.assert_allclose(np.asarray(per[i]), gi.numpy(), rtol=1e-4, atol=1e-4)
+    tx = torch.tensor(x, dtype=torch.float64)
+    # forward mode in the weights: d loss . v
+    _, dl = jax.jvp(lambda w: loss(w, jnp.asarray(x)), (w0,), (jnp.asarray(v),))
+    (g,) = torch.autograd.grad(tloss(tx), tw, create_graph=True)
+    np.testing.assert_allclose(float(dl), float((g * torch.from_numpy(v).double()).sum().detach()), rtol=1e-4)
+    # Hessian-vector product in the weights
+    hvp = jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w, jnp.asarray(x)), jnp.asarray(v))))(w0)
+    (h,) = torch.autograd.grad((g * torch.from_numpy(v).double()).sum(), tw)
+    np.testing.assert_allclose(np.asarray(hvp), h.numpy(), rtol=1e-3, atol=1e-3 * float(h.abs().max()))
+
+
+def test_nchw_wide_layers_keep_xlas_kernel_gradient():
+    """Kernels of more than NATIVE_KERNEL_GRAD_MAX_VALUES values take XLA's kernel gradient."""
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+
+    def native_grad(conv, shape):
+        f = jax.grad(lambda m: m.forward(jnp.ones(shape, jnp.float32)).jax.sum())
+        return native.F32_CONV_KERNEL_GRAD_TARGET in jax.jit(f).lower(conv).as_text()
+
+    cfg = nn.Conv2dConfig(padding=1)
+    assert native_grad(nn.conv2d(64, 64, 3, cfg, vb.pp("a")), (2, 64, 9, 9)) == NATIVE_KERNEL_GRAD
+    assert not native_grad(nn.conv2d(64, 65, 3, cfg, vb.pp("b")), (2, 64, 9, 9))
 
 
 def test_nchw_forward_keeps_the_tensor_op_elsewhere():

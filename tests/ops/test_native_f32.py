@@ -175,6 +175,49 @@ def test_f32_conv_nhwc_rejects_bad_shapes():
         native.f32_conv_nhwc(x, jnp.ones((8, 36), jnp.float32), (3, 3), bias=jnp.ones(7, jnp.float32))
 
 
+needs_kernel_grad = pytest.mark.skipif(not native.conv_kernel_grad_available(),
+                                       reason="native f32 convolution kernel gradient not built for this CPU")
+
+
+@needs_kernel_grad
+@pytest.mark.parametrize("b,h,w,c,o,k,stride,dilation,padding", [
+    (3, 8, 8, 16, 32, (3, 3), (1, 1), (1, 1), (1, 1)),  # the digits CNN's second layer: 8 + 8 channels, 32 outputs
+    (2, 9, 7, 5, 19, (3, 2), (2, 1), (1, 2), (1, 0)),  # channel and output tails, mixed geometry
+    (4, 8, 8, 1, 16, (3, 3), (1, 1), (1, 1), (1, 1)),  # one input channel
+    (1, 20, 21, 20, 70, (3, 3), (1, 1), (1, 1), (1, 1)),  # 70 = 2 x 32 + 6 outputs, rows in several blocks
+    (2, 12, 11, 3, 8, (7, 7), (2, 2), (1, 1), (3, 3)),  # a stem: 49 taps, stride 2
+    (1, 4, 5, 8, 40, (3, 3), (1, 1), (1, 1), (4, 4)),  # padding wider than the kernel's reach
+    (9, 6, 6, 24, 48, (1, 1), (1, 1), (1, 1), (0, 0)),  # 1x1, more images than chunks
+])  # fmt: skip
+def test_f32_conv_kernel_grad_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation, padding):
+    """The kernel gradient of the channels-last convolution: taps in the padding contribute nothing."""
+    x = rng.standard_normal((b, h, w, c)).astype(np.float32)
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = k, stride, dilation, padding
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    dy = rng.standard_normal((b, ho, wo, o)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))).astype(np.float64)
+    ref = np.zeros((o, kh, kw, c))
+    for r in range(kh):
+        for q in range(kw):
+            patch = xp[:, r * dh : r * dh + sh * (ho - 1) + 1 : sh, q * dw : q * dw + sw * (wo - 1) + 1 : sw, :]
+            ref[:, r, q, :] = np.einsum("bhwo,bhwc->oc", dy.astype(np.float64), patch)
+    f = jax.jit(native.f32_conv_kernel_grad_nhwc, static_argnums=(2, 3, 4, 5))
+    g = np.asarray(f(x, dy, k, stride, dilation, padding))
+    assert g.shape == (o, kh * kw * c) and g.dtype == np.float32
+    np.testing.assert_allclose(g, ref.reshape(o, -1), rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@needs_kernel_grad
+def test_f32_conv_kernel_grad_nhwc_rejects_bad_shapes():
+    x = jnp.ones((2, 5, 5, 4), jnp.float32)
+    with pytest.raises(errors.Error, match=r"dy \(2, 5, 5, 8\) must be \(B, 3, 3, O\)"):
+        native.f32_conv_kernel_grad_nhwc(x, jnp.ones((2, 5, 5, 8), jnp.float32), (3, 3))
+    with pytest.raises(errors.Error, match="both f32"):
+        native.f32_conv_kernel_grad_nhwc(x, jnp.ones((2, 3, 3, 8), jnp.bfloat16), (3, 3))
+    with pytest.raises(errors.Error, match="x must be"):
+        native.f32_conv_kernel_grad_nhwc(x, jnp.ones((3, 3, 3, 8), jnp.float32), (3, 3))
+
+
 needs_attention = pytest.mark.skipif(not native.attention_available(), reason="native f32 attention not built")
 
 
