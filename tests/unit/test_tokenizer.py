@@ -257,3 +257,30 @@ def test_bytes_to_unicode_table():
     t = bytes_to_unicode()
     assert len(t) == 256 and len(set(t.values())) == 256
     assert t[ord(" ")] == "Ġ" and t[ord("\n")] == "Ċ" and t[ord("A")] == "A"
+
+
+def test_gguf_tokenizer_imports_its_library_before_decoding_the_vocabulary():
+    """The ``tokenizers`` modules and the byte-level table are made before the metadata's token
+    strings are decoded (their long-lived objects, allocated among those short-lived strings, kept
+    ~4 MiB of Python's heap from being returned; a fresh process, so nothing is imported yet)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import candlejax.tokenizer as T
+assert "tokenizers" not in sys.modules
+seen = []
+plain = T._py
+
+def spy(v):
+    seen.append("tokenizers.pre_tokenizers" in sys.modules and T.bytes_to_unicode.cache_info().currsize == 1)
+    return plain(v)
+
+T._py = spy
+tok = T.Tokenizer.from_gguf({str(SMOL)!r})
+assert seen and all(seen), seen
+assert tok.encode("Hello world") == [19556, 905]
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
