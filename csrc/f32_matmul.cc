@@ -440,9 +440,12 @@ template <int NV>
 CJ_AVX512 void KernelGradTileCb(int cb, const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
                                 int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __mmask16 last,
                                 float* acc_rows) {
-  switch (cb) {
-    case 8: return KernelGradTile<8, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
-    case 7: return KernelGradTile<7, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+  // at most 24 result vectors (CB x NV), the rest of the 32 registers for dy and the broadcast
+  switch (NV == 4 ? std::min(cb, 6) : cb) {
+    case 8: if constexpr (NV <= 2) return KernelGradTile<8, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+            [[fallthrough]];
+    case 7: if constexpr (NV <= 2) return KernelGradTile<7, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+            [[fallthrough]];
     case 6: return KernelGradTile<6, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
     case 5: return KernelGradTile<5, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
     case 4: return KernelGradTile<4, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
@@ -463,15 +466,19 @@ CJ_AVX512 void KernelGradImages(const KernelGradGeometry& g, const float* x, con
     const float* dyi = dy + b * g.ho * g.wo * g.o;
     for (int64_t oh0 = 0; oh0 < g.ho; oh0 += rows) {
       const int64_t oh1 = std::min(g.ho, oh0 + rows);
-      for (int64_t o0 = 0; o0 < g.o; o0 += 32) {
-        const int64_t cols = std::min<int64_t>(32, g.o - o0);
+      for (int64_t o0 = 0; o0 < g.o;) {
+        // 64 output channels (6 input channels a pass) while whole, else 32 (8 input channels)
+        const int64_t cols = g.o - o0 >= 64 ? 64 : std::min<int64_t>(32, g.o - o0);
+        const int64_t cstep = cols == 64 ? 6 : 8;
         for (int64_t r = 0; r < g.kh; ++r) {
           for (int64_t q = 0; q < g.kw; ++q) {
             float* tap_rows = scratch + (r * g.kw + q) * g.c * g.o;
-            for (int64_t c0 = 0; c0 < g.c; c0 += 8) {
-              const int cb = static_cast<int>(std::min<int64_t>(8, g.c - c0));
+            for (int64_t c0 = 0; c0 < g.c; c0 += cstep) {
+              const int cb = static_cast<int>(std::min<int64_t>(cstep, g.c - c0));
               float* acc_rows = tap_rows + c0 * g.o;
-              if (cols > 16) {
+              if (cols == 64) {
+                KernelGradTileCb<4>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, 0xFFFF, acc_rows);
+              } else if (cols > 16) {
                 KernelGradTileCb<2>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes(cols - 16), acc_rows);
               } else {
                 KernelGradTileCb<1>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes(cols), acc_rows);
@@ -479,6 +486,7 @@ CJ_AVX512 void KernelGradImages(const KernelGradGeometry& g, const float* x, con
             }
           }
         }
+        o0 += cols;
       }
     }
   }
@@ -516,12 +524,20 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
   ParallelChunks(pool, workers - 1, bsz, 1, chunks, [=](int64_t b0, int64_t b1) {
     KernelGradImages(g, xp, dyp, b0, b1, sp + (b0 / per) * size);
   });
+  // the chunks' sums, transposed to (O, K) in 32 x 32 blocks (a row-by-row transpose of a wide
+  // layer's gradient, 512 x 4608 values, missed the cache at every store)
   float* o = out->typed_data();
-  for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < g.o; ++j) {
-      float s = 0.0f;
-      for (int64_t c = 0; c < chunks; ++c) s += sp[c * size + i * g.o + j];
-      o[j * k + i] = s;
+  constexpr int64_t kT = 32;
+  for (int64_t i0 = 0; i0 < k; i0 += kT) {
+    for (int64_t j0 = 0; j0 < g.o; j0 += kT) {
+      const int64_t i1 = std::min(k, i0 + kT), j1 = std::min(g.o, j0 + kT);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) {
+          float s = 0.0f;
+          for (int64_t c = 0; c < chunks; ++c) s += sp[c * size + i * g.o + j];
+          o[j * k + i] = s;
+        }
+      }
     }
   }
   return ffi::Error::Success();
