@@ -485,8 +485,7 @@ class Tokenizer:
         :func:`tokenizer_from_gguf_metadata` (``source``: the file named in errors)."""
         p = getattr(meta, "path", None)  # a Content names its file
         source = source or (os.fspath(p) if isinstance(p, str | os.PathLike) else None)
-        _prepare_tokenizer_building()
-        meta = gguf_tokenizer_metadata(meta)
+        meta = gguf_tokenizer_metadata(meta)  # (prepares the tokenizers library first)
         hf = tokenizer_from_gguf_metadata(meta, source)
         tokens = meta["tokenizer.ggml.tokens"]
         kind = meta.get("tokenizer.ggml.model")

@@ -436,16 +436,17 @@ CJ_AVX512 void KernelGradTile(const KernelGradGeometry& g, const float* xi, cons
   }
 }
 
+// CB (1 to 8; at most 6 for NV = 4: 24 result vectors, the rest of the 32 registers for dy and the
+// broadcast) as a template argument
 template <int NV>
 CJ_AVX512 void KernelGradTileCb(int cb, const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
                                 int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __mmask16 last,
                                 float* acc_rows) {
-  // at most 24 result vectors (CB x NV), the rest of the 32 registers for dy and the broadcast
-  switch (NV == 4 ? std::min(cb, 6) : cb) {
-    case 8: if constexpr (NV <= 2) return KernelGradTile<8, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
-            [[fallthrough]];
-    case 7: if constexpr (NV <= 2) return KernelGradTile<7, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
-            [[fallthrough]];
+  if constexpr (NV <= 2) {
+    if (cb == 8) return KernelGradTile<8, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    if (cb == 7) return KernelGradTile<7, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+  }
+  switch (cb) {
     case 6: return KernelGradTile<6, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
     case 5: return KernelGradTile<5, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
     case 4: return KernelGradTile<4, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
