@@ -4,7 +4,7 @@ and glibc heap tuning for serving (``tune_malloc``, ``trim_heap``).
 
 requires: jax
 provides: ``SizeJit``, ``OptionsJit``, ``XLA_CONVOLUTION_OPTIONS``, ``enable_compilation_cache``,
-``compile_compact``, ``tune_malloc``, ``trim_heap``
+``compile_compact``, ``SerializedProgram``, ``load_programs``, ``tune_malloc``, ``trim_heap``
 
 jax 0.10's XLA:CPU hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions:
 best for a few hundred tokens (MiniLM 1x16: ~2x faster than without). For large inputs it depends
@@ -26,10 +26,13 @@ hand-written inference function does the same with
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
 import platform
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -38,12 +41,14 @@ __all__ = [
     "COMPILATION_CACHE_ENV",
     "LARGE_INPUT_OPTIONS",
     "OptionsJit",
+    "SerializedProgram",
     "SizeJit",
     "XLA_CONVOLUTION_OPTIONS",
     "compilation_cache_dir",
     "compile_compact",
     "enable_compilation_cache",
     "large_input_options",
+    "load_programs",
     "trim_heap",
     "tune_malloc",
 ]
@@ -189,13 +194,66 @@ def _libc() -> Any:
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
-def compile_compact(lowered: Any) -> Any:
+class SerializedProgram:
+    """A program compiled by :func:`compile_compact` kept serialized until it first runs, then
+    loaded once (``jax.experimental.serialize_executable.deserialize_and_load``).
+
+    Calling it, or reading any attribute of ``jax.stages.Compiled`` other than ``out_info``, loads
+    it. Loading after JAX's tracing and lowering caches are cleared and the weights are loaded puts
+    the program into the heap the compiler left free, not among its leftovers: SmolLM2's generation
+    in the process that compiles peaks ~3 MiB lower (docs/performance.md). Thread-safe.
+    """
+
+    def __init__(self, payload: bytes, in_tree: Any, out_tree: Any, device: Any, out_info: Any) -> None:
+        self.out_info = out_info
+        self._serialized: tuple[bytes, Any, Any] | None = (payload, in_tree, out_tree)
+        self._device = device
+        self._program: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the program has been loaded."""
+        return self._program is not None
+
+    def load(self) -> Any:
+        """The loaded ``jax.stages.Compiled`` (loaded on the first call)."""
+        if self._program is None:
+            with self._lock:
+                if self._program is None:
+                    from jax.experimental import serialize_executable
+
+                    assert self._serialized is not None
+                    payload, in_tree, out_tree = self._serialized
+                    self._program = serialize_executable.deserialize_and_load(
+                        payload, in_tree, out_tree, backend=self._device.client, execution_devices=[self._device]
+                    )
+                    self._serialized = None
+                    del payload
+                    trim_heap()  # the payload and the loader's transients
+        return self._program
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+    def __repr__(self) -> str:
+        return f"SerializedProgram(loaded={self.loaded})"
+
+
+def compile_compact(lowered: Any, *, load_on_first_use: bool = False) -> Any:
     """``lowered.compile()``, kept in its serialized-and-loaded form when it was compiled here.
 
     On XLA:CPU (jax 0.10) a program compiled in this process keeps more memory than the same
     program loaded from its serialized form (``jax.experimental.serialize_executable``): SmolLM2's
     prefill and decode programs hold ~1.7 MiB together once reloaded instead of ~5, and run the
-    same machine code.
+    same machine code (JAX's in-memory caches hold the program compiled here until
+    ``jax.clear_caches()``). ``load_on_first_use``: return a :class:`SerializedProgram` that loads
+    the copy when it first runs (see :func:`load_programs`).
     A program that comes from the persistent compilation cache is already in that form and is
     returned as it is (XLA:CPU cannot serialize a loaded program again: the copy would miss its
     functions when run), as is a program over several devices or one that cannot be serialized
@@ -225,10 +283,32 @@ def compile_compact(lowered: Any) -> Any:
         if device.platform != "cpu":  # the saving was measured on XLA:CPU only
             return compiled
         payload, in_tree, out_tree = serialize_executable.serialize(compiled)
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree, backend=device.client,
-                                                         execution_devices=[device])  # fmt: skip
+        program = SerializedProgram(payload, in_tree, out_tree, device, compiled.out_info)
     except (ValueError, NotImplementedError, TypeError, AttributeError, RuntimeError):
         return compiled
+    del compiled
+    return program if load_on_first_use else program.load()
+
+
+def load_programs(programs: Iterable[Any], *, clear_caches: bool = False) -> list[Any]:
+    """Load the :class:`SerializedProgram` among ``programs`` now (the others are returned as
+    they are), e.g. those of :func:`candlejax.generation.compile_generation`.
+
+    ``clear_caches``: first clear JAX's tracing and lowering caches (``jax.clear_caches()``: jitted
+    functions trace again on their next call; programs held elsewhere stay) and hand the freed heap
+    back (:func:`trim_heap`). Loading then, before the weights, keeps SmolLM2's generation in the
+    process that compiles ~2-3 MiB lower than loading at the first step (docs/performance.md)::
+
+        programs = compile_generation(llama.step, shapes, cache_shapes, ids, 128)
+        load_programs(programs, clear_caches=True)
+        model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
+    """
+    programs = list(programs)
+    if clear_caches:
+        jax.clear_caches()
+        gc.collect()
+        trim_heap()
+    return [p.load() if isinstance(p, SerializedProgram) else p for p in programs]
 
 
 def trim_heap() -> bool:

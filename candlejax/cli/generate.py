@@ -79,17 +79,12 @@ def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None, ab
 def compile_then_load(tg: Any, args: argparse.Namespace, ids: list[int], processor: Any) -> None:
     """Compile the generation's programs on ``tg``'s abstract model, then load the GGUF weights into
     it: the compiler's transient memory (~50 MiB on SmolLM2) is freed before the weights need theirs."""
-    import gc
-
-    import jax
-
     from candlejax.models import quantized_llama
-    from candlejax.xla import trim_heap
+    from candlejax.xla import load_programs
 
-    tg.compile(ids, args.n, processor, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n)
-    jax.clear_caches()  # JAX's tracing and lowering caches (~5 MiB); the generation keeps its programs
-    gc.collect()
-    trim_heap()
+    programs = tg.compile(ids, args.n, processor, repeat_penalty=args.repeat_penalty,
+                          repeat_last_n=args.repeat_last_n)  # fmt: skip
+    load_programs(programs, clear_caches=True)  # JAX's caches go; the generation keeps its programs
     tg.model = quantized_llama.ModelWeights.from_gguf(args.gguf, tokenizer=tg.tokenizer)
 
 

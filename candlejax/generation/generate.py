@@ -363,8 +363,9 @@ class Generation:
         leaves that carry the placement the real arrays will have
         (``ModelWeights.from_gguf(path, abstract=True)``), so the programs can be compiled before
         the weights are loaded and the compiler's transient memory is spent before the weights
-        take theirs. ``compact`` keeps each program compiled here in its serialized-and-loaded form
-        (:func:`candlejax.xla.compile_compact`), which holds less memory on XLA:CPU.
+        take theirs. ``compact`` keeps each program compiled here in its serialized form until it
+        first runs, then loads it (:func:`candlejax.xla.compile_compact`,
+        :class:`candlejax.xla.SerializedProgram`), which holds less memory on XLA:CPU.
         JAX: ``jit(f).lower(...).compile()``."""
         if self.max_new_tokens <= 0:
             return []
@@ -377,7 +378,7 @@ class Generation:
 
         def add(fn: StepProgram, *args: Any) -> Any:
             lowered = fn.lower(*args)
-            program = compile_compact(lowered) if compact else lowered.compile()
+            program = compile_compact(lowered, load_on_first_use=True) if compact else lowered.compile()
             out = _specs(program.out_info)
             fn.add(program)
             programs.append(program)
@@ -559,12 +560,13 @@ def compile_generation(
     (:meth:`Generation.compile`, ``compact`` as there); ``params`` / ``cache`` may be
     ``jax.ShapeDtypeStruct`` trees.
 
-    Compiling before loading keeps the compiler's transient memory out of the peak, and once the
-    programs are compiled JAX's tracing caches can go::
+    Compiling before loading keeps the compiler's transient memory out of the peak; once the
+    programs are compiled JAX's tracing caches can go, and the programs (kept serialized until they
+    first run) are best loaded then (:func:`candlejax.xla.load_programs`)::
 
         shapes = ModelWeights.from_gguf(path, abstract=True)      # no weight loaded
-        compile_generation(llama.step, shapes, shapes.new_cache(1, 256), ids, 128)
-        jax.clear_caches()                                        # optional: the programs are kept
+        programs = compile_generation(llama.step, shapes, shapes.new_cache(1, 256), ids, 128)
+        load_programs(programs, clear_caches=True)                # optional: JAX's caches go, programs stay
         model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
         for tok in generate(llama.step, model, model.new_cache(1, 256), ids, 128): ...   # compiles nothing
     """

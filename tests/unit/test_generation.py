@@ -608,6 +608,7 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     ``jax.clear_caches()`` a generation with the same shapes traces nothing and gives the same
     tokens; other shapes fall back to tracing as usual."""
     from candlejax.generation import StepProgram, compile_generation
+    from candlejax.xla import SerializedProgram
 
     params, fresh, step, traces = make_model(5)
     prompt = [4, 2, 7]
@@ -615,10 +616,12 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     traces.clear()
     programs = compile_generation(step, params, fresh(), prompt, 8)
     assert len(programs) == 2 and traces == [(1, 3), (1, 1)]
+    assert all(isinstance(p, SerializedProgram) and not p.loaded for p in programs)  # loaded when they first run
     jax.clear_caches()
     traces.clear()
     assert list(generate(step, params, fresh(), prompt, 8)) == want
     assert traces == []  # both programs came from compile_generation, nothing was traced again
+    assert all(p.loaded for p in programs)
     other = [1, 1, 2, 3, 5]  # another prompt length: the prefill is traced, the decode program is reused
     want = host_loop(step, params, fresh(), other, 4, lambda r: int(np.argmax(r)))
     traces.clear()

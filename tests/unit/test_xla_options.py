@@ -150,6 +150,60 @@ def test_compile_compact_keeps_results_and_donation():
         raise AssertionError("a program for shape (6,) ran on shape (7,)")
 
 
+def test_serialized_program_loads_on_first_use_once(monkeypatch):
+    """``compile_compact(load_on_first_use=True)`` keeps the program serialized (its ``out_info``
+    readable) until it first runs and loads it once however many threads call it."""
+    import threading
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental import serialize_executable
+
+    from candlejax.xla import SerializedProgram, compile_compact, load_programs
+
+    f = jax.jit(lambda a, b: (a * 2 + jnp.sin(b), b.sum()))
+    a, b = jnp.arange(6.0), jnp.linspace(0, 1, 6)
+    program = compile_compact(f.lower(a, b), load_on_first_use=True)
+    assert isinstance(program, SerializedProgram) and not program.loaded
+    assert [o.shape for o in program.out_info] == [(6,), ()]
+    assert not program.loaded
+
+    loads = []
+    real = serialize_executable.deserialize_and_load
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serialize_executable, "deserialize_and_load", counted)
+    results: list = [None] * 4
+    start = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = program(a, b)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [1] and program.loaded
+    b64 = np.linspace(0, 1, 6)
+    for got in results:
+        np.testing.assert_allclose(np.asarray(got[0]), np.arange(6.0) * 2 + np.sin(b64), rtol=1e-6)
+        np.testing.assert_allclose(float(got[1]), b64.sum(), rtol=1e-6)
+    assert program.in_avals == program.load().in_avals  # other attributes come from the loaded program
+
+    other = compile_compact(f.lower(jnp.arange(3.0), b[:3]), load_on_first_use=True)
+    plain = f.lower(jnp.arange(4.0), b[:4]).compile()
+    loaded = load_programs([other, plain], clear_caches=True)
+    assert loads == [1, 1] and other.loaded and loaded[0] is other.load() and loaded[1] is plain
+    np.testing.assert_allclose(np.asarray(other(jnp.arange(3.0), b[:3])[0]), np.arange(3.0) * 2 + np.sin(b64[:3]),
+                               rtol=1e-6)  # fmt: skip
+
+
 _COMPACT_RUN = """
 import jax, jax.numpy as jnp, numpy as np
 from candlejax.xla import compile_compact, enable_compilation_cache
