@@ -3,8 +3,9 @@ programs (``enable_compilation_cache``), programs kept in their loaded form (``c
 and glibc heap tuning for serving (``tune_malloc``, ``trim_heap``).
 
 requires: jax
-provides: ``SizeJit``, ``OptionsJit``, ``XLA_CONVOLUTION_OPTIONS``, ``enable_compilation_cache``,
-``compile_compact``, ``SerializedProgram``, ``load_programs``, ``tune_malloc``, ``trim_heap``
+provides: ``SizeJit``, ``OptionsJit``, ``XLA_CONVOLUTION_OPTIONS``, ``GENERATION_OPTIONS``,
+``enable_compilation_cache``, ``compile_compact``, ``SerializedProgram``, ``load_programs``, ``tune_malloc``,
+``trim_heap``
 
 jax 0.10's XLA:CPU hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions:
 best for a few hundred tokens (MiniLM 1x16: ~2x faster than without). For large inputs it depends
@@ -39,6 +40,7 @@ import jax
 
 __all__ = [
     "COMPILATION_CACHE_ENV",
+    "GENERATION_OPTIONS",
     "LARGE_INPUT_OPTIONS",
     "OptionsJit",
     "SerializedProgram",
@@ -55,6 +57,11 @@ __all__ = [
 
 #: options that turn YNNPACK fusions off (XLA's own GEMMs and loop fusions instead)
 LARGE_INPUT_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+#: options for token-generation programs (``candlejax.generation``): XLA:CPU's loop emitters instead
+#: of its MLIR fusion emitters. Compiling SmolLM2's prefill program then takes ~20 MiB of heap
+#: instead of ~57, which a generation that compiles after loading its weights adds to its peak;
+#: decode speed and tokens are the same (docs/performance.md)
+GENERATION_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 #: options that keep YNNPACK's dots and reductions but leave convolutions to XLA's own kernels:
 #: YNNPACK runs a convolution with at most 64 output channels on one thread (a 3x3 over 56x56x64:
 #: 1.39 ms on one core, XLA's convolution 1.09 ms on two), so convolutional networks with narrow

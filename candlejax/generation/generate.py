@@ -38,7 +38,7 @@ from candlejax.generation.sampling import (
     seed_key,
 )
 from candlejax.tensor import unwrap, wrap
-from candlejax.xla import compile_compact
+from candlejax.xla import GENERATION_OPTIONS, OptionsJit, compile_compact
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
@@ -109,12 +109,13 @@ class DecodeFns:
 
         donate_fused = (1, 6) if donate else ()
         donate_plain = (1,) if donate else ()
-        self.fused = StepProgram(jax.jit(fused, donate_argnums=donate_fused))
-        self.logits = StepProgram(jax.jit(plain, donate_argnums=donate_plain))
+        self.fused = StepProgram(OptionsJit(fused, GENERATION_OPTIONS, donate_argnums=donate_fused))
+        self.logits = StepProgram(OptionsJit(plain, GENERATION_OPTIONS, donate_argnums=donate_plain))
         #: the same, for a prompt padded to a bucketed length: an extra traced ``length`` (the number
         #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
-        self.fused_padded = StepProgram(jax.jit(fused_core, donate_argnums=(1, 7) if donate else ()))
-        self.logits_padded = StepProgram(jax.jit(plain_core, donate_argnums=donate_plain))
+        donate_padded = (1, 7) if donate else ()
+        self.fused_padded = StepProgram(OptionsJit(fused_core, GENERATION_OPTIONS, donate_argnums=donate_padded))
+        self.logits_padded = StepProgram(OptionsJit(plain_core, GENERATION_OPTIONS, donate_argnums=donate_plain))
 
 
 class StepProgram:

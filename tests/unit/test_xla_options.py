@@ -150,6 +150,23 @@ def test_compile_compact_keeps_results_and_donation():
         raise AssertionError("a program for shape (6,) ran on shape (7,)")
 
 
+def test_generation_options_are_known_to_this_xla():
+    """The token-generation programs' options compile as given (``OptionsJit`` would otherwise fall
+    back to the defaults without a word) and leave results unchanged."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from candlejax.xla import GENERATION_OPTIONS
+
+    def f(x):
+        return jnp.tanh(x) * jax.nn.softmax(x) + jnp.argmax(x)
+
+    x = jnp.linspace(-3.0, 3.0, 64)
+    got = jax.jit(f, compiler_options=GENERATION_OPTIONS).lower(x).compile()(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(x)), rtol=1e-6, atol=1e-7)
+
+
 def test_serialized_program_loads_on_first_use_once(monkeypatch):
     """``compile_compact(load_on_first_use=True)`` keeps the program serialized (its ``out_info``
     readable) until it first runs and loads it once however many threads call it."""
