@@ -206,10 +206,12 @@ class SerializedProgram:
     loaded once (``jax.experimental.serialize_executable.deserialize_and_load``).
 
     Calling it, or reading any attribute of ``jax.stages.Compiled`` other than ``out_info``, loads
-    it. Loading after JAX's tracing and lowering caches are cleared and the weights are loaded puts
-    the program into the heap the compiler left free, not among its leftovers: SmolLM2's generation
-    in the process that compiles peaks ~3 MiB lower (docs/performance.md). Thread-safe.
+    it. Loaded once JAX's caches are cleared (:func:`load_programs`), before the weights, it lands in
+    the heap the compiler left free rather than among its leftovers: SmolLM2's generation in the
+    process that compiles peaks ~3 MiB lower (docs/performance.md). Thread-safe.
     """
+
+    _OWN = frozenset({"out_info", "_serialized", "_device", "_program", "_lock"})
 
     def __init__(self, payload: bytes, in_tree: Any, out_tree: Any, device: Any, out_info: Any) -> None:
         self.out_info = out_info
@@ -244,7 +246,7 @@ class SerializedProgram:
         return self.load()(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name in SerializedProgram._OWN or name.startswith("__"):  # not set yet (copy, unpickling)
             raise AttributeError(name)
         return getattr(self.load(), name)
 

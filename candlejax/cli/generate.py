@@ -78,7 +78,7 @@ def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None, ab
 
 def compile_then_load(tg: Any, args: argparse.Namespace, ids: list[int], processor: Any) -> None:
     """Compile the generation's programs on ``tg``'s abstract model, then load the GGUF weights into
-    it: the compiler's transient memory (~50 MiB on SmolLM2) is freed before the weights need theirs."""
+    it: the compiler's transient memory (~25 MiB on SmolLM2) is freed before the weights need theirs."""
     from candlejax.models import quantized_llama
     from candlejax.xla import load_programs
 
