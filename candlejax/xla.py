@@ -57,10 +57,12 @@ __all__ = [
 
 #: options that turn YNNPACK fusions off (XLA's own GEMMs and loop fusions instead)
 LARGE_INPUT_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
-#: options for token-generation programs (``candlejax.generation``): XLA:CPU's loop emitters instead
-#: of its MLIR fusion emitters. Compiling SmolLM2's prefill program then takes ~20 MiB of heap
-#: instead of ~57, which a generation that compiles after loading its weights adds to its peak;
-#: decode speed and tokens are the same (docs/performance.md)
+#: options for token-generation programs over scanned layers (``Llama.generation_compiler_options``,
+#: read by ``candlejax.generation.generate``): XLA:CPU's loop emitters instead of its MLIR fusion
+#: emitters. Compiling SmolLM2's prefill program then takes ~20 MiB of heap instead of ~57, which a
+#: generation that compiles after loading its weights adds to its peak, and 0.22 s instead of 0.30;
+#: decode speed and tokens are the same. Programs with unrolled layers compile ~2-3x slower with
+#: them (docs/performance.md)
 GENERATION_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 #: options that keep YNNPACK's dots and reductions but leave convolutions to XLA's own kernels:
 #: YNNPACK runs a convolution with at most 64 output channels on one thread (a 3x3 over 56x56x64:

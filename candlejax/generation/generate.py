@@ -38,7 +38,7 @@ from candlejax.generation.sampling import (
     seed_key,
 )
 from candlejax.tensor import unwrap, wrap
-from candlejax.xla import GENERATION_OPTIONS, OptionsJit, compile_compact
+from candlejax.xla import OptionsJit, compile_compact
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
@@ -69,6 +69,7 @@ class DecodeFns:
         use_penalty: bool,
         tokens_as_tensor: bool = False,
         donate: bool = True,
+        compiler_options: dict[str, Any] | None = None,
     ) -> None:
         self.step_fn = step_fn
         self.sampling = sampling
@@ -107,15 +108,21 @@ class DecodeFns:
         def plain(params, cache, tokens, pos):  # type: ignore[no-untyped-def]
             return plain_core(params, cache, tokens, pos, None)
 
+        options = dict(compiler_options or {})
+
+        def jit(fn: Any, donate_argnums: tuple[int, ...]) -> Any:
+            return OptionsJit(fn, options, donate_argnums=donate_argnums) if options else jax.jit(
+                fn, donate_argnums=donate_argnums
+            )
+
         donate_fused = (1, 6) if donate else ()
         donate_plain = (1,) if donate else ()
-        self.fused = StepProgram(OptionsJit(fused, GENERATION_OPTIONS, donate_argnums=donate_fused))
-        self.logits = StepProgram(OptionsJit(plain, GENERATION_OPTIONS, donate_argnums=donate_plain))
+        self.fused = StepProgram(jit(fused, donate_fused))
+        self.logits = StepProgram(jit(plain, donate_plain))
         #: the same, for a prompt padded to a bucketed length: an extra traced ``length`` (the number
         #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
-        donate_padded = (1, 7) if donate else ()
-        self.fused_padded = StepProgram(OptionsJit(fused_core, GENERATION_OPTIONS, donate_argnums=donate_padded))
-        self.logits_padded = StepProgram(OptionsJit(plain_core, GENERATION_OPTIONS, donate_argnums=donate_plain))
+        self.fused_padded = StepProgram(jit(fused_core, (1, 7) if donate else ()))
+        self.logits_padded = StepProgram(jit(plain_core, donate_plain))
 
 
 class StepProgram:
@@ -159,17 +166,23 @@ _CACHE_SIZE = 16
 
 
 def decode_fns(
-    step_fn: StepFn, sampling: Sampling, use_penalty: bool, tokens_as_tensor: bool = False, donate: bool = True
+    step_fn: StepFn,
+    sampling: Sampling,
+    use_penalty: bool,
+    tokens_as_tensor: bool = False,
+    donate: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ) -> DecodeFns:
     """The (cached) :class:`DecodeFns` for this step function and setup, so repeated
     :func:`generate` calls (a chat) reuse the compiled steps."""
-    key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+    options = dict(compiler_options or {})
     try:
+        key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
         fns = _CACHE.get(key)
-    except TypeError:  # an unhashable step function: no reuse across calls
-        return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+    except TypeError:  # an unhashable step function or option value: no reuse across calls
+        return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
     if fns is None:
-        fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate)
+        fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
         _CACHE[key] = fns
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -267,6 +280,7 @@ class Generation:
         pipeline: bool | None = None,
         yield_eos: bool = False,
         prefill_buckets: bool | None = None,
+        compiler_options: dict[str, Any] | None = None,
     ) -> None:
         self.params = params
         self.cache = cache
@@ -328,7 +342,10 @@ class Generation:
             self._draws_count = False
         else:
             self._draws_count = True
-        self.fns = decode_fns(step_fn, self.sampling, use_penalty and self._fused, tokens_as_tensor, donate_cache)
+        if compiler_options is None:  # the model's own choice, if it makes one
+            compiler_options = getattr(params, "generation_compiler_options", None)
+        self.fns = decode_fns(step_fn, self.sampling, use_penalty and self._fused, tokens_as_tensor, donate_cache,
+                              compiler_options)  # fmt: skip
         # pad the prompt to a bucketed length (one compiled prefill per bucket, not per length) when
         # the step can return the logits of an inner position and the padded tail fits the cache
         n = int(self.prompt.shape[1])
@@ -602,7 +619,10 @@ def generate(
     ``--repeat-last-n``); ``start_pos``; ``token_dtype`` (``jnp.uint32``); ``tokens_as_tensor``
     (pass tokens to ``step_fn`` as a candlejax Tensor); ``donate_cache`` (reuse the cache buffers
     in place; the ``cache`` passed in must not be used afterwards); ``pipeline`` (dispatch step
-    n+1 before token n reaches the host; default on for accelerators); ``yield_eos``.
+    n+1 before token n reaches the host; default on for accelerators); ``yield_eos``;
+    ``compiler_options`` (XLA options for the generation's programs, as ``jax.jit``'s; default: the
+    ``generation_compiler_options`` of ``params`` where it has them, e.g. LLaMA models with stacked
+    layers use :data:`candlejax.xla.GENERATION_OPTIONS`; ``{}``: XLA's defaults).
 
     Returns a :class:`Generation` iterator; its ``cache``/``pos``/``last_token`` continue a chat.
     """

@@ -307,3 +307,30 @@ def test_native_kernel_and_pure_jax_path_give_the_same_greedy_tokens(ours, monke
         blocked, is_leaf=lambda v: isinstance(v, PackedWeight)))  # fmt: skip
     ref = list(generate(llama.step, blocked, blocked.new_cache(1, 128), ids, 32, Sampling.ArgMax()))
     assert got == ref
+
+
+def test_generation_takes_the_models_compiler_options(ours, tmp_path):
+    """Stacked layers compile their generation programs with XLA:CPU's loop emitters
+    (``GENERATION_OPTIONS``), unrolled ones with XLA's defaults; ``compiler_options=`` overrides
+    the model's choice, and the tokens are the same either way."""
+    from candlejax.xla import GENERATION_OPTIONS, OptionsJit
+
+    _write_qwen2_gguf(tmp_path / "q.gguf")
+    unrolled = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu)
+    assert not isinstance(unrolled.layers, llama.Block) and unrolled.generation_compiler_options == {}
+    assert isinstance(ours.layers, llama.Block) and ours.generation_compiler_options == GENERATION_OPTIONS
+
+    def step_options(params, cache, tokens, pos, last=None):  # its own DecodeFns
+        return llama.step(params, cache, tokens, pos, last)
+
+    ids = [3, 14, 15, 9, 2]
+    runs = {}
+    for name, model, kw in [("stacked", ours, {}), ("defaults", ours, {"compiler_options": {}}),
+                            ("unrolled", unrolled, {})]:  # fmt: skip
+        g = generate(step_options, model, model.new_cache(1, 48), ids, 4, Sampling.ArgMax(), **kw)
+        runs[name] = (list(g), g.fns)
+    assert isinstance(runs["stacked"][1].fused.jitted, OptionsJit)
+    assert runs["stacked"][1] is decode_fns(step_options, Sampling.ArgMax(), False, compiler_options=GENERATION_OPTIONS)
+    assert runs["defaults"][1] is runs["unrolled"][1] is decode_fns(step_options, Sampling.ArgMax(), False)
+    assert not isinstance(runs["defaults"][1].fused.jitted, OptionsJit)
+    assert runs["stacked"][0] == runs["defaults"][0] and len(runs["unrolled"][0]) == 4
