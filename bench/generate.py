@@ -90,10 +90,10 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         size = len(ids) + n + 1
         t = time.perf_counter()
         programs = compile_generation(llama.step, shapes, shapes.new_cache(1, size), ids, n, Sampling.ArgMax())
+        compile_s = time.perf_counter() - t
         tokenizer = shapes.tokenizer
         del shapes
         load_programs(programs, clear_caches=True)  # as `candlejax generate`: JAX's caches go, programs stay
-        compile_s = time.perf_counter() - t
         del programs
     t0 = time.perf_counter()
     model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers,

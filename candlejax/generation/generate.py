@@ -59,7 +59,8 @@ class DecodeFns:
     recent, pos + S, draw + 1)`` steps the model, penalises, samples and pushes the token into the
     penalty window; ``logits(params, cache, tokens, pos) -> (logits (B, vocab), cache, pos + S)``
     is the plain step for a host-side processor. ``trace_count`` counts how often ``step_fn`` was
-    traced (one per distinct input shape).
+    traced (one per distinct input shape). ``compiler_options``: XLA options they compile with
+    (``jax.jit``'s; none: XLA's defaults).
     """
 
     def __init__(
