@@ -261,6 +261,27 @@ class TorchName(Error, AttributeError):
         super().__init__(f"Tensor has no PyTorch-style .{name}: {hint}")
 
 
+class InPlaceStatement(Error):
+    """A Candle in-place call (``slice_set``, ``scatter_set``, ...) written as a statement: candlejax
+    returns the new tensor instead of mutating, so the statement would change nothing."""
+
+    def __init__(self, call: str, rebind: str):
+        self.call = call
+        super().__init__(
+            f"{call} returns the new tensor and leaves this one unchanged (candlejax tensors are immutable;"
+            f" Candle writes in place): rebind the result, {rebind}"
+        )
+
+
+class CandleInPlaceName(Error, AttributeError):
+    """A Candle in-place Tensor method (``zero_set``, ``const_set``, ``inplace_op1``, ...); the message
+    names the candlejax spelling."""
+
+    def __init__(self, name: str, hint: str):
+        self.name = name
+        super().__init__(f"Tensor has no in-place .{name} (candlejax tensors are immutable): {hint}")
+
+
 class OutOfMemory(Error, MemoryError):
     """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
 

@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
+from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
@@ -505,8 +506,13 @@ class IndexingMixin(TensorBase):
         return self._scatter_common(ids, src, dim, "scatter", False)
 
     def scatter_set(self, ids: Any, src: Any, dim: Any) -> Any:
-        """Candle's in-place ``scatter_set``, functional here: returns the new tensor (= ``scatter``)."""
-        return self._scatter_common(ids, src, dim, "scatter-set", False)
+        """Candle's in-place ``scatter_set``, functional here: returns the new tensor (= ``scatter``).
+        Written as a bare statement (Candle's form, which would change nothing here) it raises
+        :class:`candlejax.errors.InPlaceStatement`: ``t = t.scatter_set(ids, src, dim)``."""
+        out = self._scatter_common(ids, src, dim, "scatter-set", False)
+        if caller_discards_result():  # checked after the arguments: their errors come first
+            raise errors.InPlaceStatement("scatter_set", "t = t.scatter_set(ids, src, dim)")
+        return out
 
     def scatter_add(self, ids: Any, src: Any, dim: Any) -> Any:
         """Candle ``scatter_add(ids, src, dim)``: like ``scatter`` but adds (duplicates accumulate).
@@ -514,8 +520,12 @@ class IndexingMixin(TensorBase):
         return self._scatter_common(ids, src, dim, "scatter-add", True)
 
     def scatter_add_set(self, ids: Any, src: Any, dim: Any) -> Any:
-        """Candle's in-place ``scatter_add_set``, functional here (= ``scatter_add``)."""
-        return self._scatter_common(ids, src, dim, "scatter-add-set", True)
+        """Candle's in-place ``scatter_add_set``, functional here (= ``scatter_add``); as a bare
+        statement it raises :class:`candlejax.errors.InPlaceStatement`."""
+        out = self._scatter_common(ids, src, dim, "scatter-add-set", True)
+        if caller_discards_result():
+            raise errors.InPlaceStatement("scatter_add_set", "t = t.scatter_add_set(ids, src, dim)")
+        return out
 
     def index_add(self, ids: Any, src: Any, dim: Any) -> Any:
         """Candle ``index_add(ids, src, dim)``: adds slice ``k`` of ``src`` (along ``dim``) into slice
@@ -571,7 +581,9 @@ class IndexingMixin(TensorBase):
         """Candle ``slice_set(src, dim, offset)`` made functional: returns self with ``src`` written at
         ``offset`` along ``dim`` (Candle writes in place and returns nothing; rebind the result:
         ``cache = cache.slice_set(k, 2, pos)``). Differentiable, unlike Candle's. Under jit ``offset``
-        may be traced (a KV-cache position); it is then clamped so that ``src`` fits."""
+        may be traced (a KV-cache position); it is then clamped so that ``src`` fits. Written as a
+        bare statement (Candle's form, which would change nothing here) it raises
+        :class:`candlejax.errors.InPlaceStatement`."""
         s = self._a.shape
         d = resolve_dim(dim, s, "slice-set")
         src = _as_tensor(src, "slice-set")
@@ -589,7 +601,10 @@ class IndexingMixin(TensorBase):
                 raise errors.Msg(f"shape mismatch on target dim, dst: {v1}, src: {v2} + {offset}")
             if i != d and v1 != v2:
                 raise errors.Msg(f"shape mismatch on dim {i}, {v1} <> {v2}")
-        return self._write_slice(src, d, offset, dyn)
+        out = self._write_slice(src, d, offset, dyn)
+        if caller_discards_result():  # checked after the arguments: their errors come first
+            raise errors.InPlaceStatement("slice_set", "t = t.slice_set(src, dim, offset)")
+        return out
 
     def slice_assign(self, ranges: Sequence[Any], src: Any) -> Any:
         """Candle ``slice_assign(&[ranges], src)``: a copy of self with the region given by one range

@@ -47,6 +47,17 @@ _POINTERS: dict[str, str] = {
 }
 
 
+#: Candle's in-place Tensor methods, and what to write instead
+_CANDLE_IN_PLACE: dict[str, str] = {
+    "zero_set": "t = t.zeros_like()",
+    "one_set": "t = t.ones_like()",
+    "const_set": "t = t.full_like(value)",
+    "inplace_op1": "apply the op and rebind: t = f(t) (a jax function: Tensor.from_jax(f(t.jax)))",
+    "inplace_op2": "apply the op and rebind: t = f(t, other)",
+    "inplace_op3": "apply the op and rebind: t = f(t, a, b)",
+}
+
+
 class TorchCompatMixin(TensorBase):
     """``x.T``, ``x.size()``, ``x.view(...)``, ``x.float()``, ``x.softmax(dim)`` ... as in PyTorch."""
 
@@ -130,6 +141,8 @@ class TorchCompatMixin(TensorBase):
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
+        if name in _CANDLE_IN_PLACE:
+            raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
         hint = _POINTERS.get(name)
         if hint is None and name.endswith("_") and not name.startswith("_"):
             hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"

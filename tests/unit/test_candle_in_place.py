@@ -1,0 +1,85 @@
+"""Candle's in-place Tensor APIs: written as Candle writes them they fail at once, naming the rebinding."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+from candlejax._discarded import caller_discards_result
+
+
+def _ids() -> cj.Tensor:
+    return cj.Tensor.new(np.array([[0, 1, 2, 0]], np.uint32))
+
+
+def test_slice_set_as_a_statement_raises_and_names_the_rebinding():
+    a = cj.Tensor.zeros((3, 4))
+    with pytest.raises(errors.InPlaceStatement, match=r"t = t\.slice_set\(src, dim, offset\)"):
+        a.slice_set(cj.Tensor.ones((1, 4)), 0, 1)
+    assert a.sum_all().to_scalar() == 0.0
+
+
+def test_slice_set_with_its_result_used_is_functional():
+    a = cj.Tensor.zeros((3, 4))
+    b = a.slice_set(cj.Tensor.ones((1, 4)), 0, 1)
+    np.testing.assert_array_equal(np.asarray(b), np.array([[0] * 4, [1] * 4, [0] * 4], np.float32))
+    out = [a.slice_set(cj.Tensor.ones((1, 4)), 0, 2)][0]  # inside an expression: used
+    assert out.sum_all().to_scalar() == 4.0
+
+
+def test_argument_errors_come_before_the_statement_error():
+    with pytest.raises(errors.Msg, match="shape mismatch on dim 1"):
+        cj.Tensor.zeros((3, 4)).slice_set(cj.Tensor.ones((1, 3)), 0, 1)
+
+
+def test_scatter_set_pair_as_statements_raise():
+    a = cj.Tensor.zeros((3, 4))
+    src = cj.Tensor.ones((1, 4))
+    with pytest.raises(errors.InPlaceStatement, match="scatter_set"):
+        a.scatter_set(_ids(), src, 0)
+    with pytest.raises(errors.InPlaceStatement, match="scatter_add_set"):
+        a.scatter_add_set(_ids(), src, 0)
+    assert a.scatter_add_set(_ids(), src, 0).sum_all().to_scalar() == 4.0
+
+
+def test_slice_set_statement_under_jit_raises_and_the_functional_form_traces():
+    cache, k = cj.Tensor.zeros((2, 6)), cj.Tensor.ones((2, 1))
+
+    def as_candle(c, x, pos):
+        c.slice_set(x, 1, pos)
+        return c
+
+    with pytest.raises(errors.InPlaceStatement):
+        jax.jit(as_candle)(cache, k, 3)
+    out = jax.jit(lambda c, x, pos: c.slice_set(x, 1, pos))(cache, k, 3)
+    assert np.asarray(out)[:, 3].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("name, spelling", [("zero_set", "zeros_like"), ("one_set", "ones_like"),
+                                            ("const_set", "full_like"), ("inplace_op1", "t = f(t)")])
+def test_candle_in_place_names_point_to_the_functional_spelling(name, spelling):
+    t = cj.Tensor.zeros((2,))
+    with pytest.raises(errors.CandleInPlaceName, match=re.escape(spelling)) as info:
+        getattr(t, name)
+    assert isinstance(info.value, AttributeError)  # hasattr() stays False
+
+
+def test_discard_detection_sees_only_bare_statements():
+    seen = []
+
+    class Probe:
+        def call(self) -> int:
+            seen.append(caller_discards_result())
+            return 1
+
+    p = Probe()
+    p.call()
+    x = p.call()
+    y = (p.call(), 2)
+    for _ in range(1):
+        p.call()
+    assert x == 1 and y[1] == 2
+    assert seen == [True, False, False, True]
