@@ -21,6 +21,8 @@ from candlejax import checkpoint, data, display, io, nn, npy, optim, random, saf
 from candlejax import distributed
 from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
 from candlejax.transforms import grad, jit, value_and_grad
+from candlejax import functional, testing, utils
+from candlejax.factories import cat, ones, rand, randn, stack, zeros
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
+    "functional", "testing", "utils", "cat", "ones", "rand", "randn", "stack", "tensor", "zeros",
 ]  # fmt: skip

@@ -33,6 +33,10 @@ class Dropout(ModuleT):
     def new(p: float) -> Dropout:
         return Dropout(p)
 
+    def forward(self, xs: Any, train: bool = False, key: Any = None) -> Any:
+        """Candle's ``Dropout::forward(xs, train)`` (= :meth:`forward_t`); ``dropout(xs)`` evaluates."""
+        return self.forward_t(xs, train, key)
+
     def forward_t(self, xs: Any, train: bool, key: Any = None) -> Any:
         if not train:
             return xs if isinstance(xs, TensorBase) else wrap(xs)

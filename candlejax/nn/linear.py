@@ -102,6 +102,16 @@ def _as_param(t: Any) -> Any:
     return wrap(as_array(t))
 
 
+def _require_tensor(value: Any, layer: str, spelling: str) -> None:
+    """A layer built from tensors (Candle's ``Linear::new(weight, bias)``) given a number instead: the
+    PyTorch-style ``nn.Linear(in, out)`` call. Raise, naming the builder that makes a new layer."""
+    if isinstance(value, int | float):  # bools too
+        raise errors.Msg(
+            f"nn.{layer} takes its tensors, as Candle's {layer}::new does (got the number {value!r}); to make a"
+            f" new layer use {spelling}"
+        )
+
+
 class Linear(Module):
     """A fully connected layer: weight ``(out, in)``, optional bias ``(out,)``.
 
@@ -111,6 +121,8 @@ class Linear(Module):
     """
 
     def __init__(self, weight: Any, bias: Any = None):
+        _require_tensor(weight, "Linear", "nn.linear(in_dim, out_dim, vb) (or nn.linear_no_bias)")
+        _require_tensor(bias, "Linear", "nn.linear(in_dim, out_dim, vb) (or nn.linear_no_bias)")
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
 

@@ -21,7 +21,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
-from candlejax.nn.linear import _as_param
+from candlejax.nn.linear import _as_param, _require_tensor
 from candlejax.nn.module import Buffer, LayerInputShape, Module, ModuleT, as_array, layer_name
 from candlejax.tensor._core import wrap
 
@@ -57,6 +57,7 @@ class LayerNorm(Module):
     """Normalise over the last dim (``nn.LayerNorm(normalized_shape=H)``); f16/bf16 computed in f32."""
 
     def __init__(self, weight: Any, bias: Any = None, eps: float = 1e-5, remove_mean: bool = True):
+        _require_tensor(weight, "LayerNorm", "nn.layer_norm(size, LayerNormConfig(eps=...), vb)")
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
         self.eps = float(eps)

@@ -7,6 +7,8 @@ holding them) pass straight through ``jax.jit``, ``grad``, ``vmap`` and ``lax.sc
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import jax
@@ -80,5 +82,17 @@ jax.tree_util.register_pytree_node(Tensor, _flatten, _unflatten)
 
 unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass through)
 wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)
+
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as candle-pyo3's ``candle.tensor(data)`` is: ``candlejax.tensor([1, 2])``
+    is ``Tensor([1, 2])``, while ``candlejax.tensor.Tensor`` and its submodules stay reachable."""
+
+    def __call__(self, data: Any) -> Tensor:
+        return Tensor(data)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Tensor", "unwrap", "wrap"]

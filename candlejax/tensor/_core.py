@@ -92,6 +92,11 @@ class TensorBase:
             n *= d
         return n
 
+    @property
+    def nelement(self) -> int:
+        """The number of elements (candle-pyo3's ``t.nelement``; Candle: ``elem_count()``)."""
+        return self.elem_count()
+
     def layout_shape(self) -> Shape:
         return Shape(self._a.shape)
 

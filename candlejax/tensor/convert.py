@@ -291,6 +291,20 @@ class ConvertMixin(TensorBase):
             return self
         return wrap(jax.device_put(a, jd))
 
+    def quantize(self, fmt: Any) -> Any:
+        """candle-pyo3's ``t.quantize(fmt)``: a :class:`candlejax.quantized.QTensor` of this tensor in
+        ``fmt``, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``, ``"f16"``, ...;
+        any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
+        from candlejax.quantized import GgmlDType, QTensor
+
+        if isinstance(fmt, str):
+            try:
+                fmt = GgmlDType[fmt.strip().upper()]
+            except KeyError:
+                names = ", ".join(sorted({m.name.lower() for m in GgmlDType}))
+                raise errors.Msg(f"quantize: unknown format {fmt!r}; one of {names}") from None
+        return QTensor.quantize(self, fmt)
+
     def to(self, *args: Any, dtype: Any = None, device: Any = None, other: Any = None) -> Any:
         """candle-pyo3's ``t.to(...)``: any of a DType, a device, or a Tensor (its dtype and device)."""
         for x in args:

@@ -1,0 +1,121 @@
+"""candle-pyo3's Python surface (``import candle``): top-level factories, ``candle.functional``,
+``candle.testing``, ``candle.utils``, ``t.nelement`` and ``t.quantize(fmt)``, checked against the
+binding itself; Rust Candle's ``Dropout::forward(xs, train)``; PyTorch-style layer constructors."""
+
+import candle
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors, nn
+
+
+def _np(t) -> np.ndarray:
+    if isinstance(t, cj.Tensor):
+        return np.asarray(t, np.float64)
+    return np.asarray(t.flatten_all().values(), np.float64).reshape(tuple(t.shape))  # values(): rank <= 3
+
+
+@pytest.mark.parametrize("fn", ["ones", "zeros"])
+def test_factories_take_the_bindings_shapes_and_defaults(fn):
+    for args in [(2, 3), ((2, 3),), ((4,),)]:
+        ours, theirs = getattr(cj, fn)(*args), getattr(candle, fn)(*args)
+        assert ours.shape == tuple(theirs.shape)
+        assert ours.dtype.as_str() == "f32"
+        np.testing.assert_array_equal(np.asarray(ours), _np(theirs))
+    assert cj.ones(2, dtype="u8").dtype == cj.DType.U8
+    assert cj.zeros(2, device="cpu").device == cj.Device.Cpu
+
+
+def test_random_factories_are_f32_in_range():
+    u, n = cj.rand(64, 8), cj.randn(3, 5)
+    assert u.dtype == cj.DType.F32 and n.dtype == cj.DType.F32 and n.shape == (3, 5)
+    a = np.asarray(u)
+    assert a.min() >= 0.0 and a.max() < 1.0
+
+
+def test_tensor_cat_stack():
+    assert cj.tensor([1, 2]).dtype.as_str() == candle.tensor([1, 2]).dtype.__str__().lower()
+    a, b = np.ones((2, 3), np.float32), np.zeros((2, 1), np.float32)
+    ours = cj.cat([cj.tensor(a), cj.tensor(b)], -1)
+    theirs = candle.cat([candle.Tensor(a), candle.Tensor(b)], -1)
+    np.testing.assert_array_equal(np.asarray(ours), _np(theirs))
+    assert cj.stack([cj.tensor(a)] * 3, 0).shape == tuple(candle.stack([candle.Tensor(a)] * 3, 0).shape)
+
+
+def test_functional_matches_the_binding():
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    t, c = cj.tensor(x), candle.Tensor(x[0].tolist()).reshape((1, 3, 6, 6))  # the binding: <= 3 nesting levels
+    F, G = cj.functional, candle.functional
+    for name in ("gelu", "relu", "silu", "tanh"):
+        np.testing.assert_allclose(np.asarray(getattr(F, name)(t)), _np(getattr(G, name)(c)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(F.softmax(t, -1)), _np(G.softmax(c, -1)), rtol=1e-5, atol=1e-7)
+    for name in ("max_pool2d", "avg_pool2d"):
+        for kw in ({}, {"stride": 2}):  # the binding's stride defaults to 1
+            ours, theirs = getattr(F, name)(t, 2, **kw), getattr(G, name)(c, 2, **kw)
+            assert ours.shape == tuple(theirs.shape)
+            np.testing.assert_allclose(np.asarray(ours), _np(theirs), rtol=1e-6)
+
+
+def test_testing_asserts():
+    cj.testing.assert_equal(cj.ones(2, 2), cj.ones(2, 2))
+    cj.testing.assert_almost_equal(cj.ones(3), cj.ones(3) + 1e-7)
+    with pytest.raises(AssertionError):
+        cj.testing.assert_equal(cj.ones(2), cj.zeros(2))
+    with pytest.raises(AssertionError, match="dtype mismatch"):
+        cj.testing.assert_equal(cj.ones(2), cj.ones(2, dtype="f64") if cj.x64_enabled() else cj.ones(2, dtype="bf16"))
+    cj.testing.assert_equal(cj.ones(2), cj.ones(2, dtype="bf16"), check_dtype=False)
+    with pytest.raises(AssertionError, match="shape mismatch"):
+        cj.testing.assert_almost_equal(cj.ones(2), cj.ones(3))
+
+
+def test_utils_facts_and_files(tmp_path):
+    u = cj.utils
+    assert u.cuda_is_available() is False and u.metal_is_available() is False
+    assert u.get_num_threads() >= 1 and isinstance(u.with_avx(), bool)
+    x = cj.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    u.save_safetensors(tmp_path / "a.safetensors", {"x": x})
+    back = candle.utils.load_safetensors(str(tmp_path / "a.safetensors"))["x"]
+    np.testing.assert_array_equal(_np(back), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(u.load_safetensors(tmp_path / "a.safetensors")["x"]), np.asarray(x))
+
+    w = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    u.save_gguf(tmp_path / "q.gguf", {"w": cj.tensor(w).quantize("q8_0")}, {"general.name": "t", "n": 3})
+    tensors, meta = candle.utils.load_gguf(str(tmp_path / "q.gguf"))
+    assert meta["general.name"] == "t" and tensors["w"].ggml_dtype.lower() == "q8_0"
+    ours, our_meta = u.load_gguf(tmp_path / "q.gguf")
+    assert our_meta["n"] == 3 and ours["w"].shape == (4, 64)
+    np.testing.assert_array_equal(np.asarray(ours["w"].dequantize()), _np(tensors["w"].dequantize()))
+    with pytest.raises(errors.Msg, match="convert the file to GGUF"):
+        u.load_ggml(tmp_path / "old.bin")
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "Q4_1", "q5_0", "q8_0", "f16", "f32"])
+def test_quantize_by_name_equals_the_binding(fmt):
+    a = np.random.default_rng(2).standard_normal((3, 256)).astype(np.float32)
+    ours = cj.tensor(a).quantize(fmt)
+    theirs = candle.Tensor(a).quantize(fmt)
+    np.testing.assert_array_equal(np.asarray(ours.dequantize()), _np(theirs.dequantize()))
+
+
+def test_quantize_unknown_name_and_nelement():
+    with pytest.raises(errors.Msg, match="unknown format 'iq2'"):
+        cj.ones(2, 32).quantize("iq2")
+    t = cj.ones(2, 3, 4)
+    assert t.nelement == candle.ones((2, 3, 4)).nelement == 24
+
+
+def test_dropout_forward_takes_candles_train_flag():
+    d, x = nn.Dropout(0.5), cj.ones(4, 16)
+    np.testing.assert_array_equal(np.asarray(d.forward(x, False)), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(d.forward(x)), np.asarray(x))
+    y = np.asarray(d.forward(x, True, key=0))
+    assert set(np.unique(y)) <= {0.0, 2.0} and (y == 0).any()
+
+
+@pytest.mark.parametrize("build, spelling", [(lambda: nn.Linear(4, 3), "nn.linear(in_dim, out_dim, vb)"),
+                                             (lambda: nn.LayerNorm(4), "nn.layer_norm"),
+                                             (lambda: nn.Embedding(10, 4), "nn.embedding")])
+def test_pytorch_style_layer_constructors_name_the_builder(build, spelling):
+    with pytest.raises(errors.Msg, match=spelling.replace("(", r"\(").replace(")", r"\)")):
+        build()
