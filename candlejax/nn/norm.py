@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -235,9 +236,11 @@ class BatchNorm(ModuleT):
     """Batch normalisation over dim 1 (``nn.BatchNorm1d/2d``); a ``ModuleT``.
 
     ``bn(x)`` / ``bn.forward_t(x, False)`` use the running statistics. ``bn.forward_t(x, True)``
-    normalises with the batch statistics and returns only the output; ``y, bn = bn.forward_train(x)``
-    also returns the layer with its running statistics updated (Candle's ``Var::set``, made
-    functional). Running variance is updated with the unbiased batch variance, as in PyTorch.
+    normalises with the batch statistics and, as Candle's, updates the running statistics in place
+    (eagerly, or on a layer passed into a jit/grad trace; a layer a traced function closes over
+    keeps them); ``y, bn = bn.forward_train(x)`` returns the layer with its running statistics
+    updated and leaves this one as it is (functional, for jitted training steps). Running variance
+    is updated with the unbiased batch variance, as in PyTorch.
     """
 
     def __init__(
@@ -305,7 +308,15 @@ class BatchNorm(ModuleT):
 
     def forward_t(self, xs: Any, train: bool) -> Any:
         if train:
-            return self.forward_train(xs)[0]
+            y, new = self.forward_train(xs)
+            # Candle's forward_t(xs, true) updates the running statistics in place (Var::set); so does
+            # this wherever the new values can be kept: eagerly, or inside a jit/grad trace that was
+            # given this layer. Closed over by a traced function, the layer keeps its statistics
+            # (the traced values would leak): forward_train returns them there.
+            for old_stat, new_stat in ((self.running_mean, new.running_mean), (self.running_var, new.running_var)):
+                if not isinstance(new_stat._a, jax.core.Tracer) or isinstance(old_stat._a, jax.core.Tracer):
+                    old_stat.set(new_stat)
+            return y
         x = as_array(xs)
         self._check(x)
         w, b = self._wb()

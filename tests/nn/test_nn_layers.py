@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -358,3 +359,22 @@ def test_sequential_and_func():
     assert sorted(model.named_vars()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     f = nn.func(lambda x: x)
     assert f(out) is out
+
+
+def test_batch_norm_forward_t_train_updates_running_stats_in_place_as_candle():
+    t = _randomize(torch.nn.BatchNorm2d(3, momentum=0.1))
+    bn = nn.batch_norm(3, nn.BatchNormConfig(), _vb(t))
+    t.train()
+    for seed in (1, 2):  # Candle's forward_t(xs, true): the statistics move with every training call
+        x = _x(4, 3, 5, 5) + seed
+        bn.forward_t(jnp.asarray(x), True)
+        t(torch.tensor(x))
+    np.testing.assert_allclose(np.asarray(bn.running_mean._a), t.running_mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.running_var._a), t.running_var.numpy(), atol=1e-4)
+    # a layer passed into a trace is updated there and can be returned
+    new = jax.jit(lambda m, xv: (m.forward_t(xv, True), m)[1])(bn, jnp.asarray(_x(4, 3, 5, 5)))
+    assert not np.allclose(np.asarray(new.running_mean._a), np.asarray(bn.running_mean._a))
+    # closed over by a traced function, the layer keeps its statistics (no leaked tracer)
+    before = np.asarray(bn.running_mean._a).copy()
+    jax.jit(lambda xv: bn.forward_t(xv, True))(jnp.asarray(_x(4, 3, 5, 5)))
+    np.testing.assert_array_equal(np.asarray(bn.running_mean._a), before)
