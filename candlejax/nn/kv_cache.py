@@ -28,7 +28,27 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.nn.module import Module, as_array
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["ConcatKvCache", "DecodeKvCache", "KvCache", "RotatingKvCache", "StackedKvCache"]
+__all__ = ["ConcatKvCache", "DecodeKvCache", "KeysValues", "KvCache", "RotatingKvCache", "StackedKvCache"]
+
+
+class KeysValues(tuple):
+    """The ``(keys, values)`` pair a cache's ``append`` returns beside the new cache: a plain tuple.
+
+    Candle's ``let (k, v) = cache.append(&k, &v)?`` ported as ``k, v = cache.append(k, v)`` would bind
+    this pair to ``k`` and the new cache to ``v``; used as a tensor, the pair raises at once, naming
+    the candlejax spelling ``(k, v), cache = cache.append(k, v)``.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise errors.Msg(
+            f"this is the (keys, values) pair a KV cache's append returns, not a tensor (it has no .{name}):"
+            " candlejax's append returns ((k, v), new_cache); write `(k, v), cache = cache.append(k, v)`"
+        )
+
+
+jax.tree_util.register_pytree_node(KeysValues, lambda kv: (tuple(kv), None), lambda _, children: KeysValues(children))
 
 
 @op(static=("dim",))
@@ -107,7 +127,7 @@ class KvCache(Module):
                 )
         kb, vb, pos = _kv_write(kb, vb, ka, va, pos, dim=self.dim)
         new = KvCache(self.dim, self.max_seq_len, wrap(kb), wrap(vb), wrap(pos))
-        return (wrap(kb), wrap(vb)), new
+        return KeysValues((wrap(kb), wrap(vb))), new
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
@@ -227,7 +247,7 @@ class DecodeKvCache(Module):
         kb, vb, pos = _decode_write(kb, vb, ka, va, self.pos._a)
         k_all = jnp.swapaxes(kb.reshape(b, h, d, n), 2, 3)
         v_all = vb.reshape(b, h, n, dv)
-        return (wrap(k_all), wrap(v_all)), DecodeKvCache(b, h, wrap(kb), wrap(vb), wrap(pos))
+        return KeysValues((wrap(k_all), wrap(v_all))), DecodeKvCache(b, h, wrap(kb), wrap(vb), wrap(pos))
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
@@ -295,7 +315,7 @@ class RotatingKvCache(Module):
         vb = _alloc(va, self.dim, w) if self.v_buf is None else self.v_buf._a
         k_all, v_all, kk, vv, off, sp = _ring_write(kb, vb, ka, va, self.offset_._a, self.slot_pos._a, dim=self.dim)
         new = RotatingKvCache(self.dim, w, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
-        return (wrap(k_all), wrap(v_all)), new
+        return KeysValues((wrap(k_all), wrap(v_all))), new
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, window + q_len)`` for the ``k_all`` of the last ``append``: key visible iff it
@@ -336,7 +356,7 @@ class ConcatKvCache(Module):
         if self.k_buf is not None:
             ka = jnp.concatenate([self.k_buf._a, ka.astype(self.k_buf._a.dtype)], axis=self.dim)
             va = jnp.concatenate([self.v_buf._a, va.astype(self.v_buf._a.dtype)], axis=self.dim)
-        return (wrap(ka), wrap(va)), ConcatKvCache(self.dim, wrap(ka), wrap(va))
+        return KeysValues((wrap(ka), wrap(va))), ConcatKvCache(self.dim, wrap(ka), wrap(va))
 
     def current_seq_len(self) -> int:
         return 0 if self.k_buf is None else int(self.k_buf.shape[self.dim])

@@ -215,7 +215,7 @@ def check_same_device(op: str, *ts: TensorBase) -> None:
 def check_binary(op: str, a: TensorBase, b: Any) -> None:
     """Candle's strict binary-op checks: same shape, same dtype, same device."""
     if not isinstance(b, TensorBase):
-        raise errors.Msg(f"{op}: expected a Tensor as rhs, got {type(b).__name__}")
+        raise not_a_tensor(op, "rhs", b)
     check_same_shape(op, a, b)
     check_same_dtype(op, a, b)
     check_same_device(op, a, b)
@@ -231,3 +231,13 @@ def check_int(op: str, t: TensorBase, what: str = "index") -> None:
         raise errors.UnexpectedDType(
             DType.U32, t.dtype, f"{op}: {what} tensor must have an integer dtype (u8, u32, i16, i32, i64)"
         )
+
+
+def not_a_tensor(op: str, what: str, x: Any) -> errors.Msg:
+    """The error for a non-Tensor operand; a KV cache (or the pair its ``append`` returns) where a
+    tensor belongs is Candle's ``let (k, v) = cache.append(..)`` ported as ``k, v = ...``: say so."""
+    name = type(x).__name__
+    hint = ""
+    if name == "KeysValues" or name.endswith("KvCache"):
+        hint = " (a KV cache's append returns ((k, v), new_cache): write `(k, v), cache = cache.append(k, v)`)"
+    return errors.Msg(f"{op}: expected a Tensor as {what}, got {name}{hint}")

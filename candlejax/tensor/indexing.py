@@ -32,7 +32,7 @@ from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
-from candlejax.tensor._core import TensorBase, check_int, check_same_device
+from candlejax.tensor._core import TensorBase, check_int, check_same_device, not_a_tensor
 
 Tracer = jax.core.Tracer
 
@@ -166,7 +166,7 @@ def _as_ids(ids: Any, op_name: str) -> Any:
 
 def _as_tensor(x: Any, op_name: str, what: str = "src") -> Any:
     if not isinstance(x, TensorBase):
-        raise errors.Msg(f"{op_name}: expected a Tensor as {what}, got {type(x).__name__}")
+        raise not_a_tensor(op_name, what, x)
     return x
 
 

@@ -20,7 +20,7 @@ from candlejax._dispatch import is_eager, op
 from candlejax._precision import f32_precision
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
-from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, wrap
+from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, not_a_tensor, wrap
 
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
@@ -69,7 +69,7 @@ def _call(k: Any, *args: Any) -> Any:
 
 def _check_pair(op_name: str, lhs: TensorBase, rhs: Any, float_only: bool) -> None:
     if not isinstance(rhs, TensorBase):
-        raise errors.Msg(f"{op_name}: expected a Tensor as rhs, got {type(rhs).__name__}")
+        raise not_a_tensor(op_name, "rhs", rhs)
     if lhs._a.dtype != rhs._a.dtype:
         raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, op_name)
     if float_only and lhs._a.dtype not in _FLOAT:
@@ -90,7 +90,7 @@ class LinalgMixin(TensorBase):
         PyTorch: ``torch.matmul`` without broadcasting or 1-D promotion.
         """
         if not isinstance(rhs, TensorBase):
-            raise errors.Msg(f"matmul: expected a Tensor as rhs, got {type(rhs).__name__}")
+            raise not_a_tensor("matmul", "rhs", rhs)
         a, b = self._a, rhs._a
         va, vb = aval(a), aval(b)
         sa, sb = va.shape, vb.shape
@@ -118,7 +118,7 @@ class LinalgMixin(TensorBase):
         """Matrix product with numpy broadcasting of the batch dims (Candle ``broadcast_matmul``,
         ``torch.matmul`` for rank >= 2). Float dtypes only."""
         if not isinstance(rhs, TensorBase):
-            raise errors.Msg(f"broadcast_matmul: expected a Tensor as rhs, got {type(rhs).__name__}")
+            raise not_a_tensor("broadcast_matmul", "rhs", rhs)
         a, b = self._a, rhs._a
         sa, sb = a.shape, b.shape
         if len(sa) < 2 or len(sb) < 2:

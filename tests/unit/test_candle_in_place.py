@@ -83,3 +83,20 @@ def test_discard_detection_sees_only_bare_statements():
         p.call()
     assert x == 1 and y[1] == 2
     assert seen == [True, False, False, True]
+
+
+@pytest.mark.parametrize("make", [lambda: cj.nn.KvCache.new(2, 8), lambda: cj.nn.ConcatKvCache.new(2),
+                                  lambda: cj.nn.RotatingKvCache.new(2, 4)])
+def test_kv_cache_append_ported_as_candles_pair_fails_at_first_use(make):
+    k = cj.Tensor.ones((1, 2, 1, 4))
+    (k_all, v_all), cache = make().append(k, k)  # candlejax's spelling
+    assert k_all.shape == v_all.shape and cache.current_seq_len() is not None
+    k_wrong, v_wrong = make().append(k, k)  # Candle's `let (k, v) = cache.append(&k, &v)?`
+    with pytest.raises(errors.Msg, match=re.escape("(k, v), cache = cache.append(k, v)")):
+        k_wrong.t()
+    with pytest.raises(errors.Msg, match="got KeysValues .*cache.append"):
+        k.matmul(k_wrong)
+    with pytest.raises(errors.Msg, match="KvCache .*cache.append"):
+        k.matmul(v_wrong)
+    out = jax.jit(lambda c, x: c.append(x, x))(make(), k)  # the pair is a pytree
+    assert out[0][0].shape == k_all.shape
