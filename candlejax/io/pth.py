@@ -38,6 +38,9 @@ __all__ = [
     "TensorInfo",
     "load",
     "load_pickle",
+    "read_all",
+    "read_all_with_key",
+    "read_pth_tensor_info",
     "module_state_dict",
     "tensor_infos",
 ]
@@ -466,3 +469,20 @@ def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
 
     walk(obj, prefix)
     return out
+
+
+def read_all(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
+    """Candle's ``pickle::read_all(path)``: ``[(name, array)]`` (see :func:`load`)."""
+    return list(load(path).items())
+
+
+def read_all_with_key(path: str | os.PathLike, key: str | None = None) -> list[tuple[str, np.ndarray]]:
+    """Candle's ``pickle::read_all_with_key(path, key)``: ``[(name, array)]`` of the dict under ``key``."""
+    return list(load(path, key).items())
+
+
+def read_pth_tensor_info(path: str | os.PathLike, verbose: bool = False,
+                         key: str | None = None) -> dict[str, TensorInfo]:  # fmt: skip
+    """Candle's ``pickle::read_pth_tensor_info(path, verbose, key)``: name -> info, no data read
+    (:func:`tensor_infos`; Candle lists infos that carry their names; ``verbose`` is ignored)."""
+    return tensor_infos(path, key)

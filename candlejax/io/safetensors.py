@@ -383,6 +383,11 @@ class MmapedSafetensors:
             self._open_multi([os.fspath(p) for p in path])
 
     @classmethod
+    def new(cls, path: PathLike) -> MmapedSafetensors:
+        """Candle's ``MmapedSafetensors::new(path)`` (= the constructor)."""
+        return cls(path)
+
+    @classmethod
     def multi(cls, paths: Sequence[PathLike]) -> MmapedSafetensors:
         """Several files (e.g. shards); each name is routed to the file holding it."""
         return cls(list(paths))

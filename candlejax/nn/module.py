@@ -313,7 +313,7 @@ def _var_creator(name: str) -> Any:
 
 # Candle's Var has the Tensor constructors, returning Vars (Var::randn, Var::from_vec, ...).
 for _n in ("new", "from_vec", "from_slice", "from_iter", "from_numpy", "from_jax", "full", "arange", "arange_step",
-           "eye", "rand", "randn", "empty"):  # fmt: skip
+           "eye", "rand", "randn", "rand_f64", "randn_f64", "empty"):  # fmt: skip
     if _n != "new" and hasattr(Tensor, _n):
         setattr(Var, _n, _var_creator(_n))
 

@@ -708,10 +708,25 @@ class SGD(Optimizer):
         """Candle's ``SGD::new(vars, lr)``."""
         return cls(vars, lr, **kw)
 
+    @classmethod
+    def empty(cls, lr: float | Schedule, **kw: Any) -> SGD:
+        """Candle's ``Optimizer::empty(lr)``: an optimizer over no Vars (the functional step's form)."""
+        return cls(lr, **kw)
+
+    @classmethod
+    def from_slice(cls, vars: Any, lr: float | Schedule, **kw: Any) -> SGD:
+        """Candle's ``Optimizer::from_slice(&[&var], lr)``: bound to these Vars (= :meth:`new`)."""
+        return cls(list(vars), lr, **kw)
+
 
 @dataclass
 class ParamsAdamW:
     """Candle's ``ParamsAdamW`` with its defaults (PyTorch's AdamW defaults, except ``weight_decay``)."""
+
+    @classmethod
+    def default(cls) -> ParamsAdamW:
+        """Candle's ``ParamsAdamW::default()``."""
+        return cls()
 
     lr: float = 1e-3
     beta1: float = 0.9
@@ -758,6 +773,16 @@ class AdamW(Optimizer):
     def new(cls, vars: Any, params: ParamsAdamW | None = None, **kw: Any) -> AdamW:
         """Candle's ``AdamW::new(vars, params)``."""
         return cls(vars, params, **kw)
+
+    @classmethod
+    def empty(cls, params: ParamsAdamW | None = None, **kw: Any) -> AdamW:
+        """Candle's ``Optimizer::empty(params)``: an optimizer over no Vars (the functional step's form)."""
+        return cls(params, **kw)
+
+    @classmethod
+    def from_slice(cls, vars: Any, params: ParamsAdamW | None = None, **kw: Any) -> AdamW:
+        """Candle's ``Optimizer::from_slice(&[&var], params)``: bound to these Vars (= :meth:`new`)."""
+        return cls(list(vars), params, **kw)
 
     @classmethod
     def new_lr(cls, *args: Any, **kw: Any) -> AdamW:

@@ -50,6 +50,8 @@ class Tensor(
         >>> Tensor.new([-1.0, 2.0]).apply(lambda t: t.relu()).to_vec1()
         [0.0, 2.0]
         """
+        if m is None:  # Candle's `Module for Option<&M>`: None is the identity
+            return self
         fwd = getattr(m, "forward", None)
         if fwd is not None:
             return fwd(self)

@@ -617,6 +617,16 @@ class CreationMixin(TensorBase):
         k, c = _key_for(key, dev, "randn")
         return wrap(_place(_normal(k, c, unwrap(mean), unwrap(std), shape=_shape(shape), dtype=d.np), dev))
 
+    @staticmethod
+    def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
+        """``Tensor::rand_f64(lo, up, shape, dtype, &device)``: :meth:`rand` with the dtype given."""
+        return CreationMixin.rand(lo, up, shape, device, key=key, dtype=dtype)
+
+    @staticmethod
+    def randn_f64(mean: float, std: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
+        """``Tensor::randn_f64(mean, std, shape, dtype, &device)``: :meth:`randn` with the dtype given."""
+        return CreationMixin.randn(mean, std, shape, device, key=key, dtype=dtype)
+
     def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:
         """``t.rand_like(lo, up)``: uniform samples with this tensor's shape, dtype and device."""
         if not self.dtype.is_float():

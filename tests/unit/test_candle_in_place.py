@@ -94,9 +94,9 @@ def test_kv_cache_append_ported_as_candles_pair_fails_at_first_use(make):
     k_wrong, v_wrong = make().append(k, k)  # Candle's `let (k, v) = cache.append(&k, &v)?`
     with pytest.raises(errors.Msg, match=re.escape("(k, v), cache = cache.append(k, v)")):
         k_wrong.t()
-    with pytest.raises(errors.Msg, match="got KeysValues .*cache.append"):
+    with pytest.raises(errors.Msg, match=r"got KeysValues .*cache\.append"):
         k.matmul(k_wrong)
-    with pytest.raises(errors.Msg, match="KvCache .*cache.append"):
+    with pytest.raises(errors.Msg, match=r"KvCache .*cache\.append"):
         k.matmul(v_wrong)
     out = jax.jit(lambda c, x: c.append(x, x))(make(), k)  # the pair is a pytree
     assert out[0][0].shape == k_all.shape

@@ -119,3 +119,23 @@ def test_dropout_forward_takes_candles_train_flag():
 def test_pytorch_style_layer_constructors_name_the_builder(build, spelling):
     with pytest.raises(errors.Msg, match=spelling.replace("(", r"\(").replace(")", r"\)")):
         build()
+
+
+def test_more_candle_constructors_and_aliases(tmp_path):
+    t = cj.Tensor.rand_f64(0.0, 1.0, (3, 4), cj.DType.F32, cj.Device.Cpu)
+    assert t.dtype == cj.DType.F32 and t.shape == (3, 4)
+    v = nn.Var.randn_f64(0.0, 1.0, (2,), cj.DType.F32, cj.Device.Cpu)
+    assert isinstance(v, nn.Var)
+    assert cj.optim.ParamsAdamW.default() == cj.optim.ParamsAdamW()
+    model = nn.Linear(nn.Var.zeros((1, 2), cj.DType.F32, cj.Device.Cpu))
+    x = cj.ones(4, 2)
+    for opt in (cj.optim.SGD.from_slice([model.weight], 0.1),
+                cj.optim.AdamW.from_slice([model.weight], cj.optim.ParamsAdamW(lr=0.1))):
+        opt.backward_step(lambda m, xs: (m.forward(xs) - 1.0).sqr().sum_all(), model, x)
+    assert np.all(np.asarray(model.weight) > 0)  # both moved the bound Var towards the target
+    assert cj.optim.SGD.empty(0.1) is not None and cj.optim.AdamW.empty() is not None
+    x = cj.ones(2, 3)
+    assert x.apply(None) is x  # Candle's Option<&M>: None is the identity
+    cj.safetensors.save({"a": x}, tmp_path / "a.safetensors")
+    with cj.safetensors.MmapedSafetensors.new(tmp_path / "a.safetensors") as st:
+        assert st.load("a", cj.Device.Cpu).shape == (2, 3)
