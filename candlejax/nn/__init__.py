@@ -8,7 +8,7 @@
 ['fc.bias', 'fc.weight']
 """
 
-from candlejax.nn import encoding, init, loss, ops, quantized
+from candlejax.nn import encoding, init, loss, ops, quantized, sampling
 from candlejax.nn.activation import Activation, PReLU, prelu
 from candlejax.nn.conv import (
     Conv1d,
@@ -87,5 +87,5 @@ __all__ = [
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
-    "prelu", "quantized", "rms_norm", "seq", "unpack_linears",
+    "prelu", "quantized", "sampling", "rms_norm", "seq", "unpack_linears",
 ]  # fmt: skip

@@ -264,3 +264,17 @@ def test_one_hot():
 def test_identity():
     x = wrap(jnp.ones(2))
     assert ops.Identity()(x) is x
+
+
+def test_gumbel_softmax_samples_softmax_of_logits_over_temperature():
+    import candlejax as cj
+    from candlejax import nn
+
+    p = np.array([0.1, 0.2, 0.7])
+    logits = cj.Tensor.new(np.log(np.tile(p, (20000, 1))).astype(np.float32))
+    for temperature, seed in ((1.0, 0), (0.5, 1)):
+        s = nn.sampling.gumbel_softmax(logits, temperature, 1, key=seed)
+        assert s.dtype == cj.DType.U32 and s.shape == (20000,)
+        want = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+        np.testing.assert_allclose(np.bincount(np.asarray(s), minlength=3) / 20000, want, atol=0.015)
+    assert nn.sampling.gumbel_softmax(logits, 0.0, 1).to_vec1()[:2] == [2, 2]  # temperature <= 0: argmax
