@@ -139,3 +139,10 @@ def test_more_candle_constructors_and_aliases(tmp_path):
     cj.safetensors.save({"a": x}, tmp_path / "a.safetensors")
     with cj.safetensors.MmapedSafetensors.new(tmp_path / "a.safetensors") as st:
         assert st.load("a", cj.Device.Cpu).shape == (2, 3)
+
+
+def test_dtype_names_at_the_top_level():
+    for name in ("u8", "u32", "i64", "bf16", "f16", "f32", "f64"):
+        assert getattr(cj, name) is cj.DType.parse(name)
+        assert str(getattr(candle, name)).lower() == name
+    assert cj.ones(2, dtype=cj.bf16).dtype == cj.DType.BF16
