@@ -13,7 +13,9 @@ every timed round loads its programs as a second run of the CLI does. ``candleja
 is the ``candlejax generate`` command's order without that cache: the model's shapes from the GGUF
 (``abstract=True``), both programs compiled (:func:`candlejax.generation.compile_generation`), the
 heap trimmed, then the weights loaded (its decode-compile column is both programs' compile time);
-``candlejax-compile-first-cached`` is that order with the cache (the CLI's second run).
+``candlejax-compile-first-cached`` is that order with the cache (the CLI's second run). An engine name
+containing ``one-arena`` (``candlejax-one-arena``) first calls
+:func:`candlejax.xla.limit_malloc_arenas` (one glibc heap for all threads).
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -65,7 +67,7 @@ def _rss_now_mib() -> float:
 
 
 def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir: str | None = None,
-                  compile_first: bool = False) -> dict:  # fmt: skip
+                  compile_first: bool = False, one_arena: bool = False) -> dict:  # fmt: skip
     import jax
     import jax.numpy as jnp
 
@@ -78,8 +80,10 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
     from candlejax.generation import Sampling, compile_generation, generate
     from candlejax.models import llama, quantized_llama
     from candlejax.quantized import native
-    from candlejax.xla import load_programs
+    from candlejax.xla import limit_malloc_arenas, load_programs
 
+    if one_arena:  # before the first array: XLA's threads then share the main heap
+        limit_malloc_arenas(1)
     jnp.zeros(4).block_until_ready()
     base_rss = _rss_now_mib()  # jax imported, one op run
     tokenizer, compile_s = None, float("nan")
@@ -125,7 +129,8 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         "engine": "candlejax" + (f" (dequantize={dequantize})" if dequantize else
                                " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)")
         + (", programs from the compilation cache" if cache_dir else "")
-        + (", compiled before loading" if compile_first else ""),
+        + (", compiled before loading" if compile_first else "")
+        + (", one malloc arena" if one_arena else ""),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": peak_rss, "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
@@ -204,7 +209,8 @@ def run_llama_cpp(n: int) -> dict:
 def _child(args: argparse.Namespace) -> None:
     if args.child.startswith("candlejax"):
         cache = os.environ["BENCH_XLA_CACHE"] if args.child.endswith("-cached") else None
-        res = run_candlejax(args.n, args.dequantize, args.layers, cache, compile_first="compile-first" in args.child)
+        res = run_candlejax(args.n, args.dequantize, args.layers, cache, compile_first="compile-first" in args.child,
+                            one_arena="one-arena" in args.child)  # fmt: skip
     elif args.child == "transformers":
         res = run_transformers(args.n)
     else:

@@ -51,6 +51,7 @@ __all__ = [
     "enable_compilation_cache",
     "large_input_options",
     "load_programs",
+    "limit_malloc_arenas",
     "trim_heap",
     "tune_malloc",
 ]
@@ -186,6 +187,25 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) -
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = mallopt(m_trim_threshold, int(trim_threshold)) == 1
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold)) == 1 and ok)
+
+
+def limit_malloc_arenas(count: int = 1) -> bool:
+    """Let glibc's allocator create at most ``count`` heaps (arenas) for this process's threads
+    (``mallopt(M_ARENA_MAX)``, as the ``MALLOC_ARENA_MAX`` environment variable); returns False off
+    glibc. Call it right after ``import candlejax``, before the first array: threads that already
+    have their own arena keep it.
+
+    With one arena XLA's compiler threads free into the heap that the next compile reuses: SmolLM2's
+    generation in the library's order (load, then compile at the first step) peaks ~5 MiB lower
+    (1.50-1.55x -> 1.46-1.48x the GGUF above the runtime, docs/performance.md). The cost is
+    contention on that one heap: small eager ops are 2-16 us slower, so it is not the default.
+    """
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or count < 1:
+        return False
+    m_arena_max = -8
+    return bool(mallopt(m_arena_max, int(count)) == 1)
 
 
 def _libc() -> Any:

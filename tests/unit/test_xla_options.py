@@ -252,3 +252,18 @@ def test_compile_compact_runs_programs_from_the_persistent_cache(tmp_path):
     p = subprocess.run([sys.executable, "-c", _COMPACT_RUN], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith("ok")
+
+
+def test_limit_malloc_arenas_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import candlejax as cj, candlejax.xla as x, jax.numpy as jnp\n"
+        "assert x.limit_malloc_arenas(1) is True\n"
+        "assert x.limit_malloc_arenas(0) is False\n"
+        "print(float(jnp.ones(8).sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8.0"
