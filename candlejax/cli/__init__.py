@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from candlejax import errors
+from candlejax.cli._help import HelpFormatter
 from candlejax.xla import enable_compilation_cache
 
 #: sub-command -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
@@ -44,12 +45,12 @@ _COMMANDS = {
 
 def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="candlejax: Candle's models on JAX, from the command line",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                formatter_class=HelpFormatter)  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                            formatter_class=HelpFormatter)  # fmt: skip
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback on errors")
         if module == "candlejax.demo":
             sp.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to python -m candlejax.demo")

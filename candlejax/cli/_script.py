@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from candlejax import errors
+from candlejax.cli._help import HelpFormatter
 from candlejax.cli.generate import _count as count
 from candlejax.cli.generate import _number as number
 from candlejax.xla import enable_compilation_cache
@@ -17,7 +18,7 @@ __all__ = ["count", "number", "parser", "run_script"]
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                   formatter_class=HelpFormatter)  # fmt: skip
 
 
 def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Callable[[argparse.Namespace], int]) -> int:

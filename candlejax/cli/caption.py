@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from candlejax.cli._help import HelpFormatter
 from candlejax.cli._script import count, number, parser, run_script
 
 __all__ = ["add_arguments", "blip_main", "run"]
@@ -39,6 +40,6 @@ def blip_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.blip caption IMAGE --model DIR [--max-new-tokens N] [--ids]``."""
     p = parser("python -m candlejax.models.blip", "BLIP image captioning")
     sub = p.add_subparsers(dest="cmd", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     add_arguments(sub.add_parser("caption", help="caption an image", formatter_class=fmt))
     return run_script(p, argv, run)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from candlejax.cli._help import HelpFormatter
 from candlejax.cli._script import count, parser, run_script
 
 __all__ = ["add_arguments", "resnet_main", "run"]
@@ -39,5 +40,5 @@ def resnet_main(argv: Sequence[str] | None = None) -> int:
     p = parser("python -m candlejax.models.resnet", "ResNet image classification (ImageNet classes)")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_arguments(sub.add_parser("classify", help="the top ImageNet classes of an image",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter))  # fmt: skip
+                                 formatter_class=HelpFormatter))  # fmt: skip
     return run_script(p, argv, run)

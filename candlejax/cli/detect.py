@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from candlejax.cli._help import HelpFormatter
 from candlejax.cli._script import count, number, parser, run_script
 
 __all__ = ["add_arguments", "run", "yolo_main"]
@@ -57,7 +58,7 @@ def yolo_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.yolo detect|pose IMAGE --weights FILE ...`` and ``convert IN.pt OUT``."""
     p = parser("python -m candlejax.models.yolo", "YOLOv8 / YOLO11 detection and pose estimation")
     sub = p.add_subparsers(dest="cmd", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     for task in ("detect", "pose"):
         add_arguments(sub.add_parser(task, help=f"{task} in an image and draw the result", formatter_class=fmt), task)
     c = sub.add_parser("convert", help="an Ultralytics .pt checkpoint -> safetensors (names, size kept in metadata)")

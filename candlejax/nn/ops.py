@@ -66,6 +66,7 @@ __all__ = [
     "rope_i",
     "rope_i_slow",
     "rope_slow",
+    "rope_thd_slow",
     "rope_thd",
     "causal_mask",
     "depthwise_conv2d",
@@ -412,6 +413,16 @@ def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
     x0, x1 = x[..., 0::2], x[..., 1::2]
     out = jnp.zeros_like(x).at[..., 0::2].set(x0 * c - x1 * s).at[..., 1::2].set(x0 * s + x1 * c)
     return wrap(out)
+
+
+def rope_thd_slow(xs: Any, cos: Any, sin: Any) -> Any:
+    """Step-by-step reference for :func:`rope_thd` (xs ``(B, T, H, D)``, "rotate_half" layout)."""
+    x, c, s = as_array(xs), as_array(cos), as_array(sin)
+    _check_rope("rope-thd", x, c, s, "bthd")
+    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[1], x.shape[0], "bthd")
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
 
 
 # ------------------------------------------------------------------------------------------------
