@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from candlejax import errors
 from candlejax.cli._help import HelpFormatter
-from candlejax.xla import enable_compilation_cache
+from candlejax.xla import enable_compilation_cache, limit_malloc_arenas
 
 #: sub-command -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
 _COMMANDS = {
@@ -62,6 +62,10 @@ def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "candlejax") -> int:
     """Run one sub-command; returns the exit status."""
     args = parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command in ("generate", "chat"):
+        # one glibc heap for all threads, set before XLA's threads start: the compiler's freed heap
+        # is reused rather than spread over per-thread arenas (docs/performance.md)
+        limit_malloc_arenas(1)
     enable_compilation_cache()  # programs compiled by an earlier run load from disk
     try:
         if args.command == "demo":
