@@ -395,14 +395,19 @@ def rope_thd(xs: Any, cos: Any, sin: Any) -> Any:
     return _rope_call("rope-thd", xs, cos, sin, "bthd", False)
 
 
-def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
-    """Step-by-step reference for :func:`rope`."""
+def _rotate_half_slow(op: str, xs: Any, cos: Any, sin: Any, layout: str) -> Any:
     x, c, s = as_array(xs), as_array(cos), as_array(sin)
-    _check_rope("rope", x, c, s, "bhtd")
-    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
+    _check_rope(op, x, c, s, layout)
+    t = x.shape[2] if layout == "bhtd" else x.shape[1]
+    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), t, x.shape[0], layout)
     h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
     return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+
+
+def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
+    """Step-by-step reference for :func:`rope`."""
+    return _rotate_half_slow("rope", xs, cos, sin, "bhtd")
 
 
 def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
@@ -417,12 +422,7 @@ def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
 
 def rope_thd_slow(xs: Any, cos: Any, sin: Any) -> Any:
     """Step-by-step reference for :func:`rope_thd` (xs ``(B, T, H, D)``, "rotate_half" layout)."""
-    x, c, s = as_array(xs), as_array(cos), as_array(sin)
-    _check_rope("rope-thd", x, c, s, "bthd")
-    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[1], x.shape[0], "bthd")
-    h = x.shape[-1] // 2
-    x1, x2 = x[..., :h], x[..., h:]
-    return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+    return _rotate_half_slow("rope-thd", xs, cos, sin, "bthd")
 
 
 # ------------------------------------------------------------------------------------------------
