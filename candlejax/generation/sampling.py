@@ -343,6 +343,11 @@ class LogitsProcessor:
         self.step = 0
 
     @classmethod
+    def new(cls, seed: int, temperature: float | None = None, top_p: float | None = None) -> LogitsProcessor:
+        """Candle's ``LogitsProcessor::new(seed, temperature, top_p)`` (= the constructor)."""
+        return cls(seed, temperature, top_p)
+
+    @classmethod
     def from_sampling(cls, seed: int, sampling: Sampling | type[Sampling]) -> LogitsProcessor:
         """Candle: ``LogitsProcessor::from_sampling(seed, sampling)``."""
         self = cls.__new__(cls)
@@ -372,8 +377,10 @@ class LogitsProcessor:
         """Sample after ``f`` edits the probabilities (Candle: ``sample_f``).
 
         ``f`` gets ``softmax(logits / temperature)`` as a writable float32 numpy array and may edit
-        it in place or return a new one; ``ArgMax`` ignores ``f``, as in Candle. The edited
-        probabilities are renormalised (Candle's ``WeightedIndex`` does the same).
+        it in place or return a new one; ``ArgMax`` and ``GumbelSoftmax`` ignore ``f``, as in
+        Candle. The draw is proportional to the edited probabilities (Candle's ``WeightedIndex``);
+        ``TopP`` / ``TopKThenTopP`` compare ``p`` with the edited probabilities as they are (not
+        renormalised), as Candle's ``sample_topp`` does.
         """
         x = np.asarray(unwrap(logits), dtype=np.float32)
         if x.ndim != 1:
@@ -382,6 +389,8 @@ class LogitsProcessor:
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
             return int(np.argmax(x))
+        if isinstance(s, GumbelSoftmax):  # Candle's sample_f does not call f for this variant
+            return self.sample(logits)
         z = x / np.float32(s.temperature)  # type: ignore[attr-defined]
         probs = np.exp(z - z.max())
         probs /= probs.sum()
@@ -389,7 +398,12 @@ class LogitsProcessor:
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
         with np.errstate(divide="ignore"):
             new_logits = np.log(probs).astype(np.float32)
-        unit = dataclasses.replace(s, temperature=1.0)  # type: ignore[type-var]
+        unit: Sampling = dataclasses.replace(s, temperature=1.0)  # type: ignore[type-var]
+        total = float(probs.sum())
+        if isinstance(s, TopP | TopKThenTopP) and total > 0:
+            # the sampler renormalises (softmax of the logs); Candle cuts at p on the edited values
+            p_eff = float(s.p) / total
+            unit = All(1.0) if isinstance(s, TopP) and p_eff >= 1.0 else dataclasses.replace(unit, p=p_eff)
         tok = _sample_step(jnp.asarray(new_logits), self.base_key, jnp.int32(self.step), sampling=unit)
         self.step += 1
         return int(tok)

@@ -42,10 +42,26 @@ class KeysValues(tuple):
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        raise errors.Msg(
-            f"this is the (keys, values) pair a KV cache's append returns, not a tensor (it has no .{name}):"
-            " candlejax's append returns ((k, v), new_cache); write `(k, v), cache = cache.append(k, v)`"
+        raise self._misused(f"it has no .{name}")
+
+    @staticmethod
+    def _misused(what: str) -> errors.Msg:
+        return errors.Msg(
+            f"this is the (keys, values) pair a KV cache's append returns, not a tensor ({what}): candlejax's"
+            " append returns ((k, v), new_cache); write `(k, v), cache = cache.append(k, v)`"
         )
+
+    def _arith(self, *_: Any) -> Any:
+        raise self._misused("arithmetic on it")
+
+    def __add__(self, other: Any) -> Any:  # tuples still concatenate
+        return tuple.__add__(self, other) if isinstance(other, tuple) else self._arith()
+
+    def __radd__(self, other: Any) -> Any:
+        return other + tuple(self) if isinstance(other, tuple) else self._arith()
+
+    __mul__ = __rmul__ = __sub__ = __rsub__ = __truediv__ = __rtruediv__ = _arith
+    __matmul__ = __rmatmul__ = __pow__ = __neg__ = _arith
 
 
 jax.tree_util.register_pytree_node(KeysValues, lambda kv: (tuple(kv), None), lambda _, children: KeysValues(children))

@@ -259,6 +259,11 @@ def test_one_hot():
     np.testing.assert_array_equal(_np(out)[1, 0], [0, 0, 0])
     np.testing.assert_array_equal(_np(out)[0, 1], [0, 0, 1])
     assert nn.one_hot(idx, 3, 5, 0).dtype == DType.U32
+    typed = nn.one_hot(idx, 3, np.float32(0.5), np.float32(0.25))  # the values' own dtype, as Candle's D
+    assert typed.dtype == DType.F32
+    np.testing.assert_array_equal(_np(typed)[0, 0], [0.5, 0.25, 0.25])
+    assert nn.one_hot(idx, 3, jnp.float32(2.0), jnp.float32(0.0)).dtype == DType.F32
+    assert nn.one_hot(idx, 3, np.uint8(1), np.uint8(0)).dtype == DType.U8
     with pytest.raises(Exception, match="one_hot: index value 5 exceeds depth 4"):
         nn.one_hot(np.array([5], np.uint32), 4)
 

@@ -96,6 +96,10 @@ def test_kv_cache_append_ported_as_candles_pair_fails_at_first_use(make):
         k_wrong.t()
     with pytest.raises(errors.Msg, match=r"got KeysValues .*cache\.append"):
         k.matmul(k_wrong)
+    for arith in (lambda: k_wrong * 2, lambda: k_wrong + 1, lambda: 2 * k_wrong, lambda: k @ k_wrong):
+        with pytest.raises(errors.Msg, match="arithmetic on it"):
+            arith()
+    assert len(k_wrong + ("x",)) == 3  # noqa: RUF005 - still a tuple for tuple concatenation
     with pytest.raises(errors.Msg, match=r"KvCache .*cache\.append"):
         k.matmul(v_wrong)
     out = jax.jit(lambda c, x: c.append(x, x))(make(), k)  # the pair is a pytree

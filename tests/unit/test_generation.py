@@ -250,6 +250,39 @@ def test_sample_f_edits_probabilities(rng):
     assert LogitsProcessor(5).sample_f(x, forbid_top) == int(x.argmax())  # ArgMax ignores f, as Candle
 
 
+def _candle_topp_tokens(probs: np.ndarray, p: float) -> set[int]:
+    """The tokens Candle's sample_topp can draw from (edited, not renormalised) probabilities."""
+    return {int(i) for i in np.flatnonzero(_candle_topp(probs, p) > 0)}
+
+
+def test_sample_f_top_p_cuts_the_edited_probabilities_as_candle():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+
+    def halve(p: np.ndarray) -> None:
+        p *= 0.5
+
+    lp = LogitsProcessor.from_sampling(3, Sampling.TopP(0.7, 1.0))
+    drawn = {lp.sample_f(logits, halve) for _ in range(300)}
+    assert drawn == _candle_topp_tokens(np.array([0.25, 0.15, 0.075, 0.025]), 0.7) == {0, 1, 2, 3}
+    lp = LogitsProcessor.from_sampling(3, Sampling.TopP(0.7, 1.0))
+    unedited = {lp.sample_f(logits, lambda p: None) for _ in range(200)}
+    assert unedited == _candle_topp_tokens(np.exp(logits), 0.7) == {0, 1}
+
+
+def test_logits_processor_new_is_candles_constructor():
+    assert LogitsProcessor.new(42, 0.8, None).sampling == LogitsProcessor(42, 0.8, None).sampling == Sampling.All(0.8)
+
+
+def test_sample_f_gumbel_softmax_ignores_f_as_candle():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+
+    def forbid_first(p: np.ndarray) -> None:
+        p[0] = 0.0
+
+    lp = LogitsProcessor.from_sampling(3, Sampling.GumbelSoftmax(1.0))
+    assert sum(lp.sample_f(logits, forbid_first) == 0 for _ in range(200)) > 60
+
+
 # --- repeat penalty ---------------------------------------------------------------------------------
 
 
