@@ -377,6 +377,10 @@ class ConcatKvCache(Module):
     def current_seq_len(self) -> int:
         return 0 if self.k_buf is None else int(self.k_buf.shape[self.dim])
 
+    def is_empty(self) -> bool:
+        """Whether nothing has been appended (Candle's ``ConcatKvCache::is_empty``)."""
+        return self.k_buf is None
+
     def k(self) -> Any:
         return self.k_buf
 

@@ -25,13 +25,14 @@ from jax import lax
 from candlejax import errors
 from candlejax.nn import ops
 from candlejax.nn.module import Module
+from candlejax.nn.norm import LayerNorm
 from candlejax.quantized.blocked import BlockedWeight
 from candlejax.quantized.packed import attach_stacked, hold_stacked
 from candlejax.quantized.qtensor import QMatMul, QTensor, blocked_matmul_direct
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "linear", "linear_b", "linear_no_bias", "rms_norm",
-           "scan_layers"]  # fmt: skip
+__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "layer_norm", "linear", "linear_b", "linear_no_bias",
+           "rms_norm", "scan_layers"]  # fmt: skip
 
 
 def scan_layers(body: Any, carry: Any, layers: Any) -> Any:
@@ -149,6 +150,16 @@ def linear_no_bias(in_dim: int, out_dim: int, vb: Any) -> QLinear:
 
 def embedding(in_size: int, out_size: int, vb: Any) -> QEmbedding:
     return QEmbedding(QLinear.from_qtensor(vb.get((in_size, out_size), "weight")))
+
+
+def layer_norm(size: int, eps: float, vb: Any) -> LayerNorm:
+    """Candle's ``quantized_nn::layer_norm(size, eps, vb)``: ``weight`` and ``bias`` (stored
+    quantised or not) dequantised into an ``nn.LayerNorm``."""
+    w, b = vb.get(size, "weight"), vb.get(size, "bias")
+    for name, t in (("weight", w), ("bias", b)):
+        if tuple(t.shape) != (int(size),):
+            raise errors.UnexpectedShape(f"layer_norm {vb.path(name)}", (size,), t.shape)
+    return LayerNorm(_dense(w), _dense(b), eps)
 
 
 def rms_norm(size: int, eps: float, vb: Any) -> QRmsNorm:

@@ -146,3 +146,21 @@ def test_dtype_names_at_the_top_level():
         assert getattr(cj, name) is cj.DType.parse(name)
         assert str(getattr(candle, name)).lower() == name
     assert cj.ones(2, dtype=cj.bf16).dtype == cj.DType.BF16
+
+
+def test_quantized_layer_norm_and_concat_cache_is_empty(tmp_path):
+    from candlejax.quantized import VarBuilder as QVarBuilder
+
+    rng = np.random.default_rng(3)
+    w, b = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    cj.utils.save_gguf(tmp_path / "ln.gguf", {"ln.weight": cj.tensor(w), "ln.bias": cj.tensor(b)}, {})
+    ln = nn.quantized.layer_norm(8, 1e-5, QVarBuilder.from_gguf(tmp_path / "ln.gguf").pp("ln"))
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(np.asarray(ln.forward(cj.tensor(x))), want, atol=1e-5)
+    with pytest.raises(errors.Error, match=r"ln\.weight"):
+        nn.quantized.layer_norm(4, 1e-5, QVarBuilder.from_gguf(tmp_path / "ln.gguf").pp("ln"))
+    cache = nn.ConcatKvCache.new(2)
+    assert cache.is_empty()
+    _, cache = cache.append(cj.ones(1, 1, 2, 4), cj.ones(1, 1, 2, 4))
+    assert not cache.is_empty()
