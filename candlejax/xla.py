@@ -197,8 +197,9 @@ def limit_malloc_arenas(count: int = 1) -> bool:
 
     With one arena XLA's compiler threads free into the heap that the next compile reuses: SmolLM2's
     generation in the library's order (load, then compile at the first step) peaks ~5 MiB lower
-    (1.50-1.55x -> 1.46-1.48x the GGUF above the runtime, docs/performance.md). The cost is
-    contention on that one heap: small eager ops are 2-16 us slower, so it is not the default.
+    (1.50-1.54x -> 1.45-1.47x the GGUF above the runtime; decode and eager dispatch measured the same,
+    docs/performance.md). ``candlejax generate`` / ``chat`` call it; the library does not, since it
+    changes the allocator for every other library in the process too.
     """
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None)

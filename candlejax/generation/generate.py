@@ -38,7 +38,7 @@ from candlejax.generation.sampling import (
     seed_key,
 )
 from candlejax.tensor import unwrap, wrap
-from candlejax.xla import OptionsJit, compile_compact
+from candlejax.xla import OptionsJit, SerializedProgram, compile_compact
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 
@@ -156,8 +156,11 @@ class StepProgram:
                 out = program(*args)
             except (TypeError, ValueError):  # other shapes, dtypes or placement: checked before running
                 continue
-            if i:  # the last program that ran is tried first next time
-                self.compiled = [program, *(p for p in programs if p is not program)]
+            # the last program that ran is tried first next time; a SerializedProgram, loaded now,
+            # is replaced by the program itself (no load check on every step)
+            loaded = program.load() if isinstance(program, SerializedProgram) else program
+            if i or loaded is not program:
+                self.compiled = [loaded, *(p for p in programs if p is not program)]
             return out
         return self.jitted(*args)
 

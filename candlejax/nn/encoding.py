@@ -15,7 +15,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn.module import as_array
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import unwrap, wrap
 
 __all__ = ["one_hot"]
 
@@ -31,7 +31,7 @@ def _value(v: Any, what: str) -> tuple[Any, DType | None]:
     rank-0 Tensor) carries (``None`` for a Python number)."""
     if isinstance(v, bool | int | float):
         return v, None
-    a = np.asarray(as_array(v) if hasattr(v, "shape") and not isinstance(v, np.generic) else v)
+    a = np.asarray(unwrap(v))
     if a.shape != ():
         raise errors.Msg(f"one_hot: {what} must be a scalar, got shape {tuple(a.shape)}")
     dt = to_dtype(a.dtype)

@@ -31,6 +31,11 @@ from candlejax.tensor._core import unwrap, wrap
 __all__ = ["ConcatKvCache", "DecodeKvCache", "KeysValues", "KvCache", "RotatingKvCache", "StackedKvCache"]
 
 
+#: what a KV cache, or the pair its ``append`` returns, says when it is used as a tensor
+#: (``candlejax.tensor._core.not_a_tensor``)
+_APPEND_HINT = "a KV cache's append returns ((k, v), new_cache): write `(k, v), cache = cache.append(k, v)`"
+
+
 class KeysValues(tuple):
     """The ``(keys, values)`` pair a cache's ``append`` returns beside the new cache: a plain tuple.
 
@@ -40,16 +45,15 @@ class KeysValues(tuple):
     """
 
     __slots__ = ()
+    not_a_tensor_hint = _APPEND_HINT
 
     def __getattr__(self, name: str) -> Any:
         raise self._misused(f"it has no .{name}")
 
     @staticmethod
     def _misused(what: str) -> errors.Msg:
-        return errors.Msg(
-            f"this is the (keys, values) pair a KV cache's append returns, not a tensor ({what}): candlejax's"
-            " append returns ((k, v), new_cache); write `(k, v), cache = cache.append(k, v)`"
-        )
+        return errors.Msg(f"this is the (keys, values) pair a KV cache's append returns, not a tensor ({what}):"
+                          f" {_APPEND_HINT}")
 
     def _arith(self, *_: Any) -> Any:
         raise self._misused("arithmetic on it")
@@ -103,6 +107,8 @@ class KvCache(Module):
 
     Buffers are allocated at the first ``append`` (or up front with ``KvCache.preallocated``).
     """
+
+    not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, pos: Any = None):
         self.dim = int(dim)
@@ -212,6 +218,8 @@ class DecodeKvCache(Module):
     9.2 → 7.9 ms). Candle: ``KvCache`` (which writes in place by construction).
     """
 
+    not_a_tensor_hint = _APPEND_HINT
+
     def __init__(self, batch: int, heads: int, k: Any, v: Any, pos: Any = None):
         self.batch, self.heads = int(batch), int(heads)
         self.k_buf = k
@@ -303,6 +311,8 @@ class RotatingKvCache(Module):
     even when a chunk wraps around; ``cache.attn_mask(T)`` is the matching ``(T, window + T)`` mask.
     """
 
+    not_a_tensor_hint = _APPEND_HINT
+
     def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, offset: Any = None,
                  slot_pos: Any = None, prev_slot_pos: Any = None):  # fmt: skip
         self.dim = int(dim)
@@ -358,6 +368,8 @@ class ConcatKvCache(Module):
     ``jit``), so use it eagerly or prefer :class:`KvCache` / :class:`StackedKvCache` in jitted loops.
     """
 
+    not_a_tensor_hint = _APPEND_HINT
+
     def __init__(self, dim: int, k: Any = None, v: Any = None):
         self.dim = int(dim)
         self.k_buf = k
@@ -411,6 +423,8 @@ class StackedKvCache(Module):
     ``pos`` may be traced int32 scalars. Writes past ``max_seq_len`` are clamped by XLA: check the
     sizes before (``fits``), or :meth:`grow` the cache.
     """
+
+    not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, k: Any, v: Any):
         self.k = k

@@ -86,7 +86,6 @@ unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass t
 wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)
 
 
-
 class _CallableModule(types.ModuleType):
     """This package, callable as candle-pyo3's ``candle.tensor(data)`` is: ``candlejax.tensor([1, 2])``
     is ``Tensor([1, 2])``, while ``candlejax.tensor.Tensor`` and its submodules stay reachable."""

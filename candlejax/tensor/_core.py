@@ -234,10 +234,8 @@ def check_int(op: str, t: TensorBase, what: str = "index") -> None:
 
 
 def not_a_tensor(op: str, what: str, x: Any) -> errors.Msg:
-    """The error for a non-Tensor operand; a KV cache (or the pair its ``append`` returns) where a
-    tensor belongs is Candle's ``let (k, v) = cache.append(..)`` ported as ``k, v = ...``: say so."""
-    name = type(x).__name__
-    hint = ""
-    if name == "KeysValues" or name.endswith("KvCache"):
-        hint = " (a KV cache's append returns ((k, v), new_cache): write `(k, v), cache = cache.append(k, v)`)"
-    return errors.Msg(f"{op}: expected a Tensor as {what}, got {name}{hint}")
+    """The error for a non-Tensor operand. A type that is often passed by mistake where a tensor
+    belongs says what to write instead in its class attribute ``not_a_tensor_hint`` (a KV cache and
+    the pair its ``append`` returns: Candle's ``let (k, v) = cache.append(..)`` ported as is)."""
+    hint = getattr(type(x), "not_a_tensor_hint", None)
+    return errors.Msg(f"{op}: expected a Tensor as {what}, got {type(x).__name__}" + (f" ({hint})" if hint else ""))

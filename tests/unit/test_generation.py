@@ -640,7 +640,7 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     """``compile_generation`` hands its programs to the step functions (``StepProgram``): after
     ``jax.clear_caches()`` a generation with the same shapes traces nothing and gives the same
     tokens; other shapes fall back to tracing as usual."""
-    from candlejax.generation import StepProgram, compile_generation
+    from candlejax.generation import StepProgram, compile_generation, decode_fns
     from candlejax.xla import SerializedProgram
 
     params, fresh, step, traces = make_model(5)
@@ -655,6 +655,10 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     assert list(generate(step, params, fresh(), prompt, 8)) == want
     assert traces == []  # both programs came from compile_generation, nothing was traced again
     assert all(p.loaded for p in programs)
+    fns = decode_fns(step, Sampling.ArgMax(), False)  # the steps now call the loaded programs directly
+    held = [*fns.fused.compiled, *fns.logits.compiled]
+    assert held and not any(isinstance(p, SerializedProgram) for p in held)
+    assert {id(p) for p in held} <= {id(p.load()) for p in programs}
     other = [1, 1, 2, 3, 5]  # another prompt length: the prefill is traced, the decode program is reused
     want = host_loop(step, params, fresh(), other, 4, lambda r: int(np.argmax(r)))
     traces.clear()
