@@ -184,6 +184,10 @@ class Device(metaclass=_DeviceMeta):
         return random.get_seed(self)
 
     # --- dunder ------------------------------------------------------------------------------
+    def __call__(self) -> Device:
+        """Rust Candle's accessor call ``t.device()``: the device itself (``t.device`` is the property)."""
+        return self
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
             try:

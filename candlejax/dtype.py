@@ -90,6 +90,10 @@ class DType(enum.Enum):
         """The dtype to hand to jax.numpy."""
         return _NP[self.value]
 
+    def __call__(self) -> DType:
+        """Rust Candle's accessor call ``t.dtype()``: the dtype itself (``t.dtype`` is the property)."""
+        return self
+
     def __repr__(self) -> str:
         return f"DType.{self.name}"
 

@@ -109,7 +109,7 @@ def as_shape(shape: Any) -> tuple[int, ...]:
 
 def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[int, ...]:
     """Candle's ``ShapeWithOneHole``: a shape where one entry may be ``()`` (or ``-1``)."""
-    if type(spec) is tuple and all(type(d) is int and d >= 0 for d in spec):  # fast path: a plain shape
+    if type(spec) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in spec):  # fast path: a plain shape
         n = 1
         for d in spec:
             n *= d
@@ -138,6 +138,30 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
         shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
         raise errors.InvalidShape(f"cannot reshape tensor with {elem_count} elements to {shown}")
     return tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+
+
+class Dims(tuple):
+    """A tensor's dims: a plain tuple (``t.shape``, as in candle-pyo3, numpy and PyTorch) that Rust
+    Candle's call form ``t.shape()`` also accepts, giving the :class:`Shape` (``t.shape().dims3()``)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> Shape:
+        return Shape(self)
+
+
+class Rank(int):
+    """A tensor's rank: a plain int (``t.rank``, as in candle-pyo3) that Rust Candle's ``t.rank()`` also
+    accepts."""
+
+    __slots__ = ()
+
+    def __call__(self) -> int:
+        return int(self)
+
+
+#: tuple types taken as they are by the shape fast paths
+PLAIN_SHAPE_TYPES = (tuple, Dims)
 
 
 class Shape:

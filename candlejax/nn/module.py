@@ -342,6 +342,9 @@ for _cls in (Var, Buffer):
 # Module pytree machinery
 # ------------------------------------------------------------------------------------------------
 _SCALARS = (int, float, complex, str, bytes, bool, DType, Device, type)
+# values that are callable without being functions: a dtype, a device, a tensor's shape or rank
+# answer Rust Candle's accessor calls such as ``t.dtype()``
+_CALLABLE_VALUES = (DType, Device, tuple, int)
 
 
 def _is_array_like(x: Any) -> bool:
@@ -610,11 +613,11 @@ class Module:
 
     def __setattr__(self, name: str, value: Any) -> None:
         __tracebackhide__ = True
-        if callable(value) and not isinstance(value, (Module, TensorBase, type)):
+        if callable(value) and not isinstance(value, _NOT_FUNCTIONS):
             _check_not_transformed(self, name, value)
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                if callable(v) and not isinstance(v, (Module, TensorBase, type)):
+                if callable(v) and not isinstance(v, _NOT_FUNCTIONS):
                     _check_not_transformed(self, f"{name}[{i}]", v)
         object.__setattr__(self, name, value)
         object.__setattr__(self, "_tree", None)
@@ -724,7 +727,7 @@ class Module:
         """Static settings shown next to the layer name (override in layers)."""
         items = []
         for k, v in self._fields():
-            if v is not None and not _is_dynamic(v) and not callable(v):
+            if v is not None and not _is_dynamic(v) and (isinstance(v, _CALLABLE_VALUES) or not callable(v)):
                 items.append(f"{k}={v!r}")
         return ", ".join(items)
 
@@ -838,6 +841,10 @@ def _html_body(fields: Any) -> str:
 
 _set_tree = Module.__dict__["_tree"].__set__  # the slot's setter: Module.__setattr__ would reset it
 _register(Module)
+
+
+# never a transformed layer
+_NOT_FUNCTIONS = (Module, TensorBase, type, *_CALLABLE_VALUES)
 
 
 class ModuleT(Module):

@@ -29,6 +29,7 @@ from candlejax.quantized.ggml_types import GgmlDType, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
 from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
 from candlejax.quantized.packed import PackedWeight
+from candlejax.shape import Dims, Rank
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 _FLOAT_JNP = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
@@ -143,16 +144,17 @@ class QTensor:
         return self._dtype
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """The logical (dequantised) shape, row-major, e.g. ``(out, in)`` for a weight."""
-        return self._shape
+    def shape(self) -> Dims:
+        """The logical (dequantised) shape, row-major, e.g. ``(out, in)`` for a weight; Rust Candle's
+        ``qt.shape()`` gives the ``Shape``."""
+        return Dims(self._shape)
 
     def dims(self) -> tuple[int, ...]:
         return self._shape
 
     @property
-    def rank(self) -> int:
-        return len(self._shape)
+    def rank(self) -> Rank:
+        return Rank(len(self._shape))
 
     def elem_count(self) -> int:
         return int(np.prod(self._shape, dtype=np.int64))

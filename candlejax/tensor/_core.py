@@ -17,9 +17,13 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device, single_device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, from_array_dtype
-from candlejax.shape import Shape, resolve_dim
+from candlejax.shape import Dims, Rank, Shape, resolve_dim
 
 _new = object.__new__
+
+# ``t.shape`` / ``t.rank`` stay what a tuple / an int is to JAX's tree functions and jitted arguments
+jax.tree_util.register_pytree_node(Dims, lambda d: (tuple(d), None), lambda _, dims: Dims(dims))
+jax.tree_util.register_pytree_node(Rank, lambda r: ((int(r),), None), lambda _, n: n[0])
 _Tensor: Any = None  # set by candlejax.tensor once Tensor exists
 
 
@@ -47,13 +51,14 @@ class TensorBase:
             return from_array_dtype(self._a.dtype)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """The dims as a tuple, e.g. ``(2, 3)``."""
-        return self._a.shape
+    def shape(self) -> Dims:
+        """The dims as a tuple, e.g. ``(2, 3)``; Rust Candle's ``t.shape()`` gives the ``Shape``."""
+        return Dims(self._a.shape)
 
     @property
-    def rank(self) -> int:
-        return self._a.ndim
+    def rank(self) -> Rank:
+        """The number of dims; also callable as Rust Candle's ``t.rank()``."""
+        return Rank(self._a.ndim)
 
     @property
     def ndim(self) -> int:

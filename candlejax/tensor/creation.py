@@ -26,7 +26,7 @@ from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
-from candlejax.shape import as_shape, shape_with_hole
+from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, shape_with_hole
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 _Tracer = jax.core.Tracer
@@ -78,7 +78,7 @@ def _dt(dtype: Any, op_name: str, shape: Any = None) -> DType:
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    if type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in shape):
         return shape
     return as_shape(shape)
 

@@ -164,3 +164,35 @@ def test_quantized_layer_norm_and_concat_cache_is_empty(tmp_path):
     assert cache.is_empty()
     _, cache = cache.append(cj.ones(1, 1, 2, 4), cj.ones(1, 1, 2, 4))
     assert not cache.is_empty()
+
+
+def test_rust_accessor_calls_and_the_bindings_properties_agree():
+    """Rust Candle calls ``t.shape()``, ``t.rank()``, ``t.dtype()``, ``t.device()``; candle-pyo3 reads
+    them as properties. Both spellings give the same answers here."""
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    ours, theirs = cj.tensor(x), candle.tensor(x)
+    assert ours.shape == tuple(theirs.shape) == (2, 3, 4)
+    assert ours.rank == theirs.rank == 3
+    assert ours.shape().dims3() == (2, 3, 4) and ours.shape().elem_count() == 24
+    assert ours.shape() == (2, 3, 4) and ours.shape().rank() == 3
+    assert ours.rank() == 3 and ours.rank + 1 == 4
+    assert ours.dtype() is ours.dtype is cj.DType.F32
+    assert ours.device() == ours.device == cj.Device.Cpu
+    q = cj.tensor(np.ones((4, 32), np.float32)).quantize("q4_0")
+    assert q.shape() == (4, 32) and q.rank() == 2 and q.dtype() is q.ggml_dtype
+    # the property stays a plain tuple / int to everything else
+    assert np.zeros(ours.shape).shape == (2, 3, 4) and cj.zeros(ours.shape).shape == (2, 3, 4)
+    assert ours.reshape(ours.shape[::-1]).shape == (4, 3, 2)
+    import jax
+
+    assert jax.tree.leaves((ours.shape, ours.rank)) == [2, 3, 4, 3]
+    assert int(jax.jit(lambda s, r: s[0] * s[1] + r)(ours.shape, ours.rank)) == 9
+    assert jax.jit(lambda t: t.reshape(t.shape[::-1]))(ours).shape == (4, 3, 2)
+
+
+def test_modules_keep_callable_values_in_their_repr():
+    class Holder(nn.Module):
+        def __init__(self, t):
+            self.dtype, self.dims, self.device = t.dtype, t.shape, t.device
+
+    assert repr(Holder(cj.ones((2, 3)))) == "Holder(dtype=DType.F32, dims=(2, 3), device=Cpu)"
