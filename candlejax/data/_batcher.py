@@ -5,7 +5,23 @@ provides: ``Batcher``, ``IterBatcher``
 
 Candle: ``Batcher::new2(iter).batch_size(64).return_last_incomplete_batch(false)``.
 PyTorch: ``DataLoader(ds, batch_size=64, shuffle=True, drop_last=True, generator=g)``.
-candlejax: ``Batcher((images, labels), batch_size=64, shuffle=True, seed=0)``.
+candlejax: ``Batcher((images, labels), batch_size=64, shuffle=True, seed=0)``, or Candle's builder
+spelling ``Batcher.new2((images, labels)).batch_size(64).return_last_incomplete_batch(True)``.
+
+``b.batch_size`` and ``b.return_last_incomplete_batch`` are values (an ``int``, a bool-like ``int``)
+that can also be called as Candle's builder methods. A call validates its value as the constructor
+does (a batch size that is not a positive int raises ``BatchSizeError``), changes ``b`` and returns
+``b`` itself (Candle's builder consumes and returns ``self``; with no ownership in Python, the same
+object comes back), so the calls chain in any order. Whether the dataset holds a full batch is
+checked when iterating (``iter``, ``len``), once the options are final.
+
+>>> import numpy as np
+>>> x = np.zeros((5, 2), np.float32); y = np.arange(5, dtype=np.uint32)
+>>> b = Batcher.new2((x, y)).batch_size(2).return_last_incomplete_batch(True)
+>>> b.batch_size == 2, b.batch_size + 1, b.return_last_incomplete_batch
+(True, 3, True)
+>>> [yb.tolist() for _, yb in b]
+[[0, 1], [2, 3], [4]]
 """
 
 from __future__ import annotations
@@ -26,13 +42,122 @@ from candlejax.tensor._core import unwrap, wrap
 _DONE = object()
 
 
-class Batcher:
+class _BatchSizeValue(int):
+    """A Batcher's batch size: an ``int`` everywhere, and callable as Candle's builder method.
+
+    ``b.batch_size + 1``, ``b.batch_size == 16``, ``int(b.batch_size)``, ``f"{b.batch_size}"`` act on
+    the number; ``b.batch_size(64)`` sets it on ``b`` (validated) and returns ``b``. Arithmetic gives
+    plain ints, and pickling / ``copy`` store a plain int.
+    """
+
+    _owner: Any
+
+    def __new__(cls, value: int, owner: Any) -> _BatchSizeValue:
+        self = super().__new__(cls, value)
+        self._owner = owner
+        return self
+
+    def __call__(self, batch_size: int) -> Any:
+        self._owner.batch_size = batch_size
+        return self._owner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, (int(self),))
+
+
+class _FlagValue(int):
+    """A Batcher's ``return_last_incomplete_batch``: behaves as a bool, callable as Candle's builder method.
+
+    ``bool`` cannot be subclassed, so this is an ``int`` of 0 / 1 that prints as ``False`` / ``True``:
+    ``if b.return_last_incomplete_batch:``, ``not ...``, ``== True`` and formatting work as for a
+    bool; only identity (``... is True``) and ``isinstance(..., bool)`` differ (use ``bool(...)``).
+    ``b.return_last_incomplete_batch(True)`` sets it on ``b`` (validated) and returns ``b``.
+    """
+
+    _owner: Any
+
+    def __new__(cls, value: bool, owner: Any) -> _FlagValue:
+        self = super().__new__(cls, bool(value))
+        self._owner = owner
+        return self
+
+    def __call__(self, flag: bool) -> Any:
+        self._owner.return_last_incomplete_batch = flag
+        return self._owner
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return format(bool(self), spec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bool, (bool(self),))
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, (bool, np.bool_)) or batch_size <= 0:
+        raise BatchSizeError(f"Batcher: batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+class _BuilderOptions:
+    """``batch_size`` / ``return_last_incomplete_batch`` as values and as Candle's builder methods.
+
+    Assigning or calling either goes through ``_configure(batch_size, return_last)``, which
+    validates the values and stores them in ``_batch_size`` / ``_return_last_incomplete_batch``.
+    Whether a full batch exists (``_check_fits``) is checked when iterating, so that builder calls
+    may come in any order (``.batch_size(64).return_last_incomplete_batch(True)`` on 10 examples).
+    """
+
+    _batch_size: int
+    _return_last_incomplete_batch: bool
+
+    def _configure(self, batch_size: Any, return_last_incomplete_batch: Any) -> None:
+        self._batch_size = _check_batch_size(batch_size)
+        self._return_last_incomplete_batch = bool(return_last_incomplete_batch)
+
+    def _check_fits(self, n: int) -> None:
+        """Raise when ``n`` examples give no batch at all (drop-last with ``batch_size > n``)."""
+        bs = self._batch_size
+        if bs > n and not self._return_last_incomplete_batch:
+            raise BatchSizeError(
+                f"Batcher: batch_size {bs} is larger than the dataset ({n} examples), so no full batch"
+                f" exists and every epoch would be empty; use a batch_size <= {n} or"
+                " return_last_incomplete_batch=True (builder spelling: .return_last_incomplete_batch(True))"
+            )
+
+    @property
+    def batch_size(self) -> _BatchSizeValue:
+        """Examples per batch (an ``int``); ``b.batch_size(n)`` sets it and returns ``b`` (Candle's builder)."""
+        return _BatchSizeValue(self._batch_size, self)
+
+    @batch_size.setter
+    def batch_size(self, batch_size: int) -> None:
+        self._configure(batch_size, self._return_last_incomplete_batch)
+
+    @property
+    def return_last_incomplete_batch(self) -> _FlagValue:
+        """Also yield the last, smaller batch (bool-like); ``b.return_last_incomplete_batch(True)``
+        sets it and returns ``b`` (Candle's builder)."""
+        return _FlagValue(self._return_last_incomplete_batch, self)
+
+    @return_last_incomplete_batch.setter
+    def return_last_incomplete_batch(self, flag: bool) -> None:
+        self._configure(self._batch_size, flag)
+
+
+class Batcher(_BuilderOptions):
     """Batches of a dataset, one epoch per ``iter()``; yields a tuple of Tensors (one per field).
 
     Args:
         dataset: a tuple/list of Tensors or arrays sharing their first dim, a single Tensor/array
             (then each batch is one Tensor), or any object following the ``Dataset`` protocol.
-        batch_size: examples per batch (Candle's default 16).
+        batch_size: examples per batch (``None``: Candle's default 16). A value given here is
+            checked against the dataset size at once; the default, and values set later through
+            the builder calls, when iterating.
         shuffle: visit the examples in a new order each epoch. The order of epoch ``e`` is a pure
             function of ``(seed, e)``, so runs are reproducible and resumable.
         seed: the shuffling seed.
@@ -56,7 +181,7 @@ class Batcher:
     def __init__(
         self,
         dataset: Any,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         *,
         shuffle: bool = False,
         seed: int = 0,
@@ -71,42 +196,43 @@ class Batcher:
         n = len(self.dataset)
         if n == 0:
             raise EmptyDatasetError("Batcher: the dataset is empty (0 examples)")
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise BatchSizeError(f"Batcher: batch_size must be a positive int, got {batch_size!r}")
-        if batch_size > n and not return_last_incomplete_batch:
-            raise BatchSizeError(
-                f"Batcher: batch_size {batch_size} is larger than the dataset ({n} examples), so no full batch"
-                " exists and every epoch would be empty; use a batch_size <= "
-                f"{n} or return_last_incomplete_batch=True"
-            )
         if prefetch < 0:
             raise errors.InvalidArgument(f"Batcher: prefetch must be >= 0, got {prefetch}")
-        self.batch_size = int(batch_size)
+        self.mesh, self.data_axis = mesh, data_axis
+        self._configure(16 if batch_size is None else batch_size, return_last_incomplete_batch)
+        if batch_size is not None:
+            self._check_fits(n)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
-        self.return_last_incomplete_batch = bool(return_last_incomplete_batch)
         self.device = Device.coerce(device) if device is not None else src_device
         self.prefetch = int(prefetch)
         self.epoch = 0
         self.position = 0
         self._has_get_batch = hasattr(self.dataset, "get_batch")
-        self.mesh, self.data_axis = mesh, data_axis
-        if mesh is not None:
+
+    def _configure(self, batch_size: Any, return_last_incomplete_batch: Any) -> None:
+        """Validate and store the batch options (constructor, assignments and builder calls)."""
+        bs = _check_batch_size(batch_size)
+        if self.mesh is not None:
             from candlejax.distributed import ShardingError, axis_size
 
-            k = axis_size(mesh, data_axis)
-            if self.batch_size % k:
+            k = axis_size(self.mesh, self.data_axis)
+            if bs % k:
                 raise ShardingError(
-                    f"Batcher: batch_size {self.batch_size} does not split over mesh axis {data_axis!r} of size {k};"
-                    f" use a multiple of {k} (e.g. {max(k, self.batch_size // k * k)})"
+                    f"Batcher: batch_size {bs} does not split over mesh axis {self.data_axis!r} of size {k};"
+                    f" use a multiple of {k} (e.g. {max(k, bs // k * k)})"
                 )
+        super()._configure(bs, return_last_incomplete_batch)
 
     # --- sizes and order -------------------------------------------------------------------
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = len(self.dataset)
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest and self.return_last_incomplete_batch else 0)
+        self._check_fits(len(self.dataset))
+        return self._num_batches()
+
+    def _num_batches(self) -> int:
+        full, rest = divmod(len(self.dataset), self._batch_size)
+        return full + (1 if rest and self._return_last_incomplete_batch else 0)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The example indices of ``epoch`` (default: the current one), in visiting order."""
@@ -148,13 +274,17 @@ class Batcher:
         return ts[0] if self._single else ts
 
     def _batches(self, order: np.ndarray, start: int, stop: int) -> Iterator[Any]:
-        bs = self.batch_size
+        bs = self._batch_size
         for k in range(start, stop):
             yield self._to_device(self._host_batch(order[k * bs : (k + 1) * bs]))
 
     def __iter__(self) -> Iterator[Any]:
+        self._check_fits(len(self.dataset))
+        return self._epoch()
+
+    def _epoch(self) -> Iterator[Any]:
         order = self.order()
-        stop = len(self)
+        stop = self._num_batches()
         start = min(self.position, stop)
         source = self._batches(order, start, stop)
         if self.prefetch:
@@ -173,25 +303,81 @@ class Batcher:
 
     def __repr__(self) -> str:
         return (
-            f"Batcher(len={len(self)}, batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed},"
-            f" return_last_incomplete_batch={self.return_last_incomplete_batch}, epoch={self.epoch},"
+            f"Batcher(len={self._num_batches()}, batch_size={self.batch_size}, shuffle={self.shuffle},"
+            f" seed={self.seed}, return_last_incomplete_batch={self.return_last_incomplete_batch}, epoch={self.epoch},"
             f" position={self.position})"
         )
 
     # --- Candle's iterator-based constructors -------------------------------------------------
     @staticmethod
-    def new1(examples: Iterable[Any], batch_size: int = 16, **kw: Any) -> IterBatcher:
-        """``Batcher::new1(iter)``: batch a stream of single Tensors (no shuffling, one pass)."""
-        return IterBatcher(examples, batch_size, **kw)
+    def new1(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
+        """``Batcher::new1(iter)``: batch a stream of single Tensors (no shuffling, one pass).
+
+        ``examples`` is an iterable of Tensors/arrays, or one Tensor/array whose rows are the
+        examples. Chain Candle's builder calls:
+        ``Batcher.new1(it).batch_size(64).return_last_incomplete_batch(True)``.
+        """
+        return IterBatcher(_columns(examples, 1), batch_size, **kw)
 
     @staticmethod
-    def new2(examples: Iterable[Any], batch_size: int = 16, **kw: Any) -> IterBatcher:
-        """``Batcher::new2(iter)``: batch a stream of ``(x, y)`` pairs (no shuffling, one pass)."""
-        return IterBatcher(examples, batch_size, **kw)
+    def new2(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
+        """``Batcher::new2(iter)``: batch a stream of ``(x, y)`` pairs (no shuffling, one pass).
+
+        ``examples`` is an iterable of pairs, or a pair ``(xs, ys)`` of Tensors/arrays sharing their
+        first dim (then the examples are their rows, ``(xs[i], ys[i])``).
+        """
+        return IterBatcher(_columns(examples, 2), batch_size, **kw)
+
+    @staticmethod
+    def new_r1(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
+        """``Batcher::new_r1(iter)``: Candle's form for an iterator of ``Result<Tensor>``.
+
+        Python iterators report failure by raising, and the exception reaches the loop, so this is
+        :meth:`new1`.
+        """
+        return Batcher.new1(examples, batch_size, **kw)
+
+    @staticmethod
+    def new_r2(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
+        """``Batcher::new_r2(iter)``: Candle's form for an iterator of ``Result<(Tensor, Tensor)>``; = :meth:`new2`."""
+        return Batcher.new2(examples, batch_size, **kw)
 
 
-class IterBatcher:
-    """Candle's streaming ``Batcher``: stacks ``batch_size`` consecutive examples of an iterator."""
+class _Columns:
+    """In-memory examples given to ``new1`` / ``new2`` as whole arrays: the rows, in order."""
+
+    def __init__(self, data: Any, single: bool):
+        self.device = _device_of(data)
+        self.dataset, _ = as_dataset(data)
+        self.single = single
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self.dataset)):
+            row = self.dataset[i]
+            yield row[0] if self.single else row
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "_a") or isinstance(x, (np.ndarray, jax.Array)) or hasattr(x, "__jax_array__")
+
+
+def _columns(examples: Any, fields: int) -> Any:
+    """``examples`` unchanged when it is a stream; a ``_Columns`` when it is 1 array (new1) or 2 (new2)."""
+    if fields == 1 and _is_array(examples):
+        return _Columns(examples, single=True)
+    if fields == 2 and isinstance(examples, (tuple, list)) and len(examples) == 2 and all(map(_is_array, examples)):
+        return _Columns(tuple(examples), single=False)
+    return examples
+
+
+class IterBatcher(_BuilderOptions):
+    """Candle's streaming ``Batcher``: stacks ``batch_size`` consecutive examples of an iterator.
+
+    Built by ``Batcher.new1/new2/new_r1/new_r2``; ``batch_size`` and ``return_last_incomplete_batch``
+    are values and Candle's builder methods, as on :class:`Batcher`. Each ``iter()`` makes one pass
+    over ``examples`` (a generator is used up after one pass; arrays given to ``new1``/``new2`` are
+    read again).
+    """
 
     def __init__(
         self,
@@ -201,14 +387,17 @@ class IterBatcher:
         return_last_incomplete_batch: bool = False,
         device: Device | str | None = None,
     ):
-        if batch_size <= 0:
-            raise BatchSizeError(f"Batcher: batch_size must be a positive int, got {batch_size!r}")
+        self._configure(batch_size, return_last_incomplete_batch)
         self.examples = examples
-        self.batch_size = int(batch_size)
-        self.return_last_incomplete_batch = return_last_incomplete_batch
         self.device = None if device is None else Device.coerce(device)  # None: the examples' device
 
     def __iter__(self) -> Iterator[Any]:
+        if isinstance(self.examples, _Columns):
+            self._check_fits(len(self.examples.dataset))
+            return self._column_batches(self.examples)
+        return self._stream_batches()
+
+    def _stream_batches(self) -> Iterator[Any]:
         buf: list[Any] = []
         dev: Any = None
 
@@ -222,11 +411,21 @@ class IterBatcher:
 
         for ex in self.examples:
             buf.append(ex)
-            if len(buf) == self.batch_size:
+            if len(buf) == self._batch_size:
                 yield emit()
                 buf = []
-        if buf and self.return_last_incomplete_batch:
+        if buf and self._return_last_incomplete_batch:
             yield emit()
+
+    def _column_batches(self, cols: _Columns) -> Iterator[Any]:
+        """Whole arrays: slice the rows batch by batch instead of stacking examples one at a time."""
+        dev = (self.device or cols.device).jax_device
+        n, bs = len(cols.dataset), self._batch_size
+        stop = n if self._return_last_incomplete_batch else n - n % bs
+        for start in range(0, stop, bs):
+            arrays = cols.dataset.get_batch(np.arange(start, min(start + bs, n)))
+            ts = tuple(wrap(jax.device_put(a, dev)) for a in arrays)
+            yield ts[0] if cols.single else ts
 
 
 def _device_of(data: Any) -> Device:

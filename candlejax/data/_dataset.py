@@ -2,7 +2,7 @@
 
 requires: numpy, candlejax.dtype / errors
 provides: ``Dataset`` (protocol), ``TensorDataset``, ``as_dataset``, ``EmptyDatasetError``,
-``BatchSizeError``
+``BatchSizeError``, ``DatasetFileError``
 
 Candle's ``Batcher`` wraps an iterator of tensors; here a dataset is anything with ``__len__`` and
 ``__getitem__(i)`` (as ``torch.utils.data.Dataset``), optionally ``get_batch(indices)`` for a fast
@@ -27,6 +27,10 @@ class EmptyDatasetError(errors.Error):
 
 class BatchSizeError(errors.Error):
     """A batch size that is not positive, or larger than the dataset so that no batch comes out."""
+
+
+class DatasetFileError(errors.Error):
+    """A dataset file (CIFAR-10, TinyStories) that is missing, or whose size does not fit its format."""
 
 
 @runtime_checkable

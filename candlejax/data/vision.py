@@ -1,11 +1,13 @@
-"""Vision datasets: Candle's ``vision::Dataset``, the MNIST IDX reader and the offline 8x8 digits.
+"""Vision datasets: Candle's ``vision::Dataset``, the MNIST IDX and CIFAR-10 binary readers, offline digits.
 
-requires: numpy, candlejax.tensor / dtype / device
+requires: numpy, candlejax.tensor / dtype / device, candlejax.data._dataset (``DatasetFileError``)
 provides: ``VisionDataset``, ``read_idx``, ``write_idx``, ``load_mnist`` (= Candle's
-``mnist::load_dir``), ``load_digits``
+``mnist::load_dir``), ``load_cifar`` (= Candle's ``cifar::load_dir``), ``load_digits``
 
 Candle: ``candle_datasets::vision::mnist::load_dir(dir)`` -> ``Dataset { train_images: F32 (N, 784)
-in [0, 1], train_labels: U8 (N), test_images, test_labels, labels: 10 }``.
+in [0, 1], train_labels: U8 (N), test_images, test_labels, labels: 10 }``;
+``cifar::load_dir(dir)`` -> the same with images F32 ``(N, 3, 32, 32)``.
+Pixels are scaled as Candle's ``to_dtype(F32) / 255.`` computes them: ``x * f32(1/255)``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
+from candlejax.data._dataset import DatasetFileError
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.tensor._core import unwrap, wrap
@@ -32,6 +35,12 @@ _IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_TYPES.items()}
 
 class IdxError(errors.Error):
     """A malformed IDX file."""
+
+
+def _scale_pixels(a: np.ndarray) -> np.ndarray:
+    """u8 pixels -> F32 in [0, 1], bit for bit as Candle's ``(t.to_dtype(F32)? / 255.)`` (an affine
+    multiply by ``f32(1/255)``, which differs from a true division by one ulp for half the values)."""
+    return a.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def _open(path: Path) -> Any:
@@ -129,7 +138,7 @@ def load_mnist(dir: str | os.PathLike[str], device: Device | str | None = None) 
         a = read_idx(_find(d, stem))
         if a.ndim != 3:
             raise IdxError(f"{stem}: expected a rank-3 image array, got dims {errors.fmt_shape(a.shape)}")
-        return _tensor((a.reshape(a.shape[0], -1).astype(np.float32) / 255.0), dev)
+        return _tensor(_scale_pixels(a.reshape(a.shape[0], -1)), dev)
 
     def labels(stem: str) -> Any:
         a = read_idx(_find(d, stem))
@@ -142,6 +151,84 @@ def load_mnist(dir: str | os.PathLike[str], device: Device | str | None = None) 
         train_labels=labels("train-labels-idx1-ubyte"),
         test_images=images("t10k-images-idx3-ubyte"),
         test_labels=labels("t10k-labels-idx1-ubyte"),
+        labels=10,
+    )
+
+
+# CIFAR-10, binary version (https://www.cs.toronto.edu/~kriz/cifar.html): each record is one label
+# byte then the 32x32 image as 1024 red, 1024 green, 1024 blue bytes, rows top to bottom (CHW).
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = "test_batch.bin"
+_CIFAR_SUBDIR = "cifar-10-batches-bin"  # the folder the archive unpacks to
+
+
+def _check_cifar_file(path: Path, records: int | None) -> None:
+    """Raise unless ``path`` exists and holds ``records`` whole records (any positive count if None)."""
+    if not path.is_file():
+        hint = ""
+        if (path.parent / _CIFAR_SUBDIR / path.name).is_file():
+            hint = f"; the files are in {path.parent / _CIFAR_SUBDIR}: pass that folder, as Candle's load_dir expects"
+        raise DatasetFileError(f"load_cifar: cannot find {path.name} in {path.parent}{hint}")
+    size = path.stat().st_size
+    if records is not None:
+        want = records * _CIFAR_RECORD
+        if size != want:
+            raise DatasetFileError(
+                f"load_cifar: {path} is {size} bytes, expected {want} ({records} records of {_CIFAR_RECORD} bytes:"
+                " 1 label byte + 3x32x32 pixel bytes); the file is truncated or not CIFAR-10's binary version"
+            )
+    elif size == 0 or size % _CIFAR_RECORD:
+        raise DatasetFileError(
+            f"load_cifar: {path} is {size} bytes, expected a positive multiple of {_CIFAR_RECORD}"
+            f" (records of 1 label byte + 3x32x32 pixel bytes); {size % _CIFAR_RECORD} bytes are left over"
+        )
+
+
+def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(images u8 (N, 3, 32, 32), labels u8 (N,))`` of one CIFAR-10 binary file (size already checked)."""
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].copy()
+
+
+def load_cifar(
+    dir: str | os.PathLike[str], device: Device | str | None = None, *, records_per_file: int | None = 10_000
+) -> VisionDataset:
+    """Candle's ``cifar::load_dir``: CIFAR-10's binary version in ``dir``, read offline.
+
+    Reads ``data_batch_1.bin`` .. ``data_batch_5.bin`` (train, in that order) and ``test_batch.bin``
+    directly in ``dir`` (the ``cifar-10-batches-bin`` folder of the archive, as in Candle).
+
+    Args:
+        dir: the folder holding the six ``.bin`` files.
+        device: where the Tensors go (default cpu).
+        records_per_file: records each file must hold (CIFAR-10's 10,000; each file's size is
+            checked against it before anything is read). ``None`` accepts any whole number of
+            records, e.g. for a subset (a candlejax addition).
+
+    Returns:
+        a ``VisionDataset``: images F32 ``(N, 3, 32, 32)`` in [0, 1] (channels R, G, B; rows top to
+        bottom), labels U8 ``(N,)`` in 0..9, ``labels=10``; 50,000 train and 10,000 test examples.
+
+    Raises:
+        DatasetFileError: a file is missing, or its size is not ``records_per_file`` records of
+            3,073 bytes (the message names the file, the expected and the actual size).
+    """
+    d, dev = Path(dir), Device.coerce(device)
+    if records_per_file is not None and (isinstance(records_per_file, bool) or records_per_file <= 0):
+        raise errors.InvalidArgument(
+            f"load_cifar: records_per_file must be a positive int or None, got {records_per_file!r}"
+        )
+    paths = [d / name for name in (*_CIFAR_TRAIN, _CIFAR_TEST)]
+    for p in paths:  # every file is checked before any is read
+        _check_cifar_file(p, records_per_file)
+    train = [_read_cifar_file(p) for p in paths[:-1]]
+    test_images, test_labels = _read_cifar_file(paths[-1])
+    return VisionDataset(
+        train_images=_tensor(_scale_pixels(np.concatenate([t[0] for t in train])), dev),
+        train_labels=_tensor(np.concatenate([t[1] for t in train]), dev),
+        test_images=_tensor(_scale_pixels(test_images), dev),
+        test_labels=_tensor(test_labels, dev),
         labels=10,
     )
 

@@ -251,3 +251,234 @@ def test_digits_offline_deterministic_stratified_split():
     c = data.load_digits(seed=1, flatten=False, label_dtype=DType.U8)
     assert c.train_images.shape[1:] == (1, 8, 8) and c.train_labels.dtype == DType.U8
     assert not np.array_equal(np.asarray(c.test_labels), np.asarray(a.test_labels).astype(np.uint8))
+
+
+# --- Candle's builder spelling -------------------------------------------------------------------------
+def test_builder_spelling_on_new2_with_arrays():
+    x, y = _xy(5)
+    b = data.Batcher.new2((x, y)).batch_size(2).return_last_incomplete_batch(True)
+    assert isinstance(b, data.IterBatcher)
+    assert b.batch_size == 2 and b.return_last_incomplete_batch == True  # noqa: E712 (the bool-like value)
+    out = list(b)
+    assert [np.asarray(o[1]).tolist() for o in out] == [[0, 1], [2, 3], [4]]
+    np.testing.assert_array_equal(np.asarray(out[1][0]), x[2:4])
+    assert [np.asarray(o[1]).tolist() for o in b.return_last_incomplete_batch(False)] == [[0, 1], [2, 3]]
+    assert [t.shape for t in data.Batcher.new1(x).batch_size(3)] == [(3, 2)]
+
+
+def test_builder_spelling_on_streams_and_result_variants():
+    def pairs():
+        return ((np.full(2, i, np.float32), np.uint32(i)) for i in range(5))
+
+    for new in (data.Batcher.new2, data.Batcher.new_r2):
+        out = list(new(pairs()).batch_size(2).return_last_incomplete_batch(True))
+        assert [np.asarray(o[1]).tolist() for o in out] == [[0, 1], [2, 3], [4]]
+    for new in (data.Batcher.new1, data.Batcher.new_r1):
+        b = new(np.ones(3, np.float32) for _ in range(5)).batch_size(2)
+        assert [t.shape for t in b] == [(2, 3), (2, 3)]
+
+
+def test_builder_returns_the_same_batcher_and_validates():
+    x, y = _xy(10)
+    b = data.Batcher((x, y))  # the default 16 > 10 examples: checked when iterating, after the builder calls
+    assert b.batch_size(4) is b and b.return_last_incomplete_batch(True) is b
+    assert _labels(b) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(data.BatchSizeError, match="positive int"):
+            b.batch_size(bad)
+        with pytest.raises(data.BatchSizeError, match="positive int"):
+            data.Batcher.new2((x, y)).batch_size(bad)
+    assert b.batch_size == 4  # a refused value leaves the batcher as it was
+    # Candle's call order: the batch size first, then keep the incomplete batch
+    assert _labels(data.Batcher((x, y)).batch_size(64).return_last_incomplete_batch(True)) == [list(range(10))]
+    b.batch_size(64).return_last_incomplete_batch(False)
+    for use in (len, list, iter):
+        with pytest.raises(data.BatchSizeError, match=r"batch_size 64 is larger than the dataset \(10 examples\)"):
+            use(b)
+    with pytest.raises(data.BatchSizeError, match=r"larger than the dataset .*\.return_last_incomplete_batch\(True\)"):
+        list(data.Batcher.new2((x, y)).batch_size(11))  # whole arrays: the size is known, as for Batcher
+    assert list(data.Batcher.new2(zip(x, y)).batch_size(11)) == []  # a stream: Candle's silent empty pass
+    with pytest.raises(data.BatchSizeError, match=r"batch_size 11 is larger than the dataset \(10 examples\)"):
+        data.Batcher((x, y), 11)  # given to the constructor: checked at once
+    b.batch_size = 5  # assignment goes through the same checks
+    assert len(b) == 2
+    with pytest.raises(data.BatchSizeError, match="positive int"):
+        b.batch_size = 0
+
+
+def test_option_values_behave_as_int_and_bool():
+    import copy
+    import pickle
+
+    b = data.Batcher(_xy(40), return_last_incomplete_batch=True)
+    bs, keep = b.batch_size, b.return_last_incomplete_batch
+    assert bs == 16 and bs + 1 == 17 and bs * 2 == 32 and 40 // bs == 2 and bs < 17 and int(bs) == 16
+    assert f"{bs}" == "16" and repr(bs) == "16" and f"{bs:>4}" == "  16" and hash(bs) == hash(16)
+    assert type(bs + 0) is int and list(range(bs))[-1] == 15 and np.zeros(bs).shape == (16,)
+    assert keep and keep == True and not (keep == False) and bool(keep) is True  # noqa: E712
+    assert repr(keep) == "True" and f"{keep}" == "True"
+    assert not data.Batcher(_xy(40)).return_last_incomplete_batch
+    assert repr(data.Batcher(_xy(40)).return_last_incomplete_batch) == "False"
+    assert "batch_size=16" in repr(b) and "return_last_incomplete_batch=True" in repr(b)
+    assert pickle.loads(pickle.dumps(bs)) == 16 and type(pickle.loads(pickle.dumps(bs))) is int
+    assert pickle.loads(pickle.dumps(keep)) is True and copy.deepcopy(keep) is True
+
+
+# --- CIFAR-10 (binary version) -------------------------------------------------------------------------
+_CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+
+
+def _write_cifar(d, rng, n=3):
+    """Six files of ``n`` records each (1 label byte + 3072 CHW pixel bytes); returns their records."""
+    recs = {}
+    for name in _CIFAR_FILES:
+        r = rng.integers(0, 256, (n, 3073), dtype=np.uint8)
+        r[:, 0] %= 10
+        (d / name).write_bytes(r.tobytes())
+        recs[name] = r
+    return recs
+
+
+def test_load_cifar_reads_records_in_chw_order(tmp_path, rng):
+    recs = _write_cifar(tmp_path, rng, n=3)
+    ds = data.load_cifar(tmp_path, records_per_file=3)
+    assert ds.labels == 10
+    assert ds.train_images.shape == (15, 3, 32, 32) and ds.train_images.dtype == DType.F32
+    assert ds.train_labels.shape == (15,) and ds.train_labels.dtype == DType.U8
+    assert ds.test_images.shape == (3, 3, 32, 32) and ds.test_labels.shape == (3,)
+    train = np.concatenate([recs[n] for n in _CIFAR_FILES[:5]])
+    imgs = np.asarray(ds.train_images)
+    for i, c, yy, xx in [(0, 0, 0, 0), (4, 1, 5, 31), (14, 2, 31, 7), (7, 2, 16, 16)]:
+        byte = train[i, 1 + c * 1024 + yy * 32 + xx]
+        assert imgs[i, c, yy, xx] == np.float32(byte) * np.float32(1 / 255)  # Candle's affine scaling
+        np.testing.assert_allclose(imgs[i, c, yy, xx], byte / 255, rtol=1e-6)
+    np.testing.assert_allclose(imgs, train[:, 1:].reshape(15, 3, 32, 32) / 255.0, rtol=1e-6)
+    assert np.asarray(ds.train_labels).tolist() == train[:, 0].tolist()
+    test = recs["test_batch.bin"]
+    np.testing.assert_allclose(np.asarray(ds.test_images), test[:, 1:].reshape(3, 3, 32, 32) / 255.0, rtol=1e-6)
+    assert np.asarray(ds.test_labels).tolist() == test[:, 0].tolist()
+    assert 0.0 <= imgs.min() and imgs.max() <= 1.0
+    # records_per_file=None: any whole number of records
+    assert data.load_cifar(tmp_path, records_per_file=None).train_images.shape == (15, 3, 32, 32)
+
+
+def test_load_cifar_size_errors(tmp_path, rng):
+    _write_cifar(tmp_path, rng, n=2)
+    # CIFAR-10's files hold 10,000 records: a smaller file is refused before anything is read
+    with pytest.raises(data.DatasetFileError, match=r"data_batch_1\.bin is 6146 bytes, expected 30730000"):
+        data.load_cifar(tmp_path)
+    p = tmp_path / "data_batch_3.bin"
+    p.write_bytes(p.read_bytes()[:-5])  # truncated
+    with pytest.raises(data.DatasetFileError, match=r"data_batch_3\.bin is 6141 bytes, expected 6146"):
+        data.load_cifar(tmp_path, records_per_file=2)
+    with pytest.raises(data.DatasetFileError, match=r"data_batch_3\.bin is 6141 bytes, expected a positive multiple"):
+        data.load_cifar(tmp_path, records_per_file=None)
+    p.unlink()
+    with pytest.raises(data.DatasetFileError, match=r"cannot find data_batch_3\.bin"):
+        data.load_cifar(tmp_path, records_per_file=2)
+    with pytest.raises(cj.Error, match="records_per_file must be a positive int"):
+        data.load_cifar(tmp_path, records_per_file=0)
+    assert issubclass(data.DatasetFileError, cj.Error)
+
+
+def test_load_cifar_names_the_archive_folder(tmp_path, rng):
+    sub = tmp_path / "cifar-10-batches-bin"
+    sub.mkdir()
+    _write_cifar(sub, rng, n=1)
+    with pytest.raises(data.DatasetFileError, match="pass that folder"):
+        data.load_cifar(tmp_path, records_per_file=1)
+    assert data.load_cifar(sub, records_per_file=1).test_images.shape == (1, 3, 32, 32)
+
+
+# --- TinyStories ------------------------------------------------------------------------------------------
+def _write_tinystories(d, sizes=(50, 300, 200)):
+    """``data00.bin`` (valid), ``data01.bin``... of little-endian u16 ids; file k's ids are 1000 k + 0, 1, ..."""
+    toks = []
+    for k, n in enumerate(sizes):
+        t = (1000 * k + np.arange(n)).astype("<u2")
+        t.tofile(d / f"data{k:02d}.bin")
+        toks.append(t)
+    return toks
+
+
+def test_tinystories_dataset_splits_by_name(tmp_path):
+    toks = _write_tinystories(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a token file")
+    ds = data.TinyStoriesDataset.new(tmp_path)
+    assert [p.name for p in ds.valid_files] == ["data00.bin"]
+    assert [p.name for p in ds.train_files] == ["data01.bin", "data02.bin"]
+    assert ds.valid_tokens() == 1 and ds.train_tokens() == 2  # Candle counts files
+    assert ds.num_tokens(valid=True) == 50 and ds.num_tokens() == 500
+    np.testing.assert_array_equal(ds.train_arrays[1], toks[2])
+    assert isinstance(ds.train_arrays[0], np.memmap)
+    from candlejax.data.tinystories import Dataset
+
+    assert Dataset is data.TinyStoriesDataset
+
+
+@pytest.mark.parametrize("valid", [False, True])
+def test_tinystories_windows_are_contiguous_and_shifted(tmp_path, valid):
+    toks = _write_tinystories(tmp_path)
+    ds = data.TinyStoriesDataset(tmp_path)
+    seq = 8
+    it = data.DatasetRandomIter.new(ds, valid, seq, seed=1)
+    split = toks[:1] if valid else toks[1:]
+    starts: dict[int, list[int]] = {}
+    per_round = sum(len(range(0, len(t) - seq, seq)) for t in split)
+    for _ in range(per_round):
+        x, y = next(it)
+        assert x.dtype == DType.U32 and y.dtype == DType.U32 and x.shape == (seq,) and y.shape == (seq,)
+        xs, ys = np.asarray(x), np.asarray(y)
+        k = int(xs[0]) // 1000
+        stream = toks[k]
+        s = int(xs[0]) - 1000 * k
+        np.testing.assert_array_equal(xs, stream[s : s + seq])
+        np.testing.assert_array_equal(ys, stream[s + 1 : s + seq + 1])
+        starts.setdefault(k, []).append(s)
+    # one round visits every window of every file exactly once, file by file, at offsets 0, seq, 2 seq, ...
+    for k, t in enumerate(toks):
+        if (k == 0) == valid:
+            assert sorted(starts[k]) == list(range(0, len(t) - seq, seq))
+    next(it)  # then a new round starts: the iterator never ends
+
+
+def test_tinystories_seed_reproduces_the_order(tmp_path):
+    _write_tinystories(tmp_path)
+    ds = data.TinyStoriesDataset(tmp_path)
+
+    def draw(seed, n=30):
+        it = data.DatasetRandomIter(ds, False, 4, "cpu", seed=seed)
+        return [np.asarray(next(it)[0]).tolist() for _ in range(n)]
+
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+    # the windows batch with Candle's streaming Batcher
+    it = data.DatasetRandomIter(ds, False, 4, seed=0)
+    xb, yb = next(iter(data.Batcher.new_r2(it).batch_size(3)))
+    assert xb.shape == (3, 4) and yb.shape == (3, 4) and xb.dtype == DType.U32
+
+
+def test_tinystories_errors(tmp_path):
+    with pytest.raises(data.DatasetFileError, match="is not a directory"):
+        data.TinyStoriesDataset(tmp_path / "missing")
+    with pytest.raises(data.DatasetFileError, match=r"found 0 \.bin files .*\(none\), need at least two"):
+        data.TinyStoriesDataset(tmp_path)
+    np.arange(10, dtype="<u2").tofile(tmp_path / "data00.bin")
+    with pytest.raises(data.DatasetFileError, match=r"found 1 \.bin files .*\(data00\.bin\)"):
+        data.TinyStoriesDataset(tmp_path)
+    (tmp_path / "data01.bin").write_bytes(b"\x01\x00\x02")
+    with pytest.raises(data.DatasetFileError, match=r"data01\.bin is 3 bytes, an odd count"):
+        data.TinyStoriesDataset(tmp_path)
+    np.arange(4, dtype="<u2").tofile(tmp_path / "data01.bin")
+    ds = data.TinyStoriesDataset(tmp_path)
+    with pytest.raises(data.DatasetFileError, match=r"data01\.bin holds 4 tokens, fewer than seq_len \+ 1 = 5"):
+        data.DatasetRandomIter(ds, False, 4)
+    assert next(data.DatasetRandomIter(ds, False, 3, seed=0))[1].tolist() == [1, 2, 3]
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(cj.Error, match="seq_len must be a positive int"):
+            data.DatasetRandomIter(ds, True, bad)
+    (tmp_path / "data02.bin").write_bytes(b"")  # an empty shard maps to no tokens
+    ds = data.TinyStoriesDataset(tmp_path)
+    assert ds.num_tokens() == 4
+    with pytest.raises(data.DatasetFileError, match=r"data02\.bin holds 0 tokens"):
+        data.DatasetRandomIter(ds, False, 2)
