@@ -237,6 +237,10 @@ class ModelWeights(Llama):
                   rules: Any = None, *, abstract: bool = False, tokenizer: Any = None) -> ModelWeights:  # fmt: skip
         """Load a GGUF file (``general.architecture`` ``llama`` or a LLaMA-shaped family).
 
+        Candle's order ``from_gguf(content, reader, device)`` is accepted too: ``content`` an open
+        :class:`candlejax.io.gguf.Content` (``Content.read(f)``; it stays open, the caller closes
+        it), ``reader`` the file it was read from (the content already maps it).
+
         ``dequantize`` (default: from ``CANDLE_DEQUANTIZE_ALL=1`` / ``CANDLE_DEQUANTIZE_ALL_F16=1``,
         as in Candle): ``"f32"`` or ``"f16"`` expands every linear weight once at load time. That
         trades memory (4 or 2 bytes per weight instead of ~0.6) for decode speed on the CPU, where
@@ -262,6 +266,16 @@ class ModelWeights(Llama):
         """
         from candlejax.io.gguf import Content
 
+        if isinstance(path, Content):  # Candle's from_gguf(content, &mut reader, &device)
+            if device is not None and hasattr(device, "read"):  # the reader the content came from
+                device, dequantize = dequantize, None
+            return ModelWeights.from_content(path, device, dequantize, layers, strict, mesh, rules,
+                                             abstract=abstract, tokenizer=tokenizer)  # fmt: skip
+        if hasattr(path, "read") and not isinstance(path, str | os.PathLike):
+            raise errors.Msg(
+                "ModelWeights.from_gguf: got a file object; pass its path, or Candle's order"
+                " `ModelWeights.from_gguf(gguf.Content.read(f), f, device)`"
+            )
         content = Content.read(os.fspath(path))
         try:
             return ModelWeights.from_content(content, device, dequantize, layers, strict, mesh, rules,

@@ -121,6 +121,23 @@ def test_valid_tiny_file_loads_and_runs(tmp_path):
     assert logits.shape == (1, VOCAB) and np.isfinite(logits).all()
 
 
+def test_candles_argument_order_loads_the_same_model(tmp_path):
+    """Candle: ``let ct = gguf_file::Content::read(&mut file)?; ModelWeights::from_gguf(ct, &mut file, &dev)``."""
+    path = _write(tmp_path)
+    ids = np.array([[0, 4, 5]], np.uint32)
+    want = np.asarray(quantized_llama.ModelWeights.from_gguf(path, Device.Cpu).forward(ids, 0).jax)
+    with open(path, "rb") as f:
+        content = gguf.Content.read(f)
+        m = quantized_llama.ModelWeights.from_gguf(content, f, Device.Cpu)
+        content.close()
+    np.testing.assert_array_equal(np.asarray(m.forward(ids, 0).jax), want)
+    with gguf.Content.read(path) as content:
+        m = quantized_llama.ModelWeights.from_gguf(content, device=Device.Cpu)
+    np.testing.assert_array_equal(np.asarray(m.forward(ids, 0).jax), want)
+    with open(path, "rb") as f, pytest.raises(errors.Error, match=r"from_gguf\(gguf.Content.read\(f\), f, device\)"):
+        quantized_llama.ModelWeights.from_gguf(f, Device.Cpu)
+
+
 @pytest.mark.parametrize(
     "key", ["llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count"]
 )
