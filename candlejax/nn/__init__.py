@@ -41,7 +41,16 @@ from candlejax.nn.init import (
     NonLinearity,
     NormalOrUniform,
 )
-from candlejax.nn.kv_cache import ConcatKvCache, DecodeKvCache, KvCache, RotatingKvCache, StackedKvCache
+from candlejax.nn.kv_cache import (
+    Cache,
+    ConcatKvCache,
+    DecodeKvCache,
+    KvCache,
+    RotatingCache,
+    RotatingKvCache,
+    StackedKvCache,
+)
+from candlejax.nn.kv_cache_scattered import IndicesAndMask, ScatteredCacheBuilder, ScatteredKvCache
 from candlejax.nn.linear import Linear, PackedLinear, linear, linear_b, linear_no_bias, pack_linears, unpack_linears
 from candlejax.nn.module import (
     Buffer,
@@ -75,14 +84,16 @@ from candlejax.nn.var_builder import SimpleBackend, VarBuilder
 from candlejax.nn.var_map import VarMap
 
 __all__ = [
-    "Activation", "BatchNorm", "BatchNormConfig", "Buffer", "ConcatKvCache", "Conv1d", "Conv1dConfig",
+    "Activation", "BatchNorm", "BatchNormConfig", "Buffer", "Cache", "ConcatKvCache", "Conv1d", "Conv1dConfig",
     "Conv2d", "Conv2dConfig", "ConvTranspose1d", "ConvTranspose1dConfig", "ConvTranspose2d",
     "ConvTranspose2dConfig", "DEFAULT_KAIMING_NORMAL", "DEFAULT_KAIMING_UNIFORM", "DecodeKvCache", "Direction",
     "Dropout",
-    "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity", "Init",
+    "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity",
+    "IndicesAndMask", "Init",
     "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
     "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "PackedLinear", "RmsNorm",
-    "RotaryEmbedding", "RotatingKvCache", "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
+    "RotaryEmbedding", "RotatingCache", "RotatingKvCache", "ScatteredCacheBuilder", "ScatteredKvCache",
+    "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
     "VarMap", "ZERO", "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",

@@ -1,8 +1,10 @@
-"""Functional KV caches: ``KvCache``, ``DecodeKvCache``, ``RotatingKvCache``, ``ConcatKvCache``,
-``StackedKvCache``.
+"""Functional caches: ``Cache``, ``RotatingCache`` (one tensor) and the KV caches ``KvCache``,
+``DecodeKvCache``, ``RotatingKvCache``, ``ConcatKvCache``, ``StackedKvCache``.
 
 requires: jax.lax (dynamic_update_slice), candlejax.nn.module
-provides: ``KvCache``, ``DecodeKvCache``, ``RotatingKvCache``, ``ConcatKvCache``, ``StackedKvCache``
+provides: ``Cache``, ``RotatingCache``, ``KvCache``, ``DecodeKvCache``, ``RotatingKvCache``, ``ConcatKvCache``,
+``StackedKvCache``, ``KeysValues`` / ``DataAndCache`` (the tuples ``append`` returns); Candle's
+per-sequence ``ScatteredKvCache`` is in ``candlejax.nn.kv_cache_scattered``
 
 Candle's caches write in place and return views narrowed to the current length, so each decode
 step has a new shape. Here a cache is a Module holding fixed-size buffers and its position as an
@@ -28,32 +30,37 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.nn.module import Module, as_array
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["ConcatKvCache", "DecodeKvCache", "KeysValues", "KvCache", "RotatingKvCache", "StackedKvCache"]
+__all__ = [
+    "Cache", "ConcatKvCache", "DataAndCache", "DecodeKvCache", "KeysValues", "KvCache", "RotatingCache",
+    "RotatingKvCache", "StackedKvCache",
+]  # fmt: skip
 
 
 #: what a KV cache, or the pair its ``append`` returns, says when it is used as a tensor
 #: (``candlejax.tensor._core.not_a_tensor``)
 _APPEND_HINT = "a KV cache's append returns ((k, v), new_cache): write `(k, v), cache = cache.append(k, v)`"
+#: the same for a single-tensor cache (``Cache``, ``RotatingCache``) and its ``(data, new_cache)`` pair
+_CACHE_HINT = "a cache's append returns (data, new_cache): write `data, cache = cache.append(x)`"
 
 
-class KeysValues(tuple):
-    """The ``(keys, values)`` pair a cache's ``append`` returns beside the new cache: a plain tuple.
-
-    Candle's ``let (k, v) = cache.append(&k, &v)?`` ported as ``k, v = cache.append(k, v)`` would bind
-    this pair to ``k`` and the new cache to ``v``; used as a tensor, the pair raises at once, naming
-    the candlejax spelling ``(k, v), cache = cache.append(k, v)``.
-    """
+class _AppendResult(tuple):
+    """A tuple that a cache's ``append`` returns: unpacked it is a plain tuple, but used as a tensor
+    (an attribute, arithmetic) it raises at once with the class's ``not_a_tensor_hint``, the
+    spelling that unpacks it. Every subclass is registered as a pytree (jitted steps return it)."""
 
     __slots__ = ()
-    not_a_tensor_hint = _APPEND_HINT
+    not_a_tensor_hint = ""
+    _holds = "the tuple a cache's append returns"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_node(cls, lambda t: (tuple(t), None), lambda _, children: cls(children))
 
     def __getattr__(self, name: str) -> Any:
         raise self._misused(f"it has no .{name}")
 
-    @staticmethod
-    def _misused(what: str) -> errors.Msg:
-        return errors.Msg(f"this is the (keys, values) pair a KV cache's append returns, not a tensor ({what}):"
-                          f" {_APPEND_HINT}")
+    def _misused(self, what: str) -> errors.Msg:
+        return errors.Msg(f"this is {self._holds}, not a tensor ({what}): {self.not_a_tensor_hint}")
 
     def _arith(self, *_: Any) -> Any:
         raise self._misused("arithmetic on it")
@@ -68,23 +75,46 @@ class KeysValues(tuple):
     __matmul__ = __rmatmul__ = __pow__ = __neg__ = _arith
 
 
-jax.tree_util.register_pytree_node(KeysValues, lambda kv: (tuple(kv), None), lambda _, children: KeysValues(children))
+class KeysValues(_AppendResult):
+    """The ``(keys, values)`` pair a cache's ``append`` returns beside the new cache: a plain tuple.
+
+    Candle's ``let (k, v) = cache.append(&k, &v)?`` ported as ``k, v = cache.append(k, v)`` would bind
+    this pair to ``k`` and the new cache to ``v``; used as a tensor, the pair raises at once, naming
+    the candlejax spelling ``(k, v), cache = cache.append(k, v)``.
+    """
+
+    __slots__ = ()
+    not_a_tensor_hint = _APPEND_HINT
+    _holds = "the (keys, values) pair a KV cache's append returns"
+
+
+class DataAndCache(_AppendResult):
+    """The ``(data, new_cache)`` pair that :meth:`Cache.append` and :meth:`RotatingCache.append`
+    return: a plain tuple to unpack, ``data, cache = cache.append(x)``. ``x = cache.append(x)``
+    (Candle's ``cache.append(&x)?`` updates the cache in place) binds the pair, which raises at its
+    first use as a tensor, naming that spelling.
+    """
+
+    __slots__ = ()
+    not_a_tensor_hint = _CACHE_HINT
+    _holds = "the (data, new_cache) pair a cache's append returns"
 
 
 @op(static=("dim",))
-def _kv_write(kb: Any, vb: Any, ka: Any, va: Any, pos: Any, *, dim: int) -> Any:
-    start = [jnp.zeros((), jnp.int32)] * ka.ndim
+def _slice_write(bufs: Any, xs: Any, pos: Any, *, dim: int) -> Any:
+    """Write each ``xs[i]`` into ``bufs[i]`` at ``pos`` along ``dim``: ``(new_bufs, pos + len)``."""
+    start = [jnp.zeros((), jnp.int32)] * bufs[0].ndim
     start[dim] = pos
-    kb = lax.dynamic_update_slice(kb, ka.astype(kb.dtype), start)
-    vb = lax.dynamic_update_slice(vb, va.astype(vb.dtype), start)
-    return kb, vb, pos + ka.shape[dim]
+    new = tuple(lax.dynamic_update_slice(b, x.astype(b.dtype), start) for b, x in zip(bufs, xs, strict=True))
+    return new, pos + xs[0].shape[dim]
 
 
 @op(static=("dim",))
-def _ring_write(kb: Any, vb: Any, ka: Any, va: Any, off: Any, slot_pos: Any, *, dim: int) -> Any:
-    w, n = kb.shape[dim], ka.shape[dim]
-    k_all = jnp.concatenate([kb, ka.astype(kb.dtype)], axis=dim)
-    v_all = jnp.concatenate([vb, va.astype(vb.dtype)], axis=dim)
+def _ring_write(bufs: Any, xs: Any, off: Any, slot_pos: Any, *, dim: int) -> Any:
+    """Write ``xs`` into the rings ``bufs`` (``window`` slots on ``dim``) at absolute position ``off``:
+    ``(each ring followed by its new entries, new rings, off + len, new slot positions)``."""
+    w, n = bufs[0].shape[dim], xs[0].shape[dim]
+    alls = tuple(jnp.concatenate([b, x.astype(b.dtype)], axis=dim) for b, x in zip(bufs, xs, strict=True))
     new_pos = off + jnp.arange(n, dtype=jnp.int32)
     keep = min(n, w)  # only the last `window` new positions survive in the ring
     slots = new_pos[n - keep :] % w
@@ -93,13 +123,131 @@ def _ring_write(kb: Any, vb: Any, ka: Any, va: Any, off: Any, slot_pos: Any, *, 
         b = jnp.moveaxis(buf, dim, 0).at[slots].set(jnp.moveaxis(x.astype(buf.dtype), dim, 0)[n - keep :])
         return jnp.moveaxis(b, 0, dim)
 
-    return k_all, v_all, put(kb, ka), put(vb, va), off + n, slot_pos.at[slots].set(new_pos[n - keep :])
+    rings = tuple(put(b, x) for b, x in zip(bufs, xs, strict=True))
+    return alls, rings, off + n, slot_pos.at[slots].set(new_pos[n - keep :])
 
 
 def _alloc(x: Any, dim: int, size: int) -> Any:
     shape = list(x.shape)
     shape[dim] = size
     return jnp.zeros(shape, x.dtype)
+
+
+def _check_source(what: str, x: Any, dim: int, buf: Any) -> None:
+    """Shapes are static, so this runs eagerly and while tracing: a source that cannot be written
+    along ``dim`` into ``buf`` (``None``: not allocated yet) raises, naming both shapes."""
+    if not 0 <= dim < x.ndim:
+        raise errors.Msg(f"{what}: dim {dim} is out of range for a source of shape {tuple(x.shape)}")
+    if buf is not None and (buf.ndim != x.ndim or any(a != b for i, (a, b) in enumerate(zip(buf.shape, x.shape))
+                                                      if i != dim)):  # fmt: skip
+        raise errors.Msg(
+            f"{what}: a source of shape {tuple(x.shape)} does not fit the cache's buffer {tuple(buf.shape)}"
+            f" (all dims but dim {dim} must match; reset() keeps the buffers, so make a new cache for"
+            " other shapes)"
+        )
+
+
+def _written(pos: Any, what: str) -> int:
+    """The concrete number of written positions, for the narrowed views (eager only)."""
+    if not is_eager():
+        raise errors.Msg(
+            f"{what} is narrowed to the written length, which is only known eagerly: inside jit use the"
+            " whole buffers (all_data() / the data append returns) with attn_mask(q_len)"
+        )
+    return int(pos._a)
+
+
+def _narrow(buf: Any, dim: int, n: int) -> Any:
+    return wrap(lax.slice_in_dim(buf._a, 0, n, axis=dim))
+
+
+def _causal_mask(pos: Any, q_len: int, size: int) -> Any:
+    """Bool ``(q_len, size)``: the last ``q_len`` of ``pos`` written positions see slots ``<= their own``."""
+    q = jnp.arange(q_len, dtype=jnp.int32)[:, None] + (pos - q_len)
+    return wrap(jnp.arange(size, dtype=jnp.int32)[None, :] <= q)
+
+
+class Cache(Module):
+    """Candle's ``Cache::new(dim, max_seq_len)``: one tensor concatenated along ``dim`` into a buffer
+    of ``max_seq_len`` positions (Candle's ``KvCache`` is two of them).
+
+    ``data, cache = cache.append(x)`` writes ``x`` at the current position and returns the whole
+    buffer (``max_seq_len`` on ``dim``; unwritten slots are zero) and the new cache; Candle's
+    ``append`` returns nothing and updates the cache in place, so ``x = cache.append(x)`` binds the
+    pair, which raises at its first use as a tensor. Shapes never change, so one jitted step serves
+    every token; ``attn_mask(q_len)`` masks the unwritten slots. Candle grows the buffer when it is
+    full; here appending past ``max_seq_len`` raises eagerly (under ``jit`` the write is clamped).
+
+    >>> import numpy as np
+    >>> from candlejax.nn import Cache
+    >>> cache = Cache.new(1, 4)
+    >>> data, cache = cache.append(np.ones((2, 3), np.float32))
+    >>> data.shape, cache.current_seq_len(), cache.current_data().shape
+    ((2, 4), 3, (2, 3))
+    """
+
+    not_a_tensor_hint = _CACHE_HINT
+
+    def __init__(self, dim: int, max_seq_len: int, data: Any = None, pos: Any = None):
+        if int(max_seq_len) < 1:
+            raise errors.Msg(f"Cache: max_seq_len must be >= 1, got {max_seq_len}")
+        self.dim = int(dim)
+        self.max_seq_len = int(max_seq_len)
+        self.buf = data
+        self.pos = wrap(jnp.zeros((), jnp.int32)) if pos is None else pos
+
+    @staticmethod
+    def new(dim: int, max_seq_len: int) -> Cache:
+        return Cache(dim, max_seq_len)
+
+    @staticmethod
+    def preallocated(dim: int, max_seq_len: int, like: Any) -> Cache:
+        """A zeroed buffer shaped like ``like`` with ``max_seq_len`` on ``dim``."""
+        x = as_array(like)
+        _check_source("Cache.preallocated", x, int(dim), None)
+        return Cache(dim, max_seq_len, wrap(_alloc(x, int(dim), int(max_seq_len))))
+
+    def append(self, src: Any) -> DataAndCache:
+        """Write ``src`` at the current position: ``(data, new_cache)`` with ``data`` the whole buffer.
+
+        Raises eagerly when the new positions do not fit in ``max_seq_len``.
+        """
+        x = as_array(src)
+        buf = None if self.buf is None else self.buf._a
+        _check_source("Cache.append", x, self.dim, buf)
+        n = x.shape[self.dim]
+        if is_eager() and int(self.pos._a) + n > self.max_seq_len:
+            raise errors.Msg(
+                f"Cache.append: appending {n} positions at {int(self.pos._a)} exceeds max_seq_len"
+                f" {self.max_seq_len} (create the cache with a larger max_seq_len)"
+            )
+        buf = _alloc(x, self.dim, self.max_seq_len) if buf is None else buf
+        (buf,), pos = _slice_write((buf,), (x,), self.pos._a, dim=self.dim)
+        return DataAndCache((wrap(buf), Cache(self.dim, self.max_seq_len, wrap(buf), wrap(pos))))
+
+    def current_seq_len(self) -> Any:
+        """An int eagerly, an int32 scalar Tensor under ``jit``."""
+        return int(self.pos._a) if is_eager() else self.pos
+
+    def all_data(self) -> Any:
+        """The whole buffer (``max_seq_len`` on ``dim``), or ``None`` before the first append."""
+        return self.buf
+
+    def current_data(self) -> Any:
+        """The written part of the buffer, or ``None`` when nothing is written; eager only."""
+        if self.buf is None:
+            return None
+        n = _written(self.pos, "Cache.current_data()")
+        return None if n == 0 else _narrow(self.buf, self.dim, n)
+
+    def attn_mask(self, q_len: int) -> Any:
+        """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
+        return _causal_mask(self.pos._a, q_len, self.max_seq_len)
+
+    def reset(self) -> Cache:
+        """A cache at position 0. The buffer is kept (Candle drops it), so ``all_data()`` still returns
+        it and a jitted step keeps its shapes; its old contents are masked out and overwritten."""
+        return Cache(self.dim, self.max_seq_len, self.buf)
 
 
 class KvCache(Module):
@@ -136,6 +284,8 @@ class KvCache(Module):
         write is clamped, so size ``max_seq_len`` for the whole generation.
         """
         ka, va = as_array(k), as_array(v)
+        _check_source("KvCache.append (keys)", ka, self.dim, None if self.k_buf is None else self.k_buf._a)
+        _check_source("KvCache.append (values)", va, self.dim, None if self.v_buf is None else self.v_buf._a)
         kb = _alloc(ka, self.dim, self.max_seq_len) if self.k_buf is None else self.k_buf._a
         vb = _alloc(va, self.dim, self.max_seq_len) if self.v_buf is None else self.v_buf._a
         n = ka.shape[self.dim]
@@ -147,25 +297,20 @@ class KvCache(Module):
                     f"KvCache: appending {n} positions at {p} exceeds max_seq_len {self.max_seq_len}"
                     " (create the cache with a larger max_seq_len)"
                 )
-        kb, vb, pos = _kv_write(kb, vb, ka, va, pos, dim=self.dim)
+        (kb, vb), pos = _slice_write((kb, vb), (ka, va), pos, dim=self.dim)
         new = KvCache(self.dim, self.max_seq_len, wrap(kb), wrap(vb), wrap(pos))
         return KeysValues((wrap(kb), wrap(vb))), new
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
-        pos = self.pos._a
-        q = jnp.arange(q_len, dtype=jnp.int32)[:, None] + (pos - q_len)
-        return wrap(jnp.arange(self.max_seq_len, dtype=jnp.int32)[None, :] <= q)
+        return _causal_mask(self.pos._a, q_len, self.max_seq_len)
 
     def current_seq_len(self) -> Any:
         """An int eagerly, an int32 scalar Tensor under ``jit``."""
         return int(self.pos._a) if is_eager() else self.pos
 
     def _narrow(self, buf: Any) -> Any:
-        if buf is None:
-            return None
-        n = int(self.pos._a)
-        return wrap(lax.slice_in_dim(buf._a, 0, n, axis=self.dim))
+        return None if buf is None else _narrow(buf, self.dim, _written(self.pos, "KvCache.k() / .v()"))
 
     def k(self) -> Any:
         """The written keys (Candle's narrowed view); eager only."""
@@ -303,48 +448,31 @@ class DecodeKvCache(Module):
         return wrap(self.v_buf._a.reshape(self.batch, self.heads, -1, d)[:, :, :n])
 
 
-class RotatingKvCache(Module):
-    """A sliding-window ring buffer of ``max_seq_len`` (the window) positions (Candle's ``RotatingKvCache``).
+class _Ring(Module):
+    """The sliding-window bookkeeping that :class:`RotatingCache` and :class:`RotatingKvCache` share:
+    ``max_seq_len`` ring slots (the window), the absolute position each slot holds now and before the
+    last append (``-1``: empty), and the number of positions written (``offset_``)."""
 
-    ``(k_all, v_all), cache = cache.append(k, v)`` returns the previous window followed by the new
-    keys (``window + T`` along ``dim``), so every new query sees exactly its last ``window`` keys,
-    even when a chunk wraps around; ``cache.attn_mask(T)`` is the matching ``(T, window + T)`` mask.
-    """
-
-    not_a_tensor_hint = _APPEND_HINT
-
-    def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, offset: Any = None,
-                 slot_pos: Any = None, prev_slot_pos: Any = None):  # fmt: skip
+    def _init_ring(self, dim: int, max_seq_len: int, offset: Any, slot_pos: Any, prev_slot_pos: Any) -> None:
+        if int(max_seq_len) < 1:
+            raise errors.Msg(f"{type(self).__name__}: max_seq_len (the window) must be >= 1, got {max_seq_len}")
         self.dim = int(dim)
         self.max_seq_len = int(max_seq_len)
-        self.k_buf = k
-        self.v_buf = v
-        empty = wrap(jnp.full((max_seq_len,), -1, jnp.int32))
+        empty = wrap(jnp.full((self.max_seq_len,), -1, jnp.int32))
         self.offset_ = wrap(jnp.zeros((), jnp.int32)) if offset is None else offset
         self.slot_pos = empty if slot_pos is None else slot_pos  # absolute position held by each slot, -1 = empty
         self.prev_slot_pos = empty if prev_slot_pos is None else prev_slot_pos  # the same before the last append
 
-    @staticmethod
-    def new(dim: int, max_seq_len: int) -> RotatingKvCache:
-        return RotatingKvCache(dim, max_seq_len)
-
     def offset(self) -> Any:
-        """The absolute position of the next token."""
+        """The absolute position of the next token (Candle's ``offset()`` is that modulo the window)."""
         return int(self.offset_._a) if is_eager() else self.offset_
 
-    current_seq_len = offset
-
-    def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
-        ka, va = as_array(k), as_array(v)
-        w = self.max_seq_len
-        kb = _alloc(ka, self.dim, w) if self.k_buf is None else self.k_buf._a
-        vb = _alloc(va, self.dim, w) if self.v_buf is None else self.v_buf._a
-        k_all, v_all, kk, vv, off, sp = _ring_write(kb, vb, ka, va, self.offset_._a, self.slot_pos._a, dim=self.dim)
-        new = RotatingKvCache(self.dim, w, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
-        return KeysValues((wrap(k_all), wrap(v_all))), new
+    def current_seq_len(self) -> Any:
+        """The number of positions appended since the start (or ``reset``), window or not."""
+        return self.offset()
 
     def attn_mask(self, q_len: int) -> Any:
-        """Bool ``(q_len, window + q_len)`` for the ``k_all`` of the last ``append``: key visible iff it
+        """Bool ``(q_len, window + q_len)`` for the data of the last ``append``: key visible iff it
         was written, is not in the future, and lies within the last ``window`` positions."""
         qpos = self.offset_._a - q_len + jnp.arange(q_len, dtype=jnp.int32)
         kp = jnp.concatenate([self.prev_slot_pos._a, qpos])[None, :]
@@ -355,10 +483,108 @@ class RotatingKvCache(Module):
         """Absolute positions of the next ``seq_len`` tokens."""
         return wrap(self.offset_._a + jnp.arange(seq_len, dtype=jnp.int32))
 
+    def _write(self, what: str, bufs: tuple[Any, ...], xs: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``(alls, rings, offset, slot_pos)`` after writing ``xs`` (allocating the rings on first use)."""
+        for b, x in zip(bufs, xs, strict=True):
+            _check_source(what, x, self.dim, None if b is None else b._a)
+        rings = tuple(_alloc(x, self.dim, self.max_seq_len) if b is None else b._a for b, x in zip(bufs, xs))
+        return _ring_write(rings, xs, self.offset_._a, self.slot_pos._a, dim=self.dim)
+
+    def _current(self, buf: Any, what: str) -> Any:
+        """The ring's written slots in slot order (all of them once it has wrapped), or ``None``."""
+        if buf is None:
+            return None
+        n = min(_written(self.offset_, what), self.max_seq_len)
+        return None if n == 0 else _narrow(buf, self.dim, n)
+
+
+class RotatingCache(_Ring):
+    """Candle's ``RotatingCache::new(dim, max_seq_len)``: one tensor in a ring of ``max_seq_len``
+    positions (the window) along ``dim``.
+
+    ``data, cache = cache.append(x)`` returns the ring as it was before this append followed by ``x``
+    (``window + T`` along ``dim``), so every new position sees exactly its last ``window``
+    positions, even when ``x`` wraps around the ring; ``cache.attn_mask(T)`` is the matching
+    ``(T, window + T)`` bool mask. Candle returns the ring after the write (narrowed until it is
+    full) and a u8 mask; its ``offset()`` is the write index in the ring, here it is the absolute
+    position (see :class:`RotatingKvCache`, built on the same ring).
+
+    >>> import numpy as np
+    >>> from candlejax.nn import RotatingCache
+    >>> cache = RotatingCache.new(0, 3)
+    >>> data, cache = cache.append(np.arange(5, dtype=np.float32))
+    >>> data.shape, cache.offset(), cache.current_data().tolist()
+    ((8,), 5, [3.0, 4.0, 2.0])
+    """
+
+    not_a_tensor_hint = _CACHE_HINT
+
+    def __init__(self, dim: int, max_seq_len: int, data: Any = None, offset: Any = None, slot_pos: Any = None,
+                 prev_slot_pos: Any = None):  # fmt: skip
+        self._init_ring(dim, max_seq_len, offset, slot_pos, prev_slot_pos)
+        self.buf = data
+
+    @staticmethod
+    def new(dim: int, max_seq_len: int) -> RotatingCache:
+        return RotatingCache(dim, max_seq_len)
+
+    def append(self, src: Any) -> DataAndCache:
+        """Write ``src`` into the ring: ``(data, new_cache)``, ``data`` the previous ring then ``src``."""
+        x = as_array(src)
+        (data,), (ring,), off, sp = self._write("RotatingCache.append", (self.buf,), (x,))
+        new = RotatingCache(self.dim, self.max_seq_len, wrap(ring), wrap(off), wrap(sp), self.slot_pos)
+        return DataAndCache((wrap(data), new))
+
+    def all_data(self) -> Any:
+        """The ring (``max_seq_len`` slots on ``dim``), or ``None`` before the first append."""
+        return self.buf
+
+    def current_data(self) -> Any:
+        """The written slots in ring order (all of them once it has wrapped), or ``None``; eager only."""
+        return self._current(self.buf, "RotatingCache.current_data()")
+
+    def reset(self) -> RotatingCache:
+        """An empty cache at position 0 (the ring buffer is kept; its old contents are masked out)."""
+        return RotatingCache(self.dim, self.max_seq_len, self.buf)
+
+
+class RotatingKvCache(_Ring):
+    """A sliding-window ring buffer of ``max_seq_len`` (the window) positions (Candle's ``RotatingKvCache``).
+
+    ``(k_all, v_all), cache = cache.append(k, v)`` returns the previous window followed by the new
+    keys (``window + T`` along ``dim``), so every new query sees exactly its last ``window`` keys,
+    even when a chunk wraps around; ``cache.attn_mask(T)`` is the matching ``(T, window + T)`` mask.
+    Keys and values share one ring (:class:`RotatingCache` holds one tensor).
+    """
+
+    not_a_tensor_hint = _APPEND_HINT
+
+    def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, offset: Any = None,
+                 slot_pos: Any = None, prev_slot_pos: Any = None):  # fmt: skip
+        self._init_ring(dim, max_seq_len, offset, slot_pos, prev_slot_pos)
+        self.k_buf = k
+        self.v_buf = v
+
+    @staticmethod
+    def new(dim: int, max_seq_len: int) -> RotatingKvCache:
+        return RotatingKvCache(dim, max_seq_len)
+
+    def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
+        ka, va = as_array(k), as_array(v)
+        (k_all, v_all), (kk, vv), off, sp = self._write("RotatingKvCache.append", (self.k_buf, self.v_buf), (ka, va))
+        new = RotatingKvCache(self.dim, self.max_seq_len, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
+        return KeysValues((wrap(k_all), wrap(v_all))), new
+
+    def k(self) -> Any:
+        """The written key slots in ring order (Candle's ``k()``), or ``None``; eager only."""
+        return self._current(self.k_buf, "RotatingKvCache.k()")
+
+    def v(self) -> Any:
+        """The written value slots in ring order, or ``None``; eager only."""
+        return self._current(self.v_buf, "RotatingKvCache.v()")
+
     def reset(self) -> RotatingKvCache:
         return RotatingKvCache(self.dim, self.max_seq_len, self.k_buf, self.v_buf)
-
-
 
 
 class ConcatKvCache(Module):
