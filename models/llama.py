@@ -54,7 +54,8 @@ from candlejax.tensor import unwrap, wrap
 from candlejax.xla import GENERATION_OPTIONS
 
 __all__ = [
-    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "Llama", "Mlp", "RmsNorm",
+    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache", "Llama", "Mlp",
+    "RmsNorm",
     "forward_all", "rope_inv_freq", "rotary_for", "step",
 ]  # fmt: skip
 
@@ -65,7 +66,75 @@ SUPPORTED = {
     "qwen2": ("Qwen2ForCausalLM",),
 }
 
-Cache = StackedKvCache  # (layers, B, Hkv, max_seq_len, head_dim) keys and values
+class Cache(StackedKvCache):
+    """Every layer's keys and values, ``(layers, B, Hkv, max_seq_len, head_dim)``: the
+    :class:`~candlejax.nn.StackedKvCache` that :func:`step` takes (``model.new_cache(batch,
+    max_seq_len)``).
+
+    ``Cache.new(use_kv_cache, dtype, config, device)``, Candle's ``llama::Cache::new``, gives the
+    :class:`ForwardCache` that ``model.forward(tokens, index_pos, cache)`` updates in place.
+    """
+
+    @classmethod
+    def new(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if (args and isinstance(args[0], bool)) or "use_kv_cache" in kwargs:
+            return ForwardCache(*args, **kwargs)
+        return super().new(*args, **kwargs)
+
+
+class ForwardCache:
+    """Candle's ``llama::Cache::new(use_kv_cache, dtype, &config, &device)``: the cache that
+    ``model.forward(tokens, index_pos, cache)`` reads and updates in place (Candle's ``&mut Cache``).
+
+    It holds the model's preallocated :class:`Cache` between calls, sized and grown by ``forward``.
+    ``use_kv_cache=False`` recomputes every call from scratch, as Candle does: pass the whole
+    sequence at ``index_pos`` 0. ``dtype`` is Candle's dtype for the rotary tables; here they are
+    computed in f32 inside the step and the keys and values keep the model's dtype.
+    """
+
+    __slots__ = ("cache", "config", "device", "dtype", "use_kv_cache")
+
+    def __init__(self, use_kv_cache: bool, dtype: Any, config: Config, device: Any = None):
+        if not isinstance(use_kv_cache, bool):
+            raise errors.Msg(f"llama Cache.new(use_kv_cache, dtype, config, device): use_kv_cache must be a bool,"
+                             f" got {type(use_kv_cache).__name__}")  # fmt: skip
+        if not isinstance(config, Config):
+            raise errors.Msg(f"llama Cache.new(use_kv_cache, dtype, config, device): config must be a llama.Config,"
+                             f" got {type(config).__name__}")  # fmt: skip
+        self.use_kv_cache, self.dtype, self.config = use_kv_cache, to_dtype(dtype), config
+        self.device = Device.coerce(device)
+        self.cache: Any = None
+
+    def reset(self) -> None:
+        """Forget the cached positions (the next ``forward`` starts at ``index_pos`` 0)."""
+        self.cache = None
+
+    def __repr__(self) -> str:
+        n = "empty" if self.cache is None else f"{self.cache.max_seq_len} slots"
+        return f"llama.ForwardCache(use_kv_cache={self.use_kv_cache}, {n})"
+
+
+def _forward_state(model: Any, cache: Any, index_pos: int) -> Any:
+    """Where ``forward`` keeps its KV cache: the caller's :class:`ForwardCache`, else the model's own."""
+    if cache is None:
+        return HostState.of(model)  # a copy made by a tree transformation gets a cache of its own
+    if isinstance(cache, ForwardCache):
+        if cache.config != model.config:
+            raise errors.Msg("llama forward: the cache was made for another config (Cache.new(use_kv_cache, dtype,"
+                             " config, device) with this model's config)")  # fmt: skip
+        if cache.use_kv_cache:
+            return cache
+        if index_pos != 0:
+            raise errors.Msg(f"llama forward: a cache made with use_kv_cache=False recomputes every call; pass the"
+                             f" whole sequence at index_pos 0 (got {index_pos})")  # fmt: skip
+        return HostState()  # nothing kept between calls
+    if isinstance(cache, StackedKvCache):
+        raise errors.Msg(
+            "llama forward: a preallocated Cache is functional: write `logits, cache = model.step(cache, tokens, pos)`,"
+            " or pass Candle's `Cache.new(use_kv_cache, dtype, config, device)`"
+        )
+    raise errors.Msg(f"llama forward: cache must be a llama.ForwardCache (Cache.new(use_kv_cache, dtype, config,"
+                     f" device)), got {type(cache).__name__}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,12 +473,14 @@ class Llama(Module):
         """:func:`step` as a method."""
         return step(self, cache, tokens, pos, last)
 
-    def forward(self, tokens: Any, index_pos: int) -> Any:
-        """Candle's ``forward(&x, index_pos)``: logits ``(batch, vocab)`` of the last position.
+    def forward(self, tokens: Any, index_pos: int, cache: ForwardCache | None = None) -> Any:
+        """Candle's ``forward(&x, index_pos, &mut cache)``: logits ``(batch, vocab)`` of the last position.
 
         ``tokens`` ``(batch, seq)`` integer ids at positions ``index_pos ..``; the KV cache is kept
-        between calls (``index_pos=0`` starts a new sequence). It grows (doubling, one recompile)
-        when a sequence outgrows it, up to ``max_position_embeddings``; positions beyond raise.
+        between calls (``index_pos=0`` starts a new sequence): in ``cache``, a :class:`ForwardCache`
+        (``Cache.new(use_kv_cache, dtype, config, device)``) updated in place as Candle's ``&mut
+        Cache``, or without it in the model object. It grows (doubling, one recompile) when a
+        sequence outgrows it, up to ``max_position_embeddings``; positions beyond raise.
         """
         t = unwrap(tokens)
         t = t if isinstance(t, jax.Array) else np.asarray(t)
@@ -423,7 +494,7 @@ class Llama(Module):
         index_pos = int(index_pos)
         self.check_positions(index_pos, s)
         _check_ids(t, self.config.vocab_size)
-        st = HostState.of(self)  # a copy made by a tree transformation gets a cache of its own
+        st = _forward_state(self, cache, index_pos)
         # several tokens run in 32-token chunks, the last padded (one compiled program for every
         # prompt length; the padding is causally masked and later tokens overwrite its cache slots)
         padded = prefill_bucket(s) if s > 1 else s

@@ -656,15 +656,15 @@ class StackedKvCache(Module):
         self.k = k
         self.v = v
 
-    @staticmethod
-    def new(num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
+    @classmethod
+    def new(cls, num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
             dtype: Any = DType.F32, device: Any = None) -> StackedKvCache:  # fmt: skip
         if int(max_seq_len) < 1 or int(batch) < 1:
             raise errors.Msg(f"StackedKvCache: batch {batch} and max_seq_len {max_seq_len} must be >= 1")
         dt = to_dtype(dtype).np
         shape = (int(num_layers), int(batch), int(num_kv_heads), int(max_seq_len), int(head_dim))
         dev = Device.coerce(device).jax_device
-        return StackedKvCache(_zeros(shape, dt, dev), _zeros(shape, dt, dev))
+        return cls(_zeros(shape, dt, dev), _zeros(shape, dt, dev))
 
     @property
     def max_seq_len(self) -> int:
@@ -694,7 +694,7 @@ class StackedKvCache(Module):
         cv = lax.dynamic_update_slice(self.v, va.astype(self.v.dtype)[None], at)
         k_all = lax.dynamic_index_in_dim(ck, at[0], 0, keepdims=False)
         v_all = lax.dynamic_index_in_dim(cv, at[0], 0, keepdims=False)
-        return k_all, v_all, StackedKvCache(ck, cv)
+        return k_all, v_all, type(self)(ck, cv)  # a subclass (a model's Cache) stays itself
 
     def grow(self, max_seq_len: int, keep: int | None = None) -> StackedKvCache:
         """A cache of ``max_seq_len`` slots holding this one's first ``keep`` (default: all) slots."""
@@ -702,4 +702,4 @@ class StackedKvCache(Module):
         shape = (*self.k.shape[:3], int(max_seq_len), self.k.shape[4])
         k = jnp.zeros(shape, self.k.dtype).at[:, :, :, :n].set(self.k[:, :, :, :n])
         v = jnp.zeros(shape, self.v.dtype).at[:, :, :, :n].set(self.v[:, :, :, :n])
-        return StackedKvCache(k, v)
+        return type(self)(k, v)

@@ -122,6 +122,39 @@ def test_incremental_decode_matches_full_forward(pair):
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_candles_example_loop_with_its_cache(pair):
+    """Candle's llama example: ``let mut cache = Cache::new(use_kv_cache, dtype, &config, &device)``,
+    then ``llama.forward(&input, context_index, &mut cache)``: the whole prompt first, then one token
+    at its position with the KV cache, or the whole context at 0 without it. Greedy tokens and logits
+    equal transformers'."""
+    _name, hf, model, _ = pair
+    prompt = [int(i) for i in np.random.default_rng(4).integers(0, BASE["vocab_size"], 6)]
+    runs = {}
+    for use_kv_cache in (True, False):
+        cache = llama.Cache.new(use_kv_cache, DType.F32, model.config, Device.Cpu)
+        tokens, index_pos = list(prompt), 0
+        for index in range(5):
+            context_size = 1 if use_kv_cache and index > 0 else len(tokens)
+            context_index = index_pos if use_kv_cache and index > 0 else 0
+            ctxt = tokens[len(tokens) - context_size :]
+            logits = model.forward(np.array([ctxt], np.uint32), context_index, cache)
+            want = _hf_logits(hf, np.array([tokens]))[0, -1]
+            np.testing.assert_allclose(np.asarray(logits.jax)[0], want, atol=1e-4, rtol=1e-4)
+            index_pos += len(ctxt)
+            tokens.append(int(np.argmax(np.asarray(logits.jax)[0])))
+        runs[use_kv_cache] = tokens
+        assert (cache.cache is not None) == use_kv_cache  # only the KV-cache run keeps anything
+    assert runs[True] == runs[False]
+    assert model.forward(np.array([prompt], np.uint32), 0) is not None  # the model's own cache is separate
+    with pytest.raises(llama.errors.Error, match="whole sequence at index_pos 0"):
+        model.forward(np.array([[1]], np.uint32), 3, llama.Cache.new(False, DType.F32, model.config, Device.Cpu))
+    with pytest.raises(llama.errors.Error, match=r"model.step\(cache, tokens, pos\)"):
+        model.forward(np.array([[1]], np.uint32), 0, model.new_cache(1, 8))
+    with pytest.raises(llama.errors.Error, match="use_kv_cache must be a bool"):
+        llama.ForwardCache(1, DType.F32, model.config)
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
 def test_stateful_forward_runs_prompts_in_chunks(pair, jax_compiles):
     """Candle's loop: ``forward(prompt, 0)`` for prompts of 17-45 tokens compiles one 32-token
     program; the logits equal the full forward's last row and decoding continues correctly."""
