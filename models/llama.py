@@ -54,8 +54,8 @@ from candlejax.tensor import unwrap, wrap
 from candlejax.xla import GENERATION_OPTIONS
 
 __all__ = [
-    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache", "Llama", "Mlp",
-    "RmsNorm",
+    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache", "Llama",
+    "LlamaConfig", "Mlp", "RmsNorm",
     "forward_all", "rope_inv_freq", "rotary_for", "step",
 ]  # fmt: skip
 
@@ -224,6 +224,11 @@ class Config:
 
     from_hf_config = from_dict
 
+    def into_config(self, use_flash_attn: bool = False) -> Config:
+        """Candle's ``LlamaConfig::into_config(use_flash_attn)``: this config (one type here).
+        ``use_flash_attn`` picks Candle's CUDA kernel; XLA chooses the attention kernel itself."""
+        return self
+
     @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id
@@ -241,6 +246,9 @@ class Config:
             on = self.use_sliding_window and layer >= int(self.max_window_layers or 0)
             return int(self.sliding_window) if on else None
         return int(self.sliding_window) if self.model_type == "mistral" else None
+
+
+LlamaConfig = Config  # Candle's serde form of config.json; ``into_config()`` gives the same Config
 
 
 def rope_inv_freq(config: Config) -> np.ndarray:

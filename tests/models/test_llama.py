@@ -127,11 +127,13 @@ def test_candles_example_loop_with_its_cache(pair):
     then ``llama.forward(&input, context_index, &mut cache)``: the whole prompt first, then one token
     at its position with the KV cache, or the whole context at 0 without it. Greedy tokens and logits
     equal transformers'."""
-    _name, hf, model, _ = pair
+    _name, hf, model, folder = pair
+    config = llama.LlamaConfig.from_json_file(folder / "config.json").into_config(False)
+    assert config == model.config
     prompt = [int(i) for i in np.random.default_rng(4).integers(0, BASE["vocab_size"], 6)]
     runs = {}
     for use_kv_cache in (True, False):
-        cache = llama.Cache.new(use_kv_cache, DType.F32, model.config, Device.Cpu)
+        cache = llama.Cache.new(use_kv_cache, DType.F32, config, Device.Cpu)
         tokens, index_pos = list(prompt), 0
         for index in range(5):
             context_size = 1 if use_kv_cache and index > 0 else len(tokens)
