@@ -34,7 +34,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
-from candlejax.models.loading import safetensors_files, tokenizer_from
+from candlejax.models.loading import check_vb_first, safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -233,6 +233,13 @@ class VisionModel(Module):
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm")),
         )
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``vision_model(pixel_values)`` is :meth:`forward`; with no arguments, Candle's accessor
+        ``model.vision_model()`` (``image.apply(model.vision_model())``): the module itself."""
+        if not args and not kwargs:
+            return self
+        return self.forward(*args, **kwargs)
+
     def forward(self, pixel_values: Tensor) -> Tensor:
         xs = self.embeddings(pixel_values)
         for layer in self.layers:
@@ -240,10 +247,18 @@ class VisionModel(Module):
         return self.post_layernorm(xs)
 
 
+_NEW, _LOAD = "BlipForConditionalGeneration.new(config, vb)", "BlipForConditionalGeneration.load(vb, config)"
+
+
 class BlipForConditionalGeneration(Module):
     """``vision_model`` + ``text_decoder`` (:class:`~candlejax.models.blip_text.TextLMHeadModel`).
 
-    Candle: ``BlipForConditionalGeneration::new(&config, vb)``; here ``.load(vb, config)``.
+    Candle: ``BlipForConditionalGeneration::new(&config, vb)``; here ``.load(vb, config)`` (``.new(config,
+    vb)`` works too). Candle's accessors work as written: ``model.vision_model()`` is the vision model,
+    ``model.text_decoder()`` the decoder with Candle's stateful ``forward`` (each call continues the
+    sequence in its KV cache, :class:`~candlejax.models.blip_text.StatefulTextDecoder`) and
+    ``model.reset_kv_cache()`` starts a new sequence. The attribute ``model.text_decoder.forward(ids,
+    image_embeds)`` is the uncached forward over every position.
     """
 
     def __init__(self, vision_model: VisionModel, text_decoder: blip_text.TextLMHeadModel, config: Config,
@@ -252,7 +267,14 @@ class BlipForConditionalGeneration(Module):
         self.path = path  # the checkpoint folder (from_pretrained), where caption finds tokenizer.json
 
     @staticmethod
+    def new(config: Config, vb: VarBuilder) -> BlipForConditionalGeneration:
+        """Candle's ``BlipForConditionalGeneration::new(&config, vb)`` (= ``.load(vb, config)``)."""
+        check_vb_first(vb, "BlipForConditionalGeneration.new", _NEW, _LOAD)
+        return BlipForConditionalGeneration.load(vb, config)
+
+    @staticmethod
     def load(vb: VarBuilder, config: Config) -> BlipForConditionalGeneration:
+        check_vb_first(vb, "BlipForConditionalGeneration.load", _NEW, _LOAD)
         return BlipForConditionalGeneration(
             VisionModel.load(vb.pp("vision_model"), config.vision_config),
             blip_text.TextLMHeadModel.load(vb.pp("text_decoder"), config.text_config),
@@ -273,6 +295,10 @@ class BlipForConditionalGeneration(Module):
     @property
     def image_size(self) -> int:
         return self.vision_model.embeddings.image_size
+
+    def reset_kv_cache(self) -> None:
+        """Candle's ``reset_kv_cache()``: ``model.text_decoder().forward`` starts a new sequence."""
+        self.text_decoder.reset_kv_cache()
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
         """Decoder logits ``(B, S, vocab)`` for ``input_ids`` given the image (transformers' ``.logits``)."""

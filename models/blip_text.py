@@ -7,6 +7,10 @@ with its weight names verbatim (``bert.embeddings.word_embeddings.weight``,
 ...). Two ways to run it:
 
 * ``logits = decoder.forward(input_ids, image_embeds)``: every position, no cache (``(B, S, vocab)``);
+* Candle's stateful form, ``model.text_decoder().forward(input_ids, image_embeds)`` (or
+  ``decoder.forward_stateful``; ``TextLMHeadModel.new(cfg, vb)`` returns the same view): each call
+  appends its tokens to the decoder's own KV cache, as Candle's ``&mut self`` forward does, until
+  ``reset_kv_cache()``;
 * pure, for ``jax.jit`` and :mod:`candlejax.generation`: ``logits, cache = step(decoder, cache,
   tokens, pos)`` with a :class:`TextCache` from ``decoder.new_cache(image_embeds, max_seq_len)``:
   the self-attention keys/values live in pre-allocated :class:`~candlejax.nn.DecodeKvCache` buffers and
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +33,7 @@ from candlejax.nn import (
     Activation,
     DecodeKvCache,
     Embedding,
+    HostState,
     LayerNorm,
     Linear,
     Module,
@@ -42,6 +48,7 @@ from candlejax.tensor import Tensor
 __all__ = [
     "Config",
     "TextAttention",
+    "StatefulTextDecoder",
     "TextCache",
     "TextEmbeddings",
     "TextLMHeadModel",
@@ -221,6 +228,24 @@ class TextLMHeadModel(Module):
         self.embeddings, self.layers = embeddings, list(layers)
         self.transform, self.transform_norm, self.act, self.decoder = transform, transform_norm, act, decoder
         self.config = config
+        self._forward_state = HostState()  # the KV cache of Candle's stateful forward (forward_stateful)
+
+    @staticmethod
+    def new(cfg: Config, vb: VarBuilder) -> StatefulTextDecoder:
+        """Candle's ``TextLMHeadModel::new(&cfg, vb)``: the decoder with Candle's stateful
+        ``forward`` (a :class:`StatefulTextDecoder`; ``.load(vb, cfg)`` gives the uncached module)."""
+        from candlejax.models.loading import check_vb_first
+
+        check_vb_first(vb, "blip_text.TextLMHeadModel.new", "TextLMHeadModel.new(cfg, vb)",
+                       "TextLMHeadModel.load(vb, cfg)")  # fmt: skip
+        return StatefulTextDecoder(TextLMHeadModel.load(vb, cfg))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``decoder(input_ids, image_embeds)`` is :meth:`forward`; with no arguments, Candle's accessor
+        ``model.text_decoder()``: the :class:`StatefulTextDecoder` view of this decoder."""
+        if not args and not kwargs:
+            return StatefulTextDecoder(self)
+        return self.forward(*args, **kwargs)
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> TextLMHeadModel:
@@ -270,24 +295,89 @@ class TextLMHeadModel(Module):
         b = image_embeds.dim(0)
         heads = self.config.num_attention_heads
         like = Tensor.zeros((b, heads, 1, self.config.hidden_size // heads), image_embeds.dtype, image_embeds.device)
-        kv, ck, cv = [], [], []
+        return TextCache([DecodeKvCache.preallocated(n, like) for _ in self.layers], *self._cross_kv(image_embeds))
+
+    def _cross_kv(self, image_embeds: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        ck, cv = [], []
         for layer in self.layers:
-            kv.append(DecodeKvCache.preallocated(n, like))
             k, v = layer.crossattention.self_attention.kv(image_embeds)
             ck.append(k.transpose(2, 3))  # (B, H, D, N): the score product reads it as is, every step
             cv.append(v)
-        return TextCache(kv, ck, cv)
+        return ck, cv
 
-    def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
-        """Logits ``(B, vocab)`` of the last new position and the updated cache (``pos``: position of
-        ``input_ids[:, 0]``, an int or an int32 scalar that may be traced)."""
+    def _hidden_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
         xs = self.embeddings(input_ids, pos)
         kvs = []
         for layer, kv, ck, cv in zip(self.layers, cache.kv, cache.cross_k, cache.cross_v, strict=True):
             xs, kv = layer.forward_cached(xs, kv, ck.transpose(2, 3), cv)
             kvs.append(kv)
-        last = xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)
-        return self.head(last), TextCache(kvs, cache.cross_k, cache.cross_v)
+        return xs, TextCache(kvs, cache.cross_k, cache.cross_v)
+
+    def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
+        """Logits ``(B, vocab)`` of the last new position and the updated cache (``pos``: position of
+        ``input_ids[:, 0]``, an int or an int32 scalar that may be traced)."""
+        xs, cache = self._hidden_cached(cache, input_ids, pos)
+        return self.head(xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)), cache
+
+    def forward_stateful(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
+        """Candle's ``TextLMHeadModel::forward(&mut self, input_ids, image_embeds)``: logits ``(B, S,
+        vocab)`` of the new tokens, which continue the sequence of the previous calls (the decoder's
+        own KV cache, up to ``max_position_embeddings`` positions) until :meth:`reset_kv_cache`.
+        ``image_embeds`` is read on every call, as in Candle."""
+        ids = input_ids if isinstance(input_ids, Tensor) else Tensor(np.asarray(input_ids))
+        st = HostState.of(self)
+        cache, pos = st.value if st.value is not None else (None, 0)
+        self._check_ids(ids, pos)
+        if cache is None:
+            cache = self.new_cache(image_embeds)
+        elif cache.cross_k[0].dim(0) != ids.dim(0) or image_embeds.dim(0) != ids.dim(0):
+            raise errors.Msg(
+                f"blip text_decoder: batch {ids.dim(0)} (image_embeds {image_embeds.dim(0)}) differs from the"
+                f" cached sequence's {cache.cross_k[0].dim(0)}; call reset_kv_cache() to start a new one"
+            )
+        else:  # the image's keys/values from this call's image_embeds
+            cache = TextCache(cache.kv, *self._cross_kv(image_embeds))
+        logits, cache = _jit_logits_cached(self, cache, ids, jnp.asarray(pos, jnp.int32))
+        st.value = (cache, pos + ids.dim(1))
+        return logits
+
+    def reset_kv_cache(self) -> None:
+        """Candle's ``reset_kv_cache()``: the next :meth:`forward_stateful` starts a new sequence."""
+        HostState.of(self).value = None
+
+
+def _logits_cached(model: TextLMHeadModel, cache: TextCache, ids: Any, pos: Any) -> tuple[Tensor, TextCache]:
+    xs, cache = model._hidden_cached(cache, ids, Tensor.from_jax(pos))
+    return model.head(xs), cache
+
+
+_jit_logits_cached = jax.jit(_logits_cached)
+
+
+class StatefulTextDecoder:
+    """Candle's ``&mut TextLMHeadModel``: what ``model.text_decoder()`` and ``TextLMHeadModel.new(cfg,
+    vb)`` return. ``forward(input_ids, image_embeds)`` is :meth:`TextLMHeadModel.forward_stateful`
+    (each call continues the sequence in the decoder's KV cache), ``reset_kv_cache()`` starts a new
+    one; other attributes are the decoder's (``.module`` is the decoder itself)."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: TextLMHeadModel):
+        self.module = module
+
+    def forward(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
+        return self.module.forward_stateful(input_ids, image_embeds)
+
+    __call__ = forward
+
+    def reset_kv_cache(self) -> None:
+        self.module.reset_kv_cache()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def __repr__(self) -> str:
+        return f"StatefulTextDecoder({self.module!r})"
 
 
 def step(params: TextLMHeadModel, cache: TextCache, tokens: Any, pos: Any) -> tuple[Tensor, TextCache]:

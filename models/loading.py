@@ -21,7 +21,7 @@ from typing import Any
 
 from candlejax import errors
 
-__all__ = ["check_architecture", "safetensors_files", "tokenizer_from"]
+__all__ = ["check_architecture", "check_vb_first", "safetensors_files", "tokenizer_from"]
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -47,6 +47,20 @@ def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterabl
     if strict:
         raise errors.Msg(msg + " (pass strict=False to load anyway)")
     warnings.warn(msg, stacklevel=3)
+
+
+def check_vb_first(vb: Any, where: str, candle: str, candlejax: str) -> None:
+    """Raise when ``vb`` (the argument a loader takes first) is not a VarBuilder: most often a
+    config given first, in the order of another spelling. The message names both spellings, e.g.
+    ``candle="BlipForConditionalGeneration.new(config, vb)"``,
+    ``candlejax="BlipForConditionalGeneration.load(vb, config)"``."""
+    from candlejax.nn import VarBuilder
+
+    if not isinstance(vb, VarBuilder):
+        raise errors.InvalidArgument(
+            f"{where}: expected a VarBuilder first, got {type(vb).__name__}; the argument orders are"
+            f" {candlejax} and (Candle's) {candle}"
+        )
 
 
 def safetensors_files(model_dir: str | os.PathLike) -> list[str]:

@@ -230,3 +230,63 @@ def test_cli(pair, tmp_path, rng, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-2:] == lines[-2:]
     assert cli.main(["caption", str(path), "--model", str(tmp_path / "nowhere")]) == 1
     assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_candle_example_loop_matches_caption_ids(pair, rng):
+    """Candle's blip example line for line: new(&config, vb), image.apply(model.vision_model()), then
+    text_decoder().forward with the whole prompt first and one token per call after (its KV cache)."""
+    _, loaded, d = pair
+    config = blip.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    model = blip.BlipForConditionalGeneration.new(config, vb)
+    px = _pixels(rng)
+    image = Tensor.from_numpy(px[0])
+    image_embeds = image.unsqueeze(0).apply(model.vision_model())
+    np.testing.assert_array_equal(image_embeds.numpy(), loaded.vision_model(Tensor.from_numpy(px)).numpy())
+    lp = LogitsProcessor(1337, None, None)
+    for _ in range(2):  # a second caption after reset_kv_cache gives the same tokens
+        token_ids = [BOS]
+        for index in range(6):
+            context_size = 1 if index > 0 else len(token_ids)
+            start_pos = max(len(token_ids) - context_size, 0)
+            input_ids = Tensor.new(np.asarray(token_ids[start_pos:], np.uint32), Device.Cpu).unsqueeze(0)
+            logits = model.text_decoder().forward(input_ids, image_embeds)
+            assert logits.dims() == (1, context_size, VOCAB)
+            logits = logits.squeeze(0)
+            token = lp.sample(logits.get(logits.dim(0) - 1))
+            if token == SEP:
+                break
+            token_ids.append(token)
+        assert token_ids[1:] == blip.caption_ids(loaded, Tensor.from_numpy(px), max_new_tokens=6)
+        model.reset_kv_cache()
+    # the stateful logits equal the uncached forward's, position by position
+    ids = Tensor.from_numpy(np.asarray([token_ids[:4]], np.uint32))
+    full = model.text_decoder.forward(ids, image_embeds).numpy()
+    dec = blip_text.TextLMHeadModel.new(config.text_config, vb.pp("text_decoder"))
+    first = dec.forward(ids.narrow(1, 0, 2), image_embeds).numpy()
+    rest = [dec.forward(ids.narrow(1, t, 1), image_embeds).numpy() for t in (2, 3)]
+    np.testing.assert_allclose(np.concatenate([first, *rest], 1), full, atol=1e-5, rtol=1e-5)
+    dec.reset_kv_cache()
+    np.testing.assert_allclose(dec.forward(ids, image_embeds).numpy(), full, atol=1e-5, rtol=1e-5)
+
+
+def test_candle_spellings_that_raise(pair, rng):
+    _, model, d = pair
+    config = blip.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"BlipForConditionalGeneration.load\(vb, config\)"):
+        blip.BlipForConditionalGeneration.load(config, vb)
+    with pytest.raises(errors.Error, match=r"BlipForConditionalGeneration.new\(config, vb\)"):
+        blip.BlipForConditionalGeneration.new(vb, config)
+    with pytest.raises(errors.Error, match=r"TextLMHeadModel.load\(vb, cfg\)"):
+        blip_text.TextLMHeadModel.new(vb, config.text_config)
+    dec = model.text_decoder()
+    emb = model.vision_model()(Tensor.from_numpy(_pixels(rng)))
+    dec.forward(Tensor.zeros((1, 39), DType.U32, Device.Cpu), emb)
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings"):  # the cache is full
+        dec.forward(Tensor.zeros((1, 2), DType.U32, Device.Cpu), emb)
+    with pytest.raises(errors.Error, match="reset_kv_cache"):
+        dec.forward(Tensor.zeros((2, 1), DType.U32, Device.Cpu), Tensor.cat([emb, emb], 0))
+    model.reset_kv_cache()
+    assert dec.forward(Tensor.zeros((2, 1), DType.U32, Device.Cpu), Tensor.cat([emb, emb], 0)).dims() == (2, 1, VOCAB)
+    model.reset_kv_cache()
