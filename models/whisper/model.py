@@ -230,17 +230,33 @@ class TextDecoder(Module):
     def forward(self, x: Any, xa: Tensor, flush_kv_cache: bool = True) -> Tensor:
         """Tokens ``(B, T)`` and audio features ``(B, S, D)`` -> hidden states ``(B, T, D)``.
 
-        As Candle: ``flush_kv_cache=True`` starts a new sequence; ``False`` continues the previous
-        call's (same ``xa``), the new tokens at the next positions. Runs the compiled :func:`step`.
+        ``flush_kv_cache=True`` starts a new sequence (the audio keys/values computed from ``xa``);
+        with ``False`` the audio's keys/values of the previous call are kept (as Candle) and:
+
+        * Candle's form, the whole token sequence again with more tokens at its end (what Candle's
+          example passes at every step): the hidden states of every token ``(B, T_all, D)``, as
+          Candle's recomputation gives, with only the new tokens computed (the earlier ones are cached);
+        * otherwise the tokens continue the sequence at the next positions: their hidden states.
+
+        Runs the compiled :func:`step`.
         """
         ids = np.asarray(x)
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "whisper decoder: tokens (batch, seq)")
         st = HostState.of(self)
         if flush_kv_cache or st.value is None:
-            st.value = new_state(self, xa)
-        h, _, st.value = _jit_hidden(self, st.value, jnp.asarray(ids, jnp.int32))
-        return h
+            st.value, st.cache = new_state(self, xa), None
+        seen, seen_h = st.cache if st.cache is not None else (ids[:, :0], None)
+        n = seen.shape[1]
+        if n and ids.shape[0] != seen.shape[0]:
+            raise errors.Msg(f"whisper decoder: batch {ids.shape[0]} differs from the cached sequence's"
+                             f" {seen.shape[0]}; pass flush_kv_cache=True to start a new one")  # fmt: skip
+        whole = n and ids.shape[0] == seen.shape[0] and ids.shape[1] > n and np.array_equal(ids[:, :n], seen)
+        new_ids = ids[:, n:] if whole else ids
+        h, _, st.value = _jit_hidden(self, st.value, jnp.asarray(new_ids, jnp.int32))
+        all_h = h if seen_h is None else Tensor.cat([seen_h, h], 1)
+        st.cache = (np.concatenate([seen, new_ids], 1), all_h)
+        return all_h if whole else h
 
     def final_linear(self, x: Tensor) -> Tensor:
         """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``."""
@@ -357,6 +373,10 @@ class Whisper(Module):
 
     @staticmethod
     def load(vb: VarBuilder, config: Config) -> Whisper:
+        """Candle's ``Whisper::load(&vb, config)``: transformers' names under ``model.encoder`` / ``model.decoder``."""
+        from candlejax.models.loading import check_vb_first
+
+        check_vb_first(vb, "whisper.Whisper.load", "Whisper::load(&vb, config)", "Whisper.load(vb, config)")
         return Whisper(AudioEncoder.load(vb.pp("model.encoder"), config),
                        TextDecoder.load(vb.pp("model.decoder"), config), config)  # fmt: skip
 
@@ -389,6 +409,11 @@ class Whisper(Module):
         model = Whisper.load(vb, config)
         model.path = path
         return model
+
+    def reset_kv_cache(self) -> None:
+        """Candle's ``Whisper::reset_kv_cache``: the decoder's next stateful ``forward`` starts anew
+        (as ``flush_kv_cache=True`` does)."""
+        self.decoder.reset_kv_cache()
 
     def forward(self, mel: Tensor, tokens: Any) -> Tensor:
         """Logits ``(B, T, vocab)`` of ``tokens`` given ``mel`` (uncached, for checks)."""

@@ -216,3 +216,42 @@ def test_prompt_chunks_that_overrun_the_cache_end_where_it_ends(tmp_path, monkey
     assert chunked.tokens == whole.tokens and len(whole.tokens) > 0
     np.testing.assert_allclose(chunked.avg_logprob, whole.avg_logprob, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(chunked.no_speech_prob, whole.no_speech_prob, rtol=1e-5, atol=1e-6)
+
+
+def test_candle_spellings(tiny):
+    """Candle's whisper calls as its example writes them: m::SAMPLE_RATE & co., Whisper::load(&vb, config),
+    encoder.forward(&mel, flush), decoder.forward(&tokens, &audio, i == 0), final_linear, reset_kv_cache."""
+    from candlejax.nn import VarBuilder
+
+    _, m = tiny
+    assert (whisper.SAMPLE_RATE, whisper.N_FFT, whisper.HOP_LENGTH, whisper.CHUNK_LENGTH) == (16000, 400, 160, 30)
+    assert (whisper.N_SAMPLES, whisper.N_FRAMES, whisper.DTYPE.as_str()) == (480000, 3000, "f32")
+    assert whisper.TEMPERATURES == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) and whisper.SOT_TOKEN == "<|startoftranscript|>"
+    assert (whisper.NO_SPEECH_THRESHOLD, whisper.LOGPROB_THRESHOLD, whisper.COMPRESSION_RATIO_THRESHOLD) == (
+        0.6, -1.0, 2.4)  # fmt: skip
+    assert whisper.model.Whisper is whisper.Whisper
+    vb = VarBuilder.from_mmaped_safetensors([f"{m.path}/model.safetensors"], whisper.DTYPE, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"Whisper.load\(vb, config\)"):
+        whisper.Whisper.load(m.config, vb)
+    model = whisper.Whisper.load(vb, m.config)
+    rng = np.random.default_rng(3)
+    mel = Tensor.from_numpy(rng.standard_normal((1, 16, 60)).astype(np.float32))
+    audio_features = model.encoder.forward(mel, True)
+    np.testing.assert_array_equal(np.asarray(audio_features), np.asarray(m.encoder.forward(mel)))
+    toks = [1, 5, 7, 9]
+
+    tokens = list(toks)
+    for i in range(4):  # the example's loop: the whole token list at every step, flush on the first
+        tokens_t = Tensor.new(np.asarray(tokens, np.uint32), Device.Cpu).unsqueeze(0)
+        ys = model.decoder.forward(tokens_t, audio_features, i == 0)
+        ref = np.asarray(m.decoder.forward(np.asarray([tokens]), audio_features, True))
+        np.testing.assert_allclose(np.asarray(ys), ref, atol=1e-5, rtol=0)  # Candle recomputes them all
+        seq_len = ys.dims()[1]
+        logits = model.decoder.final_linear(ys.i((slice(None, 1), slice(seq_len - 1, None)))).i(0).i(0)
+        tokens.append(int(np.argmax(np.asarray(logits))) if i % 2 else 7 + i)
+    # a continuation after reset_kv_cache starts a new sequence, as flush_kv_cache=True does
+    model.decoder.forward(np.asarray([toks]), audio_features, True)
+    model.reset_kv_cache()
+    ys = model.decoder.forward(np.asarray([toks]), audio_features, False)
+    np.testing.assert_allclose(np.asarray(ys), np.asarray(m.decoder.forward(np.asarray([toks]), audio_features)),
+                               atol=1e-6)  # fmt: skip
