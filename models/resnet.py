@@ -52,7 +52,8 @@ from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ConvBn", "DEPTHS", "ResNet", "forward_jit", "hf_to_torchvision", "load", "resnet18",
-    "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnet34", "resnet50", "resnet101", "resnet152", "resnet18_no_final_layer", "resnet34_no_final_layer",
+    "resnet50_no_final_layer", "resnet101_no_final_layer", "resnet152_no_final_layer",
 ]  # fmt: skip
 
 
@@ -165,6 +166,12 @@ class ResNet(ModuleT):
         if block not in (BasicBlock, Bottleneck) or len(depths) != len(widths):
             raise errors.Msg(f"ResNet.load: block must be BasicBlock or Bottleneck and len(depths) == len(widths) "
                              f"(got {block}, {tuple(depths)}, {tuple(widths)})")  # fmt: skip
+        if not (nclasses is None or isinstance(nclasses, int)) or not isinstance(vb, VarBuilder):
+            raise errors.InvalidArgument(
+                f"resnet: expected (nclasses, vb), got ({type(nclasses).__name__}, {type(vb).__name__}): Candle's"
+                " resnet18(num_classes, vb) keeps that order here; resnet18_no_final_layer(vb) (or resnet18(None,"
+                " vb)) gives the pooled features"
+            )
         stem = ConvBn.load(3, stem_width, 7, 2, vb.pp("conv1"), vb.pp("bn1"), fold_bn)
         layers, c_in = [], stem_width
         for i, (n, w) in enumerate(zip(depths, widths, strict=True)):
@@ -276,6 +283,24 @@ def resnet101(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
 def resnet152(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
     return ResNet.load(Bottleneck, (3, 8, 36, 3), nclasses, vb, fold_bn=fold_bn)
 
+
+def _no_final_layer(depth: int) -> Any:
+    make = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}[depth]
+
+    def build(vb: Any, *, fold_bn: bool = True) -> ResNet:
+        return make(None, vb, fold_bn=fold_bn)
+
+    build.__name__ = build.__qualname__ = f"resnet{depth}_no_final_layer"
+    build.__doc__ = (f"Candle's ``resnet{depth}_no_final_layer(vb)``: no ``fc``, ``forward`` gives the pooled"
+                     f" features ``(B, C)`` (= ``resnet{depth}(None, vb)``).")  # fmt: skip
+    return build
+
+
+resnet18_no_final_layer = _no_final_layer(18)
+resnet34_no_final_layer = _no_final_layer(34)
+resnet50_no_final_layer = _no_final_layer(50)
+resnet101_no_final_layer = _no_final_layer(101)
+resnet152_no_final_layer = _no_final_layer(152)
 
 _LAYER = re.compile(r"layer(\d+)\.(\d+)\.(conv|bn)(\d)\.(.+)")
 _DOWN = re.compile(r"layer(\d+)\.(\d+)\.downsample\.([01])\.(.+)")

@@ -208,3 +208,20 @@ def test_load_reads_the_depth_and_either_naming(tmp_path, rng, capsys):
     lines = capsys.readouterr().out.splitlines()
     top = int(np.argmax(net.forward(vision.load_image224(img).unsqueeze(0)).numpy()[0]))
     assert len(lines) == 3 and lines[0].startswith(vision.IMAGENET_CLASSES[top])
+
+
+def test_candle_no_final_layer_and_argument_order(rng):
+    """Candle's resnet18_no_final_layer(vb) & co.: the pooled features of resnet18(num_classes, vb) on the
+    same weights; arguments in the wrong order raise naming Candle's order."""
+    vm = VarMap(seed=0)
+    net = resnet.resnet18(10, VarBuilder.from_varmap(vm, DType.F32, Device.Cpu))
+    feats = resnet.resnet18_no_final_layer(VarBuilder.from_varmap(vm, DType.F32, Device.Cpu))
+    assert feats.fc is None and resnet.resnet18_no_final_layer.__name__ == "resnet18_no_final_layer"
+    x = Tensor(rng.standard_normal((1, 3, 32, 32)).astype(np.float32))
+    pooled = feats.forward(x)
+    np.testing.assert_allclose(net.fc.forward(pooled).numpy(), net.forward(x).numpy(), atol=1e-6)
+    for depth in (34, 50, 101, 152):
+        assert getattr(resnet, f"resnet{depth}_no_final_layer").__name__ == f"resnet{depth}_no_final_layer"
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"resnet18\(num_classes, vb\) keeps that order"):
+        resnet.resnet18(vb, 10)
