@@ -405,6 +405,9 @@ class BertModel(Module):
         differ in their position ids) or a non-BERT architecture, and on encoder tensors never
         read. A task head's tensors (``cls.*``, ``classifier.*``, ...) and a pooler left out with
         ``add_pooling_layer=False`` are skipped knowingly: this is the encoder."""
+        from candlejax.models.loading import check_vb_first
+
+        check_vb_first(vb, "bert.BertModel.load", "BertModel::load(vb, &config)", "BertModel.load(vb, config)")
         check_architecture({"model_type": config.model_type, "architectures": config.extra.get("architectures")},
                            "bert.BertModel.load", SUPPORTED, strict, any_architecture_prefix="Bert")  # fmt: skip
         root = vb
@@ -427,6 +430,11 @@ class BertModel(Module):
             f"{pre}pooler.*", f"{pre}embeddings.position_ids", "cls.*", "classifier.*", "qa_outputs.*",
         ))  # fmt: skip
         return model
+
+    @property
+    def device(self) -> Any:
+        """Candle's ``model.device`` (``Tensor::new(&tokens, &model.device)``): where the weights are."""
+        return self.embeddings.word_embeddings.weight.device
 
     def _check(self, ids: Any, token_type_ids: Any, attention_mask: Any) -> None:
         if ids.ndim != 2:

@@ -333,3 +333,25 @@ def test_packed_model_keeps_every_tensor_under_a_name(embedder, tmp_path):
     assert back.keys() == names.keys()
     for k, v in names.items():
         np.testing.assert_array_equal(back[k].numpy(), v.numpy(), err_msg=k)
+
+
+def test_candle_example_spellings(hf_small, rng):
+    """Candle's bert example: config.hidden_act = HiddenAct::GeluApproximate, BertModel::load(vb, &config),
+    Tensor::new(&tokens, &model.device), forward(&ids, &token_type_ids, None / Some(&mask)), DTYPE."""
+    _, d = hf_small["gelu_new"]
+    config = bert.Config.from_json_file(d / "config.json")
+    config.hidden_act = bert.HiddenAct.GeluApproximate  # the example's --approximate-gelu
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors"], bert.DTYPE, Device.Cpu)
+    model = bert.BertModel.load(vb, config)
+    assert model.device == Device.Cpu
+    ids, _, mask = _inputs(rng)
+    token_ids = Tensor.new(ids.astype(np.uint32), model.device)
+    token_type_ids = token_ids.zeros_like()
+    ref = _load(d)
+    ys = model.forward(token_ids, token_type_ids, None)
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(ref.forward(token_ids, None, None)))
+    attention_mask = Tensor.new(mask.astype(np.uint32), model.device)
+    ys = model.forward(token_ids, token_type_ids, attention_mask)
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(ref.forward(token_ids, token_type_ids, attention_mask)))
+    with pytest.raises(errors.Error, match=r"BertModel.load\(vb, config\)"):
+        bert.BertModel.load(config, vb)
