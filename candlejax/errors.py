@@ -79,10 +79,11 @@ class UnexpectedShape(Error):
 
 
 class ShapeMismatch(Error):
-    def __init__(self, buffer_size: int, shape: Sequence[int]):
+    def __init__(self, buffer_size: int, shape: Sequence[int], hint: str = ""):
         self.buffer_size, self.shape = buffer_size, tuple(shape)
         super().__init__(
             f"Shape mismatch, got buffer of size {buffer_size} which is compatible with shape {fmt_shape(shape)}"
+            + (f" ({hint})" if hint else "")
         )
 
 

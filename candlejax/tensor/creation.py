@@ -77,6 +77,21 @@ def _dt(dtype: Any, op_name: str, shape: Any = None) -> DType:
     return d
 
 
+def _buffer_mismatch(data: Any, a: Any, dims: tuple[int, ...], op: str) -> errors.ShapeMismatch:
+    """Candle's size error; for a buffer that already has dims (a Tensor or an n-d array, where
+    Candle takes a flat Vec), also say that ``len()`` of it counts its first dim only."""
+    hint = ""
+    if a.ndim > 1:
+        kind = "Tensor" if isinstance(data, TensorBase) else "array"
+        lead = math.prod(dims[:-1])
+        fix = f"`t.reshape({(*dims[:-1], -1)})`" if dims and lead and a.size % lead == 0 else "`t.reshape(shape)`"
+        hint = (
+            f"{op} got a {kind} of shape {tuple(a.shape)}, whose len() is its first dim ({a.shape[0]}), not its"
+            f" {a.size} elements: reshape it instead, e.g. {fix}"
+        )
+    return errors.ShapeMismatch(a.size, dims, hint)
+
+
 def _shape(shape: Any) -> tuple[int, ...]:
     if type(shape) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in shape):
         return shape
@@ -404,7 +419,10 @@ class CreationMixin(TensorBase):
         Raises ``Shape mismatch, got buffer of size 5 which is compatible with shape [2, 3]``.
         """
         a = as_jax_array(data, dtype, "from_vec")
-        dims = shape_with_hole(shape, a.size, "from_vec")
+        try:
+            dims = shape_with_hole(shape, a.size, "from_vec")
+        except errors.ShapeMismatch as e:
+            raise _buffer_mismatch(data, a, e.shape, "from_vec") from None
         return wrap(_place(a.reshape(dims), _dev(device)))
 
     @staticmethod
@@ -414,7 +432,7 @@ class CreationMixin(TensorBase):
         dims = _shape(shape)
         n = math.prod(dims)
         if n != a.size:
-            raise errors.ShapeMismatch(a.size, dims)
+            raise _buffer_mismatch(data, a, dims, "from_slice")
         return wrap(_place(a.reshape(dims), _dev(device)))
 
     @staticmethod

@@ -196,3 +196,17 @@ def test_modules_keep_callable_values_in_their_repr():
             self.dtype, self.dims, self.device = t.dtype, t.shape, t.device
 
     assert repr(Holder(cj.ones((2, 3)))) == "Holder(dtype=DType.F32, dims=(2, 3), device=Cpu)"
+
+
+def test_from_vec_of_a_shaped_buffer_names_the_reshape():
+    """Candle's whisper example sizes ``from_vec`` with ``mel.len()``, the element count of a flat
+    Vec; ``len()`` of a Tensor is its first dim, so the port raises naming the reshape."""
+    mel = cj.zeros((80, 30))
+    with pytest.raises(errors.ShapeMismatch, match=r"len\(\) is its first dim \(80\).*t.reshape\(\(1, 80, -1\)\)"):
+        cj.Tensor.from_vec(mel, (1, 80, len(mel) // 80), cj.Device.Cpu)
+    with pytest.raises(errors.ShapeMismatch, match=r"array of shape \(2, 3\)"):
+        cj.Tensor.from_slice(np.zeros((2, 3), np.float32), (2, 2), cj.Device.Cpu)
+    with pytest.raises(errors.ShapeMismatch) as e:  # a flat buffer keeps Candle's wording alone
+        cj.Tensor.from_vec([1.0, 2.0, 3.0], (2, 2), cj.Device.Cpu)
+    assert str(e.value) == "Shape mismatch, got buffer of size 3 which is compatible with shape [2, 2]"
+    assert cj.Tensor.from_vec(mel.flatten_all(), (1, 80, -1), cj.Device.Cpu).shape == (1, 80, 30)
