@@ -246,17 +246,21 @@ class TextDecoder(Module):
         st = HostState.of(self)
         if flush_kv_cache or st.value is None:
             st.value, st.cache = new_state(self, xa), None
-        seen, seen_h = st.cache if st.cache is not None else (ids[:, :0], None)
+        # the tokens so far (host) and their hidden states in the chunks computed, joined only when
+        # Candle's form asks for all of them (one concatenation per call would compile per length)
+        seen, seen_h = st.cache if st.cache is not None else (ids[:, :0], [])
         n = seen.shape[1]
         if n and ids.shape[0] != seen.shape[0]:
             raise errors.Msg(f"whisper decoder: batch {ids.shape[0]} differs from the cached sequence's"
                              f" {seen.shape[0]}; pass flush_kv_cache=True to start a new one")  # fmt: skip
-        whole = n and ids.shape[0] == seen.shape[0] and ids.shape[1] > n and np.array_equal(ids[:, :n], seen)
+        whole = n and ids.shape[1] > n and np.array_equal(ids[:, :n], seen)
         new_ids = ids[:, n:] if whole else ids
         h, _, st.value = _jit_hidden(self, st.value, jnp.asarray(new_ids, jnp.int32))
-        all_h = h if seen_h is None else Tensor.cat([seen_h, h], 1)
-        st.cache = (np.concatenate([seen, new_ids], 1), all_h)
-        return all_h if whole else h
+        chunks = [*seen_h, h]
+        if whole and len(chunks) > 1:
+            chunks = [Tensor.cat(chunks, 1)]
+        st.cache = (np.concatenate([seen, new_ids], 1), chunks)
+        return chunks[0] if whole else h
 
     def final_linear(self, x: Tensor) -> Tensor:
         """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``."""
