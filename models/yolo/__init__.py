@@ -1,9 +1,11 @@
 """YOLOv8 (detect, pose) and YOLO11 (pose, detect) (~ Candle's ``yolo-v8`` example, Ultralytics' modules).
 
 The network is in :mod:`~candlejax.models.yolo.model` (Candle's ``model.rs`` classes on Ultralytics'
-tensor names); loading and detection in :mod:`~candlejax.models.yolo.predict`::
+tensor names; files of Candle's example, with Candle's names, load too: :mod:`~candlejax.models.yolo.naming`);
+loading and detection in :mod:`~candlejax.models.yolo.predict`::
 
     det = yolo.load("yolov8n.safetensors", version="v8", which="n", task="detect", num_classes=80)
+    det = yolo.YoloV8.load(vb, yolo.Multiples.n(), 80)    # as Candle's example: Ultralytics' or Candle's names
     det = yolo.load("yolo11n-pose.pt")                    # an Ultralytics checkpoint (read without pickle code)
     raw = det.forward(x)                                  # (B, 3, H, W) f32 in [0, 1] -> (B, 4 + nc [+ K*3], A)
     dets = yolo.detect(det, img, conf=0.25, iou=0.45)     # letterbox, forward + NMS under one jax.jit, un-letterbox

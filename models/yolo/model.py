@@ -5,7 +5,8 @@ Papers/code: Ultralytics YOLOv8 and YOLO11 (https://github.com/ultralytics/ultra
 model.rs`` (``Multiples``, ``ConvBlock``, ``C2f``, ``Sppf``, ``Dfl``, ``DarkNet``, ``YoloV8Neck``,
 ``DetectionHead``, ``PoseHead``, ``YoloV8``, ``YoloV8Pose``); tensor names are Ultralytics' own
 (``model.0.conv.weight``, ``model.22.cv2.0.0.bn.running_mean``, ...), so an Ultralytics state dict
-loads as it is. BatchNorm (eps 1e-3) is folded into each conv at load time. Loading files and
+loads as it is; ``YoloV8.load`` also reads the names of Candle's example files (``net.b1.0.conv.weight``,
+:mod:`~candlejax.models.yolo.naming`). BatchNorm (eps 1e-3) is folded into each conv at load time. Loading files and
 detection: :mod:`candlejax.models.yolo` (``load``, ``detect``).
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
+from candlejax.models.yolo.naming import ultralytics_view
 from candlejax.nn import Conv2d, Conv2dConfig, Module, batch_norm, conv2d, conv2d_no_bias, ops
 from candlejax.tensor import Tensor
 
@@ -439,6 +441,8 @@ class YoloV8(Module):
         vb: Any, m: Multiples, num_classes: int, *, version: str = "v8", task: str = "detect",
         kpt: tuple[int, int] = (17, 3), names: Any = None, which: str = "", sppf_act: bool = True,
     ) -> YoloV8:  # fmt: skip
+        """Ultralytics' tensor names, or those of Candle's yolo-v8 example (YOLOv8), read from ``vb``."""
+        vb = ultralytics_view(vb, version)
         net, fpn = DarkNet.load(vb, m, version, sppf_act), YoloV8Neck.load(vb, m, version)
         hv = vb.pp(f"model.{22 if version == 'v8' else 23}")
         legacy = version == "v8"

@@ -16,6 +16,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.yolo.model import SCALES, SIZES, Multiples, YoloV8
+from candlejax.models.yolo.naming import CANDLE_FIRST, ULTRALYTICS_FIRST, candle_to_ultralytics
 from candlejax.nn import VarBuilder
 from candlejax.tensor import unwrap, wrap
 from candlejax.vision import Detections, as_image, letterbox, nms_arrays, scale_boxes, scale_keypoints
@@ -25,11 +26,15 @@ __all__ = ["detect", "load", "pt_to_safetensors"]
 
 
 # ------------------------------------------------------------------------------------------------
-# Loading: Ultralytics names, the architecture read from the file where it can be
+# Loading: Ultralytics' (or Candle's) names, the architecture read from the file where it can be
 def _infer(names: dict[str, tuple[int, ...]], src: str) -> dict[str, Any]:
-    """version / which / task / num_classes / kpt of an Ultralytics state dict, from its names and shapes."""
-    if "model.0.conv.weight" not in names:
-        raise errors.Msg(f"yolo.load: {src} has no Ultralytics YOLO tensors (no model.0.conv.weight)")
+    """version / which / task / num_classes / kpt of an Ultralytics state dict (or a file of Candle's
+    yolo-v8 example), from its names and shapes."""
+    if ULTRALYTICS_FIRST not in names and CANDLE_FIRST in names:
+        names = {candle_to_ultralytics(k): v for k, v in names.items()}
+    if ULTRALYTICS_FIRST not in names:
+        raise errors.Msg(f"yolo.load: {src} has no YOLO tensors (no {ULTRALYTICS_FIRST}, Ultralytics' name, "
+                         f"nor {CANDLE_FIRST}, Candle's)")  # fmt: skip
     version = "11" if any(k.startswith("model.10.m.0.attn.") for k in names) else "v8"
     h = 22 if version == "v8" else 23
     task = "pose" if f"model.{h}.cv4.0.2.weight" in names else "detect"
@@ -75,7 +80,8 @@ def _read_pt(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def load(path: str | os.PathLike[str], *, version: str | None = None, which: str | None = None,
          task: str | None = None, num_classes: int | None = None, names: Any = None,
          dtype: DType = DType.F32, device: Device | str | None = None) -> YoloV8:  # fmt: skip
-    """A YOLOv8 / YOLO11 model from Ultralytics weights (``.pt`` checkpoint or ``.safetensors``).
+    """A YOLOv8 / YOLO11 model from Ultralytics weights (``.pt`` checkpoint or ``.safetensors``), or
+    from a safetensors file of Candle's yolo-v8 example (``yolov8n.safetensors``, Candle's names).
 
     What is not given (version ``v8``/``11``, size ``n``..``x``, task ``detect``/``pose``, class
     count, keypoint shape) is read from the tensor names and shapes; what is given must match the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from candlejax import Device, DType, Tensor, errors, vision
 from candlejax.models import yolo
@@ -108,6 +109,100 @@ def test_every_size_reads_ultralytics_names_and_shapes(key):
     vb = VarBuilder.from_backend(rec, DType.F32, Device.Cpu)
     jax.eval_shape(lambda: yolo.YoloV8.load(vb, yolo.Multiples.of(which, version), nc, version=version, task=task))
     assert rec.seen == want
+
+
+# Candle's yolo-v8 example (candle-examples/examples/yolo-v8/model.rs): the module each Ultralytics
+# layer is in Candle's tree (YoloV8.net = DarkNet b1.0 ... b5.0, .fpn = YoloV8Neck n1 ... n6, .head);
+# None: upsampling and concatenation, no tensors. Its C2f keeps its blocks in `bottleneck`, not `m`.
+_CANDLE_MODULES = ["net.b1.0", "net.b1.1", "net.b2.0", "net.b2.1", "net.b2.2", "net.b3.0", "net.b3.1", "net.b4.0",
+                   "net.b4.1", "net.b5.0", None, None, "fpn.n1", None, None, "fpn.n2", "fpn.n3", None, "fpn.n4",
+                   "fpn.n5", None, "fpn.n6", "head"]  # fmt: skip
+
+
+def _candle_name(name):
+    layer, rest = re.fullmatch(r"model\.(\d+)\.(.+)", name).groups()
+    return _CANDLE_MODULES[int(layer)] + "." + re.sub(r"^m\.", "bottleneck.", rest)
+
+
+def _with_candle_names(src, dst, edit=lambda w: w):
+    save_file(edit({_candle_name(k): v for k, v in load_file(str(src)).items()}), str(dst))
+    return dst
+
+
+class _CandleRecorder(_Recorder):
+    """Holds Candle's names below the prefix ``yolo.``."""
+
+    def contains_tensor(self, path: str) -> bool:
+        top, _, rest = path.partition(".")
+        return top == "yolo" and rest.split(".")[0] in ("net", "fpn", "head") and not path.endswith("conv.bias")
+
+
+@pytest.mark.parametrize("key", [k for k in sorted(SHAPES) if k.startswith("v8")])
+def test_every_v8_size_reads_candle_names_and_shapes(key):
+    which, task = key[2], key.split("-")[1]
+    want = {_candle_name(k): tuple(v) for k, v in SHAPES[key]["tensors"].items()}
+    assert "head.dfl.conv.weight" in want and any(".bottleneck.0." in k for k in want)
+    rec = _CandleRecorder()
+    vb = VarBuilder.from_backend(rec, DType.F32, Device.Cpu).pp("yolo")  # names are read below vb's prefix
+    nc = want["head.cv3.0.2.weight"][0]
+    jax.eval_shape(lambda: yolo.YoloV8.load(vb, yolo.Multiples.of(which), nc, task=task))
+    assert rec.seen == {f"yolo.{k}": v for k, v in want.items()}
+
+
+@pytest.mark.parametrize("key", ["v8n-detect", "v8n-pose"])
+def test_candle_names_give_the_same_model(key, random_files, tmp_path):
+    candle = _with_candle_names(random_files[key], tmp_path / "candle.safetensors")
+    x = RANDOM["input"][..., :64, :96].astype(np.float32) / 255.0
+    outs = []
+    for path in (random_files[key], candle):
+        vb = VarBuilder.from_mmaped_safetensors([path], DType.F32, Device.Cpu)
+        # Candle's calls: YoloV8::load(vb, Multiples::n(), 80), YoloV8Pose::load(vb, Multiples::n(), 1, (17, 3))
+        m = yolo.YoloV8.load(vb, yolo.Multiples.n(), 80) if key.endswith("detect") else \
+            yolo.YoloV8Pose.load(vb, yolo.Multiples.n(), 1, (17, 3))  # fmt: skip
+        assert vb.check_all_used(context="yolo") == []  # every tensor of the file was read
+        outs.append(_forward(m, x))
+    np.testing.assert_array_equal(outs[1], outs[0])
+    m = yolo.load(candle)  # size, task and classes read from Candle's names too
+    assert (m.version, m.which, m.task) == ("v8", "n", key.split("-")[1])
+    np.testing.assert_array_equal(_forward(m, x), outs[0])
+
+
+def test_candle_names_mixed_missing_or_unread_raise(random_files, tmp_path):
+    src = random_files["v8n-pose"]
+
+    def load(path, version="v8"):
+        vb = VarBuilder.from_mmaped_safetensors([path], DType.F32, Device.Cpu)
+        yolo.YoloV8.load(vb, yolo.Multiples.n(), 1, task="pose", version=version)
+        return vb
+
+    def drop(name, rename=None):
+        def edit(w):
+            a = w.pop(name)
+            return {**w, rename: a} if rename else w
+
+        return edit
+
+    missing = _with_candle_names(src, tmp_path / "missing.safetensors", drop("fpn.n4.bottleneck.0.cv2.bn.weight"))
+    with pytest.raises(errors.CannotFindTensor, match=r"fpn\.n4\.bottleneck\.0\.cv2\.bn\.weight"):
+        load(missing)
+    mixed = _with_candle_names(src, tmp_path / "mixed.safetensors", drop("head.cv4.2.2.bias", "model.22.cv4.2.2.bias"))
+    with pytest.raises(errors.CannotFindTensor, match=r"head\.cv4\.2\.2\.bias.*nearest names"):
+        load(mixed)
+    # Ultralytics' names plus one of Candle's: the model reads Ultralytics' names, Candle's is left over
+    save_file({**load_file(str(src)), "head.cv4.2.2.bias": load_file(str(mixed))["model.22.cv4.2.2.bias"]},
+              str(tmp_path / "mixed2.safetensors"))  # fmt: skip
+    with pytest.raises(errors.Error, match=r"never read: head\.cv4\.2\.2\.bias"):
+        load(tmp_path / "mixed2.safetensors").check_all_used(context="yolo")
+    extra = _with_candle_names(
+        src, tmp_path / "extra.safetensors", lambda w: {**w, "head.x.bias": w["head.cv4.0.2.bias"]}
+    )
+    with pytest.raises(errors.Error, match=r"1 checkpoint tensor\(s\) .* never read: head\.x\.bias"):
+        load(extra).check_all_used(context="yolo")
+    with pytest.raises(errors.Error, match=r"Candle's yolo-v8 example .* YOLOv8 only, not version '11'"):
+        load(extra, version="11")
+    save_file({"x.weight": np.zeros(2, np.float32)}, str(tmp_path / "none.safetensors"))
+    with pytest.raises(errors.Error, match=r"no YOLO tensors \(no model\.0\.conv\.weight.*net\.b1\.0\.conv\.weight"):
+        yolo.load(tmp_path / "none.safetensors")
 
 
 @pytest.fixture(scope="module")
