@@ -3,13 +3,15 @@
 Paper: Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for Language
 Understanding", https://arxiv.org/abs/1810.04805. Mirrors Hugging Face
 ``transformers/models/bert/modeling_bert.py`` (``BertModel``: absolute position + token-type
-embeddings, post-norm encoder layers, optional tanh pooler) with its weight names verbatim, and
-candle-transformers' ``src/models/bert.rs`` API::
+embeddings, post-norm encoder layers, optional tanh pooler; ``BertForMaskedLM``: its ``cls.predictions``
+head) with its weight names verbatim, and candle-transformers' ``src/models/bert.rs`` API::
 
     config = Config.from_json_file("all-MiniLM-L6-v2/config.json")
     vb = VarBuilder.from_mmaped_safetensors(["all-MiniLM-L6-v2/model.safetensors"], DType.F32, Device.Cpu)
     model = BertModel.load(vb, config)
     hidden = model.forward(input_ids, token_type_ids, attention_mask)        # (batch, seq, hidden)
+    mlm = BertForMaskedLM.load(vb, config)     # a BertForMaskedLM checkpoint: bert.*, cls.predictions.*
+    logits = mlm.forward(input_ids, token_type_ids, attention_mask)         # (batch, seq, vocab_size)
 
 ``model.forward`` runs eagerly (one cached executable per op) or under ``jax.jit``; the model is a
 pytree, so :func:`forward_jit` compiles one program per input shape with the weights as arguments.
@@ -39,8 +41,9 @@ from candlejax.xla import SizeJit, large_input_options
 
 __all__ = [
     "COMPILER_OPTIONS", "DTYPE", "LARGE_BATCH_TOKENS", "BertAttention", "BertEmbeddings", "BertEncoder",
-    "BertIntermediate", "BertLayer", "BertModel", "BertOutput", "BertPooler", "BertSelfAttention", "BertSelfOutput",
-    "Config", "HiddenAct", "PositionEmbeddingType", "forward_jit",
+    "BertForMaskedLM", "BertIntermediate", "BertLMPredictionHead", "BertLayer", "BertModel", "BertOnlyMLMHead",
+    "BertOutput", "BertPooler", "BertPredictionHeadTransform", "BertSelfAttention", "BertSelfOutput", "Config",
+    "HiddenAct", "PositionEmbeddingType", "forward_jit",
 ]  # fmt: skip
 
 #: the dtype Candle's BERT example loads weights in
@@ -140,6 +143,7 @@ class Config:
     position_embedding_type: str = "absolute"
     use_cache: bool = True
     classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
     model_type: str | None = "bert"
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -408,9 +412,19 @@ class BertModel(Module):
         from candlejax.models.loading import check_vb_first
 
         check_vb_first(vb, "bert.BertModel.load", "BertModel::load(vb, &config)", "BertModel.load(vb, config)")
+        model, pre = BertModel._load_unchecked(vb, config, add_pooling_layer, strict, "bert.BertModel.load")
+        vb.check_all_used(strict, "bert.BertModel.load", ignore=(
+            f"{pre}pooler.*", f"{pre}embeddings.position_ids", "cls.*", "classifier.*", "qa_outputs.*",
+        ))  # fmt: skip
+        return model
+
+    @staticmethod
+    def _load_unchecked(vb: VarBuilder, config: Config, add_pooling_layer: bool | None, strict: bool,
+                        context: str) -> tuple[BertModel, str]:  # fmt: skip
+        """The model, and the prefix (``""`` or ``"bert."``) its tensors were found under; the caller
+        checks for unread tensors."""
         check_architecture({"model_type": config.model_type, "architectures": config.extra.get("architectures")},
-                           "bert.BertModel.load", SUPPORTED, strict, any_architecture_prefix="Bert")  # fmt: skip
-        root = vb
+                           context, SUPPORTED, strict, any_architecture_prefix="Bert")  # fmt: skip
         probe = "embeddings.word_embeddings.weight"
         if not vb.contains_tensor(probe):
             for prefix in dict.fromkeys([config.model_type or "bert", "bert"]):
@@ -425,11 +439,7 @@ class BertModel(Module):
             BertPooler.load(vb.pp("pooler"), config) if add_pooling_layer else None,
             config,
         )
-        pre = vb.prefix() + "." if vb.prefix() else ""
-        root.check_all_used(strict, "bert.BertModel.load", ignore=(
-            f"{pre}pooler.*", f"{pre}embeddings.position_ids", "cls.*", "classifier.*", "qa_outputs.*",
-        ))  # fmt: skip
-        return model
+        return model, (vb.prefix() + "." if vb.prefix() else "")
 
     @property
     def device(self) -> Any:
@@ -498,6 +508,134 @@ class BertModel(Module):
         if self.pooler is None:
             raise errors.Msg("bert: this model was loaded without a pooler (no pooler.dense.weight)")
         return self.pooler.forward(hidden_states)
+
+
+# ------------------------------------------------------------------------------------------------
+# masked-language-model head (transformers' BertForMaskedLM)
+# ------------------------------------------------------------------------------------------------
+class BertPredictionHeadTransform(Module):
+    """``LayerNorm(act(dense(x)))`` with ``config.hidden_act``: ``(B, S, H) -> (B, S, H)``."""
+
+    def __init__(self, dense: Linear, act: HiddenAct, norm: LayerNorm):
+        self.dense = dense
+        self.act = act
+        self.LayerNorm = norm
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> BertPredictionHeadTransform:
+        return BertPredictionHeadTransform(
+            linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")), cfg.act,
+            layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm")),
+        )  # fmt: skip
+
+    def forward(self, hidden_states: Any) -> Any:
+        return self.LayerNorm(self.act.apply(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(Module):
+    """``cls.predictions``: the transform, then ``decoder`` to vocabulary logits ``(B, S, vocab_size)``.
+
+    The decoder's weight is ``cls.predictions.decoder.weight`` when the checkpoint stores one (and,
+    as in transformers, the very word-embedding Var when ``tie_word_embeddings`` and the stored copy
+    equals it); otherwise, with ``tie_word_embeddings``, the ``word_embeddings`` passed to
+    :meth:`load`. Its bias is ``cls.predictions.bias`` (transformers' ``decoder.bias`` is tied to
+    it), or ``cls.predictions.decoder.bias`` when the checkpoint stores that (it wins, as in
+    transformers)."""
+
+    def __init__(self, transform: BertPredictionHeadTransform, decoder: Linear):
+        self.transform = transform
+        self.decoder = decoder
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config, word_embeddings: Any = None) -> BertLMPredictionHead:
+        """``vb`` at ``cls.predictions``; ``word_embeddings``: the encoder's ``Embedding`` (or its
+        weight), used as the decoder weight when the checkpoint leaves it out."""
+        h, voc = cfg.hidden_size, cfg.vocab_size
+        transform = BertPredictionHeadTransform.load(vb.pp("transform"), cfg)
+        dec = vb.pp("decoder")
+        tied = word_embeddings.embeddings() if isinstance(word_embeddings, Embedding) else word_embeddings
+        tie = bool(cfg.tie_word_embeddings) and tied is not None
+        if tie and tuple(tied.shape) != (voc, h):
+            raise errors.UnexpectedShape("bert: tied decoder weight (vocab_size, hidden_size)", (voc, h), tied.shape)
+        if dec.contains_tensor("weight") or not tie:  # untied, or nothing to tie to: it must be stored
+            w = dec.get((voc, h), "weight")
+            if tie and np.array_equal(np.asarray(unwrap(w)), np.asarray(unwrap(tied))):
+                w = tied  # a stored copy of the embeddings: one Var, as transformers ties them
+        else:
+            w = tied
+        if dec.contains_tensor("bias"):
+            b = dec.get((voc,), "bias")
+            if vb.contains_tensor("bias"):
+                vb.mark_used(vb.path("bias"))
+        else:
+            b = vb.get((voc,), "bias")
+        return BertLMPredictionHead(transform, Linear(w, b))
+
+    @property
+    def bias(self) -> Any:
+        """transformers' ``cls.predictions.bias`` (the decoder's bias)."""
+        return self.decoder.bias
+
+    def forward(self, hidden_states: Any) -> Any:
+        return self.decoder(self.transform(hidden_states))
+
+
+class BertOnlyMLMHead(Module):
+    """``cls``: holds ``predictions`` (:class:`BertLMPredictionHead`)."""
+
+    def __init__(self, predictions: BertLMPredictionHead):
+        self.predictions = predictions
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config, word_embeddings: Any = None) -> BertOnlyMLMHead:
+        return BertOnlyMLMHead(BertLMPredictionHead.load(vb.pp("predictions"), cfg, word_embeddings))
+
+    def forward(self, sequence_output: Any) -> Any:
+        return self.predictions(sequence_output)
+
+
+class BertForMaskedLM(Module):
+    """transformers' ``BertForMaskedLM``: the encoder ``bert`` (no pooler) and the ``cls`` head.
+
+    ``BertForMaskedLM.load(vb, config)`` reads ``bert.*`` (or unprefixed encoder names) and
+    ``cls.predictions.*``; ``forward(input_ids, token_type_ids=None, attention_mask=None)`` returns
+    the logits ``(B, S, vocab_size)``. :func:`forward_jit` compiles it as it does ``BertModel``.
+    """
+
+    def __init__(self, bert: BertModel, cls: BertOnlyMLMHead, config: Config):
+        self.bert = bert
+        self.cls = cls
+        self.config = config
+
+    _static_fields = frozenset({"config"})
+
+    @staticmethod
+    def load(vb: VarBuilder, config: Config, strict: bool = True) -> BertForMaskedLM:
+        """Build from a VarBuilder holding a ``BertForMaskedLM`` (or ``BertForPreTraining``) checkpoint.
+
+        The decoder weight is tied to the word embeddings when the checkpoint omits it (see
+        :class:`BertLMPredictionHead`). Skipped knowingly, as transformers' ``BertForMaskedLM``
+        does: a pooler (``bert.pooler.*``) and ``BertForPreTraining``'s next-sentence head
+        (``cls.seq_relationship.*``). Any other tensor never read raises (``strict=False``: warns)."""
+        from candlejax.models.loading import check_vb_first
+
+        ctx = "bert.BertForMaskedLM.load"
+        check_vb_first(vb, ctx, "BertForMaskedLM::load(vb, &config)", "BertForMaskedLM.load(vb, config)")
+        bert, pre = BertModel._load_unchecked(vb, config, False, strict, ctx)
+        cls = BertOnlyMLMHead.load(vb.pp("cls"), config, bert.embeddings.word_embeddings)
+        vb.check_all_used(strict, ctx, ignore=(
+            f"{pre}pooler.*", f"{pre}embeddings.position_ids", vb.pp("cls").path("seq_relationship.*"),
+        ))  # fmt: skip
+        return BertForMaskedLM(bert, cls, config)
+
+    @property
+    def device(self) -> Any:
+        """Where the weights are (as :attr:`BertModel.device`)."""
+        return self.bert.device
+
+    def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
+        """``(B, S)`` ids (and token types, 0/1 mask) -> logits ``(B, S, vocab_size)``."""
+        return self.cls(self.bert.forward(input_ids, token_type_ids, attention_mask))
 
 
 #: XLA options for compiling batches of at least ``LARGE_BATCH_TOKENS`` tokens (see :mod:`candlejax.xla`)

@@ -355,3 +355,214 @@ def test_candle_example_spellings(hf_small, rng):
     np.testing.assert_array_equal(np.asarray(ys), np.asarray(ref.forward(token_ids, token_type_ids, attention_mask)))
     with pytest.raises(errors.Error, match=r"BertModel.load\(vb, config\)"):
         bert.BertModel.load(config, vb)
+
+
+# ------------------------------------------------------------------------------------------------
+# BertForMaskedLM (transformers' BertForMaskedLM / BertForPreTraining checkpoints)
+# ------------------------------------------------------------------------------------------------
+MLM_VARIANTS = ["gelu", "gelu_new", "untied"]
+
+
+def _perturb(m) -> None:
+    """Non-trivial LayerNorms and output biases (transformers initialises them to 1 / 0)."""
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+@pytest.fixture(scope="module")
+def hf_mlm(tmp_path_factory):
+    """Random transformers BertForMaskedLM models saved with save_pretrained (safetensors): tied decoders
+    (no ``cls.predictions.decoder.weight`` stored) with gelu and gelu_new, and an untied one; plus a
+    BertForPreTraining checkpoint (pooler and ``cls.seq_relationship`` besides the MLM head)."""
+    out = {}
+    for i, variant in enumerate([*MLM_VARIANTS, "pretraining"]):
+        torch.manual_seed(100 + i)
+        act = {"gelu_new": "gelu_new", "untied": "relu"}.get(variant, "gelu")
+        cfg = transformers.BertConfig(hidden_act=act, attn_implementation="eager", **SMALL,
+                                      tie_word_embeddings=variant != "untied")  # fmt: skip
+        cls = transformers.BertForPreTraining if variant == "pretraining" else transformers.BertForMaskedLM
+        m = cls(cfg).eval()
+        _perturb(m)
+        d = tmp_path_factory.mktemp(f"bert_mlm_{variant}")
+        m.save_pretrained(d, safe_serialization=True)
+        out[variant] = (m, d)
+    return out
+
+
+def _load_mlm(d: Path, strict: bool = True) -> bert.BertForMaskedLM:
+    config = bert.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors"], DType.F32, Device.Cpu)
+    return bert.BertForMaskedLM.load(vb, config, strict=strict)
+
+
+def _hf_logits(m, ids, tt=None, mask=None):
+    kw = {k: torch.tensor(v) for k, v in (("token_type_ids", tt), ("attention_mask", mask)) if v is not None}
+    with torch.no_grad():
+        o = m(torch.tensor(ids), **kw)
+    return (o.prediction_logits if hasattr(o, "prediction_logits") else o.logits).numpy()
+
+
+def _stored_names(d: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(d / "model.safetensors"), "np") as f:
+        return set(f.keys())
+
+
+@pytest.mark.parametrize("variant", MLM_VARIANTS)
+def test_masked_lm_matches_transformers(hf_mlm, variant, rng):
+    m, d = hf_mlm[variant]
+    model = _load_mlm(d)
+    dec = model.cls.predictions.decoder
+    tied = variant != "untied"
+    assert ("cls.predictions.decoder.weight" in _stored_names(d)) is not tied
+    assert (dec.weight is model.bert.embeddings.word_embeddings.weight) is tied
+    assert model.bert.pooler is None and model.config.act is bert.HiddenAct.parse(m.config.hidden_act)
+    ids, tt, mask = _inputs(rng)
+    ref = _hf_logits(m, ids, tt, mask)
+    args = [Tensor(a.astype(np.int32)) for a in (ids, tt, mask)]
+    logits = bert.forward_jit(model, *args)
+    assert logits.shape == (3, 11, 99) and logits.dtype == DType.F32
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
+    # eagerly, Candle's u32 ids, and without token types or a mask
+    ref = _hf_logits(m, ids)
+    out = model.forward(Tensor(ids.astype(np.uint32)), None, None)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=0)
+
+
+def test_masked_lm_head_modules(hf_mlm, rng):
+    """BertOnlyMLMHead / BertLMPredictionHead / BertPredictionHeadTransform one by one against
+    transformers' cls, cls.predictions and cls.predictions.transform."""
+    m, d = hf_mlm["gelu_new"]
+    model = _load_mlm(d)
+    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
+    with torch.no_grad():
+        refs = [mod(torch.tensor(x)).numpy() for mod in (m.cls, m.cls.predictions, m.cls.predictions.transform)]
+    mine = (model.cls, model.cls.predictions, model.cls.predictions.transform)
+    for mod, ref in zip(mine, refs, strict=True):
+        got = np.asarray(mod.forward(Tensor(x)))
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0, err_msg=type(mod).__name__)
+    np.testing.assert_array_equal(np.asarray(model.cls.predictions.bias), m.cls.predictions.bias.detach().numpy())
+    assert isinstance(model.cls.predictions.transform, bert.BertPredictionHeadTransform)
+
+
+def test_pretraining_checkpoint_skips_pooler_and_next_sentence_head(hf_mlm, rng, tmp_path):
+    """A BertForPreTraining checkpoint loads strictly: the pooler and cls.seq_relationship are skipped
+    (as transformers' BertForMaskedLM does) and the logits equal its prediction_logits; any other
+    tensor never read raises (strict=False: warns)."""
+    from safetensors.numpy import load_file, save_file
+
+    m, d = hf_mlm["pretraining"]
+    stored = _stored_names(d)
+    assert {"bert.pooler.dense.weight", "cls.seq_relationship.weight"} <= stored
+    model = _load_mlm(d)
+    assert not any("pooler" in k or "seq_relationship" in k for k in model.named_vars())
+    ids, tt, mask = _inputs(rng)
+    out = bert.forward_jit(model, *(Tensor(a.astype(np.int32)) for a in (ids, tt, mask)))
+    np.testing.assert_allclose(np.asarray(out), _hf_logits(m, ids, tt, mask), atol=1e-4, rtol=0)
+
+    t = load_file(str(d / "model.safetensors"))
+    t["cls.predictions.transform.extra.weight"] = np.zeros((2, 2), np.float32)
+    save_file(t, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((d / "config.json").read_text())
+    with pytest.raises(errors.Error, match=r"BertForMaskedLM.load.*never read: cls\.predictions\.transform\.extra"):
+        _load_mlm(tmp_path)
+    with pytest.warns(UserWarning, match="never read"):
+        _load_mlm(tmp_path, strict=False)
+
+
+def test_masked_lm_stored_decoder_copies_follow_transformers(hf_mlm, rng, tmp_path):
+    """Checkpoints that also store ``cls.predictions.decoder.{weight,bias}``: the logits equal
+    transformers' ``BertForMaskedLM.from_pretrained`` of the same folder. A stored weight equal to the
+    embeddings stays tied (one Var), a different one is used as stored; a stored decoder bias wins."""
+    from safetensors.numpy import load_file, save_file
+
+    _, d = hf_mlm["gelu"]
+    base = load_file(str(d / "model.safetensors"))
+    emb, bias = base["bert.embeddings.word_embeddings.weight"], base["cls.predictions.bias"]
+    cases = {
+        "copy": ({"cls.predictions.decoder.weight": emb.copy()}, True),
+        "other": ({"cls.predictions.decoder.weight": 2 * emb}, False),
+        "dec_bias": ({"cls.predictions.decoder.bias": 3 * bias + 1}, True),
+    }
+    ids, tt, mask = _inputs(rng)
+    for name, (extra, tied) in cases.items():
+        sub = tmp_path / name
+        sub.mkdir()
+        save_file({**base, **extra}, str(sub / "model.safetensors"))
+        (sub / "config.json").write_text((d / "config.json").read_text())
+        model = _load_mlm(sub)
+        assert (model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight) is tied, name
+        hf = transformers.BertForMaskedLM.from_pretrained(sub, attn_implementation="eager").eval()
+        out = bert.forward_jit(model, *(Tensor(a.astype(np.int32)) for a in (ids, tt, mask)))
+        np.testing.assert_allclose(np.asarray(out), _hf_logits(hf, ids, tt, mask), atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_masked_lm_saves_transformers_names_and_reloads(hf_mlm, rng, tmp_path):
+    """named_vars are the names transformers saves (the tied decoder weight appears once, as the word
+    embeddings); save_safetensors + load gives the same logits."""
+    _, d = hf_mlm["gelu"]
+    model = _load_mlm(d)
+    assert set(model.named_vars()) == _stored_names(d)
+    model.save_safetensors(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((d / "config.json").read_text())
+    again = _load_mlm(tmp_path)
+    ids = Tensor(_inputs(rng)[0].astype(np.int32))
+    np.testing.assert_array_equal(np.asarray(bert.forward_jit(again, ids)), np.asarray(bert.forward_jit(model, ids)))
+
+
+def test_masked_lm_load_errors_and_candle_spellings(hf_mlm, hf_small, tmp_path, rng):
+    """Candle's BertForMaskedLM::load(vb, &config) and forward(&ids, &token_type_ids, None); the wrong
+    argument order, an encoder-only checkpoint and an untied config without a decoder raise."""
+    from safetensors.numpy import load_file, save_file
+
+    _, d = hf_mlm["gelu"]
+    config = bert.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([d / "model.safetensors"], bert.DTYPE, Device.Cpu)
+    model = bert.BertForMaskedLM.load(vb, config)
+    assert model.device == Device.Cpu
+    token_ids = Tensor.new(_inputs(rng)[0].astype(np.uint32), model.device)
+    ys = model.forward(token_ids, token_ids.zeros_like(), None)
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(model.forward(token_ids)))
+    with pytest.raises(errors.Error, match=r"BertForMaskedLM.load\(vb, config\)"):
+        bert.BertForMaskedLM.load(config, vb)
+    _, enc = hf_small["gelu"]  # a BertModel checkpoint: no MLM head
+    vb_enc = VarBuilder.from_mmaped_safetensors([enc / "model.safetensors"], DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match=r"cls\.predictions\.transform\.dense\.weight"):
+        bert.BertForMaskedLM.load(vb_enc, bert.Config.from_json_file(enc / "config.json"))
+    raw = json.loads((d / "config.json").read_text())
+    save_file(load_file(str(d / "model.safetensors")), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "tie_word_embeddings": False}))
+    with pytest.raises(errors.Error, match=r"cls\.predictions\.decoder\.weight"):
+        _load_mlm(tmp_path)
+
+
+def test_masked_lm_on_real_minilm_encoder(embedder):
+    """Real weights: no BERT checkpoint with a trained MLM head is on disk (and nothing is downloaded),
+    so the real all-MiniLM-L6-v2 encoder goes under ``bert.`` (its 30522-row word embeddings as the
+    tied decoder) with a random ``cls.predictions.transform``; against transformers' BertForMaskedLM
+    holding the same tensors, on real tokenised, padded sentences."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(7)
+    hf_cfg = transformers.BertConfig.from_pretrained(MINILM, attn_implementation="eager")
+    m = transformers.BertForMaskedLM(hf_cfg).eval()
+    enc = {f"bert.{k}": v for k, v in load_file(str(MINILM / "model.safetensors")).items() if "pooler" not in k}
+    position_ids = enc.pop("bert.embeddings.position_ids")  # a buffer transformers no longer keeps
+    missing, unexpected = m.load_state_dict(enc, strict=False)
+    assert not unexpected and all(k.startswith("cls.") for k in missing), (missing, unexpected)
+    _perturb(m.cls)
+    tensors = {k: v.numpy() for k, v in m.state_dict().items() if not k.startswith("cls.predictions.decoder.")}
+    tensors["bert.embeddings.position_ids"] = position_ids.numpy()  # skipped knowingly by the loader
+    config = bert.Config.from_json_file(MINILM / "config.json")
+    model = bert.BertForMaskedLM.load(VarBuilder.from_tensors(tensors), config)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    ids, tt, mask = embedder.tokenize(SENTENCES[:4])
+    ref = _hf_logits(m, ids.astype(np.int64), tt.astype(np.int64), mask.astype(np.int64))
+    got = np.asarray(bert.forward_jit(model, *(Tensor(a.astype(np.int32)) for a in (ids, tt, mask))))
+    assert got.shape == (4, ids.shape[1], 30522)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=0)
+    assert (got[keep].argmax(-1) == ref[keep].argmax(-1)).all()
