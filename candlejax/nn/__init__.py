@@ -8,7 +8,7 @@
 ['fc.bias', 'fc.weight']
 """
 
-from candlejax.nn import encoding, init, loss, ops, quantized, sampling
+from candlejax.nn import encoding, init, loss, ops, quantized, rotary_emb, sampling
 from candlejax.nn.activation import Activation, PReLU, prelu
 from candlejax.nn.conv import (
     Conv1d,
@@ -82,6 +82,7 @@ from candlejax.nn.sequential import Func, FuncT, Sequential, func, func_t, seq
 from candlejax.nn.state import HostState
 from candlejax.nn.var_builder import SimpleBackend, VarBuilder
 from candlejax.nn.var_map import VarMap
+from candlejax.optim import SGD, AdamW, Optimizer, ParamsAdamW  # Candle exports its optimizers from candle_nn
 
 __all__ = [
     "Activation", "BatchNorm", "BatchNormConfig", "Buffer", "Cache", "ConcatKvCache", "Conv1d", "Conv1dConfig",
@@ -98,5 +99,6 @@ __all__ = [
     "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
-    "prelu", "quantized", "sampling", "rms_norm", "seq", "unpack_linears",
+    "prelu", "quantized", "rotary_emb", "sampling", "rms_norm", "seq", "unpack_linears",
+    "SGD", "AdamW", "Optimizer", "ParamsAdamW",
 ]  # fmt: skip

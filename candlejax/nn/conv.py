@@ -67,6 +67,11 @@ class Conv1dConfig:
     dilation: int = 1
     groups: int = 1
 
+    @staticmethod
+    def default() -> Conv1dConfig:
+        """Rust's ``Conv1dConfig::default()``: the field defaults."""
+        return Conv1dConfig()
+
 
 @dataclass(frozen=True)
 class Conv2dConfig:
@@ -74,6 +79,11 @@ class Conv2dConfig:
     stride: int = 1
     dilation: int = 1
     groups: int = 1
+
+    @staticmethod
+    def default() -> Conv2dConfig:
+        """Rust's ``Conv2dConfig::default()``: the field defaults."""
+        return Conv2dConfig()
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,11 @@ class ConvTranspose1dConfig:
     dilation: int = 1
     groups: int = 1
 
+    @staticmethod
+    def default() -> ConvTranspose1dConfig:
+        """Rust's ``ConvTranspose1dConfig::default()``: the field defaults."""
+        return ConvTranspose1dConfig()
+
 
 @dataclass(frozen=True)
 class ConvTranspose2dConfig:
@@ -92,6 +107,11 @@ class ConvTranspose2dConfig:
     stride: int = 1
     dilation: int = 1
     groups: int = 1
+
+    @staticmethod
+    def default() -> ConvTranspose2dConfig:
+        """Rust's ``ConvTranspose2dConfig::default()``: the field defaults."""
+        return ConvTranspose2dConfig()
 
 
 @op(static=("nd", "padding", "stride", "dilation", "groups"))

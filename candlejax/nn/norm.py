@@ -53,6 +53,11 @@ class LayerNormConfig:
     def from_eps(eps: float) -> LayerNormConfig:
         return LayerNormConfig(eps=eps)
 
+    @staticmethod
+    def default() -> LayerNormConfig:
+        """Rust's ``LayerNormConfig::default()``: the field defaults."""
+        return LayerNormConfig()
+
 
 class LayerNorm(Module):
     """Normalise over the last dim (``nn.LayerNorm(normalized_shape=H)``); f16/bf16 computed in f32."""
@@ -192,6 +197,11 @@ class BatchNormConfig:
     remove_mean: bool = True
     affine: bool = True
     momentum: float = 0.1
+
+    @staticmethod
+    def default() -> BatchNormConfig:
+        """Rust's ``BatchNormConfig::default()``: the field defaults."""
+        return BatchNormConfig()
 
 
 def _as_buffer(t: Any) -> Buffer:

@@ -210,3 +210,27 @@ def test_from_vec_of_a_shaped_buffer_names_the_reshape():
         cj.Tensor.from_vec([1.0, 2.0, 3.0], (2, 2), cj.Device.Cpu)
     assert str(e.value) == "Shape mismatch, got buffer of size 3 which is compatible with shape [2, 2]"
     assert cj.Tensor.from_vec(mel.flatten_all(), (1, 80, -1), cj.Device.Cpu).shape == (1, 80, 30)
+
+
+def test_candle_nn_paths_and_config_defaults():
+    """``candle_nn::{AdamW, ParamsAdamW, SGD, Optimizer}``, ``candle_nn::rotary_emb::rope*`` and
+    Rust's ``Default`` on the layer configs."""
+    assert nn.AdamW is cj.optim.AdamW and nn.SGD is cj.optim.SGD and nn.ParamsAdamW is cj.optim.ParamsAdamW
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu)
+    layer = nn.linear(3, 2, vb.pp("fc"))
+    opt = nn.AdamW.new(vm.all_vars(), nn.ParamsAdamW.default())
+    assert isinstance(opt, nn.Optimizer) and layer.weight.shape == (2, 3)
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 8)).astype(np.float32)
+    cos = np.cos(np.arange(12, dtype=np.float32).reshape(3, 4))
+    sin = np.sin(np.arange(12, dtype=np.float32).reshape(3, 4))
+    for name in ("rope", "rope_i", "rope_thd"):
+        np.testing.assert_array_equal(np.asarray(getattr(nn.rotary_emb, name)(x, cos, sin)),
+                                      np.asarray(getattr(nn.ops, name)(x, cos, sin)))  # fmt: skip
+    for cfg in (nn.Conv1dConfig, nn.Conv2dConfig, nn.ConvTranspose1dConfig, nn.ConvTranspose2dConfig,
+                nn.LayerNormConfig, nn.BatchNormConfig, nn.LSTMConfig, nn.GRUConfig):  # fmt: skip
+        assert cfg.default() == cfg()
+    conv = nn.conv2d(2, 4, 3, nn.Conv2dConfig.default(), vb.pp("conv"))
+    assert conv.forward(cj.zeros((1, 2, 5, 5))).shape == (1, 4, 3, 3)
+    bn = nn.batch_norm(4, nn.BatchNormConfig.default(), vb.pp("bn"))
+    assert bn.forward_t(cj.zeros((2, 4, 3, 3)), False).shape == (2, 4, 3, 3)
