@@ -210,6 +210,11 @@ class QTensor:
         """The values as an F32 ``Tensor`` on ``device`` (default: the QTensor's). Works under jit."""
         return self._dequant("float32", device)
 
+    def matmul_t(self, lhs: Any) -> Any:
+        """``lhs @ selfᵀ`` for a ``(out, in)`` weight: ``(..., in) -> (..., out)`` (candle-pyo3's
+        ``QTensor.matmul_t``; :class:`QMatMul` is the layer)."""
+        return QMatMul.from_qtensor(self).forward(lhs)
+
     def dequantize_f16(self, device: Any = None) -> Any:
         """The values as an F16 ``Tensor`` (dequantised in f32, then rounded)."""
         return self._dequant("float16", device)

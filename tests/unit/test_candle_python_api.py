@@ -234,3 +234,15 @@ def test_candle_nn_paths_and_config_defaults():
     assert conv.forward(cj.zeros((1, 2, 5, 5))).shape == (1, 4, 3, 3)
     bn = nn.batch_norm(4, nn.BatchNormConfig.default(), vb.pp("bn"))
     assert bn.forward_t(cj.zeros((2, 4, 3, 3)), False).shape == (2, 4, 3, 3)
+
+
+def test_qtensor_matmul_t_equals_the_binding():
+    w = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
+    ours = cj.tensor(w).quantize("q8_0").matmul_t(cj.tensor(x))
+    theirs = candle.tensor(w).quantize("q8_0").matmul_t(candle.tensor(x))
+    assert ours.shape == tuple(theirs.shape) == (3, 4)
+    # the binding quantises x to Q8 for its integer dot product; ours keeps x in f32
+    np.testing.assert_allclose(np.asarray(ours), _np(theirs), rtol=0.02, atol=0.1)
+    np.testing.assert_allclose(np.asarray(ours), x @ np.asarray(cj.tensor(w).quantize("q8_0").dequantize()).T,
+                               rtol=1e-5, atol=1e-4)  # fmt: skip
