@@ -31,7 +31,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.io import pth
-from candlejax.io.safetensors import MmapedSafetensors
+from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
@@ -200,7 +200,10 @@ class DictBackend(SimpleBackend):
 class SafetensorsBackend(SimpleBackend):
     """Memory-mapped safetensors files (one, many, or a sharded ``model.safetensors.index.json``)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike]):
+    def __init__(self, paths: Sequence[str | os.PathLike] | MmapedSafetensors):
+        if isinstance(paths, MmapedSafetensors):  # already open (e.g. bytes in memory, SliceSafetensors)
+            self.st, self.paths = paths, list(paths.paths)
+            return
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [os.fspath(p) for p in paths]
@@ -324,6 +327,15 @@ class VarBuilder:
     ) -> VarBuilder:
         """One or many safetensors files, or a sharded ``*.index.json`` (a name in two files raises)."""
         return VarBuilder(SafetensorsBackend(paths), dtype, device)
+
+    @staticmethod
+    def from_slice_safetensors(data: bytes | bytearray | memoryview, dtype: Any = DType.F32,
+                               device: Any = None) -> VarBuilder:  # fmt: skip
+        """Safetensors bytes held in memory (Candle's ``from_slice_safetensors(&data, dtype, &dev)``;
+        ``from_buffered_safetensors`` is the same here)."""
+        return VarBuilder(SafetensorsBackend(SliceSafetensors(data)), dtype, device)
+
+    from_buffered_safetensors = from_slice_safetensors
 
     @staticmethod
     def from_npz(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:

@@ -246,3 +246,18 @@ def test_qtensor_matmul_t_equals_the_binding():
     np.testing.assert_allclose(np.asarray(ours), _np(theirs), rtol=0.02, atol=0.1)
     np.testing.assert_allclose(np.asarray(ours), x @ np.asarray(cj.tensor(w).quantize("q8_0").dequantize()).T,
                                rtol=1e-5, atol=1e-4)  # fmt: skip
+
+
+def test_safetensors_bytes_var_builder_and_top_level_var(tmp_path):
+    """``VarBuilder::from_slice_safetensors(&data, dtype, &dev)`` / ``from_buffered_safetensors`` and
+    ``candle::Var`` at the top level."""
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cj.safetensors.save({"fc.weight": cj.tensor(w)}, tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    for build in (nn.VarBuilder.from_slice_safetensors, nn.VarBuilder.from_buffered_safetensors):
+        vb = build(data, cj.DType.F16, cj.Device.Cpu)
+        got = vb.pp("fc").get((2, 3), "weight")
+        assert got.dtype == cj.DType.F16 and np.asarray(got, np.float32).tolist() == w.tolist()
+        with pytest.raises(errors.Error, match=r"cannot find tensor fc\.bias"):
+            vb.pp("fc").get(2, "bias")
+    assert cj.Var is nn.Var and cj.Var.from_tensor(cj.tensor(w)).as_tensor().shape == (2, 3)
