@@ -426,6 +426,22 @@ class CreationMixin(TensorBase):
         return wrap(_place(a.reshape(dims), _dev(device)))
 
     @staticmethod
+    def from_raw_buffer(data: bytes | bytearray | memoryview, dtype: Any, shape: Any, device: Any = _CPU) -> Any:
+        """``Tensor::from_raw_buffer(&bytes, dtype, &shape, &device)``: little-endian values of
+        ``dtype`` (the bytes are copied); the byte count must be ``elem_count * size_in_bytes``."""
+        dt = _dt(dtype, "from_raw_buffer")
+        dims = _shape(shape)
+        raw = memoryview(data).cast("B")
+        need = math.prod(dims) * dt.size_in_bytes()
+        if raw.nbytes != need:
+            raise errors.Msg(
+                f"from_raw_buffer: {raw.nbytes} bytes do not hold {dt.as_str()}{list(dims)}, which needs"
+                f" {math.prod(dims)} x {dt.size_in_bytes()} = {need} bytes"
+            )
+        a = np.frombuffer(raw, dtype=np.dtype(dt.np).newbyteorder("<")).astype(dt.np).reshape(dims)
+        return wrap(_place(jnp.asarray(a), _dev(device)))
+
+    @staticmethod
     def from_slice(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
         """``Tensor::from_slice(&[T], shape, &device)`` (no hole allowed)."""
         a = as_jax_array(data, dtype, "from_slice")

@@ -261,3 +261,14 @@ def test_safetensors_bytes_var_builder_and_top_level_var(tmp_path):
         with pytest.raises(errors.Error, match=r"cannot find tensor fc\.bias"):
             vb.pp("fc").get(2, "bias")
     assert cj.Var is nn.Var and cj.Var.from_tensor(cj.tensor(w)).as_tensor().shape == (2, 3)
+
+
+@pytest.mark.parametrize("dtype", ["u8", "u32", "i32", "f16", "bf16", "f32"])
+def test_from_raw_buffer_reads_little_endian_values(dtype):
+    dt = cj.DType.parse(dtype)
+    want = (np.arange(12) % 7 - (0 if dt.as_str().startswith("u") else 3)).astype(dt.np).reshape(3, 4)
+    got = cj.Tensor.from_raw_buffer(want.astype(np.dtype(dt.np).newbyteorder("<")).tobytes(), dt, (3, 4), cj.Device.Cpu)
+    assert got.dtype == dt and got.shape == (3, 4)
+    np.testing.assert_array_equal(np.asarray(got).astype(np.float64), want.astype(np.float64))
+    with pytest.raises(errors.Error, match=r"do not hold .*needs 12 x"):
+        cj.Tensor.from_raw_buffer(want.tobytes()[:-1], dt, (3, 4), cj.Device.Cpu)
