@@ -295,6 +295,16 @@ class VarBuilder:
         args.update(kw)
         return VarBuilder(**args)
 
+    def clone(self) -> VarBuilder:
+        """Candle's ``vs.clone()``: a builder with the same prefix, backend, dtype, device and read
+        record (a VarMap behind it is shared, as Candle's ``Arc``).
+
+        >>> vb = VarBuilder.zeros("f32", None).pp("ln1")
+        >>> vb.clone().prefix()
+        'ln1'
+        """
+        return self._with()
+
     def wrap_backend(self, wrap: Callable[[SimpleBackend], SimpleBackend]) -> VarBuilder:
         """This VarBuilder (same prefix, dtype, device, renames and shared read record) reading through
         ``wrap(backend)``, a backend put in front of the current one: ``cj.distributed.on_mesh`` wraps it
