@@ -1,8 +1,9 @@
 """Vision datasets: Candle's ``vision::Dataset``, the MNIST IDX and CIFAR-10 binary readers, offline digits.
 
 requires: numpy, candlejax.tensor / dtype / device, candlejax.data._dataset (``DatasetFileError``)
-provides: ``VisionDataset``, ``read_idx``, ``write_idx``, ``load_mnist`` (= Candle's
-``mnist::load_dir``), ``load_cifar`` (= Candle's ``cifar::load_dir``), ``load_digits``
+provides: ``VisionDataset`` (= ``Dataset``), ``read_idx``, ``write_idx``, ``load_mnist`` (= Candle's
+``mnist::load_dir``, also as ``mnist.load_dir``), ``load_cifar`` (= Candle's ``cifar::load_dir``, also as
+``cifar.load_dir``), ``load_digits``
 
 Candle: ``candle_datasets::vision::mnist::load_dir(dir)`` -> ``Dataset { train_images: F32 (N, 784)
 in [0, 1], train_labels: U8 (N), test_images, test_labels, labels: 10 }``;
@@ -278,3 +279,41 @@ def load_digits(
         test_labels=_tensor(y[test].astype(ldt), dev),
         labels=10,
     )
+
+
+# Candle's module paths: candle_datasets::vision::{Dataset, mnist, cifar}
+Dataset = VisionDataset
+
+
+def _hub_load(what: str, local: str) -> Any:
+    raise errors.Msg(
+        f"candle_datasets::vision::{what}::load() downloads from the Hugging Face hub; candlejax reads local files"
+        f" only: use cj.data.vision.{what}.load_dir(dir) (= cj.data.{local}(dir)), or cj.data.load_digits() for a"
+        " dataset shipped offline"
+    )
+
+
+class mnist:  # noqa: N801 - Candle's module name
+    """``candle_datasets::vision::mnist``: ``mnist.load_dir(dir)`` is :func:`load_mnist`; ``mnist.load()``
+    (a hub download) raises, naming it.
+
+    >>> mnist.load_dir is load_mnist
+    True
+    """
+
+    load_dir = staticmethod(load_mnist)
+
+    @staticmethod
+    def load() -> VisionDataset:
+        return _hub_load("mnist", "load_mnist")
+
+
+class cifar:  # noqa: N801 - Candle's module name
+    """``candle_datasets::vision::cifar``: ``cifar.load_dir(dir)`` is :func:`load_cifar`; ``cifar.load()``
+    (a hub download) raises, naming it."""
+
+    load_dir = staticmethod(load_cifar)
+
+    @staticmethod
+    def load() -> VisionDataset:
+        return _hub_load("cifar", "load_cifar")
