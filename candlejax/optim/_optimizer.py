@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import optax
 
 from candlejax import errors
+from candlejax import random as _random
 from candlejax._dispatch import is_eager
+from candlejax.device import Device
 from candlejax.optim._params import Split, grads_as_params, is_var, merge_leaves, split
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 from candlejax.xla import OptionsJit
@@ -236,6 +238,18 @@ def _device_mismatch(params: list[Any], batch: Any, what: str) -> errors.DeviceM
     return None
 
 
+def _device_of(batch: Any, params: list[Any]) -> Any:
+    """The device whose generator a step's draws come from: the first batch Tensor's (as an eager
+    ``Dropout`` on the activations would use), else the first parameter's."""
+    for x in jax.tree_util.tree_leaves(batch, is_leaf=lambda t: isinstance(t, TensorBase)):
+        if isinstance(x, TensorBase):
+            return x.device
+    for a in params:
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
+            return Device.from_jax(next(iter(a.devices())))
+    return Device.Cpu
+
+
 def _all_finite(tree: Any) -> Any:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -288,6 +302,9 @@ class Optimizer:
         self.compiler_options = dict(compiler_options) if compiler_options else None
         self._step_fn: Any = None
         self._compiled: OrderedDict[Any, Any] = OrderedDict()
+        self._rng_used: dict[Any, list[bool]] = {}
+        self._rng_cache: Any = None
+        self._rng_src: Any = None
         self._warned_closure = False
         # Candle's bound form: the Vars this optimizer updates in place, and its state for them
         self._vars: tuple[Any, ...] | None = None if vars is None else _bind_vars(vars, name)
@@ -329,6 +346,7 @@ class Optimizer:
         self._lr_array = None
         if callable(old) or callable(self._lr):  # a schedule is part of the program; a float is a jit argument
             self._compiled.clear()
+            self._rng_used.clear()
             self._step_fn = None
 
     def _lr_arg(self) -> Any:
@@ -345,13 +363,16 @@ class Optimizer:
 
     def _check_alive(self, sp: Split, state: OptState) -> None:
         __tracebackhide__ = True
-        if any(getattr(a, "is_deleted", None) is not None and a.is_deleted() for a in sp.leaves):
-            dead = [n for a, n in zip(sp.params, sp.names) if a.is_deleted()]
+        def deleted(a: Any) -> bool:  # a tracer has no buffer (is_deleted() would raise while tracing)
+            return getattr(a, "is_deleted", None) is not None and not isinstance(a, jax.core.Tracer) and a.is_deleted()
+
+        if any(deleted(a) for a in sp.leaves):
+            dead = [n for a, n in zip(sp.params, sp.names) if deleted(a)]
             if dead:
                 raise errors.DonatedVar(", ".join(dead[:3]) + (", ..." if len(dead) > 3 else ""), "the model's Var(s)")
             raise errors.DonatedVar("", "a buffer of the model")
         for a in jax.tree_util.tree_leaves(state):
-            if getattr(a, "is_deleted", None) is not None and a.is_deleted():
+            if deleted(a):
                 raise errors.DonatedVar(self.name, "the state of optimizer")
 
     def init(self, model: Any) -> OptState:
@@ -489,11 +510,13 @@ class Optimizer:
                     stacklevel=4,
                 )
         jit_kw: dict[str, Any] = {"static_argnums": (0, 1, 2), "donate_argnums": (3, 5) if donate else ()}
-        bstep = self._make_bstep(loss_fn)
+        used = [False]  # set while tracing when loss_fn draws randomness without key=
+        self._rng_used[key] = used
+        bstep = self._make_bstep(loss_fn, used)
         fn = OptionsJit(bstep, self.compiler_options, **jit_kw) if self.compiler_options else jax.jit(bstep, **jit_kw)
         self._compiled[key] = fn
         while len(self._compiled) > MAX_COMPILED:
-            self._compiled.popitem(last=False)
+            self._rng_used.pop(self._compiled.popitem(last=False)[0], None)
         return fn
 
     def _run(self, loss_fn: Any, sp: Split, params: list[Any], state: OptState, batch: Any) -> Any:
@@ -504,8 +527,9 @@ class Optimizer:
         # buffers it evaluates eagerly while linearising, which the backward pass still reads
         donate = self.donate and is_eager() and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled_step(loss_fn, donate)
+        rng, used = self._rng_arg(params, batch), self._rng_used[(loss_fn, donate)]
         try:
-            out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch)
+            out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch, rng)
         except Exception as exc:
             if not isinstance(exc, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
                 self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
@@ -517,7 +541,29 @@ class Optimizer:
             if e is not None:
                 raise e from None
             raise
+        if used[0] and isinstance(rng, tuple):  # the step drew from the device generator: advance it
+            dev, seed, counter = self._rng_src
+            _random.set_state(dev, (seed, counter + 1))
         return (*out, donate)
+
+    def _rng_arg(self, params: list[Any], batch: Any) -> Any:
+        """The randomness a loss function may draw without ``key=`` (``Dropout.forward_t(xs, true)``,
+        ``Tensor.randn``), passed into the compiled step so that each step gets fresh values: inside a
+        ``key_scope`` a key drawn from it; eagerly the device generator's ``(seed, counter)`` (advanced
+        only when the step drew from it, so models without randomness leave the generator alone);
+        under a trace without a scope ``None`` (a draw raises ``TracingError``, as elsewhere)."""
+        if getattr(_random._scopes, "stack", None):
+            return _random.next_key(None, "backward_step")
+        if not is_eager():
+            return None
+        dev = _device_of(batch, params)
+        seed, counter = _random.get_state(dev)
+        cache = self._rng_cache
+        if cache is None or cache[0] != (dev, seed, counter):
+            data = jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], jnp.uint32)
+            cache = self._rng_cache = ((dev, seed, counter), (data, jnp.asarray(counter, jnp.uint32)))
+        self._rng_src = cache[0]
+        return cache[1]
 
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
@@ -665,12 +711,24 @@ class Optimizer:
         if not ok:
             raise NanLoss(int(state2.step) + 1, None, None, state2)
 
-    def _make_bstep(self, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
-        def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch):
+    def _make_bstep(self, loss_fn: Callable[..., Any], used: list[bool]) -> Callable[..., Any]:
+        def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch, rng):
             rest = _join_rest(rest_arrays, statics)
+            if isinstance(rng, tuple):  # the device generator's (seed, counter), as _random.next_key folds it
+                data, counter = rng
+                rng = jax.random.fold_in(jax.random.wrap_key_data(data, impl="threefry2x32"), counter)
+
+            def call(model: Any) -> Any:
+                if rng is None:
+                    return loss_fn(model, *batch)
+                with _random.key_scope(rng):
+                    out = loss_fn(model, *batch)
+                    if _random._scopes.stack[-1][1]:
+                        used[0] = True
+                return out
 
             def f(p: list[Any]) -> Any:
-                out = unwrap(loss_fn(treedef.unflatten(merge_leaves(slots, p, rest)), *batch))
+                out = unwrap(call(treedef.unflatten(merge_leaves(slots, p, rest))))
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
