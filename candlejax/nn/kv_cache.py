@@ -16,6 +16,8 @@ narrowed views (eager only).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
+from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
@@ -98,6 +101,37 @@ class DataAndCache(_AppendResult):
     __slots__ = ()
     not_a_tensor_hint = _CACHE_HINT
     _holds = "the (data, new_cache) pair a cache's append returns"
+
+
+class CacheStatement(errors.InPlaceStatement):
+    """A cache's ``append`` / ``reset`` written as a statement (Candle's ``cache.append(&x)?;``,
+    ``cache.reset();``): candlejax caches are values, so the statement would change nothing."""
+
+    def __init__(self, call: str, rebind: str):
+        self.call = call
+        errors.Error.__init__(
+            self,
+            f"{call} returns the new cache and leaves this one unchanged (candlejax caches are values; Candle's"
+            f" updates the cache in place): rebind the result, {rebind}",
+        )
+
+
+def _rebind(spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a cache method raise :class:`CacheStatement` naming ``spelling`` when its caller drops the
+    result (a bare statement, which ported from Candle would silently change nothing)."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            out = f(self, *args, **kwargs)
+            if caller_discards_result():  # checked after the call: argument errors come first
+                raise CacheStatement(f"{type(self).__name__}.{f.__name__}", spelling)
+            return out
+
+        return method
+
+    return deco
 
 
 @op(static=("dim",))
@@ -207,6 +241,7 @@ class Cache(Module):
         _check_source("Cache.preallocated", x, int(dim), None)
         return Cache(dim, max_seq_len, wrap(_alloc(x, int(dim), int(max_seq_len))))
 
+    @_rebind("data, cache = cache.append(x)")
     def append(self, src: Any) -> DataAndCache:
         """Write ``src`` at the current position: ``(data, new_cache)`` with ``data`` the whole buffer.
 
@@ -244,6 +279,7 @@ class Cache(Module):
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
         return _causal_mask(self.pos._a, q_len, self.max_seq_len)
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> Cache:
         """A cache at position 0. The buffer is kept (Candle drops it), so ``all_data()`` still returns
         it and a jitted step keeps its shapes; its old contents are masked out and overwritten."""
@@ -276,6 +312,7 @@ class KvCache(Module):
         v = k if v_like is None else as_array(v_like)
         return KvCache(dim, max_seq_len, wrap(_alloc(k, dim, max_seq_len)), wrap(_alloc(v, dim, max_seq_len)))
 
+    @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], KvCache]:
         """Write ``k``/``v`` at the current position: ``((k_all, v_all), new_cache)``.
 
@@ -325,6 +362,7 @@ class KvCache(Module):
     def v_cache(self) -> Any:
         return self.v_buf
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> KvCache:
         """A cache at position 0 (buffers kept; their old contents are masked out)."""
         return KvCache(self.dim, self.max_seq_len, self.k_buf, self.v_buf, wrap(jnp.zeros((), jnp.int32)))
@@ -392,6 +430,7 @@ class DecodeKvCache(Module):
     def max_seq_len(self) -> int:
         return int(self.k_buf.shape[-1])
 
+    @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], DecodeKvCache]:
         """Write ``k``/``v`` ``(B, H, T, D)`` at the current position: ``((k_all, v_all), new_cache)``,
         both ``(B, H, max_seq_len, D)`` (unwritten slots are zero). Overflow raises eagerly; under
@@ -432,6 +471,7 @@ class DecodeKvCache(Module):
         p = pos if hasattr(pos, "_a") else wrap(jnp.asarray(pos, jnp.int32))
         return DecodeKvCache(self.batch, self.heads, self.k_buf, self.v_buf, p)
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> DecodeKvCache:
         """A cache at position 0 (buffers kept; their old contents are masked out)."""
         return self.at_position(wrap(jnp.zeros((), jnp.int32)))
@@ -471,9 +511,22 @@ class _Ring(Module):
         """The number of positions appended since the start (or ``reset``), window or not."""
         return self.offset()
 
-    def attn_mask(self, q_len: int) -> Any:
+    def attn_mask(self, q_len: int, device: Any = None) -> Any:
         """Bool ``(q_len, window + q_len)`` for the data of the last ``append``: key visible iff it
-        was written, is not in the future, and lies within the last ``window`` positions."""
+        was written, is not in the future, and lies within the last ``window`` positions.
+
+        Candle's ``attn_mask(seq_len, &device)`` returns a u8 mask with 1 = *masked* over the ring:
+        given a device (Candle's call) this raises, since code written for that mask would hide
+        exactly the keys it should see."""
+        __tracebackhide__ = True
+        if device is not None:
+            raise errors.Msg(
+                f"{type(self).__name__}.attn_mask(q_len) takes no device and returns a bool mask with True ="
+                " *visible* over the data append returned (the previous window followed by the new keys);"
+                " Candle's attn_mask(seq_len, &device) is a u8 mask with 1 = masked over the ring. Port"
+                " `scores.masked_fill(mask, -inf)` as `mask.where_cond(scores, neg_inf)` with"
+                " `mask = cache.attn_mask(q_len)`"
+            )
         qpos = self.offset_._a - q_len + jnp.arange(q_len, dtype=jnp.int32)
         kp = jnp.concatenate([self.prev_slot_pos._a, qpos])[None, :]
         qp = qpos[:, None]
@@ -528,6 +581,7 @@ class RotatingCache(_Ring):
     def new(dim: int, max_seq_len: int) -> RotatingCache:
         return RotatingCache(dim, max_seq_len)
 
+    @_rebind("data, cache = cache.append(x)")
     def append(self, src: Any) -> DataAndCache:
         """Write ``src`` into the ring: ``(data, new_cache)``, ``data`` the previous ring then ``src``."""
         x = as_array(src)
@@ -543,6 +597,7 @@ class RotatingCache(_Ring):
         """The written slots in ring order (all of them once it has wrapped), or ``None``; eager only."""
         return self._current(self.buf, "RotatingCache.current_data()")
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> RotatingCache:
         """An empty cache at position 0 (the ring buffer is kept; its old contents are masked out)."""
         return RotatingCache(self.dim, self.max_seq_len, self.buf)
@@ -569,6 +624,7 @@ class RotatingKvCache(_Ring):
     def new(dim: int, max_seq_len: int) -> RotatingKvCache:
         return RotatingKvCache(dim, max_seq_len)
 
+    @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
         ka, va = as_array(k), as_array(v)
         (k_all, v_all), (kk, vv), off, sp = self._write("RotatingKvCache.append", (self.k_buf, self.v_buf), (ka, va))
@@ -583,6 +639,7 @@ class RotatingKvCache(_Ring):
         """The written value slots in ring order, or ``None``; eager only."""
         return self._current(self.v_buf, "RotatingKvCache.v()")
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> RotatingKvCache:
         return RotatingKvCache(self.dim, self.max_seq_len, self.k_buf, self.v_buf)
 
@@ -605,6 +662,7 @@ class ConcatKvCache(Module):
     def new(dim: int) -> ConcatKvCache:
         return ConcatKvCache(dim)
 
+    @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], ConcatKvCache]:
         ka, va = as_array(k), as_array(v)
         if self.k_buf is not None:
@@ -625,6 +683,7 @@ class ConcatKvCache(Module):
     def v(self) -> Any:
         return self.v_buf
 
+    @_rebind("cache = cache.reset()")
     def reset(self) -> ConcatKvCache:
         return ConcatKvCache(self.dim)
 

@@ -43,7 +43,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
-from candlejax.nn.kv_cache import KeysValues, _zeros
+from candlejax.nn.kv_cache import KeysValues, _rebind, _zeros
 from candlejax.nn.module import Module, as_array
 from candlejax.tensor._core import wrap
 
@@ -217,6 +217,7 @@ class ScatteredKvCache(Module):
         self.v_buf = v
         self.context = int(context)
 
+    @_rebind("(k, v), cache = cache.append(k, v, iam)")
     def append(self, k: Any, v: Any, iam: IndicesAndMask) -> tuple[ScatteredKeysValues, ScatteredKvCache]:
         ka, va = as_array(k), as_array(v)
         kb, vb = self.k_buf._a, self.v_buf._a

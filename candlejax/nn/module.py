@@ -196,6 +196,31 @@ class NamedTensor(Tensor):
     def into_inner(self) -> Tensor:
         return wrap(self._a)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Candle's accessor methods on layers (``lin.weight()``, ``lin.bias()``, ``bn.running_mean()``)
+        are attributes here; called with no arguments the Var returns itself, so ``lin.weight()`` ports.
+
+        >>> Var.zeros((2,), name="w")().name
+        'w'
+        """
+        __tracebackhide__ = True
+        if args or kwargs:
+            raise errors.Msg(
+                f"{type(self).__name__} {self.name!r} is a tensor, not a function: `v()` (Candle's `lin.weight()`)"
+                " returns it; to apply a layer call the layer (`lin.forward(x)` or `x.apply(lin)`)"
+            )
+        return self
+
+    def clone(self) -> Any:
+        """Candle's ``Var::clone()``: the same shared handle (an ``Arc`` clone), so ``SGD::new(vec![x.clone()],
+        lr)`` trains ``x``. (``Tensor.clone()`` is PyTorch's copy; ``v.copy()`` copies the value here too.)
+
+        >>> v = Var.zeros((2,), name="w")
+        >>> v.clone() is v
+        True
+        """
+        return self
+
     def as_detached_tensor(self) -> Tensor:
         """``Var::as_detached_tensor``: the value with gradients stopped."""
         return wrap(jax.lax.stop_gradient(self._a))

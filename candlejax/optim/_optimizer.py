@@ -607,7 +607,9 @@ class Optimizer:
             raise errors.OptimizerUsage(
                 f"{self.name}: none of the model's Vars ({names}, ...) is one of the {len(self._vars or ())} Vars this"
                 " optimizer was built with; build the model from the same VarMap (VarBuilder.from_varmap(varmap, ..))"
-                " and pass varmap.all_vars(), or keep the model the Candle way (a functional step returns new Vars)"
+                " and pass varmap.all_vars(), or keep the model the Candle way (a functional step returns new Vars)."
+                " A layer must hold the Var itself to be trained: Candle's Linear::new(w.as_tensor().clone(), ..)"
+                " is Linear.new(w, b) here (as_tensor() is a snapshot of the value and Tensor.clone() a copy)"
             )
         renum, j = [], 0
         for k in keep:
