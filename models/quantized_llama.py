@@ -85,6 +85,11 @@ __all__ = ["SUPPORTED_ARCHITECTURES", "Cache", "ModelWeights", "QEmbedding", "QL
 
 #: ``general.architecture`` values this loader implements (llama.cpp names; Mistral files say "llama")
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+#: Candle's ``quantized_llama::MAX_SEQ_LEN`` (the length of its rotary tables), which Candle's
+#: ``quantized`` example uses to trim long prompts. Here positions are bounded by the file's
+#: ``llama.context_length`` instead (``model.config.max_position_embeddings``; beyond it
+#: ``forward`` raises), so a model with a longer context is not cut at 4096.
+MAX_SEQ_LEN = 4096
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.quantized.qtensor import QTensor
+from candlejax.shape import Shape
 
 DEFAULT_ALIGNMENT = 32
 MAGIC = b"GGUF"
@@ -356,6 +357,37 @@ class Value:
         return f"Value.{self.value_type.name}({self._v!r})"
 
 
+class TensorShape(tuple):
+    """A GGUF tensor's shape (Candle's row-major order): a plain tuple that also answers Candle's
+    ``Shape`` methods, so ``info.shape.elem_count()`` / ``info.shape.dims()`` port as written."""
+
+    __slots__ = ()
+
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self)
+
+    def rank(self) -> int:
+        return len(self)
+
+    def elem_count(self) -> int:
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+    def dims1(self) -> int:
+        return Shape(self).dims1()
+
+    def dims2(self) -> tuple[int, int]:
+        return Shape(self).dims2()
+
+    def dims3(self) -> tuple[int, int, int]:
+        return Shape(self).dims3()
+
+    def dims4(self) -> tuple[int, int, int, int]:
+        return Shape(self).dims4()
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """``gguf_file::TensorInfo``: the ggml type, Candle-order shape and the offset into the data section."""
@@ -364,11 +396,12 @@ class TensorInfo:
     shape: tuple[int, ...]
     offset: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.shape, TensorShape):
+            object.__setattr__(self, "shape", TensorShape(self.shape))
+
     def elem_count(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return self.shape.elem_count()
 
     def size_in_bytes(self) -> int:
         return self.ggml_dtype.bytes_for(self.elem_count())
