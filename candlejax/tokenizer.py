@@ -19,6 +19,7 @@ the separate tokenizer file; a GGUF file however carries its tokenizer in its me
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
@@ -373,6 +374,135 @@ class ChatTemplate:
 
 
 # --- the bundle a model uses --------------------------------------------------------------------------
+class PaddingStrategy:
+    """``tokenizers::PaddingStrategy``: ``PaddingStrategy.BatchLongest`` or ``PaddingStrategy.Fixed(n)``."""
+
+    class Fixed(int):
+        def __repr__(self) -> str:
+            return f"PaddingStrategy.Fixed({int(self)})"
+
+    BatchLongest = "BatchLongest"
+
+
+class PaddingDirection(enum.Enum):
+    """``tokenizers::PaddingDirection``."""
+
+    Left = "left"
+    Right = "right"
+
+
+_PADDING_FIELDS = ("strategy", "direction", "pad_to_multiple_of", "pad_id", "pad_type_id", "pad_token")
+
+
+class PaddingParams:
+    """``tokenizers::PaddingParams`` (Rust's defaults: ``BatchLongest``, right, id 0, ``"[PAD]"``).
+
+    From :meth:`Tokenizer.get_padding_mut` it is the tokenizer's own: setting a field
+    (``pp.strategy = PaddingStrategy.BatchLongest``) changes the tokenizer's padding, as the Rust
+    ``&mut`` does."""
+
+    def __init__(self, strategy: Any = PaddingStrategy.BatchLongest, direction: Any = PaddingDirection.Right,
+                 pad_to_multiple_of: int | None = None, pad_id: int = 0, pad_type_id: int = 0,
+                 pad_token: str = "[PAD]") -> None:  # fmt: skip
+        object.__setattr__(self, "_owner", None)
+        self.strategy, self.direction, self.pad_to_multiple_of = strategy, direction, pad_to_multiple_of
+        self.pad_id, self.pad_type_id, self.pad_token = pad_id, pad_type_id, pad_token
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _PADDING_FIELDS:
+            raise errors.Msg(f"PaddingParams has no field {name!r} (fields: {', '.join(_PADDING_FIELDS)})")
+        object.__setattr__(self, name, value)
+        owner = self._owner
+        if owner is not None and all(hasattr(self, f) for f in _PADDING_FIELDS):
+            owner.with_padding(self)
+
+    def _hf_kwargs(self) -> dict[str, Any]:
+        st = self.strategy
+        if isinstance(st, PaddingStrategy.Fixed) or (isinstance(st, int) and not isinstance(st, bool)):
+            length: int | None = int(st)
+        elif st == PaddingStrategy.BatchLongest:
+            length = None
+        else:
+            raise errors.Msg(f"PaddingParams.strategy must be PaddingStrategy.BatchLongest or"
+                             f" PaddingStrategy.Fixed(n), got {st!r}")  # fmt: skip
+        d = self.direction
+        direction = d.value if isinstance(d, PaddingDirection) else str(d).lower()
+        return {"direction": direction, "pad_id": int(self.pad_id), "pad_type_id": int(self.pad_type_id),
+                "pad_token": self.pad_token, "length": length,
+                "pad_to_multiple_of": self.pad_to_multiple_of}  # fmt: skip
+
+    @classmethod
+    def _from_hf(cls, d: Mapping[str, Any]) -> PaddingParams:
+        length = d.get("length")
+        return cls(PaddingStrategy.BatchLongest if length is None else PaddingStrategy.Fixed(length),
+                   PaddingDirection(d.get("direction", "right")), d.get("pad_to_multiple_of"), d.get("pad_id", 0),
+                   d.get("pad_type_id", 0), d.get("pad_token", "[PAD]"))  # fmt: skip
+
+    def __repr__(self) -> str:
+        return "PaddingParams(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in _PADDING_FIELDS) + ")"
+
+
+class TruncationParams:
+    """``tokenizers::TruncationParams`` (``max_length`` 512, ``stride`` 0, longest-first, right)."""
+
+    def __init__(self, max_length: int = 512, stride: int = 0, strategy: str = "longest_first",
+                 direction: str = "right") -> None:  # fmt: skip
+        self.max_length, self.stride, self.strategy, self.direction = max_length, stride, strategy, direction
+
+    def __repr__(self) -> str:
+        return (f"TruncationParams(max_length={self.max_length}, stride={self.stride}, strategy={self.strategy!r},"
+                f" direction={self.direction!r})")  # fmt: skip
+
+
+class Encoding(list):
+    """The ids of one encoded text: a plain ``list[int]`` that also answers the accessors of
+    ``tokenizers::Encoding`` as Candle's examples call them (``get_ids()``, ``get_tokens()``,
+    ``get_type_ids()``, ``get_attention_mask()``, ``len()``) and the Python binding's attributes
+    (``ids``, ``tokens``, ``type_ids``, ``attention_mask``, ``offsets``). ``encoding`` is the
+    ``tokenizers.Encoding`` itself."""
+
+    __slots__ = ("encoding",)
+
+    def __init__(self, encoding: Any) -> None:
+        super().__init__(encoding.ids)
+        self.encoding = encoding
+
+    def get_ids(self) -> list[int]:
+        return list(self)
+
+    def get_tokens(self) -> list[str]:
+        return list(self.encoding.tokens)
+
+    def get_type_ids(self) -> list[int]:
+        return list(self.encoding.type_ids)
+
+    def get_attention_mask(self) -> list[int]:
+        return list(self.encoding.attention_mask)
+
+    def get_offsets(self) -> list[tuple[int, int]]:
+        return list(self.encoding.offsets)
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self)
+
+    @property
+    def tokens(self) -> list[str]:
+        return self.get_tokens()
+
+    @property
+    def type_ids(self) -> list[int]:
+        return self.get_type_ids()
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return self.get_attention_mask()
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return self.get_offsets()
+
+
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` (``.hf``) with its special token ids and chat template.
 
@@ -448,12 +578,62 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self.hf.id_to_token(i)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says)."""
-        return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
+        """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says): a
+        ``list[int]`` with Candle's ``get_ids()`` / ``get_tokens()`` (:class:`Encoding`)."""
+        return Encoding(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
-    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
+        return [Encoding(e) for e in self.hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def with_padding(self, padding: PaddingParams | None) -> Tokenizer:
+        """Candle / ``tokenizers``' ``with_padding(None)`` (no padding) or ``with_padding(Some(params))``;
+        returns the tokenizer, as Rust's ``&mut Self``. A ``tokenizer.json`` may pad every text to a
+        fixed length (sentence-transformers' files do): Candle's BERT example turns it off so
+        that a single sentence runs unpadded and unmasked."""
+        if padding is None:
+            self.hf.no_padding()
+        elif isinstance(padding, PaddingParams):
+            self.hf.enable_padding(**padding._hf_kwargs())
+        else:
+            raise errors.Msg(f"tokenizer.with_padding takes None or a candlejax.tokenizer.PaddingParams,"
+                             f" got {type(padding).__name__}")  # fmt: skip
+        return self
+
+    def with_truncation(self, truncation: TruncationParams | None) -> Tokenizer:
+        """``with_truncation(None)`` (no truncation) or ``with_truncation(Some(params))``; returns the tokenizer."""
+        if truncation is None:
+            self.hf.no_truncation()
+        elif isinstance(truncation, TruncationParams):
+            self.hf.enable_truncation(truncation.max_length, stride=truncation.stride,
+                                      strategy=truncation.strategy, direction=truncation.direction)  # fmt: skip
+        else:
+            raise errors.Msg(f"tokenizer.with_truncation takes None or a candlejax.tokenizer.TruncationParams,"
+                             f" got {type(truncation).__name__}")  # fmt: skip
+        return self
+
+    def get_padding(self) -> PaddingParams | None:
+        """The padding in use (a copy), or ``None``."""
+        d = self.hf.padding
+        return None if d is None else PaddingParams._from_hf(d)
+
+    def get_padding_mut(self) -> PaddingParams | None:
+        """The padding in use, or ``None``; setting its fields changes the tokenizer's padding."""
+        pp = self.get_padding()
+        if pp is not None:
+            object.__setattr__(pp, "_owner", self)
+        return pp
+
+    def get_truncation(self) -> TruncationParams | None:
+        d = self.hf.truncation
+        return None if d is None else TruncationParams(d["max_length"], d["stride"], d["strategy"], d["direction"])
+
+    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
+        """Token string -> id (``tokenizers``' ``get_vocab``, Candle's ``get_vocab(true)``)."""
+        return self.hf.get_vocab(with_added_tokens=with_added_tokens)
+
+    def get_vocab_size(self, with_added_tokens: bool = True) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -11,6 +11,28 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 
+class _TokenizerHandle:
+    """``TokenOutputStream.tokenizer``: calling it gives the tokenizer (Candle's ``tokenizer()``);
+    attributes are the tokenizer's."""
+
+    __slots__ = ("_tok",)
+
+    def __init__(self, tok: Any) -> None:
+        object.__setattr__(self, "_tok", tok)
+
+    def __call__(self) -> Any:
+        return self._tok
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._tok, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._tok)
+
+
 class TokenOutputStream:
     """Decode tokens one at a time and hand out only complete new text.
 
@@ -38,7 +60,9 @@ class TokenOutputStream:
 
     @property
     def tokenizer(self) -> Any:
-        return self._tokenizer
+        """The wrapped tokenizer. Candle's method form ``tos.tokenizer().encode(...)`` works as
+        written, and so does the attribute form ``tos.tokenizer.encode(...)``."""
+        return _TokenizerHandle(self._tokenizer)
 
     def into_inner(self) -> Any:
         """The wrapped tokenizer (Candle: ``into_inner``)."""
