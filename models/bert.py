@@ -34,7 +34,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import DType, to_dtype
-from candlejax.models.loading import check_architecture
+from candlejax.models.loading import check_architecture, refuse_unknown_config_keys
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
 from candlejax.xla import SizeJit, large_input_options
@@ -190,6 +190,10 @@ class Config:
 # ------------------------------------------------------------------------------------------------
 # layers, bottom-up
 # ------------------------------------------------------------------------------------------------
+
+refuse_unknown_config_keys(Config, "bert")  # Config(**json.loads(s)) names from_dict
+
+
 class BertEmbeddings(Module):
     """word + absolute position + token-type embeddings, then LayerNorm: ``(B, S) -> (B, S, H)``."""
 

@@ -45,7 +45,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
 from candlejax.generation import generate, prefill_bucket, prefill_chunks
-from candlejax.models.loading import check_architecture
+from candlejax.models.loading import check_architecture, refuse_unknown_config_keys
 from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
 from candlejax.nn.quantized import scan_layers
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
@@ -180,6 +180,7 @@ class Config:
     qkv_bias: bool | None = None
 
     def __post_init__(self) -> None:
+        self.eos_token_id = _eos_toks(self.eos_token_id)  # LlamaEosToks.Single / Multiple, as Candle
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -246,6 +247,50 @@ class Config:
             on = self.use_sliding_window and layer >= int(self.max_window_layers or 0)
             return int(self.sliding_window) if on else None
         return int(self.sliding_window) if self.model_type == "mistral" else None
+
+
+refuse_unknown_config_keys(Config, "llama")  # LlamaConfig(**json.load(f)) names from_json_file
+
+
+class LlamaEosToks:
+    """Candle's ``llama::LlamaEosToks``: ``config.eos_token_id`` is a ``LlamaEosToks.Single`` (an
+    ``int``) or a ``LlamaEosToks.Multiple`` (a ``list`` of ints), so Candle's ``match`` ports as
+    written (``case LlamaEosToks.Single(eos) if next_token == eos:``) and plain comparisons
+    (``next_token == config.eos_token_id``, ``in``) keep working."""
+
+    class Single(int):
+        __match_args__ = ("value",)
+
+        @property
+        def value(self) -> int:
+            return int(self)
+
+        def __repr__(self) -> str:
+            return f"LlamaEosToks.Single({int(self)})"
+
+    class Multiple(list):
+        __match_args__ = ("value",)
+
+        def __init__(self, ids: Any = ()) -> None:
+            super().__init__(int(i) for i in ids)
+
+        @property
+        def value(self) -> list[int]:
+            return list(self)
+
+        def __repr__(self) -> str:
+            return f"LlamaEosToks.Multiple({list(self)})"
+
+        def __hash__(self) -> int:  # type: ignore[override]
+            return hash(tuple(self))
+
+
+def _eos_toks(e: Any) -> Any:
+    if e is None or isinstance(e, (LlamaEosToks.Single, LlamaEosToks.Multiple)):
+        return e
+    if isinstance(e, (list, tuple)):
+        return LlamaEosToks.Multiple(e)
+    return LlamaEosToks.Single(int(e))
 
 
 LlamaConfig = Config  # Candle's serde form of config.json; ``into_config()`` gives the same Config

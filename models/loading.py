@@ -21,7 +21,7 @@ from typing import Any
 
 from candlejax import errors
 
-__all__ = ["check_architecture", "check_vb_first", "safetensors_files", "tokenizer_from"]
+__all__ = ["check_architecture", "check_vb_first", "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -47,6 +47,34 @@ def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterabl
     if strict:
         raise errors.Msg(msg + " (pass strict=False to load anyway)")
     warnings.warn(msg, stacklevel=3)
+
+
+def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
+    """Make ``cls(**kwargs)`` (a config dataclass) raise a candlejax error on keys it has no field
+    for, naming ``cls.from_dict`` / ``from_json_file``.
+
+    Candle reads a config with ``serde_json::from_str::<Config>(&s)``, which ignores unknown keys;
+    its Python port ``Config(**json.loads(s))`` would otherwise stop with a bare ``TypeError``
+    (and a keyword typo must not be swallowed). Returns ``cls``."""
+    import dataclasses
+
+    init = cls.__init__
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    qual = cls.__name__
+
+    @functools.wraps(init)
+    def strict_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise errors.Msg(
+                f"{label} {qual}: unknown keys {unknown}. To read a config.json as Candle's"
+                f" `serde_json::from_str::<{qual}>` does (unknown keys ignored), write"
+                f" `{qual}.from_json_file(path)` or `{qual}.from_dict(json.loads(s))`"
+            )
+        init(self, *args, **kwargs)
+
+    cls.__init__ = strict_init
+    return cls
 
 
 def check_vb_first(vb: Any, where: str, candle: str, candlejax: str) -> None:
