@@ -71,6 +71,13 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
     (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size)."""
     from PIL import Image
 
+    if isinstance(device, int) and not isinstance(device, bool):  # Candle's example: load_image(path, Some(1024))
+        raise errors.Msg(
+            f"sam.load_image(path, device=None, resize_longest={IMAGE_SIZE}) returns the (3, h, w) u8 Tensor only;"
+            f" Candle's example helper `let (image, h, w) = load_image(path, Some({device}))` is"
+            f" `image = sam.load_image(path, device, resize_longest={device})` here, the original size"
+            " `PIL.Image.open(path).size` (w, h)"
+        )
     try:
         img = Image.open(path).convert("RGB")
     except (OSError, ValueError) as e:
