@@ -19,9 +19,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from candlejax import errors
+from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import op
 from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
+from candlejax.nn.kv_cache import _AppendResult
 from candlejax.nn.linear import _as_param, _require_tensor
 from candlejax.nn.module import Buffer, LayerInputShape, Module, ModuleT, as_array, layer_name
 from candlejax.tensor._core import wrap
@@ -242,6 +244,33 @@ def _bn_eval(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float, remove_mea
     return y.astype(x.dtype)
 
 
+_TRAIN_HINT = (
+    "BatchNorm.forward_train returns (output, layer with updated running statistics): write"
+    " `y, bn = bn.forward_train(x)`; Candle's `bn.forward_train(&x)?` (running statistics updated in place,"
+    " the output returned) is `y = bn.forward_t(x, True)` here"
+)
+
+
+class OutputAndLayer(_AppendResult):
+    """The ``(output, new_layer)`` pair :meth:`BatchNorm.forward_train` returns: a plain tuple to unpack.
+    Candle's ``forward_train`` returns the output and updates the layer in place, so its port
+    ``y = bn.forward_train(x)`` binds this pair, which raises at its first use as a tensor, naming
+    ``bn.forward_t(x, True)``."""
+
+    __slots__ = ()
+    not_a_tensor_hint = _TRAIN_HINT
+    _holds = "the (output, new_layer) pair BatchNorm.forward_train returns"
+
+
+class BatchNormStatement(errors.InPlaceStatement):
+    """``bn.forward_train(x)`` written as a statement (Candle's in-place update of the running
+    statistics), which here would change nothing."""
+
+    def __init__(self) -> None:
+        self.call = "BatchNorm.forward_train"
+        errors.Error.__init__(self, f"the running statistics were not updated: {_TRAIN_HINT}")
+
+
 class BatchNorm(ModuleT):
     """Batch normalisation over dim 1 (``nn.BatchNorm1d/2d``); a ``ModuleT``.
 
@@ -303,7 +332,20 @@ class BatchNorm(ModuleT):
         return (None, None) if self.weight is None else (self.weight._a, self.bias._a)
 
     def forward_train(self, xs: Any) -> tuple[Any, BatchNorm]:
-        """Normalise with batch statistics; return ``(output, layer with updated running stats)``."""
+        """Normalise with batch statistics; return ``(output, layer with updated running stats)``.
+
+        Candle's ``forward_train`` updates the running statistics in place and returns the output: that
+        is ``bn.forward_t(x, True)`` here. Its port ``y = bn.forward_train(x)`` binds the pair, which
+        raises at its first use as a tensor, and as a bare statement ``bn.forward_train(x)`` raises
+        :class:`BatchNormStatement`; both name these spellings.
+        """
+        __tracebackhide__ = True
+        out = self._forward_train(xs)
+        if caller_discards_result():
+            raise BatchNormStatement()
+        return out
+
+    def _forward_train(self, xs: Any) -> OutputAndLayer:
         x = as_array(xs)
         self._check(x)
         w, b = self._wb()
@@ -314,11 +356,11 @@ class BatchNorm(ModuleT):
         new = self.replace(
             running_mean=Buffer._make(rm, self.running_mean.name), running_var=Buffer._make(rv, self.running_var.name)
         )
-        return wrap(y), new
+        return OutputAndLayer((wrap(y), new))
 
     def forward_t(self, xs: Any, train: bool) -> Any:
         if train:
-            y, new = self.forward_train(xs)
+            y, new = self._forward_train(xs)
             # Candle's forward_t(xs, true) updates the running statistics in place (Var::set); so does
             # this wherever the new values can be kept: eagerly, or inside a jit/grad trace that was
             # given this layer. Closed over by a traced function, the layer keeps its statistics
@@ -335,6 +377,21 @@ class BatchNorm(ModuleT):
         )
 
 
+def _stat_buffer(vb: Any, v: Any) -> Buffer:
+    """A running statistic as a ``Buffer``. Built from a VarMap, the map holds that same Buffer in
+    place of the Var it created, so the layer's in-place updates (``forward_t(x, True)``) reach the
+    map, ``varmap.save`` writes them and ``varmap.load`` sets them, as in Candle, where they are Vars
+    the optimizer never changes (an optimizer given ``varmap.all_vars()`` skips Buffers)."""
+    if isinstance(v, Buffer):
+        return v
+    buf = Buffer._make(v._a, v.name)
+    varmap = getattr(getattr(vb, "_backend", None), "varmap", None)
+    data = varmap.data() if varmap is not None else None
+    if data is not None and data.get(v.name) is v:
+        data[v.name] = buf
+    return buf
+
+
 def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> BatchNorm:
     """Params ``running_mean`` (zeros), ``running_var`` (ones), ``weight`` (ones), ``bias`` (zeros).
 
@@ -345,9 +402,8 @@ def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> B
         config = BatchNormConfig(eps=float(config))
     if config.eps < 0:
         raise errors.InvalidArgument(f"batch-norm eps cannot be negative {config.eps}")
-    rm = vb.get_with_hints((num_features,), "running_mean", ZERO)
-    rv = vb.get_with_hints((num_features,), "running_var", ONE)
-    rm, rv = Buffer._make(rm._a, rm.name), Buffer._make(rv._a, rv.name)
+    rm = _stat_buffer(vb, vb.get_with_hints((num_features,), "running_mean", ZERO))
+    rv = _stat_buffer(vb, vb.get_with_hints((num_features,), "running_var", ONE))
     w = b = None
     if config.affine:
         w = vb.get_with_hints((num_features,), "weight", ONE)

@@ -194,6 +194,8 @@ def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:
         )
     out, seen = [], set()
     for i, v in enumerate(vars):
+        if _is_buffer(v):  # BatchNorm running statistics in varmap.all_vars(): never trained, as in Candle
+            continue
         if not is_var(v):
             raise errors.OptimizerUsage(
                 f"{who}: item {i} of the Vars is a {type(v).__name__}, not a Var; only Vars are shared handles that"
@@ -209,6 +211,12 @@ def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:
             seen.add(id(v))
             out.append(v)
     return tuple(out)
+
+
+def _is_buffer(v: Any) -> bool:
+    from candlejax.nn.module import Buffer
+
+    return isinstance(v, Buffer)
 
 
 def _devices_of(a: Any) -> Any:
