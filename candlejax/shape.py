@@ -141,13 +141,25 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
 
 
 class Dims(tuple):
-    """A tensor's dims: a plain tuple (``t.shape``, as in candle-pyo3, numpy and PyTorch) that Rust
-    Candle's call form ``t.shape()`` also accepts, giving the :class:`Shape` (``t.shape().dims3()``)."""
+    """A tensor's dims (``t.shape``, ``t.dims()``): a tuple, as in candle-pyo3 and numpy, that also
+    equals the list of the same ints (as PyTorch's ``Size`` does, and as Rust compares ``t.dims()``
+    with ``vec![2, 3]``), and that Rust Candle's call form ``t.shape()`` accepts, giving the
+    :class:`Shape` (``t.shape().dims3()``)."""
 
     __slots__ = ()
 
     def __call__(self) -> Shape:
         return Shape(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return list(self) == other
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
 
 class Rank(int):

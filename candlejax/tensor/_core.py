@@ -27,23 +27,6 @@ jax.tree_util.register_pytree_node(Rank, lambda r: ((int(r),), None), lambda _, 
 _Tensor: Any = None  # set by candlejax.tensor once Tensor exists
 
 
-class DimsList(tuple):
-    """``t.dims()``: a tuple of ints that also compares equal to a list of the same ints (Rust compares
-    ``t.dims()`` with arrays and vecs; a tuple would silently differ from a list in Python)."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, list):
-            return list(self) == other
-        return tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = tuple.__hash__
-
-
 class TensorBase:
     """Holds one ``jax.Array`` (or a tracer under jit) in ``_a``. Immutable."""
 
@@ -98,10 +81,10 @@ class TensorBase:
         return self._a
 
     # --- Candle's shape methods ----------------------------------------------------------------
-    def dims(self) -> tuple[int, ...]:
+    def dims(self) -> Dims:
         """The dims as a tuple that also equals the list of the same ints, as Candle's ``&[usize]``
         compares with ``&[2, 3]`` / ``vec![2, 3]`` (``t.dims() == [2, 3]``)."""
-        return DimsList(self._a.shape)
+        return Dims(self._a.shape)
 
     def dim(self, d: Any = None) -> int:
         """The size of dim ``d`` (int, negative int or ``D``); PyTorch's ``dim()`` (no argument) is the rank."""
