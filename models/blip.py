@@ -34,7 +34,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
-from candlejax.models.loading import check_vb_first, safetensors_files, tokenizer_from
+from candlejax.models.loading import check_vb_first, refuse_unknown_config_keys, safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -94,6 +94,9 @@ class VisionConfig:
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
+refuse_unknown_config_keys(VisionConfig, "blip")  # VisionConfig(**config_json) names from_dict
+
+
 @dataclasses.dataclass
 class Config:
     """A ``BlipForConditionalGeneration`` config.json: ``text_config`` and ``vision_config``.
@@ -135,6 +138,9 @@ class Config:
     def image_captioning_base(cls) -> Config:
         """``Salesforce/blip-image-captioning-base``."""
         return cls(blip_text.Config(num_attention_heads=12), VisionConfig())
+
+
+refuse_unknown_config_keys(Config, "blip")  # Config(**config_json) names from_dict
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax.models.loading import refuse_unknown_config_keys
 from candlejax.nn import (
     Activation,
     DecodeKvCache,
@@ -92,6 +93,9 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+refuse_unknown_config_keys(Config, "blip_text")  # Config(**config_json) names from_dict
 
 
 def _heads(x: Tensor, n: int) -> Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors, vision
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import safetensors_files, tokenizer_from
+from candlejax.models.loading import refuse_unknown_config_keys, safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -101,6 +101,9 @@ class ClipTextConfig:
     from_dict = classmethod(_from_dict)
 
 
+refuse_unknown_config_keys(ClipTextConfig, "clip")  # ClipTextConfig(**config_json) names from_dict
+
+
 @dataclasses.dataclass
 class ClipVisionConfig:
     """``vision_config`` of a ``CLIPModel`` config.json (transformers' ``CLIPVisionConfig`` defaults)."""
@@ -116,6 +119,9 @@ class ClipVisionConfig:
     layer_norm_eps: float = 1e-5
 
     from_dict = classmethod(_from_dict)
+
+
+refuse_unknown_config_keys(ClipVisionConfig, "clip")  # ClipVisionConfig(**config_json) names from_dict
 
 
 @dataclasses.dataclass
@@ -167,6 +173,9 @@ class ClipConfig:
     def vit_base_patch32(cls) -> ClipConfig:
         """``openai/clip-vit-base-patch32`` (Candle's ``ClipConfig::vit_base_patch32``)."""
         return cls()
+
+
+refuse_unknown_config_keys(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict
 
 
 # ------------------------------------------------------------------------------------------------

@@ -61,6 +61,9 @@ def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
     init = cls.__init__
     names = frozenset(f.name for f in dataclasses.fields(cls))
     qual = cls.__name__
+    spelling = (f"`{qual}.from_json_file(path)` or " if hasattr(cls, "from_json_file") else "") + (
+        f"`{qual}.from_dict(json.loads(s))`"
+    )
 
     @functools.wraps(init)
     def strict_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -68,8 +71,7 @@ def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
         if unknown:
             raise errors.Msg(
                 f"{label} {qual}: unknown keys {unknown}. To read a config.json as Candle's"
-                f" `serde_json::from_str::<{qual}>` does (unknown keys ignored), write"
-                f" `{qual}.from_json_file(path)` or `{qual}.from_dict(json.loads(s))`"
+                f" `serde_json::from_str::<{qual}>` does (unknown keys ignored), write {spelling}"
             )
         init(self, *args, **kwargs)
 

@@ -30,6 +30,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
+from candlejax.models.loading import refuse_unknown_config_keys
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -94,6 +95,9 @@ class Config:
     @property
     def is_multilingual(self) -> bool:
         return self.vocab_size >= 51865
+
+
+refuse_unknown_config_keys(Config, "whisper")  # Config(**config_json) names from_dict
 
 
 def _linear(vb: VarBuilder, n_in: int, n_out: int, bias: bool = True) -> Linear:

@@ -233,3 +233,16 @@ def test_sam_example_load_image_form_names_candlejax_spelling(tmp_path):
     with pytest.raises(errors.Error, match=r"sam.load_image\(path, device, resize_longest=1024\)"):
         sam.load_image(p, sam.IMAGE_SIZE)  # Candle's example: let (image, h, w) = load_image(path, Some(1024))
     assert sam.load_image(p, device, resize_longest=sam.IMAGE_SIZE).dims() == (3, 768, 1024)
+
+
+@pytest.mark.parametrize("family,cls", [("whisper", "Config"), ("blip", "Config"), ("blip", "VisionConfig"),
+                                        ("blip_text", "Config"), ("clip", "ClipConfig"), ("clip", "ClipTextConfig"),
+                                        ("clip", "ClipVisionConfig")])  # fmt: skip
+def test_config_from_a_json_dict_with_unknown_keys_names_from_dict(family, cls):
+    """``serde_json::from_str::<Config>`` ignores unknown keys; ``Config(**json)`` raises naming the reader."""
+    import importlib
+
+    config = getattr(importlib.import_module(f"candlejax.models.{family}"), cls)
+    with pytest.raises(errors.Error, match=rf"unknown keys \['architectures'\].*{cls}\.from_dict\(json\.loads\(s\)\)"):
+        config(architectures=["X"])
+    assert config.from_dict({"architectures": ["X"]}) == config.from_dict({})
