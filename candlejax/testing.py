@@ -1,4 +1,5 @@
-"""candle-pyo3's ``candle.testing``: ``assert_equal`` and ``assert_almost_equal`` for Tensors.
+"""candle-pyo3's ``candle.testing``: ``assert_equal`` and ``assert_almost_equal`` for Tensors, and
+Rust Candle's ``candle::test_utils`` (``assert_tensor_eq``, ``to_vec0_round`` .. ``to_vec3_round``).
 
 Both compare values on the host (numpy) and raise ``AssertionError`` naming what differs. As in
 the binding, integer tensors are compared as int64 and the checks of device and dtype can be
@@ -14,7 +15,10 @@ import numpy as np
 
 from candlejax.tensor import Tensor
 
-__all__ = ["assert_almost_equal", "assert_equal"]
+__all__ = [
+    "assert_almost_equal", "assert_equal", "assert_tensor_eq", "to_vec0_round", "to_vec1_round", "to_vec2_round",
+    "to_vec3_round",
+]  # fmt: skip
 
 
 def _check_meta(actual: Any, expected: Any, check_device: bool, check_dtype: bool) -> None:
@@ -48,3 +52,50 @@ def assert_almost_equal(actual: Tensor, expected: Tensor, rtol: float = 1e-05, a
     elementwise (numpy's ``allclose`` rule). PyTorch: ``torch.testing.assert_close``."""
     _check_meta(actual, expected, check_device, check_dtype)
     np.testing.assert_allclose(_host(actual), _host(expected), rtol=rtol, atol=atol)
+
+
+def assert_tensor_eq(t1: Tensor, t2: Tensor) -> None:
+    """Rust Candle's ``test_utils::assert_tensor_eq``: equal shapes and every value equal."""
+    if tuple(t1.shape) != tuple(t2.shape):
+        raise AssertionError(f"shape mismatch: {list(t1.shape)} vs {list(t2.shape)}")
+    np.testing.assert_array_equal(_host(t1), _host(t2))
+
+
+def _round_f32(t: Tensor, digits: int, rank: int, name: str) -> Any:
+    """Candle's rounding in f32 (``round(x * 10^d) / 10^d``, halves away from zero), each value given
+    as the shortest decimal that is that f32 (``0.6``, not ``0.6000000238418579``), so the results
+    compare equal to the literals a ported ``assert_eq!`` holds."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
+    if t.rank != rank:
+        raise AssertionError(f"{name}: expected a rank-{rank} tensor, got shape {list(t.shape)}")
+    b = np.float32(10) ** np.float32(int(digits))
+    v = np.asarray(t.to_dtype("f32"), np.float32) * b
+    whole = np.trunc(v)
+    r = np.where(np.abs(v - whole) >= np.float32(0.5), whole + np.sign(v), whole).astype(np.float32) / b
+    out = _SHORTEST(r)
+    return float(out) if rank == 0 else out.tolist()
+
+
+#: each f32 as the Python float of its shortest decimal form
+_SHORTEST = np.vectorize(lambda x: float(str(np.float32(x))), otypes=[np.float64])
+
+
+def to_vec0_round(t: Tensor, digits: int) -> float:
+    """Rust Candle's ``test_utils::to_vec0_round(&t, digits)``."""
+    return _round_f32(t, digits, 0, "to_vec0_round")
+
+
+def to_vec1_round(t: Tensor, digits: int) -> list[float]:
+    """Rust Candle's ``test_utils::to_vec1_round(&t, digits)``: ``t.to_vec1()`` rounded to ``digits``."""
+    return _round_f32(t, digits, 1, "to_vec1_round")
+
+
+def to_vec2_round(t: Tensor, digits: int) -> list[list[float]]:
+    """Rust Candle's ``test_utils::to_vec2_round(&t, digits)``."""
+    return _round_f32(t, digits, 2, "to_vec2_round")
+
+
+def to_vec3_round(t: Tensor, digits: int) -> list[list[list[float]]]:
+    """Rust Candle's ``test_utils::to_vec3_round(&t, digits)``."""
+    return _round_f32(t, digits, 3, "to_vec3_round")

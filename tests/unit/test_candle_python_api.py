@@ -273,3 +273,23 @@ def test_from_raw_buffer_reads_little_endian_values(dtype):
     np.testing.assert_array_equal(np.asarray(got).astype(np.float64), want.astype(np.float64))
     with pytest.raises(errors.Error, match=r"do not hold .*needs 12 x"):
         cj.Tensor.from_raw_buffer(want.tobytes()[:-1], dt, (3, 4), cj.Device.Cpu)
+
+
+def test_test_utils_round_as_candle_and_compare_with_literals():
+    """``candle::test_utils::to_vecN_round``: f32 rounding, halves away from zero; the values equal
+    the decimal literals of a ported ``assert_eq!``."""
+    x = np.array([0.59999996, -1.25, 2.5, 0.49999997, -0.5, 1e-5, 123.45678], np.float32)
+    t = cj.tensor(x)
+    assert cj.testing.to_vec1_round(t, 4) == [0.6, -1.25, 2.5, 0.5, -0.5, 0.0, 123.4568]
+    assert cj.testing.to_vec1_round(t, 0) == [1.0, -1.0, 3.0, 0.0, -1.0, 0.0, 123.0]
+    assert cj.testing.to_vec2_round(t.reshape((1, 7)), 1) == [[0.6, -1.3, 2.5, 0.5, -0.5, 0.0, 123.5]]
+    assert cj.testing.to_vec3_round(t.reshape((1, 1, 7)), 2)[0][0][1] == -1.25
+    assert cj.testing.to_vec0_round(cj.tensor(np.float32(3.14159)), 2) == 3.14
+    b = np.float32(10) ** 3  # Candle's formula, in f32
+    want = [float(str(np.float32(np.sign(v) * np.floor(np.abs(v * b) + np.float32(0.5)) / b))) for v in x[:3]]
+    assert cj.testing.to_vec1_round(cj.tensor(x[:3]), 3) == want
+    cj.testing.assert_tensor_eq(t, cj.tensor(x.copy()))
+    with pytest.raises(AssertionError):
+        cj.testing.assert_tensor_eq(t, t + 1.0)
+    with pytest.raises(AssertionError, match="rank-2"):
+        cj.testing.to_vec2_round(t, 2)
