@@ -58,6 +58,11 @@ class TokenOutputStream:
         self.prev_index = 0
         self.current_index = 0
 
+    @staticmethod
+    def new(tokenizer: Any) -> TokenOutputStream:
+        """Candle's ``TokenOutputStream::new(tokenizer)``."""
+        return TokenOutputStream(tokenizer)
+
     @property
     def tokenizer(self) -> Any:
         """The wrapped tokenizer. Candle's method form ``tos.tokenizer().encode(...)`` works as

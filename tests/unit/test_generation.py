@@ -556,7 +556,7 @@ def test_token_output_stream(byte_tokenizer):
     assert stream.decode_all() == text
     assert len(pieces) > 10  # text came out as it was produced, not at the end
     # half a character is held back until the next byte completes it
-    s2 = TokenOutputStream(byte_tokenizer)
+    s2 = TokenOutputStream.new(byte_tokenizer)  # Candle's TokenOutputStream::new(tokenizer)
     e_bytes = byte_tokenizer.encode("é").ids
     assert s2.next_token(e_bytes[0]) is None and s2.next_token(e_bytes[1]) == "é"
     s2.clear()
