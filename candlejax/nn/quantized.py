@@ -31,8 +31,8 @@ from candlejax.quantized.packed import attach_stacked, hold_stacked
 from candlejax.quantized.qtensor import QMatMul, QTensor, blocked_matmul_direct
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "layer_norm", "linear", "linear_b", "linear_no_bias",
-           "rms_norm", "scan_layers"]  # fmt: skip
+__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
+           "linear_no_bias", "rms_norm", "scan_layers"]  # fmt: skip
 
 
 def scan_layers(body: Any, carry: Any, layers: Any) -> Any:
@@ -73,6 +73,16 @@ class QLinear(Module):
     def from_qtensor(q: QTensor, bias: Any = None) -> QLinear:
         return QLinear.from_qmatmul(QMatMul.from_qtensor(q), bias)
 
+    @staticmethod
+    def from_arc(weight: QTensor, bias: Any = None) -> QLinear:
+        """Candle's ``Linear::from_arc(weight, bias)``: :meth:`from_qtensor`."""
+        return QLinear.from_qtensor(weight, bias)
+
+    @staticmethod
+    def from_weights(weight: QMatMul, bias: Any = None) -> QLinear:
+        """Candle's ``Linear::from_weights(qmatmul, bias)``: :meth:`from_qmatmul`."""
+        return QLinear.from_qmatmul(weight, bias)
+
     def qmatmul(self) -> QMatMul:
         return QMatMul(self.weight)
 
@@ -102,6 +112,11 @@ class QEmbedding(Module):
     def __init__(self, table: QLinear | Any):
         self.table = table if isinstance(table, QLinear) else QLinear(table)
 
+    @staticmethod
+    def new(d1: int, d2: int, vb: Any) -> QEmbedding:
+        """Candle's ``Embedding::new(d1, d2, vb)``: the ``(d1, d2)`` table ``weight`` (:func:`embedding`)."""
+        return embedding(d1, d2, vb)
+
     @property
     def weight(self) -> Any:  # a dtype / device probe: the rows come out in f32
         return jnp.zeros((), jnp.float32)
@@ -124,6 +139,16 @@ class QRmsNorm(Module):
         w = weight.dequantize() if isinstance(weight, QTensor) else weight
         self.weight = unwrap(w)
         self.eps = float(eps)
+
+    @staticmethod
+    def new(size: int, eps: float, vb: Any) -> QRmsNorm:
+        """Candle's ``RmsNorm::new(size, eps, vb)`` (:func:`rms_norm`)."""
+        return rms_norm(size, eps, vb)
+
+    @staticmethod
+    def from_qtensor(weight: QTensor, eps: float) -> QRmsNorm:
+        """Candle's ``RmsNorm::from_qtensor(weight, eps)``."""
+        return QRmsNorm(weight, eps)
 
     def forward(self, xs: Any) -> Any:
         return ops.rms_norm(xs, self.weight, self.eps)
@@ -160,6 +185,14 @@ def layer_norm(size: int, eps: float, vb: Any) -> LayerNorm:
         if tuple(t.shape) != (int(size),):
             raise errors.UnexpectedShape(f"layer_norm {vb.path(name)}", (size,), t.shape)
     return LayerNorm(_dense(w), _dense(b), eps)
+
+
+def layer_norm_no_bias(size: int, eps: float, vb: Any) -> LayerNorm:
+    """Candle's ``quantized_nn::layer_norm_no_bias(size, eps, vb)``: ``weight`` only, dequantised."""
+    w = vb.get(size, "weight")
+    if tuple(w.shape) != (int(size),):
+        raise errors.UnexpectedShape(f"layer_norm {vb.path('weight')}", (size,), w.shape)
+    return LayerNorm(_dense(w), None, eps)
 
 
 def rms_norm(size: int, eps: float, vb: Any) -> QRmsNorm:

@@ -20,6 +20,11 @@ class Func(Module):
     def __init__(self, f: Callable[[Any], Any]):
         self.f = f
 
+    @staticmethod
+    def new(f: Callable[[Any], Any]) -> Func:
+        """Candle's ``Func::new(f)``."""
+        return Func(f)
+
     def forward(self, xs: Any) -> Any:
         return self.f(xs)
 
@@ -32,6 +37,11 @@ class FuncT(ModuleT):
 
     def __init__(self, f: Callable[[Any, bool], Any]):
         self.f = f
+
+    @staticmethod
+    def new(f: Callable[[Any, bool], Any]) -> FuncT:
+        """Candle's ``FuncT::new(f)``."""
+        return FuncT(f)
 
     def forward_t(self, xs: Any, train: bool) -> Any:
         return self.f(xs, train)

@@ -119,7 +119,11 @@ class QTensor:
         return QTensor._quantize(t, dtype, Device.coerce(device))
 
     @staticmethod
-    def _quantize(t: Any, dtype: GgmlDType, device: Device | None) -> QTensor:
+    def _quantize(t: Any, dtype: GgmlDType | str, device: Device | None) -> QTensor:
+        if isinstance(dtype, str):  # "q4_0", "Q4_K", ... as t.quantize(fmt) takes them
+            dtype = GgmlDType.parse(dtype)
+        elif not isinstance(dtype, GgmlDType):
+            raise errors.Msg(f"QTensor.quantize: dtype must be a GgmlDType or its name, got {type(dtype).__name__}")
         a = unwrap(t)
         if isinstance(a, jax.core.Tracer):
             raise errors.TracingError(

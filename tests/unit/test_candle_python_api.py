@@ -293,3 +293,33 @@ def test_test_utils_round_as_candle_and_compare_with_literals():
         cj.testing.assert_tensor_eq(t, t + 1.0)
     with pytest.raises(AssertionError, match="rank-2"):
         cj.testing.to_vec2_round(t, 2)
+
+
+def test_quantized_nn_constructors(tmp_path):
+    """candle-transformers' ``quantized_nn``: ``Linear::from_arc / from_weights``, ``Embedding::new``,
+    ``RmsNorm::new / from_qtensor``, ``layer_norm_no_bias``; ``Func::new`` / ``FuncT::new``."""
+    from candlejax.quantized import QMatMul, QTensor
+    from candlejax.quantized import VarBuilder as QVarBuilder
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 32)).astype(np.float32)
+    g = (1.0 + 0.1 * rng.standard_normal(32)).astype(np.float32)
+    cj.utils.save_gguf(tmp_path / "m.gguf", {"emb.weight": cj.tensor(w).quantize("q8_0"), "n.weight": cj.tensor(g)}, {})
+    vb = QVarBuilder.from_gguf(tmp_path / "m.gguf")
+    q = cj.tensor(w).quantize("q8_0")
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    want = np.asarray(q.matmul_t(cj.tensor(x)))
+    np.testing.assert_array_equal(np.asarray(nn.quantized.QLinear.from_arc(q).forward(cj.tensor(x))), want)
+    lin = nn.quantized.QLinear.from_weights(QMatMul.from_qtensor(q), cj.tensor(np.ones(4, np.float32)))
+    np.testing.assert_allclose(np.asarray(lin.forward(cj.tensor(x))), want + 1.0, rtol=1e-6, atol=1e-6)
+    emb = nn.quantized.QEmbedding.new(4, 32, vb.pp("emb"))
+    np.testing.assert_array_equal(np.asarray(emb.forward(cj.tensor([2, 0]))), np.asarray(q.dequantize())[[2, 0]])
+    rms = np.asarray(x) / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6) * g
+    for norm in (nn.quantized.QRmsNorm.new(32, 1e-6, vb.pp("n")),
+                 nn.quantized.QRmsNorm.from_qtensor(QTensor.quantize(cj.tensor(g), "f32"), 1e-6)):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(norm.forward(cj.tensor(x))), rms, rtol=1e-5, atol=1e-5)
+    ln = nn.quantized.layer_norm_no_bias(32, 1e-5, vb.pp("n"))
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(ln.forward(cj.tensor(x))), (x - mu) / np.sqrt(var + 1e-5) * g, atol=1e-5)
+    assert nn.Func.new(lambda t: t * 2.0).forward(cj.ones(2)).to_vec1() == [2.0, 2.0]
+    assert nn.FuncT.new(lambda t, train: t * (2.0 if train else 1.0)).forward_t(cj.ones(1), True).to_vec1() == [2.0]
