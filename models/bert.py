@@ -22,10 +22,7 @@ Sentence embeddings (tokenizer, pooling, bucketed shapes): :mod:`candlejax.pipel
 
 from __future__ import annotations
 
-import enum
-import json
 import os
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import jax
@@ -34,7 +31,8 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import DType, to_dtype
-from candlejax.models.loading import check_architecture, refuse_unknown_config_keys
+from candlejax.models.bert_config import Config, HiddenAct, PositionEmbeddingType
+from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
 from candlejax.xla import SizeJit, large_input_options
@@ -54,144 +52,9 @@ SUPPORTED = {"bert": ("BertModel",)}
 
 
 # ------------------------------------------------------------------------------------------------
-# config
-# ------------------------------------------------------------------------------------------------
-class HiddenAct(enum.Enum):
-    """``hidden_act`` of config.json (transformers' ``ACT2FN`` names).
-
-    ``Gelu`` is the exact erf GELU (``"gelu"``, ``"gelu_python"``); ``GeluApproximate`` the tanh
-    form (``"gelu_new"``, ``"gelu_pytorch_tanh"``, ``"gelu_fast"``, ``"gelu_accurate"``).
-    """
-
-    Gelu = "gelu"
-    GeluApproximate = "gelu_new"
-    Relu = "relu"
-    Relu2 = "relu2"
-    Relu6 = "relu6"
-    Silu = "silu"
-    Sigmoid = "sigmoid"
-    Tanh = "tanh"
-    QuickGelu = "quick_gelu"
-    Mish = "mish"
-    LeakyRelu = "leaky_relu"
-    Linear = "linear"
-
-    @staticmethod
-    def parse(name: str | HiddenAct) -> HiddenAct:
-        if isinstance(name, HiddenAct):
-            return name
-        key = str(name).strip().lower()
-        if key in _ACT_ALIASES:
-            return _ACT_ALIASES[key]
-        raise errors.Msg(f"bert: unsupported hidden_act {name!r}, expected one of {sorted(_ACT_ALIASES)}")
-
-    def apply(self, x: Any) -> Any:
-        """The activation (``candlejax.nn.ops``) on a Tensor or array; f16/bf16 stay in their dtype."""
-        if self is HiddenAct.Linear:
-            return x
-        if self is HiddenAct.LeakyRelu:
-            return ops.leaky_relu(x, 0.01)
-        return ops.activation(x, _OPS_KIND[self])
-
-
-_ACT_ALIASES = {
-    "gelu": HiddenAct.Gelu, "gelu_python": HiddenAct.Gelu, "gelu_erf": HiddenAct.Gelu,
-    "gelu_new": HiddenAct.GeluApproximate, "gelu_pytorch_tanh": HiddenAct.GeluApproximate,
-    "gelu_fast": HiddenAct.GeluApproximate, "gelu_accurate": HiddenAct.GeluApproximate,
-    "geluapproximate": HiddenAct.GeluApproximate, "gelu_approximate": HiddenAct.GeluApproximate,
-    "relu": HiddenAct.Relu, "relu2": HiddenAct.Relu2, "relu6": HiddenAct.Relu6, "silu": HiddenAct.Silu,
-    "swish": HiddenAct.Silu, "sigmoid": HiddenAct.Sigmoid, "tanh": HiddenAct.Tanh,
-    "quick_gelu": HiddenAct.QuickGelu, "mish": HiddenAct.Mish, "leaky_relu": HiddenAct.LeakyRelu,
-    "linear": HiddenAct.Linear,
-}  # fmt: skip
-
-_OPS_KIND = {
-    HiddenAct.Gelu: "gelu_erf", HiddenAct.GeluApproximate: "gelu", HiddenAct.Relu: "relu", HiddenAct.Relu2: "relu2",
-    HiddenAct.Relu6: "relu6", HiddenAct.Silu: "silu", HiddenAct.Sigmoid: "sigmoid", HiddenAct.Tanh: "tanh",
-    HiddenAct.QuickGelu: "quick_gelu", HiddenAct.Mish: "mish",
-}  # fmt: skip
-
-
-class PositionEmbeddingType(enum.Enum):
-    """Only ``absolute`` is implemented (as in Candle); relative_key variants raise at load."""
-
-    Absolute = "absolute"
-    RelativeKey = "relative_key"
-    RelativeKeyQuery = "relative_key_query"
-
-
-@dataclass
-class Config:
-    """A BERT ``config.json``: its keys are the fields; missing keys take BERT-base's defaults.
-
-    Unknown keys (``architectures``, ``transformers_version``, ...) are kept in ``extra``.
-    """
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
-    position_embedding_type: str = "absolute"
-    use_cache: bool = True
-    classifier_dropout: float | None = None
-    tie_word_embeddings: bool = True
-    model_type: str | None = "bert"
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Config:
-        known = {f.name for f in fields(Config)} - {"extra"}
-        cfg = Config(**{k: v for k, v in d.items() if k in known})
-        cfg.extra = {k: v for k, v in d.items() if k not in known}
-        cfg.validate()
-        return cfg
-
-    @staticmethod
-    def from_json_file(path: str | os.PathLike) -> Config:
-        with open(path) as f:
-            return Config.from_dict(json.load(f))
-
-    from_hf_config = from_dict
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**self.extra, **d}
-
-    def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise errors.Msg(
-                f"bert: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"
-                f" {self.num_attention_heads}"
-            )
-        HiddenAct.parse(self.hidden_act)
-        if PositionEmbeddingType(self.position_embedding_type) is not PositionEmbeddingType.Absolute:
-            raise errors.Msg(
-                f"bert: position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
-            )
-
-    @property
-    def act(self) -> HiddenAct:
-        return HiddenAct.parse(self.hidden_act)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-
-# ------------------------------------------------------------------------------------------------
 # layers, bottom-up
 # ------------------------------------------------------------------------------------------------
 
-refuse_unknown_config_keys(Config, "bert")  # Config(**json.loads(s)) names from_dict
 
 
 class BertEmbeddings(Module):
