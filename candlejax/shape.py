@@ -151,6 +151,29 @@ class Dims(tuple):
     def __call__(self) -> Shape:
         return Shape(self)
 
+    # Candle's ``Shape`` methods on the tuple itself, for fields Candle types as ``Shape`` (a GGUF
+    # ``TensorInfo.shape``: ``info.shape.elem_count()``)
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self)
+
+    def rank(self) -> int:
+        return len(self)
+
+    def elem_count(self) -> int:
+        return Shape(self).elem_count()
+
+    def dims1(self) -> int:
+        return Shape(self).dims1()
+
+    def dims2(self) -> tuple[int, int]:
+        return Shape(self).dims2()
+
+    def dims3(self) -> tuple[int, int, int]:
+        return Shape(self).dims3()
+
+    def dims4(self) -> tuple[int, int, int, int]:
+        return Shape(self).dims4()
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, list):
             return list(self) == other

@@ -35,7 +35,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.quantized.qtensor import QTensor
-from candlejax.shape import Shape
+from candlejax.shape import Dims
 
 DEFAULT_ALIGNMENT = 32
 MAGIC = b"GGUF"
@@ -357,37 +357,6 @@ class Value:
         return f"Value.{self.value_type.name}({self._v!r})"
 
 
-class TensorShape(tuple):
-    """A GGUF tensor's shape (Candle's row-major order): a plain tuple that also answers Candle's
-    ``Shape`` methods, so ``info.shape.elem_count()`` / ``info.shape.dims()`` port as written."""
-
-    __slots__ = ()
-
-    def dims(self) -> tuple[int, ...]:
-        return tuple(self)
-
-    def rank(self) -> int:
-        return len(self)
-
-    def elem_count(self) -> int:
-        n = 1
-        for d in self:
-            n *= d
-        return n
-
-    def dims1(self) -> int:
-        return Shape(self).dims1()
-
-    def dims2(self) -> tuple[int, int]:
-        return Shape(self).dims2()
-
-    def dims3(self) -> tuple[int, int, int]:
-        return Shape(self).dims3()
-
-    def dims4(self) -> tuple[int, int, int, int]:
-        return Shape(self).dims4()
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """``gguf_file::TensorInfo``: the ggml type, Candle-order shape and the offset into the data section."""
@@ -397,8 +366,8 @@ class TensorInfo:
     offset: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.shape, TensorShape):
-            object.__setattr__(self, "shape", TensorShape(self.shape))
+        if not isinstance(self.shape, Dims):  # a tuple that answers Candle's Shape methods too
+            object.__setattr__(self, "shape", Dims(self.shape))
 
     def elem_count(self) -> int:
         return self.shape.elem_count()
