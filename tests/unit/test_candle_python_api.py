@@ -176,6 +176,7 @@ def test_rust_accessor_calls_and_the_bindings_properties_agree():
     assert ours.shape().dims3() == (2, 3, 4) and ours.shape().elem_count() == 24
     assert ours.shape() == (2, 3, 4) and ours.shape().rank() == 3
     assert ours.shape == [2, 3, 4] and ours.dims() == [2, 3, 4] and ours.shape != [2, 3]  # as torch.Size
+    assert ours.shape.elem_count() == 24 and ours.shape.dims3() == (2, 3, 4) and ours.shape.rank() == 3
     assert ours.rank() == 3 and ours.rank + 1 == 4
     assert ours.dtype() is ours.dtype is cj.DType.F32
     assert ours.device() == ours.device == cj.Device.Cpu
