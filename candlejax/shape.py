@@ -153,8 +153,8 @@ class Dims(tuple):
 
     # Candle's ``Shape`` methods on the tuple itself, for fields Candle types as ``Shape`` (a GGUF
     # ``TensorInfo.shape``: ``info.shape.elem_count()``)
-    def dims(self) -> tuple[int, ...]:
-        return tuple(self)
+    def dims(self) -> Dims:
+        return self
 
     def rank(self) -> int:
         return len(self)
@@ -205,13 +205,14 @@ class Shape:
     __slots__ = ("_dims",)
 
     def __init__(self, dims: Iterable[int] | int = ()):
-        self._dims = as_shape(dims)
+        # Dims: equal to lists of the same ints, as Rust compares `shape.dims()` with `&[2, 3]`
+        self._dims = Dims(as_shape(dims))
 
     @staticmethod
     def from_dims(dims: Iterable[int]) -> Shape:
         return Shape(dims)
 
-    def dims(self) -> tuple[int, ...]:
+    def dims(self) -> Dims:
         return self._dims
 
     def into_dims(self) -> list[int]:
@@ -230,7 +231,7 @@ class Shape:
         return self._dims[resolve_dim(d, self._dims, "dim")]
 
     def extend(self, more: Iterable[int]) -> Shape:
-        return Shape(self._dims + tuple(more))
+        return Shape((*self._dims, *more))
 
     def _dimsn(self, n: int) -> tuple[int, ...]:
         if len(self._dims) != n:
