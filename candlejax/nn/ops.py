@@ -152,12 +152,14 @@ _UNARY = {
 
 @op(static=("kind", "p0", "p1"))
 def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
-    if kind == "elu":
-        return jnp.where(a > 0, a, (p0 * jnp.expm1(a)).astype(a.dtype))
+    if kind in ("elu", "selu"):
+        # expm1 of the negative part only: the branch not taken must not overflow to inf, whose
+        # zero cotangent would make the gradient NaN for large inputs
+        neg = jnp.where(a > 0, jnp.zeros((), a.dtype), a)
+        out = jnp.where(a > 0, a, p0 * jnp.expm1(neg))
+        return (out if kind == "elu" else p1 * out).astype(a.dtype)
     if kind == "leaky_relu":
         return jnp.where(a >= 0, a, (a * p0).astype(a.dtype))
-    if kind == "selu":
-        return (p1 * jnp.where(a > 0, a, p0 * jnp.expm1(a))).astype(a.dtype)
     return _UNARY[kind](a).astype(a.dtype)
 
 

@@ -313,8 +313,10 @@ def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
 
 @op(static=("n", "dtype"))
 def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
-    i = jax.lax.iota(dtype, n)
-    return (start + i * step).astype(dtype)
+    # 8-bit floats have no arithmetic promotion in JAX: their values are computed in f32
+    work = jnp.float32 if jnp.dtype(dtype).itemsize == 1 and jnp.issubdtype(dtype, jnp.floating) else dtype
+    i = jax.lax.iota(work, n)
+    return (start.astype(work) + i * step.astype(work)).astype(dtype)
 
 
 @op(static=("n", "dtype", "k", "upper"))

@@ -420,7 +420,8 @@ def _affine(a: Any, mul: Any, add: Any) -> Any:
 @op(elementwise=True)
 def _elu(a: Any, alpha: Any) -> Any:
     alpha = _cvt(alpha, a.dtype)
-    return jnp.where(a > 0, a, alpha * jnp.expm1(jnp.minimum(a, jnp.zeros((), a.dtype))))
+    # a where, not a minimum: the derivative at 0 is alpha (Candle, PyTorch), not a tie's alpha / 2
+    return jnp.where(a > 0, a, alpha * jnp.expm1(jnp.where(a > 0, jnp.zeros((), a.dtype), a)))
 
 
 @op(elementwise=True)

@@ -48,11 +48,31 @@ def _clamp_ids(ids: Any, size: int) -> Any:
     return jnp.minimum(ids, jnp.asarray(max(size - 1, 0), ids.dtype))
 
 
+def _no_index(ids: Any) -> Any:
+    """Where ``ids`` holds its dtype's largest value, Candle's "no index": gathers give 0 there,
+    scatters and ``index_add`` skip it (``u32::MAX`` for u32 ids)."""
+    return ids == jnp.asarray(jnp.iinfo(ids.dtype).max, ids.dtype)
+
+
+def _zero_where_no_index(out: Any, ids: Any, axis: int | None = None) -> Any:
+    """``out`` with 0 at the positions gathered by a "no index" id; ``axis`` is where a 1-D ``ids``
+    selected along (``None``: ``ids`` has ``out``'s shape, or is ``out``'s leading dims)."""
+    mask = _no_index(ids)
+    if axis is not None:
+        mask = jnp.reshape(mask, (1,) * axis + mask.shape + (1,) * (out.ndim - axis - 1))
+    elif mask.ndim < out.ndim:
+        mask = jnp.reshape(mask, mask.shape + (1,) * (out.ndim - mask.ndim))
+    return jnp.where(mask, jnp.zeros((), out.dtype), out)
+
+
 def _drop_ids(ids: Any, size: int) -> Any:
-    """Map negative index values past the end so that ``mode="drop"`` scatters ignore them."""
+    """Map negative and "no index" values past the end so that ``mode="drop"`` scatters ignore them."""
+    skip = _no_index(ids)
     if jnp.issubdtype(ids.dtype, jnp.signedinteger):
-        return jnp.where(ids < 0, jnp.asarray(size, ids.dtype), ids)
-    return ids
+        skip = skip | (ids < 0)
+    if size > jnp.iinfo(ids.dtype).max:  # u8 ids into more than 255 slots: 255 is still "no index"
+        ids = ids.astype(jnp.int32)
+    return jnp.where(skip, jnp.asarray(size, ids.dtype), ids)
 
 
 @op(static=("rev", "starts", "limits", "strides", "takes", "shape"))
@@ -72,7 +92,8 @@ def _index(
     if starts is not None:
         a = lax.slice(a, starts, limits, strides)
     for (axis, size), i in zip(takes, ids):
-        a = jnp.take(a, _clamp_ids(jnp.reshape(i, (-1,)), size), axis=axis, mode="clip")
+        i = jnp.reshape(i, (-1,))
+        a = _zero_where_no_index(jnp.take(a, _clamp_ids(i, size), axis=axis, mode="clip"), i, axis)
     if a.shape != shape:
         a = jnp.reshape(a, shape)
     return a
@@ -80,19 +101,19 @@ def _index(
 
 @op(static=("axis",))
 def _take(a: Any, ids: Any, axis: int) -> Any:
-    return jnp.take(a, _clamp_ids(ids, a.shape[axis]), axis=axis, mode="clip")
+    return _zero_where_no_index(jnp.take(a, _clamp_ids(ids, a.shape[axis]), axis=axis, mode="clip"), ids, axis)
 
 
 @op
 def _embedding(w: Any, ids: Any) -> Any:
-    return jnp.take(w, _clamp_ids(ids, w.shape[0]), axis=0, mode="clip")
+    return _zero_where_no_index(jnp.take(w, _clamp_ids(ids, w.shape[0]), axis=0, mode="clip"), ids)
 
 
 @op(static=("axis", "shape"))
 def _gather(a: Any, ids: Any, axis: int, shape: tuple[int, ...]) -> Any:
     if a.shape != shape:
         a = lax.slice(a, (0,) * a.ndim, shape)
-    return jnp.take_along_axis(a, _clamp_ids(ids, a.shape[axis]), axis=axis, mode="clip")
+    return _zero_where_no_index(jnp.take_along_axis(a, _clamp_ids(ids, a.shape[axis]), axis=axis, mode="clip"), ids)
 
 
 @op(static=("axis", "add"))
@@ -144,7 +165,8 @@ def _masked_fill(a: Any, mask: Any, value: Any) -> Any:
 
 
 def _check_values(ids: Any, size: int, op_name: str) -> None:
-    """Eagerly (concrete ids) raise ``InvalidIndex`` for the first index outside ``0..size``."""
+    """Eagerly (concrete ids) raise ``InvalidIndex`` for the first index outside ``0..size``; the
+    dtype's largest value is Candle's "no index" and passes (gathers give 0, scatters skip it)."""
     if isinstance(ids, Tracer):
         return
     v = np.asarray(ids)
@@ -152,8 +174,10 @@ def _check_values(ids: Any, size: int, op_name: str) -> None:
         return
     if v.max() < size and (v.dtype.kind == "u" or v.min() >= 0):
         return
-    bad = v.reshape(-1)[np.flatnonzero((v.reshape(-1) < 0) | (v.reshape(-1) >= size))[0]]
-    raise errors.InvalidIndex(op_name, int(bad), size)
+    flat = v.reshape(-1)
+    bad_at = np.flatnonzero(((flat < 0) | (flat >= size)) & (flat != np.iinfo(v.dtype).max))
+    if bad_at.size:
+        raise errors.InvalidIndex(op_name, int(flat[bad_at[0]]), size)
 
 
 def _as_ids(ids: Any, op_name: str) -> Any:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import candlejax as cj
 import candlejax.nn as nn
 from candlejax import DType
 from candlejax.nn import ops
@@ -285,3 +286,17 @@ def test_gumbel_softmax_samples_softmax_of_logits_over_temperature():
         want = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
         np.testing.assert_allclose(np.bincount(np.asarray(s), minlength=3) / 20000, want, atol=0.015)
     assert nn.sampling.gumbel_softmax(logits, 0.0, 1).to_vec1()[:2] == [2, 2]  # temperature <= 0: argmax
+
+
+@pytest.mark.parametrize("name", ["elu", "selu"])
+def test_elu_selu_gradients_match_torch_at_zero_and_stay_finite_for_large_inputs(name):
+    import torch
+
+    x = np.array([-1.0, 0.0, -2.0, 3.0, 100.0], np.float32)
+    f = (lambda t: ops.elu(t, 2.0)) if name == "elu" else ops.selu
+    tf = (lambda t: torch.nn.functional.elu(t, 2.0)) if name == "elu" else torch.nn.functional.selu
+    g = jax.grad(lambda a: f(cj.Tensor.from_jax(a)).sum_all().jax)(jnp.asarray(x))
+    tx = torch.tensor(x, requires_grad=True)
+    tf(tx).sum().backward()
+    np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(f(cj.Tensor.new(x)).to_vec1(), tf(torch.tensor(x)).numpy(), rtol=1e-6)
