@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax.generation import candle_rng
 from candlejax.tensor._core import TensorBase, unwrap
 
 #: Candle treats a temperature below this as greedy decoding.
@@ -186,18 +187,6 @@ def sampling_from_args(temperature: float | None, top_k: int | None = None, top_
 
 
 # --- the jit-able sampler -------------------------------------------------------------------------
-def _nucleus(sorted_logits: jax.Array, probs_sorted: jax.Array, p: float) -> jax.Array:
-    """Mask (to -inf) every sorted position whose preceding mass already reaches ``p``.
-
-    Candle walks the tokens in descending probability and keeps one while the running sum of the
-    ones before it is below ``p``; the most likely token is always kept.
-    """
-    before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-    keep = before < p
-    keep = keep.at[..., 0].set(True)
-    return jnp.where(keep, sorted_logits, -jnp.inf)
-
-
 def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
     """Candle's top-p set over the whole vocabulary without sorting it.
 
@@ -225,31 +214,75 @@ def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
     return bits >= hi[..., None]
 
 
-def _categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One draw per row from ``softmax(logits)`` by inverting the CDF with a single uniform
-    (what Candle's ``WeightedIndex`` does); ~4x cheaper than Gumbel-max over a 50k vocabulary,
-    which needs one random number per token. ``-inf`` logits are never drawn."""
-    probs = jax.nn.softmax(logits, axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, logits.shape[:-1], dtype=jnp.float32) * cdf[..., -1]
-    idx = jnp.sum(cdf <= u[..., None], axis=-1)
-    # float rounding can leave u at the top of the cdf: take the last token with mass
-    last = logits.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, axis=-1), axis=-1)
+def _weighted_draw(weights: jax.Array, u01: jax.Array) -> jax.Array:
+    """Candle's ``WeightedIndex`` over the last axis: the number of running sums of ``weights`` (all but
+    the total) at or below ``u01 * total``, so a token is drawn with probability proportional to its
+    weight; a zero weight is never drawn. ``u01``: one uniform in ``[0, 1)`` per row."""
+    cdf = jnp.cumsum(weights, axis=-1)
+    chosen = u01 * cdf[..., -1]
+    idx = jnp.sum(cdf[..., :-1] <= chosen[..., None], axis=-1)
+    # float rounding can leave the draw at the top of the sums: take the last token with weight
+    last = weights.shape[-1] - 1 - jnp.argmax(jnp.flip(weights > 0, axis=-1), axis=-1)
     return jnp.minimum(idx, last)
 
 
-def _pick(sorted_logits: jax.Array, sorted_idx: jax.Array, key: jax.Array) -> jax.Array:
-    j = _categorical(key, sorted_logits)
-    return jnp.take_along_axis(sorted_idx, j[..., None], axis=-1)[..., 0]
+def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling) -> jax.Array:
+    """The token Candle's ``LogitsProcessor`` draws from ``probs`` (its ``prs``: the softmax of the
+    tempered logits, or what ``sample_f``'s closure made of it) for the multinomial variants."""
+    if isinstance(s, All):
+        return _weighted_draw(probs, u01)
+    if isinstance(s, TopP):
+        return _weighted_draw(jnp.where(_nucleus_mask(probs, s.p), probs, 0.0), u01)
+    if isinstance(s, TopK | TopKThenTopP):
+        vals, idx = jax.lax.top_k(probs, min(s.k, probs.shape[-1]))
+        if isinstance(s, TopKThenTopP):
+            # Candle cuts at p over the k probabilities as they are (not renormalised)
+            before = jnp.cumsum(vals, axis=-1) - vals
+            keep = (before < s.p).at[..., 0].set(True)
+            vals = jnp.where(keep, vals, 0.0)
+        j = _weighted_draw(vals, u01)
+        return jnp.take_along_axis(idx, j[..., None], axis=-1)[..., 0]
+    raise errors.Msg(f"sample: unsupported sampling {s!r}")
+
+
+def _is_stream_key(key: Any) -> bool:
+    return (
+        hasattr(key, "dtype")
+        and key.dtype == jnp.uint32
+        and key.ndim >= 1
+        and key.shape[-1] == candle_rng.STREAM_KEY_WORDS
+    )
+
+
+def _uniform(key: Any, rows: tuple[int, ...]) -> jax.Array:
+    """One uniform in ``[0, 1)`` per row: Candle's ``StdRng`` draw for a stream key (row ``r`` of draw
+    ``n`` takes word ``n * rows + r``), ``jax.random.uniform`` for a JAX key."""
+    if _is_stream_key(key):
+        n_rows = math.prod(rows)
+        draw = key[8].astype(jnp.uint32)
+        index = draw * jnp.uint32(n_rows) + jnp.arange(n_rows, dtype=jnp.uint32)
+        return candle_rng.unit_f32(candle_rng.stream_u32(key[:8], index)).reshape(rows)
+    return jax.random.uniform(_as_key(key), rows, dtype=jnp.float32)
+
+
+def _gumbel_key(key: Any) -> jax.Array:
+    """A JAX key for Gumbel noise (Candle draws it from the device's generator, not the processor's)."""
+    if not _is_stream_key(key):
+        return _as_key(key)
+    k = jax.random.key(0)
+    for i in (0, 1, 8, 9):
+        k = jax.random.fold_in(k, key[i])
+    return k
 
 
 def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.Array:
     """Draw the next token from ``logits`` (``(vocab,)`` or ``(..., vocab)``); pure and jit-able.
 
     ``sampling`` is a compile-time constant (pass it as a static argument or close over it);
-    ``key`` is a JAX PRNG key (typed or raw). Returns int32 token ids of shape ``logits.shape[:-1]``.
-    The edge rules of :func:`normalize_sampling` apply. Rows of a batch get independent draws.
-    Candle: ``LogitsProcessor::sample`` without the state.
+    ``key`` is a stream key from :func:`sampling_key` (Candle's ``StdRng`` draw: the same tokens as
+    Candle's ``LogitsProcessor`` for the same seed) or a JAX PRNG key (typed or raw). Returns int32
+    token ids of shape ``logits.shape[:-1]``. The edge rules of :func:`normalize_sampling` apply. Rows
+    of a batch get independent draws. Candle: ``LogitsProcessor::sample`` without the state.
     """
     x = unwrap(logits)
     if x.ndim < 1:
@@ -259,58 +292,53 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
     x = x.astype(jnp.float32)
     if isinstance(s, ArgMax):
         return jnp.argmax(x, axis=-1).astype(jnp.int32)
-    key = _as_key(key)
-    x = x / jnp.float32(s.temperature)  # type: ignore[attr-defined]
-    if isinstance(s, All):
-        return _categorical(key, x).astype(jnp.int32)
+    key = unwrap(key)
+    if isinstance(key, int):
+        key = seed_key(key)
+    # Candle divides by the temperature as an affine op: a multiplication by 1 / t in f32
+    x = x * jnp.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
     if isinstance(s, GumbelSoftmax):
         # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick
-        return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
-    if isinstance(s, TopK | TopKThenTopP):
-        vals, idx = jax.lax.top_k(x, s.k)
-        if isinstance(s, TopKThenTopP):
-            # probabilities over the whole vocabulary, as Candle computes them before the cut
-            probs = jnp.exp(vals - jax.nn.logsumexp(x, axis=-1, keepdims=True))
-            vals = _nucleus(vals, probs, s.p)
-        return _pick(vals, idx, key).astype(jnp.int32)
-    if isinstance(s, TopP):
-        probs = jax.nn.softmax(x, axis=-1)
-        keep = _nucleus_mask(probs, s.p)
-        return _categorical(key, jnp.where(keep, x, -jnp.inf)).astype(jnp.int32)
-    raise errors.Msg(f"sample: unsupported sampling {s!r}")
+        return jax.random.categorical(_gumbel_key(key), x, axis=-1).astype(jnp.int32)
+    probs = jax.nn.softmax(x, axis=-1)
+    return _sample_probs(probs, _uniform(key, x.shape[:-1]), s).astype(jnp.int32)
 
 
 def _as_key(key: Any) -> jax.Array:
     key = unwrap(key)
     if isinstance(key, int):
-        return seed_key(key)
+        return jax.random.key(key)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
     return jax.random.wrap_key_data(key)
 
 
 def seed_key(seed: int) -> jax.Array:
-    """The base key for a u64 seed (all 64 bits matter, whatever the x64 setting)."""
+    """The base key of a u64 seed: the 8 key words of Candle's ``StdRng::seed_from_u64(seed)``
+    (u32, made on the host, so no program is compiled for it)."""
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise errors.Msg(f"seed must be in [0, 2**64), got {seed}")
-    if jax.config.jax_default_prng_impl == "threefry2x32":
-        # threefry's seeding of a 32-bit seed is (0, seed): built on the host, so that no program is
-        # compiled for it (every executable costs the process ~3 MiB on XLA:CPU)
-        k = jax.random.wrap_key_data(np.array([0, seed & 0xFFFFFFFF], np.uint32))
-    else:
-        k = jax.random.key(seed & 0xFFFFFFFF)
-    return jax.random.fold_in(k, seed >> 32) if seed >> 32 else k
+    return jax.device_put(candle_rng.stdrng_key(seed))
 
 
 def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
-    """The key of the ``step``-th draw (``step`` may be traced): ``fold_in(base_key, step)``."""
+    """The key of the ``step``-th draw (``step`` may be traced): the stream key ``base_key`` followed
+    by ``step`` (Candle's ``StdRng`` draws in order), or ``fold_in(base_key, step)`` for a JAX key."""
+    if getattr(base_key, "shape", None) == (8,) and base_key.dtype == jnp.uint32:
+        step = jnp.asarray(step).astype(jnp.uint32)
+        return jnp.concatenate([jnp.asarray(base_key)[:8], jnp.stack([step, jnp.zeros_like(step)])])
     return jax.random.fold_in(base_key, step)
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
     return sample_jax(logits, sampling_key(base_key, step), sampling)
+
+
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def _sample_probs_step(probs: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
+    return _sample_probs(probs, _uniform(sampling_key(base_key, step), probs.shape[:-1]), sampling)
 
 
 # --- LogitsProcessor: the eager, stateful sampler ---------------------------------------------------
@@ -391,20 +419,18 @@ class LogitsProcessor:
             return int(np.argmax(x))
         if isinstance(s, GumbelSoftmax):  # Candle's sample_f does not call f for this variant
             return self.sample(logits)
-        z = x / np.float32(s.temperature)  # type: ignore[attr-defined]
+        z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
         probs = np.exp(z - z.max())
         probs /= probs.sum()
         out = f(probs)
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
-        with np.errstate(divide="ignore"):
-            new_logits = np.log(probs).astype(np.float32)
-        unit: Sampling = dataclasses.replace(s, temperature=1.0)  # type: ignore[type-var]
-        total = float(probs.sum())
-        if isinstance(s, TopP | TopKThenTopP) and total > 0:
-            # the sampler renormalises (softmax of the logs); Candle cuts at p on the edited values
-            p_eff = float(s.p) / total
-            unit = All(1.0) if isinstance(s, TopP) and p_eff >= 1.0 else dataclasses.replace(unit, p=p_eff)
-        tok = _sample_step(jnp.asarray(new_logits), self.base_key, jnp.int32(self.step), sampling=unit)
+        if probs.shape != x.shape:
+            got, want = probs.shape, x.shape
+            raise errors.Msg(f"LogitsProcessor::sample_f: f returned probabilities of shape {got} for logits {want}")
+        if not (probs >= 0).all() or not probs.sum() > 0:
+            # Candle's WeightedIndex refuses negative or NaN weights, and all zeros
+            raise errors.Msg("LogitsProcessor::sample_f: the probabilities must be >= 0 (no NaN) and not all 0")
+        tok = _sample_probs_step(jnp.asarray(probs), self.base_key, jnp.int32(self.step), sampling=s)
         self.step += 1
         return int(tok)
 

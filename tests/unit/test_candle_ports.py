@@ -616,3 +616,57 @@ def test_dims_equal_lists_as_in_rust():
     t = Tensor.zeros((2, 3), DType.F32, CPU)
     assert t.dims() == [2, 3] and t.dims() == (2, 3) and [2, 3] == t.dims() and t.dims() != [3, 2]
     assert hash(t.dims()) == hash((2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# candle-transformers/tests/generation_tests.rs: the same seed draws Candle's tokens
+# ------------------------------------------------------------------------------------------------
+def test_generation_sample_with_zero_temperature():
+    from candlejax.generation import LogitsProcessor
+
+    logits_process = LogitsProcessor.new(1337, None, None)
+    logits = Tensor.new([0.1, 0.2, 0.3, 0.4], CPU)
+    assert logits_process.sample(logits) == 3
+
+
+def test_generation_sample_with_temperature_top_p_and_top_k():
+    from candlejax.generation import LogitsProcessor, Sampling
+
+    logits = Tensor.new([0.1, 0.2, 0.3, 0.4], CPU)
+    assert LogitsProcessor.new(42, 0.9, None).sample(logits) == 0
+    assert LogitsProcessor.new(42, 1.0, 0.5).sample(logits) == 2
+    assert LogitsProcessor.from_sampling(42, Sampling.TopK(k=1, temperature=1.0)).sample(logits) == 3
+    logits_process = LogitsProcessor.from_sampling(42, Sampling.TopK(k=2, temperature=1.0))
+    assert logits_process.sample(logits) == 3
+    assert logits_process.sample(logits) == 2
+
+
+def test_generation_sample_gumbel_follows_the_softmax():
+    from candlejax.generation import LogitsProcessor, Sampling
+
+    logits_process = LogitsProcessor.from_sampling(42, Sampling.GumbelSoftmax(temperature=1.0))
+    logits = Tensor.new([-1.0, 0.0, 0.2, 1.0], CPU)
+    sm = candle_nn.ops.softmax(logits, 0).to_vec1()
+    samples = 2000  # Candle draws 100,000; 2,000 keep the 0.05 tolerance at > 4 standard deviations
+    counts = np.bincount([logits_process.sample(logits) for _ in range(samples)], minlength=4) / samples
+    assert np.abs(counts - np.asarray(sm)).max() <= 0.05, (counts, sm)
+
+
+def test_generation_stream_matches_a_host_replica_of_rands_weighted_index():
+    # draw n of seed s is word n of StdRng::seed_from_u64(s); WeightedIndex<f32> turns it into a
+    # point in [0, total) and counts the running sums at or below it
+    from candlejax.generation import LogitsProcessor
+    from candlejax.generation.candle_rng import chacha_block, stdrng_key
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(40, 7)).astype(F32)
+    key = stdrng_key(7)
+    words = [int(w) for b in range(3) for w in chacha_block(key, np.uint32(b), np.uint32(0))]
+    lp = LogitsProcessor.new(7, 1.0, None)
+    for n, row in enumerate(logits):
+        e = np.exp(row - row.max())
+        p = (e / e.sum()).astype(F32)
+        cum = np.cumsum(p, dtype=F32)
+        u = np.array((words[n] >> 9) | 0x3F800000, np.uint32).view(F32) - F32(1)
+        chosen = F32(u * cum[-1])
+        assert lp.sample(Tensor.new(row, CPU)) == int((cum[:-1] <= chosen).sum()), n
