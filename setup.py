@@ -41,7 +41,12 @@ if platform.machine().lower() in ("x86_64", "amd64") and sys.platform in ("linux
     native.append(
         Extension(
             "candlejax.quantized._native",
-            sources=["csrc/native_common.cc", "csrc/quantized_matmul.cc", "csrc/f32_matmul.cc"],
+            sources=[
+                "csrc/native_common.cc",
+                "csrc/quantized_matmul.cc",
+                "csrc/f32_matmul.cc",
+                "csrc/candle_sampling.cc",
+            ],
             include_dirs=["csrc"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-Wno-return-type", "-Wno-attributes"],

@@ -25,6 +25,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.generation import candle_rng
+from candlejax.quantized import native
 from candlejax.tensor._core import TensorBase, unwrap
 
 #: Candle treats a temperature below this as greedy decoding.
@@ -214,10 +215,25 @@ def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
     return bits >= hi[..., None]
 
 
+def _native_sampling() -> bool:
+    """Whether Candle's softmax and ``WeightedIndex`` run in native code, summing in index order as
+    Candle does (one-device CPU processes with the library built; elsewhere XLA's sums, which
+    associate differently and can move a draw to a neighbouring token)."""
+    return jax.device_count() == 1 and native.sampling_available()
+
+
+def _softmax(x: jax.Array) -> jax.Array:
+    """Candle's ``softmax_last_dim`` (bit for bit in native code), else ``jax.nn.softmax``."""
+    return native.candle_softmax(x) if _native_sampling() else jax.nn.softmax(x, axis=-1)
+
+
 def _weighted_draw(weights: jax.Array, u01: jax.Array) -> jax.Array:
     """Candle's ``WeightedIndex`` over the last axis: the number of running sums of ``weights`` (all but
     the total) at or below ``u01 * total``, so a token is drawn with probability proportional to its
     weight; a zero weight is never drawn. ``u01``: one uniform in ``[0, 1)`` per row."""
+    if _native_sampling():
+        idx = native.weighted_index(weights.astype(jnp.float32), u01.astype(jnp.float32))
+        return jnp.maximum(idx, 0)  # all-zero weights cannot reach here: the top token always has mass
     cdf = jnp.cumsum(weights, axis=-1)
     chosen = u01 * cdf[..., -1]
     idx = jnp.sum(cdf[..., :-1] <= chosen[..., None], axis=-1)
@@ -300,7 +316,7 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
     if isinstance(s, GumbelSoftmax):
         # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick
         return jax.random.categorical(_gumbel_key(key), x, axis=-1).astype(jnp.int32)
-    probs = jax.nn.softmax(x, axis=-1)
+    probs = _softmax(x)
     return _sample_probs(probs, _uniform(key, x.shape[:-1]), s).astype(jnp.int32)
 
 
@@ -334,6 +350,9 @@ def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
     return sample_jax(logits, sampling_key(base_key, step), sampling)
+
+
+_softmax_jit = jax.jit(lambda x: _softmax(x))
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
@@ -420,8 +439,7 @@ class LogitsProcessor:
         if isinstance(s, GumbelSoftmax):  # Candle's sample_f does not call f for this variant
             return self.sample(logits)
         z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
-        probs = np.exp(z - z.max())
-        probs /= probs.sum()
+        probs = np.array(_softmax_jit(jnp.asarray(z)))  # writable, for f
         out = f(probs)
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
         if probs.shape != x.shape:

@@ -46,6 +46,9 @@ F32_CONV_TARGET = "candlejax_f32_conv_nhwc"
 F32_CONV_KERNEL_GRAD_TARGET = "candlejax_f32_conv_kernel_grad_nhwc"
 #: the f32 attention (:func:`f32_attention`)
 F32_ATTENTION_TARGET = "candlejax_f32_attention"
+#: Candle's softmax and rand's WeightedIndex draw (:func:`candle_softmax`, :func:`weighted_index`)
+CANDLE_SOFTMAX_TARGET = "candlejax_candle_softmax"
+WEIGHTED_INDEX_TARGET = "candlejax_weighted_index"
 #: block types the kernel reads, with the ``kind`` code the C++ handler expects
 KINDS = {GgmlDType.Q4_0: 2, GgmlDType.Q4_1: 3, GgmlDType.Q8_0: 8}
 ISA_NAMES = ("portable", "avx2", "avx512")
@@ -105,6 +108,12 @@ def _conv_registered() -> bool:
 
 def _conv_kernel_grad_registered() -> bool:
     return _registered(F32_CONV_KERNEL_GRAD_TARGET, "CandlejaxF32ConvKernelGradNhwc")
+
+
+def _sampling_registered() -> bool:
+    return _registered(CANDLE_SOFTMAX_TARGET, "CandlejaxCandleSoftmax") and _registered(
+        WEIGHTED_INDEX_TARGET, "CandlejaxWeightedIndex"
+    )
 
 
 def available() -> bool:
@@ -343,3 +352,33 @@ def f32_matmul_packed(x: Any, panels: Any, n: int) -> Any:
 __all__ = ["KINDS", "PANEL_ROWS", "attention_available", "available", "conv_available", "f32_attention",
            "f32_available", "f32_conv_nhwc", "f32_matmul", "f32_matmul_packed", "isa", "matmul", "pack_f32_panels",
            "packed_available", "panels_hold", "set_isa", "unpack_f32_panels"]
+
+
+def sampling_available() -> bool:
+    """Whether :func:`candle_softmax` and :func:`weighted_index` can run (the library has them, on the
+    CPU backend)."""
+    return available() and _sampling_registered()
+
+
+def candle_softmax(x: Any) -> Any:
+    """Candle's CPU softmax over the last axis of f32 ``x``: the row's max, libm's ``expf``, the sum in
+    index order, a division (``candle_nn::ops::softmax_last_dim``), bit for bit."""
+    if not sampling_available():
+        raise errors.Msg("the native sampling kernels are not available (not built, or CANDLEJAX_NATIVE=0)")
+    if x.ndim < 1 or x.dtype != jnp.float32:
+        raise errors.Msg(f"native.candle_softmax: x must be f32 (..., n), got {tuple(x.shape)} {x.dtype}")
+    out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    return jax.ffi.ffi_call(CANDLE_SOFTMAX_TARGET, out, vmap_method="broadcast_all")(x)
+
+
+def weighted_index(w: Any, u: Any) -> Any:
+    """rand's ``WeightedIndex<f32>`` draw per row of ``w (..., n)`` (weights >= 0) at the uniform
+    ``u (...)`` in ``[0, 1)``: the number of running sums (in index order, the total excluded) at or
+    below ``u * total``; ``-1`` for a row whose weights sum to 0. int32."""
+    if not sampling_available():
+        raise errors.Msg("the native sampling kernels are not available (not built, or CANDLEJAX_NATIVE=0)")
+    if w.ndim < 1 or w.dtype != jnp.float32 or u.dtype != jnp.float32 or u.shape != w.shape[:-1]:
+        raise errors.Msg(f"native.weighted_index: w must be f32 (..., n) and u f32 (...), got {tuple(w.shape)} "
+                         f"{w.dtype} and {tuple(u.shape)} {u.dtype}")  # fmt: skip
+    out = jax.ShapeDtypeStruct(w.shape[:-1], jnp.int32)
+    return jax.ffi.ffi_call(WEIGHTED_INDEX_TARGET, out, vmap_method="broadcast_all")(w, u)

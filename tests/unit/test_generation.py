@@ -27,6 +27,7 @@ from candlejax.generation import (
     sampling_key,
     seed_key,
 )
+from candlejax.quantized import native
 
 # --- references ------------------------------------------------------------------------------------
 
@@ -688,3 +689,34 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     for n in range(StepProgram.MAX_PROGRAMS + 2):
         sp.add(sp.lower(jnp.ones(10 + n)).compile())
     assert len(sp.compiled) == StepProgram.MAX_PROGRAMS
+
+
+@pytest.mark.skipif(not native.sampling_available(), reason="native sampling kernels not built")
+def test_native_softmax_is_candles_bit_for_bit():
+    import candle
+
+    rng = np.random.default_rng(0)
+    for n in (4, 100, 1000, 49155):
+        x = (rng.standard_normal((2, n)) * 3).astype(np.float32)
+        want = np.array([candle.functional.softmax(candle.Tensor(r.tolist()), 0).values() for r in x], np.float32)
+        got = np.asarray(jax.jit(native.candle_softmax)(jnp.asarray(x)))
+        assert np.array_equal(got, want), n
+
+
+@pytest.mark.skipif(not native.sampling_available(), reason="native sampling kernels not built")
+def test_native_weighted_index_sums_in_index_order_as_rand():
+    # rand's WeightedIndex<f32>: running sums accumulated one weight at a time; XLA's cumulative sum
+    # associates differently, which over a 49k vocabulary moves ~5% of draws to another token
+    rng = np.random.default_rng(1)
+    w = np.exp(rng.standard_normal((400, 49152)) * 3).astype(np.float32)
+    w /= w.sum(axis=1, keepdims=True)
+    w[3, :] = 0.0
+    w[3, 7] = 0.25
+    u = rng.random(400).astype(np.float32)
+    got = np.asarray(jax.jit(native.weighted_index)(jnp.asarray(w), jnp.asarray(u)))
+    for r in range(400):
+        cum = np.add.accumulate(w[r], dtype=np.float32)
+        want = int((cum[:-1] <= np.float32(u[r] * cum[-1])).sum())
+        assert got[r] == want, r
+    assert got[3] == 7
+    assert int(native.weighted_index(jnp.zeros((1, 5), jnp.float32), jnp.zeros((1,), jnp.float32))[0]) == -1
