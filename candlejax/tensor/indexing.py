@@ -99,6 +99,54 @@ def _index(
     return a
 
 
+def _index_at(
+    a: Any,
+    ids: tuple[Any, ...],
+    starts: Any,
+    rev: tuple[int, ...],
+    sizes: Any,
+    strides: Any,
+    takes: tuple[tuple[int, int], ...],
+    shape: tuple[int, ...],
+) -> Any:
+    """:func:`_index` with the slice's starts as an argument (an int32 vector, validated by the caller):
+    one program per pattern of indexers in eager loops, not one per index value."""
+    if rev:
+        a = lax.rev(a, rev)
+    if sizes is not None:
+        a = lax.dynamic_slice(a, tuple(starts[i] for i in range(a.ndim)), sizes)
+        if strides is not None:
+            a = lax.slice(a, (0,) * a.ndim, sizes, strides)
+    for (axis, size), i in zip(takes, ids):
+        i = jnp.reshape(i, (-1,))
+        a = _zero_where_no_index(jnp.take(a, _clamp_ids(i, size), axis=axis, mode="clip"), i, axis)
+    if a.shape != shape:
+        a = jnp.reshape(a, shape)
+    return a
+
+
+#: eager programs of :func:`_index_at`, per (shape, pattern)
+_AT_FNS: dict[Any, Any] = {}
+
+
+def _eager_plan(shape: tuple[int, ...], static: dict) -> Any:
+    """The eager function ``(a, ids) -> result`` of a plan: :func:`_index_at` with the plan's starts
+    bound as data, compiled once per pattern."""
+    starts = static["starts"]
+    sizes = None if starts is None else tuple(b - a for a, b in zip(starts, static["limits"]))
+    pattern = dict(rev=static["rev"], sizes=sizes, strides=static["strides"], takes=static["takes"],
+                   shape=static["shape"])  # fmt: skip
+    key = (shape, tuple(pattern.items()))
+    fn = _AT_FNS.get(key)
+    if fn is None:
+        if len(_AT_FNS) > 4096:
+            _AT_FNS.clear()
+        fn = _AT_FNS[key] = jax.jit(functools.partial(_index_at, **pattern))
+    if starts is None:
+        return functools.partial(fn, starts=None)
+    return functools.partial(fn, starts=np.asarray(starts, np.int32))
+
+
 @op(static=("axis",))
 def _take(a: Any, ids: Any, axis: int) -> Any:
     return _zero_where_no_index(jnp.take(a, _clamp_ids(ids, a.shape[axis]), axis=axis, mode="clip"), ids, axis)
@@ -418,8 +466,9 @@ class IndexingMixin(TensorBase):
         plan = _PLANS.get(key) if key is not None else None
         if plan is None:
             ids, static = _plan_index(a.shape, idx, strict, op_name)
-            # one jitted function per plan: no static-argument hashing on the eager hot path
-            plan = (static, jax.jit(functools.partial(_index.raw, **static)))
+            # one function per plan (no static-argument hashing on the eager hot path), compiled once
+            # per pattern of indexers: the slice starts are data
+            plan = (static, _eager_plan(a.shape, static))
             if key is not None:
                 if len(_PLANS) > 4096:
                     _PLANS.clear()

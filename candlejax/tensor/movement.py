@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
-from candlejax._dispatch import op
+from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
 from candlejax.shape import D, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
 from candlejax.tensor._core import TensorBase, check_same_device
@@ -133,7 +133,18 @@ def _narrow_check(shape: Sequence[int], dim: int, start: int, length: int) -> No
         raise errors.NarrowInvalidArgs(shape, dim, start, length, "start + len > dim_len")
 
 
+@op(static=("axis", "length", "drop"))
+def _narrow_at(a: Any, start: Any, axis: int, length: int, drop: bool) -> Any:
+    """``lax.dynamic_slice_in_dim`` (start validated by the caller), the dim dropped if ``drop``."""
+    a = lax.dynamic_slice_in_dim(a, start, length, axis=axis)
+    return lax.squeeze(a, (axis,)) if drop else a
+
+
 def _narrow_array(a: Any, dim: int, start: int, length: int, drop: bool = False) -> Any:
+    if is_eager():
+        # the start as an argument: one program per (shape, dim, length), not one per start (an eager
+        # loop over rows, ``t.get(i)`` / ``t.narrow(0, i, 1)``, compiled ~25 ms for each new i)
+        return _narrow_at(a, np.int32(start), axis=dim, length=length, drop=drop)
     shape = a.shape
     starts = [0] * len(shape)
     limits = list(shape)

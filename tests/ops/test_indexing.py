@@ -728,3 +728,24 @@ def test_traced_offsets_kv_cache_style(rng):
         jax.jit(lambda c, p: c.narrow(0, p, 6))(tt(np.arange(5.0)), jnp.asarray(0))
     with pytest.raises(errors.Msg, match="shape mismatch on target dim"):
         jax.jit(lambda c, k, p: c.slice_set(k, 1, p))(tt(cache), tt(np.zeros((2, 7, 3), np.float32)), jnp.asarray(0))
+
+
+def test_eager_loops_over_indexes_compile_once_per_pattern(jax_compiles):
+    # an eager loop over rows must not compile a program per index value
+    t = Tensor.new(np.arange(600, dtype=np.float32).reshape(60, 10))
+    want = np.arange(600, dtype=np.float32).reshape(60, 10)
+    forms = {
+        "i": (lambda i: t.i(i), lambda i: want[i]),
+        "get": (lambda i: t.get(i), lambda i: want[i]),
+        "get_on_dim": (lambda i: t.get_on_dim(1, i % 10), lambda i: want[:, i % 10]),
+        "narrow": (lambda i: t.narrow(0, i, 3), lambda i: want[i : i + 3]),
+        "getitem": (lambda i: t[i - 60], lambda i: want[i - 60]),
+        "i slices": (lambda i: t.i((slice(i, i + 2), slice(1, 9))), lambda i: want[i : i + 2, 1:9]),
+        "strided": (lambda i: t[i : i + 6 : 2, ::-3], lambda i: want[i : i + 6 : 2, ::-3]),
+    }
+    for name, (f, ref) in forms.items():
+        f(0)
+        jax_compiles.clear()
+        for i in range(1, 50):
+            np.testing.assert_array_equal(np.asarray(f(i)), ref(i), err_msg=f"{name} {i}")
+        assert not jax_compiles, (name, jax_compiles[:2])
