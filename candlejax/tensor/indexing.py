@@ -643,6 +643,8 @@ class IndexingMixin(TensorBase):
         """``src`` written into self at ``start`` (or the traced ``dyn``) along dim ``d``; checked."""
         if dyn is not None:
             return self._wrap(_dyn_update_slice(self._a, src._a, dyn, axis=d))
+        if is_eager():  # the offset as data: one program per shape, not one per offset (KV-cache writes)
+            return self._wrap(_dyn_update_slice(self._a, src._a, np.int32(start), axis=d))
         starts = tuple(start if i == d else 0 for i in range(self._a.ndim))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 

@@ -86,6 +86,12 @@ def _roll(a: Any, shift: int, axis: int) -> Any:
     return jnp.roll(a, shift, axis=axis)
 
 
+@op(static=("axis",))
+def _roll_at(a: Any, shift: Any, axis: int) -> Any:
+    """``jnp.roll`` by a shift given as data (one eager program per shape, not one per shift)."""
+    return jnp.roll(a, shift, axis=axis)
+
+
 @op(static=("axes",))
 def _flip(a: Any, axes: tuple[int, ...]) -> Any:
     return lax.rev(a, axes)
@@ -570,6 +576,8 @@ class MovementMixin(TensorBase):
         shift = int(shift) % s[d]
         if shift == 0:
             return self
+        if is_eager():
+            return self._wrap(_roll_at(self._a, np.int32(shift), axis=d))
         return self._wrap(_roll(self._a, shift=shift, axis=d))
 
     def flip(self, dims: Any) -> Any:

@@ -734,6 +734,7 @@ def test_eager_loops_over_indexes_compile_once_per_pattern(jax_compiles):
     # an eager loop over rows must not compile a program per index value
     t = Tensor.new(np.arange(600, dtype=np.float32).reshape(60, 10))
     want = np.arange(600, dtype=np.float32).reshape(60, 10)
+    ones = Tensor.ones((1, 10))
     forms = {
         "i": (lambda i: t.i(i), lambda i: want[i]),
         "get": (lambda i: t.get(i), lambda i: want[i]),
@@ -742,10 +743,12 @@ def test_eager_loops_over_indexes_compile_once_per_pattern(jax_compiles):
         "getitem": (lambda i: t[i - 60], lambda i: want[i - 60]),
         "i slices": (lambda i: t.i((slice(i, i + 2), slice(1, 9))), lambda i: want[i : i + 2, 1:9]),
         "strided": (lambda i: t[i : i + 6 : 2, ::-3], lambda i: want[i : i + 6 : 2, ::-3]),
+        "roll": (lambda i: t.roll(i, 0), lambda i: np.roll(want, i, axis=0)),
+        "slice_set": (lambda i: t.slice_set(ones, 0, i), lambda i: np.where(np.arange(60)[:, None] == i, 1, want)),
     }
     for name, (f, ref) in forms.items():
-        f(0)
+        f(1)
         jax_compiles.clear()
-        for i in range(1, 50):
+        for i in range(2, 50):
             np.testing.assert_array_equal(np.asarray(f(i)), ref(i), err_msg=f"{name} {i}")
         assert not jax_compiles, (name, jax_compiles[:2])
