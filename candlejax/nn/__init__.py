@@ -8,7 +8,18 @@
 ['fc.bias', 'fc.weight']
 """
 
-from candlejax.nn import encoding, init, loss, ops, quantized, rotary_emb, sampling
+from candlejax.nn import (
+    attention,
+    cpu_flash_attention,
+    encoding,
+    init,
+    loss,
+    ops,
+    quantized,
+    rotary_emb,
+    sampling,
+    varlen_attention,
+)
 from candlejax.nn.activation import Activation, PReLU, prelu
 from candlejax.nn.conv import (
     Conv1d,
@@ -76,7 +87,7 @@ from candlejax.nn.norm import (
     rms_norm,
 )
 from candlejax.nn.ops import Identity
-from candlejax.nn.rnn import GRU, LSTM, Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, gru, lstm
+from candlejax.nn.rnn import GRU, LSTM, RNN, Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, gru, lstm
 from candlejax.nn.rotary import RotaryEmbedding
 from candlejax.nn.sequential import Func, FuncT, Sequential, func, func_t, seq
 from candlejax.nn.state import HostState
@@ -92,7 +103,8 @@ __all__ = [
     "Embedding", "FanInOut", "Func", "FuncT", "GRU", "GRUConfig", "GRUState", "GroupNorm", "Identity",
     "IndicesAndMask", "Init",
     "KvCache", "LSTM", "LSTMConfig", "LSTMState", "LayerInputShape", "LayerNorm", "LayerNormConfig", "Linear",
-    "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "PackedLinear", "RmsNorm",
+    "HostState", "Module", "ModuleT", "NonLinearity", "NormalOrUniform", "ONE", "PReLU", "PackedLinear", "RNN",
+    "RmsNorm",
     "RotaryEmbedding", "RotatingCache", "RotatingKvCache", "ScatteredCacheBuilder", "ScatteredKvCache",
     "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
     "VarMap", "ZERO", "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
@@ -100,5 +112,6 @@ __all__ = [
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
     "prelu", "quantized", "rotary_emb", "sampling", "rms_norm", "seq", "unpack_linears",
+    "attention", "cpu_flash_attention", "varlen_attention",
     "SGD", "AdamW", "Optimizer", "ParamsAdamW",
 ]  # fmt: skip

@@ -1,12 +1,14 @@
 """Recurrent layers: ``LSTM`` and ``GRU`` with PyTorch weight names and gate order; ``lax.scan`` over time.
 
 requires: jax.lax.scan, candlejax.nn.module, candlejax.nn.init
-provides: ``Direction``, ``LSTMConfig``, ``LSTMState``, ``LSTM``, ``lstm``, ``GRUConfig``, ``GRUState``,
-``GRU``, ``gru``
+provides: ``RNN``, ``Direction``, ``LSTMConfig``, ``LSTMState``, ``LSTM``, ``lstm``, ``GRUConfig``,
+``GRUState``, ``GRU``, ``gru``
 
-Candle's ``RNN`` trait: ``zero_state(batch)``, ``step(x, state)``, ``seq(x) -> [state]``,
-``seq_init(x, state)``, ``states_to_tensor(states)``. Here ``seq`` runs one ``lax.scan`` (one compiled
-loop, not T Python steps); ``scan(x, state)`` returns ``(outputs (B, T, H), final state)`` directly.
+Candle's ``RNN`` trait is the ``RNN`` base class: ``zero_state(batch)``, ``step(x, state)``,
+``states_to_tensor(states)``, and ``seq(x) -> [state]`` / ``seq_init(x, state)``, which by default
+loop ``step``. ``LSTM`` and ``GRU`` override ``seq`` / ``seq_init`` with one ``lax.scan`` (one compiled
+loop, not T Python steps; the same states); ``scan(x, state)`` returns ``(outputs (B, T, H), final
+state)`` directly.
 """
 
 from __future__ import annotations
@@ -26,7 +28,39 @@ from candlejax.nn.linear import _as_param
 from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor._core import wrap
 
-__all__ = ["GRU", "LSTM", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
+__all__ = ["GRU", "LSTM", "RNN", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
+
+
+class RNN:
+    """Candle's ``RNN`` trait: implement ``zero_state``, ``step`` and ``states_to_tensor``; ``seq`` and
+    ``seq_init`` run ``step`` over the time axis of a ``(B, T, features)`` input."""
+
+    __slots__ = ()
+
+    def zero_state(self, batch_dim: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement zero_state(batch_dim)")
+
+    def step(self, input: Any, state: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement step(input, state)")
+
+    def states_to_tensor(self, states: list[Any]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement states_to_tensor(states)")
+
+    def seq(self, input: Any) -> list[Any]:
+        """The state after every step, from ``zero_state(B)``."""
+        return self.seq_init(input, self.zero_state(as_array(input).shape[0]))
+
+    def seq_init(self, input: Any, init_state: Any) -> list[Any]:
+        """The state after every step, from ``init_state``."""
+        x = as_array(input)
+        if x.ndim != 3:
+            raise errors.UnexpectedNumberOfDims(3, x.ndim, x.shape, "RNN.seq_init input (batch, seq_len, features)")
+        states: list[Any] = []
+        state = init_state
+        for t in range(x.shape[1]):
+            state = self.step(wrap(x[:, t, :]), state)
+            states.append(state)
+        return states
 
 
 class Direction(enum.Enum):
@@ -76,6 +110,11 @@ class LSTMState(Module):
     def __init__(self, h: Any, c: Any):
         self.h = h
         self.c = c
+
+    @staticmethod
+    def new(h: Any, c: Any) -> LSTMState:
+        """``LSTMState::new(h, c)``."""
+        return LSTMState(h, c)
 
 
 class GRUState(Module):
@@ -144,11 +183,16 @@ def _opt(t: Any) -> Any:
     return None if t is None else t._a
 
 
-class _RNNBase(Module):
+class _RNNBase(Module, RNN):
     _gates = 4
     _kind = "LSTM"
 
-    def __init__(self, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, hidden_dim: int | None = None):
+    def __init__(self, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, hidden_dim: int | None = None,
+                 config: Any = None):  # fmt: skip
+        if config is None:
+            cfg_type = LSTMConfig if self._gates == 4 else GRUConfig
+            config = cfg_type.default() if b_ih is not None or b_hh is not None else cfg_type.default_no_bias()
+        self._config = config
         self.w_ih = _as_param(w_ih)
         self.w_hh = _as_param(w_hh)
         self.b_ih = _as_param(b_ih)
@@ -161,6 +205,10 @@ class _RNNBase(Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_dim}, hidden={self.hidden_dim}"
+
+    def config(self) -> Any:
+        """The config it was built with (from tensors: the default config, without biases if it has none)."""
+        return self._config
 
     def _weights(self) -> tuple[Any, ...]:
         return self.w_ih._a, self.w_hh._a, _opt(self.b_ih), _opt(self.b_hh)
@@ -178,6 +226,11 @@ class LSTM(_RNNBase):
     """``nn.LSTM`` (one layer, batch_first): gates ``i, f, g, o``; weights ``(4H, in)`` / ``(4H, H)``."""
 
     _gates, _kind = 4, "LSTM"
+
+    @staticmethod
+    def new(in_dim: int, hidden_dim: int, config: LSTMConfig, vb: Any) -> LSTM:
+        """``LSTM::new(in_dim, hidden_dim, config, vb)``: the same as :func:`lstm`."""
+        return lstm(in_dim, hidden_dim, config, vb)
 
     def zero_state(self, batch_dim: int) -> LSTMState:
         z = self._zeros(batch_dim)
@@ -235,13 +288,18 @@ def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tupl
 
 def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig, vb: Any) -> LSTM:
     """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names)."""
-    return LSTM(*_rnn_params(4, in_dim, hidden_dim, config, vb), hidden_dim)
+    return LSTM(*_rnn_params(4, in_dim, hidden_dim, config, vb), hidden_dim, config)
 
 
 class GRU(_RNNBase):
     """``nn.GRU`` (one layer, batch_first): gates ``r, z, n``; weights ``(3H, in)`` / ``(3H, H)``."""
 
     _gates, _kind = 3, "GRU"
+
+    @staticmethod
+    def new(in_dim: int, hidden_dim: int, config: GRUConfig, vb: Any) -> GRU:
+        """``GRU::new(in_dim, hidden_dim, config, vb)``: the same as :func:`gru`."""
+        return gru(in_dim, hidden_dim, config, vb)
 
     def zero_state(self, batch_dim: int) -> GRUState:
         return GRUState(wrap(self._zeros(batch_dim)))
@@ -279,4 +337,4 @@ class GRU(_RNNBase):
 
 def gru(in_dim: int, hidden_dim: int, config: GRUConfig, vb: Any) -> GRU:
     """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names)."""
-    return GRU(*_rnn_params(3, in_dim, hidden_dim, config, vb), hidden_dim)
+    return GRU(*_rnn_params(3, in_dim, hidden_dim, config, vb), hidden_dim, config)
