@@ -283,6 +283,19 @@ class CandleInPlaceName(Error, AttributeError):
         super().__init__(f"Tensor has no in-place .{name} (candlejax tensors are immutable): {hint}")
 
 
+class CustomOpName(Error, AttributeError):
+    """Candle's custom-op calls (``apply_op1``, ``apply_op2_no_bwd``, ...): a ``CustomOp1/2/3`` is a CPU
+    or GPU kernel over storages; in candlejax the op is a JAX function, which the message names."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(
+            f"Tensor has no .{name} (Candle's CustomOp): write the op as a JAX function of the arrays and wrap"
+            " the result, Tensor.from_jax(f(t.jax)); give it a backward with jax.custom_vjp (jax.lax.stop_gradient"
+            " for the _no_bwd forms)"
+        )
+
+
 class OutOfMemory(Error, MemoryError):
     """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
 

@@ -25,6 +25,7 @@ import enum
 import io
 import mmap
 import os
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -409,7 +410,11 @@ class _Cursor:
 
     def string(self, what: str) -> str:
         n = self.count(f"the length of {what}")
-        self.need(n, f"{what} (a string of {n} bytes)")
+        if n > self.size - self.pos:
+            raise self.err(
+                f"truncated or corrupt file: {what} (a string of {n} bytes): string length {n} exceeds the"
+                f" {self.size - self.pos} bytes left at offset {self.pos}"
+            )
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         # GGUF strings should not be NUL-terminated but some are; some are not valid UTF-8 (Candle: lossy)
@@ -434,7 +439,8 @@ class _Cursor:
             return Value(t, self.string(what))
         # Array
         if depth >= _MAX_NESTING:
-            raise self.err(f"arrays nested more than {_MAX_NESTING} deep in {what}")
+            where = _nest_root(what)
+            raise self.err(f"arrays nested more than {_MAX_NESTING} deep in {where} (the nesting depth limit)")
         et = self.value_type(f"the elements of {what}")
         n = self.count(f"the length of {what}")
         min_elem = {
@@ -445,7 +451,7 @@ class _Cursor:
         if n * min_elem > self.size - self.pos:
             raise self.err(
                 f"array {what} claims {n} elements of type {et.name} ({n * min_elem}+ bytes)"
-                f" but the file has {self.size - self.pos} bytes left"
+                f": the array length exceeds the {self.size - self.pos} bytes left in the file"
             )
         if et in _NP_OF:
             a = np.frombuffer(self.buf, dtype=_NP_OF[et], count=n, offset=self.pos).copy()
@@ -515,6 +521,12 @@ class _PackedStrings:
 
 
 _MISSING: Any = object()
+_INDEX_SUFFIX = re.compile(r"(\[\d+\])+$")
+
+
+def _nest_root(what: str) -> str:
+    """``metadata 'k'[0][0]...[0]`` -> ``metadata 'k'``: the entry a too-deep array belongs to."""
+    return _INDEX_SUFFIX.sub("", what)
 
 
 def _check_range(path: str, key: str, x: float, lo: float | None, hi: float | None) -> None:
@@ -589,9 +601,9 @@ class Content:
         n_kv = cur.count("the metadata count")
         min_kv, min_ti = (4 + 4 + 1, 4 + 4 + 4 + 8) if cur.v1 else (8 + 4 + 1, 8 + 4 + 4 + 8)
         if n_kv * min_kv > cur.size - cur.pos:
-            raise cur.err(f"header claims {n_kv} metadata entries, more than the file can hold")
+            raise cur.err(f"header claims {n_kv} metadata entries (metadata_kv_count), more than the file can hold")
         if n_tensors * min_ti > cur.size - cur.pos:
-            raise cur.err(f"header claims {n_tensors} tensors, more than the file can hold")
+            raise cur.err(f"header claims {n_tensors} tensors (tensor_count), more than the file can hold")
 
         metadata: dict[str, Value] = {}
         for i in range(n_kv):
@@ -608,7 +620,7 @@ class Content:
             what = f"tensor {name!r}"
             n_dims = cur.scalar("I", f"the rank of {what}")
             if n_dims > _MAX_DIMS:
-                raise cur.err(f"{what} has {n_dims} dims (at most {_MAX_DIMS} supported)")
+                raise cur.err(f"{what} has {n_dims} dims (at most {_MAX_DIMS} dimensions supported)")
             dims = [cur.count(f"the dims of {what}") for _ in range(n_dims)]
             code = cur.scalar("I", f"the ggml type of {what}")
             try:

@@ -1,7 +1,7 @@
 """Reading PyTorch checkpoints (``torch.save`` zip files) without executing pickled code.
 
 requires: numpy, ml_dtypes (bf16), zipfile, pickle (the unpickler, with every global resolved here)
-provides: ``load``, ``load_pickle``, ``module_state_dict``, ``tensor_infos``, ``PickledObject``
+provides: ``load``, ``load_pickle``, ``module_state_dict``, ``tensor_infos``, ``PthTensors``, ``PickledObject``
 
 Candle's ``candle::pickle`` (``read_all``, ``PthTensors``) / PyTorch's ``torch.load(weights_only=True)``.
 The pickle is read by an unpickler whose ``find_class`` resolves only a fixed set of names to
@@ -26,15 +26,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
 
 from candlejax import errors
+from candlejax.device import Device
 from candlejax.dtype import DType
+from candlejax.tensor._core import wrap
+from candlejax.tensor.creation import as_jax_array
 
 __all__ = [
     "DEFAULT_ALLOWED_OBJECTS",
     "PickledObject",
     "PickledRef",
+    "PthTensors",
     "TensorInfo",
     "load",
     "load_pickle",
@@ -486,3 +491,34 @@ def read_pth_tensor_info(path: str | os.PathLike, verbose: bool = False,
     """Candle's ``pickle::read_pth_tensor_info(path, verbose, key)``: name -> info, no data read
     (:func:`tensor_infos`; Candle lists infos that carry their names; ``verbose`` is ignored)."""
     return tensor_infos(path, key)
+
+
+class PthTensors:
+    """Candle's ``pickle::PthTensors::new(path, key)``: the tensor infos are read at once, each tensor's
+    storage only by :meth:`get`. Nested dicts are flattened with ``.`` as in :func:`load`."""
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None):
+        self.path = os.fspath(path)
+        self._infos = tensor_infos(self.path, key)
+
+    def tensor_infos(self) -> dict[str, TensorInfo]:
+        """Name -> :class:`TensorInfo` (Candle's ``PthTensors::tensor_infos``)."""
+        return self._infos
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def get(self, name: str, dtype: Any = None, device: Any = None) -> Any:
+        """The Tensor ``name`` (strided and Fortran-ordered views included), or ``None`` when the file has
+        no such tensor (Candle's ``PthTensors::get``). ``dtype`` converts while reading; int64 / f64 data
+        needs JAX's x64 mode otherwise."""
+        info = self._infos.get(name)
+        if info is None:
+            return None
+        ar = _Archive(self.path)
+        try:
+            arr = ar.tensor(info, name)
+        finally:
+            ar.zf.close()
+        a = as_jax_array(arr, dtype, f"PthTensors.get({name!r}) of {self.path}")
+        return wrap(jax.device_put(a, Device.coerce(device).jax_device))

@@ -8,12 +8,15 @@ bytes (little-endian, the layouts of ggml's ``block_q4_0`` ... ``block_q6_K``). 
   the JAX kernels (:mod:`candlejax.quantized.jax_dequant`) are tested against, written from the
   per-element formulas of ggml's ``dequantize_row_*`` loops;
 * :func:`quantize_np`: float32 -> raw block bytes for every type (ggml's reference rounding for
-  the 32-element types; a direct min/max fit for the k-quants, see docs/differences/quantized.md).
+  the 32-element types and Q3K / Q6K, whose scales come from ggml's ``make_q3_quants`` /
+  ``make_qx_quants`` searches; a direct min/max fit for Q2K, Q4K, Q5K and Q8K's scale, see
+  docs/differences/quantized.md).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import numpy as np
 
@@ -409,13 +412,112 @@ def _fit_scale_min(x: np.ndarray, nmax: int, smax: int, mmax: int) -> tuple[np.n
     return d, dmin, sc, m, q
 
 
-def _fit_signed(x: np.ndarray, qmin: int, qmax: int, smin: int, smax: int) -> tuple[np.ndarray, ...]:
-    """Fit ``x ~ d*sc*q`` per sub-block with signed q in [qmin, qmax] and signed sc in [smin, smax]."""
-    scale = _signed_absmax(x)[..., 0] / np.float32(qmin)  # (n, n_sub), like ggml's max / -nmax
-    big = _signed_absmax(scale)  # (n, 1)
-    d = (big / np.float32(smin)).astype(np.float16).astype(np.float32)
-    sc = np.clip(_roundf(scale * _inv(d)), smin, smax).astype(np.int32)
-    q = np.clip(_roundf(x * _inv(d * sc)[..., None]), qmin, qmax).astype(np.int32)
+_ROWS_PER_CHUNK = 8192  # rows fit in turn: the search passes over each chunk while it is in cache
+
+
+def _round_inplace(a: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """:func:`_roundf` in place (``tmp`` is scratch of the same shape)."""
+    np.copysign(np.float32(0.5), a, out=tmp)
+    a += tmp
+    return np.trunc(a, out=a)
+
+
+_RowFit = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _by_row_chunks(fn: _RowFit, x: np.ndarray, w: np.ndarray | None, nmax: int) -> np.ndarray:
+    """``fn(xt, wt, nmax)`` over chunks of the rows of ``x`` (..., n), each given transposed as (n, rows)."""
+    lead, n = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, n)
+    w2 = None if w is None else w.reshape(-1, n)
+    out = np.empty(x2.shape[0], np.float32)
+    for s in range(0, x2.shape[0], _ROWS_PER_CHUNK):
+        xt = np.ascontiguousarray(x2[s : s + _ROWS_PER_CHUNK].T, dtype=np.float32)
+        wt = xt * xt if w2 is None else np.ascontiguousarray(w2[s : s + _ROWS_PER_CHUNK].T, dtype=np.float32)
+        out[s : s + _ROWS_PER_CHUNK] = fn(xt, wt, nmax)
+    return out.reshape(lead)
+
+
+def _signed_absmax_t(xt: np.ndarray) -> np.ndarray:
+    """:func:`_signed_absmax` of transposed rows (n, rows) -> (rows,)."""
+    return np.take_along_axis(xt, np.abs(xt).argmax(axis=0)[None], axis=0)[0]
+
+
+def _qx_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> np.ndarray:
+    mx = _signed_absmax_t(xt)
+    safe_mx = np.where(mx == 0, np.float32(1), mx)
+    wx = wt * xt
+    q, tmp = np.empty_like(xt), np.empty_like(xt)
+    scale = np.zeros(xt.shape[1], np.float32)
+    best = np.zeros(xt.shape[1], np.float32)
+    for k, step in enumerate([0, *range(-9, 0), *range(1, 10)]):
+        iscale = (-(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / safe_mx).astype(np.float32)
+        np.multiply(xt, iscale, out=q)
+        np.clip(_round_inplace(q, tmp), -nmax, nmax - 1, out=q)
+        sumlx = np.multiply(wx, q, out=tmp).sum(0, dtype=np.float32)
+        q *= q
+        suml2 = np.multiply(wt, q, out=tmp).sum(0, dtype=np.float32)
+        cand = sumlx / np.where(suml2 > 0, suml2, np.float32(1))
+        take = (suml2 > 0) if k == 0 else (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        scale = np.where(take, cand, scale)
+        best = np.where(take, cand * sumlx, best)
+    return np.where(mx == 0, np.float32(0), scale)
+
+
+def _make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> np.ndarray:
+    """ggml's ``make_qx_quants`` (rmse_type 1), vectorised over the leading dims of ``x`` (..., n).
+
+    The scale of each row for signed q in [-nmax, nmax - 1]: the least-squares scale of the rounding
+    at ``-nmax / max`` and at the 18 nearby ``-(nmax + 0.1 * k) / max`` (k = -9..9), keeping the one
+    with the least weighted error. Weights ``w`` default to ``x * x``. Rows of zeros give 0.
+    """
+    return _by_row_chunks(_qx_rows, x, w, nmax)
+
+
+def _q3_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> np.ndarray:
+    mx = _signed_absmax_t(xt)
+    iscale = (np.float32(-nmax) / np.where(mx == 0, np.float32(1), mx)).astype(np.float32)
+    q = np.clip(_roundf(xt * iscale), -nmax, nmax - 1).astype(np.float32)
+    wx = wt * xt
+    sumlx = (wx * q).sum(0, dtype=np.float32)
+    suml2 = (wt * q * q).sum(0, dtype=np.float32)
+    for _ in range(5):  # a pass that changes nothing leaves the next one nothing to change
+        for i in range(xt.shape[0]):
+            xi, wi, wxi, qi = xt[i], wt[i], wx[i], q[i]
+            slx = sumlx - wxi * qi
+            sl2 = suml2 - wi * qi * qi
+            pos = slx > 0
+            new_q = np.clip(_roundf(xi * sl2 / np.where(pos, slx, np.float32(1))), -nmax, nmax - 1)
+            slx += wxi * new_q
+            sl2 += wi * new_q * new_q
+            take = pos & (new_q != qi) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            q[i] = np.where(take, new_q, qi)
+            sumlx = np.where(take, slx, sumlx)
+            suml2 = np.where(take, sl2, suml2)
+    scale = sumlx / np.where(suml2 > 0, suml2, np.float32(1))
+    return np.where(mx == 0, np.float32(0), scale)
+
+
+def _make_q3_quants(x: np.ndarray, nmax: int) -> np.ndarray:
+    """ggml's ``make_q3_quants`` (do_rmse), vectorised over the leading dims of ``x`` (..., n).
+
+    Rounds at ``-nmax / max``, then makes up to five passes over the values, moving each one to the
+    level that lowers the x²-weighted error of the least-squares scale; returns that scale per row.
+    """
+    return _by_row_chunks(_q3_rows, x, None, nmax)
+
+
+def _fit_signed(x: np.ndarray, nmax: int, smax: int, q3: bool = False) -> tuple[np.ndarray, ...]:
+    """ggml's two-level signed fit (``quantize_row_q6_K_ref`` / ``quantize_row_q3_K_ref``): sub-block
+    scales from :func:`_make_qx_quants` (or :func:`_make_q3_quants` when ``q3``), quantised to
+    ``[-smax, smax - 1]`` against one f16 super-scale, then q in ``[-nmax, nmax - 1]`` rounded at the
+    stored scales. Returns (d, sc, q)."""
+    scales = _make_q3_quants(x, nmax) if q3 else _make_qx_quants(x, nmax)  # (n, n_sub)
+    big = _signed_absmax(scales)  # (n, 1)
+    iscale = np.float32(-smax) * _inv(big)
+    d = _inv(iscale).astype(np.float16).astype(np.float32)
+    sc = np.clip(_roundf(iscale * scales), -smax, smax - 1).astype(np.int32)
+    q = np.clip(_roundf(x * _inv(d * sc)[..., None]), -nmax, nmax - 1).astype(np.int32)
     return d, sc, q
 
 
@@ -430,7 +532,7 @@ def _q_q2_k(x: np.ndarray) -> np.ndarray:
 
 def _q_q3_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
-    d, sc, q = _fit_signed(x.reshape(n, 16, 16), -4, 3, -32, 31)
+    d, sc, q = _fit_signed(x.reshape(n, 16, 16), 4, 32, q3=True)
     L = (q + 4).reshape(n, 2, 4, 32)  # (h, j, l), in 0..7
     qs = ((L & 3) << (2 * np.arange(4))[None, None, :, None]).sum(2).reshape(n, 64)
     hbit = (L >> 2) & 1
@@ -480,7 +582,7 @@ def _q_q5_k(x: np.ndarray) -> np.ndarray:
 
 def _q_q6_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
-    d, sc, q = _fit_signed(x.reshape(n, 16, 16), -32, 31, -128, 127)
+    d, sc, q = _fit_signed(x.reshape(n, 16, 16), 32, 128)
     L = (q + 32).reshape(n, 2, 4, 32)  # (half, quarter, l), in 0..63
     lo, hi = L & 0x0F, L >> 4
     ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=-1)  # (n, 2, 64)

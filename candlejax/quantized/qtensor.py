@@ -103,8 +103,15 @@ class QTensor:
     # --- constructors ------------------------------------------------------------------------
     @staticmethod
     def from_data(data: Any, dtype: GgmlDType, shape: Any, device: Any = None) -> QTensor:
-        """Raw GGML bytes -> a QTensor on ``device`` (Candle's ``qtensor_from_ggml``)."""
-        q = QTensor(np.asarray(data, np.uint8) if not isinstance(data, jax.Array) else data, dtype, shape)
+        """Raw GGML bytes -> a QTensor on ``device`` (Candle's ``qtensor_from_ggml``).
+
+        ``data`` is ``bytes`` / ``bytearray`` / ``memoryview`` (Candle's ``Cow<[u8]>``) or a uint8 array.
+        """
+        if isinstance(data, bytes | bytearray | memoryview):
+            data = np.frombuffer(data, np.uint8)
+        elif not isinstance(data, jax.Array):
+            data = np.asarray(data, np.uint8)
+        q = QTensor(data, dtype, shape)
         return q.to_device(device) if device is not None else q
 
     @staticmethod

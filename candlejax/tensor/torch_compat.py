@@ -4,7 +4,8 @@ requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, 
 candlejax.tensor.reduce (the softmax kernels ``candlejax.nn.ops`` uses too)
 provides: ``T``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
 ``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
-naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...).
+naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...);
+Candle's in-place and custom-op (``apply_op1``) calls raise with the candlejax spelling.
 
 Only spellings with one possible meaning are accepted; the list is in docs/differences.md.
 """
@@ -56,6 +57,9 @@ _CANDLE_IN_PLACE: dict[str, str] = {
     "inplace_op2": "apply the op and rebind: t = f(t, other)",
     "inplace_op3": "apply the op and rebind: t = f(t, a, b)",
 }
+
+#: Candle's custom-op calls (``CustomOp1/2/3``): the op is a JAX function in candlejax
+_CANDLE_CUSTOM_OP = frozenset(f"apply_op{n}{sfx}" for n in (1, 2, 3) for sfx in ("", "_no_bwd"))
 
 
 class TorchCompatMixin(TensorBase):
@@ -143,6 +147,8 @@ class TorchCompatMixin(TensorBase):
         # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
         if name in _CANDLE_IN_PLACE:
             raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
+        if name in _CANDLE_CUSTOM_OP:
+            raise errors.CustomOpName(name)
         hint = _POINTERS.get(name)
         if hint is None and name.endswith("_") and not name.startswith("_"):
             hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"

@@ -1,0 +1,33 @@
+"""Candle's ``candle::quantized::gguf_file``: the GGUF reader and writer of :mod:`candlejax.io.gguf`.
+
+``from candlejax.quantized.gguf_file import Content`` as in Rust's
+``use candle_core::quantized::gguf_file::Content``. Importing this module gives :mod:`candlejax.io.gguf`
+itself, so ``candlejax.quantized.gguf_file`` is that one module object however it is reached.
+"""
+
+import sys
+
+from candlejax.io import gguf as _gguf
+from candlejax.io.gguf import (
+    DEFAULT_ALIGNMENT,
+    Content,
+    TensorInfo,
+    Value,
+    ValueType,
+    VersionedMagic,
+    read,
+    write,
+)
+
+__all__ = [
+    "DEFAULT_ALIGNMENT",
+    "Content",
+    "TensorInfo",
+    "Value",
+    "ValueType",
+    "VersionedMagic",
+    "read",
+    "write",
+]
+
+sys.modules[__name__] = _gguf
