@@ -24,6 +24,7 @@ from candlejax.transforms import grad, jit, value_and_grad
 from candlejax import functional, testing, utils
 from candlejax.factories import cat, ones, rand, randn, stack, zeros
 from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
+from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
 
 # candle-pyo3's dtype names (``candle.f32``); the same DType members
 u8, u32, i16, i32, i64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64
@@ -32,8 +33,8 @@ bf16, f16, f32, f64 = DType.BF16, DType.F16, DType.F32, DType.F64
 __version__ = "0.1.0"
 
 __all__ = [
-    "D", "DType", "Device", "DeviceLocation", "Error", "Shape", "Tensor", "Var", "checkpoint", "data", "display",
-    "enable_x64",
+    "D", "DType", "Device", "DeviceLocation", "Error", "QTensor", "Shape", "Tensor", "Var", "checkpoint", "data",
+    "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
     "functional", "testing", "utils", "cat", "ones", "rand", "randn", "stack", "tensor", "zeros",

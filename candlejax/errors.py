@@ -343,6 +343,16 @@ class InvalidShape(Msg):
     """A shape specification that cannot be used (negative dims, two holes, an impossible reshape)."""
 
 
+class NegativeDim(InvalidShape, OverflowError):
+    """A negative dim in a shape: a ``ValueError`` and, as candle-pyo3's conversion to ``usize`` raises,
+    an ``OverflowError``."""
+
+
+class DimType(Msg, TypeError):
+    """A shape dim that is not an integer (``reshape(1, "foo")``): also a ``TypeError``, as in
+    candle-pyo3 and PyTorch."""
+
+
 class InvalidDevice(Msg):
     """A device name or ordinal that does not exist here."""
 

@@ -23,8 +23,11 @@ __all__ = ["cat", "ones", "rand", "randn", "stack", "zeros"]
 def _shape(shape: tuple[Any, ...], fn: str) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], Sequence | tuple):
         shape = tuple(shape[0])
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise errors.Msg(f"{fn}: the shape must be non-negative ints, as {fn}(2, 3) or {fn}((2, 3)); got {shape!r}")
+    msg = f"{fn}: the shape must be non-negative ints, as {fn}(2, 3) or {fn}((2, 3)); got {shape!r}"
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise errors.DimType(msg)
+    if any(d < 0 for d in shape):
+        raise errors.NegativeDim(msg)
     return tuple(shape)
 
 

@@ -86,7 +86,7 @@ def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
 def _dim_int(d: Any, shape: Any) -> int:
     """One dim of a shape: an int (or an integer-valued index type), never a float or a bool."""
     if isinstance(d, bool) or not hasattr(d, "__index__"):
-        raise errors.Msg(f"shape {tuple(shape)!r}: dims must be integers, got {d!r} ({type(d).__name__})")
+        raise errors.DimType(f"shape {tuple(shape)!r}: dims must be integers, got {d!r} ({type(d).__name__})")
     return int(d)
 
 
@@ -99,11 +99,12 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     if hasattr(shape, "__index__"):
         return (int(shape),)
     try:
-        out = tuple(_dim_int(d, shape) for d in shape)
+        items = tuple(shape)
     except TypeError:
         raise errors.InvalidShape(f"cannot use {shape!r} as a shape") from None
+    out = tuple(_dim_int(d, items) for d in items)
     if any(d < 0 for d in out):
-        raise errors.InvalidShape(f"negative dimension in shape {list(out)}")
+        raise errors.NegativeDim(f"negative dimension in shape {list(out)}")
     return out
 
 

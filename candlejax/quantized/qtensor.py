@@ -150,9 +150,10 @@ class QTensor:
         return self._dtype
 
     @property
-    def ggml_dtype(self) -> GgmlDType:
-        """The GGML block type (candle-pyo3's property name)."""
-        return self._dtype
+    def ggml_dtype(self) -> str:
+        """The GGML block type's name, as candle-pyo3's property gives it (``"Q4_0"``, ``"Q4K"``); the
+        :class:`GgmlDType` itself is ``qt.dtype`` (Rust Candle's ``qt.dtype()``)."""
+        return self._dtype.name
 
     @property
     def shape(self) -> Dims:

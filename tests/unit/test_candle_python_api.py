@@ -181,7 +181,7 @@ def test_rust_accessor_calls_and_the_bindings_properties_agree():
     assert ours.dtype() is ours.dtype is cj.DType.F32
     assert ours.device() == ours.device == cj.Device.Cpu
     q = cj.tensor(np.ones((4, 32), np.float32)).quantize("q4_0")
-    assert q.shape() == (4, 32) and q.rank() == 2 and q.dtype() is q.ggml_dtype
+    assert q.shape() == (4, 32) and q.rank() == 2 and q.dtype().name == q.ggml_dtype
     # the property stays a plain tuple / int to everything else
     assert np.zeros(ours.shape).shape == (2, 3, 4) and cj.zeros(ours.shape).shape == (2, 3, 4)
     assert ours.reshape(ours.shape[::-1]).shape == (4, 3, 2)
@@ -324,3 +324,39 @@ def test_quantized_nn_constructors(tmp_path):
     np.testing.assert_allclose(np.asarray(ln.forward(cj.tensor(x))), (x - mu) / np.sqrt(var + 1e-5) * g, atol=1e-5)
     assert nn.Func.new(lambda t: t * 2.0).forward(cj.ones(2)).to_vec1() == [2.0, 2.0]
     assert nn.FuncT.new(lambda t, train: t * (2.0 if train else 1.0)).forward_t(cj.ones(1), True).to_vec1() == [2.0]
+
+
+def test_pyo3_shape_errors_are_the_bindings_exception_types():
+    # candle-pyo3/tests/native/test_shape.py, run against candlejax and the binding
+    for lib in (cj, candle):
+        a = lib.rand((10, 20))
+        assert tuple(a.shape) == (10, 20)
+        assert tuple(lib.rand(10, 20).shape) == (10, 20)
+        c = lib.rand(10, 20)
+        assert tuple(c.reshape((1, -1)).shape) == (1, 200)
+        assert tuple(c.reshape(-1, 1).shape) == (200, 1)
+        cases = [
+            (OverflowError, lambda lib=lib: lib.rand((10, 20, -1))),
+            (OverflowError, lambda lib=lib: lib.rand(-1, 20)),
+            (TypeError, lambda lib=lib: lib.rand("foo", True)),
+            (TypeError, lambda c=c: c.reshape(1, "foo")),
+            (ValueError, lambda c=c: c.reshape(1, -2)),
+            (ValueError, lambda c=c: c.reshape((-2, 1))),
+            (ValueError, lambda c=c: c.reshape((0, 1))),
+            (ValueError, lambda c=c: c.reshape((1, -1, -1))),
+        ]
+        for kind, call in cases:
+            with pytest.raises(kind):
+                call()
+    with pytest.raises(errors.Error, match="negative dimension"):
+        cj.rand(10, 20).reshape(1, -2)
+
+
+def test_pyo3_quantized_tensor_names_its_type_as_the_binding_does():
+    t = cj.randn((16, 256))
+    for fmt in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2k", "q3k", "q4k", "q5k", "q8k"]:
+        for spelled in (fmt.upper(), fmt.lower()):
+            q = t.quantize(spelled)
+            assert q.ggml_dtype.lower() == fmt
+            assert q.ggml_dtype == candle.randn((16, 256)).quantize(spelled).ggml_dtype
+            assert q.shape == t.shape
