@@ -29,7 +29,7 @@ from candlejax._precision import f32_precision
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
 from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear
-from candlejax.nn.module import LayerInputShape, Module, Var, as_array, layer_name
+from candlejax.nn.module import CallableConfig, LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.quantized import native
 from candlejax.tensor import unwrap, wrap
 from candlejax.tensor.conv import conv2d_with_primal, conv_out_len, is_patch_conv, to_usize2
@@ -61,7 +61,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Conv1dConfig:
+class Conv1dConfig(CallableConfig):
     padding: int = 0
     stride: int = 1
     dilation: int = 1
@@ -74,7 +74,7 @@ class Conv1dConfig:
 
 
 @dataclass(frozen=True)
-class Conv2dConfig:
+class Conv2dConfig(CallableConfig):
     padding: int = 0
     stride: int = 1
     dilation: int = 1
@@ -87,7 +87,7 @@ class Conv2dConfig:
 
 
 @dataclass(frozen=True)
-class ConvTranspose1dConfig:
+class ConvTranspose1dConfig(CallableConfig):
     padding: int = 0
     output_padding: int = 0
     stride: int = 1
@@ -101,7 +101,7 @@ class ConvTranspose1dConfig:
 
 
 @dataclass(frozen=True)
-class ConvTranspose2dConfig:
+class ConvTranspose2dConfig(CallableConfig):
     padding: int = 0
     output_padding: int = 0
     stride: int = 1

@@ -58,6 +58,24 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
+class CallableFloat(float):
+    """A layer's float setting (``ln.eps``) that Rust Candle's accessor call ``ln.eps()`` also reads."""
+
+    __slots__ = ()
+
+    def __call__(self) -> float:
+        return float(self)
+
+
+class CallableConfig:
+    """Config dataclasses held by layers (``conv.config``) that Rust Candle's ``conv.config()`` reads."""
+
+    __slots__ = ()
+
+    def __call__(self) -> Any:
+        return self
+
+
 def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
     """The ``jax.Array`` (or tracer) behind ``x``: a Tensor, a jax/numpy array or a Python value."""
     if isinstance(x, TensorBase):

@@ -25,7 +25,16 @@ from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
 from candlejax.nn.kv_cache import _AppendResult
 from candlejax.nn.linear import _as_param, _require_tensor
-from candlejax.nn.module import Buffer, LayerInputShape, Module, ModuleT, as_array, layer_name
+from candlejax.nn.module import (
+    Buffer,
+    CallableConfig,
+    CallableFloat,
+    LayerInputShape,
+    Module,
+    ModuleT,
+    as_array,
+    layer_name,
+)
 from candlejax.tensor._core import wrap
 
 __all__ = [
@@ -44,7 +53,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LayerNormConfig:
+class LayerNormConfig(CallableConfig):
     """``eps`` 1e-5, ``remove_mean`` (False gives RMS norm), ``affine`` (learned weight and bias)."""
 
     eps: float = 1e-5
@@ -68,7 +77,7 @@ class LayerNorm(Module):
         _require_tensor(weight, "LayerNorm", "nn.layer_norm(size, LayerNormConfig(eps=...), vb)")
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
-        self.eps = float(eps)
+        self.eps = CallableFloat(eps)
         self.remove_mean = bool(remove_mean)
 
     @staticmethod
@@ -163,7 +172,7 @@ class GroupNorm(Module):
         self.bias = _as_param(bias)
         self.num_channels = int(num_channels)
         self.num_groups = int(num_groups)
-        self.eps = float(eps)
+        self.eps = CallableFloat(eps)
 
     @staticmethod
     def new(weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float) -> GroupNorm:
@@ -192,7 +201,7 @@ def group_norm(num_groups: int, num_channels: int, eps: float, vb: Any) -> Group
 
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class BatchNormConfig:
+class BatchNormConfig(CallableConfig):
     """``eps`` 1e-5, ``remove_mean`` True, ``affine`` True, ``momentum`` 0.1 (Candle's defaults)."""
 
     eps: float = 1e-5
@@ -293,8 +302,8 @@ class BatchNorm(ModuleT):
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
         self.num_features = int(num_features)
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.eps = CallableFloat(eps)
+        self.momentum = CallableFloat(momentum)
         self.remove_mean = bool(remove_mean)
         for n, t in (("running_mean", self.running_mean), ("running_var", self.running_var), ("weight", self.weight),
                      ("bias", self.bias)):  # fmt: skip
@@ -318,6 +327,10 @@ class BatchNorm(ModuleT):
     def new_no_bias_with_momentum(num_features: int, running_mean: Any, running_var: Any, eps: float,
                                   momentum: float) -> BatchNorm:  # fmt: skip
         return BatchNorm(num_features, running_mean, running_var, None, None, eps, momentum)
+
+    def weight_and_bias(self) -> tuple[Any, Any] | None:
+        """Candle's ``weight_and_bias()``: ``(weight, bias)``, or ``None`` for a layer without them."""
+        return None if self.weight is None or self.bias is None else (self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"features={self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -25,7 +25,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
 from candlejax.nn.linear import _as_param
-from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor._core import wrap
 
 __all__ = ["GRU", "LSTM", "RNN", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
@@ -71,7 +71,7 @@ class Direction(enum.Enum):
 
 
 @dataclass(frozen=True)
-class LSTMConfig:
+class LSTMConfig(CallableConfig):
     w_ih_init: Any = DEFAULT_KAIMING_UNIFORM
     w_hh_init: Any = DEFAULT_KAIMING_UNIFORM
     b_ih_init: Any = field(default_factory=lambda: Const(0.0))
@@ -89,7 +89,7 @@ class LSTMConfig:
 
 
 @dataclass(frozen=True)
-class GRUConfig:
+class GRUConfig(CallableConfig):
     w_ih_init: Any = DEFAULT_KAIMING_UNIFORM
     w_hh_init: Any = DEFAULT_KAIMING_UNIFORM
     b_ih_init: Any = field(default_factory=lambda: Const(0.0))

@@ -54,6 +54,15 @@ class GgmlDType(enum.Enum):
     Q6_K = 14
     Q8_K = 15
 
+    # --- candle-pyo3 gives the type as its name: read it as a string ----------------------------
+    def lower(self) -> str:
+        """The name in lower case (``"q4_0"``), as ``str.lower`` on candle-pyo3's ``ggml_dtype``."""
+        return self.name.lower()
+
+    def upper(self) -> str:
+        """The name in upper case (``"Q4_0"``)."""
+        return self.name.upper()
+
     # --- Candle's GgmlDType API -------------------------------------------------------------
     def block_size(self) -> int:
         """Elements per block: 1 for F32/F16/BF16, 32 for Q4_0..Q8_1, 256 for the k-quants."""

@@ -150,10 +150,10 @@ class QTensor:
         return self._dtype
 
     @property
-    def ggml_dtype(self) -> str:
-        """The GGML block type's name, as candle-pyo3's property gives it (``"Q4_0"``, ``"Q4K"``); the
-        :class:`GgmlDType` itself is ``qt.dtype`` (Rust Candle's ``qt.dtype()``)."""
-        return self._dtype.name
+    def ggml_dtype(self) -> GgmlDType:
+        """The GGML block type (candle-pyo3's property name; the binding gives its name, which
+        ``qt.ggml_dtype.name`` is and ``.lower()`` / ``.upper()`` read as on a string)."""
+        return self._dtype
 
     @property
     def shape(self) -> Dims:

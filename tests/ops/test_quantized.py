@@ -130,7 +130,7 @@ def test_qtensor_basics(rng):
     w = rng.standard_normal((8, 64)).astype(np.float32)
     t = Tensor.from_numpy(w)
     q = QTensor.quantize(t, GgmlDType.Q8_0)
-    assert q.dtype() is GgmlDType.Q8_0 and q.ggml_dtype == "Q8_0"
+    assert q.dtype() is GgmlDType.Q8_0 and q.ggml_dtype is GgmlDType.Q8_0 and q.ggml_dtype.lower() == "q8_0"
     assert q.shape == (8, 64) and q.rank == 2 and q.elem_count() == 512
     assert q.storage_size_in_bytes() == 8 * 2 * 34
     assert q.raw.dtype == jnp.uint8 and q.raw.shape == (8, 68)

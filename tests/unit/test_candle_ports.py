@@ -670,3 +670,22 @@ def test_generation_stream_matches_a_host_replica_of_rands_weighted_index():
         u = np.array((words[n] >> 9) | 0x3F800000, np.uint32).view(F32) - F32(1)
         chosen = F32(u * cum[-1])
         assert lp.sample(Tensor.new(row, CPU)) == int((cum[:-1] <= chosen).sum()), n
+
+
+def test_layer_accessor_calls_as_in_rust():
+    # Rust reads a layer's settings through methods: ln.eps(), bn.momentum(), conv.config()
+    vm = VarMap()
+    vb = VarBuilder.from_varmap(vm, DType.F32, CPU)
+    ln = candle_nn.layer_norm(4, 1e-5, vb.pp("ln"))
+    assert ln.eps() == ln.eps == 1e-5 and isinstance(ln.eps(), float)
+    assert candle_nn.rms_norm(4, 1e-6, vb.pp("rms")).eps() == 1e-6
+    bn = batch_norm(4, BatchNormConfig.default(), vb.pp("bn"))
+    assert (bn.eps(), bn.momentum()) == (1e-5, 0.1)
+    w, b = bn.weight_and_bias()
+    assert w.dims() == [4] and b.dims() == [4]
+    assert BatchNorm(4, Tensor.zeros((4,)), Tensor.ones((4,)), None, None, 1e-5).weight_and_bias() is None
+    cfg = candle_nn.Conv2dConfig(padding=1, stride=2, dilation=1, groups=1)
+    conv = candle_nn.conv2d(3, 4, 3, cfg, vb.pp("conv"))
+    assert conv.config() == cfg and conv.config().stride == 2
+    x = Tensor.ones((2, 4))
+    assert ln.forward(x).dims() == [2, 4]  # the float settings still work as numbers inside the layer
