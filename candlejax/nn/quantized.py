@@ -125,6 +125,10 @@ class QEmbedding(Module):
     def vocab_size(self) -> int:
         return int(self.table.shape[0])
 
+    def embeddings(self) -> Any:
+        """Candle's ``embeddings()``: the whole table, dequantised to f32 ``(vocab, hidden)``."""
+        return self.forward(wrap(jnp.arange(self.vocab_size, dtype=jnp.int32)))
+
     def as_linear(self) -> QLinear:
         return self.table
 

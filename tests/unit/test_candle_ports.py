@@ -689,3 +689,26 @@ def test_layer_accessor_calls_as_in_rust():
     assert conv.config() == cfg and conv.config().stride == 2
     x = Tensor.ones((2, 4))
     assert ln.forward(x).dims() == [2, 4]  # the float settings still work as numbers inside the layer
+
+
+def test_candle_transformers_module_paths(tmp_path):
+    # `use candle_transformers::{generation, quantized_nn, quantized_var_builder}` ported as imports
+    from candlejax.io import gguf
+    from candlejax.models import generation, quantized_nn, quantized_var_builder
+    from candlejax.quantized import QTensor
+
+    assert generation.LogitsProcessor.new(1337, None, None).sample(Tensor.new([0.1, 0.2, 0.3, 0.4], CPU)) == 3
+    table = np.random.default_rng(0).normal(size=(8, 32)).astype(F32)
+    w = np.random.default_rng(1).normal(size=(4, 32)).astype(F32)
+    path = tmp_path / "t.gguf"
+    gguf.write(str(path), {}, {"tok.weight": QTensor.quantize(Tensor.new(table), "q8_0"),
+                               "fc.weight": QTensor.quantize(Tensor.new(w), "q8_0")})  # fmt: skip
+    vb = quantized_var_builder.VarBuilder.from_gguf(str(path), CPU)
+    emb = quantized_nn.Embedding.new(8, 32, vb.pp("tok"))
+    full = emb.embeddings()
+    assert full.dims() == [8, 32]
+    np.testing.assert_allclose(np.asarray(full), table, atol=0.03)  # q8_0 of N(0, 1) values
+    lin = quantized_nn.linear_no_bias(32, 4, vb.pp("fc"))
+    assert isinstance(lin, quantized_nn.Linear)
+    x = Tensor.new(table[:2])
+    np.testing.assert_allclose(np.asarray(lin.forward(x)), table[:2] @ w.T, atol=0.3)
