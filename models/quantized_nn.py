@@ -7,21 +7,19 @@ names (``Linear``, ``Embedding``, ``RmsNorm``, ``linear``, ``linear_b``, ``linea
 """
 
 from candlejax.nn.quantized import (
-    QEmbedding as Embedding,
-)
-from candlejax.nn.quantized import (
-    QLinear as Linear,
-)
-from candlejax.nn.quantized import (
-    QRmsNorm as RmsNorm,
-)
-from candlejax.nn.quantized import (
+    QEmbedding,
+    QLinear,
+    QRmsNorm,
     layer_norm,
     layer_norm_no_bias,
     linear,
     linear_b,
     linear_no_bias,
 )
+
+Embedding = QEmbedding
+Linear = QLinear
+RmsNorm = QRmsNorm
 
 __all__ = [
     "Embedding",
