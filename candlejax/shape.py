@@ -231,6 +231,33 @@ class Shape:
     def dim(self, d: Dim) -> int:
         return self._dims[resolve_dim(d, self._dims, "dim")]
 
+    def stride_contiguous(self) -> Dims:
+        """Candle's ``stride_contiguous()``: the row-major (C) strides, in elements."""
+        strides, acc = [], 1
+        for d in reversed(self._dims):
+            strides.append(acc)
+            acc *= d
+        return Dims(reversed(strides))
+
+    def is_contiguous(self, stride: Sequence[int]) -> bool:
+        """Candle's ``is_contiguous(stride)``: ``stride`` is row-major for this shape (size-1 dims
+        may have any stride)."""
+        return self._strides_match(reversed(self._dims), reversed(tuple(stride)), len(tuple(stride)))
+
+    def is_fortran_contiguous(self, stride: Sequence[int]) -> bool:
+        """Candle's ``is_fortran_contiguous(stride)``: ``stride`` is column-major for this shape."""
+        return self._strides_match(iter(self._dims), iter(tuple(stride)), len(tuple(stride)))
+
+    def _strides_match(self, dims: Iterable[int], strides: Iterable[int], n_strides: int) -> bool:
+        if n_strides != len(self._dims):
+            return False
+        acc = 1
+        for d, st in zip(dims, strides):
+            if d > 1 and st != acc:
+                return False
+            acc *= d
+        return True
+
     def extend(self, more: Iterable[int]) -> Shape:
         return Shape((*self._dims, *more))
 

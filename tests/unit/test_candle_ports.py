@@ -712,3 +712,13 @@ def test_candle_transformers_module_paths(tmp_path):
     assert isinstance(lin, quantized_nn.Linear)
     x = Tensor.new(table[:2])
     np.testing.assert_allclose(np.asarray(lin.forward(x)), table[:2] @ w.T, atol=0.3)
+
+
+def test_shape_contiguity_checks_as_candle():
+    s = cj.Shape((2, 3, 4))
+    assert s.stride_contiguous() == [12, 4, 1]
+    assert s.is_contiguous([12, 4, 1]) and not s.is_contiguous([1, 2, 6]) and not s.is_contiguous([4, 1])
+    assert s.is_fortran_contiguous([1, 2, 6]) and not s.is_fortran_contiguous([12, 4, 1])
+    assert cj.Shape((2, 1, 4)).is_contiguous([4, 99, 1])  # a size-1 dim's stride is free
+    t = Tensor.zeros((2, 3, 4), DType.F32, CPU)
+    assert t.shape().is_contiguous(t.stride())
