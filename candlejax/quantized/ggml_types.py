@@ -8,15 +8,18 @@ bytes (little-endian, the layouts of ggml's ``block_q4_0`` ... ``block_q6_K``). 
   the JAX kernels (:mod:`candlejax.quantized.jax_dequant`) are tested against, written from the
   per-element formulas of ggml's ``dequantize_row_*`` loops;
 * :func:`quantize_np`: float32 -> raw block bytes for every type (ggml's reference rounding for
-  the 32-element types and Q3K / Q6K, whose scales come from ggml's ``make_q3_quants`` /
-  ``make_qx_quants`` searches; a direct min/max fit for Q2K, Q4K, Q5K and Q8K's scale, see
-  docs/differences/quantized.md).
+  the 32-element types and Q8K; Candle's fits for the K-quants: ``make_qkx1_quants`` for Q2K / Q4K /
+  Q5K, ``make_q3_quants`` for Q3K, ggml's current ``make_qx_quants`` for Q6K, see
+  docs/differences/quantized.md);
+* :func:`quantize_imatrix_np`: the same with importance weights (ggml's ``quantize_row_*_impl``
+  fits, Candle's ``from_float_imatrix``) for Q2K ... Q6K.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -401,26 +404,6 @@ def _q_q8_k(x: np.ndarray) -> np.ndarray:
     )
 
 
-def _fit_scale_min(x: np.ndarray, nmax: int, smax: int, mmax: int) -> tuple[np.ndarray, ...]:
-    """Fit ``x ~ d*sc*q - dmin*m`` per sub-block (rows of x: (n, n_sub, sub_len)).
-
-    q in [0, nmax], sc in [0, smax], m in [0, mmax] (the k-quants' two-level scales). Returns
-    (d, dmin, sc, m, q) with d/dmin rounded to f16 first so that q is fit to the stored scales.
-    """
-    mn = np.minimum(x.min(-1), 0)  # (n, n_sub), <= 0
-    mx = x.max(-1)
-    scale = (mx - mn) / np.float32(nmax)
-    neg_min = -mn
-    d = (scale.max(-1, keepdims=True) / np.float32(smax)).astype(np.float16).astype(np.float32)
-    dmin = (neg_min.max(-1, keepdims=True) / np.float32(mmax)).astype(np.float16).astype(np.float32)
-    sc = np.clip(_roundf(scale * _inv(d)), 0, smax).astype(np.int32)
-    m = np.clip(_roundf(neg_min * _inv(dmin)), 0, mmax).astype(np.int32)
-    eff_d = (d * sc)[..., None]
-    eff_m = (dmin * m)[..., None]
-    q = np.clip(_roundf((x + eff_m) * _inv(eff_d)), 0, nmax).astype(np.int32)
-    return d, dmin, sc, m, q
-
-
 _ROWS_PER_CHUNK = 8192  # rows fit in turn: the search passes over each chunk while it is in cache
 
 
@@ -431,20 +414,37 @@ def _round_inplace(a: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     return np.trunc(a, out=a)
 
 
-_RowFit = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+_Weigh = Callable[[np.ndarray], np.ndarray]
 
 
-def _by_row_chunks(fn: _RowFit, x: np.ndarray, w: np.ndarray | None, nmax: int) -> np.ndarray:
-    """``fn(xt, wt, nmax)`` over chunks of the rows of ``x`` (..., n), each given transposed as (n, rows)."""
+def _by_row_chunks(
+    fn: Callable[..., Any], x: np.ndarray, w: np.ndarray | None, *args: Any, weigh: _Weigh | None = np.square
+) -> Any:
+    """``fn(xt, wt, *args)`` over chunks of the rows of ``x`` (..., n), each given transposed as (n, rows).
+
+    ``wt`` is the same chunk of ``w`` or, when ``w`` is None, ``weigh(xt)`` (None when ``weigh`` is).
+    ``fn`` returns one (rows,) array or a tuple of them; so does this, shaped ``x.shape[:-1]``.
+    """
     lead, n = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n)
     w2 = None if w is None else w.reshape(-1, n)
-    out = np.empty(x2.shape[0], np.float32)
+    outs: list[np.ndarray] = []
     for s in range(0, x2.shape[0], _ROWS_PER_CHUNK):
         xt = np.ascontiguousarray(x2[s : s + _ROWS_PER_CHUNK].T, dtype=np.float32)
-        wt = xt * xt if w2 is None else np.ascontiguousarray(w2[s : s + _ROWS_PER_CHUNK].T, dtype=np.float32)
-        out[s : s + _ROWS_PER_CHUNK] = fn(xt, wt, nmax)
-    return out.reshape(lead)
+        if w2 is not None:
+            wt = np.ascontiguousarray(w2[s : s + _ROWS_PER_CHUNK].T, dtype=np.float32)
+        else:
+            wt = None if weigh is None else weigh(xt)
+        res = fn(xt, wt, *args)
+        res = res if isinstance(res, tuple) else (res,)
+        if not outs:
+            outs = [np.empty(x2.shape[0], np.float32) for _ in res]
+        for o, r in zip(outs, res, strict=True):
+            o[s : s + _ROWS_PER_CHUNK] = r
+    if not outs:  # no rows
+        return np.zeros(lead, np.float32)
+    shaped = tuple(o.reshape(lead) for o in outs)
+    return shaped[0] if len(shaped) == 1 else shaped
 
 
 def _signed_absmax_t(xt: np.ndarray) -> np.ndarray:
@@ -452,13 +452,15 @@ def _signed_absmax_t(xt: np.ndarray) -> np.ndarray:
     return np.take_along_axis(xt, np.abs(xt).argmax(axis=0)[None], axis=0)[0]
 
 
-def _qx_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> np.ndarray:
+def _qx_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     mx = _signed_absmax_t(xt)
     safe_mx = np.where(mx == 0, np.float32(1), mx)
     wx = wt * xt
     q, tmp = np.empty_like(xt), np.empty_like(xt)
-    scale = np.zeros(xt.shape[1], np.float32)
     best = np.zeros(xt.shape[1], np.float32)
+    # rows whose weights are all zero keep the plain rounding at -nmax / max
+    best_iscale = (np.float32(-nmax) / safe_mx).astype(np.float32)
+    scale = _inv(best_iscale)
     for k, step in enumerate([0, *range(-9, 0), *range(1, 10)]):
         iscale = (-(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / safe_mx).astype(np.float32)
         np.multiply(xt, iscale, out=q)
@@ -470,7 +472,8 @@ def _qx_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> np.ndarray:
         take = (suml2 > 0) if k == 0 else (suml2 > 0) & (sumlx * sumlx > best * suml2)
         scale = np.where(take, cand, scale)
         best = np.where(take, cand * sumlx, best)
-    return np.where(mx == 0, np.float32(0), scale)
+        best_iscale = np.where(take, iscale, best_iscale)
+    return np.where(mx == 0, np.float32(0), scale), best_iscale
 
 
 def _make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> np.ndarray:
@@ -480,7 +483,15 @@ def _make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> np
     at ``-nmax / max`` and at the 18 nearby ``-(nmax + 0.1 * k) / max`` (k = -9..9), keeping the one
     with the least weighted error. Weights ``w`` default to ``x * x``. Rows of zeros give 0.
     """
-    return _by_row_chunks(_qx_rows, x, w, nmax)
+    return _by_row_chunks(_qx_rows, x, w, nmax)[0]
+
+
+def _make_qx_levels(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_make_qx_quants` over rows of ``x`` (n_rows, n), also giving the chosen levels in
+    ``[-nmax, nmax - 1]`` (n_rows, n): the rounding at the winning inverse scale."""
+    scale, iscale = _by_row_chunks(_qx_rows, x, w, nmax)
+    levels = np.clip(_roundf(x * iscale[:, None]), -nmax, nmax - 1).astype(np.int32)
+    return scale, levels
 
 
 def _q3_rows(xt: np.ndarray, wt: np.ndarray, nmax: int) -> np.ndarray:
@@ -516,12 +527,222 @@ def _make_q3_quants(x: np.ndarray, nmax: int) -> np.ndarray:
     return _by_row_chunks(_q3_rows, x, None, nmax)
 
 
-def _fit_signed(x: np.ndarray, nmax: int, smax: int, q3: bool = False) -> tuple[np.ndarray, ...]:
+def _qkx1_rows(xt: np.ndarray, _wt: None, nmax: int, ntry: int) -> tuple[np.ndarray, np.ndarray]:
+    n = xt.shape[0]
+    mn = np.minimum(xt.min(0), np.float32(0))
+    flat = xt.max(0) <= mn  # one value, <= 0: reproduced by the min alone
+    iscale = (np.float32(nmax) / np.where(flat, np.float32(1), xt.max(0) - mn)).astype(np.float32)
+    scale = np.zeros_like(mn)
+    prev = np.zeros_like(xt)
+    q, xm, tmp = np.empty_like(xt), np.empty_like(xt), np.empty_like(xt)
+    active = ~flat
+    for _ in range(ntry):
+        np.subtract(xt, mn, out=xm)
+        np.multiply(xm, iscale, out=q)
+        np.clip(_round_inplace(q, tmp), 0, nmax, out=q)
+        changed = (q != prev).any(0)
+        sumlx = np.multiply(xm, q, out=tmp).sum(0, dtype=np.float32)
+        suml2 = np.multiply(q, q, out=tmp).sum(0, dtype=np.float32)
+        new_scale = sumlx / np.where(suml2 > 0, suml2, np.float32(1))
+        np.multiply(q, new_scale, out=tmp)
+        np.subtract(xt, tmp, out=tmp)
+        new_min = np.minimum(tmp.sum(0, dtype=np.float32) / np.float32(n), np.float32(0))
+        scale = np.where(active, new_scale, scale)
+        mn = np.where(active, new_min, mn)
+        iscale = np.where(active, _inv(new_scale), iscale)
+        prev, q = q, prev
+        active &= changed
+        if not active.any():
+            break
+    return np.where(flat, np.float32(0), scale), -mn
+
+
+def _make_qkx1_quants(x: np.ndarray, nmax: int, ntry: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The scale-and-min fit of Candle's ``from_float`` for Q2K / Q4K / Q5K (ggml's earlier
+    ``make_qkx1_quants``), vectorised over the leading dims of ``x`` (..., n).
+
+    ``x ~ scale * q - min`` with q in [0, nmax] and min >= 0: starting from the min/max range, up to
+    ``ntry`` passes alternate rounding q and refitting the scale (least squares through the current
+    min) and the min (the mean residual, kept <= 0 as an offset), stopping once q stops changing.
+    Returns (scale, min). A row of one value v <= 0 gives (0, -v); one of a positive value is fit as
+    the range [0, v] (Candle returns (0, 0) for any single-valued row, zeroing it).
+    """
+    return _by_row_chunks(_qkx1_rows, x, None, nmax, ntry, weigh=None)
+
+
+def _qkx_rows(
+    xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.minimum(xt.min(0), np.float32(0))
+    hi = xt.max(0)
+    flat = hi <= lo
+    rng = np.where(flat, np.float32(1), hi - lo)
+    sum_w = wt.sum(0, dtype=np.float32)
+    sum_x = (wt * xt).sum(0, dtype=np.float32)
+    q, tmp, tmp2 = np.empty_like(xt), np.empty_like(xt), np.empty_like(xt)
+
+    def err(s: np.ndarray, m: np.ndarray) -> np.ndarray:
+        d = np.multiply(q, s, out=tmp)
+        d += m
+        d -= xt
+        if use_mad:
+            np.abs(d, out=d)
+        else:
+            d *= d
+        d *= wt
+        return d.sum(0, dtype=np.float32)
+
+    iscale = (np.float32(nmax) / rng).astype(np.float32)
+    np.multiply(xt - lo, iscale, out=q)
+    np.clip(_round_inplace(q, tmp), 0, nmax, out=q)
+    scale = _inv(iscale)
+    mn = lo
+    best = err(scale, mn)
+    for k in range(nstep + 1):
+        iscale = ((np.float32(rmin) + np.float32(rdelta) * np.float32(k) + np.float32(nmax)) / rng).astype(np.float32)
+        np.subtract(xt, lo, out=q)
+        q *= iscale
+        np.clip(_round_inplace(q, tmp), 0, nmax, out=q)
+        sum_l = np.multiply(wt, q, out=tmp).sum(0, dtype=np.float32)
+        sum_xl = np.multiply(tmp, xt, out=tmp2).sum(0, dtype=np.float32)
+        sum_l2 = np.multiply(tmp, q, out=tmp).sum(0, dtype=np.float32)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok = det > 0
+        safe = np.where(ok, det, np.float32(1))
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe
+        pos = this_min > 0
+        this_scale = np.where(pos, sum_xl / np.where(sum_l2 > 0, sum_l2, np.float32(1)), this_scale)
+        this_min = np.where(pos, np.float32(0), this_min)
+        cur = err(this_scale, this_min)
+        take = ok & (cur < best)
+        best = np.where(take, cur, best)
+        scale = np.where(take, this_scale, scale)
+        mn = np.where(take, this_min, mn)
+    return np.where(flat, np.float32(0), scale), -np.where(flat, lo, mn)
+
+
+def _make_qkx_quants(
+    x: np.ndarray, w: np.ndarray | _Weigh, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qkx2_quants`` / ``make_qkx3_quants``, vectorised over the leading dims of ``x`` (..., n).
+
+    Fits ``x ~ scale * q - min`` (q in [0, nmax], min >= 0) under weights ``w`` (an array shaped like
+    ``x``, or a function of each transposed chunk): the rounding at ``nmax / (max - min)``, then for
+    each of the ``nstep + 1`` inverse scales ``(nmax + rmin + k * rdelta) / (max - min)`` the weighted
+    least-squares scale and min of that rounding (the min clamped to an offset <= 0); the pair with the
+    least weighted squared (``use_mad``: absolute) error wins. Returns (scale, min).
+    """
+    if callable(w):
+        return _by_row_chunks(_qkx_rows, x, None, nmax, rmin, rdelta, nstep, use_mad, weigh=w)
+    return _by_row_chunks(_qkx_rows, x, w, nmax, rmin, rdelta, nstep, use_mad)
+
+
+def _make_qp_quants(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qp_quants``: one scale per row of the non-negative ``x`` (rows, n) with levels
+    in [0, nmax], under weights ``w``. The best of the roundings at ``(nmax + 0.1 * k) / max``
+    (k = -4..4), then up to five passes moving single levels while that lowers the weighted error of
+    the least-squares scale. Returns (scale (rows,), levels (rows, n) int32)."""
+    xt = np.ascontiguousarray(x.T, dtype=np.float32)
+    wt = np.ascontiguousarray(w.T, dtype=np.float32)
+    mx = np.maximum(xt.max(0), np.float32(0))
+    zero = mx == 0
+    safe_mx = np.where(zero, np.float32(1), mx)
+
+    def levels(iscale: np.ndarray) -> np.ndarray:
+        return np.clip(_roundf(xt * iscale), 0, nmax)
+
+    iscale = (np.float32(nmax) / safe_mx).astype(np.float32)
+    best = (wt * (xt - _inv(iscale) * levels(iscale)) ** 2).sum(0, dtype=np.float32)
+    for k in (-4, -3, -2, -1, 1, 2, 3, 4):
+        cand = ((np.float32(0.1) * np.float32(k) + np.float32(nmax)) / safe_mx).astype(np.float32)
+        mse = (wt * (xt - _inv(cand) * levels(cand)) ** 2).sum(0, dtype=np.float32)
+        take = mse < best
+        best = np.where(take, mse, best)
+        iscale = np.where(take, cand, iscale)
+    q = levels(iscale)
+    wx = wt * xt
+    sumlx = (wx * q).sum(0, dtype=np.float32)
+    suml2 = (wt * q * q).sum(0, dtype=np.float32)
+    for _ in range(5):
+        changed = False
+        for i in range(xt.shape[0]):
+            xi, wi, wxi, qi = xt[i], wt[i], wx[i], q[i]
+            slx = sumlx - wxi * qi
+            sl2 = suml2 - wi * qi * qi
+            ok = (slx > 0) & (sl2 > 0)
+            new_q = np.clip(_roundf(xi * sl2 / np.where(ok, slx, np.float32(1))), 0, nmax)
+            slx += wxi * new_q
+            sl2 += wi * new_q * new_q
+            take = ok & (new_q != qi) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            if take.any():
+                changed = True
+                q[i] = np.where(take, new_q, qi)
+                sumlx = np.where(take, slx, sumlx)
+                suml2 = np.where(take, sl2, suml2)
+        if not changed:
+            break
+    scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, np.float32(1)), safe_mx / np.float32(nmax))
+    return np.where(zero, np.float32(0), scale), np.where(zero[:, None], 0, q.T).astype(np.int32)
+
+
+def _imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma_mul: float) -> np.ndarray:
+    """ggml's importance weights ``qw * sqrt(sigma2 + x * x)``, ``sigma2 = sigma_mul * mean(x * x)``
+    over each super-block; ``x`` is (n_blocks, QK_K), ``qw`` the matching imatrix entries."""
+    sigma2 = np.float32(sigma_mul) * (x * x).sum(-1, keepdims=True, dtype=np.float32) / np.float32(QK_K)
+    return (qw * np.sqrt(sigma2 + x * x)).astype(np.float32)
+
+
+def _fit_scale_min(
+    x: np.ndarray, nmax: int, smax: int, qw: np.ndarray | None = None, sigma_mul: float = 2.0
+) -> tuple[np.ndarray, ...]:
+    """The two-level unsigned fit of Q2K / Q4K / Q5K: ``x ~ d*sc*q - dmin*m`` per sub-block (x is
+    (n, n_sub, sub_len)), q in [0, nmax], sc and m in [0, smax].
+
+    Without importance weights (Candle's ``from_float``): :func:`_make_qkx1_quants` per sub-block,
+    then sc / m rounded against ``max / smax`` of the block's scales / mins. With them (``qw``, the
+    imatrix entries of each value: ``from_float_imatrix``): :func:`_make_qkx_quants` (ggml's
+    ``make_qkx3_quants`` grid, -0.9 + 0.05 k for k = 0..36) under :func:`_imatrix_weights`, and the
+    sub-block scales and mins quantised by :func:`_make_qp_quants` weighted by each sub-block's total
+    weight. q is then rounded against the stored f16 d / dmin. Returns (d, dmin, sc, m, q).
+    """
+    n = x.shape[0]
+    if qw is None:
+        scales, mins = _make_qkx1_quants(x, nmax)  # (n, n_sub)
+        max_scale = np.maximum(scales.max(-1, keepdims=True), 0)
+        max_min = np.maximum(mins.max(-1, keepdims=True), 0)
+        with np.errstate(divide="ignore"):
+            inv_scale = np.where(max_scale > 0, np.float32(smax) / max_scale, np.float32(0)).astype(np.float32)
+            inv_min = np.where(max_min > 0, np.float32(smax) / max_min, np.float32(0)).astype(np.float32)
+        sc = np.clip(_roundf(inv_scale * scales), 0, smax).astype(np.int32)
+        m = np.clip(_roundf(inv_min * mins), 0, smax).astype(np.int32)
+        d = (max_scale / np.float32(smax)).astype(np.float16).astype(np.float32)
+        dmin = (max_min / np.float32(smax)).astype(np.float16).astype(np.float32)
+    else:
+        w = _imatrix_weights(x.reshape(n, -1), qw.reshape(n, -1), sigma_mul).reshape(x.shape)
+        scales, mins = _make_qkx_quants(x, w, nmax, -0.9, 0.05, 36)
+        sw = w.sum(-1, dtype=np.float32)
+        d, sc = _make_qp_quants(scales, sw, smax)
+        dmin, m = _make_qp_quants(mins, sw, smax)
+        d = d[:, None].astype(np.float16).astype(np.float32)
+        dmin = dmin[:, None].astype(np.float16).astype(np.float32)
+    eff_d = (d * sc.astype(np.float32))[..., None]
+    eff_m = (dmin * m.astype(np.float32))[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(eff_d == 0, np.float32(0), (x + eff_m) / eff_d)
+    q = np.clip(_roundf(q), 0, nmax).astype(np.int32)
+    return d, dmin, sc, m, q
+
+
+def _fit_signed(
+    x: np.ndarray, nmax: int, smax: int, q3: bool = False, w: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
     """ggml's two-level signed fit (``quantize_row_q6_K_ref`` / ``quantize_row_q3_K_ref``): sub-block
     scales from :func:`_make_qx_quants` (or :func:`_make_q3_quants` when ``q3``), quantised to
     ``[-smax, smax - 1]`` against one f16 super-scale, then q in ``[-nmax, nmax - 1]`` rounded at the
-    stored scales. Returns (d, sc, q)."""
-    scales = _make_q3_quants(x, nmax) if q3 else _make_qx_quants(x, nmax)  # (n, n_sub)
+    stored scales. ``w`` replaces the ``x * x`` weights of the scale search (Q6K's imatrix path).
+    Returns (d, sc, q)."""
+    scales = _make_q3_quants(x, nmax) if q3 else _make_qx_quants(x, nmax, w)  # (n, n_sub)
     big = _signed_absmax(scales)  # (n, 1)
     iscale = np.float32(-smax) * _inv(big)
     d = _inv(iscale).astype(np.float16).astype(np.float32)
@@ -530,18 +751,37 @@ def _fit_signed(x: np.ndarray, nmax: int, smax: int, q3: bool = False) -> tuple[
     return d, sc, q
 
 
-def _q_q2_k(x: np.ndarray) -> np.ndarray:
+def _fit_q3_imatrix(x: np.ndarray, qw: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Q3K's importance-weighted fit (``from_float_imatrix``; x and qw are (n, 16, 16)): sub-block
+    scales from :func:`_make_qx_quants` under :func:`_imatrix_weights`, then the same search over the
+    16 scales (levels in [-32, 31], weighted by each sub-block's total weight) for the super-scale.
+    Returns (d, sc, q) as :func:`_fit_signed`."""
     n = x.shape[0]
-    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 16, 16), 3, 15, 15)
+    w = _imatrix_weights(x.reshape(n, -1), qw.reshape(n, -1), 2.0).reshape(x.shape)
+    scales = _make_qx_quants(x, 4, w)  # (n, 16)
+    d, sc = _make_qx_levels(scales, 32, w.sum(-1, dtype=np.float32))
+    d = d[:, None].astype(np.float16).astype(np.float32)
+    eff = (d * sc.astype(np.float32))[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(eff == 0, np.float32(0), x / eff)
+    return d, sc, np.clip(_roundf(q), -4, 3).astype(np.int32)
+
+
+def _q_q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    n = x.shape[0]
+    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 16, 16), 3, 15, qw, 1.0)
     q = q.reshape(n, 2, 4, 32)  # (h, j, l)
     qs = (q << (2 * np.arange(4))[None, None, :, None]).sum(2).reshape(n, 64).astype(np.uint8)
     scales = (sc | (m << 4)).astype(np.uint8)
     return np.concatenate([scales, qs, _to_f16_bytes(d), _to_f16_bytes(dmin)], axis=1)
 
 
-def _q_q3_k(x: np.ndarray) -> np.ndarray:
+def _q_q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
-    d, sc, q = _fit_signed(x.reshape(n, 16, 16), 4, 32, q3=True)
+    if qw is None:
+        d, sc, q = _fit_signed(x.reshape(n, 16, 16), 4, 32, q3=True)
+    else:
+        d, sc, q = _fit_q3_imatrix(x.reshape(n, 16, 16), qw.reshape(n, 16, 16))
     L = (q + 4).reshape(n, 2, 4, 32)  # (h, j, l), in 0..7
     qs = ((L & 3) << (2 * np.arange(4))[None, None, :, None]).sum(2).reshape(n, 64)
     hbit = (L >> 2) & 1
@@ -572,26 +812,26 @@ def _pack_k4_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
     return s.astype(np.uint8)
 
 
-def _q_q4_k(x: np.ndarray) -> np.ndarray:
+def _q_q4_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
-    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 8, 32), 15, 63, 63)
+    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 8, 32), 15, 63, qw)
     q = q.reshape(n, 4, 2, 32)  # (chunk, low/high, l)
     qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, 128).astype(np.uint8)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(dmin), _pack_k4_scales(sc, m), qs], axis=1)
 
 
-def _q_q5_k(x: np.ndarray) -> np.ndarray:
+def _q_q5_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
-    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 8, 32), 31, 63, 63)
+    d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 8, 32), 31, 63, qw)
     qh = (((q >> 4) & 1) << np.arange(8)[None, :, None]).sum(1).astype(np.uint8)  # (n, 32)
     ql = (q & 0x0F).reshape(n, 4, 2, 32)
     qs = (ql[:, :, 0] | (ql[:, :, 1] << 4)).reshape(n, 128).astype(np.uint8)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(dmin), _pack_k4_scales(sc, m), qh, qs], axis=1)
 
 
-def _q_q6_k(x: np.ndarray) -> np.ndarray:
+def _q_q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
-    d, sc, q = _fit_signed(x.reshape(n, 16, 16), 32, 128)
+    d, sc, q = _fit_signed(x.reshape(n, 16, 16), 32, 128, w=None if qw is None else qw.reshape(n, 16, 16))
     L = (q + 32).reshape(n, 2, 4, 32)  # (half, quarter, l), in 0..63
     lo, hi = L & 0x0F, L >> 4
     ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=-1)  # (n, 2, 64)
@@ -649,8 +889,38 @@ def quantize_np(x: np.ndarray, dtype: GgmlDType) -> np.ndarray:
     bs = dtype.block_size()
     if x.size % bs:
         raise errors.Msg(f"tensor size ({x.size}) is not divisible by block size {bs}")
+    if x.size == 0:
+        return np.zeros(0, np.uint8)
     out = _QUANT[dtype](x.reshape(-1, bs))
     return np.ascontiguousarray(out, dtype=np.uint8).reshape(-1)
 
 
-__all__ = ["QK_K", "GgmlDType", "dequantize_np", "quantize_np"]
+#: the types with an importance-weighted quantiser (Candle's ``from_float_imatrix``)
+IMATRIX_TYPES = (GgmlDType.Q2K, GgmlDType.Q3K, GgmlDType.Q4K, GgmlDType.Q5K, GgmlDType.Q6K)
+
+
+def quantize_imatrix_np(x: np.ndarray, imatrix: np.ndarray, dtype: GgmlDType) -> np.ndarray:
+    """float values (..., n_per_row) -> raw block bytes, the fit weighted by ``imatrix`` (n_per_row,).
+
+    ggml's ``quantize_row_*_impl`` with importance weights, as Candle's ``from_float_imatrix``: each
+    value's imatrix entry (its column's) weighs its error, combined with the value's magnitude within
+    its block (Q2K / Q3K / Q4K / Q5K), or alone (Q6K).
+    """
+    if dtype not in IMATRIX_TYPES:
+        raise errors.Msg(f"`from_float_imatrix` is unimplemented for {dtype.name}")
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    n_per_row = x.shape[-1] if x.ndim else 1
+    qw = np.ascontiguousarray(np.asarray(imatrix, dtype=np.float32)).reshape(-1)
+    if qw.size != n_per_row:
+        raise errors.Msg(f"imatrix weights must have the same length {qw.size} as the last dim of src {n_per_row}")
+    if n_per_row % QK_K:
+        raise errors.Msg(f"tensor size ({x.size}) is not divisible by block size {QK_K}")
+    if x.size == 0:
+        return np.zeros(0, np.uint8)
+    rows = x.reshape(-1, QK_K)
+    w = np.broadcast_to(qw.reshape(-1, QK_K), (x.size // n_per_row, n_per_row // QK_K, QK_K)).reshape(-1, QK_K)
+    out = _QUANT[dtype](rows, w)
+    return np.ascontiguousarray(out, dtype=np.uint8).reshape(-1)
+
+
+__all__ = ["IMATRIX_TYPES", "QK_K", "GgmlDType", "dequantize_np", "quantize_imatrix_np", "quantize_np"]

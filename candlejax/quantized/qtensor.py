@@ -25,7 +25,7 @@ from candlejax.device import Device
 from candlejax.quantized import native
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight
-from candlejax.quantized.ggml_types import GgmlDType, quantize_np
+from candlejax.quantized.ggml_types import GgmlDType, quantize_imatrix_np, quantize_np
 from candlejax.quantized.jax_dequant import dequantize_rows
 from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
 from candlejax.quantized.packed import PackedWeight
@@ -126,21 +126,46 @@ class QTensor:
         return QTensor._quantize(t, dtype, Device.coerce(device))
 
     @staticmethod
-    def _quantize(t: Any, dtype: GgmlDType | str, device: Device | None) -> QTensor:
+    def quantize_imatrix(t: Any, imatrix_weights: Any, dtype: GgmlDType) -> QTensor:
+        """``QTensor::quantize_imatrix``: quantise with importance weights, one per column of ``t``.
+
+        ``imatrix_weights`` (a sequence, array or Tensor of ``t``'s last-dim length, e.g. the mean
+        squared activations a llama.cpp imatrix holds) weighs each column's error in the fit. Only the
+        K-quants Q2K ... Q6K have this fit, as in Candle.
+        """
+        dev = t.device if isinstance(t, TensorBase) and is_eager() else None
+        return QTensor._quantize(t, dtype, dev, imatrix_weights)
+
+    @staticmethod
+    def quantize_imatrix_onto(t: Any, imatrix_weights: Any, dtype: GgmlDType, device: Any) -> QTensor:
+        """``QTensor::quantize_imatrix_onto``: :meth:`quantize_imatrix`, the blocks placed on ``device``."""
+        return QTensor._quantize(t, dtype, Device.coerce(device), imatrix_weights)
+
+    @staticmethod
+    def _quantize(t: Any, dtype: GgmlDType | str, device: Device | None, imatrix: Any = None) -> QTensor:
         if isinstance(dtype, str):  # "q4_0", "Q4_K", ... as t.quantize(fmt) takes them
             dtype = GgmlDType.parse(dtype)
         elif not isinstance(dtype, GgmlDType):
             raise errors.Msg(f"QTensor.quantize: dtype must be a GgmlDType or its name, got {type(dtype).__name__}")
         a = unwrap(t)
-        if isinstance(a, jax.core.Tracer):
+        if isinstance(a, jax.core.Tracer) or (imatrix is not None and isinstance(unwrap(imatrix), jax.core.Tracer)):
             raise errors.TracingError(
                 "QTensor.quantize runs on the host and cannot be used inside jax.jit/grad/vmap; quantize the"
                 " weights once, outside, and pass the QTensor in as an argument"
             )
         x = np.asarray(a)
         shape = tuple(x.shape)
+        if imatrix is not None:
+            w = np.asarray(unwrap(imatrix), dtype=np.float32).reshape(-1)
+            if shape and w.size != shape[-1]:
+                raise errors.Msg(
+                    f"imatrix weights must have the same length {w.size} as the last dim of src {shape[-1]}"
+                )
         _check_shape(shape, dtype.block_size())
-        raw = quantize_np(x.astype(np.float32, copy=False), dtype)
+        if imatrix is None:
+            raw = quantize_np(x.astype(np.float32, copy=False), dtype)
+        else:
+            raw = quantize_imatrix_np(x.astype(np.float32, copy=False), w, dtype)
         q = QTensor(raw, dtype, shape)
         return q.to_device(device) if device is not None else q
 

@@ -20,6 +20,7 @@ from candlejax.quantized import (  # noqa: E402
     dequantize_rows,
     quantize_np,
 )
+from candlejax.quantized.ggml_types import IMATRIX_TYPES, quantize_imatrix_np  # noqa: E402
 
 ALL = list(GgmlDType)
 QUANT = [d for d in ALL if not d.is_float()]
@@ -99,7 +100,7 @@ def test_quantize_is_bit_identical_to_gguf(dt, rng):
 RMSE = {
     GgmlDType.F32: 0.0, GgmlDType.F16: 3e-4, GgmlDType.BF16: 3e-3, GgmlDType.Q4_0: 0.1, GgmlDType.Q4_1: 0.09,
     GgmlDType.Q5_0: 0.05, GgmlDType.Q5_1: 0.045, GgmlDType.Q8_0: 0.007, GgmlDType.Q8_1: 0.007,
-    GgmlDType.Q2K: 0.4, GgmlDType.Q3K: 0.2, GgmlDType.Q4K: 0.09, GgmlDType.Q5K: 0.045, GgmlDType.Q6K: 0.025,
+    GgmlDType.Q2K: 0.3, GgmlDType.Q3K: 0.2, GgmlDType.Q4K: 0.08, GgmlDType.Q5K: 0.04, GgmlDType.Q6K: 0.025,
     GgmlDType.Q8K: 0.008,
 }
 
@@ -116,6 +117,27 @@ def test_quantize_round_trip(dt, rng):
     if dt in GGUF_DEQ:  # our blocks decode the same with gguf-py
         theirs = gq.dequantize(raw.reshape(x.shape[0], -1), GGMLQuantizationType(dt.value))
         np.testing.assert_array_equal(theirs, y)
+
+
+@pytest.mark.parametrize("dt", IMATRIX_TYPES, ids=lambda d: d.name)
+def test_quantize_imatrix_round_trip(dt, rng):
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    x[1, :256] = 0.0
+    x[2, :256] = -0.7  # a constant block, negative
+    x[3, 256:] = 1.3  # and a positive one
+    imatrix = rng.random(512).astype(np.float32)
+    imatrix[:128] = 0.0  # columns of no importance: the fit still covers them
+    raw = quantize_imatrix_np(x, imatrix, dt)
+    assert raw.size == dt.bytes_for(x.size)
+    y = dequantize_np(raw, dt, x.shape)
+    assert np.isfinite(y).all()
+    np.testing.assert_array_equal(y[1, :256], 0.0)
+    np.testing.assert_allclose(y[2, :256], -0.7, atol=1e-3)
+    np.testing.assert_allclose(y[3, 256:], 1.3, atol=1e-3)
+    assert np.sqrt(np.mean((y[0] - x[0]) ** 2)) <= 1.1 * RMSE[dt]
+    # the same blocks as QTensor.quantize_imatrix, which takes the imatrix as a list too
+    q = QTensor.quantize_imatrix(Tensor.from_numpy(x), imatrix.tolist(), dt)
+    np.testing.assert_array_equal(np.asarray(q.data()), raw)
 
 
 def test_quantize_q8_0_recovers_values_exactly_representable():
