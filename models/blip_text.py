@@ -54,6 +54,7 @@ __all__ = [
     "TextEmbeddings",
     "TextLMHeadModel",
     "TextLayer",
+    "TextPooler",
     "TextSelfAttention",
     "step",
 ]
@@ -210,6 +211,28 @@ class TextLayer(Module):
         (k_all, v_all), kv = kv.append(k, v)
         xs = self.attention(xs, k_all, v_all, kv.attn_mask(xs.dim(1)))
         return self._feed_forward(self.crossattention(xs, ck, cv)), kv
+
+
+class TextPooler(Module):
+    """Candle's ``blip_text::TextPooler``: ``tanh(dense(x[:, 0]))``, the first token's hidden state
+    ``(B, S, C) -> (B, C)`` (transformers' ``BlipTextPooler``). Captioning does not use it."""
+
+    def __init__(self, dense: Linear):
+        self.dense = dense
+
+    @staticmethod
+    def new(cfg: Config, vb: VarBuilder) -> TextPooler:
+        """Candle's ``TextPooler::new(&cfg, vb)``: ``dense`` ``(hidden, hidden)`` with a bias."""
+        return TextPooler(linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")))
+
+    @staticmethod
+    def load(vb: VarBuilder, cfg: Config) -> TextPooler:
+        return TextPooler.new(cfg, vb)
+
+    def forward(self, xs: Tensor) -> Tensor:
+        if xs.rank != 3:
+            raise errors.Msg(f"blip TextPooler: expected hidden states (batch, seq, hidden), got {xs.dims()}")
+        return self.dense(xs.narrow(1, 0, 1).squeeze(1)).tanh()
 
 
 class TextCache(Module):

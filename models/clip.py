@@ -65,6 +65,8 @@ __all__ = [
     "ClipVisionConfig",
     "ClipVisionEmbeddings",
     "ClipVisionTransformer",
+    "EncoderConfig",
+    "div_l2_norm",
     "forward_jit",
     "image_features_jit",
     "preprocess",
@@ -100,6 +102,14 @@ class ClipTextConfig:
 
     from_dict = classmethod(_from_dict)
 
+    @classmethod
+    def vit_base_patch32(cls) -> ClipTextConfig:
+        """The text tower of ``openai/clip-vit-base-patch32`` (Candle's ``ClipTextConfig::vit_base_patch32``)."""
+        return cls()
+
+    embed_dim = property(lambda self: self.hidden_size, doc="Candle's name for ``hidden_size``.")
+    activation = property(lambda self: Activation.parse(self.hidden_act), doc="``hidden_act`` as an Activation.")
+
 
 refuse_unknown_config_keys(ClipTextConfig, "clip")  # ClipTextConfig(**config_json) names from_dict
 
@@ -119,6 +129,21 @@ class ClipVisionConfig:
     layer_norm_eps: float = 1e-5
 
     from_dict = classmethod(_from_dict)
+
+    @classmethod
+    def vit_base_patch32(cls) -> ClipVisionConfig:
+        """The vision tower of ``openai/clip-vit-base-patch32`` (Candle's ``ClipVisionConfig::vit_base_patch32``)."""
+        return cls()
+
+    @classmethod
+    def clip_vit_large_patch14_336(cls) -> ClipVisionConfig:
+        """The vision tower of ``openai/clip-vit-large-patch14-336`` (Candle's
+        ``ClipVisionConfig::clip_vit_large_patch14_336``)."""
+        return cls(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                   image_size=336, patch_size=14)  # fmt: skip
+
+    embed_dim = property(lambda self: self.hidden_size, doc="Candle's name for ``hidden_size``.")
+    activation = property(lambda self: Activation.parse(self.hidden_act), doc="``hidden_act`` as an Activation.")
 
 
 refuse_unknown_config_keys(ClipVisionConfig, "clip")  # ClipVisionConfig(**config_json) names from_dict
@@ -176,6 +201,72 @@ class ClipConfig:
 
 
 refuse_unknown_config_keys(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict
+
+
+class EncoderConfig:
+    """Candle's ``clip::EncoderConfig``: ``EncoderConfig.Text(ClipTextConfig)`` or
+    ``EncoderConfig.Vision(ClipVisionConfig)``, the tower config a :class:`ClipEncoder` is built from
+    (``match c: case EncoderConfig.Text(t): ...`` works). The activation is the config's
+    ``hidden_act`` for both towers."""
+
+    __match_args__ = ("config",)
+    __slots__ = ("config",)
+    _kind: type = object
+    Text: type
+    Vision: type
+
+    def __init__(self, config: ClipTextConfig | ClipVisionConfig):
+        if type(self) is EncoderConfig:  # EncoderConfig(c): the variant of c's type
+            self.__class__ = EncoderConfig.Text if isinstance(config, ClipTextConfig) else EncoderConfig.Vision
+        if not isinstance(config, self._kind):
+            raise errors.Msg(
+                f"clip {type(self).__qualname__} takes a {self._kind.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def embed_dim(self) -> int:
+        return int(self.config.hidden_size)
+
+    def num_attention_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    def intermediate_size(self) -> int:
+        return int(self.config.intermediate_size)
+
+    def num_hidden_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def activation(self) -> Activation:
+        return Activation.parse(self.config.hidden_act)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config == self.config  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self.config)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}({self.config!r})"
+
+
+class _Text(EncoderConfig):
+    __slots__ = ()
+    _kind = ClipTextConfig
+
+
+class _Vision(EncoderConfig):
+    __slots__ = ()
+    _kind = ClipVisionConfig
+
+
+_Text.__name__, _Text.__qualname__ = "Text", "EncoderConfig.Text"
+_Vision.__name__, _Vision.__qualname__ = "Vision", "EncoderConfig.Vision"
+EncoderConfig.Text, EncoderConfig.Vision = _Text, _Vision
+
+
+def _tower(c: Any) -> ClipTextConfig | ClipVisionConfig:
+    """The tower config of an :class:`EncoderConfig` (or the config itself)."""
+    return c.config if isinstance(c, EncoderConfig) else c
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,12 +349,28 @@ class ClipEncoder(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipEncoder:
+        cfg = _tower(cfg)
         return ClipEncoder([ClipEncoderLayer.load(vb.pp("layers").pp(i), cfg) for i in range(cfg.num_hidden_layers)])
+
+    @staticmethod
+    def new(vb: VarBuilder, c: EncoderConfig | ClipTextConfig | ClipVisionConfig) -> ClipEncoder:
+        """Candle's ``ClipEncoder::new(vb, &EncoderConfig)``."""
+        return ClipEncoder.load(vb, c)
 
     def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         for layer in self.layers:
             xs = layer(xs, mask, causal)
         return xs
+
+    def output_hidden_states(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> list[Tensor]:
+        """Candle's ``ClipEncoder::output_hidden_states``: every layer's output, first to last
+        (transformers' ``hidden_states[1:]``). ``mask`` as :meth:`forward` (a float mask is added
+        to the scores, as Candle's ``causal_attention_mask``)."""
+        out = []
+        for layer in self.layers:
+            xs = layer(xs, mask, causal)
+            out.append(xs)
+        return out
 
 
 class ClipTextEmbeddings(Module):
@@ -301,6 +408,23 @@ class ClipTextTransformer(Module):
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm")), cfg.eos_token_id,
             cfg.max_position_embeddings,
         )  # fmt: skip
+
+    @staticmethod
+    def new(vb: VarBuilder, c: ClipTextConfig) -> ClipTextTransformer:
+        """Candle's ``ClipTextTransformer::new(vb, &config)``."""
+        return ClipTextTransformer.load(vb, c)
+
+    def forward_with_mask(self, input_ids: Tensor, mask_after: int) -> Tensor:
+        """Candle's ``forward_with_mask(input_ids, mask_after)``: the last hidden state ``(B, S, C)``
+        (after ``final_layer_norm``) with causal attention that also ignores the keys after
+        position ``mask_after`` (a ``mask_after`` of ``S - 1`` or more masks nothing more)."""
+        self._check(input_ids)
+        s = input_ids.dim(1)
+        mask = None
+        if 0 <= int(mask_after) < s - 1:
+            keep = (np.arange(s) <= int(mask_after)).astype(np.uint8).reshape(1, 1, 1, s)
+            mask = Tensor.new(keep, input_ids.device)
+        return self.final_layer_norm(self.encoder(self.embeddings(input_ids), mask, causal=True))
 
     def _check(self, input_ids: Tensor) -> None:
         if input_ids.rank != 2:
@@ -393,6 +517,18 @@ class ClipVisionTransformer(Module):
             ClipEncoder.load(vb.pp("encoder"), cfg), layer_norm(h, eps, vb.pp("post_layernorm")),
         )  # fmt: skip
 
+    @staticmethod
+    def new(vb: VarBuilder, c: ClipVisionConfig) -> ClipVisionTransformer:
+        """Candle's ``ClipVisionTransformer::new(vb, &config)``."""
+        return ClipVisionTransformer.load(vb, c)
+
+    def output_hidden_states(self, pixel_values: Tensor) -> list[Tensor]:
+        """Candle's ``ClipVisionTransformer::output_hidden_states``: every encoder layer's output
+        ``(B, 1 + N, C)``, then the pooled output ``(B, C)`` (``post_layernorm`` of the class token)."""
+        out = self.encoder.output_hidden_states(self.pre_layrnorm(self.embeddings(pixel_values)))
+        out.append(self.post_layernorm(out[-1].i((slice(None), 0))))
+        return out
+
     def forward_hidden(self, pixel_values: Tensor) -> Tensor:
         """The encoder's last hidden state ``(B, 1 + N, C)``."""
         return self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)))
@@ -457,8 +593,12 @@ class ClipModel(Module):
         return logits_per_text, logits_per_text.t()
 
 
-def _l2_normalize(x: Tensor) -> Tensor:
-    return x.broadcast_div(x.sqr().sum_keepdim(-1).sqrt())
+def div_l2_norm(v: Tensor) -> Tensor:
+    """Candle's ``clip::div_l2_norm``: ``v`` divided by its L2 norm over the last dim."""
+    return v.broadcast_div(v.sqr().sum_keepdim(-1).sqrt())
+
+
+_l2_normalize = div_l2_norm
 
 
 # ------------------------------------------------------------------------------------------------

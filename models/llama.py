@@ -43,7 +43,14 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
 from candlejax.generation import generate, prefill_bucket, prefill_chunks
-from candlejax.models.llama_config import Config, LlamaConfig, LlamaEosToks
+from candlejax.models.llama_config import (
+    DEFAULT_MAX_SEQ_LEN,
+    Config,
+    Llama3RopeConfig,
+    Llama3RopeType,
+    LlamaConfig,
+    LlamaEosToks,
+)
 from candlejax.models.loading import check_architecture
 from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
 from candlejax.nn.quantized import scan_layers
@@ -53,8 +60,8 @@ from candlejax.tensor import unwrap, wrap
 from candlejax.xla import GENERATION_OPTIONS
 
 __all__ = [
-    "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache", "Llama",
-    "LlamaConfig", "LlamaEosToks", "Mlp", "RmsNorm",
+    "DEFAULT_MAX_SEQ_LEN", "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache",
+    "Llama", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks", "Mlp", "RmsNorm",
     "forward_all", "rope_inv_freq", "rotary_for", "step",
 ]  # fmt: skip
 
@@ -396,13 +403,7 @@ class Llama(Module):
         padded = prefill_bucket(s) if s > 1 else s
         if index_pos + padded > self.max_position_embeddings:
             padded = s
-        c, need = st.cache, index_pos + padded
-        if c is None or c.batch != b or c.max_seq_len < need:
-            size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)
-            if c is not None and c.batch == b and index_pos > 0:
-                c = c.grow(size)
-            else:
-                c = self.new_cache(b, size)
+        c = self._sized_cache(st, b, index_pos, index_pos + padded)
         st.cache = None  # donated below
         if padded == s:
             logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
@@ -415,6 +416,47 @@ class Llama(Module):
         return wrap(logits)
 
     __call__ = forward
+
+    def _sized_cache(self, st: Any, b: int, index_pos: int, need: int) -> Cache:
+        """The held cache, grown (or a new one) to hold ``need`` positions for ``b`` sequences."""
+        c = st.cache
+        if c is None or c.batch != b or c.max_seq_len < need:
+            size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)
+            if c is not None and c.batch == b and index_pos > 0:
+                c = c.grow(size)
+            else:
+                c = self.new_cache(b, size)
+        return c
+
+    def embed(self, x: Any) -> Any:
+        """Candle's ``Llama::embed(&x)``: the token embeddings ``(batch, seq, hidden)`` of ids ``x``."""
+        t = unwrap(x)
+        t = t if isinstance(t, jax.Array) else np.asarray(t)
+        _check_ids(t, self.config.vocab_size)
+        return wrap(unwrap(self.embed_tokens(jnp.asarray(t, jnp.int32))))
+
+    def forward_input_embed(self, input_embed: Any, index_pos: int, cache: ForwardCache | None = None) -> Any:
+        """Candle's ``Llama::forward_input_embed(&input_embed, index_pos, &mut cache)``: :meth:`forward`
+        from embeddings ``(batch, seq, hidden)`` instead of ids (e.g. :meth:`embed`'s, with image
+        features spliced in); logits ``(batch, vocab)`` of the last position. The cache is the one
+        :meth:`forward` uses, so both can continue the same sequence. The embeddings are cast to the
+        model's dtype."""
+        x = unwrap(input_embed)
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
+        if x.ndim != 3 or x.shape[2] != self.config.hidden_size:
+            raise errors.UnexpectedShape(f"llama forward_input_embed: input_embed must be (batch, seq,"
+                                         f" {self.config.hidden_size})", (1, 1, self.config.hidden_size),
+                                         tuple(x.shape))  # fmt: skip
+        b, s = int(x.shape[0]), int(x.shape[1])
+        if s == 0:
+            raise errors.Msg("llama forward_input_embed: input_embed is empty (batch, 0, hidden)")
+        index_pos = int(index_pos)
+        self.check_positions(index_pos, s)
+        st = _forward_state(self, cache, index_pos)
+        c = self._sized_cache(st, b, index_pos, index_pos + s)
+        st.cache = None  # donated below
+        logits, st.cache = _jit_step_embeds(self, c, jnp.asarray(x, self.dtype.jnp), jnp.int32(index_pos))
+        return wrap(logits)
 
     def reset(self) -> None:
         """Drop the KV cache kept by :meth:`forward`."""
@@ -476,10 +518,13 @@ def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Ca
     ids = unwrap(tokens)
     if ids.ndim == 1:
         ids = ids[None, :]
-    ids = ids.astype(jnp.int32)
-    t = ids.shape[1]
+    return _hidden_embeds(params, cache, unwrap(params.embed_tokens(ids.astype(jnp.int32))), pos)
+
+
+def _hidden_embeds(params: Llama, cache: Cache, x: Any, pos: Any) -> tuple[Any, Cache]:
+    """The decoder stack and final norm over embeddings ``x`` ``(B, T, hidden)`` at ``pos ..``."""
+    t = x.shape[1]
     pos = jnp.asarray(unwrap(pos), jnp.int32).reshape(())
-    x = unwrap(params.embed_tokens(ids))
     rotary = params.rotary
     cos, sin = rotary.tables(t, pos)  # shared by every layer
     if isinstance(params.layers, Block):  # one Block whose weights are stacked over the layers
@@ -522,7 +567,14 @@ def forward_all(params: Llama, tokens: Any) -> Any:
     return wrap(_lm_head(params, x).astype(jnp.float32))
 
 
+def _step_embeds(params: Llama, cache: Cache, x: Any, pos: Any) -> tuple[Any, Cache]:
+    """:func:`step` from embeddings ``(B, T, hidden)``: logits ``(B, vocab)`` of the last position."""
+    x, cache = _hidden_embeds(params, cache, x, pos)
+    return _lm_head(params, x[:, -1:, :])[:, 0, :].astype(jnp.float32), cache
+
+
 _jit_step = jax.jit(step, donate_argnums=(1,))
+_jit_step_embeds = jax.jit(_step_embeds, donate_argnums=(1,))
 
 
 if __name__ == "__main__":

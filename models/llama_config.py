@@ -2,12 +2,14 @@
 the fields :mod:`candlejax.models.llama` builds its model from.
 
 requires: candlejax.errors, candlejax.models.loading
-provides: ``Config``, ``LlamaConfig``, ``LlamaEosToks``
+provides: ``Config``, ``LlamaConfig``, ``LlamaEosToks``, ``Llama3RopeConfig``, ``Llama3RopeType``,
+``DEFAULT_MAX_SEQ_LEN``
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from typing import Any
@@ -15,7 +17,82 @@ from typing import Any
 from candlejax import errors
 from candlejax.models.loading import refuse_unknown_config_keys
 
-__all__ = ["Config", "LlamaConfig", "LlamaEosToks"]
+__all__ = ["DEFAULT_MAX_SEQ_LEN", "Config", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks"]
+
+#: ``max_position_embeddings`` of Candle's ``config_7b_v1`` / ``config_7b_v2`` presets
+DEFAULT_MAX_SEQ_LEN = 4096
+
+
+class Llama3RopeType(enum.StrEnum):
+    """Candle's ``llama::Llama3RopeType``: the ``rope_type`` of a :class:`Llama3RopeConfig`
+    (equal to its ``config.json`` string: ``Llama3RopeType.Llama3 == "llama3"``)."""
+
+    Llama3 = "llama3"
+    Default = "default"
+
+
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+class Llama3RopeConfig(dict):
+    """Candle's ``llama::Llama3RopeConfig``: the ``rope_scaling`` of a Llama 3.x ``config.json``.
+
+    A ``dict`` of the ``config.json`` keys (so :func:`candlejax.nn.rotary.rope_inv_freq` and
+    ``json.dumps`` read it as before) with Candle's fields as attributes: ``factor``,
+    ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings`` and
+    ``rope_type`` (a :class:`Llama3RopeType`; ``Default`` means no scaling, as in Candle).
+    """
+
+    def __init__(self, factor: float = 0.0, low_freq_factor: float = 0.0, high_freq_factor: float = 0.0,
+                 original_max_position_embeddings: int = 0, rope_type: Any = Llama3RopeType.Default,
+                 **extra: Any) -> None:  # fmt: skip
+        kind = Llama3RopeType(str(getattr(rope_type, "value", rope_type)))
+        super().__init__(extra)
+        self.update(factor=factor, low_freq_factor=low_freq_factor, high_freq_factor=high_freq_factor,
+                    original_max_position_embeddings=original_max_position_embeddings,
+                    rope_type=kind.value)  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Llama3RopeConfig:
+        """From a ``rope_scaling`` dict (``type`` is read as ``rope_type``, as transformers does);
+        the four scaling keys are required, as in Candle's deserialisation."""
+        d = dict(d)
+        if "rope_type" not in d and "type" in d:
+            d["rope_type"] = d.pop("type")
+        missing = [k for k in _LLAMA3_KEYS if k not in d]
+        if missing:
+            raise errors.Msg(f"llama Llama3RopeConfig: rope_scaling lacks {missing}")
+        kind = d.get("rope_type", "default")
+        if str(getattr(kind, "value", kind)) not in ("llama3", "default"):
+            raise errors.Msg(f"llama Llama3RopeConfig: rope_type {kind!r} is not llama3 or default")
+        return cls(**d)
+
+    factor = property(lambda self: self["factor"])
+    low_freq_factor = property(lambda self: self["low_freq_factor"])
+    high_freq_factor = property(lambda self: self["high_freq_factor"])
+    original_max_position_embeddings = property(lambda self: self["original_max_position_embeddings"])
+
+    @property
+    def rope_type(self) -> Llama3RopeType:
+        return Llama3RopeType(self["rope_type"])
+
+    def __repr__(self) -> str:
+        return f"Llama3RopeConfig({dict.__repr__(self)})"
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(repr(self))
+
+
+def _rope_scaling(sc: Any) -> Any:
+    """A ``rope_scaling`` of type ``llama3`` (or ``default`` with the llama3 keys) as a
+    :class:`Llama3RopeConfig`; any other value unchanged."""
+    if isinstance(sc, Llama3RopeConfig) or not isinstance(sc, dict):
+        return sc
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    kind = str(getattr(kind, "value", kind))
+    if kind == "llama3" or (kind == "default" and all(k in sc for k in _LLAMA3_KEYS)):
+        return Llama3RopeConfig.from_dict(sc)
+    return sc
 
 
 @dataclasses.dataclass
@@ -24,7 +101,8 @@ class Config:
     checkpoint; missing keys take transformers' defaults.
 
     ``rope_scaling`` (transformers 4) and ``rope_parameters`` (transformers 5) are both read;
-    ``rope_type`` ``"default"``, ``"linear"`` and ``"llama3"`` are supported.
+    ``rope_type`` ``"default"``, ``"linear"`` and ``"llama3"`` are supported. A ``llama3`` one
+    (a dict or Candle's :class:`Llama3RopeConfig`) is held as a :class:`Llama3RopeConfig`.
     ``rope_interleaved`` is not a config.json key: GGUF files store q/k rows permuted for the
     interleaved-pairs rotary layout (see :mod:`candlejax.models.quantized_llama`).
     """
@@ -59,6 +137,7 @@ class Config:
 
     def __post_init__(self) -> None:
         self.eos_token_id = _eos_toks(self.eos_token_id)  # LlamaEosToks.Single / Multiple, as Candle
+        self.rope_scaling = _rope_scaling(self.rope_scaling)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -102,6 +181,25 @@ class Config:
             return cls.from_dict(json.load(f))
 
     from_hf_config = from_dict
+
+    @classmethod
+    def config_7b_v1(cls, use_flash_attn: bool = False) -> Config:
+        """Candle's ``Config::config_7b_v1(use_flash_attn)``: LLaMA-1 7B (rms_norm_eps 1e-6,
+        ``max_position_embeddings`` :data:`DEFAULT_MAX_SEQ_LEN`, no bos/eos ids).
+        ``use_flash_attn`` is accepted and unused (see :meth:`into_config`)."""
+        return cls._preset_7b(1e-6)
+
+    @classmethod
+    def config_7b_v2(cls, use_flash_attn: bool = False) -> Config:
+        """Candle's ``Config::config_7b_v2(use_flash_attn)``: Llama-2 7B (as v1, rms_norm_eps 1e-5)."""
+        return cls._preset_7b(1e-5)
+
+    @classmethod
+    def _preset_7b(cls, eps: float) -> Config:
+        return cls(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=eps, rope_theta=10000.0,
+                   max_position_embeddings=DEFAULT_MAX_SEQ_LEN, bos_token_id=None, eos_token_id=None,
+                   tie_word_embeddings=False, model_type="llama")  # fmt: skip
 
     def into_config(self, use_flash_attn: bool = False) -> Config:
         """Candle's ``LlamaConfig::into_config(use_flash_attn)``: this config (one type here).

@@ -426,6 +426,22 @@ class ModelWeights(Llama):
         model._tokenizer = Attached(tokenizer)
         return model
 
+    @staticmethod
+    def from_ggml(ct: Any = None, gqa: int = 1, *args: Any, **kwargs: Any) -> ModelWeights:
+        """Candle's ``ModelWeights::from_ggml(content, gqa)`` reads llama.cpp's legacy GGML/GGJT files;
+        candlejax has no GGML reader: this raises at once, naming :meth:`from_gguf` and the conversion."""
+        raise errors.Msg(
+            "quantized_llama ModelWeights.from_ggml: the legacy GGML/GGJT format is not supported; convert the"
+            " file to GGUF with llama.cpp's `convert_llama_ggml_to_gguf.py --input model.bin --output model.gguf"
+            " --gqa N` (or re-export from the original weights with `convert_hf_to_gguf.py`) and load it with"
+            " `ModelWeights.from_gguf(path, device)`"
+        )
+
+    def clear_kv_cache(self) -> None:
+        """Candle's ``ModelWeights::clear_kv_cache()``: drop the KV cache that :meth:`forward` keeps
+        (the next ``forward`` starts a new sequence; :meth:`Llama.reset`)."""
+        self.reset()
+
     @property
     def tokenizer(self) -> Any:
         """The :class:`candlejax.tokenizer.Tokenizer` stored in the GGUF file (with its chat template)."""

@@ -14,7 +14,9 @@ Shell: ``python -m candlejax.models.segment_anything IMAGE --point X,Y [--auto] 
 (= ``candlejax segment``).
 """
 
-from .common import LayerNorm2d, MlpBlock
+from candlejax.nn import Linear
+
+from .common import LayerNorm2d, MlpBlock, linear
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -28,6 +30,7 @@ __all__ = [
     "Bbox",
     "ImageEncoderViT",
     "LayerNorm2d",
+    "Linear",
     "MaskDecoder",
     "MlpBlock",
     "PromptEncoder",
@@ -36,6 +39,7 @@ __all__ = [
     "TwoWayTransformer",
     "default_weights",
     "generate_masks",
+    "linear",
     "load_image",
     "load_model",
     "tiny_vit_5m",

@@ -58,5 +58,10 @@ class MlpBlock(Module):
         self.lin2 = linear(vb.pp("lin2"), mlp_dim, embedding_dim, True)
         self.activation = activation
 
+    @classmethod
+    def new(cls, embedding_dim: int, mlp_dim: int, activation: Activation, vb: VarBuilder) -> MlpBlock:
+        """Candle's ``MlpBlock::new(embedding_dim, mlp_dim, activation, vb)``."""
+        return cls(embedding_dim, mlp_dim, activation, vb)
+
     def forward(self, xs: Any) -> Tensor:
         return self.lin2(self.activation(self.lin1(xs)))

@@ -19,8 +19,8 @@ from candlejax import errors
 from candlejax.tensor import Tensor
 
 __all__ = [
-    "CHUNK_LENGTH", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES", "SAMPLE_RATE", "log_mel_window", "mel_filters",
-    "pad_or_trim", "pcm_to_mel",
+    "CHUNK_LENGTH", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES", "SAMPLE_RATE", "log_mel_spectrogram_",
+    "log_mel_window", "mel_filters", "pad_or_trim", "pcm_to_mel",
 ]  # fmt: skip
 
 SAMPLE_RATE = 16000
@@ -105,6 +105,50 @@ def pcm_to_mel(cfg: Any, samples: Any, filters: Any = None) -> Tensor:
         x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))
     padded = np.pad(x, N_FFT // 2, mode="reflect")
     return Tensor.from_numpy(_log_mel(_power_frames(padded, n), fb))
+
+
+def log_mel_spectrogram_(samples: Any, filters: Any, fft_size: int, fft_step: int, n_mel: int,
+                         speed_up: bool = False) -> np.ndarray:  # fmt: skip
+    """Candle's ``audio::log_mel_spectrogram_`` (whisper.cpp's spectrogram), which its ``pcm_to_mel``
+    calls with ``(N_FFT, HOP_LENGTH, num_mel_bins, false)``: a flat array of ``n_mel * n_len``
+    values, mel-major, in the samples' float dtype.
+
+    Unlike :func:`pcm_to_mel` (transformers' features) the frames are not centred: frame ``i``
+    starts at sample ``i * fft_step``; the samples are zero-padded to ``n_len`` frames, ``len //
+    fft_step`` rounded up to a multiple of 1500 plus 1500 more; the power of bins ``1 .. fft_size/2
+    - 1`` is doubled (their mirror bins added); ``filters`` is read as ``(n_mel, n_fft)`` row-major,
+    ``n_fft = 1 + fft_size / 2`` (``speed_up``: ``1 + fft_size / 4`` over averaged pairs of bins).
+    Then ``log10(max(mel, 1e-10))``, floored at the maximum minus 8, and ``x / 4 + 1``.
+    """
+    x = np.asarray(samples)
+    out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
+    x = x.astype(np.float64).reshape(-1)
+    fft_size, fft_step, n_mel = int(fft_size), int(fft_step), int(n_mel)
+    if fft_size < 1 or fft_step < 1 or n_mel < 1:
+        raise errors.Audio(
+            f"log_mel_spectrogram_: fft_size {fft_size}, fft_step {fft_step}, n_mel {n_mel} must be >= 1"
+        )
+    n_fft = 1 + fft_size // 4 if speed_up else 1 + fft_size // 2
+    fb = np.asarray(filters, np.float64).reshape(-1)
+    if fb.size < n_mel * n_fft:
+        raise errors.Audio(f"log_mel_spectrogram_: {fb.size} filter values, {n_mel} x {n_fft} needed")
+    fb = fb[: n_mel * n_fft].reshape(n_mel, n_fft)
+    pad = 100 * CHUNK_LENGTH // 2  # 1500 frames
+    n_len = x.shape[0] // fft_step
+    n_len = (n_len + pad - 1) // pad * pad + pad
+    x = np.pad(x, (0, n_len * fft_step - x.shape[0] + fft_size))  # zeros past the end of every frame
+    hann = 0.5 * (1.0 - np.cos(2.0 * np.pi * np.arange(fft_size) / fft_size))
+    frames = np.lib.stride_tricks.sliding_window_view(x, fft_size)[::fft_step][:n_len]
+    spec = np.fft.fft(frames * hann, axis=-1)
+    power = spec.real**2 + spec.imag**2  # (n_len, fft_size)
+    half = fft_size // 2
+    if half > 1:
+        power[:, 1:half] += power[:, fft_size - 1 : fft_size - half : -1]
+    if speed_up:
+        power = 0.5 * (power[:, 0 : 2 * n_fft : 2] + power[:, 1 : 2 * n_fft : 2])
+    mel = np.log10(np.maximum(fb @ power[:, :n_fft].T, 1e-10))  # (n_mel, n_len)
+    mel = np.maximum(mel, mel.max() - 8.0) / 4.0 + 1.0
+    return mel.reshape(-1).astype(out_dtype)
 
 
 def pad_or_trim(samples: Any, length: int = N_SAMPLES) -> np.ndarray:

@@ -290,3 +290,21 @@ def test_candle_spellings_that_raise(pair, rng):
     model.reset_kv_cache()
     assert dec.forward(Tensor.zeros((2, 1), DType.U32, Device.Cpu), Tensor.cat([emb, emb], 0)).dims() == (2, 1, VOCAB)
     model.reset_kv_cache()
+
+
+def test_text_pooler_matches_transformers(rng):
+    """``TextPooler::new(&cfg, vb)``: the first token's hidden state through ``dense`` and ``tanh``
+    (transformers' ``BlipTextPooler``)."""
+    from transformers.models.blip.modeling_blip_text import BlipTextPooler
+
+    cfg = blip_text.Config(hidden_size=16, num_attention_heads=2)
+    torch.manual_seed(0)
+    ref = BlipTextPooler(transformers.BlipTextConfig(hidden_size=16)).eval()
+    w = {f"dense.{k}": Tensor.from_numpy(v.detach().numpy()) for k, v in ref.dense.state_dict().items()}
+    pooler = blip_text.TextPooler.new(cfg, VarBuilder.from_tensors(w, DType.F32, Device.Cpu))
+    x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(pooler.forward(Tensor.from_numpy(x)).numpy(), want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(errors.Error, match="TextPooler"):
+        pooler.forward(Tensor.from_numpy(x[0]))

@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from candlejax import Device, DType, Tensor, errors
 from candlejax.models import clip
-from candlejax.nn import VarBuilder
+from candlejax.nn import Activation, VarBuilder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -277,3 +277,84 @@ def test_console_subcommand(models, tmp_path, rng, capsys):
     assert cli.main(["clip", str(tmp_path / "missing.png"), "--model", str(d), "--labels", "a"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("candlejax clip: error:") and "no such file" in err and len(err.splitlines()) == 1
+
+
+def test_candles_presets_and_encoder_config():
+    """``ClipTextConfig::vit_base_patch32``, ``ClipVisionConfig::{vit_base_patch32,
+    clip_vit_large_patch14_336}`` and ``EncoderConfig``'s accessors, as in Candle's clip sources."""
+    t, v, large = (clip.ClipTextConfig.vit_base_patch32(), clip.ClipVisionConfig.vit_base_patch32(),
+                   clip.ClipVisionConfig.clip_vit_large_patch14_336())  # fmt: skip
+    assert (t.vocab_size, t.embed_dim, t.intermediate_size, t.max_position_embeddings) == (49408, 512, 2048, 77)
+    assert (t.num_hidden_layers, t.num_attention_heads, t.activation) == (12, 8, Activation.QuickGelu)
+    assert (v.embed_dim, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (768, 3072, 12, 12)
+    assert (v.num_channels, v.image_size, v.patch_size) == (3, 224, 32)
+    assert (large.embed_dim, large.intermediate_size, large.num_hidden_layers, large.num_attention_heads) == (
+        1024, 4096, 24, 16)  # fmt: skip
+    assert (large.image_size, large.patch_size, large.activation) == (336, 14, Activation.QuickGelu)
+    assert clip.ClipConfig.vit_base_patch32() == clip.ClipConfig(t, v)
+    for e, c in ((clip.EncoderConfig.Text(t), t), (clip.EncoderConfig.Vision(large), large)):
+        assert (e.embed_dim(), e.num_attention_heads(), e.intermediate_size(), e.num_hidden_layers()) == (
+            c.hidden_size, c.num_attention_heads, c.intermediate_size, c.num_hidden_layers)  # fmt: skip
+        assert e.activation() == Activation.QuickGelu
+    assert clip.EncoderConfig(t) == clip.EncoderConfig.Text(t) and isinstance(clip.EncoderConfig(v), clip.EncoderConfig)
+    match clip.EncoderConfig(v):
+        case clip.EncoderConfig.Text(_):
+            raise AssertionError("a vision config matched Text")
+        case clip.EncoderConfig.Vision(c):
+            assert c is v
+    with pytest.raises(errors.Error, match="takes a ClipTextConfig"):
+        clip.EncoderConfig.Text(v)
+
+
+@pytest.fixture(scope="module")
+def towers(models):
+    """The "eos" checkpoint's towers built with Candle's constructors (``::new``)."""
+    hf, _model, d = models["eos"]
+    config = clip.ClipConfig.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    text = clip.ClipTextTransformer.new(vb.pp("text_model"), config.text_config)
+    vision = clip.ClipVisionTransformer.new(vb.pp("vision_model"), config.vision_config)
+    encoder = clip.ClipEncoder.new(vb.pp("text_model.encoder"), clip.EncoderConfig.Text(config.text_config))
+    return hf, config, text, vision, encoder
+
+
+def test_vision_output_hidden_states_match_transformers(towers, rng):
+    """``ClipVisionTransformer::output_hidden_states``: each layer's output, then the pooled output."""
+    import jax
+
+    hf, config, _text, vision, _encoder = towers
+    pixels = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        vis = hf.vision_model(pixel_values=torch.from_numpy(pixels), output_hidden_states=True)
+    got = jax.jit(lambda m, x: m.output_hidden_states(x))(vision, Tensor.from_numpy(pixels))
+    assert len(got) == config.vision_config.num_hidden_layers + 1
+    for g, r in zip(got, [*vis.hidden_states[1:], vis.pooler_output], strict=True):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_text_forward_with_mask_and_encoder_states_match_transformers(towers, rng):
+    """``ClipTextTransformer::forward_with_mask`` (keys after ``mask_after`` ignored: transformers'
+    ``attention_mask``), ``ClipEncoder::output_hidden_states`` and ``div_l2_norm``."""
+    import jax
+
+    hf, _config, text, _vision, encoder = towers
+    ids = _ids(rng)
+    b, s = ids.shape
+    with torch.no_grad():
+        txt = hf.text_model(input_ids=torch.from_numpy(ids), output_hidden_states=True)
+        mask = torch.from_numpy((np.arange(s) <= 3)[None].repeat(b, 0).astype(np.int64))
+        part = hf.text_model(input_ids=torch.from_numpy(ids), attention_mask=mask).last_hidden_state.numpy()
+
+    @jax.jit
+    def run(text, encoder, ids_t):
+        return text.forward_with_mask(ids_t, 3), encoder.output_hidden_states(text.embeddings(ids_t), causal=True)
+
+    masked, states = run(text, encoder, Tensor.from_numpy(ids.astype(np.uint32)))
+    np.testing.assert_allclose(masked.numpy(), part, atol=1e-4, rtol=1e-4)
+    for g, r in zip(states, txt.hidden_states[1:], strict=True):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-4, rtol=1e-4)
+    final = text.final_layer_norm(states[-1]).numpy()  # = forward_with_mask(ids, usize::MAX): nothing more masked
+    np.testing.assert_allclose(final, txt.last_hidden_state.numpy(), atol=1e-4, rtol=1e-4)
+    v = rng.standard_normal((3, 5)).astype(np.float32)
+    want = torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy()
+    np.testing.assert_allclose(jax.jit(clip.div_l2_norm)(Tensor.from_numpy(v)).numpy(), want, rtol=1e-6)

@@ -366,3 +366,83 @@ def test_positions_and_cache_limits(pairs):
         generate(llama.step, model, model.new_cache(1, 16), prompt, 4, Sampling.ArgMax())
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         model.generate(list(range(130)), 4)
+
+
+def test_candles_config_presets_and_rope_types(tmp_path):
+    """``Config::config_7b_v1/v2`` as in Candle's llama.rs; ``Llama3RopeConfig`` / ``Llama3RopeType`` read
+    from a config.json and given directly, with the inverse frequencies of Candle's formula."""
+    v1, v2 = llama.Config.config_7b_v1(False), llama.Config.config_7b_v2(True)
+    for c in (v1, v2):
+        assert (c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers) == (4096, 11008, 32000, 32)
+        assert (c.num_attention_heads, c.num_key_value_heads, c.rope_theta) == (32, 32, 10000.0)
+        assert c.max_position_embeddings == llama.DEFAULT_MAX_SEQ_LEN == 4096 and not c.tie_word_embeddings
+        assert c.bos_token_id is None and c.eos_token_id is None and c.rope_scaling is None
+    assert (v1.rms_norm_eps, v2.rms_norm_eps) == (1e-6, 1e-5)
+
+    sc = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}  # fmt: skip
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 2, "rope_theta": 5e5, "rope_scaling": sc}))
+    c = llama.LlamaConfig.from_json_file(p).into_config(False)
+    r = c.rope_scaling
+    assert isinstance(r, llama.Llama3RopeConfig) and r == sc and json.loads(json.dumps(r)) == sc
+    assert r.rope_type is llama.Llama3RopeType.Llama3 and r.rope_type == "llama3"
+    assert (r.factor, r.low_freq_factor, r.high_freq_factor, r.original_max_position_embeddings) == (8.0, 1.0, 4.0, 64)
+    given = llama.Config(hidden_size=64, num_attention_heads=2, rope_theta=5e5, rope_scaling=llama.Llama3RopeConfig(
+        8.0, 1.0, 4.0, 64, llama.Llama3RopeType.Llama3))  # fmt: skip
+    assert given == c and hash(given) == hash(c)
+
+    def candle_inv_freq(cfg, scaling):  # llama.rs: calculate_default_inv_freq, then the llama3 smoothing
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        out = []
+        for i in range(0, hd, 2):
+            f = 1.0 / cfg.rope_theta ** (i / hd)
+            if scaling is not None and scaling.rope_type is llama.Llama3RopeType.Llama3:
+                lo = scaling.original_max_position_embeddings / scaling.low_freq_factor
+                hi = scaling.original_max_position_embeddings / scaling.high_freq_factor
+                w = 2 * np.pi / f
+                if w > lo:
+                    f = f / scaling.factor
+                elif w >= hi:
+                    s = (scaling.original_max_position_embeddings / w - scaling.low_freq_factor) / (
+                        scaling.high_freq_factor - scaling.low_freq_factor)
+                    f = (1 - s) * f / scaling.factor + s * f
+            out.append(f)
+        return np.array(out)
+
+    np.testing.assert_allclose(llama.rope_inv_freq(c), candle_inv_freq(c, r), rtol=1e-6)
+    default = llama.Config(hidden_size=64, num_attention_heads=2, rope_scaling=llama.Llama3RopeConfig(
+        8.0, 1.0, 4.0, 64))  # Llama3RopeType.Default (Candle's default): no scaling  # fmt: skip
+    assert default.rope_scaling.rope_type is llama.Llama3RopeType.Default
+    np.testing.assert_allclose(llama.rope_inv_freq(default), candle_inv_freq(default, None), rtol=1e-6)
+    linear = llama.Config(hidden_size=64, num_attention_heads=2, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert type(linear.rope_scaling) is dict  # Candle has no type for it; kept as read
+    with pytest.raises(llama.errors.Error, match="lacks"):
+        llama.Llama3RopeConfig.from_dict({"rope_type": "llama3", "factor": 8.0})
+
+
+@pytest.mark.parametrize("pair", ["tied_llama3"], indirect=True)
+def test_embed_and_forward_input_embed_match_transformers(pair):
+    """``embed(x)`` is the embedding table's rows; ``forward_input_embed`` equals transformers'
+    ``inputs_embeds`` forward and shares its cache with ``forward`` (embeddings, then ids)."""
+    _name, hf, model, _ = pair
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], (2, 7))
+    emb = model.embed(ids.astype(np.uint32))
+    with torch.no_grad():
+        ref_emb = hf.model.embed_tokens(torch.tensor(ids)).numpy()
+    np.testing.assert_array_equal(np.asarray(emb.jax), ref_emb)
+    e = ref_emb.copy()
+    e[:, 2] *= 0.5  # spliced-in features: not the embedding of any id
+    cache = llama.Cache.new(True, DType.F32, model.config, Device.Cpu)
+    got = model.forward_input_embed(e[:, :5], 0, cache)
+    with torch.no_grad():
+        ref = hf(inputs_embeds=torch.tensor(e)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(got.jax), ref[:, 4], atol=1e-4, rtol=1e-4)
+    got = model.forward_input_embed(e[:, 5:6], 5, cache)
+    np.testing.assert_allclose(np.asarray(got.jax), ref[:, 5], atol=1e-4, rtol=1e-4)
+    nxt = model.forward(ids[:, 6:7].astype(np.uint32), 6, cache)  # ids continue the embeddings' sequence
+    np.testing.assert_allclose(np.asarray(nxt.jax), ref[:, 6], atol=1e-4, rtol=1e-4)
+    with pytest.raises(llama.errors.Error, match="input_embed must be"):
+        model.forward_input_embed(e[0], 0)
+    with pytest.raises(llama.errors.Error, match="max_position_embeddings"):
+        model.forward_input_embed(e, BASE["max_position_embeddings"] - 2)

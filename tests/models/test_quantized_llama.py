@@ -334,3 +334,21 @@ def test_generation_takes_the_models_compiler_options(ours, tmp_path):
     assert runs["defaults"][1] is runs["unrolled"][1] is decode_fns(step_options, Sampling.ArgMax(), False)
     assert not isinstance(runs["defaults"][1].fused.jitted, OptionsJit)
     assert runs["stacked"][0] == runs["defaults"][0] and len(runs["unrolled"][0]) == 4
+
+
+def test_clear_kv_cache_and_legacy_ggml(tmp_path):
+    """Candle's ``clear_kv_cache()`` between conversations: the next prompt at index_pos 0 gives a fresh
+    model's logits. ``from_ggml`` (the legacy format) raises at once, naming ``from_gguf``."""
+    from candlejax import errors
+
+    _write_qwen2_gguf(tmp_path / "q.gguf")
+    m = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu)
+    a, b = np.array([[3, 5, 7, 9]], np.uint32), np.array([[11, 2, 4, 6]], np.uint32)
+    want = np.asarray(m.forward(b, 0).jax)
+    m.forward(a, 0)
+    assert m._forward_state.cache is not None
+    m.clear_kv_cache()
+    assert m._forward_state.cache is None
+    np.testing.assert_allclose(np.asarray(m.forward(b, 0).jax), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(errors.Msg, match=r"from_gguf.*|convert_llama_ggml_to_gguf"):
+        quantized_llama.ModelWeights.from_ggml(object(), 8)

@@ -333,3 +333,25 @@ def test_vit_sam_matches_transformers_sam_model() -> None:
     low, iou = decode(pe, dec, emb, None, cj.Tensor(boxes.numpy()[0]), False)
     np.testing.assert_allclose(low.numpy(), out_box.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(iou.numpy(), out_box.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
+
+
+def test_mlp_block_new_and_linear_helper() -> None:
+    """``MlpBlock::new(embedding_dim, mlp_dim, activation, vb)`` is ``lin2(act(lin1(x)))`` and
+    ``segment_anything::linear(vb, in, out, bias)`` a Linear with or without its bias (torch reference)."""
+    torch.manual_seed(0)
+    lin1, lin2, nob = torch.nn.Linear(6, 10), torch.nn.Linear(10, 6), torch.nn.Linear(6, 4, bias=False)
+    sd = {f"mlp.lin1.{k}": v for k, v in lin1.state_dict().items()}
+    sd |= {f"mlp.lin2.{k}": v for k, v in lin2.state_dict().items()} | {"p.weight": nob.weight}
+    vb = VarBuilder.from_tensors({k: cj.Tensor.from_numpy(v.detach().numpy()) for k, v in sd.items()},
+                                 cj.DType.F32, cj.Device.Cpu)  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((2, 3, 6)).astype(np.float32)
+    mlp = sam.MlpBlock.new(6, 10, cj.nn.Activation("Gelu"), vb.pp("mlp"))
+    with torch.no_grad():
+        want = lin2(torch.nn.functional.gelu(lin1(torch.from_numpy(x)))).numpy()
+        want_nob = nob(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(mlp.forward(cj.Tensor.from_numpy(x)).numpy(), want, atol=1e-5, rtol=1e-5)
+    p = sam.linear(vb.pp("p"), 6, 4, False)
+    assert isinstance(p, sam.Linear) and p.bias is None
+    np.testing.assert_allclose(p.forward(cj.Tensor.from_numpy(x)).numpy(), want_nob, atol=1e-5, rtol=1e-5)
+    with_bias = sam.linear(vb.pp("mlp.lin1"), 6, 10, True)
+    np.testing.assert_array_equal(with_bias.bias.numpy(), lin1.bias.detach().numpy())

@@ -255,3 +255,47 @@ def test_candle_spellings(tiny):
     ys = model.decoder.forward(np.asarray([toks]), audio_features, False)
     np.testing.assert_allclose(np.asarray(ys), np.asarray(m.decoder.forward(np.asarray([toks]), audio_features)),
                                atol=1e-6)  # fmt: skip
+
+
+def _candle_log_mel(samples, filters, fft_size, fft_step, n_mel, speed_up):
+    """Candle's ``log_mel_spectrogram_`` written frame by frame from its source (naive DFT)."""
+    hann = [0.5 * (1 - np.cos(2 * np.pi * i / fft_size)) for i in range(fft_size)]
+    n_len = len(samples) // fft_step
+    if n_len % 1500:
+        n_len = (n_len // 1500 + 1) * 1500
+    n_len += 1500
+    x = np.concatenate([samples, np.zeros(n_len * fft_step - len(samples))])
+    n_fft = 1 + fft_size // 4 if speed_up else 1 + fft_size // 2
+    dft = np.exp(-2j * np.pi * np.outer(np.arange(fft_size), np.arange(fft_size)) / fft_size)
+    mel = np.zeros((n_mel, n_len))
+    for i in range(n_len):
+        frame = np.zeros(fft_size)
+        seg = x[i * fft_step : i * fft_step + fft_size]
+        frame[: len(seg)] = np.asarray(hann[: len(seg)]) * seg
+        out = dft @ frame
+        p = list(out.real**2 + out.imag**2)
+        for j in range(1, fft_size // 2):
+            p[j] += p[fft_size - j]
+        if speed_up:
+            for j in range(n_fft):
+                p[j] = 0.5 * (p[2 * j] + p[2 * j + 1])
+        for j in range(n_mel):
+            s = sum(p[k] * filters[j * n_fft + k] for k in range(n_fft))
+            mel[j, i] = np.log10(max(s, 1e-10))
+    mmax = mel.max() - 8
+    return (np.maximum(mel, mmax) / 4 + 1).reshape(-1)
+
+
+@pytest.mark.parametrize("speed_up", [False, True])
+def test_log_mel_spectrogram_underscore_follows_candle(speed_up):
+    """``audio::log_mel_spectrogram_``: Candle's output lengths (its unit tests) and values."""
+    assert wa.log_mel_spectrogram_(np.zeros(1000), np.zeros(1000), 100, 10, 10, False).shape == (30_000,)
+    assert wa.log_mel_spectrogram_(np.zeros(100), np.zeros(100), 20, 2, 2, False).shape == (6_000,)
+    rng = np.random.default_rng(3)
+    samples, filters = rng.standard_normal(200), rng.random(64)
+    got = wa.log_mel_spectrogram_(samples, filters, 16, 64, 3, speed_up)
+    want = _candle_log_mel(samples, filters, 16, 64, 3, speed_up)
+    assert got.dtype == np.float64 and got.shape == want.shape == (3 * 3000,)  # 3 frames: 1500, then 1500 more
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    f32 = wa.log_mel_spectrogram_(samples.astype(np.float32), filters, 16, 64, 3, speed_up)
+    assert f32.dtype == np.float32
