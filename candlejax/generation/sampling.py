@@ -1,14 +1,16 @@
 """Sampling the next token from logits: ``Sampling``, the jit-able ``sample_jax`` and Candle's
 ``LogitsProcessor``.
 
-requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only)
+requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only), candlejax.generation.candle_rng,
+candlejax.quantized.native (Candle's softmax and ``WeightedIndex`` in native code)
 provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
 ``normalize_sampling``, ``sample_jax``, ``sampling_key``, ``LogitsProcessor``.
 
 Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
 it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
 calls the same compiled function with the key for its n-th draw, so both give the same tokens for
-the same seed.
+the same seed. The draws are Candle's: rand's ``StdRng`` stream turned into a token as
+``WeightedIndex<f32>`` does (:mod:`candlejax.generation.candle_rng`).
 """
 
 from __future__ import annotations
@@ -367,9 +369,10 @@ class LogitsProcessor:
     ``LogitsProcessor(seed, temperature=None, top_p=None)``: ``temperature`` ``None`` or below 1e-7
     gives ``ArgMax``; otherwise ``TopP(top_p, temperature)`` if ``top_p`` is given, else
     ``All(temperature)``. ``LogitsProcessor.from_sampling(seed, sampling)`` takes any variant.
-    ``sample(logits)`` returns the next token id as an int; draw ``n`` uses the key
-    ``fold_in(seed_key(seed), n)``, the same key :func:`candlejax.generation.generate` uses inside
-    its compiled step, so the same seed gives the same tokens in both.
+    ``sample(logits)`` returns the next token id as an int; draw ``n`` is word ``n`` of Candle's
+    ``StdRng::seed_from_u64(seed)`` stream (:mod:`candlejax.generation.candle_rng`), the same draw
+    :func:`candlejax.generation.generate` makes inside its compiled step, so the same seed gives the
+    same tokens in both, and Candle's.
     """
 
     def __init__(self, seed: int, temperature: float | None = None, top_p: float | None = None) -> None:
