@@ -30,7 +30,7 @@ from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
-from candlejax.nn.module import Module, as_array
+from candlejax.nn.module import CallableInt, Module, as_array
 from candlejax.tensor._core import unwrap, wrap
 
 __all__ = [
@@ -225,8 +225,8 @@ class Cache(Module):
     def __init__(self, dim: int, max_seq_len: int, data: Any = None, pos: Any = None):
         if int(max_seq_len) < 1:
             raise errors.Msg(f"Cache: max_seq_len must be >= 1, got {max_seq_len}")
-        self.dim = int(dim)
-        self.max_seq_len = int(max_seq_len)
+        self.dim = CallableInt(dim)
+        self.max_seq_len = CallableInt(max_seq_len)
         self.buf = data
         self.pos = wrap(jnp.zeros((), jnp.int32)) if pos is None else pos
 
@@ -295,8 +295,8 @@ class KvCache(Module):
     not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, pos: Any = None):
-        self.dim = int(dim)
-        self.max_seq_len = int(max_seq_len)
+        self.dim = CallableInt(dim)
+        self.max_seq_len = CallableInt(max_seq_len)
         self.k_buf = k
         self.v_buf = v
         self.pos = wrap(jnp.zeros((), jnp.int32)) if pos is None else pos
@@ -496,8 +496,8 @@ class _Ring(Module):
     def _init_ring(self, dim: int, max_seq_len: int, offset: Any, slot_pos: Any, prev_slot_pos: Any) -> None:
         if int(max_seq_len) < 1:
             raise errors.Msg(f"{type(self).__name__}: max_seq_len (the window) must be >= 1, got {max_seq_len}")
-        self.dim = int(dim)
-        self.max_seq_len = int(max_seq_len)
+        self.dim = CallableInt(dim)
+        self.max_seq_len = CallableInt(max_seq_len)
         empty = wrap(jnp.full((self.max_seq_len,), -1, jnp.int32))
         self.offset_ = wrap(jnp.zeros((), jnp.int32)) if offset is None else offset
         self.slot_pos = empty if slot_pos is None else slot_pos  # absolute position held by each slot, -1 = empty
@@ -654,7 +654,7 @@ class ConcatKvCache(Module):
     not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, dim: int, k: Any = None, v: Any = None):
-        self.dim = int(dim)
+        self.dim = CallableInt(dim)
         self.k_buf = k
         self.v_buf = v
 

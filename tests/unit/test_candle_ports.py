@@ -722,3 +722,12 @@ def test_shape_contiguity_checks_as_candle():
     assert cj.Shape((2, 1, 4)).is_contiguous([4, 99, 1])  # a size-1 dim's stride is free
     t = Tensor.zeros((2, 3, 4), DType.F32, CPU)
     assert t.shape().is_contiguous(t.stride())
+
+
+def test_kv_cache_accessor_calls_as_in_rust():
+    from candlejax.nn import kv_cache
+
+    for cache in (kv_cache.Cache.new(2, 16), kv_cache.KvCache.new(2, 16), kv_cache.RotatingKvCache.new(2, 8)):
+        assert cache.dim() == cache.dim == 2
+        assert cache.max_seq_len() == cache.max_seq_len in (8, 16)
+    assert kv_cache.ConcatKvCache.new(2).dim() == 2
