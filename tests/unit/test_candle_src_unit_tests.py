@@ -1,0 +1,146 @@
+"""The unit tests inside Candle's sources, ported line by line with Candle's expected values.
+
+Sources (huggingface/candle, ``#[cfg(test)]`` modules): candle-core/src/{shape,safetensors}.rs,
+candle-transformers/src/utils.rs, candle-transformers/src/models/quantized_llama.rs (its causal-mask
+tests), candle-transformers/src/models/whisper/audio.rs (the public ``log_mel_spectrogram_``) and
+candle-nn/src/kv_cache.rs (``ConcatKvCache``; Candle's ``&mut`` appends are rebindings here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from candlejax import Device, DType, Shape, Tensor, safetensors
+from candlejax.models.utils import build_additive_causal_mask, build_causal_mask
+from candlejax.models.whisper import audio
+from candlejax.nn.kv_cache import ConcatKvCache
+
+CPU = Device.Cpu
+NEG = float("-inf")
+
+
+# --- candle-core/src/shape.rs -----------------------------------------------------------------
+def test_shape_stride():
+    assert Shape(()).stride_contiguous() == []
+    assert Shape(42).stride_contiguous() == [1]
+    assert Shape((42, 1337)).stride_contiguous() == [1337, 1]
+    assert Shape((299, 792, 458)).stride_contiguous() == [458 * 792, 458, 1]
+
+
+def test_shape_from_tuple():
+    for dims in [(2,), (2, 3), (2, 3, 4), (2, 3, 4, 5), (2, 3, 4, 5, 6), (2, 3, 4, 5, 6, 7)]:
+        assert Shape(dims).dims() == list(dims)
+
+
+# --- candle-core/src/safetensors.rs: the saved bytes are Candle's --------------------------------
+def test_save_single_tensor(tmp_path):
+    t = Tensor.zeros((2, 2), DType.F32, CPU)
+    t.save_safetensors("t", tmp_path / "t.safetensors")
+    want = b'@\0\0\0\0\0\0\0{"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}       ' + b"\0" * 16
+    assert (tmp_path / "t.safetensors").read_bytes() == want
+
+
+def test_save_load_multiple_tensors(tmp_path):
+    t = Tensor.zeros((2, 2), DType.F32, CPU)
+    u = Tensor.zeros((1, 2), DType.F32, CPU)
+    path = tmp_path / "multi.safetensors"
+    safetensors.save({"t": t, "u": u}, path)
+    weights = safetensors.load(path, CPU)
+    assert weights["t"].dims() == [2, 2]
+    assert weights["u"].dims() == [1, 2]
+    header = (
+        b'{"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},'
+        b'"u":{"dtype":"F32","shape":[1,2],"data_offsets":[16,24]}}      '
+    )
+    assert path.read_bytes() == b"x\0\0\0\0\0\0\0" + header + b"\0" * 24
+
+
+def test_load_u8(tmp_path):
+    path = tmp_path / "test_u8.safetensors"
+    path.write_bytes(b'8\0\0\0\0\0\0\0{"x":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}   \x01\x03')
+    tensor = safetensors.load(path, CPU)["x"]
+    assert tensor.dims() == [2]
+    assert tensor.dtype == DType.U8
+    assert tensor.to_vec1() == [1, 3]
+
+
+# --- candle-transformers/src/utils.rs -----------------------------------------------------------
+def test_additive_causal_mask_is_batch_independent_and_broadcasts():
+    mask = build_additive_causal_mask(3, 0, None, CPU, DType.F32)
+    assert mask.dims() == [1, 1, 3, 3]
+    masked = Tensor.zeros((2, 1, 3, 3), DType.F32, CPU).broadcast_add(mask).squeeze(1).to_vec3()
+    assert masked[0] == masked[1]
+    assert masked[0][0] == [0.0, NEG, NEG]
+    assert masked[0][1] == [0.0, 0.0, NEG]
+    assert masked[0][2] == [0.0, 0.0, 0.0]
+
+
+def test_additive_causal_mask_handles_kv_cache_offset():
+    mask = build_additive_causal_mask(2, 2, None, CPU, DType.F32).squeeze(0).squeeze(0).to_vec2()
+    assert mask[0] == [0.0, 0.0, 0.0, NEG]
+    assert mask[1] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_additive_causal_mask_respects_sliding_window():
+    mask = build_additive_causal_mask(4, 0, 1, CPU, DType.F32).squeeze(0).squeeze(0).to_vec2()
+    assert mask[0] == [0.0, NEG, NEG, NEG]
+    assert mask[1] == [0.0, 0.0, NEG, NEG]
+    assert mask[2] == [NEG, 0.0, 0.0, NEG]
+    assert mask[3] == [NEG, NEG, 0.0, 0.0]
+
+
+# --- candle-transformers/src/models/quantized_llama.rs: causal masks ------------------------------
+def test_causal_mask_shapes_and_values():
+    assert build_causal_mask(4, 0, CPU).dims() == [4, 4]
+    assert build_causal_mask(4, 65, CPU).dims() == [4, 69]
+    assert build_causal_mask(3, 0, CPU).flatten_all().to_vec1() == [0, 1, 1, 0, 0, 1, 0, 0, 0]
+    assert build_causal_mask(3, 2, CPU).flatten_all().to_vec1() == [0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+    mask = build_causal_mask(1, 10, CPU)
+    assert mask.dims() == [1, 11]
+    assert all(v == 0 for v in mask.flatten_all().to_vec1())
+    batch, heads, seq_len, index_pos = 1, 8, 4, 10
+    att_shape = (batch, heads, seq_len, index_pos + seq_len)
+    assert build_causal_mask(seq_len, index_pos, CPU).broadcast_as(att_shape).dims() == list(att_shape)
+
+
+# --- candle-transformers/src/models/whisper/audio.rs ------------------------------------------
+def test_log_mel_spectrogram_lengths():
+    samples, filters = np.zeros(1000, np.float32), np.zeros(1000, np.float32)
+    assert len(audio.log_mel_spectrogram_(samples, filters, 100, 10, 10, False)) == 30_000
+    samples, filters = np.zeros(100, np.float32), np.zeros(100, np.float32)
+    assert len(audio.log_mel_spectrogram_(samples, filters, 20, 2, 2, False)) == 6_000
+
+
+# --- candle-nn/src/kv_cache.rs: ConcatKvCache ---------------------------------------------------
+def test_concat_cache_basic_reset_and_multiple_appends():
+    cache = ConcatKvCache.new(2)
+    assert cache.is_empty() and cache.current_seq_len() == 0
+    k1 = Tensor.zeros((1, 8, 3, 64), DType.F32, CPU)
+    (k, v), cache = cache.append(k1, k1)
+    assert k.dims() == [1, 8, 3, 64] and v.dims() == [1, 8, 3, 64]
+    assert cache.current_seq_len() == 3 and not cache.is_empty()
+    k2 = Tensor.zeros((1, 8, 2, 64), DType.F32, CPU)
+    (k, v), cache = cache.append(k2, k2)
+    assert k.dims() == [1, 8, 5, 64] and v.dims() == [1, 8, 5, 64]
+    assert cache.current_seq_len() == 5
+    cache = cache.reset()
+    assert cache.is_empty() and cache.current_seq_len() == 0
+    assert cache.k() is None and cache.v() is None
+    prefill = Tensor.zeros((1, 8, 10, 64), DType.F32, CPU)
+    _, cache = cache.append(prefill, prefill)
+    for i in range(1, 6):
+        token = Tensor.zeros((1, 8, 1, 64), DType.F32, CPU)
+        (k, v), cache = cache.append(token, token)
+        assert k.dims()[2] == 10 + i and v.dims()[2] == 10 + i
+    assert cache.current_seq_len() == 15
+
+
+def test_concat_cache_different_dim():
+    cache = ConcatKvCache.new(1)
+    k1 = Tensor.zeros((1, 3, 8, 64), DType.F32, CPU)
+    (k, _v), cache = cache.append(k1, k1)
+    assert k.dims() == [1, 3, 8, 64]
+    k2 = Tensor.zeros((1, 2, 8, 64), DType.F32, CPU)
+    (k, _v), cache = cache.append(k2, k2)
+    assert k.dims() == [1, 5, 8, 64]
+    assert cache.current_seq_len() == 5
