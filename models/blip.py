@@ -77,6 +77,7 @@ class VisionConfig:
     patch_size: int = 16
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
+    projection_dim: int = 512  # Candle's field; the captioning model does not use it
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -107,6 +108,9 @@ class Config:
 
     text_config: blip_text.Config = dataclasses.field(default_factory=blip_text.Config)
     vision_config: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    # Candle's fields for the image-text matching heads, which captioning does not use
+    projection_dim: int = 512
+    image_text_hidden_size: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.text_config, dict):
@@ -117,7 +121,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(dict(d.get("text_config") or {}), dict(d.get("vision_config") or {}))  # type: ignore[arg-type]
+        extra = {k: d[k] for k in ("projection_dim", "image_text_hidden_size") if d.get(k) is not None}
+        return cls(dict(d.get("text_config") or {}), dict(d.get("vision_config") or {}), **extra)  # type: ignore[arg-type]
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:

@@ -81,12 +81,19 @@ class Config:
     pad_token_id: int = 0
     sep_token_id: int = 102
     tie_word_embeddings: bool = True
+    projection_dim: int = 768  # Candle's field; the captioning model does not use it
+    is_decoder: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise errors.Msg(
                 f"blip text_config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"
                 f" {self.num_attention_heads}"
+            )
+        if not self.is_decoder:
+            raise errors.Msg(
+                "blip text_config: is_decoder=False (a text encoder without cross-attention) is not supported;"
+                " the BLIP text model here is the captioning decoder"
             )
         Activation.parse(self.hidden_act)
 

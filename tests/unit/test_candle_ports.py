@@ -731,3 +731,21 @@ def test_kv_cache_accessor_calls_as_in_rust():
         assert cache.dim() == cache.dim == 2
         assert cache.max_seq_len() == cache.max_seq_len in (8, 16)
     assert kv_cache.ConcatKvCache.new(2).dim() == 2
+
+
+def test_blip_config_fields_as_candles():
+    import json
+
+    from transformers import BlipConfig
+
+    from candlejax.models import blip, blip_text
+
+    cfg = blip.Config.from_dict(json.loads(BlipConfig().to_json_string()))
+    assert (cfg.projection_dim, cfg.image_text_hidden_size) == (512, 256)
+    assert cfg.vision_config.projection_dim == 512
+    assert cfg.text_config.projection_dim == 768 and cfg.text_config.is_decoder
+    large = blip.Config.image_captioning_large()
+    dims = (large.projection_dim, large.vision_config.projection_dim, large.text_config.projection_dim)
+    assert dims == (512, 512, 768)
+    with pytest.raises(errors.Error, match="is_decoder=False"):
+        blip_text.Config(is_decoder=False)
