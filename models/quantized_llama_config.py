@@ -1,0 +1,155 @@
+"""The model configuration of a GGUF LLaMA-family file: :func:`config_from_gguf` reads llama.cpp's
+metadata keys (``{arch}.block_count``, ``{arch}.embedding_length``, ...) into a
+:class:`candlejax.models.llama.Config`, validated against the tensor shapes before anything is
+allocated. Used by :mod:`candlejax.models.quantized_llama`, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from candlejax import errors
+from candlejax.models.llama import Config
+
+__all__ = ["MAX_SEQ_LEN", "SUPPORTED_ARCHITECTURES", "check_architecture", "config_from_gguf"]
+
+#: ``general.architecture`` values this loader implements (llama.cpp names; Mistral files say "llama")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+#: Candle's ``quantized_llama::MAX_SEQ_LEN`` (the length of its rotary tables), which Candle's
+#: ``quantized`` example uses to trim long prompts. Here positions are bounded by the file's
+#: ``llama.context_length`` instead (``model.config.max_position_embeddings``; beyond it
+#: ``forward`` raises), so a model with a longer context is not cut at 4096.
+MAX_SEQ_LEN = 4096
+
+
+def _meta(content: Any, key: str, default: Any = None) -> Any:
+    v = content.metadata.get(key)
+    return default if v is None else v.value
+
+
+def check_architecture(content: Any) -> str:
+    """``general.architecture`` of the file; raises unless this loader implements it."""
+    arch = _meta(content, "general.architecture", "llama")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise errors.Msg(
+            f"quantized_llama: {getattr(content, 'path', 'the GGUF file')}: general.architecture {arch!r} is not"
+            f" implemented (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    return str(arch)
+
+
+#: caps on GGUF metadata, far above any released model, so that a corrupt value raises before it
+#: sizes an allocation or a loop
+MAX_LAYERS = 1 << 12
+MAX_WIDTH = 1 << 17  # embedding / feed-forward / head widths
+MAX_HEADS = 1 << 12
+MAX_VOCAB = 1 << 22
+MAX_CONTEXT = 1 << 24
+
+
+def config_from_gguf(content: Any) -> Config:
+    """A :class:`Config` from GGUF metadata (``{arch}.block_count``, ``{arch}.embedding_length``, ...),
+    validated against the tensor shapes before anything is allocated: a missing or absurd key, heads
+    that do not divide the width, a block count that disagrees with the ``blk.N`` tensors, or a
+    tensor of another shape raises :class:`candlejax.errors.Gguf` naming the file and key or tensor."""
+    arch = check_architecture(content)
+    path = getattr(content, "path", "<gguf>")
+    k = f"{arch}.".__add__
+
+    def bad(msg: str) -> errors.Gguf:
+        return errors.Gguf(f"gguf {path}: {msg}")
+
+    n_layer = content.get_int(k("block_count"), min=1, max=MAX_LAYERS)
+    hidden = content.get_int(k("embedding_length"), min=1, max=MAX_WIDTH)
+    ff = content.get_int(k("feed_forward_length"), min=1, max=MAX_WIDTH)
+    n_head = content.get_int(k("attention.head_count"), min=1, max=min(hidden, MAX_HEADS))
+    n_kv = content.get_int(k("attention.head_count_kv"), n_head, min=1, max=n_head)
+    if n_head % n_kv:
+        raise bad(f"metadata {k('attention.head_count_kv')!r} = {n_kv} does not divide"
+                  f" {k('attention.head_count')!r} = {n_head}")  # fmt: skip
+    head_dim = content.get_int(k("attention.key_length"), None, min=2, max=MAX_WIDTH)
+    if head_dim is None:
+        if hidden % n_head:
+            raise bad(f"metadata {k('attention.head_count')!r} = {n_head} does not divide"
+                      f" {k('embedding_length')!r} = {hidden}")  # fmt: skip
+        head_dim = hidden // n_head
+    src = "attention.key_length" if k("attention.key_length") in content.metadata else "embedding_length / head_count"
+    for key in ("attention.value_length", "rope.dimension_count"):
+        v = content.get_int(k(key), head_dim, min=1, max=MAX_WIDTH)
+        if v != head_dim:  # partial rotary / distinct value heads: not this architecture
+            raise bad(f"metadata {k(key)!r} = {v} differs from the head size {head_dim} ({src}); the loader"
+                      " implements rotary embeddings over whole heads of one size")  # fmt: skip
+    if head_dim % 2:
+        raise bad(f"the head size {head_dim} is odd: rotary embeddings rotate pairs")
+    ctx = content.get_int(k("context_length"), 4096, min=1, max=MAX_CONTEXT)
+    eps = content.get_float(k("attention.layer_norm_rms_epsilon"), 1e-5, positive=True, max=1.0)
+    theta = content.get_float(k("rope.freq_base"), 10000.0, positive=True)
+    scaling = None
+    kind = content.get_str(k("rope.scaling.type"), "none", choices=("none", "linear"))
+    factor = content.get_float(k("rope.scaling.factor"), None, positive=True)
+    if kind == "linear" and factor:
+        scaling = {"rope_type": "linear", "factor": factor}
+
+    infos = content.tensor_infos
+    embd = infos.get("token_embd.weight")
+    if embd is None:
+        raise bad("missing tensor 'token_embd.weight'")
+    rows = embd.shape[0] if len(embd.shape) == 2 else -1
+    vocab = content.get_int(k("vocab_size"), rows if rows > 0 else None, min=1, max=MAX_VOCAB)
+    if vocab is None:
+        raise bad(f"tensor 'token_embd.weight' has shape {errors.fmt_shape(embd.shape)}, expected (vocab, {hidden})")
+    content.get_array("tokenizer.ggml.tokens", None, max_len=vocab)  # no token id past the embedding rows
+
+    # the tensors, in Candle's (out, in) order
+    blocks = {int(m.group(1)) for m in (re.match(r"blk\.(\d+)\.", n) for n in infos) if m}
+    if blocks != set(range(n_layer)):
+        have = f"blk.0 .. blk.{max(blocks)}" if blocks == set(range(len(blocks))) else f"blk.{sorted(blocks)[:8]}"
+        raise bad(f"metadata {k('block_count')!r} = {n_layer}, but the file holds tensors of"
+                  f" {len(blocks)} block(s) ({have if blocks else 'none'})")  # fmt: skip
+    q, kvw = n_head * head_dim, n_kv * head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    if "output.weight" in infos:
+        shapes["output.weight"] = (vocab, hidden)
+    if "rope_freqs.weight" in infos:
+        shapes["rope_freqs.weight"] = (head_dim // 2,)
+    qkv_bias = "blk.0.attn_q.bias" in infos
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (hidden,), b + "ffn_norm.weight": (hidden,),
+                       b + "attn_q.weight": (q, hidden), b + "attn_k.weight": (kvw, hidden),
+                       b + "attn_v.weight": (kvw, hidden), b + "attn_output.weight": (hidden, q),
+                       b + "ffn_gate.weight": (ff, hidden), b + "ffn_up.weight": (ff, hidden),
+                       b + "ffn_down.weight": (hidden, ff)})  # fmt: skip
+        for nm, width in (("attn_q", q), ("attn_k", kvw), ("attn_v", kvw)):
+            if qkv_bias or b + nm + ".bias" in infos:
+                shapes[b + nm + ".bias"] = (width,)
+    for name, shape in shapes.items():
+        content.expect_shape(name, shape)
+
+    def token_id(key: str) -> int | None:  # some converters write -1 for "none"
+        i = content.get_int(f"tokenizer.ggml.{key}", None)
+        return None if i is None or i < 0 else i
+
+    return Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=ff,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_kv,
+        head_dim=head_dim,
+        max_position_embeddings=ctx,
+        rms_norm_eps=eps,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings="output.weight" not in infos,
+        bos_token_id=token_id("bos_token_id"),
+        eos_token_id=token_id("eos_token_id"),
+        pad_token_id=token_id("padding_token_id"),
+        torch_dtype="float32",
+        # llama.cpp permutes llama's q/k rows for rope on interleaved pairs; qwen2 keeps the halves
+        rope_interleaved=arch == "llama",
+        model_type=None,
+        qkv_bias=qkv_bias,
+    )
