@@ -186,14 +186,18 @@ class Dims(tuple):
     __hash__ = tuple.__hash__
 
 
-class Rank(int):
-    """A tensor's rank: a plain int (``t.rank``, as in candle-pyo3) that Rust Candle's ``t.rank()`` also
-    accepts."""
+class CallableInt(int):
+    """A plain int that Rust Candle's accessor call also reads: ``t.rank`` and ``t.rank()`` (as in
+    candle-pyo3 and Rust), a KV cache's ``cache.dim`` and ``cache.dim()``."""
 
     __slots__ = ()
 
     def __call__(self) -> int:
         return int(self)
+
+
+#: a tensor's rank (``t.rank``, ``t.rank()``)
+Rank = CallableInt
 
 
 #: tuple types taken as they are by the shape fast paths

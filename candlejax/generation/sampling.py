@@ -354,7 +354,7 @@ def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, sampli
     return sample_jax(logits, sampling_key(base_key, step), sampling)
 
 
-_softmax_jit = jax.jit(lambda x: _softmax(x))
+_softmax_jit = jax.jit(_softmax)
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))

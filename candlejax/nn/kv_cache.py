@@ -30,7 +30,8 @@ from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
-from candlejax.nn.module import CallableInt, Module, as_array
+from candlejax.nn.module import Module, as_array
+from candlejax.shape import CallableInt
 from candlejax.tensor._core import unwrap, wrap
 
 __all__ = [

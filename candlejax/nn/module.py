@@ -67,15 +67,6 @@ class CallableFloat(float):
         return float(self)
 
 
-class CallableInt(int):
-    """A layer's or cache's int setting (``cache.dim``) that Rust Candle's ``cache.dim()`` also reads."""
-
-    __slots__ = ()
-
-    def __call__(self) -> int:
-        return int(self)
-
-
 class CallableConfig:
     """Config dataclasses held by layers (``conv.config``) that Rust Candle's ``conv.config()`` reads."""
 

@@ -2,32 +2,12 @@
 
 ``from candlejax.quantized.gguf_file import Content`` as in Rust's
 ``use candle_core::quantized::gguf_file::Content``. Importing this module gives :mod:`candlejax.io.gguf`
-itself, so ``candlejax.quantized.gguf_file`` is that one module object however it is reached.
+itself (the module replaces itself in ``sys.modules``), so ``candlejax.quantized.gguf_file`` is that
+one module object however it is reached.
 """
 
 import sys
 
-from candlejax.io import gguf as _gguf
-from candlejax.io.gguf import (
-    DEFAULT_ALIGNMENT,
-    Content,
-    TensorInfo,
-    Value,
-    ValueType,
-    VersionedMagic,
-    read,
-    write,
-)
+from candlejax.io import gguf
 
-__all__ = [
-    "DEFAULT_ALIGNMENT",
-    "Content",
-    "TensorInfo",
-    "Value",
-    "ValueType",
-    "VersionedMagic",
-    "read",
-    "write",
-]
-
-sys.modules[__name__] = _gguf
+sys.modules[__name__] = gguf

@@ -91,12 +91,15 @@ def _index(
         a = lax.rev(a, rev)
     if starts is not None:
         a = lax.slice(a, starts, limits, strides)
+    return _take_all(a, ids, takes, shape)
+
+
+def _take_all(a: Any, ids: tuple[Any, ...], takes: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> Any:
+    """The tensor indexers of an index (one take per (axis, size)), then the result's shape."""
     for (axis, size), i in zip(takes, ids):
         i = jnp.reshape(i, (-1,))
         a = _zero_where_no_index(jnp.take(a, _clamp_ids(i, size), axis=axis, mode="clip"), i, axis)
-    if a.shape != shape:
-        a = jnp.reshape(a, shape)
-    return a
+    return a if a.shape == shape else jnp.reshape(a, shape)
 
 
 def _index_at(
@@ -117,12 +120,7 @@ def _index_at(
         a = lax.dynamic_slice(a, tuple(starts[i] for i in range(a.ndim)), sizes)
         if strides is not None:
             a = lax.slice(a, (0,) * a.ndim, sizes, strides)
-    for (axis, size), i in zip(takes, ids):
-        i = jnp.reshape(i, (-1,))
-        a = _zero_where_no_index(jnp.take(a, _clamp_ids(i, size), axis=axis, mode="clip"), i, axis)
-    if a.shape != shape:
-        a = jnp.reshape(a, shape)
-    return a
+    return _take_all(a, ids, takes, shape)
 
 
 #: eager programs of :func:`_index_at`, per (shape, pattern)

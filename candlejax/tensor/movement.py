@@ -81,14 +81,10 @@ def _tile(a: Any, reps: tuple[int, ...]) -> Any:
     return jnp.tile(a, reps)
 
 
-@op(static=("shift", "axis"))
-def _roll(a: Any, shift: int, axis: int) -> Any:
-    return jnp.roll(a, shift, axis=axis)
-
-
 @op(static=("axis",))
 def _roll_at(a: Any, shift: Any, axis: int) -> Any:
-    """``jnp.roll`` by a shift given as data (one eager program per shape, not one per shift)."""
+    """``jnp.roll`` by a shift given as data: one eager program per shape, not one per shift (under a
+    trace a host shift is a constant, and the roll is two static slices)."""
     return jnp.roll(a, shift, axis=axis)
 
 
@@ -102,11 +98,6 @@ def _unfold(a: Any, axis: int, size: int, step: int, n: int) -> Any:
     idx = np.arange(n)[:, None] * step + np.arange(size)[None, :]
     out = jnp.take(a, jnp.asarray(idx, dtype=jnp.int32), axis=axis)  # (.., n, size, ..)
     return jnp.moveaxis(out, axis + 1, -1)
-
-
-@op(static=("axis", "length"))
-def _dyn_narrow(a: Any, start: Any, axis: int, length: int) -> Any:
-    return lax.dynamic_slice_in_dim(a, start, length, axis=axis)
 
 
 @op
@@ -336,7 +327,7 @@ class MovementMixin(TensorBase):
             start = start._a
         if isinstance(start, jax.core.Tracer):
             _narrow_check(s, d, 0, length)
-            return self._wrap(_dyn_narrow(self._a, start, axis=d, length=length))
+            return self._wrap(_narrow_at(self._a, start, axis=d, length=length, drop=False))
         start = int(start)
         if start < 0:
             if start + s[d] < 0:
@@ -576,9 +567,7 @@ class MovementMixin(TensorBase):
         shift = int(shift) % s[d]
         if shift == 0:
             return self
-        if is_eager():
-            return self._wrap(_roll_at(self._a, np.int32(shift), axis=d))
-        return self._wrap(_roll(self._a, shift=shift, axis=d))
+        return self._wrap(_roll_at(self._a, np.int32(shift), axis=d))
 
     def flip(self, dims: Any) -> Any:
         """Candle ``flip(&[dims])``: reverses the order along each dim. PyTorch: ``torch.flip``."""
