@@ -4,10 +4,12 @@
 >>> model = whisper.Whisper.from_pretrained("whisper-tiny.en", Device.Cpu)   # HF or CTranslate2 folder
 >>> for seg in whisper.transcribe(model, "speech.wav", timestamps=True):
 ...     print(f"[{seg.start:.2f} -> {seg.end:.2f}] {seg.text}")
+
+GGUF weights (Candle's ``m::quantized_model::Whisper``): :mod:`.quantized_model`.
 """
 
 from candlejax.dtype import DType
-from candlejax.models.whisper import audio, decoding
+from candlejax.models.whisper import audio, decoding, quantized_model
 from candlejax.models.whisper.audio import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from candlejax.models.whisper.decoding import (
     Decoder,
@@ -52,5 +54,5 @@ __all__ = [
     "SOT_TOKEN", "TEMPERATURES", "TRANSCRIBE_TOKEN", "TRANSLATE_TOKEN",
     "AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder", "Whisper",
     "Decoder", "DecodingResult", "Segment", "WhisperTokenizer", "audio", "compression_ratio", "decoding",
-    "default_model_dir", "new_state", "prefill_jit", "step", "step_jit", "transcribe",
+    "default_model_dir", "new_state", "prefill_jit", "quantized_model", "step", "step_jit", "transcribe",
 ]  # fmt: skip

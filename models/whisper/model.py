@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -104,6 +105,11 @@ def _linear(vb: VarBuilder, n_in: int, n_out: int, bias: bool = True) -> Linear:
     return Linear(vb.get((n_out, n_in), "weight"), vb.get((n_out,), "bias") if bias else None)
 
 
+#: ``linear(vb, n_in, n_out, bias)``: how the ``load`` methods build a linear layer (the quantized
+#: model, :mod:`.quantized_model`, passes one that builds ``QLinear`` layers)
+LinearLoader = Callable[[Any, int, int, bool], Any]
+
+
 def _layer_norm(vb: VarBuilder, n: int) -> LayerNorm:
     return LayerNorm(vb.get((n,), "weight"), vb.get((n,), "bias"), 1e-5)
 
@@ -127,10 +133,10 @@ class MultiHeadAttention(Module):
         self.n_head = int(n_head)
 
     @staticmethod
-    def load(vb: VarBuilder, n_state: int, n_head: int) -> MultiHeadAttention:
-        return MultiHeadAttention(_linear(vb.pp("q_proj"), n_state, n_state), _linear(vb.pp("k_proj"), n_state,
-                                  n_state, bias=False), _linear(vb.pp("v_proj"), n_state, n_state),
-                                  _linear(vb.pp("out_proj"), n_state, n_state), n_head)  # fmt: skip
+    def load(vb: VarBuilder, n_state: int, n_head: int, linear: LinearLoader = _linear) -> MultiHeadAttention:
+        return MultiHeadAttention(linear(vb.pp("q_proj"), n_state, n_state, True), linear(vb.pp("k_proj"), n_state,
+                                  n_state, False), linear(vb.pp("v_proj"), n_state, n_state, True),
+                                  linear(vb.pp("out_proj"), n_state, n_state, True), n_head)  # fmt: skip
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``(B, H, S, D/H)`` of ``xa`` ``(B, S, D)``."""
@@ -157,13 +163,14 @@ class ResidualAttentionBlock(Module):
         self.mlp_linear1, self.mlp_linear2, self.mlp_ln = mlp_linear1, mlp_linear2, mlp_ln
 
     @staticmethod
-    def load(vb: VarBuilder, n_state: int, n_head: int, n_mlp: int, cross: bool) -> ResidualAttentionBlock:
-        ca = MultiHeadAttention.load(vb.pp("encoder_attn"), n_state, n_head) if cross else None
+    def load(vb: VarBuilder, n_state: int, n_head: int, n_mlp: int, cross: bool,
+             linear: LinearLoader = _linear) -> ResidualAttentionBlock:  # fmt: skip
+        ca = MultiHeadAttention.load(vb.pp("encoder_attn"), n_state, n_head, linear) if cross else None
         ca_ln = _layer_norm(vb.pp("encoder_attn_layer_norm"), n_state) if cross else None
         return ResidualAttentionBlock(
-            MultiHeadAttention.load(vb.pp("self_attn"), n_state, n_head), _layer_norm(vb.pp("self_attn_layer_norm"),
-            n_state), ca, ca_ln, _linear(vb.pp("fc1"), n_state, n_mlp), _linear(vb.pp("fc2"), n_mlp, n_state),
-            _layer_norm(vb.pp("final_layer_norm"), n_state),
+            MultiHeadAttention.load(vb.pp("self_attn"), n_state, n_head, linear),
+            _layer_norm(vb.pp("self_attn_layer_norm"), n_state), ca, ca_ln, linear(vb.pp("fc1"), n_state, n_mlp, True),
+            linear(vb.pp("fc2"), n_mlp, n_state, True), _layer_norm(vb.pp("final_layer_norm"), n_state),
         )  # fmt: skip
 
     def mlp(self, x: Tensor) -> Tensor:
@@ -185,14 +192,18 @@ class AudioEncoder(Module):
         self.blocks, self.ln_post = list(blocks), ln_post
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config) -> AudioEncoder:
+    def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear,
+             positional_embedding: Tensor | None = None) -> AudioEncoder:  # fmt: skip
+        """``positional_embedding``: the table to use instead of the checkpoint's ``embed_positions.weight``."""
         d, m = cfg.d_model, cfg.num_mel_bins
         c1 = Conv1d(vb.pp("conv1").get((d, m, 3), "weight"), vb.pp("conv1").get((d,), "bias"), Conv1dConfig(padding=1))
         c2 = Conv1d(vb.pp("conv2").get((d, d, 3), "weight"), vb.pp("conv2").get((d,), "bias"),
                     Conv1dConfig(padding=1, stride=2))  # fmt: skip
-        pos = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
+        pos = positional_embedding
+        if pos is None:
+            pos = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
         heads, ffn = cfg.encoder_attention_heads, cfg.encoder_ffn_dim
-        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, False)
+        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, False, linear)
                   for i in range(cfg.encoder_layers)]  # fmt: skip
         return AudioEncoder(c1, c2, pos, blocks, _layer_norm(vb.pp("layer_norm"), d))
 
@@ -222,12 +233,12 @@ class TextDecoder(Module):
         self._forward_state = HostState()  # the stateful forward's decoding state
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config) -> TextDecoder:
+    def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear) -> TextDecoder:
         d = cfg.d_model
         emb = Embedding(vb.pp("embed_tokens").get((cfg.vocab_size, d), "weight"), d)
         pos = vb.pp("embed_positions").get((cfg.max_target_positions, d), "weight")
         heads, ffn = cfg.decoder_attention_heads, cfg.decoder_ffn_dim
-        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, True)
+        blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, True, linear)
                   for i in range(cfg.decoder_layers)]  # fmt: skip
         return TextDecoder(emb, pos, blocks, _layer_norm(vb.pp("layer_norm"), d))
 
