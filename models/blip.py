@@ -195,7 +195,7 @@ class VisionAttention(Module):
         self.qkv, self.projection, self.num_heads = qkv, projection, int(num_heads)
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: VisionConfig) -> VisionAttention:
+    def load(vb: VarBuilder, cfg: VisionConfig, linear: blip_text.LinearLoader = linear) -> VisionAttention:
         h = cfg.hidden_size
         qkv, proj = linear(h, 3 * h, vb.pp("qkv")), linear(h, h, vb.pp("projection"))
         return VisionAttention(qkv, proj, cfg.num_attention_heads)
@@ -216,10 +216,10 @@ class EncoderLayer(Module):
         self.fc1, self.fc2, self.act = fc1, fc2, act
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: VisionConfig) -> EncoderLayer:
+    def load(vb: VarBuilder, cfg: VisionConfig, linear: blip_text.LinearLoader = linear) -> EncoderLayer:
         h, eps, mlp = cfg.hidden_size, cfg.layer_norm_eps, vb.pp("mlp")
         return EncoderLayer(
-            VisionAttention.load(vb.pp("self_attn"), cfg), layer_norm(h, eps, vb.pp("layer_norm1")),
+            VisionAttention.load(vb.pp("self_attn"), cfg, linear), layer_norm(h, eps, vb.pp("layer_norm1")),
             linear(h, cfg.intermediate_size, mlp.pp("fc1")), linear(cfg.intermediate_size, h, mlp.pp("fc2")),
             layer_norm(h, eps, vb.pp("layer_norm2")), Activation.parse(cfg.hidden_act),
         )  # fmt: skip
@@ -235,12 +235,14 @@ class VisionModel(Module):
     def __init__(self, embeddings: VisionEmbeddings, layers: list[EncoderLayer], post_layernorm: LayerNorm):
         self.embeddings, self.layers, self.post_layernorm = embeddings, list(layers), post_layernorm
 
-    @staticmethod
-    def load(vb: VarBuilder, cfg: VisionConfig) -> VisionModel:
+    @classmethod
+    def load(cls, vb: VarBuilder, cfg: VisionConfig, linear: blip_text.LinearLoader = linear) -> VisionModel:
+        """``linear``: how the linear layers are built (:func:`candlejax.nn.linear`; the quantized
+        model passes its own); the other weights are read with ``vb.get``."""
         enc = vb.pp("encoder").pp("layers")
-        return VisionModel(
+        return cls(
             VisionEmbeddings.load(vb.pp("embeddings"), cfg),
-            [EncoderLayer.load(enc.pp(i), cfg) for i in range(cfg.num_hidden_layers)],
+            [EncoderLayer.load(enc.pp(i), cfg, linear) for i in range(cfg.num_hidden_layers)],
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm")),
         )
 

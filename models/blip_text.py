@@ -22,6 +22,7 @@ with its weight names verbatim (``bert.embeddings.word_embeddings.weight``,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,6 +49,7 @@ from candlejax.tensor import Tensor
 
 __all__ = [
     "Config",
+    "LinearLoader",
     "TextAttention",
     "StatefulTextDecoder",
     "TextCache",
@@ -56,6 +58,7 @@ __all__ = [
     "TextLayer",
     "TextPooler",
     "TextSelfAttention",
+    "load_linear",
     "step",
 ]
 
@@ -106,6 +109,18 @@ class Config:
 refuse_unknown_config_keys(Config, "blip_text")  # Config(**config_json) names from_dict
 
 
+def load_linear(in_dim: int, out_dim: int, vb: VarBuilder, bias: Tensor | None = None) -> Module:
+    """How the ``load`` methods build a linear layer: ``vb``'s ``weight`` ``(out, in)`` and ``bias``
+    (:func:`candlejax.nn.linear`), or ``vb``'s ``weight`` and the given ``bias`` (the LM head's, stored
+    beside ``decoder``). :mod:`candlejax.models.quantized_blip_text` passes one that builds
+    ``QLinear`` layers from a GGUF file."""
+    return linear(in_dim, out_dim, vb) if bias is None else Linear(vb.get((out_dim, in_dim), "weight"), bias)
+
+
+#: the signature of :func:`load_linear`: ``linear(in_dim, out_dim, vb, bias=None)``
+LinearLoader = Callable[..., Module]
+
+
 def _heads(x: Tensor, n: int) -> Tensor:
     """``(B, S, H*D) -> (B, H, S, D)``."""
     b, s, _ = x.dims3()
@@ -147,7 +162,8 @@ class TextSelfAttention(Module):
         self.num_heads = int(num_heads)
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool) -> TextSelfAttention:
+    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool,
+             linear: LinearLoader = load_linear) -> TextSelfAttention:  # fmt: skip
         h = cfg.hidden_size
         kv_in = cfg.encoder_hidden_size if is_cross_attention else h
         return TextSelfAttention(
@@ -173,10 +189,11 @@ class TextAttention(Module):
         self.self_attention, self.dense, self.LayerNorm = self_attention, dense, norm
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool) -> TextAttention:
+    def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool,
+             linear: LinearLoader = load_linear) -> TextAttention:  # fmt: skip
         out = vb.pp("output")
         return TextAttention(
-            TextSelfAttention.load(vb.pp("self"), cfg, is_cross_attention),
+            TextSelfAttention.load(vb.pp("self"), cfg, is_cross_attention, linear),
             linear(cfg.hidden_size, cfg.hidden_size, out.pp("dense")),
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, out.pp("LayerNorm")),
         )
@@ -194,10 +211,11 @@ class TextLayer(Module):
         self.intermediate, self.output, self.output_norm, self.act = intermediate, output, output_norm, act
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config) -> TextLayer:
+    def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = load_linear) -> TextLayer:
         h, i = cfg.hidden_size, cfg.intermediate_size
         return TextLayer(
-            TextAttention.load(vb.pp("attention"), cfg, False), TextAttention.load(vb.pp("crossattention"), cfg, True),
+            TextAttention.load(vb.pp("attention"), cfg, False, linear),
+            TextAttention.load(vb.pp("crossattention"), cfg, True, linear),
             linear(h, i, vb.pp("intermediate").pp("dense")), linear(i, h, vb.pp("output").pp("dense")),
             layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm")), Activation.parse(cfg.hidden_act),
         )  # fmt: skip
@@ -227,14 +245,14 @@ class TextPooler(Module):
     def __init__(self, dense: Linear):
         self.dense = dense
 
-    @staticmethod
-    def new(cfg: Config, vb: VarBuilder) -> TextPooler:
+    @classmethod
+    def new(cls, cfg: Config, vb: VarBuilder, linear: LinearLoader = load_linear) -> TextPooler:
         """Candle's ``TextPooler::new(&cfg, vb)``: ``dense`` ``(hidden, hidden)`` with a bias."""
-        return TextPooler(linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")))
+        return cls(linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")))
 
-    @staticmethod
-    def load(vb: VarBuilder, cfg: Config) -> TextPooler:
-        return TextPooler.new(cfg, vb)
+    @classmethod
+    def load(cls, vb: VarBuilder, cfg: Config) -> TextPooler:
+        return cls.new(cfg, vb)
 
     def forward(self, xs: Tensor) -> Tensor:
         if xs.rank != 3:
@@ -264,15 +282,15 @@ class TextLMHeadModel(Module):
         self.config = config
         self._forward_state = HostState()  # the KV cache of Candle's stateful forward (forward_stateful)
 
-    @staticmethod
-    def new(cfg: Config, vb: VarBuilder) -> StatefulTextDecoder:
+    @classmethod
+    def new(cls, cfg: Config, vb: VarBuilder) -> StatefulTextDecoder:
         """Candle's ``TextLMHeadModel::new(&cfg, vb)``: the decoder with Candle's stateful
         ``forward`` (a :class:`StatefulTextDecoder`; ``.load(vb, cfg)`` gives the uncached module)."""
         from candlejax.models.loading import check_vb_first
 
         check_vb_first(vb, "blip_text.TextLMHeadModel.new", "TextLMHeadModel.new(cfg, vb)",
                        "TextLMHeadModel.load(vb, cfg)")  # fmt: skip
-        return StatefulTextDecoder(TextLMHeadModel.load(vb, cfg))
+        return StatefulTextDecoder(cls.load(vb, cfg))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``decoder(input_ids, image_embeds)`` is :meth:`forward`; with no arguments, Candle's accessor
@@ -281,22 +299,25 @@ class TextLMHeadModel(Module):
             return StatefulTextDecoder(self)
         return self.forward(*args, **kwargs)
 
-    @staticmethod
-    def load(vb: VarBuilder, cfg: Config) -> TextLMHeadModel:
+    @classmethod
+    def load(cls, vb: VarBuilder, cfg: Config, linear: LinearLoader = load_linear) -> TextLMHeadModel:
+        """``linear``: how the linear layers are built (:func:`load_linear`); the other weights are read
+        with ``vb.get``."""
         bert, pred = vb.pp("bert"), vb.pp("cls").pp("predictions")
         emb = TextEmbeddings.load(bert.pp("embeddings"), cfg)
-        layers = [TextLayer.load(bert.pp("encoder").pp("layer").pp(i), cfg) for i in range(cfg.num_hidden_layers)]
+        enc = bert.pp("encoder").pp("layer")
+        layers = [TextLayer.load(enc.pp(i), cfg, linear) for i in range(cfg.num_hidden_layers)]
         h, voc = cfg.hidden_size, cfg.vocab_size
         dec = pred.pp("decoder")
-        if dec.contains_tensor("weight") or not cfg.tie_word_embeddings:
-            w = dec.get((voc, h), "weight")
-        else:  # tied to the word embeddings (transformers saves only one copy)
-            w = emb.word_embeddings.embeddings()
         b = dec.get((voc,), "bias") if dec.contains_tensor("bias") else pred.get((voc,), "bias")
-        return TextLMHeadModel(
+        if dec.contains_tensor("weight") or not cfg.tie_word_embeddings:
+            head = linear(h, voc, dec, b)
+        else:  # tied to the word embeddings (transformers saves only one copy)
+            head = Linear(emb.word_embeddings.embeddings(), b)
+        return cls(
             emb, layers, linear(h, h, pred.pp("transform").pp("dense")),
             layer_norm(h, cfg.layer_norm_eps, pred.pp("transform").pp("LayerNorm")), Activation.parse(cfg.hidden_act),
-            Linear(w, b), cfg,
+            head, cfg,
         )  # fmt: skip
 
     def _check_ids(self, input_ids: Tensor, start: int = 0) -> None:

@@ -2,7 +2,8 @@
 
 requires: candlejax.quantized (QMatMul, QTensor, BlockedWeight), candlejax.nn.ops (rms_norm)
 provides: ``QLinear``, ``QEmbedding``, ``QRmsNorm``, ``linear``, ``linear_no_bias``, ``linear_b``,
-``embedding``, ``rms_norm``, ``scan_layers``
+``embedding``, ``rms_norm``, ``scan_layers``, ``dequantized`` (the float loaders' view of a GGUF
+``VarBuilder``)
 
 A weight is whatever :class:`~candlejax.quantized.QMatMul` holds: a ``PackedWeight`` (Q4_0/Q4_1/Q8_0 in
 the file's layout, multiplied by the native CPU kernel when it is built), a ``BlockedWeight``
@@ -23,16 +24,19 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
+from candlejax.dtype import DType
 from candlejax.nn import ops
 from candlejax.nn.module import Module
 from candlejax.nn.norm import LayerNorm
+from candlejax.nn.var_builder import SimpleBackend
+from candlejax.nn.var_builder import VarBuilder as FloatVarBuilder
 from candlejax.quantized.blocked import BlockedWeight
 from candlejax.quantized.packed import attach_stacked, hold_stacked
 from candlejax.quantized.qtensor import QMatMul, QTensor, blocked_matmul_direct
 from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "embedding", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
-           "linear_no_bias", "rms_norm", "scan_layers"]  # fmt: skip
+__all__ = ["QEmbedding", "QLinear", "QRmsNorm", "dequantized", "embedding", "layer_norm", "layer_norm_no_bias",
+           "linear", "linear_b", "linear_no_bias", "rms_norm", "scan_layers"]  # fmt: skip
 
 
 def scan_layers(body: Any, carry: Any, layers: Any) -> Any:
@@ -204,3 +208,35 @@ def rms_norm(size: int, eps: float, vb: Any) -> QRmsNorm:
     if tuple(w.shape) != (int(size),):
         raise errors.UnexpectedShape(f"rms_norm {vb.path('weight')}", (size,), w.shape)
     return QRmsNorm(_dense(w), eps)
+
+
+class _DequantizingBackend(SimpleBackend):
+    """A GGUF file's tensors for a float ``VarBuilder``, each dequantised to F32 as it is read."""
+
+    def __init__(self, root: Any):
+        self.root = root  # the quantized VarBuilder at the file's root
+
+    def describe(self) -> str:
+        return f"the GGUF file {self.root.content.path or '(in memory)'}"
+
+    def names(self) -> list[str]:
+        return list(self.root.content.tensor_infos)
+
+    def contains_tensor(self, path: str) -> bool:
+        return self.root.contains_key(path)
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.root.content.tensor_infos[path].shape)
+
+    def _load(self, path: str) -> Any:
+        return self.root.get_no_shape(path).dequantize(self.root.device)
+
+
+def dequantized(vb: Any) -> FloatVarBuilder:
+    """A float :class:`candlejax.nn.VarBuilder` over a GGUF ``VarBuilder``'s file, at its prefix: every
+    tensor read through it is dequantised to F32 (Candle's ``vb.get(..)?.dequantize(vb.device())``),
+    with the float builder's shape checks and nearest-name errors. A model whose linear layers are
+    quantised loads its other weights (norms, embeddings, convolutions) through it, and builds each
+    linear layer from ``vb.pp(float_vb.prefix())``-style paths of the quantised builder."""
+    root = type(vb).from_content(vb.content, vb.device)
+    return FloatVarBuilder.from_backend(_DequantizingBackend(root), DType.F32, vb.device).set_prefix(vb.prefix())

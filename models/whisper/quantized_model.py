@@ -41,7 +41,7 @@ from candlejax.device import Device
 from candlejax.models.quantized_var_builder import VarBuilder
 from candlejax.models.whisper import model
 from candlejax.models.whisper.model import AudioEncoder, Config, TextDecoder
-from candlejax.nn.quantized import QLinear, linear_b
+from candlejax.nn.quantized import QLinear, dequantized, linear_b
 from candlejax.tensor import Tensor
 
 __all__ = ["AudioEncoder", "Config", "TextDecoder", "VarBuilder", "Whisper", "sinusoids"]
@@ -57,23 +57,15 @@ def sinusoids(length: int, channels: int, device: Any = None) -> Tensor:
     return Tensor.new(np.concatenate([np.sin(t), np.cos(t)], axis=1), Device.coerce(device))
 
 
-class _Dequantized:
-    """The float loaders' view of a quantized :class:`VarBuilder`: ``get`` gives the tensor dequantised
-    to F32 (convolutions, norms, embeddings); ``quantized`` is the builder the linear layers read."""
+def _linear_loader(vb: VarBuilder) -> model.LinearLoader:
+    """Candle's ``quantized_nn::linear`` / ``linear_no_bias`` for the float loaders: the weight at the
+    float builder's prefix kept quantised, the bias dequantised."""
+    root = VarBuilder.from_content(vb.content, vb.device)
 
-    def __init__(self, quantized: VarBuilder):
-        self.quantized = quantized
+    def linear(at: Any, n_in: int, n_out: int, bias: bool) -> QLinear:
+        return linear_b(n_in, n_out, bias, root.pp(at.prefix()))
 
-    def pp(self, s: Any) -> _Dequantized:
-        return _Dequantized(self.quantized.pp(s))
-
-    def get(self, shape: Any, name: str) -> Tensor:
-        return self.quantized.get(shape, name).dequantize(self.quantized.device)
-
-
-def _qlinear(vb: _Dequantized, n_in: int, n_out: int, bias: bool) -> QLinear:
-    """Candle's ``quantized_nn::linear`` / ``linear_no_bias``: the weight kept quantised, the bias dequantised."""
-    return linear_b(n_in, n_out, bias, vb.quantized)
+    return linear
 
 
 class Whisper(model.Whisper):
@@ -94,10 +86,10 @@ class Whisper(model.Whisper):
         if not isinstance(config, Config):
             raise errors.InvalidArgument("whisper.quantized_model.Whisper.load: config must be a whisper.Config,"
                                          f" got {type(config).__name__}")  # fmt: skip
-        dv = _Dequantized(vb)
+        dv, linear = dequantized(vb), _linear_loader(vb)
         pos = sinusoids(config.max_source_positions, config.d_model, vb.device)
-        return Whisper(AudioEncoder.load(dv.pp("model.encoder"), config, _qlinear, pos),
-                       TextDecoder.load(dv.pp("model.decoder"), config, _qlinear), config)  # fmt: skip
+        return Whisper(AudioEncoder.load(dv.pp("model.encoder"), config, linear, pos),
+                       TextDecoder.load(dv.pp("model.decoder"), config, linear), config)  # fmt: skip
 
     @staticmethod
     def from_pretrained(  # type: ignore[override]
