@@ -40,18 +40,25 @@ def _tiny_tokenizer():
     return tok
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def random_hf_blip(text: dict, vision: dict):
+    """transformers' BLIP with seeded random weights, larger than its tiny init so that the captions
+    depend on the image (eager attention)."""
     torch.manual_seed(0)
-    cfg = transformers.BlipConfig(text_config=TEXT, vision_config=VISION)
+    cfg = transformers.BlipConfig(text_config=text, vision_config=vision)
     cfg._attn_implementation = "eager"
     hf = transformers.BlipForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # larger weights than the tiny init, so that the captions depend on the image
+    with torch.no_grad():
         for n, p in hf.named_parameters():
             if "LayerNorm" in n or "layer_norm" in n or "layernorm" in n:
                 p.add_(0.1 * torch.randn_like(p))
             elif p.ndim >= 2 or "embedding" in n:
                 p.normal_(0.0, 0.2)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    hf = random_hf_blip(TEXT, VISION)
     d = tmp_path_factory.mktemp("blip")
     hf.save_pretrained(d, safe_serialization=True)
     _tiny_tokenizer().save(str(d / "tokenizer.json"))

@@ -16,6 +16,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from test_blip import random_hf_blip
+
 from candlejax import Device, DType, Tensor, errors
 from candlejax.io import gguf
 from candlejax.models import blip, blip_text, quantized_blip, quantized_blip_text
@@ -43,14 +45,7 @@ def ckpt(tmp_path_factory):
     its config and a folder for the GGUF files."""
     from safetensors.numpy import load_file
 
-    torch.manual_seed(0)
-    hf = transformers.BlipForConditionalGeneration(transformers.BlipConfig(text_config=TEXT, vision_config=VISION))
-    with torch.no_grad():  # larger weights than the tiny init, so that the captions depend on the image
-        for n, p in hf.named_parameters():
-            if "LayerNorm" in n or "layer_norm" in n or "layernorm" in n:
-                p.add_(0.1 * torch.randn_like(p))
-            elif p.ndim >= 2 or "embedding" in n:
-                p.normal_(0.0, 0.2)
+    hf = random_hf_blip(TEXT, VISION)
     d = tmp_path_factory.mktemp("blip_q")
     hf.save_pretrained(d, safe_serialization=True)
     sd = load_file(str(d / "model.safetensors"))
