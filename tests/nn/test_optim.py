@@ -407,3 +407,12 @@ def test_compiler_options_reach_the_training_step_and_keep_its_results():
     assert step._opts is not None  # compiled with the options (XLA accepted them)
     _, refused = train(compiler_options={"xla_cpu_not_a_flag": "1"})  # refused: a plain compile
     np.testing.assert_allclose(refused, plain, rtol=1e-6)
+
+
+def test_candle_nn_optim_module_path():
+    """``candle_nn::optim::{AdamW, ParamsAdamW, SGD, Optimizer}`` by their module path."""
+    import candlejax.optim
+    from candlejax.nn import optim as nn_optim
+
+    for name in ("AdamW", "ParamsAdamW", "SGD", "Optimizer"):
+        assert getattr(nn_optim, name) is getattr(candlejax.optim, name)
