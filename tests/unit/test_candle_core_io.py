@@ -331,6 +331,17 @@ def test_pth_through_read_all(pth_files, x64):
     ]
 
 
+def test_candle_module_paths_pickle_and_test_utils(pth_files, x64):
+    # Rust's candle::pickle::read_all and candle::test_utils::to_vec1_round by their module paths.
+    from candlejax import pickle as candle_pickle
+    from candlejax import test_utils
+
+    assert candle_pickle is pth
+    tensors = dict(candle_pickle.read_all(pth_files / "test.pt"))
+    assert tensors["test"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert test_utils.to_vec1_round(Tensor.new([0.123456, 1.98765]), 3) == [0.123, 1.988]
+
+
 # ------------------------------------------------------------------------------------------------
 # custom_op_tests.rs (ug_op needs a CUDA or Metal device and is not ported)
 # ------------------------------------------------------------------------------------------------
