@@ -308,6 +308,22 @@ class mnist:  # noqa: N801 - Candle's module name
         return _hub_load("mnist", "load_mnist")
 
 
+class fashion_mnist:  # noqa: N801 - Candle's module name
+    """``candle_datasets::vision::fashion_mnist``: Candle has only ``load()``, a hub download, which raises
+    here; Fashion-MNIST's IDX files read with :func:`load_mnist` (``fashion_mnist.load_dir``), the
+    same format as MNIST's.
+
+    >>> fashion_mnist.load_dir is load_mnist
+    True
+    """
+
+    load_dir = staticmethod(load_mnist)
+
+    @staticmethod
+    def load() -> VisionDataset:
+        return _hub_load("fashion_mnist", "load_mnist")
+
+
 class cifar:  # noqa: N801 - Candle's module name
     """``candle_datasets::vision::cifar``: ``cifar.load_dir(dir)`` is :func:`load_cifar`; ``cifar.load()``
     (a hub download) raises, naming it."""

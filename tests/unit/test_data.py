@@ -212,6 +212,24 @@ def _write_mnist(d, rng, n_train=12, n_test=5, gz=False):
     return imgs, labs
 
 
+def test_candle_datasets_module_paths(tmp_path, rng):
+    """candle_datasets' paths: vision::fashion_mnist (IDX files as MNIST's; load() needs the hub),
+    batcher::Batcher, nlp::tinystories, hub::from_hub (raises: no downloads)."""
+    from candlejax.data import batcher, hub
+    from candlejax.data.nlp import tinystories
+    from candlejax.data.vision import fashion_mnist
+
+    imgs, _ = _write_mnist(tmp_path, rng)
+    ds = fashion_mnist.load_dir(tmp_path)
+    np.testing.assert_allclose(np.asarray(ds.train_images), imgs.reshape(12, -1) / 255.0, rtol=1e-6)
+    with pytest.raises(cj.errors.Msg, match=r"fashion_mnist\.load_dir"):
+        fashion_mnist.load()
+    assert batcher.Batcher is data.Batcher
+    assert tinystories.Dataset is data.TinyStoriesDataset and tinystories.DatasetRandomIter is data.DatasetRandomIter
+    with pytest.raises(cj.errors.Msg, match="local files only"):
+        hub.from_hub(None, "ylecun/mnist")
+
+
 def _idx_bytes(a):
     return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
 
