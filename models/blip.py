@@ -34,7 +34,13 @@ from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
-from candlejax.models.loading import check_vb_first, refuse_unknown_config_keys, safetensors_files, tokenizer_from
+from candlejax.models.loading import (
+    check_vb_first,
+    is_gguf,
+    refuse_unknown_config_keys,
+    safetensors_files,
+    tokenizer_from,
+)
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -300,6 +306,9 @@ class BlipForConditionalGeneration(Module):
         """A checkpoint folder: ``config.json`` and ``*.safetensors``; its ``tokenizer.json`` is
         then :func:`caption`'s default tokenizer."""
         d = os.fspath(model_dir)
+        if is_gguf(d):
+            raise errors.Msg(f"blip: {d} holds GGUF weights: load them with candlejax.models.quantized_blip."
+                             "BlipForConditionalGeneration.from_pretrained(path)")  # fmt: skip
         vb = VarBuilder.from_mmaped_safetensors(safetensors_files(d), dtype, Device.coerce(device))
         model = BlipForConditionalGeneration.load(vb, Config.from_json_file(os.path.join(d, "config.json")))
         model.path = d

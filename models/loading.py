@@ -21,7 +21,8 @@ from typing import Any
 
 from candlejax import errors
 
-__all__ = ["check_architecture", "check_vb_first", "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]
+__all__ = ["check_architecture", "check_vb_first", "gguf_file", "is_gguf", "refuse_unknown_config_keys",
+           "safetensors_files", "tokenizer_from"]  # fmt: skip
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -102,6 +103,31 @@ def safetensors_files(model_dir: str | os.PathLike) -> list[str]:
     if not files:
         raise errors.Msg(f"no .safetensors file in {d!r}")
     return files
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """A ``.gguf`` file, or a folder holding one and no ``*.safetensors`` / ``model.bin`` (the layout of
+    Candle's ``--quantized`` model folders: the GGUF with ``config.json`` and ``tokenizer.json``)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        names = os.listdir(p)
+        return any(n.endswith(".gguf") for n in names) and not any(
+            n.endswith(".safetensors") or n == "model.bin" for n in names)  # fmt: skip
+    return p.endswith(".gguf")
+
+
+def gguf_file(path: str | os.PathLike, where: str) -> tuple[str, str]:
+    """``(the .gguf file, its folder)`` for a GGUF file or a folder holding exactly one; ``where`` names
+    the caller in errors."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        found = sorted(glob.glob(os.path.join(glob.escape(p), "*.gguf")))
+        if len(found) != 1:
+            raise errors.Msg(f"{where}: {p}: expected one .gguf file, found {len(found)}; pass the file's path")
+        p = found[0]
+    elif not os.path.isfile(p):
+        raise errors.Msg(f"{where}: no such GGUF file: {p!r}")
+    return p, os.path.dirname(os.path.abspath(p))
 
 
 def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str) -> Any:

@@ -29,11 +29,14 @@ on it as on the float model.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from candlejax import errors
+from candlejax.device import Device
 from candlejax.models import blip, quantized_blip_text
 from candlejax.models.blip import Config, VisionConfig
+from candlejax.models.loading import gguf_file
 from candlejax.models.quantized_blip_text import check_gguf_vb, float_builder
 from candlejax.models.quantized_var_builder import VarBuilder
 
@@ -84,10 +87,15 @@ class BlipForConditionalGeneration(blip.BlipForConditionalGeneration):
 
     @staticmethod
     def from_pretrained(model_dir: Any, dtype: Any = None, device: Any = None) -> BlipForConditionalGeneration:
-        """Not for GGUF files: raises, naming ``new(config, VarBuilder.from_gguf(path, device))`` and the
-        float model's ``blip.BlipForConditionalGeneration.from_pretrained`` (a safetensors folder)."""
-        raise errors.Msg(
-            "quantized_blip.BlipForConditionalGeneration.from_pretrained: a GGUF model is built with"
-            f" {_NEW} and vb = VarBuilder.from_gguf(path, device); for a safetensors checkpoint folder use"
-            " blip.BlipForConditionalGeneration.from_pretrained(dir)"
-        )
+        """A GGUF file, or the one ``.gguf`` of a folder, with ``config.json`` beside it (the layout of
+        Candle's ``--quantized`` BLIP); ``model.path`` is the folder, where :func:`blip.caption` finds
+        ``tokenizer.json``. ``dtype`` is accepted for the float loader's signature: activations are f32."""
+        path, folder = gguf_file(model_dir, "quantized_blip")
+        cfg = os.path.join(folder, "config.json")
+        if not os.path.isfile(cfg):
+            raise errors.Msg(f"quantized_blip: no config.json beside {path!r} (Candle's example reads the float"
+                             " model's config.json)")  # fmt: skip
+        vb = VarBuilder.from_gguf(path, Device.coerce(device))
+        model = BlipForConditionalGeneration.new(Config.from_json_file(cfg), vb)
+        model.path = folder
+        return model

@@ -15,7 +15,8 @@ __all__ = ["add_arguments", "blip_main", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file")
-    p.add_argument("--model", required=True, help="folder with config.json, *.safetensors, tokenizer.json")
+    p.add_argument("--model", required=True,
+                   help="folder with config.json, *.safetensors (or one .gguf: quantized BLIP), tokenizer.json")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one in --model)")
     p.add_argument("--max-new-tokens", type=count(1), default=30, help="the most caption tokens")
     p.add_argument("--temperature", type=number(0.0), default=None, help="sample at this temperature (default: greedy)")

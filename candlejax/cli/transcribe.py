@@ -10,7 +10,6 @@ audio longer than one 30 s window shows a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,17 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_gguf(path: str) -> bool:
-    """A ``.gguf`` file, or a folder with one and neither ``model.safetensors`` nor ``model.bin``."""
-    if os.path.isdir(path):
-        names = os.listdir(path)
-        return any(n.endswith(".gguf") for n in names) and not {"model.safetensors", "model.bin"} & set(names)
-    return path.endswith(".gguf")
-
-
 def _load(model_dir: str, whisper_cls: Any, device: Any) -> Any:
     """The float model, or Candle's quantized one (``whisper.quantized_model``) for GGUF weights."""
-    if _is_gguf(os.fspath(model_dir)):
+    from candlejax.models.loading import is_gguf
+
+    if is_gguf(model_dir):
         from candlejax.models.whisper import quantized_model
 
         return quantized_model.Whisper.from_pretrained(model_dir, device)

@@ -10,8 +10,8 @@ import os
 from typing import Any
 
 from candlejax.dtype import DType
-from candlejax.models import blip
-from candlejax.models.loading import tokenizer_from
+from candlejax.models import blip, quantized_blip
+from candlejax.models.loading import is_gguf, tokenizer_from
 
 __all__ = ["ImageCaptioner"]
 
@@ -31,8 +31,13 @@ class ImageCaptioner:
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
                         device: Any = None, **settings: Any) -> ImageCaptioner:  # fmt: skip
         """A ``BlipForConditionalGeneration`` checkpoint folder (``config.json``, ``*.safetensors``,
-        ``tokenizer.json``); ``settings``: the decoding keywords of the constructor."""
-        return cls(blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device), tokenizer, **settings)
+        ``tokenizer.json``), or a GGUF file / a folder holding one (:mod:`candlejax.models.quantized_blip`);
+        ``settings``: the decoding keywords of the constructor."""
+        if is_gguf(model_dir):  # Candle's --quantized BLIP: the GGUF with config.json and tokenizer.json
+            model = quantized_blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device)
+        else:
+            model = blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device)
+        return cls(model, tokenizer, **settings)
 
     def ids(self, image: Any) -> list[int]:
         """The caption's token ids (:func:`candlejax.models.blip.caption_ids`)."""

@@ -29,7 +29,6 @@ The model is a :class:`candlejax.models.whisper.Whisper`, so the compiled decodi
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
+from candlejax.models.loading import gguf_file
 from candlejax.models.quantized_var_builder import VarBuilder
 from candlejax.models.whisper import model
 from candlejax.models.whisper.model import AudioEncoder, Config, TextDecoder
@@ -98,13 +98,7 @@ class Whisper(model.Whisper):
         """Load a GGUF file, or the one ``.gguf`` of a folder; ``config`` (a :class:`Config` or a JSON
         path) defaults to the ``config.json`` beside it. ``model.path`` is the folder, where
         :func:`~candlejax.models.whisper.transcribe` looks for ``tokenizer.json``."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            found = sorted(glob.glob(os.path.join(glob.escape(path), "*.gguf")))
-            if len(found) != 1:
-                raise errors.Msg(f"whisper: {path}: expected one .gguf file, found {len(found)}; pass the file's path")
-            path = found[0]
-        folder = os.path.dirname(os.path.abspath(path))
+        path, folder = gguf_file(path, "whisper")
         if not isinstance(config, Config):
             cfg_path = os.fspath(config) if config is not None else os.path.join(folder, "config.json")
             if not os.path.isfile(cfg_path):

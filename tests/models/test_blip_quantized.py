@@ -170,8 +170,12 @@ def test_missing_tensors_and_wrong_arguments_raise(ckpt):
         quantized_blip.BlipForConditionalGeneration.new(config, float_vb)
     with pytest.raises(errors.Error, match=r"TextLMHeadModel.new\(cfg, vb\)"):
         quantized_blip_text.TextLMHeadModel.new(vb, config.text_config)
-    with pytest.raises(errors.Error, match=r"VarBuilder.from_gguf"):
-        quantized_blip.BlipForConditionalGeneration.from_pretrained(d)
+    two = d / "two_ggufs"
+    two.mkdir(exist_ok=True)
+    for name in ("a.gguf", "b.gguf"):
+        _write(two, name, sd)
+    with pytest.raises(errors.Error, match=r"expected one \.gguf file, found 2"):
+        quantized_blip.BlipForConditionalGeneration.from_pretrained(two)
 
 
 def test_tied_head_and_pooler(ckpt, rng):
@@ -195,3 +199,34 @@ def test_tied_head_and_pooler(ckpt, rng):
     ref = blip_text.TextPooler.new(config.text_config, VarBuilder.from_tensors(deq, DType.F32, Device.Cpu))
     x = Tensor.from_numpy(rng.standard_normal((2, 5, 32)).astype(np.float32))
     np.testing.assert_allclose(pooler.forward(x).numpy(), ref.forward(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_and_the_caption_pipeline_take_a_gguf_folder(ckpt, tmp_path):
+    """A GGUF file with ``config.json`` and ``tokenizer.json`` beside it (Candle's ``--quantized`` BLIP):
+    ``from_pretrained`` of the file or the folder, and ``ImageCaptioner`` / ``candlejax caption`` on
+    the folder, give the float model's caption; the float loader names the quantized one."""
+    import shutil
+
+    from test_blip import _tiny_tokenizer
+
+    from candlejax.pipelines import ImageCaptioner
+
+    sd, config, d = ckpt
+    _write(tmp_path, "model-f32.gguf", sd)
+    shutil.copy(d / "config.json", tmp_path / "config.json")
+    _tiny_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    fmodel = blip.BlipForConditionalGeneration.load(
+        VarBuilder.from_tensors({k: Tensor.from_numpy(v) for k, v in sd.items()}, DType.F32, Device.Cpu), config
+    )
+    image = (np.random.default_rng(5).random((40, 48, 3)) * 255).astype(np.uint8)
+    want = blip.caption(fmodel, image, str(tmp_path / "tokenizer.json"), max_new_tokens=8)
+    for path in (tmp_path, tmp_path / "model-f32.gguf"):
+        q = quantized_blip.BlipForConditionalGeneration.from_pretrained(path)
+        assert isinstance(q, quantized_blip.BlipForConditionalGeneration) and q.path == str(tmp_path)
+        assert blip.caption(q, image, max_new_tokens=8) == want
+    assert ImageCaptioner.from_pretrained(tmp_path, max_new_tokens=8)(image) == want
+    with pytest.raises(errors.Msg, match=r"quantized_blip\.BlipForConditionalGeneration\.from_pretrained"):
+        blip.BlipForConditionalGeneration.from_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(errors.Msg, match=r"no config\.json"):
+        quantized_blip.BlipForConditionalGeneration.from_pretrained(tmp_path)
