@@ -3,6 +3,7 @@
     candlejax embed --model DIR "a sentence" ...            # = python -m candlejax.models.bert embed
     candlejax generate --gguf FILE --prompt "..." -n 128     # = python -m candlejax.models.llama generate
     candlejax chat --gguf FILE                               # interactive, history kept in the KV cache
+    candlejax llama2-c --config FILE.bin --tokenizer FILE    # sample from a llama2.c model (or .gguf)
     candlejax transcribe FILE.wav --timestamps               # = python -m candlejax.models.whisper transcribe
     candlejax classify IMAGE --weights resnet50.safetensors  # = python -m candlejax.models.resnet classify
     candlejax detect IMAGE --weights yolo11n-pose.pt         # = python -m candlejax.models.yolo detect|pose
@@ -33,6 +34,7 @@ _COMMANDS = {
     "embed": ("candlejax.cli.embed", "sentence embeddings with a BERT model (mean pooling + L2 normalisation)"),
     "generate": ("candlejax.cli.generate", "generate text with a LLaMA-family model, streaming tokens"),
     "chat": ("candlejax.cli.chat", "interactive chat with a LLaMA-family model, history kept in the KV cache"),
+    "llama2-c": ("candlejax.cli.llama2_c", "sample text from a llama2.c model (.bin, .gguf), streaming tokens"),
     "transcribe": ("candlejax.cli.transcribe", "transcribe speech with Whisper (tiny.en by default)"),
     "classify": ("candlejax.cli.classify", "the top ImageNet classes of an image with a ResNet"),
     "detect": ("candlejax.cli.detect", "detect objects (or poses) with YOLOv8 / YOLO11 and draw them"),
