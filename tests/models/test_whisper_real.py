@@ -98,6 +98,42 @@ def test_greedy_tokens_and_timestamps_match_transformers(env, name):
         assert segs0[0].start == 0.0 and segs0[0].end == pytest.approx(len(cj_audio.read_audio(path)) // 160 / 100)
 
 
+def test_q8_0_gguf_of_the_real_weights(env):
+    """The real tiny.en quantised to Q8_0 as Candle's ``tensor-tools quantize`` does (2-D tensors with
+    whole 32-value blocks per row; the rest F32), loaded as Candle's ``quantized_model::Whisper``: the
+    tokens of the float model on the dequantised weights (with the sinusoid encoder positions the
+    quantized model uses) on both clips, and the float model's text on the first. (Q8_0 weights may
+    move a token: on the second clip "World," becomes "World!".)"""
+    from safetensors.numpy import load_file
+
+    from candlejax.io import gguf
+    from candlejax.models.whisper import quantized_model
+    from candlejax.nn import VarBuilder
+    from candlejax.quantized import GgmlDType, QTensor
+
+    folder = env["dir"] / "tiny.en-q8_0"
+    folder.mkdir(exist_ok=True)
+    sd = load_file(os.path.join(env["hf_dir"], "model.safetensors"))
+    q = {k: QTensor.quantize(v, GgmlDType.Q8_0) if v.ndim == 2 and v.shape[1] % 32 == 0 else v for k, v in sd.items()}
+    assert sum(isinstance(v, QTensor) for v in q.values()) > 40
+    gguf.write(str(folder / "model-tiny.en-q80.gguf"), {}, q)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(os.path.join(env["hf_dir"], name), folder / name)
+    qm = quantized_model.Whisper.from_pretrained(folder, Device.Cpu)
+    deq = {k: np.asarray(v.dequantize()) if isinstance(v, QTensor) else v for k, v in q.items()}
+    deq["model.encoder.embed_positions.weight"] = np.asarray(quantized_model.sinusoids(1500, 384))
+    fm = whisper.Whisper.load(VarBuilder.from_tensors(deq, device=Device.Cpu), qm.config)
+    fm.path = env["hf_dir"]
+    for name, path in env["clips"].items():
+        got = list(whisper.transcribe(qm, path, timestamps=True, temperature=0.0))
+        ref = list(whisper.transcribe(fm, path, timestamps=True, temperature=0.0))
+        assert [s.tokens for s in got] == [s.tokens for s in ref]
+        if name == "fox":
+            want = list(whisper.transcribe(env["model"], path, timestamps=True, temperature=0.0))
+            assert [s.text for s in got] == [s.text for s in want]
+            assert [(s.start, s.end) for s in got] == [(s.start, s.end) for s in want]
+
+
 def test_faster_whisper_same_text(env):
     """faster-whisper (CTranslate2, f32) pads the last window's mel with zeros as OpenAI does:
     ``mel_padding="mel"`` decodes the same tokens; the default (transformers' padding) may differ."""
