@@ -180,6 +180,13 @@ class TextSelfAttention(Module):
         q = _heads(self.query(xs), self.num_heads)
         return _merge(ops.sdpa(q, k, v, mask, do_causal=causal))
 
+    def attend_transposed_keys(self, xs: Tensor, k_t: Tensor, v: Tensor) -> Tensor:
+        """:meth:`attend` over keys stored transposed, ``(B, H, D, N)`` (the decoding cache's image
+        keys). XLA's attention reads them as stored, where the native one (``ops.sdpa``) would copy
+        them back to ``(B, H, N, D)`` on every decoding step."""
+        q = _heads(self.query(xs), self.num_heads)
+        return _merge(ops.sdpa_slow(q, k_t.transpose(2, 3), v))
+
 
 class TextAttention(Module):
     """``self`` (:class:`TextSelfAttention`, named ``self_attention`` here) + ``output``:
@@ -200,6 +207,10 @@ class TextAttention(Module):
 
     def forward(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         return self.LayerNorm(self.dense(self.self_attention.attend(xs, k, v, mask, causal)) + xs)
+
+    def forward_transposed_keys(self, xs: Tensor, k_t: Tensor, v: Tensor) -> Tensor:
+        """:meth:`forward` over keys stored ``(B, H, D, N)`` (:meth:`TextSelfAttention.attend_transposed_keys`)."""
+        return self.LayerNorm(self.dense(self.self_attention.attend_transposed_keys(xs, k_t, v)) + xs)
 
 
 class TextLayer(Module):
@@ -230,12 +241,13 @@ class TextLayer(Module):
         ck, cv = self.crossattention.self_attention.kv(image_embeds)
         return self._feed_forward(self.crossattention(xs, ck, cv))
 
-    def forward_cached(self, xs: Tensor, kv: DecodeKvCache, ck: Tensor, cv: Tensor) -> tuple[Tensor, DecodeKvCache]:
-        """New positions ``(B, S, C)`` against the cache; returns them and the updated cache."""
+    def forward_cached(self, xs: Tensor, kv: DecodeKvCache, ck_t: Tensor, cv: Tensor) -> tuple[Tensor, DecodeKvCache]:
+        """New positions ``(B, S, C)`` against the cache (image keys ``ck_t`` stored ``(B, H, D, N)``);
+        returns them and the updated cache."""
         k, v = self.attention.self_attention.kv(xs)
         (k_all, v_all), kv = kv.append(k, v)
         xs = self.attention(xs, k_all, v_all, kv.attn_mask(xs.dim(1)))
-        return self._feed_forward(self.crossattention(xs, ck, cv)), kv
+        return self._feed_forward(self.crossattention.forward_transposed_keys(xs, ck_t, cv)), kv
 
 
 class TextPooler(Module):
@@ -364,7 +376,7 @@ class TextLMHeadModel(Module):
         xs = self.embeddings(input_ids, pos)
         kvs = []
         for layer, kv, ck, cv in zip(self.layers, cache.kv, cache.cross_k, cache.cross_v, strict=True):
-            xs, kv = layer.forward_cached(xs, kv, ck.transpose(2, 3), cv)
+            xs, kv = layer.forward_cached(xs, kv, ck, cv)
             kvs.append(kv)
         return xs, TextCache(kvs, cache.cross_k, cache.cross_v)
 
