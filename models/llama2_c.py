@@ -39,8 +39,10 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.models.llama import Block, CausalSelfAttention, Mlp
 from candlejax.models.utils import build_causal_mask
 from candlejax.nn import Module, RotaryEmbedding, StackedKvCache, embedding, linear_no_bias, rms_norm
+from candlejax.nn.quantized import dequantized
 from candlejax.nn.rotary import rotary_tables
 from candlejax.nn.var_builder import VarBuilder
+from candlejax.quantized import VarBuilder as QVarBuilder
 from candlejax.tensor import unwrap, wrap
 
 __all__ = ["HEADER_BYTES", "Cache", "Config", "Llama", "read_config", "reader_name", "step"]
@@ -153,13 +155,12 @@ class Cache:
         _check_config(cfg)
         shape = (cfg.seq_len, cfg.head_size() // 2)
         cos, sin = (np.asarray(t, np.float32) for t in rotary_tables(cfg.head_size(), cfg.seq_len))
-        dev = vb.device() if callable(vb.device) else vb.device
+        if isinstance(vb, QVarBuilder):  # a GGUF file's tables, dequantised
+            vb = dequantized(vb)
+        dev = vb.device()
         tables = []
         for name, computed in (("freq_cis_real", cos), ("freq_cis_imag", sin)):
-            if hasattr(vb, "get_no_shape"):  # a quantized VarBuilder (GGUF)
-                t = unwrap(vb.get(shape, name).dequantize()) if vb.contains_key(name) else computed
-            else:
-                t = unwrap(vb.get(shape, name)) if vb.contains_tensor(name) else computed
+            t = unwrap(vb.get(shape, name)) if vb.contains_tensor(name) else computed
             tables.append(wrap(jax.device_put(jnp.asarray(t, jnp.float32), Device.coerce(dev).jax_device)))
         return Cache(use_kv_cache, tables[0], tables[1], cfg.n_layers, dev)
 

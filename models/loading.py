@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candlejax import errors
+from candlejax.nn import VarBuilder as FloatVarBuilder
+from candlejax.quantized import VarBuilder
 
-__all__ = ["check_architecture", "check_vb_first", "gguf_file", "is_gguf", "refuse_unknown_config_keys",
-           "safetensors_files", "tokenizer_from"]  # fmt: skip
+__all__ = ["check_architecture", "check_gguf_vb", "check_vb_first", "gguf_file", "is_gguf",
+           "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -92,6 +94,23 @@ def check_vb_first(vb: Any, where: str, candle: str, candlejax: str) -> None:
             f"{where}: expected a VarBuilder first, got {type(vb).__name__}; the argument orders are"
             f" {candlejax} and (Candle's) {candle}"
         )
+
+
+def check_gguf_vb(vb: Any, where: str, candle: str, other: str) -> None:
+    """Raise unless ``vb`` is a GGUF ``VarBuilder`` (``quantized_var_builder.VarBuilder.from_gguf``),
+    naming Candle's spelling ``candle`` (the argument order) and, for a float (safetensors)
+    VarBuilder, the float model's loader ``other``."""
+    if isinstance(vb, VarBuilder):
+        return
+    if isinstance(vb, FloatVarBuilder):
+        raise errors.InvalidArgument(
+            f"{where}: expected a GGUF VarBuilder (quantized VarBuilder.from_gguf(path, device)), got a float"
+            f" VarBuilder; for safetensors weights use {other}"
+        )
+    raise errors.InvalidArgument(
+        f"{where}: expected a GGUF VarBuilder (VarBuilder.from_gguf(path, device)), got {type(vb).__name__};"
+        f" the argument order is (Candle's) {candle}"
+    )
 
 
 def safetensors_files(model_dir: str | os.PathLike) -> list[str]:

@@ -36,8 +36,8 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.models import blip, quantized_blip_text
 from candlejax.models.blip import Config, VisionConfig
-from candlejax.models.loading import gguf_file
-from candlejax.models.quantized_blip_text import check_gguf_vb, float_builder
+from candlejax.models.loading import check_gguf_vb, gguf_file
+from candlejax.models.quantized_blip_text import float_builder
 from candlejax.models.quantized_var_builder import VarBuilder
 
 __all__ = ["BlipForConditionalGeneration", "Config", "VarBuilder", "VisionConfig", "VisionModel"]

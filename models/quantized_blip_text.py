@@ -20,18 +20,16 @@ Candle's ``tensor-tools quantize`` writes them from a ``model.safetensors``::
 
 from __future__ import annotations
 
-from typing import Any
-
-from candlejax import errors
 from candlejax.models import blip_text
 from candlejax.models.blip_text import Config, LinearLoader, StatefulTextDecoder
+from candlejax.models.loading import check_gguf_vb
 from candlejax.models.quantized_var_builder import VarBuilder
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.nn.quantized import QLinear, dequantized
 from candlejax.nn.quantized import linear as qlinear
 from candlejax.tensor import Tensor
 
-__all__ = ["Config", "TextLMHeadModel", "TextPooler", "VarBuilder", "check_gguf_vb", "float_builder"]
+__all__ = ["Config", "TextLMHeadModel", "TextPooler", "VarBuilder", "float_builder"]
 
 
 def _linear_loader(vb: VarBuilder) -> LinearLoader:
@@ -47,22 +45,6 @@ def _linear_loader(vb: VarBuilder) -> LinearLoader:
         return QLinear.from_qtensor(q.get((out_dim, in_dim), "weight"), bias)
 
     return linear
-
-
-def check_gguf_vb(vb: Any, where: str, candle: str, other: str) -> None:
-    """Raise unless ``vb`` is a GGUF :class:`VarBuilder`, naming Candle's spelling ``candle`` and, for a
-    float (safetensors) VarBuilder, the float model's ``other``."""
-    if isinstance(vb, VarBuilder):
-        return
-    if isinstance(vb, FloatVarBuilder):
-        raise errors.InvalidArgument(
-            f"{where}: expected a GGUF VarBuilder (quantized VarBuilder.from_gguf(path, device)), got a float"
-            f" VarBuilder; for safetensors weights use {other}"
-        )
-    raise errors.InvalidArgument(
-        f"{where}: expected a GGUF VarBuilder (VarBuilder.from_gguf(path, device)), got {type(vb).__name__};"
-        f" the argument order is (Candle's) {candle}"
-    )
 
 
 def float_builder(vb: VarBuilder) -> tuple[FloatVarBuilder, LinearLoader]:

@@ -31,6 +31,7 @@ from candlejax.nn.norm import LayerNormConfig
 from candlejax.nn.norm import RmsNorm as _NnRmsNorm
 from candlejax.quantized.qtensor import QMatMul as _QMatMul
 from candlejax.quantized.qtensor import QTensor
+from candlejax.tensor import Tensor
 
 __all__ = [
     "Conv2d",
@@ -101,7 +102,8 @@ class QMatMul(_QMatMul):
 
     @staticmethod
     def from_weights(ws: QTensor) -> QMatMul:
-        return QMatMul(_QMatMul.from_qtensor(ws)._w)
+        w = _QMatMul.from_qtensor(ws).weight  # the layout QMatMul keeps (packed / blocked / dense)
+        return QMatMul(w.jax if isinstance(w, Tensor) else w)
 
 
 jax.tree_util.register_pytree_node(QMatMul, lambda m: ((m._w,), None), lambda _aux, ch: QMatMul(ch[0]))

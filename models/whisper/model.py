@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import refuse_unknown_config_keys
+from candlejax.models.loading import is_gguf, refuse_unknown_config_keys
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -414,8 +414,7 @@ class Whisper(Module):
 
         path = os.fspath(path)
         dev = Device.Cpu if device is None else device
-        if path.endswith(".gguf") or (os.path.isdir(path) and any(n.endswith(".gguf") for n in os.listdir(path))
-                                      and not os.path.isfile(os.path.join(path, "model.safetensors"))):  # fmt: skip
+        if is_gguf(path):
             raise errors.Msg(f"whisper: {path} holds GGUF weights: load them with"
                              " candlejax.models.whisper.quantized_model.Whisper.from_pretrained(path)")  # fmt: skip
         st = os.path.join(path, "model.safetensors")

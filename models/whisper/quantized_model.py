@@ -37,7 +37,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
-from candlejax.models.loading import gguf_file
+from candlejax.models.loading import check_gguf_vb, gguf_file
 from candlejax.models.quantized_var_builder import VarBuilder
 from candlejax.models.whisper import model
 from candlejax.models.whisper.model import AudioEncoder, Config, TextDecoder
@@ -76,13 +76,8 @@ class Whisper(model.Whisper):
     def load(vb: VarBuilder, config: Config) -> Whisper:  # type: ignore[override]
         """Candle's ``Whisper::load(&vb, config)``: ``vb`` from :meth:`VarBuilder.from_gguf`, names under
         ``model.encoder`` / ``model.decoder``. A missing or wrongly shaped tensor raises naming it."""
-        if not isinstance(vb, VarBuilder):
-            raise errors.InvalidArgument(
-                "whisper.quantized_model.Whisper.load: expected a quantized VarBuilder first"
-                f" (quantized_model.VarBuilder.from_gguf(path, device)), got {type(vb).__name__}; the argument"
-                " order is Whisper.load(vb, config) (Candle's Whisper::load(&vb, config)); a safetensors"
-                " checkpoint loads with candlejax.models.whisper.Whisper.load"
-            )
+        check_gguf_vb(vb, "whisper.quantized_model.Whisper.load", "Whisper.load(vb, config) (Candle's"
+                      " Whisper::load(&vb, config))", "candlejax.models.whisper.Whisper.load")  # fmt: skip
         if not isinstance(config, Config):
             raise errors.InvalidArgument("whisper.quantized_model.Whisper.load: config must be a whisper.Config,"
                                          f" got {type(config).__name__}")  # fmt: skip
