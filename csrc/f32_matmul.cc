@@ -3,6 +3,7 @@
 // (F32Matmul: few activation rows, or register-tiled blocks for many), and on the same blocks a
 // channels-last convolution (F32ConvNhwc) and attention (F32Attention); the convolution's kernel
 // gradient (F32ConvKernelGradNhwc).
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -196,11 +197,12 @@ struct Epilogue {
 };
 
 // y[i, j] for MR left rows i0.. and the 32 weight rows j0.. of a packed panel: per tap, `c` steps
-// along K
+// along K, the 32 values of one step `ldp` floats after the last (a packed panel: 32; a panel read
+// in place from a K-major operand: its row stride)
 template <int MR, typename Rows>
 CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
                            int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi, const char* ahead = nullptr,
-                           int64_t ahead_lines = 0) {
+                           int64_t ahead_lines = 0, int64_t ldp = kPanel) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   typename Rows::Pos pos[MR];
@@ -208,7 +210,7 @@ CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t 
   for (int64_t t = 0; t < ntaps; ++t) {
     const float* xr[MR];
     for (int i = 0; i < MR; ++i) xr[i] = rows.Tap(pos[i], t);
-    const float* pt = panel + t * c * kPanel;
+    const float* pt = panel + t * c * ldp;
     for (int64_t c0 = 0; c0 < c; c0 += 16) {
       for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
       for (int l = 0; l < kAheadLinesPerStep && ahead_lines > 0; ++l, --ahead_lines, ahead += 64) {
@@ -217,7 +219,7 @@ CJ_AVX512 inline void Tile(const Rows& rows, int64_t i0, int64_t ntaps, int64_t 
       const int64_t c1 = std::min<int64_t>(c, c0 + 16);
 #pragma GCC unroll 4
       for (int64_t q = c0; q < c1; ++q) {
-        const __m512 b0 = _mm512_load_ps(pt + q * kPanel), b1 = _mm512_load_ps(pt + q * kPanel + 16);
+        const __m512 b0 = _mm512_loadu_ps(pt + q * ldp), b1 = _mm512_loadu_ps(pt + q * ldp + 16);
         for (int i = 0; i < MR; ++i) {
           const __m512 a = _mm512_set1_ps(xr[i][q]);
           acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
@@ -549,7 +551,11 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 // keys are packed as weight panels (its scores are a product with them), its values as panels of
 // the value product (32 value columns, K-major: a slice of v as it is); 12 query rows at a time,
 // their scores and softmax in this thread's scratch. q, k, v and the output are (B, H, S, D) or
-// (B, S, H, D) (`bshd`), read and written in place; bias (B or 1, Skv) is added to the scores.
+// (B, S, H, D) (`bshd`), read and written in place; bias (B or 1, Skv) is added to the scores. Keys
+// may come transposed, (B, H, D, Skv) (`keys_t`, a decoding cache's layout): their panels are then
+// slices of each row. With one pass of query rows (S <= 12, a decoding step), whole panels that are
+// slices of k or v are read where they lie instead of being copied (packing would move all of them
+// for one use).
 
 // exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r), r = x - n ln 2 in [-ln2/2, ln2/2];
 // 0 below -87 (masked keys get no weight), NaN stays NaN
@@ -603,9 +609,18 @@ struct AttentionGeometry {
   const float *q, *k, *v, *bias;
   float* out;
   int64_t b, h, s, skv, d, dv, bias_rows;
-  bool bshd;
+  bool bshd, keys_t;
   float scale;
 };
+
+// rows x 32 values of a K-major operand (element (r, j) at src[r * ld + j]) as a packed panel: the
+// first `cols` columns, zeros past them
+CJ_AVX512 void PackKMajor(const float* src, int64_t rows, int64_t ld, int64_t cols, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    _mm512_store_ps(out + r * kPanel, _mm512_maskz_loadu_ps(FirstLanes(cols), src + r * ld));
+    _mm512_store_ps(out + r * kPanel + 16, _mm512_maskz_loadu_ps(FirstLanes(cols - 16), src + r * ld + 16));
+  }
+}
 
 // heads [u0, u1) of the B x H (batch, head) pairs
 CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1) {
@@ -616,36 +631,44 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
   float* sc = Scratch(3, kTile * ld_sc);
   // row strides and head offsets of the (B, H, S, D) or (B, S, H, D) tensors
   const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
+  const bool one_pass = g.s <= kTile;
+  // key panel p: keys p*32.. as 32 values per step along D (in place: a slice of each row of kᵀ)
+  auto key_in_place = [&](int64_t p) { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; };
+  auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t bi = u / g.h, hi = u % g.h;
     const float* q = g.q + (g.bshd ? (bi * g.s * g.h + hi) * g.d : u * g.s * g.d);
-    const float* k = g.k + (g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
+    const float* k = g.k + (g.keys_t ? u * g.d * g.skv : g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
     const float* v = g.v + (g.bshd ? (bi * g.skv * g.h + hi) * g.dv : u * g.skv * g.dv);
     float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
     const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
     for (int64_t p = 0; p < kpanels; ++p) {
-      PackPanel(k + p * kPanel * ldk, g.d, std::min<int64_t>(kPanel, g.skv - p * kPanel), kp + p * g.d * kPanel,
-                ldk);
+      const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
+      if (key_in_place(p)) continue;
+      if (g.keys_t) {
+        PackKMajor(k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
+      } else {
+        PackPanel(k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
+      }
     }
     for (int64_t p = 0; p < vpanels; ++p) {  // value columns p*32.. as K-major panels: rows of v, in order
-      const int64_t cols = std::min<int64_t>(kPanel, g.dv - p * kPanel);
-      for (int64_t t = 0; t < g.skv; ++t) {
-        float* dst = vp + (p * g.skv + t) * kPanel;
-        _mm512_store_ps(dst, _mm512_maskz_loadu_ps(FirstLanes(cols), v + t * ldv + p * kPanel));
-        _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(FirstLanes(cols - 16), v + t * ldv + p * kPanel + 16));
-      }
+      if (value_in_place(p)) continue;
+      PackKMajor(v + p * kPanel, g.skv, ldv, std::min<int64_t>(kPanel, g.dv - p * kPanel), vp + p * g.skv * kPanel);
     }
     const Epilogue none{nullptr, false};
     auto rows = [&](auto mr, int64_t i) {
       constexpr int MR = decltype(mr)::value;
       for (int64_t p = 0; p < kpanels; ++p) {
-        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, kp + p * g.d * kPanel, sc, ld_sc, p * kPanel,
-                 std::min<int64_t>(kPanel, g.skv - p * kPanel), none);
+        const bool here = key_in_place(p);
+        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, here ? k + p * kPanel : kp + p * g.d * kPanel, sc, ld_sc,
+                 p * kPanel, std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0, here ? g.skv : kPanel);
       }
       SoftmaxRows(sc, MR, g.skv, ld_sc, g.scale, bias);
       for (int64_t p = 0; p < vpanels; ++p) {
-        Tile<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, vp + p * g.skv * kPanel, o + i * ldo,
-                 ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none);
+        const bool here = value_in_place(p);
+        Tile<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, here ? v + p * kPanel : vp + p * g.skv * kPanel, o + i * ldo,
+                 ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0,
+                 here ? ldv : kPanel);
       }
     };
     int64_t i = 0;
@@ -657,17 +680,34 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
 
 ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
-                        float scale, int64_t bshd) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || od.size() != 4) {
-    return ffi::Error::InvalidArgument("candlejax f32 attention: q, k, v and the result must be 4-D");
+                        float scale, int64_t bshd, int64_t keys_t) {
+  const auto qd = q.dimensions(), od = out->dimensions();
+  if (qd.size() != 4 || od.size() != 4 || k.dimensions().size() < 2 || k.dimensions().size() > 4 ||
+      v.dimensions().size() < 2 || v.dimensions().size() > 4 || (bshd && (k.dimensions().size() != 4 ||
+      v.dimensions().size() != 4))) {
+    return ffi::Error::InvalidArgument("candlejax f32 attention: q and the result must be 4-D, k and v 4-D "
+                                       "or (B, H, S, D) without its size-1 batch and head dimensions");
   }
   // (batch, heads, seq, dim) whatever the layout
   const int64_t b = qd[0], h = bshd ? qd[2] : qd[1], s = bshd ? qd[1] : qd[2], d = qd[3];
-  const int64_t skv = bshd ? kd[1] : kd[2], dv = vd[3];
+  if (keys_t && bshd) {
+    return ffi::Error::InvalidArgument("candlejax f32 attention: transposed keys need the (B, H, S, D) layout");
+  }
+  // k and v of a (B, H, S, D) attention may come without their size-1 batch / head dimensions (a
+  // decoding cache's buffers as stored: a reshape adding them would make XLA copy the buffer)
+  auto as4 = [&](ffi::Span<const int64_t> dims) {
+    std::array<int64_t, 4> r{b, h, dims[dims.size() - 2], dims[dims.size() - 1]};
+    if (dims.size() == 4) r = {dims[0], dims[1], dims[2], dims[3]};
+    if (dims.size() == 3) r[b == 1 ? 1 : 0] = dims[0], r[b == 1 ? 0 : 1] = 1;
+    const int64_t dropped = (b == 1) + (h == 1);
+    if (dims.size() < 4 && static_cast<int64_t>(4 - dims.size()) != dropped) r[0] = -1;  // no such view
+    return r;
+  };
+  const std::array<int64_t, 4> kd = as4(k.dimensions()), vd = as4(v.dimensions());
+  const int64_t skv = keys_t ? kd[3] : bshd ? kd[1] : kd[2], dv = vd[3], kdim = keys_t ? kd[2] : kd[3];
   const bool heads_ok = (bshd ? kd[2] == h && vd[2] == h && vd[1] == skv && od[1] == s && od[2] == h
                               : kd[1] == h && vd[1] == h && vd[2] == skv && od[1] == h && od[2] == s);
-  if (!heads_ok || kd[0] != b || vd[0] != b || kd[3] != d || od[0] != b || od[3] != dv || skv < 1) {
+  if (!heads_ok || kd[0] != b || vd[0] != b || kdim != d || od[0] != b || od[3] != dv || skv < 1) {
     return ffi::Error::InvalidArgument("candlejax f32 attention: q, k, v, result shapes do not match");
   }
   const int64_t bias_n = static_cast<int64_t>(bias.element_count());
@@ -676,7 +716,8 @@ ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
   }
   if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX-512 CPU");
   const AttentionGeometry g{q.typed_data(), k.typed_data(), v.typed_data(), bias_n ? bias.typed_data() : nullptr,
-                            out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0, scale};
+                            out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0,
+                            keys_t != 0, scale};
   const int64_t units = b * h, work = units * s * skv * (d + dv);
   const int64_t workers = Workers(pool, work);
   if (workers <= 1 || units < 2) {
@@ -778,7 +819,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Attention, F32Attention,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale")
-                                  .Attr<int64_t>("bshd"));
+                                  .Attr<int64_t>("bshd")
+                                  .Attr<int64_t>("keys_t"));
 
 namespace {
 // a convolution handler's geometry attributes: kernel, stride, dilation and padding, each (h, w)

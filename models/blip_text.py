@@ -175,17 +175,12 @@ class TextSelfAttention(Module):
         """Keys and values ``(B, H, T, D)`` of ``states`` ``(B, T, C)``."""
         return _heads(self.key(states), self.num_heads), _heads(self.value(states), self.num_heads)
 
-    def attend(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """``softmax(q kᵀ / √d + mask) v`` for queries from ``xs`` ``(B, S, C)`` -> ``(B, S, C)``."""
+    def attend(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False,
+               keys_transposed: bool = False) -> Tensor:  # fmt: skip
+        """``softmax(q kᵀ / √d + mask) v`` for queries from ``xs`` ``(B, S, C)`` -> ``(B, S, C)``;
+        ``keys_transposed``: k as the decoding cache stores the image keys, ``(B, H, D, N)``."""
         q = _heads(self.query(xs), self.num_heads)
-        return _merge(ops.sdpa(q, k, v, mask, do_causal=causal))
-
-    def attend_transposed_keys(self, xs: Tensor, k_t: Tensor, v: Tensor) -> Tensor:
-        """:meth:`attend` over keys stored transposed, ``(B, H, D, N)`` (the decoding cache's image
-        keys). XLA's attention reads them as stored, where the native one (``ops.sdpa``) would copy
-        them back to ``(B, H, N, D)`` on every decoding step."""
-        q = _heads(self.query(xs), self.num_heads)
-        return _merge(ops.sdpa_slow(q, k_t.transpose(2, 3), v))
+        return _merge(ops.sdpa(q, k, v, mask, do_causal=causal, keys_transposed=keys_transposed))
 
 
 class TextAttention(Module):
@@ -205,12 +200,10 @@ class TextAttention(Module):
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, out.pp("LayerNorm")),
         )
 
-    def forward(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        return self.LayerNorm(self.dense(self.self_attention.attend(xs, k, v, mask, causal)) + xs)
-
-    def forward_transposed_keys(self, xs: Tensor, k_t: Tensor, v: Tensor) -> Tensor:
-        """:meth:`forward` over keys stored ``(B, H, D, N)`` (:meth:`TextSelfAttention.attend_transposed_keys`)."""
-        return self.LayerNorm(self.dense(self.self_attention.attend_transposed_keys(xs, k_t, v)) + xs)
+    def forward(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False,
+                keys_transposed: bool = False) -> Tensor:  # fmt: skip
+        ctx = self.self_attention.attend(xs, k, v, mask, causal, keys_transposed)
+        return self.LayerNorm(self.dense(ctx) + xs)
 
 
 class TextLayer(Module):
@@ -245,9 +238,9 @@ class TextLayer(Module):
         """New positions ``(B, S, C)`` against the cache (image keys ``ck_t`` stored ``(B, H, D, N)``);
         returns them and the updated cache."""
         k, v = self.attention.self_attention.kv(xs)
-        (k_all, v_all), kv = kv.append(k, v)
-        xs = self.attention(xs, k_all, v_all, kv.attn_mask(xs.dim(1)))
-        return self._feed_forward(self.crossattention.forward_transposed_keys(xs, ck_t, cv)), kv
+        (_, v_all), kv = kv.append(k, v)
+        xs = self.attention(xs, kv.transposed_keys(), v_all, kv.attn_mask(xs.dim(1)), keys_transposed=True)
+        return self._feed_forward(self.crossattention.forward(xs, ck_t, cv, keys_transposed=True)), kv
 
 
 class TextPooler(Module):

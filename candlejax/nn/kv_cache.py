@@ -393,7 +393,8 @@ class DecodeKvCache(Module):
     max_seq_len, D)``, without ``B`` or ``H`` where they are 1. Same contract as :class:`KvCache`
     on ``dim=2``: ``(k_all, v_all), cache = cache.append(k, v)`` with ``k``/``v`` ``(B, H, T, D)``
     returns ``(B, H, max_seq_len, D)`` views for :func:`candlejax.nn.ops.sdpa` and the new cache;
-    mask with ``cache.attn_mask(T)``.
+    mask with ``cache.attn_mask(T)``. ``sdpa(q, cache.transposed_keys(), v_all, mask,
+    keys_transposed=True)`` reads the key buffer as stored (the native attention's route).
 
     Use it in a jitted decode step that donates the cache. XLA:CPU then writes the new position in
     place and the score and value products read the buffers as they are. With :class:`KvCache`'s
@@ -457,6 +458,14 @@ class DecodeKvCache(Module):
         k_all = jnp.swapaxes(kb.reshape(b, h, d, n), 2, 3)
         v_all = vb.reshape(b, h, n, dv)
         return KeysValues((wrap(k_all), wrap(v_all))), DecodeKvCache(b, h, wrap(kb), wrap(vb), wrap(pos))
+
+    def transposed_keys(self) -> Any:
+        """Every key slot as stored, ``(B, H, D, max_seq_len)``, for ``sdpa(q, cache.transposed_keys(),
+        v_all, cache.attn_mask(T), keys_transposed=True)``: the attention reads the buffer in place,
+        where the ``(B, H, max_seq_len, D)`` keys that ``append`` returns are a transposed view
+        that some attention kernels copy."""
+        b, h, (d, n) = self.batch, self.heads, self.k_buf.shape[-2:]
+        return wrap(self.k_buf._a.reshape(b, h, d, n))
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""

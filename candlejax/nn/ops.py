@@ -469,21 +469,23 @@ _SDPA_EQ = {  # (q layout, kv layout) -> scores einsum, value einsum; grouped q 
 }
 
 
-@op(static=("causal", "scale", "softcap", "window", "layout", "kv_layout", "positions"))
+@op(static=("causal", "scale", "softcap", "window", "layout", "kv_layout", "positions", "keys_t"))
 def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale: float, softcap: float,
-          window: int | None, layout: str, kv_layout: str, positions: bool) -> Any:  # fmt: skip
+          window: int | None, layout: str, kv_layout: str, positions: bool, keys_t: bool = False) -> Any:  # fmt: skip
     """Grouped-query attention without repeating k/v; the softmax division comes after the value
-    product (one division per output element instead of one per score)."""
+    product (one division per output element instead of one per score). ``keys_t``: k is
+    ``(B, Hkv, D, Skv)`` (``kv_layout`` ``bhsd``)."""
     b = q.shape[0]
     s, hq, d = (q.shape[1], q.shape[2], q.shape[3]) if layout == "bshd" else (q.shape[2], q.shape[1], q.shape[3])
-    hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[2])
+    hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[3] if keys_t else k.shape[2])
     g = hq // hkv
     prec = f32_precision() if q.dtype == jnp.float32 else None  # exact f32 unless the TF32 switch is on
     if g == 1 and layout == kv_layout == "bhsd":  # plain multi-head: 4-D products (no 5-D relayouts)
         # k transposed explicitly: XLA:CPU fuses the transpose into k's producer and runs the product
         # on a (D, S) operand, measurably faster than contracting both operands' last dims
-        scores = jnp.matmul(q * jnp.asarray(scale, q.dtype), jnp.swapaxes(k.astype(q.dtype), -1, -2),
-                            precision=prec, preferred_element_type=jnp.float32)  # fmt: skip
+        kt = k if keys_t else jnp.swapaxes(k, -1, -2)
+        scores = jnp.matmul(q * jnp.asarray(scale, q.dtype), kt.astype(q.dtype), precision=prec,
+                            preferred_element_type=jnp.float32)  # fmt: skip
         if softcap != 1.0:
             scores = jnp.tanh(scores / softcap) * softcap
         if positions:
@@ -493,6 +495,8 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
         e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
         y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)
         return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    if keys_t:
+        k = jnp.swapaxes(k, 2, 3)
     eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
     qg = q.reshape(b, s, hkv, g, d) if layout == "bshd" else q.reshape(b, hkv, g, s, d)
     qg = qg * jnp.asarray(scale, q.dtype)
@@ -545,10 +549,15 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
             raise errors.BroadcastIncompatibleShapes(mask.shape, full, what) from None
 
 
-def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_layout: str) -> Any:
+def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_layout: str,
+                           keys_t: bool = False) -> Any:  # fmt: skip
     """The ``(B or 1, Skv)`` additive bias for the native attention, an empty ``(0,)`` array for no mask, or
     None where it does not apply: f32 with exact products, one-device CPU process on AVX-512, as many
-    key heads as query heads, one layout, and no mask or a float mask over keys only (padding)."""
+    key heads as query heads, one layout, and no mask or a float mask over keys only (padding). With
+    transposed keys (a decoding cache's buffer) a bool or integer key mask (the cache's
+    ``attn_mask(1)``) applies too, as the XLA form applies it: masked scores become f32's lowest
+    value. Plain keys keep XLA's form under a bool mask: a cache's ``append`` returns its keys as a
+    transposed view, which XLA's products read in place and the native attention would copy."""
     if not (q.dtype == k.dtype == v.dtype == jnp.float32 and layout == kv_layout
             and f32_precision() == lax.Precision.HIGHEST and jax.device_count() == 1
             and native.attention_available()):  # fmt: skip
@@ -559,38 +568,45 @@ def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_la
         return None
     if mask is None:
         return jnp.zeros((0,), jnp.float32)
-    if mask.ndim != 4 or not jnp.issubdtype(mask.dtype, jnp.floating) or mask.shape[1:3] != (1, 1):
+    if mask.ndim > 4:
         return None
-    if mask.shape[0] not in (1, b) or mask.shape[3] != skv:
+    m = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if m.shape[1:3] != (1, 1) or m.shape[0] not in (1, b) or m.shape[3] != skv:
         return None
-    return mask.reshape(mask.shape[0], skv).astype(jnp.float32)
+    m = m.reshape(m.shape[0], skv)
+    if m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer):
+        if not keys_t:
+            return None
+        return jnp.where(m.astype(jnp.bool_), 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    return m.astype(jnp.float32)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(4, 5))
-def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str) -> Any:
+@partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys_t: bool) -> Any:
     """:func:`sdpa` without positions, softcapping or grouped heads, in native code
     (:func:`candlejax.quantized.native.f32_attention`: BERT-base's 12 heads over 128 tokens 0.55 ->
     0.21 ms, BLIP's over 577 10.3 -> 4.7). Derivatives: the XLA form's (tangent map below)."""
-    return native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout)
+    return native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
 
 
-def _xla_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str) -> Any:
+def _xla_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys_t: bool) -> Any:
     mask = bias.reshape(bias.shape[0], 1, 1, -1) if bias.shape[0] else None
     return _sdpa(q, k, v, mask, None, causal=False, scale=scale, softcap=1.0, window=None, layout=layout,
-                 kv_layout=layout, positions=False)  # fmt: skip
+                 kv_layout=layout, positions=False, keys_t=keys_t)  # fmt: skip
 
 
 @_native_sdpa.defjvp
-def _native_sdpa_jvp(scale: float, layout: str, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-    y = _native_sdpa(*primals, scale, layout)
-    _, ty = jax.jvp(lambda q, k, v, b: _xla_sdpa(q, k, v, b, scale, layout), primals, tangents)
+def _native_sdpa_jvp(scale: float, layout: str, keys_t: bool, primals: tuple[Any, ...],
+                     tangents: tuple[Any, ...]) -> Any:  # fmt: skip
+    y = _native_sdpa(*primals, scale, layout, keys_t)
+    _, ty = jax.jvp(lambda q, k, v, b: _xla_sdpa(q, k, v, b, scale, layout, keys_t), primals, tangents)
     return y, ty
 
 
 def sdpa(
     q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
     softcapping: float = 1.0, *, layout: str = "bhsd", kv_layout: str | None = None, offset: Any = None,
-    window: int | None = None,
+    window: int | None = None, keys_transposed: bool = False,
 ) -> Any:  # fmt: skip
     """Scaled dot-product attention with grouped-query support, differentiable on every backend.
 
@@ -605,39 +621,63 @@ def sdpa(
 
     Layouts: ``layout="bshd"`` takes and returns q / the output as ``(B, S, H, D)`` (what the
     projections produce: no transposes), ``kv_layout`` (default: ``layout``) is the keys' and
-    values' layout. Scores and the softmax are f32; the output has q's dtype. Plain attention (no
-    positions or softcapping, as many key heads as query heads, no mask or a float mask over the keys)
-    in f32 runs in native code on AVX-512 CPUs (:func:`candlejax.quantized.native.f32_attention`).
-    PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``.
+    values' layout. ``keys_transposed=True`` takes k as ``(B, Hkv, D, Skv)`` (``kv_layout="bhsd"``),
+    the layout in which a decoding cache keeps its keys for the score product (``q @ kᵀ`` reads it as
+    it is): passing that buffer, rather than its transpose, spares a copy of every key per call.
+    Scores and the softmax are f32; the output has q's dtype. Plain attention (no positions or
+    softcapping, as many key heads as query heads, no mask or a float mask over the keys only; with
+    transposed keys a bool key mask too) in f32 runs in native code on AVX-512 CPUs
+    (:func:`candlejax.quantized.native.f32_attention`).
+    PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``
+    (``k.transpose(-1, -2)`` for transposed keys).
     """
     kv_layout = layout if kv_layout is None else kv_layout
     qa, ka, va = as_array(q), as_array(k), as_array(v)
     ma = None if mask is None else as_array(mask)
-    _check_sdpa(qa, ka, va, ma, layout, kv_layout)
+    keys_t = _check_keys_transposed(ka, kv_layout, keys_transposed)
+    _check_sdpa(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout)
     if window is not None and int(window) < 1:
         raise errors.Msg(f"sdpa: window must be >= 1, got {window}")
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
     off = None if offset is None else as_array(offset)
     positions = bool(do_causal) or window is not None
     if not positions and offset is None and float(softcapping) == 1.0:
-        bias = _native_attention_bias(qa, ka, va, ma, layout, kv_layout)
+        bias = _native_attention_bias(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout, keys_t)
         if bias is not None:  # plain attention in native code (AVX-512 CPUs)
-            return wrap(_native_sdpa(qa, ka, va, bias, sc, layout))
+            return wrap(_native_sdpa(qa, ka, va, bias, sc, layout, keys_t))
     return wrap(_sdpa(qa, ka, va, ma, off, causal=bool(do_causal), scale=sc, softcap=float(softcapping),
                       window=None if window is None else int(window), layout=layout, kv_layout=kv_layout,
-                      positions=positions))  # fmt: skip
+                      positions=positions, keys_t=keys_t))  # fmt: skip
+
+
+def _check_keys_transposed(k: Any, kv_layout: str, keys_transposed: bool) -> bool:
+    if not keys_transposed:
+        return False
+    if kv_layout != "bhsd" or k.ndim != 4:
+        raise errors.Msg(f"sdpa: keys_transposed=True takes k as (batch, heads, head_dim, kv_len) with "
+                         f"kv_layout='bhsd', got k {fmt_shape(k.shape)} with kv_layout={kv_layout!r}")  # fmt: skip
+    return True
+
+
+def _keys_view(k: Any, keys_t: bool) -> Any:
+    """k's shape and dtype as ``(B, Hkv, Skv, D)`` (no data moved: for the shape checks)."""
+    if not keys_t:
+        return k
+    return jax.ShapeDtypeStruct((k.shape[0], k.shape[1], k.shape[3], k.shape[2]), k.dtype)
 
 
 def sdpa_slow(
     q: Any, k: Any, v: Any, mask: Any = None, do_causal: bool = False, scale: float | None = None,
     softcapping: float = 1.0, *, layout: str = "bhsd", kv_layout: str | None = None, offset: Any = None,
-    window: int | None = None,
+    window: int | None = None, keys_transposed: bool = False,
 ) -> Any:  # fmt: skip
     """Reference for :func:`sdpa`: transpose to ``(B, H, S, D)``, repeat kv heads, matmul, mask,
     softmax, matmul."""
     kv_layout = layout if kv_layout is None else kv_layout
     qa, ka, va = as_array(q), as_array(k), as_array(v)
     ma = None if mask is None else as_array(mask)
+    if _check_keys_transposed(ka, kv_layout, keys_transposed):
+        ka = jnp.swapaxes(ka, 2, 3)
     _check_sdpa(qa, ka, va, ma, layout, kv_layout)
     if layout == "bshd":
         qa = qa.transpose(0, 2, 1, 3)

@@ -176,30 +176,42 @@ def attention_available() -> bool:
     return available() and _attention_registered() and isa() == "avx512"
 
 
-def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None = None, layout: str = "bhsd") -> Any:
+def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None = None, layout: str = "bhsd",
+                  keys_transposed: bool = False) -> Any:  # fmt: skip
     """``softmax(q kᵀ * scale + bias) v`` per batch and head, f32: q ``(B, H, S, D)``, k ``(B, H, Skv, D)``,
     v ``(B, H, Skv, Dv)`` (``layout="bshd"``: ``(B, S, H, D)`` each, the output too), ``bias`` an
-    additive ``(B, Skv)`` or ``(1, Skv)`` mask (padding), ``scale`` ``1/√D`` by default. PyTorch:
-    ``F.scaled_dot_product_attention`` with a float mask broadcast over heads and queries. No
-    derivative of its own (``ops.sdpa`` wraps it in one that uses its XLA form)."""
+    additive ``(B, Skv)`` or ``(1, Skv)`` mask (padding), ``scale`` ``1/√D`` by default.
+    ``keys_transposed=True`` takes k as ``(B, H, D, Skv)`` (``bhsd`` only), as a decoding cache stores
+    it: read in place, not copied back. PyTorch: ``F.scaled_dot_product_attention`` with a float mask
+    broadcast over heads and queries. No derivative of its own (``ops.sdpa`` wraps it in one that
+    uses its XLA form)."""
     if not attention_available():
         raise errors.Msg("the native f32 attention is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
     bshd = layout == "bshd"
     b, h, s = (q.shape[0], q.shape[2], q.shape[1]) if bshd else q.shape[:3]
-    skv = k.shape[1] if bshd else k.shape[2]
+    kt = bool(keys_transposed)
+    skv = k.shape[3] if kt else k.shape[1] if bshd else k.shape[2]
+    kdim = k.shape[2] if kt else k.shape[3]
     bias = jnp.zeros((0,), jnp.float32) if bias is None else bias
-    ok = (layout in ("bhsd", "bshd") and q.ndim == k.ndim == v.ndim == 4 and k.shape[:3] == v.shape[:3]
-          and k.shape[0] == b and (k.shape[2] if bshd else k.shape[1]) == h and k.shape[3] == q.shape[3]
+    ok = (layout in ("bhsd", "bshd") and not (kt and bshd) and q.ndim == k.ndim == v.ndim == 4
+          and k.shape[:2] == v.shape[:2] and v.shape[2 if not bshd else 1] == skv and (kt or k.shape[:3] == v.shape[:3])
+          and k.shape[0] == b and (k.shape[2] if bshd else k.shape[1]) == h and kdim == q.shape[3]
           and bias.ndim in (1, 2) and bias.shape in ((0,), (b, skv), (1, skv))
           and all(t.dtype == jnp.float32 for t in (q, k, v, bias)))  # fmt: skip
     if not ok:
+        what = f"{layout}, keys transposed" if kt else layout
         raise errors.Msg(f"native.f32_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
-                         f"({layout}) and bias {tuple(bias.shape)} must be f32 with matching batch, heads, keys "
+                         f"({what}) and bias {tuple(bias.shape)} must be f32 with matching batch, heads, keys "
                          "and dims")  # fmt: skip
     out = jax.ShapeDtypeStruct((b, s, h, v.shape[3]) if bshd else (b, h, s, v.shape[3]), jnp.float32)
+    if not bshd and (b == 1 or h == 1):
+        # without the size-1 batch / head dimensions: a decoding cache stores its buffers so, and XLA
+        # copies a buffer written in place in the same program that a reshape hands to a custom call
+        lead = tuple(n for n in (b, h) if n != 1)
+        k, v = k.reshape(*lead, *k.shape[2:]), v.reshape(*lead, *v.shape[2:])
     call = jax.ffi.ffi_call(F32_ATTENTION_TARGET, out, vmap_method="sequential")
     sc = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    return call(q, k, v, bias, scale=np.float32(sc), bshd=np.int64(int(bshd)))
+    return call(q, k, v, bias, scale=np.float32(sc), bshd=np.int64(int(bshd)), keys_t=np.int64(int(kt)))
 
 
 def conv_available() -> bool:

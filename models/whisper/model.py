@@ -142,16 +142,12 @@ class MultiHeadAttention(Module):
         """Keys and values ``(B, H, S, D/H)`` of ``xa`` ``(B, S, D)``."""
         return _heads(self.key.forward(xa), self.n_head), _heads(self.value.forward(xa), self.n_head)
 
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Any = None, causal: bool = False) -> Tensor:
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Any = None, causal: bool = False,
+               keys_transposed: bool = False) -> Tensor:  # fmt: skip
+        """Attention of ``x``'s queries over keys / values ``(B, H, S, D/H)``; ``keys_transposed``: keys
+        as the decoding state stores them, ``(B, H, D/H, S)`` (:func:`candlejax.nn.ops.sdpa`)."""
         q = _heads(self.query.forward(x), self.n_head)
-        return self.out.forward(_merge(ops.sdpa(q, k, v, mask, do_causal=causal)))
-
-    def attend_transposed_keys(self, x: Tensor, k_t: Tensor, v: Tensor) -> Tensor:
-        """:meth:`attend` over keys stored transposed, ``(B, H, D/H, S)`` (the decoding state's audio
-        keys). XLA's attention reads them as stored, where the native one (``ops.sdpa``) would copy all
-        1,500 back every step: tiny.en's decode step 7.7 -> 6.1-6.4 ms on the AMD host."""
-        q = _heads(self.query.forward(x), self.n_head)
-        return self.out.forward(_merge(ops.sdpa_slow(q, k_t.transpose(2, 3), v)))
+        return self.out.forward(_merge(ops.sdpa(q, k, v, mask, do_causal=causal, keys_transposed=keys_transposed)))
 
     def forward(self, x: Tensor, xa: Tensor | None = None, causal: bool = False) -> Tensor:
         k, v = self.kv(x if xa is None else xa)
@@ -346,10 +342,10 @@ def _hidden(dec: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor,
         a = block.attn
         h = block.attn_ln.forward(x)
         k, v = a.kv(h)
-        (k_all, v_all), cache = cache.append(k, v)
+        (_, v_all), cache = cache.append(k, v)
         caches.append(cache)
-        x = x + a.attend(h, k_all, v_all, cache.attn_mask(t))
-        x = x + block.cross_attn.attend_transposed_keys(block.cross_attn_ln.forward(x), ck, cv)
+        x = x + a.attend(h, cache.transposed_keys(), v_all, cache.attn_mask(t), keys_transposed=True)
+        x = x + block.cross_attn.attend(block.cross_attn_ln.forward(x), ck, cv, keys_transposed=True)
         x = block.mlp(x)
     h = dec.ln.forward(x)
     return h, dec.final_linear(h), DecoderState(caches, state.cross_k, state.cross_v)

@@ -186,6 +186,13 @@ def test_decode_kv_cache_matches_full_attention_and_updates_in_place(b, h):
         (ka, va), cache = cache.append(k, v)
         return ops.sdpa(q, ka, va, mask=cache.attn_mask(1)), cache
 
+    # the buffer as stored, for sdpa(..., keys_transposed=True): the same attention
+    kt = cache.transposed_keys()
+    assert kt.shape == (b, h, d, n)
+    np.testing.assert_array_equal(_np(kt).transpose(0, 1, 3, 2), _np(ka))
+    np.testing.assert_allclose(_np(ops.sdpa(q[:, :, 2:3], kt, va, mask=cache.attn_mask(1), keys_transposed=True)),
+                               full[:, :, 2:3], atol=1e-5)  # fmt: skip
+
     jstep = jit(step, donate_argnums=(0,))
     for i in range(3, 6):
         o, cache = jstep(cache, q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1])
@@ -198,6 +205,16 @@ def test_decode_kv_cache_matches_full_attention_and_updates_in_place(b, h):
     bufs = ("f32[" + ",".join(map(str, (*lead, d, n))) + "]", "f32[" + ",".join(map(str, (*lead, n, d))) + "]")
     copies = [ln for ln in hlo.splitlines() if " copy(" in ln and any(s in ln.split("=")[1] for s in bufs)]
     assert not copies, copies
+
+    def step_t(cache, q, k, v):  # the key buffer as stored, for the native attention
+        (_, va), cache = cache.append(k, v)
+        return ops.sdpa(q, cache.transposed_keys(), va, mask=cache.attn_mask(1), keys_transposed=True), cache
+
+    hlo = jax.jit(step_t, donate_argnums=(0,)).lower(*args).compile().as_text()
+    copies = [ln for ln in hlo.splitlines() if " copy(" in ln and any(s in ln.split("=")[1] for s in bufs)]
+    assert not copies, copies
+    o, _ = jax.jit(step_t)(cache.at_position(5), q[:, :, 5:6], k[:, :, 5:6], v[:, :, 5:6])
+    np.testing.assert_allclose(_np(o), full[:, :, 5:6], atol=1e-5)
     # back to position 4: slot 4 onwards is masked out and rewritten
     cache = cache.at_position(4)
     assert cache.current_seq_len() == 4 and cache.reset().current_seq_len() == 0

@@ -254,6 +254,76 @@ def test_f32_attention_matches_float64(rng, b, h, s, skv, d, dv, layout, bias):
 
 
 @needs_attention
+@pytest.mark.parametrize("b,h,s,skv,d,dv,bias", [
+    (1, 6, 1, 1500, 64, 64, None),  # a decode step over keys cached transposed: panels read in place
+    (2, 3, 5, 70, 48, 40, "per batch"),  # key and value panels with tails (packed), in-place value panel
+    (1, 2, 12, 64, 64, 96, "shared"),  # one full pass of 12 query rows, three in-place value panels
+    (2, 2, 13, 33, 16, 16, None),  # more than one pass: every panel packed
+])  # fmt: skip
+def test_f32_attention_takes_transposed_keys(rng, b, h, s, skv, d, dv, bias):
+    """Keys ``(B, H, D, Skv)`` (``keys_transposed=True``) give the attention of the same keys stored
+    ``(B, H, Skv, D)``, against float64."""
+    q, k = rng.standard_normal((b, h, s, d)).astype(np.float32), rng.standard_normal((b, h, skv, d)).astype(np.float32)
+    v = rng.standard_normal((b, h, skv, dv)).astype(np.float32)
+    rows = {None: 0, "shared": 1, "per batch": b}[bias]
+    bv = np.where(rng.random((rows, skv)) < 0.25, np.finfo(np.float32).min, 0).astype(np.float32) if rows else None
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+    y = np.asarray(jax.jit(lambda q, kt, v: native.f32_attention(q, kt, v, bv, keys_transposed=True))(q, kt, v))
+    np.testing.assert_allclose(y, _attention_f64(q, k, v, bv, 1 / np.sqrt(d), "bhsd"), rtol=1e-5, atol=2e-6)
+    with pytest.raises(errors.Error, match=r"bshd, keys transposed"):
+        native.f32_attention(q, kt, v, layout="bshd", keys_transposed=True)
+    with pytest.raises(errors.Error, match=r"must be f32 with matching"):
+        native.f32_attention(q, k, v, keys_transposed=True) if d != skv else native.f32_attention(q, kt[..., 1:], v)
+
+
+@needs_attention
+@pytest.mark.parametrize("mask", [None, "bool keys", "float padding"])
+def test_sdpa_reads_transposed_keys_in_place(rng, mask):
+    """``ops.sdpa(q, kᵀ, v, keys_transposed=True)`` runs the native attention on the keys as given (no
+    transpose in the program), equals ``sdpa_slow`` on ``k``, gradients included; key-only bool masks
+    (a decoding cache's ``attn_mask(1)``) take the native path too."""
+    b, h, d, skv = 2, 3, 16, 40
+    q = rng.standard_normal((b, h, 1, d)).astype(np.float32)
+    k, v = (rng.standard_normal((b, h, skv, d)).astype(np.float32) for _ in range(2))
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+    keep = rng.random((b, 1, 1, skv)) > 0.3
+    m = {None: None, "bool keys": keep, "float padding": np.where(keep, 0, -1e9).astype(np.float32)}[mask]
+
+    def f(q, kt, v):
+        return cj.nn.ops.sdpa(q, kt, v, m, keys_transposed=True).jax
+
+    text = jax.jit(f).lower(q, kt, v).as_text()
+    assert native.F32_ATTENTION_TARGET in text and "transpose" not in text
+    ref = cj.nn.ops.sdpa_slow(q, k, v, m).numpy()
+    np.testing.assert_allclose(np.asarray(jax.jit(f)(q, kt, v)), ref, rtol=1e-5, atol=2e-6)
+    slow_t = cj.nn.ops.sdpa_slow(q, kt, v, m, keys_transposed=True).numpy()
+    np.testing.assert_allclose(slow_t, ref, rtol=1e-6, atol=1e-6)
+    cot = rng.standard_normal(ref.shape).astype(np.float32)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1, 2)))(q, kt, v)
+    want = jax.grad(lambda q, k, v: jnp.sum(cj.nn.ops.sdpa_slow(q, k, v, m).jax * cot), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(want[1]).transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-5)
+    for g, w in ((grads[0], want[0]), (grads[2], want[2])):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
+def test_sdpa_transposed_keys_on_xlas_path_and_errors(rng):
+    """Where the native attention does not apply (causal positions, grouped heads), transposed keys
+    give XLA's attention of the same keys; a transposed k with ``kv_layout="bshd"`` or of the wrong
+    shape is refused with the shapes named."""
+    q = rng.standard_normal((1, 4, 3, 8)).astype(np.float32)
+    k, v = rng.standard_normal((1, 2, 7, 8)).astype(np.float32), rng.standard_normal((1, 2, 7, 8)).astype(np.float32)
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+    sdpa = cj.nn.ops.sdpa
+    for kw in ({"do_causal": True}, {}, {"mask": np.tril(np.ones((3, 7), bool), 4)}):
+        np.testing.assert_allclose(sdpa(q, kt, v, keys_transposed=True, **kw).numpy(),
+                                   cj.nn.ops.sdpa_slow(q, k, v, **kw).numpy(), rtol=1e-5, atol=2e-6)  # fmt: skip
+    with pytest.raises(errors.Error, match=r"keys_transposed=True takes k as \(batch, heads, head_dim, kv_len\)"):
+        sdpa(q, kt, v, kv_layout="bshd", keys_transposed=True)
+    with pytest.raises(errors.Error, match=r"incompatible shapes"):
+        sdpa(q, kt[:, :, :4], v, keys_transposed=True)
+
+
+@needs_attention
 def test_f32_attention_rejects_bad_shapes():
     q = jnp.ones((1, 2, 4, 8), jnp.float32)
     with pytest.raises(errors.Error, match=r"must be f32 with matching"):
@@ -297,7 +367,8 @@ def test_sdpa_keeps_xlas_attention_where_the_native_one_does_not_apply(rng):
     cases = {
         "causal": lambda q: sdpa(q, q, q, do_causal=True),
         "grouped heads": lambda q: sdpa(q, kv2, kv2),
-        "bool mask": lambda q: sdpa(q, q, q, np.ones((1, 1, 1, 6), bool)),
+        "bool mask": lambda q: sdpa(q, q, q, np.ones((1, 1, 1, 6), bool)),  # keys a cache's transposed view
+        "per-query bool mask": lambda q: sdpa(q, q, q, np.tril(np.ones((6, 6), bool))),
         "per-query mask": lambda q: sdpa(q, q, q, np.zeros((1, 1, 6, 6), np.float32)),
         "softcapping": lambda q: sdpa(q, q, q, softcapping=30.0),
         "bf16": lambda q: sdpa(q.astype(jnp.bfloat16), q.astype(jnp.bfloat16), q.astype(jnp.bfloat16)),
