@@ -2,8 +2,9 @@
 Rust Candle's ``candle::test_utils`` (``assert_tensor_eq``, ``to_vec0_round`` .. ``to_vec3_round``).
 
 Both compare values on the host (numpy) and raise ``AssertionError`` naming what differs. As in
-the binding, integer tensors are compared as int64 and the checks of device and dtype can be
-turned off; ``check_layout`` / ``check_stride`` are accepted for the binding's signature (a
+the binding, integer tensors are compared as int64, a NaN equals nothing (not even a NaN: numpy's
+``assert_array_equal`` would let two NaNs pass) and the checks of device and dtype can be turned
+off; ``check_layout`` / ``check_stride`` are accepted for the binding's signature (a
 candlejax tensor has no strided layout of its own: XLA owns it).
 """
 
@@ -37,28 +38,37 @@ def _host(t: Tensor) -> np.ndarray:
     return a.astype(np.int64) if a.dtype.kind in "ui" else a
 
 
+def _assert_values_equal(a: np.ndarray, b: np.ndarray) -> None:
+    nan = np.isnan(a) | np.isnan(b) if a.dtype.kind == "f" or b.dtype.kind == "f" else None
+    if nan is not None and nan.any():
+        at = tuple(int(i) for i in np.argwhere(nan)[0])
+        raise AssertionError(f"{int(nan.sum())} NaN value(s), first at index {list(at)} (a NaN equals nothing)")
+    np.testing.assert_array_equal(a, b)
+
+
 def assert_equal(actual: Tensor, expected: Tensor, check_device: bool = True, check_dtype: bool = True,
                  check_layout: bool = True, check_stride: bool = False) -> None:  # fmt: skip
-    """``candle.testing.assert_equal``: same shape (and dtype, device) and equal values.
-    PyTorch: ``torch.testing.assert_close(a, b, rtol=0, atol=0)``."""
+    """``candle.testing.assert_equal``: same shape (and dtype, device) and equal values (a NaN equals
+    nothing). PyTorch: ``torch.testing.assert_close(a, b, rtol=0, atol=0)``."""
     _check_meta(actual, expected, check_device, check_dtype)
-    np.testing.assert_array_equal(_host(actual), _host(expected))
+    _assert_values_equal(_host(actual), _host(expected))
 
 
 def assert_almost_equal(actual: Tensor, expected: Tensor, rtol: float = 1e-05, atol: float = 1e-08,
                         check_device: bool = True, check_dtype: bool = True, check_layout: bool = True,
                         check_stride: bool = False) -> None:  # fmt: skip
     """``candle.testing.assert_almost_equal``: ``|actual - expected| <= atol + rtol * |expected|``
-    elementwise (numpy's ``allclose`` rule). PyTorch: ``torch.testing.assert_close``."""
+    elementwise (numpy's ``allclose`` rule; a NaN is close to nothing, equal infinities are close).
+    PyTorch: ``torch.testing.assert_close``."""
     _check_meta(actual, expected, check_device, check_dtype)
-    np.testing.assert_allclose(_host(actual), _host(expected), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(_host(actual), _host(expected), rtol=rtol, atol=atol, equal_nan=False)
 
 
 def assert_tensor_eq(t1: Tensor, t2: Tensor) -> None:
     """Rust Candle's ``test_utils::assert_tensor_eq``: equal shapes and every value equal."""
     if tuple(t1.shape) != tuple(t2.shape):
         raise AssertionError(f"shape mismatch: {list(t1.shape)} vs {list(t2.shape)}")
-    np.testing.assert_array_equal(_host(t1), _host(t2))
+    _assert_values_equal(_host(t1), _host(t2))
 
 
 def _round_f32(t: Tensor, digits: int, rank: int, name: str) -> Any:

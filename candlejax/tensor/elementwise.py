@@ -177,20 +177,31 @@ _BIN_FNS: dict[str, Callable[[Any, Any], Any]] = {
 _CMP = ("eq", "ne", "lt", "le", "gt", "ge")
 
 
-def _make_kernels(f: Callable[[Any, Any], Any]) -> tuple[Any, Any, Any]:
+# arithmetic with a scalar on an f16 / bf16 tensor runs in f32 and rounds once (PyTorch's "opmath"):
+# the scalar rounded to the tensor's dtype first can overflow (f16 / 1e5 would divide by inf and give
+# 0) or lose its digits (bf16 * 0.1)
+_HALF_OPMATH = frozenset({"add", "sub", "mul", "div", "pow"})
+
+
+def _make_kernels(name: str, f: Callable[[Any, Any], Any]) -> tuple[Any, Any, Any]:
     """(tensor-tensor, tensor-scalar, scalar-tensor) cached-jit kernels for one binary function."""
     tt = op(f, elementwise=True)
+    opmath = name in _HALF_OPMATH
 
     def ts(a: Any, s: Any) -> Any:
+        if opmath and a.dtype in _HALF:
+            return f(a.astype(jnp.float32), _cvt(s, jnp.float32)).astype(a.dtype)
         return f(a, _cvt(s, a.dtype))
 
     def st(a: Any, s: Any) -> Any:
+        if opmath and a.dtype in _HALF:
+            return f(_cvt(s, jnp.float32), a.astype(jnp.float32)).astype(a.dtype)
         return f(_cvt(s, a.dtype), a)
 
     return tt, op(ts, elementwise=True), op(st, elementwise=True)
 
 
-_KERNELS = {name: _make_kernels(f) for name, f in _BIN_FNS.items()}
+_KERNELS = {name: _make_kernels(name, f) for name, f in _BIN_FNS.items()}
 _FLOAT_ONLY_BIN = frozenset({"pow"})
 
 

@@ -423,9 +423,9 @@ class MovementMixin(TensorBase):
         ts = _tensors(tensors, "cat")
         if not ts:
             raise errors.OpRequiresAtLeastOneTensor("cat")
+        d = resolve_dim(dim, ts[0].shape, "cat")  # checked for one tensor too (candle-pyo3, PyTorch)
         if len(ts) == 1:
             return ts[0]
-        d = resolve_dim(dim, ts[0].shape, "cat")
         _check_cat(ts, d, "cat")
         return ts[0]._wrap(_cat([t._a for t in ts], axis=d))
 

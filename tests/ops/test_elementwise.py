@@ -520,3 +520,26 @@ def test_relu_gradient_at_zero_matches_torch():
     torch.relu(tx).sum().backward()
     np.testing.assert_array_equal(np.asarray(g), tx.grad.numpy())
     assert Tensor.new(np.array([-3, 0, 4], np.int32)).relu().to_vec1() == [0, 0, 4]
+
+
+def test_half_precision_scalar_arithmetic_rounds_once(rng):
+    """f16 / bf16 with a Python scalar: computed in f32 and rounded once to the tensor's dtype
+    (PyTorch's "opmath" for division), so a scalar beyond the half range does not overflow first
+    (f16 / 1e5 was a division by inf: zeros)."""
+    x = np.concatenate([rng.standard_normal(64) * 100, [60000.0, 1.0, -3.0, 7.0]]).astype(np.float32)
+    ops = {"+": lambda a, s: a + s, "-": lambda a, s: a - s, "*": lambda a, s: a * s, "/": lambda a, s: a / s,
+           "r-": lambda a, s: s - a, "r/": lambda a, s: s / a}  # fmt: skip
+    for dt, np_dt in (("f16", np.float16), ("bf16", jnp.bfloat16)):
+        t = Tensor(x).to_dtype(dt)
+        x32 = x.astype(np_dt).astype(np.float32)
+        for s in (1e5, 0.1, 3.0, 1e-3):
+            for name, f in ops.items():
+                ours = f(t, s)
+                assert ours.dtype.as_str() == dt, (dt, name)
+                with np.errstate(divide="ignore", over="ignore"):
+                    want = f(x32, np.float32(s)).astype(np_dt).astype(np.float32)
+                np.testing.assert_array_equal(np.asarray(ours.to_dtype("f32")), want, err_msg=f"{dt} {name} {s}")
+    got = (Tensor(np.array([60000.0, 1.0], np.float32)).to_dtype("f16") / 1e5).to_dtype("f32").values()
+    np.testing.assert_allclose(got, [0.6001, 1.0014e-05], rtol=1e-3)
+    c = candle.Tensor([60000.0, 1.0]).to_dtype("f16") / 1e5  # Candle: x * (1 / s), also finite
+    np.testing.assert_allclose(got, c.to_dtype("f32").values(), rtol=2e-3)

@@ -274,7 +274,14 @@ def test_cat_stack_vs_candle_pyo3(rng):
     ys = [rand(rng, (2, 3)) for _ in range(3)]
     for d in (0, 1, 2):
         want = _np(candle.stack([candle.Tensor(y) for y in ys], d))
+        np.testing.assert_array_equal(np.asarray(Tensor.cat([tt(y) for y in ys[:1]], d - 1)), ys[0])
         np.testing.assert_array_equal(np.asarray(Tensor.stack([tt(y) for y in ys], d)), want)
+    # one tensor: the dim is checked all the same, as candle-pyo3 and PyTorch do
+    for d in (2, -3):
+        with pytest.raises(ValueError):
+            candle.cat([candle.Tensor(ys[0])], d)
+        with pytest.raises(errors.DimOutOfRange, match=f"cat: dimension index {d} out of range"):
+            Tensor.cat([tt(ys[0])], d)
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -67,6 +67,22 @@ def test_testing_asserts():
     cj.testing.assert_equal(cj.ones(2), cj.ones(2, dtype="bf16"), check_dtype=False)
     with pytest.raises(AssertionError, match="shape mismatch"):
         cj.testing.assert_almost_equal(cj.ones(2), cj.ones(3))
+    # a NaN equals nothing, as in candle.testing (numpy's helpers alone would let two NaNs pass)
+    nan = cj.Tensor([1.0, float("nan")])
+    with pytest.raises(AssertionError, match=r"1 NaN value\(s\), first at index \[1\]"):
+        cj.testing.assert_equal(nan, nan)
+    with pytest.raises(AssertionError):
+        cj.testing.assert_almost_equal(nan, nan)
+    with pytest.raises(AssertionError, match="NaN"):
+        cj.testing.assert_tensor_eq(nan, nan)
+    from candle import testing as candle_testing
+
+    for f in (candle_testing.assert_equal, candle_testing.assert_almost_equal):  # the binding agrees
+        with pytest.raises(AssertionError):
+            f(candle.Tensor([1.0, float("nan")]), candle.Tensor([1.0, float("nan")]))
+    inf = cj.Tensor([float("inf"), 1.0])
+    cj.testing.assert_equal(inf, inf)
+    cj.testing.assert_almost_equal(inf, inf)
 
 
 def test_utils_facts_and_files(tmp_path):
