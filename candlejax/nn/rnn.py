@@ -23,6 +23,7 @@ from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
@@ -213,10 +214,20 @@ class _RNNBase(Module, RNN):
     def _weights(self) -> tuple[Any, ...]:
         return self.w_ih._a, self.w_hh._a, _opt(self.b_ih), _opt(self.b_hh)
 
-    def _check(self, x: Any, rank: int) -> None:
+    def _check(self, x: Any, rank: int, *state: Any) -> None:
+        """Input ``(B, in)`` / ``(B, T, in)`` and state arrays ``(B, H)``, all in the weights' dtype
+        (as Candle's products, nothing is promoted or broadcast)."""
         if x.ndim != rank or x.shape[-1] != self.in_dim:
             exp = f"[batch, {self.in_dim}]" if rank == 2 else f"[batch, seq_len, {self.in_dim}]"
             raise LayerInputShape(layer_name(self._kind, self.w_ih), exp, x.shape)
+        w = self.w_ih._a.dtype
+        for name, a in (("input", x), *(("state", s) for s in state)):
+            if a.dtype != w:
+                raise errors.DTypeMismatchBinaryOp(to_dtype(a.dtype), to_dtype(w), f"{self._kind} {name} @ weight")
+        for s in state:
+            if tuple(s.shape) != (x.shape[0], self.hidden_dim):
+                raise LayerInputShape(f"{layer_name(self._kind, self.w_ih)} state",
+                                      f"[batch {x.shape[0]}, {self.hidden_dim}]", s.shape)  # fmt: skip
 
     def _zeros(self, batch: int) -> Any:
         return jnp.zeros((batch, self.hidden_dim), self.w_ih._a.dtype)
@@ -238,22 +249,22 @@ class LSTM(_RNNBase):
 
     def step(self, input: Any, state: LSTMState) -> LSTMState:
         """One time step: input ``(B, in)``."""
-        x = as_array(input)
-        self._check(x, 2)
-        h, c = _lstm_step(x, as_array(state.h), as_array(state.c), *self._weights())
+        x, h, c = as_array(input), as_array(state.h), as_array(state.c)
+        self._check(x, 2, h, c)
+        h, c = _lstm_step(x, h, c, *self._weights())
         return LSTMState(wrap(h), wrap(c))
 
     def scan(self, input: Any, state: LSTMState | None = None) -> tuple[Any, LSTMState]:
         """Run over ``(B, T, in)``: return ``(h for every step (B, T, H), final state)``."""
         x = as_array(input)
-        self._check(x, 3)
-        st = self.zero_state(x.shape[0]) if state is None else state
+        st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
+        self._check(x, 3, as_array(st.h), as_array(st.c))
         hs, cs = _lstm_scan(x, as_array(st.h), as_array(st.c), *self._weights())
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
         x = as_array(input)
-        self._check(x, 3)
+        self._check(x, 3, as_array(init_state.h), as_array(init_state.c))
         hs, cs = _lstm_scan(x, as_array(init_state.h), as_array(init_state.c), *self._weights())
         return [LSTMState(wrap(hs[:, t]), wrap(cs[:, t])) for t in range(x.shape[1])]
 
@@ -305,20 +316,20 @@ class GRU(_RNNBase):
         return GRUState(wrap(self._zeros(batch_dim)))
 
     def step(self, input: Any, state: GRUState) -> GRUState:
-        x = as_array(input)
-        self._check(x, 2)
-        return GRUState(wrap(_gru_step(x, as_array(state.h), *self._weights())))
+        x, h = as_array(input), as_array(state.h)
+        self._check(x, 2, h)
+        return GRUState(wrap(_gru_step(x, h, *self._weights())))
 
     def scan(self, input: Any, state: GRUState | None = None) -> tuple[Any, GRUState]:
         x = as_array(input)
-        self._check(x, 3)
-        st = self.zero_state(x.shape[0]) if state is None else state
+        st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
+        self._check(x, 3, as_array(st.h))
         hs = _gru_scan(x, as_array(st.h), *self._weights())
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
         x = as_array(input)
-        self._check(x, 3)
+        self._check(x, 3, as_array(init_state.h))
         hs = _gru_scan(x, as_array(init_state.h), *self._weights())
         return [GRUState(wrap(hs[:, t])) for t in range(x.shape[1])]
 

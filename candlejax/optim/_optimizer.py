@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend import core as jax_core
 
 from candlejax import errors
 from candlejax import random as _random
@@ -471,7 +472,10 @@ class Optimizer:
           passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
           (``donate=False`` keeps it usable).
 
-        PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
+        Parameters the loss does not read keep their value and optimizer state (no weight decay, no
+        momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
+        those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
+        zero. PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
         ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
         input shape; both forms share it, so they compute bit-identical trajectories.
         """
@@ -745,8 +749,13 @@ class Optimizer:
                     )
                 return out.reshape(())
 
-            loss, grads = jax.value_and_grad(f)(params)
+            closed = jax.make_jaxpr(f)(params)  # traced once: read for the Vars it uses, then differentiated
+            loss, grads = jax.value_and_grad(lambda p: jax_core.jaxpr_as_fun(closed)(*p)[0])(params)
             new_params, new_state, ok = self._guarded(params, state, grads, lr, loss)
+            unused = _unused_inputs(closed)
+            if any(unused):  # Candle skips the Vars that get no gradient: value and optimizer state kept
+                new_params = [p if u else q for p, q, u in zip(params, new_params, unused)]
+                new_state = _keep_param_state(new_state, state, unused)
             return new_params, new_state, loss, ok
 
         return bstep
@@ -754,6 +763,32 @@ class Optimizer:
     def __repr__(self) -> str:
         lr = "schedule" if callable(self._lr) else self._lr
         return f"{type(self).__name__}(lr={lr})"
+
+
+def _unused_inputs(closed: Any) -> list[bool]:
+    """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss does not
+    depend on it at all: such a Var has no gradient in Candle, where a zero gradient is still one."""
+    live = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
+    for eqn in reversed(closed.jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+    return [v not in live for v in closed.jaxpr.invars]
+
+
+def _keep_param_state(new: Any, old: Any, unused: list[bool]) -> Any:
+    """``new`` optimizer state with the per-parameter entries of the ``unused`` parameters taken from
+    ``old`` (optax keeps them in lists parallel to the parameter list: Adam's ``mu``, ``nu``)."""
+    n = len(unused)
+
+    def per_param(x: Any) -> bool:
+        return isinstance(x, list) and len(x) == n
+
+    def pick(a: Any, b: Any) -> Any:
+        if not per_param(a):
+            return a
+        return [y if u else x for x, y, u in zip(a, b, unused)]
+
+    return jax.tree_util.tree_map(pick, new, old, is_leaf=per_param)
 
 
 class SGD(Optimizer):

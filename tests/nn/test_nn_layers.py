@@ -293,6 +293,29 @@ def test_gru():
     assert g.states_to_tensor(states).shape == (2, 6 * 7)  # Candle's cat on dim 1
 
 
+def test_rnn_states_and_inputs_are_checked_not_broadcast_or_promoted():
+    """A state of another batch or shape, or an input of another dtype than the weights, raises
+    (Candle's products neither broadcast nor promote); it used to broadcast or return f32."""
+    from candlejax import errors
+
+    vb = VarBuilder.zeros()
+    g, lstm = nn.gru(3, 4, nn.GRUConfig(), vb.pp("g")), nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l"))
+    x1, x2 = jnp.ones((1, 3)), jnp.ones((2, 3))
+    with pytest.raises(errors.Error, match=r"GRU 'g' state.*expected: \[batch 1, 4\], got: \[2, 4\]"):
+        g.step(x1, nn.GRUState(jnp.zeros((2, 4))))
+    with pytest.raises(errors.Error, match=r"state.*got: \[4\]"):
+        lstm.step(x2, nn.LSTMState(jnp.zeros((4,)), jnp.zeros((4,))))
+    with pytest.raises(errors.Error, match=r"state.*expected: \[batch 2, 4\], got: \[3, 4\]"):
+        lstm.seq_init(jnp.ones((2, 5, 3)), lstm.zero_state(3))
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match="lhs: I32, rhs: F32"):
+        lstm(jnp.ones((1, 2, 3), jnp.int32))
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match="lhs: BF16, rhs: F32"):
+        g(jnp.ones((1, 2, 3), jnp.bfloat16))
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match="GRU state"):
+        g.step(x2, nn.GRUState(jnp.zeros((2, 4), jnp.bfloat16)))
+    assert lstm.step(x2, lstm.zero_state(2)).h.shape == (2, 4) and g(jnp.ones((2, 5, 3))).shape == (2, 5, 4)
+
+
 ACTS = [
     ("gelu", lambda x: F.gelu(x)),
     ("gelu_new", lambda x: F.gelu(x, approximate="tanh")),

@@ -416,3 +416,42 @@ def test_candle_nn_optim_module_path():
 
     for name in ("AdamW", "ParamsAdamW", "SGD", "Optimizer"):
         assert getattr(nn_optim, name) is getattr(candlejax.optim, name)
+
+
+def test_adamw_skips_vars_the_loss_does_not_use(rng):
+    """Candle's optimizers update only the Vars that have a gradient: two heads under one AdamW,
+    trained in turns, against Candle's AdamW in float64 (one global step count, weight decay and
+    moments only for the head in the loss). A zero gradient of a Var the loss reads is still one."""
+    from candlejax import Device, DType, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    heads = {"a": nn.linear(3, 2, vb.pp("a")), "b": nn.linear(3, 2, vb.pp("b"))}
+    lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.3
+    opt = O.AdamW(vm.all_vars(), O.ParamsAdamW(lr=lr, weight_decay=wd))
+
+    def loss_a(m, x, y):
+        return nn.loss.mse(m["a"](x), y)
+
+    def loss_b(m, x, y):
+        return nn.loss.mse(m["b"](x), y)
+
+    names = ("weight", "bias")
+    theta = {(h, n): np.asarray(getattr(heads[h], n)._a, np.float64) for h in "ab" for n in names}
+    m = {k: np.zeros_like(v) for k, v in theta.items()}
+    v = {k: np.zeros_like(x) for k, x in theta.items()}
+    for t, h in enumerate("aabba", start=1):
+        x, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+        opt.backward_step(loss_a if h == "a" else loss_b, heads, wrap(jnp.asarray(x, jnp.float32)),
+                          wrap(jnp.asarray(y, jnp.float32)))  # fmt: skip
+        w, bias = theta[(h, "weight")], theta[(h, "bias")]
+        r = 2 * (x @ w.T + bias - y) / y.size  # d mse / d output
+        for n, g in (("weight", r.T @ x), ("bias", r.sum(0))):
+            k = (h, n)
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            step = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+            theta[k] = theta[k] * (1 - lr * wd) - lr * step
+        for (hh, n), want in theta.items():
+            np.testing.assert_allclose(np.asarray(getattr(heads[hh], n)._a), want, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"step {t}, head {hh}.{n}")  # fmt: skip
