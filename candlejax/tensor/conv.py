@@ -72,6 +72,9 @@ def _check_kernel(op_name: str, x: TensorBase, kernel: Any) -> None:
         raise errors.Msg(f"{op_name}: expected a Tensor kernel, got {type(kernel).__name__}")
     if x._a.dtype != kernel._a.dtype:
         raise errors.DTypeMismatchBinaryOp(x.dtype, kernel.dtype, op_name)
+    if 0 in tuple(kernel._a.shape)[2:]:
+        raise errors.Msg(f"{op_name}: the kernel {errors.fmt_shape(kernel._a.shape)} has a zero-size window"
+                         " (kernel sizes must be positive, as in PyTorch)")  # fmt: skip
     check_same_device(op_name, x, kernel)
 
 
@@ -375,10 +378,19 @@ def _conv_transpose(x: Any, k: Any, *, padding: tuple[int, ...], output_padding:
         (d * (ks - 1) - p, d * (ks - 1) - p + o)
         for ks, p, o, d in zip(spatial, padding, output_padding, dilation)
     ]
-    return lax.conv_general_dilated(
-        x, k, window_strides=(1,) * nd, padding=pads, lhs_dilation=stride, rhs_dilation=dilation,
-        dimension_numbers=dn, feature_group_count=groups,
+    # a negative pad (padding wider than the dilated kernel) crops the output instead: XLA:CPU's
+    # grouped f32 convolution with one got its kernel gradient wrong (jax 0.10.2)
+    y = lax.conv_general_dilated(
+        x, k, window_strides=(1,) * nd, padding=[(max(lo, 0), max(hi, 0)) for lo, hi in pads],
+        lhs_dilation=stride, rhs_dilation=dilation, dimension_numbers=dn, feature_group_count=groups,
     )
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
+        return y
+    crop = [slice(None)] * y.ndim
+    for letter, (lo, hi) in zip((c for c in dn[0] if c not in "NC"), pads):
+        axis = dn[2].index(letter)
+        crop[axis] = slice(max(-lo, 0), y.shape[axis] - max(-hi, 0))
+    return y[tuple(crop)]
 
 
 def _patch_transpose(x: Any, k: Any, groups: int) -> Any:

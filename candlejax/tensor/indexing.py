@@ -19,6 +19,7 @@ provides: IndexingMixin
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import is_eager, op
+from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, check_int, check_same_device, not_a_tensor
@@ -45,7 +47,28 @@ def _clamp_ids(ids: Any, size: int) -> Any:
     """Clamp index values to ``[0, size - 1]`` (what an unchecked gather does under jit)."""
     if jnp.issubdtype(ids.dtype, jnp.signedinteger):
         ids = jnp.maximum(ids, 0)
-    return jnp.minimum(ids, jnp.asarray(max(size - 1, 0), ids.dtype))
+    hi = max(size - 1, 0)
+    if hi >= jnp.iinfo(ids.dtype).max:  # u8 ids into more than 255 rows: every value is in range
+        return ids
+    return jnp.minimum(ids, jnp.asarray(hi, ids.dtype))
+
+
+def _fill_value(dtype: Any, value: Any) -> Any:
+    """A Python fill value for a tensor of ``dtype``: integral and in range for an integer dtype, within
+    the float range (or inf / NaN) for a float one; raises rather than wrap or overflow (PyTorch too)."""
+    v = float(value) if not isinstance(value, (bool, int, np.integer)) else int(value)
+    dt = np.dtype(dtype)
+    if jnp.issubdtype(dt, jnp.integer):
+        info = jnp.iinfo(dt)
+        # PyTorch's range: an unsigned dtype also takes the negatives of its signed twin (-1 -> 255)
+        lo = -(info.max + 1) // 2 if info.min == 0 else info.min
+        if not (isinstance(v, int) or math.isfinite(v)) or not lo <= int(v) <= info.max:
+            raise errors.Msg(f"masked_fill: the value {value!r} does not fit the tensor's dtype "
+                             f"{to_dtype(dt).name} ([{lo}, {info.max}])")  # fmt: skip
+    elif jnp.issubdtype(dt, jnp.floating) and math.isfinite(v) and abs(v) > float(jnp.finfo(dt).max):
+        raise errors.Msg(f"masked_fill: the value {value!r} overflows the tensor's dtype {to_dtype(dt).name}"
+                         f" (largest {float(jnp.finfo(dt).max):g})")  # fmt: skip
+    return value
 
 
 def _no_index(ids: Any) -> Any:
@@ -754,4 +777,6 @@ class IndexingMixin(TensorBase):
             if value.rank != 0:
                 raise errors.Msg(f"masked_fill: value must be a scalar or a rank-0 tensor, got shape {value.shape}")
             value = value._a
+        elif isinstance(value, (bool, int, float, np.number)):
+            value = _fill_value(self._a.dtype, value)
         return self._wrap(_masked_fill(self._a, mask._a, value))

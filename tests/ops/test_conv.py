@@ -457,3 +457,39 @@ def test_errors_raised_under_jit(rng):
     x, k = T(randn(rng, 1, 3, 5, 5)), T(randn(rng, 2, 4, 3, 3))
     with pytest.raises(errors.Msg, match="in_channel mismatch"):
         jax.jit(lambda x, k: x.conv2d(k))(x, k)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_conv_transpose_padding_wider_than_the_dilated_kernel_grads(nd):
+    """padding < output_padding with a 1-tap dilated kernel makes the equivalent convolution's low pad
+    negative; XLA:CPU's grouped f32 convolution got the kernel gradient of such a pad wrong, so the
+    output is cropped instead. Values and both gradients against torch."""
+    rng = np.random.default_rng(0)
+    size = (8,) * nd
+    x = rng.standard_normal((1, 2, *size)).astype(np.float32)
+    k = rng.standard_normal((2, 1, *(1,) * nd)).astype(np.float32)
+    args = dict(padding=1, output_padding=2, stride=1, dilation=3, groups=2)
+    op = "conv_transpose1d" if nd == 1 else "conv_transpose2d"
+    xt, kt = torch.tensor(x, requires_grad=True), torch.tensor(k, requires_grad=True)
+    yt = getattr(torch.nn.functional, op)(xt, kt, None, args["stride"], args["padding"], args["output_padding"],
+                                         args["groups"], args["dilation"])  # fmt: skip
+    cot = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (yt * torch.tensor(cot)).sum().backward()
+
+    def f(a, b):
+        y = getattr(cj.Tensor._wrap(a), op)(cj.Tensor._wrap(b), args["padding"], args["output_padding"], args["stride"],
+                                         args["dilation"], args["groups"]).jax  # fmt: skip
+        return (y * cot).sum(), y
+
+    (_, y), (gx, gk) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(x, k)
+    np.testing.assert_allclose(np.asarray(y), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gk), kt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_zero_size_kernel_window_is_refused():
+    x = cj.Tensor(np.ones((1, 2, 5, 5), np.float32))
+    with pytest.raises(errors.Error, match=r"conv2d: the kernel \[2, 2, 0, 3\] has a zero-size window"):
+        x.conv2d(cj.Tensor(np.zeros((2, 2, 0, 3), np.float32)))
+    with pytest.raises(errors.Error, match=r"conv_transpose1d: the kernel .* zero-size window"):
+        cj.Tensor(np.ones((1, 2, 5), np.float32)).conv_transpose1d(cj.Tensor(np.zeros((2, 2, 0), np.float32)))

@@ -752,3 +752,31 @@ def test_eager_loops_over_indexes_compile_once_per_pattern(jax_compiles):
         for i in range(2, 50):
             np.testing.assert_array_equal(np.asarray(f(i)), ref(i), err_msg=f"{name} {i}")
         assert not jax_compiles, (name, jax_compiles[:2])
+
+
+def test_narrow_index_dtypes_gather_from_longer_dims():
+    """u8 ids into 300 rows and i16 ids into 40,000 (the clamp of unchecked gathers overflowed the
+    id dtype: a raw OverflowError); Candle and PyTorch take the rows."""
+    x = np.arange(300 * 2, dtype=np.float32).reshape(300, 2)
+    t = Tensor(x)
+    ids = np.array([254, 3, 0], np.uint8)
+    np.testing.assert_array_equal(np.asarray(t.index_select(Tensor(ids), 0)), x[ids.astype(np.int64)])
+    np.testing.assert_array_equal(np.asarray(t.gather(Tensor(np.stack([ids, ids], 1)), 0)), x[ids.astype(np.int64)])
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a, i: a.index_select(i, 0))(t, Tensor(ids))),
+                                  x[ids.astype(np.int64)])  # fmt: skip
+    big = Tensor(np.arange(40_000, dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(big.index_select(Tensor(np.array([32_000, 7], np.int16)), 0)),
+                                  [32_000.0, 7.0])  # fmt: skip
+
+
+def test_masked_fill_refuses_values_the_dtype_cannot_hold():
+    """As PyTorch: 300 into u8, NaN into i32, 1e6 into f16 raise (they wrapped or overflowed
+    silently); -1 into u8 is 255 and 1.5 into i32 is 1, as in PyTorch."""
+    m = Tensor(np.ones(3, np.uint8))
+    for dt, v, what in ((np.uint8, 300, "does not fit"), (np.int32, float("nan"), "does not fit"),
+                        (np.float16, 1e6, "overflows")):  # fmt: skip
+        with pytest.raises(errors.Error, match=f"masked_fill: the value .* {what} the tensor's dtype"):
+            Tensor(np.zeros(3, dt)).masked_fill(m, v)
+    np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.uint8)).masked_fill(m, -1)), [255] * 3)
+    np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.int32)).masked_fill(m, 1.5)), [1] * 3)
+    assert np.isinf(np.asarray(Tensor(np.zeros(3, np.float16)).masked_fill(m, float("inf")))).all()
