@@ -54,8 +54,10 @@ def _clamp_ids(ids: Any, size: int) -> Any:
 
 
 def _fill_value(dtype: Any, value: Any) -> Any:
-    """A Python fill value for a tensor of ``dtype``: integral and in range for an integer dtype, within
-    the float range (or inf / NaN) for a float one; raises rather than wrap or overflow (PyTorch too)."""
+    """A Python fill value for a tensor of ``dtype``, checked with PyTorch's rule: for an integer dtype a
+    finite value in range (a fraction is truncated toward zero; an unsigned dtype also takes its signed
+    twin's negatives, -1 -> 255), for a float dtype a value within its range (or inf / NaN); raises
+    rather than wrap or overflow. (Arithmetic scalars follow a stricter rule: ``_scalar_arg``.)"""
     v = float(value) if not isinstance(value, (bool, int, np.integer)) else int(value)
     dt = np.dtype(dtype)
     if jnp.issubdtype(dt, jnp.integer):
