@@ -40,7 +40,7 @@ from candlejax.nn.conv import (
     conv_transpose2d_no_bias,
 )
 from candlejax.nn.dropout import Dropout
-from candlejax.nn.embedding import Embedding, embedding
+from candlejax.nn.embedding import Embedding, check_token_ids, embedding
 from candlejax.nn.encoding import one_hot
 from candlejax.nn.init import (
     DEFAULT_KAIMING_NORMAL,
@@ -108,7 +108,7 @@ __all__ = [
     "RotaryEmbedding", "RotatingCache", "RotatingKvCache", "ScatteredCacheBuilder", "ScatteredKvCache",
     "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
     "VarMap", "ZERO", "batch_norm", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias", "conv_transpose1d",
-    "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
+    "check_token_ids", "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding", "encoding",
     "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",
     "prelu", "quantized", "rotary_emb", "sampling", "rms_norm", "seq", "unpack_linears",

@@ -1,13 +1,14 @@
 """``Embedding``: a lookup table ``(vocab, hidden)`` indexed by integer ids.
 
 requires: candlejax.nn.module, candlejax.nn.init
-provides: ``Embedding``, ``embedding``
+provides: ``Embedding``, ``embedding``, ``check_token_ids``
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,9 +18,34 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
 from candlejax.nn.linear import _as_param, _require_tensor
 from candlejax.nn.module import Module, as_array, layer_name
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import unwrap, wrap
 
-__all__ = ["Embedding", "embedding"]
+__all__ = ["Embedding", "check_token_ids", "embedding"]
+
+
+def check_token_ids(ids: Any, vocab_size: int | None, what: str) -> None:
+    """Raise unless ``ids`` (a Tensor, array or nested list) are integers in ``0 .. vocab_size - 1``.
+
+    ``what`` names them in the error (``"llama token ids"``). A traced array is checked for its dtype
+    only: under ``jit`` a lookup clamps ids it cannot check. ``vocab_size=None`` checks the dtype and
+    that no id is negative. PyTorch: the ``IndexError`` of ``nn.Embedding``; Candle: the error of
+    ``index_select``.
+    """
+    a = unwrap(ids)
+    if not isinstance(a, jax.Array):
+        a = np.asarray(a)
+    if a.size == 0:
+        return
+    if not jnp.issubdtype(a.dtype, jnp.integer):
+        raise errors.UnexpectedDType(DType.U32, to_dtype(a.dtype), f"{what} must be integers")
+    if isinstance(a, jax.core.Tracer):
+        return
+    host = np.asarray(a)  # on the host: no reduction compiled per shape
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0:
+        raise errors.InvalidIndex(what, lo, int(vocab_size) if vocab_size is not None else 0)
+    if vocab_size is not None and hi >= int(vocab_size):
+        raise errors.InvalidIndex(what, hi, int(vocab_size))
 
 
 @op

@@ -95,6 +95,24 @@ def test_embedding():
         emb(jnp.array([10], jnp.uint32))
 
 
+def test_check_token_ids():
+    from candlejax import Tensor, errors
+
+    nn.check_token_ids([[1, 2], [0, 9]], 10, "ids")
+    nn.check_token_ids(Tensor(np.array([3], np.uint32)), 10, "ids")
+    nn.check_token_ids([], 10, "ids")
+    with pytest.raises(errors.InvalidIndex, match="ids invalid index 10 with dim size 10"):
+        nn.check_token_ids(np.array([1, 10]), 10, "ids")
+    with pytest.raises(errors.InvalidIndex, match="invalid index -1"):
+        nn.check_token_ids([0, -1], None, "ids")
+    with pytest.raises(errors.UnexpectedDType, match="ids must be integers"):
+        nn.check_token_ids([1.9, 2.5], 10, "ids")
+    # traced: the dtype is checked, the values cannot be
+    jax.jit(lambda a: nn.check_token_ids(a, 2, "ids") or a)(jnp.array([5], jnp.int32))
+    with pytest.raises(errors.UnexpectedDType):
+        jax.jit(lambda a: nn.check_token_ids(a, 2, "ids") or a)(jnp.array([1.0]))
+
+
 @pytest.mark.parametrize(
     "cfg",
     [dict(), dict(padding=1, stride=2), dict(dilation=2, padding=2), dict(groups=2, padding=1)],
