@@ -52,7 +52,18 @@ from candlejax.models.llama_config import (
     LlamaEosToks,
 )
 from candlejax.models.loading import check_architecture
-from candlejax.nn import Embedding, HostState, Linear, Module, RmsNorm, RotaryEmbedding, StackedKvCache, ops, rms_norm
+from candlejax.nn import (
+    Embedding,
+    HostState,
+    Linear,
+    Module,
+    RmsNorm,
+    RotaryEmbedding,
+    StackedKvCache,
+    check_token_ids,
+    ops,
+    rms_norm,
+)
 from candlejax.nn.quantized import scan_layers
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
 from candlejax.nn.var_builder import VarBuilder
@@ -98,7 +109,7 @@ class ForwardCache:
     computed in f32 inside the step and the keys and values keep the model's dtype.
     """
 
-    __slots__ = ("cache", "config", "device", "dtype", "use_kv_cache")
+    __slots__ = ("cache", "config", "device", "dtype", "positions", "use_kv_cache")
 
     def __init__(self, use_kv_cache: bool, dtype: Any, config: Config, device: Any = None):
         if not isinstance(use_kv_cache, bool):
@@ -110,10 +121,12 @@ class ForwardCache:
         self.use_kv_cache, self.dtype, self.config = use_kv_cache, to_dtype(dtype), config
         self.device = Device.coerce(device)
         self.cache: Any = None
+        self.positions = 0  # how many positions the cache holds
 
     def reset(self) -> None:
         """Forget the cached positions (the next ``forward`` starts at ``index_pos`` 0)."""
         self.cache = None
+        self.positions = 0
 
     def __repr__(self) -> str:
         n = "empty" if self.cache is None else f"{self.cache.max_seq_len} slots"
@@ -396,8 +409,9 @@ class Llama(Module):
             raise errors.Msg("llama forward: tokens is empty (batch, 0)")
         index_pos = int(index_pos)
         self.check_positions(index_pos, s)
-        _check_ids(t, self.config.vocab_size)
+        check_token_ids(t, self.config.vocab_size, "llama token ids")
         st = _forward_state(self, cache, index_pos)
+        _check_continuation(st, b, index_pos)
         # several tokens run in 32-token chunks, the last padded (one compiled program for every
         # prompt length; the padding is causally masked and later tokens overwrite its cache slots)
         padded = prefill_bucket(s) if s > 1 else s
@@ -405,14 +419,17 @@ class Llama(Module):
             padded = s
         c = self._sized_cache(st, b, index_pos, index_pos + padded)
         st.cache = None  # donated below
+        st.positions = 0
         if padded == s:
             logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
+            st.positions = index_pos + s
             return wrap(logits)
         pos = index_pos
         for chunk, n in prefill_chunks(np.asarray(t, np.uint32), padded):
             logits, c = _jit_step(self, c, chunk, jnp.int32(pos), jnp.int32(n - 1))
             pos += chunk.shape[1]
         st.cache = c
+        st.positions = index_pos + s
         return wrap(logits)
 
     __call__ = forward
@@ -432,7 +449,7 @@ class Llama(Module):
         """Candle's ``Llama::embed(&x)``: the token embeddings ``(batch, seq, hidden)`` of ids ``x``."""
         t = unwrap(x)
         t = t if isinstance(t, jax.Array) else np.asarray(t)
-        _check_ids(t, self.config.vocab_size)
+        check_token_ids(t, self.config.vocab_size, "llama token ids")
         return wrap(unwrap(self.embed_tokens(jnp.asarray(t, jnp.int32))))
 
     def forward_input_embed(self, input_embed: Any, index_pos: int, cache: ForwardCache | None = None) -> Any:
@@ -453,9 +470,11 @@ class Llama(Module):
         index_pos = int(index_pos)
         self.check_positions(index_pos, s)
         st = _forward_state(self, cache, index_pos)
+        _check_continuation(st, b, index_pos)
         c = self._sized_cache(st, b, index_pos, index_pos + s)
-        st.cache = None  # donated below
+        st.cache, st.positions = None, 0  # donated below
         logits, st.cache = _jit_step_embeds(self, c, jnp.asarray(x, self.dtype.jnp), jnp.int32(index_pos))
+        st.positions = index_pos + s
         return wrap(logits)
 
     def reset(self) -> None:
@@ -477,11 +496,18 @@ class Llama(Module):
         return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
 
 
-def _check_ids(t: Any, vocab: int) -> None:
-    a = np.asarray(t)
-    if a.size and (int(a.min()) < 0 or int(a.max()) >= vocab):
-        bad = int(a.max()) if int(a.max()) >= vocab else int(a.min())
-        raise errors.InvalidIndex("llama token ids", bad, vocab)
+def _check_continuation(st: Any, batch: int, index_pos: int) -> None:
+    """A stateful ``forward`` at ``index_pos`` > 0 continues the held sequence: it may not skip
+    positions (their slots would be attended to) nor change the batch (Candle's ``cat`` fails)."""
+    if index_pos == 0:
+        return
+    held = st.positions if st.cache is not None else 0
+    if index_pos > held:
+        raise errors.Msg(f"llama forward: the cache holds {held} positions, the tokens start at index_pos {index_pos};"
+                         f" continue at {held} or start over at 0")  # fmt: skip
+    if st.cache.batch != batch:
+        raise errors.Msg(f"llama forward: the cache holds batch {st.cache.batch}, the tokens have batch {batch};"
+                         " start a new sequence at index_pos 0")  # fmt: skip
 
 
 def _round_up(n: int, m: int) -> int:

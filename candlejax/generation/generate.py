@@ -27,7 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax.generation.penalty import RecentTokens, apply_repeat_penalty, apply_repeat_penalty_mask
+from candlejax.generation.penalty import (
+    RecentTokens,
+    apply_repeat_penalty,
+    apply_repeat_penalty_mask,
+    check_penalty,
+)
 from candlejax.generation.sampling import (
     ArgMax,
     LogitsProcessor,
@@ -37,6 +42,7 @@ from candlejax.generation.sampling import (
     sampling_key,
     seed_key,
 )
+from candlejax.nn.embedding import check_token_ids
 from candlejax.tensor import unwrap, wrap
 from candlejax.xla import OptionsJit, SerializedProgram, compile_compact
 
@@ -233,7 +239,17 @@ def _scalar(value: Any, dtype: Any) -> jax.Array:
     return jax.device_put(np.asarray(value, dtype))
 
 
-def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
+def model_limit(params: Any, name: str) -> int | None:
+    """``params.<name>`` or ``params.config.<name>`` (``vocab_size``, ``max_position_embeddings``) when
+    the model states it, else ``None``."""
+    for owner in (params, getattr(params, "config", None)):
+        value = getattr(owner, name, None)
+        if isinstance(value, int | np.integer) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def _prompt_array(prompt_tokens: Any, dtype: Any, vocab_size: int | None) -> jax.Array:
     p = unwrap(prompt_tokens)
     arr = np.asarray(p) if not isinstance(p, jax.Array) else p
     if arr.ndim == 1:
@@ -245,6 +261,7 @@ def _prompt_array(prompt_tokens: Any, dtype: Any) -> jax.Array:
         )
     if arr.shape[1] == 0:
         raise errors.Msg("generate: the prompt is empty; give at least one token (e.g. the BOS id)")
+    check_token_ids(arr, vocab_size, "generate: prompt token ids")
     if isinstance(arr, jax.Array):
         return arr if arr.dtype == dtype else jnp.asarray(arr, dtype=dtype)
     return jax.device_put(np.asarray(arr, dtype=dtype))  # a transfer, not a compiled conversion
@@ -254,7 +271,8 @@ class Generation:
     """An iterator over the new token ids of one :func:`generate` call.
 
     After (or during) iteration: ``tokens`` (the ids yielded so far), ``finish_reason``
-    (``"eos"``, ``"length"``, ``"cache_full"`` when the cache has no slot left for the next token,
+    (``"eos"``, ``"length"``, ``"cache_full"`` when the cache, or the model's
+    ``max_position_embeddings``, has no slot left for the next token,
     or ``None`` while running), ``cache`` (the model cache after the last
     step), ``pos`` (how many positions the cache now holds), ``last_token`` (the last sampled id:
     the EOS or the last generated id), ``pending_token`` (``last_token`` if the cache has not
@@ -295,20 +313,28 @@ class Generation:
             self.eos = frozenset([int(eos_token_id)])
         else:
             self.eos = frozenset(int(e) for e in eos_token_id)
+        check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
         self.repeat_last_n = int(repeat_last_n)
-        self.prompt = _prompt_array(prompt_tokens, token_dtype)
+        self.prompt = _prompt_array(prompt_tokens, token_dtype, model_limit(params, "vocab_size"))
         self.pos = int(start_pos)
         # a cache with a fixed number of slots (``max_seq_len``) never wraps around: a prompt that
-        # does not fit raises, and generation stops with finish_reason "cache_full" when it is full
+        # does not fit raises, and generation stops with finish_reason "cache_full" when it is full;
+        # a model's position limit (``max_position_embeddings``) caps a larger cache
         cap = getattr(cache, "max_seq_len", None)
         self.capacity = int(cap) if isinstance(cap, int | np.integer) else None
+        max_pos = model_limit(params, "max_position_embeddings")
+        if max_pos is not None:
+            self.capacity = max_pos if self.capacity is None else min(self.capacity, max_pos)
         if self.pos < 0:
             raise errors.Msg(f"generate: start_pos must be >= 0, got {self.pos}")
         if self.capacity is not None and self.pos + self.prompt.shape[1] > self.capacity:
+            where = ("the cache" if max_pos is None or (cap is not None and int(cap) <= max_pos)
+                     else "the model's max_position_embeddings")  # fmt: skip
             raise errors.Msg(
-                f"generate: the prompt ({self.prompt.shape[1]} tokens at position {self.pos}) does not fit the"
-                f" cache of {self.capacity} positions; make a larger cache"
+                f"generate: the prompt ({self.prompt.shape[1]} tokens at position {self.pos}) does not fit"
+                f" {where} of {self.capacity} positions"
+                + ("; make a larger cache" if where == "the cache" else "")
             )
         self.yield_eos = yield_eos
         self.pipeline = (jax.default_backend() != "cpu") if pipeline is None else bool(pipeline)

@@ -1,7 +1,7 @@
 """Repeat penalty (Candle: ``candle_transformers::utils::apply_repeat_penalty``).
 
 requires: jax, candlejax.tensor (``wrap``/``unwrap``)
-provides: ``apply_repeat_penalty``, ``apply_repeat_penalty_mask``, ``context_mask``,
+provides: ``apply_repeat_penalty``, ``apply_repeat_penalty_mask``, ``check_penalty``, ``context_mask``,
 ``RecentTokens`` (a fixed-size window of the last tokens, for compiled decode steps).
 
 Every token id that occurs in the context is penalised once, however often it occurs: a logit
@@ -12,6 +12,7 @@ Every token id that occurs in the context is penalised once, however often it oc
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +47,27 @@ def context_mask(context: Any, vocab_size: int, valid: Any = None) -> jax.Array:
     return flat.reshape(mask.shape)
 
 
+def check_penalty(penalty: Any, where: str) -> None:
+    """Raise unless a concrete ``penalty`` is a positive number (0 turns the logits it divides into
+    inf, a negative one flips their order; transformers refuses both). A traced one is not checked."""
+    p = unwrap(penalty)
+    if isinstance(p, jax.core.Tracer):
+        return
+    try:
+        value = float(p)
+    except (TypeError, ValueError):
+        raise errors.Msg(f"{where}: the repeat penalty must be a number, got {penalty!r}") from None
+    if not value > 0:
+        raise errors.Msg(f"{where}: the repeat penalty must be > 0 (1.0: none), got {value}")
+
+
+def _token_id(i: Any) -> int:
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise errors.Msg(f"apply_repeat_penalty: context ids must be integers, got {i!r}") from None
+
+
 def apply_repeat_penalty_mask(logits: Any, penalty: Any, mask: Any) -> Any:
     """Penalise the logits where ``mask`` (bool, or a token-count array: > 0 means seen) is set.
 
@@ -72,8 +94,9 @@ def apply_repeat_penalty(logits: Any, penalty: float, context: Sequence[int] | A
     """
     x = unwrap(logits)
     vocab = x.shape[-1]
+    check_penalty(penalty, "apply_repeat_penalty")
     if isinstance(context, list | tuple | range):
-        ids = np.fromiter((int(i) for i in context), dtype=np.int64, count=len(context))
+        ids = np.fromiter((_token_id(i) for i in context), dtype=np.int64, count=len(context))
         ids = ids[(ids >= 0) & (ids < vocab)].astype(np.int32)
         context = ids
     mask = context_mask(context, vocab)

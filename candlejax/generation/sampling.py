@@ -133,9 +133,10 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
     * ``None`` or the class ``Sampling.ArgMax`` -> ``ArgMax()``;
     * a temperature ``None`` or below 1e-7 -> ``ArgMax()`` (Candle applies this rule only in
       ``LogitsProcessor::new``; applying it to every variant avoids dividing by zero);
-    * ``TopP`` with ``p <= 0`` or ``p >= 1`` -> ``All`` (plain multinomial);
+    * ``TopP`` with ``p <= 0``, ``p >= 1`` or NaN -> ``All`` (plain multinomial);
     * ``TopK`` with ``k >= vocab_size`` -> ``All``; ``TopKThenTopP`` with ``k >= vocab_size`` -> ``TopP``;
-      ``TopKThenTopP`` with ``p <= 0`` -> ``TopK``.
+      ``TopKThenTopP`` with ``p <= 0`` or NaN -> ``TopK`` (Candle's cut at ``p`` keeps every token
+      when ``p`` is NaN).
     """
     if sampling is None:
         return ArgMax()
@@ -160,7 +161,7 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
         return GumbelSoftmax(t)
     if isinstance(sampling, TopP):
         p = float(sampling.p)
-        return All(t) if p <= 0.0 or p >= 1.0 else TopP(p, t)
+        return TopP(p, t) if 0.0 < p < 1.0 else All(t)
     if isinstance(sampling, TopK):
         k = int(sampling.k)
         return All(t) if vocab_size is not None and k >= vocab_size else TopK(k, t)
@@ -168,7 +169,7 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
         k, p = int(sampling.k), float(sampling.p)
         if vocab_size is not None and k >= vocab_size:
             return normalize_sampling(TopP(p, t))
-        return TopK(k, t) if p <= 0.0 else TopKThenTopP(k, p, t)
+        return TopK(k, t) if p <= 0.0 or math.isnan(p) else TopKThenTopP(k, p, t)
     raise errors.Msg(f"sampling: unknown variant {sampling!r}")
 
 
@@ -419,6 +420,9 @@ class LogitsProcessor:
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
             return int(jnp.argmax(x.astype(jnp.float32)))
+        if not isinstance(s, GumbelSoftmax) and not bool((np.asarray(x, np.float32) > -np.inf).any()):
+            # softmax gives NaN: Candle's WeightedIndex and torch.multinomial refuse it
+            raise errors.Msg("LogitsProcessor::sample: every logit is -inf, there is no token to sample")
         tok = _sample_step(x, self.base_key, jnp.int32(self.step), sampling=s)
         self.step += 1
         return int(tok)

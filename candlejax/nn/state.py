@@ -17,11 +17,12 @@ class HostState:
     original's cache. PyTorch keeps such state in module buffers; Candle in ``&mut self`` fields.
     """
 
-    __slots__ = ("cache", "owner", "value")
+    __slots__ = ("cache", "owner", "positions", "value")
 
     def __init__(self, value: Any = None) -> None:
         self.value = value
         self.cache: Any = None
+        self.positions = 0  # how many positions ``cache`` holds, where a model counts them
         self.owner = 0
 
     def __eq__(self, other: object) -> bool:

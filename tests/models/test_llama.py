@@ -366,6 +366,42 @@ def test_positions_and_cache_limits(pairs):
         generate(llama.step, model, model.new_cache(1, 16), prompt, 4, Sampling.ArgMax())
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         model.generate(list(range(130)), 4)
+    # a cache larger than the model's positions: generation stops at max_position_embeddings (128)
+    gen = generate(llama.step, model, model.new_cache(1, 300), prompt, 200, Sampling.ArgMax())
+    assert len(list(gen)) == 128 - len(prompt) + 1 and gen.finish_reason == "cache_full"
+    with pytest.raises(errors.Error, match="does not fit the model's max_position_embeddings of 128"):
+        generate(llama.step, model, model.new_cache(1, 300), [1 + i % 90 for i in range(129)], 4, Sampling.ArgMax())
+
+
+def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
+    """Ids past the vocabulary, negative or fractional ids, a stateful ``forward`` that skips
+    positions or changes the batch mid-sequence: each raises (they used to be clamped, truncated or
+    to attend to stale cache slots)."""
+    from candlejax import errors
+
+    _name, _hf, model, _ = pairs("gqa")
+    vocab = BASE["vocab_size"]
+    for bad, kind in (([1, vocab], errors.InvalidIndex), ([1, -1], errors.InvalidIndex),
+                      ([1.9, 2.5], errors.UnexpectedDType)):  # fmt: skip
+        with pytest.raises(kind):
+            list(generate(llama.step, model, model.new_cache(1, 32), bad, 3, Sampling.ArgMax()))
+        with pytest.raises(kind):
+            list(model.generate(bad, 3))
+    with pytest.raises(errors.UnexpectedDType):
+        model.forward(np.array([[1.7, 2.2]]), 0)
+    model.reset()
+    model.forward(np.array([[5, 6, 7]]), 0)
+    with pytest.raises(errors.Error, match="holds 3 positions, the tokens start at index_pos 40"):
+        model.forward(np.array([[9]]), 40)
+    with pytest.raises(errors.Error, match="holds batch 1, the tokens have batch 2"):
+        model.forward(np.array([[9], [9]]), 3)
+    cache = llama.Cache.new(True, DType.F32, model.config, Device.Cpu)
+    with pytest.raises(errors.Error, match="holds 0 positions"):
+        model.forward(np.array([[9]]), 2, cache)
+    # continuing at the held position, rewinding into it and starting over stay allowed
+    model.forward(np.array([[9]]), 3)
+    model.forward(np.array([[8]]), 2)
+    model.forward(np.array([[9], [9]]), 0)
 
 
 def test_candles_config_presets_and_rope_types(tmp_path):

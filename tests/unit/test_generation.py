@@ -128,6 +128,8 @@ def test_constructor_rules():
         (Sampling.TopP(-0.5, 0.8), 10, Sampling.All(0.8)),
         (Sampling.TopP(1.0, 0.8), 10, Sampling.All(0.8)),
         (Sampling.TopP(0.9, 0.8), 10, Sampling.TopP(0.9, 0.8)),
+        (Sampling.TopP(float("nan"), 0.8), 10, Sampling.All(0.8)),  # Candle's cut at NaN keeps every token
+        (Sampling.TopKThenTopP(3, float("nan"), 0.8), 10, Sampling.TopK(3, 0.8)),
         (Sampling.TopK(10, 0.8), 10, Sampling.All(0.8)),
         (Sampling.TopK(50, 0.8), 10, Sampling.All(0.8)),
         (Sampling.TopK(3, 0.8), 10, Sampling.TopK(3, 0.8)),
@@ -158,6 +160,16 @@ def test_bad_sampling_raises():
         normalize_sampling(Sampling.TopK)
     with pytest.raises(cj.Error):
         LogitsProcessor(0, 1.0).sample(np.zeros((2, 3), np.float32))
+    # every logit -inf: softmax is NaN, nothing to draw (Candle's WeightedIndex fails); argmax gives 0
+    for sampling in (Sampling.All(1.0), Sampling.TopK(2, 1.0), Sampling.TopP(0.5, 1.0)):
+        with pytest.raises(cj.Error, match="every logit is -inf"):
+            LogitsProcessor.from_sampling(0, sampling).sample(np.full(4, -np.inf, np.float32))
+    assert LogitsProcessor.from_sampling(0, Sampling.ArgMax()).sample(np.full(4, -np.inf, np.float32)) == 0
+    # the draw with p = NaN is the plain multinomial's (it used to return token 0 every time)
+    x = np.log(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    a = LogitsProcessor.from_sampling(5, Sampling.TopP(float("nan"), 1.0))
+    b = LogitsProcessor.from_sampling(5, Sampling.All(1.0))
+    assert [a.sample(x) for _ in range(20)] == [b.sample(x) for _ in range(20)]
 
 
 
@@ -303,6 +315,11 @@ def test_repeat_penalty_matches_candle(rng):
     # untouched tokens keep their values, a penalty of 1 is the identity
     np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x, 1.0, ctx)), x)
     np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x, 1.3, [])), x)
+    for penalty in (0.0, -1.0, float("nan")):  # inf logits or a flipped order (transformers raises too)
+        with pytest.raises(cj.Error, match="repeat penalty must be > 0"):
+            apply_repeat_penalty(x, penalty, ctx)
+    with pytest.raises(cj.Error, match="context ids must be integers"):
+        apply_repeat_penalty(x, 1.3, [0.5])
 
 
 def test_repeat_penalty_matches_transformers(rng):
@@ -528,6 +545,12 @@ def test_generate_tensor_tokens_and_errors():
         generate(step, params, fresh(), [[1, 2], [3, 4]], 4)
     with pytest.raises(cj.Error, match="empty"):
         generate(step, params, fresh(), [], 4)
+    with pytest.raises(cj.Error, match="must be integers"):
+        generate(step, params, fresh(), [1.9, 2.0], 4)
+    with pytest.raises(cj.Error, match="invalid index -1"):
+        generate(step, params, fresh(), [1, -1], 4)
+    with pytest.raises(cj.Error, match="repeat penalty must be > 0"):
+        generate(step, params, fresh(), [1, 2], 4, repeat_penalty=0.0)
 
 
 # --- TokenOutputStream ---------------------------------------------------------------------------------
