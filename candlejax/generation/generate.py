@@ -328,6 +328,10 @@ class Generation:
             self.capacity = max_pos if self.capacity is None else min(self.capacity, max_pos)
         if self.pos < 0:
             raise errors.Msg(f"generate: start_pos must be >= 0, got {self.pos}")
+        batch = getattr(cache, "batch", None)
+        if isinstance(batch, int | np.integer) and not isinstance(batch, bool) and batch != 1:
+            raise errors.Msg(f"generate: the cache holds batch {batch}; generate drives one sequence, make the cache"
+                             " with batch 1 (model.new_cache(1, max_seq_len))")  # fmt: skip
         if self.capacity is not None and self.pos + self.prompt.shape[1] > self.capacity:
             where = ("the cache" if max_pos is None or (cap is not None and int(cap) <= max_pos)
                      else "the model's max_position_embeddings")  # fmt: skip
