@@ -125,15 +125,17 @@ def mse(inp: Any, target: Any) -> Any:
 @op
 def _bce_logit(x: Any, t: Any) -> Any:
     xf, tf = _upcast(x), _upcast(t)
-    loss = jnp.maximum(xf, 0) - xf * tf + jnp.log1p(jnp.exp(-jnp.abs(xf)))
+    # softplus(x) - x·t: stable, and its gradient at x = 0 is sigmoid(0) - t (max(x, 0) + log1p(exp(-|x|))
+    # has the same value, but JAX's subgradients of max and abs at 0 made it -t)
+    loss = jax.nn.softplus(xf) - xf * tf
     return jnp.mean(loss).astype(x.dtype)
 
 
 def binary_cross_entropy_with_logit(inp: Any, target: Any) -> Any:
     """Mean binary cross-entropy on logits (``F.binary_cross_entropy_with_logits``).
 
-    Uses the stable ``max(x, 0) - x·t + log(1 + exp(-|x|))`` form; Candle applies sigmoid first and
-    overflows to inf/NaN for large logits.
+    Uses the stable ``softplus(x) - x·t`` form; Candle applies sigmoid first and overflows to
+    inf/NaN for large logits.
     """
     x, t = as_array(inp), as_array(target)
     _check_same("binary_cross_entropy_with_logit", x, t)

@@ -53,6 +53,11 @@ def test_mse_bce_huber():
     _cmp(loss.mse, F.mse_loss, a, b, diff=(0, 1))
     t = (np.random.default_rng(2).random((4, 3)) > 0.5).astype(np.float32)
     _cmp(loss.binary_cross_entropy_with_logit, F.binary_cross_entropy_with_logits, a * 5, t)
+    # logits at exactly 0 (a zero-initialised head's first step): the gradient is (sigmoid(0) - t) / n
+    zero = np.zeros((2, 3), np.float32)
+    zero[0, 0] = 2.0
+    soft = np.random.default_rng(3).random((2, 3)).astype(np.float32)
+    _cmp(loss.binary_cross_entropy_with_logit, F.binary_cross_entropy_with_logits, zero, soft, diff=(0, 1))
     _cmp(lambda x, y: loss.huber(x, y, 0.7), lambda x, y: F.huber_loss(x, y, delta=0.7), a, b, diff=(0, 1))
     with pytest.raises(Exception, match=r"shape mismatch in mse, lhs: \[4, 3\], rhs: \[3\]"):
         loss.mse(a, b[0])
