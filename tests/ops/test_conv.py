@@ -290,6 +290,24 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_tied_windows(rng, k):
     np.testing.assert_allclose(float(forward), float((xt.grad.numpy() * tangent).sum()), rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [2, (3, 2)])
+def test_max_pool_second_derivative_matches_torch(rng, k):
+    """The stride = kernel pool's derivative is itself differentiable (grad of a function of the
+    gradient, and the Hessian-vector product), in float64 against PyTorch's double backward."""
+    x = rng.standard_normal((2, 2, 6, 6))
+
+    def g(a):
+        return jax.grad(lambda b: (T(b).max_pool2d(k).sqr() * 3).sum_all().jax)(a)
+
+    with jax.enable_x64():
+        ours = jax.grad(lambda a: (g(a) ** 3).sum())(jnp.asarray(x))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (gt,) = torch.autograd.grad((F.max_pool2d(xt, k) ** 2 * 3).sum(), xt, create_graph=True)
+    (want,) = torch.autograd.grad((gt**3).sum(), xt)
+    np.testing.assert_allclose(np.asarray(ours), want.numpy(), rtol=1e-12)
+    assert np.abs(want.numpy()).max() > 1
+
+
 def test_max_pool_value_under_differentiation(rng):
     """Differentiated, the pool's value comes from the reduction that finds each window's first
     maximum: it must equal the plain forward's and PyTorch's, NaN and infinite windows included."""
