@@ -196,6 +196,8 @@ def _footer(shape: tuple[int, ...], dtype: DType, dev: str = "") -> str:
 def format_tensor(t: TensorBase) -> str:
     """Candle's ``Display`` for a tensor: the values, then ``Tensor[[2, 2], f32]``."""
     a = t._a
+    if a.dtype == jax.dtypes.float0:  # jax.vjp / grad(allow_int=True)'s cotangent of an integer input
+        return f"Tensor[{errors.fmt_shape(a.shape)}, float0] (the zero cotangent of an integer input)"
     dtype = t.dtype
     if isinstance(a, _Tracer):
         return f"Traced<{_footer(a.shape, dtype)}>"

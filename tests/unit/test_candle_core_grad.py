@@ -367,3 +367,15 @@ def test_flip_backprop(x64):
     # dloss/dx = dloss/dy @ dy/dx = ones @ weight.flip.T
     expected_grad = dloss_dy.matmul(flipped_weights.t())
     cj.testing.assert_tensor_eq(grad_x, expected_grad)
+
+
+def test_vjp_with_an_integer_input_gives_a_printable_float0_cotangent():
+    """``jax.vjp`` over an integer Tensor returns a float0 cotangent Tensor; it prints (it raised)."""
+    import jax
+
+    ti = Tensor(np.array([1, 2], np.int32))
+    tf = Tensor(np.array([1.0, 2.0], np.float32))
+    _, vjp = jax.vjp(lambda a, b: (a * b.to_dtype(DType.F32)).sum_all().jax, tf, ti)
+    gf, gi = vjp(np.float32(1.0))
+    assert gf.to_vec1() == [1.0, 2.0]
+    assert repr(gi) == "Tensor[[2], float0] (the zero cotangent of an integer input)"
