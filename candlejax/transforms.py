@@ -170,12 +170,13 @@ def _check_diff(diff: Any) -> None:
 
 def _scalar(out: Any, what: str) -> Any:
     a = unwrap(out)
-    shape = getattr(a, "shape", ())
-    if shape not in ((), (1,)):
+    shape = tuple(getattr(a, "shape", ()))
+    if any(d != 1 for d in shape):  # one element, of any rank, as torch's backward() takes
         raise errors.InvalidShape(
-            f"{what}: the function must return a scalar loss, got shape {errors.fmt_shape(shape)}"
+            f"{what}: the function must return a scalar loss (one element), got shape {errors.fmt_shape(shape)};"
+            " reduce it first, e.g. .sum_all() or .mean_all()"
         )
-    return a.reshape(()) if shape == (1,) else a
+    return a.reshape(()) if shape else a
 
 
 def _is_float_tensor(x: Any) -> bool:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from candlejax import Tensor
 from candlejax.nn import Buffer, Module, Var, VarBuilder, VarMap, linear
 from candlejax.tensor._core import wrap
 from candlejax.transforms import apply_updates, combine, grad, jit, partition, trainable, value_and_grad
@@ -132,6 +133,10 @@ def test_errors():
         grad(lambda m: jnp.sum(m.w._a))(IntVar())
     with pytest.raises(Exception, match="must return a scalar loss"):
         grad(lambda m: m.fc(jnp.ones((2, 3)))._a)(Net(VarBuilder.zeros()))
+    # one element of any rank is a scalar loss, as torch's backward() takes it
+    x = Tensor(np.array([[1.0, 2.0]], np.float32))
+    g = grad(lambda t: t.matmul(t.t()))(x)  # (1, 1)
+    np.testing.assert_array_equal(g.to_vec2(), [[2.0, 4.0]])
 
 
 def test_grad_of_plain_tensors_and_clear_error_without_float_leaves():
