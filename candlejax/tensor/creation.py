@@ -27,7 +27,7 @@ from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, shape_with_hole
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -694,8 +694,8 @@ def _tensor_dev(t: TensorBase) -> Device:
 
 
 def _tri_like(n: Any, dtype: Any, device: Any, op_name: str, *, k: int, upper: bool) -> Any:
-    n = _static_number(n, "n", op_name)
-    if not isinstance(n, int) or n < 0:
+    n = int_arg(n, op_name, "n")
+    if n < 0:
         raise errors.Msg(f"{op_name}: n must be a non-negative int, got {n!r}")
     d = _dt(dtype, op_name)
     return wrap(_place(_tri(n=n, dtype=d.np, k=k, upper=upper), _dev(device)))

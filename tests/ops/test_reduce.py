@@ -172,6 +172,15 @@ def test_sort(rng, dtype):
         np.testing.assert_array_equal(f64(i4), desc)
 
 
+def test_sort_asc_must_be_a_bool():
+    x = T(np.array([3.0, 1.0, 2.0], np.float32))
+    for f in (x.sort_last_dim, x.arg_sort_last_dim):
+        for bad in (None, 1, "asc"):
+            with pytest.raises(errors.InvalidArgument, match=r"sort_last_dim: asc must be a bool .* got "):
+                f(bad)
+    assert x.sort_last_dim(np.bool_(False))[0].to_vec1() == [3.0, 2.0, 1.0]
+
+
 def test_candle_parity(rng):
     x = rand(rng, (3, 4), F32)
     c, t = to_candle(x), T(x)

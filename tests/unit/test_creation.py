@@ -5,6 +5,8 @@ References: numpy (float64) and candle-pyo3 (``import candle``) where it has the
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,6 +210,12 @@ def test_eye_tril_triu():
     assert Tensor.eye(3, DType.U32, CPU).dtype is DType.U32
     with pytest.raises(errors.Msg):
         Tensor.eye(-1, DType.F32, CPU)
+    # a bool or a float is not a size (True gave the 1 x 1 identity)
+    for f in (Tensor.eye, Tensor.tril2, Tensor.triu2):
+        for n, shown in ((True, "True (bool)"), (2.5, "2.5 (float)")):
+            with pytest.raises(errors.NotAnInteger, match=re.escape(f"{f.__name__}: n must be an int, got {shown}")):
+                f(n, DType.F32, CPU)
+    assert Tensor.eye(np.int64(2), DType.F32, CPU).shape == (2, 2)
 
 
 def test_meshgrid():
