@@ -638,6 +638,9 @@ class CreationMixin(TensorBase):
         start = _static_number(start, "start", "arange")
         end = _static_number(end, "end", "arange")
         step = _static_number(step, "step", "arange")
+        for name, v in (("start", start), ("end", end), ("step", step)):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise errors.InvalidArgument(f"arange: {name} must be a finite number, got {v}")
         if step == 0:
             raise errors.Msg("step cannot be zero")
         all_int = isinstance(start, int) and isinstance(end, int) and isinstance(step, int)

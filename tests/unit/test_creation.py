@@ -248,6 +248,11 @@ def test_arange_candle_and_errors():
         Tensor.arange_step(0, 5, 0, CPU)
     with pytest.raises(errors.Msg, match="Python number"):
         jax.jit(lambda n: Tensor.arange(0, n, CPU))(3)
+    for bad, name in (((0, float("inf")), "end"), ((0, float("nan")), "end"), ((float("-inf"), 0), "start")):
+        with pytest.raises(errors.InvalidArgument, match=f"arange: {name} must be a finite number, got"):
+            Tensor.arange(*bad, CPU)
+    with pytest.raises(errors.InvalidArgument, match="arange: step must be a finite number, got nan"):
+        Tensor.arange_step(0, 1, float("nan"), CPU)
 
 
 def test_eye_tril_triu():
