@@ -141,6 +141,8 @@ def to_dtype(x: Any) -> DType:
         return x
     if isinstance(x, str):
         return DType.parse(x)
+    if x is None:  # np.dtype(None) is float64
+        raise errors.Msg("cannot convert None to a candlejax DType: pass a DType (DType.F32) or its name ('f32')")
     try:
         return NUMPY_TO_DTYPE[np.dtype(x)]
     except (KeyError, TypeError):

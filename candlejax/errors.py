@@ -353,6 +353,19 @@ class DimType(Msg, TypeError):
     candle-pyo3 and PyTorch."""
 
 
+class NotAnInteger(InvalidArgument, TypeError):
+    """A position, length or count that is not an integer (``narrow(0, 0.9, 1)``, ``roll("1", 0)``,
+    ``eye(True)``): also a ``TypeError``, as candle-pyo3's ``'float' object cannot be interpreted as an
+    integer``. Floats are never truncated and bools are not counts."""
+
+    def __init__(self, op: str, what: str, value: Any, hint: str = "", shown: str = ""):
+        self.op, self.what, self.value = op, what, value
+        super().__init__(
+            f"{op}: {what} must be an int, got {shown or f'{value!r} ({type(value).__name__})'}"
+            + (f"; {hint}" if hint else "; an int, a numpy integer or a 0-d integer array (floats are not truncated)")
+        )
+
+
 class InvalidDevice(Msg):
     """A device name or ordinal that does not exist here."""
 

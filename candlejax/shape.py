@@ -77,6 +77,12 @@ def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
     """Resolve one dim or a sequence of dims; duplicates raise ``DuplicateDimIndex``."""
     if isinstance(dims, (int, D)) or hasattr(dims, "__index__"):
         return (resolve_dim(dims, shape, op),)
+    if not isinstance(dims, (tuple, list)):
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            msg = f"{op}: dims must be an int, a D or a sequence of them, got {dims!r}"
+            raise errors.InvalidArgument(msg) from None
     out = tuple(resolve_dim(d, shape, op) for d in dims)
     if len(set(out)) != len(out):
         raise errors.DuplicateDimIndex(shape, out, op)

@@ -4,11 +4,13 @@ every topic module shares.
 requires: jax, candlejax.dtype / device / shape / errors
 provides: ``wrap``, ``TensorBase`` (``_a``, ``_wrap``, ``dtype``, ``shape``, ``device``, ``rank``, ``dims``,
 ``dim``, ``dims0..5``, ``elem_count``, ``jax``), ``unwrap``, ``check_same_shape``,
-``check_same_dtype``, ``check_same_device``, ``check_float``, ``check_int``.
+``check_same_dtype``, ``check_same_device``, ``check_float``, ``check_int``, ``int_arg`` / ``traced_int``
+(positions, lengths and counts).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import jax
@@ -189,6 +191,50 @@ def wrap(a: Any) -> Any:
 def unwrap(x: Any) -> Any:
     """The jax array behind a Tensor (other values pass through)."""
     return x._a if isinstance(x, TensorBase) else x
+
+
+def int_arg(x: Any, op: str, what: str) -> int:
+    """``x`` as a Python int, for an op's position, length or count (``narrow``'s ``start``, ``chunk``'s
+    ``chunks``): an int, a numpy integer or a concrete 0-d integer array / Tensor. Floats, bools, strings
+    and None raise :class:`candlejax.errors.NotAnInteger` (candle-pyo3: ``'float' object cannot be
+    interpreted as an integer``)."""
+    if type(x) is int:  # the fast path
+        return x
+    v = x._a if isinstance(x, TensorBase) else x
+    if isinstance(v, jax.core.Tracer):
+        raise errors.NotAnInteger(
+            op, what, x, "a Python int is needed here, not a value traced under jax.jit", _traced(v)
+        )
+    if not isinstance(v, (bool, np.bool_)) and _int_dtype_or_none(getattr(v, "dtype", None)):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    raise errors.NotAnInteger(op, what, x)
+
+
+def _int_dtype_or_none(dt: Any) -> bool:
+    if dt is None:
+        return True
+    try:
+        return bool(np.issubdtype(dt, np.integer))
+    except TypeError:  # a foreign dtype (torch): leave it to __index__
+        return "bool" not in str(dt)
+
+
+def traced_int(x: Any, op: str, what: str) -> Any:
+    """The traced integer scalar behind ``x`` (a tracer or a Tensor holding one) for an offset that may be
+    traced under jit, or None when ``x`` is not traced; a traced float, bool or non-scalar raises."""
+    v = x._a if isinstance(x, TensorBase) else x
+    if not isinstance(v, jax.core.Tracer):
+        return None
+    if v.ndim != 0 or not np.issubdtype(v.dtype, np.integer):
+        raise errors.NotAnInteger(op, what, x, f"a traced {what} must be an integer scalar", _traced(v))
+    return v
+
+
+def _traced(v: Any) -> str:
+    return f"a traced {v.dtype}{list(v.shape)} value"
 
 
 def check_same_shape(op: str, a: TensorBase, b: TensorBase) -> None:

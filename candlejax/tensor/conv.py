@@ -27,7 +27,7 @@ from jax.interpreters import ad, batching, mlir
 
 from candlejax import errors
 from candlejax._dispatch import op
-from candlejax.tensor._core import TensorBase, check_float, check_same_device, wrap
+from candlejax.tensor._core import TensorBase, check_float, check_same_device, int_arg, wrap
 
 IntOrPair = int | tuple[int, int]
 
@@ -37,10 +37,7 @@ _DN2 = ("NCHW", "OIHW", "NCHW")
 
 # --- argument helpers ----------------------------------------------------------------------------
 def _int(v: Any, name: str, op_name: str, minimum: int) -> int:
-    try:
-        i = int(v.__index__())
-    except AttributeError:
-        raise errors.Msg(f"{op_name}: {name} must be an int, got {v!r}") from None
+    i = int_arg(v, op_name, name)
     if i < minimum:
         raise errors.Msg(f"{op_name}: {name} must be >= {minimum}, got {i}")
     return i

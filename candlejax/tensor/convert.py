@@ -271,7 +271,12 @@ class ConvertMixin(TensorBase):
         Float -> int truncates toward zero and saturates (NaN -> 0), as Rust's ``as``.
         PyTorch: ``t.to(torch.float16)``.
         """
-        d = dtype if isinstance(dtype, DType) else to_dtype(dtype)
+        if isinstance(dtype, DType):
+            d = dtype
+        elif dtype is None:
+            raise errors.InvalidArgument("to_dtype: dtype must be a DType (DType.F32) or its name ('f32'), got None")
+        else:
+            d = to_dtype(dtype)
         a = self._a
         npd = d.np
         if a.dtype == npd:

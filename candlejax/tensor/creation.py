@@ -27,7 +27,7 @@ from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, shape_with_hole
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -138,6 +138,68 @@ def _np_dtype(dt: np.dtype, where: str) -> DType:
     return d
 
 
+# --- values given with an explicit integer dtype: never wrapped, never truncated from Python data ---
+_INT_RANGE = {d.np: (int(np.iinfo(d.np).min), int(np.iinfo(d.np).max)) for d in DType if d.is_int()}
+
+
+def _does_not_fit(where: str, value: Any, dt: Any) -> errors.InvalidArgument:
+    lo, hi = _INT_RANGE[np.dtype(dt)]
+    return errors.InvalidArgument(
+        f"{where}: the value {value!r} does not fit the dtype {to_dtype(dt).name} ([{lo}, {hi}]); values are"
+        " never wrapped: use a dtype that holds them, or clamp them first"
+    )
+
+
+def _not_integral(where: str, value: Any, dt: Any) -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        f"{where}: the value {value!r} is not an integer, as the dtype {to_dtype(dt).name} needs; Python values are"
+        " not truncated: round them first, or build a float tensor and .to_dtype(...) it (which truncates)"
+    )
+
+
+def _check_int_scalar(value: Any, dt: Any, where: str) -> None:
+    """A Python / numpy scalar for a tensor of the integer numpy dtype ``dt``: integral and in range."""
+    lo, hi = _INT_RANGE[dt]
+    if type(value) is int:  # the fast path
+        if not lo <= value <= hi:
+            raise _does_not_fit(where, value, dt)
+        return
+    if isinstance(value, (bool, np.bool_)):
+        return
+    v = value.item() if isinstance(value, np.generic) else value
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise _not_integral(where, value, dt)
+        v = int(v)
+    if isinstance(v, int) and not lo <= v <= hi:
+        raise _does_not_fit(where, value, dt)
+
+
+def _check_int_values(arr: np.ndarray, dt: Any, where: str, python: bool) -> None:
+    """Raise when the host values ``arr`` do not fit the integer numpy dtype ``dt``: out of range or NaN
+    always, fractional when they come from Python data (``python``); a numpy float array truncates
+    toward zero, as ``astype`` and ``to_dtype`` do. One min/max pass; none when ``arr``'s dtype fits."""
+    if arr.size == 0 or arr.dtype == np.bool_ or np.can_cast(arr.dtype, dt, "safe"):
+        return
+    lo, hi = _INT_RANGE[dt]
+    if arr.dtype.kind in "iu":
+        mn, mx = int(arr.min()), int(arr.max())
+        if mn < lo or mx > hi:
+            raise _does_not_fit(where, mn if mn < lo else mx, dt)
+        return
+    if python:
+        frac = arr != np.trunc(arr)  # also true for NaN; inf is caught by the range below
+        if frac.any():
+            raise _not_integral(where, arr.flat[np.flatnonzero(frac)[0]].item(), dt)
+    mn, mx = float(arr.min()), float(arr.max())
+    if math.isnan(mn) or math.isnan(mx):
+        raise _does_not_fit(where, float("nan"), dt)
+    if not (math.isfinite(mn) and math.trunc(mn) >= lo):
+        raise _does_not_fit(where, mn, dt)
+    if not (math.isfinite(mx) and math.trunc(mx) <= hi):
+        raise _does_not_fit(where, mx, dt)
+
+
 def _nested_shape(x: Any) -> tuple[int, ...]:
     if isinstance(x, (list, tuple)):
         if not x:
@@ -195,6 +257,8 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
     if arr.ndim > 1 and 0 in arr.shape[1:] and isinstance(data, (list, tuple)):
         raise errors.Msg("empty array")
     if dtype is not None:
+        if dtype.np in _INT_RANGE:
+            _check_int_values(arr, dtype.np, where, True)
         return arr.astype(dtype.np, copy=False)
     if kind == "f":
         return arr.astype(np.float32, copy=False)
@@ -244,6 +308,8 @@ def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
         else:
             a = jnp.asarray(t.numpy())
     if dtype is not None and dtype is not d:
+        if dtype.np in _INT_RANGE and t.numel():
+            _check_int_values((t.double() if t.is_floating_point() else t).numpy(), dtype.np, where, False)
         a = a.astype(dtype.np)
     return a
 
@@ -274,7 +340,10 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
             if data.dtype == np.bool_:
                 data = data.astype(np.uint8)
             return _from_host(data)
-        return _from_host(np.asarray(data).astype(dt.np, copy=False))
+        data = np.asarray(data)
+        if data.dtype != dt.np and dt.np in _INT_RANGE:
+            _check_int_values(data, dt.np, where, False)
+        return _from_host(data.astype(dt.np, copy=False))
     elif _is_torch(data):
         return _from_torch(data, dt, where)
     elif isinstance(data, (list, tuple, int, float, bool)):
@@ -396,7 +465,8 @@ class CreationMixin(TensorBase):
 
         ``data``: a Python scalar, nested lists/tuples, a numpy / jax array, a torch tensor or a
         Tensor. ``device=None`` keeps a jax array's (or Tensor's) device and puts host data on
-        ``Device.Cpu``. PyTorch: ``torch.tensor(data, dtype=..., device=...)``.
+        ``Device.Cpu``. An integer ``dtype`` refuses host values it cannot hold (``[300]`` as U8, ``1.5``
+        from Python data) rather than wrap them. PyTorch: ``torch.tensor(data, dtype=..., device=...)``.
         """
         a = as_jax_array(data, dtype)
         if device is None:
@@ -516,9 +586,15 @@ class CreationMixin(TensorBase):
 
     @staticmethod
     def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
-        """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given."""
+        """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given; an integer
+        dtype refuses a value it cannot hold (PyTorch: ``torch.full``, which raises likewise for 300 as uint8)."""
         v = unwrap(value)
-        d = infer_dtype(v, "full") if dtype is None else _dt(dtype, "full")
+        if dtype is None:
+            d = infer_dtype(v, "full")
+        else:
+            d = _dt(dtype, "full")
+            if d.np in _INT_RANGE and isinstance(v, (int, float, np.generic)):
+                _check_int_scalar(v, d.np, "full")
         return wrap(_place(_full(v, shape=_shape(shape), dtype=d.np), _dev(device)))
 
     def zeros_like(self) -> Any:
@@ -539,6 +615,8 @@ class CreationMixin(TensorBase):
         """``torch.full_like(t, value)``: ``value`` cast to this tensor's dtype."""
         a = self._a
         v = unwrap(value)
+        if a.dtype in _INT_RANGE and isinstance(v, (int, float, np.generic)):
+            _check_int_scalar(v, a.dtype, "full_like")
         return wrap(_place(_full(v, shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
     # --- ranges and structured matrices ------------------------------------------------------
@@ -560,6 +638,9 @@ class CreationMixin(TensorBase):
         start = _static_number(start, "start", "arange")
         end = _static_number(end, "end", "arange")
         step = _static_number(step, "step", "arange")
+        for name, v in (("start", start), ("end", end), ("step", step)):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise errors.InvalidArgument(f"arange: {name} must be a finite number, got {v}")
         if step == 0:
             raise errors.Msg("step cannot be zero")
         all_int = isinstance(start, int) and isinstance(end, int) and isinstance(step, int)
@@ -694,8 +775,8 @@ def _tensor_dev(t: TensorBase) -> Device:
 
 
 def _tri_like(n: Any, dtype: Any, device: Any, op_name: str, *, k: int, upper: bool) -> Any:
-    n = _static_number(n, "n", op_name)
-    if not isinstance(n, int) or n < 0:
+    n = int_arg(n, op_name, "n")
+    if n < 0:
         raise errors.Msg(f"{op_name}: n must be a non-negative int, got {n!r}")
     d = _dt(dtype, op_name)
     return wrap(_place(_tri(n=n, dtype=d.np, k=k, upper=upper), _dev(device)))

@@ -34,7 +34,7 @@ from candlejax._dispatch import is_eager, op
 from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
-from candlejax.tensor._core import TensorBase, check_int, check_same_device, not_a_tensor
+from candlejax.tensor._core import TensorBase, check_int, check_same_device, int_arg, not_a_tensor, traced_int
 
 Tracer = jax.core.Tracer
 
@@ -213,13 +213,6 @@ def _dyn_update_slice(a: Any, src: Any, start: Any, axis: int) -> Any:
     return lax.dynamic_update_slice_in_dim(a, src, start, axis)
 
 
-def _traced_offset(x: Any) -> Any:
-    """The traced scalar behind an offset (a Tracer or a Tensor holding one), else ``None``."""
-    if isinstance(x, TensorBase):
-        x = x._a
-    return x if isinstance(x, Tracer) else None
-
-
 @op(elementwise=True)
 def _where(pred: Any, on_true: Any, on_false: Any) -> Any:
     return jnp.where(pred != 0, on_true, on_false)
@@ -375,11 +368,11 @@ def _plan_index(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool, op_n
         elif isinstance(x, _SLICE_LIKE):
             if strict:
                 start, stop, step = x.start, x.stop, x.step
-                step = 1 if step is None else int(step)
+                step = 1 if step is None else int_arg(step, op_name, "slice step")
                 if step <= 0:
                     raise errors.Msg(f"{op_name}: slice step must be positive in i(), got {step}; use t[::-1] or flip")
-                start = 0 if start is None else int(start)
-                stop = size if stop is None else int(stop)
+                start = 0 if start is None else int_arg(start, op_name, "slice start")
+                stop = size if stop is None else int_arg(stop, op_name, "slice stop")
                 if start < 0:
                     if start + size < 0:
                         raise errors.InvalidIndex(op_name, start, size)
@@ -655,8 +648,8 @@ class IndexingMixin(TensorBase):
         ss = src.shape
         if len(ss) != len(s):
             raise errors.UnexpectedNumberOfDims(len(s), len(ss), ss, "slice-scatter")
-        dyn = _traced_offset(start)
-        start = 0 if dyn is not None else int(start)
+        dyn = traced_int(start, "slice-scatter", "start")
+        start = 0 if dyn is not None else int_arg(start, "slice-scatter", "start")
         ok = start >= 0 and all((b + start <= a) if i == d else a == b for i, (a, b) in enumerate(zip(s, ss)))
         if not ok:
             raise errors.ShapeMismatchBinaryOp(s, ss, "slice-scatter (self, src)", f"start {start} on dim {d}")
@@ -690,8 +683,8 @@ class IndexingMixin(TensorBase):
         ss = src.shape
         if len(ss) != len(s):
             raise errors.UnexpectedNumberOfDims(len(s), len(ss), s, "slice-set")
-        dyn = _traced_offset(offset)
-        offset = 0 if dyn is not None else int(offset)
+        dyn = traced_int(offset, "slice-set", "offset")
+        offset = 0 if dyn is not None else int_arg(offset, "slice-set", "offset")
         if offset < 0:
             raise errors.Msg(f"slice-set: offset must be non-negative, got {offset}")
         for i, (v1, v2) in enumerate(zip(s, ss)):
@@ -728,8 +721,8 @@ class IndexingMixin(TensorBase):
                 raise errors.Msg(f"slice-assign: range for dim {i} must be a slice or range, got {r!r}")
             if r.step not in (None, 1):
                 raise errors.Msg(f"slice-assign: the range for dim {i} must have step 1, got {r.step}")
-            lo = 0 if r.start is None else int(r.start)
-            hi = s[i] if r.stop is None else int(r.stop)
+            lo = 0 if r.start is None else int_arg(r.start, "slice-assign", f"range start for dim {i}")
+            hi = s[i] if r.stop is None else int_arg(r.stop, "slice-assign", f"range stop for dim {i}")
             if lo < 0 or hi < 0:
                 raise errors.Msg(f"slice-assign: negative bound in the range for dim {i}, {lo} {hi}")
             if hi <= lo:

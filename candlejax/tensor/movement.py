@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -25,7 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
 from candlejax.shape import D, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
-from candlejax.tensor._core import TensorBase, check_same_device
+from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
 
 # --------------------------------------------------------------------------------------------------
 # cached-jit primitives (static arguments are hashable tuples / ints)
@@ -322,13 +321,13 @@ class MovementMixin(TensorBase):
         """
         s = self._a.shape
         d = resolve_dim(dim, s, "narrow")
-        length = int(len)
-        if isinstance(start, TensorBase):
-            start = start._a
-        if isinstance(start, jax.core.Tracer):
-            _narrow_check(s, d, 0, length)
-            return self._wrap(_narrow_at(self._a, start, axis=d, length=length, drop=False))
-        start = int(start)
+        length = len if type(len) is int else int_arg(len, "narrow", "len")
+        if type(start) is not int:
+            dyn = traced_int(start, "narrow", "start")
+            if dyn is not None:
+                _narrow_check(s, d, 0, length)
+                return self._wrap(_narrow_at(self._a, dyn, axis=d, length=length, drop=False))
+            start = int_arg(start, "narrow", "start")
         if start < 0:
             if start + s[d] < 0:
                 raise errors.NarrowInvalidArgs(s, d, start, length, "start < -dim_len")
@@ -346,7 +345,7 @@ class MovementMixin(TensorBase):
         """
         s = self._a.shape
         d = resolve_dim(dim, s, "chunk")
-        chunks = int(chunks)
+        chunks = int_arg(chunks, "chunk", "chunks")
         if chunks <= 0:
             raise errors.Msg(f"chunk: the number of chunks must be positive, got {chunks}")
         size = s[d]
@@ -364,13 +363,14 @@ class MovementMixin(TensorBase):
         s = self._a.shape
         d = resolve_dim(dim, s, "split")
         size = s[d]
-        if isinstance(split_size_or_sections, int) or hasattr(split_size_or_sections, "__index__"):
-            step = int(split_size_or_sections)
+        sections = split_size_or_sections
+        if not isinstance(sections, (list, tuple, range)) and not getattr(sections, "ndim", 0):
+            step = int_arg(sections, "split", "split_size")
             if step <= 0:
                 raise errors.Msg(f"split: split_size must be positive, got {step}")
             sizes = [min(step, size - i) for i in range(0, size, step)] or [0]
         else:
-            sizes = [int(x) for x in split_size_or_sections]
+            sizes = [int_arg(x, "split", "section size") for x in sections]
             if any(x < 0 for x in sizes) or sum(sizes) != size:
                 raise errors.Msg(
                     f"split: sections {sizes} must be non-negative and sum to the size {size} of dim {d}"
@@ -404,7 +404,7 @@ class MovementMixin(TensorBase):
     def _get_on_dim(self, dim: Any, index: int, op_name: str) -> Any:
         s = self._a.shape
         d = resolve_dim(dim, s, op_name)
-        i = int(index)
+        i = int_arg(index, op_name, "index")
         if i < 0:
             if i + s[d] < 0:
                 raise errors.InvalidIndex(op_name, i, s[d])
@@ -474,7 +474,7 @@ class MovementMixin(TensorBase):
             spec = spec.dims()
         if isinstance(spec, int) or hasattr(spec, "__index__"):
             spec = (spec,)
-        spec = tuple(int(x) for x in spec)
+        spec = tuple(int_arg(x, "expand", "size") for x in spec)
         src = self._a.shape
         if -1 in spec:
             off = len(spec) - len(src)
@@ -521,7 +521,7 @@ class MovementMixin(TensorBase):
         """Candle ``pad_with_zeros(d, left, right)``. PyTorch: ``F.pad(x, ..., value=0)``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "pad_with_zeros")
-        left, right = int(left), int(right)
+        left, right = int_arg(left, "pad_with_zeros", "left"), int_arg(right, "pad_with_zeros", "right")
         if left < 0 or right < 0:
             raise errors.Msg(f"pad_with_zeros: left and right must be non-negative, got {left}, {right}")
         if left == 0 and right == 0:
@@ -534,7 +534,7 @@ class MovementMixin(TensorBase):
         PyTorch: ``F.pad(x, ..., mode="replicate")``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "pad_with_same")
-        left, right = int(left), int(right)
+        left, right = int_arg(left, "pad_with_same", "left"), int_arg(right, "pad_with_same", "right")
         if left < 0 or right < 0:
             raise errors.Msg(f"pad_with_same: left and right must be non-negative, got {left}, {right}")
         if left == 0 and right == 0:
@@ -562,9 +562,10 @@ class MovementMixin(TensorBase):
         """Candle ``roll(shift, d)``: circular shift along ``d``. PyTorch: ``torch.roll``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "roll")
+        shift = int_arg(shift, "roll", "shift")
         if s[d] == 0:
             return self
-        shift = int(shift) % s[d]
+        shift %= s[d]
         if shift == 0:
             return self
         return self._wrap(_roll_at(self._a, np.int32(shift), axis=d))
@@ -582,7 +583,7 @@ class MovementMixin(TensorBase):
         apart, as a new trailing dim; dim ``d`` becomes ``(len - size) // step + 1``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "unfold")
-        size, step = int(size), int(step)
+        size, step = int_arg(size, "unfold", "size"), int_arg(step, "unfold", "step")
         if step <= 0:
             raise errors.Msg(f"unfold: step must be positive, got {step}")
         if size < 0 or size > s[d]:

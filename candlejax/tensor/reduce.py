@@ -145,6 +145,17 @@ def _torch_dims(dims: Any, dim: Any, op_name: str) -> Any:
     return dims
 
 
+def _asc(asc: Any, op_name: str) -> bool:
+    """A sort's ``asc`` flag: a bool (Candle's ``asc: bool``), never None or a number read as truth."""
+    if asc is True or asc is False:
+        return asc
+    if isinstance(asc, np.bool_):
+        return bool(asc)
+    raise errors.InvalidArgument(
+        f"{op_name}: asc must be a bool (True sorts ascending, False descending), got {asc!r} ({type(asc).__name__})"
+    )
+
+
 def _keep_all(t: TensorBase, out: Any, keepdim: bool) -> Any:
     return out.reshape((1,) * t.rank) if keepdim else out
 
@@ -350,7 +361,7 @@ class ReduceMixin(TensorBase):
         a = self._a
         if a.ndim == 0:
             raise errors.Msg("empty last-dim in arg-sort")
-        return wrap(_run(_argsort, a, descending=not asc))
+        return wrap(_run(_argsort, a, descending=not _asc(asc, "arg_sort_last_dim")))
 
     def sort_last_dim(self, asc: bool = True) -> tuple[Any, Any]:
         """``(sorted, indices)`` along the last dim (Candle ``sort_last_dim``, torch ``sort(-1)``);
@@ -358,7 +369,7 @@ class ReduceMixin(TensorBase):
         a = self._a
         if a.ndim == 0:
             raise errors.Msg("empty last-dim in arg-sort")
-        v, i = _run(_sort, a, descending=not asc)
+        v, i = _run(_sort, a, descending=not _asc(asc, "sort_last_dim"))
         return wrap(v), wrap(i)
 
 

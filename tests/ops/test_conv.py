@@ -3,6 +3,8 @@ gradients, eagerly and under jax.jit."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -469,6 +471,12 @@ def test_pool_errors(rng):
         T(randn(rng, 2, 2, 2)).max_pool2d(2)
     with pytest.raises(errors.UnexpectedNumberOfDims):
         T(randn(rng, 2, 2, 2)).upsample_nearest2d(4, 4)
+    # a bool or a float is not a size (True was read as 1)
+    for k, shown in ((True, "True (bool)"), (1.5, "1.5 (float)")):
+        msg = re.escape(f"max_pool2d: kernel-size must be an int, got {shown}")
+        with pytest.raises(errors.NotAnInteger, match=msg):
+            T(randn(rng, 1, 1, 4, 4)).max_pool2d(k)
+    assert T(randn(rng, 1, 1, 4, 4)).max_pool2d(np.int64(2)).shape == (1, 1, 2, 2)
 
 
 def test_errors_raised_under_jit(rng):

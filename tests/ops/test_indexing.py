@@ -780,3 +780,30 @@ def test_masked_fill_refuses_values_the_dtype_cannot_hold():
     np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.uint8)).masked_fill(m, -1)), [255] * 3)
     np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.int32)).masked_fill(m, 1.5)), [1] * 3)
     assert np.isinf(np.asarray(Tensor(np.zeros(3, np.float16)).masked_fill(m, float("inf")))).all()
+
+
+def test_slice_positions_must_be_ints():
+    """A float or bool position is refused, never truncated (candle-pyo3: ``'float' object cannot be
+    interpreted as an integer``); numpy integers and traced integer offsets still work."""
+    x = tt(np.arange(12, dtype=np.float32).reshape(3, 4))
+    row = tt(np.ones((1, 4), np.float32))
+    cases = [
+        (lambda: x.i(slice(0.5, 2)), "i: slice start must be an int, got 0.5"),
+        (lambda: x.i((slice(None), slice(0, 2.0))), "i: slice stop must be an int, got 2.0"),
+        (lambda: x.slice_scatter(row, 0, 0.5), "slice-scatter: start must be an int, got 0.5"),
+        (lambda: x.slice_set(row, 0, 1.5), "slice-set: offset must be an int, got 1.5"),
+        (lambda: x.slice_set(row, 0, True), "slice-set: offset must be an int, got True (bool)"),
+        (lambda: x.slice_assign([slice(0.5, 1), slice(None)], row), "slice-assign: range start for dim 0"),
+    ]
+    for f, msg in cases:
+        with pytest.raises(errors.NotAnInteger) as e:
+            f()
+        assert isinstance(e.value, TypeError) and msg in str(e.value)
+    want = np.asarray(x).copy()
+    want[1] = 1
+    np.testing.assert_array_equal(np.asarray(x.slice_set(row, 0, np.int64(1))), want)
+    np.testing.assert_array_equal(np.asarray(x.i(slice(np.int32(1), np.int64(2)))), np.asarray(x)[1:2])
+    with pytest.raises(errors.NotAnInteger, match=r"slice-set: offset must be an int, got a traced float32\[\]"):
+        jax.jit(lambda c, k, p: c.slice_set(k, 0, p))(x, row, jnp.float32(1))
+    with pytest.raises(errors.NotAnInteger, match="slice-scatter: start must be an int, got a traced int32"):
+        jax.jit(lambda c, k, p: c.slice_scatter(k, 0, p))(x, row, jnp.zeros((2,), jnp.int32))

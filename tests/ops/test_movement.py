@@ -406,3 +406,58 @@ def test_errors_under_jit():
         jax.jit(lambda t: t.narrow(0, 1, 5))(_t(3))
     with pytest.raises(errors.ShapeMismatchCat):
         jax.jit(lambda a, b: Tensor.cat([a, b], 0))(_t(2, 3), _t(2, 4))
+
+
+# --- positions, lengths and counts are integers: floats, bools, strings and None raise -------------
+BAD_INTS = [
+    ("narrow_len", lambda x: x.narrow(0, 0, 1.5), "narrow: len must be an int, got 1.5 (float)"),
+    ("narrow_start", lambda x: x.narrow(0, 0.9, 1), "narrow: start must be an int, got 0.9 (float)"),
+    ("narrow_start_bool", lambda x: x.narrow(0, True, 1), "narrow: start must be an int, got True (bool)"),
+    ("get", lambda x: x.get(1.9), "get: index must be an int, got 1.9"),
+    ("get_on_dim", lambda x: x.get_on_dim(0, 1.9), "get_on_dim: index must be an int, got 1.9"),
+    ("chunk", lambda x: x.chunk(2.5, 0), "chunk: chunks must be an int, got 2.5"),
+    ("split", lambda x: x.split(1.5, 0), "split: split_size must be an int, got 1.5"),
+    ("split_sections", lambda x: x.split([1.5, 1.5], 0), "split: section size must be an int, got 1.5"),
+    ("roll", lambda x: x.roll(1.5, 0), "roll: shift must be an int, got 1.5"),
+    ("roll_str", lambda x: x.roll("1", 0), "roll: shift must be an int, got '1' (str)"),
+    ("roll_none", lambda x: x.roll(None, 0), "roll: shift must be an int, got None"),
+    ("pad_zeros", lambda x: x.pad_with_zeros(0, 1.5, 0), "pad_with_zeros: left must be an int, got 1.5"),
+    ("pad_same", lambda x: x.pad_with_same(0, 0, 1.5), "pad_with_same: right must be an int, got 1.5"),
+    ("unfold", lambda x: x.unfold(1, 1.5, 1), "unfold: size must be an int, got 1.5"),
+    ("expand", lambda x: x.expand(2.5, 3, 4), "expand: size must be an int, got 2.5"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INTS, ids=[c[0] for c in BAD_INTS])
+def test_positions_lengths_counts_must_be_ints(case):
+    _, f, msg = case
+    with pytest.raises(errors.NotAnInteger) as e:
+        f(_t(3, 4))
+    assert isinstance(e.value, TypeError) and isinstance(e.value, errors.InvalidArgument)
+    assert msg in str(e.value)
+
+
+def _arange34():
+    return Tensor(np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+def test_integer_like_positions_still_accepted():
+    x = _arange34()
+    ref = np.asarray(x)[1:3]
+    for start in (np.int64(1), np.array(1, np.int32), jnp.asarray(1), Tensor(np.array(1, np.uint32))):
+        np.testing.assert_array_equal(np.asarray(x.narrow(0, start, np.int32(2))), ref)
+    np.testing.assert_array_equal(np.asarray(x.get(np.int64(-1))), np.asarray(x)[-1])
+    assert [c.shape for c in x.chunk(np.int64(2), 0)] == [(2, 4), (1, 4)]
+    assert [c.shape for c in x.split(np.array([1, 2]), 0)] == [(1, 4), (2, 4)]
+    np.testing.assert_array_equal(np.asarray(x.roll(np.int64(1), 0)), np.roll(np.asarray(x), 1, 0))
+
+
+def test_traced_narrow_start_must_be_an_integer_scalar():
+    x = _arange34()
+    f = jax.jit(lambda t, s: t.narrow(0, s, 2))
+    np.testing.assert_array_equal(np.asarray(f(x, jnp.int32(1))), np.asarray(x)[1:3])
+    np.testing.assert_array_equal(np.asarray(f(x, Tensor(np.array(1, np.int32)))), np.asarray(x)[1:3])
+    with pytest.raises(errors.NotAnInteger, match=r"narrow: start must be an int, got a traced float32\[\] value"):
+        f(x, jnp.float32(1))
+    with pytest.raises(errors.NotAnInteger, match="roll: shift must be an int, got a traced int32"):
+        jax.jit(lambda t, s: t.roll(s, 0))(x, jnp.int32(1))

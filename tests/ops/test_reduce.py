@@ -172,6 +172,22 @@ def test_sort(rng, dtype):
         np.testing.assert_array_equal(f64(i4), desc)
 
 
+def test_sort_asc_must_be_a_bool():
+    x = T(np.array([3.0, 1.0, 2.0], np.float32))
+    for f in (x.sort_last_dim, x.arg_sort_last_dim):
+        for bad in (None, 1, "asc"):
+            with pytest.raises(errors.InvalidArgument, match=r"sort_last_dim: asc must be a bool .* got "):
+                f(bad)
+    assert x.sort_last_dim(np.bool_(False))[0].to_vec1() == [3.0, 2.0, 1.0]
+
+
+def test_reduction_dims_of_a_wrong_type_raise():
+    x = T(np.ones((2, 3), np.float32))
+    for f in (lambda: x.sum(1.0), lambda: x.sum_keepdim(1.0), lambda: x.mean(0.5)):
+        with pytest.raises(errors.InvalidArgument, match="dims must be an int, a D or a sequence of them, got"):
+            f()
+
+
 def test_candle_parity(rng):
     x = rand(rng, (3, 4), F32)
     c, t = to_candle(x), T(x)

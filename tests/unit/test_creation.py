@@ -5,6 +5,8 @@ References: numpy (float64) and candle-pyo3 (``import candle``) where it has the
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +57,9 @@ def test_constructor_negative_int_and_bool():
 def test_constructor_explicit_dtype_and_empty():
     t = Tensor([1, 2, 3], dtype=DType.F32)
     assert t.dtype is DType.F32 and t.to_vec1() == [1.0, 2.0, 3.0]
-    assert Tensor([1.7, -2.5], dtype="i32").to_vec1() == [1, -2]
+    assert Tensor([1.0, -2.0], dtype="i32").to_vec1() == [1, -2]
+    with pytest.raises(errors.InvalidArgument, match=r"the value 1\.7 is not an integer"):  # truncated to 1 before
+        Tensor([1.7, -2.5], dtype="i32")
     e = Tensor([])
     assert e.shape == (0,) and e.dtype is DType.F32
     # float64 data converted by the caller-requested dtype never needs x64
@@ -174,6 +178,51 @@ def test_full_and_like():
         assert like.dtype is DType.U8 and like.shape == (2, 2) and like.to_vec2() == [[v, v], [v, v]]
 
 
+# --- values given with an integer dtype are never wrapped -------------------------------------------
+@pytest.mark.parametrize(
+    "make, shown",
+    [
+        (lambda: Tensor([300], dtype=DType.U8), "the value 300 does not fit the dtype U8 ([0, 255])"),
+        (lambda: Tensor([-1], dtype=DType.U32), "the value -1 does not fit the dtype U32"),
+        (lambda: Tensor(300, dtype=DType.U8), "the value 300 does not fit"),
+        (lambda: Tensor([5e9], dtype=DType.U32), "the value 5000000000.0 does not fit the dtype U32"),
+        (lambda: Tensor([1, 2.5], dtype=DType.I32), "the value 2.5 is not an integer"),
+        (lambda: Tensor([300.5, -1.5, 1e10], dtype=DType.U8), "the value 300.5 is not an integer"),
+        (lambda: Tensor([float("nan")], dtype=DType.U8), "the value nan is not an integer"),
+        (lambda: Tensor(np.array([2**40, 1]), dtype=DType.I32), "the value 1099511627776 does not fit the dtype I32"),
+        (lambda: Tensor(np.array([300.5, 1.0]), dtype=DType.U8), "the value 300.5 does not fit the dtype U8"),
+        (lambda: Tensor(np.array([np.nan], np.float32), dtype=DType.U8), "the value nan does not fit"),
+        (lambda: Tensor(torch.tensor([300], dtype=torch.int32), dtype=DType.U8), "the value 300 does not fit"),
+        (lambda: Tensor.new([256, 1], CPU, dtype=DType.U8), "new: the value 256 does not fit"),
+        (lambda: Tensor.from_vec([1, -1], (2,), CPU, dtype=DType.U8), "from_vec: the value -1 does not fit"),
+        (lambda: Tensor.full(300, (3,), CPU, dtype=DType.U8), "full: the value 300 does not fit the dtype U8"),
+        (lambda: Tensor.full(1e10, (3,), CPU, dtype=DType.U32), "full: the value 10000000000.0 does not fit"),
+        (lambda: Tensor.full(2.5, (3,), CPU, dtype=DType.I32), "full: the value 2.5 is not an integer"),
+        (lambda: Tensor(np.zeros(2, np.uint8)).full_like(300), "full_like: the value 300 does not fit the dtype U8"),
+        (lambda: Tensor(np.zeros(2, np.uint8)).full_like(-1), "full_like: the value -1 does not fit"),
+    ],
+)
+def test_values_that_the_integer_dtype_cannot_hold_raise(make, shown):
+    """300 in U8 wrapped to 44; PyTorch raises ``value cannot be converted to type uint8 without
+    overflow`` for Python data and full. to_dtype keeps its saturating conversion."""
+    with pytest.raises(errors.InvalidArgument, match=re.escape(shown)):
+        make()
+
+
+def test_values_that_the_integer_dtype_holds_are_kept():
+    assert Tensor([0, 255], dtype=DType.U8).to_vec1() == [0, 255]
+    assert Tensor([1.0, 2.0], dtype=DType.U32).to_vec1() == [1, 2]
+    assert Tensor([True, False], dtype=DType.U8).to_vec1() == [1, 0]
+    assert Tensor([-(2**31), 2**31 - 1], dtype=DType.I32).to_vec1() == [-(2**31), 2**31 - 1]
+    assert Tensor(np.array([1, 255]), dtype=DType.U8).to_vec1() == [1, 255]
+    # a numpy float array converts as astype / to_dtype do: fractions truncate toward zero
+    assert Tensor(np.array([1.5, 255.9, -0.5]), dtype=DType.U8).to_vec1() == [1, 255, 0]
+    assert Tensor(np.array([1, 2], np.uint8), dtype=DType.I32).to_vec1() == [1, 2]
+    assert Tensor.full(2.0, (2,), CPU, dtype=DType.U32).to_vec1() == [2, 2]
+    assert Tensor.full(255, (2,), CPU, dtype=DType.U8).to_vec1() == [255, 255]
+    assert Tensor([300.5, -1.5, 1e10]).to_dtype(DType.U8).to_vec1() == [255, 0, 255]  # to_dtype saturates
+
+
 # --- ranges -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args",
@@ -199,6 +248,11 @@ def test_arange_candle_and_errors():
         Tensor.arange_step(0, 5, 0, CPU)
     with pytest.raises(errors.Msg, match="Python number"):
         jax.jit(lambda n: Tensor.arange(0, n, CPU))(3)
+    for bad, name in (((0, float("inf")), "end"), ((0, float("nan")), "end"), ((float("-inf"), 0), "start")):
+        with pytest.raises(errors.InvalidArgument, match=f"arange: {name} must be a finite number, got"):
+            Tensor.arange(*bad, CPU)
+    with pytest.raises(errors.InvalidArgument, match="arange: step must be a finite number, got nan"):
+        Tensor.arange_step(0, 1, float("nan"), CPU)
 
 
 def test_eye_tril_triu():
@@ -208,6 +262,12 @@ def test_eye_tril_triu():
     assert Tensor.eye(3, DType.U32, CPU).dtype is DType.U32
     with pytest.raises(errors.Msg):
         Tensor.eye(-1, DType.F32, CPU)
+    # a bool or a float is not a size (True gave the 1 x 1 identity)
+    for f in (Tensor.eye, Tensor.tril2, Tensor.triu2):
+        for n, shown in ((True, "True (bool)"), (2.5, "2.5 (float)")):
+            with pytest.raises(errors.NotAnInteger, match=re.escape(f"{f.__name__}: n must be an int, got {shown}")):
+                f(n, DType.F32, CPU)
+    assert Tensor.eye(np.int64(2), DType.F32, CPU).shape == (2, 2)
 
 
 def test_meshgrid():
