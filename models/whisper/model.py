@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import is_gguf, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, is_gguf, refuse_unknown_config_keys
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -79,6 +79,9 @@ class Config:
         known = {f.name for f in fields(Config)} - {"extra"}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
         cfg = Config(**kw, extra=json.dumps({k: v for k, v in d.items() if k not in known}, default=str))
+        check_sizes(cfg, ("vocab_size", "num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
+                          "decoder_layers", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+                          "max_source_positions", "max_target_positions"), "whisper Config")  # fmt: skip
         if cfg.activation_function != "gelu":
             raise errors.Msg(f"whisper: activation_function {cfg.activation_function!r} not supported (gelu only)")
         if cfg.d_model % cfg.encoder_attention_heads or cfg.d_model % cfg.decoder_attention_heads:
