@@ -56,7 +56,6 @@ SUPPORTED = {"bert": ("BertModel",)}
 # ------------------------------------------------------------------------------------------------
 
 
-
 class BertEmbeddings(Module):
     """word + absolute position + token-type embeddings, then LayerNorm: ``(B, S) -> (B, S, H)``."""
 
@@ -318,6 +317,10 @@ class BertModel(Module):
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "bert input_ids (batch, seq)")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise errors.UnexpectedDType(DType.U32, to_dtype(ids.dtype), "bert input_ids must be integers")
+        if 0 in ids.shape:  # (under jit too: the shape is static)
+            raise errors.Msg(
+                f"bert: input_ids {errors.fmt_shape(ids.shape)} is empty, batch and sequence length must be >= 1"
+            )
         if not isinstance(ids, jax.core.Tracer) and ids.size:  # eagerly, name bad ids (jit clamps them)
             host = np.asarray(ids)  # (on the host: no reduction compiled per shape)
             lo, hi = int(host.min()), int(host.max())

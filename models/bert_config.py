@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
 from candlejax.nn import ops
 
 __all__ = ["Config", "HiddenAct", "PositionEmbeddingType"]
@@ -131,6 +131,8 @@ class Config:
         return {**self.extra, **d}
 
     def validate(self) -> None:
+        check_sizes(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "max_position_embeddings", "type_vocab_size"), "bert Config")  # fmt: skip
         if self.hidden_size % self.num_attention_heads:
             raise errors.Msg(
                 f"bert: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"

@@ -40,6 +40,7 @@ from candlejax.nn import (
     Linear,
     Module,
     VarBuilder,
+    check_token_ids,
     embedding,
     layer_norm,
     linear,
@@ -334,6 +335,17 @@ class TextLMHeadModel(Module):
                 f" {self.config.max_position_embeddings}"
             )
 
+    def _check_image_embeds(self, image_embeds: Any, batch: int | None = None) -> None:
+        """``image_embeds`` ``(B, N, encoder_hidden_size)``, ``B`` the ids' batch (when given)."""
+        shape = tuple(getattr(image_embeds, "shape", np.shape(image_embeds)))
+        c = self.config.encoder_hidden_size
+        if len(shape) != 3 or shape[2] != c or shape[1] == 0 or (batch is not None and shape[0] != batch):
+            b = "batch" if batch is None else batch
+            raise errors.Msg(
+                f"blip text_decoder: image_embeds must be ({b}, patches, encoder_hidden_size {c}), the vision"
+                f" model's output, got {list(shape)}" + ("" if batch is None else f" for input_ids of batch {batch}")
+            )
+
     def head(self, xs: Tensor) -> Tensor:
         """``cls.predictions``: ``(..., C) -> (..., vocab)`` logits."""
         return self.decoder(self.transform_norm(self.act(self.transform(xs))))
@@ -341,6 +353,7 @@ class TextLMHeadModel(Module):
     def forward(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
         """Logits ``(B, S, vocab)`` for every position (causal self-attention, no cache)."""
         self._check_ids(input_ids)
+        self._check_image_embeds(image_embeds, input_ids.dim(0))
         xs = self.embeddings(input_ids)
         for layer in self.layers:
             xs = layer(xs, image_embeds)
@@ -349,6 +362,7 @@ class TextLMHeadModel(Module):
     def new_cache(self, image_embeds: Tensor, max_seq_len: int | None = None) -> TextCache:
         """A :class:`TextCache` for ``image_embeds`` ``(B, N, C_vision)``: empty self-attention buffers of
         ``max_seq_len`` positions and the image's keys/values for every layer."""
+        self._check_image_embeds(image_embeds)
         n = self.config.max_position_embeddings if max_seq_len is None else int(max_seq_len)
         if not 0 < n <= self.config.max_position_embeddings:
             raise errors.Msg(f"blip: max_seq_len {n} must be in 1..{self.config.max_position_embeddings}")
@@ -375,7 +389,18 @@ class TextLMHeadModel(Module):
 
     def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
         """Logits ``(B, vocab)`` of the last new position and the updated cache (``pos``: position of
-        ``input_ids[:, 0]``, an int or an int32 scalar that may be traced)."""
+        ``input_ids[:, 0]``, an int or an int32 scalar that may be traced).
+
+        ``pos`` must be the number of tokens the cache holds, and the ids must be in the vocabulary: both
+        raise when concrete; traced (under ``jit``, as in :func:`candlejax.generation.generate`) only the
+        ids' dtype is checked and a lookup clamps what it cannot check."""
+        check_token_ids(input_ids, self.config.vocab_size, "blip text_decoder: token ids")
+        p, held = (pos.jax if isinstance(pos, Tensor) else pos), cache.kv[0].pos.jax
+        if not isinstance(p, jax.core.Tracer) and not isinstance(held, jax.core.Tracer) and int(p) != int(held):
+            raise errors.Msg(
+                f"blip text_decoder: pos {int(p)} differs from the cache's position {int(held)} (the number of"
+                " tokens it holds); pass the position of input_ids[:, 0]"
+            )
         xs, cache = self._hidden_cached(cache, input_ids, pos)
         return self.head(xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)), cache
 
@@ -388,6 +413,8 @@ class TextLMHeadModel(Module):
         st = HostState.of(self)
         cache, pos = st.value if st.value is not None else (None, 0)
         self._check_ids(ids, pos)
+        check_token_ids(ids, self.config.vocab_size, "blip text_decoder: token ids")
+        self._check_image_embeds(image_embeds, ids.dim(0))
         if cache is None:
             cache = self.new_cache(image_embeds)
         elif cache.cross_k[0].dim(0) != ids.dim(0) or image_embeds.dim(0) != ids.dim(0):

@@ -40,6 +40,7 @@ from candlejax.nn import (
     Linear,
     Module,
     VarBuilder,
+    check_token_ids,
     conv2d_no_bias,
     embedding,
     layer_norm,
@@ -238,12 +239,29 @@ class ClipTextTransformer(Module):
                 " (max_position_embeddings)"
             )
 
+    def padding_mask(self, input_ids: Tensor, attention_mask: Any) -> Tensor | None:
+        """transformers' ``attention_mask`` ``(B, S)`` (1: keep, 0: padding) of any dtype, float, integer
+        or bool, as the ``(B, 1, 1, S)`` u8 key mask the encoder takes (nonzero keeps). An additive float
+        mask (0 / -inf) goes to :class:`ClipEncoder` itself."""
+        if attention_mask is None:
+            return None
+        shape = tuple(attention_mask.dims()) if isinstance(attention_mask, Tensor) else np.shape(attention_mask)
+        if tuple(shape) != tuple(input_ids.dims()):
+            raise errors.UnexpectedShape(
+                "clip text_model: attention_mask must be (batch, seq) as input_ids", input_ids.dims(), shape
+            )
+        if isinstance(attention_mask, Tensor):
+            keep = attention_mask.ne(0)
+        else:
+            keep = Tensor.new((np.asarray(attention_mask) != 0).astype(np.uint8), input_ids.device)
+        return keep.unsqueeze(1).unsqueeze(1)
+
     def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """The last hidden state ``(B, S, C)`` after ``final_layer_norm``."""
+        """The last hidden state ``(B, S, C)`` after ``final_layer_norm``; ``attention_mask`` as
+        :meth:`padding_mask` (PyTorch: ``CLIPTextTransformer(input_ids, attention_mask)``)."""
         self._check(input_ids)
-        xs = self.embeddings(input_ids)
-        mask = None if attention_mask is None else attention_mask.unsqueeze(1).unsqueeze(1)  # (B, 1, 1, S)
-        return self.final_layer_norm(self.encoder(xs, mask, causal=True))
+        mask = self.padding_mask(input_ids, attention_mask)
+        return self.final_layer_norm(self.encoder(self.embeddings(input_ids), mask, causal=True))
 
     def pool(self, hidden: Tensor, input_ids: Tensor) -> Tensor:
         """The hidden state at the EOS token (the largest id when ``eos_token_id == 2``, as transformers)."""
@@ -378,7 +396,8 @@ class ClipModel(Module):
         return self.vision_model.embeddings.image_size
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Projected text embeddings ``(B, projection_dim)`` (not normalised)."""
+        """Projected text embeddings ``(B, projection_dim)`` (not normalised); ``attention_mask`` ``(B, S)``:
+        1 keeps, 0 pads, in any dtype (transformers' ``get_text_features``)."""
         return self.text_projection(self.text_model(input_ids, attention_mask))
 
     def get_image_features(self, pixel_values: Tensor) -> Tensor:
@@ -426,7 +445,10 @@ def _image(vision_model: Any, visual_projection: Linear, kernels: list, pixel_va
 
 
 def _check_ids(model: ClipModel, input_ids: Tensor) -> None:
+    """Shape and, when concrete, the values of ``input_ids`` (the compiled lookup would clamp them)."""
     model.text_model._check(input_ids)
+    vocab = model.text_model.embeddings.token_embedding.weight.shape[0]
+    check_token_ids(input_ids, vocab, "clip text_model: token ids")
 
 
 def forward_jit(model: ClipModel, pixel_values: Tensor, input_ids: Tensor,
@@ -455,9 +477,19 @@ def image_features_jit(model: ClipModel, pixel_values: Tensor) -> Tensor:
 def preprocess(image: Any, size: int = 224, crop: int | None = None) -> Tensor:
     """transformers' ``CLIPImageProcessor``: shortest side to ``size`` (bicubic), center crop
     ``crop`` (default ``size``), OpenAI's mean/std -> ``(1, 3, crop, crop)`` f32. ``image``: a path,
-    PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` u8 Tensor; float pixels pass through."""
+    PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` u8 Tensor; float pixels are taken as
+    preprocessed and pass through, which must then be ``(3, crop, crop)`` or ``(B, 3, crop, crop)``."""
     pixels = vision.as_pixel_batch(image)
+    c = size if crop is None else crop
     if pixels is not None:
+        if pixels.rank != 4 or tuple(pixels.dims()[1:]) != (3, c, c):
+            given = image.dims() if isinstance(image, Tensor) else np.shape(image)
+            raise errors.UnexpectedShape(
+                f"clip.preprocess: float pixels are taken as preprocessed, (3, {c}, {c}) or (batch, 3, {c}, {c});"
+                " pass an (H, W, 3) uint8 array, a PIL image or a path to resize and normalise an image",
+                (3, c, c),
+                given,
+            )
         return pixels
     img = vision.as_image(image, "clip.preprocess")
     img = vision.center_crop(vision.resize_shortest(img, size, "bicubic"), size if crop is None else crop)

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
 from candlejax.nn import Activation
 
 __all__ = ["ClipConfig", "ClipTextConfig", "ClipVisionConfig", "EncoderConfig", "tower_config"]
@@ -105,7 +105,12 @@ class ClipConfig:
             self.text_config = ClipTextConfig.from_dict(self.text_config)
         if isinstance(self.vision_config, dict):
             self.vision_config = ClipVisionConfig.from_dict(self.vision_config)
+        check_sizes(self, ("projection_dim",), "clip ClipConfig")
+        check_sizes(self.text_config, ("vocab_size", "max_position_embeddings"), "clip text_config")
+        check_sizes(self.vision_config, ("num_channels", "image_size", "patch_size"), "clip vision_config")
         for name, c in (("text_config", self.text_config), ("vision_config", self.vision_config)):
+            check_sizes(c, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"),
+                        f"clip {name}")  # fmt: skip
             if c.hidden_size % c.num_attention_heads:
                 raise errors.Msg(
                     f"clip: {name}.hidden_size {c.hidden_size} is not a multiple of num_attention_heads"

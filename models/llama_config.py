@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
 
 __all__ = ["DEFAULT_MAX_SEQ_LEN", "Config", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks"]
 
@@ -95,6 +95,11 @@ def _rope_scaling(sc: Any) -> Any:
     return sc
 
 
+#: the sizes a config must give as integers >= 1 (``None``: taken from another field)
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "head_dim", "max_position_embeddings")  # fmt: skip
+
+
 @dataclasses.dataclass
 class Config:
     """``config.json`` of a ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``
@@ -136,6 +141,7 @@ class Config:
     qkv_bias: bool | None = None
 
     def __post_init__(self) -> None:
+        check_sizes(self, _SIZES, "llama Config")
         self.eos_token_id = _eos_toks(self.eos_token_id)  # LlamaEosToks.Single / Multiple, as Candle
         self.rope_scaling = _rope_scaling(self.rope_scaling)
         if self.num_key_value_heads is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -23,7 +24,7 @@ from candlejax import errors
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.quantized import VarBuilder
 
-__all__ = ["check_architecture", "check_gguf_vb", "check_vb_first", "gguf_file", "is_gguf",
+__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "gguf_file", "is_gguf",
            "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
 
 
@@ -80,6 +81,18 @@ def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
 
     cls.__init__ = strict_init
     return cls
+
+
+def check_sizes(config: Any, names: Iterable[str], label: str) -> None:
+    """Raise unless each field ``names`` of ``config`` is an integer >= 1 (a field that is ``None``
+    is skipped): a size of 0 would load and fail in every later forward. ``label`` names the config
+    (``"llama Config"``). transformers: the ``PretrainedConfig`` validation of its sizes."""
+    for name in names:
+        v = getattr(config, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise errors.InvalidArgument(f"{label}: {name} must be an integer >= 1, got {v!r}")
 
 
 def check_vb_first(vb: Any, where: str, candle: str, candlejax: str) -> None:

@@ -186,6 +186,7 @@ class ResNet(ModuleT):
 
     def forward_t(self, xs: Any, train: bool) -> Any:
         """``(B, 3, H, W)`` f32 -> logits ``(B, nclasses)`` (or pooled features ``(B, C)``)."""
+        _check_not_empty(xs, "ResNet.forward", "(batch, 3, height, width)")
         ys = self.stem.forward_t(xs, train).relu()
         ys = ys.pad_with_same(-1, 1, 1).pad_with_same(-2, 1, 1).max_pool2d_with_stride(3, 2)
         for stage in self.layers:
@@ -198,6 +199,7 @@ class ResNet(ModuleT):
         """Inference on a channels-last image batch ``(B, H, W, 3)``; same logits as ``forward`` on
         its NCHW transpose. What :func:`forward_jit` runs (faster on XLA:CPU: no layout changes
         between the convolutions, products with the weights' own ``(c_out, c_in)`` rows)."""
+        _check_not_empty(xs, "ResNet.forward_nhwc", "(batch, height, width, 3)")
         ys = self.stem.forward_nhwc(xs, relu=True)
         ys = wrap(_max_pool_3x3_s2_nhwc(unwrap(ys)))
         for stage in self.layers:
@@ -205,6 +207,15 @@ class ResNet(ModuleT):
                 ys = blk.forward_nhwc(ys)
         ys = ys.mean((1, 2))
         return ys if self.fc is None else self.fc.forward(ys)
+
+
+def _check_not_empty(xs: Any, where: str, layout: str) -> None:
+    """An image batch with no image, or images of no pixel, named (the stem raised conv2d's error)."""
+    shape = tuple(xs.shape)
+    if len(shape) == 4 and 0 in shape:
+        raise errors.Msg(
+            f"{where}: the image batch {errors.fmt_shape(shape)} {layout} is empty (each dim must be >= 1)"
+        )
 
 
 def _max_pool_3x3_s2_nhwc(x: Any) -> Any:
@@ -259,6 +270,7 @@ def forward_jit(net: ResNet, xs: Any) -> Any:
     with at most 64 output channels on one thread). ResNet-50 at batch 1 on a 2-core Xeon: 78.6 ms
     (``jax.jit(net.forward)``) -> 36.3-37.2 ms (torch.compile 41.8-43.8). Same outputs as
     ``net.forward`` up to summation order (~1e-5)."""
+    _check_not_empty(xs, "resnet.forward_jit", "(batch, 3, height, width)")
     return _forward_compiled(net, _nhwc_kernels(net, tuple(xs.shape[2:])), xs)
 
 

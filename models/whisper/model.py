@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import is_gguf, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, is_gguf, refuse_unknown_config_keys
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -42,6 +42,7 @@ from candlejax.nn import (
     Linear,
     Module,
     VarBuilder,
+    check_token_ids,
     ops,
 )
 from candlejax.tensor import Tensor
@@ -78,6 +79,9 @@ class Config:
         known = {f.name for f in fields(Config)} - {"extra"}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
         cfg = Config(**kw, extra=json.dumps({k: v for k, v in d.items() if k not in known}, default=str))
+        check_sizes(cfg, ("vocab_size", "num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads",
+                          "decoder_layers", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+                          "max_source_positions", "max_target_positions"), "whisper Config")  # fmt: skip
         if cfg.activation_function != "gelu":
             raise errors.Msg(f"whisper: activation_function {cfg.activation_function!r} not supported (gelu only)")
         if cfg.d_model % cfg.encoder_attention_heads or cfg.d_model % cfg.decoder_attention_heads:
@@ -256,11 +260,13 @@ class TextDecoder(Module):
           Candle's recomputation gives, with only the new tokens computed (the earlier ones are cached);
         * otherwise the tokens continue the sequence at the next positions: their hidden states.
 
-        Runs the compiled :func:`step`.
+        Runs the compiled :func:`step`. Token ids outside the vocabulary and positions past
+        ``max_target_positions`` raise (Candle: the errors of ``embedding`` / ``narrow``).
         """
         ids = np.asarray(x)
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "whisper decoder: tokens (batch, seq)")
+        check_token_ids(ids, self.token_embedding.weight.shape[0], "whisper decoder: token ids")
         st = HostState.of(self)
         if flush_kv_cache or st.value is None:
             st.value, st.cache = new_state(self, xa), None
@@ -273,6 +279,7 @@ class TextDecoder(Module):
                              f" {seen.shape[0]}; pass flush_kv_cache=True to start a new one")  # fmt: skip
         whole = n and ids.shape[1] > n and np.array_equal(ids[:, :n], seen)
         new_ids = ids[:, n:] if whole else ids
+        _check_positions(self, n, new_ids.shape[1], "decoder.forward")
         h, _, st.value = _jit_hidden(self, st.value, jnp.asarray(new_ids, jnp.int32))
         chunks = [*seen_h, h]
         if whole and len(chunks) > 1:
@@ -302,7 +309,14 @@ class DecoderState(Module):
         return self.caches[0].pos
 
     def with_position(self, pos: int) -> DecoderState:
-        """The same buffers at position ``pos`` (later slots are masked out and overwritten)."""
+        """The same buffers at position ``pos`` in ``0 .. max_target_positions`` (later slots are masked
+        out and overwritten)."""
+        cap = self.caches[0].max_seq_len
+        if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or not 0 <= pos <= cap:
+            raise errors.InvalidArgument(
+                f"whisper DecoderState.with_position: position {pos!r} must be an integer in 0..{cap}"
+                " (max_target_positions)"
+            )
         sh = self.caches[0].k_buf.jax.sharding  # committed, as step outputs are (no recompile); one buffer each
         cs = [c.at_position(Tensor.from_jax(jax.device_put(np.int32(pos), sh))) for c in self.caches]
         return DecoderState(cs, self.cross_k, self.cross_v)
@@ -332,8 +346,34 @@ def new_state(decoder: TextDecoder, audio: Tensor) -> DecoderState:
     return _jit_new_state(decoder, audio)
 
 
+def _check_positions(dec: TextDecoder, pos: Any, t: int, what: str) -> None:
+    """Raise unless ``t`` tokens at position ``pos`` fit ``max_target_positions``. ``pos``: a host int,
+    or the state's position, read when concrete (one scalar) and left unchecked when traced (``None``:
+    only ``t`` is checked)."""
+    cap = dec.positional_embedding.shape[0]
+    p = pos.jax if isinstance(pos, Tensor) else pos
+    p = None if p is None or isinstance(p, jax.core.Tracer) else int(p)
+    if t > cap or (p is not None and p + t > cap):
+        at = "" if p is None else f" at position {p}"
+        raise errors.Msg(
+            f"whisper {what}: {t} token(s){at} exceed max_target_positions {cap}"
+            " (start a new sequence: flush_kv_cache=True, or a new_state)"
+        )
+
+
+def _check_step(dec: TextDecoder, state: DecoderState, tokens: Any, what: str) -> None:
+    """The host checks of a decoder step: tokens ``(B, T)`` integer ids in the vocabulary (their values
+    when not traced), ``T`` positions left in the state (its position when not traced)."""
+    shape = tuple(tokens.shape) if hasattr(tokens, "shape") else np.shape(tokens)
+    if len(shape) != 2:
+        raise errors.UnexpectedNumberOfDims(2, len(shape), shape, f"whisper {what}: tokens (batch, seq)")
+    check_token_ids(tokens, dec.token_embedding.weight.shape[0], f"whisper {what}: token ids")
+    _check_positions(dec, state.position(), shape[1], what)
+
+
 def _hidden(dec: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, Tensor, DecoderState]:
     t = tokens.shape[1]
+    _check_positions(dec, None, t, "decoder step")  # the shape: under jit too
     pos = state.position().jax
     pe = jax.lax.dynamic_slice_in_dim(dec.positional_embedding.jax, pos, t, axis=0)
     x = dec.token_embedding.forward(Tensor.from_jax(tokens)).broadcast_add(Tensor.from_jax(pe))
@@ -356,7 +396,12 @@ _jit_hidden = jax.jit(_hidden)
 
 def step(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
     """Pure decoder step: tokens ``(B, T)`` int32 at the state's position -> (logits ``(B, T, vocab)`` f32,
-    new state). ``jax.jit`` compiles it once per ``T`` (1 for every generated token)."""
+    new state). ``jax.jit`` compiles it once per ``T`` (1 for every generated token).
+
+    Token ids and the state's position are checked when concrete; traced (``step`` under the caller's
+    ``jit``) only their dtype and ``T`` are: ids past the vocabulary and positions past
+    ``max_target_positions`` are then clamped, as ``jnp.take`` / ``dynamic_slice`` do."""
+    _check_step(decoder, state, tokens, "step")
     _, logits, state = _hidden(decoder, state, tokens)
     return logits, state
 
@@ -372,7 +417,9 @@ _donating = jax.jit(_run_donating, donate_argnums=(0,), static_argnames=("hidden
 
 
 def step_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple[Tensor, DecoderState]:
-    """:func:`step` compiled, the state's self-attention caches donated (updated in place)."""
+    """:func:`step` compiled, the state's self-attention caches donated (updated in place). The token ids
+    and the state's position are checked on the host first (the position: one scalar read)."""
+    _check_step(decoder, state, tokens, "step_jit")
     logits, caches = _donating(state.caches, decoder, state.cross_k, state.cross_v, tokens, hidden=False)
     return logits, DecoderState(caches, state.cross_k, state.cross_v)
 
@@ -381,7 +428,8 @@ def prefill_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple
     """Tokens ``(B, T)`` int32 at the state's position -> (final-norm hidden states ``(B, T, D)``, new
     state), compiled, the caches donated. No output projection: take the rows whose logits are needed
     to :meth:`TextDecoder.final_linear`. A long prompt goes through in chunks of one ``T`` (one
-    compiled program for every prompt length)."""
+    compiled program for every prompt length). Checked as :func:`step_jit`."""
+    _check_step(decoder, state, tokens, "prefill_jit")
     h, caches = _donating(state.caches, decoder, state.cross_k, state.cross_v, tokens, hidden=True)
     return h, DecoderState(caches, state.cross_k, state.cross_v)
 

@@ -469,8 +469,11 @@ class YoloV8(Module):
         x = xs if isinstance(xs, Tensor) else Tensor(xs)
         if x.ndim != 4 or x.shape[1] != 3:
             raise errors.Msg(f"YoloV8.forward: expected a (B, 3, H, W) image batch, got {errors.fmt_shape(x.shape)}")
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise errors.Msg(f"YoloV8.forward: H and W must be multiples of 32 (letterbox), got {x.shape[2:]}")
+        if x.shape[2] % 32 or x.shape[3] % 32 or 0 in x.shape:
+            raise errors.Msg(
+                f"YoloV8.forward: H and W must be positive multiples of 32 (letterbox) and the batch >= 1,"
+                f" got {errors.fmt_shape(x.shape)}"
+            )
         p3, p4, p5 = self.net.forward(x)
         return self.head.forward(list(self.fpn.forward(p3, p4, p5)))
 

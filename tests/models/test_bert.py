@@ -202,6 +202,18 @@ def test_input_errors(hf_small):
         model.forward(Tensor(np.zeros((1, 4), np.int32)), None, Tensor(np.ones((1, 5), np.int32)))
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0)])
+def test_empty_batch_or_sequence_is_named(hf_small, shape):
+    """An empty batch or sequence gets a candlejax error naming the shape (a raw ZeroDivisionError
+    came from a reshape), eagerly and compiled."""
+    model = _load(hf_small["silu"][1])
+    want = rf"bert: input_ids \[{shape[0]}, {shape[1]}\] is empty, batch and sequence length must be >= 1"
+    with pytest.raises(errors.Msg, match=want):
+        model.forward(np.zeros(shape, np.int32))
+    with pytest.raises(errors.Msg, match=want):
+        bert.forward_jit(model, np.zeros(shape, np.int32), None, None)
+
+
 def test_hub_cache_layout(tmp_path):
     snap = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc123"
     snap.mkdir(parents=True)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -194,6 +195,43 @@ def test_bad_input(pair, rng):
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         emb = model.vision_model(Tensor.from_numpy(_pixels(rng)))
         model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
+
+
+def test_decoder_refuses_bad_ids_positions_and_image_embeds(pair, rng):
+    """The stateful decoder refuses ids outside the vocabulary (50) as the uncached one does (the
+    compiled step clamped id 50 to 49); ``step``'s ``pos`` must be the cache's position; image_embeds
+    of another batch, rank or width are named at the decoder's entry."""
+    _, model, _ = pair
+    td = model.text_decoder
+    emb = model.vision_model(Tensor.from_numpy(_pixels(rng)))
+    ids = Tensor.from_numpy(np.array([[BOS, 50]], np.uint32))
+    with pytest.raises(errors.InvalidIndex, match="blip text_decoder: token ids invalid index 50 with dim size 50"):
+        td().forward(ids, emb)
+    with pytest.raises(errors.InvalidIndex, match="invalid index 50"):
+        td.forward(ids, emb)
+    sd = td()
+    sd.reset_kv_cache()
+    with pytest.raises(errors.UnexpectedDType, match="blip text_decoder: token ids must be integers"):
+        sd.forward(Tensor.from_numpy(np.array([[45.0, 3.0]], np.float32)), emb)
+    sd.forward(Tensor.from_numpy(np.array([[BOS, 3]], np.uint32)), emb)  # nothing was cached by the refusals
+    sd.reset_kv_cache()
+    cache = td.new_cache(emb, 8)
+    _, cache = blip_text.step(td, cache, np.array([[BOS, 3, 4, 5]], np.uint32), 0)
+    with pytest.raises(errors.Msg, match=r"pos 9 differs from the cache's position 4"):
+        blip_text.step(td, cache, np.array([[7]], np.uint32), 9)
+    with pytest.raises(errors.InvalidIndex, match="blip text_decoder: token ids invalid index 60"):
+        blip_text.step(td, cache, np.array([[60]], np.uint32), 4)
+    blip_text.step(td, cache, np.array([[7]], np.uint32), jnp.int32(4))
+    one = Tensor.from_numpy(np.array([[BOS, 3]], np.uint32))
+    two = Tensor.zeros((2, emb.dim(1), 48), DType.F32, Device.Cpu)
+    for bad, what in ((two, r"\(1, patches, encoder_hidden_size 48\).*got \[2, 17, 48\] for input_ids of batch 1"),
+                      (emb.squeeze(0), r"got \[17, 48\]"), (emb.narrow(2, 0, 47), r"got \[1, 17, 47\]")):  # fmt: skip
+        with pytest.raises(errors.Msg, match="blip text_decoder: image_embeds must be .*" + what):
+            td.forward(one, bad)
+        with pytest.raises(errors.Msg, match="image_embeds must be"):
+            sd.forward(one, bad)
+    with pytest.raises(errors.Msg, match=r"image_embeds must be \(batch, patches, encoder_hidden_size 48\)"):
+        td.new_cache(emb.squeeze(0), 8)
 
 
 def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):

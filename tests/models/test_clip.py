@@ -115,6 +115,51 @@ def test_padding_mask_matches_transformers(models, rng):
     np.testing.assert_allclose(out.numpy(), ref.pooler_output.numpy(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32, np.uint8, np.uint32, bool])
+def test_padding_mask_of_every_dtype_matches_transformers(models, rng, dtype):
+    """A (B, S) padding mask means 1 = keep, 0 = pad in every dtype, as in transformers (a float mask
+    was added to the scores: 0.48 off), eager and compiled; a mask of another shape is named."""
+    hf, model, _ = models["eos"]
+    ids = np.array([[BOS, 3, 4, 5, EOS, EOS], [BOS, 7, 8, EOS, EOS, EOS]])
+    mask = np.array([[1, 0, 1, 1, 1, 0], [1, 1, 0, 1, 0, 0]])
+    with torch.no_grad():
+        ref = hf.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        ref = ref.pooler_output.numpy()
+    ids_t = Tensor.from_numpy(ids.astype(np.uint32))
+    mask_t = Tensor.from_numpy(mask.astype(dtype))
+    np.testing.assert_allclose(model.get_text_features(ids_t, mask_t).numpy(), ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(clip.text_features_jit(model, ids_t, mask_t).numpy(), ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(model.get_text_features(ids_t, mask.astype(dtype)).numpy(), ref, atol=1e-4, rtol=1e-4)
+    pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    px = Tensor.from_numpy(pixels)
+    with torch.no_grad():
+        lpi = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 pixel_values=torch.from_numpy(pixels)).logits_per_image.numpy()  # fmt: skip
+    np.testing.assert_allclose(model.forward(px, ids_t, mask_t)[1].numpy(), lpi, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(clip.forward_jit(model, px, ids_t, mask_t)[1].numpy(), lpi, atol=1e-4, rtol=1e-4)
+    with pytest.raises(errors.UnexpectedShape, match=r"attention_mask must be \(batch, seq\).*got: \[2, 5\]"):
+        model.get_text_features(ids_t, Tensor.from_numpy(mask[:, :5].astype(dtype)))
+
+
+def test_bad_ids_and_float_images_are_named(models, rng):
+    """The compiled text entry checks the ids' values (id 40 of 40 was clamped); float HWC pixels given
+    to preprocess are refused there, not reported by the model as an image to resize."""
+    _, model, _ = models["eos"]
+    ids = Tensor.from_numpy(np.array([[BOS, VOCAB, EOS]], np.uint32))
+    with pytest.raises(errors.InvalidIndex, match="clip text_model: token ids invalid index 40 with dim size 40"):
+        clip.text_features_jit(model, ids)
+    with pytest.raises(errors.InvalidIndex, match="clip text_model: token ids invalid index 40"):
+        clip.forward_jit(model, Tensor.zeros((1, 3, 32, 32), DType.F32, Device.Cpu), ids)
+    hwc = rng.random((40, 40, 3)).astype(np.float32)
+    with pytest.raises(
+        errors.UnexpectedShape, match=r"clip.preprocess: float pix.*\(H, W, 3\) uint8.*got: \[40, 40, 3\]"
+    ):
+        clip.preprocess(hwc, 32)
+    with pytest.raises(errors.UnexpectedShape, match=r"\(3, 32, 32\) or \(batch, 3, 32, 32\).*got: \[1, 3, 40, 40\]"):
+        clip.preprocess(Tensor.zeros((1, 3, 40, 40), DType.F32, Device.Cpu), 32)
+    assert clip.preprocess(np.zeros((3, 32, 32), np.float32), 32).dims() == [1, 3, 32, 32]
+
+
 def _image(rng, h=45, w=60):
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 

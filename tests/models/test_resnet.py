@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,7 @@ def test_resnet50_shapes_and_names():
     assert "layer1.0.downsample.0.weight" in names and "layer4.2.bn3.running_var" in names
     assert names["fc.weight"].shape == (1000, 2048)
     assert sum(v.elem_count() for v in net.named_vars().values()) == 25_557_032  # torchvision's count
+
     def vb_new():
         return VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
 
@@ -149,6 +151,21 @@ def test_wrong_input_channels_raise():
     net = resnet.resnet18(10, vb)
     with pytest.raises(errors.Error, match=r"\[batch, 3, H, W\]"):
         net.forward(Tensor(np.zeros((1, 4, 32, 32), np.float32)))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 0), (1, 3, 32, 0), (0, 3, 32, 32)])
+def test_empty_images_are_named(shape):
+    """A 0x0 image or an empty batch is named at the model's entry (conv2d's invalid-args error came
+    from the stem), eagerly, in forward_nhwc and in forward_jit."""
+    net = resnet.resnet18(10, VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    x = np.zeros(shape, np.float32)
+    dims = re.escape(str(list(shape)))
+    with pytest.raises(errors.Msg, match=r"ResNet.forward: the image batch " + dims + r" \(batch, 3, height, w"):
+        net.forward(Tensor(x))
+    with pytest.raises(errors.Msg, match=r"resnet.forward_jit: the image batch " + dims):
+        resnet.forward_jit(net, Tensor(x))
+    with pytest.raises(errors.Msg, match=r"ResNet.forward_nhwc: the image batch"):
+        net.forward_nhwc(Tensor(x.transpose(0, 2, 3, 1).copy()))
 
 
 def test_classify_cli(tmp_path):

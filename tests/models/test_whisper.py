@@ -79,12 +79,54 @@ def test_cached_decoding_equals_uncached(tiny):
     assert int(state.position()) == 9
 
 
+def test_decoder_refuses_bad_token_ids_and_positions_past_the_cache(tiny):
+    """Ids outside the vocabulary (120), float ids and positions past max_target_positions (24) raise a
+    candlejax error naming the decoder, before the compiled step (which would clamp them)."""
+    _, m = tiny
+    dec = m.decoder
+    rng = np.random.default_rng(2)
+    mel = Tensor.from_numpy(rng.standard_normal((1, 16, 60)).astype(np.float32))
+    audio = m.encoder.forward(mel)
+    for bad, err in (([[1, 120]], errors.InvalidIndex), ([[1, -1]], errors.InvalidIndex),
+                     ([[1.0, 2.7]], errors.UnexpectedDType)):  # fmt: skip
+        with pytest.raises(err, match="whisper decoder"):
+            dec.forward(np.array(bad), audio, True)
+    with pytest.raises(errors.InvalidIndex, match=r"whisper decoder: token ids invalid index 500 with dim size 120"):
+        m.forward(mel, np.array([[1, 500]]))
+    with pytest.raises(errors.Msg, match=r"decoder.forward: 25 token\(s\) at position 0 exceed max_target_positions"):
+        dec.forward(np.ones((1, 25), np.int64), audio, True)
+    dec.forward(np.ones((1, 20), np.int64), audio, True)
+    for _ in range(4):
+        dec.forward(np.array([[3]]), audio, False)
+    with pytest.raises(errors.Msg, match=r"1 token\(s\) at position 24 exceed max_target_positions 24"):
+        dec.forward(np.array([[3]]), audio, False)
+    # the pure and compiled steps: ids, the state's position, with_position's argument
+    state = whisper.new_state(dec, audio)
+    with pytest.raises(errors.InvalidIndex, match="whisper step_jit: token ids invalid index 500"):
+        whisper.step_jit(dec, state, np.array([[500]], np.int32))
+    with pytest.raises(errors.InvalidIndex, match="whisper step: token ids"):
+        whisper.step(dec, state, np.array([[-1]], np.int32))
+    with pytest.raises(errors.Msg, match=r"whisper prefill_jit: 25 token\(s\)"):
+        whisper.prefill_jit(dec, state, np.ones((1, 25), np.int32))
+    for _ in range(24):
+        _, state = whisper.step_jit(dec, state, np.array([[3]], np.int32))
+    assert int(state.position()) == 24
+    with pytest.raises(errors.Msg, match=r"whisper step_jit: 1 token\(s\) at position 24 exceed max_target_positions"):
+        whisper.step_jit(dec, state, np.array([[3]], np.int32))
+    with pytest.raises(errors.Msg, match=r"whisper step: 2 token\(s\) at position 23"):
+        whisper.step(dec, state.with_position(23), np.array([[3, 3]], np.int32))
+    for pos in (-2, 30, 2.5):
+        with pytest.raises(errors.InvalidArgument, match=rf"with_position: position {pos} must be an integer in 0..24"):
+            state.with_position(pos)
+    assert int(state.with_position(24).position()) == 24
+
+
 def test_mel_matches_feature_extractor_and_streaming_windows():
     from transformers import WhisperFeatureExtractor
 
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 3) / 16000
-    pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 1.3 * t) + 0.01 * rng.standard_normal(t.size))
+    pcm = 0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 1.3 * t) + 0.01 * rng.standard_normal(t.size)
     pcm = pcm.astype(np.float32)
     ref = WhisperFeatureExtractor()(pcm, sampling_rate=16000, return_tensors="np").input_features[0]
     mel = wa.pcm_to_mel(80, wa.pad_or_trim(pcm))

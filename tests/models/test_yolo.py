@@ -269,6 +269,10 @@ def test_bad_input_raises(random_files, tmp_path):
         pose.forward(Tensor(np.zeros((1, 4, 64, 64), np.float32)))
     with pytest.raises(errors.Error, match="multiples of 32"):
         pose.forward(Tensor(np.zeros((1, 3, 50, 64), np.float32)))
+    for shape in ((1, 3, 0, 0), (1, 3, 32, 0), (0, 3, 32, 32)):  # named here, not by conv2d's invalid args
+        want = r"YoloV8.forward: H and W must be positive multiples of 32 .*, got " + re.escape(str(list(shape)))
+        with pytest.raises(errors.Msg, match=want):
+            pose.forward(Tensor(np.zeros(shape, np.float32)))
     with pytest.raises(vision.ImageError, match="empty"):
         yolo.detect(pose, Tensor(np.zeros((3, 0, 10), np.uint8)))
     with pytest.raises(vision.ImageError, match=r"got shape \[1, 10, 10\]"):
