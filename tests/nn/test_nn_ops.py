@@ -110,6 +110,18 @@ def test_rotary_embedding_offsets_and_traced_offset():
         rot.apply(q, k, 15)
 
 
+@pytest.mark.parametrize("off", [7.5, 1.5, True, np.float32(2), jnp.float32(2), np.array([1, 2])])
+def test_rotary_embedding_refuses_non_integer_offsets(off):
+    # a float offset skipped the range check: 7.5 was silently offset 5 (clamped), 1.5 offset 1
+    rot = nn.RotaryEmbedding(4, 8)
+    q = _x(1, 1, 3, 4)
+    with pytest.raises(cj.errors.DimType, match="RotaryEmbedding: offset must be an integer position") as e:
+        rot.apply(q, q, off)
+    assert isinstance(e.value, TypeError)
+    with pytest.raises(cj.errors.DimType):
+        jit(lambda r, o: r.apply(q, q, o))(rot, jnp.float32(2))
+
+
 def _torch_sdpa(q, k, v, mask=None, causal=False, scale=None):
     g = q.shape[1] // k.shape[1]
     tk = torch.tensor(k).repeat_interleave(g, 1)
