@@ -298,6 +298,27 @@ def test_one_hot():
         nn.one_hot(np.array([5], np.uint32), 4)
 
 
+@pytest.mark.parametrize("depth", [0, -1, 2.0, True])
+def test_one_hot_checks_depth_first(depth):
+    # depth -1 reported "index value 0 exceeds depth -1"
+    with pytest.raises(cj.errors.Msg, match=r"one_hot: depth must be an integer >= 1, got"):
+        nn.one_hot(np.array([0, 1], np.int32), depth)
+
+
+@pytest.mark.parametrize("on,dtype,rule", [(300, DType.U8, r"U8 \(\[0, 255\]\)"), (-1, DType.U32, "U32"),
+                                           (1e6, DType.F16, "F16 .at most 65504")])  # fmt: skip
+def test_one_hot_values_must_fit_the_dtype(on, dtype, rule):
+    # 300 into u8 raised a raw OverflowError from inside JAX
+    with pytest.raises(cj.errors.Msg, match=f"one_hot: on_value {on!r} does not fit the output dtype {rule}"):
+        nn.one_hot(np.array([0, 3], np.int32), 4, on, 0, dtype=dtype)
+
+
+def test_one_hot_out_of_range_ids_under_jit_give_off_rows():
+    # documented: eagerly they raise, traced they give a row of off_value (torch raises, Candle's host loop too)
+    out = jax.jit(lambda i: nn.one_hot(i, 3, 1.0, 0.0).jax)(jnp.asarray(np.array([5, -4, 1], np.int32)))
+    np.testing.assert_array_equal(np.asarray(out), [[0, 0, 0], [0, 0, 0], [0, 1, 0]])
+
+
 def test_identity():
     x = wrap(jnp.ones(2))
     assert ops.Identity()(x) is x
