@@ -551,9 +551,8 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
     for n, t in (("k", k), ("v", v)):  # no promotion: PyTorch and Candle's matmul refuse mixed dtypes
         if t.dtype != q.dtype:
             raise errors.DTypeMismatchBinaryOp(to_dtype(q.dtype), to_dtype(t.dtype), f"sdpa (q, {n})")
-    if mask is not None and jnp.issubdtype(mask.dtype, jnp.floating) and mask.dtype != q.dtype:
-        raise errors.DTypeMismatchBinaryOp(  # PyTorch: a float attn_mask must match the query's dtype
-            to_dtype(q.dtype), to_dtype(mask.dtype), "sdpa (q, additive float mask; a bool mask takes any q)")
+    if mask is not None and jnp.issubdtype(mask.dtype, jnp.floating):  # PyTorch: a float mask has q's dtype;
+        _check_param_dtype("sdpa", q, "additive float mask", mask)  # F32 too for half q (scores are f32)
     qd, kd, vd = _dims(q, layout), _dims(k, kv_layout), _dims(v, kv_layout)
     rules = [("batch sizes differ", not qd[0] == kd[0] == vd[0]), ("k and v lengths differ", kd[2] != vd[2]),
              ("k and v head counts differ", kd[1] != vd[1]), ("q and k head dims differ", qd[3] != kd[3]),

@@ -401,7 +401,10 @@ def test_sdpa_refuses_mixed_dtypes_like_torch():
                                        attn_mask=torch.zeros(3, 3, dtype=torch.float16))  # fmt: skip
     with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match="additive float mask"):
         ops.sdpa(q, k, k, np.zeros((3, 3), _H))
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match="additive float mask"):
+        ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.zeros((3, 3), _H))
     assert ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.ones((3, 3), bool)).dtype == DType.BF16
+    assert ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.zeros((3, 3), np.float32)).dtype == DType.BF16
 
 
 @pytest.mark.parametrize("q,k,v,rule", [
