@@ -16,9 +16,10 @@ import jax.numpy as jnp
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn.init import Const
-from candlejax.nn.linear import _as_param
+from candlejax.nn.linear import _as_param, check_param
 from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor._core import wrap
 
@@ -130,6 +131,7 @@ class PReLU(Module):
     def __init__(self, weight: Any, is_scalar: bool = False):
         self.weight = _as_param(weight)
         self.is_scalar = bool(is_scalar)
+        check_param("PReLU", self.weight, "weight (channels,)", self.weight, rank=1)
 
     @staticmethod
     def new(weight: Any, is_scalar: bool) -> PReLU:
@@ -140,6 +142,8 @@ class PReLU(Module):
         w = self.weight._a
         if not self.is_scalar and w.size != 1 and (x.ndim < 2 or x.shape[1] != w.shape[0]):
             raise LayerInputShape(layer_name("PReLU", self.weight), f"[batch, {w.shape[0]}, ...]", x.shape)
+        if w.dtype != x.dtype:  # no promotion (Candle's broadcast_mul raises)
+            raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), layer_name("PReLU", self.weight))
         return wrap(_prelu(x, w))
 
 

@@ -28,7 +28,7 @@ from candlejax._dispatch import op
 from candlejax._precision import f32_precision
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
-from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear
+from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear, check_param
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.quantized import native
 from candlejax.tensor import unwrap, wrap
@@ -157,6 +157,9 @@ class _ConvBase(Module):
         self.config = _default_cfg(type(self), config)
         if self.weight.ndim != self._nd + 2:
             raise errors.UnexpectedNumberOfDims(self._nd + 2, self.weight.ndim, self.weight.shape, self._kind)
+        w = self.weight.shape
+        c_out = w[1] * int(getattr(self.config, "groups", 1)) if self._transpose else w[0]
+        check_param(self._kind, self.weight, "bias (c_out,)", self.bias, (c_out,))
 
     @classmethod
     def new(cls, weight: Any, bias: Any, config: Any) -> Any:
@@ -433,6 +436,15 @@ class ConvTranspose2d(_ConvBase):
         super().__init__(weight, bias, config)
 
 
+def _check_sizes(op_name: str, c_in: int, c_out: int, k: int, transpose: bool) -> None:
+    """PyTorch refuses a non-positive kernel_size; the inits divide by the fan (``c_in`` for
+    convolutions, ``c_out`` for transposed ones), which a zero size makes 0."""
+    fan = ("out_channels", c_out) if transpose else ("in_channels", c_in)
+    if k < 1 or fan[1] < 1 or min(c_in, c_out) < 0:
+        raise errors.Msg(f"{op_name}: kernel_size ({k}) and {fan[0]} ({fan[1]}) must be >= 1 (in_channels {c_in},"
+                         f" out_channels {c_out})")  # fmt: skip
+
+
 def _check_groups(c_in: int, c_out: int, groups: int, op_name: str) -> None:
     if groups < 1 or c_in % groups or c_out % groups:
         raise errors.Msg(f"{op_name}: groups ({groups}) must divide in_channels ({c_in}) and out_channels ({c_out})")
@@ -449,6 +461,7 @@ def _default_cfg(cls: type, cfg: Any) -> Any:
 
 def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
     cfg = _default_cfg(cls, cfg)
+    _check_sizes(cls.__name__, c_in, c_out, k, False)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     ws = vb.get_with_hints((c_out, c_in // cfg.groups) + (k,) * nd, "weight", DEFAULT_KAIMING_NORMAL)
     bs = None
@@ -460,6 +473,7 @@ def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, v
 
 def _convt_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
     cfg = _default_cfg(cls, cfg)
+    _check_sizes(cls.__name__, c_in, c_out, k, True)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     bound = 1.0 / math.sqrt(c_out * k) if nd == 1 else 1.0 / math.sqrt(c_out) / k
     init = Uniform(-bound, bound)

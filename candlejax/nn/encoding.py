@@ -6,6 +6,7 @@ provides: ``one_hot``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -38,14 +39,33 @@ def _value(v: Any, what: str) -> tuple[Any, DType | None]:
     return (float(a) if dt.is_float() else int(a)), dt
 
 
+def _check_fits(what: str, v: Any, dt: DType) -> None:
+    """A value the output dtype cannot hold raises (JAX raised a raw OverflowError, or wrapped)."""
+    npdt = np.dtype(dt.np)
+    if jnp.issubdtype(npdt, jnp.integer):
+        info = jnp.iinfo(npdt)
+        ok = math.isfinite(float(v)) and info.min <= int(v) <= info.max  # fractions truncate, as before
+        rule = f"[{info.min}, {info.max}]"
+    elif jnp.issubdtype(npdt, jnp.floating):
+        ok = not math.isfinite(float(v)) or abs(float(v)) <= float(jnp.finfo(npdt).max)
+        rule = f"at most {float(jnp.finfo(npdt).max):g} in magnitude"
+    else:
+        return
+    if not ok:
+        raise errors.Msg(f"one_hot: {what} {v!r} does not fit the output dtype {dt.name} ({rule})")
+
+
 def one_hot(indices: Any, depth: int, on_value: Any = 1.0, off_value: Any = 0.0, dtype: Any = None) -> Any:
     """``indices.shape + [depth]`` with ``on_value`` at each index and ``off_value`` elsewhere.
 
     ``dtype`` defaults to the values' own dtype for typed scalars (``np.float32(0.5)``, a rank-0
     Tensor), else F32 for Python floats and U32 for Python ints (Candle infers it from the Rust
-    type of ``on_value``). An index of -1 gives a row of ``off_value``; an index >= depth raises
-    (checked eagerly; under ``jit`` it gives a row of ``off_value``).
+    type of ``on_value``). An index of -1 gives a row of ``off_value``; an index >= depth or below -1
+    raises eagerly; under ``jit`` the ids are not known, and such an index gives a row of ``off_value``
+    (all zeros by default). ``depth >= 1``; values must fit ``dtype`` (no wrapping).
     """
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or int(depth) < 1:
+        raise errors.Msg(f"one_hot: depth must be an integer >= 1, got {depth!r}")
     idx = as_array(indices)
     if not jnp.issubdtype(idx.dtype, jnp.integer):
         raise errors.UnexpectedDType(DType.U32, to_dtype(idx.dtype), "one_hot: indices must be integers")
@@ -57,6 +77,8 @@ def one_hot(indices: Any, depth: int, on_value: Any = 1.0, off_value: Any = 0.0,
         else:
             dtype = DType.F32 if isinstance(on_value, float) or isinstance(off_value, float) else DType.U32
     dt = check_width(to_dtype(dtype))
+    for what, v in (("on_value", on_value), ("off_value", off_value)):
+        _check_fits(what, v, dt)
     if is_eager() and idx.size:
         a = np.asarray(idx).astype(np.int64)
         bad = a[(a >= depth) | (a < -1)]

@@ -168,11 +168,17 @@ def _alloc(x: Any, dim: int, size: int) -> Any:
     return jnp.zeros(shape, x.dtype)
 
 
-def _check_source(what: str, x: Any, dim: int, buf: Any) -> None:
-    """Shapes are static, so this runs eagerly and while tracing: a source that cannot be written
-    along ``dim`` into ``buf`` (``None``: not allocated yet) raises, naming both shapes."""
+def _check_source(what: str, x: Any, dim: int, buf: Any, max_len: int | None = None) -> None:
+    """Shapes and dtypes are static, so this runs eagerly and while tracing: a source that cannot be
+    written along ``dim`` into ``buf`` (``None``: not allocated yet), or longer than ``max_len``,
+    raises, naming both shapes. The data is never cast: another dtype raises, as Candle's ``slice_set``."""
     if not 0 <= dim < x.ndim:
         raise errors.Msg(f"{what}: dim {dim} is out of range for a source of shape {tuple(x.shape)}")
+    if max_len is not None and x.shape[dim] > max_len:
+        raise errors.Msg(f"{what}: a source of {x.shape[dim]} positions (shape {tuple(x.shape)}) is longer than"
+                         f" max_seq_len {max_len} (create the cache with a larger max_seq_len)")  # fmt: skip
+    if buf is not None and buf.dtype != x.dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(buf.dtype), to_dtype(x.dtype), f"{what} (cache, source)")
     if buf is not None and (buf.ndim != x.ndim or any(a != b for i, (a, b) in enumerate(zip(buf.shape, x.shape))
                                                       if i != dim)):  # fmt: skip
         raise errors.Msg(
@@ -180,6 +186,24 @@ def _check_source(what: str, x: Any, dim: int, buf: Any) -> None:
             f" (all dims but dim {dim} must match; reset() keeps the buffers, so make a new cache for"
             " other shapes)"
         )
+
+
+def _check_kv(what: str, k: Any, v: Any, dim: int) -> None:
+    """Values must pair with the keys: same dtype, rank and dims, the last (head) dim excepted, which
+    may differ (MLA-style attention). A shorter ``v`` left zero value rows visible to attention."""
+    if k.dtype != v.dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(k.dtype), to_dtype(v.dtype), f"{what} (k, v)")
+    if k.ndim != v.ndim or k.shape[:-1] != v.shape[:-1] or k.shape[dim] != v.shape[dim]:
+        raise errors.Msg(
+            f"{what}: values of shape {tuple(v.shape)} do not pair with keys of shape {tuple(k.shape)} (the same"
+            f" length on dim {dim} and the same dims are needed; only the last, the head dim, may differ)"
+        )
+
+
+def _check_max_len(what: str, max_seq_len: Any) -> None:
+    if isinstance(max_seq_len, (bool, np.bool_)) or not isinstance(max_seq_len, (int, np.integer)) \
+            or int(max_seq_len) < 1:  # fmt: skip
+        raise errors.Msg(f"{what}: max_seq_len must be >= 1 (an integer), got {max_seq_len!r}")
 
 
 def _written(pos: Any, what: str) -> int:
@@ -224,8 +248,7 @@ class Cache(Module):
     not_a_tensor_hint = _CACHE_HINT
 
     def __init__(self, dim: int, max_seq_len: int, data: Any = None, pos: Any = None):
-        if int(max_seq_len) < 1:
-            raise errors.Msg(f"Cache: max_seq_len must be >= 1, got {max_seq_len}")
+        _check_max_len("Cache", max_seq_len)
         self.dim = CallableInt(dim)
         self.max_seq_len = CallableInt(max_seq_len)
         self.buf = data
@@ -250,7 +273,7 @@ class Cache(Module):
         """
         x = as_array(src)
         buf = None if self.buf is None else self.buf._a
-        _check_source("Cache.append", x, self.dim, buf)
+        _check_source("Cache.append", x, self.dim, buf, self.max_seq_len)
         n = x.shape[self.dim]
         if is_eager() and int(self.pos._a) + n > self.max_seq_len:
             raise errors.Msg(
@@ -296,6 +319,7 @@ class KvCache(Module):
     not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, pos: Any = None):
+        _check_max_len("KvCache", max_seq_len)
         self.dim = CallableInt(dim)
         self.max_seq_len = CallableInt(max_seq_len)
         self.k_buf = k
@@ -311,6 +335,9 @@ class KvCache(Module):
         """Allocate buffers shaped like ``k_like`` / ``v_like`` with ``max_seq_len`` on ``dim``."""
         k = as_array(k_like)
         v = k if v_like is None else as_array(v_like)
+        _check_max_len("KvCache.preallocated", max_seq_len)
+        _check_source("KvCache.preallocated", k, int(dim), None)
+        _check_kv("KvCache.preallocated", k, v, int(dim))
         return KvCache(dim, max_seq_len, wrap(_alloc(k, dim, max_seq_len)), wrap(_alloc(v, dim, max_seq_len)))
 
     @_rebind("(k, v), cache = cache.append(k, v)")
@@ -318,11 +345,15 @@ class KvCache(Module):
         """Write ``k``/``v`` at the current position: ``((k_all, v_all), new_cache)``.
 
         ``k_all``/``v_all`` are the full buffers (``max_seq_len`` on ``dim``; unwritten slots are zero):
-        mask them with ``new_cache.attn_mask(q_len)``. Overflow raises eagerly; under ``jit`` the
-        write is clamped, so size ``max_seq_len`` for the whole generation.
+        mask them with ``new_cache.attn_mask(q_len)``. ``v`` pairs with ``k`` (same dtype and dims;
+        the head dim may differ) and both have the buffers' dtype (never cast). Overflow raises
+        eagerly; under ``jit`` only a single append longer than ``max_seq_len`` raises (it is static),
+        a write past the end is clamped, so size ``max_seq_len`` for the whole generation.
         """
         ka, va = as_array(k), as_array(v)
-        _check_source("KvCache.append (keys)", ka, self.dim, None if self.k_buf is None else self.k_buf._a)
+        _check_source("KvCache.append (keys)", ka, self.dim, None if self.k_buf is None else self.k_buf._a,
+                      self.max_seq_len)  # fmt: skip
+        _check_kv("KvCache.append", ka, va, self.dim)
         _check_source("KvCache.append (values)", va, self.dim, None if self.v_buf is None else self.v_buf._a)
         kb = _alloc(ka, self.dim, self.max_seq_len) if self.k_buf is None else self.k_buf._a
         vb = _alloc(va, self.dim, self.max_seq_len) if self.v_buf is None else self.v_buf._a
@@ -421,8 +452,10 @@ class DecodeKvCache(Module):
             raise errors.Msg(
                 f"DecodeKvCache: keys/values must be (batch, heads, seq, head_dim), got {k.shape} and {v.shape}"
             )
-        if int(max_seq_len) < 1:
-            raise errors.Msg(f"DecodeKvCache: max_seq_len must be >= 1, got {max_seq_len}")
+        _check_max_len("DecodeKvCache", max_seq_len)
+        if k.dtype != v.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(k.dtype), to_dtype(v.dtype),
+                                               "DecodeKvCache.preallocated (k, v)")  # fmt: skip
         b, h = k.shape[:2]
         n, lead = int(max_seq_len), _lead(b, h)
         return DecodeKvCache(b, h, wrap(jnp.zeros((*lead, k.shape[3], n), k.dtype)),
@@ -446,7 +479,13 @@ class DecodeKvCache(Module):
                 f"DecodeKvCache.append: k {ka.shape} / v {va.shape} do not fit the cache's batch {b}, {h} heads, "
                 f"key dim {d}, value dim {dv} (shapes are (batch, heads, seq, dim))"
             )
+        _check_kv("DecodeKvCache.append", ka, va, 2)
+        if ka.dtype != kb.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(kb.dtype), to_dtype(ka.dtype),
+                                               "DecodeKvCache.append (cache, source)")  # fmt: skip
         t = ka.shape[2]
+        if t > n:
+            raise errors.Msg(f"DecodeKvCache.append: {t} positions are more than max_seq_len {n}")
         if is_eager():
             p = int(self.pos._a)
             if p + t > n:
@@ -637,6 +676,8 @@ class RotatingKvCache(_Ring):
     @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
         ka, va = as_array(k), as_array(v)
+        _check_source("RotatingKvCache.append", ka, self.dim, None)
+        _check_kv("RotatingKvCache.append", ka, va, self.dim)
         (k_all, v_all), (kk, vv), off, sp = self._write("RotatingKvCache.append", (self.k_buf, self.v_buf), (ka, va))
         new = RotatingKvCache(self.dim, self.max_seq_len, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
         return KeysValues((wrap(k_all), wrap(v_all))), new
@@ -675,9 +716,13 @@ class ConcatKvCache(Module):
     @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], ConcatKvCache]:
         ka, va = as_array(k), as_array(v)
-        if self.k_buf is not None:
-            ka = jnp.concatenate([self.k_buf._a, ka.astype(self.k_buf._a.dtype)], axis=self.dim)
-            va = jnp.concatenate([self.v_buf._a, va.astype(self.v_buf._a.dtype)], axis=self.dim)
+        kb, vb = (None, None) if self.k_buf is None else (self.k_buf._a, self.v_buf._a)
+        _check_source("ConcatKvCache.append (keys)", ka, self.dim, kb)
+        _check_kv("ConcatKvCache.append", ka, va, self.dim)
+        _check_source("ConcatKvCache.append (values)", va, self.dim, vb)
+        if kb is not None:
+            ka = jnp.concatenate([kb, ka], axis=self.dim)
+            va = jnp.concatenate([vb, va], axis=self.dim)
         return KeysValues((wrap(ka), wrap(va))), ConcatKvCache(self.dim, wrap(ka), wrap(va))
 
     def current_seq_len(self) -> int:
@@ -715,8 +760,9 @@ class StackedKvCache(Module):
     when donated) and returns that layer's whole ``(B, Hkv, max_seq_len, D)`` buffers, for
     ``ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, kv_layout="bhsd")``, which also hides the
     slots not written yet (so a cache is reused from position 0 without clearing it). ``layer`` and
-    ``pos`` may be traced int32 scalars. Writes past ``max_seq_len`` are clamped by XLA: check the
-    sizes before (``fits``), or :meth:`grow` the cache.
+    ``pos`` may be traced int32 scalars. A concrete ``layer`` / ``pos`` whose write does not fit raises;
+    traced, a write past ``max_seq_len`` is clamped by XLA: check the sizes before (``fits``), or
+    :meth:`grow` the cache. ``k``/``v`` must have the buffers' dtype (never cast).
     """
 
     not_a_tensor_hint = _APPEND_HINT
@@ -753,10 +799,14 @@ class StackedKvCache(Module):
 
     def update(self, layer: Any, k: Any, v: Any, pos: Any, layout: str = "bshd") -> tuple[Any, Any, StackedKvCache]:
         ka, va = as_array(k), as_array(v)
+        if ka.ndim != 4 or va.ndim != 4:
+            raise errors.Msg(f"StackedKvCache.update: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"
+                             f" ({'(B, T, Hkv, D)' if layout == 'bshd' else '(B, Hkv, T, D)'})")  # fmt: skip
         if layout == "bshd":
             ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
         elif layout != "bhsd":
             raise errors.Msg(f"StackedKvCache.update: layout must be 'bshd' or 'bhsd', got {layout!r}")
+        self._check_update(ka, va, layer, pos)
         zero = jnp.zeros((), jnp.int32)
         at = (jnp.asarray(unwrap(layer), jnp.int32), zero, zero, jnp.asarray(unwrap(pos), jnp.int32), zero)
         ck = lax.dynamic_update_slice(self.k, ka.astype(self.k.dtype)[None], at)
@@ -764,6 +814,36 @@ class StackedKvCache(Module):
         k_all = lax.dynamic_index_in_dim(ck, at[0], 0, keepdims=False)
         v_all = lax.dynamic_index_in_dim(cv, at[0], 0, keepdims=False)
         return k_all, v_all, type(self)(ck, cv)  # a subclass (a model's Cache) stays itself
+
+    def _check_update(self, ka: Any, va: Any, layer: Any, pos: Any) -> None:
+        """Static checks of ``(B, Hkv, T, D)`` keys/values against the buffers, then, when ``layer`` /
+        ``pos`` are concrete (not traced), that the write fits: XLA would clamp it silently."""
+        b, h, n, d = self.k.shape[1:]
+        for name, x, buf in (("k", ka, self.k), ("v", va, self.v)):
+            if (x.shape[0], x.shape[1], x.shape[3]) != (b, h, d) or x.shape[2] != ka.shape[2]:
+                raise errors.Msg(
+                    f"StackedKvCache.update: {name} of shape (B, Hkv, T, D) {tuple(x.shape)} does not fit the"
+                    f" cache's batch {b}, {h} kv heads, head_dim {d} (and T of k {ka.shape[2]})"
+                )
+            if x.dtype != buf.dtype:
+                raise errors.DTypeMismatchBinaryOp(to_dtype(buf.dtype), to_dtype(x.dtype),
+                                                   f"StackedKvCache.update ({name} cache, {name})")  # fmt: skip
+        t = ka.shape[2]
+        if t > n:
+            raise errors.Msg(f"StackedKvCache.update: {t} positions are more than the {n} slots (max_seq_len)")
+        for what, val, hi in (("layer", layer, self.k.shape[0] - 1), ("pos", pos, n - t)):
+            val = unwrap(val)
+            if isinstance(val, jax.core.Tracer):
+                continue
+            if isinstance(val, (bool, np.bool_, float, np.floating)) or np.ndim(val) != 0:
+                raise errors.Msg(f"StackedKvCache.update: {what} must be an integer scalar, got {val!r}")
+            p = int(val)  # a concrete array: one scalar read, as KvCache's eager overflow check
+            if not 0 <= p <= hi:
+                raise errors.Msg(
+                    f"StackedKvCache.update: layer {p} is out of range for {self.k.shape[0]} layers" if what == "layer"
+                    else f"StackedKvCache.update: writing {t} positions at pos {p} (slots {p}..{p + t - 1}) does"
+                    f" not fit the {n} slots 0..{n - 1} (check with fits(pos, T), or grow() the cache)"
+                )  # fmt: skip
 
     def grow(self, max_seq_len: int, keep: int | None = None) -> StackedKvCache:
         """A cache of ``max_seq_len`` slots holding this one's first ``keep`` (default: all) slots."""

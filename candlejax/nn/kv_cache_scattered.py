@@ -228,6 +228,10 @@ class ScatteredKvCache(Module):
                 f"ScatteredKvCache.append: k {tuple(ka.shape)} / v {tuple(va.shape)} do not fit the cache's"
                 f" batch {b}, {h} heads, key dim {d}, value dim {dv} (shapes are (batch, heads, seq, dim))"
             )
+        for name, x, buf in (("k", ka, kb), ("v", va, vb)):
+            if x.dtype != buf.dtype:  # never cast, as Candle's scatter_set
+                raise errors.DTypeMismatchBinaryOp(to_dtype(buf.dtype), to_dtype(x.dtype),
+                                                   f"ScatteredKvCache.append ({name} cache, {name})")  # fmt: skip
         if not isinstance(iam, IndicesAndMask):
             raise errors.Msg(
                 f"ScatteredKvCache.append: iam must be the IndicesAndMask of this step, got {type(iam).__name__}"

@@ -102,6 +102,23 @@ def _as_param(t: Any) -> Any:
     return wrap(as_array(t))
 
 
+def check_param(kind: str, weight: Any, what: str, t: Any, shape: tuple[int, ...] | None = None,
+                rank: int | None = None, rule: str = "") -> None:
+    """A layer's tensor ``what`` of the wrong shape, rank or (beside the weight) dtype raises at
+    construction, naming the layer, the tensor and both shapes; forward would give a raw JAX error.
+    Shapes and dtypes are static: this costs nothing per call."""
+    if t is None:
+        return
+    name = layer_name(kind, weight)
+    if rank is not None and t.ndim != rank:
+        raise errors.UnexpectedNumberOfDims(rank, t.ndim, t.shape, f"{name} {what}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        rule = rule or f"the weight is {errors.fmt_shape(weight.shape)}"
+        raise errors.UnexpectedShape(f"{name}: wrong shape for {what} ({rule})", shape, t.shape)
+    if t is not weight and t.dtype != weight.dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(weight.dtype), to_dtype(t.dtype), f"{name} (weight, {what})")
+
+
 def _require_tensor(value: Any, layer: str, spelling: str) -> None:
     """A layer built from tensors (Candle's ``Linear::new(weight, bias)``) given a number instead: the
     PyTorch-style ``nn.Linear(in, out)`` call. Raise, naming the builder that makes a new layer."""
@@ -125,6 +142,8 @@ class Linear(Module):
         _require_tensor(bias, "Linear", "nn.linear(in_dim, out_dim, vb) (or nn.linear_no_bias)")
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
+        check_param("Linear", self.weight, "weight (out, in)", self.weight, rank=2)
+        check_param("Linear", self.weight, "bias", self.bias, (self.weight.shape[0],))
 
     @staticmethod
     def new(weight: Any, bias: Any = None) -> Linear:

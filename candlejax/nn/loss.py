@@ -5,8 +5,10 @@ provides: ``nll``, ``cross_entropy``, ``mse``, ``binary_cross_entropy_with_logit
 
 Every loss returns a scalar Tensor (the mean), as Candle's. Class targets are integer tensors
 (u32 as in Candle; i32/i64/u8 also accepted). Eagerly, a target outside ``[0, classes)`` raises
-(as torch and Candle do). Under ``jax.jit`` values are unknown while tracing, so an out-of-range
-target gives a NaN loss; wrap the loss in :func:`check_finite` to stop there instead.
+(as torch and Candle do). Under ``jax.jit`` values are unknown while tracing, so every out-of-range
+target (negative or ``>= classes``) gives a NaN loss; wrap the loss in :func:`check_finite` to stop
+there instead. The target dtype's largest value (``u32::MAX`` for u32) is Candle's "no index", as
+in candlejax's gathers: that row's term is 0 (it still counts in the mean), eagerly and under jit.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _check_targets(op_name: str, inp: Any, target: Any) -> None:
     if isinstance(target, jax.core.Tracer) or target.size == 0:
         return
     t = np.asarray(target)
-    bad = np.flatnonzero((t < 0) | (t >= inp.shape[1]))
+    bad = np.flatnonzero(((t < 0) | (t >= inp.shape[1])) & (t != np.iinfo(t.dtype).max))
     if bad.size:
         i = int(bad[0])
         raise errors.Msg(
@@ -75,7 +77,14 @@ def check_finite(x: Any, what: str = "loss") -> Any:
 
 @op
 def _nll(lp: Any, t: Any) -> Any:
-    picked = jnp.take_along_axis(_upcast(lp), t.astype(jnp.int32)[:, None], axis=1)
+    c, tmax = lp.shape[1], int(jnp.iinfo(t.dtype).max)
+    no_index = t == jnp.asarray(tmax, t.dtype)  # Candle's "no index": the term is 0, as in gather
+    bad = t >= jnp.asarray(c, t.dtype) if c <= tmax else jnp.zeros(t.shape, bool)  # u8 ids, 300 classes
+    if jnp.issubdtype(t.dtype, jnp.signedinteger):
+        bad = bad | (t < 0)
+    ids = jnp.clip(t, 0, min(c - 1, tmax)).astype(jnp.int32)  # clip before the cast: u32 2**31 stays large
+    picked = jnp.take_along_axis(_upcast(lp), ids[:, None], axis=1)[:, 0]
+    picked = jnp.where(no_index, 0.0, jnp.where(bad, jnp.nan, picked))  # traced bad targets: NaN loss
     return (-jnp.mean(picked)).astype(lp.dtype)
 
 
@@ -85,7 +94,9 @@ def _ce(logits: Any, t: Any) -> Any:
 
 
 def nll(inp: Any, target: Any) -> Any:
-    """Mean of ``-inp[i, target[i]]``; ``inp`` ``(B, C)`` log-probabilities, ``target`` ``(B,)``."""
+    """Mean of ``-inp[i, target[i]]``; ``inp`` ``(B, C)`` log-probabilities, ``target`` ``(B,)``
+    (``F.nll_loss``; Candle's ``loss::nll``). Bad targets raise eagerly; under jit they give NaN
+    (module docstring)."""
     x, t = as_array(inp), as_array(target)
     _check_float("nll", x)
     _check_targets("nll", x, t)
@@ -93,7 +104,8 @@ def nll(inp: Any, target: Any) -> Any:
 
 
 def cross_entropy(inp: Any, target: Any) -> Any:
-    """``nll(log_softmax(inp, 1), target)``: logits ``(B, C)``, class ids ``(B,)`` (``F.cross_entropy``)."""
+    """``nll(log_softmax(inp, 1), target)``: logits ``(B, C)``, class ids ``(B,)`` (``F.cross_entropy``).
+    Bad targets raise eagerly; under jit they give NaN (module docstring)."""
     x, t = as_array(inp), as_array(target)
     _check_float("cross_entropy", x)
     if x.ndim != 2:
@@ -150,9 +162,13 @@ def _huber(x: Any, t: Any, *, delta: float) -> Any:
 
 
 def huber(inp: Any, target: Any, delta: float) -> Any:
-    """Mean Huber loss (``F.huber_loss(reduction='mean', delta=delta)``); shapes must be equal."""
+    """Mean Huber loss (``F.huber_loss(reduction='mean', delta=delta)``); shapes must be equal, ``delta > 0``."""
     x, t = as_array(inp), as_array(target)
     _check_same("huber", x, t)
+    if isinstance(delta, (bool, np.bool_)) or not isinstance(delta, (int, float, np.integer, np.floating)):
+        raise errors.InvalidArgument(f"huber: delta must be a positive number, got {delta!r}")
+    if not delta > 0:  # NaN too; PyTorch: "huber_loss does not support non-positive values for delta"
+        raise errors.InvalidArgument(f"huber: delta must be positive, got {delta!r} (as torch's huber_loss)")
     return wrap(_huber(x, t, delta=float(delta)))
 
 

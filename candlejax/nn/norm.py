@@ -24,7 +24,7 @@ from candlejax._dispatch import op
 from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
 from candlejax.nn.kv_cache import _AppendResult
-from candlejax.nn.linear import _as_param, _require_tensor
+from candlejax.nn.linear import _as_param, _require_tensor, check_param
 from candlejax.nn.module import (
     Buffer,
     CallableConfig,
@@ -79,6 +79,9 @@ class LayerNorm(Module):
         self.bias = _as_param(bias)
         self.eps = CallableFloat(eps)
         self.remove_mean = bool(remove_mean)
+        kind = "LayerNorm" if remove_mean else "RmsNorm"
+        check_param(kind, self.weight, "weight (size,)", self.weight, rank=1)
+        check_param(kind, self.weight, "bias", self.bias, tuple(self.weight.shape))
 
     @staticmethod
     def new(weight: Any, bias: Any, eps: float) -> LayerNorm:
@@ -172,6 +175,9 @@ class GroupNorm(Module):
         self.bias = _as_param(bias)
         self.num_channels = int(num_channels)
         self.num_groups = int(num_groups)
+        rule = f"num_channels is {self.num_channels}"
+        check_param("GroupNorm", self.weight, "weight", self.weight, (self.num_channels,), rule=rule)
+        check_param("GroupNorm", self.weight, "bias", self.bias, (self.num_channels,), rule=rule)
         self.eps = CallableFloat(eps)
 
     @staticmethod
@@ -187,6 +193,8 @@ class GroupNorm(Module):
             raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
         if x.shape[1] != self.num_channels:
             raise LayerInputShape(layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape)
+        ops._check_float("group-norm", x)
+        ops._check_param_dtype(layer_name("GroupNorm", self.weight), x, "weight", self.weight._a)
         return wrap(_group_norm(x, self.weight._a, self.bias._a, groups=self.num_groups, eps=self.eps))
 
 

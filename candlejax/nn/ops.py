@@ -106,6 +106,8 @@ def softmax_last_dim(xs: Any) -> Any:
     """Softmax over the last dim. Candle's fused kernel has no backward; this one does."""
     a = as_array(xs)
     _check_float("softmax-last-dim", a)
+    if a.ndim == 0:  # Candle's dims().last() fails on a scalar too
+        raise errors.Msg("softmax-last-dim: the input has no last dim (a rank-0 tensor); reshape it to (1,) first")
     return wrap(softmax_op(a, axis=-1))
 
 
@@ -282,8 +284,19 @@ def _norm_fast(a: Any, w: Any, b: Any, *, eps: float, remove_mean: bool) -> Any:
     return y.astype(a.dtype)
 
 
+def _check_param_dtype(op_name: str, a: Any, what: str, p: Any) -> None:
+    """No promotion: a weight or table has the input's dtype, or is F32 for f16/bf16 input (the op
+    computes in f32 and returns the input's dtype; models keep f32 norm weights and rotary tables).
+    Candle: ``unsupported dtype for rmsnorm`` / ``rope``."""
+    if p.dtype != a.dtype and not (p.dtype == jnp.float32 and a.dtype in (jnp.bfloat16, jnp.float16)):
+        raise errors.DTypeMismatchBinaryOp(to_dtype(a.dtype), to_dtype(p.dtype), f"{op_name} (input, {what})")
+
+
 def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
     _check_float(op_name, a)
+    _check_param_dtype(op_name, a, "alpha", w)
+    if b is not None:
+        _check_param_dtype(op_name, a, "beta", b)
     h = a.shape[-1] if a.ndim else None
     if w.ndim != 1 or w.shape[0] != h or (b is not None and tuple(b.shape) != tuple(w.shape)):
         shapes = [fmt_shape(a.shape), fmt_shape(w.shape)] + ([fmt_shape(b.shape)] if b is not None else [])
@@ -363,6 +376,9 @@ def _rope(x: Any, cos: Any, sin: Any, *, layout: str, interleaved: bool) -> Any:
 
 def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
     _check_float(op_name, x)
+    if cos.dtype != sin.dtype:
+        raise errors.DTypeMismatchBinaryOp(to_dtype(cos.dtype), to_dtype(sin.dtype), f"{op_name} (cos, sin)")
+    _check_param_dtype(op_name, x, "cos/sin", cos)
     if x.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, x.ndim, x.shape, op_name)
     b, t, d = x.shape[0], (x.shape[2] if layout == "bhtd" else x.shape[1]), x.shape[3]
@@ -532,12 +548,20 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
         if t.ndim != 4:
             want = "(batch, heads, seq, head_dim)" if lay == "bhsd" else "(batch, seq, heads, head_dim)"
             raise errors.Msg(f"sdpa: {n} must be {want}, got {fmt_shape(t.shape)}")
+    for n, t in (("k", k), ("v", v)):  # no promotion: PyTorch and Candle's matmul refuse mixed dtypes
+        if t.dtype != q.dtype:
+            raise errors.DTypeMismatchBinaryOp(to_dtype(q.dtype), to_dtype(t.dtype), f"sdpa (q, {n})")
+    if mask is not None and jnp.issubdtype(mask.dtype, jnp.floating):  # PyTorch: a float mask has q's dtype;
+        _check_param_dtype("sdpa", q, "additive float mask", mask)  # F32 too for half q (scores are f32)
     qd, kd, vd = _dims(q, layout), _dims(k, kv_layout), _dims(v, kv_layout)
-    ok = qd[0] == kd[0] == vd[0] and kd[:3] == vd[:3] and qd[3] == kd[3]
-    if not ok or qd[1] % kd[1]:
+    rules = [("batch sizes differ", not qd[0] == kd[0] == vd[0]), ("k and v lengths differ", kd[2] != vd[2]),
+             ("k and v head counts differ", kd[1] != vd[1]), ("q and k head dims differ", qd[3] != kd[3]),
+             ("q heads must be a multiple of kv heads", kd[1] == vd[1] and qd[1] % kd[1] != 0)]  # fmt: skip
+    broken = [r for r, bad in rules if bad]
+    if broken:
         raise errors.Msg(
             f"sdpa: incompatible shapes q {fmt_shape(q.shape)} ({layout}), k {fmt_shape(k.shape)}, v"
-            f" {fmt_shape(v.shape)} ({kv_layout}) (q heads must be a multiple of kv heads)"
+            f" {fmt_shape(v.shape)} ({kv_layout}) ({'; '.join(broken)})"
         )
     if mask is not None:
         full = (qd[0], qd[1], qd[2], kd[2])
@@ -752,12 +776,18 @@ def _pixel_unshuffle(a: Any, *, r: int) -> Any:
     return x.reshape(b, c * r * r, h // r, w // r)
 
 
+def _factor(op_name: str, what: str, r: Any) -> int:
+    if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or r < 1:
+        raise errors.Msg(f"{op_name}: {what} must be an integer >= 1, got {r!r} (as torch's)")
+    return int(r)
+
+
 def pixel_shuffle(xs: Any, upscale_factor: int) -> Any:
     """``(B, C·r², H, W) -> (B, C, H·r, W·r)`` (PyTorch's ``pixel_shuffle``)."""
     a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_shuffle")
-    r = int(upscale_factor)
+    r = _factor("pixel_shuffle", "upscale_factor", upscale_factor)
     if a.shape[1] % (r * r):
         raise errors.Msg(f"pixel_shuffle: channels {a.shape[1]} not divisible by {r * r}")
     return wrap(_pixel_shuffle(a, r=r))
@@ -768,7 +798,7 @@ def pixel_unshuffle(xs: Any, downscale_factor: int) -> Any:
     a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "pixel_unshuffle")
-    r = int(downscale_factor)
+    r = _factor("pixel_unshuffle", "downscale_factor", downscale_factor)
     if a.shape[2] % r or a.shape[3] % r:
         raise errors.Msg(f"pixel_unshuffle: spatial dims {fmt_shape(a.shape[2:])} not divisible by {r}")
     return wrap(_pixel_unshuffle(a, r=r))
@@ -779,6 +809,10 @@ def replication_pad2d(xs: Any, pad: int) -> Any:
     a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "replication_pad2d")
+    if isinstance(pad, (bool, np.bool_)) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise errors.Msg(f"replication_pad2d: pad must be an integer >= 0, got {pad!r}")
+    if pad > 0 and 0 in a.shape[2:]:  # nothing to replicate (torch raises too)
+        raise errors.Msg(f"replication_pad2d: cannot replicate the edge of an empty plane {fmt_shape(a.shape)}")
     if pad == 0:
         return wrap(a)
     return wrap(jnp.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge"))

@@ -289,6 +289,9 @@ def _rnn_names(cfg: Any) -> tuple[str, str, str, str]:
 
 
 def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tuple[Any, Any, Any, Any]:
+    if int(hidden) < 1 or int(in_dim) < 1:  # PyTorch: "hidden_size must be greater than zero"
+        raise errors.Msg(f"{ {3: 'GRU', 4: 'LSTM'}.get(gates, 'RNN')}: hidden_dim ({hidden}) and in_dim ({in_dim})"
+                         " must be >= 1")  # fmt: skip
     n_wih, n_whh, n_bih, n_bhh = _rnn_names(cfg)
     w_ih = vb.get_with_hints((gates * hidden, in_dim), n_wih, cfg.w_ih_init)
     w_hh = vb.get_with_hints((gates * hidden, hidden), n_whh, cfg.w_hh_init)

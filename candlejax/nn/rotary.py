@@ -84,6 +84,7 @@ class RotaryEmbedding(Module):
     ``layout="bthd"``). ``rope_scaling`` takes a config.json's dict; ``inv_freq`` overrides the
     frequencies (e.g. a GGUF's ``rope_freqs``); ``precompute=False`` keeps only them (see above).
     Positions ``< 0`` or ``>= max_position_embeddings`` raise (eagerly; a traced offset is clamped).
+    ``offset`` must be an integer (an int or an integer scalar): floats and bools raise.
     """
 
     def __init__(
@@ -118,6 +119,13 @@ class RotaryEmbedding(Module):
         self.sin = wrap(jnp.asarray(sin.astype(dt.np)))
 
     def _check(self, seq_len: int, offset: Any) -> None:
+        a = unwrap(offset)
+        dt = getattr(a, "dtype", None)
+        if isinstance(a, (bool, np.bool_)) or not (isinstance(a, (int, np.integer)) or (
+                dt is not None and jnp.issubdtype(dt, jnp.integer) and np.size(a) == 1)):  # fmt: skip
+            what = f"{a!r}" if dt is None else f"an array of dtype {dt} and shape {tuple(np.shape(a))}"
+            raise errors.DimType(f"RotaryEmbedding: offset must be an integer position (an int or an integer"
+                                 f" scalar), got {what}")  # fmt: skip
         if isinstance(offset, (int, np.integer)) or (hasattr(offset, "shape") and not _traced(offset)):
             off = int(np.asarray(unwrap(offset)))
             if off < 0:

@@ -191,7 +191,13 @@ class DictBackend(SimpleBackend):
     def _load(self, path: str) -> Any:
         t = self.tensors[path]
         a = unwrap(t)
-        return a if isinstance(a, (np.ndarray, jax.Array)) else np.asarray(a)
+        if isinstance(a, (np.ndarray, jax.Array)):
+            return a
+        n = np.asarray(a) if not isinstance(a, (str, bytes, dict)) and a is not None else np.asarray(None)
+        if n.dtype.kind not in "biuf":  # "hello" read as a rank-0 string said "shape mismatch ... got: []"
+            raise errors.Msg(f"{path} in {self.source} is not a tensor: a {type(t).__name__} ({t!r:.60});"
+                             " the dict holds Tensors or arrays")  # fmt: skip
+        return n
 
     def _shape(self, path: str) -> tuple[int, ...]:
         return tuple(np.shape(self._load(path)))

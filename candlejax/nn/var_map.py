@@ -106,9 +106,17 @@ class VarMap:
             raise errors.VarMapError(f"cannot find {name} in VarMap")
         old = cur._a
         donated = type(old) is DonatedBuffer
-        a = as_array(value) if hasattr(value, "dtype") and not isinstance(value, np.ndarray) else as_array(
-            value, to_dtype(old.dtype)
-        )
+        try:
+            if isinstance(value, (str, bytes, dict)) or value is None:
+                raise TypeError
+            a = as_array(value) if hasattr(value, "dtype") and not isinstance(value, np.ndarray) else as_array(
+                value, to_dtype(old.dtype)
+            )
+        except errors.Error:
+            raise
+        except (TypeError, ValueError):  # numpy's "could not convert string to float"
+            raise errors.VarMapError(f"set_one({name!r}): the value must be a Tensor, an array or numbers, got"
+                                     f" {type(value).__name__} {value!r:.60}") from None  # fmt: skip
         shape = old.shape if donated else tuple(old.shape)
         if tuple(a.shape) != tuple(shape):
             raise errors.ShapeMismatchBinaryOp(shape, a.shape, "set")

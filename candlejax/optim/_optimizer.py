@@ -38,6 +38,7 @@ from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import is_eager
 from candlejax.device import Device
+from candlejax.dtype import to_dtype
 from candlejax.optim._params import Split, grads_as_params, is_var, merge_leaves, split
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 from candlejax.xla import OptionsJit
@@ -699,7 +700,16 @@ class Optimizer:
             by_name = {v.name: v for v in self._vars}
             gv = named_vars(grads)
             missing = [n for n in gv if n not in by_name]
-            if missing or not gv:
+            if not gv:  # "the gradients of nothing match no Var" said nothing about what was passed
+                got = (f"a dict with keys {list(grads)[:3]} and no Var among its values" if isinstance(grads, dict)
+                       else f"a {type(grads).__name__} holding no named Var")  # fmt: skip
+                raise errors.OptimizerUsage(
+                    f"{self.name}.step(grads): found no named gradient in {got}: gradients are matched to this"
+                    " optimizer's Vars by the Var names they carry; pass what cj.grad(loss_fn)(model, ...) returns"
+                    f" for a model built from the optimizer's VarMap, or a list of {len(self._vars)} gradients in"
+                    " the order of its Vars"
+                )
+            if missing:
                 raise errors.OptimizerUsage(
                     f"{self.name}.step(grads): the gradients of {missing[:3] or 'nothing'} match no Var of this"
                     " optimizer by name; pass what cj.grad(loss_fn)(model, ...) returns for a model built from"
@@ -746,6 +756,12 @@ class Optimizer:
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
+                    )
+                if not jnp.issubdtype(out.dtype, jnp.floating):  # jax.grad's raw "requires real-valued outputs"
+                    raise errors.OptimizerUsage(
+                        f"backward_step: loss_fn must return a float scalar to differentiate, got dtype"
+                        f" {to_dtype(out.dtype).name} (convert it with .to_dtype(DType.F32); an integer loss has no"
+                        " gradient)"
                     )
                 return out.reshape(())
 

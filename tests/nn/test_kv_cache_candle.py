@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -446,3 +448,92 @@ def test_scattered_errors_and_misuse():
             use()
     with pytest.raises(errors.Msg, match=r"ScatteredKvCache .*" + spelling):
         cj.Tensor.ones((2, 1, 1, 3)).matmul(v_wrong)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: k against v, dtypes, sizes (Candle's matmul / slice_set / cat raise)
+# ------------------------------------------------------------------------------------------------
+_K3 = np.ones((1, 1, 3, 2), np.float32)
+_BF = _K3.astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.KvCache.new(2, 6), lambda: nn.KvCache.preallocated(2, 6, _K3),
+                                  lambda: nn.RotatingKvCache.new(2, 8), lambda: nn.ConcatKvCache.new(2)])  # fmt: skip
+def test_kv_caches_check_values_against_keys(make):
+    # a shorter v used to leave zero value rows that attention saw (v rows [5, 5, 0, 0, 0, 0], pos 3)
+    with pytest.raises(errors.Msg, match=r"values of shape \(1, 1, 2, 2\) do not pair with keys of shape \(1, 1, 3, 2\)"):  # noqa: E501
+        make().append(_K3, np.full((1, 1, 2, 2), 5, np.float32))
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"\(k, v\), lhs: F32, rhs: BF16"):
+        make().append(_K3, _BF)
+    cache = make()
+    if getattr(cache, "v_buf", None) is None:  # not preallocated: only the head dim may differ (MLA)
+        (_, v_all), _ = cache.append(_K3, np.ones((1, 1, 3, 5), np.float32))
+        assert v_all.shape[-1] == 5
+
+
+@pytest.mark.parametrize("make", [lambda: nn.KvCache.new(2, 6).append(_K3, _K3)[1],
+                                  lambda: nn.KvCache.preallocated(2, 6, _K3),
+                                  lambda: nn.DecodeKvCache.preallocated(6, _K3),
+                                  lambda: nn.ConcatKvCache.new(2).append(_K3, _K3)[1],
+                                  lambda: nn.RotatingKvCache.new(2, 4).append(_K3, _K3)[1]])  # fmt: skip
+def test_kv_caches_refuse_another_dtype_like_candle_slice_set(make):
+    # they used to cast bf16 keys into an f32 cache silently
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"lhs: F32, rhs: BF16"):
+        make().append(_BF, _BF)
+
+
+def test_single_tensor_cache_refuses_another_dtype():
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"dtype mismatch in Cache.append.*lhs: F32, rhs: BF16"):
+        nn.Cache.preallocated(2, 6, _K3).append(_BF)
+
+
+@pytest.mark.parametrize("cache", ["kv", "cache", "decode"])
+def test_append_longer_than_max_seq_len_raises_under_jit(cache):
+    # the appended length is static: this raised a raw TypeError from dynamic_update_slice
+    def f(a):
+        if cache == "kv":
+            return nn.KvCache.new(2, 2).append(a, a)[0][0].jax
+        if cache == "cache":
+            return nn.Cache.new(2, 2).append(a)[0].jax
+        return nn.DecodeKvCache.preallocated(2, a).append(a, a)[0][0].jax
+    with pytest.raises(errors.Msg, match=r"3 positions .*(longer than|more than) max_seq_len 2"):
+        jax.jit(f)(_K3)
+
+
+def test_kv_cache_new_validates_sizes_and_dims():
+    with pytest.raises(errors.Msg, match=r"KvCache: max_seq_len must be >= 1 \(an integer\), got -1"):
+        nn.KvCache.new(2, -1)
+    with pytest.raises(errors.Msg, match=r"ConcatKvCache.append \(keys\): dim 5 is out of range for a source of shape"):
+        nn.ConcatKvCache.new(5).append(_K3, _K3)  # was accepted, the second append raised a raw ValueError
+    with pytest.raises(errors.Msg, match=r"RotatingKvCache.append: dim 4 is out of range"):
+        nn.RotatingKvCache.new(4, 8).append(_K3, _K3)
+
+
+def test_stacked_cache_checks_positions_shapes_and_dtypes():
+    s = nn.StackedKvCache.new(2, 1, 1, 8, 2)
+    kb = np.ones((1, 1, 1, 2), np.float32)
+    for pos in (8, -1, np.int32(8), jnp.int32(8)):  # concrete positions: XLA used to clamp the write silently
+        with pytest.raises(errors.Msg, match=r"writing 1 positions at pos -?\d .*does not fit the 8 slots 0..7"):
+            s.update(0, kb, kb, pos)
+    with pytest.raises(errors.Msg, match=r"layer 2 is out of range for 2 layers"):
+        s.update(2, kb, kb, 0)
+    k9 = np.ones((1, 9, 1, 2), np.float32)
+    with pytest.raises(errors.Msg, match=r"9 positions are more than the 8 slots"):  # static, even traced
+        jax.jit(lambda p: s.update(0, k9, k9, p)[0])(0)
+    with pytest.raises(errors.Msg, match=r"k of shape \(B, Hkv, T, D\) \(1, 2, 1, 2\) does not fit the cache"):
+        s.update(0, np.ones((1, 1, 2, 2), np.float32), np.ones((1, 1, 2, 2), np.float32), 0)
+    with pytest.raises(errors.Msg, match=r"v of shape .* does not fit"):
+        s.update(0, kb, np.ones((1, 2, 1, 2), np.float32), 0)
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"StackedKvCache.update \(k cache, k\), lhs: F32"):
+        s.update(0, kb.astype(jnp.bfloat16), kb.astype(jnp.bfloat16), 0)
+    k_all, _, _ = s.update(1, kb * 3, kb, 7)  # the last slot still fits
+    assert float(k_all[0, 0, 7, 0]) == 3.0
+    k_all = jax.jit(lambda p: s.update(0, kb, kb, p)[0])(3)  # traced positions are not checked (clamped)
+    assert k_all.shape == (1, 1, 8, 2)
+
+
+def test_scattered_cache_refuses_another_dtype():
+    builder = nn.ScatteredCacheBuilder.new(1, 4)
+    cache, k = builder.make_cache(1, 3), np.ones((1, 1, 1, 3), jnp.bfloat16)
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"ScatteredKvCache.append \(k cache, k\), lhs: F32"):
+        cache.append(k, k, builder.indices_and_mask(1, [True]))

@@ -419,3 +419,73 @@ def test_batch_norm_forward_t_train_updates_running_stats_in_place_as_candle():
     before = np.asarray(bn.running_mean._a).copy()
     jax.jit(lambda xv: bn.forward_t(xv, True))(jnp.asarray(_x(4, 3, 5, 5)))
     np.testing.assert_array_equal(np.asarray(bn.running_mean._a), before)
+
+
+def _f(*shape, dt=np.float32):
+    return np.ones(shape, dt)
+
+
+@pytest.mark.parametrize("make,err,msg", [
+    (lambda: nn.Linear(_f(3, 4), _f(5)), "UnexpectedShape", r"Linear: wrong shape for bias .*expected: \[3\], got"),
+    (lambda: nn.Linear(_f(4), None), "UnexpectedNumberOfDims", r"Linear weight \(out, in\): unexpected rank"),
+    (lambda: nn.Conv2d(_f(2, 1, 1, 1), _f(3), None), "UnexpectedShape", r"Conv2d: wrong shape for bias .*\[2\]"),
+    (lambda: nn.ConvTranspose2d(_f(2, 3, 1, 1), _f(2), None), "UnexpectedShape", r"ConvTranspose2d: .*expected: \[3\]"),
+    (lambda: nn.GroupNorm(_f(3), _f(4), 4, 2, 1e-5), "UnexpectedShape",
+     r"GroupNorm: wrong shape for weight \(num_channels is 4\), expected: \[4\], got: \[3\]"),
+    (lambda: nn.LayerNorm(_f(3), _f(4), 1e-5), "UnexpectedShape", r"LayerNorm: wrong shape for bias"),
+    (lambda: nn.RmsNorm(_f(3, 3), 1e-5), "UnexpectedNumberOfDims", r"RmsNorm weight \(size,\): unexpected rank"),
+    (lambda: nn.PReLU(_f(2, 2), False), "UnexpectedNumberOfDims", r"PReLU weight \(channels,\)"),
+    (lambda: nn.Linear(_f(3, 4), _f(3, dt=jnp.bfloat16)), "DTypeMismatchBinaryOp", r"Linear \(weight, bias\)"),
+    (lambda: nn.Conv1d(_f(2, 1, 1), _f(2, dt=jnp.float16), None), "DTypeMismatchBinaryOp", r"Conv1d \(weight, bias"),
+    (lambda: nn.LayerNorm(_f(3), _f(3, dt=jnp.bfloat16), 1e-5), "DTypeMismatchBinaryOp", r"LayerNorm \(weight, bias\)"),
+])  # fmt: skip
+def test_layer_constructors_check_weight_and_bias(make, err, msg):
+    # forward raised raw JAX errors (broadcasting, IndexError, reshape) or mixed dtypes silently
+    from candlejax import errors
+
+    with pytest.raises(getattr(errors, err), match=msg):
+        make()
+    nn.ConvTranspose2d(_f(2, 3, 1, 1), _f(6), nn.ConvTranspose2dConfig(groups=2))  # c_out = 3 * groups
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: nn.LayerNorm(_f(3, dt=jnp.bfloat16), None, 1e-5), _f(2, 3)),
+    (lambda: nn.RmsNorm(_f(3, dt=jnp.float16), 1e-5), _f(2, 3)),
+    (lambda: nn.RmsNorm(_f(3, dt=jnp.float16), 1e-5), _f(2, 3, dt=jnp.bfloat16)),
+    (lambda: nn.GroupNorm(_f(4, dt=jnp.bfloat16), _f(4, dt=jnp.bfloat16), 4, 2, 1e-5), _f(1, 4, 2)),
+    (lambda: nn.PReLU(_f(2, dt=jnp.bfloat16), False), _f(1, 2, 3)),
+    (lambda: nn.PReLU(_f(2), False), _f(1, 2, 3, dt=jnp.bfloat16)),
+])  # fmt: skip
+def test_layers_refuse_mixed_dtypes(make, x):
+    # Candle: "unsupported dtype for rmsnorm", DTypeMismatchBinaryOp from broadcast_mul; these ran silently
+    from candlejax import errors
+
+    with pytest.raises(errors.DTypeMismatchBinaryOp):
+        make()(x)
+
+
+def test_norms_take_f32_weights_for_half_input_and_keep_its_dtype():
+    # the documented exception (f32 norm weights in a bf16 model): computed in f32, output in x's dtype
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(jnp.bfloat16)
+    for m in (nn.RmsNorm(_f(3), 1e-5), nn.LayerNorm(_f(3), _f(3), 1e-5)):
+        assert m(x).dtype == DType.BF16
+    assert nn.GroupNorm(_f(4), _f(4), 4, 2, 1e-5)(_f(1, 4, 2, dt=jnp.float16)).dtype == DType.F16
+
+
+@pytest.mark.parametrize("build,msg", [
+    (lambda vb: nn.conv2d(3, 4, 0, None, vb), r"Conv2d: kernel_size \(0\) and in_channels \(3\) must be >= 1"),
+    (lambda vb: nn.conv1d(0, 4, 3, None, vb), r"Conv1d: kernel_size \(3\) and in_channels \(0\) must be >= 1"),
+    (lambda vb: nn.conv_transpose2d(3, 0, 2, None, vb), r"ConvTranspose2d: .*out_channels \(0\) must be >= 1"),
+    (lambda vb: nn.lstm(4, 0, nn.LSTMConfig.default(), vb), r"LSTM: hidden_dim \(0\) and in_dim \(4\) must be >= 1"),
+    (lambda vb: nn.gru(4, 0, nn.GRUConfig.default(), vb), r"GRU: hidden_dim \(0\)"),
+])  # fmt: skip
+def test_builders_refuse_zero_sizes(build, msg):
+    # a zero fan made the Kaiming init raise ZeroDivisionError; torch: "hidden_size must be greater than zero"
+    from candlejax import errors
+
+    vb = VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    with pytest.raises(errors.Msg, match=msg):
+        build(vb)
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        torch.nn.LSTM(4, 0)
+    assert nn.linear(4, 0, vb.pp("lin")).weight.shape == (0, 4)  # still works, as torch's Linear(4, 0)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from candlejax import errors
 from candlejax.nn import loss, ops
 
 torch = pytest.importorskip("torch")
@@ -68,3 +69,36 @@ def test_bce_with_logit_is_stable_for_large_logits():
     t = np.array([[0.0, 1.0]], np.float32)
     v = float(loss.binary_cross_entropy_with_logit(x, t)._a)
     assert np.isfinite(v) and abs(v - 100.0) < 1e-3
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll"])
+@pytest.mark.parametrize(
+    "dt,bad", [(np.int32, -1), (np.int32, -3), (np.int32, 3), (np.int32, 7), (np.uint32, 3), (np.uint32, 2**31),
+               (np.uint8, 3)]
+)  # fmt: skip
+def test_traced_out_of_range_targets_give_nan(fn, dt, bad):
+    # eagerly they raise (tests/unit/test_robust_inputs.py); traced, -1 used to pick the last class
+    x = _x(2, 3)
+    f = jax.jit(lambda a, t: getattr(loss, fn)(a, t)._a)
+    assert np.isnan(float(f(jnp.asarray(x), jnp.asarray(np.array([bad, 0], dt)))))
+    assert np.isfinite(float(f(jnp.asarray(x), jnp.asarray(np.array([2, 0], dt)))))
+
+
+@pytest.mark.parametrize("dt", [np.uint32, np.int32, np.uint8])
+def test_no_index_target_counts_zero_like_candle_gather(dt):
+    # Candle: nll = -inp.gather(target, 1).sum_all() / b, and gather gives 0 for the dtype's max ("no index")
+    x = _x(3, 4)
+    tgt = np.array([1, np.iinfo(dt).max, 3], dt)
+    ref = F.cross_entropy(torch.tensor(x[[0, 2]]), torch.tensor([1, 3]), reduction="sum").item() / 3
+    for f in (loss.cross_entropy, jax.jit(loss.cross_entropy)):
+        np.testing.assert_allclose(float(f(x, jnp.asarray(tgt))._a), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0, float("nan")])
+def test_huber_refuses_non_positive_delta(delta):
+    a = _x(2, 3)
+    if not np.isnan(delta):
+        with pytest.raises(RuntimeError, match="non-positive values for delta"):
+            F.huber_loss(torch.tensor(a), torch.tensor(a), delta=delta)
+    with pytest.raises(errors.InvalidArgument, match=r"huber: delta must be positive, got"):
+        loss.huber(a, a, delta)  # -1.0 returned -0.5

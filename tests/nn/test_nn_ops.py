@@ -110,6 +110,18 @@ def test_rotary_embedding_offsets_and_traced_offset():
         rot.apply(q, k, 15)
 
 
+@pytest.mark.parametrize("off", [7.5, 1.5, True, np.float32(2), jnp.float32(2), np.array([1, 2])])
+def test_rotary_embedding_refuses_non_integer_offsets(off):
+    # a float offset skipped the range check: 7.5 was silently offset 5 (clamped), 1.5 offset 1
+    rot = nn.RotaryEmbedding(4, 8)
+    q = _x(1, 1, 3, 4)
+    with pytest.raises(cj.errors.DimType, match="RotaryEmbedding: offset must be an integer position") as e:
+        rot.apply(q, q, off)
+    assert isinstance(e.value, TypeError)
+    with pytest.raises(cj.errors.DimType):
+        jit(lambda r, o: r.apply(q, q, o))(rot, jnp.float32(2))
+
+
 def _torch_sdpa(q, k, v, mask=None, causal=False, scale=None):
     g = q.shape[1] // k.shape[1]
     tk = torch.tensor(k).repeat_interleave(g, 1)
@@ -286,6 +298,27 @@ def test_one_hot():
         nn.one_hot(np.array([5], np.uint32), 4)
 
 
+@pytest.mark.parametrize("depth", [0, -1, 2.0, True])
+def test_one_hot_checks_depth_first(depth):
+    # depth -1 reported "index value 0 exceeds depth -1"
+    with pytest.raises(cj.errors.Msg, match=r"one_hot: depth must be an integer >= 1, got"):
+        nn.one_hot(np.array([0, 1], np.int32), depth)
+
+
+@pytest.mark.parametrize("on,dtype,rule", [(300, DType.U8, r"U8 \(\[0, 255\]\)"), (-1, DType.U32, "U32"),
+                                           (1e6, DType.F16, "F16 .at most 65504")])  # fmt: skip
+def test_one_hot_values_must_fit_the_dtype(on, dtype, rule):
+    # 300 into u8 raised a raw OverflowError from inside JAX
+    with pytest.raises(cj.errors.Msg, match=f"one_hot: on_value {on!r} does not fit the output dtype {rule}"):
+        nn.one_hot(np.array([0, 3], np.int32), 4, on, 0, dtype=dtype)
+
+
+def test_one_hot_out_of_range_ids_under_jit_give_off_rows():
+    # documented: eagerly they raise, traced they give a row of off_value (torch raises, Candle's host loop too)
+    out = jax.jit(lambda i: nn.one_hot(i, 3, 1.0, 0.0).jax)(jnp.asarray(np.array([5, -4, 1], np.int32)))
+    np.testing.assert_array_equal(np.asarray(out), [[0, 0, 0], [0, 0, 0], [0, 1, 0]])
+
+
 def test_identity():
     x = wrap(jnp.ones(2))
     assert ops.Identity()(x) is x
@@ -317,3 +350,85 @@ def test_elu_selu_gradients_match_torch_at_zero_and_stay_finite_for_large_inputs
     tf(tx).sum().backward()
     np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(f(cj.Tensor.new(x)).to_vec1(), tf(torch.tensor(x)).numpy(), rtol=1e-6)
+
+
+_BF, _H = jnp.bfloat16, jnp.float16
+
+
+@pytest.mark.parametrize("fn", [ops.rope, ops.rope_i, ops.rope_thd])
+@pytest.mark.parametrize("xdt,tdt", [(np.float32, _BF), (np.float32, _H), (_BF, _H), (_H, _BF)])
+def test_rope_refuses_mixed_dtypes(fn, xdt, tdt):
+    # Candle: "unsupported dtype for rope F32 F16 F16"; the tables were cast to x's dtype silently
+    x = _x(1, 2, 3, 4).astype(xdt)
+    c, s = _x(3, 2).astype(tdt), _x(3, 2, seed=1).astype(tdt)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match="cos/sin"):
+        fn(x, c, s)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"\(cos, sin\)"):
+        fn(_x(1, 2, 3, 4), _x(3, 2), _x(3, 2).astype(_BF))
+
+
+def test_rope_takes_f32_tables_for_half_input():
+    # the documented exception (transformers' f32 tables): the activations keep their dtype
+    x = _x(1, 2, 3, 4)
+    c, s = _x(3, 2), _x(3, 2, seed=1)
+    out = ops.rope(x.astype(_BF), c, s)
+    assert out.dtype == DType.BF16
+    np.testing.assert_allclose(_np(out).astype(np.float32), _np(ops.rope(x, c, s)), atol=0.05)
+    rot = nn.RotaryEmbedding(4, 8, dtype=DType.BF16)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp):  # bf16 tables applied to f32 input ran silently
+        rot.apply(_x(1, 1, 3, 4), _x(1, 1, 3, 4), 0)
+
+
+@pytest.mark.parametrize("xdt,wdt", [(np.float32, _BF), (np.float32, _H), (_BF, _H), (_H, _BF)])
+def test_norm_ops_refuse_mixed_dtypes(xdt, wdt):
+    x, w = _x(2, 3).astype(xdt), np.ones(3, wdt)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"rms-norm \(input, alpha\)"):
+        ops.rms_norm(x, w, 1e-5)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"layer-norm \(input, alpha\)"):
+        ops.layer_norm(x, w, np.zeros(3, wdt), 1e-5)
+    ok = np.ones(3, xdt)
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"layer-norm \(input, beta\)"):
+        ops.layer_norm(x, ok, np.zeros(3, wdt), 1e-5)
+
+
+def test_sdpa_refuses_mixed_dtypes_like_torch():
+    q, k = _x(1, 2, 3, 4), _x(1, 2, 3, 4, seed=1)
+    for a, b, c in ((q, k.astype(_BF), k), (q, k, k.astype(_H)), (q.astype(_BF), k, k)):
+        with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"sdpa \(q, [kv]\)"):
+            ops.sdpa(a, b, c)
+    with pytest.raises(RuntimeError):  # torch: a float mask must match the query's dtype
+        F.scaled_dot_product_attention(torch.tensor(q), torch.tensor(k), torch.tensor(k),
+                                       attn_mask=torch.zeros(3, 3, dtype=torch.float16))  # fmt: skip
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match="additive float mask"):
+        ops.sdpa(q, k, k, np.zeros((3, 3), _H))
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match="additive float mask"):
+        ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.zeros((3, 3), _H))
+    assert ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.ones((3, 3), bool)).dtype == DType.BF16
+    assert ops.sdpa(q.astype(_BF), k.astype(_BF), k.astype(_BF), np.zeros((3, 3), np.float32)).dtype == DType.BF16
+
+
+@pytest.mark.parametrize("q,k,v,rule", [
+    ((1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5), "q and k head dims differ"),
+    ((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 2, 4), "k and v lengths differ"),
+    ((1, 3, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), "q heads must be a multiple of kv heads"),
+])  # fmt: skip
+def test_sdpa_shape_errors_name_the_rule_broken(q, k, v, rule):
+    # a head-dim or length mismatch carried the hint "(q heads must be a multiple of kv heads)"
+    with pytest.raises(cj.errors.Msg, match=r"sdpa: incompatible shapes") as e:
+        ops.sdpa(_x(*q), _x(*k), _x(*v))
+    assert str(e.value).endswith(f"({rule})")
+
+
+def test_ops_refuse_bad_arguments_with_candlejax_errors():
+    # each raised a raw JAX ValueError or a ZeroDivisionError
+    x = _x(1, 4, 2, 2)
+    with pytest.raises(cj.errors.Msg, match="softmax-last-dim: the input has no last dim"):
+        ops.softmax_last_dim(wrap(jnp.float32(1.0)))
+    for r in (0, -1, 2.0):
+        with pytest.raises(cj.errors.Msg, match=f"pixel_shuffle: upscale_factor must be an integer >= 1, got {r}"):
+            ops.pixel_shuffle(x, r)
+        with pytest.raises(cj.errors.Msg, match="pixel_unshuffle: downscale_factor must be an integer >= 1"):
+            ops.pixel_unshuffle(x, r)
+    with pytest.raises(cj.errors.Msg, match="replication_pad2d: pad must be an integer >= 0, got -1"):
+        ops.replication_pad2d(x, -1)
+    np.testing.assert_array_equal(_np(ops.replication_pad2d(x, 2)), F.pad(torch.tensor(x), (2,) * 4, "replicate"))

@@ -455,3 +455,18 @@ def test_adamw_skips_vars_the_loss_does_not_use(rng):
         for (hh, n), want in theta.items():
             np.testing.assert_allclose(np.asarray(getattr(heads[hh], n)._a), want, rtol=1e-5, atol=1e-6,
                                        err_msg=f"step {t}, head {hh}.{n}")  # fmt: skip
+
+
+def test_bound_step_errors_say_what_was_wrong():
+    from candlejax import DType, errors, nn
+
+    vm = nn.VarMap()
+    lin = nn.linear(2, 1, nn.VarBuilder.from_varmap(vm, DType.F32, cj.Device.Cpu).pp("lin"))
+    opt = O.SGD(vm.all_vars(), 0.1)
+    x = cj.Tensor.new(np.ones((1, 2), np.float32))
+    # an integer loss raised JAX's "grad requires real-valued outputs"
+    with pytest.raises(errors.OptimizerUsage, match="must return a float scalar to differentiate, got dtype U32"):
+        opt.backward_step(lambda m, x: m(x).sum_all().to_dtype(DType.U32), lin, x)
+    # a dict of plain Tensors said "the gradients of nothing match no Var of this optimizer by name"
+    with pytest.raises(errors.OptimizerUsage, match=r"found no named gradient in a dict with keys \['lin.weight'\]"):
+        opt.step({"lin.weight": cj.Tensor.new(np.ones((1, 2), np.float32))})

@@ -173,3 +173,14 @@ def test_linear_init_matches_candle_recipe():
     lin = nn.linear(400, 50, VarBuilder.from_varmap(VarMap(seed=1)))
     assert abs(float(np.std(np.asarray(lin.weight._a))) - math.sqrt(2 / 400)) < 0.005
     assert float(np.abs(np.asarray(lin.bias._a)).max()) <= 1 / math.sqrt(400)
+
+
+def test_non_tensor_values_are_named_as_such():
+    # "hello" said "shape mismatch for w, expected: [1], got: []"; set_one("w", "x") a numpy ValueError
+    with pytest.raises(errors.Msg, match=r"w in the tensor dict is not a tensor: a str \('hello'\)"):
+        VarBuilder.from_tensors({"w": "hello"}).get((1,), "w")
+    assert VarBuilder.from_tensors({"w": [1.0]}).get((1,), "w").shape == (1,)
+    vm = VarMap()
+    VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).get((1,), "w")
+    with pytest.raises(errors.VarMapError, match=r"set_one\('w'\): the value must be a Tensor, an array or numbers"):
+        vm.set_one("w", "x")
