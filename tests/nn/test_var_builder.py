@@ -173,3 +173,31 @@ def test_linear_init_matches_candle_recipe():
     lin = nn.linear(400, 50, VarBuilder.from_varmap(VarMap(seed=1)))
     assert abs(float(np.std(np.asarray(lin.weight._a))) - math.sqrt(2 / 400)) < 0.005
     assert float(np.abs(np.asarray(lin.bias._a)).max()) <= 1 / math.sqrt(400)
+
+
+def test_from_npz_reads_through_candlejax_npz_reader(tmp_path):
+    """Truncated, big-endian and object members are npy/npz errors naming the file and the array."""
+    import io
+    import zipfile
+
+    def npz(path, a, cut=0):
+        b = io.BytesIO()
+        np.save(b, a, allow_pickle=True)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("a.npy", b.getvalue()[: len(b.getvalue()) - cut])
+        return path
+
+    p = npz(tmp_path / "t.npz", np.arange(3, dtype="<f4"), cut=4)
+    with pytest.raises(errors.Npy, match=r"truncated.*t\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((3,), "a")
+    p = npz(tmp_path / "b.npz", np.arange(3, dtype=">f4"))
+    with pytest.raises(errors.Npy, match=r"big-endian.*b\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((3,), "a")
+    p = npz(tmp_path / "o.npz", np.array([None, 1], dtype=object))
+    with pytest.raises(errors.Npy, match=r"unrecognized descr.*o\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((2,), "a")
+    p = npz(tmp_path / "i.npz", np.array([-1, 5], np.int8))
+    w = VarBuilder.from_npz(p, dtype=DType.F32).get((2,), "a")
+    assert w.dtype == DType.F32 and np.asarray(w).tolist() == [-1, 5]
+    with pytest.raises(errors.UnexpectedShape, match=r"i\.npz"):
+        VarBuilder.from_npz(p).get((3,), "a")
