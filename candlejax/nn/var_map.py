@@ -134,13 +134,24 @@ class VarMap:
 
     def load(self, path: str | os.PathLike) -> None:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
-        the file is an error."""
+        the file, or stored with another dtype (Candle's ``Var::set`` does not convert), is an error."""
         __tracebackhide__ = True
         st = MmapedSafetensors(os.fspath(path))
         for name in sorted(self._data):
             if name not in st:
                 raise errors.VarMapError(
                     f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}"
+                )
+            view, want = st.get(name), to_dtype(self._data[name]._a.dtype)
+            try:
+                got = view.dtype  # U16 loads as U32 and BOOL as U8, as Candle
+            except errors.SafeTensor:
+                got = None
+            if got is not want:
+                raise errors.VarMapError(
+                    f"error setting {name} using data from {os.fspath(path)}: the file holds {view.st_dtype}"
+                    f" {list(view.shape)}, the Var is {want.name}; VarMap.load does not convert (as Candle's"
+                    f" Var::set): convert the file, or set_one({name!r}, t.to_dtype(...))"
                 )
             try:
                 self.set_one(name, st.load(name))

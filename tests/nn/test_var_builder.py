@@ -201,3 +201,29 @@ def test_from_npz_reads_through_candlejax_npz_reader(tmp_path):
     assert w.dtype == DType.F32 and np.asarray(w).tolist() == [-1, 5]
     with pytest.raises(errors.UnexpectedShape, match=r"i\.npz"):
         VarBuilder.from_npz(p).get((3,), "a")
+
+
+def test_varmap_load_refuses_another_dtype(tmp_path):
+    """Candle's Var::set refuses a dtype mismatch; I32 [300, -1] was cast into a U8 Var as [44, 255]."""
+    from candlejax.io import safetensors as st
+
+    vm = VarMap(0)
+    vm.get((2,), "w", None, "u8", None)
+    p = tmp_path / "i32.safetensors"
+    st.save({"w": np.array([300, -1], np.int32)}, p)
+    with pytest.raises(errors.VarMapError, match=r"error setting w using data from .*i32\.safetensors: the file holds"
+                       r" I32 \[2\], the Var is U8; VarMap.load does not convert"):
+        vm.load(p)
+    assert np.asarray(vm.data()["w"]._a).tolist() == [0, 0]
+    vm = VarMap(0)
+    vm.get((2,), "w", None, "bf16", None)
+    st.save({"w": np.array([1.0009765625, 2.0], np.float32)}, p)
+    with pytest.raises(errors.VarMapError, match=r"the file holds F32 \[2\], the Var is BF16"):
+        vm.load(p)
+    import safetensors.numpy
+
+    safetensors.numpy.save_file({"w": np.array([1, 2], np.uint16)}, str(p))  # U16 loads as U32, as Candle
+    vm = VarMap(0)
+    vm.get((2,), "w", None, "u32", None)
+    vm.load(p)
+    assert np.asarray(vm.data()["w"]._a).tolist() == [1, 2]
