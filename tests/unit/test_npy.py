@@ -208,6 +208,10 @@ def test_npz_directories_duplicates_and_short_members(tmp_path):
         z.writestr("sub/", b"")
     assert [n for n, _ in npy.read_npz(tmp_path / "d.npz")] == ["a"]
     assert npy.NpzTensors(tmp_path / "d.npz").names() == ["a"]
+    with zipfile.ZipFile(tmp_path / "d.npz", "a") as z:  # np.load returns such a member as bytes: refused here
+        z.writestr("readme.txt", b"hello")
+    with pytest.raises(errors.Npy, match=r"not a npy file\) \(.*d\.npz, array 'readme\.txt'\)"):
+        npy.read_npz(tmp_path / "d.npz")
     with zipfile.ZipFile(tmp_path / "dup.npz", "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
         z.writestr("a.npy", _npy(np.ones(2, np.float32)))
         z.writestr("a.npy", _npy(np.zeros(3, np.float32)))
