@@ -209,7 +209,7 @@ def test_npz_directories_duplicates_and_short_members(tmp_path):
     assert [n for n, _ in npy.read_npz(tmp_path / "d.npz")] == ["a"]
     assert npy.NpzTensors(tmp_path / "d.npz").names() == ["a"]
     with zipfile.ZipFile(tmp_path / "d.npz", "a") as z:  # np.load returns such a member as bytes: refused here
-        z.writestr("readme.txt", b"hello")
+        z.writestr("readme.txt", b"hello, world")
     with pytest.raises(errors.Npy, match=r"not a npy file\) \(.*d\.npz, array 'readme\.txt'\)"):
         npy.read_npz(tmp_path / "d.npz")
     with zipfile.ZipFile(tmp_path / "dup.npz", "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
