@@ -5,7 +5,9 @@ provides: ``save``, ``restore``, ``Checkpoint``, ``CheckpointError``
 
 One safetensors file holds the model's tensors (``model/<checkpoint name>``), the optimizer state's
 leaves (``optim/<i>``) and, in its JSON metadata, the step, the epoch, the Batcher's position, the
-candlejax device generators, numpy Generators and any ``extra`` values. It is written to a temporary
+candlejax device generators, numpy Generators and any ``extra`` values. Python ``bool`` / ``int`` /
+``float`` leaves are kept in the metadata (``scalars``), exactly and with their type; 64-bit numpy
+leaves are read back as numpy without JAX's x64 mode. It is written to a temporary
 file and renamed over the old one, so an interrupted save (Ctrl-C, a crash, a full disk) leaves the
 previous checkpoint intact. A run stopped and resumed from a checkpoint ends bit-identical to an
 uninterrupted one.
@@ -80,6 +82,20 @@ def _host(x: Any, what: str) -> np.ndarray:
     return np.asarray(a)
 
 
+_SCALARS = (bool, int, float)
+
+
+def _is_scalar(x: Any) -> bool:
+    return type(x) in _SCALARS
+
+
+def _put(key: str, leaf: Any, what: str, tensors: dict[str, Any], scalars: dict[str, Any]) -> None:
+    if _is_scalar(leaf):
+        scalars[key] = leaf
+    else:
+        tensors[key] = _host(leaf, what)
+
+
 def _rng_states() -> dict[str, list[int]]:
     return {f"{k[0]}:{k[1]}": [int(v[0]), int(v[2])] for k, v in cj_random._state.items()}
 
@@ -109,15 +125,16 @@ def save(
     Also saved: the state of every candlejax device generator (``Device.set_seed`` / ``randn``).
     """
     tensors: dict[str, Any] = {}
+    scalars: dict[str, Any] = {}
     for name, _, leaf in _named_leaves(model):
         key = f"model/{name}"
-        if key in tensors:
+        if key in tensors or key in scalars:
             continue  # a tied parameter appears once
-        tensors[key] = _host(leaf, f"model tensor {name!r}")
+        _put(key, leaf, f"model tensor {name!r}", tensors, scalars)
     n_opt = 0
     if opt_state is not None:
         for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
-            tensors[f"optim/{i}"] = _host(leaf, f"optimizer state leaf {i}")
+            _put(f"optim/{i}", leaf, f"optimizer state leaf {i}", tensors, scalars)
             n_opt += 1
     lr = None
     if optimizer is not None:
@@ -135,6 +152,7 @@ def save(
         "random": _rng_states(),
         "numpy": {k: g.bit_generator.state for k, g in (numpy_rngs or {}).items()},
         "extra": extra or {},
+        "scalars": scalars,
     }
     try:
         blob = json.dumps(meta)
@@ -149,7 +167,45 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         md = f.metadata()
     if not md or _META_KEY not in md:
         raise CheckpointError(f"{os.fspath(path)} is a safetensors file but not a candlejax checkpoint")
-    return json.loads(md[_META_KEY])
+    try:
+        meta = json.loads(md[_META_KEY])
+    except ValueError as e:
+        raise CheckpointError(f"{os.fspath(path)}: the checkpoint metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{os.fspath(path)}: the checkpoint metadata is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _check_metadata(meta: dict[str, Any], path: str) -> None:
+    """Refuse metadata that ``restore`` cannot use, naming the entry (instead of KeyError / TypeError)."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(f"{path}: checkpoint metadata {key!r} must be {want}, got {meta.get(key)!r}")
+
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
+    for key in ("step", "epoch"):
+        if type(meta.get(key)) is not int:
+            raise bad(key, "an integer")
+    n = meta.get("opt_leaves")
+    if n is not None and (type(n) is not int or n < 0):
+        raise bad("opt_leaves", "a non-negative integer or null")
+    for key in ("numpy", "extra", "scalars"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise bad(key, "an object")
+    if not all(type(v) in _SCALARS for v in meta.get("scalars", {}).values()):
+        raise bad("scalars", "an object of numbers and booleans")
+    rnd = meta.get("random", {})
+    ok = isinstance(rnd, dict) and all(
+        isinstance(k, str) and k.partition(":")[2].isdigit() and isinstance(v, list) and len(v) == 2
+        and all(type(x) is int for x in v)
+        for k, v in rnd.items()
+    )
+    if not ok:
+        raise bad("random", 'an object {"kind:ordinal": [seed, counter]}')
+    lr = meta.get("learning_rate")
+    if lr is not None and type(lr) not in (int, float):
+        raise bad("learning_rate", "a number or null")
 
 
 def restore(
@@ -172,9 +228,10 @@ def restore(
     """
     path = os.fspath(path)
     meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
-    saved = st.load(path)
+    _check_metadata(meta, path)
+    with st.MmapedSafetensors(path) as f:  # host copies: 64-bit numpy leaves need no x64 mode
+        saved: dict[str, Any] = {n: f.get(n).numpy() for n in f.names()}
+    saved.update(meta.get("scalars", {}))
     model_keys = {k[len("model/") :]: v for k, v in saved.items() if k.startswith("model/")}
 
     named = _named_leaves(model)
@@ -188,12 +245,15 @@ def restore(
         )
     repl: dict[int, Any] = {}
     for name, _, leaf in named:
-        a = unwrap(model_keys[name])
+        a = model_keys[name]
         want = unwrap(leaf)
-        if tuple(a.shape) != tuple(want.shape):
+        if _is_scalar(want):
+            repl[id(leaf)] = _scalar(a, want, f"checkpoint {path}: {name}")
+            continue
+        if _is_scalar(a) or tuple(a.shape) != tuple(np.shape(want)):
             raise CheckpointError(
-                f"checkpoint {path}: {name} has shape {errors.fmt_shape(a.shape)}, the model expects"
-                f" {errors.fmt_shape(want.shape)}"
+                f"checkpoint {path}: {name} has shape {errors.fmt_shape(np.shape(a))}, the model expects"
+                f" {errors.fmt_shape(np.shape(want))}"
             )
         if a.dtype != want.dtype:
             raise CheckpointError(f"checkpoint {path}: {name} is {a.dtype}, the model expects {want.dtype}")
@@ -215,14 +275,20 @@ def restore(
             )
         new_leaves = []
         for i, want in enumerate(leaves):
-            a = unwrap(saved[f"optim/{i}"])
-            if hasattr(want, "dtype") and jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            if f"optim/{i}" not in saved:
+                raise CheckpointError(f"checkpoint {path}: optimizer state leaf {i} (optim/{i}) is missing")
+            a = saved[f"optim/{i}"]
+            if _is_scalar(want):
+                a = _scalar(a, want, f"checkpoint {path}: optimizer state leaf {i}")
+            elif hasattr(want, "dtype") and jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
                 a = jax.random.wrap_key_data(a, impl=jax.random.key_impl(want))
-            elif tuple(a.shape) != tuple(np.shape(want)):
+            elif _is_scalar(a) or tuple(a.shape) != tuple(np.shape(want)):
                 raise CheckpointError(
-                    f"checkpoint {path}: optimizer state leaf {i} has shape {errors.fmt_shape(a.shape)}, expected"
-                    f" {errors.fmt_shape(np.shape(want))}"
+                    f"checkpoint {path}: optimizer state leaf {i} has shape {errors.fmt_shape(np.shape(a))},"
+                    f" expected {errors.fmt_shape(np.shape(want))}"
                 )
+            else:
+                a = _like(want, a)
             new_leaves.append(a)
         new_state = treedef.unflatten(new_leaves)
 
@@ -232,7 +298,10 @@ def restore(
     if batcher is not None:
         if meta.get("batcher") is None:
             raise CheckpointError(f"checkpoint {path} holds no Batcher position")
-        batcher.set_state(meta["batcher"])
+        try:
+            batcher.set_state(meta["batcher"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: invalid Batcher position {meta['batcher']!r} ({e!r})") from None
     if numpy_rngs:
         for k, g in numpy_rngs.items():
             if k not in meta.get("numpy", {}):
@@ -246,18 +315,38 @@ def restore(
     return Checkpoint(new_model, new_state, int(meta["step"]), int(meta["epoch"]), meta.get("extra", {}), lr)
 
 
-def _like(template: Any, a: Any) -> Any:
-    """``a`` in the template leaf's container (Var / Buffer / Tensor keep their kind and name)."""
+def _scalar(a: Any, want: Any, what: str) -> Any:
+    """A Python bool / int / float leaf: from the metadata, or a 0-d tensor of an older checkpoint."""
+    if not _is_scalar(a):
+        if np.shape(a) != ():
+            raise CheckpointError(f"{what} has shape {errors.fmt_shape(np.shape(a))}, the template holds {want!r}")
+        a = a.item()
+    if type(a) is not type(want) and not (type(want) is float and type(a) is int):
+        raise CheckpointError(f"{what} is the {type(a).__name__} {a!r}, the template holds the {type(want).__name__}")
+    return type(want)(a)
+
+
+def _device_put(a: np.ndarray, like: Any) -> Any:
+    devs = getattr(like, "devices", None)
+    if devs is not None:
+        try:
+            return jax.device_put(a, next(iter(devs())))
+        except RuntimeError:  # a donated template buffer still knows its device, but be safe
+            pass
+    return jax.device_put(a)
+
+
+def _like(template: Any, a: np.ndarray) -> Any:
+    """``a`` (a host array) in the template leaf's container (Var / Buffer / Tensor keep their kind and
+    name; a jax.Array template gives a jax.Array, a numpy one stays numpy)."""
     if isinstance(template, TensorBase):
         leaves, treedef = jax.tree_util.tree_flatten(template)
-        devs = getattr(leaves[0], "devices", None) if leaves else None
-        if devs is not None:
-            try:
-                a = jax.device_put(a, next(iter(devs())))
-            except RuntimeError:  # a donated template buffer still knows its device, but be safe
-                pass
-        return treedef.unflatten([a])
-    return a
+        return treedef.unflatten([_device_put(a, leaves[0] if leaves else None)])
+    if isinstance(template, np.generic):
+        return a[()]
+    if isinstance(template, np.ndarray):
+        return a
+    return _device_put(a, template)
 
 
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "read_metadata", "restore", "save"]

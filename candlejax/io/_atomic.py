@@ -13,6 +13,7 @@ left by a killed writer are removed by the next save of the same target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -54,9 +55,20 @@ def _remove_stale_temps(d: str, prefix: str) -> None:
         os.close(fd)
 
 
+def _target_error(e: OSError, path: str) -> OSError:
+    """``e`` (raised on a temporary file) retold about the target ``path``, with the same OSError type."""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror}", path)
+
+
 def _prepare(path: PathLike) -> tuple[str, str, str]:
+    """The target, its folder and the prefix of its temporary files; a missing folder or a target that
+    is a folder is reported against the target's name."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: its folder {d} does not exist", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder", path)
     prefix = "." + os.path.basename(path) + "."
     _remove_stale_temps(d, prefix)
     return path, d, prefix
@@ -78,7 +90,10 @@ def _commit(tmp: str, path: str, d: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _target_error(e, path) from None
     with contextlib.suppress(OSError):
         dfd = os.open(d, os.O_RDONLY)
         try:
@@ -96,7 +111,10 @@ def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
     killed writer (no lock held) are removed by the next save of ``path``.
     """
     path, d, prefix = _prepare(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
+    except OSError as e:
+        raise _target_error(e, path) from None
     try:
         _lock(fd)
         with os.fdopen(fd, "wb", closefd=False) as f:
@@ -119,7 +137,10 @@ def atomic_name(path: PathLike) -> Iterator[str]:
     ``.{name}.XXXX.tmp`` next to ``path``, and the result is fsync'd and moved as by ``atomic_file``.
     """
     path, d, prefix = _prepare(path)
-    tmpdir = tempfile.mkdtemp(dir=d, prefix=prefix, suffix=".tmp")
+    try:
+        tmpdir = tempfile.mkdtemp(dir=d, prefix=prefix, suffix=".tmp")
+    except OSError as e:
+        raise _target_error(e, path) from None
     fd = os.open(tmpdir, os.O_RDONLY)
     try:
         _lock(fd)

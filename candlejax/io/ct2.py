@@ -20,6 +20,7 @@ file, an absurd rank or count, a size that disagrees with the shape, or an unkno
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import shutil
@@ -141,7 +142,7 @@ class Ct2Model:
                 raise cur.fail(f"unknown dtype id {code}", where)
             dname, npt = _DTYPES[code]
             itemsize = 2 if npt is None else np.dtype(npt).itemsize
-            expect = int(np.prod(dims, dtype=np.int64)) * itemsize
+            expect = math.prod(dims) * itemsize  # Python ints: np.prod(int64) wraps 65536**4 to 0
             if nbytes != expect:
                 raise cur.fail(f"{nbytes} data bytes for shape {list(dims)} {dname} (expected {expect})", where)
             offset = cur.pos
@@ -159,6 +160,9 @@ class Ct2Model:
                 target = cur.string(f"target of alias {alias!r}")
                 if target not in variables:
                     raise cur.fail(f"alias {alias!r} points to missing variable {target!r}", "aliases")
+                if alias in variables or alias in aliases:
+                    what = "a variable" if alias in variables else "another alias"
+                    raise cur.fail(f"alias {alias!r} has the name of {what}; the name is ambiguous", "aliases")
                 aliases[alias] = target
         return Ct2Model(path, version, spec, revision, variables, aliases, buf)
 

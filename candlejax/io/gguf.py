@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import io
+import itertools
 import mmap
 import os
 import re
@@ -34,6 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from candlejax import errors
+from candlejax.io._checks import shape_fits
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.quantized.qtensor import QTensor
 from candlejax.shape import Dims
@@ -631,6 +633,8 @@ class Content:
             if name in infos:
                 raise cur.err(f"duplicate {what}")
             shape = tuple(reversed(dims))
+            if not shape_fits(shape, dtype.type_size() / dtype.block_size()):
+                raise cur.err(f"{what} has shape {errors.fmt_shape(shape)}, too big for any array")
             if shape and shape[-1] % dtype.block_size():
                 raise cur.err(
                     f"{what}: the number of elements in a row ({shape[-1]}) is not divisible by the"
@@ -642,7 +646,10 @@ class Content:
         self.alignment = _alignment(metadata, cur)
         a = self.alignment
         self.tensor_data_offset = (cur.pos + a - 1) // a * a
+        spans = []
         for name, info in infos.items():
+            if info.offset % a:
+                raise cur.err(f"tensor {name!r} has offset {info.offset}, not a multiple of general.alignment {a}")
             start = self.tensor_data_offset + info.offset
             end = start + info.size_in_bytes()
             if end > cur.size:
@@ -650,6 +657,12 @@ class Content:
                     f"tensor {name!r} data [{start}, {end}) extends past the end of the file"
                     f" ({cur.size} bytes): the file is truncated or corrupt"
                 )
+            if end > start:
+                spans.append((info.offset, info.offset + end - start, name))
+        spans.sort()
+        for (b0, e0, n0), (b1, e1, n1) in itertools.pairwise(spans):
+            if b1 < e0:
+                raise cur.err(f"tensor {n1!r} data [{b1}, {e1}) overlaps tensor {n0!r} [{b0}, {e0}) (relative offsets)")
 
     # --- Candle's API ----------------------------------------------------------------------
     @property
@@ -849,10 +862,24 @@ def _items(x: Any) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in x]
 
 
+def _check_name(x: Any, what: str) -> str:
+    """A tensor name or metadata key: a str that UTF-8 can encode (a lone surrogate cannot)."""
+    if not isinstance(x, str):
+        raise errors.Gguf(f"{what} must be a str, got {x!r} ({type(x).__name__})")
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise errors.Gguf(f"{what} {x!r} is not valid UTF-8 text: {e.reason} at index {e.start}") from None
+    return x
+
+
 def _as_qtensor(name: str, t: Any) -> QTensor:
     if isinstance(t, QTensor):
         return t
-    a = np.asarray(t)
+    try:
+        a = np.asarray(t)
+    except RuntimeError as e:  # a deleted jax.Array
+        raise errors.Gguf(f"tensor {name!r} cannot be read: {e}") from None
     by = {np.dtype(np.float32): GgmlDType.F32, np.dtype(np.float16): GgmlDType.F16}
     try:
         import ml_dtypes
@@ -932,20 +959,23 @@ def write(
     """Write a GGUF file (``gguf_file::write``), atomically when ``dest`` is a path.
 
     ``metadata``: ``{key: Value}`` (plain Python values are converted with ``Value.from_python``).
-    ``tensors``: ``{name: QTensor}``; F32 / F16 / BF16 arrays or Tensors are stored as such.
+    ``tensors``: ``{name: QTensor}``; F32 / F16 / BF16 arrays or Tensors are stored as such (a 0-d
+    array as shape (1,): ggml has no 0-d tensors).
     Tensor data is aligned to ``general.alignment`` (default 32). ``version`` 1, 2 or 3.
     """
     if version not in (1, 2, 3):
         raise errors.Gguf(f"cannot write GGUF version {version} (supported: 1, 2, 3)")
-    meta = [(k, Value.from_python(v)) for k, v in _items(metadata)]
+    meta = [(_check_name(k, "a metadata key"), Value.from_python(v)) for k, v in _items(metadata)]
     keys = [k for k, _ in meta]
     if len(set(keys)) != len(keys):
         raise errors.Gguf("duplicate metadata keys")
-    tens = [(n, _as_qtensor(n, t)) for n, t in _items(tensors)]
+    tens = [(n, _as_qtensor(n, t)) for n, t in ((_check_name(n, "a tensor name"), t) for n, t in _items(tensors))]
     names = [n for n, _ in tens]
     if len(set(names)) != len(names):
         raise errors.Gguf("duplicate tensor names")
     align_v = dict(meta).get("general.alignment")
+    if align_v is not None and align_v.value_type not in _INT_RANGE:
+        raise errors.Gguf(f"general.alignment must be an integer (ggml reads a U32), got {align_v!r}")
     align = DEFAULT_ALIGNMENT if align_v is None else int(align_v.value)
     if align <= 0 or align & (align - 1):
         raise errors.Gguf(f"general.alignment must be a positive power of two, got {align}")

@@ -25,6 +25,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype, x64_enabled
+from candlejax.io._checks import shape_fits
 from candlejax.io.safetensors import atomic_file
 from candlejax.shape import Shape
 from candlejax.tensor._core import TensorBase, wrap
@@ -35,6 +36,7 @@ _SUFFIX = ".npy"
 #: Header bytes and dims accepted before parsing (numpy: ``max_header_size=10000``, ``NPY_MAXDIMS=64``).
 MAX_HEADER_SIZE = 10000
 MAX_RANK = 64
+_KEYS = {"descr", "fortran_order", "shape"}
 
 #: descr without byte-order char -> (numpy dtype, candlejax DType it loads as, or None: needs dtype=)
 _DESCR: dict[str, tuple[np.dtype, DType | None]] = {}
@@ -108,11 +110,14 @@ def _read_header(f: IO[bytes], size: int, path: str, name: str | None) -> tuple[
         raise _err(path, name, f"unable to parse header {raw[:200]!r}") from None
     if not isinstance(header, dict):
         raise _err(path, name, f"unable to parse header {raw[:200]!r}")
-    if "descr" not in header:
-        raise _err(path, name, "no descr in header")
-    if "shape" not in header:
-        raise _err(path, name, "no shape in header")
-    descr, fortran, shape = header["descr"], header.get("fortran_order", False), header["shape"]
+    if set(header) != _KEYS:
+        missing, extra = sorted(_KEYS - set(header)), sorted(map(repr, set(header) - _KEYS))
+        raise _err(
+            path, name, "the header must hold exactly 'descr', 'fortran_order' and 'shape'"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unexpected: {', '.join(extra)}" if extra else ""),
+        )
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
     if not isinstance(descr, str) or not descr:
         raise _err(path, name, f"unrecognized descr {descr!r}")
     if not isinstance(fortran, bool):
@@ -125,8 +130,11 @@ def _read_header(f: IO[bytes], size: int, path: str, name: str | None) -> tuple[
 
 
 def _read_array(
-    f: IO[bytes], size: int, path: str, name: str | None, dtype: DType | None, device: Any, header_only: bool = False
+    f: IO[bytes], size: int, path: str, name: str | None, dtype: DType | None, device: Any, header_only: bool = False,
+    exact: bool = False,
 ) -> Any:
+    """The array of ``f`` (``size`` bytes); ``exact``: the data must end the file (an npz member, whose
+    CRC zipfile checks only when the member is read to its end)."""
     descr, fortran, shape, hbytes = _read_header(f, size, path, name)
     if descr[0] == ">":
         raise _err(path, name, f"big-endian descr {descr} is not supported; use a little-endian array")
@@ -134,6 +142,8 @@ def _read_array(
     if key not in _DESCR:
         raise _err(path, name, f"unrecognized descr {descr}")
     np_dt, native = _DESCR[key]
+    if not shape_fits(shape, np_dt.itemsize):
+        raise _err(path, name, f"shape {errors.fmt_shape(shape)} of {descr} is too big for any array")
     target = dtype or native
     if header_only:
         return shape, native
@@ -149,10 +159,10 @@ def _read_array(
     for d in shape:
         numel *= d
     nbytes = numel * np_dt.itemsize
-    if hbytes + nbytes > size:
+    if hbytes + nbytes > size or (exact and hbytes + nbytes != size):
         raise _err(
-            path, name, f"truncated data: shape {errors.fmt_shape(shape)} of {descr} needs {nbytes} bytes,"
-            f" the file holds {max(size - hbytes, 0)}",
+            path, name, f"{'truncated' if hbytes + nbytes > size else 'trailing'} data: shape"
+            f" {errors.fmt_shape(shape)} of {descr} needs {nbytes} bytes, the file holds {max(size - hbytes, 0)}",
         )
     buf = _read_exact(f, nbytes, path, name, "data")
     arr = np.frombuffer(buf, dtype=np_dt, count=numel)
@@ -189,9 +199,13 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, name: str, dt
             header_only: bool = False) -> Any:
     try:
         with zf.open(info) as f:
-            return _read_array(f, info.file_size, path, name, dtype, device, header_only)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as e:
-        raise _err(path, name, f"cannot read the zip member: {e}") from None
+            return _read_array(f, info.file_size, path, name, dtype, device, header_only, exact=True)
+    except EOFError as e:
+        why = str(e) or f"the archive ends before the member's recorded {info.compress_size} bytes (truncated file?)"
+        raise _err(path, name, f"cannot read the zip member {info.filename!r}: {why}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, NotImplementedError, RuntimeError) as e:
+        # RuntimeError: zipfile's "File ... is encrypted, password required for extraction"
+        raise _err(path, name, f"cannot read the zip member {info.filename!r}: {type(e).__name__}: {e}") from None
 
 
 def _name_of(info: zipfile.ZipInfo) -> str:
@@ -199,12 +213,26 @@ def _name_of(info: zipfile.ZipInfo) -> str:
     return n[: -len(_SUFFIX)] if n.endswith(_SUFFIX) else n
 
 
+def _members(zf: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
+    """The archive's arrays by name, in archive order: directory entries skipped, duplicates refused."""
+    out: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        name = _name_of(info)
+        if name in out:
+            raise _err(path, name, f"the archive holds two members named {out[name].filename!r} and {info.filename!r}")
+        out[name] = info
+    return out
+
+
 def read_npz(path: PathLike, dtype: Any = None, device: Any = None) -> list[tuple[str, Any]]:
-    """All ``(name, Tensor)`` pairs of a ``.npz`` file in archive order (Candle's ``Tensor::read_npz``)."""
+    """All ``(name, Tensor)`` pairs of a ``.npz`` file in archive order (Candle's ``Tensor::read_npz``);
+    directory entries are skipped."""
     p = os.fspath(path)
     dt = _resolve(dtype)
     with _open_zip(p) as zf:
-        return [(_name_of(i), _member(zf, i, p, _name_of(i), dt, device)) for i in zf.infolist()]
+        return [(n, _member(zf, i, p, n, dt, device)) for n, i in _members(zf, p).items()]
 
 
 def read_npz_by_name(path: PathLike, names: Iterable[str], dtype: Any = None, device: Any = None) -> list[Any]:
@@ -213,11 +241,11 @@ def read_npz_by_name(path: PathLike, names: Iterable[str], dtype: Any = None, de
     dt = _resolve(dtype)
     out = []
     with _open_zip(p) as zf:
+        index = _members(zf, p)
         for name in names:
-            try:
-                info = zf.getinfo(name + _SUFFIX)
-            except KeyError:
-                raise errors.Npy(f"no array for {name} in {p!r}") from None
+            info = index.get(name)
+            if info is None or info.filename != name + _SUFFIX:
+                raise errors.Npy(f"no array for {name} in {p!r}")
             out.append(_member(zf, info, p, name, dt, device))
     return out
 
@@ -229,7 +257,7 @@ class NpzTensors:
     def __init__(self, path: PathLike):
         self.path = os.fspath(path)
         with _open_zip(self.path) as zf:
-            self._index = {_name_of(i): i.filename for i in zf.infolist()}
+            self._index = {n: i.filename for n, i in _members(zf, self.path).items()}
 
     def names(self) -> list[str]:
         return list(self._index)
@@ -277,7 +305,10 @@ def _npy_bytes(t: Any, what: str) -> tuple[bytes, memoryview]:
         if version == 2 or len(header) < 2**16:
             break
     head = MAGIC + bytes([version, 0]) + struct.pack("<H" if ll == 2 else "<I", len(header)) + header
-    arr = np.ascontiguousarray(np.asarray(t)).reshape(-1).view(np.uint8)
+    try:
+        arr = np.ascontiguousarray(np.asarray(t)).reshape(-1).view(np.uint8)
+    except RuntimeError as e:  # a deleted jax.Array
+        raise errors.Npy(f"{what}: the tensor cannot be read: {e}") from None
     return head, arr.data
 
 

@@ -64,13 +64,41 @@ _STORAGES: dict[str, np.dtype] = {
     "BoolStorage": np.dtype(np.bool_),
 }
 
+#: torch storage classes and dtypes that candlejax does not read (named as unsupported, not as unsafe globals)
+_UNSUPPORTED_STORAGES = {
+    "ComplexHalfStorage": "complex32", "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+}
+_UNSUPPORTED_DTYPES = (
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
+    "uint16", "uint32", "uint64", "complex32", "complex64", "complex128", "bits1x8", "bits2x4", "bits4x2", "bits8",
+    "bits16",
+)
+_READ_DTYPES = "float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8 and bool"
+
+_MAX_DEFLATE_RATIO = 1032
+#: a view (zero strides: ``expand``) is copied when read; refused when the copy exceeds both of these
+_VIEW_MAX_RATIO, _VIEW_MIN_LIMIT = 4, 64 << 20
+
 DEFAULT_ALLOWED_OBJECTS: tuple[str, ...] = ("ultralytics.", "torch.nn.modules.", "torch.nn.parameter.")
 
 
 @dataclass(frozen=True)
 class _StorageType:
     name: str
-    dtype: np.dtype
+    dtype: np.dtype | None  # None: a known torch storage of a dtype candlejax does not read
+
+
+@dataclass(frozen=True)
+class _TorchDType:
+    """A torch dtype global candlejax does not read (``torch.uint16``), passed to ``_rebuild_tensor_v3``."""
+
+    name: str
+
+
+class _UnsupportedDType(Exception):
+    """Raised while unpickling a tensor of an unsupported torch dtype; ``unpickle`` adds the file."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +172,13 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_: An
     return TensorInfo(storage.key, storage.dtype, storage.numel, offset, size, stride)
 
 
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad: Any = None, _hooks: Any = None,
+                       dtype: Any = None, *_: Any) -> TensorInfo:
+    """torch writes v3 only for dtypes without a typed storage (uint16/32/64, float8...), none of which is read."""
+    name = f"torch.{dtype.name}" if isinstance(dtype, _TorchDType) else repr(dtype)
+    raise _UnsupportedDType(f"a tensor of dtype {name}")
+
+
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
@@ -174,6 +209,10 @@ _SAFE: dict[tuple[str, str], Any] = {
     ("builtins", "bool"): bool,
 }
 _SAFE.update({("torch", name): _StorageType(name, dt) for name, dt in _STORAGES.items()})
+_SAFE.update({("torch", name): _StorageType(name, None) for name in _UNSUPPORTED_STORAGES})
+_SAFE.update({("torch", name): _TorchDType(name) for name in _UNSUPPORTED_DTYPES})
+_SAFE[("torch.storage", "UntypedStorage")] = _StorageType("UntypedStorage", np.dtype(np.uint8))
+_SAFE[("torch._utils", "_rebuild_tensor_v3")] = _rebuild_tensor_v3
 _OBJECTS_ONLY: dict[tuple[str, str], Any] = {("builtins", "set"): set, ("builtins", "frozenset"): frozenset}
 
 
@@ -231,6 +270,8 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler, with BUILD re
         st = pid[1]
         if not isinstance(st, _StorageType):
             raise pickle.UnpicklingError(f"unsupported storage type {st!r} for storage {pid[2]}")
+        if st.dtype is None:
+            raise _UnsupportedDType(f"storage {pid[2]} of dtype torch.{_UNSUPPORTED_STORAGES[st.name]} ({st.name})")
         return _Storage(pid[2], st.dtype, pid[4])
 
 
@@ -260,6 +301,7 @@ class _Archive:
                 raise errors.Pth(f"{self.src}: unknown byteorder {order!r}")
             self.big_endian = order == "big"
         self.storages: dict[str, np.ndarray] = {}
+        self.size = os.fstat(self.zf.fp.fileno()).st_size if self.zf.fp is not None else 0
 
     def unpickle(self, allow_objects: tuple[str, ...]) -> Any:
         try:
@@ -272,6 +314,11 @@ class _Archive:
             return _Unpickler(io.BytesIO(data), self.src, allow_objects).load()
         except errors.Error:
             raise
+        except _UnsupportedDType as e:
+            raise errors.Pth(
+                f"{self.src}: {e} is not supported (candlejax reads {_READ_DTYPES} tensors); convert it in torch"
+                " first, e.g. t.to(torch.float32)"
+            ) from None
         except Exception as e:  # malformed pickle streams raise many kinds of errors
             msg = f"malformed pickle in {self.prefix}data.pkl: {type(e).__name__}: {e}"
             raise errors.Pth(f"{self.src}: {msg}") from None
@@ -293,12 +340,20 @@ class _Archive:
                 f"{self.src}: tensor {name!r}: storage record {rec} holds {info.file_size} bytes, fewer than the "
                 f"{nbytes} of {t.storage_numel} {t.dtype} elements (storage too short)"
             )
+        possible = self._possible_size(info)
+        if nbytes > possible:
+            raise errors.Pth(
+                f"{self.src}: tensor {name!r}: storage record {rec} claims {info.file_size} bytes and the storage"
+                f" {nbytes}, but it can hold at most {possible} ({info.compress_size} stored bytes"
+                f"{' deflated' if info.compress_type == zipfile.ZIP_DEFLATED else ''} in a {self.size}-byte archive)"
+            )
         buf = bytearray(nbytes)
         try:
             with self.zf.open(info) as f:
                 n = f.readinto(memoryview(buf))
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise errors.Pth(f"{self.src}: tensor {name!r}: cannot read storage record {rec}: {e}") from None
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"
+            raise errors.Pth(f"{self.src}: tensor {name!r}: cannot read storage record {rec}: {why}") from None
         if n != nbytes:
             raise errors.Pth(f"{self.src}: tensor {name!r}: storage record {rec} ended after {n} of {nbytes} bytes")
         arr = np.frombuffer(buf, dtype=t.dtype.newbyteorder(">") if self.big_endian else t.dtype)
@@ -306,6 +361,14 @@ class _Archive:
             arr = arr.astype(t.dtype)
         self.storages[t.storage] = arr
         return arr
+
+    def _possible_size(self, info: zipfile.ZipInfo) -> int:
+        """The most bytes a record can really hold: its stored bytes lie in the archive, and deflate expands
+        at most 1032x (torch.save stores records uncompressed)."""
+        stored = min(info.compress_size, self.size)
+        if info.compress_type == zipfile.ZIP_STORED:
+            return stored
+        return stored * _MAX_DEFLATE_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
 
     def tensor(self, t: TensorInfo, name: str) -> np.ndarray:
         if t.offset < 0 or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):
@@ -317,6 +380,14 @@ class _Archive:
             raise errors.Pth(
                 f"{self.src}: tensor {name!r}: view (offset {t.offset}, size {list(t.shape)}, stride {list(t.stride)}) "
                 f"reaches element {last}, outside its storage {t.storage} of {t.storage_numel} elements"
+            )
+        nbytes, storage_bytes = numel * t.dtype.itemsize, t.storage_numel * t.dtype.itemsize
+        if nbytes > max(_VIEW_MAX_RATIO * storage_bytes, _VIEW_MIN_LIMIT):
+            raise errors.Pth(
+                f"{self.src}: tensor {name!r}: view (offset {t.offset}, size {list(t.shape)}, stride {list(t.stride)})"
+                f" of storage {t.storage} ({storage_bytes} bytes) would be copied into {nbytes} bytes, more than"
+                f" {_VIEW_MAX_RATIO}x its storage and {_VIEW_MIN_LIMIT >> 20} MiB; candlejax copies views (torch.load"
+                " returns an expanded view): save t.contiguous() or t.clone() instead"
             )
         base = self.storage(t, name)
         if numel == 0:
@@ -428,6 +499,8 @@ def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, T
         for k, v in items:
             name = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, TensorInfo):
+                if name in out:
+                    raise errors.Pth(f"{ar.src}: two tensors flatten to the name {name!r}")
                 out[name] = v
             else:
                 walk(v, name)

@@ -291,27 +291,37 @@ class _Source:
 
     __slots__ = ("_mm", "_raw", "_st", "base", "closed", "entries", "metadata", "src")
 
-    def __init__(self, src: str, header: dict[str, Any], base: int, st: Any = None, raw: Any = None):
-        self.src, self.base, self._st, self._raw, self._mm, self.closed = src, base, st, raw, None, False
+    def __init__(
+        self, src: str, header: dict[str, Any], base: int, st: Any = None, raw: Any = None, mm: Any = None
+    ):
+        self.src, self.base, self._st, self._raw, self._mm, self.closed = src, base, st, raw, mm, False
         self.metadata: dict[str, str] | None = header.get("__metadata__")
         self.entries = _entries(header)
 
     @staticmethod
     def open(path: PathLike) -> _Source:
+        """The file is mapped once here (the raw bytes and F8 tensors are read from that map), and the
+        package must have opened the same file: a save replacing ``path`` meanwhile is retried."""
         src = os.fspath(path)
-        with open(src, "rb") as f:
+        for _ in range(3):
+            with open(src, "rb") as f:
 
-            def read(begin: int, end: int) -> bytes:
-                f.seek(begin)
-                return f.read(end - begin)
+                def read(begin: int, end: int) -> bytes:
+                    f.seek(begin)
+                    return f.read(end - begin)
 
-            size = os.fstat(f.fileno()).st_size
-            header, base = _read_header(read, size, src)
-        try:
-            st = safetensors.safe_open(src, framework="numpy")
-        except safetensors.SafetensorError as e:
-            raise _explain(header, size - base, src, e) from None
-        return _Source(src, header, base, st=st)
+                st0 = os.fstat(f.fileno())
+                header, base = _read_header(read, st0.st_size, src)
+                try:
+                    st = safetensors.safe_open(src, framework="numpy")
+                except safetensors.SafetensorError as e:
+                    raise _explain(header, st0.st_size - base, src, e) from None
+                st1 = os.stat(src)
+                if (st1.st_dev, st1.st_ino) == (st0.st_dev, st0.st_ino):
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    return _Source(src, header, base, st=st, mm=mm)
+            st.__exit__(None, None, None)
+        raise errors.SafeTensor(f"{src} was replaced while being opened, three times in a row")
 
     @staticmethod
     def from_buffer(buffer: bytes | bytearray | memoryview) -> _Source:
@@ -332,9 +342,6 @@ class _Source:
         self.check_open()
         if self._raw is not None:
             return memoryview(self._raw[e.name])
-        if self._mm is None:
-            with open(self.src, "rb") as f:
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return memoryview(self._mm)[self.base + e.begin : self.base + e.end]
 
     def array(self, e: _Entry, np_dt: np.dtype) -> np.ndarray:
@@ -557,7 +564,10 @@ def _plan(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> lis
 
 def _host_bytes(name: str, t: Any, nbytes: int) -> np.ndarray:
     """The tensor's bytes on the host, little-endian and contiguous (a view where possible)."""
-    arr = np.asarray(t)
+    try:
+        arr = np.asarray(t)
+    except RuntimeError as e:  # a deleted jax.Array
+        raise errors.Msg(f"safetensors save: tensor {name!r} cannot be read: {e}") from None
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)

@@ -30,7 +30,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
-from candlejax.io import pth
+from candlejax.io import npy, pth
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import Var, as_array
@@ -243,26 +243,35 @@ class SafetensorsBackend(SimpleBackend):
 
 
 class NpzBackend(SimpleBackend):
-    """Arrays from a ``.npz`` archive (read lazily)."""
+    """Arrays from a ``.npz`` archive, read lazily by ``candlejax.io.npy.NpzTensors`` (its checks and
+    errors), converted to the builder's dtype while reading."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        try:
-            self.npz = np.load(self.path, allow_pickle=False)
-        except Exception as e:
-            raise errors.Npy(f"cannot read {self.path}: {e}") from None
+        self.npz = npy.NpzTensors(self.path)
 
     def describe(self) -> str:
         return self.path
 
     def names(self) -> list[str]:
-        return list(self.npz.files)
+        return self.npz.names()
 
     def contains_tensor(self, path: str) -> bool:
-        return path in self.npz.files
+        return path in self.npz
 
-    def _load(self, path: str) -> Any:
-        return self.npz[path]
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.npz.get_shape_and_dtype(path)[0])
+
+    def _load(self, path: str, dtype: DType | None = None) -> Any:
+        return self.npz.get(path, dtype=dtype)._a
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        self.check(path, shape)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        self.check(path)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
 
 
 # ------------------------------------------------------------------------------------------------

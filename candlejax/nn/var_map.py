@@ -142,20 +142,53 @@ class VarMap:
 
     def load(self, path: str | os.PathLike) -> None:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
-        the file is an error."""
+        the file is an error. A tensor of another dtype is cast to the Var's, except integer values
+        that the Var's integer dtype cannot hold exactly (out of range, or a float with a fraction):
+        those are refused, never wrapped."""
         __tracebackhide__ = True
-        st = MmapedSafetensors(os.fspath(path))
-        for name in sorted(self._data):
-            if name not in st:
-                raise errors.VarMapError(
-                    f"error setting {name} using data from {os.fspath(path)}: cannot find tensor {name}"
-                )
+        p = os.fspath(path)
+        with MmapedSafetensors(p) as st:
+            for name in sorted(self._data):
+                if name not in st:
+                    raise errors.VarMapError(f"error setting {name} using data from {p}: cannot find tensor {name}")
+                self._load_one(st, name, p)
+
+    def _load_one(self, st: MmapedSafetensors, name: str, p: str) -> None:
+        want = to_dtype(self._data[name]._a.dtype)
+        view = st.get(name)
+        try:
             try:
-                self.set_one(name, st.load(name))
-            except errors.Error as e:
-                raise errors.VarMapError(f"error setting {name} using data from {os.fspath(path)}: {e}") from None
+                same = view.dtype is want
+            except errors.SafeTensor:  # a file dtype with no candlejax dtype (I8, U64): converted below
+                same = False
+            if same or not np.issubdtype(want.np, np.integer):
+                self.set_one(name, st.load(name, dtype=want))
+                return
+            host = view.numpy()  # another dtype into an integer Var: check the values first
+            bad = _not_holdable(host, want.np)
+            if bad is not None:
+                raise errors.VarMapError(
+                    f"error setting {name} using data from {p}: the file holds {view.st_dtype}"
+                    f" {list(view.shape)} with the value {bad}, which the Var's {want.name} cannot hold"
+                    " (VarMap.load casts to the Var's dtype but never wraps or truncates integers)"
+                )
+            self.set_one(name, host.astype(want.np))
+        except errors.VarMapError:
+            raise
+        except errors.Error as e:
+            raise errors.VarMapError(f"error setting {name} using data from {p}: {e}") from None
 
     def __repr__(self) -> str:
         return f"VarMap(seed={self.seed}, {len(self._data)} vars)"
 
 
+def _not_holdable(a: np.ndarray, target: np.dtype) -> Any:
+    """The first value of ``a`` that the integer dtype ``target`` cannot hold exactly, or ``None``."""
+    info = np.iinfo(target)
+    if np.issubdtype(a.dtype, np.integer):
+        bad = (a < info.min) | (a > info.max)
+    else:
+        a = a.astype(np.float64)
+        bad = ~np.isfinite(a) | (a != np.trunc(a)) | (a < info.min) | (a > info.max)
+    idx = np.flatnonzero(bad)
+    return a.reshape(-1)[idx[0]].item() if idx.size else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -152,3 +154,65 @@ def test_interrupted_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     assert p.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.safetensors"]  # no temporary file left behind
     assert checkpoint.read_metadata(p)["step"] == 1
+
+
+def test_python_and_numpy_scalar_leaves_read_back_without_x64(tmp_path):
+    """A Python float leaf was written as F64 and a numpy int64 one as I64: restore always failed without x64."""
+    p = tmp_path / "s.safetensors"
+    model = {**_init_model(), "scale": 0.1 + 0.2, "n": 7, "flag": True, "count": np.int64(2**40),
+             "ids": np.arange(3, dtype=np.int64)}  # fmt: skip
+    checkpoint.save(p, model, step=2)
+    ck = checkpoint.restore(p, {**_init_model(), "scale": 0.0, "n": 0, "flag": False, "count": np.int64(0),
+                                "ids": np.zeros(3, np.int64)})  # fmt: skip
+    assert ck.model["scale"] == 0.1 + 0.2 and type(ck.model["scale"]) is float
+    assert ck.model["n"] == 7 and ck.model["flag"] is True
+    assert ck.model["count"] == 2**40 and ck.model["count"].dtype == np.int64
+    assert ck.model["ids"].dtype == np.int64 and ck.model["ids"].tolist() == [0, 1, 2]
+    with pytest.raises(checkpoint.CheckpointError, match=r"s\.safetensors: n is the int 7, the template holds the b"):
+        checkpoint.restore(p, {**model, "n": False})
+
+
+def _with_metadata(p, change) -> None:
+    raw = p.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    h = json.loads(raw[8 : 8 + n])
+    h["__metadata__"]["candlejax.checkpoint"] = change(json.loads(h["__metadata__"]["candlejax.checkpoint"]))
+    b = json.dumps(h).encode()
+    b += b" " * (-len(b) % 8)
+    p.write_bytes(struct.pack("<Q", len(b)) + b + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda m: "{not json", "metadata is not valid JSON"),
+        (lambda m: json.dumps([1, 2]), "metadata is a list, not an object"),
+        (lambda m: json.dumps({"format": checkpoint.FORMAT}), "metadata 'step' must be an integer, got None"),
+        (lambda m: json.dumps({**m, "random": {"cpu:x": [1, 2]}}), "metadata 'random' must be an object"),
+        (lambda m: json.dumps({**m, "random": {"cpu:0": [1]}}), "metadata 'random' must be an object"),
+        (lambda m: json.dumps({**m, "opt_leaves": "3"}), "'opt_leaves' must be a non-negative integer or null"),
+        (lambda m: json.dumps({**m, "opt_leaves": m["opt_leaves"] + 1}), "the optimizer state has"),
+    ],
+)
+def test_corrupt_metadata_is_a_checkpoint_error(tmp_path, change, match):
+    p = tmp_path / "c.safetensors"
+    model = _init_model()
+    opt = optim.SGD(0.1)
+    state = opt.init(model)
+    checkpoint.save(p, model, state)
+    _with_metadata(p, change)
+    with pytest.raises(checkpoint.CheckpointError, match=match):
+        checkpoint.restore(p, _init_model(), state)
+
+
+def test_missing_optimizer_leaf_is_named(tmp_path):
+    p = tmp_path / "c.safetensors"
+    model = _init_model()
+    state = optim.SGD(0.1).init(model)
+    checkpoint.save(p, model, state)
+    with cj.io.safetensors.MmapedSafetensors(p) as f:
+        kept = {n: f.get(n).numpy() for n in f.names() if n != "optim/0"}
+        md = f.metadata()
+    cj.io.safetensors.save(kept, p, md)
+    with pytest.raises(checkpoint.CheckpointError, match=r"optimizer state leaf 0 \(optim/0\) is missing"):
+        checkpoint.restore(p, _init_model(), state)

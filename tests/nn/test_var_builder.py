@@ -184,3 +184,60 @@ def test_non_tensor_values_are_named_as_such():
     VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).get((1,), "w")
     with pytest.raises(errors.VarMapError, match=r"set_one\('w'\): the value must be a Tensor, an array or numbers"):
         vm.set_one("w", "x")
+
+
+def test_from_npz_reads_through_candlejax_npz_reader(tmp_path):
+    """Truncated, big-endian and object members are npy/npz errors naming the file and the array."""
+    import io
+    import zipfile
+
+    def npz(path, a, cut=0):
+        b = io.BytesIO()
+        np.save(b, a, allow_pickle=True)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("a.npy", b.getvalue()[: len(b.getvalue()) - cut])
+        return path
+
+    p = npz(tmp_path / "t.npz", np.arange(3, dtype="<f4"), cut=4)
+    with pytest.raises(errors.Npy, match=r"truncated.*t\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((3,), "a")
+    p = npz(tmp_path / "b.npz", np.arange(3, dtype=">f4"))
+    with pytest.raises(errors.Npy, match=r"big-endian.*b\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((3,), "a")
+    p = npz(tmp_path / "o.npz", np.array([None, 1], dtype=object))
+    with pytest.raises(errors.Npy, match=r"unrecognized descr.*o\.npz, array 'a'"):
+        VarBuilder.from_npz(p).get((2,), "a")
+    p = npz(tmp_path / "i.npz", np.array([-1, 5], np.int8))
+    w = VarBuilder.from_npz(p, dtype=DType.F32).get((2,), "a")
+    assert w.dtype == DType.F32 and np.asarray(w).tolist() == [-1, 5]
+    with pytest.raises(errors.UnexpectedShape, match=r"i\.npz"):
+        VarBuilder.from_npz(p).get((3,), "a")
+
+
+def test_varmap_load_never_wraps_integers(tmp_path):
+    """I32 [300, -1] was cast into a U8 Var as [44, 255]. Casting to the Var's dtype is the documented
+    rule (docs/differences/nn.md); integer values the Var cannot hold are refused, floats still cast."""
+    from candlejax.io import safetensors as st
+
+    p = tmp_path / "f.safetensors"
+    for data, dt, match in (
+        (np.array([300, -1], np.int32), "u8", r"the file holds I32 \[2\] with the value 300, which the Var's U8"),
+        (np.array([1.5, 2.0], np.float32), "i32", r"the file holds F32 \[2\] with the value 1\.5, which the Var's"),
+        (np.array([np.nan, 2.0], np.float32), "u32", r"the file holds F32 \[2\] with the value nan"),
+    ):
+        vm = VarMap(0)
+        vm.get((2,), "w", None, dt, None)
+        st.save({"w": data}, p)
+        with pytest.raises(errors.VarMapError, match=r"error setting w using data from .*f\.safetensors: " + match):
+            vm.load(p)
+        assert np.asarray(vm.data()["w"]._a).tolist() == [0, 0]
+    for data, dt, want in (
+        (np.array([255, 0], np.int32), "u8", [255, 0]),
+        (np.array([3.0, -2.0], np.float32), "i32", [3, -2]),
+        (np.array([1.0009765625, 2.0], np.float32), "bf16", [1.0, 2.0]),  # floats cast (rounded), as documented
+    ):
+        vm = VarMap(0)
+        vm.get((2,), "w", None, dt, None)
+        st.save({"w": data}, p)
+        vm.load(p)
+        assert np.asarray(vm.data()["w"]._a).astype(np.float64).tolist() == want

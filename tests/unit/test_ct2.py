@@ -105,3 +105,15 @@ def test_real_tiny_en_converts_to_transformers_layout(tmp_path):
     got = hf.model.decoder.layers[1].self_attn.v_proj.weight.detach().numpy()
     np.testing.assert_array_equal(got, qkv[768:])
     assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)
+
+
+def test_alias_shadowing_a_variable_and_overflowing_dims_are_refused(tmp_path):
+    a, b = np.float32([1, 2]), np.float32([9, 9])
+    with pytest.raises(errors.Ct2, match=r"alias\.bin.*alias 'a' has the name of a variable; the name is ambiguous"):
+        ct2.Ct2Model.read(_write(tmp_path, _ct2_bytes("WhisperSpec", {"a": a, "b": b}, {"a": "b"}), "alias.bin"))
+    data = _ct2_bytes("WhisperSpec", {"w": np.zeros(0, np.float32)})  # then its dims become 65536^4
+    i = data.index(b"w\0") + 2
+    data = data[:i] + struct.pack("<B4I", 4, *[65536] * 4) + data[i + 1 + 4 :]
+    match = r"'w': 0 data bytes for shape \[65536, 65536, 65536, 65536\] float32 \(expected 73786976294838206464\)"
+    with pytest.raises(errors.Ct2, match=match):
+        ct2.Ct2Model.read(_write(tmp_path, data, "dims.bin"))

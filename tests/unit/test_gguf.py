@@ -444,3 +444,56 @@ def test_string_arrays_stay_bytes_until_read(smollm_reader):
     buf.seek(0)
     with Content.read(buf) as again:
         assert again.metadata["tokens"].value == want
+
+
+def _two_f32_tensors(offsets) -> bytes:
+    """A GGUF file with tensors 'a' and 'b' of 2 F32 each at ``offsets`` (relative to the data)."""
+
+    def s(x: str) -> bytes:
+        return struct.pack("<Q", len(x)) + x.encode()
+
+    hdr = b"GGUF" + struct.pack("<IQQ", 3, 2, 0)
+    for name, off in zip("ab", offsets):
+        hdr += s(name) + struct.pack("<IQ", 1, 8) + struct.pack("<IQ", 0, off)
+    return hdr + b"\0" * (-len(hdr) % 32) + np.arange(16, dtype=np.float32).tobytes()
+
+
+def test_overlapping_and_misaligned_tensors_are_refused():
+    ct = Content.read(_two_f32_tensors((0, 32)))
+    assert np.asarray(ct.tensor("b").dequantize()).tolist() == list(range(8, 16))
+    _gguf_error(_two_f32_tensors((0, 0)), "tensor 'b' data [0, 32) overlaps tensor 'a' [0, 32)")
+    _gguf_error(_two_f32_tensors((0, 4)), "tensor 'b' has offset 4, not a multiple of general.alignment 32")
+
+
+def test_absurd_dims_next_to_a_zero_are_refused(tmp_path):
+    hdr = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"a"
+    hdr += struct.pack("<I", 2) + struct.pack("<QQ", 2**62, 0) + struct.pack("<IQ", 0, 0)
+    _gguf_error(hdr + b"\0" * (-len(hdr) % 32) + b"\0" * 32, "tensor 'a' has shape [0, 4611686018427387904], too big")
+
+
+def test_write_refuses_what_it_cannot_store(tmp_path):
+    p = tmp_path / "w.gguf"
+    f32 = np.zeros(4, np.float32)
+    for align in ("64", 64.0):
+        with pytest.raises(errors.Gguf, match=r"general\.alignment must be an integer \(ggml reads a U32\), got"):
+            gguf.write(p, {"general.alignment": align}, {"t": f32})
+    with pytest.raises(errors.Gguf, match=r"a tensor name must be a str, got 1 \(int\)"):
+        gguf.write(p, {}, {1: f32})
+    with pytest.raises(errors.Gguf, match=r"a metadata key must be a str, got 2 \(int\)"):
+        gguf.write(p, {2: 1}, {})
+    with pytest.raises(errors.Gguf, match=r"a metadata key '\\ud800' is not valid UTF-8 text: surrogates"):
+        gguf.write(p, {"\ud800": 1}, {})
+    with pytest.raises(errors.Gguf, match=r"a tensor name '\\udc80x' is not valid UTF-8"):
+        gguf.write(p, {}, {"\udc80x": f32})
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nope/w\.gguf"):
+        gguf.write(tmp_path / "nope" / "w.gguf", {}, {"t": f32})
+    import jax.numpy as jnp
+
+    x = jnp.ones(2)
+    x.delete()
+    with pytest.raises(errors.Gguf, match=r"tensor 'x' cannot be read: .*deleted"):
+        gguf.write(p, {}, {"x": x})
+    assert os.listdir(tmp_path) == []
+    gguf.write(p, {"general.alignment": 64}, {"s": np.float32(2.0), "t": f32})  # a 0-d tensor reads back as (1,)
+    with Content.read(p) as ct:
+        assert ct.alignment == 64 and ct.tensor_infos["s"].shape == (1,)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import zipfile
 
 import jax
@@ -142,11 +144,17 @@ def write_raw(path, header: bytes, data: bytes = b"", version: int = 1, hlen: in
         (b"{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", b"\0" * 8, None, "big-endian descr >f4"),
         (b"{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }", b"\0" * 16, None, "unrecognized descr <c8"),
         (b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", b"\0" * 7, None, r"truncated data.*needs 8"),
-        (b"{'descr': '<f4', 'shape': (1000000000000000,), }", b"\0" * 8, None, "truncated data"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000000,)}", b"\0" * 8, None, "truncated"),
         (b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", b"", 5000, "header length 5000 is larger"),
-        (b"{'descr': '<f4', 'shape': (-1,), }", b"", None, "invalid shape"),
-        (b"{'shape': (2,), }", b"", None, "no descr in header"),
-        (b"{'descr': '<f4'}", b"", None, "no shape in header"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }", b"", None, "invalid shape"),
+        (b"{'shape': (2,), 'fortran_order': False}", b"", None, "must hold exactly.*missing: descr"),
+        (b"{'descr': '<f4'}", b"", None, "missing: fortran_order, shape"),
+        (b"{'descr': '<f4', 'fortran_ordeR': True, 'shape': (2, 3)}", b"\0" * 24, None,
+         "missing: fortran_order; unexpected: 'fortran_ordeR'"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (0, 9223372036854775808)}", b"", None,
+         r"shape \[0, 9223372036854775808\] of <f4 is too big"),
+        (b"{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904, 4611686018427387904)}", b"",
+         None, "too big for any array"),
         (b"__import__('os')", b"", None, "unable to parse header"),
         (b"{'descr': '<f4', 'fortran_order': 'x', 'shape': (1,)}", b"\0" * 4, None, "unknown fortran_order"),
     ],
@@ -185,3 +193,65 @@ def test_extra_descrs(tmp_path):
     with pytest.raises(errors.Npy, match="pass dtype="):
         npy.read_npy(tmp_path / "i1.npy")
     assert np.asarray(npy.read_npy(tmp_path / "i1.npy", dtype="i32")).tolist() == [-1, 5]
+
+
+def _npy(a) -> bytes:
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def test_npz_directories_duplicates_and_short_members(tmp_path):
+    """Directory entries are skipped (as np.load); two members of one name are refused by every reader."""
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        z.writestr("a.npy", _npy(np.ones(2, np.float32)))
+        z.writestr("sub/", b"")
+    assert [n for n, _ in npy.read_npz(tmp_path / "d.npz")] == ["a"]
+    assert npy.NpzTensors(tmp_path / "d.npz").names() == ["a"]
+    with zipfile.ZipFile(tmp_path / "d.npz", "a") as z:  # np.load returns such a member as bytes: refused here
+        z.writestr("readme.txt", b"hello, world")
+    with pytest.raises(errors.Npy, match=r"not a npy file\) \(.*d\.npz, array 'readme\.txt'\)"):
+        npy.read_npz(tmp_path / "d.npz")
+    with zipfile.ZipFile(tmp_path / "dup.npz", "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr("a.npy", _npy(np.ones(2, np.float32)))
+        z.writestr("a.npy", _npy(np.zeros(3, np.float32)))
+    for read in (npy.read_npz, lambda p: npy.read_npz_by_name(p, ["a"]), npy.NpzTensors):
+        with pytest.raises(errors.Npy, match=r"two members named 'a\.npy' and 'a\.npy' \(.*dup\.npz, array 'a'\)"):
+            read(tmp_path / "dup.npz")
+    with zipfile.ZipFile(tmp_path / "t.npz", "w") as z:  # bytes after the data: not an np.savez member
+        z.writestr("a.npy", _npy(np.ones(2, np.float32)) + b"\0" * 4)
+    with pytest.raises(errors.Npy, match=r"trailing data: shape \[2\] of <f4 needs 8 bytes, the file holds 12"):
+        npy.read_npz(tmp_path / "t.npz")
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as z:  # 1002 floats whose last 1000 are missing
+        z.writestr("a.npy", _npy(np.ones(1002, np.float32))[:-4000])
+    data = bytearray((tmp_path / "short.npz").read_bytes())
+    for sig, offs in ((b"PK\x03\x04", (18, 22)), (b"PK\x01\x02", (20, 24))):  # the sizes claim them
+        j = data.find(sig)
+        for off in offs:
+            struct.pack_into("<I", data, j + off, struct.unpack_from("<I", data, j + off)[0] + 4000)
+    (tmp_path / "short.npz").write_bytes(bytes(data))
+    with pytest.raises(errors.Npy, match=r"zip member 'a\.npy': the archive ends before the member's recorded"):
+        npy.read_npz(tmp_path / "short.npz")
+
+
+def test_npz_encrypted_member(tmp_path):
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:
+        z.writestr("a.npy", _npy(np.arange(3, dtype=np.float32)))
+    raw = bytearray((tmp_path / "e.npz").read_bytes())
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        raw[raw.find(sig) + off] |= 1  # the 'encrypted' flag
+    (tmp_path / "e.npz").write_bytes(bytes(raw))
+    with pytest.raises(errors.Npy, match=r"zip member 'a\.npy': RuntimeError: .*encrypted.*e\.npz, array 'a'"):
+        npy.read_npz(tmp_path / "e.npz")
+    with pytest.raises(errors.Npy, match="encrypted"):
+        npy.NpzTensors(tmp_path / "e.npz").get("a")
+
+
+def test_write_errors_name_the_target(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nope/x\.npy"):
+        npy.write_npy(T(np.ones(2, np.float32)), tmp_path / "nope" / "x.npy")
+    x = jnp.ones(2)
+    x.delete()
+    with pytest.raises(errors.Npy, match=r"write_npz of 'a' .*cannot be read: .*deleted"):
+        npy.write_npz({"a": T(x)}, tmp_path / "x.npz")
+    assert os.listdir(tmp_path) == []

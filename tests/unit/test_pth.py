@@ -296,3 +296,56 @@ def test_deep_nesting_is_an_error_not_a_crash(tmp_path) -> None:
         z.writestr("a/data.pkl", data)
     with pytest.raises(errors.Pth, match=r"deep\.pt: containers nested too deeply"):
         pth.load(tmp_path / "deep.pt")
+
+
+def test_tensor_infos_refuse_clashing_names(tmp_path) -> None:
+    p = tmp_path / "clash.pt"
+    torch.save({"a.b": torch.ones(2), "a": {"b": torch.zeros(3)}}, p)
+    for read in (pth.load, pth.tensor_infos, pth.read_pth_tensor_info, pth.PthTensors):
+        with pytest.raises(errors.Pth, match=r"clash\.pt: two tensors flatten to the name 'a\.b'"):
+            read(p)
+
+
+def test_zero_stride_views_are_bounded(tmp_path) -> None:
+    """A 1-element storage viewed as (3000, 30000) with strides 0 would be copied into 343 MiB."""
+    ok = tmp_path / "ok.pt"
+    _write_view(ok, 0, (3, 4), (0, 1), 4, 4)  # an expand() of 4 elements: copied
+    np.testing.assert_array_equal(pth.load(ok)["w"], np.broadcast_to(np.arange(4.0), (3, 4)))
+    for shape in ((3000, 30000), (10**6, 10**6)):
+        big = tmp_path / "big.pt"
+        _write_view(big, 0, shape, (0, 0), 1, 1)
+        match = rf"big\.pt: tensor 'w': view .*size \[{shape[0]}, {shape[1]}\].* of storage 0 \(4 bytes\) would be"
+        with pytest.raises(errors.Pth, match=match + r" copied into \d+ bytes, more than 4x its storage and 64 MiB"):
+            pth.load(big)
+        with pytest.raises(errors.Pth, match=match):
+            pth.PthTensors(big).get("w")
+
+
+def test_claimed_record_size_is_bounded_by_the_archive(tmp_path) -> None:
+    """A 372-byte file whose storage record claims 1e9 bytes is refused before anything is allocated."""
+    n = 250_000_000
+    src, p = tmp_path / "src.pt", tmp_path / "claim.pt"
+    _write_view(src, 0, (n,), (1,), n, 4)
+    data = bytearray(src.read_bytes())
+    i = data.find(b"PK\x01\x02", data.find(b"arch/data/0") + 1)
+    while i >= 0:  # the central directory entry of arch/data/0 and its local header claim 4n bytes
+        nlen = int.from_bytes(data[i + 28 : i + 30], "little")
+        if data[i + 46 : i + 46 + nlen] == b"arch/data/0":
+            hoff = int.from_bytes(data[i + 42 : i + 46], "little")
+            for off in (i + 20, i + 24, hoff + 18, hoff + 22):
+                data[off : off + 4] = (4 * n).to_bytes(4, "little")
+        i = data.find(b"PK\x01\x02", i + 4)
+    p.write_bytes(bytes(data))
+    with pytest.raises(errors.Pth, match=r"claim\.pt: tensor 'w': storage record arch/data/0 claims 1000000000 bytes"
+                       r" .* can hold at most \d+ \(1000000000 stored bytes in a \d+-byte archive\)"):
+        pth.load(p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.uint16, torch.uint32, torch.complex64])
+def test_unsupported_dtypes_are_named(tmp_path, dtype) -> None:
+    p = tmp_path / "u.pt"
+    torch.save({"w": torch.zeros(3, dtype=dtype)}, p)
+    name = str(dtype)
+    with pytest.raises(errors.Pth, match=rf"u\.pt: .*{name}.* is not supported \(candlejax reads float32") as ei:
+        pth.load(p)
+    assert not isinstance(ei.value, errors.PthUnsafeGlobal)

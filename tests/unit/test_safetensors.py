@@ -381,3 +381,31 @@ def test_saved_file_mode_and_stale_temporary_folder(tmp_path):
     assert os.stat(p).st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) == ["m.safetensors"]
     np.testing.assert_array_equal(stnp.load_file(str(p))["w"], np.ones(3, np.float32))
+
+
+def test_replaced_file_reads_the_file_that_was_opened(tmp_path):
+    """F8 tensors and TensorView.data() read the map made at open, not the path (re-saved meanwhile)."""
+    f8 = ml_dtypes.float8_e4m3fn
+    p = tmp_path / "r.safetensors"
+    cst.save({"q": np.full(8, 0.5, np.float32).astype(f8), "w": np.arange(4, dtype=np.float32)}, p)
+    r = cst.MmapedSafetensors(p)
+    cst.save({"p": np.full(8, 4.0, np.float32).astype(f8), "q": np.full(8, 0.5, np.float32).astype(f8),
+              "w": np.arange(4, dtype=np.float32)}, p)
+    assert np.asarray(r.load("q", dtype="f32")).tolist() == [0.5] * 8
+    assert np.frombuffer(r.get("w").data(), np.float32).tolist() == [0, 1, 2, 3]
+    r.close()
+
+
+def test_save_errors_name_the_target(tmp_path):
+    a = {"a": np.zeros(1, np.float32)}
+    missing = tmp_path / "nope" / "x.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nope/x\.safetensors: its folder .* does not exist"):
+        cst.save(a, missing)
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"d\.safetensors: it is a folder"):
+        cst.save(a, tmp_path / "d.safetensors")
+    x = jnp.ones(2)
+    x.delete()
+    with pytest.raises(errors.Error, match=r"tensor 'a' cannot be read: .*deleted"):
+        cst.save({"a": x}, tmp_path / "x.safetensors")
+    assert os.listdir(tmp_path) == ["d.safetensors"]
