@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -119,6 +120,13 @@ def check_param(kind: str, weight: Any, what: str, t: Any, shape: tuple[int, ...
         raise errors.DTypeMismatchBinaryOp(to_dtype(weight.dtype), to_dtype(t.dtype), f"{name} (weight, {what})")
 
 
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(tuple(shape), target) == target
+    except ValueError:
+        return False
+
+
 def _require_tensor(value: Any, layer: str, spelling: str) -> None:
     """A layer built from tensors (Candle's ``Linear::new(weight, bias)``) given a number instead: the
     PyTorch-style ``nn.Linear(in, out)`` call. Raise, naming the builder that makes a new layer."""
@@ -143,7 +151,10 @@ class Linear(Module):
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
         check_param("Linear", self.weight, "weight (out, in)", self.weight, rank=2)
-        check_param("Linear", self.weight, "bias", self.bias, (self.weight.shape[0],))
+        if self.bias is not None and _broadcasts_to(self.bias.shape, (1, self.weight.shape[0])):
+            check_param("Linear", self.weight, "bias", self.bias)  # the dtype (Candle's broadcast_add takes
+        else:  # any bias that broadcasts to the output: (out,), (1,), a scalar)
+            check_param("Linear", self.weight, "bias", self.bias, (self.weight.shape[0],))
 
     @staticmethod
     def new(weight: Any, bias: Any = None) -> Linear:

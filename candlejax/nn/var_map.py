@@ -33,6 +33,7 @@ from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const
 from candlejax.nn.module import DonatedBuffer, Var, as_array, save_safetensors_dict
 from candlejax.shape import as_shape
+from candlejax.tensor import Tensor
 
 __all__ = ["VarMap"]
 
@@ -98,8 +99,10 @@ class VarMap:
 
     # --- updates -------------------------------------------------------------------------------
     def set_one(self, name: str, value: Any) -> None:
-        """Set the value of an existing Var in place (same shape; cast to its dtype and moved to its
-        device): every Module built from this map sees it."""
+        """Set the value of an existing Var in place (same shape, moved to its device): every Module
+        built from this map sees it. A Tensor or jax array must have the Var's dtype (Candle's
+        ``Var::set`` refuses another); numbers and numpy arrays are converted to it, and integer values
+        the dtype cannot hold raise."""
         __tracebackhide__ = True
         cur = self._data.get(name)
         if cur is None:
@@ -109,9 +112,10 @@ class VarMap:
         try:
             if isinstance(value, (str, bytes, dict)) or value is None:
                 raise TypeError
-            a = as_array(value) if hasattr(value, "dtype") and not isinstance(value, np.ndarray) else as_array(
-                value, to_dtype(old.dtype)
-            )
+            if hasattr(value, "dtype") and not isinstance(value, np.ndarray | np.generic):
+                a = as_array(value)  # a Tensor or jax array: its dtype is checked below
+            else:  # numbers / numpy: converted to the Var's dtype, refusing integers that do not fit
+                a = as_array(Tensor(value, dtype=to_dtype(old.dtype)))
         except errors.Error:
             raise
         except (TypeError, ValueError):  # numpy's "could not convert string to float"
@@ -122,7 +126,7 @@ class VarMap:
             raise errors.ShapeMismatchBinaryOp(shape, a.shape, "set")
         dtype = old.dtype
         if a.dtype != dtype:
-            a = a.astype(dtype)
+            raise errors.DTypeMismatchBinaryOp(to_dtype(dtype), to_dtype(a.dtype), f"set_one({name!r})")
         if not donated and not isinstance(a, jax.core.Tracer) and hasattr(old, "sharding"):
             if a.sharding != old.sharding:
                 a = jax.device_put(a, old.sharding)

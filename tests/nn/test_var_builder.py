@@ -241,3 +241,21 @@ def test_varmap_load_never_wraps_integers(tmp_path):
         st.save({"w": data}, p)
         vm.load(p)
         assert np.asarray(vm.data()["w"]._a).astype(np.float64).tolist() == want
+
+
+def test_varmap_set_one_refuses_another_dtype_and_values_that_do_not_fit():
+    """A Tensor of another dtype raises, as Candle's ``Var::set`` (an f32 Tensor was truncated into a U32
+    Var); numbers convert only when the Var's dtype holds them (0.9 became 0, NaN 2147483648)."""
+    from candlejax import Tensor
+
+    vm = VarMap()
+    VarBuilder.from_varmap(vm, DType.U32, Device.Cpu).get((3,), "w")
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"set_one\('w'\), lhs: U32, rhs: F32"):
+        vm.set_one("w", Tensor(np.array([1.0, 2.0, 3.0], np.float32)))
+    for bad in ([0.9, -1.7, 2.99], [1.0, float("nan"), 2.0], [1, -1, 2]):
+        with pytest.raises(errors.InvalidArgument):
+            vm.set_one("w", bad)
+    vm.set_one("w", [1, 2, 3])
+    assert vm.data()["w"].to_vec1() == [1, 2, 3]
+    vm.set([("w", Tensor(np.array([4, 5, 6], np.uint32)))])
+    assert vm.data()["w"].to_vec1() == [4, 5, 6]
