@@ -411,9 +411,13 @@ class VarBuilder:
         return self._with(device=device)
 
     def rename_f(self, f: Callable[[str], str]) -> VarBuilder:
-        """Look names up as ``f(path)`` in the backend (the Var keeps the model's path as its name)."""
+        """Look names up as ``f(path)`` in the backend (the Var keeps the model's path as its name).
+
+        Candle's ``vb.rename_f(f)``: chained renames apply the newest first, ``vb.rename_f(f1).rename_f(f2)``
+        looks up ``f1(f2(path))``, as each ``Rename`` backend renames before asking the builder it wraps.
+        """
         prev = self._rename
-        return self._with(rename=f if prev is None else (lambda p: f(prev(p))))
+        return self._with(rename=f if prev is None else (lambda p: prev(f(p))))
 
     rename = rename_f
 

@@ -184,3 +184,14 @@ def test_non_tensor_values_are_named_as_such():
     VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).get((1,), "w")
     with pytest.raises(errors.VarMapError, match=r"set_one\('w'\): the value must be a Tensor, an array or numbers"):
         vm.set_one("w", "x")
+
+
+def test_chained_renames_apply_newest_first_as_candle():
+    # Candle's Rename backend renames, then asks the builder it wraps (which applies the older renames)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors({"b": a, "c": a * 10})
+    chained = vb.rename_f(lambda s: s.replace("a", "b")).rename_f(lambda s: s.replace("b", "c"))
+    w = chained.get((2, 3), "a")
+    np.testing.assert_array_equal(np.asarray(w._a), a)  # f1(f2("a")) == "b"
+    assert w.name == "a"
+    assert chained.contains_tensor("a")
