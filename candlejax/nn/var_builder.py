@@ -32,7 +32,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.io import pth
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
-from candlejax.nn.init import Const
+from candlejax.nn.init import Const, check_init
 from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
 from candlejax.shape import as_shape
@@ -438,6 +438,7 @@ class VarBuilder:
 
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
+        check_init(init, "VarBuilder.get_with_hints")
         path, key = self._lookup(name)
         if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
             self._reads.add(key)
