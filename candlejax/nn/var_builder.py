@@ -54,6 +54,8 @@ def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise errors.Msg("from_mmaped_safetensors: no files given")
+    for p in paths:  # candlejax errors that are also FileNotFoundError / IsADirectoryError
+        errors.check_file(p, "from_mmaped_safetensors", "pass its *.safetensors files or model.safetensors.index.json")
     return MmapedSafetensors(paths[0] if len(paths) == 1 else paths)
 
 
@@ -169,7 +171,7 @@ class ZerosBackend(SimpleBackend):
         return Const(0.0).sample(shape, dtype, device)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder::zeros`, use `get`.")
+        raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder.zeros()`, use `get(shape, name)`.")
 
 
 class DictBackend(SimpleBackend):
@@ -247,6 +249,7 @@ class NpzBackend(SimpleBackend):
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        errors.check_file(self.path, "from_npz")
         try:
             self.npz = np.load(self.path, allow_pickle=False)
         except Exception as e:
@@ -263,6 +266,25 @@ class NpzBackend(SimpleBackend):
 
     def _load(self, path: str) -> Any:
         return self.npz[path]
+
+
+def _tensor_dict(tensors: Any) -> dict[str, Any]:
+    """``from_tensors``' argument as a dict: a mapping as it is, or ``(name, tensor)`` pairs."""
+    if isinstance(tensors, dict):
+        return tensors
+    if hasattr(tensors, "keys") and hasattr(tensors, "__getitem__"):
+        return {k: tensors[k] for k in tensors.keys()}
+    rule = "from_tensors takes a dict {name: tensor} or (name, tensor) pairs"
+    if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):
+        raise errors.InvalidArgument(f"{rule}, got a {type(tensors).__name__}")
+    out: dict[str, Any] = {}
+    for i, item in enumerate(tensors):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise errors.InvalidArgument(f"{rule}; item {i} is {type(item).__name__} {item!r:.60}")
+        if item[0] in out:
+            raise errors.InvalidArgument(f"{rule}; the name {item[0]!r} appears twice")
+        out[item[0]] = item[1]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,8 +352,10 @@ class VarBuilder:
         return VarBuilder(VarMapBackend(varmap), dtype, device)
 
     @staticmethod
-    def from_tensors(tensors: dict[str, Any], dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
-        return VarBuilder(DictBackend(tensors), dtype, device)
+    def from_tensors(tensors: Any, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Tensors (or arrays) by name: a dict, or ``(name, tensor)`` pairs (Candle's
+        ``VarBuilder::from_tensors(HashMap<String, Tensor>, dtype, &dev)``)."""
+        return VarBuilder(DictBackend(_tensor_dict(tensors)), dtype, device)
 
     @staticmethod
     def zeros(dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
@@ -360,6 +384,7 @@ class VarBuilder:
     @staticmethod
     def from_pth(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
         """A ``torch.save``'d state dict, read without executing pickled code (``candlejax.io.pth``)."""
+        errors.check_file(path, "from_pth")
         return VarBuilder(DictBackend(pth.load(path), os.fspath(path)), dtype, device)
 
     @staticmethod
@@ -367,6 +392,7 @@ class VarBuilder:
         path: str | os.PathLike, dtype: Any = DType.F32, key: str = "state_dict", device: Any = None
     ) -> VarBuilder:
         """The state dict stored under ``key`` (e.g. ``"state_dict"``) of a ``torch.save``'d dict."""
+        errors.check_file(path, "from_pth_with_state")
         return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
 
     @staticmethod

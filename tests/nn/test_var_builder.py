@@ -229,3 +229,31 @@ def test_init_that_is_not_an_init_is_named(init, hint):
     for vb in (VarBuilder.from_varmap(VarMap()), VarBuilder.zeros()):
         with pytest.raises(errors.InvalidArgument, match=r"get_with_hints: init must be an Init .*, got .*" + hint):
             vb.get_with_hints((2,), "w", init)
+
+
+def test_from_tensors_takes_name_tensor_pairs_or_names_the_rule():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors([("w", a), ("b", np.ones(3, np.float32))])
+    np.testing.assert_array_equal(np.asarray(vb.get((2, 3), "w")._a), a)
+    for bad, what in [([("w", a), ("w", a)], "appears twice"), ([a], "item 0"), (3, "got a int"), ("w", "got a str")]:
+        with pytest.raises(errors.InvalidArgument, match=r"from_tensors takes a dict \{name: tensor\} .*" + what):
+            VarBuilder.from_tensors(bad)
+
+
+@pytest.mark.parametrize("ctor", [VarBuilder.from_mmaped_safetensors, VarBuilder.from_npz, VarBuilder.from_pth])
+def test_missing_file_or_directory_is_a_candlejax_error_and_an_oserror(ctor, tmp_path):
+    name = ctor.__name__
+    with pytest.raises(errors.NoSuchFile, match=rf"{name}: no such file: '.*nope'") as ei:
+        ctor(tmp_path / "nope")
+    assert isinstance(ei.value, FileNotFoundError) and isinstance(ei.value, errors.Error)
+    with pytest.raises(errors.IsADirectory, match=rf"{name}: is a directory") as ei:
+        ctor(tmp_path)
+    assert isinstance(ei.value, IsADirectoryError)
+    if ctor is VarBuilder.from_mmaped_safetensors:
+        with pytest.raises(FileNotFoundError):
+            ctor([tmp_path / "a.safetensors"])
+
+
+def test_zeros_get_unchecked_names_the_candlejax_spelling():
+    with pytest.raises(errors.Msg, match=r"does not make sense for `VarBuilder\.zeros\(\)`, use `get\(shape, name\)`"):
+        VarBuilder.zeros().get_unchecked("w")

@@ -195,6 +195,15 @@ def test_idx_errors(tmp_path):
         data.read_idx(p)
 
 
+def test_idx_missing_file_or_directory_is_a_candlejax_oserror(tmp_path):
+    with pytest.raises(cj.errors.NoSuchFile, match=r"read_idx: no such file: '.*nope'") as ei:
+        data.read_idx(tmp_path / "nope")
+    assert isinstance(ei.value, FileNotFoundError)
+    with pytest.raises(IsADirectoryError, match=r"read_idx: is a directory: .*load_mnist\(dir\)") as ei:
+        data.read_idx(tmp_path)
+    assert isinstance(ei.value, cj.Error)
+
+
 def _write_mnist(d, rng, n_train=12, n_test=5, gz=False):
     def put(name, arr):
         if gz:
