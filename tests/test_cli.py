@@ -88,3 +88,33 @@ def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypat
     assert loads == [(True, 0), (False, 2)], loads
     assert len([c for c in jax_compiles if "fused" in c]) == 2, jax_compiles
 
+
+
+def test_ctrl_c_during_import_is_delivered_after_it(monkeypatch):
+    """A SIGINT during `import jax` could land in JAX's GC callback ("Exception ignored ...") and be lost:
+    candlejax notes it while importing, then raises KeyboardInterrupt (a candlejax command line: exit 130)."""
+    import signal
+
+    from candlejax import _sigint
+
+    for argv, raised in ((["python", "-c", "import candlejax"], KeyboardInterrupt),
+                         (["python", "-m", "candlejax", "generate"], SystemExit)):  # fmt: skip
+        monkeypatch.setattr(sys, "orig_argv", argv)
+        _sigint.defer()
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+        sum(range(1000))  # (Python runs handlers between bytecodes)
+        with pytest.raises(raised) as e:
+            _sigint.restore()
+        assert raised is KeyboardInterrupt or e.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _sigint.defer()
+    _sigint.restore()  # nothing noted: nothing raised
+
+
+def test_ctrl_c_while_parsing_exits_130(monkeypatch, capsys):
+    def interrupted(prog="candlejax"):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parser", interrupted)
+    assert cli.main(["generate", "--gguf", "x.gguf"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
