@@ -155,7 +155,7 @@ class TextGeneration:
         if self.pos + len(ids) > self.max_seq_len:
             raise errors.Msg(
                 f"the prompt ({len(ids)} tokens after {self.pos} in the cache) does not fit the cache of"
-                f" {self.max_seq_len} positions; shorten it or raise --max-seq-len"
+                f" {self.max_seq_len} positions; shorten it, reset() the conversation or raise max_seq_len"
             )
         self.model.check_positions(self.pos, len(ids))
         if self.cache is None:
