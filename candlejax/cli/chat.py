@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from candlejax import errors
 from candlejax.cli.generate import Timer, add_model_arguments, compile_then_load, load
 
 
@@ -21,8 +22,14 @@ def run(args: argparse.Namespace) -> int:
     abstract = bool(args.gguf)
     tg = load(args, args.max_seq_len or 2048, abstract=abstract)
     lp = processor_from(args.seed, args.temperature, args.top_k, args.top_p)
+    warm = tg.encode("Hello", chat=True, system=args.system)  # the chat template's preamble and a one-word message
+    if len(warm) >= tg.max_seq_len:
+        raise errors.InvalidArgument(
+            f"--max-seq-len {tg.max_seq_len} is too small for a chat: the chat template's preamble and a one-word"
+            f" message take {len(warm)} tokens; raise it (default 2048)"
+        )
     if abstract:
-        compile_then_load(tg, args, tg.encode("Hello", chat=True, system=args.system), lp)
+        compile_then_load(tg, args, warm, lp)
     interactive = sys.stdin.isatty()
     print(f"chat with {args.gguf or args.model} ({tg.max_seq_len} positions); /reset clears, Ctrl-D quits",
           file=sys.stderr)  # fmt: skip
@@ -40,11 +47,15 @@ def run(args: argparse.Namespace) -> int:
             tg.reset()
             continue
         timer = Timer()
-        for piece in tg.chat_turn(msg, args.n, lp, system=args.system, repeat_penalty=args.repeat_penalty,
-                                  repeat_last_n=args.repeat_last_n):  # fmt: skip
-            timer.tick()
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        try:
+            for piece in tg.chat_turn(msg, args.n, lp, system=args.system, repeat_penalty=args.repeat_penalty,
+                                      repeat_last_n=args.repeat_last_n):  # fmt: skip
+                timer.tick()
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except errors.Error as e:  # a message that does not fit the cache: the session stays open
+            print(f"candlejax chat: error: {e} (/reset to start over)", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
         if tg.generation.finish_reason == "cache_full":

@@ -20,6 +20,9 @@ def _positive(v: str) -> int:
     return n
 
 
+_positive.__name__ = "integer"  # argparse names a bad value by it: "invalid integer value: 'abc'"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="folder with config.json, model.safetensors, tokenizer.json")
     p.add_argument("--dtype", default="f32", help="weight/compute dtype: f32, bf16 or f16")

@@ -12,24 +12,25 @@ from candlejax import errors
 
 
 def _count(lo: int) -> Any:
-    def parse(v: str) -> int:
+    def integer(v: str) -> int:  # argparse names a bad value by this function: "invalid integer value: 'abc'"
         n = int(v)
         if n < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
         return n
 
-    return parse
+    return integer
 
 
 def _number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Any:
-    def parse(v: str) -> float:
+    def number(v: str) -> float:  # "invalid number value: 'abc'"
         x = float(v)
         if not math.isfinite(x) or x < lo or (lo_open and x == lo) or x > hi:
-            bound = f"{'(' if lo_open else '['}{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"must be a number in {bound}, got {v}")
+            rule = (f"a finite number {'>' if lo_open else '>='} {lo}" if hi == math.inf
+                    else f"a number in {'(' if lo_open else '['}{lo}, {hi}]")  # fmt: skip
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
         return x
 
-    return parse
+    return number
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,12 @@ def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None, ab
 
     if (args.top_k is not None or args.top_p is not None) and args.temperature is None:
         raise errors.Msg("--top-k / --top-p need --temperature (without it, decoding is greedy)")
+    if args.gguf and args.dtype is not None:
+        raise errors.InvalidArgument(
+            f"--dtype {args.dtype} applies to --model only: a GGUF file's weights keep their own (quantized) types"
+        )
     if args.gguf:
+        errors.check_file(args.gguf, "--gguf", "pass the .gguf file inside it")
         return TextGeneration.from_gguf(args.gguf, tokenizer=args.tokenizer, max_seq_len=max_seq_len, mesh=mesh,
                                         abstract=abstract)  # fmt: skip
     return TextGeneration.from_pretrained(args.model, dtype=args.dtype, tokenizer=args.tokenizer,

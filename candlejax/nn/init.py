@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from candlejax import errors
 from candlejax import random as _random
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
@@ -42,6 +43,7 @@ __all__ = [
     "NormalOrUniform",
     "Randn",
     "Uniform",
+    "check_init",
 ]
 
 
@@ -97,6 +99,36 @@ def _float_dtype_for_sampling(dt: DType) -> Any:
     return jnp.float64 if dt is DType.F64 else jnp.float32
 
 
+def _check_float(dt: DType, op: str, init: str) -> None:
+    """Candle's ``rand_uniform``/``rand_normal`` raise ``UnsupportedDTypeForOp`` for integer dtypes (a cast
+    of the float samples would give all zeros)."""
+    if not dt.is_float():
+        raise errors.UnsupportedDTypeForOp(
+            dt, op, f"{init} draws floats: give the Var a float dtype, or use Init.Const(v) with an integer v"
+        )
+
+
+def check_init(init: Any, op: str = "get_with_hints") -> None:
+    """Raise ``InvalidArgument`` unless ``init`` is an init (``Init.Const(v)``, ``Init.Randn(mean, stdev)``,
+    ``Init.Uniform(lo, up)``, ``Init.Kaiming(...)``, any object with ``sample``) or ``None`` (``Const(0)``).
+    Candle's ``Init`` is an enum, so a bare number or name is not one."""
+    if init is None or callable(getattr(init, "sample", None)):
+        return
+    if isinstance(init, (int, float, np.number)) and not isinstance(init, bool):
+        hint = f"for a constant, pass Init.Const({float(init)!r})"
+    elif isinstance(init, str):
+        hint = {"randn": "Init.Randn(mean, stdev)", "normal": "Init.Randn(mean, stdev)",
+                "uniform": "Init.Uniform(lo, up)", "kaiming": "DEFAULT_KAIMING_NORMAL or Init.Kaiming(...)",
+                "zeros": "Init.Const(0.0) (ZERO)", "ones": "Init.Const(1.0) (ONE)"}.get(init.lower(), "")  # fmt: skip
+        hint = f"pass {hint}" if hint else ""
+    else:
+        hint = ""
+    raise errors.InvalidArgument(
+        f"{op}: init must be an Init (Init.Const(v), Init.Randn(mean, stdev), Init.Uniform(lo, up),"
+        f" Init.Kaiming(...)), got {init!r} ({type(init).__name__})" + (f"; {hint}" if hint else "")
+    )
+
+
 def _host(a: np.ndarray, dt: DType, device: Any) -> jax.Array:
     """Place a host-sampled array (no XLA compile per shape: model construction stays fast)."""
     return jax.device_put(a.astype(dt.np), Device.coerce(device).jax_device)
@@ -129,6 +161,12 @@ class Const(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any = None) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        if dt.is_int():  # a cast would truncate 0.5 to 0 and wrap -1 to 4294967295 (U32)
+            info, v = np.iinfo(dt.np), self.value
+            if not (math.isfinite(v) and v == int(v) and info.min <= v <= info.max):
+                raise errors.InvalidArgument(
+                    f"Init.Const({v!r}) into a {dt.name} Var: the value must be an integer in [{info.min}, {info.max}]"
+                )
         return _host(np.full(as_shape(shape), self.value), dt, device)
 
 
@@ -141,6 +179,7 @@ class Randn(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        _check_float(dt, "rand_normal", "Init.Randn")
         if isinstance(key, np.random.Generator):
             return _host(key.standard_normal(as_shape(shape)) * self.stdev + self.mean, dt, device)
         a = jax.random.normal(_random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt))
@@ -156,6 +195,7 @@ class Uniform(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        _check_float(dt, "rand_uniform", "Init.Uniform")
         if isinstance(key, np.random.Generator):
             return _host(key.uniform(self.lo, self.up, as_shape(shape)), dt, device)
         a = jax.random.uniform(
@@ -173,9 +213,15 @@ class Kaiming(_InitBase):
     non_linearity: NonLinearity = NonLinearity("relu")
 
     def std(self, shape: Any) -> float:
-        return self.non_linearity.gain() / math.sqrt(self.fan.for_shape(shape))
+        """``gain / sqrt(fan)``; ``inf`` for a zero fan (an empty tensor), as Candle's f64 division."""
+        fan = self.fan.for_shape(shape)
+        return self.non_linearity.gain() / math.sqrt(fan) if fan else math.inf
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        dt = check_width(to_dtype(dtype))
+        _check_float(dt, "rand_normal" if self.dist is NormalOrUniform.Normal else "rand_uniform", "Init.Kaiming")
+        if math.prod(as_shape(shape)) == 0:  # a zero fan: nothing to draw (Candle returns the empty tensor)
+            return _host(np.zeros(as_shape(shape)), dt, device)
         std = self.std(shape)
         if self.dist is NormalOrUniform.Normal:
             return Randn(0.0, std).sample(shape, dtype, device, key)

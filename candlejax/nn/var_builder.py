@@ -32,7 +32,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.io import npy, pth
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
-from candlejax.nn.init import Const
+from candlejax.nn.init import Const, check_init
 from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
 from candlejax.shape import as_shape
@@ -54,6 +54,8 @@ def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise errors.Msg("from_mmaped_safetensors: no files given")
+    for p in paths:  # candlejax errors that are also FileNotFoundError / IsADirectoryError
+        errors.check_file(p, "from_mmaped_safetensors", "pass its *.safetensors files or model.safetensors.index.json")
     return MmapedSafetensors(paths[0] if len(paths) == 1 else paths)
 
 
@@ -169,7 +171,7 @@ class ZerosBackend(SimpleBackend):
         return Const(0.0).sample(shape, dtype, device)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder::zeros`, use `get`.")
+        raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder.zeros()`, use `get(shape, name)`.")
 
 
 class DictBackend(SimpleBackend):
@@ -248,6 +250,7 @@ class NpzBackend(SimpleBackend):
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        errors.check_file(self.path, "from_npz")
         self.npz = npy.NpzTensors(self.path)
 
     def describe(self) -> str:
@@ -272,6 +275,25 @@ class NpzBackend(SimpleBackend):
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
         self.check(path)
         return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+def _tensor_dict(tensors: Any) -> dict[str, Any]:
+    """``from_tensors``' argument as a dict: a mapping as it is, or ``(name, tensor)`` pairs."""
+    if isinstance(tensors, dict):
+        return tensors
+    if hasattr(tensors, "keys") and hasattr(tensors, "__getitem__"):
+        return {k: tensors[k] for k in tensors.keys()}
+    rule = "from_tensors takes a dict {name: tensor} or (name, tensor) pairs"
+    if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):
+        raise errors.InvalidArgument(f"{rule}, got a {type(tensors).__name__}")
+    out: dict[str, Any] = {}
+    for i, item in enumerate(tensors):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise errors.InvalidArgument(f"{rule}; item {i} is {type(item).__name__} {item!r:.60}")
+        if item[0] in out:
+            raise errors.InvalidArgument(f"{rule}; the name {item[0]!r} appears twice")
+        out[item[0]] = item[1]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,8 +361,10 @@ class VarBuilder:
         return VarBuilder(VarMapBackend(varmap), dtype, device)
 
     @staticmethod
-    def from_tensors(tensors: dict[str, Any], dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
-        return VarBuilder(DictBackend(tensors), dtype, device)
+    def from_tensors(tensors: Any, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Tensors (or arrays) by name: a dict, or ``(name, tensor)`` pairs (Candle's
+        ``VarBuilder::from_tensors(HashMap<String, Tensor>, dtype, &dev)``)."""
+        return VarBuilder(DictBackend(_tensor_dict(tensors)), dtype, device)
 
     @staticmethod
     def zeros(dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
@@ -369,6 +393,7 @@ class VarBuilder:
     @staticmethod
     def from_pth(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
         """A ``torch.save``'d state dict, read without executing pickled code (``candlejax.io.pth``)."""
+        errors.check_file(path, "from_pth")
         return VarBuilder(DictBackend(pth.load(path), os.fspath(path)), dtype, device)
 
     @staticmethod
@@ -376,6 +401,7 @@ class VarBuilder:
         path: str | os.PathLike, dtype: Any = DType.F32, key: str = "state_dict", device: Any = None
     ) -> VarBuilder:
         """The state dict stored under ``key`` (e.g. ``"state_dict"``) of a ``torch.save``'d dict."""
+        errors.check_file(path, "from_pth_with_state")
         return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
 
     @staticmethod
@@ -420,9 +446,13 @@ class VarBuilder:
         return self._with(device=device)
 
     def rename_f(self, f: Callable[[str], str]) -> VarBuilder:
-        """Look names up as ``f(path)`` in the backend (the Var keeps the model's path as its name)."""
+        """Look names up as ``f(path)`` in the backend (the Var keeps the model's path as its name).
+
+        Candle's ``vb.rename_f(f)``: chained renames apply the newest first, ``vb.rename_f(f1).rename_f(f2)``
+        looks up ``f1(f2(path))``, as each ``Rename`` backend renames before asking the builder it wraps.
+        """
         prev = self._rename
-        return self._with(rename=f if prev is None else (lambda p: f(prev(p))))
+        return self._with(rename=f if prev is None else (lambda p: prev(f(p))))
 
     rename = rename_f
 
@@ -443,6 +473,7 @@ class VarBuilder:
 
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
+        check_init(init, "VarBuilder.get_with_hints")
         path, key = self._lookup(name)
         if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
             self._reads.add(key)

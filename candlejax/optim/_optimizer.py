@@ -334,16 +334,20 @@ class Optimizer:
 
     # --- Candle's learning-rate API ---------------------------------------------------------
     def learning_rate(self, state: OptState | None = None) -> float:
-        """The current learning rate (Candle's ``learning_rate()``); a schedule needs ``state``."""
+        """The current learning rate (Candle's ``learning_rate()``). With a schedule: at the step of ``state``,
+        by default a bound optimizer's own state (the first step's rate before any step)."""
         if self._lr is None:
             raise errors.OptimizerUsage(
                 f"{self.name}: the learning rate lives inside the optax transform given to from_optax; pass"
                 " learning_rate= to from_optax with an lr-free transform (e.g. optax.scale_by_adam()) to manage it here"
             )
         if callable(self._lr):
+            if state is None and self._vars is not None:  # bound: its own state, as Candle's learning_rate()
+                return float(self._lr(self._state.step if self._state is not None else jnp.zeros((), jnp.int32)))
             if state is None:
                 raise errors.OptimizerUsage(
-                    f"{self.name}: the learning rate follows a schedule; pass the state: learning_rate(state)"
+                    f"{self.name}: the learning rate follows a schedule and this optimizer has no state of its own"
+                    " (it was built without Vars); pass the state: learning_rate(state)"
                 )
             return float(self._lr(state.step))
         return self._lr
@@ -430,7 +434,10 @@ class Optimizer:
         """Apply gradients (from ``cj.grad`` / ``jax.grad``, model-shaped).
 
         * bound (Candle's ``opt.step(&grads)``): ``opt.step(grads)`` updates the Vars in place, matching
-          gradients to Vars by checkpoint name;
+          gradients to Vars by the Var names they carry (what ``cj.grad(loss_fn)(model, ...)`` returns; a
+          list of unnamed arrays is not matched by position, except the one gradient of a one-Var
+          optimizer). As Candle, gradients of other Vars are ignored and the optimizer's Vars without a
+          gradient keep their value and optimizer state; a gradient's shape and dtype must be its Var's;
         * functional: ``model, state = opt.step(model, state, grads)``; the model's parameter buffers
           and ``state`` are donated.
         """
@@ -454,12 +461,28 @@ class Optimizer:
             self._raise_nan(sp, params, sp.rest, state2, None)
         return sp.merge(params), state2
 
-    def _apply(self, params: list[Any], state: OptState, g: list[Any], donate: bool) -> tuple[Any, OptState, bool]:
-        """The compiled update; ``ok`` is False when ``check_finite`` found a non-finite gradient."""
+    def _apply(
+        self, params: list[Any], state: OptState, g: list[Any], donate: bool, unused: tuple[bool, ...] = ()
+    ) -> tuple[Any, OptState, bool]:
+        """The compiled update; ``ok`` is False when ``check_finite`` found a non-finite gradient.
+
+        With ``unused`` (one flag per parameter), ``g`` holds the gradients of the used parameters only;
+        the others keep their value and optimizer state, as Candle skips a Var without a gradient."""
         if self._step_fn is None:
-            f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
-            self._step_fn = {True: jax.jit(f, donate_argnums=(0, 1)), False: jax.jit(f)}
-        new_params, state2, ok = self._step_fn[donate](params, state, g, self._lr_arg())
+            self._step_fn = {}
+        fn = self._step_fn.get((donate, unused))
+        if fn is None:
+            if any(unused):
+                def f(p, s, g, lr):
+                    it = iter(g)
+                    full = [jnp.zeros_like(x) if u else next(it) for x, u in zip(p, unused)]
+                    new_p, new_s, ok = self._guarded(p, s, full, lr, None)
+                    new_p = [x if u else y for x, y, u in zip(p, new_p, unused)]
+                    return new_p, _keep_param_state(new_s, s, list(unused)), ok
+            else:
+                f = lambda p, s, g, lr: self._guarded(p, s, g, lr, None)  # noqa: E731
+            fn = self._step_fn[(donate, unused)] = jax.jit(f, donate_argnums=(0, 1)) if donate else jax.jit(f)
+        new_params, state2, ok = fn(params, state, g, self._lr_arg())
         return new_params, state2, not (self.check_finite and not bool(ok))
 
     def backward_step(self, loss_fn: Callable[..., Any], model: Any = _MISSING, *args: Any) -> Any:
@@ -637,7 +660,7 @@ class Optimizer:
         if self._trained is None:
             self._trained = handles
             self._state = self._init_params(params)
-        elif handles != self._trained:
+        elif tuple(map(id, handles)) != tuple(map(id, self._trained)):  # Var == Var would compare values
             if {id(h) for h in handles} == {id(h) for h in self._trained} and len(handles) == len(self._trained):
                 what = "in another order"
             else:
@@ -690,45 +713,63 @@ class Optimizer:
                 f"{self.name} was built without Vars: use model, state = opt.step(model, state, grads), or build it"
                 f" with the Vars ({self.name}(varmap.all_vars(), ...))"
             )
-        if isinstance(grads, (list, tuple)) and len(grads) == len(self._vars) and all(
-            hasattr(g, "shape") for g in grads
-        ):
-            handles, g = self._vars, [unwrap(x) for x in grads]
-        else:
-            from candlejax.nn.module import named_vars
+        from candlejax.nn.module import named_vars
 
-            by_name = {v.name: v for v in self._vars}
-            gv = named_vars(grads)
-            missing = [n for n in gv if n not in by_name]
-            if not gv:  # "the gradients of nothing match no Var" said nothing about what was passed
-                got = (f"a dict with keys {list(grads)[:3]} and no Var among its values" if isinstance(grads, dict)
-                       else f"a {type(grads).__name__} holding no named Var")  # fmt: skip
-                raise errors.OptimizerUsage(
-                    f"{self.name}.step(grads): found no named gradient in {got}: gradients are matched to this"
-                    " optimizer's Vars by the Var names they carry; pass what cj.grad(loss_fn)(model, ...) returns"
-                    f" for a model built from the optimizer's VarMap, or a list of {len(self._vars)} gradients in"
-                    " the order of its Vars"
-                )
-            if missing:
-                raise errors.OptimizerUsage(
-                    f"{self.name}.step(grads): the gradients of {missing[:3] or 'nothing'} match no Var of this"
-                    " optimizer by name; pass what cj.grad(loss_fn)(model, ...) returns for a model built from"
-                    " the optimizer's VarMap"
-                )
-            handles = tuple(by_name[n] for n in gv)
-            g = [unwrap(x) for x in gv.values()]
-            if self._trained is not None and set(map(id, handles)) == set(map(id, self._trained)):
-                order = {id(h): i for i, h in enumerate(handles)}
-                g = [g[order[id(h)]] for h in self._trained]
-                handles = self._trained
-        for h, x in zip(handles, g):
+        gv = named_vars(grads)
+        if not gv and isinstance(grads, (list, tuple)) and len(grads) == 1 == len(self._vars) and hasattr(
+            grads[0], "shape"
+        ):  # one unnamed gradient for a one-Var optimizer: nothing to confuse it with
+            gv = {self._vars[0].name: grads[0]}
+        if not gv:  # "the gradients of nothing match no Var" said nothing about what was passed
+            if isinstance(grads, dict):
+                got = f"a dict with keys {list(grads)[:3]} and no Var among its values"
+            elif isinstance(grads, (list, tuple)):
+                got = f"a {type(grads).__name__} of {len(grads)} unnamed arrays (not matched by position)"
+            else:
+                got = f"a {type(grads).__name__} holding no named Var"
+            raise errors.OptimizerUsage(
+                f"{self.name}.step(grads): found no named gradient in {got}: gradients are matched to this"
+                " optimizer's Vars by the Var names they carry (Candle's GradStore is keyed by Var); pass what"
+                " cj.grad(loss_fn)(model, ...) returns for a model built from the optimizer's Vars"
+            )
+        by_name = {v.name: v for v in self._vars}
+        if not any(n in by_name for n in gv):
+            raise errors.OptimizerUsage(
+                f"{self.name}.step(grads): the gradients of {list(gv)[:3]} match none of this optimizer's Vars"
+                f" ({', '.join(list(by_name)[:3])}{', ...' if len(by_name) > 3 else ''}) by name; pass what"
+                " cj.grad(loss_fn)(model, ...) returns for a model built from the optimizer's Vars"
+            )
+        # Candle: `for var in vars { if let Some(grad) = grads.get(var) { .. } }`: gradients of other Vars are
+        # ignored, and this optimizer's Vars without a gradient keep their value and optimizer state
+        got = {id(by_name[n]): x for n, x in gv.items() if n in by_name}
+        handles = self._trained
+        if handles is None:  # the gradients' (the model's) order, as backward_step on that model would take
+            first = {id(by_name[n]): by_name[n] for n in gv if n in by_name}
+            handles = (*first.values(), *(h for h in self._vars if id(h) not in first))
+        held = {id(h) for h in handles}
+        stray = [h.name for h in self._vars if id(h) in got and id(h) not in held]
+        if stray:
+            raise errors.OptimizerUsage(
+                f"{self.name}.step(grads): the first step trained {len(handles)} of this optimizer's Vars, without"
+                f" {stray[:3]}; a bound optimizer keeps one state for one set of Vars: create one optimizer per"
+                " model (or per set of trained Vars)"
+            )
+        unused = tuple(id(h) not in got for h in handles)
+        g = [unwrap(got[id(h)]) for h in handles if id(h) in got]
+        for h, x in zip((h for h in handles if id(h) in got), g):
             if tuple(x.shape) != tuple(h.shape):
                 raise errors.UnexpectedShape(f"{self.name}.step: gradient of {h.name} has the wrong shape", h.shape,
                                              x.shape)  # fmt: skip
+            if x.dtype != h._a.dtype:  # Candle: "dtype mismatch in sub" (an f16 gradient into an f32 Var)
+                raise errors.UnexpectedDType(
+                    to_dtype(h._a.dtype), to_dtype(x.dtype),
+                    f"{self.name}.step: gradient of {h.name} has another dtype than its Var (convert it with"
+                    " .to_dtype(...), or compute the loss on the Var's dtype)",
+                )
         params = [h._a for h in handles]
         state = self._bound_state(tuple(handles), params)
         donate = self.donate and not _aliased(params, state, g)
-        new_params, state2, ok = self._apply(params, state, g, donate)
+        new_params, state2, ok = self._apply(params, state, g, donate, unused if any(unused) else ())
         for h, p in zip(handles, new_params):  # when not ok: the values from before the step
             h._a = p
         self._state = state2

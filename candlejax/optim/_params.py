@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from candlejax import errors
+from candlejax.dtype import to_dtype
 from candlejax.tensor._core import TensorBase, unwrap
 
 
@@ -225,4 +226,10 @@ def grads_as_params(sp: Split, grads: Any) -> list[Any]:
     for g, p, name in zip(out, sp.params, sp.names):
         if getattr(g, "shape", None) != p.shape:
             raise errors.UnexpectedShape(f"optimizer step: gradient of {name} has the wrong shape", p.shape, g.shape)
+        if g.dtype != p.dtype:  # Candle: "dtype mismatch in sub" (an f16 gradient into an f32 Var)
+            raise errors.UnexpectedDType(
+                to_dtype(p.dtype), to_dtype(g.dtype),
+                f"optimizer step: gradient of {name} has another dtype than its parameter"
+                " (convert it with .to_dtype(...))",
+            )
     return out

@@ -21,7 +21,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models import bert, hub
-from candlejax.nn import VarBuilder, pack_linears
+from candlejax.nn import VarBuilder, check_token_ids, pack_linears
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
 
@@ -56,6 +56,13 @@ def resolve_model_dir(path: str | os.PathLike) -> str:
     return str(hub.resolve_root(path))
 
 
+def _positive(v: Any, what: str) -> int:
+    """``v`` as a positive int, else ``InvalidArgument`` naming ``SentenceEmbedder``'s argument."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise errors.InvalidArgument(f"SentenceEmbedder: {what} must be a positive int, got {v!r}")
+    return int(v)
+
+
 def _bucket(n: int, buckets: Sequence[int]) -> int:
     for b in buckets:
         if n <= b:
@@ -77,13 +84,15 @@ class SentenceEmbedder:
     SEQ_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
 
     def __init__(
-        self, model: bert.BertModel, tokenizer: Any, max_length: int = 512, normalize: bool = True, batch_size: int = 32
-    ):
+        self, model: bert.BertModel, tokenizer: Any, max_length: int | None = 512, normalize: bool = True,
+        batch_size: int = 32,
+    ):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
-        self.max_length = min(int(max_length), model.config.max_position_embeddings)
+        limit = model.config.max_position_embeddings
+        self.max_length = limit if max_length is None else min(_positive(max_length, "max_length"), limit)
         self.normalize = bool(normalize)
-        self.batch_size = int(batch_size)
+        self.batch_size = _positive(batch_size, "batch_size")
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
 
@@ -144,8 +153,19 @@ class SentenceEmbedder:
         return ids, types, mask
 
     def embed_tokens(self, ids: Any, type_ids: Any, mask: Any) -> np.ndarray:
-        """Pooled embeddings for already tokenised ``(N, S)`` arrays, in chunks of ``batch_size`` rows."""
+        """Pooled embeddings for already tokenised ``(N, S)`` arrays, in chunks of ``batch_size`` rows.
+        The ids, token types and mask are checked as ``BertModel.forward`` checks them (ids in the vocabulary,
+        one shape)."""
         ids, type_ids, mask = (np.asarray(unwrap(t)) for t in (ids, type_ids, mask))
+        what = "SentenceEmbedder.embed_tokens"
+        if ids.ndim != 2:
+            raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, f"{what}: ids (batch, seq)")
+        for name, t in (("token_type_ids", type_ids), ("mask", mask)):
+            if t.shape != ids.shape:
+                raise errors.UnexpectedShape(f"{what}: {name} must match the ids", ids.shape, t.shape)
+        cfg = self.model.config
+        check_token_ids(ids, cfg.vocab_size, f"{what} ids")  # the lookup clamps ids it cannot check
+        check_token_ids(type_ids, cfg.type_vocab_size, f"{what} token_type_ids")
         n = ids.shape[0]
         out = []
         bbuckets = [1 << i for i in range(max(1, self.batch_size).bit_length()) if (1 << i) < self.batch_size]
@@ -167,6 +187,16 @@ class SentenceEmbedder:
         """A batch of strings -> ``(N, hidden_size)`` f32 Tensor (L2-normalised unless the folder says not)."""
         if isinstance(sentences, str):
             sentences = [sentences]
+        elif hasattr(sentences, "__iter__") and not isinstance(sentences, (bytes, bytearray, dict)):
+            sentences = list(sentences)
+        else:
+            sentences = [sentences]
+        bad = [x for x in sentences if not isinstance(x, str)]
+        if bad:  # the tokenizers library's TypeError named none of this
+            raise errors.InvalidArgument(
+                "SentenceEmbedder.embed takes a str or a sequence of str (embed(['a sentence', ...])), got"
+                f" {bad[0]!r:.60} ({type(bad[0]).__name__})"
+            )
         return Tensor.from_numpy(self.embed_tokens(*self.tokenize(sentences)))
 
     __call__ = embed

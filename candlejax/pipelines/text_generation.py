@@ -18,8 +18,11 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from candlejax import errors
 from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, compile_generation, generate
+from candlejax.tensor import unwrap
 
 __all__ = ["TextGeneration", "processor_from", "sampling_from"]
 
@@ -50,7 +53,14 @@ class TextGeneration:
         self.tokenizer = tokenizer
         eos = list(eos_token_ids) if eos_token_ids is not None else list(getattr(tokenizer, "eos_token_ids", []))
         self.eos_token_ids = list(dict.fromkeys([*eos, *model.config.eos_token_ids]))
-        self.max_seq_len = min(int(max_seq_len or model.max_position_embeddings), model.max_position_embeddings)
+        if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
+                                        or max_seq_len <= 0):  # 0 meant "the default" (falsy)  # fmt: skip
+            raise errors.InvalidArgument(
+                f"TextGeneration: max_seq_len must be a positive int (None: the model's"
+                f" {model.max_position_embeddings} positions), got {max_seq_len!r}"
+            )
+        limit = model.max_position_embeddings
+        self.max_seq_len = limit if max_seq_len is None else min(int(max_seq_len), limit)
         self.cache: Any = None
         self.pos = 0
         self.generation: Any = None
@@ -68,8 +78,11 @@ class TextGeneration:
         from candlejax.models import quantized_llama
         from candlejax.tokenizer import load_tokenizer
 
-        if not os.path.isfile(path):
-            raise errors.Msg(f"no such file: {os.fspath(path)!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise errors.InvalidArgument(
+                f"TextGeneration.from_gguf: path must be a str or os.PathLike naming a .gguf file, got {path!r}"
+            )
+        errors.check_file(path, "TextGeneration.from_gguf", "pass the .gguf file inside it")
         # mesh: tensor-parallel
         model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh, abstract=abstract)
         return TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
@@ -91,6 +104,10 @@ class TextGeneration:
 
     def encode(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
         """Prompt ids (wrapped in the chat template with ``chat``); never empty."""
+        if not isinstance(prompt, str):  # the tokenizers library's TypeError named none of this
+            raise errors.InvalidArgument(
+                f"TextGeneration.encode takes a str prompt, got {prompt!r:.60} ({type(prompt).__name__})"
+            )
         tok = self.tokenizer
         if chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -122,16 +139,23 @@ class TextGeneration:
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                repeat_last_n: int = 64, continue_cache: bool = False) -> Iterator[str]:  # fmt: skip
-        """Generate after ``ids``, yielding decoded text pieces. With ``continue_cache``, ``ids``
-        follow the previous call's tokens in the same cache (a chat). A prompt that does not fit
-        the cache raises; a full cache ends with ``generation.finish_reason == "cache_full"``."""
+        """Generate after ``ids`` (token ids, or a str prompt, encoded with :meth:`encode`), yielding decoded text
+        pieces; ``max_new_tokens`` >= 0. With ``continue_cache``, ``ids`` follow the previous call's tokens in the
+        same cache (a chat). A prompt that does not fit the cache raises; a full cache ends with
+        ``generation.finish_reason == "cache_full"``. (Candle's ``TextGeneration::run(prompt, sample_len)``.)"""
+        ids = _check_stream_args(self, ids, max_new_tokens)
+        return self._stream(ids, max_new_tokens, processor, repeat_penalty=repeat_penalty,
+                            repeat_last_n=repeat_last_n, continue_cache=continue_cache)  # fmt: skip
+
+    def _stream(self, ids: list[int], max_new_tokens: int, processor: Any, *, repeat_penalty: float,
+                repeat_last_n: int, continue_cache: bool) -> Iterator[str]:  # fmt: skip
         if not continue_cache or self.cache is None:
             self.cache, self.pos, self.history = None, 0, []
         ids = [*(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
         if self.pos + len(ids) > self.max_seq_len:
             raise errors.Msg(
                 f"the prompt ({len(ids)} tokens after {self.pos} in the cache) does not fit the cache of"
-                f" {self.max_seq_len} positions; shorten it or raise --max-seq-len"
+                f" {self.max_seq_len} positions; shorten it, reset() the conversation or raise max_seq_len"
             )
         self.model.check_positions(self.pos, len(ids))
         if self.cache is None:
@@ -176,6 +200,24 @@ class TextGeneration:
         ids = tok.encode(text, add_special_tokens=False)
         yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
         self.messages = [*msgs, {"role": "assistant", "content": tok.decode(self.generation.tokens)}]
+
+
+def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:
+    """``stream``'s arguments checked when it is called (a generator body runs only at the first ``next``)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise errors.InvalidArgument(
+            f"TextGeneration.stream: max_new_tokens must be an int >= 0, got {max_new_tokens!r}"
+        )
+    if isinstance(ids, str):
+        return tg.encode(ids)
+    ids = list(unwrap(ids).reshape(-1).tolist()) if hasattr(ids, "shape") else list(ids)
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+    if bad:
+        raise errors.InvalidArgument(
+            f"TextGeneration.stream takes token ids (tg.encode(prompt)) or a str prompt, got {bad[0]!r:.40}"
+            f" ({type(bad[0]).__name__}) among the ids"
+        )
+    return [int(t) for t in ids]
 
 
 def _common_prefix_len(a: str, b: str) -> int:

@@ -20,6 +20,7 @@ as transformers' ``WhisperFeatureExtractor`` pads; ``mel_padding="mel"`` sets th
 from __future__ import annotations
 
 import functools
+import math
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -328,8 +329,8 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     if mel_padding not in ("audio", "mel"):
         raise errors.Msg(f"whisper: mel_padding must be 'audio' or 'mel', got {mel_padding!r}")
     temps = (float(temperature),) if isinstance(temperature, (int, float)) else tuple(float(t) for t in temperature)
-    if not temps or any(t < 0 for t in temps):
-        raise errors.Msg(f"whisper: temperatures must be >= 0, got {temperature!r}")
+    if not temps or not all(math.isfinite(t) and t >= 0 for t in temps):  # (NaN passed `t < 0`)
+        raise errors.Msg(f"whisper: temperatures must be finite numbers >= 0, got {temperature!r}")
     dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task)
     tok = dec.tok
     src = _source(path_or_pcm)

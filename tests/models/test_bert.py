@@ -280,6 +280,29 @@ def test_minilm_forward_matches_candle_pyo3(embedder):
     np.testing.assert_allclose(got[keep], ref[keep], atol=2e-4)
 
 
+def test_sentence_embedder_checks_its_arguments(embedder):
+    from candlejax import errors
+    from candlejax.pipelines import SentenceEmbedder
+
+    for kw, what in (({"batch_size": -1}, "batch_size"), ({"batch_size": 0}, "batch_size"),
+                     ({"max_length": 0}, "max_length")):  # fmt: skip
+        with pytest.raises(errors.InvalidArgument, match=rf"SentenceEmbedder: {what} must be a positive int"):
+            SentenceEmbedder(embedder.model, embedder.tokenizer, **kw)
+    assert SentenceEmbedder(embedder.model, embedder.tokenizer, max_length=None).max_length == 512
+    for bad in (None, [1, 2], ["a", None]):
+        with pytest.raises(errors.InvalidArgument, match="embed takes a str or a sequence of str"):
+            embedder.embed(bad)
+    ids, types, mask = embedder.tokenize(["hello world", "x"])
+    for pos, v in ((30527, 30527), (-1, -1)):  # out of the vocabulary: the lookup clamped it silently
+        bad = ids.copy()
+        bad[0, 1] = pos
+        with pytest.raises(errors.InvalidIndex, match=rf"embed_tokens ids invalid index {v} with dim size 30522"):
+            embedder.embed_tokens(bad, types, mask)
+    with pytest.raises(errors.UnexpectedShape, match=r"embed_tokens: mask must match the ids, expected: \[2, 16\]"):
+        embedder.embed_tokens(ids, types, np.concatenate([mask, mask[:1]]))
+    assert embedder.embed_tokens(ids[:0], types[:0], mask[:0]).shape == (0, 384)
+
+
 def test_cli_prints_embeddings():
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "candlejax.models.bert", "embed", "--model", str(MINILM), "--json", "I love pasta",

@@ -107,6 +107,29 @@ def test_chat_turns_continue_the_cache_like_transformers(ours, hf):
     assert second.tokens == (ref[: ref.index(2)] if 2 in ref else ref)  # 2: <|im_end|>, the EOS (not yielded)
 
 
+def test_text_generation_checks_its_arguments(ours, tmp_path):
+    from candlejax import errors
+    from candlejax.pipelines import TextGeneration
+
+    for msl in (0, -1):  # 0 meant "the model's default" (falsy)
+        with pytest.raises(errors.InvalidArgument, match=rf"max_seq_len must be a positive int .*got {msl}"):
+            TextGeneration(ours, ours.tokenizer, max_seq_len=msl)
+    tg = TextGeneration(ours, ours.tokenizer, max_seq_len=64)
+    with pytest.raises(errors.InvalidArgument, match="encode takes a str prompt, got 123"):
+        tg.encode(123)
+    with pytest.raises(errors.InvalidArgument, match="max_new_tokens must be an int >= 0, got -1"):
+        tg.stream([1, 2], -1)
+    with pytest.raises(errors.InvalidArgument, match=r"stream takes token ids \(tg.encode\(prompt\)\) or a str"):
+        tg.stream([1.5], 3)
+    assert "".join(tg.stream([1, 2], 0)) == ""
+    "".join(tg.stream("The capital of France is", 2, Sampling.ArgMax()))  # a str prompt is encoded
+    assert tg.generation.prompt.shape[-1] >= len(tg.encode("The capital of France is"))
+    with pytest.raises(errors.InvalidArgument, match="from_gguf: path must be a str"):
+        TextGeneration.from_gguf(None)
+    with pytest.raises(IsADirectoryError, match="from_gguf: is a directory"):
+        TextGeneration.from_gguf(tmp_path)
+
+
 def test_stateful_forward_loop_matches_generate(ours):
     ids = ours.tokenizer.encode(PROMPTS[0])
     logits = ours.forward(jnp.asarray([ids], jnp.uint32), 0)

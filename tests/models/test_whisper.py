@@ -341,3 +341,10 @@ def test_log_mel_spectrogram_underscore_follows_candle(speed_up):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     f32 = wa.log_mel_spectrogram_(samples.astype(np.float32), filters, 16, 64, 3, speed_up)
     assert f32.dtype == np.float32
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), (0.0, float("nan")), -0.5, ()])
+def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(tiny, temperature):
+    _, m = tiny  # NaN passed the `t < 0` check and decoded anyway
+    with pytest.raises(errors.Msg, match="whisper: temperatures must be finite numbers >= 0"):
+        next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))

@@ -470,3 +470,99 @@ def test_bound_step_errors_say_what_was_wrong():
     # a dict of plain Tensors said "the gradients of nothing match no Var of this optimizer by name"
     with pytest.raises(errors.OptimizerUsage, match=r"found no named gradient in a dict with keys \['lin.weight'\]"):
         opt.step({"lin.weight": cj.Tensor.new(np.ones((1, 2), np.float32))})
+
+
+def test_bound_step_updates_only_its_vars_that_have_a_gradient_as_candle(rng):
+    """Candle's ``step(&grads)``: ``for var in vars { if let Some(grad) = grads.get(var) { .. } }``. Gradients of
+    Vars the optimizer does not hold are ignored; its Vars without a gradient keep value and state (float64
+    AdamW by Candle's formula, one global step count)."""
+    from candlejax import Device, DType, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    model = {"a": nn.linear(3, 2, vb.pp("a")), "b": nn.linear(3, 2, vb.pp("b")), "c": nn.linear(3, 2, vb.pp("c"))}
+    frozen = {n: np.asarray(v._a).copy() for n, v in vm.data().items() if n.startswith("c.")}
+    ab = [v for n, v in vm.data().items() if not n.startswith("c.")]
+    lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.3
+    opt = O.AdamW(ab, O.ParamsAdamW(lr=lr, weight_decay=wd))
+
+    def loss(m, x, y, heads):
+        return sum((nn.loss.mse(m[h](x), y) for h in heads[1:]), nn.loss.mse(m[heads[0]](x), y))
+
+    theta = {n: np.asarray(v._a, np.float64) for n, v in vm.data().items() if not n.startswith("c.")}
+    mom = {k: np.zeros_like(v) for k, v in theta.items()}
+    vel = {k: np.zeros_like(v) for k, v in theta.items()}
+    for t, heads in enumerate(["abc", "ac", "bc", "a"], start=1):
+        x, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+        sub = {h: model[h] for h in heads}  # gradients for the heads in the loss only (c's are ignored)
+        opt.step(cj.grad(loss)(sub, wrap(jnp.asarray(x, jnp.float32)), wrap(jnp.asarray(y, jnp.float32)), heads))
+        for h in heads.replace("c", ""):
+            w, bias = theta[f"{h}.weight"], theta[f"{h}.bias"]
+            r = 2 * (x @ w.T + bias - y) / y.size
+            for k, g in ((f"{h}.weight", r.T @ x), (f"{h}.bias", r.sum(0))):
+                mom[k] = b1 * mom[k] + (1 - b1) * g
+                vel[k] = b2 * vel[k] + (1 - b2) * g * g
+                step = (mom[k] / (1 - b1**t)) / (np.sqrt(vel[k] / (1 - b2**t)) + eps)
+                theta[k] = theta[k] * (1 - lr * wd) - lr * step
+        for k, want in theta.items():
+            np.testing.assert_allclose(np.asarray(vm.data()[k]._a), want, rtol=1e-5, atol=1e-6, err_msg=f"{t} {k}")
+        for k, want in frozen.items():
+            np.testing.assert_array_equal(np.asarray(vm.data()[k]._a), want)
+    assert int(opt.state.step) == 4
+
+
+def test_bound_step_subset_optimizer_then_backward_step_and_sgd_by_hand(rng):
+    from candlejax import Device, DType, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    model = (nn.linear(3, 4, vb.pp("l1")), nn.linear(4, 2, vb.pp("l2")))
+    x = wrap(jnp.asarray(rng.standard_normal((5, 3)), jnp.float32))
+    y = wrap(jnp.asarray(rng.standard_normal((5, 2)), jnp.float32))
+
+    def loss_fn(m, x, y):
+        return nn.loss.mse(m[1](m[0](x).relu()), y)
+
+    before = {n: np.asarray(v._a).copy() for n, v in vm.data().items()}
+    opt = O.SGD([v for n, v in vm.data().items() if n.startswith("l2.")], 0.1)  # fine-tune the head
+    grads = cj.grad(loss_fn)(model, x, y)  # gradients of l1 too: ignored
+    opt.step(grads)
+    gv = nn.module.named_vars(grads)
+    for n, v in vm.data().items():
+        want = before[n] - 0.1 * np.asarray(gv[n]._a, np.float64) if n.startswith("l2.") else before[n]
+        np.testing.assert_allclose(np.asarray(v._a), want, rtol=1e-6, atol=1e-7)
+    opt.backward_step(loss_fn, model, x, y)  # the same Vars in the model's order: one state
+    np.testing.assert_array_equal(np.asarray(vm.data()["l1.weight"]._a), before["l1.weight"])
+
+
+def test_bound_step_refuses_unnamed_lists_and_other_dtypes():
+    from candlejax import errors
+    from candlejax.nn.module import Var
+
+    a, b = Var(np.zeros((2,), np.float32), "a"), Var(np.zeros((2,), np.float32), "b")
+    opt = O.SGD([a, b], 1.0)
+    g = [wrap(jnp.ones(2)), wrap(jnp.full(2, 2.0))]
+    with pytest.raises(errors.OptimizerUsage, match=r"a list of 2 unnamed arrays \(not matched by position\)"):
+        opt.step(g)  # equal shapes: by position it would silently update the wrong Vars
+    one = O.SGD([Var(np.zeros((2,), np.float32), "w")], 1.0)
+    one.step([wrap(jnp.ones(2))])  # the one gradient of a one-Var optimizer
+    assert one.vars[0].to_vec1() == [-1.0, -1.0]
+    g16 = {"a": Var(np.ones(2, np.float16), "a"), "b": Var(np.ones(2, np.float16), "b")}
+    with pytest.raises(errors.UnexpectedDType, match=r"SGD.step: gradient of a has another dtype .* got: F16"):
+        opt.step(g16)
+    model = {"w": Var(np.zeros(2, np.float32), "w")}
+    with pytest.raises(errors.UnexpectedDType, match=r"gradient of w has another dtype"):
+        O.SGD(0.1).step(model, O.SGD(0.1).init(model), {"w": wrap(jnp.ones(2, jnp.float16))})
+    assert a.to_vec1() == [0.0, 0.0]
+
+
+def test_bound_learning_rate_with_a_schedule_reads_its_own_state():
+    from candlejax.nn.module import Var
+
+    w = Var(np.ones(2, np.float32), "w")
+    opt = O.SGD([w], optax.linear_schedule(1.0, 0.0, 4))
+    assert opt.learning_rate() == 1.0  # Candle's learning_rate() takes no argument
+    opt.backward_step(lambda m: m["w"].sum_all(), {"w": w})
+    assert opt.learning_rate() == pytest.approx(0.75)
+    with pytest.raises(cj.Error, match=r"built without Vars\); pass the state: learning_rate\(state\)"):
+        O.SGD(optax.linear_schedule(1.0, 0.0, 4)).learning_rate()

@@ -259,3 +259,76 @@ def test_varmap_set_one_refuses_another_dtype_and_values_that_do_not_fit():
     assert vm.data()["w"].to_vec1() == [1, 2, 3]
     vm.set([("w", Tensor(np.array([4, 5, 6], np.uint32)))])
     assert vm.data()["w"].to_vec1() == [4, 5, 6]
+
+
+def test_chained_renames_apply_newest_first_as_candle():
+    # Candle's Rename backend renames, then asks the builder it wraps (which applies the older renames)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors({"b": a, "c": a * 10})
+    chained = vb.rename_f(lambda s: s.replace("a", "b")).rename_f(lambda s: s.replace("b", "c"))
+    w = chained.get((2, 3), "a")
+    np.testing.assert_array_equal(np.asarray(w._a), a)  # f1(f2("a")) == "b"
+    assert w.name == "a"
+    assert chained.contains_tensor("a")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "init", "op"),
+    [(DType.U32, Randn(0.0, 1.0), "rand_normal"), (DType.U8, Uniform(-1.0, 1.0), "rand_uniform"),
+     (DType.I32, DEFAULT_KAIMING_NORMAL, "rand_normal"), (DType.U8, DEFAULT_KAIMING_UNIFORM, "rand_uniform")],
+)  # fmt: skip
+def test_random_init_into_integer_dtype_raises_as_candle(dtype, init, op):
+    # Candle's rand_normal / rand_uniform raise for integer dtypes; a cast of the samples gave all zeros
+    with pytest.raises(errors.UnsupportedDTypeForOp, match=rf"unsupported dtype {dtype.name} for op {op}"):
+        VarBuilder.from_varmap(VarMap(), dtype).get_with_hints((4, 4), "r", init)
+
+
+def test_const_init_into_integer_dtype_must_be_an_integer_in_range():
+    vb = VarBuilder.from_varmap(VarMap(), DType.U32)
+    assert vb.get_with_hints((3,), "r", Const(3.0)).to_vec1() == [3, 3, 3]
+    for v in (0.5, -1.0, math.nan):
+        with pytest.raises(errors.InvalidArgument, match=r"Init\.Const\(.*\) into a U32 Var: the value must be an int"):
+            vb.get_with_hints((3,), f"c{v}", Const(v))
+
+
+def test_kaiming_with_a_zero_fan_gives_the_empty_tensor():
+    vb = VarBuilder.from_varmap(VarMap())
+    assert vb.get_with_hints((3, 0), "a", DEFAULT_KAIMING_NORMAL).shape == (3, 0)
+    assert vb.get_with_hints((0, 3), "b", Kaiming(NormalOrUniform.Uniform, FanInOut.FanOut)).shape == (0, 3)
+    assert Kaiming().std((3, 0)) == math.inf  # Candle: gain / (0 as f64).sqrt()
+
+
+@pytest.mark.parametrize(("init", "hint"), [("randn", r"pass Init\.Randn\(mean, stdev\)"),
+                                            (0.5, r"for a constant, pass Init\.Const\(0\.5\)"), ([1], "")])  # fmt: skip
+def test_init_that_is_not_an_init_is_named(init, hint):
+    for vb in (VarBuilder.from_varmap(VarMap()), VarBuilder.zeros()):
+        with pytest.raises(errors.InvalidArgument, match=r"get_with_hints: init must be an Init .*, got .*" + hint):
+            vb.get_with_hints((2,), "w", init)
+
+
+def test_from_tensors_takes_name_tensor_pairs_or_names_the_rule():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors([("w", a), ("b", np.ones(3, np.float32))])
+    np.testing.assert_array_equal(np.asarray(vb.get((2, 3), "w")._a), a)
+    for bad, what in [([("w", a), ("w", a)], "appears twice"), ([a], "item 0"), (3, "got a int"), ("w", "got a str")]:
+        with pytest.raises(errors.InvalidArgument, match=r"from_tensors takes a dict \{name: tensor\} .*" + what):
+            VarBuilder.from_tensors(bad)
+
+
+@pytest.mark.parametrize("ctor", [VarBuilder.from_mmaped_safetensors, VarBuilder.from_npz, VarBuilder.from_pth])
+def test_missing_file_or_directory_is_a_candlejax_error_and_an_oserror(ctor, tmp_path):
+    name = ctor.__name__
+    with pytest.raises(errors.NoSuchFile, match=rf"{name}: no such file: '.*nope'") as ei:
+        ctor(tmp_path / "nope")
+    assert isinstance(ei.value, FileNotFoundError) and isinstance(ei.value, errors.Error)
+    with pytest.raises(errors.IsADirectory, match=rf"{name}: is a directory") as ei:
+        ctor(tmp_path)
+    assert isinstance(ei.value, IsADirectoryError)
+    if ctor is VarBuilder.from_mmaped_safetensors:
+        with pytest.raises(FileNotFoundError):
+            ctor([tmp_path / "a.safetensors"])
+
+
+def test_zeros_get_unchecked_names_the_candlejax_spelling():
+    with pytest.raises(errors.Msg, match=r"does not make sense for `VarBuilder\.zeros\(\)`, use `get\(shape, name\)`"):
+        VarBuilder.zeros().get_unchecked("w")

@@ -195,6 +195,15 @@ def test_idx_errors(tmp_path):
         data.read_idx(p)
 
 
+def test_idx_missing_file_or_directory_is_a_candlejax_oserror(tmp_path):
+    with pytest.raises(cj.errors.NoSuchFile, match=r"read_idx: no such file: '.*nope'") as ei:
+        data.read_idx(tmp_path / "nope")
+    assert isinstance(ei.value, FileNotFoundError)
+    with pytest.raises(IsADirectoryError, match=r"read_idx: is a directory: .*load_mnist\(dir\)") as ei:
+        data.read_idx(tmp_path)
+    assert isinstance(ei.value, cj.Error)
+
+
 def _write_mnist(d, rng, n_train=12, n_test=5, gz=False):
     def put(name, arr):
         if gz:
@@ -500,3 +509,21 @@ def test_tinystories_errors(tmp_path):
     assert ds.num_tokens() == 4
     with pytest.raises(data.DatasetFileError, match=r"data02\.bin holds 0 tokens"):
         data.DatasetRandomIter(ds, False, 2)
+
+
+def test_new2_takes_pairs_only_and_new1_single_tensors():
+    x, y = np.arange(8, dtype=np.float32).reshape(4, 2), np.arange(4, dtype=np.uint32)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"example 0 is a tuple of 3 items; new2 batches \(x, y\)"):
+        list(data.Batcher.new2(((x[i], y[i], y[i]) for i in range(4)), batch_size=2))
+    with pytest.raises(cj.errors.InvalidArgument, match=r"new2: example 0 is a ndarray"):
+        list(data.Batcher.new_r2((x[i] for i in range(4)), batch_size=2))
+    # new1: an example given as a nested list is one tensor, not a tuple of fields
+    (b,) = list(data.Batcher.new1(([np.float32(1), np.float32(2)] for _ in range(2)), batch_size=2))
+    assert b.shape == (2, 2)
+
+
+def test_stream_of_examples_of_different_shapes_names_the_example():
+    ragged = (np.zeros(3 if i != 3 else 4, np.float32) for i in range(4))
+    with pytest.raises(cj.errors.UnexpectedShape, match=r"example 3 cannot be stacked with example 2 of its batch.*"
+                       r"expected: \[3\], got: \[4\]"):  # fmt: skip
+        list(data.Batcher.new1(ragged, batch_size=2))
