@@ -30,7 +30,7 @@ from candlejax.device import Device
 from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors
-from candlejax.nn.init import Const
+from candlejax.nn.init import Const, check_init
 from candlejax.nn.module import DonatedBuffer, Var, as_array, save_safetensors_dict
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
@@ -73,6 +73,7 @@ class VarMap:
                 raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(existing.shape)} <> {fmt_shape(shape)}")
             return existing
         dt = check_width(to_dtype(dtype))
+        check_init(init, "VarMap.get")
         init = Const(0.0) if init is None else init
         a = init.sample(shape, dt, Device.coerce(device), name_rng(self.seed, path))
         v = Var._make(a, path)
@@ -151,6 +152,7 @@ class VarMap:
         those are refused, never wrapped."""
         __tracebackhide__ = True
         p = os.fspath(path)
+        errors.check_file(p, "VarMap.load")
         with MmapedSafetensors(p) as st:
             for name in sorted(self._data):
                 if name not in st:

@@ -332,3 +332,15 @@ def test_missing_file_or_directory_is_a_candlejax_error_and_an_oserror(ctor, tmp
 def test_zeros_get_unchecked_names_the_candlejax_spelling():
     with pytest.raises(errors.Msg, match=r"does not make sense for `VarBuilder\.zeros\(\)`, use `get\(shape, name\)`"):
         VarBuilder.zeros().get_unchecked("w")
+
+
+def test_varmap_get_and_load_name_bad_inits_and_paths(tmp_path):
+    vm = VarMap()
+    with pytest.raises(errors.InvalidArgument, match=r"Init.Randn\(mean, stdev\)"):
+        vm.get((2,), "w", "randn", DType.F32, Device.Cpu)
+    with pytest.raises(errors.NoSuchFile, match="VarMap.load"):
+        vm.load(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError):  # still the built-in error for existing handlers
+        vm.load(tmp_path / "missing.safetensors")
+    with pytest.raises(errors.IsADirectory):
+        vm.load(tmp_path)
