@@ -338,7 +338,7 @@ def test_varmap_get_and_load_name_bad_inits_and_paths(tmp_path):
     vm = VarMap()
     with pytest.raises(errors.InvalidArgument, match=r"Init.Randn\(mean, stdev\)"):
         vm.get((2,), "w", "randn", DType.F32, Device.Cpu)
-    with pytest.raises(errors.NoSuchFile, match="VarMap.load"):
+    with pytest.raises(errors.NoSuchFile, match=r"VarMap\.load"):
         vm.load(tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError):  # still the built-in error for existing handlers
         vm.load(tmp_path / "missing.safetensors")
