@@ -7,6 +7,7 @@ ints (``-1`` == ``D.Minus1``). ``resolve_dim`` turns any of them into a positive
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -114,6 +115,13 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     return out
 
 
+def _is_hole(d: Any) -> bool:
+    """``()`` or ``-1`` (a Python or numpy integer) in a reshape spec."""
+    if isinstance(d, tuple):
+        return d == ()
+    return not isinstance(d, bool) and hasattr(d, "__index__") and operator.index(d) == -1
+
+
 def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[int, ...]:
     """Candle's ``ShapeWithOneHole``: a shape where one entry may be ``()`` (or ``-1``)."""
     if type(spec) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in spec):  # fast path: a plain shape
@@ -126,7 +134,7 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
     if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
         spec = as_shape(spec)
     spec = tuple(spec)
-    holes = [i for i, d in enumerate(spec) if d == () or (isinstance(d, int) and d == -1)]
+    holes = [i for i, d in enumerate(spec) if _is_hole(d)]
     if len(holes) > 1:
         raise errors.InvalidShape(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
     if not holes:
@@ -137,10 +145,11 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
         if n != elem_count:
             raise errors.ShapeMismatch(elem_count, dims)
         return dims
+    spec = tuple(d if i == holes[0] else _dim_int(d, spec) for i, d in enumerate(spec))
     known = 1
     for i, d in enumerate(spec):
         if i != holes[0]:
-            known *= int(d)
+            known *= d
     if known == 0 or elem_count % known:
         shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
         raise errors.InvalidShape(f"cannot reshape tensor with {elem_count} elements to {shown}")

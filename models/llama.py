@@ -375,7 +375,10 @@ class Llama(Module):
 
     def check_positions(self, index_pos: int, seq_len: int) -> None:
         """Raise unless positions ``index_pos .. index_pos + seq_len - 1`` are within ``0 ..
-        max_position_embeddings - 1`` (the rotary tables and the checkpoint's training range)."""
+        max_position_embeddings - 1`` (the rotary tables and the checkpoint's training range);
+        ``index_pos`` must be an integer (Candle's ``usize``: a float is not truncated)."""
+        if isinstance(index_pos, bool) or not isinstance(index_pos, int | np.integer):
+            raise errors.NotAnInteger("llama", "index_pos", index_pos)
         if int(index_pos) < 0:
             raise errors.Msg(f"llama: index_pos must be >= 0, got {index_pos}")
         if int(index_pos) + int(seq_len) > self.max_position_embeddings:
@@ -407,8 +410,8 @@ class Llama(Module):
         b, s = int(t.shape[0]), int(t.shape[1])
         if s == 0:
             raise errors.Msg("llama forward: tokens is empty (batch, 0)")
-        index_pos = int(index_pos)
         self.check_positions(index_pos, s)
+        index_pos = int(index_pos)
         check_token_ids(t, self.config.vocab_size, "llama token ids")
         st = _forward_state(self, cache, index_pos)
         _check_continuation(st, b, index_pos)
@@ -467,8 +470,8 @@ class Llama(Module):
         b, s = int(x.shape[0]), int(x.shape[1])
         if s == 0:
             raise errors.Msg("llama forward_input_embed: input_embed is empty (batch, 0, hidden)")
-        index_pos = int(index_pos)
         self.check_positions(index_pos, s)
+        index_pos = int(index_pos)
         st = _forward_state(self, cache, index_pos)
         _check_continuation(st, b, index_pos)
         c = self._sized_cache(st, b, index_pos, index_pos + s)

@@ -257,6 +257,8 @@ class Llama(Module):
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama2_c forward: x (batch, seq)")
         b, t = int(ids.shape[0]), int(ids.shape[1])
+        if isinstance(index_pos, bool) or not isinstance(index_pos, int | np.integer):
+            raise errors.NotAnInteger("llama2_c forward", "index_pos", index_pos)
         index_pos = int(index_pos)
         if t == 0 or index_pos < 0 or index_pos + t > cfg.seq_len:
             raise errors.Msg(f"llama2_c forward: positions {index_pos}..{index_pos + t - 1} are outside the"

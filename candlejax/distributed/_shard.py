@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from candlejax import errors
 from candlejax.distributed._mesh import ShardingError, axis_size
 from candlejax.quantized import BlockedWeight, PackedWeight, QTensor
 from candlejax.tensor import Tensor, unwrap, wrap
@@ -237,6 +238,8 @@ def resolve(tree: Any, mesh: Mesh, rules: RuleSet) -> list[tuple[str, Any, P]]:
 
 def _place(a: Any, sharding: NamedSharding) -> Any:
     """``a`` (a jax or numpy array) laid out as ``sharding``, also across processes."""
+    if isinstance(a, jax.Array) and a.is_deleted():  # a model a training step consumed
+        raise errors.DeletedBuffer("shard")
     if isinstance(a, jax.Array) and a.sharding == sharding:
         return a
     if jax.process_count() == 1:

@@ -30,3 +30,17 @@ def test_one_device_mesh_trains_like_no_mesh(rules):
             losses.append(float(np.asarray(loss)))
         runs.append(losses)
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6)
+
+
+def test_sharding_a_model_a_step_consumed_names_the_donation():
+    """A model whose buffers a functional step donated: shard raises DeletedBuffer (JAX's raw
+    RuntimeError 'Array has been deleted' before)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 64)).astype(np.float32), rng.integers(0, 10, 8).astype(np.uint32)
+    mesh = cj.distributed.mesh({"data": 1}, jax.devices()[:1])
+    model = Mlp(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    placed = cj.distributed.shard(model, mesh, "replicate")  # already in place: the same buffers
+    opt = cj.optim.AdamW(cj.optim.ParamsAdamW(lr=1e-2))
+    _, _, _ = opt.backward_step(loss_fn, placed, opt.init(placed), x, y)
+    with pytest.raises((cj.errors.DeletedBuffer, cj.errors.DonatedVar)):
+        cj.distributed.shard(model, mesh, "fsdp")

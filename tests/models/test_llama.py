@@ -389,6 +389,9 @@ def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
             list(model.generate(bad, 3))
     with pytest.raises(errors.UnexpectedDType):
         model.forward(np.array([[1.7, 2.2]]), 0)
+    for index_pos in (3.9, True):  # Candle's usize: not truncated (3.9 ran at position 3)
+        with pytest.raises(errors.NotAnInteger, match="index_pos"):
+            model.forward(np.array([[9]]), index_pos)
     model.reset()
     model.forward(np.array([[5, 6, 7]]), 0)
     with pytest.raises(errors.Error, match="holds 3 positions, the tokens start at index_pos 40"):

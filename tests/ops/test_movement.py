@@ -461,3 +461,17 @@ def test_traced_narrow_start_must_be_an_integer_scalar():
         f(x, jnp.float32(1))
     with pytest.raises(errors.NotAnInteger, match="roll: shift must be an int, got a traced int32"):
         jax.jit(lambda t, s: t.roll(s, 0))(x, jnp.int32(1))
+
+
+def test_reshape_takes_numpy_integers_and_their_hole():
+    """numpy integers in a shape, -1 among them, as PyTorch and Candle's usize take them (the hole
+    check compared a numpy int with () and raised numpy's ValueError)."""
+    t = Tensor(np.arange(4.0, dtype=np.float32))
+    assert t.reshape((np.int64(4),)).dims() == (4,)
+    assert t.reshape((2, np.int64(2))).dims() == (2, 2)
+    assert t.reshape((np.int64(2), -1)).dims() == (2, 2)
+    assert t.reshape((2, np.int64(-1))).dims() == (2, 2)
+    assert t.reshape([np.int32(1), np.int64(4)]).dims() == (1, 4)
+    assert t.view((np.int64(2), np.int64(2))).dims() == (2, 2)
+    with pytest.raises(errors.Error, match="dims must be integers"):
+        t.reshape((2.0, -1))
