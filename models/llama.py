@@ -363,8 +363,11 @@ class Llama(Module):
         return int(self.config.max_position_embeddings)
 
     def new_cache(self, batch: int = 1, max_seq_len: int = 512, dtype: Any = None) -> Cache:
-        """A zeroed :class:`Cache` for ``batch`` sequences of up to ``max_seq_len`` positions
-        (default dtype: the model's)."""
+        """A zeroed :class:`Cache` for ``batch`` sequences of up to ``max_seq_len`` positions, in the
+        model's dtype (``dtype``, if given, must be it: the cache holds the keys and values the model
+        computes and is never cast, as Candle's KV caches)."""
+        if dtype is not None and to_dtype(dtype) != self.dtype:
+            raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(dtype), "llama new_cache (model, cache)")
         c = self.config
         dev = _device_of(unwrap(self.rotary.inv_freq))
         cache = Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]

@@ -389,6 +389,8 @@ def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
             list(model.generate(bad, 3))
     with pytest.raises(errors.UnexpectedDType):
         model.forward(np.array([[1.7, 2.2]]), 0)
+    with pytest.raises(errors.DTypeMismatchBinaryOp, match="new_cache"):  # refused when written, before
+        model.new_cache(1, 16, DType.BF16)
     for index_pos in (3.9, True):  # Candle's usize: not truncated (3.9 ran at position 3)
         with pytest.raises(errors.NotAnInteger, match="index_pos"):
             model.forward(np.array([[9]]), index_pos)
