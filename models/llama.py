@@ -60,6 +60,7 @@ from candlejax.nn import (
     RmsNorm,
     RotaryEmbedding,
     StackedKvCache,
+    check_continuation,
     check_token_ids,
     ops,
     rms_norm,
@@ -67,7 +68,7 @@ from candlejax.nn import (
 from candlejax.nn.quantized import scan_layers
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
 from candlejax.nn.var_builder import VarBuilder
-from candlejax.tensor import unwrap, wrap
+from candlejax.tensor import int_arg, unwrap, wrap
 from candlejax.xla import GENERATION_OPTIONS
 
 __all__ = [
@@ -380,8 +381,7 @@ class Llama(Module):
         """Raise unless positions ``index_pos .. index_pos + seq_len - 1`` are within ``0 ..
         max_position_embeddings - 1`` (the rotary tables and the checkpoint's training range);
         ``index_pos`` must be an integer (Candle's ``usize``: a float is not truncated)."""
-        if isinstance(index_pos, bool) or not isinstance(index_pos, int | np.integer):
-            raise errors.NotAnInteger("llama", "index_pos", index_pos)
+        index_pos = int_arg(index_pos, "llama", "index_pos")
         if int(index_pos) < 0:
             raise errors.Msg(f"llama: index_pos must be >= 0, got {index_pos}")
         if int(index_pos) + int(seq_len) > self.max_position_embeddings:
@@ -417,7 +417,8 @@ class Llama(Module):
         index_pos = int(index_pos)
         check_token_ids(t, self.config.vocab_size, "llama token ids")
         st = _forward_state(self, cache, index_pos)
-        _check_continuation(st, b, index_pos)
+        check_continuation("llama forward", st.positions if st.cache is not None else 0,
+                           None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
         # several tokens run in 32-token chunks, the last padded (one compiled program for every
         # prompt length; the padding is causally masked and later tokens overwrite its cache slots)
         padded = prefill_bucket(s) if s > 1 else s
@@ -476,7 +477,8 @@ class Llama(Module):
         self.check_positions(index_pos, s)
         index_pos = int(index_pos)
         st = _forward_state(self, cache, index_pos)
-        _check_continuation(st, b, index_pos)
+        check_continuation("llama forward", st.positions if st.cache is not None else 0,
+                           None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
         c = self._sized_cache(st, b, index_pos, index_pos + s)
         st.cache, st.positions = None, 0  # donated below
         logits, st.cache = _jit_step_embeds(self, c, jnp.asarray(x, self.dtype.jnp), jnp.int32(index_pos))
@@ -500,20 +502,6 @@ class Llama(Module):
         if eos_token_id is None:
             eos_token_id = self.config.eos_token_ids or None
         return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
-
-
-def _check_continuation(st: Any, batch: int, index_pos: int) -> None:
-    """A stateful ``forward`` at ``index_pos`` > 0 continues the held sequence: it may not skip
-    positions (their slots would be attended to) nor change the batch (Candle's ``cat`` fails)."""
-    if index_pos == 0:
-        return
-    held = st.positions if st.cache is not None else 0
-    if index_pos > held:
-        raise errors.Msg(f"llama forward: the cache holds {held} positions, the tokens start at index_pos {index_pos};"
-                         f" continue at {held} or start over at 0")  # fmt: skip
-    if st.cache.batch != batch:
-        raise errors.Msg(f"llama forward: the cache holds batch {st.cache.batch}, the tokens have batch {batch};"
-                         " start a new sequence at index_pos 0")  # fmt: skip
 
 
 def _round_up(n: int, m: int) -> int:

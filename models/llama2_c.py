@@ -38,12 +38,21 @@ from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.llama import Block, CausalSelfAttention, Mlp
 from candlejax.models.utils import build_causal_mask
-from candlejax.nn import Module, RotaryEmbedding, StackedKvCache, embedding, linear_no_bias, rms_norm
+from candlejax.nn import (
+    Module,
+    RotaryEmbedding,
+    StackedKvCache,
+    check_continuation,
+    check_token_ids,
+    embedding,
+    linear_no_bias,
+    rms_norm,
+)
 from candlejax.nn.quantized import dequantized
 from candlejax.nn.rotary import rotary_tables
 from candlejax.nn.var_builder import VarBuilder
 from candlejax.quantized import VarBuilder as QVarBuilder
-from candlejax.tensor import unwrap, wrap
+from candlejax.tensor import int_arg, unwrap, wrap
 
 __all__ = ["HEADER_BYTES", "Cache", "Config", "Llama", "read_config", "reader_name", "step"]
 
@@ -257,9 +266,7 @@ class Llama(Module):
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama2_c forward: x (batch, seq)")
         b, t = int(ids.shape[0]), int(ids.shape[1])
-        if isinstance(index_pos, bool) or not isinstance(index_pos, int | np.integer):
-            raise errors.NotAnInteger("llama2_c forward", "index_pos", index_pos)
-        index_pos = int(index_pos)
+        index_pos = int_arg(index_pos, "llama2_c forward", "index_pos")
         if t == 0 or index_pos < 0 or index_pos + t > cfg.seq_len:
             raise errors.Msg(f"llama2_c forward: positions {index_pos}..{index_pos + t - 1} are outside the"
                              f" rotary tables' 0..{cfg.seq_len - 1} (seq_len)")  # fmt: skip
@@ -271,13 +278,8 @@ class Llama(Module):
             logits, _ = _jit_step(self, cache.cos, cache.sin, kv, ids, jnp.int32(0), pos)
             return wrap(logits)
         kv = cache.kvs
-        if index_pos > cache.n_cached:
-            raise errors.Msg(f"llama2_c forward: the cache holds {cache.n_cached} positions, x starts at index_pos"
-                             f" {index_pos}; continue at {cache.n_cached} or start over at 0")  # fmt: skip
+        check_continuation("llama2_c forward", cache.n_cached, None if kv is None else kv.batch, b, index_pos)
         if kv is None or kv.batch != b:
-            if index_pos != 0:
-                raise errors.Msg(f"llama2_c forward: the cache holds batch {kv.batch if kv else 0}, x has batch {b};"
-                                 f" start a new sequence at index_pos 0")  # fmt: skip
             kv = StackedKvCache.new(cfg.n_layers, b, cfg.n_kv_heads, cfg.seq_len, hs, self.dtype, cache.device)
         cache.kvs, cache.n_cached = None, 0  # donated below
         logits, cache.kvs = _jit_step(self, cache.cos, cache.sin, kv, ids, pos, pos)
@@ -288,15 +290,9 @@ class Llama(Module):
 
 
 def _ids(x: Any, vocab: int) -> Any:
-    """Token ids as an int32 array; out-of-range ids raise (when not traced)."""
+    """Token ids as an int32 array; non-integer or out-of-range ids raise (their values when not traced)."""
     a = unwrap(x)
-    if not isinstance(a, jax.core.Tracer):
-        n = np.asarray(a)
-        if n.dtype.kind not in "iu":
-            raise errors.Msg(f"llama2_c: token ids must be integers, got {n.dtype}")
-        if n.size and (int(n.min()) < 0 or int(n.max()) >= vocab):
-            raise errors.InvalidIndex("llama2_c token ids", int(n.max()) if int(n.max()) >= vocab else int(n.min()),
-                                      vocab)  # fmt: skip
+    check_token_ids(a, vocab, "llama2_c token ids")
     return jnp.asarray(a).astype(jnp.int32)
 
 

@@ -90,7 +90,7 @@ from candlejax.nn.ops import Identity
 from candlejax.nn.rnn import GRU, LSTM, RNN, Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, gru, lstm
 from candlejax.nn.rotary import RotaryEmbedding
 from candlejax.nn.sequential import Func, FuncT, Sequential, func, func_t, seq
-from candlejax.nn.state import HostState
+from candlejax.nn.state import HostState, check_continuation
 from candlejax.nn.var_builder import SimpleBackend, VarBuilder
 from candlejax.nn.var_map import VarMap
 from candlejax.optim import SGD, AdamW, Optimizer, ParamsAdamW  # Candle exports its optimizers from candle_nn
@@ -107,7 +107,8 @@ __all__ = [
     "RmsNorm",
     "RotaryEmbedding", "RotatingCache", "RotatingKvCache", "ScatteredCacheBuilder", "ScatteredKvCache",
     "Sequential", "SimpleBackend", "StackedKvCache", "Var", "VarBuilder",
-    "VarMap", "ZERO", "batch_norm", "check_token_ids", "conv1d", "conv1d_no_bias", "conv2d", "conv2d_no_bias",
+    "VarMap", "ZERO", "batch_norm", "check_continuation", "check_token_ids", "conv1d", "conv1d_no_bias", "conv2d",
+    "conv2d_no_bias",
     "conv_transpose1d", "conv_transpose1d_no_bias", "conv_transpose2d", "conv_transpose2d_no_bias", "embedding",
     "encoding", "func", "func_t", "group_norm", "gru", "init", "layer_norm", "layer_norm_no_bias", "linear", "linear_b",
     "linear_no_bias", "loss", "pack_linears", "lstm", "named_buffers", "named_tensors", "named_vars", "one_hot", "ops",

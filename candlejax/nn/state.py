@@ -1,11 +1,13 @@
 """Host-side state a module keeps between calls (Candle's stateful ``forward`` and its KV cache).
 
-provides: ``HostState``
+provides: ``HostState``, ``check_continuation``
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from candlejax import errors
 
 
 class HostState:
@@ -44,3 +46,18 @@ class HostState:
             st.owner = id(module)
             setattr(module, attr, st)
         return st
+
+
+def check_continuation(op: str, held_positions: int, held_batch: int | None, batch: int, index_pos: int) -> None:
+    """A stateful ``forward(x, index_pos)`` continues the sequence its cache holds: ``index_pos`` 0 starts
+    over, up to ``held_positions`` continues (or rewinds, overwriting the later slots). A gap would
+    attend to slots never written, and another batch needs a new sequence (Candle's concatenating
+    caches fail in ``cat``). ``held_batch``: the cache's batch, ``None`` when there is none."""
+    if index_pos == 0:
+        return
+    if index_pos > held_positions:
+        raise errors.Msg(f"{op}: the cache holds {held_positions} positions, x starts at index_pos {index_pos};"
+                         f" continue at {held_positions} or start over at 0")  # fmt: skip
+    if held_batch != batch:
+        raise errors.Msg(f"{op}: the cache holds batch {held_batch or 0}, x has batch {batch}; start a new sequence"
+                         " at index_pos 0")  # fmt: skip

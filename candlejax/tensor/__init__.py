@@ -84,6 +84,7 @@ jax.tree_util.register_pytree_node(Tensor, _flatten, _unflatten)
 
 unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass through)
 wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)
+int_arg = _core.int_arg  # a position, length or count as an int (floats and bools raise NotAnInteger)
 
 
 class _CallableModule(types.ModuleType):
@@ -96,4 +97,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["Tensor", "unwrap", "wrap"]
+__all__ = ["Tensor", "int_arg", "unwrap", "wrap"]

@@ -396,9 +396,9 @@ def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
             model.forward(np.array([[9]]), index_pos)
     model.reset()
     model.forward(np.array([[5, 6, 7]]), 0)
-    with pytest.raises(errors.Error, match="holds 3 positions, the tokens start at index_pos 40"):
+    with pytest.raises(errors.Error, match="holds 3 positions, x starts at index_pos 40"):
         model.forward(np.array([[9]]), 40)
-    with pytest.raises(errors.Error, match="holds batch 1, the tokens have batch 2"):
+    with pytest.raises(errors.Error, match="holds batch 1, x has batch 2"):
         model.forward(np.array([[9], [9]]), 3)
     cache = llama.Cache.new(True, DType.F32, model.config, Device.Cpu)
     with pytest.raises(errors.Error, match="holds 0 positions"):
