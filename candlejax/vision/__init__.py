@@ -1,7 +1,7 @@
 """``candlejax.vision``: image I/O, transforms, detections and drawing (PIL in, Tensor out).
 
 requires: numpy, PIL, jax.image, candlejax.tensor
-provides: ``load_image``, ``image_to_tensor``, ``resize_center_crop``, ``imagenet_normalize``,
+provides: ``load_image``, ``open_rgb``, ``image_to_tensor``, ``resize_center_crop``, ``imagenet_normalize``,
 ``letterbox``, ``Letterbox``, ``scale_boxes``, ``scale_keypoints``, ``Detections``, ``nms``,
 ``draw_detections``, ``IMAGENET_CLASSES``; transformers' processor steps ``as_image``, ``resize``,
 ``resize_shortest``, ``center_crop``, ``normalize`` (``OPENAI_CLIP_MEAN``, ``OPENAI_CLIP_STD``);
@@ -25,6 +25,7 @@ from candlejax.vision._image import (
     letterbox,
     load_image,
     load_image224,
+    open_rgb,
     resize_center_crop,
     scale_boxes,
     scale_keypoints,
@@ -47,6 +48,6 @@ __all__ = [
     "check_image", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "as_image", "as_pixel_batch", "center_crop", "normalize",
     "resize", "resize_shortest",
     "VisionDataset", "draw_detections", "image_to_tensor", "imagenet_normalize", "letterbox", "load_digits",
-    "load_image", "load_image224", "load_mnist", "nms", "nms_arrays",
+    "load_image", "load_image224", "load_mnist", "nms", "nms_arrays", "open_rgb",
     "resize_center_crop", "scale_boxes", "scale_keypoints",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Image loading and transforms: PIL / numpy in, ``(3, H, W)`` u8 or f32 Tensors out.
 
 requires: numpy, PIL, jax.image, candlejax.tensor
-provides: ``ImageError``, ``load_image``, ``image_to_tensor``, ``resize_center_crop``,
+provides: ``ImageError``, ``open_rgb``, ``load_image``, ``image_to_tensor``, ``resize_center_crop``,
 ``imagenet_normalize``, ``load_image224``, ``Letterbox``, ``letterbox``, ``scale_boxes``,
 ``scale_keypoints``
 """
@@ -9,6 +9,7 @@ provides: ``ImageError``, ``load_image``, ``image_to_tensor``, ``resize_center_c
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -67,20 +68,45 @@ def image_to_tensor(img: Any, device: Device | str | None = None) -> Any:
     return wrap(jax.device_put(chw, Device.coerce(device).jax_device))
 
 
-def load_image(path: str | os.PathLike[str], device: Device | str | None = None) -> Any:
-    """Read an image file as a ``(3, H, W)`` u8 RGB Tensor (Candle's ``candle_examples::load_image``)."""
+def _to_rgb8(im: Any) -> Any:
+    """A decoded PIL image as 8-bit RGB, as the ``image`` crate's ``to_rgb8``.
+
+    Pillow's ``convert("RGB")`` clips 16-bit grey (modes ``I;16*``, and ``I``, which Pillow uses
+    for 16-bit PGM) at 255, turning most of the image white; these are scaled instead, a sample
+    ``v`` becoming ``round(v * 255 / 65535) = (v + 128) // 257`` (values outside ``[0, 65535]``
+    clipped first). Every other mode goes through ``convert("RGB")``.
+    """
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        return Image.fromarray(((v + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
+    """Decode an image file as an 8-bit RGB ``PIL.Image`` (16-bit grey scaled, see :func:`_to_rgb8`);
+    an :class:`ImageError` naming ``where`` and the file when it is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
     p = os.fspath(path)
     if not os.path.isfile(p):
-        raise ImageError(f"load_image: no such file {p!r}")
+        raise ImageError(f"{where}: no such file {p!r}")
     try:
         with Image.open(p) as im:
             im.load()
-            rgb = im.convert("RGB")
+            return _to_rgb8(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"load_image: {p!r} is not a readable image ({type(e).__name__}: {e})") from e
-    return image_to_tensor(rgb, device)
+        raise ImageError(f"{where}: {p!r} is not a readable image ({type(e).__name__}: {e})") from e
+
+
+def load_image(path: str | os.PathLike[str], device: Device | str | None = None) -> Any:
+    """Read an image file as a ``(3, H, W)`` u8 RGB Tensor (Candle's ``candle_examples::load_image``).
+
+    Grey, palette and RGBA files become RGB (alpha dropped); 16-bit grey samples are scaled to 8
+    bits (``(v + 128) // 257``, as Candle's ``to_rgb8``), where Pillow's own conversion clips them.
+    """
+    return image_to_tensor(open_rgb(path, "load_image"), device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,8 +143,10 @@ def _resize_u8(a: np.ndarray, h: int, w: int) -> np.ndarray:
 def resize_center_crop(img: Any, size: int) -> Any:
     """Resize the shorter side to ``size`` (bilinear, antialiased) and crop the centre ``size x size``.
 
-    Candle: ``image.resize_to_fill(size, size, Triangle)``; torchvision: ``Resize(size)`` +
-    ``CenterCrop(size)``. ``(3, H, W)`` u8 -> ``(3, size, size)`` u8 on the same device.
+    Candle: ``image.resize_to_fill(size, size, Triangle)``: the longer side becomes ``long * size /
+    short`` rounded half away from zero (Rust's ``f64::round``; torchvision's ``Resize(size)``
+    truncates instead, so the two differ by a pixel when the fraction is ``>= 0.5``).
+    ``(3, H, W)`` u8 -> ``(3, size, size)`` u8 on the same device.
     """
     from PIL import Image
 
@@ -127,7 +155,7 @@ def resize_center_crop(img: Any, size: int) -> Any:
         raise ImageError(f"resize_center_crop: size must be positive, got {size}")
     h, w = a.shape[1:]
     r = size / min(h, w)
-    nh, nw = max(size, round(h * r)), max(size, round(w * r))
+    nh, nw = max(size, math.floor(h * r + 0.5)), max(size, math.floor(w * r + 0.5))  # f64::round, not round-half-even
     im = Image.fromarray(a.transpose(1, 2, 0)).resize((nw, nh), Image.Resampling.BILINEAR)
     top, left = (nh - size) // 2, (nw - size) // 2
     crop = np.asarray(im)[top : top + size, left : left + size]

@@ -29,6 +29,7 @@ from candlejax.dtype import DType
 from candlejax.nn import Module, VarBuilder
 from candlejax.tensor import Tensor
 from candlejax.transforms import jit
+from candlejax.vision import open_rgb
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
 
 from .image_encoder import ImageEncoderViT
@@ -68,7 +69,9 @@ class Bbox:
 
 def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int | None = IMAGE_SIZE) -> Tensor:
     """An RGB image file as a ``(3, h, w)`` u8 Tensor, its longest side resized to ``resize_longest``
-    (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size)."""
+    (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size). 16-bit grey
+    files are scaled to 8 bits as :func:`candlejax.vision.load_image` does; a missing or unreadable
+    file raises :class:`candlejax.vision.ImageError`."""
     from PIL import Image
 
     if isinstance(device, int) and not isinstance(device, bool):  # Candle's example: load_image(path, Some(1024))
@@ -78,10 +81,7 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
             f" `image = sam.load_image(path, device, resize_longest={device})` here, the original size"
             " `PIL.Image.open(path).size` (w, h)"
         )
-    try:
-        img = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise errors.Msg(f"load_image: cannot read {os.fspath(path)}: {e}") from None
+    img = open_rgb(path, "sam.load_image")
     if resize_longest is not None:
         w, h = img.size
         size = (resize_longest, resize_longest * h // w) if h < w else (resize_longest * w // h, resize_longest)

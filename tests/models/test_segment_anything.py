@@ -230,8 +230,13 @@ def test_load_image_resizes_the_longest_side(tmp_path) -> None:
     np.testing.assert_array_equal(img.numpy(), want)
     tall = sam.load_image(tmp_path / "a.png", cj.Device.Cpu, resize_longest=None)
     assert tall.dims() == (3, 200, 300)
-    with pytest.raises(errors.Error, match=r"cannot read .*missing\.png"):
+    with pytest.raises(errors.Error, match=r"sam.load_image: no such file .*missing\.png"):
         sam.load_image(tmp_path / "missing.png")
+    # 16-bit grey: scaled to 8 bits (the image crate's to_rgb8), not clipped at 255 as Pillow's convert
+    grey16 = (np.arange(12 * 8) * 683).astype(np.uint16).reshape(12, 8)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    g = sam.load_image(tmp_path / "g16.png", cj.Device.Cpu, resize_longest=None).numpy()
+    np.testing.assert_array_equal(g, np.broadcast_to((grey16.astype(np.int64) + 128) // 257, (3, 12, 8)))
 
 
 def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:

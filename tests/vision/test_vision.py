@@ -31,6 +31,19 @@ def test_load_image_roundtrip(tmp_path, astronaut):
     assert vision.load_image(tmp_path / "g.png").shape == (3, 10, 10)
 
 
+def test_load_image_scales_16_bit_grey(tmp_path):
+    # Candle's load_image: the image crate's to_rgb8 maps a 16-bit sample v to round(v * 255 / 65535);
+    # Pillow's convert("RGB") clips at 255 (mode I;16 from PNG / TIFF, mode I from 16-bit PGM)
+    v = (np.arange(12 * 9, dtype=np.int64) * 607).reshape(12, 9)
+    want = np.broadcast_to(np.round(v * 255 / 65535).astype(np.uint8), (3, 12, 9))
+    for ext in ("png", "tif", "pgm"):
+        Image.fromarray(v.astype(np.uint16)).save(tmp_path / f"g.{ext}")
+        np.testing.assert_array_equal(vision.load_image(tmp_path / f"g.{ext}").numpy(), want, err_msg=ext)
+    np.testing.assert_array_equal(vision.open_rgb(tmp_path / "g.png").getpixel((1, 0)), (2, 2, 2))  # 607 -> 2.36
+    with pytest.raises(vision.ImageError, match="load_image: no such file"):
+        vision.open_rgb(tmp_path / "missing.png")
+
+
 def test_bad_images_raise(tmp_path):
     (tmp_path / "t.jpg").write_text("not an image")
     with pytest.raises(vision.ImageError, match="not a readable image"):
@@ -60,6 +73,14 @@ def test_resize_center_crop_and_normalize(astronaut):
     x = vision.imagenet_normalize(out).numpy()
     mean, std = np.array(vision.IMAGENET_MEAN)[:, None, None], np.array(vision.IMAGENET_STD)[:, None, None]
     np.testing.assert_allclose(x, (out.numpy() / 255.0 - mean) / std, atol=1e-5)
+
+
+def test_resize_center_crop_rounds_half_away_from_zero(astronaut):
+    # the image crate's resize_dimensions: (601 * 224 / 448).round() = 300.5 -> 301 (Python's round: 300)
+    a = np.concatenate([astronaut[:448], astronaut[:448, :89]], 1)  # 448 x 601
+    out = vision.resize_center_crop(vision.image_to_tensor(a), 224).numpy().transpose(1, 2, 0)
+    ref = np.asarray(Image.fromarray(a).resize((301, 224), Image.Resampling.BILINEAR))[:, 38:262]
+    np.testing.assert_array_equal(out, ref)
 
 
 @pytest.mark.parametrize("hw", [(300, 451), (512, 512), (640, 200), (7, 1000)])
