@@ -222,7 +222,11 @@ def _gain_pad(lb: Letterbox) -> tuple[float, float, int, int]:
 
 
 def scale_boxes(boxes: Any, lb: Letterbox) -> np.ndarray:
-    """Ultralytics' ``scale_boxes``: xyxy boxes in the letterboxed image -> original pixels (clipped)."""
+    """Ultralytics' ``scale_boxes``: xyxy boxes in the letterboxed image -> original pixels (clipped).
+
+    Each axis is divided by its own resize ratio (``round(w * gain) / w``), where Ultralytics divides
+    both by ``gain``: the letterboxed content's edges map exactly onto the original's (see
+    docs/differences/models-yolo.md)."""
     b = np.array(_np(boxes), np.float32, copy=True)
     gx, gy, px, py = _gain_pad(lb)
     b[..., [0, 2]] = (b[..., [0, 2]] - px) / gx
@@ -234,7 +238,10 @@ def scale_boxes(boxes: Any, lb: Letterbox) -> np.ndarray:
 
 
 def scale_keypoints(kpts: Any, lb: Letterbox) -> np.ndarray:
-    """Ultralytics' ``scale_coords`` on ``(..., K, 2|3)`` keypoints (x, y[, conf]) -> original pixels."""
+    """Ultralytics' ``scale_coords`` on ``(..., K, 2|3)`` keypoints (x, y[, conf]) -> original pixels.
+
+    The same mapping as :func:`scale_boxes` (the letterbox's rounded pad, a ratio per axis), where
+    Ultralytics removes the unrounded pad and divides by ``gain``."""
     k = np.array(_np(kpts), np.float32, copy=True)
     gx, gy, px, py = _gain_pad(lb)
     k[..., 0] = ((k[..., 0] - px) / gx).clip(0, lb.orig_shape[1])
