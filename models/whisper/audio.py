@@ -151,10 +151,30 @@ def log_mel_spectrogram_(samples: Any, filters: Any, fft_size: int, fft_step: in
     return mel.reshape(-1).astype(out_dtype)
 
 
-def pad_or_trim(samples: Any, length: int = N_SAMPLES) -> np.ndarray:
-    """Zero-pad or cut to ``length`` samples (OpenAI's ``pad_or_trim``)."""
-    x = np.asarray(samples, np.float32)
-    return x[:length] if x.shape[0] >= length else np.pad(x, (0, length - x.shape[0]))
+def pad_or_trim(samples: Any, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Zero-pad or cut ``axis`` (the last by default) to ``length`` (OpenAI's ``pad_or_trim``): samples
+    ``(n,)``, channels ``(c, n)`` or a mel ``(n_mels, frames)`` with ``length=N_FRAMES``. f32 out.
+
+    The samples must be floats (integer PCM such as int16 is refused: divide by 32768 first, as
+    :func:`pcm_to_mel` also requires).
+    """
+    x = np.asarray(samples)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise errors.Audio(f"pad_or_trim: expected float samples in [-1, 1], got dtype {x.dtype}"
+                           " (integer PCM: divide by 32768 for int16)")  # fmt: skip
+    if x.ndim == 0:
+        raise errors.Audio("pad_or_trim: expected an array of samples, got a scalar")
+    if int(length) < 0:
+        raise errors.Audio(f"pad_or_trim: length must be >= 0, got {length}")
+    if not -x.ndim <= axis < x.ndim:
+        raise errors.Audio(f"pad_or_trim: axis {axis} is out of range for shape {list(x.shape)}")
+    x, length = x.astype(np.float32, copy=False), int(length)
+    n = x.shape[axis]
+    if n >= length:
+        return np.take(x, np.arange(length), axis=axis)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, length - n)
+    return np.pad(x, pad)
 
 
 def log_mel_window(source: Any, start: int, n_mels: int = 80, n_frames: int = N_FRAMES) -> np.ndarray:

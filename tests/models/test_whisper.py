@@ -144,6 +144,22 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
         wa.pcm_to_mel(80, np.zeros(0, np.float32))
 
 
+def test_pad_or_trim_follows_openai():
+    # OpenAI's pad_or_trim: along the last axis (channels or a mel keep their leading dims)
+    x = np.arange(1, 11, dtype=np.float64).reshape(2, 5)
+    np.testing.assert_array_equal(wa.pad_or_trim(x, 7), np.pad(x, ((0, 0), (0, 2))).astype(np.float32))
+    np.testing.assert_array_equal(wa.pad_or_trim(x, 3), x[:, :3])
+    np.testing.assert_array_equal(wa.pad_or_trim(x, 3, axis=0), np.pad(x, ((0, 1), (0, 0))))
+    y = wa.pad_or_trim(np.ones(5, np.float32))
+    assert y.shape == (wa.N_SAMPLES,) and y.dtype == np.float32 and y.sum() == 5
+    assert wa.pad_or_trim(np.ones(wa.N_SAMPLES + 1, np.float32)).shape == (wa.N_SAMPLES,)
+    # integer PCM would give features of +-32768 samples: refused, as pcm_to_mel refuses it
+    with pytest.raises(errors.Audio, match=r"pad_or_trim: expected float samples .* int16"):
+        wa.pad_or_trim(np.zeros(100, np.int16))
+    with pytest.raises(errors.Audio, match="axis 2 is out of range"):
+        wa.pad_or_trim(x, 3, axis=2)
+
+
 def test_audio_files_and_errors(tmp_path):
     import soundfile as sf
 
