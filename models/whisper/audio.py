@@ -99,7 +99,16 @@ def pcm_to_mel(cfg: Any, samples: Any, filters: Any = None) -> Tensor:
     """
     n_mels = int(cfg if isinstance(cfg, int) else cfg.num_mel_bins)
     x = _check_pcm(samples, "pcm_to_mel")
-    fb = mel_filters(n_mels) if filters is None else np.asarray(filters, np.float64).reshape(n_mels, -1)
+    if filters is None:
+        fb = mel_filters(n_mels)
+    else:
+        fb = np.asarray(filters, np.float64)
+        if fb.size != n_mels * (1 + N_FFT // 2):
+            raise errors.Audio(
+                f"pcm_to_mel: filters of shape {list(fb.shape)} ({fb.size} values); {n_mels} mels need"
+                f" ({n_mels}, {1 + N_FFT // 2}), e.g. mel_filters({n_mels})"
+            )
+        fb = fb.reshape(n_mels, 1 + N_FFT // 2)
     n = x.shape[0] // HOP_LENGTH
     if x.shape[0] <= N_FFT // 2:
         x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))

@@ -142,6 +142,13 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
         wa.pcm_to_mel(80, np.array([0.0, np.nan], np.float32))
     with pytest.raises(errors.Audio, match="0 samples"):
         wa.pcm_to_mel(80, np.zeros(0, np.float32))
+    # filters for another mel count or FFT size: named, not numpy's reshape / matmul error
+    with pytest.raises(errors.Audio, match=r"filters of shape \[128, 201\] .* 80 mels need \(80, 201\)"):
+        wa.pcm_to_mel(80, pcm, wa.mel_filters(128))
+    with pytest.raises(errors.Audio, match=r"filters of shape \[80, 200\]"):
+        wa.pcm_to_mel(80, pcm, np.zeros((80, 200)))
+    np.testing.assert_array_equal(np.asarray(wa.pcm_to_mel(80, pcm, wa.mel_filters(80).reshape(-1))),
+                                  np.asarray(wa.pcm_to_mel(80, pcm)))  # Candle's flat filters
 
 
 def test_pad_or_trim_follows_openai():
