@@ -117,6 +117,26 @@ def test_value_accessors_and_conversions():
         Value.from_python(object())
 
 
+def test_python_float_beyond_f32_raises_instead_of_storing_inf(tmp_path):
+    # gguf-py's writer stores a Python float as FLOAT32 and refuses one that overflows it
+    # (struct.pack's OverflowError); it used to become inf here, silently.
+    big = float(np.finfo(np.float32).max)
+    assert Value.from_python(big).to_f32() == big
+    assert Value.from_python(3.4028235677973362e38).to_f32() == big  # rounds down to the largest f32
+    assert Value.from_python(float("inf")).to_f32() == float("inf")
+    assert Value.from_python(1e-50).to_f32() == 0.0  # underflow rounds, as struct.pack does
+    for v in (1e300, -1e39, 3.4028235677973366e38):
+        with pytest.raises(errors.Gguf, match=r"does not fit in F32.*Value\.f64"):
+            Value.from_python(v)
+    with pytest.raises(errors.Gguf, match=r"metadata 'x.scale': float 1e\+300 does not fit in F32"):
+        gguf.write(tmp_path / "m.gguf", {"x.scale": 1e300}, {})
+    with pytest.raises(errors.Gguf, match="does not fit in F32"):
+        gguf.write(tmp_path / "m.gguf", {"x.list": [1.0, 1e300]}, {})
+    assert not (tmp_path / "m.gguf").exists()
+    gguf.write(tmp_path / "m.gguf", {"x.scale": Value.f64(1e300)}, {})
+    assert gguf.Content.read(tmp_path / "m.gguf").metadata["x.scale"].to_f64() == 1e300
+
+
 def test_custom_alignment_and_sources(tmp_path, rng):
     q = QTensor.quantize(rng.standard_normal((2, 32)).astype(np.float32), GgmlDType.Q4_0)
     p = tmp_path / "a.gguf"
