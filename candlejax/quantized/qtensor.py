@@ -447,6 +447,8 @@ class QMatMul:
             return QMatMul(q.dequantize().jax)
         if _env_flag("CANDLE_DEQUANTIZE_ALL_F16"):
             return QMatMul(q.dequantize_f16().jax)
+        if q.elem_count() == 0:  # nothing to lay out: the block layouts' reshapes need whole rows
+            return QMatMul(q)
         if dt in PACKED_TYPES and native.available() and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(PackedWeight(jnp.asarray(q.raw).reshape(q.shape[0], -1), dt, q.shape))
         if dt in BLOCKED_TYPES and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):

@@ -270,6 +270,19 @@ def test_qmatmul_matches_dequantize_then_matmul(dt, rng):
     np.testing.assert_allclose(np.asarray(yj), np.asarray(y), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4K"])
+def test_qmatmul_empty_weights(dt):
+    # 0 rows or 0 in-features: the block layouts raised Python's ZeroDivisionError from a reshape;
+    # the product is numpy's: x (2, 0) @ W (3, 0)ᵀ = zeros (2, 3), and (2, 0) for W (0, in)
+    dtype = GgmlDType[dt]
+    for (o, i) in ((0, dtype.block_size()), (3, 0), (0, 0)):
+        m = QMatMul.from_qtensor(QTensor.quantize(np.ones((o, i), np.float32), dtype))
+        x = np.ones((2, i), np.float32)
+        ref = x.astype(np.float64) @ np.ones((o, i)).T
+        np.testing.assert_array_equal(np.asarray(m.forward(x)), ref)
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda m, x: m.forward(x).jax)(m, x)), ref)
+
+
 def test_qmatmul_float_weights_are_plain_arrays(rng):
     w = rng.standard_normal((8, 32)).astype(np.float32)
     x = rng.standard_normal((5, 32)).astype(np.float32)
