@@ -978,7 +978,8 @@ def write(
     ``metadata``: ``{key: Value}`` (plain Python values are converted with ``Value.from_python``).
     ``tensors``: ``{name: QTensor}``; F32 / F16 / BF16 arrays or Tensors are stored as such (a 0-d
     array as shape (1,): ggml has no 0-d tensors).
-    Tensor data is aligned to ``general.alignment`` (default 32). ``version`` 1, 2 or 3.
+    Tensor data is aligned to ``general.alignment`` (default 32), a power of two given as any
+    integer type and stored as the U32 that ggml and gguf-py require. ``version`` 1, 2 or 3.
     """
     if version not in (1, 2, 3):
         raise errors.Gguf(f"cannot write GGUF version {version} (supported: 1, 2, 3)")
@@ -996,6 +997,12 @@ def write(
     align = DEFAULT_ALIGNMENT if align_v is None else int(align_v.value)
     if align <= 0 or align & (align - 1):
         raise errors.Gguf(f"general.alignment must be a positive power of two, got {align}")
+    if align_v is not None and align_v.value_type is not ValueType.U32:
+        # ggml and gguf-py accept only a U32 here, Candle only 8- to 32-bit integers (other types:
+        # the default 32, so the tensors would be read at the wrong offsets)
+        if align > _INT_RANGE[ValueType.U32][1]:
+            raise errors.Gguf(f"general.alignment {align} does not fit in U32 (the type ggml reads)")
+        meta = [(k, Value.u32(align) if k == "general.alignment" else v) for k, v in meta]
 
     offsets, off = [], 0
     for _, q in tens:

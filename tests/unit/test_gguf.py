@@ -491,6 +491,25 @@ def test_absurd_dims_next_to_a_zero_are_refused(tmp_path):
     _gguf_error(hdr + b"\0" * (-len(hdr) % 32) + b"\0" * 32, "tensor 'a' has shape [0, 4611686018427387904], too big")
 
 
+@pytest.mark.parametrize("align", [Value.u8(64), Value.u64(64), Value.i32(64), Value.i64(64), 64])
+def test_write_stores_alignment_as_u32(tmp_path, align):
+    # ggml's gguf.cpp and gguf-py accept only a U32 general.alignment ("Bad type for general.alignment
+    # field"); Candle takes 8- to 32-bit ones and reads a U64 one as the default 32, at wrong offsets
+    import gguf as gguf_py
+
+    a = np.arange(8, dtype=np.float32)
+    p = tmp_path / "a.gguf"
+    gguf.write(p, {"general.alignment": align, "pad": "x" * 5}, {"a": a, "b": a[:3]})
+    r = gguf_py.GGUFReader(p)
+    assert r.alignment == 64 and r.fields["general.alignment"].types == [gguf_py.GGUFValueType.UINT32]
+    np.testing.assert_array_equal(r.tensors[1].data, a[:3])
+    ct = gguf.Content.read(p)
+    assert ct.metadata["general.alignment"] == Value.u32(64) and ct.tensor_data_offset % 64 == 0
+    with pytest.raises(errors.Gguf, match=r"general\.alignment 4294967296 does not fit in U32"):
+        # refused before the file is opened (a missing folder): no 4 GiB of padding is written
+        gguf.write(tmp_path / "missing" / "b.gguf", {"general.alignment": Value.u64(2**32)}, {"a": a})
+
+
 def test_write_refuses_what_it_cannot_store(tmp_path):
     p = tmp_path / "w.gguf"
     f32 = np.zeros(4, np.float32)
