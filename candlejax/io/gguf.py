@@ -103,6 +103,8 @@ _NP_OF: dict[ValueType, str] = {
     ValueType.I64: "<i8",
     ValueType.F64: "<f8",
 }
+#: the smallest magnitude that rounds to infinity in f32 (halfway past the largest f32)
+_F32_OVERFLOW = 2.0**128 * (1 - 2.0**-25)
 _INT_RANGE = {
     ValueType.U8: (0, 2**8 - 1),
     ValueType.I8: (-(2**7), 2**7 - 1),
@@ -234,7 +236,10 @@ class Value:
     @staticmethod
     def from_python(v: Any) -> Value:
         """bool -> Bool, int -> U32 / I32 / U64 / I64 (the narrowest that holds it, unsigned first),
-        float -> F32, str -> String, list/tuple -> Array, numpy scalars and 1-D arrays keep their type."""
+        float -> F32, str -> String, list/tuple -> Array, numpy scalars and 1-D arrays keep their type.
+
+        A finite float beyond F32's range raises (gguf-py's writer raises too) instead of becoming
+        ``inf``: store it with ``Value.f64(v)`` or as ``numpy.float64(v)``."""
         if isinstance(v, Value):
             return v
         if isinstance(v, bool | np.bool_):
@@ -249,6 +254,11 @@ class Value:
                     return Value(t, v)
             raise errors.Gguf(f"integer {v} does not fit in a GGUF integer type")
         if isinstance(v, float):
+            if np.isfinite(v) and abs(v) >= _F32_OVERFLOW:
+                raise errors.Gguf(
+                    f"float {v!r} does not fit in F32 (the type of a Python float in GGUF metadata);"
+                    f" store it as Value.f64({v!r})"
+                )
             return Value.f32(v)
         if isinstance(v, str):
             return Value.string(v)
@@ -949,6 +959,13 @@ class _Out:
                     self.value(x, f"{where}[{i}]")
 
 
+def _metadata_value(key: str, v: Any) -> Value:
+    try:
+        return Value.from_python(v)
+    except errors.Gguf as e:
+        raise errors.Gguf(f"metadata {key!r}: {e}") from None
+
+
 def write(
     dest: Any,
     metadata: Mapping[str, Any] | Iterable[tuple[str, Any]] | None,
@@ -961,11 +978,12 @@ def write(
     ``metadata``: ``{key: Value}`` (plain Python values are converted with ``Value.from_python``).
     ``tensors``: ``{name: QTensor}``; F32 / F16 / BF16 arrays or Tensors are stored as such (a 0-d
     array as shape (1,): ggml has no 0-d tensors).
-    Tensor data is aligned to ``general.alignment`` (default 32). ``version`` 1, 2 or 3.
+    Tensor data is aligned to ``general.alignment`` (default 32), a power of two given as any
+    integer type and stored as the U32 that ggml and gguf-py require. ``version`` 1, 2 or 3.
     """
     if version not in (1, 2, 3):
         raise errors.Gguf(f"cannot write GGUF version {version} (supported: 1, 2, 3)")
-    meta = [(_check_name(k, "a metadata key"), Value.from_python(v)) for k, v in _items(metadata)]
+    meta = [(_check_name(k, "a metadata key"), _metadata_value(k, v)) for k, v in _items(metadata)]
     keys = [k for k, _ in meta]
     if len(set(keys)) != len(keys):
         raise errors.Gguf("duplicate metadata keys")
@@ -979,6 +997,12 @@ def write(
     align = DEFAULT_ALIGNMENT if align_v is None else int(align_v.value)
     if align <= 0 or align & (align - 1):
         raise errors.Gguf(f"general.alignment must be a positive power of two, got {align}")
+    if align_v is not None and align_v.value_type is not ValueType.U32:
+        # ggml and gguf-py accept only a U32 here, Candle only 8- to 32-bit integers (other types:
+        # the default 32, so the tensors would be read at the wrong offsets)
+        if align > _INT_RANGE[ValueType.U32][1]:
+            raise errors.Gguf(f"general.alignment {align} does not fit in U32 (the type ggml reads)")
+        meta = [(k, Value.u32(align) if k == "general.alignment" else v) for k, v in meta]
 
     offsets, off = [], 0
     for _, q in tens:

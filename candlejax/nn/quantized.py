@@ -111,7 +111,9 @@ class QLinear(Module):
 
 class QEmbedding(Module):
     """Token embeddings from a quantised ``(vocab, hidden)`` table (Candle's ``quantized_nn::Embedding``):
-    only the looked-up rows are expanded. :meth:`as_linear` reuses the table as a tied LM head."""
+    only the looked-up rows are expanded. :meth:`as_linear` reuses the table as a tied LM head.
+    Ids must be integers; eagerly, one outside ``[0, vocab)`` raises (Candle's ``index_select``),
+    whatever the table's block type; under jit it is clamped."""
 
     def __init__(self, table: QLinear | Any):
         self.table = table if isinstance(table, QLinear) else QLinear(table)
@@ -137,7 +139,7 @@ class QEmbedding(Module):
         return self.table
 
     def forward(self, ids: Any) -> Any:
-        return wrap(unwrap(self.table.embedding(unwrap(ids).astype(jnp.int32))).astype(jnp.float32))
+        return wrap(unwrap(self.table.embedding(ids)).astype(jnp.float32))
 
 
 class QRmsNorm(Module):

@@ -57,7 +57,7 @@ def _dequantize(data: Any, *, dtype: GgmlDType, shape: tuple[int, ...], out: str
 
 @op(static=("dtype", "hidden"))
 def _embedding(data: Any, ids: Any, *, dtype: GgmlDType, hidden: int) -> Any:
-    rows = jnp.take(data, ids.astype(jnp.int32), axis=0)
+    rows = jnp.take(data, ids.astype(jnp.int32), axis=0, mode="clip")
     return dequantize_rows(rows, dtype).reshape(*ids.shape, hidden)
 
 
@@ -265,20 +265,27 @@ class QTensor:
         if self.rank != 2:
             raise errors.UnexpectedNumberOfDims(2, self.rank, self._shape, "embedding")
         rows, hidden = self._shape
-        a = unwrap(ids)
-        if not isinstance(a, jax.Array | jax.core.Tracer):
-            a = jnp.asarray(np.asarray(a))
-        if not jnp.issubdtype(a.dtype, jnp.integer):
-            raise errors.UnexpectedDType("u32", str(a.dtype), "embedding: ids must have an integer dtype")
-        if not isinstance(a, jax.core.Tracer) and a.size:
-            lo, hi = int(jnp.min(a)), int(jnp.max(a))
-            if lo < 0 or hi >= rows:
-                bad = hi if hi >= rows else lo
-                raise errors.Msg(f"embedding id {bad} is out of range for {rows} rows")
+        a = _embedding_ids(ids, rows)
         return wrap(_embedding(self._data, a, dtype=self._dtype, hidden=hidden))
 
     def __repr__(self) -> str:
         return f"QTensor[{errors.fmt_shape(self._shape)}; {self._dtype.name}]"
+
+
+def _embedding_ids(ids: Any, rows: int) -> Any:
+    """``ids`` as an integer array, checked eagerly against a table of ``rows`` rows (Candle's
+    ``index_select`` error); under jit they are left as they are (the gathers clamp)."""
+    a = unwrap(ids)
+    if not isinstance(a, jax.Array | jax.core.Tracer):
+        a = jnp.asarray(np.asarray(a))
+    if not jnp.issubdtype(a.dtype, jnp.integer):
+        raise errors.UnexpectedDType("u32", str(a.dtype), "embedding: ids must have an integer dtype")
+    if not isinstance(a, jax.core.Tracer) and a.size:
+        lo, hi = int(jnp.min(a)), int(jnp.max(a))
+        if lo < 0 or hi >= rows:
+            bad = hi if hi >= rows else lo
+            raise errors.Msg(f"embedding id {bad} is out of range for {rows} rows")
+    return a
 
 
 def _qt_flatten(q: QTensor) -> tuple[tuple[Any], tuple[GgmlDType, tuple[int, ...]]]:
@@ -440,6 +447,8 @@ class QMatMul:
             return QMatMul(q.dequantize().jax)
         if _env_flag("CANDLE_DEQUANTIZE_ALL_F16"):
             return QMatMul(q.dequantize_f16().jax)
+        if q.elem_count() == 0:  # nothing to lay out: the block layouts' reshapes need whole rows
+            return QMatMul(q)
         if dt in PACKED_TYPES and native.available() and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(PackedWeight(jnp.asarray(q.raw).reshape(q.shape[0], -1), dt, q.shape))
         if dt in BLOCKED_TYPES and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
@@ -506,12 +515,18 @@ class QMatMul:
         return wrap(w.astype(jnp.float16))
 
     def embedding(self, ids: Any) -> Any:
+        """Rows ``ids`` of the ``(out, in)`` weight: ``(*ids.shape, in)``, f32 for a quantised weight.
+
+        As :meth:`QTensor.embedding` for every weight layout: eagerly, an id outside ``[0, out)``
+        raises ``embedding id 10 is out of range for 10 rows``; under jit it is clamped.
+        """
         w = self._w
-        if isinstance(w, BlockedWeight | PackedWeight):
-            return wrap(_blocked_rows(w, unwrap(ids).astype(jnp.int32)))
         if isinstance(w, QTensor):
             return w.embedding(ids)
-        return wrap(jnp.take(w, unwrap(ids).astype(jnp.int32), axis=0))
+        a = _embedding_ids(ids, self.shape[0]).astype(jnp.int32)
+        if isinstance(w, BlockedWeight | PackedWeight):
+            return wrap(_blocked_rows(w, a))
+        return wrap(jnp.take(w, a, axis=0, mode="clip"))
 
     def __repr__(self) -> str:
         w = self._w

@@ -226,6 +226,29 @@ def test_qtensor_embedding(rng):
         q.reshape((2, 5, 64)).embedding(np.array([0]))
 
 
+@pytest.mark.parametrize("dt", ["Q4_0", "Q5_0", "Q8_0", "Q4K", "F16", "F32"])
+def test_embedding_ids_out_of_range_raise_for_every_weight_layout(dt, rng):
+    # Candle's quantized_nn::Embedding dequantises the table and index_selects: a bad id is an error.
+    # The packed / blocked layouts clamped it to the last (or first) row, dense ones gave NaN rows.
+    from candlejax.nn.quantized import QEmbedding, QLinear
+
+    q = QTensor.quantize(rng.standard_normal((10, 256)).astype(np.float32), GgmlDType[dt])
+    m = QMatMul.from_qtensor(q)
+    emb = QEmbedding(QLinear.from_qtensor(q))
+    ref = np.asarray(q.dequantize())
+    np.testing.assert_array_equal(np.asarray(emb.forward(np.array([9, 0, 3]))), ref[[9, 0, 3]])
+    for bad in (10, -1):
+        with pytest.raises(errors.Error, match=f"embedding id {bad} is out of range for 10 rows"):
+            m.embedding(np.array([2, bad]))
+        with pytest.raises(errors.Error, match=f"embedding id {bad} is out of range for 10 rows"):
+            emb.forward(Tensor.from_numpy(np.array([bad], np.int32)))
+    with pytest.raises(errors.UnexpectedDType, match="integer"):
+        emb.forward(np.array([1.0], np.float32))
+    # under jit ids are clamped, the same for every layout
+    got = jax.jit(lambda e, i: e.forward(i).jax)(emb, jnp.asarray([12, -3], jnp.int32))
+    np.testing.assert_array_equal(np.asarray(got), ref[[9, 0]])
+
+
 # --- QMatMul -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dt", [GgmlDType.Q4_0, GgmlDType.Q4_1, GgmlDType.Q8_0, GgmlDType.Q4K, GgmlDType.Q6K],
                          ids=lambda d: d.name)
@@ -245,6 +268,19 @@ def test_qmatmul_matches_dequantize_then_matmul(dt, rng):
     # jitted, with the QMatMul as an argument
     yj = jax.jit(lambda m, x: m(x).jax)(m, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(yj), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dt", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4K"])
+def test_qmatmul_empty_weights(dt):
+    # 0 rows or 0 in-features: the block layouts raised Python's ZeroDivisionError from a reshape;
+    # the product is numpy's: x (2, 0) @ W (3, 0)ᵀ = zeros (2, 3), and (2, 0) for W (0, in)
+    dtype = GgmlDType[dt]
+    for (o, i) in ((0, dtype.block_size()), (3, 0), (0, 0)):
+        m = QMatMul.from_qtensor(QTensor.quantize(np.ones((o, i), np.float32), dtype))
+        x = np.ones((2, i), np.float32)
+        ref = x.astype(np.float64) @ np.ones((o, i)).T
+        np.testing.assert_array_equal(np.asarray(m.forward(x)), ref)
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda m, x: m.forward(x).jax)(m, x)), ref)
 
 
 def test_qmatmul_float_weights_are_plain_arrays(rng):

@@ -117,6 +117,26 @@ def test_value_accessors_and_conversions():
         Value.from_python(object())
 
 
+def test_python_float_beyond_f32_raises_instead_of_storing_inf(tmp_path):
+    # gguf-py's writer stores a Python float as FLOAT32 and refuses one that overflows it
+    # (struct.pack's OverflowError); it used to become inf here, silently.
+    big = float(np.finfo(np.float32).max)
+    assert Value.from_python(big).to_f32() == big
+    assert Value.from_python(3.4028235677973362e38).to_f32() == big  # rounds down to the largest f32
+    assert Value.from_python(float("inf")).to_f32() == float("inf")
+    assert Value.from_python(1e-50).to_f32() == 0.0  # underflow rounds, as struct.pack does
+    for v in (1e300, -1e39, 3.4028235677973366e38):
+        with pytest.raises(errors.Gguf, match=r"does not fit in F32.*Value\.f64"):
+            Value.from_python(v)
+    with pytest.raises(errors.Gguf, match=r"metadata 'x.scale': float 1e\+300 does not fit in F32"):
+        gguf.write(tmp_path / "m.gguf", {"x.scale": 1e300}, {})
+    with pytest.raises(errors.Gguf, match="does not fit in F32"):
+        gguf.write(tmp_path / "m.gguf", {"x.list": [1.0, 1e300]}, {})
+    assert not (tmp_path / "m.gguf").exists()
+    gguf.write(tmp_path / "m.gguf", {"x.scale": Value.f64(1e300)}, {})
+    assert gguf.Content.read(tmp_path / "m.gguf").metadata["x.scale"].to_f64() == 1e300
+
+
 def test_custom_alignment_and_sources(tmp_path, rng):
     q = QTensor.quantize(rng.standard_normal((2, 32)).astype(np.float32), GgmlDType.Q4_0)
     p = tmp_path / "a.gguf"
@@ -469,6 +489,25 @@ def test_absurd_dims_next_to_a_zero_are_refused(tmp_path):
     hdr = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"a"
     hdr += struct.pack("<I", 2) + struct.pack("<QQ", 2**62, 0) + struct.pack("<IQ", 0, 0)
     _gguf_error(hdr + b"\0" * (-len(hdr) % 32) + b"\0" * 32, "tensor 'a' has shape [0, 4611686018427387904], too big")
+
+
+@pytest.mark.parametrize("align", [Value.u8(64), Value.u64(64), Value.i32(64), Value.i64(64), 64])
+def test_write_stores_alignment_as_u32(tmp_path, align):
+    # ggml's gguf.cpp and gguf-py accept only a U32 general.alignment ("Bad type for general.alignment
+    # field"); Candle takes 8- to 32-bit ones and reads a U64 one as the default 32, at wrong offsets
+    import gguf as gguf_py
+
+    a = np.arange(8, dtype=np.float32)
+    p = tmp_path / "a.gguf"
+    gguf.write(p, {"general.alignment": align, "pad": "x" * 5}, {"a": a, "b": a[:3]})
+    r = gguf_py.GGUFReader(p)
+    assert r.alignment == 64 and r.fields["general.alignment"].types == [gguf_py.GGUFValueType.UINT32]
+    np.testing.assert_array_equal(r.tensors[1].data, a[:3])
+    ct = gguf.Content.read(p)
+    assert ct.metadata["general.alignment"] == Value.u32(64) and ct.tensor_data_offset % 64 == 0
+    with pytest.raises(errors.Gguf, match=r"general\.alignment 4294967296 does not fit in U32"):
+        # refused before the file is opened (a missing folder): no 4 GiB of padding is written
+        gguf.write(tmp_path / "missing" / "b.gguf", {"general.alignment": Value.u64(2**32)}, {"a": a})
 
 
 def test_write_refuses_what_it_cannot_store(tmp_path):
