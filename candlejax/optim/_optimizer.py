@@ -364,10 +364,13 @@ class Optimizer:
             self._step_fn = None
 
     def _lr_arg(self) -> Any:
+        """The float learning rate as a jit argument: float64 in x64 mode (so that float64 parameters
+        step with the exact rate, as Candle's f64 ``lr``), else float32."""
         if self._lr is None or callable(self._lr):
             return None
-        if self._lr_array is None:
-            self._lr_array = jnp.asarray(self._lr, jnp.float32)
+        dt = jnp.result_type(float)
+        if self._lr_array is None or self._lr_array.dtype != dt:
+            self._lr_array = jnp.asarray(self._lr, dt)
         return self._lr_array
 
     # --- state ------------------------------------------------------------------------------------
@@ -409,9 +412,11 @@ class Optimizer:
     def _update(self, params: list[Any], state: OptState, grads: list[Any], lr: Any) -> tuple[list[Any], OptState]:
         updates, inner = self.tx.update(grads, state.inner, params)
         if self._lr is not None:
-            lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step), jnp.float32)
+            lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step))
             neg = -lr_t
-            updates = jax.tree_util.tree_map(lambda u: neg * u, updates)
+            # the rate in the update's precision, at least float32 (float64 parameters: the exact rate)
+            updates = jax.tree_util.tree_map(lambda u: neg.astype(jnp.promote_types(u.dtype, jnp.float32)) * u,
+                                             updates)  # fmt: skip
         new_params = optax.apply_updates(params, updates)
         return list(new_params), OptState(state.step + 1, inner)
 

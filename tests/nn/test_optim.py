@@ -126,6 +126,23 @@ def test_adamw_matches_torch_optax_and_candles_formula(problem, cfg):
     _close(ours, _run_optax(tx, p0, grads), rtol=0, atol=0)
 
 
+def test_float64_parameters_step_with_the_exact_learning_rate(problem, x64):
+    """float64 Vars train as torch.optim / Candle's f64 ``lr`` do, to rounding (the rate is not rounded to
+    float32 on its way into the compiled step)."""
+    p0, grads = problem
+    p0 = {k: v.astype(np.float64) for k, v in p0.items()}
+    grads = [{k: v.astype(np.float64) for k, v in g.items()} for g in grads]
+    ours = _run_cj(O.SGD(0.1), p0, grads)
+    assert ours["w"].dtype == np.float64
+    _close(ours, _run_torch(lambda ps: torch.optim.SGD(ps, lr=0.1), p0, grads), rtol=1e-13, atol=1e-13)
+    p = O.ParamsAdamW(lr=0.1, weight_decay=0.1)
+    ours = _run_cj(O.AdamW(p), p0, grads)
+    _close(ours, _candle_adamw_f64(p0, grads, p.lr, p.beta1, p.beta2, p.eps, p.weight_decay), rtol=1e-12, atol=1e-12)
+    sched = O.linear_schedule(0.1, 0.01, STEPS)
+    ours = _run_cj(O.AdamW(O.ParamsAdamW(lr=sched)), p0, grads)
+    _close(ours, _run_optax(optax.adamw(sched, weight_decay=0.01), p0, grads), rtol=1e-13, atol=1e-13)
+
+
 def test_from_optax_and_schedules(problem):
     p0, grads = problem
     sched = O.warmup_cosine_decay_schedule(0.0, 0.05, 5, STEPS)
