@@ -349,7 +349,10 @@ class Optimizer:
                     f"{self.name}: the learning rate follows a schedule and this optimizer has no state of its own"
                     " (it was built without Vars); pass the state: learning_rate(state)"
                 )
-            return float(self._lr(state.step))
+            step = state.step
+            if not isinstance(step, jax.core.Tracer) and getattr(step, "is_deleted", lambda: False)():
+                raise errors.DonatedVar(self.name, "the state of optimizer")
+            return float(self._lr(step))
         return self._lr
 
     def set_learning_rate(self, lr: float | Schedule) -> None:

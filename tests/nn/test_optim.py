@@ -237,6 +237,11 @@ def test_backward_step_donates_the_old_buffers(rng):
     assert not model["w"].jax.is_deleted()
     with pytest.raises(cj.errors.DonatedVar, match="donated to a functional optimizer step"):
         opt.backward_step(_mse, {"w": wrap(old), "b": model["b"]}, state, x, y)
+    sched = O.SGD(O.linear_schedule(0.1, 0.0, 10))
+    s0 = sched.init(model)
+    model, _, _ = sched.backward_step(_mse, model, s0, x, y)
+    with pytest.raises(cj.errors.DonatedVar, match="state of optimizer 'SGD' was donated"):
+        sched.learning_rate(s0)  # not JAX's RuntimeError "Array has been deleted"
 
 
 def test_only_vars_are_trained_and_wrt_filters():
