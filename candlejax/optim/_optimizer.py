@@ -373,7 +373,8 @@ class Optimizer:
             return None
         dt = jnp.result_type(float)
         if self._lr_array is None or self._lr_array.dtype != dt:
-            self._lr_array = jnp.asarray(self._lr, dt)
+            with jax.ensure_compile_time_eval():  # a concrete array, also when first made under jit / scan:
+                self._lr_array = jnp.asarray(self._lr, dt)  # a cached tracer would leak into later traces
         return self._lr_array
 
     # --- state ------------------------------------------------------------------------------------

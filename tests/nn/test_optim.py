@@ -244,6 +244,42 @@ def test_backward_step_donates_the_old_buffers(rng):
         sched.learning_rate(s0)  # not JAX's RuntimeError "Array has been deleted"
 
 
+def test_functional_step_under_scan_then_jit_matches_eager(rng):
+    """The learning rate is a jit argument cached on the optimizer: made while tracing (a first step under
+    lax.scan), it must not be a tracer of that trace, which broke a later jitted step (XLA's 'Execution
+    supplied 2 arguments but compiled program expected 4' on its third call)."""
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+
+    def fresh():
+        return {"w": _var(np.ones((3, 1), np.float32), "w"), "b": _var(np.zeros(1, np.float32), "b")}
+
+    eager = O.AdamW(O.ParamsAdamW(lr=0.05))
+    m = fresh()
+    s = eager.init(m)
+    want = []
+    for _ in range(4):
+        m, s, loss = eager.backward_step(_mse, m, s, x, y)
+        want.append(float(np.asarray(loss)))
+
+    opt = O.AdamW(O.ParamsAdamW(lr=0.05))
+
+    def body(carry, _):
+        m, s, loss = opt.backward_step(_mse, *carry, x, y)
+        return (m, s), loss.jax
+
+    m0 = fresh()
+    _, scanned = jax.lax.scan(body, (m0, opt.init(m0)), None, length=4)
+    np.testing.assert_allclose(np.asarray(scanned), want, rtol=1e-6)
+    step = jax.jit(lambda m, s: opt.backward_step(_mse, m, s, x, y))
+    m = fresh()
+    s = opt.init(m)
+    got = []
+    for _ in range(4):
+        m, s, loss = step(m, s)
+        got.append(float(np.asarray(loss)))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_only_vars_are_trained_and_wrt_filters():
     nn = _nn()
     model = {"w": nn.Var(np.ones(3, np.float32), "enc.w"), "v": nn.Var(np.ones(3, np.float32), "dec.w"),
