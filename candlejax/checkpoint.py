@@ -137,7 +137,7 @@ def save(
     bound = _bound(optimizer)
     if bound and (opt_state is None or opt_state is optimizer.state) and optimizer.state is not None:
         opt_state = optimizer.state  # Candle's form: the optimizer holds the state of its Vars
-        trained = [h.name for h in optimizer._trained]
+        trained = [h.name for h in optimizer.stepped_vars or ()]
     n_opt = 0
     if opt_state is not None:
         for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
@@ -278,8 +278,10 @@ def restore(
     bound = _bound(optimizer)
     handles: tuple[Any, ...] = ()
     if bound and opt_state is None and meta.get("opt_leaves") is not None:
-        handles = _bound_handles(optimizer, model, meta.get("opt_vars"), path)
-        opt_state = optimizer._init_params([unwrap(h) for h in handles])
+        try:
+            handles, opt_state = optimizer.bound_state_template(model, meta.get("opt_vars"))
+        except errors.OptimizerUsage as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
     new_state = None
     if opt_state is None and optimizer is not None and not bound:
         opt_state = optimizer.init(new_model)
@@ -321,8 +323,7 @@ def restore(
         new_model = jax.tree_util.tree_map(
             lambda x: x if isinstance(x, NamedTensor) else repl.get(id(x), x), model, is_leaf=_is_named
         )
-        optimizer._trained = handles if new_state is not None else None
-        optimizer._state = new_state
+        optimizer.set_bound_state(handles if new_state is not None else None, new_state)
 
     lr = meta.get("learning_rate")
     if optimizer is not None and lr is not None and not callable(getattr(optimizer, "_lr", None)):
@@ -350,21 +351,6 @@ def restore(
 def _bound(optimizer: Any) -> bool:
     """Whether ``optimizer`` is bound to Vars (Candle's ``AdamW::new(varmap.all_vars(), ..)``)."""
     return optimizer is not None and bool(getattr(optimizer, "vars", ()))
-
-
-def _bound_handles(optimizer: Any, model: Any, names: Any, path: str) -> tuple[Any, ...]:
-    """The Vars whose state a bound optimizer holds, in the order of the saved state: by the names saved
-    with it, else (a state saved from the functional form) in the order a step on ``model`` takes them."""
-    if names is None:
-        return optimizer._bound_split(model)[1]
-    by_name = {v.name: v for v in optimizer.vars}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {path}: the optimizer state is for the Vars {missing[:5]}, which this optimizer"
-            f" ({optimizer.name}) was not built with"
-        )
-    return tuple(by_name[n] for n in names)
 
 
 def _scalar(a: Any, want: Any, what: str) -> Any:

@@ -332,6 +332,33 @@ class Optimizer:
         """The state of a bound optimizer (``None`` before its first step, or when unbound)."""
         return self._state
 
+    @property
+    def stepped_vars(self) -> tuple[Any, ...] | None:
+        """The Vars a bound optimizer's :attr:`state` covers, in its order (``None`` before its first step)."""
+        return self._trained
+
+    def bound_state_template(self, model: Any, names: list[str] | None = None) -> tuple[tuple[Any, ...], OptState]:
+        """The Vars a bound optimizer's state would cover and a fresh state for them: the Vars ``names``
+        (in that order), else those a step on ``model`` takes, in its order. For :func:`candlejax.checkpoint`."""
+        if names is None:
+            handles = self._bound_split(model)[1]
+        else:
+            by_name = {v.name: v for v in self.vars}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise errors.OptimizerUsage(
+                    f"{self.name}: the state is for the Vars {missing[:5]}, which this optimizer was not built with"
+                )
+            handles = tuple(by_name[n] for n in names)
+        return handles, self._init_params([unwrap(h) for h in handles])
+
+    def set_bound_state(self, vars: tuple[Any, ...] | None, state: OptState | None) -> None:
+        """Replace a bound optimizer's state and the Vars it covers (a restored checkpoint's)."""
+        if (vars is None) != (state is None):
+            raise errors.OptimizerUsage(f"{self.name}: set_bound_state needs both the Vars and their state, or neither")
+        self._trained = None if vars is None else tuple(vars)
+        self._state = state
+
     # --- Candle's learning-rate API ---------------------------------------------------------
     def learning_rate(self, state: OptState | None = None) -> float:
         """The current learning rate (Candle's ``learning_rate()``). With a schedule: at the step of ``state``,
