@@ -119,7 +119,9 @@ def save(
         opt_state: the optimizer state (``opt.init(model)`` / the one ``backward_step`` returns).
         step, epoch: counters to resume from.
         batcher: a ``cj.data.Batcher``; its ``(epoch, position, seed)`` are saved.
-        optimizer: saves its current learning rate (set again by :func:`restore`).
+        optimizer: saves its current learning rate (set again by :func:`restore`); an optimizer bound
+            to Vars (``AdamW(varmap.all_vars(), ..)``) also saves its own state, so ``opt_state`` may
+            be left out.
         numpy_rngs: named ``np.random.Generator`` objects whose bit-generator state is saved.
         extra: JSON-serialisable values (loss history, config, ...).
     Also saved: the state of every candlejax device generator (``Device.set_seed`` / ``randn``).
@@ -131,6 +133,11 @@ def save(
         if key in tensors or key in scalars:
             continue  # a tied parameter appears once
         _put(key, leaf, f"model tensor {name!r}", tensors, scalars)
+    trained = None
+    bound = _bound(optimizer)
+    if bound and (opt_state is None or opt_state is optimizer.state) and optimizer.state is not None:
+        opt_state = optimizer.state  # Candle's form: the optimizer holds the state of its Vars
+        trained = [h.name for h in optimizer.stepped_vars or ()]
     n_opt = 0
     if opt_state is not None:
         for i, leaf in enumerate(jax.tree_util.tree_leaves(opt_state)):
@@ -147,6 +154,7 @@ def save(
         "step": int(step),
         "epoch": int(epoch),
         "opt_leaves": n_opt if opt_state is not None else None,
+        "opt_vars": trained,
         "batcher": None if batcher is None else batcher.state(),
         "learning_rate": lr,
         "random": _rng_states(),
@@ -206,6 +214,9 @@ def _check_metadata(meta: dict[str, Any], path: str) -> None:
     lr = meta.get("learning_rate")
     if lr is not None and type(lr) not in (int, float):
         raise bad("learning_rate", "a number or null")
+    names = meta.get("opt_vars")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise bad("opt_vars", "a list of Var names or null")
 
 
 def restore(
@@ -225,6 +236,10 @@ def restore(
     The optimizer state's template is ``opt_state``, or ``optimizer.init(model)`` when only
     ``optimizer`` is given (whose learning rate is also restored). ``batcher``, ``numpy_rngs`` and
     the candlejax device generators (``restore_random``) are set back in place.
+
+    With an optimizer bound to Vars (Candle's form), the template's Vars and Buffers are set in place
+    (as ``varmap.load``: the VarMap, the model and the optimizer share them) and the optimizer's own
+    state is restored, so ``opt.backward_step(loss_fn, model, x, y)`` continues the saved run.
     """
     path = os.fspath(path)
     meta = read_metadata(path)
@@ -260,8 +275,15 @@ def restore(
         repl[id(leaf)] = _like(leaf, a)
     new_model = jax.tree_util.tree_map(lambda x: repl.get(id(x), x), model, is_leaf=_is_named)
 
+    bound = _bound(optimizer)
+    handles: tuple[Any, ...] = ()
+    if bound and opt_state is None and meta.get("opt_leaves") is not None:
+        try:
+            handles, opt_state = optimizer.bound_state_template(model, meta.get("opt_vars"))
+        except errors.OptimizerUsage as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
     new_state = None
-    if opt_state is None and optimizer is not None:
+    if opt_state is None and optimizer is not None and not bound:
         opt_state = optimizer.init(new_model)
     if opt_state is not None:
         leaves, treedef = jax.tree_util.tree_flatten(opt_state)
@@ -292,6 +314,17 @@ def restore(
             new_leaves.append(a)
         new_state = treedef.unflatten(new_leaves)
 
+    if bound:  # Candle's form: the Vars shared with the VarMap and the optimizer are set in place
+        from candlejax.nn.module import NamedTensor
+
+        for _, _, leaf in named:
+            if isinstance(leaf, NamedTensor):
+                leaf._set_value(unwrap(repl[id(leaf)]))
+        new_model = jax.tree_util.tree_map(
+            lambda x: x if isinstance(x, NamedTensor) else repl.get(id(x), x), model, is_leaf=_is_named
+        )
+        optimizer.set_bound_state(handles if new_state is not None else None, new_state)
+
     lr = meta.get("learning_rate")
     if optimizer is not None and lr is not None and not callable(getattr(optimizer, "_lr", None)):
         optimizer.set_learning_rate(lr)
@@ -313,6 +346,11 @@ def restore(
             kind, _, ordinal = k.partition(":")
             cj_random._state[(kind, int(ordinal))] = [int(seed), None, int(counter)]
     return Checkpoint(new_model, new_state, int(meta["step"]), int(meta["epoch"]), meta.get("extra", {}), lr)
+
+
+def _bound(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is bound to Vars (Candle's ``AdamW::new(varmap.all_vars(), ..)``)."""
+    return optimizer is not None and bool(getattr(optimizer, "vars", ()))
 
 
 def _scalar(a: Any, want: Any, what: str) -> Any:

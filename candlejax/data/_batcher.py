@@ -103,6 +103,13 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
+def _check_seed(seed: Any) -> int:
+    """A shuffling seed: a non-negative int (numpy's ``default_rng([seed, epoch])`` takes no other)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+        raise errors.InvalidArgument(f"Batcher: seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
 class _BuilderOptions:
     """``batch_size`` / ``return_last_incomplete_batch`` as values and as Candle's builder methods.
 
@@ -203,7 +210,7 @@ class Batcher(_BuilderOptions):
         if batch_size is not None:
             self._check_fits(n)
         self.shuffle = bool(shuffle)
-        self.seed = int(seed)
+        self.seed = _check_seed(seed)
         self.device = Device.coerce(device) if device is not None else src_device
         self.prefetch = int(prefetch)
         self.epoch = 0
@@ -252,7 +259,7 @@ class Batcher(_BuilderOptions):
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         if "seed" in state:
-            self.seed = int(state["seed"])
+            self.seed = _check_seed(state["seed"])
 
     # --- iteration ---------------------------------------------------------------------------
     def _host_batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:

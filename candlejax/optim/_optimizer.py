@@ -332,6 +332,33 @@ class Optimizer:
         """The state of a bound optimizer (``None`` before its first step, or when unbound)."""
         return self._state
 
+    @property
+    def stepped_vars(self) -> tuple[Any, ...] | None:
+        """The Vars a bound optimizer's :attr:`state` covers, in its order (``None`` before its first step)."""
+        return self._trained
+
+    def bound_state_template(self, model: Any, names: list[str] | None = None) -> tuple[tuple[Any, ...], OptState]:
+        """The Vars a bound optimizer's state would cover and a fresh state for them: the Vars ``names``
+        (in that order), else those a step on ``model`` takes, in its order. For :func:`candlejax.checkpoint`."""
+        if names is None:
+            handles = self._bound_split(model)[1]
+        else:
+            by_name = {v.name: v for v in self.vars}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise errors.OptimizerUsage(
+                    f"{self.name}: the state is for the Vars {missing[:5]}, which this optimizer was not built with"
+                )
+            handles = tuple(by_name[n] for n in names)
+        return handles, self._init_params([unwrap(h) for h in handles])
+
+    def set_bound_state(self, vars: tuple[Any, ...] | None, state: OptState | None) -> None:
+        """Replace a bound optimizer's state and the Vars it covers (a restored checkpoint's)."""
+        if (vars is None) != (state is None):
+            raise errors.OptimizerUsage(f"{self.name}: set_bound_state needs both the Vars and their state, or neither")
+        self._trained = None if vars is None else tuple(vars)
+        self._state = state
+
     # --- Candle's learning-rate API ---------------------------------------------------------
     def learning_rate(self, state: OptState | None = None) -> float:
         """The current learning rate (Candle's ``learning_rate()``). With a schedule: at the step of ``state``,
@@ -349,7 +376,10 @@ class Optimizer:
                     f"{self.name}: the learning rate follows a schedule and this optimizer has no state of its own"
                     " (it was built without Vars); pass the state: learning_rate(state)"
                 )
-            return float(self._lr(state.step))
+            step = state.step
+            if not isinstance(step, jax.core.Tracer) and getattr(step, "is_deleted", lambda: False)():
+                raise errors.DonatedVar(self.name, "the state of optimizer")
+            return float(self._lr(step))
         return self._lr
 
     def set_learning_rate(self, lr: float | Schedule) -> None:
@@ -364,10 +394,14 @@ class Optimizer:
             self._step_fn = None
 
     def _lr_arg(self) -> Any:
+        """The float learning rate as a jit argument: float64 in x64 mode (so that float64 parameters
+        step with the exact rate, as Candle's f64 ``lr``), else float32."""
         if self._lr is None or callable(self._lr):
             return None
-        if self._lr_array is None:
-            self._lr_array = jnp.asarray(self._lr, jnp.float32)
+        dt = jnp.result_type(float)
+        if self._lr_array is None or self._lr_array.dtype != dt:
+            with jax.ensure_compile_time_eval():  # a concrete array, also when first made under jit / scan:
+                self._lr_array = jnp.asarray(self._lr, dt)  # a cached tracer would leak into later traces
         return self._lr_array
 
     # --- state ------------------------------------------------------------------------------------
@@ -409,9 +443,11 @@ class Optimizer:
     def _update(self, params: list[Any], state: OptState, grads: list[Any], lr: Any) -> tuple[list[Any], OptState]:
         updates, inner = self.tx.update(grads, state.inner, params)
         if self._lr is not None:
-            lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step), jnp.float32)
+            lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step))
             neg = -lr_t
-            updates = jax.tree_util.tree_map(lambda u: neg * u, updates)
+            # the rate in the update's precision, at least float32 (float64 parameters: the exact rate)
+            updates = jax.tree_util.tree_map(lambda u: neg.astype(jnp.promote_types(u.dtype, jnp.float32)) * u,
+                                             updates)  # fmt: skip
         new_params = optax.apply_updates(params, updates)
         return list(new_params), OptState(state.step + 1, inner)
 

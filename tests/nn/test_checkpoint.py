@@ -103,6 +103,45 @@ def test_resume_is_bit_identical(tmp_path):
     assert int(state_b.step) == TOTAL
 
 
+def _bound_run(tmp_path, steps, save_at=None, resume=False):
+    """Candle's form: a VarMap-built MLP trained by an AdamW bound to ``varmap.all_vars()``."""
+    from candlejax import nn
+
+    vm = nn.VarMap(seed=4)
+    vb = nn.VarBuilder.from_varmap(vm, cj.DType.F32, Device.Cpu)
+    model = nn.seq().add(nn.linear(6, 8, vb.pp("l1"))).add_fn(lambda t: t.relu()).add(nn.linear(8, 2, vb.pp("l2")))
+    opt = optim.AdamW(vm.all_vars(), optim.ParamsAdamW(lr=optim.linear_schedule(0.05, 0.01, 10)))
+    x, y = _data()
+    x, y = cj.Tensor(x), cj.Tensor(y)
+
+    def bound_loss(m, x, y):
+        return cj.nn.loss.cross_entropy(m.forward(x), y)
+
+    path, losses = tmp_path / "bound.safetensors", []
+    if resume:
+        checkpoint.restore(path, model, optimizer=opt)  # in place: the VarMap, the model and opt
+        assert int(opt.state.step) == save_at
+    for step in range(save_at if resume else 0, steps):
+        losses.append(float(np.asarray(opt.backward_step(bound_loss, model, x, y))))
+        if step + 1 == save_at and not resume:
+            checkpoint.save(path, model, step=save_at, optimizer=opt)  # the bound state is the optimizer's
+            return losses
+    return losses, {n: np.asarray(v) for n, v in vm.data().items()}, _leaves(opt.state)
+
+
+def test_bound_optimizer_resumes_in_place(tmp_path):
+    """A run with Candle's bound optimizer (state inside the optimizer, Vars shared with the VarMap) resumes
+    bit-identical: restore sets the template's Vars in place and the optimizer's moments and step count."""
+    losses_a, vars_a, state_a = _bound_run(tmp_path, 8)
+    first = _bound_run(tmp_path, 8, save_at=3)
+    losses_b, vars_b, state_b = _bound_run(tmp_path, 8, save_at=3, resume=True)
+    assert first + losses_b == losses_a
+    for n in vars_a:
+        np.testing.assert_array_equal(vars_a[n], vars_b[n])
+    for a, b in zip(state_a, state_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_restore_keeps_names_kinds_and_metadata(tmp_path):
     model = _init_model()
     opt = optim.SGD(0.1)

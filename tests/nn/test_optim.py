@@ -126,6 +126,23 @@ def test_adamw_matches_torch_optax_and_candles_formula(problem, cfg):
     _close(ours, _run_optax(tx, p0, grads), rtol=0, atol=0)
 
 
+def test_float64_parameters_step_with_the_exact_learning_rate(problem, x64):
+    """float64 Vars train as torch.optim / Candle's f64 ``lr`` do, to rounding (the rate is not rounded to
+    float32 on its way into the compiled step)."""
+    p0, grads = problem
+    p0 = {k: v.astype(np.float64) for k, v in p0.items()}
+    grads = [{k: v.astype(np.float64) for k, v in g.items()} for g in grads]
+    ours = _run_cj(O.SGD(0.1), p0, grads)
+    assert ours["w"].dtype == np.float64
+    _close(ours, _run_torch(lambda ps: torch.optim.SGD(ps, lr=0.1), p0, grads), rtol=1e-13, atol=1e-13)
+    p = O.ParamsAdamW(lr=0.1, weight_decay=0.1)
+    ours = _run_cj(O.AdamW(p), p0, grads)
+    _close(ours, _candle_adamw_f64(p0, grads, p.lr, p.beta1, p.beta2, p.eps, p.weight_decay), rtol=1e-12, atol=1e-12)
+    sched = O.linear_schedule(0.1, 0.01, STEPS)
+    ours = _run_cj(O.AdamW(O.ParamsAdamW(lr=sched)), p0, grads)
+    _close(ours, _run_optax(optax.adamw(sched, weight_decay=0.01), p0, grads), rtol=1e-13, atol=1e-13)
+
+
 def test_from_optax_and_schedules(problem):
     p0, grads = problem
     sched = O.warmup_cosine_decay_schedule(0.0, 0.05, 5, STEPS)
@@ -220,6 +237,47 @@ def test_backward_step_donates_the_old_buffers(rng):
     assert not model["w"].jax.is_deleted()
     with pytest.raises(cj.errors.DonatedVar, match="donated to a functional optimizer step"):
         opt.backward_step(_mse, {"w": wrap(old), "b": model["b"]}, state, x, y)
+    sched = O.SGD(O.linear_schedule(0.1, 0.0, 10))
+    s0 = sched.init(model)
+    model, _, _ = sched.backward_step(_mse, model, s0, x, y)
+    with pytest.raises(cj.errors.DonatedVar, match="state of optimizer 'SGD' was donated"):
+        sched.learning_rate(s0)  # not JAX's RuntimeError "Array has been deleted"
+
+
+def test_functional_step_under_scan_then_jit_matches_eager(rng):
+    """The learning rate is a jit argument cached on the optimizer: made while tracing (a first step under
+    lax.scan), it must not be a tracer of that trace, which broke a later jitted step (XLA's 'Execution
+    supplied 2 arguments but compiled program expected 4' on its third call)."""
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+
+    def fresh():
+        return {"w": _var(np.ones((3, 1), np.float32), "w"), "b": _var(np.zeros(1, np.float32), "b")}
+
+    eager = O.AdamW(O.ParamsAdamW(lr=0.05))
+    m = fresh()
+    s = eager.init(m)
+    want = []
+    for _ in range(4):
+        m, s, loss = eager.backward_step(_mse, m, s, x, y)
+        want.append(float(np.asarray(loss)))
+
+    opt = O.AdamW(O.ParamsAdamW(lr=0.05))
+
+    def body(carry, _):
+        m, s, loss = opt.backward_step(_mse, *carry, x, y)
+        return (m, s), loss.jax
+
+    m0 = fresh()
+    _, scanned = jax.lax.scan(body, (m0, opt.init(m0)), None, length=4)
+    np.testing.assert_allclose(np.asarray(scanned), want, rtol=1e-6)
+    step = jax.jit(lambda m, s: opt.backward_step(_mse, m, s, x, y))
+    m = fresh()
+    s = opt.init(m)
+    got = []
+    for _ in range(4):
+        m, s, loss = step(m, s)
+        got.append(float(np.asarray(loss)))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_only_vars_are_trained_and_wrt_filters():

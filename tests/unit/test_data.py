@@ -65,6 +65,19 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
         np.testing.assert_array_equal(np.asarray(xb)[:, 0], np.asarray(yb) * 2)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.7, True, "3"])
+def test_shuffle_seed_must_be_a_non_negative_int(seed):
+    """numpy's default_rng([seed, epoch]) refuses a negative seed only at the first iter(), with its own
+    ValueError; a float was truncated silently (1.7 shuffled as 1)."""
+    x, y = _xy(20)
+    with pytest.raises(cj.errors.InvalidArgument, match="seed must be a non-negative int"):
+        data.Batcher((x, y), batch_size=5, shuffle=True, seed=seed)
+    b = data.Batcher((x, y), batch_size=5, shuffle=True)
+    with pytest.raises(cj.errors.InvalidArgument, match="seed must be a non-negative int"):
+        b.set_state({"epoch": 0, "position": 0, "seed": seed})
+    assert data.Batcher((x, y), batch_size=5, shuffle=True, seed=np.int64(3)).seed == 3
+
+
 def test_resume_from_state_mid_epoch():
     x, y = _xy(20)
     full = data.Batcher((x, y), batch_size=3, shuffle=True, seed=7)
