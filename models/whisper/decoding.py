@@ -236,7 +236,10 @@ class Decoder:
 
     def decode(self, audio: Tensor, temperature: float = 0.0, prompt: Sequence[int] = (),
                language: str = "en") -> DecodingResult:  # fmt: skip
-        """Decode one window's audio features at ``temperature`` with ``prompt`` (previous text tokens)."""
+        """Decode one window's audio features at ``temperature`` with ``prompt`` (previous text tokens).
+
+        Samples up to ``max_target_positions // 2`` tokens, and stops once the sequence (prompt and
+        start tokens included) holds ``max_target_positions + 1`` tokens, as OpenAI's and Candle's loops."""
         tok = self.tok
         sot_seq = self.sot_sequence(language)
         initial = ([tok.sot_prev, *list(prompt)[-(self.n_ctx // 2 - 1) :]] if prompt else []) + sot_seq
@@ -264,7 +267,7 @@ class Decoder:
         cur = lg[1]
         tokens = list(initial)
         sum_lp = 0.0
-        limit = min(self.sample_len, self.n_ctx - sample_begin)
+        limit = min(self.sample_len, self.n_ctx + 1 - sample_begin)  # the last from position n_ctx - 1
         for _ in range(limit):
             x, lse = self._filter(cur.astype(np.float32), tokens, sample_begin)
             if temperature == 0.0:
@@ -274,7 +277,7 @@ class Decoder:
                 nxt = int(np.argmax(x.astype(np.float64) / temperature + g))
             sum_lp += float(x[nxt]) - lse
             tokens.append(nxt)
-            if nxt == tok.eot or len(tokens) >= self.n_ctx:
+            if nxt == tok.eot or len(tokens) > self.n_ctx:
                 break
             logits, state = step_jit(dec, state, np.array([[nxt]], np.int32))
             cur = np.asarray(logits)[0, -1]

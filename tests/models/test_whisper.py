@@ -371,3 +371,72 @@ def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(ti
     _, m = tiny  # NaN passed the `t < 0` check and decoded anyway
     with pytest.raises(errors.Msg, match="whisper: temperatures must be finite numbers >= 0"):
         next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))
+
+
+def _openai_greedy(hf, enc, dec, initial, sample_begin):
+    """OpenAI's ``DecodingTask._main_loop`` at temperature 0, written from ``whisper/decoding.py``
+    (SuppressBlank, SuppressTokens, ApplyTimestampRules; stops at EOT or past ``n_ctx`` tokens), on
+    transformers' uncached logits: (tokens, avg_logprob, no_speech_prob)."""
+    tok, n_ctx = dec.tok, dec.n_ctx
+    tb, eot = tok.timestamp_begin, tok.eot
+    tokens, sum_lp, no_speech = list(initial), 0.0, float("nan")
+    for i in range(n_ctx // 2):
+        with torch.no_grad():
+            logits = hf(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([tokens])).logits[0].double()
+        if i == 0:
+            no_speech = float(torch.softmax(logits[initial.index(tok.sot)], -1)[tok.no_speech])
+        x = logits[-1].clone()
+        if len(tokens) == sample_begin:
+            x[[220, eot]] = -np.inf
+        x[torch.as_tensor(dec.suppress)] = -np.inf
+        x[tok.no_timestamps] = -np.inf
+        seq = tokens[sample_begin:]
+        last = len(seq) >= 1 and seq[-1] >= tb
+        penult = len(seq) < 2 or seq[-2] >= tb
+        if last:
+            if penult:
+                x[tb:] = -np.inf
+            else:
+                x[:eot] = -np.inf
+        stamps = [t for t in seq if t >= tb]
+        if stamps:
+            x[tb : stamps[-1] if last and not penult else stamps[-1] + 1] = -np.inf
+        if len(tokens) == sample_begin:
+            x[:tb] = -np.inf
+            x[tb + 50 + 1 :] = -np.inf
+        lp = torch.log_softmax(x, -1)
+        if torch.logsumexp(lp[tb:], -1) > lp[:tb].max():
+            x[:tb] = -np.inf
+        nxt = int(torch.argmax(x))
+        sum_lp += float(torch.log_softmax(x, -1)[nxt])
+        tokens.append(nxt)
+        if nxt == eot or len(tokens) > n_ctx:
+            break
+    out = tokens[sample_begin:]
+    out = out[: out.index(eot)] if eot in out else out
+    return out, sum_lp / (len(out) + 1), no_speech
+
+
+@pytest.mark.parametrize("n_prompt", [0, 40])
+def test_decode_follows_openai_loop_up_to_the_context_limit(tmp_path, n_prompt):
+    """Greedy tokens (timestamp rules included), average log-probability and no-speech probability
+    as OpenAI's loop computes them on transformers' logits; with a long prompt the window samples
+    until the sequence holds ``max_target_positions + 1`` tokens, as OpenAI's and Candle's loops do
+    (the last one sampled from the logits at the last cache position)."""
+    from transformers import WhisperForConditionalGeneration
+
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    hf = WhisperForConditionalGeneration.from_pretrained(tmp_path).eval()
+    dec = whisper.Decoder(m)
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    audio = dec.encode(mel)
+    with torch.no_grad():
+        enc = hf.model.encoder(torch.from_numpy(mel[None])).last_hidden_state
+    prompt = list(range(100, 100 + n_prompt))
+    initial = ([dec.tok.sot_prev, *prompt[-19:]] if prompt else []) + dec.sot_sequence("fr")
+    want, want_lp, want_ns = _openai_greedy(hf, enc, dec, initial, len(initial))
+    res = dec.decode(audio, 0.0, prompt=prompt, language="fr")
+    assert res.tokens == want
+    assert len(initial) + len(want) == (41 if n_prompt else len(initial) + 20)
+    np.testing.assert_allclose(res.avg_logprob, want_lp, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res.no_speech_prob, want_ns, rtol=1e-4, atol=1e-7)
