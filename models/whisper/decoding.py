@@ -80,6 +80,9 @@ def compression_ratio(text: str) -> float:
 
 @dataclass
 class DecodingResult:
+    """One window's decoding (OpenAI's ``DecodingResult``): ``text`` is stripped and
+    ``compression_ratio`` is that text's."""
+
     tokens: list[int]
     text: str
     avg_logprob: float
@@ -284,7 +287,7 @@ class Decoder:
         out = tokens[sample_begin:]
         if out and out[-1] == tok.eot:
             out = out[:-1]
-        text = tok.decode(out)
+        text = tok.decode(out).strip()
         return DecodingResult(out, text, sum_lp / (len(out) + 1), no_speech, float(temperature),
                               compression_ratio(text), language)  # fmt: skip
 

@@ -247,3 +247,18 @@ def test_console_script_transcribe(env, capsys):
     direct = capsys.readouterr().out
     assert cli_main(["transcribe", path, "--temperature", "0", "--model", env["hf_dir"]]) == 0
     assert capsys.readouterr().out == direct and direct.strip()
+
+
+def test_decoding_result_text_and_compression_ratio_follow_openai(env):
+    """OpenAI's ``DecodingResult.text`` is the decoded text stripped, and its compression ratio (the
+    fallback's "too repetitive" test) is that text's: the leading space of Whisper's text moved it."""
+    import zlib
+
+    m = env["model"]
+    dec = whisper.Decoder(m)
+    pcm = cj_audio.read_audio(env["clips"]["fox"])
+    res = dec.decode(dec.encode(whisper.audio.pcm_to_mel(m.config, whisper.audio.pad_or_trim(pcm))), 0.0)
+    text = dec.tok.decode(res.tokens)
+    assert text.startswith(" ") and res.text == text.strip()
+    b = text.strip().encode("utf-8")
+    assert res.compression_ratio == len(b) / len(zlib.compress(b))
