@@ -149,6 +149,8 @@ class Decoder:
         self.multilingual = self.cfg.is_multilingual
         if task not in ("transcribe", "translate"):
             raise errors.Msg(f"whisper: task must be 'transcribe' or 'translate', got {task!r}")
+        if task == "translate" and not self.multilingual:
+            raise errors.Msg("whisper: this model is English-only; task 'translate' needs a multilingual model")
         self.task = task
         self.language = None
         if language is not None:

@@ -211,6 +211,8 @@ def test_bad_input_gives_candlejax_errors(env, tmp_path):
         list(whisper.transcribe(m, np.array([0.1, np.nan, 0.2], np.float32)))
     with pytest.raises(errors.Msg, match="English-only"):
         list(whisper.transcribe(m, np.zeros(16000, np.float32), language="de"))
+    with pytest.raises(errors.Msg, match="English-only; task 'translate'"):  # (it transcribed silently)
+        list(whisper.transcribe(m, np.zeros(16000, np.float32), task="translate"))
     # a CTranslate2 model of another type
     import struct
 
