@@ -94,7 +94,8 @@ class DecodingResult:
 
 @dataclass
 class Segment:
-    """A transcribed span: times in seconds, its text and token ids (timestamps included)."""
+    """A transcribed span: times in seconds, its text and token ids (timestamps included); ``seek`` is
+    the first mel frame (10 ms each) of the 30 s window it was decoded in (OpenAI's, faster-whisper's)."""
 
     start: float
     end: float
@@ -406,7 +407,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                 all_tokens.extend(part)
                 if text:
                     yield Segment(start, end, text, list(part), res.temperature, res.avg_logprob,
-                                  res.compression_ratio, res.no_speech_prob, seek, seg_id)  # fmt: skip
+                                  res.compression_ratio, res.no_speech_prob, previous_seek, seg_id)  # fmt: skip
                     seg_id += 1
             if not condition_on_previous_text or res.temperature > 0.5:
                 prompt_since = len(all_tokens)

@@ -147,6 +147,7 @@ def test_faster_whisper_same_text(env):
         got = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
         assert [s.text for s in got] == [s.text for s in ref]
         assert [s.tokens for s in got] == [s.tokens for s in ref]
+        assert [s.seek for s in got] == [s.seek for s in ref]
 
 
 def test_long_audio_streams_in_windows(env):
@@ -162,7 +163,10 @@ def test_long_audio_streams_in_windows(env):
     assert len(seen) >= 2 and seen[-1][0] == pytest.approx(seen[-1][1])
     assert sum("lazy dog" in s.text for s in segs) == 3, [s.text for s in segs]
     starts = [s.start for s in segs]
-    assert starts == sorted(starts) and segs[-1].seek > whisper.audio.N_FRAMES  # decoded in a later window
+    assert starts == sorted(starts) and segs[-1].seek > 0  # decoded in a later window
+    for s in segs:  # seek: the first frame of the segment's window, as OpenAI's and faster-whisper's
+        assert s.seek / 100 - 1e-9 <= s.start < s.end <= s.seek / 100 + 30 + 1e-9
+    assert segs[0].seek == 0
     assert all(s.end > s.start for s in segs)
 
 
