@@ -246,6 +246,12 @@ class Decoder:
 
         Samples up to ``max_target_positions // 2`` tokens, and stops once the sequence (prompt and
         start tokens included) holds ``max_target_positions + 1`` tokens, as OpenAI's and Candle's loops."""
+        try:
+            ok = math.isfinite(temperature) and temperature >= 0
+        except TypeError:
+            ok = False
+        if not ok:
+            raise errors.Msg(f"whisper Decoder.decode: temperature must be a finite number >= 0, got {temperature!r}")
         tok = self.tok
         sot_seq = self.sot_sequence(language)
         initial = ([tok.sot_prev, *list(prompt)[-(self.n_ctx // 2 - 1) :]] if prompt else []) + sot_seq

@@ -440,3 +440,15 @@ def test_decode_follows_openai_loop_up_to_the_context_limit(tmp_path, n_prompt):
     assert len(initial) + len(want) == (41 if n_prompt else len(initial) + 20)
     np.testing.assert_allclose(res.avg_logprob, want_lp, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(res.no_speech_prob, want_ns, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0, "0.2"])
+def test_decode_refuses_temperatures_that_are_not_finite_and_non_negative(tmp_path, temperature):
+    """(They decoded suppressed token 0 on every step: x / NaN, and -inf / -1 = +inf at suppressed ids.)"""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    dec = whisper.Decoder(m)
+    audio = dec.encode(np.zeros((16, 3000), np.float32))
+    with pytest.raises(errors.Msg, match=r"Decoder\.decode: temperature must be a finite number >= 0"):
+        dec.decode(audio, temperature, language="fr")
+    with pytest.raises(errors.Msg, match=r"Decoder\.decode: temperature"):
+        dec.decode_with_fallback(audio, (0.0, temperature), language="fr", logprob_threshold=0.0)
