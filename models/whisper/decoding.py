@@ -134,10 +134,11 @@ def _tokenizer_of(path: str, mtime_ns: int) -> WhisperTokenizer:
 
 
 class Decoder:
-    """Decodes 30 s windows of one model (Candle's example ``Decoder``)."""
+    """Decodes 30 s windows of one model (Candle's example ``Decoder``). The first timestamp is at
+    most ``max_initial_timestamp`` seconds (``None``: any, as OpenAI's and Candle's option)."""
 
     def __init__(self, model: Whisper, tokenizer: WhisperTokenizer | None = None, *, timestamps: bool = True,
-                 language: str | None = None, task: str = "transcribe", max_initial_timestamp: float = 1.0,
+                 language: str | None = None, task: str = "transcribe", max_initial_timestamp: float | None = 1.0,
                  seed: int = 299792458):  # fmt: skip
         self.model, self.cfg = model, model.config
         if tokenizer is None:
@@ -165,7 +166,8 @@ class Decoder:
                 self.language = language
         self.n_ctx = self.cfg.max_target_positions
         self.sample_len = self.n_ctx // 2
-        self.max_initial_timestamp_index = round(max_initial_timestamp / TIME_PRECISION)
+        self.max_initial_timestamp_index = (None if max_initial_timestamp is None
+                                            else round(max_initial_timestamp / TIME_PRECISION))  # fmt: skip
         v = self.cfg.vocab_size
         sup = {int(t) for t in self.cfg.suppress_tokens}
         sup |= {t for t in (tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech)
@@ -193,10 +195,14 @@ class Decoder:
         return self.tok.language_code(int(langs[np.argmax(lg[langs])]))
 
     def sot_sequence(self, language: str) -> list[int]:
+        """The start tokens: ``<|startoftranscript|>``, then (multilingual models) ``language``'s token
+        and the task's, then ``<|notimestamps|>`` without timestamps."""
         seq = [self.tok.sot]
         if self.multilingual:
-            seq += [self.tok.tk.token_to_id(f"<|{language}|>"), self.tok.translate if self.task == "translate"
-                    else self.tok.transcribe]  # fmt: skip
+            lt = self.tok.tk.token_to_id(f"<|{language}|>")
+            if lt is None or lt not in self.tok.language_tokens:
+                raise errors.Msg(f"whisper: unknown language {language!r} (no <|{language}|> language token)")
+            seq += [lt, self.tok.translate if self.task == "translate" else self.tok.transcribe]
         if not self.timestamps:
             seq.append(self.tok.no_timestamps)
         return seq
@@ -228,7 +234,8 @@ class Decoder:
             x[tb:last] = -np.inf
         if len(tokens) == sample_begin:
             x[:tb] = -np.inf
-            x[tb + self.max_initial_timestamp_index + 1 :] = -np.inf
+            if self.max_initial_timestamp_index is not None:
+                x[tb + self.max_initial_timestamp_index + 1 :] = -np.inf
         # timestamps win when their total probability beats every text token's: one exp pass
         x64 = x.astype(np.float64)
         m = float(np.max(x64))

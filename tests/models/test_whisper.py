@@ -373,7 +373,7 @@ def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(ti
         next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))
 
 
-def _openai_greedy(hf, enc, dec, initial, sample_begin):
+def _openai_greedy(hf, enc, dec, initial, sample_begin, max_initial_timestamp_index=50):
     """OpenAI's ``DecodingTask._main_loop`` at temperature 0, written from ``whisper/decoding.py``
     (SuppressBlank, SuppressTokens, ApplyTimestampRules; stops at EOT or past ``n_ctx`` tokens), on
     transformers' uncached logits: (tokens, avg_logprob, no_speech_prob)."""
@@ -403,7 +403,8 @@ def _openai_greedy(hf, enc, dec, initial, sample_begin):
             x[tb : stamps[-1] if last and not penult else stamps[-1] + 1] = -np.inf
         if len(tokens) == sample_begin:
             x[:tb] = -np.inf
-            x[tb + 50 + 1 :] = -np.inf
+            if max_initial_timestamp_index is not None:
+                x[tb + max_initial_timestamp_index + 1 :] = -np.inf
         lp = torch.log_softmax(x, -1)
         if torch.logsumexp(lp[tb:], -1) > lp[:tb].max():
             x[:tb] = -np.inf
@@ -452,3 +453,26 @@ def test_decode_refuses_temperatures_that_are_not_finite_and_non_negative(tmp_pa
         dec.decode(audio, temperature, language="fr")
     with pytest.raises(errors.Msg, match=r"Decoder\.decode: temperature"):
         dec.decode_with_fallback(audio, (0.0, temperature), language="fr", logprob_threshold=0.0)
+
+
+def test_decode_max_initial_timestamp_and_unknown_languages(tmp_path):
+    """``max_initial_timestamp=None`` lifts the limit on the first timestamp (OpenAI's and Candle's
+    ``None``; it raised TypeError), a smaller one keeps it below, both as OpenAI's loop; a language
+    without a token raises errors.Msg in decode as in the constructor (it raised TypeError)."""
+    from transformers import WhisperForConditionalGeneration
+
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    hf = WhisperForConditionalGeneration.from_pretrained(tmp_path).eval()
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    with torch.no_grad():
+        enc = hf.model.encoder(torch.from_numpy(mel[None])).last_hidden_state
+    first = []
+    for seconds, index in ((None, None), (0.04, 2)):
+        dec = whisper.Decoder(m, max_initial_timestamp=seconds)
+        initial = dec.sot_sequence("fr")
+        want = _openai_greedy(hf, enc, dec, initial, len(initial), index)[0]
+        assert dec.decode(dec.encode(mel), 0.0, language="fr").tokens == want
+        first.append(want[0] - dec.tok.timestamp_begin)
+    assert first[0] > 2 >= first[1]  # the limit decides the first token here
+    with pytest.raises(errors.Msg, match=r"unknown language 'xx' \(no <\|xx\|> language token\)"):
+        dec.decode(dec.encode(mel), 0.0, language="xx")
