@@ -34,9 +34,11 @@ from candlejax.generation.penalty import (
     check_penalty,
 )
 from candlejax.generation.sampling import (
+    LOGITS_PROBLEMS,
     ArgMax,
     LogitsProcessor,
     Sampling,
+    logits_status,
     normalize_sampling,
     sample_jax,
     sampling_key,
@@ -100,6 +102,9 @@ class DecodeFns:
             if use_penalty:
                 logits = apply_repeat_penalty_mask(logits, penalty, recent.mask(logits.shape[-1])[None, :])
             tok = sample_jax(logits, sampling_key(base_key, draw), sampling)
+            # logits nothing can be drawn from (NaN, overflowed): -code in place of the token, raised on the host
+            status = logits_status(logits, sampling)
+            tok = jnp.where(status > 0, -status, tok)
             if use_penalty:
                 recent = recent.push(tok[0])
             n = tokens.shape[1] if length is None else length
@@ -523,6 +528,10 @@ class Generation:
                 nxt = step(tok)
                 self.stats["decode_steps"] += 1
             t = int(np.asarray(tok).reshape(-1)[0])  # a 4-byte copy, no extra XLA op
+            if t < 0 or t >= 2**31:  # the step's logits_status code, negated (wrapped around for u32 tokens)
+                code = -t if t < 0 else 2**32 - t
+                why = LOGITS_PROBLEMS.get(code, f"sampling failed (code {code})")
+                raise errors.Msg(f"generate: cannot sample new token {produced}: {why}")
             if produced == 1:
                 self.stats["prefill_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
