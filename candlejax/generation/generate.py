@@ -272,6 +272,28 @@ def _prompt_array(prompt_tokens: Any, dtype: Any, vocab_size: int | None) -> jax
     return jax.device_put(np.asarray(arr, dtype=dtype))  # a transfer, not a compiled conversion
 
 
+def _eos_ids(eos_token_id: Any) -> frozenset[int]:
+    """The ids that end generation: ``None``, an int, or integers (a list, or a numpy / jax array
+    of any shape: a 0-d one is one id)."""
+    if eos_token_id is None:
+        return frozenset()
+    value = unwrap(eos_token_id)
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        value = np.asarray(value)
+        if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.integer):
+            raise errors.Msg(f"generate: eos_token_id must hold integer token ids, got an array of {value.dtype}")
+        return frozenset(int(e) for e in value.reshape(-1))
+    items = [value] if isinstance(value, int) else value
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise errors.Msg(f"generate: eos_token_id must be an int or a list of ints, got {eos_token_id!r}")
+    ids = []
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, int | np.integer):
+            raise errors.Msg(f"generate: eos_token_id must be an int or a list of ints, got {e!r} in {eos_token_id!r}")
+        ids.append(int(e))
+    return frozenset(ids)
+
+
 class Generation:
     """An iterator over the new token ids of one :func:`generate` call.
 
@@ -312,12 +334,7 @@ class Generation:
         self.params = params
         self.cache = cache
         self.max_new_tokens = int(max_new_tokens)
-        if eos_token_id is None:
-            self.eos: frozenset[int] = frozenset()
-        elif isinstance(eos_token_id, int | np.integer):
-            self.eos = frozenset([int(eos_token_id)])
-        else:
-            self.eos = frozenset(int(e) for e in eos_token_id)
+        self.eos: frozenset[int] = _eos_ids(eos_token_id)
         check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
         self.repeat_last_n = int(repeat_last_n)

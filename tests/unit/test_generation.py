@@ -471,6 +471,13 @@ def test_generate_stops_at_eos():
     assert list(g) == full[:k] and g.finish_reason == "eos" and g.last_token == eos
     g = generate(step, params, fresh(), [3, 1], 20, eos_token_id=[999, eos], yield_eos=True)
     assert list(g) == full[: k + 1]
+    # a numpy / jax scalar (e.g. a tokenizer's id kept as an array) is one id; it used to raise
+    # numpy's "iteration over a 0-d array", and a str was read digit by digit ("25": ids 2 and 5)
+    for one in (np.int64(eos), np.array(eos), jnp.int32(eos), jnp.asarray([999, eos])):
+        assert list(generate(step, params, fresh(), [3, 1], 20, eos_token_id=one)) == full[:k]
+    for bad in (str(eos), float(eos), [eos, None], True, np.array([1.0])):
+        with pytest.raises(cj.Error, match="eos_token_id"):
+            generate(step, params, fresh(), [3, 1], 20, eos_token_id=bad)
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
