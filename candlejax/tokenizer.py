@@ -654,7 +654,9 @@ class Tokenizer:
         **kwargs: Any,
     ) -> str | list[int]:
         """Render ``messages`` with the chat template (text, or ids with ``tokenize=True``; the
-        template writes any BOS itself, so no special tokens are added when tokenizing)."""
+        template writes any BOS itself, so no special tokens are added when tokenizing). The
+        defaults differ from transformers' (``add_generation_prompt=False``, ``tokenize=True``):
+        the prompt text, ready to generate after."""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         return self.encode(text, add_special_tokens=False) if tokenize else text
 

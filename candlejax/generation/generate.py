@@ -34,9 +34,11 @@ from candlejax.generation.penalty import (
     check_penalty,
 )
 from candlejax.generation.sampling import (
+    LOGITS_PROBLEMS,
     ArgMax,
     LogitsProcessor,
     Sampling,
+    logits_status,
     normalize_sampling,
     sample_jax,
     sampling_key,
@@ -100,6 +102,9 @@ class DecodeFns:
             if use_penalty:
                 logits = apply_repeat_penalty_mask(logits, penalty, recent.mask(logits.shape[-1])[None, :])
             tok = sample_jax(logits, sampling_key(base_key, draw), sampling)
+            # logits nothing can be drawn from (NaN, overflowed): -code in place of the token, raised on the host
+            status = logits_status(logits, sampling)
+            tok = jnp.where(status > 0, -status, tok)
             if use_penalty:
                 recent = recent.push(tok[0])
             n = tokens.shape[1] if length is None else length
@@ -267,6 +272,28 @@ def _prompt_array(prompt_tokens: Any, dtype: Any, vocab_size: int | None) -> jax
     return jax.device_put(np.asarray(arr, dtype=dtype))  # a transfer, not a compiled conversion
 
 
+def _eos_ids(eos_token_id: Any) -> frozenset[int]:
+    """The ids that end generation: ``None``, an int, or integers (a list, or a numpy / jax array
+    of any shape: a 0-d one is one id)."""
+    if eos_token_id is None:
+        return frozenset()
+    value = unwrap(eos_token_id)
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        value = np.asarray(value)
+        if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.integer):
+            raise errors.Msg(f"generate: eos_token_id must hold integer token ids, got an array of {value.dtype}")
+        return frozenset(int(e) for e in value.reshape(-1))
+    items = [value] if isinstance(value, int) else value
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise errors.Msg(f"generate: eos_token_id must be an int or a list of ints, got {eos_token_id!r}")
+    ids = []
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, int | np.integer):
+            raise errors.Msg(f"generate: eos_token_id must be an int or a list of ints, got {e!r} in {eos_token_id!r}")
+        ids.append(int(e))
+    return frozenset(ids)
+
+
 class Generation:
     """An iterator over the new token ids of one :func:`generate` call.
 
@@ -307,12 +334,7 @@ class Generation:
         self.params = params
         self.cache = cache
         self.max_new_tokens = int(max_new_tokens)
-        if eos_token_id is None:
-            self.eos: frozenset[int] = frozenset()
-        elif isinstance(eos_token_id, int | np.integer):
-            self.eos = frozenset([int(eos_token_id)])
-        else:
-            self.eos = frozenset(int(e) for e in eos_token_id)
+        self.eos: frozenset[int] = _eos_ids(eos_token_id)
         check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
         self.repeat_last_n = int(repeat_last_n)
@@ -523,6 +545,10 @@ class Generation:
                 nxt = step(tok)
                 self.stats["decode_steps"] += 1
             t = int(np.asarray(tok).reshape(-1)[0])  # a 4-byte copy, no extra XLA op
+            if t < 0 or t >= 2**31:  # the step's logits_status code, negated (wrapped around for u32 tokens)
+                code = -t if t < 0 else 2**32 - t
+                why = LOGITS_PROBLEMS.get(code, f"sampling failed (code {code})")
+                raise errors.Msg(f"generate: cannot sample new token {produced}: {why}")
             if produced == 1:
                 self.stats["prefill_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()

@@ -4,7 +4,7 @@
 requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only), candlejax.generation.candle_rng,
 candlejax.quantized.native (Candle's softmax and ``WeightedIndex`` in native code)
 provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
-``normalize_sampling``, ``sample_jax``, ``sampling_key``, ``LogitsProcessor``.
+``normalize_sampling``, ``sample_jax``, ``sampling_key``, ``logits_status``, ``LogitsProcessor``.
 
 Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
 it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
@@ -125,6 +125,41 @@ def _check_logits(x: Any, where: str) -> None:
     if nan:
         what = "all" if nan == x.shape[0] else f"{nan} of {x.shape[0]}"
         raise errors.Msg(f"{where}: {what} logits are NaN (the model produced NaN; check its inputs and weights)")
+
+
+#: why :func:`logits_status` refuses a row of logits (code -> reason); 0 is a row that can be sampled
+LOGITS_PROBLEMS = {
+    1: "a logit is NaN (the model produced NaN; check its inputs and weights)",
+    2: "a logit is +inf once divided by the temperature (the logits overflowed: their softmax is NaN,"
+    " which Candle's WeightedIndex and torch.multinomial refuse)",
+    3: "every logit is -inf, there is no token to sample",
+}
+
+
+def logits_status(logits: Any, sampling: Sampling) -> jax.Array:
+    """Per row of ``logits`` ``(..., vocab)``, 0 if ``sampling`` (normalised) can draw from it, else
+    the :data:`LOGITS_PROBLEMS` code: 1 a NaN logit; for the multinomial variants (``All``, ``TopK``,
+    ``TopP``, ``TopKThenTopP``) 2 a logit +inf once divided by the temperature (its softmax is NaN)
+    and 3 every logit -inf. Pure and jit-able (int32 of shape ``logits.shape[:-1]``)."""
+    x = jnp.asarray(unwrap(logits)).astype(jnp.float32)
+    s = normalize_sampling(sampling, x.shape[-1])
+    code = jnp.where(jnp.isnan(x).any(axis=-1), 1, 0).astype(jnp.int32)
+    if isinstance(s, ArgMax | GumbelSoftmax):
+        return code
+    z = x * jnp.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
+    code = jnp.where((code == 0) & (z == jnp.inf).any(axis=-1), 2, code)
+    return jnp.where((code == 0) & (z == -jnp.inf).all(axis=-1), 3, code)
+
+
+def _check_sampled_logits(x: Any, s: Sampling, where: str) -> None:
+    """Raise for eager logits :func:`logits_status` refuses (NaN is checked by ``_check_logits``)."""
+    if isinstance(s, ArgMax | GumbelSoftmax):
+        return
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, np.float32) * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
+    code = 2 if np.isposinf(z).any() else 3 if not (z > -np.inf).any() else 0
+    if code:
+        raise errors.Msg(f"{where}: {LOGITS_PROBLEMS[code]}")
 
 
 def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: int | None = None) -> Sampling:
@@ -301,7 +336,9 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
     ``key`` is a stream key from :func:`sampling_key` (Candle's ``StdRng`` draw: the same tokens as
     Candle's ``LogitsProcessor`` for the same seed) or a JAX PRNG key (typed or raw). Returns int32
     token ids of shape ``logits.shape[:-1]``. The edge rules of :func:`normalize_sampling` apply. Rows
-    of a batch get independent draws. Candle: ``LogitsProcessor::sample`` without the state.
+    of a batch get independent draws. A row that :func:`logits_status` refuses (NaN, a logit +inf
+    once tempered, all -inf) gives an arbitrary id: :func:`candlejax.generation.generate` checks it.
+    Candle: ``LogitsProcessor::sample`` without the state.
     """
     x = unwrap(logits)
     if x.ndim < 1:
@@ -420,9 +457,7 @@ class LogitsProcessor:
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
             return int(jnp.argmax(x.astype(jnp.float32)))
-        if not isinstance(s, GumbelSoftmax) and not bool((np.asarray(x, np.float32) > -np.inf).any()):
-            # softmax gives NaN: Candle's WeightedIndex and torch.multinomial refuse it
-            raise errors.Msg("LogitsProcessor::sample: every logit is -inf, there is no token to sample")
+        _check_sampled_logits(x, s, "LogitsProcessor::sample")
         tok = _sample_step(x, self.base_key, jnp.int32(self.step), sampling=s)
         self.step += 1
         return int(tok)
@@ -445,6 +480,7 @@ class LogitsProcessor:
             return int(np.argmax(x))
         if isinstance(s, GumbelSoftmax):  # Candle's sample_f does not call f for this variant
             return self.sample(logits)
+        _check_sampled_logits(x, s, "LogitsProcessor::sample_f")
         z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
         probs = np.array(_softmax_jit(jnp.asarray(z)))  # writable, for f
         out = f(probs)

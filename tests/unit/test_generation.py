@@ -172,6 +172,28 @@ def test_bad_sampling_raises():
     assert [a.sample(x) for _ in range(20)] == [b.sample(x) for _ in range(20)]
 
 
+def test_overflowed_logits_raise_as_candle_and_torch_refuse_them():
+    """A +inf logit (or one that overflows once divided by the temperature) makes the softmax NaN:
+    Candle's WeightedIndex and torch.multinomial refuse it; sampling used to return token 0."""
+    torch = pytest.importorskip("torch")
+    x = np.array([0.0, np.inf, 1.0, -np.inf], np.float32)
+    with pytest.raises(RuntimeError):
+        torch.multinomial(torch.softmax(torch.from_numpy(x), -1), 1)
+    huge = np.array([3e38, 3e38, 1.0], np.float32)  # finite, but +inf once divided by 0.5
+    variants = (Sampling.All(1.0), Sampling.TopK(2, 1.0), Sampling.TopP(0.5, 1.0), Sampling.TopKThenTopP(2, 0.5, 1.0))
+    for sampling in variants:
+        lp = LogitsProcessor.from_sampling(0, sampling)
+        with pytest.raises(cj.Error, match=r"\+inf once divided by the temperature"):
+            lp.sample(x)
+        with pytest.raises(cj.Error, match=r"\+inf"):
+            lp.sample_f(x, lambda p: p)
+    with pytest.raises(cj.Error, match=r"\+inf"):
+        LogitsProcessor.from_sampling(0, Sampling.All(0.5)).sample(huge)
+    assert LogitsProcessor.from_sampling(0, Sampling.All(1.0)).sample(huge) in (0, 1)
+    assert LogitsProcessor.from_sampling(0, Sampling.ArgMax()).sample(x) == 1  # argmax is defined
+    assert LogitsProcessor.from_sampling(0, Sampling.GumbelSoftmax(1.0)).sample(x) == 1
+
+
 
 def test_seed_key_is_candles_stdrng_key_without_compiling(jax_compiles):
     from candlejax.generation.candle_rng import chacha_block, stdrng_key
@@ -449,6 +471,39 @@ def test_generate_stops_at_eos():
     assert list(g) == full[:k] and g.finish_reason == "eos" and g.last_token == eos
     g = generate(step, params, fresh(), [3, 1], 20, eos_token_id=[999, eos], yield_eos=True)
     assert list(g) == full[: k + 1]
+    # a numpy / jax scalar (e.g. a tokenizer's id kept as an array) is one id; it used to raise
+    # numpy's "iteration over a 0-d array", and a str was read digit by digit ("25": ids 2 and 5)
+    for one in (np.int64(eos), np.array(eos), jnp.int32(eos), jnp.asarray([999, eos])):
+        assert list(generate(step, params, fresh(), [3, 1], 20, eos_token_id=one)) == full[:k]
+    for bad in (str(eos), float(eos), [eos, None], True, np.array([1.0])):
+        with pytest.raises(cj.Error, match="eos_token_id"):
+            generate(step, params, fresh(), [3, 1], 20, eos_token_id=bad)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_generate_raises_where_the_logits_cannot_be_sampled(pipeline):
+    """NaN logits (and, for the multinomial variants, a +inf one) raise as LogitsProcessor.sample
+    does; the compiled step used to hand out token 0 for them, step after step."""
+    params, fresh, step, _ = _SHARED
+    nan = dict(params, W=params["W"].at[7].set(jnp.nan))
+    inf = dict(params, W=params["W"].at[7, 3].set(jnp.inf))
+    full = list(generate(step, params, fresh(), [3, 1], 6, pipeline=pipeline))
+    for sampling in (Sampling.ArgMax(), Sampling.All(1.0), Sampling.TopP(0.9, 1.0)):
+        with pytest.raises(cj.Error, match="new token 1: a logit is NaN"):
+            list(generate(step, nan, fresh(), [7], 5, sampling, pipeline=pipeline))
+        with pytest.raises(cj.Error, match="NaN"):  # eager: the same refusal
+            LogitsProcessor.from_sampling(0, sampling).sample(step(nan, fresh(), jnp.asarray([[7]]), 0)[0][0])
+    with pytest.raises(cj.Error, match=r"new token 1: a logit is \+inf"):
+        list(generate(step, inf, fresh(), [7], 3, Sampling.TopK(4, 1.0), pipeline=pipeline))
+    assert list(generate(step, inf, fresh(), [7], 1, Sampling.ArgMax(), pipeline=pipeline)) == [3]
+    # token ids as int32: the same check
+    with pytest.raises(cj.Error, match="NaN"):
+        list(generate(step, nan, fresh(), [7], 2, token_dtype=jnp.int32, pipeline=pipeline))
+    # a later token: the NaN shows up only once token 7 is generated
+    g = generate(step, dict(params, W=params["W"].at[full[2]].set(jnp.nan)), fresh(), [3, 1], 6, pipeline=pipeline)
+    with pytest.raises(cj.Error, match="new token 4: a logit is NaN"):
+        list(g)
+    assert g.tokens == full[:3]
 
 
 def test_generate_streams_lazily():
