@@ -83,6 +83,33 @@ def test_sharded_training_matches_one_device(single, name, rules):
     assert fn._cache_size() == 1
 
 
+def test_bound_optimizer_on_a_sharded_model_matches_one_device(single):
+    """Candle's form (an optimizer built with the Vars, updating them in place) on an FSDP model:
+    its state is laid out like the parameters (moments split, step count replicated)."""
+    mesh = cj.distributed.mesh({"data": 4, "model": 2})
+    varmap = VarMap(seed=0)
+    model = cj.distributed.shard(Mlp(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu)), mesh, "fsdp")
+    assert cj.distributed.specs(model)["first.weight"] == jax.sharding.PartitionSpec("data", None)
+    x, y = cj.distributed.shard_batch((Tensor.new(_data()[0][:16]), Tensor.new(_data()[1][:16])), mesh)
+    with pytest.raises(cj.errors.OptimizerUsage, match=r"shard returns a copy with new Vars.*named_vars"):
+        cj.optim.AdamW(varmap.all_vars()).backward_step(loss_fn, model, x, y)  # the unsharded model's Vars
+    opt = cj.optim.AdamW(list(model.named_vars().values()), cj.optim.ParamsAdamW(lr=1e-2))
+    batcher = cj.data.Batcher(_data(), batch_size=16, shuffle=True, seed=1, mesh=mesh)
+    losses = []
+    while len(losses) < STEPS:
+        for x, y in batcher:
+            losses.append(float(np.asarray(opt.backward_step(loss_fn, model, x, y))))
+            if len(losses) == STEPS:
+                break
+    ref_model, _, ref_losses, _, _ = single["mlp"]
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, atol=1e-6)
+    for k, v in _weights(ref_model).items():
+        np.testing.assert_allclose(_weights(model)[k], v, rtol=1e-4, atol=2e-6, err_msg=k)
+    first = model.named_vars()["first.weight"]._a.sharding
+    assert any(getattr(a, "sharding", None) == first for a in jax.tree_util.tree_leaves(opt.state))
+    assert opt.state.step.sharding.spec == jax.sharding.PartitionSpec()
+
+
 def test_batcher_places_batches_sharded():
     mesh = cj.distributed.mesh({"data": 4, "model": 2})
     x, y = next(iter(cj.data.Batcher(_data(), batch_size=8, mesh=mesh)))
