@@ -194,6 +194,23 @@ def test_tensor_parallel_llama_through_generate_and_forward():
                                np.asarray(model.forward(Tensor.new([prompt]), 0)), rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize("axes,rules", [({"data": 2, "model": 4}, "fsdp"), ({"model": 4}, "replicate"),
+                                        ({"model": 4}, "llama_tp_rules")])  # fmt: skip
+def test_llama_cache_on_a_model_axis_that_does_not_divide_the_kv_heads(axes, rules):
+    """2 key/value heads on a 4-way "model" axis: the cache is replicated and generation gives the
+    tokens of one device (the cache used to be split by heads whatever the model's layout, and raised)."""
+    _, model = _llama()
+    mesh = cj.distributed.mesh(axes, jax.devices()[: int(np.prod(list(axes.values())))])
+    sharded = cj.distributed.shard(model, mesh, cj.distributed.llama_tp_rules if rules == "llama_tp_rules" else rules)
+    cache = sharded.new_cache(1, 32)
+    assert cache.k.sharding.is_fully_replicated and len(cache.k.sharding.device_set) == mesh.devices.size
+    prompt = [3, 1, 4, 1, 5, 9]
+    want = list(model.generate(prompt, 8))
+    assert list(sharded.generate(prompt, 8)) == want and len(set(want)) > 2
+    np.testing.assert_allclose(np.asarray(sharded.forward(Tensor.new([prompt]), 0)),
+                               np.asarray(model.forward(Tensor.new([prompt]), 0)), rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
 def test_llama_cli_tensor_parallel(tmp_path):
     import json
     import subprocess
