@@ -142,6 +142,34 @@ def test_sharded_checkpoint_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(_weights(ck1.model)[k], v, err_msg=k)
 
 
+def test_sharded_checkpoint_resume_with_a_bound_optimizer(tmp_path):
+    """Candle's form: restore sets the template's Vars in place (on their shards) and the optimizer's
+    own state, so the bound step continues the saved run exactly."""
+    mesh = cj.distributed.mesh({"data": 4, "model": 2})
+    batches = list(cj.data.Batcher(_data(), batch_size=16, mesh=mesh))
+
+    def fresh(seed):
+        m = cj.distributed.shard(Mlp(VarBuilder.from_varmap(VarMap(seed=seed), DType.F32, Device.Cpu)), mesh, "fsdp")
+        return m, cj.optim.AdamW(list(m.named_vars().values()), cj.optim.ParamsAdamW(lr=1e-2))
+
+    def run(m, opt, bs):
+        return [float(np.asarray(opt.backward_step(loss_fn, m, x, y))) for x, y in bs]
+
+    full_model, opt = fresh(0)
+    full = run(full_model, opt, batches)
+    model, opt = fresh(0)
+    losses = run(model, opt, batches[:2])
+    cj.distributed.save(tmp_path / "ck.safetensors", model, optimizer=opt, step=2)
+    tmpl, opt2 = fresh(5)
+    ck = cj.distributed.restore(tmp_path / "ck.safetensors", tmpl, optimizer=opt2)
+    assert ck.step == 2 and cj.distributed.specs(tmpl) == cj.distributed.specs(model)
+    np.testing.assert_array_equal(np.asarray(tmpl.first.weight), np.asarray(model.first.weight))
+    assert opt2.stepped_vars == tuple(tmpl.named_vars().values())
+    assert losses + run(tmpl, opt2, batches[2:]) == full
+    for k, v in _weights(full_model).items():
+        np.testing.assert_array_equal(_weights(tmpl)[k], v, err_msg=k)
+
+
 # --------------------------------------------------------------------------- tensor parallel
 LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
              vocab_size=256, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128,
