@@ -393,6 +393,9 @@ def test_mesh_errors():
     with pytest.raises(ShardingError, match=r"need 6 devices, 8 are given"):
         cj.distributed.mesh({"data": 3, "model": 2})
     assert dict(cj.distributed.mesh({"data": -1, "model": 2}).shape) == {"data": 4, "model": 2}
+    d = jax.devices()
+    with pytest.raises(ShardingError, match=r"device cpu:0 is given 2 times in devices; a mesh holds each device once"):
+        cj.distributed.mesh({"data": 2, "model": 2}, devices=[d[0], d[0], d[1], d[2]])
 
     class Fake:
         def __init__(self, platform):
