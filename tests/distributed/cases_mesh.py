@@ -373,6 +373,14 @@ def test_batch_not_divisible_by_data_axis():
     mesh = cj.distributed.mesh({"data": 4, "model": 2})
     with pytest.raises(ShardingError, match=r"batch_size 10 does not split over mesh axis 'data' of size 4"):
         cj.data.Batcher(_data(), batch_size=10, mesh=mesh)
+    # 70 examples in batches of 16 leave 6, which 4 devices do not split: raised before the first batch
+    b = cj.data.Batcher(_data(70), batch_size=16, mesh=mesh, return_last_incomplete_batch=True)
+    with pytest.raises(ShardingError, match=r"last incomplete batch holds 6 examples \(70 examples, batch_size 16\)"
+                                            r".*axis 'data' of size 4"):  # fmt: skip
+        iter(b)
+    assert b.position == 0 and len(b) == 5
+    assert [x.shape[0] for x, _ in cj.data.Batcher(_data(72), batch_size=16, mesh=mesh,
+                                                   return_last_incomplete_batch=True)] == [16] * 4 + [8]  # fmt: skip
     with pytest.raises(ShardingError, match=r"batch of 6 examples .* axis 'data' of size 4.*multiple of 4"):
         cj.distributed.shard_batch(Tensor.new(np.zeros((6, 3), np.float32)), mesh)
 
