@@ -326,8 +326,8 @@ def restore(
         optimizer.set_bound_state(handles if new_state is not None else None, new_state)
 
     lr = meta.get("learning_rate")
-    if optimizer is not None and lr is not None and not callable(getattr(optimizer, "_lr", None)):
-        optimizer.set_learning_rate(lr)
+    if optimizer is not None:
+        restore_learning_rate(optimizer, lr)
     if batcher is not None:
         if meta.get("batcher") is None:
             raise CheckpointError(f"checkpoint {path} holds no Batcher position")
@@ -346,6 +346,12 @@ def restore(
             kind, _, ordinal = k.partition(":")
             cj_random._state[(kind, int(ordinal))] = [int(seed), None, int(counter)]
     return Checkpoint(new_model, new_state, int(meta["step"]), int(meta["epoch"]), meta.get("extra", {}), lr)
+
+
+def restore_learning_rate(optimizer: Any, lr: float | None) -> None:
+    """Set ``optimizer``'s learning rate to a checkpoint's ``lr`` (kept when ``None`` or a schedule)."""
+    if lr is not None and not callable(getattr(optimizer, "_lr", None)):
+        optimizer.set_learning_rate(lr)
 
 
 def _bound(optimizer: Any) -> bool:

@@ -286,8 +286,27 @@ class Batcher(_BuilderOptions):
             yield self._to_device(self._host_batch(order[k * bs : (k + 1) * bs]))
 
     def __iter__(self) -> Iterator[Any]:
-        self._check_fits(len(self.dataset))
+        n = len(self.dataset)
+        self._check_fits(n)
+        self._check_last_splits(n)
         return self._epoch()
+
+    def _check_last_splits(self, n: int) -> None:
+        """On a mesh, raise before the epoch's first batch when its last incomplete batch (kept with
+        ``return_last_incomplete_batch``) would not split over the data axis."""
+        rest = n % self._batch_size
+        if self.mesh is None or not self._return_last_incomplete_batch or not rest:
+            return
+        from candlejax.distributed import ShardingError, axis_size
+
+        k = axis_size(self.mesh, self.data_axis)
+        if rest % k:
+            raise ShardingError(
+                f"Batcher: the last incomplete batch holds {rest} examples ({n} examples, batch_size"
+                f" {self._batch_size}), which do not split over mesh axis {self.data_axis!r} of size {k}; drop it"
+                " (return_last_incomplete_batch=False, the default) or use a dataset whose size leaves a multiple"
+                f" of {k}"
+            )
 
     def _epoch(self) -> Iterator[Any]:
         order = self.order()

@@ -9,7 +9,10 @@ import jax
 from jax.sharding import NamedSharding
 
 from candlejax import checkpoint as _ckpt
+from candlejax import errors
 from candlejax.distributed._shard import _arrays, _is_leaf, _map_leaf, _place, named_leaves, to_host
+from candlejax.nn.module import NamedTensor
+from candlejax.tensor import unwrap
 
 
 def save(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> None:
@@ -36,15 +39,42 @@ def restore(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **k
     """:func:`candlejax.checkpoint.restore` into a sharded template: every tensor of the file is
     placed with the sharding of the template's tensor of the same name (also the optimizer
     state, given as ``opt_state`` or built with ``optimizer=``). Every process reads the same file
-    (a shared filesystem) and keeps only its own shards on its devices."""
+    (a shared filesystem) and keeps only its own shards on its devices. With an optimizer bound to
+    the template's Vars (Candle's form), those Vars are set in place and the optimizer's own state
+    is restored, laid out like them, so ``opt.backward_step(loss_fn, model, x, y)`` continues."""
     optimizer = kwargs.get("optimizer")
-    if opt_state is None and optimizer is not None:
+    bound = _ckpt._bound(optimizer) and opt_state is None
+    handles: tuple[Any, ...] = ()
+    if bound:
+        kwargs = {k: v for k, v in kwargs.items() if k != "optimizer"}
+        meta = _ckpt.read_metadata(path)
+        if meta.get("opt_leaves") is not None:
+            try:
+                handles, opt_state = optimizer.bound_state_template(model, meta.get("opt_vars"))
+            except errors.OptimizerUsage as e:
+                raise _ckpt.CheckpointError(f"checkpoint {os.fspath(path)}: {e}") from None
+    elif opt_state is None and optimizer is not None:
         opt_state = optimizer.init(model)
     ck = _ckpt.restore(path, to_host(model), None if opt_state is None else to_host(opt_state), **kwargs)
     ck.model = _like(ck.model, model)
     if opt_state is not None:
         ck.opt_state = _like(ck.opt_state, opt_state)
+    if bound:
+        ck.model = _into(model, ck.model)
+        optimizer.set_bound_state(handles or None, ck.opt_state if handles else None)
+        _ckpt.restore_learning_rate(optimizer, ck.learning_rate)
     return ck
+
+
+def _into(template: Any, loaded: Any) -> Any:
+    """``template`` with its Vars and Buffers set in place to ``loaded``'s values (the handles a
+    VarMap and a bound optimizer share) and its other leaves replaced by ``loaded``'s."""
+    src = {id(d): s for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded))}
+    for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded)):
+        if isinstance(d, NamedTensor):
+            d._set_value(unwrap(s))
+    return jax.tree_util.tree_map(lambda x: x if isinstance(x, NamedTensor) else src.get(id(x), x), template,
+                                  is_leaf=_is_leaf)  # fmt: skip
 
 
 def _like(loaded: Any, template: Any) -> Any:

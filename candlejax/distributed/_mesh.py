@@ -24,7 +24,7 @@ def mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = 
 
     ``axes`` maps axis names to sizes in order, e.g. ``{"data": 4, "model": 2}``; one size may be
     ``-1`` (the remaining devices). Default: ``{"data": <all devices>}``. The sizes must multiply
-    to the number of devices; the devices must be of one kind (all CPU or all GPU).
+    to the number of devices; the devices must be distinct and of one kind (all CPU or all GPU).
 
     JAX: ``jax.make_mesh((4, 2), ("data", "model"))``.
     """
@@ -36,6 +36,13 @@ def mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = 
         raise ShardingError(
             f"mesh: mixed devices ({', '.join(kinds)}): a mesh holds devices of one kind; pass devices="
             "jax.devices('gpu') (or 'cpu')"
+        )
+    seen: set[Any] = set()
+    twice = [d for d in devs if d in seen or seen.add(d)]
+    if twice:
+        raise ShardingError(
+            f"mesh: device {twice[0]} is given {devs.count(twice[0])} times in devices; a mesh holds each device"
+            " once (e.g. devices=jax.devices()[:n])"
         )
     axes = {"data": len(devs)} if axes is None else dict(axes)
     if not axes:

@@ -379,7 +379,10 @@ def place_opt_state(tx: Any, state: Any, params: list[Any]) -> Any:
 def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
     """``tree`` (a KV cache, an input) on the mesh ``ref`` (a model or a tensor) is laid out on,
     under ``rules`` (used when that mesh has a ``"model"`` axis; else replicated); unchanged when
-    ``ref`` is on one device. Lets a model build its caches where its weights are."""
+    ``ref`` is on one device. Lets a model build its caches where its weights are. A tensor that
+    ``rules`` cannot split over that mesh (a cache of 2 key/value heads on a 4-way ``"model"``
+    axis, which a replicated or FSDP model may sit on) is replicated: the model computes the same
+    values, each device holding that tensor whole."""
     sh = None
     for _, leaf in named_leaves(ref):
         sh = getattr(_arrays(leaf)[0], "sharding", None)
@@ -387,7 +390,17 @@ def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
             break
     if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:
         return tree
-    return shard(tree, sh.mesh, rules if "model" in sh.mesh.shape else "replicate")
+    if "model" not in sh.mesh.shape:
+        return shard(tree, sh.mesh, "replicate")
+    res = Resolver(sh.mesh, rules)
+
+    def fit(name: str, shape: tuple[int, ...]) -> P:
+        try:
+            return res.spec(name, shape)
+        except ShardingError:
+            return P()
+
+    return shard(tree, sh.mesh, fit)
 
 
 def model_mesh(n: int) -> Any:

@@ -425,19 +425,7 @@ class Optimizer:
 
     def init(self, model: Any) -> OptState:
         """A fresh optimizer state for ``model``'s trainable parameters (Candle's ``Optimizer::new``)."""
-        sp = self._split(model)
-        state = OptState(jnp.zeros((), jnp.int32), self.tx.init(sp.params))
-        first = sp.params[0]
-        if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
-            # committed like the parameters, so that the first and later steps share one executable
-            if not isinstance(first.sharding, jax.sharding.SingleDeviceSharding):  # on a mesh: moments laid out
-                # like their parameter
-                from candlejax.distributed._shard import place_opt_state
-
-                state = place_opt_state(self.tx, state, sp.params)
-            else:
-                state = jax.device_put(state, first.sharding)
-        return state
+        return self._init_params(self._split(model).params)
 
     # --- the update, traced ------------------------------------------------------------------------
     def _update(self, params: list[Any], state: OptState, grads: list[Any], lr: Any) -> tuple[list[Any], OptState]:
@@ -682,6 +670,12 @@ class Optimizer:
                 " and pass varmap.all_vars(), or keep the model the Candle way (a functional step returns new Vars)."
                 " A layer must hold the Var itself to be trained: Candle's Linear::new(w.as_tensor().clone(), ..)"
                 " is Linear.new(w, b) here (as_tensor() is a snapshot of the value and Tensor.clone() a copy)"
+                + (
+                    "; cj.distributed.shard returns a copy with new Vars: build the optimizer from the sharded"
+                    f" model's Vars ({self.name}(list(model.named_vars().values()), ...))"
+                    if _on_mesh([unwrap(h) for h in handles if h is not None])
+                    else ""
+                )
             )
         renum, j = [], 0
         for k in keep:
@@ -709,10 +703,18 @@ class Optimizer:
         return self._state
 
     def _init_params(self, params: list[Any]) -> OptState:
+        """A fresh state for ``params``, committed where they are (so that the first and later steps
+        share one executable); on a mesh each moment takes its parameter's sharding and the step
+        count is replicated (the functional and the bound form alike)."""
         state = OptState(jnp.zeros((), jnp.int32), self.tx.init(params))
         first = params[0]
         if isinstance(first, jax.Array) and not isinstance(first, jax.core.Tracer):
-            state = jax.device_put(state, first.sharding)
+            if not isinstance(first.sharding, jax.sharding.SingleDeviceSharding):
+                from candlejax.distributed._shard import place_opt_state
+
+                state = place_opt_state(self.tx, state, params)
+            else:
+                state = jax.device_put(state, first.sharding)
         return state
 
     def _check_bound_call(self) -> None:

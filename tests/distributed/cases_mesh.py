@@ -83,6 +83,33 @@ def test_sharded_training_matches_one_device(single, name, rules):
     assert fn._cache_size() == 1
 
 
+def test_bound_optimizer_on_a_sharded_model_matches_one_device(single):
+    """Candle's form (an optimizer built with the Vars, updating them in place) on an FSDP model:
+    its state is laid out like the parameters (moments split, step count replicated)."""
+    mesh = cj.distributed.mesh({"data": 4, "model": 2})
+    varmap = VarMap(seed=0)
+    model = cj.distributed.shard(Mlp(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu)), mesh, "fsdp")
+    assert cj.distributed.specs(model)["first.weight"] == jax.sharding.PartitionSpec("data", None)
+    x, y = cj.distributed.shard_batch((Tensor.new(_data()[0][:16]), Tensor.new(_data()[1][:16])), mesh)
+    with pytest.raises(cj.errors.OptimizerUsage, match=r"shard returns a copy with new Vars.*named_vars"):
+        cj.optim.AdamW(varmap.all_vars()).backward_step(loss_fn, model, x, y)  # the unsharded model's Vars
+    opt = cj.optim.AdamW(list(model.named_vars().values()), cj.optim.ParamsAdamW(lr=1e-2))
+    batcher = cj.data.Batcher(_data(), batch_size=16, shuffle=True, seed=1, mesh=mesh)
+    losses = []
+    while len(losses) < STEPS:
+        for x, y in batcher:
+            losses.append(float(np.asarray(opt.backward_step(loss_fn, model, x, y))))
+            if len(losses) == STEPS:
+                break
+    ref_model, _, ref_losses, _, _ = single["mlp"]
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, atol=1e-6)
+    for k, v in _weights(ref_model).items():
+        np.testing.assert_allclose(_weights(model)[k], v, rtol=1e-4, atol=2e-6, err_msg=k)
+    first = model.named_vars()["first.weight"]._a.sharding
+    assert any(getattr(a, "sharding", None) == first for a in jax.tree_util.tree_leaves(opt.state))
+    assert opt.state.step.sharding.spec == jax.sharding.PartitionSpec()
+
+
 def test_batcher_places_batches_sharded():
     mesh = cj.distributed.mesh({"data": 4, "model": 2})
     x, y = next(iter(cj.data.Batcher(_data(), batch_size=8, mesh=mesh)))
@@ -113,6 +140,34 @@ def test_sharded_checkpoint_resume_is_bit_identical(tmp_path):
     ck1 = cj.checkpoint.restore(path, plain)
     for k, v in _weights(model).items():
         np.testing.assert_array_equal(_weights(ck1.model)[k], v, err_msg=k)
+
+
+def test_sharded_checkpoint_resume_with_a_bound_optimizer(tmp_path):
+    """Candle's form: restore sets the template's Vars in place (on their shards) and the optimizer's
+    own state, so the bound step continues the saved run exactly."""
+    mesh = cj.distributed.mesh({"data": 4, "model": 2})
+    batches = list(cj.data.Batcher(_data(), batch_size=16, mesh=mesh))
+
+    def fresh(seed):
+        m = cj.distributed.shard(Mlp(VarBuilder.from_varmap(VarMap(seed=seed), DType.F32, Device.Cpu)), mesh, "fsdp")
+        return m, cj.optim.AdamW(list(m.named_vars().values()), cj.optim.ParamsAdamW(lr=1e-2))
+
+    def run(m, opt, bs):
+        return [float(np.asarray(opt.backward_step(loss_fn, m, x, y))) for x, y in bs]
+
+    full_model, opt = fresh(0)
+    full = run(full_model, opt, batches)
+    model, opt = fresh(0)
+    losses = run(model, opt, batches[:2])
+    cj.distributed.save(tmp_path / "ck.safetensors", model, optimizer=opt, step=2)
+    tmpl, opt2 = fresh(5)
+    ck = cj.distributed.restore(tmp_path / "ck.safetensors", tmpl, optimizer=opt2)
+    assert ck.step == 2 and cj.distributed.specs(tmpl) == cj.distributed.specs(model)
+    np.testing.assert_array_equal(np.asarray(tmpl.first.weight), np.asarray(model.first.weight))
+    assert opt2.stepped_vars == tuple(tmpl.named_vars().values())
+    assert losses + run(tmpl, opt2, batches[2:]) == full
+    for k, v in _weights(full_model).items():
+        np.testing.assert_array_equal(_weights(tmpl)[k], v, err_msg=k)
 
 
 # --------------------------------------------------------------------------- tensor parallel
@@ -164,6 +219,23 @@ def test_tensor_parallel_llama_through_generate_and_forward():
     want = list(model.generate(prompt, 10))
     assert list(tp.generate(prompt, 10)) == want and len(set(want)) > 3
     np.testing.assert_allclose(np.asarray(tp.forward(Tensor.new([prompt]), 0)),
+                               np.asarray(model.forward(Tensor.new([prompt]), 0)), rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("axes,rules", [({"data": 2, "model": 4}, "fsdp"), ({"model": 4}, "replicate"),
+                                        ({"model": 4}, "llama_tp_rules")])  # fmt: skip
+def test_llama_cache_on_a_model_axis_that_does_not_divide_the_kv_heads(axes, rules):
+    """2 key/value heads on a 4-way "model" axis: the cache is replicated and generation gives the
+    tokens of one device (the cache used to be split by heads whatever the model's layout, and raised)."""
+    _, model = _llama()
+    mesh = cj.distributed.mesh(axes, jax.devices()[: int(np.prod(list(axes.values())))])
+    sharded = cj.distributed.shard(model, mesh, cj.distributed.llama_tp_rules if rules == "llama_tp_rules" else rules)
+    cache = sharded.new_cache(1, 32)
+    assert cache.k.sharding.is_fully_replicated and len(cache.k.sharding.device_set) == mesh.devices.size
+    prompt = [3, 1, 4, 1, 5, 9]
+    want = list(model.generate(prompt, 8))
+    assert list(sharded.generate(prompt, 8)) == want and len(set(want)) > 2
+    np.testing.assert_allclose(np.asarray(sharded.forward(Tensor.new([prompt]), 0)),
                                np.asarray(model.forward(Tensor.new([prompt]), 0)), rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
@@ -301,6 +373,14 @@ def test_batch_not_divisible_by_data_axis():
     mesh = cj.distributed.mesh({"data": 4, "model": 2})
     with pytest.raises(ShardingError, match=r"batch_size 10 does not split over mesh axis 'data' of size 4"):
         cj.data.Batcher(_data(), batch_size=10, mesh=mesh)
+    # 70 examples in batches of 16 leave 6, which 4 devices do not split: raised before the first batch
+    b = cj.data.Batcher(_data(70), batch_size=16, mesh=mesh, return_last_incomplete_batch=True)
+    with pytest.raises(ShardingError, match=r"last incomplete batch holds 6 examples \(70 examples, batch_size 16\)"
+                                            r".*axis 'data' of size 4"):  # fmt: skip
+        iter(b)
+    assert b.position == 0 and len(b) == 5
+    assert [x.shape[0] for x, _ in cj.data.Batcher(_data(72), batch_size=16, mesh=mesh,
+                                                   return_last_incomplete_batch=True)] == [16] * 4 + [8]  # fmt: skip
     with pytest.raises(ShardingError, match=r"batch of 6 examples .* axis 'data' of size 4.*multiple of 4"):
         cj.distributed.shard_batch(Tensor.new(np.zeros((6, 3), np.float32)), mesh)
 
@@ -321,6 +401,9 @@ def test_mesh_errors():
     with pytest.raises(ShardingError, match=r"need 6 devices, 8 are given"):
         cj.distributed.mesh({"data": 3, "model": 2})
     assert dict(cj.distributed.mesh({"data": -1, "model": 2}).shape) == {"data": 4, "model": 2}
+    d = jax.devices()
+    with pytest.raises(ShardingError, match=r"device cpu:0 is given 2 times in devices; a mesh holds each device once"):
+        cj.distributed.mesh({"data": 2, "model": 2}, devices=[d[0], d[0], d[1], d[2]])
 
     class Fake:
         def __init__(self, platform):
