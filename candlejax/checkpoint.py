@@ -319,7 +319,7 @@ def restore(
 
         for _, _, leaf in named:
             if isinstance(leaf, NamedTensor):
-                leaf._set_value(unwrap(repl[id(leaf)]))
+                leaf.set(repl[id(leaf)])
         new_model = jax.tree_util.tree_map(
             lambda x: x if isinstance(x, NamedTensor) else repl.get(id(x), x), model, is_leaf=_is_named
         )

@@ -649,16 +649,21 @@ class Tokenizer:
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
-        add_generation_prompt: bool = True,
-        tokenize: bool = False,
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        return_dict: bool = False,
         **kwargs: Any,
-    ) -> str | list[int]:
-        """Render ``messages`` with the chat template (text, or ids with ``tokenize=True``; the
-        template writes any BOS itself, so no special tokens are added when tokenizing). The
-        defaults differ from transformers' (``add_generation_prompt=False``, ``tokenize=True``):
-        the prompt text, ready to generate after."""
+    ) -> str | list[int] | dict[str, list[int]]:
+        """Render ``messages`` with the chat template: ids (``tokenize=True``, the default; the template
+        writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
+        ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
+        ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form).
+        transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list)."""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+        if not tokenize:
+            return text
+        ids = self.encode(text, add_special_tokens=False)
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)} if return_dict else ids
 
     # --- constructors ------------------------------------------------------------------------------
     @classmethod

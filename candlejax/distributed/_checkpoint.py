@@ -12,7 +12,6 @@ from candlejax import checkpoint as _ckpt
 from candlejax import errors
 from candlejax.distributed._shard import _arrays, _is_leaf, _map_leaf, _place, named_leaves, to_host
 from candlejax.nn.module import NamedTensor
-from candlejax.tensor import unwrap
 
 
 def save(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **kwargs: Any) -> None:
@@ -43,7 +42,7 @@ def restore(path: str | os.PathLike[str], model: Any, opt_state: Any = None, **k
     the template's Vars (Candle's form), those Vars are set in place and the optimizer's own state
     is restored, laid out like them, so ``opt.backward_step(loss_fn, model, x, y)`` continues."""
     optimizer = kwargs.get("optimizer")
-    bound = _ckpt._bound(optimizer) and opt_state is None
+    bound = optimizer is not None and bool(getattr(optimizer, "vars", ())) and opt_state is None
     handles: tuple[Any, ...] = ()
     if bound:
         kwargs = {k: v for k, v in kwargs.items() if k != "optimizer"}
@@ -72,7 +71,7 @@ def _into(template: Any, loaded: Any) -> Any:
     src = {id(d): s for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded))}
     for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded)):
         if isinstance(d, NamedTensor):
-            d._set_value(unwrap(s))
+            d.set(s)
     return jax.tree_util.tree_map(lambda x: x if isinstance(x, NamedTensor) else src.get(id(x), x), template,
                                   is_leaf=_is_leaf)  # fmt: skip
 

@@ -193,7 +193,7 @@ class TextGeneration:
             self.messages = [{"role": "system", "content": system}] if system else []
         msgs = [*self.messages, {"role": "user", "content": message}]
         tok = self.tokenizer
-        text = tok.apply_chat_template(msgs, add_generation_prompt=True)
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         if not first:  # drop what the cache already holds (earlier turns, the last reply and its EOS)
             held = tok.decode([*self.history, *self.generation.continuation()], skip_special_tokens=False)
             text = text[_common_prefix_len(text, held) :]

@@ -63,7 +63,7 @@ def test_config_and_tokenizer_from_metadata(ours):
     assert cfg.tie_word_embeddings and cfg.rope_interleaved and cfg.rope_theta == 100000.0
     tok = ours.tokenizer
     assert tok.decode(tok.encode("Hello world")) == "Hello world"
-    assert "<|im_start|>user" in tok.apply_chat_template(CHAT)
+    assert "<|im_start|>user" in tok.apply_chat_template(CHAT, tokenize=False)
     assert 2 in tok.eos_token_ids
 
 
@@ -80,7 +80,8 @@ def test_first_step_logits_close(ours, hf):
 @pytest.mark.parametrize("kind", ["plain0", "plain1", "chat"])
 def test_greedy_continuation_token_identical(ours, hf, kind):
     tok = ours.tokenizer
-    ids = tok.apply_chat_template(CHAT, tokenize=True) if kind == "chat" else tok.encode(PROMPTS[int(kind[-1])])
+    chat = kind == "chat"
+    ids = tok.apply_chat_template(CHAT, add_generation_prompt=True) if chat else tok.encode(PROMPTS[int(kind[-1])])
     ref = _hf_greedy(hf, ids, NEW)
     got = list(generate(llama.step, ours, ours.new_cache(1, 128), ids, NEW, Sampling.ArgMax()))
     assert got == ref, (tok.decode(got), tok.decode(ref))
@@ -101,7 +102,7 @@ def test_chat_turns_continue_the_cache_like_transformers(ours, hf):
     tok = ours.tokenizer
     held = tok.decode([*tg.history, *second.continuation()], skip_special_tokens=False)
     assert held.count("You are a helpful") == 1, held
-    assert tok.apply_chat_template(tg.messages, add_generation_prompt=False).startswith(held)
+    assert tok.apply_chat_template(tg.messages, tokenize=False).startswith(held)
     assert second.prefill_length > len(new_ids)  # padded
     ref = _hf_greedy(hf, [*before, *new_ids[len(first.continuation()) :]], NEW)
     assert second.tokens == (ref[: ref.index(2)] if 2 in ref else ref)  # 2: <|im_end|>, the EOS (not yielded)

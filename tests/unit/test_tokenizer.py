@@ -115,12 +115,17 @@ def test_numbers_split_one_by_one(tok, hf_ref):
 def test_chat_template_like_transformers(tok, hf_ref):
     for chat in CHATS:
         for gen in (True, False):
-            text = tok.apply_chat_template(chat, add_generation_prompt=gen)
+            text = tok.apply_chat_template(chat, add_generation_prompt=gen, tokenize=False)
             assert text == hf_ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
-        ids = tok.apply_chat_template(chat, tokenize=True)
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True)
         assert ids == hf_ref(hf_ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)).input_ids
-    assert tok.apply_chat_template(CHATS[0]).endswith("<|im_start|>assistant\n")
-    assert "You are a helpful AI assistant named SmolLM" in tok.apply_chat_template(CHATS[0])
+    prompt = tok.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert "You are a helpful AI assistant named SmolLM" in tok.apply_chat_template(CHATS[0], tokenize=False)
+    for chat in CHATS:  # transformers' defaults: the conversation's ids, no generation prompt
+        ref = hf_ref.apply_chat_template(chat)
+        assert tok.apply_chat_template(chat) == ref["input_ids"]
+        assert tok.apply_chat_template(chat, return_dict=True) == dict(ref)
 
 
 def test_chat_template_features():
