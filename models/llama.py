@@ -370,9 +370,13 @@ class Llama(Module):
         if dtype is not None and to_dtype(dtype) != self.dtype:
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(dtype), "llama new_cache (model, cache)")
         c = self.config
-        dev = _device_of(unwrap(self.rotary.inv_freq))
+        ref = unwrap(self.rotary.inv_freq)
+        traced = isinstance(ref, jax.core.Tracer)  # inside jit / grad: XLA places the cache with the program
+        dev = None if traced else _device_of(ref)
         cache = Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]
                           dtype if dtype is not None else self.dtype, dev)  # fmt: skip
+        if traced:
+            return cache
         from candlejax import distributed  # a model on a mesh gets its cache there (heads split on "model")
 
         return distributed.place_like(cache, self.embed_tokens, distributed.llama_tp_rules)

@@ -90,6 +90,18 @@ def test_logits_match_transformers(pair):
         assert model.layers[0].self_attn.q_proj.bias is not None
 
 
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_forward_all_under_jit_and_grad(pair):
+    """forward_all builds its cache inside a trace too (a training loss over a llama)."""
+    _name, _hf, model, _ = pair
+    ids = jnp.asarray(np.random.default_rng(3).integers(0, BASE["vocab_size"], (2, 7)), jnp.uint32)
+    eager = np.asarray(llama.forward_all(model, ids).jax)
+    np.testing.assert_allclose(np.asarray(jax.jit(llama.forward_all)(model, ids).jax), eager, atol=1e-5, rtol=1e-5)
+    grads = jax.grad(lambda p: llama.forward_all(p, ids).jax.astype(jnp.float32).mean())(model)
+    g = np.asarray(grads.embed_tokens.weight.jax)
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+
+
 @pytest.mark.parametrize("pair", ["gqa", "tied_llama3"], indirect=True)
 def test_incremental_decode_matches_full_forward(pair):
     name, _hf, model, _ = pair
