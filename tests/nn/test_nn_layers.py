@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import candlejax.nn as nn
-from candlejax import Device, DType
+from candlejax import Device, DType, errors
 from candlejax.nn import Var, VarBuilder, named_vars
 from candlejax.transforms import jit, value_and_grad
 
@@ -284,6 +284,11 @@ def test_batch_norm_without_mean_removal_subtracts_the_running_mean_in_eval_as_c
     )
     _y, trained = bn.forward_train(jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(trained.running_mean._a), rm)
+
+
+def test_prelu_scalar_with_several_values_raises_at_construction():
+    with pytest.raises(errors.UnexpectedShape, match="is_scalar=True takes one value"):
+        nn.PReLU(jnp.asarray([0.1, 0.2, 0.3], jnp.float32), True)
 
 
 def test_prelu():
