@@ -132,6 +132,8 @@ class PReLU(Module):
         self.weight = _as_param(weight)
         self.is_scalar = bool(is_scalar)
         check_param("PReLU", self.weight, "weight (channels,)", self.weight, rank=1)
+        if self.is_scalar:  # Candle's forward reshapes it to a scalar
+            check_param("PReLU", self.weight, "weight", self.weight, (1,), rule="is_scalar=True takes one value")
 
     @staticmethod
     def new(weight: Any, is_scalar: bool) -> PReLU:

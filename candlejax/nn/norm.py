@@ -251,10 +251,12 @@ def _bn_train(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float, remove_me
     return y.astype(x.dtype), new_rm, new_rv
 
 
-@op(static=("eps", "remove_mean"))
-def _bn_eval(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float, remove_mean: bool) -> Any:
+@op(static=("eps",))
+def _bn_eval(x: Any, rm: Any, rv: Any, w: Any, b: Any, *, eps: float) -> Any:
+    """Candle's ``forward_eval``: the running mean is subtracted whatever ``remove_mean`` says (with
+    ``remove_mean=False`` training leaves it as loaded, zeros by default), as ``absorb_bn`` folds it."""
     xf = x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
-    xc = xf - rm.reshape(_bshape(x)) if remove_mean else xf
+    xc = xf - rm.reshape(_bshape(x))
     y = xc * lax.rsqrt(rv.reshape(_bshape(x)) + eps)
     if w is not None:
         y = y * w.reshape(_bshape(x)) + b.reshape(_bshape(x))
@@ -296,7 +298,8 @@ class BatchNorm(ModuleT):
     (eagerly, or on a layer passed into a jit/grad trace; a layer a traced function closes over
     keeps them); ``y, bn = bn.forward_train(x)`` returns the layer with its running statistics
     updated and leaves this one as it is (functional, for jitted training steps). Running variance
-    is updated with the unbiased batch variance, as in PyTorch.
+    is updated with the unbiased batch variance, as in PyTorch. With ``remove_mean=False`` training
+    neither subtracts nor updates the mean, and evaluation still subtracts the running mean, as Candle's.
     """
 
     def __init__(
@@ -393,9 +396,7 @@ class BatchNorm(ModuleT):
         x = as_array(xs)
         self._check(x)
         w, b = self._wb()
-        return wrap(
-            _bn_eval(x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps, remove_mean=self.remove_mean)
-        )
+        return wrap(_bn_eval(x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps))
 
 
 def _stat_buffer(vb: Any, v: Any) -> Buffer:

@@ -81,7 +81,10 @@ def _log_sum_exp(a: Any, *, axis: tuple[int, ...]) -> Any:
 
 @op(static=("axis",))
 def softmax_op(a: Any, *, axis: int) -> Any:
-    """Softmax of a float array over ``axis`` (max-subtracted; bf16/f16 computed in f32)."""
+    """Softmax of a float array over ``axis`` (max-subtracted; bf16/f16 computed in f32). An empty
+    ``axis`` gives the empty array back, as PyTorch."""
+    if a.shape[axis] == 0:
+        return a
     x = _up(a)
     m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     e = jnp.exp(x - m)
@@ -90,7 +93,9 @@ def softmax_op(a: Any, *, axis: int) -> Any:
 
 @op(static=("axis",))
 def log_softmax_op(a: Any, *, axis: int) -> Any:
-    """``log(softmax(a, axis))`` of a float array, computed stably."""
+    """``log(softmax(a, axis))`` of a float array, computed stably (an empty ``axis``: the empty array)."""
+    if a.shape[axis] == 0:
+        return a
     x = _up(a)
     m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     s = x - m

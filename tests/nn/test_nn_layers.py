@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import candlejax.nn as nn
-from candlejax import Device, DType
+from candlejax import Device, DType, errors
 from candlejax.nn import Var, VarBuilder, named_vars
 from candlejax.transforms import jit, value_and_grad
 
@@ -265,6 +265,30 @@ def test_batch_norm_1d_eval_grads():
         t.running_mean.copy_(torch.randn(4))
         t.running_var.copy_(torch.rand(4) + 0.5)
     check(nn.batch_norm(4, 1e-5, _vb(t)), t, _x(5, 4))
+
+
+def test_batch_norm_without_mean_removal_subtracts_the_running_mean_in_eval_as_candle():
+    # Candle's forward_eval subtracts the running mean whatever remove_mean says; training with
+    # remove_mean=False neither subtracts nor updates it, and absorb_bn folds it in
+    rm, rv = np.array([0.5, -1.0, 2.0], np.float32), np.array([1.5, 0.5, 2.0], np.float32)
+    w, b = np.array([1.0, 2.0, -1.0], np.float32), np.array([0.1, 0.0, -0.2], np.float32)
+    bn = nn.BatchNorm(3, jnp.asarray(rm), jnp.asarray(rv), jnp.asarray(w), jnp.asarray(b), 1e-5, 0.1, remove_mean=False)
+    x = _x(2, 3, 4, 4)
+    shape = (1, 3, 1, 1)
+    want = (x - rm.reshape(shape)) / np.sqrt(rv.reshape(shape) + 1e-5) * w.reshape(shape) + b.reshape(shape)
+    np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x))._a), want, rtol=1e-5, atol=1e-5)
+    conv = nn.Conv2d(jnp.asarray(_x(3, 3, 1, 1)), None, nn.Conv2dConfig())
+    folded = conv.absorb_bn(bn)
+    np.testing.assert_allclose(
+        np.asarray(folded(jnp.asarray(x))._a), np.asarray(bn(conv(jnp.asarray(x)))._a), rtol=1e-4, atol=1e-5
+    )
+    _y, trained = bn.forward_train(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(trained.running_mean._a), rm)
+
+
+def test_prelu_scalar_with_several_values_raises_at_construction():
+    with pytest.raises(errors.UnexpectedShape, match="is_scalar=True takes one value"):
+        nn.PReLU(jnp.asarray([0.1, 0.2, 0.3], jnp.float32), True)
 
 
 def test_prelu():

@@ -39,6 +39,16 @@ def test_softmax_family_vs_torch():
         ops.softmax(np.ones(3, np.uint32), 0)
 
 
+def test_softmax_family_over_an_empty_dim_is_empty_as_torch():
+    x = np.zeros((3, 0), np.float32)
+    for got, want in ((ops.softmax_last_dim(x), torch.softmax(torch.tensor(x), -1)),
+                      (ops.softmax(x, 1), torch.softmax(torch.tensor(x), 1)),
+                      (ops.log_softmax(x, -1), torch.log_softmax(torch.tensor(x), -1))):  # fmt: skip
+        assert got.shape == tuple(want.shape) and got.dtype == DType.F32
+    g = jax.grad(lambda a: ops.softmax_last_dim(a)._a.sum())(jnp.zeros((3, 0), jnp.float32))
+    assert g.shape == (3, 0)
+
+
 def test_softmax_last_dim_is_differentiable():
     x = jnp.asarray(_x(2, 5))
     g = jax.jit(jax.grad(lambda a: jnp.sum(ops.softmax_last_dim(a)._a * jnp.arange(5.0))))(x)

@@ -384,6 +384,27 @@ def test_upsample_bilinear2d_with_scale(rng, sh, sw):
     assert t.upsample_bilinear2d_with_scale(1.0, 1.0) is t
 
 
+def _candle_bilinear_rows(src: int, dst: int, scale: float) -> np.ndarray:
+    """Candle's CPU kernel (``align_corners=False``, scale given): ``(dst, src)`` interpolation weights."""
+    m = np.zeros((dst, src))
+    for i in range(dst):
+        pos = max((i + 0.5) / scale - 0.5, 0.0)
+        i0 = int(np.floor(pos))
+        i1 = min(i0 + 1, src - 1)
+        m[i, i0] += 1 - (pos - i0)
+        m[i, i1] += pos - i0
+    return m
+
+
+def test_upsample_bilinear2d_with_scale_resamples_an_unchanged_dim_as_candle(rng):
+    # H: 6 -> floor(6 * 1.1) = 6 keeps its size but Candle still reads rows at (i + 0.5) / 1.1 - 0.5
+    # (PyTorch's CPU kernel copies such a dim: docs/differences/conv-io.md)
+    x = randn(rng, 1, 2, 6, 8)
+    want = np.einsum("hH,nchw,wW->ncHW", _candle_bilinear_rows(6, 6, 1.1).T, x, _candle_bilinear_rows(8, 16, 2.0).T)
+    got = np.asarray(T(x).upsample_bilinear2d_with_scale(1.1, 2.0, False))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_all_ops_under_jit(rng):
     """Every op inside one jax.jit, Tensors passed as pytrees, against the eager results."""
     x1, k1, x2, k2 = randn(rng, 1, 4, 9), randn(rng, 4, 2, 3), randn(rng, 1, 4, 8, 9), randn(rng, 4, 2, 3, 2)
