@@ -1,7 +1,7 @@
 """Sentence embeddings on a BERT encoder: sentence-transformers' ``all-*`` recipe.
 
 requires: candlejax.models.bert, tokenizers
-provides: ``SentenceEmbedder``, ``mean_pool``, ``resolve_model_dir``
+provides: ``SentenceEmbedder``, ``mean_pool``, ``pool``, ``POOLING_MODES``, ``resolve_model_dir``
 
 :class:`SentenceEmbedder` adds tokenisation (HF ``tokenizers``), mean pooling over the attention
 mask and L2 normalisation to :class:`candlejax.models.bert.BertModel`, compiled per bucketed shape.
@@ -25,7 +25,7 @@ from candlejax.nn import VarBuilder, check_token_ids, pack_linears
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
 
-__all__ = ["SentenceEmbedder", "mean_pool", "resolve_model_dir"]
+__all__ = ["POOLING_MODES", "SentenceEmbedder", "mean_pool", "pool", "resolve_model_dir"]
 
 
 def mean_pool(hidden: Any, attention_mask: Any, normalize: bool = True) -> Any:
@@ -43,11 +43,119 @@ def mean_pool(hidden: Any, attention_mask: Any, normalize: bool = True) -> Any:
     return wrap(pooled)
 
 
-def _embed_step(model: bert.BertModel, ids: Any, type_ids: Any, mask: Any, normalize: bool) -> Any:
-    return unwrap(mean_pool(model.forward(ids, type_ids, mask), mask, normalize))
+#: sentence-transformers' ``Pooling`` modes :class:`SentenceEmbedder` runs
+POOLING_MODES = ("mean", "cls", "max")
+
+#: the legacy ``1_Pooling/config.json`` keys (sentence-transformers < 6) -> ``pooling_mode``
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}  # fmt: skip
 
 
-_embed_step_jit = SizeJit(_embed_step, bert.COMPILER_OPTIONS, bert.LARGE_BATCH_TOKENS, static_argnames=("normalize",))
+def pool(hidden: Any, attention_mask: Any, pooling: str = "mean", normalize: bool = True) -> Any:
+    """sentence-transformers' ``Pooling(pooling)`` (+ ``Normalize``) of ``hidden (B, S, H)``: ``(B, H)`` f32.
+
+    ``"mean"``: :func:`mean_pool`; ``"cls"``: the first kept token (``[CLS]`` with right padding);
+    ``"max"``: the element-wise maximum over the kept tokens."""
+    if pooling == "mean":
+        return mean_pool(hidden, attention_mask, normalize)
+    h = unwrap(hidden)
+    keep = jnp.asarray(unwrap(attention_mask)) != 0
+    if pooling == "cls":
+        first = jnp.argmax(keep, axis=1)
+        pooled = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    elif pooling == "max":
+        pooled = jnp.max(jnp.where(keep[..., None], h, -jnp.inf), axis=1).astype(jnp.float32)
+    else:
+        raise errors.InvalidArgument(f"sentence embedding pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if normalize:
+        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return wrap(pooled)
+
+
+def _embed_step(model: bert.BertModel, ids: Any, type_ids: Any, mask: Any, normalize: bool, pooling: str) -> Any:
+    return unwrap(pool(model.forward(ids, type_ids, mask), mask, pooling, normalize))
+
+
+_embed_step_jit = SizeJit(
+    _embed_step, bert.COMPILER_OPTIONS, bert.LARGE_BATCH_TOKENS, static_argnames=("normalize", "pooling")
+)
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pooling_mode(pool_cfg: str) -> str:
+    """The ``pooling_mode`` of a ``Pooling`` module's ``config.json`` (current or legacy keys); raises
+    unless it is one of :data:`POOLING_MODES`."""
+    pc = _read_json(pool_cfg)
+    mode = pc.get("pooling_mode")
+    if mode is None:  # sentence-transformers < 6: one bool per mode, mean when none is set
+        mode = [m for k, m in _LEGACY_POOLING_KEYS.items() if pc.get(k)] or ["mean"]
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise errors.Msg(
+            f"{pool_cfg}: pooling mode {mode!r} is not implemented; SentenceEmbedder pools one of {POOLING_MODES}"
+        )
+    return modes[0]
+
+
+def _sentence_transformers_modules(d: str) -> tuple[str, bool]:
+    """``(pooling, normalize)`` of a sentence-transformers folder's ``modules.json`` (Candle's example
+    without one: mean pooling, normalised). Raises on modules the embedder does not run (``Dense``,
+    ``LayerNorm``, ...), which would otherwise be skipped silently."""
+    modules = os.path.join(d, "modules.json")
+    if not os.path.isfile(modules):
+        pool_cfg = os.path.join(d, "1_Pooling", "config.json")
+        return (_pooling_mode(pool_cfg) if os.path.isfile(pool_cfg) else "mean"), True
+    pooling, normalize = "mean", False
+    for m in _read_json(modules):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pool_cfg = os.path.join(d, m.get("path") or "1_Pooling", "config.json")
+            pooling = _pooling_mode(pool_cfg) if os.path.isfile(pool_cfg) else "mean"
+        elif kind == "Normalize":
+            normalize = True
+        elif kind != "Transformer" or m.get("path"):
+            raise errors.Msg(
+                f"{modules}: module {m.get('name', m.get('idx'))!r} ({m.get('type')}, path {m.get('path')!r}) is not"
+                " implemented; SentenceEmbedder runs a BERT Transformer at the folder's root, Pooling and Normalize"
+            )
+    return pooling, normalize
+
+
+def _max_seq_length(d: str, limit: int) -> int | None:
+    """sentence-transformers' ``max_seq_length``: ``sentence_bert_config.json``'s, else (as version 6
+    saves it) the tokenizer's ``model_max_length`` capped at ``max_position_embeddings``."""
+    st_cfg = os.path.join(d, "sentence_bert_config.json")
+    if os.path.isfile(st_cfg) and _read_json(st_cfg).get("max_seq_length") is not None:
+        return int(_read_json(st_cfg)["max_seq_length"])
+    tok_cfg = os.path.join(d, "tokenizer_config.json")
+    if os.path.isfile(tok_cfg):
+        n = _read_json(tok_cfg).get("model_max_length")
+        if isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 1:
+            return int(min(n, limit))
+    return None
+
+
+def _lowercase_first(tokenizer: Any) -> None:
+    """sentence-transformers' ``do_lower_case``: a ``Lowercase`` normalizer before the tokenizer's own."""
+    from tokenizers import normalizers
+
+    current = tokenizer.normalizer
+    if isinstance(current, normalizers.Lowercase):
+        return
+    if isinstance(current, normalizers.Sequence):
+        inner = list(current)
+        if any(isinstance(n, normalizers.Lowercase) for n in inner):
+            return
+    else:
+        inner = [] if current is None else [current]
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), *inner])
 
 
 def resolve_model_dir(path: str | os.PathLike) -> str:
@@ -71,11 +179,13 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 class SentenceEmbedder:
-    """Sentences -> L2-normalised mean-pooled BERT embeddings ``(N, hidden_size)``.
+    """Sentences -> L2-normalised pooled BERT embeddings ``(N, hidden_size)`` (mean, CLS or max pooling).
 
     ``SentenceEmbedder.from_dir(dir)`` reads ``config.json``, ``model.safetensors`` (or a sharded
-    index), ``tokenizer.json`` and, when present, sentence-transformers' ``sentence_bert_config.json``
-    (``max_seq_length``) and ``1_Pooling/config.json``. ``embed(sentences)`` tokenises the batch,
+    index), ``tokenizer.json`` and, when present, sentence-transformers' ``modules.json`` (which
+    modules run: ``Transformer``, ``Pooling``, ``Normalize``; any other raises),
+    ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``), the tokenizer's
+    ``model_max_length`` and the ``Pooling`` module's ``config.json``. ``embed(sentences)`` tokenises the batch,
     pads it to a bucketed shape (sequence lengths 16, 32, 64, ...; batch 1, 2, 4, ... up to
     ``batch_size``) so a handful of compiled programs serve every input, and runs one jitted
     forward + pooling per chunk with the weights as arguments.
@@ -85,7 +195,7 @@ class SentenceEmbedder:
 
     def __init__(
         self, model: bert.BertModel, tokenizer: Any, max_length: int | None = 512, normalize: bool = True,
-        batch_size: int = 32,
+        batch_size: int = 32, pooling: str = "mean",
     ):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
@@ -93,6 +203,9 @@ class SentenceEmbedder:
         self.max_length = limit if max_length is None else min(_positive(max_length, "max_length"), limit)
         self.normalize = bool(normalize)
         self.batch_size = _positive(batch_size, "batch_size")
+        if pooling not in POOLING_MODES:
+            raise errors.InvalidArgument(f"SentenceEmbedder: pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        self.pooling = pooling
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
 
@@ -116,23 +229,15 @@ class SentenceEmbedder:
         if pack or pack is None:
             model = pack_linears(model, force=bool(pack))
         tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
-        normalize = True
+        pooling, normalize = _sentence_transformers_modules(d)
+        if max_length is None:
+            max_length = _max_seq_length(d, config.max_position_embeddings)
         st_cfg = os.path.join(d, "sentence_bert_config.json")
-        if max_length is None and os.path.isfile(st_cfg):
-            with open(st_cfg) as f:
-                max_length = json.load(f).get("max_seq_length")
-        modules = os.path.join(d, "modules.json")
-        if os.path.isfile(modules):
-            with open(modules) as f:
-                normalize = any(m.get("type", "").endswith("Normalize") for m in json.load(f))
-        pool_cfg = os.path.join(d, "1_Pooling", "config.json")
-        if os.path.isfile(pool_cfg):
-            with open(pool_cfg) as f:
-                pc = json.load(f)
-            others = ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
-            if not pc.get("pooling_mode_mean_tokens", True) or any(pc.get(k) for k in others):
-                raise errors.Msg(f"{pool_cfg}: only mean pooling is implemented")
-        return SentenceEmbedder(model, tokenizer, max_length or config.max_position_embeddings, normalize, batch_size)
+        if os.path.isfile(st_cfg) and _read_json(st_cfg).get("do_lower_case"):
+            _lowercase_first(tokenizer)
+        return SentenceEmbedder(
+            model, tokenizer, max_length or config.max_position_embeddings, normalize, batch_size, pooling
+        )
 
     def tokenize(self, sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids, type_ids, mask)`` int32 ``(N, S)`` padded to the bucketed longest length."""
@@ -177,7 +282,7 @@ class SentenceEmbedder:
             chunk = [t[sl] for t in (ids, type_ids, mask)]
             if b != rows:
                 chunk = [np.concatenate([t, np.zeros((b - rows, t.shape[1]), t.dtype)]) for t in chunk]
-            res = _embed_step_jit(self.model, *chunk, self.normalize)
+            res = _embed_step_jit(self.model, *chunk, self.normalize, self.pooling)
             out.append(np.asarray(res)[:rows])
         if not out:
             return np.zeros((0, self.model.config.hidden_size), np.float32)

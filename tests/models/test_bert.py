@@ -303,6 +303,86 @@ def test_sentence_embedder_checks_its_arguments(embedder):
     assert embedder.embed_tokens(ids[:0], types[:0], mask[:0]).shape == (0, 384)
 
 
+def _st_folder(tmp_path: Path, modules: list[tuple[str, str, dict | None]], st_config: dict | None = None,
+               model_max_length: int | None = None) -> Path:  # fmt: skip
+    """A sentence-transformers folder as version 6 saves it: MiniLM's weights and tokenizer, the given
+    ``(type, path, config)`` modules after the Transformer, no ``max_seq_length`` unless ``st_config``
+    has one (the tokenizer's ``model_max_length`` holds it)."""
+    d = tmp_path / "st"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (d / name).symlink_to(MINILM / name)
+    tok_cfg = json.loads((MINILM / "tokenizer_config.json").read_text())
+    if model_max_length is not None:
+        tok_cfg["model_max_length"] = model_max_length
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    (d / "sentence_bert_config.json").write_text(json.dumps(st_config or {"transformer_task": "feature-extraction"}))
+    transformer = "sentence_transformers.base.modules.transformer.Transformer"
+    entries = [{"idx": 0, "name": "0", "path": "", "type": transformer}]
+    for i, (kind, path, cfg) in enumerate(modules, 1):
+        entries.append({"idx": i, "name": str(i), "path": path, "type": kind})
+        if cfg is not None:
+            (d / path).mkdir()
+            (d / path / "config.json").write_text(json.dumps(cfg))
+    (d / "modules.json").write_text(json.dumps(entries))
+    return d
+
+
+POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
+
+
+@pytest.mark.parametrize("pool_cfg", [
+    {"embedding_dimension": 384, "pooling_mode": "cls", "include_prompt": True},
+    {"embedding_dimension": 384, "pooling_mode": "max", "include_prompt": True},
+    {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False},
+    {"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": True},
+], ids=["cls", "max", "legacy-cls", "mean"])  # fmt: skip
+def test_sentence_transformers_pooling_modes(tmp_path, pool_cfg):
+    """The Pooling module's mode, in sentence-transformers 6's ``pooling_mode`` key or the legacy bools
+    (``pooling_mode`` used to be ignored: CLS and max models were mean-pooled), and its
+    ``max_seq_length`` kept as the tokenizer's ``model_max_length`` (it used to be 512)."""
+    st = pytest.importorskip("sentence_transformers")
+    d = _st_folder(tmp_path, [(POOLING, "1_Pooling", pool_cfg), (NORMALIZE, "2_Normalize", None)], model_max_length=256)
+    sentences = [*SENTENCES[:3], SENTENCES[-1] * 3]  # the last one is longer than 256 tokens
+    ref = st.SentenceTransformer(str(d), device="cpu").encode(sentences, convert_to_numpy=True)
+    emb = bert.SentenceEmbedder.from_dir(d)
+    assert emb.max_length == 256
+    got = np.asarray(emb.embed(sentences))
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(emb.embed(sentences[1]))[0], got[1], atol=1e-5)
+
+
+def test_sentence_transformers_lower_case_and_unnormalised(tmp_path):
+    """``do_lower_case`` lowercases before a cased tokenizer; no ``Normalize`` module: raw pooled vectors."""
+    st = pytest.importorskip("sentence_transformers")
+    d = _st_folder(tmp_path, [(POOLING, "1_Pooling", {"embedding_dimension": 384, "pooling_mode": "mean"})],
+                   st_config={"max_seq_length": 128, "do_lower_case": True})  # fmt: skip
+    tok = json.loads((MINILM / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False  # a cased tokenizer
+    (d / "tokenizer.json").unlink()
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    sentences = ["The CAT sits Outside", "I LOVE pasta"]
+    ref = st.SentenceTransformer(str(d), device="cpu").encode(sentences, convert_to_numpy=True)
+    emb = bert.SentenceEmbedder.from_dir(d)
+    assert (emb.max_length, emb.normalize) == (128, False)
+    np.testing.assert_allclose(np.asarray(emb.embed(sentences)), ref, atol=2e-5)
+
+
+def test_sentence_transformers_modules_not_run_raise(tmp_path):
+    """A module the embedder does not run (a Dense projection) raises instead of being skipped."""
+    dense = "sentence_transformers.base.modules.dense.Dense"
+    d = _st_folder(tmp_path, [(POOLING, "1_Pooling", {"pooling_mode": "mean"}), (dense, "2_Dense", None)])
+    with pytest.raises(errors.Msg, match=r"modules.json: module '2' \(sentence_transformers.base.modules.dense.Dense"):
+        bert.SentenceEmbedder.from_dir(d)
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": ["mean", "max"]}))
+    (d / "modules.json").write_text(json.dumps(json.loads((d / "modules.json").read_text())[:2]))
+    with pytest.raises(errors.Msg, match=r"1_Pooling/config.json: pooling mode \['mean', 'max'\] is not implemented"):
+        bert.SentenceEmbedder.from_dir(d)
+    with pytest.raises(errors.InvalidArgument, match="SentenceEmbedder: pooling must be one of"):
+        bert.SentenceEmbedder(bert.SentenceEmbedder.from_dir(MINILM).model, None, pooling="weightedmean")
+
+
 def test_cli_prints_embeddings():
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "candlejax.models.bert", "embed", "--model", str(MINILM), "--json", "I love pasta",
