@@ -38,7 +38,7 @@ from candlejax.quantized import native
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
 from candlejax.tensor.conv import depthwise_conv2d_nhwc_op, to_usize2
-from candlejax.tensor.elementwise import gelu_erf_jnp
+from candlejax.tensor.elementwise import gelu_erf_jnp, in_f32
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
 __all__ = [
@@ -162,7 +162,7 @@ def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
         return (out if kind == "elu" else p1 * out).astype(a.dtype)
     if kind == "leaky_relu":
         return jnp.where(a >= 0, a, (a * p0).astype(a.dtype))
-    return _UNARY[kind](a).astype(a.dtype)
+    return in_f32(_UNARY[kind])(a).astype(a.dtype)
 
 
 def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
