@@ -382,8 +382,9 @@ def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
 
 @op(static=("n", "dtype"))
 def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
-    # 8-bit floats have no arithmetic promotion in JAX: their values are computed in f32
-    work = jnp.float32 if jnp.dtype(dtype).itemsize == 1 and jnp.issubdtype(dtype, jnp.floating) else dtype
+    # floats narrower than f32 (bf16, f16, f8) are computed in f32 and rounded once: in the
+    # narrow dtype the step, the index and the product would each be rounded
+    work = jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else dtype
     i = jax.lax.iota(work, n)
     return (start.astype(work) + i * step.astype(work)).astype(dtype)
 
@@ -633,7 +634,8 @@ class CreationMixin(TensorBase):
         """``Tensor::arange_step(start, end, step, &device)``; negative steps count down.
 
         Raises ``step cannot be zero``. Element ``i`` is ``start + i * step`` (no accumulated
-        rounding). PyTorch: ``torch.arange(start, end, step)``.
+        rounding; bf16/f16 computed in f32 and rounded once). With an integer ``dtype`` every value
+        must fit it (never wrapped). PyTorch: ``torch.arange(start, end, step)``.
         """
         start = _static_number(start, "start", "arange")
         end = _static_number(end, "end", "arange")
@@ -656,6 +658,10 @@ class CreationMixin(TensorBase):
             n = max(0, math.ceil((end - start) / step))
         if d.is_int() and all_int:
             cdt = d.np  # exact integer arithmetic, modular for an unsigned dtype and a negative step
+            lo, hi = _INT_RANGE[cdt]
+            for v in (start, start + (n - 1) * step) if n else ():
+                if not lo <= v <= hi:
+                    raise _does_not_fit("arange", v, cdt)
             bits = 8 * cdt.itemsize
             if cdt.kind == "u":
                 step %= 2**bits
