@@ -38,7 +38,7 @@ from candlejax.quantized import native
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
 from candlejax.tensor.conv import depthwise_conv2d_nhwc_op, to_usize2
-from candlejax.tensor.elementwise import gelu_erf_jnp
+from candlejax.tensor.elementwise import gelu_erf_jnp, in_f32
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
 __all__ = [
@@ -162,7 +162,7 @@ def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
         return (out if kind == "elu" else p1 * out).astype(a.dtype)
     if kind == "leaky_relu":
         return jnp.where(a >= 0, a, (a * p0).astype(a.dtype))
-    return _UNARY[kind](a).astype(a.dtype)
+    return in_f32(_UNARY[kind])(a).astype(a.dtype)
 
 
 def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
@@ -359,19 +359,27 @@ def _rope_tables(cos: Any, sin: Any, t: int, b: int, layout: str) -> tuple[Any, 
     return cos[:, :, None], sin[:, :, None]
 
 
+def _rope_dtype(x: Any, cos: Any) -> Any:
+    """The dtype a rotation is computed in: f32 for f16/bf16 input with f32 tables (rounded once to
+    the input's dtype at the end), else the input's dtype (Candle's kernels)."""
+    return cos.dtype if cos.dtype == jnp.float32 and x.dtype in (jnp.bfloat16, jnp.float16) else x.dtype
+
+
 @op(static=("layout", "interleaved"))
 def _rope(x: Any, cos: Any, sin: Any, *, layout: str, interleaved: bool) -> Any:
     t = x.shape[2] if layout == "bhtd" else x.shape[1]
-    c, s = _rope_tables(cos.astype(x.dtype), sin.astype(x.dtype), t, x.shape[0], layout)
+    dt, out = _rope_dtype(x, cos), x.dtype
+    c, s = _rope_tables(cos.astype(dt), sin.astype(dt), t, x.shape[0], layout)
+    x = x.astype(dt)
     if interleaved:
         xr = x.reshape(*x.shape[:-1], -1, 2)
         x0, x1 = xr[..., 0], xr[..., 1]
-        return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape)
+        return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape).astype(out)
     cf = jnp.concatenate([c, c], axis=-1)
     sf = jnp.concatenate([s, s], axis=-1)
     h = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-    return x * cf + rot * sf
+    return (x * cf + rot * sf).astype(out)
 
 
 def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
@@ -417,10 +425,12 @@ def _rotate_half_slow(op: str, xs: Any, cos: Any, sin: Any, layout: str) -> Any:
     x, c, s = as_array(xs), as_array(cos), as_array(sin)
     _check_rope(op, x, c, s, layout)
     t = x.shape[2] if layout == "bhtd" else x.shape[1]
-    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), t, x.shape[0], layout)
+    dt, out = _rope_dtype(x, c), x.dtype
+    c, s = _rope_tables(c.astype(dt), s.astype(dt), t, x.shape[0], layout)
+    x = x.astype(dt)
     h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
-    return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+    return wrap(jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(out))
 
 
 def rope_slow(xs: Any, cos: Any, sin: Any) -> Any:
@@ -432,10 +442,12 @@ def rope_i_slow(xs: Any, cos: Any, sin: Any) -> Any:
     """Step-by-step reference for :func:`rope_i`."""
     x, c, s = as_array(xs), as_array(cos), as_array(sin)
     _check_rope("rope-i", x, c, s, "bhtd")
-    c, s = _rope_tables(c.astype(x.dtype), s.astype(x.dtype), x.shape[2], x.shape[0], "bhtd")
+    dt, out_dt = _rope_dtype(x, c), x.dtype
+    c, s = _rope_tables(c.astype(dt), s.astype(dt), x.shape[2], x.shape[0], "bhtd")
+    x = x.astype(dt)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     out = jnp.zeros_like(x).at[..., 0::2].set(x0 * c - x1 * s).at[..., 1::2].set(x0 * s + x1 * c)
-    return wrap(out)
+    return wrap(out.astype(out_dt))
 
 
 def rope_thd_slow(xs: Any, cos: Any, sin: Any) -> Any:

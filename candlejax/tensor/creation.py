@@ -382,8 +382,9 @@ def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
 
 @op(static=("n", "dtype"))
 def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
-    # 8-bit floats have no arithmetic promotion in JAX: their values are computed in f32
-    work = jnp.float32 if jnp.dtype(dtype).itemsize == 1 and jnp.issubdtype(dtype, jnp.floating) else dtype
+    # floats narrower than f32 (bf16, f16, f8) are computed in f32 and rounded once: in the
+    # narrow dtype the step, the index and the product would each be rounded
+    work = jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else dtype
     i = jax.lax.iota(work, n)
     return (start.astype(work) + i * step.astype(work)).astype(dtype)
 
@@ -401,19 +402,31 @@ def _tri(*, n: int, dtype: Any, k: int, upper: bool) -> Any:
     return m.astype(dtype)
 
 
+def _sampling_dtype(dtype: Any) -> Any:
+    """Narrow floats are drawn in f32 and rounded: jax draws a bf16 from 7 random mantissa bits
+    (128 distinct values, normal samples never beyond 2.5 standard deviations)."""
+    return dtype if jnp.dtype(dtype).itemsize >= 4 else jnp.float32
+
+
 @op(static=("shape", "dtype"))
 def _uniform(key: Any, ctr: Any, lo: Any, up: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
     if ctr is not None:
         key = jax.random.fold_in(key, ctr)
-    return jax.random.uniform(key, shape, dtype, jnp.asarray(lo, dtype), jnp.asarray(up, dtype))
+    work = _sampling_dtype(dtype)
+    u = jax.random.uniform(key, shape, work, jnp.asarray(lo, work), jnp.asarray(up, work)).astype(dtype)
+    # lo + u * (up - lo) can round up to ``up`` itself (bf16 rand(5, 6): 1.5% of the samples were 6.0)
+    lo_d, up_d = jnp.asarray(lo, dtype), jnp.asarray(up, dtype)
+    below = jnp.nextafter(up_d, jnp.asarray(-jnp.inf, dtype))
+    return jnp.maximum(jnp.where(u >= up_d, below, u), lo_d)
 
 
 @op(static=("shape", "dtype"))
 def _normal(key: Any, ctr: Any, mean: Any, std: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
     if ctr is not None:
         key = jax.random.fold_in(key, ctr)
-    z = jax.random.normal(key, shape, dtype)
-    return (z * jnp.asarray(std, dtype) + jnp.asarray(mean, dtype)).astype(dtype)
+    work = _sampling_dtype(dtype)
+    z = jax.random.normal(key, shape, work)
+    return (z * jnp.asarray(std, work) + jnp.asarray(mean, work)).astype(dtype)
 
 
 def _static_number(x: Any, what: str, op_name: str) -> Any:
@@ -633,7 +646,8 @@ class CreationMixin(TensorBase):
         """``Tensor::arange_step(start, end, step, &device)``; negative steps count down.
 
         Raises ``step cannot be zero``. Element ``i`` is ``start + i * step`` (no accumulated
-        rounding). PyTorch: ``torch.arange(start, end, step)``.
+        rounding; bf16/f16 computed in f32 and rounded once). With an integer ``dtype`` every value
+        must fit it (never wrapped). PyTorch: ``torch.arange(start, end, step)``.
         """
         start = _static_number(start, "start", "arange")
         end = _static_number(end, "end", "arange")
@@ -656,6 +670,10 @@ class CreationMixin(TensorBase):
             n = max(0, math.ceil((end - start) / step))
         if d.is_int() and all_int:
             cdt = d.np  # exact integer arithmetic, modular for an unsigned dtype and a negative step
+            lo, hi = _INT_RANGE[cdt]
+            for v in (start, start + (n - 1) * step) if n else ():
+                if not lo <= v <= hi:
+                    raise _does_not_fit("arange", v, cdt)
             bits = 8 * cdt.itemsize
             if cdt.kind == "u":
                 step %= 2**bits

@@ -297,17 +297,34 @@ def _relu(a: Any) -> Any:
     return jnp.maximum(a, jnp.zeros((), a.dtype))
 
 
+def in_f32(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` evaluated in f32 for bf16/f16 input and rounded once to the input's dtype (PyTorch's
+    opmath); other dtypes as they are. A composite activation evaluated in half precision loses
+    most of its digits where ``1 + erf`` or ``1 + tanh`` cancels (bf16 ``gelu_erf(-3.5)`` was -0.0)."""
+
+    def g(a: Any) -> Any:
+        return fn(a.astype(jnp.float32)).astype(a.dtype) if a.dtype in _HALF else fn(a)
+
+    g.__name__ = getattr(fn, "__name__", "in_f32")
+    return g
+
+
+@in_f32
 def _gelu_tanh(a: Any) -> Any:
     return jax.nn.gelu(a, approximate=True)
 
 
+@in_f32
 def gelu_erf_jnp(a: Any) -> Any:
-    """Exact GELU, ``x/2 (1 + erf(x/√2))`` (PyTorch's formula). ``jax.nn.gelu(approximate=False)``
-    goes through erfc, which XLA:CPU evaluates with both branches of a select: ~3x slower."""
+    """Exact GELU, ``x/2 (1 + erf(x/√2))`` (PyTorch's formula); bf16/f16 computed in f32.
+    ``jax.nn.gelu(approximate=False)`` goes through erfc, which XLA:CPU evaluates with both
+    branches of a select: ~3x slower."""
     return a * 0.5 * (1.0 + jax.lax.erf(a * np.asarray(1 / math.sqrt(2), a.dtype)))
 
 
 _gelu_erf = gelu_erf_jnp
+_silu = in_f32(jax.nn.silu)
+_sigmoid = in_f32(jax.nn.sigmoid)
 
 
 def _recip(a: Any) -> Any:
@@ -488,9 +505,9 @@ class ElementwiseMixin(TensorBase):
     )
     erf = _unary("erf", jax.scipy.special.erf, _FLOAT, "Error function (Candle ``erf``, torch ``erf``); float only.")
     relu = _unary("relu", _relu, _ALL, "``max(x, 0)`` (Candle ``relu``, torch ``relu``); every dtype.")
-    silu = _unary("silu", jax.nn.silu, _FLOAT, "``x * sigmoid(x)`` (Candle ``silu``, torch ``silu``); float only.")
+    silu = _unary("silu", _silu, _FLOAT, "``x * sigmoid(x)`` (Candle ``silu``, torch ``silu``); float only.")
     sigmoid = _unary(
-        "sigmoid", jax.nn.sigmoid, _FLOAT,
+        "sigmoid", _sigmoid, _FLOAT,
         "``1 / (1 + e^-x)`` (Candle ``candle_nn::ops::sigmoid``, torch ``sigmoid``); float only.",
     )  # fmt: skip
     ceil = _unary("ceil", _int_identity(jnp.ceil), _ALL, "Round up (Candle ``ceil``); identity on integers.")

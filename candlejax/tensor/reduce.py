@@ -37,12 +37,13 @@ def _up(a: Any) -> Any:
 # --- kernels (one cached jit each; axes and flags are static) -----------------------------------
 @op(static=("axis", "keepdims"))
 def _sum(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
-    return jnp.sum(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
+    # an explicit dtype= turns off jnp.sum's f32 accumulation of bf16/f16: upcast by hand
+    return jnp.sum(_up(a), axis=axis, keepdims=keepdims).astype(a.dtype)
 
 
 @op(static=("axis", "keepdims"))
 def _mean(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
-    return jnp.mean(a, axis=axis, dtype=a.dtype, keepdims=keepdims)
+    return jnp.mean(_up(a), axis=axis, keepdims=keepdims).astype(a.dtype)
 
 
 @op(static=("axis", "keepdims"), rowwise="axis")

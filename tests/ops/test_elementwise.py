@@ -543,3 +543,31 @@ def test_half_precision_scalar_arithmetic_rounds_once(rng):
     np.testing.assert_allclose(got, [0.6001, 1.0014e-05], rtol=1e-3)
     c = candle.Tensor([60000.0, 1.0]).to_dtype("f16") / 1e5  # Candle: x * (1 / s), also finite
     np.testing.assert_allclose(got, c.to_dtype("f32").values(), rtol=2e-3)
+
+
+def test_half_precision_activations_are_computed_in_f32():
+    """gelu, gelu_erf, silu and sigmoid on f16 / bf16 are evaluated in f32 and rounded once, as
+    PyTorch does (Candle's gelu_erf evaluates in f64): in half precision ``1 + erf(x / √2)`` cancels,
+    so bf16 ``gelu_erf(-3.5)`` was -0.0 (Candle and PyTorch: -0.000813) and f16 ``sigmoid(-12)`` 0."""
+    from candlejax.nn import ops
+
+    x = np.array([-3.5, -3.0, -2.0, -0.3, 0.5, 1.7, 4.0], np.float32)
+    refs = {
+        "gelu": (x, lambda v: 0.5 * v * (1 + np.tanh(SQ2PI * (v + 0.044715 * v**3)))),
+        "gelu_erf": (x, lambda v: 0.5 * v * (1 + special.erf(v / math.sqrt(2)))),
+        "silu": (np.append(x, -12.0), lambda v: v / (1 + np.exp(-v))),
+        "sigmoid": (np.append(x, -12.0), lambda v: 1 / (1 + np.exp(-v))),
+    }
+    for dt, np_dt in (("f16", np.float16), ("bf16", jnp.bfloat16)):
+        for name, (xs, ref) in refs.items():
+            t = Tensor(xs.astype(np.float32)).to_dtype(dt)
+            want = ref(xs.astype(np_dt).astype(np.float64))
+            for got in (getattr(t, name)(), getattr(ops, name)(t), jax.jit(lambda a, n=name: getattr(a, n)())(t)):
+                assert got.dtype.as_str() == dt
+                rtol = 2**-10 if dt == "f16" else 2**-7  # one unit in the last place
+                np.testing.assert_allclose(np.asarray(got.to_dtype("f32")), want, rtol=rtol, atol=0,
+                                           err_msg=f"{dt} {name}")  # fmt: skip
+    for dt, rtol in (("f16", 2**-10), ("bf16", 2**-7)):
+        c = candle.functional.gelu(candle.Tensor(x.tolist()).to_dtype(dt))  # Candle: f64 inside, one rounding
+        np.testing.assert_allclose(np.asarray(Tensor(x).to_dtype(dt).gelu_erf().to_dtype("f32")),
+                                   np.asarray(c.to_dtype("f32").values(), np.float32), rtol=rtol, atol=0)

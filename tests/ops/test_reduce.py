@@ -42,6 +42,26 @@ def test_sum(rng, dtype):
             assert_close(got, want, dtype, scale=10)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_half_sum_mean_accumulate_in_f32(dtype):
+    # 2000 copies of bf16(0.1): a half-precision accumulator stalls (bf16 sum_all gave 190, mean 0.0952);
+    # f32 accumulation rounded once gives the float64 sum rounded to the dtype, as PyTorch
+    x = np.full((2, 1000), 0.1, np.float32).astype(dtype)
+    xd = f64(x)
+    cases = [
+        (lambda t: t.sum(1), xd.sum(1)),
+        (lambda t: t.sum_keepdim(1), xd.sum(1, keepdims=True)),
+        (lambda t: t.sum_all(), xd.sum()),
+        (lambda t: t.mean(1), xd.mean(1)),
+        (lambda t: t.mean_keepdim((0, 1)), xd.mean((0, 1), keepdims=True)),
+        (lambda t: t.mean_all(), xd.mean()),
+    ]
+    for outs in eager_and_jit_many([f for f, _ in cases], T(x)):
+        for got, (_, want) in zip(outs, cases):
+            assert got.dtype.np == dtype
+            np.testing.assert_array_equal(np.asarray(got.jax).astype(np.float64), want.astype(dtype).astype(np.float64))
+
+
 def test_u8_sum_wraps_like_candle():
     x = np.full((300,), 1, np.uint8)
     assert int(np.asarray(T(x).sum_all().jax)) == 300 % 256

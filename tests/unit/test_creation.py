@@ -255,6 +255,30 @@ def test_arange_candle_and_errors():
         Tensor.arange_step(0, 1, float("nan"), CPU)
 
 
+@pytest.mark.parametrize("dt", [DType.F16, DType.BF16], ids=str)
+def test_arange_half_rounds_each_element_once(dt):
+    # start + i * step evaluated in f32 and rounded once; in the half dtype the step, the index and
+    # the product were each rounded (f16 arange_step(0, 1, 0.1)[3] was 0.2998, the nearest f16 to 0.3 is 0.30005)
+    nd = dt.np
+    ranges = ((0.0, 1.0, 0.1), (-5.0, 5.0, 0.37), (100.0, 200.0, 0.3), (0.001, 0.002, 1e-5), (1000, 1300, 1))
+    for start, end, step in ranges:
+        t = Tensor.arange_step(start, end, step, CPU, dtype=dt)
+        assert t.dtype is dt
+        want = (start + np.arange(t.shape[0]) * step).astype(nd).astype(np.float64)
+        assert t.shape[0] == len(np.arange(start, end, step))
+        np.testing.assert_array_equal(np.asarray(t.to_dtype(DType.F32), np.float64), want, err_msg=str((start, step)))
+
+
+def test_arange_integer_dtype_never_wraps():
+    assert Tensor.arange(0, 256, CPU, dtype=DType.U8).to_vec1()[-1] == 255
+    assert Tensor.arange_step(10, 0, -3, CPU, dtype=DType.U32).to_vec1() == [10, 7, 4, 1]
+    with pytest.raises(errors.InvalidArgument, match=r"arange: the value 299 does not fit the dtype U8 \(\[0, 255\]\)"):
+        Tensor.arange(0, 300, CPU, dtype=DType.U8)  # PyTorch wraps to 0..255, 0..43
+    with pytest.raises(errors.InvalidArgument, match="arange: the value -3 does not fit the dtype U32"):
+        Tensor.arange_step(-3, 3, 2, CPU, dtype=DType.U32)  # was numpy's OverflowError
+    assert Tensor.arange(0, 0, CPU, dtype=DType.U8).shape == (0,)
+
+
 def test_eye_tril_triu():
     np.testing.assert_array_equal(np.asarray(Tensor.eye(4, DType.F32, CPU)), np.eye(4))
     np.testing.assert_array_equal(np.asarray(Tensor.tril2(4, DType.U8, CPU)), np.tril(np.ones((4, 4))))

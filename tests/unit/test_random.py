@@ -118,6 +118,21 @@ def test_rand_like_and_dtypes():
         Tensor.randn(0.0, 1.0, (2,), CPU, dtype=DType.F64)
 
 
+@pytest.mark.parametrize("dt", [DType.BF16, DType.F16], ids=str)
+def test_half_precision_samples_are_drawn_in_f32(dt):
+    # jax draws a bf16 from 7 random bits: 128 distinct values, normal samples never beyond 2.5
+    # standard deviations; rand(5, 6) rounded 1.5% of its bf16 samples up to the excluded 6.0
+    n = np.asarray(Tensor.randn(0.0, 1.0, (200_000,), CPU, key=0, dtype=dt).to_dtype(DType.F32))
+    assert len(np.unique(n)) > 1000 and np.abs(n).max() > 4.0
+    assert abs(n.mean()) < 0.01 and abs(n.std() - 1.0) < 0.01
+    u = np.asarray(Tensor.rand(5.0, 6.0, (200_000,), CPU, key=1, dtype=dt).to_dtype(DType.F32))
+    assert u.min() >= 5.0 and u.max() < 6.0
+    z = Tensor.zeros((200_000,), dt)
+    r = np.asarray(z.rand_like(0.0, 1.0, key=2).to_dtype(DType.F32))
+    assert r.max() < 1.0 and len(np.unique(r)) > 1000
+    assert Tensor.rand(2.0, 2.0, (3,), CPU, key=0, dtype=dt).to_vec1() == [2.0, 2.0, 2.0]
+
+
 def test_bad_arguments():
     with pytest.raises(errors.Msg, match="lo must not exceed up"):
         Tensor.rand(1.0, 0.0, (2,), CPU)
