@@ -215,10 +215,12 @@ def letterbox(img: Any, imgsz: int | tuple[int, int] = 640, *, stride: int = 32,
 
 
 def _gain_pad(lb: Letterbox) -> tuple[float, float, int, int]:
-    (h0, w0), (h1, w1) = lb.orig_shape, lb.shape
-    gain = min(h1 / h0, w1 / w0)
-    nh, nw = max(round(h0 * gain), 1), max(round(w0 * gain), 1)  # the resized size, as LetterBox rounds it
-    return nw / w0, nh / h0, round((w1 - nw) / 2 - 0.1), round((h1 - nh) / 2 - 0.1)
+    """Per-axis resize ratios and the (left, top) pad of ``lb``, from the gain the image was resized
+    with (the padded shape's ratio, which Ultralytics recomputes, is smaller where a side's rounding
+    lost part of a pixel and no padding followed: 101 x 2000 at 640 gives 32/101, not 0.32)."""
+    h0, w0 = lb.orig_shape
+    nh, nw = max(round(h0 * lb.gain), 1), max(round(w0 * lb.gain), 1)  # the resized size, as LetterBox rounds it
+    return nw / w0, nh / h0, lb.pad[0], lb.pad[1]
 
 
 def scale_boxes(boxes: Any, lb: Letterbox) -> np.ndarray:

@@ -248,6 +248,8 @@ class Sam(Module):
 
     def _process_crop(self, img: Tensor, cb: tuple[int, int, int, int], grid: np.ndarray, batch: int) -> list[Bbox]:
         x0, y0, x1, y1 = cb
+        if len(grid) == 0:  # points_per_side // downscale**layer == 0: no prompts, no masks (as Candle)
+            return []
         crop = img.narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0)
         emb = self.embeddings(crop)
         pts = (grid * np.asarray([x1 - x0, y1 - y0], np.float32)).astype(np.float32)
@@ -277,7 +279,9 @@ class Sam(Module):
     def generate_masks(self, img: Tensor, points_per_side: int, crop_n_layer: int, crop_overlap_ratio: float,
                        crop_n_points_downscale_factor: int) -> list[Bbox]:  # fmt: skip
         """Candle's automatic mask generation: prompt a grid of foreground points (64 per batch),
-        keep masks with predicted IoU >= 0.88 and stability >= 0.95, box NMS at 0.7 per crop."""
+        keep masks with predicted IoU >= 0.88 and stability >= 0.95, box NMS at 0.7 per crop. Crop
+        layer ``i`` has ``points_per_side // crop_n_points_downscale_factor**i`` points per side;
+        a layer with none gives no masks."""
         h, w = self._dims(img)
         if points_per_side < 1 or crop_n_layer < 0 or crop_n_points_downscale_factor < 1:
             raise errors.Msg("generate_masks: points_per_side and crop_n_points_downscale_factor must be >= 1, "

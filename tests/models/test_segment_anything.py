@@ -156,6 +156,18 @@ def test_generate_masks_finds_the_square(models, images) -> None:
     assert hit[0].confidence >= 0.88
 
 
+def test_generate_masks_crop_layer_without_points(models, images) -> None:
+    """4 // 8 = 0 points per side in crop layer 1: Candle's grid for it is empty and its crops give
+    no masks, so the result is the whole image's alone."""
+    model, _ = models
+    img = cj.Tensor(images["synthetic"][:, ::4, ::4].copy())
+    whole = sam.generate_masks(model, img, points_per_side=4)
+    crops = sam.generate_masks(model, img, points_per_side=4, crop_n_layer=1, crop_n_points_downscale_factor=8)
+    assert whole and [(b.xmin, b.ymin, b.xmax, b.ymax, b.confidence) for b in crops] == [
+        (b.xmin, b.ymin, b.xmax, b.ymax, b.confidence) for b in whole
+    ]
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------

@@ -101,6 +101,20 @@ def test_letterbox_shapes_and_inverse(hw):
     np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 2, h / 2, 0.9]]], atol=1e-3)
 
 
+@pytest.mark.parametrize("hw", [(101, 2000), (2000, 101), (51, 1000)])
+def test_scale_boxes_uses_the_letterbox_gain(hw):
+    # 101 x 2000 at 640: resized to 32 x 640 (32.32 rows rounded down), no padding; the padded
+    # shape's ratio 32 / 101 is not the 0.32 the columns were resized with
+    h, w = hw
+    _, lb = vision.letterbox(Tensor(np.zeros((3, h, w), np.uint8)), 640)
+    nh, nw = max(round(h * lb.gain), 1), max(round(w * lb.gain), 1)
+    left, top = lb.pad
+    q = np.array([[left + nw / 4, top + nh / 4, left + 3 * nw / 4, top + nh / 2]], np.float64)
+    np.testing.assert_allclose(vision.scale_boxes(q, lb), [[w / 4, h / 4, 3 * w / 4, h / 2]], rtol=1e-5)
+    kp = q[:, None, :2].copy()
+    np.testing.assert_allclose(vision.scale_keypoints(kp, lb), [[[w / 4, h / 4]]], rtol=1e-5)
+
+
 @pytest.mark.parametrize("hw", [(300, 451), (7, 1000), (640, 640), (1000, 90)])
 def test_letterbox_resize_is_bilinear(rng, hw):
     # the resized part of the letterbox against jax.image.resize (linear, no antialias) in f32
