@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", default="Once upon a time", help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--system", default=None, help="system message (with --chat only)")
     p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
     p.add_argument("--tensor-parallel", type=_count(1), default=1,
                    help="split the model over N devices (CPU: N simulated devices)")  # fmt: skip
@@ -117,6 +117,8 @@ class Timer:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import processor_from
 
+    if args.system is not None and not args.chat:
+        raise errors.InvalidArgument("--system applies to --chat only: a plain prompt has no system message")
     tp = getattr(args, "tensor_parallel", 1)
     if tp > 1:
         from candlejax import distributed
@@ -137,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
     timer = Timer()
-    for piece in tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n):
+    pieces = tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                       after_prompt=not args.chat)  # the text joins on to the printed prompt
+    for piece in pieces:
         timer.tick()
         sys.stdout.write(piece)
         sys.stdout.flush()
