@@ -296,3 +296,17 @@ def test_printed_text_is_the_decoded_prompt_and_continuation(files, capsys, tmp_
     assert rc == 0, err
     assert out == tok.decode(prompt_ids + ref, skip_special_tokens=True) + "\n"
     assert out.startswith(PROMPT + " w")
+
+
+def test_python_m_entry_points_hand_off_to_the_command_line(files):
+    """``python -m candlejax.models.llama2_c`` runs ``candlejax llama2-c`` (it exited 0 doing nothing);
+    ``python -m candlejax.models.quantized_llama`` runs ``candlejax`` (``generate``, ``chat``)."""
+    import subprocess
+    import sys
+
+    argv = ["--config", files.bin, "--tokenizer", files.tokenizer, "--prompt", PROMPT, "-n", "3", "--quiet"]
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.llama2_c", *argv], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == files.text(files.reference(sample_len=3)), r.stderr
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.quantized_llama", "generate", "--gguf", "none.gguf"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1 and "candlejax generate: error: --gguf: no such file" in r.stderr, r.stderr
