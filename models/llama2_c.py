@@ -312,3 +312,11 @@ def step(model: Llama, cos: Any, sin: Any, kv: StackedKvCache, ids: Any, pos: An
 
 
 _jit_step = jax.jit(step, donate_argnums=(3,))
+
+
+if __name__ == "__main__":  # python -m candlejax.models.llama2_c --config stories15M.bin --tokenizer FILE ...
+    import sys
+
+    from candlejax.cli import main
+
+    raise SystemExit(main(["llama2-c", *sys.argv[1:]], prog="python -m candlejax.models.llama2_c"))

@@ -473,3 +473,11 @@ def _stack(n: int, get: Any, dev: Device | None, release: Any) -> Any:
         stacked[j] = None  # type: ignore[call-overload]
     return jax.tree_util.tree_unflatten(struct, out)
 
+
+
+if __name__ == "__main__":  # python -m candlejax.models.quantized_llama generate|chat --gguf FILE ...
+    import sys
+
+    from candlejax.cli import main
+
+    raise SystemExit(main(sys.argv[1:], prog="python -m candlejax.models.quantized_llama"))

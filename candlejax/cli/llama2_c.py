@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.Msg("the prompt encodes to no tokens and this tokenizer adds no BOS token: give --prompt")
     n_prompt = len(tokens)
     processor = LogitsProcessor(args.seed, args.temperature, args.top_p)
-    stream = TokenOutputStream(tokenizer)
+    stream = TokenOutputStream(tokenizer, context=tokens)  # the text joins on to the printed prompt
     load_s = time.perf_counter() - t0
 
     sys.stdout.write(args.prompt)

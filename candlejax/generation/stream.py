@@ -7,7 +7,7 @@ provides: ``TokenOutputStream``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 
@@ -51,12 +51,18 @@ class TokenOutputStream:
         print(stream.decode_rest() or "")
     """
 
-    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, context: Sequence[int] = ()) -> None:
+        """``context``: ids already shown before the stream (the prompt); its last id is decoded
+        with the first new ones, so that their text continues it. A SentencePiece decoder strips
+        the leading space of a text's first token: without a context, ``"▁time"`` after the prompt
+        ``"Once upon a"`` comes out as ``"time"`` (Candle's stream does so); with it, ``" time"``,
+        as ``tokenizer.decode(prompt + new)`` and transformers' ``TextStreamer`` give."""
         self._tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self.tokens: list[int] = []
+        self._n_context = min(len(context), 1)
+        self.tokens: list[int] = [int(t) for t in list(context)[len(context) - self._n_context :]]
         self.prev_index = 0
-        self.current_index = 0
+        self.current_index = len(self.tokens)
 
     @staticmethod
     def new(tokenizer: Any) -> TokenOutputStream:
@@ -96,8 +102,8 @@ class TokenOutputStream:
         return None
 
     def decode_all(self) -> str:
-        """All tokens so far, decoded at once."""
-        return self._decode(self.tokens)
+        """All tokens so far (not the ``context``), decoded at once."""
+        return self._decode(self.tokens[self._n_context :])
 
     def get_token(self, token_s: str) -> int | None:
         """The id of a token string, e.g. ``"</s>"`` (Candle: ``get_token``)."""
@@ -108,6 +114,7 @@ class TokenOutputStream:
     def clear(self) -> None:
         """Forget the tokens seen so far."""
         self.tokens.clear()
+        self._n_context = 0
         self.prev_index = 0
         self.current_index = 0
 

@@ -138,17 +138,22 @@ class TextGeneration:
                                   repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
-               repeat_last_n: int = 64, continue_cache: bool = False) -> Iterator[str]:  # fmt: skip
+               repeat_last_n: int = 64, continue_cache: bool = False,
+               after_prompt: bool = False) -> Iterator[str]:  # fmt: skip
         """Generate after ``ids`` (token ids, or a str prompt, encoded with :meth:`encode`), yielding decoded text
         pieces; ``max_new_tokens`` >= 0. With ``continue_cache``, ``ids`` follow the previous call's tokens in the
         same cache (a chat). A prompt that does not fit the cache raises; a full cache ends with
-        ``generation.finish_reason == "cache_full"``. (Candle's ``TextGeneration::run(prompt, sample_len)``.)"""
+        ``generation.finish_reason == "cache_full"``. (Candle's ``TextGeneration::run(prompt, sample_len)``.)
+        ``after_prompt``: the pieces continue the prompt's text (to print after it), as
+        ``decode(ids + new)[len(decode(ids)):]``: the first keeps the leading space that a SentencePiece
+        decoder strips from a text's first token (:class:`TokenOutputStream`'s ``context``)."""
         ids = _check_stream_args(self, ids, max_new_tokens)
         return self._stream(ids, max_new_tokens, processor, repeat_penalty=repeat_penalty,
-                            repeat_last_n=repeat_last_n, continue_cache=continue_cache)  # fmt: skip
+                            repeat_last_n=repeat_last_n, continue_cache=continue_cache,
+                            after_prompt=after_prompt)  # fmt: skip
 
     def _stream(self, ids: list[int], max_new_tokens: int, processor: Any, *, repeat_penalty: float,
-                repeat_last_n: int, continue_cache: bool) -> Iterator[str]:  # fmt: skip
+                repeat_last_n: int, continue_cache: bool, after_prompt: bool = False) -> Iterator[str]:  # fmt: skip
         if not continue_cache or self.cache is None:
             self.cache, self.pos, self.history = None, 0, []
         ids = [*(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
@@ -167,7 +172,7 @@ class TextGeneration:
                        repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
         self.cache = None  # donated to the generation
         self.generation = gen
-        out = TokenOutputStream(self.tokenizer)
+        out = TokenOutputStream(self.tokenizer, context=ids if after_prompt else ())
         try:
             for t in gen:
                 piece = out.next_token(t)

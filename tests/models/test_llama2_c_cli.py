@@ -3,7 +3,8 @@
 as safetensors, and a WordLevel ``tokenizer.json`` that adds ``<s>`` are built here. The printed
 continuation must equal Candle's loop written below directly on ``llama2_c.Llama.forward`` (the
 prompt at ``index_pos`` 0, then one token per step on the KV cache, the repeat penalty, then
-``LogitsProcessor.sample``), greedy and seeded-sampled; ``--sample-len`` and the model's ``seq_len``
+``LogitsProcessor.sample``), greedy and seeded-sampled, printed as the prompt and continuation decoded
+together; ``--sample-len`` and the model's ``seq_len``
 stop it; the config of a GGUF file comes from the embedding width as in Candle (read off the shapes
 for other widths); bad files exit 1 with one ``error:`` line."""
 
@@ -119,7 +120,8 @@ class Files:
         return tokens[n_prompt:]
 
     def text(self, ids: list[int]) -> str:
-        return PROMPT + self.tok.decode(ids, skip_special_tokens=True) + "\n"
+        """What the command prints: the prompt and the continuation, decoded together."""
+        return self.tok.decode([1, 17, 42, 5, 33, *ids], skip_special_tokens=True) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +264,49 @@ def test_help_lists_the_options(capsys):
                  "--repeat-penalty", "--repeat-last-n", "--cpu"):  # fmt: skip
         assert flag in out
     assert "(default: 1.1)" in out and "(default: 299792458)" in out
+
+
+def _sentencepiece_tokenizer(path) -> None:
+    """The WordLevel vocabulary as SentencePiece pieces (``▁w17``) with the llama tokenizer.json's
+    pre-tokenizer and decoder, whose ``Strip`` drops the leading space of a text's first token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(SPECIALS)} | {f"\u2581w{i}": i for i in range(3, CFG["vocab_size"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
+    tok.add_special_tokens(SPECIALS)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(path))
+
+
+def test_printed_text_is_the_decoded_prompt_and_continuation(files, capsys, tmp_path):
+    """With a SentencePiece decoder the first new token's space is kept: the prompt and the continuation
+    print as ``decode(prompt + new)`` (Candle's stream decodes the new tokens alone: ``"w33w3"``)."""
+    from candlejax.tokenizer import load_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    _sentencepiece_tokenizer(path)
+    tok = load_tokenizer(str(path))
+    prompt_ids = tok.encode(PROMPT).get_ids()
+    assert prompt_ids == [1, 17, 42, 5, 33] and tok.decode(prompt_ids[1:]) == PROMPT
+    ref = files.reference(sample_len=6)
+    rc, out, err = _run(capsys, "--config", files.bin, "--tokenizer", str(path), "--prompt", PROMPT, "-n", "6")
+    assert rc == 0, err
+    assert out == tok.decode(prompt_ids + ref, skip_special_tokens=True) + "\n"
+    assert out.startswith(PROMPT + " w")
+
+
+def test_python_m_entry_points_hand_off_to_the_command_line(files):
+    """``python -m candlejax.models.llama2_c`` runs ``candlejax llama2-c`` (it exited 0 doing nothing);
+    ``python -m candlejax.models.quantized_llama`` runs ``candlejax`` (``generate``, ``chat``)."""
+    import subprocess
+    import sys
+
+    argv = ["--config", files.bin, "--tokenizer", files.tokenizer, "--prompt", PROMPT, "-n", "3", "--quiet"]
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.llama2_c", *argv], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == files.text(files.reference(sample_len=3)), r.stderr
+    r = subprocess.run([sys.executable, "-m", "candlejax.models.quantized_llama", "generate", "--gguf", "none.gguf"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1 and "candlejax generate: error: --gguf: no such file" in r.stderr, r.stderr

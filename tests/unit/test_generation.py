@@ -650,6 +650,24 @@ def test_token_output_stream(byte_tokenizer):
     assert s2.tokens == [] and list(s2.stream(byte_tokenizer.encode("a😀b").ids)) == ["a", "😀", "b"]
 
 
+def test_token_output_stream_context_joins_the_text_on_to_the_prompt(byte_tokenizer):
+    """``context``: the prompt's ids; the new text continues its decoded text (a SentencePiece decoder
+    strips the first token's space only at the start of the whole text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tk = Tokenizer(models.WordLevel({"<unk>": 0, "\u2581a": 1, "\u2581time": 2, "\u2581there": 3}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    assert "".join(TokenOutputStream(tk).stream([2, 3])) == "time there"  # Candle's: the space is lost
+    stream = TokenOutputStream(tk, context=[1])
+    assert "".join(stream.stream([2, 3])) == " time there" == tk.decode([1, 2, 3])[len(tk.decode([1])) :]
+    assert stream.decode_all() == "time there"  # the context is not part of the stream's text
+    stream.clear()
+    assert stream.tokens == [] and "".join(stream.stream([2])) == "time"
+    ids = byte_tokenizer.encode("日本 x").ids  # byte-level: the same text as without a context
+    assert "".join(TokenOutputStream(byte_tokenizer, context=ids[:6]).stream(ids[6:])) == " x"
+
+
 def test_streaming_generation_same_seed_same_text(byte_tokenizer):
     params, fresh, step, _ = _SHARED
 
