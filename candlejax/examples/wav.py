@@ -22,13 +22,15 @@ __all__ = ["write_pcm_as_wav"]
 
 def _to_i16(samples: Any) -> np.ndarray:
     """Candle's ``Sample::to_i16``: floats are clamped to [-1, 1], scaled by 32767 and truncated
-    toward zero; ``i16`` samples pass unchanged."""
+    toward zero, in f64 for f64 samples and in f32 for the other float types (Candle's ``f32``
+    impl: the f32 product rounds before the truncation); ``i16`` samples pass unchanged."""
     x = np.asarray(samples)
     if x.ndim != 1:
         raise errors.Audio(f"write_pcm_as_wav: expected mono samples (n,), got shape {errors.fmt_shape(x.shape)}")
-    if np.issubdtype(x.dtype, np.floating):
-        x = np.nan_to_num(x.astype(np.float64), nan=0.0)  # Rust's `as i16` maps NaN to 0
-        return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16":
+        ft = np.float64 if x.dtype == np.float64 else np.float32
+        x = np.nan_to_num(x.astype(ft), nan=0.0)  # Rust's `as i16` maps NaN to 0
+        return (np.clip(x, ft(-1.0), ft(1.0)) * ft(32767.0)).astype(np.int16)
     if np.issubdtype(x.dtype, np.integer) or x.size == 0:
         if x.size and (x.min() < -32768 or x.max() > 32767):
             raise errors.Audio("write_pcm_as_wav: integer samples must fit in i16 (-32768..32767)")

@@ -228,6 +228,22 @@ def test_write_pcm_as_wav_matches_the_stdlib_writer(tmp_path):
         candle_examples.wav.write_pcm_as_wav(io.BytesIO(), [40_000], 16_000)
 
 
+def test_write_pcm_as_wav_scales_f32_samples_in_f32():
+    # Candle's `(self.clamp(-1.0, 1.0) * 32767.0) as i16` for f32: the f32 product rounds before the
+    # truncation, so the i16 -> k / 32767 (f32) -> i16 round trip is exact (in f64, half of it is off by one)
+    k = np.arange(-32767, 32768)
+    x = (k / 32767).astype(np.float32)
+    np.testing.assert_array_equal((x * np.float32(32767)).astype(np.int16), k)  # the f32 reference
+    got = io.BytesIO()
+    candle_examples.wav.write_pcm_as_wav(got, x, 16_000)
+    np.testing.assert_array_equal(np.frombuffer(got.getvalue()[44:], "<i2"), k)
+    r = np.random.default_rng(0).uniform(-1.2, 1.2, 100_000).astype(np.float32)
+    ref = (np.clip(r, np.float32(-1), np.float32(1)) * np.float32(32767)).astype(np.int16)
+    got = io.BytesIO()
+    candle_examples.wav.write_pcm_as_wav(got, r, 16_000)
+    np.testing.assert_array_equal(np.frombuffer(got.getvalue()[44:], "<i2"), ref)
+
+
 # --- audio ---------------------------------------------------------------------------------------------
 def test_pcm_decode_first_channel_native_rate(tmp_path):
     rng = np.random.default_rng(1)
