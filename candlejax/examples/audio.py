@@ -50,10 +50,12 @@ def resample(pcm_in: Any, sr_in: int, sr_out: int) -> np.ndarray:
 def normalize_loudness(wav: Tensor, sample_rate: int, loudness_compressor: bool) -> Tensor:
     """Scale a mono ``(n,)`` float waveform to -14 LUFS (BS.1770 gated loudness), then ``tanh`` it
     if ``loudness_compressor`` (audiocraft's ``normalize_loudness``). A near-silent waveform (RMS
-    below 2e-3) or one with no block above the gates is returned unchanged."""
+    below 2e-3), an empty one, or one with no block above the gates is returned unchanged."""
     if wav.rank != 1:
         raise errors.UnexpectedNumberOfDims(1, wav.rank, wav.shape, "normalize_loudness")
     x = np.asarray(wav, np.float32)
+    if x.size == 0:
+        return wav
     energy = float(np.sqrt(np.mean(np.square(x), dtype=np.float32)))
     if energy < 2e-3:
         return wav

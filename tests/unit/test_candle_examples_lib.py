@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 import wave
 
 import numpy as np
@@ -299,6 +300,15 @@ def test_normalize_loudness():
     assert candle_examples.audio.normalize_loudness(quiet, rate, True) is quiet
     with pytest.raises(errors.UnexpectedNumberOfDims):
         candle_examples.audio.normalize_loudness(cj.Tensor.new(x.reshape(1, -1)), rate, False)
+
+
+def test_normalize_loudness_of_empty_short_and_silent_waveforms_is_the_input():
+    # Candle: the empty mean is NaN (not < 2e-3), no 100 ms window, `gated_mean` is None: unchanged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in (np.zeros(0, np.float32), np.full(1, 0.5, np.float32), np.zeros(48_000, np.float32)):
+            wav = cj.Tensor.new(x)
+            assert candle_examples.audio.normalize_loudness(wav, 48_000, True) is wav
 
 
 # --- bs1770 --------------------------------------------------------------------------------------------
