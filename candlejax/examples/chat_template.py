@@ -181,6 +181,9 @@ _GEMMA = """
 """
 
 
+_RESERVED = ("messages", "add_generation_prompt", "continue_final_message", "enable_thinking")
+
+
 class ChatTemplate:
     """A compiled chat template with its ``bos_token`` and ``eos_token`` (template variables)."""
 
@@ -272,10 +275,19 @@ class ChatTemplate:
         return ChatTemplate(_GEMMA, "<bos>", "<eos>")
 
     def apply(self, messages: Sequence[Message | Mapping[str, Any]], options: ChatTemplateOptions | None = None) -> str:
-        """The prompt text for ``messages``, leading whitespace removed (as Candle does)."""
+        """The prompt text for ``messages``, leading whitespace removed (as Candle does).
+
+        Raises :class:`RenderError` when ``options.extra_context`` sets ``messages`` or one of the
+        variables the options' own fields set (``add_generation_prompt``, ...)."""
         import jinja2
 
         o = options if options is not None else ChatTemplateOptions()
+        reserved = sorted(set(o.extra_context) & set(_RESERVED))
+        if reserved:
+            raise RenderError(
+                f"Render error: ChatTemplateOptions.extra_context sets {reserved}, which apply() sets itself"
+                " (pass the messages, and use the options' fields of the same names)"
+            )
         try:
             text = self._jinja.render(
                 [_as_dict(m) for m in messages],

@@ -510,6 +510,14 @@ def test_from_tokenizer_config_renders_as_transformers(tmp_path):
     assert ChatTemplate.from_tokenizer_config_str(json.dumps(first)).apply([]) == "A"
 
 
+def test_chat_template_extra_context_cannot_set_what_apply_sets():
+    # a plain TypeError ("multiple values for keyword argument") before; now a ChatTemplateError naming the key
+    for key in ("messages", "add_generation_prompt", "enable_thinking"):
+        opts = ChatTemplateOptions(extra_context={key: True, "greeting": "hi"})
+        with pytest.raises(ChatTemplateError.RenderError, match=key):
+            ChatTemplate.chatml().apply([Message.user("hi")], opts)
+
+
 def test_chat_template_errors(tmp_path):
     with pytest.raises(ChatTemplateError.IoError, match=r"nope\.json"):
         ChatTemplate.from_tokenizer_config(tmp_path / "nope.json")
