@@ -626,6 +626,9 @@ def test_new2_takes_pairs_only_and_new1_single_tensors():
         list(data.Batcher.new2(((x[i], y[i], y[i]) for i in range(4)), batch_size=2))
     with pytest.raises(cj.errors.InvalidArgument, match=r"new2: example 0 is a ndarray"):
         list(data.Batcher.new_r2((x[i] for i in range(4)), batch_size=2))
+    # new1: a tuple of arrays is a pair (Candle's new1 takes only Tensors), not stacked into (B, 2, ...)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"new1: example 0 is a tuple of 2 items holding arrays"):
+        list(data.Batcher.new1(((x[i], x[i]) for i in range(4)), batch_size=2))
     # new1: an example given as a nested list is one tensor, not a tuple of fields
     (b,) = list(data.Batcher.new1(([np.float32(1), np.float32(2)] for _ in range(2)), batch_size=2))
     assert b.shape == (2, 2)
