@@ -446,6 +446,11 @@ class IterBatcher(_BuilderOptions):
                     f"Batcher.new2: example {n} is {got}; new2 batches (x, y) pairs, as Candle's"
                     " Batcher::new2 (new1 batches single tensors; for whole arrays pass (xs, ys))"
                 )
+            if self.fields == 1 and isinstance(ex, tuple) and any(map(_is_array, ex)):
+                raise errors.InvalidArgument(
+                    f"Batcher.new1: example {n} is a tuple of {len(ex)} items holding arrays; new1 batches single"
+                    " tensors, as Candle's Batcher::new1 (new2 batches (x, y) pairs)"
+                )
             n += 1
             buf.append(ex)
             if len(buf) == self._batch_size:

@@ -14,8 +14,10 @@ Pixels are scaled as Candle's ``to_dtype(F32) / 255.`` computes them: ``x * f32(
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,36 +46,76 @@ def _scale_pixels(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
+_CHUNK = 1 << 24  # bytes read at a time, so a header claiming more data than the file holds allocates nothing
+
+
 def _open(path: Path) -> Any:
     with open(path, "rb") as f:
         magic = f.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+def _read_upto(f: Any, n: int, path: Path, offset: int, what: str) -> bytes:
+    """Up to ``n`` bytes of ``f`` (at ``offset``), read in chunks; a corrupt gzip stream raises ``IdxError``."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < n:
+            chunk = f.read(min(_CHUNK, n - got))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise IdxError(
+            f"{path}: the gzip stream is cut short or corrupt while reading the {what} ({e});"
+            f" {offset + got} bytes decompressed, the IDX file needs {offset + n}"
+        ) from e
+    return b"".join(parts)
+
+
+def _read_exact(f: Any, n: int, path: Path, offset: int, what: str) -> bytes:
+    """Exactly ``n`` bytes of ``f`` (at ``offset``); fewer raise ``IdxError`` naming both counts."""
+    data = _read_upto(f, n, path, offset, what)
+    if len(data) < n:
+        raise IdxError(f"{path}: truncated {what}: expected {n} bytes at offset {offset}, found {len(data)}")
+    return data
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (plain or gzip-compressed) as a numpy array in native byte order.
 
-    The header is ``0x00 0x00 <type> <ndim>`` followed by ``ndim`` big-endian u32 dims.
+    The header is ``0x00 0x00 <type> <ndim>`` followed by ``ndim`` big-endian u32 dims; the data
+    must be exactly the size the dims give (trailing bytes, a short file or a cut-short gzip
+    stream raise ``IdxError`` naming the file, the offset and the expected and found sizes).
     """
     path = Path(path)
     errors.check_file(path, "read_idx", "pass one of its *-idx?-ubyte files, or load_mnist(dir) for the folder")
     with _open(path) as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise IdxError(f"{path}: not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_TYPES:
-        raise IdxError(f"{path}: unknown IDX type code 0x{code:02x} (known: 08 09 0b 0c 0d 0e)")
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise IdxError(f"{path}: truncated header ({len(raw)} bytes, need {head} for {ndim} dims)")
-    dims = struct.unpack(f">{ndim}I", raw[4:head])
-    dt = np.dtype(_IDX_TYPES[code])
-    want = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
-    got = len(raw) - head
-    if got != want:
-        raise IdxError(f"{path}: data is {got} bytes but dims {errors.fmt_shape(dims)} of {dt.name} need {want}")
-    return np.frombuffer(raw, dtype=dt, offset=head).reshape(dims).astype(dt.newbyteorder("="))
+        magic = _read_upto(f, 4, path, 0, "magic number")
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise IdxError(f"{path}: not an IDX file (bad magic {magic[:4].hex() or 'empty'})")
+        code, ndim = magic[2], magic[3]
+        if code not in _IDX_TYPES:
+            raise IdxError(f"{path}: unknown IDX type code 0x{code:02x} (known: 08 09 0b 0c 0d 0e)")
+        head = 4 + 4 * ndim
+        dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, 4, f"header ({ndim} dims)"))
+        dt = np.dtype(_IDX_TYPES[code])
+        want = math.prod(dims) * dt.itemsize
+        if not isinstance(f, gzip.GzipFile):  # a plain file: compare sizes before reading anything
+            got = path.stat().st_size - head
+            if got != want:
+                raise IdxError(
+                    f"{path}: data is {got} bytes but dims {errors.fmt_shape(dims)} of {dt.name} need {want}"
+                    f" (from offset {head})"
+                )
+        body = _read_exact(f, want, path, head, f"data (dims {errors.fmt_shape(dims)} of {dt.name})")
+        if _read_upto(f, 1, path, head + want, "end of the data"):
+            raise IdxError(
+                f"{path}: data is more than {want} bytes but dims {errors.fmt_shape(dims)} of {dt.name} need {want}"
+                f" (trailing bytes from offset {head + want})"
+            )
+    return np.frombuffer(body, dtype=dt).reshape(dims).astype(dt.newbyteorder("="))
 
 
 def write_idx(path: str | os.PathLike[str], array: Any, *, compress: bool = False) -> None:
@@ -132,21 +174,30 @@ def _find(dir: Path, stem: str) -> Path:
 def load_mnist(dir: str | os.PathLike[str], device: Device | str | None = None) -> VisionDataset:
     """Candle's ``mnist::load_dir``: the four IDX files of MNIST (or Fashion-MNIST) in ``dir``.
 
-    Images are F32 ``(N, 784)`` scaled to [0, 1], labels U8 ``(N,)``, as in Candle.
+    Images are F32 ``(N, 784)`` scaled to [0, 1], labels U8 ``(N,)``, as in Candle. As Candle's
+    reader checks the magic numbers 2051 / 2049, the files must hold u8 data of rank 3 (images) and
+    rank 1 (labels); another IDX type or rank raises ``IdxError`` naming the file and both magics.
     """
     d, dev = Path(dir), Device.coerce(device)
 
+    def read(stem: str, ndim: int, magic: int, what: str) -> np.ndarray:
+        path = _find(d, stem)
+        a = read_idx(path)
+        if a.ndim != ndim or a.dtype != np.uint8:
+            found = _IDX_CODES[a.dtype.newbyteorder("=")] << 8 | a.ndim
+            raise IdxError(
+                f"load_mnist: {path} is not an MNIST {what} file: expected magic number {magic} (0x{magic:08x}:"
+                f" u8 data, {ndim} dims), found {found} (0x{found:08x}: {a.dtype.name} data, dims"
+                f" {errors.fmt_shape(a.shape)})"
+            )
+        return a
+
     def images(stem: str) -> Any:
-        a = read_idx(_find(d, stem))
-        if a.ndim != 3:
-            raise IdxError(f"{stem}: expected a rank-3 image array, got dims {errors.fmt_shape(a.shape)}")
-        return _tensor(_scale_pixels(a.reshape(a.shape[0], -1)), dev)
+        a = read(stem, 3, 2051, "image")
+        return _tensor(_scale_pixels(a.reshape(a.shape[0], a.shape[1] * a.shape[2])), dev)
 
     def labels(stem: str) -> Any:
-        a = read_idx(_find(d, stem))
-        if a.ndim != 1:
-            raise IdxError(f"{stem}: expected a rank-1 label array, got dims {errors.fmt_shape(a.shape)}")
-        return _tensor(a.astype(np.uint8), dev)
+        return _tensor(read(stem, 1, 2049, "label"), dev)
 
     return VisionDataset(
         train_images=images("train-images-idx3-ubyte"),

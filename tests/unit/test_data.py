@@ -217,6 +217,71 @@ def test_idx_missing_file_or_directory_is_a_candlejax_oserror(tmp_path):
     assert isinstance(ei.value, cj.Error)
 
 
+def test_idx_dims_product_is_exact_not_int64(tmp_path):
+    """The data size the dims declare is computed in Python ints: 65536**4 bytes wrapped to 0 in int64
+    and matched an empty body, then failed in numpy's reshape."""
+    p = tmp_path / "huge"
+    p.write_bytes(b"\x00\x00\x08\x04" + struct.pack(">4I", 65536, 65536, 65536, 65536))
+    with pytest.raises(
+        data.IdxError,
+        match=r"data is 0 bytes but dims \[65536, 65536, 65536, 65536\] of uint8 need 18446744073709551616",
+    ):
+        data.read_idx(p)
+    p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(data.IdxError, match=f"need {(2**32 - 1) ** 3} "):
+        data.read_idx(p)
+
+
+def test_idx_truncated_header_and_trailing_bytes(tmp_path):
+    p = tmp_path / "a"
+    p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">I", 2))
+    with pytest.raises(data.IdxError, match=r"truncated header \(3 dims\): expected 12 bytes at offset 4, found 4"):
+        data.read_idx(p)
+    with gzip.open(tmp_path / "b.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 2) + b"\x01\x02\x03")
+    with pytest.raises(data.IdxError, match=r"b\.gz: data is more than 2 bytes .*\(trailing bytes from offset 10\)"):
+        data.read_idx(tmp_path / "b.gz")
+    with gzip.open(tmp_path / "c.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 5) + b"\x01\x02")
+    with pytest.raises(
+        data.IdxError, match=r"c\.gz: truncated data \(dims \[5\] of uint8\): expected 5 bytes at offset 8, found 2"
+    ):
+        data.read_idx(tmp_path / "c.gz")
+
+
+def test_idx_gzip_cut_short_or_corrupt_is_an_idx_error(tmp_path, rng):
+    """A gzip file cut short (an interrupted download) or with a bad CRC raised EOFError / BadGzipFile."""
+    a = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    data.write_idx(p, a, compress=True)
+    raw = p.read_bytes()
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(
+        data.IdxError, match=r"cut\.gz: the gzip stream is cut short or corrupt .*the IDX file needs 15696"
+    ):
+        data.read_idx(cut)
+    bad = bytearray(raw)
+    bad[-6] ^= 0xFF  # the CRC-32 of the trailer
+    crc = tmp_path / "crc.gz"
+    crc.write_bytes(bytes(bad))
+    with pytest.raises(data.IdxError, match=r"crc\.gz: the gzip stream is cut short or corrupt .*CRC check failed"):
+        data.read_idx(crc)
+    head_only = tmp_path / "head.gz"
+    head_only.write_bytes(raw[:10])
+    with pytest.raises(data.IdxError, match=r"head\.gz: .*reading the magic number"):
+        data.read_idx(head_only)
+
+
+def test_idx_gzip_header_claiming_huge_dims_allocates_nothing(tmp_path):
+    """A gzip header declaring 2**64 bytes is read in chunks and fails on the real end of the stream."""
+    p = tmp_path / "bomb.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(b"\x00\x00\x08\x04" + struct.pack(">4I", 65536, 65536, 65536, 65536) + b"\x00" * 100)
+    with pytest.raises(data.IdxError, match=r"expected 18446744073709551616 bytes at offset 20, found 100"):
+        data.read_idx(p)
+
+
 def _write_mnist(d, rng, n_train=12, n_test=5, gz=False):
     def put(name, arr):
         if gz:
@@ -268,6 +333,37 @@ def test_load_mnist_from_idx_files(tmp_path, rng, gz):
     assert np.asarray(ds.test_labels).tolist() == labs[:5].tolist()
     assert "train_images=[12, 784] f32" in repr(ds)
     assert len(data.Batcher(ds.train, 4)) == 3
+
+
+@pytest.mark.parametrize(
+    ("stem", "arr", "found"),
+    [
+        ("train-images-idx3-ubyte", np.zeros((3, 28, 28), np.float32), r"found 3331 \(0x00000d03: float32 data"),
+        ("train-labels-idx1-ubyte", np.array([1, 300, 2], np.int32), r"found 3073 \(0x00000c01: int32 data"),
+        ("t10k-labels-idx1-ubyte", np.zeros((3, 1), np.uint8), r"found 2050 \(0x00000802: uint8 data, dims \[3, 1\]"),
+    ],
+)
+def test_load_mnist_checks_magic_numbers_as_candle(tmp_path, rng, stem, arr, found):
+    """Candle's reader requires magic 2051 (u8, 3 dims) / 2049 (u8, 1 dim); a float image file was
+    scaled by 1/255 a second time and i32 labels wrapped modulo 256 (300 -> 44) silently."""
+    _write_mnist(tmp_path, rng)
+    data.write_idx(tmp_path / stem, arr)
+    what = "image" if "images" in stem else "label"
+    magic = 2051 if what == "image" else 2049
+    with pytest.raises(
+        data.IdxError, match=rf"{stem} is not an MNIST {what} file: expected magic number {magic} .*{found}"
+    ):
+        data.load_mnist(tmp_path)
+
+
+def test_load_mnist_empty_split_keeps_784_columns(tmp_path, rng):
+    """Candle builds ``(samples, rows * cols)``, also for 0 samples; ``reshape(0, -1)`` failed in numpy."""
+    _write_mnist(tmp_path, rng)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    ds = data.load_mnist(tmp_path)
+    assert ds.test_images.shape == (0, 784) and ds.test_images.dtype == DType.F32
+    assert ds.test_labels.shape == (0,) and ds.test_labels.dtype == DType.U8
 
 
 def test_load_mnist_missing_file(tmp_path):
@@ -530,6 +626,9 @@ def test_new2_takes_pairs_only_and_new1_single_tensors():
         list(data.Batcher.new2(((x[i], y[i], y[i]) for i in range(4)), batch_size=2))
     with pytest.raises(cj.errors.InvalidArgument, match=r"new2: example 0 is a ndarray"):
         list(data.Batcher.new_r2((x[i] for i in range(4)), batch_size=2))
+    # new1: a tuple of arrays is a pair (Candle's new1 takes only Tensors), not stacked into (B, 2, ...)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"new1: example 0 is a tuple of 2 items holding arrays"):
+        list(data.Batcher.new1(((x[i], x[i]) for i in range(4)), batch_size=2))
     # new1: an example given as a nested list is one tensor, not a tuple of fields
     (b,) = list(data.Batcher.new1(([np.float32(1), np.float32(2)] for _ in range(2)), batch_size=2))
     assert b.shape == (2, 2)
