@@ -85,11 +85,22 @@ def config_from_gguf(content: Any) -> Config:
     ctx = content.get_int(k("context_length"), 4096, min=1, max=MAX_CONTEXT)
     eps = content.get_float(k("attention.layer_norm_rms_epsilon"), 1e-5, positive=True, max=1.0)
     theta = content.get_float(k("rope.freq_base"), 10000.0, positive=True)
+    # llama.cpp: the factor is `rope.scaling.factor` (older files: `rope.scale_linear`) and the type
+    # defaults to linear, so a factor without a type scales the positions too
     scaling = None
-    kind = content.get_str(k("rope.scaling.type"), "none", choices=("none", "linear"))
     factor = content.get_float(k("rope.scaling.factor"), None, positive=True)
-    if kind == "linear" and factor:
+    if factor is None:
+        factor = content.get_float(k("rope.scale_linear"), None, positive=True)
+    kind = content.get_str(k("rope.scaling.type"), "linear", choices=("none", "linear"))
+    if kind == "linear" and factor is not None and factor != 1.0:
         scaling = {"rope_type": "linear", "factor": factor}
+    experts = content.get_int(k("expert_count"), 0, min=0)
+    if experts:
+        raise bad(f"metadata {k('expert_count')!r} = {experts}: mixture-of-experts feed-forward layers"
+                  " are not implemented")  # fmt: skip
+    causal = _meta(content, k("attention.causal"), True)
+    if not causal:
+        raise bad(f"metadata {k('attention.causal')!r} is {causal!r}: the loader implements causal attention only")
 
     infos = content.tensor_infos
     embd = infos.get("token_embd.weight")

@@ -13,7 +13,7 @@ import pytest
 
 from candlejax import Device, errors
 from candlejax.io import gguf
-from candlejax.models import quantized_llama
+from candlejax.models import llama, quantized_llama
 from candlejax.tokenizer import Tokenizer
 
 HIDDEN, HEADS, KV, FF, LAYERS = 16, 4, 2, 24, 2
@@ -258,6 +258,32 @@ def test_rms_epsilon_and_rope_scaling_checked(tmp_path, no_tensor_reads):
         "'llama.rope.scaling.type' is 'yarn'",
         "supported: linear, none",
     )
+
+
+def _logits(path):
+    m = quantized_llama.ModelWeights.from_gguf(path, Device.Cpu)
+    ids = np.array([[0, 4, 5, 1, 2, 3, 9, 10, 11, 12, 13, 14]], np.uint32)
+    return m.config.rope_scaling, np.asarray(llama.forward_all(m, ids).jax)
+
+
+def test_rope_scaling_factor_without_a_type_is_linear(tmp_path):
+    """llama.cpp reads the type with default "linear" and the factor from ``rope.scaling.factor`` or
+    the older ``rope.scale_linear``: a factor alone scales the positions as ``type = linear`` does."""
+    lin, ref = _logits(_write(tmp_path, _meta(llama__rope__scaling__type="linear", llama__rope__scaling__factor=4.0)))
+    assert lin == {"rope_type": "linear", "factor": 4.0}
+    for i, key in enumerate(("llama__rope__scaling__factor", "llama__rope__scale_linear")):
+        cfg, got = _logits(_write(tmp_path, _meta(**{key: 4.0}), name=f"f{i}.gguf"))
+        assert cfg == lin
+        np.testing.assert_array_equal(got, ref)
+    none, unscaled = _logits(_write(tmp_path, _meta(llama__rope__scaling__type="none",
+                                                    llama__rope__scaling__factor=4.0), name="n.gguf"))  # fmt: skip
+    assert none is None and np.abs(unscaled - ref).max() > 1e-3
+
+
+def test_mixture_of_experts_and_non_causal_files_refused(tmp_path, no_tensor_reads):
+    _refused(_write(tmp_path, _meta(llama__expert_count=8)), "'llama.expert_count' = 8", "mixture-of-experts")
+    _refused(_write(tmp_path, _meta(llama__attention__causal=False), name="c.gguf"),
+             "'llama.attention.causal' is False", "causal attention only")  # fmt: skip
 
 
 # --- the tokenizer stored in the file -------------------------------------------------------------
