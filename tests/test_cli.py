@@ -8,6 +8,7 @@ import os
 import sys
 
 import pytest
+from sentencepiece_fixture import write_sentencepiece_tokenizer
 
 from candlejax import cli
 
@@ -123,7 +124,6 @@ def test_generate_stops_at_a_full_cache_and_chat_keeps_history(capsys, monkeypat
     assert len([c for c in jax_compiles if "fused" in c]) == 2, jax_compiles
 
 
-
 def test_ctrl_c_during_import_is_delivered_after_it(monkeypatch):
     """A SIGINT during `import jax` could land in JAX's GC callback ("Exception ignored ...") and be lost:
     candlejax notes it while importing, then raises KeyboardInterrupt (a candlejax command line: exit 130)."""
@@ -177,29 +177,13 @@ def _tiny_llama_gguf(path) -> None:
     gguf.write(str(path), meta, {k: a.astype(np.float32) for k, a in t.items()})
 
 
-def _sentencepiece_tokenizer(path) -> None:
-    """Words ``w3 .. w63`` as SentencePiece pieces (``▁w17``), ``<s>`` first, with the llama
-    tokenizer.json's decoder, whose ``Strip`` drops the leading space of a text's first token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials)} | {f"\u2581w{i}": i for i in range(3, 64)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
-    tok.add_special_tokens(specials)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save(str(path))
-
-
 def test_generate_prints_the_prompt_and_continuation_decoded_together(capsys, tmp_path):
     """A SentencePiece decoder strips the first token's space: the continuation is decoded after the
     prompt's last token, so the printed text is ``decode(prompt + new)`` ("w33 w6", not "w33w6")."""
     from candlejax.pipelines import TextGeneration, processor_from
 
     _tiny_llama_gguf(tmp_path / "m.gguf")
-    _sentencepiece_tokenizer(tmp_path / "tokenizer.json")
+    write_sentencepiece_tokenizer(tmp_path / "tokenizer.json", 64)
     prompt = "w17 w42 w5 w33"
     argv = ["generate", "--gguf", str(tmp_path / "m.gguf"), "--tokenizer", str(tmp_path / "tokenizer.json"),
             "--prompt", prompt, "-n", "6", "--quiet"]  # fmt: skip

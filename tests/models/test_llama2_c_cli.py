@@ -14,6 +14,7 @@ import struct
 
 import numpy as np
 import pytest
+from sentencepiece_fixture import write_sentencepiece_tokenizer
 
 from candlejax import Device, Tensor, cli, errors, safetensors
 from candlejax.cli.llama2_c import config_from_shapes
@@ -266,28 +267,13 @@ def test_help_lists_the_options(capsys):
     assert "(default: 1.1)" in out and "(default: 299792458)" in out
 
 
-def _sentencepiece_tokenizer(path) -> None:
-    """The WordLevel vocabulary as SentencePiece pieces (``▁w17``) with the llama tokenizer.json's
-    pre-tokenizer and decoder, whose ``Strip`` drops the leading space of a text's first token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(SPECIALS)} | {f"\u2581w{i}": i for i in range(3, CFG["vocab_size"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
-    tok.add_special_tokens(SPECIALS)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok.save(str(path))
-
-
 def test_printed_text_is_the_decoded_prompt_and_continuation(files, capsys, tmp_path):
     """With a SentencePiece decoder the first new token's space is kept: the prompt and the continuation
     print as ``decode(prompt + new)`` (Candle's stream decodes the new tokens alone: ``"w33w3"``)."""
     from candlejax.tokenizer import load_tokenizer
 
     path = tmp_path / "tokenizer.json"
-    _sentencepiece_tokenizer(path)
+    write_sentencepiece_tokenizer(path, CFG["vocab_size"])
     tok = load_tokenizer(str(path))
     prompt_ids = tok.encode(PROMPT).get_ids()
     assert prompt_ids == [1, 17, 42, 5, 33] and tok.decode(prompt_ids[1:]) == PROMPT
