@@ -370,13 +370,9 @@ class Llama(Module):
         if dtype is not None and to_dtype(dtype) != self.dtype:
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(dtype), "llama new_cache (model, cache)")
         c = self.config
-        ref = unwrap(self.rotary.inv_freq)
-        traced = isinstance(ref, jax.core.Tracer)  # inside jit / grad: XLA places the cache with the program
-        dev = None if traced else _device_of(ref)
+        dev = _device_of(unwrap(self.rotary.inv_freq))
         cache = Cache.new(c.num_hidden_layers, batch, int(c.num_key_value_heads), max_seq_len, int(c.head_dim),  # type: ignore[arg-type]
                           dtype if dtype is not None else self.dtype, dev)  # fmt: skip
-        if traced:
-            return cache
         from candlejax import distributed  # a model on a mesh gets its cache there (heads split on "model")
 
         return distributed.place_like(cache, self.embed_tokens, distributed.llama_tp_rules)
@@ -500,7 +496,7 @@ class Llama(Module):
         ``max_position_embeddings``); yields token ids as they come. A full cache ends the
         generation with ``finish_reason == "cache_full"``; a prompt longer than it raises."""
         n = len(prompt_tokens) + int(max_new_tokens)
-        size = min(max_seq_len or _round_up(n, 128), self.max_position_embeddings)
+        size = min(max_seq_len or -(-n // 128) * 128, self.max_position_embeddings)
         self.check_positions(int(kwargs.get("start_pos", 0)), len(prompt_tokens))
         cache = self.new_cache(1, size)
         if eos_token_id is None:
@@ -508,11 +504,9 @@ class Llama(Module):
         return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
 
 
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def _device_of(a: Any) -> Device:
+def _device_of(a: Any) -> Device | None:
+    if isinstance(a, jax.core.Tracer):  # inside jit / grad: the program places what it makes
+        return None
     devs = getattr(a, "devices", None)
     if devs is None:
         return Device.Cpu

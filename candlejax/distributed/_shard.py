@@ -382,10 +382,14 @@ def place_like(tree: Any, ref: Any, rules: RuleSet = "replicate") -> Any:
     ``ref`` is on one device. Lets a model build its caches where its weights are. A tensor that
     ``rules`` cannot split over that mesh (a cache of 2 key/value heads on a 4-way ``"model"``
     axis, which a replicated or FSDP model may sit on) is replicated: the model computes the same
-    values, each device holding that tensor whole."""
+    values, each device holding that tensor whole. Inside a trace (``ref`` traced) ``tree`` is left
+    to the program's own placement."""
     sh = None
     for _, leaf in named_leaves(ref):
-        sh = getattr(_arrays(leaf)[0], "sharding", None)
+        a = _arrays(leaf)[0]
+        if isinstance(a, jax.core.Tracer):
+            return tree
+        sh = getattr(a, "sharding", None)
         if sh is not None:
             break
     if not isinstance(sh, NamedSharding) or len(sh.device_set) == 1:

@@ -398,7 +398,7 @@ class Optimizer:
         step with the exact rate, as Candle's f64 ``lr``), else float32."""
         if self._lr is None or callable(self._lr):
             return None
-        dt = jnp.result_type(float)
+        dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32  # jnp.result_type(float), cheaply
         if self._lr_array is None or self._lr_array.dtype != dt:
             with jax.ensure_compile_time_eval():  # a concrete array, also when first made under jit / scan:
                 self._lr_array = jnp.asarray(self._lr, dt)  # a cached tracer would leak into later traces
