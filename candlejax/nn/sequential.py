@@ -9,9 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from candlejax import errors
+from candlejax._discarded import caller_discards_result
 from candlejax.nn.module import Module, ModuleT
 
-__all__ = ["Func", "FuncT", "Sequential", "func", "func_t", "seq"]
+__all__ = ["Func", "FuncT", "Sequential", "SequentialStatement", "func", "func_t", "seq"]
+
+
+class SequentialStatement(errors.InPlaceStatement):
+    """``s.add(layer)`` / ``s.add_fn(f)`` written as a statement: ``add`` returns the longer
+    Sequential and leaves ``s`` as it is (Candle's consumes ``s``), so the statement adds nothing."""
+
+    def __init__(self, call: str):
+        self.call = call
+        errors.Error.__init__(
+            self,
+            f"{call} returns a new Sequential with the layer added and leaves this one unchanged (Candle's"
+            f" builder consumes it): rebind the result, `s = s.{call.rsplit('.', 1)[1]}(...)`, or chain"
+            " `seq().add(a).add(b)`",
+        )
 
 
 class Func(Module):
@@ -69,11 +85,19 @@ class Sequential(Module):
         self.layers = list(layers or [])
 
     def add(self, layer: Any) -> Sequential:
+        """A new Sequential with ``layer`` appended; as a bare statement it raises :class:`SequentialStatement`."""
+        __tracebackhide__ = True
         if not isinstance(layer, Module):
             layer = Func(layer)
+        if caller_discards_result():
+            raise SequentialStatement("Sequential.add")
         return Sequential([*self.layers, layer])
 
     def add_fn(self, f: Callable[[Any], Any]) -> Sequential:
+        """A new Sequential with ``func(f)`` appended; as a bare statement it raises :class:`SequentialStatement`."""
+        __tracebackhide__ = True
+        if caller_discards_result():
+            raise SequentialStatement("Sequential.add_fn")
         return Sequential([*self.layers, Func(f)])
 
     def forward(self, xs: Any) -> Any:
