@@ -62,10 +62,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Conv1dConfig(CallableConfig):
+    """Candle's fields; ``cudnn_fwd_algo`` (a cuDNN algorithm hint) is accepted and ignored: XLA
+    chooses the convolution algorithm."""
+
     padding: int = 0
     stride: int = 1
     dilation: int = 1
     groups: int = 1
+    cudnn_fwd_algo: Any = None
 
     @staticmethod
     def default() -> Conv1dConfig:
@@ -75,10 +79,14 @@ class Conv1dConfig(CallableConfig):
 
 @dataclass(frozen=True)
 class Conv2dConfig(CallableConfig):
+    """Candle's fields; ``cudnn_fwd_algo`` (a cuDNN algorithm hint) is accepted and ignored: XLA
+    chooses the convolution algorithm."""
+
     padding: int = 0
     stride: int = 1
     dilation: int = 1
     groups: int = 1
+    cudnn_fwd_algo: Any = None
 
     @staticmethod
     def default() -> Conv2dConfig:
@@ -167,7 +175,8 @@ class _ConvBase(Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"kernel={tuple(self.weight.shape[2:])}, " + ", ".join(f"{k}={v}" for k, v in vars(c).items())
+        fields = {k: v for k, v in vars(c).items() if not (k == "cudnn_fwd_algo" and v is None)}
+        return f"kernel={tuple(self.weight.shape[2:])}, " + ", ".join(f"{k}={v}" for k, v in fields.items())
 
     def _in_channels(self) -> int:
         w = self.weight

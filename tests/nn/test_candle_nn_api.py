@@ -3,6 +3,8 @@ accessor calls, module paths and the layers' Candle-specific input forms."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -25,3 +27,19 @@ def test_sequential_add_as_a_statement_raises_instead_of_adding_nothing():
     s = s.add_fn(lambda x: x + 1).add(nn.Activation.Relu)
     assert s.len() == 3
     np.testing.assert_array_equal(np.asarray(s(_t([1.0, -3.0]))._a), [3.0, 0.0])
+
+
+@pytest.mark.parametrize("cfg", [nn.Conv1dConfig, nn.Conv2dConfig])
+def test_conv_configs_have_candles_cudnn_fwd_algo_field(cfg):
+    assert "cudnn_fwd_algo" in {f.name for f in dataclasses.fields(cfg)}
+    c = cfg(padding=1, stride=1, dilation=1, groups=1, cudnn_fwd_algo=None)
+    assert c == cfg(padding=1) and c.cudnn_fwd_algo is None
+
+
+def test_conv_cudnn_fwd_algo_is_ignored():
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal((1, 2, 6, 6))
+    plain = nn.Conv2d(_t(w), None, nn.Conv2dConfig(padding=1))
+    hinted = nn.Conv2d(_t(w), None, nn.Conv2dConfig(padding=1, cudnn_fwd_algo="implicit_gemm"))
+    np.testing.assert_array_equal(np.asarray(plain(_t(x))._a), np.asarray(hinted(_t(x))._a))
+    assert "cudnn_fwd_algo" not in repr(plain)
