@@ -20,7 +20,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn.init import Const
 from candlejax.nn.linear import _as_param, check_param
-from candlejax.nn.module import LayerInputShape, Module, as_array, layer_name
+from candlejax.nn.module import CallableBool, LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor._core import wrap
 
 __all__ = ["Activation", "PReLU", "prelu"]
@@ -118,7 +118,9 @@ for _v in _VARIANTS:
 
 @op
 def _prelu(x: Any, w: Any) -> Any:
-    if w.ndim == 1 and w.shape[0] != 1 and x.ndim >= 2:
+    if x.shape == w.shape:  # Candle: a 1-D input with one value per weight, elementwise
+        pass
+    elif w.ndim == 1 and w.shape[0] != 1 and x.ndim >= 2:
         w = w.reshape((1, -1) + (1,) * (x.ndim - 2))
     else:
         w = w.reshape(())
@@ -126,11 +128,12 @@ def _prelu(x: Any, w: Any) -> Any:
 
 
 class PReLU(Module):
-    """``nn.PReLU``: ``max(0, x) + weight * min(0, x)``, weight per channel (dim 1) or scalar."""
+    """``nn.PReLU``: ``max(0, x) + weight * min(0, x)``, weight per channel (dim 1) or scalar. As
+    Candle's, a 1-D input with one value per weight, ``(channels,)``, takes the weights elementwise."""
 
     def __init__(self, weight: Any, is_scalar: bool = False):
         self.weight = _as_param(weight)
-        self.is_scalar = bool(is_scalar)
+        self.is_scalar = CallableBool(is_scalar)
         check_param("PReLU", self.weight, "weight (channels,)", self.weight, rank=1)
         if self.is_scalar:  # Candle's forward reshapes it to a scalar
             check_param("PReLU", self.weight, "weight", self.weight, (1,), rule="is_scalar=True takes one value")
@@ -142,8 +145,9 @@ class PReLU(Module):
     def forward(self, xs: Any) -> Any:
         x = as_array(xs)
         w = self.weight._a
-        if not self.is_scalar and w.size != 1 and (x.ndim < 2 or x.shape[1] != w.shape[0]):
-            raise LayerInputShape(layer_name("PReLU", self.weight), f"[batch, {w.shape[0]}, ...]", x.shape)
+        if not self.is_scalar and w.size != 1 and x.shape != w.shape and (x.ndim < 2 or x.shape[1] != w.shape[0]):
+            raise LayerInputShape(layer_name("PReLU", self.weight), f"[batch, {w.shape[0]}, ...] or [{w.shape[0]}]",
+                                  x.shape)  # fmt: skip
         if w.dtype != x.dtype:  # no promotion (Candle's broadcast_mul raises)
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), layer_name("PReLU", self.weight))
         return wrap(_prelu(x, w))

@@ -67,6 +67,25 @@ class CallableFloat(float):
         return float(self)
 
 
+class CallableBool(int):
+    """A layer's bool setting (``ln.remove_mean``, ``prelu.is_scalar``) that Rust Candle's accessor
+    call ``ln.remove_mean()`` also reads. ``bool`` cannot be subclassed: this is an int 0 / 1 that
+    tests, compares and prints as the bool."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: Any) -> CallableBool:
+        return super().__new__(cls, bool(value))
+
+    def __call__(self) -> bool:
+        return bool(self)
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__
+
+
 class CallableConfig:
     """Config dataclasses held by layers (``conv.config``) that Rust Candle's ``conv.config()`` reads."""
 

@@ -27,6 +27,7 @@ from candlejax.nn.kv_cache import _AppendResult
 from candlejax.nn.linear import _as_param, _require_tensor, check_param
 from candlejax.nn.module import (
     Buffer,
+    CallableBool,
     CallableConfig,
     CallableFloat,
     LayerInputShape,
@@ -78,7 +79,7 @@ class LayerNorm(Module):
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
         self.eps = CallableFloat(eps)
-        self.remove_mean = bool(remove_mean)
+        self.remove_mean = CallableBool(remove_mean)
         kind = "LayerNorm" if remove_mean else "RmsNorm"
         check_param(kind, self.weight, "weight (size,)", self.weight, rank=1)
         check_param(kind, self.weight, "bias", self.bias, tuple(self.weight.shape))

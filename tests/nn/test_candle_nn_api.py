@@ -43,3 +43,22 @@ def test_conv_cudnn_fwd_algo_is_ignored():
     hinted = nn.Conv2d(_t(w), None, nn.Conv2dConfig(padding=1, cudnn_fwd_algo="implicit_gemm"))
     np.testing.assert_array_equal(np.asarray(plain(_t(x))._a), np.asarray(hinted(_t(x))._a))
     assert "cudnn_fwd_algo" not in repr(plain)
+
+
+def test_prelu_takes_a_1d_input_elementwise_as_candle():
+    # Candle's PReLU::forward: `xs.shape() == weight.shape()` uses the weights elementwise
+    p = nn.PReLU(_t([0.1, 0.2, 0.3]), False)
+    np.testing.assert_allclose(np.asarray(p(_t([-1.0, 2.0, -4.0]))._a), [-0.1, 2.0, -1.2], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(p(_t([[-1.0, 2.0, -4.0]]))._a), [[-0.1, 2.0, -1.2]], rtol=1e-6)
+    with pytest.raises(nn.LayerInputShape):
+        p(_t([-1.0, 2.0]))
+
+
+def test_accessor_calls_of_bool_settings():
+    p = nn.PReLU(_t([0.25]), True)
+    assert p.is_scalar() is True and p.is_scalar and repr(p.is_scalar) == "True"
+    assert nn.PReLU(_t([0.25, 0.5]), False).is_scalar() is False
+    ln = nn.LayerNorm(_t([1.0, 1.0]), _t([0.0, 0.0]), 1e-5)
+    assert ln.remove_mean() is True and ln.eps() == 1e-5
+    rms = nn.RmsNorm(_t([1.0, 1.0]), 1e-6)
+    assert rms.remove_mean() is False and not rms.remove_mean and rms.into_inner().remove_mean() is False
