@@ -309,6 +309,8 @@ class BatchNorm(ModuleT):
     ):  # fmt: skip
         if eps < 0:
             raise errors.InvalidArgument(f"batch-norm eps cannot be negative {eps}")
+        if not 0.0 <= momentum <= 1.0:  # Candle's check_validity (NaN too)
+            raise errors.InvalidArgument(f"batch-norm momentum must be between 0 and 1, is {momentum}")
         self.running_mean = _as_buffer(running_mean)
         self.running_var = _as_buffer(running_var)
         self.weight = _as_param(weight)

@@ -62,3 +62,14 @@ def test_accessor_calls_of_bool_settings():
     assert ln.remove_mean() is True and ln.eps() == 1e-5
     rms = nn.RmsNorm(_t([1.0, 1.0]), 1e-6)
     assert rms.remove_mean() is False and not rms.remove_mean and rms.into_inner().remove_mean() is False
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan")])
+def test_batch_norm_momentum_outside_0_1_raises_as_candle(momentum):
+    rm, rv, w, b = _t([0.0, 0.0]), _t([1.0, 1.0]), _t([1.0, 1.0]), _t([0.0, 0.0])
+    with pytest.raises(errors.InvalidArgument, match="batch-norm momentum must be between 0 and 1, is"):
+        nn.BatchNorm.new_with_momentum(2, rm, rv, w, b, 1e-5, momentum)
+    with pytest.raises(errors.InvalidArgument, match="batch-norm momentum must be between 0 and 1"):
+        nn.BatchNorm.new_no_bias_with_momentum(2, rm, rv, 1e-5, momentum)
+    for ok in (0.0, 1.0):
+        assert nn.BatchNorm.new_with_momentum(2, rm, rv, w, b, 1e-5, ok).momentum() == ok
