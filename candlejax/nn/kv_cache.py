@@ -388,11 +388,14 @@ class KvCache(Module):
     def v(self) -> Any:
         return self._narrow(self.v_buf)
 
-    def k_cache(self) -> Any:
-        return self.k_buf
+    def k_cache(self) -> Cache:
+        """The keys as a :class:`Cache` (Candle's ``k_cache()``: ``all_data()``, ``current_data()``,
+        ``current_seq_len()``, ``dim()``, ``max_seq_len()``); the buffer itself is ``k_buf``."""
+        return Cache(self.dim, self.max_seq_len, self.k_buf, self.pos)
 
-    def v_cache(self) -> Any:
-        return self.v_buf
+    def v_cache(self) -> Cache:
+        """The values as a :class:`Cache` (Candle's ``v_cache()``)."""
+        return Cache(self.dim, self.max_seq_len, self.v_buf, self.pos)
 
     @_rebind("cache = cache.reset()")
     def reset(self) -> KvCache:
@@ -682,6 +685,14 @@ class RotatingKvCache(_Ring):
         new = RotatingKvCache(self.dim, self.max_seq_len, wrap(kk), wrap(vv), wrap(off), wrap(sp), self.slot_pos)
         return KeysValues((wrap(k_all), wrap(v_all))), new
 
+    def k_cache(self) -> RotatingCache:
+        """The keys' ring as a :class:`RotatingCache` (Candle's ``k_cache()``)."""
+        return RotatingCache(self.dim, self.max_seq_len, self.k_buf, self.offset_, self.slot_pos, self.prev_slot_pos)
+
+    def v_cache(self) -> RotatingCache:
+        """The values' ring as a :class:`RotatingCache` (Candle's ``v_cache()``)."""
+        return RotatingCache(self.dim, self.max_seq_len, self.v_buf, self.offset_, self.slot_pos, self.prev_slot_pos)
+
     def k(self) -> Any:
         """The written key slots in ring order (Candle's ``k()``), or ``None``; eager only."""
         return self._current(self.k_buf, "RotatingKvCache.k()")
@@ -737,6 +748,10 @@ class ConcatKvCache(Module):
 
     def v(self) -> Any:
         return self.v_buf
+
+    def into_inner(self) -> tuple[Any, Any] | None:
+        """Candle's ``into_inner()``: ``(k, v)``, or ``None`` when nothing has been appended."""
+        return None if self.k_buf is None else (self.k_buf, self.v_buf)
 
     @_rebind("cache = cache.reset()")
     def reset(self) -> ConcatKvCache:
@@ -852,3 +867,16 @@ class StackedKvCache(Module):
         k = jnp.zeros(shape, self.k.dtype).at[:, :, :, :n].set(self.k[:, :, :, :n])
         v = jnp.zeros(shape, self.v.dtype).at[:, :, :, :n].set(self.v[:, :, :, :n])
         return type(self)(k, v)
+
+
+_SCATTERED = ("IndicesAndMask", "ScatteredCacheBuilder", "ScatteredKvCache")
+
+
+def __getattr__(name: str) -> Any:
+    """Candle's ``kv_cache::{ScatteredKvCache, ScatteredCacheBuilder, IndicesAndMask}`` live in
+    :mod:`candlejax.nn.kv_cache_scattered` (which imports this module); they are found here too."""
+    if name in _SCATTERED:
+        from candlejax.nn import kv_cache_scattered
+
+        return getattr(kv_cache_scattered, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -833,6 +833,11 @@ def replication_pad2d(xs: Any, pad: int) -> Any:
 class Identity(Module):
     """``ops::Identity``: returns its input."""
 
+    @staticmethod
+    def new() -> Identity:
+        """Candle's ``Identity::new()``."""
+        return Identity()
+
     def forward(self, xs: Any) -> Any:
         return xs
 
@@ -873,3 +878,12 @@ def depthwise_conv2d(xs: Any, kernel: Any, padding: Any = 0, stride: Any = 1, di
                 f" ({n + 2 * pp}), input {fmt_shape(xa.shape)}, kernel {fmt_shape(ka.shape)}"
             )
     return wrap(depthwise_conv2d_nhwc_op(xa, ka, padding=p, stride=s, dilation=d))
+
+
+def __getattr__(name: str) -> Any:
+    """Candle's ``ops::Dropout`` is :class:`candlejax.nn.Dropout` (its module imports this one)."""
+    if name == "Dropout":
+        from candlejax.nn.dropout import Dropout
+
+        return Dropout
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

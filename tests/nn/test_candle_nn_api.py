@@ -73,3 +73,48 @@ def test_batch_norm_momentum_outside_0_1_raises_as_candle(momentum):
         nn.BatchNorm.new_no_bias_with_momentum(2, rm, rv, 1e-5, momentum)
     for ok in (0.0, 1.0):
         assert nn.BatchNorm.new_with_momentum(2, rm, rv, w, b, 1e-5, ok).momentum() == ok
+
+
+def test_kv_cache_k_cache_and_v_cache_are_caches_as_candle():
+    cache = nn.KvCache.new(2, 8)
+    k = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2)
+    _, cache = cache.append(_t(k), _t(k + 100))
+    kc, vc = cache.k_cache(), cache.v_cache()
+    assert isinstance(kc, nn.Cache) and isinstance(vc, nn.Cache)
+    assert kc.current_seq_len() == 3 and kc.dim() == 2 and kc.max_seq_len() == 8
+    assert kc.all_data().shape == (1, 2, 8, 2)
+    np.testing.assert_array_equal(np.asarray(kc.current_data()._a), k)
+    np.testing.assert_array_equal(np.asarray(vc.current_data()._a), k + 100)
+
+
+def test_rotating_kv_cache_k_cache_and_v_cache_are_rotating_caches():
+    cache = nn.RotatingKvCache.new(0, 3)
+    _, cache = cache.append(_t(np.arange(5.0)), _t(np.arange(5.0) + 10))
+    kc, vc = cache.k_cache(), cache.v_cache()
+    assert isinstance(kc, nn.RotatingCache) and kc.offset() == cache.offset() == 5
+    assert kc.current_seq_len() == 5 and kc.max_seq_len() == 3
+    assert kc.current_data().tolist() == cache.k().tolist() == [3.0, 4.0, 2.0]
+    assert vc.current_data().tolist() == [13.0, 14.0, 12.0]
+
+
+def test_concat_kv_cache_into_inner():
+    cache = nn.ConcatKvCache.new(0)
+    assert cache.into_inner() is None
+    _, cache = cache.append(_t([1.0]), _t([2.0]))
+    _, cache = cache.append(_t([3.0]), _t([4.0]))
+    k, v = cache.into_inner()
+    assert k.tolist() == [1.0, 3.0] and v.tolist() == [2.0, 4.0]
+
+
+def test_candle_module_paths():
+    from candlejax.nn.kv_cache import IndicesAndMask, ScatteredCacheBuilder, ScatteredKvCache
+    from candlejax.nn.ops import Dropout, Identity
+
+    assert Dropout is nn.Dropout and ScatteredKvCache is nn.ScatteredKvCache
+    assert IndicesAndMask is nn.IndicesAndMask and ScatteredCacheBuilder is nn.ScatteredCacheBuilder
+    x = _t([1.0, 2.0])
+    assert Identity.new()(x) is x
+    with pytest.raises(AttributeError):
+        nn.ops.NoSuchOp  # noqa: B018
+    with pytest.raises(AttributeError):
+        nn.kv_cache.NoSuchCache  # noqa: B018
