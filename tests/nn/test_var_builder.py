@@ -344,3 +344,20 @@ def test_varmap_get_and_load_name_bad_inits_and_paths(tmp_path):
         vm.load(tmp_path / "missing.safetensors")
     with pytest.raises(errors.IsADirectory):
         vm.load(tmp_path)
+
+
+def test_float_to_int_get_converts_as_to_dtype(tmp_path):
+    """Candle's backends ``load(..)?.to_dtype(dtype)``: float -> integer saturates, NaN -> 0, for every
+    backend (numpy's cast wrapped 300.0 into u8 44 for files and numpy arrays)."""
+    a = np.array([-1.0, 300.0, np.nan, 2.7, -3e9, 3e9], np.float32)
+    save_safetensors_dict({"w": a}, tmp_path / "w.safetensors")
+    np.savez(tmp_path / "w.npz", w=a)
+    builders = [
+        VarBuilder.from_mmaped_safetensors(tmp_path / "w.safetensors"),
+        VarBuilder.from_npz(tmp_path / "w.npz"),
+        VarBuilder.from_tensors({"w": a}),
+        VarBuilder.from_tensors({"w": jnp.asarray(a)}),
+    ]
+    for vb in builders:
+        assert vb.get_with_hints_dtype(6, "w", Const(0.0), DType.U8).to_vec1() == [0, 255, 0, 2, 0, 255]
+        assert vb.to_dtype(DType.I32).get_unchecked("w").to_vec1() == [-1, 300, 0, 2, -(2**31), 2**31 - 1]

@@ -409,3 +409,18 @@ def test_save_errors_name_the_target(tmp_path):
     with pytest.raises(errors.Error, match=r"tensor 'a' cannot be read: .*deleted"):
         cst.save({"a": x}, tmp_path / "x.safetensors")
     assert os.listdir(tmp_path) == ["d.safetensors"]
+
+
+def test_float_to_int_on_load_saturates_as_to_dtype(tmp_path):
+    """``dtype=`` converts as ``Tensor.to_dtype`` (Candle's ``load(..)?.to_dtype(..)``, Rust ``as``): float ->
+    integer saturates and NaN gives 0; numpy's cast gave 300.0 -> u8 44, -1.0 -> 255, 3e9 -> i32 INT_MIN."""
+    p = tmp_path / "f.safetensors"
+    a = np.array([-1.0, 300.0, np.nan, 2.7, -3e9, 3e9], np.float32)
+    stnp.save_file({"w": a, "b": a.astype(ml_dtypes.bfloat16)}, str(p))
+    for dt in (DType.U8, DType.U32, DType.I16, DType.I32):
+        want = T(a).to_dtype(dt).to_vec1()
+        assert cst.load(p, dtype=dt)["w"].to_vec1() == want, dt
+        assert cst.MmapedSafetensors(p).get("w").load(dtype=dt).to_vec1() == want, dt
+        assert cst.MmapedSafetensors(p).get("w").numpy(dtype=dt).tolist() == want, dt
+    assert cst.load(p, dtype=DType.U8)["w"].to_vec1() == [0, 255, 0, 2, 0, 255]
+    assert cst.load(p, dtype=DType.U8)["b"].to_vec1() == [0, 255, 0, 2, 0, 255]
