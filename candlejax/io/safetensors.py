@@ -423,8 +423,8 @@ class MmapedSafetensors:
         try:
             with open(index_path, "rb") as f:
                 index = json.loads(f.read().decode("utf-8"))
-            weight_map = index["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            weight_map = wm = index["weight_map"]
+            if not (wm and isinstance(wm, dict) and all(isinstance(v, str) for v in wm.values())):
                 raise TypeError("weight_map must map tensor names to file names")
         except (ValueError, KeyError, TypeError) as e:
             raise errors.SafeTensor(f"invalid safetensors index {index_path}: {type(e).__name__}: {e}") from None

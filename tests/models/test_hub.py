@@ -81,3 +81,12 @@ def test_llama_from_hub_cache(tmp_path):
     hf.save_pretrained(snap, safe_serialization=True)
     model = llama.Llama.from_pretrained("org/mini", cache_dir=tmp_path)
     assert model.config.num_key_value_heads == 1 and model.layers[0].mlp.up_proj.weight.shape == (32, 16)
+
+
+@pytest.mark.parametrize("text", ['{"weight_map": ', "[1]", '{"weight_map": {"a": 3}}', '{"weight_map": []}', "{}",
+                                  '{"weight_map": {}}'])  # fmt: skip
+def test_malformed_shard_index_is_a_candlejax_error_naming_it(tmp_path, text):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(errors.Error, match=r"invalid safetensors index .*model\.safetensors\.index\.json"):
+        _hub.resolve(tmp_path)

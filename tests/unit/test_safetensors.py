@@ -233,9 +233,10 @@ def test_mmaped_multi_and_index(tmp_path, rng):
     index.write_text(json.dumps({"weight_map": {**wm, "z": "missing.safetensors"}}))
     with pytest.raises(errors.SafeTensor, match=r"missing\.safetensors"):
         cst.MmapedSafetensors(index)
-    index.write_text("{not json")
-    with pytest.raises(errors.SafeTensor, match="invalid safetensors index"):
-        cst.MmapedSafetensors(index)
+    for text in ("{not json", '{"weight_map": {}}'):  # an empty map names the index, not "multi: no files"
+        index.write_text(text)
+        with pytest.raises(errors.SafeTensor, match="invalid safetensors index"):
+            cst.MmapedSafetensors(index)
     with pytest.raises(errors.SafeTensor, match="in both"):
         cst.MmapedSafetensors.multi([s1, s1])
 
