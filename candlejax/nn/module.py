@@ -614,7 +614,12 @@ def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, meta
     for v in tensors.values():
         if isinstance(v, TensorBase) and type(v._a) is DonatedBuffer:
             v._a._raise()
-    out = {k: (wrap(v._a) if isinstance(v, TensorBase) else wrap(jnp.asarray(v))) for k, v in tensors.items()}
+    def host(v: Any) -> Any:  # numpy arrays keep their dtype (jnp.asarray made f64 f32, int64 int32, w/o x64)
+        if isinstance(v, TensorBase):
+            return wrap(v._a)
+        return v if isinstance(v, (np.ndarray, np.generic, jax.Array)) else wrap(jnp.asarray(v))
+
+    out = {k: host(v) for k, v in tensors.items()}
     save(out, path, {str(k): str(v) for k, v in metadata.items()} if metadata else None)
 
 

@@ -177,6 +177,20 @@ def test_load_safetensors_reads_only_the_modules_tensors_in_its_dtypes(tmp_path)
         lin.load_safetensors(p)
 
 
+def test_save_safetensors_dict_keeps_numpy_64_bit_values(tmp_path):
+    """numpy f64 / i64 arrays are written as F64 / I64, not narrowed by jnp.asarray (1e300 -> inf, 2**40 -> 0)."""
+    import safetensors.numpy as stnp
+
+    from candlejax.nn.module import save_safetensors_dict
+
+    p = tmp_path / "np.safetensors"
+    save_safetensors_dict({"w": np.array([0.1, 1e300]), "i": np.array([2**40, 3]), "l": [1.0, 2.0]}, p)
+    back = stnp.load_file(str(p))
+    assert back["w"].dtype == np.float64 and back["w"].tolist() == [0.1, 1e300]
+    assert back["i"].dtype == np.int64 and back["i"].tolist() == [2**40, 3]
+    assert back["l"].tolist() == [1.0, 2.0]
+
+
 def test_static_field_marker_and_array_in_static_raises():
     class M(Module):
         _static_fields = ("scale",)
