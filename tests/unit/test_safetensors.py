@@ -382,6 +382,14 @@ def test_saved_file_mode_and_stale_temporary_folder(tmp_path):
     assert os.stat(p).st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) == ["m.safetensors"]
     np.testing.assert_array_equal(stnp.load_file(str(p))["w"], np.ones(3, np.float32))
+    os.chmod(p, 0o600)  # overwriting keeps the replaced file's mode, as a save in place does
+    cst.save({"w": T(np.zeros(3, np.float32))}, p)
+    assert os.stat(p).st_mode & 0o777 == 0o600
+    p2 = tmp_path / "a.npy"
+    cj.npy.write_npy(T(np.ones(2, np.float32)), p2)
+    os.chmod(p2, 0o640)
+    cj.npy.write_npy(T(np.zeros(2, np.float32)), p2)
+    assert os.stat(p2).st_mode & 0o777 == 0o640
 
 
 def test_replaced_file_reads_the_file_that_was_opened(tmp_path):
