@@ -70,7 +70,7 @@ class VarMap:
         existing = self._data.get(path)
         if existing is not None:
             if tuple(existing.shape) != shape:
-                raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(existing.shape)} <> {fmt_shape(shape)}")
+                raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(shape)} <> {fmt_shape(existing.shape)}")
             return existing
         dt = check_width(to_dtype(dtype))
         check_init(init, "VarMap.get")
