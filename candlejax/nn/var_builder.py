@@ -69,10 +69,13 @@ def _to_device(a: Any, dtype: DType, device: Device) -> jax.Array:
         a = cast(a, dt.np)  # float -> int saturates, as Tensor.to_dtype (jax's astype below does too)
         return jax.device_put(a, device.jax_device)
     a = as_array(a)
-    if a.dtype != dt.np:
+    fresh = a.dtype != dt.np
+    if fresh:
         a = a.astype(dt.np)
     if not isinstance(a, jax.core.Tracer):
-        a = jax.device_put(a, device.jax_device)
+        # a Var of its own, as Candle's Var::from_tensor copies: sharing the caller's buffer, a donating
+        # training step would delete the tensors of the dict given to from_tensors
+        a = jax.device_put(a, device.jax_device, may_alias=None if fresh else False)
     return a
 
 

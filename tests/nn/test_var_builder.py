@@ -361,3 +361,18 @@ def test_float_to_int_get_converts_as_to_dtype(tmp_path):
     for vb in builders:
         assert vb.get_with_hints_dtype(6, "w", Const(0.0), DType.U8).to_vec1() == [0, 255, 0, 2, 0, 255]
         assert vb.to_dtype(DType.I32).get_unchecked("w").to_vec1() == [-1, 300, 0, 2, -(2**31), 2**31 - 1]
+
+
+def test_from_tensors_vars_do_not_share_the_callers_buffers():
+    """A Var from ``from_tensors`` owns its buffer (Candle's ``Var::from_tensor`` copies): a donating
+    functional step used to delete the tensors of the caller's dict ("Array has been deleted")."""
+    from candlejax import Tensor
+    from candlejax.optim import SGD
+
+    w, b = Tensor(np.ones((1, 2), np.float32)), Tensor(np.zeros(1, np.float32))
+    model = nn.linear(2, 1, VarBuilder.from_tensors({"l.weight": w, "l.bias": b}).pp("l"))
+    assert model.weight._a.unsafe_buffer_pointer() != w._a.unsafe_buffer_pointer()
+    opt = SGD(0.1)
+    x = Tensor(np.ones((3, 2), np.float32))
+    opt.backward_step(lambda m, x: m.forward(x).sum_all(), model, opt.init(model), x)
+    assert w.to_vec2() == [[1.0, 1.0]] and b.to_vec1() == [0.0]
