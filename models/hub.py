@@ -90,8 +90,14 @@ def entry_snapshot(repo: Path, revision: str | None = None, repo_id: str | None 
 def _weights(root: Path) -> list[str]:
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = wm = json.load(f)["weight_map"]
+            if not (wm and isinstance(wm, dict) and all(isinstance(v, str) for v in wm.values())):
+                raise TypeError("weight_map must map tensor names to shard file names")
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError, a list
+            raise errors.Msg(f"invalid safetensors index {index}: {type(e).__name__}: {e}") from None
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (root / s).is_file()]
         if missing:
             raise errors.Msg(f"{index}: shards missing from {root}: {missing}")

@@ -127,10 +127,14 @@ def check_gguf_vb(vb: Any, where: str, candle: str, other: str) -> None:
 
 
 def safetensors_files(model_dir: str | os.PathLike) -> list[str]:
-    """The safetensors files of a checkpoint folder (``model.safetensors`` or all its shards)."""
+    """The safetensors files of a checkpoint folder: its ``model.safetensors.index.json`` when it has
+    one (so a missing shard is named), else ``model.safetensors`` or all its ``*.safetensors``."""
     d = os.fspath(model_dir)
     if not os.path.isdir(d):
         raise errors.Msg(f"no such checkpoint folder: {d!r}")
+    index = os.path.join(d, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        return [index]
     files = sorted(glob.glob(os.path.join(glob.escape(d), "*.safetensors")))
     if not files:
         raise errors.Msg(f"no .safetensors file in {d!r}")

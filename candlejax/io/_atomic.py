@@ -4,10 +4,11 @@ requires: os, tempfile, fcntl (POSIX; without it stale temporary files are left 
 provides: ``atomic_file(path)`` (a binary file object), ``atomic_name(path)`` (a file name, for
 writers that open the name themselves, such as the safetensors package).
 
-A save writes a temporary file next to the target, fsyncs it, gives it the umask's permissions and
-moves it onto the target with ``os.replace``, then fsyncs the folder: a crash or an exception leaves
-the previous file untouched. Writers hold an ``flock`` on their temporary file (or folder); those
-left by a killed writer are removed by the next save of the same target.
+A save writes a temporary file next to the target, fsyncs it, gives it the permissions of the file
+it replaces (a new file: the umask's) and moves it onto the target with ``os.replace``, then fsyncs
+the folder: a crash or an exception leaves the previous file untouched. Writers hold an ``flock`` on
+their temporary file (or folder); those left by a killed writer are removed by the next save of the
+same target.
 """
 
 from __future__ import annotations
@@ -81,15 +82,20 @@ def _lock(fd: int) -> None:
 
 
 def _commit(tmp: str, path: str, d: str) -> None:
-    """fsync ``tmp``, give it the umask's permissions, move it onto ``path`` and fsync the folder."""
+    """fsync ``tmp``, give it the permissions of the file it replaces (else the umask's), move it onto
+    ``path`` and fsync the folder."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:  # a file written in place (Candle, numpy) keeps its mode: a private 0600 checkpoint stays private
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
     try:
         os.replace(tmp, path)
     except OSError as e:

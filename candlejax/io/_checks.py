@@ -1,12 +1,15 @@
 """Checks shared by the readers in ``candlejax.io``.
 
-requires: nothing
-provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``
+requires: numpy
+provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 #: numpy's (and XLA's) limit on an array's size in bytes, counting zero dims as 1.
 MAX_NBYTES = 2**63 - 1
@@ -21,4 +24,24 @@ def shape_fits(shape: Sequence[int], itemsize: float) -> bool:
     return n * itemsize <= MAX_NBYTES
 
 
-__all__ = ["MAX_NBYTES", "shape_fits"]
+def cast(a: np.ndarray, target: Any) -> np.ndarray:
+    """``a`` converted to the numpy dtype ``target`` on the host, as ``Tensor.to_dtype`` converts (Candle's
+    ``to_dtype``, Rust's ``as``): float -> integer truncates toward zero, saturates at the dtype's bounds
+    and maps NaN to 0, where numpy's ``astype`` wraps (300.0 -> u8 44, -1.0 -> 255) or gives INT_MIN.
+    Other conversions are numpy's (int -> int wraps, as Rust's ``as``). ``a`` itself when the dtype
+    already matches."""
+    target = np.dtype(target)
+    if a.dtype == target:
+        return a
+    if target.kind not in "iu" or a.dtype.kind in "biu":
+        return a.astype(target)
+    info = np.iinfo(target)
+    f = a.astype(np.float64)
+    hi, lo = f >= float(info.max), f <= float(info.min)  # float(max) rounds up for 64-bit dtypes
+    f[hi | lo | np.isnan(f)] = 0.0
+    out = np.trunc(f, out=f).astype(target)
+    out[hi], out[lo] = info.max, info.min
+    return out
+
+
+__all__ = ["MAX_NBYTES", "cast", "shape_fits"]

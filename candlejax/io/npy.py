@@ -25,7 +25,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype, x64_enabled
-from candlejax.io._checks import shape_fits
+from candlejax.io._checks import cast, shape_fits
 from candlejax.io.safetensors import atomic_file
 from candlejax.shape import Shape
 from candlejax.tensor._core import TensorBase, wrap
@@ -169,7 +169,7 @@ def _read_array(
     if key in ("?", "b1"):
         arr = arr != 0
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-    arr = np.asarray(arr, dtype=target.np, order="C")
+    arr = np.asarray(cast(arr, target.np), order="C")  # float -> int saturates, as Tensor.to_dtype
     return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
 
 

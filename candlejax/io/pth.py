@@ -480,7 +480,8 @@ def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarra
     ar = _Archive(path)
     obj = _select(ar.unpickle(()), key, ar.src)
     if not isinstance(obj, (dict, list, tuple)):
-        raise errors.Pth(f"{ar.src}: holds a {type(obj).__name__}, not a state dict")
+        what = "a single tensor (torch.save(t))" if isinstance(obj, TensorInfo) else f"a {type(obj).__name__}"
+        raise errors.Pth(f"{ar.src}: holds {what}, not a state dict; save a dict such as {{'weight': t}}")
     obj = _materialise(ar, obj, "", {})
     out: dict[str, np.ndarray] = {}
     _flatten(obj, "", out, ar.src)

@@ -41,6 +41,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
+from candlejax.io._checks import cast
 from candlejax.tensor._core import TensorBase, wrap
 
 PathLike = str | os.PathLike
@@ -213,7 +214,7 @@ def _convert(src: _Source, e: _Entry, dtype: DType | None, check_x64: bool = Tru
         arr = src.array(e, np_dt)
         if e.st_dtype == "BOOL":
             arr = arr.view(np.uint8) != 0
-        return arr.astype(target.np, copy=False)
+        return cast(arr, target.np)  # float -> int saturates, as Tensor.to_dtype
     except (ValueError, OverflowError, MemoryError) as ex:
         raise _corrupt(src.src, f"cannot build an array of shape {errors.fmt_shape(e.shape)}: {ex}", e.name) from None
 
@@ -422,8 +423,8 @@ class MmapedSafetensors:
         try:
             with open(index_path, "rb") as f:
                 index = json.loads(f.read().decode("utf-8"))
-            weight_map = index["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            weight_map = wm = index["weight_map"]
+            if not (wm and isinstance(wm, dict) and all(isinstance(v, str) for v in wm.values())):
                 raise TypeError("weight_map must map tensor names to file names")
         except (ValueError, KeyError, TypeError) as e:
             raise errors.SafeTensor(f"invalid safetensors index {index_path}: {type(e).__name__}: {e}") from None

@@ -633,8 +633,25 @@ def save_safetensors_dict(tensors: dict[str, Any], path: str | os.PathLike, meta
     for v in tensors.values():
         if isinstance(v, TensorBase) and type(v._a) is DonatedBuffer:
             v._a._raise()
-    out = {k: (wrap(v._a) if isinstance(v, TensorBase) else wrap(jnp.asarray(v))) for k, v in tensors.items()}
+    def host(v: Any) -> Any:  # numpy arrays keep their dtype (jnp.asarray made f64 f32, int64 int32, w/o x64)
+        if isinstance(v, TensorBase):
+            return wrap(v._a)
+        return v if isinstance(v, (np.ndarray, np.generic, jax.Array)) else wrap(jnp.asarray(v))
+
+    out = {k: host(v) for k, v in tensors.items()}
     save(out, path, {str(k): str(v) for k, v in metadata.items()} if metadata else None)
+
+
+def _check_state_names(module: Any, mine: dict[str, Any], names: Any, strict: bool, source: str) -> None:
+    """``strict``: raise unless the names of a state (dict or file) are exactly the module's tensors."""
+    missing = sorted(set(mine) - set(names))
+    unexpected = sorted(set(names) - set(mine))
+    if strict and (missing or unexpected):
+        raise errors.StateDictMismatch(
+            f"cannot load {source} into {type(module).__name__}: missing: {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}, unexpected: {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -727,20 +744,20 @@ class Module:
         Raises listing the missing and unexpected names when ``strict`` and the file comes from a
         different architecture; shapes must match.
         """
-        st = MmapedSafetensors(os.fspath(path))
-        return self.load_state_dict({n: st.load(n) for n in st.names()}, strict=strict, source=os.fspath(path))
+        src = os.fspath(path)
+        mine = named_tensors(self)
+        with MmapedSafetensors(src) as st:
+            names = st.names()
+            _check_state_names(self, mine, names, strict, src)
+            # only this module's tensors are read, converted to its dtypes on the host (an unused I64
+            # position_ids needs no x64 mode; an F64 file loads into an F32 model as load_state_dict casts)
+            state = {n: st.load(n, dtype=to_dtype(mine[n]._a.dtype)) for n in names if n in mine}
+        return self.load_state_dict(state, strict=False, source=src)
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
         """A copy of this module whose named tensors take their values from ``state``."""
         mine = named_tensors(self)
-        missing = sorted(set(mine) - set(state))
-        unexpected = sorted(set(state) - set(mine))
-        if strict and (missing or unexpected):
-            raise errors.StateDictMismatch(
-                f"cannot load {source} into {type(self).__name__}: missing: {missing[:20]}"
-                f"{' ...' if len(missing) > 20 else ''}, unexpected: {unexpected[:20]}"
-                f"{' ...' if len(unexpected) > 20 else ''}"
-            )
+        _check_state_names(self, mine, state, strict, source)
 
         def repl(x: Any) -> Any:
             if not isinstance(x, NamedTensor) or not x.name or x.name not in state:

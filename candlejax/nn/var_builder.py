@@ -31,6 +31,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.io import npy, pth
+from candlejax.io._checks import cast
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
 from candlejax.nn.init import Const, check_init
 from candlejax.nn.module import Var, as_array
@@ -65,14 +66,16 @@ def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
 def _to_device(a: Any, dtype: DType, device: Device) -> jax.Array:
     dt = check_width(dtype)
     if isinstance(a, np.ndarray):
-        if a.dtype != dt.np:
-            a = a.astype(dt.np)
+        a = cast(a, dt.np)  # float -> int saturates, as Tensor.to_dtype (jax's astype below does too)
         return jax.device_put(a, device.jax_device)
     a = as_array(a)
-    if a.dtype != dt.np:
+    fresh = a.dtype != dt.np
+    if fresh:
         a = a.astype(dt.np)
     if not isinstance(a, jax.core.Tracer):
-        a = jax.device_put(a, device.jax_device)
+        # a Var of its own, as Candle's Var::from_tensor copies: sharing the caller's buffer, a donating
+        # training step would delete the tensors of the dict given to from_tensors
+        a = jax.device_put(a, device.jax_device, may_alias=None if fresh else False)
     return a
 
 

@@ -81,3 +81,30 @@ def test_llama_from_hub_cache(tmp_path):
     hf.save_pretrained(snap, safe_serialization=True)
     model = llama.Llama.from_pretrained("org/mini", cache_dir=tmp_path)
     assert model.config.num_key_value_heads == 1 and model.layers[0].mlp.up_proj.weight.shape == (32, 16)
+
+
+@pytest.mark.parametrize("text", ['{"weight_map": ', "[1]", '{"weight_map": {"a": 3}}', '{"weight_map": []}', "{}",
+                                  '{"weight_map": {}}'])  # fmt: skip
+def test_malformed_shard_index_is_a_candlejax_error_naming_it(tmp_path, text):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(errors.Error, match=r"invalid safetensors index .*model\.safetensors\.index\.json"):
+        _hub.resolve(tmp_path)
+
+
+def test_checkpoint_folder_with_an_index_names_a_missing_shard(tmp_path):
+    """``loading.safetensors_files`` (BLIP, CLIP ``from_pretrained``) reads the shard index: a shard
+    missing from the folder is named, instead of a later 'cannot find tensor' for its weights."""
+    import numpy as np
+    import safetensors.numpy as stnp
+
+    from candlejax.models.loading import safetensors_files
+    from candlejax.nn import VarBuilder
+
+    stnp.save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    files = safetensors_files(tmp_path)
+    assert files == [str(tmp_path / "model.safetensors.index.json")]
+    with pytest.raises(errors.Error, match=r"names shard 'model-00002-of-00002\.safetensors', which does not exist"):
+        VarBuilder.from_mmaped_safetensors(files)

@@ -162,6 +162,35 @@ def test_load_from_another_architecture_lists_names(tmp_path, mixed, model):
         Model(VarBuilder.from_mmaped_safetensors(p))
 
 
+def test_load_safetensors_reads_only_the_modules_tensors_in_its_dtypes(tmp_path):
+    """An unused I64 tensor (HF's ``position_ids``) with strict=False, and an F64 weight for an F32 model,
+    load without x64 mode: only the module's tensors are read, converted to its dtypes."""
+    import safetensors.numpy as stnp
+
+    lin = linear(2, 3, VarBuilder.from_varmap(VarMap()).pp("l"))
+    p = tmp_path / "hf.safetensors"
+    w = np.arange(6, dtype=np.float64).reshape(3, 2) / 4
+    stnp.save_file({"l.weight": w, "l.bias": np.ones(3, np.float32), "position_ids": np.arange(4)}, str(p))
+    got = lin.load_safetensors(p, strict=False)
+    assert got.weight.dtype == DType.F32 and got.weight.to_vec2() == w.tolist()
+    with pytest.raises(Exception, match=r"unexpected: \['position_ids'\]"):
+        lin.load_safetensors(p)
+
+
+def test_save_safetensors_dict_keeps_numpy_64_bit_values(tmp_path):
+    """numpy f64 / i64 arrays are written as F64 / I64, not narrowed by jnp.asarray (1e300 -> inf, 2**40 -> 0)."""
+    import safetensors.numpy as stnp
+
+    from candlejax.nn.module import save_safetensors_dict
+
+    p = tmp_path / "np.safetensors"
+    save_safetensors_dict({"w": np.array([0.1, 1e300]), "i": np.array([2**40, 3]), "l": [1.0, 2.0]}, p)
+    back = stnp.load_file(str(p))
+    assert back["w"].dtype == np.float64 and back["w"].tolist() == [0.1, 1e300]
+    assert back["i"].dtype == np.int64 and back["i"].tolist() == [2**40, 3]
+    assert back["l"].tolist() == [1.0, 2.0]
+
+
 def test_static_field_marker_and_array_in_static_raises():
     class M(Module):
         _static_fields = ("scale",)

@@ -255,3 +255,16 @@ def test_write_errors_name_the_target(tmp_path):
     with pytest.raises(errors.Npy, match=r"write_npz of 'a' .*cannot be read: .*deleted"):
         npy.write_npz({"a": T(x)}, tmp_path / "x.npz")
     assert os.listdir(tmp_path) == []
+
+
+def test_float_to_int_on_read_saturates_as_to_dtype(tmp_path):
+    """``read_npy(p, dtype=U8)`` of floats converts as ``to_dtype`` does (saturating, NaN -> 0), not
+    as numpy's cast (300.0 -> 44, -1.0 -> 255)."""
+    a = np.array([-1.0, 300.0, np.nan, 2.7, -3e9, 3e9], np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "a.npz", a=a)
+    for dt in (DType.U8, DType.U32, DType.I32):
+        want = cj.Tensor(a).to_dtype(dt).to_vec1()
+        assert npy.read_npy(tmp_path / "a.npy", dtype=dt).to_vec1() == want, dt
+        assert npy.read_npz(tmp_path / "a.npz", dtype=dt)[0][1].to_vec1() == want, dt
+    assert npy.read_npy(tmp_path / "a.npy", dtype=DType.U8).to_vec1() == [0, 255, 0, 2, 0, 255]

@@ -349,3 +349,12 @@ def test_unsupported_dtypes_are_named(tmp_path, dtype) -> None:
     with pytest.raises(errors.Pth, match=rf"u\.pt: .*{name}.* is not supported \(candlejax reads float32") as ei:
         pth.load(p)
     assert not isinstance(ei.value, errors.PthUnsafeGlobal)
+
+
+def test_a_bare_tensor_file_says_so(tmp_path) -> None:
+    p = tmp_path / "t.pth"
+    torch.save(torch.ones(2), p)
+    with pytest.raises(errors.Pth, match=r"t\.pth: holds a single tensor \(torch\.save\(t\)\), not a state dict"):
+        pth.load(p)
+    with pytest.raises(errors.Pth, match="holds a single tensor"):
+        VarBuilder.from_pth(p)

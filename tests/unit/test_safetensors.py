@@ -233,9 +233,10 @@ def test_mmaped_multi_and_index(tmp_path, rng):
     index.write_text(json.dumps({"weight_map": {**wm, "z": "missing.safetensors"}}))
     with pytest.raises(errors.SafeTensor, match=r"missing\.safetensors"):
         cst.MmapedSafetensors(index)
-    index.write_text("{not json")
-    with pytest.raises(errors.SafeTensor, match="invalid safetensors index"):
-        cst.MmapedSafetensors(index)
+    for text in ("{not json", '{"weight_map": {}}'):  # an empty map names the index, not "multi: no files"
+        index.write_text(text)
+        with pytest.raises(errors.SafeTensor, match="invalid safetensors index"):
+            cst.MmapedSafetensors(index)
     with pytest.raises(errors.SafeTensor, match="in both"):
         cst.MmapedSafetensors.multi([s1, s1])
 
@@ -381,6 +382,14 @@ def test_saved_file_mode_and_stale_temporary_folder(tmp_path):
     assert os.stat(p).st_mode & 0o777 == 0o644
     assert os.listdir(tmp_path) == ["m.safetensors"]
     np.testing.assert_array_equal(stnp.load_file(str(p))["w"], np.ones(3, np.float32))
+    os.chmod(p, 0o600)  # overwriting keeps the replaced file's mode, as a save in place does
+    cst.save({"w": T(np.zeros(3, np.float32))}, p)
+    assert os.stat(p).st_mode & 0o777 == 0o600
+    p2 = tmp_path / "a.npy"
+    cj.npy.write_npy(T(np.ones(2, np.float32)), p2)
+    os.chmod(p2, 0o640)
+    cj.npy.write_npy(T(np.zeros(2, np.float32)), p2)
+    assert os.stat(p2).st_mode & 0o777 == 0o640
 
 
 def test_replaced_file_reads_the_file_that_was_opened(tmp_path):
@@ -409,3 +418,18 @@ def test_save_errors_name_the_target(tmp_path):
     with pytest.raises(errors.Error, match=r"tensor 'a' cannot be read: .*deleted"):
         cst.save({"a": x}, tmp_path / "x.safetensors")
     assert os.listdir(tmp_path) == ["d.safetensors"]
+
+
+def test_float_to_int_on_load_saturates_as_to_dtype(tmp_path):
+    """``dtype=`` converts as ``Tensor.to_dtype`` (Candle's ``load(..)?.to_dtype(..)``, Rust ``as``): float ->
+    integer saturates and NaN gives 0; numpy's cast gave 300.0 -> u8 44, -1.0 -> 255, 3e9 -> i32 INT_MIN."""
+    p = tmp_path / "f.safetensors"
+    a = np.array([-1.0, 300.0, np.nan, 2.7, -3e9, 3e9], np.float32)
+    stnp.save_file({"w": a, "b": a.astype(ml_dtypes.bfloat16)}, str(p))
+    for dt in (DType.U8, DType.U32, DType.I16, DType.I32):
+        want = T(a).to_dtype(dt).to_vec1()
+        assert cst.load(p, dtype=dt)["w"].to_vec1() == want, dt
+        assert cst.MmapedSafetensors(p).get("w").load(dtype=dt).to_vec1() == want, dt
+        assert cst.MmapedSafetensors(p).get("w").numpy(dtype=dt).tolist() == want, dt
+    assert cst.load(p, dtype=DType.U8)["w"].to_vec1() == [0, 255, 0, 2, 0, 255]
+    assert cst.load(p, dtype=DType.U8)["b"].to_vec1() == [0, 255, 0, 2, 0, 255]
