@@ -185,6 +185,11 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
     for p in [(1.2, 0.5, True), (0.5, -0.1, False)]:
         with pytest.raises(errors.Error, match=r"point .* is outside the image.*fractions"):
             model.forward_for_embeddings(emb, 500, 600, [p], True)
+    # Meta's / transformers' integer labels other than 1 and 0 (-1 padding, SAM 2's 2 and 3 box corners)
+    # are refused, not taken as foreground because they are truthy
+    for lab in (-1, 2, "0", None):
+        with pytest.raises(errors.Error, match=r"is_foreground must be True or False \(1 or 0\)"):
+            model.forward_for_embeddings(emb, 500, 600, [(0.5, 0.5, True), (0.2, 0.3, lab)], True)
     with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
         model.forward_for_embeddings(emb, 500, 600, [], True, (0.8, 0.1, 0.2, 0.9))
     with pytest.raises(errors.Error, match=r"embeddings must be \(1, 256, 64, 64\).*got \[1, 256, 32, 32\]"):
