@@ -283,6 +283,23 @@ def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
     assert "give at least one --point" in capsys.readouterr().err
 
 
+def test_cli_overlay_of_a_16_bit_grey_image(models, tmp_path) -> None:
+    """The image under the mask is the one the model saw: 16-bit grey scaled to 8 bits (as
+    load_image), not clipped to white by Pillow's ``convert("RGB")``."""
+    from PIL import Image
+
+    from candlejax.models.segment_anything.__main__ import main
+
+    grey16 = (np.arange(48 * 64) * 21).astype(np.uint16).reshape(48, 64)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert main([str(tmp_path / "g16.png"), "--point", "0.5,0.5", "--out", str(tmp_path / "out.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png")).astype(np.int64)
+    grey8 = (grey16.astype(np.int64) + 128) // 257
+    out[20:28, 28:36] = grey8[20:28, 28:36, None]  # the drawn point
+    plain, tinted = out[..., 0] == grey8, np.abs(out[..., 0] - grey8 * 0.5) <= 1  # red: kept or halved
+    assert (plain | tinted).all() and (out[..., 0] == out[..., 1]).all()
+
+
 # ------------------------------------------------------------------------------------------------
 # SAM ViT architecture, random small config, against transformers' SamModel
 # ------------------------------------------------------------------------------------------------
