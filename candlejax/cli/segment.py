@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from candlejax.device import Device
     from candlejax.models.segment_anything import IMAGE_SIZE, default_weights, generate_masks, load_image, load_model
+    from candlejax.vision import open_rgb
 
     points = [(*_floats(p, 2, "--point"), True) for p in args.point]
     points += [(*_floats(p, 2, "--neg-point"), False) for p in args.neg_point]
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(path, args.which)
     img = load_image(args.image, Device.Cpu, IMAGE_SIZE)
     _, h, w = img.dims()
-    orig = Image.open(args.image).convert("RGB")
+    orig = open_rgb(args.image, "segment")  # as load_image: 16-bit grey scaled, not clipped to white
     out = np.asarray(orig, dtype=np.float32).copy()
     size = (orig.height, orig.width)
     if args.auto:

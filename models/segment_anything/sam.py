@@ -95,7 +95,12 @@ def _check_points(points: Sequence[Point]) -> None:
     for p in points:
         if not (isinstance(p, (tuple, list)) and len(p) == 3):
             raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground), got {p!r}")
-        x, y, _ = p
+        x, y, fg = p
+        if not (isinstance(fg, (int, float, np.bool_, np.integer, np.floating)) and fg in (0, 1)):
+            raise errors.Msg(
+                f"sam: point ({x}, {y}): is_foreground must be True or False (1 or 0), got {fg!r}; SAM's"
+                " padding (-1) and box-corner labels are not point prompts (boxes: the box argument)"
+            )
         if not (0.0 <= float(x) <= 1.0 and 0.0 <= float(y) <= 1.0):
             raise errors.Msg(
                 f"sam: point ({x}, {y}) is outside the image; points are fractions of the image width and"

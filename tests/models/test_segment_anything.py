@@ -185,6 +185,11 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
     for p in [(1.2, 0.5, True), (0.5, -0.1, False)]:
         with pytest.raises(errors.Error, match=r"point .* is outside the image.*fractions"):
             model.forward_for_embeddings(emb, 500, 600, [p], True)
+    # Meta's / transformers' integer labels other than 1 and 0 (-1 padding, SAM 2's 2 and 3 box corners)
+    # are refused, not taken as foreground because they are truthy
+    for lab in (-1, 2, "0", None):
+        with pytest.raises(errors.Error, match=r"is_foreground must be True or False \(1 or 0\)"):
+            model.forward_for_embeddings(emb, 500, 600, [(0.5, 0.5, True), (0.2, 0.3, lab)], True)
     with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
         model.forward_for_embeddings(emb, 500, 600, [], True, (0.8, 0.1, 0.2, 0.9))
     with pytest.raises(errors.Error, match=r"embeddings must be \(1, 256, 64, 64\).*got \[1, 256, 32, 32\]"):
@@ -278,6 +283,23 @@ def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
     assert "give at least one --point" in capsys.readouterr().err
 
 
+def test_cli_overlay_of_a_16_bit_grey_image(models, tmp_path) -> None:
+    """The image under the mask is the one the model saw: 16-bit grey scaled to 8 bits (as
+    load_image), not clipped to white by Pillow's ``convert("RGB")``."""
+    from PIL import Image
+
+    from candlejax.models.segment_anything.__main__ import main
+
+    grey16 = (np.arange(48 * 64) * 21).astype(np.uint16).reshape(48, 64)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert main([str(tmp_path / "g16.png"), "--point", "0.5,0.5", "--out", str(tmp_path / "out.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png")).astype(np.int64)
+    grey8 = (grey16.astype(np.int64) + 128) // 257
+    out[20:28, 28:36] = grey8[20:28, 28:36, None]  # the drawn point
+    plain, tinted = out[..., 0] == grey8, np.abs(out[..., 0] - grey8 * 0.5) <= 1  # red: kept or halved
+    assert (plain | tinted).all() and (out[..., 0] == out[..., 1]).all()
+
+
 # ------------------------------------------------------------------------------------------------
 # SAM ViT architecture, random small config, against transformers' SamModel
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +327,10 @@ def _hf_to_sam(name: str) -> str:
     return name
 
 
-def test_vit_sam_matches_transformers_sam_model() -> None:
+@pytest.fixture(scope="module")
+def hf_vit():
+    """A small random transformers SamModel and the same weights in candlejax's parts, with the
+    image embeddings of one random 160x160 input from both."""
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
     torch.manual_seed(0)
@@ -326,30 +351,73 @@ def test_vit_sam_matches_transformers_sam_model() -> None:
     enc = sam.ImageEncoderViT(160, 16, 3, 32, 3, 2, 256, True, True, True, 4, [1], vb.pp("image_encoder"))
     pe = sam.PromptEncoder(256, (10, 10), (160, 160), 16, vb.pp("prompt_encoder"))
     dec = sam.MaskDecoder(256, 3, 3, 256, vb.pp("mask_decoder"))
-
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         emb_r = hf.get_image_embeddings(x)
+    emb = cj.jit(lambda enc, x: enc(x))(enc, cj.Tensor(x.numpy()))  # one compiled program, not ~250 eager ops
+    return hf, pe, dec, emb, emb_r
+
+
+@cj.jit
+def _decode(pe, dec, emb, points, boxes, masks, multimask):
+    sparse, dense = pe(points, boxes, masks)
+    return dec(emb, pe.get_dense_pe(), sparse, dense, multimask)
+
+
+def test_vit_sam_matches_transformers_sam_model(hf_vit) -> None:
+    hf, pe, dec, emb, emb_r = hf_vit
+    with torch.no_grad():
         pts = torch.tensor([[[[40.0, 70.0], [120.0, 30.0]]]])
         labels = torch.tensor([[[1, 0]]])
         boxes = torch.tensor([[[20.0, 30.0, 110.0, 140.0]]])
         out_pts = hf(image_embeddings=emb_r, input_points=pts, input_labels=labels, multimask_output=True)
         out_box = hf(image_embeddings=emb_r, input_boxes=boxes, multimask_output=False)
-    emb = cj.jit(lambda enc, x: enc(x))(enc, cj.Tensor(x.numpy()))  # one compiled program, not ~250 eager ops
     np.testing.assert_allclose(emb.numpy(), emb_r.numpy(), atol=1e-4, rtol=1e-4)
 
-    @cj.jit
-    def decode(pe, dec, emb, points, boxes, multimask):
-        sparse, dense = pe(points, boxes, None)
-        return dec(emb, pe.get_dense_pe(), sparse, dense, multimask)
-
     points = (cj.Tensor(pts.numpy()[0]), cj.Tensor(labels.numpy()[0].astype(np.float32)))
-    low, iou = decode(pe, dec, emb, points, None, True)
+    low, iou = _decode(pe, dec, emb, points, None, None, True)
     np.testing.assert_allclose(low.numpy(), out_pts.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(iou.numpy(), out_pts.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
-    low, iou = decode(pe, dec, emb, None, cj.Tensor(boxes.numpy()[0]), False)
+    low, iou = _decode(pe, dec, emb, None, cj.Tensor(boxes.numpy()[0]), None, False)
     np.testing.assert_allclose(low.numpy(), out_box.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(iou.numpy(), out_box.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
+
+
+def test_vit_sam_prompts_and_postprocessing_match_transformers(hf_vit) -> None:
+    """-1 (padding) labels among the points, a box with points, a mask prompt, and the masks
+    post-processed to an original image size other than the resized one (transformers'
+    ``post_process_masks``: 1024 pad frame, crop, bilinear to the original size)."""
+    from transformers import SamImageProcessorPil
+
+    hf, pe, dec, emb, emb_r = hf_vit
+    pts = np.asarray([[[40.0, 70.0], [120.0, 30.0], [0.0, 0.0]]], np.float32)
+    labels = np.asarray([[1, 0, -1]])
+    box = np.asarray([[20.0, 30.0, 110.0, 140.0]], np.float32)
+    mask_in = np.random.default_rng(0).standard_normal((1, 1, 40, 40)).astype(np.float32)
+    cases = [  # (transformers kwargs, candlejax points, boxes, masks, multimask)
+        (dict(input_points=pts[None], input_labels=labels[None]), (pts, labels), None, None, False),
+        (dict(input_points=pts[None, :, :1], input_labels=labels[None, :, :1], input_boxes=box[None]),
+         (pts[:, :1], labels[:, :1]), box, None, True),
+        (dict(input_points=pts[None, :, :2], input_labels=labels[None, :, :2], input_masks=mask_in),
+         (pts[:, :2], labels[:, :2]), None, mask_in, True),
+    ]  # fmt: skip
+    for kw, points, boxes, masks, multimask in cases:
+        kw = {k: torch.from_numpy(v) for k, v in kw.items()}
+        with torch.no_grad():
+            out = hf(image_embeddings=emb_r, multimask_output=multimask, **kw)
+        points = (cj.Tensor(points[0]), cj.Tensor(points[1].astype(np.float32)))
+        boxes = None if boxes is None else cj.Tensor(boxes)
+        masks = None if masks is None else cj.Tensor(masks)
+        low, iou = _decode(pe, dec, emb, points, boxes, masks, multimask)
+        np.testing.assert_allclose(low.numpy(), out.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(iou.numpy(), out.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
+    low = out.pred_masks[0]  # (1, 3, 40, 40): any low-resolution size goes through the 1024 frame
+    proc = SamImageProcessorPil()
+    for (h, w), orig in [((683, 1024), (200, 300)), ((1024, 768), (1200, 900))]:
+        want = proc.post_process_masks([low], [orig], [(h, w)], binarize=False)[0].numpy()
+        got = sam.Sam.postprocess_masks(None, cj.Tensor(low.numpy()), h, w, orig).numpy()
+        assert got.shape == want.shape == (1, 3, *orig)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_mlp_block_new_and_linear_helper() -> None:
