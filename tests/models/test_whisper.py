@@ -50,6 +50,42 @@ def test_encoder_decoder_match_transformers(tiny):
     np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
 
 
+def test_untied_output_projection_is_proj_out(tmp_path):
+    """A checkpoint with ``tie_word_embeddings: false`` projects with its own ``proj_out.weight`` (as
+    transformers does), in the float model, the compiled decoding step and the GGUF model; the tied
+    table gave logits off by ~18 here."""
+    from safetensors.numpy import load_file
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from candlejax.io import gguf
+    from candlejax.models.whisper import quantized_model
+
+    torch.manual_seed(5)
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_source_positions=30,
+        max_target_positions=24, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    hf = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        hf.proj_out.weight.normal_()
+    hf.save_pretrained(tmp_path)
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    mel = torch.randn(1, 16, 60)
+    toks = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+    assert not m.config.tie_word_embeddings
+    state = whisper.new_state(m.decoder, m.encoder.forward(Tensor.from_numpy(mel.numpy())))
+    lg, _ = whisper.step_jit(m.decoder, state, toks.numpy().astype(np.int32))
+    np.testing.assert_allclose(np.asarray(lg), ref, atol=1e-4, rtol=0)
+    gguf.write(str(tmp_path / "f32.gguf"), {}, load_file(str(tmp_path / "model.safetensors")))
+    q = quantized_model.Whisper.load(quantized_model.VarBuilder.from_gguf(str(tmp_path / "f32.gguf")), m.config)
+    np.testing.assert_allclose(np.asarray(q.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+
+
 def test_cached_decoding_equals_uncached(tiny):
     _, m = tiny
     rng = np.random.default_rng(1)
