@@ -182,7 +182,8 @@ class Decoder:
         m = np.asarray(mel, np.float32)
         if m.ndim == 2:
             m = m[None]
-        return _encode_jit(self.model.encoder, Tensor.from_numpy(m))
+        # the weights' dtype (a model loaded in F16 / BF16): convolutions never promote
+        return _encode_jit(self.model.encoder, Tensor.from_numpy(m).to_dtype(self.model.encoder.conv1.weight.dtype))
 
     def detect_language(self, audio: Tensor) -> str:
         """The most likely language code (multilingual models), from the logits after ``<|startoftranscript|>``."""

@@ -301,6 +301,24 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
     assert all(isinstance(s, whisper.Segment) for s in segs)
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_half_precision_model_decodes(tmp_path, dtype):
+    """``Whisper.from_pretrained(path, device, dtype)`` in F16 / BF16: the f32 mel goes in at the
+    weights' dtype (the convolution refused the f32 mel) and the window decodes as the f32 model does."""
+    from candlejax import DType
+
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    half = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu, DType.parse(dtype))
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    ref, dec = whisper.Decoder(m), whisper.Decoder(half)
+    audio = dec.encode(mel)
+    assert audio.dtype.as_str() == dtype
+    want = np.asarray(ref.encode(mel))
+    assert np.abs(np.asarray(audio.to_dtype(DType.F32)) - want).max() < 0.05 * np.abs(want).max()
+    got, exp = dec.decode(audio, 0.0, language="de"), ref.decode(ref.encode(mel), 0.0, language="de")
+    assert got.tokens[:3] == exp.tokens[:3]
+
+
 def test_prompt_chunks_that_overrun_the_cache_end_where_it_ends(tmp_path, monkeypatch):
     """A prompt padded past ``max_target_positions`` (here 33 tokens in chunks of 32 on a 60-slot
     cache) goes through a last chunk moved back to end at the cache's end: the same tokens and
