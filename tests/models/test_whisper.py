@@ -301,6 +301,22 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
     assert all(isinstance(s, whisper.Segment) for s in segs)
 
 
+def test_decode_language_defaults_to_the_decoders_then_the_detected_one(tmp_path):
+    """``Decoder(model, language="fr").decode(audio)`` decodes French (it decoded with ``<|en|>``);
+    without a language anywhere a multilingual model's window is decoded in the detected one (OpenAI)."""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    fr = whisper.Decoder(m, language="fr")
+    audio = fr.encode(np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32))
+    want = fr.decode(audio, 0.0, language="fr")
+    got = fr.decode(audio)
+    assert got.language == "fr" and got.tokens == want.tokens
+    assert fr.decode_with_fallback(audio, (0.0,)).language == "fr"
+    auto = whisper.Decoder(m)
+    detected = auto.detect_language(audio)
+    assert auto.decode(audio).tokens == auto.decode(audio, 0.0, language=detected).tokens
+    assert auto.decode_with_fallback(audio, (0.0,)).language == detected
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 def test_half_precision_model_decodes(tmp_path, dtype):
     """``Whisper.from_pretrained(path, device, dtype)`` in F16 / BF16: the f32 mel goes in at the
