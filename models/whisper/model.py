@@ -91,8 +91,17 @@ class Config:
 
     @staticmethod
     def from_json_file(path: str | os.PathLike) -> Config:
+        """A ``config.json``; the suppressed tokens it lacks (large-v3's has no ``suppress_tokens``) are
+        read from a ``generation_config.json`` beside it, where transformers' ``generate`` reads them."""
         with open(path, encoding="utf-8") as f:
-            return Config.from_dict(json.load(f))
+            d = json.load(f)
+        gen_path = os.path.join(os.path.dirname(os.fspath(path)), "generation_config.json")
+        missing = [k for k in ("suppress_tokens", "begin_suppress_tokens") if d.get(k) is None]
+        if missing and os.path.isfile(gen_path):
+            with open(gen_path, encoding="utf-8") as f:
+                gen = json.load(f)
+            d = {**d, **{k: gen[k] for k in missing if gen.get(k) is not None}}
+        return Config.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}

@@ -86,6 +86,32 @@ def test_untied_output_projection_is_proj_out(tmp_path):
     np.testing.assert_allclose(np.asarray(q.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
 
 
+def test_suppressed_tokens_missing_from_config_json_come_from_generation_config(tmp_path):
+    """large-v3's ``config.json`` has no ``suppress_tokens`` (its non-speech tokens are in
+    ``generation_config.json``, which transformers' ``generate`` reads): they are read from there
+    (they were dropped, so ``transcribe`` could emit the tokens OpenAI and transformers suppress)."""
+    import json
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_source_positions=30,
+        max_target_positions=24, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        suppress_tokens=[5, 9, 11], begin_suppress_tokens=[7, 2],
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    c = json.loads((tmp_path / "config.json").read_text())
+    del c["suppress_tokens"]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    assert m.config.suppress_tokens == (5, 9, 11) and m.config.begin_suppress_tokens == (7, 2)
+    # config.json's own values are kept
+    c["suppress_tokens"] = [3]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    assert whisper.Config.from_json_file(tmp_path / "config.json").suppress_tokens == (3,)
+
+
 def test_cached_decoding_equals_uncached(tiny):
     _, m = tiny
     rng = np.random.default_rng(1)
