@@ -182,7 +182,8 @@ class Decoder:
         m = np.asarray(mel, np.float32)
         if m.ndim == 2:
             m = m[None]
-        return _encode_jit(self.model.encoder, Tensor.from_numpy(m))
+        # the weights' dtype (a model loaded in F16 / BF16): convolutions never promote
+        return _encode_jit(self.model.encoder, Tensor.from_numpy(m).to_dtype(self.model.encoder.conv1.weight.dtype))
 
     def detect_language(self, audio: Tensor) -> str:
         """The most likely language code (multilingual models), from the logits after ``<|startoftranscript|>``."""
@@ -193,6 +194,15 @@ class Decoder:
         lg = np.asarray(logits)[0, -1]
         langs = np.asarray(self.tok.language_tokens)
         return self.tok.language_code(int(langs[np.argmax(lg[langs])]))
+
+    def _language_of(self, audio: Tensor, language: str | None) -> str:
+        """``language``, else the constructor's, else (multilingual models) the one detected in
+        ``audio``, as OpenAI's ``decode`` does; ``"en"`` for English-only models."""
+        if language is not None:
+            return language
+        if self.language is not None:
+            return self.language
+        return self.detect_language(audio) if self.multilingual else "en"
 
     def sot_sequence(self, language: str) -> list[int]:
         """The start tokens: ``<|startoftranscript|>``, then (multilingual models) ``language``'s token
@@ -248,8 +258,9 @@ class Decoder:
         return x, float(np.logaddexp(lse_text, lse_ts))
 
     def decode(self, audio: Tensor, temperature: float = 0.0, prompt: Sequence[int] = (),
-               language: str = "en") -> DecodingResult:  # fmt: skip
+               language: str | None = None) -> DecodingResult:  # fmt: skip
         """Decode one window's audio features at ``temperature`` with ``prompt`` (previous text tokens).
+        ``language`` defaults to the constructor's, else (multilingual models) the detected one.
 
         Samples up to ``max_target_positions // 2`` tokens, and stops once the sequence (prompt and
         start tokens included) holds ``max_target_positions + 1`` tokens, as OpenAI's and Candle's loops."""
@@ -260,6 +271,7 @@ class Decoder:
         if not ok:
             raise errors.Msg(f"whisper Decoder.decode: temperature must be a finite number >= 0, got {temperature!r}")
         tok = self.tok
+        language = self._language_of(audio, language)
         sot_seq = self.sot_sequence(language)
         initial = ([tok.sot_prev, *list(prompt)[-(self.n_ctx // 2 - 1) :]] if prompt else []) + sot_seq
         sample_begin, sot_index = len(initial), initial.index(tok.sot)
@@ -308,10 +320,11 @@ class Decoder:
                               compression_ratio(text), language)  # fmt: skip
 
     def decode_with_fallback(self, audio: Tensor, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                             prompt: Sequence[int] = (), language: str = "en",
+                             prompt: Sequence[int] = (), language: str | None = None,
                              compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                              no_speech_threshold: float | None = 0.6) -> DecodingResult:  # fmt: skip
         """Decode at each temperature in turn until the result passes the thresholds (OpenAI's fallback)."""
+        language = self._language_of(audio, language)
         res = None
         for t in temperatures:
             res = self.decode(audio, t, prompt, language)

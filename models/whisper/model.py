@@ -72,6 +72,7 @@ class Config:
     begin_suppress_tokens: tuple[int, ...] = (220, 50256)
     eos_token_id: int = 50256
     decoder_start_token_id: int = 50257
+    tie_word_embeddings: bool = True  # False: the output projection is the checkpoint's ``proj_out.weight``
     extra: str = field(default="{}", repr=False, compare=False)
 
     @staticmethod
@@ -90,8 +91,17 @@ class Config:
 
     @staticmethod
     def from_json_file(path: str | os.PathLike) -> Config:
+        """A ``config.json``; the suppressed tokens it lacks (large-v3's has no ``suppress_tokens``) are
+        read from a ``generation_config.json`` beside it, where transformers' ``generate`` reads them."""
         with open(path, encoding="utf-8") as f:
-            return Config.from_dict(json.load(f))
+            d = json.load(f)
+        gen_path = os.path.join(os.path.dirname(os.fspath(path)), "generation_config.json")
+        missing = [k for k in ("suppress_tokens", "begin_suppress_tokens") if d.get(k) is None]
+        if missing and os.path.isfile(gen_path):
+            with open(gen_path, encoding="utf-8") as f:
+                gen = json.load(f)
+            d = {**d, **{k: gen[k] for k in missing if gen.get(k) is not None}}
+        return Config.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}
@@ -232,22 +242,26 @@ class AudioEncoder(Module):
 
 class TextDecoder(Module):
     """``WhisperDecoder``: token + learned position embeddings, causal blocks with cross-attention,
-    final norm; ``final_linear`` is the tied output projection (``proj_out``)."""
+    final norm; ``final_linear`` is the output projection: tied to the token embedding, or ``proj_out``
+    (an untied checkpoint's ``proj_out.weight``, ``tie_word_embeddings: false``)."""
 
-    def __init__(self, token_embedding: Embedding, positional_embedding: Tensor, blocks: list, ln: LayerNorm):
+    def __init__(self, token_embedding: Embedding, positional_embedding: Tensor, blocks: list, ln: LayerNorm,
+                 proj_out: Any = None):  # fmt: skip
         self.token_embedding, self.positional_embedding = token_embedding, positional_embedding
         self.blocks, self.ln = list(blocks), ln
+        self.proj_out = proj_out
         self._forward_state = HostState()  # the stateful forward's decoding state
 
     @staticmethod
-    def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear) -> TextDecoder:
+    def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear, proj_out: Any = None) -> TextDecoder:
+        """``proj_out``: the untied output projection (:meth:`Whisper.load` reads ``proj_out.weight``)."""
         d = cfg.d_model
         emb = Embedding(vb.pp("embed_tokens").get((cfg.vocab_size, d), "weight"), d)
         pos = vb.pp("embed_positions").get((cfg.max_target_positions, d), "weight")
         heads, ffn = cfg.decoder_attention_heads, cfg.decoder_ffn_dim
         blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, True, linear)
                   for i in range(cfg.decoder_layers)]  # fmt: skip
-        return TextDecoder(emb, pos, blocks, _layer_norm(vb.pp("layer_norm"), d))
+        return TextDecoder(emb, pos, blocks, _layer_norm(vb.pp("layer_norm"), d), proj_out)
 
     def forward(self, x: Any, xa: Tensor, flush_kv_cache: bool = True) -> Tensor:
         """Tokens ``(B, T)`` and audio features ``(B, S, D)`` -> hidden states ``(B, T, D)``.
@@ -290,7 +304,10 @@ class TextDecoder(Module):
     def final_linear(self, x: Tensor) -> Tensor:
         """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``, the table as a bias-free
         ``nn.Linear`` weight (a decode step's row takes the native few-row product, which streams
-        tiny.en's 80 MB table at ~33 GB/s against XLA's ~23 on the AMD host: 3.5 -> 2.4 ms)."""
+        tiny.en's 80 MB table at ~33 GB/s against XLA's ~23 on the AMD host: 3.5 -> 2.4 ms); an untied
+        checkpoint's ``proj_out`` instead."""
+        if self.proj_out is not None:
+            return self.proj_out.forward(x)
         return Linear(self.token_embedding.embeddings()).forward(x)
 
     def reset_kv_cache(self) -> None:
@@ -434,6 +451,12 @@ def prefill_jit(decoder: TextDecoder, state: DecoderState, tokens: Any) -> tuple
     return h, DecoderState(caches, state.cross_k, state.cross_v)
 
 
+def _proj_out(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear) -> Any:
+    """The output projection of an untied checkpoint (``tie_word_embeddings: false``, as transformers
+    reads ``proj_out.weight``); ``None`` (tied to the token embedding) otherwise."""
+    return None if cfg.tie_word_embeddings else linear(vb.pp("proj_out"), cfg.d_model, cfg.vocab_size, False)
+
+
 class Whisper(Module):
     """``whisper::model::Whisper``: ``encoder`` (:class:`AudioEncoder`), ``decoder`` (:class:`TextDecoder`)."""
 
@@ -447,7 +470,8 @@ class Whisper(Module):
 
         check_vb_first(vb, "whisper.Whisper.load", "Whisper::load(&vb, config)", "Whisper.load(vb, config)")
         return Whisper(AudioEncoder.load(vb.pp("model.encoder"), config),
-                       TextDecoder.load(vb.pp("model.decoder"), config), config)  # fmt: skip
+                       TextDecoder.load(vb.pp("model.decoder"), config, proj_out=_proj_out(vb, config)),
+                       config)  # fmt: skip
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, device: Any = None, dtype: Any = DType.F32) -> Whisper:

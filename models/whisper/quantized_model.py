@@ -84,7 +84,8 @@ class Whisper(model.Whisper):
         dv, linear = dequantized(vb), _linear_loader(vb)
         pos = sinusoids(config.max_source_positions, config.d_model, vb.device)
         return Whisper(AudioEncoder.load(dv.pp("model.encoder"), config, linear, pos),
-                       TextDecoder.load(dv.pp("model.decoder"), config, linear), config)  # fmt: skip
+                       TextDecoder.load(dv.pp("model.decoder"), config, linear, model._proj_out(dv, config, linear)),
+                       config)  # fmt: skip
 
     @staticmethod
     def from_pretrained(  # type: ignore[override]

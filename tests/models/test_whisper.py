@@ -50,6 +50,68 @@ def test_encoder_decoder_match_transformers(tiny):
     np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
 
 
+def test_untied_output_projection_is_proj_out(tmp_path):
+    """A checkpoint with ``tie_word_embeddings: false`` projects with its own ``proj_out.weight`` (as
+    transformers does), in the float model, the compiled decoding step and the GGUF model; the tied
+    table gave logits off by ~18 here."""
+    from safetensors.numpy import load_file
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from candlejax.io import gguf
+    from candlejax.models.whisper import quantized_model
+
+    torch.manual_seed(5)
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_source_positions=30,
+        max_target_positions=24, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    hf = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        hf.proj_out.weight.normal_()
+    hf.save_pretrained(tmp_path)
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    mel = torch.randn(1, 16, 60)
+    toks = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+    assert not m.config.tie_word_embeddings
+    state = whisper.new_state(m.decoder, m.encoder.forward(Tensor.from_numpy(mel.numpy())))
+    lg, _ = whisper.step_jit(m.decoder, state, toks.numpy().astype(np.int32))
+    np.testing.assert_allclose(np.asarray(lg), ref, atol=1e-4, rtol=0)
+    gguf.write(str(tmp_path / "f32.gguf"), {}, load_file(str(tmp_path / "model.safetensors")))
+    q = quantized_model.Whisper.load(quantized_model.VarBuilder.from_gguf(str(tmp_path / "f32.gguf")), m.config)
+    np.testing.assert_allclose(np.asarray(q.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+
+
+def test_suppressed_tokens_missing_from_config_json_come_from_generation_config(tmp_path):
+    """large-v3's ``config.json`` has no ``suppress_tokens`` (its non-speech tokens are in
+    ``generation_config.json``, which transformers' ``generate`` reads): they are read from there
+    (they were dropped, so ``transcribe`` could emit the tokens OpenAI and transformers suppress)."""
+    import json
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_source_positions=30,
+        max_target_positions=24, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        suppress_tokens=[5, 9, 11], begin_suppress_tokens=[7, 2],
+    )  # fmt: skip
+    WhisperForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    c = json.loads((tmp_path / "config.json").read_text())
+    del c["suppress_tokens"]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    m = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu)
+    assert m.config.suppress_tokens == (5, 9, 11) and m.config.begin_suppress_tokens == (7, 2)
+    # config.json's own values are kept
+    c["suppress_tokens"] = [3]
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    assert whisper.Config.from_json_file(tmp_path / "config.json").suppress_tokens == (3,)
+
+
 def test_cached_decoding_equals_uncached(tiny):
     _, m = tiny
     rng = np.random.default_rng(1)
@@ -263,6 +325,40 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
     assert res.language == "fr" and len(res.tokens) <= 20
     segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
     assert all(isinstance(s, whisper.Segment) for s in segs)
+
+
+def test_decode_language_defaults_to_the_decoders_then_the_detected_one(tmp_path):
+    """``Decoder(model, language="fr").decode(audio)`` decodes French (it decoded with ``<|en|>``);
+    without a language anywhere a multilingual model's window is decoded in the detected one (OpenAI)."""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    fr = whisper.Decoder(m, language="fr")
+    audio = fr.encode(np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32))
+    want = fr.decode(audio, 0.0, language="fr")
+    got = fr.decode(audio)
+    assert got.language == "fr" and got.tokens == want.tokens
+    assert fr.decode_with_fallback(audio, (0.0,)).language == "fr"
+    auto = whisper.Decoder(m)
+    detected = auto.detect_language(audio)
+    assert auto.decode(audio).tokens == auto.decode(audio, 0.0, language=detected).tokens
+    assert auto.decode_with_fallback(audio, (0.0,)).language == detected
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_half_precision_model_decodes(tmp_path, dtype):
+    """``Whisper.from_pretrained(path, device, dtype)`` in F16 / BF16: the f32 mel goes in at the
+    weights' dtype (the convolution refused the f32 mel) and the window decodes as the f32 model does."""
+    from candlejax import DType
+
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    half = whisper.Whisper.from_pretrained(tmp_path, Device.Cpu, DType.parse(dtype))
+    mel = np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32)
+    ref, dec = whisper.Decoder(m), whisper.Decoder(half)
+    audio = dec.encode(mel)
+    assert audio.dtype.as_str() == dtype
+    want = np.asarray(ref.encode(mel))
+    assert np.abs(np.asarray(audio.to_dtype(DType.F32)) - want).max() < 0.05 * np.abs(want).max()
+    got, exp = dec.decode(audio, 0.0, language="de"), ref.decode(ref.encode(mel), 0.0, language="de")
+    assert got.tokens[:3] == exp.tokens[:3]
 
 
 def test_prompt_chunks_that_overrun_the_cache_end_where_it_ends(tmp_path, monkeypatch):
