@@ -125,10 +125,14 @@ class ClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
-        """From a config.json dict (``*_config_dict`` keys of old checkpoints are read too)."""
+        """From a config.json dict. Old checkpoints' ``text_config_dict`` / ``vision_config_dict``, when
+        present, win over ``text_config`` / ``vision_config`` as in transformers' ``CLIPConfig``: the
+        tower is built from that dict and the tower's defaults, whatever ``*_config`` says."""
         d = dict(d)
-        text = {**(d.get("text_config_dict") or {}), **(d.get("text_config") or {})}
-        vision = {**(d.get("vision_config_dict") or {}), **(d.get("vision_config") or {})}
+        text = d.get("text_config_dict")
+        text = (d.get("text_config") or {}) if text is None else text
+        vision = d.get("vision_config_dict")
+        vision = (d.get("vision_config") or {}) if vision is None else vision
         proj = d.get("projection_dim", 512)
         scale = d.get("logit_scale_init_value", 2.6592)
         return cls(ClipTextConfig.from_dict(text), ClipVisionConfig.from_dict(vision), int(proj), float(scale))

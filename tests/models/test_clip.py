@@ -3,6 +3,7 @@ safetensors), CLIPImageProcessor, zero-shot probabilities, bad input and the CLI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -277,6 +278,34 @@ def test_config_from_json_keys(models):
     assert c.text_config.hidden_act == "gelu"
     with pytest.raises(errors.Error, match="not a multiple"):
         clip.ClipConfig.from_dict({"text_config": {"hidden_size": 30, "num_attention_heads": 4}})
+
+
+def test_config_dict_keys_win_as_in_transformers():
+    """Old checkpoints (openai/clip-vit-large-patch14) carry ``text_config_dict`` / ``vision_config_dict``
+    beside ``text_config`` / ``vision_config``: transformers builds each tower from the ``*_dict`` and
+    the tower's defaults (``text_config``'s eos_token_id 2 and layer_norm_eps became 49407 and 1e-3;
+    ``text_config`` had won: argmax pooling, eps 1e-5)."""
+    import copy
+
+    raw = {
+        "projection_dim": 16,
+        "text_config": dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, eos_token_id=2, hidden_act="gelu"),
+        "text_config_dict": dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=16, layer_norm_eps=1e-3),
+        "vision_config": dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, layer_norm_eps=1e-2),
+        "vision_config_dict": dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                                   image_size=32, patch_size=8, hidden_act="gelu"),
+    }  # fmt: skip
+    ref = transformers.CLIPConfig.from_dict(copy.deepcopy(raw))  # it updates the dicts it is given
+    c = clip.ClipConfig.from_dict(raw)
+    for ours, theirs in ((c.text_config, ref.text_config), (c.vision_config, ref.vision_config)):
+        for f in dataclasses.fields(ours):
+            assert getattr(ours, f.name) == getattr(theirs, f.name), f.name
+    assert (c.text_config.eos_token_id, c.text_config.layer_norm_eps, c.text_config.hidden_act) == (
+        49407, 1e-3, "quick_gelu")  # fmt: skip
+    assert (c.vision_config.layer_norm_eps, c.vision_config.hidden_act) == (1e-5, "gelu")
 
 
 def test_cli(models, tmp_path, rng):
