@@ -668,7 +668,14 @@ class CreationMixin(TensorBase):
             n = max(0, -((start - end) // step))  # ceil((end - start) / step)
         else:
             n = max(0, math.ceil((end - start) / step))
-        if d.is_int() and all_int:
+        if d.is_int() and not all_int:
+            # float start / step with an integer dtype: the values must be integers (as Tensor([1.5],
+            # dtype=I32) raises); integral ones take the exact integer path below, range check included
+            for v in (start, step):
+                if isinstance(v, float) and not v.is_integer():
+                    raise _not_integral("arange", v, d.np)
+            start, step = int(start), int(step)
+        if d.is_int():
             cdt = d.np  # exact integer arithmetic, modular for an unsigned dtype and a negative step
             lo, hi = _INT_RANGE[cdt]
             for v in (start, start + (n - 1) * step) if n else ():

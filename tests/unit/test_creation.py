@@ -279,6 +279,22 @@ def test_arange_integer_dtype_never_wraps():
     assert Tensor.arange(0, 0, CPU, dtype=DType.U8).shape == (0,)
 
 
+def test_arange_float_bounds_with_integer_dtype():
+    """Float start / step with an integer dtype: integral values are exact and range-checked as int
+    ones (250.0..260.0 as U8 wrapped to 0..3, -2.0.. as U32 gave 0, 1, 2, 3, and a start above 2**24
+    was rounded through f32); a fractional start or step raises (0.5 steps gave all zeros)."""
+    assert Tensor.arange(-2.0, 2.0, CPU, dtype=DType.I32).to_vec1() == [-2, -1, 0, 1]
+    assert Tensor.arange(16777217.0, 16777220.0, CPU, dtype=DType.I32).to_vec1() == [16777217, 16777218, 16777219]
+    assert Tensor.arange_step(5.0, 0, -2.0, CPU, dtype=DType.U32).to_vec1() == [5, 3, 1]
+    assert Tensor.arange_step(0, 2.5, 1, CPU, dtype=DType.I32).to_vec1() == [0, 1, 2]
+    with pytest.raises(errors.InvalidArgument, match="arange: the value 259 does not fit the dtype U8"):
+        Tensor.arange_step(250.0, 260.0, 1.0, CPU, dtype=DType.U8)
+    with pytest.raises(errors.InvalidArgument, match="arange: the value -2 does not fit the dtype U32"):
+        Tensor.arange(-2.0, 2.0, CPU, dtype=DType.U32)
+    with pytest.raises(errors.InvalidArgument, match=r"arange: the value 0\.5 is not an integer"):
+        Tensor.arange_step(0.0, 3.0, 0.5, CPU, dtype=DType.I32)
+
+
 def test_eye_tril_triu():
     np.testing.assert_array_equal(np.asarray(Tensor.eye(4, DType.F32, CPU)), np.eye(4))
     np.testing.assert_array_equal(np.asarray(Tensor.tril2(4, DType.U8, CPU)), np.tril(np.ones((4, 4))))
