@@ -380,6 +380,16 @@ def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
     return jnp.full(shape, value, dtype)
 
 
+def _host_scalar(value: Any, dtype: Any) -> Any:
+    """A Python / numpy scalar (already checked against ``dtype``) as a numpy scalar of ``dtype``; other
+    values as they are. A Python int reaches a jitted function as an int32 argument, so one above
+    2**31 - 1 (a U32 fill value, 2**40 for an F32 tensor) raised jax's OverflowError."""
+    if isinstance(value, (bool, int, float, np.generic)):
+        with np.errstate(all="ignore"):
+            return np.asarray(value).astype(dtype)[()]
+    return value
+
+
 @op(static=("n", "dtype"))
 def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
     # floats narrower than f32 (bf16, f16, f8) are computed in f32 and rounded once: in the
@@ -608,7 +618,7 @@ class CreationMixin(TensorBase):
             d = _dt(dtype, "full")
             if d.np in _INT_RANGE and isinstance(v, (int, float, np.generic)):
                 _check_int_scalar(v, d.np, "full")
-        return wrap(_place(_full(v, shape=_shape(shape), dtype=d.np), _dev(device)))
+        return wrap(_place(_full(_host_scalar(v, d.np), shape=_shape(shape), dtype=d.np), _dev(device)))
 
     def zeros_like(self) -> Any:
         """``t.zeros_like()``: zeros with this tensor's shape, dtype and device."""
@@ -630,7 +640,7 @@ class CreationMixin(TensorBase):
         v = unwrap(value)
         if a.dtype in _INT_RANGE and isinstance(v, (int, float, np.generic)):
             _check_int_scalar(v, a.dtype, "full_like")
-        return wrap(_place(_full(v, shape=a.shape, dtype=a.dtype), _like_dev(a)))
+        return wrap(_place(_full(_host_scalar(v, a.dtype), shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
     # --- ranges and structured matrices ------------------------------------------------------
     @staticmethod

@@ -178,6 +178,17 @@ def test_full_and_like():
         assert like.dtype is DType.U8 and like.shape == (2, 2) and like.to_vec2() == [[v, v], [v, v]]
 
 
+def test_full_values_beyond_int32():
+    """A Python int above 2**31 - 1 (a U32 value, 2**40 for F32) raised jax's OverflowError (the value
+    reached the jitted op as int32); Candle's Tensor::full(4_000_000_000u32, ..) and PyTorch build it."""
+    assert Tensor.full(4_000_000_000, (2,), CPU, dtype=DType.U32).to_vec1() == [4_000_000_000] * 2
+    t = Tensor.full(3_000_000_000, (2,), CPU)
+    assert t.dtype is DType.U32 and t.to_vec1() == [3_000_000_000] * 2
+    assert Tensor.full(2**40, (1,), CPU, dtype=DType.F32).to_vec1() == [2.0**40]
+    assert Tensor.zeros((2,), DType.U32, CPU).full_like(4_294_967_295).to_vec1() == [4_294_967_295] * 2
+    assert Tensor.zeros((1,), DType.F32, CPU).full_like(2**31).to_vec1() == [2.0**31]
+
+
 # --- values given with an integer dtype are never wrapped -------------------------------------------
 @pytest.mark.parametrize(
     "make, shown",
