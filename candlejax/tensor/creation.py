@@ -451,6 +451,12 @@ def _static_number(x: Any, what: str, op_name: str) -> Any:
     return x
 
 
+def _bound(x: Any) -> Any:
+    """A Python / numpy integer bound of a random draw as a float: an int above 2**31 - 1 raised jax's
+    OverflowError as an int32 argument, and a numpy int64 was truncated to int32 without x64 mode."""
+    return float(x) if isinstance(x, (int, np.integer)) else x
+
+
 def _rand_dtype(dtype: Any, op_name: str) -> DType:
     d = DType.F32 if dtype is None else _dt(dtype, op_name)
     if not d.is_float():
@@ -753,7 +759,8 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "rand")
-        return wrap(_place(_uniform(k, c, unwrap(lo), unwrap(up), shape=_shape(shape), dtype=d.np), dev))
+        lo, up = _bound(unwrap(lo)), _bound(unwrap(up))
+        return wrap(_place(_uniform(k, c, lo, up, shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
@@ -767,7 +774,8 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "randn")
-        return wrap(_place(_normal(k, c, unwrap(mean), unwrap(std), shape=_shape(shape), dtype=d.np), dev))
+        mean, std = _bound(unwrap(mean)), _bound(unwrap(std))
+        return wrap(_place(_normal(k, c, mean, std, shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
