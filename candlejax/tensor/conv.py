@@ -408,7 +408,10 @@ def _patch_transpose(x: Any, k: Any, groups: int) -> Any:
 
 @op(static=("kernel", "stride"))
 def _avg_pool2d(x: Any, *, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
-    s = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, 1, *kernel), (1, 1, *stride), "VALID")
+    # bf16/f16 windows are summed in f32 and rounded once, as PyTorch (and every candlejax reduction):
+    # summed in the half dtype a 16x16 bf16 window of values in [1, 2) was ~17 units in the last place off
+    acc = jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else x.dtype
+    s = lax.reduce_window(x.astype(acc), np.array(0, acc), lax.add, (1, 1, *kernel), (1, 1, *stride), "VALID")
     return (s / (kernel[0] * kernel[1])).astype(x.dtype)
 
 

@@ -380,6 +380,16 @@ def _full(value: Any, *, shape: tuple[int, ...], dtype: Any) -> Any:
     return jnp.full(shape, value, dtype)
 
 
+def _host_scalar(value: Any, dtype: Any) -> Any:
+    """A Python / numpy scalar (already checked against ``dtype``) as a numpy scalar of ``dtype``; other
+    values as they are. A Python int reaches a jitted function as an int32 argument, so one above
+    2**31 - 1 (a U32 fill value, 2**40 for an F32 tensor) raised jax's OverflowError."""
+    if isinstance(value, (bool, int, float, np.generic)):
+        with np.errstate(all="ignore"):
+            return np.asarray(value).astype(dtype)[()]
+    return value
+
+
 @op(static=("n", "dtype"))
 def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
     # floats narrower than f32 (bf16, f16, f8) are computed in f32 and rounded once: in the
@@ -439,6 +449,12 @@ def _static_number(x: Any, what: str, op_name: str) -> Any:
     if not isinstance(x, (int, float)):
         raise errors.Msg(f"{op_name}: {what} must be a number, got {type(x).__name__}")
     return x
+
+
+def _bound(x: Any) -> Any:
+    """A Python / numpy integer bound of a random draw as a float: an int above 2**31 - 1 raised jax's
+    OverflowError as an int32 argument, and a numpy int64 was truncated to int32 without x64 mode."""
+    return float(x) if isinstance(x, (int, np.integer)) else x
 
 
 def _rand_dtype(dtype: Any, op_name: str) -> DType:
@@ -608,7 +624,7 @@ class CreationMixin(TensorBase):
             d = _dt(dtype, "full")
             if d.np in _INT_RANGE and isinstance(v, (int, float, np.generic)):
                 _check_int_scalar(v, d.np, "full")
-        return wrap(_place(_full(v, shape=_shape(shape), dtype=d.np), _dev(device)))
+        return wrap(_place(_full(_host_scalar(v, d.np), shape=_shape(shape), dtype=d.np), _dev(device)))
 
     def zeros_like(self) -> Any:
         """``t.zeros_like()``: zeros with this tensor's shape, dtype and device."""
@@ -630,7 +646,7 @@ class CreationMixin(TensorBase):
         v = unwrap(value)
         if a.dtype in _INT_RANGE and isinstance(v, (int, float, np.generic)):
             _check_int_scalar(v, a.dtype, "full_like")
-        return wrap(_place(_full(v, shape=a.shape, dtype=a.dtype), _like_dev(a)))
+        return wrap(_place(_full(_host_scalar(v, a.dtype), shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
     # --- ranges and structured matrices ------------------------------------------------------
     @staticmethod
@@ -668,7 +684,14 @@ class CreationMixin(TensorBase):
             n = max(0, -((start - end) // step))  # ceil((end - start) / step)
         else:
             n = max(0, math.ceil((end - start) / step))
-        if d.is_int() and all_int:
+        if d.is_int() and not all_int:
+            # float start / step with an integer dtype: the values must be integers (as Tensor([1.5],
+            # dtype=I32) raises); integral ones take the exact integer path below, range check included
+            for v in (start, step):
+                if isinstance(v, float) and not v.is_integer():
+                    raise _not_integral("arange", v, d.np)
+            start, step = int(start), int(step)
+        if d.is_int():
             cdt = d.np  # exact integer arithmetic, modular for an unsigned dtype and a negative step
             lo, hi = _INT_RANGE[cdt]
             for v in (start, start + (n - 1) * step) if n else ():
@@ -736,7 +759,8 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "rand")
-        return wrap(_place(_uniform(k, c, unwrap(lo), unwrap(up), shape=_shape(shape), dtype=d.np), dev))
+        lo, up = _bound(unwrap(lo)), _bound(unwrap(up))
+        return wrap(_place(_uniform(k, c, lo, up, shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
@@ -750,7 +774,8 @@ class CreationMixin(TensorBase):
             raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
         dev = _dev(device)
         k, c = _key_for(key, dev, "randn")
-        return wrap(_place(_normal(k, c, unwrap(mean), unwrap(std), shape=_shape(shape), dtype=d.np), dev))
+        mean, std = _bound(unwrap(mean)), _bound(unwrap(std))
+        return wrap(_place(_normal(k, c, mean, std, shape=_shape(shape), dtype=d.np), dev))
 
     @staticmethod
     def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:

@@ -327,6 +327,13 @@ _silu = in_f32(jax.nn.silu)
 _sigmoid = in_f32(jax.nn.sigmoid)
 
 
+def _sign(a: Any) -> Any:
+    # Candle's (v > 0) - (v < 0): NaN gives 0, as in Candle and PyTorch (jnp.sign gives NaN)
+    if a.dtype in _FLOAT:
+        return (a > 0).astype(a.dtype) - (a < 0).astype(a.dtype)
+    return jnp.sign(a)
+
+
 def _recip(a: Any) -> Any:
     return jnp.reciprocal(a)
 
@@ -517,7 +524,10 @@ class ElementwiseMixin(TensorBase):
         "Round half away from zero, like Rust ``f32::round`` (Candle ``round``; torch rounds half to even);"
         " identity on integers.",
     )  # fmt: skip
-    sign = _unary("sign", jnp.sign, _ALL, "-1, 0 or 1 (Candle ``sign``, torch ``sign``); unsigned ints give 0 or 1.")
+    sign = _unary(
+        "sign", _sign, _ALL,
+        "-1, 0 or 1 (Candle ``sign``, torch ``sign``); 0 for NaN and -0.0; unsigned ints give 0 or 1.",
+    )  # fmt: skip
 
     def __neg__(self) -> Any:
         return self.neg()

@@ -70,7 +70,9 @@ def _fill_value(dtype: Any, value: Any) -> Any:
     elif jnp.issubdtype(dt, jnp.floating) and math.isfinite(v) and abs(v) > float(jnp.finfo(dt).max):
         raise errors.Msg(f"masked_fill: the value {value!r} overflows the tensor's dtype {to_dtype(dt).name}"
                          f" (largest {float(jnp.finfo(dt).max):g})")  # fmt: skip
-    return value
+    # a numpy scalar of the dtype: a Python int above 2**31 - 1 would reach the jitted op as int32
+    with np.errstate(all="ignore"):
+        return np.asarray(value).astype(dt)[()]
 
 
 def _no_index(ids: Any) -> Any:

@@ -446,6 +446,20 @@ def test_bf16_close_to_f32(rng):
     np.testing.assert_allclose(np.asarray(got.jax.astype(jnp.float32)), ref, atol=0.15, rtol=0.05)
 
 
+@pytest.mark.parametrize("dt, tdt", [(jnp.bfloat16, "bfloat16"), (jnp.float16, "float16")])
+def test_half_avg_pool_sums_in_f32(rng, dt, tdt):
+    """A bf16/f16 window is summed in f32 and rounded once, as PyTorch: summed in bf16, a 16x16 window
+    of values in [1, 2) was 0.21 off (17 units in the last place), PyTorch 0.004."""
+    x = (rng.random((1, 4, 16, 16)) + 1).astype(np.float32)
+    xt = torch.from_numpy(x).to(getattr(torch, tdt))
+    for k, s in ((16, 16), (8, 1)):
+        want = F.avg_pool2d(xt.float(), k, s).to(xt.dtype).float().numpy()
+        got = T(jnp.asarray(x, dt)).avg_pool2d_with_stride(k, s)
+        assert got.jax.dtype == dt
+        ulp = 2.0**-7 if dt == jnp.bfloat16 else 2.0**-10  # one unit in the last place on [1, 2)
+        np.testing.assert_allclose(np.asarray(got.jax.astype(jnp.float32)), want, rtol=0, atol=ulp)
+
+
 # --- errors ------------------------------------------------------------------------------------------
 def test_conv1d_errors(rng):
     x = T(randn(rng, 1, 4, 10))

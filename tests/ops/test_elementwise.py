@@ -150,6 +150,16 @@ def test_grad_through_tensor_pytree(rng):
     np.testing.assert_allclose(f64(g), 2 * np.tanh(x) * (1 - np.tanh(x) ** 2), rtol=1e-5, atol=1e-6)
 
 
+def test_sign_of_nan_is_zero():
+    """Candle's sign is (v > 0) - (v < 0): 0 for NaN, as PyTorch's ``torch.sign`` (jnp.sign gave NaN);
+    -0.0 gives +0.0."""
+    x = np.array([np.nan, -0.0, 0.0, -3.0, 2.0, -np.inf], np.float32)
+    for dt in (F32, BF16, F16):
+        got = f64(T(x.astype(dt)).sign())
+        np.testing.assert_array_equal(got, [0, 0, 0, -1, 1, -1])
+        assert not np.signbit(got[:3]).any()
+
+
 def test_rounding_grads_are_zero(rng):
     x = jnp.asarray(rand(rng, (5,), F32))
     for name in ("ceil", "floor", "round", "sign"):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from candlejax import D, Tensor, errors
+from candlejax import D, DType, Tensor, errors
 
 candle = pytest.importorskip("candle")
 
@@ -780,6 +780,17 @@ def test_masked_fill_refuses_values_the_dtype_cannot_hold():
     np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.uint8)).masked_fill(m, -1)), [255] * 3)
     np.testing.assert_array_equal(np.asarray(Tensor(np.zeros(3, np.int32)).masked_fill(m, 1.5)), [1] * 3)
     assert np.isinf(np.asarray(Tensor(np.zeros(3, np.float16)).masked_fill(m, float("inf")))).all()
+
+
+def test_masked_fill_values_beyond_int32():
+    """A Python int above 2**31 - 1 (a U32 value, 2**40 for F32) raised jax's OverflowError; PyTorch
+    fills it."""
+    m = Tensor(np.array([1, 0], np.uint8))
+    u = Tensor(np.array([1, 2], np.uint32)).masked_fill(m, 4_294_967_295)
+    assert u.dtype is DType.U32 and u.to_vec1() == [4_294_967_295, 2]
+    assert Tensor(np.array([1, 2], np.float32)).masked_fill(m, 2**40).to_vec1() == [2.0**40, 2.0]
+    assert jax.jit(lambda t: t.masked_fill(m, 3_000_000_000))(Tensor(np.zeros(2, np.uint32))).to_vec1() == [
+        3_000_000_000, 0]  # fmt: skip
 
 
 def test_slice_positions_must_be_ints():

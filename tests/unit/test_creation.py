@@ -178,6 +178,17 @@ def test_full_and_like():
         assert like.dtype is DType.U8 and like.shape == (2, 2) and like.to_vec2() == [[v, v], [v, v]]
 
 
+def test_full_values_beyond_int32():
+    """A Python int above 2**31 - 1 (a U32 value, 2**40 for F32) raised jax's OverflowError (the value
+    reached the jitted op as int32); Candle's Tensor::full(4_000_000_000u32, ..) and PyTorch build it."""
+    assert Tensor.full(4_000_000_000, (2,), CPU, dtype=DType.U32).to_vec1() == [4_000_000_000] * 2
+    t = Tensor.full(3_000_000_000, (2,), CPU)
+    assert t.dtype is DType.U32 and t.to_vec1() == [3_000_000_000] * 2
+    assert Tensor.full(2**40, (1,), CPU, dtype=DType.F32).to_vec1() == [2.0**40]
+    assert Tensor.zeros((2,), DType.U32, CPU).full_like(4_294_967_295).to_vec1() == [4_294_967_295] * 2
+    assert Tensor.zeros((1,), DType.F32, CPU).full_like(2**31).to_vec1() == [2.0**31]
+
+
 # --- values given with an integer dtype are never wrapped -------------------------------------------
 @pytest.mark.parametrize(
     "make, shown",
@@ -277,6 +288,22 @@ def test_arange_integer_dtype_never_wraps():
     with pytest.raises(errors.InvalidArgument, match="arange: the value -3 does not fit the dtype U32"):
         Tensor.arange_step(-3, 3, 2, CPU, dtype=DType.U32)  # was numpy's OverflowError
     assert Tensor.arange(0, 0, CPU, dtype=DType.U8).shape == (0,)
+
+
+def test_arange_float_bounds_with_integer_dtype():
+    """Float start / step with an integer dtype: integral values are exact and range-checked as int
+    ones (250.0..260.0 as U8 wrapped to 0..3, -2.0.. as U32 gave 0, 1, 2, 3, and a start above 2**24
+    was rounded through f32); a fractional start or step raises (0.5 steps gave all zeros)."""
+    assert Tensor.arange(-2.0, 2.0, CPU, dtype=DType.I32).to_vec1() == [-2, -1, 0, 1]
+    assert Tensor.arange(16777217.0, 16777220.0, CPU, dtype=DType.I32).to_vec1() == [16777217, 16777218, 16777219]
+    assert Tensor.arange_step(5.0, 0, -2.0, CPU, dtype=DType.U32).to_vec1() == [5, 3, 1]
+    assert Tensor.arange_step(0, 2.5, 1, CPU, dtype=DType.I32).to_vec1() == [0, 1, 2]
+    with pytest.raises(errors.InvalidArgument, match="arange: the value 259 does not fit the dtype U8"):
+        Tensor.arange_step(250.0, 260.0, 1.0, CPU, dtype=DType.U8)
+    with pytest.raises(errors.InvalidArgument, match="arange: the value -2 does not fit the dtype U32"):
+        Tensor.arange(-2.0, 2.0, CPU, dtype=DType.U32)
+    with pytest.raises(errors.InvalidArgument, match=r"arange: the value 0\.5 is not an integer"):
+        Tensor.arange_step(0.0, 3.0, 0.5, CPU, dtype=DType.I32)
 
 
 def test_eye_tril_triu():

@@ -60,6 +60,19 @@ def test_statistics_and_bounds():
     assert t.shape == (100, 784) and t.dtype is DType.F32
 
 
+def test_integer_bounds_beyond_int32():
+    """Integer bounds above 2**31 - 1 raised jax's OverflowError, and numpy int64 bounds were
+    truncated to int32 without x64 mode (rand(np.int64(2**40), ...) drew around 1e9)."""
+    lo, up = 2**40, 2**40 + 2**30
+    for a, b in ((lo, up), (np.int64(lo), np.int64(up))):
+        x = np.asarray(Tensor.rand(a, b, (64,), CPU, key=0), np.float64)
+        assert (x >= lo).all() and (x <= up).all()
+    assert Tensor.randn(2**31, 0, (2,), CPU, key=0).to_vec1() == [2.0**31] * 2
+    assert Tensor.zeros((2,)).randn_like(np.int64(2**40), 0, key=1).to_vec1() == [2.0**40] * 2
+    # an int bound draws the same numbers as its float
+    assert Tensor.rand(0, 1, (3,), CPU, key=5).to_vec1() == Tensor.rand(0.0, 1.0, (3,), CPU, key=5).to_vec1()
+
+
 def test_key_is_pure_and_works_under_jit():
     a = Tensor.randn(0.0, 1.0, (3,), CPU, key=jax.random.key(0)).to_vec1()
     b = Tensor.randn(0.0, 1.0, (3,), CPU, key=jax.random.key(0)).to_vec1()
