@@ -395,6 +395,12 @@ def test_repeat_penalty_jit_forms(rng):
     # uint32 ids, including huge ones, are safe
     m = np.asarray(context_mask(np.array([1, 2**32 - 1], np.uint32), 4))
     assert m.tolist() == [False, True, False, False]
+    # so are 64-bit ones: out of the vocabulary, never wrapped to 32 bits (2**32 + 3 is not id 3)
+    for dt in (np.int64, np.uint64):
+        big = np.array([2, 2**32 + 3, 2**32], dt)
+        assert np.asarray(context_mask(big, 8)).tolist() == [False, False, True, False, False, False, False, False]
+        np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x[0, :8], 2.0, big)),
+                                      candle_repeat_penalty(x[0, :8], 2.0, [2]))  # fmt: skip
 
 
 def test_recent_tokens_window():
