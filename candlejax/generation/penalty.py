@@ -30,7 +30,11 @@ def context_mask(context: Any, vocab_size: int, valid: Any = None) -> jax.Array:
     Jit-able: ``context`` may be a fixed-size traced array; entries where ``valid`` is False and
     ids outside ``[0, vocab_size)`` are ignored, so padding can use any out-of-range id.
     """
-    ctx = jnp.asarray(unwrap(context))
+    ctx = unwrap(context)
+    if isinstance(ctx, np.ndarray | np.generic) and np.issubdtype(ctx.dtype, np.integer):
+        # on the host: 64-bit ids would wrap to 32 bits (2**32 + 3 -> 3) on the way to the device
+        ctx = np.where((ctx < 0) | (ctx >= vocab_size), -1, ctx).astype(np.int32)
+    ctx = jnp.asarray(ctx)
     if not jnp.issubdtype(ctx.dtype, jnp.integer):
         raise errors.Msg(f"apply_repeat_penalty: context must hold integer token ids, got {ctx.dtype}")
     ctx = ctx.astype(jnp.int32) if ctx.dtype != jnp.uint32 else jnp.minimum(ctx, vocab_size).astype(jnp.int32)

@@ -233,14 +233,14 @@ def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
     ``f(prob_i) < p`` with ``f(v) = sum(prob_j for prob_j > v)``. ``f`` falls as ``v`` grows, so the
     kept set is ``prob >= v*`` for the smallest ``v*`` with ``f(v*) < p``. Non-negative float32
     values order like their int32 bit patterns, so a bisection over the bits finds ``v*`` exactly
-    in 30 masked sums (a full sort of a 50k vocabulary costs ~100x more on CPU). Equal
-    probabilities at the cut are all kept (Candle's sort keeps the lower ids first).
+    in 31 masked sums (a full sort of a 50k vocabulary costs ~100x more on CPU). Equal
+    probabilities at the cut are all kept (Candle's sort keeps the lower ids first). The values
+    may be any non-negative weights (``sample_f``'s edits), not only probabilities <= 1.
     """
     probs = probs.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
-    batch = probs.shape[:-1]
-    lo = jnp.zeros(batch, jnp.int32)
-    hi = jnp.full(batch, 0x3F800000, jnp.int32)  # bits of 1.0: f(1.0) = 0 < p
+    lo = jnp.zeros(probs.shape[:-1], jnp.int32)
+    hi = jnp.max(bits, axis=-1)  # the largest weight: f(max) = 0 < p (a finite float's bits are < 2**31)
 
     def body(_: Any, lohi: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         lo, hi = lohi
@@ -249,7 +249,7 @@ def _nucleus_mask(probs: jax.Array, p: float) -> jax.Array:
         ok = above < p
         return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-    _, hi = jax.lax.fori_loop(0, 30, body, (lo, hi))
+    _, hi = jax.lax.fori_loop(0, 31, body, (lo, hi))
     return bits >= hi[..., None]
 
 

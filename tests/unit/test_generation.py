@@ -310,6 +310,27 @@ def test_sample_f_top_p_cuts_the_edited_probabilities_as_candle():
     assert unedited == _candle_topp_tokens(np.exp(logits), 0.7) == {0, 1}
 
 
+def test_sample_f_top_p_cuts_weights_above_one_as_candle(rng):
+    """``f`` may return weights > 1 (counts, unnormalised scores): Candle's walk reaches ``p`` after the
+    first of [5, 3, 1.5, 0.5], so only token 0 can be drawn."""
+    from candlejax.generation.sampling import _nucleus_mask
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+
+    def times_ten(p: np.ndarray) -> None:
+        p *= 10.0
+
+    lp = LogitsProcessor.from_sampling(3, Sampling.TopP(0.7, 1.0))
+    drawn = {lp.sample_f(logits, times_ten) for _ in range(100)}
+    assert drawn == _candle_topp_tokens(np.array([5.0, 3.0, 1.5, 0.5]), 0.7) == {0}
+    w = (rng.random((2, 300)) * 50).astype(np.float32)
+    got = np.asarray(_nucleus_mask(jnp.asarray(w), 0.9))
+    for b in range(2):
+        assert set(np.flatnonzero(got[b])) == _candle_topp_tokens(w[b], 0.9) == {int(np.argmax(w[b]))}
+    w[:, :] = 0.25
+    assert np.asarray(_nucleus_mask(jnp.asarray(w), 0.9)).all()  # equal weights at the cut: all kept
+
+
 def test_logits_processor_new_is_candles_constructor():
     assert LogitsProcessor.new(42, 0.8, None).sampling == LogitsProcessor(42, 0.8, None).sampling == Sampling.All(0.8)
 
@@ -374,6 +395,12 @@ def test_repeat_penalty_jit_forms(rng):
     # uint32 ids, including huge ones, are safe
     m = np.asarray(context_mask(np.array([1, 2**32 - 1], np.uint32), 4))
     assert m.tolist() == [False, True, False, False]
+    # so are 64-bit ones: out of the vocabulary, never wrapped to 32 bits (2**32 + 3 is not id 3)
+    for dt in (np.int64, np.uint64):
+        big = np.array([2, 2**32 + 3, 2**32], dt)
+        assert np.asarray(context_mask(big, 8)).tolist() == [False, False, True, False, False, False, False, False]
+        np.testing.assert_array_equal(np.asarray(apply_repeat_penalty(x[0, :8], 2.0, big)),
+                                      candle_repeat_penalty(x[0, :8], 2.0, [2]))  # fmt: skip
 
 
 def test_recent_tokens_window():
