@@ -155,6 +155,8 @@ class Config:
                 f"llama Config: num_attention_heads {self.num_attention_heads} is not a multiple of"
                 f" num_key_value_heads {self.num_key_value_heads}"
             )
+        if self.hidden_act == "swish":  # transformers' ACT2FN: the same function as silu
+            self.hidden_act = "silu"
         if self.hidden_act != "silu":
             raise errors.Msg(f"llama Config: hidden_act {self.hidden_act!r} is not implemented (silu)")
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax import Device, DType  # noqa: E402
+from candlejax import Device, DType, errors  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
 from candlejax.models import llama  # noqa: E402
 from candlejax.nn import VarBuilder  # noqa: E402
@@ -77,6 +77,10 @@ def test_config_defaults_and_rope_parameters(tmp_path):
     c = llama.Config.from_json_file(p)
     assert c.num_key_value_heads == 4 and c.head_dim == 16 and c.rope_theta == 5e5
     assert c.rope_scaling["rope_type"] == "llama3" and c.vocab_size == 32000 and not c.tie_word_embeddings
+    # transformers' ACT2FN maps "swish" to the same function as "silu"; others raise
+    assert llama.Config.from_dict({"hidden_act": "swish"}).hidden_act == "silu"
+    with pytest.raises(errors.Error, match="hidden_act 'gelu'"):
+        llama.Config.from_dict({"hidden_act": "gelu"})
 
 
 @pytest.mark.parametrize("pair", list(CASES), indirect=True)
