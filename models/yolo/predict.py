@@ -146,18 +146,21 @@ def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k:
 _predict = OptionsJit(_predict_fn, XLA_CONVOLUTION_OPTIONS, static_argnames=("max_det", "top_k"))
 
 
-def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
+def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int | tuple[int, int] = 640,
            max_det: int = 300, top_k: int = 30000) -> Detections:  # fmt: skip
     """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
     or an ``(H, W, 3)`` uint8 array (:func:`candlejax.vision.as_image`).
 
-    As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
-    / 255, best class per anchor, class-aware NMS (``iou``) over the ``top_k`` best anchors above
-    ``conf`` (Ultralytics' ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped
-    back to the image's pixels. Forward and NMS run as one compiled program per letterboxed shape.
+    As Ultralytics' predictor: letterbox to ``imgsz`` (an int or ``(h, w)``, each side rounded up
+    to a multiple of 32 as Ultralytics' ``check_imgsz``), RGB / 255, best class per anchor,
+    class-aware NMS (``iou``) over the ``top_k`` best anchors above ``conf`` (Ultralytics'
+    ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped back to the image's
+    pixels. Forward and NMS run as one compiled program per letterboxed shape.
     """
     img = as_image(img, "yolo.detect")
-    lb_img, lb = letterbox(img, imgsz)
+    sides = (imgsz, imgsz) if isinstance(imgsz, int | np.integer) else imgsz
+    size = tuple(-(-int(s) // 32) * 32 for s in sides)  # check_imgsz: up to a multiple of the largest stride
+    lb_img, lb = letterbox(img, size)
     batch = unwrap(lb_img)[None]
     boxes, scores, classes, extra, ok = _predict(model, batch, jnp.float32(conf), jnp.float32(iou), max_det=max_det,
                                                  top_k=top_k)  # fmt: skip

@@ -361,3 +361,15 @@ def test_detect_with_every_anchor_a_candidate(random_files, max_det):
     np.testing.assert_array_equal(got.classes, classes[want])
     np.testing.assert_allclose(got.scores, scores[want], rtol=1e-6)
     np.testing.assert_allclose(got.boxes, vision.scale_boxes(boxes[want], lb), atol=1e-3)
+
+
+def test_detect_rounds_imgsz_up_to_multiples_of_32(random_files):
+    """Ultralytics' check_imgsz: imgsz=300 runs at 320 (the CLI's --imgsz promises the same)."""
+    model = yolo.load(random_files["v8n-detect"])
+    img = vision.image_to_tensor(skimage.data.astronaut()[:, :400])
+    want = yolo.detect(model, img, imgsz=320)
+    for size in (300, (290, 301)):
+        got = yolo.detect(model, img, imgsz=size)
+        assert len(got) == len(want) > 0
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
