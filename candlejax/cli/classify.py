@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     logits = resnet.forward_jit(net, load_image224(args.image).unsqueeze(0)).numpy()[0]
     pr = np.exp(logits - logits.max())
     pr /= pr.sum()
-    for i in np.argsort(-pr)[: args.top]:
+    for i in np.argsort(-pr, kind="stable")[: args.top]:  # ties in class order, as Candle's sort_by
         print(f"{IMAGENET_CLASSES[i]:40s}: {100 * pr[i]:5.2f}%")
     return 0
 

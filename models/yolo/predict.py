@@ -39,7 +39,8 @@ def _infer(names: dict[str, tuple[int, ...]], src: str) -> dict[str, Any]:
     h = 22 if version == "v8" else 23
     task = "pose" if f"model.{h}.cv4.0.2.weight" in names else "detect"
     nc = names[f"model.{h}.cv3.0.2.weight"][0] if f"model.{h}.cv3.0.2.weight" in names else None
-    kpt = (names[f"model.{h}.cv4.0.2.weight"][0] // 3, 3) if task == "pose" else None
+    nk = names[f"model.{h}.cv4.0.2.weight"][0] if task == "pose" else None
+    kpt = None if nk is None else (nk // 3, 3) if nk % 3 == 0 else (nk // 2, 2)  # (x, y[, visibility])
     c0, n2 = names["model.0.conv.weight"][0], len({k.split(".")[3] for k in names if k.startswith("model.2.m.")})
     which = next((w for w in SIZES if Multiples.of(w, version).ch(64) == c0
                   and Multiples.of(w, version).n_(3 if version == "v8" else 2) == n2), None)  # fmt: skip
@@ -67,7 +68,8 @@ def _read_pt(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     yaml = st.get("yaml") if isinstance(st.get("yaml"), dict) else {}
     names = st.get("names")
     names = [names[i] for i in sorted(names)] if isinstance(names, dict) else names
-    facts: dict[str, Any] = {"names": names, "scale": yaml.get("scale"), "sppf_act": True}
+    facts: dict[str, Any] = {"names": names, "scale": yaml.get("scale"), "sppf_act": True,
+                             "kpt_shape": _kpt_shape(st.get("kpt_shape") or yaml.get("kpt_shape"))}  # fmt: skip
     try:  # SiLU or Identity after SPPF's first conv, as the pickled module says
         mods = st["_modules"]["model"].state["_modules"]
         act = mods["9"].state["_modules"]["cv1"].state["_modules"]["act"]
@@ -77,15 +79,26 @@ def _read_pt(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return sd, facts
 
 
+def _kpt_shape(v: Any) -> tuple[int, int] | None:
+    """A checkpoint's ``kpt_shape`` ([K, 2] or [K, 3]) as a tuple, None when absent or malformed."""
+    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[1] in (2, 3):
+        return int(v[0]), int(v[1])
+    return None
+
+
 def load(path: str | os.PathLike[str], *, version: str | None = None, which: str | None = None,
          task: str | None = None, num_classes: int | None = None, names: Any = None,
-         dtype: DType = DType.F32, device: Device | str | None = None) -> YoloV8:  # fmt: skip
+         kpt_shape: tuple[int, int] | None = None, dtype: DType = DType.F32,
+         device: Device | str | None = None) -> YoloV8:  # fmt: skip
     """A YOLOv8 / YOLO11 model from Ultralytics weights (``.pt`` checkpoint or ``.safetensors``), or
     from a safetensors file of Candle's yolo-v8 example (``yolov8n.safetensors``, Candle's names).
 
     What is not given (version ``v8``/``11``, size ``n``..``x``, task ``detect``/``pose``, class
     count, keypoint shape) is read from the tensor names and shapes; what is given must match the
     file. Class names come from a ``.pt`` file, else COCO's (80 classes) or ``person`` (1 class).
+    The keypoint shape ``(K, 2|3)`` of a pose model comes from ``kpt_shape``, else from the ``.pt``
+    file (or the metadata :func:`pt_to_safetensors` writes), else from the channel count: ``(K, 3)``
+    when it divides by 3 (a ``(12, 2)`` model's 24 channels need ``kpt_shape=(12, 2)``).
     """
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -94,7 +107,7 @@ def load(path: str | os.PathLike[str], *, version: str | None = None, which: str
         raise errors.Msg(f"yolo.load: unknown size which={which!r} (known: n, s, m, l, x)")
     if version is not None and version not in SCALES:
         raise errors.Msg(f"yolo.load: unknown version {version!r} (known: v8, 11)")
-    facts: dict[str, Any] = {"names": None, "scale": None, "sppf_act": True}
+    facts: dict[str, Any] = {"names": None, "scale": None, "sppf_act": True, "kpt_shape": None}
     if p.endswith((".pt", ".pth")):
         sd, facts = _read_pt(p)
         vb = VarBuilder.from_tensors({k: v for k, v in sd.items()}, dtype, device)
@@ -110,7 +123,8 @@ def load(path: str | os.PathLike[str], *, version: str | None = None, which: str
             import json
 
             facts = {"names": json.loads(md["names"]), "scale": md.get("scale") or None,
-                     "sppf_act": md.get("sppf_act", "True") == "True"}  # fmt: skip
+                     "sppf_act": md.get("sppf_act", "True") == "True",
+                     "kpt_shape": _kpt_shape(json.loads(md.get("kpt_shape") or "null"))}  # fmt: skip
     found = _infer(shapes, p)
     if found["which"] is None:
         found["which"] = facts.get("scale")
@@ -120,7 +134,14 @@ def load(path: str | os.PathLike[str], *, version: str | None = None, which: str
     w = _check(which, found["which"], "which", p)
     if w is None:
         raise errors.Msg(f"yolo.load: cannot tell the size of {p}; pass which='n'|'s'|'m'|'l'|'x'")
-    return YoloV8.load(vb, Multiples.of(w, version), nc, version=version, task=task, kpt=found["kpt"] or (17, 3),
+    kpt = found["kpt"] or (17, 3)
+    if task == "pose" and (kpt_shape is not None or facts["kpt_shape"] is not None):
+        given = tuple(kpt_shape) if kpt_shape is not None else facts["kpt_shape"]
+        if len(given) != 2 or given[1] not in (2, 3) or given[0] * given[1] != kpt[0] * kpt[1]:
+            raise errors.Msg(f"yolo.load: kpt_shape {given} does not fit {p}, whose keypoint branch has "
+                             f"{kpt[0] * kpt[1]} channels")  # fmt: skip
+        kpt = (int(given[0]), int(given[1]))
+    return YoloV8.load(vb, Multiples.of(w, version), nc, version=version, task=task, kpt=kpt,
                        names=names or facts.get("names"), which=w, sppf_act=facts["sppf_act"])  # fmt: skip
 
 
@@ -146,18 +167,21 @@ def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k:
 _predict = OptionsJit(_predict_fn, XLA_CONVOLUTION_OPTIONS, static_argnames=("max_det", "top_k"))
 
 
-def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int = 640,
+def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int | tuple[int, int] = 640,
            max_det: int = 300, top_k: int = 30000) -> Detections:  # fmt: skip
     """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
     or an ``(H, W, 3)`` uint8 array (:func:`candlejax.vision.as_image`).
 
-    As Ultralytics' predictor: letterbox to ``imgsz`` (sides rounded up to multiples of 32), RGB
-    / 255, best class per anchor, class-aware NMS (``iou``) over the ``top_k`` best anchors above
-    ``conf`` (Ultralytics' ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped
-    back to the image's pixels. Forward and NMS run as one compiled program per letterboxed shape.
+    As Ultralytics' predictor: letterbox to ``imgsz`` (an int or ``(h, w)``, each side rounded up
+    to a multiple of 32 as Ultralytics' ``check_imgsz``), RGB / 255, best class per anchor,
+    class-aware NMS (``iou``) over the ``top_k`` best anchors above ``conf`` (Ultralytics'
+    ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped back to the image's
+    pixels. Forward and NMS run as one compiled program per letterboxed shape.
     """
     img = as_image(img, "yolo.detect")
-    lb_img, lb = letterbox(img, imgsz)
+    sides = (imgsz, imgsz) if isinstance(imgsz, int | np.integer) else imgsz
+    size = tuple(-(-int(s) // 32) * 32 for s in sides)  # check_imgsz: up to a multiple of the largest stride
+    lb_img, lb = letterbox(img, size)
     batch = unwrap(lb_img)[None]
     boxes, scores, classes, extra, ok = _predict(model, batch, jnp.float32(conf), jnp.float32(iou), max_det=max_det,
                                                  top_k=top_k)  # fmt: skip
@@ -173,7 +197,8 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
 def pt_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Convert an Ultralytics ``.pt`` checkpoint to safetensors once (Ultralytics names, f32).
 
-    The file's metadata keeps what the names cannot tell: class names, size and SPPF activation.
+    The file's metadata keeps what the names cannot tell: class names, size, SPPF activation and
+    keypoint shape.
     """
     import json
 
@@ -181,5 +206,5 @@ def pt_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[str]) 
 
     sd, facts = _read_pt(os.fspath(src))
     meta = {"names": json.dumps(facts["names"]), "scale": str(facts["scale"] or ""),
-            "sppf_act": str(facts["sppf_act"])}  # fmt: skip
+            "sppf_act": str(facts["sppf_act"]), "kpt_shape": json.dumps(facts["kpt_shape"])}  # fmt: skip
     save({k: np.asarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in sd.items()}, dst, meta)

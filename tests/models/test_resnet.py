@@ -242,3 +242,28 @@ def test_candle_no_final_layer_and_argument_order(rng):
     vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
     with pytest.raises(errors.Error, match=r"resnet18\(num_classes, vb\) keeps that order"):
         resnet.resnet18(vb, 10)
+
+
+def test_classify_lists_tied_classes_in_index_order(tmp_path, capsys):
+    """Candle's example sorts the probabilities with a stable sort: equal ones keep the class order."""
+    from PIL import Image
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file as save_np
+
+    from candlejax import cli
+
+    net = resnet.resnet18(1000, VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    w = tmp_path / "r18.safetensors"
+    net.save_safetensors(w)
+    t = load_file(str(w))
+    t["fc.weight"] = np.zeros_like(t["fc.weight"])  # logits = fc.bias exactly
+    bias = np.zeros(1000, np.float32)
+    tied = [900, 700, 500, 3, 10, 20]
+    bias[tied] = 5.0
+    t["fc.bias"] = bias
+    save_np(t, str(w))
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(img)
+    assert cli.main(["classify", str(img), "--weights", str(w), "--top", "5"]) == 0
+    names = [ln.rsplit(":", 1)[0].strip() for ln in capsys.readouterr().out.splitlines()]
+    assert names == [vision.IMAGENET_CLASSES[i] for i in sorted(tied)[:5]]

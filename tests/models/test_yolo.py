@@ -361,3 +361,70 @@ def test_detect_with_every_anchor_a_candidate(random_files, max_det):
     np.testing.assert_array_equal(got.classes, classes[want])
     np.testing.assert_allclose(got.scores, scores[want], rtol=1e-6)
     np.testing.assert_allclose(got.boxes, vision.scale_boxes(boxes[want], lb), atol=1e-3)
+
+
+def test_detect_rounds_imgsz_up_to_multiples_of_32(random_files):
+    """Ultralytics' check_imgsz: imgsz=300 runs at 320 (the CLI's --imgsz promises the same)."""
+    model = yolo.load(random_files["v8n-detect"])
+    img = vision.image_to_tensor(skimage.data.astronaut()[:, :400])
+    want = yolo.detect(model, img, imgsz=320)
+    for size in (300, (290, 301)):
+        got = yolo.detect(model, img, imgsz=size)
+        assert len(got) == len(want) > 0
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+
+
+def _pose_shapes(k: int, nd: int) -> dict[str, tuple[int, ...]]:
+    """YOLOv8n-pose tensor shapes for ``k`` keypoints of ``nd`` values (Ultralytics' Pose: c4 = max(64 // 4, nk))."""
+    nk = k * nd
+    c4 = max(16, nk)
+    out = {n: tuple(s) for n, s in SHAPES["v8n-pose"]["tensors"].items() if ".cv4." not in n}
+    for i, f in enumerate((64, 128, 256)):
+        for j, (ci, co, kk) in enumerate(((f, c4, 3), (c4, c4, 3))):
+            out[f"model.22.cv4.{i}.{j}.conv.weight"] = (co, ci, kk, kk)
+            bn = ("weight", "bias", "running_mean", "running_var")
+            out.update({f"model.22.cv4.{i}.{j}.bn.{t}": (co,) for t in bn})
+        out[f"model.22.cv4.{i}.2.weight"], out[f"model.22.cv4.{i}.2.bias"] = (nk, c4, 1, 1), (nk,)
+    return out
+
+
+def test_pose_keypoint_shape_with_two_values(tmp_path):
+    """A (12, 2) model (Ultralytics' tiger-pose: x, y, no visibility) has 24 keypoint channels, which
+    also divide into 8 x 3: its kpt_shape comes from the .pt / converted file, or the argument."""
+    from yolo_weights import make_weights as mw
+
+    from candlejax.models.yolo.model import _seq
+
+    w = mw(_pose_shapes(12, 2), seed=3)
+    plain, meta = tmp_path / "plain.safetensors", tmp_path / "meta.safetensors"
+    save_file(w, str(plain))
+    # what pt_to_safetensors writes for an Ultralytics tiger-pose checkpoint
+    save_file(w, str(meta), {"names": '["tiger"]', "scale": "n", "sppf_act": "True", "kpt_shape": "[12, 2]"})
+    assert yolo.load(plain).kpt_shape == (8, 3)  # ambiguous without the checkpoint's kpt_shape
+    model = yolo.load(meta)
+    assert model.kpt_shape == yolo.load(plain, kpt_shape=(12, 2)).kpt_shape == (12, 2)
+    with pytest.raises(errors.Error, match=r"kpt_shape \(17, 3\) does not fit .* 24 channels"):
+        yolo.load(plain, kpt_shape=(17, 3))
+    x = RANDOM["input"][..., :64, :96].astype(np.float32) / 255.0
+    raw = _forward(model, x)
+    assert raw.shape == (1, 4 + 1 + 24, 8 * 12 + 4 * 6 + 2 * 3)
+    feats = model.fpn.forward(*model.net.forward(Tensor(x)))
+    y = np.concatenate([_seq(br, f).numpy().reshape(1, 24, -1) for br, f in zip(model.head.cv4, feats)], 2)
+    anchors, strides = (t.numpy() for t in model.head.detect.anchors(list(feats)))
+    want = (y.reshape(1, 12, 2, -1) * 2 + anchors[None, None] - 0.5) * strides  # every row is a coordinate
+    np.testing.assert_allclose(raw[:, 5:].reshape(1, 12, 2, -1), want, rtol=1e-5, atol=1e-3)
+    dets = yolo.detect(model, RANDOM["input"][0].transpose(1, 2, 0).copy(), conf=0.0, imgsz=96)
+    assert dets.keypoints.shape == (len(dets), 12, 2) and len(dets) > 0
+    # no multiple of 3: (5, 2) is read from the channel count alone
+    save_file(mw(_pose_shapes(5, 2), seed=4), str(tmp_path / "five.safetensors"))
+    assert yolo.load(tmp_path / "five.safetensors").kpt_shape == (5, 2)
+
+
+def test_pt_checkpoint_keypoint_shape_is_kept(pose11, tmp_path):
+    assert yolo_predict._read_pt(str(POSE_PT))[1]["kpt_shape"] == (17, 3)
+    dst = tmp_path / "p.safetensors"
+    yolo.pt_to_safetensors(POSE_PT, dst)
+    from candlejax.io.safetensors import MmapedSafetensors
+
+    assert json.loads(MmapedSafetensors([str(dst)]).metadata()["kpt_shape"]) == [17, 3]
