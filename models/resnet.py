@@ -22,6 +22,7 @@ inside, with the convolution kernels handed in the layouts its products read. Sh
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -360,6 +361,26 @@ def _depth(names: set[str], src: str) -> str:
     return found
 
 
+def _check_hf_config(path: str) -> None:
+    """Refuse a Hugging Face ``ResNetConfig`` beside the weights that this ResNet (torchvision's v1.5,
+    as Candle's) does not compute: the stride in a bottleneck's first 1x1 convolution, a downsampling
+    first stage, or an activation other than ReLU would load and run silently wrong."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return  # not a config this loader reads
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "resnet":
+        return
+    wrong = {k: cfg[k] for k, ok in (("downsample_in_bottleneck", False), ("downsample_in_first_stage", False),
+                                     ("hidden_act", "relu")) if k in cfg and cfg[k] != ok}  # fmt: skip
+    if wrong:
+        raise errors.Msg(f"resnet.load: {path} asks for {wrong}, which this ResNet does not compute"
+                         " (torchvision's layout: stride in the 3x3 convolution, first stage at stride 1, ReLU)")
+
+
 def load(path: str | os.PathLike, nclasses: int | None = 1000, which: str | int | None = None, *,
          dtype: Any = DType.F32, device: Any = None, fold_bn: bool = True) -> ResNet:  # fmt: skip
     """A ResNet from a safetensors file with torchvision/timm or Hugging Face names; ``which``
@@ -371,6 +392,7 @@ def load(path: str | os.PathLike, nclasses: int | None = 1000, which: str | int 
         raise errors.Msg(f"resnet.load: no such file {p!r}")
     if which is not None and str(which) not in DEPTHS:
         raise errors.Msg(f"resnet.load: unknown depth which={which!r} (known: {', '.join(DEPTHS)})")
+    _check_hf_config(os.path.join(os.path.dirname(p), "config.json"))
     names = set(MmapedSafetensors([p]).names())
     which = str(which) if which is not None else _depth(names, p)
     vb = VarBuilder.from_mmaped_safetensors([p], dtype, device)

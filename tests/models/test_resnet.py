@@ -267,3 +267,19 @@ def test_classify_lists_tied_classes_in_index_order(tmp_path, capsys):
     assert cli.main(["classify", str(img), "--weights", str(w), "--top", "5"]) == 0
     names = [ln.rsplit(":", 1)[0].strip() for ln in capsys.readouterr().out.splitlines()]
     assert names == [vision.IMAGENET_CLASSES[i] for i in sorted(tied)[:5]]
+
+
+def test_load_refuses_a_config_it_does_not_compute(tmp_path):
+    """A transformers ResNetConfig beside the weights with the stride in the bottleneck's 1x1 convolution
+    (or a downsampling first stage) would load and run with torchvision's strides: it raises instead."""
+    cfg, m = _hf("bottleneck", head=True)
+    path = _save(m, tmp_path / "model.safetensors")
+    cfg.to_json_file(str(tmp_path / "config.json"))
+    with pytest.raises(errors.Error) as ok:  # the defaults pass (the small widths then fail to load as a ResNet-50)
+        resnet.load(path, nclasses=10, which=50)
+    assert "does not compute" not in str(ok.value)
+    for key in ("downsample_in_bottleneck", "downsample_in_first_stage"):
+        bad = transformers.ResNetConfig.from_dict({**cfg.to_dict(), key: True})
+        bad.to_json_file(str(tmp_path / "config.json"))
+        with pytest.raises(errors.Error, match=key):
+            resnet.load(path, nclasses=10, which=50)
