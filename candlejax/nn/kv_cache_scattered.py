@@ -43,7 +43,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
-from candlejax.nn.kv_cache import KeysValues, _rebind, _zeros
+from candlejax.nn._cache_base import KeysValues, _rebind, _zeros
 from candlejax.nn.module import Module, as_array
 from candlejax.tensor._core import wrap
 

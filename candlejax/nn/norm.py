@@ -22,8 +22,8 @@ from candlejax import errors
 from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import op
 from candlejax.nn import ops
+from candlejax.nn._cache_base import _AppendResult
 from candlejax.nn.init import ONE, ZERO
-from candlejax.nn.kv_cache import _AppendResult
 from candlejax.nn.linear import _as_param, _require_tensor, check_param
 from candlejax.nn.module import (
     Buffer,

@@ -33,7 +33,7 @@ from candlejax._precision import f32_precision
 from candlejax.device import Device
 from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
-from candlejax.nn.module import Module, as_array
+from candlejax.nn.module import Module, ModuleT, as_array
 from candlejax.quantized import native
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, wrap
@@ -42,6 +42,7 @@ from candlejax.tensor.elementwise import gelu_erf_jnp, in_f32
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
 
 __all__ = [
+    "Dropout",
     "Identity",
     "dropout",
     "elu",
@@ -264,6 +265,33 @@ def dropout(xs: Any, p: float, *, key: Any = None) -> Any:
         dev = xs.device if isinstance(xs, TensorBase) else Device.Cpu
         key = _random.next_key(dev, "dropout")
     return wrap(_dropout(a, _random.as_key(key), p=float(p)))
+
+
+class Dropout(ModuleT):
+    """``Dropout::new(p)``; ``forward_t(xs, train, key=None)`` (PyTorch ``nn.Dropout``).
+
+    In training mode it needs randomness: pass ``key=`` (a jax key or an int seed), which is
+    required under ``jit``; eagerly the device's seeded generator is used when no key is given.
+    In evaluation mode it returns its input.
+    """
+
+    def __init__(self, p: float):
+        if not 0.0 <= p < 1.0:
+            raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
+        self.p = float(p)
+
+    @staticmethod
+    def new(p: float) -> Dropout:
+        return Dropout(p)
+
+    def forward(self, xs: Any, train: bool = False, key: Any = None) -> Any:
+        """Candle's ``Dropout::forward(xs, train)`` (= :meth:`forward_t`); ``dropout(xs)`` evaluates."""
+        return self.forward_t(xs, train, key)
+
+    def forward_t(self, xs: Any, train: bool, key: Any = None) -> Any:
+        if not train:
+            return xs if isinstance(xs, TensorBase) else wrap(xs)
+        return dropout(xs, self.p, key=key)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -878,12 +906,3 @@ def depthwise_conv2d(xs: Any, kernel: Any, padding: Any = 0, stride: Any = 1, di
                 f" ({n + 2 * pp}), input {fmt_shape(xa.shape)}, kernel {fmt_shape(ka.shape)}"
             )
     return wrap(depthwise_conv2d_nhwc_op(xa, ka, padding=p, stride=s, dilation=d))
-
-
-def __getattr__(name: str) -> Any:
-    """Candle's ``ops::Dropout`` is :class:`candlejax.nn.Dropout` (its module imports this one)."""
-    if name == "Dropout":
-        from candlejax.nn.dropout import Dropout
-
-        return Dropout
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
