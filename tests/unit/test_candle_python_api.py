@@ -376,3 +376,16 @@ def test_pyo3_quantized_tensor_names_its_type_as_the_binding_does():
             assert q.ggml_dtype.lower() == fmt
             assert q.ggml_dtype.name == candle.randn((16, 256)).quantize(spelled).ggml_dtype
             assert q.shape == t.shape
+
+
+def test_pyo3_ggml_dtype_equals_the_bindings_string():
+    # candle-pyo3's QTensor.ggml_dtype is a str ("Q4_0", "Q4K"): ported comparisons and dict lookups hold
+    t = cj.randn((2, 256))
+    for fmt in ["q4_0", "q8_0", "q4k", "q6k", "f16", "f32"]:
+        theirs = candle.randn((2, 256)).quantize(fmt).ggml_dtype
+        ours = t.quantize(fmt).ggml_dtype
+        assert ours == theirs and theirs == ours and not ours != theirs
+        assert {theirs: 1}.get(ours) == 1 and ours in {theirs}
+        assert ours != theirs.lower() and ours != "Q5_0"
+    assert cj.quantized.GgmlDType.Q4K == cj.quantized.GgmlDType.Q4_K  # both spellings, one member
+
