@@ -298,12 +298,13 @@ class ConvertMixin(TensorBase):
             return self
         return wrap(jax.device_put(a, jd))
 
-    def quantize(self, fmt: Any) -> Any:
-        """candle-pyo3's ``t.quantize(fmt)``: a :class:`candlejax.quantized.QTensor` of this tensor in
-        ``fmt``, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``, ``"f16"``, ...;
-        any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
+    def quantize(self, quantized_dtype: Any) -> Any:
+        """candle-pyo3's ``t.quantize(quantized_dtype)``: a :class:`candlejax.quantized.QTensor` of this
+        tensor in that format, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``,
+        ``"f16"``, ...; any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
         from candlejax.quantized import GgmlDType, QTensor
 
+        fmt = quantized_dtype
         if isinstance(fmt, str):
             try:
                 fmt = GgmlDType[fmt.strip().upper()]

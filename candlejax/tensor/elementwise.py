@@ -544,11 +544,12 @@ class ElementwiseMixin(TensorBase):
             raise errors.UnsupportedDTypeForOp(self.dtype, "elu", _F32_HINT)
         return _call(_elu, self._a, _scalar_value("elu", self, alpha))
 
-    def powf(self, e: float) -> Any:
-        """``x ** e`` for a float exponent (Candle ``powf``, torch ``pow(x, e)``); float only."""
+    def powf(self, p: float) -> Any:
+        """``x ** p`` for a float exponent (Candle ``powf(e)``, candle-pyo3 ``powf(p)``, torch
+        ``pow(x, p)``); float only."""
         if self._a.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(self.dtype, "powf", _F32_HINT)
-        return _call(_powf, self._a, _scalar_value("powf", self, e))
+        return _call(_powf, self._a, _scalar_value("powf", self, p))
 
     def round_to(self, decimals: int) -> Any:
         """Round to ``decimals`` decimal places, half away from zero (Candle ``round_to``,

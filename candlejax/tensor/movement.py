@@ -264,13 +264,13 @@ class MovementMixin(TensorBase):
         """
         return self._flatten(start_dim, end_dim)
 
-    def flatten_to(self, end_dim: Any) -> Any:
-        """Candle ``flatten_to(end)``: merges dims ``0..=end``."""
-        return self._flatten(None, end_dim)
+    def flatten_to(self, dim: Any) -> Any:
+        """Candle ``flatten_to(end)`` (candle-pyo3 ``flatten_to(dim)``): merges dims ``0..=dim``."""
+        return self._flatten(None, dim)
 
-    def flatten_from(self, start_dim: Any) -> Any:
-        """Candle ``flatten_from(start)``: merges dims ``start..rank``."""
-        return self._flatten(start_dim, None)
+    def flatten_from(self, dim: Any) -> Any:
+        """Candle ``flatten_from(start)`` (candle-pyo3 ``flatten_from(dim)``): merges dims ``dim..rank``."""
+        return self._flatten(dim, None)
 
     def flatten_all(self) -> Any:
         """Candle ``flatten_all()``: a 1-D tensor (rank 0 -> shape ``[1]``)."""
@@ -390,12 +390,12 @@ class MovementMixin(TensorBase):
             acc += n
         return [self._wrap(x) for x in _split(self._a, axis=d, bounds=tuple(bounds))]
 
-    def get(self, i: int) -> Any:
-        """Candle ``get(i)``: index dim 0 and drop it (rank 0 -> unchanged). Negative ``i`` counts
-        from the end (as candle-pyo3). PyTorch: ``t[i]``."""
+    def get(self, index: int) -> Any:
+        """Candle ``get(i)`` (candle-pyo3 ``get(index)``): index dim 0 and drop it (rank 0 ->
+        unchanged). A negative index counts from the end (as candle-pyo3). PyTorch: ``t[i]``."""
         if not self._a.shape:
             return self
-        return self._get_on_dim(0, i, "get")
+        return self._get_on_dim(0, index, "get")
 
     def get_on_dim(self, dim: Any, index: int) -> Any:
         """Candle ``get_on_dim(d, i)``: ``narrow(d, i, 1)`` then ``squeeze(d)``. PyTorch: ``select``."""
