@@ -13,6 +13,7 @@ inside ``jax.jit`` / ``grad`` / ``vmap`` they raise :class:`candlejax.errors.Tra
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -445,6 +446,14 @@ class ConvertMixin(TensorBase):
         from candlejax.io import safetensors
 
         safetensors.save_tensor(self, name, path)
+
+    def write_bytes(self, f: Any) -> None:
+        """Candle ``write_bytes(&mut w)``: the values in row-major order, little endian, written to
+        the binary file object ``f`` (anything with ``write``)."""
+        arr = np.ascontiguousarray(_host(self, "write_bytes"))
+        if sys.byteorder != "little" and arr.dtype.itemsize > 1:
+            arr = arr.byteswap()
+        f.write(arr.tobytes())
 
     def write_npy(self, path: Any) -> None:
         """``t.write_npy("t.npy")`` (atomic); ``numpy.load`` reads it."""

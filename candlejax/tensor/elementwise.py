@@ -20,6 +20,7 @@ provides: ElementwiseMixin
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Any
@@ -472,6 +473,18 @@ def _clamp(a: Any, lo: Any, hi: Any) -> Any:
 
 def _call(k: Any, *args: Any) -> Any:
     return wrap(k.jitted(*args) if is_eager() else k.raw(*args))
+
+
+class CmpOp(enum.Enum):
+    """Candle's ``candle::op::CmpOp`` (``Eq``, ``Ne``, ``Le``, ``Ge``, ``Lt``, ``Gt``), for
+    ``t.cmp(rhs, CmpOp.Lt)``; the strings ``"lt"`` / ``"<"`` are accepted too."""
+
+    Eq = "eq"
+    Ne = "ne"
+    Le = "le"
+    Ge = "ge"
+    Lt = "lt"
+    Gt = "gt"
 
 
 _CMP_OPS = {

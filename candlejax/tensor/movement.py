@@ -23,7 +23,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
-from candlejax.shape import D, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
+from candlejax.shape import D, Layout, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
 from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
 
 # --------------------------------------------------------------------------------------------------
@@ -515,6 +515,24 @@ class MovementMixin(TensorBase):
     def stride(self) -> tuple[int, ...]:
         """Candle ``stride()``: the C-contiguous strides in elements, e.g. ``(3, 1)`` for ``[2, 3]``."""
         return _c_strides(self._a.shape)
+
+    def layout(self) -> Layout:
+        """Candle ``layout()``: always ``Layout.contiguous(shape)`` (C strides, start offset 0), as
+        ``stride()`` and ``is_contiguous()`` report; XLA arrays have no views."""
+        return Layout.contiguous(self._a.shape)
+
+    def normalize_axis(self, axis: int) -> int:
+        """Candle ``normalize_axis(axis)``: a negative axis counted from the end, as a positive one;
+        ``axis 5 is too large, tensor rank 2`` / ``axis -3 is too small, tensor rank 2`` otherwise."""
+        axis = int_arg(axis, "normalize_axis", "axis")
+        rank = self._a.ndim
+        if axis >= rank:
+            raise errors.Msg(f"axis {axis} is too large, tensor rank {rank}")
+        if axis >= 0:
+            return axis
+        if rank + axis < 0:
+            raise errors.Msg(f"axis {axis} is too small, tensor rank {rank}")
+        return rank + axis
 
     # --- padding, tiling, rolling -------------------------------------------------------------
     def pad_with_zeros(self, dim: Any, left: int, right: int) -> Any:
