@@ -885,3 +885,15 @@ def test_core_api_names_cmp_op_write_bytes_is_variable_dtype_from_str():
     with pytest.raises(errors.Error, match="cannot parse 'x' as a dtype"):
         DType.from_str("x")
 
+
+def test_device_api_names():
+    from candlejax import DeviceLocation
+
+    assert DEVICE.location() == DeviceLocation.Cpu and DEVICE.location() != DeviceLocation.Cuda(0)
+    assert repr(DeviceLocation.Cuda(1)) == "Cuda { gpu_id: 1 }"
+    assert repr(DeviceLocation.Metal(0)) == "Metal { gpu_id: 0 }"
+    assert DEVICE.with_context(lambda: 41 + 1) == 42
+    with pytest.raises(errors.Error, match="expected a cuda device, got cpu"):
+        DEVICE.as_cuda_device()
+    with pytest.raises(errors.Error, match="expected a metal device, got cpu"):
+        DEVICE.as_metal_device()
