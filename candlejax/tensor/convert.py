@@ -51,13 +51,17 @@ def print_options() -> PrinterOptions:
 
 
 def set_print_options(
-    precision: int | None = None,
+    precision: int | PrinterOptions | None = None,
     threshold: int | None = None,
     edge_items: int | None = None,
     line_width: int | None = None,
     sci_mode: bool | str | None = "keep",
 ) -> None:
-    """``candle::display::set_print_options``: change some or all print options."""
+    """``candle::display::set_print_options``: change some or all print options, or, given a
+    ``PrinterOptions`` (Candle's ``set_print_options(PrinterOptions { .. })``), use it."""
+    if isinstance(precision, PrinterOptions):
+        _PO[0] = precision
+        return
     po = _PO[0]
     kw: dict[str, Any] = {}
     if precision is not None:
@@ -71,6 +75,32 @@ def set_print_options(
     if sci_mode != "keep":
         kw["sci_mode"] = sci_mode
     _PO[0] = replace(po, **kw)
+
+
+def set_line_width(line_width: int) -> None:
+    """``candle::display::set_line_width``."""
+    set_print_options(line_width=line_width)
+
+
+def set_precision(precision: int) -> None:
+    """``candle::display::set_precision``: digits after the point."""
+    set_print_options(precision=precision)
+
+
+def set_edge_items(edge_items: int) -> None:
+    """``candle::display::set_edge_items``: values shown at each end of a summarised dim."""
+    set_print_options(edge_items=edge_items)
+
+
+def set_threshold(threshold: int) -> None:
+    """``candle::display::set_threshold``: summarise tensors with more elements than this."""
+    set_print_options(threshold=threshold)
+
+
+def set_sci_mode(sci_mode: bool | None) -> None:
+    """``candle::display::set_sci_mode``: ``True`` / ``False`` forces scientific / fixed notation for
+    floats, ``None`` picks per tensor."""
+    set_print_options(sci_mode=sci_mode)
 
 
 def set_print_options_default() -> None:

@@ -329,3 +329,26 @@ Tensor[[200, 100], f32]"""
     [42., 42., 42., ..., 42., 42., 42.]]]]]
 Tensor[[2, 1, 1, 100, 100], f32]"""
     assert t == expected
+
+
+def test_display_print_option_setters():
+    # candle::display::{set_print_options(PrinterOptions { .. }), set_precision, set_threshold, ...}
+    from candlejax import display
+
+    t = Tensor.new([1.0 / 3.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], CPU)
+    try:
+        display.set_precision(2)
+        assert str(t.narrow(0, 0, 2)) == "[0.33, 2.00]\nTensor[[2], f32]"
+        display.set_threshold(5)
+        display.set_edge_items(1)
+        assert str(t) == "[0.33, ..., 7.00]\nTensor[[7], f32]"
+        display.set_sci_mode(True)
+        assert str(t.narrow(0, 1, 1)) == "[2.00e0]\nTensor[[1], f32]"
+        display.set_sci_mode(None)
+        display.set_line_width(20)
+        assert display.print_options().line_width == 20
+        display.set_print_options(display.PrinterOptions(precision=1, threshold=1000, edge_items=3, line_width=80))
+        assert str(t.narrow(0, 0, 2)) == "[0.3, 2.0]\nTensor[[2], f32]"
+    finally:
+        display.set_print_options_default()
+    assert str(t.narrow(0, 0, 2)) == "[0.3333, 2.0000]\nTensor[[2], f32]"
