@@ -20,8 +20,9 @@ try:
     from candlejax.device import Device, DeviceLocation
     from candlejax.dtype import DType, enable_x64, x64_enabled
     from candlejax.errors import Error
-    from candlejax.shape import D, Shape
+    from candlejax.shape import D, Layout, Shape
     from candlejax.tensor import Tensor
+    from candlejax.tensor.elementwise import CmpOp  # candle::op::CmpOp, for t.cmp(rhs, CmpOp.Lt)
     from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
     from candlejax import distributed
     from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
@@ -40,8 +41,8 @@ bf16, f16, f32, f64 = DType.BF16, DType.F16, DType.F32, DType.F64
 __version__ = "0.1.0"
 
 __all__ = [
-    "D", "DType", "Device", "DeviceLocation", "Error", "QTensor", "Shape", "Tensor", "Var", "checkpoint", "data",
-    "display", "enable_x64",
+    "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "QTensor", "Shape", "Tensor", "Var",
+    "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
     "functional", "testing", "utils", "cat", "ones", "rand", "randn", "stack", "tensor", "zeros",

@@ -47,12 +47,25 @@ def _local_cpus() -> list[Any]:
 
 
 class DeviceLocation:
-    """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }``."""
+    """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }`` / ``Metal { gpu_id }``: ``DeviceLocation.Cpu``,
+    ``DeviceLocation.Cuda(gpu_id)``, ``DeviceLocation.Metal(gpu_id)``, compared with ``dev.location()``."""
 
     __slots__ = ("gpu_id", "kind")
 
+    Cpu: DeviceLocation  # set below, Candle's unit variant
+
     def __init__(self, kind: str, gpu_id: int = 0):
         self.kind, self.gpu_id = kind, gpu_id
+
+    @staticmethod
+    def Cuda(gpu_id: int = 0) -> DeviceLocation:  # noqa: N802 - Candle's variant name
+        """``DeviceLocation::Cuda { gpu_id }``."""
+        return DeviceLocation("cuda", int(gpu_id))
+
+    @staticmethod
+    def Metal(gpu_id: int = 0) -> DeviceLocation:  # noqa: N802 - Candle's variant name
+        """``DeviceLocation::Metal { gpu_id }`` (never a Device's location here: no Metal backend)."""
+        return DeviceLocation("metal", int(gpu_id))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DeviceLocation) and (self.kind, self.gpu_id) == (other.kind, other.gpu_id)
@@ -61,7 +74,10 @@ class DeviceLocation:
         return hash((self.kind, self.gpu_id))
 
     def __repr__(self) -> str:
-        return "Cpu" if self.kind == "cpu" else f"Cuda {{ gpu_id: {self.gpu_id} }}"
+        return "Cpu" if self.kind == "cpu" else f"{self.kind.capitalize()} {{ gpu_id: {self.gpu_id} }}"
+
+
+DeviceLocation.Cpu = DeviceLocation("cpu")
 
 
 class _DeviceMeta(type):
@@ -168,6 +184,22 @@ class Device(metaclass=_DeviceMeta):
 
     def bf16_default_to_f32(self) -> Any:
         return DType.BF16 if self.kind == "cuda" else DType.F32
+
+    def as_cuda_device(self) -> Any:
+        """``Device::as_cuda_device``: the ``jax.Device`` of a CUDA device (Candle's ``CudaDevice``
+        handle); ``expected a cuda device, got cpu`` otherwise."""
+        if self.kind != "cuda":
+            raise errors.Msg(f"expected a cuda device, got {self.kind}")
+        return self.jax_device
+
+    def as_metal_device(self) -> Any:
+        """``Device::as_metal_device``: always ``expected a metal device, got cpu`` (or ``cuda``); there
+        is no Metal backend."""
+        raise errors.Msg(f"expected a metal device, got {self.kind}")
+
+    def with_context(self, f: Any) -> Any:
+        """``Device::with_context(f)``: ``f()`` (Candle runs it in its CPU thread pool; XLA has its own)."""
+        return f()
 
     def synchronize(self) -> None:
         """Wait for all work queued on this device."""

@@ -8,17 +8,27 @@
 from candlejax.tensor.convert import (
     PrinterOptions,
     print_options,
+    set_edge_items,
+    set_line_width,
+    set_precision,
     set_print_options,
     set_print_options_default,
     set_print_options_full,
     set_print_options_short,
+    set_sci_mode,
+    set_threshold,
 )
 
 __all__ = [
     "PrinterOptions",
     "print_options",
+    "set_edge_items",
+    "set_line_width",
+    "set_precision",
     "set_print_options",
     "set_print_options_default",
     "set_print_options_full",
     "set_print_options_short",
+    "set_sci_mode",
+    "set_threshold",
 ]

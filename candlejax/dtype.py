@@ -57,6 +57,11 @@ class DType(enum.Enum):
         except ValueError:
             raise errors.Msg(f"cannot parse '{s}' as a dtype") from None
 
+    @staticmethod
+    def from_str(s: str) -> DType:
+        """Rust's ``DType::from_str("f32")`` (the ``FromStr`` trait): as :meth:`parse`."""
+        return DType.parse(s)
+
     def size_in_bytes(self) -> int:
         return _NP[self.value].itemsize
 

@@ -333,6 +333,16 @@ class CustomOpName(Error, AttributeError):
         )
 
 
+class CandleInternalName(Error, AttributeError):
+    """Candle's storage, op-graph and id accessors (``id``, ``track_op``, ``from_storage``,
+    ``storage_and_layout``, ``strided_index``, ``strided_blocks``): an XLA array has no storage, strides
+    or op graph; the message names what to use instead."""
+
+    def __init__(self, name: str, hint: str):
+        self.name = name
+        super().__init__(f"Tensor has no .{name} (Candle's storage / op-graph internals): {hint}")
+
+
 class OutOfMemory(Error, MemoryError):
     """The device could not allocate an op's result (XLA's ``RESOURCE_EXHAUSTED``)."""
 

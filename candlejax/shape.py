@@ -28,8 +28,18 @@ class D:
     def Minus(n: int) -> D:  # noqa: N802 - Candle's name
         return D(n)
 
-    def to_index(self, rank: int) -> int:
-        return rank - self.n
+    def to_index(self, shape: Any, op: str = "dim") -> int:
+        """Candle's ``Dim::to_index(&shape, op)``: the positive index on ``shape`` (a ``Shape``, a
+        tuple of dims, or a Tensor's rank as an int), or ``{op}: dimension index -3 out of range for
+        shape [2, 3]``."""
+        if isinstance(shape, int):
+            return shape - self.n
+        return resolve_dim(self, as_shape(shape), op)
+
+    def to_index_plus_one(self, shape: Any, op: str = "dim") -> int:
+        """Candle's ``Dim::to_index_plus_one(&shape, op)``: as ``to_index`` on ``rank + 1`` dims
+        (``unsqueeze`` / ``stack``, where ``D.Minus1`` is the new last position)."""
+        return resolve_dim(self, as_shape(shape), op, extra=1)
 
     def __index__(self) -> int:
         return -self.n
@@ -328,6 +338,78 @@ class Shape:
 
     def __repr__(self) -> str:
         return errors.fmt_shape(self._dims)
+
+
+class Layout:
+    """Candle's ``Layout`` (``t.layout()``): a shape, strides in elements and a start offset.
+
+    candlejax tensors are XLA arrays without views, so a Tensor's layout is always
+    ``Layout.contiguous(shape)`` (C strides, offset 0); ``Layout.new(shape, stride, start_offset)``
+    describes any other, as in Candle.
+    """
+
+    __slots__ = ("_shape", "_start_offset", "_stride")
+
+    def __init__(self, shape: Any, stride: Sequence[int], start_offset: int = 0):
+        self._shape = shape if isinstance(shape, Shape) else Shape(shape)
+        self._stride = Dims(int(s) for s in stride)
+        self._start_offset = int(start_offset)
+        if len(self._stride) != self._shape.rank():
+            raise errors.Msg(f"layout: {len(self._stride)} strides for shape {self._shape!r}")
+
+    @staticmethod
+    def new(shape: Any, stride: Sequence[int], start_offset: int) -> Layout:
+        """``Layout::new(shape, stride, start_offset)``."""
+        return Layout(shape, stride, start_offset)
+
+    @staticmethod
+    def contiguous_with_offset(shape: Any, start_offset: int) -> Layout:
+        """``Layout::contiguous_with_offset(shape, start_offset)``: C strides."""
+        sh = shape if isinstance(shape, Shape) else Shape(shape)
+        return Layout(sh, sh.stride_contiguous(), start_offset)
+
+    @staticmethod
+    def contiguous(shape: Any) -> Layout:
+        """``Layout::contiguous(shape)``: C strides, offset 0."""
+        return Layout.contiguous_with_offset(shape, 0)
+
+    def shape(self) -> Shape:
+        return self._shape
+
+    def dims(self) -> Dims:
+        return self._shape.dims()
+
+    def dim(self, d: Dim) -> int:
+        return self._shape.dim(d)
+
+    def stride(self) -> Dims:
+        return self._stride
+
+    def start_offset(self) -> int:
+        return self._start_offset
+
+    def is_contiguous(self) -> bool:
+        return self._shape.is_contiguous(self._stride)
+
+    def is_fortran_contiguous(self) -> bool:
+        return self._shape.is_fortran_contiguous(self._stride)
+
+    def contiguous_offsets(self) -> tuple[int, int] | None:
+        """``(start, start + elem_count)`` when C-contiguous, else ``None`` (Rust's ``Option``)."""
+        if not self.is_contiguous():
+            return None
+        return (self._start_offset, self._start_offset + self._shape.elem_count())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Layout):
+            return NotImplemented
+        return (self._shape, self._stride, self._start_offset) == (other._shape, other._stride, other._start_offset)
+
+    def __hash__(self) -> int:
+        return hash((self._shape, self._stride, self._start_offset))
+
+    def __repr__(self) -> str:
+        return f"Layout {{ shape: {self._shape!r}, stride: {list(self._stride)}, start_offset: {self._start_offset} }}"
 
 
 def broadcast_shapes(lhs: Sequence[int], rhs: Sequence[int], op: str) -> tuple[int, ...]:

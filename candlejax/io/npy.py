@@ -259,6 +259,11 @@ class NpzTensors:
         with _open_zip(self.path) as zf:
             self._index = {n: i.filename for n, i in _members(zf, self.path).items()}
 
+    @classmethod
+    def new(cls, path: PathLike) -> NpzTensors:
+        """Candle's ``NpzTensors::new(path)`` (= the constructor)."""
+        return cls(path)
+
     def names(self) -> list[str]:
         return list(self._index)
 

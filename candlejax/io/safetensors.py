@@ -42,6 +42,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
 from candlejax.io._checks import cast
+from candlejax.shape import Dims
 from candlejax.tensor._core import TensorBase, wrap
 
 PathLike = str | os.PathLike
@@ -241,8 +242,9 @@ class TensorView:
         return self._e.name
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return self._e.shape
+    def shape(self) -> Dims:
+        """The dims as a tuple; also callable as Candle's ``view.shape()``."""
+        return Dims(self._e.shape)
 
     @property
     def st_dtype(self) -> str:

@@ -323,6 +323,10 @@ class Var(NamedTensor):
 
     __slots__ = ()
 
+    def is_variable(self) -> bool:
+        """Candle's ``is_variable()``: ``True`` for a Var."""
+        return True
+
     @staticmethod
     def from_tensor(t: Any, name: str = "") -> Var:
         """``Var::from_tensor``: a Var holding a copy of ``t``'s value (as Candle's ``make_var``), so

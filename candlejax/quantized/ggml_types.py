@@ -66,6 +66,18 @@ class GgmlDType(enum.Enum):
         """The name in upper case (``"Q4_0"``)."""
         return self.name.upper()
 
+    def __eq__(self, other: object) -> bool:
+        """Identity, and equal to candle-pyo3's string for the type (``q.ggml_dtype == "Q4_0"``,
+        ``"Q4K"``: Candle's ``{:?}`` name, case-sensitive as a str comparison is)."""
+        if isinstance(other, str):
+            return other == self.name
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = enum.Enum.__hash__  # hash(name): the binding's string finds the same dict entry
+
     # --- Candle's GgmlDType API -------------------------------------------------------------
     def block_size(self) -> int:
         """Elements per block: 1 for F32/F16/BF16, 32 for Q4_0..Q8_1, 256 for the k-quants."""

@@ -13,6 +13,7 @@ inside ``jax.jit`` / ``grad`` / ``vmap`` they raise :class:`candlejax.errors.Tra
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,13 +51,17 @@ def print_options() -> PrinterOptions:
 
 
 def set_print_options(
-    precision: int | None = None,
+    precision: int | PrinterOptions | None = None,
     threshold: int | None = None,
     edge_items: int | None = None,
     line_width: int | None = None,
     sci_mode: bool | str | None = "keep",
 ) -> None:
-    """``candle::display::set_print_options``: change some or all print options."""
+    """``candle::display::set_print_options``: change some or all print options, or, given a
+    ``PrinterOptions`` (Candle's ``set_print_options(PrinterOptions { .. })``), use it."""
+    if isinstance(precision, PrinterOptions):
+        _PO[0] = precision
+        return
     po = _PO[0]
     kw: dict[str, Any] = {}
     if precision is not None:
@@ -70,6 +75,32 @@ def set_print_options(
     if sci_mode != "keep":
         kw["sci_mode"] = sci_mode
     _PO[0] = replace(po, **kw)
+
+
+def set_line_width(line_width: int) -> None:
+    """``candle::display::set_line_width``."""
+    set_print_options(line_width=line_width)
+
+
+def set_precision(precision: int) -> None:
+    """``candle::display::set_precision``: digits after the point."""
+    set_print_options(precision=precision)
+
+
+def set_edge_items(edge_items: int) -> None:
+    """``candle::display::set_edge_items``: values shown at each end of a summarised dim."""
+    set_print_options(edge_items=edge_items)
+
+
+def set_threshold(threshold: int) -> None:
+    """``candle::display::set_threshold``: summarise tensors with more elements than this."""
+    set_print_options(threshold=threshold)
+
+
+def set_sci_mode(sci_mode: bool | None) -> None:
+    """``candle::display::set_sci_mode``: ``True`` / ``False`` forces scientific / fixed notation for
+    floats, ``None`` picks per tensor."""
+    set_print_options(sci_mode=sci_mode)
 
 
 def set_print_options_default() -> None:
@@ -298,12 +329,13 @@ class ConvertMixin(TensorBase):
             return self
         return wrap(jax.device_put(a, jd))
 
-    def quantize(self, fmt: Any) -> Any:
-        """candle-pyo3's ``t.quantize(fmt)``: a :class:`candlejax.quantized.QTensor` of this tensor in
-        ``fmt``, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``, ``"f16"``, ...;
-        any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
+    def quantize(self, quantized_dtype: Any) -> Any:
+        """candle-pyo3's ``t.quantize(quantized_dtype)``: a :class:`candlejax.quantized.QTensor` of this
+        tensor in that format, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``,
+        ``"f16"``, ...; any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
         from candlejax.quantized import GgmlDType, QTensor
 
+        fmt = quantized_dtype
         if isinstance(fmt, str):
             try:
                 fmt = GgmlDType[fmt.strip().upper()]
@@ -444,6 +476,14 @@ class ConvertMixin(TensorBase):
         from candlejax.io import safetensors
 
         safetensors.save_tensor(self, name, path)
+
+    def write_bytes(self, f: Any) -> None:
+        """Candle ``write_bytes(&mut w)``: the values in row-major order, little endian, written to
+        the binary file object ``f`` (anything with ``write``)."""
+        arr = np.ascontiguousarray(_host(self, "write_bytes"))
+        if sys.byteorder != "little" and arr.dtype.itemsize > 1:
+            arr = arr.byteswap()
+        f.write(arr.tobytes())
 
     def write_npy(self, path: Any) -> None:
         """``t.write_npy("t.npy")`` (atomic); ``numpy.load`` reads it."""

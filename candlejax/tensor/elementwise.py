@@ -20,6 +20,7 @@ provides: ElementwiseMixin
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Any
@@ -481,6 +482,18 @@ def _call(k: Any, *args: Any) -> Any:
     return wrap(k.jitted(*args) if is_eager() else k.raw(*args))
 
 
+class CmpOp(enum.Enum):
+    """Candle's ``candle::op::CmpOp`` (``Eq``, ``Ne``, ``Le``, ``Ge``, ``Lt``, ``Gt``), for
+    ``t.cmp(rhs, CmpOp.Lt)``; the strings ``"lt"`` / ``"<"`` are accepted too."""
+
+    Eq = "eq"
+    Ne = "ne"
+    Le = "le"
+    Ge = "ge"
+    Lt = "lt"
+    Gt = "gt"
+
+
 _CMP_OPS = {
     "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
     "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
@@ -554,11 +567,12 @@ class ElementwiseMixin(TensorBase):
             raise errors.UnsupportedDTypeForOp(self.dtype, "elu", _F32_HINT)
         return _call(_elu, self._a, _scalar_value("elu", self, alpha))
 
-    def powf(self, e: float) -> Any:
-        """``x ** e`` for a float exponent (Candle ``powf``, torch ``pow(x, e)``); float only."""
+    def powf(self, p: float) -> Any:
+        """``x ** p`` for a float exponent (Candle ``powf(e)``, candle-pyo3 ``powf(p)``, torch
+        ``pow(x, p)``); float only."""
         if self._a.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(self.dtype, "powf", _F32_HINT)
-        return _call(_powf, self._a, _scalar_value("powf", self, e))
+        return _call(_powf, self._a, _scalar_value("powf", self, p))
 
     def round_to(self, decimals: int) -> Any:
         """Round to ``decimals`` decimal places, half away from zero (Candle ``round_to``,

@@ -531,9 +531,10 @@ class IndexingMixin(TensorBase):
         return self._do_index(index, False, "index")
 
     # --- selection ----------------------------------------------------------------------------
-    def index_select(self, ids: Any, dim: Any) -> Any:
+    def index_select(self, rhs: Any, dim: Any) -> Any:
         """Candle ``index_select(ids, dim)``: ``ids`` 1-D integer; dim ``dim`` becomes ``len(ids)``.
-        PyTorch: ``torch.index_select``."""
+        PyTorch: ``torch.index_select``. The parameter is named ``rhs`` as in candle-pyo3."""
+        ids = rhs
         s = self._a.shape
         d = resolve_dim(dim, s, "index-select")
         arr = _as_ids(ids, "index-select")
@@ -557,9 +558,11 @@ class IndexingMixin(TensorBase):
             raise errors.InvalidIndex("embedding", 0, 0)
         return self._wrap(_embedding(self._a, arr))
 
-    def gather(self, ids: Any, dim: Any) -> Any:
+    def gather(self, index: Any, dim: Any) -> Any:
         """Candle ``gather(ids, dim)`` (PyTorch ``torch.gather``): ``out[..i..] = self[..ids[..i..]..]``
-        along ``dim``; ``ids`` has self's rank and sizes ``<=`` self's off ``dim``; output has ids' shape."""
+        along ``dim``; ``ids`` has self's rank and sizes ``<=`` self's off ``dim``; output has ids' shape.
+        The parameter is named ``index`` as in candle-pyo3."""
+        ids = index
         s = self._a.shape
         if isinstance(ids, int) and not isinstance(dim, int):
             raise errors.Msg("gather: Candle's order is gather(ids, dim); PyTorch's gather(dim, ids) swaps them")

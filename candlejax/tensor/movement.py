@@ -23,7 +23,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
-from candlejax.shape import D, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
+from candlejax.shape import D, Layout, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
 from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
 
 # --------------------------------------------------------------------------------------------------
@@ -264,13 +264,13 @@ class MovementMixin(TensorBase):
         """
         return self._flatten(start_dim, end_dim)
 
-    def flatten_to(self, end_dim: Any) -> Any:
-        """Candle ``flatten_to(end)``: merges dims ``0..=end``."""
-        return self._flatten(None, end_dim)
+    def flatten_to(self, dim: Any) -> Any:
+        """Candle ``flatten_to(end)`` (candle-pyo3 ``flatten_to(dim)``): merges dims ``0..=dim``."""
+        return self._flatten(None, dim)
 
-    def flatten_from(self, start_dim: Any) -> Any:
-        """Candle ``flatten_from(start)``: merges dims ``start..rank``."""
-        return self._flatten(start_dim, None)
+    def flatten_from(self, dim: Any) -> Any:
+        """Candle ``flatten_from(start)`` (candle-pyo3 ``flatten_from(dim)``): merges dims ``dim..rank``."""
+        return self._flatten(dim, None)
 
     def flatten_all(self) -> Any:
         """Candle ``flatten_all()``: a 1-D tensor (rank 0 -> shape ``[1]``)."""
@@ -390,12 +390,12 @@ class MovementMixin(TensorBase):
             acc += n
         return [self._wrap(x) for x in _split(self._a, axis=d, bounds=tuple(bounds))]
 
-    def get(self, i: int) -> Any:
-        """Candle ``get(i)``: index dim 0 and drop it (rank 0 -> unchanged). Negative ``i`` counts
-        from the end (as candle-pyo3). PyTorch: ``t[i]``."""
+    def get(self, index: int) -> Any:
+        """Candle ``get(i)`` (candle-pyo3 ``get(index)``): index dim 0 and drop it (rank 0 ->
+        unchanged). A negative index counts from the end (as candle-pyo3). PyTorch: ``t[i]``."""
         if not self._a.shape:
             return self
-        return self._get_on_dim(0, i, "get")
+        return self._get_on_dim(0, index, "get")
 
     def get_on_dim(self, dim: Any, index: int) -> Any:
         """Candle ``get_on_dim(d, i)``: ``narrow(d, i, 1)`` then ``squeeze(d)``. PyTorch: ``select``."""
@@ -515,6 +515,24 @@ class MovementMixin(TensorBase):
     def stride(self) -> tuple[int, ...]:
         """Candle ``stride()``: the C-contiguous strides in elements, e.g. ``(3, 1)`` for ``[2, 3]``."""
         return _c_strides(self._a.shape)
+
+    def layout(self) -> Layout:
+        """Candle ``layout()``: always ``Layout.contiguous(shape)`` (C strides, start offset 0), as
+        ``stride()`` and ``is_contiguous()`` report; XLA arrays have no views."""
+        return Layout.contiguous(self._a.shape)
+
+    def normalize_axis(self, axis: int) -> int:
+        """Candle ``normalize_axis(axis)``: a negative axis counted from the end, as a positive one;
+        ``axis 5 is too large, tensor rank 2`` / ``axis -3 is too small, tensor rank 2`` otherwise."""
+        axis = int_arg(axis, "normalize_axis", "axis")
+        rank = self._a.ndim
+        if axis >= rank:
+            raise errors.Msg(f"axis {axis} is too large, tensor rank {rank}")
+        if axis >= 0:
+            return axis
+        if rank + axis < 0:
+            raise errors.Msg(f"axis {axis} is too small, tensor rank {rank}")
+        return rank + axis
 
     # --- padding, tiling, rolling -------------------------------------------------------------
     def pad_with_zeros(self, dim: Any, left: int, right: int) -> Any:

@@ -12,7 +12,7 @@ Only spellings with one possible meaning are accepted; the list is in docs/diffe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from candlejax import errors
 from candlejax.device import Device
@@ -56,6 +56,20 @@ _CANDLE_IN_PLACE: dict[str, str] = {
     "inplace_op1": "apply the op and rebind: t = f(t) (a jax function: Tensor.from_jax(f(t.jax)))",
     "inplace_op2": "apply the op and rebind: t = f(t, other)",
     "inplace_op3": "apply the op and rebind: t = f(t, a, b)",
+}
+
+#: Candle's storage, op-graph and id accessors, which have no counterpart on an XLA array -> hint
+_CANDLE_INTERNAL: dict[str, str] = {
+    "id": "candlejax tensors carry no TensorId (there is no op graph or GradStore to key); use the Tensor"
+    " itself as a dict key (Tensors hash by identity) or Python's id(t)",
+    "track_op": "candlejax records no op graph: gradients come from jax (cj.value_and_grad(fn)(model, ...));"
+    " trainable tensors are Vars (t.is_variable())",
+    "storage_and_layout": "there are no storages: the values are t.jax (a jax.Array) or t.numpy(), the layout"
+    " t.layout() (always C-contiguous)",
+    "strided_index": "XLA arrays are always C-contiguous: read the values in order with"
+    " t.flatten_all().to_vec1() or t.numpy().ravel()",
+    "strided_blocks": "XLA arrays are always C-contiguous (one block of t.elem_count() elements at offset 0):"
+    " read the values with t.flatten_all().to_vec1() or t.numpy().ravel()",
 }
 
 #: Candle's custom-op calls (``CustomOp1/2/3``): the op is a JAX function in candlejax
@@ -139,6 +153,20 @@ class TorchCompatMixin(TensorBase):
         """PyTorch ``x.clone()``: Candle's ``copy()``."""
         return self.copy()  # type: ignore[attr-defined]
 
+    @staticmethod
+    def from_storage(*args: Any, **kwargs: Any) -> NoReturn:
+        """Candle ``Tensor::from_storage(storage, shape, op, is_variable)``: there are no storages here,
+        so this raises, naming ``Tensor.new`` / ``Tensor.from_vec`` / ``Tensor.from_jax``."""
+        raise errors.CandleInternalName(
+            "from_storage",
+            "there are no storages: build a Tensor with Tensor.new(data, device), Tensor.from_vec or"
+            " Tensor.from_jax(array)",
+        )
+
+    def is_variable(self) -> bool:
+        """Candle ``is_variable()``: ``True`` for a trainable :class:`candlejax.nn.Var`, else ``False``."""
+        return False
+
     def cpu(self) -> Any:
         """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
         return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
@@ -149,6 +177,8 @@ class TorchCompatMixin(TensorBase):
             raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
         if name in _CANDLE_CUSTOM_OP:
             raise errors.CustomOpName(name)
+        if name in _CANDLE_INTERNAL:
+            raise errors.CandleInternalName(name, _CANDLE_INTERNAL[name])
         hint = _POINTERS.get(name)
         if hint is None and name.endswith("_") and not name.startswith("_"):
             hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"

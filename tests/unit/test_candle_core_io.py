@@ -438,3 +438,15 @@ def test_gguf_file_imports_as_in_candle():
     from candlejax.quantized.gguf_file import Content as GgufContent
 
     assert GgufContent is Content
+
+
+def test_safetensors_view_shape_and_npz_tensors_new(tmp_path):
+    # Candle: st.get("t")?.shape() (a &[usize]), npy::NpzTensors::new(path)
+    t = Tensor.arange(0.0, 6.0, CPU).reshape((2, 3))
+    t.save_safetensors("t", tmp_path / "t.safetensors")
+    view = cj.safetensors.MmapedSafetensors.new(tmp_path / "t.safetensors").get("t")
+    assert view.shape() == [2, 3] and view.shape().dims2() == (2, 3) and view.shape == (2, 3)
+    assert view.dtype() == DType.F32
+    Tensor.write_npz([("t", t)], tmp_path / "t.npz")
+    npz = cj.npy.NpzTensors.new(tmp_path / "t.npz")
+    assert npz.names() == ["t"] and npz.get("t").to_vec2() == t.to_vec2() and npz.get("x") is None

@@ -15,7 +15,9 @@ checks the documented layout and that the elements are the ones Candle's blocks 
 
 from __future__ import annotations
 
-from candlejax import Device, DType, Tensor
+import pytest
+
+from candlejax import D, Device, DType, Layout, Shape, Tensor, errors
 
 CPU = Device.Cpu
 
@@ -113,6 +115,38 @@ def test_strided_blocks():
     _assert_single_block(tensor.transpose(0, 1))
     expected = [s + j for s in [0, 12, 4, 16, 8, 20] for j in range(4)]
     assert tensor.transpose(0, 1).flatten_all().to_vec1() == expected
+
+
+def test_layout_and_storage_accessors():
+    # Tensor::layout() / Layout (shape, stride, start_offset): always C-contiguous at offset 0 here
+    tensor = Tensor.arange(0, 24, CPU).reshape((2, 3, 4))
+    layout = tensor.layout()
+    assert layout == Layout.contiguous((2, 3, 4)) == Layout.new(Shape((2, 3, 4)), [12, 4, 1], 0)
+    assert layout.shape().dims3() == (2, 3, 4) and layout.dims() == [2, 3, 4] and layout.dim(D.Minus1) == 4
+    assert layout.stride() == [12, 4, 1] and layout.start_offset() == 0
+    assert layout.is_contiguous() and not layout.is_fortran_contiguous()
+    assert layout.contiguous_offsets() == (0, 24)
+    assert Layout.contiguous_with_offset((2, 3), 4).contiguous_offsets() == (4, 10)
+    fortran = Layout.new(Shape((2, 3)), [1, 2], 0)
+    assert fortran.is_fortran_contiguous() and fortran.contiguous_offsets() is None
+    # Tensor::normalize_axis, with Candle's messages
+    assert (tensor.normalize_axis(-1), tensor.normalize_axis(1)) == (2, 1)
+    with pytest.raises(errors.Error, match="axis 3 is too large, tensor rank 3"):
+        tensor.normalize_axis(3)
+    with pytest.raises(errors.Error, match="axis -4 is too small, tensor rank 3"):
+        tensor.normalize_axis(-4)
+    # Dim::to_index(&shape, op) / to_index_plus_one
+    assert D.Minus1.to_index(tensor.shape(), "sum") == 2 and D.Minus(3).to_index(tensor.dims(), "sum") == 0
+    assert D.Minus1.to_index_plus_one(tensor.shape(), "unsqueeze") == 3
+    with pytest.raises(errors.DimOutOfRange, match="narrow: dimension index -4 out of range for shape"):
+        D.Minus(4).to_index(tensor.shape(), "narrow")
+    # storage / op-graph internals fail at once, naming what to use
+    for name in ["id", "track_op", "storage_and_layout", "strided_index", "strided_blocks"]:
+        with pytest.raises(errors.CandleInternalName, match=f"has no .{name}"):
+            getattr(tensor, name)()
+    with pytest.raises(errors.CandleInternalName, match=r"Tensor\.new"):
+        Tensor.from_storage(None, (2,), None, False)
+    assert getattr(tensor, "id", None) is None  # still an AttributeError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,3 +329,26 @@ Tensor[[200, 100], f32]"""
     [42., 42., 42., ..., 42., 42., 42.]]]]]
 Tensor[[2, 1, 1, 100, 100], f32]"""
     assert t == expected
+
+
+def test_display_print_option_setters():
+    # candle::display::{set_print_options(PrinterOptions { .. }), set_precision, set_threshold, ...}
+    from candlejax import display
+
+    t = Tensor.new([1.0 / 3.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], CPU)
+    try:
+        display.set_precision(2)
+        assert str(t.narrow(0, 0, 2)) == "[0.33, 2.00]\nTensor[[2], f32]"
+        display.set_threshold(5)
+        display.set_edge_items(1)
+        assert str(t) == "[0.33, ..., 7.00]\nTensor[[7], f32]"
+        display.set_sci_mode(True)
+        assert str(t.narrow(0, 1, 1)) == "[2.00e0]\nTensor[[1], f32]"
+        display.set_sci_mode(None)
+        display.set_line_width(20)
+        assert display.print_options().line_width == 20
+        display.set_print_options(display.PrinterOptions(precision=1, threshold=1000, edge_items=3, line_width=80))
+        assert str(t.narrow(0, 0, 2)) == "[0.3, 2.0]\nTensor[[2], f32]"
+    finally:
+        display.set_print_options_default()
+    assert str(t.narrow(0, 0, 2)) == "[0.3333, 2.0000]\nTensor[[2], f32]"

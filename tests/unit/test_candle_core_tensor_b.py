@@ -858,3 +858,42 @@ def test_tensor_norm(x64):
 
 # transfers_cuda_to_device and allocates_twice_when_transferring_to_same_device need two CUDA devices / CUDA
 # storage pointers (#[cfg(feature = "cuda")]): not ported.
+
+
+def test_core_api_names_cmp_op_write_bytes_is_variable_dtype_from_str():
+    import io
+
+    import numpy as np
+
+    from candlejax import CmpOp, Var
+
+    t = Tensor.new([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], DEVICE)
+    # t.cmp(rhs, CmpOp::Lt) (candle::op::CmpOp)
+    assert t.cmp(t.ones_like() * 3.0, CmpOp.Lt).to_vec2(DType.U8) == [[1, 1, 0], [0, 0, 0]]
+    assert t.cmp(t, CmpOp.Eq).to_vec2() == t.eq(t).to_vec2() and t.cmp(2.0, CmpOp.Ge).to_vec2() == t.ge(2.0).to_vec2()
+    # write_bytes: row-major, little endian
+    buf = io.BytesIO()
+    t.t().write_bytes(buf)
+    assert np.frombuffer(buf.getvalue(), "<f4").tolist() == [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+    buf = io.BytesIO()
+    Tensor.new([1, 258], DEVICE).write_bytes(buf)
+    assert buf.getvalue() == bytes([1, 0, 0, 0, 2, 1, 0, 0])
+    # is_variable
+    assert not t.is_variable() and Var.from_tensor(t).is_variable() and not (Var.new([1.0]) * 2.0).is_variable()
+    # FromStr: DType::from_str("bf16")
+    assert DType.from_str("bf16") is DType.BF16
+    with pytest.raises(errors.Error, match="cannot parse 'x' as a dtype"):
+        DType.from_str("x")
+
+
+def test_device_api_names():
+    from candlejax import DeviceLocation
+
+    assert DEVICE.location() == DeviceLocation.Cpu and DEVICE.location() != DeviceLocation.Cuda(0)
+    assert repr(DeviceLocation.Cuda(1)) == "Cuda { gpu_id: 1 }"
+    assert repr(DeviceLocation.Metal(0)) == "Metal { gpu_id: 0 }"
+    assert DEVICE.with_context(lambda: 41 + 1) == 42
+    with pytest.raises(errors.Error, match="expected a cuda device, got cpu"):
+        DEVICE.as_cuda_device()
+    with pytest.raises(errors.Error, match="expected a metal device, got cpu"):
+        DEVICE.as_metal_device()

@@ -376,3 +376,36 @@ def test_pyo3_quantized_tensor_names_its_type_as_the_binding_does():
             assert q.ggml_dtype.lower() == fmt
             assert q.ggml_dtype.name == candle.randn((16, 256)).quantize(spelled).ggml_dtype
             assert q.shape == t.shape
+
+
+def test_pyo3_ggml_dtype_equals_the_bindings_string():
+    # candle-pyo3's QTensor.ggml_dtype is a str ("Q4_0", "Q4K"): ported comparisons and dict lookups hold
+    t = cj.randn((2, 256))
+    for fmt in ["q4_0", "q8_0", "q4k", "q6k", "f16", "f32"]:
+        theirs = candle.randn((2, 256)).quantize(fmt).ggml_dtype
+        ours = t.quantize(fmt).ggml_dtype
+        assert ours == theirs and theirs == ours and not ours != theirs
+        assert {theirs: 1}.get(ours) == 1 and ours in {theirs}
+        assert ours != theirs.lower() and ours != "Q5_0"
+    assert cj.quantized.GgmlDType.Q4K == cj.quantized.GgmlDType.Q4_K  # both spellings, one member
+
+
+def test_pyo3_keyword_argument_names():
+    # the binding's parameter names, so keyword calls port: t.gather(index=..., dim=...), ...
+    x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    calls = [
+        lambda m, t: t.index_select(rhs=m.Tensor([2, 0]), dim=1),
+        lambda m, t: t.gather(index=m.Tensor([[2], [0]]), dim=1),
+        lambda m, t: t.powf(p=2.0),
+        lambda m, t: t.flatten_from(dim=0),
+        lambda m, t: t.flatten_to(dim=1),
+        lambda m, t: t.get(index=1),
+        lambda m, t: t.narrow(dim=1, start=1, len=2),
+        lambda m, t: t.transpose(dim1=0, dim2=1),
+        lambda m, t: t.sum_keepdim(dims=1),
+        lambda m, t: t.matmul(rhs=t.t()),
+        lambda m, t: m.Tensor([[1.0] * 32]).quantize(quantized_dtype="q8_0").dequantize(),
+    ]
+    for call in calls:
+        ours, theirs = call(cj, cj.Tensor(x)), call(candle, candle.Tensor(x))
+        np.testing.assert_array_equal(np.asarray(ours), _np(theirs))
