@@ -11,10 +11,12 @@ the separate tokenizer file; a GGUF file however carries its tokenizer in its me
 
 * ``tokenizer.ggml.model == "gpt2"``: byte-level BPE with the file's merges; the pre-tokenizer
   split follows ``tokenizer.ggml.pre`` (GPT-2's regex; digits split one by one first for
-  ``smollm``/``starcoder``/...; llama-3, qwen2, tekken and gpt-4o regexes).
+  ``smollm``/``starcoder``/...; llama-3, qwen2, qwen3.5, tekken and gpt-4o regexes, by llama.cpp's
+  names for them; another name warns).
 * ``"llama"``: SentencePiece BPE with byte fallback (``<0x..>`` tokens); merges from the file, or
   derived from the scores when it has none.
-* tokens typed CONTROL (3) become special added tokens, USER_DEFINED (4) plain added tokens.
+* tokens typed CONTROL (3) or UNKNOWN (2) become special added tokens, USER_DEFINED (4) plain
+  added tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import enum
 import functools
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -52,20 +55,44 @@ _GPT4O_SPLIT = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-#: tokenizer.ggml.pre -> the regex split run before the byte-level step (None: GPT-2's own regex)
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SEED_CODER_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: pre types that llama.cpp reads as its llama-3 tokenizer: llama-3's regex, whole words looked up
+#: before merging, BOS added unless ``tokenizer.ggml.add_bos_token`` says otherwise
+_LLAMA3_PRE = ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"]
+#: tokenizer.ggml.pre -> the regex split run before the byte-level step (llama.cpp's names, llama-vocab.cpp)
 PRE_TOKENIZER_SPLITS: dict[str, str] = {
+    **dict.fromkeys([*_LLAMA3_PRE, "dbrx", "smaug-bpe", "glm4", "chatglm-bpe"], _LLAMA3_SPLIT),
     **dict.fromkeys(
-        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx", "smaug-bpe"],
-        _LLAMA3_SPLIT,
+        ["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2"],
+        _QWEN2_SPLIT,
     ),
-    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "megrez"], _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    "seed-coder": _SEED_CODER_SPLIT,
     "tekken": _TEKKEN_SPLIT,
-    **dict.fromkeys(["gpt-4o", "llama4"], _GPT4O_SPLIT),
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
 }
 #: pre types for which llama.cpp isolates every number character before GPT-2's regex
-DIGIT_SPLIT_PRE = frozenset(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"])
+#: ("minerva" is kept for metadata written with that spelling; llama.cpp's is "minerva-7b")
+DIGIT_SPLIT_PRE = frozenset(
+    ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "minerva", "mellum2"]
+)
+#: pre types split with GPT-2's own regex (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 and its aliases);
+#: a missing pre (or "default") gets it too, as in transformers
+GPT2_SPLIT_PRE = frozenset(
+    ["default", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
+     "modern-bert", "jina-v1-en", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais", "exaone4", "trillion",
+     "granite-docling"]
+)  # fmt: skip
 #: pre types for which llama.cpp looks a whole word up in the vocabulary before merging
-IGNORE_MERGES_PRE = frozenset(["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "tekken"])
+IGNORE_MERGES_PRE = frozenset([*_LLAMA3_PRE, "tekken"])
+#: pre types for which llama.cpp adds BOS when the file has no ``tokenizer.ggml.add_bos_token``
+DEFAULT_BOS_PRE = frozenset([*_LLAMA3_PRE, "tekken", "chameleon"])
 
 
 @functools.cache
@@ -132,7 +159,8 @@ def _added_tokens(tokens: Sequence[str], types: Sequence[int], vocab: Mapping[st
     alphabet = set(bytes_to_unicode().values()) if byte_level else None
     special, plain = [], []
     for tok, ty in zip(tokens, types):
-        if ty == TOKEN_CONTROL and (alphabet is None or set(tok) <= alphabet):
+        # UNKNOWN (<unk>) too: llama.cpp matches it whole, as CONTROL; transformers makes it the unk special token
+        if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN) and (alphabet is None or set(tok) <= alphabet):
             special.append(AddedToken(tok, special=True, normalized=False))
         elif ty == TOKEN_USER_DEFINED and tok in vocab:
             plain.append(AddedToken(tok, special=False, normalized=False))
@@ -194,6 +222,12 @@ def _post_processor(bos: str | None, eos: str | None, bos_id: int | None, eos_id
     return tp
 
 
+def _default_add_bos(kind: Any, pre: Any) -> bool:
+    """Whether llama.cpp adds BOS when the file has no ``tokenizer.ggml.add_bos_token``: for
+    SentencePiece (``"llama"``) vocabularies and the llama-3 / tekken / chameleon byte-level ones."""
+    return kind == "llama" or (kind == "gpt2" and pre in DEFAULT_BOS_PRE)
+
+
 def _prepare_tokenizer_building() -> None:
     """Import the ``tokenizers`` modules and make the cached byte-level table the GGUF builder uses,
     before the metadata's tens of thousands of token strings are decoded. Allocated among those
@@ -210,9 +244,11 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any], source: str | None = N
 
     Supports ``tokenizer.ggml.model`` ``"gpt2"`` (byte-level BPE) and ``"llama"`` (SentencePiece
     BPE with byte fallback). BOS/EOS are added by the post-processor when
-    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults: BOS for ``"llama"``, none
-    for ``"gpt2"``, as llama.cpp and transformers). Corrupt metadata (a merge of unknown tokens,
-    values of the wrong type) raises :class:`candlejax.errors.Gguf` naming ``source`` (the file).
+    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults, as llama.cpp: BOS for
+    ``"llama"`` and for the llama-3 / tekken ``tokenizer.ggml.pre`` types, none for other ``"gpt2"``
+    ones). A ``pre`` type whose split candlejax lacks warns and uses GPT-2's regex. Corrupt metadata
+    (a merge of unknown tokens, values of the wrong type) raises :class:`candlejax.errors.Gguf`
+    naming ``source`` (the file).
     """
     where = source or "<metadata>"
     _prepare_tokenizer_building()
@@ -266,9 +302,15 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
                 ]
             )
         else:
+            if pre is not None and pre not in GPT2_SPLIT_PRE:
+                warnings.warn(
+                    f"gguf {source}: tokenizer.ggml.pre = {pre!r} names a split candlejax does not reproduce;"
+                    " using GPT-2's regex, so token ids may differ from llama.cpp's for this model",
+                    stacklevel=3,
+                )
             tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tk.decoder = decoders.ByteLevel()
-        byte_level, default_bos = True, False
+        byte_level = True
     elif kind == "llama":
         vocab = {}
         for i, tok in enumerate(tokens):
@@ -286,7 +328,7 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
         tk.decoder = decoders.Sequence(
             [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
         )
-        byte_level, default_bos = False, True
+        byte_level = False
     else:
         raise errors.Msg(
             f"tokenizer: cannot build a tokenizer for tokenizer.ggml.model={kind!r}; supported: 'gpt2', 'llama'"
@@ -297,7 +339,7 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
         tk.add_special_tokens(special)
     if plain:
         tk.add_tokens(plain)
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos))
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", _default_add_bos(kind, pre)))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     bos = tokens[bos_id] if add_bos and bos_id is not None and 0 <= bos_id < len(tokens) else None
     eos = tokens[eos_id] if add_eos and eos_id is not None and 0 <= eos_id < len(tokens) else None
@@ -688,7 +730,9 @@ class Tokenizer:
             unk_token=tok("unknown_token_id"),
             pad_token=tok("padding_token_id"),
             chat_template=meta.get("tokenizer.chat_template"),
-            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+            add_bos_token=bool(
+                meta.get("tokenizer.ggml.add_bos_token", _default_add_bos(kind, meta.get("tokenizer.ggml.pre")))
+            ),
         )
 
     @classmethod
