@@ -403,11 +403,13 @@ class ChatTemplate:
         documents: Any = None,
         **kwargs: Any,
     ) -> str:
-        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``)."""
+        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``). Keys whose
+        value is ``None`` (``content`` of an OpenAI-style tool call) are left out, as transformers
+        does: templates test them with ``is defined``."""
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
         return self._template.render(
-            messages=[dict(m) for m in messages],
+            messages=[{k: v for k, v in dict(m).items() if v is not None} for m in messages],
             add_generation_prompt=add_generation_prompt,
             tools=tools,
             documents=documents,

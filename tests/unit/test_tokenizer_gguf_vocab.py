@@ -151,3 +151,27 @@ def test_unknown_typed_token_is_special():
     ref, _ = convert_gguf_tokenizer("llama", td)
     assert ids == ref.encode("a<unk>b", add_special_tokens=False).ids
     assert tok.decode([0, *ids]) == ref.decode([0, *ids])
+
+
+def test_chat_template_drops_none_fields_like_transformers():
+    """transformers drops a message's keys whose value is None before rendering (an OpenAI-style
+    tool call has ``content: None``): ``is defined`` is then false, and no "None" is written."""
+    from transformers import PreTrainedTokenizerFast
+
+    template = (
+        "{% for m in messages %}{{ m['role'] }}:{% if m.content is defined %}{{ m['content'] }}{% else %}-{% endif %}"
+        "{% if m.tool_calls is defined %}[{{ m.tool_calls | tojson }}]{% endif %}|{% endfor %}{{ bos_token }}"
+        "{% if add_generation_prompt %}A:{% endif %}"
+    )
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": template}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=template, bos_token="<|bos|>")
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "f", "arguments": {"x": 1}}]},
+        {"role": "tool", "content": "3", "tool_calls": None},
+    ]
+    for gen in (False, True):
+        text = tok.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False)
+        assert text == ref.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False)
+    assert "None" not in text and "null" not in text
+    assert msgs[1]["content"] is None  # the caller's messages are left as they were
