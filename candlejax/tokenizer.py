@@ -401,20 +401,38 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         tools: Any = None,
         documents: Any = None,
+        continue_final_message: bool = False,
         **kwargs: Any,
     ) -> str:
         """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``). Keys whose
         value is ``None`` (``content`` of an OpenAI-style tool call) are left out, as transformers
-        does: templates test them with ``is defined``."""
+        does: templates test them with ``is defined``. ``continue_final_message``: the text ends
+        with the last message's content, left open for the model to continue (transformers' rule:
+        the template's end-of-turn after it is cut off)."""
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
-        return self._template.render(
-            messages=[{k: v for k, v in dict(m).items() if v is not None} for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            tools=tools,
-            documents=documents,
-            **variables,
+        msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+        if continue_final_message:
+            if add_generation_prompt:
+                raise ValueError("continue_final_message and add_generation_prompt are not compatible")
+            final = msgs[-1].get("content") if msgs else None
+            if not isinstance(final, str):
+                raise ValueError("continue_final_message needs a last message whose content is a string")
+            msgs[-1]["content"] = final + _CONTINUE_TAG
+        text = self._template.render(
+            messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools, documents=documents, **variables
         )
+        if continue_final_message:
+            tag = _CONTINUE_TAG.strip()
+            if final.strip() not in text or tag not in text:
+                raise ValueError("continue_final_message: the template does not write the final message's content")
+            at = text.rindex(tag)
+            # a template that trims the content also trimmed the tag's space: trim the content's end too
+            text = text[:at] if text[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
+        return text
+
+
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker
 
 
 # --- the bundle a model uses --------------------------------------------------------------------------
@@ -701,7 +719,8 @@ class Tokenizer:
         """Render ``messages`` with the chat template: ids (``tokenize=True``, the default; the template
         writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
-        ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form).
+        ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form);
+        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`).
         transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list)."""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         if not tokenize:

@@ -175,3 +175,28 @@ def test_chat_template_drops_none_fields_like_transformers():
         assert text == ref.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False)
     assert "None" not in text and "null" not in text
     assert msgs[1]["content"] is None  # the caller's messages are left as they were
+
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_continue_final_message_like_transformers():
+    """``continue_final_message=True`` leaves the last message open (a prefilled reply), as
+    transformers does; it used to reach the template as an unknown variable and be ignored."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    for last in ("Sure, the answer is", "Trailing space "):
+        msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": last}]
+        text = tok.apply_chat_template(msgs, continue_final_message=True, tokenize=False)
+        assert text == ref.apply_chat_template(msgs, continue_final_message=True, tokenize=False)
+        assert text.endswith(last.strip())
+        ids = tok.apply_chat_template(msgs, continue_final_message=True)
+        assert ids == ref.apply_chat_template(msgs, continue_final_message=True, return_dict=False)
+    assert msgs[-1]["content"] == "Trailing space "
+    with pytest.raises(ValueError, match="not compatible"):
+        tok.apply_chat_template(msgs, continue_final_message=True, add_generation_prompt=True)
