@@ -783,8 +783,8 @@ def _token_str(v: Any) -> str | None:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a ``tokenizer.json`` (a file, or a folder holding one). From the same folder,
-    ``tokenizer_config.json`` supplies the special tokens and the chat template (or
-    ``chat_template.jinja``/``chat_template.json``)."""
+    ``tokenizer_config.json`` supplies the special tokens (those it lacks from
+    ``special_tokens_map.json``) and the chat template (or ``chat_template.jinja``/``chat_template.json``)."""
     from tokenizers import Tokenizer as HFTokenizer
 
     p = Path(path)
@@ -796,6 +796,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     cfg: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if (folder / "special_tokens_map.json").is_file():  # older repos name the special tokens only there
+        stm = json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8"))
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            if _token_str(cfg.get(key)) is None and _token_str(stm.get(key)) is not None:
+                cfg[key] = stm[key]
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take "default"
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}

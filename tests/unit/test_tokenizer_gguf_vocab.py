@@ -200,3 +200,23 @@ def test_continue_final_message_like_transformers():
     assert msgs[-1]["content"] == "Trailing space "
     with pytest.raises(ValueError, match="not compatible"):
         tok.apply_chat_template(msgs, continue_final_message=True, add_generation_prompt=True)
+
+
+def test_load_tokenizer_reads_special_tokens_map(tmp_path):
+    """Special tokens named only in special_tokens_map.json (older repos) are the tokenizer's, as in
+    transformers: the chat template's ``bos_token`` rendered as nothing without them."""
+    from candlejax.tokenizer import load_tokenizer
+
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    tok.hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "{{ bos_token }}{{ messages[0].content }}"}')
+    (tmp_path / "special_tokens_map.json").write_text(
+        '{"bos_token": {"content": "<|bos|>", "special": true}, "eos_token": "<|eos|>", "pad_token": "<|eos|>"}'
+    )
+    loaded = load_tokenizer(tmp_path)
+    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == ("<|bos|>", "<|eos|>", "<|eos|>")
+    assert loaded.eos_token_ids == [tok.token_to_id("<|eos|>")]
+    assert loaded.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False) == "<|bos|>Hi"
+    # tokenizer_config.json's own values win
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|bos|>"}')
+    assert load_tokenizer(tmp_path).eos_token == "<|bos|>"
