@@ -90,14 +90,18 @@ def test_second_turn_feeds_only_the_new_message_sentencepiece(finish):
 
 def test_second_turn_byte_level_unchanged():
     """A ChatML conversation: the second turn starts after the reply's <|im_end|>."""
-    from tests.unit.test_tokenizer_gguf_vocab import _bpe_meta
+    from candlejax.tokenizer import bytes_to_unicode
 
-    meta = _bpe_meta("gpt-2")
-    meta["tokenizer.ggml.tokens"] = [*meta["tokenizer.ggml.tokens"], "<|im_start|>", "<|im_end|>"]
-    meta["tokenizer.ggml.token_type"] = [*meta["tokenizer.ggml.token_type"], 3, 3]
-    meta["tokenizer.ggml.eos_token_id"] = len(meta["tokenizer.ggml.tokens"]) - 1
-    meta["tokenizer.chat_template"] = CHATML
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tokens = [*bytes_to_unicode().values(), "He", "ll", "Hell", "Hello", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer.from_gguf_metadata({
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * (len(tokens) - 2) + [3, 3],
+        "tokenizer.ggml.merges": ["H e", "l l", "He ll", "Hell o"],
+        "tokenizer.ggml.eos_token_id": len(tokens) - 1,
+        "tokenizer.chat_template": CHATML,
+    })  # fmt: skip
     reply = tok.encode("Hello world", add_special_tokens=False)
     tg = _tg(tok)
     fed = _stub(tg, [(reply, tok.eos_token_id), ([5], None)])
