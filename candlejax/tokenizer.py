@@ -11,10 +11,12 @@ the separate tokenizer file; a GGUF file however carries its tokenizer in its me
 
 * ``tokenizer.ggml.model == "gpt2"``: byte-level BPE with the file's merges; the pre-tokenizer
   split follows ``tokenizer.ggml.pre`` (GPT-2's regex; digits split one by one first for
-  ``smollm``/``starcoder``/...; llama-3, qwen2, tekken and gpt-4o regexes).
+  ``smollm``/``starcoder``/...; llama-3, qwen2, qwen3.5, tekken and gpt-4o regexes, by llama.cpp's
+  names for them; another name warns).
 * ``"llama"``: SentencePiece BPE with byte fallback (``<0x..>`` tokens); merges from the file, or
   derived from the scores when it has none.
-* tokens typed CONTROL (3) become special added tokens, USER_DEFINED (4) plain added tokens.
+* tokens typed CONTROL (3) or UNKNOWN (2) become special added tokens, USER_DEFINED (4) plain
+  added tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import enum
 import functools
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -52,20 +55,44 @@ _GPT4O_SPLIT = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-#: tokenizer.ggml.pre -> the regex split run before the byte-level step (None: GPT-2's own regex)
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SEED_CODER_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: pre types that llama.cpp reads as its llama-3 tokenizer: llama-3's regex, whole words looked up
+#: before merging, BOS added unless ``tokenizer.ggml.add_bos_token`` says otherwise
+_LLAMA3_PRE = ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"]
+#: tokenizer.ggml.pre -> the regex split run before the byte-level step (llama.cpp's names, llama-vocab.cpp)
 PRE_TOKENIZER_SPLITS: dict[str, str] = {
+    **dict.fromkeys([*_LLAMA3_PRE, "dbrx", "smaug-bpe", "glm4", "chatglm-bpe"], _LLAMA3_SPLIT),
     **dict.fromkeys(
-        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "dbrx", "smaug-bpe"],
-        _LLAMA3_SPLIT,
+        ["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2"],
+        _QWEN2_SPLIT,
     ),
-    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "megrez"], _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    "seed-coder": _SEED_CODER_SPLIT,
     "tekken": _TEKKEN_SPLIT,
-    **dict.fromkeys(["gpt-4o", "llama4"], _GPT4O_SPLIT),
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
 }
 #: pre types for which llama.cpp isolates every number character before GPT-2's regex
-DIGIT_SPLIT_PRE = frozenset(["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"])
+#: ("minerva" is kept for metadata written with that spelling; llama.cpp's is "minerva-7b")
+DIGIT_SPLIT_PRE = frozenset(
+    ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "minerva", "mellum2"]
+)
+#: pre types split with GPT-2's own regex (llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 and its aliases);
+#: a missing pre (or "default") gets it too, as in transformers
+GPT2_SPLIT_PRE = frozenset(
+    ["default", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
+     "modern-bert", "jina-v1-en", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais", "exaone4", "trillion",
+     "granite-docling"]
+)  # fmt: skip
 #: pre types for which llama.cpp looks a whole word up in the vocabulary before merging
-IGNORE_MERGES_PRE = frozenset(["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "tekken"])
+IGNORE_MERGES_PRE = frozenset([*_LLAMA3_PRE, "tekken"])
+#: pre types for which llama.cpp adds BOS when the file has no ``tokenizer.ggml.add_bos_token``
+DEFAULT_BOS_PRE = frozenset([*_LLAMA3_PRE, "tekken", "chameleon"])
 
 
 @functools.cache
@@ -132,7 +159,8 @@ def _added_tokens(tokens: Sequence[str], types: Sequence[int], vocab: Mapping[st
     alphabet = set(bytes_to_unicode().values()) if byte_level else None
     special, plain = [], []
     for tok, ty in zip(tokens, types):
-        if ty == TOKEN_CONTROL and (alphabet is None or set(tok) <= alphabet):
+        # UNKNOWN (<unk>) too: llama.cpp matches it whole, as CONTROL; transformers makes it the unk special token
+        if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN) and (alphabet is None or set(tok) <= alphabet):
             special.append(AddedToken(tok, special=True, normalized=False))
         elif ty == TOKEN_USER_DEFINED and tok in vocab:
             plain.append(AddedToken(tok, special=False, normalized=False))
@@ -194,6 +222,12 @@ def _post_processor(bos: str | None, eos: str | None, bos_id: int | None, eos_id
     return tp
 
 
+def _default_add_bos(kind: Any, pre: Any) -> bool:
+    """Whether llama.cpp adds BOS when the file has no ``tokenizer.ggml.add_bos_token``: for
+    SentencePiece (``"llama"``) vocabularies and the llama-3 / tekken / chameleon byte-level ones."""
+    return kind == "llama" or (kind == "gpt2" and pre in DEFAULT_BOS_PRE)
+
+
 def _prepare_tokenizer_building() -> None:
     """Import the ``tokenizers`` modules and make the cached byte-level table the GGUF builder uses,
     before the metadata's tens of thousands of token strings are decoded. Allocated among those
@@ -210,9 +244,11 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any], source: str | None = N
 
     Supports ``tokenizer.ggml.model`` ``"gpt2"`` (byte-level BPE) and ``"llama"`` (SentencePiece
     BPE with byte fallback). BOS/EOS are added by the post-processor when
-    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults: BOS for ``"llama"``, none
-    for ``"gpt2"``, as llama.cpp and transformers). Corrupt metadata (a merge of unknown tokens,
-    values of the wrong type) raises :class:`candlejax.errors.Gguf` naming ``source`` (the file).
+    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` say so (defaults, as llama.cpp: BOS for
+    ``"llama"`` and for the llama-3 / tekken ``tokenizer.ggml.pre`` types, none for other ``"gpt2"``
+    ones). A ``pre`` type whose split candlejax lacks warns and uses GPT-2's regex. Corrupt metadata
+    (a merge of unknown tokens, values of the wrong type) raises :class:`candlejax.errors.Gguf`
+    naming ``source`` (the file).
     """
     where = source or "<metadata>"
     _prepare_tokenizer_building()
@@ -266,9 +302,15 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
                 ]
             )
         else:
+            if pre is not None and pre not in GPT2_SPLIT_PRE:
+                warnings.warn(
+                    f"gguf {source}: tokenizer.ggml.pre = {pre!r} names a split candlejax does not reproduce;"
+                    " using GPT-2's regex, so token ids may differ from llama.cpp's for this model",
+                    stacklevel=3,
+                )
             tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tk.decoder = decoders.ByteLevel()
-        byte_level, default_bos = True, False
+        byte_level = True
     elif kind == "llama":
         vocab = {}
         for i, tok in enumerate(tokens):
@@ -286,7 +328,7 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
         tk.decoder = decoders.Sequence(
             [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
         )
-        byte_level, default_bos = False, True
+        byte_level = False
     else:
         raise errors.Msg(
             f"tokenizer: cannot build a tokenizer for tokenizer.ggml.model={kind!r}; supported: 'gpt2', 'llama'"
@@ -297,7 +339,7 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
         tk.add_special_tokens(special)
     if plain:
         tk.add_tokens(plain)
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos))
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", _default_add_bos(kind, pre)))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     bos = tokens[bos_id] if add_bos and bos_id is not None and 0 <= bos_id < len(tokens) else None
     eos = tokens[eos_id] if add_eos and eos_id is not None and 0 <= eos_id < len(tokens) else None
@@ -359,18 +401,38 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         tools: Any = None,
         documents: Any = None,
+        continue_final_message: bool = False,
         **kwargs: Any,
     ) -> str:
-        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``)."""
+        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``). Keys whose
+        value is ``None`` (``content`` of an OpenAI-style tool call) are left out, as transformers
+        does: templates test them with ``is defined``. ``continue_final_message``: the text ends
+        with the last message's content, left open for the model to continue (transformers' rule:
+        the template's end-of-turn after it is cut off)."""
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
-        return self._template.render(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            tools=tools,
-            documents=documents,
-            **variables,
+        msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+        if continue_final_message:
+            if add_generation_prompt:
+                raise ValueError("continue_final_message and add_generation_prompt are not compatible")
+            final = msgs[-1].get("content") if msgs else None
+            if not isinstance(final, str):
+                raise ValueError("continue_final_message needs a last message whose content is a string")
+            msgs[-1]["content"] = final + _CONTINUE_TAG
+        text = self._template.render(
+            messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools, documents=documents, **variables
         )
+        if continue_final_message:
+            tag = _CONTINUE_TAG.strip()
+            if final.strip() not in text or tag not in text:
+                raise ValueError("continue_final_message: the template does not write the final message's content")
+            at = text.rindex(tag)
+            # a template that trims the content also trimmed the tag's space: trim the content's end too
+            text = text[:at] if text[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
+        return text
+
+
+_CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker
 
 
 # --- the bundle a model uses --------------------------------------------------------------------------
@@ -657,7 +719,8 @@ class Tokenizer:
         """Render ``messages`` with the chat template: ids (``tokenize=True``, the default; the template
         writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
-        ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form).
+        ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form);
+        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`).
         transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list)."""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         if not tokenize:
@@ -688,7 +751,9 @@ class Tokenizer:
             unk_token=tok("unknown_token_id"),
             pad_token=tok("padding_token_id"),
             chat_template=meta.get("tokenizer.chat_template"),
-            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+            add_bos_token=bool(
+                meta.get("tokenizer.ggml.add_bos_token", _default_add_bos(kind, meta.get("tokenizer.ggml.pre")))
+            ),
         )
 
     @classmethod
@@ -718,8 +783,8 @@ def _token_str(v: Any) -> str | None:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a ``tokenizer.json`` (a file, or a folder holding one). From the same folder,
-    ``tokenizer_config.json`` supplies the special tokens and the chat template (or
-    ``chat_template.jinja``/``chat_template.json``)."""
+    ``tokenizer_config.json`` supplies the special tokens (those it lacks from
+    ``special_tokens_map.json``) and the chat template (or ``chat_template.jinja``/``chat_template.json``)."""
     from tokenizers import Tokenizer as HFTokenizer
 
     p = Path(path)
@@ -731,6 +796,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     cfg: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if (folder / "special_tokens_map.json").is_file():  # older repos name the special tokens only there
+        stm = json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8"))
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            if _token_str(cfg.get(key)) is None and _token_str(stm.get(key)) is not None:
+                cfg[key] = stm[key]
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take "default"
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}

@@ -106,10 +106,14 @@ class TokenOutputStream:
         return self._decode(self.tokens[self._n_context :])
 
     def get_token(self, token_s: str) -> int | None:
-        """The id of a token string, e.g. ``"</s>"`` (Candle: ``get_token``)."""
+        """The id of a token string, e.g. ``"</s>"``, or ``None`` (Candle: ``get_token``, a look-up in
+        ``get_vocab(true)``; transformers' tokenizers have ``get_vocab`` but no ``token_to_id``)."""
         tok = self._tokenizer
         fn = getattr(tok, "token_to_id", None)
-        return fn(token_s) if fn is not None else None
+        if fn is not None:
+            return fn(token_s)
+        vocab = getattr(tok, "get_vocab", None)
+        return vocab().get(token_s) if vocab is not None else None
 
     def clear(self) -> None:
         """Forget the tokens seen so far."""

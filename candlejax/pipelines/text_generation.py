@@ -66,6 +66,7 @@ class TextGeneration:
         self.generation: Any = None
         self.history: list[int] = []
         self.messages: list[dict[str, str]] = []  # the conversation so far (chat_turn)
+        self._chat_held: tuple[Any, str] | None = None  # (generation, the text chat_turn put in the cache)
         #: pad prompts to bucketed lengths (one compiled prefill per bucket); ``False``: exact lengths
         self.prefill_buckets: bool | None = None
 
@@ -122,6 +123,7 @@ class TextGeneration:
         """Forget the conversation: the next call starts a new cache."""
         self.cache, self.pos, self.history, self.generation = None, 0, [], None
         self.messages = []
+        self._chat_held = None
 
     def compile(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                 repeat_last_n: int = 64) -> list[Any]:  # fmt: skip
@@ -198,13 +200,30 @@ class TextGeneration:
             self.messages = [{"role": "system", "content": system}] if system else []
         msgs = [*self.messages, {"role": "user", "content": message}]
         tok = self.tokenizer
-        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        text = full
         if not first:  # drop what the cache already holds (earlier turns, the last reply and its EOS)
-            held = tok.decode([*self.history, *self.generation.continuation()], skip_special_tokens=False)
-            text = text[_common_prefix_len(text, held) :]
+            prev = self.generation
+            if self._chat_held is not None and self._chat_held[0] is prev:
+                # the rendered conversation + the reply as the template renders it: decoding the
+                # cache's ids instead does not give the template's text back where a decoder adds or
+                # drops spaces (SentencePiece: "[/INST] the world" vs "[/INST]the world"), and the
+                # reply would then be fed to the cache a second time
+                held = self._chat_held[1]
+            else:  # the last call was a plain stream(): what the cache holds, decoded
+                held = tok.decode([*self.history, *prev.continuation()], skip_special_tokens=False)
+            text = full[_common_prefix_len(full, held) :]
         ids = tok.encode(text, add_special_tokens=False)
-        yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
-        self.messages = [*msgs, {"role": "assistant", "content": tok.decode(self.generation.tokens)}]
+        before = self.generation
+        try:
+            yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
+        finally:  # also when the caller stops early: the cache holds the reply so far
+            gen = self.generation
+            if gen is not None and gen is not before:
+                reply = tok.decode(gen.tokens)
+                end = tok.decode([gen.last_token], skip_special_tokens=False) if gen.finish_reason == "eos" else ""
+                self.messages = [*msgs, {"role": "assistant", "content": reply}]
+                self._chat_held = (gen, full + reply + end)
 
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:

@@ -845,3 +845,18 @@ def test_native_weighted_index_sums_in_index_order_as_rand():
         assert got[r] == want, r
     assert got[3] == 7
     assert int(native.weighted_index(jnp.zeros((1, 5), jnp.float32), jnp.zeros((1,), jnp.float32))[0]) == -1
+
+
+def test_token_output_stream_over_a_transformers_tokenizer(byte_tokenizer):
+    """A transformers tokenizer has no ``token_to_id``: ``get_token`` used to answer None for every
+    token (an EOS check on it never matched); it is looked up in ``get_vocab()``, as Candle does."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import AddedToken, Tokenizer
+
+    raw = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(byte_tokenizer.to_str()))
+    raw.add_special_tokens({"eos_token": AddedToken("</s>", special=True)})
+    stream = TokenOutputStream(raw)
+    assert stream.get_token("</s>") == raw.eos_token_id == 256 and stream.get_token("nope") is None
+    assert stream.get_token("a") == byte_tokenizer.token_to_id("a")
+    ids = raw.encode("日本 ok")
+    assert "".join(stream.stream([*ids, 256])) == "日本 ok"

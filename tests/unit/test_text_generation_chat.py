@@ -1,0 +1,123 @@
+"""TextGeneration.chat_turn: which ids a later turn feeds after the cache of the earlier ones, with
+the model's generation stubbed out (no weights; the real-model check is in
+tests/models/test_quantized_llama.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from candlejax.pipelines import TextGeneration
+from candlejax.tokenizer import Tokenizer
+
+INST = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _spm_tokenizer(template: str) -> Tokenizer:
+    pieces = ["▁", "t", "h", "e", "w", "o", "r", "l", "d", "I", "N", "S", "T", "[", "]", "/", "▁t", "he", "▁the"]
+    pieces += ["▁w", "or", "ld", "▁wor", "▁world", "▁[", "IN", "ST", "INST"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    return Tokenizer.from_gguf_metadata({
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(pieces))],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.chat_template": template,
+    })  # fmt: skip
+
+
+class _Gen:
+    def __init__(self, tokens, eos):
+        self.tokens, self.last_token = list(tokens), eos if eos is not None else tokens[-1]
+        self.finish_reason = "eos" if eos is not None else "length"
+        self.pending_token = None if eos is not None else self.last_token
+
+    def continuation(self, new=()):
+        return [*([] if self.pending_token is None else [self.pending_token]), *new]
+
+
+def _stub(tg: TextGeneration, replies: list[tuple[list[int], int | None]]) -> list[list[int]]:
+    """Replace ``stream`` with one that records the ids fed and "generates" the next reply."""
+    fed: list[list[int]] = []
+
+    def stream(ids, max_new_tokens, processor=None, *, continue_cache=False, **kw):
+        if not continue_cache:
+            tg.history = []
+        ids = [*(tg.generation.continuation() if continue_cache and tg.generation else ()), *ids]
+        fed.append(ids)
+        tokens, eos = replies[len(fed) - 1]
+        tg.generation, tg.cache = _Gen(tokens, eos), object()
+        tg.history = [*tg.history, *ids, *tokens, *([eos] if eos is not None else [])]
+        yield tg.tokenizer.decode(tokens)
+
+    tg.stream = stream
+    return fed
+
+
+def _tg(tok: Tokenizer) -> TextGeneration:
+    tg = TextGeneration.__new__(TextGeneration)
+    tg.tokenizer, tg.eos_token_ids = tok, tok.eos_token_ids
+    tg.cache, tg.pos, tg.history, tg.generation, tg.messages, tg._chat_held = None, 0, [], None, [], None
+    return tg
+
+
+@pytest.mark.parametrize("finish", ["eos", "length"])
+def test_second_turn_feeds_only_the_new_message_sentencepiece(finish):
+    """A SentencePiece reply decodes with a leading space inside the conversation ("[/INST] the world")
+    but alone as "the world", which the template renders right after "[/INST]": the decoded cache
+    did not match the rendered conversation there, and the whole reply was fed a second time."""
+    tok = _spm_tokenizer(INST)
+    reply = tok.encode(" the world", add_special_tokens=False)
+    tg = _tg(tok)
+    fed = _stub(tg, [(reply, 2 if finish == "eos" else None), ([5], None)])
+    "".join(tg.chat_turn("the", 8))
+    assert fed[0] == tok.apply_chat_template([{"role": "user", "content": "the"}], add_generation_prompt=True)
+    "".join(tg.chat_turn("world", 8))
+    pending = [] if finish == "eos" else [reply[-1]]  # the last id, not yet in the cache
+    end = "" if finish == "eos" else "</s>"  # (the EOS the template writes after the reply)
+    assert fed[1] == [*pending, *tok.encode(end + "[INST] world [/INST]", add_special_tokens=False)]
+    assert tg.messages[1] == {"role": "assistant", "content": "the world"}
+
+
+def test_second_turn_byte_level_unchanged():
+    """A ChatML conversation: the second turn starts after the reply's <|im_end|>."""
+    from candlejax.tokenizer import bytes_to_unicode
+
+    tokens = [*bytes_to_unicode().values(), "He", "ll", "Hell", "Hello", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer.from_gguf_metadata({
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * (len(tokens) - 2) + [3, 3],
+        "tokenizer.ggml.merges": ["H e", "l l", "He ll", "Hell o"],
+        "tokenizer.ggml.eos_token_id": len(tokens) - 1,
+        "tokenizer.chat_template": CHATML,
+    })  # fmt: skip
+    reply = tok.encode("Hello world", add_special_tokens=False)
+    tg = _tg(tok)
+    fed = _stub(tg, [(reply, tok.eos_token_id), ([5], None)])
+    "".join(tg.chat_turn("Hi", 8))
+    "".join(tg.chat_turn("Bye", 8))
+    assert fed[1] == tok.encode("\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+
+
+def test_messages_kept_when_the_caller_stops_early():
+    tok = _spm_tokenizer(INST)
+    reply = tok.encode(" the world", add_special_tokens=False)
+    tg = _tg(tok)
+    fed = _stub(tg, [(reply, 2), ([5], None)])
+    turn = tg.chat_turn("the", 8)
+    next(turn)
+    turn.close()  # a client that hung up after the first piece
+    assert tg.messages[-1] == {"role": "assistant", "content": "the world"}
+    "".join(tg.chat_turn("world", 8))
+    assert fed[1] == tok.encode("[INST] world [/INST]", add_special_tokens=False)
