@@ -520,7 +520,8 @@ class Optimizer:
           passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
           (``donate=False`` keeps it usable).
 
-        Parameters the loss does not read keep their value and optimizer state (no weight decay, no
+        Parameters the loss does not read, or reads only through ``detach()``, comparisons or ``argmax``
+        (Candle's way to freeze a layer), keep their value and optimizer state (no weight decay, no
         momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
         those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
         zero. PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
@@ -860,14 +861,40 @@ class Optimizer:
         return f"{type(self).__name__}(lr={lr})"
 
 
-def _unused_inputs(closed: Any) -> list[bool]:
-    """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss does not
-    depend on it at all: such a Var has no gradient in Candle, where a zero gradient is still one."""
-    live = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
-    for eqn in reversed(closed.jaxpr.eqns):
-        if eqn.effects or any(v in live for v in eqn.outvars):
+#: Primitives Candle's backward does not walk through (``detach``, and the unary ops it leaves out of
+#: the graph): an input read only through them gets no gradient.
+_NO_GRAD_PRIMITIVES = frozenset({"stop_gradient", "floor", "ceil", "round", "sign"})
+
+
+def _is_float_var(v: Any) -> bool:
+    return isinstance(v, jax_core.Var) and jnp.issubdtype(v.aval.dtype, jnp.inexact)
+
+
+def _live_inputs(jaxpr: Any, live_out: list[bool]) -> list[bool]:
+    """For each input of ``jaxpr``, whether a gradient reaches it from the ``live_out`` outputs: through
+    float values only (a comparison, an ``argmax`` or an integer cast cuts the path, as Candle's
+    backward stops at integer tensors) and never through ``stop_gradient``. Sub-jaxprs of ``jit`` are
+    followed; other higher-order primitives and effectful equations count all their inputs."""
+    live = {v for v, u in zip(jaxpr.outvars, live_out) if u and isinstance(v, jax_core.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        outs = [v in live and _is_float_var(v) for v in eqn.outvars]
+        if eqn.effects:
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
-    return [v not in live for v in closed.jaxpr.invars]
+        elif not any(outs) or eqn.primitive.name in _NO_GRAD_PRIMITIVES:
+            continue
+        elif eqn.primitive.name in ("jit", "pjit") and isinstance(eqn.params.get("jaxpr"), jax_core.ClosedJaxpr):
+            inner = _live_inputs(eqn.params["jaxpr"].jaxpr, outs)
+            live.update(v for v, u in zip(eqn.invars, inner) if u and isinstance(v, jax_core.Var))
+        else:
+            live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+    return [v in live for v in jaxpr.invars]
+
+
+def _unused_inputs(closed: Any) -> list[bool]:
+    """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss has no
+    gradient path to it (it is not read, or read only through ``detach()``, comparisons, ``argmax``...):
+    such a Var has no gradient in Candle, where a zero gradient of a Var the loss reads is still one."""
+    return [not u for u in _live_inputs(closed.jaxpr, [True] * len(closed.jaxpr.outvars))]
 
 
 def _keep_param_state(new: Any, old: Any, unused: list[bool]) -> Any:

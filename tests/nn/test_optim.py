@@ -515,6 +515,39 @@ def test_adamw_skips_vars_the_loss_does_not_use(rng):
                                        err_msg=f"step {t}, head {hh}.{n}")  # fmt: skip
 
 
+def test_adamw_skips_vars_the_loss_reads_only_detached_or_through_comparisons():
+    """A Var read only through ``detach()`` (Candle's way to freeze a layer), a comparison or an
+    argmax gets no gradient in Candle (its backward does not walk through them) nor in PyTorch
+    (``.grad`` stays None): AdamW leaves it and its state alone. It used to take weight decay."""
+    from candlejax import DType, nn
+
+    w0, f0, c0, a0 = [1.0, 2.0], [3.0, -4.0], [0.5, -1.5], [0.25, 2.5]
+    w, f, c, a = (nn.Var(np.asarray(v, np.float32), n) for v, n in ((w0, "w"), (f0, "f"), (c0, "c"), (a0, "a")))
+    model = {"w": w, "f": f, "c": c, "a": a}
+    opt = O.AdamW([w, f, c, a], O.ParamsAdamW(lr=0.1, weight_decay=0.5))
+
+    def loss_fn(m, x):
+        mask = m["c"].ge(0.0).to_dtype(DType.F32)
+        pick = m["a"].argmax(0).to_dtype(DType.F32)
+        return ((m["w"] * x + m["f"].detach()) * mask).sqr().sum_all() + m["w"].sum_all() * pick
+
+    x = cj.Tensor.new(np.asarray([1.0, 1.0], np.float32))
+    for _ in range(3):
+        opt.backward_step(loss_fn, model, x)
+
+    tw, tf, tc, ta = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (w0, f0, c0, a0))
+    topt = torch.optim.AdamW([tw, tf, tc, ta], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        topt.zero_grad()
+        mask = (tc >= 0).double()
+        pick = ta.argmax(0).double()
+        (((tw * 1.0 + tf.detach()) * mask) ** 2).sum().add(tw.sum() * pick).backward()
+        topt.step()
+    for v, t in ((w, tw), (f, tf), (c, tc), (a, ta)):
+        np.testing.assert_allclose(np.asarray(v._a), t.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=v.name)
+    assert f.to_vec1() == f0 and c.to_vec1() == c0 and a.to_vec1() == a0
+
+
 def test_bound_step_errors_say_what_was_wrong():
     from candlejax import DType, errors, nn
 
