@@ -752,9 +752,7 @@ class Optimizer:
                 f"{self.name} was built without Vars: use model, state = opt.step(model, state, grads), or build it"
                 f" with the Vars ({self.name}(varmap.all_vars(), ...))"
             )
-        from candlejax.nn.module import named_vars
-
-        gv = named_vars(grads)
+        gv = _named_grads(grads)
         if not gv and isinstance(grads, (list, tuple)) and len(grads) == 1 == len(self._vars) and hasattr(
             grads[0], "shape"
         ):  # one unnamed gradient for a one-Var optimizer: nothing to confuse it with
@@ -888,6 +886,21 @@ def _live_inputs(jaxpr: Any, live_out: list[bool]) -> list[bool]:
         else:
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
     return [v in live for v in jaxpr.invars]
+
+
+def _named_grads(grads: Any) -> dict[str, Any]:
+    """Checkpoint name -> gradient for every Var leaf of ``grads``. A Var used in several places of the
+    model (tied weights) has one gradient leaf per use in what ``cj.grad`` returns, all carrying its
+    name: they are summed, as Candle's backward sums the gradient of a Var over its uses (and as
+    :func:`grads_as_params` does for the functional step)."""
+    from candlejax.nn.module import _is_named, _path_str
+
+    out: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_named)[0]:
+        if is_var(leaf):
+            name = leaf.name or _path_str(path)
+            out[name] = leaf if name not in out else wrap(unwrap(out[name]) + unwrap(leaf))
+    return out
 
 
 def _unused_inputs(closed: Any) -> list[bool]:

@@ -433,6 +433,24 @@ def test_tied_parameters_are_one_parameter():
     assert m2["enc"].jax is m2["dec"].jax
 
 
+def test_bound_step_sums_the_gradients_of_a_tied_var():
+    """Candle's ``opt.step(&loss.backward()?)`` with one Var used in two places: its gradient is the
+    sum over both uses, as in ``backward_step``. ``cj.grad`` returns one leaf per use; the bound
+    ``step(grads)`` used to keep only the first (2 instead of 2 + 3)."""
+    from candlejax.nn import Var
+
+    def loss_fn(m):
+        return (m["enc"] * 2.0 + m["dec"] * 3.0).sum_all()
+
+    v = Var(np.asarray([1.0, 2.0], np.float32), "shared.weight")
+    model = {"enc": v, "dec": v}
+    O.SGD([v], 0.5).step(cj.grad(loss_fn)(model))
+    assert v.to_vec1() == [1.0 - 0.5 * 5.0, 2.0 - 0.5 * 5.0]
+    w = Var(np.asarray([1.0, 2.0], np.float32), "shared.weight")
+    O.SGD([w], 0.5).backward_step(loss_fn, {"enc": w, "dec": w})
+    assert w.to_vec1() == v.to_vec1()
+
+
 def test_compiler_options_reach_the_training_step_and_keep_its_results():
     from candlejax import Device, DType
     from candlejax.demo import Cnn
