@@ -524,7 +524,9 @@ class Optimizer:
         (Candle's way to freeze a layer), keep their value and optimizer state (no weight decay, no
         momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
         those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
-        zero. PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
+        zero. Buffers the loss function sets in place (BatchNorm's running statistics in
+        ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the returned
+        model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
         ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
         input shape; both forms share it, so they compute bit-identical trajectories.
         """
@@ -571,7 +573,9 @@ class Optimizer:
                     stacklevel=4,
                 )
         jit_kw: dict[str, Any] = {"static_argnums": (0, 1, 2), "donate_argnums": (3, 5) if donate else ()}
-        used = [False]  # set while tracing when loss_fn draws randomness without key=
+        # set while tracing: [0] when loss_fn draws randomness without key=; [1] per model structure, the
+        # positions (among its non-trained arrays) of the Buffers loss_fn sets (BatchNorm's running statistics)
+        used: list[Any] = [False, {}]
         self._rng_used[key] = used
         bstep = self._make_bstep(loss_fn, used)
         fn = OptionsJit(bstep, self.compiler_options, **jit_kw) if self.compiler_options else jax.jit(bstep, **jit_kw)
@@ -581,7 +585,9 @@ class Optimizer:
         return fn
 
     def _run(self, loss_fn: Any, sp: Split, params: list[Any], state: OptState, batch: Any) -> Any:
-        """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok)``."""
+        """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok, rest,
+        donate)``, ``rest`` being ``sp.rest`` with the Buffers the loss function set (``forward_t(x, True)``
+        of a BatchNorm) holding their new values."""
         __tracebackhide__ = True
         rest_arrays, statics = _split_rest(sp.rest)
         # under a trace (grad, vmap, jit) nothing is donated: JAX would donate the concrete primal
@@ -605,7 +611,14 @@ class Optimizer:
         if used[0] and isinstance(rng, tuple):  # the step drew from the device generator: advance it
             dev, seed, counter = self._rng_src
             _random.set_state(dev, (seed, counter + 1))
-        return (*out, donate)
+        *out, stats = out
+        rest = sp.rest
+        if stats:
+            at = [i for i, r in enumerate(rest) if _is_array(r)]
+            rest = list(rest)
+            for k, v in zip(used[1][(sp.treedef, sp.slots, statics)], stats):
+                rest[at[k]] = v
+        return (*out, rest, donate)
 
     def _rng_arg(self, params: list[Any], batch: Any) -> Any:
         """The randomness a loss function may draw without ``key=`` (``Dropout.forward_t(xs, true)``,
@@ -629,12 +642,12 @@ class Optimizer:
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
         sp = self._split(model)
-        params, state2, loss, ok, donate = self._run(loss_fn, sp, sp.params, state, batch)
+        params, state2, loss, ok, rest, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
             _mark_donated(model, sp)
-        return sp.merge(params, sp.rest), state2, wrap(loss)
+        return sp.merge(params, rest), state2, wrap(loss)
 
     # --- Candle's bound form -------------------------------------------------------------------
     def _bound_split(self, model: Any) -> tuple[Split, tuple[Any, ...]]:
@@ -733,7 +746,7 @@ class Optimizer:
         sp, handles = self._bound_split(model)
         params = [h._a for h in handles]
         state = self._bound_state(handles, params)
-        new_params, state2, loss, ok, _ = self._run(loss_fn, sp, params, state, batch)
+        new_params, state2, loss, ok, rest, _ = self._run(loss_fn, sp, params, state, batch)
         if self.check_finite and not bool(ok):
             for h, p in zip(handles, new_params):  # ok=False: the values from before the step
                 h._a = p
@@ -741,6 +754,11 @@ class Optimizer:
             raise NanLoss(int(state2.step) + 1, float(jnp.asarray(loss).reshape(-1)[0]), model, state2)
         for h, p in zip(handles, new_params):
             h._a = p
+        if rest is not sp.rest:  # the Buffers the loss function set in place (BatchNorm's forward_t(x, True))
+            rest_handles = [h for h, s in zip(_named_leaves(model), sp.slots) if s < 0]
+            for h, old, new in zip(rest_handles, sp.rest, rest):
+                if new is not old and _is_named(h):
+                    h._a = new
         self._state = state2
         return wrap(loss)
 
@@ -813,7 +831,7 @@ class Optimizer:
         if not ok:
             raise NanLoss(int(state2.step) + 1, None, None, state2)
 
-    def _make_bstep(self, loss_fn: Callable[..., Any], used: list[bool]) -> Callable[..., Any]:
+    def _make_bstep(self, loss_fn: Callable[..., Any], used: list[Any]) -> Callable[..., Any]:
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch, rng):
             rest = _join_rest(rest_arrays, statics)
             if isinstance(rng, tuple):  # the device generator's (seed, counter), as _random.next_key folds it
@@ -830,7 +848,8 @@ class Optimizer:
                 return out
 
             def f(p: list[Any]) -> Any:
-                out = unwrap(call(treedef.unflatten(merge_leaves(slots, p, rest))))
+                model = treedef.unflatten(merge_leaves(slots, p, rest))
+                out = unwrap(call(model))
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
@@ -841,16 +860,19 @@ class Optimizer:
                         f" {to_dtype(out.dtype).name} (convert it with .to_dtype(DType.F32); an integer loss has no"
                         " gradient)"
                     )
-                return out.reshape(())
+                used[1][(treedef, slots, statics)], stats = _set_buffers(model, slots, rest)
+                return out.reshape(()), stats
 
             closed = jax.make_jaxpr(f)(params)  # traced once: read for the Vars it uses, then differentiated
-            loss, grads = jax.value_and_grad(lambda p: jax_core.jaxpr_as_fun(closed)(*p)[0])(params)
+            (loss, stats), grads = jax.value_and_grad(
+                lambda p: (lambda o: (o[0], o[1:]))(jax_core.jaxpr_as_fun(closed)(*p)), has_aux=True
+            )(params)
             new_params, new_state, ok = self._guarded(params, state, grads, lr, loss)
             unused = _unused_inputs(closed)
             if any(unused):  # Candle skips the Vars that get no gradient: value and optimizer state kept
                 new_params = [p if u else q for p, q, u in zip(params, new_params, unused)]
                 new_state = _keep_param_state(new_state, state, unused)
-            return new_params, new_state, loss, ok
+            return new_params, new_state, loss, ok, tuple(stats)
 
         return bstep
 
@@ -907,7 +929,26 @@ def _unused_inputs(closed: Any) -> list[bool]:
     """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss has no
     gradient path to it (it is not read, or read only through ``detach()``, comparisons, ``argmax``...):
     such a Var has no gradient in Candle, where a zero gradient of a Var the loss reads is still one."""
-    return [not u for u in _live_inputs(closed.jaxpr, [True] * len(closed.jaxpr.outvars))]
+    n = len(closed.jaxpr.outvars)
+    return [not u for u in _live_inputs(closed.jaxpr, [True] + [False] * (n - 1))]  # the loss comes first
+
+
+def _set_buffers(model: Any, slots: tuple[int, ...], rest: list[Any]) -> tuple[tuple[int, ...], list[Any]]:
+    """After the loss function ran on ``model`` (built from ``slots`` and the non-trained leaves
+    ``rest``): the Buffers it set in place (Candle's ``Var::set`` of BatchNorm's running statistics in
+    ``forward_t(x, true)``), as their positions among the array leaves of ``rest`` and their new values."""
+    handles = _named_leaves(model)
+    if len(handles) != len(slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
+        return (), []
+    at, values, k = [], [], -1
+    for h, old in zip((h for h, s in zip(handles, slots) if s < 0), rest):
+        if not _is_array(old):
+            continue
+        k += 1
+        if _is_named(h) and not is_var(h) and h._a is not old:
+            at.append(k)
+            values.append(h._a)
+    return tuple(at), values
 
 
 def _keep_param_state(new: Any, old: Any, unused: list[bool]) -> Any:

@@ -451,6 +451,51 @@ def test_bound_step_sums_the_gradients_of_a_tied_var():
     assert w.to_vec1() == v.to_vec1()
 
 
+def test_backward_step_keeps_the_running_statistics_batch_norm_updates(rng):
+    """Candle's ``opt.backward_step(&loss)`` over ``bn.forward_t(&x, true)`` moves BatchNorm's running
+    statistics once per step (``Var::set`` during the forward). They used to stay at their initial
+    values (zeros, ones) under ``backward_step``, bound and functional, while the weights trained."""
+    from candlejax import Device, DType, nn
+
+    xs = [rng.standard_normal((8, 3)).astype(np.float32) * 2 + 1 for _ in range(3)]
+    w0 = rng.standard_normal((2, 3)).astype(np.float32)
+
+    def loss_fn(m, x):
+        return m["lin"](m["bn"].forward_t(x, True)).sqr().mean_all()
+
+    tbn, tlin = torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        tlin.weight.copy_(torch.tensor(w0))
+        tlin.bias.zero_()
+    topt = torch.optim.SGD([*tbn.parameters(), *tlin.parameters()], 0.1)
+    for x in xs:
+        topt.zero_grad()
+        tlin(tbn(torch.tensor(x))).pow(2).mean().backward()
+        topt.step()
+
+    for functional in (False, True):
+        vm = nn.VarMap()
+        vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+        model = {"bn": nn.batch_norm(3, nn.BatchNormConfig(), vb.pp("bn")), "lin": nn.linear(3, 2, vb.pp("lin"))}
+        model["lin"].weight.set(cj.Tensor.new(w0))
+        model["lin"].bias.set(cj.Tensor.new(np.zeros(2, np.float32)))
+        opt = O.SGD(0.1) if functional else O.SGD(vm.all_vars(), 0.1)
+        state = opt.init(model) if functional else None
+        for x in xs:
+            xt = cj.Tensor.new(x)
+            if functional:
+                model, state, _ = opt.backward_step(loss_fn, model, state, xt)
+            else:
+                opt.backward_step(loss_fn, model, xt)
+        bn = model["bn"]
+        for got, want in ((bn.running_mean, tbn.running_mean), (bn.running_var, tbn.running_var),
+                          (bn.weight, tbn.weight), (model["lin"].weight, tlin.weight)):  # fmt: skip
+            np.testing.assert_allclose(np.asarray(got._a), want.detach().numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{got.name} functional={functional}")  # fmt: skip
+        if not functional:  # the VarMap holds the layer's Buffers: varmap.save writes the new statistics
+            np.testing.assert_array_equal(np.asarray(vm.data()["bn.running_mean"]._a), np.asarray(bn.running_mean._a))
+
+
 def test_compiler_options_reach_the_training_step_and_keep_its_results():
     from candlejax import Device, DType
     from candlejax.demo import Cnn
