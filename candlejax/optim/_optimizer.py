@@ -320,6 +320,7 @@ class Optimizer:
         self._vars: tuple[Any, ...] | None = None if vars is None else _bind_vars(vars, name)
         self._bound_ids = None if self._vars is None else {id(v) for v in self._vars}
         self._trained: tuple[Any, ...] | None = None  # the Vars stepped (first step's order)
+        self._tracing: tuple[Any, Any] = ((), ())  # the step's parameters and names, for _check_closure
         self._state: OptState | None = None
 
     @property
@@ -595,6 +596,7 @@ class Optimizer:
         donate = self.donate and is_eager() and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled_step(loss_fn, donate)
         rng, used = self._rng_arg(params, batch), self._rng_used[(loss_fn, donate)]
+        self._tracing = (params, sp.names)  # read only while the step is traced (_check_closure)
         try:
             out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch, rng)
         except Exception as exc:
@@ -745,8 +747,14 @@ class Optimizer:
         self._check_bound_call()
         sp, handles = self._bound_split(model)
         params = [h._a for h in handles]
+        first = self._trained is None
         state = self._bound_state(handles, params)
-        new_params, state2, loss, ok, rest, _ = self._run(loss_fn, sp, params, state, batch)
+        try:
+            new_params, state2, loss, ok, rest, _ = self._run(loss_fn, sp, params, state, batch)
+        except BaseException:
+            if first:  # a first step that failed does not fix the set of Vars this optimizer trains
+                self._trained = self._state = None
+            raise
         if self.check_finite and not bool(ok):
             for h, p in zip(handles, new_params):  # ok=False: the values from before the step
                 h._a = p
@@ -864,6 +872,7 @@ class Optimizer:
                 return out.reshape(()), stats
 
             closed = jax.make_jaxpr(f)(params)  # traced once: read for the Vars it uses, then differentiated
+            self._check_closure(closed.consts)
             (loss, stats), grads = jax.value_and_grad(
                 lambda p: (lambda o: (o[0], o[1:]))(jax_core.jaxpr_as_fun(closed)(*p)), has_aux=True
             )(params)
@@ -875,6 +884,23 @@ class Optimizer:
             return new_params, new_state, loss, ok, tuple(stats)
 
         return bstep
+
+    def _check_closure(self, consts: list[Any]) -> None:
+        """Refuse a loss function that reads a trained Var (the model's, or one of a bound optimizer's)
+        from outside its model argument: traced as a constant, it would get no gradient and keep the
+        value it had when the step was compiled (Candle differentiates every Var the loss reads)."""
+        __tracebackhide__ = True
+        params, names = self._tracing
+        watch = {id(a): n for a, n in zip(params, names)}
+        watch.update((id(v._a), v.name) for v in self.vars)
+        hit = list(dict.fromkeys(watch[id(c)] for c in consts if id(c) in watch))
+        if hit:
+            raise errors.OptimizerUsage(
+                f"{self.name}.backward_step: loss_fn reads the Var(s) {hit[:5]} from outside the model it is given"
+                " (a closure or a global): it would be compiled into the step as a constant, get no gradient and"
+                " ignore later updates; read every trained Var through the model argument, loss_fn(model, *batch)"
+                " (pass a tuple or dict of Vars, or the Module holding them, as the model)"
+            )
 
     def __repr__(self) -> str:
         lr = "schedule" if callable(self._lr) else self._lr

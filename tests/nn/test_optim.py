@@ -496,6 +496,30 @@ def test_backward_step_keeps_the_running_statistics_batch_norm_updates(rng):
             np.testing.assert_array_equal(np.asarray(vm.data()["bn.running_mean"]._a), np.asarray(bn.running_mean._a))
 
 
+def test_backward_step_refuses_a_loss_that_reads_trained_vars_from_outside_the_model():
+    """Candle's ``backward_step(&loss)`` differentiates every Var the loss reads. A loss function that
+    closes over a Var instead of reading it from its model argument had it compiled in as a constant:
+    silently untrained (``b`` below stayed 0.5) and deaf to ``Var.set`` (the loss kept using 0.5)."""
+    from candlejax import errors
+    from candlejax.nn import Var
+
+    w = Var(np.asarray([[1.0], [2.0]], np.float32), "w")
+    b = Var(np.asarray([0.5], np.float32), "b")
+    x = cj.Tensor.new(np.ones((1, 2), np.float32))
+    opt = O.SGD([w, b], 0.1)
+    with pytest.raises(errors.OptimizerUsage, match=r"reads the Var\(s\) \['b'\] from outside"):
+        opt.backward_step(lambda m, x: x.matmul(m).broadcast_add(b).sum_all(), w, x)
+    assert b.to_vec1() == [0.5] and w.to_vec2() == [[1.0], [2.0]]
+    loss = opt.backward_step(lambda m, x: x.matmul(m[0]).broadcast_add(m[1]).sum_all(), (w, b), x)
+    assert loss.to_scalar() == 3.5 and b.to_vec1() == [np.float32(0.5) - np.float32(0.1)]
+    # the functional form: the loss reads the model it closes over instead of the one it is given
+    model = {"w": w, "b": b}
+    fopt = O.SGD(0.1, donate=False)
+    with pytest.raises(errors.OptimizerUsage, match=r"reads the Var\(s\) \['w', 'b'\] from outside"):
+        fopt.backward_step(lambda m, x: x.matmul(model["w"]).broadcast_add(model["b"]).sum_all(), model,
+                           fopt.init(model), x)  # fmt: skip
+
+
 def test_compiler_options_reach_the_training_step_and_keep_its_results():
     from candlejax import Device, DType
     from candlejax.demo import Cnn
