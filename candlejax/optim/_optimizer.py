@@ -858,6 +858,10 @@ class Optimizer:
             def f(p: list[Any]) -> Any:
                 model = treedef.unflatten(merge_leaves(slots, p, rest))
                 out = unwrap(call(model))
+                if not hasattr(out, "shape") or not hasattr(out, "dtype"):  # a Python number, a (loss, aux) pair
+                    raise errors.OptimizerUsage(
+                        f"backward_step: loss_fn must return a scalar Tensor, got {type(out).__name__}"
+                    )
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"

@@ -645,6 +645,11 @@ def test_bound_step_errors_say_what_was_wrong():
     # an integer loss raised JAX's "grad requires real-valued outputs"
     with pytest.raises(errors.OptimizerUsage, match="must return a float scalar to differentiate, got dtype U32"):
         opt.backward_step(lambda m, x: m(x).sum_all().to_dtype(DType.U32), lin, x)
+    # a Python number or a (loss, aux) pair raised AttributeError: 'float' object has no attribute 'shape'
+    with pytest.raises(errors.OptimizerUsage, match=r"loss_fn must return a scalar Tensor, got tuple"):
+        opt.backward_step(lambda m, x: (m(x).sum_all(), 1), lin, x)
+    with pytest.raises(errors.OptimizerUsage, match=r"loss_fn must return a scalar Tensor, got float"):
+        opt.backward_step(lambda m, x: 1.0, lin, x)
     # a dict of plain Tensors said "the gradients of nothing match no Var of this optimizer by name"
     with pytest.raises(errors.OptimizerUsage, match=r"found no named gradient in a dict with keys \['lin.weight'\]"):
         opt.step({"lin.weight": cj.Tensor.new(np.ones((1, 2), np.float32))})
