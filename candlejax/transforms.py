@@ -1,6 +1,6 @@
 """``cj.jit``, ``cj.grad``, ``cj.value_and_grad``: JAX transforms that take Modules as arguments.
 
-requires: jax, candlejax.nn.module (Var)
+requires: jax, candlejax.dtype, candlejax.nn.module (Var)
 provides: ``jit``, ``grad``, ``value_and_grad``, ``partition``, ``combine``, ``trainable``,
 ``apply_updates``
 
@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
+from candlejax.dtype import to_dtype
 from candlejax.nn.module import StaticValue, Var
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
@@ -169,7 +170,18 @@ def _check_diff(diff: Any) -> None:
 
 
 def _scalar(out: Any, what: str) -> Any:
+    if isinstance(out, (tuple, list, dict)) or out is None:
+        raise errors.InvalidArgument(
+            f"{what}: the function must return a scalar loss, but returned {type(out).__name__}"
+            + (" (to return (loss, aux), pass has_aux=True)" if isinstance(out, (tuple, list)) else "")
+        )
     a = unwrap(out)
+    dt = getattr(a, "dtype", None)
+    if dt is not None and not jax.numpy.issubdtype(dt, jax.numpy.inexact):
+        raise errors.UnsupportedDTypeForOp(
+            to_dtype(dt), "grad", "the loss must be floating point to differentiate: an integer loss has no gradient"
+            " (compute it in float, or convert it with .to_dtype(DType.F32))",
+        )  # fmt: skip
     shape = tuple(getattr(a, "shape", ()))
     if any(d != 1 for d in shape):  # one element, of any rank, as torch's backward() takes
         raise errors.InvalidShape(
@@ -226,6 +238,11 @@ def value_and_grad(fn: Callable[..., Any], *, has_aux: bool = False) -> Callable
         def inner(d: Any) -> Any:
             out = fn(join(d, rest), *args, **kwargs)
             if has_aux:
+                if not isinstance(out, (tuple, list)) or len(out) != 2:
+                    raise errors.InvalidArgument(
+                        "value_and_grad: with has_aux=True the function must return a (loss, aux) pair, got"
+                        f" {type(out).__name__}"
+                    )
                 loss, aux = out
                 return _scalar(loss, "value_and_grad"), aux
             return _scalar(out, "value_and_grad")

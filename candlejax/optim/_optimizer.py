@@ -320,6 +320,7 @@ class Optimizer:
         self._vars: tuple[Any, ...] | None = None if vars is None else _bind_vars(vars, name)
         self._bound_ids = None if self._vars is None else {id(v) for v in self._vars}
         self._trained: tuple[Any, ...] | None = None  # the Vars stepped (first step's order)
+        self._tracing: tuple[Any, Any] = ((), ())  # the step's parameters and names, for _check_closure
         self._state: OptState | None = None
 
     @property
@@ -520,10 +521,13 @@ class Optimizer:
           passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
           (``donate=False`` keeps it usable).
 
-        Parameters the loss does not read keep their value and optimizer state (no weight decay, no
+        Parameters the loss does not read, or reads only through ``detach()``, comparisons or ``argmax``
+        (Candle's way to freeze a layer), keep their value and optimizer state (no weight decay, no
         momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
         those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
-        zero. PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
+        zero. Buffers the loss function sets in place (BatchNorm's running statistics in
+        ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the returned
+        model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
         ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
         input shape; both forms share it, so they compute bit-identical trajectories.
         """
@@ -570,7 +574,9 @@ class Optimizer:
                     stacklevel=4,
                 )
         jit_kw: dict[str, Any] = {"static_argnums": (0, 1, 2), "donate_argnums": (3, 5) if donate else ()}
-        used = [False]  # set while tracing when loss_fn draws randomness without key=
+        # set while tracing: [0] when loss_fn draws randomness without key=; [1] per model structure, the
+        # positions (among its non-trained arrays) of the Buffers loss_fn sets (BatchNorm's running statistics)
+        used: list[Any] = [False, {}]
         self._rng_used[key] = used
         bstep = self._make_bstep(loss_fn, used)
         fn = OptionsJit(bstep, self.compiler_options, **jit_kw) if self.compiler_options else jax.jit(bstep, **jit_kw)
@@ -580,7 +586,9 @@ class Optimizer:
         return fn
 
     def _run(self, loss_fn: Any, sp: Split, params: list[Any], state: OptState, batch: Any) -> Any:
-        """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok)``."""
+        """The compiled step on ``params`` (the trained leaves of ``sp``): ``(params, state, loss, ok, rest,
+        donate)``, ``rest`` being ``sp.rest`` with the Buffers the loss function set (``forward_t(x, True)``
+        of a BatchNorm) holding their new values."""
         __tracebackhide__ = True
         rest_arrays, statics = _split_rest(sp.rest)
         # under a trace (grad, vmap, jit) nothing is donated: JAX would donate the concrete primal
@@ -588,6 +596,7 @@ class Optimizer:
         donate = self.donate and is_eager() and not _aliased(params, state, (rest_arrays, batch))
         fn = self._compiled_step(loss_fn, donate)
         rng, used = self._rng_arg(params, batch), self._rng_used[(loss_fn, donate)]
+        self._tracing = (params, sp.names)  # read only while the step is traced (_check_closure)
         try:
             out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch, rng)
         except Exception as exc:
@@ -604,7 +613,14 @@ class Optimizer:
         if used[0] and isinstance(rng, tuple):  # the step drew from the device generator: advance it
             dev, seed, counter = self._rng_src
             _random.set_state(dev, (seed, counter + 1))
-        return (*out, donate)
+        *out, stats = out
+        rest = sp.rest
+        if stats:
+            at = [i for i, r in enumerate(rest) if _is_array(r)]
+            rest = list(rest)
+            for k, v in zip(used[1][(sp.treedef, sp.slots, statics)], stats):
+                rest[at[k]] = v
+        return (*out, rest, donate)
 
     def _rng_arg(self, params: list[Any], batch: Any) -> Any:
         """The randomness a loss function may draw without ``key=`` (``Dropout.forward_t(xs, true)``,
@@ -628,12 +644,12 @@ class Optimizer:
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
         sp = self._split(model)
-        params, state2, loss, ok, donate = self._run(loss_fn, sp, sp.params, state, batch)
+        params, state2, loss, ok, rest, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
             _mark_donated(model, sp)
-        return sp.merge(params, sp.rest), state2, wrap(loss)
+        return sp.merge(params, rest), state2, wrap(loss)
 
     # --- Candle's bound form -------------------------------------------------------------------
     def _bound_split(self, model: Any) -> tuple[Split, tuple[Any, ...]]:
@@ -731,8 +747,14 @@ class Optimizer:
         self._check_bound_call()
         sp, handles = self._bound_split(model)
         params = [h._a for h in handles]
+        first = self._trained is None
         state = self._bound_state(handles, params)
-        new_params, state2, loss, ok, _ = self._run(loss_fn, sp, params, state, batch)
+        try:
+            new_params, state2, loss, ok, rest, _ = self._run(loss_fn, sp, params, state, batch)
+        except BaseException:
+            if first:  # a first step that failed does not fix the set of Vars this optimizer trains
+                self._trained = self._state = None
+            raise
         if self.check_finite and not bool(ok):
             for h, p in zip(handles, new_params):  # ok=False: the values from before the step
                 h._a = p
@@ -740,6 +762,11 @@ class Optimizer:
             raise NanLoss(int(state2.step) + 1, float(jnp.asarray(loss).reshape(-1)[0]), model, state2)
         for h, p in zip(handles, new_params):
             h._a = p
+        if rest is not sp.rest:  # the Buffers the loss function set in place (BatchNorm's forward_t(x, True))
+            rest_handles = [h for h, s in zip(_named_leaves(model), sp.slots) if s < 0]
+            for h, old, new in zip(rest_handles, sp.rest, rest):
+                if new is not old and _is_named(h):
+                    h._a = new
         self._state = state2
         return wrap(loss)
 
@@ -751,9 +778,7 @@ class Optimizer:
                 f"{self.name} was built without Vars: use model, state = opt.step(model, state, grads), or build it"
                 f" with the Vars ({self.name}(varmap.all_vars(), ...))"
             )
-        from candlejax.nn.module import named_vars
-
-        gv = named_vars(grads)
+        gv = _named_grads(grads)
         if not gv and isinstance(grads, (list, tuple)) and len(grads) == 1 == len(self._vars) and hasattr(
             grads[0], "shape"
         ):  # one unnamed gradient for a one-Var optimizer: nothing to confuse it with
@@ -814,7 +839,7 @@ class Optimizer:
         if not ok:
             raise NanLoss(int(state2.step) + 1, None, None, state2)
 
-    def _make_bstep(self, loss_fn: Callable[..., Any], used: list[bool]) -> Callable[..., Any]:
+    def _make_bstep(self, loss_fn: Callable[..., Any], used: list[Any]) -> Callable[..., Any]:
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch, rng):
             rest = _join_rest(rest_arrays, statics)
             if isinstance(rng, tuple):  # the device generator's (seed, counter), as _random.next_key folds it
@@ -831,7 +856,12 @@ class Optimizer:
                 return out
 
             def f(p: list[Any]) -> Any:
-                out = unwrap(call(treedef.unflatten(merge_leaves(slots, p, rest))))
+                model = treedef.unflatten(merge_leaves(slots, p, rest))
+                out = unwrap(call(model))
+                if not hasattr(out, "shape") or not hasattr(out, "dtype"):  # a Python number, a (loss, aux) pair
+                    raise errors.OptimizerUsage(
+                        f"backward_step: loss_fn must return a scalar Tensor, got {type(out).__name__}"
+                    )
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
@@ -842,32 +872,113 @@ class Optimizer:
                         f" {to_dtype(out.dtype).name} (convert it with .to_dtype(DType.F32); an integer loss has no"
                         " gradient)"
                     )
-                return out.reshape(())
+                used[1][(treedef, slots, statics)], stats = _set_buffers(model, slots, rest)
+                return out.reshape(()), stats
 
             closed = jax.make_jaxpr(f)(params)  # traced once: read for the Vars it uses, then differentiated
-            loss, grads = jax.value_and_grad(lambda p: jax_core.jaxpr_as_fun(closed)(*p)[0])(params)
+            self._check_closure(closed.consts)
+            (loss, stats), grads = jax.value_and_grad(
+                lambda p: (lambda o: (o[0], o[1:]))(jax_core.jaxpr_as_fun(closed)(*p)), has_aux=True
+            )(params)
             new_params, new_state, ok = self._guarded(params, state, grads, lr, loss)
             unused = _unused_inputs(closed)
             if any(unused):  # Candle skips the Vars that get no gradient: value and optimizer state kept
                 new_params = [p if u else q for p, q, u in zip(params, new_params, unused)]
                 new_state = _keep_param_state(new_state, state, unused)
-            return new_params, new_state, loss, ok
+            return new_params, new_state, loss, ok, tuple(stats)
 
         return bstep
+
+    def _check_closure(self, consts: list[Any]) -> None:
+        """Refuse a loss function that reads a trained Var (the model's, or one of a bound optimizer's)
+        from outside its model argument: traced as a constant, it would get no gradient and keep the
+        value it had when the step was compiled (Candle differentiates every Var the loss reads)."""
+        __tracebackhide__ = True
+        params, names = self._tracing
+        watch = {id(a): n for a, n in zip(params, names)}
+        watch.update((id(v._a), v.name) for v in self.vars)
+        hit = list(dict.fromkeys(watch[id(c)] for c in consts if id(c) in watch))
+        if hit:
+            raise errors.OptimizerUsage(
+                f"{self.name}.backward_step: loss_fn reads the Var(s) {hit[:5]} from outside the model it is given"
+                " (a closure or a global): it would be compiled into the step as a constant, get no gradient and"
+                " ignore later updates; read every trained Var through the model argument, loss_fn(model, *batch)"
+                " (pass a tuple or dict of Vars, or the Module holding them, as the model)"
+            )
 
     def __repr__(self) -> str:
         lr = "schedule" if callable(self._lr) else self._lr
         return f"{type(self).__name__}(lr={lr})"
 
 
-def _unused_inputs(closed: Any) -> list[bool]:
-    """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss does not
-    depend on it at all: such a Var has no gradient in Candle, where a zero gradient is still one."""
-    live = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
-    for eqn in reversed(closed.jaxpr.eqns):
-        if eqn.effects or any(v in live for v in eqn.outvars):
+#: Primitives Candle's backward does not walk through (``detach``, and the unary ops it leaves out of
+#: the graph): an input read only through them gets no gradient.
+_NO_GRAD_PRIMITIVES = frozenset({"stop_gradient", "floor", "ceil", "round", "sign"})
+
+
+def _is_float_var(v: Any) -> bool:
+    return isinstance(v, jax_core.Var) and jnp.issubdtype(v.aval.dtype, jnp.inexact)
+
+
+def _live_inputs(jaxpr: Any, live_out: list[bool]) -> list[bool]:
+    """For each input of ``jaxpr``, whether a gradient reaches it from the ``live_out`` outputs: through
+    float values only (a comparison, an ``argmax`` or an integer cast cuts the path, as Candle's
+    backward stops at integer tensors) and never through ``stop_gradient``. Sub-jaxprs of ``jit`` are
+    followed; other higher-order primitives and effectful equations count all their inputs."""
+    live = {v for v, u in zip(jaxpr.outvars, live_out) if u and isinstance(v, jax_core.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        outs = [v in live and _is_float_var(v) for v in eqn.outvars]
+        if eqn.effects:
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
-    return [v not in live for v in closed.jaxpr.invars]
+        elif not any(outs) or eqn.primitive.name in _NO_GRAD_PRIMITIVES:
+            continue
+        elif eqn.primitive.name in ("jit", "pjit") and isinstance(eqn.params.get("jaxpr"), jax_core.ClosedJaxpr):
+            inner = _live_inputs(eqn.params["jaxpr"].jaxpr, outs)
+            live.update(v for v, u in zip(eqn.invars, inner) if u and isinstance(v, jax_core.Var))
+        else:
+            live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+    return [v in live for v in jaxpr.invars]
+
+
+def _named_grads(grads: Any) -> dict[str, Any]:
+    """Checkpoint name -> gradient for every Var leaf of ``grads``. A Var used in several places of the
+    model (tied weights) has one gradient leaf per use in what ``cj.grad`` returns, all carrying its
+    name: they are summed, as Candle's backward sums the gradient of a Var over its uses (and as
+    :func:`grads_as_params` does for the functional step)."""
+    from candlejax.nn.module import _is_named, _path_str
+
+    out: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(grads, is_leaf=_is_named)[0]:
+        if is_var(leaf):
+            name = leaf.name or _path_str(path)
+            out[name] = leaf if name not in out else wrap(unwrap(out[name]) + unwrap(leaf))
+    return out
+
+
+def _unused_inputs(closed: Any) -> list[bool]:
+    """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss has no
+    gradient path to it (it is not read, or read only through ``detach()``, comparisons, ``argmax``...):
+    such a Var has no gradient in Candle, where a zero gradient of a Var the loss reads is still one."""
+    n = len(closed.jaxpr.outvars)
+    return [not u for u in _live_inputs(closed.jaxpr, [True] + [False] * (n - 1))]  # the loss comes first
+
+
+def _set_buffers(model: Any, slots: tuple[int, ...], rest: list[Any]) -> tuple[tuple[int, ...], list[Any]]:
+    """After the loss function ran on ``model`` (built from ``slots`` and the non-trained leaves
+    ``rest``): the Buffers it set in place (Candle's ``Var::set`` of BatchNorm's running statistics in
+    ``forward_t(x, true)``), as their positions among the array leaves of ``rest`` and their new values."""
+    handles = _named_leaves(model)
+    if len(handles) != len(slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
+        return (), []
+    at, values, k = [], [], -1
+    for h, old in zip((h for h, s in zip(handles, slots) if s < 0), rest):
+        if not _is_array(old):
+            continue
+        k += 1
+        if _is_named(h) and not is_var(h) and h._a is not old:
+            at.append(k)
+            values.append(h._a)
+    return tuple(at), values
 
 
 def _keep_param_state(new: Any, old: Any, unused: list[bool]) -> Any:

@@ -433,6 +433,93 @@ def test_tied_parameters_are_one_parameter():
     assert m2["enc"].jax is m2["dec"].jax
 
 
+def test_bound_step_sums_the_gradients_of_a_tied_var():
+    """Candle's ``opt.step(&loss.backward()?)`` with one Var used in two places: its gradient is the
+    sum over both uses, as in ``backward_step``. ``cj.grad`` returns one leaf per use; the bound
+    ``step(grads)`` used to keep only the first (2 instead of 2 + 3)."""
+    from candlejax.nn import Var
+
+    def loss_fn(m):
+        return (m["enc"] * 2.0 + m["dec"] * 3.0).sum_all()
+
+    v = Var(np.asarray([1.0, 2.0], np.float32), "shared.weight")
+    model = {"enc": v, "dec": v}
+    O.SGD([v], 0.5).step(cj.grad(loss_fn)(model))
+    assert v.to_vec1() == [1.0 - 0.5 * 5.0, 2.0 - 0.5 * 5.0]
+    w = Var(np.asarray([1.0, 2.0], np.float32), "shared.weight")
+    O.SGD([w], 0.5).backward_step(loss_fn, {"enc": w, "dec": w})
+    assert w.to_vec1() == v.to_vec1()
+
+
+def test_backward_step_keeps_the_running_statistics_batch_norm_updates(rng):
+    """Candle's ``opt.backward_step(&loss)`` over ``bn.forward_t(&x, true)`` moves BatchNorm's running
+    statistics once per step (``Var::set`` during the forward). They used to stay at their initial
+    values (zeros, ones) under ``backward_step``, bound and functional, while the weights trained."""
+    from candlejax import Device, DType, nn
+
+    xs = [rng.standard_normal((8, 3)).astype(np.float32) * 2 + 1 for _ in range(3)]
+    w0 = rng.standard_normal((2, 3)).astype(np.float32)
+
+    def loss_fn(m, x):
+        return m["lin"](m["bn"].forward_t(x, True)).sqr().mean_all()
+
+    tbn, tlin = torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        tlin.weight.copy_(torch.tensor(w0))
+        tlin.bias.zero_()
+    topt = torch.optim.SGD([*tbn.parameters(), *tlin.parameters()], 0.1)
+    for x in xs:
+        topt.zero_grad()
+        tlin(tbn(torch.tensor(x))).pow(2).mean().backward()
+        topt.step()
+
+    for functional in (False, True):
+        vm = nn.VarMap()
+        vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+        model = {"bn": nn.batch_norm(3, nn.BatchNormConfig(), vb.pp("bn")), "lin": nn.linear(3, 2, vb.pp("lin"))}
+        model["lin"].weight.set(cj.Tensor.new(w0))
+        model["lin"].bias.set(cj.Tensor.new(np.zeros(2, np.float32)))
+        opt = O.SGD(0.1) if functional else O.SGD(vm.all_vars(), 0.1)
+        state = opt.init(model) if functional else None
+        for x in xs:
+            xt = cj.Tensor.new(x)
+            if functional:
+                model, state, _ = opt.backward_step(loss_fn, model, state, xt)
+            else:
+                opt.backward_step(loss_fn, model, xt)
+        bn = model["bn"]
+        for got, want in ((bn.running_mean, tbn.running_mean), (bn.running_var, tbn.running_var),
+                          (bn.weight, tbn.weight), (model["lin"].weight, tlin.weight)):  # fmt: skip
+            np.testing.assert_allclose(np.asarray(got._a), want.detach().numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{got.name} functional={functional}")  # fmt: skip
+        if not functional:  # the VarMap holds the layer's Buffers: varmap.save writes the new statistics
+            np.testing.assert_array_equal(np.asarray(vm.data()["bn.running_mean"]._a), np.asarray(bn.running_mean._a))
+
+
+def test_backward_step_refuses_a_loss_that_reads_trained_vars_from_outside_the_model():
+    """Candle's ``backward_step(&loss)`` differentiates every Var the loss reads. A loss function that
+    closes over a Var instead of reading it from its model argument had it compiled in as a constant:
+    silently untrained (``b`` below stayed 0.5) and deaf to ``Var.set`` (the loss kept using 0.5)."""
+    from candlejax import errors
+    from candlejax.nn import Var
+
+    w = Var(np.asarray([[1.0], [2.0]], np.float32), "w")
+    b = Var(np.asarray([0.5], np.float32), "b")
+    x = cj.Tensor.new(np.ones((1, 2), np.float32))
+    opt = O.SGD([w, b], 0.1)
+    with pytest.raises(errors.OptimizerUsage, match=r"reads the Var\(s\) \['b'\] from outside"):
+        opt.backward_step(lambda m, x: x.matmul(m).broadcast_add(b).sum_all(), w, x)
+    assert b.to_vec1() == [0.5] and w.to_vec2() == [[1.0], [2.0]]
+    loss = opt.backward_step(lambda m, x: x.matmul(m[0]).broadcast_add(m[1]).sum_all(), (w, b), x)
+    assert loss.to_scalar() == 3.5 and b.to_vec1() == [np.float32(0.5) - np.float32(0.1)]
+    # the functional form: the loss reads the model it closes over instead of the one it is given
+    model = {"w": w, "b": b}
+    fopt = O.SGD(0.1, donate=False)
+    with pytest.raises(errors.OptimizerUsage, match=r"reads the Var\(s\) \['w', 'b'\] from outside"):
+        fopt.backward_step(lambda m, x: x.matmul(model["w"]).broadcast_add(model["b"]).sum_all(), model,
+                           fopt.init(model), x)  # fmt: skip
+
+
 def test_compiler_options_reach_the_training_step_and_keep_its_results():
     from candlejax import Device, DType
     from candlejax.demo import Cnn
@@ -515,6 +602,39 @@ def test_adamw_skips_vars_the_loss_does_not_use(rng):
                                        err_msg=f"step {t}, head {hh}.{n}")  # fmt: skip
 
 
+def test_adamw_skips_vars_the_loss_reads_only_detached_or_through_comparisons():
+    """A Var read only through ``detach()`` (Candle's way to freeze a layer), a comparison or an
+    argmax gets no gradient in Candle (its backward does not walk through them) nor in PyTorch
+    (``.grad`` stays None): AdamW leaves it and its state alone. It used to take weight decay."""
+    from candlejax import DType, nn
+
+    w0, f0, c0, a0 = [1.0, 2.0], [3.0, -4.0], [0.5, -1.5], [0.25, 2.5]
+    w, f, c, a = (nn.Var(np.asarray(v, np.float32), n) for v, n in ((w0, "w"), (f0, "f"), (c0, "c"), (a0, "a")))
+    model = {"w": w, "f": f, "c": c, "a": a}
+    opt = O.AdamW([w, f, c, a], O.ParamsAdamW(lr=0.1, weight_decay=0.5))
+
+    def loss_fn(m, x):
+        mask = m["c"].ge(0.0).to_dtype(DType.F32)
+        pick = m["a"].argmax(0).to_dtype(DType.F32)
+        return ((m["w"] * x + m["f"].detach()) * mask).sqr().sum_all() + m["w"].sum_all() * pick
+
+    x = cj.Tensor.new(np.asarray([1.0, 1.0], np.float32))
+    for _ in range(3):
+        opt.backward_step(loss_fn, model, x)
+
+    tw, tf, tc, ta = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (w0, f0, c0, a0))
+    topt = torch.optim.AdamW([tw, tf, tc, ta], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        topt.zero_grad()
+        mask = (tc >= 0).double()
+        pick = ta.argmax(0).double()
+        (((tw * 1.0 + tf.detach()) * mask) ** 2).sum().add(tw.sum() * pick).backward()
+        topt.step()
+    for v, t in ((w, tw), (f, tf), (c, tc), (a, ta)):
+        np.testing.assert_allclose(np.asarray(v._a), t.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=v.name)
+    assert f.to_vec1() == f0 and c.to_vec1() == c0 and a.to_vec1() == a0
+
+
 def test_bound_step_errors_say_what_was_wrong():
     from candlejax import DType, errors, nn
 
@@ -525,6 +645,11 @@ def test_bound_step_errors_say_what_was_wrong():
     # an integer loss raised JAX's "grad requires real-valued outputs"
     with pytest.raises(errors.OptimizerUsage, match="must return a float scalar to differentiate, got dtype U32"):
         opt.backward_step(lambda m, x: m(x).sum_all().to_dtype(DType.U32), lin, x)
+    # a Python number or a (loss, aux) pair raised AttributeError: 'float' object has no attribute 'shape'
+    with pytest.raises(errors.OptimizerUsage, match=r"loss_fn must return a scalar Tensor, got tuple"):
+        opt.backward_step(lambda m, x: (m(x).sum_all(), 1), lin, x)
+    with pytest.raises(errors.OptimizerUsage, match=r"loss_fn must return a scalar Tensor, got float"):
+        opt.backward_step(lambda m, x: 1.0, lin, x)
     # a dict of plain Tensors said "the gradients of nothing match no Var of this optimizer by name"
     with pytest.raises(errors.OptimizerUsage, match=r"found no named gradient in a dict with keys \['lin.weight'\]"):
         opt.step({"lin.weight": cj.Tensor.new(np.ones((1, 2), np.float32))})

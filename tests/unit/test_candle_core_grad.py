@@ -40,6 +40,23 @@ def test_backward_on_a_tensor_raises_naming_value_and_grad():
         y.backward()
 
 
+def test_grad_of_a_non_loss_raises_a_candlejax_error():
+    """What ``cj.grad`` cannot differentiate is named, instead of JAX's ``TypeError``s ("grad requires
+    real-valued outputs", "Gradient only defined for scalar-output functions") or a tensor indexing
+    error when ``has_aux`` gets a bare loss."""
+    x = Var.new([3.0, 1.0, 4.0], CPU)
+    with pytest.raises(errors.UnsupportedDTypeForOp, match=r"unsupported dtype U32 for op grad .*an integer loss"):
+        cj.grad(lambda x: x.to_dtype(DType.U32).sum_all())(x)
+    with pytest.raises(errors.InvalidArgument, match=r"returned tuple .*has_aux=True"):
+        cj.grad(lambda x: (x.sum_all(), 1))(x)
+    with pytest.raises(errors.InvalidArgument, match=r"returned NoneType"):
+        cj.grad(lambda x: None)(x)
+    with pytest.raises(errors.InvalidArgument, match=r"has_aux=True.*\(loss, aux\) pair, got Tensor"):
+        cj.grad(lambda x: x.sum_all(), has_aux=True)(x)
+    g, aux = cj.grad(lambda x: (x.sqr().sum_all(), "aux"), has_aux=True)(x)
+    assert g.to_vec1() == [6.0, 2.0, 8.0] and aux == "aux"
+
+
 def test_simple_grad():
     x = Var.new([3.0, 1.0, 4.0], CPU)
 
