@@ -1027,6 +1027,26 @@ class SGD(Optimizer):
         """Candle's ``Optimizer::from_slice(&[&var], lr)``: bound to these Vars (= :meth:`new`)."""
         return cls(list(vars), lr, **kw)
 
+    def push(self, var: Any) -> None:
+        """Candle's ``SGD::push(&var)``: train ``var`` too (``SGD.empty(lr)`` then ``push`` binds the
+        optimizer to the pushed Vars). A Var already trained is not added twice."""
+        __tracebackhide__ = True
+        new = [v for v in _bind_vars([var], "SGD.push") if all(v is not w for w in self.vars)]
+        if not new:
+            return
+        if self._trained is not None and callable(self._lr):
+            raise errors.OptimizerUsage(
+                "SGD.push after a step: the learning-rate schedule's step count would restart; push every Var"
+                " before the first step"
+            )
+        self._vars = (*self.vars, *new)
+        self._bound_ids = {id(v) for v in self._vars}
+        self._trained = self._state = None  # SGD's state is its step count alone: a fresh one for the new set
+
+    def into_inner(self) -> list[Any]:
+        """Candle's ``SGD::into_inner()``: the Vars this optimizer trains."""
+        return list(self.vars)
+
 
 @dataclass
 class ParamsAdamW:

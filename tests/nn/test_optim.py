@@ -749,3 +749,26 @@ def test_bound_learning_rate_with_a_schedule_reads_its_own_state():
     assert opt.learning_rate() == pytest.approx(0.75)
     with pytest.raises(cj.Error, match=r"built without Vars\); pass the state: learning_rate\(state\)"):
         O.SGD(optax.linear_schedule(1.0, 0.0, 4)).learning_rate()
+
+
+def test_sgd_empty_push_and_into_inner():
+    """Candle's ``let mut sgd = SGD::empty(lr)?; sgd.push(&w); sgd.step(&grads)?; sgd.into_inner()``."""
+    from candlejax.nn.module import Var
+
+    w, b = Var(np.array([1.0, 2.0], np.float32), "w"), Var(np.array([3.0], np.float32), "b")
+    sgd = O.SGD.empty(0.5)
+    sgd.push(w)
+    sgd.push(w)  # already trained: not added twice (its gradient would be applied twice)
+    assert sgd.into_inner() == [w] and sgd.into_inner()[0] is w
+    model = {"w": w, "b": b}
+
+    def loss_fn(m):
+        return (m["w"] * m["w"]).sum() + m["b"].sum() * 4.0
+
+    sgd.backward_step(loss_fn, model)  # only w is trained: d/dw = 2w
+    np.testing.assert_allclose(w.to_vec1(), [0.0, 0.0])
+    assert b.to_vec1() == [3.0]
+    sgd.push(b)  # after a step: SGD's state is only its step count
+    sgd.backward_step(loss_fn, model)
+    np.testing.assert_allclose(b.to_vec1(), [1.0])
+    assert [v.name for v in sgd.into_inner()] == ["w", "b"]
