@@ -6,7 +6,7 @@ STFT, power spectrum, Slaney mel filters (computed, as librosa and transformers 
 dropped, ``log10(max(mel, 1e-10))``, floored at ``max - 8``, then ``(x + 4) / 4``. Computed on the
 CPU in float64 with numpy (as Candle does it on the CPU), returned as an f32 Tensor.
 
->>> mel = pcm_to_mel(model.config, pcm)       # Tensor (n_mels, len(pcm) // 160)
+>>> mel = pcm_to_mel(model.config, pcm)       # Tensor (n_mels, max(len(pcm) // 160, 3000))
 """
 
 from __future__ import annotations
@@ -91,14 +91,20 @@ def _check_pcm(samples: Any, what: str) -> np.ndarray:
 
 
 def pcm_to_mel(cfg: Any, samples: Any, filters: Any = None) -> Tensor:
-    """``audio::pcm_to_mel(cfg, samples, filters)``: 16 kHz mono samples -> f32 Tensor ``(n_mels, n // 160)``.
+    """``audio::pcm_to_mel(cfg, samples, filters)``: 16 kHz mono samples -> f32 Tensor ``(n_mels, frames)``.
 
     ``cfg`` is the model's :class:`~candlejax.models.whisper.Config` (its ``num_mel_bins``) or an int;
-    ``filters`` defaults to :func:`mel_filters`. Pad a clip to 30 s with :func:`pad_or_trim` first to
-    get transformers' ``WhisperFeatureExtractor`` features (3000 frames).
+    ``filters`` defaults to :func:`mel_filters`. A clip shorter than 30 s is padded with zero samples
+    to one window, as transformers' ``WhisperFeatureExtractor`` pads it (its features exactly, 3000
+    frames; Candle's ``pcm_to_mel`` also gives 3000 frames below 15 s), so that
+    ``model.encoder.forward(mel.unsqueeze(0))`` gives ``(1, 1500, d_model)``. Longer audio gives
+    ``len // 160`` frames: take 3000-frame windows of it (:func:`pad_or_trim` on the samples, or
+    ``mel.narrow(1, seek, 3000)``).
     """
     n_mels = int(cfg if isinstance(cfg, int) else cfg.num_mel_bins)
     x = _check_pcm(samples, "pcm_to_mel")
+    if x.shape[0] < N_SAMPLES:  # one 30 s window of zero-padded audio, as WhisperFeatureExtractor
+        x = np.pad(x, (0, N_SAMPLES - x.shape[0]))
     if filters is None:
         fb = mel_filters(n_mels)
     else:
@@ -109,11 +115,8 @@ def pcm_to_mel(cfg: Any, samples: Any, filters: Any = None) -> Tensor:
                 f" ({n_mels}, {1 + N_FFT // 2}), e.g. mel_filters({n_mels})"
             )
         fb = fb.reshape(n_mels, 1 + N_FFT // 2)
-    n = x.shape[0] // HOP_LENGTH
-    if x.shape[0] <= N_FFT // 2:
-        x = np.pad(x, (0, N_FFT // 2 + 1 - x.shape[0]))
     padded = np.pad(x, N_FFT // 2, mode="reflect")
-    return Tensor.from_numpy(_log_mel(_power_frames(padded, n), fb))
+    return Tensor.from_numpy(_log_mel(_power_frames(padded, x.shape[0] // HOP_LENGTH), fb))
 
 
 def log_mel_spectrogram_(samples: Any, filters: Any, fft_size: int, fft_step: int, n_mel: int,

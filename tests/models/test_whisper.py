@@ -211,6 +211,11 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
         wa.pcm_to_mel(80, pcm, np.zeros((80, 200)))
     np.testing.assert_array_equal(np.asarray(wa.pcm_to_mel(80, pcm, wa.mel_filters(80).reshape(-1))),
                                   np.asarray(wa.pcm_to_mel(80, pcm)))  # Candle's flat filters
+    # a clip shorter than 30 s is padded to one window: the feature extractor's features as they are
+    short = wa.pcm_to_mel(80, pcm)
+    assert short.shape == (80, 3000)
+    np.testing.assert_array_equal(np.asarray(short), np.asarray(mel))
+    assert wa.pcm_to_mel(80, np.zeros(wa.N_SAMPLES + 1600, np.float32)).shape == (80, 3010)  # longer: len // 160
 
 
 def test_pad_or_trim_follows_openai():
