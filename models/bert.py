@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax.distributed import bert_tp_rules as tp_rules  # Megatron-style split over "model"
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.bert_config import Config, HiddenAct, PositionEmbeddingType
 from candlejax.models.loading import check_architecture
@@ -41,7 +42,7 @@ __all__ = [
     "COMPILER_OPTIONS", "DTYPE", "LARGE_BATCH_TOKENS", "BertAttention", "BertEmbeddings", "BertEncoder",
     "BertForMaskedLM", "BertIntermediate", "BertLMPredictionHead", "BertLayer", "BertModel", "BertOnlyMLMHead",
     "BertOutput", "BertPooler", "BertPredictionHeadTransform", "BertSelfAttention", "BertSelfOutput", "Config",
-    "HiddenAct", "PositionEmbeddingType", "forward_jit",
+    "HiddenAct", "PositionEmbeddingType", "forward_jit", "tp_rules",
 ]  # fmt: skip
 
 #: the dtype Candle's BERT example loads weights in

@@ -36,6 +36,7 @@ from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
 from candlejax.models.loading import (
     check_vb_first,
+    checkpoint_dir,
     is_gguf,
     refuse_unknown_config_keys,
     safetensors_files,
@@ -283,7 +284,7 @@ class BlipForConditionalGeneration(Module):
     def __init__(self, vision_model: VisionModel, text_decoder: blip_text.TextLMHeadModel, config: Config,
                  path: str = ""):  # fmt: skip
         self.vision_model, self.text_decoder, self.config = vision_model, text_decoder, config
-        self.path = path  # the checkpoint folder (from_pretrained), where caption finds tokenizer.json
+        self.path = path  # the checkpoint folder, where caption finds tokenizer.json
 
     @staticmethod
     def new(config: Config, vb: VarBuilder) -> BlipForConditionalGeneration:
@@ -298,6 +299,7 @@ class BlipForConditionalGeneration(Module):
             VisionModel.load(vb.pp("vision_model"), config.vision_config),
             blip_text.TextLMHeadModel.load(vb.pp("text_decoder"), config.text_config),
             config,
+            checkpoint_dir(vb),
         )
 
     @staticmethod
@@ -396,8 +398,8 @@ def caption(
 ) -> str:  # fmt: skip
     """A caption for ``image`` (see :func:`preprocess`). ``tokenizer``: a ``tokenizers.Tokenizer``,
     the path of ``tokenizer.json`` (or its folder) or an object with ``decode(ids,
-    skip_special_tokens=True)``; by default the ``tokenizer.json`` of the folder of
-    :meth:`BlipForConditionalGeneration.from_pretrained`. See :func:`caption_ids` for the rest."""
+    skip_special_tokens=True)``; by default the ``tokenizer.json`` of the checkpoint folder the model
+    was loaded from (``from_pretrained``, or ``load`` from its safetensors). See :func:`caption_ids` for the rest."""
     tok = tokenizer_from(tokenizer, model.path, "blip.caption")
     if not hasattr(tok, "decode"):
         raise errors.Msg(f"blip.caption: the tokenizer needs a decode(ids, skip_special_tokens=True), got {tok!r}")

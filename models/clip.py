@@ -30,7 +30,7 @@ from candlejax import errors, vision
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.clip_config import ClipConfig, ClipTextConfig, ClipVisionConfig, EncoderConfig, tower_config
-from candlejax.models.loading import safetensors_files, tokenizer_from
+from candlejax.models.loading import checkpoint_dir, safetensors_files, tokenizer_from
 from candlejax.nn import (
     Activation,
     Conv2d,
@@ -367,7 +367,7 @@ class ClipModel(Module):
         self.text_model, self.vision_model = text_model, vision_model
         self.visual_projection, self.text_projection = visual_projection, text_projection
         self.logit_scale = logit_scale
-        self.path = path  # the checkpoint folder (from_pretrained), where zero_shot finds tokenizer.json
+        self.path = path  # the checkpoint folder, where zero_shot finds tokenizer.json
 
     @staticmethod
     def load(vb: VarBuilder, config: ClipConfig) -> ClipModel:
@@ -376,7 +376,7 @@ class ClipModel(Module):
         return ClipModel(
             ClipTextTransformer.load(vb.pp("text_model"), t), ClipVisionTransformer.load(vb.pp("vision_model"), v),
             linear_no_bias(v.hidden_size, p, vb.pp("visual_projection")),
-            linear_no_bias(t.hidden_size, p, vb.pp("text_projection")), scale,
+            linear_no_bias(t.hidden_size, p, vb.pp("text_projection")), scale, checkpoint_dir(vb),
         )  # fmt: skip
 
     new = load
@@ -526,8 +526,8 @@ def zero_shot(model: ClipModel, image: Any, labels: Sequence[str], tokenizer: An
     """Probabilities of each label for the image: ``(len(labels),)`` f32 (``(B, len(labels))`` for a
     batch of preprocessed images). Candle: the ``clip`` example. ``image``: see :func:`preprocess`;
     ``tokenizer``: a ``tokenizers.Tokenizer``, the path of ``tokenizer.json`` (or its folder) or a
-    callable text -> ids; by default the ``tokenizer.json`` of the folder of
-    :meth:`ClipModel.from_pretrained`."""
+    callable text -> ids; by default the ``tokenizer.json`` of the checkpoint folder the model was
+    loaded from (:meth:`ClipModel.from_pretrained`, or ``load`` from its safetensors)."""
     if isinstance(labels, str):
         raise errors.Msg("clip.zero_shot: labels must be a list of strings, got one string (split it first)")
     labels = list(labels)

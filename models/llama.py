@@ -41,6 +41,7 @@ from jax import lax
 
 from candlejax import errors
 from candlejax.device import Device
+from candlejax.distributed import llama_tp_rules as tp_rules  # Megatron-style split over "model"
 from candlejax.dtype import DType, to_dtype
 from candlejax.generation import generate, prefill_bucket, prefill_chunks
 from candlejax.models.llama_config import (
@@ -74,7 +75,7 @@ from candlejax.xla import GENERATION_OPTIONS
 __all__ = [
     "DEFAULT_MAX_SEQ_LEN", "SUPPORTED", "Attached", "Block", "Cache", "CausalSelfAttention", "Config", "ForwardCache",
     "Llama", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks", "Mlp", "RmsNorm",
-    "forward_all", "rope_inv_freq", "rotary_for", "step",
+    "forward_all", "rope_inv_freq", "rotary_for", "step", "tp_rules",
 ]  # fmt: skip
 
 #: model_type -> architectures this file implements

@@ -24,8 +24,8 @@ from candlejax import errors
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.quantized import VarBuilder
 
-__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "gguf_file", "is_gguf",
-           "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
+__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir", "gguf_file",
+           "is_gguf", "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -164,6 +164,15 @@ def gguf_file(path: str | os.PathLike, where: str) -> tuple[str, str]:
     elif not os.path.isfile(p):
         raise errors.Msg(f"{where}: no such GGUF file: {p!r}")
     return p, os.path.dirname(os.path.abspath(p))
+
+
+def checkpoint_dir(vb: Any) -> str:
+    """The folder holding ``vb``'s checkpoint files when they are all in one (``""`` otherwise, e.g.
+    a VarMap): ``Model.load(vb, config)`` keeps it, so the ``tokenizer.json`` beside the weights is
+    the default tokenizer, as after ``from_pretrained(DIR)``."""
+    files = vb.files() if hasattr(vb, "files") else []
+    dirs = {os.path.dirname(os.path.abspath(f)) for f in files}
+    return dirs.pop() if len(dirs) == 1 else ""
 
 
 def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str) -> Any:

@@ -433,6 +433,13 @@ class VarBuilder:
         """The full path of ``name`` under this prefix."""
         return ".".join((*self._path, name)) if self._path else name
 
+    def files(self) -> list[str]:
+        """The checkpoint files this builder reads (the safetensors files or shards; ``[]`` for a
+        VarMap, tensors in memory and other backends): loaders find ``tokenizer.json`` beside them."""
+        backend = getattr(self._backend, "inner", self._backend)  # through a mesh-placing wrapper
+        paths = backend.paths if isinstance(backend, SafetensorsBackend) else []
+        return [p for p in paths if os.path.isfile(p)]
+
     # --- settings ------------------------------------------------------------------------------
     def dtype(self) -> DType:
         return self._dtype

@@ -44,3 +44,18 @@ def test_sharding_a_model_a_step_consumed_names_the_donation():
     _, _, _ = opt.backward_step(loss_fn, placed, opt.init(placed), x, y)
     with pytest.raises((cj.errors.DeletedBuffer, cj.errors.DonatedVar)):
         cj.distributed.shard(model, mesh, "fsdp")
+
+
+def test_models_carry_their_ready_tensor_parallel_rules():
+    """``cj.distributed.shard(model, mesh, llama.tp_rules)``: a model module names its own rules."""
+    from candlejax.models import bert, llama
+
+    assert llama.tp_rules is cj.distributed.llama_tp_rules
+    assert bert.tp_rules is cj.distributed.bert_tp_rules
+    cfg = llama.Config(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)  # fmt: skip
+    model = llama.Llama.load(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu), cfg)
+    mesh = cj.distributed.mesh({"data": 1, "model": 1}, jax.devices()[:1])
+    sharded = cj.distributed.shard(model, mesh, llama.tp_rules)
+    q = cj.distributed.specs(sharded)["model.layers.0.self_attn.q_proj.weight"]
+    assert q == jax.sharding.PartitionSpec("model", None)

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from candlejax import Device, DType, Tensor, errors
+from candlejax import safetensors as cj_safetensors
 from candlejax.generation import ArgMax, LogitsProcessor, decode_fns
 from candlejax.models import blip, blip_text
 from candlejax.nn import VarBuilder
@@ -238,8 +239,14 @@ def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):
     _, model, d = pair
     px = Tensor.from_numpy(_pixels(rng))
     expected = blip.caption(model, px, _tiny_tokenizer(), max_new_tokens=6)
+    # loaded with .load(vb, config) from the folder's safetensors: its tokenizer.json is the default
+    assert model.path == str(d)
+    assert blip.caption(model, px, max_new_tokens=6) == expected
+    # weights from memory: no folder, so a tokenizer must be given
+    tensors = {k: np.asarray(v) for k, v in cj_safetensors.load(d / "model.safetensors", Device.Cpu).items()}
+    mem = blip.BlipForConditionalGeneration.load(VarBuilder.from_tensors(tensors), model.config)
     with pytest.raises(errors.Error, match=r"blip.caption: pass tokenizer= .*from_pretrained"):
-        blip.caption(model, px, max_new_tokens=6)
+        blip.caption(mem, px, max_new_tokens=6)
     m2 = blip.BlipForConditionalGeneration.from_pretrained(d)
     assert m2.path == str(d)
     assert blip.caption(m2, px, max_new_tokens=6) == expected

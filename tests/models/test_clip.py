@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from candlejax import Device, DType, Tensor, errors
+from candlejax import safetensors as cj_safetensors
 from candlejax.models import clip
 from candlejax.nn import Activation, VarBuilder
 
@@ -226,15 +227,24 @@ def test_bad_input(models, rng):
         model.get_text_features(Tensor.zeros((1, 20), DType.U32, Device.Cpu))
 
 
+def _from_memory(d) -> clip.ClipModel:
+    tensors = {k: np.asarray(v) for k, v in cj_safetensors.load(d / "model.safetensors", Device.Cpu).items()}
+    return clip.ClipModel.load(VarBuilder.from_tensors(tensors), clip.ClipConfig.from_json_file(d / "config.json"))
+
+
 def test_zero_shot_takes_the_tokenizer_of_the_checkpoint_folder(models, rng):
     _, model, d = models["eos"]
     labels = ["a photo of a cat", "a red car"]
     img = _image(rng)
     expected = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
-    # loaded with .load(vb, config): the folder is unknown, so a tokenizer must be given
-    assert model.path == ""
+    # loaded with .load(vb, config) from the folder's safetensors: its tokenizer.json is the default
+    assert model.path == str(d)
+    np.testing.assert_allclose(clip.zero_shot(model, img, labels).numpy(), expected, atol=1e-6)
+    # weights from memory: no folder, so a tokenizer must be given
+    mem = _from_memory(d)
+    assert mem.path == ""
     with pytest.raises(errors.Error, match=r"clip.zero_shot: pass tokenizer= .*from_pretrained"):
-        clip.zero_shot(model, img, labels)
+        clip.zero_shot(mem, img, labels)
     # loaded from the folder: its tokenizer.json is the default
     m2 = clip.ClipModel.from_pretrained(d)
     assert m2.path == str(d)
@@ -266,8 +276,9 @@ def test_zero_shot_pipeline_caches_the_labels(models, rng):
     assert clf.text_features(labels) is feats  # encoded once
     with pytest.raises(errors.Error, match="label list is empty"):
         clf(_image(rng), [])
+    assert ZeroShotClassifier(model).probs(img, labels).shape == (3,)  # the folder's tokenizer.json
     with pytest.raises(errors.Error, match="ZeroShotClassifier: pass tokenizer="):
-        ZeroShotClassifier(model)
+        ZeroShotClassifier(_from_memory(d))
 
 
 def test_config_from_json_keys(models):

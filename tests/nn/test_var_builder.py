@@ -345,3 +345,12 @@ def test_varmap_get_and_load_name_bad_inits_and_paths(tmp_path):
         vm.load(tmp_path / "missing.safetensors")
     with pytest.raises(errors.IsADirectory):
         vm.load(tmp_path)
+
+
+def test_files_names_the_checkpoint_files(tmp_path):
+    f = tmp_path / "model.safetensors"
+    from candlejax import safetensors
+
+    safetensors.save({"w": np.zeros(2, np.float32)}, f)
+    assert VarBuilder.from_mmaped_safetensors([f], DType.F32, Device.Cpu).pp("x").files() == [str(f)]
+    assert VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu).files() == []
