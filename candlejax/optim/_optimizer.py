@@ -604,7 +604,10 @@ class Optimizer:
         if used[0] and isinstance(rng, tuple):  # the step drew from the device generator: advance it
             dev, seed, counter = self._rng_src
             _random.set_state(dev, (seed, counter + 1))
-        return (*out, donate)
+        *out, set_in_place = out
+        for i, v in set_in_place.items():
+            rest_arrays[i] = v
+        return (*out, _join_rest(rest_arrays, statics), donate)
 
     def _rng_arg(self, params: list[Any], batch: Any) -> Any:
         """The randomness a loss function may draw without ``key=`` (``Dropout.forward_t(xs, true)``,
@@ -628,12 +631,12 @@ class Optimizer:
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
         sp = self._split(model)
-        params, state2, loss, ok, donate = self._run(loss_fn, sp, sp.params, state, batch)
+        params, state2, loss, ok, rest, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
             _mark_donated(model, sp)
-        return sp.merge(params, sp.rest), state2, wrap(loss)
+        return sp.merge(params, rest), state2, wrap(loss)
 
     # --- Candle's bound form -------------------------------------------------------------------
     def _bound_split(self, model: Any) -> tuple[Split, tuple[Any, ...]]:
@@ -732,7 +735,11 @@ class Optimizer:
         sp, handles = self._bound_split(model)
         params = [h._a for h in handles]
         state = self._bound_state(handles, params)
-        new_params, state2, loss, ok, _ = self._run(loss_fn, sp, params, state, batch)
+        new_params, state2, loss, ok, rest, _ = self._run(loss_fn, sp, params, state, batch)
+        if any(a is not b for a, b in zip(sp.rest, rest)):  # set by the loss (running statistics): as Var::set
+            for h, a, b in zip((h for h, s in zip(_named_leaves(model), sp.slots) if s < 0), sp.rest, rest):
+                if b is not a and _is_named(h):
+                    h._a = b
         if self.check_finite and not bool(ok):
             for h, p in zip(handles, new_params):  # ok=False: the values from before the step
                 h._a = p
@@ -830,8 +837,11 @@ class Optimizer:
                         used[0] = True
                 return out
 
+            changed: list[int] = []  # rest arrays the loss set in place (BatchNorm running statistics)
+
             def f(p: list[Any]) -> Any:
-                out = unwrap(call(treedef.unflatten(merge_leaves(slots, p, rest))))
+                model = treedef.unflatten(merge_leaves(slots, p, rest))
+                out = unwrap(call(model))
                 if getattr(out, "shape", None) not in ((), (1,)):
                     raise errors.OptimizerUsage(
                         f"backward_step: loss_fn must return a scalar, got shape {errors.fmt_shape(out.shape)}"
@@ -842,16 +852,27 @@ class Optimizer:
                         f" {to_dtype(out.dtype).name} (convert it with .to_dtype(DType.F32); an integer loss has no"
                         " gradient)"
                     )
-                return out.reshape(())
+                after = jax.tree_util.tree_leaves(model)
+                if len(after) != len(slots):  # pragma: no cover - the loss changed the model's structure
+                    return out.reshape(()), []
+                new_rest = [a for a, s in zip(after, slots) if s < 0]
+                new_arrays = [a for a, st in zip(new_rest, statics) if st is None]
+                changed[:] = [i for i, (a, b) in enumerate(zip(rest_arrays, new_arrays)) if a is not b]
+                return out.reshape(()), [new_arrays[i] for i in changed]
 
             closed = jax.make_jaxpr(f)(params)  # traced once: read for the Vars it uses, then differentiated
-            loss, grads = jax.value_and_grad(lambda p: jax_core.jaxpr_as_fun(closed)(*p)[0])(params)
+            (loss, set_in_place), grads = jax.value_and_grad(
+                lambda p: (lambda o: (o[0], o[1:]))(jax_core.jaxpr_as_fun(closed)(*p)), has_aux=True
+            )(params)
             new_params, new_state, ok = self._guarded(params, state, grads, lr, loss)
             unused = _unused_inputs(closed)
             if any(unused):  # Candle skips the Vars that get no gradient: value and optimizer state kept
                 new_params = [p if u else q for p, q, u in zip(params, new_params, unused)]
                 new_state = _keep_param_state(new_state, state, unused)
-            return new_params, new_state, loss, ok
+            # what the loss set in place (Candle's forward_t(xs, true) updates BatchNorm's running statistics)
+            # comes back by index into the rest arrays; a skipped (non-finite) step keeps the old values
+            new_rest = {i: v if ok is None else jnp.where(ok, v, rest_arrays[i]) for i, v in zip(changed, set_in_place)}
+            return new_params, new_state, loss, ok, new_rest
 
         return bstep
 
@@ -863,7 +884,7 @@ class Optimizer:
 def _unused_inputs(closed: Any) -> list[bool]:
     """For each input of the traced loss ``closed`` (a ``ClosedJaxpr``), whether the loss does not
     depend on it at all: such a Var has no gradient in Candle, where a zero gradient is still one."""
-    live = {v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var)}
+    live = {v for v in closed.jaxpr.outvars[:1] if isinstance(v, jax_core.Var)}  # the loss (not what was set)
     for eqn in reversed(closed.jaxpr.eqns):
         if eqn.effects or any(v in live for v in eqn.outvars):
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
