@@ -772,7 +772,7 @@ class Module:
             if a.dtype != x._a.dtype:
                 a = a.astype(x._a.dtype)
             devs = getattr(x._a, "devices", None)
-            if devs is not None:
+            if devs is not None and not isinstance(x._a, jax.core.Tracer):  # (traced: the program places it)
                 a = jax.device_put(a, next(iter(devs())))
             return type(x)._make(a, x.name)
 
