@@ -1,12 +1,13 @@
 """Every use of JAX's private modules (``jax._src``), in one place, behind :data:`AVAILABLE`.
 
-candlejax needs JAX internals for two speed-ups only: the trace-state check behind
+candlejax needs JAX internals for two speed-ups: the trace-state check behind
 ``candlejax._dispatch.is_eager`` (~0.2 µs; the public fallback reads an opaque trace state and
 compares it with the eager one) and rebuilding a ``jax.jit`` object's C++ fast path with another
 cache-miss handler, which hosts the eager shape buckets (without it a small Python gate does the same;
-see docs/performance.md). The imports run inside ``try``: with a JAX whose internals moved,
-:data:`AVAILABLE` is False and every function here answers through public JAX (or ``None``), so
-results stay the same. ``CANDLEJAX_JAX_PRIVATE=0`` forces that path.
+see docs/performance.md); and for one error message: naming the fix when a Tensor reaches JAX where
+it needs an array value (:func:`name_non_array`). The imports run inside ``try``: with a JAX whose
+internals moved, :data:`AVAILABLE` is False and every function here answers through public JAX (or
+``None``), so results stay the same. ``CANDLEJAX_JAX_PRIVATE=0`` forces that path.
 """
 
 from __future__ import annotations
@@ -104,3 +105,21 @@ def rebuild_jit(jitted: Any, hook: Callable[[tuple[Any, ...], dict[str, Any]], t
         return None
     holder.append(f)
     return f
+
+
+def name_non_array(cls: type, make_error: Callable[[Any], Exception]) -> None:
+    """Raise ``make_error(x)`` where JAX asks for the abstract value of an instance ``x`` of ``cls``
+    (``jax.typeof``; the result of a function given to ``jax.grad``), instead of JAX's ValueError
+    ("Triggering __jax_array__() during abstractification is no longer supported"): a pytree that
+    wraps an array is not itself an array value. A no-op where :data:`AVAILABLE` is False."""
+    if not AVAILABLE:
+        return
+    try:
+        mappings = _core.pytype_aval_mappings
+    except AttributeError:  # another JAX version
+        return
+
+    def raise_named(x: Any) -> Any:
+        raise make_error(x)
+
+    mappings[cls] = raise_named

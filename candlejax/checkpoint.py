@@ -72,6 +72,11 @@ def _named_leaves(model: Any) -> list[tuple[str, Any, Any]]:
 
 def _host(x: Any, what: str) -> np.ndarray:
     a = unwrap(x)
+    if isinstance(a, jax.core.Tracer):
+        raise errors.TracingError(
+            f"checkpoint save: {what} is traced (inside jax.jit/grad/vmap), its values are unknown there; return"
+            " the model and state from the traced function and save them outside"
+        )
     if getattr(a, "is_deleted", None) is not None and a.is_deleted():
         raise CheckpointError(
             f"checkpoint save: {what} was donated to an optimizer step and no longer exists; save the model"

@@ -26,7 +26,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import to_dtype
-from candlejax.nn.module import StaticValue, Var
+from candlejax.nn.module import Module, StaticValue, Var
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -61,9 +61,10 @@ def _unbox(tree: Any) -> Any:
 
 
 class _Jitted:
-    def __init__(self, fn: Callable[..., Any], **jit_kwargs: Any):
+    def __init__(self, fn: Callable[..., Any], bound: tuple[Any, ...] = (), **jit_kwargs: Any):
         self.fn = fn
         functools.update_wrapper(self, fn)
+        self._bound = bound  # the Module of a bound method (or a Module called): passed as the first argument
 
         def inner(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = _unbox((args, kwargs))
@@ -72,7 +73,7 @@ class _Jitted:
         self._jitted = jax.jit(inner, **jit_kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = _box((args, kwargs))
+        args, kwargs = _box(((*self._bound, *args), kwargs))
         return _unbox(self._jitted(*args, **kwargs))
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
@@ -81,7 +82,7 @@ class _Jitted:
         return functools.partial(self, instance)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = _box((args, kwargs))
+        args, kwargs = _box(((*self._bound, *args), kwargs))
         return self._jitted.lower(*args, **kwargs)
 
     def _cache_size(self) -> int:
@@ -102,6 +103,14 @@ def jit(fn: Callable[..., Any] | None = None, *, donate_argnums: Any = (), **jit
     """
     if fn is None:
         return lambda f: jit(f, donate_argnums=donate_argnums, **jit_kwargs)
+    # a Module's bound method (jit(model.forward)) or a Module (jit(model)): the module is an argument,
+    # so its current weights are read at every call (jax.jit would bake them in as constants, and an
+    # in-place update of its Vars, a bound optimizer step, would leave the compiled function stale)
+    module = fn if isinstance(fn, Module) else getattr(fn, "__self__", None)
+    if isinstance(module, Module) and not isinstance(fn, _Jitted):
+        func = type(fn).__call__ if fn is module else fn.__func__
+        nums = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
+        return _Jitted(func, (module,), donate_argnums=tuple(i + 1 for i in nums), **jit_kwargs)
     return _Jitted(fn, donate_argnums=donate_argnums, **jit_kwargs)
 
 

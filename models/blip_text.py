@@ -409,7 +409,8 @@ class TextLMHeadModel(Module):
         vocab)`` of the new tokens, which continue the sequence of the previous calls (the decoder's
         own KV cache, up to ``max_position_embeddings`` positions) until :meth:`reset_kv_cache`.
         ``image_embeds`` is read on every call, as in Candle."""
-        ids = input_ids if isinstance(input_ids, Tensor) else Tensor(np.asarray(input_ids))
+        ids = input_ids if isinstance(input_ids, Tensor) else Tensor(
+            input_ids if isinstance(input_ids, jax.Array) else np.asarray(input_ids))  # (a tracer under jit too)
         st = HostState.of(self)
         cache, pos = st.value if st.value is not None else (None, 0)
         self._check_ids(ids, pos)
@@ -465,6 +466,11 @@ class StatefulTextDecoder:
 
     def __repr__(self) -> str:
         return f"StatefulTextDecoder({self.module!r})"
+
+
+# a pytree around its decoder, as the decoder is: jax.jit / jax.tree.map take it as they take a model
+jax.tree_util.register_pytree_node(StatefulTextDecoder, lambda s: ((s.module,), None),
+                                   lambda _, children: StatefulTextDecoder(children[0]))  # fmt: skip
 
 
 def step(params: TextLMHeadModel, cache: TextCache, tokens: Any, pos: Any) -> tuple[Tensor, TextCache]:

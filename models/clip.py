@@ -250,6 +250,8 @@ class ClipTextTransformer(Module):
             raise errors.UnexpectedShape(
                 "clip text_model: attention_mask must be (batch, seq) as input_ids", input_ids.dims(), shape
             )
+        if isinstance(attention_mask, jax.Array):  # a jax array (a tracer under jit too): on device, as a Tensor
+            attention_mask = Tensor(attention_mask)
         if isinstance(attention_mask, Tensor):
             keep = attention_mask.ne(0)
         else:

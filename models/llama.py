@@ -423,8 +423,8 @@ class Llama(Module):
         # several tokens run in 32-token chunks, the last padded (one compiled program for every
         # prompt length; the padding is causally masked and later tokens overwrite its cache slots)
         padded = prefill_bucket(s) if s > 1 else s
-        if index_pos + padded > self.max_position_embeddings:
-            padded = s
+        if index_pos + padded > self.max_position_embeddings or isinstance(t, jax.core.Tracer):
+            padded = s  # (traced ids, under jit / vmap: one program as given, no host-side chunks)
         c = self._sized_cache(st, b, index_pos, index_pos + padded)
         st.cache = None  # donated below
         st.positions = 0

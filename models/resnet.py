@@ -13,8 +13,8 @@ Paper: He et al., "Deep Residual Learning for Image Recognition", https://arxiv.
 ``nclasses=None`` returns the pooled features ``(B, C)``. BatchNorm is folded into the convolutions
 (``Conv2d.absorb_bn``) by default (a folded model saves, and loads again, convs with biases and no
 norms); ``fold_bn=False`` keeps it, so ``forward_t(x, train=True)``
-normalises with batch statistics and the model can be fine-tuned with ``backward_step`` (the
-running statistics are then not updated). :func:`load` reads a safetensors file with either naming
+normalises with batch statistics and the model can be fine-tuned with ``backward_step`` (which
+updates the running statistics, as Candle's). :func:`load` reads a safetensors file with either naming
 and the depth read from the names. :func:`forward_jit` is the compiled inference forward, channels-last
 inside, with the convolution kernels handed in the layouts its products read. Shell:
 ``python -m candlejax.models.resnet classify IMG --weights FILE`` (= ``candlejax classify``).

@@ -174,16 +174,20 @@ def layer_name(default: str, *tensors: Any) -> str:
 # Var and Buffer
 # ------------------------------------------------------------------------------------------------
 class DonatedBuffer:
-    """What a Var holds once its buffer went to a functional optimizer step: any use raises."""
+    """What a Var (or a plain Tensor trained as a parameter: ``what="Tensor"``) holds once its buffer
+    went to a functional optimizer step: any use raises; ``is_deleted()`` is True, as for the array."""
 
-    __slots__ = ("dtype", "name", "shape")
+    __slots__ = ("dtype", "name", "shape", "what")
 
-    def __init__(self, name: str, shape: Any, dtype: Any):
-        self.name, self.shape, self.dtype = name, tuple(shape), dtype
+    def __init__(self, name: str, shape: Any, dtype: Any, what: str = "Var"):
+        self.name, self.shape, self.dtype, self.what = name, tuple(shape), dtype, what
 
     def _raise(self) -> Any:
         __tracebackhide__ = True
-        raise errors.DonatedVar(self.name)
+        raise errors.DonatedVar(self.name, self.what)
+
+    def is_deleted(self) -> bool:
+        return True
 
     def __getattr__(self, k: str) -> Any:  # any probe by numpy / JAX (aval, dtype, __jax_array__, ...)
         if k in _PY_PROBES:
@@ -772,7 +776,7 @@ class Module:
             if a.dtype != x._a.dtype:
                 a = a.astype(x._a.dtype)
             devs = getattr(x._a, "devices", None)
-            if devs is not None:
+            if devs is not None and not isinstance(x._a, jax.core.Tracer):  # (traced: the program places it)
                 a = jax.device_put(a, next(iter(devs())))
             return type(x)._make(a, x.name)
 

@@ -167,17 +167,19 @@ def _is_named(x: Any) -> bool:
 
 
 def _mark_donated(model: Any, sp: Split) -> None:
-    """After a donating functional step: the model's trained Vars now raise ``DonatedVar`` on any use."""
+    """After a donating functional step: the model's trained Vars (and trained plain Tensors, in a model
+    without Vars) now raise ``DonatedVar`` on any use, not JAX's "Array has been deleted"."""
     from candlejax.nn.module import DonatedBuffer
 
-    hl = _named_leaves(model)
+    hl = jax.tree_util.tree_leaves(model, is_leaf=lambda x: isinstance(x, TensorBase))
     if len(hl) != len(sp.slots):  # pragma: no cover - a pytree whose leaves differ by is_leaf
         return
     for h, s in zip(hl, sp.slots):
-        if s >= 0 and is_var(h):
+        if s >= 0 and isinstance(h, TensorBase):
             a = h._a
             if type(a) is not DonatedBuffer:
-                h._a = DonatedBuffer(h.name, a.shape, a.dtype)
+                h._a = DonatedBuffer(h.name, a.shape, a.dtype) if is_var(h) else DonatedBuffer(
+                    sp.names[s], a.shape, a.dtype, "Tensor")
 
 
 def _bind_vars(vars: Any, who: str) -> tuple[Any, ...]:

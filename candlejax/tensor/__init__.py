@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 
+from candlejax import _jax_private, errors
 from candlejax.tensor import _core
 from candlejax.tensor.conv import ConvMixin
 from candlejax.tensor.convert import ConvertMixin
@@ -81,6 +82,18 @@ def _unflatten(_aux, children):
 
 
 jax.tree_util.register_pytree_node(Tensor, _flatten, _unflatten)
+
+
+def _not_an_array_value(t: Any) -> Exception:
+    return errors.TracingError(
+        f"a candlejax Tensor ({t.dtype}{list(t.shape)}) was given to JAX where it needs an array value (returned"
+        " by a function passed to jax.grad / jax.value_and_grad, or passed to jax.typeof): use the array `t.jax`"
+        " (`return loss.jax`), or candlejax.grad / candlejax.value_and_grad, which take a function returning a"
+        " Tensor"
+    )
+
+
+_jax_private.name_non_array(_core.TensorBase, _not_an_array_value)
 
 unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass through)
 wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)

@@ -161,7 +161,17 @@ class TensorBase:
                 f"the truth value of a tensor with shape {errors.fmt_shape(self.shape)} is ambiguous;"
                 " use .sum_all(), .max_all() or .to_scalar()"
             )
-        return bool(np.asarray(self._a).reshape(()))
+        a = self._a
+        if isinstance(a, jax.core.Tracer):  # values known under jax.grad alone, unknown under jit / vmap
+            try:
+                return bool(a.reshape(()))
+            except jax.errors.ConcretizationTypeError:
+                raise errors.TracingError(
+                    "the truth value of a traced Tensor is unknown inside jax.jit/vmap (a Python `if`, `while`,"
+                    " `and`/`or` or `assert` on tensor values): select with mask.where_cond(on_true, on_false) or"
+                    " jax.lax.cond, or decide outside the traced function"
+                ) from None
+        return bool(np.asarray(a).reshape(()))
 
 
 def multi_device() -> bool:

@@ -277,6 +277,12 @@ class TextDecoder(Module):
         Runs the compiled :func:`step`. Token ids outside the vocabulary and positions past
         ``max_target_positions`` raise (Candle: the errors of ``embedding`` / ``narrow``).
         """
+        if isinstance(x.jax if isinstance(x, Tensor) else x, jax.core.Tracer):
+            raise errors.TracingError(
+                "whisper decoder.forward keeps its decoding state on the host and reads the token ids there, so"
+                " traced ids (inside jax.jit/grad/vmap) cannot reach it: use the pure step, `logits, state ="
+                " whisper.step(decoder, whisper.new_state(decoder, audio), tokens)`, or pass the ids as host values"
+            )
         ids = np.asarray(x)
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, "whisper decoder: tokens (batch, seq)")

@@ -320,6 +320,13 @@ def test_candle_example_loop_matches_caption_ids(pair, rng):
     np.testing.assert_allclose(np.concatenate([first, *rest], 1), full, atol=1e-5, rtol=1e-5)
     dec.reset_kv_cache()
     np.testing.assert_allclose(dec.forward(ids, image_embeds).numpy(), full, atol=1e-5, rtol=1e-5)
+    # Candle's decoder object passed to jax.jit (a pytree, as the module), ids as a traced jax array: the
+    # traced copy keeps its own cache (were JAX's "not a valid JAX type" and TracerArrayConversionError)
+    import jax
+
+    got = jax.jit(lambda d, i, e: d.forward(i, e))(dec, ids.jax, image_embeds)
+    np.testing.assert_allclose(got.numpy(), full, atol=1e-5, rtol=1e-5)
+    assert isinstance(jax.tree.map(lambda a: a, dec), blip_text.StatefulTextDecoder)
 
 
 def test_candle_spellings_that_raise(pair, rng):

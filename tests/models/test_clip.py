@@ -132,6 +132,11 @@ def test_padding_mask_of_every_dtype_matches_transformers(models, rng, dtype):
     np.testing.assert_allclose(model.get_text_features(ids_t, mask_t).numpy(), ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(clip.text_features_jit(model, ids_t, mask_t).numpy(), ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(model.get_text_features(ids_t, mask.astype(dtype)).numpy(), ref, atol=1e-4, rtol=1e-4)
+    # a plain array mask passed into jax.jit (traced): as eagerly (was a TracerArrayConversionError)
+    import jax
+
+    jitted = jax.jit(lambda m, i, a: m.get_text_features(i, a))(model, ids_t, mask.astype(dtype))
+    np.testing.assert_allclose(jitted.numpy(), ref, atol=1e-4, rtol=1e-4)
     pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     px = Tensor.from_numpy(pixels)
     with torch.no_grad():

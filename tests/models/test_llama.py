@@ -503,3 +503,14 @@ def test_embed_and_forward_input_embed_match_transformers(pair):
         model.forward_input_embed(e[0], 0)
     with pytest.raises(llama.errors.Error, match="max_position_embeddings"):
         model.forward_input_embed(e, BASE["max_position_embeddings"] - 2)
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_stateful_forward_of_traced_ids_under_jit(pair):
+    """``jax.jit(lambda m, x: m.forward(x, 0))`` with a multi-token prompt runs it as one program
+    (the eager path splits prompts into host-made chunks, which traced ids cannot feed)."""
+    _name, _hf, model, _ = pair
+    ids = jnp.asarray(np.random.default_rng(4).integers(0, BASE["vocab_size"], (2, 7)), jnp.uint32)
+    full = np.asarray(llama.forward_all(model, ids).jax)[:, -1]
+    got = jax.jit(lambda m, x: m.forward(x, 0))(model, ids)
+    np.testing.assert_allclose(np.asarray(got.jax), full, atol=1e-4, rtol=1e-4)

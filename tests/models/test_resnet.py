@@ -127,6 +127,12 @@ def test_fine_tuning_step_matches_torch(tmp_path, rng):
     moved = max(float(np.abs(ref[k] - p.detach().numpy() + lr * p.grad.numpy()).max()) for k, p in m.named_parameters())
     assert moved < 1e-6  # the reference really is one SGD step
     assert max(float(np.abs(p.grad.numpy()).max()) for p in m.parameters()) > 1e-3  # and the gradients are not zero
+    # the step's forward_t(x, True) moved the running statistics as torch's train-mode forward did
+    ours = {resnet.hf_to_torchvision(k): t for k, t in net2.named_tensors().items()}  # (as named_vars above)
+    stats = {k: b.numpy() for k, b in m.named_buffers() if "running" in k}
+    assert stats and all(k in ours for k in stats)
+    for k, v in stats.items():
+        np.testing.assert_allclose(np.asarray(ours[k].jax), v, atol=1e-5, rtol=1e-4, err_msg=k)
 
 
 def test_resnet50_shapes_and_names():

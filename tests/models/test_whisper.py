@@ -577,3 +577,29 @@ def test_decode_max_initial_timestamp_and_unknown_languages(tmp_path):
     assert first[0] > 2 >= first[1]  # the limit decides the first token here
     with pytest.raises(errors.Msg, match=r"unknown language 'xx' \(no <\|xx\|> language token\)"):
         dec.decode(dec.encode(mel), 0.0, language="xx")
+
+
+def test_stateful_decoder_forward_with_traced_ids_names_the_pure_step():
+    """``decoder.forward`` reads the ids on the host (its state lives there): traced ids raise naming
+    ``whisper.step`` (a raw TracerArrayConversionError for jax arrays before); host ids work under jit."""
+    import jax
+    import jax.numpy as jnp
+
+    from candlejax import DType
+    from candlejax.models.whisper import model as wm
+    from candlejax.nn import VarBuilder, VarMap
+
+    cfg = wm.Config(vocab_size=40, num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                    max_source_positions=10, max_target_positions=12)  # fmt: skip
+    m = whisper.Whisper.load(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu), cfg)
+    mel = Tensor(np.random.default_rng(0).standard_normal((1, 8, 20)).astype(np.float32))
+    toks = np.array([[1, 5, 7]], np.uint32)
+    eager = np.asarray(m.forward(mel, toks))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda m, x: m.forward(x, toks))(m, mel)), eager, atol=1e-5)
+    for ids in (jnp.asarray(toks), Tensor(toks)):
+        with pytest.raises(errors.TracingError, match=r"whisper\.step"):
+            jax.jit(lambda m, x, t: m.forward(x, t))(m, mel, ids)
+    audio = m.encoder.forward(mel)
+    logits, _ = jax.jit(whisper.step)(m.decoder, whisper.new_state(m.decoder, audio), jnp.asarray(toks, jnp.int32))
+    np.testing.assert_allclose(np.asarray(logits), eager, atol=1e-5)

@@ -255,3 +255,11 @@ def test_missing_optimizer_leaf_is_named(tmp_path):
     cj.io.safetensors.save(kept, p, md)
     with pytest.raises(checkpoint.CheckpointError, match=r"optimizer state leaf 0 \(optim/0\) is missing"):
         checkpoint.restore(p, _init_model(), state)
+
+
+def test_save_inside_jit_raises_a_named_error(tmp_path):
+    """Saving reads the values on the host: under jax.jit it raises TracingError (was JAX's
+    ConcretizationTypeError from is_deleted() on a tracer)."""
+    model = _init_model()
+    with pytest.raises(cj.errors.TracingError, match=r"first\.(weight|bias)' is traced.*save them outside"):
+        jax.jit(lambda m: checkpoint.save(str(tmp_path / "c.safetensors"), m, None))(model)

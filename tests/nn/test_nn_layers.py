@@ -164,6 +164,10 @@ def test_hwio_kernels_give_the_same_outputs_and_follow_new_weights():
     net2 = net.load_state_dict({k: np.asarray(v.jax) * 2 for k, v in net.named_tensors().items()})
     ks2 = hwio_kernels(net2)
     assert ks2[0] is not ks[0]
+    # load_state_dict on a model traced by jax.jit (was JAX's ConcretizationTypeError from devices())
+    sd = {k: v.jax * 2 for k, v in net.named_tensors().items()}
+    swapped = jax.jit(lambda m, d, x: m.load_state_dict(d).forward(x).jax)(net, sd, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(swapped), np.asarray(net2.forward(jnp.asarray(x)).jax), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(fwd(net2, ks2, x)), np.asarray(net2.forward(jnp.asarray(x)).jax),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
     # inside a transformation the kernels are transposed in the program (nothing cached)

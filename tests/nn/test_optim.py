@@ -244,6 +244,24 @@ def test_backward_step_donates_the_old_buffers(rng):
         sched.learning_rate(s0)  # not JAX's RuntimeError "Array has been deleted"
 
 
+def test_donated_plain_tensor_parameters_raise_a_named_error(rng):
+    """A model of plain Tensors (no Vars: every float Tensor is trained) gives its buffers to the
+    step too; the Tensors the caller still holds then raise DonatedVar naming the fixes, not JAX's
+    RuntimeError "Array has been deleted", and still print."""
+    x, y = (wrap(jnp.asarray(a)) for a in _regression(rng))
+    w = wrap(jnp.ones((3, 1), jnp.float32))
+    model = {"w": w, "b": wrap(jnp.zeros(1, jnp.float32))}
+    opt = O.SGD(0.1)
+    new, _, _ = opt.backward_step(_mse, model, opt.init(model), x, y)
+    for use in (lambda: w.to_vec2(), lambda: w + 1, lambda: opt.backward_step(_mse, model, opt.init(new), x, y)):
+        with pytest.raises(cj.errors.DonatedVar, match=r"'[^']*w[^']*' was donated.*donate=False"):
+            use()
+    assert "<deleted>" in repr(w)
+    keep = {"w": wrap(jnp.ones((3, 1), jnp.float32)), "b": wrap(jnp.zeros(1, jnp.float32))}
+    O.SGD(0.1, donate=False).backward_step(_mse, keep, opt.init(keep), x, y)
+    assert keep["w"].to_vec2() == [[1.0]] * 3  # donate=False: the caller's tensors stay usable
+
+
 def test_functional_step_under_scan_then_jit_matches_eager(rng):
     """The learning rate is a jit argument cached on the optimizer: made while tracing (a first step under
     lax.scan), it must not be a tracer of that trace, which broke a later jitted step (XLA's 'Execution

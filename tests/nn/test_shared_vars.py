@@ -472,3 +472,51 @@ def test_as_tensor_snapshot_after_a_bound_step_raises_a_named_error(data):
     with pytest.raises(errors.DeletedBuffer, match="use the Var itself"):
         cj.nn.Linear(snap, None).forward(x)
     assert cj.nn.Linear(kept, None).forward(x).shape == (32, 8)
+
+
+class ConvBnNet(cj.nn.ModuleT):
+    def __init__(self, vb):
+        self.conv = cj.nn.conv2d(3, 4, 3, None, vb.pp("c"))
+        self.bn = cj.nn.batch_norm(4, cj.nn.BatchNormConfig(), vb.pp("bn"))
+        self.fc = linear(4, 2, vb.pp("fc"))
+
+    def forward_t(self, xs, train):
+        return self.fc.forward(self.bn.forward_t(self.conv.forward(xs), train).relu().mean((2, 3)))
+
+
+def bn_loss_fn(model, x, y):
+    return cj.nn.loss.cross_entropy(model.forward_t(x, True), y)
+
+
+@pytest.mark.parametrize("form", ["functional", "bound"])
+def test_backward_step_updates_batch_norm_running_stats_as_candle(form):
+    """Candle's ``forward_t(xs, true)`` inside ``opt.backward_step`` moves BatchNorm's running
+    statistics; the compiled step returns them (bound: into the VarMap's Buffers), as eagerly."""
+    rng = np.random.default_rng(0)
+    batches = [(Tensor.new(rng.standard_normal((4, 3, 6, 6)).astype(np.float32) + 2),
+                Tensor.new(np.array([0, 1, 1, 0], np.uint32))) for _ in range(2)]  # fmt: skip
+    varmap = VarMap(seed=0)
+    eager = ConvBnNet(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
+    opt = SGD(0.1, donate=False)
+    state = opt.init(eager)
+    want = []
+    for x, y in batches:  # eagerly, the loss's forward_t(x, True) moves the statistics in place
+        _, g = cj.value_and_grad(bn_loss_fn)(eager, x, y)
+        want.append((np.asarray(eager.bn.running_mean.jax).copy(), np.asarray(eager.bn.running_var.jax).copy()))
+        eager, state = opt.step(eager, state, g)
+    opt = SGD(0.1)
+    varmap = VarMap(seed=0)
+    model = ConvBnNet(VarBuilder.from_varmap(varmap, DType.F32, Device.Cpu))
+    if form == "bound":
+        opt = SGD(varmap.all_vars(), 0.1)
+    state = opt.init(model) if form == "functional" else None
+    for (x, y), (rm, rv) in zip(batches, want):
+        if form == "functional":
+            model, state, _ = opt.backward_step(bn_loss_fn, model, state, x, y)
+        else:
+            opt.backward_step(bn_loss_fn, model, x, y)
+        np.testing.assert_allclose(np.asarray(model.bn.running_mean.jax), rm, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(model.bn.running_var.jax), rv, rtol=1e-5, atol=1e-6)
+    assert np.abs(rm).max() > 0.1  # the statistics really moved
+    if form == "bound":
+        assert varmap.data()["bn.running_mean"] is model.bn.running_mean

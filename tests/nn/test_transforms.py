@@ -152,3 +152,32 @@ def test_grad_of_plain_tensors_and_clear_error_without_float_leaves():
     np.testing.assert_allclose(np.asarray(gb), np.asarray(t))
     with pytest.raises(cj.Error, match="no Var and no floating-point Tensor"):
         cj.grad(lambda x: x.sum_all())(Tensor.new(np.array([1, 2], dtype=np.uint32)))
+
+
+def test_jax_grad_of_a_function_returning_a_tensor_names_the_fix(net):
+    """``jax.grad`` needs an array result: a Tensor loss raises a candlejax error naming ``.jax`` and
+    ``cj.grad`` (JAX's own: "Triggering __jax_array__() during abstractification ..."); the array works."""
+    from candlejax import errors
+
+    x = jnp.ones((4, 3))
+    with pytest.raises(errors.TracingError, match=r"loss\.jax.*candlejax\.grad"):
+        jax.grad(lambda m: m(x).sum_all())(net)
+    with pytest.raises(errors.TracingError, match=r"jax\.typeof"):
+        jax.typeof(Tensor(jnp.ones(3)))
+    g = jax.grad(lambda m: m(x).sum_all().jax)(net)
+    want = grad(lambda m: m(x).sum_all())(net)
+    np.testing.assert_allclose(np.asarray(g.fc.weight.jax), np.asarray(want.fc.weight.jax))
+
+
+def test_jit_of_a_bound_method_or_module_reads_the_current_weights():
+    """``cj.jit(model.forward)`` and ``cj.jit(model)`` pass the module as an argument: an in-place update
+    of its Vars (a bound optimizer step, ``varmap.load``, ``Var.set``) is seen without retracing
+    (the weights were baked in as constants, and the function silently kept the old ones)."""
+    m = Net(VarBuilder.from_varmap(VarMap(seed=3)))
+    x = jnp.ones((4, 3))
+    for f in (jit(m.forward), jit(m)):
+        before = np.asarray(f(x)._a)
+        m.fc.weight.set(m.fc.weight * 2)
+        np.testing.assert_allclose(np.asarray(f(x)._a), np.asarray(m(x)._a), rtol=1e-6)
+        assert not np.allclose(np.asarray(f(x)._a), before)
+        assert f._cache_size() == 1

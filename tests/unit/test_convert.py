@@ -201,6 +201,20 @@ def test_host_conversion_under_trace_raises():
             jax.jit(f)(Tensor([1.0]))
 
 
+def test_truth_value_under_trace():
+    """``if t > 0:`` under jit / vmap raises naming where_cond (JAX's TracerArrayConversionError before);
+    under jax.grad alone the value is known, as for jax arrays."""
+
+    def f(x):
+        return x * 2 if x > 0 else x
+
+    for transform in (jax.jit, jax.vmap):
+        with pytest.raises(errors.TracingError, match="where_cond"):
+            transform(f)(Tensor([1.0]))
+    assert jax.grad(lambda x: f(Tensor(x)).sum_all().jax)(jnp.float32(3.0)) == 2.0
+    assert bool(Tensor(1.0) > 0) and not Tensor([0])
+
+
 # --- numpy / torch / dlpack -------------------------------------------------------------------------
 def test_numpy_torch_dlpack_roundtrip():
     t = Tensor.new([[1.0, 2.0], [3.0, 4.0]], CPU)
