@@ -112,7 +112,27 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     out = tuple(_dim_int(d, items) for d in items)
     if any(d < 0 for d in out):
         raise errors.NegativeDim(f"negative dimension in shape {list(out)}")
-    return out
+    return check_elem_count(out)
+
+
+#: the most elements a tensor can have: XLA multiplies a shape's dims as signed 64-bit integers (and
+#: aborts the process when the product overflows)
+MAX_ELEM_COUNT = 2**63 - 1
+
+
+def check_elem_count(dims: Sequence[int], op: str | None = None) -> Any:
+    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) overflows a
+    signed 64-bit integer, which no tensor can have."""
+    n = 1
+    for d in dims:
+        if d:
+            n *= d
+    if n > MAX_ELEM_COUNT:
+        raise errors.InvalidShape(
+            (f"{op}: " if op else "")
+            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most 2^63 - 1)"
+        )
+    return dims
 
 
 def _is_hole(d: Any) -> bool:
@@ -130,7 +150,7 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
             n *= d
         if n != elem_count:
             raise errors.ShapeMismatch(elem_count, spec)
-        return spec
+        return spec if n else check_elem_count(spec, op)
     if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
         spec = as_shape(spec)
     spec = tuple(spec)
@@ -153,7 +173,8 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
     if known == 0 or elem_count % known:
         shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
         raise errors.InvalidShape(f"cannot reshape tensor with {elem_count} elements to {shown}")
-    return tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+    out = tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+    return out if elem_count else check_elem_count(out, op)
 
 
 class Dims(tuple):

@@ -27,6 +27,7 @@ from jax.interpreters import ad, batching, mlir
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax.shape import check_elem_count
 from candlejax.tensor._core import TensorBase, check_float, check_same_device, int_arg, wrap
 
 IntOrPair = int | tuple[int, int]
@@ -567,6 +568,7 @@ class ConvMixin(TensorBase):
                 f"the dilated kernel ({d * (k_size - 1) + 1}) is larger than the padded input ({l_in + 2 * p})",
                 self.shape, kernel.shape, p, s,
             )
+        check_elem_count((self.shape[0], c_out, conv_out_len(l_in, k_size, p, s, d)), name)
         return wrap(_conv(self._a, kernel._a, padding=(p,), stride=(s,), dilation=(d,), groups=g, dn=_DN1))
 
     def conv1d_with_algo(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1,
@@ -599,6 +601,8 @@ class ConvMixin(TensorBase):
                     f"the dilated kernel ({dd * (k - 1) + 1}) is larger than the padded input ({n + 2 * pp})",
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op="conv2d",
                 )
+        out_hw = (conv_out_len(i_h, k_h, p[0], s[0], d[0]), conv_out_len(i_w, k_w, p[1], s[1], d[1]))
+        check_elem_count((self.shape[0], c_out, *out_hw), name)
         return wrap(_conv(self._a, kernel._a, padding=p, stride=s, dilation=d, groups=g, dn=_DN2))
 
     def conv2d_with_algo(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1,
@@ -634,6 +638,8 @@ class ConvMixin(TensorBase):
                     f"the padding is too large, the output would be empty ({_tconv_out(n, k, pp, o, ss, dd)})",
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op=name,
                 )
+        out = tuple(_tconv_out(n, k, pp, o, ss, dd) for n, k, pp, o, ss, dd in zip(xs[2:], ks[2:], p, op_, s, d))
+        check_elem_count((xs[0], ks[1] * g, *out), name)
         dn = _DN1 if nd == 1 else _DN2
         return wrap(_conv_transpose(self._a, kernel._a, padding=p, output_padding=op_, stride=s, dilation=d,
                                     groups=g, dn=dn))
@@ -691,6 +697,7 @@ class ConvMixin(TensorBase):
         (PyTorch ``F.interpolate(mode="nearest")``): source index ``floor(i * L / target_size)``."""
         _dimsn(self, 3, "interpolate1d")
         n = _int(target_size, "target_size", "interpolate1d", 1)
+        check_elem_count((*self.shape[:2], n), "interpolate1d")
         return wrap(_upsample_nearest(self._a, sizes=(n,)))
 
     def upsample_nearest1d(self, target_size: int) -> Any:
@@ -702,6 +709,7 @@ class ConvMixin(TensorBase):
         _dimsn(self, 4, "interpolate2d")
         h = _int(target_h, "target_h", "interpolate2d", 1)
         w = _int(target_w, "target_w", "interpolate2d", 1)
+        check_elem_count((*self.shape[:2], h, w), "interpolate2d")
         return wrap(_upsample_nearest(self._a, sizes=(h, w)))
 
     def upsample_nearest2d(self, target_h: int, target_w: int) -> Any:
@@ -716,6 +724,7 @@ class ConvMixin(TensorBase):
         check_float(name, self)
         h = _int(target_h, "target_h", name, 1)
         w = _int(target_w, "target_w", name, 1)
+        check_elem_count((*self.shape[:2], h, w), name)
         return wrap(_upsample_bilinear2d(self._a, sizes=(h, w), align_corners=bool(align_corners),
                                          scales=(None, None)))
 
@@ -733,6 +742,7 @@ class ConvMixin(TensorBase):
             raise errors.Msg(f"{name}: scale ({sh}, {sw}) gives an empty output ({oh}, {ow}) for input ({h}, {w})")
         if (oh, ow) == (h, w):
             return self
+        check_elem_count((*self.shape[:2], oh, ow), name)
         return wrap(_upsample_bilinear2d(self._a, sizes=(oh, ow), align_corners=bool(align_corners),
                                          scales=(sh, sw)))
 

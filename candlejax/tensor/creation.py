@@ -26,7 +26,7 @@ from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
-from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, shape_with_hole
+from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
 _Tracer = jax.core.Tracer
@@ -94,7 +94,7 @@ def _buffer_mismatch(data: Any, a: Any, dims: tuple[int, ...], op: str) -> error
 
 def _shape(shape: Any) -> tuple[int, ...]:
     if type(shape) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in shape):
-        return shape
+        return check_elem_count(shape)
     return as_shape(shape)
 
 
@@ -684,6 +684,7 @@ class CreationMixin(TensorBase):
             n = max(0, -((start - end) // step))  # ceil((end - start) / step)
         else:
             n = max(0, math.ceil((end - start) / step))
+        check_elem_count((n,), "arange")
         if d.is_int() and not all_int:
             # float start / step with an integer dtype: the values must be integers (as Tensor([1.5],
             # dtype=I32) raises); integral ones take the exact integer path below, range check included
@@ -822,6 +823,7 @@ def _tri_like(n: Any, dtype: Any, device: Any, op_name: str, *, k: int, upper: b
     if n < 0:
         raise errors.Msg(f"{op_name}: n must be a non-negative int, got {n!r}")
     d = _dt(dtype, op_name)
+    check_elem_count((n, n), op_name)
     return wrap(_place(_tri(n=n, dtype=d.np, k=k, upper=upper), _dev(device)))
 
 

@@ -227,3 +227,45 @@ def test_out_of_memory_is_a_candlejax_error():
     with pytest.raises(errors.OutOfMemory, match="out of memory in zeros") as e:
         Tensor.zeros((2**40,), DType.F32)
     assert isinstance(e.value, MemoryError)
+
+
+# --- shapes whose element count overflows int64 (XLA aborted the whole process) --------------------
+_B = 2**32
+_X1, _X2 = np.zeros((1, 2, 8), np.float32), np.zeros((1, 2, 8, 8), np.float32)
+_K1T, _K2T = np.zeros((2, 4, 3), np.float32), np.zeros((2, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    "make, op",
+    [
+        (lambda: Tensor.zeros((_B, _B), DType.F32), ""),
+        (lambda: Tensor.zeros((2**62, 2**62, 0), DType.F32), ""),
+        (lambda: Tensor.zeros((2**63,), DType.F32), ""),
+        (lambda: Tensor.ones((_B, _B), DType.F32), ""),
+        (lambda: Tensor.rand(0.0, 1.0, (_B, _B)), ""),
+        (lambda: cj.zeros(_B, _B), "zeros"),
+        (lambda: Tensor.new([1.0, 2.0]).broadcast_as((_B, _B, 2)), ""),
+        (lambda: Tensor.new([1.0, 2.0]).broadcast_left((2**31, 2**31)), "broadcast_left"),
+        (lambda: Tensor.new([1.0, 2.0]).repeat((2**31, 2**31)), "repeat"),
+        (lambda: Tensor.zeros((0, 3), DType.F32).reshape(2**40, 2**40, 0), "reshape"),
+        (lambda: Tensor.zeros((0, 3), DType.F32).reshape(2**40, 2**40, -1), "reshape"),
+        (lambda: Tensor.new([1.0, 2.0]).pad_with_zeros(0, 2**63, 0), "pad_with_zeros"),
+        (lambda: Tensor.new(_X2).conv2d(Tensor.zeros((4, 2, 3, 3), DType.F32), 2**40), "conv2d"),
+        (lambda: Tensor.new(_X2).conv_transpose2d(Tensor.new(_K2T), 0, 0, 2**40), "conv_transpose2d"),
+        (lambda: Tensor.new(_X1).conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**62), "conv_transpose1d"),
+        (lambda: Tensor.new(_X2).upsample_nearest2d(2**40, 2**40), "interpolate2d"),
+        (lambda: Tensor.new(_X2).upsample_bilinear2d_with_scale(1e15, 1e15), "upsample_bilinear2d_with_scale"),
+        (lambda: Tensor.eye(_B, DType.F32), "eye"),
+        (lambda: Tensor.arange_step(0.0, 1e30, 1e-10), "arange"),
+        (lambda: cj.nn.one_hot(Tensor.new([0, 1], dtype=DType.U32), 2**63), "one_hot"),
+    ],
+)
+def test_shapes_beyond_int64_elements_raise(make, op):
+    with pytest.raises(errors.InvalidShape, match=f"^{op}: the shape" if op else "^the shape") as e:
+        make()
+    assert "more than a tensor can hold" in str(e.value)
+
+
+def test_empty_shapes_with_large_dims_still_work():
+    assert Tensor.zeros((0, 2**40, 2**20), DType.F32).shape == (0, 2**40, 2**20)
+    assert Tensor.zeros((0, 3), DType.F32).reshape(2**40, 0).shape == (2**40, 0)
