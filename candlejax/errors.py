@@ -403,6 +403,11 @@ class NotAnInteger(InvalidArgument, TypeError):
         )
 
 
+class ArgumentType(InvalidArgument, TypeError):
+    """A value of a type an argument cannot take (``Tensor(None)``, ``t.affine("2", 0)``,
+    ``Tensor.from_jax("x")``): also a ``TypeError``, as candle-pyo3's ``incorrect type`` errors."""
+
+
 class InvalidDevice(Msg):
     """A device name or ordinal that does not exist here."""
 

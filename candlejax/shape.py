@@ -101,10 +101,10 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     """A tuple of ints from a Shape, an int, a tuple/list, or ``()`` (scalar)."""
     if isinstance(shape, Shape):
         return shape.dims()
-    if isinstance(shape, int):
+    if type(shape) is int and 0 <= shape <= MAX_ELEM_COUNT:
         return (shape,)
     if hasattr(shape, "__index__"):
-        return (int(shape),)
+        shape = (shape,)
     try:
         items = tuple(shape)
     except TypeError:
@@ -151,9 +151,14 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
         if n != elem_count:
             raise errors.ShapeMismatch(elem_count, spec)
         return spec if n else check_elem_count(spec, op)
-    if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
-        spec = as_shape(spec)
-    spec = tuple(spec)
+    if isinstance(spec, Shape):
+        spec = spec.dims()
+    elif hasattr(spec, "__index__"):
+        spec = (spec,)
+    try:
+        spec = tuple(spec)
+    except TypeError:
+        raise errors.InvalidShape(f"{op}: cannot use {spec!r} as a shape") from None
     holes = [i for i, d in enumerate(spec) if _is_hole(d)]
     if len(holes) > 1:
         raise errors.InvalidShape(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
@@ -166,6 +171,8 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
             raise errors.ShapeMismatch(elem_count, dims)
         return dims
     spec = tuple(d if i == holes[0] else _dim_int(d, spec) for i, d in enumerate(spec))
+    if any(i != holes[0] and d < 0 for i, d in enumerate(spec)):
+        raise errors.NegativeDim(f"{op}: negative dimension in shape {list(spec)} (only one -1 hole is allowed)")
     known = 1
     for i, d in enumerate(spec):
         if i != holes[0]:

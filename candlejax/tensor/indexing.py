@@ -774,6 +774,10 @@ class IndexingMixin(TensorBase):
             if value.rank != 0:
                 raise errors.Msg(f"masked_fill: value must be a scalar or a rank-0 tensor, got shape {value.shape}")
             value = value._a
-        elif isinstance(value, (bool, int, float, np.number)):
+        elif isinstance(value, (bool, int, float, np.number)) and not isinstance(value, np.complexfloating):
             value = _fill_value(self._a.dtype, value)
+        elif not (isinstance(value, (jax.Array, jax.core.Tracer, np.ndarray)) and value.ndim == 0):
+            raise errors.ArgumentType(
+                f"masked_fill: value must be a real number or a rank-0 tensor, got {value!r} ({type(value).__name__})"
+            )
         return self._wrap(_masked_fill(self._a, mask._a, value))

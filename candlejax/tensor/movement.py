@@ -174,7 +174,10 @@ def _check_broadcast(src: tuple[int, ...], dst: tuple[int, ...], op_name: str) -
 def _tensors(tensors: Any, op_name: str) -> list[TensorBase]:
     if isinstance(tensors, TensorBase):
         raise errors.Msg(f"{op_name} expects a list of tensors, got a single Tensor (wrap it in a list)")
-    ts = list(tensors)
+    try:
+        ts = list(tensors)
+    except TypeError:
+        raise errors.ArgumentType(f"{op_name} expects a list of tensors, got {type(tensors).__name__}") from None
     for t in ts:
         if not isinstance(t, TensorBase):
             raise errors.Msg(f"{op_name} expects Tensors, got {type(t).__name__}")

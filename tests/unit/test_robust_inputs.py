@@ -269,3 +269,60 @@ def test_shapes_beyond_int64_elements_raise(make, op):
 def test_empty_shapes_with_large_dims_still_work():
     assert Tensor.zeros((0, 2**40, 2**20), DType.F32).shape == (0, 2**40, 2**20)
     assert Tensor.zeros((0, 3), DType.F32).reshape(2**40, 0).shape == (2**40, 0)
+
+
+# --- arguments of the wrong type or value get candlejax errors, not jax/numpy/Python ones -------------
+_A = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: Tensor.new(None), errors.ArgumentType, "incorrect type <class 'NoneType'> for tensor"),
+        (lambda: Tensor.new("abc"), errors.ArgumentType, "incorrect type <class 'str'> for tensor"),
+        (lambda: Tensor.new([1.0, None]), errors.ArgumentType, "incorrect type <class 'NoneType'>"),
+        (lambda: Tensor.full(None, (2,), DType.F32), errors.ArgumentType, "incorrect type"),
+        (lambda: Tensor.from_jax("a"), errors.ArgumentType, "from_jax expects a jax.Array, got str"),
+        (lambda: Tensor.from_torch("a"), errors.ArgumentType, "from_torch expects a torch.Tensor, got str"),
+        (lambda: Tensor.new(_A).reshape(None), errors.InvalidShape, "reshape: cannot use None as a shape"),
+        (lambda: Tensor.new(_A).reshape(-1, -2), errors.NegativeDim, r"reshape: negative dimension in shape \[-1, -2"),
+        (lambda: Tensor.from_vec([1.0, 2.0], (-1, -2)), errors.NegativeDim, "from_vec: negative dimension"),
+        (lambda: Tensor.new(_A).broadcast_left(-1), errors.NegativeDim, r"negative dimension in shape \[-1\]"),
+        (lambda: Tensor.zeros(-1, DType.F32), errors.NegativeDim, r"negative dimension in shape \[-1\]"),
+        (lambda: Tensor.cat(None, 0), errors.ArgumentType, "cat expects a list of tensors, got NoneType"),
+        (lambda: Tensor.new(_A).affine("a", 1.0), errors.ArgumentType, r"affine: expected a real number, got 'a'"),
+        (lambda: Tensor.new(_A).affine(None, 1.0), errors.ArgumentType, "affine: expected a real number, got None"),
+        (lambda: Tensor.new(_A).affine("2", 1.0), errors.ArgumentType, "affine: expected a real number"),
+        (lambda: Tensor.new(_A).powf("a"), errors.ArgumentType, "powf: expected a real number"),
+        (lambda: Tensor.new(_A).elu(1j), errors.ArgumentType, "elu: expected a real number, got 1j"),
+        (lambda: Tensor.new(_A).round_to(1.5), errors.NotAnInteger, "round_to: decimals must be an int, got 1.5"),
+        (lambda: Tensor.new(_A).round_to(10**6), errors.InvalidArgument, r"decimals must be in \[-308, 308\]"),
+        (lambda: Tensor.new(_A).masked_fill(Tensor.new(_A).gt(1.0), "a"), errors.ArgumentType,
+         "masked_fill: value must be a real number or a rank-0 tensor, got 'a'"),
+        (lambda: Tensor.rand(float("nan"), 1.0, (2,)), errors.InvalidArgument, "rand: lo must be finite, got nan"),
+        (lambda: Tensor.rand(0.0, float("inf"), (2,)), errors.InvalidArgument, "rand: up must be finite, got inf"),
+        (lambda: Tensor.randn(float("inf"), 1.0, (2,)), errors.InvalidArgument, "randn: mean must be finite"),
+        (lambda: Tensor.randn(0.0, float("inf"), (2,)), errors.InvalidArgument, "randn: std must be finite"),
+        (lambda: Tensor.rand("a", 1.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got 'a'"),
+        (lambda: Tensor.rand(None, 1.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got None"),
+        (lambda: Tensor.rand(1j, 2.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got 1j"),
+    ],
+)
+def test_bad_argument_types_and_values_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_argument_type_errors_are_also_type_errors():
+    with pytest.raises(TypeError, match="incorrect type"):
+        Tensor.new(object())
+    assert issubclass(errors.ArgumentType, errors.Error) and issubclass(errors.ArgumentType, TypeError)
+
+
+def test_valid_scalars_and_shapes_still_work():
+    t = Tensor.new(_A)
+    assert t.reshape(-1).shape == (6,) and t.reshape(cj.Shape((3, 2))).shape == (3, 2)
+    assert t.affine(np.float32(2.0), 1).to_vec2()[0] == [1.0, 3.0, 5.0]
+    assert t.round_to(np.int32(1)).shape == (2, 3)
+    assert t.masked_fill(t.gt(1.0), np.array(7.0, np.float32)).to_vec2()[1] == [7.0, 7.0, 7.0]
+    assert Tensor.rand(Tensor.new(0.0), 1.0, (2,)).shape == (2,)
