@@ -345,7 +345,12 @@ class OutOfMemory(Error, MemoryError):
 
 
 def out_of_memory(op: str, e: BaseException) -> BaseException:
-    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error; ``e`` itself otherwise."""
+    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error or a host (numpy) ``MemoryError``;
+    ``e`` itself otherwise."""
+    if isinstance(e, Error):
+        return e
+    if isinstance(e, MemoryError):
+        return OutOfMemory(op, str(e) or "the host could not allocate the array")
     msg = str(e)
     if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg:
         return OutOfMemory(op, msg.split("\n", 1)[0].replace("RESOURCE_EXHAUSTED: ", ""))

@@ -25,6 +25,8 @@ class Dropout(ModuleT):
     """
 
     def __init__(self, p: float):
+        if isinstance(p, (str, bytes)) or not hasattr(p, "__float__"):
+            raise errors.ArgumentType(f"dropout probability must be a float in [0, 1), got {p!r}")
         if not 0.0 <= p < 1.0:
             raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
         self.p = float(p)

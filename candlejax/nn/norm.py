@@ -21,6 +21,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn.init import ONE, ZERO
 from candlejax.nn.kv_cache import _AppendResult
@@ -118,6 +119,10 @@ class LayerNorm(Module):
 def layer_norm(size: int, config: LayerNormConfig | float, vb: Any) -> LayerNorm:
     """Params ``weight`` (ones) and, when ``affine``, ``bias`` (zeros); a float config is the eps."""
     if not isinstance(config, LayerNormConfig):
+        if isinstance(config, (str, bytes)) or not hasattr(config, "__float__"):
+            raise errors.ArgumentType(
+                f"layer_norm: config must be a LayerNormConfig or an eps (a float), got {config!r}"
+            )
         config = LayerNormConfig(eps=float(config))
     w = vb.get_with_hints((size,), "weight", ONE)
     b = vb.get_with_hints((size,), "bias", ZERO) if config.affine else None
@@ -353,6 +358,11 @@ class BatchNorm(ModuleT):
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise LayerInputShape(
                 layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # Candle: a dtype mismatch with the f32 statistics
+            raise errors.UnsupportedDTypeForOp(
+                to_dtype(x.dtype), layer_name("BatchNorm", self.weight, self.running_mean),
+                "convert the input with .to_dtype(DType.F32) first",
             )
 
     def _wb(self) -> tuple[Any, Any]:

@@ -326,3 +326,51 @@ def test_valid_scalars_and_shapes_still_work():
     assert t.round_to(np.int32(1)).shape == (2, 3)
     assert t.masked_fill(t.gt(1.0), np.array(7.0, np.float32)).to_vec2()[1] == [7.0, 7.0, 7.0]
     assert Tensor.rand(Tensor.new(0.0), 1.0, (2,)).shape == (2,)
+
+
+# --- candlejax.nn: layers and builders given bad arguments or inputs ------------------------------------
+def _vb():
+    return cj.nn.VarBuilder.from_varmap(cj.nn.VarMap(), DType.F32, cj.Device.Cpu)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: cj.nn.linear(3, 4, _vb())(None), errors.ArgumentType, "got NoneType"),
+        (lambda: cj.nn.embedding(10, 4, _vb())("ab"), errors.ArgumentType, "got str"),
+        (lambda: cj.nn.gru(3, 5, cj.nn.GRUConfig(), _vb()).seq(None), errors.ArgumentType, "got NoneType"),
+        (lambda: cj.nn.linear(0, 4, _vb()), errors.InvalidArgument, "linear: in_dim must be >= 1"),
+        (lambda: cj.nn.linear(2**20, 2**20, _vb()), errors.OutOfMemory, r"VarMap.get\('weight', \[1048576, 1048576\]"),
+        (lambda: cj.nn.Linear(None), errors.ArgumentType, "nn.Linear: weight must be a Tensor"),
+        (lambda: cj.nn.conv1d(2, 4, 3, {"stride": 2}, _vb()), errors.ArgumentType,
+         "Conv1d: config must be a Conv1dConfig"),
+        (lambda: cj.nn.layer_norm(3, "a", _vb()), errors.ArgumentType, "layer_norm: config must be"),
+        (lambda: cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(-1), errors.InvalidArgument,
+         "LSTM.zero_state: batch_dim must be >= 0, got -1"),
+        (lambda: cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(1.5), errors.NotAnInteger,
+         "LSTM.zero_state: batch_dim must be an int"),
+        (lambda: cj.nn.Dropout("a"), errors.ArgumentType, "dropout probability must be a float"),
+        (lambda: cj.nn.seq().add(None), errors.ArgumentType, "Sequential.add: expected a Module"),
+        (lambda: cj.nn.Embedding(Tensor.zeros((3,), DType.F32), 3), errors.UnexpectedNumberOfDims, "Embedding"),
+        (lambda: cj.nn.Embedding(Tensor.zeros((3, 4), DType.F32), 5), errors.UnexpectedShape,
+         r"hidden_size 5 does not match the embeddings, expected: \[3, 5\], got: \[3, 4\]"),
+        (lambda: cj.nn.batch_norm(3, cj.nn.BatchNormConfig(), _vb())(Tensor.new(np.ones((2, 3, 5), np.int32))),
+         errors.UnsupportedDTypeForOp, "unsupported dtype I32 for op BatchNorm"),
+        (lambda: cj.nn.batch_norm(3, cj.nn.BatchNormConfig(), _vb()).forward_t(
+            Tensor.new(np.ones((2, 3, 5), np.int32)), True), errors.UnsupportedDTypeForOp, "BatchNorm"),
+    ],
+)
+def test_nn_bad_arguments_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_nn_valid_arguments_still_work():
+    x = Tensor.new(np.ones((2, 3), np.float32))
+    assert cj.nn.linear(3, 4, _vb())([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).shape == (2, 4)
+    assert cj.nn.linear_no_bias(0, 4, _vb())(Tensor.zeros((2, 0), DType.F32)).shape == (2, 4)
+    assert cj.nn.layer_norm(3, np.float32(1e-5), _vb())(x).shape == (2, 3)
+    assert cj.nn.Dropout(np.float64(0.5)).p == 0.5
+    assert cj.nn.seq().add(lambda t: t * 2)(x).to_vec2()[0] == [2.0, 2.0, 2.0]
+    assert cj.nn.Embedding(Tensor.zeros((3, 4), DType.F32), 4)(Tensor.new([0, 2], dtype=DType.U32)).shape == (2, 4)
+    assert cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(np.int64(2)).h.shape == (2, 5)
