@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -84,6 +85,39 @@ def conv_out_len(n: int, k: int, p: int, s: int, d: int) -> int:
 
 def _tconv_out(n: int, k: int, p: int, op_: int, s: int, d: int) -> int:
     return (n - 1) * s - 2 * p + d * (k - 1) + op_ + 1
+
+
+def _memory_limit(a: Any) -> int | None:
+    """The bytes ``a``'s device can hold (an accelerator's memory, the host's RAM for the CPU), or None."""
+    try:
+        dev = next(iter(a.devices()))
+    except (AttributeError, TypeError, RuntimeError, StopIteration):  # traced: the default device
+        dev = jax.devices()[0]
+    return _device_memory(dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_memory(dev: Any) -> int | None:
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if dev.platform == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _check_fits_memory(op_name: str, shape: tuple[int, ...], a: Any) -> None:
+    """``OutOfMemory`` before compiling an op whose result cannot fit the device: XLA compiles a transposed
+    convolution in time proportional to its output, so a huge stride would compile for minutes first."""
+    n_bytes = math.prod(shape) * a.dtype.itemsize
+    limit = _memory_limit(a)
+    if limit is not None and n_bytes > limit:
+        raise errors.OutOfMemory(
+            op_name, f"the result {errors.fmt_shape(shape)} needs {n_bytes} bytes, the device has {limit}"
+        )
 
 
 # --- jitted kernels ------------------------------------------------------------------------------
@@ -639,7 +673,7 @@ class ConvMixin(TensorBase):
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op=name,
                 )
         out = tuple(_tconv_out(n, k, pp, o, ss, dd) for n, k, pp, o, ss, dd in zip(xs[2:], ks[2:], p, op_, s, d))
-        check_elem_count((xs[0], ks[1] * g, *out), name)
+        _check_fits_memory(name, check_elem_count((xs[0], ks[1] * g, *out), name), self._a)
         dn = _DN1 if nd == 1 else _DN2
         return wrap(_conv_transpose(self._a, kernel._a, padding=p, output_padding=op_, stride=s, dilation=d,
                                     groups=g, dn=dn))

@@ -286,7 +286,10 @@ def _is_int(x: Any) -> bool:
 
 def _list_ids(x: Any, size: int, op_name: str) -> np.ndarray:
     """Index values from a Python list / tuple / numpy array; negatives count from the end."""
-    v = np.asarray(x)
+    try:
+        v = np.asarray(x)
+    except (ValueError, TypeError):  # a ragged nested list
+        raise errors.Msg(f"{op_name}: an index list must be a flat list of integers, got {x!r}") from None
     if v.dtype == np.bool_:
         raise errors.Msg(
             f"{op_name}: boolean masks are not supported (data-dependent shape); use where_cond / masked_fill"

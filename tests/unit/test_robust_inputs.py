@@ -374,3 +374,28 @@ def test_nn_valid_arguments_still_work():
     assert cj.nn.seq().add(lambda t: t * 2)(x).to_vec2()[0] == [2.0, 2.0, 2.0]
     assert cj.nn.Embedding(Tensor.zeros((3, 4), DType.F32), 4)(Tensor.new([0, 2], dtype=DType.U32)).shape == (2, 4)
     assert cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(np.int64(2)).h.shape == (2, 5)
+
+
+# --- results too large for any device: OutOfMemory at once, not a compile of minutes or a numpy error ----
+def test_conv_transpose_with_a_huge_stride_raises_before_compiling():
+    """A stride of 2**40 compiled for minutes (XLA's time grows with the dilated input) before failing."""
+    x = Tensor.new(_X1)
+    with pytest.raises(errors.OutOfMemory, match=r"in conv_transpose1d: the result \[1, 4, 7696581394435\]"):
+        x.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**40)
+    with pytest.raises(errors.OutOfMemory, match="conv_transpose1d"):
+        jax.jit(lambda t: t.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**40))(x)
+    assert x.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2).shape == (1, 4, 17)
+
+
+@pytest.mark.parametrize("resize", ["upsample_nearest2d", "upsample_bilinear2d"])
+def test_resize_to_a_huge_size_raises_out_of_memory(resize):
+    with pytest.raises(errors.OutOfMemory, match="out of memory in upsample"):
+        getattr(Tensor.new(_X2), resize)(2**40, 4)
+
+
+def test_ragged_index_list_raises():
+    t = Tensor.new(_A)
+    with pytest.raises(errors.Msg, match=r"index: an index list must be a flat list of integers, got \[\[0\]"):
+        t[[[0], [0, 1]]]
+    with pytest.raises(errors.Msg, match="i: an index list must be a flat list"):
+        t.i([[0], [0, 1]])
