@@ -31,8 +31,8 @@ from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.module import Module, as_array
-from candlejax.shape import CallableInt
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.shape import CallableInt, check_elem_count
+from candlejax.tensor._core import int_arg, unwrap, wrap
 
 __all__ = [
     "Cache", "ConcatKvCache", "DataAndCache", "DecodeKvCache", "KeysValues", "KvCache", "RotatingCache",
@@ -789,10 +789,13 @@ class StackedKvCache(Module):
     @classmethod
     def new(cls, num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
             dtype: Any = DType.F32, device: Any = None) -> StackedKvCache:  # fmt: skip
-        if int(max_seq_len) < 1 or int(batch) < 1:
+        batch = int_arg(batch, "StackedKvCache", "batch")
+        max_seq_len = int_arg(max_seq_len, "StackedKvCache", "max_seq_len")
+        if max_seq_len < 1 or batch < 1:
             raise errors.Msg(f"StackedKvCache: batch {batch} and max_seq_len {max_seq_len} must be >= 1")
         dt = to_dtype(dtype).np
-        shape = (int(num_layers), int(batch), int(num_kv_heads), int(max_seq_len), int(head_dim))
+        shape = check_elem_count((int(num_layers), batch, int(num_kv_heads), max_seq_len, int(head_dim)),
+                                 "StackedKvCache")
         dev = Device.coerce(device).jax_device
         return cls(_zeros(shape, dt, dev), _zeros(shape, dt, dev))
 

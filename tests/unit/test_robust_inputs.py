@@ -403,3 +403,63 @@ def test_ragged_index_list_raises():
         t[[[0], [0, 1]]]
     with pytest.raises(errors.Msg, match="i: an index list must be a flat list"):
         t.i([[0], [0, 1]])
+
+
+# --- generation arguments -------------------------------------------------------------------------------
+def _toy_step(params, cache, tokens, pos):
+    """Logits favouring token (pos + len) % 8."""
+    t = cj.tensor.unwrap(tokens)
+    nxt = (jax.numpy.asarray(pos) + t.shape[-1]) % 8
+    return jax.nn.one_hot(nxt[None], 8) * 10.0, cache
+
+
+def _gen(prompt=(1, 2), n=3, proc=None, **kw):
+    from candlejax.generation import generate
+
+    return list(generate(_toy_step, None, None, list(prompt) if isinstance(prompt, tuple) else prompt, n, proc, **kw))
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: _gen(n=-1), errors.InvalidArgument, "generate: max_new_tokens must be >= 0, got -1"),
+        (lambda: _gen(n=1.5), errors.NotAnInteger, "generate: max_new_tokens must be an int, got 1.5"),
+        (lambda: _gen(n="4"), errors.NotAnInteger, "generate: max_new_tokens must be an int"),
+        (lambda: _gen(n=None), errors.NotAnInteger, "generate: max_new_tokens must be an int, got None"),
+        (lambda: _gen(prompt=[[1], [1, 2]]), errors.Msg, "generate: prompt_tokens must be a list of ids"),
+        (lambda: _gen(start_pos=1.5), errors.NotAnInteger, "generate: start_pos must be an int"),
+        (lambda: _gen(repeat_penalty=1.1, repeat_last_n="a"), errors.NotAnInteger, "repeat_last_n must be an int"),
+        (lambda: _gen(repeat_penalty=1.1, context_tokens="ab"), errors.NotAnInteger, "context_tokens id must be"),
+        (lambda: _gen(token_dtype=np.float32), errors.InvalidArgument, "token_dtype must be an integer dtype"),
+        (lambda: LogitsProcessor(0, "a"), errors.ArgumentType, "sampling: temperature must be a number, got 'a'"),
+        (lambda: LogitsProcessor(0, 0.8, "a"), errors.ArgumentType, "LogitsProcessor: top_p must be a number"),
+        (lambda: LogitsProcessor("a", 0.8), errors.NotAnInteger, "LogitsProcessor: seed must be an int, got 'a'"),
+        (lambda: LogitsProcessor(1.5, 0.8), errors.NotAnInteger, "LogitsProcessor: seed must be an int, got 1.5"),
+        (lambda: LogitsProcessor.from_sampling(0, Sampling.TopK(2.5, 0.8)), errors.NotAnInteger, "top-k k"),
+        (lambda: sampling_from_args(0.8, "a"), errors.NotAnInteger, "sampling_from_args: top_k must be an int"),
+        (lambda: LogitsProcessor(0, 0.8).sample(None), errors.ArgumentType, "got NoneType"),
+    ],
+)
+def test_generation_arguments_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_generation_valid_arguments_still_work():
+    assert _gen(n=0) == [] and len(_gen(n=np.int64(3))) == 3
+    assert len(_gen(repeat_penalty=1.1, context_tokens=np.array([1, 2]))) == 3
+    assert LogitsProcessor(np.uint64(3), np.float32(0.8), 0.9).seed == 3
+
+
+def test_llama_step_refuses_float_token_ids():
+    """Float ids were truncated to integer tokens (1.7 -> 1) without a word."""
+    from candlejax.models import llama
+
+    cfg = llama.Config.from_dict({"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "max_position_embeddings": 64})  # fmt: skip
+    m = llama.Llama.load(cj.nn.VarBuilder.from_varmap(cj.nn.VarMap(), DType.F32, cj.Device.Cpu), cfg)
+    with pytest.raises(errors.UnexpectedDType, match="llama step: token ids must be integers, expected: U32, got: F32"):
+        llama.step(m, m.new_cache(1, 8), Tensor.new([[1.7]]), 0)
+    with pytest.raises(errors.NotAnInteger, match=r"StackedKvCache: max_seq_len must be an int, got 1\.5"):
+        m.new_cache(1, 1.5)
+    assert llama.step(m, m.new_cache(1, 8), Tensor.new(np.array([[1]], np.uint32)), 0)[0].shape == (1, 32)
