@@ -463,3 +463,52 @@ def test_llama_step_refuses_float_token_ids():
     with pytest.raises(errors.NotAnInteger, match=r"StackedKvCache: max_seq_len must be an int, got 1\.5"):
         m.new_cache(1, 1.5)
     assert llama.step(m, m.new_cache(1, 8), Tensor.new(np.array([[1]], np.uint32)), 0)[0].shape == (1, 32)
+
+
+# --- nn.ops settings, optimizer parameters, seeds, files --------------------------------------------------
+_Q = np.zeros((1, 2, 3, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(np.zeros((1, 2, 3, 0), np.float32))] * 3), errors.Msg,
+         "head dims must be >= 1"),  # was a ZeroDivisionError
+        (lambda: cj.nn.ops.sdpa(Tensor.new(_Q), *[Tensor.new(np.zeros((1, 2, 0, 4), np.float32))] * 2), errors.Msg,
+         r"k and v have no positions"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, scale="a"), errors.ArgumentType, "sdpa: scale must be a number"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, scale=float("nan")), errors.InvalidArgument,
+         "sdpa: scale must be finite, got nan"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, softcapping=0.0), errors.InvalidArgument,
+         "sdpa: softcapping must be > 0"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, window="a"), errors.NotAnInteger, "sdpa: window must be an int"),
+        (lambda: cj.nn.ops.activation(Tensor.new(_Q), "foo"), errors.InvalidArgument, "activation: unknown kind 'foo'"),
+        (lambda: cj.nn.ops.leaky_relu(Tensor.new(_Q), "a"), errors.ArgumentType, "leaky_relu: parameter must be"),
+        (lambda: cj.nn.ops.dropout(Tensor.new(_Q), "a"), errors.ArgumentType, "dropout: probability must be"),
+        (lambda: cj.nn.ops.rms_norm(Tensor.new(_Q), Tensor.ones((4,), DType.F32), "a"), errors.ArgumentType,
+         "rms-norm: eps must be a number"),
+        (lambda: cj.nn.ops.rms_norm(Tensor.new(_Q), Tensor.ones((4,), DType.F32), -1.0), errors.InvalidArgument,
+         "rms-norm: eps must be >= 0"),  # gave NaN
+        (lambda: cj.nn.ParamsAdamW(eps="a"), errors.ArgumentType, "ParamsAdamW: eps must be a number"),
+        (lambda: cj.Device.Cpu.set_seed("a"), errors.NotAnInteger, "set_seed: seed must be an int"),
+        (lambda: cj.Device.Cpu.set_seed(1.5), errors.NotAnInteger, "set_seed: seed must be an int"),
+    ],
+)
+def test_nn_ops_and_settings_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_missing_files_and_folders_raise_candlejax_errors_that_are_oserrors(tmp_path):
+    t = Tensor.new([1.0, 2.0])
+    for read in (cj.safetensors.load, Tensor.read_npy, Tensor.read_npz):
+        with pytest.raises(errors.NoSuchFile) as e:
+            read(tmp_path / "missing")
+        assert isinstance(e.value, FileNotFoundError)
+        with pytest.raises(errors.IsADirectory):
+            read(tmp_path)
+    with pytest.raises(errors.NoSuchFile, match=r"cannot write .*nope/x\.safetensors: its folder .* does not exist"):
+        cj.safetensors.save({"t": t}, tmp_path / "nope" / "x.safetensors")
+    with pytest.raises(errors.IsADirectory, match="it is a folder") as e:
+        t.write_npy(tmp_path)
+    assert isinstance(e.value, IsADirectoryError)
