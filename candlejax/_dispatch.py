@@ -61,6 +61,8 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
                     if "incompatible devices" in str(e):
                         raise device_mismatch(f.__name__.lstrip("_"), args) from None
                     raise
+                except MemoryError as e:  # a host (numpy) array of the trace, e.g. resize indices
+                    raise errors.out_of_memory(f.__name__.lstrip("_"), e) from e
                 except RuntimeError as e:
                     if "has been deleted" in str(e):
                         raise errors.DeletedBuffer(f.__name__.lstrip("_")) from None

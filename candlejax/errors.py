@@ -220,11 +220,11 @@ class SafeTensor(Error):
 class FileAccess(Error, OSError):
     """A path that cannot be read as a file: also an ``OSError``, so ``except OSError`` still works."""
 
-    def __init__(self, op: str, path: Any, what: str, hint: str = ""):
+    def __init__(self, op: str, path: Any, what: str, hint: str = "", *, message: str = ""):
         self.op, self.filename = op, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
         self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR}.get(what)
         self.strerror = what
-        super().__init__(f"{op}: {what}: {self.filename!r}" + (f" ({hint})" if hint else ""))
+        super().__init__(message or f"{op}: {what}: {self.filename!r}" + (f" ({hint})" if hint else ""))
 
     def __str__(self) -> str:  # OSError would otherwise format "[Errno 2] ..."
         return str(self.args[0])
@@ -233,15 +233,15 @@ class FileAccess(Error, OSError):
 class NoSuchFile(FileAccess, FileNotFoundError):
     """A path that does not exist (also a ``FileNotFoundError``)."""
 
-    def __init__(self, op: str, path: Any, hint: str = ""):
-        super().__init__(op, path, "no such file", hint)
+    def __init__(self, op: str, path: Any, hint: str = "", *, message: str = ""):
+        super().__init__(op, path, "no such file", hint, message=message)
 
 
 class IsADirectory(FileAccess, IsADirectoryError):
     """A directory where a file was expected (also an ``IsADirectoryError``)."""
 
-    def __init__(self, op: str, path: Any, hint: str = ""):
-        super().__init__(op, path, "is a directory", hint)
+    def __init__(self, op: str, path: Any, hint: str = "", *, message: str = ""):
+        super().__init__(op, path, "is a directory", hint, message=message)
 
 
 def check_file(path: Any, op: str, dir_hint: str = "") -> None:
@@ -355,7 +355,12 @@ class OutOfMemory(Error, MemoryError):
 
 
 def out_of_memory(op: str, e: BaseException) -> BaseException:
-    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error; ``e`` itself otherwise."""
+    """``OutOfMemory`` for a JAX ``RESOURCE_EXHAUSTED`` runtime error or a host (numpy) ``MemoryError``;
+    ``e`` itself otherwise."""
+    if isinstance(e, Error):
+        return e
+    if isinstance(e, MemoryError):
+        return OutOfMemory(op, str(e) or "the host could not allocate the array")
     msg = str(e)
     if "RESOURCE_EXHAUSTED" in msg or "Out of memory" in msg:
         return OutOfMemory(op, msg.split("\n", 1)[0].replace("RESOURCE_EXHAUSTED: ", ""))
@@ -411,6 +416,11 @@ class NotAnInteger(InvalidArgument, TypeError):
             f"{op}: {what} must be an int, got {shown or f'{value!r} ({type(value).__name__})'}"
             + (f"; {hint}" if hint else "; an int, a numpy integer or a 0-d integer array (floats are not truncated)")
         )
+
+
+class ArgumentType(InvalidArgument, TypeError):
+    """A value of a type an argument cannot take (``Tensor(None)``, ``t.affine("2", 0)``,
+    ``Tensor.from_jax("x")``): also a ``TypeError``, as candle-pyo3's ``incorrect type`` errors."""
 
 
 class InvalidDevice(Msg):

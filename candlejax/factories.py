@@ -15,6 +15,7 @@ from typing import Any
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
+from candlejax.shape import check_elem_count
 from candlejax.tensor import Tensor
 
 __all__ = ["cat", "ones", "rand", "randn", "stack", "zeros"]
@@ -28,7 +29,7 @@ def _shape(shape: tuple[Any, ...], fn: str) -> tuple[int, ...]:
         raise errors.DimType(msg)
     if any(d < 0 for d in shape):
         raise errors.NegativeDim(msg)
-    return tuple(shape)
+    return check_elem_count(tuple(shape), fn)
 
 
 def _dtype(dtype: Any) -> DType:

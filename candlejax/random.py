@@ -57,7 +57,9 @@ def _dev_key(device: Any) -> Any:
 
 def set_seed(device: Any, seed: int) -> None:
     """Seed ``device``'s generator; ``Device.set_seed(seed)`` calls this."""
-    seed = int(seed)
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):  # a float or a string was truncated / raw
+        raise errors.NotAnInteger("set_seed", "seed", seed)
+    seed = seed.__index__()
     if not 0 <= seed < 2**64:
         raise errors.Msg(f"set_seed: seed must be in [0, 2**64), got {seed}")
     _state[_dev_key(device)] = [seed, None, 0]

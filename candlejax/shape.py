@@ -111,10 +111,10 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     """A tuple of ints from a Shape, an int, a tuple/list, or ``()`` (scalar)."""
     if isinstance(shape, Shape):
         return shape.dims()
-    if isinstance(shape, int):
+    if type(shape) is int and 0 <= shape <= MAX_ELEM_COUNT:
         return (shape,)
     if hasattr(shape, "__index__"):
-        return (int(shape),)
+        shape = (shape,)
     try:
         items = tuple(shape)
     except TypeError:
@@ -122,7 +122,27 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     out = tuple(_dim_int(d, items) for d in items)
     if any(d < 0 for d in out):
         raise errors.NegativeDim(f"negative dimension in shape {list(out)}")
-    return out
+    return check_elem_count(out)
+
+
+#: the most elements a tensor can have: XLA multiplies a shape's dims as signed 64-bit integers (and
+#: aborts the process when the product overflows)
+MAX_ELEM_COUNT = 2**63 - 1
+
+
+def check_elem_count(dims: Sequence[int], op: str | None = None) -> Any:
+    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) overflows a
+    signed 64-bit integer, which no tensor can have."""
+    n = 1
+    for d in dims:
+        if d:
+            n *= d
+    if n > MAX_ELEM_COUNT:
+        raise errors.InvalidShape(
+            (f"{op}: " if op else "")
+            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most 2^63 - 1)"
+        )
+    return dims
 
 
 def _is_hole(d: Any) -> bool:
@@ -140,10 +160,15 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
             n *= d
         if n != elem_count:
             raise errors.ShapeMismatch(elem_count, spec)
-        return spec
-    if isinstance(spec, (int, Shape)) or hasattr(spec, "__index__"):
-        spec = as_shape(spec)
-    spec = tuple(spec)
+        return spec if n else check_elem_count(spec, op)
+    if isinstance(spec, Shape):
+        spec = spec.dims()
+    elif hasattr(spec, "__index__"):
+        spec = (spec,)
+    try:
+        spec = tuple(spec)
+    except TypeError:
+        raise errors.InvalidShape(f"{op}: cannot use {spec!r} as a shape") from None
     holes = [i for i, d in enumerate(spec) if _is_hole(d)]
     if len(holes) > 1:
         raise errors.InvalidShape(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
@@ -156,6 +181,8 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
             raise errors.ShapeMismatch(elem_count, dims)
         return dims
     spec = tuple(d if i == holes[0] else _dim_int(d, spec) for i, d in enumerate(spec))
+    if any(i != holes[0] and d < 0 for i, d in enumerate(spec)):
+        raise errors.NegativeDim(f"{op}: negative dimension in shape {list(spec)} (only one -1 hole is allowed)")
     known = 1
     for i, d in enumerate(spec):
         if i != holes[0]:
@@ -163,7 +190,8 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
     if known == 0 or elem_count % known:
         shown = "(" + ", ".join("()" if i == holes[0] else str(d) for i, d in enumerate(spec)) + ")"
         raise errors.InvalidShape(f"cannot reshape tensor with {elem_count} elements to {shown}")
-    return tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+    out = tuple(elem_count // known if i == holes[0] else int(d) for i, d in enumerate(spec))
+    return out if elem_count else check_elem_count(out, op)
 
 
 class Dims(tuple):

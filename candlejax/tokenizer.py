@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
+from candlejax.tensor._core import int_arg
 
 # llama.cpp token types (tokenizer.ggml.token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -347,7 +348,47 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
     return tk
 
 
+# --- argument checks ----------------------------------------------------------------------------------
+def _text(text: Any, op: str, what: str = "text") -> str:
+    if not isinstance(text, str):
+        raise errors.ArgumentType(f"tokenizer.{op}: {what} must be a str, got {type(text).__name__}")
+    return text
+
+
+def _token_id(i: Any, op: str) -> int:
+    i = int_arg(i, f"tokenizer.{op}", "token id")
+    if not 0 <= i < 2**32:
+        raise errors.InvalidArgument(f"tokenizer.{op}: token id {i} is out of range (ids are u32)")
+    return i
+
+
+def token_ids(ids: Any, op: str) -> list[int]:
+    """Token ids as a list of ints: a list, a numpy / jax array or a Tensor of integers; floats,
+    strings, negative or too large ids raise, naming ``op``."""
+    v = getattr(ids, "_a", ids)
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        v = np.asarray(v)
+        if v.dtype.kind not in "iu":
+            raise errors.ArgumentType(f"tokenizer.{op}: token ids must be integers, got an array of {v.dtype}")
+        v = v.reshape(-1).tolist()
+    elif isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
+        raise errors.ArgumentType(f"tokenizer.{op}: expected a list of token ids, got {type(ids).__name__}")
+    return [_token_id(i, op) for i in v]
+
+
 # --- chat templates --------------------------------------------------------------------------------
+@functools.cache
+def _render_error_type(jinja_error: type) -> type:
+    """A candlejax error that is also the jinja2 error a template raised (``TemplateError`` from its
+    ``raise_exception``, ``UndefinedError``, ``SecurityError``: what transformers raises)."""
+
+    def as_text(self: Any) -> str:
+        return str(self.args[0])
+
+    doc = "A chat template that failed to render; also jinja2's " + jinja_error.__name__
+    return type(f"ChatTemplate{jinja_error.__name__}", (errors.Msg, jinja_error), {"__str__": as_text, "__doc__": doc})
+
+
 @functools.cache
 def _jinja_env() -> Any:
     try:
@@ -409,6 +450,19 @@ class ChatTemplate:
         does: templates test them with ``is defined``. ``continue_final_message``: the text ends
         with the last message's content, left open for the model to continue (transformers' rule:
         the template's end-of-turn after it is cut off)."""
+        import jinja2
+
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+            raise errors.ArgumentType(
+                f"chat template: messages must be a list of {{'role': ..., 'content': ...}} dicts, got"
+                f" {type(messages).__name__}"
+            )
+        messages = list(messages)
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping):
+                raise errors.ArgumentType(
+                    f"chat template: message {i} must be a {{'role': ..., 'content': ...}} dict, got {type(m).__name__}"
+                )
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
         msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
@@ -419,9 +473,13 @@ class ChatTemplate:
             if not isinstance(final, str):
                 raise ValueError("continue_final_message needs a last message whose content is a string")
             msgs[-1]["content"] = final + _CONTINUE_TAG
-        text = self._template.render(
-            messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools, documents=documents, **variables
-        )
+        try:
+            text = self._template.render(
+                messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools, documents=documents,
+                **variables,
+            )
+        except jinja2.exceptions.TemplateError as e:  # raise_exception(...) or a message without a "role"
+            raise _render_error_type(type(e))(f"chat template: {type(e).__name__}: {e}") from e
         if continue_final_message:
             tag = _CONTINUE_TAG.strip()
             if final.strip() not in text or tag not in text:
@@ -635,18 +693,19 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
-        return self.hf.token_to_id(token)
+        return self.hf.token_to_id(_text(token, "token_to_id", "token"))
 
     def id_to_token(self, i: int) -> str | None:
-        return self.hf.id_to_token(i)
+        return self.hf.id_to_token(_token_id(i, "id_to_token"))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
         """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says): a
         ``list[int]`` with Candle's ``get_ids()`` / ``get_tokens()`` (:class:`Encoding`)."""
-        return Encoding(self.hf.encode(text, add_special_tokens=add_special_tokens))
+        return Encoding(self.hf.encode(_text(text, "encode"), add_special_tokens=add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
-        return [Encoding(e) for e in self.hf.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        texts = [_text(t, "encode_batch") for t in ([texts] if isinstance(texts, str) else texts)]
+        return [Encoding(e) for e in self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def with_padding(self, padding: PaddingParams | None) -> Tokenizer:
         """Candle / ``tokenizers``' ``with_padding(None)`` (no padding) or ``with_padding(Some(params))``;
@@ -667,6 +726,11 @@ class Tokenizer:
         if truncation is None:
             self.hf.no_truncation()
         elif isinstance(truncation, TruncationParams):
+            for what in ("max_length", "stride"):
+                if int_arg(getattr(truncation, what), "tokenizer.with_truncation", what) < 0:
+                    raise errors.InvalidArgument(
+                        f"tokenizer.with_truncation: {what} must be >= 0, got {getattr(truncation, what)}"
+                    )
             self.hf.enable_truncation(truncation.max_length, stride=truncation.stride,
                                       strategy=truncation.strategy, direction=truncation.direction)  # fmt: skip
         else:
@@ -698,7 +762,7 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip_special_tokens)
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -781,6 +845,17 @@ def _token_str(v: Any) -> str | None:
     return None
 
 
+def _json_object(file: Path) -> dict[str, Any]:
+    """A tokenizer folder's JSON file as a dict, or a candlejax error naming the file."""
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not a JSON object")
+    return cfg
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a ``tokenizer.json`` (a file, or a folder holding one). From the same folder,
     ``tokenizer_config.json`` supplies the special tokens (those it lacks from
@@ -791,13 +866,18 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
         raise errors.Msg(f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}")
-    hf = HFTokenizer.from_file(os.fspath(file))
+    try:
+        hf = HFTokenizer.from_file(os.fspath(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise errors.Msg(f"load_tokenizer: cannot read {os.fspath(file)!r}: {e}") from None
     folder = file.parent
     cfg: dict[str, Any] = {}
-    if (folder / "tokenizer_config.json").is_file():
-        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    if (folder / "special_tokens_map.json").is_file():  # older repos name the special tokens only there
-        stm = json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8"))
+    cfg_file = folder / "tokenizer_config.json"
+    if cfg_file.is_file():
+        cfg = _json_object(cfg_file)
+    stm_file = folder / "special_tokens_map.json"
+    if stm_file.is_file():  # older repos name the special tokens only there
+        stm = _json_object(stm_file)
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             if _token_str(cfg.get(key)) is None and _token_str(stm.get(key)) is not None:
                 cfg[key] = stm[key]

@@ -8,13 +8,12 @@ provides: ``Config``, ``HiddenAct``, ``PositionEmbeddingType``
 from __future__ import annotations
 
 import enum
-import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
 from candlejax.nn import ops
 
 __all__ = ["Config", "HiddenAct", "PositionEmbeddingType"]
@@ -113,6 +112,7 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        config_dict(d, "bert Config")
         known = {f.name for f in fields(Config)} - {"extra"}
         cfg = Config(**{k: v for k, v in d.items() if k in known})
         cfg.extra = {k: v for k, v in d.items() if k not in known}
@@ -121,8 +121,7 @@ class Config:
 
     @staticmethod
     def from_json_file(path: str | os.PathLike) -> Config:
-        with open(path) as f:
-            return Config.from_dict(json.load(f))
+        return Config.from_dict(read_config_json(path, "bert Config"))
 
     from_hf_config = from_dict
 
@@ -139,7 +138,14 @@ class Config:
                 f" {self.num_attention_heads}"
             )
         HiddenAct.parse(self.hidden_act)
-        if PositionEmbeddingType(self.position_embedding_type) is not PositionEmbeddingType.Absolute:
+        try:
+            pet = PositionEmbeddingType(self.position_embedding_type)
+        except (ValueError, TypeError):
+            raise errors.InvalidArgument(
+                f"bert: unknown position_embedding_type {self.position_embedding_type!r}"
+                f" ({', '.join(p.value for p in PositionEmbeddingType)})"
+            ) from None
+        if pet is not PositionEmbeddingType.Absolute:
             raise errors.Msg(
                 f"bert: position_embedding_type {self.position_embedding_type!r} is not supported (only 'absolute')"
             )

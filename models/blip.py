@@ -23,7 +23,6 @@ candlejax.models.blip caption IMAGE --model DIR`` (= ``candlejax caption``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -37,7 +36,9 @@ from candlejax.models import blip_text
 from candlejax.models.loading import (
     check_vb_first,
     checkpoint_dir,
+    config_dict,
     is_gguf,
+    read_config_json,
     refuse_unknown_config_keys,
     safetensors_files,
     tokenizer_from,
@@ -128,13 +129,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        config_dict(d, "blip Config")
         extra = {k: d[k] for k in ("projection_dim", "image_text_hidden_size") if d.get(k) is not None}
         return cls(dict(d.get("text_config") or {}), dict(d.get("vision_config") or {}), **extra)  # type: ignore[arg-type]
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_config_json(path, "blip Config"))
 
     from_hf_config = from_dict
 

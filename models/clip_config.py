@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
 from candlejax.nn import Activation
 
 __all__ = ["ClipConfig", "ClipTextConfig", "ClipVisionConfig", "EncoderConfig", "tower_config"]
@@ -128,7 +127,7 @@ class ClipConfig:
         """From a config.json dict. Old checkpoints' ``text_config_dict`` / ``vision_config_dict``, when
         present, win over ``text_config`` / ``vision_config`` as in transformers' ``CLIPConfig``: the
         tower is built from that dict and the tower's defaults, whatever ``*_config`` says."""
-        d = dict(d)
+        d = dict(config_dict(d, "clip Config"))
         text = d.get("text_config_dict")
         text = (d.get("text_config") or {}) if text is None else text
         vision = d.get("vision_config_dict")
@@ -139,8 +138,7 @@ class ClipConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> ClipConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_config_json(path, "clip Config"))
 
     from_hf_config = from_dict
 

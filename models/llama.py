@@ -535,8 +535,9 @@ def _lm_head(params: Llama, x: Any) -> Any:
 
 def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
     ids = unwrap(tokens)
-    if ids.ndim == 1:
-        ids = ids[None, :]
+    if not jnp.issubdtype(ids.dtype, jnp.integer):  # a cast would truncate 1.7 to token 1
+        raise errors.UnexpectedDType(DType.U32, to_dtype(ids.dtype), "llama step: token ids must be integers")
+    ids = ids[None, :] if ids.ndim == 1 else ids
     return _hidden_embeds(params, cache, unwrap(params.embed_tokens(ids.astype(jnp.int32))), pos)
 
 

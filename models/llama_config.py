@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
+import math
+import numbers
 import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
 
 __all__ = ["DEFAULT_MAX_SEQ_LEN", "Config", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks"]
 
@@ -95,6 +96,37 @@ def _rope_scaling(sc: Any) -> Any:
     return sc
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_values(cfg: Any) -> None:
+    """The non-size fields of a llama ``Config``: a wrong type or value raises here, naming the key,
+    rather than as a raw error (or NaN logits) when the model is built or run."""
+
+    def bad(name: str, what: str) -> errors.InvalidArgument:
+        return errors.InvalidArgument(f"llama Config: {name} must be {what}, got {getattr(cfg, name)!r}")
+
+    for name, positive in (("rms_norm_eps", False), ("rope_theta", True)):
+        v = getattr(cfg, name)
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)) or v < 0 or (
+            positive and v == 0
+        ):
+            raise bad(name, "a finite number > 0" if positive else "a finite number >= 0")
+    for name in ("bos_token_id", "pad_token_id", "sliding_window", "max_window_layers"):
+        if getattr(cfg, name) is not None and not _is_int(getattr(cfg, name)):
+            raise bad(name, "an integer or null")
+    e = cfg.eos_token_id
+    if not (e is None or _is_int(e) or (isinstance(e, (list, tuple)) and all(_is_int(x) for x in e))):
+        raise bad("eos_token_id", "an integer, a list of integers or null")
+    lt = cfg.layer_types
+    if lt is not None and (
+        not isinstance(lt, (list, tuple)) or len(lt) != cfg.num_hidden_layers
+        or any(t not in ("full_attention", "sliding_attention") for t in lt)
+    ):  # fmt: skip
+        raise bad("layer_types", f"a list of {cfg.num_hidden_layers} 'full_attention' / 'sliding_attention'")
+
+
 #: the sizes a config must give as integers >= 1 (``None``: taken from another field)
 _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "head_dim", "max_position_embeddings")  # fmt: skip
@@ -142,11 +174,17 @@ class Config:
 
     def __post_init__(self) -> None:
         check_sizes(self, _SIZES, "llama Config")
+        _check_values(self)
         self.eos_token_id = _eos_toks(self.eos_token_id)  # LlamaEosToks.Single / Multiple, as Candle
         self.rope_scaling = _rope_scaling(self.rope_scaling)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise errors.InvalidArgument(
+                    f"llama Config: hidden_size {self.hidden_size} is not a multiple of num_attention_heads"
+                    f" {self.num_attention_heads} (give head_dim explicitly if the model has one)"
+                )
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.qkv_bias is None:
             self.qkv_bias = self.attention_bias or self.model_type == "qwen2"
@@ -169,7 +207,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         """From a ``config.json`` dict; unknown keys are ignored."""
-        d = dict(d)
+        d = dict(config_dict(d, "llama Config"))
         rp = d.pop("rope_parameters", None)
         if isinstance(rp, dict) and rp:
             rp = dict(rp)
@@ -185,8 +223,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_config_json(path, "llama Config"))
 
     from_hf_config = from_dict
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import numbers
 import os
 import warnings
@@ -24,8 +25,9 @@ from candlejax import errors
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.quantized import VarBuilder
 
-__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir", "gguf_file",
-           "is_gguf", "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
+__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir", "config_dict",
+           "gguf_file", "is_gguf", "read_config_json", "refuse_unknown_config_keys", "safetensors_files",
+           "tokenizer_from"]  # fmt: skip
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -81,6 +83,28 @@ def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
 
     cls.__init__ = strict_init
     return cls
+
+
+def config_dict(d: Any, label: str, source: str = "") -> Mapping[str, Any]:
+    """``d`` itself when it is a dict (a ``config.json`` object), else ``ArgumentType`` naming ``label``."""
+    if not isinstance(d, Mapping):
+        raise errors.ArgumentType(
+            f"{label}: a config must be a dict (the object of a config.json), got {type(d).__name__}"
+            + (f" from {source}" if source else "")
+        )
+    return d
+
+
+def read_config_json(path: str | os.PathLike, label: str) -> Mapping[str, Any]:
+    """The object of a ``config.json``: a missing file, a folder, malformed JSON or a top level that is
+    not an object raise candlejax errors naming the file (``NoSuchFile`` is also a ``FileNotFoundError``)."""
+    errors.check_file(path, f"{label}: reading the config", "pass the config.json inside the checkpoint folder")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise errors.InvalidArgument(f"{label}: {os.fspath(path)} is not valid JSON ({e})") from None
+    return config_dict(d, label, os.fspath(path))
 
 
 def check_sizes(config: Any, names: Iterable[str], label: str) -> None:

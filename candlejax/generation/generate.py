@@ -46,6 +46,7 @@ from candlejax.generation.sampling import (
 )
 from candlejax.nn.embedding import check_token_ids
 from candlejax.tensor import unwrap, wrap
+from candlejax.tensor._core import int_arg
 from candlejax.xla import OptionsJit, SerializedProgram, compile_compact
 
 StepFn = Callable[[Any, Any, Any, Any], tuple[Any, Any]]
@@ -256,7 +257,10 @@ def model_limit(params: Any, name: str) -> int | None:
 
 def _prompt_array(prompt_tokens: Any, dtype: Any, vocab_size: int | None) -> jax.Array:
     p = unwrap(prompt_tokens)
-    arr = np.asarray(p) if not isinstance(p, jax.Array) else p
+    try:
+        arr = np.asarray(p) if not isinstance(p, jax.Array) else p
+    except (ValueError, TypeError):  # a ragged nested list
+        raise errors.Msg(f"generate: prompt_tokens must be a list of ids, got {prompt_tokens!r}") from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] != 1:
@@ -333,13 +337,17 @@ class Generation:
     ) -> None:
         self.params = params
         self.cache = cache
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = int_arg(max_new_tokens, "generate", "max_new_tokens")
+        if self.max_new_tokens < 0:
+            raise errors.InvalidArgument(f"generate: max_new_tokens must be >= 0, got {self.max_new_tokens}")
         self.eos: frozenset[int] = _eos_ids(eos_token_id)
         check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
-        self.repeat_last_n = int(repeat_last_n)
+        self.repeat_last_n = int_arg(repeat_last_n, "generate", "repeat_last_n")
+        if not jnp.issubdtype(token_dtype, jnp.integer):
+            raise errors.InvalidArgument(f"generate: token_dtype must be an integer dtype, got {token_dtype!r}")
         self.prompt = _prompt_array(prompt_tokens, token_dtype, model_limit(params, "vocab_size"))
-        self.pos = int(start_pos)
+        self.pos = int_arg(start_pos, "generate", "start_pos")
         # a cache with a fixed number of slots (``max_seq_len``) never wraps around: a prompt that
         # does not fit raises, and generation stops with finish_reason "cache_full" when it is full;
         # a model's position limit (``max_position_embeddings``) caps a larger cache
@@ -372,7 +380,9 @@ class Generation:
         use_penalty = self.repeat_penalty != 1.0 and self.repeat_last_n > 0
         # the context the penalty sees: earlier turns (if given) + this prompt
         prompt_list = [int(t) for t in np.asarray(self.prompt)[0]]
-        self._context = [*(context_tokens or ()), *prompt_list]
+        context = [] if context_tokens is None else list(unwrap(context_tokens).reshape(-1).tolist()
+                                                          if hasattr(context_tokens, "shape") else context_tokens)
+        self._context = [*(int_arg(t, "generate", "context_tokens id") for t in context), *prompt_list]
 
         self.processor = processor
         if processor is None or isinstance(processor, Sampling | type):

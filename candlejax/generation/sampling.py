@@ -27,8 +27,9 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.generation import candle_rng
+from candlejax.nn.module import as_array
 from candlejax.quantized import native
-from candlejax.tensor._core import TensorBase, unwrap
+from candlejax.tensor._core import TensorBase, int_arg, unwrap
 
 #: Candle treats a temperature below this as greedy decoding.
 MIN_TEMPERATURE = 1e-7
@@ -110,8 +111,17 @@ Sampling.TopKThenTopP = TopKThenTopP
 Sampling.GumbelSoftmax = GumbelSoftmax
 
 
+def _real(v: Any, what: str, where: str = "sampling") -> Any:
+    """``v`` unchanged when it is a real number (or traced), else ``ArgumentType`` naming ``what``."""
+    if isinstance(v, jax.core.Tracer):
+        return v
+    if isinstance(v, (bool, str, bytes, complex, np.complexfloating)) or not hasattr(v, "__float__"):
+        raise errors.ArgumentType(f"{where}: {what} must be a number, got {v!r} ({type(v).__name__})")
+    return v
+
+
 def _check_temperature(t: Any) -> None:
-    if t is not None and not isinstance(t, jax.core.Tracer) and math.isnan(float(t)):
+    if t is not None and not isinstance(t, jax.core.Tracer) and math.isnan(float(_real(t, "temperature"))):
         raise errors.Msg("sampling: temperature is NaN; pass a number (<= 0 or None for greedy decoding)")
 
 
@@ -188,20 +198,20 @@ def normalize_sampling(sampling: Sampling | type[Sampling] | None, vocab_size: i
     if t is None or not t >= MIN_TEMPERATURE:
         return ArgMax()
     t = float(t)
-    if isinstance(sampling, TopK | TopKThenTopP) and int(sampling.k) < 1:
+    if isinstance(sampling, TopK | TopKThenTopP) and int_arg(sampling.k, "sampling", "top-k k") < 1:
         raise errors.Msg(f"sampling: top-k needs k >= 1, got k={sampling.k}")
     if isinstance(sampling, All):
         return All(t)
     if isinstance(sampling, GumbelSoftmax):
         return GumbelSoftmax(t)
     if isinstance(sampling, TopP):
-        p = float(sampling.p)
+        p = float(_real(sampling.p, "top-p p"))
         return TopP(p, t) if 0.0 < p < 1.0 else All(t)
     if isinstance(sampling, TopK):
         k = int(sampling.k)
         return All(t) if vocab_size is not None and k >= vocab_size else TopK(k, t)
     if isinstance(sampling, TopKThenTopP):
-        k, p = int(sampling.k), float(sampling.p)
+        k, p = int(sampling.k), float(_real(sampling.p, "top-p p"))
         if vocab_size is not None and k >= vocab_size:
             return normalize_sampling(TopP(p, t))
         return TopK(k, t) if p <= 0.0 or math.isnan(p) else TopKThenTopP(k, p, t)
@@ -216,6 +226,10 @@ def sampling_from_args(temperature: float | None, top_k: int | None = None, top_
     if temperature is None or temperature <= 0:
         return ArgMax()
     t = float(temperature)
+    if top_k is not None:
+        top_k = int_arg(top_k, "sampling_from_args", "top_k")
+    if top_p is not None:
+        top_p = _real(top_p, "top_p", "sampling_from_args")
     if top_k is None and top_p is None:
         return All(t)
     if top_p is None:
@@ -372,7 +386,7 @@ def _as_key(key: Any) -> jax.Array:
 def seed_key(seed: int) -> jax.Array:
     """The base key of a u64 seed: the 8 key words of Candle's ``StdRng::seed_from_u64(seed)``
     (u32, made on the host, so no program is compiled for it)."""
-    seed = int(seed)
+    seed = int_arg(seed, "LogitsProcessor", "seed")
     if not 0 <= seed < 2**64:
         raise errors.Msg(f"seed must be in [0, 2**64), got {seed}")
     return jax.device_put(candle_rng.stdrng_key(seed))
@@ -420,11 +434,11 @@ class LogitsProcessor:
         elif top_p is None:
             sampling = All(float(temperature))
         else:
-            sampling = TopP(float(top_p), float(temperature))
+            sampling = TopP(float(_real(top_p, "top_p", "LogitsProcessor")), float(temperature))
         self._init(seed, sampling)
 
     def _init(self, seed: int, sampling: Sampling) -> None:
-        self.seed = int(seed)
+        self.seed = int_arg(seed, "LogitsProcessor", "seed")
         self.base_key = seed_key(self.seed)
         self.sampling = normalize_sampling(sampling)
         #: how many draws this processor has made (the index of the next key)
@@ -450,7 +464,7 @@ class LogitsProcessor:
 
         Candle: ``LogitsProcessor::sample(&logits) -> u32``.
         """
-        x = jnp.asarray(unwrap(logits))
+        x = jnp.asarray(as_array(logits))
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, tuple(x.shape), "LogitsProcessor::sample")
         _check_logits(x, "LogitsProcessor::sample")

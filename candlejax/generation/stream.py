@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from candlejax import errors
+from candlejax.tensor._core import int_arg
+
 
 class _TokenizerHandle:
     """``TokenOutputStream.tokenizer``: calling it gives the tokenizer (Candle's ``tokenizer()``);
@@ -57,6 +60,10 @@ class TokenOutputStream:
         the leading space of a text's first token: without a context, ``"▁time"`` after the prompt
         ``"Once upon a"`` comes out as ``"time"`` (Candle's stream does so); with it, ``" time"``,
         as ``tokenizer.decode(prompt + new)`` and transformers' ``TextStreamer`` give."""
+        if not callable(getattr(tokenizer, "decode", None)):
+            raise errors.ArgumentType(
+                f"TokenOutputStream: expected a tokenizer (with decode), got {type(tokenizer).__name__}"
+            )
         self._tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self._n_context = min(len(context), 1)
@@ -85,7 +92,10 @@ class TokenOutputStream:
     def next_token(self, token: int) -> str | None:
         """Add ``token``; return the new complete text, or ``None`` if there is none yet."""
         prev_text = self._decode(self.tokens[self.prev_index : self.current_index]) if self.tokens else ""
-        self.tokens.append(int(token))
+        token = int_arg(token, "TokenOutputStream.next_token", "token")
+        if not 0 <= token < 2**32:
+            raise errors.InvalidArgument(f"TokenOutputStream.next_token: token id {token} is out of range (u32)")
+        self.tokens.append(token)
         text = self._decode(self.tokens[self.prev_index :])
         if len(text) > len(prev_text) and not text.endswith("\ufffd"):
             self.prev_index = self.current_index

@@ -14,12 +14,13 @@ same target.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO
+
+from candlejax import errors
 
 try:
     import fcntl
@@ -66,10 +67,10 @@ def _prepare(path: PathLike) -> tuple[str, str, str]:
     is a folder is reported against the target's name."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: its folder {d} does not exist", path)
+    if not os.path.isdir(d):  # candlejax errors that are also FileNotFoundError / IsADirectoryError
+        raise errors.NoSuchFile("write", path, message=f"cannot write {path}: its folder {d} does not exist")
     if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder", path)
+        raise errors.IsADirectory("write", path, message=f"cannot write {path}: it is a folder")
     prefix = "." + os.path.basename(path) + "."
     _remove_stale_temps(d, prefix)
     return path, d, prefix

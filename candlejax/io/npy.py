@@ -184,11 +184,13 @@ def read_npy(path: PathLike, dtype: Any = None, device: Any = None) -> Any:
     file's dtype on the CPU).
     """
     p = os.fspath(path)
+    errors.check_file(p, "read_npy")
     with open(p, "rb") as f:
         return _read_array(f, os.fstat(f.fileno()).st_size, p, None, _resolve(dtype), device)
 
 
 def _open_zip(path: str) -> zipfile.ZipFile:
+    errors.check_file(path, "read_npz")
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:

@@ -306,6 +306,7 @@ class _Source:
         """The file is mapped once here (the raw bytes and F8 tensors are read from that map), and the
         package must have opened the same file: a save replacing ``path`` meanwhile is retried."""
         src = os.fspath(path)
+        errors.check_file(src, "safetensors load", "pass the .safetensors file inside it")
         for _ in range(3):
             with open(src, "rb") as f:
 

@@ -461,11 +461,17 @@ def _check_groups(c_in: int, c_out: int, groups: int, op_name: str) -> None:
 
 def _default_cfg(cls: type, cfg: Any) -> Any:
     """``None`` is Candle's ``Default::default()`` config (stride 1, no padding, ...)."""
-    if cfg is not None:
-        return cfg
-    cls = next(c for c in cls.__mro__ if c in (Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d))
-    return {Conv1d: Conv1dConfig, Conv2d: Conv2dConfig, ConvTranspose1d: ConvTranspose1dConfig,
-            ConvTranspose2d: ConvTranspose2dConfig}[cls]()  # fmt: skip
+    base = next(c for c in cls.__mro__ if c in (Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d))
+    config_cls = {Conv1d: Conv1dConfig, Conv2d: Conv2dConfig, ConvTranspose1d: ConvTranspose1dConfig,
+                  ConvTranspose2d: ConvTranspose2dConfig}[base]  # fmt: skip
+    if cfg is None:
+        return config_cls()
+    if not isinstance(cfg, CallableConfig):
+        raise errors.ArgumentType(
+            f"{cls.__name__}: config must be a {config_cls.__name__} (or None for the default), got"
+            f" {type(cfg).__name__}"
+        )
+    return cfg
 
 
 def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:

@@ -16,7 +16,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
-from candlejax.nn.linear import _as_param, _require_tensor
+from candlejax.nn.linear import _as_param, _require_tensor, check_param
 from candlejax.nn.module import Module, as_array, layer_name
 from candlejax.tensor._core import unwrap, wrap
 
@@ -62,7 +62,13 @@ class Embedding(Module):
     def __init__(self, embeddings: Any, hidden_size: int | None = None):
         _require_tensor(embeddings, "Embedding", "nn.embedding(num_embeddings, hidden_size, vb)")
         self.weight = _as_param(embeddings)
+        check_param("Embedding", self.weight, "embeddings (vocab, hidden)", self.weight, rank=2)
         self.hidden = int(hidden_size if hidden_size is not None else self.weight.shape[1])
+        if self.hidden != self.weight.shape[1]:  # Candle's forward fails reshaping the rows to hidden_size
+            raise errors.UnexpectedShape(
+                f"{layer_name('Embedding', self.weight)}: hidden_size {self.hidden} does not match the embeddings",
+                (self.weight.shape[0], self.hidden), self.weight.shape,
+            )
 
     @staticmethod
     def new(embeddings: Any, hidden_size: int) -> Embedding:

@@ -16,6 +16,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn.module import as_array
+from candlejax.shape import check_elem_count
 from candlejax.tensor._core import unwrap, wrap
 
 __all__ = ["one_hot"]
@@ -87,4 +88,5 @@ def one_hot(indices: Any, depth: int, on_value: Any = 1.0, off_value: Any = 0.0,
             if v >= depth:
                 raise errors.Msg(f"one_hot: index value {v} exceeds depth {depth}")
             raise errors.Msg(f"one_hot: invalid negative index value {v}, expected -1 or >= 0")
+    check_elem_count((*idx.shape, int(depth)), "one_hot")
     return wrap(_one_hot(idx, depth=int(depth), on=on_value, off=off_value, dtype=dt.np))

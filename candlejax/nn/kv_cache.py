@@ -40,8 +40,8 @@ from candlejax.nn._cache_base import (  # noqa: F401 (re-exported: candlejax.nn.
 )
 from candlejax.nn.kv_cache_scattered import IndicesAndMask, ScatteredCacheBuilder, ScatteredKvCache
 from candlejax.nn.module import Module, as_array
-from candlejax.shape import CallableInt
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.shape import CallableInt, check_elem_count
+from candlejax.tensor._core import int_arg, unwrap, wrap
 
 __all__ = [
     "Cache", "ConcatKvCache", "DataAndCache", "DecodeKvCache", "IndicesAndMask", "KeysValues", "KvCache",
@@ -695,10 +695,13 @@ class StackedKvCache(Module):
     @classmethod
     def new(cls, num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
             dtype: Any = DType.F32, device: Any = None) -> StackedKvCache:  # fmt: skip
-        if int(max_seq_len) < 1 or int(batch) < 1:
+        batch = int_arg(batch, "StackedKvCache", "batch")
+        max_seq_len = int_arg(max_seq_len, "StackedKvCache", "max_seq_len")
+        if max_seq_len < 1 or batch < 1:
             raise errors.Msg(f"StackedKvCache: batch {batch} and max_seq_len {max_seq_len} must be >= 1")
         dt = to_dtype(dtype).np
-        shape = (int(num_layers), int(batch), int(num_kv_heads), int(max_seq_len), int(head_dim))
+        shape = check_elem_count((int(num_layers), batch, int(num_kv_heads), max_seq_len, int(head_dim)),
+                                 "StackedKvCache")
         dev = Device.coerce(device).jax_device
         return cls(_zeros(shape, dt, dev), _zeros(shape, dt, dev))
 

@@ -146,6 +146,8 @@ class Linear(Module):
     """
 
     def __init__(self, weight: Any, bias: Any = None):
+        if weight is None:
+            raise errors.ArgumentType("nn.Linear: weight must be a Tensor (out, in), got None")
         _require_tensor(weight, "Linear", "nn.linear(in_dim, out_dim, vb) (or nn.linear_no_bias)")
         _require_tensor(bias, "Linear", "nn.linear(in_dim, out_dim, vb) (or nn.linear_no_bias)")
         self.weight = _as_param(weight)
@@ -323,6 +325,8 @@ def linear_b(in_dim: int, out_dim: int, bias: bool, vb: Any) -> Linear:
     w = vb.get_with_hints((out_dim, in_dim), "weight", DEFAULT_KAIMING_NORMAL)
     if not bias:
         return Linear(w, None)
+    if in_dim == 0:  # the weight is empty; the bias init divides by sqrt(in_dim) (Candle: a rand error)
+        raise errors.InvalidArgument(f"linear: in_dim must be >= 1 for a layer with a bias, got {in_dim}")
     bound = 1.0 / math.sqrt(in_dim)
     b = vb.get_with_hints((out_dim,), "bias", Uniform(-bound, bound))
     return Linear(w, b)

@@ -104,7 +104,7 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
     else:
         if dtype is not None:
             dt = check_width(to_dtype(dtype))
-            a = np.asarray(x, dtype=dt.np)
+            a = _numeric(x).astype(dt.np, copy=False)
         else:
             a = _host_value(x)
         a = jax.device_put(a, Device.coerce(device).jax_device) if device is not None else jnp.asarray(a)
@@ -118,6 +118,21 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
     return a
 
 
+def _numeric(x: Any) -> np.ndarray:
+    """``np.asarray(x)`` for numbers, arrays of numbers and (regular) nested lists of them; anything else
+    (None, strings, ragged lists, complex values) raises ``ArgumentType``."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        a = None
+    if a is None or a.dtype.kind in "OUScMm" or a.dtype.fields is not None:  # ml_dtypes' bfloat16 is kind V
+        raise errors.ArgumentType(
+            f"expected a Tensor, an array or (nested lists of) real numbers, got {type(x).__name__}"
+            + ("" if a is None or a.dtype.kind == "O" else f" of dtype {a.dtype}")
+        )
+    return a
+
+
 def _host_value(x: Any) -> np.ndarray:
     """Host data as numpy without silent narrowing.
 
@@ -125,7 +140,7 @@ def _host_value(x: Any) -> np.ndarray:
     Python floats become F32 (Candle's default); Python ints I32 when they fit, else they raise.
     """
     is_np = isinstance(x, (np.ndarray, np.generic))
-    a = np.asarray(x)
+    a = _numeric(x)
     if a.dtype == np.bool_:
         return a.astype(np.uint8)
     if x64_enabled() or a.dtype.itemsize < 8 or a.dtype.kind not in "iuf":

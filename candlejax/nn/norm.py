@@ -11,6 +11,8 @@ are ``Buffer``s (saved, never trained) and are updated functionally:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._discarded import caller_discards_result
 from candlejax._dispatch import op
+from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn._cache_base import _AppendResult
 from candlejax.nn.init import ONE, ZERO
@@ -71,6 +74,15 @@ class LayerNormConfig(CallableConfig):
         return LayerNormConfig()
 
 
+def _eps(eps: Any, layer: str) -> CallableFloat:
+    """A norm layer's ``eps``: a finite number >= 0 (a negative or NaN one makes the output NaN)."""
+    if isinstance(eps, (bool, str, bytes)) or not isinstance(eps, numbers.Real):
+        raise errors.ArgumentType(f"{layer}: eps must be a number, got {eps!r} ({type(eps).__name__})")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise errors.InvalidArgument(f"{layer}: eps must be a finite number >= 0, got {eps}")
+    return CallableFloat(eps)
+
+
 class LayerNorm(Module):
     """Normalise over the last dim (``nn.LayerNorm(normalized_shape=H)``); f16/bf16 computed in f32."""
 
@@ -78,7 +90,7 @@ class LayerNorm(Module):
         _require_tensor(weight, "LayerNorm", "nn.layer_norm(size, LayerNormConfig(eps=...), vb)")
         self.weight = _as_param(weight)
         self.bias = _as_param(bias)
-        self.eps = CallableFloat(eps)
+        self.eps = _eps(eps, "LayerNorm" if remove_mean else "RmsNorm")
         self.remove_mean = CallableBool(remove_mean)
         kind = "LayerNorm" if remove_mean else "RmsNorm"
         check_param(kind, self.weight, "weight (size,)", self.weight, rank=1)
@@ -118,6 +130,10 @@ class LayerNorm(Module):
 def layer_norm(size: int, config: LayerNormConfig | float, vb: Any) -> LayerNorm:
     """Params ``weight`` (ones) and, when ``affine``, ``bias`` (zeros); a float config is the eps."""
     if not isinstance(config, LayerNormConfig):
+        if isinstance(config, (str, bytes)) or not hasattr(config, "__float__"):
+            raise errors.ArgumentType(
+                f"layer_norm: config must be a LayerNormConfig or an eps (a float), got {config!r}"
+            )
         config = LayerNormConfig(eps=float(config))
     w = vb.get_with_hints((size,), "weight", ONE)
     b = vb.get_with_hints((size,), "bias", ZERO) if config.affine else None
@@ -179,7 +195,7 @@ class GroupNorm(Module):
         rule = f"num_channels is {self.num_channels}"
         check_param("GroupNorm", self.weight, "weight", self.weight, (self.num_channels,), rule=rule)
         check_param("GroupNorm", self.weight, "bias", self.bias, (self.num_channels,), rule=rule)
-        self.eps = CallableFloat(eps)
+        self.eps = _eps(eps, "GroupNorm")
 
     @staticmethod
     def new(weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float) -> GroupNorm:
@@ -307,8 +323,9 @@ class BatchNorm(ModuleT):
         self, num_features: int, running_mean: Any, running_var: Any, weight: Any = None, bias: Any = None,
         eps: float = 1e-5, momentum: float = 0.1, remove_mean: bool = True,
     ):  # fmt: skip
-        if eps < 0:
+        if isinstance(eps, numbers.Real) and eps < 0:
             raise errors.InvalidArgument(f"batch-norm eps cannot be negative {eps}")
+        _eps(eps, "batch-norm")
         if not 0.0 <= momentum <= 1.0:  # Candle's check_validity (NaN too)
             raise errors.InvalidArgument(f"batch-norm momentum must be between 0 and 1, is {momentum}")
         self.running_mean = _as_buffer(running_mean)
@@ -353,6 +370,11 @@ class BatchNorm(ModuleT):
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise LayerInputShape(
                 layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # Candle: a dtype mismatch with the f32 statistics
+            raise errors.UnsupportedDTypeForOp(
+                to_dtype(x.dtype), layer_name("BatchNorm", self.weight, self.running_mean),
+                "convert the input with .to_dtype(DType.F32) first",
             )
 
     def _wb(self) -> tuple[Any, Any]:

@@ -36,7 +36,7 @@ from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, ModuleT, as_array
 from candlejax.quantized import native
 from candlejax.shape import resolve_dim
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, float_arg, int_arg, wrap
 from candlejax.tensor.conv import depthwise_conv2d_nhwc_op, to_usize2
 from candlejax.tensor.elementwise import gelu_erf_jnp, in_f32
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
@@ -168,11 +168,15 @@ def _activation(a: Any, *, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
 
 def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
     """Apply the named activation (see ``Activation``)."""
+    if kind not in _UNARY and kind not in ("elu", "selu", "leaky_relu"):
+        raise errors.InvalidArgument(
+            f"activation: unknown kind {kind!r} ({', '.join(sorted([*_UNARY, 'elu', 'selu', 'leaky_relu']))})"
+        )
     a = as_array(xs)
     _check_float(kind, a)
     if kind == "swiglu" and a.shape[-1] % 2:
         raise errors.Msg(f"swiglu: the last dim must be even, got shape {fmt_shape(a.shape)}")
-    return wrap(_activation(a, kind=kind, p0=float(p0), p1=float(p1)))
+    return wrap(_activation(a, kind=kind, p0=float_arg(p0, kind, "parameter"), p1=float_arg(p1, kind, "parameter")))
 
 
 def sigmoid(xs: Any) -> Any:
@@ -255,7 +259,7 @@ def dropout(xs: Any, p: float, *, key: Any = None) -> Any:
     ``key`` is a jax key (or an int seed); without one, the device's seeded generator is used,
     which works eagerly only (under ``jit`` pass ``key=``).
     """
-    if not 0.0 <= p < 1.0:
+    if not 0.0 <= float_arg(p, "dropout", "probability") < 1.0:
         raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
     a = as_array(xs)
     _check_float("dropout", a)
@@ -276,6 +280,8 @@ class Dropout(ModuleT):
     """
 
     def __init__(self, p: float):
+        if isinstance(p, (str, bytes)) or not hasattr(p, "__float__"):
+            raise errors.ArgumentType(f"dropout probability must be a float in [0, 1), got {p!r}")
         if not 0.0 <= p < 1.0:
             raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
         self.p = float(p)
@@ -331,11 +337,19 @@ def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
         raise errors.Msg(f"shape mismatch in {op_name} {' '.join(shapes)}")
 
 
+def _norm_eps(eps: Any, op_name: str) -> float:
+    """A finite ``eps >= 0`` (a negative one makes ``rsqrt`` of a small variance NaN)."""
+    e = float_arg(eps, op_name, "eps")
+    if e < 0:
+        raise errors.InvalidArgument(f"{op_name}: eps must be >= 0, got {e}")
+    return e
+
+
 def rms_norm(xs: Any, alpha: Any, eps: float) -> Any:
     """``x / sqrt(mean(x², -1) + eps) * alpha`` over the last dim; alpha ``(H,)``. Differentiable."""
     a, w = as_array(xs), as_array(alpha)
     _check_norm("rms-norm", a, w)
-    return wrap(_norm_fast(a, w, None, eps=float(eps), remove_mean=False))
+    return wrap(_norm_fast(a, w, None, eps=_norm_eps(eps, "rms-norm"), remove_mean=False))
 
 
 def rms_norm_slow(xs: Any, alpha: Any, eps: float) -> Any:
@@ -352,7 +366,7 @@ def layer_norm(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
     a, w = as_array(xs), as_array(alpha)
     b = None if beta is None else as_array(beta)
     _check_norm("layer-norm", a, w, b)
-    return wrap(_norm_fast(a, w, b, eps=float(eps), remove_mean=True))
+    return wrap(_norm_fast(a, w, b, eps=_norm_eps(eps, "layer-norm"), remove_mean=True))
 
 
 def layer_norm_slow(xs: Any, alpha: Any, beta: Any, eps: float) -> Any:
@@ -596,7 +610,9 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
     qd, kd, vd = _dims(q, layout), _dims(k, kv_layout), _dims(v, kv_layout)
     rules = [("batch sizes differ", not qd[0] == kd[0] == vd[0]), ("k and v lengths differ", kd[2] != vd[2]),
              ("k and v head counts differ", kd[1] != vd[1]), ("q and k head dims differ", qd[3] != kd[3]),
-             ("q heads must be a multiple of kv heads", kd[1] == vd[1] and qd[1] % kd[1] != 0)]  # fmt: skip
+             ("q heads must be a multiple of kv heads", kd[1] == vd[1] and kd[1] and qd[1] % kd[1] != 0),
+             ("no kv heads", kd[1] == 0), ("head dims must be >= 1", qd[3] == 0),
+             ("k and v have no positions (a softmax over none)", kd[2] == 0)]  # fmt: skip
     broken = [r for r, bad in rules if bad]
     if broken:
         raise errors.Msg(
@@ -700,9 +716,11 @@ def sdpa(
     ma = None if mask is None else as_array(mask)
     keys_t = _check_keys_transposed(ka, kv_layout, keys_transposed)
     _check_sdpa(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout)
-    if window is not None and int(window) < 1:
+    if window is not None and int_arg(window, "sdpa", "window") < 1:
         raise errors.Msg(f"sdpa: window must be >= 1, got {window}")
-    sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
+    sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float_arg(scale, "sdpa", "scale")
+    if not float_arg(softcapping, "sdpa", "softcapping") > 0:  # tanh(s / 0) * 0 is NaN
+        raise errors.InvalidArgument(f"sdpa: softcapping must be > 0 (1.0: off), got {softcapping}")
     off = None if offset is None else as_array(offset)
     positions = bool(do_causal) or window is not None
     if not positions and offset is None and float(softcapping) == 1.0:

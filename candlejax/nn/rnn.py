@@ -27,7 +27,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import int_arg, wrap
 
 __all__ = ["GRU", "LSTM", "RNN", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
 
@@ -230,6 +230,9 @@ class _RNNBase(Module, RNN):
                                       f"[batch {x.shape[0]}, {self.hidden_dim}]", s.shape)  # fmt: skip
 
     def _zeros(self, batch: int) -> Any:
+        batch = int_arg(batch, f"{self._kind}.zero_state", "batch_dim")
+        if batch < 0:
+            raise errors.InvalidArgument(f"{self._kind}.zero_state: batch_dim must be >= 0, got {batch}")
         return jnp.zeros((batch, self.hidden_dim), self.w_ih._a.dtype)
 
 

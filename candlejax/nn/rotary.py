@@ -16,6 +16,8 @@ Scaling variants (``rope_scaling`` of a ``config.json``): ``default``, ``linear`
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -32,6 +34,20 @@ from candlejax.tensor._core import unwrap, wrap
 __all__ = ["RotaryEmbedding", "rope_inv_freq", "rotary_tables"]
 
 
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _scaling_value(sc: Mapping[str, Any], kind: str, key: str, default: float | None = None) -> float:
+    """A positive, finite number of a ``rope_scaling`` dict (transformers' ``_validate_*_rope_parameters``)."""
+    v = sc.get(key, default)
+    if v is None:
+        raise errors.InvalidArgument(f"rope_scaling of type {kind!r} needs {key!r}, got {dict(sc)}")
+    if not (_is_real(v) and math.isfinite(v) and v > 0):
+        raise errors.InvalidArgument(f"rope_scaling {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
 def rope_inv_freq(dim: int, base: float = 10000.0, rope_scaling: dict | None = None,
                   max_position_embeddings: int | None = None) -> np.ndarray:  # fmt: skip
     """Inverse frequencies ``(dim / 2,)`` f32, as transformers' ``ROPE_INIT_FUNCTIONS`` compute them.
@@ -42,20 +58,28 @@ def rope_inv_freq(dim: int, base: float = 10000.0, rope_scaling: dict | None = N
     """
     if dim % 2:
         raise errors.Msg(f"rotary embedding dim must be even, got {dim}")
-    if not (base > 0 and math.isfinite(base)):
-        raise errors.Msg(f"rotary embedding base (rope_theta) must be a positive number, got {base}")
+    if not (_is_real(base) and base > 0 and math.isfinite(base)):
+        raise errors.Msg(f"rotary embedding base (rope_theta) must be a positive number, got {base!r}")
     exps = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
     inv = (1.0 / (float(base) ** exps)).astype(np.float32)
+    if rope_scaling is not None and not isinstance(rope_scaling, Mapping):
+        raise errors.InvalidArgument(
+            f"rope_scaling must be a dict with its rope_type and factor, got {rope_scaling!r}"
+        )
     sc = rope_scaling or {}
     kind = sc.get("rope_type", sc.get("type", "default"))
     if kind in (None, "default"):
         return inv
     if kind == "linear":
-        return (inv / np.float32(sc["factor"])).astype(np.float32)
+        return (inv / np.float32(_scaling_value(sc, kind, "factor"))).astype(np.float32)
     if kind == "llama3":
-        factor = float(sc["factor"])
-        low, high = float(sc.get("low_freq_factor", 1.0)), float(sc.get("high_freq_factor", 4.0))
-        old = float(sc.get("original_max_position_embeddings", max_position_embeddings or 8192))
+        factor = _scaling_value(sc, kind, "factor")
+        low, high = _scaling_value(sc, kind, "low_freq_factor", 1.0), _scaling_value(sc, kind, "high_freq_factor", 4.0)
+        old = _scaling_value(sc, kind, "original_max_position_embeddings", max_position_embeddings or 8192)
+        if not high > low:  # the smoothing divides by high - low
+            raise errors.InvalidArgument(
+                f"rope_scaling high_freq_factor ({high}) must be larger than low_freq_factor ({low})"
+            )
         low_wavelen, high_wavelen = old / low, old / high
         wavelen = 2 * math.pi / inv
         out = np.where(wavelen > low_wavelen, inv / factor, inv)

@@ -88,6 +88,10 @@ class Sequential(Module):
         """A new Sequential with ``layer`` appended; as a bare statement it raises :class:`SequentialStatement`."""
         __tracebackhide__ = True
         if not isinstance(layer, Module):
+            if not callable(layer):
+                raise errors.ArgumentType(
+                    f"Sequential.add: expected a Module or a function of a Tensor, got {type(layer).__name__}"
+                )
             layer = Func(layer)
         if caller_discards_result():
             raise SequentialStatement("Sequential.add")

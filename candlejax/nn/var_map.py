@@ -76,7 +76,13 @@ class VarMap:
         dt = check_width(to_dtype(dtype))
         check_init(init, "VarMap.get")
         init = Const(0.0) if init is None else init
-        a = init.sample(shape, dt, Device.coerce(device), name_rng(self.seed, path))
+        try:
+            a = init.sample(shape, dt, Device.coerce(device), name_rng(self.seed, path))
+        except (MemoryError, RuntimeError) as e:  # a host draw (numpy) or a device one too large
+            oom = errors.out_of_memory(f"VarMap.get({path!r}, {fmt_shape(shape)}, {dt.name})", e)
+            if oom is e:
+                raise
+            raise oom from e
         v = Var._make(a, path)
         self._data[path] = v
         return v

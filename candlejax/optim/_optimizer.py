@@ -40,7 +40,7 @@ from candlejax._dispatch import is_eager
 from candlejax.device import Device
 from candlejax.dtype import to_dtype
 from candlejax.optim._params import Split, grads_as_params, is_var, merge_leaves, split
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor._core import TensorBase, float_arg, unwrap, wrap
 from candlejax.xla import OptionsJit
 
 #: Compiled steps kept per optimizer (one per loss function and donation mode), least recently used out.
@@ -1068,6 +1068,8 @@ class ParamsAdamW:
     def __post_init__(self) -> None:
         if not callable(self.lr):
             _check_lr(self.lr, "ParamsAdamW")
+        for k in ("beta1", "beta2", "eps", "weight_decay"):
+            float_arg(getattr(self, k), "ParamsAdamW", k)
         for k in ("beta1", "beta2"):
             v = getattr(self, k)
             if not 0.0 <= v < 1.0:

@@ -10,6 +10,7 @@ provides: ``wrap``, ``TensorBase`` (``_a``, ``_wrap``, ``dtype``, ``shape``, ``d
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -221,6 +222,26 @@ def int_arg(x: Any, op: str, what: str) -> int:
         except TypeError:
             pass
     raise errors.NotAnInteger(op, what, x)
+
+
+def float_arg(x: Any, op: str, what: str) -> float:
+    """``x`` as a finite Python float, for an op's real-valued setting (an eps, a scale, a probability):
+    an int, a float, a numpy number or a concrete 0-d array / Tensor. Strings, None, bools and complex
+    values raise :class:`candlejax.errors.ArgumentType`; NaN and infinities ``InvalidArgument``."""
+    if type(x) is float and math.isfinite(x):  # the fast path
+        return x
+    v = x._a if isinstance(x, TensorBase) else x
+    if isinstance(v, (bool, np.bool_, str, bytes, complex, np.complexfloating)) or not hasattr(v, "__float__"):
+        raise errors.ArgumentType(f"{op}: {what} must be a number, got {x!r} ({type(x).__name__})")
+    if isinstance(v, jax.core.Tracer):
+        raise errors.ArgumentType(f"{op}: {what} must be a Python number, not a value traced under jax.jit")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):  # a multi-element array
+        raise errors.ArgumentType(f"{op}: {what} must be a number, got {x!r} ({type(x).__name__})") from None
+    if not math.isfinite(f):
+        raise errors.InvalidArgument(f"{op}: {what} must be finite, got {f}")
+    return f
 
 
 def _int_dtype_or_none(dt: Any) -> bool:

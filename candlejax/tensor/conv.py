@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -27,6 +28,7 @@ from jax.interpreters import ad, batching, mlir
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax.shape import check_elem_count
 from candlejax.tensor._core import TensorBase, check_float, check_same_device, int_arg, wrap
 
 IntOrPair = int | tuple[int, int]
@@ -83,6 +85,39 @@ def conv_out_len(n: int, k: int, p: int, s: int, d: int) -> int:
 
 def _tconv_out(n: int, k: int, p: int, op_: int, s: int, d: int) -> int:
     return (n - 1) * s - 2 * p + d * (k - 1) + op_ + 1
+
+
+def _memory_limit(a: Any) -> int | None:
+    """The bytes ``a``'s device can hold (an accelerator's memory, the host's RAM for the CPU), or None."""
+    try:
+        dev = next(iter(a.devices()))
+    except (AttributeError, TypeError, RuntimeError, StopIteration):  # traced: the default device
+        dev = jax.devices()[0]
+    return _device_memory(dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_memory(dev: Any) -> int | None:
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if dev.platform == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _check_fits_memory(op_name: str, shape: tuple[int, ...], a: Any) -> None:
+    """``OutOfMemory`` before compiling an op whose result cannot fit the device: XLA compiles a transposed
+    convolution in time proportional to its output, so a huge stride would compile for minutes first."""
+    n_bytes = math.prod(shape) * a.dtype.itemsize
+    limit = _memory_limit(a)
+    if limit is not None and n_bytes > limit:
+        raise errors.OutOfMemory(
+            op_name, f"the result {errors.fmt_shape(shape)} needs {n_bytes} bytes, the device has {limit}"
+        )
 
 
 # --- jitted kernels ------------------------------------------------------------------------------
@@ -567,6 +602,7 @@ class ConvMixin(TensorBase):
                 f"the dilated kernel ({d * (k_size - 1) + 1}) is larger than the padded input ({l_in + 2 * p})",
                 self.shape, kernel.shape, p, s,
             )
+        check_elem_count((self.shape[0], c_out, conv_out_len(l_in, k_size, p, s, d)), name)
         return wrap(_conv(self._a, kernel._a, padding=(p,), stride=(s,), dilation=(d,), groups=g, dn=_DN1))
 
     def conv1d_with_algo(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1,
@@ -599,6 +635,8 @@ class ConvMixin(TensorBase):
                     f"the dilated kernel ({dd * (k - 1) + 1}) is larger than the padded input ({n + 2 * pp})",
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op="conv2d",
                 )
+        out_hw = (conv_out_len(i_h, k_h, p[0], s[0], d[0]), conv_out_len(i_w, k_w, p[1], s[1], d[1]))
+        check_elem_count((self.shape[0], c_out, *out_hw), name)
         return wrap(_conv(self._a, kernel._a, padding=p, stride=s, dilation=d, groups=g, dn=_DN2))
 
     def conv2d_with_algo(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1,
@@ -634,6 +672,8 @@ class ConvMixin(TensorBase):
                     f"the padding is too large, the output would be empty ({_tconv_out(n, k, pp, o, ss, dd)})",
                     self.shape, kernel.shape, _fmt(p), _fmt(s), op=name,
                 )
+        out = tuple(_tconv_out(n, k, pp, o, ss, dd) for n, k, pp, o, ss, dd in zip(xs[2:], ks[2:], p, op_, s, d))
+        _check_fits_memory(name, check_elem_count((xs[0], ks[1] * g, *out), name), self._a)
         dn = _DN1 if nd == 1 else _DN2
         return wrap(_conv_transpose(self._a, kernel._a, padding=p, output_padding=op_, stride=s, dilation=d,
                                     groups=g, dn=dn))
@@ -691,6 +731,7 @@ class ConvMixin(TensorBase):
         (PyTorch ``F.interpolate(mode="nearest")``): source index ``floor(i * L / target_size)``."""
         _dimsn(self, 3, "interpolate1d")
         n = _int(target_size, "target_size", "interpolate1d", 1)
+        check_elem_count((*self.shape[:2], n), "interpolate1d")
         return wrap(_upsample_nearest(self._a, sizes=(n,)))
 
     def upsample_nearest1d(self, target_size: int) -> Any:
@@ -702,6 +743,7 @@ class ConvMixin(TensorBase):
         _dimsn(self, 4, "interpolate2d")
         h = _int(target_h, "target_h", "interpolate2d", 1)
         w = _int(target_w, "target_w", "interpolate2d", 1)
+        check_elem_count((*self.shape[:2], h, w), "interpolate2d")
         return wrap(_upsample_nearest(self._a, sizes=(h, w)))
 
     def upsample_nearest2d(self, target_h: int, target_w: int) -> Any:
@@ -716,6 +758,7 @@ class ConvMixin(TensorBase):
         check_float(name, self)
         h = _int(target_h, "target_h", name, 1)
         w = _int(target_w, "target_w", name, 1)
+        check_elem_count((*self.shape[:2], h, w), name)
         return wrap(_upsample_bilinear2d(self._a, sizes=(h, w), align_corners=bool(align_corners),
                                          scales=(None, None)))
 
@@ -733,6 +776,7 @@ class ConvMixin(TensorBase):
             raise errors.Msg(f"{name}: scale ({sh}, {sw}) gives an empty output ({oh}, {ow}) for input ({h}, {w})")
         if (oh, ow) == (h, w):
             return self
+        check_elem_count((*self.shape[:2], oh, ow), name)
         return wrap(_upsample_bilinear2d(self._a, sizes=(oh, ow), align_corners=bool(align_corners),
                                          scales=(sh, sw)))
 

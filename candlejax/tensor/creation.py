@@ -26,7 +26,7 @@ from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
-from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, shape_with_hole
+from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
 _Tracer = jax.core.Tracer
@@ -94,7 +94,7 @@ def _buffer_mismatch(data: Any, a: Any, dims: tuple[int, ...], op: str) -> error
 
 def _shape(shape: Any) -> tuple[int, ...]:
     if type(shape) in PLAIN_SHAPE_TYPES and all(type(d) is int and d >= 0 for d in shape):
-        return shape
+        return check_elem_count(shape)
     return as_shape(shape)
 
 
@@ -124,7 +124,7 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
         return _np_dtype(np.dtype(value.dtype), where)
     if isinstance(value, TensorBase):
         return value.dtype
-    raise TypeError(f"incorrect type {type(value)} for tensor")
+    raise errors.ArgumentType(f"incorrect type {type(value)} for tensor")
 
 
 def _np_dtype(dt: np.dtype, where: str) -> DType:
@@ -239,7 +239,7 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         if isinstance(data, (list, tuple)):
             raise _ragged_error(data) from None
-        raise TypeError(f"incorrect type {type(data)} for tensor") from None
+        raise errors.ArgumentType(f"incorrect type {type(data)} for tensor") from None
     kind = arr.dtype.kind
     if kind == "O" or kind in "USV":
         if isinstance(data, (list, tuple)):
@@ -253,7 +253,7 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
                 break
         if isinstance(bad, int):  # ints beyond int64/uint64
             raise errors.Msg(f"{where}: integer {bad} does not fit in a 64-bit tensor")
-        raise TypeError(f"incorrect type {type(bad)} for tensor")
+        raise errors.ArgumentType(f"incorrect type {type(bad)} for tensor")
     if arr.ndim > 1 and 0 in arr.shape[1:] and isinstance(data, (list, tuple)):
         raise errors.Msg("empty array")
     if dtype is not None:
@@ -271,7 +271,7 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
         return arr.astype(d.np, copy=False)
     if kind == "c":
         raise errors.UnsupportedDTypeForOp(str(arr.dtype), where, "complex numbers are not supported")
-    raise TypeError(f"incorrect type {type(data)} for tensor")
+    raise errors.ArgumentType(f"incorrect type {type(data)} for tensor")
 
 
 def _is_torch(x: Any) -> bool:
@@ -353,7 +353,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):
         return as_jax_array(np.asarray(data), dtype, where)
     else:
-        raise TypeError(f"incorrect type {type(data)} for tensor")
+        raise errors.ArgumentType(f"incorrect type {type(data)} for tensor")
     adt = a.dtype
     if adt == np.bool_:
         a = a.astype(np.uint8)
@@ -464,16 +464,25 @@ def _rand_dtype(dtype: Any, op_name: str) -> DType:
     return d
 
 
-def _concrete(x: Any) -> float | None:
-    """``x`` as a Python float when it is concrete, else None (traced bounds skip validation)."""
+def _concrete(x: Any, op_name: str, what: str) -> float | None:
+    """``x`` as a finite Python float when it is concrete, else None (traced bounds skip validation).
+    A string, None, a complex or a non-finite value raises (rand's ``Uniform`` and ``Normal`` refuse
+    non-finite parameters; a NaN would make every sample NaN)."""
     if isinstance(x, TensorBase):
         x = x._a
-    if isinstance(x, _Tracer):
+    if isinstance(x, _Tracer) or getattr(x, "ndim", 0):  # traced, or an array of bounds
         return None
+    if isinstance(x, (str, bytes, complex, np.complexfloating)) or x is None:
+        raise errors.ArgumentType(f"{op_name}: {what} must be a real number, got {x!r} ({type(x).__name__})")
     try:
-        return float(x)
+        v = float(x)
     except (TypeError, ValueError):
-        return None
+        raise errors.ArgumentType(
+            f"{op_name}: {what} must be a real number, got {x!r} ({type(x).__name__})"
+        ) from None
+    if not math.isfinite(v):
+        raise errors.InvalidArgument(f"{op_name}: {what} must be finite, got {v}")
+    return v
 
 
 def _key_for(key: Any, device: Device, op_name: str) -> tuple[Any, Any]:
@@ -580,6 +589,8 @@ class CreationMixin(TensorBase):
     @staticmethod
     def from_jax(array: Any) -> Any:
         """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8."""
+        if not (hasattr(array, "dtype") and hasattr(array, "shape")):
+            raise errors.ArgumentType(f"from_jax expects a jax.Array, got {type(array).__name__}")
         adt = array.dtype
         if adt not in NUMPY_TO_DTYPE:
             if adt == np.bool_:
@@ -592,7 +603,7 @@ class CreationMixin(TensorBase):
     def from_torch(t: Any, device: Any = None) -> Any:
         """A Tensor from a ``torch.Tensor`` through DLPack (zero-copy for contiguous CPU tensors)."""
         if not _is_torch(t):
-            raise TypeError(f"from_torch expects a torch.Tensor, got {type(t).__name__}")
+            raise errors.ArgumentType(f"from_torch expects a torch.Tensor, got {type(t).__name__}")
         return wrap(_place(_from_torch(t, None, "from_torch"), None if device is None else _dev(device)))
 
     # --- constant tensors ------------------------------------------------------------------
@@ -684,6 +695,7 @@ class CreationMixin(TensorBase):
             n = max(0, -((start - end) // step))  # ceil((end - start) / step)
         else:
             n = max(0, math.ceil((end - start) / step))
+        check_elem_count((n,), "arange")
         if d.is_int() and not all_int:
             # float start / step with an integer dtype: the values must be integers (as Tensor([1.5],
             # dtype=I32) raises); integral ones take the exact integer path below, range check included
@@ -754,7 +766,7 @@ class CreationMixin(TensorBase):
         PyTorch: ``torch.rand(shape) * (up - lo) + lo``.
         """
         d = _rand_dtype(dtype, "rand")
-        lo_c, up_c = _concrete(lo), _concrete(up)
+        lo_c, up_c = _concrete(lo, "rand", "lo"), _concrete(up, "rand", "up")
         if lo_c is not None and up_c is not None and lo_c > up_c:
             raise errors.Msg(f"rand: lo must not exceed up, got lo={lo_c}, up={up_c}")
         dev = _dev(device)
@@ -769,7 +781,8 @@ class CreationMixin(TensorBase):
         Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``.
         """
         d = _rand_dtype(dtype, "randn")
-        std_c = _concrete(std)
+        _concrete(mean, "randn", "mean")
+        std_c = _concrete(std, "randn", "std")
         if std_c is not None and not std_c >= 0:
             raise errors.Msg(f"randn: std must be non-negative, got {std_c}")
         dev = _dev(device)
@@ -822,6 +835,7 @@ def _tri_like(n: Any, dtype: Any, device: Any, op_name: str, *, k: int, upper: b
     if n < 0:
         raise errors.Msg(f"{op_name}: n must be a non-negative int, got {n!r}")
     d = _dt(dtype, op_name)
+    check_elem_count((n, n), op_name)
     return wrap(_place(_tri(n=n, dtype=d.np, k=k, upper=upper), _dev(device)))
 
 

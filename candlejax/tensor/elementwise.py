@@ -34,7 +34,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
-from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, wrap
+from candlejax.tensor._core import TensorBase, aval, check_same_device, int_arg, multi_device, wrap
 
 # --- dtype sets (numpy dtypes, as found on ``jax.Array.dtype``) ---------------------------------
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
@@ -73,15 +73,25 @@ def _scalar_arg(name: str, t: TensorBase, s: Any) -> Any:
     numpy scalar of their own dtype, after checking that ``s`` is integral and in range.
     """
     dt = t._a.dtype
+    if isinstance(s, (str, bytes, complex, np.complexfloating)) or s is None:
+        raise _not_a_number(name, s)
     if dt in _FLOAT:
-        return float(s)
+        try:
+            return float(s)
+        except (TypeError, ValueError):
+            raise _not_a_number(name, s) from None
+        except OverflowError:
+            raise errors.InvalidArgument(f"{name}: the scalar {s} is too large for a float") from None
     if isinstance(s, (float, np.floating)):
         if not float(s).is_integer():
             raise errors.Msg(
                 f"{name}: the scalar {s!r} is not representable in the integer dtype {t.dtype.name} of the"
                 f" tensor (Candle would truncate it); convert the tensor first with .to_dtype(DType.F32)"
             )
-    s = int(s)
+    try:
+        s = int(s)
+    except (TypeError, ValueError, OverflowError):
+        raise _not_a_number(name, s) from None
     lo, hi = _IINFO[dt]
     if not lo <= s <= hi:
         raise errors.Msg(
@@ -89,6 +99,10 @@ def _scalar_arg(name: str, t: TensorBase, s: Any) -> Any:
             " convert the tensor first with .to_dtype(...)"
         )
     return dt.type(s)
+
+
+def _not_a_number(name: str, s: Any) -> errors.ArgumentType:
+    return errors.ArgumentType(f"{name}: expected a real number, got {s!r} ({type(s).__name__})")
 
 
 def _as_scalar(x: Any) -> Any:
@@ -580,7 +594,10 @@ class ElementwiseMixin(TensorBase):
         """
         if self._a.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(self.dtype, "round_to", _F32_HINT)
-        return _call(_round_to, self._a, 10.0 ** int(decimals))
+        decimals = int_arg(decimals, "round_to", "decimals")
+        if not -308 <= decimals <= 308:  # 10^decimals must be a finite, non-zero f64, or every value is NaN
+            raise errors.InvalidArgument(f"round_to: decimals must be in [-308, 308], got {decimals}")
+        return _call(_round_to, self._a, 10.0**decimals)
 
     def clamp(self, min: Any = None, max: Any = None) -> Any:
         """Clamp to ``[min, max]`` (Candle ``clamp``, torch ``clamp``).

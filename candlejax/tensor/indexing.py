@@ -286,7 +286,10 @@ def _is_int(x: Any) -> bool:
 
 def _list_ids(x: Any, size: int, op_name: str) -> np.ndarray:
     """Index values from a Python list / tuple / numpy array; negatives count from the end."""
-    v = np.asarray(x)
+    try:
+        v = np.asarray(x)
+    except (ValueError, TypeError):  # a ragged nested list
+        raise errors.Msg(f"{op_name}: an index list must be a flat list of integers, got {x!r}") from None
     if v.dtype == np.bool_:
         raise errors.Msg(
             f"{op_name}: boolean masks are not supported (data-dependent shape); use where_cond / masked_fill"
@@ -777,6 +780,10 @@ class IndexingMixin(TensorBase):
             if value.rank != 0:
                 raise errors.Msg(f"masked_fill: value must be a scalar or a rank-0 tensor, got shape {value.shape}")
             value = value._a
-        elif isinstance(value, (bool, int, float, np.number)):
+        elif isinstance(value, (bool, int, float, np.number)) and not isinstance(value, np.complexfloating):
             value = _fill_value(self._a.dtype, value)
+        elif not (isinstance(value, (jax.Array, jax.core.Tracer, np.ndarray)) and value.ndim == 0):
+            raise errors.ArgumentType(
+                f"masked_fill: value must be a real number or a rank-0 tensor, got {value!r} ({type(value).__name__})"
+            )
         return self._wrap(_masked_fill(self._a, mask._a, value))

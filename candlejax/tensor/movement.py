@@ -23,7 +23,7 @@ from jax import lax
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
-from candlejax.shape import D, Layout, Shape, as_shape, resolve_dim, resolve_dims, shape_with_hole
+from candlejax.shape import D, Layout, Shape, as_shape, check_elem_count, resolve_dim, resolve_dims, shape_with_hole
 from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
 
 # --------------------------------------------------------------------------------------------------
@@ -174,7 +174,10 @@ def _check_broadcast(src: tuple[int, ...], dst: tuple[int, ...], op_name: str) -
 def _tensors(tensors: Any, op_name: str) -> list[TensorBase]:
     if isinstance(tensors, TensorBase):
         raise errors.Msg(f"{op_name} expects a list of tensors, got a single Tensor (wrap it in a list)")
-    ts = list(tensors)
+    try:
+        ts = list(tensors)
+    except TypeError:
+        raise errors.ArgumentType(f"{op_name} expects a list of tensors, got {type(tensors).__name__}") from None
     for t in ts:
         if not isinstance(t, TensorBase):
             raise errors.Msg(f"{op_name} expects Tensors, got {type(t).__name__}")
@@ -492,7 +495,7 @@ class MovementMixin(TensorBase):
         left = as_shape(_shape_args(left_shape, "broadcast_left"))
         if not left:
             return self
-        return self._wrap(_broadcast(self._a, shape=left + self._a.shape))
+        return self._wrap(_broadcast(self._a, shape=check_elem_count(left + self._a.shape, "broadcast_left")))
 
     # --- layout -------------------------------------------------------------------------------
     def contiguous(self) -> Any:
@@ -544,6 +547,7 @@ class MovementMixin(TensorBase):
             raise errors.Msg(f"pad_with_zeros: left and right must be non-negative, got {left}, {right}")
         if left == 0 and right == 0:
             return self
+        check_elem_count((*s[:d], s[d] + left + right, *s[d + 1:]), "pad_with_zeros")
         pads = tuple((left, right) if i == d else (0, 0) for i in range(len(s)))
         return self._wrap(_pad(self._a, pads=pads, mode="constant"))
 
@@ -559,6 +563,7 @@ class MovementMixin(TensorBase):
             return self
         if self.elem_count() == 0:
             raise errors.Msg("cannot use pad_with_same on an empty tensor")
+        check_elem_count((*s[:d], s[d] + left + right, *s[d + 1:]), "pad_with_same")
         pads = tuple((left, right) if i == d else (0, 0) for i in range(len(s)))
         return self._wrap(_pad(self._a, pads=pads, mode="edge"))
 
@@ -574,6 +579,8 @@ class MovementMixin(TensorBase):
             reps = reps + (1,) * (len(s) - len(reps))
         if all(r == 1 for r in reps) and len(reps) == len(s):
             return self
+        s = (1,) * (len(reps) - len(s)) + tuple(s)
+        check_elem_count(tuple(r * d for r, d in zip(reps, s)), "repeat")
         return self._wrap(_tile(self._a, reps=reps))
 
     def roll(self, shift: int, dim: Any) -> Any:

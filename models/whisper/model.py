@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import check_sizes, is_gguf, refuse_unknown_config_keys
+from candlejax.models.loading import check_sizes, config_dict, is_gguf, read_config_json, refuse_unknown_config_keys
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -77,6 +77,7 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        config_dict(d, "whisper Config")
         known = {f.name for f in fields(Config)} - {"extra"}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
         cfg = Config(**kw, extra=json.dumps({k: v for k, v in d.items() if k not in known}, default=str))
@@ -93,8 +94,7 @@ class Config:
     def from_json_file(path: str | os.PathLike) -> Config:
         """A ``config.json``; the suppressed tokens it lacks (large-v3's has no ``suppress_tokens``) are
         read from a ``generation_config.json`` beside it, where transformers' ``generate`` reads them."""
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = dict(read_config_json(path, "whisper Config"))
         gen_path = os.path.join(os.path.dirname(os.fspath(path)), "generation_config.json")
         missing = [k for k in ("suppress_tokens", "begin_suppress_tokens") if d.get(k) is None]
         if missing and os.path.isfile(gen_path):

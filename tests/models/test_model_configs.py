@@ -45,3 +45,75 @@ def test_bert_clip_whisper_config_sizes():
         whisper.Config.from_dict({"decoder_attention_heads": 0})
     assert whisper.Config.from_dict({}).max_target_positions == 448
     assert clip_config.ClipConfig.from_dict({}).vision_config.patch_size == 32
+
+
+_TINY = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+         "num_attention_heads": 4, "max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"num_attention_heads": 3}, "hidden_size 16 is not a multiple of num_attention_heads 3"),
+        ({"rms_norm_eps": "1e-5"}, r"rms_norm_eps must be a finite number >= 0, got '1e-5'"),
+        ({"rms_norm_eps": None}, "rms_norm_eps must be a finite number >= 0, got None"),
+        ({"rms_norm_eps": float("nan")}, "rms_norm_eps must be a finite number >= 0, got nan"),
+        ({"rms_norm_eps": -1e-5}, "rms_norm_eps must be a finite number >= 0"),
+        ({"rope_theta": "1e4"}, "rope_theta must be a finite number > 0"),
+        ({"rope_theta": 0.0}, "rope_theta must be a finite number > 0, got 0.0"),
+        ({"eos_token_id": "</s>"}, "eos_token_id must be an integer, a list of integers or null, got '</s>'"),
+        ({"eos_token_id": [2, "a"]}, "eos_token_id must be an integer, a list"),
+        ({"bos_token_id": "a"}, "bos_token_id must be an integer or null"),
+        ({"sliding_window": "4096"}, "sliding_window must be an integer or null"),
+        ({"layer_types": []}, "layer_types must be a list of 1 'full_attention' / 'sliding_attention'"),
+        ({"layer_types": ["sliding"]}, "layer_types must be a list of 1"),
+    ],
+)
+def test_llama_config_values(overrides, match):
+    """These loaded and then failed with a raw ValueError / IndexError when the model was built or run,
+    or gave NaN logits (a NaN or negative eps)."""
+    with pytest.raises(errors.InvalidArgument, match=f"llama Config: {match}"):
+        llama_config.Config.from_dict({**_TINY, **overrides})
+
+
+@pytest.mark.parametrize(
+    "rope_scaling, err, match",
+    [
+        ("linear", errors.InvalidArgument, "rope_scaling must be a dict"),
+        ({"rope_type": "linear"}, errors.InvalidArgument, "rope_scaling of type 'linear' needs 'factor'"),
+        ({"rope_type": "linear", "factor": 0.0}, errors.InvalidArgument, "rope_scaling factor must be a positive"),
+        ({"rope_type": "linear", "factor": "2"}, errors.InvalidArgument, "rope_scaling factor must be a positive"),
+        ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 32}, errors.InvalidArgument, r"high_freq_factor \(4.0\) must be larger"),
+    ],
+)
+def test_rope_scaling_values(rope_scaling, err, match):
+    from candlejax.nn.rotary import rope_inv_freq
+
+    with pytest.raises(err, match=match):
+        rope_inv_freq(8, 10000.0, rope_scaling)
+
+
+@pytest.mark.parametrize("load", [llama_config.Config.from_json_file, bert_config.Config.from_json_file,
+                                  clip_config.ClipConfig.from_json_file, whisper.Config.from_json_file])  # fmt: skip
+def test_config_files_that_cannot_be_read(tmp_path, load):
+    with pytest.raises(errors.NoSuchFile, match="reading the config: no such file"):
+        load(tmp_path / "missing.json")
+    with pytest.raises(errors.IsADirectory):
+        load(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(errors.InvalidArgument, match=r"bad\.json is not valid JSON"):
+        load(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(errors.ArgumentType, match=r"a config must be a dict .* got list from"):
+        load(tmp_path / "list.json")
+
+
+def test_config_dicts_of_the_wrong_type_and_bert_position_embedding_type():
+    for from_dict in (llama_config.Config.from_dict, bert_config.Config.from_dict, clip_config.ClipConfig.from_dict,
+                      whisper.Config.from_dict):  # fmt: skip
+        with pytest.raises(errors.ArgumentType, match="a config must be a dict"):
+            from_dict(None)
+    with pytest.raises(errors.InvalidArgument, match="bert: unknown position_embedding_type 'foo'"):
+        bert_config.Config.from_dict({"position_embedding_type": "foo"})
+    assert llama_config.Config.from_dict({**_TINY, "eos_token_id": [1, 2], "layer_types": ["full_attention"]})

@@ -227,3 +227,288 @@ def test_out_of_memory_is_a_candlejax_error():
     with pytest.raises(errors.OutOfMemory, match="out of memory in zeros") as e:
         Tensor.zeros((2**40,), DType.F32)
     assert isinstance(e.value, MemoryError)
+
+
+# --- shapes whose element count overflows int64 (XLA aborted the whole process) --------------------
+_B = 2**32
+_X1, _X2 = np.zeros((1, 2, 8), np.float32), np.zeros((1, 2, 8, 8), np.float32)
+_K1T, _K2T = np.zeros((2, 4, 3), np.float32), np.zeros((2, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    "make, op",
+    [
+        (lambda: Tensor.zeros((_B, _B), DType.F32), ""),
+        (lambda: Tensor.zeros((2**62, 2**62, 0), DType.F32), ""),
+        (lambda: Tensor.zeros((2**63,), DType.F32), ""),
+        (lambda: Tensor.ones((_B, _B), DType.F32), ""),
+        (lambda: Tensor.rand(0.0, 1.0, (_B, _B)), ""),
+        (lambda: cj.zeros(_B, _B), "zeros"),
+        (lambda: Tensor.new([1.0, 2.0]).broadcast_as((_B, _B, 2)), ""),
+        (lambda: Tensor.new([1.0, 2.0]).broadcast_left((2**31, 2**31)), "broadcast_left"),
+        (lambda: Tensor.new([1.0, 2.0]).repeat((2**31, 2**31)), "repeat"),
+        (lambda: Tensor.zeros((0, 3), DType.F32).reshape(2**40, 2**40, 0), "reshape"),
+        (lambda: Tensor.zeros((0, 3), DType.F32).reshape(2**40, 2**40, -1), "reshape"),
+        (lambda: Tensor.new([1.0, 2.0]).pad_with_zeros(0, 2**63, 0), "pad_with_zeros"),
+        (lambda: Tensor.new(_X2).conv2d(Tensor.zeros((4, 2, 3, 3), DType.F32), 2**40), "conv2d"),
+        (lambda: Tensor.new(_X2).conv_transpose2d(Tensor.new(_K2T), 0, 0, 2**40), "conv_transpose2d"),
+        (lambda: Tensor.new(_X1).conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**62), "conv_transpose1d"),
+        (lambda: Tensor.new(_X2).upsample_nearest2d(2**40, 2**40), "interpolate2d"),
+        (lambda: Tensor.new(_X2).upsample_bilinear2d_with_scale(1e15, 1e15), "upsample_bilinear2d_with_scale"),
+        (lambda: Tensor.eye(_B, DType.F32), "eye"),
+        (lambda: Tensor.arange_step(0.0, 1e30, 1e-10), "arange"),
+        (lambda: cj.nn.one_hot(Tensor.new([0, 1], dtype=DType.U32), 2**63), "one_hot"),
+    ],
+)
+def test_shapes_beyond_int64_elements_raise(make, op):
+    with pytest.raises(errors.InvalidShape, match=f"^{op}: the shape" if op else "^the shape") as e:
+        make()
+    assert "more than a tensor can hold" in str(e.value)
+
+
+def test_empty_shapes_with_large_dims_still_work():
+    assert Tensor.zeros((0, 2**40, 2**20), DType.F32).shape == (0, 2**40, 2**20)
+    assert Tensor.zeros((0, 3), DType.F32).reshape(2**40, 0).shape == (2**40, 0)
+
+
+# --- arguments of the wrong type or value get candlejax errors, not jax/numpy/Python ones -------------
+_A = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: Tensor.new(None), errors.ArgumentType, "incorrect type <class 'NoneType'> for tensor"),
+        (lambda: Tensor.new("abc"), errors.ArgumentType, "incorrect type <class 'str'> for tensor"),
+        (lambda: Tensor.new([1.0, None]), errors.ArgumentType, "incorrect type <class 'NoneType'>"),
+        (lambda: Tensor.full(None, (2,), DType.F32), errors.ArgumentType, "incorrect type"),
+        (lambda: Tensor.from_jax("a"), errors.ArgumentType, "from_jax expects a jax.Array, got str"),
+        (lambda: Tensor.from_torch("a"), errors.ArgumentType, "from_torch expects a torch.Tensor, got str"),
+        (lambda: Tensor.new(_A).reshape(None), errors.InvalidShape, "reshape: cannot use None as a shape"),
+        (lambda: Tensor.new(_A).reshape(-1, -2), errors.NegativeDim, r"reshape: negative dimension in shape \[-1, -2"),
+        (lambda: Tensor.from_vec([1.0, 2.0], (-1, -2)), errors.NegativeDim, "from_vec: negative dimension"),
+        (lambda: Tensor.new(_A).broadcast_left(-1), errors.NegativeDim, r"negative dimension in shape \[-1\]"),
+        (lambda: Tensor.zeros(-1, DType.F32), errors.NegativeDim, r"negative dimension in shape \[-1\]"),
+        (lambda: Tensor.cat(None, 0), errors.ArgumentType, "cat expects a list of tensors, got NoneType"),
+        (lambda: Tensor.new(_A).affine("a", 1.0), errors.ArgumentType, r"affine: expected a real number, got 'a'"),
+        (lambda: Tensor.new(_A).affine(None, 1.0), errors.ArgumentType, "affine: expected a real number, got None"),
+        (lambda: Tensor.new(_A).affine("2", 1.0), errors.ArgumentType, "affine: expected a real number"),
+        (lambda: Tensor.new(_A).powf("a"), errors.ArgumentType, "powf: expected a real number"),
+        (lambda: Tensor.new(_A).elu(1j), errors.ArgumentType, "elu: expected a real number, got 1j"),
+        (lambda: Tensor.new(_A).round_to(1.5), errors.NotAnInteger, "round_to: decimals must be an int, got 1.5"),
+        (lambda: Tensor.new(_A).round_to(10**6), errors.InvalidArgument, r"decimals must be in \[-308, 308\]"),
+        (lambda: Tensor.new(_A).masked_fill(Tensor.new(_A).gt(1.0), "a"), errors.ArgumentType,
+         "masked_fill: value must be a real number or a rank-0 tensor, got 'a'"),
+        (lambda: Tensor.rand(float("nan"), 1.0, (2,)), errors.InvalidArgument, "rand: lo must be finite, got nan"),
+        (lambda: Tensor.rand(0.0, float("inf"), (2,)), errors.InvalidArgument, "rand: up must be finite, got inf"),
+        (lambda: Tensor.randn(float("inf"), 1.0, (2,)), errors.InvalidArgument, "randn: mean must be finite"),
+        (lambda: Tensor.randn(0.0, float("inf"), (2,)), errors.InvalidArgument, "randn: std must be finite"),
+        (lambda: Tensor.rand("a", 1.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got 'a'"),
+        (lambda: Tensor.rand(None, 1.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got None"),
+        (lambda: Tensor.rand(1j, 2.0, (2,)), errors.ArgumentType, "rand: lo must be a real number, got 1j"),
+    ],
+)
+def test_bad_argument_types_and_values_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_argument_type_errors_are_also_type_errors():
+    with pytest.raises(TypeError, match="incorrect type"):
+        Tensor.new(object())
+    assert issubclass(errors.ArgumentType, errors.Error) and issubclass(errors.ArgumentType, TypeError)
+
+
+def test_valid_scalars_and_shapes_still_work():
+    t = Tensor.new(_A)
+    assert t.reshape(-1).shape == (6,) and t.reshape(cj.Shape((3, 2))).shape == (3, 2)
+    assert t.affine(np.float32(2.0), 1).to_vec2()[0] == [1.0, 3.0, 5.0]
+    assert t.round_to(np.int32(1)).shape == (2, 3)
+    assert t.masked_fill(t.gt(1.0), np.array(7.0, np.float32)).to_vec2()[1] == [7.0, 7.0, 7.0]
+    assert Tensor.rand(Tensor.new(0.0), 1.0, (2,)).shape == (2,)
+
+
+# --- candlejax.nn: layers and builders given bad arguments or inputs ------------------------------------
+def _vb():
+    return cj.nn.VarBuilder.from_varmap(cj.nn.VarMap(), DType.F32, cj.Device.Cpu)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: cj.nn.linear(3, 4, _vb())(None), errors.ArgumentType, "got NoneType"),
+        (lambda: cj.nn.embedding(10, 4, _vb())("ab"), errors.ArgumentType, "got str"),
+        (lambda: cj.nn.gru(3, 5, cj.nn.GRUConfig(), _vb()).seq(None), errors.ArgumentType, "got NoneType"),
+        (lambda: cj.nn.linear(0, 4, _vb()), errors.InvalidArgument, "linear: in_dim must be >= 1"),
+        (lambda: cj.nn.linear(2**20, 2**20, _vb()), errors.OutOfMemory, r"VarMap.get\('weight', \[1048576, 1048576\]"),
+        (lambda: cj.nn.Linear(None), errors.ArgumentType, "nn.Linear: weight must be a Tensor"),
+        (lambda: cj.nn.conv1d(2, 4, 3, {"stride": 2}, _vb()), errors.ArgumentType,
+         "Conv1d: config must be a Conv1dConfig"),
+        (lambda: cj.nn.layer_norm(3, "a", _vb()), errors.ArgumentType, "layer_norm: config must be"),
+        (lambda: cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(-1), errors.InvalidArgument,
+         "LSTM.zero_state: batch_dim must be >= 0, got -1"),
+        (lambda: cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(1.5), errors.NotAnInteger,
+         "LSTM.zero_state: batch_dim must be an int"),
+        (lambda: cj.nn.Dropout("a"), errors.ArgumentType, "dropout probability must be a float"),
+        (lambda: cj.nn.LayerNorm.rms_norm(Tensor.ones((3,), DType.F32), None), errors.ArgumentType,
+         "RmsNorm: eps must be a number, got None"),
+        (lambda: cj.nn.LayerNorm(Tensor.ones((3,), DType.F32), None, float("nan")), errors.InvalidArgument,
+         "LayerNorm: eps must be a finite number >= 0, got nan"),
+        (lambda: cj.nn.seq().add(None), errors.ArgumentType, "Sequential.add: expected a Module"),
+        (lambda: cj.nn.Embedding(Tensor.zeros((3,), DType.F32), 3), errors.UnexpectedNumberOfDims, "Embedding"),
+        (lambda: cj.nn.Embedding(Tensor.zeros((3, 4), DType.F32), 5), errors.UnexpectedShape,
+         r"hidden_size 5 does not match the embeddings, expected: \[3, 5\], got: \[3, 4\]"),
+        (lambda: cj.nn.batch_norm(3, cj.nn.BatchNormConfig(), _vb())(Tensor.new(np.ones((2, 3, 5), np.int32))),
+         errors.UnsupportedDTypeForOp, "unsupported dtype I32 for op BatchNorm"),
+        (lambda: cj.nn.batch_norm(3, cj.nn.BatchNormConfig(), _vb()).forward_t(
+            Tensor.new(np.ones((2, 3, 5), np.int32)), True), errors.UnsupportedDTypeForOp, "BatchNorm"),
+    ],
+)
+def test_nn_bad_arguments_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_nn_valid_arguments_still_work():
+    x = Tensor.new(np.ones((2, 3), np.float32))
+    assert cj.nn.linear(3, 4, _vb())([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).shape == (2, 4)
+    assert cj.nn.linear_no_bias(0, 4, _vb())(Tensor.zeros((2, 0), DType.F32)).shape == (2, 4)
+    assert cj.nn.layer_norm(3, np.float32(1e-5), _vb())(x).shape == (2, 3)
+    assert cj.nn.Dropout(np.float64(0.5)).p == 0.5
+    assert cj.nn.seq().add(lambda t: t * 2)(x).to_vec2()[0] == [2.0, 2.0, 2.0]
+    assert cj.nn.Embedding(Tensor.zeros((3, 4), DType.F32), 4)(Tensor.new([0, 2], dtype=DType.U32)).shape == (2, 4)
+    assert cj.nn.lstm(3, 5, cj.nn.LSTMConfig(), _vb()).zero_state(np.int64(2)).h.shape == (2, 5)
+
+
+# --- results too large for any device: OutOfMemory at once, not a compile of minutes or a numpy error ----
+def test_conv_transpose_with_a_huge_stride_raises_before_compiling():
+    """A stride of 2**40 compiled for minutes (XLA's time grows with the dilated input) before failing."""
+    x = Tensor.new(_X1)
+    with pytest.raises(errors.OutOfMemory, match=r"in conv_transpose1d: the result \[1, 4, 7696581394435\]"):
+        x.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**40)
+    with pytest.raises(errors.OutOfMemory, match="conv_transpose1d"):
+        jax.jit(lambda t: t.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2**40))(x)
+    assert x.conv_transpose1d(Tensor.new(_K1T), 0, 0, 2).shape == (1, 4, 17)
+
+
+@pytest.mark.parametrize("resize", ["upsample_nearest2d", "upsample_bilinear2d"])
+def test_resize_to_a_huge_size_raises_out_of_memory(resize):
+    with pytest.raises(errors.OutOfMemory, match="out of memory in upsample"):
+        getattr(Tensor.new(_X2), resize)(2**40, 4)
+
+
+def test_ragged_index_list_raises():
+    t = Tensor.new(_A)
+    with pytest.raises(errors.Msg, match=r"index: an index list must be a flat list of integers, got \[\[0\]"):
+        t[[[0], [0, 1]]]
+    with pytest.raises(errors.Msg, match="i: an index list must be a flat list"):
+        t.i([[0], [0, 1]])
+
+
+# --- generation arguments -------------------------------------------------------------------------------
+def _toy_step(params, cache, tokens, pos):
+    """Logits favouring token (pos + len) % 8."""
+    t = cj.tensor.unwrap(tokens)
+    nxt = (jax.numpy.asarray(pos) + t.shape[-1]) % 8
+    return jax.nn.one_hot(nxt[None], 8) * 10.0, cache
+
+
+def _gen(prompt=(1, 2), n=3, proc=None, **kw):
+    from candlejax.generation import generate
+
+    return list(generate(_toy_step, None, None, list(prompt) if isinstance(prompt, tuple) else prompt, n, proc, **kw))
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: _gen(n=-1), errors.InvalidArgument, "generate: max_new_tokens must be >= 0, got -1"),
+        (lambda: _gen(n=1.5), errors.NotAnInteger, "generate: max_new_tokens must be an int, got 1.5"),
+        (lambda: _gen(n="4"), errors.NotAnInteger, "generate: max_new_tokens must be an int"),
+        (lambda: _gen(n=None), errors.NotAnInteger, "generate: max_new_tokens must be an int, got None"),
+        (lambda: _gen(prompt=[[1], [1, 2]]), errors.Msg, "generate: prompt_tokens must be a list of ids"),
+        (lambda: _gen(start_pos=1.5), errors.NotAnInteger, "generate: start_pos must be an int"),
+        (lambda: _gen(repeat_penalty=1.1, repeat_last_n="a"), errors.NotAnInteger, "repeat_last_n must be an int"),
+        (lambda: _gen(repeat_penalty=1.1, context_tokens="ab"), errors.NotAnInteger, "context_tokens id must be"),
+        (lambda: _gen(token_dtype=np.float32), errors.InvalidArgument, "token_dtype must be an integer dtype"),
+        (lambda: LogitsProcessor(0, "a"), errors.ArgumentType, "sampling: temperature must be a number, got 'a'"),
+        (lambda: LogitsProcessor(0, 0.8, "a"), errors.ArgumentType, "LogitsProcessor: top_p must be a number"),
+        (lambda: LogitsProcessor("a", 0.8), errors.NotAnInteger, "LogitsProcessor: seed must be an int, got 'a'"),
+        (lambda: LogitsProcessor(1.5, 0.8), errors.NotAnInteger, "LogitsProcessor: seed must be an int, got 1.5"),
+        (lambda: LogitsProcessor.from_sampling(0, Sampling.TopK(2.5, 0.8)), errors.NotAnInteger, "top-k k"),
+        (lambda: sampling_from_args(0.8, "a"), errors.NotAnInteger, "sampling_from_args: top_k must be an int"),
+        (lambda: LogitsProcessor(0, 0.8).sample(None), errors.ArgumentType, "got NoneType"),
+    ],
+)
+def test_generation_arguments_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_generation_valid_arguments_still_work():
+    assert _gen(n=0) == [] and len(_gen(n=np.int64(3))) == 3
+    assert len(_gen(repeat_penalty=1.1, context_tokens=np.array([1, 2]))) == 3
+    assert LogitsProcessor(np.uint64(3), np.float32(0.8), 0.9).seed == 3
+
+
+def test_llama_step_refuses_float_token_ids():
+    """Float ids were truncated to integer tokens (1.7 -> 1) without a word."""
+    from candlejax.models import llama
+
+    cfg = llama.Config.from_dict({"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "max_position_embeddings": 64})  # fmt: skip
+    m = llama.Llama.load(cj.nn.VarBuilder.from_varmap(cj.nn.VarMap(), DType.F32, cj.Device.Cpu), cfg)
+    with pytest.raises(errors.UnexpectedDType, match="llama step: token ids must be integers, expected: U32, got: F32"):
+        llama.step(m, m.new_cache(1, 8), Tensor.new([[1.7]]), 0)
+    with pytest.raises(errors.NotAnInteger, match=r"StackedKvCache: max_seq_len must be an int, got 1\.5"):
+        m.new_cache(1, 1.5)
+    assert llama.step(m, m.new_cache(1, 8), Tensor.new(np.array([[1]], np.uint32)), 0)[0].shape == (1, 32)
+
+
+# --- nn.ops settings, optimizer parameters, seeds, files --------------------------------------------------
+_Q = np.zeros((1, 2, 3, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(np.zeros((1, 2, 3, 0), np.float32))] * 3), errors.Msg,
+         "head dims must be >= 1"),  # was a ZeroDivisionError
+        (lambda: cj.nn.ops.sdpa(Tensor.new(_Q), *[Tensor.new(np.zeros((1, 2, 0, 4), np.float32))] * 2), errors.Msg,
+         r"k and v have no positions"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, scale="a"), errors.ArgumentType, "sdpa: scale must be a number"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, scale=float("nan")), errors.InvalidArgument,
+         "sdpa: scale must be finite, got nan"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, softcapping=0.0), errors.InvalidArgument,
+         "sdpa: softcapping must be > 0"),
+        (lambda: cj.nn.ops.sdpa(*[Tensor.new(_Q)] * 3, window="a"), errors.NotAnInteger, "sdpa: window must be an int"),
+        (lambda: cj.nn.ops.activation(Tensor.new(_Q), "foo"), errors.InvalidArgument, "activation: unknown kind 'foo'"),
+        (lambda: cj.nn.ops.leaky_relu(Tensor.new(_Q), "a"), errors.ArgumentType, "leaky_relu: parameter must be"),
+        (lambda: cj.nn.ops.dropout(Tensor.new(_Q), "a"), errors.ArgumentType, "dropout: probability must be"),
+        (lambda: cj.nn.ops.rms_norm(Tensor.new(_Q), Tensor.ones((4,), DType.F32), "a"), errors.ArgumentType,
+         "rms-norm: eps must be a number"),
+        (lambda: cj.nn.ops.rms_norm(Tensor.new(_Q), Tensor.ones((4,), DType.F32), -1.0), errors.InvalidArgument,
+         "rms-norm: eps must be >= 0"),  # gave NaN
+        (lambda: cj.nn.ParamsAdamW(eps="a"), errors.ArgumentType, "ParamsAdamW: eps must be a number"),
+        (lambda: cj.Device.Cpu.set_seed("a"), errors.NotAnInteger, "set_seed: seed must be an int"),
+        (lambda: cj.Device.Cpu.set_seed(1.5), errors.NotAnInteger, "set_seed: seed must be an int"),
+    ],
+)
+def test_nn_ops_and_settings_raise_candlejax_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_missing_files_and_folders_raise_candlejax_errors_that_are_oserrors(tmp_path):
+    t = Tensor.new([1.0, 2.0])
+    for read in (cj.safetensors.load, Tensor.read_npy, Tensor.read_npz):
+        with pytest.raises(errors.NoSuchFile) as e:
+            read(tmp_path / "missing")
+        assert isinstance(e.value, FileNotFoundError)
+        with pytest.raises(errors.IsADirectory):
+            read(tmp_path)
+    with pytest.raises(errors.NoSuchFile, match=r"cannot write .*nope/x\.safetensors: its folder .* does not exist"):
+        cj.safetensors.save({"t": t}, tmp_path / "nope" / "x.safetensors")
+    with pytest.raises(errors.IsADirectory, match="it is a folder") as e:
+        t.write_npy(tmp_path)
+    assert isinstance(e.value, IsADirectoryError)

@@ -289,3 +289,38 @@ assert tok.encode("Hello world") == [19556, 905]
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_bad_arguments_raise_candlejax_errors(tok, tmp_path):
+    """These raised the tokenizers library's TypeError / OverflowError, or jinja's UndefinedError."""
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode: text must be a str, got NoneType"):
+        tok.encode(None)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode_batch: text must be a str, got int"):
+        tok.encode_batch(["a", 1])
+    with pytest.raises(cj.errors.InvalidArgument, match=r"tokenizer\.decode: token id -1 is out of range"):
+        tok.decode([1, -1])
+    with pytest.raises(cj.errors.NotAnInteger, match=r"tokenizer\.decode: token id must be an int, got 1\.5"):
+        tok.decode([1.5])  # was decoded as token 1
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.decode: expected a list of token ids, got str"):
+        tok.decode("abc")
+    with pytest.raises(cj.errors.InvalidArgument, match=r"tokenizer\.id_to_token: token id -1 is out of range"):
+        tok.id_to_token(-1)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.token_to_id: token must be a str"):
+        tok.token_to_id(5)
+    with pytest.raises(cj.errors.ArgumentType, match="chat template: messages must be a list"):
+        tok.apply_chat_template("hello")
+    with pytest.raises(cj.errors.Msg, match="chat template: UndefinedError"):
+        tok.apply_chat_template([{"content": "no role"}])
+    with pytest.raises(cj.errors.InvalidArgument, match="with_truncation: max_length must be >= 0, got -1"):
+        tok.with_truncation(cj.tokenizer.TruncationParams(-1))
+    (tmp_path / "tokenizer.json").write_text("{bad")
+    with pytest.raises(cj.errors.Msg, match="load_tokenizer: cannot read"):
+        load_tokenizer(tmp_path)
+    stream = TokenOutputStream(tok)
+    with pytest.raises(cj.errors.InvalidArgument, match="next_token: token id -1 is out of range"):
+        stream.next_token(-1)
+    assert stream.tokens == []
+    with pytest.raises(cj.errors.ArgumentType, match="TokenOutputStream: expected a tokenizer"):
+        TokenOutputStream(None)
+    ids = tok.encode("Hello world")
+    assert tok.decode(np.array(ids, np.int64)) == tok.decode(ids) == tok.decode(cj.Tensor(np.array(ids, np.uint32)))
