@@ -23,3 +23,19 @@ def write_sentencepiece_tokenizer(path: Any, vocab_size: int) -> None:
     tok.add_special_tokens(SPECIALS)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.save(str(path))
+
+
+def spm_gguf_metadata(pieces: list[str], **extra: Any) -> dict[str, Any]:
+    """GGUF tokenizer metadata of a SentencePiece (``llama``) vocabulary: ``<unk>``, ``<s>``, ``</s>``, the
+    256 byte tokens, then ``pieces``, scored so that earlier pieces win; ``extra`` keys are added."""
+    tokens = SPECIALS + [f"<0x{b:02X}>" for b in range(256)] + list(pieces)
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(pieces))],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        **extra,
+    }

@@ -5,6 +5,7 @@ tests/models/test_quantized_llama.py)."""
 from __future__ import annotations
 
 import pytest
+from sentencepiece_fixture import spm_gguf_metadata
 
 from candlejax.pipelines import TextGeneration
 from candlejax.tokenizer import Tokenizer
@@ -22,17 +23,7 @@ CHATML = (
 def _spm_tokenizer(template: str) -> Tokenizer:
     pieces = ["▁", "t", "h", "e", "w", "o", "r", "l", "d", "I", "N", "S", "T", "[", "]", "/", "▁t", "he", "▁the"]
     pieces += ["▁w", "or", "ld", "▁wor", "▁world", "▁[", "IN", "ST", "INST"]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
-    return Tokenizer.from_gguf_metadata({
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(pieces))],
-        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
-        "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.unknown_token_id": 0,
-        "tokenizer.chat_template": template,
-    })  # fmt: skip
+    return Tokenizer.from_gguf_metadata(spm_gguf_metadata(pieces, **{"tokenizer.chat_template": template}))
 
 
 class _Gen:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sentencepiece_fixture import spm_gguf_metadata
 
 import candlejax as cj
 from candlejax.generation import TokenOutputStream
@@ -165,19 +166,7 @@ def test_other_pre_tokenizer_matches_transformers(meta_gguf_pkg):
 def _spm_meta(**extra):
     pieces = ["▁", "t", "h", "e", "a", "l", "o", "w", "r", "d", "▁t", "he", "▁the", "ll", "▁a", "▁w", "or", "ld"]
     pieces += ["▁wor", "▁world", "lo", "hel", "hello", "▁hello", "▁h", "▁he", "el"]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
-    meta = {
-        "general.architecture": "llama",
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(pieces))],
-        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
-        "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.unknown_token_id": 0,
-    }
-    meta.update(extra)
-    return meta
+    return spm_gguf_metadata(pieces, **{"general.architecture": "llama", **extra})
 
 
 def test_sentencepiece_vocab_matches_transformers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from sentencepiece_fixture import spm_gguf_metadata
 
 from candlejax.tokenizer import (
     DIGIT_SPLIT_PRE,
@@ -123,17 +124,7 @@ def test_other_byte_level_vocabularies_add_no_bos_by_default():
 
 
 def _spm_meta():
-    pieces = ["▁", "a", "b", "▁a", "▁b"]
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
-    return {
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(len(pieces))],
-        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
-        "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.unknown_token_id": 0,
-    }
+    return spm_gguf_metadata(["▁", "a", "b", "▁a", "▁b"])
 
 
 def test_unknown_typed_token_is_special():
