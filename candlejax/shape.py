@@ -107,18 +107,26 @@ def _dim_int(d: Any, shape: Any) -> int:
     return int(d)
 
 
+def _items(shape: Any, op: str) -> tuple[Any, ...]:
+    """The dims of a Shape, a single index-like dim or an iterable, as a tuple (not yet checked);
+    ``InvalidShape`` naming ``op`` for anything else."""
+    if isinstance(shape, Shape):
+        return shape.dims()
+    if hasattr(shape, "__index__"):
+        return (shape,)
+    try:
+        return tuple(shape)
+    except TypeError:
+        raise errors.InvalidShape(f"{op + ': ' if op else ''}cannot use {shape!r} as a shape") from None
+
+
 def as_shape(shape: Any) -> tuple[int, ...]:
     """A tuple of ints from a Shape, an int, a tuple/list, or ``()`` (scalar)."""
     if isinstance(shape, Shape):
         return shape.dims()
     if type(shape) is int and 0 <= shape <= MAX_ELEM_COUNT:
         return (shape,)
-    if hasattr(shape, "__index__"):
-        shape = (shape,)
-    try:
-        items = tuple(shape)
-    except TypeError:
-        raise errors.InvalidShape(f"cannot use {shape!r} as a shape") from None
+    items = _items(shape, "")
     out = tuple(_dim_int(d, items) for d in items)
     if any(d < 0 for d in out):
         raise errors.NegativeDim(f"negative dimension in shape {list(out)}")
@@ -161,14 +169,7 @@ def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[in
         if n != elem_count:
             raise errors.ShapeMismatch(elem_count, spec)
         return spec if n else check_elem_count(spec, op)
-    if isinstance(spec, Shape):
-        spec = spec.dims()
-    elif hasattr(spec, "__index__"):
-        spec = (spec,)
-    try:
-        spec = tuple(spec)
-    except TypeError:
-        raise errors.InvalidShape(f"{op}: cannot use {spec!r} as a shape") from None
+    spec = _items(spec, op)
     holes = [i for i, d in enumerate(spec) if _is_hole(d)]
     if len(holes) > 1:
         raise errors.InvalidShape(f"{op}: at most one hole (`()` or -1) is allowed in {spec}")
