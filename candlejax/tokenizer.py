@@ -869,7 +869,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     try:
         hf = HFTokenizer.from_file(os.fspath(file))
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-        raise errors.Msg(f"load_tokenizer: cannot read {os.fspath(file)!r}: {e}") from None
+        raise errors.Msg(
+            f"load_tokenizer: {os.fspath(file)!r} is not a tokenizer.json that the tokenizers library reads: {e}"
+        ) from None
     folder = file.parent
     cfg: dict[str, Any] = {}
     cfg_file = folder / "tokenizer_config.json"

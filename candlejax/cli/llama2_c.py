@@ -134,12 +134,7 @@ def load_tokenizer(path: str | None) -> Any:
                          " candlejax reads only local files)")  # fmt: skip
     if not os.path.isfile(path):
         raise errors.Msg(f"--tokenizer: no such file {path!r}")
-    try:
-        return load(path)
-    except errors.Error:
-        raise
-    except Exception as e:  # the tokenizers library raises a bare Exception for a bad file
-        raise errors.Msg(f"--tokenizer {path!r} is not a tokenizer.json that the tokenizers library reads: {e}") from e
+    return load(path)  # a file the tokenizers library cannot read raises a candlejax error naming it
 
 
 def run(args: argparse.Namespace) -> int:
