@@ -52,6 +52,7 @@ from candlejax.models.llama_config import (
     LlamaConfig,
     LlamaEosToks,
 )
+from candlejax.models.llama_forward_cache import ForwardCache, forward_state
 from candlejax.models.loading import check_architecture
 from candlejax.nn import (
     Embedding,
@@ -99,63 +100,6 @@ class Cache(StackedKvCache):
         if (args and isinstance(args[0], bool)) or "use_kv_cache" in kwargs:
             return ForwardCache(*args, **kwargs)
         return super().new(*args, **kwargs)
-
-
-class ForwardCache:
-    """Candle's ``llama::Cache::new(use_kv_cache, dtype, &config, &device)``: the cache that
-    ``model.forward(tokens, index_pos, cache)`` reads and updates in place (Candle's ``&mut Cache``).
-
-    It holds the model's preallocated :class:`Cache` between calls, sized and grown by ``forward``.
-    ``use_kv_cache=False`` recomputes every call from scratch, as Candle does: pass the whole
-    sequence at ``index_pos`` 0. ``dtype`` is Candle's dtype for the rotary tables; here they are
-    computed in f32 inside the step and the keys and values keep the model's dtype.
-    """
-
-    __slots__ = ("cache", "config", "device", "dtype", "positions", "use_kv_cache")
-
-    def __init__(self, use_kv_cache: bool, dtype: Any, config: Config, device: Any = None):
-        if not isinstance(use_kv_cache, bool):
-            raise errors.Msg(f"llama Cache.new(use_kv_cache, dtype, config, device): use_kv_cache must be a bool,"
-                             f" got {type(use_kv_cache).__name__}")  # fmt: skip
-        if not isinstance(config, Config):
-            raise errors.Msg(f"llama Cache.new(use_kv_cache, dtype, config, device): config must be a llama.Config,"
-                             f" got {type(config).__name__}")  # fmt: skip
-        self.use_kv_cache, self.dtype, self.config = use_kv_cache, to_dtype(dtype), config
-        self.device = Device.coerce(device)
-        self.cache: Any = None
-        self.positions = 0  # how many positions the cache holds
-
-    def reset(self) -> None:
-        """Forget the cached positions (the next ``forward`` starts at ``index_pos`` 0)."""
-        self.cache = None
-        self.positions = 0
-
-    def __repr__(self) -> str:
-        n = "empty" if self.cache is None else f"{self.cache.max_seq_len} slots"
-        return f"llama.ForwardCache(use_kv_cache={self.use_kv_cache}, {n})"
-
-
-def _forward_state(model: Any, cache: Any, index_pos: int) -> Any:
-    """Where ``forward`` keeps its KV cache: the caller's :class:`ForwardCache`, else the model's own."""
-    if cache is None:
-        return HostState.of(model)  # a copy made by a tree transformation gets a cache of its own
-    if isinstance(cache, ForwardCache):
-        if cache.config != model.config:
-            raise errors.Msg("llama forward: the cache was made for another config (Cache.new(use_kv_cache, dtype,"
-                             " config, device) with this model's config)")  # fmt: skip
-        if cache.use_kv_cache:
-            return cache
-        if index_pos != 0:
-            raise errors.Msg(f"llama forward: a cache made with use_kv_cache=False recomputes every call; pass the"
-                             f" whole sequence at index_pos 0 (got {index_pos})")  # fmt: skip
-        return HostState()  # nothing kept between calls
-    if isinstance(cache, StackedKvCache):
-        raise errors.Msg(
-            "llama forward: a preallocated Cache is functional: write `logits, cache = model.step(cache, tokens, pos)`,"
-            " or pass Candle's `Cache.new(use_kv_cache, dtype, config, device)`"
-        )
-    raise errors.Msg(f"llama forward: cache must be a llama.ForwardCache (Cache.new(use_kv_cache, dtype, config,"
-                     f" device)), got {type(cache).__name__}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,7 +361,7 @@ class Llama(Module):
         self.check_positions(index_pos, s)
         index_pos = int(index_pos)
         check_token_ids(t, self.config.vocab_size, "llama token ids")
-        st = _forward_state(self, cache, index_pos)
+        st = forward_state(self, cache, index_pos)
         check_continuation("llama forward", st.positions if st.cache is not None else 0,
                            None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
         # several tokens run in 32-token chunks, the last padded (one compiled program for every
@@ -477,7 +421,7 @@ class Llama(Module):
             raise errors.Msg("llama forward_input_embed: input_embed is empty (batch, 0, hidden)")
         self.check_positions(index_pos, s)
         index_pos = int(index_pos)
-        st = _forward_state(self, cache, index_pos)
+        st = forward_state(self, cache, index_pos)
         check_continuation("llama forward", st.positions if st.cache is not None else 0,
                            None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
         c = self._sized_cache(st, b, index_pos, index_pos + s)
@@ -535,8 +479,7 @@ def _lm_head(params: Llama, x: Any) -> Any:
 
 def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
     ids = unwrap(tokens)
-    if not jnp.issubdtype(ids.dtype, jnp.integer):  # a cast would truncate 1.7 to token 1
-        raise errors.UnexpectedDType(DType.U32, to_dtype(ids.dtype), "llama step: token ids must be integers")
+    check_token_ids(ids, params.config.vocab_size, "llama step: token ids")  # traced: the dtype only
     ids = ids[None, :] if ids.ndim == 1 else ids
     return _hidden_embeds(params, cache, unwrap(params.embed_tokens(ids.astype(jnp.int32))), pos)
 
