@@ -112,11 +112,14 @@ def soft_non_maximum_suppression(
     s = _F32(0.5 if sigma is None else sigma)
     for boxes in bboxes:
         _sorted_by_confidence(boxes, "soft_non_maximum_suppression")
-        updated = [_F32(b.confidence) for b in boxes]
+        updated: list[Any] = [None] * len(boxes)  # the decayed confidences; None: unchanged
         for i, cur in enumerate(boxes):
             for j in range(i + 1, len(boxes)):
                 v = _F32(iou(cur, boxes[j]))
                 if v > t_iou:
                     updated[j] = _F32(boxes[j].confidence) * np.exp(-v * v / s, dtype=_F32)
         for b, c in zip(boxes, updated, strict=True):
-            b.confidence = 0.0 if c < t_conf else float(c)
+            if (_F32(b.confidence) if c is None else c) < t_conf:
+                b.confidence = 0.0
+            elif c is not None:  # a box no higher box overlaps keeps its confidence as given
+                b.confidence = float(c)
