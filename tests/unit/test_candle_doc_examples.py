@@ -1,7 +1,7 @@
 """The examples in Candle's API documentation, ported line by line.
 
 Sources (huggingface/candle): the ``///`` examples of candle-core/src/{tensor,indexer,tensor_cat}.rs
-and candle-nn/src/{encoding,ops,var_builder,kv_cache}.rs. Rust ranges are Python slices in ``.i``;
+and candle-nn/src/{encoding,ops,var_builder,kv_cache,layer_norm,linear}.rs. Rust ranges are Python slices in ``.i``;
 Rust's f64 literals make f32 tensors here unless JAX's x64 mode is on (docs/differences.md).
 """
 
@@ -234,3 +234,22 @@ def test_var_builder_rename_f():
     assert vb.get((2, 3), "bar").to_vec2() == a.to_vec2()
     assert vb.get((2, 3), "foo").to_vec2() == a.to_vec2()
     assert not vb.contains_tensor("baz")
+
+
+def test_layer_norm_doc_example():
+    w = Tensor.new([1.0, 1.0, 1.0], CPU)
+    b = Tensor.new([0.0, 0.0, 0.0], CPU)
+    layer = candle_nn.LayerNorm.new(w, b, 1e-5)
+    xs = Tensor.new([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [9.0, 8.0, 7.0]]], CPU)
+    ys = layer.forward(xs)
+    assert cj.testing.to_vec3_round(ys, 4) == [
+        [[-1.2247, 0.0, 1.2247], [-1.2247, 0.0, 1.2247], [1.2247, 0.0, -1.2247]]
+    ]
+
+
+def test_linear_doc_example():
+    w = Tensor.new([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], CPU)
+    layer = candle_nn.Linear.new(w, None)  # Use no bias.
+    xs = Tensor.new([[10.0, 100.0]], CPU)
+    ys = layer.forward(xs)
+    assert ys.to_vec2() == [[210.0, 430.0, 650.0]]
