@@ -8,6 +8,8 @@ candle-nn/src/kv_cache.rs (``ConcatKvCache``; Candle's ``&mut`` appends are rebi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from candlejax import Device, DType, Shape, Tensor, safetensors
@@ -110,6 +112,65 @@ def test_log_mel_spectrogram_lengths():
     samples, filters = np.zeros(100, np.float32), np.zeros(100, np.float32)
     assert len(audio.log_mel_spectrogram_(samples, filters, 20, 2, 2, False)) == 6_000
 
+
+
+def _candle_dft(inp):
+    """audio.rs's private ``dft`` line by line: ``[re0, im0, re1, im1, ...]``."""
+    n, out = len(inp), []
+    for k in range(n):
+        re = im = 0.0
+        for j, v in enumerate(inp):
+            angle = 2.0 * math.pi * k * j / n
+            re += v * math.cos(angle)
+            im -= v * math.sin(angle)
+        out += [re, im]
+    return out
+
+
+def _candle_log_mel(samples, filters, fft_size, fft_step, n_mel, speed_up):
+    """audio.rs's ``log_mel_spectrogram_`` / ``log_mel_spectrogram_w`` line by line (one thread)."""
+    hann = [0.5 * (1.0 - math.cos(2.0 * math.pi * i / fft_size)) for i in range(fft_size)]
+    pad = 1500
+    n_len = len(samples) // fft_step
+    n_len = (n_len // pad + 1) * pad if n_len % pad else n_len
+    n_len += pad
+    s = list(samples) + [0.0] * (n_len * fft_step - len(samples))
+    n_fft = 1 + fft_size // 4 if speed_up else 1 + fft_size // 2
+    mel = [0.0] * (n_len * n_mel)
+    for i in range(min(len(s) // fft_step + 1, n_len)):
+        offset = i * fft_step
+        fft_in = [0.0] * fft_size
+        for j in range(min(fft_size, len(s) - offset)):
+            fft_in[j] = hann[j] * s[offset + j]
+        fft_out = _candle_dft(fft_in)  # Candle's fft equals its dft up to rounding
+        for j in range(fft_size):
+            fft_out[j] = fft_out[2 * j] * fft_out[2 * j] + fft_out[2 * j + 1] * fft_out[2 * j + 1]
+        for j in range(1, fft_size // 2):
+            fft_out[j] += fft_out[fft_size - j]
+        if speed_up:
+            for j in range(n_fft):
+                fft_out[j] = 0.5 * (fft_out[2 * j] + fft_out[2 * j + 1])
+        for j in range(n_mel):
+            total = sum(fft_out[k] * filters[j * n_fft + k] for k in range(n_fft))
+            mel[j * n_len + i] = math.log10(max(total, 1e-10))
+    mmax = max(mel) - 8.0
+    return [max(m, mmax) / 4.0 + 1.0 for m in mel]
+
+
+def test_dft():
+    expected = [1.0, 0.0, 6.123233995736766e-17, -1.0, -1.0, -1.2246467991473532e-16, -1.8369701987210297e-16, 1.0]
+    assert _candle_dft([0.0, 1.0, 0.0, 0.0]) == expected
+
+
+def test_log_mel_spectrogram_matches_candles_loop():
+    rng = np.random.default_rng(0)
+    for fft_size, fft_step, n_mel, speed_up in [(8, 4, 3, False), (8, 4, 2, True), (7, 2, 2, False)]:
+        samples = rng.standard_normal(37)
+        n_fft = 1 + fft_size // 4 if speed_up else 1 + fft_size // 2
+        filters = rng.random(n_mel * n_fft)
+        got = audio.log_mel_spectrogram_(samples, filters, fft_size, fft_step, n_mel, speed_up)
+        want = _candle_log_mel(samples.tolist(), filters.tolist(), fft_size, fft_step, n_mel, speed_up)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 # --- candle-nn/src/kv_cache.rs: ConcatKvCache ---------------------------------------------------
 def test_concat_cache_basic_reset_and_multiple_appends():
