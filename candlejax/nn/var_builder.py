@@ -251,7 +251,10 @@ class NpzBackend(SimpleBackend):
     """Arrays from a ``.npz`` archive, read lazily by ``candlejax.io.npy.NpzTensors`` (its checks and
     errors), converted to the builder's dtype while reading."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike | npy.NpzTensors):
+        if isinstance(path, npy.NpzTensors):  # already open (``VarBuilder.from_backend(npz, ..)``)
+            self.path, self.npz = path.path, path
+            return
         self.path = os.fspath(path)
         errors.check_file(self.path, "from_npz")
         self.npz = npy.NpzTensors(self.path)
@@ -278,6 +281,60 @@ class NpzBackend(SimpleBackend):
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
         self.check(path)
         return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+class PthBackend(SimpleBackend):
+    """Tensors of a ``torch.save``'d file read one by one through ``candlejax.io.pth.PthTensors``."""
+
+    def __init__(self, tensors: pth.PthTensors):
+        self.pth = tensors
+
+    def describe(self) -> str:
+        return self.pth.path
+
+    def names(self) -> list[str]:
+        return list(self.pth.tensor_infos())
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.pth
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.pth.tensor_infos()[path].shape)
+
+    def _load(self, path: str, dtype: DType | None = None) -> Any:
+        return self.pth.get(path, dtype=dtype)._a
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        self.check(path, shape)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        self.check(path)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+def _as_backend(backend: Any) -> SimpleBackend:
+    """``from_backend``'s argument as a backend: a ``SimpleBackend`` (or an object with its ``get``,
+    ``get_unchecked`` and ``contains_tensor``) as it is, and the types Candle implements
+    ``SimpleBackend`` for: a dict of tensors, a ``VarMap``, ``MmapedSafetensors``, ``NpzTensors``,
+    ``PthTensors``."""
+    if isinstance(backend, SimpleBackend):
+        return backend
+    if isinstance(backend, VarMap):
+        return VarMapBackend(backend)
+    if isinstance(backend, MmapedSafetensors):
+        return SafetensorsBackend(backend)
+    if isinstance(backend, npy.NpzTensors):
+        return NpzBackend(backend)
+    if isinstance(backend, pth.PthTensors):
+        return PthBackend(backend)
+    if isinstance(backend, dict) or (hasattr(backend, "keys") and hasattr(backend, "__getitem__")):
+        return DictBackend(_tensor_dict(backend))
+    if all(callable(getattr(backend, m, None)) for m in ("get", "get_unchecked", "contains_tensor")):
+        return backend
+    raise errors.InvalidArgument(
+        f"VarBuilder.from_backend takes a SimpleBackend, a dict of tensors, a VarMap, MmapedSafetensors,"
+        f" NpzTensors or PthTensors, got a {type(backend).__name__} ({backend!r:.60})")
 
 
 def _tensor_dict(tensors: Any) -> dict[str, Any]:
@@ -408,8 +465,11 @@ class VarBuilder:
         return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
 
     @staticmethod
-    def from_backend(backend: SimpleBackend, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
-        return VarBuilder(backend, dtype, device)
+    def from_backend(backend: Any, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Candle's ``VarBuilder::from_backend(Box::new(backend), dtype, dev)`` (and ``new_with_args``):
+        a ``SimpleBackend``, or one of the types Candle implements it for (a dict of tensors, a
+        ``VarMap``, ``MmapedSafetensors``, ``NpzTensors``, ``PthTensors``)."""
+        return VarBuilder(_as_backend(backend), dtype, device)
 
     new_with_args = from_backend
 

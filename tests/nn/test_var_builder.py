@@ -354,3 +354,45 @@ def test_files_names_the_checkpoint_files(tmp_path):
     safetensors.save({"w": np.zeros(2, np.float32)}, f)
     assert VarBuilder.from_mmaped_safetensors([f], DType.F32, Device.Cpu).pp("x").files() == [str(f)]
     assert VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu).files() == []
+
+
+def test_from_backend_takes_candles_simple_backends(tmp_path):
+    """Candle implements ``SimpleBackend`` for ``HashMap<String, Tensor>``, ``VarMap``,
+    ``MmapedSafetensors``, ``NpzTensors`` and ``PthTensors`` (candle-nn/src/var_builder.rs), so
+    ``VarBuilder::from_backend(Box::new(x), dtype, dev)`` and ``new_with_args`` take each of them."""
+    import torch
+
+    from candlejax.io.npy import NpzTensors
+    from candlejax.io.pth import PthTensors
+    from candlejax.io.safetensors import MmapedSafetensors
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    save_safetensors_dict({"a.w": w}, tmp_path / "m.safetensors")
+    np.savez(tmp_path / "m.npz", **{"a.w": w})
+    torch.save({"a.w": torch.tensor(w)}, tmp_path / "m.pth")
+    vm = VarMap()
+    backends = {
+        "dict": {"a.w": w},
+        "mmaped": MmapedSafetensors(str(tmp_path / "m.safetensors")),
+        "npz": NpzTensors(tmp_path / "m.npz"),
+        "pth": PthTensors(tmp_path / "m.pth"),
+    }
+    for label, backend in backends.items():
+        for make in (VarBuilder.from_backend, VarBuilder.new_with_args):
+            vb = make(backend, DType.F32, Device.Cpu)
+            assert vb.pp("a").contains_tensor("w") and not vb.contains_tensor("b"), label
+            got = vb.pp("a").get((2, 3), "w")
+            np.testing.assert_array_equal(np.asarray(got), w, err_msg=label)
+            assert got.dtype == DType.F32 and got.name == "a.w", label
+            with pytest.raises(errors.UnexpectedShape):
+                vb.pp("a").get((3, 2), "w")
+            with pytest.raises(errors.CannotFindTensor):
+                vb.get((2, 3), "b")
+    vb = VarBuilder.from_backend(vm, DType.F32, Device.Cpu)
+    lin = nn.linear(3, 2, vb.pp("fc"))
+    assert sorted(vm.data()) == ["fc.bias", "fc.weight"] and lin.weight is vm.data()["fc.weight"]
+
+
+def test_from_backend_rejects_a_non_backend():
+    with pytest.raises(errors.InvalidArgument, match="from_backend"):
+        VarBuilder.from_backend(42, DType.F32, Device.Cpu)
