@@ -118,3 +118,17 @@ def test_candle_module_paths():
         nn.ops.NoSuchOp  # noqa: B018
     with pytest.raises(AttributeError):
         nn.kv_cache.NoSuchCache  # noqa: B018
+
+
+def test_default_of_activation_and_identity():
+    """``Activation::default()`` is ``Gelu`` (``#[default]`` in candle-nn/src/activation.rs) and
+    ``Identity`` implements ``Default`` (candle-nn/src/ops.rs); ``Gelu`` is the erf GELU."""
+    import torch
+
+    assert nn.Activation.default() == nn.Activation.Gelu
+    x = np.linspace(-4, 4, 9).astype(np.float32)
+    got = np.asarray(nn.Activation.default().forward(_t(x))._a)
+    np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.tensor(x)).numpy(), atol=1e-6)
+    ident = nn.ops.Identity.default()
+    assert isinstance(ident, nn.Identity)
+    np.testing.assert_array_equal(np.asarray(ident.forward(_t(x))._a), x)
