@@ -524,7 +524,14 @@ class VarBuilder:
         prev = self._rename
         return self._with(rename=f if prev is None else (lambda p: prev(f(p))))
 
-    rename = rename_f
+    def rename(self, renamer: Any) -> VarBuilder:
+        """Candle's ``vb.rename(renamer)``: a ``Renamer``, an object whose ``rename(name)`` gives the name
+        to look up (a plain function works too, as in :meth:`rename_f`)."""
+        f = getattr(renamer, "rename", renamer)
+        if not callable(f):
+            raise errors.InvalidArgument(f"VarBuilder.rename takes a Renamer (an object with a rename(name)"
+                                         f" method) or a function, got a {type(renamer).__name__}")  # fmt: skip
+        return self.rename_f(f)
 
     def _lookup(self, name: str) -> tuple[str, str]:
         path = self.path(name)

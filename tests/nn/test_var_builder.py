@@ -396,3 +396,23 @@ def test_from_backend_takes_candles_simple_backends(tmp_path):
 def test_from_backend_rejects_a_non_backend():
     with pytest.raises(errors.InvalidArgument, match="from_backend"):
         VarBuilder.from_backend(42, DType.F32, Device.Cpu)
+
+
+def test_rename_takes_a_renamer_object():
+    """Candle's ``vb.rename(renamer)`` takes a ``Renamer`` (a ``rename(&self, name) -> Cow<str>``
+    method, candle-nn/src/var_builder.rs); ``rename_f`` takes a closure. The doc test there:
+    after renaming ``bar`` to ``foo`` both names are found."""
+
+    class BarToFoo:
+        def rename(self, name: str) -> str:
+            return "foo" if name == "bar" else name
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors({"foo": a}, DType.F32, Device.Cpu)
+    assert not vb.contains_tensor("bar")
+    for renamed in (vb.rename(BarToFoo()), vb.rename_f(BarToFoo().rename)):
+        assert renamed.contains_tensor("bar") and renamed.contains_tensor("foo")
+        assert not renamed.contains_tensor("baz")
+        np.testing.assert_array_equal(np.asarray(renamed.get((2, 3), "bar")), a)
+    with pytest.raises(errors.InvalidArgument, match="rename"):
+        vb.rename(42)
