@@ -442,6 +442,9 @@ class VarBuilder:
                                device: Any = None) -> VarBuilder:  # fmt: skip
         """Safetensors bytes held in memory (Candle's ``from_slice_safetensors(&data, dtype, &dev)``;
         ``from_buffered_safetensors`` is the same here)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise errors.InvalidArgument(f"VarBuilder.from_slice_safetensors / from_buffered_safetensors take the"
+                                         f" file's bytes, got a {type(data).__name__}")  # fmt: skip
         return VarBuilder(SafetensorsBackend(SliceSafetensors(data)), dtype, device)
 
     from_buffered_safetensors = from_slice_safetensors
@@ -521,6 +524,8 @@ class VarBuilder:
         Candle's ``vb.rename_f(f)``: chained renames apply the newest first, ``vb.rename_f(f1).rename_f(f2)``
         looks up ``f1(f2(path))``, as each ``Rename`` backend renames before asking the builder it wraps.
         """
+        if not callable(f):
+            raise errors.InvalidArgument(f"VarBuilder.rename_f takes a function of the name, got a {type(f).__name__}")
         prev = self._rename
         return self._with(rename=f if prev is None else (lambda p: prev(f(p))))
 

@@ -416,3 +416,18 @@ def test_rename_takes_a_renamer_object():
         np.testing.assert_array_equal(np.asarray(renamed.get((2, 3), "bar")), a)
     with pytest.raises(errors.InvalidArgument, match="rename"):
         vb.rename(42)
+
+
+def test_bad_arguments_raise_candlejax_errors():
+    """Arguments Candle's types would refuse at compile time raise a candlejax error naming the call."""
+    vb = VarBuilder.zeros(DType.F32, Device.Cpu)
+    with pytest.raises(errors.InvalidArgument, match="rename_f"):
+        vb.rename_f("w")
+    with pytest.raises(errors.InvalidArgument, match="from_slice_safetensors"):
+        VarBuilder.from_slice_safetensors("not bytes", DType.F32, Device.Cpu)
+    vm = VarMap()
+    VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).get((2,), "w")
+    with pytest.raises(errors.InvalidArgument, match=r"VarMap\.set"):
+        vm.set([("w",)])
+    with pytest.raises(errors.InvalidArgument, match=r"VarMap\.set"):
+        vm.set(5)
