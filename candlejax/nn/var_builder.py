@@ -22,6 +22,7 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.errors import fmt_shape
 from candlejax.io import npy, pth
 from candlejax.io._checks import cast
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
@@ -245,6 +247,55 @@ class SafetensorsBackend(SimpleBackend):
 
     def _where(self, path: str) -> str:
         return self.st.file_of(path)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Candle's ``var_builder::Shard``: the hint of a :class:`ShardedSafeTensors` builder, the part
+    ``rank`` of ``world_size`` equal blocks along ``dim`` (0 or 1); the default reads it whole."""
+
+    dim: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @staticmethod
+    def default() -> Shard:
+        """Candle's ``Shard::default()``: ``dim 0, rank 0, world_size 1`` (no sharding)."""
+        return Shard()
+
+
+class ShardedSafeTensors(SafetensorsBackend):
+    """Candle's ``ShardedSafeTensors``: safetensors files read in tensor-parallel blocks.
+    ``ShardedSafeTensors.var_builder(paths, dtype, device)`` makes the builder (Candle's
+    ``ShardedVarBuilder``); ``vb.get_with_hints(shape, name, Shard(dim, rank, world_size))`` reads block
+    ``rank``: ``Shard(0, 1, 2)`` of a ``(1024, 1024)`` tensor is ``t[512:]``. As in Candle, ``shape`` is
+    checked only when ``world_size`` is 1 (as with ``get(shape, name)``)."""
+
+    @staticmethod
+    def var_builder(paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32,
+                    device: Any = None) -> VarBuilder:  # fmt: skip
+        """Candle's ``ShardedSafeTensors::var_builder(paths, dtype, &dev)``."""
+        return VarBuilder(ShardedSafeTensors(paths), dtype, device)
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        h = init if isinstance(init, Shard) else Shard()
+        if h.world_size == 1:
+            return super().get(shape, path, init, dtype, device)
+        self.check(path)
+        full = self._shape(path)
+        if h.dim not in (0, 1) or h.dim >= len(full):
+            raise errors.Msg(f"Get sharded on dimensions != 0 or 1 ({path} {fmt_shape(full)}, dim {h.dim})")
+        if h.world_size < 1 or full[h.dim] % h.world_size:
+            raise errors.ShapeMismatchSplit(full, h.dim, h.world_size)
+        block = full[h.dim] // h.world_size
+        if not 0 <= h.rank < h.world_size:
+            raise errors.Msg(f"Cannot slice tensor {path} ({fmt_shape(full)}) along dim {h.dim} with"
+                             f" rank {h.rank} of world_size {h.world_size}")  # fmt: skip
+        part = self.st.get(path).numpy()[(slice(None),) * h.dim + (slice(h.rank * block, (h.rank + 1) * block),)]
+        return _to_device(np.ascontiguousarray(part), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        raise errors.Msg("`get_unchecked` does not make sense for `ShardedSafeTensors`, use `get`.")
 
 
 class NpzBackend(SimpleBackend):
@@ -555,7 +606,8 @@ class VarBuilder:
 
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
-        check_init(init, "VarBuilder.get_with_hints")
+        if not (isinstance(init, Shard) and isinstance(self._backend, ShardedSafeTensors)):
+            check_init(init, "VarBuilder.get_with_hints")
         path, key = self._lookup(name)
         if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
             self._reads.add(key)

@@ -431,3 +431,34 @@ def test_bad_arguments_raise_candlejax_errors():
         vm.set([("w",)])
     with pytest.raises(errors.InvalidArgument, match=r"VarMap\.set"):
         vm.set(5)
+
+
+def test_sharded_safetensors_var_builder(tmp_path):
+    """Candle's ``ShardedSafeTensors::var_builder(paths, dtype, dev)`` with ``Shard { dim, rank,
+    world_size }`` hints (candle-nn/src/var_builder.rs): ``get_sharded("t", 0, 1, 2)`` is
+    ``t.i(512..)`` of a ``(1024, ..)`` tensor; ``world_size == 1`` (the default hint) checks the shape
+    and reads the whole tensor; the shape is not checked when sharding."""
+    from candlejax.nn.var_builder import Shard, ShardedSafeTensors
+
+    w = np.arange(48, dtype=np.float32).reshape(4, 12)
+    save_safetensors_dict({"m.w": w}, tmp_path / "m.safetensors")
+    vb = ShardedSafeTensors.var_builder([tmp_path / "m.safetensors"], DType.F16, Device.Cpu)
+    assert Shard.default() == Shard(dim=0, rank=0, world_size=1)
+    for dim, rank, world_size, want in [(0, 1, 2, w[2:]), (1, 2, 3, w[:, 8:]), (1, 0, 4, w[:, :3])]:
+        got = vb.pp("m").get_with_hints((), "w", Shard(dim=dim, rank=rank, world_size=world_size))
+        assert got.dtype == DType.F16 and got.name == "m.w"
+        np.testing.assert_array_equal(np.asarray(got).astype(np.float32), want)
+    np.testing.assert_array_equal(np.asarray(vb.pp("m").get((4, 12), "w")).astype(np.float32), w)
+    with pytest.raises(errors.UnexpectedShape):
+        vb.pp("m").get((12, 4), "w")
+    with pytest.raises(errors.ShapeMismatchSplit):
+        vb.get_with_hints((), "m.w", Shard(dim=1, rank=0, world_size=5))
+    with pytest.raises(errors.Msg, match="dimensions != 0 or 1"):
+        vb.get_with_hints((), "m.w", Shard(dim=2, rank=0, world_size=2))
+    with pytest.raises(errors.CannotFindTensor):
+        vb.get_with_hints((), "m.q", Shard(dim=0, rank=0, world_size=2))
+    with pytest.raises(errors.Msg, match="get_unchecked"):
+        vb.get_unchecked("m.w")
+    assert vb.contains_tensor("m.w") and not vb.contains_tensor("m.q")
+    with pytest.raises(errors.InvalidArgument):  # a Shard is no init for other backends
+        VarBuilder.zeros(DType.F32, Device.Cpu).get_with_hints((2,), "w", Shard(0, 0, 2))
