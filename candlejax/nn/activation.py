@@ -75,6 +75,11 @@ class Activation(Module):
         self.param = None if param is None else float(param)
 
     @staticmethod
+    def default() -> Activation:
+        """Candle's ``Activation::default()``: ``Gelu`` (the erf GELU)."""
+        return Activation("Gelu")
+
+    @staticmethod
     def Elu(alpha: float) -> Activation:  # noqa: N802 - Candle's variant name
         return Activation("Elu", alpha)
 

@@ -884,6 +884,11 @@ class Identity(Module):
         """Candle's ``Identity::new()``."""
         return Identity()
 
+    @staticmethod
+    def default() -> Identity:
+        """Candle's ``Identity::default()`` (= ``new()``)."""
+        return Identity()
+
     def forward(self, xs: Any) -> Any:
         return xs
 

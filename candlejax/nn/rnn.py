@@ -125,6 +125,13 @@ class GRUState(Module):
         self.h = h
 
 
+def _check_state(state: Any, cls: type, call: str) -> None:
+    """Candle's ``step`` / ``seq_init`` take the RNN's own state struct: anything else raises naming it."""
+    if not isinstance(state, cls):
+        raise errors.InvalidArgument(f"{call}: the state must be a {cls.__name__} (zero_state(batch) makes one),"
+                                     f" got {type(state).__name__}")  # fmt: skip
+
+
 def _mm(x: Any, w: Any, b: Any) -> Any:
     y = x @ w.T
     return y if b is None else y + b
@@ -252,6 +259,7 @@ class LSTM(_RNNBase):
 
     def step(self, input: Any, state: LSTMState) -> LSTMState:
         """One time step: input ``(B, in)``."""
+        _check_state(state, LSTMState, "LSTM.step")
         x, h, c = as_array(input), as_array(state.h), as_array(state.c)
         self._check(x, 2, h, c)
         h, c = _lstm_step(x, h, c, *self._weights())
@@ -266,6 +274,7 @@ class LSTM(_RNNBase):
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
+        _check_state(init_state, LSTMState, "LSTM.seq_init")
         x = as_array(input)
         self._check(x, 3, as_array(init_state.h), as_array(init_state.c))
         hs, cs = _lstm_scan(x, as_array(init_state.h), as_array(init_state.c), *self._weights())
@@ -322,6 +331,7 @@ class GRU(_RNNBase):
         return GRUState(wrap(self._zeros(batch_dim)))
 
     def step(self, input: Any, state: GRUState) -> GRUState:
+        _check_state(state, GRUState, "GRU.step")
         x, h = as_array(input), as_array(state.h)
         self._check(x, 2, h)
         return GRUState(wrap(_gru_step(x, h, *self._weights())))
@@ -334,6 +344,7 @@ class GRU(_RNNBase):
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
+        _check_state(init_state, GRUState, "GRU.seq_init")
         x = as_array(input)
         self._check(x, 3, as_array(init_state.h))
         hs = _gru_scan(x, as_array(init_state.h), *self._weights())

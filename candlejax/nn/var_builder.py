@@ -22,6 +22,7 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.errors import fmt_shape
 from candlejax.io import npy, pth
 from candlejax.io._checks import cast
 from candlejax.io.safetensors import MmapedSafetensors, SliceSafetensors
@@ -247,11 +249,63 @@ class SafetensorsBackend(SimpleBackend):
         return self.st.file_of(path)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Candle's ``var_builder::Shard``: the hint of a :class:`ShardedSafeTensors` builder, the part
+    ``rank`` of ``world_size`` equal blocks along ``dim`` (0 or 1); the default reads it whole."""
+
+    dim: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @staticmethod
+    def default() -> Shard:
+        """Candle's ``Shard::default()``: ``dim 0, rank 0, world_size 1`` (no sharding)."""
+        return Shard()
+
+
+class ShardedSafeTensors(SafetensorsBackend):
+    """Candle's ``ShardedSafeTensors``: safetensors files read in tensor-parallel blocks.
+    ``ShardedSafeTensors.var_builder(paths, dtype, device)`` makes the builder (Candle's
+    ``ShardedVarBuilder``); ``vb.get_with_hints(shape, name, Shard(dim, rank, world_size))`` reads block
+    ``rank``: ``Shard(0, 1, 2)`` of a ``(1024, 1024)`` tensor is ``t[512:]``. As in Candle, ``shape`` is
+    checked only when ``world_size`` is 1 (as with ``get(shape, name)``)."""
+
+    @staticmethod
+    def var_builder(paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32,
+                    device: Any = None) -> VarBuilder:  # fmt: skip
+        """Candle's ``ShardedSafeTensors::var_builder(paths, dtype, &dev)``."""
+        return VarBuilder(ShardedSafeTensors(paths), dtype, device)
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        h = init if isinstance(init, Shard) else Shard()
+        if h.world_size == 1:
+            return super().get(shape, path, init, dtype, device)
+        self.check(path)
+        full = self._shape(path)
+        if h.dim not in (0, 1) or h.dim >= len(full):
+            raise errors.Msg(f"Get sharded on dimensions != 0 or 1 ({path} {fmt_shape(full)}, dim {h.dim})")
+        if h.world_size < 1 or full[h.dim] % h.world_size:
+            raise errors.ShapeMismatchSplit(full, h.dim, h.world_size)
+        block = full[h.dim] // h.world_size
+        if not 0 <= h.rank < h.world_size:
+            raise errors.Msg(f"Cannot slice tensor {path} ({fmt_shape(full)}) along dim {h.dim} with"
+                             f" rank {h.rank} of world_size {h.world_size}")  # fmt: skip
+        part = self.st.get(path).numpy()[(slice(None),) * h.dim + (slice(h.rank * block, (h.rank + 1) * block),)]
+        return _to_device(np.ascontiguousarray(part), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        raise errors.Msg("`get_unchecked` does not make sense for `ShardedSafeTensors`, use `get`.")
+
+
 class NpzBackend(SimpleBackend):
     """Arrays from a ``.npz`` archive, read lazily by ``candlejax.io.npy.NpzTensors`` (its checks and
     errors), converted to the builder's dtype while reading."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike | npy.NpzTensors):
+        if isinstance(path, npy.NpzTensors):  # already open (``VarBuilder.from_backend(npz, ..)``)
+            self.path, self.npz = path.path, path
+            return
         self.path = os.fspath(path)
         errors.check_file(self.path, "from_npz")
         self.npz = npy.NpzTensors(self.path)
@@ -278,6 +332,60 @@ class NpzBackend(SimpleBackend):
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
         self.check(path)
         return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+class PthBackend(SimpleBackend):
+    """Tensors of a ``torch.save``'d file read one by one through ``candlejax.io.pth.PthTensors``."""
+
+    def __init__(self, tensors: pth.PthTensors):
+        self.pth = tensors
+
+    def describe(self) -> str:
+        return self.pth.path
+
+    def names(self) -> list[str]:
+        return list(self.pth.tensor_infos())
+
+    def contains_tensor(self, path: str) -> bool:
+        return path in self.pth
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.pth.tensor_infos()[path].shape)
+
+    def _load(self, path: str, dtype: DType | None = None) -> Any:
+        return self.pth.get(path, dtype=dtype)._a
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        self.check(path, shape)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        self.check(path)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+def _as_backend(backend: Any) -> SimpleBackend:
+    """``from_backend``'s argument as a backend: a ``SimpleBackend`` (or an object with its ``get``,
+    ``get_unchecked`` and ``contains_tensor``) as it is, and the types Candle implements
+    ``SimpleBackend`` for: a dict of tensors, a ``VarMap``, ``MmapedSafetensors``, ``NpzTensors``,
+    ``PthTensors``."""
+    if isinstance(backend, SimpleBackend):
+        return backend
+    if isinstance(backend, VarMap):
+        return VarMapBackend(backend)
+    if isinstance(backend, MmapedSafetensors):
+        return SafetensorsBackend(backend)
+    if isinstance(backend, npy.NpzTensors):
+        return NpzBackend(backend)
+    if isinstance(backend, pth.PthTensors):
+        return PthBackend(backend)
+    if isinstance(backend, dict) or (hasattr(backend, "keys") and hasattr(backend, "__getitem__")):
+        return DictBackend(_tensor_dict(backend))
+    if all(callable(getattr(backend, m, None)) for m in ("get", "get_unchecked", "contains_tensor")):
+        return backend
+    raise errors.InvalidArgument(
+        f"VarBuilder.from_backend takes a SimpleBackend, a dict of tensors, a VarMap, MmapedSafetensors,"
+        f" NpzTensors or PthTensors, got a {type(backend).__name__} ({backend!r:.60})")
 
 
 def _tensor_dict(tensors: Any) -> dict[str, Any]:
@@ -385,6 +493,9 @@ class VarBuilder:
                                device: Any = None) -> VarBuilder:  # fmt: skip
         """Safetensors bytes held in memory (Candle's ``from_slice_safetensors(&data, dtype, &dev)``;
         ``from_buffered_safetensors`` is the same here)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise errors.InvalidArgument(f"VarBuilder.from_slice_safetensors / from_buffered_safetensors take the"
+                                         f" file's bytes, got a {type(data).__name__}")  # fmt: skip
         return VarBuilder(SafetensorsBackend(SliceSafetensors(data)), dtype, device)
 
     from_buffered_safetensors = from_slice_safetensors
@@ -408,8 +519,11 @@ class VarBuilder:
         return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
 
     @staticmethod
-    def from_backend(backend: SimpleBackend, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
-        return VarBuilder(backend, dtype, device)
+    def from_backend(backend: Any, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Candle's ``VarBuilder::from_backend(Box::new(backend), dtype, dev)`` (and ``new_with_args``):
+        a ``SimpleBackend``, or one of the types Candle implements it for (a dict of tensors, a
+        ``VarMap``, ``MmapedSafetensors``, ``NpzTensors``, ``PthTensors``)."""
+        return VarBuilder(_as_backend(backend), dtype, device)
 
     new_with_args = from_backend
 
@@ -461,10 +575,19 @@ class VarBuilder:
         Candle's ``vb.rename_f(f)``: chained renames apply the newest first, ``vb.rename_f(f1).rename_f(f2)``
         looks up ``f1(f2(path))``, as each ``Rename`` backend renames before asking the builder it wraps.
         """
+        if not callable(f):
+            raise errors.InvalidArgument(f"VarBuilder.rename_f takes a function of the name, got a {type(f).__name__}")
         prev = self._rename
         return self._with(rename=f if prev is None else (lambda p: prev(f(p))))
 
-    rename = rename_f
+    def rename(self, renamer: Any) -> VarBuilder:
+        """Candle's ``vb.rename(renamer)``: a ``Renamer``, an object whose ``rename(name)`` gives the name
+        to look up (a plain function works too, as in :meth:`rename_f`)."""
+        f = getattr(renamer, "rename", renamer)
+        if not callable(f):
+            raise errors.InvalidArgument(f"VarBuilder.rename takes a Renamer (an object with a rename(name)"
+                                         f" method) or a function, got a {type(renamer).__name__}")  # fmt: skip
+        return self.rename_f(f)
 
     def _lookup(self, name: str) -> tuple[str, str]:
         path = self.path(name)
@@ -483,7 +606,8 @@ class VarBuilder:
 
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
         """The Var ``prefix.name``: checked against ``shape``, in ``dtype`` on the builder's device."""
-        check_init(init, "VarBuilder.get_with_hints")
+        if not (isinstance(init, Shard) and isinstance(self._backend, ShardedSafeTensors)):
+            check_init(init, "VarBuilder.get_with_hints")
         path, key = self._lookup(name)
         if isinstance(self._backend, VarMapBackend):  # the VarMap's own handle: shared, as in Candle
             self._reads.add(key)

@@ -144,8 +144,12 @@ class VarMap:
         """``set_one`` for each ``(name, value)``, e.g. ``vm.set(model.named_vars())``."""
         if isinstance(items, dict):
             items = items.items()
-        for name, value in items:
-            self.set_one(name, value)
+        if not hasattr(items, "__iter__"):
+            raise errors.InvalidArgument(f"VarMap.set takes (name, value) pairs or a dict, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise errors.InvalidArgument(f"VarMap.set takes (name, value) pairs; item {i} is {item!r:.60}")
+            self.set_one(*item)
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -118,3 +118,38 @@ def test_candle_module_paths():
         nn.ops.NoSuchOp  # noqa: B018
     with pytest.raises(AttributeError):
         nn.kv_cache.NoSuchCache  # noqa: B018
+
+
+def test_default_of_activation_and_identity():
+    """``Activation::default()`` is ``Gelu`` (``#[default]`` in candle-nn/src/activation.rs) and
+    ``Identity`` implements ``Default`` (candle-nn/src/ops.rs); ``Gelu`` is the erf GELU."""
+    import torch
+
+    assert nn.Activation.default() == nn.Activation.Gelu
+    x = np.linspace(-4, 4, 9).astype(np.float32)
+    got = np.asarray(nn.Activation.default().forward(_t(x))._a)
+    np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.tensor(x)).numpy(), atol=1e-6)
+    ident = nn.ops.Identity.default()
+    assert isinstance(ident, nn.Identity)
+    np.testing.assert_array_equal(np.asarray(ident.forward(_t(x))._a), x)
+
+
+def test_rnn_step_and_seq_init_name_a_wrong_state():
+    """Candle's ``step(&input, &state)`` / ``seq_init`` take an ``LSTMState`` / ``GRUState`` (rnn.rs);
+    anything else (``None``, a bare tensor, the other RNN's state) raises naming the state type."""
+    from candlejax import Device, DType
+
+    vb = nn.VarBuilder.zeros(DType.F32, Device.Cpu)
+    lstm, gru = nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l")), nn.gru(3, 4, nn.GRUConfig(), vb.pp("g"))
+    x, xs, h = _t(np.ones((2, 3))), _t(np.ones((2, 5, 3))), _t(np.zeros((2, 4)))
+    for bad in (None, h, gru.zero_state(2)):
+        with pytest.raises(errors.InvalidArgument, match="LSTMState"):
+            lstm.step(x, bad)
+        with pytest.raises(errors.InvalidArgument, match="LSTMState"):
+            lstm.seq_init(xs, bad)
+    for bad in (None, h, lstm.zero_state(2)):
+        with pytest.raises(errors.InvalidArgument, match="GRUState"):
+            gru.step(x, bad)
+        with pytest.raises(errors.InvalidArgument, match="GRUState"):
+            gru.seq_init(xs, bad)
+    assert gru.step(x, gru.zero_state(2)).h.shape == (2, 4)

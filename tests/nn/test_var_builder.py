@@ -354,3 +354,111 @@ def test_files_names_the_checkpoint_files(tmp_path):
     safetensors.save({"w": np.zeros(2, np.float32)}, f)
     assert VarBuilder.from_mmaped_safetensors([f], DType.F32, Device.Cpu).pp("x").files() == [str(f)]
     assert VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu).files() == []
+
+
+def test_from_backend_takes_candles_simple_backends(tmp_path):
+    """Candle implements ``SimpleBackend`` for ``HashMap<String, Tensor>``, ``VarMap``,
+    ``MmapedSafetensors``, ``NpzTensors`` and ``PthTensors`` (candle-nn/src/var_builder.rs), so
+    ``VarBuilder::from_backend(Box::new(x), dtype, dev)`` and ``new_with_args`` take each of them."""
+    import torch
+
+    from candlejax.io.npy import NpzTensors
+    from candlejax.io.pth import PthTensors
+    from candlejax.io.safetensors import MmapedSafetensors
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    save_safetensors_dict({"a.w": w}, tmp_path / "m.safetensors")
+    np.savez(tmp_path / "m.npz", **{"a.w": w})
+    torch.save({"a.w": torch.tensor(w)}, tmp_path / "m.pth")
+    vm = VarMap()
+    backends = {
+        "dict": {"a.w": w},
+        "mmaped": MmapedSafetensors(str(tmp_path / "m.safetensors")),
+        "npz": NpzTensors(tmp_path / "m.npz"),
+        "pth": PthTensors(tmp_path / "m.pth"),
+    }
+    for label, backend in backends.items():
+        for make in (VarBuilder.from_backend, VarBuilder.new_with_args):
+            vb = make(backend, DType.F32, Device.Cpu)
+            assert vb.pp("a").contains_tensor("w") and not vb.contains_tensor("b"), label
+            got = vb.pp("a").get((2, 3), "w")
+            np.testing.assert_array_equal(np.asarray(got), w, err_msg=label)
+            assert got.dtype == DType.F32 and got.name == "a.w", label
+            with pytest.raises(errors.UnexpectedShape):
+                vb.pp("a").get((3, 2), "w")
+            with pytest.raises(errors.CannotFindTensor):
+                vb.get((2, 3), "b")
+    vb = VarBuilder.from_backend(vm, DType.F32, Device.Cpu)
+    lin = nn.linear(3, 2, vb.pp("fc"))
+    assert sorted(vm.data()) == ["fc.bias", "fc.weight"] and lin.weight is vm.data()["fc.weight"]
+
+
+def test_from_backend_rejects_a_non_backend():
+    with pytest.raises(errors.InvalidArgument, match="from_backend"):
+        VarBuilder.from_backend(42, DType.F32, Device.Cpu)
+
+
+def test_rename_takes_a_renamer_object():
+    """Candle's ``vb.rename(renamer)`` takes a ``Renamer`` (a ``rename(&self, name) -> Cow<str>``
+    method, candle-nn/src/var_builder.rs); ``rename_f`` takes a closure. The doc test there:
+    after renaming ``bar`` to ``foo`` both names are found."""
+
+    class BarToFoo:
+        def rename(self, name: str) -> str:
+            return "foo" if name == "bar" else name
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vb = VarBuilder.from_tensors({"foo": a}, DType.F32, Device.Cpu)
+    assert not vb.contains_tensor("bar")
+    for renamed in (vb.rename(BarToFoo()), vb.rename_f(BarToFoo().rename)):
+        assert renamed.contains_tensor("bar") and renamed.contains_tensor("foo")
+        assert not renamed.contains_tensor("baz")
+        np.testing.assert_array_equal(np.asarray(renamed.get((2, 3), "bar")), a)
+    with pytest.raises(errors.InvalidArgument, match="rename"):
+        vb.rename(42)
+
+
+def test_bad_arguments_raise_candlejax_errors():
+    """Arguments Candle's types would refuse at compile time raise a candlejax error naming the call."""
+    vb = VarBuilder.zeros(DType.F32, Device.Cpu)
+    with pytest.raises(errors.InvalidArgument, match="rename_f"):
+        vb.rename_f("w")
+    with pytest.raises(errors.InvalidArgument, match="from_slice_safetensors"):
+        VarBuilder.from_slice_safetensors("not bytes", DType.F32, Device.Cpu)
+    vm = VarMap()
+    VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).get((2,), "w")
+    with pytest.raises(errors.InvalidArgument, match=r"VarMap\.set"):
+        vm.set([("w",)])
+    with pytest.raises(errors.InvalidArgument, match=r"VarMap\.set"):
+        vm.set(5)
+
+
+def test_sharded_safetensors_var_builder(tmp_path):
+    """Candle's ``ShardedSafeTensors::var_builder(paths, dtype, dev)`` with ``Shard { dim, rank,
+    world_size }`` hints (candle-nn/src/var_builder.rs): ``get_sharded("t", 0, 1, 2)`` is
+    ``t.i(512..)`` of a ``(1024, ..)`` tensor; ``world_size == 1`` (the default hint) checks the shape
+    and reads the whole tensor; the shape is not checked when sharding."""
+    from candlejax.nn.var_builder import Shard, ShardedSafeTensors
+
+    w = np.arange(48, dtype=np.float32).reshape(4, 12)
+    save_safetensors_dict({"m.w": w}, tmp_path / "m.safetensors")
+    vb = ShardedSafeTensors.var_builder([tmp_path / "m.safetensors"], DType.F16, Device.Cpu)
+    assert Shard.default() == Shard(dim=0, rank=0, world_size=1)
+    for dim, rank, world_size, want in [(0, 1, 2, w[2:]), (1, 2, 3, w[:, 8:]), (1, 0, 4, w[:, :3])]:
+        got = vb.pp("m").get_with_hints((), "w", Shard(dim=dim, rank=rank, world_size=world_size))
+        assert got.dtype == DType.F16 and got.name == "m.w"
+        np.testing.assert_array_equal(np.asarray(got).astype(np.float32), want)
+    np.testing.assert_array_equal(np.asarray(vb.pp("m").get((4, 12), "w")).astype(np.float32), w)
+    with pytest.raises(errors.UnexpectedShape):
+        vb.pp("m").get((12, 4), "w")
+    with pytest.raises(errors.ShapeMismatchSplit):
+        vb.get_with_hints((), "m.w", Shard(dim=1, rank=0, world_size=5))
+    with pytest.raises(errors.Msg, match="dimensions != 0 or 1"):
+        vb.get_with_hints((), "m.w", Shard(dim=2, rank=0, world_size=2))
+    with pytest.raises(errors.CannotFindTensor):
+        vb.get_with_hints((), "m.q", Shard(dim=0, rank=0, world_size=2))
+    with pytest.raises(errors.Msg, match="get_unchecked"):
+        vb.get_unchecked("m.w")
+    assert vb.contains_tensor("m.w") and not vb.contains_tensor("m.q")
+    with pytest.raises(errors.InvalidArgument):  # a Shard is no init for other backends
+        VarBuilder.zeros(DType.F32, Device.Cpu).get_with_hints((2,), "w", Shard(0, 0, 2))
