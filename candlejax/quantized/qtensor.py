@@ -22,6 +22,7 @@ import numpy as np
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device
+from candlejax.dtype import DType, to_dtype
 from candlejax.quantized import native
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight
@@ -279,7 +280,8 @@ def _embedding_ids(ids: Any, rows: int) -> Any:
     if not isinstance(a, jax.Array | jax.core.Tracer):
         a = jnp.asarray(np.asarray(a))
     if not jnp.issubdtype(a.dtype, jnp.integer):
-        raise errors.UnexpectedDType("u32", str(a.dtype), "embedding: ids must have an integer dtype")
+        got = "bool" if a.dtype == jnp.bool_ else to_dtype(a.dtype)
+        raise errors.UnexpectedDType(DType.U32, got, "embedding: ids must have an integer dtype")
     if not isinstance(a, jax.core.Tracer) and a.size:
         lo, hi = int(jnp.min(a)), int(jnp.max(a))
         if lo < 0 or hi >= rows:
@@ -304,7 +306,7 @@ jax.tree_util.register_pytree_node(QTensor, _qt_flatten, _qt_unflatten)
 # ----------------------------------------------------------------------------------------------
 def _compute_dtype(x: Any, op_name: str) -> Any:
     if x.dtype not in _FLOAT_JNP:
-        raise errors.UnsupportedDTypeForOp(str(x.dtype).upper(), op_name, "expects f32, f16 or bf16 inputs")
+        raise errors.UnsupportedDTypeForOp(to_dtype(x.dtype), op_name, "expects f32, f16 or bf16 inputs")
     return x.dtype
 
 

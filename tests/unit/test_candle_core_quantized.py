@@ -826,3 +826,12 @@ def test_from_data_takes_a_byte_string():
     qt = quantized.QTensor.quantize(src, GgmlDType.Q4_0)
     again = quantized.QTensor.from_data(bytes(qt.data()), GgmlDType.Q4_0, (64,), CPU)
     assert again.dequantize(CPU).to_vec1() == qt.dequantize(CPU).to_vec1()
+
+
+def test_qmatmul_and_embedding_dtype_errors_name_candle_dtypes():
+    # Candle's messages name its dtypes (`unsupported dtype U32 for op ...`, `got: F32`), not numpy's.
+    q = quantized.QTensor.quantize(Tensor.ones((8, 64), DType.F32, CPU), GgmlDType.Q8_0)
+    with pytest.raises(cj.errors.UnsupportedDTypeForOp, match=r"^unsupported dtype U32 for op qmatmul"):
+        quantized.QMatMul.from_qtensor(q).forward(Tensor.ones((2, 64), DType.U32, CPU))
+    with pytest.raises(cj.errors.UnexpectedDType, match=r"expected: U32, got: F32$"):
+        q.embedding(Tensor.new([1.0, 2.0], CPU))

@@ -1,6 +1,6 @@
 """The unit tests inside Candle's sources, ported line by line with Candle's expected values.
 
-Sources (huggingface/candle, ``#[cfg(test)]`` modules): candle-core/src/{shape,safetensors}.rs,
+Sources (huggingface/candle, ``#[cfg(test)]`` modules): candle-core/src/{shape,safetensors,npy}.rs,
 candle-transformers/src/utils.rs, candle-transformers/src/models/quantized_llama.rs (its causal-mask
 tests), candle-transformers/src/models/whisper/audio.rs (the public ``log_mel_spectrogram_``) and
 candle-nn/src/kv_cache.rs (``ConcatKvCache``; Candle's ``&mut`` appends are rebindings here).
@@ -64,6 +64,42 @@ def test_load_u8(tmp_path):
     assert tensor.dims() == [2]
     assert tensor.dtype == DType.U8
     assert tensor.to_vec1() == [1, 3]
+
+
+# --- candle-core/src/npy.rs: Header::parse and Header::to_string, through the files ----------------
+def _npy_file(path, header: str, data: bytes) -> None:
+    """An npy v1.0 file holding ``header`` as written, padded as Candle's ``Tensor::write`` pads it."""
+    header += " " * ((16 - (6 + 5 + len(header)) % 16) % 16) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data)
+
+
+def test_npy_header_parse(tmp_path, x64):
+    # Header::parse("{'descr': '<f8', 'fortran_order': False, 'shape': (128,), }") == (F64, false, [128])
+    path = tmp_path / "f8.npy"
+    _npy_file(path, "{'descr': '<f8', 'fortran_order': False, 'shape': (128,), }", np.arange(128.0).tobytes())
+    t = Tensor.read_npy(path)
+    assert (t.dtype, t.dims()) == (DType.F64, [128])
+    assert t.to_vec1() == list(np.arange(128.0))
+    # "{'descr': '<f4', 'fortran_order': True, 'shape': (256,1,128), }" == (F32, true, [256, 1, 128]);
+    # Candle's readers then refuse Fortran order, candlejax reads it (docs/differences/conv-io.md).
+    path = tmp_path / "f4.npy"
+    values = np.arange(256 * 128, dtype=np.float32).reshape(256, 1, 128)
+    _npy_file(path, "{'descr': '<f4', 'fortran_order': True, 'shape': (256,1,128), }", values.tobytes(order="F"))
+    t = Tensor.read_npy(path)
+    assert (t.dtype, t.dims()) == (DType.F32, [256, 1, 128])
+    np.testing.assert_array_equal(t.numpy(), values)
+    # Header::to_string: "(256,1,128,)" and a rank-0 "()" (U32), as Candle writes them, read back.
+    path = tmp_path / "written.npy"
+    _npy_file(path, "{'descr': '<f4', 'fortran_order': False, 'shape': (256,1,128,), }", values.tobytes())
+    assert Tensor.read_npy(path).dims() == [256, 1, 128]
+    _npy_file(path, "{'descr': '<u4', 'fortran_order': False, 'shape': (), }", np.uint32(7).tobytes())
+    t = Tensor.read_npy(path)
+    assert (t.dtype, t.dims(), t.to_vec0()) == (DType.U32, [], 7)
+    # and what candlejax writes, numpy parses to the same header
+    Tensor.new(values).write_npy(path)
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        assert np.lib.format.read_array_header_1_0(f) == ((256, 1, 128), False, np.dtype("<f4"))
 
 
 # --- candle-transformers/src/utils.rs -----------------------------------------------------------
