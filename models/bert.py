@@ -353,7 +353,12 @@ class BertModel(Module):
 
     def _encode(self, ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
         x = self.embeddings(ids, token_type_ids)
-        bias = None if attention_mask is None else _mask_bias(attention_mask, unwrap(x).dtype)
+        dtype = unwrap(x).dtype
+        bias = None if attention_mask is None else _mask_bias(attention_mask, dtype)
+        if self.config.is_decoder:  # transformers' BertModel masks causally for a decoder config
+            s = ids.shape[1]
+            causal = jnp.where(jnp.tril(jnp.ones((s, s), bool)), 0.0, jnp.finfo(dtype).min).astype(dtype)
+            bias = causal[None, None] if bias is None else jnp.minimum(bias, causal[None, None])
         return self.encoder(x, bias)
 
     def _eager(self, *inputs: Any) -> bool:

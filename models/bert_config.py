@@ -88,6 +88,7 @@ class Config:
     """A BERT ``config.json``: its keys are the fields; missing keys take BERT-base's defaults.
 
     Unknown keys (``architectures``, ``transformers_version``, ...) are kept in ``extra``.
+    ``is_decoder`` (transformers' ``BertLMHeadModel``): attention is causal, as in transformers.
     """
 
     vocab_size: int = 30522
@@ -107,6 +108,7 @@ class Config:
     use_cache: bool = True
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
+    is_decoder: bool = False
     model_type: str | None = "bert"
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -111,7 +111,8 @@ class Config:
     """A ``BlipForConditionalGeneration`` config.json: ``text_config`` and ``vision_config``.
 
     Candle: ``blip::Config`` (``Config::image_captioning_large()``). As in transformers, the text
-    decoder's ``encoder_hidden_size`` is the vision ``hidden_size``.
+    decoder's ``encoder_hidden_size`` is the vision ``hidden_size``, and the top-level
+    ``tie_word_embeddings`` ties the LM head to the word embeddings whatever ``text_config`` says.
     """
 
     text_config: blip_text.Config = dataclasses.field(default_factory=blip_text.Config)
@@ -119,6 +120,7 @@ class Config:
     # Candle's fields for the image-text matching heads, which captioning does not use
     projection_dim: int = 512
     image_text_hidden_size: int = 256
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.text_config, dict):
@@ -126,11 +128,14 @@ class Config:
         if isinstance(self.vision_config, dict):
             self.vision_config = VisionConfig.from_dict(self.vision_config)
         self.text_config.encoder_hidden_size = self.vision_config.hidden_size
+        if self.tie_word_embeddings:  # transformers ties the decoder if either flag is set
+            self.text_config.tie_word_embeddings = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         config_dict(d, "blip Config")
-        extra = {k: d[k] for k in ("projection_dim", "image_text_hidden_size") if d.get(k) is not None}
+        extra = {k: d[k] for k in ("projection_dim", "image_text_hidden_size", "tie_word_embeddings")
+                 if d.get(k) is not None}  # fmt: skip
         return cls(dict(d.get("text_config") or {}), dict(d.get("vision_config") or {}), **extra)  # type: ignore[arg-type]
 
     @classmethod

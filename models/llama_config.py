@@ -208,10 +208,14 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> Config:
         """From a ``config.json`` dict; unknown keys are ignored."""
         d = dict(config_dict(d, "llama Config"))
+        # as transformers 5: a given rope_scaling replaces rope_parameters, and the dict's rope_theta
+        # wins over the top-level key
         rp = d.pop("rope_parameters", None)
+        if isinstance(d.get("rope_scaling"), dict) and d["rope_scaling"]:
+            rp = d["rope_scaling"]
         if isinstance(rp, dict) and rp:
             rp = dict(rp)
-            if "rope_theta" in rp and "rope_theta" not in d:
+            if "rope_theta" in rp:
                 d["rope_theta"] = rp["rope_theta"]
             kind = rp.get("rope_type", rp.get("type", "default"))
             if kind != "default" and not d.get("rope_scaling"):

@@ -202,6 +202,23 @@ def test_input_errors(hf_small):
         model.forward(Tensor(np.zeros((1, 4), np.int32)), None, Tensor(np.ones((1, 5), np.int32)))
 
 
+def test_is_decoder_config_attends_causally_as_transformers(tmp_path, rng):
+    """A config.json with is_decoder true (BertLMHeadModel checkpoints): transformers' BertModel masks
+    attention causally; the encoder ran bidirectionally and gave other hidden states."""
+    torch.manual_seed(3)
+    m = transformers.BertModel(transformers.BertConfig(is_decoder=True, attn_implementation="eager", **SMALL)).eval()
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    model = _load(tmp_path)
+    assert model.config.is_decoder
+    ids, tt, mask = _inputs(rng)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model.forward(ids, tt, mask))[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        ref = m(torch.tensor(ids), token_type_ids=torch.tensor(tt)).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.asarray(model.forward(ids, tt)), ref, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(0, 4), (2, 0)])
 def test_empty_batch_or_sequence_is_named(hf_small, shape):
     """An empty batch or sequence gets a candlejax error naming the shape (a raw ZeroDivisionError

@@ -367,3 +367,21 @@ def test_text_pooler_matches_transformers(rng):
     np.testing.assert_allclose(pooler.forward(Tensor.from_numpy(x)).numpy(), want, atol=1e-6, rtol=1e-5)
     with pytest.raises(errors.Error, match="TextPooler"):
         pooler.forward(Tensor.from_numpy(x[0]))
+
+
+def test_top_level_tie_word_embeddings_ties_the_decoder(tmp_path, rng):
+    """transformers ties the LM head to the word embeddings when the top-level ``tie_word_embeddings``
+    is set, whatever ``text_config`` says (and saves no ``decoder.weight``): such a checkpoint failed
+    to load (cannot find tensor text_decoder.cls.predictions.decoder.weight)."""
+    hf = random_hf_blip({**TEXT, "tie_word_embeddings": False}, VISION)
+    assert hf.config.tie_word_embeddings
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    model = blip.BlipForConditionalGeneration.from_pretrained(tmp_path)
+    px, ids = _pixels(rng, 2), rng.integers(1, VOCAB, size=(2, 7))
+    ids[:, 0] = BOS
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(px), input_ids=torch.from_numpy(ids)).logits.numpy()
+    logits = model.forward(Tensor.from_numpy(px), Tensor.from_numpy(ids.astype(np.uint32)))
+    np.testing.assert_allclose(logits.numpy(), ref, atol=1e-4, rtol=1e-4)
+    untied = blip.Config.from_dict({"tie_word_embeddings": False, "text_config": {"tie_word_embeddings": False}})
+    assert not untied.tie_word_embeddings and not untied.text_config.tie_word_embeddings

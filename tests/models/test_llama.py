@@ -478,6 +478,28 @@ def test_candles_config_presets_and_rope_types(tmp_path):
         llama.Llama3RopeConfig.from_dict({"rope_type": "llama3", "factor": 8.0})
 
 
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_theta": 1000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+        {"rope_theta": 1000.0, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}},
+        {"rope_theta": 7.0, "rope_scaling": {"type": "linear", "factor": 2.0},
+         "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+        {"rope_theta": 1000.0, "rope_parameters": {"rope_type": "default"}},
+    ],
+)
+def test_rope_theta_is_read_where_transformers_reads_it(tmp_path, rope):
+    """transformers 5 takes rope_theta from rope_parameters (or a given rope_scaling, which replaces
+    rope_parameters) before the top-level key; the top-level rope_theta won here."""
+    cfg = {"model_type": "llama", **BASE, **rope}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf_cfg = transformers.AutoConfig.from_pretrained(tmp_path)
+    ref = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(hf_cfg).inv_freq.numpy()
+    np.testing.assert_allclose(llama.rope_inv_freq(llama.Config.from_json_file(tmp_path / "config.json")), ref,
+                               rtol=1e-6)  # fmt: skip
+
+
 @pytest.mark.parametrize("pair", ["tied_llama3"], indirect=True)
 def test_embed_and_forward_input_embed_match_transformers(pair):
     """``embed(x)`` is the embedding table's rows; ``forward_input_embed`` equals transformers'
