@@ -409,3 +409,31 @@ def test_pyo3_keyword_argument_names():
     for call in calls:
         ours, theirs = call(cj, cj.Tensor(x)), call(candle, candle.Tensor(x))
         np.testing.assert_array_equal(np.asarray(ours), _np(theirs))
+
+
+def test_pyo3_to_rejects_conflicting_and_missing_arguments_as_the_binding():
+    # candle-pyo3/src/lib.rs PyTensor::to: a second dtype / device / tensor is a ValueError, as is a
+    # tensor with a dtype or device; no target is a TypeError; an argument of another type a TypeError
+    cases = [
+        (ValueError, lambda m, t: t.to(m.f16, dtype=m.bf16)),
+        (ValueError, lambda m, t: t.to(m.f16, m.f16)),
+        (ValueError, lambda m, t: t.to("cpu", device="cpu")),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), other=m.Tensor([1.0]))),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), dtype=m.f16)),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), "cpu")),
+        (TypeError, lambda m, t: t.to()),
+        (TypeError, lambda m, t: t.to("not a dtype")),
+        (TypeError, lambda m, t: t.to(m.f16, "not a device")),
+        (TypeError, lambda m, t: t.to(2)),
+    ]
+    for kind, call in cases:
+        for m in (candle, cj):
+            with pytest.raises(kind):
+                call(m, m.Tensor([1.0, 2.0]))
+    with pytest.raises(errors.Error, match="multiple dtypes"):
+        cj.Tensor([1.0]).to(cj.f16, dtype=cj.bf16)
+    for call in (lambda m, t: t.to(m.f16), lambda m, t: t.to(dtype=m.bf16), lambda m, t: t.to("cpu", m.f16),
+                 lambda m, t: t.to(other=m.Tensor([1.0]).to_dtype(m.f16)), lambda m, t: t.to(device="cpu")):
+        ours, theirs = call(cj, cj.Tensor([1.0, 2.0])), call(candle, candle.Tensor([1.0, 2.0]))
+        assert ours.dtype.as_str() == str(theirs.dtype).lower()
+        assert ours.values() == theirs.values()
