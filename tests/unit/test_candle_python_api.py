@@ -437,3 +437,18 @@ def test_pyo3_to_rejects_conflicting_and_missing_arguments_as_the_binding():
         ours, theirs = call(cj, cj.Tensor([1.0, 2.0])), call(candle, candle.Tensor([1.0, 2.0]))
         assert ours.dtype.as_str() == str(theirs.dtype).lower()
         assert ours.values() == theirs.values()
+
+
+@pytest.mark.parametrize("name", ["gelu", "relu", "silu", "tanh", "softmax", "max_pool2d", "avg_pool2d"])
+def test_functional_names_a_non_tensor_argument(name):
+    # the binding: TypeError "argument 'tensor': 'NoneType' object cannot be converted to 'Tensor'"
+    extra = {"softmax": (0,), "max_pool2d": (1,), "avg_pool2d": (1,)}.get(name, ())
+    with pytest.raises(TypeError):
+        getattr(candle.functional, name)(None, *extra)
+    with pytest.raises(errors.Error, match="NoneType"):
+        getattr(cj.functional, name)(None, *extra)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) / 8 - 1  # arrays are taken, as by softmax
+    want = getattr(cj.functional, name)(cj.tensor(x), *extra)
+    np.testing.assert_array_equal(np.asarray(getattr(cj.functional, name)(x, *extra)), np.asarray(want))
+    theirs = getattr(candle.functional, name)(candle.Tensor(x.reshape(-1).tolist()).reshape((1, 1, 4, 4)), *extra)
+    np.testing.assert_allclose(np.asarray(want), _np(theirs), rtol=1e-5, atol=1e-6)
