@@ -452,3 +452,14 @@ def test_functional_names_a_non_tensor_argument(name):
     np.testing.assert_array_equal(np.asarray(getattr(cj.functional, name)(x, *extra)), np.asarray(want))
     theirs = getattr(candle.functional, name)(candle.Tensor(x.reshape(-1).tolist()).reshape((1, 1, 4, 4)), *extra)
     np.testing.assert_allclose(np.asarray(want), _np(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_save_gguf_names_tensors_or_metadata_that_are_not_a_dict(tmp_path):
+    # candle-pyo3's save_gguf: ValueError "expected a dict" for either argument
+    q = {"w": cj.ones((1, 32)).quantize("q8_0")}
+    for tensors, metadata in [(q, [1]), ([3], {}), (q, 5), (q, [("a", 1, 2)])]:
+        with pytest.raises(errors.Gguf, match="pairs"):
+            cj.utils.save_gguf(tmp_path / "x.gguf", tensors, metadata)
+    with pytest.raises(ValueError, match="expected a dict"):
+        candle.utils.save_gguf(str(tmp_path / "y.gguf"), {}, [1])
+    assert not (tmp_path / "x.gguf").exists()
