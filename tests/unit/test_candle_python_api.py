@@ -463,3 +463,17 @@ def test_save_gguf_names_tensors_or_metadata_that_are_not_a_dict(tmp_path):
     with pytest.raises(ValueError, match="expected a dict"):
         candle.utils.save_gguf(str(tmp_path / "y.gguf"), {}, [1])
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_testing_check_layout_false_compares_broadcast_values():
+    # candle-pyo3's candle.testing: check_layout=False skips the shape check and compares
+    # actual - expected, which broadcasts
+    for m, t in ((candle, candle.testing), (cj, cj.testing)):
+        t.assert_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0]), check_layout=False)
+        t.assert_almost_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0 + 1e-7]), check_layout=False)
+        with pytest.raises(AssertionError):
+            t.assert_equal(m.Tensor([[1.0, 2.0]]), m.Tensor([1.0, 1.0]), check_layout=False)
+        with pytest.raises(AssertionError):
+            t.assert_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0]))
+    with pytest.raises(AssertionError, match="broadcast"):
+        cj.testing.assert_equal(cj.Tensor([[1.0, 2.0]]), cj.Tensor([1.0, 1.0, 1.0]), check_layout=False)
