@@ -477,3 +477,22 @@ def test_testing_check_layout_false_compares_broadcast_values():
             t.assert_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0]))
     with pytest.raises(AssertionError, match="broadcast"):
         cj.testing.assert_equal(cj.Tensor([[1.0, 2.0]]), cj.Tensor([1.0, 1.0, 1.0]), check_layout=False)
+
+
+def test_an_unknown_dtype_name_is_a_type_error_as_in_the_binding():
+    # candle-pyo3's PyDType::from_pyobject: TypeError "invalid dtype 'foo'"
+    calls = [
+        lambda m: m.Tensor([1.0]).to_dtype("foo"),
+        lambda m: m.ones((2,), dtype="foo"),
+        lambda m: m.zeros((2,), dtype="foo"),
+        lambda m: m.Tensor([1.0]).to_dtype(3),
+    ]
+    for call in calls:
+        for m in (candle, cj):
+            with pytest.raises(TypeError):
+                call(m)
+        with pytest.raises(errors.Error):
+            call(cj)
+    with pytest.raises(TypeError, match="foo"):
+        cj.Tensor([1.0]).to(dtype="foo")
+    assert cj.DType.parse(" BF16 ") == cj.DType.BF16
