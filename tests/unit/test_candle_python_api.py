@@ -496,3 +496,12 @@ def test_an_unknown_dtype_name_is_a_type_error_as_in_the_binding():
     with pytest.raises(TypeError, match="foo"):
         cj.Tensor([1.0]).to(dtype="foo")
     assert cj.DType.parse(" BF16 ") == cj.DType.BF16
+
+
+def test_a_device_finds_the_bindings_device_strings_in_dicts_and_sets():
+    # candle-pyo3's t.device is the str "cpu" / "cuda": ported code keys dicts and sets by it
+    for m in (candle, cj):
+        d = m.Tensor([1.0]).device
+        assert d == "cpu" and {"cpu": 1, "cuda": 2}[d] == 1 and d in {"cpu"}
+        assert {d: 1}.get("cpu") == 1
+    assert hash(cj.Device.Cpu) == hash("cpu") and cj.Device.Cpu != "cuda"
