@@ -505,3 +505,12 @@ def test_a_device_finds_the_bindings_device_strings_in_dicts_and_sets():
         assert d == "cpu" and {"cpu": 1, "cuda": 2}[d] == 1 and d in {"cpu"}
         assert {d: 1}.get("cpu") == 1
     assert hash(cj.Device.Cpu) == hash("cpu") and cj.Device.Cpu != "cuda"
+
+
+def test_tensor_from_a_range_as_the_binding():
+    # candle-pyo3 extracts any Python sequence: Tensor(range(3)) is U32 [0, 1, 2]
+    makes = (lambda m: m.Tensor(range(3)), lambda m: m.tensor(range(1, 4)), lambda m: m.Tensor([range(2), range(2)]))
+    for make in makes:
+        ours, theirs = make(cj), make(candle)
+        assert ours.dtype.as_str() == str(theirs.dtype).lower() == "u32"
+        assert ours.values() == theirs.values()
