@@ -229,6 +229,10 @@ class Device(metaclass=_DeviceMeta):
         return isinstance(other, Device) and (self.kind, self.ordinal) == (other.kind, other.ordinal)
 
     def __hash__(self) -> int:
+        """The hash of candle-pyo3's device string (``"cpu"``, ``"cuda"`` for GPU 0), which compares
+        equal, so dicts and sets keyed by those strings find the Device."""
+        if self.ordinal == 0:
+            return hash(self.kind)
         return hash((self.kind, self.ordinal))
 
     def __repr__(self) -> str:

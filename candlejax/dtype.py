@@ -51,11 +51,12 @@ class DType(enum.Enum):
 
     @staticmethod
     def parse(s: str) -> DType:
-        """``"f32".parse::<DType>()``; raises ``cannot parse 'x' as a dtype``."""
+        """``"f32".parse::<DType>()``; raises ``cannot parse 'x' as a dtype`` (an ``ArgumentType``, also a
+        ``TypeError`` as candle-pyo3's ``invalid dtype 'x'``)."""
         try:
             return DType(s.lower().strip())
         except ValueError:
-            raise errors.Msg(f"cannot parse '{s}' as a dtype") from None
+            raise errors.ArgumentType(f"cannot parse '{s}' as a dtype") from None
 
     @staticmethod
     def from_str(s: str) -> DType:
@@ -147,14 +148,16 @@ def to_dtype(x: Any) -> DType:
     if isinstance(x, str):
         return DType.parse(x)
     if x is None:  # np.dtype(None) is float64
-        raise errors.Msg("cannot convert None to a candlejax DType: pass a DType (DType.F32) or its name ('f32')")
+        raise errors.ArgumentType(
+            "cannot convert None to a candlejax DType: pass a DType (DType.F32) or its name ('f32')"
+        )
     try:
         return NUMPY_TO_DTYPE[np.dtype(x)]
     except (KeyError, TypeError):
         pass
     if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
         return DType.U8
-    raise errors.Msg(f"cannot convert {x!r} to a candlejax DType")
+    raise errors.ArgumentType(f"cannot convert {x!r} to a candlejax DType")
 
 
 def from_array_dtype(dt: Any, where: str = "tensor") -> DType:

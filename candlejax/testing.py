@@ -4,7 +4,8 @@ Rust Candle's ``candle::test_utils`` (``assert_tensor_eq``, ``to_vec0_round`` ..
 Both compare values on the host (numpy) and raise ``AssertionError`` naming what differs. As in
 the binding, integer tensors are compared as int64, a NaN equals nothing (not even a NaN: numpy's
 ``assert_array_equal`` would let two NaNs pass) and the checks of device and dtype can be turned
-off; ``check_layout`` / ``check_stride`` are accepted for the binding's signature (a
+off; ``check_layout=False`` skips the shape check and compares the values broadcast together (the
+binding's ``actual - expected``); ``check_stride`` is accepted for the binding's signature (a
 candlejax tensor has no strided layout of its own: XLA owns it).
 """
 
@@ -22,10 +23,10 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _check_meta(actual: Any, expected: Any, check_device: bool, check_dtype: bool) -> None:
+def _check_meta(actual: Any, expected: Any, check_device: bool, check_dtype: bool, check_layout: bool) -> None:
     if not isinstance(actual, Tensor) or not isinstance(expected, Tensor):
         raise AssertionError(f"expected two Tensors, got {type(actual).__name__} and {type(expected).__name__}")
-    if actual.shape != expected.shape:
+    if check_layout and actual.shape != expected.shape:
         raise AssertionError(f"shape mismatch: {list(actual.shape)} vs {list(expected.shape)}")
     if check_dtype and actual.dtype != expected.dtype:
         raise AssertionError(f"dtype mismatch: {actual.dtype} vs {expected.dtype}")
@@ -36,6 +37,16 @@ def _check_meta(actual: Any, expected: Any, check_device: bool, check_dtype: boo
 def _host(t: Tensor) -> np.ndarray:
     a = np.asarray(t.to_dtype("f32") if t.dtype.as_str() in ("bf16", "f16") else t)
     return a.astype(np.int64) if a.dtype.kind in "ui" else a
+
+
+def _host_pair(actual: Tensor, expected: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Both values on the host, broadcast together as the binding's ``actual - expected`` does (the
+    shapes are equal unless ``check_layout=False``)."""
+    a, b = _host(actual), _host(expected)
+    try:
+        return tuple(np.broadcast_arrays(a, b))  # type: ignore[return-value]
+    except ValueError:
+        raise AssertionError(f"shapes {list(a.shape)} and {list(b.shape)} do not broadcast together") from None
 
 
 def _assert_values_equal(a: np.ndarray, b: np.ndarray) -> None:
@@ -50,8 +61,8 @@ def assert_equal(actual: Tensor, expected: Tensor, check_device: bool = True, ch
                  check_layout: bool = True, check_stride: bool = False) -> None:  # fmt: skip
     """``candle.testing.assert_equal``: same shape (and dtype, device) and equal values (a NaN equals
     nothing). PyTorch: ``torch.testing.assert_close(a, b, rtol=0, atol=0)``."""
-    _check_meta(actual, expected, check_device, check_dtype)
-    _assert_values_equal(_host(actual), _host(expected))
+    _check_meta(actual, expected, check_device, check_dtype, check_layout)
+    _assert_values_equal(*_host_pair(actual, expected))
 
 
 def assert_almost_equal(actual: Tensor, expected: Tensor, rtol: float = 1e-05, atol: float = 1e-08,
@@ -60,8 +71,8 @@ def assert_almost_equal(actual: Tensor, expected: Tensor, rtol: float = 1e-05, a
     """``candle.testing.assert_almost_equal``: ``|actual - expected| <= atol + rtol * |expected|``
     elementwise (numpy's ``allclose`` rule; a NaN is close to nothing, equal infinities are close).
     PyTorch: ``torch.testing.assert_close``."""
-    _check_meta(actual, expected, check_device, check_dtype)
-    np.testing.assert_allclose(_host(actual), _host(expected), rtol=rtol, atol=atol, equal_nan=False)
+    _check_meta(actual, expected, check_device, check_dtype, check_layout)
+    np.testing.assert_allclose(*_host_pair(actual, expected), rtol=rtol, atol=atol, equal_nan=False)
 
 
 def assert_tensor_eq(t1: Tensor, t2: Tensor) -> None:

@@ -865,11 +865,17 @@ def read(source: Any) -> Content:
 # writing
 # ----------------------------------------------------------------------------------------------
 def _items(x: Any) -> list[tuple[str, Any]]:
+    """The ``(name, value)`` pairs of a dict or of an iterable of pairs (Rust's ``&[(&str, _)]``)."""
     if x is None:
         return []
     if isinstance(x, Mapping):
         return list(x.items())
-    return [(str(k), v) for k, v in x]
+    try:
+        return [(str(k), v) for k, v in x]
+    except (TypeError, ValueError):
+        raise errors.Gguf(
+            f"expected a dict or an iterable of (name, value) pairs, got {type(x).__name__}: {x!r:.80}"
+        ) from None
 
 
 def _check_name(x: Any, what: str) -> str:

@@ -345,25 +345,46 @@ class ConvertMixin(TensorBase):
         return QTensor.quantize(self, fmt)
 
     def to(self, *args: Any, dtype: Any = None, device: Any = None, other: Any = None) -> Any:
-        """candle-pyo3's ``t.to(...)``: any of a DType, a device, or a Tensor (its dtype and device)."""
+        """candle-pyo3's ``t.to(...)``: any of a DType (or dtype string), a device, or a Tensor (its
+        dtype and device), positionally or as ``dtype=``, ``device=``, ``other=``. As in the binding,
+        giving one of them twice, or a tensor with a dtype or device, raises an ``InvalidArgument``;
+        giving none, or an argument of another kind, a ``TypeError``."""
+        given = {"dtype": dtype, "device": device, "output tensor": other}
+
+        def put(kind: str, value: Any) -> None:
+            if given[kind] is not None:
+                raise errors.InvalidArgument(f"to: cannot specify multiple {kind}s")
+            given[kind] = value
+
         for x in args:
             if isinstance(x, TensorBase):
-                other = x
+                put("output tensor", x)
             elif isinstance(x, DType):
-                dtype = x
+                put("dtype", x)
             elif isinstance(x, Device) or hasattr(x, "platform"):
-                device = x
+                put("device", x)
             elif isinstance(x, str):
                 try:
-                    dtype = DType.parse(x)
+                    parsed: Any = DType.parse(x)
                 except errors.Error:
-                    device = x
+                    try:
+                        parsed = Device.coerce(x)
+                    except errors.InvalidDevice:
+                        raise errors.ArgumentType(
+                            f"to: {x!r} is neither a dtype nor a device (e.g. DType.F16, \"f16\", \"cpu\", \"cuda\")"
+                        ) from None
+                put("dtype" if isinstance(parsed, DType) else "device", parsed)
             else:
-                raise TypeError(f"to: cannot interpret argument {x!r} as a dtype, device or tensor")
-        out: Any = self
+                raise errors.ArgumentType(f"to: cannot interpret argument {x!r} as a dtype, device or tensor")
+        dtype, device, other = given["dtype"], given["device"], given["output tensor"]
         if other is not None:
-            dtype = dtype if dtype is not None else other.dtype
-            device = device if device is not None else other.device
+            if device is not None or dtype is not None:
+                both = "a device" if device is not None else "a dtype"
+                raise errors.InvalidArgument(f"to: cannot specify both an output tensor and {both}")
+            dtype, device = other.dtype, other.device
+        if dtype is None and device is None:
+            raise errors.ArgumentType("to: no valid dtype or device specified")
+        out: Any = self
         if dtype is not None:
             out = out.to_dtype(dtype)
         if device is not None:

@@ -346,7 +346,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         return _from_host(data.astype(dt.np, copy=False))
     elif _is_torch(data):
         return _from_torch(data, dt, where)
-    elif isinstance(data, (list, tuple, int, float, bool)):
+    elif isinstance(data, (list, tuple, range, int, float, bool)):  # range: a sequence, as candle-pyo3 reads it
         return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):
         a = data.__jax_array__()

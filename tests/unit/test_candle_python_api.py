@@ -409,3 +409,108 @@ def test_pyo3_keyword_argument_names():
     for call in calls:
         ours, theirs = call(cj, cj.Tensor(x)), call(candle, candle.Tensor(x))
         np.testing.assert_array_equal(np.asarray(ours), _np(theirs))
+
+
+def test_pyo3_to_rejects_conflicting_and_missing_arguments_as_the_binding():
+    # candle-pyo3/src/lib.rs PyTensor::to: a second dtype / device / tensor is a ValueError, as is a
+    # tensor with a dtype or device; no target is a TypeError; an argument of another type a TypeError
+    cases = [
+        (ValueError, lambda m, t: t.to(m.f16, dtype=m.bf16)),
+        (ValueError, lambda m, t: t.to(m.f16, m.f16)),
+        (ValueError, lambda m, t: t.to("cpu", device="cpu")),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), other=m.Tensor([1.0]))),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), dtype=m.f16)),
+        (ValueError, lambda m, t: t.to(m.Tensor([1.0]), "cpu")),
+        (TypeError, lambda m, t: t.to()),
+        (TypeError, lambda m, t: t.to("not a dtype")),
+        (TypeError, lambda m, t: t.to(m.f16, "not a device")),
+        (TypeError, lambda m, t: t.to(2)),
+    ]
+    for kind, call in cases:
+        for m in (candle, cj):
+            with pytest.raises(kind):
+                call(m, m.Tensor([1.0, 2.0]))
+    with pytest.raises(errors.Error, match="multiple dtypes"):
+        cj.Tensor([1.0]).to(cj.f16, dtype=cj.bf16)
+    for call in (lambda m, t: t.to(m.f16), lambda m, t: t.to(dtype=m.bf16), lambda m, t: t.to("cpu", m.f16),
+                 lambda m, t: t.to(other=m.Tensor([1.0]).to_dtype(m.f16)), lambda m, t: t.to(device="cpu")):
+        ours, theirs = call(cj, cj.Tensor([1.0, 2.0])), call(candle, candle.Tensor([1.0, 2.0]))
+        assert ours.dtype.as_str() == str(theirs.dtype).lower()
+        assert ours.values() == theirs.values()
+
+
+@pytest.mark.parametrize("name", ["gelu", "relu", "silu", "tanh", "softmax", "max_pool2d", "avg_pool2d"])
+def test_functional_names_a_non_tensor_argument(name):
+    # the binding: TypeError "argument 'tensor': 'NoneType' object cannot be converted to 'Tensor'"
+    extra = {"softmax": (0,), "max_pool2d": (1,), "avg_pool2d": (1,)}.get(name, ())
+    with pytest.raises(TypeError):
+        getattr(candle.functional, name)(None, *extra)
+    with pytest.raises(errors.Error, match="NoneType"):
+        getattr(cj.functional, name)(None, *extra)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) / 8 - 1  # arrays are taken, as by softmax
+    want = getattr(cj.functional, name)(cj.tensor(x), *extra)
+    np.testing.assert_array_equal(np.asarray(getattr(cj.functional, name)(x, *extra)), np.asarray(want))
+    theirs = getattr(candle.functional, name)(candle.Tensor(x.reshape(-1).tolist()).reshape((1, 1, 4, 4)), *extra)
+    np.testing.assert_allclose(np.asarray(want), _np(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_save_gguf_names_tensors_or_metadata_that_are_not_a_dict(tmp_path):
+    # candle-pyo3's save_gguf: ValueError "expected a dict" for either argument
+    q = {"w": cj.ones((1, 32)).quantize("q8_0")}
+    for tensors, metadata in [(q, [1]), ([3], {}), (q, 5), (q, [("a", 1, 2)])]:
+        with pytest.raises(errors.Gguf, match="pairs"):
+            cj.utils.save_gguf(tmp_path / "x.gguf", tensors, metadata)
+    with pytest.raises(ValueError, match="expected a dict"):
+        candle.utils.save_gguf(str(tmp_path / "y.gguf"), {}, [1])
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_testing_check_layout_false_compares_broadcast_values():
+    # candle-pyo3's candle.testing: check_layout=False skips the shape check and compares
+    # actual - expected, which broadcasts
+    for m, t in ((candle, candle.testing), (cj, cj.testing)):
+        t.assert_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0]), check_layout=False)
+        t.assert_almost_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0 + 1e-7]), check_layout=False)
+        with pytest.raises(AssertionError):
+            t.assert_equal(m.Tensor([[1.0, 2.0]]), m.Tensor([1.0, 1.0]), check_layout=False)
+        with pytest.raises(AssertionError):
+            t.assert_equal(m.Tensor([[1.0, 1.0]]), m.Tensor([1.0, 1.0]))
+    with pytest.raises(AssertionError, match="broadcast"):
+        cj.testing.assert_equal(cj.Tensor([[1.0, 2.0]]), cj.Tensor([1.0, 1.0, 1.0]), check_layout=False)
+
+
+def test_an_unknown_dtype_name_is_a_type_error_as_in_the_binding():
+    # candle-pyo3's PyDType::from_pyobject: TypeError "invalid dtype 'foo'"
+    calls = [
+        lambda m: m.Tensor([1.0]).to_dtype("foo"),
+        lambda m: m.ones((2,), dtype="foo"),
+        lambda m: m.zeros((2,), dtype="foo"),
+        lambda m: m.Tensor([1.0]).to_dtype(3),
+    ]
+    for call in calls:
+        for m in (candle, cj):
+            with pytest.raises(TypeError):
+                call(m)
+        with pytest.raises(errors.Error):
+            call(cj)
+    with pytest.raises(TypeError, match="foo"):
+        cj.Tensor([1.0]).to(dtype="foo")
+    assert cj.DType.parse(" BF16 ") == cj.DType.BF16
+
+
+def test_a_device_finds_the_bindings_device_strings_in_dicts_and_sets():
+    # candle-pyo3's t.device is the str "cpu" / "cuda": ported code keys dicts and sets by it
+    for m in (candle, cj):
+        d = m.Tensor([1.0]).device
+        assert d == "cpu" and {"cpu": 1, "cuda": 2}[d] == 1 and d in {"cpu"}
+        assert {d: 1}.get("cpu") == 1
+    assert hash(cj.Device.Cpu) == hash("cpu") and cj.Device.Cpu != "cuda"
+
+
+def test_tensor_from_a_range_as_the_binding():
+    # candle-pyo3 extracts any Python sequence: Tensor(range(3)) is U32 [0, 1, 2]
+    makes = (lambda m: m.Tensor(range(3)), lambda m: m.tensor(range(1, 4)), lambda m: m.Tensor([range(2), range(2)]))
+    for make in makes:
+        ours, theirs = make(cj), make(candle)
+        assert ours.dtype.as_str() == str(theirs.dtype).lower() == "u32"
+        assert ours.values() == theirs.values()
