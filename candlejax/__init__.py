@@ -31,6 +31,8 @@ try:
     from candlejax.factories import cat, ones, rand, randn, stack, zeros
     from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
     from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
+    from candlejax import streaming
+    from candlejax.streaming import StreamingBinOp, StreamingModule, StreamTensor  # candle::StreamTensor, ...
 finally:
     _sigint.restore()
 
@@ -42,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "QTensor", "Shape", "Tensor", "Var",
+    "StreamTensor", "StreamingBinOp", "StreamingModule", "streaming",
     "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
