@@ -141,7 +141,7 @@ def test_layout_and_storage_accessors():
     with pytest.raises(errors.DimOutOfRange, match="narrow: dimension index -4 out of range for shape"):
         D.Minus(4).to_index(tensor.shape(), "narrow")
     # storage / op-graph internals fail at once, naming what to use
-    for name in ["id", "track_op", "storage_and_layout", "strided_index", "strided_blocks"]:
+    for name in ["id", "track_op", "storage_and_layout", "strided_index", "strided_blocks", "sorted_nodes"]:
         with pytest.raises(errors.CandleInternalName, match=f"has no .{name}"):
             getattr(tensor, name)()
     with pytest.raises(errors.CandleInternalName, match=r"Tensor\.new"):
