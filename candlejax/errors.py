@@ -27,11 +27,71 @@ def _dt(dtype: Any) -> str:
 
 
 class Error(ValueError):
-    """Base class of every candlejax error (``candle::Error``)."""
+    """Base class of every candlejax error (``candle::Error``).
+
+    Candle's constructors and adapters are kept: ``raise Error.msg("...")`` (``Error::msg``),
+    ``Error.wrap(e)``, ``Error.debug(x)``, and ``err.context("...")`` / ``err.with_path(p)``.
+    """
+
+    @staticmethod
+    def msg(err: Any) -> Msg:
+        """``Error::msg(err)``: a ``Msg`` holding ``str(err)`` (what ``bail!`` raises)."""
+        return Msg(str(err))
+
+    @staticmethod
+    def debug(err: Any) -> Msg:
+        """``Error::debug(err)``: a ``Msg`` holding ``repr(err)``."""
+        return Msg(repr(err))
+
+    @staticmethod
+    def wrap(err: Any) -> Wrapped:
+        """``Error::wrap(err)``: any error (or value) as a candlejax ``Wrapped`` error, same message."""
+        return Wrapped(err)
+
+    def context(self, context: Any) -> Context:
+        """``err.context(c)``: this error under a line of context (``"{context}\\n{inner}"``)."""
+        return Context(self, context)
+
+    def with_path(self, path: str | os.PathLike) -> WithPath:
+        """``err.with_path(p)``: this error naming a file (``path: "p" {inner}``)."""
+        return WithPath(self, path)
 
 
 class Msg(Error):
     """A free-text error (Candle's ``bail!``/``Error::Msg``)."""
+
+
+class Wrapped(Error):
+    """Candle's ``Error::Wrapped``: another error (``inner``), with its message."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        super().__init__(str(inner))
+        if isinstance(inner, BaseException):
+            self.__cause__ = inner
+
+
+class Context(Error):
+    """Candle's ``Error::Context``: ``inner`` with a line of ``context`` before its message."""
+
+    def __init__(self, inner: BaseException, context: Any):
+        self.inner, self.context_ = inner, context
+        super().__init__(f"{context}\n{inner}")
+        self.__cause__ = inner
+
+
+class WithPath(Error):
+    """Candle's ``Error::WithPath``: ``inner`` naming the file it came from."""
+
+    def __init__(self, inner: BaseException, path: str | os.PathLike):
+        self.inner, self.path = inner, os.fspath(path)
+        super().__init__(f"path: {_rust_debug_str(self.path)} {inner}")
+        self.__cause__ = inner
+
+
+def _rust_debug_str(s: str) -> str:
+    """Rust's ``{:?}`` of a string or path: double quotes, ``\\`` and ``"`` escaped."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class UnexpectedDType(Error):
