@@ -78,6 +78,11 @@ class ValueType(enum.Enum):
     def to_u32(self) -> int:
         return self.value
 
+    def __call__(self) -> ValueType:
+        """The type itself, so that Candle's ``value.value_type()`` (a method there) reads the
+        ``Value.value_type`` attribute too."""
+        return self
+
 
 _SCALAR_FMT: dict[ValueType, str] = {
     ValueType.U8: "B",

@@ -100,6 +100,8 @@ def test_value_accessors_and_conversions():
     with pytest.raises(errors.Error, match="not a u64"):
         Value.i32(1).to_u64()
     assert Value.bool(True).to_u64() == 1
+    # gguf_file.rs: `pub fn value_type(&self) -> ValueType` is a method (the attribute form works too)
+    assert v.value_type() is ValueType.U32 and Value.array(["a"]).value_type() is ValueType.Array
     assert Value.from_python(3).value_type is ValueType.U32
     assert Value.from_python(-3).value_type is ValueType.I32
     assert Value.from_python(2**40).value_type is ValueType.U64
