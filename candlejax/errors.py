@@ -522,6 +522,22 @@ class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 
 
+#: Candle's ``Error`` variants defined here, also reachable as ``Error.<Variant>`` as Rust spells them
+#: (``candle::Error::Msg(..)``, ``candle::Error::DimOutOfRange { .. }``): ``raise Error.Msg("...")``,
+#: ``except Error.DimOutOfRange``.
+_CANDLE_VARIANTS = (
+    "UnexpectedDType", "DTypeMismatchBinaryOp", "UnsupportedDTypeForOp", "DimOutOfRange", "DuplicateDimIndex",
+    "UnexpectedNumberOfDims", "UnexpectedShape", "ShapeMismatch", "ShapeMismatchBinaryOp", "ShapeMismatchCat",
+    "ShapeMismatchSplit", "OnlySingleDimension", "EmptyTensor", "DeviceMismatchBinaryOp", "NarrowInvalidArgs",
+    "Conv1dInvalidArgs", "InvalidIndex", "BroadcastIncompatibleShapes", "CannotSetVar",
+    "RequiresContiguous", "OpRequiresAtLeastOneTensor", "OpRequiresAtLeastTwoTensors", "BackwardNotSupported",
+    "NotCompiledWithCudaSupport", "NotCompiledWithMetalSupport", "CannotFindTensor", "Npy", "SafeTensor",
+    "UnsupportedSafeTensorDtype", "Wrapped", "Context", "WithPath", "Msg",
+)  # fmt: skip
+for _name in _CANDLE_VARIANTS:
+    setattr(Error, _name, globals()[_name])
+del _name
+
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",
     "check_file",

@@ -35,3 +35,14 @@ def test_context_and_with_path_wrap_the_error():
     assert str(errors.Msg("x").with_path('a"b\\c')) == 'path: "a\\"b\\\\c" x'
     # context of a context stacks lines, outermost first (Candle's Display recursion)
     assert str(ctx.context("model load")).splitlines()[:2] == ["model load", "loading layer 3"]
+
+
+def test_variants_spelled_as_in_rust():
+    # candle::Error::Msg(..), candle::Error::DimOutOfRange { .. }: the variant classes hang off Error
+    assert cj.Error.Msg is errors.Msg and cj.Error.DimOutOfRange is errors.DimOutOfRange
+    assert cj.Error.UnexpectedShape is errors.UnexpectedShape and cj.Error.Wrapped is errors.Wrapped
+    with pytest.raises(cj.Error.DimOutOfRange, match="narrow: dimension index 2 out of range for shape"):
+        Tensor.new([1.0, 2.0]).narrow(2, 0, 1)
+    with pytest.raises(cj.Error, match=r"^custom$"):
+        raise cj.Error.Msg("custom")
+    assert str(cj.Error.UnsupportedDTypeForOp(cj.DType.U32, "matmul")) == "unsupported dtype U32 for op matmul"
