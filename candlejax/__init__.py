@@ -23,14 +23,16 @@ try:
     from candlejax.shape import D, Layout, Shape
     from candlejax.tensor import Tensor
     from candlejax.tensor.elementwise import CmpOp  # candle::op::CmpOp, for t.cmp(rhs, CmpOp.Lt)
-    from candlejax import checkpoint, data, display, io, nn, npy, optim, random, safetensors
+    from candlejax import checkpoint, conv, data, display, io, nn, npy, optim, random, safetensors
     from candlejax import distributed
     from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
     from candlejax.transforms import grad, jit, value_and_grad
     from candlejax import functional, testing, utils
     from candlejax.factories import cat, ones, rand, randn, stack, zeros
-    from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
+    from candlejax.nn import Module, ModuleT, Var  # candle::{Module, ModuleT, Var} sit beside Tensor in candle-core
     from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
+    from candlejax import streaming
+    from candlejax.streaming import StreamingBinOp, StreamingModule, StreamTensor  # candle::StreamTensor, ...
 finally:
     _sigint.restore()
 
@@ -41,8 +43,10 @@ bf16, f16, f32, f64 = DType.BF16, DType.F16, DType.F32, DType.F64
 __version__ = "0.1.0"
 
 __all__ = [
-    "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "QTensor", "Shape", "Tensor", "Var",
-    "checkpoint", "data", "display", "enable_x64",
+    "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "Module", "ModuleT", "QTensor", "Shape",
+    "Tensor", "Var",
+    "StreamTensor", "StreamingBinOp", "StreamingModule", "streaming",
+    "checkpoint", "conv", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
     "functional", "testing", "utils", "cat", "ones", "rand", "randn", "stack", "tensor", "zeros",

@@ -27,11 +27,71 @@ def _dt(dtype: Any) -> str:
 
 
 class Error(ValueError):
-    """Base class of every candlejax error (``candle::Error``)."""
+    """Base class of every candlejax error (``candle::Error``).
+
+    Candle's constructors and adapters are kept: ``raise Error.msg("...")`` (``Error::msg``),
+    ``Error.wrap(e)``, ``Error.debug(x)``, and ``err.context("...")`` / ``err.with_path(p)``.
+    """
+
+    @staticmethod
+    def msg(err: Any) -> Msg:
+        """``Error::msg(err)``: a ``Msg`` holding ``str(err)`` (what ``bail!`` raises)."""
+        return Msg(str(err))
+
+    @staticmethod
+    def debug(err: Any) -> Msg:
+        """``Error::debug(err)``: a ``Msg`` holding ``repr(err)``."""
+        return Msg(repr(err))
+
+    @staticmethod
+    def wrap(err: Any) -> Wrapped:
+        """``Error::wrap(err)``: any error (or value) as a candlejax ``Wrapped`` error, same message."""
+        return Wrapped(err)
+
+    def context(self, context: Any) -> Context:
+        """``err.context(c)``: this error under a line of context (``"{context}\\n{inner}"``)."""
+        return Context(self, context)
+
+    def with_path(self, path: str | os.PathLike) -> WithPath:
+        """``err.with_path(p)``: this error naming a file (``path: "p" {inner}``)."""
+        return WithPath(self, path)
 
 
 class Msg(Error):
     """A free-text error (Candle's ``bail!``/``Error::Msg``)."""
+
+
+class Wrapped(Error):
+    """Candle's ``Error::Wrapped``: another error (``inner``), with its message."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        super().__init__(str(inner))
+        if isinstance(inner, BaseException):
+            self.__cause__ = inner
+
+
+class Context(Error):
+    """Candle's ``Error::Context``: ``inner`` with a line of ``context`` before its message."""
+
+    def __init__(self, inner: BaseException, context: Any):
+        self.inner, self.context_ = inner, context
+        super().__init__(f"{context}\n{inner}")
+        self.__cause__ = inner
+
+
+class WithPath(Error):
+    """Candle's ``Error::WithPath``: ``inner`` naming the file it came from."""
+
+    def __init__(self, inner: BaseException, path: str | os.PathLike):
+        self.inner, self.path = inner, os.fspath(path)
+        super().__init__(f"path: {_rust_debug_str(self.path)} {inner}")
+        self.__cause__ = inner
+
+
+def _rust_debug_str(s: str) -> str:
+    """Rust's ``{:?}`` of a string or path: double quotes, ``\\`` and ``"`` escaped."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class UnexpectedDType(Error):
@@ -335,8 +395,8 @@ class CustomOpName(Error, AttributeError):
 
 class CandleInternalName(Error, AttributeError):
     """Candle's storage, op-graph and id accessors (``id``, ``track_op``, ``from_storage``,
-    ``storage_and_layout``, ``strided_index``, ``strided_blocks``): an XLA array has no storage, strides
-    or op graph; the message names what to use instead."""
+    ``storage_and_layout``, ``strided_index``, ``strided_blocks``, ``sorted_nodes``): an XLA array has
+    no storage, strides or op graph; the message names what to use instead."""
 
     def __init__(self, name: str, hint: str):
         self.name = name
@@ -461,6 +521,22 @@ class DeviceMismatch(DeviceMismatchBinaryOp):
 class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 
+
+#: Candle's ``Error`` variants defined here, also reachable as ``Error.<Variant>`` as Rust spells them
+#: (``candle::Error::Msg(..)``, ``candle::Error::DimOutOfRange { .. }``): ``raise Error.Msg("...")``,
+#: ``except Error.DimOutOfRange``.
+_CANDLE_VARIANTS = (
+    "UnexpectedDType", "DTypeMismatchBinaryOp", "UnsupportedDTypeForOp", "DimOutOfRange", "DuplicateDimIndex",
+    "UnexpectedNumberOfDims", "UnexpectedShape", "ShapeMismatch", "ShapeMismatchBinaryOp", "ShapeMismatchCat",
+    "ShapeMismatchSplit", "OnlySingleDimension", "EmptyTensor", "DeviceMismatchBinaryOp", "NarrowInvalidArgs",
+    "Conv1dInvalidArgs", "InvalidIndex", "BroadcastIncompatibleShapes", "CannotSetVar",
+    "RequiresContiguous", "OpRequiresAtLeastOneTensor", "OpRequiresAtLeastTwoTensors", "BackwardNotSupported",
+    "NotCompiledWithCudaSupport", "NotCompiledWithMetalSupport", "CannotFindTensor", "Npy", "SafeTensor",
+    "UnsupportedSafeTensorDtype", "Wrapped", "Context", "WithPath", "Msg",
+)  # fmt: skip
+for _name in _CANDLE_VARIANTS:
+    setattr(Error, _name, globals()[_name])
+del _name
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",

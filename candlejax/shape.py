@@ -429,6 +429,66 @@ class Layout:
             return None
         return (self._start_offset, self._start_offset + self._shape.elem_count())
 
+    def is_scalar(self) -> bool:
+        """``Layout::is_scalar``: rank 0 or every dim 1."""
+        return all(d == 1 for d in self._shape)
+
+    def is_scalar_broadcast(self) -> bool:
+        """``Layout::is_scalar_broadcast``: every stride 0 (one value broadcast everywhere)."""
+        return all(s == 0 for s in self._stride)
+
+    def is_scalar_like(self) -> bool:
+        """``Layout::is_scalar_like``: ``is_scalar() or is_scalar_broadcast()``."""
+        return self.is_scalar() or self.is_scalar_broadcast()
+
+    def narrow(self, dim: Dim, start: int, len: int) -> Layout:
+        """``Layout::narrow(dim, start, len)``: the same strides, the offset moved by ``start`` rows."""
+        dims = self._shape.dims()
+        d = resolve_dim(dim, dims, "narrow")
+        start, len = int(start), int(len)
+        if start < 0 or len < 0 or start + len > dims[d]:
+            raise errors.NarrowInvalidArgs(dims, d, start, len, "start + len > dim_len")
+        new_dims = list(dims)
+        new_dims[d] = len
+        return Layout(Shape(new_dims), self._stride, self._start_offset + self._stride[d] * start)
+
+    def transpose(self, dim1: Dim, dim2: Dim) -> Layout:
+        """``Layout::transpose(dim1, dim2)``: dims and strides swapped."""
+        dims = list(self._shape.dims())
+        d1, d2 = resolve_dim(dim1, dims, "transpose"), resolve_dim(dim2, dims, "transpose")
+        stride = list(self._stride)
+        dims[d1], dims[d2] = dims[d2], dims[d1]
+        stride[d1], stride[d2] = stride[d2], stride[d1]
+        return Layout(Shape(dims), stride, self._start_offset)
+
+    def permute(self, idxs: Sequence[Dim]) -> Layout:
+        """``Layout::permute(idxs)``: ``idxs`` must be a permutation of ``0..rank``."""
+        dims = self._shape.dims()
+        try:
+            perm = resolve_dims(tuple(idxs), dims, "permute")
+        except errors.Error:
+            perm = None
+        if perm is None or len(perm) != len(dims):
+            raise errors.Msg(f"dimension mismatch in permute, tensor {errors.fmt_shape(dims)}, dims: {list(idxs)}")
+        return Layout(Shape(dims[i] for i in perm), [self._stride[i] for i in perm], self._start_offset)
+
+    def broadcast_as(self, shape: Any) -> Layout:
+        """``Layout::broadcast_as(shape)``: stride 0 on the added and the expanded size-1 dims."""
+        dst = shape if isinstance(shape, Shape) else Shape(as_shape(shape))
+        src = self._shape.dims()
+        added = dst.rank() - len(src)
+        if added < 0:
+            raise errors.BroadcastIncompatibleShapes(src, dst.dims())
+        stride = [0] * added
+        for dst_dim, src_dim, src_stride in zip(dst.dims()[added:], src, self._stride):
+            if dst_dim == src_dim:
+                stride.append(src_stride)
+            elif src_dim != 1:
+                raise errors.BroadcastIncompatibleShapes(src, dst.dims())
+            else:
+                stride.append(0)
+        return Layout(dst, stride, self._start_offset)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Layout):
             return NotImplemented

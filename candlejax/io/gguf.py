@@ -78,6 +78,11 @@ class ValueType(enum.Enum):
     def to_u32(self) -> int:
         return self.value
 
+    def __call__(self) -> ValueType:
+        """The type itself, so that Candle's ``value.value_type()`` (a method there) reads the
+        ``Value.value_type`` attribute too."""
+        return self
+
 
 _SCALAR_FMT: dict[ValueType, str] = {
     ValueType.U8: "B",
@@ -387,6 +392,23 @@ class TensorInfo:
 
     def size_in_bytes(self) -> int:
         return self.ggml_dtype.bytes_for(self.elem_count())
+
+    def read(self, reader: Any, tensor_data_offset: int, device: Any = None) -> QTensor:
+        """``TensorInfo::read(reader, tensor_data_offset, device)``: this tensor's blocks from
+        ``reader`` (a binary file object, or a path) at ``tensor_data_offset + offset``."""
+        n, block = self.elem_count(), self.ggml_dtype.block_size()
+        if n % block:
+            raise errors.Gguf(f"the number of elements {n} is not divisible by the block size {block}")
+        size, start = self.size_in_bytes(), int(tensor_data_offset) + self.offset
+        if isinstance(reader, (str, os.PathLike)):
+            with open(reader, "rb") as f:
+                return self.read(f, tensor_data_offset, device)
+        remaining = max(reader.seek(0, io.SEEK_END) - start, 0)
+        if size > remaining:
+            raise errors.Gguf(f"tensor needs {size} bytes at offset {start}, only {remaining} remaining in file")
+        reader.seek(start)
+        raw = np.frombuffer(reader.read(size), np.uint8)
+        return QTensor.from_data(raw, self.ggml_dtype, self.shape or (1,), device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,14 +8,15 @@
 (2, 64)
 
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle). Candle's per-block
-``GgmlType`` API (``BlockQ4_0::from_float``, ``vec_dot``, ``matmul``): :mod:`candlejax.quantized.k_quants`.
+``GgmlType`` API (``BlockQ4_0::from_float``, ``vec_dot``, ``matmul``): :mod:`candlejax.quantized.k_quants`;
+llama.cpp imatrix files (``imatrix_file::load_imatrix``): :mod:`candlejax.quantized.imatrix_file`.
 The 32-value block types (``BLOCKED_TYPES``) can be held unpacked as a ``BlockedWeight``
 (``unpack_blocked`` from the file's bytes; ``aligned_empty`` / ``place_aligned`` hand host arrays to
 the CPU runtime without a copy), as the GGUF LLaMA loader does. Q4_0/Q4_1 weights are kept in their
 file layout as a ``PackedWeight`` when the native kernel is built (:mod:`candlejax.quantized.native`).
 """
 
-from candlejax.quantized import k_quants
+from candlejax.quantized import imatrix_file, k_quants
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight, aligned_empty
 from candlejax.quantized.blocked import place as place_aligned
@@ -50,6 +51,7 @@ __all__ = [
     "byte_shape",
     "dequantize_np",
     "dequantize_rows",
+    "imatrix_file",
     "k_quants",
     "place_aligned",
     "quantize_np",

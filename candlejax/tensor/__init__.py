@@ -7,6 +7,7 @@ holding them) pass straight through ``jax.jit``, ``grad``, ``vmap`` and ``lax.sc
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 from typing import Any
@@ -61,13 +62,34 @@ class Tensor(
         raise TypeError(f"apply: expected a Module or a function, got {type(m).__name__}")
 
     def apply_t(self, m: Any, train: bool) -> Any:
-        """``xs.apply_t(&m, train)``: ``m.forward_t(xs, train)`` (Candle's ``ModuleT``)."""
+        """``xs.apply_t(&m, train)``: ``m.forward_t(xs, train)`` (Candle's ``ModuleT``).
+
+        As in Candle every Module is a ModuleT that ignores ``train``: ``m.forward(xs)``, a function
+        of ``xs`` alone, and ``None`` (the identity) work too; a function of two positional
+        arguments is called as ``m(xs, train)``.
+        """
+        if m is None:
+            return self
         fwd = getattr(m, "forward_t", None)
         if fwd is not None:
             return fwd(self, train)
+        fwd = getattr(m, "forward", None)
+        if fwd is not None:
+            return fwd(self)
         if callable(m):
-            return m(self, train)
-        raise TypeError(f"apply_t: expected a ModuleT or a function (xs, train), got {type(m).__name__}")
+            return m(self, train) if _positional_arity(m) >= 2 else m(self)
+        raise TypeError(f"apply_t: expected a ModuleT, a Module or a function, got {type(m).__name__}")
+
+
+def _positional_arity(f: Any) -> int:
+    """How many positional arguments ``f`` takes (2 for ``*args``, and when it cannot be told)."""
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 _core._Tensor = Tensor

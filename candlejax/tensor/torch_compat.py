@@ -70,10 +70,12 @@ _CANDLE_INTERNAL: dict[str, str] = {
     " t.flatten_all().to_vec1() or t.numpy().ravel()",
     "strided_blocks": "XLA arrays are always C-contiguous (one block of t.elem_count() elements at offset 0):"
     " read the values with t.flatten_all().to_vec1() or t.numpy().ravel()",
+    "sorted_nodes": "candlejax records no op graph to sort: gradients come from jax"
+    " (cj.value_and_grad(fn)(model, ...))",
 }
 
 #: Candle's custom-op calls (``CustomOp1/2/3``): the op is a JAX function in candlejax
-_CANDLE_CUSTOM_OP = frozenset(f"apply_op{n}{sfx}" for n in (1, 2, 3) for sfx in ("", "_no_bwd"))
+_CANDLE_CUSTOM_OP = frozenset(f"apply_op{n}{sfx}" for n in (1, 2, 3) for sfx in ("", "_no_bwd", "_arc"))
 
 
 class TorchCompatMixin(TensorBase):

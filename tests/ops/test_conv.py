@@ -87,6 +87,14 @@ def test_conv_defaults_match_candle_python_signature(rng):
     )
     y = T(x).conv2d_with_algo(T(k), 1, 1, 1, 1, None)
     assert y.shape == (1, 2, 6, 6)
+    # candle::conv::CudnnFwdAlgo: a hint, the result is the plain convolution's
+    ref = F.conv2d(torch.tensor(x), torch.tensor(k), padding=1).numpy()
+    algo = cj.conv.CudnnFwdAlgo.ImplicitGemm
+    np.testing.assert_allclose(np.asarray(T(x).conv2d_with_algo(T(k), 1, 1, 1, 1, algo)), ref, atol=1e-5)
+    conv = cj.nn.conv2d(3, 2, 3, cj.nn.Conv2dConfig(padding=1, cudnn_fwd_algo=cj.conv.CudnnFwdAlgo.Winograd),
+                        cj.nn.VarBuilder.from_tensors({"weight": T(k), "bias": T(np.zeros(2, np.float32))}))
+    np.testing.assert_allclose(np.asarray(conv.forward(T(x))), ref, atol=1e-5)
+    assert [a.name for a in cj.conv.CudnnFwdAlgo][-1] == "Count" and len(cj.conv.CudnnFwdAlgo) == 9
 
 
 @pytest.mark.parametrize("nd,ks,p,s,d", [(2, (3, 3), 1, 1, 1), (2, (3, 2), (1, 0), 2, 1), (2, (3, 3), 2, 1, 2),

@@ -141,7 +141,7 @@ def test_layout_and_storage_accessors():
     with pytest.raises(errors.DimOutOfRange, match="narrow: dimension index -4 out of range for shape"):
         D.Minus(4).to_index(tensor.shape(), "narrow")
     # storage / op-graph internals fail at once, naming what to use
-    for name in ["id", "track_op", "storage_and_layout", "strided_index", "strided_blocks"]:
+    for name in ["id", "track_op", "storage_and_layout", "strided_index", "strided_blocks", "sorted_nodes"]:
         with pytest.raises(errors.CandleInternalName, match=f"has no .{name}"):
             getattr(tensor, name)()
     with pytest.raises(errors.CandleInternalName, match=r"Tensor\.new"):
@@ -352,3 +352,55 @@ def test_display_print_option_setters():
     finally:
         display.set_print_options_default()
     assert str(t.narrow(0, 0, 2)) == "[0.3333, 2.0000]\nTensor[[2], f32]"
+
+
+def _np_layout(view, base):
+    """(shape, element strides, element offset) of a numpy view of ``base``: the reference for Layout."""
+    item = base.itemsize
+    offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
+    return tuple(view.shape), [s // item for s in view.strides], offset
+
+
+def test_layout_view_arithmetic_matches_numpy_views():
+    # layout.rs: Layout::narrow / transpose / permute / broadcast_as / is_scalar*, checked against the
+    # strides and offsets numpy gives the same views
+    np = pytest.importorskip("numpy")
+    base = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    lay = Layout.contiguous((2, 3, 4))
+
+    def same(layout, view):
+        # the stride of a size-1 dim is never used (numpy's broadcast_to zeroes it, Candle keeps it)
+        shape, stride, offset = _np_layout(view, base)
+        got = [s for s, d in zip(layout.stride(), layout.dims()) if d != 1]
+        want = [s for s, d in zip(stride, shape) if d != 1]
+        assert (tuple(layout.dims()), got, layout.start_offset()) == (shape, want, offset)
+
+    same(lay.narrow(1, 1, 2), base[:, 1:3])
+    same(lay.narrow(D.Minus1, 3, 1), base[..., 3:4])
+    same(lay.transpose(0, 2), base.transpose(2, 1, 0))
+    same(lay.narrow(2, 1, 2).transpose(1, 2), base[:, :, 1:3].transpose(0, 2, 1))
+    same(lay.permute([2, 0, 1]), base.transpose(2, 0, 1))
+    same(lay.narrow(0, 1, 1).permute((1, 2, 0)), base[1:2].transpose(1, 2, 0))
+    row = base[1:2, 2]  # shape (1, 4), offset 20
+    same(lay.narrow(0, 1, 1).narrow(1, 2, 1).broadcast_as((5, 1, 1, 4)), np.broadcast_to(base[1:2, 2:3], (5, 1, 1, 4)))
+    assert lay.narrow(0, 1, 1).broadcast_as((5, 1, 3, 4)).stride() == [0, 12, 4, 1]  # Candle keeps size-1 strides
+    same(Layout.new(Shape((1, 4)), [4, 1], 20).broadcast_as((3, 4)), np.broadcast_to(row, (3, 4)))
+    with pytest.raises(errors.NarrowInvalidArgs, match="start \\+ len > dim_len"):
+        lay.narrow(1, 2, 2)
+    with pytest.raises(errors.DimOutOfRange):
+        lay.transpose(0, 3)
+    with pytest.raises(errors.Error, match="dimension mismatch in permute, tensor \\[2, 3, 4\\], dims: \\[0, 1\\]"):
+        lay.permute([0, 1])
+    with pytest.raises(errors.Error, match="dimension mismatch in permute"):
+        lay.permute([0, 1, 1])
+    with pytest.raises(errors.BroadcastIncompatibleShapes):
+        lay.broadcast_as((3, 4))
+    with pytest.raises(errors.BroadcastIncompatibleShapes):
+        lay.broadcast_as((2, 2, 4))
+    # is_scalar: rank 0 or all dims 1; is_scalar_broadcast: all strides 0
+    assert Layout.contiguous(()).is_scalar() and Layout.contiguous((1, 1)).is_scalar()
+    assert not lay.is_scalar() and not lay.is_scalar_like()
+    bcast = Layout.contiguous(()).broadcast_as((2, 5))
+    assert bcast.stride() == [0, 0] and bcast.is_scalar_broadcast() and bcast.is_scalar_like()
+    assert not bcast.is_scalar()
+    assert not Layout.contiguous((1, 5)).broadcast_as((2, 5)).is_scalar_broadcast()

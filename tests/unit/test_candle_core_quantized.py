@@ -23,6 +23,7 @@ Documented differences (docs/differences/quantized.md) that change what is asser
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -484,6 +485,49 @@ def test_imatrix_quantize_lowers_the_importance_weighted_error(dtype):
     flat = quantized.QTensor.quantize_imatrix(Tensor.new(xs), np.ones(512, np.float32), dtype)
     rms_flat = float(np.sqrt(((flat.dequantize(CPU).numpy() - xs) ** 2).mean()))
     assert rms_flat <= float(np.sqrt(((plain - xs) ** 2).mean()))
+
+
+def _imatrix_dat(entries, tail=b""):
+    """llama.cpp's legacy imatrix file (imatrix.cpp ``save_imatrix``): count, then per entry
+    name length, name, ncall, nval, nval f32 sums; llama.cpp appends the last call and dataset after."""
+    buf = struct.pack("<i", len(entries))
+    for name, ncall, sums in entries:
+        raw = name.encode()
+        buf += struct.pack("<i", len(raw)) + raw + struct.pack("<ii", ncall, len(sums))
+        buf += np.asarray(sums, "<f4").tobytes()
+    return buf + tail
+
+
+def test_load_imatrix(tmp_path):
+    # quantized/imatrix_file.rs: load_imatrix -> name -> sums / ncall (as f32), the raw sums when ncall is 0
+    from candlejax.quantized.imatrix_file import load_imatrix
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(512).astype(np.float32) * 10, rng.random(256).astype(np.float32)
+    p = tmp_path / "imatrix.dat"
+    p.write_bytes(_imatrix_dat([("blk.0.ffn_up.weight", 7, a), ("blk.0.attn_q.weight", 0, b)],
+                               tail=np.int32(7).tobytes() + np.int32(4).tobytes() + b"wiki"))
+    im = load_imatrix(p)
+    assert list(im) == ["blk.0.ffn_up.weight", "blk.0.attn_q.weight"]
+    np.testing.assert_array_equal(im["blk.0.ffn_up.weight"], a / np.float32(7))
+    np.testing.assert_array_equal(im["blk.0.attn_q.weight"], b)
+    assert im["blk.0.ffn_up.weight"].dtype == np.float32
+    xs = Tensor.new(rng.standard_normal((4, 512)).astype(np.float32))
+    q = quantized.QTensor.quantize_imatrix(xs, im["blk.0.ffn_up.weight"], GgmlDType.Q4K)
+    ref = quantized.QTensor.quantize_imatrix(xs, (a / np.float32(7)).tolist(), GgmlDType.Q4K)
+    np.testing.assert_array_equal(np.asarray(q.data()), np.asarray(ref.data()))
+    # Candle's errors: no entries, nval < 1, a truncated file, a missing file
+    p.write_bytes(_imatrix_dat([]))
+    with pytest.raises(cj.Error, match="No data in file"):
+        load_imatrix(p)
+    p.write_bytes(_imatrix_dat([("w", 1, [])]))
+    with pytest.raises(cj.Error, match="Invalid nval for entry 1: 0"):
+        load_imatrix(p)
+    p.write_bytes(_imatrix_dat([("w", 1, [1.0, 2.0])])[:-3])
+    with pytest.raises(cj.Error, match="Failed to read 2 values for entry 1"):
+        load_imatrix(p)
+    with pytest.raises(cj.Error, match="Failed to open"):
+        load_imatrix(tmp_path / "missing.dat")
 
 
 def test_quantize_imatrix_checks_and_onto():

@@ -514,3 +514,23 @@ def test_tensor_from_a_range_as_the_binding():
         ours, theirs = make(cj), make(candle)
         assert ours.dtype.as_str() == str(theirs.dtype).lower() == "u32"
         assert ours.values() == theirs.values()
+
+
+def test_module_traits_at_the_crate_root():
+    # candle-core/src/lib.rs: `candle::Module` (blanket impls for closures and for Option<&M>, None being
+    # the identity) and `candle::ModuleT` (blanket impl for every Module, ignoring `train`)
+    assert cj.Module is nn.Module and cj.ModuleT is nn.ModuleT
+
+    class Double(cj.Module):
+        def forward(self, xs):
+            return xs * 2.0
+
+    x = cj.Tensor.new([1.0, -2.0])
+    assert x.apply(Double()).to_vec1() == [2.0, -4.0]
+    for train in (True, False):
+        assert x.apply_t(Double(), train).to_vec1() == [2.0, -4.0]
+        assert x.apply_t(lambda t: t.relu(), train).to_vec1() == [1.0, 0.0]  # a closure is a ModuleT
+        assert x.apply_t(None, train) is x  # so is None (Option<&M>)
+    # a function (xs, train) keeps working
+    assert x.apply_t(lambda t, train: t * (3.0 if train else 1.0), True).to_vec1() == [3.0, -6.0]
+    assert x.apply_t(lambda t, *, scale=2.0: t * scale, False).to_vec1() == [2.0, -4.0]

@@ -100,6 +100,8 @@ def test_value_accessors_and_conversions():
     with pytest.raises(errors.Error, match="not a u64"):
         Value.i32(1).to_u64()
     assert Value.bool(True).to_u64() == 1
+    # gguf_file.rs: `pub fn value_type(&self) -> ValueType` is a method (the attribute form works too)
+    assert v.value_type() is ValueType.U32 and Value.array(["a"]).value_type() is ValueType.Array
     assert Value.from_python(3).value_type is ValueType.U32
     assert Value.from_python(-3).value_type is ValueType.I32
     assert Value.from_python(2**40).value_type is ValueType.U64
@@ -536,3 +538,35 @@ def test_write_refuses_what_it_cannot_store(tmp_path):
     gguf.write(p, {"general.alignment": 64}, {"s": np.float32(2.0), "t": f32})  # a 0-d tensor reads back as (1,)
     with Content.read(p) as ct:
         assert ct.alignment == 64 and ct.tensor_infos["s"].shape == (1,)
+
+
+def test_tensor_info_read_from_a_reader(tmp_path, rng):
+    # gguf_file.rs: TensorInfo::read(reader, tensor_data_offset, device), checked against gguf-py
+    p = tmp_path / "theirs.gguf"
+    w = GGUFWriter(p, "llama")
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    raw = gq.quantize(x, GGMLQuantizationType.Q8_0)
+    w.add_tensor("w.q8", raw, raw_dtype=GGMLQuantizationType.Q8_0)
+    w.add_tensor("w.f32", x[:, :3].copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    theirs = {t.name: t for t in GGUFReader(p).tensors}
+    ct = Content.read(p)
+    with open(p, "rb") as f:
+        q = ct.tensor_infos["w.q8"].read(f, ct.tensor_data_offset, Device.Cpu)
+        assert q.dtype() is GgmlDType.Q8_0 and q.shape == (2, 64)
+        ref = gq.dequantize(theirs["w.q8"].data, GGMLQuantizationType.Q8_0)
+        np.testing.assert_array_equal(np.asarray(q.dequantize()), ref)
+        t = ct.tensor_infos["w.f32"].read(f, ct.tensor_data_offset)
+        np.testing.assert_array_equal(np.asarray(t.dequantize()), x[:, :3])
+    q2 = ct.tensor_infos["w.q8"].read(p, ct.tensor_data_offset)  # a path works too
+    np.testing.assert_array_equal(q2.data(), q.data())
+    # Candle's two checks: a size that is not whole blocks, and data past the end of the file
+    bad = gguf.TensorInfo(GgmlDType.Q8_0, (3, 10), 0)
+    with pytest.raises(errors.Error, match="the number of elements 30 is not divisible by the block size 32"):
+        bad.read(p, ct.tensor_data_offset)
+    size = p.stat().st_size
+    with open(p, "rb") as f, pytest.raises(errors.Error, match=f"only {size - ct.tensor_data_offset - 64} remaining"):
+        gguf.TensorInfo(GgmlDType.Q8_0, (2, 64), 64).read(f, ct.tensor_data_offset)
