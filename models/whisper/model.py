@@ -239,6 +239,10 @@ class AudioEncoder(Module):
             x = block.forward(x)
         return self.ln_post.forward(x)
 
+    def reset_kv_cache(self) -> None:
+        """Candle's ``quantized_model::AudioEncoder::reset_kv_cache``: nothing to reset, the encoder
+        keeps no cache (each ``forward`` reads only its mel)."""
+
 
 class TextDecoder(Module):
     """``WhisperDecoder``: token + learned position embeddings, causal blocks with cross-attention,
