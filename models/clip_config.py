@@ -49,6 +49,7 @@ class ClipTextConfig:
 
     embed_dim = property(lambda self: self.hidden_size, doc="Candle's name for ``hidden_size``.")
     activation = property(lambda self: Activation.parse(self.hidden_act), doc="``hidden_act`` as an Activation.")
+    pad_with = property(lambda self: None, doc="Candle's ``pad_with``: always ``None`` (pad with ``pad_token_id``).")
 
 
 refuse_unknown_config_keys(ClipTextConfig, "clip")  # ClipTextConfig(**config_json) names from_dict
@@ -146,6 +147,11 @@ class ClipConfig:
     def vit_base_patch32(cls) -> ClipConfig:
         """``openai/clip-vit-base-patch32`` (Candle's ``ClipConfig::vit_base_patch32``)."""
         return cls()
+
+    @property
+    def image_size(self) -> int:
+        """Candle's ``ClipConfig.image_size``: the vision tower's ``image_size``."""
+        return int(self.vision_config.image_size)
 
 
 refuse_unknown_config_keys(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict

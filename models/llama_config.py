@@ -179,6 +179,9 @@ class Config:
         self.rope_scaling = _rope_scaling(self.rope_scaling)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        self.num_key_value_heads = _KvHeads(self.num_key_value_heads)  # also Candle's num_key_value_heads()
+        if self.tie_word_embeddings is None:  # Candle's into_config: tie_word_embeddings.unwrap_or(false)
+            self.tie_word_embeddings = False
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise errors.InvalidArgument(
@@ -275,6 +278,17 @@ class Config:
 
 
 refuse_unknown_config_keys(Config, "llama")  # LlamaConfig(**json.load(f)) names from_json_file
+
+
+class _KvHeads(int):
+    """``num_key_value_heads``: an ``int`` that Candle's accessor ``LlamaConfig::num_key_value_heads()``
+    also reads (calling it gives the int)."""
+
+    def __call__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
 
 
 class LlamaEosToks:

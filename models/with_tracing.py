@@ -91,14 +91,16 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dCon
 
 
 class QMatMul(_QMatMul):
-    """``with_tracing::QMatMul``: ``new(out_dim, in_dim, vb)`` reads ``weight`` from a quantized
-    VarBuilder (``quantized_var_builder::VarBuilder``); ``from_weights(qtensor)``."""
+    """``with_tracing::QMatMul``: ``new(out_dim, in_dim, vb)`` reads ``weight`` of shape ``(in_dim,
+    out_dim)`` from a quantized VarBuilder (``quantized_var_builder::VarBuilder``), as Candle does:
+    its callers pass ``(in_features, out_features)`` for an ``(out, in)`` weight
+    (``quantized_nn::linear``); ``from_weights(qtensor)``."""
 
     __slots__ = ()
 
     @staticmethod
     def new(out_dim: int, in_dim: int, vb: Any) -> QMatMul:
-        return QMatMul.from_weights(vb.get((out_dim, in_dim), "weight"))
+        return QMatMul.from_weights(vb.get((in_dim, out_dim), "weight"))
 
     @staticmethod
     def from_weights(ws: QTensor) -> QMatMul:

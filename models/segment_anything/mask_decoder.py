@@ -58,6 +58,13 @@ class MaskDecoder(Module):
                                                   vb.pp("iou_prediction_head"))  # fmt: skip
         self.transformer = TwoWayTransformer(2, d, 8, 2048, vb.pp("transformer"))
 
+    @classmethod
+    def new(cls, transformer_dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,
+            vb: VarBuilder) -> MaskDecoder:  # fmt: skip
+        """Candle's ``MaskDecoder::new(transformer_dim, num_multimask_outputs, iou_head_depth,
+        iou_head_hidden_dim, vb)``."""
+        return cls(transformer_dim, num_multimask_outputs, iou_head_depth, iou_head_hidden_dim, vb)
+
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,  # type: ignore[override]
                 dense_prompt_embeddings: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Mask logits ``(B, 3 or 1, 256, 256)`` and IoU predictions ``(B, 3 or 1)``."""

@@ -67,6 +67,12 @@ class PromptEncoder(Module):
         self.image_embedding_size = tuple(image_embedding_size)
         self.input_image_size = tuple(input_image_size)
 
+    @classmethod
+    def new(cls, embed_dim: int, image_embedding_size: tuple[int, int], input_image_size: tuple[int, int],
+            mask_in_chans: int, vb: VarBuilder) -> PromptEncoder:  # fmt: skip
+        """Candle's ``PromptEncoder::new(embed_dim, image_embedding_size, input_image_size, mask_in_chans, vb)``."""
+        return cls(embed_dim, image_embedding_size, input_image_size, mask_in_chans, vb)
+
     def get_dense_pe(self) -> Tensor:
         """The encoding of the image-embedding grid, ``(1, embed_dim, 64, 64)``."""
         return self.pe_layer.forward(*self.image_embedding_size).unsqueeze(0)

@@ -77,6 +77,11 @@ class TwoWayTransformer(Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, 2, vb.pp("final_attn_token_to_image"))
         self.norm_final_attn: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm_final_attn"))
 
+    @classmethod
+    def new(cls, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, vb: VarBuilder) -> TwoWayTransformer:
+        """Candle's ``TwoWayTransformer::new(depth, embedding_dim, num_heads, mlp_dim, vb)``."""
+        return cls(depth, embedding_dim, num_heads, mlp_dim, vb)
+
     def forward(self, image_embedding: Tensor, image_pe: Tensor,  # type: ignore[override]
                 point_embedding: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Image ``(B, C, h, w)`` and its encoding, prompt tokens ``(B, N, C)`` -> (tokens, image tokens)."""

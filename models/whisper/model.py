@@ -53,7 +53,8 @@ __all__ = ["AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "Resi
 
 @dataclass(frozen=True)
 class Config:
-    """transformers' ``WhisperConfig`` keys (Candle's ``whisper::Config``); defaults: tiny.en."""
+    """transformers' ``WhisperConfig`` keys (Candle's ``whisper::Config``); defaults: tiny.en.
+    ``encoder_ffn_dim`` / ``decoder_ffn_dim`` left out are ``4 * d_model``, Candle's MLP width."""
 
     vocab_size: int = 51864
     num_mel_bins: int = 80
@@ -62,8 +63,8 @@ class Config:
     encoder_attention_heads: int = 6
     decoder_layers: int = 4
     decoder_attention_heads: int = 6
-    encoder_ffn_dim: int = 1536
-    decoder_ffn_dim: int = 1536
+    encoder_ffn_dim: int = None  # type: ignore[assignment]  # None: 4 * d_model (__post_init__)
+    decoder_ffn_dim: int = None  # type: ignore[assignment]
     max_source_positions: int = 1500
     max_target_positions: int = 448
     activation_function: str = "gelu"
@@ -74,6 +75,11 @@ class Config:
     decoder_start_token_id: int = 50257
     tie_word_embeddings: bool = True  # False: the output projection is the checkpoint's ``proj_out.weight``
     extra: str = field(default="{}", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_ffn_dim", "decoder_ffn_dim"):
+            if getattr(self, name) is None and isinstance(self.d_model, int):
+                object.__setattr__(self, name, 4 * self.d_model)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
@@ -238,6 +244,10 @@ class AudioEncoder(Module):
         for block in self.blocks:
             x = block.forward(x)
         return self.ln_post.forward(x)
+
+    def reset_kv_cache(self) -> None:
+        """Candle's ``quantized_model::AudioEncoder::reset_kv_cache``: nothing to reset, the encoder
+        keeps no cache (each ``forward`` reads only its mel)."""
 
 
 class TextDecoder(Module):

@@ -448,3 +448,14 @@ def test_text_forward_with_mask_and_encoder_states_match_transformers(towers, rn
     v = rng.standard_normal((3, 5)).astype(np.float32)
     want = torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy()
     np.testing.assert_allclose(jax.jit(clip.div_l2_norm)(Tensor.from_numpy(v)).numpy(), want, rtol=1e-6)
+
+
+def test_clip_config_image_size_and_pad_with():
+    """Candle's ``ClipConfig { image_size, .. }`` (224 for ``vit_base_patch32``; the clip example
+    reads ``config.image_size``) and ``ClipTextConfig { pad_with: None, .. }``
+    (candle-transformers/src/models/clip/{mod,text_model}.rs)."""
+    c = clip.ClipConfig.vit_base_patch32()
+    assert c.image_size == 224
+    assert c.text_config.pad_with is None
+    big = clip.ClipConfig(vision_config=clip.ClipVisionConfig.clip_vit_large_patch14_336())
+    assert big.image_size == 336

@@ -536,3 +536,19 @@ def test_stateful_forward_of_traced_ids_under_jit(pair):
     full = np.asarray(llama.forward_all(model, ids).jax)[:, -1]
     got = jax.jit(lambda m, x: m.forward(x, 0))(model, ids)
     np.testing.assert_allclose(np.asarray(got.jax), full, atol=1e-4, rtol=1e-4)
+
+
+def test_llama_config_num_key_value_heads_method_and_tied_default():
+    """Candle's ``LlamaConfig::num_key_value_heads()`` (the key, else ``num_attention_heads``) and
+    ``into_config``'s ``tie_word_embeddings.unwrap_or(false)`` (candle-transformers' llama.rs); the
+    field still reads as the int."""
+    import dataclasses
+
+    base = {"hidden_size": 64, "num_attention_heads": 4, "tie_word_embeddings": None}
+    c = llama.LlamaConfig.from_dict(base)
+    assert c.num_key_value_heads() == 4 and c.into_config(False).tie_word_embeddings is False
+    c = llama.LlamaConfig.from_dict({**base, "num_key_value_heads": 2})
+    assert c.num_key_value_heads() == 2 and c.num_key_value_heads == 2
+    assert c.into_config(False).num_key_value_heads == 2 and repr(c.num_key_value_heads) == "2"
+    assert json.loads(json.dumps(dataclasses.asdict(c)))["num_key_value_heads"] == 2
+    assert c == llama.Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2)

@@ -349,8 +349,10 @@ def hf_vit():
         sd[_hf_to_sam(k)] = v.numpy()
     vb = VarBuilder.from_tensors(sd, cj.DType.F32, cj.Device.Cpu)
     enc = sam.ImageEncoderViT(160, 16, 3, 32, 3, 2, 256, True, True, True, 4, [1], vb.pp("image_encoder"))
-    pe = sam.PromptEncoder(256, (10, 10), (160, 160), 16, vb.pp("prompt_encoder"))
-    dec = sam.MaskDecoder(256, 3, 3, 256, vb.pp("mask_decoder"))
+    # Candle's constructors as written: PromptEncoder::new, MaskDecoder::new, TwoWayTransformer::new
+    pe = sam.PromptEncoder.new(256, (10, 10), (160, 160), 16, vb.pp("prompt_encoder"))
+    dec = sam.MaskDecoder.new(256, 3, 3, 256, vb.pp("mask_decoder"))
+    dec.transformer = sam.TwoWayTransformer.new(2, 256, 8, 2048, vb.pp("mask_decoder").pp("transformer"))
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         emb_r = hf.get_image_embeddings(x)

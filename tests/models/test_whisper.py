@@ -603,3 +603,35 @@ def test_stateful_decoder_forward_with_traced_ids_names_the_pure_step():
     audio = m.encoder.forward(mel)
     logits, _ = jax.jit(whisper.step)(m.decoder, whisper.new_state(m.decoder, audio), jnp.asarray(toks, jnp.int32))
     np.testing.assert_allclose(np.asarray(logits), eager, atol=1e-5)
+
+
+def test_config_with_candles_fields_only_has_mlps_of_4_d_model():
+    """Candle's ``whisper::Config`` has no ``*_ffn_dim``: its blocks' MLPs are ``4 * d_model``
+    (``n_mlp = n_state * 4`` in candle-transformers/src/models/whisper/model.rs). A config with only
+    Candle's fields loads transformers' weights of that width and gives its logits."""
+    from safetensors.numpy import load_file
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from candlejax import DType
+    from candlejax.nn import VarBuilder
+
+    torch.manual_seed(1)
+    keys = dict(num_mel_bins=8, max_source_positions=10, d_model=16, encoder_attention_heads=2, encoder_layers=1,
+                vocab_size=40, max_target_positions=12, decoder_attention_heads=2, decoder_layers=1)  # fmt: skip
+    hf = WhisperForConditionalGeneration(
+        WhisperConfig(**keys, encoder_ffn_dim=64, decoder_ffn_dim=64, decoder_start_token_id=1, pad_token_id=0)
+    ).eval()
+    for cfg in (whisper.Config.from_dict({**keys, "suppress_tokens": []}), whisper.Config(**keys)):
+        assert (cfg.encoder_ffn_dim, cfg.decoder_ffn_dim) == (64, 64)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        tensors = load_file(f"{d}/model.safetensors")
+    m = whisper.Whisper.load(VarBuilder.from_tensors(tensors, DType.F32, Device.Cpu), cfg)
+    mel = torch.randn(1, 8, 20)
+    toks = torch.tensor([[1, 5, 7]])
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    got = m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4, rtol=0)

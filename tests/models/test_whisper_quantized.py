@@ -161,6 +161,8 @@ def test_kv_cache_semantics_match_the_float_model(models):
     outs = []
     for m in (q8, deq):
         audio = m.encoder.forward(mel, True)
+        m.encoder.reset_kv_cache()  # Candle's quantized AudioEncoder::reset_kv_cache; the encoder is stateless
+        np.testing.assert_array_equal(np.asarray(m.encoder.forward(mel, False)), np.asarray(audio))
         full = np.asarray(m.decoder.forward(toks, audio, True))
         parts = [np.asarray(m.decoder.forward(toks[:, :4], audio, True))]
         parts += [np.asarray(m.decoder.forward(toks[:, i : i + 1], audio, False)) for i in range(4, 7)]

@@ -75,13 +75,17 @@ def test_norms_against_torch(vb):
 
 
 def test_qmatmul_new_from_a_gguf_var_builder(tmp_path):
+    """Candle's ``with_tracing::QMatMul::new(out_dim, in_dim, vb)`` reads ``vb.get((in_dim, out_dim),
+    "weight")``: every Candle caller passes ``(in_features, out_features)`` (``quantized_nn::linear``,
+    ``quantized_blip_text``'s ``QMatMul::new(hidden_size, vocab_size, ..)``, quantized T5's
+    ``QMatMul::new(d_model, d_ff, vb.pp("wi"))``), so a ``(out, in)`` weight is read by ``new(in, out)``."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((8, 64)).astype(np.float32)
     q = QTensor.quantize(Tensor.new(w), GgmlDType.Q8_0)
     path = tmp_path / "w.gguf"
     gguf.write(str(path), {}, {"proj.weight": q})
     qvb = quantized_var_builder.VarBuilder.from_gguf(str(path), Device.Cpu)
-    mm = with_tracing.QMatMul.new(8, 64, qvb.pp("proj"))
+    mm = with_tracing.QMatMul.new(64, 8, qvb.pp("proj"))  # weight (8, 64): 64 inputs -> 8 outputs
     assert isinstance(mm, with_tracing.QMatMul)
     x = rng.standard_normal((2, 64)).astype(np.float32)
     expected = x.astype(np.float64) @ q.dequantize().numpy().astype(np.float64).T
@@ -91,7 +95,7 @@ def test_qmatmul_new_from_a_gguf_var_builder(tmp_path):
     jitted = jax.jit(lambda m, v: m.forward(v))(mm, Tensor.new(x))
     np.testing.assert_allclose(jitted.numpy(), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(errors.Error, match=r"proj\.weight"):
-        with_tracing.QMatMul.new(64, 8, qvb.pp("proj"))
+        with_tracing.QMatMul.new(8, 64, qvb.pp("proj"))
 
 
 def test_layers_in_a_module_compile_and_differentiate(vb):
