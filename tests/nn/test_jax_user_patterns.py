@@ -6,10 +6,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+import pytest
 import torch
 
 import candlejax.nn as nn
-from candlejax import Device, DType, Tensor
+from candlejax import Device, DType, Tensor, errors
 from candlejax.nn import Module, VarBuilder, VarMap
 
 
@@ -73,3 +74,15 @@ def test_label_and_mask_trees_print():
     assert "'train'" in repr(labels) and "l1.weight" in repr(labels)
     mask = jax.tree_util.tree_map(lambda a: a.ndim > 1, m)
     assert "True" in repr(mask) and "False" in repr(mask)
+
+
+def test_a_model_donated_to_a_jitted_function_raises_deleted_buffer():
+    """``jax.jit(step, donate_argnums=0)(model)`` consumes the model's buffers; running the old model
+    again (its layer already compiled) raises DeletedBuffer, not XLA's INVALID_ARGUMENT ValueError."""
+    m, _ = _mlp_and_torch()
+    x = Tensor(np.ones((3, 4), np.float32))
+    m(x)
+    new = jax.jit(lambda m: jax.tree_util.tree_map(lambda a: a * 2, m), donate_argnums=0)(m)
+    np.testing.assert_allclose(np.asarray(new.l1.weight), 2 * np.asarray(_mlp_and_torch()[0].l1.weight))
+    with pytest.raises(errors.DeletedBuffer, match="donate"):
+        m(x)
