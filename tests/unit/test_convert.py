@@ -233,6 +233,19 @@ def test_numpy_torch_dlpack_roundtrip():
     assert Tensor(jnp.from_dlpack(t)).to_vec2() == t.to_vec2()
 
 
+def test_np_array_copies_as_for_a_jax_array():
+    """``np.array(t)`` (numpy's ``copy=True``) is a fresh writable array, as ``np.array(jax_array)``;
+    writing into it (or into ``torch.from_numpy`` of it) leaves the Tensor as it was."""
+    t = Tensor.new([1.0, 2.0, 3.0], CPU)
+    ref = np.array(jnp.asarray([1.0, 2.0, 3.0]))
+    for a in (np.array(t), np.array(t, copy=True), np.array(t, dtype=np.float32)):
+        assert a.flags.writeable == ref.flags.writeable and not np.shares_memory(a, np.asarray(t))
+        a[0] = 100.0
+        torch.from_numpy(a).add_(1.0)
+    assert t.to_vec1() == [1.0, 2.0, 3.0]
+    assert np.asarray(t).dtype == np.float32 and np.array(t, dtype=np.float64).dtype == np.float64
+
+
 def test_tensor_file_methods_round_trip(tmp_path):
     import numpy as np
     import safetensors.numpy as stn
