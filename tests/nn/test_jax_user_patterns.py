@@ -86,3 +86,15 @@ def test_a_model_donated_to_a_jitted_function_raises_deleted_buffer():
     np.testing.assert_allclose(np.asarray(new.l1.weight), 2 * np.asarray(_mlp_and_torch()[0].l1.weight))
     with pytest.raises(errors.DeletedBuffer, match="donate"):
         m(x)
+
+
+def test_vmap_of_linear_over_single_examples_names_the_fix():
+    """Candle's Linear needs a batch dimension (its matmul refuses rank 1, candle-nn/src/linear.rs), so
+    ``jax.vmap(lin)(xs)`` over rank-1 examples raises, naming the vmap spelling that works."""
+    m, t = _mlp_and_torch()
+    xs = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    with pytest.raises(errors.UnexpectedShape, match=r"x\[None\]"):
+        jax.vmap(m.l1)(Tensor(xs))
+    out = jax.vmap(lambda x: m(x[None])[0])(Tensor(xs))
+    ref = t(torch.tensor(xs, dtype=torch.float64)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
