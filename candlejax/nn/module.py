@@ -962,6 +962,19 @@ _register(Module)
 _NOT_FUNCTIONS = (Module, TensorBase, type, *_CALLABLE_VALUES)
 
 
+def train_arg(train: Any, layer: str) -> bool:
+    """``forward_t``'s ``train`` as a Python bool; a flag traced by ``jax.jit`` raises naming the fix
+    (the layer picks its branch in Python, as Candle's ``train: bool``)."""
+    a = train._a if isinstance(train, TensorBase) else train
+    if isinstance(a, jax.core.Tracer):
+        raise errors.TracingError(
+            f"{layer}.forward_t: train is traced (an argument of a jax.jit function); it must be a Python bool"
+            " known when tracing: mark it static (jax.jit(f, static_argnames='train')), or use candlejax.jit,"
+            " which keeps Python bools static"
+        )
+    return bool(train)
+
+
 class ModuleT(Module):
     """A layer whose behaviour depends on training mode (Candle's ``ModuleT``): BatchNorm, Dropout.
 

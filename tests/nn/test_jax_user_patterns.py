@@ -98,3 +98,20 @@ def test_vmap_of_linear_over_single_examples_names_the_fix():
     out = jax.vmap(lambda x: m(x[None])[0])(Tensor(xs))
     ref = t(torch.tensor(xs, dtype=torch.float64)).detach().numpy()
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_traced_train_flag_raises_naming_static_argnames():
+    """``jax.jit(step)(model, x, True)`` traces the training flag; Dropout and BatchNorm choose their
+    branch in Python (as Candle's ``forward_t(xs, train: bool)``), so a traced flag raises a candlejax
+    error naming ``static_argnames``, and the static flag gives the eager result."""
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu)
+    bn = nn.batch_norm(3, nn.BatchNormConfig(), vb.pp("bn"))
+    x = Tensor(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+    key = jax.random.key(0)
+    cases = ((bn, lambda m, x, t: m.forward_t(x, t)), (nn.Dropout(0.5), lambda m, x, t: m.forward_t(x, t, key)))
+    for layer, call in cases:
+        with pytest.raises(errors.TracingError, match="static_argnames"):
+            jax.jit(call)(layer, x, True)
+        for train in (True, False):
+            got = jax.jit(call, static_argnames="t")(layer, x, t=train)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(call(layer, x, train)), atol=1e-6)
