@@ -60,6 +60,8 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
                 except ValueError as e:
                     if "incompatible devices" in str(e):
                         raise device_mismatch(f.__name__.lstrip("_"), args) from None
+                    if "deleted or donated" in str(e):  # a compiled op run on a donated buffer
+                        raise errors.DeletedBuffer(f.__name__.lstrip("_")) from None
                     raise
                 except MemoryError as e:  # a host (numpy) array of the trace, e.g. resize indices
                     raise errors.out_of_memory(f.__name__.lstrip("_"), e) from e

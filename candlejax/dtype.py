@@ -74,10 +74,16 @@ class DType(enum.Enum):
 
     def __eq__(self, other: object) -> bool:
         """Identity, and equal to its Candle name or numpy name: ``x.dtype == "f32"``,
-        ``x.dtype == "float32"``."""
+        ``x.dtype == "float32"``, and to the numpy / jax.numpy dtype it holds: ``x.dtype == jnp.float32``,
+        ``x.dtype == np.dtype("float32")``, ``x.dtype == jnp.asarray(x).dtype``."""
         if isinstance(other, str):
             o = other.lower().strip()
             return o == self.value or o == _NP[self.value].name
+        if isinstance(other, np.dtype):
+            return other == _NP[self.value]
+        if isinstance(other, type) and (issubclass(other, np.generic) or isinstance(getattr(other, "dtype", None),
+                                                                                     np.dtype)):
+            return np.dtype(other) == _NP[self.value]  # np.float32, jnp.float32 (a scalar type holding .dtype)
         return self is other
 
     def __ne__(self, other: object) -> bool:

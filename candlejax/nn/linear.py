@@ -184,7 +184,13 @@ def _checked_input(xs: Any, kind: str, var: Any, in_dim: int, dtype: Any) -> Any
     layer's error naming it (``kind`` and the weight ``var``'s checkpoint name)."""
     x = as_array(xs)
     if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != in_dim:
-        raise LayerInputShape(layer_name(kind, var), f"[batch, {in_dim}] (rank 2 to 4, last dim {in_dim})", x.shape)
+        hint = (
+            "one example without a batch dimension, as jax.vmap(layer)(xs) passes: write"
+            " jax.vmap(lambda x: layer(x[None])[0])(xs), or call the layer on the whole batch"
+        ) if x.ndim == 1 else ""
+        raise LayerInputShape(
+            layer_name(kind, var), f"[batch, {in_dim}] (rank 2 to 4, last dim {in_dim})", x.shape, hint
+        )
     if x.dtype != dtype:
         raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(dtype), "matmul")
     return x

@@ -711,6 +711,8 @@ class Module:
         return self.forward(xs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and isinstance(args[0], Module) and _is_label_tree(self):
+            return self
         return self.forward(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -858,6 +860,14 @@ class Module:
         )
 
 
+def _is_label_tree(m: Module) -> bool:
+    """Whether ``m`` is a Module-shaped tree of labels or flags (``tree_map(lambda _: "adam", model)``)
+    rather than a layer: it has leaves and none is an array. optax calls such a tree when it is
+    callable (``multi_transform``'s ``param_labels(params)``); called with a Module, it answers with itself."""
+    leaves = jax.tree_util.tree_leaves(m)
+    return bool(leaves) and not any(_is_array_like(x) for x in leaves)
+
+
 def _wrapped_module(fn: Any, depth: int = 0) -> Any:
     """The Module hidden inside a JAX transform / partial / bound method, or None."""
     if depth > 8 or fn is None:
@@ -894,6 +904,9 @@ def _tensor_desc(v: Any) -> str:
     a = unwrap(v)
     if a is None:
         return "None"
+    if not _is_array_like(a) and type(a) is not DonatedBuffer:  # a label or mask tree's leaf
+        name = getattr(v, "name", "")
+        return repr(a) + (f" {name!r}" if name else "")
     if type(a) is DonatedBuffer:
         return f"{type(v).__name__} donated {a.name!r}"
     try:
@@ -949,6 +962,19 @@ _register(Module)
 _NOT_FUNCTIONS = (Module, TensorBase, type, *_CALLABLE_VALUES)
 
 
+def train_arg(train: Any, layer: str) -> bool:
+    """``forward_t``'s ``train`` as a Python bool; a flag traced by ``jax.jit`` raises naming the fix
+    (the layer picks its branch in Python, as Candle's ``train: bool``)."""
+    a = train._a if isinstance(train, TensorBase) else train
+    if isinstance(a, jax.core.Tracer):
+        raise errors.TracingError(
+            f"{layer}.forward_t: train is traced (an argument of a jax.jit function); it must be a Python bool"
+            " known when tracing: mark it static (jax.jit(f, static_argnames='train')), or use candlejax.jit,"
+            " which keeps Python bools static"
+        )
+    return bool(train)
+
+
 class ModuleT(Module):
     """A layer whose behaviour depends on training mode (Candle's ``ModuleT``): BatchNorm, Dropout.
 
@@ -964,4 +990,6 @@ class ModuleT(Module):
         return self.forward_t(xs, False)
 
     def __call__(self, xs: Any, train: bool = False, **kwargs: Any) -> Any:
+        if not kwargs and train is False and isinstance(xs, Module) and _is_label_tree(self):
+            return self
         return self.forward_t(xs, train, **kwargs)

@@ -38,6 +38,7 @@ from candlejax.nn.module import (
     ModuleT,
     as_array,
     layer_name,
+    train_arg,
 )
 from candlejax.tensor._core import wrap
 
@@ -408,7 +409,7 @@ class BatchNorm(ModuleT):
         return OutputAndLayer((wrap(y), new))
 
     def forward_t(self, xs: Any, train: bool) -> Any:
-        if train:
+        if train_arg(train, "BatchNorm"):
             y, new = self._forward_train(xs)
             # Candle's forward_t(xs, true) updates the running statistics in place (Var::set); so does
             # this wherever the new values can be kept: eagerly, or inside a jit/grad trace that was

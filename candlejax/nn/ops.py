@@ -33,7 +33,7 @@ from candlejax._precision import f32_precision
 from candlejax.device import Device
 from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
-from candlejax.nn.module import Module, ModuleT, as_array
+from candlejax.nn.module import Module, ModuleT, as_array, train_arg
 from candlejax.quantized import native
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, float_arg, int_arg, wrap
@@ -295,7 +295,7 @@ class Dropout(ModuleT):
         return self.forward_t(xs, train, key)
 
     def forward_t(self, xs: Any, train: bool, key: Any = None) -> Any:
-        if not train:
+        if not train_arg(train, "Dropout"):
             return xs if isinstance(xs, TensorBase) else wrap(xs)
         return dropout(xs, self.p, key=key)
 

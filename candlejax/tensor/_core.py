@@ -145,8 +145,11 @@ class TensorBase:
                 "cannot convert a traced Tensor to numpy inside jax.jit/grad/vmap; return it from the"
                 " traced function and convert outside"
             )
-        out = np.asarray(self._a)
-        return out if dtype is None else out.astype(dtype)
+        out = np.asarray(self._a)  # a read-only view of the buffer on the CPU
+        if dtype is not None and np.dtype(dtype) != out.dtype:
+            return out.astype(dtype)
+        # np.array(t) asks for a copy (copy=True): a fresh writable array, as np.array(jax_array) gives
+        return out.copy() if copy else out
 
     def __len__(self) -> int:
         if not self._a.shape:

@@ -233,6 +233,33 @@ def test_numpy_torch_dlpack_roundtrip():
     assert Tensor(jnp.from_dlpack(t)).to_vec2() == t.to_vec2()
 
 
+def test_np_array_copies_as_for_a_jax_array():
+    """``np.array(t)`` (numpy's ``copy=True``) is a fresh writable array, as ``np.array(jax_array)``;
+    writing into it (or into ``torch.from_numpy`` of it) leaves the Tensor as it was."""
+    t = Tensor.new([1.0, 2.0, 3.0], CPU)
+    ref = np.array(jnp.asarray([1.0, 2.0, 3.0]))
+    for a in (np.array(t), np.array(t, copy=True), np.array(t, dtype=np.float32)):
+        assert a.flags.writeable == ref.flags.writeable and not np.shares_memory(a, np.asarray(t))
+        a[0] = 100.0
+        torch.from_numpy(a).add_(1.0)
+    assert t.to_vec1() == [1.0, 2.0, 3.0]
+    assert np.asarray(t).dtype == np.float32 and np.array(t, dtype=np.float64).dtype == np.float64
+
+
+def test_dtype_compares_equal_to_numpy_and_jax_dtypes():
+    """``x.dtype == jnp.float32`` is what a JAX user writes (``jnp.asarray(x).dtype == jnp.float32``
+    is True): a DType equals the numpy / jax.numpy dtype it holds, and no other."""
+    for dt in ("f32", "bf16", "f16", "u8", "u32", "i32"):
+        t = Tensor.new([[1.0, 2.0]], CPU).to_dtype(dt)
+        a = jnp.asarray(t)
+        assert t.dtype == a.dtype and t.dtype == np.dtype(a.dtype) and t.dtype == jnp.dtype(a.dtype).type
+        assert not (t.dtype != a.dtype)
+    f32 = Tensor.new([1.0], CPU).dtype
+    assert f32 == jnp.float32 and f32 == np.float32 and f32 == np.dtype("float32")
+    assert f32 != jnp.bfloat16 and f32 != np.float64 and f32 != np.dtype("int32") and not f32.__eq__(float)
+    assert DType.BF16 == jnp.bfloat16 and DType.U8 != np.bool_ and DType.F32 != Tensor.new([1.0], CPU)
+
+
 def test_tensor_file_methods_round_trip(tmp_path):
     import numpy as np
     import safetensors.numpy as stn
