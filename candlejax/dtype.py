@@ -76,6 +76,8 @@ class DType(enum.Enum):
         """Identity, and equal to its Candle name or numpy name: ``x.dtype == "f32"``,
         ``x.dtype == "float32"``, and to the numpy / jax.numpy dtype it holds: ``x.dtype == jnp.float32``,
         ``x.dtype == np.dtype("float32")``, ``x.dtype == jnp.asarray(x).dtype``."""
+        if other.__class__ is DType:  # the common case first: DType against DType
+            return self is other
         if isinstance(other, str):
             o = other.lower().strip()
             return o == self.value or o == _NP[self.value].name
