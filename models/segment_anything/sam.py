@@ -418,7 +418,7 @@ def _load_transformers(vb: VarBuilder, config: Any, which: str | None, label: st
     pe = PromptEncoder(PROMPT_EMBED_DIM, (n, n), (IMAGE_SIZE, IMAGE_SIZE), arch.mask_input_channels,
                        rvb.pp("prompt_encoder"))  # fmt: skip
     dec = MaskDecoder(PROMPT_EMBED_DIM, arch.num_multimask_outputs, arch.iou_head_depth, arch.iou_head_hidden_dim,
-                      rvb.pp("mask_decoder"))  # fmt: skip
+                      rvb.pp("mask_decoder"), arch.decoder_layer_norm_eps)  # fmt: skip
     vb.check_all_used(True, "segment_anything.load_model", ignore=[TRANSFORMERS_TIED])
     return Sam(enc, pe, dec, vb.device())
 

@@ -9,7 +9,7 @@ The model (:mod:`~candlejax.models.segment_anything.sam`) asks for the original 
 transformers' ``SamModel`` stores the same tensors, with the same shapes, as
 ``vision_encoder.layers.0.layer_norm1.weight`` / ``mask_decoder.iou_prediction_head.proj_out.bias``
 and the prompt encoder's Fourier matrix as ``shared_image_embedding.positional_embedding``
-(transformers' conversion script ``convert_sam_to_hf.py`` in reverse). Such a file is read through
+(the renaming of transformers' SAM conversion script, in reverse). Such a file is read through
 ``vb.rename_f(sam_to_transformers)``: nothing is copied, and the model's Vars keep SAM's names.
 """
 
@@ -92,6 +92,8 @@ class SamArch:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    #: the two-way transformer blocks' LayerNorm eps (transformers applies ``mask_decoder_config.layer_norm_eps``)
+    decoder_layer_norm_eps: float = 1e-6
 
 
 # transformers' SamVisionConfig / SamPromptEncoderConfig / SamMaskDecoderConfig defaults
@@ -131,6 +133,13 @@ def _flag(section: Mapping[str, Any], key: str, where: str, default: bool) -> bo
     if not isinstance(v, bool):
         raise errors.Msg(f"{where}.{key} must be true or false, got {v!r}")
     return v
+
+
+def _eps(section: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    v = section.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+        raise errors.Msg(f"{where}.{key} must be a number in (0, 1), got {v!r}")
+    return float(v)
 
 
 def arch_from_config(config: Mapping[str, Any], label: str) -> SamArch:
@@ -175,5 +184,5 @@ def arch_from_config(config: Mapping[str, Any], label: str) -> SamArch:
         hidden, depth, heads, tuple(int(i) for i in glob), _int(v, "window_size", vw, 14, lo=0), mlp_dim,
         _flag(v, "qkv_bias", vw, True), _flag(v, "use_abs_pos", vw, True), _flag(v, "use_rel_pos", vw, True),
         mask_chans, _int(d, "num_multimask_outputs", dw, 3), iou_depth,
-        _int(d, "iou_head_hidden_dim", dw, 256),
+        _int(d, "iou_head_hidden_dim", dw, 256), _eps(d, "layer_norm_eps", dw, 1e-6),
     )  # fmt: skip

@@ -423,13 +423,14 @@ def _small_sam_config():
     vc = SamVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, window_size=14,
                          global_attn_indexes=[1], mlp_dim=48)  # fmt: skip
     return SamConfig(vision_config=vc, prompt_encoder_config=SamPromptEncoderConfig(mask_input_channels=8),
-                     mask_decoder_config=SamMaskDecoderConfig(iou_head_depth=4, iou_head_hidden_dim=64))  # fmt: skip
+                     mask_decoder_config=SamMaskDecoderConfig(iou_head_depth=4, iou_head_hidden_dim=64,
+                                                         layer_norm_eps=1e-2))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A random small transformers SamModel (SAM's 1024 input, a 32-wide 3-layer encoder with a
-    48-wide MLP, a 4-layer IoU head) saved with ``save_pretrained``."""
+    48-wide MLP, a 4-layer IoU head, a decoder LayerNorm eps that shows) saved with ``save_pretrained``."""
     from transformers import SamModel
 
     torch.manual_seed(0)
@@ -509,4 +510,21 @@ def test_transformers_checkpoint_errors(hf_folder, tmp_path) -> None:
     cfg["vision_config"]["global_attn_indexes"] = [1, 7]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(errors.Error, match=r"vision_config\.global_attn_indexes must list layers in 0\.\.2"):
+        sam.load_model(tmp_path)
+
+
+def test_original_checkpoint_architecture_is_detected(tmp_path) -> None:
+    """``which=None``: an original-layout ViT checkpoint's size comes from its tensors; one that is
+    none of SAM's sizes is refused naming them (a TinyViT one is MobileSAM: the CLI tests)."""
+    from safetensors.numpy import save_file
+
+    z = np.zeros
+    save_file({"image_encoder.pos_embed": z((1, 64, 64, 32), np.float32),
+               "image_encoder.blocks.0.norm1.weight": z(32, np.float32),
+               "image_encoder.blocks.1.norm1.weight": z(32, np.float32)}, tmp_path / "sam.safetensors")  # fmt: skip
+    with pytest.raises(errors.Error, match=r"width 32 and 2 blocks is none of SAM's vit_b, vit_l, vit_h"):
+        sam.load_model(tmp_path / "sam.safetensors")
+    with pytest.raises(errors.Error, match=r"unknown which='vit_s'"):
+        sam.load_model(tmp_path / "sam.safetensors", "vit_s")
+    with pytest.raises(errors.Error, match=r"holds no transformers SamModel checkpoint"):
         sam.load_model(tmp_path)
