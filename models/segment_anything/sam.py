@@ -15,6 +15,7 @@ an optional ``box``; crops in ``generate_masks`` use the image height for their 
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -426,9 +427,9 @@ def _load_transformers(vb: VarBuilder, config: Any, which: str | None, label: st
 def load_model(path: str | os.PathLike, which: str | None = None, device: Device | None = None) -> Sam:
     """A SAM checkpoint: the original ``.pt``/``.pth`` (read without executing code) or
     ``.safetensors`` (``image_encoder.*`` names), or a transformers ``SamModel`` folder
-    (``config.json`` + ``model.safetensors``, e.g. ``facebook/sam-vit-base``, SlimSAM) or its
-    ``.safetensors`` file (``vision_encoder.*`` names; the architecture from the ``config.json``
-    next to it).
+    (``config.json`` + ``model.safetensors``, or ``pytorch_model.bin`` read without executing code;
+    e.g. ``facebook/sam-vit-base``, SlimSAM) or its ``.safetensors`` / ``.bin`` file
+    (``vision_encoder.*`` names; the architecture from the ``config.json`` next to it).
 
     ``which``: ``"tiny"`` (MobileSAM) or a key of :data:`VARIANTS`; None (default) reads it from the
     checkpoint (its tensors, or transformers' ``config.json``)."""
@@ -438,7 +439,11 @@ def load_model(path: str | os.PathLike, which: str | None = None, device: Device
     dev = Device.coerce(device)
     path = os.fspath(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    if os.path.isdir(path):
+    bin_file = os.path.join(path, "pytorch_model.bin")
+    if os.path.isdir(path) and not glob.glob(os.path.join(glob.escape(path), "*.safetensors")) and (
+            os.path.isfile(bin_file)):  # fmt: skip
+        vb = VarBuilder.from_pth(bin_file, DType.F32, dev)  # older transformers folders
+    elif os.path.isdir(path):
         vb = VarBuilder.from_mmaped_safetensors(safetensors_files(path), DType.F32, dev)
     elif path.endswith(".safetensors"):
         vb = VarBuilder.from_mmaped_safetensors(path, DType.F32, dev)

@@ -473,6 +473,20 @@ def test_transformers_folder_matches_sam_model(hf_folder) -> None:
                                   hf.mask_decoder.iou_prediction_head.proj_out.weight.detach().numpy())  # fmt: skip
 
 
+def test_transformers_pytorch_model_bin_folder(hf_folder, tmp_path) -> None:
+    """An older folder: ``config.json`` + ``pytorch_model.bin`` (both tied copies of the Fourier matrix)."""
+    import shutil
+
+    hf, d = hf_folder
+    shutil.copy(d / "config.json", tmp_path / "config.json")
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    model = sam.load_model(tmp_path)
+    np.testing.assert_array_equal(model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.numpy(),
+                                  hf.shared_image_embedding.positional_embedding.detach().numpy())  # fmt: skip
+    final = hf.mask_decoder.transformer.layer_norm_final_attn.weight.detach().numpy()
+    np.testing.assert_array_equal(model.mask_decoder.transformer.norm_final_attn.weight.numpy(), final)
+
+
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("vision_config", "patch_size", 8), ("vision_config", "image_size", 512), ("vision_config", "num_channels", 1),
     ("vision_config", "hidden_act", "relu"), ("prompt_encoder_config", "hidden_size", 128),
