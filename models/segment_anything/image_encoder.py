@@ -125,12 +125,12 @@ class Block(Module):
     """Pre-norm ViT block; ``window_size`` 0 means global attention."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_rel_pos: bool, window_size: int,
-                 input_size: tuple[int, int], vb: VarBuilder):  # fmt: skip
+                 input_size: tuple[int, int], vb: VarBuilder, mlp_dim: int | None = None):  # fmt: skip
         self.norm1: LayerNorm = layer_norm(dim, 1e-6, vb.pp("norm1"))
         self.norm2: LayerNorm = layer_norm(dim, 1e-6, vb.pp("norm2"))
         attn_size = input_size if window_size == 0 else (window_size, window_size)
         self.attn = Attention(dim, num_heads, qkv_bias, use_rel_pos, attn_size, vb.pp("attn"))
-        self.mlp = MlpBlock(dim, dim * 4, Activation("Gelu"), vb.pp("mlp"))
+        self.mlp = MlpBlock(dim, dim * 4 if mlp_dim is None else mlp_dim, Activation("Gelu"), vb.pp("mlp"))
         self.window_size = window_size
 
     def forward(self, xs: Tensor) -> Tensor:
@@ -148,11 +148,13 @@ class Block(Module):
 
 class ImageEncoderViT(Module):
     """Candle's ``ImageEncoderViT::new(img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-    out_chans, qkv_bias, use_rel_pos, use_abs_pos, window_size, global_attn_indexes, vb)``."""
+    out_chans, qkv_bias, use_rel_pos, use_abs_pos, window_size, global_attn_indexes, vb)``; ``mlp_dim``
+    (default ``4 * embed_dim``, as SAM) is the MLP width of pruned encoders (transformers'
+    ``SamVisionConfig.mlp_dim``, e.g. SlimSAM)."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
                  out_chans: int, qkv_bias: bool, use_rel_pos: bool, use_abs_pos: bool, window_size: int,
-                 global_attn_indexes: Sequence[int], vb: VarBuilder):  # fmt: skip
+                 global_attn_indexes: Sequence[int], vb: VarBuilder, mlp_dim: int | None = None):  # fmt: skip
         self.img_size, self.in_chans = int(img_size), int(in_chans)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, patch_size, 0, vb.pp("patch_embed"))
         n = img_size // patch_size
@@ -160,7 +162,7 @@ class ImageEncoderViT(Module):
         vb_b = vb.pp("blocks")
         self.blocks = [
             Block(embed_dim, num_heads, qkv_bias, use_rel_pos, 0 if i in global_attn_indexes else window_size, (n, n),
-                  vb_b.pp(i))
+                  vb_b.pp(i), mlp_dim)
             for i in range(depth)
         ]  # fmt: skip
         self.neck_conv1 = conv2d_no_bias(embed_dim, out_chans, 1, Conv2dConfig(), vb.pp("neck.0"))

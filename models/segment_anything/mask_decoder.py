@@ -37,10 +37,11 @@ class MlpMaskDecoder(Module):
 
 class MaskDecoder(Module):
     """Candle's ``MaskDecoder::new(transformer_dim, num_multimask_outputs, iou_head_depth,
-    iou_head_hidden_dim, vb)`` (a 2-layer, 8-head, 2048-MLP two-way transformer, as SAM)."""
+    iou_head_hidden_dim, vb)`` (a 2-layer, 8-head, 2048-MLP two-way transformer, as SAM);
+    ``layer_norm_eps``: that transformer's blocks' LayerNorm eps (:class:`TwoWayTransformer`)."""
 
     def __init__(self, transformer_dim: int, num_multimask_outputs: int, iou_head_depth: int,
-                 iou_head_hidden_dim: int, vb: VarBuilder):  # fmt: skip
+                 iou_head_hidden_dim: int, vb: VarBuilder, layer_norm_eps: float = 1e-5):  # fmt: skip
         d = transformer_dim
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = vb.pp("iou_token").get((1, d), "weight")
@@ -56,7 +57,7 @@ class MaskDecoder(Module):
         ]
         self.iou_prediction_head = MlpMaskDecoder(d, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, False,
                                                   vb.pp("iou_prediction_head"))  # fmt: skip
-        self.transformer = TwoWayTransformer(2, d, 8, 2048, vb.pp("transformer"))
+        self.transformer = TwoWayTransformer(2, d, 8, 2048, vb.pp("transformer"), layer_norm_eps)
 
     @classmethod
     def new(cls, transformer_dim: int, num_multimask_outputs: int, iou_head_depth: int, iou_head_hidden_dim: int,

@@ -15,6 +15,7 @@ an optional ``box``; crops in ``generate_masks`` use the image height for their 
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
+from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
 from candlejax.nn import Module, VarBuilder
 from candlejax.tensor import Tensor
 from candlejax.transforms import jit
@@ -36,6 +38,14 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT, tiny_vit_5m
+from .transformers_layout import (
+    TRANSFORMERS_FIRST,
+    TRANSFORMERS_TIED,
+    SamArch,
+    arch_from_config,
+    is_transformers_layout,
+    sam_to_transformers,
+)
 
 __all__ = ["IMAGE_SIZE", "VARIANTS", "Bbox", "Sam", "default_weights", "generate_masks", "load_image", "load_model"]
 
@@ -159,6 +169,13 @@ class Sam(Module):
                               PROMPT_EMBED_DIM, True, True, True, 14, list(encoder_global_attn_indexes),
                               vb.pp("image_encoder"))  # fmt: skip
         return Sam(enc, *Sam._heads(vb), vb.device())
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, device: Device | None = None) -> Sam:
+        """transformers' ``SamModel.from_pretrained(path)``: a ``SamModel`` folder (``config.json`` +
+        ``model.safetensors``, e.g. ``facebook/sam-vit-huge``) or an original SAM / MobileSAM
+        checkpoint; the architecture is read from the checkpoint (:func:`load_model` with ``which=None``)."""
+        return load_model(path, None, device)
 
     @staticmethod
     def new_tiny(vb: VarBuilder) -> Sam:
@@ -360,15 +377,84 @@ def default_weights() -> str | None:
     return path if os.path.exists(path) else None
 
 
-def load_model(path: str | os.PathLike, which: str = "tiny", device: Device | None = None) -> Sam:
-    """A ``.pt``/``.pth`` (read without executing code) or ``.safetensors`` SAM checkpoint; ``which``:
-    ``"tiny"`` (MobileSAM) or a key of :data:`VARIANTS`."""
-    if which != "tiny" and which not in VARIANTS:
-        raise errors.Msg(f"segment_anything.load_model: unknown which={which!r} (known: tiny, {', '.join(VARIANTS)})")
+def _detect_original(vb: VarBuilder, label: str) -> str:
+    """``"tiny"`` or the :data:`VARIANTS` key of an original-layout checkpoint, from its tensors."""
+    names = set(vb.unused_names())
+    if "image_encoder.pos_embed" not in names and "image_encoder.patch_embed.proj.weight" not in names:
+        return "tiny"
+    dim = vb.get_unchecked("image_encoder.pos_embed").dims()[-1] if "image_encoder.pos_embed" in names else None
+    depth = len({n.split(".")[2] for n in names if n.startswith("image_encoder.blocks.")})
+    for key, (d, n, _, _) in VARIANTS.items():
+        if (dim, depth) == (d, n):
+            return key
+    raise errors.Msg(f"{label}: a ViT encoder of width {dim} and {depth} blocks is none of SAM's {', '.join(VARIANTS)};"
+                     " build it with Sam.new(embed_dim, depth, num_heads, global_attn_indexes, vb)")  # fmt: skip
+
+
+def _load_transformers(vb: VarBuilder, config: Any, which: str | None, label: str) -> Sam:
+    """A transformers ``SamModel`` checkpoint (``vision_encoder.*`` names) read through a renaming VarBuilder."""
+    if config is not None:
+        check_architecture(config, "segment_anything.load_model", {"sam": ("SamModel",)})
+        arch = arch_from_config(config, label)
+        got = (arch.hidden_size, arch.num_hidden_layers, arch.num_attention_heads, list(arch.global_attn_indexes))
+        if which is not None and (which == "tiny" or VARIANTS[which] != got):
+            raise errors.Msg(
+                f"{label}: which={which!r} disagrees with its config.json (vision_config hidden_size"
+                f" {arch.hidden_size}, num_hidden_layers {arch.num_hidden_layers}); leave which out"
+            )
+    elif which is None or which == "tiny":
+        raise errors.Msg(f"{label}: a transformers SamModel checkpoint without its config.json; put config.json"
+                         f" next to it or pass which= one of {', '.join(VARIANTS)}")  # fmt: skip
+    else:
+        arch = SamArch(*VARIANTS[which])
+    names = set(vb.unused_names())
+    gaussian = "shared_image_embedding" if "shared_image_embedding.positional_embedding" in names else (
+        "prompt_encoder.shared_embedding")  # fmt: skip
+    rvb = vb.rename_f(lambda n: sam_to_transformers(n, arch.iou_head_depth, gaussian))
+    enc = ImageEncoderViT(IMAGE_SIZE, VIT_PATCH_SIZE, 3, arch.hidden_size, arch.num_hidden_layers,
+                          arch.num_attention_heads, PROMPT_EMBED_DIM, arch.qkv_bias, arch.use_rel_pos, arch.use_abs_pos,
+                          arch.window_size, list(arch.global_attn_indexes), rvb.pp("image_encoder"),
+                          arch.mlp_dim)  # fmt: skip
+    n = IMAGE_SIZE // VIT_PATCH_SIZE
+    pe = PromptEncoder(PROMPT_EMBED_DIM, (n, n), (IMAGE_SIZE, IMAGE_SIZE), arch.mask_input_channels,
+                       rvb.pp("prompt_encoder"))  # fmt: skip
+    dec = MaskDecoder(PROMPT_EMBED_DIM, arch.num_multimask_outputs, arch.iou_head_depth, arch.iou_head_hidden_dim,
+                      rvb.pp("mask_decoder"), arch.decoder_layer_norm_eps)  # fmt: skip
+    vb.check_all_used(True, "segment_anything.load_model", ignore=[TRANSFORMERS_TIED])
+    return Sam(enc, pe, dec, vb.device())
+
+
+def load_model(path: str | os.PathLike, which: str | None = None, device: Device | None = None) -> Sam:
+    """A SAM checkpoint: the original ``.pt``/``.pth`` (read without executing code) or
+    ``.safetensors`` (``image_encoder.*`` names), or a transformers ``SamModel`` folder
+    (``config.json`` + ``model.safetensors``, or ``pytorch_model.bin`` read without executing code;
+    e.g. ``facebook/sam-vit-base``, SlimSAM) or its ``.safetensors`` / ``.bin`` file
+    (``vision_encoder.*`` names; the architecture from the ``config.json`` next to it).
+
+    ``which``: ``"tiny"`` (MobileSAM) or a key of :data:`VARIANTS`; None (default) reads it from the
+    checkpoint (its tensors, or transformers' ``config.json``)."""
+    label = "segment_anything.load_model"
+    if which is not None and which != "tiny" and which not in VARIANTS:
+        raise errors.Msg(f"{label}: unknown which={which!r} (known: tiny, {', '.join(VARIANTS)})")
     dev = Device.coerce(device)
     path = os.fspath(path)
-    if path.endswith(".safetensors"):
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    bin_file = os.path.join(path, "pytorch_model.bin")
+    if os.path.isdir(path) and not glob.glob(os.path.join(glob.escape(path), "*.safetensors")) and (
+            os.path.isfile(bin_file)):  # fmt: skip
+        vb = VarBuilder.from_pth(bin_file, DType.F32, dev)  # older transformers folders
+    elif os.path.isdir(path):
+        vb = VarBuilder.from_mmaped_safetensors(safetensors_files(path), DType.F32, dev)
+    elif path.endswith(".safetensors"):
         vb = VarBuilder.from_mmaped_safetensors(path, DType.F32, dev)
     else:
         vb = VarBuilder.from_pth(path, DType.F32, dev)
+    if is_transformers_layout(vb.unused_names()):
+        cfg_path = os.path.join(folder, "config.json")
+        config = read_config_json(cfg_path, label) if os.path.isfile(cfg_path) else None
+        return _load_transformers(vb, config, which, f"{label}: {cfg_path if config is not None else path}")
+    if os.path.isdir(path):
+        raise errors.Msg(f"{label}: {path} holds no transformers SamModel checkpoint (no {TRANSFORMERS_FIRST});"
+                         " pass the original SAM checkpoint file itself")  # fmt: skip
+    which = _detect_original(vb, f"{label}: {path}") if which is None else which
     return Sam.new_tiny(vb) if which == "tiny" else Sam.new(*VARIANTS[which], vb)

@@ -39,14 +39,14 @@ class Attention(Module):
 
 class TwoWayAttentionBlock(Module):
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool,
-                 vb: VarBuilder):  # fmt: skip
+                 vb: VarBuilder, layer_norm_eps: float = 1e-5):  # fmt: skip
         self.self_attn = Attention(embedding_dim, num_heads, 1, vb.pp("self_attn"))
-        self.norm1: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm1"))
+        self.norm1: LayerNorm = layer_norm(embedding_dim, layer_norm_eps, vb.pp("norm1"))
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, 2, vb.pp("cross_attn_token_to_image"))
-        self.norm2: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm2"))
+        self.norm2: LayerNorm = layer_norm(embedding_dim, layer_norm_eps, vb.pp("norm2"))
         self.mlp = MlpBlock(embedding_dim, mlp_dim, Activation("Relu"), vb.pp("mlp"))
-        self.norm3: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm3"))
-        self.norm4: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm4"))
+        self.norm3: LayerNorm = layer_norm(embedding_dim, layer_norm_eps, vb.pp("norm3"))
+        self.norm4: LayerNorm = layer_norm(embedding_dim, layer_norm_eps, vb.pp("norm4"))
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, 2, vb.pp("cross_attn_image_to_token"))
         self.skip_first_layer_pe = skip_first_layer_pe
 
@@ -67,12 +67,16 @@ class TwoWayAttentionBlock(Module):
 
 
 class TwoWayTransformer(Module):
-    """Candle's ``TwoWayTransformer::new(depth, embedding_dim, num_heads, mlp_dim, vb)``."""
+    """Candle's ``TwoWayTransformer::new(depth, embedding_dim, num_heads, mlp_dim, vb)``; ``layer_norm_eps``
+    (SAM: 1e-5) is the blocks' LayerNorm eps (transformers' ``SamMaskDecoderConfig.layer_norm_eps``,
+    default 1e-6; the final LayerNorm keeps 1e-5 in both)."""
 
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, vb: VarBuilder):
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, vb: VarBuilder,
+                 layer_norm_eps: float = 1e-5):  # fmt: skip
         vb_l = vb.pp("layers")
         self.layers = [
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, i == 0, vb_l.pp(i)) for i in range(depth)
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, i == 0, vb_l.pp(i), layer_norm_eps)
+            for i in range(depth)
         ]
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, 2, vb.pp("final_attn_token_to_image"))
         self.norm_final_attn: LayerNorm = layer_norm(embedding_dim, 1e-5, vb.pp("norm_final_attn"))

@@ -303,34 +303,10 @@ def test_cli_overlay_of_a_16_bit_grey_image(models, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------
 # SAM ViT architecture, random small config, against transformers' SamModel
 # ------------------------------------------------------------------------------------------------
-_HF_RENAMES = [
-    ("vision_encoder.", "image_encoder."), ("patch_embed.projection", "patch_embed.proj"),
-    ("image_encoder.layers.", "image_encoder.blocks."), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
-    ("layer_norm3", "norm3"), ("layer_norm4", "norm4"), ("layer_norm_final_attn", "norm_final_attn"),
-    ("neck.conv1", "neck.0"), ("neck.norm1", "neck.1"), ("neck.conv2", "neck.2"), ("neck.norm2", "neck.3"),
-    ("mask_embed.conv1", "mask_downscaling.0"), ("mask_embed.norm1", "mask_downscaling.1"),
-    ("mask_embed.conv2", "mask_downscaling.3"), ("mask_embed.norm2", "mask_downscaling.4"),
-    ("mask_embed.conv3", "mask_downscaling.6"), ("encoder.point_embed.", "encoder.point_embeddings."),
-    ("upscale_conv1", "output_upscaling.0"), ("upscale_layer_norm", "output_upscaling.1"),
-    ("upscale_conv2", "output_upscaling.3"), ("layers.0.", "layers.1."), ("proj_in", "layers.0"),
-    ("proj_out", "layers.2"),
-]  # fmt: skip
-
-
-def _hf_to_sam(name: str) -> str:
-    if name == "shared_image_embedding.positional_embedding":
-        return "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-    for a, b in _HF_RENAMES:
-        if a == "layers.0." and "mlps." not in name and "iou_prediction_head" not in name:
-            continue  # only the hypernetwork / IoU MLPs shift their hidden layers
-        name = name.replace(a, b)
-    return name
-
-
 @pytest.fixture(scope="module")
 def hf_vit():
-    """A small random transformers SamModel and the same weights in candlejax's parts, with the
-    image embeddings of one random 160x160 input from both."""
+    """A small random transformers SamModel and the same weights in candlejax's parts (read through
+    the package's renaming of transformers' names), with the image embeddings of one random 160x160 input from both."""
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
     torch.manual_seed(0)
@@ -342,12 +318,8 @@ def hf_vit():
     with torch.no_grad():  # random non-trivial values everywhere (HF initialises some to zeros/ones)
         for p in hf.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
-    sd = {}
-    for k, v in hf.state_dict().items():
-        if k.startswith("prompt_encoder.shared_embedding"):
-            continue  # tied to shared_image_embedding
-        sd[_hf_to_sam(k)] = v.numpy()
-    vb = VarBuilder.from_tensors(sd, cj.DType.F32, cj.Device.Cpu)
+    sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+    vb = VarBuilder.from_tensors(sd, cj.DType.F32, cj.Device.Cpu).rename_f(sam.sam_to_transformers)
     enc = sam.ImageEncoderViT(160, 16, 3, 32, 3, 2, 256, True, True, True, 4, [1], vb.pp("image_encoder"))
     # Candle's constructors as written: PromptEncoder::new, MaskDecoder::new, TwoWayTransformer::new
     pe = sam.PromptEncoder.new(256, (10, 10), (160, 160), 16, vb.pp("prompt_encoder"))
@@ -442,3 +414,133 @@ def test_mlp_block_new_and_linear_helper() -> None:
     np.testing.assert_allclose(p.forward(cj.Tensor.from_numpy(x)).numpy(), want_nob, atol=1e-5, rtol=1e-5)
     with_bias = sam.linear(vb.pp("mlp.lin1"), 6, 10, True)
     np.testing.assert_array_equal(with_bias.bias.numpy(), lin1.bias.detach().numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers SamModel checkpoints (save_pretrained folders) through the public loader
+# ------------------------------------------------------------------------------------------------
+def _small_sam_config():
+    from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+    vc = SamVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, window_size=14,
+                         global_attn_indexes=[1], mlp_dim=48)  # fmt: skip
+    return SamConfig(vision_config=vc, prompt_encoder_config=SamPromptEncoderConfig(mask_input_channels=8),
+                     mask_decoder_config=SamMaskDecoderConfig(iou_head_depth=4, iou_head_hidden_dim=64,
+                                                         layer_norm_eps=1e-2))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A random small transformers SamModel (SAM's 1024 input, a 32-wide 3-layer encoder with a
+    48-wide MLP, a 4-layer IoU head, a decoder LayerNorm eps that shows) saved with ``save_pretrained``."""
+    from transformers import SamModel
+
+    torch.manual_seed(0)
+    hf = SamModel(_small_sam_config()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    d = tmp_path_factory.mktemp("sam-small")
+    hf.save_pretrained(d)
+    return hf, d
+
+
+def test_transformers_folder_matches_sam_model(hf_folder) -> None:
+    hf, d = hf_folder
+    model = sam.load_model(d)
+    assert [b.window_size for b in model.image_encoder.blocks] == [14, 0, 14]
+    assert len(model.mask_decoder.iou_prediction_head.layers) == 4
+    img = np.random.default_rng(1).integers(0, 256, (3, 600, 800), dtype=np.uint8)
+    _, h, w = img.shape
+    emb = model.embeddings(cj.Tensor(img))
+    pixels = torch.from_numpy(model.preprocess(cj.Tensor(img)).unsqueeze(0).numpy().copy())
+    with torch.no_grad():
+        emb_r = hf.get_image_embeddings(pixels)
+    np.testing.assert_allclose(emb.numpy(), emb_r.numpy(), atol=1e-4, rtol=1e-4)
+    points = [(0.3, 0.4, True), (0.7, 0.6, False)]
+    box = (0.2, 0.15, 0.8, 0.9)
+    with torch.no_grad():
+        out_pts = hf(image_embeddings=emb_r, input_points=torch.tensor([[[[x * w, y * h] for x, y, _ in points]]]),
+                     input_labels=torch.tensor([[[1, 0]]]), multimask_output=True)  # fmt: skip
+        out_box = hf(image_embeddings=emb_r, multimask_output=False,
+                     input_boxes=torch.tensor([[[box[0] * w, box[1] * h, box[2] * w, box[3] * h]]]))  # fmt: skip
+    for got, want in [(model.forward_for_embeddings(emb, h, w, points, True), out_pts),
+                      (model.forward_for_embeddings(emb, h, w, [], False, box), out_box)]:  # fmt: skip
+        low, iou = got
+        np.testing.assert_allclose(low.numpy(), want.pred_masks.numpy()[0], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(iou.numpy(), want.iou_scores.numpy()[0], atol=1e-4, rtol=1e-4)
+    # the safetensors file alone (its config.json beside it), through Sam.from_pretrained
+    again = sam.Sam.from_pretrained(d / "model.safetensors", cj.Device.Cpu)
+    np.testing.assert_array_equal(again.mask_decoder.iou_prediction_head.layers[3].weight.numpy(),
+                                  hf.mask_decoder.iou_prediction_head.proj_out.weight.detach().numpy())  # fmt: skip
+
+
+def test_transformers_pytorch_model_bin_folder(hf_folder, tmp_path) -> None:
+    """An older folder: ``config.json`` + ``pytorch_model.bin`` (both tied copies of the Fourier matrix)."""
+    import shutil
+
+    hf, d = hf_folder
+    shutil.copy(d / "config.json", tmp_path / "config.json")
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    model = sam.load_model(tmp_path)
+    np.testing.assert_array_equal(model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.numpy(),
+                                  hf.shared_image_embedding.positional_embedding.detach().numpy())  # fmt: skip
+    final = hf.mask_decoder.transformer.layer_norm_final_attn.weight.detach().numpy()
+    np.testing.assert_array_equal(model.mask_decoder.transformer.norm_final_attn.weight.numpy(), final)
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("vision_config", "patch_size", 8), ("vision_config", "image_size", 512), ("vision_config", "num_channels", 1),
+    ("vision_config", "hidden_act", "relu"), ("prompt_encoder_config", "hidden_size", 128),
+    ("mask_decoder_config", "num_attention_heads", 4), ("mask_decoder_config", "attention_downsample_rate", 4),
+])  # fmt: skip
+def test_transformers_config_it_cannot_represent_is_refused(hf_folder, tmp_path, section, key, value) -> None:
+    import json
+    import shutil
+
+    _, d = hf_folder
+    shutil.copy(d / "model.safetensors", tmp_path / "model.safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.setdefault(section, {})[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.Error, match=rf"{section}\.{key} = {value!r} is not supported"):
+        sam.load_model(tmp_path)
+
+
+def test_transformers_checkpoint_errors(hf_folder, tmp_path) -> None:
+    import json
+    import shutil
+
+    _, d = hf_folder
+    shutil.copy(d / "model.safetensors", tmp_path / "model.safetensors")
+    with pytest.raises(errors.Error, match=r"without its config\.json.*vit_b"):
+        sam.load_model(tmp_path / "model.safetensors")
+    with pytest.raises(errors.Error, match=r"which='vit_b' disagrees with its config\.json"):
+        sam.load_model(d, "vit_b")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "sam_hq"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.Error, match=r"model_type 'sam_hq' is not implemented"):
+        sam.load_model(tmp_path)
+    cfg["model_type"] = "sam"
+    cfg["vision_config"]["global_attn_indexes"] = [1, 7]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.Error, match=r"vision_config\.global_attn_indexes must list layers in 0\.\.2"):
+        sam.load_model(tmp_path)
+
+
+def test_original_checkpoint_architecture_is_detected(tmp_path) -> None:
+    """``which=None``: an original-layout ViT checkpoint's size comes from its tensors; one that is
+    none of SAM's sizes is refused naming them (a TinyViT one is MobileSAM: the CLI tests)."""
+    from safetensors.numpy import save_file
+
+    z = np.zeros
+    save_file({"image_encoder.pos_embed": z((1, 64, 64, 32), np.float32),
+               "image_encoder.blocks.0.norm1.weight": z(32, np.float32),
+               "image_encoder.blocks.1.norm1.weight": z(32, np.float32)}, tmp_path / "sam.safetensors")  # fmt: skip
+    with pytest.raises(errors.Error, match=r"width 32 and 2 blocks is none of SAM's vit_b, vit_l, vit_h"):
+        sam.load_model(tmp_path / "sam.safetensors")
+    with pytest.raises(errors.Error, match=r"unknown which='vit_s'"):
+        sam.load_model(tmp_path / "sam.safetensors", "vit_s")
+    with pytest.raises(errors.Error, match=r"holds no transformers SamModel checkpoint"):
+        sam.load_model(tmp_path)
