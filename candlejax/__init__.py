@@ -29,7 +29,7 @@ try:
     from candlejax.transforms import grad, jit, value_and_grad
     from candlejax import functional, testing, utils
     from candlejax.factories import cat, ones, rand, randn, stack, zeros
-    from candlejax.nn import Var  # candle::Var sits beside Tensor in candle-core
+    from candlejax.nn import Module, ModuleT, Var  # candle::{Module, ModuleT, Var} sit beside Tensor in candle-core
     from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
 finally:
     _sigint.restore()
@@ -41,7 +41,8 @@ bf16, f16, f32, f64 = DType.BF16, DType.F16, DType.F32, DType.F64
 __version__ = "0.1.0"
 
 __all__ = [
-    "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "QTensor", "Shape", "Tensor", "Var",
+    "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "Module", "ModuleT", "QTensor", "Shape",
+    "Tensor", "Var",
     "checkpoint", "data", "display", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",

@@ -191,6 +191,39 @@ def test_yolo_example_report_detect_post_processing():
         pred.i((..., 0))  # Rust's `..` is slice(None)
 
 
+def test_yolo_v8_example_pose_model_and_report_pose():
+    """``use candle::{DType, Device, IndexOp, Module, Tensor}``; ``YoloV8Pose::load(vb, multiples, 1, (17, 3))``,
+    the image tensor built as the example does, and report_pose's keypoint loop and NMS."""
+    from candlejax import Module, ModuleT
+    from candlejax.models.object_detection import Bbox, KeyPoint, non_maximum_suppression
+    from candlejax.models.yolo.model import Multiples, YoloV8Pose
+
+    assert Module is __import__("candlejax.nn", fromlist=["Module"]).Module and ModuleT.__name__ == "ModuleT"
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, device)
+    model = YoloV8Pose.load(vb, Multiples.n(), 1, (17, 3))
+    assert isinstance(model, Module)
+    data = np.random.default_rng(0).integers(0, 255, 64 * 96 * 3).astype(np.uint8).tolist()
+    image_t = Tensor.from_vec(data, (64, 96, 3), device).permute((2, 0, 1))
+    image_t = image_t.unsqueeze(0).to_dtype(DType.F32) * (1.0 / 255.0)
+    pred = model.forward(image_t).squeeze(0).to_device(Device.Cpu)
+    (pred_size, npreds) = pred.dims2()
+    assert pred_size == 17 * 3 + 4 + 1 and npreds == (8 * 12) + (4 * 6) + (2 * 3)
+    bboxes = []
+    raw = np.asarray(pred.jax)
+    for index in range(npreds):
+        p = pred.i((slice(None), index)).to_vec1()
+        confidence = p[4]
+        if confidence > 0.25:
+            keypoints = [KeyPoint(x=p[3 * i + 5], y=p[3 * i + 6], mask=p[3 * i + 7]) for i in range(17)]
+            bboxes.append(Bbox(xmin=p[0] - p[2] / 2.0, ymin=p[1] - p[3] / 2.0, xmax=p[0] + p[2] / 2.0,
+                               ymax=p[1] + p[3] / 2.0, confidence=confidence, data=keypoints))  # fmt: skip
+    bboxes = [bboxes]
+    non_maximum_suppression(bboxes, 0.45)
+    for b in bboxes[0]:
+        (col,) = np.flatnonzero(raw[4] == b.confidence)[:1]
+        assert [(kp.x, kp.y, kp.mask) for kp in b.data] == [tuple(raw[5 + 3 * i : 8 + 3 * i, col]) for i in range(17)]
+
+
 def test_blip_example_caption_loop():
     from candlejax.models import blip
 
