@@ -122,6 +122,11 @@ class ClipConfig:
                 f" {self.vision_config.patch_size}"
             )
 
+    @property
+    def image_size(self) -> int:
+        """Candle's ``ClipConfig::image_size`` (what its example resizes images to): the vision tower's."""
+        return self.vision_config.image_size
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
         """From a config.json dict. Old checkpoints' ``text_config_dict`` / ``vision_config_dict``, when
