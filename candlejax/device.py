@@ -216,6 +216,10 @@ class Device(metaclass=_DeviceMeta):
         return random.get_seed(self)
 
     # --- dunder ------------------------------------------------------------------------------
+    def clone(self) -> Device:
+        """Rust Candle's ``device.clone()`` (``t.device().clone()``): this device (a Device is immutable)."""
+        return self
+
     def __call__(self) -> Device:
         """Rust Candle's accessor call ``t.device()``: the device itself (``t.device`` is the property)."""
         return self

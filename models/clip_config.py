@@ -123,6 +123,11 @@ class ClipConfig:
                 f" {self.vision_config.patch_size}"
             )
 
+    @property
+    def image_size(self) -> int:
+        """Candle's ``ClipConfig::image_size`` (what its example resizes images to): the vision tower's."""
+        return self.vision_config.image_size
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
         """From a config.json dict. Old checkpoints' ``text_config_dict`` / ``vision_config_dict``, when
@@ -147,11 +152,6 @@ class ClipConfig:
     def vit_base_patch32(cls) -> ClipConfig:
         """``openai/clip-vit-base-patch32`` (Candle's ``ClipConfig::vit_base_patch32``)."""
         return cls()
-
-    @property
-    def image_size(self) -> int:
-        """Candle's ``ClipConfig.image_size``: the vision tower's ``image_size``."""
-        return int(self.vision_config.image_size)
 
 
 refuse_unknown_config_keys(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict

@@ -101,6 +101,10 @@ class Config:
     def head_size(self) -> int:
         return self.dim // self.n_heads
 
+    def clone(self) -> Config:
+        """Candle's ``config.clone()`` (``QLlama::load(vb, config.clone())``): an equal, separate Config."""
+        return dataclasses.replace(self)
+
 
 HEADER_BYTES = 28  # seven little-endian i32
 

@@ -346,6 +346,8 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         return _from_host(data.astype(dt.np, copy=False))
     elif _is_torch(data):
         return _from_torch(data, dt, where)
+    elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
+        return as_jax_array(np.frombuffer(data, np.uint8).copy(), dtype, where)
     elif isinstance(data, (list, tuple, range, int, float, bool)):  # range: a sequence, as candle-pyo3 reads it
         return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):

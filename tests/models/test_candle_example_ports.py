@@ -191,6 +191,39 @@ def test_yolo_example_report_detect_post_processing():
         pred.i((..., 0))  # Rust's `..` is slice(None)
 
 
+def test_yolo_v8_example_pose_model_and_report_pose():
+    """``use candle::{DType, Device, IndexOp, Module, Tensor}``; ``YoloV8Pose::load(vb, multiples, 1, (17, 3))``,
+    the image tensor built as the example does, and report_pose's keypoint loop and NMS."""
+    from candlejax import Module, ModuleT
+    from candlejax.models.object_detection import Bbox, KeyPoint, non_maximum_suppression
+    from candlejax.models.yolo.model import Multiples, YoloV8Pose
+
+    assert Module is __import__("candlejax.nn", fromlist=["Module"]).Module and ModuleT.__name__ == "ModuleT"
+    vb = VarBuilder.from_varmap(VarMap(seed=0), DType.F32, device)
+    model = YoloV8Pose.load(vb, Multiples.n(), 1, (17, 3))
+    assert isinstance(model, Module)
+    data = np.random.default_rng(0).integers(0, 255, 64 * 96 * 3).astype(np.uint8).tolist()
+    image_t = Tensor.from_vec(data, (64, 96, 3), device).permute((2, 0, 1))
+    image_t = image_t.unsqueeze(0).to_dtype(DType.F32) * (1.0 / 255.0)
+    pred = model.forward(image_t).squeeze(0).to_device(Device.Cpu)
+    (pred_size, npreds) = pred.dims2()
+    assert pred_size == 17 * 3 + 4 + 1 and npreds == (8 * 12) + (4 * 6) + (2 * 3)
+    bboxes = []
+    raw = np.asarray(pred.jax)
+    for index in range(npreds):
+        p = pred.i((slice(None), index)).to_vec1()
+        confidence = p[4]
+        if confidence > 0.25:
+            keypoints = [KeyPoint(x=p[3 * i + 5], y=p[3 * i + 6], mask=p[3 * i + 7]) for i in range(17)]
+            bboxes.append(Bbox(xmin=p[0] - p[2] / 2.0, ymin=p[1] - p[3] / 2.0, xmax=p[0] + p[2] / 2.0,
+                               ymax=p[1] + p[3] / 2.0, confidence=confidence, data=keypoints))  # fmt: skip
+    bboxes = [bboxes]
+    non_maximum_suppression(bboxes, 0.45)
+    for b in bboxes[0]:
+        (col,) = np.flatnonzero(raw[4] == b.confidence)[:1]
+        assert [(kp.x, kp.y, kp.mask) for kp in b.data] == [tuple(raw[5 + 3 * i : 8 + 3 * i, col]) for i in range(17)]
+
+
 def test_blip_example_caption_loop():
     from candlejax.models import blip
 
@@ -246,3 +279,190 @@ def test_config_from_a_json_dict_with_unknown_keys_names_from_dict(family, cls):
     with pytest.raises(errors.Error, match=rf"unknown keys \['architectures'\].*{cls}\.from_dict\(json\.loads\(s\)\)"):
         config(architectures=["X"])
     assert config.from_dict({"architectures": ["X"]}) == config.from_dict({})
+
+
+# ------------------------------------------------------------------------------------------------
+# whisper/main.rs (Decoder::decode, apply_timestamp_rules) and multilingual.rs (detect_language)
+# ------------------------------------------------------------------------------------------------
+class _WhisperExampleDecoder:
+    """Candle's example ``Decoder`` (greedy, ``t == 0``), line for line on ``m::model::Whisper``."""
+
+    def __init__(self, model, tokenizer, device, language_token, timestamps, max_initial_timestamp_index):
+        from candlejax.models import whisper as m
+
+        self.no_timestamps_token = tokenizer.token_to_id(m.NO_TIMESTAMPS_TOKEN)
+        suppress = set(model.config.suppress_tokens) | ({self.no_timestamps_token} if timestamps else set())
+        suppress_tokens = [float("-inf") if i in suppress else 0.0 for i in range(model.config.vocab_size)]
+        self.suppress_tokens = Tensor.new(suppress_tokens, device)
+        self.model, self.tokenizer, self.language_token, self.timestamps = model, tokenizer, language_token, timestamps
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+        self.sot_token = tokenizer.token_to_id(m.SOT_TOKEN)
+        self.transcribe_token = tokenizer.token_to_id(m.TRANSCRIBE_TOKEN)
+        self.eot_token = tokenizer.token_to_id(m.EOT_TOKEN)
+        self.no_speech_token = next(tokenizer.token_to_id(t) for t in m.NO_SPEECH_TOKENS if tokenizer.token_to_id(t))
+
+    def decode(self, mel):
+        from candlejax.nn.ops import softmax
+
+        audio_features = self.model.encoder.forward(mel, True)
+        sample_len = self.model.config.max_target_positions // 2
+        sum_logprob, no_speech_prob = 0.0, float("nan")
+        tokens = [self.sot_token]
+        if self.language_token is not None:
+            tokens.append(self.language_token)
+        tokens.append(self.transcribe_token)
+        if not self.timestamps:
+            tokens.append(self.no_timestamps_token)
+        for i in range(sample_len):
+            tokens_t = Tensor.new(tokens, mel.device())
+            tokens_t = tokens_t.unsqueeze(0)
+            ys = self.model.decoder.forward(tokens_t, audio_features, i == 0)
+            if i == 0:
+                logits = self.model.decoder.final_linear(ys.i(slice(None, 1))).i(0).i(0)
+                no_speech_prob = softmax(logits, 0).i(self.no_speech_token).to_scalar()
+            (_, seq_len, _) = ys.dims3()
+            logits = self.model.decoder.final_linear(ys.i((slice(None, 1), slice(seq_len - 1, None)))).i(0).i(0)
+            if self.timestamps:
+                logits = self.apply_timestamp_rules(logits, tokens)
+            logits = logits.broadcast_add(self.suppress_tokens)
+            logits_v = logits.to_vec1()
+            next_token = max(enumerate(logits_v), key=lambda iu: iu[1])[0]
+            tokens.append(next_token)
+            prob = softmax(logits, D.Minus1).i(next_token).to_scalar()
+            if next_token == self.eot_token or len(tokens) > self.model.config.max_target_positions:
+                break
+            sum_logprob += np.log(prob)
+        return tokens, sum_logprob / len(tokens), no_speech_prob
+
+    def apply_timestamp_rules(self, input_logits, tokens):
+        from candlejax.nn.ops import log_softmax
+
+        device = input_logits.device().clone()
+        timestamp_begin = self.no_timestamps_token + 1
+        vocab_size = self.model.config.vocab_size
+        sample_begin = 3 if self.language_token is not None else 2
+        sampled_tokens = tokens[sample_begin:] if len(tokens) > sample_begin else []
+        masks = []
+        if sampled_tokens:
+            last_was_timestamp = sampled_tokens[-1] >= timestamp_begin
+            penultimate_was_timestamp = len(sampled_tokens) >= 2 and sampled_tokens[-2] >= timestamp_begin
+            if last_was_timestamp:
+                cut = (lambda i: i >= timestamp_begin) if penultimate_was_timestamp else (lambda i: i < self.eot_token)
+                masks.append(Tensor.new([float("-inf") if cut(i) else 0.0 for i in range(vocab_size)], device))
+            timestamp_tokens = [t for t in sampled_tokens if t >= timestamp_begin]
+            if timestamp_tokens:
+                paired = last_was_timestamp and not penultimate_was_timestamp
+                timestamp_last = timestamp_tokens[-1] if paired else timestamp_tokens[-1] + 1
+                masks.append(Tensor.new([float("-inf") if timestamp_begin <= i < timestamp_last else 0.0
+                                         for i in range(vocab_size)], device))  # fmt: skip
+        if len(tokens) == sample_begin:
+            masks.append(Tensor.new([float("-inf") if i < timestamp_begin else 0.0 for i in range(vocab_size)], device))
+            if self.max_initial_timestamp_index is not None:
+                last_allowed = timestamp_begin + self.max_initial_timestamp_index
+                if last_allowed < vocab_size:
+                    masks.append(Tensor.new([float("-inf") if i > last_allowed else 0.0 for i in range(vocab_size)],
+                                            device))  # fmt: skip
+        logits = input_logits.clone()
+        for mask in masks:
+            logits = logits.broadcast_add(mask)
+        log_probs = log_softmax(logits, 0)
+        timestamp_log_probs = log_probs.narrow(0, timestamp_begin, vocab_size - timestamp_begin)
+        text_log_probs = log_probs.narrow(0, 0, timestamp_begin)
+        max_val = timestamp_log_probs.max(0)
+        shifted = timestamp_log_probs.broadcast_sub(max_val)
+        timestamp_logprob = max_val.broadcast_add(shifted.exp().sum(0).log()).to_scalar()
+        max_text_token_logprob = text_log_probs.max(0).to_scalar()
+        if timestamp_logprob > max_text_token_logprob:
+            mask_tensor = Tensor.new([float("-inf") if i < timestamp_begin else 0.0 for i in range(vocab_size)], device)
+            logits = logits.broadcast_add(mask_tensor)
+        return logits
+
+
+def test_whisper_example_decoder_and_detect_language(tmp_path):
+    """The example's greedy ``decode`` (timestamp rules, ``max_initial_timestamp_index`` 50) gives
+    OpenAI's greedy tokens and no-speech probability on transformers' logits (the test_whisper
+    reference loop); ``detect_language`` picks transformers' most likely language token."""
+    torch = pytest.importorskip("torch")
+    import test_whisper as tw
+    from transformers import WhisperForConditionalGeneration
+
+    from candlejax.models import whisper as m
+    from candlejax.models.whisper import Config, audio
+    from candlejax.nn.ops import softmax
+    from candlejax.tokenizer import Tokenizer
+
+    tw._multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=16)
+    config = Config.from_dict(json.loads(open(tmp_path / "config.json").read()))
+    tokenizer = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    pcm_data = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    mel = audio.pcm_to_mel(config, pcm_data, audio.mel_filters(config.num_mel_bins)).unsqueeze(0)
+    vb = VarBuilder.from_mmaped_safetensors([tmp_path / "model.safetensors"], m.DTYPE, device)
+    model = m.model.Whisper.load(vb, config)
+
+    # multilingual.rs detect_language (three of its languages)
+    (_bsize, _, seq_len) = mel.dims3()
+    mel_l = mel.narrow(2, 0, min(seq_len, model.config.max_source_positions))
+    language_token_ids = [tokenizer.token_to_id(f"<|{t}|>") for t in ("en", "de", "fr")]
+    audio_features = model.encoder.forward(mel_l, True)
+    tokens = Tensor.new([[tokenizer.token_to_id(m.SOT_TOKEN)]], mel_l.device())
+    ys = model.decoder.forward(tokens, audio_features, True)
+    logits = model.decoder.final_linear(ys.i(slice(None, 1))).i(0).i(0)
+    logits = logits.index_select(Tensor.new(language_token_ids, mel_l.device()), 0)
+    probs = softmax(logits, D.Minus1).to_vec1()
+    hf = WhisperForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        e = hf.model.encoder  # its layers on 1500 frames (its forward wants 3000, Candle's any number)
+        x = torch.nn.functional.gelu(e.conv1(torch.from_numpy(np.array(mel_l.jax))))
+        x = torch.nn.functional.gelu(e.conv2(x)).permute(0, 2, 1) + e.embed_positions.weight[:750]
+        for layer in e.layers:
+            x = layer(x, None)
+        enc_l = e.layer_norm(x)
+        enc = hf.model.encoder(torch.from_numpy(np.array(mel.jax))).last_hidden_state
+        ref = hf(encoder_outputs=(enc_l,), decoder_input_ids=torch.tensor([[50258]])).logits[0, 0, language_token_ids]
+    np.testing.assert_allclose(probs, torch.softmax(ref.double(), -1).numpy(), atol=1e-5)
+    language_token = language_token_ids[int(np.argmax(probs))]
+
+    dc = _WhisperExampleDecoder(model, tokenizer, device, language_token, True, 50)
+    tokens, avg_logprob, no_speech_prob = dc.decode(mel)
+    want, want_lp, want_ns = _candle_whisper_greedy_on_torch(hf, enc, [50258, language_token, 50359], 50)
+    assert tokens == want and len(want) > 5
+    np.testing.assert_allclose([avg_logprob, no_speech_prob], [want_lp, want_ns], rtol=1e-4, atol=1e-6)
+
+
+def _candle_whisper_greedy_on_torch(hf, enc, tokens, max_initial_timestamp_index):
+    """The example's greedy decode with its timestamp rules (which differ from OpenAI's: one sampled
+    timestamp forces a second or the end) on transformers' float64 logits."""
+    import torch
+
+    tb, eot, n_ctx = 50364, 50257, 16
+    sample_begin, sum_logprob, no_speech_prob = len(tokens), 0.0, float("nan")
+    for i in range(n_ctx // 2):
+        with torch.no_grad():
+            all_logits = hf(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([tokens])).logits[0].double()
+        if i == 0:
+            no_speech_prob = float(torch.softmax(all_logits[0], -1)[50362])
+        x = all_logits[-1].clone()
+        seq = tokens[sample_begin:]
+        if seq:
+            last, penult = seq[-1] >= tb, len(seq) >= 2 and seq[-2] >= tb
+            if last:
+                if penult:
+                    x[tb:] = -np.inf
+                else:
+                    x[:eot] = -np.inf
+            stamps = [t for t in seq if t >= tb]
+            if stamps:
+                x[tb : stamps[-1] + (0 if last and not penult else 1)] = -np.inf
+        if len(tokens) == sample_begin:
+            x[:tb] = -np.inf
+            x[tb + max_initial_timestamp_index + 1 :] = -np.inf
+        lp = torch.log_softmax(x, -1)
+        if torch.logsumexp(lp[tb:], -1) > lp[:tb].max():
+            x[:tb] = -np.inf
+        x[50363] = -np.inf  # the suppressed <|notimestamps|>
+        nxt = int(torch.argmax(x))
+        tokens = [*tokens, nxt]
+        if nxt == eot or len(tokens) > n_ctx:
+            break
+        sum_logprob += float(torch.log_softmax(x, -1)[nxt])
+    return tokens, sum_logprob / len(tokens), no_speech_prob

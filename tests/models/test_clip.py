@@ -459,3 +459,39 @@ def test_clip_config_image_size_and_pad_with():
     assert c.text_config.pad_with is None
     big = clip.ClipConfig(vision_config=clip.ClipVisionConfig.clip_vit_large_patch14_336())
     assert big.image_size == 336
+
+
+def test_clip_example_main_as_written(models):
+    """candle-examples/examples/clip/main.rs: ``load_images(&vec_imgs, config.image_size)``
+    (``Tensor::from_vec(rgb, (h, w, 3)).permute((2, 0, 1)).to_dtype(F32).affine(2/255, -1)``), the
+    sequences padded with ``get_vocab(true)["<|endoftext|>"]``, ``ClipModel::new(vb, &config)``,
+    ``softmax(&logits_per_image, 1)`` of ``model.forward(&images, &input_ids)``: transformers' numbers."""
+    from candlejax.nn.ops import softmax
+    from candlejax.tokenizer import Tokenizer
+
+    hf, _, d = models["eos"]
+    config = clip.ClipConfig.from_json_file(d / "config.json")
+    assert config.image_size == 32 and clip.ClipConfig.vit_base_patch32().image_size == 224
+    rng = np.random.default_rng(0)
+    rgb = [rng.integers(0, 256, config.image_size * config.image_size * 3).astype(np.uint8) for _ in range(2)]
+    images = []
+    for img in rgb:
+        (height, width) = (config.image_size, config.image_size)
+        t = Tensor.from_vec(img.tolist(), (height, width, 3), Device.Cpu).permute((2, 0, 1))
+        images.append(t.to_dtype(DType.F32).affine(2.0 / 255.0, -1.0))
+    images = Tensor.stack(images, 0).to_device(Device.Cpu)
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    model = clip.ClipModel.new(vb, config)
+    tokenizer = Tokenizer.from_file(d / "tokenizer.json")
+    pad_id = tokenizer.get_vocab(True)["<eos>"]
+    tokens = [tokenizer.encode(seq, True).get_ids() for seq in ["a photo of a cat", "the big red car", "a dog"]]
+    max_len = max(len(v) for v in tokens)
+    for token_vec in tokens:
+        token_vec.extend([pad_id] * (max_len - len(token_vec)))
+    input_ids = Tensor.new(tokens, Device.Cpu)
+    (_logits_per_text, logits_per_image) = model.forward(images, input_ids)
+    softmax_image_vec = softmax(logits_per_image, 1).flatten_all().to_vec1()
+    pixels = np.stack([a.reshape(32, 32, 3).transpose(2, 0, 1) for a in rgb]).astype(np.float64) * (2 / 255) - 1
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(tokens), pixel_values=torch.from_numpy(pixels.astype(np.float32)))
+    np.testing.assert_allclose(softmax_image_vec, torch.softmax(ref.logits_per_image, 1).flatten().numpy(), atol=1e-5)

@@ -218,6 +218,56 @@ def test_config_from_the_embedding_width_as_candle():
         config_from_shapes({"token_embd.weight": (64, 32)}, "x")
 
 
+def test_run_inference_gguf_branch_and_run_eval_as_written(files):
+    """main.rs line for line: the GGUF branch (``qmodel::VarBuilder::from_gguf``, the rotary tables
+    dequantized into ``VarBuilder::from_tensors``, ``QLlama::load(vb, config.clone())``) and
+    ``run_eval``'s batches (``Batcher::new_r2``, ``cross_entropy`` of ``flatten_to(1)``)."""
+    import candlejax.nn as candle_nn
+    from candlejax import DType
+    from candlejax.data import Batcher
+    from candlejax.models import quantized_var_builder as qmodel
+    from candlejax.models.quantized_llama2_c import QLlama
+
+    device = Device.Cpu
+    vb = qmodel.VarBuilder.from_gguf(files.gguf, device)
+    (_vocab_size, dim) = vb.get_no_shape("model.embed_tokens.weight").shape().dims2()
+    assert dim == 32
+    config = files.cfg
+    freq_cis_real = vb.get((config.seq_len, config.head_size() // 2), "rot.freq_cis_real").dequantize(device)
+    freq_cis_imag = vb.get((config.seq_len, config.head_size() // 2), "rot.freq_cis_imag").dequantize(device)
+    fake_vb = candle_nn.VarBuilder.from_tensors({"freq_cis_real": freq_cis_real, "freq_cis_imag": freq_cis_imag},
+                                                DType.F32, device)  # fmt: skip
+    cache = Cache.new(True, config, fake_vb)
+    clone = config.clone()
+    assert clone == config and clone is not config
+    model = QLlama.load(vb, config.clone())
+    tokens = [1, 17, 42, 5, 33]
+    logits = model.forward(Tensor.new(tokens, device).unsqueeze(0), 0, cache)
+    logits = logits.i((0, logits.dim(1) - 1))
+    want = files.model.forward(Tensor.new(tokens, device).unsqueeze(0), 0, Cache.new(True, config, files.vb.pp("rot")))
+    np.testing.assert_allclose(np.asarray(logits.jax), np.asarray(want.jax)[0, -1], atol=1e-5)
+
+    cache = Cache.new(False, config, files.vb.pp("rot"))
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, 100).tolist()
+    seq_len = files.model.config.seq_len
+
+    def windows():
+        for start_idx in range(0, len(tokens), seq_len):
+            if start_idx + seq_len + 1 <= len(tokens):
+                w = tokens[start_idx : start_idx + seq_len + 1]
+                yield Tensor.new(w[:seq_len], device), Tensor.new(w[1:], device)
+
+    losses = []
+    for inp_tgt in Batcher.new_r2(windows()).batch_size(2):
+        (inp, tgt) = inp_tgt
+        logits = files.model.forward(inp, 0, cache)
+        losses.append(candle_nn.loss.cross_entropy(logits.flatten_to(1), tgt.flatten_to(1)).to_vec0())
+    lg = np.asarray(files.model.forward(inp, 0, cache).jax, np.float64).reshape(-1, config.vocab_size)
+    lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+    t = np.asarray(tgt.jax).reshape(-1)
+    assert len(losses) == 1 and abs(losses[0] - float(np.mean(lse - lg[np.arange(len(t)), t]))) < 1e-5
+
+
 def _one_error_line(err: str) -> None:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "llama2-c: error: " in err, err
 

@@ -378,3 +378,40 @@ def test_wrong_input_size(run):
     for shape in [(1, 3, 96, 96), (1, 3, 64, 32), (3, SIZE, SIZE), (1, 1, SIZE, SIZE)]:
         with pytest.raises(errors.UnexpectedShape, match="the cfg's \\[net\\] size"):
             model.forward(Tensor.new(np.zeros(shape, np.float32)))
+
+
+def test_yolo_v3_example_main_and_report_as_written(files, run, tmp_path):
+    """main.rs: ``darknet::parse_config(config)``, ``darknet.build_model(vb)`` over safetensors,
+    the image tensor built as written, and report's per-row class pick and NMS."""
+    from candlejax import Device, DType, safetensors
+    from candlejax.models.object_detection import Bbox, non_maximum_suppression
+
+    safetensors.save({k: Tensor.new(np.asarray(v)) for k, v in run["tensors"].items()}, tmp_path / "w.safetensors")
+    vb = VarBuilder.from_mmaped_safetensors([tmp_path / "w.safetensors"], DType.F32, Device.Cpu)
+    dn = darknet.parse_config(files["cfg"])
+    model = dn.build_model(vb)
+    (net_width, net_height) = (dn.width(), dn.height())
+    data = (run["x"][0].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    image = Tensor.from_vec(data.reshape(-1).tolist(), (net_width, net_height, 3), Device.Cpu).permute((2, 0, 1))
+    image = image.unsqueeze(0).to_dtype(DType.F32) * (1.0 / 255.0)
+    pred = model.forward(image).squeeze(0).to_device(Device.Cpu)
+    with jax.default_matmul_precision("highest"):
+        want = np.asarray(run["model"].forward(Tensor.new(data.transpose(2, 0, 1)[None] / np.float32(255))).jax)[0]
+    np.testing.assert_allclose(np.asarray(pred.jax), want, rtol=1e-4, atol=1e-4)
+    (npreds, pred_size) = pred.dims2()
+    nclasses = pred_size - 5
+    bboxes: list[list[Bbox]] = [[] for _ in range(nclasses)]
+    for index in range(npreds):
+        p = pred.get(index).to_vec1()
+        confidence = p[4]
+        if confidence > 0.5:
+            class_index = 0
+            for i in range(nclasses):
+                if p[5 + i] > p[5 + class_index]:
+                    class_index = i
+            if p[class_index + 5] > 0.0:
+                bboxes[class_index].append(Bbox(p[0] - p[2] / 2.0, p[1] - p[3] / 2.0, p[0] + p[2] / 2.0,
+                                                p[1] + p[3] / 2.0, confidence, None))  # fmt: skip
+    kept = sum(map(len, bboxes))
+    non_maximum_suppression(bboxes, 0.4)
+    assert kept > 0 and 0 < sum(map(len, bboxes)) <= kept

@@ -90,6 +90,21 @@ def test_constructor_bad_types(bad):
         Tensor(bad)
 
 
+def test_bytes_are_u8_as_rusts_vec_u8():
+    """``Tensor::from_vec(img.to_rgb8().into_raw(), (h, w, 3), &device)`` (a ``Vec<u8>``) ports as
+    ``Tensor.from_vec(img.tobytes(), (h, w, 3), device)``: a U8 tensor of the bytes (it raised)."""
+    from PIL import Image
+
+    rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3) * 10
+    t = Tensor.from_vec(Image.fromarray(rgb).tobytes(), (2, 4, 3), Device.Cpu)
+    assert t.dtype is DType.U8 and t.to_vec3() == rgb.tolist()
+    assert Tensor.new(b"\x01\xff", Device.Cpu).to_vec1() == [1, 255] and Tensor(bytearray(b"ab")).dtype is DType.U8
+    assert Tensor.from_slice(b"\x00\x02", (2, 1), Device.Cpu).to_vec2() == [[0], [2]]
+    assert Tensor.new(b"\x05", Device.Cpu, DType.F32).to_vec1() == [5.0]
+    with pytest.raises(errors.Error, match="Shape mismatch"):
+        Tensor.from_vec(b"abc", (2, 2), Device.Cpu)
+
+
 @pytest.mark.parametrize("np_dtype, dtype", [(np.float32, DType.F32), (np.float16, DType.F16), (np.uint8, DType.U8),
                                              (np.uint32, DType.U32), (np.int32, DType.I32), (np.int16, DType.I16)])
 def test_constructor_numpy_keeps_dtype_and_copies(np_dtype, dtype):
