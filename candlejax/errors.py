@@ -149,9 +149,9 @@ class Conv1dInvalidArgs(Error):
 
 
 class InvalidIndex(Error, IndexError):
-    def __init__(self, op: str, index: int, size: int):
+    def __init__(self, op: str, index: int, size: int, hint: str = ""):
         self.op, self.index, self.size = op, index, size
-        super().__init__(f"{op} invalid index {index} with dim size {size}")
+        super().__init__(f"{op} invalid index {index} with dim size {size}" + (f" ({hint})" if hint else ""))
 
 
 class BroadcastIncompatibleShapes(Error):
