@@ -333,8 +333,12 @@ def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
         _check_param_dtype(op_name, a, "beta", b)
     h = a.shape[-1] if a.ndim else None
     if w.ndim != 1 or w.shape[0] != h or (b is not None and tuple(b.shape) != tuple(w.shape)):
-        shapes = [fmt_shape(a.shape), fmt_shape(w.shape)] + ([fmt_shape(b.shape)] if b is not None else [])
-        raise errors.Msg(f"shape mismatch in {op_name} {' '.join(shapes)}")
+        # Candle: "shape mismatch in rms-norm [..] [..]",
+        # "shape mismatch in layer-norm src: [..] alpha: [..] beta: [..]"
+        labels = ("src: ", "alpha: ", "beta: ") if op_name == "layer-norm" else ("", "", "")
+        shapes = [a.shape, w.shape] + ([b.shape] if b is not None else [])
+        shown = " ".join(f"{k}{fmt_shape(v)}" for k, v in zip(labels, shapes))
+        raise errors.Msg(f"shape mismatch in {op_name} {shown}")
 
 
 def _norm_eps(eps: Any, op_name: str) -> float:
