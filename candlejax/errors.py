@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -27,7 +27,40 @@ def _dt(dtype: Any) -> str:
 
 
 class Error(ValueError):
-    """Base class of every candlejax error (``candle::Error``)."""
+    """Base class of every candlejax error (``candle::Error``).
+
+    Candle's helpers: ``Error.msg(x)``, ``Error.wrap(x)``, ``Error.debug(x)`` build an error (raise it),
+    ``err.context(c)`` and ``err.with_path(p)`` wrap one; :func:`bail` raises a :class:`Msg`, and
+    :func:`context` / :func:`with_context` are the ``Context`` trait for a value that may be ``None``
+    or an exception.
+    """
+
+    @classmethod
+    def msg(cls, err: Any) -> Msg:
+        """Candle ``Error::msg(err)``: a :class:`Msg` with ``str(err)``."""
+        return Msg(str(err))
+
+    @classmethod
+    def wrap(cls, err: Any) -> Wrapped:
+        """Candle ``Error::wrap(err)``: a :class:`Wrapped` showing ``str(err)``."""
+        return Wrapped(err)
+
+    @classmethod
+    def debug(cls, err: Any) -> Msg:
+        """Candle ``Error::debug(err)``: a :class:`Msg` with the Debug form (``repr``) of ``err``."""
+        return Msg(repr(err))
+
+    def bt(self) -> Error:
+        """Candle ``Error::bt()``: Python exceptions carry their traceback already; returns ``self``."""
+        return self
+
+    def context(self, context: Any) -> Context:
+        """Candle ``Error::context(c)``: this error with ``c`` on the line before it."""
+        return Context(self, context)
+
+    def with_path(self, path: Any) -> WithPath:
+        """Candle ``Error::with_path(p)``: ``path: "p" {self}``."""
+        return WithPath(self, path)
 
 
 class Msg(Error):
@@ -367,6 +400,78 @@ def out_of_memory(op: str, e: BaseException) -> BaseException:
     return e
 
 
+def _debug_str(s: Any) -> str:
+    """Rust's Debug form of a string or path: double-quoted, with ``\\`` and ``"`` escaped."""
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Wrapped(Error):
+    """Candle ``Error::Wrapped``: any value shown by its ``str`` (``Error.wrap(x)``)."""
+
+    def __init__(self, wrapped: Any):
+        self.wrapped = wrapped
+        super().__init__(str(wrapped))
+
+
+class Context(Error):
+    """Candle ``Error::Context``: ``{context}\\n{inner}`` (``err.context(c)``)."""
+
+    def __init__(self, inner: BaseException, context: Any):
+        self.inner, self.context_value = inner, context
+        super().__init__(f"{context}\n{inner}")
+
+
+class WrappedContext(Error):
+    """Candle ``Error::WrappedContext``: a foreign error with context, ``{wrapped:?}\\n{context:?}``
+    (the ``Context`` trait on a ``Result``)."""
+
+    def __init__(self, wrapped: BaseException, context: Any):
+        self.wrapped, self.context_value = wrapped, str(context)
+        shown = str(wrapped) if isinstance(wrapped, Error) else repr(wrapped)  # Candle's Debug is its Display
+        super().__init__(f"{shown}\n{_debug_str(context)}")
+
+
+class WithPath(Error):
+    """Candle ``Error::WithPath``: ``path: "p" {inner}`` (``err.with_path(p)``)."""
+
+    def __init__(self, inner: BaseException, path: Any):
+        self.inner, self.path = inner, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+        super().__init__(f"path: {_debug_str(self.path)} {inner}")
+
+
+class UnwrapNone(Error):
+    """Candle ``Error::UnwrapNone``: ``unwrap none``."""
+
+    def __init__(self) -> None:
+        super().__init__("unwrap none")
+
+
+def bail(fmt: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    """Candle's ``bail!(fmt, args..)``: raise a :class:`Msg`; ``{}`` placeholders are filled with
+    ``str.format`` when arguments are given (a plain message is kept as written)."""
+    raise Msg(str(fmt).format(*args, **kwargs) if args or kwargs else str(fmt))
+
+
+def context(value: Any, context: Any) -> Any:
+    """Candle's ``Context::context`` for an ``Option`` / ``Result``: ``value`` itself, unless it is
+    ``None`` (raises ``Msg(context)``) or an exception (raises :class:`WrappedContext`, chained)."""
+    if value is None:
+        raise Msg(str(context))
+    if isinstance(value, BaseException):
+        raise WrappedContext(value, context) from value
+    return value
+
+
+def with_context(value: Any, f: Callable[[], Any]) -> Any:
+    """Candle's ``Context::with_context``: :func:`context` with the context computed by ``f()`` only on
+    failure; ``None`` raises :class:`Context` around :class:`UnwrapNone`."""
+    if value is None:
+        raise Context(UnwrapNone(), f())
+    if isinstance(value, BaseException):
+        raise WrappedContext(value, f()) from value
+    return value
+
+
 class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 
@@ -464,7 +569,10 @@ class RecompileWarning(UserWarning):
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",
+    "bail",
     "check_file",
+    "context",
     "fmt_shape",
     "out_of_memory",
+    "with_context",
 ]
