@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from candlejax import DType, Tensor, errors, nn
+from candlejax.io.gguf import Content
 
 F16 = DType.F16
 
@@ -231,3 +232,16 @@ def test_context_trait_for_option_and_result():
     assert str(info.value) == "KeyError('x')\n\"reading the config\""
     assert isinstance(info.value.wrapped, KeyError)
     assert errors.with_context(3, lambda: pytest.fail("evaluated lazily")) == 3
+
+
+def test_gguf_header_errors_carry_candles_text(tmp_path):
+    # gguf_file.rs: Magic::try_from bails "unknown magic 0x{value:08x}" (the first 4 bytes read as a
+    # little-endian u32); VersionedMagic::read "gguf: unsupported magic/version {magic:?}/{version}"
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGXX" + bytes(28))
+    with pytest.raises(errors.Gguf, match="unknown magic 0x58584747"):
+        Content.read(str(bad))
+    v7 = tmp_path / "v7.gguf"
+    v7.write_bytes(b"GGUF" + (7).to_bytes(4, "little") + bytes(24))
+    with pytest.raises(errors.Gguf, match="unsupported magic/version Gguf/7"):
+        Content.read(str(v7))
