@@ -158,11 +158,19 @@ class EmptyTensor(Error):
         super().__init__(f"empty tensor for {op}")
 
 
+def _loc(device: Any) -> str:
+    """Candle's Debug form of a device's location (``Cpu``, ``Cuda { gpu_id: 0 }``); a second host CPU
+    device keeps its ordinal (``Cpu(1)``), which Candle's single ``Cpu`` location cannot show."""
+    if getattr(device, "kind", "cpu") != "cpu" and hasattr(device, "location"):
+        return repr(device.location())
+    return repr(device)
+
+
 class DeviceMismatchBinaryOp(Error):
     def __init__(self, lhs: Any, rhs: Any, op: str):
         self.lhs, self.rhs, self.op = lhs, rhs, op
         super().__init__(
-            f"device mismatch in {op}, lhs: {lhs!r}, rhs: {rhs!r} (move one side with .to_device(...))"
+            f"device mismatch in {op}, lhs: {_loc(lhs)}, rhs: {_loc(rhs)} (move one side with .to_device(...))"
         )
 
 

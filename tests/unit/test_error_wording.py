@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from candlejax import DType, Tensor, errors, nn
+from candlejax import Device, DType, Tensor, errors, nn
 from candlejax.io.gguf import Content
 
 F16 = DType.F16
@@ -245,3 +245,9 @@ def test_gguf_header_errors_carry_candles_text(tmp_path):
     v7.write_bytes(b"GGUF" + (7).to_bytes(4, "little") + bytes(24))
     with pytest.raises(errors.Gguf, match="unsupported magic/version Gguf/7"):
         Content.read(str(v7))
+
+
+def test_device_mismatch_shows_candles_device_locations():
+    # error.rs: "device mismatch in {op}, lhs: {lhs:?}, rhs: {rhs:?}" over DeviceLocation (Debug: Cuda { gpu_id: 0 })
+    e = errors.DeviceMismatchBinaryOp(Device.Cpu, Device("cuda", 0), "add")
+    assert "device mismatch in add, lhs: Cpu, rhs: Cuda { gpu_id: 0 }" in str(e)
