@@ -114,7 +114,14 @@ class LayerNorm(Module):
     def _check(self, x: Any) -> None:
         h = self.weight.shape[0]
         if x.ndim < 1 or x.shape[-1] != h:
-            raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape)
+            xs, w = errors.fmt_shape(x.shape), errors.fmt_shape(self.weight.shape)
+            if isinstance(self, RmsNorm):  # Candle's RmsNorm runs ops::rms_norm
+                candle = f"shape mismatch in rms-norm {xs} {w}"
+            elif self.remove_mean and self.bias is not None:  # LayerNorm's fused ops::layer_norm
+                candle = f"shape mismatch in layer-norm src: {xs} alpha: {w} beta: {errors.fmt_shape(self.bias.shape)}"
+            else:  # the step-by-step path fails multiplying by the weight
+                candle = f"shape mismatch in broadcast_mul, lhs: {xs}, rhs: {w}"
+            raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape, candle=candle)
 
     def forward(self, xs: Any) -> Any:
         x = as_array(xs)

@@ -251,3 +251,43 @@ def test_device_mismatch_shows_candles_device_locations():
     # error.rs: "device mismatch in {op}, lhs: {lhs:?}, rhs: {rhs:?}" over DeviceLocation (Debug: Cuda { gpu_id: 0 })
     e = errors.DeviceMismatchBinaryOp(Device.Cpu, Device("cuda", 0), "add")
     assert "device mismatch in add, lhs: Cpu, rhs: Cuda { gpu_id: 0 }" in str(e)
+
+
+def _vb():
+    return nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+
+
+# candle-nn layers: the error the layer's forward raises in Candle leads the message (the layer and the
+# expected input follow in parentheses); candlejax's class is LayerInputShape (an UnexpectedShape)
+LAYER_CASES = [
+    # linear.rs: 2-D x.matmul(w.t()); 3-D/4-D contiguous inputs are flattened to 2-D first
+    ("linear_2d", lambda: nn.linear(3, 4, _vb().pp("fc")).forward(_z(2, 5)),
+     "shape mismatch in matmul, lhs: [2, 5], rhs: [3, 4]"),
+    ("linear_3d", lambda: nn.linear(3, 4, _vb().pp("fc")).forward(_z(2, 6, 5)),
+     "shape mismatch in matmul, lhs: [12, 5], rhs: [3, 4]"),
+    ("linear_1d", lambda: nn.linear(3, 4, _vb().pp("fc")).forward(_z(3)),
+     "shape mismatch in matmul, lhs: [3], rhs: [3, 4]"),
+    # conv.rs: Conv1dInvalidArgs / in_channel mismatch / dims3-dims4 rank errors
+    ("conv1d_channels", lambda: nn.conv1d(3, 4, 3, nn.Conv1dConfig(padding=1), _vb().pp("c")).forward(_z(1, 2, 5)),
+     "conv1d invalid args the number of in-channels on the input doesn't match the kernel size: inp: [1, 2, 5],"
+     " k: [4, 3, 3], pad: 1, stride: 1"),
+    ("conv2d_channels", lambda: nn.conv2d(3, 4, 3, nn.Conv2dConfig(), _vb().pp("c")).forward(_z(1, 2, 5, 5)),
+     "in_channel mismatch between input (2, groups 1) and kernel (3)"),
+    ("conv2d_rank", lambda: nn.conv2d(3, 4, 3, nn.Conv2dConfig(), _vb().pp("c")).forward(_z(3, 5, 5)),
+     "unexpected rank, expected: 4, got: 3 ([3, 5, 5])"),
+    ("conv_transpose2d_channels",
+     lambda: nn.conv_transpose2d(3, 4, 3, nn.ConvTranspose2dConfig(), _vb().pp("c")).forward(_z(1, 2, 5, 5)),
+     "in_channel mismatch between input (2) and kernel (3)"),
+    # ops.rs: RmsNorm -> rms_norm, LayerNorm (bias, remove_mean) -> layer_norm
+    ("rms_norm_layer", lambda: nn.rms_norm(4, 1e-5, _vb().pp("n")).forward(_z(2, 3)),
+     "shape mismatch in rms-norm [2, 3] [4]"),
+    ("layer_norm_layer", lambda: nn.layer_norm(4, 1e-5, _vb().pp("n")).forward(_z(2, 3)),
+     "shape mismatch in layer-norm src: [2, 3] alpha: [4] beta: [4]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,thunk,text", LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_layer_input_errors_lead_with_candles_text(name, thunk, text):
+    with pytest.raises(errors.UnexpectedShape) as info:
+        thunk()
+    assert str(info.value).startswith(text), str(info.value)
