@@ -216,7 +216,10 @@ class GroupNorm(Module):
         if x.ndim < 3:
             raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
         if x.shape[1] != self.num_channels:
-            raise LayerInputShape(layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape)
+            raise LayerInputShape(
+                layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape,
+                candle=f"unexpected num-channels in GroupNorm ({x.shape[1]} <> {self.num_channels}",  # sic, Candle's
+            )
         ops._check_float("group-norm", x)
         ops._check_param_dtype(layer_name("GroupNorm", self.weight), x, "weight", self.weight._a)
         return wrap(_group_norm(x, self.weight._a, self.bias._a, groups=self.num_groups, eps=self.eps))
@@ -373,10 +376,19 @@ class BatchNorm(ModuleT):
     def extra_repr(self) -> str:
         return f"features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    def _check(self, x: Any) -> None:
+    def _check(self, x: Any, train: bool = False) -> None:
         if x.ndim < 2 or x.shape[1] != self.num_features:
+            shape = errors.fmt_shape(x.shape)
+            candle = (  # Candle's forward_train checks; forward_eval fails in a reshape or broadcast instead
+                ""
+                if not train
+                else f"batch-norm input tensor must have at least two dimensions ({shape})"
+                if x.ndim < 2
+                else f"batch-norm input doesn't have the expected number of features ({shape} <> {self.num_features})"
+            )
             raise LayerInputShape(
-                layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape
+                layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape,
+                candle=candle,
             )
         if not jnp.issubdtype(x.dtype, jnp.floating):  # Candle: a dtype mismatch with the f32 statistics
             raise errors.UnsupportedDTypeForOp(
@@ -403,7 +415,7 @@ class BatchNorm(ModuleT):
 
     def _forward_train(self, xs: Any) -> OutputAndLayer:
         x = as_array(xs)
-        self._check(x)
+        self._check(x, train=True)
         w, b = self._wb()
         y, rm, rv = _bn_train(
             x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps, remove_mean=self.remove_mean,

@@ -283,6 +283,14 @@ LAYER_CASES = [
      "shape mismatch in rms-norm [2, 3] [4]"),
     ("layer_norm_layer", lambda: nn.layer_norm(4, 1e-5, _vb().pp("n")).forward(_z(2, 3)),
      "shape mismatch in layer-norm src: [2, 3] alpha: [4] beta: [4]"),
+    # group_norm.rs / batch_norm.rs forward_train
+    ("group_norm_channels", lambda: nn.group_norm(2, 4, 1e-5, _vb().pp("g")).forward(_z(2, 3, 5)),
+     "unexpected num-channels in GroupNorm (3 <> 4"),
+    ("batch_norm_features",
+     lambda: nn.batch_norm(4, nn.BatchNormConfig(), _vb().pp("b")).forward_train(_z(2, 3, 5)),
+     "batch-norm input doesn't have the expected number of features ([2, 3, 5] <> 4)"),
+    ("batch_norm_rank", lambda: nn.batch_norm(4, nn.BatchNormConfig(), _vb().pp("b")).forward_train(_z(4)),
+     "batch-norm input tensor must have at least two dimensions ([4])"),
 ]  # fmt: skip
 
 
