@@ -439,8 +439,8 @@ def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
     bad = cos.shape != sin.shape or d % 2 or cos.shape[-1] * 2 != d or cos.ndim not in (2, 3)
     bad = bad or cos.shape[-2] < t or (cos.ndim == 3 and cos.shape[0] != b)
     if bad:
-        raise errors.Msg(
-            f"inconsistent last dim size in {op_name} {fmt_shape(x.shape)} {fmt_shape(cos.shape)}"
+        raise errors.Msg(  # Candle's rope, rope_i and rope_thd all say "in rope"
+            f"inconsistent last dim size in rope {fmt_shape(x.shape)} {fmt_shape(cos.shape)}"
             f" {fmt_shape(sin.shape)}"
             f" (expected cos/sin of shape [T>={t}, {d // 2}] or [{b}, T>={t}, {d // 2}])"
         )

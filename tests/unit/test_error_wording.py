@@ -164,6 +164,13 @@ CASES = [
      "shape mismatch in rms-norm [2, 3] [2]"),
     ("layer_norm_shape", lambda: nn.ops.layer_norm(_a(), Tensor.ones((2,)), _z(2), 1e-5), errors.Msg,
      "shape mismatch in layer-norm src: [2, 3] alpha: [2] beta: [2]"),
+    # rotary_emb.rs: rope, rope_i and rope_thd bail with the same text
+    ("rope_dims", lambda: nn.rotary_emb.rope(_z(1, 2, 3, 8), _z(3, 3), _z(3, 3)), errors.Msg,
+     "inconsistent last dim size in rope [1, 2, 3, 8] [3, 3] [3, 3]"),
+    ("rope_i_dims", lambda: nn.rotary_emb.rope_i(_z(1, 2, 3, 8), _z(2, 4), _z(2, 4)), errors.Msg,
+     "inconsistent last dim size in rope [1, 2, 3, 8] [2, 4] [2, 4]"),
+    ("rope_thd_dims", lambda: nn.rotary_emb.rope_thd(_z(1, 3, 2, 8), _z(2, 4), _z(2, 4)), errors.Msg,
+     "inconsistent last dim size in rope [1, 3, 2, 8] [2, 4] [2, 4]"),
     ("one_hot_depth", lambda: nn.encoding.one_hot(_ids([5]), 3, 1.0, 0.0), errors.Msg,
      "one_hot: index value 5 exceeds depth 3"),
     ("one_hot_negative", lambda: nn.encoding.one_hot(Tensor.new(np.array([-2], np.int32)), 3, 1.0, 0.0), errors.Msg,
