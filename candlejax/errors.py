@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -29,69 +29,42 @@ def _dt(dtype: Any) -> str:
 class Error(ValueError):
     """Base class of every candlejax error (``candle::Error``).
 
-    Candle's constructors and adapters are kept: ``raise Error.msg("...")`` (``Error::msg``),
-    ``Error.wrap(e)``, ``Error.debug(x)``, and ``err.context("...")`` / ``err.with_path(p)``.
+    Candle's helpers: ``Error.msg(x)``, ``Error.wrap(x)``, ``Error.debug(x)`` build an error (raise it),
+    ``err.context(c)`` and ``err.with_path(p)`` wrap one; :func:`bail` raises a :class:`Msg`, and
+    :func:`context` / :func:`with_context` are the ``Context`` trait for a value that may be ``None``
+    or an exception.
     """
 
-    @staticmethod
-    def msg(err: Any) -> Msg:
-        """``Error::msg(err)``: a ``Msg`` holding ``str(err)`` (what ``bail!`` raises)."""
+    @classmethod
+    def msg(cls, err: Any) -> Msg:
+        """Candle ``Error::msg(err)``: a :class:`Msg` with ``str(err)``."""
         return Msg(str(err))
 
-    @staticmethod
-    def debug(err: Any) -> Msg:
-        """``Error::debug(err)``: a ``Msg`` holding ``repr(err)``."""
-        return Msg(repr(err))
-
-    @staticmethod
-    def wrap(err: Any) -> Wrapped:
-        """``Error::wrap(err)``: any error (or value) as a candlejax ``Wrapped`` error, same message."""
+    @classmethod
+    def wrap(cls, err: Any) -> Wrapped:
+        """Candle ``Error::wrap(err)``: a :class:`Wrapped` showing ``str(err)``."""
         return Wrapped(err)
 
+    @classmethod
+    def debug(cls, err: Any) -> Msg:
+        """Candle ``Error::debug(err)``: a :class:`Msg` with the Debug form (``repr``) of ``err``."""
+        return Msg(repr(err))
+
+    def bt(self) -> Error:
+        """Candle ``Error::bt()``: Python exceptions carry their traceback already; returns ``self``."""
+        return self
+
     def context(self, context: Any) -> Context:
-        """``err.context(c)``: this error under a line of context (``"{context}\\n{inner}"``)."""
+        """Candle ``Error::context(c)``: this error with ``c`` on the line before it."""
         return Context(self, context)
 
-    def with_path(self, path: str | os.PathLike) -> WithPath:
-        """``err.with_path(p)``: this error naming a file (``path: "p" {inner}``)."""
+    def with_path(self, path: Any) -> WithPath:
+        """Candle ``Error::with_path(p)``: ``path: "p" {self}``."""
         return WithPath(self, path)
 
 
 class Msg(Error):
     """A free-text error (Candle's ``bail!``/``Error::Msg``)."""
-
-
-class Wrapped(Error):
-    """Candle's ``Error::Wrapped``: another error (``inner``), with its message."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        super().__init__(str(inner))
-        if isinstance(inner, BaseException):
-            self.__cause__ = inner
-
-
-class Context(Error):
-    """Candle's ``Error::Context``: ``inner`` with a line of ``context`` before its message."""
-
-    def __init__(self, inner: BaseException, context: Any):
-        self.inner, self.context_ = inner, context
-        super().__init__(f"{context}\n{inner}")
-        self.__cause__ = inner
-
-
-class WithPath(Error):
-    """Candle's ``Error::WithPath``: ``inner`` naming the file it came from."""
-
-    def __init__(self, inner: BaseException, path: str | os.PathLike):
-        self.inner, self.path = inner, os.fspath(path)
-        super().__init__(f"path: {_rust_debug_str(self.path)} {inner}")
-        self.__cause__ = inner
-
-
-def _rust_debug_str(s: str) -> str:
-    """Rust's ``{:?}`` of a string or path: double quotes, ``\\`` and ``"`` escaped."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class UnexpectedDType(Error):
@@ -185,11 +158,19 @@ class EmptyTensor(Error):
         super().__init__(f"empty tensor for {op}")
 
 
+def _loc(device: Any) -> str:
+    """Candle's Debug form of a device's location (``Cpu``, ``Cuda { gpu_id: 0 }``); a second host CPU
+    device keeps its ordinal (``Cpu(1)``), which Candle's single ``Cpu`` location cannot show."""
+    if getattr(device, "kind", "cpu") != "cpu" and hasattr(device, "location"):
+        return repr(device.location())
+    return repr(device)
+
+
 class DeviceMismatchBinaryOp(Error):
     def __init__(self, lhs: Any, rhs: Any, op: str):
         self.lhs, self.rhs, self.op = lhs, rhs, op
         super().__init__(
-            f"device mismatch in {op}, lhs: {lhs!r}, rhs: {rhs!r} (move one side with .to_device(...))"
+            f"device mismatch in {op}, lhs: {_loc(lhs)}, rhs: {_loc(rhs)} (move one side with .to_device(...))"
         )
 
 
@@ -209,9 +190,9 @@ class Conv1dInvalidArgs(Error):
 
 
 class InvalidIndex(Error, IndexError):
-    def __init__(self, op: str, index: int, size: int):
+    def __init__(self, op: str, index: int, size: int, hint: str = ""):
         self.op, self.index, self.size = op, index, size
-        super().__init__(f"{op} invalid index {index} with dim size {size}")
+        super().__init__(f"{op} invalid index {index} with dim size {size}" + (f" ({hint})" if hint else ""))
 
 
 class BroadcastIncompatibleShapes(Error):
@@ -427,6 +408,82 @@ def out_of_memory(op: str, e: BaseException) -> BaseException:
     return e
 
 
+def _debug_str(s: Any) -> str:
+    """Rust's Debug form of a string or path: double-quoted, with ``\\`` and ``"`` escaped."""
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Wrapped(Error):
+    """Candle ``Error::Wrapped``: any value shown by its ``str`` (``Error.wrap(x)``)."""
+
+    def __init__(self, wrapped: Any):
+        self.wrapped = self.inner = wrapped
+        super().__init__(str(wrapped))
+        if isinstance(wrapped, BaseException):
+            self.__cause__ = wrapped
+
+
+class Context(Error):
+    """Candle ``Error::Context``: ``{context}\\n{inner}`` (``err.context(c)``)."""
+
+    def __init__(self, inner: BaseException, context: Any):
+        self.inner, self.context_value = inner, context
+        super().__init__(f"{context}\n{inner}")
+        self.__cause__ = inner
+
+
+class WrappedContext(Error):
+    """Candle ``Error::WrappedContext``: a foreign error with context, ``{wrapped:?}\\n{context:?}``
+    (the ``Context`` trait on a ``Result``)."""
+
+    def __init__(self, wrapped: BaseException, context: Any):
+        self.wrapped, self.context_value = wrapped, str(context)
+        shown = str(wrapped) if isinstance(wrapped, Error) else repr(wrapped)  # Candle's Debug is its Display
+        super().__init__(f"{shown}\n{_debug_str(context)}")
+
+
+class WithPath(Error):
+    """Candle ``Error::WithPath``: ``path: "p" {inner}`` (``err.with_path(p)``)."""
+
+    def __init__(self, inner: BaseException, path: Any):
+        self.inner, self.path = inner, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+        super().__init__(f"path: {_debug_str(self.path)} {inner}")
+        self.__cause__ = inner
+
+
+class UnwrapNone(Error):
+    """Candle ``Error::UnwrapNone``: ``unwrap none``."""
+
+    def __init__(self) -> None:
+        super().__init__("unwrap none")
+
+
+def bail(fmt: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    """Candle's ``bail!(fmt, args..)``: raise a :class:`Msg`; ``{}`` placeholders are filled with
+    ``str.format`` when arguments are given (a plain message is kept as written)."""
+    raise Msg(str(fmt).format(*args, **kwargs) if args or kwargs else str(fmt))
+
+
+def context(value: Any, context: Any) -> Any:
+    """Candle's ``Context::context`` for an ``Option`` / ``Result``: ``value`` itself, unless it is
+    ``None`` (raises ``Msg(context)``) or an exception (raises :class:`WrappedContext`, chained)."""
+    if value is None:
+        raise Msg(str(context))
+    if isinstance(value, BaseException):
+        raise WrappedContext(value, context) from value
+    return value
+
+
+def with_context(value: Any, f: Callable[[], Any]) -> Any:
+    """Candle's ``Context::with_context``: :func:`context` with the context computed by ``f()`` only on
+    failure; ``None`` raises :class:`Context` around :class:`UnwrapNone`."""
+    if value is None:
+        raise Context(UnwrapNone(), f())
+    if isinstance(value, BaseException):
+        raise WrappedContext(value, f()) from value
+    return value
+
+
 class TracingError(Error):
     """An eager-only operation (host read, stateful RNG) was used inside ``jax.jit``/``grad``/``vmap``."""
 
@@ -541,7 +598,10 @@ del _name
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
     "RecompileWarning",
+    "bail",
     "check_file",
+    "context",
     "fmt_shape",
     "out_of_memory",
+    "with_context",
 ]

@@ -621,14 +621,17 @@ class Content:
         cur.need(4, "the magic")
         magic = bytes(self._buf[0:4])
         if magic != MAGIC:
-            raise cur.err(f"not a GGUF file: unknown magic {magic!r} (expected {MAGIC!r})")
+            value = int.from_bytes(magic, "little")  # Candle: "unknown magic 0x{value:08x}" (a LE u32)
+            raise cur.err(f"not a GGUF file: unknown magic 0x{value:08x} ({magic!r}, expected {MAGIC!r})")
         cur.pos = 4
         version = cur.scalar("I", "the version")
         if version not in (1, 2, 3):
             swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
             if swapped in (1, 2, 3):
                 raise cur.err(f"big-endian GGUF (version {swapped}) is not supported")
-            raise cur.err(f"unsupported GGUF version {version} (supported: 1, 2, 3)")
+            raise cur.err(
+                f"unsupported magic/version Gguf/{version} (unsupported GGUF version {version}; supported: 1, 2, 3)"
+            )
         self.magic = VersionedMagic(version)
         cur.v1 = version == 1
         n_tensors = cur.count("the tensor count")

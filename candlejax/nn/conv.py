@@ -182,6 +182,21 @@ class _ConvBase(Module):
         w = self.weight
         return w.shape[0] if self._transpose else w.shape[1] * self.config.groups
 
+    def _candle_input_error(self, shape: tuple[int, ...]) -> str:
+        """The error Candle's ``conv1d`` / ``conv2d`` / ``conv_transpose*`` raises for this input."""
+        w, n = tuple(self.weight.shape), self._nd + 2
+        if len(shape) != n:
+            return f"unexpected rank, expected: {n}, got: {len(shape)} ({errors.fmt_shape(shape)})"
+        if self._transpose:
+            return f"in_channel mismatch between input ({shape[1]}) and kernel ({w[0]})"
+        c = self.config
+        if self._nd == 1:
+            return (
+                "conv1d invalid args the number of in-channels on the input doesn't match the kernel size:"
+                f" inp: {errors.fmt_shape(shape)}, k: {errors.fmt_shape(w)}, pad: {c.padding}, stride: {c.stride}"
+            )
+        return f"in_channel mismatch between input ({shape[1]}, groups {c.groups}) and kernel ({w[1]})"
+
     def _checked_input(self, xs: Any) -> Any:
         """``xs`` as an array, after checking its rank, channel count and dtype against the layer."""
         x = as_array(xs)
@@ -189,7 +204,8 @@ class _ConvBase(Module):
         cin = self._in_channels()
         if x.ndim != self._nd + 2 or x.shape[1] != cin:
             spatial = "L" if self._nd == 1 else "H, W"
-            raise LayerInputShape(layer_name(self._kind, self.weight), f"[batch, {cin}, {spatial}]", x.shape)
+            raise LayerInputShape(layer_name(self._kind, self.weight), f"[batch, {cin}, {spatial}]", x.shape,
+                                  candle=self._candle_input_error(x.shape))  # fmt: skip
         if x.dtype != w.dtype:
             raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(w.dtype), self._kind.lower())
         return x

@@ -94,7 +94,9 @@ class Embedding(Module):
             hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
             if hi >= table.shape[0] or lo < 0:
                 bad = hi if hi >= table.shape[0] else lo
-                raise errors.InvalidIndex(layer_name("Embedding", self.weight), bad, table.shape[0])
+                raise errors.InvalidIndex(  # Candle's forward is index_select(ids, 0)
+                    "index-select", bad, table.shape[0], f"ids of {layer_name('Embedding', self.weight)}"
+                )
         return wrap(_embed(a, table))
 
 

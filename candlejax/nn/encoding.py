@@ -87,6 +87,6 @@ def one_hot(indices: Any, depth: int, on_value: Any = 1.0, off_value: Any = 0.0,
             v = int(bad[0])
             if v >= depth:
                 raise errors.Msg(f"one_hot: index value {v} exceeds depth {depth}")
-            raise errors.Msg(f"one_hot: invalid negative index value {v}, expected -1 or >= 0")
+            raise errors.Msg(f"one_hot: invalid negative index value {v}, expected a positive index value or -1")
     check_elem_count((*idx.shape, int(depth)), "one_hot")
     return wrap(_one_hot(idx, depth=int(depth), on=on_value, off=off_value, dtype=dt.np))

@@ -184,13 +184,17 @@ def _checked_input(xs: Any, kind: str, var: Any, in_dim: int, dtype: Any) -> Any
     layer's error naming it (``kind`` and the weight ``var``'s checkpoint name)."""
     x = as_array(xs)
     if x.ndim < 2 or x.ndim > 4 or x.shape[-1] != in_dim:
+        # Candle's forward: ranks 3 and 4 are flattened to 2-D, then x.matmul(w.t()) fails
+        lhs = (math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim in (3, 4) else x.shape
+        w = tuple(var.shape)
+        candle = f"shape mismatch in matmul, lhs: {errors.fmt_shape(lhs)}, rhs: {errors.fmt_shape(w[::-1])}"
+        candle = candle if len(w) == 2 else ""  # a PackedLinear's panels are not Candle's weight
         hint = (
             "one example without a batch dimension, as jax.vmap(layer)(xs) passes: write"
             " jax.vmap(lambda x: layer(x[None])[0])(xs), or call the layer on the whole batch"
         ) if x.ndim == 1 else ""
-        raise LayerInputShape(
-            layer_name(kind, var), f"[batch, {in_dim}] (rank 2 to 4, last dim {in_dim})", x.shape, hint
-        )
+        raise LayerInputShape(layer_name(kind, var), f"[batch, {in_dim}] (rank 2 to 4, last dim {in_dim})", x.shape,
+                              hint, candle=candle)  # fmt: skip
     if x.dtype != dtype:
         raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(dtype), "matmul")
     return x

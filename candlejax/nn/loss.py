@@ -35,8 +35,9 @@ __all__ = ["binary_cross_entropy_with_logit", "check_finite", "cross_entropy", "
 def _check_targets(op_name: str, inp: Any, target: Any) -> None:
     if target.ndim != 1:
         raise errors.Msg(f"the target tensor should have a single dimension ({fmt_shape(target.shape)})")
-    if inp.ndim != 2:
-        raise errors.Msg(f"{op_name} expects an input tensor of rank 2, got {fmt_shape(inp.shape)}")
+    if inp.ndim != 2:  # Candle's nll says "target" here, about the input
+        raise errors.Msg(f"the target tensor should have two dimensions ({fmt_shape(inp.shape)})"
+                         f" ({op_name} expects an input tensor of rank 2)")  # fmt: skip
     if inp.shape[0] != target.shape[0]:
         raise errors.Msg(f"batch size mismatch between inp ({inp.shape[0]}) and target ({target.shape[0]})")
     if not jnp.issubdtype(target.dtype, jnp.integer):
@@ -115,11 +116,23 @@ def cross_entropy(inp: Any, target: Any) -> Any:
 
 
 def _check_same(op_name: str, x: Any, t: Any) -> None:
+    """Same shape and dtype, with the error Candle's loss raises: ``mse`` fails in ``inp - target``,
+    ``binary_cross_entropy_with_logit`` in ``target * inp.log()``, ``huber`` checks the shapes first."""
     _check_float(op_name, x)
+    inner = _CANDLE_BINARY_OP.get(op_name, op_name)
+    lhs, rhs = (t, x) if inner == "mul" else (x, t)
     if x.shape != t.shape:
-        raise errors.ShapeMismatchBinaryOp(x.shape, t.shape, op_name)
+        if op_name == "huber":
+            raise errors.Msg(
+                "input and target must have the same shape,"
+                f" got inp: {fmt_shape(x.shape)}, target: {fmt_shape(t.shape)}"
+            )
+        raise errors.ShapeMismatchBinaryOp(lhs.shape, rhs.shape, inner, f"in {op_name}")
     if x.dtype != t.dtype:
-        raise errors.DTypeMismatchBinaryOp(to_dtype(x.dtype), to_dtype(t.dtype), op_name)
+        raise errors.DTypeMismatchBinaryOp(to_dtype(lhs.dtype), to_dtype(rhs.dtype), inner)
+
+
+_CANDLE_BINARY_OP = {"mse": "sub", "binary_cross_entropy_with_logit": "mul", "huber": "sub"}
 
 
 @op

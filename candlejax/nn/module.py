@@ -165,15 +165,16 @@ def _host_value(x: Any) -> np.ndarray:
 
 
 class LayerInputShape(errors.UnexpectedShape):
-    """A layer got an input of the wrong shape; the message names the layer path."""
+    """A layer got an input of the wrong shape; the message names the layer path. ``candle`` is the
+    text of the error Candle's forward raises for that input, put first when given."""
 
-    def __init__(self, layer: str, expected: str, got: Any, hint: str = ""):
+    def __init__(self, layer: str, expected: str, got: Any, hint: str = "", *, candle: str = ""):
         self.layer, self.expected, self.got = layer, expected, tuple(got)
-        errors.Error.__init__(
-            self,
-            f"{layer}: unexpected input shape, expected: {expected}, got: {fmt_shape(got)}"
-            + (f" ({hint})" if hint else ""),
-        )
+        detail = f"{layer}: unexpected input shape, expected: {expected}, got: {fmt_shape(got)}"
+        if candle:
+            errors.Error.__init__(self, f"{candle} ({detail}" + (f"; {hint})" if hint else ")"))
+        else:
+            errors.Error.__init__(self, detail + (f" ({hint})" if hint else ""))
 
 
 def layer_name(default: str, *tensors: Any) -> str:

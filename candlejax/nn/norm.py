@@ -115,7 +115,14 @@ class LayerNorm(Module):
     def _check(self, x: Any) -> None:
         h = self.weight.shape[0]
         if x.ndim < 1 or x.shape[-1] != h:
-            raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape)
+            xs, w = errors.fmt_shape(x.shape), errors.fmt_shape(self.weight.shape)
+            if isinstance(self, RmsNorm):  # Candle's RmsNorm runs ops::rms_norm
+                candle = f"shape mismatch in rms-norm {xs} {w}"
+            elif self.remove_mean and self.bias is not None:  # LayerNorm's fused ops::layer_norm
+                candle = f"shape mismatch in layer-norm src: {xs} alpha: {w} beta: {errors.fmt_shape(self.bias.shape)}"
+            else:  # the step-by-step path fails multiplying by the weight
+                candle = f"shape mismatch in broadcast_mul, lhs: {xs}, rhs: {w}"
+            raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape, candle=candle)
 
     def forward(self, xs: Any) -> Any:
         x = as_array(xs)
@@ -210,7 +217,10 @@ class GroupNorm(Module):
         if x.ndim < 3:
             raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
         if x.shape[1] != self.num_channels:
-            raise LayerInputShape(layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape)
+            raise LayerInputShape(
+                layer_name("GroupNorm", self.weight), f"[batch, {self.num_channels}, ...]", x.shape,
+                candle=f"unexpected num-channels in GroupNorm ({x.shape[1]} <> {self.num_channels}",  # sic, Candle's
+            )
         ops._check_float("group-norm", x)
         ops._check_param_dtype(layer_name("GroupNorm", self.weight), x, "weight", self.weight._a)
         return wrap(_group_norm(x, self.weight._a, self.bias._a, groups=self.num_groups, eps=self.eps))
@@ -367,10 +377,19 @@ class BatchNorm(ModuleT):
     def extra_repr(self) -> str:
         return f"features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    def _check(self, x: Any) -> None:
+    def _check(self, x: Any, train: bool = False) -> None:
         if x.ndim < 2 or x.shape[1] != self.num_features:
+            shape = errors.fmt_shape(x.shape)
+            candle = (  # Candle's forward_train checks; forward_eval fails in a reshape or broadcast instead
+                ""
+                if not train
+                else f"batch-norm input tensor must have at least two dimensions ({shape})"
+                if x.ndim < 2
+                else f"batch-norm input doesn't have the expected number of features ({shape} <> {self.num_features})"
+            )
             raise LayerInputShape(
-                layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape
+                layer_name("BatchNorm", self.weight, self.running_mean), f"[batch, {self.num_features}, ...]", x.shape,
+                candle=candle,
             )
         if not jnp.issubdtype(x.dtype, jnp.floating):  # Candle: a dtype mismatch with the f32 statistics
             raise errors.UnsupportedDTypeForOp(
@@ -397,7 +416,7 @@ class BatchNorm(ModuleT):
 
     def _forward_train(self, xs: Any) -> OutputAndLayer:
         x = as_array(xs)
-        self._check(x)
+        self._check(x, train=True)
         w, b = self._wb()
         y, rm, rv = _bn_train(
             x, self.running_mean._a, self.running_var._a, w, b, eps=self.eps, remove_mean=self.remove_mean,

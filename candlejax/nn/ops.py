@@ -333,8 +333,12 @@ def _check_norm(op_name: str, a: Any, w: Any, b: Any = None) -> None:
         _check_param_dtype(op_name, a, "beta", b)
     h = a.shape[-1] if a.ndim else None
     if w.ndim != 1 or w.shape[0] != h or (b is not None and tuple(b.shape) != tuple(w.shape)):
-        shapes = [fmt_shape(a.shape), fmt_shape(w.shape)] + ([fmt_shape(b.shape)] if b is not None else [])
-        raise errors.Msg(f"shape mismatch in {op_name} {' '.join(shapes)}")
+        # Candle: "shape mismatch in rms-norm [..] [..]",
+        # "shape mismatch in layer-norm src: [..] alpha: [..] beta: [..]"
+        labels = ("src: ", "alpha: ", "beta: ") if op_name == "layer-norm" else ("", "", "")
+        shapes = [a.shape, w.shape] + ([b.shape] if b is not None else [])
+        shown = " ".join(f"{k}{fmt_shape(v)}" for k, v in zip(labels, shapes))
+        raise errors.Msg(f"shape mismatch in {op_name} {shown}")
 
 
 def _norm_eps(eps: Any, op_name: str) -> float:
@@ -435,8 +439,8 @@ def _check_rope(op_name: str, x: Any, cos: Any, sin: Any, layout: str) -> None:
     bad = cos.shape != sin.shape or d % 2 or cos.shape[-1] * 2 != d or cos.ndim not in (2, 3)
     bad = bad or cos.shape[-2] < t or (cos.ndim == 3 and cos.shape[0] != b)
     if bad:
-        raise errors.Msg(
-            f"inconsistent last dim size in {op_name} {fmt_shape(x.shape)} {fmt_shape(cos.shape)}"
+        raise errors.Msg(  # Candle's rope, rope_i and rope_thd all say "in rope"
+            f"inconsistent last dim size in rope {fmt_shape(x.shape)} {fmt_shape(cos.shape)}"
             f" {fmt_shape(sin.shape)}"
             f" (expected cos/sin of shape [T>={t}, {d // 2}] or [{b}, T>={t}, {d // 2}])"
         )

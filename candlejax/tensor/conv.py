@@ -66,11 +66,14 @@ def _dimsn(t: TensorBase, n: int, op_name: str, what: str = "input") -> tuple[in
     return s
 
 
+_STORAGE_OP = {"conv_transpose1d": "conv-transpose1d"}  # the op Candle's storage dtype check names
+
+
 def _check_kernel(op_name: str, x: TensorBase, kernel: Any) -> None:
     if not isinstance(kernel, TensorBase):
         raise errors.Msg(f"{op_name}: expected a Tensor kernel, got {type(kernel).__name__}")
     if x._a.dtype != kernel._a.dtype:
-        raise errors.DTypeMismatchBinaryOp(x.dtype, kernel.dtype, op_name)
+        raise errors.DTypeMismatchBinaryOp(x.dtype, kernel.dtype, _STORAGE_OP.get(op_name, op_name))
     if 0 in tuple(kernel._a.shape)[2:]:
         raise errors.Msg(f"{op_name}: the kernel {errors.fmt_shape(kernel._a.shape)} has a zero-size window"
                          " (kernel sizes must be positive, as in PyTorch)")  # fmt: skip

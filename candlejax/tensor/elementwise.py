@@ -228,12 +228,20 @@ def _bin_tt(name: str, opname: str, lhs: TensorBase, rhs: TensorBase, broadcast:
             raise errors.ShapeMismatchBinaryOp(a.shape, b.shape, opname, _CMP_HINT.get(opname, ""))
         broadcast_shapes(a.shape, b.shape, opname)
     if a.dtype != b.dtype:
-        raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, opname)
+        raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, _dtype_opname(name, opname))
     if name in _FLOAT_ONLY_BIN and a.dtype not in _FLOAT:
         raise errors.UnsupportedDTypeForOp(lhs.dtype, opname, _F32_HINT)
     check_same_device(opname, lhs, rhs)
     f = _KERNELS[name][0]
     return wrap(f.jitted(a, b) if is_eager() else f.raw(a, b))
+
+
+def _dtype_opname(name: str, opname: str) -> str:
+    """The op a dtype mismatch names: Candle's ``broadcast_add`` broadcasts, then calls ``add``, whose
+    dtype check names ``add`` (``cmp`` for the comparisons); the shape check names ``broadcast_add``."""
+    if not opname.startswith("broadcast_") or name not in _BIN_FNS:
+        return opname
+    return "cmp" if name in _CMP else name
 
 
 _CMP_HINT = {"cmp": "use broadcast_eq / broadcast_lt / ... (or the Python operators) to broadcast"}
@@ -378,6 +386,7 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
     jitted, raw = k.jitted, k.raw
     float_only = name in _FLOAT_ONLY_BIN
     hint = _CMP_HINT.get(opname, "")
+    dtype_opname = _dtype_opname(name, opname)
 
     def tt(lhs: TensorBase, rhs: TensorBase) -> Any:
         a, b = lhs._a, rhs._a
@@ -387,7 +396,7 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
                 raise errors.ShapeMismatchBinaryOp(va.shape, vb.shape, opname, hint)
             broadcast_shapes(va.shape, vb.shape, opname)
         if va.dtype != vb.dtype:
-            raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, opname)
+            raise errors.DTypeMismatchBinaryOp(lhs.dtype, rhs.dtype, dtype_opname)
         if float_only and va.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(lhs.dtype, opname, _F32_HINT)
         if multi_device():

@@ -556,9 +556,9 @@ class IndexingMixin(TensorBase):
         arr = _as_ids(ids, "embedding")
         if len(s) != 2:
             raise errors.ShapeMismatchBinaryOp(s, arr.shape, "embedding", "the embedding table must be (V, H)")
-        _check_values(arr, s[0], "embedding")
+        _check_values(arr, s[0], "index-select")  # Candle's embedding is index_select(ids, 0)
         if arr.size and s[0] == 0:
-            raise errors.InvalidIndex("embedding", 0, 0)
+            raise errors.InvalidIndex("index-select", 0, 0)
         return self._wrap(_embedding(self._a, arr))
 
     def gather(self, index: Any, dim: Any) -> Any:
@@ -587,11 +587,12 @@ class IndexingMixin(TensorBase):
         arr = _as_ids(ids, op_name)
         src = _as_tensor(src, op_name)
         ss = src.shape
+        # Candle's scatter_checks and CPU Scatter kernel name the op "scatter" for the whole family
         if not _same_off_axis(s, ss, d):
-            raise errors.ShapeMismatchBinaryOp(s, ss, f"{op_name} (self, src)")
+            raise errors.ShapeMismatchBinaryOp(s, ss, "scatter (self, src)")
         if arr.shape != ss:
-            raise errors.ShapeMismatchBinaryOp(arr.shape, ss, f"{op_name} (indexes, src)")
-        _check_dtype(op_name, self, src)
+            raise errors.ShapeMismatchBinaryOp(arr.shape, ss, "scatter (indexes, src)")
+        _check_dtype("scatter", self, src)
         check_same_device(op_name, self, src)
         _check_values(arr, s[d], op_name)
         return self._wrap(_scatter(self._a, arr, src._a, axis=d, add=add))
@@ -756,11 +757,11 @@ class IndexingMixin(TensorBase):
             raise errors.ShapeMismatchBinaryOp(s, on_true.shape, "where_cond")
         if on_false.shape != s:
             raise errors.ShapeMismatchBinaryOp(s, on_false.shape, "where_cond")
+        _check_dtype("where", on_true, on_false)  # Candle's storage check names the op "where"
         if not self.dtype.is_int():
             raise errors.UnsupportedDTypeForOp(
                 self.dtype, "where_cond", "the predicate must be an integer tensor, e.g. the U8 result of a comparison"
             )
-        _check_dtype("where_cond", on_true, on_false)
         check_same_device("where_cond", self, on_true, on_false)
         return self._wrap(_where(self._a, on_true._a, on_false._a))
 

@@ -338,7 +338,7 @@ def test_binary_errors():
     raises(errors.DTypeMismatchBinaryOp, lambda a, b: a.add(b), a, T(np.zeros((2, 3), np.float16)),
            match="dtype mismatch in add, lhs: F32, rhs: F16")  # fmt: skip
     raises(errors.DTypeMismatchBinaryOp, lambda a, b: a + b, a, T(np.zeros((3,), BF16)),
-           match="dtype mismatch in broadcast_add, lhs: F32, rhs: BF16")  # fmt: skip
+           match="dtype mismatch in add, lhs: F32, rhs: BF16")  # fmt: skip
     raises(errors.ShapeMismatchBinaryOp, lambda a, b: a + b, a, T(np.zeros((2,), np.float32)))
     with pytest.raises(errors.Error, match="expected a Tensor or a scalar"):
         a.add("x")

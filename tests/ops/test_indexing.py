@@ -484,7 +484,7 @@ ERRORS = [
         "embedding_oob",
         lambda: _t(3, 2).embedding(ids([[0, 3]])),
         errors.InvalidIndex,
-        "embedding invalid index 3 with dim size 3",
+        "index-select invalid index 3 with dim size 3",
     ),
     ("embedding_float", lambda: _t(3, 2).embedding(_t(2)), errors.UnexpectedDType, "embedding"),
     (
@@ -655,7 +655,7 @@ ERRORS = [
         "where_dtype",
         lambda: _t(3, dtype=np.uint8).where_cond(_t(3), _t(3, dtype=np.int32)),
         errors.DTypeMismatchBinaryOp,
-        "dtype mismatch in where_cond, lhs: F32, rhs: I32",
+        "dtype mismatch in where, lhs: F32, rhs: I32",
     ),
     (
         "where_not_tensor",
