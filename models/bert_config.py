@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
+from candlejax.models.loading import candle_config, check_sizes, config_dict, read_config_json
 from candlejax.nn import ops
 
 __all__ = ["Config", "HiddenAct", "PositionEmbeddingType"]
@@ -161,4 +161,4 @@ class Config:
         return self.hidden_size // self.num_attention_heads
 
 
-refuse_unknown_config_keys(Config, "bert")  # Config(**json.loads(s)) names from_dict
+candle_config(Config, "bert")  # Config(**json.loads(s)) names from_dict

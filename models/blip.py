@@ -34,12 +34,12 @@ from candlejax.dtype import DType
 from candlejax.generation import LogitsProcessor, generate
 from candlejax.models import blip_text
 from candlejax.models.loading import (
+    candle_config,
     check_vb_first,
     checkpoint_dir,
     config_dict,
     is_gguf,
     read_config_json,
-    refuse_unknown_config_keys,
     safetensors_files,
     tokenizer_from,
 )
@@ -103,7 +103,7 @@ class VisionConfig:
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
-refuse_unknown_config_keys(VisionConfig, "blip")  # VisionConfig(**config_json) names from_dict
+candle_config(VisionConfig, "blip")  # VisionConfig(**config_json) names from_dict
 
 
 @dataclasses.dataclass
@@ -158,7 +158,7 @@ class Config:
         return cls(blip_text.Config(num_attention_heads=12), VisionConfig())
 
 
-refuse_unknown_config_keys(Config, "blip")  # Config(**config_json) names from_dict
+candle_config(Config, "blip")  # Config(**config_json) names from_dict
 
 
 # ------------------------------------------------------------------------------------------------

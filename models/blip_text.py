@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax.models.loading import refuse_unknown_config_keys
+from candlejax.models.loading import candle_config
 from candlejax.nn import (
     Activation,
     DecodeKvCache,
@@ -107,7 +107,7 @@ class Config:
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
-refuse_unknown_config_keys(Config, "blip_text")  # Config(**config_json) names from_dict
+candle_config(Config, "blip_text")  # Config(**config_json) names from_dict
 
 
 def load_linear(in_dim: int, out_dim: int, vb: VarBuilder, bias: Tensor | None = None) -> Module:

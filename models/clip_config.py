@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
+from candlejax.models.loading import candle_config, check_sizes, config_dict, read_config_json
 from candlejax.nn import Activation
 
 __all__ = ["ClipConfig", "ClipTextConfig", "ClipVisionConfig", "EncoderConfig", "tower_config"]
@@ -52,7 +52,7 @@ class ClipTextConfig:
     pad_with = property(lambda self: None, doc="Candle's ``pad_with``: always ``None`` (pad with ``pad_token_id``).")
 
 
-refuse_unknown_config_keys(ClipTextConfig, "clip")  # ClipTextConfig(**config_json) names from_dict
+candle_config(ClipTextConfig, "clip")  # ClipTextConfig(**config_json) names from_dict
 
 
 @dataclasses.dataclass
@@ -87,7 +87,7 @@ class ClipVisionConfig:
     activation = property(lambda self: Activation.parse(self.hidden_act), doc="``hidden_act`` as an Activation.")
 
 
-refuse_unknown_config_keys(ClipVisionConfig, "clip")  # ClipVisionConfig(**config_json) names from_dict
+candle_config(ClipVisionConfig, "clip")  # ClipVisionConfig(**config_json) names from_dict
 
 
 @dataclasses.dataclass
@@ -154,7 +154,7 @@ class ClipConfig:
         return cls()
 
 
-refuse_unknown_config_keys(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict
+candle_config(ClipConfig, "clip")  # ClipConfig(**config_json) names from_dict
 
 
 class EncoderConfig:

@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from candlejax import errors
-from candlejax.models.loading import check_sizes, config_dict, read_config_json, refuse_unknown_config_keys
+from candlejax.models.loading import candle_config, check_sizes, config_dict, read_config_json
 
 __all__ = ["DEFAULT_MAX_SEQ_LEN", "Config", "Llama3RopeConfig", "Llama3RopeType", "LlamaConfig", "LlamaEosToks"]
 
@@ -277,7 +277,7 @@ class Config:
         return int(self.sliding_window) if self.model_type == "mistral" else None
 
 
-refuse_unknown_config_keys(Config, "llama")  # LlamaConfig(**json.load(f)) names from_json_file
+candle_config(Config, "llama")  # LlamaConfig(**json.load(f)) names from_json_file
 
 
 class _KvHeads(int):

@@ -85,6 +85,21 @@ def refuse_unknown_config_keys(cls: Any, label: str) -> Any:
     return cls
 
 
+def candle_config(cls: Any, label: str) -> Any:
+    """Candle's conventions on a config dataclass: ``cls(**kwargs)`` refuses unknown keys
+    (:func:`refuse_unknown_config_keys`) and ``config.clone()`` (Rust's ``Clone``, as in
+    ``Model::load(vb, config.clone())``) returns an equal, separate copy. Returns ``cls``."""
+    import copy
+
+    if "clone" not in cls.__dict__:
+        def clone(self: Any) -> Any:
+            """Candle's ``config.clone()``: an equal, separate copy of this config."""
+            return copy.deepcopy(self)
+
+        cls.clone = clone
+    return refuse_unknown_config_keys(cls, label)
+
+
 def config_dict(d: Any, label: str, source: str = "") -> Mapping[str, Any]:
     """``d`` itself when it is a dict (a ``config.json`` object), else ``ArgumentType`` naming ``label``."""
     if not isinstance(d, Mapping):

@@ -31,7 +31,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import check_sizes, config_dict, is_gguf, read_config_json, refuse_unknown_config_keys
+from candlejax.models.loading import candle_config, check_sizes, config_dict, is_gguf, read_config_json
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -118,7 +118,7 @@ class Config:
         return self.vocab_size >= 51865
 
 
-refuse_unknown_config_keys(Config, "whisper")  # Config(**config_json) names from_dict
+candle_config(Config, "whisper")  # Config(**config_json) names from_dict
 
 
 def _linear(vb: VarBuilder, n_in: int, n_out: int, bias: bool = True) -> Linear:

@@ -117,3 +117,18 @@ def test_config_dicts_of_the_wrong_type_and_bert_position_embedding_type():
     with pytest.raises(errors.InvalidArgument, match="bert: unknown position_embedding_type 'foo'"):
         bert_config.Config.from_dict({"position_embedding_type": "foo"})
     assert llama_config.Config.from_dict({**_TINY, "eos_token_id": [1, 2], "layer_types": ["full_attention"]})
+
+
+def test_configs_clone_as_rusts_clone():
+    """Candle's examples write ``Model::load(vb, config.clone())``: every model config has ``clone()``,
+    an equal, separate copy."""
+    from candlejax.models import blip, blip_text, llama2_c
+
+    configs = [llama_config.Config.from_dict({"hidden_size": 64, "num_attention_heads": 4}),
+               llama_config.LlamaConfig.from_dict({"hidden_size": 64, "num_attention_heads": 4}),
+               bert_config.Config(), clip_config.ClipConfig.vit_base_patch32(), clip_config.ClipTextConfig(),
+               clip_config.ClipVisionConfig(), whisper.Config(), blip.Config.image_captioning_large(),
+               blip.VisionConfig(), blip_text.Config(), llama2_c.Config.tiny_15m()]  # fmt: skip
+    for cfg in configs:
+        copy = cfg.clone()
+        assert copy == cfg and copy is not cfg and type(copy) is type(cfg)
