@@ -37,6 +37,12 @@ def test_readme_has_python_blocks():
     assert all(not p.marks for p in BLOCKS if p.id.startswith("README.md")), "every README block runs"
 
 
+def test_python_blocks_are_marked_python():
+    # a block fenced ```py, ```python3 or ```pycon would not be run by test_code_block_runs
+    langs = {m for f in FILES for m in re.findall(r"^```[ \t]*(\S*)", f.read_text(encoding="utf-8"), re.M)}
+    assert not {lang for lang in langs if lang.lower().startswith("py") and lang != "python"}, langs
+
+
 @pytest.mark.parametrize("code", BLOCKS)
 def test_code_block_runs(code: str, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
