@@ -139,3 +139,24 @@ def test_readme_table_names_exist():
         obj = _resolve(mod)
         missing += [f"{mod}.{a}" for a in attrs if not hasattr(obj, a)]
     assert not missing, missing
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_and_anchors_resolve():
+    broken = []
+    for f in FILES:
+        for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]+))?\)", f.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path = (f.parent / target) if target else f
+            if not path.exists():
+                broken.append(f"{f.relative_to(ROOT)}: {target}")
+            elif anchor and path.suffix == ".md":
+                heads = {_slug(h) for h in re.findall(r"^#+\s+(.*)$", path.read_text(encoding="utf-8"), re.M)}
+                if anchor not in heads:
+                    broken.append(f"{f.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, broken
