@@ -41,7 +41,7 @@ _COMMANDS = {
     "caption": ("candlejax.cli.caption", "caption an image with BLIP"),
     "clip": ("candlejax.cli.zero_shot", "zero-shot label probabilities for an image with CLIP"),
     "segment": ("candlejax.cli.segment", "Segment Anything masks for points, a box or the whole image"),
-    "demo": ("candlejax.demo", "the main demo (trains Candle's MNIST models; options: candlejax demo -- --help)"),
+    "demo": ("candlejax.demo", "the main demo (an MLP and a CNN on the 8x8 digits; candlejax demo -- --help)"),
 }
 
 

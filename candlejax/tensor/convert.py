@@ -305,7 +305,7 @@ class ConvertMixin(TensorBase):
         if isinstance(dtype, DType):
             d = dtype
         elif dtype is None:
-            raise errors.InvalidArgument("to_dtype: dtype must be a DType (DType.F32) or its name ('f32'), got None")
+            raise errors.ArgumentType("to_dtype: dtype must be a DType (DType.F32) or its name ('f32'), got None")
         else:
             d = to_dtype(dtype)
         a = self._a

@@ -125,8 +125,11 @@ def test_to_dtype_matches_candle_truncation_and_saturation():
         x.to_dtype(DType.F64)
     with pytest.raises(errors.Msg, match="cannot parse"):
         x.to_dtype("float33")
-    # None is not a dtype (numpy reads it as float64)
-    with pytest.raises(errors.InvalidArgument, match=r"to_dtype: dtype must be a DType .* got None"):
+    # None is not a dtype (numpy reads it as float64); candle-pyo3 raises a TypeError:
+    # "'NoneType' object cannot be converted to 'DType'"
+    with pytest.raises(errors.ArgumentType, match=r"to_dtype: dtype must be a DType .* got None"):
+        x.to_dtype(None)
+    with pytest.raises(TypeError):
         x.to_dtype(None)
     # int -> int wraps like Rust `as`
     assert Tensor([-1]).to_dtype("u32").to_vec1() == [2**32 - 1]
