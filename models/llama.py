@@ -31,7 +31,7 @@ Text generation with a tokenizer: :class:`candlejax.pipelines.TextGeneration`; c
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -438,22 +438,30 @@ class Llama(Module):
         """Drop the KV cache kept by :meth:`forward`."""
         self._forward_state = Attached()
 
-    def generate(self, prompt_tokens: Sequence[int], max_new_tokens: int, processor: Any = None,
+    def generate(self, prompt_tokens: Sequence[int] | Any, max_new_tokens: int, processor: Any = None,
                  eos_token_id: Any = None, max_seq_len: int | None = None, **kwargs: Any) -> Any:  # fmt: skip
         """Run :func:`candlejax.generation.generate` with :func:`step` on a fresh cache sized for
-        the prompt and ``max_new_tokens`` (``max_seq_len`` caps it; at most
+        the prompt (ids as ``generate`` takes them: a list, an ``(S,)`` or ``(1, S)`` array or
+        Tensor) and ``max_new_tokens`` (``max_seq_len`` caps it; at most
         ``max_position_embeddings``); yields token ids as they come. A full cache ends the
         generation with ``finish_reason == "cache_full"``; a prompt longer than it raises.
         ``eos_token_id`` defaults to ``generation_config.json``'s where the model folder has one
         (transformers' ``generate``), else ``config.json``'s."""
-        n = len(prompt_tokens) + int(max_new_tokens)
+        p = unwrap(prompt_tokens)
+        if not hasattr(p, "shape") and isinstance(p, Iterable):
+            p = list(p)
+        try:
+            s = int(np.shape(p)[-1]) if np.ndim(p) else 0  # (S,) or (1, S): generate checks the shape
+        except ValueError:  # a ragged nested list: generate names it
+            s = 0
+        n = s + int_arg(max_new_tokens, "llama generate", "max_new_tokens")
         size = min(max_seq_len or -(-n // 128) * 128, self.max_position_embeddings)
-        self.check_positions(int(kwargs.get("start_pos", 0)), len(prompt_tokens))
+        self.check_positions(int(kwargs.get("start_pos", 0)), s)
         cache = self.new_cache(1, size)
         if eos_token_id is None:
             eos = self.generation_eos_token_ids
             eos_token_id = (list(eos) if eos is not None else self.config.eos_token_ids) or None
-        return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
+        return generate(step, self, cache, p, max_new_tokens, processor, eos_token_id, **kwargs)
 
 
 def _generation_eos(path: str) -> tuple[int, ...] | None:

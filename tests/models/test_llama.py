@@ -586,3 +586,28 @@ def test_generate_stops_at_generation_config_eos_as_transformers(pair, tmp_path)
     (tmp_path / "generation_config.json").unlink()
     model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
     assert model.generation_eos_token_ids is None and len(list(model.generate(prompt, 12))) == 12
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_generate_sizes_its_cache_for_a_batch_of_one_prompt(pair, tmp_path):
+    """``Llama.generate`` takes the prompt as ``generate`` does (a list, or ``(S,)`` / ``(1, S)``
+    arrays and Tensors): a ``(1, S)`` prompt gets a cache for its S tokens plus the new ones, not
+    for one token (the generation then stopped early with ``"cache_full"``)."""
+    import shutil
+
+    from candlejax import Tensor
+
+    _name, hf, _model, d = pair
+    shutil.copytree(d, tmp_path, dirs_exist_ok=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
+    model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
+    prompt = np.random.default_rng(7).integers(0, BASE["vocab_size"], 100).tolist()
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    for given in (prompt, np.array([prompt]), jnp.asarray([prompt], jnp.uint32),
+                  Tensor.new(np.array([prompt], np.uint32), Device.Cpu)):  # fmt: skip
+        g = model.generate(given, 40, Sampling.ArgMax(), eos_token_id=[])
+        assert list(g) == ref and g.finish_reason == "length", type(given)
