@@ -344,6 +344,8 @@ class Generation:
         check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
         self.repeat_last_n = int_arg(repeat_last_n, "generate", "repeat_last_n")
+        if self.repeat_last_n < 0:  # Candle's usize; 0 is no penalty
+            raise errors.InvalidArgument(f"generate: repeat_last_n must be >= 0, got {self.repeat_last_n}")
         if not jnp.issubdtype(token_dtype, jnp.integer):
             raise errors.InvalidArgument(f"generate: token_dtype must be an integer dtype, got {token_dtype!r}")
         self.prompt = _prompt_array(prompt_tokens, token_dtype, model_limit(params, "vocab_size"))

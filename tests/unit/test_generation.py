@@ -634,6 +634,9 @@ def test_generate_tensor_tokens_and_errors():
         generate(step, params, fresh(), [1, -1], 4)
     with pytest.raises(cj.Error, match="repeat penalty must be > 0"):
         generate(step, params, fresh(), [1, 2], 4, repeat_penalty=0.0)
+    # Candle's repeat_last_n is a usize: a negative window used to turn the penalty off silently
+    with pytest.raises(cj.Error, match="repeat_last_n must be >= 0"):
+        generate(step, params, fresh(), [1, 2], 4, repeat_penalty=1.3, repeat_last_n=-4)
     with pytest.raises(cj.Error, match="the cache holds batch 2"):
         generate(step, params, cj.nn.StackedKvCache.new(1, 2, 1, 8, 4), [1, 2], 4)
 
