@@ -456,7 +456,13 @@ class Llama(Module):
             s = 0
         n = s + int_arg(max_new_tokens, "llama generate", "max_new_tokens")
         size = min(max_seq_len or -(-n // 128) * 128, self.max_position_embeddings)
-        self.check_positions(int(kwargs.get("start_pos", 0)), s)
+        if kwargs.get("start_pos", 0) != 0:
+            raise errors.InvalidArgument(
+                f"llama generate: start_pos={kwargs['start_pos']!r}, but Llama.generate starts a sequence on a new"
+                " cache (nothing before start_pos); continue one with generate(llama.step, model, cache, ids, n,"
+                " start_pos=...)"
+            )
+        self.check_positions(0, s)
         cache = self.new_cache(1, size)
         if eos_token_id is None:
             eos = self.generation_eos_token_ids

@@ -611,3 +611,6 @@ def test_generate_sizes_its_cache_for_a_batch_of_one_prompt(pair, tmp_path):
                   Tensor.new(np.array([prompt], np.uint32), Device.Cpu)):  # fmt: skip
         g = model.generate(given, 40, Sampling.ArgMax(), eos_token_id=[])
         assert list(g) == ref and g.finish_reason == "length", type(given)
+    # a fresh cache holds nothing before start_pos: its empty slots were attended to silently
+    with pytest.raises(errors.Error, match="start_pos"):
+        model.generate(prompt, 4, start_pos=7)
