@@ -455,7 +455,7 @@ class Llama(Module):
         except ValueError:  # a ragged nested list: generate names it
             s = 0
         n = s + int_arg(max_new_tokens, "llama generate", "max_new_tokens")
-        size = min(max_seq_len or -(-n // 128) * 128, self.max_position_embeddings)
+        size = min(-(-n // 128) * 128 if max_seq_len is None else max_seq_len, self.max_position_embeddings)
         if kwargs.get("start_pos", 0) != 0:
             raise errors.InvalidArgument(
                 f"llama generate: start_pos={kwargs['start_pos']!r}, but Llama.generate starts a sequence on a new"

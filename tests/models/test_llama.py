@@ -614,3 +614,5 @@ def test_generate_sizes_its_cache_for_a_batch_of_one_prompt(pair, tmp_path):
     # a fresh cache holds nothing before start_pos: its empty slots were attended to silently
     with pytest.raises(errors.Error, match="start_pos"):
         model.generate(prompt, 4, start_pos=7)
+    with pytest.raises(errors.Error, match="max_seq_len"):  # 0 was read as "no cap" (falsy)
+        model.generate(prompt, 4, max_seq_len=0)
