@@ -31,7 +31,7 @@ Text generation with a tokenizer: :class:`candlejax.pipelines.TextGeneration`; c
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -53,7 +53,7 @@ from candlejax.models.llama_config import (
     LlamaEosToks,
 )
 from candlejax.models.llama_forward_cache import ForwardCache, forward_state
-from candlejax.models.loading import check_architecture
+from candlejax.models.loading import check_architecture, read_config_json
 from candlejax.nn import (
     Embedding,
     HostState,
@@ -231,7 +231,7 @@ class Llama(Module):
     A pytree of its weights: pass it to ``jax.jit`` as an argument (see :func:`step`).
     """
 
-    _static_fields = frozenset({"config"})
+    _static_fields = frozenset({"config", "generation_eos_token_ids"})
 
     def __init__(self, embed_tokens: Any, layers: list[Block] | Block, norm: Any, lm_head: Any,
                  rotary: RotaryEmbedding, config: Config, tokenizer_path: str | None = None):  # fmt: skip
@@ -242,6 +242,9 @@ class Llama(Module):
         self.rotary = rotary
         self.config = config
         self.tokenizer_path = tokenizer_path
+        #: ``generation_config.json``'s ``eos_token_id`` (read by :meth:`from_pretrained`), which
+        #: :meth:`generate` stops at, as transformers' ``generate``; ``None``: ``config.json``'s
+        self.generation_eos_token_ids: tuple[int, ...] | None = None
         self._forward_state = Attached()
 
     @property
@@ -298,6 +301,7 @@ class Llama(Module):
         vb = VarBuilder.from_mmaped_safetensors(files.weights, dt, Device.coerce(device))
         model = Llama.load(vb, config, strict, mesh, rules)
         model.tokenizer_path = files.tokenizer
+        model.generation_eos_token_ids = _generation_eos(os.path.join(files.root, "generation_config.json"))
         return model
 
     @property
@@ -434,19 +438,47 @@ class Llama(Module):
         """Drop the KV cache kept by :meth:`forward`."""
         self._forward_state = Attached()
 
-    def generate(self, prompt_tokens: Sequence[int], max_new_tokens: int, processor: Any = None,
+    def generate(self, prompt_tokens: Sequence[int] | Any, max_new_tokens: int, processor: Any = None,
                  eos_token_id: Any = None, max_seq_len: int | None = None, **kwargs: Any) -> Any:  # fmt: skip
         """Run :func:`candlejax.generation.generate` with :func:`step` on a fresh cache sized for
-        the prompt and ``max_new_tokens`` (``max_seq_len`` caps it; at most
+        the prompt (ids as ``generate`` takes them: a list, an ``(S,)`` or ``(1, S)`` array or
+        Tensor) and ``max_new_tokens`` (``max_seq_len`` caps it; at most
         ``max_position_embeddings``); yields token ids as they come. A full cache ends the
-        generation with ``finish_reason == "cache_full"``; a prompt longer than it raises."""
-        n = len(prompt_tokens) + int(max_new_tokens)
-        size = min(max_seq_len or -(-n // 128) * 128, self.max_position_embeddings)
-        self.check_positions(int(kwargs.get("start_pos", 0)), len(prompt_tokens))
+        generation with ``finish_reason == "cache_full"``; a prompt longer than it raises.
+        ``eos_token_id`` defaults to ``generation_config.json``'s where the model folder has one
+        (transformers' ``generate``), else ``config.json``'s."""
+        p = unwrap(prompt_tokens)
+        if not hasattr(p, "shape") and isinstance(p, Iterable):
+            p = list(p)
+        try:
+            s = int(np.shape(p)[-1]) if np.ndim(p) else 0  # (S,) or (1, S): generate checks the shape
+        except ValueError:  # a ragged nested list: generate names it
+            s = 0
+        n = s + int_arg(max_new_tokens, "llama generate", "max_new_tokens")
+        size = min(-(-n // 128) * 128 if max_seq_len is None else max_seq_len, self.max_position_embeddings)
+        if kwargs.get("start_pos", 0) != 0:
+            raise errors.InvalidArgument(
+                f"llama generate: start_pos={kwargs['start_pos']!r}, but Llama.generate starts a sequence on a new"
+                " cache (nothing before start_pos); continue one with generate(llama.step, model, cache, ids, n,"
+                " start_pos=...)"
+            )
+        self.check_positions(0, s)
         cache = self.new_cache(1, size)
         if eos_token_id is None:
-            eos_token_id = self.config.eos_token_ids or None
-        return generate(step, self, cache, list(prompt_tokens), max_new_tokens, processor, eos_token_id, **kwargs)
+            eos = self.generation_eos_token_ids
+            eos_token_id = (list(eos) if eos is not None else self.config.eos_token_ids) or None
+        return generate(step, self, cache, p, max_new_tokens, processor, eos_token_id, **kwargs)
+
+
+def _generation_eos(path: str) -> tuple[int, ...] | None:
+    """The ``eos_token_id`` ids of a ``generation_config.json`` (``None``: no file, or no ids in it)."""
+    if not os.path.isfile(path):
+        return None
+    e = read_config_json(path, "llama generation_config.json").get("eos_token_id")
+    ids = [] if e is None else [e] if isinstance(e, int) else list(e) if isinstance(e, list) else None
+    if ids is None or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise errors.InvalidArgument(f"llama: {path}: eos_token_id must be an id or a list of ids, got {e!r}")
+    return tuple(ids) or None
 
 
 def _device_of(a: Any) -> Device | None:

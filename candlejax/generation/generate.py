@@ -344,6 +344,8 @@ class Generation:
         check_penalty(repeat_penalty, "generate")
         self.repeat_penalty = float(repeat_penalty)
         self.repeat_last_n = int_arg(repeat_last_n, "generate", "repeat_last_n")
+        if self.repeat_last_n < 0:  # Candle's usize; 0 is no penalty
+            raise errors.InvalidArgument(f"generate: repeat_last_n must be >= 0, got {self.repeat_last_n}")
         if not jnp.issubdtype(token_dtype, jnp.integer):
             raise errors.InvalidArgument(f"generate: token_dtype must be an integer dtype, got {token_dtype!r}")
         self.prompt = _prompt_array(prompt_tokens, token_dtype, model_limit(params, "vocab_size"))
@@ -627,6 +629,34 @@ class Generation:
         self.finish_reason = "length"
 
 
+#: transformers ``generate`` keywords ``generate`` has no option for, and what to use instead
+_TRANSFORMERS_OPTIONS = {
+    "attention_mask": "generate drives one sequence without padding: pass only the prompt's ids",
+    "max_length": "pass max_new_tokens (the number of new tokens; max_length counts the prompt too)",
+    "min_length": "generate has no minimum length; stop early yourself or leave eos_token_id out",
+    "min_new_tokens": "generate has no minimum length; stop early yourself or leave eos_token_id out",
+    "repetition_penalty": "pass repeat_penalty= (and repeat_last_n=, the window of recent ids it covers)",
+    "pad_token_id": "generate drives one sequence and pads nothing",
+    "generation_config": "pass the options as generate's own keywords",
+    "num_beams": "generate samples one sequence (no beam search)",
+    "num_return_sequences": "generate drives one sequence: call it once per sequence",
+}
+for _name in ("do_sample", "temperature", "top_k", "top_p", "seed"):
+    _TRANSFORMERS_OPTIONS[_name] = ("pass processor=LogitsProcessor.from_sampling(seed, Sampling.TopKThenTopP(k, p,"
+                                    " temperature)) (or another Sampling; None is greedy)")
+
+
+def _check_options(kwargs: dict[str, Any]) -> None:
+    """Raise ``ArgumentType`` for a keyword :class:`Generation` does not take, naming what to use."""
+    known = inspect.signature(Generation.__init__).parameters
+    for name in kwargs:
+        if name not in known:
+            hint = _TRANSFORMERS_OPTIONS.get(name) or "its options are " + ", ".join(
+                k for k, v in known.items() if v.kind is inspect.Parameter.KEYWORD_ONLY
+            )
+            raise errors.ArgumentType(f"generate: no option {name}=; {hint}")
+
+
 def _specs(tree: Any) -> Any:
     """``jax.ShapeDtypeStruct`` placeholders (shape, dtype, sharding) for a compiled program's outputs."""
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
@@ -658,6 +688,7 @@ def compile_generation(
         model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
         for tok in generate(llama.step, model, model.new_cache(1, 256), ids, 128): ...   # compiles nothing
     """
+    _check_options(kwargs)
     return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id,
                       **kwargs).compile(compact)  # fmt: skip
 
@@ -696,4 +727,5 @@ def generate(
 
     Returns a :class:`Generation` iterator; its ``cache``/``pos``/``last_token`` continue a chat.
     """
+    _check_options(kwargs)
     return Generation(step_fn, params, cache, prompt_tokens, max_new_tokens, processor, eos_token_id, **kwargs)

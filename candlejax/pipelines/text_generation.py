@@ -52,7 +52,8 @@ class TextGeneration:
         self.model = model
         self.tokenizer = tokenizer
         eos = list(eos_token_ids) if eos_token_ids is not None else list(getattr(tokenizer, "eos_token_ids", []))
-        self.eos_token_ids = list(dict.fromkeys([*eos, *model.config.eos_token_ids]))
+        gen_eos = getattr(model, "generation_eos_token_ids", None) or ()  # generation_config.json's
+        self.eos_token_ids = list(dict.fromkeys([*eos, *model.config.eos_token_ids, *gen_eos]))
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
                                         or max_seq_len <= 0):  # 0 meant "the default" (falsy)  # fmt: skip
             raise errors.InvalidArgument(

@@ -552,3 +552,67 @@ def test_llama_config_num_key_value_heads_method_and_tied_default():
     assert c.into_config(False).num_key_value_heads == 2 and repr(c.num_key_value_heads) == "2"
     assert json.loads(json.dumps(dataclasses.asdict(c)))["num_key_value_heads"] == 2
     assert c == llama.Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_generate_stops_at_generation_config_eos_as_transformers(pair, tmp_path):
+    """``generation_config.json``'s ``eos_token_id`` (a list, as Llama-3-Instruct's ``[<|end_of_text|>,
+    <|eot_id|>]`` beside a single id in ``config.json``) is what transformers' ``generate`` stops at."""
+    import shutil
+
+    _name, _hf, _model, d = pair
+    shutil.copytree(d, tmp_path, dirs_exist_ok=True)
+    prompt = [5, 17, 3, 42]
+    free = list(generate(llama.step, _model, _model.new_cache(1, 64), prompt, 12, Sampling.ArgMax()))
+    stop = free[4]
+    unused = next(t for t in range(BASE["vocab_size"]) if t not in free)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "eos_token_id": unused}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [unused, stop]}))
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                          pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    assert ref == free[: free.index(stop) + 1]  # transformers yields the EOS
+    model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
+    g = model.generate(prompt, 12, Sampling.ArgMax())
+    assert list(g) == ref[:-1] and g.finish_reason == "eos"
+    assert model.generation_eos_token_ids == (unused, stop)
+    from candlejax.pipelines.text_generation import TextGeneration
+
+    assert TextGeneration(model, None, eos_token_ids=[]).eos_token_ids == [unused, stop]
+    # without generation_config.json: config.json's eos
+    (tmp_path / "generation_config.json").unlink()
+    model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
+    assert model.generation_eos_token_ids is None and len(list(model.generate(prompt, 12))) == 12
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_generate_sizes_its_cache_for_a_batch_of_one_prompt(pair, tmp_path):
+    """``Llama.generate`` takes the prompt as ``generate`` does (a list, or ``(S,)`` / ``(1, S)``
+    arrays and Tensors): a ``(1, S)`` prompt gets a cache for its S tokens plus the new ones, not
+    for one token (the generation then stopped early with ``"cache_full"``)."""
+    import shutil
+
+    from candlejax import Tensor
+
+    _name, hf, _model, d = pair
+    shutil.copytree(d, tmp_path, dirs_exist_ok=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 512}))
+    model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
+    prompt = np.random.default_rng(7).integers(0, BASE["vocab_size"], 100).tolist()
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    for given in (prompt, np.array([prompt]), jnp.asarray([prompt], jnp.uint32),
+                  Tensor.new(np.array([prompt], np.uint32), Device.Cpu)):  # fmt: skip
+        g = model.generate(given, 40, Sampling.ArgMax(), eos_token_id=[])
+        assert list(g) == ref and g.finish_reason == "length", type(given)
+    # a fresh cache holds nothing before start_pos: its empty slots were attended to silently
+    with pytest.raises(errors.Error, match="start_pos"):
+        model.generate(prompt, 4, start_pos=7)
+    with pytest.raises(errors.Error, match="max_seq_len"):  # 0 was read as "no cap" (falsy)
+        model.generate(prompt, 4, max_seq_len=0)

@@ -19,6 +19,7 @@ from candlejax.generation import (
     TokenOutputStream,
     apply_repeat_penalty,
     apply_repeat_penalty_mask,
+    compile_generation,
     context_mask,
     generate,
     normalize_sampling,
@@ -633,8 +634,24 @@ def test_generate_tensor_tokens_and_errors():
         generate(step, params, fresh(), [1, -1], 4)
     with pytest.raises(cj.Error, match="repeat penalty must be > 0"):
         generate(step, params, fresh(), [1, 2], 4, repeat_penalty=0.0)
+    # Candle's repeat_last_n is a usize: a negative window used to turn the penalty off silently
+    with pytest.raises(cj.Error, match="repeat_last_n must be >= 0"):
+        generate(step, params, fresh(), [1, 2], 4, repeat_penalty=1.3, repeat_last_n=-4)
     with pytest.raises(cj.Error, match="the cache holds batch 2"):
         generate(step, params, cj.nn.StackedKvCache.new(1, 2, 1, 8, 4), [1, 2], 4)
+
+
+def test_generate_refuses_transformers_options_it_does_not_have():
+    """transformers' ``generate`` keywords that ``generate`` lacks (``attention_mask``, ``max_length``,
+    ``do_sample``, ...) raise a candlejax error naming the keyword and what to use instead, never
+    a bare ``TypeError`` from a constructor."""
+    params, fresh, step, _ = _SHARED
+    for kw, hint in (("attention_mask", "padding"), ("max_length", "max_new_tokens"), ("do_sample", "processor"),
+                     ("repetition_penalty", "repeat_penalty"), ("top_k", "processor"), ("bogus", "repeat_last_n")):
+        with pytest.raises(cj.errors.ArgumentType, match=rf"generate: no option {kw}=.*{hint}"):
+            generate(step, params, fresh(), [1, 2], 4, **{kw: 1})
+        with pytest.raises(cj.errors.ArgumentType, match=rf"no option {kw}="):
+            compile_generation(step, params, fresh(), [1, 2], 4, **{kw: 1})
 
 
 # --- TokenOutputStream ---------------------------------------------------------------------------------
