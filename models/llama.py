@@ -53,7 +53,7 @@ from candlejax.models.llama_config import (
     LlamaEosToks,
 )
 from candlejax.models.llama_forward_cache import ForwardCache, forward_state
-from candlejax.models.loading import check_architecture, read_config_json
+from candlejax.models.loading import check_architecture, generation_eos_token_ids
 from candlejax.nn import (
     Embedding,
     HostState,
@@ -301,7 +301,7 @@ class Llama(Module):
         vb = VarBuilder.from_mmaped_safetensors(files.weights, dt, Device.coerce(device))
         model = Llama.load(vb, config, strict, mesh, rules)
         model.tokenizer_path = files.tokenizer
-        model.generation_eos_token_ids = _generation_eos(os.path.join(files.root, "generation_config.json"))
+        model.generation_eos_token_ids = generation_eos_token_ids(files.root, "llama")
         return model
 
     @property
@@ -469,16 +469,6 @@ class Llama(Module):
             eos_token_id = (list(eos) if eos is not None else self.config.eos_token_ids) or None
         return generate(step, self, cache, p, max_new_tokens, processor, eos_token_id, **kwargs)
 
-
-def _generation_eos(path: str) -> tuple[int, ...] | None:
-    """The ``eos_token_id`` ids of a ``generation_config.json`` (``None``: no file, or no ids in it)."""
-    if not os.path.isfile(path):
-        return None
-    e = read_config_json(path, "llama generation_config.json").get("eos_token_id")
-    ids = [] if e is None else [e] if isinstance(e, int) else list(e) if isinstance(e, list) else None
-    if ids is None or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-        raise errors.InvalidArgument(f"llama: {path}: eos_token_id must be an id or a list of ids, got {e!r}")
-    return tuple(ids) or None
 
 
 def _device_of(a: Any) -> Device | None:

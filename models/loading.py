@@ -25,9 +25,9 @@ from candlejax import errors
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.quantized import VarBuilder
 
-__all__ = ["check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir", "config_dict",
-           "gguf_file", "is_gguf", "read_config_json", "refuse_unknown_config_keys", "safetensors_files",
-           "tokenizer_from"]  # fmt: skip
+__all__ = ["candle_config", "check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir",
+           "config_dict", "generation_eos_token_ids", "gguf_file", "is_gguf", "read_config_json",
+           "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,
@@ -238,3 +238,16 @@ def _cached_tokenizer(file: str, mtime_ns: int) -> Any:
     from candlejax.tokenizer import load_tokenizer
 
     return load_tokenizer(file)
+
+
+def generation_eos_token_ids(folder: str | os.PathLike, label: str) -> tuple[int, ...] | None:
+    """The ``eos_token_id`` ids of the ``generation_config.json`` in a model folder, where transformers'
+    ``generate`` reads its stop ids (``None``: no file, or no ids in it); a malformed value raises."""
+    path = os.path.join(os.fspath(folder), "generation_config.json")
+    if not os.path.isfile(path):
+        return None
+    e = read_config_json(path, f"{label} generation_config.json").get("eos_token_id")
+    ids = [] if e is None else [e] if isinstance(e, int) else list(e) if isinstance(e, list) else None
+    if ids is None or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise errors.InvalidArgument(f"{label}: {path}: eos_token_id must be an id or a list of ids, got {e!r}")
+    return tuple(ids) or None
