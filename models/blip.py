@@ -27,6 +27,8 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from candlejax import errors, vision
 from candlejax.device import Device
@@ -69,6 +71,7 @@ __all__ = [
     "caption",
     "caption_ids",
     "preprocess",
+    "prompt_input_ids",
     "vision_forward_jit",
 ]
 
@@ -363,10 +366,63 @@ def preprocess(image: Any, size: int = 384) -> Tensor:
     return vision.normalize(img, vision.OPENAI_CLIP_MEAN, vision.OPENAI_CLIP_STD).unsqueeze(0)
 
 
+def _prompt_ids(cfg: blip_text.Config, input_ids: Any, batch: int) -> np.ndarray:
+    """transformers' ``BlipForConditionalGeneration.generate``: ``input_ids[:, 0] = bos_token_id`` and
+    ``input_ids[:, :-1]`` fed (the processor's ``[CLS] prompt [SEP]``: BOS, then the prompt);
+    ``None``: ``[[bos]]``."""
+    if input_ids is None:
+        return np.full((batch, 1), cfg.bos_token_id, np.int64)
+    ids = np.asarray(input_ids.numpy() if isinstance(input_ids, Tensor) else input_ids)
+    ids = ids[None] if ids.ndim == 1 else ids
+    if ids.ndim != 2 or ids.shape[1] < 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise errors.Msg(
+            "blip.caption: input_ids must be the processor's integer ids [CLS] prompt [SEP], (seq,) or (batch, seq)"
+            f" with seq >= 2, got shape {list(ids.shape)} ({ids.dtype})"
+        )
+    if ids.shape[0] not in (1, batch):
+        raise errors.Msg(f"blip.caption: input_ids hold {ids.shape[0]} rows for a batch of {batch} images")
+    ids = ids[:, :-1].astype(np.int64)
+    ids[:, 0] = cfg.bos_token_id
+    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise errors.Msg(f"blip.caption: input_ids must be in 0..{cfg.vocab_size - 1}, got {ids.min()}..{ids.max()}")
+    return np.broadcast_to(ids, (batch, ids.shape[1])) if batch > 1 else ids
+
+
+@jax.jit
+def _greedy_step(decoder: blip_text.TextLMHeadModel, cache: blip_text.TextCache, tokens: Any,
+                 pos: Any) -> tuple[Any, blip_text.TextCache]:  # fmt: skip
+    logits, cache = blip_text.step(decoder, cache, tokens, pos)
+    return jnp.argmax(logits.jax, -1), cache
+
+
+def _greedy_batch(decoder: blip_text.TextLMHeadModel, cache: blip_text.TextCache, prompt: np.ndarray,
+                  max_new_tokens: int, sep: int, pad: int) -> list[list[int]]:  # fmt: skip
+    """transformers' batched greedy search: a row that has met ``[SEP]`` is fed ``pad`` until every
+    row has (or ``max_new_tokens``); each row: the prompt after BOS, then its tokens before ``[SEP]``."""
+    nxt, cache = _greedy_step(decoder, cache, jnp.asarray(prompt, jnp.uint32), jnp.int32(0))
+    rows, done, pos = [[int(t) for t in r[1:]] for r in prompt], np.zeros(len(prompt), bool), prompt.shape[1]
+    for i in range(max_new_tokens):
+        toks = np.asarray(nxt)
+        for r, t in enumerate(toks):
+            if done[r]:
+                continue
+            if t == sep:
+                done[r] = True
+            else:
+                rows[r].append(int(t))
+        if done.all() or i == max_new_tokens - 1:
+            break
+        feed = jnp.asarray(np.where(done, pad, toks)[:, None], jnp.uint32)
+        nxt, cache = _greedy_step(decoder, cache, feed, jnp.int32(pos))
+        pos += 1
+    return rows
+
+
 def caption_ids(
     model: BlipForConditionalGeneration, image: Any, max_new_tokens: int = 30, temperature: float | None = None,
     top_p: float | None = None, seed: int = 299792458, processor: LogitsProcessor | None = None,
-) -> list[int]:  # fmt: skip
+    input_ids: Any = None,
+) -> list[int] | list[list[int]]:  # fmt: skip
     """The caption's token ids (without the leading BOS and the final ``[SEP]``).
 
     Candle: the ``blip`` example (vision model once, then ``text_decoder.forward`` per token with
@@ -375,41 +431,76 @@ def caption_ids(
     the image's cross-attention keys/values. ``temperature`` ``None`` (or 0) decodes greedily
     (transformers' ``generate(do_sample=False)``); otherwise samples with
     ``LogitsProcessor(seed, temperature, top_p)``, or with ``processor``.
+
+    ``input_ids``: a text prompt, transformers' ``model.generate(pixel_values, input_ids=...)``: the
+    processor's ids (``[CLS] prompt [SEP]``, a list, ``(seq,)`` or ``(batch, seq)``; see
+    :func:`prompt_input_ids`) whose first id is replaced by BOS and whose last is dropped; the ids
+    returned then begin with the prompt's, as transformers' output does. ``image``: one image, a
+    list of images or a ``(B, 3, S, S)`` pixel batch: several images are decoded together (greedy
+    only), one list of ids per image, the same as captioning each alone.
     """
     if max_new_tokens < 1:
         raise errors.Msg(f"blip.caption: max_new_tokens must be >= 1, got {max_new_tokens}")
     cfg = model.config.text_config
-    pixels = preprocess(image, model.image_size)
+    several = isinstance(image, list | tuple)
+    if several and not image:
+        raise errors.Msg("blip.caption: an empty list of images")
+    pixels = (Tensor.cat([preprocess(im, model.image_size) for im in image], 0) if several
+              else preprocess(image, model.image_size))  # fmt: skip
     dtype = model.vision_model.embeddings.class_embedding.dtype
     image_embeds = vision_forward_jit(model, pixels.to_dtype(dtype))
-    if image_embeds.dim(0) != 1:
-        raise errors.Msg(f"blip.caption: one image at a time, got a batch of {image_embeds.dim(0)}")
-    limit = cfg.max_position_embeddings
-    if 1 + max_new_tokens > limit:
+    b = image_embeds.dim(0)
+    prompt = _prompt_ids(cfg, input_ids, b)
+    s, limit = prompt.shape[1], cfg.max_position_embeddings
+    if s + max_new_tokens > limit:
         raise errors.Msg(
-            f"blip.caption: max_new_tokens {max_new_tokens} exceeds max_position_embeddings - 1 ({limit - 1})"
+            f"blip.caption: max_new_tokens {max_new_tokens} exceeds max_position_embeddings - {s} ({limit - s})"
+            + (f" (a prompt of {s - 1} tokens after BOS)" if s > 1 else "")
         )
-    n = min(limit, -(-(1 + max_new_tokens) // _BUCKET) * _BUCKET)
+    n = min(limit, -(-(s + max_new_tokens) // _BUCKET) * _BUCKET)
     cache = model.text_decoder.new_cache(image_embeds, n)
+    if several or b > 1:
+        if processor is not None or temperature:
+            raise errors.Msg(f"blip.caption: a batch of {b} images is decoded greedily (temperature=None, no"
+                             " processor); caption the images one at a time to sample")  # fmt: skip
+        return _greedy_batch(model.text_decoder, cache, prompt, max_new_tokens, cfg.sep_token_id, cfg.pad_token_id)
     lp = processor if processor is not None else LogitsProcessor(seed, temperature, top_p)
-    gen = generate(blip_text.step, model.text_decoder, cache, [cfg.bos_token_id], max_new_tokens, lp,
+    gen = generate(blip_text.step, model.text_decoder, cache, prompt[0].tolist(), max_new_tokens, lp,
                    eos_token_id=cfg.sep_token_id)  # fmt: skip
-    return list(gen)
+    return prompt[0, 1:].tolist() + list(gen)
+
+
+def prompt_input_ids(model: BlipForConditionalGeneration, tokenizer: Any, prompt: str) -> list[int]:
+    """The ids ``BlipProcessor(image, prompt)`` gives for :func:`caption_ids`'s ``input_ids``:
+    ``[BOS] prompt [SEP]`` (the first is replaced by BOS and the last dropped anyway), the prompt
+    encoded without special tokens by ``tokenizer`` (``tokenizers.Tokenizer`` or transformers')."""
+    if not isinstance(prompt, str):
+        raise errors.Msg(f"blip.caption: prompt must be a str, got {type(prompt).__name__}")
+    if not hasattr(tokenizer, "encode"):
+        raise errors.Msg(f"blip.caption: a prompt needs a tokenizer with encode(text), got {tokenizer!r}")
+    enc = tokenizer.encode(prompt, add_special_tokens=False)
+    cfg = model.config.text_config
+    return [cfg.bos_token_id, *(int(i) for i in getattr(enc, "ids", enc)), cfg.sep_token_id]
 
 
 def caption(
     model: BlipForConditionalGeneration, image: Any, tokenizer: Any = None, max_new_tokens: int = 30,
     temperature: float | None = None, top_p: float | None = None, seed: int = 299792458,
-    processor: LogitsProcessor | None = None,
-) -> str:  # fmt: skip
+    processor: LogitsProcessor | None = None, prompt: str | None = None,
+) -> str | list[str]:  # fmt: skip
     """A caption for ``image`` (see :func:`preprocess`). ``tokenizer``: a ``tokenizers.Tokenizer``,
     the path of ``tokenizer.json`` (or its folder) or an object with ``decode(ids,
     skip_special_tokens=True)``; by default the ``tokenizer.json`` of the checkpoint folder the model
-    was loaded from (``from_pretrained``, or ``load`` from its safetensors). See :func:`caption_ids` for the rest."""
+    was loaded from (``from_pretrained``, or ``load`` from its safetensors). ``prompt``: conditional
+    captioning (transformers' ``processor(image, prompt)``), the caption begins with it. A list of
+    images (or a pixel batch) gives a list of captions. See :func:`caption_ids` for the rest."""
     tok = tokenizer_from(tokenizer, model.path, "blip.caption")
     if not hasattr(tok, "decode"):
         raise errors.Msg(f"blip.caption: the tokenizer needs a decode(ids, skip_special_tokens=True), got {tok!r}")
-    ids = caption_ids(model, image, max_new_tokens, temperature, top_p, seed, processor)
+    input_ids = None if prompt is None else prompt_input_ids(model, tok, prompt)
+    ids = caption_ids(model, image, max_new_tokens, temperature, top_p, seed, processor, input_ids)
+    if ids and isinstance(ids[0], list):
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
     return tok.decode(ids, skip_special_tokens=True).strip()
 
 

@@ -7,7 +7,7 @@
     candlejax transcribe FILE.wav --timestamps               # = python -m candlejax.models.whisper transcribe
     candlejax classify IMAGE --weights resnet50.safetensors  # = python -m candlejax.models.resnet classify
     candlejax detect IMAGE --weights yolo11n-pose.pt         # = python -m candlejax.models.yolo detect|pose
-    candlejax caption IMAGE --model DIR                      # = python -m candlejax.models.blip caption
+    candlejax caption IMAGE... --model DIR [--prompt TEXT]   # = python -m candlejax.models.blip caption
     candlejax clip IMAGE --model DIR --labels "a cat,a dog"  # = python -m candlejax.models.clip
     candlejax segment IMAGE --point 0.5,0.5                  # = python -m candlejax.models.segment_anything
     candlejax demo                                           # = python -m candlejax.demo

@@ -17,15 +17,18 @@ __all__ = ["ImageCaptioner"]
 
 
 class ImageCaptioner:
-    """``ImageCaptioner(model, tokenizer=None, max_new_tokens=30, temperature=None, top_p=None, seed=...)``:
-    ``cap(image)`` -> the caption (:func:`candlejax.models.blip.caption`). transformers:
-    ``pipeline("image-to-text")``."""
+    """``ImageCaptioner(model, tokenizer=None, max_new_tokens=30, temperature=None, top_p=None, seed=...,
+    prompt=None)``: ``cap(image)`` -> the caption (:func:`candlejax.models.blip.caption`; a list of
+    images -> a list of captions; ``prompt``: conditional captioning, the caption begins with it).
+    transformers: ``pipeline("image-to-text")``."""
 
     def __init__(self, model: blip.BlipForConditionalGeneration, tokenizer: Any = None, *, max_new_tokens: int = 30,
-                 temperature: float | None = None, top_p: float | None = None, seed: int = 299792458):  # fmt: skip
+                 temperature: float | None = None, top_p: float | None = None, seed: int = 299792458,
+                 prompt: str | None = None):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner")
         self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.input_ids = None if prompt is None else blip.prompt_input_ids(model, self.tokenizer, prompt)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
@@ -39,12 +42,16 @@ class ImageCaptioner:
             model = blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device)
         return cls(model, tokenizer, **settings)
 
-    def ids(self, image: Any) -> list[int]:
-        """The caption's token ids (:func:`candlejax.models.blip.caption_ids`)."""
-        return blip.caption_ids(self.model, image, self.max_new_tokens, self.temperature, self.top_p, self.seed)
+    def ids(self, image: Any) -> list[int] | list[list[int]]:
+        """The caption's token ids (:func:`candlejax.models.blip.caption_ids`; one list per image of a batch)."""
+        return blip.caption_ids(self.model, image, self.max_new_tokens, self.temperature, self.top_p, self.seed,
+                                input_ids=self.input_ids)  # fmt: skip
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def __call__(self, image: Any) -> str:
-        return self.decode(self.ids(image))
+    def __call__(self, image: Any) -> str | list[str]:
+        ids = self.ids(image)
+        if ids and isinstance(ids[0], list):
+            return [self.decode(row) for row in ids]  # type: ignore[arg-type]
+        return self.decode(ids)  # type: ignore[arg-type]

@@ -191,8 +191,21 @@ def test_bad_input(pair, rng):
         blip.caption(model, np.zeros((20, 20, 2), np.uint8), tok)
     with pytest.raises(errors.Error, match="max_new_tokens"):
         blip.caption(model, Tensor.from_numpy(_pixels(rng)), tok, max_new_tokens=100)
-    with pytest.raises(errors.Error, match="one image at a time"):
-        blip.caption(model, Tensor.from_numpy(_pixels(rng, 2)), tok)
+    with pytest.raises(errors.Error, match="greedily"):
+        blip.caption(model, Tensor.from_numpy(_pixels(rng, 2)), tok, temperature=1.0)
+    with pytest.raises(errors.Error, match="empty list of images"):
+        blip.caption(model, [], tok)
+    px = Tensor.from_numpy(_pixels(rng))
+    with pytest.raises(errors.Error, match=r"input_ids must be the processor's integer ids"):
+        blip.caption_ids(model, px, input_ids=[[BOS]])
+    with pytest.raises(errors.Error, match=r"input_ids must be in 0\.\.49"):
+        blip.caption_ids(model, px, input_ids=[[1, 99, SEP]])
+    with pytest.raises(errors.Error, match="input_ids hold 2 rows for a batch of 1"):
+        blip.caption_ids(model, px, input_ids=[[1, 3, SEP], [1, 4, SEP]])
+    with pytest.raises(errors.Error, match=r"max_new_tokens 37 exceeds max_position_embeddings - 4 \(36\)"):
+        blip.caption_ids(model, px, 37, input_ids=[[1, 3, 4, 5, SEP]])
+    with pytest.raises(errors.Error, match="prompt must be a str"):
+        blip.caption(model, px, tok, prompt=[3, 4])
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         emb = model.vision_model(Tensor.from_numpy(_pixels(rng)))
         model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
@@ -233,6 +246,89 @@ def test_decoder_refuses_bad_ids_positions_and_image_embeds(pair, rng):
             sd.forward(one, bad)
     with pytest.raises(errors.Msg, match=r"image_embeds must be \(batch, patches, encoder_hidden_size 48\)"):
         td.new_cache(emb.squeeze(0), 8)
+
+
+def _hf_generate(hf, px, n, input_ids=None):
+    """transformers' greedy ``generate`` (with the processor's ``input_ids`` when given): per row,
+    the ids after BOS up to ``[SEP]``."""
+    kw = {} if input_ids is None else {"input_ids": torch.tensor(input_ids)}
+    with torch.no_grad():
+        out = hf.generate(pixel_values=torch.from_numpy(px), max_new_tokens=n, do_sample=False, num_beams=1, **kw)
+    rows = []
+    for r in out.tolist():
+        assert r[0] == BOS
+        rows.append(r[1 : r.index(SEP)] if SEP in r else r[1:])
+    return rows
+
+
+PROMPTS = ([3], [7, 9], [12, 4, 30], [20, 21, 22, 23])
+
+
+def test_prompted_captions_token_identical(pair, rng):
+    """transformers: ``generate(pixel_values, input_ids=processor(image, prompt).input_ids)``: [CLS]
+    becomes BOS, [SEP] is dropped, the output begins with the prompt."""
+    hf, model, _ = pair
+    px = _pixels(rng)
+    tok = _tiny_tokenizer()
+    for p in PROMPTS:
+        ref = _hf_generate(hf, px, 10, [[1, *p, SEP]])[0]
+        assert ref[: len(p)] == p and len(ref) == len(p) + 10
+        assert _caption_ids(model, px, 10, input_ids=[[1, *p, SEP]]) == ref
+        assert _caption_ids(model, px, 10, input_ids=np.asarray([2, *p, SEP])) == ref
+        text = " ".join(f"w{i}" for i in p)
+        expected = tok.decode(ref, skip_special_tokens=True).strip()
+        assert blip.caption(model, Tensor.from_numpy(px), tok, max_new_tokens=10, prompt=text) == expected
+    assert blip.caption(model, Tensor.from_numpy(px), tok, max_new_tokens=6, prompt="") == blip.caption(
+        model, Tensor.from_numpy(px), tok, max_new_tokens=6)
+    # sampled after the prompt: Candle's loop (full forward each step + LogitsProcessor.sample)
+    sampled = _caption_ids(model, px, 6, temperature=1.5, seed=7, input_ids=[[1, 7, 9, SEP]])
+    lp, emb = LogitsProcessor(7, 1.5), model.vision_model(Tensor.from_numpy(px))
+    seq = [BOS, 7, 9]
+    for _ in range(6):
+        t = lp.sample(model.text_decoder(Tensor.from_numpy(np.asarray([seq], np.uint32)), emb).numpy()[0, -1])
+        if t == SEP:
+            break
+        seq.append(t)
+    assert sampled == seq[1:]
+    from candlejax.pipelines import ImageCaptioner
+
+    cap = ImageCaptioner(model, tok, max_new_tokens=10, prompt="w12 w4 w30")
+    assert cap.ids(Tensor.from_numpy(px)) == _hf_generate(hf, px, 10, [[1, 12, 4, 30, SEP]])[0]
+
+
+@pytest.fixture(scope="module")
+def sep_pair(tmp_path_factory):
+    """The random model with [SEP] made likelier, so that captions end at different steps."""
+    hf = random_hf_blip(TEXT, VISION)
+    with torch.no_grad():
+        hf.text_decoder.cls.predictions.bias[SEP] += 1.5
+    d = tmp_path_factory.mktemp("blip_sep")
+    hf.save_pretrained(d, safe_serialization=True)
+    _tiny_tokenizer().save(str(d / "tokenizer.json"))
+    return hf, blip.BlipForConditionalGeneration.from_pretrained(d), d
+
+
+def test_batch_captions_token_identical(sep_pair):
+    """transformers' batched greedy generate: rows end at [SEP] at different steps (then padded);
+    each row is the image's caption alone."""
+    hf, model, _ = sep_pair
+    draws = np.random.default_rng(0).standard_normal((4, 1, 3, 32, 32)).astype(np.float32)
+    px = np.concatenate([draws[0], draws[2], draws[3]])
+    ref = _hf_generate(hf, px, 12)
+    assert len({len(r) for r in ref}) == 3 and max(len(r) for r in ref) == 12, ref
+    assert ref == [_hf_generate(hf, px[i : i + 1], 12)[0] for i in range(3)]
+    assert _caption_ids(model, px, 12) == ref
+    assert blip.caption_ids(model, [Tensor.from_numpy(px[i]) for i in range(3)], 12) == ref
+    assert [_caption_ids(model, px[i : i + 1], 12) for i in range(3)] == ref
+    assert blip.caption_ids(model, [Tensor.from_numpy(px[1])], 12) == ref[1:2]  # a list: one list per image
+    tok = _tiny_tokenizer()
+    texts = blip.caption(model, Tensor.from_numpy(px), tok, max_new_tokens=12)
+    assert texts == [tok.decode(r, skip_special_tokens=True).strip() for r in ref]
+    # one prompt for every image, or one per image
+    p = [1, 7, 9, SEP]
+    assert _caption_ids(model, px, 12, input_ids=[p]) == _hf_generate(hf, px, 12, [p] * 3)
+    rows = [[1, 7, 9, SEP], [1, 3, 5, SEP], [1, 12, 4, SEP]]
+    assert _caption_ids(model, px, 12, input_ids=rows) == _hf_generate(hf, px, 12, rows)
 
 
 def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):
@@ -280,6 +376,12 @@ def test_cli(pair, tmp_path, rng, capsys):
 
     assert cli.main(["caption", str(path), "--model", str(d), "--max-new-tokens", "8", "--ids"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-2:] == lines[-2:]
+    # --prompt; several images: one caption (and ids line) each, as captioned alone
+    prompted = blip.caption_ids(model, str(path), max_new_tokens=8, input_ids=[[1, 7, 9, SEP]])
+    assert cli.main(["caption", str(path), str(path), "--model", str(d), "--max-new-tokens", "8", "--ids",
+                     "--prompt", "w7 w9"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip().splitlines()[-4:] == 2 * [
+        _tiny_tokenizer().decode(prompted, skip_special_tokens=True).strip(), "ids: " + " ".join(map(str, prompted))]
     assert cli.main(["caption", str(path), "--model", str(tmp_path / "nowhere")]) == 1
     assert "no such checkpoint folder" in capsys.readouterr().err
 
