@@ -113,6 +113,11 @@ def _assert_same_model(qmodel, fmodel):
     caption = blip.caption_ids(qmodel, Tensor.from_numpy(px), max_new_tokens=8)
     assert caption == blip.caption_ids(fmodel, Tensor.from_numpy(px), max_new_tokens=8)
     assert caption == _candle_loop(qmodel, px, [BOS])[2]
+    # a prompt (the processor's [CLS] prompt [SEP]) and a batch of two images
+    assert blip.caption_ids(qmodel, Tensor.from_numpy(px), 8, input_ids=[[1, 7, 12, SEP]]) == [7, 12, *q_ids]
+    both = np.concatenate([_pixels(1), px])
+    assert blip.caption_ids(qmodel, Tensor.from_numpy(both), 8) == [_candle_loop(qmodel, _pixels(1), [BOS])[2],
+                                                                     caption]  # fmt: skip
     return q_ids
 
 
