@@ -385,6 +385,11 @@ def _prompt_ids(cfg: blip_text.Config, input_ids: Any, batch: int) -> np.ndarray
     ids[:, 0] = cfg.bos_token_id
     if ids.min() < 0 or ids.max() >= cfg.vocab_size:
         raise errors.Msg(f"blip.caption: input_ids must be in 0..{cfg.vocab_size - 1}, got {ids.min()}..{ids.max()}")
+    if cfg.pad_token_id is not None and (ids[:, 1:] == cfg.pad_token_id).any():
+        raise errors.Msg(
+            f"blip.caption: input_ids hold the pad id {cfg.pad_token_id}: padded prompts (an attention_mask) are not"
+            " supported; caption prompts of different lengths separately"
+        )
     return np.broadcast_to(ids, (batch, ids.shape[1])) if batch > 1 else ids
 
 
