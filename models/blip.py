@@ -369,7 +369,7 @@ def preprocess(image: Any, size: int = 384) -> Tensor:
 def _prompt_ids(cfg: blip_text.Config, input_ids: Any, batch: int) -> np.ndarray:
     """transformers' ``BlipForConditionalGeneration.generate``: ``input_ids[:, 0] = bos_token_id`` and
     ``input_ids[:, :-1]`` fed (the processor's ``[CLS] prompt [SEP]``: BOS, then the prompt);
-    ``None``: ``[[bos]]``."""
+    ``None``: ``[bos]`` for each image."""
     if input_ids is None:
         return np.full((batch, 1), cfg.bos_token_id, np.int64)
     ids = np.asarray(input_ids.numpy() if isinstance(input_ids, Tensor) else input_ids)
@@ -468,7 +468,8 @@ def caption_ids(
         if processor is not None or temperature:
             raise errors.Msg(f"blip.caption: a batch of {b} images is decoded greedily (temperature=None, no"
                              " processor); caption the images one at a time to sample")  # fmt: skip
-        return _greedy_batch(model.text_decoder, cache, prompt, max_new_tokens, cfg.sep_token_id, cfg.pad_token_id)
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.sep_token_id  # as transformers' fallback
+        return _greedy_batch(model.text_decoder, cache, prompt, max_new_tokens, cfg.sep_token_id, pad)
     lp = processor if processor is not None else LogitsProcessor(seed, temperature, top_p)
     gen = generate(blip_text.step, model.text_decoder, cache, prompt[0].tolist(), max_new_tokens, lp,
                    eos_token_id=cfg.sep_token_id)  # fmt: skip
