@@ -440,6 +440,8 @@ def model_mesh(n: int) -> Any:
     from candlejax.distributed._mesh import mesh
 
     devs = jax.devices()
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ShardingError(f"tensor parallel over {n!r} devices: give a positive number of devices")
     if n > len(devs):
         raise ShardingError(
             f"tensor parallel over {n} devices, but {len(devs)} are visible; on a CPU-only machine start Python"

@@ -90,5 +90,8 @@ def test_bad_mesh_and_rule_inputs_raise_sharding_errors():
         cj.distributed.shard_batch(x, None)  # type: ignore[arg-type]
     with pytest.raises(ShardingError, match=r"replicate: expected a jax.sharding.Mesh.*got str"):
         cj.distributed.replicate(x, "data")  # type: ignore[arg-type]
+    for n in (0, -1, 1.0):
+        with pytest.raises(ShardingError, match=f"tensor parallel over {n!r} devices: give a positive number"):
+            cj.distributed.tensor_parallel(model, n, "replicate")  # type: ignore[arg-type]
     with pytest.raises(ShardingError, match=r"shard_batch: a batch is a Tensor / array or a tuple of them, got dict"):
         cj.distributed.shard_batch({"x": x}, mesh)
