@@ -154,7 +154,7 @@ def initialize(
             raise errors.Msg(f"cj.distributed.initialize: no CPU collectives {cpu_collectives!r}: {e}") from e
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids, **kwargs)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # JAX's checks of the arguments / the address
         raise errors.Msg(
             f"cj.distributed.initialize failed ({e}); it must run before any JAX array is created, with the same"
             " coordinator address and process count in every process and a distinct process id in each"
