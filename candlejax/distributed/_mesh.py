@@ -102,8 +102,18 @@ def _device_list(devices: Sequence[Any] | None) -> list[Any]:
     return out
 
 
+def need_mesh(m: Any, who: str = "") -> None:
+    """Raise unless ``m`` is a ``jax.sharding.Mesh`` (``who``: the call, for the message)."""
+    if not isinstance(m, Mesh):
+        raise ShardingError(
+            f"{who + ': ' if who else ''}expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got"
+            f" {type(m).__name__}"
+        )
+
+
 def axis_size(m: Mesh, axis: str | Sequence[str] | None) -> int:
     """Devices along ``axis`` (a name, a tuple of names, or None = 1)."""
+    need_mesh(m, f"mesh axis {axis!r}")
     if axis is None:
         return 1
     names = (axis,) if isinstance(axis, str) else tuple(axis)

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from candlejax import errors
-from candlejax.distributed._mesh import ShardingError, axis_size
+from candlejax.distributed._mesh import ShardingError, axis_size, need_mesh
 from candlejax.quantized import BlockedWeight, PackedWeight, QTensor
 from candlejax.tensor import Tensor, unwrap, wrap
 
@@ -144,21 +144,13 @@ def _fsdp_spec(shape: tuple[int, ...], n: int, axis: str) -> P:
     return P(*(axis if d == best else None for d in range(len(shape))))
 
 
-def _need_mesh(m: Any, who: str = "") -> None:
-    if not isinstance(m, Mesh):
-        raise ShardingError(
-            f"{who + ': ' if who else ''}expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got"
-            f" {type(m).__name__}"
-        )
-
-
 class Resolver:
     """Gives each ``(name, shape)`` its ``PartitionSpec`` under ``rules``, one tensor at a time (what
     :func:`resolve` does for a whole tree and a loader on a mesh does as it reads), recording which
     patterns matched; :meth:`check_used` then raises on patterns that matched nothing."""
 
     def __init__(self, mesh: Mesh, rules: RuleSet):
-        _need_mesh(mesh)
+        need_mesh(mesh)
         known = isinstance(rules, (str, Rules, Mapping)) or callable(rules)
         if not known or (isinstance(rules, str) and rules not in ("replicate", "fsdp")):
             raise ShardingError(
@@ -342,7 +334,7 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
     of its own devices. The batch size must be a multiple of the axis size.
     JAX: ``jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))``.
     """
-    _need_mesh(mesh, "shard_batch")
+    need_mesh(mesh, "shard_batch")
     arrays, rebuild = _batch_arrays(batch, "shard_batch")
     n = axis_size(mesh, axis)
     out = []
@@ -366,7 +358,7 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
 def replicate(x: Any, mesh: Mesh) -> Any:
     """``x`` (a Tensor / array or a tuple of them) whole on every device of ``mesh`` (model inputs
     such as token ids for a tensor-parallel model)."""
-    _need_mesh(mesh, "replicate")
+    need_mesh(mesh, "replicate")
     arrays, rebuild = _batch_arrays(x, "replicate")
     return rebuild([_place(a if isinstance(a, jax.Array) else np.asarray(a), NamedSharding(mesh, P())) for a in arrays])
 

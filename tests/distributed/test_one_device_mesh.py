@@ -90,6 +90,8 @@ def test_bad_mesh_and_rule_inputs_raise_sharding_errors():
         cj.distributed.shard_batch(x, None)  # type: ignore[arg-type]
     with pytest.raises(ShardingError, match=r"replicate: expected a jax.sharding.Mesh.*got str"):
         cj.distributed.replicate(x, "data")  # type: ignore[arg-type]
+    with pytest.raises(ShardingError, match=r"Batcher\(mesh=\): expected a jax.sharding.Mesh.*got str"):
+        cj.data.Batcher((np.zeros((8, 2), np.float32),), batch_size=4, mesh="data")
     for n in (0, -1, 1.0):
         with pytest.raises(ShardingError, match=f"tensor parallel over {n!r} devices: give a positive number"):
             cj.distributed.tensor_parallel(model, n, "replicate")  # type: ignore[arg-type]
