@@ -116,6 +116,11 @@ def _check_spec(name: str, shape: tuple[int, ...], spec: tuple, mesh: Mesh, rule
                 " each entry is None (not split), an axis name or a tuple of axis names"
             )
         for a in names:
+            if a not in mesh.shape:
+                raise ShardingError(
+                    f"mesh has no axis {a!r} (its axes are {dict(mesh.shape)}), which sharding rule {rule!r} names for"
+                    f" {name}; use a mesh with a {a!r} axis, or other rules (e.g. 'replicate' or 'fsdp')"
+                )
             used[a] = used.get(a, 0) + 1
             if used[a] > 1:
                 raise ShardingError(

@@ -82,6 +82,9 @@ def test_bad_mesh_and_rule_inputs_raise_sharding_errors():
         cj.distributed.shard(model, mesh, {r"first\.weight": ("model", "model")})
     with pytest.raises(ShardingError, match=r"mesh axis 'data' for 2 dims of first\.weight"):
         cj.distributed.shard(model, mesh, lambda name, shape: ("data", ("model", "data")) if len(shape) == 2 else None)
+    no_axis = r"mesh has no axis 'tensor' \(its axes are \{'data': 1, 'model': 1\}\), which sharding rule '.*' names"
+    with pytest.raises(ShardingError, match=no_axis + r" for first\.weight"):
+        cj.distributed.shard(model, mesh, {r"first\.weight": ("tensor", None)})
     for bad in (None, 3):
         with pytest.raises(ShardingError, match=f"unknown sharding rules {bad!r}"):
             cj.distributed.shard(model, mesh, bad)  # type: ignore[arg-type]
