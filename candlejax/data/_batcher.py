@@ -222,7 +222,9 @@ class Batcher(_BuilderOptions):
         bs = _check_batch_size(batch_size)
         if self.mesh is not None:
             from candlejax.distributed import ShardingError, axis_size
+            from candlejax.distributed._mesh import need_mesh
 
+            need_mesh(self.mesh, "Batcher(mesh=)")
             k = axis_size(self.mesh, self.data_axis)
             if bs % k:
                 raise ShardingError(

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from candlejax import errors
-from candlejax.device import refresh_device_count
+from candlejax.device import Device, refresh_device_count
 
 
 class ShardingError(errors.Error):
@@ -28,7 +28,7 @@ def mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = 
 
     JAX: ``jax.make_mesh((4, 2), ("data", "model"))``.
     """
-    devs = list(jax.devices() if devices is None else devices)
+    devs = _device_list(devices)
     if not devs:
         raise ShardingError("mesh: no devices given")
     kinds = sorted({d.platform for d in devs})
@@ -44,7 +44,12 @@ def mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = 
             f"mesh: device {twice[0]} is given {devs.count(twice[0])} times in devices; a mesh holds each device"
             " once (e.g. devices=jax.devices()[:n])"
         )
-    axes = {"data": len(devs)} if axes is None else dict(axes)
+    try:
+        axes = {"data": len(devs)} if axes is None else dict(axes)
+    except (TypeError, ValueError):
+        raise ShardingError(
+            f"mesh: axes {axes!r} is not a mapping of axis names to sizes; pass e.g. {{'data': 4, 'model': 2}}"
+        ) from None
     if not axes:
         raise ShardingError("mesh: give at least one axis, e.g. {'data': 4}")
     for k, v in axes.items():
@@ -77,8 +82,38 @@ def mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = 
     return Mesh(arr, tuple(axes))
 
 
+def _device_list(devices: Sequence[Any] | None) -> list[Any]:
+    """``devices`` as a flat list of JAX devices (a candlejax :class:`Device` is converted; a numpy
+    array of devices, as ``jax.sharding.Mesh`` takes, is flattened)."""
+    if devices is None:
+        return list(jax.devices())
+    if isinstance(devices, np.ndarray):
+        devices = devices.ravel().tolist()
+    out = []
+    for i, d in enumerate(devices):
+        if isinstance(d, Device):
+            d = d.jax_device
+        if not hasattr(d, "platform"):
+            raise ShardingError(
+                f"mesh: devices[{i}] is {d!r} ({type(d).__name__}), not a device; pass JAX devices, e.g."
+                " devices=jax.devices()[:n]"
+            )
+        out.append(d)
+    return out
+
+
+def need_mesh(m: Any, who: str = "") -> None:
+    """Raise unless ``m`` is a ``jax.sharding.Mesh`` (``who``: the call, for the message)."""
+    if not isinstance(m, Mesh):
+        raise ShardingError(
+            f"{who + ': ' if who else ''}expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got"
+            f" {type(m).__name__}"
+        )
+
+
 def axis_size(m: Mesh, axis: str | Sequence[str] | None) -> int:
     """Devices along ``axis`` (a name, a tuple of names, or None = 1)."""
+    need_mesh(m, f"mesh axis {axis!r}")
     if axis is None:
         return 1
     names = (axis,) if isinstance(axis, str) else tuple(axis)
@@ -129,7 +164,7 @@ def initialize(
             raise errors.Msg(f"cj.distributed.initialize: no CPU collectives {cpu_collectives!r}: {e}") from e
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids, **kwargs)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # JAX's checks of the arguments / the address
         raise errors.Msg(
             f"cj.distributed.initialize failed ({e}); it must run before any JAX array is created, with the same"
             " coordinator address and process count in every process and a distinct process id in each"

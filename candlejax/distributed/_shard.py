@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from candlejax import errors
-from candlejax.distributed._mesh import ShardingError, axis_size
+from candlejax.distributed._mesh import ShardingError, axis_size, need_mesh
 from candlejax.quantized import BlockedWeight, PackedWeight, QTensor
 from candlejax.tensor import Tensor, unwrap, wrap
 
@@ -106,7 +106,27 @@ def _check_spec(name: str, shape: tuple[int, ...], spec: tuple, mesh: Mesh, rule
             f"sharding rule {rule!r} gives {len(spec)} axes {_fmt_spec(spec)} for {name} of shape {list(shape)}"
             f" (rank {len(shape)}); give at most one axis per dim"
         )
-    full = (None,) * (len(shape) - len(spec)) + tuple(spec)
+    full = (None,) * (len(shape) - len(spec)) + tuple(tuple(a) if isinstance(a, list) else a for a in spec)
+    used: dict[str, int] = {}
+    for i, ax in enumerate(spec):
+        names = () if ax is None else (ax,) if isinstance(ax, str) else ax if isinstance(ax, (tuple, list)) else None
+        if names is None or not all(isinstance(a, str) for a in names):
+            raise ShardingError(
+                f"sharding rule {rule!r} for {name}: entry {i} ({ax!r}) of {_fmt_spec(spec)} is not a mesh axis;"
+                " each entry is None (not split), an axis name or a tuple of axis names"
+            )
+        for a in names:
+            if a not in mesh.shape:
+                raise ShardingError(
+                    f"mesh has no axis {a!r} (its axes are {dict(mesh.shape)}), which sharding rule {rule!r} names for"
+                    f" {name}; use a mesh with a {a!r} axis, or other rules (e.g. 'replicate' or 'fsdp')"
+                )
+            used[a] = used.get(a, 0) + 1
+            if used[a] > 1:
+                raise ShardingError(
+                    f"sharding rule {rule!r} uses mesh axis {a!r} for 2 dims of {name} ({_fmt_spec(spec)}); a mesh"
+                    " axis splits at most one dim of a tensor"
+                )
     for dim, (size, ax) in enumerate(zip(shape, full)):
         n = axis_size(mesh, ax)
         if size % n:
@@ -135,9 +155,9 @@ class Resolver:
     patterns matched; :meth:`check_used` then raises on patterns that matched nothing."""
 
     def __init__(self, mesh: Mesh, rules: RuleSet):
-        if not isinstance(mesh, Mesh):
-            raise ShardingError(f"expected a jax.sharding.Mesh (cj.distributed.mesh(...)), got {type(mesh).__name__}")
-        if isinstance(rules, str) and rules not in ("replicate", "fsdp"):
+        need_mesh(mesh)
+        known = isinstance(rules, (str, Rules, Mapping)) or callable(rules)
+        if not known or (isinstance(rules, str) and rules not in ("replicate", "fsdp")):
             raise ShardingError(
                 f"unknown sharding rules {rules!r}; use 'replicate', 'fsdp', a dict {{name regex: axes per dim}} or"
                 " a model's rules (e.g. cj.distributed.rules.llama_tp_rules)"
@@ -304,7 +324,9 @@ def specs(tree: Any) -> dict[str, Any]:
     return out
 
 
-def _batch_arrays(x: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+def _batch_arrays(x: Any, who: str) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    if isinstance(x, Mapping) or x is None:
+        raise ShardingError(f"{who}: a batch is a Tensor / array or a tuple of them, got {type(x).__name__}")
     if isinstance(x, (tuple, list)):
         return [unwrap(v) for v in x], lambda vs: type(x)(wrap(v) for v in vs)
     return [unwrap(x)], lambda vs: wrap(vs[0])
@@ -317,7 +339,8 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
     of its own devices. The batch size must be a multiple of the axis size.
     JAX: ``jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))``.
     """
-    arrays, rebuild = _batch_arrays(batch)
+    need_mesh(mesh, "shard_batch")
+    arrays, rebuild = _batch_arrays(batch, "shard_batch")
     n = axis_size(mesh, axis)
     out = []
     for i, a in enumerate(arrays):
@@ -326,9 +349,10 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
             raise ShardingError(f"shard_batch: field {i} is a scalar; batches have the examples along dim 0")
         if shape[0] % n:
             lo, hi = shape[0] // n * n, (shape[0] // n + 1) * n
+            lo, hi = (lo, hi) if lo else (hi, 2 * hi)
             raise ShardingError(
                 f"batch of {shape[0]} examples (field {i}, shape {list(shape)}) does not split over mesh axis"
-                f" {axis!r} of size {n}; use a batch size that is a multiple of {n} (e.g. {lo or hi} or {hi}),"
+                f" {axis!r} of size {n}; use a batch size that is a multiple of {n} (e.g. {lo} or {hi}),"
                 " or drop the last incomplete batch (Batcher's default)"
             )
         spec = P(axis, *([None] * (len(shape) - 1)))
@@ -339,7 +363,8 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
 def replicate(x: Any, mesh: Mesh) -> Any:
     """``x`` (a Tensor / array or a tuple of them) whole on every device of ``mesh`` (model inputs
     such as token ids for a tensor-parallel model)."""
-    arrays, rebuild = _batch_arrays(x)
+    need_mesh(mesh, "replicate")
+    arrays, rebuild = _batch_arrays(x, "replicate")
     return rebuild([_place(a if isinstance(a, jax.Array) else np.asarray(a), NamedSharding(mesh, P())) for a in arrays])
 
 
@@ -412,6 +437,8 @@ def model_mesh(n: int) -> Any:
     from candlejax.distributed._mesh import mesh
 
     devs = jax.devices()
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ShardingError(f"tensor parallel over {n!r} devices: give a positive number of devices")
     if n > len(devs):
         raise ShardingError(
             f"tensor parallel over {n} devices, but {len(devs)} are visible; on a CPU-only machine start Python"

@@ -77,3 +77,24 @@ def test_a_dying_process_makes_the_other_fail_not_hang():
     assert "LOSSES" not in out0
     assert any(s in err0 for s in ("Connection closed by peer", "heartbeat", "another task died", "Gloo")), err0[-3000:]
     assert time.monotonic() - t0 < 90
+
+
+def test_initialize_with_bad_arguments_raises_a_candlejax_error():
+    """JAX's ValueError / IndexError / TypeError for arguments that cannot start a run come back as
+    candlejax errors naming the call (a child process: initialize changes global JAX settings)."""
+    code = """
+import candlejax as cj
+for kw in (dict(num_processes=2, process_id=0), dict(coordinator_address="localhost:1", num_processes=2, process_id=5),
+           dict(coordinator_address="localhost", num_processes=1, process_id=0),
+           dict(coordinator_address="localhost:1", num_processes=1, process_id=0, no_such_option=1)):
+    try:
+        cj.distributed.initialize(**kw)
+    except cj.errors.Error as e:
+        print("CANDLEJAX", str(e).splitlines()[0][:100])
+    except Exception as e:
+        print("RAW", type(e).__name__, e)
+"""
+    r = run_child(["-c", code], timeout=120, devices=None)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("CANDLEJAX", "RAW"))]
+    assert len(lines) == 4 and all(ln.startswith("CANDLEJAX cj.distributed.initialize failed") for ln in lines), lines

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import candlejax as cj
-from candlejax import Device, DType
+from candlejax import Device, DType, Tensor
 from candlejax.demo import Mlp, loss_fn
 from candlejax.nn import VarBuilder, VarMap
 
@@ -59,3 +59,44 @@ def test_models_carry_their_ready_tensor_parallel_rules():
     sharded = cj.distributed.shard(model, mesh, llama.tp_rules)
     q = cj.distributed.specs(sharded)["model.layers.0.self_attn.q_proj.weight"]
     assert q == jax.sharding.PartitionSpec("model", None)
+
+
+def test_bad_mesh_and_rule_inputs_raise_sharding_errors():
+    """Inputs JAX would reject with its own TypeError / AttributeError / DuplicateSpecError raise
+    ShardingError naming what was wrong."""
+    from candlejax.distributed import ShardingError
+
+    d = jax.devices()
+    with pytest.raises(ShardingError, match=r"devices\[0\] is 0 \(int\), not a device"):
+        cj.distributed.mesh({"data": 1}, devices=[0])
+    with pytest.raises(ShardingError, match=r"axes .*\(4,\).* a mapping"):
+        cj.distributed.mesh((4,))  # type: ignore[arg-type]
+    # a candlejax Device and a numpy array of devices (as jax.sharding.Mesh takes) are devices
+    assert cj.distributed.mesh({"data": 1}, devices=[Device.Cpu]).devices.size == 1
+    assert cj.distributed.mesh({"data": 1}, devices=np.array(d[:1]).reshape(1, 1)).devices.size == 1
+    mesh = cj.distributed.mesh({"data": 1, "model": 1}, d[:1])
+    model = Mlp(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    with pytest.raises(ShardingError, match=r"first\\\\\.weight.*entry 0 .*not a mesh axis"):
+        cj.distributed.shard(model, mesh, {r"first\.weight": (0, None)})
+    with pytest.raises(ShardingError, match=r"mesh axis 'model' for 2 dims of first\.weight"):
+        cj.distributed.shard(model, mesh, {r"first\.weight": ("model", "model")})
+    with pytest.raises(ShardingError, match=r"mesh axis 'data' for 2 dims of first\.weight"):
+        cj.distributed.shard(model, mesh, lambda name, shape: ("data", ("model", "data")) if len(shape) == 2 else None)
+    no_axis = r"mesh has no axis 'tensor' \(its axes are \{'data': 1, 'model': 1\}\), which sharding rule '.*' names"
+    with pytest.raises(ShardingError, match=no_axis + r" for first\.weight"):
+        cj.distributed.shard(model, mesh, {r"first\.weight": ("tensor", None)})
+    for bad in (None, 3):
+        with pytest.raises(ShardingError, match=f"unknown sharding rules {bad!r}"):
+            cj.distributed.shard(model, mesh, bad)  # type: ignore[arg-type]
+    x = Tensor.new(np.zeros((4, 2), np.float32))
+    with pytest.raises(ShardingError, match=r"shard_batch: expected a jax.sharding.Mesh.*got NoneType"):
+        cj.distributed.shard_batch(x, None)  # type: ignore[arg-type]
+    with pytest.raises(ShardingError, match=r"replicate: expected a jax.sharding.Mesh.*got str"):
+        cj.distributed.replicate(x, "data")  # type: ignore[arg-type]
+    with pytest.raises(ShardingError, match=r"Batcher\(mesh=\): expected a jax.sharding.Mesh.*got str"):
+        cj.data.Batcher((np.zeros((8, 2), np.float32),), batch_size=4, mesh="data")
+    for n in (0, -1, 1.0):
+        with pytest.raises(ShardingError, match=f"tensor parallel over {n!r} devices: give a positive number"):
+            cj.distributed.tensor_parallel(model, n, "replicate")  # type: ignore[arg-type]
+    with pytest.raises(ShardingError, match=r"shard_batch: a batch is a Tensor / array or a tuple of them, got dict"):
+        cj.distributed.shard_batch({"x": x}, mesh)
