@@ -55,7 +55,6 @@ from candlejax.models.llama_config import (
 from candlejax.models.llama_forward_cache import ForwardCache, forward_state
 from candlejax.models.loading import check_architecture, generation_eos_token_ids
 from candlejax.nn import (
-    Embedding,
     HostState,
     Linear,
     Module,
@@ -64,6 +63,8 @@ from candlejax.nn import (
     StackedKvCache,
     check_continuation,
     check_token_ids,
+    embedding,
+    linear_b,
     ops,
     rms_norm,
 )
@@ -123,8 +124,8 @@ def rotary_for(cfg: Config, inv_freq: Any = None) -> RotaryEmbedding:
 # layers, bottom-up
 # ------------------------------------------------------------------------------------------------
 def _linear(in_dim: int, out_dim: int, bias: bool, vb: VarBuilder) -> Linear:
-    w = vb.get((out_dim, in_dim), "weight")
-    return Linear(w, vb.get((out_dim,), "bias") if bias else None)
+    """Candle's ``linear_no_bias`` / ``linear_b``: a fresh VarMap initialises the weight Kaiming-normal."""
+    return linear_b(in_dim, out_dim, bias, vb)
 
 
 class CausalSelfAttention(Module):
@@ -275,11 +276,11 @@ class Llama(Module):
                 distributed.rules.check_heads(mesh, cfg.num_attention_heads, int(cfg.num_key_value_heads))  # type: ignore[arg-type]
             return distributed.load_on_mesh(lambda v: Llama.load(v, cfg, strict), vb, mesh, rules)
         m = vb.pp("model")
-        embed = Embedding(m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight"), cfg.hidden_size)
+        embed = embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))  # N(0, 1) in a fresh VarMap
         layers = [Block.load(m.pp("layers").pp(i), cfg, i) for i in range(cfg.num_hidden_layers)]
         norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))
-        lm_head = None if cfg.tie_word_embeddings else Linear(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size),
-                                                                                   "weight"))  # fmt: skip
+        tied = cfg.tie_word_embeddings
+        lm_head = None if tied else linear_b(cfg.hidden_size, cfg.vocab_size, False, vb.pp("lm_head"))
         rotary = rotary_for(cfg, jax.device_put(rope_inv_freq(cfg), vb.device().jax_device))
         model = Llama(embed, layers, norm, lm_head, rotary, cfg)
         vb.check_all_used(strict, "llama.Llama.load", ignore=("*.rotary_emb.inv_freq", "lm_head.weight"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +44,10 @@ from candlejax.nn import (
     Module,
     VarBuilder,
     check_token_ids,
+    conv1d,
+    embedding,
+    layer_norm,
+    linear_b,
     ops,
 )
 from candlejax.tensor import Tensor
@@ -121,8 +126,19 @@ class Config:
 candle_config(Config, "whisper")  # Config(**config_json) names from_dict
 
 
+def sinusoids(length: int, channels: int, device: Any = None) -> Tensor:
+    """Whisper's sinusoid position table ``(length, channels)``: ``[sin | cos]`` of
+    ``t * 10000^(-i / (channels/2 - 1))``, computed in F32 as Candle's ``sinusoids`` is."""
+    half = channels // 2
+    inc = np.float32(math.log(10000.0) / (half - 1))
+    inv = np.exp(np.arange(half, dtype=np.float32) * -inc)
+    t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
+    return Tensor.new(np.concatenate([np.sin(t), np.cos(t)], axis=1), Device.coerce(device))
+
+
 def _linear(vb: VarBuilder, n_in: int, n_out: int, bias: bool = True) -> Linear:
-    return Linear(vb.get((n_out, n_in), "weight"), vb.get((n_out,), "bias") if bias else None)
+    """Candle's ``linear`` / ``linear_no_bias``: a fresh VarMap initialises them as Candle does."""
+    return linear_b(n_in, n_out, bias, vb)
 
 
 #: ``linear(vb, n_in, n_out, bias)``: how the ``load`` methods build a linear layer (the quantized
@@ -131,7 +147,7 @@ LinearLoader = Callable[[Any, int, int, bool], Any]
 
 
 def _layer_norm(vb: VarBuilder, n: int) -> LayerNorm:
-    return LayerNorm(vb.get((n,), "weight"), vb.get((n,), "bias"), 1e-5)
+    return layer_norm(n, 1e-5, vb)  # weight ones, bias zeros in a fresh VarMap, as Candle's layer_norm
 
 
 def _heads(x: Tensor, n_head: int) -> Tensor:
@@ -219,10 +235,11 @@ class AudioEncoder(Module):
              positional_embedding: Tensor | None = None) -> AudioEncoder:  # fmt: skip
         """``positional_embedding``: the table to use instead of the checkpoint's ``embed_positions.weight``."""
         d, m = cfg.d_model, cfg.num_mel_bins
-        c1 = Conv1d(vb.pp("conv1").get((d, m, 3), "weight"), vb.pp("conv1").get((d,), "bias"), Conv1dConfig(padding=1))
-        c2 = Conv1d(vb.pp("conv2").get((d, d, 3), "weight"), vb.pp("conv2").get((d,), "bias"),
-                    Conv1dConfig(padding=1, stride=2))  # fmt: skip
+        c1 = conv1d(m, d, 3, Conv1dConfig(padding=1), vb.pp("conv1"))
+        c2 = conv1d(d, d, 3, Conv1dConfig(padding=1, stride=2), vb.pp("conv2"))
         pos = positional_embedding
+        if pos is None and not vb.contains_tensor("embed_positions.weight"):
+            pos = sinusoids(cfg.max_source_positions, d, vb.device())  # Candle's table (a fresh VarMap)
         if pos is None:
             pos = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
         heads, ffn = cfg.encoder_attention_heads, cfg.encoder_ffn_dim
@@ -266,7 +283,7 @@ class TextDecoder(Module):
     def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = _linear, proj_out: Any = None) -> TextDecoder:
         """``proj_out``: the untied output projection (:meth:`Whisper.load` reads ``proj_out.weight``)."""
         d = cfg.d_model
-        emb = Embedding(vb.pp("embed_tokens").get((cfg.vocab_size, d), "weight"), d)
+        emb = embedding(cfg.vocab_size, d, vb.pp("embed_tokens"))  # N(0, 1) in a fresh VarMap, as Candle
         pos = vb.pp("embed_positions").get((cfg.max_target_positions, d), "weight")
         heads, ffn = cfg.decoder_attention_heads, cfg.decoder_ffn_dim
         blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, True, linear)

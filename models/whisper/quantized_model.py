@@ -29,32 +29,18 @@ The model is a :class:`candlejax.models.whisper.Whisper`, so the compiled decodi
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
-
-import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.models.loading import check_gguf_vb, gguf_file
 from candlejax.models.quantized_var_builder import VarBuilder
 from candlejax.models.whisper import model
-from candlejax.models.whisper.model import AudioEncoder, Config, TextDecoder
+from candlejax.models.whisper.model import AudioEncoder, Config, TextDecoder, sinusoids
 from candlejax.nn.quantized import QLinear, dequantized, linear_b
-from candlejax.tensor import Tensor
 
 __all__ = ["AudioEncoder", "Config", "TextDecoder", "VarBuilder", "Whisper", "sinusoids"]
-
-
-def sinusoids(length: int, channels: int, device: Any = None) -> Tensor:
-    """Whisper's sinusoid position table ``(length, channels)``: ``[sin | cos]`` of
-    ``t * 10000^(-i / (channels/2 - 1))``, computed in F32 as Candle's ``sinusoids`` is."""
-    half = channels // 2
-    inc = np.float32(math.log(10000.0) / (half - 1))
-    inv = np.exp(np.arange(half, dtype=np.float32) * -inc)
-    t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
-    return Tensor.new(np.concatenate([np.sin(t), np.cos(t)], axis=1), Device.coerce(device))
 
 
 def _linear_loader(vb: VarBuilder) -> model.LinearLoader:

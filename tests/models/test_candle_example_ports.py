@@ -466,3 +466,40 @@ def _candle_whisper_greedy_on_torch(hf, enc, tokens, max_initial_timestamp_index
             break
         sum_logprob += float(torch.log_softmax(x, -1)[nxt])
     return tokens, sum_logprob / len(tokens), no_speech_prob
+
+
+def test_models_on_a_fresh_varmap_initialise_as_candles_constructors():
+    """Training from scratch (llama2-c's training.rs: ``VarBuilder::from_varmap(&varmap, ..)`` then
+    ``Model::load(vb, config)``): Candle's models build their layers with ``linear`` (Kaiming normal),
+    ``embedding`` (N(0, 1)), ``layer_norm`` / ``rms_norm`` (ones, zeros) and ``conv1d``, so no trained
+    matrix starts at zero; Whisper's encoder uses Candle's sinusoid table, its decoder positions start at 0
+    (``vb.get``, as Candle)."""
+    import candlejax as cj
+    from candlejax.models import llama, whisper
+    from candlejax.nn import VarBuilder, VarMap
+
+    def fresh(build):
+        vm = VarMap()
+        model = build(VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu))
+        return model, {k: np.asarray(v.as_tensor().numpy()) for k, v in vm.data().items()}
+
+    cfg = llama.Config.from_dict({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+                                  "intermediate_size": 128, "vocab_size": 50, "tie_word_embeddings": False})  # fmt: skip
+    _, w = fresh(lambda vb: llama.Llama.load(vb, cfg))
+    assert abs(w["model.embed_tokens.weight"].std() - 1.0) < 0.1  # embedding: N(0, 1)
+    q = w["model.layers.0.self_attn.q_proj.weight"]  # Kaiming normal, fan-in 64, ReLU gain: std sqrt(2/64)
+    assert abs(q.std() - np.sqrt(2 / 64)) < 0.03 and abs(w["lm_head.weight"].std() - np.sqrt(2 / 64)) < 0.03
+    np.testing.assert_array_equal(w["model.norm.weight"], np.ones(64, np.float32))
+
+    wc = whisper.Config(vocab_size=60, num_mel_bins=8, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=4, decoder_attention_heads=4, max_source_positions=20,
+                        max_target_positions=16, encoder_ffn_dim=64, decoder_ffn_dim=64)  # fmt: skip
+    model, w = fresh(lambda vb: whisper.Whisper.load(vb, wc))
+    for k, v in w.items():
+        if k.endswith("layer_norm.weight"):
+            np.testing.assert_array_equal(v, np.ones_like(v), err_msg=k)
+        elif k.endswith(".weight") and k != "model.decoder.embed_positions.weight":
+            assert np.any(v), k
+    assert not np.any(w["model.decoder.embed_positions.weight"])
+    table = whisper.quantized_model.sinusoids(20, 32).numpy()
+    np.testing.assert_array_equal(np.asarray(model.encoder.positional_embedding.numpy()), table)
