@@ -130,6 +130,8 @@ def resolve_root(path_or_id: str | os.PathLike, revision: str | None = None,
         return p
     if isinstance(path_or_id, str) and path_or_id.count("/") == 1 and not p.exists():
         return snapshot_dir(path_or_id, revision, cache_dir)
+    if p.is_file():
+        raise errors.Msg(f"{os.fspath(path_or_id)!r} is a file: pass the model folder holding it and config.json")
     raise errors.Msg(f"{os.fspath(path_or_id)!r} is neither a model folder nor a hub id (org/name)")
 
 

@@ -172,6 +172,8 @@ def safetensors_files(model_dir: str | os.PathLike) -> list[str]:
     from candlejax.models.hub import weight_files
 
     d = os.fspath(model_dir)
+    if os.path.isfile(d):
+        raise errors.Msg(f"expected a checkpoint folder, got the file {d!r}: pass the folder holding it")
     if not os.path.isdir(d):
         raise errors.Msg(f"no such checkpoint folder: {d!r}")
     return weight_files(d)

@@ -135,3 +135,15 @@ def test_folder_with_only_pytorch_model_bin_names_it(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(errors.Error, match=r"no model\.safetensors .*pytorch_model\.bin.*VarBuilder\.from_pth"):
         _hub.resolve(tmp_path)
+
+
+def test_weights_file_given_for_the_folder_is_named(tmp_path):
+    """The path of ``model.safetensors`` where a loader takes the folder (Llama, CLIP, BLIP) was reported
+    as 'neither a model folder nor a hub id' / 'no such checkpoint folder'."""
+    from candlejax.models.loading import safetensors_files
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for load in (_hub.resolve, safetensors_files):
+        with pytest.raises(errors.Error, match=r"model\.safetensors.*pass the (model )?folder holding it"):
+            load(tmp_path / "model.safetensors")
