@@ -25,6 +25,7 @@ from candlejax import errors
 
 __all__ = [
     "ModelFiles", "entry_snapshot", "hub_cache_dir", "repo_folder_name", "resolve", "resolve_root", "snapshot_dir",
+    "weight_files",
 ]  # fmt: skip
 
 _HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -87,7 +88,12 @@ def entry_snapshot(repo: Path, revision: str | None = None, repo_id: str | None 
     raise errors.Msg(f"{repo_id!r}: revision {rev!r} not found in {repo} (snapshots: {have})")
 
 
-def _weights(root: Path) -> list[str]:
+def weight_files(root: str | os.PathLike) -> list[str]:
+    """The safetensors weights of a checkpoint folder, as transformers' ``from_pretrained`` picks them:
+    its ``model.safetensors.index.json`` (each shard it names must exist), else ``model.safetensors``
+    (other ``*.safetensors`` beside it, e.g. a ``model.fp16.safetensors`` variant, are not read), else
+    all its ``*.safetensors``."""
+    root = Path(root)
     index = root / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -108,7 +114,9 @@ def _weights(root: Path) -> list[str]:
     others = sorted(str(p) for p in root.glob("*.safetensors"))
     if others:
         return others
-    raise errors.Msg(f"no model.safetensors or model.safetensors.index.json in {root}")
+    bins = sorted(p.name for p in root.glob("pytorch_model*.bin"))
+    hint = f" (it has {', '.join(bins)}: convert it to safetensors or read it with VarBuilder.from_pth)" if bins else ""
+    raise errors.Msg(f"no model.safetensors or model.safetensors.index.json in {root}{hint}")
 
 
 def resolve_root(path_or_id: str | os.PathLike, revision: str | None = None,
@@ -122,6 +130,8 @@ def resolve_root(path_or_id: str | os.PathLike, revision: str | None = None,
         return p
     if isinstance(path_or_id, str) and path_or_id.count("/") == 1 and not p.exists():
         return snapshot_dir(path_or_id, revision, cache_dir)
+    if p.is_file():
+        raise errors.Msg(f"{os.fspath(path_or_id)!r} is a file: pass the model folder holding it and config.json")
     raise errors.Msg(f"{os.fspath(path_or_id)!r} is neither a model folder nor a hub id (org/name)")
 
 
@@ -134,4 +144,4 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None,
     if not config.is_file():
         raise errors.Msg(f"no config.json in {root}")
     tok = root / "tokenizer.json"
-    return ModelFiles(str(root), str(config), _weights(root), str(tok) if tok.is_file() else None)
+    return ModelFiles(str(root), str(config), weight_files(root), str(tok) if tok.is_file() else None)

@@ -292,8 +292,9 @@ class Llama(Module):
                         strict: bool = True, mesh: Any = None, rules: Any = None) -> Llama:  # fmt: skip
         """Load a local model folder, or a hub id (``"org/name"``) from the local Hugging Face cache
         (``models--org--name/snapshots/REV``; nothing is downloaded). ``dtype`` defaults to the
-        checkpoint's ``torch_dtype`` (f32 if absent). ``mesh``/``rules``: as :meth:`load` (each
-        weight goes from the file straight onto its shards; ``device`` is then unused)."""
+        config's ``dtype`` (transformers 5's key; else ``torch_dtype``; f32 if absent).
+        ``mesh``/``rules``: as :meth:`load` (each weight goes from the file straight onto its
+        shards; ``device`` is then unused)."""
         from candlejax.models import hub
 
         files = hub.resolve(path, revision=revision, cache_dir=cache_dir)

@@ -223,7 +223,7 @@ class Config:
             kind = rp.get("rope_type", rp.get("type", "default"))
             if kind != "default" and not d.get("rope_scaling"):
                 d["rope_scaling"] = rp
-        if d.get("torch_dtype") is None and isinstance(d.get("dtype"), str):
+        if isinstance(d.get("dtype"), str):  # transformers 5's key; it wins over the older torch_dtype
             d["torch_dtype"] = d["dtype"]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})

@@ -167,17 +167,16 @@ def check_gguf_vb(vb: Any, where: str, candle: str, other: str) -> None:
 
 def safetensors_files(model_dir: str | os.PathLike) -> list[str]:
     """The safetensors files of a checkpoint folder: its ``model.safetensors.index.json`` when it has
-    one (so a missing shard is named), else ``model.safetensors`` or all its ``*.safetensors``."""
+    one (so a missing shard is named), else ``model.safetensors``, else all its ``*.safetensors``
+    (:func:`candlejax.models.hub.weight_files`)."""
+    from candlejax.models.hub import weight_files
+
     d = os.fspath(model_dir)
+    if os.path.isfile(d):
+        raise errors.Msg(f"expected a checkpoint folder, got the file {d!r}: pass the folder holding it")
     if not os.path.isdir(d):
         raise errors.Msg(f"no such checkpoint folder: {d!r}")
-    index = os.path.join(d, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        return [index]
-    files = sorted(glob.glob(os.path.join(glob.escape(d), "*.safetensors")))
-    if not files:
-        raise errors.Msg(f"no .safetensors file in {d!r}")
-    return files
+    return weight_files(d)
 
 
 def is_gguf(path: str | os.PathLike) -> bool:

@@ -22,6 +22,7 @@ inside, with the convolution kernels handed in the layouts its products read. Sh
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -347,11 +348,12 @@ DEPTHS = {"18": ((2, 2, 2, 2), False), "34": ((3, 4, 6, 3), False), "50": ((3, 4
           "101": ((3, 4, 23, 3), True), "152": ((3, 8, 36, 3), True)}  # fmt: skip
 
 
-def _depth(names: set[str], src: str) -> str:
-    """The ResNet depth a checkpoint holds, from its tensor names (torchvision or Hugging Face)."""
+def _depth(names: set[str], src: str, to_hf: Any = hf_to_torchvision) -> str:
+    """The ResNet depth a checkpoint holds, from its tensor names (torchvision, or Hugging Face's
+    as ``to_hf`` names them)."""
     tv = {n for n in names if n.startswith(("layer", "conv1", "bn1", "fc."))}
     if not tv:
-        inv = {hf_to_torchvision(f"layer{s}.{b}.{t}"): f"layer{s}.{b}.{t}" for s in range(1, 5)
+        inv = {to_hf(f"layer{s}.{b}.{t}"): f"layer{s}.{b}.{t}" for s in range(1, 5)
                for b in range(40) for t in ("conv1.weight", "conv3.weight")}  # fmt: skip
         tv = {inv[k] for k in names if k in inv}
     depths = tuple(len({n.split(".")[1] for n in tv if n.startswith(f"layer{i}.")}) for i in range(1, 5))
@@ -383,21 +385,29 @@ def _check_hf_config(path: str) -> None:
 
 def load(path: str | os.PathLike, nclasses: int | None = 1000, which: str | int | None = None, *,
          dtype: Any = DType.F32, device: Any = None, fold_bn: bool = True) -> ResNet:  # fmt: skip
-    """A ResNet from a safetensors file with torchvision/timm or Hugging Face names; ``which``
+    """A ResNet from a safetensors file with torchvision/timm or Hugging Face names
+    (``ResNetForImageClassification``, or a base ``ResNetModel`` without the ``resnet.`` prefix), or
+    from a Hugging Face folder holding one (``config.json`` + ``model.safetensors``); ``which``
     (18, 34, 50, 101 or 152) is read from the names when not given."""
     from candlejax.io.safetensors import MmapedSafetensors
+    from candlejax.models.loading import safetensors_files
 
     p = os.fspath(path)
+    if os.path.isdir(p):
+        p = safetensors_files(p)[0]
     if not os.path.isfile(p):
         raise errors.Msg(f"resnet.load: no such file {p!r}")
     if which is not None and str(which) not in DEPTHS:
         raise errors.Msg(f"resnet.load: unknown depth which={which!r} (known: {', '.join(DEPTHS)})")
     _check_hf_config(os.path.join(os.path.dirname(p), "config.json"))
     names = set(MmapedSafetensors([p]).names())
-    which = str(which) if which is not None else _depth(names, p)
+    hf = None if "fc.weight" in names or "conv1.weight" in names else (
+        functools.partial(hf_to_torchvision, prefix="") if "embedder.embedder.convolution.weight" in names
+        else hf_to_torchvision)  # fmt: skip
+    which = str(which) if which is not None else _depth(names, p, hf or hf_to_torchvision)
     vb = VarBuilder.from_mmaped_safetensors([p], dtype, device)
-    if "fc.weight" not in names and "conv1.weight" not in names:
-        vb = vb.rename_f(hf_to_torchvision)
+    if hf is not None:
+        vb = vb.rename_f(hf)
     depths, bottleneck = DEPTHS[which]
     return ResNet.load(Bottleneck if bottleneck else BasicBlock, depths, nclasses, vb, fold_bn=fold_bn)
 

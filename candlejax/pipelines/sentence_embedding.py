@@ -228,7 +228,10 @@ class SentenceEmbedder:
         model = bert.BertModel.load(vb, config, add_pooling_layer=False)
         if pack or pack is None:
             model = pack_linears(model, force=bool(pack))
-        tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        tok_file = os.path.join(d, "tokenizer.json")
+        errors.check_file(tok_file, "SentenceEmbedder.from_dir: reading the tokenizer",
+                          "the folder needs the tokenizer.json its model was saved with")  # fmt: skip
+        tokenizer = Tokenizer.from_file(tok_file)
         pooling, normalize = _sentence_transformers_modules(d)
         if max_length is None:
             max_length = _max_seq_length(d, config.max_position_embeddings)

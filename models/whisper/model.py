@@ -32,7 +32,14 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.models.loading import candle_config, check_sizes, config_dict, is_gguf, read_config_json
+from candlejax.models.loading import (
+    candle_config,
+    check_sizes,
+    config_dict,
+    is_gguf,
+    read_config_json,
+    safetensors_files,
+)
 from candlejax.nn import (
     Conv1d,
     Conv1dConfig,
@@ -508,7 +515,8 @@ class Whisper(Module):
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, device: Any = None, dtype: Any = DType.F32) -> Whisper:
-        """Load a Hugging Face folder (``config.json`` + ``model.safetensors``) or a CTranslate2 folder
+        """Load a Hugging Face folder (``config.json`` + ``model.safetensors``, or its shards with
+        ``model.safetensors.index.json``; or the path of its ``.safetensors`` file) or a CTranslate2 folder
         (``model.bin``, converted in memory; see :func:`candlejax.io.ct2.convert_whisper`). GGUF files
         load with :meth:`candlejax.models.whisper.quantized_model.Whisper.from_pretrained`."""
         from candlejax.io import ct2
@@ -518,10 +526,12 @@ class Whisper(Module):
         if is_gguf(path):
             raise errors.Msg(f"whisper: {path} holds GGUF weights: load them with"
                              " candlejax.models.whisper.quantized_model.Whisper.from_pretrained(path)")  # fmt: skip
-        st = os.path.join(path, "model.safetensors")
-        if os.path.isfile(st):
+        is_file = os.path.isfile(path)
+        if (is_file and path.endswith(".safetensors")) or (not is_file and _has_safetensors(path)):
+            weights = [path] if is_file else safetensors_files(path)  # one file, or the folder's (shards)
+            path = os.path.dirname(os.path.abspath(path)) if is_file else path
             config = Config.from_json_file(os.path.join(path, "config.json"))
-            vb = VarBuilder.from_mmaped_safetensors([st], dtype, dev)
+            vb = VarBuilder.from_mmaped_safetensors(weights, dtype, dev)
         elif os.path.isfile(os.path.join(path, "model.bin")) or os.path.isfile(path):
             m = ct2.Ct2Model.read(path)
             d = os.path.dirname(m.path)
@@ -548,6 +558,12 @@ class Whisper(Module):
     def forward(self, mel: Tensor, tokens: Any) -> Tensor:
         """Logits ``(B, T, vocab)`` of ``tokens`` given ``mel`` (uncached, for checks)."""
         return self.decoder.final_linear(self.decoder.forward(tokens, self.encoder.forward(mel), True))
+
+
+def _has_safetensors(folder: str) -> bool:
+    """A folder with ``model.safetensors``, its shard index or other ``*.safetensors`` (a HF checkpoint)."""
+    return os.path.isdir(folder) and any(n.endswith((".safetensors", ".safetensors.index.json"))
+                                         for n in os.listdir(folder))  # fmt: skip
 
 
 def default_model_dir() -> str | None:

@@ -698,3 +698,13 @@ def test_masked_lm_on_real_minilm_encoder(embedder):
     keep = mask.astype(bool)
     np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=0)
     assert (got[keep].argmax(-1) == ref[keep].argmax(-1)).all()
+
+
+def test_sentence_embedder_folder_without_tokenizer_json_is_a_candlejax_error(tmp_path):
+    """A folder with the weights but no ``tokenizer.json`` (older repos ship only ``vocab.txt``) raised
+    the tokenizers library's bare ``Exception: No such file or directory``."""
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (tmp_path / name).symlink_to(MINILM / name)
+    with pytest.raises(errors.Error, match=r"tokenizer\.json") as e:
+        bert.SentenceEmbedder.from_dir(tmp_path)
+    assert isinstance(e.value, FileNotFoundError)

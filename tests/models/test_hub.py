@@ -104,7 +104,46 @@ def test_checkpoint_folder_with_an_index_names_a_missing_shard(tmp_path):
     stnp.save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    files = safetensors_files(tmp_path)
-    assert files == [str(tmp_path / "model.safetensors.index.json")]
+    with pytest.raises(errors.Error, match=r"shards missing from .*'model-00002-of-00002\.safetensors'"):
+        safetensors_files(tmp_path)
     with pytest.raises(errors.Error, match=r"names shard 'model-00002-of-00002\.safetensors', which does not exist"):
-        VarBuilder.from_mmaped_safetensors(files)
+        VarBuilder.from_mmaped_safetensors([str(tmp_path / "model.safetensors.index.json")])
+
+
+def test_checkpoint_folder_with_model_safetensors_reads_only_it(tmp_path):
+    """A folder holding ``model.safetensors`` and other ``*.safetensors`` (a ``model.fp16.safetensors``
+    variant, an adapter) loads ``model.safetensors``, as transformers' ``from_pretrained`` and Candle's
+    examples (``repo.get("model.safetensors")``) do; every ``*.safetensors`` was read, and the shared
+    names raised 'shards must not overlap'."""
+    import numpy as np
+    import safetensors.numpy as stnp
+
+    from candlejax.models.loading import safetensors_files
+    from candlejax.nn import VarBuilder
+
+    stnp.save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "model.safetensors"))
+    stnp.save_file({"a": np.zeros(2, np.float16)}, str(tmp_path / "model.fp16.safetensors"))
+    files = safetensors_files(tmp_path)
+    assert files == [str(tmp_path / "model.safetensors")]
+    np.testing.assert_array_equal(np.asarray(VarBuilder.from_mmaped_safetensors(files).get(2, "a")), [1.0, 1.0])
+    (tmp_path / "config.json").write_text("{}")
+    assert _hub.resolve(tmp_path).weights == files
+
+
+def test_folder_with_only_pytorch_model_bin_names_it(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(errors.Error, match=r"no model\.safetensors .*pytorch_model\.bin.*VarBuilder\.from_pth"):
+        _hub.resolve(tmp_path)
+
+
+def test_weights_file_given_for_the_folder_is_named(tmp_path):
+    """The path of ``model.safetensors`` where a loader takes the folder (Llama, CLIP, BLIP) was reported
+    as 'neither a model folder nor a hub id' / 'no such checkpoint folder'."""
+    from candlejax.models.loading import safetensors_files
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for load in (_hub.resolve, safetensors_files):
+        with pytest.raises(errors.Error, match=r"model\.safetensors.*pass the (model )?folder holding it"):
+            load(tmp_path / "model.safetensors")

@@ -132,3 +132,20 @@ def test_configs_clone_as_rusts_clone():
     for cfg in configs:
         copy = cfg.clone()
         assert copy == cfg and copy is not cfg and type(copy) is type(cfg)
+
+
+@pytest.mark.parametrize("keys, want", [
+    ({"dtype": "bfloat16"}, "bfloat16"),
+    ({"torch_dtype": "float16"}, "float16"),
+    ({"torch_dtype": "float32", "dtype": "bfloat16"}, "bfloat16"),
+])  # fmt: skip
+def test_llama_config_dtype_key_wins_over_torch_dtype_as_in_transformers(keys, want):
+    """transformers 5 reads ``dtype`` and falls back to the older ``torch_dtype``
+    (``PretrainedConfig.__init__``: ``self.dtype if self.dtype is not None else torch_dtype``);
+    ``Llama.from_pretrained`` loads in that dtype by default. A config holding both took ``torch_dtype``."""
+    transformers = pytest.importorskip("transformers")
+    base = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "model_type": "llama"}  # fmt: skip
+    ref = transformers.LlamaConfig.from_dict({**base, **keys}).dtype
+    assert str(ref).removeprefix("torch.") == want
+    assert llama_config.Config.from_dict({**base, **keys}).torch_dtype == want

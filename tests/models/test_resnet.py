@@ -289,3 +289,24 @@ def test_load_refuses_a_config_it_does_not_compute(tmp_path):
         bad.to_json_file(str(tmp_path / "config.json"))
         with pytest.raises(errors.Error, match=key):
             resnet.load(path, nclasses=10, which=50)
+
+
+def test_load_reads_a_transformers_folder_and_a_resnet_model_checkpoint(tmp_path, rng):
+    """``resnet.load`` of a ``save_pretrained`` folder (as ``microsoft/resnet-18`` is laid out) and of a
+    base ``ResNetModel``'s weights (no ``resnet.`` prefix): the folder raised 'no such file', the base
+    model 'does not hold a ResNet-18/34/50/101/152 (stage depths (0, 0, 0, 0))'."""
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(layer_type="basic", embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                                    depths=[2, 2, 2, 2], num_labels=10, downsample_in_first_stage=False)  # fmt: skip
+    m = transformers.ResNetForImageClassification(cfg).eval()
+    m.save_pretrained(tmp_path / "cls")
+    m.resnet.save_pretrained(tmp_path / "base")
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        logits = m(torch.from_numpy(x)).logits.numpy()
+        pooled = m.resnet(torch.from_numpy(x)).pooler_output.numpy()[:, :, 0, 0]
+    np.testing.assert_allclose(resnet.load(tmp_path / "cls", nclasses=10).forward(Tensor(x)).numpy(), logits,
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    for path in (tmp_path / "base", tmp_path / "base" / "model.safetensors"):
+        got = resnet.load(path, nclasses=None).forward(Tensor(x)).numpy()
+        np.testing.assert_allclose(got, pooled, atol=1e-4, rtol=1e-4)

@@ -50,6 +50,29 @@ def test_encoder_decoder_match_transformers(tiny):
     np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["sharded", "weights-file"])
+def test_sharded_folder_and_weights_file_load_as_transformers(tiny, tmp_path, layout):
+    """A folder saved with ``save_pretrained(max_shard_size=...)`` (``model.safetensors.index.json`` and
+    its shards) and the path of the ``model.safetensors`` itself load as transformers' folder: the
+    first raised 'neither model.safetensors nor a CTranslate2 model.bin found', the second was read as
+    a CTranslate2 ``model.bin``."""
+    hf, _ = tiny
+    if layout == "sharded":
+        hf.save_pretrained(tmp_path, max_shard_size="20KB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+        path = tmp_path
+    else:
+        hf.save_pretrained(tmp_path)
+        path = tmp_path / "model.safetensors"
+    mel = torch.randn(1, 16, 60)
+    toks = torch.tensor([[1, 5, 7, 9, 11, 3]])
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    m = whisper.Whisper.from_pretrained(path, Device.Cpu)
+    np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
+    assert m.path == str(tmp_path)
+
+
 def test_untied_output_projection_is_proj_out(tmp_path):
     """A checkpoint with ``tie_word_embeddings: false`` projects with its own ``proj_out.weight`` (as
     transformers does), in the float model, the compiled decoding step and the GGUF model; the tied
