@@ -188,10 +188,13 @@ class ReduceMixin(TensorBase):
     def sum(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
         """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``).
 
-        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim=True`` are accepted."""
+        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim=True`` are accepted.
+        ``sum()`` of a U8 tensor (a comparison mask) counts in U32, as PyTorch's promotes to int64,
+        where ``sum_all()`` keeps U8 and wraps at 256 (Candle)."""
         d = _torch_dims(dims, dim, "sum")
         if d is None:
-            return _keep_all(self, self.sum_all(), keepdim)
+            t = self.to_dtype(DType.U32) if self._a.dtype == np.uint8 else self  # type: ignore[attr-defined]
+            return _keep_all(self, t.sum_all(), keepdim)
         return self._sum_impl(d, bool(keepdim))
 
     def _mean_impl(self, dims: Any, keepdim: bool, name: str) -> Any:
@@ -235,8 +238,11 @@ class ReduceMixin(TensorBase):
         """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``).
 
         PyTorch spellings: ``max()`` is ``max_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``max(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
+        (``max(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``).
+        PyTorch's elementwise ``max(other)`` raises, naming ``maximum``."""
         d = dim
+        if isinstance(d, TensorBase):
+            raise errors.Msg("max: max(other) is PyTorch's elementwise maximum: use x.maximum(other) (Candle's name)")
         if d is None:
             return _keep_all(self, self.max_all(), keepdim)
         return self._reduce1(_max, d, bool(keepdim), "max")
@@ -249,8 +255,11 @@ class ReduceMixin(TensorBase):
         """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``).
 
         PyTorch spellings: ``min()`` is ``min_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``min(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
+        (``min(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``).
+        PyTorch's elementwise ``min(other)`` raises, naming ``minimum``."""
         d = dim
+        if isinstance(d, TensorBase):
+            raise errors.Msg("min: min(other) is PyTorch's elementwise minimum: use x.minimum(other) (Candle's name)")
         if d is None:
             return _keep_all(self, self.min_all(), keepdim)
         return self._reduce1(_min, d, bool(keepdim), "min")

@@ -2,7 +2,7 @@
 
 requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, squeeze, clamp),
 candlejax.tensor.reduce (the softmax kernels ``candlejax.nn.ops`` uses too)
-provides: ``T``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
+provides: ``T``, ``mT``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
 ``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
 naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...);
 Candle's in-place and custom-op (``apply_op1``) calls raise with the candlejax spelling.
@@ -88,6 +88,11 @@ class TorchCompatMixin(TensorBase):
         """All dims reversed (PyTorch/numpy ``x.T``); Candle: ``x.t()`` for the last two dims."""
         r = self.rank
         return self if r < 2 else self.permute(tuple(range(r - 1, -1, -1)))  # type: ignore[attr-defined]
+
+    @property
+    def mT(self) -> Any:  # noqa: N802 - PyTorch's name
+        """The last two dims swapped (PyTorch ``x.mT``); Candle: ``x.t()`` (rank < 2 raises)."""
+        return self.t()  # type: ignore[attr-defined]
 
     def size(self, dim: Any = None) -> Any:
         """PyTorch ``x.size()`` (the shape tuple) / ``x.size(d)`` (one dim); Candle: ``dims()`` / ``dim(d)``."""

@@ -136,3 +136,40 @@ def test_reductions_accept_dims_once():
     with pytest.raises(errors.Error, match="pass the dims once"):
         Tensor.new(A).sum(0, dim=1)
     assert cj.Tensor.new(A).max(1, True).shape == (2, 1)  # Candle-style positional keepdim also works
+
+
+def test_mask_sum_without_dims_counts_like_torch():
+    # torch's x.sum() promotes integers (int64); Candle's u8 sum_all wraps at 256 (300 -> 44)
+    a = np.ones((20, 15), np.float32)
+    m, tm = Tensor.new(a) > 0.0, torch.tensor(a) > 0.0
+    got = m.sum()
+    assert int(got.item()) == int(tm.sum()) == 300 and got.dtype == DType.U32
+    assert m.sum(keepdim=True).shape == (1, 1) and int(m.sum(keepdim=True).item()) == 300
+    assert int(m.sum_all().item()) == 44  # Candle's sum_all keeps u8 and wraps
+    assert int(Tensor.new(np.full((300,), 200, np.uint8)).sum().item()) == 60000
+
+
+def test_mt_swaps_the_last_two_dims():
+    x, t = Tensor.new(np.arange(24, dtype=np.float32).reshape(2, 3, 4)), torch.arange(24.0).reshape(2, 3, 4)
+    assert x.mT.shape == tuple(t.mT.shape)
+    np.testing.assert_array_equal(np.asarray(x.mT), t.mT.numpy())
+    with pytest.raises(errors.UnexpectedNumberOfDims):  # torch: "tensor.mT is only supported on matrices"
+        _ = Tensor.new(np.ones(3, np.float32)).mT
+
+
+@pytest.mark.parametrize(
+    "call,hint",
+    [
+        (lambda x, ids: x.index_select(0, ids[:, 0]), r"Candle's order is index_select\(ids, dim\)"),
+        (lambda x, ids: x.scatter_add(1, ids, x[:, :2]), r"Candle's order is scatter_add\(ids, src, dim\)"),
+        (lambda x, ids: x.scatter(1, ids, x[:, :2]), r"Candle's order is scatter\(ids, src, dim\)"),
+        (lambda x, ids: x.index_add(0, ids[:, 0], x), r"Candle's order is index_add\(ids, src, dim\)"),
+        (lambda x, ids: x.max(x), r"use x\.maximum\(other\)"),
+        (lambda x, ids: x.min(x.zeros_like()), r"use x\.minimum\(other\)"),
+    ],
+)
+def test_torch_argument_orders_name_candles(call, hint):
+    x = Tensor.new(A)
+    ids = Tensor.new(np.array([[0, 2], [1, 0]], np.uint32))
+    with pytest.raises(errors.Error, match=hint):
+        call(x, ids)
