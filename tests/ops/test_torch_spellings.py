@@ -173,3 +173,59 @@ def test_torch_argument_orders_name_candles(call, hint):
     ids = Tensor.new(np.array([[0, 2], [1, 0]], np.uint32))
     with pytest.raises(errors.Error, match=hint):
         call(x, ids)
+
+
+_FD = np.random.default_rng(7)
+_FA = (_FD.standard_normal((4, 5)) * 5).astype(np.float32)
+_FB = (_FD.uniform(0.5, 3.0, (4, 5)) * _FD.choice([-1.0, 1.0], (4, 5))).astype(np.float32)
+_IA = _FD.integers(-20, 20, (4, 5)).astype(np.int32)
+_IB = (_FD.integers(1, 6, (4, 5)) * _FD.choice([-1, 1], (4, 5))).astype(np.int32)
+
+FLOOR_MOD = [
+    ("x // 0.7", lambda x, y: x // 0.7), ("x % 0.7", lambda x, y: x % 0.7),
+    ("x // -0.7", lambda x, y: x // -0.7), ("x % -0.7", lambda x, y: x % -0.7),
+    ("x // y", lambda x, y: x // y), ("x % y", lambda x, y: x % y),
+    ("3.0 // y", lambda x, y: 3.0 // y), ("3.0 % y", lambda x, y: 3.0 % y),
+    ("x % y[0] (broadcast)", lambda x, y: x % y[0]),
+]
+
+
+@pytest.mark.parametrize("case", FLOOR_MOD, ids=[c[0] for c in FLOOR_MOD])
+@pytest.mark.parametrize("ints", [False, True], ids=["f32", "i32"])
+def test_floor_division_and_remainder_match_torch(case, ints):
+    _, f = case
+    a, b = (_IA, _IB) if ints else (_FA, _FB)
+    if ints and ("0.7" in case[0] or "3.0" in case[0]):
+        f = {"x // 0.7": lambda x, y: x // 3, "x % 0.7": lambda x, y: x % 3, "x // -0.7": lambda x, y: x // -3,
+             "x % -0.7": lambda x, y: x % -3, "3.0 // y": lambda x, y: 7 // y, "3.0 % y": lambda x, y: 7 % y}[case[0]]
+    got, want = f(Tensor.new(a), Tensor.new(b)), f(torch.tensor(a), torch.tensor(b))
+    assert got.shape == tuple(want.shape) and got.dtype == (DType.I32 if ints else DType.F32)
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call,hint",
+    [
+        (lambda m: ~m, r"m\.eq\(0\)"),
+        (lambda m: m & m, r"a\.minimum\(b\)"),
+        (lambda m: m | m, r"a\.maximum\(b\)"),
+        (lambda m: m ^ m, r"a\.ne\(b\)"),
+    ],
+)
+def test_mask_logic_operators_name_candles(call, hint):
+    # u8 masks stand in for torch's bool: ~ would be bitwise (~1 == 254), so these raise
+    m = Tensor.new(A) > 0.0
+    with pytest.raises(errors.Error, match=hint):
+        call(m)
+
+
+@pytest.mark.parametrize("dt,tdt", [(DType.BF16, torch.bfloat16), (DType.F16, torch.float16)], ids=["bf16", "f16"])
+def test_half_floor_division_and_remainder_round_as_torch(dt, tdt):
+    # torch divides by the f32 scalar for // (opmath) but takes the scalar rounded to the dtype for %
+    a = (np.random.default_rng(1).standard_normal(2000) * 10).astype(np.float32)
+    y = np.abs(a[::-1].copy()) + 0.5
+    x, t = Tensor.new(a).to_dtype(dt), torch.tensor(a).to(tdt)
+    xy, ty = Tensor.new(y).to_dtype(dt), torch.tensor(y).to(tdt)
+    for f in (lambda u, v: u // 0.1, lambda u, v: u % 0.1, lambda u, v: u // -1.3, lambda u, v: u % 0.7,
+              lambda u, v: u // v, lambda u, v: u % v, lambda u, v: 3.0 // v):
+        np.testing.assert_array_equal(np.asarray(f(x, xy).to_dtype(DType.F32)), f(t, ty).float().numpy())
