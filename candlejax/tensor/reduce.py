@@ -365,9 +365,12 @@ class ReduceMixin(TensorBase):
 
     def cumsum(self, dim: Any) -> Any:
         """Cumulative sum along ``dim`` (Candle ``cumsum``, torch ``cumsum``). Exact and O(n) (Candle uses
-        an O(n^2) matmul and is float only; integers work here and keep their dtype)."""
+        an O(n^2) matmul and is float only; integers work here and keep their dtype, except U8 masks,
+        which count in U32 as PyTorch's bool/u8 cumsum counts in int64)."""
         a = self._a
         axis = resolve_dim(dim, a.shape, "cumsum")
+        if a.dtype == np.uint8:
+            a = a.astype(_U32)
         return wrap(_run(_cumsum, a, axis=axis))
 
     def arg_sort_last_dim(self, asc: bool = True) -> Any:

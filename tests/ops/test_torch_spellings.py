@@ -229,3 +229,14 @@ def test_half_floor_division_and_remainder_round_as_torch(dt, tdt):
     for f in (lambda u, v: u // 0.1, lambda u, v: u % 0.1, lambda u, v: u // -1.3, lambda u, v: u % 0.7,
               lambda u, v: u // v, lambda u, v: u % v, lambda u, v: 3.0 // v):
         np.testing.assert_array_equal(np.asarray(f(x, xy).to_dtype(DType.F32)), f(t, ty).float().numpy())
+
+
+def test_mask_cumsum_counts_like_torch():
+    # Candle's cumsum is a matmul, which refuses u8 (UnsupportedDTypeForOp(U8, "matmul")); torch counts
+    # in int64: a u8 cumsum that wrapped at 256 matched neither (attention_mask.cumsum(-1) positions)
+    a = np.ones((2, 300), np.float32)
+    a[1, ::3] = 0.0
+    m, tm = Tensor.new(a) > 0.0, torch.tensor(a) > 0.0
+    got = m.cumsum(-1)
+    assert got.dtype == DType.U32
+    np.testing.assert_array_equal(np.asarray(got), tm.cumsum(-1).numpy())
