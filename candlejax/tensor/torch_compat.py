@@ -3,7 +3,7 @@
 requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, squeeze, clamp),
 candlejax.tensor.reduce (the softmax kernels ``candlejax.nn.ops`` uses too)
 provides: ``T``, ``mT``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
-``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
+``softmax``, ``log_softmax``, ``mm``, ``type_as``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
 naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...);
 Candle's in-place and custom-op (``apply_op1``) calls raise with the candlejax spelling.
 
@@ -155,6 +155,12 @@ class TorchCompatMixin(TensorBase):
     def amin(self, dim: Any, keepdim: bool = False) -> Any:
         """PyTorch ``x.amin(dim, keepdim)``: Candle's ``min`` / ``min_keepdim`` (one dim)."""
         return self.min(dim, keepdim)  # type: ignore[attr-defined]
+
+    def type_as(self, other: Any) -> Any:
+        """PyTorch ``x.type_as(other)``: ``to_dtype(other.dtype)``."""
+        if not isinstance(other, TensorBase):
+            raise errors.Msg(f"type_as: expected a Tensor, got {type(other).__name__}; use .to_dtype(dtype)")
+        return self.to_dtype(other.dtype)  # type: ignore[attr-defined]
 
     def clone(self) -> Any:
         """PyTorch ``x.clone()``: Candle's ``copy()``."""

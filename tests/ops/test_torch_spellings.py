@@ -240,3 +240,12 @@ def test_mask_cumsum_counts_like_torch():
     got = m.cumsum(-1)
     assert got.dtype == DType.U32
     np.testing.assert_array_equal(np.asarray(got), tm.cumsum(-1).numpy())
+
+
+def test_type_as_converts_to_the_others_dtype():
+    i = np.array([[-3, 5], [2, 9]], np.int32)
+    got, want = Tensor.new(i).type_as(Tensor.new(A)), torch.tensor(i).type_as(torch.tensor(A))
+    assert got.dtype == DType.F32 and want.dtype == torch.float32
+    np.testing.assert_array_equal(np.asarray(got), want.numpy())
+    with pytest.raises(errors.Error, match="type_as: expected a Tensor"):
+        Tensor.new(A).type_as(DType.F16)
