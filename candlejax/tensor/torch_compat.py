@@ -45,6 +45,17 @@ _POINTERS: dict[str, str] = {
     "zero_": "tensors are immutable XLA arrays: x = x.zeros_like()",
     "fill_": "tensors are immutable XLA arrays: x = x.full_like(value)",
     "prod": "Candle has no prod; use .log().sum(dims).exp() for positive values or np.prod on the host",
+    "clip": "use .clamp(min, max) (Candle's name)",
+    "square": "use .sqr() (Candle's name)",
+    "reciprocal": "use .recip() (Candle's name)",
+    "rsqrt": "use .sqrt().recip() (Candle has no rsqrt)",
+    "bmm": "use .matmul(y) (Candle's matmul is batched)",
+    "expand_as": "use .broadcast_as(y.shape) (Candle's name)",
+    "unbind": "use [x.get_on_dim(dim, i) for i in range(x.dim(dim))] (Candle has no unbind)",
+    "logical_not": "masks are u8 (there is no bool dtype): use m.eq(0)",
+    "is_floating_point": "use x.dtype.is_float() (Candle's DType::is_float)",
+    "element_size": "use x.dtype.size_in_bytes() (Candle's DType::size_in_bytes)",
+    "ndimension": "use x.rank (Candle's rank()) or x.dim()",
 }
 
 
@@ -183,6 +194,11 @@ class TorchCompatMixin(TensorBase):
     def cpu(self) -> Any:
         """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
         return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
+
+    def __setitem__(self, index: Any, value: Any) -> NoReturn:
+        """PyTorch's ``t[i] = v``: tensors are immutable, so this raises, naming ``slice_assign`` /
+        ``where_cond`` / ``masked_fill``."""
+        raise errors.ItemAssignment()
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer

@@ -112,7 +112,10 @@ POINTERS = [
     ("zero_", "x = x.zeros_like()"), ("add_", "x = x.add"), ("type", "to_dtype"), ("logsumexp", "log_sum_exp"),
     ("sort", "sort_last_dim"), ("topk", "sort_last_dim"), ("where", "where_cond"), ("masked_select", "where_cond"),
     ("nonzero", "where_cond"), ("all", "min_all"), ("any", "max_all"), ("bool", "ne(0)"), ("new_zeros", "zeros_like"),
-    ("cuda", "to_device"), ("prod", "Candle has no prod"),
+    ("cuda", "to_device"), ("prod", "Candle has no prod"), ("clip", "clamp"), ("square", "sqr()"),
+    ("reciprocal", "recip()"), ("rsqrt", "sqrt().recip()"), ("bmm", "matmul"), ("expand_as", "broadcast_as(y.shape)"),
+    ("unbind", "get_on_dim(dim, i)"), ("logical_not", "eq(0)"), ("is_floating_point", "dtype.is_float()"),
+    ("element_size", "dtype.size_in_bytes()"), ("ndimension", "rank"),
 ]
 
 
@@ -249,3 +252,11 @@ def test_type_as_converts_to_the_others_dtype():
     np.testing.assert_array_equal(np.asarray(got), want.numpy())
     with pytest.raises(errors.Error, match="type_as: expected a Tensor"):
         Tensor.new(A).type_as(DType.F16)
+
+
+def test_item_assignment_names_the_functional_spellings():
+    x = Tensor.new(A)
+    with pytest.raises(errors.Error, match=r"immutable.*slice_assign.*masked_fill"):
+        x[0] = 1.0
+    with pytest.raises(TypeError):  # still a TypeError, as Python's own "does not support item assignment"
+        x[x > 0.0] = 0.0
