@@ -185,17 +185,19 @@ class ReduceMixin(TensorBase):
         torch ``sum(dims, keepdim=True)``). Keeps the dtype: integer sums wrap."""
         return self._sum_impl(dims, True)
 
-    def sum(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
+    def sum(self, dims: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
         """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``).
 
-        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim=True`` are accepted.
-        ``sum()`` of a U8 tensor (a comparison mask) counts in U32, as PyTorch's promotes to int64,
-        where ``sum_all()`` keeps U8 and wraps at 256 (Candle)."""
+        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim`` are accepted. With those
+        spellings a U8 tensor (a comparison mask) counts in U32, as PyTorch's sum promotes to int64;
+        Candle's ``sum(dims)`` / ``sum_all()`` keep U8 and wrap at 256."""
         d = _torch_dims(dims, dim, "sum")
+        t = self
+        if self._a.dtype == np.uint8 and (d is None or dim is not None or keepdim is not None):
+            t = self.to_dtype(DType.U32)  # type: ignore[attr-defined]
         if d is None:
-            t = self.to_dtype(DType.U32) if self._a.dtype == np.uint8 else self  # type: ignore[attr-defined]
-            return _keep_all(self, t.sum_all(), keepdim)
-        return self._sum_impl(d, bool(keepdim))
+            return _keep_all(self, t.sum_all(), bool(keepdim))
+        return t._sum_impl(d, bool(keepdim))
 
     def _mean_impl(self, dims: Any, keepdim: bool, name: str) -> Any:
         a = self._a

@@ -149,6 +149,13 @@ def test_mask_sum_without_dims_counts_like_torch():
     assert int(got.item()) == int(tm.sum()) == 300 and got.dtype == DType.U32
     assert m.sum(keepdim=True).shape == (1, 1) and int(m.sum(keepdim=True).item()) == 300
     assert int(m.sum_all().item()) == 44  # Candle's sum_all keeps u8 and wraps
+    # the PyTorch-only spellings (dim=, keepdim) count too; Candle's sum(dims) keeps u8
+    mt, tmt = m.reshape((300, 1)), tm.reshape(300, 1)
+    for got, want in ((mt.sum(dim=0), tmt.sum(dim=0)), (mt.sum(0, keepdim=True), tmt.sum(0, keepdim=True)),
+                      (mt.sum(0, False), tmt.sum(0, False)), (mt.sum(dim=(0, 1)), tmt.sum(dim=(0, 1)))):
+        assert got.dtype == DType.U32 and got.shape == tuple(want.shape)
+        np.testing.assert_array_equal(np.asarray(got), want.numpy())
+    assert m.T.sum(0).dtype == DType.U8 and m.T.sum_keepdim(0).dtype == DType.U8
     assert int(Tensor.new(np.full((300,), 200, np.uint8)).sum().item()) == 60000
 
 
