@@ -267,3 +267,9 @@ def test_item_assignment_names_the_functional_spellings():
         x[0] = 1.0
     with pytest.raises(TypeError):  # still a TypeError, as Python's own "does not support item assignment"
         x[x > 0.0] = 0.0
+    # Candle-style out-buffers: a Tensor is still refused as one (its __setitem__ only raises)
+    from candlejax.quantized import k_quants
+
+    xs = k_quants.BlockQ4_0.from_float(np.ones(32, np.float32))
+    with pytest.raises(errors.Error, match=r"cannot write into a Tensor in place; call BlockQ4_0\.to_float\(xs\)"):
+        k_quants.BlockQ4_0.to_float(xs, Tensor.new(np.zeros(32, np.float32)))
