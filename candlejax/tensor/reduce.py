@@ -236,35 +236,49 @@ class ReduceMixin(TensorBase):
         """Max over one dim, kept as size 1 (Candle ``max_keepdim``, torch ``amax(dim, keepdim=True)``)."""
         return self._reduce1(_max, dim, True, "max")
 
-    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
-        """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``).
+    def max(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+        """Max over one dim, removed (Candle ``max(dim)``, torch ``amax(dim)``); ``max()`` is ``max_all()``.
 
-        PyTorch spellings: ``max()`` is ``max_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``max(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``).
-        PyTorch's elementwise ``max(other)`` raises, naming ``maximum``."""
-        d = dim
-        if isinstance(d, TensorBase):
+        PyTorch's ``max(dim=d)`` / ``max(d, keepdim)`` return ``(values, indices)``: those spellings raise,
+        naming ``max(d)`` / ``max_keepdim(d)`` and ``argmax(d)``, since indexing the values-only result
+        (``x.max(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``max(other)``
+        raises, naming ``maximum``."""
+        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
             raise errors.Msg("max: max(other) is PyTorch's elementwise maximum: use x.maximum(other) (Candle's name)")
+        if dim is not None or (d is not None and keepdim is not None):
+            k = dim if d is None else d
+            raise errors.Msg(
+                f"max: PyTorch's max(dim, keepdim) returns (values, indices); here max(d) is Candle's, the values"
+                f" only (torch amax): write x.max({k}) or x.max_keepdim({k}) for the values and x.argmax({k})"
+                f" / x.argmax_keepdim({k}) for the indices"
+            )
         if d is None:
-            return _keep_all(self, self.max_all(), keepdim)
-        return self._reduce1(_max, d, bool(keepdim), "max")
+            return _keep_all(self, self.max_all(), bool(keepdim))
+        return self._reduce1(_max, d, False, "max")
 
     def min_keepdim(self, dim: Any) -> Any:
         """Min over one dim, kept as size 1 (Candle ``min_keepdim``, torch ``amin(dim, keepdim=True)``)."""
         return self._reduce1(_min, dim, True, "min")
 
-    def min(self, dim: Any = None, keepdim: bool = False) -> Any:
-        """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``).
+    def min(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+        """Min over one dim, removed (Candle ``min(dim)``, torch ``amin(dim)``); ``min()`` is ``min_all()``.
 
-        PyTorch spellings: ``min()`` is ``min_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``min(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``).
-        PyTorch's elementwise ``min(other)`` raises, naming ``minimum``."""
-        d = dim
-        if isinstance(d, TensorBase):
+        PyTorch's ``min(dim=d)`` / ``min(d, keepdim)`` return ``(values, indices)``: those spellings raise,
+        naming ``min(d)`` / ``min_keepdim(d)`` and ``argmin(d)``, since indexing the values-only result
+        (``x.min(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``min(other)``
+        raises, naming ``minimum``."""
+        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
             raise errors.Msg("min: min(other) is PyTorch's elementwise minimum: use x.minimum(other) (Candle's name)")
+        if dim is not None or (d is not None and keepdim is not None):
+            k = dim if d is None else d
+            raise errors.Msg(
+                f"min: PyTorch's min(dim, keepdim) returns (values, indices); here min(d) is Candle's, the values"
+                f" only (torch amin): write x.min({k}) or x.min_keepdim({k}) for the values and x.argmin({k})"
+                f" / x.argmin_keepdim({k}) for the indices"
+            )
         if d is None:
-            return _keep_all(self, self.min_all(), keepdim)
-        return self._reduce1(_min, d, bool(keepdim), "min")
+            return _keep_all(self, self.min_all(), bool(keepdim))
+        return self._reduce1(_min, d, False, "min")
 
     def argmax_keepdim(self, dim: Any) -> Any:
         """Index (U32) of the first max over one dim, kept as size 1 (Candle ``argmax_keepdim``)."""

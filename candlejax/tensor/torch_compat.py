@@ -161,11 +161,11 @@ class TorchCompatMixin(TensorBase):
 
     def amax(self, dim: Any, keepdim: bool = False) -> Any:
         """PyTorch ``x.amax(dim, keepdim)``: Candle's ``max`` / ``max_keepdim`` (one dim)."""
-        return self.max(dim, keepdim)  # type: ignore[attr-defined]
+        return self.max_keepdim(dim) if keepdim else self.max(dim)  # type: ignore[attr-defined]
 
     def amin(self, dim: Any, keepdim: bool = False) -> Any:
         """PyTorch ``x.amin(dim, keepdim)``: Candle's ``min`` / ``min_keepdim`` (one dim)."""
-        return self.min(dim, keepdim)  # type: ignore[attr-defined]
+        return self.min_keepdim(dim) if keepdim else self.min(dim)  # type: ignore[attr-defined]
 
     def type_as(self, other: Any) -> Any:
         """PyTorch ``x.type_as(other)``: ``to_dtype(other.dtype)``."""

@@ -23,7 +23,8 @@ SAME = [
     ("x.sum((0, 1))", lambda x: x.sum((0, 1)), lambda t: t.sum((0, 1))),
     ("x.sum(keepdim=True)", lambda x: x.sum(keepdim=True), lambda t: t.sum((0, 1), keepdim=True)),
     ("x.mean(dim=0, keepdim=True)", lambda x: x.mean(dim=0, keepdim=True), lambda t: t.mean(dim=0, keepdim=True)),
-    ("x.max(dim=1, keepdim=True)", lambda x: x.max(dim=1, keepdim=True), lambda t: t.amax(dim=1, keepdim=True)),
+    ("x.max(1)", lambda x: x.max(1), lambda t: t.amax(1)),
+    ("x.max_keepdim(1)", lambda x: x.max_keepdim(1), lambda t: t.amax(dim=1, keepdim=True)),
     ("x.min(0)", lambda x: x.min(0), lambda t: t.amin(0)),
     ("x.amax(1)", lambda x: x.amax(1), lambda t: t.amax(1)),
     ("x.amin(1, keepdim=True)", lambda x: x.amin(1, keepdim=True), lambda t: t.amin(1, keepdim=True)),
@@ -138,7 +139,7 @@ def test_gather_argument_order():
 def test_reductions_accept_dims_once():
     with pytest.raises(errors.Error, match="pass the dims once"):
         Tensor.new(A).sum(0, dim=1)
-    assert cj.Tensor.new(A).max(1, True).shape == (2, 1)  # Candle-style positional keepdim also works
+    assert cj.Tensor.new(A).argmax(1, True).shape == (2, 1)  # positional keepdim also works
 
 
 def test_mask_sum_without_dims_counts_like_torch():
@@ -273,3 +274,19 @@ def test_item_assignment_names_the_functional_spellings():
     xs = k_quants.BlockQ4_0.from_float(np.ones(32, np.float32))
     with pytest.raises(errors.Error, match=r"cannot write into a Tensor in place; call BlockQ4_0\.to_float\(xs\)"):
         k_quants.BlockQ4_0.to_float(xs, Tensor.new(np.zeros(32, np.float32)))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: x.max(dim=1), lambda x: x.max(1, keepdim=True), lambda x: x.max(1, True),
+        lambda x: x.min(dim=0), lambda x: x.min(-1, keepdim=False),
+    ],
+)
+def test_max_min_with_torch_keywords_raise(call):
+    # torch's x.max(dim=1) is (values, indices): x.max(dim=1)[0] / x.max(-1, keepdim=True)[0] would index
+    # Candle's values-only result silently, so the PyTorch-only keyword spellings raise
+    x, t = Tensor.new(A), torch.tensor(A)
+    assert isinstance(call(t), tuple)
+    with pytest.raises(errors.Error, match=r"\(values, indices\).*a(max|min).*arg(max|min)"):
+        call(x)
