@@ -147,6 +147,8 @@ def _torch_dims(dims: Any, dim: Any, op_name: str) -> Any:
     if dim is not None:
         if dims is not None:
             raise errors.Msg(f"{op_name}: pass the dims once (positionally or as dim=), not both")
+        if isinstance(dim, (list, tuple)) and not dim:
+            return None  # PyTorch: dim=() reduces every dim (Candle's sum(()) reduces none)
         return dim
     return dims
 

@@ -290,3 +290,13 @@ def test_max_min_with_torch_keywords_raise(call):
     assert isinstance(call(t), tuple)
     with pytest.raises(errors.Error, match=r"\(values, indices\).*a(max|min).*arg(max|min)"):
         call(x)
+
+
+def test_empty_dim_keyword_reduces_everything_as_torch():
+    # torch: sum(dim=()) / mean(dim=[]) reduce every dim; Candle's sum(()) reduces none (positional kept)
+    x, t = Tensor.new(A), torch.tensor(A)
+    for got, want in ((x.sum(dim=()), t.sum(dim=())), (x.mean(dim=[]), t.mean(dim=[])),
+                      (x.sum(dim=[], keepdim=True), t.sum(dim=[], keepdim=True))):
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-6)
+    assert x.sum(()).shape == (2, 3)
