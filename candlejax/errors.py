@@ -352,6 +352,17 @@ class InPlaceStatement(Error):
         )
 
 
+class ItemAssignment(Error, TypeError):
+    """``t[...] = v`` (PyTorch's in-place item assignment): tensors are immutable; the message names
+    the functional spellings."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Tensor does not support item assignment (candlejax tensors are immutable XLA arrays): write"
+            " t = t.slice_assign(ranges, src) (Candle), t = mask.where_cond(v, t) or t = t.masked_fill(mask, v)"
+        )
+
+
 class CandleInPlaceName(Error, AttributeError):
     """A Candle in-place Tensor method (``zero_set``, ``const_set``, ``inplace_op1``, ...); the message
     names the candlejax spelling."""

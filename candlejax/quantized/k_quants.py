@@ -529,7 +529,8 @@ def _length(ys: Any) -> int:
 
 
 def _is_mutable_seq(ys: Any) -> bool:
-    return hasattr(ys, "__setitem__") and not isinstance(ys, tuple | str | bytes)
+    # a Tensor is immutable (its __setitem__ only raises)
+    return hasattr(ys, "__setitem__") and not isinstance(ys, tuple | str | bytes) and not hasattr(ys, "to_vec1")
 
 
 def _rows(raw: Any, cls: type[GgmlType]) -> np.ndarray:

@@ -167,6 +167,16 @@ def _pow(a: Any, b: Any) -> Any:
     return jnp.power(a, b)
 
 
+def _floor_divide(a: Any, b: Any) -> Any:
+    """Python's / PyTorch's ``//``: rounds toward minus infinity (``-7 // 2 == -4``)."""
+    return jnp.floor_divide(a, b)
+
+
+def _remainder(a: Any, b: Any) -> Any:
+    """Python's / PyTorch's ``%``: the sign of the divisor (``-7 % 3 == 2``)."""
+    return jnp.remainder(a, b)
+
+
 def _u8(f: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def g(a: Any, b: Any) -> Any:
         return f(a, b).astype(_U8)
@@ -182,6 +192,8 @@ _BIN_FNS: dict[str, Callable[[Any, Any], Any]] = {
     "maximum": jnp.maximum,
     "minimum": jnp.minimum,
     "pow": _pow,
+    "floor_divide": _floor_divide,
+    "remainder": _remainder,
     "eq": _u8(jnp.equal),
     "ne": _u8(jnp.not_equal),
     "lt": _u8(jnp.less),
@@ -195,7 +207,8 @@ _CMP = ("eq", "ne", "lt", "le", "gt", "ge")
 # arithmetic with a scalar on an f16 / bf16 tensor runs in f32 and rounds once (PyTorch's "opmath"):
 # the scalar rounded to the tensor's dtype first can overflow (f16 / 1e5 would divide by inf and give
 # 0) or lose its digits (bf16 * 0.1)
-_HALF_OPMATH = frozenset({"add", "sub", "mul", "div", "pow"})
+# (PyTorch's ``%`` rounds the scalar to the half dtype first: remainder is left out to match it)
+_HALF_OPMATH = frozenset({"add", "sub", "mul", "div", "pow", "floor_divide"})
 
 
 def _make_kernels(name: str, f: Callable[[Any, Any], Any]) -> tuple[Any, Any, Any]:
@@ -466,6 +479,7 @@ def _op_method(name: str, reverse: bool = False) -> Callable[[Any, Any], Any]:
 
 _DUNDER = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "truediv", "pow": "pow",
+    "floor_divide": "floordiv", "remainder": "mod",
     "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
 }  # fmt: skip
 
@@ -706,12 +720,34 @@ class ElementwiseMixin(TensorBase):
     __truediv__ = _op_method("div")
     __rtruediv__ = _op_method("div", True)
     __rpow__ = _op_method("pow", True)
+    # PyTorch's / Python's ``//`` and ``%`` (Candle has neither): floor division, the remainder with the
+    # divisor's sign; the dtype is kept (an integer tensor takes integer scalars only)
+    __floordiv__ = _op_method("floor_divide")
+    __rfloordiv__ = _op_method("floor_divide", True)
+    __mod__ = _op_method("remainder")
+    __rmod__ = _op_method("remainder", True)
     __eq__ = _op_method("eq")  # type: ignore[assignment]
     __ne__ = _op_method("ne")  # type: ignore[assignment]
     __lt__ = _op_method("lt")
     __le__ = _op_method("le")
     __gt__ = _op_method("gt")
     __ge__ = _op_method("ge")
+
+    # u8 masks stand in for PyTorch's bool, where ~ & | ^ are logical: ~ on u8 would be bitwise
+    # (~1 == 254), so the mask operators raise, naming Candle's spelling
+    def __invert__(self) -> Any:
+        raise errors.Msg("~: there is no bool dtype (masks are u8, where ~1 would be 254); negate a mask with m.eq(0)")
+
+    def __and__(self, rhs: Any) -> Any:
+        raise errors.Msg("&: there is no bool dtype (masks are u8); for two 0/1 masks write a.minimum(b) or a * b")
+
+    def __or__(self, rhs: Any) -> Any:
+        raise errors.Msg("|: there is no bool dtype (masks are u8); for two 0/1 masks write a.maximum(b)")
+
+    def __xor__(self, rhs: Any) -> Any:
+        raise errors.Msg("^: there is no bool dtype (masks are u8); for two 0/1 masks write a.ne(b)")
+
+    __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
 
     def __pow__(self, rhs: Any) -> Any:
         """``t ** e``: ``powf(e)`` for a scalar exponent, ``broadcast_pow`` for a Tensor."""

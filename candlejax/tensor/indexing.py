@@ -246,6 +246,12 @@ def _check_values(ids: Any, size: int, op_name: str) -> None:
         raise errors.InvalidIndex(op_name, int(flat[bad_at[0]]), size)
 
 
+def _check_candle_order(op_name: str, ids: Any, dim: Any, candle: str, torch: str) -> None:
+    """PyTorch's order (the dim first, an int where Candle takes the ids) raises, naming Candle's."""
+    if isinstance(ids, (int, np.integer)) and isinstance(dim, (TensorBase, list, np.ndarray)):
+        raise errors.Msg(f"{op_name}: Candle's order is {candle}; PyTorch's {torch} puts the dim first")
+
+
 def _as_ids(ids: Any, op_name: str) -> Any:
     """The jax array of an index Tensor (integer dtype required)."""
     if not isinstance(ids, TensorBase):
@@ -539,6 +545,7 @@ class IndexingMixin(TensorBase):
         PyTorch: ``torch.index_select``. The parameter is named ``rhs`` as in candle-pyo3."""
         ids = rhs
         s = self._a.shape
+        _check_candle_order("index_select", ids, dim, "index_select(ids, dim)", "index_select(dim, ids)")
         d = resolve_dim(dim, s, "index-select")
         arr = _as_ids(ids, "index-select")
         if arr.ndim != 1:
@@ -567,8 +574,7 @@ class IndexingMixin(TensorBase):
         The parameter is named ``index`` as in candle-pyo3."""
         ids = index
         s = self._a.shape
-        if isinstance(ids, int) and not isinstance(dim, int):
-            raise errors.Msg("gather: Candle's order is gather(ids, dim); PyTorch's gather(dim, ids) swaps them")
+        _check_candle_order("gather", ids, dim, "gather(ids, dim)", "gather(dim, ids)")
         d = resolve_dim(dim, s, "gather")
         arr = _as_ids(ids, "gather")
         si = arr.shape
@@ -583,6 +589,8 @@ class IndexingMixin(TensorBase):
     # --- scatter family (functional) ----------------------------------------------------------
     def _scatter_common(self, ids: Any, src: Any, dim: Any, op_name: str, add: bool) -> Any:
         s = self._a.shape
+        f = op_name.replace("-", "_")
+        _check_candle_order(f, ids, dim, f"{f}(ids, src, dim)", f"{f}(dim, ids, src)")
         d = resolve_dim(dim, s, op_name)
         arr = _as_ids(ids, op_name)
         src = _as_tensor(src, op_name)
@@ -629,6 +637,7 @@ class IndexingMixin(TensorBase):
         """Candle ``index_add(ids, src, dim)``: adds slice ``k`` of ``src`` (along ``dim``) into slice
         ``ids[k]`` of self; ``ids`` 1-D with ``len == src.dim(dim)``. PyTorch: ``Tensor.index_add``."""
         s = self._a.shape
+        _check_candle_order("index_add", ids, dim, "index_add(ids, src, dim)", "index_add(dim, ids, src)")
         d = resolve_dim(dim, s, "index-add")
         arr = _as_ids(ids, "index-add")
         src = _as_tensor(src, "index-add")

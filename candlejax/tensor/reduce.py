@@ -147,6 +147,8 @@ def _torch_dims(dims: Any, dim: Any, op_name: str) -> Any:
     if dim is not None:
         if dims is not None:
             raise errors.Msg(f"{op_name}: pass the dims once (positionally or as dim=), not both")
+        if isinstance(dim, (list, tuple)) and not dim:
+            return None  # PyTorch: dim=() reduces every dim (Candle's sum(()) reduces none)
         return dim
     return dims
 
@@ -185,14 +187,19 @@ class ReduceMixin(TensorBase):
         torch ``sum(dims, keepdim=True)``). Keeps the dtype: integer sums wrap."""
         return self._sum_impl(dims, True)
 
-    def sum(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
+    def sum(self, dims: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
         """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``).
 
-        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim=True`` are accepted."""
+        PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim`` are accepted. With those
+        spellings a U8 tensor (a comparison mask) counts in U32, as PyTorch's sum promotes to int64;
+        Candle's ``sum(dims)`` / ``sum_all()`` keep U8 and wrap at 256."""
         d = _torch_dims(dims, dim, "sum")
+        t = self
+        if self._a.dtype == np.uint8 and (d is None or dim is not None or keepdim is not None):
+            t = self.to_dtype(DType.U32)  # type: ignore[attr-defined]
         if d is None:
-            return _keep_all(self, self.sum_all(), keepdim)
-        return self._sum_impl(d, bool(keepdim))
+            return _keep_all(self, t.sum_all(), bool(keepdim))
+        return t._sum_impl(d, bool(keepdim))
 
     def _mean_impl(self, dims: Any, keepdim: bool, name: str) -> Any:
         a = self._a
@@ -231,29 +238,49 @@ class ReduceMixin(TensorBase):
         """Max over one dim, kept as size 1 (Candle ``max_keepdim``, torch ``amax(dim, keepdim=True)``)."""
         return self._reduce1(_max, dim, True, "max")
 
-    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
-        """Max over one dim, removed (Candle ``max``, torch ``amax(dim)``).
+    def max(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+        """Max over one dim, removed (Candle ``max(dim)``, torch ``amax(dim)``); ``max()`` is ``max_all()``.
 
-        PyTorch spellings: ``max()`` is ``max_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``max(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
-        d = dim
+        PyTorch's ``max(dim=d)`` / ``max(d, keepdim)`` return ``(values, indices)``: those spellings raise,
+        naming ``max(d)`` / ``max_keepdim(d)`` and ``argmax(d)``, since indexing the values-only result
+        (``x.max(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``max(other)``
+        raises, naming ``maximum``."""
+        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
+            raise errors.Msg("max: max(other) is PyTorch's elementwise maximum: use x.maximum(other) (Candle's name)")
+        if dim is not None or (d is not None and keepdim is not None):
+            k = dim if d is None else d
+            raise errors.Msg(
+                f"max: PyTorch's max(dim, keepdim) returns (values, indices); here max(d) is Candle's, the values"
+                f" only (torch amax): write x.max({k}) or x.max_keepdim({k}) for the values and x.argmax({k})"
+                f" / x.argmax_keepdim({k}) for the indices"
+            )
         if d is None:
-            return _keep_all(self, self.max_all(), keepdim)
-        return self._reduce1(_max, d, bool(keepdim), "max")
+            return _keep_all(self, self.max_all(), bool(keepdim))
+        return self._reduce1(_max, d, False, "max")
 
     def min_keepdim(self, dim: Any) -> Any:
         """Min over one dim, kept as size 1 (Candle ``min_keepdim``, torch ``amin(dim, keepdim=True)``)."""
         return self._reduce1(_min, dim, True, "min")
 
-    def min(self, dim: Any = None, keepdim: bool = False) -> Any:
-        """Min over one dim, removed (Candle ``min``, torch ``amin(dim)``).
+    def min(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+        """Min over one dim, removed (Candle ``min(dim)``, torch ``amin(dim)``); ``min()`` is ``min_all()``.
 
-        PyTorch spellings: ``min()`` is ``min_all()``; ``dim=`` and ``keepdim=True`` are accepted
-        (``min(dim)`` returns the values only, as Candle, not torch's ``(values, indices)``)."""
-        d = dim
+        PyTorch's ``min(dim=d)`` / ``min(d, keepdim)`` return ``(values, indices)``: those spellings raise,
+        naming ``min(d)`` / ``min_keepdim(d)`` and ``argmin(d)``, since indexing the values-only result
+        (``x.min(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``min(other)``
+        raises, naming ``minimum``."""
+        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
+            raise errors.Msg("min: min(other) is PyTorch's elementwise minimum: use x.minimum(other) (Candle's name)")
+        if dim is not None or (d is not None and keepdim is not None):
+            k = dim if d is None else d
+            raise errors.Msg(
+                f"min: PyTorch's min(dim, keepdim) returns (values, indices); here min(d) is Candle's, the values"
+                f" only (torch amin): write x.min({k}) or x.min_keepdim({k}) for the values and x.argmin({k})"
+                f" / x.argmin_keepdim({k}) for the indices"
+            )
         if d is None:
-            return _keep_all(self, self.min_all(), keepdim)
-        return self._reduce1(_min, d, bool(keepdim), "min")
+            return _keep_all(self, self.min_all(), bool(keepdim))
+        return self._reduce1(_min, d, False, "min")
 
     def argmax_keepdim(self, dim: Any) -> Any:
         """Index (U32) of the first max over one dim, kept as size 1 (Candle ``argmax_keepdim``)."""
@@ -356,9 +383,12 @@ class ReduceMixin(TensorBase):
 
     def cumsum(self, dim: Any) -> Any:
         """Cumulative sum along ``dim`` (Candle ``cumsum``, torch ``cumsum``). Exact and O(n) (Candle uses
-        an O(n^2) matmul and is float only; integers work here and keep their dtype)."""
+        an O(n^2) matmul and is float only; integers work here and keep their dtype, except U8 masks,
+        which count in U32 as PyTorch's bool/u8 cumsum counts in int64)."""
         a = self._a
         axis = resolve_dim(dim, a.shape, "cumsum")
+        if a.dtype == np.uint8:
+            a = a.astype(_U32)
         return wrap(_run(_cumsum, a, axis=axis))
 
     def arg_sort_last_dim(self, asc: bool = True) -> Any:

@@ -2,8 +2,8 @@
 
 requires: the other Tensor mixins (reshape, to_dtype, permute, matmul, max/min, squeeze, clamp),
 candlejax.tensor.reduce (the softmax kernels ``candlejax.nn.ops`` uses too)
-provides: ``T``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
-``softmax``, ``log_softmax``, ``mm``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
+provides: ``T``, ``mT``, ``size``, ``numel``, ``view``, ``float``/``half``/``bfloat16``/``double``/``int``/``long``,
+``softmax``, ``log_softmax``, ``mm``, ``type_as``, ``amax``/``amin``, ``clone``, ``cpu``, and an ``AttributeError``
 naming the Candle method for other PyTorch names (``x.zero_()`` -> tensors are immutable, ...);
 Candle's in-place and custom-op (``apply_op1``) calls raise with the candlejax spelling.
 
@@ -45,6 +45,17 @@ _POINTERS: dict[str, str] = {
     "zero_": "tensors are immutable XLA arrays: x = x.zeros_like()",
     "fill_": "tensors are immutable XLA arrays: x = x.full_like(value)",
     "prod": "Candle has no prod; use .log().sum(dims).exp() for positive values or np.prod on the host",
+    "clip": "use .clamp(min, max) (Candle's name)",
+    "square": "use .sqr() (Candle's name)",
+    "reciprocal": "use .recip() (Candle's name)",
+    "rsqrt": "use .sqrt().recip() (Candle has no rsqrt)",
+    "bmm": "use .matmul(y) (Candle's matmul is batched)",
+    "expand_as": "use .broadcast_as(y.shape) (Candle's name)",
+    "unbind": "use [x.get_on_dim(dim, i) for i in range(x.dim(dim))] (Candle has no unbind)",
+    "logical_not": "masks are u8 (there is no bool dtype): use m.eq(0)",
+    "is_floating_point": "use x.dtype.is_float() (Candle's DType::is_float)",
+    "element_size": "use x.dtype.size_in_bytes() (Candle's DType::size_in_bytes)",
+    "ndimension": "use x.rank (Candle's rank()) or x.dim()",
 }
 
 
@@ -88,6 +99,11 @@ class TorchCompatMixin(TensorBase):
         """All dims reversed (PyTorch/numpy ``x.T``); Candle: ``x.t()`` for the last two dims."""
         r = self.rank
         return self if r < 2 else self.permute(tuple(range(r - 1, -1, -1)))  # type: ignore[attr-defined]
+
+    @property
+    def mT(self) -> Any:  # noqa: N802 - PyTorch's name
+        """The last two dims swapped (PyTorch ``x.mT``); Candle: ``x.t()`` (rank < 2 raises)."""
+        return self.t()  # type: ignore[attr-defined]
 
     def size(self, dim: Any = None) -> Any:
         """PyTorch ``x.size()`` (the shape tuple) / ``x.size(d)`` (one dim); Candle: ``dims()`` / ``dim(d)``."""
@@ -145,11 +161,17 @@ class TorchCompatMixin(TensorBase):
 
     def amax(self, dim: Any, keepdim: bool = False) -> Any:
         """PyTorch ``x.amax(dim, keepdim)``: Candle's ``max`` / ``max_keepdim`` (one dim)."""
-        return self.max(dim, keepdim)  # type: ignore[attr-defined]
+        return self.max_keepdim(dim) if keepdim else self.max(dim)  # type: ignore[attr-defined]
 
     def amin(self, dim: Any, keepdim: bool = False) -> Any:
         """PyTorch ``x.amin(dim, keepdim)``: Candle's ``min`` / ``min_keepdim`` (one dim)."""
-        return self.min(dim, keepdim)  # type: ignore[attr-defined]
+        return self.min_keepdim(dim) if keepdim else self.min(dim)  # type: ignore[attr-defined]
+
+    def type_as(self, other: Any) -> Any:
+        """PyTorch ``x.type_as(other)``: ``to_dtype(other.dtype)``."""
+        if not isinstance(other, TensorBase):
+            raise errors.Msg(f"type_as: expected a Tensor, got {type(other).__name__}; use .to_dtype(dtype)")
+        return self.to_dtype(other.dtype)  # type: ignore[attr-defined]
 
     def clone(self) -> Any:
         """PyTorch ``x.clone()``: Candle's ``copy()``."""
@@ -172,6 +194,11 @@ class TorchCompatMixin(TensorBase):
     def cpu(self) -> Any:
         """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
         return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
+
+    def __setitem__(self, index: Any, value: Any) -> NoReturn:
+        """PyTorch's ``t[i] = v``: tensors are immutable, so this raises, naming ``slice_assign`` /
+        ``where_cond`` / ``masked_fill``."""
+        raise errors.ItemAssignment()
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
