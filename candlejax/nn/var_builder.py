@@ -298,7 +298,22 @@ class ShardedSafeTensors(SafetensorsBackend):
         raise errors.Msg("`get_unchecked` does not make sense for `ShardedSafeTensors`, use `get`.")
 
 
-class NpzBackend(SimpleBackend):
+class _FileBackend(SimpleBackend):
+    """A file read one tensor at a time: ``_load(path, dtype)`` reads it, converted while reading."""
+
+    def _load(self, path: str, dtype: DType | None = None) -> Any:
+        raise NotImplementedError
+
+    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        self.check(path, shape)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        self.check(path)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+
+
+class NpzBackend(_FileBackend):
     """Arrays from a ``.npz`` archive, read lazily by ``candlejax.io.npy.NpzTensors`` (its checks and
     errors), converted to the builder's dtype while reading."""
 
@@ -325,16 +340,8 @@ class NpzBackend(SimpleBackend):
     def _load(self, path: str, dtype: DType | None = None) -> Any:
         return self.npz.get(path, dtype=dtype)._a
 
-    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
-        self.check(path, shape)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
 
-    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        self.check(path)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
-
-
-class PthBackend(SimpleBackend):
+class PthBackend(_FileBackend):
     """Tensors of a ``torch.save``'d file read one by one through ``candlejax.io.pth.PthTensors``."""
 
     def __init__(self, tensors: pth.PthTensors):
@@ -354,14 +361,6 @@ class PthBackend(SimpleBackend):
 
     def _load(self, path: str, dtype: DType | None = None) -> Any:
         return self.pth.get(path, dtype=dtype)._a
-
-    def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
-        self.check(path, shape)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
-
-    def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
-        self.check(path)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
 
 
 def _as_backend(backend: Any) -> SimpleBackend:

@@ -245,15 +245,7 @@ class ReduceMixin(TensorBase):
         naming ``max(d)`` / ``max_keepdim(d)`` and ``argmax(d)``, since indexing the values-only result
         (``x.max(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``max(other)``
         raises, naming ``maximum``."""
-        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
-            raise errors.Msg("max: max(other) is PyTorch's elementwise maximum: use x.maximum(other) (Candle's name)")
-        if dim is not None or (d is not None and keepdim is not None):
-            k = dim if d is None else d
-            raise errors.Msg(
-                f"max: PyTorch's max(dim, keepdim) returns (values, indices); here max(d) is Candle's, the values"
-                f" only (torch amax): write x.max({k}) or x.max_keepdim({k}) for the values and x.argmax({k})"
-                f" / x.argmax_keepdim({k}) for the indices"
-            )
+        _refuse_torch_extremum("max", d, keepdim, dim)
         if d is None:
             return _keep_all(self, self.max_all(), bool(keepdim))
         return self._reduce1(_max, d, False, "max")
@@ -269,15 +261,7 @@ class ReduceMixin(TensorBase):
         naming ``min(d)`` / ``min_keepdim(d)`` and ``argmin(d)``, since indexing the values-only result
         (``x.min(-1, keepdim=True)[0]``) would go wrong silently. PyTorch's elementwise ``min(other)``
         raises, naming ``minimum``."""
-        if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
-            raise errors.Msg("min: min(other) is PyTorch's elementwise minimum: use x.minimum(other) (Candle's name)")
-        if dim is not None or (d is not None and keepdim is not None):
-            k = dim if d is None else d
-            raise errors.Msg(
-                f"min: PyTorch's min(dim, keepdim) returns (values, indices); here min(d) is Candle's, the values"
-                f" only (torch amin): write x.min({k}) or x.min_keepdim({k}) for the values and x.argmin({k})"
-                f" / x.argmin_keepdim({k}) for the indices"
-            )
+        _refuse_torch_extremum("min", d, keepdim, dim)
         if d is None:
             return _keep_all(self, self.min_all(), bool(keepdim))
         return self._reduce1(_min, d, False, "min")
@@ -418,3 +402,17 @@ def _max_all(a: Any) -> Any:
 def _min_all(a: Any) -> Any:
     return jnp.min(a)
 
+
+def _refuse_torch_extremum(op: str, d: Any, keepdim: Any, dim: Any) -> None:
+    """PyTorch's ``max(other)`` (elementwise) and ``max(dim=d)`` / ``max(d, keepdim)`` (``(values,
+    indices)``) spellings of ``op`` (``"max"`` / ``"min"``) raise, naming Candle's."""
+    if isinstance(d, TensorBase) or isinstance(dim, TensorBase):
+        full = "maximum" if op == "max" else "minimum"
+        raise errors.Msg(f"{op}: {op}(other) is PyTorch's elementwise {full}: use x.{full}(other) (Candle's name)")
+    if dim is not None or (d is not None and keepdim is not None):
+        k = dim if d is None else d
+        raise errors.Msg(
+            f"{op}: PyTorch's {op}(dim, keepdim) returns (values, indices); here {op}(d) is Candle's, the values"
+            f" only (torch a{op}): write x.{op}({k}) or x.{op}_keepdim({k}) for the values and x.arg{op}({k})"
+            f" / x.arg{op}_keepdim({k}) for the indices"
+        )

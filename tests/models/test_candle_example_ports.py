@@ -484,7 +484,7 @@ def test_models_on_a_fresh_varmap_initialise_as_candles_constructors():
         return model, {k: np.asarray(v.as_tensor().numpy()) for k, v in vm.data().items()}
 
     cfg = llama.Config.from_dict({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
-                                  "intermediate_size": 128, "vocab_size": 50, "tie_word_embeddings": False})  # fmt: skip
+                                  "intermediate_size": 128, "vocab_size": 50, "tie_word_embeddings": False})
     _, w = fresh(lambda vb: llama.Llama.load(vb, cfg))
     assert abs(w["model.embed_tokens.weight"].std() - 1.0) < 0.1  # embedding: N(0, 1)
     q = w["model.layers.0.self_attn.q_proj.weight"]  # Kaiming normal, fan-in 64, ReLU gain: std sqrt(2/64)

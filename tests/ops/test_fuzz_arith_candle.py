@@ -14,7 +14,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import candlejax
 from candlejax import DType, Tensor
 
 candle = pytest.importorskip("candle")
@@ -30,15 +29,7 @@ TOL = {"f16": (2e-3, 1e-3), "bf16": (1.6e-2, 1e-2), "f32": (2e-6, 1e-7), "f64": 
 SHAPES = [(0,), (1,), (2, 3), (3, 0, 2)]
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    """i64 / f64 tensors need JAX's 64-bit mode."""
-    prev = candlejax.x64_enabled()
-    candlejax.enable_x64(True)
-    try:
-        yield
-    finally:
-        candlejax.enable_x64(prev)
+pytestmark = pytest.mark.usefixtures("x64")  # i64 / f64 tensors need JAX's 64-bit mode (tests/conftest.py)
 
 
 def pair(vals: list, shape: tuple, dt: str) -> tuple:
