@@ -145,6 +145,20 @@ def test_stateful_forward_loop_matches_generate(ours):
     assert ours.tokenizer.decode(out).strip().startswith("Paris")
 
 
+def test_stateful_forward_refuses_bad_positions_and_ids(ours):
+    """Issue 13 as written on SmolLM2: ``llm.forward(tokens, 100000)`` allocated gigabytes, ``index_pos=-5``
+    was accepted and ids >= vocab were clamped; each raises a candlejax error before any work."""
+    from candlejax import errors
+
+    ids = np.array([[1, 2, 3]], np.uint32)
+    with pytest.raises(errors.Error, match="exceed max_position_embeddings 8192"):
+        ours.forward(ids, 100000)
+    with pytest.raises(errors.Error, match="index_pos must be >= 0, got -5"):
+        ours.forward(ids, -5)
+    with pytest.raises(errors.Error, match="invalid index 60000 with dim size 49152"):
+        ours.forward(np.array([[60000]], np.uint32), 0)
+
+
 def _same_placeholders(shapes, model) -> None:
     """``shapes`` (an abstract load) has ``model``'s tree, and a placeholder for each of its arrays
     with the same shape, dtype and placement."""
