@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 
 import numpy as np
@@ -281,6 +282,21 @@ def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o2.png")), out)
     assert cli.main(["segment", str(tmp_path / "in.png")]) == 1
     assert "give at least one --point" in capsys.readouterr().err
+
+
+def test_cli_auto_writes_every_generated_mask(tmp_path, capsys) -> None:
+    """Issue 11's ``python -m candlejax.models.segment_anything IMAGE --auto --out mask.png``."""
+    from PIL import Image
+
+    from candlejax.models.segment_anything.__main__ import main
+
+    small = np.asarray(Image.fromarray(_synthetic().transpose(1, 2, 0)).resize((256, 192), Image.NEAREST))
+    Image.fromarray(small).save(tmp_path / "in.png")
+    out = tmp_path / "auto.png"
+    assert main([str(tmp_path / "in.png"), "--auto", "--points-per-side", "4", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"\b[1-9]\d* masks\b", said), said
+    assert np.asarray(Image.open(out)).shape == small.shape
 
 
 def test_cli_overlay_of_a_16_bit_grey_image(models, tmp_path) -> None:
