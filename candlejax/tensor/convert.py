@@ -349,16 +349,17 @@ class ConvertMixin(TensorBase):
         dtype and device), positionally or as ``dtype=``, ``device=``, ``other=``. As in the binding,
         giving one of them twice, or a tensor with a dtype or device, raises an ``InvalidArgument``;
         giving none, or an argument of another kind, a ``TypeError``."""
-        given = {"dtype": dtype, "device": device, "output tensor": other}
+        given = {"dtype": dtype, "device": device, "tensor": other}
 
         def put(kind: str, value: Any) -> None:
             if given[kind] is not None:
-                raise errors.InvalidArgument(f"to: cannot specify multiple {kind}s")
+                what = "tensors to take the dtype and device of (other=)" if kind == "tensor" else f"{kind}s"
+                raise errors.InvalidArgument(f"to: cannot specify multiple {what}")
             given[kind] = value
 
         for x in args:
             if isinstance(x, TensorBase):
-                put("output tensor", x)
+                put("tensor", x)
             elif isinstance(x, DType):
                 put("dtype", x)
             elif isinstance(x, Device) or hasattr(x, "platform"):
@@ -376,11 +377,13 @@ class ConvertMixin(TensorBase):
                 put("dtype" if isinstance(parsed, DType) else "device", parsed)
             else:
                 raise errors.ArgumentType(f"to: cannot interpret argument {x!r} as a dtype, device or tensor")
-        dtype, device, other = given["dtype"], given["device"], given["output tensor"]
+        dtype, device, other = given.values()
         if other is not None:
             if device is not None or dtype is not None:
                 both = "a device" if device is not None else "a dtype"
-                raise errors.InvalidArgument(f"to: cannot specify both an output tensor and {both}")
+                raise errors.InvalidArgument(
+                    f"to: cannot specify both a tensor to take the dtype and device of (other=) and {both}"
+                )
             dtype, device = other.dtype, other.device
         if dtype is None and device is None:
             raise errors.ArgumentType("to: no valid dtype or device specified")
