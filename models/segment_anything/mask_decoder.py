@@ -8,7 +8,7 @@ convolutions and dotted with per-token hypernetwork MLP outputs into low-resolut
 
 from __future__ import annotations
 
-from candlejax.nn import Activation, ConvTranspose2dConfig, Module, VarBuilder, conv_transpose2d
+from candlejax.nn import Activation, ConvTranspose2dConfig, Module, VarBuilder, conv_transpose2d, embedding
 from candlejax.tensor import Tensor
 
 from .common import LayerNorm2d, linear
@@ -44,8 +44,9 @@ class MaskDecoder(Module):
                  iou_head_hidden_dim: int, vb: VarBuilder, layer_norm_eps: float = 1e-5):  # fmt: skip
         d = transformer_dim
         self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = vb.pp("iou_token").get((1, d), "weight")
-        self.mask_tokens = vb.pp("mask_tokens").get((self.num_mask_tokens, d), "weight")
+        # Candle's candle_nn::embedding tables (N(0, 1) in a fresh VarMap), kept as their weights
+        self.iou_token = embedding(1, d, vb.pp("iou_token")).weight
+        self.mask_tokens = embedding(self.num_mask_tokens, d, vb.pp("mask_tokens")).weight
         cfg = ConvTranspose2dConfig(stride=2)
         vb_u = vb.pp("output_upscaling")
         self.output_upscaling_conv1 = conv_transpose2d(d, d // 4, 2, cfg, vb_u.pp(0))

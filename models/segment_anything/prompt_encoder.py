@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from candlejax.nn import Activation, Conv2dConfig, Module, VarBuilder, conv2d
+from candlejax.nn import Activation, Conv2dConfig, Module, VarBuilder, conv2d, embedding
 from candlejax.tensor import Tensor
 
 from .common import LayerNorm2d
@@ -53,9 +53,10 @@ class PromptEncoder(Module):
     def __init__(self, embed_dim: int, image_embedding_size: tuple[int, int], input_image_size: tuple[int, int],
                  mask_in_chans: int, vb: VarBuilder):  # fmt: skip
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2, vb.pp("pe_layer"))
-        self.point_embeddings = [vb.pp("point_embeddings").pp(i).get((1, embed_dim), "weight") for i in range(4)]
-        self.not_a_point_embed = vb.pp("not_a_point_embed").get((1, embed_dim), "weight")
-        self.no_mask_embed = vb.pp("no_mask_embed").get((1, embed_dim), "weight")
+        # Candle's candle_nn::embedding tables (N(0, 1) in a fresh VarMap), kept as their weights
+        self.point_embeddings = [embedding(1, embed_dim, vb.pp("point_embeddings").pp(i)).weight for i in range(4)]
+        self.not_a_point_embed = embedding(1, embed_dim, vb.pp("not_a_point_embed")).weight
+        self.no_mask_embed = embedding(1, embed_dim, vb.pp("no_mask_embed")).weight
         vb_m = vb.pp("mask_downscaling")
         cfg = Conv2dConfig(stride=2)
         self.mask_downscaling_conv1 = conv2d(1, mask_in_chans // 4, 2, cfg, vb_m.pp(0))

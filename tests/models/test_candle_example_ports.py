@@ -503,3 +503,10 @@ def test_models_on_a_fresh_varmap_initialise_as_candles_constructors():
     assert not np.any(w["model.decoder.embed_positions.weight"])
     table = whisper.quantized_model.sinusoids(20, 32).numpy()
     np.testing.assert_array_equal(np.asarray(model.encoder.positional_embedding.numpy()), table)
+
+    from candlejax.models import segment_anything as sam
+
+    _, w = fresh(lambda vb: sam.Sam.new(64, 2, 2, [1], vb))  # candle_nn::embedding tables in the prompt encoder
+    for k in ("mask_decoder.iou_token.weight", "mask_decoder.mask_tokens.weight",  # and the mask decoder
+              "prompt_encoder.no_mask_embed.weight", "prompt_encoder.point_embeddings.3.weight"):  # fmt: skip
+        assert abs(w[k].std() - 1.0) < 0.5 and np.any(w[k]), k
