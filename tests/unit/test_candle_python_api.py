@@ -3,6 +3,7 @@
 binding itself; Rust Candle's ``Dropout::forward(xs, train)``; PyTorch-style layer constructors."""
 
 import candle
+import candle.testing
 import numpy as np
 import pytest
 
