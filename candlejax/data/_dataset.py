@@ -146,7 +146,8 @@ def _is_jax(x: Any) -> bool:
 def stack_examples(examples: Sequence[Any], offset: int = 0, single: bool = False) -> tuple[np.ndarray, ...]:
     """Stack per-example values (arrays or tuples of arrays) into batch arrays, field by field (Candle's
     ``Tensor::stack(.., 0)``); ``single``: each example is one array, even a nested list. Examples of different
-    shapes raise ``UnexpectedShape`` naming the example (``offset + j``) and both shapes."""
+    shapes raise ``UnexpectedShape`` naming the example (``offset + j``) and both shapes; of different dtypes,
+    ``DTypeMismatchBinaryOp`` (Candle's stack never promotes)."""
     first = examples[0]
     if not single and isinstance(first, (tuple, list)):
         return tuple(_stack([_host_array(e[j], "dataset example") for e in examples], offset, j)
@@ -155,12 +156,17 @@ def stack_examples(examples: Sequence[Any], offset: int = 0, single: bool = Fals
 
 
 def _stack(arrays: list[np.ndarray], offset: int, field: int | None) -> np.ndarray:
-    shape = arrays[0].shape
+    shape, dtype = arrays[0].shape, arrays[0].dtype
     for j, a in enumerate(arrays):
+        where = "" if field is None else f", field {field},"
         if a.shape != shape:
-            where = "" if field is None else f", field {field},"
             raise errors.UnexpectedShape(
                 f"Batcher: example {offset + j}{where} cannot be stacked with example {offset} of its batch (the"
                 " examples of a batch must share one shape; pad or crop them first)", shape, a.shape,
+            )  # fmt: skip
+        if a.dtype != dtype:  # Candle's Tensor::stack never promotes
+            raise errors.DTypeMismatchBinaryOp(
+                from_array_dtype(dtype), from_array_dtype(a.dtype),
+                f"Batcher stack (example {offset + j}{where.rstrip(',')} vs example {offset} of its batch)",
             )  # fmt: skip
     return np.stack(arrays)
