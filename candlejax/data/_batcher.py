@@ -404,7 +404,8 @@ class IterBatcher(_BuilderOptions):
     Built by ``Batcher.new1/new2/new_r1/new_r2``; ``batch_size`` and ``return_last_incomplete_batch``
     are values and Candle's builder methods, as on :class:`Batcher`. Each ``iter()`` makes one pass
     over ``examples`` (a generator is used up after one pass; arrays given to ``new1``/``new2`` are
-    read again).
+    read again). ``next(b)`` takes the next batch, as Candle's ``batcher.next()``: it continues one
+    pass of its own, started by the first ``next`` (``StopIteration`` once it is done).
     """
 
     def __init__(
@@ -420,6 +421,13 @@ class IterBatcher(_BuilderOptions):
         self.examples = examples
         self.fields = fields  # 1: new1's single tensors, 2: new2's (x, y) pairs, None: as they come
         self.device = None if device is None else Device.coerce(device)  # None: the examples' device
+        self._pass: Iterator[Any] | None = None  # the pass ``next(b)`` continues
+
+    def __next__(self) -> Any:
+        """Candle's ``Iterator::next``: the next batch of the pass ``next`` continues."""
+        if self._pass is None:
+            self._pass = iter(self)
+        return next(self._pass)
 
     def __iter__(self) -> Iterator[Any]:
         if isinstance(self.examples, _Columns):

@@ -639,3 +639,27 @@ def test_stream_of_examples_of_different_shapes_names_the_example():
     with pytest.raises(cj.errors.UnexpectedShape, match=r"example 3 cannot be stacked with example 2 of its batch.*"
                        r"expected: \[3\], got: \[4\]"):  # fmt: skip
         list(data.Batcher.new1(ragged, batch_size=2))
+
+
+def test_stream_of_examples_of_different_dtypes_raises_as_candles_stack():
+    # Candle's Batcher stacks with Tensor::stack, which never promotes: candle.stack([u8, f32]) raises
+    # DTypeMismatchBinaryOp (candle-core/src/tensor_cat.rs); a silent promotion to F32 would hide it.
+    mixed = (np.zeros(2, np.uint8 if i != 1 else np.float32) for i in range(2))
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"lhs: U8, rhs: F32"):
+        list(data.Batcher.new1(mixed, batch_size=2))
+    pairs = ((np.zeros(2, np.float32), np.uint32(i) if i != 2 else np.uint8(i)) for i in range(4))
+    with pytest.raises(cj.errors.DTypeMismatchBinaryOp, match=r"example 2, field 1"):
+        list(data.Batcher.new2(pairs, batch_size=4))
+
+
+def test_iter_batcher_is_an_iterator_as_candles_batcher():
+    # Candle's Batcher implements Iterator: `batcher.next()` takes one batch (batcher.rs).
+    x, y = _xy(5)
+    b = data.Batcher.new2(iter([(x[i], y[i]) for i in range(5)])).batch_size(2)
+    xb, yb = next(b)
+    assert xb.shape == (2, 2) and np.asarray(yb).tolist() == [0, 1]
+    assert np.asarray(next(b)[1]).tolist() == [2, 3]
+    with pytest.raises(StopIteration):
+        next(b)  # the last incomplete batch is dropped, Candle's default
+    cols = data.Batcher.new1(x).batch_size(2).return_last_incomplete_batch(True)
+    assert [next(cols).shape for _ in range(3)] == [(2, 2), (2, 2), (1, 2)]
