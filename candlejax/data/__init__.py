@@ -22,6 +22,7 @@
 | ``DatasetRandomIter::new(&ds, valid, seq_len, dev)`` | | ``DatasetRandomIter.new(ds, valid, seq_len, dev, seed=s)`` |
 """
 
+from candlejax.data import batcher, hub, nlp  # Candle's module paths: candle_datasets::{batcher, hub, nlp}
 from candlejax.data._batcher import Batcher, IterBatcher
 from candlejax.data._dataset import BatchSizeError, Dataset, DatasetFileError, EmptyDatasetError, TensorDataset
 from candlejax.data.tinystories import DatasetRandomIter, TinyStoriesDataset
@@ -39,9 +40,12 @@ __all__ = [
     "TensorDataset",
     "TinyStoriesDataset",
     "VisionDataset",
+    "batcher",
+    "hub",
     "load_cifar",
     "load_digits",
     "load_mnist",
+    "nlp",
     "read_idx",
     "write_idx",
 ]
