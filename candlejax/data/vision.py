@@ -268,7 +268,8 @@ def load_cifar(
             3,073 bytes (the message names the file, the expected and the actual size).
     """
     d, dev = Path(dir), Device.coerce(device)
-    if records_per_file is not None and (isinstance(records_per_file, bool) or records_per_file <= 0):
+    rpf = records_per_file
+    if rpf is not None and (not isinstance(rpf, (int, np.integer)) or isinstance(rpf, bool) or rpf <= 0):
         raise errors.InvalidArgument(
             f"load_cifar: records_per_file must be a positive int or None, got {records_per_file!r}"
         )

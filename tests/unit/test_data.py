@@ -317,6 +317,24 @@ def test_candle_datasets_module_paths(tmp_path, rng):
         hub.from_hub(None, "ylecun/mnist")
 
 
+def test_candle_datasets_module_paths_are_attributes():
+    # candle_datasets::{batcher, hub, nlp::tinystories, vision} are reached as paths, with no import
+    # (candle-datasets/src/lib.rs declares them `pub mod`): so are cj.data.batcher, .hub, .nlp, .vision.
+    # A fresh interpreter: in this one, other tests may already have imported the submodules.
+    import subprocess
+    import sys
+
+    code = (
+        "import candlejax as cj\n"
+        "assert cj.data.batcher.Batcher is cj.data.Batcher\n"
+        "assert cj.data.nlp.tinystories.Dataset is cj.data.TinyStoriesDataset\n"
+        "assert cj.data.vision.mnist.load_dir is cj.data.load_mnist\n"
+        "assert cj.data.hub.from_hub.__module__ == 'candlejax.data.hub'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def _idx_bytes(a):
     return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
 
@@ -514,6 +532,9 @@ def test_load_cifar_size_errors(tmp_path, rng):
         data.load_cifar(tmp_path, records_per_file=2)
     with pytest.raises(cj.Error, match="records_per_file must be a positive int"):
         data.load_cifar(tmp_path, records_per_file=0)
+    for bad in ("2", 2.0):  # a str or float count is refused, not compared or used as a size
+        with pytest.raises(cj.errors.InvalidArgument, match=f"must be a positive int or None, got {bad!r}"):
+            data.load_cifar(tmp_path, records_per_file=bad)
     assert issubclass(data.DatasetFileError, cj.Error)
 
 
