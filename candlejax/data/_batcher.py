@@ -203,8 +203,8 @@ class Batcher(_BuilderOptions):
         n = len(self.dataset)
         if n == 0:
             raise EmptyDatasetError("Batcher: the dataset is empty (0 examples)")
-        if prefetch < 0:
-            raise errors.InvalidArgument(f"Batcher: prefetch must be >= 0, got {prefetch}")
+        if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
+            raise errors.InvalidArgument(f"Batcher: prefetch must be an int >= 0, got {prefetch!r}")
         self.mesh, self.data_axis = mesh, data_axis
         self._configure(16 if batch_size is None else batch_size, return_last_incomplete_batch)
         if batch_size is not None:

@@ -11,7 +11,7 @@ vectorised gather. Data stays on the host until the Batcher moves one batch to t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -131,9 +131,12 @@ def as_dataset(data: Any) -> tuple[Any, bool]:
         return TensorDataset(data), True
     if isinstance(data, Dataset):
         return data, False
+    hint = ""
+    if isinstance(data, Iterator):
+        hint = "; for an iterator, Candle's streaming form is Batcher.new1(it) (tensors) or Batcher.new2(it) (pairs)"
     raise errors.InvalidArgument(
         f"cannot batch a {type(data).__name__}: pass a tuple of Tensors/arrays sharing their first dim, or an"
-        " object with __len__ and __getitem__ (the Dataset protocol)"
+        f" object with __len__ and __getitem__ (the Dataset protocol){hint}"
     )
 
 

@@ -161,6 +161,12 @@ def test_errors():
         data.TensorDataset(x, np.arange(10))  # int64 labels without x64 mode
     with pytest.raises(cj.Error, match="cannot batch"):
         data.Batcher(42, 4)
+    # an iterator is Candle's streaming form: the error names Batcher.new1 / new2
+    with pytest.raises(cj.errors.InvalidArgument, match=r"cannot batch a generator.*Batcher\.new2\(it\)"):
+        data.Batcher(((x[i], y[i]) for i in range(10)), 4)
+    for bad in ("2", 1.5, -1):
+        with pytest.raises(cj.errors.InvalidArgument, match=f"prefetch must be an int >= 0, got {bad!r}"):
+            data.Batcher((x, y), 4, prefetch=bad)
     assert issubclass(data.EmptyDatasetError, cj.Error) and issubclass(data.BatchSizeError, cj.Error)
 
 
