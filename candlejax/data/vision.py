@@ -182,12 +182,23 @@ def load_mnist(dir: str | os.PathLike[str], device: Device | str | None = None) 
 
     def read(stem: str, ndim: int, magic: int, what: str) -> np.ndarray:
         path = _find(d, stem)
-        a = read_idx(path)
+        expected = f"expected magic number {magic} (0x{magic:08x}: u8 data, {ndim} dims)"
+        try:
+            a = read_idx(path)
+        except IdxError as e:  # as Candle's check_magic_number, a wrong magic is reported first
+            with _open(path) as f:
+                head = _read_upto(f, 4, path, 0, "magic number")
+            found = int.from_bytes(head, "big")
+            if len(head) == 4 and found != magic:
+                raise IdxError(
+                    f"load_mnist: {path} is not an MNIST {what} file: {expected}, found {found} (0x{found:08x})"
+                ) from e
+            raise
         if a.ndim != ndim or a.dtype != np.uint8:
             found = _IDX_CODES[a.dtype.newbyteorder("=")] << 8 | a.ndim
             raise IdxError(
-                f"load_mnist: {path} is not an MNIST {what} file: expected magic number {magic} (0x{magic:08x}:"
-                f" u8 data, {ndim} dims), found {found} (0x{found:08x}: {a.dtype.name} data, dims"
+                f"load_mnist: {path} is not an MNIST {what} file: {expected}, found {found} (0x{found:08x}:"
+                f" {a.dtype.name} data, dims"
                 f" {errors.fmt_shape(a.shape)})"
             )
         return a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -377,6 +378,24 @@ def test_load_mnist_checks_magic_numbers_as_candle(tmp_path, rng, stem, arr, fou
     with pytest.raises(
         data.IdxError, match=rf"{stem} is not an MNIST {what} file: expected magic number {magic} .*{found}"
     ):
+        data.load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("stem", "raw", "found"),
+    [
+        # an image header (2051) on a labels file, with label-file data: Candle's check_magic_number fails first
+        ("train-labels-idx1-ubyte", struct.pack(">II", 2051, 5) + bytes(5), "found 2051 (0x00000803)"),
+        ("t10k-images-idx3-ubyte", b"not an idx file at all", "found 1852797984 (0x6e6f7420)"),
+    ],
+)
+def test_load_mnist_wrong_magic_of_a_malformed_file_is_named(tmp_path, rng, stem, raw, found):
+    """Candle's mnist.rs reads the magic number first: ``incorrect magic number 2051 != 2049``."""
+    _write_mnist(tmp_path, rng)
+    (tmp_path / stem).write_bytes(raw)
+    magic = 2051 if "images" in stem else 2049
+    with pytest.raises(data.IdxError, match=rf"{stem} is not an MNIST .* file: expected magic number {magic} .*"
+                       + re.escape(found)):  # fmt: skip
         data.load_mnist(tmp_path)
 
 
