@@ -105,6 +105,16 @@ def _rng_states() -> dict[str, list[int]]:
     return {f"{k[0]}:{k[1]}": [int(v[0]), int(v[2])] for k, v in cj_random._state.items()}
 
 
+def _check_batcher(batcher: Any, op: str) -> None:
+    """Raise unless ``batcher`` has a position to save / restore (``state`` / ``set_state``)."""
+    if batcher is not None and not (hasattr(batcher, "state") and hasattr(batcher, "set_state")):
+        raise CheckpointError(
+            f"checkpoint {op}: batcher= takes a cj.data.Batcher (its epoch and position are saved); a"
+            f" {type(batcher).__name__} has no position (Batcher.new1/new2 stream their iterator once, as"
+            " Candle's); build Batcher((xs, ys), batch_size) to resume mid-epoch"
+        )
+
+
 def save(
     path: str | os.PathLike[str],
     model: Any,
@@ -131,6 +141,7 @@ def save(
         extra: JSON-serialisable values (loss history, config, ...).
     Also saved: the state of every candlejax device generator (``Device.set_seed`` / ``randn``).
     """
+    _check_batcher(batcher, "save")
     tensors: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
     for name, _, leaf in _named_leaves(model):
@@ -246,6 +257,7 @@ def restore(
     (as ``varmap.load``: the VarMap, the model and the optimizer share them) and the optimizer's own
     state is restored, so ``opt.backward_step(loss_fn, model, x, y)`` continues the saved run.
     """
+    _check_batcher(batcher, "restore")
     path = os.fspath(path)
     meta = read_metadata(path)
     _check_metadata(meta, path)

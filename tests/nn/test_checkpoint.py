@@ -263,3 +263,16 @@ def test_save_inside_jit_raises_a_named_error(tmp_path):
     model = _init_model()
     with pytest.raises(cj.errors.TracingError, match=r"first\.(weight|bias)' is traced.*save them outside"):
         jax.jit(lambda m: checkpoint.save(str(tmp_path / "c.safetensors"), m, None))(model)
+
+
+def test_streaming_batcher_has_no_position_to_save(tmp_path):
+    """Candle's streaming Batcher (Batcher.new2(it)) is a one-pass iterator with no position; save and
+    restore name that instead of an AttributeError from inside the checkpoint code."""
+    x, y = _data()
+    stream = Batcher.new2(iter([(x[i], y[i]) for i in range(8)])).batch_size(4)
+    p = tmp_path / "c.safetensors"
+    with pytest.raises(checkpoint.CheckpointError, match=r"batcher=.*IterBatcher.*no position"):
+        checkpoint.save(p, _init_model(), batcher=stream)
+    checkpoint.save(p, _init_model(), batcher=Batcher((x, y), 4))
+    with pytest.raises(checkpoint.CheckpointError, match=r"batcher=.*IterBatcher.*no position"):
+        checkpoint.restore(p, _init_model(), batcher=stream)
