@@ -136,7 +136,8 @@ class DatasetRandomIter:
         ``(inputs, targets)``: U32 Tensors of shape ``(seq_len,)``.
 
     Raises:
-        InvalidArgument: ``seq_len`` is not a positive int.
+        InvalidArgument: ``ds`` is not a ``TinyStoriesDataset``, ``seq_len`` is not a positive int or
+            ``seed`` not a non-negative int.
         DatasetFileError: a file of the split has fewer than ``seq_len + 1`` tokens (no window).
     """
 
@@ -149,8 +150,15 @@ class DatasetRandomIter:
         *,
         seed: int | None = None,
     ):
+        if not isinstance(ds, TinyStoriesDataset):
+            raise errors.InvalidArgument(
+                f"DatasetRandomIter takes a TinyStoriesDataset, got a {type(ds).__name__}; build it from the folder"
+                " first: TinyStoriesDataset.new(dir) (Candle's tinystories::Dataset::new(dir))"
+            )
         if not isinstance(seq_len, (int, np.integer)) or isinstance(seq_len, bool) or seq_len <= 0:
             raise errors.InvalidArgument(f"DatasetRandomIter: seq_len must be a positive int, got {seq_len!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise errors.InvalidArgument(f"DatasetRandomIter: seed must be a non-negative int or None, got {seed!r}")
         files = ds.valid_files if valid else ds.train_files
         arrays = ds.valid_arrays if valid else ds.train_arrays
         for p, a in zip(files, arrays):

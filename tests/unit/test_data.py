@@ -659,6 +659,12 @@ def test_tinystories_errors(tmp_path):
     for bad in (0, -1, True, 2.0):
         with pytest.raises(cj.Error, match="seq_len must be a positive int"):
             data.DatasetRandomIter(ds, True, bad)
+    for bad in ("a", -1, 1.5):  # numpy's SeedSequence raised its own TypeError / ValueError
+        with pytest.raises(cj.errors.InvalidArgument, match=f"DatasetRandomIter: seed must be a non-negative int or"
+                           f" None, got {bad!r}"):  # fmt: skip
+            data.DatasetRandomIter(ds, False, 3, seed=bad)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"takes a TinyStoriesDataset, got a PosixPath.*\.new\(dir\)"):
+        data.DatasetRandomIter.new(tmp_path, False, 3)  # the folder instead of Dataset::new(dir)
     (tmp_path / "data02.bin").write_bytes(b"")  # an empty shard maps to no tokens
     ds = data.TinyStoriesDataset(tmp_path)
     assert ds.num_tokens() == 4
