@@ -258,10 +258,17 @@ class Batcher(_BuilderOptions):
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned; the next ``iter()`` continues from there."""
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        if "seed" in state:
-            self.seed = _check_seed(state["seed"])
+
+        def count(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+
+        if not (isinstance(state, dict) and count(state.get("epoch")) and count(state.get("position"))):
+            raise errors.InvalidArgument(
+                "Batcher.set_state: expected what state() returns, {'epoch': int >= 0, 'position': int >= 0,"
+                f" 'seed': int}}, got {state!r}"
+            )
+        seed = _check_seed(state["seed"]) if "seed" in state else self.seed
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), seed
 
     # --- iteration ---------------------------------------------------------------------------
     def _host_batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -97,6 +97,17 @@ def test_resume_from_state_mid_epoch():
     assert got == ref
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [3, {"position": 0}, {"epoch": "x", "position": 0}, {"epoch": 0, "position": -1}, {"epoch": 1.5, "position": 0}],
+)
+def test_set_state_checks_what_it_restores(bad):
+    b = data.Batcher(_xy(8), batch_size=2)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"Batcher\.set_state: expected"):
+        b.set_state(bad)
+    assert b.state() == {"epoch": 0, "position": 0, "seed": 0}  # left as it was
+
+
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
 def test_prefetch_gives_the_same_batches(prefetch):
     x, y = _xy(50)
