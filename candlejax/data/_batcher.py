@@ -273,7 +273,11 @@ class Batcher(_BuilderOptions):
     # --- iteration ---------------------------------------------------------------------------
     def _host_batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
         if self._has_get_batch:
-            return tuple(self.dataset.get_batch(idx))
+            out = self.dataset.get_batch(idx)
+            if _is_array(out):  # one field: a batch Tensor, as when __getitem__ gives one array
+                self._single = True
+                return (unwrap(out),)
+            return tuple(unwrap(a) for a in out)
         examples = [self.dataset[int(i)] for i in idx]
         if not isinstance(examples[0], (tuple, list)):
             self._single = True

@@ -151,6 +151,28 @@ def test_dataset_protocol_object_is_stacked():
     assert out[0][0].shape == (3, 2)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_get_batch_returning_one_array_is_one_field(as_tensor):
+    """A dataset whose get_batch returns one array (not a tuple of fields) batches as its __getitem__
+    path does, one Tensor per batch; tuple() split the batch into its rows."""
+    x, _ = _xy(6)
+
+    class Single:
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return x[i]
+
+        def get_batch(self, idx):
+            return cj.Tensor.new(x[idx]) if as_tensor else x[idx]
+
+    for prefetch in (0, 2):
+        out = list(data.Batcher(Single(), 3, prefetch=prefetch))
+        assert all(isinstance(t, cj.Tensor) and t.shape == (3, 2) for t in out)
+        np.testing.assert_array_equal(np.concatenate([np.asarray(t) for t in out]), x)
+
+
 def test_iter_batcher_is_candles_streaming_batcher():
     pairs = ((np.full(2, i, np.float32), np.uint32(i)) for i in range(5))
     out = list(data.Batcher.new2(pairs, 2, return_last_incomplete_batch=True))
