@@ -171,6 +171,8 @@ class Batcher(_BuilderOptions):
         return_last_incomplete_batch: also yield the last, smaller batch (Candle's option; PyTorch's
             ``drop_last=False``). Off by default, as in Candle, so every batch has the same shape
             and a jitted step compiles once.
+        drop_last: PyTorch's ``DataLoader`` spelling, ``not return_last_incomplete_batch`` (``None``:
+            unset; note PyTorch's default, ``False``, keeps the last batch where Candle's drops it).
         device: where batches go. Default: the dataset's device, as in Candle (Tensors / jax
             arrays on ``cuda:0`` give batches on ``cuda:0``); host data (numpy, Python) gives
             ``Device.Cpu``.
@@ -197,7 +199,14 @@ class Batcher(_BuilderOptions):
         prefetch: int = 2,
         mesh: Any = None,
         data_axis: str = "data",
+        drop_last: bool | None = None,
     ):
+        if drop_last is not None:  # PyTorch's DataLoader spelling
+            if drop_last and return_last_incomplete_batch:
+                raise errors.InvalidArgument(
+                    "Batcher: drop_last=True contradicts return_last_incomplete_batch=True; give one of them"
+                )
+            return_last_incomplete_batch = not drop_last
         src_device = _device_of(dataset)
         self.dataset, self._single = as_dataset(dataset)
         n = len(self.dataset)

@@ -45,6 +45,18 @@ def test_return_last_incomplete_batch():
     assert _labels(data.Batcher((x, y), batch_size=64, return_last_incomplete_batch=True)) == [list(range(10))]
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_drop_last_is_pytorchs_dataloader_option(drop_last):
+    torch = pytest.importorskip("torch")
+    x, y = _xy(10)
+    ref = [b[1].tolist() for b in torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))),
+        batch_size=4, drop_last=drop_last)]  # fmt: skip
+    assert _labels(data.Batcher((x, y), 4, drop_last=drop_last)) == ref
+    with pytest.raises(cj.errors.InvalidArgument, match="drop_last=True contradicts return_last_incomplete_batch=True"):
+        data.Batcher((x, y), 4, drop_last=True, return_last_incomplete_batch=True)
+
+
 def test_default_batch_size_is_candles():
     assert data.Batcher(_xy(40)).batch_size == 16
 
