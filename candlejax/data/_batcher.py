@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from candlejax import errors
-from candlejax.data._dataset import BatchSizeError, EmptyDatasetError, as_dataset, stack_examples
+from candlejax.data._dataset import BatchSizeError, EmptyDatasetError, _is_array, as_dataset, stack_examples
 from candlejax.device import Device
 from candlejax.tensor._core import unwrap, wrap
 
@@ -403,10 +403,6 @@ class _Columns:
         for i in range(len(self.dataset)):
             row = self.dataset[i]
             yield row[0] if self.single else row
-
-
-def _is_array(x: Any) -> bool:
-    return hasattr(x, "_a") or isinstance(x, (np.ndarray, jax.Array)) or hasattr(x, "__jax_array__")
 
 
 def _columns(examples: Any, fields: int) -> Any:

@@ -121,10 +121,13 @@ class TensorDataset:
 
 
 def as_dataset(data: Any) -> tuple[Any, bool]:
-    """``(dataset, single)``: a tuple/list of arrays or a single array becomes a TensorDataset.
+    """``(dataset, single)``: a tuple/list of arrays or a single array becomes a TensorDataset; a list
+    of tuples holding arrays is a list of examples (PyTorch's ``DataLoader(list(zip(xs, ys)))``).
 
     ``single`` is True when batches should be yielded as one Tensor rather than a tuple.
     """
+    if isinstance(data, list) and data and all(isinstance(e, tuple) and any(map(_is_array, e)) for e in data):
+        return data, False  # a list of (x, y, ...) examples, as PyTorch's DataLoader(list(zip(xs, ys)))
     if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (int, float)):
         return TensorDataset(*data), False
     if hasattr(data, "_a") or isinstance(data, np.ndarray) or hasattr(data, "__jax_array__") or _is_jax(data):
@@ -138,6 +141,11 @@ def as_dataset(data: Any) -> tuple[Any, bool]:
         f"cannot batch a {type(data).__name__}: pass a tuple of Tensors/arrays sharing their first dim, or an"
         f" object with __len__ and __getitem__ (the Dataset protocol){hint}"
     )
+
+
+def _is_array(x: Any) -> bool:
+    """A Tensor, numpy or jax array (or anything with ``__jax_array__``)."""
+    return hasattr(x, "_a") or isinstance(x, np.ndarray) or hasattr(x, "__jax_array__") or _is_jax(x)
 
 
 def _is_jax(x: Any) -> bool:

@@ -57,6 +57,21 @@ def test_drop_last_is_pytorchs_dataloader_option(drop_last):
         data.Batcher((x, y), 4, drop_last=True, return_last_incomplete_batch=True)
 
 
+def test_list_of_example_tuples_batches_as_pytorchs_dataloader():
+    """A list of ``(x, y)`` tuples (``list(zip(xs, ys))``) is a dataset of examples, as for PyTorch's
+    DataLoader; it was read as columns: 6 fields of 2 rows (silently, when x and y share shape and dtype)."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    t = x[:, ::-1] * 10
+    ref = [[v.numpy() for v in b] for b in torch.utils.data.DataLoader(list(zip(x, t)), batch_size=4)]
+    got = list(data.Batcher(list(zip(x, t)), 4, return_last_incomplete_batch=True))
+    assert len(got) == len(ref) == 2
+    for g, r in zip(got, ref):
+        assert len(g) == 2 and all(np.array_equal(np.asarray(a), b) for a, b in zip(g, r))
+    y = np.arange(6, dtype=np.uint32)  # mixed dtypes: was an F64 error from np.asarray of each pair
+    assert _labels(data.Batcher(list(zip(x, y)), 3, shuffle=False)) == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_default_batch_size_is_candles():
     assert data.Batcher(_xy(40)).batch_size == 16
 
