@@ -28,7 +28,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.data._dataset import DatasetFileError
 from candlejax.device import Device
-from candlejax.dtype import DType
+from candlejax.dtype import DType, to_dtype
 from candlejax.tensor._core import unwrap, wrap
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): data is big-endian.
@@ -303,7 +303,7 @@ def load_digits(
     test_fraction: float = 0.2,
     seed: int = 0,
     flatten: bool = True,
-    label_dtype: DType = DType.U32,
+    label_dtype: DType | str = DType.U32,
     device: Device | str | None = None,
 ) -> VisionDataset:
     """The 1,797 real 8x8 handwritten digits that scikit-learn ships (UCI "optdigits" test set).
@@ -317,8 +317,11 @@ def load_digits(
         from sklearn.datasets import load_digits as _sk_digits
     except ImportError as e:  # pragma: no cover - sklearn is a dev dependency
         raise errors.Msg("load_digits needs scikit-learn (pip install scikit-learn), which ships the data") from e
-    if not 0.0 < test_fraction < 1.0:
-        raise errors.InvalidArgument(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}")
+    if not isinstance(test_fraction, (int, float, np.floating)) or not 0.0 < test_fraction < 1.0:
+        raise errors.InvalidArgument(f"load_digits: test_fraction must be a float in (0, 1), got {test_fraction!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise errors.InvalidArgument(f"load_digits: seed must be a non-negative int, got {seed!r}")
+    ldt = to_dtype(label_dtype).np
     raw = _sk_digits()
     x = (np.asarray(raw.data, np.float64) / 16.0).astype(np.float32)
     y = np.asarray(raw.target)
@@ -335,7 +338,6 @@ def load_digits(
     if not flatten:
         x = x.reshape(-1, 1, 8, 8)
     dev = Device.coerce(device)
-    ldt = label_dtype.np
     return VisionDataset(
         train_images=_tensor(x[train], dev),
         train_labels=_tensor(y[train].astype(ldt), dev),

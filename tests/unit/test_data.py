@@ -492,6 +492,18 @@ def test_digits_offline_deterministic_stratified_split():
     assert not np.array_equal(np.asarray(c.test_labels), np.asarray(a.test_labels).astype(np.uint8))
 
 
+def test_digits_arguments():
+    # a dtype by name, as elsewhere in candlejax (was an AttributeError: 'str' object has no attribute 'np')
+    assert data.load_digits(label_dtype="u8").train_labels.dtype == DType.U8
+    with pytest.raises(cj.errors.ArgumentType, match="cannot parse 'u9' as a dtype"):
+        data.load_digits(label_dtype="u9")
+    for bad in ("a", -1, 1.5):  # numpy's SeedSequence raised its own TypeError / ValueError
+        with pytest.raises(cj.errors.InvalidArgument, match=f"seed must be a non-negative int, got {bad!r}"):
+            data.load_digits(seed=bad)
+    with pytest.raises(cj.errors.InvalidArgument, match="test_fraction must be a float in"):
+        data.load_digits(test_fraction="0.2")
+
+
 # --- Candle's builder spelling -------------------------------------------------------------------------
 def test_builder_spelling_on_new2_with_arrays():
     x, y = _xy(5)
