@@ -40,7 +40,13 @@ def as_image(img: Any, where: str = "image") -> Any:
     if isinstance(img, Tensor):
         check_image(img, where)
         return img
-    a = np.asarray(img)
+    try:
+        a = np.asarray(img)
+    except ValueError:  # a ragged list (images of different sizes)
+        raise ImageError(
+            f"{where}: an image is a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) u8 Tensor;"
+            f" got a {type(img).__name__} of items of different shapes (pass one image at a time)"
+        ) from None
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or a.dtype != np.uint8 or 0 in a.shape:
         raise ImageError(
             f"{where}: an image is a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) u8 Tensor;"
@@ -50,14 +56,15 @@ def as_image(img: Any, where: str = "image") -> Any:
 
 
 def as_pixel_batch(x: Any) -> Any:
-    """Already preprocessed float pixels ``(3, S, S)`` / ``(B, 3, S, S)`` as a 4-D Tensor; ``None``
-    when ``x`` is not a float Tensor or array (an image to preprocess)."""
+    """Already preprocessed float pixels ``(3, S, S)`` / ``(B, 3, S, S)`` as a 4-D Tensor (float64
+    arrays as f32); ``None`` when ``x`` is not a float Tensor or array (an image to preprocess)."""
     if isinstance(x, Tensor):
         if not x.dtype.is_float():
             return None
         t = x
     elif hasattr(x, "dtype") and hasattr(x, "ndim") and np.issubdtype(np.dtype(x.dtype), np.floating):
-        t = Tensor.from_numpy(np.asarray(x))
+        a = np.asarray(x)
+        t = Tensor.from_numpy(a.astype(np.float32) if a.dtype == np.float64 else a)
     else:
         return None
     return t.unsqueeze(0) if t.rank == 3 else t

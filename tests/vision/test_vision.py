@@ -318,3 +318,20 @@ def test_processor_steps_reject_bad_input(tmp_path):
         vision.normalize(Tensor(np.zeros((4, 8, 8), np.uint8)), vision.IMAGENET_MEAN, vision.IMAGENET_STD)
     assert vision.as_pixel_batch(img) is None and vision.as_pixel_batch("x.png") is None
     assert vision.as_pixel_batch(np.zeros((3, 8, 8), np.float32)).shape == (1, 3, 8, 8)
+
+
+def test_as_image_rejects_lists_of_images():
+    """A list of differently sized images (transformers' processors take lists) is not one image:
+    an ImageError, not numpy's ragged-array ValueError."""
+    a, b = Image.fromarray(np.zeros((20, 30, 3), np.uint8)), Image.fromarray(np.zeros((25, 30, 3), np.uint8))
+    with pytest.raises(vision.ImageError, match="an image is a path, a PIL image"):
+        vision.as_image([a, b])
+
+
+def test_as_pixel_batch_takes_float64_pixels():
+    """Preprocessed pixels computed in numpy float64 pass through as f32 (without x64 mode), equal to
+    the float32 array's values."""
+    x = np.random.default_rng(0).standard_normal((3, 8, 8))
+    got = vision.as_pixel_batch(x)
+    assert str(got.dtype) == "f32" and got.shape == (1, 3, 8, 8)
+    np.testing.assert_array_equal(got.numpy()[0], x.astype(np.float32))
