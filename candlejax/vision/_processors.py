@@ -20,7 +20,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.tensor import Tensor, unwrap, wrap
-from candlejax.vision._image import ImageError, check_image, image_to_tensor, load_image
+from candlejax.vision._image import ImageError, _hw, check_image, image_to_tensor, load_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -70,13 +70,6 @@ def as_pixel_batch(x: Any) -> Any:
     return t.unsqueeze(0) if t.rank == 3 else t
 
 
-def _hw(size: int | Sequence[int], where: str) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
-    if int(h) <= 0 or int(w) <= 0:
-        raise ImageError(f"{where}: size must be positive, got {size}")
-    return int(h), int(w)
-
-
 def _pil_resize(a: np.ndarray, h: int, w: int, interpolation: str, where: str) -> np.ndarray:
     from PIL import Image
 
@@ -104,6 +97,8 @@ def resize_shortest(img: Any, size: int, interpolation: str = "bicubic") -> Any:
     """Resize so that the shorter side is ``size``, the longer ``int(size * long / short)``
     (transformers' ``shortest_edge`` resize; torchvision: ``Resize(size)``)."""
     a = check_image(img, "resize_shortest")
+    if not isinstance(size, int | np.integer):
+        raise ImageError(f"resize_shortest: size must be an int (the shorter side), got {size!r}")
     _hw(size, "resize_shortest")
     h, w = a.shape[1:]
     short, long = (w, h) if w <= h else (h, w)
