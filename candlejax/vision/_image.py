@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,18 @@ def check_image(img: Any, where: str = "image") -> np.ndarray:
     if a.shape[1] == 0 or a.shape[2] == 0:
         raise ImageError(f"{where}: the image is empty ({errors.fmt_shape(a.shape)})")
     return a
+
+
+def _hw(size: Any, where: str) -> tuple[int, int]:
+    """``size`` (an int for a square, or ``(h, w)``) as two positive ints, or an :class:`ImageError`."""
+    try:
+        h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+        h, w = operator.index(h), operator.index(w)
+    except (TypeError, ValueError):
+        raise ImageError(f"{where}: size must be an int or an (h, w) pair of ints, got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ImageError(f"{where}: size must be positive, got {size}")
+    return h, w
 
 
 def image_to_tensor(img: Any, device: Device | str | None = None) -> Any:
@@ -151,8 +164,9 @@ def resize_center_crop(img: Any, size: int) -> Any:
     from PIL import Image
 
     a = check_image(img, "resize_center_crop")
-    if int(size) <= 0:
-        raise ImageError(f"resize_center_crop: size must be positive, got {size}")
+    if not isinstance(size, int | np.integer):
+        raise ImageError(f"resize_center_crop: size must be an int, got {size!r}")
+    size = _hw(size, "resize_center_crop")[0]
     h, w = a.shape[1:]
     r = size / min(h, w)
     nh, nw = max(size, math.floor(h * r + 0.5)), max(size, math.floor(w * r + 0.5))  # f64::round, not round-half-even
@@ -198,7 +212,9 @@ def letterbox(img: Any, imgsz: int | tuple[int, int] = 640, *, stride: int = 32,
     both sides multiples of ``stride``. Returns ``((3, h, w) u8 Tensor, Letterbox)``.
     """
     a = check_image(img, "letterbox")
-    nh_, nw_ = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    nh_, nw_ = _hw(imgsz, "letterbox")
+    if not isinstance(stride, int | np.integer) or stride <= 0:
+        raise ImageError(f"letterbox: stride must be a positive int, got {stride!r}")
     h, w = a.shape[1:]
     r = min(nh_ / h, nw_ / w)
     uw, uh = max(round(w * r), 1), max(round(h * r), 1)
@@ -230,6 +246,8 @@ def scale_boxes(boxes: Any, lb: Letterbox) -> np.ndarray:
     both by ``gain``: the letterboxed content's edges map exactly onto the original's (see
     docs/differences/models-yolo.md)."""
     b = np.array(_np(boxes), np.float32, copy=True)
+    if b.ndim == 0 or b.shape[-1] != 4:
+        raise errors.UnexpectedShape("scale_boxes: boxes must be (..., 4) xyxy", (-1, 4), b.shape)
     gx, gy, px, py = _gain_pad(lb)
     b[..., [0, 2]] = (b[..., [0, 2]] - px) / gx
     b[..., [1, 3]] = (b[..., [1, 3]] - py) / gy
@@ -245,6 +263,8 @@ def scale_keypoints(kpts: Any, lb: Letterbox) -> np.ndarray:
     The same mapping as :func:`scale_boxes` (the letterbox's rounded pad, a ratio per axis), where
     Ultralytics removes the unrounded pad and divides by ``gain``."""
     k = np.array(_np(kpts), np.float32, copy=True)
+    if k.ndim < 2 or k.shape[-1] not in (2, 3):
+        raise errors.UnexpectedShape("scale_keypoints: keypoints must be (..., K, 2|3)", (-1, 3), k.shape)
     gx, gy, px, py = _gain_pad(lb)
     k[..., 0] = ((k[..., 0] - px) / gx).clip(0, lb.orig_shape[1])
     k[..., 1] = ((k[..., 1] - py) / gy).clip(0, lb.orig_shape[0])

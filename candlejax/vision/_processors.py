@@ -20,7 +20,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.tensor import Tensor, unwrap, wrap
-from candlejax.vision._image import ImageError, check_image, image_to_tensor, load_image
+from candlejax.vision._image import ImageError, _hw, check_image, image_to_tensor, load_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -40,7 +40,13 @@ def as_image(img: Any, where: str = "image") -> Any:
     if isinstance(img, Tensor):
         check_image(img, where)
         return img
-    a = np.asarray(img)
+    try:
+        a = np.asarray(img)
+    except ValueError:  # a ragged list (images of different sizes)
+        raise ImageError(
+            f"{where}: an image is a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) u8 Tensor;"
+            f" got a {type(img).__name__} of items of different shapes (pass one image at a time)"
+        ) from None
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or a.dtype != np.uint8 or 0 in a.shape:
         raise ImageError(
             f"{where}: an image is a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) u8 Tensor;"
@@ -50,24 +56,18 @@ def as_image(img: Any, where: str = "image") -> Any:
 
 
 def as_pixel_batch(x: Any) -> Any:
-    """Already preprocessed float pixels ``(3, S, S)`` / ``(B, 3, S, S)`` as a 4-D Tensor; ``None``
-    when ``x`` is not a float Tensor or array (an image to preprocess)."""
+    """Already preprocessed float pixels ``(3, S, S)`` / ``(B, 3, S, S)`` as a 4-D Tensor (float64
+    arrays as f32); ``None`` when ``x`` is not a float Tensor or array (an image to preprocess)."""
     if isinstance(x, Tensor):
         if not x.dtype.is_float():
             return None
         t = x
     elif hasattr(x, "dtype") and hasattr(x, "ndim") and np.issubdtype(np.dtype(x.dtype), np.floating):
-        t = Tensor.from_numpy(np.asarray(x))
+        a = np.asarray(x)
+        t = Tensor.from_numpy(a.astype(np.float32) if a.dtype == np.float64 else a)
     else:
         return None
     return t.unsqueeze(0) if t.rank == 3 else t
-
-
-def _hw(size: int | Sequence[int], where: str) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
-    if int(h) <= 0 or int(w) <= 0:
-        raise ImageError(f"{where}: size must be positive, got {size}")
-    return int(h), int(w)
 
 
 def _pil_resize(a: np.ndarray, h: int, w: int, interpolation: str, where: str) -> np.ndarray:
@@ -97,6 +97,8 @@ def resize_shortest(img: Any, size: int, interpolation: str = "bicubic") -> Any:
     """Resize so that the shorter side is ``size``, the longer ``int(size * long / short)``
     (transformers' ``shortest_edge`` resize; torchvision: ``Resize(size)``)."""
     a = check_image(img, "resize_shortest")
+    if not isinstance(size, int | np.integer):
+        raise ImageError(f"resize_shortest: size must be an int (the shorter side), got {size!r}")
     _hw(size, "resize_shortest")
     h, w = a.shape[1:]
     short, long = (w, h) if w <= h else (h, w)

@@ -318,3 +318,46 @@ def test_processor_steps_reject_bad_input(tmp_path):
         vision.normalize(Tensor(np.zeros((4, 8, 8), np.uint8)), vision.IMAGENET_MEAN, vision.IMAGENET_STD)
     assert vision.as_pixel_batch(img) is None and vision.as_pixel_batch("x.png") is None
     assert vision.as_pixel_batch(np.zeros((3, 8, 8), np.float32)).shape == (1, 3, 8, 8)
+
+
+def test_as_image_rejects_lists_of_images():
+    """A list of differently sized images (transformers' processors take lists) is not one image:
+    an ImageError, not numpy's ragged-array ValueError."""
+    a, b = Image.fromarray(np.zeros((20, 30, 3), np.uint8)), Image.fromarray(np.zeros((25, 30, 3), np.uint8))
+    with pytest.raises(vision.ImageError, match="an image is a path, a PIL image"):
+        vision.as_image([a, b])
+
+
+def test_as_pixel_batch_takes_float64_pixels():
+    """Preprocessed pixels computed in numpy float64 pass through as f32 (without x64 mode), equal to
+    the float32 array's values."""
+    x = np.random.default_rng(0).standard_normal((3, 8, 8))
+    got = vision.as_pixel_batch(x)
+    assert str(got.dtype) == "f32" and got.shape == (1, 3, 8, 8)
+    np.testing.assert_array_equal(got.numpy()[0], x.astype(np.float32))
+
+
+def test_sizes_and_boxes_are_checked():
+    """Sizes that are not positive ints (or (h, w) pairs), a zero stride and boxes / keypoints of the
+    wrong shape raise candlejax errors naming them (were TypeError / ValueError / ZeroDivisionError,
+    or a silent 27 x 27 letterbox for imgsz=-5)."""
+    img = Tensor(np.zeros((3, 20, 30), np.uint8))
+    bad = [
+        (lambda: vision.resize_center_crop(img, 16.5), "resize_center_crop: size"),
+        (lambda: vision.resize(img, 2.5), "resize: size"),
+        (lambda: vision.resize(img, (2,)), "resize: size"),
+        (lambda: vision.center_crop(img, (2, 3, 4)), "center_crop: size"),
+        (lambda: vision.resize_shortest(img, (2, 3)), "resize_shortest: size"),
+        (lambda: vision.letterbox(img, 0), "letterbox: size must be positive"),
+        (lambda: vision.letterbox(img, -5), "letterbox: size must be positive"),
+        (lambda: vision.letterbox(img, (64, 64, 3)), "letterbox: size"),
+        (lambda: vision.letterbox(img, 64, stride=0), "letterbox: stride"),
+    ]
+    for f, msg in bad:
+        with pytest.raises(vision.ImageError, match=msg):
+            f()
+    _, lb = vision.letterbox(img, 64)
+    with pytest.raises(errors.Error, match=r"scale_boxes: boxes must be \(\.\.\., 4\)"):
+        vision.scale_boxes(np.zeros(3), lb)
+    with pytest.raises(errors.Error, match=r"scale_keypoints: keypoints must be \(\.\.\., K, 2\|3\)"):
+        vision.scale_keypoints(np.zeros(3), lb)
