@@ -1,0 +1,280 @@
+"""Every file reader refuses corrupted and hostile files with a candlejax error naming the file: a
+deterministic corruption fuzz (truncations, byte flips, random byte mutations) of small valid files
+written by the reference writers (safetensors, gguf-py's GGUFWriter, numpy.save/savez, torch.save,
+llama.cpp's imatrix layout), crafted zip records, and savers that fail midway keep the previous file."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import time
+import tracemalloc
+import zipfile
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+from candlejax.io import gguf, npy, pth
+from candlejax.io import safetensors as cst
+from candlejax.quantized.imatrix_file import load_imatrix
+
+#: the most a reader may allocate on a corrupted small file (a few KiB)
+ALLOC_LIMIT = 32 << 20
+
+
+# --- valid files from the reference writers ----------------------------------------------------------------
+def _safetensors(p: str) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16)}, p,
+              metadata={"format": "pt"})
+
+
+def _gguf(p: str) -> None:
+    import gguf as gguf_py
+
+    w = gguf_py.GGUFWriter(p, "llama")
+    w.add_uint32("x.n", 3)
+    w.add_string("x.s", "hi")
+    w.add_array("x.arr", [1, 2, 3])
+    w.add_tensor("a", np.arange(64, dtype=np.float32).reshape(2, 32))
+    w.add_tensor("b", np.ones(32, np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _npy(p: str) -> None:
+    np.save(p, np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def _npz(p: str) -> None:
+    np.savez(p, a=np.arange(6, dtype=np.float32), b=np.ones((2, 2), np.float32))
+
+
+def _pth(p: str) -> None:
+    import torch
+
+    torch.save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}, p)
+
+
+def _imatrix(p: str) -> None:
+    """llama.cpp's legacy imatrix layout: count, then (name length, name, ncall, nval, nval f32)."""
+    body = struct.pack("<ii", 1, 1) + b"w" + struct.pack("<ii", 2, 3) + np.ones(3, "<f4").tobytes()
+    with open(p, "wb") as f:
+        f.write(body)
+
+
+def _gguf_read(p: str) -> None:
+    c = gguf.read(p)
+    with open(p, "rb") as f:
+        for name in c.tensor_infos:
+            c.tensor(f, name).dequantize(cj.Device.Cpu)
+
+
+FORMATS = {
+    "safetensors": (".safetensors", _safetensors, [
+        lambda p: cst.load(p),
+        lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu).get((2, 3), "a"),
+    ]),
+    "gguf": (".gguf", _gguf, [_gguf_read]),
+    "npy": (".npy", _npy, [lambda p: npy.read_npy(p)]),
+    "npz": (".npz", _npz, [
+        lambda p: npy.read_npz(p),
+        lambda p: cj.nn.VarBuilder.from_npz(p, cj.DType.F32, cj.Device.Cpu).get((6,), "a"),
+    ]),
+    "pth": (".pth", _pth, [
+        lambda p: pth.read_all(p),
+        lambda p: cj.nn.VarBuilder.from_pth(p, cj.DType.F32, cj.Device.Cpu).get((2, 3), "a"),
+    ]),
+    "imatrix": (".dat", _imatrix, [load_imatrix]),
+}
+
+
+def _mutations(src: bytes, seed: int) -> list[tuple[str, bytes]]:
+    """Truncations at spread offsets, header bytes set to 0x00 / 0xff / flipped, random multi-byte edits."""
+    cuts = {*range(0, min(len(src), 24)), *range(24, len(src), max(1, len(src) // 40))}
+    out = [(f"trunc{n}", src[:n]) for n in sorted(cuts)]
+    for off in range(0, min(len(src), 160), 3):
+        for v in (0x00, 0xFF, src[off] ^ 0x80):
+            b = bytearray(src)
+            b[off] = v
+            out.append((f"set{off}={v:#x}", bytes(b)))
+    rng = random.Random(seed)
+    for j in range(60):
+        b = bytearray(src)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        out.append((f"rand{j}", bytes(b)))
+    return out
+
+
+def _check(fn, path: str, label: str) -> None:
+    """``fn(path)`` either succeeds or raises a candlejax error naming the file; quickly, without allocating
+    more than :data:`ALLOC_LIMIT`."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        fn(path)
+    except errors.Error as e:
+        assert os.path.basename(path) in str(e), f"{label}: the error does not name the file: {e}"
+    except Exception as e:
+        pytest.fail(f"{label}: raw {type(e).__name__}: {e}")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 10, f"{label}: took {time.perf_counter() - t0:.1f} s"
+    assert peak < ALLOC_LIMIT, f"{label}: allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_corruption_fuzz(tmp_path, fmt):
+    ext, make, readers = FORMATS[fmt]
+    base = str(tmp_path / f"valid{ext}")
+    make(base)
+    for fn in readers:
+        fn(base)  # the valid file loads
+    src = open(base, "rb").read()
+    p = str(tmp_path / f"corrupt{ext}")
+    for label, data in _mutations(src, seed=len(fmt)):
+        with open(p, "wb") as f:
+            f.write(data)
+        for i, fn in enumerate(readers):
+            _check(fn, p, f"{fmt}[{i}] {label}")
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_empty_file_and_directory(tmp_path, fmt):
+    ext, _make, readers = FORMATS[fmt]
+    empty = tmp_path / f"empty{ext}"
+    empty.write_bytes(b"")
+    folder = tmp_path / f"folder{ext}"
+    folder.mkdir()
+    for fn in readers:
+        _check(fn, str(empty), f"{fmt} empty")
+        with pytest.raises((errors.Error, IsADirectoryError)):
+            fn(str(folder))
+
+
+# --- crafted zip records (npz, torch.save) ---------------------------------------------------------------------
+def _central(data: bytearray, filename: str) -> int:
+    """The offset of ``filename``'s central-directory record."""
+    i = data.index(b"PK\x01\x02")
+    while i >= 0:
+        n = struct.unpack_from("<H", data, i + 28)[0]
+        if data[i + 46 : i + 46 + n].decode() == filename:
+            return i
+        i = data.find(b"PK\x01\x02", i + 4)
+    raise AssertionError(filename)
+
+
+def test_zip_version_too_new_is_a_candlejax_error(tmp_path):
+    """zipfile raises NotImplementedError('zip file version 25.5') for a record needing a newer extractor."""
+    for make, read, ext, rec in ((_npz, npy.read_npz, ".npz", "a.npy"), (_pth, pth.read_all, ".pth", None)):
+        p = str(tmp_path / f"v{ext}")
+        make(p)
+        data = bytearray(open(p, "rb").read())
+        rec = rec or next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("data.pkl"))
+        data[_central(data, rec) + 6] = 0xFF  # "version needed to extract"
+        open(p, "wb").write(data)
+        with pytest.raises(errors.Error, match=r"zip file version"):
+            read(p)
+
+
+def test_zip_member_claiming_more_than_the_archive_is_refused_before_reading(tmp_path):
+    """An npz member whose npy header and zip sizes claim 1 GiB is refused without allocating it."""
+    p = str(tmp_path / "big.npz")
+    n = 1 << 28
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}".ljust(117) + "\n"
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 16
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.npy", member)
+    data = bytearray(open(p, "rb").read())
+    size = len(header) + 10 + 4 * n
+    struct.pack_into("<II", data, 18, size, size)  # local header: compressed, uncompressed size
+    struct.pack_into("<II", data, _central(data, "a.npy") + 20, size, size)
+    open(p, "wb").write(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.Npy, match=r"recorded 1073741952 bytes.*big\.npz"):
+            npy.read_npz(p)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < ALLOC_LIMIT
+
+
+def test_pth_small_record_with_huge_stored_size_reads_without_allocating_it(tmp_path):
+    """torch.save's byteorder record whose central-directory compressed size claims 4 GiB: the record
+    is 6 bytes ("little"); zipfile's read() allocated up to 2 GiB for it."""
+    import torch
+
+    p = str(tmp_path / "m.pth")
+    _pth(p)
+    data = bytearray(open(p, "rb").read())
+    rec = next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("/byteorder"))
+    struct.pack_into("<I", data, _central(data, rec) + 20, 0xFF000006)
+    open(p, "wb").write(data)
+    tracemalloc.start()
+    try:
+        got = dict(pth.read_all(p))
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < ALLOC_LIMIT
+    np.testing.assert_array_equal(got["a"], torch.arange(6, dtype=torch.float32).reshape(2, 3).numpy())
+
+
+def test_pth_undecodable_record_name_is_a_candlejax_error(tmp_path):
+    """A local header whose UTF-8-flagged name is not UTF-8 (zipfile: UnicodeDecodeError)."""
+    p = str(tmp_path / "m.pth")
+    _pth(p)
+    data = bytearray(open(p, "rb").read())
+    data[30] = 0xFF  # the first byte of the first record's name in its local header
+    open(p, "wb").write(data)
+    with pytest.raises(errors.Pth, match=r"m\.pth"):
+        pth.read_all(p)
+
+
+def test_imatrix_errors_name_the_file(tmp_path):
+    p = tmp_path / "imatrix.dat"
+    p.write_bytes(struct.pack("<ii", 1, 1) + b"\xff" + struct.pack("<ii", 2, 3) + np.ones(3, "<f4").tobytes())
+    with pytest.raises(errors.Error, match=r"Invalid UTF-8 name for entry 1 in .*imatrix\.dat"):
+        load_imatrix(p)
+    p.write_bytes(struct.pack("<ii", 1, 1) + b"w" + struct.pack("<ii", 2, -3))
+    with pytest.raises(errors.Error, match=r"Invalid nval for entry 1 in .*imatrix\.dat: -3"):
+        load_imatrix(p)
+
+
+# --- savers are atomic ---------------------------------------------------------------------------------------
+def _dead() -> cj.Tensor:
+    x = jnp.ones(3, jnp.float32)
+    t = cj.Tensor.new(np.ones(3, np.float32))
+    x.delete()
+    from candlejax.tensor.creation import as_jax_array
+
+    as_jax_array(t).delete()
+    return t
+
+
+@pytest.mark.parametrize("saver", ["safetensors", "gguf", "npz", "npy"])
+def test_save_failing_midway_keeps_the_previous_file(tmp_path, saver):
+    good = cj.Tensor.new(np.arange(4096, dtype=np.float32))
+    save = {
+        "safetensors": lambda p, ts: cst.save(ts, p),
+        "gguf": lambda p, ts: gguf.write(p, {}, ts),
+        "npz": lambda p, ts: npy.write_npz(ts, p),
+        "npy": lambda p, ts: npy.write_npy(ts["b"] if "b" in ts else ts["a"], p),
+    }[saver]
+    p = str(tmp_path / f"f.{saver}")
+    save(p, {"a": good})
+    before = open(p, "rb").read()
+    with pytest.raises(errors.Error, match="cannot be read"):
+        save(p, {"a": good, "b": _dead()})
+    assert open(p, "rb").read() == before
+    assert os.listdir(tmp_path) == [f"f.{saver}"]
