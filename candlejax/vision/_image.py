@@ -96,7 +96,7 @@ def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
         with Image.open(p) as im:
             im.load()
             return _to_rgb8(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{where}: {p!r} is not a readable image ({type(e).__name__}: {e})") from e
 
 

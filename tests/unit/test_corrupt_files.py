@@ -11,6 +11,7 @@ import struct
 import time
 import tracemalloc
 import zipfile
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -278,3 +279,83 @@ def test_save_failing_midway_keeps_the_previous_file(tmp_path, saver):
         save(p, {"a": good, "b": _dead()})
     assert open(p, "rb").read() == before
     assert os.listdir(tmp_path) == [f"f.{saver}"]
+
+
+# --- JSON side files: nesting past the recursion limit, integers past 4300 digits --------------------------------
+HOSTILE_JSON = {
+    "deep": b"[" * 100_000 + b"]" * 100_000,  # json: RecursionError
+    "bigint": b'{"a": 1' + b"0" * 5000 + b"}",  # json: ValueError "Exceeds the limit (4300 digits)"
+    "not_utf8": b'{"a": "\xff"}',
+    "not_json": b"{nope",
+}
+
+
+def _json_readers(tmp_path):
+    """(label, write the hostile bytes, read) for every reader of a model folder's JSON files."""
+    from safetensors.numpy import save_file
+
+    from candlejax import checkpoint
+    from candlejax.io import ct2
+    from candlejax.models.loading import generation_eos_token_ids, read_config_json
+    from candlejax.tokenizer import load_tokenizer
+
+    d = tmp_path / "model"
+    d.mkdir()
+    save_file({"a": np.ones(2, np.float32)}, str(d / "m-1.safetensors"))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tok / "tokenizer.json"))
+    ck = str(tmp_path / "ck.safetensors")
+    return [
+        ("config.json", d / "config.json", lambda: read_config_json(d / "config.json", "Llama")),
+        ("generation_config.json", d / "generation_config.json", lambda: generation_eos_token_ids(d, "Llama")),
+        ("index.json", d / "model.safetensors.index.json",
+         lambda: cst.MmapedSafetensors(d / "model.safetensors.index.json")),
+        ("tokenizer_config.json", tok / "tokenizer_config.json", lambda: load_tokenizer(tok)),
+        ("ct2 tokenizer.json", d / "tokenizer.json", lambda: ct2.tokenizer_vocab(str(d / "tokenizer.json"))),
+        ("checkpoint metadata", None, lambda: checkpoint.read_metadata(ck)),
+    ], ck
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_JSON))
+def test_hostile_json_side_files_raise_candlejax_errors(tmp_path, case):
+    readers, ck = _json_readers(tmp_path)
+    data = HOSTILE_JSON[case]
+    for label, path, read in readers:
+        if path is None:  # the checkpoint's JSON lives in the safetensors metadata
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            cst.save({"w": cj.Tensor.new(np.ones(1, np.float32))}, ck, metadata={"candlejax.checkpoint": text})
+            name = os.path.basename(ck)
+        else:
+            path.write_bytes(data)
+            name = path.name
+        try:
+            read()
+        except errors.Error as e:
+            assert name in str(e), f"{label}: {e}"
+        except Exception as e:
+            pytest.fail(f"{label} ({case}): raw {type(e).__name__}: {str(e)[:200]}")
+        else:
+            pytest.fail(f"{label} ({case}): no error")
+        if path is not None:
+            path.unlink()
+
+
+def test_image_past_pillows_decompression_bomb_limit_is_an_image_error(tmp_path):
+    """A 100000 x 100000 PNG header: Pillow raises DecompressionBombError (not an OSError)."""
+    from candlejax.vision import load_image
+
+    def chunk(t: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data))
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    p = tmp_path / "bomb.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                  + chunk(b"IEND", b""))
+    with pytest.raises(errors.Error, match=r"bomb\.png.*DecompressionBombError"):
+        load_image(p)
