@@ -71,6 +71,31 @@ def _imatrix(p: str) -> None:
         f.write(body)
 
 
+def _ct2(p: str) -> None:
+    """A CTranslate2 ``model.bin`` (version 6: spec, revision, variables, aliases), as ctranslate2 writes it."""
+
+    def st(x: str) -> bytes:
+        b = x.encode() + b"\0"
+        return struct.pack("<H", len(b)) + b
+
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float16)
+    out = struct.pack("<I", 6) + st("TransformerSpec") + struct.pack("<II", 1, 2)
+    for name, arr, code in (("a", a, 0), ("b", b, 4)):
+        out += st(name) + struct.pack("<B", arr.ndim) + struct.pack(f"<{arr.ndim}I", *arr.shape)
+        out += struct.pack("<BI", code, arr.nbytes) + arr.tobytes()
+    out += struct.pack("<I", 1) + st("c") + st("a")
+    with open(p, "wb") as f:
+        f.write(out)
+
+
+def _ct2_read(p: str) -> None:
+    from candlejax.io import ct2
+
+    m = ct2.Ct2Model.read(p)
+    for name in m.names():
+        m.get(name)
+
+
 def _gguf_read(p: str) -> None:
     c = gguf.read(p)
     with open(p, "rb") as f:
@@ -83,7 +108,11 @@ FORMATS = {
         lambda p: cst.load(p),
         lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu).get((2, 3), "a"),
     ]),
-    "gguf": (".gguf", _gguf, [_gguf_read]),
+    "gguf": (".gguf", _gguf, [
+        _gguf_read,
+        lambda p: cj.quantized.var_builder.VarBuilder.from_gguf(p, cj.Device.Cpu).get((2, 32), "a").dequantize(),
+    ]),
+    "ct2": (".bin", _ct2, [_ct2_read]),
     "npy": (".npy", _npy, [lambda p: npy.read_npy(p)]),
     "npz": (".npz", _npz, [
         lambda p: npy.read_npz(p),
