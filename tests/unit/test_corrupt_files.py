@@ -96,6 +96,45 @@ def _ct2_read(p: str) -> None:
         m.get(name)
 
 
+def _wav(p: str) -> None:
+    import soundfile as sf
+
+    sf.write(p, (np.sin(np.arange(800) / 10) * 0.5).astype(np.float32), 16000, subtype="PCM_16", format="WAV")
+
+
+def _image(fmt: str):
+    def make(p: str) -> None:
+        from PIL import Image
+
+        Image.fromarray((np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)).save(p, format=fmt)
+
+    return make
+
+
+def _tokenizer(p: str) -> None:
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(p)
+
+
+def _audio_readers():
+    from candlejax.audio import AudioStream, read_audio
+
+    return [read_audio, lambda p: AudioStream(p).read(0, 400)]
+
+
+def _load_image(p: str) -> None:
+    from candlejax.vision import load_image
+
+    load_image(p)
+
+
+def _load_tokenizer(p: str) -> None:
+    from candlejax.tokenizer import load_tokenizer
+
+    load_tokenizer(p)
+
+
 def _gguf_read(p: str) -> None:
     c = gguf.read(p)
     with open(p, "rb") as f:
@@ -123,6 +162,10 @@ FORMATS = {
         lambda p: cj.nn.VarBuilder.from_pth(p, cj.DType.F32, cj.Device.Cpu).get((2, 3), "a"),
     ]),
     "imatrix": (".dat", _imatrix, [load_imatrix]),
+    "wav": (".wav", _wav, _audio_readers()),
+    "png": (".png", _image("PNG"), [_load_image]),
+    "jpeg": (".jpg", _image("JPEG"), [_load_image]),
+    "tokenizer": (".json", _tokenizer, [_load_tokenizer]),
 }
 
 
