@@ -431,3 +431,28 @@ def test_image_past_pillows_decompression_bomb_limit_is_an_image_error(tmp_path)
                   + chunk(b"IEND", b""))
     with pytest.raises(errors.Error, match=r"bomb\.png.*DecompressionBombError"):
         load_image(p)
+
+
+def test_varmap_and_checkpoint_saves_failing_midway_keep_the_previous_file(tmp_path):
+    from candlejax import checkpoint
+    from candlejax.tensor.creation import as_jax_array
+
+    vm = cj.nn.VarMap()
+    vb = cj.nn.VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu)
+    vb.get_with_hints((4096,), "a", cj.nn.Init.Const(1.0))
+    b = vb.get_with_hints((3,), "b", cj.nn.Init.Const(2.0))
+    p = str(tmp_path / "vm.safetensors")
+    vm.save(p)
+    before = open(p, "rb").read()
+    as_jax_array(b).delete()
+    with pytest.raises(errors.Error, match="'b'"):
+        vm.save(p)
+    assert open(p, "rb").read() == before and os.listdir(tmp_path) == ["vm.safetensors"]
+
+    ck = str(tmp_path / "ck")
+    good = cj.Tensor.new(np.arange(4096, dtype=np.float32))
+    checkpoint.save(ck, {"a": good})
+    before = open(ck, "rb").read()
+    with pytest.raises(errors.Error, match="'b'"):
+        checkpoint.save(ck, {"a": good, "b": _dead()})
+    assert open(ck, "rb").read() == before and sorted(os.listdir(tmp_path)) == ["ck", "vm.safetensors"]
