@@ -5,6 +5,7 @@ llama.cpp's imatrix layout), crafted zip records, and savers that fail midway ke
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
@@ -380,6 +381,17 @@ def _json_readers(tmp_path):
 
     Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tok / "tokenizer.json"))
     ck = str(tmp_path / "ck.safetensors")
+    from transformers import WhisperConfig
+
+    from candlejax.models import whisper
+    from candlejax.models.hub import weight_files
+
+    wd = tmp_path / "whisper"
+    wd.mkdir()
+    cfg = WhisperConfig().to_dict()
+    cfg.pop("suppress_tokens", None)
+    cfg.pop("begin_suppress_tokens", None)
+    (wd / "config.json").write_text(json.dumps(cfg))
     return [
         ("config.json", d / "config.json", lambda: read_config_json(d / "config.json", "Llama")),
         ("generation_config.json", d / "generation_config.json", lambda: generation_eos_token_ids(d, "Llama")),
@@ -388,6 +400,9 @@ def _json_readers(tmp_path):
         ("tokenizer_config.json", tok / "tokenizer_config.json", lambda: load_tokenizer(tok)),
         ("ct2 tokenizer.json", d / "tokenizer.json", lambda: ct2.tokenizer_vocab(str(d / "tokenizer.json"))),
         ("checkpoint metadata", None, lambda: checkpoint.read_metadata(ck)),
+        ("hub index.json", d / "model.safetensors.index.json", lambda: weight_files(d)),
+        ("whisper generation_config.json", wd / "generation_config.json",
+         lambda: whisper.Config.from_json_file(wd / "config.json")),
     ], ck
 
 
