@@ -59,6 +59,10 @@ def _npz(p: str) -> None:
     np.savez(p, a=np.arange(6, dtype=np.float32), b=np.ones((2, 2), np.float32))
 
 
+def _npz_compressed(p: str) -> None:
+    np.savez_compressed(p, a=np.arange(6, dtype=np.float32), b=np.ones((2, 2), np.float32))
+
+
 def _pth(p: str) -> None:
     import torch
 
@@ -158,6 +162,7 @@ FORMATS = {
         lambda p: npy.read_npz(p),
         lambda p: cj.nn.VarBuilder.from_npz(p, cj.DType.F32, cj.Device.Cpu).get((6,), "a"),
     ]),
+    "npz_compressed": (".npz", _npz_compressed, [lambda p: npy.read_npz(p), lambda p: npy.NpzTensors(p).get("a")]),
     "pth": (".pth", _pth, [
         lambda p: pth.read_all(p),
         lambda p: cj.nn.VarBuilder.from_pth(p, cj.DType.F32, cj.Device.Cpu).get((2, 3), "a"),
