@@ -140,6 +140,26 @@ def _load_tokenizer(p: str) -> None:
     load_tokenizer(p)
 
 
+def _ggjt(p: str) -> None:
+    """llama.cpp's legacy GGJT v3 layout (no reference writer is installed): magic, version, hparams, vocab,
+    then per tensor n_dims, name length, type, reversed dims, name, 32-aligned data."""
+    out = struct.pack("<II", 0x67676A74, 3) + struct.pack("<7I", 2, 32, 256, 4, 1, 8, 0)
+    for word, score in ((b"a", 0.5), (b"bc", -1.0)):
+        out += struct.pack("<I", len(word)) + word + struct.pack("<f", score)
+    for name, shape in (("a", (2, 32)), ("b", (32,))):
+        out += struct.pack("<III", len(shape), 1, 0) + struct.pack(f"<{len(shape)}I", *shape[::-1]) + name.encode()
+        out += b"\0" * ((32 - len(out) % 32) % 32) + np.ones(shape, np.float32).tobytes()
+    with open(p, "wb") as f:
+        f.write(out)
+
+
+def _ggml_read(p: str) -> None:
+    from candlejax.quantized import ggml_file
+
+    for t in ggml_file.Content.read(p, cj.Device.Cpu).tensors.values():
+        t.dequantize(cj.Device.Cpu)
+
+
 def _gguf_read(p: str) -> None:
     c = gguf.read(p)
     with open(p, "rb") as f:
@@ -157,6 +177,7 @@ FORMATS = {
         lambda p: cj.quantized.var_builder.VarBuilder.from_gguf(p, cj.Device.Cpu).get((2, 32), "a").dequantize(),
     ]),
     "ct2": (".bin", _ct2, [_ct2_read]),
+    "ggml": (".ggml", _ggjt, [_ggml_read]),
     "npy": (".npy", _npy, [lambda p: npy.read_npy(p)]),
     "npz": (".npz", _npz, [
         lambda p: npy.read_npz(p),
