@@ -193,7 +193,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{os.fspath(path)} is a safetensors file but not a candlejax checkpoint")
     try:
         meta = json.loads(md[_META_KEY])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{os.fspath(path)}: the checkpoint metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{os.fspath(path)}: the checkpoint metadata is a {type(meta).__name__}, not an object")

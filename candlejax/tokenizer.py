@@ -849,8 +849,8 @@ def _json_object(file: Path) -> dict[str, Any]:
     """A tokenizer folder's JSON file as a dict, or a candlejax error naming the file."""
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a >4300-digit int; nesting
+        raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(cfg, dict):
         raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not a JSON object")
     return cfg
@@ -890,7 +890,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if template is None and (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if template is None and (folder / "chat_template.json").is_file():
-        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+        template = _json_object(folder / "chat_template.json").get("chat_template")
     return Tokenizer(
         hf,
         bos_token=_token_str(cfg.get("bos_token")),

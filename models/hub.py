@@ -101,7 +101,7 @@ def weight_files(root: str | os.PathLike) -> list[str]:
                 weight_map = wm = json.load(f)["weight_map"]
             if not (wm and isinstance(wm, dict) and all(isinstance(v, str) for v in wm.values())):
                 raise TypeError("weight_map must map tensor names to shard file names")
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError, a list
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a list
             raise errors.Msg(f"invalid safetensors index {index}: {type(e).__name__}: {e}") from None
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (root / s).is_file()]

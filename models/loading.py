@@ -117,7 +117,7 @@ def read_config_json(path: str | os.PathLike, label: str) -> Mapping[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a >4300-digit int; nesting
         raise errors.InvalidArgument(f"{label}: {os.fspath(path)} is not valid JSON ({e})") from None
     return config_dict(d, label, os.fspath(path))
 

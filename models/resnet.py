@@ -372,7 +372,7 @@ def _check_hf_config(path: str) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # not a config this loader reads
     if not isinstance(cfg, dict) or cfg.get("model_type") != "resnet":
         return

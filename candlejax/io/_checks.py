@@ -1,11 +1,15 @@
 """Checks shared by the readers in ``candlejax.io``.
 
-requires: numpy
-provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``
+requires: numpy, zipfile, zlib
+provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``, ``ZIP_ERRORS``,
+``zip_possible_size(info, archive_size)``
 """
 
 from __future__ import annotations
 
+import struct
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +26,27 @@ def shape_fits(shape: Sequence[int], itemsize: float) -> bool:
     for d in shape:
         n *= max(int(d), 1)
     return n * itemsize <= MAX_NBYTES
+
+
+#: What :mod:`zipfile` raises on a corrupt archive: bad records, unknown versions or compression methods
+#: (``NotImplementedError``), encrypted members (``RuntimeError``), undecodable names
+#: (``UnicodeDecodeError``, a ``ValueError``), broken deflate streams (``zlib.error``), short reads.
+#: Catch ``candlejax.errors.Error`` (also a ``ValueError``) before these.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+              ValueError, zlib.error, struct.error, OverflowError)
+
+#: deflate expands at most about 1032x
+MAX_DEFLATE_RATIO = 1032
+
+
+def zip_possible_size(info: zipfile.ZipInfo, archive_size: int) -> int:
+    """The most bytes the zip member ``info`` can really hold: its stored bytes lie in the archive
+    (``archive_size`` bytes) and deflate expands at most :data:`MAX_DEFLATE_RATIO` times; the recorded
+    ``file_size`` for other methods."""
+    stored = max(min(info.compress_size, archive_size), 0)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return stored
+    return stored * MAX_DEFLATE_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
 
 
 def cast(a: np.ndarray, target: Any) -> np.ndarray:
@@ -44,4 +69,4 @@ def cast(a: np.ndarray, target: Any) -> np.ndarray:
     return out
 
 
-__all__ = ["MAX_NBYTES", "cast", "shape_fits"]
+__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "zip_possible_size"]

@@ -284,12 +284,26 @@ def _token_id(vocab: dict[str, int], *names: str) -> int | None:
     return None
 
 
+def _json_object(path: str) -> dict:
+    """The object of the JSON file ``path``; a :class:`errors.Ct2` naming it when unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge ints; nesting
+        raise errors.Ct2(f"ct2: cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise errors.Ct2(f"ct2: {path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def tokenizer_vocab(tokenizer_json: str) -> dict[str, int]:
-    with open(tokenizer_json, encoding="utf-8") as f:
-        tok = json.load(f)
-    vocab = dict(tok.get("model", {}).get("vocab", {}))
-    for t in tok.get("added_tokens", []):
-        vocab[t["content"]] = t["id"]
+    tok = _json_object(tokenizer_json)
+    try:
+        vocab = dict(tok.get("model", {}).get("vocab", {}))
+        for t in tok.get("added_tokens", []):
+            vocab[t["content"]] = t["id"]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise errors.Ct2(f"ct2: {tokenizer_json}: malformed vocab or added_tokens ({type(e).__name__}: {e})") from None
     return vocab
 
 
@@ -365,8 +379,7 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, dtype: str =
     src_dir = os.path.dirname(model.path)
     ct2_cfg: dict = {}
     if os.path.exists(os.path.join(src_dir, "config.json")):
-        with open(os.path.join(src_dir, "config.json"), encoding="utf-8") as f:
-            ct2_cfg = json.load(f)
+        ct2_cfg = _json_object(os.path.join(src_dir, "config.json"))
     tok = os.path.join(src_dir, "tokenizer.json")
     if not os.path.exists(tok):
         raise errors.Ct2(f"ct2: {src_dir}: no tokenizer.json next to {model.path}")

@@ -25,7 +25,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype, x64_enabled
-from candlejax.io._checks import cast, shape_fits
+from candlejax.io._checks import ZIP_ERRORS, cast, shape_fits, zip_possible_size
 from candlejax.io.safetensors import atomic_file
 from candlejax.shape import Shape
 from candlejax.tensor._core import TensorBase, wrap
@@ -193,19 +193,29 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     errors.check_file(path, "read_npz")
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise errors.Npy(f"{path} is not a valid npz (zip) file: {e}") from None
+    except ZIP_ERRORS as e:
+        raise errors.Npy(f"{path} is not a valid npz (zip) file: {type(e).__name__}: {e}") from None
 
 
 def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, name: str, dtype: DType | None, device: Any,
             header_only: bool = False) -> Any:
+    archive_size = os.fstat(zf.fp.fileno()).st_size if zf.fp is not None else 0
+    if info.file_size > zip_possible_size(info, archive_size):  # refused before zipfile allocates it
+        why = (
+            f"the archive ends before the member's recorded {info.compress_size} bytes ({archive_size}-byte file;"
+            " truncated file?)" if info.compress_size > archive_size else
+            f"its {info.compress_size} stored bytes cannot hold the {info.file_size} bytes it claims (corrupt file?)"
+        )
+        raise _err(path, name, f"cannot read the zip member {info.filename!r}: {why}")
     try:
         with zf.open(info) as f:
             return _read_array(f, info.file_size, path, name, dtype, device, header_only, exact=True)
     except EOFError as e:
         why = str(e) or f"the archive ends before the member's recorded {info.compress_size} bytes (truncated file?)"
         raise _err(path, name, f"cannot read the zip member {info.filename!r}: {why}") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, NotImplementedError, RuntimeError) as e:
+    except errors.Error:
+        raise
+    except ZIP_ERRORS as e:
         # RuntimeError: zipfile's "File ... is encrypted, password required for extraction"
         raise _err(path, name, f"cannot read the zip member {info.filename!r}: {type(e).__name__}: {e}") from None
 

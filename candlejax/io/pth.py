@@ -32,6 +32,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
+from candlejax.io._checks import ZIP_ERRORS, zip_possible_size
 from candlejax.tensor._core import wrap
 from candlejax.tensor.creation import as_jax_array
 
@@ -77,7 +78,6 @@ _UNSUPPORTED_DTYPES = (
 )
 _READ_DTYPES = "float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8 and bool"
 
-_MAX_DEFLATE_RATIO = 1032
 #: a view (zero strides: ``expand``) is copied when read; refused when the copy exceeds both of these
 _VIEW_MAX_RATIO, _VIEW_MIN_LIMIT = 4, 64 << 20
 
@@ -285,10 +285,12 @@ class _Archive:
             self.zf = zipfile.ZipFile(self.src)
         except FileNotFoundError:
             raise
-        except (zipfile.BadZipFile, OSError) as e:
+        except ZIP_ERRORS as e:
             raise errors.Pth(
-                f"{self.src}: not a torch.save zip file ({e}); the legacy pre-1.6 format is not supported"
+                f"{self.src}: not a torch.save zip file ({type(e).__name__}: {e}); the legacy pre-1.6 format is"
+                " not supported"
             ) from None
+        self.size = os.fstat(self.zf.fp.fileno()).st_size if self.zf.fp is not None else 0
         names = self.zf.namelist()
         pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkls) != 1:
@@ -296,18 +298,33 @@ class _Archive:
         self.prefix = pkls[0][: -len("data.pkl")]
         self.big_endian = False
         if self.prefix + "byteorder" in names:
-            order = self.zf.read(self.prefix + "byteorder").decode("ascii", "replace").strip()
+            order = self._read_record(self.prefix + "byteorder", 16).decode("ascii", "replace").strip()
             if order not in ("little", "big"):
                 raise errors.Pth(f"{self.src}: unknown byteorder {order!r}")
             self.big_endian = order == "big"
         self.storages: dict[str, np.ndarray] = {}
-        self.size = os.fstat(self.zf.fp.fileno()).st_size if self.zf.fp is not None else 0
+
+    def _read_record(self, rec: str, limit: int | None = None) -> bytes:
+        """The bytes of the small record ``rec`` (at most ``limit``), refusing sizes the archive cannot hold."""
+        info = self.zf.getinfo(rec)
+        if info.file_size > zip_possible_size(info, self.size):
+            raise errors.Pth(
+                f"{self.src}: record {rec} claims {info.file_size} bytes, more than its {info.compress_size} stored"
+                f" bytes in a {self.size}-byte archive can hold (corrupt file?)"
+            )
+        n = info.file_size if limit is None else min(info.file_size, limit)
+        try:
+            with self.zf.open(info) as f:
+                data = f.read(n)
+        except ZIP_ERRORS as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"
+            raise errors.Pth(f"{self.src}: cannot read {rec}: {why}") from None
+        if len(data) != n:
+            raise errors.Pth(f"{self.src}: record {rec} ended after {len(data)} of {n} bytes")
+        return data
 
     def unpickle(self, allow_objects: tuple[str, ...]) -> Any:
-        try:
-            data = self.zf.read(self.prefix + "data.pkl")
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise errors.Pth(f"{self.src}: cannot read {self.prefix}data.pkl: {e}") from None
+        data = self._read_record(self.prefix + "data.pkl")
         import io
 
         try:
@@ -340,7 +357,7 @@ class _Archive:
                 f"{self.src}: tensor {name!r}: storage record {rec} holds {info.file_size} bytes, fewer than the "
                 f"{nbytes} of {t.storage_numel} {t.dtype} elements (storage too short)"
             )
-        possible = self._possible_size(info)
+        possible = zip_possible_size(info, self.size)
         if nbytes > possible:
             raise errors.Pth(
                 f"{self.src}: tensor {name!r}: storage record {rec} claims {info.file_size} bytes and the storage"
@@ -351,7 +368,7 @@ class _Archive:
         try:
             with self.zf.open(info) as f:
                 n = f.readinto(memoryview(buf))
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
+        except ZIP_ERRORS as e:
             why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"
             raise errors.Pth(f"{self.src}: tensor {name!r}: cannot read storage record {rec}: {why}") from None
         if n != nbytes:
@@ -361,14 +378,6 @@ class _Archive:
             arr = arr.astype(t.dtype)
         self.storages[t.storage] = arr
         return arr
-
-    def _possible_size(self, info: zipfile.ZipInfo) -> int:
-        """The most bytes a record can really hold: its stored bytes lie in the archive, and deflate expands
-        at most 1032x (torch.save stores records uncompressed)."""
-        stored = min(info.compress_size, self.size)
-        if info.compress_type == zipfile.ZIP_STORED:
-            return stored
-        return stored * _MAX_DEFLATE_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
 
     def tensor(self, t: TensorInfo, name: str) -> np.ndarray:
         if t.offset < 0 or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):

@@ -429,7 +429,7 @@ class MmapedSafetensors:
             weight_map = wm = index["weight_map"]
             if not (wm and isinstance(wm, dict) and all(isinstance(v, str) for v in wm.values())):
                 raise TypeError("weight_map must map tensor names to file names")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise errors.SafeTensor(f"invalid safetensors index {index_path}: {type(e).__name__}: {e}") from None
         base = os.path.dirname(index_path)
         shards = list(dict.fromkeys(weight_map.values()))

@@ -85,8 +85,13 @@ _embed_step_jit = SizeJit(
 
 
 def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON value of ``path``; malformed JSON is an :class:`errors.InvalidArgument` naming the file."""
+    errors.check_file(path, "sentence embedding: reading the model's JSON files")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge ints; nesting
+        raise errors.InvalidArgument(f"sentence embedding: {path} is not valid JSON ({e})") from None
 
 
 def _pooling_mode(pool_cfg: str) -> str:

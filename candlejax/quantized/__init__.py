@@ -9,7 +9,8 @@
 
 GGUF files: :mod:`candlejax.io.gguf` (``gguf_file`` is an alias, as in Candle). Candle's per-block
 ``GgmlType`` API (``BlockQ4_0::from_float``, ``vec_dot``, ``matmul``): :mod:`candlejax.quantized.k_quants`;
-llama.cpp imatrix files (``imatrix_file::load_imatrix``): :mod:`candlejax.quantized.imatrix_file`.
+llama.cpp imatrix files (``imatrix_file::load_imatrix``): :mod:`candlejax.quantized.imatrix_file`; legacy
+GGML/GGJT model files (``ggml_file::Content::read``): :mod:`candlejax.quantized.ggml_file`.
 The 32-value block types (``BLOCKED_TYPES``) can be held unpacked as a ``BlockedWeight``
 (``unpack_blocked`` from the file's bytes; ``aligned_empty`` / ``place_aligned`` hand host arrays to
 the CPU runtime without a copy), as the GGUF LLaMA loader does. Q4_0/Q4_1 weights are kept in their

@@ -9,6 +9,7 @@ provides: ``ImageError``, ``open_rgb``, ``load_image``, ``image_to_tensor``, ``r
 from __future__ import annotations
 
 import functools
+import io
 import math
 import operator
 import os
@@ -106,10 +107,16 @@ def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
     if not os.path.isfile(p):
         raise ImageError(f"{where}: no such file {p!r}")
     try:
-        with Image.open(p) as im:
+        # decoded from memory: a corrupt chunk length (PNG) then reads at most the file's bytes, where a
+        # file object's read(n) first allocated n (4 GiB for a 0xff000015-byte IDAT)
+        with open(p, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return _to_rgb8(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: {p!r} is not a readable image (no image format Pillow knows)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{where}: {p!r} is not a readable image ({type(e).__name__}: {e})") from e
 
 

@@ -116,8 +116,7 @@ class Config:
         gen_path = os.path.join(os.path.dirname(os.fspath(path)), "generation_config.json")
         missing = [k for k in ("suppress_tokens", "begin_suppress_tokens") if d.get(k) is None]
         if missing and os.path.isfile(gen_path):
-            with open(gen_path, encoding="utf-8") as f:
-                gen = json.load(f)
+            gen = read_config_json(gen_path, "whisper generation_config.json")
             d = {**d, **{k: gen[k] for k in missing if gen.get(k) is not None}}
         return Config.from_dict(d)
 
@@ -537,8 +536,7 @@ class Whisper(Module):
             d = os.path.dirname(m.path)
             ct2_cfg = {}
             if os.path.isfile(os.path.join(d, "config.json")):
-                with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
-                    ct2_cfg = json.load(f)
+                ct2_cfg = read_config_json(os.path.join(d, "config.json"), "whisper CTranslate2 config.json")
             tok = os.path.join(d, "tokenizer.json")
             vocab = ct2.tokenizer_vocab(tok) if os.path.isfile(tok) else {}
             config = Config.from_dict(ct2.whisper_hf_config(m, ct2_cfg, vocab)[0])

@@ -1,0 +1,78 @@
+"""candlejax.quantized.ggml_file: Candle's reader of llama.cpp's legacy GGML/GGMF/GGJT files
+(candle-core/src/quantized/ggml_file.rs); quantized data checked against gguf-py's dequantize."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+from candlejax.quantized import GgmlDType, ggml_file
+
+
+def ggjt_bytes(tensors, vocab=((b"a", 0.5), (b"bc", -1.0)), version: int = 3, hparams=(2, 32, 256, 4, 1, 8, 1)):
+    """A GGJT file as llama.cpp's legacy writer lays it out: magic, version, 7 u32 hparams, vocab (u32 length,
+    bytes, f32 score), then per tensor: n_dims, name length, ggml type, dims (reversed), name, 32-aligned data."""
+    out = struct.pack("<II", 0x67676A74, version) + struct.pack("<7I", *hparams)
+    for word, score in vocab:
+        out += struct.pack("<I", len(word)) + word + struct.pack("<f", score)
+    for name, type_id, shape, raw in tensors:
+        out += struct.pack("<III", len(shape), len(name), type_id) + struct.pack(f"<{len(shape)}I", *shape[::-1])
+        out += name.encode()
+        out += b"\0" * ((32 - len(out) % 32) % 32) + raw
+    return out
+
+
+def _q8_0(x: np.ndarray) -> bytes:
+    from gguf import GGMLQuantizationType, quants
+
+    return quants.quantize(x, GGMLQuantizationType.Q8_0).tobytes()
+
+
+def test_read_ggjt(tmp_path):
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 32)).astype(np.float32)
+    b = rng.standard_normal((4, 64)).astype(np.float32)
+    qb = _q8_0(b)
+    p = tmp_path / "m.bin"
+    p.write_bytes(ggjt_bytes([("a", 0, (2, 32), a.tobytes()), ("b", 8, (4, 64), qb)]))
+    c = ggml_file.Content.read(str(p), cj.Device.Cpu)
+    assert c.magic is ggml_file.VersionedMagic.GgjtV3 and c.magic.align32()
+    assert c.hparams == ggml_file.HParams(2, 32, 256, 4, 1, 8, 1)
+    assert c.vocab.token_score_pairs == [(b"a", 0.5), (b"bc", -1.0)]
+    assert sorted(c.tensors) == ["a", "b"]
+    np.testing.assert_array_equal(np.asarray(c.tensors["a"].dequantize(cj.Device.Cpu).to_vec2()), a)
+    tb = c.remove("b")
+    assert tb.dtype() == GgmlDType.Q8_0 and tuple(tb.shape) == (4, 64)
+    ref = quants.dequantize(np.frombuffer(qb, np.uint8).reshape(4, -1), GGMLQuantizationType.Q8_0)
+    np.testing.assert_allclose(np.asarray(tb.dequantize(cj.Device.Cpu).to_vec2()), ref, rtol=0, atol=1e-6)
+    with pytest.raises(errors.Error, match="cannot find tensor with name 'b'"):
+        c.remove("b")
+    with open(p, "rb") as f:  # a file object, as Rust's reader
+        assert sorted(ggml_file.Content.read(f).tensors) == ["a", "b"]
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"", "needs 4 bytes"),
+    (struct.pack("<I", 0x12345678), "unknown magic 12345678"),
+    (struct.pack("<II", 0x67676A74, 9), "unsupported magic/version Ggjt/9"),
+    (struct.pack("<II", 0x67676A74, 3) + struct.pack("<7I", 2**31, 1, 1, 1, 1, 1, 1), "n_vocab 2147483648 cannot fit"),
+    (ggjt_bytes([("a", 99, (32,), b"")]), "unknown dtype for tensor 99"),
+    (ggjt_bytes([("a", 0, (2**31, 2**31, 2**31), b"")]), "too big for any array|needs"),
+    (ggjt_bytes([("a", 0, (1 << 20,), b"\0" * 16)]), "the data of tensor 'a' needs 4194304 bytes"),
+    (ggjt_bytes([("a", 8, (31,), b"\0" * 34)]), "not divisible by the block size 32"),
+    (ggjt_bytes([("a", 0, (4,), b"\0" * 16), ("a", 0, (4,), b"\0" * 16)]), "duplicate tensor 'a'"),
+    (struct.pack("<II", 0x67676A74, 3) + struct.pack("<7I", 0, 0, 0, 0, 0, 0, 0) + struct.pack("<III", 99, 1, 0),
+     "99 dims"),
+])
+def test_corrupt_ggml_files_raise_candlejax_errors(tmp_path, data, match):
+    p = tmp_path / "bad.bin"
+    p.write_bytes(data)
+    with pytest.raises(errors.Error, match=match) as ei:
+        ggml_file.Content.read(p)
+    assert "bad.bin" in str(ei.value) or match.startswith("unknown dtype")
