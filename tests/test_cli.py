@@ -207,3 +207,33 @@ def test_generate_counts_tokens_not_text_pieces(capsys):
     assert cli.main(["generate", "--gguf", GGUF, "--prompt", "日本の首都は", "-n", "8", "--repeat-penalty", "1"]) == 0
     cap = capsys.readouterr()
     assert "11 prompt tokens, 8 generated (length)" in cap.err, cap.err
+
+
+@pytest.mark.parametrize("candle, ours", [
+    (["detect", "x.jpg", "--model", "w.pt", "--confidence-threshold", "0.3", "--nms-threshold", "0.6"],
+     ["detect", "x.jpg", "--weights", "w.pt", "--conf", "0.3", "--iou", "0.6"]),
+    (["classify", "x.jpg", "--model", "w.safetensors", "--which", "50"],
+     ["classify", "x.jpg", "--weights", "w.safetensors", "--which", "50"]),
+    (["clip", "x.jpg", "--model", "d", "--sequences", "a cat,a dog"],
+     ["clip", "x.jpg", "--model", "d", "--labels", "a cat,a dog"]),
+    (["segment", "x.jpg", "--generate-masks"], ["segment", "x.jpg", "--auto"]),
+])  # fmt: skip
+def test_candle_example_flag_spellings_are_accepted(candle, ours):
+    """Candle's examples spell these flags so (yolo-v8: --model, --confidence-threshold,
+    --nms-threshold; resnet: --model; clip: --sequences; segment-anything: --generate-masks)."""
+    assert vars(cli.parser().parse_args(candle)) == vars(cli.parser().parse_args(ours))
+
+
+def test_flags_that_would_do_nothing_are_refused(capsys):
+    assert cli.main(["caption", "x.jpg", "--model", "/nonexistent", "--top-p", "0.9"]) == 1  # was greedy anyway
+    assert "--top-p needs --temperature" in capsys.readouterr().err
+    for extra, said in ((["--auto", "--point", "0.5,0.5"], "--point"), (["--auto", "--box", "0,0,1,1"], "--box"),
+                        (["--auto", "--threshold", "1"], "--threshold"),
+                        (["--point", "0.5,0.5", "--points-per-side", "8"], "--points-per-side"),
+                        (["--use-tiny", "--which", "vit_b", "--point", "0.5,0.5"], "--use-tiny")):  # fmt: skip
+        assert cli.main(["segment", "x.jpg", *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:  # a NaN threshold: no pixel is >= it, an empty mask
+        cli.main(["segment", "x.jpg", "--point", "0.5,0.5", "--threshold", "nan"])
+    assert e.value.code == 2 and "--threshold" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from candlejax import errors
 from candlejax.cli._help import HelpFormatter
 from candlejax.cli._script import count, number, parser, run_script
 
@@ -30,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import ImageCaptioner
 
+    if args.top_p is not None and args.temperature is None:
+        raise errors.Msg("--top-p needs --temperature (without it, decoding is greedy)")
     cap = ImageCaptioner.from_pretrained(args.model, args.tokenizer, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                          prompt=args.prompt)  # fmt: skip

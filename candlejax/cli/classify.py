@@ -16,7 +16,8 @@ __all__ = ["add_arguments", "resnet_main", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file")
-    p.add_argument("--weights", required=True, help="ResNet safetensors, torchvision/timm or Hugging Face names")
+    p.add_argument("--weights", "--model", required=True,
+                   help="ResNet safetensors, torchvision/timm or HF names (--model: Candle's spelling)")  # fmt: skip
     p.add_argument("--which", choices=("18", "34", "50", "101", "152"), default=None,
                    help="ResNet depth (default: read from the weights)")  # fmt: skip
     p.add_argument("--top", type=count(1), default=5, help="how many classes to print")
