@@ -39,6 +39,7 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--timestamps", action="store_true", help="print [start -> end] before each segment")
     t.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    help="0 for plain greedy, or a fallback list such as 0,0.2,0.4 (default 0..1 by 0.2)")  # fmt: skip
+    t.add_argument("--seed", type=int, default=299792458, help="sampling seed of the temperatures above 0")
     t.add_argument("--language", default=None, help="language code (multilingual models; detected if omitted)")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.add_argument("--mel-padding", default="audio", choices=["audio", "mel"],
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     for seg in transcribe(model, args.file, timestamps=args.timestamps, temperature=args.temperature,
                           language=args.language, task=args.task, progress=progress,
-                          mel_padding=args.mel_padding):  # fmt: skip
+                          mel_padding=args.mel_padding, seed=args.seed):  # fmt: skip
         line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
         if bar is not None:
             bar.write(line)
