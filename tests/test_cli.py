@@ -227,6 +227,8 @@ def test_candle_example_flag_spellings_are_accepted(candle, ours):
 def test_flags_that_would_do_nothing_are_refused(capsys):
     assert cli.main(["caption", "x.jpg", "--model", "/nonexistent", "--top-p", "0.9"]) == 1  # was greedy anyway
     assert "--top-p needs --temperature" in capsys.readouterr().err
+    assert cli.main(["caption", "x.jpg", "--model", "/nonexistent", "--top-p", "0.9", "--temperature", "0"]) == 1
+    assert "--top-p needs --temperature > 0" in capsys.readouterr().err
     for extra, said in ((["--auto", "--point", "0.5,0.5"], "--point"), (["--auto", "--box", "0,0,1,1"], "--box"),
                         (["--auto", "--threshold", "1"], "--threshold"),
                         (["--point", "0.5,0.5", "--points-per-side", "8"], "--points-per-side"),
@@ -237,3 +239,27 @@ def test_flags_that_would_do_nothing_are_refused(capsys):
     with pytest.raises(SystemExit) as e:  # a NaN threshold: no pixel is >= it, an empty mask
         cli.main(["segment", "x.jpg", "--point", "0.5,0.5", "--threshold", "nan"])
     assert e.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+def test_transcribe_passes_the_seed(monkeypatch):
+    """Candle's whisper example has --seed (default 299792458) for the temperature fallback's sampling."""
+    from candlejax.cli import transcribe as cmd
+    from candlejax.models import whisper
+
+    seen = []
+    monkeypatch.setattr(cmd, "_load", lambda *a: None)
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **kw: seen.append(kw["seed"]) or iter(()))
+    assert cli.main(["transcribe", "x.wav", "--model", "m", "--seed", "7"]) == 0
+    assert cli.main(["transcribe", "x.wav", "--model", "m"]) == 0
+    assert seen == [7, 299792458]
+
+
+def test_generate_reads_a_gguf_file_given_as_model(capsys, tmp_path):
+    """Candle's ``quantized`` example takes the GGUF file as ``--model``: the same text as ``--gguf``."""
+    _tiny_llama_gguf(tmp_path / "m.gguf")
+    write_sentencepiece_tokenizer(tmp_path / "tokenizer.json", 64)
+    rest = ["--tokenizer", str(tmp_path / "tokenizer.json"), "--prompt", "w17 w42", "-n", "5", "--quiet"]
+    assert cli.main(["generate", "--gguf", str(tmp_path / "m.gguf"), *rest]) == 0
+    want = capsys.readouterr().out
+    assert cli.main(["generate", "--model", str(tmp_path / "m.gguf"), *rest]) == 0
+    assert capsys.readouterr().out == want and want.startswith("w17 w42 w")

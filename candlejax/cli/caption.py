@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import ImageCaptioner
 
-    if args.top_p is not None and args.temperature is None:
-        raise errors.Msg("--top-p needs --temperature (without it, decoding is greedy)")
+    if args.top_p is not None and not args.temperature:  # (0 is greedy too, as Candle's LogitsProcessor)
+        raise errors.Msg("--top-p needs --temperature > 0 (without one, decoding is greedy)")
     cap = ImageCaptioner.from_pretrained(args.model, args.tokenizer, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                          prompt=args.prompt)  # fmt: skip
