@@ -263,3 +263,15 @@ def test_generate_reads_a_gguf_file_given_as_model(capsys, tmp_path):
     want = capsys.readouterr().out
     assert cli.main(["generate", "--model", str(tmp_path / "m.gguf"), *rest]) == 0
     assert capsys.readouterr().out == want and want.startswith("w17 w42 w")
+
+
+@pytest.mark.parametrize("cmd", [["classify", "--weights", "w.safetensors"], ["caption", "--model", "/nonexistent"],
+                                 ["segment", "--point", "0.5,0.5"]])  # fmt: skip
+def test_the_image_is_given_once_as_an_argument_or_as_candles_image_flag(capsys, cmd):
+    """Candle's resnet, blip and segment-anything examples take ``--image FILE``; candlejax's commands
+    take it as their argument, or so."""
+    assert cli.main(cmd) == 1
+    err = capsys.readouterr().err
+    assert "no image: give IMAGE (or --image IMAGE)" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*cmd, "a.png", "--image", "b.png"]) == 1
+    assert "the image twice" in capsys.readouterr().err

