@@ -275,3 +275,18 @@ def test_the_image_is_given_once_as_an_argument_or_as_candles_image_flag(capsys,
     assert "no image: give IMAGE (or --image IMAGE)" in err and len(err.strip().splitlines()) == 1
     assert cli.main([*cmd, "a.png", "--image", "b.png"]) == 1
     assert "the image twice" in capsys.readouterr().err
+
+
+def test_transcribe_takes_candles_input_flag(monkeypatch, capsys):
+    """Candle's whisper example takes the sound file as ``--input FILE``."""
+    from candlejax.cli import transcribe as cmd
+    from candlejax.models import whisper
+
+    seen = []
+    monkeypatch.setattr(cmd, "_load", lambda *a: None)
+    monkeypatch.setattr(whisper, "transcribe", lambda model, path, **kw: seen.append(path) or iter(()))
+    assert cli.main(["transcribe", "--input", "a.wav", "--model", "m"]) == 0
+    assert cli.main(["transcribe", "b.wav", "--model", "m"]) == 0
+    assert seen == ["a.wav", "b.wav"]
+    assert cli.main(["transcribe", "--model", "m"]) == 1
+    assert "no sound file: give FILE (or --input FILE)" in capsys.readouterr().err

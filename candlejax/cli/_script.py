@@ -22,24 +22,27 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=HelpFormatter)  # fmt: skip
 
 
-def add_image_argument(p: argparse.ArgumentParser, help: str, many: bool = False) -> None:
-    """The image as the command's argument (``many``: one or more), or as ``--image FILE`` (repeatable
-    with ``many``), the spelling of Candle's resnet, blip and segment-anything examples; read it
-    with :func:`image_argument`."""
-    p.add_argument("image", nargs="*" if many else "?", help=f"{help} (or --image)")
-    p.add_argument("--image", dest="image_option", action="append", metavar="IMAGE",
-                   help="the image, as Candle's examples take it" + (" (repeatable)" if many else ""))  # fmt: skip
+def add_image_argument(p: argparse.ArgumentParser, help: str, many: bool = False, dest: str = "image",
+                       flag: str = "--image", what: str = "the image") -> None:  # fmt: skip
+    """The image as the command's argument ``dest`` (``many``: one or more), or as ``--image FILE``
+    (repeatable with ``many``), the spelling of Candle's resnet, blip and segment-anything examples
+    (``flag``: another spelling, such as whisper's ``--input``); read it with :func:`image_argument`."""
+    p.add_argument(dest, nargs="*" if many else "?", help=f"{help} (or {flag})")
+    p.add_argument(flag, dest=f"{dest}_option", action="append", metavar=dest.upper(),
+                   help=f"{what}, as Candle's examples take it" + (" (repeatable)" if many else ""))  # fmt: skip
 
 
-def image_argument(args: argparse.Namespace, many: bool = False) -> Any:
-    """The image path of :func:`add_image_argument` (``many``: the list of them); a clear error when
-    there is none, or when both spellings (or, without ``many``, two ``--image``) are given."""
-    pos = [] if args.image is None else [args.image] if isinstance(args.image, str) else list(args.image)
-    opt = list(args.image_option or [])
+def image_argument(args: argparse.Namespace, many: bool = False, dest: str = "image", flag: str = "--image",
+                   what: str = "image") -> Any:  # fmt: skip
+    """The path of :func:`add_image_argument` (``many``: the list of them); a clear error when there
+    is none, or when both spellings (or, without ``many``, two ``flag``) are given."""
+    val, meta = getattr(args, dest), dest.upper()
+    pos = [] if val is None else [val] if isinstance(val, str) else list(val)
+    opt = list(getattr(args, f"{dest}_option") or [])
     if not pos and not opt:
-        raise errors.Msg("no image: give IMAGE (or --image IMAGE)")
+        raise errors.Msg(f"no {what}: give {meta} (or {flag} {meta})")
     if (pos and opt) or (not many and len(opt) > 1):
-        raise errors.Msg(f"the image twice ({', '.join(pos + opt)}): give IMAGE or --image IMAGE"
+        raise errors.Msg(f"the {what} twice ({', '.join(pos + opt)}): give {meta} or {flag} {meta}"
                          + ("" if many else ", once"))  # fmt: skip
     return pos + opt if many else (pos + opt)[0]
 
