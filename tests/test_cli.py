@@ -207,3 +207,86 @@ def test_generate_counts_tokens_not_text_pieces(capsys):
     assert cli.main(["generate", "--gguf", GGUF, "--prompt", "日本の首都は", "-n", "8", "--repeat-penalty", "1"]) == 0
     cap = capsys.readouterr()
     assert "11 prompt tokens, 8 generated (length)" in cap.err, cap.err
+
+
+@pytest.mark.parametrize("candle, ours", [
+    (["detect", "x.jpg", "--model", "w.pt", "--confidence-threshold", "0.3", "--nms-threshold", "0.6"],
+     ["detect", "x.jpg", "--weights", "w.pt", "--conf", "0.3", "--iou", "0.6"]),
+    (["classify", "x.jpg", "--model", "w.safetensors", "--which", "50"],
+     ["classify", "x.jpg", "--weights", "w.safetensors", "--which", "50"]),
+    (["clip", "x.jpg", "--model", "d", "--sequences", "a cat,a dog"],
+     ["clip", "x.jpg", "--model", "d", "--labels", "a cat,a dog"]),
+    (["segment", "x.jpg", "--generate-masks"], ["segment", "x.jpg", "--auto"]),
+])  # fmt: skip
+def test_candle_example_flag_spellings_are_accepted(candle, ours):
+    """Candle's examples spell these flags so (yolo-v8: --model, --confidence-threshold,
+    --nms-threshold; resnet: --model; clip: --sequences; segment-anything: --generate-masks)."""
+    assert vars(cli.parser().parse_args(candle)) == vars(cli.parser().parse_args(ours))
+
+
+def test_flags_that_would_do_nothing_are_refused(capsys):
+    assert cli.main(["caption", "x.jpg", "--model", "/nonexistent", "--top-p", "0.9"]) == 1  # was greedy anyway
+    assert "--top-p needs --temperature" in capsys.readouterr().err
+    assert cli.main(["caption", "x.jpg", "--model", "/nonexistent", "--top-p", "0.9", "--temperature", "0"]) == 1
+    assert "--top-p needs --temperature > 0" in capsys.readouterr().err
+    for extra, said in ((["--auto", "--point", "0.5,0.5"], "--point"), (["--auto", "--box", "0,0,1,1"], "--box"),
+                        (["--auto", "--threshold", "1"], "--threshold"),
+                        (["--point", "0.5,0.5", "--points-per-side", "8"], "--points-per-side"),
+                        (["--use-tiny", "--which", "vit_b", "--point", "0.5,0.5"], "--use-tiny")):  # fmt: skip
+        assert cli.main(["segment", "x.jpg", *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:  # a NaN threshold: no pixel is >= it, an empty mask
+        cli.main(["segment", "x.jpg", "--point", "0.5,0.5", "--threshold", "nan"])
+    assert e.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+def test_transcribe_passes_the_seed(monkeypatch):
+    """Candle's whisper example has --seed (default 299792458) for the temperature fallback's sampling."""
+    from candlejax.cli import transcribe as cmd
+    from candlejax.models import whisper
+
+    seen = []
+    monkeypatch.setattr(cmd, "_load", lambda *a: None)
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **kw: seen.append(kw["seed"]) or iter(()))
+    assert cli.main(["transcribe", "x.wav", "--model", "m", "--seed", "7"]) == 0
+    assert cli.main(["transcribe", "x.wav", "--model", "m"]) == 0
+    assert seen == [7, 299792458]
+
+
+def test_generate_reads_a_gguf_file_given_as_model(capsys, tmp_path):
+    """Candle's ``quantized`` example takes the GGUF file as ``--model``: the same text as ``--gguf``."""
+    _tiny_llama_gguf(tmp_path / "m.gguf")
+    write_sentencepiece_tokenizer(tmp_path / "tokenizer.json", 64)
+    rest = ["--tokenizer", str(tmp_path / "tokenizer.json"), "--prompt", "w17 w42", "-n", "5", "--quiet"]
+    assert cli.main(["generate", "--gguf", str(tmp_path / "m.gguf"), *rest]) == 0
+    want = capsys.readouterr().out
+    assert cli.main(["generate", "--model", str(tmp_path / "m.gguf"), *rest]) == 0
+    assert capsys.readouterr().out == want and want.startswith("w17 w42 w")
+
+
+@pytest.mark.parametrize("cmd", [["classify", "--weights", "w.safetensors"], ["caption", "--model", "/nonexistent"],
+                                 ["segment", "--point", "0.5,0.5"]])  # fmt: skip
+def test_the_image_is_given_once_as_an_argument_or_as_candles_image_flag(capsys, cmd):
+    """Candle's resnet, blip and segment-anything examples take ``--image FILE``; candlejax's commands
+    take it as their argument, or so."""
+    assert cli.main(cmd) == 1
+    err = capsys.readouterr().err
+    assert "no image: give IMAGE (or --image IMAGE)" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*cmd, "a.png", "--image", "b.png"]) == 1
+    assert "the image twice" in capsys.readouterr().err
+
+
+def test_transcribe_takes_candles_input_flag(monkeypatch, capsys):
+    """Candle's whisper example takes the sound file as ``--input FILE``."""
+    from candlejax.cli import transcribe as cmd
+    from candlejax.models import whisper
+
+    seen = []
+    monkeypatch.setattr(cmd, "_load", lambda *a: None)
+    monkeypatch.setattr(whisper, "transcribe", lambda model, path, **kw: seen.append(path) or iter(()))
+    assert cli.main(["transcribe", "--input", "a.wav", "--model", "m"]) == 0
+    assert cli.main(["transcribe", "b.wav", "--model", "m"]) == 0
+    assert seen == ["a.wav", "b.wav"]
+    assert cli.main(["transcribe", "--model", "m"]) == 1
+    assert "no sound file: give FILE (or --input FILE)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from candlejax import errors
 from candlejax.cli._help import HelpFormatter
@@ -13,12 +14,37 @@ from candlejax.cli.generate import _count as count
 from candlejax.cli.generate import _number as number
 from candlejax.xla import enable_compilation_cache
 
-__all__ = ["count", "number", "parser", "run_script"]
+__all__ = ["add_image_argument", "count", "image_argument", "number", "parser", "run_script"]
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description,
                                    formatter_class=HelpFormatter)  # fmt: skip
+
+
+def add_image_argument(p: argparse.ArgumentParser, help: str, many: bool = False, dest: str = "image",
+                       flag: str = "--image", what: str = "the image") -> None:  # fmt: skip
+    """The image as the command's argument ``dest`` (``many``: one or more), or as ``--image FILE``
+    (repeatable with ``many``), the spelling of Candle's resnet, blip and segment-anything examples
+    (``flag``: another spelling, such as whisper's ``--input``); read it with :func:`image_argument`."""
+    p.add_argument(dest, nargs="*" if many else "?", help=f"{help} (or {flag})")
+    p.add_argument(flag, dest=f"{dest}_option", action="append", metavar=dest.upper(),
+                   help=f"{what}, as Candle's examples take it" + (" (repeatable)" if many else ""))  # fmt: skip
+
+
+def image_argument(args: argparse.Namespace, many: bool = False, dest: str = "image", flag: str = "--image",
+                   what: str = "image") -> Any:  # fmt: skip
+    """The path of :func:`add_image_argument` (``many``: the list of them); a clear error when there
+    is none, or when both spellings (or, without ``many``, two ``flag``) are given."""
+    val, meta = getattr(args, dest), dest.upper()
+    pos = [] if val is None else [val] if isinstance(val, str) else list(val)
+    opt = list(getattr(args, f"{dest}_option") or [])
+    if not pos and not opt:
+        raise errors.Msg(f"no {what}: give {meta} (or {flag} {meta})")
+    if (pos and opt) or (not many and len(opt) > 1):
+        raise errors.Msg(f"the {what} twice ({', '.join(pos + opt)}): give {meta} or {flag} {meta}"
+                         + ("" if many else ", once"))  # fmt: skip
+    return pos + opt if many else (pos + opt)[0]
 
 
 def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Callable[[argparse.Namespace], int]) -> int:

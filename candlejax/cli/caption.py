@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from candlejax import errors
 from candlejax.cli._help import HelpFormatter
-from candlejax.cli._script import count, number, parser, run_script
+from candlejax.cli._script import add_image_argument, count, image_argument, number, parser, run_script
 
 __all__ = ["add_arguments", "blip_main", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", nargs="+", help="image files (several: captioned together, greedy)")
+    add_image_argument(p, "image files (several: captioned together, greedy)", many=True)
     p.add_argument("--model", required=True,
                    help="folder with config.json, *.safetensors (or one .gguf: quantized BLIP), tokenizer.json")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one in --model)")
@@ -30,10 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import ImageCaptioner
 
+    images = image_argument(args, many=True)
+    if args.top_p is not None and not args.temperature:  # (0 is greedy too, as Candle's LogitsProcessor)
+        raise errors.Msg("--top-p needs --temperature > 0 (without one, decoding is greedy)")
     cap = ImageCaptioner.from_pretrained(args.model, args.tokenizer, max_new_tokens=args.max_new_tokens,
                                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                          prompt=args.prompt)  # fmt: skip
-    images = args.image
     rows = cap.ids(images) if len(images) > 1 else [cap.ids(images[0])]
     for row in rows:
         print(cap.decode(row))  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from candlejax import errors
-from candlejax.cli.generate import Timer, add_model_arguments, compile_then_load, load
+from candlejax.cli.generate import Timer, add_model_arguments, compile_then_load, gguf_as_model, load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from candlejax.pipelines import processor_from
 
+    gguf_as_model(args)
     # a GGUF file: the turns' programs are compiled before the weights are loaded (as `generate`
     # does); prompts run in padded chunks, so any prompt's programs serve every turn
     abstract = bool(args.gguf)

@@ -9,14 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from candlejax.cli._help import HelpFormatter
-from candlejax.cli._script import count, parser, run_script
+from candlejax.cli._script import add_image_argument, count, image_argument, parser, run_script
 
 __all__ = ["add_arguments", "resnet_main", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="an image file")
-    p.add_argument("--weights", required=True, help="ResNet safetensors, torchvision/timm or Hugging Face names")
+    add_image_argument(p, "an image file")
+    p.add_argument("--weights", "--model", required=True,
+                   help="ResNet safetensors, torchvision/timm or HF names (--model: Candle's spelling)")  # fmt: skip
     p.add_argument("--which", choices=("18", "34", "50", "101", "152"), default=None,
                    help="ResNet depth (default: read from the weights)")  # fmt: skip
     p.add_argument("--top", type=count(1), default=5, help="how many classes to print")
@@ -26,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from candlejax.models import resnet
     from candlejax.vision import IMAGENET_CLASSES, load_image224
 
+    image = image_argument(args)
     net = resnet.load(args.weights, 1000, args.which)
-    logits = resnet.forward_jit(net, load_image224(args.image).unsqueeze(0)).numpy()[0]
+    logits = resnet.forward_jit(net, load_image224(image).unsqueeze(0)).numpy()[0]
     pr = np.exp(logits - logits.max())
     pr /= pr.sum()
     for i in np.argsort(-pr, kind="stable")[: args.top]:  # ties in class order, as Candle's sort_by

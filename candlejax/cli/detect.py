@@ -16,15 +16,17 @@ __all__ = ["add_arguments", "run", "yolo_main"]
 
 def add_arguments(p: argparse.ArgumentParser, task: str | None = None) -> None:
     p.add_argument("image", help="an image file")
-    p.add_argument("--weights", required=True, help="Ultralytics .pt checkpoint or .safetensors (Ultralytics names)")
+    p.add_argument("--weights", "--model", required=True,
+                   help="Ultralytics .pt checkpoint or .safetensors (Ultralytics names)")  # fmt: skip
     p.add_argument("--which", default=None, help="size n|s|m|l|x (default: read from the weights)")
     p.add_argument("--version", default=None, help="v8 or 11 (default: read from the weights)")
     if task is None:
         p.add_argument("--task", choices=("detect", "pose"), default=None, help="(default: read from the weights)")
     else:
         p.set_defaults(task=task)
-    p.add_argument("--conf", type=number(0.0, 1.0), default=0.25, help="confidence threshold")
-    p.add_argument("--iou", type=number(0.0, 1.0), default=0.45, help="IoU threshold of the NMS")
+    p.add_argument("--conf", "--confidence-threshold", type=number(0.0, 1.0), default=0.25,
+                   help="confidence threshold")  # fmt: skip
+    p.add_argument("--iou", "--nms-threshold", type=number(0.0, 1.0), default=0.45, help="IoU threshold of the NMS")
     p.add_argument("--imgsz", type=count(32), default=640, help="letterbox size (sides rounded up to multiples of 32)")
     p.add_argument("--out", default="out.jpg", help="where to write the annotated image")
 

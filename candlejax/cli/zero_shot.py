@@ -15,7 +15,8 @@ __all__ = ["add_arguments", "clip_main", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file")
     p.add_argument("--model", required=True, help="folder with config.json, *.safetensors, tokenizer.json")
-    p.add_argument("--labels", required=True, help='comma-separated labels, e.g. "a cat,a dog"')
+    p.add_argument("--labels", "--sequences", required=True,
+                   help='comma-separated labels, e.g. "a cat,a dog" (--sequences: Candle\'s spelling)')  # fmt: skip
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one in --model)")
 
 

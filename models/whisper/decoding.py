@@ -352,12 +352,13 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                no_speech_threshold: float | None = 0.6, tokenizer: WhisperTokenizer | None = None,
                progress: Callable[[float, float], None] | None = None,
-               mel_padding: str = "audio") -> Iterator[Segment]:  # fmt: skip
+               mel_padding: str = "audio", seed: int = 299792458) -> Iterator[Segment]:  # fmt: skip
     """Transcribe a sound file (any rate / channels) or 16 kHz mono float samples; yields :class:`Segment`s.
 
     ``temperature`` 0.0 is plain greedy; a sequence falls back through its values (OpenAI's
     default ``(0.0, 0.2, ..., 1.0)``). ``progress(done_seconds, total_seconds)`` is called per window.
     ``mel_padding``: ``"audio"`` (transformers) or ``"mel"`` (OpenAI, faster-whisper), see the module doc.
+    ``seed``: the sampling seed of the temperatures above 0 (Candle's whisper example: ``--seed``).
     A process that transcribes a lot gains ~15% from :func:`candlejax.xla.tune_malloc` (process-wide;
     ``candlejax transcribe`` calls it).
     """
@@ -366,7 +367,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     temps = (float(temperature),) if isinstance(temperature, (int, float)) else tuple(float(t) for t in temperature)
     if not temps or not all(math.isfinite(t) and t >= 0 for t in temps):  # (NaN passed `t < 0`)
         raise errors.Msg(f"whisper: temperatures must be finite numbers >= 0, got {temperature!r}")
-    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task)
+    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed)
     tok = dec.tok
     src = _source(path_or_pcm)
     n_mels = model.config.num_mel_bins

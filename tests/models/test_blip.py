@@ -379,6 +379,9 @@ def test_cli(pair, tmp_path, rng, capsys):
 
     assert cli.main(["caption", str(path), "--model", str(d), "--max-new-tokens", "8", "--ids"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-2:] == lines[-2:]
+    # Candle's blip example spells it --image FILE
+    assert cli.main(["caption", "--image", str(path), "--model", str(d), "--max-new-tokens", "8", "--ids"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == lines[-2:]
     # --prompt; several images: one caption (and ids line) each, as captioned alone
     prompted = blip.caption_ids(model, str(path), max_new_tokens=8, input_ids=[[1, 7, 9, SEP]])
     assert cli.main(["caption", str(path), str(path), "--model", str(d), "--max-new-tokens", "8", "--ids",

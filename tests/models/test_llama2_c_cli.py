@@ -299,6 +299,10 @@ def test_bad_files_exit_1_with_one_error_line(files, capsys, tmp_path):
     _one_error_line(err)
     rc, _, err = _run(capsys, "--config", files.bin, "--tokenizer", files.tokenizer, "--top-p", "0.9")
     assert rc == 1 and "--top-p needs --temperature" in err
+    # temperature 0 is greedy too (Candle's LogitsProcessor: ArgMax below 1e-7): the nucleus would do nothing
+    rc, _, err = _run(capsys, "--config", files.bin, "--tokenizer", files.tokenizer, "--top-p", "0.9",
+                      "--temperature", "0")  # fmt: skip
+    assert rc == 1 and "--top-p needs --temperature > 0" in err
     with pytest.raises(SystemExit) as e:
         cli.main(["llama2-c", "--config", files.bin, "--sample-len", "-1"])
     assert e.value.code == 2 and "must be >= 0" in capsys.readouterr().err

@@ -231,6 +231,9 @@ def test_load_reads_the_depth_and_either_naming(tmp_path, rng, capsys):
     lines = capsys.readouterr().out.splitlines()
     top = int(np.argmax(net.forward(vision.load_image224(img).unsqueeze(0)).numpy()[0]))
     assert len(lines) == 3 and lines[0].startswith(vision.IMAGENET_CLASSES[top])
+    # Candle's resnet example spells it --image FILE --model FILE
+    assert cli.main(["classify", "--image", str(img), "--model", str(hf), "--top", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
 
 
 def test_candle_no_final_layer_and_argument_order(rng):

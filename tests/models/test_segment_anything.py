@@ -280,6 +280,10 @@ def test_cli_overlays_the_mask(models, tmp_path, capsys) -> None:
 
     assert cli.main(["segment", str(tmp_path / "in.png"), "--point", pt, "--out", str(tmp_path / "o2.png")]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o2.png")), out)
+    # Candle's --use-tiny (MobileSAM, which the default weights are) gives the same mask
+    tiny = ["segment", str(tmp_path / "in.png"), "--point", pt, "--use-tiny", "--out", str(tmp_path / "o3.png")]
+    assert cli.main(tiny) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o3.png")), out)
     assert cli.main(["segment", str(tmp_path / "in.png")]) == 1
     assert "give at least one --point" in capsys.readouterr().err
 

@@ -658,3 +658,17 @@ def test_config_with_candles_fields_only_has_mlps_of_4_d_model():
         ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
     got = m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4, rtol=0)
+
+
+def test_transcribe_samples_with_the_given_seed(tmp_path):
+    """Candle's whisper example samples the temperature fallback with ``--seed`` (default 299792458)."""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    pcm = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+
+    def tokens(**kw):
+        segs = whisper.transcribe(m, pcm, temperature=1.0, language="en", no_speech_threshold=None,
+                                  compression_ratio_threshold=None, logprob_threshold=None, **kw)  # fmt: skip
+        return [s.tokens for s in segs]
+
+    assert tokens(seed=299792458) == tokens()
+    assert len({str(tokens(seed=s)) for s in range(4)}) > 1
