@@ -290,3 +290,41 @@ def test_transcribe_takes_candles_input_flag(monkeypatch, capsys):
     assert seen == ["a.wav", "b.wav"]
     assert cli.main(["transcribe", "--model", "m"]) == 1
     assert "no sound file: give FILE (or --input FILE)" in capsys.readouterr().err
+
+
+def test_every_command_takes_candles_cpu_flag(capsys):
+    """Each Candle example has ``--cpu`` (``candle_examples::device(args.cpu)``): every command takes it,
+    and the module entry points too."""
+    for name in cli._COMMANDS:
+        if name == "demo":
+            continue
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0 and "--cpu" in capsys.readouterr().out, name
+    from candlejax.cli import caption, classify, detect, segment, transcribe, zero_shot
+
+    for entry in (caption.blip_main, classify.resnet_main, detect.yolo_main, zero_shot.clip_main,
+                  segment.sam_main, lambda argv: transcribe.whisper_main(["transcribe", *argv])):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            entry(["--help"])
+        assert e.value.code == 0 and "--cpu" in capsys.readouterr().out, entry
+
+
+def test_cpu_flag_puts_the_work_on_the_cpu(tmp_path):
+    """``--cpu`` selects JAX's CPU backend before anything is placed (a fresh process: the flag changes
+    JAX's global configuration), and the command's output is the same."""
+    import subprocess
+
+    _tiny_llama_gguf(tmp_path / "m.gguf")
+    write_sentencepiece_tokenizer(tmp_path / "tokenizer.json", 64)
+    code = ("import sys, jax; from candlejax import cli; rc = cli.main(sys.argv[1:]); "
+            "print('platforms', jax.config.jax_platforms, jax.config.jax_default_device); sys.exit(rc)")  # fmt: skip
+    argv = ["generate", "--gguf", str(tmp_path / "m.gguf"), "--tokenizer", str(tmp_path / "tokenizer.json"),
+            "--prompt", "w17 w42", "-n", "5", "--quiet"]  # fmt: skip
+    outs = [subprocess.run([sys.executable, "-c", code, *argv, *extra], capture_output=True, text=True, timeout=300)
+            for extra in ([], ["--cpu"])]  # fmt: skip
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr[-2000:] for o in outs]
+    text = [o.stdout.rsplit("platforms", 1) for o in outs]
+    assert text[0][0] == text[1][0] and text[0][0].startswith("w17 w42 w")
+    assert text[0][1].split() == ["None", "None"]
+    assert text[1][1].split()[0] == "cpu" and "cpu" in text[1][1].split()[1].lower(), text[1][1]

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 
 from candlejax import errors
-from candlejax.cli._help import HelpFormatter
+from candlejax.cli._help import HelpFormatter, add_cpu_argument, use_cpu_if_asked
 from candlejax.xla import enable_compilation_cache, limit_malloc_arenas
 
 #: sub-command -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``
@@ -58,6 +58,7 @@ def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
             sp.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to python -m candlejax.demo")
         else:
             importlib.import_module(module).add_arguments(sp)
+            add_cpu_argument(sp)
     return p
 
 
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "candlejax") -> int:
         # is reused rather than spread over per-thread arenas (docs/performance.md)
         limit_malloc_arenas(1)
     try:
+        use_cpu_if_asked(args)
         enable_compilation_cache()  # programs compiled by an earlier run load from disk
         if args.command == "demo":
             rest = [a for a in args.rest if a != "--"]

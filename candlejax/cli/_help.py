@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter"]
+__all__ = ["HelpFormatter", "add_cpu_argument", "use_cpu_if_asked"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -16,3 +16,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text.lower() or action.required or not action.option_strings:
             return text
         return super()._get_help_string(action)
+
+
+def add_cpu_argument(p: argparse.ArgumentParser) -> None:
+    """Candle's examples' ``--cpu`` flag; read it with :func:`use_cpu_if_asked`."""
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when JAX sees a GPU (Candle's --cpu)")
+
+
+def use_cpu_if_asked(args: argparse.Namespace) -> None:
+    """With ``--cpu``: JAX uses only its CPU backend (no GPU is initialised when none was yet), and
+    arrays are placed on the CPU by default."""
+    if not getattr(args, "cpu", False):
+        return
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_default_device", jax.devices("cpu")[0])

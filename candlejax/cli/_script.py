@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from candlejax import errors
-from candlejax.cli._help import HelpFormatter
+from candlejax.cli._help import HelpFormatter, add_cpu_argument, use_cpu_if_asked
 from candlejax.cli.generate import _count as count
 from candlejax.cli.generate import _number as number
 from candlejax.xla import enable_compilation_cache
@@ -51,7 +51,9 @@ def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Call
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run; a candlejax error, a missing file or a bad
     value prints ``error: ...`` and returns 1 (``--debug`` shows the traceback)."""
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    add_cpu_argument(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    use_cpu_if_asked(args)
     enable_compilation_cache()
     try:
         return int(run(args) or 0)

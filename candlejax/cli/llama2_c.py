@@ -49,7 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-penalty", type=_number(0.0, lo_open=True), default=1.1,
                    help="divide the logits of recent tokens by this (1 = off)")  # fmt: skip
     p.add_argument("--repeat-last-n", type=_count(0), default=64, help="how many recent tokens the penalty sees")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when JAX sees a GPU")
     p.add_argument("--quiet", action="store_true", help="no config line and timing summary on stderr")
 
 

