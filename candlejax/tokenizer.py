@@ -355,6 +355,12 @@ def _text(text: Any, op: str, what: str = "text") -> str:
     return text
 
 
+def _flag(v: Any, op: str, what: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise errors.ArgumentType(f"tokenizer.{op}: {what} must be a bool, got {v!r:.40} ({type(v).__name__})")
+    return bool(v)
+
+
 def _token_id(i: Any, op: str) -> int:
     i = int_arg(i, f"tokenizer.{op}", "token id")
     if not 0 <= i < 2**32:
@@ -468,10 +474,14 @@ class ChatTemplate:
         msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
         if continue_final_message:
             if add_generation_prompt:
-                raise ValueError("continue_final_message and add_generation_prompt are not compatible")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message and add_generation_prompt are not compatible"
+                )
             final = msgs[-1].get("content") if msgs else None
             if not isinstance(final, str):
-                raise ValueError("continue_final_message needs a last message whose content is a string")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message needs a last message whose content is a string"
+                )
             msgs[-1]["content"] = final + _CONTINUE_TAG
         try:
             text = self._template.render(
@@ -483,7 +493,9 @@ class ChatTemplate:
         if continue_final_message:
             tag = _CONTINUE_TAG.strip()
             if final.strip() not in text or tag not in text:
-                raise ValueError("continue_final_message: the template does not write the final message's content")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message: the template does not write the final message's content"
+                )
             at = text.rindex(tag)
             # a template that trims the content also trimmed the tag's space: trim the content's end too
             text = text[:at] if text[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
@@ -701,10 +713,12 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
         """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says): a
         ``list[int]`` with Candle's ``get_ids()`` / ``get_tokens()`` (:class:`Encoding`)."""
+        add_special_tokens = _flag(add_special_tokens, "encode", "add_special_tokens")
         return Encoding(self.hf.encode(_text(text, "encode"), add_special_tokens=add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
         texts = [_text(t, "encode_batch") for t in ([texts] if isinstance(texts, str) else texts)]
+        add_special_tokens = _flag(add_special_tokens, "encode_batch", "add_special_tokens")
         return [Encoding(e) for e in self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def with_padding(self, padding: PaddingParams | None) -> Tokenizer:
@@ -762,7 +776,18 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip_special_tokens)
+        """The text of ``ids`` (``tokenizers``' ``decode``; ids past the vocabulary are skipped, as there)."""
+        skip = _flag(skip_special_tokens, "decode", "skip_special_tokens")
+        return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip)
+
+    def decode_batch(self, sentences: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+        """The text of each id list (``tokenizers``' ``decode_batch``, Candle: ``decode_batch(&ids, true)``)."""
+        skip = _flag(skip_special_tokens, "decode_batch", "skip_special_tokens")
+        if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+            raise errors.ArgumentType(
+                f"tokenizer.decode_batch: expected a list of token id lists, got {type(sentences).__name__}"
+            )
+        return self.hf.decode_batch([token_ids(s, "decode_batch") for s in sentences], skip_special_tokens=skip)
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -785,7 +810,10 @@ class Tokenizer:
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
         ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form);
         ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`).
-        transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list)."""
+        transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list); an empty
+        conversation raises, as there."""
+        if isinstance(messages, Sequence) and not isinstance(messages, str) and len(messages) == 0:
+            raise errors.InvalidArgument("tokenizer.apply_chat_template: empty conversation; give at least one message")
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         if not tokenize:
             return text
@@ -865,7 +893,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     p = Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
-        raise errors.Msg(f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}")
+        msg = f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}"
+        raise errors.NoSuchFile("load_tokenizer", file, message=msg)
     try:
         hf = HFTokenizer.from_file(os.fspath(file))
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file

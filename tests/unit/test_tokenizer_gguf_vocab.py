@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from sentencepiece_fixture import spm_gguf_metadata
 
@@ -211,3 +212,59 @@ def test_load_tokenizer_reads_special_tokens_map(tmp_path):
     # tokenizer_config.json's own values win
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|bos|>"}')
     assert load_tokenizer(tmp_path).eos_token == "<|bos|>"
+
+
+def test_empty_conversation_raises_like_transformers():
+    """transformers refuses an empty conversation (ValueError); rendering it gave an empty prompt."""
+    from transformers import PreTrainedTokenizerFast
+
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    with pytest.raises(ValueError, match="empty conversation"):
+        ref.apply_chat_template([], add_generation_prompt=True)
+    for tokenize in (True, False):
+        with pytest.raises(cj.errors.InvalidArgument, match="apply_chat_template: empty conversation"):
+            tok.apply_chat_template([], add_generation_prompt=True, tokenize=tokenize)
+
+
+def test_continue_final_message_errors_are_candlejax_errors():
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(cj.errors.InvalidArgument, match="not compatible"):
+        tok.apply_chat_template(msgs, continue_final_message=True, add_generation_prompt=True)
+    with pytest.raises(cj.errors.InvalidArgument, match="content is a string"):
+        tok.apply_chat_template([{"role": "user", "content": None}], continue_final_message=True)
+
+
+def test_decode_batch_like_tokenizers():
+    """Candle's examples call ``tokenizer.decode_batch(&ids, true)`` (modernbert)."""
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    batch = [_ids(tok.hf, t) for t in TEXTS]
+    batch[0] = [*batch[0], tok.token_to_id("<|eos|>")]
+    for skip in (True, False):
+        assert tok.decode_batch(batch, skip) == tok.hf.decode_batch(batch, skip_special_tokens=skip)
+    assert tok.decode_batch(batch) == [tok.decode(ids) for ids in batch]
+
+
+def test_bool_flags_and_missing_file_raise_candlejax_errors(tmp_path):
+    """A non-bool flag raised the tokenizers library's TypeError; a missing file is a FileNotFoundError."""
+    import candlejax as cj
+    from candlejax.tokenizer import load_tokenizer
+
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode: add_special_tokens must be a bool"):
+        tok.encode("hi", "yes")
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.decode: skip_special_tokens must be a bool"):
+        tok.decode([1], None)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.decode_batch: expected a list of token ids"):
+        tok.decode_batch([[1], "ab"])
+    assert tok.encode("Hello", add_special_tokens=np.bool_(False)) == tok.encode("Hello", False)
+    for missing in (tmp_path / "nope.json", tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json at"):
+            load_tokenizer(missing)
+        with pytest.raises(cj.errors.NoSuchFile):
+            Tokenizer.from_file(missing)
