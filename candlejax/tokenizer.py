@@ -635,6 +635,12 @@ class Encoding(list):
         return self.get_offsets()
 
 
+# transformers' apply_chat_template options for tokenizing, which this has no form for
+_UNSUPPORTED_CHAT_KWARGS = (
+    "return_tensors", "padding", "truncation", "max_length", "return_assistant_tokens_mask", "tokenizer_kwargs",
+)  # fmt: skip
+
+
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` (``.hf``) with its special token ids and chat template.
 
@@ -809,12 +815,21 @@ class Tokenizer:
         writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
         ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form);
-        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`).
+        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`);
+        ``chat_template=`` renders with that template source instead of the tokenizer's.
         transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list); an empty
         conversation raises, as there."""
         if isinstance(messages, Sequence) and not isinstance(messages, str) and len(messages) == 0:
             raise errors.InvalidArgument("tokenizer.apply_chat_template: empty conversation; give at least one message")
-        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        for k in _UNSUPPORTED_CHAT_KWARGS:
+            if kwargs.pop(k, None) not in (None, False, {}, "do_not_pad"):
+                raise errors.ArgumentType(
+                    f"tokenizer.apply_chat_template: {k}= is not supported: the ids come back as a list"
+                    " (wrap them in a Tensor, pad or cut them after)"
+                )
+        source = kwargs.pop("chat_template", None)
+        template = self.chat_template if source is None else ChatTemplate(source, self.special_tokens_map)
+        text = template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         if not tokenize:
             return text
         ids = self.encode(text, add_special_tokens=False)

@@ -268,3 +268,27 @@ def test_bool_flags_and_missing_file_raise_candlejax_errors(tmp_path):
             load_tokenizer(missing)
         with pytest.raises(cj.errors.NoSuchFile):
             Tokenizer.from_file(missing)
+
+
+def test_apply_chat_template_takes_a_template_argument_like_transformers():
+    """transformers' ``chat_template=`` renders with the template given; it reached the tokenizer's
+    own template as an unused variable. Tokenizing options candlejax has no form for
+    (``return_tensors``, ``padding``, ...) raise rather than being dropped."""
+    from transformers import PreTrainedTokenizerFast
+
+    import candlejax as cj
+
+    other = "{% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %}{{ eos_token }}"
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML, eos_token="<|eos|>")
+    msgs = [{"role": "user", "content": "Hello world"}]
+    for tokenize in (False, True):
+        got = tok.apply_chat_template(msgs, chat_template=other, tokenize=tokenize)
+        assert got == ref.apply_chat_template(msgs, chat_template=other, tokenize=tokenize, return_dict=False)
+    assert tok.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
+    bare = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))  # no template of its own
+    assert bare.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
+    for kw in ({"return_tensors": "np"}, {"padding": True}, {"max_length": 4}, {"truncation": True}):
+        with pytest.raises(cj.errors.ArgumentType, match=f"apply_chat_template: {next(iter(kw))}="):
+            tok.apply_chat_template(msgs, **kw)
+    assert tok.apply_chat_template(msgs, return_tensors=None, padding=False) == tok.apply_chat_template(msgs)
