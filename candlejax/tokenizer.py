@@ -21,6 +21,7 @@ the separate tokenizer file; a GGUF file however carries its tokenizer in its me
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
@@ -432,6 +433,13 @@ def _jinja_env() -> Any:
     return env
 
 
+def _message_dict(m: Any) -> Any:
+    """A dataclass message (``Message.user("Hi")``) as a dict of its fields, as transformers renders it."""
+    if dataclasses.is_dataclass(m) and not isinstance(m, type):
+        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    return m
+
+
 class ChatTemplate:
     """A Jinja chat template, rendered as ``transformers``' ``apply_chat_template`` renders it
     (sandboxed environment, ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``tojson``,
@@ -463,7 +471,7 @@ class ChatTemplate:
                 f"chat template: messages must be a list of {{'role': ..., 'content': ...}} dicts, got"
                 f" {type(messages).__name__}"
             )
-        messages = list(messages)
+        messages = [_message_dict(m) for m in messages]
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping):
                 raise errors.ArgumentType(

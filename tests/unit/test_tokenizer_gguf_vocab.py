@@ -292,3 +292,18 @@ def test_apply_chat_template_takes_a_template_argument_like_transformers():
         with pytest.raises(cj.errors.ArgumentType, match=f"apply_chat_template: {next(iter(kw))}="):
             tok.apply_chat_template(msgs, **kw)
     assert tok.apply_chat_template(msgs, return_tensors=None, padding=False) == tok.apply_chat_template(msgs)
+
+
+def test_apply_chat_template_takes_dataclass_messages_like_transformers():
+    """transformers renders dataclass messages (``candlejax.examples.chat_template.Message``, Candle's
+    ``Message::user(...)``) as their fields; they were refused as not being dicts."""
+    from transformers import PreTrainedTokenizerFast
+
+    from candlejax.examples.chat_template import Message
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    msgs = [Message.system("Be brief."), Message.user("Hello world")]
+    want = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == want
+    assert want.startswith("<|im_start|>system\nBe brief.<|im_end|>")
