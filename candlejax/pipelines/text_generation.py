@@ -249,13 +249,14 @@ def _ids_of_tail(tok: Any, full: str, start: int) -> list[int]:
     """The ids of ``full[start:]`` as tokenizing all of ``full`` gives them (transformers tokenizes the
     whole conversation): tokenized alone, the tail is the start of a text, where a SentencePiece
     tokenizer adds a ``▁`` that it does not add after a special token. The tail alone where no token
-    boundary falls at ``start``."""
+    boundary falls at ``start`` (offsets trimmed of spaces, as by a byte-level post-processor, included)."""
     if start == 0:
         return list(tok.encode(full, add_special_tokens=False))
     enc = tok.encode(full, add_special_tokens=False)
     offsets = enc.get_offsets()
     k = next((i for i, (a, _) in enumerate(offsets) if a >= start), len(offsets))
-    if all(b <= start for _, b in offsets[:k]):
+    at_boundary = (k == len(offsets) or offsets[k][0] == start) and (k == 0 or offsets[k - 1][1] == start)
+    if at_boundary and all(b <= start for _, b in offsets[:k]):
         return list(enc[k:])
     return list(tok.encode(full[start:], add_special_tokens=False))
 

@@ -142,3 +142,27 @@ def test_later_turn_ids_are_those_of_the_whole_conversation(template, finish):
     new = fed[1][0 if finish == "eos" else 1 :]  # (without the pending last reply id)
     assert new == whole[len(whole) - len(new) :]
     assert tok.decode(whole[: len(whole) - len(new)], False).endswith("the world</s>" if finish == "eos" else "world")
+
+
+def test_tail_ids_fall_back_where_offsets_leave_a_gap():
+    """A byte-level ``tokenizer.json`` trims the space off a token's offsets: a tail that starts
+    after a space must not take the whole-text token that holds that space too."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    from candlejax.pipelines.text_generation import _ids_of_tail
+    from candlejax.tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab |= {"He": 256, "ll": 257, "Hell": 258, "Hello": 259, "Ġw": 260, "or": 261, "Ġwor": 262, "ld": 263}
+    vocab["Ġworld"] = 264
+    hf = HFTokenizer(models.BPE(vocab, [("H", "e"), ("l", "l"), ("He", "ll"), ("Hell", "o"), ("Ġ", "w"), ("o", "r"),
+                               ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")]))  # fmt: skip
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=True)
+    tok = Tokenizer(hf)
+    assert tok.encode("Hello world").get_offsets()[1] == (6, 11)  # "Ġworld", its space trimmed off
+    assert _ids_of_tail(tok, "Hello world", 6) == tok.encode("world")  # not "Ġworld"
+    assert _ids_of_tail(tok, "Hello world", 5) == [264]
+    assert _ids_of_tail(tok, "Hello world", 0) == [259, 264]
