@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from candlejax import errors
 from candlejax.tensor._core import int_arg
 
@@ -73,8 +75,13 @@ class TokenOutputStream:
             raise errors.ArgumentType(
                 f"TokenOutputStream: expected a tokenizer (with decode), got {type(tokenizer).__name__}"
             )
+        if not isinstance(skip_special_tokens, (bool, np.bool_)):
+            raise errors.ArgumentType(
+                f"TokenOutputStream: skip_special_tokens must be a bool, got {skip_special_tokens!r:.40}"
+                f" ({type(skip_special_tokens).__name__})"
+            )
         self._tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
+        self.skip_special_tokens = bool(skip_special_tokens)
         ctx = [_token_id(t, "TokenOutputStream", "context token") for t in context]
         # the context's last id, and the skipped (special) ids before it back to one with text: a
         # window that starts at a skipped id would have its first new word's space stripped

@@ -734,6 +734,8 @@ def test_token_output_stream_context_ending_in_special_tokens(tmp_path):
         TokenOutputStream(tk, context=[5, -1])
     with pytest.raises(cj.errors.NotAnInteger, match="TokenOutputStream: context token must be an int"):
         TokenOutputStream(tk, context="ab")
+    with pytest.raises(cj.errors.ArgumentType, match="TokenOutputStream: skip_special_tokens must be a bool"):
+        TokenOutputStream(tk.hf, skip_special_tokens="yes")  # (the tokenizers library's TypeError at next_token)
 
 def test_streaming_generation_same_seed_same_text(byte_tokenizer):
     params, fresh, step, _ = _SHARED
