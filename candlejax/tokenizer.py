@@ -446,9 +446,16 @@ class ChatTemplate:
     ``strftime_now``; the special tokens are template variables)."""
 
     def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None) -> None:
+        import jinja2
+
+        if not isinstance(source, str):
+            raise errors.ArgumentType(f"chat template: the template must be a str, got {type(source).__name__}")
         self.source = source
         self.special_tokens = dict(special_tokens or {})
-        self._template = _jinja_env().from_string(source)
+        try:
+            self._template = _jinja_env().from_string(source)
+        except jinja2.exceptions.TemplateSyntaxError as e:  # transformers raises jinja's error: this is both
+            raise _render_error_type(type(e))(f"chat template: {type(e).__name__}: {e}") from e
 
     def render(
         self,
@@ -731,6 +738,8 @@ class Tokenizer:
         return Encoding(self.hf.encode(_text(text, "encode"), add_special_tokens=add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
+        if not isinstance(texts, str | Iterable):
+            raise errors.ArgumentType(f"tokenizer.encode_batch: expected a list of str, got {type(texts).__name__}")
         texts = [_text(t, "encode_batch") for t in ([texts] if isinstance(texts, str) else texts)]
         add_special_tokens = _flag(add_special_tokens, "encode_batch", "add_special_tokens")
         return [Encoding(e) for e in self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
@@ -913,6 +922,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     ``special_tokens_map.json``) and the chat template (or ``chat_template.jinja``/``chat_template.json``)."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    if not isinstance(path, str | os.PathLike):
+        raise errors.ArgumentType(f"load_tokenizer: expected a path, got {type(path).__name__}")
     p = Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():

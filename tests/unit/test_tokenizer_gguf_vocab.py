@@ -307,3 +307,31 @@ def test_apply_chat_template_takes_dataclass_messages_like_transformers():
     want = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == want
     assert want.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_more_bad_inputs_raise_candlejax_errors():
+    """These raised a bare TypeError, or jinja's TemplateSyntaxError (kept: the error is both)."""
+    import jinja2
+
+    import candlejax as cj
+    from candlejax.examples import chat_template as ct
+    from candlejax.tokenizer import ChatTemplate, load_tokenizer
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    with pytest.raises(cj.errors.ArgumentType, match=r"load_tokenizer: expected a path, got int"):
+        Tokenizer.from_file(123)
+    with pytest.raises(cj.errors.ArgumentType, match=r"load_tokenizer: expected a path, got NoneType"):
+        load_tokenizer(None)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode_batch: expected a list of str, got NoneType"):
+        tok.encode_batch(None)
+    with pytest.raises(cj.errors.ArgumentType, match="chat template: the template must be a str, got NoneType"):
+        ChatTemplate(None)
+    bad = "{% for %}"
+    for make in (lambda: ChatTemplate(bad), lambda: tok.apply_chat_template([{"role": "user"}], chat_template=bad)):
+        with pytest.raises(cj.Error, match="chat template: TemplateSyntaxError: Expected an expression") as e:
+            make()
+        assert isinstance(e.value, jinja2.TemplateSyntaxError)  # what transformers raises
+    with pytest.raises(ct.TemplateError, match=r"^Template error: Expected an expression"):  # Candle's wording
+        ct.ChatTemplate("{% for %}")
+    with pytest.raises(cj.errors.ArgumentType, match="chat template: messages must be a list"):
+        ct.ChatTemplate.chatml().apply(None)
