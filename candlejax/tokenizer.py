@@ -653,6 +653,7 @@ class Encoding(list):
 # transformers' apply_chat_template options for tokenizing, which this has no form for
 _UNSUPPORTED_CHAT_KWARGS = (
     "return_tensors", "padding", "truncation", "max_length", "return_assistant_tokens_mask", "tokenizer_kwargs",
+    "sanitize_control_tokens",
 )  # fmt: skip
 
 

@@ -288,7 +288,8 @@ def test_apply_chat_template_takes_a_template_argument_like_transformers():
     assert tok.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
     bare = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))  # no template of its own
     assert bare.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
-    for kw in ({"return_tensors": "np"}, {"padding": True}, {"max_length": 4}, {"truncation": True}):
+    for kw in ({"return_tensors": "np"}, {"padding": True}, {"max_length": 4}, {"truncation": True},
+               {"sanitize_control_tokens": True}):  # fmt: skip
         with pytest.raises(cj.errors.ArgumentType, match=f"apply_chat_template: {next(iter(kw))}="):
             tok.apply_chat_template(msgs, **kw)
     assert tok.apply_chat_template(msgs, return_tensors=None, padding=False) == tok.apply_chat_template(msgs)
