@@ -828,7 +828,7 @@ class Tokenizer:
         tokenize: bool = True,
         return_dict: bool = False,
         **kwargs: Any,
-    ) -> str | list[int] | dict[str, list[int]]:
+    ) -> str | list[int] | dict[str, Any] | list[Any]:
         """Render ``messages`` with the chat template: ids (``tokenize=True``, the default; the template
         writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
@@ -836,9 +836,14 @@ class Tokenizer:
         ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`);
         ``chat_template=`` renders with that template source instead of the tokenizer's.
         transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list); an empty
-        conversation raises, as there."""
+        conversation raises, as there; a list of conversations gives a list of results."""
         if isinstance(messages, Sequence) and not isinstance(messages, str) and len(messages) == 0:
             raise errors.InvalidArgument("tokenizer.apply_chat_template: empty conversation; give at least one message")
+        if isinstance(messages, Sequence) and not isinstance(messages, str) and isinstance(messages[0], list | tuple):
+            out = [self.apply_chat_template(c, add_generation_prompt, tokenize, False, **kwargs) for c in messages]
+            if return_dict and tokenize:
+                return {"input_ids": out, "attention_mask": [[1] * len(ids) for ids in out]}
+            return out
         for k in _UNSUPPORTED_CHAT_KWARGS:
             if kwargs.pop(k, None) not in (None, False, {}, "do_not_pad"):
                 raise errors.ArgumentType(

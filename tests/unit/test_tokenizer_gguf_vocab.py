@@ -336,3 +336,19 @@ def test_more_bad_inputs_raise_candlejax_errors():
         ct.ChatTemplate("{% for %}")
     with pytest.raises(cj.errors.ArgumentType, match="chat template: messages must be a list"):
         ct.ChatTemplate.chatml().apply(None)
+
+
+def test_apply_chat_template_batch_of_conversations_like_transformers():
+    """transformers renders a list of conversations as a batch; it was refused."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    batch = [[{"role": "user", "content": "Hello world"}],
+             [{"role": "system", "content": "s"}, {"role": "user", "content": "Hello"}]]  # fmt: skip
+    for tokenize in (False, True):
+        got = tok.apply_chat_template(batch, add_generation_prompt=True, tokenize=tokenize)
+        assert got == ref.apply_chat_template(batch, add_generation_prompt=True, tokenize=tokenize, return_dict=False)
+    got = tok.apply_chat_template(batch, return_dict=True)
+    want = ref.apply_chat_template(batch, return_dict=True)
+    assert got == {"input_ids": want["input_ids"], "attention_mask": want["attention_mask"]}
