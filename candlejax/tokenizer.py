@@ -370,13 +370,18 @@ def _token_id(i: Any, op: str) -> int:
 
 
 def token_ids(ids: Any, op: str) -> list[int]:
-    """Token ids as a list of ints: a list, a numpy / jax array or a Tensor of integers; floats,
-    strings, negative or too large ids raise, naming ``op``."""
+    """Token ids as a list of ints: a list, a numpy / jax array or a Tensor of integers (one row);
+    floats, strings, negative or too large ids, several rows raise, naming ``op``."""
     v = getattr(ids, "_a", ids)
     if hasattr(v, "shape") and hasattr(v, "dtype"):
         v = np.asarray(v)
         if v.dtype.kind not in "iu":
             raise errors.ArgumentType(f"tokenizer.{op}: token ids must be integers, got an array of {v.dtype}")
+        if v.ndim > 1 and v.size and v.size != v.shape[-1]:
+            raise errors.InvalidArgument(
+                f"tokenizer.{op}: takes one sequence of ids, got an array of shape {v.shape}"
+                f" ({v.size // v.shape[-1]} rows); decode each row, or use decode_batch"
+            )
         v = v.reshape(-1).tolist()
     elif isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
         raise errors.ArgumentType(f"tokenizer.{op}: expected a list of token ids, got {type(ids).__name__}")

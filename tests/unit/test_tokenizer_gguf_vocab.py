@@ -352,3 +352,18 @@ def test_apply_chat_template_batch_of_conversations_like_transformers():
     got = tok.apply_chat_template(batch, return_dict=True)
     want = ref.apply_chat_template(batch, return_dict=True)
     assert got == {"input_ids": want["input_ids"], "attention_mask": want["attention_mask"]}
+
+
+def test_decode_refuses_a_batch_of_rows():
+    """A (2, n) array was flattened and decoded as one text, the rows run together (transformers
+    decodes each row; Candle's ``decode`` takes one sequence): it raises, naming ``decode_batch``."""
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    rows = np.array([_ids(tok.hf, "Hello"), _ids(tok.hf, "world")[:1]])
+    with pytest.raises(cj.errors.InvalidArgument, match=r"decode: .*shape \(2, 1\) \(2 rows\).*decode_batch"):
+        tok.decode(rows)
+    with pytest.raises(cj.errors.InvalidArgument, match="decode_batch"):
+        tok.decode(cj.Tensor(rows.astype(np.uint32)))
+    assert tok.decode_batch(rows) == [tok.decode(r) for r in rows]
+    assert tok.decode(rows[:1]) == tok.decode(rows[0])  # one row: its text
