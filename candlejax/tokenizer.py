@@ -21,6 +21,7 @@ the separate tokenizer file; a GGUF file however carries its tokenizer in its me
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
@@ -355,6 +356,12 @@ def _text(text: Any, op: str, what: str = "text") -> str:
     return text
 
 
+def _flag(v: Any, op: str, what: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise errors.ArgumentType(f"tokenizer.{op}: {what} must be a bool, got {v!r:.40} ({type(v).__name__})")
+    return bool(v)
+
+
 def _token_id(i: Any, op: str) -> int:
     i = int_arg(i, f"tokenizer.{op}", "token id")
     if not 0 <= i < 2**32:
@@ -363,13 +370,18 @@ def _token_id(i: Any, op: str) -> int:
 
 
 def token_ids(ids: Any, op: str) -> list[int]:
-    """Token ids as a list of ints: a list, a numpy / jax array or a Tensor of integers; floats,
-    strings, negative or too large ids raise, naming ``op``."""
+    """Token ids as a list of ints: a list, a numpy / jax array or a Tensor of integers (one row);
+    floats, strings, negative or too large ids, several rows raise, naming ``op``."""
     v = getattr(ids, "_a", ids)
     if hasattr(v, "shape") and hasattr(v, "dtype"):
         v = np.asarray(v)
         if v.dtype.kind not in "iu":
             raise errors.ArgumentType(f"tokenizer.{op}: token ids must be integers, got an array of {v.dtype}")
+        if v.ndim > 1 and v.size and v.size != v.shape[-1]:
+            raise errors.InvalidArgument(
+                f"tokenizer.{op}: takes one sequence of ids, got an array of shape {v.shape}"
+                f" ({v.size // v.shape[-1]} rows); decode each row, or use decode_batch"
+            )
         v = v.reshape(-1).tolist()
     elif isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
         raise errors.ArgumentType(f"tokenizer.{op}: expected a list of token ids, got {type(ids).__name__}")
@@ -426,15 +438,29 @@ def _jinja_env() -> Any:
     return env
 
 
+def _message_dict(m: Any) -> Any:
+    """A dataclass message (``Message.user("Hi")``) as a dict of its fields, as transformers renders it."""
+    if dataclasses.is_dataclass(m) and not isinstance(m, type):
+        return {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    return m
+
+
 class ChatTemplate:
     """A Jinja chat template, rendered as ``transformers``' ``apply_chat_template`` renders it
     (sandboxed environment, ``trim_blocks``/``lstrip_blocks``, ``raise_exception``, ``tojson``,
     ``strftime_now``; the special tokens are template variables)."""
 
     def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None) -> None:
+        import jinja2
+
+        if not isinstance(source, str):
+            raise errors.ArgumentType(f"chat template: the template must be a str, got {type(source).__name__}")
         self.source = source
         self.special_tokens = dict(special_tokens or {})
-        self._template = _jinja_env().from_string(source)
+        try:
+            self._template = _jinja_env().from_string(source)
+        except jinja2.exceptions.TemplateSyntaxError as e:  # transformers raises jinja's error: this is both
+            raise _render_error_type(type(e))(f"chat template: {type(e).__name__}: {e}") from e
 
     def render(
         self,
@@ -457,7 +483,7 @@ class ChatTemplate:
                 f"chat template: messages must be a list of {{'role': ..., 'content': ...}} dicts, got"
                 f" {type(messages).__name__}"
             )
-        messages = list(messages)
+        messages = [_message_dict(m) for m in messages]
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping):
                 raise errors.ArgumentType(
@@ -468,10 +494,14 @@ class ChatTemplate:
         msgs = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
         if continue_final_message:
             if add_generation_prompt:
-                raise ValueError("continue_final_message and add_generation_prompt are not compatible")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message and add_generation_prompt are not compatible"
+                )
             final = msgs[-1].get("content") if msgs else None
             if not isinstance(final, str):
-                raise ValueError("continue_final_message needs a last message whose content is a string")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message needs a last message whose content is a string"
+                )
             msgs[-1]["content"] = final + _CONTINUE_TAG
         try:
             text = self._template.render(
@@ -483,7 +513,9 @@ class ChatTemplate:
         if continue_final_message:
             tag = _CONTINUE_TAG.strip()
             if final.strip() not in text or tag not in text:
-                raise ValueError("continue_final_message: the template does not write the final message's content")
+                raise errors.InvalidArgument(
+                    "chat template: continue_final_message: the template does not write the final message's content"
+                )
             at = text.rindex(tag)
             # a template that trims the content also trimmed the tag's space: trim the content's end too
             text = text[:at] if text[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
@@ -623,6 +655,13 @@ class Encoding(list):
         return self.get_offsets()
 
 
+# transformers' apply_chat_template options for tokenizing, which this has no form for
+_UNSUPPORTED_CHAT_KWARGS = (
+    "return_tensors", "padding", "truncation", "max_length", "return_assistant_tokens_mask", "tokenizer_kwargs",
+    "sanitize_control_tokens",
+)  # fmt: skip
+
+
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` (``.hf``) with its special token ids and chat template.
 
@@ -701,10 +740,14 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
         """Token ids of ``text`` (BOS/EOS added as the tokenizer's post-processor says): a
         ``list[int]`` with Candle's ``get_ids()`` / ``get_tokens()`` (:class:`Encoding`)."""
+        add_special_tokens = _flag(add_special_tokens, "encode", "add_special_tokens")
         return Encoding(self.hf.encode(_text(text, "encode"), add_special_tokens=add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
+        if not isinstance(texts, str | Iterable):
+            raise errors.ArgumentType(f"tokenizer.encode_batch: expected a list of str, got {type(texts).__name__}")
         texts = [_text(t, "encode_batch") for t in ([texts] if isinstance(texts, str) else texts)]
+        add_special_tokens = _flag(add_special_tokens, "encode_batch", "add_special_tokens")
         return [Encoding(e) for e in self.hf.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def with_padding(self, padding: PaddingParams | None) -> Tokenizer:
@@ -762,7 +805,18 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip_special_tokens)
+        """The text of ``ids`` (``tokenizers``' ``decode``; ids past the vocabulary are skipped, as there)."""
+        skip = _flag(skip_special_tokens, "decode", "skip_special_tokens")
+        return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip)
+
+    def decode_batch(self, sentences: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+        """The text of each id list (``tokenizers``' ``decode_batch``, Candle: ``decode_batch(&ids, true)``)."""
+        skip = _flag(skip_special_tokens, "decode_batch", "skip_special_tokens")
+        if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+            raise errors.ArgumentType(
+                f"tokenizer.decode_batch: expected a list of token id lists, got {type(sentences).__name__}"
+            )
+        return self.hf.decode_batch([token_ids(s, "decode_batch") for s in sentences], skip_special_tokens=skip)
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -779,14 +833,31 @@ class Tokenizer:
         tokenize: bool = True,
         return_dict: bool = False,
         **kwargs: Any,
-    ) -> str | list[int] | dict[str, list[int]]:
+    ) -> str | list[int] | dict[str, Any] | list[Any]:
         """Render ``messages`` with the chat template: ids (``tokenize=True``, the default; the template
         writes any BOS itself, so no special tokens are added) or the text (``tokenize=False``).
         ``add_generation_prompt=True`` ends with the assistant's header, ready to generate after;
         ``return_dict=True`` gives ``{"input_ids", "attention_mask"}`` (transformers 5's default form);
-        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`).
-        transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list)."""
-        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        ``continue_final_message=True`` leaves the last message open (see :meth:`ChatTemplate.render`);
+        ``chat_template=`` renders with that template source instead of the tokenizer's.
+        transformers: ``tokenizer.apply_chat_template`` (its defaults, ids as a list); an empty
+        conversation raises, as there; a list of conversations gives a list of results."""
+        if isinstance(messages, Sequence) and not isinstance(messages, str) and len(messages) == 0:
+            raise errors.InvalidArgument("tokenizer.apply_chat_template: empty conversation; give at least one message")
+        if isinstance(messages, Sequence) and not isinstance(messages, str) and isinstance(messages[0], list | tuple):
+            out = [self.apply_chat_template(c, add_generation_prompt, tokenize, False, **kwargs) for c in messages]
+            if return_dict and tokenize:
+                return {"input_ids": out, "attention_mask": [[1] * len(ids) for ids in out]}
+            return out
+        for k in _UNSUPPORTED_CHAT_KWARGS:
+            if kwargs.pop(k, None) not in (None, False, {}, "do_not_pad"):
+                raise errors.ArgumentType(
+                    f"tokenizer.apply_chat_template: {k}= is not supported: the ids come back as a list"
+                    " (wrap them in a Tensor, pad or cut them after)"
+                )
+        source = kwargs.pop("chat_template", None)
+        template = self.chat_template if source is None else ChatTemplate(source, self.special_tokens_map)
+        text = template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
         if not tokenize:
             return text
         ids = self.encode(text, add_special_tokens=False)
@@ -862,10 +933,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     ``special_tokens_map.json``) and the chat template (or ``chat_template.jinja``/``chat_template.json``)."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    if not isinstance(path, str | os.PathLike):
+        raise errors.ArgumentType(f"load_tokenizer: expected a path, got {type(path).__name__}")
     p = Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
-        raise errors.Msg(f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}")
+        msg = f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}"
+        raise errors.NoSuchFile("load_tokenizer", file, message=msg)
     try:
         hf = HFTokenizer.from_file(os.fspath(file))
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file

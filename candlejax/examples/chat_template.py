@@ -118,10 +118,6 @@ class ChatTemplateOptions:
         return dataclasses.replace(self, enable_thinking=True, extra_context=dict(self.extra_context))
 
 
-def _as_dict(m: Message | Mapping[str, Any]) -> dict[str, Any]:
-    return dataclasses.asdict(m) if isinstance(m, Message) else dict(m)
-
-
 def _token(v: Any) -> str:
     """A special token from tokenizer_config.json: a string or ``{"content": ...}``."""
     if isinstance(v, Mapping):
@@ -192,8 +188,8 @@ class ChatTemplate:
 
         try:
             self._jinja = _Jinja(template, {"bos_token": bos_token, "eos_token": eos_token})
-        except jinja2.TemplateError as e:
-            raise TemplateError(f"Template error: {e}") from None
+        except jinja2.TemplateError as e:  # (candlejax's error names the template; Candle's wording is jinja's)
+            raise TemplateError(f"Template error: {e.__cause__ or e}") from None
         self.bos_token, self.eos_token = bos_token, eos_token
 
     @property
@@ -290,7 +286,7 @@ class ChatTemplate:
             )
         try:
             text = self._jinja.render(
-                [_as_dict(m) for m in messages],
+                messages,
                 add_generation_prompt=o.add_generation_prompt,
                 **{
                     **o.extra_context,

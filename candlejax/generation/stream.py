@@ -10,8 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from candlejax import errors
 from candlejax.tensor._core import int_arg
+
+
+def _token_id(token: Any, op: str, what: str) -> int:
+    """A token id (an int in u32's range), or a candlejax error naming ``op``."""
+    token = int_arg(token, op, what)
+    if not 0 <= token < 2**32:
+        raise errors.InvalidArgument(f"{op}: {what.replace('token', 'token id')} {token} is out of range (u32)")
+    return token
 
 
 class _TokenizerHandle:
@@ -55,8 +65,9 @@ class TokenOutputStream:
     """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, context: Sequence[int] = ()) -> None:
-        """``context``: ids already shown before the stream (the prompt); its last id is decoded
-        with the first new ones, so that their text continues it. A SentencePiece decoder strips
+        """``context``: ids already shown before the stream (the prompt); its last id (and the
+        special ids before it back to one with text) is decoded with the first new ones, so that
+        their text continues it. A SentencePiece decoder strips
         the leading space of a text's first token: without a context, ``"▁time"`` after the prompt
         ``"Once upon a"`` comes out as ``"time"`` (Candle's stream does so); with it, ``" time"``,
         as ``tokenizer.decode(prompt + new)`` and transformers' ``TextStreamer`` give."""
@@ -64,10 +75,21 @@ class TokenOutputStream:
             raise errors.ArgumentType(
                 f"TokenOutputStream: expected a tokenizer (with decode), got {type(tokenizer).__name__}"
             )
+        if not isinstance(skip_special_tokens, (bool, np.bool_)):
+            raise errors.ArgumentType(
+                f"TokenOutputStream: skip_special_tokens must be a bool, got {skip_special_tokens!r:.40}"
+                f" ({type(skip_special_tokens).__name__})"
+            )
         self._tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self._n_context = min(len(context), 1)
-        self.tokens: list[int] = [int(t) for t in list(context)[len(context) - self._n_context :]]
+        self.skip_special_tokens = bool(skip_special_tokens)
+        ctx = [_token_id(t, "TokenOutputStream", "context token") for t in context]
+        # the context's last id, and the skipped (special) ids before it back to one with text: a
+        # window that starts at a skipped id would have its first new word's space stripped
+        n = min(len(ctx), 1)
+        while n < min(len(ctx), 16) and not self._decode([ctx[-n]]):
+            n += 1
+        self._n_context = n
+        self.tokens: list[int] = ctx[len(ctx) - n :]
         self.prev_index = 0
         self.current_index = len(self.tokens)
 
@@ -92,10 +114,7 @@ class TokenOutputStream:
     def next_token(self, token: int) -> str | None:
         """Add ``token``; return the new complete text, or ``None`` if there is none yet."""
         prev_text = self._decode(self.tokens[self.prev_index : self.current_index]) if self.tokens else ""
-        token = int_arg(token, "TokenOutputStream.next_token", "token")
-        if not 0 <= token < 2**32:
-            raise errors.InvalidArgument(f"TokenOutputStream.next_token: token id {token} is out of range (u32)")
-        self.tokens.append(token)
+        self.tokens.append(_token_id(token, "TokenOutputStream.next_token", "token"))
         text = self._decode(self.tokens[self.prev_index :])
         if len(text) > len(prev_text) and not text.endswith("\ufffd"):
             self.prev_index = self.current_index

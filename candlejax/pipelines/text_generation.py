@@ -214,7 +214,7 @@ class TextGeneration:
             else:  # the last call was a plain stream(): what the cache holds, decoded
                 held = tok.decode([*self.history, *prev.continuation()], skip_special_tokens=False)
             text = full[_common_prefix_len(full, held) :]
-        ids = tok.encode(text, add_special_tokens=False)
+        ids = _ids_of_tail(tok, full, len(full) - len(text))
         before = self.generation
         try:
             yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
@@ -243,6 +243,22 @@ def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> lis
             f" ({type(bad[0]).__name__}) among the ids"
         )
     return [int(t) for t in ids]
+
+
+def _ids_of_tail(tok: Any, full: str, start: int) -> list[int]:
+    """The ids of ``full[start:]`` as tokenizing all of ``full`` gives them (transformers tokenizes the
+    whole conversation): tokenized alone, the tail is the start of a text, where a SentencePiece
+    tokenizer adds a ``▁`` that it does not add after a special token. The tail alone where no token
+    boundary falls at ``start`` (offsets trimmed of spaces, as by a byte-level post-processor, included)."""
+    if start == 0:
+        return list(tok.encode(full, add_special_tokens=False))
+    enc = tok.encode(full, add_special_tokens=False)
+    offsets = enc.get_offsets()
+    k = next((i for i, (a, _) in enumerate(offsets) if a >= start), len(offsets))
+    at_boundary = (k == len(offsets) or offsets[k][0] == start) and (k == 0 or offsets[k - 1][1] == start)
+    if at_boundary and all(b <= start for _, b in offsets[:k]):
+        return list(enc[k:])
+    return list(tok.encode(full[start:], add_special_tokens=False))
 
 
 def _common_prefix_len(a: str, b: str) -> int:

@@ -712,6 +712,31 @@ def test_token_output_stream_context_joins_the_text_on_to_the_prompt(byte_tokeni
     assert "".join(TokenOutputStream(byte_tokenizer, context=ids[:6]).stream(ids[6:])) == " x"
 
 
+
+def test_token_output_stream_context_ending_in_special_tokens(tmp_path):
+    """A prompt that ends in a special token (skipped when decoding): the new text still continues
+    the prompt's, as ``decode(prompt + new)`` and transformers' ``TextStreamer`` give; the first
+    new word lost its space (the decoder's Strip saw it as the text's first token)."""
+    from sentencepiece_fixture import write_sentencepiece_tokenizer
+
+    from candlejax.tokenizer import load_tokenizer
+
+    write_sentencepiece_tokenizer(tmp_path / "tokenizer.json", 50)
+    tk = load_tokenizer(tmp_path)
+    rng = np.random.default_rng(0)
+    randoms = [rng.integers(0, 50, 5).tolist() for _ in range(40)]
+    for ctx in ([16, 43, 2], [36, 1], [3, 26, 32, 2, 1, 2], [1], [2, 2], *randoms):
+        new = rng.integers(0, 50, 6).tolist()
+        want = tk.decode(ctx + new)[len(tk.decode(ctx)) :]
+        assert tk.decode(ctx + new).startswith(tk.decode(ctx))
+        assert "".join(TokenOutputStream(tk, context=ctx).stream(new)) == want, (ctx, new)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"TokenOutputStream: context token id -1 is out of range"):
+        TokenOutputStream(tk, context=[5, -1])
+    with pytest.raises(cj.errors.NotAnInteger, match="TokenOutputStream: context token must be an int"):
+        TokenOutputStream(tk, context="ab")
+    with pytest.raises(cj.errors.ArgumentType, match="TokenOutputStream: skip_special_tokens must be a bool"):
+        TokenOutputStream(tk.hf, skip_special_tokens="yes")  # (the tokenizers library's TypeError at next_token)
+
 def test_streaming_generation_same_seed_same_text(byte_tokenizer):
     params, fresh, step, _ = _SHARED
 

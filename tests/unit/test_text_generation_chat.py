@@ -74,8 +74,9 @@ def test_second_turn_feeds_only_the_new_message_sentencepiece(finish):
     assert fed[0] == tok.apply_chat_template([{"role": "user", "content": "the"}], add_generation_prompt=True)
     "".join(tg.chat_turn("world", 8))
     pending = [] if finish == "eos" else [reply[-1]]  # the last id, not yet in the cache
-    end = "" if finish == "eos" else "</s>"  # (the EOS the template writes after the reply)
-    assert fed[1] == [*pending, *tok.encode(end + "[INST] world [/INST]", add_special_tokens=False)]
+    # the EOS the template writes after the reply; "[INST]" follows it, so has no "▁" (transformers)
+    after_eos = tok.encode("</s>[INST] world [/INST]", add_special_tokens=False)
+    assert fed[1] == [*pending, *(after_eos[1:] if finish == "eos" else after_eos)]
     assert tg.messages[1] == {"role": "assistant", "content": "the world"}
 
 
@@ -111,4 +112,57 @@ def test_messages_kept_when_the_caller_stops_early():
     turn.close()  # a client that hung up after the first piece
     assert tg.messages[-1] == {"role": "assistant", "content": "the world"}
     "".join(tg.chat_turn("world", 8))
-    assert fed[1] == tok.encode("[INST] world [/INST]", add_special_tokens=False)
+    assert fed[1] == tok.encode("</s>[INST] world [/INST]", add_special_tokens=False)[1:]  # after the EOS
+
+
+ZEPHYR = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [INST, ZEPHYR])
+@pytest.mark.parametrize("finish", ["eos", "length"])
+def test_later_turn_ids_are_those_of_the_whole_conversation(template, finish):
+    """transformers tokenizes the whole conversation: after a special token (the reply's ``</s>``) a
+    SentencePiece tokenizer adds no ``▁``. The new turn's text was tokenized alone, as the start of
+    a text, and fed the model an extra ``▁`` there (TinyLlama's ``</s>\\n<|user|>``: ``▁``, ``\\n``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _spm_tokenizer(template)
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, bos_token="<s>", eos_token="</s>", chat_template=template)
+    reply = tok.encode("the world", add_special_tokens=False)
+    tg = _tg(tok)
+    fed = _stub(tg, [(reply, 2 if finish == "eos" else None), ([5], None)])
+    "".join(tg.chat_turn("the", 8))
+    "".join(tg.chat_turn("world", 8))
+    msgs = [{"role": "user", "content": "the"}, {"role": "assistant", "content": "the world"},
+            {"role": "user", "content": "world"}]  # fmt: skip
+    whole = ref.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
+    new = fed[1][0 if finish == "eos" else 1 :]  # (without the pending last reply id)
+    assert new == whole[len(whole) - len(new) :]
+    assert tok.decode(whole[: len(whole) - len(new)], False).endswith("the world</s>" if finish == "eos" else "world")
+
+
+def test_tail_ids_fall_back_where_offsets_leave_a_gap():
+    """A byte-level ``tokenizer.json`` trims the space off a token's offsets: a tail that starts
+    after a space must not take the whole-text token that holds that space too."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    from candlejax.pipelines.text_generation import _ids_of_tail
+    from candlejax.tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab |= {"He": 256, "ll": 257, "Hell": 258, "Hello": 259, "Ġw": 260, "or": 261, "Ġwor": 262, "ld": 263}
+    vocab["Ġworld"] = 264
+    hf = HFTokenizer(models.BPE(vocab, [("H", "e"), ("l", "l"), ("He", "ll"), ("Hell", "o"), ("Ġ", "w"), ("o", "r"),
+                               ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")]))  # fmt: skip
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.post_processor = processors.ByteLevel(trim_offsets=True)
+    tok = Tokenizer(hf)
+    assert tok.encode("Hello world").get_offsets()[1] == (6, 11)  # "Ġworld", its space trimmed off
+    assert _ids_of_tail(tok, "Hello world", 6) == tok.encode("world")  # not "Ġworld"
+    assert _ids_of_tail(tok, "Hello world", 5) == [264]
+    assert _ids_of_tail(tok, "Hello world", 0) == [259, 264]

@@ -247,6 +247,28 @@ def test_token_output_stream_smollm(tok):
     assert "".join(raw.stream(ids)) == text
 
 
+
+@pytest.mark.parametrize("kind", ["smollm2", "sentencepiece"])
+def test_token_output_stream_pieces_join_to_the_full_decode(tok, kind):
+    """Property: for many token sequences (multi-byte characters split over byte tokens, spaces at
+    token starts, "▁" pieces, special tokens anywhere), the streamed pieces plus ``decode_rest``
+    equal ``tokenizer.decode`` of all the ids, and no piece holds half a character."""
+    import random
+
+    if kind == "sentencepiece":
+        tok = Tokenizer.from_gguf_metadata(_spm_meta())
+    rng = random.Random(0)
+    words = ["hello", " world", "😀", "日本語", " é", "\n", "  ", "ok!", ",", " the", "👍🏽", " 12", "Россия"]
+    specials = [i for i in (tok.token_to_id(t) for t in ("<|im_start|>", "<|im_end|>", "<s>", "</s>")) if i is not None]
+    for _ in range(150):
+        ids = list(tok.encode("".join(rng.choice(words) for _ in range(rng.randint(1, 10))), rng.random() < 0.5))
+        for _ in range(rng.randint(0, 2)):
+            ids.insert(rng.randint(0, len(ids)), rng.choice(specials))
+        stream = TokenOutputStream(tok)
+        pieces = [p for p in (stream.next_token(i) for i in ids) if p is not None]
+        assert all("\ufffd" not in p for p in pieces), ids
+        assert "".join(pieces) + (stream.decode_rest() or "") == tok.decode(ids) == stream.decode_all(), ids
+
 def test_bytes_to_unicode_table():
     t = bytes_to_unicode()
     assert len(t) == 256 and len(set(t.values())) == 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from sentencepiece_fixture import spm_gguf_metadata
 
@@ -211,3 +212,158 @@ def test_load_tokenizer_reads_special_tokens_map(tmp_path):
     # tokenizer_config.json's own values win
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|bos|>"}')
     assert load_tokenizer(tmp_path).eos_token == "<|bos|>"
+
+
+def test_empty_conversation_raises_like_transformers():
+    """transformers refuses an empty conversation (ValueError); rendering it gave an empty prompt."""
+    from transformers import PreTrainedTokenizerFast
+
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    with pytest.raises(ValueError, match="empty conversation"):
+        ref.apply_chat_template([], add_generation_prompt=True)
+    for tokenize in (True, False):
+        with pytest.raises(cj.errors.InvalidArgument, match="apply_chat_template: empty conversation"):
+            tok.apply_chat_template([], add_generation_prompt=True, tokenize=tokenize)
+
+
+def test_continue_final_message_errors_are_candlejax_errors():
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(cj.errors.InvalidArgument, match="not compatible"):
+        tok.apply_chat_template(msgs, continue_final_message=True, add_generation_prompt=True)
+    with pytest.raises(cj.errors.InvalidArgument, match="content is a string"):
+        tok.apply_chat_template([{"role": "user", "content": None}], continue_final_message=True)
+
+
+def test_decode_batch_like_tokenizers():
+    """Candle's examples call ``tokenizer.decode_batch(&ids, true)`` (modernbert)."""
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    batch = [_ids(tok.hf, t) for t in TEXTS]
+    batch[0] = [*batch[0], tok.token_to_id("<|eos|>")]
+    for skip in (True, False):
+        assert tok.decode_batch(batch, skip) == tok.hf.decode_batch(batch, skip_special_tokens=skip)
+    assert tok.decode_batch(batch) == [tok.decode(ids) for ids in batch]
+
+
+def test_bool_flags_and_missing_file_raise_candlejax_errors(tmp_path):
+    """A non-bool flag raised the tokenizers library's TypeError; a missing file is a FileNotFoundError."""
+    import candlejax as cj
+    from candlejax.tokenizer import load_tokenizer
+
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode: add_special_tokens must be a bool"):
+        tok.encode("hi", "yes")
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.decode: skip_special_tokens must be a bool"):
+        tok.decode([1], None)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.decode_batch: expected a list of token ids"):
+        tok.decode_batch([[1], "ab"])
+    assert tok.encode("Hello", add_special_tokens=np.bool_(False)) == tok.encode("Hello", False)
+    for missing in (tmp_path / "nope.json", tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json at"):
+            load_tokenizer(missing)
+        with pytest.raises(cj.errors.NoSuchFile):
+            Tokenizer.from_file(missing)
+
+
+def test_apply_chat_template_takes_a_template_argument_like_transformers():
+    """transformers' ``chat_template=`` renders with the template given; it reached the tokenizer's
+    own template as an unused variable. Tokenizing options candlejax has no form for
+    (``return_tensors``, ``padding``, ...) raise rather than being dropped."""
+    from transformers import PreTrainedTokenizerFast
+
+    import candlejax as cj
+
+    other = "{% for m in messages %}{{ m['role'] }}={{ m['content'] }};{% endfor %}{{ eos_token }}"
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML, eos_token="<|eos|>")
+    msgs = [{"role": "user", "content": "Hello world"}]
+    for tokenize in (False, True):
+        got = tok.apply_chat_template(msgs, chat_template=other, tokenize=tokenize)
+        assert got == ref.apply_chat_template(msgs, chat_template=other, tokenize=tokenize, return_dict=False)
+    assert tok.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
+    bare = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))  # no template of its own
+    assert bare.apply_chat_template(msgs, chat_template=other, tokenize=False) == "user=Hello world;<|eos|>"
+    for kw in ({"return_tensors": "np"}, {"padding": True}, {"max_length": 4}, {"truncation": True},
+               {"sanitize_control_tokens": True}):  # fmt: skip
+        with pytest.raises(cj.errors.ArgumentType, match=f"apply_chat_template: {next(iter(kw))}="):
+            tok.apply_chat_template(msgs, **kw)
+    assert tok.apply_chat_template(msgs, return_tensors=None, padding=False) == tok.apply_chat_template(msgs)
+
+
+def test_apply_chat_template_takes_dataclass_messages_like_transformers():
+    """transformers renders dataclass messages (``candlejax.examples.chat_template.Message``, Candle's
+    ``Message::user(...)``) as their fields; they were refused as not being dicts."""
+    from transformers import PreTrainedTokenizerFast
+
+    from candlejax.examples.chat_template import Message
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    msgs = [Message.system("Be brief."), Message.user("Hello world")]
+    want = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == want
+    assert want.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_more_bad_inputs_raise_candlejax_errors():
+    """These raised a bare TypeError, or jinja's TemplateSyntaxError (kept: the error is both)."""
+    import jinja2
+
+    import candlejax as cj
+    from candlejax.examples import chat_template as ct
+    from candlejax.tokenizer import ChatTemplate, load_tokenizer
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    with pytest.raises(cj.errors.ArgumentType, match=r"load_tokenizer: expected a path, got int"):
+        Tokenizer.from_file(123)
+    with pytest.raises(cj.errors.ArgumentType, match=r"load_tokenizer: expected a path, got NoneType"):
+        load_tokenizer(None)
+    with pytest.raises(cj.errors.ArgumentType, match=r"tokenizer\.encode_batch: expected a list of str, got NoneType"):
+        tok.encode_batch(None)
+    with pytest.raises(cj.errors.ArgumentType, match="chat template: the template must be a str, got NoneType"):
+        ChatTemplate(None)
+    bad = "{% for %}"
+    for make in (lambda: ChatTemplate(bad), lambda: tok.apply_chat_template([{"role": "user"}], chat_template=bad)):
+        with pytest.raises(cj.Error, match="chat template: TemplateSyntaxError: Expected an expression") as e:
+            make()
+        assert isinstance(e.value, jinja2.TemplateSyntaxError)  # what transformers raises
+    with pytest.raises(ct.TemplateError, match=r"^Template error: Expected an expression"):  # Candle's wording
+        ct.ChatTemplate("{% for %}")
+    with pytest.raises(cj.errors.ArgumentType, match="chat template: messages must be a list"):
+        ct.ChatTemplate.chatml().apply(None)
+
+
+def test_apply_chat_template_batch_of_conversations_like_transformers():
+    """transformers renders a list of conversations as a batch; it was refused."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_gguf_metadata(dict(_bpe_meta("gpt-2"), **{"tokenizer.chat_template": CHATML}))
+    ref = PreTrainedTokenizerFast(tokenizer_object=tok.hf, chat_template=CHATML)
+    batch = [[{"role": "user", "content": "Hello world"}],
+             [{"role": "system", "content": "s"}, {"role": "user", "content": "Hello"}]]  # fmt: skip
+    for tokenize in (False, True):
+        got = tok.apply_chat_template(batch, add_generation_prompt=True, tokenize=tokenize)
+        assert got == ref.apply_chat_template(batch, add_generation_prompt=True, tokenize=tokenize, return_dict=False)
+    got = tok.apply_chat_template(batch, return_dict=True)
+    want = ref.apply_chat_template(batch, return_dict=True)
+    assert got == {"input_ids": want["input_ids"], "attention_mask": want["attention_mask"]}
+
+
+def test_decode_refuses_a_batch_of_rows():
+    """A (2, n) array was flattened and decoded as one text, the rows run together (transformers
+    decodes each row; Candle's ``decode`` takes one sequence): it raises, naming ``decode_batch``."""
+    import candlejax as cj
+
+    tok = Tokenizer.from_gguf_metadata(_bpe_meta("gpt-2"))
+    rows = np.array([_ids(tok.hf, "Hello"), _ids(tok.hf, "world")[:1]])
+    with pytest.raises(cj.errors.InvalidArgument, match=r"decode: .*shape \(2, 1\) \(2 rows\).*decode_batch"):
+        tok.decode(rows)
+    with pytest.raises(cj.errors.InvalidArgument, match="decode_batch"):
+        tok.decode(cj.Tensor(rows.astype(np.uint32)))
+    assert tok.decode_batch(rows) == [tok.decode(r) for r in rows]
+    assert tok.decode(rows[:1]) == tok.decode(rows[0])  # one row: its text
