@@ -110,6 +110,7 @@ class TextGeneration:
             raise errors.InvalidArgument(
                 f"TextGeneration.encode takes a str prompt, got {prompt!r:.60} ({type(prompt).__name__})"
             )
+        _check_system(system, "encode")
         tok = self.tokenizer
         if chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -196,6 +197,11 @@ class TextGeneration:
         """One chat turn: the user ``message`` (after ``system`` on the first turn), prefilled after
         the conversation already in the cache. The chat template renders the whole conversation
         (``messages``, the replies as generated); only the text after what the cache holds is new."""
+        if not isinstance(message, str):  # the template's jinja error named none of this
+            raise errors.InvalidArgument(
+                f"TextGeneration.chat_turn takes a str message, got {message!r:.60} ({type(message).__name__})"
+            )
+        _check_system(system, "chat_turn")
         first = self.generation is None or self.cache is None
         if first:
             self.messages = [{"role": "system", "content": system}] if system else []
@@ -235,14 +241,22 @@ def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> lis
         )
     if isinstance(ids, str):
         return tg.encode(ids)
+    what = "TextGeneration.stream takes token ids (tg.encode(prompt)) or a str prompt, got"
+    if not hasattr(ids, "shape") and (not hasattr(ids, "__iter__") or isinstance(ids, (bytes, dict))):
+        # None, one int, ...: list() raised a bare TypeError
+        raise errors.InvalidArgument(f"{what} {ids!r:.40} ({type(ids).__name__})")
     ids = list(unwrap(ids).reshape(-1).tolist()) if hasattr(ids, "shape") else list(ids)
     bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
     if bad:
-        raise errors.InvalidArgument(
-            f"TextGeneration.stream takes token ids (tg.encode(prompt)) or a str prompt, got {bad[0]!r:.40}"
-            f" ({type(bad[0]).__name__}) among the ids"
-        )
+        raise errors.InvalidArgument(f"{what} {bad[0]!r:.40} ({type(bad[0]).__name__}) among the ids")
     return [int(t) for t in ids]
+
+
+def _check_system(system: Any, op: str) -> None:
+    if system is not None and not isinstance(system, str):
+        raise errors.InvalidArgument(
+            f"TextGeneration.{op}: system must be a str or None, got {system!r:.60} ({type(system).__name__})"
+        )
 
 
 def _common_prefix_len(a: str, b: str) -> int:

@@ -112,3 +112,19 @@ def test_messages_kept_when_the_caller_stops_early():
     assert tg.messages[-1] == {"role": "assistant", "content": "the world"}
     "".join(tg.chat_turn("world", 8))
     assert fed[1] == tok.encode("[INST] world [/INST]", add_special_tokens=False)
+
+
+def test_chat_turn_and_encode_check_the_message_and_system():
+    """A message or system prompt that is not a str raised the template's TypeError / UndefinedError."""
+    from candlejax import errors
+
+    tg = _tg(_spm_tokenizer(CHATML))
+    _stub(tg, [([5], None)])
+    for bad in (None, 5, ["the"]):
+        with pytest.raises(errors.InvalidArgument, match=r"chat_turn takes a str message, got"):
+            "".join(tg.chat_turn(bad, 8))
+    with pytest.raises(errors.InvalidArgument, match=r"chat_turn: system must be a str or None, got 5 \(int\)"):
+        "".join(tg.chat_turn("the", 8, system=5))
+    with pytest.raises(errors.InvalidArgument, match=r"encode: system must be a str or None, got 5 \(int\)"):
+        tg.encode("the", chat=True, system=5)
+    assert tg.messages == [] and tg.generation is None
