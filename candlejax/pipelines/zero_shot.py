@@ -66,7 +66,12 @@ class ZeroShotClassifier:
         return self._text[key]
 
     def probs(self, image: Any, labels: Sequence[str]) -> np.ndarray:
-        """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`)."""
+        """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`);
+        a list (or tuple) of images -> ``(len(images), len(labels))``, one row per image."""
+        if isinstance(image, list | tuple):
+            if not image:
+                raise errors.InvalidArgument("ZeroShotClassifier: an empty list of images")
+            return np.stack([self.probs(im, labels) for im in image])
         txt = self.text_features(labels)
         pixels = clip.preprocess(image, self.model.image_size)
         if pixels.dim(0) != 1:
@@ -75,6 +80,10 @@ class ZeroShotClassifier:
         logits = jnp.exp(unwrap(self.model.logit_scale)) * (img @ txt.T)  # (1, N)
         return np.asarray(jax.nn.softmax(logits, axis=-1), np.float32)[0]
 
-    def __call__(self, image: Any, labels: Sequence[str]) -> list[tuple[str, float]]:
+    def __call__(self, image: Any, labels: Sequence[str]) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """``[(label, p), ...]`` most probable first; a list of images -> one such list per image
+        (as transformers' pipeline)."""
         p = self.probs(image, labels)
+        if p.ndim == 2:
+            return [sorted(zip(labels, map(float, row), strict=True), key=lambda t: -t[1]) for row in p]
         return sorted(zip(labels, map(float, p), strict=True), key=lambda t: -t[1])
