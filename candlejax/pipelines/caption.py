@@ -12,6 +12,7 @@ from typing import Any
 from candlejax.dtype import DType
 from candlejax.models import blip, quantized_blip
 from candlejax.models.loading import is_gguf, tokenizer_from
+from candlejax.tensor import int_arg
 
 __all__ = ["ImageCaptioner"]
 
@@ -27,7 +28,8 @@ class ImageCaptioner:
                  prompt: str | None = None):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner")
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.max_new_tokens = int_arg(max_new_tokens, "ImageCaptioner", "max_new_tokens")  # "5" failed at a '<'
+        self.temperature, self.top_p, self.seed = temperature, top_p, int_arg(seed, "ImageCaptioner", "seed")
         self.input_ids = None if prompt is None else blip.prompt_input_ids(model, self.tokenizer, prompt)
 
     @classmethod
