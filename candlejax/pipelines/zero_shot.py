@@ -75,7 +75,10 @@ class ZeroShotClassifier:
         txt = self.text_features(labels)
         pixels = clip.preprocess(image, self.model.image_size)
         if pixels.dim(0) != 1:
-            raise errors.Msg(f"ZeroShotClassifier: one image at a time, got a batch of {pixels.dim(0)}")
+            raise errors.Msg(
+                f"ZeroShotClassifier: one image at a time, got a batch of {pixels.dim(0)} preprocessed images;"
+                " pass a list of images for one row of probabilities per image"
+            )
         img = _unit(unwrap(clip.image_features_jit(self.model, pixels.to_dtype(self.model.logit_scale.dtype))))
         logits = jnp.exp(unwrap(self.model.logit_scale)) * (img @ txt.T)  # (1, N)
         return np.asarray(jax.nn.softmax(logits, axis=-1), np.float32)[0]
