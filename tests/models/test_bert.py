@@ -239,6 +239,9 @@ def test_hub_cache_layout(tmp_path):
     (tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs" / "main").write_text("abc123\n")
     assert bert.resolve_model_dir(snap.parent.parent) == str(snap)
     assert bert.resolve_model_dir(snap) == str(snap)
+    for bad in (None, 3):  # Path() raised a bare TypeError
+        with pytest.raises(errors.InvalidArgument, match=f"hub id must be a str or os.PathLike, got {bad}"):
+            bert.SentenceEmbedder.from_dir(bad)
 
 
 # ------------------------------------------------------------------------------------------------

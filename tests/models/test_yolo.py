@@ -276,6 +276,11 @@ def test_bad_input_raises(random_files, tmp_path):
         yolo.load(random_files["v8n-detect"], which="q")
     with pytest.raises(errors.Error, match="no such file"):
         yolo.load(tmp_path / "missing.pt")
+    from candlejax.pipelines import ObjectDetector
+
+    for bad in (None, 3):  # os.fspath raised a bare TypeError
+        with pytest.raises(errors.InvalidArgument, match=rf"yolo.load: path must be a str or os.PathLike, got {bad}"):
+            ObjectDetector.from_file(bad)
     with pytest.raises(errors.Error, match=r"\(B, 3, H, W\)"):
         pose.forward(Tensor(np.zeros((1, 4, 64, 64), np.float32)))
     with pytest.raises(errors.Error, match="multiples of 32"):
