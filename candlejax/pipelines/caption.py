@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from candlejax import errors
 from candlejax.dtype import DType
 from candlejax.models import blip, quantized_blip
 from candlejax.models.loading import is_gguf, tokenizer_from
@@ -38,6 +39,7 @@ class ImageCaptioner:
         """A ``BlipForConditionalGeneration`` checkpoint folder (``config.json``, ``*.safetensors``,
         ``tokenizer.json``), or a GGUF file / a folder holding one (:mod:`candlejax.models.quantized_blip`);
         ``settings``: the decoding keywords of the constructor."""
+        model_dir = errors.path_arg(model_dir, "ImageCaptioner.from_pretrained", "model_dir")
         if is_gguf(model_dir):  # Candle's --quantized BLIP: the GGUF with config.json and tokenizer.json
             model = quantized_blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device)
         else:

@@ -95,7 +95,8 @@ class TextGeneration:
         from candlejax.models import llama
         from candlejax.tokenizer import load_tokenizer
 
-        if os.sep in os.fspath(path) or os.fspath(path).startswith("."):
+        path = errors.path_arg(path, "TextGeneration.from_pretrained")
+        if os.sep in path or path.startswith("."):
             if not os.path.isdir(path):
                 raise errors.Msg(f"no such folder: {os.fspath(path)!r}")
         model = llama.Llama.from_pretrained(path, dtype=dtype, device=device, mesh=mesh)  # mesh: onto shards

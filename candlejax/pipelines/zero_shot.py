@@ -49,6 +49,7 @@ class ZeroShotClassifier:
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
                         device: Any = None) -> ZeroShotClassifier:  # fmt: skip
         """A ``CLIPModel`` checkpoint folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+        model_dir = errors.path_arg(model_dir, "ZeroShotClassifier.from_pretrained", "model_dir")
         return cls(clip.ClipModel.from_pretrained(model_dir, dtype, device), tokenizer)
 
     def text_features(self, labels: Sequence[str]) -> Any:
