@@ -56,7 +56,16 @@ class ZeroShotClassifier:
         """The labels' L2-normalised projected text features ``(N, projection_dim)`` (a jax array), cached."""
         if isinstance(labels, str):
             raise errors.Msg("ZeroShotClassifier: labels must be a list of strings, got one string (split it first)")
+        if not hasattr(labels, "__iter__") or isinstance(labels, bytes | dict):
+            raise errors.InvalidArgument(
+                f"ZeroShotClassifier: labels must be a list of strings, got {labels!r:.60} ({type(labels).__name__})"
+            )
         key = tuple(labels)
+        bad = [x for x in key if not isinstance(x, str)]
+        if bad:  # a list among them failed at the cache's dict lookup (unhashable), an int in the tokenizer
+            raise errors.InvalidArgument(
+                f"ZeroShotClassifier: labels must be strings, got {bad[0]!r:.60} ({type(bad[0]).__name__})"
+            )
         if not key:
             raise errors.Msg("ZeroShotClassifier: the label list is empty; give at least one label")
         if key not in self._text:
