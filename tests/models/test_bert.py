@@ -309,6 +309,15 @@ def test_sentence_embedder_checks_its_arguments(embedder):
         with pytest.raises(errors.InvalidArgument, match=rf"SentenceEmbedder: {what} must be a positive int"):
             SentenceEmbedder(embedder.model, embedder.tokenizer, **kw)
     assert SentenceEmbedder(embedder.model, embedder.tokenizer, max_length=None).max_length == 512
+    # Candle's Tokenizer::from_file (candlejax.tokenizer) serves as well (it had no no_padding: AttributeError)
+    from candlejax.tokenizer import Tokenizer
+
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES[:3], convert_to_numpy=True)
+    ours = SentenceEmbedder(embedder.model, Tokenizer.from_file(MINILM / "tokenizer.json"), max_length=256)
+    np.testing.assert_allclose(np.asarray(ours.embed(SENTENCES[:3])), ref, atol=2e-5)
+    with pytest.raises(errors.InvalidArgument, match=r"tokenizer must be a tokenizers\.Tokenizer or a candlejax"):
+        SentenceEmbedder(embedder.model, None)
     for bad in (None, [1, 2], ["a", None]):
         with pytest.raises(errors.InvalidArgument, match="embed takes a str or a sequence of str"):
             embedder.embed(bad)
