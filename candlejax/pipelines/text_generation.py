@@ -153,6 +153,7 @@ class TextGeneration:
         ``decode(ids + new)[len(decode(ids)):]``: the first keeps the leading space that a SentencePiece
         decoder strips from a text's first token (:class:`TokenOutputStream`'s ``context``)."""
         ids = _check_stream_args(self, ids, max_new_tokens)
+        max_new_tokens = int(max_new_tokens)  # a numpy integer: a Python int for the compiled loop
         return self._stream(ids, max_new_tokens, processor, repeat_penalty=repeat_penalty,
                             repeat_last_n=repeat_last_n, continue_cache=continue_cache,
                             after_prompt=after_prompt)  # fmt: skip
@@ -236,7 +237,8 @@ class TextGeneration:
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:
     """``stream``'s arguments checked when it is called (a generator body runs only at the first ``next``)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (isinstance(max_new_tokens, bool | np.bool_) or not isinstance(max_new_tokens, int | np.integer)
+            or max_new_tokens < 0):  # a numpy integer counts (transformers' generate takes one)  # fmt: skip
         raise errors.InvalidArgument(
             f"TextGeneration.stream: max_new_tokens must be an int >= 0, got {max_new_tokens!r}"
         )
