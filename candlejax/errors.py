@@ -285,6 +285,14 @@ class IsADirectory(FileAccess, IsADirectoryError):
         super().__init__(op, path, "is a directory", hint, message=message)
 
 
+def path_arg(path: Any, op: str, what: str = "path") -> str:
+    """``os.fspath(path)``, or ``InvalidArgument`` naming ``op`` when ``path`` is not a str or
+    ``os.PathLike`` (``os.fspath`` / ``Path`` raise a bare ``TypeError``)."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidArgument(f"{op}: {what} must be a str or os.PathLike, got {path!r:.60} ({type(path).__name__})")
+    return os.fspath(path)
+
+
 def check_file(path: Any, op: str, dir_hint: str = "") -> None:
     """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file."""
     if os.path.isdir(path):
@@ -614,5 +622,6 @@ __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type
     "context",
     "fmt_shape",
     "out_of_memory",
+    "path_arg",
     "with_context",
 ]

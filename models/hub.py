@@ -123,7 +123,7 @@ def resolve_root(path_or_id: str | os.PathLike, revision: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> Path:  # fmt: skip
     """The folder of a checkpoint given as a folder, a hub cache entry folder (``models--org--name``)
     or a hub id ``"org/name"`` in the local cache (no file inside it is checked)."""
-    p = Path(path_or_id)
+    p = Path(errors.path_arg(path_or_id, "hub", "a model folder or hub id"))  # Path(None): a bare TypeError
     if p.is_dir() and not (p / "config.json").is_file() and (p / "snapshots").is_dir():
         return entry_snapshot(p, revision)  # a cache entry folder, models--org--name
     if p.is_dir():

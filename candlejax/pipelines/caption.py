@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from candlejax import errors
 from candlejax.dtype import DType
 from candlejax.models import blip, quantized_blip
 from candlejax.models.loading import is_gguf, tokenizer_from
+from candlejax.tensor import int_arg
 
 __all__ = ["ImageCaptioner"]
 
@@ -27,7 +29,8 @@ class ImageCaptioner:
                  prompt: str | None = None):  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner")
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = max_new_tokens, temperature, top_p, seed
+        self.max_new_tokens = int_arg(max_new_tokens, "ImageCaptioner", "max_new_tokens")  # "5" failed at a '<'
+        self.temperature, self.top_p, self.seed = temperature, top_p, int_arg(seed, "ImageCaptioner", "seed")
         self.input_ids = None if prompt is None else blip.prompt_input_ids(model, self.tokenizer, prompt)
 
     @classmethod
@@ -36,6 +39,7 @@ class ImageCaptioner:
         """A ``BlipForConditionalGeneration`` checkpoint folder (``config.json``, ``*.safetensors``,
         ``tokenizer.json``), or a GGUF file / a folder holding one (:mod:`candlejax.models.quantized_blip`);
         ``settings``: the decoding keywords of the constructor."""
+        model_dir = errors.path_arg(model_dir, "ImageCaptioner.from_pretrained", "model_dir")
         if is_gguf(model_dir):  # Candle's --quantized BLIP: the GGUF with config.json and tokenizer.json
             model = quantized_blip.BlipForConditionalGeneration.from_pretrained(model_dir, dtype, device)
         else:

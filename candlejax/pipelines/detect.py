@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from candlejax import vision
+from candlejax import errors, vision
 from candlejax.models import yolo
 
 __all__ = ["ObjectDetector"]
@@ -17,8 +17,8 @@ __all__ = ["ObjectDetector"]
 
 class ObjectDetector:
     """``ObjectDetector(model, conf=0.25, iou=0.45, imgsz=640)``: ``det(image)`` -> ``Detections``
-    (:func:`candlejax.models.yolo.detect`); ``det.annotate(image, dets)`` draws them (a PIL image).
-    transformers: ``pipeline("object-detection")``; Ultralytics: ``YOLO(...).predict``."""
+    (:func:`candlejax.models.yolo.detect`; a list of images -> a list); ``det.annotate(image, dets)``
+    draws them (a PIL image). transformers: ``pipeline("object-detection")``; Ultralytics: ``YOLO(...).predict``."""
 
     def __init__(self, model: yolo.YoloV8, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640):
         self.model, self.conf, self.iou, self.imgsz = model, float(conf), float(iou), int(imgsz)
@@ -34,7 +34,13 @@ class ObjectDetector:
     def names(self) -> tuple[str, ...]:
         return tuple(self.model.names)
 
-    def __call__(self, image: Any) -> vision.Detections:
+    def __call__(self, image: Any) -> vision.Detections | list[vision.Detections]:
+        """One image -> its ``Detections``; a list (or tuple) of images -> one ``Detections`` per image,
+        in order (transformers' object-detection pipeline and Ultralytics' ``predict`` take lists too)."""
+        if isinstance(image, list | tuple):
+            if not image:
+                raise errors.InvalidArgument("ObjectDetector: an empty list of images")
+            return [self(im) for im in image]
         return yolo.detect(self.model, image, conf=self.conf, iou=self.iou, imgsz=self.imgsz)
 
     def annotate(self, image: Any, dets: vision.Detections) -> Any:

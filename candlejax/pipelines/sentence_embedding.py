@@ -211,8 +211,14 @@ class SentenceEmbedder:
         if pooling not in POOLING_MODES:
             raise errors.InvalidArgument(f"SentenceEmbedder: pooling must be one of {POOLING_MODES}, got {pooling!r}")
         self.pooling = pooling
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
+        hf = getattr(tokenizer, "hf", tokenizer)  # candlejax.tokenizer.Tokenizer wraps a tokenizers.Tokenizer
+        if not hasattr(hf, "enable_truncation") or not hasattr(tokenizer, "encode_batch"):
+            raise errors.InvalidArgument(
+                "SentenceEmbedder: tokenizer must be a tokenizers.Tokenizer or a candlejax.tokenizer.Tokenizer, got"
+                f" {type(tokenizer).__name__}"
+            )
+        hf.no_padding()
+        hf.enable_truncation(self.max_length)
 
     @staticmethod
     def from_dir(

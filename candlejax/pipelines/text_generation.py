@@ -95,7 +95,8 @@ class TextGeneration:
         from candlejax.models import llama
         from candlejax.tokenizer import load_tokenizer
 
-        if os.sep in os.fspath(path) or os.fspath(path).startswith("."):
+        path = errors.path_arg(path, "TextGeneration.from_pretrained")
+        if os.sep in path or path.startswith("."):
             if not os.path.isdir(path):
                 raise errors.Msg(f"no such folder: {os.fspath(path)!r}")
         model = llama.Llama.from_pretrained(path, dtype=dtype, device=device, mesh=mesh)  # mesh: onto shards
@@ -110,6 +111,7 @@ class TextGeneration:
             raise errors.InvalidArgument(
                 f"TextGeneration.encode takes a str prompt, got {prompt!r:.60} ({type(prompt).__name__})"
             )
+        _check_system(system, "encode")
         tok = self.tokenizer
         if chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -151,6 +153,7 @@ class TextGeneration:
         ``decode(ids + new)[len(decode(ids)):]``: the first keeps the leading space that a SentencePiece
         decoder strips from a text's first token (:class:`TokenOutputStream`'s ``context``)."""
         ids = _check_stream_args(self, ids, max_new_tokens)
+        max_new_tokens = int(max_new_tokens)  # a numpy integer: a Python int for the compiled loop
         return self._stream(ids, max_new_tokens, processor, repeat_penalty=repeat_penalty,
                             repeat_last_n=repeat_last_n, continue_cache=continue_cache,
                             after_prompt=after_prompt)  # fmt: skip
@@ -196,6 +199,11 @@ class TextGeneration:
         """One chat turn: the user ``message`` (after ``system`` on the first turn), prefilled after
         the conversation already in the cache. The chat template renders the whole conversation
         (``messages``, the replies as generated); only the text after what the cache holds is new."""
+        if not isinstance(message, str):  # the template's jinja error named none of this
+            raise errors.InvalidArgument(
+                f"TextGeneration.chat_turn takes a str message, got {message!r:.60} ({type(message).__name__})"
+            )
+        _check_system(system, "chat_turn")
         first = self.generation is None or self.cache is None
         if first:
             self.messages = [{"role": "system", "content": system}] if system else []
@@ -229,19 +237,21 @@ class TextGeneration:
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:
     """``stream``'s arguments checked when it is called (a generator body runs only at the first ``next``)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (isinstance(max_new_tokens, bool | np.bool_) or not isinstance(max_new_tokens, int | np.integer)
+            or max_new_tokens < 0):  # a numpy integer counts (transformers' generate takes one)  # fmt: skip
         raise errors.InvalidArgument(
             f"TextGeneration.stream: max_new_tokens must be an int >= 0, got {max_new_tokens!r}"
         )
     if isinstance(ids, str):
         return tg.encode(ids)
+    what = "TextGeneration.stream takes token ids (tg.encode(prompt)) or a str prompt, got"
+    if not hasattr(ids, "shape") and (not hasattr(ids, "__iter__") or isinstance(ids, (bytes, dict))):
+        # None, one int, ...: list() raised a bare TypeError
+        raise errors.InvalidArgument(f"{what} {ids!r:.40} ({type(ids).__name__})")
     ids = list(unwrap(ids).reshape(-1).tolist()) if hasattr(ids, "shape") else list(ids)
     bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
     if bad:
-        raise errors.InvalidArgument(
-            f"TextGeneration.stream takes token ids (tg.encode(prompt)) or a str prompt, got {bad[0]!r:.40}"
-            f" ({type(bad[0]).__name__}) among the ids"
-        )
+        raise errors.InvalidArgument(f"{what} {bad[0]!r:.40} ({type(bad[0]).__name__}) among the ids")
     return [int(t) for t in ids]
 
 
@@ -259,6 +269,13 @@ def _ids_of_tail(tok: Any, full: str, start: int) -> list[int]:
     if at_boundary and all(b <= start for _, b in offsets[:k]):
         return list(enc[k:])
     return list(tok.encode(full[start:], add_special_tokens=False))
+
+
+def _check_system(system: Any, op: str) -> None:
+    if system is not None and not isinstance(system, str):
+        raise errors.InvalidArgument(
+            f"TextGeneration.{op}: system must be a str or None, got {system!r:.60} ({type(system).__name__})"
+        )
 
 
 def _common_prefix_len(a: str, b: str) -> int:

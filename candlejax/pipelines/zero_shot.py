@@ -49,13 +49,23 @@ class ZeroShotClassifier:
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
                         device: Any = None) -> ZeroShotClassifier:  # fmt: skip
         """A ``CLIPModel`` checkpoint folder (``config.json``, ``*.safetensors``, ``tokenizer.json``)."""
+        model_dir = errors.path_arg(model_dir, "ZeroShotClassifier.from_pretrained", "model_dir")
         return cls(clip.ClipModel.from_pretrained(model_dir, dtype, device), tokenizer)
 
     def text_features(self, labels: Sequence[str]) -> Any:
         """The labels' L2-normalised projected text features ``(N, projection_dim)`` (a jax array), cached."""
         if isinstance(labels, str):
             raise errors.Msg("ZeroShotClassifier: labels must be a list of strings, got one string (split it first)")
+        if not hasattr(labels, "__iter__") or isinstance(labels, bytes | dict):
+            raise errors.InvalidArgument(
+                f"ZeroShotClassifier: labels must be a list of strings, got {labels!r:.60} ({type(labels).__name__})"
+            )
         key = tuple(labels)
+        bad = [x for x in key if not isinstance(x, str)]
+        if bad:  # a list among them failed at the cache's dict lookup (unhashable), an int in the tokenizer
+            raise errors.InvalidArgument(
+                f"ZeroShotClassifier: labels must be strings, got {bad[0]!r:.60} ({type(bad[0]).__name__})"
+            )
         if not key:
             raise errors.Msg("ZeroShotClassifier: the label list is empty; give at least one label")
         if key not in self._text:
@@ -66,15 +76,27 @@ class ZeroShotClassifier:
         return self._text[key]
 
     def probs(self, image: Any, labels: Sequence[str]) -> np.ndarray:
-        """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`)."""
+        """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`);
+        a list (or tuple) of images -> ``(len(images), len(labels))``, one row per image."""
+        if isinstance(image, list | tuple):
+            if not image:
+                raise errors.InvalidArgument("ZeroShotClassifier: an empty list of images")
+            return np.stack([self.probs(im, labels) for im in image])
         txt = self.text_features(labels)
         pixels = clip.preprocess(image, self.model.image_size)
         if pixels.dim(0) != 1:
-            raise errors.Msg(f"ZeroShotClassifier: one image at a time, got a batch of {pixels.dim(0)}")
+            raise errors.Msg(
+                f"ZeroShotClassifier: one image at a time, got a batch of {pixels.dim(0)} preprocessed images;"
+                " pass a list of images for one row of probabilities per image"
+            )
         img = _unit(unwrap(clip.image_features_jit(self.model, pixels.to_dtype(self.model.logit_scale.dtype))))
         logits = jnp.exp(unwrap(self.model.logit_scale)) * (img @ txt.T)  # (1, N)
         return np.asarray(jax.nn.softmax(logits, axis=-1), np.float32)[0]
 
-    def __call__(self, image: Any, labels: Sequence[str]) -> list[tuple[str, float]]:
+    def __call__(self, image: Any, labels: Sequence[str]) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """``[(label, p), ...]`` most probable first; a list of images -> one such list per image
+        (as transformers' pipeline)."""
         p = self.probs(image, labels)
+        if p.ndim == 2:
+            return [sorted(zip(labels, map(float, row), strict=True), key=lambda t: -t[1]) for row in p]
         return sorted(zip(labels, map(float, p), strict=True), key=lambda t: -t[1])

@@ -100,7 +100,7 @@ def load(path: str | os.PathLike[str], *, version: str | None = None, which: str
     file (or the metadata :func:`pt_to_safetensors` writes), else from the channel count: ``(K, 3)``
     when it divides by 3 (a ``(12, 2)`` model's 24 channels need ``kpt_shape=(12, 2)``).
     """
-    p = os.fspath(path)
+    p = errors.path_arg(path, "yolo.load")
     if not os.path.isfile(p):
         raise errors.Msg(f"yolo.load: no such file {p!r}")
     if which is not None and which not in SIZES:

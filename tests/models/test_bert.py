@@ -239,6 +239,9 @@ def test_hub_cache_layout(tmp_path):
     (tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs" / "main").write_text("abc123\n")
     assert bert.resolve_model_dir(snap.parent.parent) == str(snap)
     assert bert.resolve_model_dir(snap) == str(snap)
+    for bad in (None, 3):  # Path() raised a bare TypeError
+        with pytest.raises(errors.InvalidArgument, match=f"hub id must be a str or os.PathLike, got {bad}"):
+            bert.SentenceEmbedder.from_dir(bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,6 +309,15 @@ def test_sentence_embedder_checks_its_arguments(embedder):
         with pytest.raises(errors.InvalidArgument, match=rf"SentenceEmbedder: {what} must be a positive int"):
             SentenceEmbedder(embedder.model, embedder.tokenizer, **kw)
     assert SentenceEmbedder(embedder.model, embedder.tokenizer, max_length=None).max_length == 512
+    # Candle's Tokenizer::from_file (candlejax.tokenizer) serves as well (it had no no_padding: AttributeError)
+    from candlejax.tokenizer import Tokenizer
+
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(MINILM), device="cpu").encode(SENTENCES[:3], convert_to_numpy=True)
+    ours = SentenceEmbedder(embedder.model, Tokenizer.from_file(MINILM / "tokenizer.json"), max_length=256)
+    np.testing.assert_allclose(np.asarray(ours.embed(SENTENCES[:3])), ref, atol=2e-5)
+    with pytest.raises(errors.InvalidArgument, match=r"tokenizer must be a tokenizers\.Tokenizer or a candlejax"):
+        SentenceEmbedder(embedder.model, None)
     for bad in (None, [1, 2], ["a", None]):
         with pytest.raises(errors.InvalidArgument, match="embed takes a str or a sequence of str"):
             embedder.embed(bad)

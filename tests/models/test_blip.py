@@ -356,6 +356,10 @@ def test_caption_takes_the_tokenizer_of_the_checkpoint_folder(pair, rng):
     assert cap(px) == expected and cap.ids(px) == blip.caption_ids(model, px, max_new_tokens=6)
     sampled = ImageCaptioner(model, _tiny_tokenizer(), max_new_tokens=6, temperature=1.5, seed=7)
     assert sampled.ids(px) == blip.caption_ids(model, px, max_new_tokens=6, temperature=1.5, seed=7)
+    for kw, what in (({"max_new_tokens": "5"}, "max_new_tokens"), ({"max_new_tokens": 2.5}, "max_new_tokens"),
+                     ({"seed": None}, "seed")):  # fmt: skip
+        with pytest.raises(errors.NotAnInteger, match=f"ImageCaptioner.*{what}"):  # "5" failed at a bare '<'
+            ImageCaptioner(model, _tiny_tokenizer(), **kw)
 
 
 def test_cli(pair, tmp_path, rng, capsys):

@@ -211,6 +211,24 @@ def test_zero_shot_matches_transformers(models, rng):
     probs2 = clip.zero_shot(model, Image.fromarray(img), labels, tokenizer=str(d / "tokenizer.json"))
     np.testing.assert_allclose(probs2.numpy(), probs.numpy(), atol=1e-6)
     assert abs(float(probs.numpy().sum()) - 1.0) < 1e-5
+    # the pipeline on a list of images, as transformers' zero-shot-image-classification pipeline:
+    # one row of probabilities (one ranking) per image, in order; the grayscale image as its RGB copy
+    from candlejax.pipelines import ZeroShotClassifier
+
+    gray = Image.fromarray(_image(rng)).convert("L")
+    images = [Image.fromarray(img), gray]
+    pxs = proc(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        refs = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), pixel_values=pxs)
+    ref_rows = refs.logits_per_image.softmax(-1).numpy()
+    clf = ZeroShotClassifier(model, tok)
+    rows = clf.probs(images, labels)
+    assert rows.shape == (2, 3)
+    np.testing.assert_allclose(rows, ref_rows, atol=1e-5)
+    ranked = clf(tuple(images), labels)
+    assert [[lab for lab, _ in r] for r in ranked] == [[labels[i] for i in np.argsort(-row)] for row in ref_rows]
+    with pytest.raises(errors.InvalidArgument, match="ZeroShotClassifier: an empty list of images"):
+        clf([], labels)
 
 
 def test_bad_input(models, rng):

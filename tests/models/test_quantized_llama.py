@@ -122,6 +122,9 @@ def test_text_generation_checks_its_arguments(ours, tmp_path):
         tg.stream([1, 2], -1)
     with pytest.raises(errors.InvalidArgument, match=r"stream takes token ids \(tg.encode\(prompt\)\) or a str"):
         tg.stream([1.5], 3)
+    for bad in (None, 7, b"ab"):  # list() raised a bare TypeError (or read bytes as ids)
+        with pytest.raises(errors.InvalidArgument, match=rf"stream takes token ids .* got {bad!r} \("):
+            tg.stream(bad, 3)
     assert "".join(tg.stream([1, 2], 0)) == ""
     "".join(tg.stream("The capital of France is", 2, Sampling.ArgMax()))  # a str prompt is encoded
     assert tg.generation.prompt.shape[-1] >= len(tg.encode("The capital of France is"))

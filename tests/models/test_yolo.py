@@ -244,6 +244,17 @@ def test_yolo11n_pose_detects_the_astronaut(pose11, astro):
     np.testing.assert_allclose(again.boxes, dets.boxes, atol=1e-4)
     np.testing.assert_allclose(again.keypoints, dets.keypoints, atol=1e-4)
     assert det.names == ("person",) and det.annotate(img, again).size == (512, 512)
+    # a list of images: one Detections per image, in order (as Ultralytics' predict and transformers'
+    # object-detection pipeline); the first is the astronaut's, the second the mirrored photo's
+    mirrored = np.ascontiguousarray(skimage.data.astronaut()[:, ::-1])
+    several = det([Image.fromarray(mirrored), skimage.data.astronaut()])
+    assert isinstance(several, list) and len(several) == 2
+    np.testing.assert_allclose(several[1].boxes, dets.boxes, atol=1e-4)
+    np.testing.assert_allclose(several[0].boxes, det(mirrored).boxes, atol=1e-4)
+    assert _iou(several[0].boxes[0], [512 - astro["boxes"][0][2], astro["boxes"][0][1], 512 - astro["boxes"][0][0],
+                                      astro["boxes"][0][3]]) >= 0.9  # fmt: skip
+    with pytest.raises(errors.InvalidArgument, match="ObjectDetector: an empty list of images"):
+        det([])
 
 
 def test_convert_to_safetensors_gives_the_same_model(pose11, astro, tmp_path):
@@ -265,6 +276,11 @@ def test_bad_input_raises(random_files, tmp_path):
         yolo.load(random_files["v8n-detect"], which="q")
     with pytest.raises(errors.Error, match="no such file"):
         yolo.load(tmp_path / "missing.pt")
+    from candlejax.pipelines import ObjectDetector
+
+    for bad in (None, 3):  # os.fspath raised a bare TypeError
+        with pytest.raises(errors.InvalidArgument, match=rf"yolo.load: path must be a str or os.PathLike, got {bad}"):
+            ObjectDetector.from_file(bad)
     with pytest.raises(errors.Error, match=r"\(B, 3, H, W\)"):
         pose.forward(Tensor(np.zeros((1, 4, 64, 64), np.float32)))
     with pytest.raises(errors.Error, match="multiples of 32"):

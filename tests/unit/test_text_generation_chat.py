@@ -166,3 +166,34 @@ def test_tail_ids_fall_back_where_offsets_leave_a_gap():
     assert _ids_of_tail(tok, "Hello world", 6) == tok.encode("world")  # not "Ġworld"
     assert _ids_of_tail(tok, "Hello world", 5) == [264]
     assert _ids_of_tail(tok, "Hello world", 0) == [259, 264]
+
+
+def test_chat_turn_and_encode_check_the_message_and_system():
+    """A message or system prompt that is not a str raised the template's TypeError / UndefinedError."""
+    from candlejax import errors
+
+    tg = _tg(_spm_tokenizer(CHATML))
+    _stub(tg, [([5], None)])
+    for bad in (None, 5, ["the"]):
+        with pytest.raises(errors.InvalidArgument, match=r"chat_turn takes a str message, got"):
+            "".join(tg.chat_turn(bad, 8))
+    with pytest.raises(errors.InvalidArgument, match=r"chat_turn: system must be a str or None, got 5 \(int\)"):
+        "".join(tg.chat_turn("the", 8, system=5))
+    with pytest.raises(errors.InvalidArgument, match=r"encode: system must be a str or None, got 5 \(int\)"):
+        tg.encode("the", chat=True, system=5)
+    assert tg.messages == [] and tg.generation is None
+
+
+def test_stream_takes_a_numpy_integer_count():
+    """``max_new_tokens`` as a numpy integer (transformers' ``generate`` takes one) was refused."""
+    import numpy as np
+
+    from candlejax import errors
+
+    tg = _tg(_spm_tokenizer(CHATML))
+    seen = []
+    tg._stream = lambda ids, n, processor, **kw: iter(seen.append((ids, n)) or ())
+    assert "".join(tg.stream([1, 2], np.int64(3))) == "" and seen == [([1, 2], 3)] and type(seen[0][1]) is int
+    for bad in (np.bool_(True), 2.0, np.int32(-1)):
+        with pytest.raises(errors.InvalidArgument, match="max_new_tokens must be an int >= 0"):
+            tg.stream([1, 2], bad)
