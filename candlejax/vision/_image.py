@@ -62,13 +62,20 @@ def _hw(size: Any, where: str) -> tuple[int, int]:
 
 
 def image_to_tensor(img: Any, device: Device | str | None = None) -> Any:
-    """A PIL image or an ``(H, W, 3)`` / ``(H, W)`` u8 array -> ``(3, H, W)`` u8 Tensor (RGB)."""
+    """A PIL image or an ``(H, W, 3)`` / ``(H, W)`` u8 array -> ``(3, H, W)`` u8 Tensor (RGB).
+
+    A PIL image is converted as :func:`load_image` converts a file (16-bit grey scaled to 8 bits,
+    see :func:`_to_rgb8`), so ``Image.open(f)`` and ``load_image(f)`` give the same pixels.
+    """
     from PIL import Image
 
     if isinstance(img, Image.Image):
         if img.width == 0 or img.height == 0:
             raise ImageError(f"image_to_tensor: the image is empty ({img.width}x{img.height})")
-        img = np.asarray(img.convert("RGB"))
+        try:
+            img = np.asarray(_to_rgb8(img))  # as load_image: Image.open(f) gives the pixels load_image(f) gives
+        except ValueError as e:  # a mode Pillow has no RGB conversion for ("La", ...)
+            raise ImageError(f"image_to_tensor: cannot convert a PIL image of mode {img.mode!r} to RGB ({e})") from None
     a = _np(img)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
@@ -103,7 +110,9 @@ def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
     an :class:`ImageError` naming ``where`` and the file when it is missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
-    p = os.fspath(path)
+    p = errors.path_arg(path, where)
+    if os.path.isdir(p):
+        raise ImageError(f"{where}: {p!r} is a directory, not an image file")
     if not os.path.isfile(p):
         raise ImageError(f"{where}: no such file {p!r}")
     try:

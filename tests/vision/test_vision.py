@@ -44,6 +44,40 @@ def test_load_image_scales_16_bit_grey(tmp_path):
         vision.open_rgb(tmp_path / "missing.png")
 
 
+def test_image_to_tensor_pil_object_matches_file(tmp_path):
+    # Image.open(file) through image_to_tensor / as_image gives the pixels load_image(file) gives: 16-bit
+    # grey scaled as the image crate's to_rgb8 (round(v * 255 / 65535)), not clipped white by Pillow
+    v = (np.arange(12 * 9, dtype=np.int64) * 607).reshape(12, 9)
+    want = np.broadcast_to(np.round(v * 255 / 65535).astype(np.uint8), (3, 12, 9))
+    for ext in ("png", "tif", "pgm"):
+        Image.fromarray(v.astype(np.uint16)).save(tmp_path / f"g.{ext}")
+        with Image.open(tmp_path / f"g.{ext}") as im:
+            np.testing.assert_array_equal(vision.image_to_tensor(im).numpy(), want, err_msg=ext)
+            np.testing.assert_array_equal(vision.as_image(im).numpy(), want, err_msg=ext)
+    for mode in ("I;16", "I"):
+        im = Image.fromarray(v.astype(np.uint16)).convert(mode) if mode == "I" else Image.fromarray(v.astype(np.uint16))
+        assert im.mode == mode
+        np.testing.assert_array_equal(vision.image_to_tensor(im).numpy(), want, err_msg=mode)
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    for mode, ext in (("1", "png"), ("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"),
+                      ("CMYK", "jpg"), ("CMYK", "tif"), ("YCbCr", "jpg"), ("F", "tif"), ("I", "tif")):
+        f = tmp_path / f"m_{mode.replace(';', '')}.{ext}"
+        Image.fromarray(rgb).convert(mode).save(f)
+        with Image.open(f) as im:
+            np.testing.assert_array_equal(vision.image_to_tensor(im).numpy(), vision.load_image(f).numpy(),
+                                          err_msg=f"{mode} {ext} {im.mode}")
+    with pytest.raises(vision.ImageError, match="image_to_tensor: cannot convert a PIL image of mode 'La' to RGB"):
+        vision.image_to_tensor(Image.new("La", (2, 2)))
+
+
+def test_load_image_on_a_directory(tmp_path):
+    for f in (vision.load_image, vision.open_rgb, vision.as_image):
+        with pytest.raises(vision.ImageError, match="is a directory"):
+            f(tmp_path)
+    with pytest.raises(errors.InvalidArgument, match=r"load_image: path must be a str or os\.PathLike, got None"):
+        vision.load_image(None)
+
+
 def test_bad_images_raise(tmp_path):
     (tmp_path / "t.jpg").write_text("not an image")
     with pytest.raises(vision.ImageError, match="not a readable image"):
