@@ -11,6 +11,7 @@ from typing import Any
 
 from candlejax import errors, vision
 from candlejax.models import yolo
+from candlejax.tensor import float_arg
 
 __all__ = ["ObjectDetector"]
 
@@ -20,11 +21,14 @@ class ObjectDetector:
     (:func:`candlejax.models.yolo.detect`; a list of images -> a list); ``det.annotate(image, dets)``
     draws them (a PIL image). transformers: ``pipeline("object-detection")``; Ultralytics: ``YOLO(...).predict``."""
 
-    def __init__(self, model: yolo.YoloV8, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640):
-        self.model, self.conf, self.iou, self.imgsz = model, float(conf), float(iou), int(imgsz)
+    def __init__(self, model: yolo.YoloV8, conf: float = 0.25, iou: float = 0.45,
+                 imgsz: int | tuple[int, int] = 640):  # fmt: skip
+        self.model, self.imgsz = model, yolo.imgsz_arg(imgsz, "ObjectDetector")
+        self.conf, self.iou = float_arg(conf, "ObjectDetector", "conf"), float_arg(iou, "ObjectDetector", "iou")
 
     @classmethod
-    def from_file(cls, weights: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640,
+    def from_file(cls, weights: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
+                  imgsz: int | tuple[int, int] = 640,
                   **load: Any) -> ObjectDetector:  # fmt: skip
         """Ultralytics weights (``.pt`` or ``.safetensors``); ``load``: the keywords of
         :func:`~candlejax.models.yolo.load` (``which``, ``version``, ``task``, ...)."""

@@ -24,7 +24,7 @@ from candlejax import errors
 from candlejax.dtype import DType
 from candlejax.models import clip
 from candlejax.models.loading import tokenizer_from
-from candlejax.tensor import unwrap
+from candlejax.tensor import int_arg, unwrap
 
 __all__ = ["ZeroShotClassifier"]
 
@@ -40,9 +40,13 @@ class ZeroShotClassifier:
     """
 
     def __init__(self, model: clip.ClipModel, tokenizer: Any = None, cache_size: int = 64):
+        self.cache_size = int_arg(cache_size, "ZeroShotClassifier", "cache_size")
+        if self.cache_size < 0:
+            raise errors.InvalidArgument(
+                f"ZeroShotClassifier: cache_size must be a non-negative int (0: keep no labels), got {cache_size!r}"
+            )
         self.model = model
         self.tokenizer = tokenizer_from(tokenizer, model.path, "ZeroShotClassifier")
-        self.cache_size = int(cache_size)
         self._text: dict[tuple[str, ...], Any] = {}
 
     @classmethod
@@ -68,12 +72,15 @@ class ZeroShotClassifier:
             )
         if not key:
             raise errors.Msg("ZeroShotClassifier: the label list is empty; give at least one label")
-        if key not in self._text:
-            ids, mask = clip.tokenize(self.tokenizer, key, self.model.text_model.max_position_embeddings)
+        if key in self._text:
+            return self._text[key]
+        ids, mask = clip.tokenize(self.tokenizer, key, self.model.text_model.max_position_embeddings)
+        feats = _unit(unwrap(clip.text_features_jit(self.model, ids, mask)))
+        if self.cache_size > 0:  # 0: nothing kept (popping from the empty cache raised StopIteration)
             if len(self._text) >= self.cache_size:
                 self._text.pop(next(iter(self._text)))
-            self._text[key] = _unit(unwrap(clip.text_features_jit(self.model, ids, mask)))
-        return self._text[key]
+            self._text[key] = feats
+        return feats
 
     def probs(self, image: Any, labels: Sequence[str]) -> np.ndarray:
         """Probabilities ``(len(labels),)`` f32 for one image (see :func:`~candlejax.models.clip.preprocess`);

@@ -120,6 +120,7 @@ _jax_private.name_non_array(_core.TensorBase, _not_an_array_value)
 unwrap = _core.unwrap  # the one Tensor -> jax array helper (other values pass through)
 wrap = _core.wrap  # a Tensor around a jax array or tracer (no copy)
 int_arg = _core.int_arg  # a position, length or count as an int (floats and bools raise NotAnInteger)
+float_arg = _core.float_arg  # a real-valued setting as a finite float (strings and None raise ArgumentType)
 
 
 class _CallableModule(types.ModuleType):
@@ -132,4 +133,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["Tensor", "int_arg", "unwrap", "wrap"]
+__all__ = ["Tensor", "float_arg", "int_arg", "unwrap", "wrap"]

@@ -37,11 +37,11 @@ from candlejax.models.yolo.model import (
     YoloV8Neck,
     YoloV8Pose,
 )
-from candlejax.models.yolo.predict import detect, load, pt_to_safetensors
+from candlejax.models.yolo.predict import detect, imgsz_arg, load, pt_to_safetensors
 from candlejax.vision import Detections
 
 __all__ = [
     "C2PSA", "C2f", "C3k", "C3k2", "COCO_NAMES", "ConvBlock", "DarkNet", "DetectionHead", "Dfl", "Multiples",
     "PSABlock", "PoseHead", "SCALES", "SIZES", "Sppf", "YoloV8", "YoloV8Neck", "YoloV8Pose", "detect", "load",
-    "pt_to_safetensors", "Attention", "Bottleneck", "Detections",
+    "pt_to_safetensors", "Attention", "Bottleneck", "Detections", "imgsz_arg",
 ]  # fmt: skip

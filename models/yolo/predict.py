@@ -18,7 +18,7 @@ from candlejax.dtype import DType
 from candlejax.models.yolo.model import SCALES, SIZES, Multiples, YoloV8
 from candlejax.models.yolo.naming import CANDLE_FIRST, ULTRALYTICS_FIRST, candle_to_ultralytics
 from candlejax.nn import VarBuilder
-from candlejax.tensor import unwrap, wrap
+from candlejax.tensor import float_arg, int_arg, unwrap, wrap
 from candlejax.vision import Detections, as_image, letterbox, nms_arrays, scale_boxes, scale_keypoints
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
 
@@ -167,6 +167,21 @@ def _predict_fn(model: YoloV8, x: Any, conf: Any, iou: Any, max_det: int, top_k:
 _predict = OptionsJit(_predict_fn, XLA_CONVOLUTION_OPTIONS, static_argnames=("max_det", "top_k"))
 
 
+def imgsz_arg(imgsz: Any, where: str) -> int | tuple[int, int]:
+    """``imgsz`` (an int, or an ``(h, w)`` pair of ints) checked, or ``InvalidArgument`` naming ``where``."""
+    if isinstance(imgsz, tuple | list):
+        if len(imgsz) != 2:
+            raise errors.InvalidArgument(f"{where}: imgsz must be an int or an (h, w) pair of ints, got {imgsz!r:.60}")
+        h, w = (int_arg(s, where, "imgsz") for s in imgsz)
+        sides: int | tuple[int, int] = (h, w)
+    else:
+        h = w = int_arg(imgsz, where, "imgsz")
+        sides = h
+    if h <= 0 or w <= 0:
+        raise errors.InvalidArgument(f"{where}: imgsz must be positive, got {imgsz!r}")
+    return sides
+
+
 def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, imgsz: int | tuple[int, int] = 640,
            max_det: int = 300, top_k: int = 30000) -> Detections:  # fmt: skip
     """Detect objects (and keypoints) in one image: a ``(3, H, W)`` u8 Tensor, a path, a PIL image
@@ -178,8 +193,10 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped back to the image's
     pixels. Forward and NMS run as one compiled program per letterboxed shape.
     """
+    conf, iou = float_arg(conf, "yolo.detect", "conf"), float_arg(iou, "yolo.detect", "iou")
+    imgsz = imgsz_arg(imgsz, "yolo.detect")
     img = as_image(img, "yolo.detect")
-    sides = (imgsz, imgsz) if isinstance(imgsz, int | np.integer) else imgsz
+    sides = imgsz if isinstance(imgsz, tuple) else (imgsz, imgsz)
     size = tuple(-(-int(s) // 32) * 32 for s in sides)  # check_imgsz: up to a multiple of the largest stride
     lb_img, lb = letterbox(img, size)
     batch = unwrap(lb_img)[None]

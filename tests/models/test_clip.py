@@ -302,6 +302,9 @@ def test_zero_shot_pipeline_caches_the_labels(models, rng):
     assert ZeroShotClassifier(model).probs(img, labels).shape == (3,)  # the folder's tokenizer.json
     with pytest.raises(errors.Error, match="ZeroShotClassifier: pass tokenizer="):
         ZeroShotClassifier(_from_memory(d))
+    keep_none = ZeroShotClassifier(model, cache_size=0)  # popped from the empty cache (StopIteration)
+    np.testing.assert_allclose(keep_none.probs(img, labels), want, atol=1e-5)
+    assert keep_none._text == {}
 
 
 def test_config_from_json_keys(models):

@@ -291,6 +291,13 @@ def test_bad_input_raises(random_files, tmp_path):
             pose.forward(Tensor(np.zeros(shape, np.float32)))
     with pytest.raises(vision.ImageError, match="empty"):
         yolo.detect(pose, Tensor(np.zeros((3, 0, 10), np.uint8)))
+    img = Tensor(np.zeros((3, 32, 32), np.uint8))
+    for kw, want in (({"conf": "x"}, "yolo.detect: conf must be a number, got 'x'"),
+                     ({"iou": None}, "yolo.detect: iou must be a number, got None"),
+                     ({"imgsz": "640"}, "yolo.detect: imgsz must be an int, got '640'"),
+                     ({"imgsz": (0, 32)}, "yolo.detect: imgsz must be positive, got (0, 32)")):  # fmt: skip
+        with pytest.raises(errors.InvalidArgument, match=re.escape(want)):  # float() / int() raised bare errors
+            yolo.detect(pose, img, **kw)
     with pytest.raises(vision.ImageError, match=r"got shape \[1, 10, 10\]"):
         yolo.detect(pose, Tensor(np.zeros((1, 10, 10), np.uint8)))
     (tmp_path / "notes.jpg").write_text("hello")
