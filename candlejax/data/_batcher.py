@@ -35,9 +35,16 @@ import jax
 import numpy as np
 
 from candlejax import errors
-from candlejax.data._dataset import BatchSizeError, EmptyDatasetError, _is_array, as_dataset, stack_examples
+from candlejax.data._dataset import (
+    BatchSizeError,
+    EmptyDatasetError,
+    TensorDataset,
+    _is_array,
+    as_dataset,
+    stack_examples,
+)
 from candlejax.device import Device
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.tensor._core import int_arg, unwrap, wrap
 
 _DONE = object()
 
@@ -174,8 +181,8 @@ class Batcher(_BuilderOptions):
         drop_last: PyTorch's ``DataLoader`` spelling, ``not return_last_incomplete_batch`` (``None``:
             unset; note PyTorch's default, ``False``, keeps the last batch where Candle's drops it).
         device: where batches go. Default: the dataset's device, as in Candle (Tensors / jax
-            arrays on ``cuda:0`` give batches on ``cuda:0``); host data (numpy, Python) gives
-            ``Device.Cpu``.
+            arrays on ``cuda:0`` give batches on ``cuda:0``; a list of examples or a ``Dataset``
+            object, its first example's device); host data (numpy, Python) gives ``Device.Cpu``.
         prefetch: batches gathered and moved to the device ahead of time on a background thread
             (0: gather on the calling thread).
         mesh: a ``cj.distributed.mesh``: batches are placed split along dim 0 over its
@@ -220,6 +227,8 @@ class Batcher(_BuilderOptions):
             self._check_fits(n)
         self.shuffle = bool(shuffle)
         self.seed = _check_seed(seed)
+        if device is None and mesh is None and not isinstance(self.dataset, (TensorDataset, list)):
+            src_device = _device_of(self.dataset[0])  # a Dataset object: its examples' device
         self.device = Device.coerce(device) if device is not None else src_device
         self.prefetch = int(prefetch)
         self.epoch = 0
@@ -497,8 +506,11 @@ class IterBatcher(_BuilderOptions):
 
 
 def _device_of(data: Any) -> Device:
-    """The device of a dataset given as Tensors / jax arrays (its first field); Cpu for host data."""
-    first = data[0] if isinstance(data, (tuple, list)) and data else data
+    """The device of a dataset given as Tensors / jax arrays (its first field), of a list of examples
+    (the first example's first field) or of one example; Cpu for host data."""
+    first = data
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
     a = unwrap(first)
     if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer):
         devs = a.devices()

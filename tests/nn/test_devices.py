@@ -28,6 +28,25 @@ SCRIPT = textwrap.dedent(
     assert h.device == Device.Cpu
     (s,) = list(cj.data.Batcher.new1([xs[i] for i in range(4)], batch_size=4))
     assert s.device == dev1
+    # a list of (x, y) examples (PyTorch's DataLoader(list(zip(xs, ys)))) and a Dataset object: the
+    # examples' device, as Candle's Tensor::stack of the examples (both gave Cpu)
+    pairs = [(xs[i], ys[i]) for i in range(8)]
+    (x2, y2), *_ = list(cj.data.Batcher(pairs, batch_size=4))
+    assert x2.device == dev1 and y2.device == dev1, (x2.device, y2.device)
+
+    class Rows:
+        def __len__(self):
+            return 8
+        def __getitem__(self, i):
+            return xs[i], ys[i]
+
+    b = cj.data.Batcher(Rows(), batch_size=4)
+    (x3, y3), *_ = list(b)
+    assert b.device == dev1 and x3.device == dev1 and y3.device == dev1, (b.device, x3.device)
+    (x4, _), *_ = list(cj.data.Batcher(Rows(), batch_size=4, device=Device.Cpu))
+    assert x4.device == Device.Cpu
+    (x5, _), *_ = list(cj.data.Batcher([(np.ones(4, np.float32), np.uint32(0))] * 4, batch_size=4))
+    assert x5.device == Device.Cpu
 
     class M(Module):
         def __init__(self, vb):
