@@ -266,7 +266,7 @@ class Batcher(_BuilderOptions):
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)
-        e = self.epoch if epoch is None else int(epoch)
+        e = self.epoch if epoch is None else int_arg(epoch, "Batcher.order", "epoch")
         return np.random.default_rng([self.seed, e]).permutation(n)
 
     # --- checkpoint state -------------------------------------------------------------------

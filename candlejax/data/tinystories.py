@@ -70,7 +70,7 @@ class TinyStoriesDataset:
     """
 
     def __init__(self, dir: str | os.PathLike[str]):
-        d = Path(dir)
+        d = Path(errors.path_arg(dir, "TinyStories", "dir"))
         if not d.is_dir():
             raise DatasetFileError(f"TinyStories: {d} is not a directory")
         bins = sorted((p for p in d.iterdir() if p.suffix == ".bin" and p.is_file()), key=lambda p: p.name)

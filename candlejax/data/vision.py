@@ -89,7 +89,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     must be exactly the size the dims give (trailing bytes, a short file or a cut-short gzip
     stream raise ``IdxError`` naming the file, the offset and the expected and found sizes).
     """
-    path = Path(path)
+    path = Path(errors.path_arg(path, "read_idx"))
     errors.check_file(path, "read_idx", "pass one of its *-idx?-ubyte files, or load_mnist(dir) for the folder")
     with _open(path) as f:
         magic = _read_upto(f, 4, path, 0, "magic number")
@@ -120,6 +120,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def write_idx(path: str | os.PathLike[str], array: Any, *, compress: bool = False) -> None:
     """Write ``array`` (u8, i8, i16, i32, f32 or f64) as an IDX file (gzip-compressed if asked)."""
+    path = errors.path_arg(path, "write_idx")  # open(3) would write to file descriptor 3
     a = np.asarray(unwrap(array))
     code = _IDX_CODES.get(a.dtype.newbyteorder("="))
     if code is None:
@@ -178,7 +179,7 @@ def load_mnist(dir: str | os.PathLike[str], device: Device | str | None = None) 
     reader checks the magic numbers 2051 / 2049, the files must hold u8 data of rank 3 (images) and
     rank 1 (labels); another IDX type or rank raises ``IdxError`` naming the file and both magics.
     """
-    d, dev = Path(dir), Device.coerce(device)
+    d, dev = Path(errors.path_arg(dir, "load_mnist", "dir")), Device.coerce(device)
 
     def read(stem: str, ndim: int, magic: int, what: str) -> np.ndarray:
         path = _find(d, stem)
@@ -278,7 +279,7 @@ def load_cifar(
         DatasetFileError: a file is missing, or its size is not ``records_per_file`` records of
             3,073 bytes (the message names the file, the expected and the actual size).
     """
-    d, dev = Path(dir), Device.coerce(device)
+    d, dev = Path(errors.path_arg(dir, "load_cifar", "dir")), Device.coerce(device)
     rpf = records_per_file
     if rpf is not None and (not isinstance(rpf, (int, np.integer)) or isinstance(rpf, bool) or rpf <= 0):
         raise errors.InvalidArgument(

@@ -787,3 +787,28 @@ def test_iter_batcher_is_an_iterator_as_candles_batcher():
         next(b)  # the last incomplete batch is dropped, Candle's default
     cols = data.Batcher.new1(x).batch_size(2).return_last_incomplete_batch(True)
     assert [next(cols).shape for _ in range(3)] == [(2, 2), (2, 2), (1, 2)]
+
+
+@pytest.mark.parametrize("load, what", [
+    (data.load_mnist, "load_mnist: dir"), (data.load_cifar, "load_cifar: dir"), (data.read_idx, "read_idx: path"),
+    (lambda p: data.write_idx(p, np.zeros(2, np.uint8)), "write_idx: path"),
+    (data.TinyStoriesDataset, "TinyStories: dir"),
+])  # fmt: skip
+@pytest.mark.parametrize("bad", [None, 3])
+def test_loaders_name_a_path_of_the_wrong_type(load, what, bad):
+    """Path(None) / open(None) raised a bare TypeError."""
+    with pytest.raises(cj.errors.InvalidArgument, match=re.escape(f"{what} must be a str or os.PathLike, got {bad!r}")):
+        load(bad)
+
+
+@pytest.mark.parametrize("bad", ["a", 1.5, None, True])
+def test_order_epoch_of_the_wrong_type(bad):
+    """int("a") raised a bare ValueError, int(1.5) took epoch 1."""
+    x, y = _xy()
+    b = data.Batcher((x, y), batch_size=2, shuffle=True)
+    if bad is None:
+        np.testing.assert_array_equal(b.order(None), b.order(0))
+        return
+    with pytest.raises(cj.errors.NotAnInteger, match=re.escape(f"Batcher.order: epoch must be an int, got {bad!r}")):
+        b.order(bad)
+    np.testing.assert_array_equal(b.order(np.int64(3)), b.order(3))
