@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from candlejax.vision._image import check_image
+from candlejax.vision._image import ImageError, check_image
 
 # COCO's 17-keypoint skeleton (1-based pairs, as in Ultralytics and Candle's KP_CONNECTIONS).
 COCO_SKELETON = (
@@ -30,7 +30,10 @@ def draw_detections(img: Any, dets: Any, names: Sequence[str] | dict[int, str] |
     """Draw ``dets`` (a :class:`Detections`) on ``img`` ((3, H, W) u8 Tensor); returns a PIL image.
 
     Boxes with ``name score`` labels; keypoints with visibility above ``kpt_conf`` as dots, joined
-    by the COCO skeleton when there are 17.
+    by the COCO skeleton when there are 17. A box with a NaN or infinite coordinate, or with
+    ``x2 < x1`` / ``y2 < y1``, raises :class:`ImageError` naming the detection (Candle's example
+    panics on those); boxes reaching far outside the image are clipped to it, and keypoints with a
+    non-finite coordinate are not drawn.
     """
     from PIL import Image, ImageDraw
 
@@ -38,8 +41,16 @@ def draw_detections(img: Any, dets: Any, names: Sequence[str] | dict[int, str] |
     im = Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))
     draw = ImageDraw.Draw(im)
     lw = line_width or max(round(sum(im.size) / 2 * 0.003), 2)
+    boxes = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
+    for i, b in enumerate(boxes):
+        if not np.isfinite(b).all():
+            raise ImageError(f"draw_detections: detection {i} has a non-finite box {b.tolist()} (xyxy pixels)")
+        if b[2] < b[0] or b[3] < b[1]:
+            raise ImageError(f"draw_detections: detection {i} has x2 < x1 or y2 < y1: {b.tolist()} (xyxy expected)")
+    w, h = im.size  # beyond the line width outside the image nothing shows: Pillow fails on huge values
+    boxes = np.stack([boxes[:, [0, 2]].clip(-lw, w + lw), boxes[:, [1, 3]].clip(-lw, h + lw)], 2).reshape(-1, 4)
     for i in range(len(dets)):
-        x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
         c = int(dets.classes[i])
         color = _PALETTE[c % len(_PALETTE)]
         draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
@@ -53,6 +64,7 @@ def draw_detections(img: Any, dets: Any, names: Sequence[str] | dict[int, str] |
             continue
         k = dets.keypoints[i]
         vis = k[:, 2] > kpt_conf if k.shape[1] > 2 else np.ones(len(k), bool)
+        vis &= np.isfinite(k[:, :2]).all(1)
         if len(k) == 17:
             for p, q in COCO_SKELETON:
                 if vis[p - 1] and vis[q - 1]:

@@ -276,6 +276,30 @@ def test_draw_detections(astronaut):
     assert tuple(a[300, 50]) == (255, 56, 56)  # the box outline in the class colour
 
 
+def test_draw_detections_bad_boxes():
+    # Candle's yolo-v8 example panics on such boxes (imageproc's Rect::of_size(0, ..)); Pillow raised a
+    # ValueError / SystemError: a candlejax error naming the detection
+    img = vision.image_to_tensor(np.zeros((64, 64, 3), np.uint8))
+
+    def dets(*boxes, k=None):
+        n = len(boxes)
+        return vision.Detections(np.array(boxes, np.float32), np.full(n, 0.9, np.float32), np.zeros(n, int), k)
+
+    for box in ([np.nan, 2, 30, 40], [1, 2, np.inf, 40]):
+        with pytest.raises(vision.ImageError, match=r"draw_detections: detection 1 has a non-finite box"):
+            vision.draw_detections(img, dets([1, 2, 30, 40], box))
+    with pytest.raises(vision.ImageError, match=r"draw_detections: detection 0 has x2 < x1 or y2 < y1"):
+        vision.draw_detections(img, dets([30, 2, 1, 40]))
+    # far outside the image: clipped, the same pixels as the box's visible part
+    far = np.asarray(vision.draw_detections(img, dets([-1e30, 10, 1e30, 40])))
+    near = np.asarray(vision.draw_detections(img, dets([-100, 10, 200, 40])))
+    np.testing.assert_array_equal(far, near)
+    k = np.zeros((1, 17, 3), np.float32)
+    k[0, :, :2], k[0, :, 2] = 20, 1.0
+    k[0, 3, 0] = np.nan  # a non-finite keypoint is not drawn
+    vision.draw_detections(img, dets([1, 2, 30, 40], k=k))
+
+
 def test_absorb_bn_matches_torch(rng):
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, bias=True)
     bn = torch.nn.BatchNorm2d(6, eps=1e-3).eval()
