@@ -893,8 +893,11 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
-        """The tokenizer stored in a GGUF file's metadata."""
-        return cls.from_gguf_metadata(gguf_tokenizer_metadata(path), os.fspath(path))
+        """The tokenizer stored in a GGUF file's metadata; a missing file raises ``NoSuchFile`` (a
+        ``FileNotFoundError``), as :func:`load_tokenizer` does."""
+        p = errors.path_arg(path, "Tokenizer.from_gguf")
+        errors.check_file(p, "Tokenizer.from_gguf")
+        return cls.from_gguf_metadata(gguf_tokenizer_metadata(p), p)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Tokenizer:

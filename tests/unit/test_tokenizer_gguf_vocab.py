@@ -268,6 +268,13 @@ def test_bool_flags_and_missing_file_raise_candlejax_errors(tmp_path):
             load_tokenizer(missing)
         with pytest.raises(cj.errors.NoSuchFile):
             Tokenizer.from_file(missing)
+    # the GGUF path as load_tokenizer's: a not-found error (also a FileNotFoundError), not errors.Gguf
+    with pytest.raises(cj.errors.NoSuchFile, match=r"Tokenizer\.from_gguf: no such file: .*nope\.gguf"):
+        Tokenizer.from_gguf(tmp_path / "nope.gguf")
+    with pytest.raises(cj.errors.IsADirectory, match=r"Tokenizer\.from_gguf: is a directory"):
+        Tokenizer.from_gguf(tmp_path)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"Tokenizer\.from_gguf: path must be a str or os\.PathLike"):
+        Tokenizer.from_gguf(None)
 
 
 def test_apply_chat_template_takes_a_template_argument_like_transformers():
