@@ -41,6 +41,7 @@ from candlejax.examples import (
     token_output_stream,
     wav,
 )
+from candlejax.tensor import int_arg
 
 __all__ = [
     "audio", "bs1770", "chat_template", "coco_classes", "device", "hub_load_local_safetensors",
@@ -55,6 +56,14 @@ def device(cpu: bool) -> Device:
     return Device.Cpu if cpu else Device.cuda_if_available(0)
 
 
+def _positive(v: Any, op: str, what: str) -> int:
+    """``v`` as a positive int (Candle's ``usize`` sizes), else a candlejax error naming ``op`` and ``what``."""
+    n = int_arg(v, op, what)
+    if n <= 0:
+        raise errors.InvalidArgument(f"{op}: {what} must be positive, got {n}")
+    return n
+
+
 def load_image(p: str | os.PathLike[str], resize_longest: int | None = None) -> tuple[Any, int, int]:
     """``candle_examples::load_image(p, resize_longest)``: ``((3, h, w) u8 Tensor, original_h, original_w)``.
 
@@ -63,11 +72,11 @@ def load_image(p: str | os.PathLike[str], resize_longest: int | None = None) -> 
     bicubic). Raises :class:`candlejax.vision.ImageError` naming the file when it is missing or not
     an image.
     """
+    n = None if resize_longest is None else _positive(resize_longest, "load_image", "resize_longest")
     img = vision.load_image(p)
     h0, w0 = int(img.shape[1]), int(img.shape[2])
-    if resize_longest is None:
+    if n is None:
         return img, h0, w0
-    n = int(resize_longest)
     h, w = ((n * h0) // w0, n) if h0 < w0 else (n, (n * w0) // h0)
     return vision.resize(img, (h, w), "bicubic"), h0, w0
 
@@ -88,7 +97,9 @@ def load_image_and_resize(p: str | os.PathLike[str], width: int, height: int) ->
     Candle builds its tensor as ``(width, height, 3)`` before the permute, which is the same only
     for square sizes (the ones its examples use); this returns the image the right way up.
     """
-    return _resize_to_fill(vision.load_image(p), int(width), int(height), "bilinear")
+    width = _positive(width, "load_image_and_resize", "width")
+    height = _positive(height, "load_image_and_resize", "height")
+    return _resize_to_fill(vision.load_image(p), width, height, "bilinear")
 
 
 def _save(img: Any, p: str | os.PathLike[str]) -> None:
@@ -116,8 +127,9 @@ def save_image(img: Any, p: str | os.PathLike[str]) -> None:
 def save_image_resize(img: Any, p: str | os.PathLike[str], h: int, w: int) -> None:
     """``candle_examples::save_image_resize``: scale the ``(3, height, width)`` u8 image to cover
     ``h x w`` (Catmull-Rom), crop the centre and write it."""
+    h, w = _positive(h, "save_image_resize", "h"), _positive(w, "save_image_resize", "w")
     vision.check_image(img, "save_image_resize")
-    _save(_as_pil(_resize_to_fill(img, int(w), int(h), "bicubic"), "save_image_resize"), p)
+    _save(_as_pil(_resize_to_fill(img, w, h, "bicubic"), "save_image_resize"), p)
 
 
 def hub_load_local_safetensors(path: str | os.PathLike[str], json_file: str) -> list[Path]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from candlejax import vision
+from candlejax.tensor import int_arg
 
 IMAGENET_MEAN: tuple[float, float, float] = vision.IMAGENET_MEAN
 IMAGENET_STD: tuple[float, float, float] = vision.IMAGENET_STD
@@ -36,7 +37,8 @@ def load_image_with_std_mean(p: str | os.PathLike[str], res: int, mean: Sequence
     """``(3, res, res)`` f32: the image at ``p`` resized and cropped to ``res x res``, then
     ``(x / 255 - mean) / std`` per channel. Raises :class:`candlejax.vision.ImageError` naming the
     file when it is missing or not an image."""
-    return vision.normalize(vision.resize_center_crop(vision.load_image(p), int(res)), mean, std)
+    res = int_arg(res, "imagenet.load_image", "res")
+    return vision.normalize(vision.resize_center_crop(vision.load_image(p), res), mean, std)
 
 
 def load_image(p: str | os.PathLike[str], res: int) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 import wave
 
@@ -164,6 +165,27 @@ def test_image_errors_name_the_file(tmp_path):
     text.write_text("not an image")
     with pytest.raises(errors.Error, match=r"notes\.png"):
         candle_examples.load_image(text)
+
+
+def test_image_sizes_of_the_wrong_type(png, tmp_path):
+    """int("x") raised a bare ValueError and int(2.5) resized to 2; Candle's arguments are usize."""
+    p, a = png
+    img = cj.Tensor.new(a.transpose(2, 0, 1).copy())
+    calls = [
+        (lambda v: candle_examples.load_image(p, v), "load_image: resize_longest"),
+        (lambda v: candle_examples.load_image_and_resize(p, v, 4), "load_image_and_resize: width"),
+        (lambda v: candle_examples.load_image_and_resize(p, 4, v), "load_image_and_resize: height"),
+        (lambda v: candle_examples.save_image_resize(img, tmp_path / "o.png", v, 4), "save_image_resize: h"),
+        (lambda v: candle_examples.imagenet.load_image(p, v), "imagenet.load_image: res"),
+    ]
+    for call, what in calls:
+        for bad in ("x", 2.5) if what.endswith("resize_longest") else ("x", 2.5, None):  # None: no resize
+            with pytest.raises(errors.NotAnInteger, match=re.escape(f"{what} must be an int, got {bad!r}")):
+                call(bad)
+    for call, what in calls[:4]:
+        with pytest.raises(errors.InvalidArgument, match=re.escape(f"{what} must be positive, got 0")):
+            call(0)
+    assert candle_examples.load_image(p, np.int64(8))[0].shape[1:] == candle_examples.load_image(p, 8)[0].shape[1:]
 
 
 # --- safetensors index ---------------------------------------------------------------------------------
