@@ -47,12 +47,12 @@ def load_imatrix(fname: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             name = buf[pos : pos + length].decode("utf-8")
         except UnicodeDecodeError as e:
-            raise errors.Msg(f"Invalid UTF-8 name for entry {i} in {path}: {e}") from None
+            raise errors.Msg(f"Invalid UTF-8 name for entry {i}: {e} ({path})") from None
         pos += length
         ncall = i32(f"ncall for entry {i}")
         nval = i32(f"nval for entry {i}")
         if nval < 1:
-            raise errors.Msg(f"Invalid nval for entry {i} in {path}: {nval}")
+            raise errors.Msg(f"Invalid nval for entry {i}: {nval} ({path})")
         if pos + 4 * nval > len(buf):
             raise errors.Msg(f"Failed to read {nval} values for entry {i}: the file {path} ends at byte {len(buf)}")
         data = np.frombuffer(buf, "<f4", count=nval, offset=pos).astype(np.float32)

@@ -344,10 +344,10 @@ def test_pth_undecodable_record_name_is_a_candlejax_error(tmp_path):
 def test_imatrix_errors_name_the_file(tmp_path):
     p = tmp_path / "imatrix.dat"
     p.write_bytes(struct.pack("<ii", 1, 1) + b"\xff" + struct.pack("<ii", 2, 3) + np.ones(3, "<f4").tobytes())
-    with pytest.raises(errors.Error, match=r"Invalid UTF-8 name for entry 1 in .*imatrix\.dat"):
+    with pytest.raises(errors.Error, match=r"Invalid UTF-8 name for entry 1: .* \(.*imatrix\.dat\)"):
         load_imatrix(p)
     p.write_bytes(struct.pack("<ii", 1, 1) + b"w" + struct.pack("<ii", 2, -3))
-    with pytest.raises(errors.Error, match=r"Invalid nval for entry 1 in .*imatrix\.dat: -3"):
+    with pytest.raises(errors.Error, match=r"Invalid nval for entry 1: -3 \(.*imatrix\.dat\)"):
         load_imatrix(p)
 
 
