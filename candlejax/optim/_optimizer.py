@@ -708,17 +708,45 @@ class Optimizer:
         if self._trained is None:
             self._trained = handles
             self._state = self._init_params(params)
-        elif tuple(map(id, handles)) != tuple(map(id, self._trained)):  # Var == Var would compare values
-            if {id(h) for h in handles} == {id(h) for h in self._trained} and len(handles) == len(self._trained):
-                what = "in another order"
-            else:
-                what = f"a different set of Vars ({len(handles)} instead of {len(self._trained)})"
-            raise errors.OptimizerUsage(
-                f"{self.name}: this step trains {what} than the first step did; a bound optimizer keeps one state"
-                " for one set of Vars: create one optimizer per model (or per set of trained Vars)"
-            )
+        elif tuple(map(id, handles)) != tuple(map(id, self._trained)):  # pragma: no cover - _align_bound first
+            raise errors.OptimizerUsage(f"{self.name}: the Vars of this step do not match the optimizer's state")
         assert self._state is not None
         return self._state
+
+    def _align_bound(self, sp: Split, handles: tuple[Any, ...]) -> tuple[Split, tuple[Any, ...]]:
+        """``sp`` renumbered so that its parameters are the Vars the state covers, in the state's order, plus
+        this step's Vars the state does not cover yet (their moments start at zero, as Candle's from ``new``).
+        The state's other Vars are parameters the loss does not read: they keep value and state. Candle's
+        ``backward_step(&loss)`` takes no model, so one optimizer may step on any part of its Vars."""
+        trained = self._trained
+        if trained is None or tuple(map(id, handles)) == tuple(map(id, trained)):
+            return sp, handles
+        pos = {id(h): i for i, h in enumerate(trained)}
+        new = tuple(h for h in handles if id(h) not in pos)
+        for h in new:
+            pos[id(h)] = len(pos)
+        full = (*trained, *new)
+        if new:
+            self._grow_bound_state(full)
+        order = [pos[id(h)] for h in handles]
+        slots = tuple(order[s] if s >= 0 else -1 for s in sp.slots)
+        return Split(sp.treedef, sp.leaves, slots, tuple(h.name for h in full)), full
+
+    def _grow_bound_state(self, full: tuple[Any, ...]) -> None:
+        """Extend a bound optimizer's state to the Vars ``full`` (the covered ones first): fresh per-parameter
+        entries (zero moments) for the new Vars, the step count kept (Candle's ``step_t`` is global)."""
+        assert self._trained is not None and self._state is not None
+        n_old = len(self._trained)
+        fresh = self._init_params([h._a for h in full[n_old:]])
+
+        def per_param(x: Any) -> bool:
+            return isinstance(x, list) and len(x) == n_old
+
+        def grow(old: Any, add: Any) -> Any:
+            return [*old, *add] if per_param(old) else old
+
+        self._state = jax.tree_util.tree_map(grow, self._state, fresh, is_leaf=per_param)
+        self._trained = full
 
     def _init_params(self, params: list[Any]) -> OptState:
         """A fresh state for ``params``, committed where they are (so that the first and later steps
@@ -747,7 +775,7 @@ class Optimizer:
     def _bound_bstep(self, loss_fn: Any, model: Any, batch: Any) -> Any:
         __tracebackhide__ = True
         self._check_bound_call()
-        sp, handles = self._bound_split(model)
+        sp, handles = self._align_bound(*self._bound_split(model))
         params = [h._a for h in handles]
         first = self._trained is None
         state = self._bound_state(handles, params)
@@ -812,13 +840,10 @@ class Optimizer:
             first = {id(by_name[n]): by_name[n] for n in gv if n in by_name}
             handles = (*first.values(), *(h for h in self._vars if id(h) not in first))
         held = {id(h) for h in handles}
-        stray = [h.name for h in self._vars if id(h) in got and id(h) not in held]
-        if stray:
-            raise errors.OptimizerUsage(
-                f"{self.name}.step(grads): the first step trained {len(handles)} of this optimizer's Vars, without"
-                f" {stray[:3]}; a bound optimizer keeps one state for one set of Vars: create one optimizer per"
-                " model (or per set of trained Vars)"
-            )
+        stray = tuple(h for h in self._vars if id(h) in got and id(h) not in held)
+        if stray:  # Vars the state does not cover yet (earlier steps were on a part of the model): zero moments
+            self._grow_bound_state((*handles, *stray))
+            handles = self._trained
         unused = tuple(id(h) not in got for h in handles)
         g = [unwrap(got[id(h)]) for h in handles if id(h) in got]
         for h, x in zip((h for h in handles if id(h) in got), g):
