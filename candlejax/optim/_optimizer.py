@@ -523,15 +523,15 @@ class Optimizer:
           passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
           (``donate=False`` keeps it usable).
 
-        Parameters the loss does not read, or reads only through ``detach()``, comparisons or ``argmax``
-        (Candle's way to freeze a layer), keep their value and optimizer state (no weight decay, no
-        momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
-        those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
-        zero. Buffers the loss function sets in place (BatchNorm's running statistics in
-        ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the returned
-        model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
-        ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
-        input shape; both forms share it, so they compute bit-identical trajectories.
+        Parameters the loss does not read, or reads only through ``detach()``, comparisons, ``argmax`` or a
+        multiply by the scalar 0 (Candle's way to freeze a layer; its ``affine`` by 0 cuts the graph), keep
+        their value and optimizer state (no weight decay, no momentum step), as Candle's optimizers skip the
+        Vars without a gradient and PyTorch's skip those whose ``.grad`` is None; a parameter the loss reads is
+        updated even where its gradient is zero. Buffers the loss function sets in place (BatchNorm's running
+        statistics in ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the
+        returned model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is
+        compiled once per ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles)
+        and per input shape; both forms share it, so they compute bit-identical trajectories.
         """
         __tracebackhide__ = True
         if isinstance(loss_fn, TensorBase) or not callable(loss_fn):
@@ -943,6 +943,11 @@ class Optimizer:
 _NO_GRAD_PRIMITIVES = frozenset({"stop_gradient", "floor", "ceil", "round", "sign"})
 
 
+def _is_zero_literal(v: Any) -> bool:
+    """A scalar constant 0 in the traced loss (what ``x * 0.`` and ``x.affine(0., b)`` multiply by)."""
+    return isinstance(v, jax_core.Literal) and jnp.ndim(v.val) == 0 and bool(v.val == 0)
+
+
 def _is_float_var(v: Any) -> bool:
     return isinstance(v, jax_core.Var) and jnp.issubdtype(v.aval.dtype, jnp.inexact)
 
@@ -959,6 +964,8 @@ def _live_inputs(jaxpr: Any, live_out: list[bool]) -> list[bool]:
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
         elif not any(outs) or eqn.primitive.name in _NO_GRAD_PRIMITIVES:
             continue
+        elif eqn.primitive.name == "mul" and any(_is_zero_literal(v) for v in eqn.invars):
+            continue  # Candle's `x * 0.` / `affine(0., b)`: its backward does not walk through an affine by 0
         elif eqn.primitive.name in ("jit", "pjit") and isinstance(eqn.params.get("jaxpr"), jax_core.ClosedJaxpr):
             inner = _live_inputs(eqn.params["jaxpr"].jaxpr, outs)
             live.update(v for v, u in zip(eqn.invars, inner) if u and isinstance(v, jax_core.Var))

@@ -711,6 +711,26 @@ def test_adamw_skips_vars_the_loss_reads_only_detached_or_through_comparisons():
     assert f.to_vec1() == f0 and c.to_vec1() == c0 and a.to_vec1() == a0
 
 
+def test_adamw_skips_a_var_read_only_through_a_scalar_multiply_by_zero():
+    """Candle's ``x * 0.`` is ``affine(0., 0.)``, which its backward does not walk through
+    (candle-core/src/backprop.rs, ``Op::Affine { mul, .. }`` with ``*mul == 0.``): the Var gets no gradient
+    and AdamW leaves it and its state alone (no weight decay). A Var the loss reads otherwise is trained."""
+    from candlejax import nn
+
+    w, f, g = (nn.Var(np.asarray(v, np.float32), n) for v, n in (([1.0, 2.0], "w"), ([3.0, -4.0], "f"),
+                                                                 ([0.5, 1.5], "g")))  # fmt: skip
+    opt = O.AdamW([w, f, g], O.ParamsAdamW(lr=0.1, weight_decay=0.5))
+
+    def loss_fn(m, x):
+        return (m["w"] * x).sqr().sum_all() + (m["f"] * 0.0).sum_all() + m["g"].affine(0.0, 1.0).sum_all()
+
+    x = cj.Tensor.new(np.asarray([1.0, 1.0], np.float32))
+    for _ in range(3):
+        opt.backward_step(loss_fn, {"w": w, "f": f, "g": g}, x)
+    assert f.to_vec1() == [3.0, -4.0] and g.to_vec1() == [0.5, 1.5]
+    assert w.to_vec1() != [1.0, 2.0]
+
+
 def test_bound_step_errors_say_what_was_wrong():
     from candlejax import DType, errors, nn
 
