@@ -324,6 +324,7 @@ class Optimizer:
         self._trained: tuple[Any, ...] | None = None  # the Vars stepped (first step's order)
         self._tracing: tuple[Any, Any] = ((), ())  # the step's parameters and names, for _check_closure
         self._state: OptState | None = None
+        self._state_shapes: dict[Any, Any] = {}  # parameter shapes -> the state's structure and leaf shapes
 
     @property
     def vars(self) -> tuple[Any, ...]:
@@ -480,6 +481,7 @@ class Optimizer:
         sp = self._split(model)
         g = [unwrap(x) for x in grads_as_params(sp, grads)]
         self._check_alive(sp, state)
+        self._check_state(sp.params, state)
         donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
         params, state2, ok = self._apply(sp.params, state, g, donate)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
@@ -643,9 +645,28 @@ class Optimizer:
         self._rng_src = cache[0]
         return cache[1]
 
+    def _check_state(self, params: list[Any], state: OptState) -> None:
+        """Refuse a functional ``state`` made by ``init`` for another model (other parameter shapes or count):
+        inside the compiled step it failed with JAX's shape or pytree errors."""
+        __tracebackhide__ = True
+        key = tuple((tuple(p.shape), p.dtype) for p in params)
+        want = self._state_shapes.get(key)
+        if want is None:
+            shaped = jax.eval_shape(self.tx.init, [jax.ShapeDtypeStruct(*k) for k in key])
+            leaves, tdef = jax.tree_util.tree_flatten(shaped)
+            want = self._state_shapes[key] = (tdef, tuple(tuple(a.shape) for a in leaves))
+        g_leaves, g_def = jax.tree_util.tree_flatten(state.inner)
+        if g_def != want[0] or tuple(tuple(getattr(b, "shape", ())) for b in g_leaves) != want[1]:
+            raise errors.OptimizerUsage(
+                f"{self.name}: the optimizer state does not match the model ({len(params)} parameters of shapes"
+                f" {[tuple(p.shape) for p in params][:4]}{', ...' if len(params) > 4 else ''}): it was made by"
+                " opt.init for another model; make one for this model with state = opt.init(model)"
+            )
+
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
         sp = self._split(model)
+        self._check_state(sp.params, state)
         params, state2, loss, ok, rest, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)

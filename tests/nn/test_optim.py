@@ -731,6 +731,30 @@ def test_adamw_skips_a_var_read_only_through_a_scalar_multiply_by_zero():
     assert w.to_vec1() != [1.0, 2.0]
 
 
+def test_functional_state_of_another_model_is_a_named_error():
+    """``opt.init(model_a)`` given with ``model_b`` raised JAX's ``TypeError: add got incompatible shapes``
+    from inside the compiled step (or a pytree structure error for another count of parameters)."""
+    from candlejax import Device, DType, errors, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    a, b, c = nn.linear(3, 2, vb.pp("a")), nn.linear(3, 4, vb.pp("b")), nn.linear_no_bias(3, 2, vb.pp("c"))
+    x = cj.Tensor.new(np.ones((4, 3), np.float32))
+    y = cj.Tensor.new(np.zeros((4, 2), np.float32))
+
+    def loss_fn(m, x, y):
+        return nn.loss.mse(m(x).narrow(1, 0, 2), y)
+
+    for opt in (O.AdamW(O.ParamsAdamW(lr=0.1), donate=False), O.from_optax(optax.sgd(0.1, momentum=0.9))):
+        state = opt.init(a)
+        for other in (b, c):
+            with pytest.raises(errors.OptimizerUsage, match=r"state does not match the model.*opt\.init\(model\)"):
+                opt.backward_step(loss_fn, other, state, x, y)
+            with pytest.raises(errors.OptimizerUsage, match=r"state does not match the model"):
+                opt.step(other, state, cj.grad(loss_fn)(other, x, y))
+        opt.backward_step(loss_fn, a, state, x, y)  # the model it was made for
+
+
 def test_bound_step_errors_say_what_was_wrong():
     from candlejax import DType, errors, nn
 
