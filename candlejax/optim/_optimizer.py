@@ -324,6 +324,7 @@ class Optimizer:
         self._trained: tuple[Any, ...] | None = None  # the Vars stepped (first step's order)
         self._tracing: tuple[Any, Any] = ((), ())  # the step's parameters and names, for _check_closure
         self._state: OptState | None = None
+        self._state_shapes: dict[Any, Any] = {}  # parameter shapes -> the state's structure and leaf shapes
 
     @property
     def vars(self) -> tuple[Any, ...]:
@@ -480,6 +481,7 @@ class Optimizer:
         sp = self._split(model)
         g = [unwrap(x) for x in grads_as_params(sp, grads)]
         self._check_alive(sp, state)
+        self._check_state(sp.params, state)
         donate = self.donate and not _aliased(sp.params, state, (g, sp.rest))
         params, state2, ok = self._apply(sp.params, state, g, donate)
         if donate and not isinstance(sp.params[0], jax.core.Tracer):
@@ -523,15 +525,15 @@ class Optimizer:
           passed in and ``state`` are donated: that model raises ``DonatedVar`` on any use afterwards
           (``donate=False`` keeps it usable).
 
-        Parameters the loss does not read, or reads only through ``detach()``, comparisons or ``argmax``
-        (Candle's way to freeze a layer), keep their value and optimizer state (no weight decay, no
-        momentum step), as Candle's optimizers skip the Vars without a gradient and PyTorch's skip
-        those whose ``.grad`` is None; a parameter the loss reads is updated even where its gradient is
-        zero. Buffers the loss function sets in place (BatchNorm's running statistics in
-        ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the returned
-        model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is compiled once per
-        ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles) and per
-        input shape; both forms share it, so they compute bit-identical trajectories.
+        Parameters the loss does not read, or reads only through ``detach()``, comparisons, ``argmax`` or a
+        multiply by the scalar 0 (Candle's way to freeze a layer; its ``affine`` by 0 cuts the graph), keep
+        their value and optimizer state (no weight decay, no momentum step), as Candle's optimizers skip the
+        Vars without a gradient and PyTorch's skip those whose ``.grad`` is None; a parameter the loss reads is
+        updated even where its gradient is zero. Buffers the loss function sets in place (BatchNorm's running
+        statistics in ``forward_t(x, True)``) keep their new values: in the model's Buffers (bound) or in the
+        returned model (functional). PyTorch: ``loss.backward(); opt.step(); opt.zero_grad()``. The program is
+        compiled once per ``loss_fn`` (define it once, not as a new lambda per step: that warns and recompiles)
+        and per input shape; both forms share it, so they compute bit-identical trajectories.
         """
         __tracebackhide__ = True
         if isinstance(loss_fn, TensorBase) or not callable(loss_fn):
@@ -643,9 +645,28 @@ class Optimizer:
         self._rng_src = cache[0]
         return cache[1]
 
+    def _check_state(self, params: list[Any], state: OptState) -> None:
+        """Refuse a functional ``state`` made by ``init`` for another model (other parameter shapes or count):
+        inside the compiled step it failed with JAX's shape or pytree errors."""
+        __tracebackhide__ = True
+        key = tuple((tuple(p.shape), p.dtype) for p in params)
+        want = self._state_shapes.get(key)
+        if want is None:
+            shaped = jax.eval_shape(self.tx.init, [jax.ShapeDtypeStruct(*k) for k in key])
+            leaves, tdef = jax.tree_util.tree_flatten(shaped)
+            want = self._state_shapes[key] = (tdef, tuple(tuple(a.shape) for a in leaves))
+        g_leaves, g_def = jax.tree_util.tree_flatten(state.inner)
+        if g_def != want[0] or tuple(tuple(getattr(b, "shape", ())) for b in g_leaves) != want[1]:
+            raise errors.OptimizerUsage(
+                f"{self.name}: the optimizer state does not match the model ({len(params)} parameters of shapes"
+                f" {[tuple(p.shape) for p in params][:4]}{', ...' if len(params) > 4 else ''}): it was made by"
+                " opt.init for another model; make one for this model with state = opt.init(model)"
+            )
+
     def _functional_bstep(self, loss_fn: Any, model: Any, state: OptState, batch: Any) -> Any:
         __tracebackhide__ = True
         sp = self._split(model)
+        self._check_state(sp.params, state)
         params, state2, loss, ok, rest, donate = self._run(loss_fn, sp, sp.params, state, batch)
         if self.check_finite and not bool(ok):
             self._raise_nan(sp, params, sp.rest, state2, loss)
@@ -708,17 +729,45 @@ class Optimizer:
         if self._trained is None:
             self._trained = handles
             self._state = self._init_params(params)
-        elif tuple(map(id, handles)) != tuple(map(id, self._trained)):  # Var == Var would compare values
-            if {id(h) for h in handles} == {id(h) for h in self._trained} and len(handles) == len(self._trained):
-                what = "in another order"
-            else:
-                what = f"a different set of Vars ({len(handles)} instead of {len(self._trained)})"
-            raise errors.OptimizerUsage(
-                f"{self.name}: this step trains {what} than the first step did; a bound optimizer keeps one state"
-                " for one set of Vars: create one optimizer per model (or per set of trained Vars)"
-            )
+        elif tuple(map(id, handles)) != tuple(map(id, self._trained)):  # pragma: no cover - _align_bound first
+            raise errors.OptimizerUsage(f"{self.name}: the Vars of this step do not match the optimizer's state")
         assert self._state is not None
         return self._state
+
+    def _align_bound(self, sp: Split, handles: tuple[Any, ...]) -> tuple[Split, tuple[Any, ...]]:
+        """``sp`` renumbered so that its parameters are the Vars the state covers, in the state's order, plus
+        this step's Vars the state does not cover yet (their moments start at zero, as Candle's from ``new``).
+        The state's other Vars are parameters the loss does not read: they keep value and state. Candle's
+        ``backward_step(&loss)`` takes no model, so one optimizer may step on any part of its Vars."""
+        trained = self._trained
+        if trained is None or tuple(map(id, handles)) == tuple(map(id, trained)):
+            return sp, handles
+        pos = {id(h): i for i, h in enumerate(trained)}
+        new = tuple(h for h in handles if id(h) not in pos)
+        for h in new:
+            pos[id(h)] = len(pos)
+        full = (*trained, *new)
+        if new:
+            self._grow_bound_state(full)
+        order = [pos[id(h)] for h in handles]
+        slots = tuple(order[s] if s >= 0 else -1 for s in sp.slots)
+        return Split(sp.treedef, sp.leaves, slots, tuple(h.name for h in full)), full
+
+    def _grow_bound_state(self, full: tuple[Any, ...]) -> None:
+        """Extend a bound optimizer's state to the Vars ``full`` (the covered ones first): fresh per-parameter
+        entries (zero moments) for the new Vars, the step count kept (Candle's ``step_t`` is global)."""
+        assert self._trained is not None and self._state is not None
+        n_old = len(self._trained)
+        fresh = self._init_params([h._a for h in full[n_old:]])
+
+        def per_param(x: Any) -> bool:
+            return isinstance(x, list) and len(x) == n_old
+
+        def grow(old: Any, add: Any) -> Any:
+            return [*old, *add] if per_param(old) else old
+
+        self._state = jax.tree_util.tree_map(grow, self._state, fresh, is_leaf=per_param)
+        self._trained = full
 
     def _init_params(self, params: list[Any]) -> OptState:
         """A fresh state for ``params``, committed where they are (so that the first and later steps
@@ -747,7 +796,7 @@ class Optimizer:
     def _bound_bstep(self, loss_fn: Any, model: Any, batch: Any) -> Any:
         __tracebackhide__ = True
         self._check_bound_call()
-        sp, handles = self._bound_split(model)
+        sp, handles = self._align_bound(*self._bound_split(model))
         params = [h._a for h in handles]
         first = self._trained is None
         state = self._bound_state(handles, params)
@@ -812,13 +861,10 @@ class Optimizer:
             first = {id(by_name[n]): by_name[n] for n in gv if n in by_name}
             handles = (*first.values(), *(h for h in self._vars if id(h) not in first))
         held = {id(h) for h in handles}
-        stray = [h.name for h in self._vars if id(h) in got and id(h) not in held]
-        if stray:
-            raise errors.OptimizerUsage(
-                f"{self.name}.step(grads): the first step trained {len(handles)} of this optimizer's Vars, without"
-                f" {stray[:3]}; a bound optimizer keeps one state for one set of Vars: create one optimizer per"
-                " model (or per set of trained Vars)"
-            )
+        stray = tuple(h for h in self._vars if id(h) in got and id(h) not in held)
+        if stray:  # Vars the state does not cover yet (earlier steps were on a part of the model): zero moments
+            self._grow_bound_state((*handles, *stray))
+            handles = self._trained
         unused = tuple(id(h) not in got for h in handles)
         g = [unwrap(got[id(h)]) for h in handles if id(h) in got]
         for h, x in zip((h for h in handles if id(h) in got), g):
@@ -918,6 +964,11 @@ class Optimizer:
 _NO_GRAD_PRIMITIVES = frozenset({"stop_gradient", "floor", "ceil", "round", "sign"})
 
 
+def _is_zero_literal(v: Any) -> bool:
+    """A scalar constant 0 in the traced loss (what ``x * 0.`` and ``x.affine(0., b)`` multiply by)."""
+    return isinstance(v, jax_core.Literal) and jnp.ndim(v.val) == 0 and bool(v.val == 0)
+
+
 def _is_float_var(v: Any) -> bool:
     return isinstance(v, jax_core.Var) and jnp.issubdtype(v.aval.dtype, jnp.inexact)
 
@@ -934,6 +985,8 @@ def _live_inputs(jaxpr: Any, live_out: list[bool]) -> list[bool]:
             live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
         elif not any(outs) or eqn.primitive.name in _NO_GRAD_PRIMITIVES:
             continue
+        elif eqn.primitive.name == "mul" and any(_is_zero_literal(v) for v in eqn.invars):
+            continue  # Candle's `x * 0.` / `affine(0., b)`: its backward does not walk through an affine by 0
         elif eqn.primitive.name in ("jit", "pjit") and isinstance(eqn.params.get("jaxpr"), jax_core.ClosedJaxpr):
             inner = _live_inputs(eqn.params["jaxpr"].jaxpr, outs)
             live.update(v for v, u in zip(eqn.invars, inner) if u and isinstance(v, jax_core.Var))

@@ -620,6 +620,64 @@ def test_adamw_skips_vars_the_loss_does_not_use(rng):
                                        err_msg=f"step {t}, head {hh}.{n}")  # fmt: skip
 
 
+def test_bound_adamw_steps_on_sub_models_in_any_order_as_candle(rng):
+    """Candle's ``opt.backward_step(&loss)`` takes no model: one AdamW over ``varmap.all_vars()`` may step on a
+    loss over one head, then the other, then both in another order (candle-nn/src/optim.rs: moments of every
+    Var from construction, one global ``step_t``, only the Vars with a gradient updated). Against that formula
+    in float64. It raised "this step trains a different set of Vars" after the first step."""
+    from candlejax import Device, DType, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    heads = {"a": nn.linear(3, 2, vb.pp("a")), "b": nn.linear(3, 2, vb.pp("b"))}
+    lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.3
+    opt = O.AdamW(vm.all_vars(), O.ParamsAdamW(lr=lr, weight_decay=wd))
+
+    def loss_one(m, x, y):
+        return nn.loss.mse(m(x), y)
+
+    def loss_two(m, x, y):
+        return nn.loss.mse(m[0](x) + m[1](x), y)
+
+    theta = {f"{h}.{n}": np.asarray(getattr(heads[h], n)._a, np.float64) for h in "ab" for n in ("weight", "bias")}
+    m = {k: np.zeros_like(v) for k, v in theta.items()}
+    v = {k: np.zeros_like(x) for k, x in theta.items()}
+    for t, hs in enumerate(["a", "b", "ba", "a", "ab"], start=1):
+        x, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+        xt, yt = wrap(jnp.asarray(x, jnp.float32)), wrap(jnp.asarray(y, jnp.float32))
+        if len(hs) == 1:
+            opt.backward_step(loss_one, heads[hs], xt, yt)
+        else:
+            opt.backward_step(loss_two, (heads[hs[0]], heads[hs[1]]), xt, yt)
+        r = sum(x @ theta[f"{h}.weight"].T + theta[f"{h}.bias"] for h in hs) - y
+        r = 2 * r / y.size
+        for h in hs:
+            for k, g in ((f"{h}.weight", r.T @ x), (f"{h}.bias", r.sum(0))):
+                m[k] = b1 * m[k] + (1 - b1) * g
+                v[k] = b2 * v[k] + (1 - b2) * g * g
+                step = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+                theta[k] = theta[k] * (1 - lr * wd) - lr * step
+        for k, want in theta.items():
+            np.testing.assert_allclose(np.asarray(vm.data()[k]._a), want, rtol=1e-5, atol=1e-6, err_msg=f"{t} {k}")
+    assert int(opt.state.step) == 5
+    # opt.step(grads) with gradients of a head the state already covers, and then of both
+    x, y = (wrap(jnp.asarray(rng.standard_normal(s), jnp.float32)) for s in ((4, 3), (4, 2)))
+    opt.step(cj.grad(loss_one)(heads["b"], x, y))
+    assert int(opt.state.step) == 6
+    # a fresh optimizer stepped on head a, then given the gradients of head b: b's moments start at zero at
+    # Candle's global step 2
+    opt2 = O.AdamW(vm.all_vars(), O.ParamsAdamW(lr=lr, weight_decay=wd))
+    opt2.backward_step(loss_one, heads["a"], x, y)
+    wb = np.asarray(heads["b"].weight._a, np.float64)
+    gw = cj.grad(loss_one)(heads["b"], x, y).weight
+    g = np.asarray(gw._a, np.float64)
+    opt2.step({"b": {"weight": gw}})
+    step = ((1 - b1) * g / (1 - b1**2)) / (np.sqrt((1 - b2) * g * g / (1 - b2**2)) + eps)
+    want = wb * (1 - lr * wd) - lr * step
+    np.testing.assert_allclose(np.asarray(heads["b"].weight._a), want, rtol=1e-5, atol=1e-6)
+    assert int(opt2.state.step) == 2
+
+
 def test_adamw_skips_vars_the_loss_reads_only_detached_or_through_comparisons():
     """A Var read only through ``detach()`` (Candle's way to freeze a layer), a comparison or an
     argmax gets no gradient in Candle (its backward does not walk through them) nor in PyTorch
@@ -651,6 +709,50 @@ def test_adamw_skips_vars_the_loss_reads_only_detached_or_through_comparisons():
     for v, t in ((w, tw), (f, tf), (c, tc), (a, ta)):
         np.testing.assert_allclose(np.asarray(v._a), t.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=v.name)
     assert f.to_vec1() == f0 and c.to_vec1() == c0 and a.to_vec1() == a0
+
+
+def test_adamw_skips_a_var_read_only_through_a_scalar_multiply_by_zero():
+    """Candle's ``x * 0.`` is ``affine(0., 0.)``, which its backward does not walk through
+    (candle-core/src/backprop.rs, ``Op::Affine { mul, .. }`` with ``*mul == 0.``): the Var gets no gradient
+    and AdamW leaves it and its state alone (no weight decay). A Var the loss reads otherwise is trained."""
+    from candlejax import nn
+
+    w, f, g = (nn.Var(np.asarray(v, np.float32), n) for v, n in (([1.0, 2.0], "w"), ([3.0, -4.0], "f"),
+                                                                 ([0.5, 1.5], "g")))  # fmt: skip
+    opt = O.AdamW([w, f, g], O.ParamsAdamW(lr=0.1, weight_decay=0.5))
+
+    def loss_fn(m, x):
+        return (m["w"] * x).sqr().sum_all() + (m["f"] * 0.0).sum_all() + m["g"].affine(0.0, 1.0).sum_all()
+
+    x = cj.Tensor.new(np.asarray([1.0, 1.0], np.float32))
+    for _ in range(3):
+        opt.backward_step(loss_fn, {"w": w, "f": f, "g": g}, x)
+    assert f.to_vec1() == [3.0, -4.0] and g.to_vec1() == [0.5, 1.5]
+    assert w.to_vec1() != [1.0, 2.0]
+
+
+def test_functional_state_of_another_model_is_a_named_error():
+    """``opt.init(model_a)`` given with ``model_b`` raised JAX's ``TypeError: add got incompatible shapes``
+    from inside the compiled step (or a pytree structure error for another count of parameters)."""
+    from candlejax import Device, DType, errors, nn
+
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    a, b, c = nn.linear(3, 2, vb.pp("a")), nn.linear(3, 4, vb.pp("b")), nn.linear_no_bias(3, 2, vb.pp("c"))
+    x = cj.Tensor.new(np.ones((4, 3), np.float32))
+    y = cj.Tensor.new(np.zeros((4, 2), np.float32))
+
+    def loss_fn(m, x, y):
+        return nn.loss.mse(m(x).narrow(1, 0, 2), y)
+
+    for opt in (O.AdamW(O.ParamsAdamW(lr=0.1), donate=False), O.from_optax(optax.sgd(0.1, momentum=0.9))):
+        state = opt.init(a)
+        for other in (b, c):
+            with pytest.raises(errors.OptimizerUsage, match=r"state does not match the model.*opt\.init\(model\)"):
+                opt.backward_step(loss_fn, other, state, x, y)
+            with pytest.raises(errors.OptimizerUsage, match=r"state does not match the model"):
+                opt.step(other, state, cj.grad(loss_fn)(other, x, y))
+        opt.backward_step(loss_fn, a, state, x, y)  # the model it was made for
 
 
 def test_bound_step_errors_say_what_was_wrong():
