@@ -121,13 +121,18 @@ class TensorDataset:
 
 
 def as_dataset(data: Any) -> tuple[Any, bool]:
-    """``(dataset, single)``: a tuple/list of arrays or a single array becomes a TensorDataset; a list
-    of tuples holding arrays is a list of examples (PyTorch's ``DataLoader(list(zip(xs, ys)))``).
+    """``(dataset, single)``: a tuple of arrays or a single array becomes a TensorDataset; a list of
+    tuples or lists holding arrays, or of arrays of one shape, is a list of examples (PyTorch's
+    ``DataLoader(list(zip(xs, ys)))`` / ``DataLoader(list(xs))``); a list of arrays of different
+    shapes (which cannot be examples) is read as columns, as a tuple.
 
     ``single`` is True when batches should be yielded as one Tensor rather than a tuple.
     """
-    if isinstance(data, list) and data and all(isinstance(e, tuple) and any(map(_is_array, e)) for e in data):
-        return data, False  # a list of (x, y, ...) examples, as PyTorch's DataLoader(list(zip(xs, ys)))
+    if isinstance(data, list) and data:
+        if all(isinstance(e, (tuple, list)) and any(map(_is_array, e)) for e in data):
+            return data, False  # a list of (x, y, ...) examples, as PyTorch's DataLoader(list(zip(xs, ys)))
+        if all(map(_is_array, data)) and len({tuple(np.shape(unwrap(e))) for e in data}) == 1:
+            return data, True  # a list of example arrays, as PyTorch's DataLoader(list(xs))
     if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (int, float)):
         return TensorDataset(*data), False
     if hasattr(data, "_a") or isinstance(data, np.ndarray) or hasattr(data, "__jax_array__") or _is_jax(data):

@@ -72,6 +72,29 @@ def test_list_of_example_tuples_batches_as_pytorchs_dataloader():
     assert _labels(data.Batcher(list(zip(x, y)), 3, shuffle=False)) == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_list_of_example_arrays_or_lists_batches_as_pytorchs_dataloader():
+    """A list of example arrays (``list(xs)``) or of ``[x, y]`` lists is a dataset of examples, as for
+    PyTorch's DataLoader (and the Dataset protocol: ``ds[i]`` is one example). The first was read as
+    columns (10 examples of 2 values gave 2-row batches of 10 fields), the second raised numpy's bare
+    ValueError."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    y = np.arange(10, dtype=np.uint32)
+    ref = [b.numpy() for b in torch.utils.data.DataLoader(list(x), batch_size=4)]
+    for examples in (list(x), [cj.Tensor(r) for r in x]):
+        got = list(data.Batcher(examples, 4, return_last_incomplete_batch=True))
+        assert [g.shape for g in got] == [(4, 2), (4, 2), (2, 2)]
+        assert all(np.array_equal(np.asarray(g), r) for g, r in zip(got, ref))
+    pairs = [[a, b] for a, b in zip(x, y)]
+    ref = [[v.numpy() for v in b] for b in torch.utils.data.DataLoader(pairs, batch_size=4, drop_last=True)]
+    got = list(data.Batcher(pairs, 4))
+    assert len(got) == len(ref) == 2
+    for g, r in zip(got, ref):
+        assert len(g) == 2 and all(np.array_equal(np.asarray(a), b) for a, b in zip(g, r))
+    # columns stay columns: a tuple, or a list of arrays that cannot be examples (different shapes)
+    assert _labels(data.Batcher([x, y], 5)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
 def test_default_batch_size_is_candles():
     assert data.Batcher(_xy(40)).batch_size == 16
 
