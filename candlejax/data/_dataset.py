@@ -166,9 +166,21 @@ def stack_examples(examples: Sequence[Any], offset: int = 0, single: bool = Fals
     ``DTypeMismatchBinaryOp`` (Candle's stack never promotes)."""
     first = examples[0]
     if not single and isinstance(first, (tuple, list)):
-        return tuple(_stack([_host_array(e[j], "dataset example") for e in examples], offset, j)
-                     for j in range(len(first)))  # fmt: skip
-    return (_stack([_host_array(e, "dataset example") for e in examples], offset, None),)
+        return tuple(_stack(_field_arrays([e[j] for e in examples]), offset, j) for j in range(len(first)))
+    return (_stack(_field_arrays(list(examples)), offset, None),)
+
+
+def _field_arrays(values: list[Any]) -> list[np.ndarray]:
+    """Host arrays of one field; a field of Python ints / floats (a torchvision-style ``(image, label)``)
+    gets the dtype ``Tensor(values)`` would have (U32, or I32 / I64 with negatives; F32), not numpy's
+    int64 / float64."""
+    kinds = {type(v) for v in values}
+    if kinds and kinds <= {int, float}:
+        from candlejax.tensor.creation import _int_dtype
+
+        dt = DType.F32 if float in kinds else _int_dtype(min(values), max(values), "dataset example")
+        return [np.asarray(v, dtype=dt.np) for v in values]
+    return [_host_array(v, "dataset example") for v in values]
 
 
 def _stack(arrays: list[np.ndarray], offset: int, field: int | None) -> np.ndarray:

@@ -95,6 +95,23 @@ def test_list_of_example_arrays_or_lists_batches_as_pytorchs_dataloader():
     assert _labels(data.Batcher([x, y], 5)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
+def test_python_int_and_float_fields_of_examples_take_tensors_dtypes():
+    """``(image, label)`` pairs with a Python int label (torchvision's datasets) batch as PyTorch's
+    DataLoader does; the label gets the dtype ``Tensor(label)`` has (U32; I32 with a negative value
+    and x64 off) and a Python float F32, instead of the int64 / float64 x64 error."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    pairs = [(a, i, 0.5 * i) for i, a in enumerate(x)]
+    ref = list(torch.utils.data.DataLoader(pairs, batch_size=3))
+    got = list(data.Batcher(pairs, 3))
+    for (gx, gy, gw), (rx, ry, rw) in zip(got, ref):
+        assert gy.dtype == DType.U32 and gw.dtype == DType.F32
+        assert np.asarray(gy).tolist() == ry.tolist() and np.allclose(np.asarray(gw), rw.numpy())
+        assert np.array_equal(np.asarray(gx), rx.numpy())
+    (_, neg), = data.Batcher([(x[0], -1), (x[1], 2)], 2)
+    assert neg.dtype == (DType.I64 if cj.x64_enabled() else DType.I32) and np.asarray(neg).tolist() == [-1, 2]
+
+
 def test_default_batch_size_is_candles():
     assert data.Batcher(_xy(40)).batch_size == 16
 
