@@ -43,7 +43,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.distributed import llama_tp_rules as tp_rules  # Megatron-style split over "model"
 from candlejax.dtype import DType, to_dtype
-from candlejax.generation import generate, prefill_bucket, prefill_chunks
+from candlejax.generation import check_prompt_not_text, generate, prefill_bucket, prefill_chunks
 from candlejax.models.llama_config import (
     DEFAULT_MAX_SEQ_LEN,
     Config,
@@ -450,6 +450,7 @@ class Llama(Module):
         ``eos_token_id`` defaults to ``generation_config.json``'s where the model folder has one
         (transformers' ``generate``), else ``config.json``'s."""
         p = unwrap(prompt_tokens)
+        check_prompt_not_text(p, "llama generate")
         if not hasattr(p, "shape") and isinstance(p, Iterable):
             p = list(p)
         try:

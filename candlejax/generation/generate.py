@@ -255,8 +255,21 @@ def model_limit(params: Any, name: str) -> int | None:
     return None
 
 
+def check_prompt_not_text(prompt_tokens: Any, where: str = "generate") -> None:
+    """Raise for a prompt given as text (``str`` / ``bytes``, or a list of them): generate takes ids."""
+    p = prompt_tokens
+    if isinstance(p, list | tuple) and p:
+        p = p[0]
+    if isinstance(p, str | bytes) or (isinstance(p, np.ndarray) and p.dtype.kind in "USO"):
+        raise errors.InvalidArgument(
+            f"{where}: the prompt is text ({prompt_tokens!r:.60}), but it takes token ids: encode it first"
+            " (ids = tokenizer.encode(text).get_ids()), or use candlejax.pipelines.TextGeneration, which takes text"
+        )
+
+
 def _prompt_array(prompt_tokens: Any, dtype: Any, vocab_size: int | None) -> jax.Array:
     p = unwrap(prompt_tokens)
+    check_prompt_not_text(p)
     try:
         arr = np.asarray(p) if not isinstance(p, jax.Array) else p
     except (ValueError, TypeError):  # a ragged nested list

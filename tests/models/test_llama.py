@@ -382,6 +382,8 @@ def test_positions_and_cache_limits(pairs):
         generate(llama.step, model, model.new_cache(1, 16), prompt, 4, Sampling.ArgMax())
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         model.generate(list(range(130)), 4)
+    with pytest.raises(errors.InvalidArgument, match=r"prompt is text.*tokenizer\.encode"):  # not its characters
+        model.generate("hello", 4)
     # a cache larger than the model's positions: generation stops at max_position_embeddings (128)
     gen = generate(llama.step, model, model.new_cache(1, 300), prompt, 200, Sampling.ArgMax())
     assert len(list(gen)) == 128 - len(prompt) + 1 and gen.finish_reason == "cache_full"

@@ -427,6 +427,8 @@ def _gen(prompt=(1, 2), n=3, proc=None, **kw):
         (lambda: _gen(n="4"), errors.NotAnInteger, "generate: max_new_tokens must be an int"),
         (lambda: _gen(n=None), errors.NotAnInteger, "generate: max_new_tokens must be an int, got None"),
         (lambda: _gen(prompt=[[1], [1, 2]]), errors.Msg, "generate: prompt_tokens must be a list of ids"),
+        (lambda: _gen(prompt="hello"), errors.InvalidArgument, r"prompt is text.*tokenizer\.encode"),
+        (lambda: _gen(prompt=["hello"]), errors.InvalidArgument, r"prompt is text.*tokenizer\.encode"),
         (lambda: _gen(start_pos=1.5), errors.NotAnInteger, "generate: start_pos must be an int"),
         (lambda: _gen(repeat_penalty=1.1, repeat_last_n="a"), errors.NotAnInteger, "repeat_last_n must be an int"),
         (lambda: _gen(repeat_penalty=1.1, context_tokens="ab"), errors.NotAnInteger, "context_tokens id must be"),
