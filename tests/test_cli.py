@@ -277,6 +277,29 @@ def test_the_image_is_given_once_as_an_argument_or_as_candles_image_flag(capsys,
     assert "the image twice" in capsys.readouterr().err
 
 
+def test_clip_takes_candles_images_flag(monkeypatch, capsys):
+    """Candle's clip example takes ``--images a.jpg,b.jpg`` (comma-delimited) with ``--sequences``; each
+    image gets its own ranking, as the pipeline ranks a list of images."""
+    from candlejax import pipelines
+
+    seen = []
+
+    class Clf:
+        def __call__(self, image, labels):
+            seen.append(image)
+            rank = [(lab, 1.0 / len(labels)) for lab in labels]
+            return [rank for _ in image] if isinstance(image, list) else rank
+
+    monkeypatch.setattr(pipelines.ZeroShotClassifier, "from_pretrained", staticmethod(lambda *a, **kw: Clf()))
+    assert cli.main(["clip", "--images", "a.jpg,b.jpg", "--model", "d", "--sequences", "a cat,a dog"]) == 0
+    out = capsys.readouterr().out
+    assert seen == [["a.jpg", "b.jpg"]] and "a.jpg" in out and "b.jpg" in out and out.count("a cat") == 2
+    assert cli.main(["clip", "x.jpg", "--model", "d", "--labels", "a cat,a dog"]) == 0
+    assert seen[-1] == "x.jpg" and "x.jpg" not in capsys.readouterr().out  # one image: the ranking alone
+    assert cli.main(["clip", "--model", "d", "--labels", "a"]) == 1
+    assert "no image: give IMAGE (or --images IMAGE)" in capsys.readouterr().err
+
+
 def test_transcribe_takes_candles_input_flag(monkeypatch, capsys):
     """Candle's whisper example takes the sound file as ``--input FILE``."""
     from candlejax.cli import transcribe as cmd
