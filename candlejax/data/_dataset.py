@@ -131,8 +131,9 @@ def as_dataset(data: Any) -> tuple[Any, bool]:
     if isinstance(data, list) and data:
         if all(isinstance(e, (tuple, list)) and any(map(_is_array, e)) for e in data):
             return data, False  # a list of (x, y, ...) examples, as PyTorch's DataLoader(list(zip(xs, ys)))
-        if all(map(_is_array, data)) and len({tuple(np.shape(unwrap(e))) for e in data}) == 1:
-            return data, True  # a list of example arrays, as PyTorch's DataLoader(list(xs))
+        arrays = all(_is_array(e) or isinstance(e, np.generic) for e in data)
+        if arrays and len({np.shape(unwrap(e)) for e in data}) == 1:
+            return data, True  # a list of example arrays (or numpy scalars), as PyTorch's DataLoader(list(xs))
     if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (int, float)):
         return TensorDataset(*data), False
     if hasattr(data, "_a") or isinstance(data, np.ndarray) or hasattr(data, "__jax_array__") or _is_jax(data):

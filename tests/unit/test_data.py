@@ -91,6 +91,10 @@ def test_list_of_example_arrays_or_lists_batches_as_pytorchs_dataloader():
     assert len(got) == len(ref) == 2
     for g, r in zip(got, ref):
         assert len(g) == 2 and all(np.array_equal(np.asarray(a), b) for a, b in zip(g, r))
+    scalars = list(np.arange(6, dtype=np.float32))  # numpy scalars: examples of shape ()
+    ref = [b.numpy() for b in torch.utils.data.DataLoader(scalars, batch_size=3)]
+    got = list(data.Batcher(scalars, 3))
+    assert [g.dtype for g in got] == [DType.F32] * 2 and all(np.array_equal(np.asarray(g), r) for g, r in zip(got, ref))
     # columns stay columns: a tuple, or a list of arrays that cannot be examples (different shapes)
     assert _labels(data.Batcher([x, y], 5)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
