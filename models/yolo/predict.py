@@ -51,7 +51,7 @@ def _check(arg: Any, found: Any, what: str, src: str) -> Any:
     if arg is not None and found is not None and arg != found:
         pretty = {"which": lambda v: f"size {v!r}", "version": lambda v: f"version {v!r}"}.get(what, repr)
         raise errors.Msg(f"yolo.load: {src} holds weights for {pretty(found)}, not {pretty(arg)} "
-                         f"(--{what} {found} or leave it out to read it from the file)")  # fmt: skip
+                         f"(pass {what}={found!r}, or leave {what} out to read it from the file)")  # fmt: skip
     return found if arg is None else arg
 
 
