@@ -168,7 +168,10 @@ candle_config(Config, "blip")  # Config(**config_json) names from_dict
 # vision model, bottom-up
 # ------------------------------------------------------------------------------------------------
 def _check_pixels(pixel_values: Any, s: int) -> None:
-    """Reject pixel values that are not a float ``(B, 3, s, s)`` batch, naming the shape."""
+    """Reject pixel values that are not a float ``(B, 3, s, s)`` Tensor, naming the shape."""
+    if not isinstance(pixel_values, Tensor):
+        raise errors.Msg(f"blip vision_model: pixel_values must be a Tensor (e.g. Tensor.new(pixels)), got"
+                         f" {type(pixel_values).__name__}")  # fmt: skip
     shape = tuple(pixel_values.dims()) if isinstance(pixel_values, Tensor) else tuple(pixel_values.shape)
     if len(shape) != 4 or shape[1:] != (3, s, s):
         raise errors.UnexpectedShape(

@@ -230,6 +230,9 @@ class ClipTextTransformer(Module):
         return self.final_layer_norm(self.encoder(self.embeddings(input_ids), mask, causal=True))
 
     def _check(self, input_ids: Tensor) -> None:
+        if not isinstance(input_ids, Tensor):
+            raise errors.Msg(f"clip text_model: input_ids must be a Tensor (e.g. Tensor.new(ids)), got"
+                             f" {type(input_ids).__name__}")  # fmt: skip
         if input_ids.rank != 2:
             raise errors.Msg(f"clip text_model: input_ids must be (batch, seq), got shape {input_ids.dims()}")
         s = input_ids.dim(1)
@@ -311,7 +314,9 @@ class ClipVisionEmbeddings(Module):
 
 
 def _check_pixels(where: str, x: Any, channels: int, size: int) -> None:
-    """Reject an image batch that is not ``(B, channels, size, size)`` float."""
+    """Reject an image batch that is not a ``(B, channels, size, size)`` float Tensor."""
+    if not isinstance(x, Tensor):
+        raise errors.Msg(f"{where}: pixel_values must be a Tensor (e.g. Tensor.new(pixels)), got {type(x).__name__}")
     shape = tuple(x.dims()) if isinstance(x, Tensor) else tuple(getattr(x, "shape", ()))
     if len(shape) != 4 or shape[1] != channels or shape[2] != size or shape[3] != size:
         raise errors.UnexpectedShape(

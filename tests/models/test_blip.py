@@ -214,6 +214,22 @@ def test_bad_input(pair, rng):
         model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
 
 
+def test_arrays_instead_of_tensors_are_named(pair, rng):
+    """Candle's BLIP takes ``&Tensor``: a numpy array raised ``AttributeError: 'numpy.ndarray' object
+    has no attribute 'dim'`` from inside the model."""
+    _, model, _ = pair
+    px = _pixels(rng)
+    ids = np.array([[BOS, 3, 4]], np.uint32)
+    for call in (lambda: model.forward(px, Tensor.from_numpy(ids)), lambda: model.vision_model(px),
+                 lambda: blip.vision_forward_jit(model, px)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"blip vision_model: pixel_values must be a Tensor .*got ndarray"):
+            call()
+    emb = model.vision_model(Tensor.from_numpy(px))
+    for call in (lambda: model.forward(Tensor.from_numpy(px), ids), lambda: model.text_decoder.forward(ids, emb)):
+        with pytest.raises(errors.Error, match=r"blip text_decoder: input_ids must be a Tensor .*got ndarray"):
+            call()
+
+
 def test_decoder_refuses_bad_ids_positions_and_image_embeds(pair, rng):
     """The stateful decoder refuses ids outside the vocabulary (50) as the uncached one does (the
     compiled step clamped id 50 to 49); ``step``'s ``pos`` must be the cache's position; image_embeds

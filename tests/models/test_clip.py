@@ -231,6 +231,24 @@ def test_zero_shot_matches_transformers(models, rng):
         clf([], labels)
 
 
+def test_arrays_instead_of_tensors_are_named(models, rng):
+    """Candle's CLIP takes ``&Tensor``: a numpy array raised ``AttributeError: 'numpy.ndarray' object
+    has no attribute 'rank'`` (or ``'dim'``) from inside the model."""
+    _, model, _ = models["eos"]
+    ids = _ids(rng, 1).astype(np.uint32)
+    pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    t_ids, t_px = Tensor.from_numpy(ids), Tensor.from_numpy(pixels)
+    for call in (lambda: model.get_text_features(ids), lambda: model.forward(t_px, ids),
+                 lambda: clip.text_features_jit(model, ids), lambda: clip.forward_jit(model, t_px, ids)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"clip text_model: input_ids must be a Tensor .*got ndarray"):
+            call()
+    for call in (lambda: model.get_image_features(pixels), lambda: model.forward(pixels, t_ids),
+                 lambda: clip.image_features_jit(model, pixels),
+                 lambda: clip.forward_jit(model, pixels, t_ids)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"clip vision_model: pixel_values must be a Tensor .*got ndarray"):
+            call()
+
+
 def test_bad_input(models, rng):
     _, model, _ = models["eos"]
     tok = _tiny_tokenizer()
