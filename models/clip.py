@@ -50,7 +50,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.conv import hwio_kernels, with_hwio_kernels
 from candlejax.nn.init import Const
-from candlejax.tensor import Tensor
+from candlejax.tensor import Tensor, int_arg
 
 __all__ = [
     "ClipAttention",
@@ -222,10 +222,13 @@ class ClipTextTransformer(Module):
         (after ``final_layer_norm``) with causal attention that also ignores the keys after
         position ``mask_after`` (a ``mask_after`` of ``S - 1`` or more masks nothing more)."""
         self._check(input_ids)
+        mask_after = int_arg(mask_after, "clip text_model forward_with_mask", "mask_after")
+        if mask_after < 0:  # Candle's usize
+            raise errors.Msg(f"clip text_model forward_with_mask: mask_after must be >= 0, got {mask_after}")
         s = input_ids.dim(1)
         mask = None
-        if 0 <= int(mask_after) < s - 1:
-            keep = (np.arange(s) <= int(mask_after)).astype(np.uint8).reshape(1, 1, 1, s)
+        if mask_after < s - 1:
+            keep = (np.arange(s) <= mask_after).astype(np.uint8).reshape(1, 1, 1, s)
             mask = Tensor.new(keep, input_ids.device)
         return self.final_layer_norm(self.encoder(self.embeddings(input_ids), mask, causal=True))
 

@@ -484,6 +484,12 @@ def test_text_forward_with_mask_and_encoder_states_match_transformers(towers, rn
         np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-4, rtol=1e-4)
     final = text.final_layer_norm(states[-1]).numpy()  # = forward_with_mask(ids, usize::MAX): nothing more masked
     np.testing.assert_allclose(final, txt.last_hidden_state.numpy(), atol=1e-4, rtol=1e-4)
+    # Candle's usize: a negative or fractional mask_after raises (-1 masked nothing more, 3.7 acted as 3)
+    ids_t = Tensor.from_numpy(ids.astype(np.uint32))
+    with pytest.raises(errors.Error, match=r"forward_with_mask: mask_after must be >= 0, got -1"):
+        text.forward_with_mask(ids_t, -1)
+    with pytest.raises(errors.NotAnInteger, match="mask_after"):
+        text.forward_with_mask(ids_t, 3.7)
     v = rng.standard_normal((3, 5)).astype(np.float32)
     want = torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy()
     np.testing.assert_allclose(jax.jit(clip.div_l2_norm)(Tensor.from_numpy(v)).numpy(), want, rtol=1e-6)
