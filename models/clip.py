@@ -489,17 +489,8 @@ def preprocess(image: Any, size: int = 224, crop: int | None = None) -> Tensor:
     ``crop`` (default ``size``), OpenAI's mean/std -> ``(1, 3, crop, crop)`` f32. ``image``: a path,
     PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` u8 Tensor; float pixels are taken as
     preprocessed and pass through, which must then be ``(3, crop, crop)`` or ``(B, 3, crop, crop)``."""
-    pixels = vision.as_pixel_batch(image)
-    c = size if crop is None else crop
+    pixels = vision.as_pixel_batch(image, size if crop is None else crop, "clip.preprocess")
     if pixels is not None:
-        if pixels.rank != 4 or tuple(pixels.dims()[1:]) != (3, c, c):
-            given = image.dims() if isinstance(image, Tensor) else np.shape(image)
-            raise errors.UnexpectedShape(
-                f"clip.preprocess: float pixels are taken as preprocessed, (3, {c}, {c}) or (batch, 3, {c}, {c});"
-                " pass an (H, W, 3) uint8 array, a PIL image or a path to resize and normalise an image",
-                (3, c, c),
-                given,
-            )
         return pixels
     img = vision.as_image(image, "clip.preprocess")
     img = vision.center_crop(vision.resize_shortest(img, size, "bicubic"), size if crop is None else crop)

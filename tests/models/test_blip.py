@@ -168,6 +168,12 @@ def test_preprocess_matches_blip_image_processor(rng):
     ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(blip.preprocess(img, 32).numpy(), ref, atol=1e-5)
     np.testing.assert_allclose(blip.preprocess(Image.fromarray(img), 32).numpy(), ref, atol=1e-5)
+    # float pixels pass through as preprocessed, as in clip.preprocess: they must then be (B, 3, 32, 32);
+    # an (H, W, 3) float image came back as a (1, H, W, 3) "batch"
+    np.testing.assert_array_equal(blip.preprocess(ref[0], 32).numpy(), ref)
+    for bad in (np.full((45, 61, 3), 0.5, np.float32), ref[:, :, :16]):
+        with pytest.raises(errors.UnexpectedShape, match=r"blip.preprocess: float pixels are taken as preprocessed"):
+            blip.preprocess(bad, 32)
 
 
 def test_caption_from_image_matches_transformers(pair, rng):
@@ -183,7 +189,7 @@ def test_caption_from_image_matches_transformers(pair, rng):
 def test_bad_input(pair, rng):
     _, model, _ = pair
     tok = _tiny_tokenizer()
-    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+    with pytest.raises(errors.Error, match=r"blip.preprocess: float pixels .* \(batch, 3, 32, 32\)"):
         blip.caption(model, Tensor.zeros((1, 3, 40, 40), DType.F32, Device.Cpu), tok)
     with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
         model.vision_model(Tensor.zeros((1, 1, 32, 32), DType.F32, Device.Cpu))
