@@ -351,7 +351,11 @@ class BertModel(Module):
         Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens, so a
         new sentence length reuses the executables compiled for its bucket instead of compiling its
         own (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
-        ids = unwrap(input_ids)
+        ids, token_type_ids, attention_mask = (  # nested lists as numpy arrays are taken
+            None if a is None else np.asarray(a) if isinstance(a, (list, tuple)) else a
+            for a in (input_ids, token_type_ids, attention_mask)
+        )
+        ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
         s = int(ids.shape[1])
         padded = eager_length_bucket(s, self.config.max_position_embeddings)

@@ -142,6 +142,17 @@ def test_defaults_for_token_types_and_mask(hf_small, rng):
     np.testing.assert_allclose(np.asarray(bert.forward_jit(model, Tensor(ids.astype(np.int32)))), ref, atol=1e-4)
 
 
+def test_nested_lists_are_taken_as_arrays(hf_small, rng):
+    """Ids, token types and mask as nested lists (as numpy arrays are taken): they raised AttributeError."""
+    m, d = hf_small["gelu"]
+    model = _load(d)
+    ids, tt, mask = _inputs(rng)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    keep = mask.astype(bool)
+    got = np.asarray(model.forward(ids.tolist(), tt.tolist(), mask.tolist()))
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+
+
 def test_bert_prefix_and_no_pooler(hf_small, tmp_path, rng):
     from safetensors.numpy import load_file, save_file
 
