@@ -243,8 +243,11 @@ def eager_length_bucket(s: int, limit: int) -> int:
 
 
 def _mask_bias(attention_mask: Any, dtype: Any) -> Any:
-    """0/1 mask ``(B, S)`` -> additive ``(B, 1, 1, S)``: 0 where kept, the dtype's min where masked."""
+    """0/1 mask ``(B, S)`` -> additive ``(B, 1, 1, S)``, or ``(B, S, S)`` (row i: the keys query i sees)
+    -> ``(B, 1, S, S)`` (Candle's ``get_extended_attention_mask``): 0 where kept, the dtype's min where masked."""
     m = unwrap(attention_mask)
+    if m.ndim == 3:
+        return jnp.where((m != 0)[:, None], 0.0, jnp.finfo(dtype).min).astype(dtype)
     if m.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, m.ndim, m.shape, "bert attention_mask")
     keep = unwrap(ops.padding_mask(m))
@@ -333,9 +336,14 @@ class BertModel(Module):
                 f"bert: sequence length {ids.shape[1]} exceeds max_position_embeddings"
                 f" {self.config.max_position_embeddings}"
             )
-        for name, t in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
-            if t is not None and tuple(unwrap(t).shape) != tuple(ids.shape):
-                raise errors.UnexpectedShape(f"bert {name} must match input_ids", ids.shape, unwrap(t).shape)
+        if token_type_ids is not None and tuple(unwrap(token_type_ids).shape) != tuple(ids.shape):
+            raise errors.UnexpectedShape("bert token_type_ids must match input_ids", ids.shape,
+                                         unwrap(token_type_ids).shape)  # fmt: skip
+        if attention_mask is not None:  # (B, S), or (B, S, S) as Candle's get_extended_attention_mask
+            shape, want = tuple(unwrap(attention_mask).shape), tuple(ids.shape)
+            if shape not in (want, (*want, want[1])):
+                raise errors.UnexpectedShape("bert attention_mask must match input_ids (batch, seq) or be (batch, seq,"
+                                             " seq)", want, shape)  # fmt: skip
 
     def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
         """``(B, S)`` ids (and token types, 0/1 mask) -> last hidden states ``(B, S, hidden_size)``.
@@ -343,7 +351,11 @@ class BertModel(Module):
         Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens, so a
         new sentence length reuses the executables compiled for its bucket instead of compiling its
         own (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
-        ids = unwrap(input_ids)
+        ids, token_type_ids, attention_mask = (  # nested lists as numpy arrays are taken
+            None if a is None else np.asarray(a) if isinstance(a, (list, tuple)) else a
+            for a in (input_ids, token_type_ids, attention_mask)
+        )
+        ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
         s = int(ids.shape[1])
         padded = eager_length_bucket(s, self.config.max_position_embeddings)
@@ -371,8 +383,8 @@ class BertModel(Module):
 
         def pad(a: Any) -> Any:  # on the host: no executable per length
             a = np.asarray(unwrap(a))
-            out = np.zeros((b, padded), a.dtype)
-            out[:, :s] = a
+            out = np.zeros((b, *[padded] * (a.ndim - 1)), a.dtype)  # a (B, S, S) mask: padded keys masked
+            out[(slice(None), *[slice(0, s)] * (a.ndim - 1))] = a
             return jax.device_put(out, device)
 
         mask = np.ones((b, s), np.int32) if attention_mask is None else attention_mask

@@ -168,7 +168,10 @@ candle_config(Config, "blip")  # Config(**config_json) names from_dict
 # vision model, bottom-up
 # ------------------------------------------------------------------------------------------------
 def _check_pixels(pixel_values: Any, s: int) -> None:
-    """Reject pixel values that are not a float ``(B, 3, s, s)`` batch, naming the shape."""
+    """Reject pixel values that are not a float ``(B, 3, s, s)`` Tensor, naming the shape."""
+    if not isinstance(pixel_values, Tensor):
+        raise errors.Msg(f"blip vision_model: pixel_values must be a Tensor (e.g. Tensor.new(pixels)), got"
+                         f" {type(pixel_values).__name__}")  # fmt: skip
     shape = tuple(pixel_values.dims()) if isinstance(pixel_values, Tensor) else tuple(pixel_values.shape)
     if len(shape) != 4 or shape[1:] != (3, s, s):
         raise errors.UnexpectedShape(
@@ -358,8 +361,9 @@ _BUCKET = 32  # cache lengths are rounded up to a multiple of this, so nearby ma
 def preprocess(image: Any, size: int = 384) -> Tensor:
     """transformers' ``BlipImageProcessor``: resize to ``size`` x ``size`` (bicubic), OpenAI's CLIP
     mean/std -> ``(1, 3, size, size)`` f32. ``image``: a path, PIL image, ``(H, W, 3)`` uint8 array
-    or ``(3, H, W)`` u8 Tensor; float pixels pass through."""
-    pixels = vision.as_pixel_batch(image)
+    or ``(3, H, W)`` u8 Tensor; float pixels are taken as preprocessed and pass through, which must
+    then be ``(3, size, size)`` or ``(B, 3, size, size)``."""
+    pixels = vision.as_pixel_batch(image, size, "blip.preprocess")
     if pixels is not None:
         return pixels
     img = vision.resize(vision.as_image(image, "blip.preprocess"), size, "bicubic")

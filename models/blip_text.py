@@ -327,6 +327,9 @@ class TextLMHeadModel(Module):
         )  # fmt: skip
 
     def _check_ids(self, input_ids: Tensor, start: int = 0) -> None:
+        if not isinstance(input_ids, Tensor):
+            raise errors.Msg(f"blip text_decoder: input_ids must be a Tensor (e.g. Tensor.new(ids)), got"
+                             f" {type(input_ids).__name__}")  # fmt: skip
         if input_ids.rank != 2 or input_ids.dim(1) == 0:
             raise errors.Msg(f"blip text_decoder: input_ids must be (batch, seq) with seq >= 1, got {input_ids.dims()}")
         if start + input_ids.dim(1) > self.config.max_position_embeddings:

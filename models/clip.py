@@ -50,7 +50,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.conv import hwio_kernels, with_hwio_kernels
 from candlejax.nn.init import Const
-from candlejax.tensor import Tensor
+from candlejax.tensor import Tensor, int_arg
 
 __all__ = [
     "ClipAttention",
@@ -222,14 +222,20 @@ class ClipTextTransformer(Module):
         (after ``final_layer_norm``) with causal attention that also ignores the keys after
         position ``mask_after`` (a ``mask_after`` of ``S - 1`` or more masks nothing more)."""
         self._check(input_ids)
+        mask_after = int_arg(mask_after, "clip text_model forward_with_mask", "mask_after")
+        if mask_after < 0:  # Candle's usize
+            raise errors.Msg(f"clip text_model forward_with_mask: mask_after must be >= 0, got {mask_after}")
         s = input_ids.dim(1)
         mask = None
-        if 0 <= int(mask_after) < s - 1:
-            keep = (np.arange(s) <= int(mask_after)).astype(np.uint8).reshape(1, 1, 1, s)
+        if mask_after < s - 1:
+            keep = (np.arange(s) <= mask_after).astype(np.uint8).reshape(1, 1, 1, s)
             mask = Tensor.new(keep, input_ids.device)
         return self.final_layer_norm(self.encoder(self.embeddings(input_ids), mask, causal=True))
 
     def _check(self, input_ids: Tensor) -> None:
+        if not isinstance(input_ids, Tensor):
+            raise errors.Msg(f"clip text_model: input_ids must be a Tensor (e.g. Tensor.new(ids)), got"
+                             f" {type(input_ids).__name__}")  # fmt: skip
         if input_ids.rank != 2:
             raise errors.Msg(f"clip text_model: input_ids must be (batch, seq), got shape {input_ids.dims()}")
         s = input_ids.dim(1)
@@ -311,7 +317,9 @@ class ClipVisionEmbeddings(Module):
 
 
 def _check_pixels(where: str, x: Any, channels: int, size: int) -> None:
-    """Reject an image batch that is not ``(B, channels, size, size)`` float."""
+    """Reject an image batch that is not a ``(B, channels, size, size)`` float Tensor."""
+    if not isinstance(x, Tensor):
+        raise errors.Msg(f"{where}: pixel_values must be a Tensor (e.g. Tensor.new(pixels)), got {type(x).__name__}")
     shape = tuple(x.dims()) if isinstance(x, Tensor) else tuple(getattr(x, "shape", ()))
     if len(shape) != 4 or shape[1] != channels or shape[2] != size or shape[3] != size:
         raise errors.UnexpectedShape(
@@ -481,17 +489,8 @@ def preprocess(image: Any, size: int = 224, crop: int | None = None) -> Tensor:
     ``crop`` (default ``size``), OpenAI's mean/std -> ``(1, 3, crop, crop)`` f32. ``image``: a path,
     PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` u8 Tensor; float pixels are taken as
     preprocessed and pass through, which must then be ``(3, crop, crop)`` or ``(B, 3, crop, crop)``."""
-    pixels = vision.as_pixel_batch(image)
-    c = size if crop is None else crop
+    pixels = vision.as_pixel_batch(image, size if crop is None else crop, "clip.preprocess")
     if pixels is not None:
-        if pixels.rank != 4 or tuple(pixels.dims()[1:]) != (3, c, c):
-            given = image.dims() if isinstance(image, Tensor) else np.shape(image)
-            raise errors.UnexpectedShape(
-                f"clip.preprocess: float pixels are taken as preprocessed, (3, {c}, {c}) or (batch, 3, {c}, {c});"
-                " pass an (H, W, 3) uint8 array, a PIL image or a path to resize and normalise an image",
-                (3, c, c),
-                given,
-            )
         return pixels
     img = vision.as_image(image, "clip.preprocess")
     img = vision.center_crop(vision.resize_shortest(img, size, "bicubic"), size if crop is None else crop)

@@ -504,8 +504,11 @@ def _lm_head(params: Llama, x: Any) -> Any:
 
 def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
     ids = unwrap(tokens)
+    ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
     check_token_ids(ids, params.config.vocab_size, "llama step: token ids")  # traced: the dtype only
     ids = ids[None, :] if ids.ndim == 1 else ids
+    if ids.ndim != 2:
+        raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama step: token ids (batch, seq)")
     return _hidden_embeds(params, cache, unwrap(params.embed_tokens(ids.astype(jnp.int32))), pos)
 
 
@@ -547,7 +550,10 @@ def step(params: Llama, cache: Cache, tokens: Any, pos: Any, last: Any = None) -
 def forward_all(params: Llama, tokens: Any) -> Any:
     """Logits for every position of ``tokens`` ``(B, T)`` -> ``(B, T, vocab)`` (no cache kept)."""
     ids = unwrap(tokens)
+    ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
     ids = ids[None, :] if ids.ndim == 1 else ids
+    if ids.ndim != 2:
+        raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama forward_all: token ids (batch, seq)")
     if not isinstance(ids, jax.core.Tracer):
         params.check_positions(0, ids.shape[1])
     cache = params.new_cache(ids.shape[0], ids.shape[1])

@@ -273,6 +273,10 @@ def forward_jit(net: ResNet, xs: Any) -> Any:
     (``jax.jit(net.forward)``) -> 36.3-37.2 ms (torch.compile 41.8-43.8). Same outputs as
     ``net.forward`` up to summation order (~1e-5)."""
     _check_not_empty(xs, "resnet.forward_jit", "(batch, 3, height, width)")
+    shape, c_in = tuple(xs.shape), net.stem.conv.weight.shape[1]
+    if len(shape) != 4 or shape[1] != c_in:  # (the channels-last program would name the transposed shape)
+        raise errors.UnexpectedShape(f"resnet.forward_jit: xs must be (batch, {c_in}, height, width)",
+                                     (shape[0] if len(shape) == 4 else 1, c_in, *shape[-2:]), shape)  # fmt: skip
     return _forward_compiled(net, _nhwc_kernels(net, tuple(xs.shape[2:])), xs)
 
 

@@ -55,9 +55,21 @@ def as_image(img: Any, where: str = "image") -> Any:
     return image_to_tensor(a)
 
 
-def as_pixel_batch(x: Any) -> Any:
+def as_pixel_batch(x: Any, size: int | None = None, where: str = "preprocess") -> Any:
     """Already preprocessed float pixels ``(3, S, S)`` / ``(B, 3, S, S)`` as a 4-D Tensor (float64
-    arrays as f32); ``None`` when ``x`` is not a float Tensor or array (an image to preprocess)."""
+    arrays as f32); ``None`` when ``x`` is not a float Tensor or array (an image to preprocess).
+    With ``size``, float pixels of another shape than ``(B, 3, size, size)`` raise, naming ``where``."""
+    t = _pixel_batch(x)
+    if t is not None and size is not None and (t.rank != 4 or tuple(t.dims()[1:]) != (3, size, size)):
+        raise errors.UnexpectedShape(
+            f"{where}: float pixels are taken as preprocessed, (3, {size}, {size}) or (batch, 3, {size}, {size});"
+            " pass an (H, W, 3) uint8 array, a PIL image or a path to resize and normalise an image",
+            (3, size, size), x.dims() if isinstance(x, Tensor) else np.shape(x),
+        )  # fmt: skip
+    return t
+
+
+def _pixel_batch(x: Any) -> Any:
     if isinstance(x, Tensor):
         if not x.dtype.is_float():
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
 from candlejax.nn import Module, VarBuilder
-from candlejax.tensor import Tensor
+from candlejax.tensor import Tensor, int_arg
 from candlejax.transforms import jit
 from candlejax.vision import open_rgb
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
@@ -105,6 +106,8 @@ def _check_points(points: Sequence[Point]) -> None:
     for p in points:
         if not (isinstance(p, (tuple, list)) and len(p) == 3):
             raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground), got {p!r}")
+        if not all(isinstance(v, numbers.Real) for v in p[:2]):
+            raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground) with numbers x, y, got {tuple(p)!r}")
         x, y, fg = p
         if not (isinstance(fg, (int, float, np.bool_, np.integer, np.floating)) and fg in (0, 1)):
             raise errors.Msg(
@@ -119,9 +122,11 @@ def _check_points(points: Sequence[Point]) -> None:
 
 
 def _check_box(box: Box) -> None:
-    if len(box) != 4 or not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] > box[2] or box[1] > box[3]:
+    seq = isinstance(box, (tuple, list, np.ndarray)) and all(isinstance(v, numbers.Real) for v in box)
+    if not seq or len(box) != 4 or not all(0.0 <= float(v) <= 1.0 for v in box) or box[0] > box[2] or box[1] > box[3]:
         raise errors.Msg(
-            f"sam: box {tuple(box)!r} must be (x0, y0, x1, y1) fractions in [0, 1] with x0 <= x1, y0 <= y1"
+            f"sam: box {tuple(box) if seq else box!r} must be (x0, y0, x1, y1) fractions in [0, 1] with x0 <= x1,"
+            " y0 <= y1"
         )
 
 
@@ -228,6 +233,8 @@ class Sam(Module):
         original_h`` image (the one given to ``embeddings``); ``box`` is ``(x0, y0, x1, y1)`` in the
         same fractions. Several points give one mask for all of them.
         """
+        original_h = int_arg(original_h, "sam forward_for_embeddings", "original_h")
+        original_w = int_arg(original_w, "sam forward_for_embeddings", "original_w")
         emb_shape = tuple(img_embeddings.dims())
         if emb_shape != (1, PROMPT_EMBED_DIM, IMAGE_SIZE // VIT_PATCH_SIZE, IMAGE_SIZE // VIT_PATCH_SIZE):
             raise errors.Msg(f"sam: image embeddings must be (1, 256, 64, 64) from embeddings(), got {list(emb_shape)}")

@@ -330,6 +330,7 @@ class TextDecoder(Module):
         if n and ids.shape[0] != seen.shape[0]:
             raise errors.Msg(f"whisper decoder: batch {ids.shape[0]} differs from the cached sequence's"
                              f" {seen.shape[0]}; pass flush_kv_cache=True to start a new one")  # fmt: skip
+        _check_batch(st.value, ids.shape[0], "decoder.forward")
         whole = n and ids.shape[1] > n and np.array_equal(ids[:, :n], seen)
         new_ids = ids[:, n:] if whole else ids
         _check_positions(self, n, new_ids.shape[1], "decoder.forward")
@@ -417,6 +418,14 @@ def _check_positions(dec: TextDecoder, pos: Any, t: int, what: str) -> None:
         )
 
 
+def _check_batch(state: DecoderState, b: int, what: str) -> None:
+    """Raise unless tokens of batch ``b`` match the batch of the state's audio features."""
+    a = state.cross_k[0].shape[0] if state.cross_k else b
+    if int(b) != int(a):
+        raise errors.Msg(f"whisper {what}: tokens have batch {b}, the audio features batch {a} (one row of tokens"
+                         " per audio window)")  # fmt: skip
+
+
 def _check_step(dec: TextDecoder, state: DecoderState, tokens: Any, what: str) -> None:
     """The host checks of a decoder step: tokens ``(B, T)`` integer ids in the vocabulary (their values
     when not traced), ``T`` positions left in the state (its position when not traced)."""
@@ -424,6 +433,7 @@ def _check_step(dec: TextDecoder, state: DecoderState, tokens: Any, what: str) -
     if len(shape) != 2:
         raise errors.UnexpectedNumberOfDims(2, len(shape), shape, f"whisper {what}: tokens (batch, seq)")
     check_token_ids(tokens, dec.token_embedding.weight.shape[0], f"whisper {what}: token ids")
+    _check_batch(state, shape[0], what)
     _check_positions(dec, state.position(), shape[1], what)
 
 

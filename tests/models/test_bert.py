@@ -142,6 +142,17 @@ def test_defaults_for_token_types_and_mask(hf_small, rng):
     np.testing.assert_allclose(np.asarray(bert.forward_jit(model, Tensor(ids.astype(np.int32)))), ref, atol=1e-4)
 
 
+def test_nested_lists_are_taken_as_arrays(hf_small, rng):
+    """Ids, token types and mask as nested lists (as numpy arrays are taken): they raised AttributeError."""
+    m, d = hf_small["gelu"]
+    model = _load(d)
+    ids, tt, mask = _inputs(rng)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    keep = mask.astype(bool)
+    got = np.asarray(model.forward(ids.tolist(), tt.tolist(), mask.tolist()))
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+
+
 def test_bert_prefix_and_no_pooler(hf_small, tmp_path, rng):
     from safetensors.numpy import load_file, save_file
 
@@ -217,6 +228,28 @@ def test_is_decoder_config_attends_causally_as_transformers(tmp_path, rng):
     with torch.no_grad():
         ref = m(torch.tensor(ids), token_type_ids=torch.tensor(tt)).last_hidden_state.numpy()
     np.testing.assert_allclose(np.asarray(model.forward(ids, tt)), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_three_dim_attention_mask_as_candle(tmp_path, rng):
+    """Candle's ``get_extended_attention_mask`` takes a rank-3 mask ``(B, S, S)`` (row i: the keys
+    query i sees) as well as ``(B, S)``; it raised here. Reference: transformers' decoder BertModel
+    (causal and padding masks) on the same weights, run here as an encoder given that 3-D mask."""
+    torch.manual_seed(3)
+    m = transformers.BertModel(transformers.BertConfig(is_decoder=True, attn_implementation="eager", **SMALL)).eval()
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "is_decoder": False}))
+    model = _load(tmp_path)
+    ids, tt, mask = _inputs(rng)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    s = ids.shape[1]
+    mask3 = (np.tril(np.ones((s, s), np.int64))[None] * mask[:, None, :]).astype(np.uint32)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model.forward(ids, tt, mask3))[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    got = bert.forward_jit(model, Tensor(ids.astype(np.int32)), Tensor(tt.astype(np.int32)), Tensor(mask3))
+    np.testing.assert_allclose(np.asarray(got)[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    with pytest.raises(errors.UnexpectedShape, match="attention_mask"):
+        model.forward(ids, tt, mask3[:, :, :-1])
 
 
 @pytest.mark.parametrize("shape", [(0, 4), (2, 0)])

@@ -168,6 +168,12 @@ def test_preprocess_matches_blip_image_processor(rng):
     ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(blip.preprocess(img, 32).numpy(), ref, atol=1e-5)
     np.testing.assert_allclose(blip.preprocess(Image.fromarray(img), 32).numpy(), ref, atol=1e-5)
+    # float pixels pass through as preprocessed, as in clip.preprocess: they must then be (B, 3, 32, 32);
+    # an (H, W, 3) float image came back as a (1, H, W, 3) "batch"
+    np.testing.assert_array_equal(blip.preprocess(ref[0], 32).numpy(), ref)
+    for bad in (np.full((45, 61, 3), 0.5, np.float32), ref[:, :, :16]):
+        with pytest.raises(errors.UnexpectedShape, match=r"blip.preprocess: float pixels are taken as preprocessed"):
+            blip.preprocess(bad, 32)
 
 
 def test_caption_from_image_matches_transformers(pair, rng):
@@ -183,7 +189,7 @@ def test_caption_from_image_matches_transformers(pair, rng):
 def test_bad_input(pair, rng):
     _, model, _ = pair
     tok = _tiny_tokenizer()
-    with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
+    with pytest.raises(errors.Error, match=r"blip.preprocess: float pixels .* \(batch, 3, 32, 32\)"):
         blip.caption(model, Tensor.zeros((1, 3, 40, 40), DType.F32, Device.Cpu), tok)
     with pytest.raises(errors.Error, match=r"pixel_values must be \(batch, 3, 32, 32\)"):
         model.vision_model(Tensor.zeros((1, 1, 32, 32), DType.F32, Device.Cpu))
@@ -212,6 +218,22 @@ def test_bad_input(pair, rng):
     with pytest.raises(errors.Error, match="exceed max_position_embeddings"):
         emb = model.vision_model(Tensor.from_numpy(_pixels(rng)))
         model.text_decoder(Tensor.zeros((1, 41), DType.U32, Device.Cpu), emb)
+
+
+def test_arrays_instead_of_tensors_are_named(pair, rng):
+    """Candle's BLIP takes ``&Tensor``: a numpy array raised ``AttributeError: 'numpy.ndarray' object
+    has no attribute 'dim'`` from inside the model."""
+    _, model, _ = pair
+    px = _pixels(rng)
+    ids = np.array([[BOS, 3, 4]], np.uint32)
+    for call in (lambda: model.forward(px, Tensor.from_numpy(ids)), lambda: model.vision_model(px),
+                 lambda: blip.vision_forward_jit(model, px)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"blip vision_model: pixel_values must be a Tensor .*got ndarray"):
+            call()
+    emb = model.vision_model(Tensor.from_numpy(px))
+    for call in (lambda: model.forward(Tensor.from_numpy(px), ids), lambda: model.text_decoder.forward(ids, emb)):
+        with pytest.raises(errors.Error, match=r"blip text_decoder: input_ids must be a Tensor .*got ndarray"):
+            call()
 
 
 def test_decoder_refuses_bad_ids_positions_and_image_embeds(pair, rng):

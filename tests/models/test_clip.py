@@ -231,6 +231,24 @@ def test_zero_shot_matches_transformers(models, rng):
         clf([], labels)
 
 
+def test_arrays_instead_of_tensors_are_named(models, rng):
+    """Candle's CLIP takes ``&Tensor``: a numpy array raised ``AttributeError: 'numpy.ndarray' object
+    has no attribute 'rank'`` (or ``'dim'``) from inside the model."""
+    _, model, _ = models["eos"]
+    ids = _ids(rng, 1).astype(np.uint32)
+    pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    t_ids, t_px = Tensor.from_numpy(ids), Tensor.from_numpy(pixels)
+    for call in (lambda: model.get_text_features(ids), lambda: model.forward(t_px, ids),
+                 lambda: clip.text_features_jit(model, ids), lambda: clip.forward_jit(model, t_px, ids)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"clip text_model: input_ids must be a Tensor .*got ndarray"):
+            call()
+    for call in (lambda: model.get_image_features(pixels), lambda: model.forward(pixels, t_ids),
+                 lambda: clip.image_features_jit(model, pixels),
+                 lambda: clip.forward_jit(model, pixels, t_ids)):  # fmt: skip
+        with pytest.raises(errors.Error, match=r"clip vision_model: pixel_values must be a Tensor .*got ndarray"):
+            call()
+
+
 def test_bad_input(models, rng):
     _, model, _ = models["eos"]
     tok = _tiny_tokenizer()
@@ -466,6 +484,12 @@ def test_text_forward_with_mask_and_encoder_states_match_transformers(towers, rn
         np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-4, rtol=1e-4)
     final = text.final_layer_norm(states[-1]).numpy()  # = forward_with_mask(ids, usize::MAX): nothing more masked
     np.testing.assert_allclose(final, txt.last_hidden_state.numpy(), atol=1e-4, rtol=1e-4)
+    # Candle's usize: a negative or fractional mask_after raises (-1 masked nothing more, 3.7 acted as 3)
+    ids_t = Tensor.from_numpy(ids.astype(np.uint32))
+    with pytest.raises(errors.Error, match=r"forward_with_mask: mask_after must be >= 0, got -1"):
+        text.forward_with_mask(ids_t, -1)
+    with pytest.raises(errors.NotAnInteger, match="mask_after"):
+        text.forward_with_mask(ids_t, 3.7)
     v = rng.standard_normal((3, 5)).astype(np.float32)
     want = torch.nn.functional.normalize(torch.from_numpy(v), dim=-1).numpy()
     np.testing.assert_allclose(jax.jit(clip.div_l2_norm)(Tensor.from_numpy(v)).numpy(), want, rtol=1e-6)

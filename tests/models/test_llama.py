@@ -427,6 +427,21 @@ def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
     model.forward(np.array([[9], [9]]), 0)
 
 
+def test_token_ids_of_the_wrong_rank_raise_in_step_and_forward_all(pairs):
+    """``step`` and ``forward_all`` take ids ``(B, T)`` (or one ``(T,)`` sequence), as ``forward`` does
+    (Candle's ``x.dims2()``): other ranks raised Python's unpacking / tuple-index errors, a list an
+    AttributeError."""
+    _name, _hf, model, _ = pairs("gqa")
+    for bad in (np.array([[[5, 6, 7]]], np.uint32), np.array(5, np.uint32)):
+        with pytest.raises(errors.UnexpectedNumberOfDims, match=r"llama step: token ids \(batch, seq\)"):
+            llama.step(model, model.new_cache(1, 16), bad, 0)
+        with pytest.raises(errors.UnexpectedNumberOfDims, match=r"token ids \(batch, seq\)"):
+            llama.forward_all(model, bad)
+    ids = [[5, 6, 7]]
+    np.testing.assert_allclose(np.asarray(llama.forward_all(model, ids).numpy()),
+                               _hf_logits(_hf, np.array(ids)), atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
 def test_candles_config_presets_and_rope_types(tmp_path):
     """``Config::config_7b_v1/v2`` as in Candle's llama.rs; ``Llama3RopeConfig`` / ``Llama3RopeType`` read
     from a config.json and given directly, with the inverse frequencies of Candle's formula."""

@@ -159,6 +159,19 @@ def test_wrong_input_channels_raise():
         net.forward(Tensor(np.zeros((1, 4, 32, 32), np.float32)))
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 1, 3, 32, 32), (1, 32, 32, 3)])
+def test_forward_jit_names_a_missing_batch_dim_or_channels_last_input(shape):
+    """forward_jit takes (batch, 3, H, W) as forward does (Candle's conv2d: rank 4, 3 channels): an image
+    without its batch dim raised Python's zip error, a channels-last one named the transposed shape."""
+    net = resnet.resnet18(10, VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    x = Tensor(np.zeros(shape, np.float32))
+    with pytest.raises(errors.Error, match=r"\[batch, 3, H, W\]"):
+        net.forward(x)
+    with pytest.raises(errors.UnexpectedShape, match=r"resnet.forward_jit: xs .*\(batch, 3, height, width\).*got: "
+                       + re.escape(str(list(shape)))):
+        resnet.forward_jit(net, x)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 0, 0), (1, 3, 32, 0), (0, 3, 32, 32)])
 def test_empty_images_are_named(shape):
     """A 0x0 image or an empty batch is named at the model's entry (conv2d's invalid-args error came

@@ -197,6 +197,16 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
         model.forward_for_embeddings(cj.Tensor.zeros((1, 256, 32, 32), cj.DType.F32, cj.Device.Cpu), 5, 5, [], True)
     with pytest.raises(errors.Error, match=r"image size \(2000, 500\)"):
         model.forward_for_embeddings(emb, 500, 2000, [(0.5, 0.5, True)], True)
+    # Candle's f64 coordinates and usize sizes: text and fractional sizes are named, not Python's
+    # ValueError / TypeError, nor a 500.5-pixel image scaled silently
+    for box in ("abcd", ("0", 0.1, 0.5, 0.9), 0.5):
+        with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
+            model.forward_for_embeddings(emb, 500, 600, [], True, box)
+    with pytest.raises(errors.Error, match=r"a point prompt is \(x, y, is_foreground\) with numbers x, y"):
+        model.forward_for_embeddings(emb, 500, 600, [("0.5", 0.5, True)], True)
+    for h in (500.5, "500"):
+        with pytest.raises(errors.NotAnInteger, match="original_h"):
+            model.forward_for_embeddings(emb, h, 600, [(0.5, 0.5, True)], True)
 
 
 class _Payload:

@@ -206,6 +206,21 @@ def test_decoder_refuses_bad_token_ids_and_positions_past_the_cache(tiny):
     assert int(state.with_position(24).position()) == 24
 
 
+def test_decoder_names_tokens_of_another_batch_than_the_audio(tiny):
+    """Tokens ``(B, T)`` for audio features of another batch: Candle's cross-attention matmul fails
+    (shape mismatch); here the error came from the KV cache (``DecodeKvCache.append``), naming neither."""
+    _, m = tiny
+    dec = m.decoder
+    audio = m.encoder.forward(Tensor.from_numpy(np.zeros((2, 16, 60), np.float32)))
+    want = r"whisper .*: tokens have batch 1, the audio features batch 2"
+    with pytest.raises(errors.Error, match="whisper decoder.forward" + want[len("whisper .*") :]):
+        dec.forward(np.array([[1, 5]]), audio, True)
+    state = whisper.new_state(dec, audio)
+    for f in (whisper.step, whisper.step_jit, whisper.prefill_jit):
+        with pytest.raises(errors.Error, match=want):
+            f(dec, state, np.array([[1, 5]], np.int32))
+
+
 def test_mel_matches_feature_extractor_and_streaming_windows():
     from transformers import WhisperFeatureExtractor
 
