@@ -351,3 +351,21 @@ def test_cpu_flag_puts_the_work_on_the_cpu(tmp_path):
     assert text[0][0] == text[1][0] and text[0][0].startswith("w17 w42 w")
     assert text[0][1].split() == ["None", "None"]
     assert text[1][1].split()[0] == "cpu" and "cpu" in text[1][1].split()[1].lower(), text[1][1]
+
+
+def test_module_entry_points_take_cpu_and_debug_after_the_subcommand(monkeypatch, capsys):
+    """Candle's examples take ``--cpu`` anywhere on the line (``yolo-v8 --model m.pt img.jpg --cpu``): the
+    yolo entry point's ``detect`` / ``pose`` take it (and ``--debug``) after their arguments too."""
+    from candlejax import errors
+    from candlejax.cli import _script, detect
+
+    seen = []
+    monkeypatch.setattr(_script, "use_cpu_if_asked", lambda a: seen.append(a.cpu))  # (no global JAX change)
+    rc = detect.yolo_main(["detect", "nothing.jpg", "--weights", "missing.pt", "--cpu"])
+    assert rc == 1 and seen == [True] and "missing.pt" in capsys.readouterr().err
+    rc = detect.yolo_main(["--cpu", "pose", "nothing.jpg", "--weights", "missing.pt"])
+    assert rc == 1 and seen == [True, True]
+    rc = detect.yolo_main(["detect", "nothing.jpg", "--weights", "missing.pt"])
+    assert rc == 1 and seen == [True, True, False]
+    with pytest.raises(errors.Error):
+        detect.yolo_main(["detect", "nothing.jpg", "--weights", "missing.pt", "--debug"])

@@ -47,11 +47,22 @@ def image_argument(args: argparse.Namespace, many: bool = False, dest: str = "im
     return pos + opt if many else (pos + opt)[0]
 
 
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The sub-command parsers of ``p`` (one parser per command, aliases once)."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return list({id(q): q for a in subs for q in a.choices.values()}.values())
+
+
 def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Callable[[argparse.Namespace], int]) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run; a candlejax error, a missing file or a bad
     value prints ``error: ...`` and returns 1 (``--debug`` shows the traceback)."""
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     add_cpu_argument(p)
+    for sub in _subparsers(p):  # after a sub-command's arguments too, as Candle's examples take them anywhere
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the full traceback on errors")  # fmt: skip
+        sub.add_argument("--cpu", action="store_true", default=argparse.SUPPRESS,
+                         help="run on the CPU even when JAX sees a GPU (Candle's --cpu)")  # fmt: skip
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     use_cpu_if_asked(args)
     enable_compilation_cache()
