@@ -267,6 +267,8 @@ class Batcher(_BuilderOptions):
         if not self.shuffle:
             return np.arange(n)
         e = self.epoch if epoch is None else int_arg(epoch, "Batcher.order", "epoch")
+        if e < 0:  # (numpy's default_rng raised a bare ValueError)
+            raise errors.InvalidArgument(f"Batcher.order: epoch must be >= 0, got {e}")
         return np.random.default_rng([self.seed, e]).permutation(n)
 
     # --- checkpoint state -------------------------------------------------------------------

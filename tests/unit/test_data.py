@@ -856,3 +856,16 @@ def test_order_epoch_of_the_wrong_type(bad):
     with pytest.raises(cj.errors.NotAnInteger, match=re.escape(f"Batcher.order: epoch must be an int, got {bad!r}")):
         b.order(bad)
     np.testing.assert_array_equal(b.order(np.int64(3)), b.order(3))
+
+
+def test_order_of_a_negative_epoch():
+    """numpy's default_rng([seed, -1]) raised a bare ``ValueError: expected non-negative integer``; epochs
+    count from 0 (as ``set_state`` checks)."""
+    x, y = _xy()
+    b = data.Batcher((x, y), batch_size=2, shuffle=True)
+    with pytest.raises(cj.errors.InvalidArgument, match=r"Batcher\.order: epoch must be >= 0, got -1"):
+        b.order(-1)
+    b.epoch = -2
+    with pytest.raises(cj.errors.InvalidArgument, match=r"Batcher\.order: epoch must be >= 0, got -2"):
+        list(b)
+    assert data.Batcher((x, y), batch_size=2).order(-1).tolist() == list(range(len(x)))  # unshuffled: no epoch
