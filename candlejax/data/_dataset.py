@@ -177,9 +177,9 @@ def _field_arrays(values: list[Any]) -> list[np.ndarray]:
     int64 / float64."""
     kinds = {type(v) for v in values}
     if kinds and kinds <= {int, float}:
-        from candlejax.tensor.creation import _int_dtype
+        from candlejax.tensor.creation import int_dtype_of_range
 
-        dt = DType.F32 if float in kinds else _int_dtype(min(values), max(values), "dataset example")
+        dt = DType.F32 if float in kinds else int_dtype_of_range(min(values), max(values), "dataset example")
         return [np.asarray(v, dtype=dt.np) for v in values]
     return [_host_array(v, "dataset example") for v in values]
 

@@ -2,7 +2,7 @@
 
 requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op, candlejax.random
 provides: CreationMixin, ``as_jax_array`` (host data -> jax array with Candle's dtype inference),
-``infer_dtype`` (the DType a Python scalar gets)
+``infer_dtype`` (the DType a Python scalar gets), ``int_dtype_of_range`` (the DType of Python ints in a range)
 
 Argument order follows Candle (``Tensor::zeros(shape, dtype, &dev)`` reads
 ``Tensor.zeros(shape, dtype, device)``); ``dtype``/``device`` default to F32 / ``Device.Cpu`` where
@@ -99,7 +99,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 # --- dtype inference for Python data ------------------------------------------------------------
-def _int_dtype(lo: int, hi: int, where: str) -> DType:
+def int_dtype_of_range(lo: int, hi: int, where: str) -> DType:
     """U32 for non-negative ints below 2**32, else I64 (x64 on) or I32 (x64 off, when it fits)."""
     if lo >= 0 and hi <= _U32_MAX:
         return DType.U32
@@ -117,7 +117,7 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
     if isinstance(value, (bool, np.bool_)):
         return DType.U8
     if isinstance(value, int):
-        return _int_dtype(value, value, where)
+        return int_dtype_of_range(value, value, where)
     if isinstance(value, float):
         return DType.F32
     if isinstance(value, (np.generic, np.ndarray, jax.Array, _Tracer)):
@@ -267,7 +267,7 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
     if kind in "iu":
         if arr.size == 0:
             return arr.astype(np.float32)
-        d = _int_dtype(int(arr.min()), int(arr.max()), where)
+        d = int_dtype_of_range(int(arr.min()), int(arr.max()), where)
         return arr.astype(d.np, copy=False)
     if kind == "c":
         raise errors.UnsupportedDTypeForOp(str(arr.dtype), where, "complex numbers are not supported")
@@ -690,7 +690,7 @@ class CreationMixin(TensorBase):
         if dtype is not None:
             d = _dt(dtype, "arange")
         elif all_int:
-            d = _int_dtype(min(start, end), max(start, end), "arange")
+            d = int_dtype_of_range(min(start, end), max(start, end), "arange")
         else:
             d = DType.F32
         if all_int:
