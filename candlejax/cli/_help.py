@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 __all__ = ["HelpFormatter", "add_cpu_argument", "use_cpu_if_asked"]
 
@@ -18,9 +19,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_cpu_argument(p: argparse.ArgumentParser) -> None:
-    """Candle's examples' ``--cpu`` flag; read it with :func:`use_cpu_if_asked`."""
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when JAX sees a GPU (Candle's --cpu)")
+def add_cpu_argument(p: argparse.ArgumentParser, default: Any = False) -> None:
+    """Candle's examples' ``--cpu`` flag; read it with :func:`use_cpu_if_asked` (``default``:
+    ``argparse.SUPPRESS`` on a sub-command, so that it keeps a ``--cpu`` given before the sub-command)."""
+    p.add_argument("--cpu", action="store_true", default=default,
+                   help="run on the CPU even when JAX sees a GPU (Candle's --cpu)")  # fmt: skip
 
 
 def use_cpu_if_asked(args: argparse.Namespace) -> None:

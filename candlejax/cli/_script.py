@@ -61,8 +61,7 @@ def run_script(p: argparse.ArgumentParser, argv: Sequence[str] | None, run: Call
     for sub in _subparsers(p):  # after a sub-command's arguments too, as Candle's examples take them anywhere
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the full traceback on errors")  # fmt: skip
-        sub.add_argument("--cpu", action="store_true", default=argparse.SUPPRESS,
-                         help="run on the CPU even when JAX sees a GPU (Candle's --cpu)")  # fmt: skip
+        add_cpu_argument(sub, default=argparse.SUPPRESS)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     use_cpu_if_asked(args)
     enable_compilation_cache()
