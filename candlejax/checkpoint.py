@@ -82,9 +82,14 @@ def _host(x: Any, what: str) -> np.ndarray:
             f"checkpoint save: {what} was donated to an optimizer step and no longer exists; save the model"
             " and state returned by the step"
         )
-    if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    if _is_key(a):
         a = jax.random.key_data(a)
     return np.asarray(a)
+
+
+def _is_key(x: Any) -> bool:
+    """Whether ``x`` is a typed PRNG key array (``jax.random.key``), saved as its ``key_data``."""
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 _SCALARS = (bool, int, float)
@@ -282,6 +287,8 @@ def restore(
         if _is_scalar(want):
             repl[id(leaf)] = _scalar(a, want, f"checkpoint {path}: {name}")
             continue
+        if _is_key(want):  # saved as its key data (``_host``)
+            want = jax.random.key_data(want)
         if _is_scalar(a) or tuple(a.shape) != tuple(np.shape(want)):
             raise CheckpointError(
                 f"checkpoint {path}: {name} has shape {errors.fmt_shape(np.shape(a))}, the model expects"
@@ -290,6 +297,8 @@ def restore(
         if a.dtype != want.dtype:
             raise CheckpointError(f"checkpoint {path}: {name} is {a.dtype}, the model expects {want.dtype}")
         repl[id(leaf)] = _like(leaf, a)
+        if _is_key(unwrap(leaf)):
+            repl[id(leaf)] = jax.random.wrap_key_data(repl[id(leaf)], impl=jax.random.key_impl(unwrap(leaf)))
     new_model = jax.tree_util.tree_map(lambda x: repl.get(id(x), x), model, is_leaf=_is_named)
 
     bound = _bound(optimizer)
@@ -319,7 +328,7 @@ def restore(
             a = saved[f"optim/{i}"]
             if _is_scalar(want):
                 a = _scalar(a, want, f"checkpoint {path}: optimizer state leaf {i}")
-            elif hasattr(want, "dtype") and jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            elif _is_key(want):
                 a = jax.random.wrap_key_data(a, impl=jax.random.key_impl(want))
             elif _is_scalar(a) or tuple(a.shape) != tuple(np.shape(want)):
                 raise CheckpointError(

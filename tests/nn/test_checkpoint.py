@@ -211,6 +211,21 @@ def test_python_and_numpy_scalar_leaves_read_back_without_x64(tmp_path):
         checkpoint.restore(p, {**model, "n": False})
 
 
+def test_prng_key_leaf_of_the_model_round_trips(tmp_path):
+    """A typed PRNG key among the model's leaves was saved as its key data but restore compared that
+    data's shape with the key's (``x has shape [2], the model expects []``); optimizer-state keys were
+    already rewrapped."""
+    p = tmp_path / "k.safetensors"
+    key = jax.random.split(jax.random.key(3), 4)
+    checkpoint.save(p, {**_init_model(), "key": key}, step=1)
+    ck = checkpoint.restore(p, {**_init_model(), "key": jax.random.split(jax.random.key(0), 4)})
+    assert jax.dtypes.issubdtype(ck.model["key"].dtype, jax.dtypes.prng_key)
+    assert jax.random.key_impl(ck.model["key"]) == jax.random.key_impl(key)
+    np.testing.assert_array_equal(jax.random.key_data(ck.model["key"]), jax.random.key_data(key))
+    with pytest.raises(checkpoint.CheckpointError, match=r"key has shape \[4, 2\], the model expects \[3, 2\]"):
+        checkpoint.restore(p, {**_init_model(), "key": jax.random.split(jax.random.key(0), 3)})
+
+
 def _with_metadata(p, change) -> None:
     raw = p.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
