@@ -13,8 +13,10 @@ See ``candlejax.io.safetensors`` for the details.
 
 from candlejax.io.safetensors import (
     BufferedSafetensors,
+    MmapedFile,
     MmapedSafetensors,
     SafeTensorDtypeError,
+    SafeTensors,
     SafeTensorX64Error,
     SliceSafetensors,
     TensorView,
@@ -26,9 +28,11 @@ from candlejax.io.safetensors import (
 
 __all__ = [
     "BufferedSafetensors",
+    "MmapedFile",
     "MmapedSafetensors",
     "SafeTensorDtypeError",
     "SafeTensorX64Error",
+    "SafeTensors",
     "SliceSafetensors",
     "TensorView",
     "load",

@@ -4,6 +4,7 @@ requires: safetensors (``safe_open``, ``deserialize``, ``serialize_file``), nump
 candlejax.dtype / device / errors / tensor
 provides: ``save``, ``save_tensor`` (``Tensor.save_safetensors``), ``load``, ``load_buffer``,
 ``MmapedSafetensors`` (one file, ``multi([...])``, or a sharded ``model.safetensors.index.json``),
+``MmapedFile`` (``deserialize()`` -> ``SafeTensors``),
 ``SliceSafetensors`` / ``BufferedSafetensors`` (in-memory), ``TensorView``, ``atomic_file``.
 
 The safetensors package validates the header (offsets, sizes, dtypes, coverage), maps the file and
@@ -528,6 +529,36 @@ class SliceSafetensors(MmapedSafetensors):
 BufferedSafetensors = SliceSafetensors
 
 
+class SafeTensors(MmapedSafetensors):
+    """The safetensors crate's ``SafeTensors`` of a mapped file, as ``MmapedFile::deserialize`` gives it:
+    ``tensor(name) -> TensorView``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``."""
+
+    def tensor(self, name: str) -> TensorView:
+        """The TensorView of ``name`` (``SafeTensors::tensor``; raises ``CannotFindTensor``)."""
+        return self.get(name)
+
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+
+class MmapedFile:
+    """Candle's ``MmapedFile::new(path)``: a safetensors file whose tensors ``deserialize()`` gives,
+    as a :class:`SafeTensors` (the header is checked there)."""
+
+    def __init__(self, path: PathLike):
+        self.path = os.fspath(path)
+        errors.check_file(self.path, "MmapedFile")
+
+    @classmethod
+    def new(cls, path: PathLike) -> MmapedFile:
+        """``MmapedFile::new(path)`` (= the constructor)."""
+        return cls(path)
+
+    def deserialize(self) -> SafeTensors:
+        """``mmaped_file.deserialize()``: the file's tensors, one :class:`TensorView` at a time."""
+        return SafeTensors(self.path)
+
+
 def load(path: PathLike, device: Any = None, dtype: Any = None) -> dict[str, Any]:
     """All tensors of a safetensors file, in file order (Candle's ``safetensors::load``).
 
@@ -614,9 +645,11 @@ def save_tensor(t: Any, name: str, path: PathLike) -> None:
 
 __all__ = [
     "BufferedSafetensors",
+    "MmapedFile",
     "MmapedSafetensors",
     "SafeTensorDtypeError",
     "SafeTensorX64Error",
+    "SafeTensors",
     "SliceSafetensors",
     "TensorView",
     "atomic_file",

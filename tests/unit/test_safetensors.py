@@ -241,6 +241,25 @@ def test_mmaped_multi_and_index(tmp_path, rng):
         cst.MmapedSafetensors.multi([s1, s1])
 
 
+def test_mmaped_file_deserialize(tmp_path, rng):
+    """Candle's ``MmapedFile::new(p)?.deserialize()?``: the safetensors crate's ``SafeTensors``
+    (``tensor(name)``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``), views that ``load``."""
+    p = tmp_path / "m.safetensors"
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    stnp.save_file({"a": a, "b": np.arange(4, dtype=np.int32)}, str(p))
+    mf = cst.MmapedFile.new(p)
+    st = mf.deserialize()
+    assert sorted(st.names()) == ["a", "b"] and len(st) == 2 and not st.is_empty()
+    v = st.tensor("a")
+    assert (v.shape, v.dtype) == ((2, 3), DType.F32)
+    np.testing.assert_array_equal(np.asarray(v.load(cj.Device.Cpu)), a)
+    assert sorted(n for n, _ in st.tensors()) == ["a", "b"]
+    with pytest.raises(errors.CannotFindTensor):
+        st.tensor("c")
+    with pytest.raises(errors.NoSuchFile):
+        cst.MmapedFile(tmp_path / "missing.safetensors")
+
+
 def test_slice_safetensors(rng):
     data = stnp.save({"a": np.arange(3, dtype=np.int32)})
     st = cst.SliceSafetensors(data)
