@@ -286,15 +286,17 @@ class IsADirectory(FileAccess, IsADirectoryError):
 
 
 def path_arg(path: Any, op: str, what: str = "path") -> str:
-    """``os.fspath(path)``, or ``InvalidArgument`` naming ``op`` when ``path`` is not a str or
-    ``os.PathLike`` (``os.fspath`` / ``Path`` raise a bare ``TypeError``)."""
+    """``os.fspath(path)``, or ``ArgumentType`` (an ``InvalidArgument``, also a ``TypeError``) naming
+    ``op`` when ``path`` is not a str or ``os.PathLike`` (``os.fspath`` / ``Path`` raise a bare ``TypeError``)."""
     if not isinstance(path, str | os.PathLike):
-        raise InvalidArgument(f"{op}: {what} must be a str or os.PathLike, got {path!r:.60} ({type(path).__name__})")
+        raise ArgumentType(f"{op}: {what} must be a str or os.PathLike, got {path!r:.60} ({type(path).__name__})")
     return os.fspath(path)
 
 
 def check_file(path: Any, op: str, dir_hint: str = "") -> None:
-    """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file."""
+    """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file
+    (``ArgumentType`` when it is not a path at all)."""
+    path = path_arg(path, op)
     if os.path.isdir(path):
         raise IsADirectory(op, path, dir_hint)
     if not os.path.exists(path):

@@ -65,7 +65,7 @@ def _target_error(e: OSError, path: str) -> OSError:
 def _prepare(path: PathLike) -> tuple[str, str, str]:
     """The target, its folder and the prefix of its temporary files; a missing folder or a target that
     is a folder is reported against the target's name."""
-    path = os.fspath(path)
+    path = errors.path_arg(path, "write")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):  # candlejax errors that are also FileNotFoundError / IsADirectoryError
         raise errors.NoSuchFile("write", path, message=f"cannot write {path}: its folder {d} does not exist")

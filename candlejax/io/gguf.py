@@ -1063,6 +1063,8 @@ def write(
             o.raw(memoryview(np.ascontiguousarray(data)))
             o.raw(b"\x00" * (-len(data) % align))
 
+    if not isinstance(dest, str | os.PathLike) and not hasattr(dest, "write"):
+        errors.path_arg(dest, "gguf write", "dest (a path or a binary file object)")
     if isinstance(dest, str | os.PathLike):
         from candlejax.io.safetensors import atomic_file
 

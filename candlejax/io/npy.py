@@ -183,7 +183,7 @@ def read_npy(path: PathLike, dtype: Any = None, device: Any = None) -> Any:
     ``dtype`` converts while reading and ``device`` places the result (extensions; default: the
     file's dtype on the CPU).
     """
-    p = os.fspath(path)
+    p = errors.path_arg(path, "read_npy")
     errors.check_file(p, "read_npy")
     with open(p, "rb") as f:
         return _read_array(f, os.fstat(f.fileno()).st_size, p, None, _resolve(dtype), device)
@@ -241,7 +241,7 @@ def _members(zf: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
 def read_npz(path: PathLike, dtype: Any = None, device: Any = None) -> list[tuple[str, Any]]:
     """All ``(name, Tensor)`` pairs of a ``.npz`` file in archive order (Candle's ``Tensor::read_npz``);
     directory entries are skipped."""
-    p = os.fspath(path)
+    p = errors.path_arg(path, "read_npz")
     dt = _resolve(dtype)
     with _open_zip(p) as zf:
         return [(n, _member(zf, i, p, n, dt, device)) for n, i in _members(zf, p).items()]
@@ -249,7 +249,7 @@ def read_npz(path: PathLike, dtype: Any = None, device: Any = None) -> list[tupl
 
 def read_npz_by_name(path: PathLike, names: Iterable[str], dtype: Any = None, device: Any = None) -> list[Any]:
     """The named arrays of a ``.npz`` file, in the order asked (Candle's ``Tensor::read_npz_by_name``)."""
-    p = os.fspath(path)
+    p = errors.path_arg(path, "read_npz_by_name")
     dt = _resolve(dtype)
     out = []
     with _open_zip(p) as zf:
@@ -267,7 +267,7 @@ class NpzTensors:
     ``get_shape_and_dtype(name)``, ``get(name) -> Tensor | None``."""
 
     def __init__(self, path: PathLike):
-        self.path = os.fspath(path)
+        self.path = errors.path_arg(path, "NpzTensors")
         with _open_zip(self.path) as zf:
             self._index = {n: i.filename for n, i in _members(zf, self.path).items()}
 
@@ -331,7 +331,7 @@ def _npy_bytes(t: Any, what: str) -> tuple[bytes, memoryview]:
 
 def write_npy(t: Any, path: PathLike) -> None:
     """``t.write_npy(path)``: a ``.npy`` file numpy reads back with ``np.load`` (atomic)."""
-    p = os.fspath(path)
+    p = errors.path_arg(path, "write_npy")
     head, data = _npy_bytes(t, f"write_npy to {p}")
     with atomic_file(p) as f:
         f.write(head)
@@ -343,7 +343,7 @@ def write_npz(tensors: Iterable[tuple[str, Any]] | Mapping[str, Any], path: Path
 
     Accepts a list of ``(name, Tensor)`` pairs (Candle) or a dict.
     """
-    p = os.fspath(path)
+    p = errors.path_arg(path, "write_npz")
     items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
     names = [n for n, _ in items]
     if len(set(names)) != len(names):

@@ -280,11 +280,10 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler, with BUILD re
 # ------------------------------------------------------------------------------------------------
 class _Archive:
     def __init__(self, path: str | os.PathLike):
-        self.src = os.fspath(path)
+        self.src = errors.path_arg(path, "torch checkpoint read")
+        errors.check_file(self.src, "torch checkpoint read")
         try:
             self.zf = zipfile.ZipFile(self.src)
-        except FileNotFoundError:
-            raise
         except ZIP_ERRORS as e:
             raise errors.Pth(
                 f"{self.src}: not a torch.save zip file ({type(e).__name__}: {e}); the legacy pre-1.6 format is"
@@ -474,7 +473,8 @@ def _nesting_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(path, *args, **kwargs)
         except RecursionError:
-            raise errors.Pth(f"{os.fspath(path)}: containers nested too deeply (or cyclic)") from None
+            src = errors.path_arg(path, fn.__name__)
+            raise errors.Pth(f"{src}: containers nested too deeply (or cyclic)") from None
 
     return wrapper
 
@@ -581,7 +581,7 @@ class PthTensors:
     storage only by :meth:`get`. Nested dicts are flattened with ``.`` as in :func:`load`."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None):
-        self.path = os.fspath(path)
+        self.path = errors.path_arg(path, "PthTensors")
         self._infos = tensor_infos(self.path, key)
 
     def tensor_infos(self) -> dict[str, TensorInfo]:

@@ -306,7 +306,7 @@ class _Source:
     def open(path: PathLike) -> _Source:
         """The file is mapped once here (the raw bytes and F8 tensors are read from that map), and the
         package must have opened the same file: a save replacing ``path`` meanwhile is retried."""
-        src = os.fspath(path)
+        src = errors.path_arg(path, "safetensors load")
         errors.check_file(src, "safetensors load", "pass the .safetensors file inside it")
         for _ in range(3):
             with open(src, "rb") as f:
@@ -391,8 +391,10 @@ class MmapedSafetensors:
                 self._open_index(p)
             else:
                 self._sources = [_Source.open(p)]
+        elif isinstance(path, Sequence):
+            self._open_multi([errors.path_arg(p, "MmapedSafetensors.multi") for p in path])
         else:
-            self._open_multi([os.fspath(p) for p in path])
+            errors.path_arg(path, "MmapedSafetensors")
 
     @classmethod
     def new(cls, path: PathLike) -> MmapedSafetensors:
@@ -546,7 +548,7 @@ class MmapedFile:
     as a :class:`SafeTensors` (the header is checked there)."""
 
     def __init__(self, path: PathLike):
-        self.path = os.fspath(path)
+        self.path = errors.path_arg(path, "MmapedFile")
         errors.check_file(self.path, "MmapedFile")
 
     @classmethod
@@ -618,6 +620,7 @@ def save(tensors: Mapping[str, Any], path: PathLike, metadata: Mapping[str, str]
     The safetensors package writes the file (streaming each tensor from its host buffer; tensors on
     a CPU device are not copied).
     """
+    errors.path_arg(path, "safetensors save")
     keep, specs = [], {}
     for name, t, dt in _plan(tensors, metadata):
         shape = [int(d) for d in t.shape]

@@ -54,7 +54,7 @@ __all__ = [
 
 def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
     """One file, several shards, or a ``*.index.json`` as one name space (``candlejax.io``)."""
-    paths = [os.fspath(p) for p in paths]
+    paths = [errors.path_arg(p, "from_mmaped_safetensors") for p in paths]
     if not paths:
         raise errors.Msg("from_mmaped_safetensors: no files given")
     for p in paths:  # candlejax errors that are also FileNotFoundError / IsADirectoryError
@@ -217,9 +217,9 @@ class SafetensorsBackend(SimpleBackend):
         if isinstance(paths, MmapedSafetensors):  # already open (e.g. bytes in memory, SliceSafetensors)
             self.st, self.paths = paths, list(paths.paths)
             return
-        if isinstance(paths, (str, os.PathLike)):
+        if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence):
             paths = [paths]
-        self.paths = [os.fspath(p) for p in paths]
+        self.paths = [errors.path_arg(p, "from_mmaped_safetensors") for p in paths]
         self.st = _open_safetensors(self.paths)
 
     def describe(self) -> str:
@@ -321,7 +321,7 @@ class NpzBackend(_FileBackend):
         if isinstance(path, npy.NpzTensors):  # already open (``VarBuilder.from_backend(npz, ..)``)
             self.path, self.npz = path.path, path
             return
-        self.path = os.fspath(path)
+        self.path = errors.path_arg(path, "from_npz")
         errors.check_file(self.path, "from_npz")
         self.npz = npy.NpzTensors(self.path)
 

@@ -162,7 +162,7 @@ class VarMap:
         that the Var's integer dtype cannot hold exactly (out of range, or a float with a fraction):
         those are refused, never wrapped."""
         __tracebackhide__ = True
-        p = os.fspath(path)
+        p = errors.path_arg(path, "VarMap.load")
         errors.check_file(p, "VarMap.load")
         with MmapedSafetensors(p) as st:
             for name in sorted(self._data):

@@ -514,3 +514,46 @@ def test_missing_files_and_folders_raise_candlejax_errors_that_are_oserrors(tmp_
     with pytest.raises(errors.IsADirectory, match="it is a folder") as e:
         t.write_npy(tmp_path)
     assert isinstance(e.value, IsADirectoryError)
+
+
+@pytest.mark.parametrize("bad", [None, 3, 1.5])
+def test_io_paths_of_the_wrong_type_raise_argument_type_errors(bad):
+    """A path that is not a str / os.PathLike: an ``ArgumentType`` (also a ``TypeError``, as
+    candle-pyo3's ``argument 'path': 'NoneType' object cannot be converted``), never os.fspath's bare
+    TypeError or ``'NoneType' object is not iterable`` from inside the reader."""
+    from candlejax import pickle
+    from candlejax.nn import VarBuilder, VarMap
+
+    t = Tensor.new([1.0, 2.0])
+    calls = {
+        "safetensors.load": cj.safetensors.load, "MmapedSafetensors": cj.safetensors.MmapedSafetensors,
+        "MmapedFile": cj.safetensors.MmapedFile, "utils.load_safetensors": cj.utils.load_safetensors,
+        "read_npy": Tensor.read_npy, "read_npz": Tensor.read_npz,
+        "read_npz_by_name": lambda p: Tensor.read_npz_by_name(p, ["a"]),
+        "NpzTensors": npy.NpzTensors, "read_all": pickle.read_all, "PthTensors": pickle.PthTensors,
+        "read_pth_tensor_info": pickle.read_pth_tensor_info, "load_pickle": pickle.load_pickle,
+        "save_safetensors": lambda p: t.save_safetensors("t", p),
+        "safetensors.save": lambda p: cj.safetensors.save({"t": t}, p),
+        "write_npy": t.write_npy, "write_npz": lambda p: Tensor.write_npz([("t", t)], p),
+        "gguf.write": lambda p: gguf.write(p, {}, {}),
+        "VarMap.save": lambda p: VarMap().save(p), "VarMap.load": lambda p: VarMap().load(p),
+        "from_mmaped_safetensors": lambda p: VarBuilder.from_mmaped_safetensors([p], DType.F32),
+        "from_npz": lambda p: VarBuilder.from_npz(p, DType.F32),
+        "from_pth": lambda p: VarBuilder.from_pth(p, DType.F32),
+        "from_pth_with_state": lambda p: VarBuilder.from_pth_with_state(p, DType.F32, "state_dict"),
+    }  # fmt: skip
+    for name, call in calls.items():
+        with pytest.raises(errors.ArgumentType, match=r"must be a str or os\.PathLike") as e:
+            call(bad)
+        assert isinstance(e.value, TypeError), name
+
+
+def test_missing_torch_checkpoint_is_a_no_such_file_error(tmp_path):
+    """``read_all`` / ``PthTensors`` of a missing file raised zipfile's bare FileNotFoundError."""
+    from candlejax import pickle
+
+    for read in (pickle.read_all, pickle.PthTensors, pickle.load_pickle):
+        with pytest.raises(errors.NoSuchFile, match=r"missing\.pth"):
+            read(tmp_path / "missing.pth")
+        with pytest.raises(errors.IsADirectory):
+            read(tmp_path)
