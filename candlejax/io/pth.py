@@ -18,6 +18,7 @@ allowed module prefixes become inert :class:`PickledObject` records (their const
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import os
 import pickle
@@ -303,6 +304,14 @@ class _Archive:
             self.big_endian = order == "big"
         self.storages: dict[str, np.ndarray] = {}
 
+    def _open(self, info: zipfile.ZipInfo) -> Any:
+        """``zf.open(info)``; a record whose CRC-32 is 0 is read without the check, as ``torch.load`` reads
+        it: ``torch.serialization.set_crc32_options(False)`` writes 0 for every record."""
+        if info.CRC == 0 and info.file_size:
+            info = copy.copy(info)
+            del info.CRC  # zipfile checks the CRC only when the ZipInfo has one
+        return self.zf.open(info)
+
     def _read_record(self, rec: str, limit: int | None = None) -> bytes:
         """The bytes of the small record ``rec`` (at most ``limit``), refusing sizes the archive cannot hold."""
         info = self.zf.getinfo(rec)
@@ -313,7 +322,7 @@ class _Archive:
             )
         n = info.file_size if limit is None else min(info.file_size, limit)
         try:
-            with self.zf.open(info) as f:
+            with self._open(info) as f:
                 data = f.read(n)
         except ZIP_ERRORS as e:
             why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"
@@ -365,7 +374,7 @@ class _Archive:
             )
         buf = bytearray(nbytes)
         try:
-            with self.zf.open(info) as f:
+            with self._open(info) as f:
                 n = f.readinto(memoryview(buf))
         except ZIP_ERRORS as e:
             why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"

@@ -61,6 +61,22 @@ def test_every_dtype_matches_torch(tmp_path, dtype) -> None:
     _assert_same(pth.load(p), torch.load(p, weights_only=True))
 
 
+def test_files_saved_without_crc32_read_as_torch_load(tmp_path) -> None:
+    """``torch.serialization.set_crc32_options(False)`` writes CRC 0 for every record; torch.load reads
+    such files, zipfile refused them (``Bad CRC-32 for file .../byteorder``)."""
+    sd = {"w": torch.arange(12.0).reshape(3, 4).t(), "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}
+    p = tmp_path / "nocrc.pt"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(sd, p)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert {i.CRC for i in zipfile.ZipFile(p).infolist()} == {0}
+    ref = torch.load(p, weights_only=True)
+    _assert_same(pth.load(p), ref)
+    np.testing.assert_array_equal(np.asarray(pth.PthTensors(p).get("w")), ref["w"].numpy())
+
+
 def test_views_shared_storage_and_nesting(tmp_path) -> None:
     g = torch.Generator().manual_seed(1)
     base = torch.randn(6, 8, generator=g)
