@@ -523,8 +523,21 @@ def _apply_mask(scores: Any, mask: Any) -> Any:
     if mask is None:
         return scores
     if mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer):
-        return jnp.where(mask.astype(jnp.bool_), scores, jnp.finfo(scores.dtype).min)
+        return jnp.where(mask.astype(jnp.bool_), scores, -jnp.inf)
     return scores + mask.astype(scores.dtype)
+
+
+def _softmax_numerator(scores: Any) -> Any:
+    """``exp(scores - row max)``; a row with no visible key (every score ``-inf``) is all zeros."""
+    m = lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    return jnp.exp(scores - jnp.where(m == -jnp.inf, jnp.zeros((), m.dtype), m))
+
+
+def _softmax_divide(y: Any, e: Any) -> Any:
+    """``y / sum(e)``: a query that sees no key gives zeros, not NaN (PyTorch's
+    ``scaled_dot_product_attention``, Candle's CPU attention kernels)."""
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    return y / jnp.where(den == 0, jnp.ones((), den.dtype), den)
 
 
 def _grouped_mask(mask: Any, b: int, hkv: int, g: int) -> Any:
@@ -564,11 +577,11 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
             scores = jnp.tanh(scores / softcap) * softcap
         if positions:
             off = (skv - s) if offset is None else offset
-            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, -jnp.inf)
         scores = _apply_mask(scores, mask)
-        e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        e = _softmax_numerator(scores)
         y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)
-        return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+        return _softmax_divide(y, e).astype(q.dtype)
     if keys_t:
         k = jnp.swapaxes(k, 2, 3)
     eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
@@ -580,12 +593,12 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
         scores = jnp.tanh(scores / softcap) * softcap
     if positions:
         off = (skv - s) if offset is None else offset
-        scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+        scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, -jnp.inf)
     if mask is not None:
         scores = _apply_mask(scores, _grouped_mask(mask, b, hkv, g))
-    e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    e = _softmax_numerator(scores)
     y = jnp.einsum(eq_v, e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
-    y = (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    y = _softmax_divide(y, e).astype(q.dtype)
     dv = v.shape[-1]
     if layout == "bshd":
         return y.transpose(0, 3, 1, 2, 4).reshape(b, s, hq, dv)
@@ -661,7 +674,7 @@ def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_la
     if m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer):
         if not keys_t:
             return None
-        return jnp.where(m.astype(jnp.bool_), 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        return jnp.where(m.astype(jnp.bool_), 0.0, -jnp.inf).astype(jnp.float32)
     return m.astype(jnp.float32)
 
 
@@ -670,7 +683,11 @@ def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, k
     """:func:`sdpa` without positions, softcapping or grouped heads, in native code
     (:func:`candlejax.quantized.native.f32_attention`: BERT-base's 12 heads over 128 tokens 0.55 ->
     0.21 ms, BLIP's over 577 10.3 -> 4.7). Derivatives: the XLA form's (tangent map below)."""
-    return native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
+    y = native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
+    if not bias.shape[0]:
+        return y
+    dead = jnp.all(bias == -jnp.inf, axis=-1).reshape(-1, 1, 1, 1)  # a batch entry that sees no key: zeros
+    return jnp.where(dead, jnp.zeros((), y.dtype), y)
 
 
 def _xla_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys_t: bool) -> Any:
@@ -702,6 +719,7 @@ def sdpa(
     cache (keys at absolute slots) ``offset=pos`` also hides the slots not written yet.
     ``window`` keeps only the keys with ``offset + i - j < window`` (sliding window, Mistral).
     ``scale`` defaults to ``1/√D``; ``softcapping`` != 1 applies ``tanh(s / cap) * cap`` to the scores.
+    A query that sees no key (every key masked) gives zeros, as PyTorch's (not NaN).
 
     Layouts: ``layout="bshd"`` takes and returns q / the output as ``(B, S, H, D)`` (what the
     projections produce: no transposes), ``kv_layout`` (default: ``layout``) is the keys' and
@@ -779,7 +797,8 @@ def sdpa_slow(
         keep = causal_mask(s, skv, offset, window, causal=do_causal)
         scores = jnp.where(as_array(keep), scores, -jnp.inf)
     scores = _apply_mask(scores, ma)
-    out = (jax.nn.softmax(scores, axis=-1) @ _upcast(vr)).astype(qa.dtype)
+    e = _softmax_numerator(scores)
+    out = _softmax_divide(e @ _upcast(vr), e).astype(qa.dtype)
     return wrap(out.transpose(0, 2, 1, 3) if layout == "bshd" else out)
 
 
