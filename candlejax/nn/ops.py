@@ -504,6 +504,16 @@ def rope_thd_slow(xs: Any, cos: Any, sin: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # attention
 # ------------------------------------------------------------------------------------------------
+def _offset_arg(offset: Any, op_name: str) -> Any:
+    """A query position: an int or an integer array (traced under ``jit`` too); floats and bools raise."""
+    if isinstance(offset, (int, np.integer)) and not isinstance(offset, (bool, np.bool_)):
+        return jnp.asarray(int(offset), jnp.int32)  # a numpy int64 too (x64 off)
+    a = as_array(offset)
+    if isinstance(offset, (bool, np.bool_)) or not jnp.issubdtype(a.dtype, jnp.integer):
+        raise errors.NotAnInteger(op_name, "offset", offset)
+    return a
+
+
 def _causal_keep(s: int, skv: int) -> Any:
     """(S, Skv) bool: query i sees key j iff j <= i + (Skv - S) (aligned at the end, as with a KV cache)."""
     return jnp.arange(skv)[None, :] <= jnp.arange(s)[:, None] + (skv - s)
@@ -743,7 +753,7 @@ def sdpa(
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float_arg(scale, "sdpa", "scale")
     if not float_arg(softcapping, "sdpa", "softcapping") > 0:  # tanh(s / 0) * 0 is NaN
         raise errors.InvalidArgument(f"sdpa: softcapping must be > 0 (1.0: off), got {softcapping}")
-    off = None if offset is None else as_array(offset)
+    off = None if offset is None else _offset_arg(offset, "sdpa")
     positions = bool(do_causal) or window is not None
     if not positions and offset is None and float(softcapping) == 1.0:
         bias = _native_attention_bias(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout, keys_t)
@@ -826,7 +836,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, windo
     ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
     ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
     kv_len = q_len if kv_len is None else int(kv_len)
-    off = (kv_len - q_len) if offset is None else as_array(offset)
+    off = (kv_len - q_len) if offset is None else _offset_arg(offset, "causal_mask")
     return wrap(_position_keep(int(q_len), kv_len, off, causal, None if window is None else int(window)))
 
 

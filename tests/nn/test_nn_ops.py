@@ -191,6 +191,21 @@ def test_sdpa_query_that_sees_no_key_gives_zeros_as_torch(hq, hkv):
         np.testing.assert_allclose(np.asarray(got), t.grad.numpy(), atol=1e-4)
 
 
+def test_sdpa_and_causal_mask_refuse_a_non_integer_offset():
+    # a query position is an integer: 1.5 was truncated to 1 silently, True read as 1
+    q = _x(1, 2, 3, 4)
+    for bad in (1.5, True, np.float32(2.0), jnp.asarray(1.0)):
+        for f in (lambda o: ops.sdpa(q, q, q, do_causal=True, offset=o), lambda o: ops.causal_mask(3, 5, o),
+                  lambda o: ops.sdpa_slow(q, q, q, do_causal=True, offset=o)):  # fmt: skip
+            with pytest.raises(cj.errors.NotAnInteger, match="offset must be an int"):
+                f(bad)
+    want = _np(ops.sdpa(q, q, q, mask=np.tril(np.ones((3, 3), bool), k=-1) | np.eye(3, dtype=bool)))
+    for ok in (0, np.int64(0), jnp.int32(0)):
+        np.testing.assert_allclose(_np(ops.sdpa(q, q, q, do_causal=True, offset=ok)), want, atol=1e-6)
+    step = jax.jit(lambda o: ops.sdpa(q, q, q, do_causal=True, offset=o)._a)  # a traced position
+    np.testing.assert_allclose(np.asarray(step(jnp.int32(0))), want, atol=1e-6)
+
+
 def test_sdpa_gradients_vs_torch():
     q, k, v = _x(1, 2, 4, 8), _x(1, 2, 4, 8, seed=1), _x(1, 2, 4, 8, seed=2)
     gs = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2)))(
