@@ -433,8 +433,12 @@ class DecodeKvCache(Module):
         return int(self.pos._a) if is_eager() else self.pos
 
     def at_position(self, pos: Any) -> DecodeKvCache:
-        """The same buffers at position ``pos`` (later slots are masked out and overwritten)."""
+        """The same buffers at position ``pos`` (later slots are masked out and overwritten); a
+        concrete position must lie in ``0..max_seq_len``."""
         p = pos if hasattr(pos, "_a") else wrap(jnp.asarray(pos, jnp.int32))
+        if is_eager() and not isinstance(p._a, jax.core.Tracer) and not 0 <= int(p._a) <= self.max_seq_len:
+            raise errors.Msg(f"DecodeKvCache.at_position: position {int(p._a)} is outside 0..{self.max_seq_len}"
+                             " (the written positions of this cache)")  # fmt: skip
         return DecodeKvCache(self.batch, self.heads, self.k_buf, self.v_buf, p)
 
     @_rebind("cache = cache.reset()")
@@ -460,8 +464,10 @@ class _Ring(Module):
     last append (``-1``: empty), and the number of positions written (``offset_``)."""
 
     def _init_ring(self, dim: int, max_seq_len: int, offset: Any, slot_pos: Any, prev_slot_pos: Any) -> None:
-        if int(max_seq_len) < 1:
-            raise errors.Msg(f"{type(self).__name__}: max_seq_len (the window) must be >= 1, got {max_seq_len}")
+        if isinstance(max_seq_len, (bool, np.bool_)) or not isinstance(max_seq_len, (int, np.integer)) \
+                or int(max_seq_len) < 1:  # fmt: skip
+            raise errors.Msg(f"{type(self).__name__}: max_seq_len (the window) must be >= 1 (an integer), got"
+                             f" {max_seq_len!r}")  # fmt: skip
         self.dim = CallableInt(dim)
         self.max_seq_len = CallableInt(max_seq_len)
         empty = wrap(jnp.full((self.max_seq_len,), -1, jnp.int32))

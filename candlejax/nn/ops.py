@@ -504,6 +504,16 @@ def rope_thd_slow(xs: Any, cos: Any, sin: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # attention
 # ------------------------------------------------------------------------------------------------
+def _offset_arg(offset: Any, op_name: str) -> Any:
+    """A query position: an int or an integer array (traced under ``jit`` too); floats and bools raise."""
+    if isinstance(offset, (int, np.integer)) and not isinstance(offset, (bool, np.bool_)):
+        return jnp.asarray(int(offset), jnp.int32)  # a numpy int64 too (x64 off)
+    a = as_array(offset)
+    if isinstance(offset, (bool, np.bool_)) or not jnp.issubdtype(a.dtype, jnp.integer):
+        raise errors.NotAnInteger(op_name, "offset", offset)
+    return a
+
+
 def _causal_keep(s: int, skv: int) -> Any:
     """(S, Skv) bool: query i sees key j iff j <= i + (Skv - S) (aligned at the end, as with a KV cache)."""
     return jnp.arange(skv)[None, :] <= jnp.arange(s)[:, None] + (skv - s)
@@ -523,8 +533,21 @@ def _apply_mask(scores: Any, mask: Any) -> Any:
     if mask is None:
         return scores
     if mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer):
-        return jnp.where(mask.astype(jnp.bool_), scores, jnp.finfo(scores.dtype).min)
+        return jnp.where(mask.astype(jnp.bool_), scores, -jnp.inf)
     return scores + mask.astype(scores.dtype)
+
+
+def _softmax_numerator(scores: Any) -> Any:
+    """``exp(scores - row max)``; a row with no visible key (every score ``-inf``) is all zeros."""
+    m = lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    return jnp.exp(scores - jnp.where(m == -jnp.inf, jnp.zeros((), m.dtype), m))
+
+
+def _softmax_divide(y: Any, e: Any) -> Any:
+    """``y / sum(e)``: a query that sees no key gives zeros, not NaN (PyTorch's
+    ``scaled_dot_product_attention``, Candle's CPU attention kernels)."""
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    return y / jnp.where(den == 0, jnp.ones((), den.dtype), den)
 
 
 def _grouped_mask(mask: Any, b: int, hkv: int, g: int) -> Any:
@@ -564,11 +587,11 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
             scores = jnp.tanh(scores / softcap) * softcap
         if positions:
             off = (skv - s) if offset is None else offset
-            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+            scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, -jnp.inf)
         scores = _apply_mask(scores, mask)
-        e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        e = _softmax_numerator(scores)
         y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)
-        return (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+        return _softmax_divide(y, e).astype(q.dtype)
     if keys_t:
         k = jnp.swapaxes(k, 2, 3)
     eq_s, eq_v = _SDPA_EQ[(layout, kv_layout)]
@@ -580,12 +603,12 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
         scores = jnp.tanh(scores / softcap) * softcap
     if positions:
         off = (skv - s) if offset is None else offset
-        scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, jnp.finfo(jnp.float32).min)
+        scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, -jnp.inf)
     if mask is not None:
         scores = _apply_mask(scores, _grouped_mask(mask, b, hkv, g))
-    e = jnp.exp(scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    e = _softmax_numerator(scores)
     y = jnp.einsum(eq_v, e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
-    y = (y / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    y = _softmax_divide(y, e).astype(q.dtype)
     dv = v.shape[-1]
     if layout == "bshd":
         return y.transpose(0, 3, 1, 2, 4).reshape(b, s, hq, dv)
@@ -661,7 +684,7 @@ def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_la
     if m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer):
         if not keys_t:
             return None
-        return jnp.where(m.astype(jnp.bool_), 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        return jnp.where(m.astype(jnp.bool_), 0.0, -jnp.inf).astype(jnp.float32)
     return m.astype(jnp.float32)
 
 
@@ -670,7 +693,11 @@ def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, k
     """:func:`sdpa` without positions, softcapping or grouped heads, in native code
     (:func:`candlejax.quantized.native.f32_attention`: BERT-base's 12 heads over 128 tokens 0.55 ->
     0.21 ms, BLIP's over 577 10.3 -> 4.7). Derivatives: the XLA form's (tangent map below)."""
-    return native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
+    y = native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
+    if not bias.shape[0]:
+        return y
+    dead = jnp.all(bias == -jnp.inf, axis=-1).reshape(-1, 1, 1, 1)  # a batch entry that sees no key: zeros
+    return jnp.where(dead, jnp.zeros((), y.dtype), y)
 
 
 def _xla_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys_t: bool) -> Any:
@@ -702,6 +729,7 @@ def sdpa(
     cache (keys at absolute slots) ``offset=pos`` also hides the slots not written yet.
     ``window`` keeps only the keys with ``offset + i - j < window`` (sliding window, Mistral).
     ``scale`` defaults to ``1/√D``; ``softcapping`` != 1 applies ``tanh(s / cap) * cap`` to the scores.
+    A query that sees no key (every key masked) gives zeros, as PyTorch's (not NaN).
 
     Layouts: ``layout="bshd"`` takes and returns q / the output as ``(B, S, H, D)`` (what the
     projections produce: no transposes), ``kv_layout`` (default: ``layout``) is the keys' and
@@ -725,7 +753,7 @@ def sdpa(
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float_arg(scale, "sdpa", "scale")
     if not float_arg(softcapping, "sdpa", "softcapping") > 0:  # tanh(s / 0) * 0 is NaN
         raise errors.InvalidArgument(f"sdpa: softcapping must be > 0 (1.0: off), got {softcapping}")
-    off = None if offset is None else as_array(offset)
+    off = None if offset is None else _offset_arg(offset, "sdpa")
     positions = bool(do_causal) or window is not None
     if not positions and offset is None and float(softcapping) == 1.0:
         bias = _native_attention_bias(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout, keys_t)
@@ -779,7 +807,8 @@ def sdpa_slow(
         keep = causal_mask(s, skv, offset, window, causal=do_causal)
         scores = jnp.where(as_array(keep), scores, -jnp.inf)
     scores = _apply_mask(scores, ma)
-    out = (jax.nn.softmax(scores, axis=-1) @ _upcast(vr)).astype(qa.dtype)
+    e = _softmax_numerator(scores)
+    out = _softmax_divide(e @ _upcast(vr), e).astype(qa.dtype)
     return wrap(out.transpose(0, 2, 1, 3) if layout == "bshd" else out)
 
 
@@ -807,7 +836,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, windo
     ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
     ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
     kv_len = q_len if kv_len is None else int(kv_len)
-    off = (kv_len - q_len) if offset is None else as_array(offset)
+    off = (kv_len - q_len) if offset is None else _offset_arg(offset, "causal_mask")
     return wrap(_position_keep(int(q_len), kv_len, off, causal, None if window is None else int(window)))
 
 

@@ -509,6 +509,23 @@ def test_kv_cache_new_validates_sizes_and_dims():
         nn.RotatingKvCache.new(4, 8).append(_K3, _K3)
 
 
+def test_rotating_caches_validate_the_window_like_kv_cache():
+    # Candle's max_seq_len is a usize: a float window was truncated silently (2.5 -> a ring of 2)
+    for make in (nn.RotatingKvCache.new, nn.RotatingCache.new):
+        for bad in (2.5, True, -1, 0):
+            with pytest.raises(errors.Msg, match=r"max_seq_len"):
+                make(2, bad)
+    assert nn.RotatingKvCache.new(2, np.int64(3)).max_seq_len() == 3
+
+
+def test_decode_cache_at_position_checks_the_position_eagerly():
+    cache = nn.DecodeKvCache.preallocated(4, _K3)
+    for pos in (-1, 5, np.int32(-2)):  # k()/v() sliced with a negative length showed unwritten slots
+        with pytest.raises(errors.Msg, match=r"DecodeKvCache.at_position: position .* 0\.\.4"):
+            cache.at_position(pos)
+    assert cache.at_position(4).current_seq_len() == 4 and cache.at_position(0).k().shape[2] == 0
+
+
 def test_stacked_cache_checks_positions_shapes_and_dtypes():
     s = nn.StackedKvCache.new(2, 1, 1, 8, 2)
     kb = np.ones((1, 1, 1, 2), np.float32)

@@ -155,6 +155,57 @@ def test_sdpa_vs_torch(hq, hkv):
         np.testing.assert_allclose(_np(ops.sdpa(q, k, v, **kw)), _np(ops.sdpa_slow(q, k, v, **kw)), atol=1e-5)
 
 
+@pytest.mark.parametrize("hq,hkv", [(2, 2), (4, 2)], ids=["mha", "gqa"])
+def test_sdpa_query_that_sees_no_key_gives_zeros_as_torch(hq, hkv):
+    # torch's scaled_dot_product_attention (and Candle's CPU attention kernels) return zeros for a
+    # query whose every key is masked, for bool masks, -inf float masks and causal rows alike
+    q, k, v = _x(2, hq, 6, 64), _x(2, hkv, 4, 64, seed=1), _x(2, hkv, 4, 64, seed=2)
+    bmask = np.ones((2, 1, 6, 4), bool)
+    bmask[0, :, 1] = False  # one dead query row
+    bmask[1] = False  # a batch entry that sees no key at all
+    fmask = np.where(bmask, 0.0, -np.inf).astype(np.float32)
+    keys = np.ones((2, 1, 1, 4), bool)
+    keys[1] = False  # a key-only (padding) mask: the native attention's case
+    for m in (bmask, fmask, keys, np.where(keys, 0.0, -np.inf).astype(np.float32)):
+        want = _torch_sdpa(q, k, v, m)
+        assert not np.isnan(want).any()
+        np.testing.assert_allclose(_np(ops.sdpa(q, k, v, mask=m)), want, atol=1e-5)
+        np.testing.assert_allclose(_np(ops.sdpa_slow(q, k, v, mask=m)), want, atol=1e-5)
+        if hq == hkv and m.shape[2] == 1:  # the decoding cache's transposed keys
+            got = ops.sdpa(q, np.swapaxes(k, 2, 3), v, mask=m, keys_transposed=True)
+            np.testing.assert_allclose(_np(got), want, atol=1e-5)
+    # causal with more queries than keys (aligned at the end): the first two queries see nothing
+    causal = np.tril(np.ones((6, 4), bool), k=4 - 6)
+    want = _torch_sdpa(q, k, v, causal)
+    np.testing.assert_allclose(_np(ops.sdpa(q, k, v, do_causal=True)), want, atol=1e-5)
+    np.testing.assert_allclose(_np(ops.sdpa_slow(q, k, v, do_causal=True)), want, atol=1e-5)
+    # gradients stay finite (zero through the dead rows), as torch's
+    gs = jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, mask=fmask)._a ** 2), argnums=(0, 1, 2))(
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    )
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    g = hq // hkv
+    (F.scaled_dot_product_attention(tq, tk.repeat_interleave(g, 1), tv.repeat_interleave(g, 1),
+                                    attn_mask=torch.tensor(fmask)) ** 2).sum().backward()  # fmt: skip
+    for got, t in zip(gs, (tq, tk, tv)):
+        np.testing.assert_allclose(np.asarray(got), t.grad.numpy(), atol=1e-4)
+
+
+def test_sdpa_and_causal_mask_refuse_a_non_integer_offset():
+    # a query position is an integer: 1.5 was truncated to 1 silently, True read as 1
+    q = _x(1, 2, 3, 4)
+    for bad in (1.5, True, np.float32(2.0), jnp.asarray(1.0)):
+        for f in (lambda o: ops.sdpa(q, q, q, do_causal=True, offset=o), lambda o: ops.causal_mask(3, 5, o),
+                  lambda o: ops.sdpa_slow(q, q, q, do_causal=True, offset=o)):  # fmt: skip
+            with pytest.raises(cj.errors.NotAnInteger, match="offset must be an int"):
+                f(bad)
+    want = _np(ops.sdpa(q, q, q, mask=np.tril(np.ones((3, 3), bool), k=-1) | np.eye(3, dtype=bool)))
+    for ok in (0, np.int64(0), jnp.int32(0)):
+        np.testing.assert_allclose(_np(ops.sdpa(q, q, q, do_causal=True, offset=ok)), want, atol=1e-6)
+    step = jax.jit(lambda o: ops.sdpa(q, q, q, do_causal=True, offset=o)._a)  # a traced position
+    np.testing.assert_allclose(np.asarray(step(jnp.int32(0))), want, atol=1e-6)
+
+
 def test_sdpa_gradients_vs_torch():
     q, k, v = _x(1, 2, 4, 8), _x(1, 2, 4, 8, seed=1), _x(1, 2, 4, 8, seed=2)
     gs = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2)))(
