@@ -351,9 +351,32 @@ def _inv(d: np.ndarray) -> np.ndarray:
 
 
 def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude in each row (first one on ties, as ggml), keepdims."""
-    idx = np.abs(x).argmax(axis=-1)[..., None]
-    return np.take_along_axis(x, idx, axis=-1)
+    """The value of largest magnitude in each row (first one on ties, as ggml), keepdims.
+
+    As Candle's ``if amax < x.abs()`` loop from ``max = 0``: a NaN never wins, a row of zeros or NaNs gives +0.
+    """
+    a = np.abs(x)
+    a = np.where(np.isnan(a), np.float32(0), a)
+    idx = a.argmax(axis=-1)[..., None]
+    m = np.take_along_axis(x, idx, axis=-1)
+    return np.where(np.take_along_axis(a, idx, axis=-1) == 0, np.float32(0), m).astype(np.float32)
+
+
+def _absmax(x: np.ndarray) -> np.ndarray:
+    """``amax = amax.max(x.abs())`` from 0 per row (Rust's ``f32::max`` skips a NaN), keepdims."""
+    return np.fmax.reduce(np.abs(x), axis=-1, keepdims=True, initial=np.float32(0))
+
+
+def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candle's ``f32::min`` / ``f32::max`` fold from +inf / -inf per row (a NaN is skipped), keepdims."""
+    mn = np.fmin.reduce(x, axis=-1, keepdims=True, initial=np.float32(np.inf))
+    return mn, np.fmax.reduce(x, axis=-1, keepdims=True, initial=np.float32(-np.inf))
+
+
+def _as_int(v: np.ndarray, lo: int, hi: int, dtype: type) -> np.ndarray:
+    """Rust's saturating float cast (``v as u8`` / ``v as i8``): NaN -> 0, clamped to [lo, hi], truncated."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(v), np.float32(0), np.clip(np.trunc(v), lo, hi)).astype(dtype)
 
 
 def _pack_nibbles32(q: np.ndarray) -> np.ndarray:
@@ -368,40 +391,45 @@ def _pack_qh32(q5: np.ndarray) -> np.ndarray:
 
 def _q_q4_0(x: np.ndarray) -> np.ndarray:
     d = _signed_absmax(x) / np.float32(-8)
-    q = np.minimum(15, np.trunc(x * _inv(d) + np.float32(8.5))).astype(np.uint8)
+    q = np.minimum(15, _as_int(x * _inv(d) + np.float32(8.5), 0, 255, np.uint8))
     return np.concatenate([_to_f16_bytes(d), _pack_nibbles32(q)], axis=1)
 
 
 def _q_q4_1(x: np.ndarray) -> np.ndarray:
-    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    mn, mx = _min_max(x)
     d = (mx - mn) / np.float32(15)
-    q = np.minimum(15, np.trunc((x - mn) * _inv(d) + np.float32(0.5))).astype(np.uint8)
+    q = np.minimum(15, _as_int((x - mn) * _inv(d) + np.float32(0.5), 0, 255, np.uint8))
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(mn), _pack_nibbles32(q)], axis=1)
 
 
 def _q_q5_0(x: np.ndarray) -> np.ndarray:
     d = _signed_absmax(x) / np.float32(-16)
-    q = np.minimum(31, np.trunc(x * _inv(d) + np.float32(16.5))).astype(np.uint8)
+    q = np.minimum(31, _as_int(x * _inv(d) + np.float32(16.5), -128, 127, np.int8)).astype(np.uint8)
     return np.concatenate([_to_f16_bytes(d), _pack_qh32(q), _pack_nibbles32(q & 0x0F)], axis=1)
 
 
 def _q_q5_1(x: np.ndarray) -> np.ndarray:
-    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    mn, mx = _min_max(x)
     d = (mx - mn) / np.float32(31)
-    q = np.minimum(31, np.trunc((x - mn) * _inv(d) + np.float32(0.5))).astype(np.uint8)
+    q = _as_int((x - mn) * _inv(d) + np.float32(0.5), 0, 255, np.uint8)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(mn), _pack_qh32(q), _pack_nibbles32(q & 0x0F)], axis=1)
 
 
 def _q_q8_0(x: np.ndarray) -> np.ndarray:
-    d = np.abs(x).max(-1, keepdims=True) / np.float32(127)
-    q = _roundf(x * _inv(d)).astype(np.int8)
+    d = _absmax(x) / np.float32(127)
+    q = _as_int(_roundf(x * _inv(d)), -128, 127, np.int8)
     return np.concatenate([_to_f16_bytes(d), q.view(np.uint8)], axis=1)
 
 
 def _q_q8_1(x: np.ndarray) -> np.ndarray:
-    d = np.abs(x).max(-1, keepdims=True) / np.float32(127)
-    q = _roundf(x * _inv(d)).astype(np.int8)
-    s = d * q.astype(np.int32).sum(-1, keepdims=True).astype(np.float32)
+    """Candle's ``quantize_row_q8_1``: ``s = f16(sum of the quants) * f16(d)``, an f16 product.
+
+    ggml rounds ``d * sum`` once instead; Candle's ``QTensor::quantize`` is the reference here.
+    """
+    d = _absmax(x) / np.float32(127)
+    q = _as_int(_roundf(x * _inv(d)), -128, 127, np.int8)
+    qsum = q.astype(np.int32).sum(-1, keepdims=True).astype(np.float16).astype(np.float32)
+    s = qsum * d.astype(np.float16).astype(np.float32)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(s), q.view(np.uint8)], axis=1)
 
 

@@ -1,0 +1,57 @@
+"""Quantised bytes against candle-pyo3 (``Tensor.quantize``), read back from a GGUF it writes.
+
+Candle's ``from_float`` for the 32-value block types (candle-core/src/quantized/k_quants.rs) is the
+same at upstream HEAD as in the 0.4.2 wheel, so the wheel's bytes are the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+candle = pytest.importorskip("candle")
+
+from candlejax import Tensor  # noqa: E402
+from candlejax.quantized import GgmlDType, QTensor  # noqa: E402
+
+LEGACY = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1"]
+
+
+def candle_bytes(x: np.ndarray, fmt: str, tmp_path) -> np.ndarray:
+    """The block bytes candle-pyo3 writes for ``Tensor(x).quantize(fmt)``: its one tensor ends the file,
+    padded to the 32-byte alignment (gguf-py cannot read Q8_1's 36-byte blocks)."""
+    path = tmp_path / f"{fmt}.gguf"
+    candle.utils.save_gguf(str(path), {"w": candle.Tensor(x).quantize(fmt)}, {})
+    n = GgmlDType.parse(fmt).bytes_for(x.size)
+    raw = np.frombuffer(path.read_bytes(), np.uint8)
+    start = raw.size - -(-n // 32) * 32
+    assert not raw[start + n :].any()
+    return raw[start : start + n]
+
+
+def ours(x: np.ndarray, fmt: str) -> np.ndarray:
+    return np.asarray(QTensor.quantize(Tensor(x), GgmlDType.parse(fmt)).data()).reshape(-1)
+
+
+@pytest.mark.parametrize("fmt", LEGACY)
+def test_quantize_bytes_match_candle(fmt, tmp_path):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((8, 64)) * 3).astype(np.float32)
+    x[1, :32] = 0.0
+    x[2, 32:] = -1.5
+    x[3, 5] = 1e4
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", LEGACY)
+def test_quantize_nan_and_inf_bytes_match_candle(fmt, tmp_path):
+    # Candle's block max skips a NaN (`amax < x.abs()`, `f32::max`) and a NaN quant casts to 0
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    x[0, 3] = np.nan
+    x[1, 40] = np.inf
+    x[2, 0] = -np.inf
+    x[3, :32] = np.nan
+    x[4, 7] = np.nan
+    x[4, 9] = np.inf
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
