@@ -434,10 +434,14 @@ def _q_q8_1(x: np.ndarray) -> np.ndarray:
 
 
 def _q_q8_k(x: np.ndarray) -> np.ndarray:
+    """Candle's ``BlockQ8K::from_float``: ``iscale = -127 / max``, ``d = 1 / iscale`` (``-inf`` for an inf max)."""
     mx = _signed_absmax(x)
-    iscale = np.where(mx == 0, np.float32(0), np.float32(-127) / np.where(mx == 0, 1, mx)).astype(np.float32)
-    q = np.minimum(127, _roundf(iscale * x)).astype(np.int8)
-    d = _inv(iscale)
+    zero = mx == 0
+    iscale = np.where(zero, np.float32(0), np.float32(-127) / np.where(zero, 1, mx)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        q = _as_int(_roundf(iscale * x), -128, 127, np.int8)
+    with np.errstate(divide="ignore"):
+        d = np.where(zero, np.float32(0), np.float32(1) / np.where(zero, 1, iscale)).astype(np.float32)
     bsums = q.astype(np.int16).reshape(-1, 16, 16).sum(-1, dtype=np.int16)
     return np.concatenate(
         [d.astype("<f4").view(np.uint8), q.view(np.uint8), bsums.astype("<i2").view(np.uint8)], axis=1
