@@ -583,7 +583,8 @@ def _qkx1_rows(xt: np.ndarray, _wt: None, nmax: int, ntry: int) -> tuple[np.ndar
     for _ in range(ntry):
         np.subtract(xt, mn, out=xm)
         np.multiply(xm, iscale, out=q)
-        np.clip(_round_inplace(q, tmp), 0, nmax, out=q)
+        np.fmax(_round_inplace(q, tmp), 0, out=q)  # Rust's `nearest_int(v).clamp(0, nmax)`: NaN -> 0
+        np.minimum(q, nmax, out=q)
         changed = (q != prev).any(0)
         sumlx = np.multiply(xm, q, out=tmp).sum(0, dtype=np.float32)
         suml2 = np.multiply(q, q, out=tmp).sum(0, dtype=np.float32)
@@ -758,8 +759,8 @@ def _fit_scale_min(
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, np.float32(smax) / max_scale, np.float32(0)).astype(np.float32)
             inv_min = np.where(max_min > 0, np.float32(smax) / max_min, np.float32(0)).astype(np.float32)
-        sc = np.clip(_roundf(inv_scale * scales), 0, smax).astype(np.int32)
-        m = np.clip(_roundf(inv_min * mins), 0, smax).astype(np.int32)
+        sc = _as_int(_roundf(inv_scale * scales), 0, smax, np.int32)
+        m = _as_int(_roundf(inv_min * mins), 0, smax, np.int32)
         d = (max_scale / np.float32(smax)).astype(np.float16).astype(np.float32)
         dmin = (max_min / np.float32(smax)).astype(np.float16).astype(np.float32)
     else:
@@ -774,7 +775,7 @@ def _fit_scale_min(
     eff_m = (dmin * m.astype(np.float32))[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(eff_d == 0, np.float32(0), (x + eff_m) / eff_d)
-    q = np.clip(_roundf(q), 0, nmax).astype(np.int32)
+    q = _as_int(_roundf(q), 0, nmax, np.int32)
     return d, dmin, sc, m, q
 
 

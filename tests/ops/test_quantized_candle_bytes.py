@@ -1,7 +1,8 @@
 """Quantised bytes against candle-pyo3 (``Tensor.quantize``), read back from a GGUF it writes.
 
-Candle's ``from_float`` for the 32-value block types (candle-core/src/quantized/k_quants.rs) is the
-same at upstream HEAD as in the 0.4.2 wheel, so the wheel's bytes are the reference.
+Candle's ``from_float`` for the 32-value block types and for Q2K / Q4K / Q5K (candle-core/src/quantized/
+k_quants.rs, utils.rs ``make_qkx1_quants``) is the same at upstream HEAD as in the 0.4.2 wheel, so the
+wheel's bytes are the reference.
 """
 
 from __future__ import annotations
@@ -54,4 +55,14 @@ def test_quantize_nan_and_inf_bytes_match_candle(fmt, tmp_path):
     x[3, :32] = np.nan
     x[4, 7] = np.nan
     x[4, 9] = np.inf
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["q2k", "q4k", "q5k"])
+def test_k_quant_subnormal_values_match_candle(fmt, tmp_path):
+    # values ~1e-40: make_qkx1_quants' iscale nmax / (max - min) overflows to inf, and inf * 0 is a NaN
+    # that Rust's `nearest_int(v)` casts to 0 (Candle's from_float is the same at HEAD for these types)
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((4, 256)) * 1e-40).astype(np.float32)
+    x[1] = rng.standard_normal(256).astype(np.float32)  # an ordinary row beside them
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
