@@ -754,8 +754,9 @@ def _fit_scale_min(
     n = x.shape[0]
     if qw is None:
         scales, mins = _make_qkx1_quants(x, nmax)  # (n, n_sub)
-        max_scale = np.maximum(scales.max(-1, keepdims=True), 0)
-        max_min = np.maximum(mins.max(-1, keepdims=True), 0)
+        # Candle's `fold(0.0, |max, &val| val.max(max))`: f32::max skips the NaN fit of a NaN / inf sub-block
+        max_scale = np.fmax.reduce(scales, axis=-1, keepdims=True, initial=np.float32(0))
+        max_min = np.fmax.reduce(mins, axis=-1, keepdims=True, initial=np.float32(0))
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, np.float32(smax) / max_scale, np.float32(0)).astype(np.float32)
             inv_min = np.where(max_min > 0, np.float32(smax) / max_min, np.float32(0)).astype(np.float32)

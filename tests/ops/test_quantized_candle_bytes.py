@@ -66,3 +66,15 @@ def test_k_quant_subnormal_values_match_candle(fmt, tmp_path):
     x = (rng.standard_normal((4, 256)) * 1e-40).astype(np.float32)
     x[1] = rng.standard_normal(256).astype(np.float32)  # an ordinary row beside them
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["q2k", "q4k", "q5k"])
+def test_k_quant_nan_and_inf_bytes_match_candle(fmt, tmp_path):
+    # make_qkx1_quants fits a sub-block holding a NaN or an inf to (NaN, NaN); the block's max scale
+    # (`f32::max` fold) skips it and its sub-scale rounds to 0, so that sub-block decodes to zeros
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    x[0, 5] = np.nan
+    x[1, 40] = np.inf
+    x[2, 200] = -np.inf
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
