@@ -816,6 +816,8 @@ def _fit_q3_imatrix(x: np.ndarray, qw: np.ndarray) -> tuple[np.ndarray, ...]:
 def _q_q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
     d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 16, 16), 3, 15, qw, 1.0)
+    if qw is None:  # BlockQ2K::from_float stores f16(0.0), never -0, unless max_scale / max_min > 0
+        d, dmin = np.where(d > 0, d, np.float32(0)), np.where(dmin > 0, dmin, np.float32(0))
     q = q.reshape(n, 2, 4, 32)  # (h, j, l)
     qs = (q << (2 * np.arange(4))[None, None, :, None]).sum(2).reshape(n, 64).astype(np.uint8)
     scales = (sc | (m << 4)).astype(np.uint8)
@@ -826,6 +828,10 @@ def _q_q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
     if qw is None:
         d, sc, q = _fit_signed(x.reshape(n, 16, 16), 4, 32, q3=True)
+        # Candle's BlockQ3K::from_float: a sub-block whose d * sc is 0 keeps level 0 (q = -4), an
+        # all-zero block (max scale 0) keeps its scale bytes 0 (sc = -32)
+        q = np.where((d * sc == 0)[..., None], -4, q)
+        sc = np.where((sc == 0).all(-1, keepdims=True), -32, sc)
     else:
         d, sc, q = _fit_q3_imatrix(x.reshape(n, 16, 16), qw.reshape(n, 16, 16))
     L = (q + 4).reshape(n, 2, 4, 32)  # (h, j, l), in 0..7

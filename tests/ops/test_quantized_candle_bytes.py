@@ -78,3 +78,15 @@ def test_k_quant_nan_and_inf_bytes_match_candle(fmt, tmp_path):
     x[1, 40] = np.inf
     x[2, 200] = -np.inf
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["q2k", "q3k", "q4k", "q5k"])
+def test_k_quant_zero_blocks_bytes_match_candle(fmt, tmp_path):
+    # BlockQ3K::from_float: a sub-block whose d * sc is 0 keeps level 0 (hmask bit clear), and an
+    # all-zero block keeps all its scale bytes 0; BlockQ2K::from_float stores d / dmin f16(0.0) (not -0)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    x[0] = 0.0
+    x[1, :128] = 0.0
+    x[2] *= np.float32(6e-8)  # d = f16(max / -32) underflows to 0
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
