@@ -368,9 +368,16 @@ def _absmax(x: np.ndarray) -> np.ndarray:
 
 
 def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candle's ``f32::min`` / ``f32::max`` fold from +inf / -inf per row (a NaN is skipped), keepdims."""
-    mn = np.fmin.reduce(x, axis=-1, keepdims=True, initial=np.float32(np.inf))
-    return mn, np.fmax.reduce(x, axis=-1, keepdims=True, initial=np.float32(-np.inf))
+    """Candle's ``f32::min`` / ``f32::max`` fold from +inf / -inf per row (a NaN is skipped), keepdims.
+
+    numpy's reductions pick the same zero (0.0 or -0.0) as Candle's vectorised fold; only rows holding
+    a NaN take the NaN-skipping ``fmin`` / ``fmax``."""
+    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    nan = np.isnan(mn)
+    if nan.any():
+        mn = np.where(nan, np.fmin.reduce(x, axis=-1, keepdims=True, initial=np.float32(np.inf)), mn)
+        mx = np.where(nan, np.fmax.reduce(x, axis=-1, keepdims=True, initial=np.float32(-np.inf)), mx)
+    return mn, mx
 
 
 def _as_int(v: np.ndarray, lo: int, hi: int, dtype: type) -> np.ndarray:

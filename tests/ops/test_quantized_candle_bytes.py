@@ -90,3 +90,11 @@ def test_k_quant_zero_blocks_bytes_match_candle(fmt, tmp_path):
     x[1, :128] = 0.0
     x[2] *= np.float32(6e-8)  # d = f16(max / -32) underflows to 0
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q5_1"])
+def test_quantize_sparse_rows_keep_candles_zero_min(fmt, tmp_path):
+    # blocks whose min is a zero, of both signs (0.0 * -x): the stored f16 min is Candle's 0.0 or -0.0
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((64, 256)) * (rng.random((64, 256)) < 0.1)).astype(np.float32)
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
