@@ -606,7 +606,7 @@ def _qkx1_rows(xt: np.ndarray, _wt: None, nmax: int, ntry: int) -> tuple[np.ndar
         active &= changed
         if not active.any():
             break
-    return np.where(flat, np.float32(0), scale), -mn
+    return np.where(flat, np.float32(0), scale), np.where(flat, -mn + np.float32(0), -mn)  # Candle's (0.0, 0.0)
 
 
 def _make_qkx1_quants(x: np.ndarray, nmax: int, ntry: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -745,6 +745,14 @@ def _imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma_mul: float) -> np.ndar
     return (qw * np.sqrt(sigma2 + x * x)).astype(np.float32)
 
 
+def _fold_max0(v: np.ndarray) -> np.ndarray:
+    """Candle's ``v.iter().fold(0.0, |max, &val| val.max(max))`` over the last axis, keepdims: ``f32::max``
+    skips a NaN (the fit of a NaN / inf sub-block), and of equal values (0.0, -0.0) the later one wins."""
+    w = np.where(np.isnan(v), np.float32(-np.inf), v)[..., ::-1]
+    m = np.take_along_axis(w, w.argmax(-1)[..., None], axis=-1)
+    return np.where(m >= 0, m, np.float32(0))
+
+
 def _fit_scale_min(
     x: np.ndarray, nmax: int, smax: int, qw: np.ndarray | None = None, sigma_mul: float = 2.0
 ) -> tuple[np.ndarray, ...]:
@@ -761,9 +769,7 @@ def _fit_scale_min(
     n = x.shape[0]
     if qw is None:
         scales, mins = _make_qkx1_quants(x, nmax)  # (n, n_sub)
-        # Candle's `fold(0.0, |max, &val| val.max(max))`: f32::max skips the NaN fit of a NaN / inf sub-block
-        max_scale = np.fmax.reduce(scales, axis=-1, keepdims=True, initial=np.float32(0))
-        max_min = np.fmax.reduce(mins, axis=-1, keepdims=True, initial=np.float32(0))
+        max_scale, max_min = _fold_max0(scales), _fold_max0(mins)
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, np.float32(smax) / max_scale, np.float32(0)).astype(np.float32)
             inv_min = np.where(max_min > 0, np.float32(smax) / max_min, np.float32(0)).astype(np.float32)

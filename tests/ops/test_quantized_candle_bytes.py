@@ -98,3 +98,12 @@ def test_quantize_sparse_rows_keep_candles_zero_min(fmt, tmp_path):
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((64, 256)) * (rng.random((64, 256)) < 0.1)).astype(np.float32)
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["q2k", "q4k", "q5k"])
+def test_k_quant_positive_rows_keep_candles_zero_dmin(fmt, tmp_path):
+    # positive data: every sub-block's min fits to -0.0, and Candle's fold(0.0, f32::max) keeps -0.0
+    rng = np.random.default_rng(13)
+    x = rng.uniform(0, 1, (64, 256)).astype(np.float32)
+    x[0] = 0.0
+    np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
