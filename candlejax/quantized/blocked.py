@@ -2,11 +2,12 @@
 
 Every value of these types is ``scale * q + offset`` with one f16 ``scale`` / ``offset`` per block of
 32 and a small integer ``q``. :class:`BlockedWeight` stores ``q`` unpacked, one byte per value
-(u8, or i8 for Q8_0), next to the per-block scales and offsets in f16 (exact: they are f16 in the
-file). Expanding it is then one multiply-add per value that XLA fuses into the dot's operand, so a
-quantised matmul runs at dense speed while the weight takes 1.06-1.13 bytes per value instead of 4
-(the packed GGML bytes take 0.56-1.06, but unpacking nibbles inside the step defeats that fusion
-and costs 6-14x the dense matmul on the CPU).
+(u8 for Q4_1 / Q5_1; i8 for Q8_0, and for Q4_0 / Q5_0 centred as ggml's ``(q - 8) * d`` with no
+offset, since ``-8 d`` can overflow f16), next to the per-block scales and offsets in f16 (exact:
+they are f16 in the file). Expanding it is then one multiply-add per value that XLA fuses into the
+dot's operand, so a quantised matmul runs at dense speed while the weight takes 1.06-1.13 bytes per
+value instead of 4 (the packed GGML bytes take 0.56-1.06, but unpacking nibbles inside the step
+defeats that fusion and costs 6-14x the dense matmul on the CPU).
 
 The values are bit-identical to :func:`candlejax.quantized.dequantize_np`.
 """
@@ -85,8 +86,9 @@ def unpack(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Raw block bytes of a ``shape`` tensor -> ``(q, scale, offset)`` on the host.
 
-    ``q``: ``shape`` (u8, i8 for Q8_0); ``scale`` / ``offset``: ``shape[:-1] + (shape[-1] // 32,)`` f16
-    (``offset`` is ``None`` for Q8_0). Value = ``scale * q + offset`` per block.
+    ``q``: ``shape`` (u8 for Q4_1 / Q5_1; i8 for Q8_0 and for Q4_0 / Q5_0, centred: ``q - 8`` / ``q - 16``);
+    ``scale`` / ``offset``: ``shape[:-1] + (shape[-1] // 32,)`` f16 (``offset`` is ``None`` for Q4_0, Q5_0
+    and Q8_0). Value = ``scale * q + offset`` per block.
     """
     size = _LAYOUT.get(dtype)
     if size is None:
@@ -101,13 +103,14 @@ def unpack(
         q = aligned_empty((*b.shape[:-1], 32), np.int8)
         q[...] = b[..., 2:34].view(np.int8)
         return q.reshape(shape), d, None
-    if dtype is GgmlDType.Q4_0:
-        q, offset = _nibbles(b[..., 2:18]), (d * np.float16(-8)).astype(np.float16)
-    elif dtype is GgmlDType.Q4_1:
+    if dtype in (GgmlDType.Q4_0, GgmlDType.Q5_0):  # (q - 8) * d, (q - 16) * d
+        q = _nibbles(b[..., 2:18] if dtype is GgmlDType.Q4_0 else b[..., 6:22])
+        if dtype is GgmlDType.Q5_0:
+            q |= _high_bits(b[..., 2:6]) << 4
+        q -= np.uint8(8 if dtype is GgmlDType.Q4_0 else 16)  # wraps to the i8 bit pattern
+        return q.view(np.int8).reshape(shape), d, None
+    if dtype is GgmlDType.Q4_1:
         q, offset = _nibbles(b[..., 4:20]), _f16(b, 2)
-    elif dtype is GgmlDType.Q5_0:
-        q, offset = _nibbles(b[..., 6:22]), (d * np.float16(-16)).astype(np.float16)
-        q |= _high_bits(b[..., 2:6]) << 4
     else:  # Q5_1
         q, offset = _nibbles(b[..., 8:24]), _f16(b, 2)
         q |= _high_bits(b[..., 4:8]) << 4

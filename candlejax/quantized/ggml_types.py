@@ -351,9 +351,39 @@ def _inv(d: np.ndarray) -> np.ndarray:
 
 
 def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude in each row (first one on ties, as ggml), keepdims."""
-    idx = np.abs(x).argmax(axis=-1)[..., None]
-    return np.take_along_axis(x, idx, axis=-1)
+    """The value of largest magnitude in each row (first one on ties, as ggml), keepdims.
+
+    As Candle's ``if amax < x.abs()`` loop from ``max = 0``: a NaN never wins, a row of zeros or NaNs gives +0.
+    """
+    a = np.abs(x)
+    a = np.where(np.isnan(a), np.float32(0), a)
+    idx = a.argmax(axis=-1)[..., None]
+    m = np.take_along_axis(x, idx, axis=-1)
+    return np.where(np.take_along_axis(a, idx, axis=-1) == 0, np.float32(0), m).astype(np.float32)
+
+
+def _absmax(x: np.ndarray) -> np.ndarray:
+    """``amax = amax.max(x.abs())`` from 0 per row (Rust's ``f32::max`` skips a NaN), keepdims."""
+    return np.fmax.reduce(np.abs(x), axis=-1, keepdims=True, initial=np.float32(0))
+
+
+def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candle's ``f32::min`` / ``f32::max`` fold from +inf / -inf per row (a NaN is skipped), keepdims.
+
+    numpy's reductions pick the same zero (0.0 or -0.0) as Candle's vectorised fold; only rows holding
+    a NaN take the NaN-skipping ``fmin`` / ``fmax``."""
+    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    nan = np.isnan(mn)
+    if nan.any():
+        mn = np.where(nan, np.fmin.reduce(x, axis=-1, keepdims=True, initial=np.float32(np.inf)), mn)
+        mx = np.where(nan, np.fmax.reduce(x, axis=-1, keepdims=True, initial=np.float32(-np.inf)), mx)
+    return mn, mx
+
+
+def _as_int(v: np.ndarray, lo: int, hi: int, dtype: type) -> np.ndarray:
+    """Rust's saturating float cast (``v as u8`` / ``v as i8``): NaN -> 0, clamped to [lo, hi], truncated."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(v), np.float32(0), np.clip(np.trunc(v), lo, hi)).astype(dtype)
 
 
 def _pack_nibbles32(q: np.ndarray) -> np.ndarray:
@@ -368,48 +398,57 @@ def _pack_qh32(q5: np.ndarray) -> np.ndarray:
 
 def _q_q4_0(x: np.ndarray) -> np.ndarray:
     d = _signed_absmax(x) / np.float32(-8)
-    q = np.minimum(15, np.trunc(x * _inv(d) + np.float32(8.5))).astype(np.uint8)
+    q = np.minimum(15, _as_int(x * _inv(d) + np.float32(8.5), 0, 255, np.uint8))
     return np.concatenate([_to_f16_bytes(d), _pack_nibbles32(q)], axis=1)
 
 
 def _q_q4_1(x: np.ndarray) -> np.ndarray:
-    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    mn, mx = _min_max(x)
     d = (mx - mn) / np.float32(15)
-    q = np.minimum(15, np.trunc((x - mn) * _inv(d) + np.float32(0.5))).astype(np.uint8)
+    q = np.minimum(15, _as_int((x - mn) * _inv(d) + np.float32(0.5), 0, 255, np.uint8))
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(mn), _pack_nibbles32(q)], axis=1)
 
 
 def _q_q5_0(x: np.ndarray) -> np.ndarray:
     d = _signed_absmax(x) / np.float32(-16)
-    q = np.minimum(31, np.trunc(x * _inv(d) + np.float32(16.5))).astype(np.uint8)
+    q = np.minimum(31, _as_int(x * _inv(d) + np.float32(16.5), -128, 127, np.int8)).astype(np.uint8)
     return np.concatenate([_to_f16_bytes(d), _pack_qh32(q), _pack_nibbles32(q & 0x0F)], axis=1)
 
 
 def _q_q5_1(x: np.ndarray) -> np.ndarray:
-    mn, mx = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    mn, mx = _min_max(x)
     d = (mx - mn) / np.float32(31)
-    q = np.minimum(31, np.trunc((x - mn) * _inv(d) + np.float32(0.5))).astype(np.uint8)
+    q = _as_int((x - mn) * _inv(d) + np.float32(0.5), 0, 255, np.uint8)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(mn), _pack_qh32(q), _pack_nibbles32(q & 0x0F)], axis=1)
 
 
 def _q_q8_0(x: np.ndarray) -> np.ndarray:
-    d = np.abs(x).max(-1, keepdims=True) / np.float32(127)
-    q = _roundf(x * _inv(d)).astype(np.int8)
+    d = _absmax(x) / np.float32(127)
+    q = _as_int(_roundf(x * _inv(d)), -128, 127, np.int8)
     return np.concatenate([_to_f16_bytes(d), q.view(np.uint8)], axis=1)
 
 
 def _q_q8_1(x: np.ndarray) -> np.ndarray:
-    d = np.abs(x).max(-1, keepdims=True) / np.float32(127)
-    q = _roundf(x * _inv(d)).astype(np.int8)
-    s = d * q.astype(np.int32).sum(-1, keepdims=True).astype(np.float32)
+    """Candle's ``quantize_row_q8_1``: ``s = f16(sum of the quants) * f16(d)``, an f16 product.
+
+    ggml rounds ``d * sum`` once instead; Candle's ``QTensor::quantize`` is the reference here.
+    """
+    d = _absmax(x) / np.float32(127)
+    q = _as_int(_roundf(x * _inv(d)), -128, 127, np.int8)
+    qsum = q.astype(np.int32).sum(-1, keepdims=True).astype(np.float16).astype(np.float32)
+    s = qsum * d.astype(np.float16).astype(np.float32)
     return np.concatenate([_to_f16_bytes(d), _to_f16_bytes(s), q.view(np.uint8)], axis=1)
 
 
 def _q_q8_k(x: np.ndarray) -> np.ndarray:
+    """Candle's ``BlockQ8K::from_float``: ``iscale = -127 / max``, ``d = 1 / iscale`` (``-inf`` for an inf max)."""
     mx = _signed_absmax(x)
-    iscale = np.where(mx == 0, np.float32(0), np.float32(-127) / np.where(mx == 0, 1, mx)).astype(np.float32)
-    q = np.minimum(127, _roundf(iscale * x)).astype(np.int8)
-    d = _inv(iscale)
+    zero = mx == 0
+    iscale = np.where(zero, np.float32(0), np.float32(-127) / np.where(zero, 1, mx)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        q = _as_int(_roundf(iscale * x), -128, 127, np.int8)
+    with np.errstate(divide="ignore"):
+        d = np.where(zero, np.float32(0), np.float32(1) / np.where(zero, 1, iscale)).astype(np.float32)
     bsums = q.astype(np.int16).reshape(-1, 16, 16).sum(-1, dtype=np.int16)
     return np.concatenate(
         [d.astype("<f4").view(np.uint8), q.view(np.uint8), bsums.astype("<i2").view(np.uint8)], axis=1
@@ -551,7 +590,8 @@ def _qkx1_rows(xt: np.ndarray, _wt: None, nmax: int, ntry: int) -> tuple[np.ndar
     for _ in range(ntry):
         np.subtract(xt, mn, out=xm)
         np.multiply(xm, iscale, out=q)
-        np.clip(_round_inplace(q, tmp), 0, nmax, out=q)
+        np.fmax(_round_inplace(q, tmp), 0, out=q)  # Rust's `nearest_int(v).clamp(0, nmax)`: NaN -> 0
+        np.minimum(q, nmax, out=q)
         changed = (q != prev).any(0)
         sumlx = np.multiply(xm, q, out=tmp).sum(0, dtype=np.float32)
         suml2 = np.multiply(q, q, out=tmp).sum(0, dtype=np.float32)
@@ -566,7 +606,7 @@ def _qkx1_rows(xt: np.ndarray, _wt: None, nmax: int, ntry: int) -> tuple[np.ndar
         active &= changed
         if not active.any():
             break
-    return np.where(flat, np.float32(0), scale), -mn
+    return np.where(flat, np.float32(0), scale), np.where(flat, -mn + np.float32(0), -mn)  # Candle's (0.0, 0.0)
 
 
 def _make_qkx1_quants(x: np.ndarray, nmax: int, ntry: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -705,6 +745,14 @@ def _imatrix_weights(x: np.ndarray, qw: np.ndarray, sigma_mul: float) -> np.ndar
     return (qw * np.sqrt(sigma2 + x * x)).astype(np.float32)
 
 
+def _fold_max0(v: np.ndarray) -> np.ndarray:
+    """Candle's ``v.iter().fold(0.0, |max, &val| val.max(max))`` over the last axis, keepdims: ``f32::max``
+    skips a NaN (the fit of a NaN / inf sub-block), and of equal values (0.0, -0.0) the later one wins."""
+    w = np.where(np.isnan(v), np.float32(-np.inf), v)[..., ::-1]
+    m = np.take_along_axis(w, w.argmax(-1)[..., None], axis=-1)
+    return np.where(m >= 0, m, np.float32(0))
+
+
 def _fit_scale_min(
     x: np.ndarray, nmax: int, smax: int, qw: np.ndarray | None = None, sigma_mul: float = 2.0
 ) -> tuple[np.ndarray, ...]:
@@ -721,13 +769,12 @@ def _fit_scale_min(
     n = x.shape[0]
     if qw is None:
         scales, mins = _make_qkx1_quants(x, nmax)  # (n, n_sub)
-        max_scale = np.maximum(scales.max(-1, keepdims=True), 0)
-        max_min = np.maximum(mins.max(-1, keepdims=True), 0)
+        max_scale, max_min = _fold_max0(scales), _fold_max0(mins)
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, np.float32(smax) / max_scale, np.float32(0)).astype(np.float32)
             inv_min = np.where(max_min > 0, np.float32(smax) / max_min, np.float32(0)).astype(np.float32)
-        sc = np.clip(_roundf(inv_scale * scales), 0, smax).astype(np.int32)
-        m = np.clip(_roundf(inv_min * mins), 0, smax).astype(np.int32)
+        sc = _as_int(_roundf(inv_scale * scales), 0, smax, np.int32)
+        m = _as_int(_roundf(inv_min * mins), 0, smax, np.int32)
         d = (max_scale / np.float32(smax)).astype(np.float16).astype(np.float32)
         dmin = (max_min / np.float32(smax)).astype(np.float16).astype(np.float32)
     else:
@@ -742,7 +789,7 @@ def _fit_scale_min(
     eff_m = (dmin * m.astype(np.float32))[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(eff_d == 0, np.float32(0), (x + eff_m) / eff_d)
-    q = np.clip(_roundf(q), 0, nmax).astype(np.int32)
+    q = _as_int(_roundf(q), 0, nmax, np.int32)
     return d, dmin, sc, m, q
 
 
@@ -782,6 +829,8 @@ def _fit_q3_imatrix(x: np.ndarray, qw: np.ndarray) -> tuple[np.ndarray, ...]:
 def _q_q2_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
     d, dmin, sc, m, q = _fit_scale_min(x.reshape(n, 16, 16), 3, 15, qw, 1.0)
+    if qw is None:  # BlockQ2K::from_float stores f16(0.0), never -0, unless max_scale / max_min > 0
+        d, dmin = np.where(d > 0, d, np.float32(0)), np.where(dmin > 0, dmin, np.float32(0))
     q = q.reshape(n, 2, 4, 32)  # (h, j, l)
     qs = (q << (2 * np.arange(4))[None, None, :, None]).sum(2).reshape(n, 64).astype(np.uint8)
     scales = (sc | (m << 4)).astype(np.uint8)
@@ -792,6 +841,10 @@ def _q_q3_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     n = x.shape[0]
     if qw is None:
         d, sc, q = _fit_signed(x.reshape(n, 16, 16), 4, 32, q3=True)
+        # Candle's BlockQ3K::from_float: a sub-block whose d * sc is 0 keeps level 0 (q = -4), an
+        # all-zero block (max scale 0) keeps its scale bytes 0 (sc = -32)
+        q = np.where((d * sc == 0)[..., None], -4, q)
+        sc = np.where((sc == 0).all(-1, keepdims=True), -32, sc)
     else:
         d, sc, q = _fit_q3_imatrix(x.reshape(n, 16, 16), qw.reshape(n, 16, 16))
     L = (q + 4).reshape(n, 2, 4, 32)  # (h, j, l), in 0..7

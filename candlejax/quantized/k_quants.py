@@ -57,19 +57,9 @@ _F32 = np.float32
 _O256 = np.arange(QK_K)
 
 
-# ----------------------------------------------------------------------------------------------
-# quantisation with Candle's rounding where it differs from ggml_types
-# ----------------------------------------------------------------------------------------------
 def _quantize(x: np.ndarray, dtype: GgmlDType) -> np.ndarray:
     """float32 values -> (n_blocks, type_size) bytes as Candle's ``from_float``."""
-    b = quantize_np(x, dtype).reshape(-1, dtype.type_size())
-    if dtype is GgmlDType.Q8_1:
-        # Candle's quantize_row_q8_1: s = f16(sum of the quants) * f16(d), an f16 product
-        qsum = b[:, 4:36].view(np.int8).astype(np.int32).sum(-1)
-        d = np.ascontiguousarray(b[:, 0:2]).view("<f2").astype(_F32)[:, 0]
-        s = (qsum.astype(np.float16).astype(_F32) * d).astype("<f2")
-        b[:, 2:4] = s.reshape(-1, 1).view(np.uint8)
-    return b
+    return quantize_np(x, dtype).reshape(-1, dtype.type_size())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -348,7 +348,7 @@ def test_qmatmul_blocked_layout_is_exact_and_a_pytree(rng, dt, monkeypatch):
     ref_w = dequantize_np(np.asarray(q.raw), dtype, q.shape)
     np.testing.assert_array_equal(np.asarray(m.weight.dequantize()), ref_w)  # bit-identical values
     q_leaf = jax.tree_util.tree_leaves(m)[0]
-    assert q_leaf.dtype == (jnp.int8 if dt == "Q8_0" else jnp.uint8) and q_leaf.shape == (48, 96)
+    assert q_leaf.dtype == (jnp.uint8 if dt in ("Q4_1", "Q5_1") else jnp.int8) and q_leaf.shape == (48, 96)
     assert m.weight.storage_size_in_bytes() <= 1.13 * w.size
     x = rng.standard_normal((2, 3, 96)).astype(np.float32)
     ref = x.astype(np.float64) @ ref_w.astype(np.float64).T
@@ -356,6 +356,28 @@ def test_qmatmul_blocked_layout_is_exact_and_a_pytree(rng, dt, monkeypatch):
     y = jax.jit(lambda mm, xx: mm.forward(xx).jax)(m, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(m.embedding(np.array([0, 47, 5]))), ref_w[[0, 47, 5]])
+
+
+@pytest.mark.parametrize("dt", ["Q4_0", "Q5_0"])
+def test_blocked_layout_keeps_large_scales_finite(rng, dt, monkeypatch):
+    # |values| up to ~4e5: the f16 block scale d = max / -8 (or -16) is finite, but -8 d and -16 d are
+    # beyond f16; Candle (and gguf-py) decode (q - 8) * d, finite
+    from candlejax.quantized import native
+    from candlejax.quantized.blocked import BlockedWeight
+
+    monkeypatch.setattr(native, "available", lambda: False)
+    dtype = GgmlDType[dt]
+    w = (rng.standard_normal((8, 64)) * 1e5).astype(np.float32)
+    q = QTensor.quantize(w, dtype)
+    ref_w = gq.dequantize(np.asarray(q.raw), GGMLQuantizationType(dtype.value)).reshape(q.shape)
+    assert np.isfinite(ref_w).all()
+    m = QMatMul.from_qtensor(q)
+    assert isinstance(m.weight, BlockedWeight)
+    np.testing.assert_array_equal(np.asarray(m.weight.dequantize()), ref_w)
+    np.testing.assert_array_equal(np.asarray(m.embedding(np.array([3, 0]))), ref_w[[3, 0]])
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    ref = x.astype(np.float64) @ ref_w.astype(np.float64).T
+    np.testing.assert_allclose(np.asarray(m.forward(x)), ref, rtol=1e-5)
 
 
 def test_qmatmul_large_weight_chunked_path(monkeypatch, rng):

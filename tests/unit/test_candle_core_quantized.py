@@ -637,6 +637,26 @@ def test_quantize_q8k_cpu():
     ggml_quantization_error_test(dtype, device, GGML_MAX_QUANTIZATION_TOTAL_ERROR)
 
 
+def test_quantize_q8k_non_finite_values_as_candle():
+    # BlockQ8K::from_float (k_quants.rs): the block max skips a NaN (`if amax < x.abs()`), a NaN quant
+    # casts to 0; with an inf the scale is iscale = -127 / inf = -0, d = 1 / iscale = -inf, every quant
+    # 0 (`(-0 * inf).round()` is NaN), so to_float gives d * 0 = NaN throughout
+    from candlejax.quantized import k_quants
+
+    x = np.random.default_rng(4).standard_normal(512).astype(np.float32)
+    x_nan, x_zero = x.copy(), x.copy()
+    x_nan[5], x_zero[5] = np.nan, 0.0
+    x_nan[256:] = x_zero[256:] = x[256:]
+    x_nan[300] = np.inf
+    got = k_quants.BlockQ8K.to_bytes(k_quants.BlockQ8K.from_float(x_nan))
+    want = k_quants.BlockQ8K.to_bytes(k_quants.BlockQ8K.from_float(x_zero[:256]))
+    np.testing.assert_array_equal(got[: want.size], want)
+    second = got[want.size :]
+    assert np.frombuffer(second[:4].tobytes(), "<f4")[0] == -np.inf
+    assert not second[4:].any()  # quants and their sums
+    assert np.isnan(k_quants.BlockQ8K.to_float(k_quants.BlockQ8K.from_float(x_nan))[256:]).all()
+
+
 def test_k_quant_error_on_a_unit_gaussian_is_the_documented_one():
     # docs/differences/quantized.md: rms error of a unit Gaussian with Candle's / ggml's fits.
     x = Tensor.new(np.random.default_rng(0).standard_normal((64, 768)).astype(np.float32))
