@@ -271,6 +271,8 @@ class LSTM(_RNNBase):
         st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
         self._check(x, 3, as_array(st.h), as_array(st.c))
         hs, cs = _lstm_scan(x, as_array(st.h), as_array(st.c), *self._weights())
+        if x.shape[1] == 0:  # no step: the initial state
+            return wrap(hs), LSTMState(wrap(as_array(st.h)), wrap(as_array(st.c)))
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
@@ -300,6 +302,19 @@ def _rnn_names(cfg: Any) -> tuple[str, str, str, str]:
     return tuple(f"{n}_l{idx}{rev}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))  # type: ignore[return-value]
 
 
+def _rnn_config(gates: int, cfg: Any) -> Any:
+    """``None`` is Candle's ``Default::default()`` config (as for the conv factories); anything but the
+    layer's config struct raises naming it."""
+    cls = LSTMConfig if gates == 4 else GRUConfig
+    if cfg is None:
+        return cls.default()
+    if not isinstance(cfg, cls):
+        article = "an" if cls is LSTMConfig else "a"
+        raise errors.ArgumentType(f"{cls.__name__[:-6].lower()}: config must be {article} {cls.__name__} (or None for"
+                                  f" the default), got {type(cfg).__name__}")  # fmt: skip
+    return cfg
+
+
 def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tuple[Any, Any, Any, Any]:
     if int(hidden) < 1 or int(in_dim) < 1:  # PyTorch: "hidden_size must be greater than zero"
         raise errors.Msg(f"{ {3: 'GRU', 4: 'LSTM'}.get(gates, 'RNN')}: hidden_dim ({hidden}) and in_dim ({in_dim})"
@@ -312,8 +327,10 @@ def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tupl
     return w_ih, w_hh, b_ih, b_hh
 
 
-def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig, vb: Any) -> LSTM:
-    """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names)."""
+def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig | None, vb: Any) -> LSTM:
+    """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names);
+    ``config`` ``None`` is ``LSTMConfig.default()``."""
+    config = _rnn_config(4, config)
     return LSTM(*_rnn_params(4, in_dim, hidden_dim, config, vb), hidden_dim, config)
 
 
@@ -341,6 +358,8 @@ class GRU(_RNNBase):
         st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
         self._check(x, 3, as_array(st.h))
         hs = _gru_scan(x, as_array(st.h), *self._weights())
+        if x.shape[1] == 0:  # no step: the initial state
+            return wrap(hs), GRUState(wrap(as_array(st.h)))
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
@@ -363,6 +382,8 @@ class GRU(_RNNBase):
         return self.scan(input)[0]
 
 
-def gru(in_dim: int, hidden_dim: int, config: GRUConfig, vb: Any) -> GRU:
-    """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names)."""
+def gru(in_dim: int, hidden_dim: int, config: GRUConfig | None, vb: Any) -> GRU:
+    """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names); ``config``
+    ``None`` is ``GRUConfig.default()``."""
+    config = _rnn_config(3, config)
     return GRU(*_rnn_params(3, in_dim, hidden_dim, config, vb), hidden_dim, config)

@@ -362,6 +362,55 @@ def test_rnn_states_and_inputs_are_checked_not_broadcast_or_promoted():
     assert lstm.step(x2, lstm.zero_state(2)).h.shape == (2, 4) and g(jnp.ones((2, 5, 3))).shape == (2, 5, 4)
 
 
+def test_rnn_config_none_is_the_default_and_a_wrong_config_is_named():
+    """``None`` is Candle's ``Default::default()`` config, as for the conv factories; any other value
+    raised a bare AttributeError."""
+    from candlejax import errors
+
+    t = torch.nn.LSTM(5, 7, batch_first=True)
+    lstm = nn.lstm(5, 7, None, _vb(t))
+    assert lstm.config() == nn.LSTMConfig.default()
+    check(lstm, t, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    tg = torch.nn.GRU(5, 7, batch_first=True)
+    g = nn.gru(5, 7, None, _vb(tg))
+    assert g.config() == nn.GRUConfig.default()
+    check(g, tg, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    vb = VarBuilder.zeros()
+    with pytest.raises(errors.ArgumentType, match=r"lstm: config must be an LSTMConfig \(or None for the default\)"):
+        nn.lstm(3, 4, {"layer_idx": 0}, vb)
+    with pytest.raises(errors.ArgumentType, match=r"gru: config must be a GRUConfig .*, got LSTMConfig"):
+        nn.gru(3, 4, nn.LSTMConfig(), vb)
+
+
+def test_rnn_scan_of_an_empty_sequence_keeps_the_initial_state():
+    """Candle's ``seq`` of a ``(B, 0, in)`` input is the empty list; ``scan`` returns no outputs and the
+    initial state (it raised numpy's IndexError)."""
+    vb = VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    x = jnp.zeros((2, 0, 3))
+    lstm, g = nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l")), nn.gru(3, 4, nn.GRUConfig(), vb.pp("g"))
+    assert lstm.seq(x) == [] and g.seq(x) == []
+    st = nn.LSTMState(jnp.ones((2, 4)), jnp.full((2, 4), 2.0))
+    out, fin = lstm.scan(x, st)
+    assert out.shape == (2, 0, 4)
+    np.testing.assert_array_equal(np.asarray(fin.h._a), 1.0)
+    np.testing.assert_array_equal(np.asarray(fin.c._a), 2.0)
+    out, fin = g.scan(x, nn.GRUState(jnp.ones((2, 4))))
+    assert out.shape == (2, 0, 4) and lstm(x).shape == (2, 0, 4) and g(x).shape == (2, 0, 4)
+    np.testing.assert_array_equal(np.asarray(fin.h._a), 1.0)
+
+
+def test_activation_and_batch_norm_parameters_that_are_not_numbers_are_named():
+    from candlejax import errors
+
+    with pytest.raises(errors.ArgumentType, match=r"Activation\.Elu: the parameter must be a number, got 'a'"):
+        nn.Activation.Elu("a")
+    with pytest.raises(errors.ArgumentType, match=r"Activation\.Elu: the parameter must be a number, got 'x'"):
+        nn.Activation.parse({"elu": "x"})
+    assert nn.Activation.parse({"elu": 2}) == nn.Activation.Elu(2.0)
+    with pytest.raises(errors.ArgumentType, match=r"batch_norm: config must be a BatchNormConfig or an eps"):
+        nn.batch_norm(3, "a", VarBuilder.zeros())
+
+
 ACTS = [
     ("gelu", lambda x: F.gelu(x)),
     ("gelu_new", lambda x: F.gelu(x, approximate="tanh")),
