@@ -21,7 +21,7 @@ from candlejax.nn import ops
 from candlejax.nn.init import Const
 from candlejax.nn.linear import _as_param, check_param
 from candlejax.nn.module import CallableBool, LayerInputShape, Module, as_array, layer_name
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import float_arg, wrap
 
 __all__ = ["Activation", "PReLU", "prelu"]
 
@@ -72,7 +72,7 @@ class Activation(Module):
         if variant not in _VARIANTS:
             raise errors.Msg(f"unknown activation {variant!r}, expected one of {sorted(_VARIANTS)}")
         self.variant = variant
-        self.param = None if param is None else float(param)
+        self.param = None if param is None else float_arg(param, f"Activation.{variant}", "the parameter")
 
     @staticmethod
     def default() -> Activation:

@@ -466,6 +466,10 @@ def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> B
     never trained.
     """
     if not isinstance(config, BatchNormConfig):
+        if isinstance(config, (str, bytes)) or not hasattr(config, "__float__"):
+            raise errors.ArgumentType(
+                f"batch_norm: config must be a BatchNormConfig or an eps (a float), got {config!r}"
+            )
         config = BatchNormConfig(eps=float(config))
     if config.eps < 0:
         raise errors.InvalidArgument(f"batch-norm eps cannot be negative {config.eps}")
