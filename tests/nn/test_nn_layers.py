@@ -566,3 +566,19 @@ def test_builders_refuse_zero_sizes(build, msg):
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         torch.nn.LSTM(4, 0)
     assert nn.linear(4, 0, vb.pp("lin")).weight.shape == (0, 4)  # still works, as torch's Linear(4, 0)
+
+
+@pytest.mark.parametrize("train", ["False", "yes", None, 2, 0.5, [True]])
+def test_forward_t_train_that_is_not_a_bool_is_named(train):
+    """Candle's ``train`` is a ``bool``: ``"False"`` (truthy) silently trained and updated BatchNorm's
+    running statistics."""
+    from candlejax import errors
+
+    bn = nn.batch_norm(3, nn.BatchNormConfig(), VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu))
+    x = jnp.asarray(_x(4, 3))
+    for layer in (bn, nn.Dropout(0.5)):
+        with pytest.raises(errors.ArgumentType, match=r"forward_t: train must be a bool, got"):
+            layer.forward_t(x, train)
+    np.testing.assert_array_equal(np.asarray(bn.running_mean._a), 0.0)
+    for ok in (True, False, 1, 0, np.bool_(True), jnp.asarray(False)):
+        assert bn.forward_t(x, ok).shape == (4, 3)
