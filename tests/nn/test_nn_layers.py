@@ -461,8 +461,12 @@ def test_dropout():
     assert abs((y == 0).mean() - 0.5) < 0.02
     y2 = np.asarray(d.forward_t(x, True, key=0)._a)
     np.testing.assert_array_equal(y, y2)  # same key, same mask
-    with pytest.raises(Exception, match=r"dropout probability has to be in \[0, 1\), got 1.0"):
-        nn.Dropout(1.0)
+    # Candle's Dropout::new takes any p; ops::dropout checks it in training mode only (candle-nn/src/ops.rs)
+    for p in (1.0, 1.5, -0.1):
+        d = nn.Dropout(p)
+        np.testing.assert_array_equal(np.asarray(d.forward_t(x, False)._a), 1.0)
+        with pytest.raises(Exception, match=rf"dropout probability has to be in \[0, 1\), got {p}"):
+            d.forward_t(x, True, key=0)
 
 
 def test_sequential_and_func():
