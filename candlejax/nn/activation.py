@@ -46,6 +46,9 @@ _VARIANTS = {
     "LeakyRelu": "leaky_relu",
 }
 
+#: the parameter of ``Elu`` (alpha) / ``LeakyRelu`` (negative slope) named without one: PyTorch's defaults
+_DEFAULT_PARAMS = {"Elu": 1.0, "LeakyRelu": 0.01}
+
 _ALIASES = {
     "gelu": "Gelu", "gelu_new": "NewGelu", "newgelu": "NewGelu", "gelu_pytorch_tanh": "GeluPytorchTanh",
     "gelupytorchtanh": "GeluPytorchTanh", "gelu_fast": "NewGelu", "relu": "Relu", "relu2": "Relu2",
@@ -72,6 +75,8 @@ class Activation(Module):
         if variant not in _VARIANTS:
             raise errors.Msg(f"unknown activation {variant!r}, expected one of {sorted(_VARIANTS)}")
         self.variant = variant
+        if param is None:  # Elu / LeakyRelu by name: parse's (and PyTorch's) defaults, not 0
+            param = _DEFAULT_PARAMS.get(variant)
         self.param = None if param is None else float_arg(param, f"Activation.{variant}", "the parameter")
 
     @staticmethod
@@ -97,11 +102,11 @@ class Activation(Module):
             return Activation(_ALIASES.get(str(k).lower(), str(k)), v)
         name = str(s).strip()
         if name in _VARIANTS:
-            return Activation(name, None if name not in ("Elu", "LeakyRelu") else (1.0 if name == "Elu" else 0.01))
+            return Activation(name)
         v = _ALIASES.get(name.lower())
         if v is None:
             raise errors.Msg(f"unknown activation {s!r}, expected one of {sorted(_ALIASES)}")
-        return Activation(v, {"Elu": 1.0, "LeakyRelu": 0.01}.get(v))
+        return Activation(v)
 
     def forward(self, xs: Any) -> Any:
         return ops.activation(xs, _VARIANTS[self.variant], self.param or 0.0)

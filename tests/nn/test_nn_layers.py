@@ -586,3 +586,13 @@ def test_forward_t_train_that_is_not_a_bool_is_named(train):
     np.testing.assert_array_equal(np.asarray(bn.running_mean._a), 0.0)
     for ok in (True, False, 1, 0, np.bool_(True), jnp.asarray(False)):
         assert bn.forward_t(x, ok).shape == (4, 3)
+
+
+def test_parameterised_activation_built_from_its_name_takes_the_default_parameter():
+    """``Activation("Elu")`` computed an ELU with alpha 0 (and ``"LeakyRelu"`` a ReLU), where
+    ``Activation.parse("elu")`` and PyTorch's ``nn.ELU()`` / ``nn.LeakyReLU()`` use 1.0 / 0.01."""
+    x = _x(3, 8) * 3
+    for name, tf in (("Elu", lambda t: F.elu(t)), ("LeakyRelu", lambda t: F.leaky_relu(t))):
+        act = nn.Activation(name)
+        assert act == nn.Activation.parse(name.lower())
+        np.testing.assert_allclose(np.asarray(act(jnp.asarray(x))._a), tf(torch.tensor(x)).numpy(), atol=1e-6)
