@@ -27,6 +27,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
 from candlejax.nn.linear import _as_param
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor import Tensor
 from candlejax.tensor._core import int_arg, wrap
 
 __all__ = ["GRU", "LSTM", "RNN", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
@@ -130,6 +131,16 @@ def _check_state(state: Any, cls: type, call: str) -> None:
     if not isinstance(state, cls):
         raise errors.InvalidArgument(f"{call}: the state must be a {cls.__name__} (zero_state(batch) makes one),"
                                      f" got {type(state).__name__}")  # fmt: skip
+
+
+def _states_h(states: Any, cls: type, call: str) -> list[Any]:
+    """The ``h`` of every state of a list (Candle's ``&[State]``), each checked to be a ``cls``."""
+    if not isinstance(states, (list, tuple)):
+        raise errors.InvalidArgument(f"{call}: the states must be a list of {cls.__name__} (what seq returns),"
+                                     f" got {type(states).__name__}")  # fmt: skip
+    for s in states:
+        _check_state(s, cls, call)
+    return [wrap(as_array(s.h)) for s in states]
 
 
 def _mm(x: Any, w: Any, b: Any) -> Any:
@@ -289,7 +300,7 @@ class LSTM(_RNNBase):
 
     def states_to_tensor(self, states: list[LSTMState]) -> Any:
         """Stack the ``h`` of every state: ``(B, T, H)``."""
-        return wrap(jnp.stack([as_array(s.h) for s in states], axis=1))
+        return Tensor.stack(_states_h(states, LSTMState, "LSTM.states_to_tensor"), 1)
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""
@@ -375,7 +386,7 @@ class GRU(_RNNBase):
 
     def states_to_tensor(self, states: list[GRUState]) -> Any:
         """Candle's GRU concatenates on dim 1: ``(B, T·H)`` (LSTM stacks to ``(B, T, H)``)."""
-        return wrap(jnp.concatenate([as_array(s.h) for s in states], axis=1))
+        return Tensor.cat(_states_h(states, GRUState, "GRU.states_to_tensor"), 1)
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""

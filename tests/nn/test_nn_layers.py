@@ -596,3 +596,25 @@ def test_parameterised_activation_built_from_its_name_takes_the_default_paramete
         act = nn.Activation(name)
         assert act == nn.Activation.parse(name.lower())
         np.testing.assert_allclose(np.asarray(act(jnp.asarray(x))._a), tf(torch.tensor(x)).numpy(), atol=1e-6)
+
+
+def test_rnn_states_to_tensor_of_bad_states_raises_candle_errors():
+    """Candle's ``Tensor::stack`` / ``cat`` errors (they were numpy's ValueError / a bare TypeError)."""
+    from candlejax import errors
+
+    vb = VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    lstm, g = nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l")), nn.gru(3, 4, nn.GRUConfig(), vb.pp("g"))
+    with pytest.raises(errors.OpRequiresAtLeastOneTensor, match="stack expects at least one tensor"):
+        lstm.states_to_tensor([])
+    with pytest.raises(errors.OpRequiresAtLeastOneTensor, match="cat expects at least one tensor"):
+        g.states_to_tensor([])
+    with pytest.raises(errors.ShapeMismatchCat, match="shape mismatch in cat"):
+        lstm.states_to_tensor([lstm.zero_state(2), lstm.zero_state(3)])
+    with pytest.raises(errors.InvalidArgument, match=r"LSTM\.states_to_tensor: the states must be a list of LSTMState"):
+        lstm.states_to_tensor(lstm.zero_state(2))
+    with pytest.raises(errors.InvalidArgument, match=r"GRU\.states_to_tensor: the state must be a GRUState .*got int"):
+        g.states_to_tensor([1, 2])
+    x = jnp.asarray(_x(2, 5, 3))
+    assert lstm.states_to_tensor(lstm.seq(x)).shape == (2, 5, 4) and g.states_to_tensor(g.seq(x)).shape == (2, 20)
+    st = nn.LSTMState(jnp.ones((2, 4)), jnp.ones((2, 4)))  # states of plain arrays, as before
+    assert lstm.states_to_tensor([st, st]).shape == (2, 2, 4)
