@@ -339,6 +339,12 @@ class BatchNorm(ModuleT):
         _eps(eps, "batch-norm")
         if not 0.0 <= momentum <= 1.0:  # Candle's check_validity (NaN too)
             raise errors.InvalidArgument(f"batch-norm momentum must be between 0 and 1, is {momentum}")
+        if (weight is None) != (bias is None):  # Candle's weight_and_bias: Option<(Tensor, Tensor)>
+            raise errors.InvalidArgument(
+                "BatchNorm: weight and bias go together (Candle's weight_and_bias): pass both, or neither"
+                f" (new_no_bias), got weight {'None' if weight is None else 'given'} and bias"
+                f" {'None' if bias is None else 'given'}"
+            )
         self.running_mean = _as_buffer(running_mean)
         self.running_var = _as_buffer(running_var)
         self.weight = _as_param(weight)

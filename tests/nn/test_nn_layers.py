@@ -618,3 +618,14 @@ def test_rnn_states_to_tensor_of_bad_states_raises_candle_errors():
     assert lstm.states_to_tensor(lstm.seq(x)).shape == (2, 5, 4) and g.states_to_tensor(g.seq(x)).shape == (2, 20)
     st = nn.LSTMState(jnp.ones((2, 4)), jnp.ones((2, 4)))  # states of plain arrays, as before
     assert lstm.states_to_tensor([st, st]).shape == (2, 2, 4)
+
+
+def test_batch_norm_takes_weight_and_bias_together():
+    """Candle's ``weight_and_bias`` is one ``Option<(weight, bias)>``: a bias without a weight was
+    silently dropped, a weight without a bias raised a bare AttributeError."""
+    from candlejax import errors
+
+    z, o = jnp.zeros((3,)), jnp.ones((3,))
+    for w, b in ((o, None), (None, o)):
+        with pytest.raises(errors.InvalidArgument, match=r"BatchNorm: weight and bias go together"):
+            nn.BatchNorm(3, z, o, w, b)
