@@ -19,7 +19,7 @@ from candlejax._dispatch import op
 from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn.init import Const
-from candlejax.nn.linear import _as_param, check_param
+from candlejax.nn.linear import as_weight, check_param
 from candlejax.nn.module import CallableBool, LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor._core import float_arg, wrap
 
@@ -142,7 +142,7 @@ class PReLU(Module):
     Candle's, a 1-D input with one value per weight, ``(channels,)``, takes the weights elementwise."""
 
     def __init__(self, weight: Any, is_scalar: bool = False):
-        self.weight = _as_param(weight)
+        self.weight = as_weight(weight, "PReLU")
         self.is_scalar = CallableBool(is_scalar)
         check_param("PReLU", self.weight, "weight (channels,)", self.weight, rank=1)
         if self.is_scalar:  # Candle's forward reshapes it to a scalar

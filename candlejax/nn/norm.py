@@ -27,7 +27,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn._cache_base import _AppendResult
 from candlejax.nn.init import ONE, ZERO
-from candlejax.nn.linear import _as_param, _require_tensor, check_param
+from candlejax.nn.linear import _as_param, _require_tensor, as_weight, check_param
 from candlejax.nn.module import (
     Buffer,
     CallableBool,
@@ -89,7 +89,7 @@ class LayerNorm(Module):
 
     def __init__(self, weight: Any, bias: Any = None, eps: float = 1e-5, remove_mean: bool = True):
         _require_tensor(weight, "LayerNorm", "nn.layer_norm(size, LayerNormConfig(eps=...), vb)")
-        self.weight = _as_param(weight)
+        self.weight = as_weight(weight, "LayerNorm" if remove_mean else "RmsNorm")
         self.bias = _as_param(bias)
         self.eps = _eps(eps, "LayerNorm" if remove_mean else "RmsNorm")
         self.remove_mean = CallableBool(remove_mean)
@@ -196,8 +196,8 @@ class GroupNorm(Module):
             raise errors.InvalidArgument(
                 f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})"
             )
-        self.weight = _as_param(weight)
-        self.bias = _as_param(bias)
+        self.weight = as_weight(weight, "GroupNorm")
+        self.bias = as_weight(bias, "GroupNorm", "bias")
         self.num_channels = int(num_channels)
         self.num_groups = int(num_groups)
         rule = f"num_channels is {self.num_channels}"

@@ -25,7 +25,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
-from candlejax.nn.linear import _as_param
+from candlejax.nn.linear import _as_param, as_weight
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import int_arg, wrap
@@ -212,8 +212,8 @@ class _RNNBase(Module, RNN):
             cfg_type = LSTMConfig if self._gates == 4 else GRUConfig
             config = cfg_type.default() if b_ih is not None or b_hh is not None else cfg_type.default_no_bias()
         self._config = config
-        self.w_ih = _as_param(w_ih)
-        self.w_hh = _as_param(w_hh)
+        self.w_ih = as_weight(w_ih, self._kind, "w_ih")
+        self.w_hh = as_weight(w_hh, self._kind, "w_hh")
         self.b_ih = _as_param(b_ih)
         self.b_hh = _as_param(b_hh)
         self.hidden_dim = int(hidden_dim if hidden_dim is not None else self.w_hh.shape[1])

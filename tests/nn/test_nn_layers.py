@@ -629,3 +629,25 @@ def test_batch_norm_takes_weight_and_bias_together():
     for w, b in ((o, None), (None, o)):
         with pytest.raises(errors.InvalidArgument, match=r"BatchNorm: weight and bias go together"):
             nn.BatchNorm(3, z, o, w, b)
+
+
+@pytest.mark.parametrize(
+    ("make", "msg"),
+    [(lambda o: nn.GroupNorm(o, None, 4, 2, 1e-5), r"nn\.GroupNorm: bias must be a Tensor, got None"),
+     (lambda o: nn.GroupNorm(None, o, 4, 2, 1e-5), r"nn\.GroupNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.Conv1d(None), r"nn\.Conv1d: weight must be a Tensor, got None"),
+     (lambda o: nn.ConvTranspose2d(None), r"nn\.ConvTranspose2d: weight must be a Tensor, got None"),
+     (lambda o: nn.Embedding(None, 3), r"nn\.Embedding: embeddings must be a Tensor, got None"),
+     (lambda o: nn.PReLU(None), r"nn\.PReLU: weight must be a Tensor, got None"),
+     (lambda o: nn.LayerNorm(None), r"nn\.LayerNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.RmsNorm(None), r"nn\.RmsNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.LSTM(None, None, None, None), r"nn\.LSTM: w_ih must be a Tensor, got None"),
+     (lambda o: nn.GRU(jnp.ones((12, 3)), None, None, None), r"nn\.GRU: w_hh must be a Tensor, got None")],
+)  # fmt: skip
+def test_layers_built_from_tensors_name_a_missing_one(make, msg):
+    """Candle's constructors take these tensors (not ``Option``s): ``None`` raised a bare AttributeError
+    (or, for PReLU, at the first forward)."""
+    from candlejax import errors
+
+    with pytest.raises(errors.ArgumentType, match=msg):
+        make(jnp.ones((4,)))
