@@ -19,9 +19,9 @@ from candlejax._dispatch import op
 from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn.init import Const
-from candlejax.nn.linear import _as_param, check_param
+from candlejax.nn.linear import as_weight, check_param
 from candlejax.nn.module import CallableBool, LayerInputShape, Module, as_array, layer_name
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import float_arg, wrap
 
 __all__ = ["Activation", "PReLU", "prelu"]
 
@@ -45,6 +45,9 @@ _VARIANTS = {
     "Elu": "elu",
     "LeakyRelu": "leaky_relu",
 }
+
+#: the parameter of ``Elu`` (alpha) / ``LeakyRelu`` (negative slope) named without one: PyTorch's defaults
+_DEFAULT_PARAMS = {"Elu": 1.0, "LeakyRelu": 0.01}
 
 _ALIASES = {
     "gelu": "Gelu", "gelu_new": "NewGelu", "newgelu": "NewGelu", "gelu_pytorch_tanh": "GeluPytorchTanh",
@@ -72,7 +75,9 @@ class Activation(Module):
         if variant not in _VARIANTS:
             raise errors.Msg(f"unknown activation {variant!r}, expected one of {sorted(_VARIANTS)}")
         self.variant = variant
-        self.param = None if param is None else float(param)
+        if param is None:  # Elu / LeakyRelu by name: parse's (and PyTorch's) defaults, not 0
+            param = _DEFAULT_PARAMS.get(variant)
+        self.param = None if param is None else float_arg(param, f"Activation.{variant}", "the parameter")
 
     @staticmethod
     def default() -> Activation:
@@ -97,11 +102,11 @@ class Activation(Module):
             return Activation(_ALIASES.get(str(k).lower(), str(k)), v)
         name = str(s).strip()
         if name in _VARIANTS:
-            return Activation(name, None if name not in ("Elu", "LeakyRelu") else (1.0 if name == "Elu" else 0.01))
+            return Activation(name)
         v = _ALIASES.get(name.lower())
         if v is None:
             raise errors.Msg(f"unknown activation {s!r}, expected one of {sorted(_ALIASES)}")
-        return Activation(v, {"Elu": 1.0, "LeakyRelu": 0.01}.get(v))
+        return Activation(v)
 
     def forward(self, xs: Any) -> Any:
         return ops.activation(xs, _VARIANTS[self.variant], self.param or 0.0)
@@ -137,7 +142,7 @@ class PReLU(Module):
     Candle's, a 1-D input with one value per weight, ``(channels,)``, takes the weights elementwise."""
 
     def __init__(self, weight: Any, is_scalar: bool = False):
-        self.weight = _as_param(weight)
+        self.weight = as_weight(weight, "PReLU")
         self.is_scalar = CallableBool(is_scalar)
         check_param("PReLU", self.weight, "weight (channels,)", self.weight, rank=1)
         if self.is_scalar:  # Candle's forward reshapes it to a scalar

@@ -28,7 +28,7 @@ from candlejax._dispatch import op
 from candlejax._precision import f32_precision
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_NORMAL, Uniform
-from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear, check_param
+from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xla_linear, as_weight, check_param
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.quantized import native
 from candlejax.tensor import unwrap, wrap
@@ -160,7 +160,7 @@ class _ConvBase(Module):
     _kind = "Conv1d"
 
     def __init__(self, weight: Any, bias: Any, config: Any):
-        self.weight = _as_param(weight)
+        self.weight = as_weight(weight, type(self).__name__)
         self.bias = _as_param(bias)
         self.config = _default_cfg(type(self), config)
         if self.weight.ndim != self._nd + 2:

@@ -16,7 +16,7 @@ from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
-from candlejax.nn.linear import _as_param, _require_tensor, check_param
+from candlejax.nn.linear import _require_tensor, as_weight, check_param
 from candlejax.nn.module import Module, as_array, layer_name
 from candlejax.tensor._core import unwrap, wrap
 
@@ -61,7 +61,7 @@ class Embedding(Module):
 
     def __init__(self, embeddings: Any, hidden_size: int | None = None):
         _require_tensor(embeddings, "Embedding", "nn.embedding(num_embeddings, hidden_size, vb)")
-        self.weight = _as_param(embeddings)
+        self.weight = as_weight(embeddings, "Embedding", "embeddings")
         check_param("Embedding", self.weight, "embeddings (vocab, hidden)", self.weight, rank=2)
         self.hidden = int(hidden_size if hidden_size is not None else self.weight.shape[1])
         if self.hidden != self.weight.shape[1]:  # Candle's forward fails reshaping the rows to hidden_size

@@ -29,6 +29,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn.module import Var
 from candlejax.shape import as_shape
+from candlejax.tensor._core import float_arg
 
 __all__ = [
     "DEFAULT_KAIMING_NORMAL",
@@ -108,6 +109,24 @@ def _check_float(dt: DType, op: str, init: str) -> None:
         )
 
 
+def _uniform_bounds(lo: Any, up: Any) -> tuple[float, float]:
+    """``(lo, up)`` as finite floats with ``lo <= up``: Candle's ``rand_uniform`` fails otherwise (rand's
+    ``Uniform::new``), as ``Tensor.rand`` does here."""
+    lo, up = float_arg(lo, "Init.Uniform", "lo"), float_arg(up, "Init.Uniform", "up")
+    if lo > up:
+        raise errors.Msg(f"Init.Uniform: lo must not exceed up, got lo={lo}, up={up}")
+    return lo, up
+
+
+def _normal_params(mean: Any, stdev: Any) -> tuple[float, float]:
+    """``(mean, stdev)`` as finite floats with ``stdev >= 0``: Candle's ``rand_normal`` fails otherwise
+    (rand_distr's ``Normal::new``), as ``Tensor.randn`` does here."""
+    mean, stdev = float_arg(mean, "Init.Randn", "mean"), float_arg(stdev, "Init.Randn", "stdev")
+    if stdev < 0:
+        raise errors.Msg(f"Init.Randn: stdev must be non-negative, got {stdev}")
+    return mean, stdev
+
+
 def check_init(init: Any, op: str = "get_with_hints") -> None:
     """Raise ``InvalidArgument`` unless ``init`` is an init (``Init.Const(v)``, ``Init.Randn(mean, stdev)``,
     ``Init.Uniform(lo, up)``, ``Init.Kaiming(...)``, any object with ``sample``) or ``None`` (``Const(0)``).
@@ -180,10 +199,11 @@ class Randn(_InitBase):
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
         _check_float(dt, "rand_normal", "Init.Randn")
+        mean, stdev = _normal_params(self.mean, self.stdev)
         if isinstance(key, np.random.Generator):
-            return _host(key.standard_normal(as_shape(shape)) * self.stdev + self.mean, dt, device)
+            return _host(key.standard_normal(as_shape(shape)) * stdev + mean, dt, device)
         a = jax.random.normal(_random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt))
-        return self._place(a * self.stdev + self.mean, dt, device)
+        return self._place(a * stdev + mean, dt, device)
 
 
 @dataclass(frozen=True)
@@ -196,10 +216,11 @@ class Uniform(_InitBase):
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
         _check_float(dt, "rand_uniform", "Init.Uniform")
+        lo, up = _uniform_bounds(self.lo, self.up)
         if isinstance(key, np.random.Generator):
-            return _host(key.uniform(self.lo, self.up, as_shape(shape)), dt, device)
+            return _host(key.uniform(lo, up, as_shape(shape)), dt, device)
         a = jax.random.uniform(
-            _random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt), minval=self.lo, maxval=self.up
+            _random.as_key(key), as_shape(shape), _float_dtype_for_sampling(dt), minval=lo, maxval=up
         )
         return self._place(a, dt, device)
 
@@ -212,13 +233,25 @@ class Kaiming(_InitBase):
     fan: FanInOut = FanInOut.FanIn
     non_linearity: NonLinearity = NonLinearity("relu")
 
+    def _check(self) -> None:
+        """Candle's fields are typed enums: a string such as ``"normal"`` would silently pick the uniform
+        branch."""
+        for what, v, cls in (("dist", self.dist, NormalOrUniform), ("fan", self.fan, FanInOut),
+                             ("non_linearity", self.non_linearity, NonLinearity)):  # fmt: skip
+            if not isinstance(v, cls):
+                raise errors.ArgumentType(
+                    f"Init.Kaiming: {what} must be a {cls.__name__}, got {v!r} ({type(v).__name__})"
+                )
+
     def std(self, shape: Any) -> float:
         """``gain / sqrt(fan)``; ``inf`` for a zero fan (an empty tensor), as Candle's f64 division."""
+        self._check()
         fan = self.fan.for_shape(shape)
         return self.non_linearity.gain() / math.sqrt(fan) if fan else math.inf
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        self._check()
         _check_float(dt, "rand_normal" if self.dist is NormalOrUniform.Normal else "rand_uniform", "Init.Kaiming")
         if math.prod(as_shape(shape)) == 0:  # a zero fan: nothing to draw (Candle returns the empty tensor)
             return _host(np.zeros(as_shape(shape)), dt, device)

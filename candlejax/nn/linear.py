@@ -103,6 +103,14 @@ def _as_param(t: Any) -> Any:
     return wrap(as_array(t))
 
 
+def as_weight(t: Any, layer: str, what: str = "weight") -> Any:
+    """:func:`_as_param` of a tensor the layer cannot do without (Candle's constructors take a
+    ``Tensor``, not an ``Option``): ``None`` raises naming it."""
+    if t is None:
+        raise errors.ArgumentType(f"nn.{layer}: {what} must be a Tensor, got None")
+    return _as_param(t)
+
+
 def check_param(kind: str, weight: Any, what: str, t: Any, shape: tuple[int, ...] | None = None,
                 rank: int | None = None, rule: str = "") -> None:
     """A layer's tensor ``what`` of the wrong shape, rank or (beside the weight) dtype raises at

@@ -973,7 +973,14 @@ def train_arg(train: Any, layer: str) -> bool:
             " known when tracing: mark it static (jax.jit(f, static_argnames='train')), or use candlejax.jit,"
             " which keeps Python bools static"
         )
-    return bool(train)
+    if isinstance(a, (bool, np.bool_)):
+        return bool(a)
+    if isinstance(a, (int, np.integer)) and a in (0, 1):
+        return bool(a)
+    if isinstance(a, (jax.Array, np.ndarray)) and a.shape == () and (a.dtype == bool or a.dtype.kind in "iu"):
+        if int(a) in (0, 1):
+            return bool(a)
+    raise errors.ArgumentType(f"{layer}.forward_t: train must be a bool, got {train!r} ({type(train).__name__})")
 
 
 class ModuleT(Module):

@@ -27,7 +27,7 @@ from candlejax.dtype import to_dtype
 from candlejax.nn import ops
 from candlejax.nn._cache_base import _AppendResult
 from candlejax.nn.init import ONE, ZERO
-from candlejax.nn.linear import _as_param, _require_tensor, check_param
+from candlejax.nn.linear import _as_param, _require_tensor, as_weight, check_param
 from candlejax.nn.module import (
     Buffer,
     CallableBool,
@@ -89,7 +89,7 @@ class LayerNorm(Module):
 
     def __init__(self, weight: Any, bias: Any = None, eps: float = 1e-5, remove_mean: bool = True):
         _require_tensor(weight, "LayerNorm", "nn.layer_norm(size, LayerNormConfig(eps=...), vb)")
-        self.weight = _as_param(weight)
+        self.weight = as_weight(weight, "LayerNorm" if remove_mean else "RmsNorm")
         self.bias = _as_param(bias)
         self.eps = _eps(eps, "LayerNorm" if remove_mean else "RmsNorm")
         self.remove_mean = CallableBool(remove_mean)
@@ -196,8 +196,8 @@ class GroupNorm(Module):
             raise errors.InvalidArgument(
                 f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})"
             )
-        self.weight = _as_param(weight)
-        self.bias = _as_param(bias)
+        self.weight = as_weight(weight, "GroupNorm")
+        self.bias = as_weight(bias, "GroupNorm", "bias")
         self.num_channels = int(num_channels)
         self.num_groups = int(num_groups)
         rule = f"num_channels is {self.num_channels}"
@@ -339,6 +339,12 @@ class BatchNorm(ModuleT):
         _eps(eps, "batch-norm")
         if not 0.0 <= momentum <= 1.0:  # Candle's check_validity (NaN too)
             raise errors.InvalidArgument(f"batch-norm momentum must be between 0 and 1, is {momentum}")
+        if (weight is None) != (bias is None):  # Candle's weight_and_bias: Option<(Tensor, Tensor)>
+            raise errors.InvalidArgument(
+                "BatchNorm: weight and bias go together (Candle's weight_and_bias): pass both, or neither"
+                f" (new_no_bias), got weight {'None' if weight is None else 'given'} and bias"
+                f" {'None' if bias is None else 'given'}"
+            )
         self.running_mean = _as_buffer(running_mean)
         self.running_var = _as_buffer(running_var)
         self.weight = _as_param(weight)
@@ -466,6 +472,10 @@ def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> B
     never trained.
     """
     if not isinstance(config, BatchNormConfig):
+        if isinstance(config, (str, bytes)) or not hasattr(config, "__float__"):
+            raise errors.ArgumentType(
+                f"batch_norm: config must be a BatchNormConfig or an eps (a float), got {config!r}"
+            )
         config = BatchNormConfig(eps=float(config))
     if config.eps < 0:
         raise errors.InvalidArgument(f"batch-norm eps cannot be negative {config.eps}")

@@ -282,8 +282,7 @@ class Dropout(ModuleT):
     def __init__(self, p: float):
         if isinstance(p, (str, bytes)) or not hasattr(p, "__float__"):
             raise errors.ArgumentType(f"dropout probability must be a float in [0, 1), got {p!r}")
-        if not 0.0 <= p < 1.0:
-            raise errors.Msg(f"dropout probability has to be in [0, 1), got {p}")
+        # as Candle's Dropout::new, any p: training mode raises for one outside [0, 1) (ops::dropout)
         self.p = float(p)
 
     @staticmethod

@@ -25,8 +25,9 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.dtype import to_dtype
 from candlejax.nn.init import DEFAULT_KAIMING_UNIFORM, Const
-from candlejax.nn.linear import _as_param
+from candlejax.nn.linear import _as_param, as_weight
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, as_array, layer_name
+from candlejax.tensor import Tensor
 from candlejax.tensor._core import int_arg, wrap
 
 __all__ = ["GRU", "LSTM", "RNN", "Direction", "GRUConfig", "GRUState", "LSTMConfig", "LSTMState", "gru", "lstm"]
@@ -132,6 +133,16 @@ def _check_state(state: Any, cls: type, call: str) -> None:
                                      f" got {type(state).__name__}")  # fmt: skip
 
 
+def _states_h(states: Any, cls: type, call: str) -> list[Any]:
+    """The ``h`` of every state of a list (Candle's ``&[State]``), each checked to be a ``cls``."""
+    if not isinstance(states, (list, tuple)):
+        raise errors.InvalidArgument(f"{call}: the states must be a list of {cls.__name__} (what seq returns),"
+                                     f" got {type(states).__name__}")  # fmt: skip
+    for s in states:
+        _check_state(s, cls, call)
+    return [wrap(as_array(s.h)) for s in states]
+
+
 def _mm(x: Any, w: Any, b: Any) -> Any:
     y = x @ w.T
     return y if b is None else y + b
@@ -201,8 +212,8 @@ class _RNNBase(Module, RNN):
             cfg_type = LSTMConfig if self._gates == 4 else GRUConfig
             config = cfg_type.default() if b_ih is not None or b_hh is not None else cfg_type.default_no_bias()
         self._config = config
-        self.w_ih = _as_param(w_ih)
-        self.w_hh = _as_param(w_hh)
+        self.w_ih = as_weight(w_ih, self._kind, "w_ih")
+        self.w_hh = as_weight(w_hh, self._kind, "w_hh")
         self.b_ih = _as_param(b_ih)
         self.b_hh = _as_param(b_hh)
         self.hidden_dim = int(hidden_dim if hidden_dim is not None else self.w_hh.shape[1])
@@ -271,6 +282,8 @@ class LSTM(_RNNBase):
         st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
         self._check(x, 3, as_array(st.h), as_array(st.c))
         hs, cs = _lstm_scan(x, as_array(st.h), as_array(st.c), *self._weights())
+        if x.shape[1] == 0:  # no step: the initial state
+            return wrap(hs), LSTMState(wrap(as_array(st.h)), wrap(as_array(st.c)))
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
@@ -287,7 +300,7 @@ class LSTM(_RNNBase):
 
     def states_to_tensor(self, states: list[LSTMState]) -> Any:
         """Stack the ``h`` of every state: ``(B, T, H)``."""
-        return wrap(jnp.stack([as_array(s.h) for s in states], axis=1))
+        return Tensor.stack(_states_h(states, LSTMState, "LSTM.states_to_tensor"), 1)
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""
@@ -298,6 +311,19 @@ def _rnn_names(cfg: Any) -> tuple[str, str, str, str]:
     idx = getattr(cfg, "layer_idx", 0)
     rev = "_reverse" if getattr(cfg, "direction", Direction.Forward) is Direction.Backward else ""
     return tuple(f"{n}_l{idx}{rev}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))  # type: ignore[return-value]
+
+
+def _rnn_config(gates: int, cfg: Any) -> Any:
+    """``None`` is Candle's ``Default::default()`` config (as for the conv factories); anything but the
+    layer's config struct raises naming it."""
+    cls = LSTMConfig if gates == 4 else GRUConfig
+    if cfg is None:
+        return cls.default()
+    if not isinstance(cfg, cls):
+        article = "an" if cls is LSTMConfig else "a"
+        raise errors.ArgumentType(f"{cls.__name__[:-6].lower()}: config must be {article} {cls.__name__} (or None for"
+                                  f" the default), got {type(cfg).__name__}")  # fmt: skip
+    return cfg
 
 
 def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tuple[Any, Any, Any, Any]:
@@ -312,8 +338,10 @@ def _rnn_params(gates: int, in_dim: int, hidden: int, cfg: Any, vb: Any) -> tupl
     return w_ih, w_hh, b_ih, b_hh
 
 
-def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig, vb: Any) -> LSTM:
-    """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names)."""
+def lstm(in_dim: int, hidden_dim: int, config: LSTMConfig | None, vb: Any) -> LSTM:
+    """Params ``weight_ih_l{idx}``, ``weight_hh_l{idx}``, ``bias_ih_l{idx}``, ``bias_hh_l{idx}`` (PyTorch names);
+    ``config`` ``None`` is ``LSTMConfig.default()``."""
+    config = _rnn_config(4, config)
     return LSTM(*_rnn_params(4, in_dim, hidden_dim, config, vb), hidden_dim, config)
 
 
@@ -341,6 +369,8 @@ class GRU(_RNNBase):
         st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
         self._check(x, 3, as_array(st.h))
         hs = _gru_scan(x, as_array(st.h), *self._weights())
+        if x.shape[1] == 0:  # no step: the initial state
+            return wrap(hs), GRUState(wrap(as_array(st.h)))
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
@@ -356,13 +386,15 @@ class GRU(_RNNBase):
 
     def states_to_tensor(self, states: list[GRUState]) -> Any:
         """Candle's GRU concatenates on dim 1: ``(B, T·H)`` (LSTM stacks to ``(B, T, H)``)."""
-        return wrap(jnp.concatenate([as_array(s.h) for s in states], axis=1))
+        return Tensor.cat(_states_h(states, GRUState, "GRU.states_to_tensor"), 1)
 
     def forward(self, input: Any) -> Any:
         """``(B, T, in) -> (B, T, H)`` from a zero state."""
         return self.scan(input)[0]
 
 
-def gru(in_dim: int, hidden_dim: int, config: GRUConfig, vb: Any) -> GRU:
-    """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names)."""
+def gru(in_dim: int, hidden_dim: int, config: GRUConfig | None, vb: Any) -> GRU:
+    """Params ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (PyTorch names); ``config``
+    ``None`` is ``GRUConfig.default()``."""
+    config = _rnn_config(3, config)
     return GRU(*_rnn_params(3, in_dim, hidden_dim, config, vb), hidden_dim, config)

@@ -362,6 +362,55 @@ def test_rnn_states_and_inputs_are_checked_not_broadcast_or_promoted():
     assert lstm.step(x2, lstm.zero_state(2)).h.shape == (2, 4) and g(jnp.ones((2, 5, 3))).shape == (2, 5, 4)
 
 
+def test_rnn_config_none_is_the_default_and_a_wrong_config_is_named():
+    """``None`` is Candle's ``Default::default()`` config, as for the conv factories; any other value
+    raised a bare AttributeError."""
+    from candlejax import errors
+
+    t = torch.nn.LSTM(5, 7, batch_first=True)
+    lstm = nn.lstm(5, 7, None, _vb(t))
+    assert lstm.config() == nn.LSTMConfig.default()
+    check(lstm, t, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    tg = torch.nn.GRU(5, 7, batch_first=True)
+    g = nn.gru(5, 7, None, _vb(tg))
+    assert g.config() == nn.GRUConfig.default()
+    check(g, tg, _x(2, 6, 5), tfwd=lambda m, tx: m(tx)[0])
+    vb = VarBuilder.zeros()
+    with pytest.raises(errors.ArgumentType, match=r"lstm: config must be an LSTMConfig \(or None for the default\)"):
+        nn.lstm(3, 4, {"layer_idx": 0}, vb)
+    with pytest.raises(errors.ArgumentType, match=r"gru: config must be a GRUConfig .*, got LSTMConfig"):
+        nn.gru(3, 4, nn.LSTMConfig(), vb)
+
+
+def test_rnn_scan_of_an_empty_sequence_keeps_the_initial_state():
+    """Candle's ``seq`` of a ``(B, 0, in)`` input is the empty list; ``scan`` returns no outputs and the
+    initial state (it raised numpy's IndexError)."""
+    vb = VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    x = jnp.zeros((2, 0, 3))
+    lstm, g = nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l")), nn.gru(3, 4, nn.GRUConfig(), vb.pp("g"))
+    assert lstm.seq(x) == [] and g.seq(x) == []
+    st = nn.LSTMState(jnp.ones((2, 4)), jnp.full((2, 4), 2.0))
+    out, fin = lstm.scan(x, st)
+    assert out.shape == (2, 0, 4)
+    np.testing.assert_array_equal(np.asarray(fin.h._a), 1.0)
+    np.testing.assert_array_equal(np.asarray(fin.c._a), 2.0)
+    out, fin = g.scan(x, nn.GRUState(jnp.ones((2, 4))))
+    assert out.shape == (2, 0, 4) and lstm(x).shape == (2, 0, 4) and g(x).shape == (2, 0, 4)
+    np.testing.assert_array_equal(np.asarray(fin.h._a), 1.0)
+
+
+def test_activation_and_batch_norm_parameters_that_are_not_numbers_are_named():
+    from candlejax import errors
+
+    with pytest.raises(errors.ArgumentType, match=r"Activation\.Elu: the parameter must be a number, got 'a'"):
+        nn.Activation.Elu("a")
+    with pytest.raises(errors.ArgumentType, match=r"Activation\.Elu: the parameter must be a number, got 'x'"):
+        nn.Activation.parse({"elu": "x"})
+    assert nn.Activation.parse({"elu": 2}) == nn.Activation.Elu(2.0)
+    with pytest.raises(errors.ArgumentType, match=r"batch_norm: config must be a BatchNormConfig or an eps"):
+        nn.batch_norm(3, "a", VarBuilder.zeros())
+
+
 ACTS = [
     ("gelu", lambda x: F.gelu(x)),
     ("gelu_new", lambda x: F.gelu(x, approximate="tanh")),
@@ -412,8 +461,12 @@ def test_dropout():
     assert abs((y == 0).mean() - 0.5) < 0.02
     y2 = np.asarray(d.forward_t(x, True, key=0)._a)
     np.testing.assert_array_equal(y, y2)  # same key, same mask
-    with pytest.raises(Exception, match=r"dropout probability has to be in \[0, 1\), got 1.0"):
-        nn.Dropout(1.0)
+    # Candle's Dropout::new takes any p; ops::dropout checks it in training mode only (candle-nn/src/ops.rs)
+    for p in (1.0, 1.5, -0.1):
+        d = nn.Dropout(p)
+        np.testing.assert_array_equal(np.asarray(d.forward_t(x, False)._a), 1.0)
+        with pytest.raises(Exception, match=rf"dropout probability has to be in \[0, 1\), got {p}"):
+            d.forward_t(x, True, key=0)
 
 
 def test_sequential_and_func():
@@ -517,3 +570,84 @@ def test_builders_refuse_zero_sizes(build, msg):
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         torch.nn.LSTM(4, 0)
     assert nn.linear(4, 0, vb.pp("lin")).weight.shape == (0, 4)  # still works, as torch's Linear(4, 0)
+
+
+@pytest.mark.parametrize("train", ["False", "yes", None, 2, 0.5, [True]])
+def test_forward_t_train_that_is_not_a_bool_is_named(train):
+    """Candle's ``train`` is a ``bool``: ``"False"`` (truthy) silently trained and updated BatchNorm's
+    running statistics."""
+    from candlejax import errors
+
+    bn = nn.batch_norm(3, nn.BatchNormConfig(), VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu))
+    x = jnp.asarray(_x(4, 3))
+    for layer in (bn, nn.Dropout(0.5)):
+        with pytest.raises(errors.ArgumentType, match=r"forward_t: train must be a bool, got"):
+            layer.forward_t(x, train)
+    np.testing.assert_array_equal(np.asarray(bn.running_mean._a), 0.0)
+    for ok in (True, False, 1, 0, np.bool_(True), jnp.asarray(False)):
+        assert bn.forward_t(x, ok).shape == (4, 3)
+
+
+def test_parameterised_activation_built_from_its_name_takes_the_default_parameter():
+    """``Activation("Elu")`` computed an ELU with alpha 0 (and ``"LeakyRelu"`` a ReLU), where
+    ``Activation.parse("elu")`` and PyTorch's ``nn.ELU()`` / ``nn.LeakyReLU()`` use 1.0 / 0.01."""
+    x = _x(3, 8) * 3
+    for name, tf in (("Elu", lambda t: F.elu(t)), ("LeakyRelu", lambda t: F.leaky_relu(t))):
+        act = nn.Activation(name)
+        assert act == nn.Activation.parse(name.lower())
+        np.testing.assert_allclose(np.asarray(act(jnp.asarray(x))._a), tf(torch.tensor(x)).numpy(), atol=1e-6)
+
+
+def test_rnn_states_to_tensor_of_bad_states_raises_candle_errors():
+    """Candle's ``Tensor::stack`` / ``cat`` errors (they were numpy's ValueError / a bare TypeError)."""
+    from candlejax import errors
+
+    vb = VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
+    lstm, g = nn.lstm(3, 4, nn.LSTMConfig(), vb.pp("l")), nn.gru(3, 4, nn.GRUConfig(), vb.pp("g"))
+    with pytest.raises(errors.OpRequiresAtLeastOneTensor, match="stack expects at least one tensor"):
+        lstm.states_to_tensor([])
+    with pytest.raises(errors.OpRequiresAtLeastOneTensor, match="cat expects at least one tensor"):
+        g.states_to_tensor([])
+    with pytest.raises(errors.ShapeMismatchCat, match="shape mismatch in cat"):
+        lstm.states_to_tensor([lstm.zero_state(2), lstm.zero_state(3)])
+    with pytest.raises(errors.InvalidArgument, match=r"LSTM\.states_to_tensor: the states must be a list of LSTMState"):
+        lstm.states_to_tensor(lstm.zero_state(2))
+    with pytest.raises(errors.InvalidArgument, match=r"GRU\.states_to_tensor: the state must be a GRUState .*got int"):
+        g.states_to_tensor([1, 2])
+    x = jnp.asarray(_x(2, 5, 3))
+    assert lstm.states_to_tensor(lstm.seq(x)).shape == (2, 5, 4) and g.states_to_tensor(g.seq(x)).shape == (2, 20)
+    st = nn.LSTMState(jnp.ones((2, 4)), jnp.ones((2, 4)))  # states of plain arrays, as before
+    assert lstm.states_to_tensor([st, st]).shape == (2, 2, 4)
+
+
+def test_batch_norm_takes_weight_and_bias_together():
+    """Candle's ``weight_and_bias`` is one ``Option<(weight, bias)>``: a bias without a weight was
+    silently dropped, a weight without a bias raised a bare AttributeError."""
+    from candlejax import errors
+
+    z, o = jnp.zeros((3,)), jnp.ones((3,))
+    for w, b in ((o, None), (None, o)):
+        with pytest.raises(errors.InvalidArgument, match=r"BatchNorm: weight and bias go together"):
+            nn.BatchNorm(3, z, o, w, b)
+
+
+@pytest.mark.parametrize(
+    ("make", "msg"),
+    [(lambda o: nn.GroupNorm(o, None, 4, 2, 1e-5), r"nn\.GroupNorm: bias must be a Tensor, got None"),
+     (lambda o: nn.GroupNorm(None, o, 4, 2, 1e-5), r"nn\.GroupNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.Conv1d(None), r"nn\.Conv1d: weight must be a Tensor, got None"),
+     (lambda o: nn.ConvTranspose2d(None), r"nn\.ConvTranspose2d: weight must be a Tensor, got None"),
+     (lambda o: nn.Embedding(None, 3), r"nn\.Embedding: embeddings must be a Tensor, got None"),
+     (lambda o: nn.PReLU(None), r"nn\.PReLU: weight must be a Tensor, got None"),
+     (lambda o: nn.LayerNorm(None), r"nn\.LayerNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.RmsNorm(None), r"nn\.RmsNorm: weight must be a Tensor, got None"),
+     (lambda o: nn.LSTM(None, None, None, None), r"nn\.LSTM: w_ih must be a Tensor, got None"),
+     (lambda o: nn.GRU(jnp.ones((12, 3)), None, None, None), r"nn\.GRU: w_hh must be a Tensor, got None")],
+)  # fmt: skip
+def test_layers_built_from_tensors_name_a_missing_one(make, msg):
+    """Candle's constructors take these tensors (not ``Option``s): ``None`` raised a bare AttributeError
+    (or, for PReLU, at the first forward)."""
+    from candlejax import errors
+
+    with pytest.raises(errors.ArgumentType, match=msg):
+        make(jnp.ones((4,)))

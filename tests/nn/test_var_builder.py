@@ -462,3 +462,25 @@ def test_sharded_safetensors_var_builder(tmp_path):
     assert vb.contains_tensor("m.w") and not vb.contains_tensor("m.q")
     with pytest.raises(errors.InvalidArgument):  # a Shard is no init for other backends
         VarBuilder.zeros(DType.F32, Device.Cpu).get_with_hints((2,), "w", Shard(0, 0, 2))
+
+
+@pytest.mark.parametrize(
+    ("init", "err", "msg"),
+    [(Uniform(2.0, 1.0), errors.Msg, r"Init\.Uniform: lo must not exceed up, got lo=2\.0, up=1\.0"),
+     (Uniform(-math.inf, 1.0), errors.InvalidArgument, r"Init\.Uniform: lo must be finite"),
+     (Randn(0.0, -1.0), errors.Msg, r"Init\.Randn: stdev must be non-negative, got -1\.0"),
+     (Randn("a", 1.0), errors.ArgumentType, r"Init\.Randn: mean must be a number, got 'a'"),
+     (Kaiming("normal"), errors.ArgumentType, r"Init\.Kaiming: dist must be a NormalOrUniform"),
+     (Kaiming(NormalOrUniform.Normal, "fan_in"), errors.ArgumentType, r"Init\.Kaiming: fan must be a FanInOut"),
+     (Kaiming(NormalOrUniform.Normal, FanInOut.FanIn, 2.0), errors.ArgumentType,
+      r"Init\.Kaiming: non_linearity must be a NonLinearity")],
+)  # fmt: skip
+def test_random_init_with_bad_parameters_raises_as_candle(init, err, msg):
+    # Candle's rand_uniform / rand_normal use rand's Uniform::new / Normal::new, which fail for an empty
+    # or non-finite range and a negative stdev (candle-core/src/cpu_backend/mod.rs); a Kaiming dist that
+    # is not NormalOrUniform.Normal silently drew from the uniform one
+    for vb in (VarBuilder.from_varmap(VarMap()),):
+        with pytest.raises(err, match=msg):
+            vb.get_with_hints((4, 4), "r", init)
+    with pytest.raises(err, match=msg):
+        init.var((4, 4), DType.F32, Device.Cpu, key=0)
