@@ -80,6 +80,14 @@ def _check_kernel(op_name: str, x: TensorBase, kernel: Any) -> None:
     check_same_device(op_name, x, kernel)
 
 
+def _check_resizable(t: TensorBase, nd: int, op_name: str) -> None:
+    """A resize reads its last ``nd`` dims: none may be empty (PyTorch: "Input and output sizes
+    should be greater than 0"; Candle's nearest kernel underflows ``src - 1``)."""
+    if 0 in t.shape[-nd:]:
+        raise errors.Msg(f"{op_name}: cannot resize an empty input {errors.fmt_shape(t.shape)} (the resized"
+                         " dims must be non-empty)")  # fmt: skip
+
+
 def conv_out_len(n: int, k: int, p: int, s: int, d: int) -> int:
     """``(n + 2p - d(k-1) - 1) / s + 1`` (floor), or <= 0 when the kernel does not fit."""
     span = n + 2 * p - d * (k - 1) - 1
@@ -733,6 +741,7 @@ class ConvMixin(TensorBase):
         """Nearest-neighbour resize of ``(B, C, L)`` to ``(B, C, target_size)``
         (PyTorch ``F.interpolate(mode="nearest")``): source index ``floor(i * L / target_size)``."""
         _dimsn(self, 3, "interpolate1d")
+        _check_resizable(self, 1, "interpolate1d")
         n = _int(target_size, "target_size", "interpolate1d", 1)
         check_elem_count((*self.shape[:2], n), "interpolate1d")
         return wrap(_upsample_nearest(self._a, sizes=(n,)))
@@ -744,6 +753,7 @@ class ConvMixin(TensorBase):
     def interpolate2d(self, target_h: int, target_w: int) -> Any:
         """Nearest-neighbour resize of ``(B, C, H, W)`` to ``(B, C, target_h, target_w)``."""
         _dimsn(self, 4, "interpolate2d")
+        _check_resizable(self, 2, "interpolate2d")
         h = _int(target_h, "target_h", "interpolate2d", 1)
         w = _int(target_w, "target_w", "interpolate2d", 1)
         check_elem_count((*self.shape[:2], h, w), "interpolate2d")
@@ -759,6 +769,7 @@ class ConvMixin(TensorBase):
         name = "upsample_bilinear2d"
         _dimsn(self, 4, name)
         check_float(name, self)
+        _check_resizable(self, 2, name)
         h = _int(target_h, "target_h", name, 1)
         w = _int(target_w, "target_w", name, 1)
         check_elem_count((*self.shape[:2], h, w), name)
@@ -771,7 +782,11 @@ class ConvMixin(TensorBase):
         name = "upsample_bilinear2d_with_scale"
         _, _, h, w = _dimsn(self, 4, name)
         check_float(name, self)
-        sh, sw = float(scale_h), float(scale_w)
+        _check_resizable(self, 2, name)
+        try:
+            sh, sw = float(scale_h), float(scale_w)
+        except (TypeError, ValueError):
+            raise errors.Msg(f"{name}: scale factors must be numbers, got {scale_h!r}, {scale_w!r}") from None
         if not (sh > 0 and sw > 0 and math.isfinite(sh) and math.isfinite(sw)):
             raise errors.Msg(f"{name}: scale factors must be positive, got ({sh}, {sw})")
         oh, ow = math.floor(h * sh), math.floor(w * sw)

@@ -522,6 +522,29 @@ def test_pool_errors(rng):
     assert T(randn(rng, 1, 1, 4, 4)).max_pool2d(np.int64(2)).shape == (1, 1, 2, 2)
 
 
+def test_resizing_an_empty_dim_is_refused():
+    """Resizing a 0-length spatial dim to a non-empty one has no source to read: PyTorch refuses it
+    ("Input and output sizes should be greater than 0"), Candle's nearest kernel underflows
+    ``src - 1``; a candlejax error naming the op, not jnp.take's IndexError."""
+    for name, x, args in (
+        ("interpolate1d", np.ones((1, 2, 0), np.float32), (4,)),
+        ("upsample_nearest1d", np.ones((1, 2, 0), np.float32), (4,)),
+        ("interpolate2d", np.ones((1, 2, 0, 3), np.float32), (4, 4)),
+        ("upsample_nearest2d", np.ones((1, 2, 3, 0), np.float32), (4, 4)),
+        ("upsample_bilinear2d", np.ones((1, 2, 0, 3), np.float32), (4, 4)),
+        ("upsample_bilinear2d", np.ones((1, 2, 3, 0), np.float32), (4, 4, True)),
+    ):
+        with pytest.raises(errors.Msg, match=r"cannot resize an empty input \[1, 2, [0-9, ]*\] "):
+            getattr(T(x), name)(*args)
+        with pytest.raises(RuntimeError):
+            F.interpolate(torch.from_numpy(x), size=args[0] if x.ndim == 3 else args[:2], mode="nearest")
+    # an empty batch or channel dim is fine: nothing to resize
+    assert T(np.ones((0, 2, 3, 3), np.float32)).upsample_bilinear2d(5, 4).shape == (0, 2, 5, 4)
+    assert T(np.ones((1, 0, 3), np.float32)).interpolate1d(5).shape == (1, 0, 5)
+    with pytest.raises(errors.Msg, match="scale factors must be numbers, got 'a', 2"):
+        T(np.ones((1, 1, 3, 3), np.float32)).upsample_bilinear2d_with_scale("a", 2)
+
+
 def test_errors_raised_under_jit(rng):
     x, k = T(randn(rng, 1, 3, 5, 5)), T(randn(rng, 2, 4, 3, 3))
     with pytest.raises(errors.Msg, match="in_channel mismatch"):
