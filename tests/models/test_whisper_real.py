@@ -239,6 +239,10 @@ def test_cli_prints_segments(env, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     segs = list(whisper.transcribe(env["model"], path, temperature=0.0))
     assert out == [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()}" for s in segs]
+    assert main(["transcribe", path, "--temperature", "0", "--initial-prompt", "Quick brown fox."]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    segs = list(whisper.transcribe(env["model"], path, temperature=0.0, initial_prompt="Quick brown fox."))
+    assert out == [s.text.strip() for s in segs]
     assert main(["transcribe", str(env["dir"] / "missing.wav"), "--model", env["hf_dir"]]) == 1
     assert "no such file" in capsys.readouterr().err
 
@@ -268,3 +272,26 @@ def test_decoding_result_text_and_compression_ratio_follow_openai(env):
     assert text.startswith(" ") and res.text == text.strip()
     b = text.strip().encode("utf-8")
     assert res.compression_ratio == len(b) / len(zlib.compress(b))
+
+
+def test_initial_prompt_matches_transformers_prompt_ids(env):
+    """OpenAI's ``transcribe(initial_prompt=...)`` conditions the first window on the tokens of ``" " +
+    prompt.strip()`` after ``<|startofprev|>``: transformers' ``generate(prompt_ids=get_prompt_ids(...))``."""
+    from transformers import WhisperTokenizerFast
+
+    m, hf = env["model"], env["hf"]
+    path = env["clips"]["fox"]
+    text = "  Quick brown fox, lazy dog. "
+    tk = WhisperTokenizerFast(tokenizer_file=os.path.join(env["hf_dir"], "tokenizer.json"))
+    pids = tk.get_prompt_ids(text, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf.generate(_features(cj_audio.read_audio(path)), prompt_ids=pids, return_timestamps=True)[0].tolist()
+    ref = [t for t in ref if t not in (50256, 50257)]
+    segs = list(whisper.transcribe(m, path, initial_prompt=text, temperature=0.0))
+    assert [t for s in segs for t in s.tokens] == ref
+    plain = list(whisper.transcribe(m, path, temperature=0.0))
+    assert [s.tokens for s in plain] != [s.tokens for s in segs]  # the prompt changed the decoding
+    dec = whisper.Decoder(m)
+    assert dec.tok.encode(" " + text.strip()) == pids.tolist()[1:]
+    audio = dec.encode(whisper.audio.pcm_to_mel(m.config, whisper.audio.pad_or_trim(cj_audio.read_audio(path))))
+    assert dec.decode(audio, 0.0, prompt=text).tokens == ref  # a str prompt, as OpenAI's DecodingOptions.prompt
