@@ -326,11 +326,15 @@ class Decoder:
         return DecodingResult(out, text, sum_lp / (len(out) + 1), no_speech, float(temperature),
                               compression_ratio(text), language)  # fmt: skip
 
-    def decode_with_fallback(self, audio: Tensor, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    def decode_with_fallback(self, audio: Tensor, temperatures: float | Sequence[float] = DEFAULT_TEMPERATURES,
                              prompt: Sequence[int] | str = (), language: str | None = None,
                              compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                              no_speech_threshold: float | None = 0.6) -> DecodingResult:  # fmt: skip
-        """Decode at each temperature in turn until the result passes the thresholds (OpenAI's fallback)."""
+        """Decode at each temperature in turn (one number: that one) until the result passes the
+        thresholds (OpenAI's fallback)."""
+        temperatures = (temperatures,) if isinstance(temperatures, (int, float)) else tuple(temperatures)
+        if not temperatures:
+            raise errors.Msg("whisper Decoder.decode_with_fallback: no temperatures (give at least one, e.g. (0.0,))")
         language = self._language_of(audio, language)
         res = None
         for t in temperatures:
