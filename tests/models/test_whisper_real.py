@@ -295,3 +295,53 @@ def test_initial_prompt_matches_transformers_prompt_ids(env):
     assert dec.tok.encode(" " + text.strip()) == pids.tolist()[1:]
     audio = dec.encode(whisper.audio.pcm_to_mel(m.config, whisper.audio.pad_or_trim(cj_audio.read_audio(path))))
     assert dec.decode(audio, 0.0, prompt=text).tokens == ref  # a str prompt, as OpenAI's DecodingOptions.prompt
+
+
+LONG_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world. This is a test of the speech recognition system.",
+    "Whisper splits long recordings into windows of thirty seconds each.",
+    "The weather today is sunny with a light breeze from the west.",
+    "Please remember to buy milk, eggs, and bread on your way home.",
+    "Numbers like one hundred twenty three are spoken as words.",  # from 26.9 s to 30.3 s: cut by the window
+    "At the end of the meeting everyone agreed to meet again next week.",
+    "Scientists discovered a new species of frog in the rain forest.",
+]
+
+
+@pytest.mark.parametrize("condition", [True, False])
+def test_long_form_matches_transformers_generate(env, condition):
+    """41.6 s of eight sentences with 1-3 s of silence between them, the sixth crossing the 30 s
+    boundary: the same segments (tokens, start, end) as transformers' long-form ``generate`` (OpenAI's
+    algorithm) with the previous text as prompt or not. The first window ends inside the sixth
+    sentence, so the second starts at its last timestamp pair (24.60 s). transformers pads the last
+    window's mel with 0.0, as ``mel_padding="mel"``."""
+    from transformers import WhisperFeatureExtractor
+
+    d = env["dir"]
+    parts = []
+    for i, (text, gap) in enumerate(zip(LONG_SENTENCES, [1.0, 2.5, 1.5, 3.0, 2.0, 1.2, 2.2, 1.0])):
+        p = d / f"long{i}.wav"
+        if not p.exists():
+            subprocess.run(["espeak-ng", "-w", str(p), text], check=True, capture_output=True)
+        parts += [cj_audio.read_audio(str(p)).astype(np.float32), np.zeros(int(16000 * gap), np.float32)]
+    pcm = np.concatenate(parts)
+    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                                 return_segments=True, temperature=0.0, condition_on_prev_tokens=condition,
+                                 logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+    tb = 50363
+    ref = []
+    for r in out["segments"][0]:
+        toks = r["tokens"].tolist()
+        if len(toks) > 2 and toks[-2] >= tb:  # transformers keeps the next pair's first timestamp
+            toks = toks[:-1]
+        ref.append((round(float(r["start"]), 2), round(float(r["end"]), 2), toks))
+    segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel",
+                                   condition_on_previous_text=condition))  # fmt: skip
+    got = [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs]
+    assert got == ref
+    assert len(segs) == 8 and {s.seek for s in segs} == {0, 2460}
+    assert [s.seek for s in segs].index(2460) == 5 and segs[5].start == pytest.approx(24.6)
