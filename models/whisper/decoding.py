@@ -363,8 +363,8 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                no_speech_threshold: float | None = 0.6, tokenizer: WhisperTokenizer | None = None,
                progress: Callable[[float, float], None] | None = None,
-               mel_padding: str = "audio", seed: int = 299792458,
-               initial_prompt: str | None = None) -> Iterator[Segment]:  # fmt: skip
+               mel_padding: str = "audio", seed: int = 299792458, initial_prompt: str | None = None,
+               max_initial_timestamp: float | None = 1.0) -> Iterator[Segment]:  # fmt: skip
     """Transcribe a sound file (any rate / channels) or 16 kHz mono float samples; yields :class:`Segment`s.
 
     ``temperature`` 0.0 is plain greedy; a sequence falls back through its values (OpenAI's
@@ -373,6 +373,8 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     ``seed``: the sampling seed of the temperatures above 0 (Candle's whisper example: ``--seed``).
     ``initial_prompt``: a text whose tokens (of ``" " + initial_prompt.strip()``) prompt the first
     window, and the later ones while the previous text is (OpenAI's ``transcribe(initial_prompt=...)``).
+    ``max_initial_timestamp``: the latest first timestamp of a window in seconds (``None``: any), as
+    OpenAI's decoding option and Candle's ``--max-initial-timestamp-index`` (in 20 ms tokens).
     A process that transcribes a lot gains ~15% from :func:`candlejax.xla.tune_malloc` (process-wide;
     ``candlejax transcribe`` calls it).
     """
@@ -383,7 +385,8 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
         raise errors.Msg(f"whisper: temperatures must be finite numbers >= 0, got {temperature!r}")
     if initial_prompt is not None and not isinstance(initial_prompt, str):
         raise errors.Msg(f"whisper: initial_prompt must be a str, got {type(initial_prompt).__name__}")
-    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed)
+    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed,
+                  max_initial_timestamp=max_initial_timestamp)  # fmt: skip
     tok = dec.tok
     src = _source(path_or_pcm)
     n_mels = model.config.num_mel_bins

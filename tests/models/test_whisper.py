@@ -613,6 +613,14 @@ def test_decode_max_initial_timestamp_and_unknown_languages(tmp_path):
         assert dec.decode(dec.encode(mel), 0.0, language="fr").tokens == want
         first.append(want[0] - dec.tok.timestamp_begin)
     assert first[0] > 2 >= first[1]  # the limit decides the first token here
+    made = []  # transcribe passes it on (OpenAI's transcribe(..., max_initial_timestamp=...))
+    init = whisper.Decoder.__init__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(whisper.Decoder, "__init__", lambda self, *a, **kw: made.append(kw) or init(self, *a, **kw))
+        pcm = np.zeros(160, np.float32)
+        list(whisper.transcribe(m, pcm, temperature=0.0, language="fr", max_initial_timestamp=None))
+        list(whisper.transcribe(m, pcm, temperature=0.0, language="fr"))
+    assert [kw["max_initial_timestamp"] for kw in made] == [None, 1.0]
     with pytest.raises(errors.Msg, match=r"unknown language 'xx' \(no <\|xx\|> language token\)"):
         dec.decode(dec.encode(mel), 0.0, language="xx")
 
