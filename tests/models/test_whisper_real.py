@@ -345,3 +345,25 @@ def test_long_form_matches_transformers_generate(env, condition):
     assert got == ref
     assert len(segs) == 8 and {s.seek for s in segs} == {0, 2460}
     assert [s.seek for s in segs].index(2460) == 5 and segs[5].start == pytest.approx(24.6)
+
+
+def test_silence_and_noise_windows_follow_transformers_no_speech_rule(env):
+    """40 s of white noise: both windows are skipped (no-speech probability > 0.6 with an average
+    log-probability < -1, OpenAI's rule, transformers' ``should_skip``); 40 s of digital silence: tiny.en
+    says " you" in each window with an average log-probability above -1, so both are kept, as there."""
+    from transformers import WhisperFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    for pcm in (rng.standard_normal(16000 * 40).astype(np.float32) * 0.05, np.zeros(16000 * 40, np.float32)):
+        f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                      return_attention_mask=True, return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                                     return_segments=True, temperature=0.0, condition_on_prev_tokens=True,
+                                     logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+        ref = [(round(float(r["start"]), 2), round(float(r["end"]), 2), r["tokens"].tolist())
+               for r in out["segments"][0]]  # fmt: skip
+        segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
+        assert [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs] == ref
+        assert len(ref) == (0 if pcm.any() else 2)
+        assert all(s.no_speech_prob > 0.6 and s.avg_logprob > -1 for s in segs)
