@@ -278,6 +278,8 @@ class Decoder:
         tok = self.tok
         if isinstance(prompt, str):
             prompt = tok.encode(" " + prompt.strip()) if prompt.strip() else []
+        else:  # token ids: a list, numpy array or Tensor
+            prompt = [int(t) for t in np.asarray(prompt).reshape(-1)]
         language = self._language_of(audio, language)
         sot_seq = self.sot_sequence(language)
         initial = ([tok.sot_prev, *list(prompt)[-(self.n_ctx // 2 - 1) :]] if prompt else []) + sot_seq

@@ -366,6 +366,8 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
         whisper.Decoder(m, language="xx")
     res = dec.decode(audio, 0.0, prompt=[5, 6], language="fr")
     assert res.language == "fr" and len(res.tokens) <= 20
+    for ids in (np.array([5, 6]), Tensor.from_numpy(np.array([5, 6], np.uint32))):  # (ValueError: truth value)
+        assert dec.decode(audio, 0.0, prompt=ids, language="fr").tokens == res.tokens
     segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
     assert all(isinstance(s, whisper.Segment) for s in segs)
 
