@@ -736,6 +736,17 @@ def test_transcribe_fallback_skip_and_prompt_rules_follow_openai(tmp_path, monke
     prompts = {w: p for w, _, p in calls}
     assert prompts[0] == [] and prompts[1] == text and prompts[2] == text and prompts[3] == text * 2
     assert prompts[4] == []  # reset after the window decoded at 0.6
+    # the initial prompt's tokens come first; without condition_on_previous_text they prompt the first window only
+    calls.clear()
+    script[:] = [[R(text, "a", -0.3, 0.1, 0.0, 1.0)] for _ in range(3)]
+    tok = whisper.Decoder(m).tok
+    first = tok.encode(" Hello there.")
+    list(whisper.transcribe(m, pcm[: 16000 * 90], language="en", initial_prompt=" Hello there.  "))
+    assert [p for _, _, p in calls] == [first, first + text, first + text * 2]
+    calls.clear()
+    list(whisper.transcribe(m, pcm[: 16000 * 90], language="en", initial_prompt="Hello there.",
+                            condition_on_previous_text=False))  # fmt: skip
+    assert [p for _, _, p in calls] == [first, [], []]
     monkeypatch.undo()
     dec = whisper.Decoder(m)
     audio = dec.encode(np.zeros((16, 3000), np.float32))
