@@ -369,3 +369,17 @@ def test_module_entry_points_take_cpu_and_debug_after_the_subcommand(monkeypatch
     assert rc == 1 and seen == [True, True, False]
     with pytest.raises(errors.Error):
         detect.yolo_main(["detect", "nothing.jpg", "--weights", "missing.pt", "--debug"])
+
+
+def test_transcribe_max_initial_timestamp_index_is_candles_flag(monkeypatch):
+    """Candle's whisper example takes ``--max-initial-timestamp-index N`` (timestamp tokens of 20 ms);
+    without it the first timestamp is at most 1 s (OpenAI's ``max_initial_timestamp``)."""
+    from candlejax.cli import transcribe as cmd
+    from candlejax.models import whisper
+
+    seen = []
+    monkeypatch.setattr(cmd, "_load", lambda *a: None)
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **kw: seen.append(kw["max_initial_timestamp"]) or iter(()))
+    assert cli.main(["transcribe", "x.wav", "--model", "m", "--max-initial-timestamp-index", "5"]) == 0
+    assert cli.main(["transcribe", "x.wav", "--model", "m"]) == 0
+    assert seen == [pytest.approx(0.1), 1.0]

@@ -45,9 +45,23 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=299792458, help="sampling seed of the temperatures above 0")
     t.add_argument("--language", default=None, help="language code (multilingual models; detected if omitted)")
     t.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    t.add_argument("--initial-prompt", default=None,
+                   help="text that prompts the first window (OpenAI's --initial_prompt: names, spellings)")  # fmt: skip
+    t.add_argument("--max-initial-timestamp-index", type=int, default=None, metavar="N",
+                   help="latest first timestamp of a window in 20 ms steps (Candle's flag; default 50)")  # fmt: skip
     t.add_argument("--mel-padding", default="audio", choices=["audio", "mel"],
                    help="last-window padding: 'audio' as transformers, 'mel' as OpenAI / faster-whisper")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _max_initial_timestamp(args: argparse.Namespace) -> float:
+    """Seconds of ``--max-initial-timestamp-index`` (timestamp tokens of 20 ms), 1.0 (OpenAI's) without it."""
+    index = getattr(args, "max_initial_timestamp_index", None)
+    if index is None:
+        return 1.0
+    if index < 0:
+        raise errors.InvalidArgument(f"--max-initial-timestamp-index must be >= 0, got {index}")
+    return index * 0.02
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
 
     for seg in transcribe(model, path, timestamps=args.timestamps, temperature=args.temperature,
                           language=args.language, task=args.task, progress=progress,
-                          mel_padding=args.mel_padding, seed=args.seed):  # fmt: skip
+                          mel_padding=args.mel_padding, seed=args.seed,
+                          initial_prompt=getattr(args, "initial_prompt", None),
+                          max_initial_timestamp=_max_initial_timestamp(args)):  # fmt: skip
         line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
         if bar is not None:
             bar.write(line)

@@ -66,6 +66,10 @@ class WhisperTokenizer:
         ids = range(self.sot + 1, self.translate) if self.translate else range(0)
         self.language_tokens = [i for i in ids if self.tk.id_to_token(i) is not None]
 
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``, no special tokens (OpenAI's ``Tokenizer.encode``)."""
+        return list(self.tk.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode([int(i) for i in ids if i < self.eot])
 
@@ -257,9 +261,10 @@ class Decoder:
             return x, float(lse_ts)
         return x, float(np.logaddexp(lse_text, lse_ts))
 
-    def decode(self, audio: Tensor, temperature: float = 0.0, prompt: Sequence[int] = (),
+    def decode(self, audio: Tensor, temperature: float = 0.0, prompt: Sequence[int] | str = (),
                language: str | None = None) -> DecodingResult:  # fmt: skip
-        """Decode one window's audio features at ``temperature`` with ``prompt`` (previous text tokens).
+        """Decode one window's audio features at ``temperature`` with ``prompt`` (previous text tokens,
+        or a text: the tokens of ``" " + prompt.strip()``, as OpenAI's ``DecodingOptions.prompt``).
         ``language`` defaults to the constructor's, else (multilingual models) the detected one.
 
         Samples up to ``max_target_positions // 2`` tokens, and stops once the sequence (prompt and
@@ -271,6 +276,10 @@ class Decoder:
         if not ok:
             raise errors.Msg(f"whisper Decoder.decode: temperature must be a finite number >= 0, got {temperature!r}")
         tok = self.tok
+        if isinstance(prompt, str):
+            prompt = tok.encode(" " + prompt.strip()) if prompt.strip() else []
+        else:  # token ids: a list, numpy array or Tensor
+            prompt = [int(t) for t in np.asarray(prompt).reshape(-1)]
         language = self._language_of(audio, language)
         sot_seq = self.sot_sequence(language)
         initial = ([tok.sot_prev, *list(prompt)[-(self.n_ctx // 2 - 1) :]] if prompt else []) + sot_seq
@@ -319,11 +328,15 @@ class Decoder:
         return DecodingResult(out, text, sum_lp / (len(out) + 1), no_speech, float(temperature),
                               compression_ratio(text), language)  # fmt: skip
 
-    def decode_with_fallback(self, audio: Tensor, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                             prompt: Sequence[int] = (), language: str | None = None,
+    def decode_with_fallback(self, audio: Tensor, temperatures: float | Sequence[float] = DEFAULT_TEMPERATURES,
+                             prompt: Sequence[int] | str = (), language: str | None = None,
                              compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                              no_speech_threshold: float | None = 0.6) -> DecodingResult:  # fmt: skip
-        """Decode at each temperature in turn until the result passes the thresholds (OpenAI's fallback)."""
+        """Decode at each temperature in turn (one number: that one) until the result passes the
+        thresholds (OpenAI's fallback)."""
+        temperatures = (temperatures,) if isinstance(temperatures, (int, float)) else tuple(temperatures)
+        if not temperatures:
+            raise errors.Msg("whisper Decoder.decode_with_fallback: no temperatures (give at least one, e.g. (0.0,))")
         language = self._language_of(audio, language)
         res = None
         for t in temperatures:
@@ -352,13 +365,18 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                no_speech_threshold: float | None = 0.6, tokenizer: WhisperTokenizer | None = None,
                progress: Callable[[float, float], None] | None = None,
-               mel_padding: str = "audio", seed: int = 299792458) -> Iterator[Segment]:  # fmt: skip
+               mel_padding: str = "audio", seed: int = 299792458, initial_prompt: str | None = None,
+               max_initial_timestamp: float | None = 1.0) -> Iterator[Segment]:  # fmt: skip
     """Transcribe a sound file (any rate / channels) or 16 kHz mono float samples; yields :class:`Segment`s.
 
     ``temperature`` 0.0 is plain greedy; a sequence falls back through its values (OpenAI's
     default ``(0.0, 0.2, ..., 1.0)``). ``progress(done_seconds, total_seconds)`` is called per window.
     ``mel_padding``: ``"audio"`` (transformers) or ``"mel"`` (OpenAI, faster-whisper), see the module doc.
     ``seed``: the sampling seed of the temperatures above 0 (Candle's whisper example: ``--seed``).
+    ``initial_prompt``: a text whose tokens (of ``" " + initial_prompt.strip()``) prompt the first
+    window, and the later ones while the previous text is (OpenAI's ``transcribe(initial_prompt=...)``).
+    ``max_initial_timestamp``: the latest first timestamp of a window in seconds (``None``: any), as
+    OpenAI's decoding option and Candle's ``--max-initial-timestamp-index`` (in 20 ms tokens).
     A process that transcribes a lot gains ~15% from :func:`candlejax.xla.tune_malloc` (process-wide;
     ``candlejax transcribe`` calls it).
     """
@@ -367,12 +385,17 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     temps = (float(temperature),) if isinstance(temperature, (int, float)) else tuple(float(t) for t in temperature)
     if not temps or not all(math.isfinite(t) and t >= 0 for t in temps):  # (NaN passed `t < 0`)
         raise errors.Msg(f"whisper: temperatures must be finite numbers >= 0, got {temperature!r}")
-    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed)
+    if initial_prompt is not None and not isinstance(initial_prompt, str):
+        raise errors.Msg(f"whisper: initial_prompt must be a str, got {type(initial_prompt).__name__}")
+    dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed,
+                  max_initial_timestamp=max_initial_timestamp)  # fmt: skip
     tok = dec.tok
     src = _source(path_or_pcm)
     n_mels = model.config.num_mel_bins
     try:
         seek, all_tokens, prompt_since, seg_id = 0, [], 0, 0
+        if initial_prompt is not None and initial_prompt.strip():
+            all_tokens = tok.encode(" " + initial_prompt.strip())
         lang = language or "en"
         while True:
             content_frames = src.n_samples // wa.HOP_LENGTH
@@ -389,7 +412,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
             audio = dec.encode(mel)
             if dec.multilingual and language is None and seek == 0:
                 lang = dec.detect_language(audio)
-            prompt = all_tokens[prompt_since:] if condition_on_previous_text else []
+            prompt = all_tokens[prompt_since:]  # (reset after every window without condition_on_previous_text)
             res = dec.decode_with_fallback(audio, temps, prompt, lang, compression_ratio_threshold,
                                            logprob_threshold, no_speech_threshold)  # fmt: skip
             if no_speech_threshold is not None and res.no_speech_prob > no_speech_threshold and not (

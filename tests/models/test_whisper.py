@@ -366,6 +366,8 @@ def test_multilingual_language_detection_and_prompt(tmp_path):
         whisper.Decoder(m, language="xx")
     res = dec.decode(audio, 0.0, prompt=[5, 6], language="fr")
     assert res.language == "fr" and len(res.tokens) <= 20
+    for ids in (np.array([5, 6]), Tensor.from_numpy(np.array([5, 6], np.uint32))):  # (ValueError: truth value)
+        assert dec.decode(audio, 0.0, prompt=ids, language="fr").tokens == res.tokens
     segs = list(whisper.transcribe(m, np.zeros(16000, np.float32), temperature=0.0, no_speech_threshold=None))
     assert all(isinstance(s, whisper.Segment) for s in segs)
 
@@ -613,6 +615,14 @@ def test_decode_max_initial_timestamp_and_unknown_languages(tmp_path):
         assert dec.decode(dec.encode(mel), 0.0, language="fr").tokens == want
         first.append(want[0] - dec.tok.timestamp_begin)
     assert first[0] > 2 >= first[1]  # the limit decides the first token here
+    made = []  # transcribe passes it on (OpenAI's transcribe(..., max_initial_timestamp=...))
+    init = whisper.Decoder.__init__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(whisper.Decoder, "__init__", lambda self, *a, **kw: made.append(kw) or init(self, *a, **kw))
+        pcm = np.zeros(160, np.float32)
+        list(whisper.transcribe(m, pcm, temperature=0.0, language="fr", max_initial_timestamp=None))
+        list(whisper.transcribe(m, pcm, temperature=0.0, language="fr"))
+    assert [kw["max_initial_timestamp"] for kw in made] == [None, 1.0]
     with pytest.raises(errors.Msg, match=r"unknown language 'xx' \(no <\|xx\|> language token\)"):
         dec.decode(dec.encode(mel), 0.0, language="xx")
 
@@ -687,3 +697,59 @@ def test_transcribe_samples_with_the_given_seed(tmp_path):
 
     assert tokens(seed=299792458) == tokens()
     assert len({str(tokens(seed=s)) for s in range(4)}) > 1
+
+
+def test_transcribe_fallback_skip_and_prompt_rules_follow_openai(tmp_path, monkeypatch):
+    """OpenAI's ``transcribe.py`` rules on scripted window results: a window falls back through the
+    temperatures while too repetitive (compression ratio > 2.4) or too unlikely (avg log-prob < -1),
+    stops at silence (no-speech prob > 0.6 with a low log-prob) and is then skipped whole; a window
+    with a high no-speech prob but a good log-prob is kept; the prompt is the text since the last
+    window decoded above temperature 0.5."""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    tb = 50364
+    R = whisper.DecodingResult
+    text = [tb, 400, 401, tb + 50]  # one timestamp pair: no consecutive timestamps, a 1 s segment
+    script = [  # per window: the results of successive temperatures
+        [R(text, "a", -0.3, 0.1, 0.0, 3.0), R(text, "a", -0.3, 0.1, 0.2, 1.0)],  # repetitive, then fine
+        [R(text, "b", -1.5, 0.9, 0.0, 1.0)],  # silence: no fallback, skipped
+        [R(text, "c", -0.5, 0.9, 0.0, 1.0)],  # no-speech prob high but a good log-prob: kept
+        [R(text, "d", -2.0, 0.1, t, 1.0) for t in (0.0, 0.2, 0.4)] + [R(text, "d", -0.5, 0.1, 0.6, 1.0)],
+        [R(text, "e", -0.5, 0.1, 0.0, 1.0)],
+    ]
+    calls = []
+
+    def decode(self, audio, temperature=0.0, prompt=(), language=None):
+        window = len({c[0] for c in calls}) - (1 if calls and temperature > 0 else 0)
+        calls.append((window, temperature, list(prompt)))
+        i = sum(c[0] == window for c in calls) - 1
+        return script[window][i]
+
+    monkeypatch.setattr(whisper.Decoder, "decode", decode)
+    monkeypatch.setattr(whisper.Decoder, "encode", lambda self, mel: None)
+    pcm = np.zeros(16000 * 150, np.float32)
+    segs = list(whisper.transcribe(m, pcm, language="en"))
+    assert [(w, t) for w, t, _ in calls] == [(0, 0.0), (0, 0.2), (1, 0.0), (2, 0.0), (3, 0.0), (3, 0.2), (3, 0.4),
+                                            (3, 0.6), (4, 0.0)]  # fmt: skip
+    assert [(s.seek, s.start, s.end, s.temperature) for s in segs] == [
+        (0, 0.0, 1.0, 0.2), (6000, 60.0, 61.0, 0.0), (9000, 90.0, 91.0, 0.6), (12000, 120.0, 121.0, 0.0)
+    ]  # fmt: skip
+    prompts = {w: p for w, _, p in calls}
+    assert prompts[0] == [] and prompts[1] == text and prompts[2] == text and prompts[3] == text * 2
+    assert prompts[4] == []  # reset after the window decoded at 0.6
+    # the initial prompt's tokens come first; without condition_on_previous_text they prompt the first window only
+    calls.clear()
+    script[:] = [[R(text, "a", -0.3, 0.1, 0.0, 1.0)] for _ in range(3)]
+    tok = whisper.Decoder(m).tok
+    first = tok.encode(" Hello there.")
+    list(whisper.transcribe(m, pcm[: 16000 * 90], language="en", initial_prompt=" Hello there.  "))
+    assert [p for _, _, p in calls] == [first, first + text, first + text * 2]
+    calls.clear()
+    list(whisper.transcribe(m, pcm[: 16000 * 90], language="en", initial_prompt="Hello there.",
+                            condition_on_previous_text=False))  # fmt: skip
+    assert [p for _, _, p in calls] == [first, [], []]
+    monkeypatch.undo()
+    dec = whisper.Decoder(m)
+    audio = dec.encode(np.zeros((16, 3000), np.float32))
+    with pytest.raises(errors.Msg, match="no temperatures"):  # (AssertionError)
+        dec.decode_with_fallback(audio, (), language="en")
+    assert dec.decode_with_fallback(audio, 0.4, language="en").temperature == 0.4  # one number (TypeError)

@@ -239,6 +239,10 @@ def test_cli_prints_segments(env, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     segs = list(whisper.transcribe(env["model"], path, temperature=0.0))
     assert out == [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()}" for s in segs]
+    assert main(["transcribe", path, "--temperature", "0", "--initial-prompt", "Quick brown fox."]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    segs = list(whisper.transcribe(env["model"], path, temperature=0.0, initial_prompt="Quick brown fox."))
+    assert out == [s.text.strip() for s in segs]
     assert main(["transcribe", str(env["dir"] / "missing.wav"), "--model", env["hf_dir"]]) == 1
     assert "no such file" in capsys.readouterr().err
 
@@ -268,3 +272,98 @@ def test_decoding_result_text_and_compression_ratio_follow_openai(env):
     assert text.startswith(" ") and res.text == text.strip()
     b = text.strip().encode("utf-8")
     assert res.compression_ratio == len(b) / len(zlib.compress(b))
+
+
+def test_initial_prompt_matches_transformers_prompt_ids(env):
+    """OpenAI's ``transcribe(initial_prompt=...)`` conditions the first window on the tokens of ``" " +
+    prompt.strip()`` after ``<|startofprev|>``: transformers' ``generate(prompt_ids=get_prompt_ids(...))``."""
+    from transformers import WhisperTokenizerFast
+
+    m, hf = env["model"], env["hf"]
+    path = env["clips"]["fox"]
+    text = "  Quick brown fox, lazy dog. "
+    tk = WhisperTokenizerFast(tokenizer_file=os.path.join(env["hf_dir"], "tokenizer.json"))
+    pids = tk.get_prompt_ids(text, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf.generate(_features(cj_audio.read_audio(path)), prompt_ids=pids, return_timestamps=True)[0].tolist()
+    ref = [t for t in ref if t not in (50256, 50257)]
+    segs = list(whisper.transcribe(m, path, initial_prompt=text, temperature=0.0))
+    assert [t for s in segs for t in s.tokens] == ref
+    plain = list(whisper.transcribe(m, path, temperature=0.0))
+    assert [s.tokens for s in plain] != [s.tokens for s in segs]  # the prompt changed the decoding
+    dec = whisper.Decoder(m)
+    assert dec.tok.encode(" " + text.strip()) == pids.tolist()[1:]
+    audio = dec.encode(whisper.audio.pcm_to_mel(m.config, whisper.audio.pad_or_trim(cj_audio.read_audio(path))))
+    assert dec.decode(audio, 0.0, prompt=text).tokens == ref  # a str prompt, as OpenAI's DecodingOptions.prompt
+
+
+LONG_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world. This is a test of the speech recognition system.",
+    "Whisper splits long recordings into windows of thirty seconds each.",
+    "The weather today is sunny with a light breeze from the west.",
+    "Please remember to buy milk, eggs, and bread on your way home.",
+    "Numbers like one hundred twenty three are spoken as words.",  # from 26.9 s to 30.3 s: cut by the window
+    "At the end of the meeting everyone agreed to meet again next week.",
+    "Scientists discovered a new species of frog in the rain forest.",
+]
+
+
+@pytest.mark.parametrize("condition", [True, False])
+def test_long_form_matches_transformers_generate(env, condition):
+    """41.6 s of eight sentences with 1-3 s of silence between them, the sixth crossing the 30 s
+    boundary: the same segments (tokens, start, end) as transformers' long-form ``generate`` (OpenAI's
+    algorithm) with the previous text as prompt or not. The first window ends inside the sixth
+    sentence, so the second starts at its last timestamp pair (24.60 s). transformers pads the last
+    window's mel with 0.0, as ``mel_padding="mel"``."""
+    from transformers import WhisperFeatureExtractor
+
+    d = env["dir"]
+    parts = []
+    for i, (text, gap) in enumerate(zip(LONG_SENTENCES, [1.0, 2.5, 1.5, 3.0, 2.0, 1.2, 2.2, 1.0])):
+        p = d / f"long{i}.wav"
+        if not p.exists():
+            subprocess.run(["espeak-ng", "-w", str(p), text], check=True, capture_output=True)
+        parts += [cj_audio.read_audio(str(p)).astype(np.float32), np.zeros(int(16000 * gap), np.float32)]
+    pcm = np.concatenate(parts)
+    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                                 return_segments=True, temperature=0.0, condition_on_prev_tokens=condition,
+                                 logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+    tb = 50363
+    ref = []
+    for r in out["segments"][0]:
+        toks = r["tokens"].tolist()
+        if len(toks) > 2 and toks[-2] >= tb:  # transformers keeps the next pair's first timestamp
+            toks = toks[:-1]
+        ref.append((round(float(r["start"]), 2), round(float(r["end"]), 2), toks))
+    segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel",
+                                   condition_on_previous_text=condition))  # fmt: skip
+    got = [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs]
+    assert got == ref
+    assert len(segs) == 8 and {s.seek for s in segs} == {0, 2460}
+    assert [s.seek for s in segs].index(2460) == 5 and segs[5].start == pytest.approx(24.6)
+
+
+def test_silence_and_noise_windows_follow_transformers_no_speech_rule(env):
+    """40 s of white noise: both windows are skipped (no-speech probability > 0.6 with an average
+    log-probability < -1, OpenAI's rule, transformers' ``should_skip``); 40 s of digital silence: tiny.en
+    says " you" in each window with an average log-probability above -1, so both are kept, as there."""
+    from transformers import WhisperFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    for pcm in (rng.standard_normal(16000 * 40).astype(np.float32) * 0.05, np.zeros(16000 * 40, np.float32)):
+        f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                      return_attention_mask=True, return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                                     return_segments=True, temperature=0.0, condition_on_prev_tokens=True,
+                                     logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+        ref = [(round(float(r["start"]), 2), round(float(r["end"]), 2), r["tokens"].tolist())
+               for r in out["segments"][0]]  # fmt: skip
+        segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
+        assert [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs] == ref
+        assert len(ref) == (0 if pcm.any() else 2)
+        assert all(s.no_speech_prob > 0.6 and s.avg_logprob > -1 for s in segs)
