@@ -20,7 +20,7 @@ from candlejax.tensor import Tensor
 
 __all__ = [
     "CHUNK_LENGTH", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES", "SAMPLE_RATE", "log_mel_spectrogram_",
-    "log_mel_window", "mel_filters", "pad_or_trim", "pcm_to_mel",
+    "log_mel_max", "log_mel_window", "mel_filters", "pad_or_trim", "pcm_to_mel",
 ]  # fmt: skip
 
 SAMPLE_RATE = 16000
@@ -69,10 +69,16 @@ def _power_frames(padded: np.ndarray, n_frames: int) -> np.ndarray:
     return spec.real**2 + spec.imag**2
 
 
-def _log_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    mel = power @ filters.T  # (frames, n_mels)
-    log = np.log10(np.maximum(mel, 1e-10))
-    log = np.maximum(log, log.max() - 8.0) if log.size else log
+def _log10_mel(power: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """``log10(max(mel, 1e-10))``, ``(frames, n_mels)`` float64, before the ``max - 8`` floor."""
+    return np.log10(np.maximum(power @ filters.T, 1e-10))
+
+
+def _log_mel(power: np.ndarray, filters: np.ndarray, floor: float | None = None) -> np.ndarray:
+    log = _log10_mel(power, filters)
+    if floor is None:
+        floor = log.max() - 8.0 if log.size else 0.0
+    log = np.maximum(log, floor)
     return ((log + 4.0) / 4.0).T.astype(np.float32)
 
 
@@ -189,17 +195,34 @@ def pad_or_trim(samples: Any, length: int = N_SAMPLES, *, axis: int = -1) -> np.
     return np.pad(x, pad)
 
 
-def log_mel_window(source: Any, start: int, n_mels: int = 80, n_frames: int = N_FRAMES) -> np.ndarray:
-    """Mel frames ``[start // 160, ... + n_frames)`` of a stream (``source.read(start, n)``), f32 numpy.
-
-    Each frame sees the same samples as in a spectrogram of the whole file (real left context,
-    reflection at the file's start, zeros past its end); the ``max - 8`` floor is per window.
-    """
+def _padded_window(source: Any, start: int, n_frames: int) -> np.ndarray:
     half = N_FFT // 2
     n = (n_frames - 1) * HOP_LENGTH + N_FFT
     if start == 0:
         x = source.read(0, n - half).astype(np.float64)
-        padded = np.concatenate([x[1 : half + 1][::-1], x])
-    else:
-        padded = source.read(start - half, n).astype(np.float64)
-    return _log_mel(_power_frames(padded, n_frames), mel_filters(n_mels))
+        return np.concatenate([x[1 : half + 1][::-1], x])
+    return source.read(start - half, n).astype(np.float64)
+
+
+def log_mel_window(source: Any, start: int, n_mels: int = 80, n_frames: int = N_FRAMES, *,
+                   floor: float | None = None) -> np.ndarray:  # fmt: skip
+    """Mel frames ``[start // 160, ... + n_frames)`` of a stream (``source.read(start, n)``), f32 numpy.
+
+    Each frame sees the same samples as in a spectrogram of the whole file (real left context,
+    reflection at the file's start, zeros past its end). ``floor``: the ``log10`` floor, the whole
+    file's :func:`log_mel_max` minus 8 for OpenAI's features; ``None`` floors at the window's own
+    maximum minus 8.
+    """
+    power = _power_frames(_padded_window(source, start, n_frames), n_frames)
+    return _log_mel(power, mel_filters(n_mels), floor)
+
+
+def log_mel_max(source: Any, n_mels: int = 80) -> float:
+    """The largest ``log10`` mel value of a whole stream, read forward in 30 s windows (memory: one
+    window): OpenAI's ``log_spec.max()``, whose ``max - 8`` floors every window of the file."""
+    best, start = -10.0, 0  # log10(1e-10): the value of silence
+    while start < max(source.n_samples, 1):
+        power = _power_frames(_padded_window(source, start, N_FRAMES), N_FRAMES)
+        best = max(best, float(_log10_mel(power, mel_filters(n_mels)).max()))
+        start += N_SAMPLES
+    return best

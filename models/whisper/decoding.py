@@ -359,6 +359,19 @@ def _source(path_or_pcm: Any) -> Any:
     return PcmSource(path_or_pcm, wa.SAMPLE_RATE)
 
 
+def _log_mel_floor(path_or_pcm: Any, n_mels: int) -> float | None:
+    """The whole file's largest log-mel value minus 8, from a first pass over it: OpenAI floors every
+    window at it (a window of silence after speech stays at the silence level, and is skipped).
+    ``None`` for audio within one window, whose own maximum is the file's."""
+    src = _source(path_or_pcm)
+    try:
+        if src.n_samples + 2 * wa.N_FFT <= wa.N_SAMPLES:
+            return None
+        return wa.log_mel_max(src, n_mels) - 8.0
+    finally:
+        src.close()
+
+
 def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                temperature: float | Sequence[float] = DEFAULT_TEMPERATURES, language: str | None = None,
                task: str = "transcribe", condition_on_previous_text: bool = True,
@@ -390,8 +403,9 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     dec = Decoder(model, tokenizer, timestamps=timestamps, language=language, task=task, seed=seed,
                   max_initial_timestamp=max_initial_timestamp)  # fmt: skip
     tok = dec.tok
-    src = _source(path_or_pcm)
     n_mels = model.config.num_mel_bins
+    floor = _log_mel_floor(path_or_pcm, n_mels)
+    src = _source(path_or_pcm)
     try:
         seek, all_tokens, prompt_since, seg_id = 0, [], 0, 0
         if initial_prompt is not None and initial_prompt.strip():
@@ -401,7 +415,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
             content_frames = src.n_samples // wa.HOP_LENGTH
             if seek >= content_frames:
                 break
-            mel = wa.log_mel_window(src, seek * wa.HOP_LENGTH, n_mels)
+            mel = wa.log_mel_window(src, seek * wa.HOP_LENGTH, n_mels, floor=floor)
             content_frames = src.n_samples // wa.HOP_LENGTH  # exact once the stream reached the end
             segment_size = min(wa.N_FRAMES, content_frames - seek)
             if segment_size <= 0:

@@ -238,6 +238,16 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
     full = np.asarray(wa.pcm_to_mel(80, np.concatenate([pcm, np.zeros(wa.N_SAMPLES, np.float32)])))
     win = wa.log_mel_window(cj_audio.PcmSource(pcm), 160 * 50, n_frames=200)
     np.testing.assert_allclose(win, full[:, 50:250], atol=1e-5)
+    # OpenAI floors every window at the whole file's max - 8: a quiet window after a loud one
+    silence = np.zeros(16000 * 28, np.float32)
+    loud_quiet = np.concatenate([pcm * 3, silence, pcm * 1e-4, silence[: 16000 * 9]])
+    full = np.asarray(wa.pcm_to_mel(80, np.concatenate([loud_quiet, np.zeros(wa.N_SAMPLES, np.float32)])))
+    src = cj_audio.PcmSource(loud_quiet)
+    top = wa.log_mel_max(src)
+    assert top == pytest.approx(full.max() * 4 - 4, abs=1e-5)
+    second = wa.log_mel_window(src, wa.N_SAMPLES, floor=top - 8)
+    np.testing.assert_allclose(second, full[:, 3000:6000], atol=1e-5)
+    assert wa.log_mel_window(src, wa.N_SAMPLES).min() < full[:, 3000:6000].min() - 0.1  # its own, lower floor
     with pytest.raises(errors.Audio, match="NaN"):
         wa.pcm_to_mel(80, np.array([0.0, np.nan], np.float32))
     with pytest.raises(errors.Audio, match="0 samples"):

@@ -367,3 +367,32 @@ def test_silence_and_noise_windows_follow_transformers_no_speech_rule(env):
         assert [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs] == ref
         assert len(ref) == (0 if pcm.any() else 2)
         assert all(s.no_speech_prob > 0.6 and s.avg_logprob > -1 for s in segs)
+
+
+def test_window_of_silence_between_speech_is_floored_at_the_whole_files_max(env):
+    """Speech, 66 s of digital silence, speech: OpenAI (and transformers) floor the log-mel of every
+    window at the whole file's maximum minus 8, so the silent window is skipped by the no-speech rule;
+    floored at its own maximum it came out as a hallucinated sentence."""
+    from transformers import WhisperFeatureExtractor
+
+    p = env["dir"] / "long0.wav"
+    if not p.exists():
+        subprocess.run(["espeak-ng", "-w", str(p), LONG_SENTENCES[0]], check=True, capture_output=True)
+    clip = cj_audio.read_audio(str(p)).astype(np.float32)
+    pcm = np.concatenate([clip, np.zeros(16000 * 66, np.float32), clip])
+    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                                 return_segments=True, temperature=0.0, condition_on_prev_tokens=True,
+                                 logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+    ref = []
+    for r in out["segments"][0]:
+        toks = r["tokens"].tolist()
+        if len(toks) > 2 and toks[-2] >= 50363:  # transformers keeps the next pair's first timestamp
+            toks = toks[:-1]
+        ref.append((round(float(r["start"]), 2), toks))
+    segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
+    assert [s.text for s in segs if 30.0 <= s.start < 60.0] == []
+    assert [(round(s.start, 2), s.tokens) for s in segs] == ref
+
