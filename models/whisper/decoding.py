@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -334,7 +335,7 @@ class Decoder:
                              no_speech_threshold: float | None = 0.6) -> DecodingResult:  # fmt: skip
         """Decode at each temperature in turn (one number: that one) until the result passes the
         thresholds (OpenAI's fallback)."""
-        temperatures = (temperatures,) if isinstance(temperatures, (int, float)) else tuple(temperatures)
+        temperatures = (temperatures,) if isinstance(temperatures, numbers.Real) else tuple(temperatures)
         if not temperatures:
             raise errors.Msg("whisper Decoder.decode_with_fallback: no temperatures (give at least one, e.g. (0.0,))")
         language = self._language_of(audio, language)
@@ -395,7 +396,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     """
     if mel_padding not in ("audio", "mel"):
         raise errors.Msg(f"whisper: mel_padding must be 'audio' or 'mel', got {mel_padding!r}")
-    temps = (float(temperature),) if isinstance(temperature, (int, float)) else tuple(float(t) for t in temperature)
+    temps = (float(temperature),) if isinstance(temperature, numbers.Real) else tuple(float(t) for t in temperature)
     if not temps or not all(math.isfinite(t) and t >= 0 for t in temps):  # (NaN passed `t < 0`)
         raise errors.Msg(f"whisper: temperatures must be finite numbers >= 0, got {temperature!r}")
     if initial_prompt is not None and not isinstance(initial_prompt, str):

@@ -763,3 +763,4 @@ def test_transcribe_fallback_skip_and_prompt_rules_follow_openai(tmp_path, monke
     with pytest.raises(errors.Msg, match="no temperatures"):  # (AssertionError)
         dec.decode_with_fallback(audio, (), language="en")
     assert dec.decode_with_fallback(audio, 0.4, language="en").temperature == 0.4  # one number (TypeError)
+    assert dec.decode_with_fallback(audio, np.float32(0.5), language="en").temperature == 0.5  # numpy scalar
