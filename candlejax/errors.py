@@ -326,6 +326,11 @@ class Ct2(Error):
     """A malformed or unsupported CTranslate2 model file."""
 
 
+class Ct2NoSuchFile(NoSuchFile, Ct2):
+    """A CTranslate2 ``model.bin`` that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an
+    ``errors.Ct2``."""
+
+
 class Audio(Error):
     """Unreadable or invalid audio (empty file, not a sound file, no samples, NaN/inf samples)."""
 
