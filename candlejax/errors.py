@@ -314,8 +314,21 @@ class Gguf(Error):
     """A malformed or unsupported GGUF file."""
 
 
+class GgufNoSuchFile(NoSuchFile, Gguf):
+    """A GGUF path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``errors.Gguf``."""
+
+
+class GgufIsADirectory(IsADirectory, Gguf):
+    """A folder given as a GGUF file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Gguf``."""
+
+
 class Ct2(Error):
     """A malformed or unsupported CTranslate2 model file."""
+
+
+class Ct2NoSuchFile(NoSuchFile, Ct2):
+    """A CTranslate2 ``model.bin`` that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an
+    ``errors.Ct2``."""
 
 
 class Audio(Error):

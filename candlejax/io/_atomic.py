@@ -6,7 +6,9 @@ writers that open the name themselves, such as the safetensors package).
 
 A save writes a temporary file next to the target, fsyncs it, gives it the permissions of the file
 it replaces (a new file: the umask's) and moves it onto the target with ``os.replace``, then fsyncs
-the folder: a crash or an exception leaves the previous file untouched. Writers hold an ``flock`` on
+the folder: a crash or an exception leaves the previous file untouched. A symbolic link is written
+through, as ``File::create``, ``numpy.save`` and ``torch.save`` do: its target is replaced (a
+dangling link creates it) and the link stays a link. Writers hold an ``flock`` on
 their temporary file (or folder); those left by a killed writer are removed by the next save of the
 same target.
 """
@@ -14,6 +16,7 @@ same target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -62,18 +65,29 @@ def _target_error(e: OSError, path: str) -> OSError:
     return type(e)(e.errno, f"cannot write {path}: {e.strerror}", path)
 
 
-def _prepare(path: PathLike) -> tuple[str, str, str]:
-    """The target, its folder and the prefix of its temporary files; a missing folder or a target that
-    is a folder is reported against the target's name."""
+def _prepare(path: PathLike) -> tuple[str, str, str, str]:
+    """The name to report, the file to replace, its folder and the prefix of its temporary files.
+
+    A symbolic link is followed, as ``File::create`` / ``open(path, "wb")`` / ``numpy.save`` do: the
+    link's target is replaced (a dangling link creates it) and the link stays a link. A missing folder
+    or a target that is a folder is reported against the given name."""
     path = errors.path_arg(path, "write")
-    d = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.islink(target):  # realpath stops on a cycle of links
+        e = errors.FileAccess(
+            "write", path, "too many levels of symbolic links",
+            message=f"cannot write {path}: too many levels of symbolic links",
+        )
+        e.errno = errno.ELOOP
+        raise e
+    d = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(d):  # candlejax errors that are also FileNotFoundError / IsADirectoryError
         raise errors.NoSuchFile("write", path, message=f"cannot write {path}: its folder {d} does not exist")
-    if os.path.isdir(path):
+    if os.path.isdir(target):
         raise errors.IsADirectory("write", path, message=f"cannot write {path}: it is a folder")
-    prefix = "." + os.path.basename(path) + "."
+    prefix = "." + os.path.basename(target) + "."
     _remove_stale_temps(d, prefix)
-    return path, d, prefix
+    return path, target, d, prefix
 
 
 def _lock(fd: int) -> None:
@@ -82,23 +96,23 @@ def _lock(fd: int) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _commit(tmp: str, path: str, d: str) -> None:
+def _commit(tmp: str, target: str, d: str, path: str) -> None:
     """fsync ``tmp``, give it the permissions of the file it replaces (else the umask's), move it onto
-    ``path`` and fsync the folder."""
+    ``target`` (``path`` resolved through its links; errors name ``path``) and fsync the folder."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     try:  # a file written in place (Candle, numpy) keeps its mode: a private 0600 checkpoint stays private
-        mode = os.stat(path).st_mode & 0o777
+        mode = os.stat(target).st_mode & 0o777
     except OSError:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
     os.chmod(tmp, mode)
     try:
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         raise _target_error(e, path) from None
     with contextlib.suppress(OSError):
@@ -117,7 +131,7 @@ def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
     writer holds an exclusive ``flock`` on its temporary file; temporary files of ``path`` left by a
     killed writer (no lock held) are removed by the next save of ``path``.
     """
-    path, d, prefix = _prepare(path)
+    path, target, d, prefix = _prepare(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=".tmp")
     except OSError as e:
@@ -126,7 +140,7 @@ def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
         _lock(fd)
         with os.fdopen(fd, "wb", closefd=False) as f:
             yield f
-        _commit(tmp, path, d)
+        _commit(tmp, target, d, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -143,7 +157,7 @@ def atomic_name(path: PathLike) -> Iterator[str]:
     there, without fsync and with mode 0600; so it gets a name inside a private locked folder
     ``.{name}.XXXX.tmp`` next to ``path``, and the result is fsync'd and moved as by ``atomic_file``.
     """
-    path, d, prefix = _prepare(path)
+    path, target, d, prefix = _prepare(path)
     try:
         tmpdir = tempfile.mkdtemp(dir=d, prefix=prefix, suffix=".tmp")
     except OSError as e:
@@ -153,7 +167,7 @@ def atomic_name(path: PathLike) -> Iterator[str]:
         _lock(fd)
         tmp = os.path.join(tmpdir, "data")
         yield tmp
-        _commit(tmp, path, d)
+        _commit(tmp, target, d, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
         os.close(fd)

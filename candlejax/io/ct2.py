@@ -102,6 +102,8 @@ class Ct2Model:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "model.bin")
+        if not os.path.isfile(path):  # as every reader (errors.check_file), and still an errors.Ct2
+            raise errors.Ct2NoSuchFile("ct2", path, message=f"ct2: cannot open {path}: no such file")
         try:
             size = os.path.getsize(path)
             with open(path, "rb") as f:

@@ -401,6 +401,7 @@ class TensorInfo:
             raise errors.Gguf(f"the number of elements {n} is not divisible by the block size {block}")
         size, start = self.size_in_bytes(), int(tensor_data_offset) + self.offset
         if isinstance(reader, (str, os.PathLike)):
+            errors.check_file(reader, "TensorInfo.read")
             with open(reader, "rb") as f:
                 return self.read(f, tensor_data_offset, device)
         remaining = max(reader.seek(0, io.SEEK_END) - start, 0)
@@ -853,6 +854,10 @@ def _open(source: Any) -> tuple[Any, str, list[Any]]:
         return memoryview(source).cast("B"), "<bytes>", []
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
+        if os.path.isdir(path):  # as every reader (errors.check_file), and still an errors.Gguf
+            raise errors.GgufIsADirectory("gguf read", path, message=f"gguf {path}: cannot open: it is a folder")
+        if not os.path.exists(path):
+            raise errors.GgufNoSuchFile("gguf read", path, message=f"gguf {path}: cannot open: no such file")
         try:
             f = open(path, "rb")
         except OSError as e:

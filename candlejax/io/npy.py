@@ -146,7 +146,7 @@ def _read_array(
         raise _err(path, name, f"shape {errors.fmt_shape(shape)} of {descr} is too big for any array")
     target = dtype or native
     if header_only:
-        return shape, native
+        return shape, native, descr
     if target is None:
         raise _err(path, name, f"descr {descr} has no candlejax dtype; pass dtype=... (e.g. DType.I32) to convert it")
     if target in (DType.I64, DType.F64) and not x64_enabled():
@@ -290,11 +290,25 @@ class NpzTensors:
                 raise errors.Npy(f"{self.path!r} changed since it was opened: {name} is gone") from None
             return _member(zf, info, self.path, name, _resolve(dtype), device, header_only)
 
-    def get_shape_and_dtype(self, name: str) -> tuple[Shape, DType | None]:
-        """The shape and dtype of ``name`` without reading its data (``cannot find tensor {name}``)."""
+    def _header(self, name: str) -> tuple[tuple[int, ...], DType | None, str]:
+        """Shape, DType (None: readable only with ``dtype=``) and descr of ``name``, data unread."""
         if name not in self._index:
             raise errors.CannotFindTensor(name, f"not in {self.path}")
-        shape, dt = self._read(name, True)
+        return self._read(name, True)
+
+    def _shape(self, name: str) -> Shape:
+        """The shape of ``name`` without reading its data, whatever its dtype (``get(name, dtype=)``
+        reads the members that ``get_shape_and_dtype`` refuses)."""
+        return Shape(self._header(name)[0])
+
+    def get_shape_and_dtype(self, name: str) -> tuple[Shape, DType]:
+        """Candle's ``get_shape_and_dtype``: the shape and dtype of ``name`` without reading its data
+        (``cannot find tensor {name}``; ``unrecognized descr`` for a dtype with no DType, such as
+        int8 or uint64)."""
+        shape, dt, descr = self._header(name)
+        if dt is None:
+            raise _err(self.path, name, f"unrecognized descr {descr}: no candlejax dtype (get(name, dtype=...)"
+                       " converts it while reading)")  # fmt: skip
         return Shape(shape), dt
 
     def get(self, name: str, dtype: Any = None, device: Any = None) -> Any:

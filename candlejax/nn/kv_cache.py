@@ -134,8 +134,20 @@ def _narrow(buf: Any, dim: int, n: int) -> Any:
     return wrap(lax.slice_in_dim(buf._a, 0, n, axis=dim))
 
 
-def _causal_mask(pos: Any, q_len: int, size: int) -> Any:
+def _len_arg(n: Any, what: str, arg: str = "q_len", limit: int | None = None) -> int:
+    """``n`` as a count of positions (Candle's ``usize``): an int ``>= 0`` (and ``<= limit``), else
+    ``NotAnInteger`` / ``InvalidArgument`` naming ``arg``."""
+    n = int_arg(n, what, arg)
+    if n < 0:
+        raise errors.InvalidArgument(f"{what}: {arg} must be >= 0, got {n}")
+    if limit is not None and n > limit:
+        raise errors.InvalidArgument(f"{what}: {arg} {n} is larger than the cache (max_seq_len {limit})")
+    return n
+
+
+def _causal_mask(pos: Any, q_len: int, size: int, what: str) -> Any:
     """Bool ``(q_len, size)``: the last ``q_len`` of ``pos`` written positions see slots ``<= their own``."""
+    q_len = _len_arg(q_len, what, limit=size)
     q = jnp.arange(q_len, dtype=jnp.int32)[:, None] + (pos - q_len)
     return wrap(jnp.arange(size, dtype=jnp.int32)[None, :] <= q)
 
@@ -215,7 +227,7 @@ class Cache(Module):
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
-        return _causal_mask(self.pos._a, q_len, self.max_seq_len)
+        return _causal_mask(self.pos._a, q_len, self.max_seq_len, f"{type(self).__name__}.attn_mask")
 
     @_rebind("cache = cache.reset()")
     def reset(self) -> Cache:
@@ -286,7 +298,7 @@ class KvCache(Module):
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
-        return _causal_mask(self.pos._a, q_len, self.max_seq_len)
+        return _causal_mask(self.pos._a, q_len, self.max_seq_len, f"{type(self).__name__}.attn_mask")
 
     def current_seq_len(self) -> Any:
         """An int eagerly, an int32 scalar Tensor under ``jit``."""
@@ -425,8 +437,7 @@ class DecodeKvCache(Module):
 
     def attn_mask(self, q_len: int) -> Any:
         """Bool ``(q_len, max_seq_len)``: query i (the last ``q_len`` appended) sees slots ``<= pos - q_len + i``."""
-        q = jnp.arange(q_len, dtype=jnp.int32)[:, None] + (self.pos._a - q_len)
-        return wrap(jnp.arange(self.max_seq_len, dtype=jnp.int32)[None, :] <= q)
+        return _causal_mask(self.pos._a, q_len, self.max_seq_len, "DecodeKvCache.attn_mask")
 
     def current_seq_len(self) -> Any:
         """An int eagerly, an int32 scalar Tensor under ``jit``."""
@@ -499,6 +510,7 @@ class _Ring(Module):
                 " `scores.masked_fill(mask, -inf)` as `mask.where_cond(scores, neg_inf)` with"
                 " `mask = cache.attn_mask(q_len)`"
             )
+        q_len = _len_arg(q_len, f"{type(self).__name__}.attn_mask")
         qpos = self.offset_._a - q_len + jnp.arange(q_len, dtype=jnp.int32)
         kp = jnp.concatenate([self.prev_slot_pos._a, qpos])[None, :]
         qp = qpos[:, None]
@@ -506,6 +518,7 @@ class _Ring(Module):
 
     def positions(self, seq_len: int) -> Any:
         """Absolute positions of the next ``seq_len`` tokens."""
+        seq_len = _len_arg(seq_len, f"{type(self).__name__}.positions", "seq_len")
         return wrap(self.offset_._a + jnp.arange(seq_len, dtype=jnp.int32))
 
     def _write(self, what: str, bufs: tuple[Any, ...], xs: tuple[Any, ...]) -> tuple[Any, ...]:

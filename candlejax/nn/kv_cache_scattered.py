@@ -45,7 +45,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn._cache_base import KeysValues, _rebind, _zeros
 from candlejax.nn.module import Module, as_array
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import int_arg, wrap
 
 __all__ = ["IndicesAndMask", "ScatteredCacheBuilder", "ScatteredKeysValues", "ScatteredKvCache"]
 
@@ -154,7 +154,7 @@ class ScatteredCacheBuilder:
         positions). With ``seq_len >= context`` the mask is ``(T, T)`` over the chunk itself:
         token ``i`` sees tokens ``i - context < j <= i`` (Candle's mask also shows ``j = i - context``).
         """
-        t, c, b = int(seq_len), self.context, self.batch_size()
+        t, c, b = int_arg(seq_len, "ScatteredCacheBuilder.indices_and_mask", "seq_len"), self.context, self.batch_size()
         if t < 1:
             raise errors.Msg(f"ScatteredCacheBuilder.indices_and_mask: seq_len must be >= 1, got {seq_len}")
         active = np.asarray(batch_mask, dtype=bool)

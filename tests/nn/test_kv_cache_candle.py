@@ -554,3 +554,38 @@ def test_scattered_cache_refuses_another_dtype():
     cache, k = builder.make_cache(1, 3), np.ones((1, 1, 1, 3), jnp.bfloat16)
     with pytest.raises(errors.DTypeMismatchBinaryOp, match=r"ScatteredKvCache.append \(k cache, k\), lhs: F32"):
         cache.append(k, k, builder.indices_and_mask(1, [True]))
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Cache.new(2, 6).append(_K3)[1],
+                                  lambda: nn.KvCache.new(2, 6).append(_K3, _K3)[1],
+                                  lambda: nn.DecodeKvCache.preallocated(6, _K3).append(_K3, _K3)[1],
+                                  lambda: nn.RotatingCache.new(2, 4).append(_K3)[1],
+                                  lambda: nn.RotatingKvCache.new(2, 4).append(_K3, _K3)[1]])  # fmt: skip
+def test_attn_mask_checks_q_len_like_candle_usize(make):
+    # Candle's seq_len is a usize: -1 used to give an empty (0, n) mask, 1.5 / True were taken as 1
+    cache = make()
+    name = type(cache).__name__
+    with pytest.raises(errors.InvalidArgument, match=rf"{name}.attn_mask: q_len must be >= 0, got -1"):
+        cache.attn_mask(-1)
+    for bad in (1.5, True, "2", None):
+        with pytest.raises(errors.NotAnInteger, match=rf"{name}.attn_mask: q_len must be an int"):
+            cache.attn_mask(bad)
+    assert _np(cache.attn_mask(np.int64(3))).shape[0] == 3 and _np(cache.attn_mask(0)).shape[0] == 0
+    if not name.startswith("Rotating"):  # a rotating cache takes chunks longer than its window
+        with pytest.raises(errors.InvalidArgument, match=rf"{name}.attn_mask: q_len 7 is larger than the cache"):
+            cache.attn_mask(7)
+    else:
+        assert _np(cache.attn_mask(7)).shape == (7, 11)
+        with pytest.raises(errors.InvalidArgument, match=rf"{name}.positions: seq_len must be >= 0"):
+            cache.positions(-2)
+        with pytest.raises(errors.NotAnInteger, match=rf"{name}.positions: seq_len must be an int"):
+            cache.positions(2.5)
+
+
+def test_scattered_indices_and_mask_checks_seq_len():
+    builder = nn.ScatteredCacheBuilder.new(1, 4)
+    for bad in (1.5, True):  # was truncated to 1
+        with pytest.raises(errors.NotAnInteger, match=r"indices_and_mask: seq_len must be an int"):
+            builder.indices_and_mask(bad, [True])
+    with pytest.raises(errors.Msg, match=r"seq_len must be >= 1, got -1"):
+        builder.indices_and_mask(-1, [True])

@@ -772,6 +772,31 @@ def test_varlen_rules_match_numpy_reference(causal, wl, wr, alibi):
     np.testing.assert_allclose(_np(flash_attn_varlen_unfused(q, k, v, *args)), want, atol=2e-6)
 
 
+def test_varlen_window_keywords_follow_candle_names():
+    # candle-nn cpu_flash/varlen.rs: window_left / window_right; attention/varlen.rs: window_size_left / _right
+    from candlejax.errors import InvalidArgument
+    from candlejax.nn.attention import flash_attn_varlen_cpu
+    from candlejax.nn.varlen_attention import flash_attn_varlen_unfused
+
+    q, k, v, sq, sk = _packed(_LQ, _LK)
+    want = _np_varlen(_np(q), _np(k), _np(v), None, _LQ, _LK, 0.3, False, 1, 2)
+    common = dict(alibi_slopes=None, seqlens_q=sq, seqlens_k=sk, max_seqlen_q=max(_LQ), max_seqlen_k=max(_LK),
+                  softmax_scale=0.3, causal=False)  # fmt: skip
+    got = flash_attn_varlen_cpu(q, k, v, **common, window_left=1, window_right=2)
+    np.testing.assert_allclose(_np(got), want, atol=2e-6)
+    got = flash_attn_varlen_cpu(q, k, v, **common, window_size_left=1, window_size_right=2)  # the other spelling
+    np.testing.assert_allclose(_np(got), want, atol=2e-6)
+    got = flash_attn_varlen_unfused(q, k, v, **common, window_size_left=1, window_size_right=2)
+    np.testing.assert_allclose(_np(got), want, atol=2e-6)
+    with pytest.raises(InvalidArgument, match="window_left or window_size_left"):
+        flash_attn_varlen_cpu(q, k, v, **common, window_left=1, window_size_left=1)
+    for bad in (1.5, True, -1):  # Candle's Option<usize>: 1.5 and True used to be taken as 1
+        with pytest.raises(InvalidArgument, match=r"flash_attn_varlen_cpu: window_left must be None or an int"):
+            flash_attn_varlen_cpu(q, k, v, **common, window_left=bad)
+        with pytest.raises(InvalidArgument, match=r"window_size_right must be None or an int"):
+            flash_attn_varlen_unfused(q, k, v, **common, window_size_left=1, window_size_right=bad)
+
+
 def test_varlen_noncausal_shorter_keys_and_empty_sequences():
     from candlejax.nn.attention import flash_attn_varlen_cpu, flash_attn_varlen_unfused
 

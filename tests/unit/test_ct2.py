@@ -76,6 +76,10 @@ def test_truncated_and_corrupt_files_name_file_and_variable(tmp_path):
         ct2.Ct2Model.read(_write(tmp_path, b"RIFF\x00\x00\x00\x00WAVEfmt ", "wav.bin"))
     with pytest.raises(errors.Ct2, match="cannot open"):
         ct2.Ct2Model.read(str(tmp_path / "missing.bin"))
+    for missing in (tmp_path / "missing.bin", tmp_path):  # a folder without model.bin
+        with pytest.raises(errors.NoSuchFile, match=r"cannot open .*(missing|model)\.bin") as ei:
+            ct2.Ct2Model.read(missing)  # was only an errors.Ct2, unlike every other reader
+        assert isinstance(ei.value, errors.Ct2) and isinstance(ei.value, FileNotFoundError)
 
 
 def test_other_model_type_is_refused(tmp_path):

@@ -570,3 +570,19 @@ def test_tensor_info_read_from_a_reader(tmp_path, rng):
     size = p.stat().st_size
     with open(p, "rb") as f, pytest.raises(errors.Error, match=f"only {size - ct.tensor_data_offset - 64} remaining"):
         gguf.TensorInfo(GgmlDType.Q8_0, (2, 64), 64).read(f, ct.tensor_data_offset)
+
+
+def test_missing_file_or_folder_is_no_such_file_and_gguf(tmp_path):
+    # every reader raises errors.NoSuchFile / IsADirectory (errors.check_file); a GGUF one is also errors.Gguf
+    import candlejax.quantized.gguf_file as gguf_file
+
+    for read in (Content.read, gguf.read, gguf_file.Content.read):
+        with pytest.raises(errors.NoSuchFile, match="cannot open") as ei:
+            read(tmp_path / "missing.gguf")
+        assert isinstance(ei.value, errors.Gguf) and isinstance(ei.value, FileNotFoundError)
+        with pytest.raises(errors.IsADirectory) as ei:
+            read(tmp_path)
+        assert isinstance(ei.value, errors.Gguf) and isinstance(ei.value, IsADirectoryError)
+    info = gguf.TensorInfo(GgmlDType.Q8_0, (2, 64), 0)
+    with pytest.raises(errors.NoSuchFile):  # was a raw FileNotFoundError from open()
+        info.read(tmp_path / "missing.gguf", 0)

@@ -111,6 +111,22 @@ def test_npz_tensors(tmp_path):
         nt.get_shape_and_dtype("c")
 
 
+def test_npz_tensors_get_shape_and_dtype_refuses_dtypes_without_a_dtype(tmp_path):
+    # candle-core/src/npy.rs Header::parse: i1 and u8 (uint64) are `unrecognized descr`; b1 is U8, the
+    # dtype used to come back as None
+    np.savez(tmp_path / "x.npz", i8=np.array([-1, 2], np.int8), u64=np.arange(3, dtype=np.uint64).reshape(1, 3),
+             b=np.array([True, False]), u16=np.arange(2, dtype=np.uint16))  # fmt: skip
+    nt = npy.NpzTensors(tmp_path / "x.npz")
+    for name, descr in (("i8", "i1"), ("u64", "u8")):
+        with pytest.raises(errors.Npy, match=rf"unrecognized descr \|?<?{descr}.*array '{name}'"):
+            nt.get_shape_and_dtype(name)
+    assert nt.get_shape_and_dtype("b") == ((2,), DType.U8)
+    assert nt.get_shape_and_dtype("u16") == ((2,), DType.U32)  # documented: u2 reads as U32
+    assert nt.get("i8", dtype=DType.I32).to_vec1() == [-1, 2]  # still readable with dtype=
+    w = cj.nn.VarBuilder.from_npz(tmp_path / "x.npz", dtype=DType.F32).get((1, 3), "u64")
+    assert np.asarray(w).tolist() == [[0, 1, 2]]
+
+
 def test_write_errors_and_atomic(tmp_path):
     p = tmp_path / "keep.npy"
     npy.write_npy(T(np.ones(2, np.float32)), p)

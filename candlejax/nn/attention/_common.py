@@ -213,15 +213,17 @@ def concrete_lengths(name: str, t: Any, arg: str) -> np.ndarray | None:
     return vals
 
 
-def check_window(name: str, window_left: Any, window_right: Any) -> tuple[int | None, int | None]:
-    """Candle's ``Option<usize>`` window sizes; a right window needs a left one."""
+def check_window(name: str, window_left: Any, window_right: Any,
+                 names: tuple[str, str] = ("window_size_left", "window_size_right")) -> tuple[int | None, int | None]:
+    """Candle's ``Option<usize>`` window sizes (errors name the arguments ``names``); a right window
+    needs a left one."""
     out = []
-    for n, w in (("window_size_left", window_left), ("window_size_right", window_right)):
+    for n, w in zip(names, (window_left, window_right), strict=True):
         if w is None:
             out.append(None)
             continue
-        if int(w) != w or int(w) < 0:
-            raise errors.Msg(f"{name}: {n} must be None or an int >= 0, got {w!r}")
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, np.integer)) or int(w) < 0:
+            raise errors.InvalidArgument(f"{name}: {n} must be None or an int >= 0, got {w!r}")
         out.append(int(w))
     if out[0] is None and out[1] is not None:
         raise errors.Msg(f"{name}: window_right specified without window_left")

@@ -30,16 +30,20 @@ _NAME = "flash_attn_varlen_cpu"
 
 def flash_attn_varlen_cpu(q: Any, k: Any, v: Any, alibi_slopes: Any, seqlens_q: Any, seqlens_k: Any,
                           max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
-                          window_size_left: int | None, window_size_right: int | None) -> Any:  # fmt: skip
+                          window_left: int | None = None, window_right: int | None = None, *,
+                          window_size_left: int | None = None,
+                          window_size_right: int | None = None) -> Any:  # fmt: skip
     """``flash_attn_varlen_cpu``: q ``(total_q, Hq, D)``, k/v ``(total_k, Hkv, D)`` packed back to back;
     ``seqlens_q`` / ``seqlens_k`` ``(B,)`` hold each sequence's length (not cumulative). Returns
     ``(total_q, Hq, D)`` in q's dtype (f32 or f16).
 
     In sequence ``b`` query ``i`` stands at key position ``i_k = i + lk - lq`` (aligned at the end).
-    ``causal`` keeps keys ``j <= i_k`` (and needs ``lk >= lq``); ``window_size_left`` /
-    ``window_size_right`` keep ``i_k - left <= j <= i_k + right`` (a left window alone also keeps
-    ``j <= i_k``). ``alibi_slopes`` ``(Hq,)`` adds ``-slope * max(i_k - j, 0)`` when causal,
-    ``-slope * |j - i_k|`` otherwise. A query that sees no key gives zeros.
+    ``causal`` keeps keys ``j <= i_k`` (and needs ``lk >= lq``); ``window_left`` / ``window_right``
+    (Candle's names here; ``window_size_left`` / ``window_size_right``, the names of
+    ``flash_attn_varlen_unfused``, are also accepted as keywords) keep
+    ``i_k - left <= j <= i_k + right`` (a left window alone also keeps ``j <= i_k``). ``alibi_slopes``
+    ``(Hq,)`` adds ``-slope * max(i_k - j, 0)`` when causal, ``-slope * |j - i_k|`` otherwise.
+    A query that sees no key gives zeros.
 
     ``max_seqlen_q`` / ``max_seqlen_k`` are not read when the lengths are concrete (eager, or constants
     under ``jax.jit``). With traced lengths they bound them (as flash-attn's CUDA kernel requires); an
@@ -50,7 +54,13 @@ def flash_attn_varlen_cpu(q: Any, k: Any, v: Any, alibi_slopes: Any, seqlens_q: 
     check_qkv(_NAME, qa, ka, va, 3, "(total, heads, head_dim)")
     if qa.dtype not in (jnp.float32, jnp.float16):
         raise errors.Msg(f"{_NAME} supports f32 or f16 only, got {qa.dtype}")
-    wl, wr = check_window(_NAME, window_size_left, window_size_right)
+    for cj_name, alias, a, b in (("window_left", "window_size_left", window_left, window_size_left),
+                                 ("window_right", "window_size_right", window_right, window_size_right)):
+        if a is not None and b is not None:
+            raise errors.InvalidArgument(f"{_NAME}: pass {cj_name} or {alias}, not both")
+    wl, wr = check_window(_NAME, window_size_left if window_left is None else window_left,
+                          window_size_right if window_right is None else window_right,
+                          ("window_left", "window_right"))  # fmt: skip
     total_q, hq, d = qa.shape
     total_k = ka.shape[0]
     slopes = None
