@@ -824,9 +824,10 @@ def repeat_kv(xs: Any, n_rep: int) -> Any:
     a = as_array(xs)
     if a.ndim != 4:
         raise errors.UnexpectedNumberOfDims(4, a.ndim, a.shape, "repeat_kv (batch, kv_heads, seq, head_dim)")
-    if int(n_rep) < 1:
+    n_rep = int_arg(n_rep, "repeat_kv", "n_rep")
+    if n_rep < 1:
         raise errors.Msg(f"repeat_kv: n_rep must be >= 1, got {n_rep}")
-    return wrap(_repeat_kv(a, int(n_rep)))
+    return wrap(_repeat_kv(a, n_rep))
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, window: int | None = None,
@@ -834,9 +835,13 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, windo
     """Bool ``(q_len, kv_len)``: True where query i (at absolute position ``offset + i``, default
     ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
     ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
-    kv_len = q_len if kv_len is None else int(kv_len)
+    q_len = int_arg(q_len, "causal_mask", "q_len")
+    kv_len = q_len if kv_len is None else int_arg(kv_len, "causal_mask", "kv_len")
+    if q_len < 0 or kv_len < 0:
+        raise errors.InvalidArgument(f"causal_mask: q_len and kv_len must be >= 0, got {q_len}, {kv_len}")
     off = (kv_len - q_len) if offset is None else _offset_arg(offset, "causal_mask")
-    return wrap(_position_keep(int(q_len), kv_len, off, causal, None if window is None else int(window)))
+    window = None if window is None else int_arg(window, "causal_mask", "window")
+    return wrap(_position_keep(q_len, kv_len, off, causal, window))
 
 
 def padding_mask(attention_mask: Any) -> Any:

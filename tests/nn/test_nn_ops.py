@@ -206,6 +206,19 @@ def test_sdpa_and_causal_mask_refuse_a_non_integer_offset():
     np.testing.assert_allclose(np.asarray(step(jnp.int32(0))), want, atol=1e-6)
 
 
+def test_causal_mask_and_repeat_kv_refuse_non_integer_lengths():
+    # Candle's lengths are usize: 1.5 was truncated to 1, True read as 1
+    for f in (lambda n: ops.causal_mask(n, 5), lambda n: ops.causal_mask(3, n),
+              lambda n: ops.causal_mask(3, 5, window=n), lambda n: ops.repeat_kv(_x(1, 2, 3, 4), n)):  # fmt: skip
+        for bad in (1.5, True, "2"):
+            with pytest.raises(cj.errors.NotAnInteger):
+                f(bad)
+    with pytest.raises(cj.errors.InvalidArgument, match="must be >= 0"):
+        ops.causal_mask(-1, 5)
+    np.testing.assert_array_equal(_np(ops.causal_mask(np.int64(2), 3, window=np.int32(1))), [[0, 1, 0], [0, 0, 1]])
+    assert _np(ops.repeat_kv(_x(1, 2, 3, 4), np.int64(2))).shape == (1, 4, 3, 4)
+
+
 def test_sdpa_gradients_vs_torch():
     q, k, v = _x(1, 2, 4, 8), _x(1, 2, 4, 8, seed=1), _x(1, 2, 4, 8, seed=2)
     gs = jax.jit(jax.grad(lambda q, k, v: jnp.sum(ops.sdpa(q, k, v, do_causal=True)._a ** 2), argnums=(0, 1, 2)))(
