@@ -36,6 +36,9 @@ from candlejax._jax_private import is_eager
 DEFAULT_SEED = 299792458
 
 _state: dict[Any, list[Any]] = {}  # device -> [seed, base key, counter]
+#: makes a draw's counter read-and-advance atomic across threads (Candle locks its CUDA generator:
+#: cuda_backend/device.rs ``curand: Arc<Mutex<CudaRng>>``), so two threads never share or skip a draw
+_lock = threading.Lock()
 _scopes = threading.local()  # .stack: list of [key, counter] pushed by key_scope
 
 
@@ -87,12 +90,19 @@ def next_key(device: Any, op: str) -> jax.Array:
             f" argument of the traced function instead, or wrap the code in"
             f" `with candlejax.random.key_scope(key):`"
         )
-    st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
-    if st[1] is None:
-        st[1] = _key_from_seed(st[0])
-    k = jax.random.fold_in(st[1], st[2])
-    st[2] += 1
-    return k
+    base, c = _take(device)
+    return jax.random.fold_in(base, c)
+
+
+def _take(device: Any) -> tuple[jax.Array, int]:
+    """``device``'s base key and the next draw's counter, advancing it (atomically across threads)."""
+    with _lock:
+        st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
+        if st[1] is None:
+            st[1] = _key_from_seed(st[0])
+        c = st[2]
+        st[2] += 1
+        return st[1], c
 
 
 def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
@@ -103,12 +113,7 @@ def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
     stack = getattr(_scopes, "stack", None)
     if stack or not is_eager():
         return next_key(device, op), None
-    st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
-    if st[1] is None:
-        st[1] = _key_from_seed(st[0])
-    c = st[2]
-    st[2] += 1
-    return st[1], c
+    return _take(device)
 
 
 def get_state(device: Any = None) -> tuple[int, int]:

@@ -1,0 +1,75 @@
+"""candlejax called from several Python threads at once (a serving thread pool sharing one model and
+the device generators): every thread gets the result it would get alone, and shared generators hand
+out each draw once (Candle's CUDA generator sits behind a Mutex: candle-core/src/cuda_backend/device.rs)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from candlejax import Device, Tensor, random
+from candlejax.nn import ops
+
+CPU = Device.Cpu
+THREADS = 4
+
+
+def _in_threads(fn: Callable[[int], Any], n: int = THREADS) -> list[Any]:
+    """``fn(i)`` in ``n`` threads released together; the results in thread order (a thread's
+    exception is raised here)."""
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+    errs: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            out[i] = fn(i)
+        except BaseException as e:  # re-raised in the caller
+            errs.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errs:
+        raise errs[0]
+    return out
+
+
+def _key_bits(k: Any) -> tuple[int, ...]:
+    return tuple(np.asarray(jax.random.key_data(k)).reshape(-1).tolist())
+
+
+def test_device_generator_hands_each_key_out_once_across_threads():
+    n = 300
+    CPU.set_seed(7)
+    alone = {_key_bits(random.next_key(CPU, "test")) for _ in range(THREADS * n)}
+    CPU.set_seed(7)
+    drawn = _in_threads(lambda i: [_key_bits(random.next_key(CPU, "test")) for _ in range(n)])
+    flat = [k for keys in drawn for k in keys]
+    assert len(set(flat)) == len(flat), "two threads drew the same key"
+    assert set(flat) == alone  # the same draws as one thread making them all, none skipped
+    assert random.get_state(CPU) == (7, THREADS * n)
+
+
+def test_randn_and_dropout_in_threads_draw_distinct_values():
+    n = 150
+    CPU.set_seed(11)
+    x = Tensor.ones((64,), device=CPU)
+
+    def work(i: int) -> list[tuple[float, ...]]:
+        out = []
+        for _ in range(n):
+            out.append(tuple(Tensor.randn(0.0, 1.0, (4,), CPU).to_vec1()))
+            out.append(tuple(ops.dropout(x, 0.5).to_vec1()))
+        return out
+
+    flat = [v for vals in _in_threads(work) for v in vals]
+    assert len(set(flat)) == len(flat), "two threads drew the same numbers"
+    assert random.get_state(CPU) == (11, THREADS * n * 2)
