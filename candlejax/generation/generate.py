@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -179,6 +180,7 @@ class StepProgram:
 
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
 _CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()
 
 
 def decode_fns(
@@ -192,19 +194,20 @@ def decode_fns(
     """The (cached) :class:`DecodeFns` for this step function and setup, so repeated
     :func:`generate` calls (a chat) reuse the compiled steps."""
     options = dict(compiler_options or {})
-    try:
-        key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
-        fns = _CACHE.get(key)
-    except TypeError:  # an unhashable step function or option value: no reuse across calls
-        return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
-    if fns is None:
-        fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
-        _CACHE[key] = fns
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return fns
+    key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
+    with _CACHE_LOCK:  # generate called from several threads: a lookup and its reordering or eviction as one
+        try:
+            fns = _CACHE.get(key)
+        except TypeError:  # an unhashable step function or option value: no reuse across calls
+            return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+        if fns is None:
+            fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+            _CACHE[key] = fns
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+        return fns
 
 
 def accepts_last(step_fn: Any) -> bool:

@@ -4,6 +4,7 @@ out each draw once (Candle's CUDA generator sits behind a Mutex: candle-core/src
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 
 from candlejax import Device, Tensor, random
+from candlejax.generation import generate
 from candlejax.nn import ops
 
 CPU = Device.Cpu
@@ -73,3 +75,47 @@ def test_randn_and_dropout_in_threads_draw_distinct_values():
     flat = [v for vals in _in_threads(work) for v in vals]
     assert len(set(flat)) == len(flat), "two threads drew the same numbers"
     assert random.get_state(CPU) == (11, THREADS * n * 2)
+
+
+class _SwitchingStep:
+    """A step function whose ``hash`` lets another thread run ``between`` (the ``n``-th hash from
+    now): a deterministic thread switch inside ``decode_fns``'s cache update."""
+
+    def __init__(self) -> None:
+        self.countdown = 0
+        self.between: Callable[[], None] = lambda: None
+        self.other: threading.Thread | None = None
+
+    def __call__(self, params: Any, cache: Any, tokens: Any, pos: Any) -> Any:
+        return jax.numpy.zeros((1, 8)), cache
+
+    def __hash__(self) -> int:
+        self.countdown -= 1
+        if self.countdown == 0:
+            self.other = threading.Thread(target=self.between)
+            self.other.start()
+            self.other.join(timeout=0.5)  # (it waits while this thread holds the cache)
+        return id(self) >> 4
+
+
+def test_generation_cache_survives_another_thread_evicting_the_entry():
+    gen = importlib.import_module("candlejax.generation.generate")
+    step = _SwitchingStep()
+    others = [_SwitchingStep() for _ in range(gen._CACHE_SIZE + 1)]
+    failures: list[BaseException] = []
+
+    def churn() -> None:  # another serving thread: generations with other steps fill the cache
+        try:
+            for s in others:
+                generate(s, {}, {}, [1], 0)
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    first = generate(step, {}, {}, [1], 0).fns
+    assert generate(step, {}, {}, [1], 0).fns is first  # cached
+    step.countdown, step.between = 2, churn  # between the lookup and the reordering of the next call
+    assert generate(step, {}, {}, [1], 0).fns is first
+    assert step.other is not None
+    step.other.join()
+    if failures:
+        raise failures[0]
