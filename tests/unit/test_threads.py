@@ -119,3 +119,48 @@ def test_generation_cache_survives_another_thread_evicting_the_entry():
     step.other.join()
     if failures:
         raise failures[0]
+
+
+class _SwitchingLabel(str):
+    """A label whose ``hash`` lets another thread run ``between`` on its ``n``-th call from now."""
+
+    countdown = 0
+    between: Callable[[], None] = staticmethod(lambda: None)
+
+    def __hash__(self) -> int:
+        type(self).countdown -= 1
+        if type(self).countdown == 0:
+            other = threading.Thread(target=type(self).between)
+            other.start()
+            other.join(timeout=0.5)
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other)
+
+
+def test_zero_shot_label_cache_survives_another_thread_evicting_the_labels(monkeypatch):
+    from candlejax.pipelines import zero_shot
+
+    monkeypatch.setattr(zero_shot.clip, "tokenize", lambda tok, labels, n: (labels, None))
+    monkeypatch.setattr(zero_shot.clip, "text_features_jit",
+                        lambda model, labels, mask: jax.numpy.ones((len(labels), 4)))  # fmt: skip
+    clf = zero_shot.ZeroShotClassifier.__new__(zero_shot.ZeroShotClassifier)
+    clf.cache_size, clf._text, clf.tokenizer = 1, {}, None
+    clf.model = type("M", (), {"text_model": type("T", (), {"max_position_embeddings": 8})})()
+    labels = [_SwitchingLabel("cat"), _SwitchingLabel("dog")]
+    first = clf.text_features(labels)
+    failures: list[BaseException] = []
+
+    def other_labels() -> None:  # another thread classifies against other labels: they take the one slot
+        try:
+            clf.text_features(["car", "bus"])
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    _SwitchingLabel.countdown, _SwitchingLabel.between = 3, staticmethod(other_labels)
+    try:
+        np.testing.assert_array_equal(np.asarray(clf.text_features(labels)), np.asarray(first))
+    finally:
+        _SwitchingLabel.countdown = 0
+    assert not failures
