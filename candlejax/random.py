@@ -16,6 +16,10 @@ key it is given::
         with random.key_scope(key):
             return x + Tensor.randn(0.0, 1.0, x.shape, x.device)
 
+A device's generator is shared by all threads: a draw reads and advances its counter atomically,
+so concurrent draws never repeat or skip one (which thread gets which draw follows scheduling; a
+:func:`key_scope`, which is per thread, gives a thread numbers of its own).
+
 Keys are threefry2x32 keys built from the full 64-bit seed, so ``set_seed(2**40)`` and
 ``set_seed(0)`` differ whether or not x64 mode is on.
 """
