@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pytest
 
 from candlejax import Device, Tensor, random
 from candlejax.generation import generate
@@ -164,3 +165,30 @@ def test_zero_shot_label_cache_survives_another_thread_evicting_the_labels(monke
     finally:
         _SwitchingLabel.countdown = 0
     assert not failures
+
+
+def test_text_generation_shared_by_threads_streams_each_prompt_as_alone(tmp_path):
+    """One TextGeneration serving new prompts (no ``continue_cache``) from several threads: each
+    call generates after its own fresh cache, the text it gives when run alone."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from candlejax import DType
+    from candlejax.models import llama
+    from candlejax.pipelines import TextGeneration
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
+    model = llama.Llama.from_pretrained(tmp_path, dtype=DType.F32)
+
+    class Ids:  # a tokenizer whose text is the ids
+        def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+            return "".join(f"{int(t)} " for t in ids)
+
+    tg = TextGeneration(model, Ids(), eos_token_ids=[], max_seq_len=48)
+    prompts = [[5 + i, 17, 3, 42 + i] for i in range(THREADS)]
+    alone = ["".join(tg.stream(p, 10)) for p in prompts]
+    assert len(set(alone)) == THREADS
+    for _ in range(3):
+        assert _in_threads(lambda i: "".join(tg.stream(prompts[i], 10))) == alone
