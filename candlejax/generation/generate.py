@@ -175,7 +175,19 @@ class StepProgram:
             if i or loaded is not program:
                 self.compiled = [loaded, *(p for p in programs if p is not program)]
             return out
-        return self.jitted(*args)
+        try:
+            return self.jitted(*args)
+        except (ValueError, RuntimeError) as e:
+            if "deleted or donated" in str(e) or "has been deleted" in str(e):
+                raise errors.DeletedBuffer("generate", _DONATED) from None
+            raise
+
+
+_DONATED = (
+    "an argument's buffer no longer exists, most likely a cache handed to an earlier generation: with"
+    " donate_cache=True (the default) generate takes over the cache passed in; continue from the earlier"
+    " generation's g.cache (start_pos=g.pos), make a new cache, or pass donate_cache=False to keep it"
+)
 
 
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
