@@ -120,6 +120,24 @@ def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
     return _take(device)
 
 
+def reserve(device: Any) -> tuple[int, int]:
+    """``(seed, counter)`` of ``device``'s next draw, advancing the generator past it (atomically), for
+    a compiled step that folds the counter in itself; :func:`release` gives it back if unused."""
+    with _lock:
+        st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
+        c = st[2]
+        st[2] += 1
+        return st[0], c
+
+
+def release(device: Any, seed: int, counter: int) -> None:
+    """Give back the draw :func:`reserve` returned, when nothing was drawn (or seeded) since."""
+    with _lock:
+        st = _state.get(_dev_key(device))
+        if st is not None and st[0] == seed and st[2] == counter + 1:
+            st[2] = counter
+
+
 def get_state(device: Any = None) -> tuple[int, int]:
     """``(seed, counter)`` of ``device``'s generator, for checkpoints."""
     st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])

@@ -192,3 +192,36 @@ def test_text_generation_shared_by_threads_streams_each_prompt_as_alone(tmp_path
     assert len(set(alone)) == THREADS
     for _ in range(3):
         assert _in_threads(lambda i: "".join(tg.stream(prompts[i], 10))) == alone
+
+
+def test_training_step_with_dropout_and_other_threads_drawing_share_the_generator():
+    """A training thread (dropout in the loss: one key per step from the device generator) next to
+    threads drawing ``randn``: every draw is counted, none handed out twice."""
+    from candlejax import DType, nn
+    from candlejax.nn import SGD, VarBuilder, VarMap, loss
+
+    CPU.set_seed(5)
+    varmap = VarMap.new()
+    lin = nn.linear(8, 4, VarBuilder.from_varmap(varmap, DType.F32, CPU).pp("l"))
+    x = Tensor.ones((2, 8), DType.F32, CPU)
+    y = Tensor.new(np.array([0, 1], np.uint32))
+    drop = nn.Dropout.new(0.5)
+
+    def with_dropout(m: Any, x: Any, y: Any) -> Any:
+        return loss.cross_entropy(drop.forward_t(m.forward(x), True), y)
+
+    opt = SGD.new(varmap.all_vars(), 0.0)
+    opt.backward_step(with_dropout, lin, x, y)  # compiled before the threads start
+    steps, draws = 40, 100
+    start = random.get_state(CPU)[1]
+
+    def work(i: int) -> list[tuple[float, ...]]:
+        if i == 0:
+            for _ in range(steps):
+                opt.backward_step(with_dropout, lin, x, y)
+            return []
+        return [tuple(Tensor.randn(0.0, 1.0, (4,), CPU).to_vec1()) for _ in range(draws)]
+
+    flat = [v for vals in _in_threads(work) for v in vals]
+    assert len(set(flat)) == len(flat), "two draws got the same key"
+    assert random.get_state(CPU) == (5, start + steps + (THREADS - 1) * draws)
