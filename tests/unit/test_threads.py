@@ -225,3 +225,24 @@ def test_training_step_with_dropout_and_other_threads_drawing_share_the_generato
     flat = [v for vals in _in_threads(work) for v in vals]
     assert len(set(flat)) == len(flat), "two draws got the same key"
     assert random.get_state(CPU) == (5, start + steps + (THREADS - 1) * draws)
+
+
+def test_generate_greedy_and_seeded_in_threads_gives_each_call_its_own_tokens():
+    """Serving threads sharing one model: each ``generate`` (greedy, or sampled with its own seeded
+    LogitsProcessor) yields the tokens it yields alone."""
+    from candlejax.generation import LogitsProcessor, Sampling
+
+    r = np.random.default_rng(0)
+    params = {"W": jax.numpy.asarray(r.normal(size=(32, 32)).astype(np.float32) * 3)}
+
+    def step(params: Any, cache: Any, tokens: Any, pos: Any) -> Any:
+        buf = jax.lax.dynamic_update_slice(cache, tokens.astype(np.int32), (0, pos))
+        return params["W"][tokens[:, -1]] + 0.05 * buf.sum(), buf
+
+    def run(i: int) -> list[int]:
+        proc = None if i % 2 == 0 else LogitsProcessor.from_sampling(40 + i, Sampling.TopKThenTopP(8, 0.9, 1.0))
+        return list(generate(step, params, jax.numpy.zeros((1, 64), np.int32), [1 + i, 2, 3], 24, proc))
+
+    alone = [run(i) for i in range(THREADS)]
+    for _ in range(3):
+        assert _in_threads(run) == alone
