@@ -246,3 +246,24 @@ def test_generate_greedy_and_seeded_in_threads_gives_each_call_its_own_tokens():
     alone = [run(i) for i in range(THREADS)]
     for _ in range(3):
         assert _in_threads(run) == alone
+
+
+def test_varmap_get_from_two_threads_returns_the_one_var_it_keeps():
+    """Two threads creating the same Var (Candle's ``VarMap::get`` holds the map's Mutex throughout):
+    both get the Var the map keeps, so training ``all_vars()`` trains what both models use."""
+    from candlejax import DType
+    from candlejax.nn import Init, VarMap
+
+    varmap = VarMap.new()
+    got: list[Any] = []
+
+    class SlowInit:  # while this thread samples, another thread creates the same Var
+        def sample(self, *args: Any) -> Any:
+            other = threading.Thread(target=lambda: got.append(varmap.get((2, 3), "w", Init.Const(1.0),
+                                                                              DType.F32, CPU)))  # fmt: skip
+            other.start()
+            other.join()
+            return Init.Const(1.0).sample(*args)
+
+    mine = varmap.get((2, 3), "w", SlowInit(), DType.F32, CPU)
+    assert mine is got[0] is varmap.data()["w"]
