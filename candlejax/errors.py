@@ -581,12 +581,12 @@ class InvalidDevice(Msg):
 class DeletedBuffer(Msg):
     """A Tensor whose buffer was donated to an optimizer step or a jitted function (a ``Var.as_tensor()``)."""
 
-    def __init__(self, op: str = ""):
+    def __init__(self, op: str = "", detail: str | None = None):
         super().__init__(
-            (f"{op}: " if op else "") + "a Tensor's buffer was donated to an optimizer step (or to a jitted"
+            (f"{op}: " if op else "") + (detail or "a Tensor's buffer was donated to an optimizer step (or to a jitted"
             " function's donate_argnums) and no longer exists (Var.as_tensor() and arrays taken from a Var share"
             " its buffer): use the Var itself, which follows the updates, or the model the step returned, or keep"
-            " a copy taken before the step (t.copy())"
+            " a copy taken before the step (t.copy())")
         )
 
 

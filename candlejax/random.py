@@ -16,6 +16,10 @@ key it is given::
         with random.key_scope(key):
             return x + Tensor.randn(0.0, 1.0, x.shape, x.device)
 
+A device's generator is shared by all threads: a draw reads and advances its counter atomically,
+so concurrent draws never repeat or skip one (which thread gets which draw follows scheduling; a
+:func:`key_scope`, which is per thread, gives a thread numbers of its own).
+
 Keys are threefry2x32 keys built from the full 64-bit seed, so ``set_seed(2**40)`` and
 ``set_seed(0)`` differ whether or not x64 mode is on.
 """
@@ -36,6 +40,9 @@ from candlejax._jax_private import is_eager
 DEFAULT_SEED = 299792458
 
 _state: dict[Any, list[Any]] = {}  # device -> [seed, base key, counter]
+#: makes a draw's counter read-and-advance atomic across threads (Candle locks its CUDA generator:
+#: cuda_backend/device.rs ``curand: Arc<Mutex<CudaRng>>``), so two threads never share or skip a draw
+_lock = threading.Lock()
 _scopes = threading.local()  # .stack: list of [key, counter] pushed by key_scope
 
 
@@ -87,12 +94,19 @@ def next_key(device: Any, op: str) -> jax.Array:
             f" argument of the traced function instead, or wrap the code in"
             f" `with candlejax.random.key_scope(key):`"
         )
-    st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
-    if st[1] is None:
-        st[1] = _key_from_seed(st[0])
-    k = jax.random.fold_in(st[1], st[2])
-    st[2] += 1
-    return k
+    base, c = _take(device)
+    return jax.random.fold_in(base, c)
+
+
+def _take(device: Any) -> tuple[jax.Array, int]:
+    """``device``'s base key and the next draw's counter, advancing it (atomically across threads)."""
+    with _lock:
+        st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
+        if st[1] is None:
+            st[1] = _key_from_seed(st[0])
+        c = st[2]
+        st[2] += 1
+        return st[1], c
 
 
 def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
@@ -103,12 +117,25 @@ def next_key_parts(device: Any, op: str) -> tuple[jax.Array, int | None]:
     stack = getattr(_scopes, "stack", None)
     if stack or not is_eager():
         return next_key(device, op), None
-    st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
-    if st[1] is None:
-        st[1] = _key_from_seed(st[0])
-    c = st[2]
-    st[2] += 1
-    return st[1], c
+    return _take(device)
+
+
+def reserve(device: Any) -> tuple[int, int]:
+    """``(seed, counter)`` of ``device``'s next draw, advancing the generator past it (atomically), for
+    a compiled step that folds the counter in itself; :func:`release` gives it back if unused."""
+    with _lock:
+        st = _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])
+        c = st[2]
+        st[2] += 1
+        return st[0], c
+
+
+def release(device: Any, seed: int, counter: int) -> None:
+    """Give back the draw :func:`reserve` returned, when nothing was drawn (or seeded) since."""
+    with _lock:
+        st = _state.get(_dev_key(device))
+        if st is not None and st[0] == seed and st[2] == counter + 1:
+            st[2] = counter
 
 
 def get_state(device: Any = None) -> tuple[int, int]:

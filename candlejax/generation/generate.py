@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -174,11 +175,24 @@ class StepProgram:
             if i or loaded is not program:
                 self.compiled = [loaded, *(p for p in programs if p is not program)]
             return out
-        return self.jitted(*args)
+        try:
+            return self.jitted(*args)
+        except (ValueError, RuntimeError) as e:
+            if "deleted or donated" in str(e) or "has been deleted" in str(e):
+                raise errors.DeletedBuffer("generate", _DONATED) from None
+            raise
+
+
+_DONATED = (
+    "an argument's buffer no longer exists, most likely a cache handed to an earlier generation: with"
+    " donate_cache=True (the default) generate takes over the cache passed in; continue from the earlier"
+    " generation's g.cache (start_pos=g.pos), make a new cache, or pass donate_cache=False to keep it"
+)
 
 
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
 _CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()
 
 
 def decode_fns(
@@ -192,19 +206,20 @@ def decode_fns(
     """The (cached) :class:`DecodeFns` for this step function and setup, so repeated
     :func:`generate` calls (a chat) reuse the compiled steps."""
     options = dict(compiler_options or {})
-    try:
-        key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
-        fns = _CACHE.get(key)
-    except TypeError:  # an unhashable step function or option value: no reuse across calls
-        return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
-    if fns is None:
-        fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
-        _CACHE[key] = fns
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return fns
+    key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
+    with _CACHE_LOCK:  # generate called from several threads: a lookup and its reordering or eviction as one
+        try:
+            fns = _CACHE.get(key)
+        except TypeError:  # an unhashable step function or option value: no reuse across calls
+            return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+        if fns is None:
+            fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+            _CACHE[key] = fns
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+        return fns
 
 
 def accepts_last(step_fn: Any) -> bool:

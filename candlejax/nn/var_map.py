@@ -46,6 +46,14 @@ def name_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (2**63), zlib.crc32(name.encode())])
 
 
+def _same_shape(existing: Var, shape: Any, path: str) -> Var:
+    """``existing``, when it has the requested shape (Candle's ``shape mismatch`` error otherwise)."""
+    if tuple(existing.shape) != shape:
+        # Candle's text: the requested shape, then the existing Var's
+        raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(shape)} <> {fmt_shape(existing.shape)}")
+    return existing
+
+
 class VarMap:
     """Name -> Var store backing ``VarBuilder.from_varmap`` (Candle's ``VarMap``).
 
@@ -69,10 +77,7 @@ class VarMap:
         shape = as_shape(shape)
         existing = self._data.get(path)
         if existing is not None:
-            if tuple(existing.shape) != shape:
-                # Candle's text: the requested shape, then the existing Var's
-                raise errors.VarMapError(f"shape mismatch on {path}: {fmt_shape(shape)} <> {fmt_shape(existing.shape)}")
-            return existing
+            return _same_shape(existing, shape, path)
         dt = check_width(to_dtype(dtype))
         check_init(init, "VarMap.get")
         init = Const(0.0) if init is None else init
@@ -84,8 +89,9 @@ class VarMap:
                 raise
             raise oom from e
         v = Var._make(a, path)
-        self._data[path] = v
-        return v
+        # another thread may have created it meanwhile (Candle holds the map's Mutex throughout): keep one
+        kept = self._data.setdefault(path, v)
+        return v if kept is v else _same_shape(kept, shape, path)
 
     # --- access --------------------------------------------------------------------------------
     def all_vars(self) -> list[Var]:

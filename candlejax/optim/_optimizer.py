@@ -604,6 +604,8 @@ class Optimizer:
         try:
             out = fn(sp.treedef, sp.slots, statics, params, rest_arrays, state, self._lr_arg(), batch, rng)
         except Exception as exc:
+            if isinstance(rng, tuple):  # the draw reserved for the step goes back
+                _random.release(*self._rng_src)
             if not isinstance(exc, jax.errors.JaxRuntimeError):  # not a failure while running (a lost peer)
                 self._check_alive(sp, state)  # a donated (deleted) buffer: say which and what to do instead
             if isinstance(exc, ValueError) and "incompatible devices" in str(exc) and _on_mesh(params):
@@ -614,9 +616,8 @@ class Optimizer:
             if e is not None:
                 raise e from None
             raise
-        if used[0] and isinstance(rng, tuple):  # the step drew from the device generator: advance it
-            dev, seed, counter = self._rng_src
-            _random.set_state(dev, (seed, counter + 1))
+        if not used[0] and isinstance(rng, tuple):  # the step drew nothing: the reserved draw goes back
+            _random.release(*self._rng_src)
         *out, stats = out
         rest = sp.rest
         if stats:
@@ -637,7 +638,9 @@ class Optimizer:
         if not is_eager():
             return None
         dev = _device_of(batch, params)
-        seed, counter = _random.get_state(dev)
+        # the draw is reserved now (other threads may draw from the generator during the step), and
+        # given back after it unless the loss function drew from it
+        seed, counter = _random.reserve(dev)
         cache = self._rng_cache
         if cache is None or cache[0] != (dev, seed, counter):
             data = jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], jnp.uint32)

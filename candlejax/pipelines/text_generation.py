@@ -160,21 +160,26 @@ class TextGeneration:
 
     def _stream(self, ids: list[int], max_new_tokens: int, processor: Any, *, repeat_penalty: float,
                 repeat_last_n: int, continue_cache: bool, after_prompt: bool = False) -> Iterator[str]:  # fmt: skip
+        # the call's own cache, position and history (a new conversation: a fresh cache, so threads
+        # sharing the pipeline for separate prompts never feed each other's cache)
         if not continue_cache or self.cache is None:
             self.cache, self.pos, self.history = None, 0, []
+            cache, pos, history = None, 0, []
+        else:
+            cache, pos, history = self.cache, self.pos, self.history
         ids = [*(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
-        if self.pos + len(ids) > self.max_seq_len:
+        if pos + len(ids) > self.max_seq_len:
             raise errors.Msg(
-                f"the prompt ({len(ids)} tokens after {self.pos} in the cache) does not fit the cache of"
+                f"the prompt ({len(ids)} tokens after {pos} in the cache) does not fit the cache of"
                 f" {self.max_seq_len} positions; shorten it, reset() the conversation or raise max_seq_len"
             )
-        self.model.check_positions(self.pos, len(ids))
-        if self.cache is None:
-            self.cache = self.model.new_cache(1, self.max_seq_len)
+        self.model.check_positions(pos, len(ids))
+        if cache is None:
+            cache = self.model.new_cache(1, self.max_seq_len)
         from candlejax.models import llama
 
-        gen = generate(llama.step, self.model, self.cache, ids, max_new_tokens, processor, self.eos_token_ids or None,
-                       start_pos=self.pos, context_tokens=self.history, repeat_penalty=repeat_penalty,
+        gen = generate(llama.step, self.model, cache, ids, max_new_tokens, processor, self.eos_token_ids or None,
+                       start_pos=pos, context_tokens=history, repeat_penalty=repeat_penalty,
                        repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
         self.cache = None  # donated to the generation
         self.generation = gen
@@ -189,7 +194,7 @@ class TextGeneration:
                 yield rest
         finally:
             self.cache, self.pos = gen.cache, gen.pos
-            seq = [*self.history, *ids, *gen.tokens]
+            seq = [*history, *ids, *gen.tokens]
             if gen.finish_reason == "eos":  # the EOS ended the reply (not yielded): the cache may hold it
                 seq.append(gen.last_token)
             self.history = seq[: gen.pos]  # exactly the tokens the cache holds

@@ -72,13 +72,18 @@ class ZeroShotClassifier:
             )
         if not key:
             raise errors.Msg("ZeroShotClassifier: the label list is empty; give at least one label")
-        if key in self._text:
-            return self._text[key]
+        # one lookup, and evictions that tolerate a key gone already: threads may share the classifier
+        feats = self._text.get(key)
+        if feats is not None:
+            return feats
         ids, mask = clip.tokenize(self.tokenizer, key, self.model.text_model.max_position_embeddings)
         feats = _unit(unwrap(clip.text_features_jit(self.model, ids, mask)))
-        if self.cache_size > 0:  # 0: nothing kept (popping from the empty cache raised StopIteration)
-            if len(self._text) >= self.cache_size:
-                self._text.pop(next(iter(self._text)))
+        if self.cache_size > 0:  # 0: nothing kept
+            while len(self._text) >= self.cache_size:
+                try:
+                    self._text.pop(next(iter(self._text)), None)
+                except (StopIteration, RuntimeError):  # emptied or changed meanwhile by another thread
+                    break
             self._text[key] = feats
         return feats
 

@@ -641,6 +641,17 @@ def test_generate_tensor_tokens_and_errors():
         generate(step, params, cj.nn.StackedKvCache.new(1, 2, 1, 8, 4), [1, 2], 4)
 
 
+@pytest.mark.parametrize("processor", [None, lambda row: int(np.argmax(np.asarray(row.jax)))], ids=["fused", "host"])
+def test_generate_with_a_cache_donated_to_an_earlier_generation_raises(processor):
+    """``donate_cache`` (the default) hands the cache to the generation: feeding it to a second one
+    raised XLA's bare ``ValueError: ... Buffer has been deleted or donated``."""
+    params, fresh, step, _ = _SHARED
+    cache = fresh()
+    list(generate(step, params, cache, [1, 2], 3, processor))
+    with pytest.raises(cj.errors.DeletedBuffer, match=r"generate: .*donate_cache.*g\.cache"):
+        list(generate(step, params, cache, [1, 2], 3, processor))
+
+
 def test_generate_refuses_transformers_options_it_does_not_have():
     """transformers' ``generate`` keywords that ``generate`` lacks (``attention_mask``, ``max_length``,
     ``do_sample``, ...) raise a candlejax error naming the keyword and what to use instead, never
