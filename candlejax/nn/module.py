@@ -37,7 +37,7 @@ from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor._core import TensorBase, _concrete, unwrap, wrap
 
 __all__ = [
     "Buffer",
@@ -244,6 +244,19 @@ class NamedTensor(Tensor):
         v._a = a
         v.name = name
         return v
+
+    def __reduce__(self) -> Any:
+        """pickle: a handle of the same class, name and value (``nn.Parameter`` pickles as a Parameter)."""
+        return (type(self)._make, (_concrete(self._a, "pickle"), self.name))
+
+    def __copy__(self) -> Any:
+        """``copy.copy(v)``: a new handle on the same buffer."""
+        return type(self)._make(self._a, self.name)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """``copy.deepcopy(v)``: a new handle with its own buffer (as ``nn.Parameter``'s deepcopy), so
+        ``set`` on one leaves the other alone; Modules and VarMaps copied together keep sharing it."""
+        return type(self)._make(copy.deepcopy(self._a, memo), self.name)
 
     def as_tensor(self) -> Tensor:
         """The current value as a plain Tensor (shares the buffer: a snapshot that a later donating

@@ -10,6 +10,7 @@ provides: ``wrap``, ``TensorBase`` (``_a``, ``_wrap``, ``dtype``, ``shape``, ``d
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from typing import Any
@@ -151,6 +152,17 @@ class TensorBase:
         # np.array(t) asks for a copy (copy=True): a fresh writable array, as np.array(jax_array) gives
         return out.copy() if copy else out
 
+    def __reduce__(self) -> Any:
+        """pickle: the values, dtype and device (as ``pickle.dumps(torch_tensor)``); a traced Tensor raises."""
+        return (wrap, (_concrete(self._a, "pickle"),))
+
+    def __copy__(self) -> Any:
+        return wrap(self._a)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """``copy.deepcopy(t)``: a Tensor with its own buffer (``torch.Tensor.__deepcopy__``); traced ones too."""
+        return wrap(copy.deepcopy(self._a, memo))
+
     def __len__(self) -> int:
         if not self._a.shape:
             raise TypeError("len() of a rank-0 tensor")
@@ -189,6 +201,16 @@ def aval(a: Any) -> Any:
         return a.aval
     except AttributeError:
         return a
+
+
+def _concrete(a: Any, op: str) -> Any:
+    """``a`` itself; a tracer raises TracingError naming ``op``."""
+    if isinstance(a, jax.core.Tracer):
+        raise errors.TracingError(
+            f"{op}: cannot serialize a traced Tensor ({a.dtype}{list(a.shape)}) inside jax.jit/grad/vmap; return it"
+            " from the traced function and pickle it outside"
+        )
+    return a
 
 
 def _tracer_device(a: Any) -> Device:

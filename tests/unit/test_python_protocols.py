@@ -1,0 +1,89 @@
+"""Python object protocols on Tensor, Var, Module and VarMap (pickle, copy, ...), checked against what
+PyTorch does for its tensors and ``nn.Parameter``s."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from candlejax import Device, DType, Tensor, Var, nn
+
+
+def _vals(t) -> np.ndarray:
+    return np.asarray(t, dtype=np.float64)
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_var_round_trips_as_a_var(how) -> None:
+    # torch: pickle / copy / deepcopy of an nn.Parameter give an nn.Parameter with the same values
+    src = np.array([1.5, -2.0, 3.25], np.float32)
+    p = torch.nn.Parameter(torch.tensor(src))
+    v = Var(src, name="lin.weight")
+    do = {"pickle": lambda o: pickle.loads(pickle.dumps(o)), "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    pc, vc = do(p), do(v)
+    assert isinstance(pc, torch.nn.Parameter)
+    assert type(vc) is Var and vc is not v
+    assert vc.name == "lin.weight" and vc.dtype == DType.F32 and vc.shape == (3,) and vc.device == Device.Cpu
+    np.testing.assert_array_equal(_vals(vc), pc.detach().numpy().astype(np.float64))
+
+
+def test_deepcopied_var_is_a_separate_handle() -> None:
+    # torch: a deepcopy of a Parameter owns its storage; setting the copy leaves the original alone
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    pc = copy.deepcopy(p)
+    with torch.no_grad():
+        pc.copy_(torch.tensor([5.0, 6.0]))
+    v = Var(np.array([1.0, 2.0], np.float32), name="w")
+    vc = copy.deepcopy(v)
+    vc.set(Tensor(np.array([5.0, 6.0], np.float32)))
+    np.testing.assert_array_equal(_vals(v), p.detach().numpy())
+    np.testing.assert_array_equal(_vals(vc), pc.detach().numpy())
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_module_on_a_varmap_round_trips_with_its_varmap(how) -> None:
+    vm = nn.VarMap()
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    lin = nn.linear(3, 2, vb.pp("lin"))
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    w = np.asarray(lin.weight, np.float64)
+    b = np.asarray(lin.bias, np.float64)
+    want = np.arange(6, dtype=np.float64).reshape(2, 3) @ w.T + b
+    do = {"pickle": lambda o: pickle.loads(pickle.dumps(o)), "deepcopy": copy.deepcopy}[how]
+    vm2, lin2 = do((vm, lin))
+    np.testing.assert_allclose(_vals(lin2.forward(x)), want, rtol=1e-6)
+    assert sorted(vm2.data()) == ["lin.bias", "lin.weight"]
+    # the copies still share their Vars, as the originals do; the originals are untouched
+    assert vm2.data()["lin.weight"] is lin2.weight
+    vm2.set_one("lin.weight", np.zeros((2, 3), np.float32))
+    np.testing.assert_allclose(_vals(lin2.forward(x)), np.broadcast_to(b, (2, 2)), rtol=1e-6)
+    np.testing.assert_allclose(_vals(lin.forward(x)), want, rtol=1e-6)
+
+
+def test_tensor_pickle_and_copies_keep_values_dtype_shape_eagerly_and_traced() -> None:
+    import jax
+
+    from candlejax import errors
+
+    src = np.array([[1.0, -2.5], [3.0, 0.125]], np.float32)
+    t = Tensor(src).to_dtype(DType.BF16)
+    want = torch.tensor(src).to(torch.bfloat16)
+    for c in (pickle.loads(pickle.dumps(t)), copy.copy(t), copy.deepcopy(t)):
+        assert type(c) is Tensor and c.dtype == DType.BF16 and c.shape == (2, 2) and c.device == Device.Cpu
+        np.testing.assert_array_equal(_vals(c), pickle.loads(pickle.dumps(want)).float().numpy())
+    seen = {}
+
+    def f(x):
+        seen["copy"] = copy.copy(x).shape, copy.deepcopy(x).shape
+        with pytest.raises(errors.TracingError, match="pickle"):
+            pickle.dumps(x)
+        with pytest.raises(errors.TracingError, match="pickle"):
+            pickle.dumps(Var(x, name="w"))
+        return x
+
+    jax.jit(f)(t)
+    assert seen["copy"] == ((2, 2), (2, 2))
