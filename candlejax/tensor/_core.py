@@ -34,7 +34,7 @@ _Tensor: Any = None  # set by candlejax.tensor once Tensor exists
 class TensorBase:
     """Holds one ``jax.Array`` (or a tracer under jit) in ``_a``. Immutable."""
 
-    __slots__ = ("_a",)
+    __slots__ = ("__weakref__", "_a")  # weakref.ref(t), as for torch tensors and numpy arrays
 
     _a: Any
 
@@ -148,6 +148,11 @@ class TensorBase:
             )
         out = np.asarray(self._a)  # a read-only view of the buffer on the CPU
         if dtype is not None and np.dtype(dtype) != out.dtype:
+            if copy is False:  # numpy 2's contract, as jax.Array's __array__ keeps it
+                raise errors.Msg(
+                    f"__array__: copy=False, but converting a {self.dtype.as_str()} Tensor to {np.dtype(dtype)}"
+                    " needs a copy; use np.asarray(t, dtype) or t.to_dtype(..) first"
+                )
             return out.astype(dtype)
         # np.array(t) asks for a copy (copy=True): a fresh writable array, as np.array(jax_array) gives
         return out.copy() if copy else out

@@ -485,9 +485,16 @@ class ConvertMixin(TensorBase):
         return format_tensor(self)
 
     def __format__(self, spec: str) -> str:
-        """``f"{t:.3f}"`` formats the value of a one-element tensor; otherwise ``str(t)``."""
-        if spec and not isinstance(self._a, _Tracer) and self._a.size == 1:
-            return format(self.item(), spec)
+        """``f"{t:.3f}"`` formats the value of a one-element tensor; an empty spec gives ``str(t)``. A spec
+        on more elements raises a TypeError, as for numpy arrays and torch tensors."""
+        if spec and not isinstance(self._a, _Tracer):
+            if self._a.size == 1:
+                return format(self.item(), spec)
+            raise errors.ArgumentType(
+                f"unsupported format string {spec!r} passed to Tensor.__format__: a spec formats the value of a"
+                f" one-element tensor, this one has shape {errors.fmt_shape(self._a.shape)} (use f\"{{t}}\", or"
+                " format the values of t.to_list())"
+            )
         return format_tensor(self)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:

@@ -87,3 +87,55 @@ def test_tensor_pickle_and_copies_keep_values_dtype_shape_eagerly_and_traced() -
 
     jax.jit(f)(t)
     assert seen["copy"] == ((2, 2), (2, 2))
+
+
+def test_format_spec_on_many_elements_raises_as_numpy_and_torch() -> None:
+    # torch / numpy / candle-pyo3: a format spec on a multi-element tensor is a TypeError, not ignored
+    src = np.array([1.5, -2.25], np.float32)
+    for ref in (src, torch.tensor(src)):
+        with pytest.raises(TypeError):
+            format(ref, ".2f")
+    with pytest.raises(TypeError, match="format"):
+        format(Tensor(src), ".2f")
+    with pytest.raises(TypeError, match="format"):
+        f"{Tensor(src):>40}"
+    # an empty spec prints the tensor; a one-element tensor formats its value (numpy's 0-d array)
+    assert f"{Tensor(src)}" == str(Tensor(src))
+    assert format(Tensor(np.array(2.5, np.float32)), ".2f") == format(np.array(2.5, np.float32), ".2f") == "2.50"
+
+
+def test_array_copy_false_refuses_a_converting_copy() -> None:
+    # numpy 2 (and jax.Array.__array__): copy=False raises ValueError when a copy is needed
+    src = np.array([1.0, 2.0], np.float32)
+    for ref in (src, torch.tensor(src).numpy()):
+        with pytest.raises(ValueError):
+            np.asarray(ref, dtype=np.float64, copy=False)
+    t = Tensor(src)
+    with pytest.raises(ValueError):
+        np.asarray(t, dtype=np.float64, copy=False)
+    with pytest.raises(ValueError):
+        t.__array__(np.float64, copy=False)
+    np.testing.assert_array_equal(np.asarray(t, copy=False), src)
+    np.testing.assert_array_equal(np.asarray(t, dtype=np.float64), src.astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(t, dtype=np.float32, copy=False), src)
+    c = np.array(t)
+    c[0] = 7.0  # np.array copies: writable, the tensor unchanged
+    assert t.to_vec1() == [1.0, 2.0]
+
+
+def test_weakref_to_tensors_and_vars() -> None:
+    import gc
+    import weakref
+
+    # torch tensors and numpy arrays take weak references (caches, finalizers)
+    weakref.ref(torch.zeros(1))
+    weakref.ref(np.zeros(1))
+    t = Tensor(np.zeros(2, np.float32))
+    v = Var(np.zeros(2, np.float32), name="w")
+    rt, rv = weakref.ref(t), weakref.ref(v)
+    assert rt() is t and rv() is v
+    done = []
+    weakref.finalize(t, done.append, "t")
+    del t, v
+    gc.collect()
+    assert rt() is None and rv() is None and done == ["t"]
