@@ -312,6 +312,20 @@ class NamedTensor(Tensor):
         self._set_value(a)
         return self
 
+    # ``v -= lr * g`` updates the handle, as PyTorch's in-place ops on a Parameter (a plain Tensor rebinds)
+    def __iadd__(self, rhs: Any) -> Any:
+        """``v += x``: ``v.set(v + x)``; the VarMap, Modules and optimizer holding ``v`` see the change."""
+        return self.set(self + rhs)
+
+    def __isub__(self, rhs: Any) -> Any:
+        return self.set(self - rhs)
+
+    def __imul__(self, rhs: Any) -> Any:
+        return self.set(self * rhs)
+
+    def __itruediv__(self, rhs: Any) -> Any:
+        return self.set(self / rhs)
+
     def _set_value(self, a: Any) -> None:
         """Point the handle at ``a`` (no checks but the tracer-leak one)."""
         if _tracer(a) and not _tracer(self._a):

@@ -139,3 +139,42 @@ def test_weakref_to_tensors_and_vars() -> None:
     del t, v
     gc.collect()
     assert rt() is None and rv() is None and done == ["t"]
+
+
+def test_augmented_assignment_on_a_var_updates_the_shared_handle() -> None:
+    # torch: `p -= lr * g` (under no_grad) updates the Parameter the model holds
+    w0 = np.array([[1.0, -2.0]], np.float32)
+    g = np.array([[0.5, 0.25]], np.float32)
+    lin_t = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin_t.weight.copy_(torch.tensor(w0))
+        p = lin_t.weight
+        p -= 0.1 * torch.tensor(g)
+        p *= 2.0
+        p += 1.0
+        p /= 4.0
+    want = lin_t.weight.detach().numpy().astype(np.float64)
+
+    vm = nn.VarMap()
+    lin = nn.linear_no_bias(2, 1, nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu).pp("l"))
+    vm.set_one("l.weight", w0)
+    v = lin.weight
+    v -= 0.1 * Tensor(g)
+    v *= 2.0
+    v += 1.0
+    v /= 4.0
+    assert v is lin.weight and type(v) is Var
+    np.testing.assert_allclose(_vals(lin.weight), want, rtol=1e-6)
+    np.testing.assert_allclose(_vals(vm.data()["l.weight"]), want, rtol=1e-6)
+    # a plain Tensor is a value: `t += 1` rebinds the name, other names keep the old value (jax.Array)
+    t = Tensor(w0)
+    u = t
+    t += 1.0
+    np.testing.assert_array_equal(_vals(u), w0)
+    np.testing.assert_array_equal(_vals(t), w0 + 1)
+    # a result that does not fit the Var raises instead of rebinding the name to a Tensor
+    from candlejax import errors
+
+    with pytest.raises(errors.ShapeMismatchBinaryOp):
+        v += Tensor(np.ones((3, 1, 2), np.float32))
+    assert v is lin.weight
