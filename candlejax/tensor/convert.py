@@ -454,6 +454,17 @@ class ConvertMixin(TensorBase):
     def __int__(self) -> int:
         return int(self.item())
 
+    def __index__(self) -> int:
+        """``operator.index(t)`` (``range(t)``, ``lst[t]``) for a 0-d integer tensor, as numpy's and
+        JAX's 0-d integer arrays; floats and other ranks raise TypeError (use ``int(t)`` there)."""
+        a = self._a
+        if a.ndim != 0 or not self.dtype.is_int():
+            raise errors.ArgumentType(
+                f"only a 0-d integer tensor can be used as an index, got {self.dtype.as_str()}"
+                f"{errors.fmt_shape(a.shape)} (use int(t) for a one-element tensor)"
+            )
+        return int(self.item())
+
     def numpy(self) -> np.ndarray:
         """A numpy array of the values, zero-copy (read-only) for CPU tensors. bf16 stays bf16."""
         return _host(self, "numpy")

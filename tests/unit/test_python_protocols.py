@@ -178,3 +178,30 @@ def test_augmented_assignment_on_a_var_updates_the_shared_handle() -> None:
     with pytest.raises(errors.ShapeMismatchBinaryOp):
         v += Tensor(np.ones((3, 1, 2), np.float32))
     assert v is lin.weight
+
+
+def test_index_protocol_on_integer_scalars_as_numpy() -> None:
+    import operator
+
+    from candlejax import errors
+
+    # numpy / jax: a 0-d integer array is an index (range, list indexing); floats and more dims are not
+    assert operator.index(np.array(2, np.int32)) == operator.index(torch.tensor(2)) == 2
+    i = Tensor(np.array(2, np.int32))
+    assert operator.index(i) == 2 and type(operator.index(i)) is int
+    assert ["a", "b", "c"][i] == "c" and list(range(i)) == [0, 1]
+    assert operator.index(Tensor(np.array(200, np.uint8))) == 200
+    assert np.arange(5)[i] == np.arange(5)[np.array(2)] == 2
+    for bad in (Tensor(np.array(2.0, np.float32)), Tensor(np.array([1, 2], np.int32)), Tensor(np.array([2], np.int32))):
+        with pytest.raises(TypeError):
+            operator.index(np.asarray(bad))
+        with pytest.raises(TypeError, match="index"):
+            operator.index(bad)
+    # numpy's own indexing with a Tensor is unchanged: a 1-D index tensor selects an array
+    np.testing.assert_array_equal(np.arange(5)[Tensor(np.array([2], np.int32))], [2])
+    np.testing.assert_array_equal(np.arange(5)[Tensor(np.array([3, 1], np.int32))], [3, 1])
+    # shapes: a 0-d integer tensor is one dim, as an int is
+    assert Tensor.zeros(i).shape == (2,)
+    assert Tensor.zeros((i, 3)).shape == (2, 3)
+    with pytest.raises(errors.Error):
+        Tensor.zeros(Tensor(np.array([2, 3], np.int32)))
