@@ -176,6 +176,23 @@ class TensorBase:
     def __hash__(self) -> int:
         return id(self)
 
+    def __contains__(self, element: Any) -> bool:
+        """``x in t``: whether any element equals the number ``x`` (or any broadcast row equals the Tensor
+        ``x``), as ``torch.Tensor.__contains__`` and numpy; other types raise ``ArgumentType``."""
+        if isinstance(element, TensorBase):
+            v = element._a
+        elif isinstance(element, (int, float, np.number, np.bool_)):
+            v = element
+        else:
+            raise errors.ArgumentType(
+                f"`in`: a Tensor contains numbers or Tensors, got {type(element).__name__} {element!r}"
+            )
+        try:
+            hit = jax.numpy.any(self._a == v)
+        except (TypeError, ValueError):  # shapes that do not broadcast
+            raise errors.BroadcastIncompatibleShapes(self._a.shape, v.shape, "in") from None
+        return bool(wrap(hit))
+
     def __bool__(self) -> bool:
         if self.elem_count() != 1:
             raise errors.Msg(

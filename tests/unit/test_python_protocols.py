@@ -205,3 +205,29 @@ def test_index_protocol_on_integer_scalars_as_numpy() -> None:
     assert Tensor.zeros((i, 3)).shape == (2, 3)
     with pytest.raises(errors.Error):
         Tensor.zeros(Tensor(np.array([2, 3], np.int32)))
+
+
+def test_contains_compares_every_element_as_torch_and_numpy() -> None:
+    import jax
+
+    from candlejax import errors
+
+    m = np.array([[1.0, 3.0], [4.0, 5.0]], np.float32)
+    u = np.array([1, 2], np.uint32)
+    cases = [(m, 3.0), (m, 7.0), (m, np.float32(5)), (np.array([1, 2], np.int32), 2.5), (u, -1), (u, 2),
+             (np.zeros((0, 2), np.float32), 0.0)]  # fmt: skip
+    for arr, x in cases:
+        want = x in torch.from_numpy(arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64))
+        assert (x in arr) == want
+        assert (x in Tensor(arr)) is want, (arr, x)
+    row = np.array([1.0, 3.0], np.float32)
+    assert (torch.from_numpy(row) in torch.from_numpy(m)) is True
+    assert (Tensor(row) in Tensor(m)) is True and (Tensor(row + 1) in Tensor(m)) is False
+    with pytest.raises(errors.BroadcastIncompatibleShapes):
+        Tensor(np.ones(3, np.float32)) in Tensor(m)  # noqa: B015
+    with pytest.raises(RuntimeError, match="only supports Tensor or scalar"):
+        "a" in torch.from_numpy(m)  # noqa: B015
+    with pytest.raises(TypeError, match="in"):
+        "a" in Tensor(m)  # noqa: B015
+    with pytest.raises(errors.TracingError):
+        jax.jit(lambda t: Tensor(np.float32(1.0)) if 3.0 in t else t)(Tensor(m))
