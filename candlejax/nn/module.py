@@ -326,6 +326,15 @@ class NamedTensor(Tensor):
     def __itruediv__(self, rhs: Any) -> Any:
         return self.set(self / rhs)
 
+    def __ipow__(self, rhs: Any) -> Any:
+        return self.set(self**rhs)
+
+    def __ifloordiv__(self, rhs: Any) -> Any:
+        return self.set(self // rhs)
+
+    def __imod__(self, rhs: Any) -> Any:
+        return self.set(self % rhs)
+
     def _set_value(self, a: Any) -> None:
         """Point the handle at ``a`` (no checks but the tracer-leak one)."""
         if _tracer(a) and not _tracer(self._a):

@@ -178,6 +178,16 @@ def test_augmented_assignment_on_a_var_updates_the_shared_handle() -> None:
     with pytest.raises(errors.ShapeMismatchBinaryOp):
         v += Tensor(np.ones((3, 1, 2), np.float32))
     assert v is lin.weight
+    # the other augmented operators too (torch: p **= 2, p //= 2, p %= 2 update the Parameter)
+    with torch.no_grad():
+        p **= 2
+        p %= 0.75
+        p //= 0.25
+    v **= 2
+    v %= 0.75
+    v //= 0.25
+    assert v is lin.weight
+    np.testing.assert_allclose(_vals(lin.weight), lin_t.weight.detach().numpy(), rtol=1e-6)
 
 
 def test_index_protocol_on_integer_scalars_as_numpy() -> None:
