@@ -166,7 +166,7 @@ class TensorBase:
 
     def __deepcopy__(self, memo: dict) -> Any:
         """``copy.deepcopy(t)``: a Tensor with its own buffer (``torch.Tensor.__deepcopy__``); traced ones too."""
-        return wrap(copy.deepcopy(self._a, memo))
+        return wrap(copy.deepcopy(_live(self._a, "deepcopy"), memo))
 
     def __len__(self) -> int:
         if not self._a.shape:
@@ -226,12 +226,19 @@ def aval(a: Any) -> Any:
 
 
 def _concrete(a: Any, op: str) -> Any:
-    """``a`` itself; a tracer raises TracingError naming ``op``."""
+    """``a`` itself; a tracer raises TracingError, a donated buffer DeletedBuffer, naming ``op``."""
     if isinstance(a, jax.core.Tracer):
         raise errors.TracingError(
             f"{op}: cannot serialize a traced Tensor ({a.dtype}{list(a.shape)}) inside jax.jit/grad/vmap; return it"
             " from the traced function and pickle it outside"
         )
+    return _live(a, op)
+
+
+def _live(a: Any, op: str) -> Any:
+    """``a`` itself, or DeletedBuffer naming ``op`` when its buffer was donated (deleted)."""
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_deleted():
+        raise errors.DeletedBuffer(op)
     return a
 
 

@@ -241,3 +241,13 @@ def test_contains_compares_every_element_as_torch_and_numpy() -> None:
         "a" in Tensor(m)  # noqa: B015
     with pytest.raises(errors.TracingError):
         jax.jit(lambda t: Tensor(np.float32(1.0)) if 3.0 in t else t)(Tensor(m))
+
+
+def test_pickle_and_deepcopy_of_a_donated_buffer_name_the_donation() -> None:
+    from candlejax import errors
+
+    t = Tensor(np.ones(3, np.float32))
+    t.jax.delete()  # as an optimizer step donating the buffer of a Var.as_tensor() snapshot does
+    for f in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(errors.DeletedBuffer):
+            f(t)
