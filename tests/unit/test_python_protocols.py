@@ -251,3 +251,28 @@ def test_pickle_and_deepcopy_of_a_donated_buffer_name_the_donation() -> None:
     for f in (pickle.dumps, copy.deepcopy):
         with pytest.raises(errors.DeletedBuffer):
             f(t)
+
+
+def test_comparing_with_a_list_or_tuple_is_not_a_silent_false() -> None:
+    import candle
+
+    from candlejax import errors
+
+    src = [1.0, 2.0, 3.0]
+    # candle-pyo3's __richcmp__ raises TypeError and numpy compares elementwise (all equal here), where the
+    # identity fallback (PyTorch's answer) would say False
+    with pytest.raises(TypeError, match="unsupported rhs"):
+        candle.Tensor(src) == src  # noqa: B015
+    assert bool((np.array(src) == src).all())
+    t = Tensor(np.array(src, np.float32))
+    for other in (src, tuple(src)):
+        with pytest.raises(errors.ArgumentType, match="Tensor"):
+            t == other  # noqa: B015
+        with pytest.raises(errors.ArgumentType, match="Tensor"):
+            t != other  # noqa: B015
+        with pytest.raises(errors.ArgumentType, match="Tensor"):
+            other == t  # noqa: B015
+    # None and other objects keep Python's identity comparison, so `t in [None, t]` and dict keys work
+    assert (t == None) is False and (t != None) is True  # noqa: E711
+    assert t in [None, t] and {t: 1}[t] == 1
+    assert t.to_list() == src
