@@ -254,6 +254,16 @@ class CallableInt(int):
 Rank = CallableInt
 
 
+class CallableTuple(tuple):
+    """A plain tuple that Rust Candle's accessor call also reads: ``t.stride`` (candle-pyo3's getter)
+    and ``t.stride()`` (Rust)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> CallableTuple:
+        return self
+
+
 #: tuple types taken as they are by the shape fast paths
 PLAIN_SHAPE_TYPES = (tuple, Dims)
 

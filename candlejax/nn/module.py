@@ -37,7 +37,7 @@ from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
-from candlejax.tensor._core import TensorBase, unwrap, wrap
+from candlejax.tensor._core import TensorBase, _concrete, unwrap, wrap
 
 __all__ = [
     "Buffer",
@@ -245,6 +245,19 @@ class NamedTensor(Tensor):
         v.name = name
         return v
 
+    def __reduce__(self) -> Any:
+        """pickle: a handle of the same class, name and value (``nn.Parameter`` pickles as a Parameter)."""
+        return (type(self)._make, (_concrete(self._a, "pickle"), self.name))
+
+    def __copy__(self) -> Any:
+        """``copy.copy(v)``: a new handle on the same buffer."""
+        return type(self)._make(self._a, self.name)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """``copy.deepcopy(v)``: a new handle with its own buffer (as ``nn.Parameter``'s deepcopy), so
+        ``set`` on one leaves the other alone; Modules and VarMaps copied together keep sharing it."""
+        return type(self)._make(copy.deepcopy(self._a, memo), self.name)
+
     def as_tensor(self) -> Tensor:
         """The current value as a plain Tensor (shares the buffer: a snapshot that a later donating
         optimizer step deletes; the Var itself follows the updates)."""
@@ -298,6 +311,29 @@ class NamedTensor(Tensor):
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(a.dtype), "set")
         self._set_value(a)
         return self
+
+    # ``v -= lr * g`` updates the handle, as PyTorch's in-place ops on a Parameter (a plain Tensor rebinds)
+    def __iadd__(self, rhs: Any) -> Any:
+        """``v += x``: ``v.set(v + x)``; the VarMap, Modules and optimizer holding ``v`` see the change."""
+        return self.set(self + rhs)
+
+    def __isub__(self, rhs: Any) -> Any:
+        return self.set(self - rhs)
+
+    def __imul__(self, rhs: Any) -> Any:
+        return self.set(self * rhs)
+
+    def __itruediv__(self, rhs: Any) -> Any:
+        return self.set(self / rhs)
+
+    def __ipow__(self, rhs: Any) -> Any:
+        return self.set(self**rhs)
+
+    def __ifloordiv__(self, rhs: Any) -> Any:
+        return self.set(self // rhs)
+
+    def __imod__(self, rhs: Any) -> Any:
+        return self.set(self % rhs)
 
     def _set_value(self, a: Any) -> None:
         """Point the handle at ``a`` (no checks but the tracer-leak one)."""

@@ -326,6 +326,18 @@ class Optimizer:
         self._state: OptState | None = None
         self._state_shapes: dict[Any, Any] = {}  # parameter shapes -> the state's structure and leaf shapes
 
+    def __getstate__(self) -> dict[str, Any]:
+        """copy / deepcopy: the settings, Vars and state, not the compiled steps (their closures belong to
+        this optimizer) nor the last traced step's parameters (buffers a donating step deleted)."""
+        st = dict(self.__dict__)
+        st.update(_step_fn=None, _compiled=OrderedDict(), _rng_used={}, _tracing=((), ()))
+        return st
+
+    def __setstate__(self, st: dict[str, Any]) -> None:
+        self.__dict__.update(st)
+        if self._vars is not None:  # the copied Vars are other objects
+            self._bound_ids = {id(v) for v in self._vars}
+
     @property
     def vars(self) -> tuple[Any, ...]:
         """The Vars this optimizer updates in place (Candle's ``new(vars, ..)``); empty when unbound."""

@@ -10,6 +10,7 @@ provides: ``wrap``, ``TensorBase`` (``_a``, ``_wrap``, ``dtype``, ``shape``, ``d
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from typing import Any
@@ -33,7 +34,7 @@ _Tensor: Any = None  # set by candlejax.tensor once Tensor exists
 class TensorBase:
     """Holds one ``jax.Array`` (or a tracer under jit) in ``_a``. Immutable."""
 
-    __slots__ = ("_a",)
+    __slots__ = ("__weakref__", "_a")  # weakref.ref(t), as for torch tensors and numpy arrays
 
     _a: Any
 
@@ -147,9 +148,25 @@ class TensorBase:
             )
         out = np.asarray(self._a)  # a read-only view of the buffer on the CPU
         if dtype is not None and np.dtype(dtype) != out.dtype:
+            if copy is False:  # numpy 2's contract, as jax.Array's __array__ keeps it
+                raise errors.Msg(
+                    f"__array__: copy=False, but converting a {self.dtype.as_str()} Tensor to {np.dtype(dtype)}"
+                    " needs a copy; use np.asarray(t, dtype) or t.to_dtype(..) first"
+                )
             return out.astype(dtype)
         # np.array(t) asks for a copy (copy=True): a fresh writable array, as np.array(jax_array) gives
         return out.copy() if copy else out
+
+    def __reduce__(self) -> Any:
+        """pickle: the values, dtype and device (as ``pickle.dumps(torch_tensor)``); a traced Tensor raises."""
+        return (wrap, (_concrete(self._a, "pickle"),))
+
+    def __copy__(self) -> Any:
+        return wrap(self._a)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """``copy.deepcopy(t)``: a Tensor with its own buffer (``torch.Tensor.__deepcopy__``); traced ones too."""
+        return wrap(copy.deepcopy(_live(self._a, "deepcopy"), memo))
 
     def __len__(self) -> int:
         if not self._a.shape:
@@ -158,6 +175,23 @@ class TensorBase:
 
     def __hash__(self) -> int:
         return id(self)
+
+    def __contains__(self, element: Any) -> bool:
+        """``x in t``: whether any element equals the number ``x`` (or any broadcast row equals the Tensor
+        ``x``), as ``torch.Tensor.__contains__`` and numpy; other types raise ``ArgumentType``."""
+        if isinstance(element, TensorBase):
+            v = element._a
+        elif isinstance(element, (int, float, np.number, np.bool_)):
+            v = element
+        else:
+            raise errors.ArgumentType(
+                f"`in`: a Tensor contains numbers or Tensors, got {type(element).__name__} {element!r}"
+            )
+        try:
+            hit = jax.numpy.any(self._a == v)
+        except (TypeError, ValueError):  # shapes that do not broadcast
+            raise errors.BroadcastIncompatibleShapes(self._a.shape, v.shape, "in") from None
+        return bool(wrap(hit))
 
     def __bool__(self) -> bool:
         if self.elem_count() != 1:
@@ -189,6 +223,23 @@ def aval(a: Any) -> Any:
         return a.aval
     except AttributeError:
         return a
+
+
+def _concrete(a: Any, op: str) -> Any:
+    """``a`` itself; a tracer raises TracingError, a donated buffer DeletedBuffer, naming ``op``."""
+    if isinstance(a, jax.core.Tracer):
+        raise errors.TracingError(
+            f"{op}: cannot serialize a traced Tensor ({a.dtype}{list(a.shape)}) inside jax.jit/grad/vmap; return it"
+            " from the traced function and pickle it outside"
+        )
+    return _live(a, op)
+
+
+def _live(a: Any, op: str) -> Any:
+    """``a`` itself, or DeletedBuffer naming ``op`` when its buffer was donated (deleted)."""
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_deleted():
+        raise errors.DeletedBuffer(op)
+    return a
 
 
 def _tracer_device(a: Any) -> Device:

@@ -454,6 +454,17 @@ class ConvertMixin(TensorBase):
     def __int__(self) -> int:
         return int(self.item())
 
+    def __index__(self) -> int:
+        """``operator.index(t)`` (``range(t)``, ``lst[t]``) for a 0-d integer tensor, as numpy's and
+        JAX's 0-d integer arrays; floats and other ranks raise TypeError (use ``int(t)`` there)."""
+        a = self._a
+        if a.ndim != 0 or not self.dtype.is_int():
+            raise errors.ArgumentType(
+                f"only a 0-d integer tensor can be used as an index, got {self.dtype.as_str()}"
+                f"{errors.fmt_shape(a.shape)} (use int(t) for a one-element tensor)"
+            )
+        return int(self.item())
+
     def numpy(self) -> np.ndarray:
         """A numpy array of the values, zero-copy (read-only) for CPU tensors. bf16 stays bf16."""
         return _host(self, "numpy")
@@ -485,9 +496,16 @@ class ConvertMixin(TensorBase):
         return format_tensor(self)
 
     def __format__(self, spec: str) -> str:
-        """``f"{t:.3f}"`` formats the value of a one-element tensor; otherwise ``str(t)``."""
-        if spec and not isinstance(self._a, _Tracer) and self._a.size == 1:
-            return format(self.item(), spec)
+        """``f"{t:.3f}"`` formats the value of a one-element tensor; an empty spec gives ``str(t)``. A spec
+        on more elements raises a TypeError, as for numpy arrays and torch tensors."""
+        if spec and not isinstance(self._a, _Tracer):
+            if self._a.size == 1:
+                return format(self.item(), spec)
+            raise errors.ArgumentType(
+                f"unsupported format string {spec!r} passed to Tensor.__format__: a spec formats the value of a"
+                f" one-element tensor, this one has shape {errors.fmt_shape(self._a.shape)} (use f\"{{t}}\", or"
+                " format the values of t.to_list())"
+            )
         return format_tensor(self)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:

@@ -309,6 +309,11 @@ def _operator(name: str, lhs: TensorBase, rhs: Any, reverse: bool = False) -> An
             f"{opname}: cannot combine a Tensor with a numpy array of shape {errors.fmt_shape(rhs.shape)};"
             " wrap it first with Tensor(...) (dtypes are never promoted)"
         )
+    if name in ("eq", "ne") and isinstance(rhs, (list, tuple)):  # Python's fallback would answer a plain bool
+        raise errors.ArgumentType(
+            f"{opname}: cannot compare a Tensor with a {type(rhs).__name__} (candle-pyo3: unsupported rhs for"
+            " __richcmp__); wrap it first with Tensor(...), or compare t.to_list() with it"
+        )
     return NotImplemented
 
 

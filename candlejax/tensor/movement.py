@@ -23,7 +23,17 @@ from jax import lax
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
 from candlejax.errors import fmt_shape
-from candlejax.shape import D, Layout, Shape, as_shape, check_elem_count, resolve_dim, resolve_dims, shape_with_hole
+from candlejax.shape import (
+    CallableTuple,
+    D,
+    Layout,
+    Shape,
+    as_shape,
+    check_elem_count,
+    resolve_dim,
+    resolve_dims,
+    shape_with_hole,
+)
 from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
 
 # --------------------------------------------------------------------------------------------------
@@ -515,9 +525,11 @@ class MovementMixin(TensorBase):
         """``True`` when the (C-contiguous) data is also column-major: at most one dim > 1."""
         return sum(1 for d in self._a.shape if d > 1) <= 1
 
-    def stride(self) -> tuple[int, ...]:
-        """Candle ``stride()``: the C-contiguous strides in elements, e.g. ``(3, 1)`` for ``[2, 3]``."""
-        return _c_strides(self._a.shape)
+    @property
+    def stride(self) -> CallableTuple:
+        """The C-contiguous strides in elements, e.g. ``(3, 1)`` for ``[2, 3]``: candle-pyo3's ``t.stride``
+        getter, also callable as Rust Candle's ``t.stride()``."""
+        return CallableTuple(_c_strides(self._a.shape))
 
     def layout(self) -> Layout:
         """Candle ``layout()``: always ``Layout.contiguous(shape)`` (C strides, start offset 0), as

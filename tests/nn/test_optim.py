@@ -892,3 +892,48 @@ def test_sgd_empty_push_and_into_inner():
     sgd.backward_step(loss_fn, model)
     np.testing.assert_allclose(b.to_vec1(), [1.0])
     assert [v.name for v in sgd.into_inner()] == ["w", "b"]
+
+
+def test_deepcopy_of_a_trained_model_and_its_bound_optimizer_steps_independently():
+    """``copy.deepcopy((model, opt))`` after some steps (as ``copy.deepcopy`` of a torch model and its
+    optimizer): the copy trains its own Vars from the same state; the originals stay as they were."""
+    import copy
+
+    import torch
+
+    vm = cj.nn.VarMap()
+    lin = cj.nn.linear(2, 1, cj.nn.VarBuilder.from_varmap(vm, cj.f32, cj.Device.Cpu).pp("l"))
+    w0, b0 = np.asarray(lin.weight), np.asarray(lin.bias)
+    xs = np.array([[1.0, 2.0], [-1.0, 0.5], [0.0, 3.0]], np.float32)
+    ys = np.array([[1.0], [0.0], [2.0]], np.float32)
+    x, y = cj.Tensor(xs), cj.Tensor(ys)
+    opt = cj.nn.AdamW(vm.all_vars(), cj.nn.ParamsAdamW(lr=0.1))
+
+    def loss_fn(m, x, y):
+        return ((m.forward(x) - y) ** 2).mean_all()
+
+    tl = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        tl.weight.copy_(torch.tensor(w0))
+        tl.bias.copy_(torch.tensor(b0))
+    topt = torch.optim.AdamW(tl.parameters(), lr=0.1, weight_decay=0.01)
+
+    def torch_step(m, o):
+        o.zero_grad()
+        ((m(torch.tensor(xs)) - torch.tensor(ys)) ** 2).mean().backward()
+        o.step()
+
+    for _ in range(2):
+        opt.backward_step(loss_fn, lin, x, y)
+        torch_step(tl, topt)
+    lin2, opt2 = copy.deepcopy((lin, opt))
+    tl2, topt2 = copy.deepcopy((tl, topt))
+    w_after2 = np.asarray(lin.weight).copy()
+    for _ in range(2):
+        opt2.backward_step(loss_fn, lin2, x, y)
+        torch_step(tl2, topt2)
+    np.testing.assert_array_equal(np.asarray(lin.weight), w_after2)
+    np.testing.assert_allclose(np.asarray(lin2.weight), tl2.weight.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(lin2.bias), tl2.bias.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert lin2.weight is not lin.weight and {id(v) for v in opt2.vars} == {id(lin2.weight), id(lin2.bias)}
+    opt.backward_step(loss_fn, lin, x, y)  # the original still trains

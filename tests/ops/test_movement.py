@@ -164,6 +164,9 @@ def test_stride_and_layout():
     assert tt(np.zeros((1, 5, 1), np.float32)).is_fortran_contiguous()
     c = candle.Tensor(np.zeros((2, 3, 4), np.float32))
     assert tuple(c.stride) == t.stride()
+    # candle-pyo3's `stride` is a getter giving a tuple: the attribute form reads the same values
+    assert t.stride == c.stride == (12, 4, 1) and t.stride[0] == c.stride[0] == 12
+    assert isinstance(t.stride, tuple) and list(t.stride) == list(c.stride)
 
 
 def test_noops_return_self():
