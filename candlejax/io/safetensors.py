@@ -402,8 +402,14 @@ class _Source:
         raise errors.SafeTensor(f"{src} was replaced while being opened, three times in a row")
 
     @staticmethod
-    def from_buffer(buffer: bytes | bytearray | memoryview) -> _Source:
-        mv = memoryview(buffer).cast("B")
+    def from_buffer(buffer: bytes | bytearray | memoryview, op: str) -> _Source:
+        try:
+            mv = memoryview(buffer).cast("B")
+        except TypeError:
+            raise errors.ArgumentType(
+                f"{op}: the buffer must hold the file's bytes (bytes, bytearray, memoryview or mmap), got"
+                f" {type(buffer).__name__}; to read a file by name use cj.safetensors.load(path, device)"
+            ) from None
         header, base = _read_header(lambda a, b: mv[a:b], len(mv), "<buffer>")
         try:
             raw = {n: v["data"] for n, v in safetensors.deserialize(buffer if type(buffer) is bytes else bytes(mv))}
@@ -596,9 +602,9 @@ class MmapedSafetensors:
 class SliceSafetensors(MmapedSafetensors):
     """Safetensors held in memory (Candle's ``SliceSafetensors`` / ``BufferedSafetensors``)."""
 
-    def __init__(self, buffer: bytes | bytearray | memoryview):
+    def __init__(self, buffer: bytes | bytearray | memoryview, op: str = "SliceSafetensors"):
         self.routing = None
-        self._sources = [_Source.from_buffer(buffer)]
+        self._sources = [_Source.from_buffer(buffer, op)]
 
 
 BufferedSafetensors = SliceSafetensors
@@ -612,14 +618,8 @@ class SafeTensors(MmapedSafetensors):
     def deserialize(cls, buffer: bytes | bytearray | memoryview | mmap.mmap) -> SafeTensors:
         """The safetensors crate's ``SafeTensors::deserialize(&buffer)``: the tensors of a file's bytes
         (``&mmap[..]`` is an ``mmap.mmap`` or its bytes). Raises ``SafeTensor`` for a malformed buffer."""
-        if not isinstance(buffer, (bytes, bytearray, memoryview, mmap.mmap)):
-            raise errors.ArgumentType(
-                f"SafeTensors.deserialize: buffer must be bytes, a bytearray, a memoryview or an mmap,"
-                f" got {type(buffer).__name__}"
-            )
         st = cls.__new__(cls)
-        st.routing = None
-        st._sources = [_Source.from_buffer(buffer)]
+        SliceSafetensors.__init__(st, buffer, "SafeTensors.deserialize")
         return st
 
     def tensor(self, name: str) -> TensorView:
@@ -659,7 +659,7 @@ def load(path: PathLike, device: Any = None, dtype: Any = None) -> dict[str, Any
 
 def load_buffer(data: bytes | bytearray | memoryview, device: Any = None, dtype: Any = None) -> dict[str, Any]:
     """All tensors of safetensors bytes (Candle's ``safetensors::load_buffer``)."""
-    st = SliceSafetensors(data)
+    st = SliceSafetensors(data, "load_buffer")
     return {n: st.load(n, device, dtype) for n in st.names()}
 
 

@@ -248,6 +248,12 @@ def test_hub_memory_mapped_load_buffer(tmp_path):
         mm.close()
     assert len(weights) == len(arrays)  # book_hub_2
     np.testing.assert_array_equal(weights[Q_W].numpy(), arrays[Q_W])
+    # the file name instead of its bytes, or nothing, raises naming the call that reads a path
+    for bad in (str(weights_filename), weights_filename, None):
+        with pytest.raises(errors.ArgumentType, match=r"load_buffer: .*safetensors\.load\(path, device\)"):
+            cj.safetensors.load_buffer(bad, Device.Cpu)
+    with pytest.raises(errors.ArgumentType, match=r"SafeTensors\.deserialize: .*got str"):
+        cj.safetensors.SafeTensors.deserialize(str(weights_filename))
 
 
 def test_hub_tensor_parallel_sharding_with_safetensors_directly(tmp_path):
