@@ -266,7 +266,8 @@ def test_hub_tensor_parallel_sharding_with_safetensors_directly(tmp_path):
     view = tensors.tensor(Q_W)
     rank, world_size, dim = 1, 4, 0
     dtype = view.dtype()
-    tp_shape = list(view.shape())
+    tp_shape = view.shape().to_vec()  # view.shape().to_vec(): a fresh list
+    assert tp_shape == [16, 16] and type(tp_shape) is list
     size = tp_shape[0]
     assert size % world_size == 0
     block_size = size // world_size
@@ -277,6 +278,9 @@ def test_hub_tensor_parallel_sharding_with_safetensors_directly(tmp_path):
     raw = b"".join(iterator)  # iterator.into_iter().flatten().cloned().collect()
     tp_tensor = Tensor.from_raw_buffer(raw, dtype, tp_shape, Device.Cpu)
     assert view.shape() == (16, 16) and tp_tensor.dims() == (4, 16)  # [768, 768] -> [192, 768]
+    dims = tp_tensor.dims().to_vec()  # Rust's `let mut dims = t.dims().to_vec();`
+    dims[0] = 1
+    assert dims == [1, 16] and tp_tensor.dims() == [4, 16] and tp_tensor.shape().dims().to_vec() == [4, 16]
     np.testing.assert_array_equal(tp_tensor.numpy(), arrays[Q_W][start:stop])
 
 
