@@ -166,6 +166,17 @@ def test_cheatsheet_pytorch_column():
     np.testing.assert_array_equal((tensor + tensor).numpy(), (t + t).numpy())
     assert tensor.to(device="cpu").device == Device.Cpu
     assert tensor.to(dtype=cj.f16).dtype == DType.F16 and t.to(dtype=torch.float16).dtype == torch.float16
+    # the PyTorch expression itself: torch's dtypes name candlejax's
+    for tdt, dt in ((torch.float16, DType.F16), (torch.bfloat16, DType.BF16), (torch.float32, DType.F32),
+                    (torch.uint8, DType.U8), (torch.int32, DType.I32)):  # fmt: skip
+        got = tensor.to(dtype=tdt)
+        assert got.dtype == dt
+        np.testing.assert_array_equal(_np(got), t.to(dtype=tdt).double().numpy())
+    assert tensor.to(torch.float16).dtype == DType.F16 and tensor.to(torch.bfloat16, "cpu").dtype == DType.BF16
+    with pytest.raises(errors.ArgumentType, match="complex64"):
+        tensor.to(dtype=torch.complex64)
+    with pytest.raises(errors.ArgumentType, match="complex64"):
+        tensor.to(torch.complex64)
 
 
 # ------------------------------------------------------------------------------------------------
