@@ -288,8 +288,8 @@ class TensorView:
     def slice(self, index: Any) -> SliceIterator:
         """The safetensors crate's ``view.slice(index)`` (``IndexOp``): the raw bytes of a sub-tensor.
 
-        ``index`` is an int (``Select``), a ``slice`` with step 1 (``start..stop``, ``..``) or a tuple of
-        those, one per leading dim; the returned :class:`SliceIterator` yields the bytes in row-major
+        ``index`` is an int (``Select``), a ``slice`` or ``range`` with step 1 (``start..stop``, ``..``) or a
+        tuple of those, one per leading dim; the returned :class:`SliceIterator` yields the bytes in row-major
         order (``b"".join(view.slice(slice(start, stop)))``), with ``newshape()`` and
         ``remaining_byte_len()``. Raises ``SafeTensor`` for more indexers than dims, an index out of
         range or a step.
@@ -308,6 +308,8 @@ class TensorView:
         keys: list[Any] = []
         newshape: list[int] = []
         for dim_index, (ix, size) in enumerate(zip(indexers, shape, strict=False)):
+            if isinstance(ix, range) and ix.step == 1:  # range(start, stop), as Tensor.i takes it
+                ix = slice(ix.start, ix.stop)
             if isinstance(ix, slice) and ix.step in (None, 1):
                 start = 0 if ix.start is None else ix.start
                 stop = size if ix.stop is None else ix.stop

@@ -305,6 +305,8 @@ def test_hub_safetensors_slice_on_inner_dims_and_bad_ranges(tmp_path):
     np.testing.assert_array_equal(got, arrays[Q_W][:, 4:8])
     got = np.frombuffer(b"".join(view.slice((3, slice(None, 2)))), np.float32)
     np.testing.assert_array_equal(got, arrays[Q_W][3, :2])
+    got = np.frombuffer(b"".join(view.slice(range(4, 8))), np.float32).reshape(4, 16)  # start..stop as a range
+    np.testing.assert_array_equal(got, arrays[Q_W][4:8])
     with pytest.raises(errors.Error, match="slice"):
         view.slice((slice(None), slice(None), slice(None)))  # TooManySlices
     with pytest.raises(errors.Error, match="slice"):
