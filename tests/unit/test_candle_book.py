@@ -216,7 +216,9 @@ def test_error_manage_matmul_shape_mismatch():
     assert str(e).startswith("shape mismatch in matmul, lhs: [1, 784], rhs: [1, 784]")
     assert isinstance(e, ValueError)  # what candle-pyo3 raises
     assert e.bt() is not None and "shape mismatch in matmul" in str(e.bt())
-    assert str(e.context("in main")).startswith("in main")
+    assert str(e.context("in main")).startswith("in main\nshape mismatch in matmul")  # "{context}\n{inner}"
+    assert str(e.with_path("model.safetensors")).startswith('path: "model.safetensors" shape mismatch in matmul')
+    assert str(errors.Error.msg("bad input").context("loading")) == "loading\nbad input"
 
 
 # ------------------------------------------------------------------------------------------------
