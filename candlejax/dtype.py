@@ -165,7 +165,26 @@ def to_dtype(x: Any) -> DType:
         pass
     if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
         return DType.U8
+    if type(x).__name__ == "dtype" and type(x).__module__ == "torch":  # PyTorch's t.to(dtype=torch.float16)
+        torch_name = str(x).removeprefix("torch.")
+        if torch_name in _TORCH_DTYPES:
+            return _TORCH_DTYPES[torch_name]
     raise errors.ArgumentType(f"cannot convert {x!r} to a candlejax DType")
+
+
+#: torch dtypes (by name, so torch is never imported here) -> the candlejax DType of the same values
+_TORCH_DTYPES: dict[str, DType] = {
+    "uint8": DType.U8,
+    "int16": DType.I16,
+    "int32": DType.I32,
+    "uint32": DType.U32,
+    "int64": DType.I64,
+    "float16": DType.F16,
+    "bfloat16": DType.BF16,
+    "float32": DType.F32,
+    "float64": DType.F64,
+    "float8_e4m3fn": DType.F8E4M3,
+}
 
 
 def from_array_dtype(dt: Any, where: str = "tensor") -> DType:

@@ -229,6 +229,10 @@ class Dims(tuple):
     def dims4(self) -> tuple[int, int, int, int]:
         return Shape(self).dims4()
 
+    def to_vec(self) -> list[int]:
+        """Rust's ``t.dims().to_vec()``: the dims as a new list."""
+        return list(self)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, list):
             return list(self) == other
@@ -285,6 +289,11 @@ class Shape:
         return self._dims
 
     def into_dims(self) -> list[int]:
+        return list(self._dims)
+
+    def to_vec(self) -> list[int]:
+        """The dims as a new list, as Rust's ``shape.dims().to_vec()`` (or the safetensors crate's
+        ``view.shape().to_vec()``)."""
         return list(self._dims)
 
     def rank(self) -> int:

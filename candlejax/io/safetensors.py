@@ -285,8 +285,83 @@ class TensorView:
         ``dtype`` if given; U16 becomes uint32 and BOOL uint8, as ``load``."""
         return _convert(self._owner, self._e, _resolve_dtype(dtype), check_x64=False)
 
+    def slice(self, index: Any) -> SliceIterator:
+        """The safetensors crate's ``view.slice(index)`` (``IndexOp``): the raw bytes of a sub-tensor.
+
+        ``index`` is an int (``Select``), a ``slice`` or ``range`` with step 1 (``start..stop``, ``..``) or a
+        tuple of those, one per leading dim; the returned :class:`SliceIterator` yields the bytes in row-major
+        order (``b"".join(view.slice(slice(start, stop)))``), with ``newshape()`` and
+        ``remaining_byte_len()``. Raises ``SafeTensor`` for more indexers than dims, an index out of
+        range or a step.
+        """
+        where = _where(self._owner.src, self._e.name)
+        shape = self._e.shape
+        indexers = index if isinstance(index, tuple) else (index,)
+        if len(indexers) > len(shape):
+            raise errors.SafeTensor(
+                f"invalid slice of {where}: {len(indexers)} slicing indexes for a tensor with {len(shape)} dims"
+                f" {list(shape)} (more slicing indexes than dimensions in tensor)"
+            )
+        bits = _ST.get(self._e.st_dtype, (None, 0, None))[1]
+        if bits % 8:
+            raise errors.SafeTensor(f"invalid slice of {where}: {self._e.st_dtype} elements are not whole bytes")
+        keys: list[Any] = []
+        newshape: list[int] = []
+        for dim_index, (ix, size) in enumerate(zip(indexers, shape, strict=False)):
+            if isinstance(ix, range) and ix.step == 1:  # range(start, stop), as Tensor.i takes it
+                ix = slice(ix.start, ix.stop)
+            if isinstance(ix, slice) and ix.step in (None, 1):
+                start = 0 if ix.start is None else ix.start
+                stop = size if ix.stop is None else ix.stop
+                ok = isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= size
+                asked = f"{start}..{stop}"
+                keys.append(slice(start, stop))
+                newshape.append(stop - start if ok else 0)
+            elif isinstance(ix, int) and not isinstance(ix, bool):
+                ok, asked = 0 <= ix < size, str(ix)
+                keys.append(ix)
+            else:
+                raise errors.SafeTensor(
+                    f"invalid slice of {where}: index {ix!r} for dim #{dim_index}: use an int or a"
+                    " slice(start, stop) with step 1 (Rust's start..stop)"
+                )
+            if not ok:
+                raise errors.SafeTensor(
+                    f"invalid slice of {where}: index {asked} out of bounds for tensor dimension #{dim_index}"
+                    f" of size {size}"
+                )
+        newshape.extend(shape[len(indexers) :])
+        nbytes = bits // 8
+        data = np.frombuffer(self.data(), np.uint8).reshape(*shape, nbytes)[tuple(keys)]
+        return SliceIterator(np.ascontiguousarray(data).tobytes(), Dims(newshape))
+
     def __repr__(self) -> str:
         return f"TensorView(name={self.name!r}, dtype={self.st_dtype}, shape={list(self.shape)})"
+
+
+class SliceIterator:
+    """The safetensors crate's ``SliceIterator`` (``TensorView.slice``): iterating yields the selected
+    bytes; ``newshape()`` is the sub-tensor's shape and ``remaining_byte_len()`` the bytes not yet read.
+    """
+
+    __slots__ = ("_chunks", "_newshape")
+
+    def __init__(self, data: bytes, newshape: Dims):
+        self._chunks, self._newshape = [data] if data else [], newshape
+
+    def newshape(self) -> Dims:
+        return self._newshape
+
+    def remaining_byte_len(self) -> int:
+        return sum(len(c) for c in self._chunks)
+
+    def __iter__(self) -> SliceIterator:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self._chunks:
+            raise StopIteration
+        return self._chunks.pop(0)
 
 
 class _Source:
@@ -329,8 +404,14 @@ class _Source:
         raise errors.SafeTensor(f"{src} was replaced while being opened, three times in a row")
 
     @staticmethod
-    def from_buffer(buffer: bytes | bytearray | memoryview) -> _Source:
-        mv = memoryview(buffer).cast("B")
+    def from_buffer(buffer: bytes | bytearray | memoryview, op: str) -> _Source:
+        try:
+            mv = memoryview(buffer).cast("B")
+        except TypeError:
+            raise errors.ArgumentType(
+                f"{op}: the buffer must hold the file's bytes (bytes, bytearray, memoryview or mmap), got"
+                f" {type(buffer).__name__}; to read a file by name use cj.safetensors.load(path, device)"
+            ) from None
         header, base = _read_header(lambda a, b: mv[a:b], len(mv), "<buffer>")
         try:
             raw = {n: v["data"] for n, v in safetensors.deserialize(buffer if type(buffer) is bytes else bytes(mv))}
@@ -523,9 +604,9 @@ class MmapedSafetensors:
 class SliceSafetensors(MmapedSafetensors):
     """Safetensors held in memory (Candle's ``SliceSafetensors`` / ``BufferedSafetensors``)."""
 
-    def __init__(self, buffer: bytes | bytearray | memoryview):
+    def __init__(self, buffer: bytes | bytearray | memoryview, op: str = "SliceSafetensors"):
         self.routing = None
-        self._sources = [_Source.from_buffer(buffer)]
+        self._sources = [_Source.from_buffer(buffer, op)]
 
 
 BufferedSafetensors = SliceSafetensors
@@ -534,6 +615,14 @@ BufferedSafetensors = SliceSafetensors
 class SafeTensors(MmapedSafetensors):
     """The safetensors crate's ``SafeTensors`` of a mapped file, as ``MmapedFile::deserialize`` gives it:
     ``tensor(name) -> TensorView``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``."""
+
+    @classmethod
+    def deserialize(cls, buffer: bytes | bytearray | memoryview | mmap.mmap) -> SafeTensors:
+        """The safetensors crate's ``SafeTensors::deserialize(&buffer)``: the tensors of a file's bytes
+        (``&mmap[..]`` is an ``mmap.mmap`` or its bytes). Raises ``SafeTensor`` for a malformed buffer."""
+        st = cls.__new__(cls)
+        SliceSafetensors.__init__(st, buffer, "SafeTensors.deserialize")
+        return st
 
     def tensor(self, name: str) -> TensorView:
         """The TensorView of ``name`` (``SafeTensors::tensor``; raises ``CannotFindTensor``)."""
@@ -572,7 +661,7 @@ def load(path: PathLike, device: Any = None, dtype: Any = None) -> dict[str, Any
 
 def load_buffer(data: bytes | bytearray | memoryview, device: Any = None, dtype: Any = None) -> dict[str, Any]:
     """All tensors of safetensors bytes (Candle's ``safetensors::load_buffer``)."""
-    st = SliceSafetensors(data)
+    st = SliceSafetensors(data, "load_buffer")
     return {n: st.load(n, device, dtype) for n in st.names()}
 
 
@@ -653,6 +742,7 @@ __all__ = [
     "SafeTensorDtypeError",
     "SafeTensorX64Error",
     "SafeTensors",
+    "SliceIterator",
     "SliceSafetensors",
     "TensorView",
     "atomic_file",

@@ -376,7 +376,13 @@ class ConvertMixin(TensorBase):
                         ) from None
                 put("dtype" if isinstance(parsed, DType) else "device", parsed)
             else:
-                raise errors.ArgumentType(f"to: cannot interpret argument {x!r} as a dtype, device or tensor")
+                try:  # a numpy or torch dtype (PyTorch's t.to(torch.float16))
+                    parsed = to_dtype(x)
+                except errors.Error:
+                    raise errors.ArgumentType(
+                        f"to: cannot interpret argument {x!r} as a dtype, device or tensor"
+                    ) from None
+                put("dtype", parsed)
         dtype, device, other = given.values()
         if other is not None:
             if device is not None or dtype is not None:
