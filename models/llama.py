@@ -557,8 +557,7 @@ def forward_all(params: Llama, tokens: Any) -> Any:
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama forward_all: token ids (batch, seq)")
-    if not isinstance(ids, jax.core.Tracer):
-        params.check_positions(0, ids.shape[1])
+    params.check_positions(0, ids.shape[1])  # a shape: checked under jit too
     cache = params.new_cache(ids.shape[0], ids.shape[1])
     x, _ = _hidden(params, cache, ids, 0)
     return wrap(_lm_head(params, x).astype(jnp.float32))

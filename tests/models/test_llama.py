@@ -104,6 +104,12 @@ def test_forward_all_under_jit_and_grad(pair):
     grads = jax.grad(lambda p: llama.forward_all(p, ids).jax.astype(jnp.float32).mean())(model)
     g = np.asarray(grads.embed_tokens.weight.jax)
     assert np.isfinite(g).all() and np.abs(g).max() > 0
+    # more positions than the rotary tables hold (Candle's cos.narrow(0, index_pos, seq_len) fails): the
+    # length is a shape, checked under jit too (ran on clamped tables there)
+    long = jnp.zeros((1, model.max_position_embeddings + 1), jnp.uint32)
+    for fn in (llama.forward_all, jax.jit(llama.forward_all)):
+        with pytest.raises(errors.Msg, match="exceed max_position_embeddings"):
+            fn(model, long)
 
 
 @pytest.mark.parametrize("pair", ["gqa", "tied_llama3"], indirect=True)
