@@ -84,6 +84,24 @@ def test_pure_step_takes_token_tensors_and_scans_under_jit(tiny):
     np.testing.assert_allclose(np.asarray(scanned(dec, audio, ids)).transpose(1, 0, 2), ref[:, 1:], atol=1e-4)
 
 
+def test_stateful_decoder_under_jit_over_audio_keeps_no_tracer(tiny):
+    """``jax.jit`` over a closure calling ``decoder.forward(ids, audio)`` with the audio features traced
+    (the ids on the host): transformers' hidden states, and the decoder keeps nothing from the trace
+    (the next eager call raised JAX's UnexpectedTracerError): ``flush_kv_cache=False`` starts anew."""
+    import jax
+
+    hf, m = tiny
+    mel = torch.randn(1, 16, 60, generator=torch.Generator().manual_seed(4))
+    toks = np.array([[1, 5, 7, 9]])
+    with torch.no_grad():
+        ref = hf.model(input_features=mel, decoder_input_ids=torch.from_numpy(toks)).last_hidden_state.numpy()
+    dec, audio = m.decoder, m.encoder.forward(Tensor.from_numpy(mel.numpy()))
+    got = jax.jit(lambda a: dec.forward(toks[:, :2], a))(audio)
+    np.testing.assert_allclose(np.asarray(got), ref[:, :2], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dec.forward(toks[:, :2], audio, False)), ref[:, :2], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dec.forward(toks, audio, False)), ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["sharded", "weights-file"])
 def test_sharded_folder_and_weights_file_load_as_transformers(tiny, tmp_path, layout):
     """A folder saved with ``save_pretrained(max_shard_size=...)`` (``model.safetensors.index.json`` and
