@@ -308,6 +308,8 @@ def step(model: Llama, cos: Any, sin: Any, kv: StackedKvCache, ids: Any, pos: An
     ``sin``), their keys and values written into ``kv`` at slots ``pos ..``, attending causally to
     the slots before; returns ``(logits (B, T, vocab) f32, kv)``. ``pos`` / ``rope_pos`` may be traced."""
     t = ids.shape[1]
+    if t > cos.shape[0]:  # Candle: cache.cos.i(index_pos..index_pos + seq_len) fails
+        raise errors.Msg(f"llama2_c step: {t} token(s) exceed the rotary tables' {cos.shape[0]} rows (seq_len)")
     c = lax.dynamic_slice_in_dim(unwrap(cos), rope_pos, t, 0)
     s = lax.dynamic_slice_in_dim(unwrap(sin), rope_pos, t, 0)
     h = unwrap(model.wte(ids))
