@@ -46,6 +46,7 @@ from candlejax.nn import (
     linear,
     ops,
 )
+from candlejax.nn.state import traced
 from candlejax.tensor import Tensor
 
 __all__ = [
@@ -429,7 +430,8 @@ class TextLMHeadModel(Module):
         else:  # the image's keys/values from this call's image_embeds
             cache = TextCache(cache.kv, *self._cross_kv(image_embeds))
         logits, cache = _jit_logits_cached(self, cache, ids, jnp.asarray(pos, jnp.int32))
-        st.value = (cache, pos + ids.dim(1))
+        # under jax.jit / vmap / grad nothing is kept (the next call starts a new sequence)
+        st.value = None if traced(cache) else (cache, pos + ids.dim(1))
         return logits
 
     def reset_kv_cache(self) -> None:

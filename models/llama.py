@@ -70,6 +70,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.quantized import scan_layers
 from candlejax.nn.rotary import rope_inv_freq as _rope_inv_freq
+from candlejax.nn.state import traced
 from candlejax.nn.var_builder import VarBuilder
 from candlejax.tensor import int_arg, unwrap, wrap
 from candlejax.xla import GENERATION_OPTIONS
@@ -379,15 +380,16 @@ class Llama(Module):
         st.cache = None  # donated below
         st.positions = 0
         if padded == s:
-            logits, st.cache = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
-            st.positions = index_pos + s
+            logits, c = _jit_step(self, c, jnp.asarray(t, jnp.uint32), jnp.int32(index_pos))
+            if not traced(c):  # under jax.jit / vmap / grad nothing is kept (the next call starts over)
+                st.cache, st.positions = c, index_pos + s
             return wrap(logits)
         pos = index_pos
         for chunk, n in prefill_chunks(np.asarray(t, np.uint32), padded):
             logits, c = _jit_step(self, c, chunk, jnp.int32(pos), jnp.int32(n - 1))
             pos += chunk.shape[1]
-        st.cache = c
-        st.positions = index_pos + s
+        if not traced(c):
+            st.cache, st.positions = c, index_pos + s
         return wrap(logits)
 
     __call__ = forward
@@ -432,8 +434,9 @@ class Llama(Module):
                            None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
         c = self._sized_cache(st, b, index_pos, index_pos + s)
         st.cache, st.positions = None, 0  # donated below
-        logits, st.cache = _jit_step_embeds(self, c, jnp.asarray(x, self.dtype.jnp), jnp.int32(index_pos))
-        st.positions = index_pos + s
+        logits, c = _jit_step_embeds(self, c, jnp.asarray(x, self.dtype.jnp), jnp.int32(index_pos))
+        if not traced(c):  # under jax.jit / vmap / grad nothing is kept (the next call starts over)
+            st.cache, st.positions = c, index_pos + s
         return wrap(logits)
 
     def reset(self) -> None:
@@ -554,8 +557,7 @@ def forward_all(params: Llama, tokens: Any) -> Any:
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama forward_all: token ids (batch, seq)")
-    if not isinstance(ids, jax.core.Tracer):
-        params.check_positions(0, ids.shape[1])
+    params.check_positions(0, ids.shape[1])  # a shape: checked under jit too
     cache = params.new_cache(ids.shape[0], ids.shape[1])
     x, _ = _hidden(params, cache, ids, 0)
     return wrap(_lm_head(params, x).astype(jnp.float32))

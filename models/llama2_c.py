@@ -50,6 +50,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.quantized import dequantized
 from candlejax.nn.rotary import rotary_tables
+from candlejax.nn.state import traced
 from candlejax.nn.var_builder import VarBuilder
 from candlejax.quantized import VarBuilder as QVarBuilder
 from candlejax.tensor import int_arg, unwrap, wrap
@@ -286,8 +287,9 @@ class Llama(Module):
         if kv is None or kv.batch != b:
             kv = StackedKvCache.new(cfg.n_layers, b, cfg.n_kv_heads, cfg.seq_len, hs, self.dtype, cache.device)
         cache.kvs, cache.n_cached = None, 0  # donated below
-        logits, cache.kvs = _jit_step(self, cache.cos, cache.sin, kv, ids, pos, pos)
-        cache.n_cached = index_pos + t
+        logits, kv = _jit_step(self, cache.cos, cache.sin, kv, ids, pos, pos)
+        if not traced(kv):  # under jax.jit / vmap / grad the host cache keeps nothing (starts over)
+            cache.kvs, cache.n_cached = kv, index_pos + t
         return wrap(logits)
 
     __call__ = forward
@@ -306,6 +308,8 @@ def step(model: Llama, cos: Any, sin: Any, kv: StackedKvCache, ids: Any, pos: An
     ``sin``), their keys and values written into ``kv`` at slots ``pos ..``, attending causally to
     the slots before; returns ``(logits (B, T, vocab) f32, kv)``. ``pos`` / ``rope_pos`` may be traced."""
     t = ids.shape[1]
+    if t > cos.shape[0]:  # Candle: cache.cos.i(index_pos..index_pos + seq_len) fails
+        raise errors.Msg(f"llama2_c step: {t} token(s) exceed the rotary tables' {cos.shape[0]} rows (seq_len)")
     c = lax.dynamic_slice_in_dim(unwrap(cos), rope_pos, t, 0)
     s = lax.dynamic_slice_in_dim(unwrap(sin), rope_pos, t, 0)
     h = unwrap(model.wte(ids))

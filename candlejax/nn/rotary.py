@@ -150,15 +150,19 @@ class RotaryEmbedding(Module):
             what = f"{a!r}" if dt is None else f"an array of dtype {dt} and shape {tuple(np.shape(a))}"
             raise errors.DimType(f"RotaryEmbedding: offset must be an integer position (an int or an integer"
                                  f" scalar), got {what}")  # fmt: skip
-        if isinstance(offset, (int, np.integer)) or (hasattr(offset, "shape") and not _traced(offset)):
-            off = int(np.asarray(unwrap(offset)))
-            if off < 0:
-                raise errors.Msg(f"RotaryEmbedding: negative position {off}")
-            if off + seq_len > self.max_position_embeddings:
-                raise errors.Msg(
-                    f"RotaryEmbedding: positions {off}..{off + seq_len - 1} exceed max_position_embeddings"
-                    f" {self.max_position_embeddings}"
-                )
+        if not (isinstance(offset, (int, np.integer)) or (hasattr(offset, "shape") and not _traced(offset))):
+            if seq_len > self.max_position_embeddings:  # a shape: checked with a traced offset too
+                raise errors.Msg(f"RotaryEmbedding: {seq_len} positions exceed max_position_embeddings"
+                                 f" {self.max_position_embeddings}")  # fmt: skip
+            return
+        off = int(np.asarray(unwrap(offset)))
+        if off < 0:
+            raise errors.Msg(f"RotaryEmbedding: negative position {off}")
+        if off + seq_len > self.max_position_embeddings:
+            raise errors.Msg(
+                f"RotaryEmbedding: positions {off}..{off + seq_len - 1} exceed max_position_embeddings"
+                f" {self.max_position_embeddings}"
+            )
 
     def tables(self, seq_len: int, offset: Any = 0) -> tuple[Any, Any]:
         """cos, sin rows ``offset .. offset + seq_len``: each ``(seq_len, dim/2)``."""

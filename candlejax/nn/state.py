@@ -1,11 +1,13 @@
 """Host-side state a module keeps between calls (Candle's stateful ``forward`` and its KV cache).
 
-provides: ``HostState``, ``check_continuation``
+provides: ``HostState``, ``check_continuation``, ``traced``
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import jax
 
 from candlejax import errors
 
@@ -61,3 +63,11 @@ def check_continuation(op: str, held_positions: int, held_batch: int | None, bat
     if held_batch != batch:
         raise errors.Msg(f"{op}: the cache holds batch {held_batch or 0}, x has batch {batch}; start a new sequence"
                          " at index_pos 0")  # fmt: skip
+
+
+def traced(tree: Any) -> bool:
+    """Whether ``tree`` (an array, a Tensor, a pytree of them) holds a JAX tracer: a value computed
+    inside ``jax.jit`` / ``grad`` / ``vmap`` / ``scan``. A stateful ``forward`` keeps no such value on
+    the host (it would end the transformation's scope as JAX's UnexpectedTracerError at the next call);
+    it drops its cache instead, so the next call starts a new sequence."""
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(tree))

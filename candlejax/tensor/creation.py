@@ -590,7 +590,10 @@ class CreationMixin(TensorBase):
 
     @staticmethod
     def from_jax(array: Any) -> Any:
-        """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8."""
+        """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8; a Tensor is
+        returned as it is."""
+        if isinstance(array, TensorBase):
+            return array
         if not (hasattr(array, "dtype") and hasattr(array, "shape")):
             raise errors.ArgumentType(f"from_jax expects a jax.Array, got {type(array).__name__}")
         adt = array.dtype

@@ -57,6 +57,7 @@ from candlejax.nn import (
     linear_b,
     ops,
 )
+from candlejax.nn.state import traced
 from candlejax.tensor import Tensor
 
 __all__ = ["AudioEncoder", "Config", "DecoderState", "MultiHeadAttention", "ResidualAttentionBlock", "TextDecoder",
@@ -339,7 +340,10 @@ class TextDecoder(Module):
         if whole and len(chunks) > 1:
             chunks = [Tensor.cat(chunks, 1)]
         st.cache = (np.concatenate([seen, new_ids], 1), chunks)
-        return chunks[0] if whole else h
+        out = chunks[0] if whole else h
+        if traced(st.value):  # traced audio features (jax.jit / vmap / grad): nothing kept, the next call starts anew
+            st.value, st.cache = None, None
+        return out
 
     def final_linear(self, x: Tensor) -> Tensor:
         """``x @ token_embedding.weight.T``: ``(B, T, D) -> (B, T, vocab)``, the table as a bias-free

@@ -97,6 +97,30 @@ def test_logits_match_transformers(pair, rng):
     np.testing.assert_allclose(logits.numpy(), ref.logits.numpy(), atol=1e-4, rtol=1e-4)
 
 
+def test_stateful_decoder_under_jit_keeps_no_tracer(pair, rng):
+    """``jax.jit`` over a closure calling the stateful ``text_decoder.forward(ids, image_embeds)``:
+    transformers' logits, and the decoder keeps nothing from the trace (the next eager call raised
+    JAX's UnexpectedTracerError, a tracer kept as its KV cache): it starts a new sequence."""
+    import jax
+
+    hf, _, d = pair
+    config = blip.Config.from_json_file(d / "config.json")
+    vb = VarBuilder.from_mmaped_safetensors([str(d / "model.safetensors")], DType.F32, Device.Cpu)
+    dec = blip_text.TextLMHeadModel.new(config.text_config, vb.pp("text_decoder"))
+    px = _pixels(rng)
+    ids = rng.integers(1, VOCAB, size=(1, 5))
+    ids[:, 0] = BOS
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.from_numpy(px), input_ids=torch.from_numpy(ids))
+    emb = Tensor.from_numpy(ref.image_embeds.numpy())
+    t = Tensor.from_numpy(ids.astype(np.uint32))
+    got = jax.jit(lambda i: dec.forward(i, emb))(t)
+    np.testing.assert_allclose(got.numpy(), ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+    first = dec.forward(t.narrow(1, 0, 3), emb).numpy()  # a new sequence: positions 0..2
+    rest = dec.forward(t.narrow(1, 3, 2), emb).numpy()
+    np.testing.assert_allclose(np.concatenate([first, rest], 1), ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_cached_steps_match_full_forward(pair, rng):
     _, model, _ = pair
     px = Tensor.from_numpy(_pixels(rng))

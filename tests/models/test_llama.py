@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from candlejax import Device, DType, errors  # noqa: E402
+from candlejax import Device, DType, Tensor, errors  # noqa: E402
 from candlejax.generation import Sampling, generate  # noqa: E402
 from candlejax.models import llama  # noqa: E402
 from candlejax.nn import VarBuilder  # noqa: E402
@@ -104,6 +104,12 @@ def test_forward_all_under_jit_and_grad(pair):
     grads = jax.grad(lambda p: llama.forward_all(p, ids).jax.astype(jnp.float32).mean())(model)
     g = np.asarray(grads.embed_tokens.weight.jax)
     assert np.isfinite(g).all() and np.abs(g).max() > 0
+    # more positions than the rotary tables hold (Candle's cos.narrow(0, index_pos, seq_len) fails): the
+    # length is a shape, checked under jit too (ran on clamped tables there)
+    long = jnp.zeros((1, model.max_position_embeddings + 1), jnp.uint32)
+    for fn in (llama.forward_all, jax.jit(llama.forward_all)):
+        with pytest.raises(errors.Msg, match="exceed max_position_embeddings"):
+            fn(model, long)
 
 
 @pytest.mark.parametrize("pair", ["gqa", "tied_llama3"], indirect=True)
@@ -170,6 +176,29 @@ def test_candles_example_loop_with_its_cache(pair):
         model.forward(np.array([[1]], np.uint32), 0, model.new_cache(1, 8))
     with pytest.raises(llama.errors.Error, match="use_kv_cache must be a bool"):
         llama.ForwardCache(1, DType.F32, model.config)
+
+
+@pytest.mark.parametrize("pair", ["gqa"], indirect=True)
+def test_stateful_forward_under_jit_keeps_no_tracer(pair):
+    """``jax.jit`` over a closure calling ``model.forward(ids, 0)`` (or ``forward_input_embed``, or
+    with Candle's ``Cache``) gives transformers' logits and keeps nothing from the trace: the next
+    eager call raised JAX's UnexpectedTracerError (a tracer kept as the KV cache); now a continuation
+    names the empty cache and a new sequence runs."""
+    _name, hf, model, _ = pair
+    ids = np.random.default_rng(5).integers(0, BASE["vocab_size"], (2, 6))
+    ref = _hf_logits(hf, ids)
+    caches = {"model": None, "candle": llama.Cache.new(True, DType.F32, model.config, Device.Cpu)}
+    for name, cache in caches.items():
+        fwds = (lambda x, c=cache: model.forward(x, 0, c),
+                lambda x, c=cache: model.forward_input_embed(model.embed(x), 0, c))  # fmt: skip
+        for fwd in fwds:
+            got = jax.jit(fwd)(Tensor.new(ids[:, :5].astype(np.uint32)))
+            np.testing.assert_allclose(np.asarray(got.jax), ref[:, 4], atol=1e-4, rtol=1e-4, err_msg=name)
+            with pytest.raises(errors.Msg, match="holds 0 positions, x starts at index_pos 5"):
+                model.forward(ids[:, 5:].astype(np.uint32), 5, cache)
+        model.forward(ids[:, :5].astype(np.uint32), 0, cache)
+        got = model.forward(ids[:, 5:].astype(np.uint32), 5, cache)
+        np.testing.assert_allclose(np.asarray(got.jax), ref[:, 5], atol=1e-4, rtol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)

@@ -171,6 +171,46 @@ def test_kv_cache_token_by_token_and_greedy_match_transformers(case):
     np.testing.assert_allclose(np.concatenate([a, b], axis=1), case.full, atol=ATOL, rtol=0)
 
 
+def test_forward_under_jit_keeps_no_tracer_in_the_cache(case):
+    """``jax.jit(lambda ids: model.forward(ids, 0, cache))``: transformers' logits, and the cache (a
+    host object, Candle's ``&mut Cache``) keeps nothing from the trace: the next eager call at
+    ``index_pos`` 0 runs (it raised JAX's UnexpectedTracerError, a tracer kept in ``cache.kvs``) and a
+    continuation names the empty cache."""
+    import jax
+
+    cache = Cache.new(True, case.config, case.vb.pp("rot"))
+    ids = np.asarray(PROMPT, np.uint32)
+    got = jax.jit(lambda x: case.model.forward(x, 0, cache))(Tensor.new(ids))
+    np.testing.assert_allclose(np.asarray(got), case.hf_logits(PROMPT), atol=ATOL, rtol=0)
+    with pytest.raises(errors.Msg, match="holds 0 positions, x starts at index_pos 5"):
+        case.model.forward(Tensor.new(ids[:, :1]), 5, cache)
+    a = np.asarray(case.model.forward(Tensor.new(ids[:, :2]), 0, cache).jax)
+    b = np.asarray(case.model.forward(Tensor.new(ids[:, 2:]), 2, cache).jax)
+    np.testing.assert_allclose(np.concatenate([a, b], axis=1), case.hf_logits(PROMPT), atol=ATOL, rtol=0)
+
+
+def test_step_past_the_rotary_tables_is_named(case):
+    """``llama2_c.step`` with more tokens than the rotary tables' ``seq_len`` rows (Candle:
+    ``cache.cos.i(index_pos..index_pos + seq_len)`` fails), eagerly and under jit: a candlejax error,
+    not XLA's 'slice_sizes must be less than or equal to operand shape' TypeError."""
+    import jax
+
+    from candlejax.models import llama2_c
+    from candlejax.nn import StackedKvCache
+
+    cfg, cache = case.config, Cache.new(False, case.config, case.vb.pp("rot"))
+    ids = Tensor.new(np.zeros((1, cfg.seq_len + 1), np.uint32))
+
+    def run(model, ids):
+        kv = StackedKvCache.new(cfg.n_layers, 1, cfg.n_kv_heads, 2 * cfg.seq_len, cfg.head_size(), DType.F32,
+                                Device.Cpu)  # fmt: skip
+        return llama2_c.step(model, cache.cos, cache.sin, kv, ids, 0, 0)[0]
+
+    for fn in (run, jax.jit(run)):
+        with pytest.raises(errors.Msg, match=r"llama2_c step: 33 token\(s\) exceed the rotary tables' 32 rows"):
+            fn(case.model, ids)
+
+
 def test_without_kv_cache_recomputes(case):
     cache = Cache.new(False, case.config, case.vb.pp("rot"))
     ids = np.asarray(PROMPT, np.uint32)

@@ -50,6 +50,58 @@ def test_encoder_decoder_match_transformers(tiny):
     np.testing.assert_allclose(np.asarray(m.forward(Tensor.from_numpy(mel.numpy()), toks.numpy())), ref, atol=1e-4)
 
 
+def test_pure_step_takes_token_tensors_and_scans_under_jit(tiny):
+    """``whisper.step`` / ``step_jit`` / ``prefill_jit`` with the token ids as a ``Tensor`` (what
+    candlejax code holds) give transformers' logits, and ``step`` runs inside ``jax.lax.scan`` under
+    ``jax.jit``; a Tensor of ids raised UnsupportedDTypeForOp 'I32 (supported: ..., i32, ...)'."""
+    import jax
+    import jax.numpy as jnp
+
+    hf, m = tiny
+    mel = torch.randn(2, 16, 60, generator=torch.Generator().manual_seed(3))
+    toks = torch.tensor([[1, 5, 7, 9], [1, 8, 8, 100]])
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=toks).logits.numpy()
+    dec, audio = m.decoder, m.encoder.forward(Tensor.from_numpy(mel.numpy()))
+    ids = Tensor.from_numpy(toks.numpy().astype(np.int32))
+    logits, _ = whisper.step(dec, whisper.new_state(dec, audio), ids)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+    logits, _ = whisper.step_jit(dec, whisper.new_state(dec, audio), ids)
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+    h, _ = whisper.prefill_jit(dec, whisper.new_state(dec, audio), ids)
+    np.testing.assert_allclose(np.asarray(dec.final_linear(h)), ref, atol=1e-4)
+
+    @jax.jit
+    def scanned(dec, audio, ids):
+        _, state = whisper.step(dec, whisper.new_state(dec, audio), ids.narrow(1, 0, 1))
+
+        def body(state, col):
+            logits, state = whisper.step(dec, state, Tensor(col[:, None]))
+            return state, logits.squeeze(1)
+
+        return jax.lax.scan(body, state, jnp.asarray(ids.narrow(1, 1, 3)).T)[1]
+
+    np.testing.assert_allclose(np.asarray(scanned(dec, audio, ids)).transpose(1, 0, 2), ref[:, 1:], atol=1e-4)
+
+
+def test_stateful_decoder_under_jit_over_audio_keeps_no_tracer(tiny):
+    """``jax.jit`` over a closure calling ``decoder.forward(ids, audio)`` with the audio features traced
+    (the ids on the host): transformers' hidden states, and the decoder keeps nothing from the trace
+    (the next eager call raised JAX's UnexpectedTracerError): ``flush_kv_cache=False`` starts anew."""
+    import jax
+
+    hf, m = tiny
+    mel = torch.randn(1, 16, 60, generator=torch.Generator().manual_seed(4))
+    toks = np.array([[1, 5, 7, 9]])
+    with torch.no_grad():
+        ref = hf.model(input_features=mel, decoder_input_ids=torch.from_numpy(toks)).last_hidden_state.numpy()
+    dec, audio = m.decoder, m.encoder.forward(Tensor.from_numpy(mel.numpy()))
+    got = jax.jit(lambda a: dec.forward(toks[:, :2], a))(audio)
+    np.testing.assert_allclose(np.asarray(got), ref[:, :2], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dec.forward(toks[:, :2], audio, False)), ref[:, :2], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dec.forward(toks, audio, False)), ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["sharded", "weights-file"])
 def test_sharded_folder_and_weights_file_load_as_transformers(tiny, tmp_path, layout):
     """A folder saved with ``save_pretrained(max_shard_size=...)`` (``model.safetensors.index.json`` and

@@ -115,3 +115,16 @@ def test_traced_train_flag_raises_naming_static_argnames():
         for train in (True, False):
             got = jax.jit(call, static_argnames="t")(layer, x, t=train)
             np.testing.assert_allclose(np.asarray(got), np.asarray(call(layer, x, train)), atol=1e-6)
+
+
+def test_rotary_length_past_its_tables_raises_under_jit():
+    """More positions than the tables hold (Candle: ``cos.narrow(0, index_pos, seq_len)`` fails) with a
+    traced offset: the length is a shape, named under jit too (was XLA's 'slice_sizes must be less than
+    or equal to operand shape' TypeError, or, with ``inv_freq`` tables, a silent result)."""
+    x = Tensor(np.ones((1, 2, 6, 8), np.float32))
+    for r in (nn.RotaryEmbedding(8, 4), nn.RotaryEmbedding(8, 4, precompute=False)):
+        with pytest.raises(errors.Msg, match=r"6 positions exceed max_position_embeddings 4"):
+            jax.jit(lambda x, o, r=r: r.apply_one(x, o))(x, np.int32(0))
+    r = nn.RotaryEmbedding(8, 8)
+    got = jax.jit(lambda x, o: r.apply_one(x, o))(x, np.int32(1))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(r.apply_one(x, 1)), atol=1e-6)
