@@ -30,7 +30,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -472,7 +472,7 @@ class MmapedSafetensors:
                 self._open_index(p)
             else:
                 self._sources = [_Source.open(p)]
-        elif isinstance(path, Sequence):
+        elif isinstance(path, Iterable) and not isinstance(path, (bytes, bytearray)):  # a list, Path.glob(..)
             self._open_multi([errors.path_arg(p, "MmapedSafetensors.multi") for p in path])
         else:
             errors.path_arg(path, "MmapedSafetensors")

@@ -21,7 +21,7 @@ import difflib
 import fnmatch
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,7 +217,7 @@ class SafetensorsBackend(SimpleBackend):
         if isinstance(paths, MmapedSafetensors):  # already open (e.g. bytes in memory, SliceSafetensors)
             self.st, self.paths = paths, list(paths.paths)
             return
-        if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence):
+        if not isinstance(paths, Iterable) or isinstance(paths, (str, bytes, bytearray, os.PathLike)):
             paths = [paths]
         self.paths = [errors.path_arg(p, "from_mmaped_safetensors") for p in paths]
         self.st = _open_safetensors(self.paths)

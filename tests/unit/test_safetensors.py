@@ -241,6 +241,22 @@ def test_mmaped_multi_and_index(tmp_path, rng):
         cst.MmapedSafetensors.multi([s1, s1])
 
 
+def test_mmaped_multi_takes_any_iterable_of_paths(tmp_path):
+    """Paths from ``Path.glob`` (a generator) or a dict's keys open as the list of them, as they did
+    before the argument checks; a non-path still raises ``ArgumentType``."""
+    from candlejax.nn import VarBuilder
+
+    s1, s2 = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    stnp.save_file({"a": np.ones((2,), np.float32)}, str(s1))
+    stnp.save_file({"b": np.full((3,), 2, np.float32)}, str(s2))
+    assert sorted(cst.MmapedSafetensors(tmp_path.glob("*.safetensors")).names()) == ["a", "b"]
+    assert sorted(cst.MmapedSafetensors({str(s1): 0, str(s2): 1}.keys()).names()) == ["a", "b"]
+    vb = VarBuilder.from_mmaped_safetensors(tmp_path.glob("*.safetensors"), DType.F32, cj.Device.Cpu)
+    assert np.asarray(vb.get(3, "b")).tolist() == [2, 2, 2]
+    with pytest.raises(errors.ArgumentType, match="MmapedSafetensors"):
+        cst.MmapedSafetensors(3)
+
+
 def test_mmaped_file_deserialize(tmp_path, rng):
     """Candle's ``MmapedFile::new(p)?.deserialize()?``: the safetensors crate's ``SafeTensors``
     (``tensor(name)``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``), views that ``load``."""
