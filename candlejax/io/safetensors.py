@@ -628,8 +628,12 @@ class SafeTensors(MmapedSafetensors):
         """The TensorView of ``name`` (``SafeTensors::tensor``; raises ``CannotFindTensor``)."""
         return self.get(name)
 
+    def len(self) -> int:
+        """``SafeTensors::len``: the number of tensors (``len(st)``)."""
+        return self.__len__()
+
     def is_empty(self) -> bool:
-        return len(self) == 0
+        return self.__len__() == 0
 
 
 class MmapedFile:

@@ -266,6 +266,7 @@ def test_mmaped_file_deserialize(tmp_path, rng):
     mf = cst.MmapedFile.new(p)
     st = mf.deserialize()
     assert sorted(st.names()) == ["a", "b"] and len(st) == 2 and not st.is_empty()
+    assert st.len() == 2  # the crate's SafeTensors::len, as Rust code calls it
     v = st.tensor("a")
     assert (v.shape, v.dtype) == ((2, 3), DType.F32)
     np.testing.assert_array_equal(np.asarray(v.load(cj.Device.Cpu)), a)
