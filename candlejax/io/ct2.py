@@ -99,7 +99,7 @@ class Ct2Model:
     @staticmethod
     def read(path: str | os.PathLike) -> Ct2Model:
         """Open ``path`` (a ``model.bin`` or the folder holding one) and check its whole header."""
-        path = os.fspath(path)
+        path = errors.path_arg(path, "ct2")
         if os.path.isdir(path):
             path = os.path.join(path, "model.bin")
         if not os.path.isfile(path):  # as every reader (errors.check_file), and still an errors.Ct2

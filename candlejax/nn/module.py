@@ -806,7 +806,7 @@ class Module:
         Raises listing the missing and unexpected names when ``strict`` and the file comes from a
         different architecture; shapes must match.
         """
-        src = os.fspath(path)
+        src = errors.path_arg(path, "load_safetensors")
         mine = named_tensors(self)
         with MmapedSafetensors(src) as st:
             names = st.names()

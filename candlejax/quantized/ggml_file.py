@@ -119,6 +119,8 @@ class Content:
             with open(src, "rb") as f:
                 buf = f.read()
         else:
+            if not hasattr(reader, "read"):
+                errors.path_arg(reader, "ggml_file::Content::read", "reader (a path or a binary file object)")
             src = getattr(reader, "name", "<reader>")
             reader.seek(0)
             buf = reader.read()

@@ -20,7 +20,7 @@ from candlejax import errors
 def load_imatrix(fname: str | os.PathLike) -> dict[str, np.ndarray]:
     """``imatrix_file::load_imatrix(fname)``: tensor name -> f32 weights (each sum divided by its
     ``ncall`` when that is not 0), ready for ``QTensor.quantize_imatrix(t, imatrix[name], dtype)``."""
-    path = os.fspath(fname)
+    path = errors.path_arg(fname, "load_imatrix", "fname")
     try:
         with open(path, "rb") as f:
             buf = f.read()
