@@ -71,7 +71,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     Raises :class:`candlejax.errors.Audio` for a missing, empty or unreadable file, 0 samples, or
     NaN/inf samples. For long files use :class:`AudioStream`, which reads block by block.
     """
-    path = os.fspath(path)
+    path = errors.path_arg(path, "read_audio")
     f = _open(path)
     with f:
         data = f.read(dtype="float32", always_2d=True)
@@ -118,7 +118,7 @@ class AudioStream:
     """
 
     def __init__(self, path: str | os.PathLike, sample_rate: int = 16000, block_seconds: float = 10.0):
-        self.path = os.fspath(path)
+        self.path = errors.path_arg(path, "AudioStream")
         self.name = self.path
         self._f = _open(self.path)
         self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)

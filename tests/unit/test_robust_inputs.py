@@ -561,14 +561,16 @@ def test_missing_torch_checkpoint_is_a_no_such_file_error(tmp_path):
 
 @pytest.mark.parametrize("bad", [None, 3])
 def test_more_readers_refuse_paths_of_the_wrong_type(bad):
-    """The CTranslate2, imatrix and ggml readers and ``Module.load_safetensors`` raised os.fspath's bare
+    """The CTranslate2, imatrix, ggml and audio readers and ``Module.load_safetensors`` raised os.fspath's bare
     TypeError (or ``'NoneType' object has no attribute 'seek'``) for a path that is not one."""
+    from candlejax import audio
     from candlejax.io import ct2
     from candlejax.quantized import ggml_file, imatrix_file
 
     lin = cj.nn.Linear(Tensor.ones((2, 2), DType.F32, cj.Device.Cpu), None)
     calls = {"ct2": ct2.Ct2Model.read, "load_imatrix": imatrix_file.load_imatrix,
-             "ggml_file": ggml_file.Content.read, "load_safetensors": lin.load_safetensors}  # fmt: skip
+             "ggml_file": ggml_file.Content.read, "load_safetensors": lin.load_safetensors,
+             "read_audio": audio.read_audio, "AudioStream": audio.AudioStream}  # fmt: skip
     for name, call in calls.items():
         with pytest.raises(errors.ArgumentType, match=r"must be a str or os\.PathLike") as e:
             call(bad)
