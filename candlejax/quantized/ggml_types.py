@@ -326,10 +326,18 @@ _DEQ = {
 }
 
 
+def _quiet() -> np.errstate:
+    """numpy's floating-point warnings off (a fresh context per call: nested and thread-safe): Candle's
+    kernels meet NaN, inf and f16 overflow silently (``inf * 0`` is NaN, ``f16::from_f32`` saturates
+    to inf), and the results here are the same values."""
+    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
 def dequantize_np(raw: np.ndarray | bytes, dtype: GgmlDType, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Raw GGML block bytes -> float32 values (flat, or reshaped to ``shape``). Candle's ``to_float``."""
     b = _blocks(np.frombuffer(raw, np.uint8) if isinstance(raw, bytes | bytearray | memoryview) else raw, dtype)
-    out = _DEQ[dtype](b).reshape(-1)
+    with _quiet():  # an inf scale times a zero quant is NaN, silently as in Candle
+        out = _DEQ[dtype](b).reshape(-1)
     return out if shape is None else out.reshape(shape)
 
 
@@ -956,7 +964,8 @@ def quantize_np(x: np.ndarray, dtype: GgmlDType) -> np.ndarray:
         raise errors.Msg(f"tensor size ({x.size}) is not divisible by block size {bs}")
     if x.size == 0:
         return np.zeros(0, np.uint8)
-    out = _QUANT[dtype](x.reshape(-1, bs))
+    with _quiet():  # NaN / inf values follow Candle's casts without numpy's RuntimeWarnings
+        out = _QUANT[dtype](x.reshape(-1, bs))
     return np.ascontiguousarray(out, dtype=np.uint8).reshape(-1)
 
 
@@ -984,7 +993,8 @@ def quantize_imatrix_np(x: np.ndarray, imatrix: np.ndarray, dtype: GgmlDType) ->
         return np.zeros(0, np.uint8)
     rows = x.reshape(-1, QK_K)
     w = np.broadcast_to(qw.reshape(-1, QK_K), (x.size // n_per_row, n_per_row // QK_K, QK_K)).reshape(-1, QK_K)
-    out = _QUANT[dtype](rows, w)
+    with _quiet():
+        out = _QUANT[dtype](rows, w)
     return np.ascontiguousarray(out, dtype=np.uint8).reshape(-1)
 
 

@@ -107,3 +107,23 @@ def test_k_quant_positive_rows_keep_candles_zero_dmin(fmt, tmp_path):
     x = rng.uniform(0, 1, (64, 256)).astype(np.float32)
     x[0] = 0.0
     np.testing.assert_array_equal(ours(x, fmt), candle_bytes(x, fmt, tmp_path))
+
+
+@pytest.mark.parametrize("fmt", [*LEGACY, "q2k", "q3k", "q4k", "q5k", "q6k"])
+def test_nan_and_inf_quantize_and_dequantize_without_warnings(fmt, tmp_path):
+    # Candle's from_float / to_float meet NaN and inf silently; numpy's `inf * 0` and f16 overflow
+    # warnings (errors under -W error) must not leak out of QTensor.quantize / dequantize
+    import warnings
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    x[0, 3], x[1, 40], x[2, 0] = np.nan, np.inf, np.float32(1e6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = QTensor.quantize(Tensor(x), GgmlDType.parse(fmt))
+        got = np.asarray(q.dequantize())
+    if fmt in LEGACY:  # the same bytes as Candle's (its Q8_1 has no dequantize)
+        np.testing.assert_array_equal(np.asarray(q.data()).reshape(-1), candle_bytes(x, fmt, tmp_path))
+    else:
+        want = np.array(candle.Tensor(x).quantize(fmt).dequantize().values(), np.float32)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
