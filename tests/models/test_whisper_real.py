@@ -56,6 +56,26 @@ def _features(pcm):
     return WhisperFeatureExtractor()(pcm, sampling_rate=16000, return_tensors="pt").input_features
 
 
+def _transformers_long_form(hf, pcm, condition=True):
+    """transformers' long-form ``generate`` (OpenAI's algorithm) over the whole of ``pcm``, greedy with
+    timestamps: ``[(start, end, tokens)]`` per segment."""
+    from transformers import WhisperFeatureExtractor
+
+    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
+                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        out = hf.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
+                          return_segments=True, temperature=0.0, condition_on_prev_tokens=condition,
+                          logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
+    ref = []
+    for r in out["segments"][0]:
+        toks = r["tokens"].tolist()
+        if len(toks) > 2 and toks[-2] >= 50363:  # transformers keeps the next pair's first timestamp
+            toks = toks[:-1]
+        ref.append((round(float(r["start"]), 2), round(float(r["end"]), 2), toks))
+    return ref
+
+
 def test_encoder_and_first_step_logits_match_transformers(env):
     m, hf = env["model"], env["hf"]
     pcm = cj_audio.read_audio(env["clips"]["fox"])
@@ -316,8 +336,6 @@ def test_long_form_matches_transformers_generate(env, condition):
     algorithm) with the previous text as prompt or not. The first window ends inside the sixth
     sentence, so the second starts at its last timestamp pair (24.60 s). transformers pads the last
     window's mel with 0.0, as ``mel_padding="mel"``."""
-    from transformers import WhisperFeatureExtractor
-
     d = env["dir"]
     parts = []
     for i, (text, gap) in enumerate(zip(LONG_SENTENCES, [1.0, 2.5, 1.5, 3.0, 2.0, 1.2, 2.2, 1.0])):
@@ -326,19 +344,7 @@ def test_long_form_matches_transformers_generate(env, condition):
             subprocess.run(["espeak-ng", "-w", str(p), text], check=True, capture_output=True)
         parts += [cj_audio.read_audio(str(p)).astype(np.float32), np.zeros(int(16000 * gap), np.float32)]
     pcm = np.concatenate(parts)
-    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
-                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
-        out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
-                                 return_segments=True, temperature=0.0, condition_on_prev_tokens=condition,
-                                 logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
-    tb = 50363
-    ref = []
-    for r in out["segments"][0]:
-        toks = r["tokens"].tolist()
-        if len(toks) > 2 and toks[-2] >= tb:  # transformers keeps the next pair's first timestamp
-            toks = toks[:-1]
-        ref.append((round(float(r["start"]), 2), round(float(r["end"]), 2), toks))
+    ref = _transformers_long_form(env["hf"], pcm, condition)
     segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel",
                                    condition_on_previous_text=condition))  # fmt: skip
     got = [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs]
@@ -351,18 +357,9 @@ def test_silence_and_noise_windows_follow_transformers_no_speech_rule(env):
     """40 s of white noise: both windows are skipped (no-speech probability > 0.6 with an average
     log-probability < -1, OpenAI's rule, transformers' ``should_skip``); 40 s of digital silence: tiny.en
     says " you" in each window with an average log-probability above -1, so both are kept, as there."""
-    from transformers import WhisperFeatureExtractor
-
     rng = np.random.default_rng(0)
     for pcm in (rng.standard_normal(16000 * 40).astype(np.float32) * 0.05, np.zeros(16000 * 40, np.float32)):
-        f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
-                                      return_attention_mask=True, return_tensors="pt")  # fmt: skip
-        with torch.no_grad():
-            out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
-                                     return_segments=True, temperature=0.0, condition_on_prev_tokens=True,
-                                     logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
-        ref = [(round(float(r["start"]), 2), round(float(r["end"]), 2), r["tokens"].tolist())
-               for r in out["segments"][0]]  # fmt: skip
+        ref = _transformers_long_form(env["hf"], pcm)
         segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
         assert [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs] == ref
         assert len(ref) == (0 if pcm.any() else 2)
@@ -373,26 +370,13 @@ def test_window_of_silence_between_speech_is_floored_at_the_whole_files_max(env)
     """Speech, 66 s of digital silence, speech: OpenAI (and transformers) floor the log-mel of every
     window at the whole file's maximum minus 8, so the silent window is skipped by the no-speech rule;
     floored at its own maximum it came out as a hallucinated sentence."""
-    from transformers import WhisperFeatureExtractor
-
     p = env["dir"] / "long0.wav"
     if not p.exists():
         subprocess.run(["espeak-ng", "-w", str(p), LONG_SENTENCES[0]], check=True, capture_output=True)
     clip = cj_audio.read_audio(str(p)).astype(np.float32)
     pcm = np.concatenate([clip, np.zeros(16000 * 66, np.float32), clip])
-    f = WhisperFeatureExtractor()(pcm, sampling_rate=16000, truncation=False, padding="longest",
-                                  return_attention_mask=True, return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
-        out = env["hf"].generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True,
-                                 return_segments=True, temperature=0.0, condition_on_prev_tokens=True,
-                                 logprob_threshold=-1.0, no_speech_threshold=0.6)  # fmt: skip
-    ref = []
-    for r in out["segments"][0]:
-        toks = r["tokens"].tolist()
-        if len(toks) > 2 and toks[-2] >= 50363:  # transformers keeps the next pair's first timestamp
-            toks = toks[:-1]
-        ref.append((round(float(r["start"]), 2), toks))
+    ref = _transformers_long_form(env["hf"], pcm)
     segs = list(whisper.transcribe(env["model"], pcm, temperature=0.0, mel_padding="mel"))
     assert [s.text for s in segs if 30.0 <= s.start < 60.0] == []
-    assert [(round(s.start, 2), s.tokens) for s in segs] == ref
+    assert [(round(s.start, 2), round(s.end, 2), s.tokens) for s in segs] == ref
 
