@@ -17,7 +17,7 @@ key it is given::
             return x + Tensor.randn(0.0, 1.0, x.shape, x.device)
 
 A device's generator is shared by all threads: a draw reads and advances its counter atomically,
-so concurrent draws never repeat or skip one (which thread gets which draw follows scheduling; a
+so concurrent draws never repeat one (which thread gets which draw follows scheduling; a
 :func:`key_scope`, which is per thread, gives a thread numbers of its own).
 
 Keys are threefry2x32 keys built from the full 64-bit seed, so ``set_seed(2**40)`` and
@@ -41,7 +41,7 @@ DEFAULT_SEED = 299792458
 
 _state: dict[Any, list[Any]] = {}  # device -> [seed, base key, counter]
 #: makes a draw's counter read-and-advance atomic across threads (Candle locks its CUDA generator:
-#: cuda_backend/device.rs ``curand: Arc<Mutex<CudaRng>>``), so two threads never share or skip a draw
+#: cuda_backend/device.rs ``curand: Arc<Mutex<CudaRng>>``), so two threads never share a draw
 _lock = threading.Lock()
 _scopes = threading.local()  # .stack: list of [key, counter] pushed by key_scope
 
