@@ -296,7 +296,7 @@ class NpzTensors:
             raise errors.CannotFindTensor(name, f"not in {self.path}")
         return self._read(name, True)
 
-    def _shape(self, name: str) -> Shape:
+    def get_shape(self, name: str) -> Shape:
         """The shape of ``name`` without reading its data, whatever its dtype (``get(name, dtype=)``
         reads the members that ``get_shape_and_dtype`` refuses)."""
         return Shape(self._header(name)[0])

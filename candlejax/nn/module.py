@@ -37,7 +37,7 @@ from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
-from candlejax.tensor._core import TensorBase, _concrete, unwrap, wrap
+from candlejax.tensor._core import TensorBase, concrete_array, unwrap, wrap
 
 __all__ = [
     "Buffer",
@@ -247,7 +247,7 @@ class NamedTensor(Tensor):
 
     def __reduce__(self) -> Any:
         """pickle: a handle of the same class, name and value (``nn.Parameter`` pickles as a Parameter)."""
-        return (type(self)._make, (_concrete(self._a, "pickle"), self.name))
+        return (type(self)._make, (concrete_array(self._a, "pickle"), self.name))
 
     def __copy__(self) -> Any:
         """``copy.copy(v)``: a new handle on the same buffer."""

@@ -335,7 +335,7 @@ class NpzBackend(_FileBackend):
         return path in self.npz
 
     def _shape(self, path: str) -> tuple[int, ...]:
-        return tuple(self.npz._shape(path))
+        return tuple(self.npz.get_shape(path))
 
     def _load(self, path: str, dtype: DType | None = None) -> Any:
         return self.npz.get(path, dtype=dtype)._a

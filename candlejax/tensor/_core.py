@@ -159,7 +159,7 @@ class TensorBase:
 
     def __reduce__(self) -> Any:
         """pickle: the values, dtype and device (as ``pickle.dumps(torch_tensor)``); a traced Tensor raises."""
-        return (wrap, (_concrete(self._a, "pickle"),))
+        return (wrap, (concrete_array(self._a, "pickle"),))
 
     def __copy__(self) -> Any:
         return wrap(self._a)
@@ -225,7 +225,7 @@ def aval(a: Any) -> Any:
         return a
 
 
-def _concrete(a: Any, op: str) -> Any:
+def concrete_array(a: Any, op: str) -> Any:
     """``a`` itself; a tracer raises TracingError, a donated buffer DeletedBuffer, naming ``op``."""
     if isinstance(a, jax.core.Tracer):
         raise errors.TracingError(
