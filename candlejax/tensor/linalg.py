@@ -4,7 +4,8 @@ f32/f64 products run at full precision (``lax.Precision.HIGHEST``: no TF32/bf16 
 accelerators, as Candle's default; ``cj.set_gemm_reduced_precision_f32(True)`` allows TF32);
 bf16/f16 products accumulate in f32 and return their own dtype.
 
-requires: candlejax.tensor._core (TensorBase, wrap, check_same_device), candlejax._dispatch.op
+requires: candlejax.tensor._core (TensorBase, wrap, check_same_device), candlejax.tensor.reduce
+(sqrt_zero_grad), candlejax._dispatch.op
 provides: LinalgMixin
 """
 
@@ -21,6 +22,7 @@ from candlejax._precision import f32_precision
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
 from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, not_a_tensor, wrap
+from candlejax.tensor.reduce import sqrt_zero_grad
 
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
@@ -57,7 +59,7 @@ def _dot(a: Any, b: Any) -> Any:
 @op
 def _norm(a: Any) -> Any:
     x = a.astype(jnp.float32) if a.dtype in _HALF else a
-    return jnp.sqrt(jnp.sum(x * x)).astype(a.dtype)
+    return sqrt_zero_grad(jnp.sum(x * x)).astype(a.dtype)  # a zero vector's gradient: 0 (PyTorch), not NaN
 
 
 

@@ -6,7 +6,7 @@ accumulated in f32 and returned in their own dtype.
 
 requires: candlejax.tensor._core (TensorBase, wrap), candlejax._dispatch.op, candlejax.shape
 provides: ReduceMixin, ``softmax_op`` / ``log_softmax_op`` (the kernels behind ``candlejax.nn.ops.softmax``
-/ ``log_softmax`` and the PyTorch-style ``x.softmax(dim)``)
+/ ``log_softmax`` and the PyTorch-style ``x.softmax(dim)``), ``sqrt_zero_grad``
 """
 
 from __future__ import annotations
@@ -73,6 +73,20 @@ def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
     d = x - mean
     n = x.shape[axis]
     return (jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1)).astype(a.dtype)
+
+
+def sqrt_zero_grad(x: Any) -> Any:
+    """``sqrt(x)`` whose gradient at ``x == 0`` is 0 rather than ``inf · 0 = NaN`` (PyTorch's
+    ``linalg.norm`` and ``std`` backward at a zero norm / a constant row)."""
+    zero = x == 0
+    return jnp.where(zero, jnp.zeros((), x.dtype), jnp.sqrt(jnp.where(zero, jnp.ones((), x.dtype), x)))
+
+
+@op(static=("axis", "keepdims"))
+def _std(a: Any, *, axis: int, keepdims: bool) -> Any:
+    x = _up(a)
+    d = x - jnp.mean(x, axis=axis, keepdims=True)
+    return sqrt_zero_grad(jnp.sum(d * d, axis=axis, keepdims=keepdims) / (x.shape[axis] - 1)).astype(a.dtype)
 
 
 @op(static=("axis",))
@@ -335,8 +349,14 @@ class ReduceMixin(TensorBase):
         return self._all_reduce(_min_all)
 
     def std(self, dim: Any = None, keepdim: bool = False) -> Any:
-        """``var(dim, keepdim).sqrt()`` (PyTorch ``std``, unbiased); Candle has no ``std``."""
-        return self.var(dim, keepdim).sqrt()
+        """``var(dim, keepdim).sqrt()`` (PyTorch ``std``, unbiased); Candle has no ``std``. As
+        PyTorch's, the gradient of a zero std (a constant row) is 0, not NaN."""
+        if dim is None:
+            return _keep_all(self, self.flatten_all().std(0), keepdim)
+        a = self._a
+        axis = _single_dim(dim, a.shape, "std")
+        _float_only(self, "std")
+        return wrap(_run(_std, a, axis=axis, keepdims=bool(keepdim)))
 
     def _flat_arg(self, k: Any, keepdim: bool, name: str) -> Any:
         out = self.flatten_all()._reduce1(k, 0, False, name)
