@@ -150,9 +150,11 @@ def mse(inp: Any, target: Any) -> Any:
 @op
 def _bce_logit(x: Any, t: Any) -> Any:
     xf, tf = _upcast(x), _upcast(t)
-    # softplus(x) - x·t: stable, and its gradient at x = 0 is sigmoid(0) - t (max(x, 0) + log1p(exp(-|x|))
-    # has the same value, but JAX's subgradients of max and abs at 0 made it -t)
-    loss = jax.nn.softplus(xf) - xf * tf
+    # softplus(x) - x·t, written for x >= 0 as softplus(-x) + x·(1 - t) so that a large positive logit
+    # with target 1 does not cancel (12: 5.72e-6 for 6.14e-6). Each branch is smooth, so the gradient
+    # at x = 0 is sigmoid(0) - t (max(x, 0) + log1p(exp(-|x|)) has the same value, but JAX's
+    # subgradients of max and abs at 0 made it -t)
+    loss = jnp.where(xf >= 0, jax.nn.softplus(-xf) + xf * (1 - tf), jax.nn.softplus(xf) - xf * tf)
     return jnp.mean(loss).astype(x.dtype)
 
 
