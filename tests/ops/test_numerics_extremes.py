@@ -56,3 +56,14 @@ def test_std_of_constant_row_and_its_grad(dim):
 def test_std_of_one_element_is_nan_as_torch():
     # unbiased (n - 1) rule: 0 / 0
     assert np.isnan(np.asarray(T(np.array([[3.0]], np.float32)).std(1).jax)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=["f16", "bf16"])
+def test_half_std_whose_variance_overflows(dtype):
+    # f16: the variance 120000 is past f16's max (65504) while the std 346.4 is not; computed in f32 and
+    # rounded once, as PyTorch (the variance rounded to f16 first gave inf)
+    x = np.array([[300.0, -300.0, 300.0, -300.0], [1.0, 2.0, 3.0, 4.0]], np.float32).astype(dtype)
+    want = torch.tensor(x.astype(np.float64)).std(1).numpy()
+    got = np.asarray(T(x).std(1).jax).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=8e-3)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda t: t.std(1))(T(x)).jax).astype(np.float64), want, rtol=8e-3)
