@@ -285,8 +285,8 @@ _TORCH_NAMES = {
 }
 
 
-def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
-    """A jax array from a torch tensor: DLPack (zero-copy on CPU), numpy as the fallback."""
+def _from_torch(t: Any, dtype: DType | None, where: str, copy: bool = False) -> Any:
+    """A jax array from a torch tensor: DLPack (zero-copy on CPU unless ``copy``), numpy as the fallback."""
     import torch
 
     name = str(t.dtype).removeprefix("torch.")
@@ -294,12 +294,25 @@ def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
     if d is None:
         raise errors.UnsupportedDTypeForOp(name, where, "supported: " + ", ".join(x.value for x in DType))
     check_width(d, where)
-    t = t.detach()
+    if t.is_meta:
+        raise errors.InvalidArgument(
+            f"{where}: a torch tensor on the meta device has no values (shape {list(t.shape)}); create it"
+            " on a real device (or torch.empty(..., device='cpu')) first"
+        )
+    if t.layout != torch.strided:
+        raise errors.InvalidArgument(
+            f"{where}: a torch tensor with layout {t.layout} has no dense buffer; convert it with t.to_dense() first"
+        )
+    src = t
+    # a lazy negation (``_neg_view``, ``conj`` of ...) is a flag DLPack does not carry: apply it
+    t = t.detach().resolve_neg().resolve_conj()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
+    if copy and t.numel() and t.untyped_storage().data_ptr() == src.untyped_storage().data_ptr():
+        t = t.clone()  # torch.tensor(x) copies: later writes into ``x`` must not reach the jax array
     try:
         a = jax.dlpack.from_dlpack(t)
     except Exception:
@@ -345,7 +358,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
             _check_int_values(data, dt.np, where, False)
         return _from_host(data.astype(dt.np, copy=False))
     elif _is_torch(data):
-        return _from_torch(data, dt, where)
+        return _from_torch(data, dt, where, copy=True)
     elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
         return as_jax_array(np.frombuffer(data, np.uint8).copy(), dtype, where)
     elif isinstance(data, (list, tuple, range, int, float, bool)):  # range: a sequence, as candle-pyo3 reads it
