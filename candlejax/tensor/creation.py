@@ -127,6 +127,13 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
     raise errors.ArgumentType(f"incorrect type {type(value)} for tensor")
 
 
+def _native_byte_order(a: Any) -> Any:
+    """``a`` with its values in the machine's byte order (``">f4"`` data read from a file is f32)."""
+    if a.dtype.isnative:
+        return a
+    return a.astype(a.dtype.newbyteorder("="))
+
+
 def _np_dtype(dt: np.dtype, where: str) -> DType:
     d = NUMPY_TO_DTYPE.get(dt)
     if d is None:
@@ -327,6 +334,18 @@ def _from_torch(t: Any, dtype: DType | None, where: str, copy: bool = False) -> 
     return a
 
 
+def _is_candle_pyo3(x: Any) -> bool:
+    """A ``candle.Tensor`` of Candle's Python binding (candle-pyo3), which has no ``__array__``."""
+    tp = type(x)
+    return tp.__name__ == "Tensor" and tp.__module__ in ("builtins", "candle") and hasattr(x, "flatten_all")
+
+
+def _from_candle_pyo3(t: Any) -> np.ndarray:
+    """The values of a candle-pyo3 tensor as a numpy array of its dtype and shape (any rank)."""
+    d = to_dtype(str(t.dtype).lower())
+    return np.array(t.flatten_all().values(), dtype=d.np).reshape(tuple(t.shape))
+
+
 def _from_host(arr: Any) -> Any:
     """Host data as a ``jax.Array``: eagerly ``device_put`` (a copy; ``jnp.asarray`` compiles one XLA
     executable per new shape, 20-40 ms on CPU); under a trace, a constant as ``jnp.asarray`` makes."""
@@ -348,6 +367,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     elif isinstance(data, (jax.Array, _Tracer)):
         a = data
     elif isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        data = _native_byte_order(data)
         if dt is None:
             _np_dtype(data.dtype, where)
             if data.dtype == np.bool_:
@@ -365,6 +385,8 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):
         a = data.__jax_array__()
+    elif _is_candle_pyo3(data):
+        return as_jax_array(_from_candle_pyo3(data), dtype, where)
     elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):
         return as_jax_array(np.asarray(data), dtype, where)
     else:
@@ -593,6 +615,7 @@ class CreationMixin(TensorBase):
         """
         if not isinstance(array, np.ndarray):
             array = np.asarray(array)
+        array = _native_byte_order(array)
         _np_dtype(array.dtype, "from_numpy")
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)

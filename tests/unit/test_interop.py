@@ -46,3 +46,39 @@ def test_torch_tensors_without_data_raise_candlejax_errors():
         Tensor.from_torch(torch.ones(3, device="meta"))
     with pytest.raises(errors.Error, match="to_dense"):
         Tensor(torch.eye(2).to_sparse())
+
+
+@pytest.mark.parametrize("code", [">f4", ">i4", ">u4", ">f2", ">i2"])
+def test_big_endian_numpy_arrays_keep_their_values(code):
+    """``Tensor(np.arange(3, dtype=">f4"))`` is the f32 values 0, 1, 2, as candle-pyo3 gives
+    (its ``Tensor(a)`` reads the values) and as ``a.astype("=f4")`` holds them."""
+    a = np.arange(6, dtype=code).reshape(2, 3)
+    native = a.astype(a.dtype.newbyteorder("="))
+    t = Tensor(a)
+    assert t.dtype == native.dtype and t.to_vec2() == native.tolist()
+    assert Tensor(a.T).to_vec2() == native.T.tolist()
+    assert Tensor(a[0, 1]).to_scalar() == native[0, 1].item()
+    assert Tensor.from_numpy(a).to_vec2() == native.tolist()
+    assert Tensor(a, dtype=DType.F32).to_vec2() == native.astype(np.float32).tolist()
+
+
+candle = pytest.importorskip("candle")
+
+
+@pytest.mark.parametrize("dt", ["f32", "u8", "u32", "f16", "bf16"])
+def test_tensor_of_a_candle_pyo3_tensor_keeps_dtype_shape_values(dt):
+    """``Tensor(candle.Tensor(...))`` takes candle-pyo3's dtype, shape and values, for any rank."""
+    base = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 2
+    if dt in ("u8", "u32"):
+        base = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    for shape in [(2, 3, 4), (1, 2, 3, 4), (24,), (0, 3)]:
+        vals = base.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+        c = candle.Tensor(vals.reshape(-1).tolist() or [0.0]).to_dtype(dt)
+        c = c.reshape(shape) if vals.size else candle.zeros(shape, dtype=dt)
+        t = Tensor(c)
+        assert t.dtype.as_str() == dt and t.shape == tuple(c.shape)
+        want = c.flatten_all().to_dtype("f32").values() if vals.size else []
+        assert np.asarray(t, np.float64).reshape(-1).tolist() == want
+    c0 = candle.Tensor(2.5).to_dtype(dt) if dt not in ("u8", "u32") else candle.Tensor(7).to_dtype(dt)
+    t0 = Tensor(c0)
+    assert t0.shape == () and t0.dtype.as_str() == dt and t0.to_scalar() == c0.values()
