@@ -48,6 +48,17 @@ def test_torch_tensors_without_data_raise_candlejax_errors():
         Tensor(torch.eye(2).to_sparse())
 
 
+def test_operators_with_a_torch_tensor_raise_a_candlejax_error():
+    """``t + torch_tensor`` (either side) raises a candlejax error naming the torch tensor, as
+    ``t + np_array`` does, not Python's ``unsupported operand type(s) for +: 'Tensor' and 'Tensor'``
+    (torch itself refuses ``torch_tensor + jax_array`` with a TypeError)."""
+    t = Tensor([1.0, 2.0, 3.0])
+    x = torch.ones(3)
+    for f in (lambda: t + x, lambda: x + t, lambda: t * x, lambda: x - t, lambda: t < x):
+        with pytest.raises(errors.Error, match=r"torch\.Tensor of shape \[3\].*Tensor\(\.\.\.\)"):
+            f()
+
+
 @pytest.mark.parametrize("code", [">f4", ">i4", ">u4", ">f2", ">i2"])
 def test_big_endian_numpy_arrays_keep_their_values(code):
     """``Tensor(np.arange(3, dtype=">f4"))`` is the f32 values 0, 1, 2, as candle-pyo3 gives
