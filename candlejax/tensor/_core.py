@@ -173,6 +173,13 @@ class TensorBase:
             raise TypeError("len() of a rank-0 tensor")
         return self._a.shape[0]
 
+    def __iter__(self) -> Any:
+        """``for row in t``: ``t[0]``, ``t[1]``, ... along dim 0, as torch and numpy; a rank-0 tensor raises
+        ``ArgumentType`` (a TypeError, torch's ``iteration over a 0-d tensor``)."""
+        if not self._a.shape:
+            raise errors.ArgumentType("iteration over a 0-d tensor (use t.to_scalar() for its value)")
+        return (self[i] for i in range(self._a.shape[0]))  # type: ignore[index]
+
     def __hash__(self) -> int:
         return id(self)
 

@@ -79,26 +79,6 @@ def test_jax_tree_functions_that_give_numpy_leaves_give_working_tensors():
     assert isinstance(shape.jax, jax.ShapeDtypeStruct)
 
 
-def test_jax_tree_functions_that_give_numpy_leaves_give_working_tensors():
-    """``jax.device_get(t)`` and ``jax.tree.map(np.asarray, tree)`` hand numpy leaves back to the Tensor
-    node: the result is a Tensor with the values, dtype and shape ``jax.device_get`` gives for the jax
-    array (its repr, device and ops work), not a Tensor around an ndarray."""
-    import jax
-    import jax.numpy as jnp
-
-    for dt in ("f32", "bf16", "u8", "i32"):
-        t = Tensor([[1.0, 2.0, 3.0]]).to_dtype(dt)
-        ref = jax.device_get(jnp.asarray(t))
-        for got in (jax.device_get(t), jax.tree.map(np.asarray, {"w": t})["w"]):
-            assert isinstance(got, Tensor) and isinstance(got.jax, jax.Array)
-            assert got.dtype == ref.dtype and got.shape == ref.shape
-            assert np.asarray(got, np.float64).tolist() == ref.astype(np.float64).tolist()
-            assert got.device == t.device and repr(got) == repr(t)
-            assert (got + got).to_vec2() == (t + t).to_vec2()
-    shape = jax.eval_shape(lambda x: x * 2, Tensor([1.0, 2.0]))  # non-array leaves stay as they are
-    assert isinstance(shape.jax, jax.ShapeDtypeStruct)
-
-
 def test_iterating_a_0d_tensor_raises_type_error_as_torch_and_numpy():
     """``for x in t`` walks dim 0 (``t[0]``, ``t[1]``, ...), as torch and numpy; on a 0-d tensor it raises
     a TypeError as ``iter(torch.tensor(3.0))`` / ``iter(np.array(3.0))`` do (candle-pyo3 panics)."""
