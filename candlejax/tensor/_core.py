@@ -146,7 +146,7 @@ class TensorBase:
                 "cannot convert a traced Tensor to numpy inside jax.jit/grad/vmap; return it from the"
                 " traced function and convert outside"
             )
-        out = np.asarray(self._a)  # a read-only view of the buffer on the CPU
+        out = np.asarray(_live(self._a, "__array__"))  # a read-only view of the buffer on the CPU
         if dtype is not None and np.dtype(dtype) != out.dtype:
             if copy is False:  # numpy 2's contract, as jax.Array's __array__ keeps it
                 raise errors.Msg(

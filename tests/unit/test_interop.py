@@ -127,3 +127,33 @@ def test_tensor_of_a_candle_pyo3_tensor_keeps_dtype_shape_values(dt):
     c0 = candle.Tensor(2.5).to_dtype(dt) if dt not in ("u8", "u32") else candle.Tensor(7).to_dtype(dt)
     t0 = Tensor(c0)
     assert t0.shape == () and t0.dtype.as_str() == dt and t0.to_scalar() == c0.values()
+
+
+def test_host_conversions_of_a_donated_buffer_raise_deleted_buffer():
+    """A Tensor whose buffer was donated (deleted, as after an optimizer step took it) raises candlejax's
+    DeletedBuffer naming the conversion, as pickle and deepcopy do, not jax's RuntimeError / TypeError."""
+    import jax
+
+    t, one = Tensor([1.0, 2.0]), Tensor([3.0])
+    t.jax.delete()
+    one.jax.delete()
+    convs = {
+        "numpy": lambda: t.numpy(),
+        "__array__": lambda: np.asarray(t),
+        "to_torch": lambda: t.to_torch(),
+        "__dlpack": lambda: torch.from_dlpack(t),
+        "__dlpack_device__": lambda: t.__dlpack_device__(),
+        "tolist": lambda: t.tolist(),
+        "to_vec1": lambda: t.to_vec1(),
+        "item": lambda: float(one),
+    }
+    for name, f in convs.items():
+        with pytest.raises(errors.DeletedBuffer, match=name):
+            f()
+
+    def traced(x):
+        with pytest.raises(errors.TracingError, match="__dlpack_device__"):
+            x.__dlpack_device__()
+        return x
+
+    jax.jit(traced)(Tensor([1.0]))
