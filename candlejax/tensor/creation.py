@@ -627,9 +627,16 @@ class CreationMixin(TensorBase):
     @staticmethod
     def from_jax(array: Any) -> Any:
         """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8; a Tensor is
-        returned as it is."""
+        returned as it is; a numpy array is copied to the device (``jnp.asarray``)."""
         if isinstance(array, TensorBase):
             return array
+        if isinstance(array, (np.ndarray, np.generic)):  # as jax functions take them: a copy on the device
+            return wrap(as_jax_array(array, None, "from_jax"))
+        if _is_torch(array):
+            raise errors.ArgumentType(
+                "from_jax expects a jax.Array, got a torch.Tensor: use Tensor.from_torch(x) (shares memory)"
+                " or Tensor(x)"
+            )
         if not (hasattr(array, "dtype") and hasattr(array, "shape")):
             raise errors.ArgumentType(f"from_jax expects a jax.Array, got {type(array).__name__}")
         adt = array.dtype

@@ -93,6 +93,22 @@ def test_iterating_a_0d_tensor_raises_type_error_as_torch_and_numpy():
     assert (a.to_scalar(), b.to_scalar()) == (5, 6) and list(Tensor.zeros((0, 2))) == []
 
 
+def test_from_jax_takes_numpy_arrays_as_jax_functions_do_and_names_other_types():
+    """``Tensor.from_jax(np_array)`` is the Tensor of ``jnp.asarray(np_array)`` (JAX functions take numpy
+    arrays), not a Tensor around an ndarray; a torch tensor raises ``ArgumentType`` naming ``from_torch``."""
+    import jax
+    import jax.numpy as jnp
+
+    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.uint8), np.float32(2.5)):
+        ref = jnp.asarray(a)
+        t = Tensor.from_jax(a)
+        assert isinstance(t.jax, jax.Array) and t.dtype == ref.dtype and t.shape == ref.shape
+        assert np.asarray(t).tolist() == np.asarray(ref).tolist() and repr(t) == repr(Tensor.from_jax(ref))
+    assert Tensor.from_jax(np.array([True, False])).to_vec1() == [1, 0]
+    with pytest.raises(errors.ArgumentType, match="from_torch"):
+        Tensor.from_jax(torch.ones(3))
+
+
 @pytest.mark.parametrize("code", [">f4", ">i4", ">u4", ">f2", ">i2"])
 def test_big_endian_numpy_arrays_keep_their_values(code):
     """``Tensor(np.arange(3, dtype=">f4"))`` is the f32 values 0, 1, 2, as candle-pyo3 gives
