@@ -247,6 +247,8 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
         if isinstance(data, (list, tuple)):
             raise _ragged_error(data) from None
         raise errors.ArgumentType(f"incorrect type {type(data)} for tensor") from None
+    if arr.dtype.kind == "V" and arr.dtype in NUMPY_TO_DTYPE:  # bf16 / f8 arrays or Tensors in a list (ml_dtypes)
+        arr = arr.astype(np.float32)
     kind = arr.dtype.kind
     if kind == "O" or kind in "USV":
         if isinstance(data, (list, tuple)):

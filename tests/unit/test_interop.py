@@ -109,6 +109,22 @@ def test_from_jax_takes_numpy_arrays_as_jax_functions_do_and_names_other_types()
         Tensor.from_jax(torch.ones(3))
 
 
+def test_lists_of_bf16_tensors_and_arrays_read_as_f16_ones_do():
+    """``Tensor([a, b])`` of bf16 Tensors / jax arrays gives the values numpy reads
+    (``np.array([a, b])``), with the float inference f16 elements get (F32), instead of
+    ``incorrect type <class 'ml_dtypes.bfloat16'>``."""
+    import jax.numpy as jnp
+
+    b = Tensor([1.5, 2.5]).to_dtype("bf16")
+    h = Tensor([1.5, 2.5]).to_dtype("f16")
+    want = np.array([np.asarray(b), np.asarray(b)]).astype(np.float64).tolist()
+    assert Tensor([h, h]).dtype == DType.F32
+    for data in ([b, b], [jnp.asarray(b), jnp.asarray(b)], [np.asarray(b), np.asarray(b)]):
+        t = Tensor(data)
+        assert t.dtype == DType.F32 and t.to_vec2() == want
+    assert Tensor([b, b], dtype="bf16").dtype == DType.BF16
+
+
 @pytest.mark.parametrize("code", [">f4", ">i4", ">u4", ">f2", ">i2"])
 def test_big_endian_numpy_arrays_keep_their_values(code):
     """``Tensor(np.arange(3, dtype=">f4"))`` is the f32 values 0, 1, 2, as candle-pyo3 gives
