@@ -302,7 +302,6 @@ def _from_torch(t: Any, dtype: DType | None, where: str, copy: bool = False) -> 
     d = _TORCH_NAMES.get(name)
     if d is None:
         raise errors.UnsupportedDTypeForOp(name, where, "supported: " + ", ".join(x.value for x in DType))
-    check_width(d, where)
     if t.is_meta:
         raise errors.InvalidArgument(
             f"{where}: a torch tensor on the meta device has no values (shape {list(t.shape)}); create it"
@@ -312,6 +311,10 @@ def _from_torch(t: Any, dtype: DType | None, where: str, copy: bool = False) -> 
         raise errors.InvalidArgument(
             f"{where}: a torch tensor with layout {t.layout} has no dense buffer; convert it with t.to_dense() first"
         )
+    if dtype is not None and d in (DType.I64, DType.F64) and not x64_enabled():
+        # torch.tensor([1, 2]) is int64: with a narrower dtype= it converts as the numpy array would
+        return as_jax_array(t.detach().resolve_neg().resolve_conj().cpu().numpy(), dtype, where)
+    check_width(d, where)
     src = t
     # a lazy negation (``_neg_view``, ``conj`` of ...) is a flag DLPack does not carry: apply it
     t = t.detach().resolve_neg().resolve_conj()

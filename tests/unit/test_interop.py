@@ -125,6 +125,28 @@ def test_lists_of_bf16_tensors_and_arrays_read_as_f16_ones_do():
     assert Tensor([b, b], dtype="bf16").dtype == DType.BF16
 
 
+def test_64_bit_torch_tensors_with_a_narrower_dtype_convert_as_numpy_arrays_do():
+    """``Tensor(torch.tensor([1, 2]), dtype=DType.U32)``: torch's default int64 (and float64) tensors with a
+    ``dtype=`` convert as the same numpy arrays do (numpy's ``astype``), without x64 mode; out of range
+    still raises."""
+    cases = [
+        (torch.tensor([1, 2, 300]), "u32"),
+        (torch.tensor([1, 2, -3]), "i32"),
+        (torch.tensor([1, 2, 3]), "f32"),
+        (torch.tensor([1.5, -2.5, 1e-3], dtype=torch.float64), "f32"),
+        (torch.tensor([1.5, -2.5], dtype=torch.float64), "i32"),
+        (torch.tensor([[1.0, 2.0]], dtype=torch.float64).t(), "bf16"),
+    ]
+    for x, dt in cases:
+        want = Tensor(x.numpy(), dtype=dt)
+        ref = x.numpy().astype(DType.parse(dt).np)
+        got = Tensor(x, dtype=dt)
+        assert got.dtype == want.dtype == ref.dtype and got.shape == ref.shape
+        assert np.asarray(got, np.float64).tolist() == ref.astype(np.float64).tolist()
+    with pytest.raises(errors.InvalidArgument, match="300"):
+        Tensor(torch.tensor([300]), dtype="u8")
+
+
 @pytest.mark.parametrize("code", [">f4", ">i4", ">u4", ">f2", ">i2"])
 def test_big_endian_numpy_arrays_keep_their_values(code):
     """``Tensor(np.arange(3, dtype=">f4"))`` is the f32 values 0, 1, 2, as candle-pyo3 gives
