@@ -392,8 +392,10 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         a = data.__jax_array__()
     elif _is_candle_pyo3(data):
         return as_jax_array(_from_candle_pyo3(data), dtype, where)
-    elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):
+    elif hasattr(data, "__array__"):
         return as_jax_array(np.asarray(data), dtype, where)
+    elif hasattr(data, "__dlpack__"):  # np.asarray would make an object array of it
+        return as_jax_array(np.from_dlpack(data), dtype, where)
     else:
         raise errors.ArgumentType(f"incorrect type {type(data)} for tensor")
     adt = a.dtype

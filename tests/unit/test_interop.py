@@ -211,3 +211,30 @@ def test_host_conversions_of_a_donated_buffer_raise_deleted_buffer():
         return x
 
     jax.jit(traced)(Tensor([1.0]))
+
+
+class _DLPackOnly:
+    """An array of another library that offers only the DLPack protocol (no ``__array__``)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+def test_tensor_of_a_dlpack_only_array_reads_it_through_dlpack():
+    """``Tensor(x)`` of an object with ``__dlpack__`` and no ``__array__`` holds what ``np.from_dlpack(x)``
+    gives (not an object array), as a copy."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for arr in (a, a.astype(np.uint8), a.T.copy()):
+        ref = np.from_dlpack(_DLPackOnly(arr))
+        t = Tensor(_DLPackOnly(arr))
+        assert t.dtype == ref.dtype and t.to_vec2() == ref.tolist()
+    src = a.copy()
+    t = Tensor(_DLPackOnly(src))
+    src[0, 0] = 100.0
+    assert t.to_vec2()[0][0] == 0.0
