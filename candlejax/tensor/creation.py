@@ -127,8 +127,13 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
     raise errors.ArgumentType(f"incorrect type {type(value)} for tensor")
 
 
-def _native_byte_order(a: Any) -> Any:
-    """``a`` with its values in the machine's byte order (``">f4"`` data read from a file is f32)."""
+def _plain_ndarray(a: Any, where: str) -> Any:
+    """``a`` with its values in the machine's byte order (``">f4"`` data read from a file is f32); a
+    masked array raises (its mask would be dropped; ``jnp.asarray`` refuses it too)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise errors.ArgumentType(
+            f"{where}: numpy masked arrays are not supported (the mask would be dropped): use a.filled(value)"
+        )
     if a.dtype.isnative:
         return a
     return a.astype(a.dtype.newbyteorder("="))
@@ -372,7 +377,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     elif isinstance(data, (jax.Array, _Tracer)):
         a = data
     elif isinstance(data, np.ndarray) or isinstance(data, np.generic):
-        data = _native_byte_order(data)
+        data = _plain_ndarray(data, where)
         if dt is None:
             _np_dtype(data.dtype, where)
             if data.dtype == np.bool_:
@@ -622,7 +627,7 @@ class CreationMixin(TensorBase):
         """
         if not isinstance(array, np.ndarray):
             array = np.asarray(array)
-        array = _native_byte_order(array)
+        array = _plain_ndarray(array, "from_numpy")
         _np_dtype(array.dtype, "from_numpy")
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)

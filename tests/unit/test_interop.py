@@ -238,3 +238,19 @@ def test_tensor_of_a_dlpack_only_array_reads_it_through_dlpack():
     t = Tensor(_DLPackOnly(src))
     src[0, 0] = 100.0
     assert t.to_vec2()[0][0] == 0.0
+
+
+def test_masked_numpy_arrays_raise_instead_of_dropping_the_mask():
+    """A ``np.ma`` masked array has no single reading: torch drops the mask (``[1., 2.]``), candle-pyo3
+    gives NaN for masked floats, JAX refuses it (``use arr.filled()``). candlejax refuses it too,
+    naming ``filled``, rather than silently keep the masked values."""
+    import jax.numpy as jnp
+
+    m = np.ma.array([1.0, 2.0], mask=[False, True], dtype=np.float32)
+    assert torch.tensor(m).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="filled"):
+        jnp.asarray(m)
+    for f in (Tensor, Tensor.new, Tensor.from_numpy, lambda a: Tensor(a, dtype="f16")):
+        with pytest.raises(errors.ArgumentType, match="filled"):
+            f(m)
+    assert Tensor(m.filled(0.0)).to_vec1() == [1.0, 0.0]
