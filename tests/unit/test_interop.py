@@ -254,3 +254,14 @@ def test_masked_numpy_arrays_raise_instead_of_dropping_the_mask():
         with pytest.raises(errors.ArgumentType, match="filled"):
             f(m)
     assert Tensor(m.filled(0.0)).to_vec1() == [1.0, 0.0]
+
+
+def test_operators_with_a_candle_pyo3_tensor_on_the_right_raise_a_candlejax_error():
+    """``t + candle_tensor`` names the candle-pyo3 tensor and ``Tensor(...)``, instead of candle-pyo3's
+    ``unsupported rhs for add`` (its ``__radd__`` got the candlejax Tensor)."""
+    t = Tensor([1.0, 2.0])
+    c = candle.Tensor([1.0, 2.0])
+    for f in (lambda: t + c, lambda: t * c, lambda: t - c, lambda: t == c, lambda: t < c):
+        with pytest.raises(errors.Error, match=r"candle-pyo3.*shape \[2\].*Tensor\(\.\.\.\)"):
+            f()
+    assert (t + Tensor(c)).to_vec1() == [2.0, 4.0]
