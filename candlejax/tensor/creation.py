@@ -391,6 +391,8 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         return _from_torch(data, dt, where, copy=True)
     elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
         return as_jax_array(np.frombuffer(data, np.uint8).copy(), dtype, where)
+    elif isinstance(data, memoryview):  # bytes-like ones as bytes; typed ones by their values, as candle-pyo3
+        return as_jax_array(data.tobytes() if data.format in ("B", "c") else data.tolist(), dtype, where)
     elif isinstance(data, (list, tuple, range, int, float, bool)):  # range: a sequence, as candle-pyo3 reads it
         return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):
@@ -401,6 +403,8 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
         return as_jax_array(np.asarray(data), dtype, where)
     elif hasattr(data, "__dlpack__"):  # np.asarray would make an object array of it
         return as_jax_array(np.from_dlpack(data), dtype, where)
+    elif isinstance(data, Sequence) and not isinstance(data, str):  # array.array, deque: as candle-pyo3 reads them
+        return as_jax_array(list(data), dtype, where)
     else:
         raise errors.ArgumentType(f"incorrect type {type(data)} for tensor")
     adt = a.dtype

@@ -265,3 +265,31 @@ def test_operators_with_a_candle_pyo3_tensor_on_the_right_raise_a_candlejax_erro
         with pytest.raises(errors.Error, match=r"candle-pyo3.*shape \[2\].*Tensor\(\.\.\.\)"):
             f()
     assert (t + Tensor(c)).to_vec1() == [2.0, 4.0]
+
+
+def test_python_sequences_other_than_lists_read_as_candle_pyo3_reads_them():
+    """candle-pyo3's ``Tensor(data)`` takes any Python sequence: ``array.array``, ``collections.deque``, a
+    ``memoryview``; candlejax gives the same dtype, shape and values (bytes-like memoryviews are U8, as
+    ``bytes``)."""
+    import array
+    import collections
+
+    cases = [
+        array.array("f", [1.5, 2.0]),
+        array.array("d", [0.25, -3.0]),
+        array.array("i", [1, 2, 3]),
+        collections.deque([1.0, 2.0]),
+        collections.deque([[1, 2], [3, 4]]),
+        memoryview(np.arange(4, dtype=np.float32)),
+    ]
+    for data in cases:
+        ref = candle.Tensor(data)
+        t = Tensor(data)
+        assert t.dtype.as_str() == str(ref.dtype).lower() and t.shape == tuple(ref.shape)
+        assert t.values() == ref.values()
+    mv = memoryview(np.arange(6, dtype=np.float32).reshape(2, 3))  # candle-pyo3 refuses 2-D ones
+    assert Tensor(mv).dtype == DType.F32 and Tensor(mv).to_vec2() == np.asarray(mv).tolist()
+    t = Tensor(memoryview(b"\x01\xff"))
+    assert t.dtype == DType.U8 and t.to_vec1() == Tensor(b"\x01\xff").to_vec1() == [1, 255]
+    with pytest.raises(errors.ArgumentType, match="str"):
+        Tensor("ab")
