@@ -13,12 +13,14 @@ import types
 from typing import Any
 
 import jax
+import numpy as np
 
 from candlejax import _jax_private, errors
+from candlejax.dtype import NUMPY_TO_DTYPE
 from candlejax.tensor import _core
 from candlejax.tensor.conv import ConvMixin
 from candlejax.tensor.convert import ConvertMixin
-from candlejax.tensor.creation import CreationMixin
+from candlejax.tensor.creation import CreationMixin, _from_host
 from candlejax.tensor.elementwise import ElementwiseMixin
 from candlejax.tensor.indexing import IndexingMixin
 from candlejax.tensor.linalg import LinalgMixin
@@ -100,7 +102,10 @@ def _flatten(t: Tensor):
 
 
 def _unflatten(_aux, children):
-    return Tensor._wrap(children[0])
+    a = children[0]
+    if isinstance(a, np.ndarray) and a.dtype in NUMPY_TO_DTYPE:  # jax.device_get(t), tree.map(np.asarray, ...)
+        a = _from_host(a)  # a Tensor holds a jax array; other leaves (ShapeDtypeStruct, None, float0) stay
+    return Tensor._wrap(a)
 
 
 jax.tree_util.register_pytree_node(Tensor, _flatten, _unflatten)

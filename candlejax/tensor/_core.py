@@ -146,7 +146,7 @@ class TensorBase:
                 "cannot convert a traced Tensor to numpy inside jax.jit/grad/vmap; return it from the"
                 " traced function and convert outside"
             )
-        out = np.asarray(self._a)  # a read-only view of the buffer on the CPU
+        out = np.asarray(_live(self._a, "__array__"))  # a read-only view of the buffer on the CPU
         if dtype is not None and np.dtype(dtype) != out.dtype:
             if copy is False:  # numpy 2's contract, as jax.Array's __array__ keeps it
                 raise errors.Msg(
@@ -172,6 +172,13 @@ class TensorBase:
         if not self._a.shape:
             raise TypeError("len() of a rank-0 tensor")
         return self._a.shape[0]
+
+    def __iter__(self) -> Any:
+        """``for row in t``: ``t[0]``, ``t[1]``, ... along dim 0, as torch and numpy; a rank-0 tensor raises
+        ``ArgumentType`` (a TypeError, torch's ``iteration over a 0-d tensor``)."""
+        if not self._a.shape:
+            raise errors.ArgumentType("iteration over a 0-d tensor (use t.to_scalar() for its value)")
+        return (self[i] for i in range(self._a.shape[0]))  # type: ignore[index]
 
     def __hash__(self) -> int:
         return id(self)

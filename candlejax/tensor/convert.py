@@ -24,7 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
-from candlejax.tensor._core import TensorBase, wrap
+from candlejax.tensor._core import TensorBase, _live, wrap
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -266,7 +266,7 @@ def _host(t: TensorBase, op_name: str) -> np.ndarray:
             " jax.jit/grad/vmap; return it from the traced function and convert outside, or use"
             " jax.debug.print"
         )
-    return np.asarray(a)
+    return np.asarray(_live(a, op_name))
 
 
 def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray:
@@ -491,6 +491,7 @@ class ConvertMixin(TensorBase):
         return self._a.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> Any:
+        _host(self, "__dlpack_device__")  # a traced or donated tensor has no buffer to describe
         return self._a.__dlpack_device__()
 
     # --- display ---------------------------------------------------------------------------

@@ -127,6 +127,18 @@ def infer_dtype(value: Any, where: str = "tensor") -> DType:
     raise errors.ArgumentType(f"incorrect type {type(value)} for tensor")
 
 
+def _plain_ndarray(a: Any, where: str) -> Any:
+    """``a`` with its values in the machine's byte order (``">f4"`` data read from a file is f32); a
+    masked array raises (its mask would be dropped; ``jnp.asarray`` refuses it too)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise errors.ArgumentType(
+            f"{where}: numpy masked arrays are not supported (the mask would be dropped): use a.filled(value)"
+        )
+    if a.dtype.isnative:
+        return a
+    return a.astype(a.dtype.newbyteorder("="))
+
+
 def _np_dtype(dt: np.dtype, where: str) -> DType:
     d = NUMPY_TO_DTYPE.get(dt)
     if d is None:
@@ -240,6 +252,8 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
         if isinstance(data, (list, tuple)):
             raise _ragged_error(data) from None
         raise errors.ArgumentType(f"incorrect type {type(data)} for tensor") from None
+    if arr.dtype.kind == "V" and arr.dtype in NUMPY_TO_DTYPE:  # bf16 / f8 arrays or Tensors in a list (ml_dtypes)
+        arr = arr.astype(np.float32)
     kind = arr.dtype.kind
     if kind == "O" or kind in "USV":
         if isinstance(data, (list, tuple)):
@@ -285,21 +299,37 @@ _TORCH_NAMES = {
 }
 
 
-def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
-    """A jax array from a torch tensor: DLPack (zero-copy on CPU), numpy as the fallback."""
+def _from_torch(t: Any, dtype: DType | None, where: str, copy: bool = False) -> Any:
+    """A jax array from a torch tensor: DLPack (zero-copy on CPU unless ``copy``), numpy as the fallback."""
     import torch
 
     name = str(t.dtype).removeprefix("torch.")
     d = _TORCH_NAMES.get(name)
     if d is None:
         raise errors.UnsupportedDTypeForOp(name, where, "supported: " + ", ".join(x.value for x in DType))
+    if t.is_meta:
+        raise errors.InvalidArgument(
+            f"{where}: a torch tensor on the meta device has no values (shape {list(t.shape)}); create it"
+            " on a real device (or torch.empty(..., device='cpu')) first"
+        )
+    if t.layout != torch.strided:
+        raise errors.InvalidArgument(
+            f"{where}: a torch tensor with layout {t.layout} has no dense buffer; convert it with t.to_dense() first"
+        )
+    if dtype is not None and d in (DType.I64, DType.F64) and not x64_enabled():
+        # torch.tensor([1, 2]) is int64: with a narrower dtype= it converts as the numpy array would
+        return as_jax_array(t.detach().resolve_neg().resolve_conj().cpu().numpy(), dtype, where)
     check_width(d, where)
-    t = t.detach()
+    src = t
+    # a lazy negation (``_neg_view``, ``conj`` of ...) is a flag DLPack does not carry: apply it
+    t = t.detach().resolve_neg().resolve_conj()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
+    if copy and t.numel() and t.untyped_storage().data_ptr() == src.untyped_storage().data_ptr():
+        t = t.clone()  # torch.tensor(x) copies: later writes into ``x`` must not reach the jax array
     try:
         a = jax.dlpack.from_dlpack(t)
     except Exception:
@@ -312,6 +342,18 @@ def _from_torch(t: Any, dtype: DType | None, where: str) -> Any:
             _check_int_values((t.double() if t.is_floating_point() else t).numpy(), dtype.np, where, False)
         a = a.astype(dtype.np)
     return a
+
+
+def _is_candle_pyo3(x: Any) -> bool:
+    """A ``candle.Tensor`` of Candle's Python binding (candle-pyo3), which has no ``__array__``."""
+    tp = type(x)
+    return tp.__name__ == "Tensor" and tp.__module__ in ("builtins", "candle") and hasattr(x, "flatten_all")
+
+
+def _from_candle_pyo3(t: Any) -> np.ndarray:
+    """The values of a candle-pyo3 tensor as a numpy array of its dtype and shape (any rank)."""
+    d = to_dtype(str(t.dtype).lower())
+    return np.array(t.flatten_all().values(), dtype=d.np).reshape(tuple(t.shape))
 
 
 def _from_host(arr: Any) -> Any:
@@ -335,6 +377,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
     elif isinstance(data, (jax.Array, _Tracer)):
         a = data
     elif isinstance(data, np.ndarray) or isinstance(data, np.generic):
+        data = _plain_ndarray(data, where)
         if dt is None:
             _np_dtype(data.dtype, where)
             if data.dtype == np.bool_:
@@ -345,15 +388,23 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
             _check_int_values(data, dt.np, where, False)
         return _from_host(data.astype(dt.np, copy=False))
     elif _is_torch(data):
-        return _from_torch(data, dt, where)
+        return _from_torch(data, dt, where, copy=True)
     elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
         return as_jax_array(np.frombuffer(data, np.uint8).copy(), dtype, where)
+    elif isinstance(data, memoryview):  # bytes-like ones as bytes; typed ones by their values, as candle-pyo3
+        return as_jax_array(data.tobytes() if data.format in ("B", "c") else data.tolist(), dtype, where)
     elif isinstance(data, (list, tuple, range, int, float, bool)):  # range: a sequence, as candle-pyo3 reads it
         return _from_host(_from_python(data, dt, where))
     elif hasattr(data, "__jax_array__"):
         a = data.__jax_array__()
-    elif hasattr(data, "__array__") or hasattr(data, "__dlpack__"):
+    elif _is_candle_pyo3(data):
+        return as_jax_array(_from_candle_pyo3(data), dtype, where)
+    elif hasattr(data, "__array__"):
         return as_jax_array(np.asarray(data), dtype, where)
+    elif hasattr(data, "__dlpack__"):  # np.asarray would make an object array of it
+        return as_jax_array(np.from_dlpack(data), dtype, where)
+    elif isinstance(data, Sequence) and not isinstance(data, str):  # array.array, deque: as candle-pyo3 reads them
+        return as_jax_array(list(data), dtype, where)
     else:
         raise errors.ArgumentType(f"incorrect type {type(data)} for tensor")
     adt = a.dtype
@@ -580,6 +631,7 @@ class CreationMixin(TensorBase):
         """
         if not isinstance(array, np.ndarray):
             array = np.asarray(array)
+        array = _plain_ndarray(array, "from_numpy")
         _np_dtype(array.dtype, "from_numpy")
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)
@@ -591,9 +643,16 @@ class CreationMixin(TensorBase):
     @staticmethod
     def from_jax(array: Any) -> Any:
         """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8; a Tensor is
-        returned as it is."""
+        returned as it is; a numpy array is copied to the device (``jnp.asarray``)."""
         if isinstance(array, TensorBase):
             return array
+        if isinstance(array, (np.ndarray, np.generic)):  # as jax functions take them: a copy on the device
+            return wrap(as_jax_array(array, None, "from_jax"))
+        if _is_torch(array):
+            raise errors.ArgumentType(
+                "from_jax expects a jax.Array, got a torch.Tensor: use Tensor.from_torch(x) (shares memory)"
+                " or Tensor(x)"
+            )
         if not (hasattr(array, "dtype") and hasattr(array, "shape")):
             raise errors.ArgumentType(f"from_jax expects a jax.Array, got {type(array).__name__}")
         adt = array.dtype

@@ -304,9 +304,18 @@ def _operator(name: str, lhs: TensorBase, rhs: Any, reverse: bool = False) -> An
     t = _as_tensor_operand(rhs)
     if t is not None:
         return _bin_tt(name, opname, t, lhs, True) if reverse else _bin_tt(name, opname, lhs, t, True)
-    if isinstance(rhs, np.ndarray):
+    # a numpy array, a torch / candle-pyo3 (or other array library) tensor
+    tp, mod = type(rhs), type(rhs).__module__.split(".")[0]
+    if mod != "candlejax" and (
+        isinstance(rhs, np.ndarray) or hasattr(rhs, "__dlpack__") or (hasattr(rhs, "shape") and hasattr(rhs, "dtype"))
+    ):
+        if isinstance(rhs, np.ndarray):
+            what = "numpy array"
+        else:
+            what = "candle-pyo3 candle.Tensor" if mod == "builtins" else f"{mod}.{tp.__name__}"
+        shape = errors.fmt_shape(tuple(getattr(rhs, "shape", ())))
         raise errors.Msg(
-            f"{opname}: cannot combine a Tensor with a numpy array of shape {errors.fmt_shape(rhs.shape)};"
+            f"{opname}: cannot combine a Tensor with a {what} of shape {shape};"
             " wrap it first with Tensor(...) (dtypes are never promoted)"
         )
     if name in ("eq", "ne") and isinstance(rhs, (list, tuple)):  # Python's fallback would answer a plain bool
