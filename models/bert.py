@@ -254,6 +254,15 @@ def _mask_bias(attention_mask: Any, dtype: Any) -> Any:
     return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
+def _every_query_sees_a_key(attention_mask: Any) -> bool:
+    """Whether every row of a concrete ``(B, S)`` (or ``(B, S, S)``) mask keeps a key. A row that keeps
+    none attends uniformly to all ``S`` keys (transformers' additive minimum): padding it to a length
+    bucket would add the padding keys to that average, so such a batch runs unpadded."""
+    if attention_mask is None:
+        return True
+    return bool((np.asarray(unwrap(attention_mask)) != 0).any(axis=-1).all())
+
+
 class BertModel(Module):
     """``BertModel``: embeddings, encoder and (when the checkpoint has one) the pooler.
 
@@ -359,7 +368,8 @@ class BertModel(Module):
         self._check(ids, token_type_ids, attention_mask)
         s = int(ids.shape[1])
         padded = eager_length_bucket(s, self.config.max_position_embeddings)
-        if EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask):
+        if (EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask)
+                and _every_query_sees_a_key(attention_mask)):
             return self._forward_padded(ids, token_type_ids, attention_mask, padded)
         return self._encode(ids, token_type_ids, attention_mask)
 
