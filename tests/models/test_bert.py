@@ -179,6 +179,16 @@ def test_nested_lists_are_taken_as_arrays(hf_small, rng):
     keep = mask.astype(bool)
     got = np.asarray(model.forward(ids.tolist(), tt.tolist(), mask.tolist()))
     np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    # compiled too (each int became a tracer: TracerArrayConversionError), keywords included
+    got = np.asarray(bert.forward_jit(model, ids.tolist(), tt.tolist(), attention_mask=mask.tolist()))
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    # rows of different lengths are named (numpy's inhomogeneous-shape ValueError, a tracer error compiled)
+    ragged = [[5, 6, 7], [5, 6]]
+    for run in (model.forward, lambda *a: bert.forward_jit(model, *a)):
+        with pytest.raises(errors.Error, match=r"bert input_ids: rows of different lengths \[3, 2\]"):
+            run(ragged)
+        with pytest.raises(errors.Error, match=r"bert attention_mask: rows of different lengths"):
+            run([[5, 6, 7], [5, 6, 7]], None, [[1, 1, 1], [1, 1]])
 
 
 def test_bert_prefix_and_no_pooler(hf_small, tmp_path, rng):
