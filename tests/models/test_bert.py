@@ -401,6 +401,8 @@ def test_sentence_embedder_checks_its_arguments(embedder):
     with pytest.raises(errors.UnexpectedShape, match=r"embed_tokens: mask must match the ids, expected: \[2, 16\]"):
         embedder.embed_tokens(ids, types, np.concatenate([mask, mask[:1]]))
     assert embedder.embed_tokens(ids[:0], types[:0], mask[:0]).shape == (0, 384)
+    with pytest.raises(errors.Error, match=r"embed_tokens ids: rows of different lengths \[3, 2\]"):
+        embedder.embed_tokens([[101, 7592, 102], [101, 102]], [[0] * 3, [0] * 2], [[1] * 3, [1] * 2])
 
 
 def _st_folder(tmp_path: Path, modules: list[tuple[str, str, dict | None]], st_config: dict | None = None,
