@@ -407,7 +407,7 @@ class Llama(Module):
 
     def embed(self, x: Any) -> Any:
         """Candle's ``Llama::embed(&x)``: the token embeddings ``(batch, seq, hidden)`` of ids ``x``."""
-        t = unwrap(x)
+        t = unwrap(host_array(x, "llama token ids"))
         t = t if isinstance(t, jax.Array) else np.asarray(t)
         check_token_ids(t, self.config.vocab_size, "llama token ids")
         return wrap(unwrap(self.embed_tokens(jnp.asarray(t, jnp.int32))))
