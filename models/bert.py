@@ -33,7 +33,7 @@ from candlejax import errors
 from candlejax.distributed import bert_tp_rules as tp_rules  # Megatron-style split over "model"
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.bert_config import Config, HiddenAct, PositionEmbeddingType
-from candlejax.models.loading import check_architecture
+from candlejax.models.loading import check_architecture, host_array
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
 from candlejax.xla import SizeJit, large_input_options
@@ -254,6 +254,21 @@ def _mask_bias(attention_mask: Any, dtype: Any) -> Any:
     return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
+def _host_inputs(input_ids: Any, token_type_ids: Any, attention_mask: Any) -> tuple[Any, Any, Any]:
+    """Nested lists as numpy arrays (rows of different lengths raise naming the argument)."""
+    return (host_array(input_ids, "bert input_ids"), host_array(token_type_ids, "bert token_type_ids"),
+            host_array(attention_mask, "bert attention_mask"))  # fmt: skip
+
+
+def _every_query_sees_a_key(attention_mask: Any) -> bool:
+    """Whether every row of a concrete ``(B, S)`` (or ``(B, S, S)``) mask keeps a key. A row that keeps
+    none attends uniformly to all ``S`` keys (transformers' additive minimum): padding it to a length
+    bucket would add the padding keys to that average, so such a batch runs unpadded."""
+    if attention_mask is None:
+        return True
+    return bool((np.asarray(unwrap(attention_mask)) != 0).any(axis=-1).all())
+
+
 class BertModel(Module):
     """``BertModel``: embeddings, encoder and (when the checkpoint has one) the pooler.
 
@@ -351,15 +366,13 @@ class BertModel(Module):
         Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens, so a
         new sentence length reuses the executables compiled for its bucket instead of compiling its
         own (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
-        ids, token_type_ids, attention_mask = (  # nested lists as numpy arrays are taken
-            None if a is None else np.asarray(a) if isinstance(a, (list, tuple)) else a
-            for a in (input_ids, token_type_ids, attention_mask)
-        )
+        ids, token_type_ids, attention_mask = _host_inputs(input_ids, token_type_ids, attention_mask)
         ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
         s = int(ids.shape[1])
         padded = eager_length_bucket(s, self.config.max_position_embeddings)
-        if EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask):
+        if (EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask)
+                and _every_query_sees_a_key(attention_mask)):
             return self._forward_padded(ids, token_type_ids, attention_mask, padded)
         return self._encode(ids, token_type_ids, attention_mask)
 
@@ -535,7 +548,15 @@ def _forward(model: BertModel, input_ids: Any, token_type_ids: Any = None, atten
     return model.forward(input_ids, token_type_ids, attention_mask)
 
 
-forward_jit = SizeJit(_forward, COMPILER_OPTIONS, LARGE_BATCH_TOKENS)
+class _ForwardJit(SizeJit):
+    """:class:`SizeJit` that takes nested lists as ``forward`` does: converted before tracing (traced,
+    each int became a tracer that ``np.asarray`` refused)."""
+
+    def __call__(self, model: Any, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
+        return super().__call__(model, *_host_inputs(input_ids, token_type_ids, attention_mask))
+
+
+forward_jit = _ForwardJit(_forward, COMPILER_OPTIONS, LARGE_BATCH_TOKENS)
 forward_jit.__doc__ = """``forward_jit(model, input_ids, token_type_ids=None, attention_mask=None)``: ``model.forward``
 compiled once per input shape, with the weights as arguments (not constants)."""
 

@@ -376,7 +376,13 @@ def _prompt_ids(cfg: blip_text.Config, input_ids: Any, batch: int) -> np.ndarray
     ``None``: ``[bos]`` for each image."""
     if input_ids is None:
         return np.full((batch, 1), cfg.bos_token_id, np.int64)
-    ids = np.asarray(input_ids.numpy() if isinstance(input_ids, Tensor) else input_ids)
+    try:
+        ids = np.asarray(input_ids.numpy() if isinstance(input_ids, Tensor) else input_ids)
+    except ValueError:  # ragged rows
+        raise errors.Msg(
+            "blip.caption: input_ids rows hold prompts of different lengths; padded prompts (an attention_mask) are"
+            " not supported, caption prompts of different lengths separately"
+        ) from None
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.ndim != 2 or ids.shape[1] < 2 or not np.issubdtype(ids.dtype, np.integer):
         raise errors.Msg(

@@ -53,7 +53,7 @@ from candlejax.models.llama_config import (
     LlamaEosToks,
 )
 from candlejax.models.llama_forward_cache import ForwardCache, forward_state
-from candlejax.models.loading import check_architecture, generation_eos_token_ids
+from candlejax.models.loading import check_architecture, generation_eos_token_ids, host_array
 from candlejax.nn import (
     HostState,
     Linear,
@@ -356,7 +356,7 @@ class Llama(Module):
         Cache``, or without it in the model object. It grows (doubling, one recompile) when a
         sequence outgrows it, up to ``max_position_embeddings``; positions beyond raise.
         """
-        t = unwrap(tokens)
+        t = unwrap(host_array(tokens, "llama token ids"))
         t = t if isinstance(t, jax.Array) else np.asarray(t)
         if t.ndim == 1:
             t = t[None, :]
@@ -407,7 +407,7 @@ class Llama(Module):
 
     def embed(self, x: Any) -> Any:
         """Candle's ``Llama::embed(&x)``: the token embeddings ``(batch, seq, hidden)`` of ids ``x``."""
-        t = unwrap(x)
+        t = unwrap(host_array(x, "llama token ids"))
         t = t if isinstance(t, jax.Array) else np.asarray(t)
         check_token_ids(t, self.config.vocab_size, "llama token ids")
         return wrap(unwrap(self.embed_tokens(jnp.asarray(t, jnp.int32))))
@@ -506,7 +506,7 @@ def _lm_head(params: Llama, x: Any) -> Any:
 
 
 def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
-    ids = unwrap(tokens)
+    ids = unwrap(host_array(tokens, "llama token ids"))
     ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
     check_token_ids(ids, params.config.vocab_size, "llama step: token ids")  # traced: the dtype only
     ids = ids[None, :] if ids.ndim == 1 else ids
@@ -552,7 +552,7 @@ def step(params: Llama, cache: Cache, tokens: Any, pos: Any, last: Any = None) -
 
 def forward_all(params: Llama, tokens: Any) -> Any:
     """Logits for every position of ``tokens`` ``(B, T)`` -> ``(B, T, vocab)`` (no cache kept)."""
-    ids = unwrap(tokens)
+    ids = unwrap(host_array(tokens, "llama token ids"))
     ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2:

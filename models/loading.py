@@ -21,13 +21,31 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from candlejax import errors
 from candlejax.nn import VarBuilder as FloatVarBuilder
 from candlejax.quantized import VarBuilder
 
 __all__ = ["candle_config", "check_architecture", "check_gguf_vb", "check_sizes", "check_vb_first", "checkpoint_dir",
-           "config_dict", "generation_eos_token_ids", "gguf_file", "is_gguf", "read_config_json",
+           "config_dict", "generation_eos_token_ids", "gguf_file", "host_array", "is_gguf", "read_config_json",
            "refuse_unknown_config_keys", "safetensors_files", "tokenizer_from"]  # fmt: skip
+
+
+def host_array(data: Any, what: str) -> Any:
+    """``data`` as a numpy array when it is a (nested) list or tuple, else unchanged (a Tensor, a jax or
+    numpy array); rows of different lengths raise naming ``what`` (numpy's own ValueError spoke of an
+    inhomogeneous shape). As ``torch.tensor(nested_list)`` (Candle: ``Tensor::new``)."""
+    if not isinstance(data, (list, tuple)):
+        return data
+    try:
+        return np.asarray(data)
+    except ValueError:
+        lengths = [len(r) if isinstance(r, (list, tuple)) else None for r in data]
+        raise errors.Msg(
+            f"{what}: rows of different lengths {[n for n in lengths if n is not None]}; pad them to one length"
+            " (with an attention_mask where the model takes one)"
+        ) from None
 
 
 def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterable[str]], strict: bool = True,

@@ -33,7 +33,11 @@ def check_token_ids(ids: Any, vocab_size: int | None, what: str) -> None:
     """
     a = unwrap(ids)
     if not isinstance(a, jax.Array):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except ValueError:  # a ragged nested list
+            lengths = [len(r) for r in a if isinstance(r, (list, tuple))] if isinstance(a, (list, tuple)) else []
+            raise errors.Msg(f"{what}: rows of different lengths {lengths}; pad them to one length") from None
     if a.size == 0:
         return
     if not jnp.issubdtype(a.dtype, jnp.integer):

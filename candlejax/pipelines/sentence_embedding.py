@@ -21,6 +21,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models import bert, hub
+from candlejax.models.loading import host_array
 from candlejax.nn import VarBuilder, check_token_ids, pack_linears
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
@@ -275,8 +276,9 @@ class SentenceEmbedder:
         """Pooled embeddings for already tokenised ``(N, S)`` arrays, in chunks of ``batch_size`` rows.
         The ids, token types and mask are checked as ``BertModel.forward`` checks them (ids in the vocabulary,
         one shape)."""
-        ids, type_ids, mask = (np.asarray(unwrap(t)) for t in (ids, type_ids, mask))
         what = "SentenceEmbedder.embed_tokens"
+        ids, type_ids, mask = (np.asarray(unwrap(host_array(t, f"{what} {name}")))
+                               for t, name in ((ids, "ids"), (type_ids, "token_type_ids"), (mask, "mask")))  # fmt: skip
         if ids.ndim != 2:
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, ids.shape, f"{what}: ids (batch, seq)")
         for name, t in (("token_type_ids", type_ids), ("mask", mask)):

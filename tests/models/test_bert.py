@@ -133,6 +133,34 @@ def test_eager_forward_pads_to_length_buckets(hf_small, rng, jax_compiles):
     assert bert.eager_length_bucket(40, 50) == 50 and bert.eager_length_bucket(60, 50) == 60
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_rows_match_transformers_and_each_row_alone(hf_small, rng, side):
+    """A batch padded on either side: the real tokens equal transformers' (same mask) and each row
+    run alone, eagerly and compiled. A row with no real token (all-zero mask) attends uniformly to its
+    own ``S`` keys as in transformers, eagerly too (the eager length bucket's padding keys took part:
+    0.008 off)."""
+    m, d = hf_small["gelu"]
+    model = _load(d)
+    b, s = 4, 11
+    ids, tt = rng.integers(1, 99, size=(b, s)), rng.integers(0, 3, size=(b, s))
+    mask = np.zeros((b, s), np.int64)
+    for i, n in enumerate([s, 7, 3, 0]):
+        if n:
+            mask[i, :n] = 1
+    if side == "left":
+        mask = mask[:, ::-1].copy()
+    ids = np.where(mask == 1, ids, 0)
+    ref, _ = _hf_forward(m, ids, tt, mask)
+    keep = mask.astype(bool)
+    for run in (model.forward, lambda *a: bert.forward_jit(model, *a)):
+        out = np.asarray(run(*(Tensor(a.astype(np.int32)) for a in (ids, tt, mask))))
+        np.testing.assert_allclose(out[keep], ref[keep], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out[3], ref[3], atol=1e-4, rtol=0)  # the row with no real token
+        for i in range(b):
+            alone = np.asarray(run(*(Tensor(a[i : i + 1].astype(np.int32)) for a in (ids, tt, mask))))
+            np.testing.assert_allclose(alone[0][keep[i]], out[i][keep[i]], atol=1e-5, rtol=0)
+
+
 def test_defaults_for_token_types_and_mask(hf_small, rng):
     m, d = hf_small["gelu"]
     model = _load(d)
@@ -151,6 +179,16 @@ def test_nested_lists_are_taken_as_arrays(hf_small, rng):
     keep = mask.astype(bool)
     got = np.asarray(model.forward(ids.tolist(), tt.tolist(), mask.tolist()))
     np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    # compiled too (each int became a tracer: TracerArrayConversionError), keywords included
+    got = np.asarray(bert.forward_jit(model, ids.tolist(), tt.tolist(), attention_mask=mask.tolist()))
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=1e-4)
+    # rows of different lengths are named (numpy's inhomogeneous-shape ValueError, a tracer error compiled)
+    ragged = [[5, 6, 7], [5, 6]]
+    for run in (model.forward, lambda *a: bert.forward_jit(model, *a)):
+        with pytest.raises(errors.Error, match=r"bert input_ids: rows of different lengths \[3, 2\]"):
+            run(ragged)
+        with pytest.raises(errors.Error, match=r"bert attention_mask: rows of different lengths"):
+            run([[5, 6, 7], [5, 6, 7]], None, [[1, 1, 1], [1, 1]])
 
 
 def test_bert_prefix_and_no_pooler(hf_small, tmp_path, rng):
@@ -363,6 +401,8 @@ def test_sentence_embedder_checks_its_arguments(embedder):
     with pytest.raises(errors.UnexpectedShape, match=r"embed_tokens: mask must match the ids, expected: \[2, 16\]"):
         embedder.embed_tokens(ids, types, np.concatenate([mask, mask[:1]]))
     assert embedder.embed_tokens(ids[:0], types[:0], mask[:0]).shape == (0, 384)
+    with pytest.raises(errors.Error, match=r"embed_tokens ids: rows of different lengths \[3, 2\]"):
+        embedder.embed_tokens([[101, 7592, 102], [101, 102]], [[0] * 3, [0] * 2], [[1] * 3, [1] * 2])
 
 
 def _st_folder(tmp_path: Path, modules: list[tuple[str, str, dict | None]], st_config: dict | None = None,

@@ -233,6 +233,8 @@ def test_bad_input(pair, rng):
     with pytest.raises(errors.Error, match="padded prompts"):  # transformers masks them out
         padded = [[1, 3, 4, 5, SEP], [1, 3, SEP, PAD, PAD]]
         blip.caption_ids(model, Tensor.from_numpy(_pixels(rng, 2)), input_ids=padded)
+    with pytest.raises(errors.Error, match="prompts of different lengths"):  # ragged rows: numpy's ValueError
+        blip.caption_ids(model, Tensor.from_numpy(_pixels(rng, 2)), input_ids=[[1, 3, 4, SEP], [1, 3, SEP]])
     with pytest.raises(errors.Error, match="input_ids hold 2 rows for a batch of 1"):
         blip.caption_ids(model, px, input_ids=[[1, 3, SEP], [1, 4, SEP]])
     with pytest.raises(errors.Error, match=r"max_new_tokens 37 exceeds max_position_embeddings - 4 \(36\)"):

@@ -469,6 +469,10 @@ def test_token_ids_of_the_wrong_rank_raise_in_step_and_forward_all(pairs):
     ids = [[5, 6, 7]]
     np.testing.assert_allclose(np.asarray(llama.forward_all(model, ids).numpy()),
                                _hf_logits(_hf, np.array(ids)), atol=1e-4, rtol=1e-4)  # fmt: skip
+    # prompts of different lengths (no padding mask here) are named: numpy's inhomogeneous-shape ValueError
+    for run in (lambda t: llama.forward_all(model, t), lambda t: model.forward(t, 0), model.embed):
+        with pytest.raises(errors.Error, match=r"llama token ids: rows of different lengths \[3, 2\]"):
+            run([[5, 6, 7], [5, 6]])
 
 
 def test_candles_config_presets_and_rope_types(tmp_path):

@@ -107,6 +107,8 @@ def test_check_token_ids():
         nn.check_token_ids([0, -1], None, "ids")
     with pytest.raises(errors.UnexpectedDType, match="ids must be integers"):
         nn.check_token_ids([1.9, 2.5], 10, "ids")
+    with pytest.raises(errors.Error, match=r"ids: rows of different lengths \[3, 2\]"):  # numpy's ValueError
+        nn.check_token_ids([[1, 2, 3], [1, 2]], 10, "ids")
     # traced: the dtype is checked, the values cannot be
     jax.jit(lambda a: nn.check_token_ids(a, 2, "ids") or a)(jnp.array([5], jnp.int32))
     with pytest.raises(errors.UnexpectedDType):
