@@ -576,12 +576,13 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     hkv, skv = (k.shape[2], k.shape[1]) if kv_layout == "bshd" else (k.shape[1], k.shape[3] if keys_t else k.shape[2])
     g = hq // hkv
     prec = f32_precision() if q.dtype == jnp.float32 else None  # exact f32 unless the TF32 switch is on
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # scores and softmax: f32, f64 for f64 input
     if g == 1 and layout == kv_layout == "bhsd":  # plain multi-head: 4-D products (no 5-D relayouts)
         # k transposed explicitly: XLA:CPU fuses the transpose into k's producer and runs the product
         # on a (D, S) operand, measurably faster than contracting both operands' last dims
         kt = k if keys_t else jnp.swapaxes(k, -1, -2)
         scores = jnp.matmul(q * jnp.asarray(scale, q.dtype), kt.astype(q.dtype), precision=prec,
-                            preferred_element_type=jnp.float32)  # fmt: skip
+                            preferred_element_type=acc)  # fmt: skip
         if softcap != 1.0:
             scores = jnp.tanh(scores / softcap) * softcap
         if positions:
@@ -589,7 +590,7 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
             scores = jnp.where(_position_keep(s, skv, off, causal, window), scores, -jnp.inf)
         scores = _apply_mask(scores, mask)
         e = _softmax_numerator(scores)
-        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)
+        y = jnp.einsum("bhst,bhtd->bhsd", e.astype(v.dtype), v, precision=prec, preferred_element_type=acc)
         return _softmax_divide(y, e).astype(q.dtype)
     if keys_t:
         k = jnp.swapaxes(k, 2, 3)
@@ -597,7 +598,7 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     qg = q.reshape(b, s, hkv, g, d) if layout == "bshd" else q.reshape(b, hkv, g, s, d)
     qg = qg * jnp.asarray(scale, q.dtype)
     # (B, Hkv, G, S, Skv)
-    scores = jnp.einsum(eq_s, qg, k.astype(q.dtype), precision=prec, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(eq_s, qg, k.astype(q.dtype), precision=prec, preferred_element_type=acc)
     if softcap != 1.0:
         scores = jnp.tanh(scores / softcap) * softcap
     if positions:
@@ -606,7 +607,7 @@ def _sdpa(q: Any, k: Any, v: Any, mask: Any, offset: Any, *, causal: bool, scale
     if mask is not None:
         scores = _apply_mask(scores, _grouped_mask(mask, b, hkv, g))
     e = _softmax_numerator(scores)
-    y = jnp.einsum(eq_v, e.astype(v.dtype), v, precision=prec, preferred_element_type=jnp.float32)  # (B, Hkv, G, S, Dv)
+    y = jnp.einsum(eq_v, e.astype(v.dtype), v, precision=prec, preferred_element_type=acc)  # (B, Hkv, G, S, Dv)
     y = _softmax_divide(y, e).astype(q.dtype)
     dv = v.shape[-1]
     if layout == "bshd":
@@ -741,9 +742,9 @@ def sdpa(
     values' layout. ``keys_transposed=True`` takes k as ``(B, Hkv, D, Skv)`` (``kv_layout="bhsd"``),
     the layout in which a decoding cache keeps its keys for the score product (``q @ kᵀ`` reads it as
     it is): passing that buffer, rather than its transpose, spares a copy of every key per call.
-    Scores and the softmax are f32; the output has q's dtype. Plain attention (no positions or
-    softcapping, as many key heads as query heads, no mask or a float mask over the keys only; with
-    transposed keys a bool key mask too) in f32 runs in native code on AVX-512 CPUs
+    Scores and the softmax are f32 (f64 for f64 input); the output has q's dtype. Plain attention (no
+    positions or softcapping, as many key heads as query heads, no mask or a float mask over the keys
+    only; with transposed keys a bool key mask too) in f32 runs in native code on AVX-512 CPUs
     (:func:`candlejax.quantized.native.f32_attention`).
     PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``
     (``k.transpose(-1, -2)`` for transposed keys).

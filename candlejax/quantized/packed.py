@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from candlejax import errors
 from candlejax.quantized import native
@@ -125,23 +126,29 @@ def _product(x: Any, raw: Any, layer: Any, dtype: GgmlDType) -> Any:
     return native.matmul(x, raw, dtype, layer)
 
 
-# x @ Wᵀ is linear in x: its gradient is dy @ W with W dequantised (the weight itself has no gradient)
-_native_product = jax.custom_vjp(_product, nondiff_argnums=(3,))
+# x @ Wᵀ is linear in x: its derivative is tx @ Wᵀ with W dequantised (the weight itself has no
+# derivative), forward and reverse (JAX transposes it to dy @ W), so jax.jvp, jacfwd and hessian work
+_native_product = jax.custom_jvp(_product, nondiff_argnums=(3,))
 
 
-def _fwd(x: Any, raw: Any, layer: Any, dtype: GgmlDType) -> Any:
-    return _product(x, raw, layer, dtype), (raw, layer)
-
-
-def _bwd(dtype: GgmlDType, res: Any, dy: Any) -> Any:
-    raw, layer = res
+def _dequantized_product(x: Any, raw: Any, layer: Any, dtype: GgmlDType) -> Any:
+    """``x @ Wᵀ`` in XLA with ``W`` dequantised from ``raw`` (one layer of a stack where ``layer`` is given)."""
     in_features = raw.shape[-1] // dtype.type_size() * dtype.block_size()
     w = PackedWeight(raw, dtype, (raw.shape[-2], in_features), layer).dequantize(jnp.float32)
-    no_grad = None if layer is None else np.zeros(np.shape(layer), jax.dtypes.float0)
-    return dy @ w, np.zeros(raw.shape, jax.dtypes.float0), no_grad
+    return jnp.dot(x, w.T, preferred_element_type=jnp.float32)
 
 
-_native_product.defvjp(_fwd, _bwd)
+def _jvp(dtype: GgmlDType, primals: tuple[Any, Any, Any], tangents: tuple[Any, Any, Any]) -> Any:
+    (x, raw, layer), (tx, _, _) = primals, tangents
+    y = _native_product(x, raw, layer, dtype)
+    if type(tx) is SymbolicZero:
+        return y, jnp.zeros_like(y)
+    # rematerialised: a gradient keeps the raw blocks as its residual, not the dequantised f32 weight
+    product = jax.checkpoint(_dequantized_product, static_argnums=(3,))
+    return y, product(tx, raw, layer, dtype)
+
+
+_native_product.defjvp(_jvp, symbolic_zeros=True)
 
 
 def _flatten(w: PackedWeight) -> Any:

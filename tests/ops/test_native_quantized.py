@@ -128,3 +128,34 @@ def test_scan_layers_reads_stacked_packed_weights_without_slicing_them(rng):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     hlo = jax.jit(run).lower(stacked, x).compile().as_text()
     assert "u8[4,64,36]" in hlo and "u8[64,36]" not in hlo  # the stack goes to the kernel whole, no per-layer copy
+
+
+@needs_native
+def test_packed_product_forward_mode_and_second_derivatives(rng):
+    """jax.jvp / jacfwd / hessian / grad of grad / per-example grads through the native product: the
+    derivatives of ``tanh(x @ Wᵀ)`` with W dequantised, in float64."""
+    raw, wd = _weight(rng, GgmlDType.Q8_0, 48, 64, scale=0.1)
+    pw = PackedWeight(jnp.asarray(raw), GgmlDType.Q8_0, (48, 64))
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    t = rng.standard_normal((2, 64)).astype(np.float32)
+
+    def f(x):
+        return jnp.sum(jnp.tanh(pw.matmul(x)))
+
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    y = np.tanh(x64 @ wd.T)
+    sech2 = 1 - y * y
+    grad = sech2 @ wd  # (2, 64)
+    jvp = np.sum(sech2 * (t64 @ wd.T))
+    hvp = (-2 * y * sech2 * (t64 @ wd.T)) @ wd
+    _, got_jvp = jax.jvp(f, (jnp.asarray(x),), (jnp.asarray(t),))
+    np.testing.assert_allclose(float(got_jvp), jvp, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(f)(jnp.asarray(x))), grad, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.linearize(f, jnp.asarray(x))[1](jnp.asarray(t))), jvp, rtol=1e-4)
+    gg = jax.grad(lambda x: jnp.vdot(jax.grad(f)(x), jnp.asarray(t)))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(gg), hvp, rtol=1e-4, atol=1e-5)
+    h = np.asarray(jax.hessian(f)(jnp.asarray(x[:1])))  # (1, 64, 1, 64)
+    want = np.einsum("o,oi,oj->ij", -2 * y[0] * sech2[0], wd, wd)
+    np.testing.assert_allclose(h.reshape(64, 64), want, rtol=1e-4, atol=1e-5)
+    per_example = jax.vmap(jax.grad(lambda x: f(x[None])))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(per_example), grad, rtol=1e-4, atol=1e-5)

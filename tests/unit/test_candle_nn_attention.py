@@ -772,6 +772,23 @@ def test_varlen_rules_match_numpy_reference(causal, wl, wr, alibi):
     np.testing.assert_allclose(_np(flash_attn_varlen_unfused(q, k, v, *args)), want, atol=2e-6)
 
 
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_varlen_unfused_in_float64_is_computed_in_float64(x64, alibi):
+    """Candle's unfused varlen attention computes in the input's dtype: f64 input keeps f64 scores,
+    softmax and values (and f64 ALiBi slopes)."""
+    from candlejax.nn.varlen_attention import flash_attn_varlen_unfused
+
+    q, k, v, sq, sk = _packed(_LQ, _LK, dtype=DType.F64)
+    slopes = Tensor.from_vec(np.array([0.5, 0.25, 0.125, 0.0625 + 1e-9]), 4, Device.Cpu) if alibi else None
+    def f64(t):
+        return np.asarray(t.jax, np.float64)
+
+    want = _np_varlen(f64(q), f64(k), f64(v), None if slopes is None else f64(slopes), _LQ, _LK, 0.3, True, 2, None)
+    got = flash_attn_varlen_unfused(q, k, v, slopes, sq, sk, max(_LQ), max(_LK), 0.3, True, 2, None)
+    assert got.dtype() == DType.F64
+    np.testing.assert_allclose(f64(got), want, rtol=1e-12, atol=1e-13)
+
 def test_varlen_window_keywords_follow_candle_names():
     # candle-nn cpu_flash/varlen.rs: window_left / window_right; attention/varlen.rs: window_size_left / _right
     from candlejax.errors import InvalidArgument

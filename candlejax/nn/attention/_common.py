@@ -249,4 +249,5 @@ def alibi_bias(slopes: Any, i_k: Any, j: Any, causal: bool) -> Any:
 
     ``slopes`` (H,), ``i_k`` / ``j`` broadcastable position grids (..., S, Skv) -> (..., H, S, Skv)."""
     d = jnp.maximum(i_k - j, 0) if causal else jnp.abs(j - i_k)
-    return -slopes.astype(jnp.float32)[:, None, None] * d.astype(jnp.float32)[..., None, :, :]
+    dt = jnp.promote_types(slopes.dtype, jnp.float32)  # f64 slopes (f64 attention) stay f64
+    return -slopes.astype(dt)[:, None, None] * d.astype(dt)[..., None, :, :]

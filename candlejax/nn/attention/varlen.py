@@ -46,7 +46,7 @@ def flash_attn_varlen_unfused(q: Any, k: Any, v: Any, alibi_slopes: Any, seqlens
         if slopes.ndim != 1 or slopes.shape[0] != hq:
             n = slopes.shape[0] if slopes.ndim == 1 else slopes.shape
             raise errors.Msg(f"alibi_slopes has len {n}, expected num_heads={hq}")
-        slopes = slopes.astype(jnp.float32)
+        slopes = slopes.astype(jnp.promote_types(qa.dtype, jnp.float32))
     lq = concrete_lengths(_NAME, seqlens_q, "seqlens_q")
     lk = concrete_lengths(_NAME, seqlens_k, "seqlens_k")
     if lq is None or lk is None:
@@ -81,12 +81,13 @@ def _unfused(q: Any, k: Any, v: Any, slopes: Any, *, pieces: tuple[tuple[int, in
     hq = q.shape[1]
     k, v = _repeat_heads(k, hq), _repeat_heads(v, hq)
     prec = f32_precision() if q.dtype == jnp.float32 else None
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # f16 / bf16 in f32, f64 in f64 (Candle: the input's dtype)
     outs = []
     for sq, lq, sk, lk in pieces:
         qs = q[sq : sq + lq]
         ks = k[sk : sk + lk]
         vs = v[sk : sk + lk]
-        scores = jnp.einsum("qhd,khd->hqk", qs, ks, precision=prec, preferred_element_type=jnp.float32) * scale
+        scores = jnp.einsum("qhd,khd->hqk", qs, ks, precision=prec, preferred_element_type=acc) * scale
         i_k = jnp.arange(lq)[:, None] + (lk - lq)
         j = jnp.arange(lk)[None, :]
         if causal:
@@ -99,6 +100,6 @@ def _unfused(q: Any, k: Any, v: Any, slopes: Any, *, pieces: tuple[tuple[int, in
         if slopes is not None:
             scores = scores + alibi_bias(slopes, i_k, j, causal)
         probs = jax.nn.softmax(scores, axis=-1)
-        ctx = jnp.einsum("hqk,khd->qhd", probs, vs.astype(jnp.float32), precision=f32_precision())
+        ctx = jnp.einsum("hqk,khd->qhd", probs, vs.astype(acc), precision=f32_precision())
         outs.append(ctx.astype(q.dtype))
     return jnp.concatenate(outs, axis=0)
