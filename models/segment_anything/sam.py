@@ -30,7 +30,7 @@ from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
 from candlejax.nn import Module, VarBuilder
-from candlejax.tensor import Tensor, int_arg
+from candlejax.tensor import Tensor, float_arg, int_arg
 from candlejax.transforms import jit
 from candlejax.vision import open_rgb
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
@@ -312,6 +312,11 @@ class Sam(Module):
         layer ``i`` has ``points_per_side // crop_n_points_downscale_factor**i`` points per side;
         a layer with none gives no masks."""
         h, w = self._dims(img)
+        points_per_side = int_arg(points_per_side, "generate_masks", "points_per_side")
+        crop_n_layer = int_arg(crop_n_layer, "generate_masks", "crop_n_layer")
+        crop_n_points_downscale_factor = int_arg(crop_n_points_downscale_factor, "generate_masks",
+                                                 "crop_n_points_downscale_factor")  # fmt: skip
+        crop_overlap_ratio = float_arg(crop_overlap_ratio, "generate_masks", "crop_overlap_ratio")
         if points_per_side < 1 or crop_n_layer < 0 or crop_n_points_downscale_factor < 1:
             raise errors.Msg("generate_masks: points_per_side and crop_n_points_downscale_factor must be >= 1, "
                              "crop_n_layer >= 0")  # fmt: skip
@@ -355,6 +360,8 @@ def _point_grid(n: int) -> np.ndarray:
 
 
 def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> list[tuple[tuple[int, ...], int]]:
+    """Candle's ``generate_crop_boxes``: the whole image, then ``2**i x 2**i`` overlapping crops per
+    layer ``i`` (x-major), each ``(x0, y0, x1, y1)`` with its layer."""
     h, w = hw
     boxes = [((0, 0, w, h), 0)]
     short = min(h, w)
@@ -363,6 +370,12 @@ def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> lis
         overlap = int(overlap_ratio * short * 2 / n)
         cw = int(np.ceil((overlap * (n - 1) + w) / n))
         ch = int(np.ceil((overlap * (n - 1) + h) / n))
+        if overlap_ratio < 0 or cw < overlap or ch < overlap:
+            raise errors.Msg(
+                f"generate_masks: crop_overlap_ratio {overlap_ratio} gives crop layer {layer} of the {w}x{h} image an"
+                f" overlap of {overlap} pixels for {cw}x{ch} crops; the ratio must be >= 0 and the overlap at most"
+                " a crop (Candle's default 512 / 1500)"
+            )
         for ix in range(n):
             for iy in range(n):
                 x0, y0 = (cw - overlap) * ix, (ch - overlap) * iy

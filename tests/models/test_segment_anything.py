@@ -169,6 +169,25 @@ def test_generate_masks_crop_layer_without_points(models, images) -> None:
     ]
 
 
+def test_generate_masks_bad_settings_are_named(models) -> None:
+    """Candle's ``usize`` counts and ``f64`` overlap: text, floats and overlaps that cannot tile the
+    image are named as candlejax errors, not Python TypeErrors nor crops with negative origins (a
+    negative overlap leaves gaps between Meta's crops; Candle's ``as usize`` cannot even express it;
+    an overlap as wide as the image is an unsigned underflow in Candle)."""
+    model, _ = models
+    img = cj.Tensor(np.zeros((3, 40, 60), np.uint8))
+    for kw, what in [({"points_per_side": "4"}, "points_per_side"), ({"points_per_side": 4.0}, "points_per_side"),
+                     ({"crop_n_layer": "1"}, "crop_n_layer"),
+                     ({"crop_n_points_downscale_factor": None}, "crop_n_points_downscale_factor")]:  # fmt: skip
+        with pytest.raises(errors.NotAnInteger, match=what):
+            sam.generate_masks(model, img, **kw)
+    with pytest.raises(errors.Error, match="crop_overlap_ratio must be a number"):
+        sam.generate_masks(model, img, points_per_side=1, crop_n_layer=1, crop_overlap_ratio="0.3")
+    for ratio in (-0.5, 1.5):
+        with pytest.raises(errors.Error, match=rf"crop_overlap_ratio {ratio}"):
+            sam.generate_masks(model, img, points_per_side=1, crop_n_layer=1, crop_overlap_ratio=ratio)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------
