@@ -20,7 +20,6 @@ import importlib.util
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
+from candlejax.models.object_detection import Bbox, non_maximum_suppression
 from candlejax.nn import Module, VarBuilder
 from candlejax.tensor import Tensor, float_arg, int_arg
 from candlejax.transforms import jit
@@ -63,19 +63,6 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 Point = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
-
-
-@dataclass
-class Bbox:
-    """Candle's ``object_detection::Bbox<Tensor>``: a box in low-resolution mask pixels (256 for
-    the padded 1024 frame of the crop), the predicted IoU and the thresholded mask ``(256, 256)`` u32."""
-
-    xmin: float
-    ymin: float
-    xmax: float
-    ymax: float
-    confidence: float
-    data: Tensor
 
 
 def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int | None = IMAGE_SIZE) -> Tensor:
@@ -303,14 +290,19 @@ class Sam(Module):
                 if len(xs) and len(ys):
                     out.append(Bbox(float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]), float(score),
                                     Tensor(binary, device=img.device)))  # fmt: skip
-        return _nms(out, CROP_NMS_THRESH)
+        # Bbox<Tensor>: a box in low-resolution mask pixels (256 for the padded 1024 frame of the crop),
+        # the predicted IoU and the thresholded (256, 256) u32 mask; duplicates removed as Candle
+        bboxes = [out]
+        non_maximum_suppression(bboxes, CROP_NMS_THRESH)
+        return bboxes[0]
 
     def generate_masks(self, img: Tensor, points_per_side: int, crop_n_layer: int, crop_overlap_ratio: float,
                        crop_n_points_downscale_factor: int) -> list[Bbox]:  # fmt: skip
         """Candle's automatic mask generation: prompt a grid of foreground points (64 per batch),
         keep masks with predicted IoU >= 0.88 and stability >= 0.95, box NMS at 0.7 per crop. Crop
         layer ``i`` has ``points_per_side // crop_n_points_downscale_factor**i`` points per side;
-        a layer with none gives no masks."""
+        a layer with none gives no masks. Returns :class:`candlejax.models.object_detection.Bbox`
+        boxes (Candle's ``Bbox<Tensor>``), each crop's sorted by predicted IoU."""
         h, w = self._dims(img)
         points_per_side = int_arg(points_per_side, "generate_masks", "points_per_side")
         crop_n_layer = int_arg(crop_n_layer, "generate_masks", "crop_n_layer")
@@ -334,23 +326,6 @@ def generate_masks(
     """``model.generate_masks(...)`` with the defaults of Candle's example (32 points per side, no crops)."""
     return model.generate_masks(img, points_per_side, crop_n_layer, crop_overlap_ratio,
                                 crop_n_points_downscale_factor)  # fmt: skip
-
-
-def _iou(a: Bbox, b: Bbox) -> float:
-    area_a = (a.xmax - a.xmin + 1) * (a.ymax - a.ymin + 1)
-    area_b = (b.xmax - b.xmin + 1) * (b.ymax - b.ymin + 1)
-    iw = max(min(a.xmax, b.xmax) - max(a.xmin, b.xmin) + 1, 0.0)
-    ih = max(min(a.ymax, b.ymax) - max(a.ymin, b.ymin) + 1, 0.0)
-    return iw * ih / (area_a + area_b - iw * ih)
-
-
-def _nms(boxes: list[Bbox], threshold: float) -> list[Bbox]:
-    """Candle's ``non_maximum_suppression`` for one class: by confidence, drop boxes with IoU > threshold."""
-    kept: list[Bbox] = []
-    for b in sorted(boxes, key=lambda b: -b.confidence):
-        if all(_iou(k, b) <= threshold for k in kept):
-            kept.append(b)
-    return kept
 
 
 def _point_grid(n: int) -> np.ndarray:

@@ -146,7 +146,10 @@ def test_generate_masks_finds_the_square(models, images) -> None:
     model, _ = models
     img = cj.Tensor(images["synthetic"])
     boxes = sam.generate_masks(model, img, points_per_side=4)
-    assert boxes and all(isinstance(b, sam.Bbox) for b in boxes)
+    from candlejax.models import object_detection
+
+    # Candle returns candle_transformers::object_detection::Bbox<Tensor>: the same class as YOLO's boxes
+    assert boxes and all(isinstance(b, sam.Bbox) and isinstance(b, object_detection.Bbox) for b in boxes)
     assert boxes == sorted(boxes, key=lambda b: -b.confidence)
     y0, y1, x0, x1 = (v / 4 for v in H_SQ)  # low-resolution (256) frame of the padded 1024 image
     hit = [b for b in boxes if abs(b.xmin - x0) <= 2 and abs(b.xmax - (x1 - 1)) <= 2 and abs(b.ymin - y0) <= 2
