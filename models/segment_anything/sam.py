@@ -89,7 +89,13 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
     return Tensor(arr, device=Device.coerce(device))
 
 
-def _check_points(points: Sequence[Point]) -> None:
+def _check_points(points: Sequence[Point] | None) -> list[Point]:
+    """The point prompts as a list (None: no points, as Candle's empty slice), each checked."""
+    if points is None:
+        return []
+    if isinstance(points, (str, bytes)) or not hasattr(points, "__iter__"):
+        raise errors.Msg(f"sam: points must be a list of (x, y, is_foreground), got {type(points).__name__}")
+    points = list(points)
     for p in points:
         if not (isinstance(p, (tuple, list)) and len(p) == 3):
             raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground), got {p!r}")
@@ -106,6 +112,7 @@ def _check_points(points: Sequence[Point]) -> None:
                 f"sam: point ({x}, {y}) is outside the image; points are fractions of the image width and"
                 " height, in [0, 1] (0.5, 0.5 is the centre)"
             )
+    return points
 
 
 def _check_box(box: Box) -> None:
@@ -212,13 +219,13 @@ class Sam(Module):
         return self.mask_decoder(emb, self.image_pe, sparse, dense, multimask)
 
     def forward_for_embeddings(self, img_embeddings: Tensor, original_h: int, original_w: int,
-                               points: Sequence[Point], multimask_output: bool,
+                               points: Sequence[Point] | None, multimask_output: bool,
                                box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Low-resolution mask logits ``(1, 3 or 1, 256, 256)`` and IoU predictions ``(1, 3 or 1)``.
 
         ``points`` are ``(x, y, is_foreground)`` with x, y fractions of the ``original_w x
         original_h`` image (the one given to ``embeddings``); ``box`` is ``(x0, y0, x1, y1)`` in the
-        same fractions. Several points give one mask for all of them.
+        same fractions. Several points give one mask for all of them; None or ``[]``: no points.
         """
         original_h = int_arg(original_h, "sam forward_for_embeddings", "original_h")
         original_w = int_arg(original_w, "sam forward_for_embeddings", "original_w")
@@ -227,7 +234,7 @@ class Sam(Module):
             raise errors.Msg(f"sam: image embeddings must be (1, 256, 64, 64) from embeddings(), got {list(emb_shape)}")
         if not (0 < original_h <= IMAGE_SIZE and 0 < original_w <= IMAGE_SIZE):
             raise errors.Msg(f"sam: image size ({original_w}, {original_h}) must be within 1..{IMAGE_SIZE}")
-        _check_points(points)
+        points = _check_points(points)
         coords = labels = bx = None
         if points:
             coords = np.asarray([[[float(x) * original_w, float(y) * original_h] for x, y, _ in points]], np.float32)
@@ -238,7 +245,7 @@ class Sam(Module):
                             np.float32)  # fmt: skip
         return self._decode(img_embeddings, coords, labels, bx, bool(multimask_output))
 
-    def forward(self, img: Tensor, points: Sequence[Point], multimask_output: bool,
+    def forward(self, img: Tensor, points: Sequence[Point] | None, multimask_output: bool,
                 box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Mask logits at the image's size ``(3 or 1, h, w)`` (foreground where > 0) and IoU ``(1, n)``."""
         h, w = self._dims(img)

@@ -215,6 +215,12 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
             model.forward_for_embeddings(emb, 500, 600, [(0.5, 0.5, True), (0.2, 0.3, lab)], True)
     with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
         model.forward_for_embeddings(emb, 500, 600, [], True, (0.8, 0.1, 0.2, 0.9))
+    # no points: None as Candle's empty slice (SamPredictor's point_coords=None); not a list: named
+    low, iou = model.forward_for_embeddings(emb, 500, 600, None, True, (0.2, 0.1, 0.8, 0.9))
+    low_e, iou_e = model.forward_for_embeddings(emb, 500, 600, [], True, (0.2, 0.1, 0.8, 0.9))
+    assert np.array_equal(low.numpy(), low_e.numpy()) and np.array_equal(iou.numpy(), iou_e.numpy())
+    with pytest.raises(errors.Error, match=r"points must be a list of \(x, y, is_foreground\).*got float"):
+        model.forward_for_embeddings(emb, 500, 600, 0.5, True)
     with pytest.raises(errors.Error, match=r"embeddings must be \(1, 256, 64, 64\).*got \[1, 256, 32, 32\]"):
         model.forward_for_embeddings(cj.Tensor.zeros((1, 256, 32, 32), cj.DType.F32, cj.Device.Cpu), 5, 5, [], True)
     with pytest.raises(errors.Error, match=r"image size \(2000, 500\)"):
