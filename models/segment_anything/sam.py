@@ -257,9 +257,12 @@ class Sam(Module):
         """SAM's ``postprocess_masks``: bilinear to 1024², crop the ``h x w`` image, then (optionally)
         bilinear to ``original_size`` (h, w). ``(B, n, 256, 256)`` -> ``(B, n, h, w)`` logits."""
         masks = low_res_masks.upsample_bilinear2d(IMAGE_SIZE, IMAGE_SIZE).narrow(2, 0, h).narrow(3, 0, w)
-        if original_size is not None and tuple(original_size) != (h, w):
-            masks = masks.upsample_bilinear2d(int(original_size[0]), int(original_size[1]))
-        return masks
+        if original_size is None:
+            return masks
+        if not hasattr(original_size, "__len__") or len(original_size) != 2:
+            raise errors.Msg(f"sam postprocess_masks: original_size must be (h, w), got {original_size!r}")
+        oh, ow = (int_arg(v, "sam postprocess_masks", "original_size") for v in original_size)
+        return masks if (oh, ow) == (h, w) else masks.upsample_bilinear2d(oh, ow)
 
     # --- automatic mask generation -----------------------------------------------------------------
     @jit

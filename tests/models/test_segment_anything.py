@@ -237,6 +237,19 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
             model.forward_for_embeddings(emb, h, 600, [(0.5, 0.5, True)], True)
 
 
+def test_postprocess_masks_bad_original_size_is_named() -> None:
+    """``original_size`` is transformers' ``(h, w)`` of ints: a fractional or text size is named,
+    not truncated or parsed; a pair of another length is named, not an IndexError."""
+    low = cj.Tensor(np.zeros((1, 3, 256, 256), np.float32))
+    for size, what in [((200.5, 300), "original_size"), (("200", 300), "original_size")]:
+        with pytest.raises(errors.NotAnInteger, match=what):
+            sam.Sam.postprocess_masks(None, low, 683, 1024, size)
+    for size in [(200,), (200, 300, 3), 200]:
+        with pytest.raises(errors.Error, match=r"original_size must be \(h, w\)"):
+            sam.Sam.postprocess_masks(None, low, 683, 1024, size)
+    assert sam.Sam.postprocess_masks(None, low, 683, 1024, np.array([200, 300])).dims() == (1, 3, 200, 300)
+
+
 class _Payload:
     def __init__(self, marker: str):
         self.marker = marker
