@@ -142,8 +142,9 @@ class Sam(Module):
     """Candle's ``sam::Sam``: ``new``, ``new_tiny``, ``embeddings``, ``forward``,
     ``forward_for_embeddings``, ``preprocess``, ``unpreprocess``, ``generate_masks``.
 
-    ``image_pe`` (the prompt encoder's dense positional encoding, ``(1, 256, 64, 64)``) is computed
-    once at construction; rebuild the model after changing ``prompt_encoder``'s weights."""
+    The prompt encoder's dense positional encoding is computed from its current weights in every
+    decode, as Candle's ``get_dense_pe()`` calls (weights loaded into a VarMap after construction
+    are used)."""
 
     def __init__(self, image_encoder: ImageEncoderViT | TinyViT, prompt_encoder: PromptEncoder,
                  mask_decoder: MaskDecoder, device: Any):  # fmt: skip
@@ -151,8 +152,11 @@ class Sam(Module):
         dev = Device.coerce(device)
         self.pixel_mean = Tensor(np.asarray(PIXEL_MEAN, np.float32).reshape(3, 1, 1), device=dev)
         self.pixel_std = Tensor(np.asarray(PIXEL_STD, np.float32).reshape(3, 1, 1), device=dev)
-        # the dense positional encoding depends on the weights only: computed once, not per prompt
-        self.image_pe = _dense_pe(prompt_encoder)
+
+    @property
+    def image_pe(self) -> Tensor:
+        """The prompt encoder's dense positional encoding ``(1, 256, 64, 64)`` (``get_dense_pe()``)."""
+        return _dense_pe(self.prompt_encoder)
 
     @staticmethod
     def _heads(vb: VarBuilder) -> tuple[PromptEncoder, MaskDecoder]:
@@ -216,7 +220,7 @@ class Sam(Module):
         pts = None if coords is None else (Tensor(coords), Tensor(labels))
         boxes = None if box is None else Tensor(box)
         sparse, dense = self.prompt_encoder(pts, boxes, None)
-        return self.mask_decoder(emb, self.image_pe, sparse, dense, multimask)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
     def forward_for_embeddings(self, img_embeddings: Tensor, original_h: int, original_w: int,
                                points: Sequence[Point] | None, multimask_output: bool,
@@ -270,7 +274,7 @@ class Sam(Module):
         pts = Tensor(coords).unsqueeze(1)
         labels = pts.narrow(2, 0, 1).squeeze(2).ones_like()
         sparse, dense = self.prompt_encoder((pts, labels), None, None)
-        return self.mask_decoder(emb, self.image_pe, sparse, dense, True)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
     def _process_crop(self, img: Tensor, cb: tuple[int, int, int, int], grid: np.ndarray, batch: int) -> list[Bbox]:
         x0, y0, x1, y1 = cb

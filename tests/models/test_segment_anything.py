@@ -17,7 +17,7 @@ import torch
 import candlejax as cj
 from candlejax import errors
 from candlejax.models import segment_anything as sam
-from candlejax.nn import VarBuilder
+from candlejax.nn import VarBuilder, VarMap
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sam_reference
@@ -463,6 +463,26 @@ def test_vit_sam_prompts_and_postprocessing_match_transformers(hf_vit) -> None:
         got = sam.Sam.postprocess_masks(None, cj.Tensor(low.numpy()), h, w, orig).numpy()
         assert got.shape == want.shape == (1, 3, *orig)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_weights_set_after_construction_are_used() -> None:
+    """Candle recomputes ``prompt_encoder.get_dense_pe()`` in every ``forward_for_embeddings`` and
+    ``process_crop``: weights loaded into the model's VarMap after construction (``varmap.load``,
+    ``set_one``) give the masks of a model built from them, not those of the initial weights."""
+    vm = VarMap()
+    model = sam.Sam.new(32, 1, 2, [0], VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu))
+    g = np.random.default_rng(1).standard_normal((2, 128)).astype(np.float32)
+    vm.set_one("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", cj.Tensor(g))
+    fresh = sam.Sam.new(32, 1, 2, [0], VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu))
+    emb = cj.Tensor(np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32))
+    for points, box in [([(0.3, 0.4, True)], None), ([], (0.1, 0.2, 0.6, 0.7))]:
+        low, iou = model.forward_for_embeddings(emb, 500, 600, points, True, box)
+        low_f, iou_f = fresh.forward_for_embeddings(emb, 500, 600, points, True, box)
+        np.testing.assert_allclose(low.numpy(), low_f.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(iou.numpy(), iou_f.numpy(), atol=1e-5, rtol=0)
+    grid = np.asarray([[0.25, 0.5], [0.75, 0.5]], np.float32) * np.float32([600, 500])
+    for a, b in zip(model._decode_grid(emb, grid), fresh._decode_grid(emb, grid), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
 
 
 def test_mlp_block_new_and_linear_helper() -> None:
