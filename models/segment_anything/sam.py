@@ -20,7 +20,6 @@ import importlib.util
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,9 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
+from candlejax.models.object_detection import Bbox, non_maximum_suppression
 from candlejax.nn import Module, VarBuilder
-from candlejax.tensor import Tensor, int_arg
+from candlejax.tensor import Tensor, float_arg, int_arg
 from candlejax.transforms import jit
 from candlejax.vision import open_rgb
 from candlejax.xla import XLA_CONVOLUTION_OPTIONS, OptionsJit
@@ -65,19 +65,6 @@ Point = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
 
 
-@dataclass
-class Bbox:
-    """Candle's ``object_detection::Bbox<Tensor>``: a box in low-resolution mask pixels (256 for
-    the padded 1024 frame of the crop), the predicted IoU and the thresholded mask ``(256, 256)`` u32."""
-
-    xmin: float
-    ymin: float
-    xmax: float
-    ymax: float
-    confidence: float
-    data: Tensor
-
-
 def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int | None = IMAGE_SIZE) -> Tensor:
     """An RGB image file as a ``(3, h, w)`` u8 Tensor, its longest side resized to ``resize_longest``
     (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size). 16-bit grey
@@ -102,7 +89,13 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
     return Tensor(arr, device=Device.coerce(device))
 
 
-def _check_points(points: Sequence[Point]) -> None:
+def _check_points(points: Sequence[Point] | None) -> list[Point]:
+    """The point prompts as a list (None: no points, as Candle's empty slice), each checked."""
+    if points is None:
+        return []
+    if isinstance(points, (str, bytes)) or not hasattr(points, "__iter__"):
+        raise errors.Msg(f"sam: points must be a list of (x, y, is_foreground), got {type(points).__name__}")
+    points = list(points)
     for p in points:
         if not (isinstance(p, (tuple, list)) and len(p) == 3):
             raise errors.Msg(f"sam: a point prompt is (x, y, is_foreground), got {p!r}")
@@ -119,6 +112,7 @@ def _check_points(points: Sequence[Point]) -> None:
                 f"sam: point ({x}, {y}) is outside the image; points are fractions of the image width and"
                 " height, in [0, 1] (0.5, 0.5 is the centre)"
             )
+    return points
 
 
 def _check_box(box: Box) -> None:
@@ -148,8 +142,9 @@ class Sam(Module):
     """Candle's ``sam::Sam``: ``new``, ``new_tiny``, ``embeddings``, ``forward``,
     ``forward_for_embeddings``, ``preprocess``, ``unpreprocess``, ``generate_masks``.
 
-    ``image_pe`` (the prompt encoder's dense positional encoding, ``(1, 256, 64, 64)``) is computed
-    once at construction; rebuild the model after changing ``prompt_encoder``'s weights."""
+    The prompt encoder's dense positional encoding is computed from its current weights in every
+    decode, as Candle's ``get_dense_pe()`` calls (weights loaded into a VarMap after construction
+    are used)."""
 
     def __init__(self, image_encoder: ImageEncoderViT | TinyViT, prompt_encoder: PromptEncoder,
                  mask_decoder: MaskDecoder, device: Any):  # fmt: skip
@@ -157,8 +152,11 @@ class Sam(Module):
         dev = Device.coerce(device)
         self.pixel_mean = Tensor(np.asarray(PIXEL_MEAN, np.float32).reshape(3, 1, 1), device=dev)
         self.pixel_std = Tensor(np.asarray(PIXEL_STD, np.float32).reshape(3, 1, 1), device=dev)
-        # the dense positional encoding depends on the weights only: computed once, not per prompt
-        self.image_pe = _dense_pe(prompt_encoder)
+
+    @property
+    def image_pe(self) -> Tensor:
+        """The prompt encoder's dense positional encoding ``(1, 256, 64, 64)`` (``get_dense_pe()``)."""
+        return _dense_pe(self.prompt_encoder)
 
     @staticmethod
     def _heads(vb: VarBuilder) -> tuple[PromptEncoder, MaskDecoder]:
@@ -222,16 +220,16 @@ class Sam(Module):
         pts = None if coords is None else (Tensor(coords), Tensor(labels))
         boxes = None if box is None else Tensor(box)
         sparse, dense = self.prompt_encoder(pts, boxes, None)
-        return self.mask_decoder(emb, self.image_pe, sparse, dense, multimask)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
     def forward_for_embeddings(self, img_embeddings: Tensor, original_h: int, original_w: int,
-                               points: Sequence[Point], multimask_output: bool,
+                               points: Sequence[Point] | None, multimask_output: bool,
                                box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Low-resolution mask logits ``(1, 3 or 1, 256, 256)`` and IoU predictions ``(1, 3 or 1)``.
 
         ``points`` are ``(x, y, is_foreground)`` with x, y fractions of the ``original_w x
         original_h`` image (the one given to ``embeddings``); ``box`` is ``(x0, y0, x1, y1)`` in the
-        same fractions. Several points give one mask for all of them.
+        same fractions. Several points give one mask for all of them; None or ``[]``: no points.
         """
         original_h = int_arg(original_h, "sam forward_for_embeddings", "original_h")
         original_w = int_arg(original_w, "sam forward_for_embeddings", "original_w")
@@ -240,7 +238,7 @@ class Sam(Module):
             raise errors.Msg(f"sam: image embeddings must be (1, 256, 64, 64) from embeddings(), got {list(emb_shape)}")
         if not (0 < original_h <= IMAGE_SIZE and 0 < original_w <= IMAGE_SIZE):
             raise errors.Msg(f"sam: image size ({original_w}, {original_h}) must be within 1..{IMAGE_SIZE}")
-        _check_points(points)
+        points = _check_points(points)
         coords = labels = bx = None
         if points:
             coords = np.asarray([[[float(x) * original_w, float(y) * original_h] for x, y, _ in points]], np.float32)
@@ -251,7 +249,7 @@ class Sam(Module):
                             np.float32)  # fmt: skip
         return self._decode(img_embeddings, coords, labels, bx, bool(multimask_output))
 
-    def forward(self, img: Tensor, points: Sequence[Point], multimask_output: bool,
+    def forward(self, img: Tensor, points: Sequence[Point] | None, multimask_output: bool,
                 box: Box | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Mask logits at the image's size ``(3 or 1, h, w)`` (foreground where > 0) and IoU ``(1, n)``."""
         h, w = self._dims(img)
@@ -263,9 +261,12 @@ class Sam(Module):
         """SAM's ``postprocess_masks``: bilinear to 1024², crop the ``h x w`` image, then (optionally)
         bilinear to ``original_size`` (h, w). ``(B, n, 256, 256)`` -> ``(B, n, h, w)`` logits."""
         masks = low_res_masks.upsample_bilinear2d(IMAGE_SIZE, IMAGE_SIZE).narrow(2, 0, h).narrow(3, 0, w)
-        if original_size is not None and tuple(original_size) != (h, w):
-            masks = masks.upsample_bilinear2d(int(original_size[0]), int(original_size[1]))
-        return masks
+        if original_size is None:
+            return masks
+        if not hasattr(original_size, "__len__") or len(original_size) != 2:
+            raise errors.Msg(f"sam postprocess_masks: original_size must be (h, w), got {original_size!r}")
+        oh, ow = (int_arg(v, "sam postprocess_masks", "original_size") for v in original_size)
+        return masks if (oh, ow) == (h, w) else masks.upsample_bilinear2d(oh, ow)
 
     # --- automatic mask generation -----------------------------------------------------------------
     @jit
@@ -273,7 +274,7 @@ class Sam(Module):
         pts = Tensor(coords).unsqueeze(1)
         labels = pts.narrow(2, 0, 1).squeeze(2).ones_like()
         sparse, dense = self.prompt_encoder((pts, labels), None, None)
-        return self.mask_decoder(emb, self.image_pe, sparse, dense, True)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
     def _process_crop(self, img: Tensor, cb: tuple[int, int, int, int], grid: np.ndarray, batch: int) -> list[Bbox]:
         x0, y0, x1, y1 = cb
@@ -303,15 +304,25 @@ class Sam(Module):
                 if len(xs) and len(ys):
                     out.append(Bbox(float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]), float(score),
                                     Tensor(binary, device=img.device)))  # fmt: skip
-        return _nms(out, CROP_NMS_THRESH)
+        # Bbox<Tensor>: a box in low-resolution mask pixels (256 for the padded 1024 frame of the crop),
+        # the predicted IoU and the thresholded (256, 256) u32 mask; duplicates removed as Candle
+        bboxes = [out]
+        non_maximum_suppression(bboxes, CROP_NMS_THRESH)
+        return bboxes[0]
 
     def generate_masks(self, img: Tensor, points_per_side: int, crop_n_layer: int, crop_overlap_ratio: float,
                        crop_n_points_downscale_factor: int) -> list[Bbox]:  # fmt: skip
         """Candle's automatic mask generation: prompt a grid of foreground points (64 per batch),
         keep masks with predicted IoU >= 0.88 and stability >= 0.95, box NMS at 0.7 per crop. Crop
         layer ``i`` has ``points_per_side // crop_n_points_downscale_factor**i`` points per side;
-        a layer with none gives no masks."""
+        a layer with none gives no masks. Returns :class:`candlejax.models.object_detection.Bbox`
+        boxes (Candle's ``Bbox<Tensor>``), each crop's sorted by predicted IoU."""
         h, w = self._dims(img)
+        points_per_side = int_arg(points_per_side, "generate_masks", "points_per_side")
+        crop_n_layer = int_arg(crop_n_layer, "generate_masks", "crop_n_layer")
+        crop_n_points_downscale_factor = int_arg(crop_n_points_downscale_factor, "generate_masks",
+                                                 "crop_n_points_downscale_factor")  # fmt: skip
+        crop_overlap_ratio = float_arg(crop_overlap_ratio, "generate_masks", "crop_overlap_ratio")
         if points_per_side < 1 or crop_n_layer < 0 or crop_n_points_downscale_factor < 1:
             raise errors.Msg("generate_masks: points_per_side and crop_n_points_downscale_factor must be >= 1, "
                              "crop_n_layer >= 0")  # fmt: skip
@@ -331,23 +342,6 @@ def generate_masks(
                                 crop_n_points_downscale_factor)  # fmt: skip
 
 
-def _iou(a: Bbox, b: Bbox) -> float:
-    area_a = (a.xmax - a.xmin + 1) * (a.ymax - a.ymin + 1)
-    area_b = (b.xmax - b.xmin + 1) * (b.ymax - b.ymin + 1)
-    iw = max(min(a.xmax, b.xmax) - max(a.xmin, b.xmin) + 1, 0.0)
-    ih = max(min(a.ymax, b.ymax) - max(a.ymin, b.ymin) + 1, 0.0)
-    return iw * ih / (area_a + area_b - iw * ih)
-
-
-def _nms(boxes: list[Bbox], threshold: float) -> list[Bbox]:
-    """Candle's ``non_maximum_suppression`` for one class: by confidence, drop boxes with IoU > threshold."""
-    kept: list[Bbox] = []
-    for b in sorted(boxes, key=lambda b: -b.confidence):
-        if all(_iou(k, b) <= threshold for k in kept):
-            kept.append(b)
-    return kept
-
-
 def _point_grid(n: int) -> np.ndarray:
     """``n x n`` points at the cell centres of [0, 1]², x-major as Candle's ``build_point_grid``."""
     c = (np.arange(n, dtype=np.float64) + 0.5) / n
@@ -355,6 +349,8 @@ def _point_grid(n: int) -> np.ndarray:
 
 
 def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> list[tuple[tuple[int, ...], int]]:
+    """Candle's ``generate_crop_boxes``: the whole image, then ``2**i x 2**i`` overlapping crops per
+    layer ``i`` (x-major), each ``(x0, y0, x1, y1)`` with its layer."""
     h, w = hw
     boxes = [((0, 0, w, h), 0)]
     short = min(h, w)
@@ -363,6 +359,12 @@ def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> lis
         overlap = int(overlap_ratio * short * 2 / n)
         cw = int(np.ceil((overlap * (n - 1) + w) / n))
         ch = int(np.ceil((overlap * (n - 1) + h) / n))
+        if overlap_ratio < 0 or cw < overlap or ch < overlap:
+            raise errors.Msg(
+                f"generate_masks: crop_overlap_ratio {overlap_ratio} gives crop layer {layer} of the {w}x{h} image an"
+                f" overlap of {overlap} pixels for {cw}x{ch} crops; the ratio must be >= 0 and the overlap at most"
+                " a crop (Candle's default 512 / 1500)"
+            )
         for ix in range(n):
             for iy in range(n):
                 x0, y0 = (cw - overlap) * ix, (ch - overlap) * iy

@@ -17,7 +17,7 @@ import torch
 import candlejax as cj
 from candlejax import errors
 from candlejax.models import segment_anything as sam
-from candlejax.nn import VarBuilder
+from candlejax.nn import VarBuilder, VarMap
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sam_reference
@@ -146,7 +146,10 @@ def test_generate_masks_finds_the_square(models, images) -> None:
     model, _ = models
     img = cj.Tensor(images["synthetic"])
     boxes = sam.generate_masks(model, img, points_per_side=4)
-    assert boxes and all(isinstance(b, sam.Bbox) for b in boxes)
+    from candlejax.models import object_detection
+
+    # Candle returns candle_transformers::object_detection::Bbox<Tensor>: the same class as YOLO's boxes
+    assert boxes and all(isinstance(b, sam.Bbox) and isinstance(b, object_detection.Bbox) for b in boxes)
     assert boxes == sorted(boxes, key=lambda b: -b.confidence)
     y0, y1, x0, x1 = (v / 4 for v in H_SQ)  # low-resolution (256) frame of the padded 1024 image
     hit = [b for b in boxes if abs(b.xmin - x0) <= 2 and abs(b.xmax - (x1 - 1)) <= 2 and abs(b.ymin - y0) <= 2
@@ -167,6 +170,25 @@ def test_generate_masks_crop_layer_without_points(models, images) -> None:
     assert whole and [(b.xmin, b.ymin, b.xmax, b.ymax, b.confidence) for b in crops] == [
         (b.xmin, b.ymin, b.xmax, b.ymax, b.confidence) for b in whole
     ]
+
+
+def test_generate_masks_bad_settings_are_named(models) -> None:
+    """Candle's ``usize`` counts and ``f64`` overlap: text, floats and overlaps that cannot tile the
+    image are named as candlejax errors, not Python TypeErrors nor crops with negative origins (a
+    negative overlap leaves gaps between Meta's crops; Candle's ``as usize`` cannot even express it;
+    an overlap as wide as the image is an unsigned underflow in Candle)."""
+    model, _ = models
+    img = cj.Tensor(np.zeros((3, 40, 60), np.uint8))
+    for kw, what in [({"points_per_side": "4"}, "points_per_side"), ({"points_per_side": 4.0}, "points_per_side"),
+                     ({"crop_n_layer": "1"}, "crop_n_layer"),
+                     ({"crop_n_points_downscale_factor": None}, "crop_n_points_downscale_factor")]:  # fmt: skip
+        with pytest.raises(errors.NotAnInteger, match=what):
+            sam.generate_masks(model, img, **kw)
+    with pytest.raises(errors.Error, match="crop_overlap_ratio must be a number"):
+        sam.generate_masks(model, img, points_per_side=1, crop_n_layer=1, crop_overlap_ratio="0.3")
+    for ratio in (-0.5, 1.5):
+        with pytest.raises(errors.Error, match=rf"crop_overlap_ratio {ratio}"):
+            sam.generate_masks(model, img, points_per_side=1, crop_n_layer=1, crop_overlap_ratio=ratio)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,6 +215,12 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
             model.forward_for_embeddings(emb, 500, 600, [(0.5, 0.5, True), (0.2, 0.3, lab)], True)
     with pytest.raises(errors.Error, match=r"box .* must be \(x0, y0, x1, y1\)"):
         model.forward_for_embeddings(emb, 500, 600, [], True, (0.8, 0.1, 0.2, 0.9))
+    # no points: None as Candle's empty slice (SamPredictor's point_coords=None); not a list: named
+    low, iou = model.forward_for_embeddings(emb, 500, 600, None, True, (0.2, 0.1, 0.8, 0.9))
+    low_e, iou_e = model.forward_for_embeddings(emb, 500, 600, [], True, (0.2, 0.1, 0.8, 0.9))
+    assert np.array_equal(low.numpy(), low_e.numpy()) and np.array_equal(iou.numpy(), iou_e.numpy())
+    with pytest.raises(errors.Error, match=r"points must be a list of \(x, y, is_foreground\).*got float"):
+        model.forward_for_embeddings(emb, 500, 600, 0.5, True)
     with pytest.raises(errors.Error, match=r"embeddings must be \(1, 256, 64, 64\).*got \[1, 256, 32, 32\]"):
         model.forward_for_embeddings(cj.Tensor.zeros((1, 256, 32, 32), cj.DType.F32, cj.Device.Cpu), 5, 5, [], True)
     with pytest.raises(errors.Error, match=r"image size \(2000, 500\)"):
@@ -207,6 +235,19 @@ def test_bad_images_and_prompts_are_rejected(models) -> None:
     for h in (500.5, "500"):
         with pytest.raises(errors.NotAnInteger, match="original_h"):
             model.forward_for_embeddings(emb, h, 600, [(0.5, 0.5, True)], True)
+
+
+def test_postprocess_masks_bad_original_size_is_named() -> None:
+    """``original_size`` is transformers' ``(h, w)`` of ints: a fractional or text size is named,
+    not truncated or parsed; a pair of another length is named, not an IndexError."""
+    low = cj.Tensor(np.zeros((1, 3, 256, 256), np.float32))
+    for size, what in [((200.5, 300), "original_size"), (("200", 300), "original_size")]:
+        with pytest.raises(errors.NotAnInteger, match=what):
+            sam.Sam.postprocess_masks(None, low, 683, 1024, size)
+    for size in [(200,), (200, 300, 3), 200]:
+        with pytest.raises(errors.Error, match=r"original_size must be \(h, w\)"):
+            sam.Sam.postprocess_masks(None, low, 683, 1024, size)
+    assert sam.Sam.postprocess_masks(None, low, 683, 1024, np.array([200, 300])).dims() == (1, 3, 200, 300)
 
 
 class _Payload:
@@ -422,6 +463,26 @@ def test_vit_sam_prompts_and_postprocessing_match_transformers(hf_vit) -> None:
         got = sam.Sam.postprocess_masks(None, cj.Tensor(low.numpy()), h, w, orig).numpy()
         assert got.shape == want.shape == (1, 3, *orig)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_weights_set_after_construction_are_used() -> None:
+    """Candle recomputes ``prompt_encoder.get_dense_pe()`` in every ``forward_for_embeddings`` and
+    ``process_crop``: weights loaded into the model's VarMap after construction (``varmap.load``,
+    ``set_one``) give the masks of a model built from them, not those of the initial weights."""
+    vm = VarMap()
+    model = sam.Sam.new(32, 1, 2, [0], VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu))
+    g = np.random.default_rng(1).standard_normal((2, 128)).astype(np.float32)
+    vm.set_one("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", cj.Tensor(g))
+    fresh = sam.Sam.new(32, 1, 2, [0], VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu))
+    emb = cj.Tensor(np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32))
+    for points, box in [([(0.3, 0.4, True)], None), ([], (0.1, 0.2, 0.6, 0.7))]:
+        low, iou = model.forward_for_embeddings(emb, 500, 600, points, True, box)
+        low_f, iou_f = fresh.forward_for_embeddings(emb, 500, 600, points, True, box)
+        np.testing.assert_allclose(low.numpy(), low_f.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(iou.numpy(), iou_f.numpy(), atol=1e-5, rtol=0)
+    grid = np.asarray([[0.25, 0.5], [0.75, 0.5]], np.float32) * np.float32([600, 500])
+    for a, b in zip(model._decode_grid(emb, grid), fresh._decode_grid(emb, grid), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
 
 
 def test_mlp_block_new_and_linear_helper() -> None:
