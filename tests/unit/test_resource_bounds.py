@@ -1,0 +1,45 @@
+"""Resources over a long session: files readers open are closed after errors (while the exception,
+and so its traceback, is still held, as a notebook's ``sys.last_exc`` holds it), and caches stay
+bounded."""
+
+import gc
+import os
+import zipfile
+
+import pytest
+import torch
+
+from candlejax import errors
+from candlejax.io import pth
+
+
+def _open_fds(path: str) -> int:
+    """File descriptors of this process open on ``path``."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+        except OSError:
+            pass
+    return n
+
+
+def _failed(fn, *args) -> Exception:
+    with pytest.raises(errors.Error) as info:
+        fn(*args)
+    return info.value
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("reader", [pth.load, pth.tensor_infos, pth.load_pickle, pth.PthTensors,
+                                    lambda p: pth.load(p, "no_such_key")])  # fmt: skip
+def test_pth_error_closes_the_archive(tmp_path, reader):
+    bad = str(tmp_path / "nopkl.pth")
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("a/b.txt", "x")
+    good = str(tmp_path / "good.pth")
+    torch.save({"w": torch.ones(3)}, good)
+    path = good if reader.__name__ == "<lambda>" else bad
+    held = [_failed(reader, path) for _ in range(3)]  # a notebook keeps the last exception alive
+    gc.collect()
+    assert _open_fds(path) == 0, held
