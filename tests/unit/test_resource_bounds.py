@@ -6,6 +6,7 @@ import gc
 import os
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,5 +42,20 @@ def test_pth_error_closes_the_archive(tmp_path, reader):
     torch.save({"w": torch.ones(3)}, good)
     path = good if reader.__name__ == "<lambda>" else bad
     held = [_failed(reader, path) for _ in range(3)]  # a notebook keeps the last exception alive
+    gc.collect()
+    assert _open_fds(path) == 0, held
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("kw", [dict(sample_rate=0), dict(sample_rate=-16000), dict(sample_rate="x"),
+                                dict(block_seconds=float("nan")), dict(block_seconds=0)])  # fmt: skip
+def test_audio_stream_bad_argument_is_named_and_closes_the_file(tmp_path, kw):
+    sf = pytest.importorskip("soundfile")
+    from candlejax.audio import AudioStream
+
+    path = str(tmp_path / "a.wav")
+    sf.write(path, np.zeros(800, np.float32), 8000)
+    held = [_failed(lambda: AudioStream(path, **kw)) for _ in range(3)]
+    assert all(isinstance(e, errors.Audio) for e in held), held
     gc.collect()
     assert _open_fds(path) == 0, held
