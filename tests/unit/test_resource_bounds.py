@@ -4,6 +4,7 @@ bounded."""
 
 import gc
 import os
+import struct
 import zipfile
 
 import numpy as np
@@ -59,3 +60,23 @@ def test_audio_stream_bad_argument_is_named_and_closes_the_file(tmp_path, kw):
     assert all(isinstance(e, errors.Audio) for e in held), held
     gc.collect()
     assert _open_fds(path) == 0, held
+
+
+def _maps(path: str) -> int:
+    """Memory maps of this process on ``path``."""
+    with open("/proc/self/maps") as f:
+        return sum(line.rstrip().endswith(path) for line in f)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("data", [struct.pack("<I", 99) + b"x" * 20, struct.pack("<I", 6) + b"\xff" * 20],
+                         ids=["version", "truncated"])  # fmt: skip
+def test_ct2_error_unmaps_the_file(tmp_path, data):
+    from candlejax.io import ct2
+
+    path = str(tmp_path / "model.bin")
+    with open(path, "wb") as f:
+        f.write(data)
+    held = [_failed(ct2.Ct2Model.read, path) for _ in range(3)]
+    gc.collect()
+    assert (_open_fds(path), _maps(path)) == (0, 0), held
