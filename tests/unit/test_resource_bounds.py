@@ -80,3 +80,22 @@ def test_ct2_error_unmaps_the_file(tmp_path, data):
     held = [_failed(ct2.Ct2Model.read, path) for _ in range(3)]
     gc.collect()
     assert (_open_fds(path), _maps(path)) == (0, 0), held
+
+
+def test_whisper_mel_filters_cache_is_bounded_and_not_shared_mutable():
+    """``mel_filters`` keeps its tables in a cache: it must stay bounded over many settings, and a
+    caller scaling the returned table in place must not change the next transcription's filters."""
+    from transformers.audio_utils import mel_filter_bank
+
+    from candlejax.models.whisper import audio
+
+    ref = mel_filter_bank(201, 80, 0.0, 8000.0, 16000, norm="slaney", mel_scale="slaney").T
+    fb = audio.mel_filters(80)
+    try:
+        fb *= 2  # a read-only table refuses; a private copy would be fine too
+    except ValueError:
+        pass
+    np.testing.assert_allclose(audio.mel_filters(80), ref, rtol=1e-6, atol=1e-9)
+    for rate in range(8000, 8000 + 200):
+        audio.mel_filters(40, 400, rate)
+    assert audio._mel_table.cache_info().currsize <= 8
