@@ -99,3 +99,20 @@ def test_whisper_mel_filters_cache_is_bounded_and_not_shared_mutable():
     for rate in range(8000, 8000 + 200):
         audio.mel_filters(40, 400, rate)
     assert audio._mel_table.cache_info().currsize <= 8
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_gguf_error_inside_a_bool_array_unmaps_the_file(tmp_path):
+    from candlejax.io import gguf
+
+    path = str(tmp_path / "b.gguf")
+    gguf.write(path, {"flags": gguf.Value.from_python([True, False, True])}, {})
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[data.rindex(b"\x01\x00\x01") + 1] = 7  # gguf-py and Candle read a bool as one byte, 0 or 1
+    with open(path, "wb") as f:
+        f.write(data)
+    held = [_failed(gguf.Content.read, path) for _ in range(3)]
+    assert "unexpected bool value 7" in str(held[0])
+    gc.collect()
+    assert (_open_fds(path), _maps(path)) == (0, 0), held
