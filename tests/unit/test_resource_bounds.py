@@ -116,3 +116,18 @@ def test_gguf_error_inside_a_bool_array_unmaps_the_file(tmp_path):
     assert "unexpected bool value 7" in str(held[0])
     gc.collect()
     assert (_open_fds(path), _maps(path)) == (0, 0), held
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_tinystories_bad_file_leaves_no_other_file_mapped(tmp_path):
+    from candlejax.data.tinystories import TinyStoriesDataset
+
+    np.arange(8, dtype=np.uint16).tofile(tmp_path / "data00.bin")
+    np.arange(8, dtype=np.uint16).tofile(tmp_path / "data01.bin")
+    (tmp_path / "data02.bin").write_bytes(b"odd")
+    held = [_failed(TinyStoriesDataset, tmp_path) for _ in range(3)]
+    assert "odd count" in str(held[0])
+    gc.collect()
+    for name in ("data00.bin", "data01.bin"):
+        path = str(tmp_path / name)
+        assert (_open_fds(path), _maps(path)) == (0, 0), (name, held)
