@@ -120,19 +120,26 @@ class AudioStream:
     def __init__(self, path: str | os.PathLike, sample_rate: int = 16000, block_seconds: float = 10.0):
         self.path = errors.path_arg(path, "AudioStream")
         self.name = self.path
+        for what, v in (("sample_rate", sample_rate), ("block_seconds", block_seconds)):
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) or not 0 < v < math.inf:
+                raise errors.Audio(f"audio: AudioStream: {what} must be a positive number, got {v!r}")
         self._f = _open(self.path)
-        self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)
-        self.n_samples = math.ceil(self._f.frames * self.sample_rate / self.file_rate)
-        self._block = max(1, int(block_seconds * self.file_rate))
-        self._buf = np.zeros(0, np.float32)
-        self._buf_start = 0  # absolute index (at sample_rate) of _buf[0]
-        self._read_in = 0  # input frames consumed
-        self._eof = False
-        self._rs = None
-        if self.file_rate != self.sample_rate:
-            import soxr
+        try:
+            self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)
+            self.n_samples = math.ceil(self._f.frames * self.sample_rate / self.file_rate)
+            self._block = max(1, int(block_seconds * self.file_rate))
+            self._buf = np.zeros(0, np.float32)
+            self._buf_start = 0  # absolute index (at sample_rate) of _buf[0]
+            self._read_in = 0  # input frames consumed
+            self._eof = False
+            self._rs = None
+            if self.file_rate != self.sample_rate:
+                import soxr
 
-            self._rs = soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+                self._rs = soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+        except BaseException:
+            self._f.close()  # the traceback keeps this frame (and so the file) alive
+            raise
 
     def _pull(self) -> None:
         data = self._f.read(self._block, dtype="float32", always_2d=True)

@@ -39,15 +39,20 @@ from candlejax.tensor._core import wrap
 _TOKEN = np.dtype("<u2")  # llama2.c writes np.uint16 on little-endian machines
 
 
-def _map_tokens(path: Path) -> np.ndarray:
-    """The u16 tokens of ``path``, memory-mapped (read-only); an odd byte count raises."""
+def _check_tokens(path: Path) -> int:
+    """The byte size of the u16 token file ``path``; an odd byte count raises."""
     size = path.stat().st_size
     if size % _TOKEN.itemsize:
         raise DatasetFileError(
             f"TinyStories: {path} is {size} bytes, an odd count, so it is not a file of u16 token ids"
             " (llama2.c's pretokenize writes 2 bytes per token)"
         )
-    if size == 0:  # mmap cannot map an empty file
+    return size
+
+
+def _map_tokens(path: Path) -> np.ndarray:
+    """The u16 tokens of ``path``, memory-mapped (read-only); an odd byte count raises."""
+    if _check_tokens(path) == 0:  # mmap cannot map an empty file
         return np.zeros(0, _TOKEN)
     return np.memmap(path, dtype=_TOKEN, mode="r")
 
@@ -81,6 +86,8 @@ class TinyStoriesDataset:
                 " name is the validation split, the others the training split (llama2.c's pretokenize writes"
                 " data00.bin, data01.bin, ...)"
             )
+        for p in bins:  # before mapping any: the error's traceback would keep the files mapped so far
+            _check_tokens(p)
         self.valid_files: list[Path] = bins[:1]
         self.train_files: list[Path] = bins[1:]
         self.valid_arrays: list[np.ndarray] = [_map_tokens(p) for p in self.valid_files]

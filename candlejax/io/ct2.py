@@ -19,6 +19,7 @@ file, an absurd rank or count, a size that disagrees with the shape, or an unkno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -110,6 +111,16 @@ class Ct2Model:
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as e:
             raise errors.Ct2(f"ct2: cannot open {path}: {e.strerror or e}") from None
+        try:
+            return Ct2Model._parse(path, buf, size)
+        except BaseException:
+            if isinstance(buf, mmap.mmap):  # the traceback keeps this frame (and so the map) alive
+                with contextlib.suppress(BufferError):
+                    buf.close()
+            raise
+
+    @staticmethod
+    def _parse(path: str, buf: Any, size: int) -> Ct2Model:
         cur = _Cursor(buf, path)
         if size == 0:
             raise cur.fail("empty file, not a CTranslate2 model", "header")

@@ -493,7 +493,8 @@ class _Cursor:
             self.pos += a.nbytes
             return Value(ValueType.Array, a, et)
         if et is ValueType.Bool:
-            a = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=self.pos)
+            # a copy, not a view: the traceback of the error below would keep the file mapped
+            a = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=self.pos).copy()
             if n and int(a.max()) > 1:
                 raise self.err(f"unexpected bool value {int(a.max())} in {what}")
             self.pos += n

@@ -290,6 +290,19 @@ class _Archive:
                 f"{self.src}: not a torch.save zip file ({type(e).__name__}: {e}); the legacy pre-1.6 format is"
                 " not supported"
             ) from None
+        try:
+            self._read_header()
+        except BaseException:
+            self.zf.close()  # the traceback keeps this frame (and so the archive) alive
+            raise
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.zf.close()
+
+    def _read_header(self) -> None:
         self.size = os.fstat(self.zf.fp.fileno()).st_size if self.zf.fp is not None else 0
         names = self.zf.namelist()
         pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
@@ -495,12 +508,12 @@ def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarra
     ``torch.load(path, weights_only=True)`` / Candle's ``pickle::read_all_with_key(path, key)``.
     ``key`` selects a nested dict first (e.g. ``"state_dict"``). Non-tensor leaves are skipped.
     """
-    ar = _Archive(path)
-    obj = _select(ar.unpickle(()), key, ar.src)
-    if not isinstance(obj, (dict, list, tuple)):
-        what = "a single tensor (torch.save(t))" if isinstance(obj, TensorInfo) else f"a {type(obj).__name__}"
-        raise errors.Pth(f"{ar.src}: holds {what}, not a state dict; save a dict such as {{'weight': t}}")
-    obj = _materialise(ar, obj, "", {})
+    with _Archive(path) as ar:
+        obj = _select(ar.unpickle(()), key, ar.src)
+        if not isinstance(obj, (dict, list, tuple)):
+            what = "a single tensor (torch.save(t))" if isinstance(obj, TensorInfo) else f"a {type(obj).__name__}"
+            raise errors.Pth(f"{ar.src}: holds {what}, not a state dict; save a dict such as {{'weight': t}}")
+        obj = _materialise(ar, obj, "", {})
     out: dict[str, np.ndarray] = {}
     _flatten(obj, "", out, ar.src)
     return out
@@ -510,8 +523,8 @@ def load(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarra
 def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, TensorInfo]:
     """Name -> dtype/shape/storage of each tensor, without reading any storage
     (Candle's ``read_pth_tensor_info``)."""
-    ar = _Archive(path)
     out: dict[str, TensorInfo] = {}
+    src = errors.path_arg(path, "torch checkpoint read")
 
     def walk(obj: Any, prefix: str) -> None:
         items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
@@ -519,12 +532,13 @@ def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, T
             name = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, TensorInfo):
                 if name in out:
-                    raise errors.Pth(f"{ar.src}: two tensors flatten to the name {name!r}")
+                    raise errors.Pth(f"{src}: two tensors flatten to the name {name!r}")
                 out[name] = v
             else:
                 walk(v, name)
 
-    walk(_select(ar.unpickle(()), key, ar.src), "")
+    with _Archive(path) as ar:
+        walk(_select(ar.unpickle(()), key, ar.src), "")
     return out
 
 
@@ -539,8 +553,8 @@ def load_pickle(path: str | os.PathLike, allow_objects: Iterable[str] = DEFAULT_
     allow = tuple(allow_objects)
     if any(not isinstance(p, str) or not p for p in allow):
         raise errors.Msg(f"load_pickle: allow_objects must be non-empty module prefixes, got {allow!r}")
-    ar = _Archive(path)
-    return _materialise(ar, ar.unpickle(allow), "", {})
+    with _Archive(path) as ar:
+        return _materialise(ar, ar.unpickle(allow), "", {})
 
 
 def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
@@ -607,10 +621,7 @@ class PthTensors:
         info = self._infos.get(name)
         if info is None:
             return None
-        ar = _Archive(self.path)
-        try:
+        with _Archive(self.path) as ar:
             arr = ar.tensor(info, name)
-        finally:
-            ar.zf.close()
         a = as_jax_array(arr, dtype, f"PthTensors.get({name!r}) of {self.path}")
         return wrap(jax.device_put(a, Device.coerce(device).jax_device))

@@ -11,6 +11,7 @@ CPU in float64 with numpy (as Candle does it on the CPU), returned as an f32 Ten
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,6 @@ CHUNK_LENGTH = 30
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
 
-_FILTERS: dict[int, np.ndarray] = {}
-
-
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
     f = np.asarray(f, np.float64)
     mel = 3.0 * f / 200.0
@@ -46,10 +44,13 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Slaney-normalised triangular mel filters ``(n_mels, 1 + n_fft // 2)`` (librosa's ``filters.mel``)."""
-    key = (n_mels, n_fft, sample_rate)
-    if key in _FILTERS:
-        return _FILTERS[key]
+    """Slaney-normalised triangular mel filters ``(n_mels, 1 + n_fft // 2)`` (librosa's ``filters.mel``),
+    read-only: the last few tables are cached."""
+    return _mel_table(n_mels, n_fft, sample_rate)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_table(n_mels: int, n_fft: int, sample_rate: int) -> np.ndarray:
     fft_freqs = np.linspace(0, sample_rate // 2, 1 + n_fft // 2)
     pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
     diff = np.diff(pts)
@@ -57,8 +58,9 @@ def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_
     down = -slopes[:, :-2] / diff[:-1]
     up = slopes[:, 2:] / diff[1:]
     fb = np.maximum(0.0, np.minimum(down, up)) * (2.0 / (pts[2 : n_mels + 2] - pts[:n_mels]))[None, :]
-    _FILTERS[key] = np.ascontiguousarray(fb.T)
-    return _FILTERS[key]
+    fb = np.ascontiguousarray(fb.T)
+    fb.flags.writeable = False  # shared by every caller: scaling it in place would change them all
+    return fb
 
 
 def _power_frames(padded: np.ndarray, n_frames: int) -> np.ndarray:
