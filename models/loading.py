@@ -231,11 +231,14 @@ def checkpoint_dir(vb: Any) -> str:
     return dirs.pop() if len(dirs) == 1 else ""
 
 
-def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str) -> Any:
+def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str, own: bool = False) -> Any:
     """The tokenizer to use: ``tokenizer`` itself (a ``tokenizers.Tokenizer``, a
     :class:`candlejax.tokenizer.Tokenizer` or a callable text -> ids), read from a path
     (``tokenizer.json`` or its folder), or, when ``None``, the ``tokenizer.json`` of the folder the
-    model was loaded from (``model_dir``). Raises naming ``where`` when there is none."""
+    model was loaded from (``model_dir``). Raises naming ``where`` when there is none. The folder's
+    tokenizer is read once and shared by calls; ``own=True`` reads a separate one, for an object that
+    hands it to the user (a pipeline's ``.tokenizer``: its padding or truncation settings must not
+    change other callers')."""
     from candlejax.tokenizer import load_tokenizer
 
     if isinstance(tokenizer, str | os.PathLike):
@@ -244,7 +247,7 @@ def tokenizer_from(tokenizer: Any, model_dir: str | None, where: str) -> Any:
         return tokenizer
     file = os.path.join(model_dir, "tokenizer.json") if model_dir else ""
     if file and os.path.isfile(file):
-        return _cached_tokenizer(file, os.stat(file).st_mtime_ns)
+        return load_tokenizer(file) if own else _cached_tokenizer(file, os.stat(file).st_mtime_ns)
     why = (f"{model_dir!r}, the folder the model was loaded from, has no tokenizer.json" if model_dir
            else "the model was not loaded from a checkpoint folder (from_pretrained(DIR))")  # fmt: skip
     raise errors.Msg(f"{where}: pass tokenizer= (a tokenizers.Tokenizer or the path of tokenizer.json); {why}")

@@ -28,7 +28,7 @@ class ImageCaptioner:
                  temperature: float | None = None, top_p: float | None = None, seed: int = 299792458,
                  prompt: str | None = None):  # fmt: skip
         self.model = model
-        self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner")
+        self.tokenizer = tokenizer_from(tokenizer, model.path, "ImageCaptioner", own=True)
         self.max_new_tokens = int_arg(max_new_tokens, "ImageCaptioner", "max_new_tokens")  # "5" failed at a '<'
         self.temperature, self.top_p, self.seed = temperature, top_p, int_arg(seed, "ImageCaptioner", "seed")
         self.input_ids = None if prompt is None else blip.prompt_input_ids(model, self.tokenizer, prompt)

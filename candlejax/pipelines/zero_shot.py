@@ -46,7 +46,7 @@ class ZeroShotClassifier:
                 f"ZeroShotClassifier: cache_size must be a non-negative int (0: keep no labels), got {cache_size!r}"
             )
         self.model = model
-        self.tokenizer = tokenizer_from(tokenizer, model.path, "ZeroShotClassifier")
+        self.tokenizer = tokenizer_from(tokenizer, model.path, "ZeroShotClassifier", own=True)
         self._text: dict[tuple[str, ...], Any] = {}
 
     @classmethod

@@ -325,6 +325,24 @@ def test_zero_shot_pipeline_caches_the_labels(models, rng):
     assert keep_none._text == {}
 
 
+def test_a_pipelines_tokenizer_settings_stay_its_own(models, rng):
+    """Each pipeline reads its own copy of the folder's tokenizer.json: truncating one pipeline's
+    tokenizer (as a user may, on ``clf.tokenizer``) changes neither another pipeline's nor
+    ``clip.zero_shot``'s, as two ``AutoTokenizer.from_pretrained`` calls give two objects."""
+    from candlejax.pipelines import ZeroShotClassifier
+    from candlejax.tokenizer import TruncationParams
+
+    _, model, _ = models["eos"]
+    labels = ["a photo of a cat", "a photo of a big red dog", "car"]
+    img = _image(rng)
+    want = clip.zero_shot(model, img, labels, tokenizer=_tiny_tokenizer()).numpy()
+    a, b = ZeroShotClassifier(model), ZeroShotClassifier(model)
+    assert a.tokenizer is not b.tokenizer
+    a.tokenizer.with_truncation(TruncationParams(max_length=2))
+    np.testing.assert_allclose(b.probs(img, labels), want, atol=1e-5)
+    np.testing.assert_allclose(clip.zero_shot(model, img, labels).numpy(), want, atol=1e-5)
+
+
 def test_config_from_json_keys(models):
     _, _, d = models["argmax"]
     raw = json.loads((d / "config.json").read_text())
