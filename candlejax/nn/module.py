@@ -821,12 +821,15 @@ class Module:
         mine = named_tensors(self)
         _check_state_names(self, mine, state, strict, source)
 
-        def repl(x: Any) -> Any:
-            if not isinstance(x, NamedTensor) or not x.name or x.name not in state:
+        def repl(path: Any, x: Any) -> Any:
+            if not isinstance(x, NamedTensor):
                 return x
-            a = as_array(state[x.name])
+            name = x.name or _path_str(path)  # the name named_tensors gives it (an unnamed Var: its path)
+            if name not in state:
+                return x
+            a = as_array(state[name])
             if tuple(a.shape) != tuple(x.shape):
-                raise errors.UnexpectedShape(f"shape mismatch for {x.name} in {source}", x.shape, a.shape)
+                raise errors.UnexpectedShape(f"shape mismatch for {name} in {source}", x.shape, a.shape)
             if a.dtype != x._a.dtype:
                 a = a.astype(x._a.dtype)
             devs = getattr(x._a, "devices", None)
@@ -834,7 +837,7 @@ class Module:
                 a = jax.device_put(a, next(iter(devs())))
             return type(x)._make(a, x.name)
 
-        return jax.tree_util.tree_map(repl, self, is_leaf=_is_named)
+        return jax.tree_util.tree_map_with_path(repl, self, is_leaf=_is_named)
 
     # --- functional updates ----------------------------------------------------------------------
     def replace(self, **changes: Any) -> Any:
