@@ -38,6 +38,7 @@ from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import TensorBase, concrete_array, unwrap, wrap
+from candlejax.tensor.creation import _is_torch, as_jax_array
 
 __all__ = [
     "Buffer",
@@ -101,6 +102,8 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
         a = x._a
     elif isinstance(x, jax.Array):
         a = x
+    elif _is_torch(x):  # a Parameter (requires grad) or a bf16 tensor: np.asarray refuses both
+        return as_array(wrap(as_jax_array(x, None, "Var/Tensor creation")), dtype, device)
     else:
         if dtype is not None:
             dt = check_width(to_dtype(dtype))

@@ -4,8 +4,10 @@ checked against the values written (numpy) and against torch's modules."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from candlejax.nn import Linear, Var
+from candlejax import DType
+from candlejax.nn import Linear, Var, VarBuilder, VarMap, linear
 
 
 def _unnamed_linear(w: list, b: list) -> Linear:
@@ -29,3 +31,32 @@ def test_load_safetensors_round_trips_vars_named_by_their_path(tmp_path):
     got = _unnamed_linear([[0.0, 0.0]], [0.0]).load_safetensors(p)
     np.testing.assert_array_equal(np.asarray(got.weight), [[1.0, 2.0]])
     np.testing.assert_array_equal(np.asarray(got.bias), [0.5])
+
+
+def test_torch_parameters_and_bf16_tensors_load_as_values():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tl = torch.nn.Linear(3, 2)  # named_parameters(): Parameters that require grad
+    params = dict(tl.named_parameters())
+    want_w, want_b = tl.weight.detach().numpy(), tl.bias.detach().numpy()
+
+    vm = VarMap()
+    lin = linear(3, 2, VarBuilder.from_varmap(vm, DType.F32, None))
+    vm.set(params)
+    np.testing.assert_array_equal(np.asarray(lin.weight), want_w)
+    got = lin.load_state_dict({k: v * 2 for k, v in params.items()})
+    np.testing.assert_array_equal(np.asarray(got.bias), want_b * 2)
+    np.testing.assert_array_equal(np.asarray(Var(params["weight"], "w")), want_w)
+    lin.weight.set(params["weight"] + 1)
+    np.testing.assert_array_equal(np.asarray(lin.weight), want_w + 1)
+
+    from_params = linear(3, 2, VarBuilder.from_tensors(params, DType.F32, None))
+    np.testing.assert_array_equal(np.asarray(from_params.weight), want_w)
+
+    half = {k: v.detach().to(torch.bfloat16) for k, v in params.items()}
+    want_half = half["weight"].float().numpy()
+    bf = linear(3, 2, VarBuilder.from_tensors(half, DType.BF16, None))
+    np.testing.assert_array_equal(np.asarray(bf.weight.to_dtype(DType.F32)), want_half)
+    f32 = linear(3, 2, VarBuilder.from_tensors(half, DType.F32, None))
+    np.testing.assert_array_equal(np.asarray(f32.weight), want_half)
+    np.testing.assert_array_equal(np.asarray(lin.load_state_dict(half).weight), want_half)
