@@ -121,6 +121,14 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
     return a
 
 
+def owned_copy(a: Any, src: Any) -> Any:
+    """``a``, the array behind ``src``, as a buffer of its own when ``src`` (a Tensor or jax array the
+    caller keeps) holds it: a Var set from it is later donated, which must not delete ``src``."""
+    if a is unwrap(src) and isinstance(a, jax.Array) and not _tracer(a):
+        return jnp.array(a, copy=True)
+    return a
+
+
 def _numeric(x: Any) -> np.ndarray:
     """``np.asarray(x)`` for numbers, arrays of numbers and (regular) nested lists of them; anything else
     (None, strings, ragged lists, complex values) raises ``ArgumentType``."""
@@ -298,10 +306,13 @@ class NamedTensor(Tensor):
         """``Var::as_detached_tensor``: the value with gradients stopped."""
         return wrap(jax.lax.stop_gradient(self._a))
 
-    def set(self, src: Any) -> Any:
+    def set(self, src: Any, *, own: bool = False) -> Any:
         """``Var::set``: replace the value in place (same shape and dtype); returns the Var itself.
 
-        Every Module, VarMap and bound optimizer holding this Var sees the new value.
+        Every Module, VarMap and bound optimizer holding this Var sees the new value. As Candle's,
+        which copies ``src`` into the Var's storage, the Var takes a copy of a Tensor or array the
+        caller holds, so a donating optimizer step never deletes ``src`` (``own=True``: ``src`` is a
+        fresh value nobody else holds, kept as it is).
         """
         __tracebackhide__ = True
         a = as_array(src)
@@ -312,31 +323,31 @@ class NamedTensor(Tensor):
             raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
         if cur is not None and a.dtype != cur.dtype:
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(a.dtype), "set")
-        self._set_value(a)
+        self._set_value(a if own else owned_copy(a, src))
         return self
 
     # ``v -= lr * g`` updates the handle, as PyTorch's in-place ops on a Parameter (a plain Tensor rebinds)
     def __iadd__(self, rhs: Any) -> Any:
         """``v += x``: ``v.set(v + x)``; the VarMap, Modules and optimizer holding ``v`` see the change."""
-        return self.set(self + rhs)
+        return self.set(self + rhs, own=True)
 
     def __isub__(self, rhs: Any) -> Any:
-        return self.set(self - rhs)
+        return self.set(self - rhs, own=True)
 
     def __imul__(self, rhs: Any) -> Any:
-        return self.set(self * rhs)
+        return self.set(self * rhs, own=True)
 
     def __itruediv__(self, rhs: Any) -> Any:
-        return self.set(self / rhs)
+        return self.set(self / rhs, own=True)
 
     def __ipow__(self, rhs: Any) -> Any:
-        return self.set(self**rhs)
+        return self.set(self**rhs, own=True)
 
     def __ifloordiv__(self, rhs: Any) -> Any:
-        return self.set(self // rhs)
+        return self.set(self // rhs, own=True)
 
     def __imod__(self, rhs: Any) -> Any:
-        return self.set(self % rhs)
+        return self.set(self % rhs, own=True)
 
     def _set_value(self, a: Any) -> None:
         """Point the handle at ``a`` (no checks but the tracer-leak one)."""
@@ -817,10 +828,16 @@ class Module:
             # only this module's tensors are read, converted to its dtypes on the host (an unused I64
             # position_ids needs no x64 mode; an F64 file loads into an F32 model as load_state_dict casts)
             state = {n: st.load(n, dtype=to_dtype(mine[n]._a.dtype)) for n in names if n in mine}
-        return self.load_state_dict(state, strict=False, source=src)
+        return self._load_state(state, False, src, copy=False)  # fresh arrays: no copy needed
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
-        """A copy of this module whose named tensors take their values from ``state``."""
+        """A copy of this module whose named tensors take their values from ``state``.
+
+        As PyTorch's, the values are copied: training the returned module (a donating step) leaves
+        the tensors of ``state`` (e.g. another model's ``state_dict()``) intact."""
+        return self._load_state(state, strict, source, copy=True)
+
+    def _load_state(self, state: dict[str, Any], strict: bool, source: str, copy: bool) -> Any:
         mine = named_tensors(self)
         _check_state_names(self, mine, state, strict, source)
 
@@ -831,6 +848,8 @@ class Module:
             if name not in state:
                 return x
             a = as_array(state[name])
+            if copy:
+                a = owned_copy(a, state[name])
             if tuple(a.shape) != tuple(x.shape):
                 raise errors.UnexpectedShape(f"shape mismatch for {name} in {source}", x.shape, a.shape)
             if a.dtype != x._a.dtype:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from candlejax import DType
+from candlejax import DType, Tensor, optim
 from candlejax.nn import Linear, Var, VarBuilder, VarMap, linear
 
 
@@ -60,3 +60,45 @@ def test_torch_parameters_and_bf16_tensors_load_as_values():
     f32 = linear(3, 2, VarBuilder.from_tensors(half, DType.F32, None))
     np.testing.assert_array_equal(np.asarray(f32.weight), want_half)
     np.testing.assert_array_equal(np.asarray(lin.load_state_dict(half).weight), want_half)
+
+
+def _mse(model, x, y):
+    return ((model(x) - y) ** 2).mean_all()
+
+
+def _batch():
+    return Tensor(np.ones((4, 3), np.float32)), Tensor(np.zeros((4, 2), np.float32))
+
+
+def test_values_given_to_set_and_load_state_dict_are_copied():
+    """Candle's ``Var::set`` copies the source into the Var's storage (torch's ``load_state_dict``
+    copies too): training the Var afterwards (a donating step) must leave the source intact."""
+    x, y = _batch()
+    src = Tensor(np.full((2, 3), 0.5, np.float32))
+    vm = VarMap()
+    m = linear(3, 2, VarBuilder.from_varmap(vm, DType.F32, None))
+    vm.set_one("weight", src)
+    opt = optim.AdamW(vm.all_vars(), optim.ParamsAdamW(lr=0.1))
+    opt.backward_step(_mse, m, x, y)
+    np.testing.assert_array_equal(np.asarray(src), np.full((2, 3), 0.5, np.float32))
+
+    src2 = Tensor(np.full((2, 3), 0.25, np.float32))
+    m.weight.set(src2)
+    opt.backward_step(_mse, m, x, y)
+    np.testing.assert_array_equal(np.asarray(src2), np.full((2, 3), 0.25, np.float32))
+
+    # a target network loaded from the online one's state dict, then the online one trained
+    online = linear(3, 2, VarBuilder.from_varmap(VarMap(seed=1), DType.F32, None))
+    want = {k: np.asarray(v).copy() for k, v in online.state_dict().items()}
+    target = linear(3, 2, VarBuilder.from_varmap(VarMap(seed=2), DType.F32, None)).load_state_dict(online.state_dict())
+    fopt = optim.AdamW(optim.ParamsAdamW(lr=0.1))
+    online, _, _ = fopt.backward_step(_mse, online, fopt.init(online), x, y)
+    for k, v in target.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), want[k])
+
+
+def test_var_in_place_ops_update_the_handle():
+    v = Var(np.array([1.0, 2.0], np.float32), "v")
+    v += 1.0
+    v *= 2.0
+    np.testing.assert_array_equal(np.asarray(v), [4.0, 6.0])
