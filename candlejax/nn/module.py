@@ -38,7 +38,7 @@ from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import TensorBase, concrete_array, unwrap, wrap
-from candlejax.tensor.creation import _is_torch, as_jax_array
+from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
 
 __all__ = [
     "Buffer",
@@ -102,7 +102,7 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
         a = x._a
     elif isinstance(x, jax.Array):
         a = x
-    elif _is_torch(x):  # a Parameter (requires grad) or a bf16 tensor: np.asarray refuses both
+    elif _is_torch(x) or _is_candle_pyo3(x):  # np.asarray refuses torch Parameters, bf16 and candle-pyo3
         return as_array(wrap(as_jax_array(x, None, "Var/Tensor creation")), dtype, device)
     else:
         if dtype is not None:

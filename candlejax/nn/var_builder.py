@@ -40,7 +40,7 @@ from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
 from candlejax.shape import as_shape
 from candlejax.tensor._core import unwrap
-from candlejax.tensor.creation import _is_torch, as_jax_array
+from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
 
 __all__ = [
     "DictBackend",
@@ -204,6 +204,8 @@ class DictBackend(SimpleBackend):
         if _is_torch(a):  # a Parameter (requires grad) or a bf16 tensor: np.asarray refuses both
             a = a.detach()  # 64-bit ones as numpy, converted to the builder's dtype without x64 mode
             return a.cpu().numpy() if a.dtype.itemsize == 8 else as_jax_array(a, None, f"{path} in {self.source}")
+        if _is_candle_pyo3(a):  # candle-pyo3's Tensor
+            return as_jax_array(a, None, f"{path} in {self.source}")
         n = np.asarray(a) if not isinstance(a, (str, bytes, dict)) and a is not None else np.asarray(None)
         if n.dtype.kind not in "biuf":  # "hello" read as a rank-0 string said "shape mismatch ... got: []"
             raise errors.Msg(f"{path} in {self.source} is not a tensor: a {type(t).__name__} ({t!r:.60});"

@@ -102,3 +102,16 @@ def test_var_in_place_ops_update_the_handle():
     v += 1.0
     v *= 2.0
     np.testing.assert_array_equal(np.asarray(v), [4.0, 6.0])
+
+
+def test_candle_pyo3_tensors_load_as_values():
+    candle = pytest.importorskip("candle")
+    w = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    tensors = {"weight": candle.Tensor(w), "bias": candle.Tensor([0.5, -0.5])}
+    np.testing.assert_array_equal(np.asarray(linear(3, 2, VarBuilder.from_tensors(tensors, DType.F32, None)).weight), w)
+    vm = VarMap()
+    lin = linear(3, 2, VarBuilder.from_varmap(vm, DType.F32, None))
+    vm.set(tensors)
+    np.testing.assert_array_equal(np.asarray(lin.bias), [0.5, -0.5])
+    np.testing.assert_array_equal(np.asarray(lin.load_state_dict(tensors).weight), w)
+    np.testing.assert_array_equal(np.asarray(Var(tensors["bias"], "b")), [0.5, -0.5])
