@@ -71,6 +71,13 @@ class VarMap:
     def new(seed: int = 0) -> VarMap:
         return VarMap(seed)
 
+    def clone(self) -> VarMap:
+        """Candle's ``varmap.clone()`` (an ``Arc`` clone): a handle on the same Vars, so a Var created,
+        set or loaded through either is seen by both."""
+        c = VarMap(self.seed)
+        c._data = self._data
+        return c
+
     # --- creation ------------------------------------------------------------------------------
     def get(self, shape: Any, path: str, init: Any, dtype: Any, device: Any) -> Var:
         """Create-or-return the Var ``path``; an existing Var must have the same shape."""

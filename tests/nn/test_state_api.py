@@ -115,3 +115,14 @@ def test_candle_pyo3_tensors_load_as_values():
     np.testing.assert_array_equal(np.asarray(lin.bias), [0.5, -0.5])
     np.testing.assert_array_equal(np.asarray(lin.load_state_dict(tensors).weight), w)
     np.testing.assert_array_equal(np.asarray(Var(tensors["bias"], "b")), [0.5, -0.5])
+
+
+def test_varmap_clone_shares_the_vars():
+    """Candle's ``VarMap`` is ``Clone`` over an ``Arc<Mutex<HashMap>>``: a clone sees the same Vars."""
+    vm = VarMap()
+    other = vm.clone()
+    lin = linear(3, 2, VarBuilder.from_varmap(other, DType.F32, None).pp("l"))
+    assert vm.names() == ["l.bias", "l.weight"]
+    assert vm.data()["l.weight"] is lin.weight
+    vm.set_one("l.bias", np.array([1.0, 2.0], np.float32))
+    np.testing.assert_array_equal(np.asarray(lin.bias), [1.0, 2.0])
