@@ -619,7 +619,7 @@ class VarBuilder:
             return self._backend.varmap.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)
-        return Var._make(a, path)
+        return Var._make(as_array(a), path)  # a user's backend may return a Tensor, as Candle's does
 
     def get_unchecked(self, name: str) -> Var:
         return self.get_unchecked_dtype(name, self._dtype)
@@ -628,7 +628,7 @@ class VarBuilder:
         path, key = self._lookup(name)
         a = self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)
-        return Var._make(a, path)
+        return Var._make(as_array(a), path)
 
     # --- read tracking -------------------------------------------------------------------------
     def read_names(self) -> set[str]:
