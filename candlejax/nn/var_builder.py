@@ -550,6 +550,9 @@ class VarBuilder:
 
     def path(self, name: str) -> str:
         """The full path of ``name`` under this prefix."""
+        if not isinstance(name, str):
+            raise errors.ArgumentType(f"VarBuilder: a tensor name is a str (Candle's &str), got {type(name).__name__}"
+                                      f" {name!r:.60}; use vb.pp({name!r:.20}) for a numbered sub-path")  # fmt: skip
         return ".".join((*self._path, name)) if self._path else name
 
     def files(self) -> list[str]:

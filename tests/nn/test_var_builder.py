@@ -420,6 +420,14 @@ def test_a_users_simple_backend_may_return_tensors():
         assert vb.get_unchecked("x").to_vec1() == [1.0, 1.0]
 
 
+def test_a_tensor_name_that_is_not_a_str_raises():
+    for vb in (VarBuilder.zeros(DType.F32, Device.Cpu), VarBuilder.zeros(DType.F32, Device.Cpu).pp("a")):
+        with pytest.raises(errors.ArgumentType, match="tensor name is a str"):
+            vb.get((1,), 3)
+        with pytest.raises(errors.ArgumentType, match="tensor name is a str"):
+            vb.contains_tensor(None)
+
+
 def test_from_backend_rejects_a_non_backend():
     with pytest.raises(errors.InvalidArgument, match="from_backend"):
         VarBuilder.from_backend(42, DType.F32, Device.Cpu)
