@@ -838,6 +838,9 @@ class Module:
         return self._load_state(state, strict, source, copy=True)
 
     def _load_state(self, state: dict[str, Any], strict: bool, source: str, copy: bool) -> Any:
+        if not (hasattr(state, "keys") and hasattr(state, "__getitem__")):
+            raise errors.InvalidArgument(f"load_state_dict takes a dict {{name: tensor}} (e.g. another model's"
+                                         f" state_dict()), got a {type(state).__name__}")  # fmt: skip
         mine = named_tensors(self)
         _check_state_names(self, mine, state, strict, source)
 

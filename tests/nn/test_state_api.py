@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from candlejax import DType, Tensor, optim
+from candlejax import DType, Tensor, errors, optim
 from candlejax.nn import Linear, Var, VarBuilder, VarMap, linear
 
 
@@ -126,3 +126,9 @@ def test_varmap_clone_shares_the_vars():
     assert vm.data()["l.weight"] is lin.weight
     vm.set_one("l.bias", np.array([1.0, 2.0], np.float32))
     np.testing.assert_array_equal(np.asarray(lin.bias), [1.0, 2.0])
+
+
+def test_load_state_dict_takes_a_mapping():
+    lin = _unnamed_linear([[1.0, 2.0]], [0.5])
+    with pytest.raises(errors.InvalidArgument, match="load_state_dict takes a dict"):
+        lin.load_state_dict([np.zeros((1, 2), np.float32), np.zeros(1, np.float32)])
