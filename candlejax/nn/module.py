@@ -38,6 +38,7 @@ from candlejax.io.safetensors import MmapedSafetensors, save
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import TensorBase, concrete_array, unwrap, wrap
+from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
 
 __all__ = [
     "Buffer",
@@ -101,6 +102,8 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
         a = x._a
     elif isinstance(x, jax.Array):
         a = x
+    elif _is_torch(x) or _is_candle_pyo3(x):  # np.asarray refuses torch Parameters, bf16 and candle-pyo3
+        return as_array(wrap(as_jax_array(x, None, "Var/Tensor creation")), dtype, device)
     else:
         if dtype is not None:
             dt = check_width(to_dtype(dtype))
@@ -115,6 +118,14 @@ def as_array(x: Any, dtype: Any = None, device: Any = None) -> Any:
             a = a.astype(dt.np)
     if device is not None and not isinstance(a, jax.core.Tracer):
         a = jax.device_put(a, Device.coerce(device).jax_device)
+    return a
+
+
+def owned_copy(a: Any, src: Any) -> Any:
+    """``a``, the array behind ``src``, as a buffer of its own when ``src`` (a Tensor or jax array the
+    caller keeps) holds it: a Var set from it is later donated, which must not delete ``src``."""
+    if a is unwrap(src) and isinstance(a, jax.Array) and not _tracer(a):
+        return jnp.array(a, copy=True)
     return a
 
 
@@ -295,10 +306,13 @@ class NamedTensor(Tensor):
         """``Var::as_detached_tensor``: the value with gradients stopped."""
         return wrap(jax.lax.stop_gradient(self._a))
 
-    def set(self, src: Any) -> Any:
+    def set(self, src: Any, *, own: bool = False) -> Any:
         """``Var::set``: replace the value in place (same shape and dtype); returns the Var itself.
 
-        Every Module, VarMap and bound optimizer holding this Var sees the new value.
+        Every Module, VarMap and bound optimizer holding this Var sees the new value. As Candle's,
+        which copies ``src`` into the Var's storage, the Var takes a copy of a Tensor or array the
+        caller holds, so a donating optimizer step never deletes ``src`` (``own=True``: ``src`` is a
+        fresh value nobody else holds, kept as it is).
         """
         __tracebackhide__ = True
         a = as_array(src)
@@ -309,31 +323,31 @@ class NamedTensor(Tensor):
             raise errors.ShapeMismatchBinaryOp(cur.shape, a.shape, "set")
         if cur is not None and a.dtype != cur.dtype:
             raise errors.DTypeMismatchBinaryOp(self.dtype, to_dtype(a.dtype), "set")
-        self._set_value(a)
+        self._set_value(a if own else owned_copy(a, src))
         return self
 
     # ``v -= lr * g`` updates the handle, as PyTorch's in-place ops on a Parameter (a plain Tensor rebinds)
     def __iadd__(self, rhs: Any) -> Any:
         """``v += x``: ``v.set(v + x)``; the VarMap, Modules and optimizer holding ``v`` see the change."""
-        return self.set(self + rhs)
+        return self.set(self + rhs, own=True)
 
     def __isub__(self, rhs: Any) -> Any:
-        return self.set(self - rhs)
+        return self.set(self - rhs, own=True)
 
     def __imul__(self, rhs: Any) -> Any:
-        return self.set(self * rhs)
+        return self.set(self * rhs, own=True)
 
     def __itruediv__(self, rhs: Any) -> Any:
-        return self.set(self / rhs)
+        return self.set(self / rhs, own=True)
 
     def __ipow__(self, rhs: Any) -> Any:
-        return self.set(self**rhs)
+        return self.set(self**rhs, own=True)
 
     def __ifloordiv__(self, rhs: Any) -> Any:
-        return self.set(self // rhs)
+        return self.set(self // rhs, own=True)
 
     def __imod__(self, rhs: Any) -> Any:
-        return self.set(self % rhs)
+        return self.set(self % rhs, own=True)
 
     def _set_value(self, a: Any) -> None:
         """Point the handle at ``a`` (no checks but the tracer-leak one)."""
@@ -814,19 +828,33 @@ class Module:
             # only this module's tensors are read, converted to its dtypes on the host (an unused I64
             # position_ids needs no x64 mode; an F64 file loads into an F32 model as load_state_dict casts)
             state = {n: st.load(n, dtype=to_dtype(mine[n]._a.dtype)) for n in names if n in mine}
-        return self.load_state_dict(state, strict=False, source=src)
+        return self._load_state(state, False, src, copy=False)  # fresh arrays: no copy needed
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True, source: str = "state dict") -> Any:
-        """A copy of this module whose named tensors take their values from ``state``."""
+        """A copy of this module whose named tensors take their values from ``state``.
+
+        As PyTorch's, the values are copied: training the returned module (a donating step) leaves
+        the tensors of ``state`` (e.g. another model's ``state_dict()``) intact."""
+        return self._load_state(state, strict, source, copy=True)
+
+    def _load_state(self, state: dict[str, Any], strict: bool, source: str, copy: bool) -> Any:
+        if not (hasattr(state, "keys") and hasattr(state, "__getitem__")):
+            raise errors.InvalidArgument(f"load_state_dict takes a dict {{name: tensor}} (e.g. another model's"
+                                         f" state_dict()), got a {type(state).__name__}")  # fmt: skip
         mine = named_tensors(self)
         _check_state_names(self, mine, state, strict, source)
 
-        def repl(x: Any) -> Any:
-            if not isinstance(x, NamedTensor) or not x.name or x.name not in state:
+        def repl(path: Any, x: Any) -> Any:
+            if not isinstance(x, NamedTensor):
                 return x
-            a = as_array(state[x.name])
+            name = x.name or _path_str(path)  # the name named_tensors gives it (an unnamed Var: its path)
+            if name not in state:
+                return x
+            a = as_array(state[name])
+            if copy:
+                a = owned_copy(a, state[name])
             if tuple(a.shape) != tuple(x.shape):
-                raise errors.UnexpectedShape(f"shape mismatch for {x.name} in {source}", x.shape, a.shape)
+                raise errors.UnexpectedShape(f"shape mismatch for {name} in {source}", x.shape, a.shape)
             if a.dtype != x._a.dtype:
                 a = a.astype(x._a.dtype)
             devs = getattr(x._a, "devices", None)
@@ -834,7 +862,7 @@ class Module:
                 a = jax.device_put(a, next(iter(devs())))
             return type(x)._make(a, x.name)
 
-        return jax.tree_util.tree_map(repl, self, is_leaf=_is_named)
+        return jax.tree_util.tree_map_with_path(repl, self, is_leaf=_is_named)
 
     # --- functional updates ----------------------------------------------------------------------
     def replace(self, **changes: Any) -> Any:

@@ -442,7 +442,7 @@ class BatchNorm(ModuleT):
             # (the traced values would leak): forward_train returns them there.
             for old_stat, new_stat in ((self.running_mean, new.running_mean), (self.running_var, new.running_var)):
                 if not isinstance(new_stat._a, jax.core.Tracer) or isinstance(old_stat._a, jax.core.Tracer):
-                    old_stat.set(new_stat)
+                    old_stat.set(new_stat, own=True)  # fresh values: no copy
             return y
         x = as_array(xs)
         self._check(x)

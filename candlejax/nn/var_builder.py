@@ -40,6 +40,7 @@ from candlejax.nn.module import Var, as_array
 from candlejax.nn.var_map import VarMap
 from candlejax.shape import as_shape
 from candlejax.tensor._core import unwrap
+from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
 
 __all__ = [
     "DictBackend",
@@ -200,6 +201,11 @@ class DictBackend(SimpleBackend):
         a = unwrap(t)
         if isinstance(a, (np.ndarray, jax.Array)):
             return a
+        if _is_torch(a):  # a Parameter (requires grad) or a bf16 tensor: np.asarray refuses both
+            a = a.detach()  # 64-bit ones as numpy, converted to the builder's dtype without x64 mode
+            return a.cpu().numpy() if a.dtype.itemsize == 8 else as_jax_array(a, None, f"{path} in {self.source}")
+        if _is_candle_pyo3(a):  # candle-pyo3's Tensor
+            return as_jax_array(a, None, f"{path} in {self.source}")
         n = np.asarray(a) if not isinstance(a, (str, bytes, dict)) and a is not None else np.asarray(None)
         if n.dtype.kind not in "biuf":  # "hello" read as a rank-0 string said "shape mismatch ... got: []"
             raise errors.Msg(f"{path} in {self.source} is not a tensor: a {type(t).__name__} ({t!r:.60});"
@@ -544,6 +550,9 @@ class VarBuilder:
 
     def path(self, name: str) -> str:
         """The full path of ``name`` under this prefix."""
+        if not isinstance(name, str):
+            raise errors.ArgumentType(f"VarBuilder: a tensor name is a str (Candle's &str), got {type(name).__name__}"
+                                      f" {name!r:.60}; use vb.pp({name!r:.20}) for a numbered sub-path")  # fmt: skip
         return ".".join((*self._path, name)) if self._path else name
 
     def files(self) -> list[str]:
@@ -613,7 +622,7 @@ class VarBuilder:
             return self._backend.varmap.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         a = self._backend.get(as_shape(shape), key, init, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)
-        return Var._make(a, path)
+        return Var._make(as_array(a), path)  # a user's backend may return a Tensor, as Candle's does
 
     def get_unchecked(self, name: str) -> Var:
         return self.get_unchecked_dtype(name, self._dtype)
@@ -622,7 +631,7 @@ class VarBuilder:
         path, key = self._lookup(name)
         a = self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)
-        return Var._make(a, path)
+        return Var._make(as_array(a), path)
 
     # --- read tracking -------------------------------------------------------------------------
     def read_names(self) -> set[str]:

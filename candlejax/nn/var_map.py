@@ -31,7 +31,7 @@ from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const, check_init
-from candlejax.nn.module import DonatedBuffer, Var, as_array, save_safetensors_dict
+from candlejax.nn.module import DonatedBuffer, Var, as_array, owned_copy, save_safetensors_dict
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 
@@ -70,6 +70,13 @@ class VarMap:
     @staticmethod
     def new(seed: int = 0) -> VarMap:
         return VarMap(seed)
+
+    def clone(self) -> VarMap:
+        """Candle's ``varmap.clone()`` (an ``Arc`` clone): a handle on the same Vars, so a Var created,
+        set or loaded through either is seen by both."""
+        c = VarMap(self.seed)
+        c._data = self._data
+        return c
 
     # --- creation ------------------------------------------------------------------------------
     def get(self, shape: Any, path: str, init: Any, dtype: Any, device: Any) -> Var:
@@ -116,7 +123,12 @@ class VarMap:
         """Set the value of an existing Var in place (same shape, moved to its device): every Module
         built from this map sees it. A Tensor or jax array must have the Var's dtype (Candle's
         ``Var::set`` refuses another); numbers and numpy arrays are converted to it, and integer values
-        the dtype cannot hold raise."""
+        the dtype cannot hold raise. As Candle's ``Var::set``, the Var takes a copy: training it never
+        deletes the caller's ``value``."""
+        __tracebackhide__ = True
+        self._set_one(name, value, copy=True)
+
+    def _set_one(self, name: str, value: Any, copy: bool) -> None:
         __tracebackhide__ = True
         cur = self._data.get(name)
         if cur is None:
@@ -128,6 +140,7 @@ class VarMap:
                 raise TypeError
             if hasattr(value, "dtype") and not isinstance(value, np.ndarray | np.generic):
                 a = as_array(value)  # a Tensor or jax array: its dtype is checked below
+                a = owned_copy(a, value) if copy else a
             else:  # numbers / numpy: converted to the Var's dtype, refusing integers that do not fit
                 a = as_array(Tensor(value, dtype=to_dtype(old.dtype)))
         except errors.Error:
@@ -185,7 +198,7 @@ class VarMap:
             except errors.SafeTensor:  # a file dtype with no candlejax dtype (I8, U64): converted below
                 same = False
             if same or not np.issubdtype(want.np, np.integer):
-                self.set_one(name, st.load(name, dtype=want))
+                self._set_one(name, st.load(name, dtype=want), copy=False)  # fresh: no copy
                 return
             host = view.numpy()  # another dtype into an integer Var: check the values first
             bad = _not_holdable(host, want.np)

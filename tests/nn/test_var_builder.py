@@ -393,6 +393,41 @@ def test_from_backend_takes_candles_simple_backends(tmp_path):
     assert sorted(vm.data()) == ["fc.bias", "fc.weight"] and lin.weight is vm.data()["fc.weight"]
 
 
+def test_a_users_simple_backend_may_return_tensors():
+    """Candle's ``SimpleBackend::get`` returns a ``Tensor``: a backend written that way (a subclass, or
+    any object with ``get`` / ``get_unchecked`` / ``contains_tensor``) builds working layers."""
+    from candlejax import Tensor
+    from candlejax.nn.var_builder import SimpleBackend
+
+    class Ones:
+        def get(self, s, name, h, dtype, dev):
+            return Tensor.ones(s, dtype, dev)
+
+        def get_unchecked(self, name, dtype, dev):
+            return Tensor.ones((2,), dtype, dev)
+
+        def contains_tensor(self, name):
+            return True
+
+    class OnesBackend(Ones, SimpleBackend):
+        pass
+
+    for backend in (Ones(), OnesBackend()):
+        vb = VarBuilder.from_backend(backend, DType.F32, Device.Cpu)
+        lin = nn.linear(3, 2, vb.pp("l"))
+        assert lin.weight.name == "l.weight" and lin.weight.dtype == DType.F32
+        assert lin.forward(Tensor(np.ones((1, 3), np.float32))).to_vec2() == [[4.0, 4.0]]
+        assert vb.get_unchecked("x").to_vec1() == [1.0, 1.0]
+
+
+def test_a_tensor_name_that_is_not_a_str_raises():
+    for vb in (VarBuilder.zeros(DType.F32, Device.Cpu), VarBuilder.zeros(DType.F32, Device.Cpu).pp("a")):
+        with pytest.raises(errors.ArgumentType, match="tensor name is a str"):
+            vb.get((1,), 3)
+        with pytest.raises(errors.ArgumentType, match="tensor name is a str"):
+            vb.contains_tensor(None)
+
+
 def test_from_backend_rejects_a_non_backend():
     with pytest.raises(errors.InvalidArgument, match="from_backend"):
         VarBuilder.from_backend(42, DType.F32, Device.Cpu)
