@@ -345,7 +345,7 @@ def restore(
 
         for _, _, leaf in named:
             if isinstance(leaf, NamedTensor):
-                leaf.set(repl[id(leaf)])
+                leaf.set(repl[id(leaf)], own=True)  # fresh from the file: no copy
         new_model = jax.tree_util.tree_map(
             lambda x: x if isinstance(x, NamedTensor) else repl.get(id(x), x), model, is_leaf=_is_named
         )
