@@ -578,8 +578,9 @@ class InvalidDevice(Msg):
     """A device name or ordinal that does not exist here."""
 
 
-class DeletedBuffer(Msg):
-    """A Tensor whose buffer was donated to an optimizer step or a jitted function (a ``Var.as_tensor()``)."""
+class DeletedBuffer(Msg, RuntimeError):
+    """A Tensor whose buffer was donated to an optimizer step or a jitted function (a ``Var.as_tensor()``);
+    also a ``RuntimeError``, as JAX's own error for a deleted array."""
 
     def __init__(self, op: str = "", detail: str | None = None):
         super().__init__(
