@@ -74,10 +74,6 @@ _ST: dict[str, tuple[np.dtype | None, int, DType | None]] = {
     "F6_E2M3": (None, 6, None),
     "F6_E3M2": (None, 6, None),
 }
-#: file dtypes the package's numpy path reads (the others are decoded from the mapped bytes here)
-_PKG_NUMPY = frozenset(
-    {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64", "C64"}
-)
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -431,15 +427,19 @@ class _Source:
         return memoryview(self._mm)[self.base + e.begin : self.base + e.end]
 
     def array(self, e: _Entry, np_dt: np.dtype) -> np.ndarray:
-        """A fresh host array of ``e`` in its stored dtype: the package reads it, except the types
-        its numpy path cannot build (F8: it looks for ``numpy.float8_*``), decoded here with ml_dtypes."""
+        """A fresh host array of ``e`` in its stored dtype, copied once from the mapped file (or the
+        buffer). The file's pages it touched are then dropped from this process's mapping, so that
+        loading every tensor does not keep the whole file resident next to the loaded copies."""
         self.check_open()
-        if self._st is None or e.st_dtype not in _PKG_NUMPY:
-            return np.frombuffer(self.raw(e), np_dt).reshape(e.shape).copy()
+        mv = self.raw(e)
         try:
-            return self._st.get_tensor(e.name)
-        except safetensors.SafetensorError as ex:
-            raise _corrupt(self.src, f"cannot read: {ex}", e.name) from None
+            return np.frombuffer(mv, np_dt).reshape(e.shape).copy()
+        finally:
+            mv.release()
+            if self._mm is not None and e.end > e.begin and hasattr(mmap, "MADV_DONTNEED"):
+                start = (self.base + e.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+                with contextlib.suppress(OSError, ValueError):
+                    self._mm.madvise(mmap.MADV_DONTNEED, start, self.base + e.end - start)
 
     def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
         return _to_device(_convert(self, e, dtype), device)

@@ -1,0 +1,122 @@
+"""Host memory of weight loading: peak and steady RSS above a baseline, and the file's mapped pages.
+
+Each loader runs in a fresh subprocess (``ru_maxrss`` only grows) on a ~96 MB synthetic file; the
+baseline is the same process after ``import candlejax`` and a JAX warm-up op. Reading a tensor copies
+it once from the file into its buffer, so the peak stays near the weights' final size and the file's
+pages are not kept resident once the tensors are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+MB = 2**20
+N_TENSORS = 8
+TOTAL_MB = 96
+
+_PROBE = textwrap.dedent(
+    """
+    import gc, json, os, resource, sys
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def maxrss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def file_resident(path):
+        tot, cur, real = 0, None, os.path.realpath(path)
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 5 and "-" in parts[0] and ":" in parts[3]:
+                    cur = parts[5] if len(parts) > 5 else None
+                elif line.startswith("Rss:") and cur == real:
+                    tot += int(parts[1]) * 1024
+        return tot
+
+    import jax.numpy as jnp
+    import candlejax as cj
+
+    (jnp.ones(1000) * 2).block_until_ready()
+    path, code = sys.argv[1], sys.argv[2]
+    gc.collect()
+    base = rss()
+    scope = {"cj": cj, "path": path}
+    exec(code, scope)
+    out = scope["out"]
+    for v in out.values():
+        getattr(v, "_a", v).block_until_ready()
+    peak = maxrss()
+    gc.collect()
+    print(json.dumps({"peak": peak - base, "steady": rss() - base, "file": file_resident(path)}))
+    """
+)
+
+
+def _probe(path: str, code: str) -> dict[str, float]:
+    """Peak / steady RSS above the baseline and the file's resident mapped bytes, in MB."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE, path, textwrap.dedent(code)], capture_output=True, text=True, env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {k: v / MB for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+
+def _weights(dtype: np.dtype) -> dict[str, np.ndarray]:
+    rows = TOTAL_MB * MB // N_TENSORS // np.dtype(dtype).itemsize // 1024
+    rng = np.random.default_rng(0)
+    return {f"layer{i}.weight": rng.standard_normal((rows, 1024), dtype=np.float32).astype(dtype)
+            for i in range(N_TENSORS)}
+
+
+@pytest.fixture(scope="module")
+def st_files(tmp_path_factory):
+    from safetensors.numpy import save_file
+
+    d = tmp_path_factory.mktemp("weights")
+    out = {}
+    for name, dt in (("f32", np.float32), ("bf16", ml_dtypes.bfloat16)):
+        p = str(d / f"{name}.safetensors")
+        save_file(_weights(dt), p)
+        out[name] = p
+    return out
+
+
+_VB = """
+    vb = cj.nn.VarBuilder.from_mmaped_safetensors([path], cj.DType.{dt}, cj.Device.Cpu)
+    out = {{n: vb.get_unchecked(n) for n in vb.unused_names()}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("file", "code", "final_mb"),
+    [
+        ("f32", "out = cj.safetensors.load(path, 'cpu')", TOTAL_MB),
+        ("f32", "st = cj.safetensors.MmapedSafetensors(path)\nout = {n: st.load(n, 'cpu') for n in st.names()}",
+         TOTAL_MB),
+        ("f32", _VB.format(dt="F32"), TOTAL_MB),
+        ("bf16", _VB.format(dt="BF16"), TOTAL_MB),
+        ("bf16", _VB.format(dt="F32"), 2 * TOTAL_MB),
+        ("bf16", "out = cj.safetensors.load(path, 'cpu', dtype=cj.DType.F32)", 2 * TOTAL_MB),
+    ],
+    ids=["load", "mmaped_load", "vb_f32", "vb_bf16", "vb_bf16_to_f32", "load_bf16_to_f32"],
+)
+def test_safetensors_one_copy(st_files, file, code, final_mb):
+    m = _probe(st_files[file], code)
+    # one or two tensors (12 MB each) in flight on top of the final weights (it was twice the file)
+    assert m["peak"] < final_mb * 1.5, m
+    assert m["steady"] < final_mb * 1.4, m
+    # the file's pages are not kept mapped and resident after the load (the builder keeps the file open)
+    assert m["file"] < 0.1 * TOTAL_MB, m
