@@ -43,6 +43,8 @@ from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
 from candlejax.io._checks import cast
+from candlejax.quantized.blocked import aligned_empty
+from candlejax.quantized.blocked import place as place_aligned
 from candlejax.shape import Dims
 from candlejax.tensor._core import TensorBase, wrap
 
@@ -218,7 +220,12 @@ def _convert(src: _Source, e: _Entry, dtype: DType | None, check_x64: bool = Tru
 
 
 def _to_device(arr: np.ndarray, device: Any) -> Any:
-    return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
+    """A fresh host array as a Tensor: shared with the CPU runtime when aligned, else copied, waiting
+    for the copy so that reading the next tensor does not pile up host buffers in flight."""
+    out = place_aligned(arr, Device.coerce(device).jax_device)
+    if not (arr.flags.c_contiguous and arr.ctypes.data % 64 == 0):
+        out.block_until_ready()
+    return wrap(out)
 
 
 class TensorView:
@@ -433,7 +440,9 @@ class _Source:
         self.check_open()
         mv = self.raw(e)
         try:
-            return np.frombuffer(mv, np_dt).reshape(e.shape).copy()
+            out = aligned_empty(e.shape, np_dt)  # shared with the CPU runtime by place() (no second copy)
+            out[...] = np.frombuffer(mv, np_dt).reshape(e.shape)
+            return out
         finally:
             mv.release()
             if self._mm is not None and e.end > e.begin and hasattr(mmap, "MADV_DONTNEED"):
