@@ -155,3 +155,27 @@ def test_from_pth_reads_tensor_by_tensor(pth_file):
     m = _probe(pth_file, code)
     assert m["peak"] < TOTAL_MB * 1.5, m
     assert m["steady"] < TOTAL_MB * 1.4, m
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory):
+    gguf = pytest.importorskip("gguf")
+    p = str(tmp_path_factory.mktemp("weights") / "f32.gguf")
+    w = gguf.GGUFWriter(p, "llama")
+    for k, v in _weights(np.float32).items():
+        w.add_tensor(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return p
+
+
+def test_gguf_tensors_do_not_keep_the_file_resident(gguf_file):
+    code = """
+        content = cj.quantized.gguf_file.Content.read(path)
+        out = {n: content.tensor(n, cj.Device.Cpu).dequantize(cj.Device.Cpu) for n in content.tensor_infos}
+    """
+    m = _probe(gguf_file, code)
+    assert m["file"] < 0.1 * TOTAL_MB, m  # the Content is still open
+    assert m["steady"] < TOTAL_MB * 2.4, m  # the QTensors' bytes and the dequantized tensors
