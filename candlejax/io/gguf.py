@@ -729,10 +729,9 @@ class Content:
         dropped from the mapping, so that reading every tensor does not keep the whole file resident."""
         out = self.tensor_view(name).copy()
         if isinstance(self._buf, mmap.mmap) and out.size and hasattr(mmap, "MADV_DONTNEED"):
-            start = self.tensor_data_offset + self.tensor_infos[name].offset
-            page = start // mmap.PAGESIZE * mmap.PAGESIZE
+            # the whole map: a fault maps the page cache's large folios, reaching into neighbours
             with contextlib.suppress(OSError, ValueError):
-                self._buf.madvise(mmap.MADV_DONTNEED, page, start + out.size - page)
+                self._buf.madvise(mmap.MADV_DONTNEED)
         return out
 
     def tensor_view(self, name: str) -> np.ndarray:

@@ -446,9 +446,9 @@ class _Source:
         finally:
             mv.release()
             if self._mm is not None and e.end > e.begin and hasattr(mmap, "MADV_DONTNEED"):
-                start = (self.base + e.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+                # the whole map: a fault maps the page cache's large folios, reaching into neighbours
                 with contextlib.suppress(OSError, ValueError):
-                    self._mm.madvise(mmap.MADV_DONTNEED, start, self.base + e.end - start)
+                    self._mm.madvise(mmap.MADV_DONTNEED)
 
     def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
         return _to_device(_convert(self, e, dtype), device)
