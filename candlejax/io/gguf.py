@@ -21,6 +21,7 @@ magic, an absurd count or length, tensor data past the end, or an unknown ggml t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import itertools
@@ -725,8 +726,14 @@ class Content:
         return QTensor.from_data(raw, info.ggml_dtype, info.shape or (1,), device)
 
     def tensor_bytes(self, name: str) -> np.ndarray:
-        """A host copy of one tensor's raw block bytes (flat uint8)."""
-        return self.tensor_view(name).copy()
+        """A host copy of one tensor's raw block bytes (flat uint8). The file's pages it read are then
+        dropped from the mapping, so that reading every tensor does not keep the whole file resident."""
+        out = self.tensor_view(name).copy()
+        if isinstance(self._buf, mmap.mmap) and out.size and hasattr(mmap, "MADV_DONTNEED"):
+            # the whole map: a fault maps the page cache's large folios, reaching into neighbours
+            with contextlib.suppress(OSError, ValueError):
+                self._buf.madvise(mmap.MADV_DONTNEED)
+        return out
 
     def tensor_view(self, name: str) -> np.ndarray:
         """A read-only view of one tensor's raw block bytes in the mapped file (flat uint8), valid

@@ -279,6 +279,23 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler, with BUILD re
 # ------------------------------------------------------------------------------------------------
 # the zip archive
 # ------------------------------------------------------------------------------------------------
+#: bytes per read of a storage record: ``ZipExtFile.readinto`` reads the whole request into a temporary
+#: ``bytes`` first, which doubled the host memory of the largest tensor
+_CHUNK = 16 << 20
+
+
+def _read_chunked(f: Any, out: memoryview) -> int:
+    """Fill ``out`` from the zip member ``f`` a chunk at a time; the number of bytes read."""
+    n = 0
+    while n < len(out):
+        chunk = f.read(min(_CHUNK, len(out) - n))
+        if not chunk:
+            break
+        out[n : n + len(chunk)] = chunk
+        n += len(chunk)
+    return n
+
+
 class _Archive:
     def __init__(self, path: str | os.PathLike):
         self.src = errors.path_arg(path, "torch checkpoint read")
@@ -388,7 +405,7 @@ class _Archive:
         buf = bytearray(nbytes)
         try:
             with self._open(info) as f:
-                n = f.readinto(memoryview(buf))
+                n = _read_chunked(f, memoryview(buf))
         except ZIP_ERRORS as e:
             why = f"{type(e).__name__}: {e}" if str(e) else "the archive ends inside the record (truncated file?)"
             raise errors.Pth(f"{self.src}: tensor {name!r}: cannot read storage record {rec}: {why}") from None
@@ -623,5 +640,8 @@ class PthTensors:
             return None
         with _Archive(self.path) as ar:
             arr = ar.tensor(info, name)
-        a = as_jax_array(arr, dtype, f"PthTensors.get({name!r}) of {self.path}")
+        # the storage was read for this call: the tensor may alias it when it spans all of it (a view of
+        # part of a larger storage is copied, not to keep the whole storage alive)
+        whole = arr.nbytes == info.storage_numel * info.dtype.itemsize
+        a = as_jax_array(arr, dtype, f"PthTensors.get({name!r}) of {self.path}", copy=not whole)
         return wrap(jax.device_put(a, Device.coerce(device).jax_device))

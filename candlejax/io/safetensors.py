@@ -43,6 +43,8 @@ from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
 from candlejax.io._checks import cast
+from candlejax.quantized.blocked import aligned_empty
+from candlejax.quantized.blocked import place as place_aligned
 from candlejax.shape import Dims
 from candlejax.tensor._core import TensorBase, wrap
 
@@ -74,10 +76,6 @@ _ST: dict[str, tuple[np.dtype | None, int, DType | None]] = {
     "F6_E2M3": (None, 6, None),
     "F6_E3M2": (None, 6, None),
 }
-#: file dtypes the package's numpy path reads (the others are decoded from the mapped bytes here)
-_PKG_NUMPY = frozenset(
-    {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64", "C64"}
-)
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -222,7 +220,12 @@ def _convert(src: _Source, e: _Entry, dtype: DType | None, check_x64: bool = Tru
 
 
 def _to_device(arr: np.ndarray, device: Any) -> Any:
-    return wrap(jax.device_put(arr, Device.coerce(device).jax_device))
+    """A fresh host array as a Tensor: shared with the CPU runtime when aligned, else copied, waiting
+    for the copy so that reading the next tensor does not pile up host buffers in flight."""
+    out = place_aligned(arr, Device.coerce(device).jax_device)
+    if not (arr.flags.c_contiguous and arr.ctypes.data % 64 == 0):
+        out.block_until_ready()
+    return wrap(out)
 
 
 class TensorView:
@@ -431,15 +434,21 @@ class _Source:
         return memoryview(self._mm)[self.base + e.begin : self.base + e.end]
 
     def array(self, e: _Entry, np_dt: np.dtype) -> np.ndarray:
-        """A fresh host array of ``e`` in its stored dtype: the package reads it, except the types
-        its numpy path cannot build (F8: it looks for ``numpy.float8_*``), decoded here with ml_dtypes."""
+        """A fresh host array of ``e`` in its stored dtype, copied once from the mapped file (or the
+        buffer). The file's pages it touched are then dropped from this process's mapping, so that
+        loading every tensor does not keep the whole file resident next to the loaded copies."""
         self.check_open()
-        if self._st is None or e.st_dtype not in _PKG_NUMPY:
-            return np.frombuffer(self.raw(e), np_dt).reshape(e.shape).copy()
+        mv = self.raw(e)
         try:
-            return self._st.get_tensor(e.name)
-        except safetensors.SafetensorError as ex:
-            raise _corrupt(self.src, f"cannot read: {ex}", e.name) from None
+            out = aligned_empty(e.shape, np_dt)  # shared with the CPU runtime by place() (no second copy)
+            out[...] = np.frombuffer(mv, np_dt).reshape(e.shape)
+            return out
+        finally:
+            mv.release()
+            if self._mm is not None and e.end > e.begin and hasattr(mmap, "MADV_DONTNEED"):
+                # the whole map: a fault maps the page cache's large folios, reaching into neighbours
+                with contextlib.suppress(OSError, ValueError):
+                    self._mm.madvise(mmap.MADV_DONTNEED)
 
     def load_entry(self, e: _Entry, device: Any, dtype: DType | None) -> Any:
         return _to_device(_convert(self, e, dtype), device)

@@ -66,7 +66,9 @@ def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
 # ------------------------------------------------------------------------------------------------
 # backends
 # ------------------------------------------------------------------------------------------------
-def _to_device(a: Any, dtype: DType, device: Device) -> jax.Array:
+def _to_device(a: Any, dtype: DType, device: Device, owned: bool = False) -> jax.Array:
+    """``a`` as a buffer of the builder's dtype on ``device``; ``owned``: ``a`` was read for this call
+    (a file backend's), so it becomes the Var's buffer without another copy."""
     dt = check_width(dtype)
     if isinstance(a, np.ndarray):
         a = cast(a, dt.np)  # float -> int saturates, as Tensor.to_dtype (jax's astype below does too)
@@ -78,7 +80,7 @@ def _to_device(a: Any, dtype: DType, device: Device) -> jax.Array:
     if not isinstance(a, jax.core.Tracer):
         # a Var of its own, as Candle's Var::from_tensor copies: sharing the caller's buffer, a donating
         # training step would delete the tensors of the dict given to from_tensors
-        a = jax.device_put(a, device.jax_device, may_alias=None if fresh else False)
+        a = jax.device_put(a, device.jax_device, may_alias=None if fresh or owned else False)
     return a
 
 
@@ -312,11 +314,11 @@ class _FileBackend(SimpleBackend):
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
         self.check(path, shape)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device, owned=True)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
         self.check(path)
-        return _to_device(self._load(path, check_width(dtype)), dtype, device)
+        return _to_device(self._load(path, check_width(dtype)), dtype, device, owned=True)
 
 
 class NpzBackend(_FileBackend):
@@ -367,6 +369,15 @@ class PthBackend(_FileBackend):
 
     def _load(self, path: str, dtype: DType | None = None) -> Any:
         return self.pth.get(path, dtype=dtype)._a
+
+
+def _pth_backend(path: str | os.PathLike, key: str | None, op: str) -> PthBackend:
+    """A ``torch.save``'d file read one tensor per ``get`` (Candle's ``PthTensors::new(path, key)``)."""
+    errors.check_file(path, op)
+    tensors = pth.PthTensors(path, key)
+    if not tensors.tensor_infos():
+        pth.load(path, key)  # raises naming what the file holds when it is not a state dict
+    return PthBackend(tensors)
 
 
 def _as_backend(backend: Any) -> SimpleBackend:
@@ -511,17 +522,16 @@ class VarBuilder:
 
     @staticmethod
     def from_pth(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
-        """A ``torch.save``'d state dict, read without executing pickled code (``candlejax.io.pth``)."""
-        errors.check_file(path, "from_pth")
-        return VarBuilder(DictBackend(pth.load(path), os.fspath(path)), dtype, device)
+        """A ``torch.save``'d state dict, read without executing pickled code (``candlejax.io.pth``), one
+        tensor per ``get`` through ``PthTensors`` (as Candle's ``from_pth``)."""
+        return VarBuilder(_pth_backend(path, None, "from_pth"), dtype, device)
 
     @staticmethod
     def from_pth_with_state(
         path: str | os.PathLike, dtype: Any = DType.F32, key: str = "state_dict", device: Any = None
     ) -> VarBuilder:
         """The state dict stored under ``key`` (e.g. ``"state_dict"``) of a ``torch.save``'d dict."""
-        errors.check_file(path, "from_pth_with_state")
-        return VarBuilder(DictBackend(pth.load(path, key=key), f"{os.fspath(path)}[{key!r}]"), dtype, device)
+        return VarBuilder(_pth_backend(path, key, "from_pth_with_state"), dtype, device)
 
     @staticmethod
     def from_backend(backend: Any, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:

@@ -356,20 +356,21 @@ def _from_candle_pyo3(t: Any) -> np.ndarray:
     return np.array(t.flatten_all().values(), dtype=d.np).reshape(tuple(t.shape))
 
 
-def _from_host(arr: Any) -> Any:
+def _from_host(arr: Any, copy: bool = True) -> Any:
     """Host data as a ``jax.Array``: eagerly ``device_put`` (a copy; ``jnp.asarray`` compiles one XLA
     executable per new shape, 20-40 ms on CPU); under a trace, a constant as ``jnp.asarray`` makes."""
     if is_eager():
         # a fresh buffer: device_put may alias host memory that the caller later changes
-        return jax.device_put(np.array(arr, copy=True, order="C"))
+        return jax.device_put(np.array(arr, copy=True if copy else None, order="C"))
     return jnp.asarray(arr)
 
 
-def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
+def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor", *, copy: bool = True) -> Any:
     """A ``jax.Array`` (or tracer) from any supported data, with Candle's dtype inference.
 
     Copies host data (numpy arrays and Python lists); jax arrays and Tensors are used as they are
-    (and cast when ``dtype`` differs).
+    (and cast when ``dtype`` differs). ``copy=False`` is for a numpy array the caller hands over (a
+    file reader's fresh buffer): the result may alias it instead of holding a second host copy.
     """
     dt = None if dtype is None else _dt(dtype, where)
     if isinstance(data, TensorBase):
@@ -382,11 +383,11 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor") -> Any:
             _np_dtype(data.dtype, where)
             if data.dtype == np.bool_:
                 data = data.astype(np.uint8)
-            return _from_host(data)
+            return _from_host(data, copy)
         data = np.asarray(data)
         if data.dtype != dt.np and dt.np in _INT_RANGE:
             _check_int_values(data, dt.np, where, False)
-        return _from_host(data.astype(dt.np, copy=False))
+        return _from_host(data.astype(dt.np, copy=False), copy)
     elif _is_torch(data):
         return _from_torch(data, dt, where, copy=True)
     elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
