@@ -121,11 +121,30 @@ def bucket_size(n: int) -> int:
     return -(-n // q) * q
 
 
+def _default_device() -> Any:
+    """The device JAX runs a computation on when none of its arrays is committed."""
+    d = jax.config.jax_default_device
+    if isinstance(d, str):
+        return jax.devices(d)[0]
+    return d if d is not None else jax.devices()[0]
+
+
+def _placement(dev: Any, committed: bool) -> Any:
+    """Where a bucketed call puts its arrays, as the exact executable would: committed inputs keep their
+    device (a committed result); otherwise ``None`` (JAX's default device, an uncommitted result),
+    or ``False`` when that device is not a CPU."""
+    if committed:
+        return dev
+    return None if _default_device().platform == _CPU_PLATFORM else False
+
+
 def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
-    """The common (broadcast) shape and the device when every array argument is a concrete
-    single-device CPU jax array (scalars pass through); ``None`` when the op should not bucket."""
+    """The common (broadcast) shape and the placement (see :func:`_placement`) when every array
+    argument is a concrete single-device CPU jax array (scalars pass through); ``None`` when the op
+    should not bucket."""
     shape: tuple[int, ...] | None = None
     dev = None
+    committed = False
     for x in args:
         if isinstance(x, jax.Array):
             if isinstance(x, Tracer) or not x.is_fully_addressable or len(x.sharding.device_set) != 1:
@@ -134,6 +153,7 @@ def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
             if d.platform != _CPU_PLATFORM or (dev is not None and d != dev):
                 return None
             dev = d
+            committed = committed or x.committed
             if x.ndim == 0:
                 continue
             try:
@@ -147,7 +167,8 @@ def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
     n = math.prod(shape)
     if n == 0 or n > MAX_BUCKETED:
         return None
-    return shape, dev
+    where = _placement(dev, committed)
+    return None if where is False else (shape, where)
 
 
 def _run_bucketed(jitted: Any, args: tuple[Any, ...], kwargs: dict[str, Any], shape: tuple[int, ...], dev: Any) -> Any:
@@ -182,8 +203,9 @@ def row_bucket(n: int) -> int:
 
 
 def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Any, ...] | None:
-    """(axes, padded shape, device) for a row-wise op on one concrete single-device CPU array with at
-    least one dimension besides the axes; ``None`` when it should not bucket."""
+    """(axes, padded shape, placement: see :func:`_placement`) for a row-wise op on one concrete
+    single-device CPU array with at least one dimension besides the axes; ``None`` when it should not
+    bucket."""
     if len(args) != 1 or kwargs.get(name) is None:
         return None
     x = args[0]
@@ -203,7 +225,8 @@ def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> t
     padded = tuple(d if i in axes else row_bucket(d) for i, d in enumerate(x.shape))
     if math.prod(padded) > MAX_BUCKETED:
         return None
-    return axes, padded, dev
+    where = _placement(dev, x.committed)
+    return None if where is False else (axes, padded, where)
 
 
 def _run_rowwise(jitted: Any, x: Any, kwargs: dict[str, Any], name: str, axes: tuple[int, ...],

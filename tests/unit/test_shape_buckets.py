@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -156,3 +160,45 @@ def test_sums_are_not_row_bucketed():
     for f in (lambda t: t.sum_keepdim(-1), lambda t: t.softmax(-1), lambda t: t.mean_keepdim(-1)):
         x = Tensor.new(a)
         np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(jax.jit(f)(x)))
+
+
+_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from candlejax import Device, Tensor
+    from candlejax.tensor import elementwise, reduce
+
+    d0, d1 = jax.devices()
+    add, rmax = elementwise._KERNELS["add"][0], reduce._max
+    def check(k, args, kw, n):  # n calls on a shape no earlier call used: bucketed, then exact
+        ref = k.exact(*args, **kw)
+        for i in range(n):
+            got = k.jitted(*args, **kw)
+            assert got.sharding == ref.sharding and got.committed == ref.committed, (i, got.sharding, ref.sharding,
+                                                                                      got.committed, ref.committed)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    for j, (k, kw) in enumerate([(add, {}), (rmax, {"axis": 1, "keepdims": False})]):
+        a = jax.numpy.ones((1001 + j, 3), np.float32)  # uncommitted on cpu:0: the result too
+        args = (a, a)[: 2 - j]
+        check(k, args, kw, 4)
+        with jax.default_device(d1):  # uncommitted: runs on the default device, as the exact executable
+            b = jax.numpy.ones((1011 + j, 3), np.float32)
+            check(k, (b, b)[: 2 - j], kw, 4)
+        c = jax.device_put(np.ones((1021 + j, 3), np.float32), d1)  # committed to cpu:1: stays there
+        check(k, (c, c)[: 2 - j], kw, 4)
+    t = Tensor.new(np.ones((1031, 3), np.float32)).to_device(Device("cpu", 1))
+    for i in range(4):
+        assert t.exp().device == Device("cpu", 1) and (t + t).max(-1).device == Device("cpu", 1)
+    print("OK")
+    """
+)
+
+
+def test_bucketed_results_keep_device_and_commitment():
+    """A bucketed call places its result as the exact executable would: an uncommitted input gives an
+    uncommitted result on JAX's default device, a committed one a result committed to its device."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
