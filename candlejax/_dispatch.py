@@ -49,6 +49,8 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
     """
 
     def wrap(f: F) -> F:
+        if elementwise:
+            f = _any_rank(f)
         jitted = jax.jit(f, static_argnames=static) if static else jax.jit(f)
         fast = bucketed(jitted, rowwise) if elementwise or rowwise else jitted
 
@@ -80,6 +82,19 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
         return call  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _any_rank(f: F) -> F:
+    """``f`` traced with JAX's ``jax_numpy_rank_promotion`` at ``allow``: an elementwise op broadcasts
+    operands of different ranks by definition (Candle's ``broadcast_add``), whatever the user's setting,
+    and its shape bucket (which flattens the operands) gives the same result as its exact executable."""
+
+    @functools.wraps(f)
+    def g(*args: Any, **kwargs: Any) -> Any:
+        with jax.numpy_rank_promotion("allow"):
+            return f(*args, **kwargs)
+
+    return g  # type: ignore[return-value]
 
 
 def device_mismatch(op_name: str, arrays: Any) -> Exception:

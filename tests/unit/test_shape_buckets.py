@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -202,3 +203,20 @@ def test_bucketed_results_keep_device_and_commitment():
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+
+
+@pytest.mark.parametrize("mode", ["raise", "warn"])
+def test_broadcasting_ignores_jax_rank_promotion(mode, rng):
+    """Candle's ``broadcast_add`` (and the operators) broadcast by definition: with JAX's
+    ``jax_numpy_rank_promotion`` set to ``raise`` / ``warn`` every call (bucketed, then exact, then traced)
+    gives numpy's result, without a warning."""
+    a = rng.standard_normal(_new_shape()).astype(np.float32)
+    row = rng.standard_normal(3).astype(np.float32)
+    x, y = Tensor.new(a), Tensor.new(row)
+    with jax.numpy_rank_promotion(mode), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(_dispatch.EXACT_AFTER + 1):
+            np.testing.assert_array_equal(np.asarray(x.broadcast_add(y)), a + row)
+            np.testing.assert_array_equal(np.asarray(x * y), a * row)
+            np.testing.assert_array_equal(np.asarray(y.broadcast_lt(x)), (row < a).astype(np.uint8))
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda s, t: s - t)(x, y)), a - row)
