@@ -34,7 +34,7 @@ Tracer = jax.core.Tracer
 
 
 def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool = False,
-       rowwise: str | None = None) -> Any:
+       rowwise: str | None = None, rowwise_float: bool = True) -> Any:
     """Decorate a pure function of jax arrays so that eager calls hit a cached ``jax.jit``.
 
     ``static`` names keyword arguments that are compile-time constants (axes, shapes, flags);
@@ -45,14 +45,16 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
     ``rowwise`` names the static keyword holding the axis (or axes) of a one-array function that
     works independently on each slice along those axes (a reduction over them, or a softmax /
     cumulative sum along them): when the axes are the trailing ones, a new shape runs with its
-    leading dimensions padded to powers of two (bit-identical rows, sliced back).
+    leading dimensions padded to powers of two (bit-identical rows, sliced back). ``rowwise_float=False``
+    keeps float inputs off the row buckets, for a reduction whose float result depends on XLA's order
+    within a row, which changes with the row count (a max over +0.0 and -0.0 returns the first met).
     """
 
     def wrap(f: F) -> F:
         if elementwise:
             f = _any_rank(f)
         jitted = jax.jit(f, static_argnames=static) if static else jax.jit(f)
-        fast = bucketed(jitted, rowwise) if elementwise or rowwise else jitted
+        fast = bucketed(jitted, rowwise, rowwise_float) if elementwise or rowwise else jitted
 
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -217,15 +219,16 @@ def row_bucket(n: int) -> int:
     return max(MIN_ROW_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Any, ...] | None:
+def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
+                  floats: bool = True) -> tuple[Any, ...] | None:  # fmt: skip
     """(axes, padded shape, placement: see :func:`_placement`) for a row-wise op on one concrete
     single-device CPU array with at least one dimension besides the axes; ``None`` when it should not
-    bucket."""
+    bucket (also for a float array unless ``floats``)."""
     if len(args) != 1 or kwargs.get(name) is None:
         return None
     x = args[0]
     if (not isinstance(x, jax.Array) or isinstance(x, Tracer) or x.ndim < 2 or not x.is_fully_addressable
-            or len(x.sharding.device_set) != 1):  # fmt: skip
+            or len(x.sharding.device_set) != 1 or not (floats or np.issubdtype(x.dtype, np.integer))):  # fmt: skip
         return None
     dev = next(iter(x.sharding.device_set))
     if dev.platform != _CPU_PLATFORM:
@@ -269,7 +272,7 @@ def _run_rowwise(jitted: Any, x: Any, kwargs: dict[str, Any], name: str, axes: t
     return jax.device_put(np.ascontiguousarray(o[tuple(slice(0, t) for t in target)]), dev)
 
 
-def bucketed(jitted: Any, rowwise: str | None = None) -> Callable[..., Any]:
+def bucketed(jitted: Any, rowwise: str | None = None, rowwise_float: bool = True) -> Callable[..., Any]:
     """``jitted`` (an elementwise ``jax.jit``, or a row-wise one: see :func:`op`) behind the shape
     buckets described above.
 
@@ -297,7 +300,7 @@ def bucketed(jitted: Any, rowwise: str | None = None) -> Callable[..., Any]:
             promoted.add(key)
             return None, True
         if rowwise is not None:
-            rplan = _rowwise_plan(args, kwargs, rowwise)
+            rplan = _rowwise_plan(args, kwargs, rowwise, rowwise_float)
             if rplan is None:
                 return None, False
             if len(counts) > _SEEN_CAP:
