@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import subprocess
 import sys
 import textwrap
 import warnings
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from candlejax import DType, Tensor, _dispatch
-from candlejax.tensor import elementwise
+from candlejax.tensor import convert, elementwise, indexing, reduce
 
 _shapes = itertools.count(1000)
 
@@ -239,3 +242,79 @@ def test_float_max_min_of_signed_zeros_match_exact():
                 ref = np.asarray(jax.jit(f)(x))
                 assert got.dtype == ref.dtype
                 np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The array's bytes, one unsigned int per element; NaNs as one canonical NaN (XLA:CPU's scalar and
+    vector loops give NaNs of different signs and payloads: see docs/performance.md)."""
+    a = np.array(a)
+    if a.dtype.kind in "fV":
+        a[np.isnan(a.astype(np.float64))] = np.nan
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def _fuzz_values(rng: np.random.Generator, shape: tuple[int, ...], dt: Any) -> Any:
+    """Random values of ``dt`` with NaN (a payload too), ±inf, ±0, subnormals and the extremes."""
+    n = math.prod(shape)
+    dt = np.dtype(dt)
+    if dt.kind in "ui":
+        ii = np.iinfo(dt)
+        a = rng.integers(ii.min, int(ii.max) + 1, n, dtype=dt)
+        sp = np.array([ii.min, ii.max, 0, 1], dt)
+    else:
+        fi = jnp.finfo(dt)
+        a = (rng.standard_normal(n) * 4).astype(dt)
+        sp = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, fi.max, fi.min, float(fi.tiny) / 4, -1.5, 2.5],
+                      np.float64).astype(dt)  # fmt: skip
+    k = min(n, len(sp))
+    a[rng.choice(n, k, replace=False)] = sp[:k]
+    if dt.kind == "f" and n > 1:
+        a.view(np.uint16 if dt.itemsize == 2 else np.uint32)[np.isnan(a).argmax()] |= 1  # a NaN payload
+    return jnp.asarray(a.reshape(shape))
+
+
+def _fuzz_cases(dt: Any) -> list[tuple[str, Any, int, dict[str, Any]]]:
+    """(name, kernel, number of array operands, static kwargs) of the bucketed kernels taking ``dt``."""
+    integer = np.dtype(dt).kind in "ui"
+    cases = [(f"{n}.tt", k[0], 2, {}) for n, k in elementwise._KERNELS.items() if not (integer and n == "pow")]
+    cases += [("where", indexing._where, 3, {}), ("clamp", elementwise._clamp, 1, {}),
+              ("affine", elementwise._affine, 1, {}), ("astype", convert._astype, 1, {"dtype": np.dtype(np.float32)}),
+              ("argmax", reduce._argmax, 1, {"axis": -1, "keepdims": False}),
+              ("cumsum", reduce._cumsum, 1, {"axis": -1})]  # fmt: skip
+    if integer:
+        cases += [("max", reduce._max, 1, {"axis": (-1,), "keepdims": True}),
+                  ("sub.ts", elementwise._KERNELS["sub"][1], 1, {})]  # fmt: skip
+    else:
+        cases += [("div.st", elementwise._KERNELS["div"][2], 1, {}), ("elu", elementwise._elu, 1, {}),
+                  ("powf", elementwise._powf, 1, {}), ("round_to", elementwise._round_to, 1, {})]  # fmt: skip
+    return cases
+
+
+_FUZZ_SHAPES = [(7,), (4097,), (2, 3, 700)]
+
+
+@pytest.mark.parametrize("dt", [np.float16, jnp.bfloat16, np.uint8, np.int64, np.float64])
+def test_fuzz_bucketed_calls_match_exact(dt, x64):
+    """Every kind of bucketed kernel, on new shapes around the bucket edges (broadcast operands, 0-d and
+    size-1 dims, Python scalars): the 1st to 4th calls (bucketed, then exact) give the exact executable's
+    dtype, shape, placement and bits, special values included."""
+    rng = np.random.default_rng(7)
+    scalars = {"clamp": (-1, 2), "affine": (3, -2), "sub.ts": (5,), "div.st": (0.0,), "elu": (0.5,),
+               "powf": (1.5,), "round_to": (100.0,)}  # fmt: skip
+    for name, k, n_arrays, kw in _fuzz_cases(dt):
+        for shape in _FUZZ_SHAPES:
+            shapes = [shape] * n_arrays
+            # broadcasting: a trailing slice, or a 0-d operand (not for the divisions: XLA rewrites
+            # x / broadcast(y) as x * broadcast(1 / y) in the exact program, the bucket divides)
+            if n_arrays > 1 and name not in ("div.tt", "floor_divide.tt", "remainder.tt"):
+                shapes[-1] = shape[1:] if rng.random() < 0.5 else ()
+            args = [_fuzz_values(rng, s, np.uint8 if name == "where" and i == 0 else dt) for i, s in enumerate(shapes)]
+            cast = int if np.dtype(dt).kind in "ui" else float
+            args += [cast(v) for v in scalars.get(name, ())]
+            if "axis" in kw and len(shape) < 2:
+                continue
+            ref = k.exact(*args, **kw)
+            for call in range(_dispatch.EXACT_AFTER + 1):
+                got = k.jitted(*args, **kw)
+                assert (got.aval, got.sharding, got.committed) == (ref.aval, ref.sharding, ref.committed), (name, shape)
+                np.testing.assert_array_equal(_bits(got), _bits(ref), err_msg=f"{name} {shape} call {call}")
