@@ -293,7 +293,7 @@ def _fuzz_cases(dt: Any) -> list[tuple[str, Any, int, dict[str, Any]]]:
 _FUZZ_SHAPES = [(7,), (4097,), (2, 3, 700)]
 
 
-@pytest.mark.parametrize("dt", [np.float16, jnp.bfloat16, np.uint8, np.int64, np.float64])
+@pytest.mark.parametrize("dt", [np.float16, np.uint8, np.float64])
 def test_fuzz_bucketed_calls_match_exact(dt, x64):
     """Every kind of bucketed kernel, on new shapes around the bucket edges (broadcast operands, 0-d and
     size-1 dims, Python scalars): the 1st to 4th calls (bucketed, then exact) give the exact executable's
