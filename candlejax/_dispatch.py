@@ -34,7 +34,7 @@ Tracer = jax.core.Tracer
 
 
 def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool = False,
-       rowwise: str | None = None) -> Any:
+       rowwise: str | None = None, rowwise_float: bool = True) -> Any:
     """Decorate a pure function of jax arrays so that eager calls hit a cached ``jax.jit``.
 
     ``static`` names keyword arguments that are compile-time constants (axes, shapes, flags);
@@ -45,12 +45,16 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
     ``rowwise`` names the static keyword holding the axis (or axes) of a one-array function that
     works independently on each slice along those axes (a reduction over them, or a softmax /
     cumulative sum along them): when the axes are the trailing ones, a new shape runs with its
-    leading dimensions padded to powers of two (bit-identical rows, sliced back).
+    leading dimensions padded to powers of two (bit-identical rows, sliced back). ``rowwise_float=False``
+    keeps float inputs off the row buckets, for a reduction whose float result depends on XLA's order
+    within a row, which changes with the row count (a max over +0.0 and -0.0 returns the first met).
     """
 
     def wrap(f: F) -> F:
+        if elementwise:
+            f = _any_rank(f)
         jitted = jax.jit(f, static_argnames=static) if static else jax.jit(f)
-        fast = bucketed(jitted, rowwise) if elementwise or rowwise else jitted
+        fast = bucketed(jitted, rowwise, rowwise_float) if elementwise or rowwise else jitted
 
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -80,6 +84,19 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
         return call  # type: ignore[return-value]
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _any_rank(f: F) -> F:
+    """``f`` traced with JAX's ``jax_numpy_rank_promotion`` at ``allow``: an elementwise op broadcasts
+    operands of different ranks by definition (Candle's ``broadcast_add``), whatever the user's setting,
+    and its shape bucket (which flattens the operands) gives the same result as its exact executable."""
+
+    @functools.wraps(f)
+    def g(*args: Any, **kwargs: Any) -> Any:
+        with jax.numpy_rank_promotion("allow"):
+            return f(*args, **kwargs)
+
+    return g  # type: ignore[return-value]
 
 
 def device_mismatch(op_name: str, arrays: Any) -> Exception:
@@ -121,11 +138,30 @@ def bucket_size(n: int) -> int:
     return -(-n // q) * q
 
 
+def _default_device() -> Any:
+    """The device JAX runs a computation on when none of its arrays is committed."""
+    d = jax.config.jax_default_device
+    if isinstance(d, str):
+        return jax.devices(d)[0]
+    return d if d is not None else jax.devices()[0]
+
+
+def _placement(dev: Any, committed: bool) -> Any:
+    """Where a bucketed call puts its arrays, as the exact executable would: committed inputs keep their
+    device (a committed result); otherwise ``None`` (JAX's default device, an uncommitted result),
+    or ``False`` when that device is not a CPU."""
+    if committed:
+        return dev
+    return None if _default_device().platform == _CPU_PLATFORM else False
+
+
 def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
-    """The common (broadcast) shape and the device when every array argument is a concrete
-    single-device CPU jax array (scalars pass through); ``None`` when the op should not bucket."""
+    """The common (broadcast) shape and the placement (see :func:`_placement`) when every array
+    argument is a concrete single-device CPU jax array (scalars pass through); ``None`` when the op
+    should not bucket."""
     shape: tuple[int, ...] | None = None
     dev = None
+    committed = False
     for x in args:
         if isinstance(x, jax.Array):
             if isinstance(x, Tracer) or not x.is_fully_addressable or len(x.sharding.device_set) != 1:
@@ -134,6 +170,7 @@ def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
             if d.platform != _CPU_PLATFORM or (dev is not None and d != dev):
                 return None
             dev = d
+            committed = committed or x.committed
             if x.ndim == 0:
                 continue
             try:
@@ -147,7 +184,8 @@ def _bucket_plan(args: tuple[Any, ...]) -> tuple[tuple[int, ...], Any] | None:
     n = math.prod(shape)
     if n == 0 or n > MAX_BUCKETED:
         return None
-    return shape, dev
+    where = _placement(dev, committed)
+    return None if where is False else (shape, where)
 
 
 def _run_bucketed(jitted: Any, args: tuple[Any, ...], kwargs: dict[str, Any], shape: tuple[int, ...], dev: Any) -> Any:
@@ -181,14 +219,16 @@ def row_bucket(n: int) -> int:
     return max(MIN_ROW_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Any, ...] | None:
-    """(axes, padded shape, device) for a row-wise op on one concrete single-device CPU array with at
-    least one dimension besides the axes; ``None`` when it should not bucket."""
+def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str,
+                  floats: bool = True) -> tuple[Any, ...] | None:  # fmt: skip
+    """(axes, padded shape, placement: see :func:`_placement`) for a row-wise op on one concrete
+    single-device CPU array with at least one dimension besides the axes; ``None`` when it should not
+    bucket (also for a float array unless ``floats``)."""
     if len(args) != 1 or kwargs.get(name) is None:
         return None
     x = args[0]
     if (not isinstance(x, jax.Array) or isinstance(x, Tracer) or x.ndim < 2 or not x.is_fully_addressable
-            or len(x.sharding.device_set) != 1):  # fmt: skip
+            or len(x.sharding.device_set) != 1 or not (floats or np.issubdtype(x.dtype, np.integer))):  # fmt: skip
         return None
     dev = next(iter(x.sharding.device_set))
     if dev.platform != _CPU_PLATFORM:
@@ -203,7 +243,8 @@ def _rowwise_plan(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> t
     padded = tuple(d if i in axes else row_bucket(d) for i, d in enumerate(x.shape))
     if math.prod(padded) > MAX_BUCKETED:
         return None
-    return axes, padded, dev
+    where = _placement(dev, x.committed)
+    return None if where is False else (axes, padded, where)
 
 
 def _run_rowwise(jitted: Any, x: Any, kwargs: dict[str, Any], name: str, axes: tuple[int, ...],
@@ -231,7 +272,7 @@ def _run_rowwise(jitted: Any, x: Any, kwargs: dict[str, Any], name: str, axes: t
     return jax.device_put(np.ascontiguousarray(o[tuple(slice(0, t) for t in target)]), dev)
 
 
-def bucketed(jitted: Any, rowwise: str | None = None) -> Callable[..., Any]:
+def bucketed(jitted: Any, rowwise: str | None = None, rowwise_float: bool = True) -> Callable[..., Any]:
     """``jitted`` (an elementwise ``jax.jit``, or a row-wise one: see :func:`op`) behind the shape
     buckets described above.
 
@@ -259,7 +300,7 @@ def bucketed(jitted: Any, rowwise: str | None = None) -> Callable[..., Any]:
             promoted.add(key)
             return None, True
         if rowwise is not None:
-            rplan = _rowwise_plan(args, kwargs, rowwise)
+            rplan = _rowwise_plan(args, kwargs, rowwise, rowwise_float)
             if rplan is None:
                 return None, False
             if len(counts) > _SEEN_CAP:

@@ -46,12 +46,12 @@ def _mean(a: Any, *, axis: tuple[int, ...], keepdims: bool) -> Any:
     return jnp.mean(_up(a), axis=axis, keepdims=keepdims).astype(a.dtype)
 
 
-@op(static=("axis", "keepdims"), rowwise="axis")
+@op(static=("axis", "keepdims"), rowwise="axis", rowwise_float=False)  # ±0.0 ties: XLA's order
 def _max(a: Any, *, axis: int, keepdims: bool) -> Any:
     return jnp.max(a, axis=axis, keepdims=keepdims)
 
 
-@op(static=("axis", "keepdims"), rowwise="axis")
+@op(static=("axis", "keepdims"), rowwise="axis", rowwise_float=False)  # ±0.0 ties: XLA's order
 def _min(a: Any, *, axis: int, keepdims: bool) -> Any:
     return jnp.min(a, axis=axis, keepdims=keepdims)
 
