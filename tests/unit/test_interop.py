@@ -99,7 +99,9 @@ def test_from_jax_takes_numpy_arrays_as_jax_functions_do_and_names_other_types()
     import jax
     import jax.numpy as jnp
 
-    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.uint8), np.float32(2.5)):
+    # numpy's default int64 / float64 too: jnp.asarray's dtype (i32 / f32 without x64 mode)
+    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.uint8), np.float32(2.5),
+              np.array([[1, 5, 7]]), np.array([0.5, 1.5]), np.int64(3)):  # fmt: skip
         ref = jnp.asarray(a)
         t = Tensor.from_jax(a)
         assert isinstance(t.jax, jax.Array) and t.dtype == ref.dtype and t.shape == ref.shape
