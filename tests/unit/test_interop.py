@@ -215,6 +215,29 @@ def test_host_conversions_of_a_donated_buffer_raise_deleted_buffer():
     jax.jit(traced)(Tensor([1.0]))
 
 
+def test_dlpack_export_checks_the_buffer_without_reading_it_to_the_host(monkeypatch):
+    """``torch.from_dlpack(t)`` / ``t.to_torch()`` hand the device buffer over (zero-copy): checking it
+    for a donated or traced buffer must not copy its values to a numpy array (on a GPU a full
+    device-to-host transfer, twice per ``from_dlpack``)."""
+    import candlejax.tensor.convert as convert
+
+    def no_host_copy(a, *args, **kwargs):
+        raise AssertionError("the DLPack export read the values to the host")
+
+    t = Tensor([1.0, 2.0])
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    assert t.__dlpack_device__() == t.jax.__dlpack_device__()
+    monkeypatch.undo()
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    out = torch.from_dlpack(t)
+    monkeypatch.undo()
+    assert out.tolist() == [1.0, 2.0]
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    out = t.to_torch()
+    monkeypatch.undo()
+    assert out.tolist() == [1.0, 2.0]
+
+
 class _DLPackOnly:
     """An array of another library that offers only the DLPack protocol (no ``__array__``)."""
 
