@@ -71,7 +71,7 @@ def _into(template: Any, loaded: Any) -> Any:
     src = {id(d): s for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded))}
     for (_, d), (_, s) in zip(named_leaves(template), named_leaves(loaded)):
         if isinstance(d, NamedTensor):
-            d.set(s)
+            d.set(s, own=True)  # fresh from the file: no copy
     return jax.tree_util.tree_map(lambda x: x if isinstance(x, NamedTensor) else src.get(id(x), x), template,
                                   is_leaf=_is_leaf)  # fmt: skip
 

@@ -851,12 +851,12 @@ class Module:
             if name not in state:
                 return x
             a = as_array(state[name])
-            if copy:
-                a = owned_copy(a, state[name])
             if tuple(a.shape) != tuple(x.shape):
                 raise errors.UnexpectedShape(f"shape mismatch for {name} in {source}", x.shape, a.shape)
             if a.dtype != x._a.dtype:
-                a = a.astype(x._a.dtype)
+                a = a.astype(x._a.dtype)  # a buffer of its own
+            elif copy:
+                a = owned_copy(a, state[name])
             devs = getattr(x._a, "devices", None)
             if devs is not None and not isinstance(x._a, jax.core.Tracer):  # (traced: the program places it)
                 a = jax.device_put(a, next(iter(devs())))

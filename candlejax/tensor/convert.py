@@ -258,7 +258,8 @@ def format_tensor(t: TensorBase) -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _host(t: TensorBase, op_name: str) -> np.ndarray:
+def _concrete(t: TensorBase, op_name: str) -> Any:
+    """``t``'s array, checked to have a buffer (not traced, not donated) without reading it to the host."""
     a = t._a
     if isinstance(a, _Tracer):
         raise errors.TracingError(
@@ -266,7 +267,11 @@ def _host(t: TensorBase, op_name: str) -> np.ndarray:
             " jax.jit/grad/vmap; return it from the traced function and convert outside, or use"
             " jax.debug.print"
         )
-    return np.asarray(_live(a, op_name))
+    return _live(a, op_name)
+
+
+def _host(t: TensorBase, op_name: str) -> np.ndarray:
+    return np.asarray(_concrete(t, op_name))
 
 
 def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray:
@@ -479,20 +484,18 @@ class ConvertMixin(TensorBase):
         """A ``torch.Tensor`` sharing memory through DLPack (candle-pyo3's ``to_torch``)."""
         import torch
 
-        a = self._a
-        _host(self, "to_torch")
+        a = _concrete(self, "to_torch")  # the device buffer itself: DLPack shares it
         try:
             return torch.from_dlpack(a)
         except Exception:  # a dtype or device DLPack cannot carry: go through numpy
             return torch.from_numpy(np.array(a))
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
-        _host(self, "__dlpack__")
-        return self._a.__dlpack__(*args, **kwargs)
+        return _concrete(self, "__dlpack__").__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> Any:
-        _host(self, "__dlpack_device__")  # a traced or donated tensor has no buffer to describe
-        return self._a.__dlpack_device__()
+        # a traced or donated tensor has no buffer to describe
+        return _concrete(self, "__dlpack_device__").__dlpack_device__()
 
     # --- display ---------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -648,7 +648,8 @@ class CreationMixin(TensorBase):
         if isinstance(array, TensorBase):
             return array
         if isinstance(array, (np.ndarray, np.generic)):  # as jax functions take them: a copy on the device
-            return wrap(as_jax_array(array, None, "from_jax"))
+            want = jax.dtypes.canonicalize_dtype(array.dtype)  # jnp.asarray's: int64 ids are I32 without x64
+            return wrap(as_jax_array(array, None if want == array.dtype else want, "from_jax"))
         if _is_torch(array):
             raise errors.ArgumentType(
                 "from_jax expects a jax.Array, got a torch.Tensor: use Tensor.from_torch(x) (shares memory)"

@@ -100,3 +100,29 @@ def test_bad_mesh_and_rule_inputs_raise_sharding_errors():
             cj.distributed.tensor_parallel(model, n, "replicate")  # type: ignore[arg-type]
     with pytest.raises(ShardingError, match=r"shard_batch: a batch is a Tensor / array or a tuple of them, got dict"):
         cj.distributed.shard_batch({"x": x}, mesh)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_bound_restore_sets_the_vars_without_copying_the_files_arrays(tmp_path, monkeypatch, sharded):
+    """A bound restore sets each Var to the array fresh from the file (``Var.set(own=True)``): no
+    second copy of every parameter (``owned_copy``), as ``checkpoint.restore`` and the mesh's restore."""
+    import candlejax.nn.module as nn_module
+
+    mesh = cj.distributed.mesh({"data": 1}, jax.devices()[:1])
+
+    def fresh(seed):
+        m = Mlp(VarBuilder.from_varmap(VarMap(seed=seed), DType.F32, Device.Cpu))
+        m = cj.distributed.shard(m, mesh, "fsdp") if sharded else m
+        return m, cj.optim.AdamW(list(m.named_vars().values()), cj.optim.ParamsAdamW(lr=1e-2))
+
+    model, opt = fresh(0)
+    path = tmp_path / "ck.safetensors"
+    (cj.distributed.save if sharded else cj.checkpoint.save)(path, model, optimizer=opt, step=1)
+    tmpl, opt2 = fresh(5)
+
+    def no_copy(a, src):
+        raise AssertionError("restore copied a parameter it had just read")
+
+    monkeypatch.setattr(nn_module, "owned_copy", no_copy)
+    (cj.distributed.restore if sharded else cj.checkpoint.restore)(path, tmpl, optimizer=opt2)
+    np.testing.assert_array_equal(np.asarray(tmpl.first.weight), np.asarray(model.first.weight))

@@ -66,6 +66,8 @@ def test_pure_step_takes_token_tensors_and_scans_under_jit(tiny):
     ids = Tensor.from_numpy(toks.numpy().astype(np.int32))
     logits, _ = whisper.step(dec, whisper.new_state(dec, audio), ids)
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+    logits, _ = whisper.step(dec, whisper.new_state(dec, audio), toks.numpy())  # numpy's int64 ids
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
     logits, _ = whisper.step_jit(dec, whisper.new_state(dec, audio), ids)
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
     h, _ = whisper.prefill_jit(dec, whisper.new_state(dec, audio), ids)

@@ -132,3 +132,26 @@ def test_load_state_dict_takes_a_mapping():
     lin = _unnamed_linear([[1.0, 2.0]], [0.5])
     with pytest.raises(errors.InvalidArgument, match="load_state_dict takes a dict"):
         lin.load_state_dict([np.zeros((1, 2), np.float32), np.zeros(1, np.float32)])
+
+
+def test_a_converted_value_is_not_copied_again(monkeypatch):
+    """``load_state_dict`` copies a source only while the Var would still share its buffer: a value
+    cast to the Var's dtype is already a buffer of its own (no second full copy)."""
+    import candlejax.nn.module as nn_module
+
+    copies = []
+    real = nn_module.owned_copy
+
+    def counting(a, src):
+        out = real(a, src)
+        copies.append(out is not a)
+        return out
+
+    monkeypatch.setattr(nn_module, "owned_copy", counting)
+    lin = linear(3, 2, VarBuilder.from_varmap(VarMap(), DType.BF16, None))
+    state = {"weight": Tensor(np.ones((2, 3), np.float32)), "bias": Tensor(np.ones(2, np.float32))}
+    got = lin.load_state_dict(state)
+    assert got.weight.dtype == DType.BF16 and not any(copies), copies
+    same = {k: v.to_dtype(DType.BF16) for k, v in state.items()}
+    got = lin.load_state_dict(same)
+    assert got.weight.jax is not same["weight"].jax and any(copies)  # the Var's own buffer

@@ -99,7 +99,9 @@ def test_from_jax_takes_numpy_arrays_as_jax_functions_do_and_names_other_types()
     import jax
     import jax.numpy as jnp
 
-    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.uint8), np.float32(2.5)):
+    # numpy's default int64 / float64 too: jnp.asarray's dtype (i32 / f32 without x64 mode)
+    for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.uint8), np.float32(2.5),
+              np.array([[1, 5, 7]]), np.array([0.5, 1.5]), np.int64(3)):  # fmt: skip
         ref = jnp.asarray(a)
         t = Tensor.from_jax(a)
         assert isinstance(t.jax, jax.Array) and t.dtype == ref.dtype and t.shape == ref.shape
@@ -211,6 +213,29 @@ def test_host_conversions_of_a_donated_buffer_raise_deleted_buffer():
         return x
 
     jax.jit(traced)(Tensor([1.0]))
+
+
+def test_dlpack_export_checks_the_buffer_without_reading_it_to_the_host(monkeypatch):
+    """``torch.from_dlpack(t)`` / ``t.to_torch()`` hand the device buffer over (zero-copy): checking it
+    for a donated or traced buffer must not copy its values to a numpy array (on a GPU a full
+    device-to-host transfer, twice per ``from_dlpack``)."""
+    import candlejax.tensor.convert as convert
+
+    def no_host_copy(a, *args, **kwargs):
+        raise AssertionError("the DLPack export read the values to the host")
+
+    t = Tensor([1.0, 2.0])
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    assert t.__dlpack_device__() == t.jax.__dlpack_device__()
+    monkeypatch.undo()
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    out = torch.from_dlpack(t)
+    monkeypatch.undo()
+    assert out.tolist() == [1.0, 2.0]
+    monkeypatch.setattr(convert.np, "asarray", no_host_copy)
+    out = t.to_torch()
+    monkeypatch.undo()
+    assert out.tolist() == [1.0, 2.0]
 
 
 class _DLPackOnly:
