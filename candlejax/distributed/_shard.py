@@ -277,6 +277,8 @@ def _map_leaf(leaf: Any, f: Callable[[Any], Any]) -> Any:
         return BlockedWeight(q, scale, None if leaf.offset is None else f(leaf.offset), leaf.ggml_dtype)
     if isinstance(leaf, QTensor):
         return QTensor.from_data(f(leaf.raw), leaf.ggml_dtype, leaf.shape)
+    if type(leaf) is Tensor:  # (unflattening a plain Tensor would move a host array back to the device)
+        return wrap(f(unwrap(leaf)))
     if isinstance(leaf, Tensor):
         _, treedef = jax.tree_util.tree_flatten(leaf)
         return treedef.unflatten([f(unwrap(leaf))])

@@ -126,3 +126,16 @@ def test_bound_restore_sets_the_vars_without_copying_the_files_arrays(tmp_path, 
     monkeypatch.setattr(nn_module, "owned_copy", no_copy)
     (cj.distributed.restore if sharded else cj.checkpoint.restore)(path, tmpl, optimizer=opt2)
     np.testing.assert_array_equal(np.asarray(tmpl.first.weight), np.asarray(model.first.weight))
+
+
+def test_to_host_gives_host_arrays_for_plain_tensors_and_vars():
+    """``to_host`` promises host numpy arrays: a plain Tensor leaf keeps its numpy array (a pytree
+    unflatten of a Tensor would move it back to the device), a Var keeps its kind and name."""
+    from candlejax.nn import Var
+
+    tree = {"t": Tensor([1.0, 2.0]), "v": Var.new([3.0, 4.0], name="v")}
+    host = cj.distributed.to_host(tree)
+    assert isinstance(host["t"], Tensor) and isinstance(host["t"].jax, np.ndarray)
+    assert isinstance(host["v"], Var) and isinstance(host["v"].jax, np.ndarray) and host["v"].name == "v"
+    np.testing.assert_array_equal(host["t"].jax, [1.0, 2.0])
+    np.testing.assert_array_equal(host["v"].jax, [3.0, 4.0])
