@@ -161,7 +161,7 @@ def to_dtype(x: Any) -> DType:
         )
     try:
         return NUMPY_TO_DTYPE[np.dtype(x)]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):  # ValueError: an object whose .dtype is not a numpy dtype (a Tensor)
         pass
     if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
         return DType.U8
