@@ -7,8 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from candlejax import Device, DType, Tensor
+import candlejax as cj
+from candlejax import Device, DType, Tensor, nn
+from candlejax import generation as gen
 from candlejax.errors import Error
+from candlejax.nn import init, ops
+from candlejax.optim import SGD, ParamsAdamW
 
 _X = np.arange(6, dtype=np.float32).reshape(2, 3)
 _T = Tensor.new(_X)
@@ -50,7 +54,46 @@ BAD = [
     # devices
     ("to_device jax array", lambda: _T.to_device(_JAX2), AttributeError),
     ("device cuda:x", lambda: Device.coerce("cuda:x"), ValueError),
+    # nn: sizes and counts go through int_arg, real settings through float_arg
+    ("nn.conv1d in_channels None", lambda: nn.conv1d(None, 4, 2, nn.Conv1dConfig(), _vb()), TypeError),
+    ("nn.conv2d kernel_size str", lambda: nn.conv2d(3, 4, "2", nn.Conv2dConfig(), _vb()), TypeError),
+    ("nn.conv2d groups str", lambda: nn.conv2d(3, 3, 2, nn.Conv2dConfig(groups="1"), _vb()), TypeError),
+    ("nn.group_norm num_groups None", lambda: nn.group_norm(None, 4, 1e-5, _vb()), TypeError),
+    ("GroupNorm num_channels str", lambda: nn.GroupNorm(Tensor.ones((4,)), Tensor.zeros((4,)), "4", 2), TypeError),
+    ("KvCache dim None", lambda: nn.KvCache(None, 8), TypeError),
+    ("ConcatKvCache dim nan", lambda: nn.ConcatKvCache(float("nan")), ValueError),
+    ("RotatingKvCache dim list", lambda: nn.RotatingKvCache([2], 8), TypeError),
+    ("RotatingKvCache window 2**46", lambda: nn.RotatingKvCache(2, 2**46), RuntimeError),
+    ("RotaryEmbedding dim None", lambda: nn.RotaryEmbedding(None, 16), TypeError),
+    ("RotaryEmbedding max_pos str", lambda: nn.RotaryEmbedding(8, "16"), TypeError),
+    ("RotaryEmbedding base None", lambda: nn.RotaryEmbedding(8, 16, None), TypeError),
+    ("RotaryEmbedding max_pos 2**46", lambda: nn.RotaryEmbedding(8, 2**46), MemoryError),
+    ("Embedding hidden_size nan", lambda: nn.Embedding(Tensor.ones((5, 3)), float("nan")), ValueError),
+    ("VarMap seed None", lambda: nn.VarMap(None), TypeError),
+    ("layer_norm eps np", lambda: nn.layer_norm(4, _NP2, _vb()), TypeError),
+    ("BatchNormConfig momentum str", lambda: nn.batch_norm(3, nn.BatchNormConfig(momentum="0.1"), _vb()), TypeError),
+    ("BatchNormConfig eps None", lambda: nn.batch_norm(3, nn.BatchNormConfig(eps=None), _vb()), TypeError),
+    ("Activation list", lambda: nn.Activation(["Gelu"]), TypeError),
+    ("ops.replication_pad2d 2**40", lambda: ops.replication_pad2d(Tensor.ones((1, 1, 2, 2)), 2**40), None),
+    ("ops.replication_pad2d 2**22", lambda: ops.replication_pad2d(Tensor.ones((1, 4, 4, 4)), 2**22), RuntimeError),
+    ("ops.repeat_kv 2**40", lambda: ops.repeat_kv(Tensor.ones((1, 2, 4, 8)), 2**40), RuntimeError),
+    ("ops.causal_mask 2**40", lambda: ops.causal_mask(2**40, 4), OverflowError),
+    ("ops.swiglu scalar", lambda: ops.swiglu(1.5), IndexError),
+    ("ops.Dropout np", lambda: ops.Dropout(_NP2), TypeError),
+    ("init.Const str", lambda: _vb().get_with_hints((2, 2), "w", init.Const("1")), None),
+    ("ParamsAdamW lr str", lambda: ParamsAdamW(lr="0.1"), None),
+    ("SGD lr str", lambda: SGD([cj.Var(Tensor.ones((2,)))], "0.1"), None),
+    # generation
+    ("LogitsProcessor temperature np", lambda: gen.LogitsProcessor(1, _NP2, None), TypeError),
+    ("sampling_from_args top_p jax", lambda: gen.sampling_from_args(0.7, None, _JAX2), TypeError),
+    ("apply_repeat_penalty logits None", lambda: gen.apply_repeat_penalty(None, 1.1, [1]), AttributeError),
+    ("apply_repeat_penalty context None", lambda: gen.apply_repeat_penalty(Tensor.ones((4,)), 1.1, None), ValueError),
+    ("prefill_bucket chunk 0", lambda: gen.prefill_bucket(5, 0), ZeroDivisionError),
 ]
+
+
+def _vb() -> nn.VarBuilder:
+    return nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, Device.Cpu)
 
 
 @pytest.mark.parametrize("name,call,raw", BAD, ids=[b[0] for b in BAD])
@@ -74,3 +117,17 @@ def test_good_fill_and_bounds_still_work() -> None:
     assert r.shape == (2, 3)
     assert Tensor.to_dtype(_T, DType.F16).dtype == DType.F16
     assert Device.coerce("cpu") == Device.Cpu
+
+
+def test_masks_are_u8_tensors() -> None:
+    # Candle's masks are U8: a Tensor holding a jax bool array had no dtype and no repr
+    m = ops.causal_mask(2, 3)
+    assert m.dtype == DType.U8 and m.to_vec2() == [[1, 1, 0], [1, 1, 1]]
+    p = ops.padding_mask(np.array([[1, 0]]))
+    assert p.dtype == DType.U8 and p.shape == (1, 1, 1, 2) and "u8" in repr(p)
+
+
+def test_rotary_base_must_be_positive() -> None:
+    # base <= 0 gave NaN tables silently (base ** (-2i/dim))
+    with pytest.raises(Error, match="base"):
+        nn.RotaryEmbedding(8, 16, 0.0)
