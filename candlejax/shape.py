@@ -145,22 +145,26 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     return check_elem_count(out)
 
 
-#: the most elements a tensor can have: XLA multiplies a shape's dims as signed 64-bit integers (and
-#: aborts the process when the product overflows)
-MAX_ELEM_COUNT = 2**63 - 1
+#: the most elements a tensor can have: XLA multiplies a shape's dims, and its byte size (up to 8 bytes
+#: an element), as signed 64-bit integers, and aborts the process when the product overflows
+MAX_ELEM_COUNT = (2**63 - 1) // 8
+_MAX_EXTENT = 2**63 - 1
 
 
 def check_elem_count(dims: Sequence[int], op: str | None = None) -> Any:
-    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) overflows a
-    signed 64-bit integer, which no tensor can have."""
-    n = 1
+    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) is above
+    :data:`MAX_ELEM_COUNT`: its byte size would overflow a signed 64-bit integer, which no tensor can have."""
+    n, empty = 1, False
     for d in dims:
         if d:
             n *= d
-    if n > MAX_ELEM_COUNT:
+        else:
+            empty = True
+    if n > (_MAX_EXTENT if empty else MAX_ELEM_COUNT):  # an empty tensor has no bytes: only the dims count
+        limit = "2^63 - 1 without the zero dims" if empty else "2^60 - 1"
         raise errors.InvalidShape(
             (f"{op}: " if op else "")
-            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most 2^63 - 1)"
+            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most {limit})"
         )
     return dims
 
