@@ -40,6 +40,8 @@ BAD = [
     ("zeros 2**31 x 2**31", lambda: Tensor.zeros((2**31, 2**31)), None),
     # a Tensor where a DType belongs (numpy raised "Could not convert ... to a NumPy dtype")
     ("to_dtype tensor", lambda: _T.to_dtype(_T), ValueError),
+    ("ones dtype jax array", lambda: cj.ones(2, dtype=_JAX2), None),
+    ("to_dtype np array", lambda: _T.to_dtype(_NP2), None),
     ("randn_f64 dtype tensor", lambda: Tensor.randn_f64(0.0, 1.0, (2, 3), _T), ValueError),
     # Tensor::full's value is a scalar
     ("full value rank-1", lambda: Tensor.full(Tensor.new([1.0, 2.0]), (2, 3)), ValueError),
