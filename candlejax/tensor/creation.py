@@ -649,7 +649,11 @@ class CreationMixin(TensorBase):
             ) from None
         if any(isinstance(x, (list, tuple)) for x in data):
             raise errors.Msg("from_iter: expected an iterable of scalars")
-        return wrap(_place(as_jax_array(data, dtype, "from_iter"), _dev(device)))
+        a = as_jax_array(data, dtype, "from_iter")
+        if a.ndim != 1:  # the rows of a 2-d array or Tensor
+            shape = errors.fmt_shape(a.shape[1:])
+            raise errors.Msg(f"from_iter: expected an iterable of scalars, got items of shape {shape}")
+        return wrap(_place(a, _dev(device)))
 
     @staticmethod
     def from_numpy(array: np.ndarray, device: Any = None) -> Any:

@@ -56,6 +56,8 @@ BAD = [
     # non-iterables where a sequence belongs
     ("from_iter None", lambda: Tensor.from_iter(None), TypeError),
     ("from_iter int", lambda: Tensor.from_iter(3), TypeError),
+    ("from_iter 2-d rows", lambda: Tensor.from_iter(Tensor.ones((2, 3))), None),
+    ("from_iter np 2-d", lambda: Tensor.from_iter(np.ones((2, 3))), None),
     ("meshgrid None", lambda: Tensor.meshgrid(None, True), TypeError),
     # devices
     ("to_device jax array", lambda: _T.to_device(_JAX2), AttributeError),
