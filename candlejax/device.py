@@ -148,11 +148,13 @@ class Device(metaclass=_DeviceMeta):
             if kind == "cpu":
                 return _CPU
             if kind in ("cuda", "gpu"):
+                if idx and not idx.isdigit():
+                    raise errors.InvalidDevice(f"unknown device {d!r}: the ordinal must be a non-negative int")
                 return Device.new_cuda(int(idx or 0))
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
             raise errors.InvalidDevice(f"unknown device {d!r}")
-        if hasattr(d, "platform"):
+        if isinstance(d, jax.Device):
             return Device.from_jax(d)
         raise errors.InvalidDevice(f"cannot use {d!r} as a device")
 

@@ -155,13 +155,15 @@ def to_dtype(x: Any) -> DType:
         return x
     if isinstance(x, str):
         return DType.parse(x)
+    if isinstance(x, (np.ndarray, jax.Array)):  # np.dtype(array) would take the array's dtype
+        raise errors.ArgumentType(f"cannot convert an array ({type(x).__name__}) to a candlejax DType: pass a DType")
     if x is None:  # np.dtype(None) is float64
         raise errors.ArgumentType(
             "cannot convert None to a candlejax DType: pass a DType (DType.F32) or its name ('f32')"
         )
     try:
         return NUMPY_TO_DTYPE[np.dtype(x)]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):  # ValueError: an object whose .dtype is not a numpy dtype (a Tensor)
         pass
     if x is bool or (isinstance(x, np.dtype) and x == np.bool_):
         return DType.U8

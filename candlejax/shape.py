@@ -11,6 +11,8 @@ import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from candlejax import errors
 
 
@@ -63,6 +65,13 @@ D.Minus2 = D(2)  # type: ignore[attr-defined]
 Dim = int | D
 
 
+def _one_index(x: Any) -> bool:
+    """Whether ``x`` stands for a single index (an int, a numpy integer, a 0-d array or Tensor) rather
+    than a numpy array of them, which candle-pyo3 reads as a sequence (numpy arrays of any rank have
+    ``__index__``; other arrays' ``__index__`` names what is wrong with them)."""
+    return hasattr(x, "__index__") and not (isinstance(x, np.ndarray) and x.ndim)
+
+
 def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> int:
     """A positive axis for ``dim`` (int, negative int or ``D``) on ``shape``.
 
@@ -75,7 +84,7 @@ def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> i
     else:
         try:
             d = int(dim.__index__())
-        except AttributeError:
+        except (AttributeError, TypeError):
             raise errors.InvalidArgument(f"{op}: dim must be an int or D, got {dim!r}") from None
         if d < 0:
             d += rank + extra
@@ -86,7 +95,7 @@ def resolve_dim(dim: Any, shape: Sequence[int], op: str, *, extra: int = 0) -> i
 
 def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
     """Resolve one dim or a sequence of dims; duplicates raise ``DuplicateDimIndex``."""
-    if isinstance(dims, (int, D)) or hasattr(dims, "__index__"):
+    if isinstance(dims, (int, D)) or _one_index(dims):
         return (resolve_dim(dims, shape, op),)
     if not isinstance(dims, (tuple, list)):
         try:
@@ -102,9 +111,12 @@ def resolve_dims(dims: Any, shape: Sequence[int], op: str) -> tuple[int, ...]:
 
 def _dim_int(d: Any, shape: Any) -> int:
     """One dim of a shape: an int (or an integer-valued index type), never a float or a bool."""
-    if isinstance(d, bool) or not hasattr(d, "__index__"):
+    if isinstance(d, bool) or not _one_index(d):
         raise errors.DimType(f"shape {tuple(shape)!r}: dims must be integers, got {d!r} ({type(d).__name__})")
-    return int(d)
+    try:
+        return operator.index(d)
+    except TypeError:  # a float 0-d array
+        raise errors.DimType(f"shape {tuple(shape)!r}: dims must be integers, got {d!r} ({type(d).__name__})") from None
 
 
 def _items(shape: Any, op: str) -> tuple[Any, ...]:
@@ -112,7 +124,7 @@ def _items(shape: Any, op: str) -> tuple[Any, ...]:
     ``InvalidShape`` naming ``op`` for anything else."""
     if isinstance(shape, Shape):
         return shape.dims()
-    if hasattr(shape, "__index__"):
+    if _one_index(shape):
         return (shape,)
     try:
         return tuple(shape)
@@ -133,22 +145,26 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     return check_elem_count(out)
 
 
-#: the most elements a tensor can have: XLA multiplies a shape's dims as signed 64-bit integers (and
-#: aborts the process when the product overflows)
-MAX_ELEM_COUNT = 2**63 - 1
+#: the most elements a tensor can have: XLA multiplies a shape's dims, and its byte size (up to 8 bytes
+#: an element), as signed 64-bit integers, and aborts the process when the product overflows
+MAX_ELEM_COUNT = (2**63 - 1) // 8
+_MAX_EXTENT = 2**63 - 1
 
 
 def check_elem_count(dims: Sequence[int], op: str | None = None) -> Any:
-    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) overflows a
-    signed 64-bit integer, which no tensor can have."""
-    n = 1
+    """``dims`` itself, or ``InvalidShape`` when its element count (zero dims left out) is above
+    :data:`MAX_ELEM_COUNT`: its byte size would overflow a signed 64-bit integer, which no tensor can have."""
+    n, empty = 1, False
     for d in dims:
         if d:
             n *= d
-    if n > MAX_ELEM_COUNT:
+        else:
+            empty = True
+    if n > (_MAX_EXTENT if empty else MAX_ELEM_COUNT):  # an empty tensor has no bytes: only the dims count
+        limit = "2^63 - 1 without the zero dims" if empty else "2^60 - 1"
         raise errors.InvalidShape(
             (f"{op}: " if op else "")
-            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most 2^63 - 1)"
+            + f"the shape {errors.fmt_shape(dims)} has {n} elements, more than a tensor can hold (at most {limit})"
         )
     return dims
 
@@ -157,7 +173,14 @@ def _is_hole(d: Any) -> bool:
     """``()`` or ``-1`` (a Python or numpy integer) in a reshape spec."""
     if isinstance(d, tuple):
         return d == ()
-    return not isinstance(d, bool) and hasattr(d, "__index__") and operator.index(d) == -1
+    return not isinstance(d, bool) and _one_index(d) and _index_or_none(d) == -1
+
+
+def _index_or_none(d: Any) -> int | None:
+    try:
+        return operator.index(d)
+    except TypeError:  # a float 0-d array: left to _dim_int, which names it
+        return None
 
 
 def shape_with_hole(spec: Any, elem_count: int, op: str = "reshape") -> tuple[int, ...]:

@@ -239,6 +239,9 @@ PREFILL_CHUNK = 32
 
 def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:
     """The padded prefill length for an ``n``-token prompt: ``n`` rounded up to whole chunks."""
+    n, chunk = int_arg(n, "prefill_bucket", "n"), int_arg(chunk, "prefill_bucket", "chunk")
+    if chunk < 1:
+        raise errors.InvalidArgument(f"prefill_bucket: chunk must be >= 1, got {chunk}")
     return max(1, -(-n // chunk)) * chunk
 
 

@@ -97,8 +97,18 @@ def apply_repeat_penalty(logits: Any, penalty: float, context: Sequence[int] | A
     not) the function is jit-able.
     """
     x = unwrap(logits)
+    if not getattr(x, "ndim", 0):
+        raise errors.ArgumentType(
+            f"apply_repeat_penalty: logits must be a Tensor of rank >= 1 (..., vocab), got {logits!r:.60}"
+            f" ({type(logits).__name__})"
+        )
     vocab = x.shape[-1]
     check_penalty(penalty, "apply_repeat_penalty")
+    if not isinstance(context, list | tuple | range) and not hasattr(context, "shape"):
+        raise errors.ArgumentType(
+            f"apply_repeat_penalty: context must be a list of token ids or an int array, got {context!r:.60}"
+            f" ({type(context).__name__})"
+        )
     if isinstance(context, list | tuple | range):
         ids = np.fromiter((_token_id(i) for i in context), dtype=np.int64, count=len(context))
         ids = ids[(ids >= 0) & (ids < vocab)].astype(np.int32)

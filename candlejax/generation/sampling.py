@@ -115,7 +115,8 @@ def _real(v: Any, what: str, where: str = "sampling") -> Any:
     """``v`` unchanged when it is a real number (or traced), else ``ArgumentType`` naming ``what``."""
     if isinstance(v, jax.core.Tracer):
         return v
-    if isinstance(v, (bool, str, bytes, complex, np.complexfloating)) or not hasattr(v, "__float__"):
+    if isinstance(v, (bool, str, bytes, complex, np.complexfloating)) or not hasattr(v, "__float__") \
+            or getattr(v, "ndim", 0):  # fmt: skip
         raise errors.ArgumentType(f"{where}: {what} must be a number, got {v!r} ({type(v).__name__})")
     return v
 

@@ -72,7 +72,7 @@ class Activation(Module):
     """
 
     def __init__(self, variant: str = "Gelu", param: float | None = None):
-        if variant not in _VARIANTS:
+        if not isinstance(variant, str) or variant not in _VARIANTS:
             raise errors.Msg(f"unknown activation {variant!r}, expected one of {sorted(_VARIANTS)}")
         self.variant = variant
         if param is None:  # Elu / LeakyRelu by name: parse's (and PyTorch's) defaults, not 0

@@ -32,6 +32,7 @@ from candlejax.nn.linear import _as_param, _native_rows_linear, _use_native, _xl
 from candlejax.nn.module import CallableConfig, LayerInputShape, Module, Var, as_array, layer_name
 from candlejax.quantized import native
 from candlejax.tensor import unwrap, wrap
+from candlejax.tensor._core import int_arg
 from candlejax.tensor.conv import conv2d_with_primal, conv_out_len, is_patch_conv, to_usize2
 
 __all__ = [
@@ -461,16 +462,21 @@ class ConvTranspose2d(_ConvBase):
         super().__init__(weight, bias, config)
 
 
-def _check_sizes(op_name: str, c_in: int, c_out: int, k: int, transpose: bool) -> None:
-    """PyTorch refuses a non-positive kernel_size; the inits divide by the fan (``c_in`` for
-    convolutions, ``c_out`` for transposed ones), which a zero size makes 0."""
+def _check_sizes(op_name: str, c_in: Any, c_out: Any, k: Any, transpose: bool) -> tuple[int, int, int]:
+    """``(c_in, c_out, k)`` as ints (``NotAnInteger`` for a float, a bool or None). PyTorch refuses a
+    non-positive kernel_size; the inits divide by the fan (``c_in`` for convolutions, ``c_out`` for
+    transposed ones), which a zero size makes 0."""
+    c_in, c_out = int_arg(c_in, op_name, "in_channels"), int_arg(c_out, op_name, "out_channels")
+    k = int_arg(k, op_name, "kernel_size")
     fan = ("out_channels", c_out) if transpose else ("in_channels", c_in)
     if k < 1 or fan[1] < 1 or min(c_in, c_out) < 0:
         raise errors.Msg(f"{op_name}: kernel_size ({k}) and {fan[0]} ({fan[1]}) must be >= 1 (in_channels {c_in},"
                          f" out_channels {c_out})")  # fmt: skip
+    return c_in, c_out, k
 
 
-def _check_groups(c_in: int, c_out: int, groups: int, op_name: str) -> None:
+def _check_groups(c_in: int, c_out: int, groups: Any, op_name: str) -> None:
+    groups = int_arg(groups, op_name, "groups")
     if groups < 1 or c_in % groups or c_out % groups:
         raise errors.Msg(f"{op_name}: groups ({groups}) must divide in_channels ({c_in}) and out_channels ({c_out})")
 
@@ -492,7 +498,7 @@ def _default_cfg(cls: type, cfg: Any) -> Any:
 
 def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
     cfg = _default_cfg(cls, cfg)
-    _check_sizes(cls.__name__, c_in, c_out, k, False)
+    c_in, c_out, k = _check_sizes(cls.__name__, c_in, c_out, k, False)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     ws = vb.get_with_hints((c_out, c_in // cfg.groups) + (k,) * nd, "weight", DEFAULT_KAIMING_NORMAL)
     bs = None
@@ -504,7 +510,7 @@ def _conv_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, v
 
 def _convt_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, vb: Any, bias: bool) -> Any:
     cfg = _default_cfg(cls, cfg)
-    _check_sizes(cls.__name__, c_in, c_out, k, True)
+    c_in, c_out, k = _check_sizes(cls.__name__, c_in, c_out, k, True)
     _check_groups(c_in, c_out, cfg.groups, cls.__name__)
     bound = 1.0 / math.sqrt(c_out * k) if nd == 1 else 1.0 / math.sqrt(c_out) / k
     init = Uniform(-bound, bound)

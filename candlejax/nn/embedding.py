@@ -18,7 +18,7 @@ from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
 from candlejax.nn.linear import _require_tensor, as_weight, check_param
 from candlejax.nn.module import Module, as_array, layer_name
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.tensor._core import int_arg, unwrap, wrap
 
 __all__ = ["Embedding", "check_token_ids", "embedding"]
 
@@ -67,7 +67,8 @@ class Embedding(Module):
         _require_tensor(embeddings, "Embedding", "nn.embedding(num_embeddings, hidden_size, vb)")
         self.weight = as_weight(embeddings, "Embedding", "embeddings")
         check_param("Embedding", self.weight, "embeddings (vocab, hidden)", self.weight, rank=2)
-        self.hidden = int(hidden_size if hidden_size is not None else self.weight.shape[1])
+        hidden = self.weight.shape[1] if hidden_size is None else int_arg(hidden_size, "Embedding", "hidden_size")
+        self.hidden = int(hidden)
         if self.hidden != self.weight.shape[1]:  # Candle's forward fails reshaping the rows to hidden_size
             raise errors.UnexpectedShape(
                 f"{layer_name('Embedding', self.weight)}: hidden_size {self.hidden} does not match the embeddings",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +181,10 @@ class Const(_InitBase):
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any = None) -> jax.Array:
         dt = check_width(to_dtype(dtype))
+        if isinstance(self.value, (bool, np.bool_)) or not isinstance(self.value, numbers.Real):  # "1" read as 1.0
+            raise errors.ArgumentType(
+                f"Init.Const: value must be a number, got {self.value!r} ({type(self.value).__name__})"
+            )
         if dt.is_int():  # a cast would truncate 0.5 to 0 and wrap -1 to 4294967295 (U32)
             info, v = np.iinfo(dt.np), self.value
             if not (math.isfinite(v) and v == int(v) and info.min <= v <= info.max):

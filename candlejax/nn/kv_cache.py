@@ -175,7 +175,7 @@ class Cache(Module):
 
     def __init__(self, dim: int, max_seq_len: int, data: Any = None, pos: Any = None):
         _check_max_len("Cache", max_seq_len)
-        self.dim = CallableInt(dim)
+        self.dim = CallableInt(int_arg(dim, type(self).__name__, "dim"))
         self.max_seq_len = CallableInt(max_seq_len)
         self.buf = data
         self.pos = wrap(jnp.zeros((), jnp.int32)) if pos is None else pos
@@ -246,7 +246,7 @@ class KvCache(Module):
 
     def __init__(self, dim: int, max_seq_len: int, k: Any = None, v: Any = None, pos: Any = None):
         _check_max_len("KvCache", max_seq_len)
-        self.dim = CallableInt(dim)
+        self.dim = CallableInt(int_arg(dim, type(self).__name__, "dim"))
         self.max_seq_len = CallableInt(max_seq_len)
         self.k_buf = k
         self.v_buf = v
@@ -479,9 +479,12 @@ class _Ring(Module):
                 or int(max_seq_len) < 1:  # fmt: skip
             raise errors.Msg(f"{type(self).__name__}: max_seq_len (the window) must be >= 1 (an integer), got"
                              f" {max_seq_len!r}")  # fmt: skip
-        self.dim = CallableInt(dim)
+        self.dim = CallableInt(int_arg(dim, type(self).__name__, "dim"))
         self.max_seq_len = CallableInt(max_seq_len)
-        empty = wrap(jnp.full((self.max_seq_len,), -1, jnp.int32))
+        try:
+            empty = wrap(jnp.full((self.max_seq_len,), -1, jnp.int32))
+        except RuntimeError as e:  # XLA's RESOURCE_EXHAUSTED for an impossible window
+            raise errors.out_of_memory(type(self).__name__, e) from e
         self.offset_ = wrap(jnp.zeros((), jnp.int32)) if offset is None else offset
         self.slot_pos = empty if slot_pos is None else slot_pos  # absolute position held by each slot, -1 = empty
         self.prev_slot_pos = empty if prev_slot_pos is None else prev_slot_pos  # the same before the last append
@@ -649,7 +652,7 @@ class ConcatKvCache(Module):
     not_a_tensor_hint = _APPEND_HINT
 
     def __init__(self, dim: int, k: Any = None, v: Any = None):
-        self.dim = CallableInt(dim)
+        self.dim = CallableInt(int_arg(dim, type(self).__name__, "dim"))
         self.k_buf = k
         self.v_buf = v
 

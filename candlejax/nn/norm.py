@@ -40,7 +40,7 @@ from candlejax.nn.module import (
     layer_name,
     train_arg,
 )
-from candlejax.tensor._core import wrap
+from candlejax.tensor._core import float_arg, int_arg, wrap
 
 __all__ = [
     "BatchNorm",
@@ -142,7 +142,7 @@ def layer_norm(size: int, config: LayerNormConfig | float, vb: Any) -> LayerNorm
             raise errors.ArgumentType(
                 f"layer_norm: config must be a LayerNormConfig or an eps (a float), got {config!r}"
             )
-        config = LayerNormConfig(eps=float(config))
+        config = LayerNormConfig(eps=float_arg(config, "layer_norm", "eps"))
     w = vb.get_with_hints((size,), "weight", ONE)
     b = vb.get_with_hints((size,), "bias", ZERO) if config.affine else None
     return LayerNorm(w, b, config.eps, config.remove_mean)
@@ -192,6 +192,8 @@ class GroupNorm(Module):
     """``nn.GroupNorm(num_groups, num_channels)``: input ``(B, C, ...)`` with rank >= 3."""
 
     def __init__(self, weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float = 1e-5):
+        num_channels = int_arg(num_channels, "GroupNorm", "num_channels")
+        num_groups = int_arg(num_groups, "GroupNorm", "num_groups")
         if num_groups <= 0 or num_channels % num_groups:
             raise errors.InvalidArgument(
                 f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})"
@@ -228,6 +230,8 @@ class GroupNorm(Module):
 
 def group_norm(num_groups: int, num_channels: int, eps: float, vb: Any) -> GroupNorm:
     """Params ``weight`` (ones) and ``bias`` (zeros)."""
+    num_channels = int_arg(num_channels, "group_norm", "num_channels")
+    num_groups = int_arg(num_groups, "group_norm", "num_groups")
     if num_groups <= 0 or num_channels % num_groups:
         raise errors.InvalidArgument(f"GroupNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
     w = vb.get_with_hints((num_channels,), "weight", ONE)
@@ -337,6 +341,8 @@ class BatchNorm(ModuleT):
         if isinstance(eps, numbers.Real) and eps < 0:
             raise errors.InvalidArgument(f"batch-norm eps cannot be negative {eps}")
         _eps(eps, "batch-norm")
+        if isinstance(momentum, (bool, str, bytes)) or not isinstance(momentum, numbers.Real):
+            raise errors.ArgumentType(f"batch-norm: momentum must be a number, got {momentum!r}")
         if not 0.0 <= momentum <= 1.0:  # Candle's check_validity (NaN too)
             raise errors.InvalidArgument(f"batch-norm momentum must be between 0 and 1, is {momentum}")
         if (weight is None) != (bias is None):  # Candle's weight_and_bias: Option<(Tensor, Tensor)>
@@ -476,7 +482,8 @@ def batch_norm(num_features: int, config: BatchNormConfig | float, vb: Any) -> B
             raise errors.ArgumentType(
                 f"batch_norm: config must be a BatchNormConfig or an eps (a float), got {config!r}"
             )
-        config = BatchNormConfig(eps=float(config))
+        config = BatchNormConfig(eps=float_arg(config, "batch_norm", "eps"))
+    _eps(config.eps, "batch-norm")
     if config.eps < 0:
         raise errors.InvalidArgument(f"batch-norm eps cannot be negative {config.eps}")
     rm = _stat_buffer(vb, vb.get_with_hints((num_features,), "running_mean", ZERO))

@@ -35,7 +35,7 @@ from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.nn.module import Module, ModuleT, as_array, train_arg
 from candlejax.quantized import native
-from candlejax.shape import resolve_dim
+from candlejax.shape import check_elem_count, resolve_dim
 from candlejax.tensor._core import TensorBase, float_arg, int_arg, wrap
 from candlejax.tensor.conv import depthwise_conv2d_nhwc_op, to_usize2
 from candlejax.tensor.elementwise import gelu_erf_jnp, in_f32
@@ -174,7 +174,7 @@ def activation(xs: Any, kind: str, p0: float = 0.0, p1: float = 0.0) -> Any:
         )
     a = as_array(xs)
     _check_float(kind, a)
-    if kind == "swiglu" and a.shape[-1] % 2:
+    if kind == "swiglu" and (a.ndim == 0 or a.shape[-1] % 2):
         raise errors.Msg(f"swiglu: the last dim must be even, got shape {fmt_shape(a.shape)}")
     return wrap(_activation(a, kind=kind, p0=float_arg(p0, kind, "parameter"), p1=float_arg(p1, kind, "parameter")))
 
@@ -283,7 +283,10 @@ class Dropout(ModuleT):
         if isinstance(p, (str, bytes)) or not hasattr(p, "__float__"):
             raise errors.ArgumentType(f"dropout probability must be a float in [0, 1), got {p!r}")
         # as Candle's Dropout::new, any p: training mode raises for one outside [0, 1) (ops::dropout)
-        self.p = float(p)
+        try:
+            self.p = float(p)
+        except (TypeError, ValueError):  # a multi-element array
+            raise errors.ArgumentType(f"dropout probability must be a float in [0, 1), got {p!r}") from None
 
     @staticmethod
     def new(p: float) -> Dropout:
@@ -804,21 +807,22 @@ def sdpa_slow(
     if kv_layout == "bshd":
         ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
     sc = 1.0 / math.sqrt(qa.shape[-1]) if scale is None else float(scale)
-    kr, vr = _repeat_kv(ka, qa.shape[1] // ka.shape[1]), _repeat_kv(va, qa.shape[1] // ka.shape[1])
+    kr, vr = _repeat_kv(ka, n_rep=qa.shape[1] // ka.shape[1]), _repeat_kv(va, n_rep=qa.shape[1] // ka.shape[1])
     scores = (_upcast(qa) @ jnp.swapaxes(_upcast(kr), -1, -2)) * sc
     if softcapping != 1.0:
         scores = jnp.tanh(scores / softcapping) * softcapping
     s, skv = qa.shape[2], ka.shape[2]
     if do_causal or window is not None:
         keep = causal_mask(s, skv, offset, window, causal=do_causal)
-        scores = jnp.where(as_array(keep), scores, -jnp.inf)
+        scores = jnp.where(as_array(keep) != 0, scores, -jnp.inf)
     scores = _apply_mask(scores, ma)
     e = _softmax_numerator(scores)
     out = _softmax_divide(e @ _upcast(vr), e).astype(qa.dtype)
     return wrap(out.transpose(0, 2, 1, 3) if layout == "bshd" else out)
 
 
-def _repeat_kv(x: Any, n_rep: int) -> Any:
+@op(static=("n_rep",))
+def _repeat_kv(x: Any, *, n_rep: int) -> Any:
     if n_rep == 1:
         return x
     b, h, s, d = x.shape
@@ -834,31 +838,37 @@ def repeat_kv(xs: Any, n_rep: int) -> Any:
     n_rep = int_arg(n_rep, "repeat_kv", "n_rep")
     if n_rep < 1:
         raise errors.Msg(f"repeat_kv: n_rep must be >= 1, got {n_rep}")
-    return wrap(_repeat_kv(a, n_rep))
+    check_elem_count((*a.shape[:1], a.shape[1] * n_rep, *a.shape[2:]), "repeat_kv")
+    return wrap(_repeat_kv(a, n_rep=n_rep))
+
+
+_I32_MAX = 2**31 - 1
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, offset: Any = None, window: int | None = None,
                 *, causal: bool = True) -> Any:  # fmt: skip
-    """Bool ``(q_len, kv_len)``: True where query i (at absolute position ``offset + i``, default
+    """U8 ``(q_len, kv_len)``: 1 where query i (at absolute position ``offset + i``, default
     ``kv_len - q_len``) may attend to key j: ``j <= offset + i`` and, with ``window``,
     ``offset + i - j < window``. ``offset`` may be traced (a KV-cache position under ``jit``)."""
     q_len = int_arg(q_len, "causal_mask", "q_len")
     kv_len = q_len if kv_len is None else int_arg(kv_len, "causal_mask", "kv_len")
     if q_len < 0 or kv_len < 0:
         raise errors.InvalidArgument(f"causal_mask: q_len and kv_len must be >= 0, got {q_len}, {kv_len}")
+    if max(q_len, kv_len) > _I32_MAX:  # positions are int32
+        raise errors.InvalidArgument(f"causal_mask: q_len and kv_len must be < 2^31, got {q_len}, {kv_len}")
     off = (kv_len - q_len) if offset is None else _offset_arg(offset, "causal_mask")
     window = None if window is None else int_arg(window, "causal_mask", "window")
-    return wrap(_position_keep(q_len, kv_len, off, causal, window))
+    return wrap(_position_keep(q_len, kv_len, off, causal, window).astype(jnp.uint8))
 
 
 def padding_mask(attention_mask: Any) -> Any:
-    """A 0/1 ``(B, S)`` attention mask (1 = real token) -> bool ``(B, 1, 1, S)`` for :func:`sdpa`."""
+    """A 0/1 ``(B, S)`` attention mask (1 = real token) -> U8 ``(B, 1, 1, S)`` for :func:`sdpa`."""
     if isinstance(attention_mask, (np.ndarray, list, tuple)):  # 0/1 host data of any integer width
         attention_mask = np.asarray(attention_mask) != 0
     m = as_array(attention_mask)
     if m.ndim != 2:
         raise errors.UnexpectedNumberOfDims(2, m.ndim, m.shape, "padding_mask: attention_mask (batch, seq)")
-    return wrap(m.astype(jnp.bool_)[:, None, None, :])
+    return wrap((m != 0).astype(jnp.uint8)[:, None, None, :])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -917,7 +927,14 @@ def replication_pad2d(xs: Any, pad: int) -> Any:
         raise errors.Msg(f"replication_pad2d: cannot replicate the edge of an empty plane {fmt_shape(a.shape)}")
     if pad == 0:
         return wrap(a)
-    return wrap(jnp.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge"))
+    pad = int(pad)
+    check_elem_count((*a.shape[:2], a.shape[2] + 2 * pad, a.shape[3] + 2 * pad), "replication_pad2d")
+    return wrap(_replication_pad2d(a, pad=pad))
+
+
+@op(static=("pad",))
+def _replication_pad2d(a: Any, *, pad: int) -> Any:
+    return jnp.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
 
 
 class Identity(Module):

@@ -29,7 +29,7 @@ from candlejax import errors
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn import ops
 from candlejax.nn.module import Module
-from candlejax.tensor._core import unwrap, wrap
+from candlejax.tensor._core import float_arg, int_arg, unwrap, wrap
 
 __all__ = ["RotaryEmbedding", "rope_inv_freq", "rotary_tables"]
 
@@ -119,12 +119,23 @@ class RotaryEmbedding(Module):
         if layout not in ("bhtd", "bthd"):
             raise errors.Msg(f"RotaryEmbedding: layout must be 'bhtd' or 'bthd', got {layout!r}")
         dt = check_width(to_dtype(dtype))
-        self.dim = int(dim)
-        self.max_position_embeddings = int(max_position_embeddings)
+        dim = int_arg(dim, "RotaryEmbedding", "dim")
+        max_position_embeddings = int_arg(max_position_embeddings, "RotaryEmbedding", "max_position_embeddings")
+        base = float_arg(base, "RotaryEmbedding", "base")
+        if dim < 0 or max_position_embeddings < 0 or base <= 0:  # base <= 0: NaN frequencies
+            raise errors.InvalidArgument(
+                f"RotaryEmbedding: dim ({dim}) and max_position_embeddings ({max_position_embeddings}) must be >= 0"
+                f" and base ({base}) > 0"
+            )
+        self.dim = dim
+        self.max_position_embeddings = max_position_embeddings
         self.interleaved = bool(interleaved)
         self.layout = layout
         if inv_freq is None and precompute and not rope_scaling:
-            cos, sin = rotary_tables(dim, max_position_embeddings, base)
+            try:
+                cos, sin = rotary_tables(dim, max_position_embeddings, base)
+            except MemoryError as e:
+                raise errors.out_of_memory("RotaryEmbedding", e) from e
         else:
             inv = rope_inv_freq(dim, base, rope_scaling, max_position_embeddings) if inv_freq is None else inv_freq
             given = unwrap(inv)

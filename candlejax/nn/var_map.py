@@ -34,6 +34,7 @@ from candlejax.nn.init import Const, check_init
 from candlejax.nn.module import DonatedBuffer, Var, as_array, owned_copy, save_safetensors_dict
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
+from candlejax.tensor._core import int_arg
 
 __all__ = ["VarMap"]
 
@@ -64,7 +65,7 @@ class VarMap:
     """
 
     def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+        self.seed = int_arg(seed, "VarMap", "seed")
         self._data: dict[str, Var] = {}
 
     @staticmethod

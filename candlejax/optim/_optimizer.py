@@ -76,6 +76,8 @@ class OptState(NamedTuple):
 def _check_lr(lr: Any, who: str) -> Any:
     if callable(lr):
         return lr
+    if isinstance(lr, (str, bytes, bool)):  # float("0.1") and float(True) would be taken
+        raise errors.InvalidArgument(f"{who}: learning rate must be a float or an optax schedule, got {lr!r}")
     try:
         f = float(lr)
     except (TypeError, ValueError):

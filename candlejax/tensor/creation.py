@@ -539,6 +539,30 @@ def _concrete(x: Any, op_name: str, what: str) -> float | None:
     return v
 
 
+def _bounds_shape(shape: Any, op_name: str, **bounds: Any) -> tuple[int, ...]:
+    """The sample shape, after checking that array bounds (``lo``/``up``, ``mean``/``std``) broadcast to it."""
+    dims = _shape(shape)
+    for what, b in bounds.items():
+        bs = tuple(getattr(b, "shape", ()))
+        if bs and (len(bs) > len(dims) or any(x not in (1, y) for x, y in zip(bs[::-1], dims[::-1]))):
+            raise errors.BroadcastIncompatibleShapes(bs, dims, f"{op_name} ({what})")
+    return dims
+
+
+def _fill_scalar(value: Any, op_name: str) -> Any:
+    """A fill value (``Tensor::full``'s scalar): a real Python / numpy number or a rank-0 array / Tensor,
+    unwrapped."""
+    v = unwrap(value)
+    if isinstance(v, (bool, int, float, np.number)) and not isinstance(v, np.complexfloating):
+        return v
+    if isinstance(v, (jax.Array, _Tracer, np.ndarray)) and v.ndim == 0:
+        return v
+    raise errors.ArgumentType(
+        f"{op_name}: incorrect type {type(value)} for the fill value (a real number or a rank-0 tensor),"
+        f" got {value!r:.60}"
+    )
+
+
 def _key_for(key: Any, device: Device, op_name: str) -> tuple[Any, Any]:
     """``(key, counter)``: the device generator's base key and draw counter (folded in inside the
     jitted sampler), or an explicit / scoped key and None."""
@@ -618,10 +642,19 @@ class CreationMixin(TensorBase):
     @staticmethod
     def from_iter(iterable: Iterable[Any], device: Any = _CPU, dtype: Any = None) -> Any:
         """``Tensor::from_iter(iter, &device)``: a 1-D tensor from any iterable of scalars."""
-        data = list(iterable)
+        try:
+            data = list(iterable)
+        except TypeError:
+            raise errors.ArgumentType(
+                f"from_iter: expected an iterable of scalars, got {iterable!r:.40} ({type(iterable).__name__})"
+            ) from None
         if any(isinstance(x, (list, tuple)) for x in data):
             raise errors.Msg("from_iter: expected an iterable of scalars")
-        return wrap(_place(as_jax_array(data, dtype, "from_iter"), _dev(device)))
+        a = as_jax_array(data, dtype, "from_iter")
+        if a.ndim != 1:  # the rows of a 2-d array or Tensor
+            shape = errors.fmt_shape(a.shape[1:])
+            raise errors.Msg(f"from_iter: expected an iterable of scalars, got items of shape {shape}")
+        return wrap(_place(a, _dev(device)))
 
     @staticmethod
     def from_numpy(array: np.ndarray, device: Any = None) -> Any:
@@ -694,7 +727,7 @@ class CreationMixin(TensorBase):
     def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
         """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given; an integer
         dtype refuses a value it cannot hold (PyTorch: ``torch.full``, which raises likewise for 300 as uint8)."""
-        v = unwrap(value)
+        v = _fill_scalar(value, "full")
         if dtype is None:
             d = infer_dtype(v, "full")
         else:
@@ -720,7 +753,7 @@ class CreationMixin(TensorBase):
     def full_like(self, value: Any) -> Any:
         """``torch.full_like(t, value)``: ``value`` cast to this tensor's dtype."""
         a = self._a
-        v = unwrap(value)
+        v = _fill_scalar(value, "full_like")
         if a.dtype in _INT_RANGE and isinstance(v, (int, float, np.generic)):
             _check_int_scalar(v, a.dtype, "full_like")
         return wrap(_place(_full(_host_scalar(v, a.dtype), shape=a.shape, dtype=a.dtype), _like_dev(a)))
@@ -807,7 +840,10 @@ class CreationMixin(TensorBase):
         ``xy_indexing=False`` gives shape ``(len(a), len(b), ...)`` (``indexing="ij"``);
         ``True`` swaps the first two output dims (``indexing="xy"``, as numpy / PyTorch).
         """
-        ts = list(tensors)
+        try:
+            ts = list(tensors)
+        except TypeError:
+            raise errors.ArgumentType(f"meshgrid expects a list of tensors, got {type(tensors).__name__}") from None
         if len(ts) < 2:
             raise errors.OpRequiresAtLeastTwoTensors("meshgrid")
         arrs = []
@@ -838,7 +874,8 @@ class CreationMixin(TensorBase):
         dev = _dev(device)
         k, c = _key_for(key, dev, "rand")
         lo, up = _bound(unwrap(lo)), _bound(unwrap(up))
-        return wrap(_place(_uniform(k, c, lo, up, shape=_shape(shape), dtype=d.np), dev))
+        dims = _bounds_shape(shape, "rand", lo=lo, up=up)
+        return wrap(_place(_uniform(k, c, lo, up, shape=dims, dtype=d.np), dev))
 
     @staticmethod
     def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
@@ -854,7 +891,8 @@ class CreationMixin(TensorBase):
         dev = _dev(device)
         k, c = _key_for(key, dev, "randn")
         mean, std = _bound(unwrap(mean)), _bound(unwrap(std))
-        return wrap(_place(_normal(k, c, mean, std, shape=_shape(shape), dtype=d.np), dev))
+        dims = _bounds_shape(shape, "randn", mean=mean, std=std)
+        return wrap(_place(_normal(k, c, mean, std, shape=dims, dtype=d.np), dev))
 
     @staticmethod
     def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
