@@ -75,6 +75,7 @@ class Llama3RopeConfig(dict):
 
     @property
     def rope_type(self) -> Llama3RopeType:
+        """The ``rope_type`` entry as a ``Llama3RopeType``."""
         return Llama3RopeType(self["rope_type"])
 
     def __repr__(self) -> str:
@@ -230,6 +231,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:
+        """The config of a ``config.json`` file."""
         return cls.from_dict(read_config_json(path, "llama Config"))
 
     from_hf_config = from_dict
@@ -260,6 +262,7 @@ class Config:
 
     @property
     def eos_token_ids(self) -> list[int]:
+        """``eos_token_id`` as a list (empty, one id, or several)."""
         e = self.eos_token_id
         return [] if e is None else [int(e)] if isinstance(e, int) else [int(x) for x in e]
 
