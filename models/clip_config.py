@@ -20,6 +20,7 @@ __all__ = ["ClipConfig", "ClipTextConfig", "ClipVisionConfig", "EncoderConfig", 
 # configuration: the keys of a CLIPModel config.json
 # ------------------------------------------------------------------------------------------------
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """The config of a ``text_config`` / ``vision_config`` dict; unknown keys are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
