@@ -549,6 +549,9 @@ def _key_for(key: Any, device: Device, op_name: str) -> tuple[Any, Any]:
 
 
 class CreationMixin(TensorBase):
+    """Tensor constructors (Candle's ``Tensor::new``, ``zeros``, ``ones``, ``arange``, ``rand``, ``randn``,
+    ``*_like``, ...)."""
+
     __slots__ = ()
 
     # --- constructors ----------------------------------------------------------------------
