@@ -68,16 +68,16 @@ class Llama3RopeConfig(dict):
             raise errors.Msg(f"llama Llama3RopeConfig: rope_type {kind!r} is not llama3 or default")
         return cls(**d)
 
-    factor = property(lambda self: self["factor"], doc="Candle's ``Llama3RopeConfig::factor``.")
+    factor = property(lambda self: self["factor"], doc="The ``factor`` field of Candle's ``Llama3RopeConfig``.")
     low_freq_factor = property(
-        lambda self: self["low_freq_factor"], doc="Candle's ``Llama3RopeConfig::low_freq_factor``."
+        lambda self: self["low_freq_factor"], doc="The ``low_freq_factor`` field of Candle's ``Llama3RopeConfig``."
     )
     high_freq_factor = property(
-        lambda self: self["high_freq_factor"], doc="Candle's ``Llama3RopeConfig::high_freq_factor``."
+        lambda self: self["high_freq_factor"], doc="The ``high_freq_factor`` field of Candle's ``Llama3RopeConfig``."
     )
     original_max_position_embeddings = property(
         lambda self: self["original_max_position_embeddings"],
-        doc="Candle's ``Llama3RopeConfig::original_max_position_embeddings``.",
+        doc="The ``original_max_position_embeddings`` field of Candle's ``Llama3RopeConfig``.",
     )
 
     @property
