@@ -173,7 +173,10 @@ class ImageEncoderViT(Module):
         self.neck_conv2 = conv2d_no_bias(out_chans, out_chans, 3, Conv2dConfig(padding=1), vb.pp("neck.2"))
         self.neck_ln2 = LayerNorm2d.new(out_chans, 1e-6, vb.pp("neck.3"))
 
-    new = staticmethod(lambda *args: ImageEncoderViT(*args))
+    @staticmethod
+    def new(*args: Any) -> ImageEncoderViT:
+        """Candle's ``ImageEncoderViT::new(...)``: the constructor, positional arguments in Candle's order."""
+        return ImageEncoderViT(*args)
 
     def forward(self, xs: Any) -> Tensor:
         """``(B, in_chans, img_size, img_size)`` in, ``(B, out_chans, img_size / patch, img_size / patch)`` out."""

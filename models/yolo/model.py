@@ -62,11 +62,31 @@ class Multiples:
             raise errors.Msg(f"yolo: unknown size --which {which!r} (known: n, s, m, l, x)")
         return table[which]
 
-    n = staticmethod(lambda: Multiples(0.33, 0.25, 2.0))
-    s = staticmethod(lambda: Multiples(0.33, 0.50, 2.0))
-    m = staticmethod(lambda: Multiples(0.67, 0.75, 1.5))
-    l = staticmethod(lambda: Multiples(1.00, 1.00, 1.0))
-    x = staticmethod(lambda: Multiples(1.00, 1.25, 1.0))
+    @staticmethod
+    def n() -> Multiples:
+        """Candle's ``Multiples::n()``: depth 0.33, width 0.25, ratio 2.0."""
+        return Multiples(0.33, 0.25, 2.0)
+
+    @staticmethod
+    def s() -> Multiples:
+        """Candle's ``Multiples::s()``: depth 0.33, width 0.50, ratio 2.0."""
+        return Multiples(0.33, 0.50, 2.0)
+
+    @staticmethod
+    def m() -> Multiples:
+        """Candle's ``Multiples::m()``: depth 0.67, width 0.75, ratio 1.5."""
+        return Multiples(0.67, 0.75, 1.5)
+
+    @staticmethod
+    def l() -> Multiples:  # noqa: E743 - Candle's name
+        """Candle's ``Multiples::l()``: depth 1.00, width 1.00, ratio 1.0."""
+        return Multiples(1.00, 1.00, 1.0)
+
+    @staticmethod
+    def x() -> Multiples:
+        """Candle's ``Multiples::x()``: depth 1.00, width 1.25, ratio 1.0."""
+        return Multiples(1.00, 1.25, 1.0)
+
 
     def ch(self, c: int) -> int:
         """Ultralytics' ``make_divisible(min(c, max_channels) * width, 8)``."""
