@@ -51,6 +51,7 @@ class Mlp(Module):
         self.second = linear(hidden, 10, vb.pp("second"))
 
     def forward(self, image: Any) -> Any:  # (B, 64) -> (B, 10) logits
+        """``(B, 64)`` images in, ``(B, 10)`` logits out."""
         return self.second.forward(self.first.forward(image).relu())
 
 
@@ -65,6 +66,7 @@ class Cnn(Module):
         self.fc2 = linear(64, 10, vb.pp("fc2"))
 
     def forward(self, image: Any) -> Any:  # (B, 64) -> (B, 10) logits
+        """``(B, 64)`` images in, ``(B, 10)`` logits out."""
         b, _ = image.dims2()
         x = image.reshape((b, 1, 8, 8))
         x = self.conv1.forward(x).relu()
@@ -101,6 +103,7 @@ def shift_augment(images: Any, labels: Any) -> tuple[Any, Any]:
 
 
 def loss_fn(model: Module, x: Any, y: Any) -> Any:
+    """The cross-entropy of ``model``'s logits on ``x`` against the labels ``y``."""
     return nn.loss.cross_entropy(model.forward(x), y)
 
 
@@ -110,6 +113,7 @@ def predict(model: Module, x: Any) -> Any:
 
 
 def accuracy(model: Module, images: Any, labels: Any) -> float:
+    """The fraction of ``images`` that ``model`` labels correctly."""
     pred = np.asarray(predict(model, images))
     return float((pred == np.asarray(labels)).mean())
 
@@ -220,6 +224,7 @@ def evaluate(out: Path, names: list[str], n_show: int = 4) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo from the command line (``python -m candlejax.demo``); returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m candlejax.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the recipe's)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for tests)")

@@ -112,6 +112,7 @@ class Device(metaclass=_DeviceMeta):
 
     @staticmethod
     def new_cuda_with_stream(ordinal: int = 0) -> Device:
+        """Candle's ``Device::new_cuda_with_stream``: the same as ``new_cuda`` (XLA manages streams)."""
         return Device.new_cuda(ordinal)
 
     @staticmethod
@@ -121,10 +122,12 @@ class Device(metaclass=_DeviceMeta):
 
     @staticmethod
     def new_metal(ordinal: int = 0) -> Device:
+        """Candle's ``Device::new_metal``: always raises ``NotCompiledWithMetalSupport``."""
         raise errors.NotCompiledWithMetalSupport()
 
     @staticmethod
     def metal_if_available(ordinal: int = 0) -> Device:
+        """Candle's ``Device::metal_if_available``: always ``Device.Cpu`` (no Metal backend)."""
         return _CPU
 
     @staticmethod
@@ -167,24 +170,31 @@ class Device(metaclass=_DeviceMeta):
         return _gpus()[self.ordinal]
 
     def location(self) -> DeviceLocation:
+        """Candle's ``Device::location``: the device's kind and ordinal."""
         return DeviceLocation(self.kind, self.ordinal)
 
     def same_device(self, other: Device) -> bool:
+        """Candle's ``Device::same_device``: whether ``other`` is the same device."""
         return self == other
 
     def is_cpu(self) -> bool:
+        """Candle's ``Device::is_cpu``."""
         return self.kind == "cpu"
 
     def is_cuda(self) -> bool:
+        """Candle's ``Device::is_cuda``."""
         return self.kind == "cuda"
 
     def is_metal(self) -> bool:
+        """Candle's ``Device::is_metal``: always False."""
         return False
 
     def supports_bf16(self) -> bool:
+        """Candle's ``Device::supports_bf16``: True on CUDA, False on the CPU."""
         return self.kind == "cuda"
 
     def bf16_default_to_f32(self) -> Any:
+        """Candle's ``Device::bf16_default_to_f32``: BF16 where supported, else F32."""
         return DType.BF16 if self.kind == "cuda" else DType.F32
 
     def as_cuda_device(self) -> Any:
@@ -215,6 +225,7 @@ class Device(metaclass=_DeviceMeta):
         random.set_seed(self, seed)
 
     def get_current_seed(self) -> int:
+        """Candle's ``Device::get_current_seed``: the seed last set with ``set_seed``."""
         return random.get_seed(self)
 
     # --- dunder ------------------------------------------------------------------------------

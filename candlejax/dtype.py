@@ -64,12 +64,15 @@ class DType(enum.Enum):
         return DType.parse(s)
 
     def size_in_bytes(self) -> int:
+        """Candle's ``DType::size_in_bytes``: the bytes of one element."""
         return _NP[self.value].itemsize
 
     def is_int(self) -> bool:
+        """Candle's ``DType::is_int``: whether the dtype is an integer type."""
         return self in _INT
 
     def is_float(self) -> bool:
+        """Candle's ``DType::is_float``: whether the dtype is a floating-point type."""
         return self in _FLOAT
 
     def __eq__(self, other: object) -> bool:
@@ -126,6 +129,7 @@ BF16, F16, F32, F64, F8E4M3 = DType.BF16, DType.F16, DType.F32, DType.F64, DType
 
 
 def x64_enabled() -> bool:
+    """Whether JAX runs with 64-bit types (``jax_enable_x64``), needed for F64 and I64."""
     return bool(jax.config.read("jax_enable_x64"))
 
 

@@ -68,12 +68,14 @@ class Msg(Error):
 
 
 class UnexpectedDType(Error):
+    """Candle ``Error::UnexpectedDType``: a tensor had another dtype than the op expects."""
     def __init__(self, expected: Any, got: Any, msg: str = "unexpected dtype"):
         self.expected, self.got = expected, got
         super().__init__(f"{msg}, expected: {_dt(expected)}, got: {_dt(got)}")
 
 
 class DTypeMismatchBinaryOp(Error):
+    """Candle ``Error::DTypeMismatchBinaryOp``: the two operands of a binary op have different dtypes."""
     def __init__(self, lhs: Any, rhs: Any, op: str):
         self.lhs, self.rhs, self.op = lhs, rhs, op
         super().__init__(
@@ -83,24 +85,28 @@ class DTypeMismatchBinaryOp(Error):
 
 
 class UnsupportedDTypeForOp(Error):
+    """Candle ``Error::UnsupportedDTypeForOp``: the op is not defined for this dtype."""
     def __init__(self, dtype: Any, op: str, hint: str = ""):
         self.dtype, self.op = dtype, op
         super().__init__(f"unsupported dtype {_dt(dtype)} for op {op}" + (f" ({hint})" if hint else ""))
 
 
 class DimOutOfRange(Error, IndexError):
+    """Candle ``Error::DimOutOfRange``: a dim index is not below the tensor's rank (also an ``IndexError``)."""
     def __init__(self, shape: Sequence[int], dim: int, op: str):
         self.shape, self.dim, self.op = tuple(shape), dim, op
         super().__init__(f"{op}: dimension index {dim} out of range for shape {fmt_shape(shape)}")
 
 
 class DuplicateDimIndex(Error):
+    """Candle ``Error::DuplicateDimIndex``: the same dim is named twice (``permute``, ``sum_keepdim``, ...)."""
     def __init__(self, shape: Sequence[int], dims: Sequence[int], op: str):
         self.shape, self.dims, self.op = tuple(shape), tuple(dims), op
         super().__init__(f"{op}: duplicate dim index {fmt_shape(dims)} for shape {fmt_shape(shape)}")
 
 
 class UnexpectedNumberOfDims(Error):
+    """Candle ``Error::UnexpectedNumberOfDims``: a tensor has another rank than the op expects."""
     def __init__(self, expected: int, got: int, shape: Sequence[int], op: str | None = None):
         self.expected, self.got, self.shape = expected, got, tuple(shape)
         prefix = f"{op}: " if op else ""
@@ -108,12 +114,14 @@ class UnexpectedNumberOfDims(Error):
 
 
 class UnexpectedShape(Error):
+    """Candle ``Error::UnexpectedShape``: a tensor or weight has another shape than expected."""
     def __init__(self, msg: str, expected: Sequence[int], got: Sequence[int]):
         self.expected, self.got = tuple(expected), tuple(got)
         super().__init__(f"{msg}, expected: {fmt_shape(expected)}, got: {fmt_shape(got)}")
 
 
 class ShapeMismatch(Error):
+    """Candle ``Error::ShapeMismatch``: a buffer's element count does not fit the requested shape."""
     def __init__(self, buffer_size: int, shape: Sequence[int], hint: str = ""):
         self.buffer_size, self.shape = buffer_size, tuple(shape)
         super().__init__(
@@ -123,6 +131,7 @@ class ShapeMismatch(Error):
 
 
 class ShapeMismatchBinaryOp(Error):
+    """Candle ``Error::ShapeMismatchBinaryOp``: the operands of a non-broadcasting binary op differ in shape."""
     def __init__(self, lhs: Sequence[int], rhs: Sequence[int], op: str, hint: str = ""):
         self.lhs, self.rhs, self.op = tuple(lhs), tuple(rhs), op
         if not hint and op in _BROADCAST_HINT_OPS:
@@ -136,6 +145,7 @@ _BROADCAST_HINT_OPS = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", 
 
 
 class ShapeMismatchCat(Error):
+    """Candle ``Error::ShapeMismatchCat``: ``cat`` inputs differ outside the concatenation dim."""
     def __init__(self, dim: int, first_shape: Sequence[int], n: int, nth_shape: Sequence[int]):
         super().__init__(
             f"shape mismatch in cat for dim {dim}, shape for arg 1: {fmt_shape(first_shape)}"
@@ -144,16 +154,19 @@ class ShapeMismatchCat(Error):
 
 
 class ShapeMismatchSplit(Error):
+    """Candle ``Error::ShapeMismatchSplit``: a dim cannot be divided equally into the requested parts."""
     def __init__(self, shape: Sequence[int], dim: int, n_parts: int):
         super().__init__(f"Cannot divide tensor of shape {fmt_shape(shape)} equally along dim {dim} into {n_parts}")
 
 
 class OnlySingleDimension(Error):
+    """Candle ``Error::OnlySingleDimension``: the op takes one dim, not several."""
     def __init__(self, op: str):
         super().__init__(f"{op} can only be performed on a single dimension")
 
 
 class EmptyTensor(Error):
+    """Candle ``Error::EmptyTensor``: the op needs at least one element (e.g. ``max`` of an empty dim)."""
     def __init__(self, op: str):
         super().__init__(f"empty tensor for {op}")
 
@@ -167,6 +180,7 @@ def _loc(device: Any) -> str:
 
 
 class DeviceMismatchBinaryOp(Error):
+    """Candle ``Error::DeviceMismatchBinaryOp``: the operands of a binary op live on different devices."""
     def __init__(self, lhs: Any, rhs: Any, op: str):
         self.lhs, self.rhs, self.op = lhs, rhs, op
         super().__init__(
@@ -175,6 +189,7 @@ class DeviceMismatchBinaryOp(Error):
 
 
 class NarrowInvalidArgs(Error, IndexError):
+    """Candle ``Error::NarrowInvalidArgs``: ``narrow``'s ``start``/``len`` leave the dim (also an ``IndexError``)."""
     def __init__(self, shape: Sequence[int], dim: int, start: int, len: int, msg: str):
         self.shape, self.dim, self.start, self.len = tuple(shape), dim, start, len
         super().__init__(
@@ -183,6 +198,7 @@ class NarrowInvalidArgs(Error, IndexError):
 
 
 class Conv1dInvalidArgs(Error):
+    """Candle ``Error::Conv1dInvalidArgs``: a convolution's input, kernel, padding or stride do not fit."""
     def __init__(self, msg: str, inp: Sequence[int], k: Sequence[int], padding: Any, stride: Any, op: str = "conv1d"):
         super().__init__(
             f"{op} invalid args {msg}: inp: {fmt_shape(inp)}, k: {fmt_shape(k)}, pad: {padding}, stride: {stride}"
@@ -190,12 +206,14 @@ class Conv1dInvalidArgs(Error):
 
 
 class InvalidIndex(Error, IndexError):
+    """Candle ``Error::InvalidIndex``: an index is out of range for the dim size (also an ``IndexError``)."""
     def __init__(self, op: str, index: int, size: int, hint: str = ""):
         self.op, self.index, self.size = op, index, size
         super().__init__(f"{op} invalid index {index} with dim size {size}" + (f" ({hint})" if hint else ""))
 
 
 class BroadcastIncompatibleShapes(Error):
+    """Candle ``Error::BroadcastIncompatibleShapes``: a shape cannot be broadcast to the target shape."""
     def __init__(self, src_shape: Sequence[int], dst_shape: Sequence[int], op: str | None = None):
         self.src_shape, self.dst_shape = tuple(src_shape), tuple(dst_shape)
         prefix = f"{op}: " if op else ""
@@ -203,31 +221,37 @@ class BroadcastIncompatibleShapes(Error):
 
 
 class CannotSetVar(Error):
+    """Candle ``Error::CannotSetVar``: a value cannot be assigned to a variable."""
     def __init__(self, msg: str):
         super().__init__(f"cannot set variable {msg}")
 
 
 class RequiresContiguous(Error):
+    """Candle ``Error::RequiresContiguous``: the op needs a contiguous tensor."""
     def __init__(self, op: str):
         super().__init__(f"{op} only supports contiguous tensors")
 
 
 class OpRequiresAtLeastOneTensor(Error):
+    """Candle ``Error::OpRequiresAtLeastOneTensor``: ``cat``/``stack`` and friends called with no tensor."""
     def __init__(self, op: str):
         super().__init__(f"{op} expects at least one tensor")
 
 
 class OpRequiresAtLeastTwoTensors(Error):
+    """Candle ``Error::OpRequiresAtLeastTwoTensors``: the op needs two or more tensors."""
     def __init__(self, op: str):
         super().__init__(f"{op} expects at least two tensors")
 
 
 class BackwardNotSupported(Error):
+    """Candle ``Error::BackwardNotSupported``: the op has no gradient."""
     def __init__(self, op: str):
         super().__init__(f"backward is not supported for {op}")
 
 
 class NotCompiledWithCudaSupport(Error):
+    """Candle ``Error::NotCompiledWithCudaSupport``: a CUDA device was asked for but JAX sees none."""
     def __init__(self, detail: str = ""):
         super().__init__(
             "the candle crate has not been built with cuda support"
@@ -236,11 +260,13 @@ class NotCompiledWithCudaSupport(Error):
 
 
 class NotCompiledWithMetalSupport(Error):
+    """Candle ``Error::NotCompiledWithMetalSupport``: always raised for Metal (candlejax runs on XLA)."""
     def __init__(self) -> None:
         super().__init__("the candle crate has not been built with metal support (candlejax runs on XLA: CPU, CUDA)")
 
 
 class CannotFindTensor(Error, KeyError):
+    """Candle ``Error::CannotFindTensor``: a weight name is missing from a file or VarBuilder (also a ``KeyError``)."""
     def __init__(self, path: str, detail: str = ""):
         self.path = path
         super().__init__(f"cannot find tensor {path}" + (f" ({detail})" if detail else ""))
@@ -250,6 +276,7 @@ class CannotFindTensor(Error, KeyError):
 
 
 class UnsupportedSafeTensorDtype(Error):
+    """Candle ``Error::UnsupportedSafeTensorDtype``: a safetensors dtype with no candlejax DType."""
     def __init__(self, dtype: str, where: str = ""):
         super().__init__(f"unsupported safetensor dtype {dtype}" + (f" ({where})" if where else ""))
 

@@ -73,6 +73,7 @@ def set_seed(device: Any, seed: int) -> None:
 
 
 def get_seed(device: Any) -> int:
+    """The seed last set on ``device`` (Candle's ``Device::get_current_seed``)."""
     return _state.setdefault(_dev_key(device), [DEFAULT_SEED, None, 0])[0]
 
 

@@ -28,6 +28,7 @@ class D:
 
     @staticmethod
     def Minus(n: int) -> D:  # noqa: N802 - Candle's name
+        """Candle's ``D::Minus(n)``: the ``n``-th dim from the end."""
         return D(n)
 
     def to_index(self, shape: Any, op: str = "dim") -> int:
@@ -232,24 +233,31 @@ class Dims(tuple):
     # Candle's ``Shape`` methods on the tuple itself, for fields Candle types as ``Shape`` (a GGUF
     # ``TensorInfo.shape``: ``info.shape.elem_count()``)
     def dims(self) -> Dims:
+        """The dims themselves (Candle's ``Shape::dims``)."""
         return self
 
     def rank(self) -> int:
+        """Candle's ``Shape::rank``: the number of dims."""
         return len(self)
 
     def elem_count(self) -> int:
+        """Candle's ``Shape::elem_count``: the product of the dims."""
         return Shape(self).elem_count()
 
     def dims1(self) -> int:
+        """Candle's ``Shape::dims1``: the single dim; raises unless the rank is 1."""
         return Shape(self).dims1()
 
     def dims2(self) -> tuple[int, int]:
+        """Candle's ``Shape::dims2``: the two dims; raises unless the rank is 2."""
         return Shape(self).dims2()
 
     def dims3(self) -> tuple[int, int, int]:
+        """Candle's ``Shape::dims3``: the three dims; raises unless the rank is 3."""
         return Shape(self).dims3()
 
     def dims4(self) -> tuple[int, int, int, int]:
+        """Candle's ``Shape::dims4``: the four dims; raises unless the rank is 4."""
         return Shape(self).dims4()
 
     def to_vec(self) -> list[int]:
@@ -306,12 +314,15 @@ class Shape:
 
     @staticmethod
     def from_dims(dims: Iterable[int]) -> Shape:
+        """Candle's ``Shape::from_dims``."""
         return Shape(dims)
 
     def dims(self) -> Dims:
+        """Candle's ``Shape::dims``: the dims as a ``Dims`` tuple."""
         return self._dims
 
     def into_dims(self) -> list[int]:
+        """Candle's ``Shape::into_dims``: the dims as a list."""
         return list(self._dims)
 
     def to_vec(self) -> list[int]:
@@ -320,15 +331,18 @@ class Shape:
         return list(self._dims)
 
     def rank(self) -> int:
+        """Candle's ``Shape::rank``: the number of dims."""
         return len(self._dims)
 
     def elem_count(self) -> int:
+        """Candle's ``Shape::elem_count``: the product of the dims (1 for a scalar)."""
         n = 1
         for d in self._dims:
             n *= d
         return n
 
     def dim(self, d: Dim) -> int:
+        """Candle's ``Shape::dim``: the size of dim ``d`` (an int, negative from the end, or ``D``)."""
         return self._dims[resolve_dim(d, self._dims, "dim")]
 
     def stride_contiguous(self) -> Dims:
@@ -359,6 +373,7 @@ class Shape:
         return True
 
     def extend(self, more: Iterable[int]) -> Shape:
+        """Candle's ``Shape::extend``: this shape followed by ``more``."""
         return Shape((*self._dims, *more))
 
     def _dimsn(self, n: int) -> tuple[int, ...]:
@@ -367,25 +382,32 @@ class Shape:
         return self._dims
 
     def dims0(self) -> tuple[()]:
+        """Candle's ``Shape::dims0``: ``()``; raises unless the rank is 0."""
         self._dimsn(0)
         return ()
 
     def dims1(self) -> int:
+        """Candle's ``Shape::dims1``: the single dim; raises unless the rank is 1."""
         return self._dimsn(1)[0]
 
     def dims2(self) -> tuple[int, int]:
+        """Candle's ``Shape::dims2``: the two dims; raises unless the rank is 2."""
         return self._dimsn(2)  # type: ignore[return-value]
 
     def dims3(self) -> tuple[int, int, int]:
+        """Candle's ``Shape::dims3``: the three dims; raises unless the rank is 3."""
         return self._dimsn(3)  # type: ignore[return-value]
 
     def dims4(self) -> tuple[int, int, int, int]:
+        """Candle's ``Shape::dims4``: the four dims; raises unless the rank is 4."""
         return self._dimsn(4)  # type: ignore[return-value]
 
     def dims5(self) -> tuple[int, int, int, int, int]:
+        """Candle's ``Shape::dims5``: the five dims; raises unless the rank is 5."""
         return self._dimsn(5)  # type: ignore[return-value]
 
     def broadcast_shape_binary_op(self, rhs: Shape | Sequence[int], op: str) -> Shape:
+        """Candle's ``Shape::broadcast_shape_binary_op``: the broadcast shape of ``self`` and ``rhs``."""
         return Shape(broadcast_shapes(self._dims, as_shape(rhs), op))
 
     def __iter__(self):
@@ -445,24 +467,31 @@ class Layout:
         return Layout.contiguous_with_offset(shape, 0)
 
     def shape(self) -> Shape:
+        """Candle's ``Layout::shape``."""
         return self._shape
 
     def dims(self) -> Dims:
+        """Candle's ``Layout::dims``."""
         return self._shape.dims()
 
     def dim(self, d: Dim) -> int:
+        """Candle's ``Layout::dim``: the size of dim ``d``."""
         return self._shape.dim(d)
 
     def stride(self) -> Dims:
+        """Candle's ``Layout::stride``: the strides, in elements."""
         return self._stride
 
     def start_offset(self) -> int:
+        """Candle's ``Layout::start_offset``: the offset of the first element, in elements."""
         return self._start_offset
 
     def is_contiguous(self) -> bool:
+        """Candle's ``Layout::is_contiguous``: whether the strides are row-major for the shape."""
         return self._shape.is_contiguous(self._stride)
 
     def is_fortran_contiguous(self) -> bool:
+        """Candle's ``Layout::is_fortran_contiguous``: whether the strides are column-major."""
         return self._shape.is_fortran_contiguous(self._stride)
 
     def contiguous_offsets(self) -> tuple[int, int] | None:

@@ -104,9 +104,11 @@ class StreamTensor:
 class StreamingModule(Protocol):
     """``candle::StreamingModule``: ``step(xs) -> StreamTensor`` (may buffer) and ``reset_state()``."""
 
-    def step(self, xs: StreamTensor) -> StreamTensor: ...
+    def step(self, xs: StreamTensor) -> StreamTensor:
+        """Candle's ``StreamingModule::step``: process the next chunk ``xs``; may return ``Empty`` while buffering."""
 
-    def reset_state(self) -> None: ...
+    def reset_state(self) -> None:
+        """Candle's ``StreamingModule::reset_state``: forget any buffered input."""
 
 
 class BinOp(enum.Enum):

@@ -692,18 +692,22 @@ class Tokenizer:
 
     @property
     def bos_token_id(self) -> int | None:
+        """The id of ``bos_token``, or ``None`` (transformers' ``tokenizer.bos_token_id``)."""
         return self._id(self.bos_token)
 
     @property
     def eos_token_id(self) -> int | None:
+        """The id of ``eos_token``, or ``None`` (transformers' ``tokenizer.eos_token_id``)."""
         return self._id(self.eos_token)
 
     @property
     def pad_token_id(self) -> int | None:
+        """The id of ``pad_token``, or ``None`` (transformers' ``tokenizer.pad_token_id``)."""
         return self._id(self.pad_token)
 
     @property
     def unk_token_id(self) -> int | None:
+        """The id of ``unk_token``, or ``None`` (transformers' ``tokenizer.unk_token_id``)."""
         return self._id(self.unk_token)
 
     @property
@@ -720,6 +724,7 @@ class Tokenizer:
 
     @property
     def special_tokens_map(self) -> dict[str, str | None]:
+        """The special tokens by role (``bos_token``, ``eos_token``, ...), as transformers' ``special_tokens_map``."""
         return {
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -729,12 +734,15 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The vocabulary size, added tokens included."""
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
+        """The tokenizers crate's ``Tokenizer::token_to_id``: the id of ``token``, or ``None``."""
         return self.hf.token_to_id(_text(token, "token_to_id", "token"))
 
     def id_to_token(self, i: int) -> str | None:
+        """The tokenizers crate's ``Tokenizer::id_to_token``: the token of id ``i``, or ``None``."""
         return self.hf.id_to_token(_token_id(i, "id_to_token"))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> Encoding:
@@ -744,6 +752,7 @@ class Tokenizer:
         return Encoding(self.hf.encode(_text(text, "encode"), add_special_tokens=add_special_tokens))
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
+        """The tokenizers crate's ``Tokenizer::encode_batch``: one ``Encoding`` per text."""
         if not isinstance(texts, str | Iterable):
             raise errors.ArgumentType(f"tokenizer.encode_batch: expected a list of str, got {type(texts).__name__}")
         texts = [_text(t, "encode_batch") for t in ([texts] if isinstance(texts, str) else texts)]
@@ -794,6 +803,7 @@ class Tokenizer:
         return pp
 
     def get_truncation(self) -> TruncationParams | None:
+        """The tokenizers crate's ``Tokenizer::get_truncation``: the truncation settings, or ``None``."""
         d = self.hf.truncation
         return None if d is None else TruncationParams(d["max_length"], d["stride"], d["strategy"], d["direction"])
 
@@ -802,6 +812,7 @@ class Tokenizer:
         return self.hf.get_vocab(with_added_tokens=with_added_tokens)
 
     def get_vocab_size(self, with_added_tokens: bool = True) -> int:
+        """The tokenizers crate's ``Tokenizer::get_vocab_size``: with or without the added tokens."""
         return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -820,6 +831,7 @@ class Tokenizer:
 
     @property
     def chat_template(self) -> ChatTemplate:
+        """The tokenizer's chat template as a ``ChatTemplate``; raises when the tokenizer has none."""
         if self.chat_template_source is None:
             raise errors.Msg("tokenizer: this tokenizer has no chat template")
         if self._chat is None:

@@ -132,6 +132,7 @@ class OptionsJit:
         return self._plain._cache_size() + (self._opts._cache_size() if self._opts is not None else 0)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """``jax.jit(...).lower(*args, **kwargs)`` of the program this call would run."""
         return (self._plain if self._opts is None else self._opts).lower(*args, **kwargs)
 
 
@@ -167,6 +168,7 @@ class SizeJit:
         return self._plain._cache_size() + (self._large._cache_size() if self._large is not None else 0)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """``jax.jit(...).lower(*args, **kwargs)`` of the program picked for these arguments."""
         return self._pick(args).lower(*args, **kwargs)
 
 

@@ -68,6 +68,7 @@ class BertEmbeddings(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertEmbeddings:
+        """Candle's ``BertEmbeddings::load(vb, config)``: word, position and token-type tables and ``LayerNorm``."""
         return BertEmbeddings(
             embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings")),
             embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embeddings")),
@@ -76,6 +77,7 @@ class BertEmbeddings(Module):
         )
 
     def forward(self, input_ids: Any, token_type_ids: Any = None, position_ids: Any = None) -> Any:
+        """``(B, S)`` ids in, ``(B, S, hidden)`` embeddings out."""
         ids = unwrap(input_ids)
         x = unwrap(self.word_embeddings(ids))
         if token_type_ids is None:
@@ -104,6 +106,7 @@ class BertSelfAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertSelfAttention:
+        """Candle's ``BertSelfAttention::load(vb, config)``: the ``query``, ``key`` and ``value`` layers."""
         h = cfg.hidden_size
         return BertSelfAttention(
             linear(h, h, vb.pp("query")), linear(h, h, vb.pp("key")), linear(h, h, vb.pp("value")),
@@ -131,12 +134,14 @@ class BertSelfOutput(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertSelfOutput:
+        """Candle's ``BertSelfOutput::load(vb, config)``: the ``dense`` layer and ``LayerNorm``."""
         return BertSelfOutput(
             linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")),
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm")),
         )
 
     def forward(self, hidden_states: Any, input_tensor: Any) -> Any:
+        """``LayerNorm(dense(hidden_states) + input_tensor)``: ``(B, S, hidden)`` in and out."""
         return self.LayerNorm(unwrap(self.dense(hidden_states)) + unwrap(input_tensor))
 
 
@@ -149,9 +154,11 @@ class BertAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertAttention:
+        """Candle's ``BertAttention::load(vb, config)``: the ``self`` and ``output`` weights under ``vb``."""
         return BertAttention(BertSelfAttention.load(vb.pp("self"), cfg), BertSelfOutput.load(vb.pp("output"), cfg))
 
     def forward(self, hidden_states: Any, mask: Any = None) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out (self-attention, then dense + residual + LayerNorm)."""
         return self.output(self.self_attention(hidden_states, mask), hidden_states)
 
 
@@ -164,9 +171,11 @@ class BertIntermediate(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertIntermediate:
+        """Candle's ``BertIntermediate::load(vb, config)``: the ``dense`` up-projection."""
         return BertIntermediate(linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("dense")), cfg.act)
 
     def forward(self, hidden_states: Any) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, intermediate)`` out."""
         return self.act.apply(self.dense(hidden_states))
 
 
@@ -175,6 +184,7 @@ class BertOutput(BertSelfOutput):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertOutput:
+        """Candle's ``BertOutput::load(vb, config)``: the ``dense`` down-projection and ``LayerNorm``."""
         return BertOutput(
             linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("dense")),
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm")),
@@ -191,6 +201,7 @@ class BertLayer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertLayer:
+        """Candle's ``BertLayer::load(vb, config)``: ``attention``, ``intermediate`` and ``output``."""
         return BertLayer(
             BertAttention.load(vb.pp("attention"), cfg),
             BertIntermediate.load(vb.pp("intermediate"), cfg),
@@ -198,6 +209,7 @@ class BertLayer(Module):
         )
 
     def forward(self, hidden_states: Any, mask: Any = None) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out."""
         att = self.attention(hidden_states, mask)
         return self.output(self.intermediate(att), att)
 
@@ -210,9 +222,11 @@ class BertEncoder(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertEncoder:
+        """Candle's ``BertEncoder::load(vb, config)``: ``layer.{i}`` for each hidden layer."""
         return BertEncoder([BertLayer.load(vb.pp("layer").pp(i), cfg) for i in range(cfg.num_hidden_layers)])
 
     def forward(self, hidden_states: Any, mask: Any = None) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out, through every layer."""
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
         return hidden_states
@@ -226,9 +240,11 @@ class BertPooler(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertPooler:
+        """The pooler's ``dense`` layer under ``vb`` (transformers' ``BertPooler``)."""
         return BertPooler(linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")))
 
     def forward(self, hidden_states: Any) -> Any:
+        """``(B, S, hidden)`` in, ``(B, hidden)`` out: ``tanh(dense(first token))``."""
         return ops.activation(self.dense(unwrap(hidden_states)[:, 0]), "tanh")
 
 
@@ -424,12 +440,14 @@ class BertPredictionHeadTransform(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> BertPredictionHeadTransform:
+        """The ``dense`` layer and ``LayerNorm`` under ``vb`` (transformers' ``BertPredictionHeadTransform``)."""
         return BertPredictionHeadTransform(
             linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense")), cfg.act,
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm")),
         )  # fmt: skip
 
     def forward(self, hidden_states: Any) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out."""
         return self.LayerNorm(self.act.apply(self.dense(hidden_states)))
 
 
@@ -478,6 +496,7 @@ class BertLMPredictionHead(Module):
         return self.decoder.bias
 
     def forward(self, hidden_states: Any) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, vocab)`` logits out."""
         return self.decoder(self.transform(hidden_states))
 
 
@@ -489,9 +508,11 @@ class BertOnlyMLMHead(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, word_embeddings: Any = None) -> BertOnlyMLMHead:
+        """The ``predictions`` head under ``vb``; ``word_embeddings`` ties the decoder to the input table."""
         return BertOnlyMLMHead(BertLMPredictionHead.load(vb.pp("predictions"), cfg, word_embeddings))
 
     def forward(self, sequence_output: Any) -> Any:
+        """``(B, S, hidden)`` in, ``(B, S, vocab)`` logits out."""
         return self.predictions(sequence_output)
 
 

@@ -41,6 +41,9 @@ class HiddenAct(enum.Enum):
 
     @staticmethod
     def parse(name: str | HiddenAct) -> HiddenAct:
+        """The ``HiddenAct`` named by a ``config.json`` ``hidden_act`` string (``gelu``, ``gelu_new``, ...); raises
+        for an
+        unknown name."""
         if isinstance(name, HiddenAct):
             return name
         key = str(name).strip().lower()
@@ -114,6 +117,7 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        """The config of a ``config.json`` dict; unknown keys are kept in ``extra``."""
         config_dict(d, "bert Config")
         known = {f.name for f in fields(Config)} - {"extra"}
         cfg = Config(**{k: v for k, v in d.items() if k in known})
@@ -123,15 +127,18 @@ class Config:
 
     @staticmethod
     def from_json_file(path: str | os.PathLike) -> Config:
+        """The config of a ``config.json`` file."""
         return Config.from_dict(read_config_json(path, "bert Config"))
 
     from_hf_config = from_dict
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a ``config.json`` dict (``extra`` keys included)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         return {**self.extra, **d}
 
     def validate(self) -> None:
+        """Raise ``errors.Msg`` for sizes that cannot build a model (e.g. heads not dividing ``hidden_size``)."""
         check_sizes(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                            "max_position_embeddings", "type_vocab_size"), "bert Config")  # fmt: skip
         if self.hidden_size % self.num_attention_heads:
@@ -154,10 +161,12 @@ class Config:
 
     @property
     def act(self) -> HiddenAct:
+        """``hidden_act`` parsed as a ``HiddenAct``."""
         return HiddenAct.parse(self.hidden_act)
 
     @property
     def head_dim(self) -> int:
+        """``hidden_size // num_attention_heads``."""
         return self.hidden_size // self.num_attention_heads
 
 

@@ -102,6 +102,7 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VisionConfig:
+        """The config of a ``vision_config`` dict; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
@@ -136,6 +137,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """The config of a ``config.json`` dict (its ``text_config`` and ``vision_config``)."""
         config_dict(d, "blip Config")
         extra = {k: d[k] for k in ("projection_dim", "image_text_hidden_size", "tie_word_embeddings")
                  if d.get(k) is not None}  # fmt: skip
@@ -143,6 +145,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:
+        """The config of a ``config.json`` file."""
         return cls.from_dict(read_config_json(path, "blip Config"))
 
     from_hf_config = from_dict
@@ -192,6 +195,7 @@ class VisionEmbeddings(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: VisionConfig) -> VisionEmbeddings:
+        """Candle's ``VisionEmbeddings::new(cfg, vb)``: class embedding, patch convolution, position embedding."""
         h, n_pos = cfg.hidden_size, (cfg.image_size // cfg.patch_size) ** 2 + 1
         conv = conv2d(3, h, cfg.patch_size, Conv2dConfig(stride=cfg.patch_size), vb.pp("patch_embedding"))
         return VisionEmbeddings(
@@ -199,6 +203,7 @@ class VisionEmbeddings(Module):
         )
 
     def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, image_size, image_size)`` pixels in, ``(B, 1 + patches, hidden)`` out."""
         _check_pixels(pixel_values, self.image_size)
         b = pixel_values.dim(0)
         patches = self.patch_embedding(pixel_values).flatten_from(2).transpose(1, 2)  # (B, N, C)
@@ -215,11 +220,13 @@ class VisionAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: VisionConfig, linear: blip_text.LinearLoader = linear) -> VisionAttention:
+        """Candle's ``Attention::new(cfg, vb)``: the fused ``qkv`` and ``projection`` layers."""
         h = cfg.hidden_size
         qkv, proj = linear(h, 3 * h, vb.pp("qkv")), linear(h, h, vb.pp("projection"))
         return VisionAttention(qkv, proj, cfg.num_attention_heads)
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, N, hidden)`` in, ``(B, N, hidden)`` out."""
         b, s, c = xs.dims3()
         qkv = self.qkv(xs).reshape((b, s, 3, self.num_heads, c // self.num_heads)).permute((2, 0, 3, 1, 4))
         y = ops.sdpa(qkv.get(0), qkv.get(1), qkv.get(2))  # (B, H, S, D)
@@ -236,6 +243,7 @@ class EncoderLayer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: VisionConfig, linear: blip_text.LinearLoader = linear) -> EncoderLayer:
+        """Candle's ``EncoderLayer::new(cfg, vb)``: ``self_attn``, ``layer_norm1/2`` and ``mlp.fc1/fc2``."""
         h, eps, mlp = cfg.hidden_size, cfg.layer_norm_eps, vb.pp("mlp")
         return EncoderLayer(
             VisionAttention.load(vb.pp("self_attn"), cfg, linear), layer_norm(h, eps, vb.pp("layer_norm1")),
@@ -244,6 +252,7 @@ class EncoderLayer(Module):
         )  # fmt: skip
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, N, hidden)`` in, ``(B, N, hidden)`` out (pre-norm attention and MLP, with residuals)."""
         xs = xs + self.self_attn(self.layer_norm1(xs))
         return xs + self.fc2(self.act(self.fc1(self.layer_norm2(xs))))
 
@@ -273,6 +282,7 @@ class VisionModel(Module):
         return self.forward(*args, **kwargs)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, image_size, image_size)`` pixels in, ``(B, 1 + patches, hidden)`` out."""
         xs = self.embeddings(pixel_values)
         for layer in self.layers:
             xs = layer(xs)
@@ -306,6 +316,8 @@ class BlipForConditionalGeneration(Module):
 
     @staticmethod
     def load(vb: VarBuilder, config: Config) -> BlipForConditionalGeneration:
+        """Candle's ``BlipForConditionalGeneration::new(cfg, vb)``: ``vision_model`` and ``text_decoder`` under
+        ``vb``."""
         check_vb_first(vb, "BlipForConditionalGeneration.load", _NEW, _LOAD)
         return BlipForConditionalGeneration(
             VisionModel.load(vb.pp("vision_model"), config.vision_config),
@@ -330,6 +342,7 @@ class BlipForConditionalGeneration(Module):
 
     @property
     def image_size(self) -> int:
+        """The side of the square images the vision model takes."""
         return self.vision_model.embeddings.image_size
 
     def reset_kv_cache(self) -> None:

@@ -104,6 +104,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """The config of a ``text_config`` dict; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
@@ -143,6 +144,7 @@ class TextEmbeddings(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> TextEmbeddings:
+        """Candle's ``TextEmbeddings::new(cfg, vb)``: word and position tables and ``LayerNorm``."""
         return TextEmbeddings(
             embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings")),
             embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embeddings")),
@@ -150,6 +152,7 @@ class TextEmbeddings(Module):
         )
 
     def forward(self, input_ids: Tensor, pos: Tensor | int = 0) -> Tensor:
+        """``(B, S)`` ids at positions ``pos ..`` in, ``(B, S, hidden)`` out."""
         s = input_ids.dim(1)
         offsets = Tensor.from_numpy(np.arange(s, dtype=np.int32))
         positions = offsets + pos if isinstance(pos, Tensor) else offsets + int(pos)
@@ -166,6 +169,7 @@ class TextSelfAttention(Module):
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool,
              linear: LinearLoader = load_linear) -> TextSelfAttention:  # fmt: skip
+        """Candle's ``TextSelfAttention::new(cfg, is_cross_attention, vb)``: ``query``, ``key``, ``value``."""
         h = cfg.hidden_size
         kv_in = cfg.encoder_hidden_size if is_cross_attention else h
         return TextSelfAttention(
@@ -195,6 +199,7 @@ class TextAttention(Module):
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, is_cross_attention: bool,
              linear: LinearLoader = load_linear) -> TextAttention:  # fmt: skip
+        """Candle's ``TextAttention::new(cfg, is_cross_attention, vb)``: ``self`` and ``output`` weights."""
         out = vb.pp("output")
         return TextAttention(
             TextSelfAttention.load(vb.pp("self"), cfg, is_cross_attention, linear),
@@ -204,6 +209,7 @@ class TextAttention(Module):
 
     def forward(self, xs: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False,
                 keys_transposed: bool = False) -> Tensor:  # fmt: skip
+        """``(B, S, hidden)`` queries, keys and values in, ``(B, S, hidden)`` out (dense + residual + LayerNorm)."""
         ctx = self.self_attention.attend(xs, k, v, mask, causal, keys_transposed)
         return self.LayerNorm(self.dense(ctx) + xs)
 
@@ -218,6 +224,7 @@ class TextLayer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, linear: LinearLoader = load_linear) -> TextLayer:
+        """Candle's ``TextLayer::new(cfg, vb)``: ``attention``, ``crossattention``, ``intermediate`` and ``output``."""
         h, i = cfg.hidden_size, cfg.intermediate_size
         return TextLayer(
             TextAttention.load(vb.pp("attention"), cfg, False, linear),
@@ -259,9 +266,11 @@ class TextPooler(Module):
 
     @classmethod
     def load(cls, vb: VarBuilder, cfg: Config) -> TextPooler:
+        """Candle's ``TextPooler::new(cfg, vb)``."""
         return cls.new(cfg, vb)
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, S, hidden)`` in, ``(B, hidden)`` out: ``tanh(dense(first token))``."""
         if xs.rank != 3:
             raise errors.Msg(f"blip TextPooler: expected hidden states (batch, seq, hidden), got {xs.dims()}")
         return self.dense(xs.narrow(1, 0, 1).squeeze(1)).tanh()
@@ -276,6 +285,7 @@ class TextCache(Module):
 
     @property
     def max_seq_len(self) -> int:
+        """The number of positions each layer's cache holds."""
         return self.kv[0].max_seq_len
 
 
@@ -459,11 +469,13 @@ class StatefulTextDecoder:
         self.module = module
 
     def forward(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
+        """``(B, S)`` ids and the image embeddings in, ``(B, S, vocab)`` logits out; the cache advances."""
         return self.module.forward_stateful(input_ids, image_embeds)
 
     __call__ = forward
 
     def reset_kv_cache(self) -> None:
+        """Candle's ``TextLMHeadModel::reset_kv_cache``: start again at position 0."""
         self.module.reset_kv_cache()
 
     def __getattr__(self, name: str) -> Any:

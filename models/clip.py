@@ -88,6 +88,7 @@ class ClipAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, hidden: int, num_heads: int) -> ClipAttention:
+        """Candle's ``ClipAttention::new(vs, c)``: ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``."""
         return ClipAttention(
             linear(hidden, hidden, vb.pp("q_proj")), linear(hidden, hidden, vb.pp("k_proj")),
             linear(hidden, hidden, vb.pp("v_proj")), linear(hidden, hidden, vb.pp("out_proj")), num_heads,
@@ -97,6 +98,7 @@ class ClipAttention(Module):
         return x.reshape((b, s, self.num_heads, -1)).transpose(1, 2)  # (B, H, S, D)
 
     def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out; ``causal`` masks future tokens."""
         b, s, c = xs.dims3()
         q = self._heads(self.q_proj(xs), b, s)
         k = self._heads(self.k_proj(xs), b, s)
@@ -113,6 +115,7 @@ class ClipMlp(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipMlp:
+        """Candle's ``ClipMlp::new(vs, c)``: ``fc1``, ``fc2`` and the config's activation."""
         return ClipMlp(
             linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1")),
             linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2")),
@@ -120,6 +123,7 @@ class ClipMlp(Module):
         )
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out."""
         return self.fc2(self.activation(self.fc1(xs)))
 
 
@@ -131,6 +135,7 @@ class ClipEncoderLayer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipEncoderLayer:
+        """Candle's ``ClipEncoderLayer::new(vs, c)``: ``self_attn``, ``layer_norm1/2`` and ``mlp``."""
         h, eps = cfg.hidden_size, cfg.layer_norm_eps
         return ClipEncoderLayer(
             ClipAttention.load(vb.pp("self_attn"), h, cfg.num_attention_heads),
@@ -140,6 +145,7 @@ class ClipEncoderLayer(Module):
         )  # fmt: skip
 
     def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out (pre-norm attention and MLP, with residuals)."""
         xs = xs + self.self_attn(self.layer_norm1(xs), mask, causal)
         return xs + self.mlp(self.layer_norm2(xs))
 
@@ -152,6 +158,7 @@ class ClipEncoder(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig | ClipVisionConfig) -> ClipEncoder:
+        """Candle's ``ClipEncoder::new(vs, c)``: ``layers.{i}`` for each hidden layer."""
         cfg = tower_config(cfg)
         return ClipEncoder([ClipEncoderLayer.load(vb.pp("layers").pp(i), cfg) for i in range(cfg.num_hidden_layers)])
 
@@ -161,6 +168,7 @@ class ClipEncoder(Module):
         return ClipEncoder.load(vb, c)
 
     def forward(self, xs: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``(B, S, hidden)`` in, ``(B, S, hidden)`` out, through every layer."""
         for layer in self.layers:
             xs = layer(xs, mask, causal)
         return xs
@@ -184,12 +192,14 @@ class ClipTextEmbeddings(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig) -> ClipTextEmbeddings:
+        """Candle's ``ClipTextEmbeddings::new(vs, c)``: token and position tables."""
         return ClipTextEmbeddings(
             embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("token_embedding")),
             embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embedding")),
         )
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        """``(B, S)`` ids in, ``(B, S, hidden)`` out."""
         s = input_ids.dim(1)
         pos = self.position_embedding.embeddings().narrow(0, 0, s)
         return self.token_embedding(input_ids).broadcast_add(pos)
@@ -206,6 +216,7 @@ class ClipTextTransformer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipTextConfig) -> ClipTextTransformer:
+        """Candle's ``ClipTextTransformer::new(vs, c)``: embeddings, encoder and ``final_layer_norm``."""
         return ClipTextTransformer(
             ClipTextEmbeddings.load(vb.pp("embeddings"), cfg), ClipEncoder.load(vb.pp("encoder"), cfg),
             layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm")), cfg.eos_token_id,
@@ -298,6 +309,7 @@ class ClipVisionEmbeddings(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipVisionConfig) -> ClipVisionEmbeddings:
+        """Candle's ``ClipVisionEmbeddings::new(vs, c)``: class embedding, patch convolution, positions."""
         n_pos = (cfg.image_size // cfg.patch_size) ** 2 + 1
         conv = conv2d_no_bias(cfg.num_channels, cfg.hidden_size, cfg.patch_size,
                               Conv2dConfig(stride=cfg.patch_size), vb.pp("patch_embedding"))  # fmt: skip
@@ -307,6 +319,7 @@ class ClipVisionEmbeddings(Module):
         )  # fmt: skip
 
     def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(B, C, image_size, image_size)`` pixels in, ``(B, 1 + patches, hidden)`` out."""
         _check_pixels("clip vision_model", pixel_values, self.num_channels, self.image_size)
         b = pixel_values.dim(0)
         patches = self.patch_embedding(pixel_values).flatten_from(2).transpose(1, 2)  # (B, N, C)
@@ -341,6 +354,7 @@ class ClipVisionTransformer(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: ClipVisionConfig) -> ClipVisionTransformer:
+        """Candle's ``ClipVisionTransformer::new(vs, c)``: embeddings, ``pre_layrnorm``, encoder, ``post_layernorm``."""
         h, eps = cfg.hidden_size, cfg.layer_norm_eps
         return ClipVisionTransformer(
             ClipVisionEmbeddings.load(vb.pp("embeddings"), cfg), layer_norm(h, eps, vb.pp("pre_layrnorm")),
@@ -381,6 +395,7 @@ class ClipModel(Module):
 
     @staticmethod
     def load(vb: VarBuilder, config: ClipConfig) -> ClipModel:
+        """Candle's ``ClipModel::new(vs, c)``: both towers, both projections and ``logit_scale``."""
         t, v, p = config.text_config, config.vision_config, config.projection_dim
         scale = vb.get_with_hints((), "logit_scale", Const(config.logit_scale_init_value))
         return ClipModel(
@@ -403,6 +418,7 @@ class ClipModel(Module):
 
     @property
     def image_size(self) -> int:
+        """The side of the square images the vision tower takes."""
         return self.vision_model.embeddings.image_size
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

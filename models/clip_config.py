@@ -20,6 +20,7 @@ __all__ = ["ClipConfig", "ClipTextConfig", "ClipVisionConfig", "EncoderConfig", 
 # configuration: the keys of a CLIPModel config.json
 # ------------------------------------------------------------------------------------------------
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """The config of a ``text_config`` / ``vision_config`` dict; unknown keys are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -144,6 +145,7 @@ class ClipConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> ClipConfig:
+        """The config of a ``config.json`` file."""
         return cls.from_dict(read_config_json(path, "clip Config"))
 
     from_hf_config = from_dict
@@ -179,18 +181,23 @@ class EncoderConfig:
         self.config = config
 
     def embed_dim(self) -> int:
+        """Candle's ``EncoderConfig::embed_dim``: the tower's hidden size."""
         return int(self.config.hidden_size)
 
     def num_attention_heads(self) -> int:
+        """Candle's ``EncoderConfig::num_attention_heads``."""
         return int(self.config.num_attention_heads)
 
     def intermediate_size(self) -> int:
+        """Candle's ``EncoderConfig::intermediate_size``."""
         return int(self.config.intermediate_size)
 
     def num_hidden_layers(self) -> int:
+        """Candle's ``EncoderConfig::num_hidden_layers``."""
         return int(self.config.num_hidden_layers)
 
     def activation(self) -> Activation:
+        """Candle's ``EncoderConfig::activation``: the tower's ``hidden_act`` parsed."""
         return Activation.parse(self.config.hidden_act)
 
     def __eq__(self, other: object) -> bool:

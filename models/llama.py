@@ -99,6 +99,8 @@ class Cache(StackedKvCache):
 
     @classmethod
     def new(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Candle's ``Cache::new(use_kv_cache, dtype, config, device)`` (a ``ForwardCache``), or the stacked cache's
+        ``new``."""
         if (args and isinstance(args[0], bool)) or "use_kv_cache" in kwargs:
             return ForwardCache(*args, **kwargs)
         return super().new(*args, **kwargs)
@@ -145,6 +147,7 @@ class CausalSelfAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, layer: int = 0) -> CausalSelfAttention:
+        """Candle's ``CausalSelfAttention::load(vb, cfg)``: ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``."""
         h, d = cfg.hidden_size, int(cfg.head_dim)  # type: ignore[arg-type]
         nq, nkv = cfg.num_attention_heads, int(cfg.num_key_value_heads)  # type: ignore[arg-type]
         qb = bool(cfg.qkv_bias)
@@ -183,11 +186,13 @@ class Mlp(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config) -> Mlp:
+        """Candle's ``Mlp::load(vb, cfg)``: ``gate_proj``, ``up_proj`` and ``down_proj``."""
         h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
         return Mlp(_linear(h, i, b, vb.pp("gate_proj")), _linear(h, i, b, vb.pp("up_proj")),
                    _linear(i, h, b, vb.pp("down_proj")))  # fmt: skip
 
     def forward(self, x: Any) -> Any:
+        """``down_proj(silu(gate_proj(x)) * up_proj(x))``: ``(B, T, hidden)`` in and out."""
         if self.up_proj is None:  # gate_proj holds the gate and up rows stacked: one product
             return unwrap(self.down_proj(ops.swiglu(self.gate_proj(x))))
         return unwrap(self.down_proj(unwrap(ops.silu(self.gate_proj(x))) * unwrap(self.up_proj(x))))
@@ -204,6 +209,8 @@ class Block(Module):
 
     @staticmethod
     def load(vb: VarBuilder, cfg: Config, layer: int = 0) -> Block:
+        """Candle's ``Block::load(vb, cfg)``: ``input_layernorm``, ``self_attn``, ``post_attention_layernorm`` and
+        ``mlp``."""
         return Block(
             rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm")),
             CausalSelfAttention.load(vb.pp("self_attn"), cfg, layer),
@@ -213,6 +220,7 @@ class Block(Module):
 
     def forward(self, x: Any, rotary: RotaryEmbedding, cos: Any, sin: Any, cache: Cache, layer: Any,
                 pos: Any) -> tuple[Any, Cache]:  # fmt: skip
+        """``(B, T, hidden)`` in, ``((B, T, hidden), cache)`` out; writes this layer's keys and values at ``pos``."""
         h, cache = self.self_attn(unwrap(self.input_layernorm(x)), rotary, cos, sin, cache, layer, pos)
         x = x + h
         x = x + self.mlp(unwrap(self.post_attention_layernorm(x)))
@@ -309,10 +317,12 @@ class Llama(Module):
 
     @property
     def dtype(self) -> DType:
+        """The dtype of the weights (that of ``embed_tokens``)."""
         return to_dtype(unwrap(self.embed_tokens.weight).dtype)
 
     @property
     def max_position_embeddings(self) -> int:
+        """The config's ``max_position_embeddings``."""
         return int(self.config.max_position_embeddings)
 
     def new_cache(self, batch: int = 1, max_seq_len: int = 512, dtype: Any = None) -> Cache:

@@ -78,18 +78,22 @@ class Config:
 
     @staticmethod
     def tiny_260k() -> Config:
+        """Candle's ``Config::tiny_260k``: the 260K-parameter llama2.c model."""
         return Config(dim=64, hidden_dim=768, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=32000, seq_len=512)
 
     @staticmethod
     def tiny_15m() -> Config:
+        """Candle's ``Config::tiny_15m``: the 15M-parameter llama2.c model."""
         return Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256)
 
     @staticmethod
     def tiny_42m() -> Config:
+        """Candle's ``Config::tiny_42m``: the 42M-parameter llama2.c model."""
         return Config(dim=512, hidden_dim=768, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, seq_len=1024)
 
     @staticmethod
     def tiny_110m() -> Config:
+        """Candle's ``Config::tiny_110m``: the 110M-parameter llama2.c model."""
         return Config(dim=768, hidden_dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000,
                       seq_len=1024)  # fmt: skip
 
@@ -100,6 +104,7 @@ class Config:
         return read_config(r)
 
     def head_size(self) -> int:
+        """``dim // n_heads``."""
         return self.dim // self.n_heads
 
     def clone(self) -> Config:
@@ -249,6 +254,7 @@ class Llama(Module):
 
     @property
     def dtype(self) -> DType:
+        """The dtype of the weights (that of ``wte``)."""
         return to_dtype(unwrap(self.wte.weight).dtype)
 
     def embed(self, x: Any) -> Any:

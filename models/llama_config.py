@@ -68,13 +68,21 @@ class Llama3RopeConfig(dict):
             raise errors.Msg(f"llama Llama3RopeConfig: rope_type {kind!r} is not llama3 or default")
         return cls(**d)
 
-    factor = property(lambda self: self["factor"])
-    low_freq_factor = property(lambda self: self["low_freq_factor"])
-    high_freq_factor = property(lambda self: self["high_freq_factor"])
-    original_max_position_embeddings = property(lambda self: self["original_max_position_embeddings"])
+    factor = property(lambda self: self["factor"], doc="The ``factor`` field of Candle's ``Llama3RopeConfig``.")
+    low_freq_factor = property(
+        lambda self: self["low_freq_factor"], doc="The ``low_freq_factor`` field of Candle's ``Llama3RopeConfig``."
+    )
+    high_freq_factor = property(
+        lambda self: self["high_freq_factor"], doc="The ``high_freq_factor`` field of Candle's ``Llama3RopeConfig``."
+    )
+    original_max_position_embeddings = property(
+        lambda self: self["original_max_position_embeddings"],
+        doc="The ``original_max_position_embeddings`` field of Candle's ``Llama3RopeConfig``.",
+    )
 
     @property
     def rope_type(self) -> Llama3RopeType:
+        """The ``rope_type`` entry as a ``Llama3RopeType``."""
         return Llama3RopeType(self["rope_type"])
 
     def __repr__(self) -> str:
@@ -230,6 +238,7 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Config:
+        """The config of a ``config.json`` file."""
         return cls.from_dict(read_config_json(path, "llama Config"))
 
     from_hf_config = from_dict
@@ -260,6 +269,7 @@ class Config:
 
     @property
     def eos_token_ids(self) -> list[int]:
+        """``eos_token_id`` as a list (empty, one id, or several)."""
         e = self.eos_token_id
         return [] if e is None else [int(e)] if isinstance(e, int) else [int(x) for x in e]
 

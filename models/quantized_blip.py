@@ -77,6 +77,7 @@ class BlipForConditionalGeneration(blip.BlipForConditionalGeneration):
 
     @classmethod
     def load(cls, vb: VarBuilder, config: Config) -> BlipForConditionalGeneration:
+        """Candle's ``quantized_blip::BlipForConditionalGeneration::new(cfg, vb)``, from a GGUF ``VarBuilder``."""
         check_gguf_vb(vb, "quantized_blip.BlipForConditionalGeneration.load", _NEW,
                       "blip.BlipForConditionalGeneration.load(vb, config)")  # fmt: skip
         return cls(

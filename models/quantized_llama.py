@@ -314,6 +314,7 @@ class ModelWeights(Llama):
 
     @property
     def dtype(self) -> DType:
+        """The activations' dtype: always F32."""
         return DType.F32
 
 

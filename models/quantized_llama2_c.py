@@ -41,4 +41,5 @@ class QLlama(Llama):
 
     @property
     def dtype(self) -> DType:  # the activations (and the KV cache) are f32
+        """The activations' dtype (and the KV cache's): always F32."""
         return DType.F32

@@ -68,6 +68,8 @@ class ConvBn(ModuleT):
 
     @staticmethod
     def load(c_in: int, c_out: int, k: int, stride: int, vb_conv: Any, vb_bn: Any, fold: bool) -> ConvBn:
+        """A bias-free convolution and its batch norm; with ``fold``, a checkpoint whose batch norm is folded into
+        the conv."""
         cfg = Conv2dConfig(padding=k // 2, stride=stride)
         if fold and vb_conv.contains_tensor("bias") and not vb_bn.contains_tensor("weight"):
             return ConvBn(conv2d(c_in, c_out, k, cfg, vb_conv))  # saved already folded (a folded model's file)
@@ -76,6 +78,7 @@ class ConvBn(ModuleT):
         return ConvBn(conv.absorb_bn(bn)) if fold else ConvBn(conv, bn)
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """``bn(conv(xs))``: ``(B, C_in, H, W)`` in, ``(B, C_out, H', W')`` out."""
         ys = self.conv.forward(xs)
         return ys if self.bn is None else self.bn.forward_t(ys, train)
 
@@ -106,6 +109,7 @@ class BasicBlock(ModuleT):
 
     @staticmethod
     def load(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> BasicBlock:
+        """Two 3x3 ``ConvBn`` (``conv1``/``bn1``, ``conv2``/``bn2``) and a ``downsample`` when the shape changes."""
         return BasicBlock(
             ConvBn.load(c_in, c_out, 3, stride, vb.pp("conv1"), vb.pp("bn1"), fold),
             ConvBn.load(c_out, c_out, 3, 1, vb.pp("conv2"), vb.pp("bn2"), fold),
@@ -113,11 +117,13 @@ class BasicBlock(ModuleT):
         )
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """``(B, C_in, H, W)`` in, ``(B, C_out, H / stride, W / stride)`` out."""
         ys = self.conv2.forward_t(self.conv1.forward_t(xs, train).relu(), train)
         sc = xs if self.downsample is None else self.downsample.forward_t(xs, train)
         return (ys + sc).relu()
 
     def forward_nhwc(self, xs: Any) -> Any:
+        """As ``forward_t`` in eval mode, on channels-last ``(B, H, W, C)`` input."""
         ys = self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs, relu=True))
         sc = xs if self.downsample is None else self.downsample.forward_nhwc(xs)
         return (ys + sc).relu()
@@ -133,6 +139,7 @@ class Bottleneck(ModuleT):
 
     @staticmethod
     def load(c_in: int, c_out: int, stride: int, vb: Any, fold: bool) -> Bottleneck:
+        """The 1x1, 3x3 and 1x1 ``ConvBn`` (``conv1..3``/``bn1..3``) and a ``downsample`` when the shape changes."""
         e = c_out * 4
         return Bottleneck(
             ConvBn.load(c_in, c_out, 1, 1, vb.pp("conv1"), vb.pp("bn1"), fold),
@@ -142,12 +149,14 @@ class Bottleneck(ModuleT):
         )
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """``(B, C_in, H, W)`` in, ``(B, 4 * C_out, H / stride, W / stride)`` out."""
         ys = self.conv1.forward_t(xs, train).relu()
         ys = self.conv3.forward_t(self.conv2.forward_t(ys, train).relu(), train)
         sc = xs if self.downsample is None else self.downsample.forward_t(xs, train)
         return (ys + sc).relu()
 
     def forward_nhwc(self, xs: Any) -> Any:
+        """As ``forward_t`` in eval mode, on channels-last ``(B, H, W, C)`` input."""
         ys = self.conv3.forward_nhwc(self.conv2.forward_nhwc(self.conv1.forward_nhwc(xs, relu=True), relu=True))
         sc = xs if self.downsample is None else self.downsample.forward_nhwc(xs)
         return (ys + sc).relu()
@@ -286,6 +295,7 @@ def resnet18(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
 
 
 def resnet34(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    """Candle's ``resnet34(num_classes, vb)``; ``nclasses=None`` is ``resnet34_no_final_layer``."""
     return ResNet.load(BasicBlock, (3, 4, 6, 3), nclasses, vb, fold_bn=fold_bn)
 
 
@@ -295,10 +305,12 @@ def resnet50(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
 
 
 def resnet101(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    """Candle's ``resnet101(num_classes, vb)``; ``nclasses=None`` is ``resnet101_no_final_layer``."""
     return ResNet.load(Bottleneck, (3, 4, 23, 3), nclasses, vb, fold_bn=fold_bn)
 
 
 def resnet152(nclasses: int | None, vb: Any, *, fold_bn: bool = True) -> ResNet:
+    """Candle's ``resnet152(num_classes, vb)``; ``nclasses=None`` is ``resnet152_no_final_layer``."""
     return ResNet.load(Bottleneck, (3, 8, 36, 3), nclasses, vb, fold_bn=fold_bn)
 
 

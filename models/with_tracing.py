@@ -54,10 +54,12 @@ class Embedding(_NnEmbedding):
 
     @staticmethod
     def new(d1: int, d2: int, vb: Any) -> Embedding:  # type: ignore[override]
+        """Candle's ``with_tracing::Embedding::new(d1, d2, vb)``: a ``(d1, d2)`` table from ``vb``."""
         return Embedding(nn.embedding(d1, d2, vb).embeddings())
 
     @staticmethod
     def from_weights(weights: Any) -> Embedding:
+        """Candle's ``with_tracing::Embedding::from_weights(weights)``."""
         return Embedding(weights)
 
 
@@ -66,6 +68,7 @@ class Linear(_NnLinear):
 
     @staticmethod
     def from_weights(weights: Any, bias: Any = None) -> Linear:
+        """Candle's ``with_tracing::Linear::from_weights(weights, bias)``."""
         return Linear(weights, bias)
 
 
@@ -100,10 +103,12 @@ class QMatMul(_QMatMul):
 
     @staticmethod
     def new(out_dim: int, in_dim: int, vb: Any) -> QMatMul:
+        """Candle's ``with_tracing::QMatMul::new(out_dim, in_dim, vb)``: the quantized ``weight`` from ``vb``."""
         return QMatMul.from_weights(vb.get((in_dim, out_dim), "weight"))
 
     @staticmethod
     def from_weights(ws: QTensor) -> QMatMul:
+        """Candle's ``with_tracing::QMatMul::from_weights(ws)``."""
         w = _QMatMul.from_qtensor(ws).weight  # the layout QMatMul keeps (packed / blocked / dense)
         return QMatMul(w.jax if isinstance(w, Tensor) else w)
 
@@ -116,6 +121,7 @@ class LayerNorm(_NnLayerNorm):
 
     @staticmethod
     def new(weight: Any, bias: Any, eps: float) -> LayerNorm:
+        """Candle's ``with_tracing::LayerNorm::new(weight, bias, eps)``."""
         return LayerNorm(weight, bias, eps)
 
 
@@ -131,4 +137,5 @@ class RmsNorm(_NnRmsNorm):
 
     @staticmethod
     def new(size: int, eps: float, vb: Any) -> RmsNorm:  # type: ignore[override]
+        """Candle's ``with_tracing::RmsNorm::new(size, eps, vb)``."""
         return RmsNorm(nn.rms_norm(size, eps, vb).weight, eps)

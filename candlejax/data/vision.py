@@ -149,6 +149,7 @@ class VisionDataset:
 
     @property
     def test(self) -> tuple[Any, Any]:
+        """``(test_images, test_labels)``."""
         return self.test_images, self.test_labels
 
     def __repr__(self) -> str:
@@ -372,6 +373,7 @@ class mnist:  # noqa: N801 - Candle's module name
 
     @staticmethod
     def load() -> VisionDataset:
+        """Candle's ``candle_datasets::vision::mnist::load``: a hub download, which raises here; use ``load_dir``."""
         return _hub_load("mnist", "load_mnist")
 
 
@@ -388,6 +390,8 @@ class fashion_mnist:  # noqa: N801 - Candle's module name
 
     @staticmethod
     def load() -> VisionDataset:
+        """Candle's ``candle_datasets::vision::fashion_mnist::load``: a hub download, which raises here; use
+        ``load_dir``."""
         return _hub_load("fashion_mnist", "load_mnist")
 
 
@@ -399,4 +403,5 @@ class cifar:  # noqa: N801 - Candle's module name
 
     @staticmethod
     def load() -> VisionDataset:
+        """Candle's ``candle_datasets::vision::cifar::load``: a hub download, which raises here; use ``load_dir``."""
         return _hub_load("cifar", "load_cifar")

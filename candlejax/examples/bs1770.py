@@ -60,6 +60,7 @@ class Windows100ms:
 
     @staticmethod
     def new() -> Windows100ms:
+        """An empty list of 100 ms window powers."""
         return Windows100ms()
 
     def as_ref(self) -> Windows100ms:
@@ -67,9 +68,11 @@ class Windows100ms:
         return self
 
     def as_mut(self) -> Windows100ms:
+        """candle-examples' ``Windows100ms::as_mut``: the windows themselves (lists are mutable)."""
         return self
 
     def len(self) -> int:
+        """The number of windows."""
         return len(self.inner)
 
     def __len__(self) -> int:
@@ -126,6 +129,7 @@ class ChannelLoudnessMeter:
 
     @staticmethod
     def new(sample_rate_hz: int) -> ChannelLoudnessMeter:
+        """candle-examples' ``ChannelLoudnessMeter::new(sample_rate_hz)``."""
         return ChannelLoudnessMeter(sample_rate_hz)
 
     def push(self, samples: Iterable[float] | Any) -> None:
@@ -159,6 +163,7 @@ class ChannelLoudnessMeter:
         return self.windows
 
     def into_100ms_windows(self) -> Windows100ms:
+        """candle-examples' ``ChannelLoudnessMeter::into_100ms_windows``: the power of each 100 ms window."""
         return self.windows
 
 

@@ -79,18 +79,22 @@ class Message:
 
     @staticmethod
     def new(role: str, content: str) -> Message:
+        """A message with ``role`` and ``content``."""
         return Message(role, content)
 
     @staticmethod
     def system(content: str) -> Message:
+        """A ``"system"`` message."""
         return Message("system", content)
 
     @staticmethod
     def user(content: str) -> Message:
+        """A ``"user"`` message."""
         return Message("user", content)
 
     @staticmethod
     def assistant(content: str) -> Message:
+        """candle-examples' ``Message::assistant``: an ``"assistant"`` message."""
         return Message("assistant", content)
 
 
@@ -107,10 +111,12 @@ class ChatTemplateOptions:
 
     @staticmethod
     def for_generation() -> ChatTemplateOptions:
+        """candle-examples' ``ChatTemplateOptions::for_generation``: add the generation prompt."""
         return ChatTemplateOptions(add_generation_prompt=True)
 
     @staticmethod
     def for_training() -> ChatTemplateOptions:
+        """candle-examples' ``ChatTemplateOptions::for_training``: no generation prompt."""
         return ChatTemplateOptions(add_generation_prompt=False)
 
     def with_thinking(self) -> ChatTemplateOptions:
@@ -199,6 +205,7 @@ class ChatTemplate:
 
     @staticmethod
     def new(template: str, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
+        """A template from its Jinja source and the BOS / EOS tokens it may use."""
         return ChatTemplate(template, bos_token, eos_token)
 
     @staticmethod
@@ -313,10 +320,12 @@ class Conversation:
 
     @staticmethod
     def new(template: ChatTemplate, system_prompt: str) -> Conversation:
+        """A conversation that opens with the system prompt ``system_prompt``."""
         return Conversation(template, system_prompt)
 
     @staticmethod
     def without_system(template: ChatTemplate) -> Conversation:
+        """candle-examples' ``Conversation::without_system``: a conversation with no system prompt."""
         return Conversation(template)
 
     def with_options(self, options: ChatTemplateOptions) -> Conversation:
@@ -334,6 +343,7 @@ class Conversation:
         self._messages.append(Message.assistant(content))
 
     def add_message(self, message: Message) -> None:
+        """candle-examples' ``Conversation::add_message``: append ``message``."""
         self._messages.append(message)
 
     def messages(self) -> list[Message]:

@@ -157,9 +157,11 @@ class StepProgram:
         self.compiled: list[Any] = []
 
     def lower(self, *args: Any) -> Any:
+        """``jax.jit(step).lower(*args)``: the step lowered for these arguments."""
         return self.jitted.lower(*args)
 
     def add(self, program: Any) -> None:
+        """Keep a compiled ``program`` first, dropping the oldest beyond ``MAX_PROGRAMS``."""
         self.compiled = [program, *self.compiled][: self.MAX_PROGRAMS]
 
     def __call__(self, *args: Any) -> Any:
@@ -465,6 +467,7 @@ class Generation:
         return next(self._it)
 
     def close(self) -> None:
+        """Stop the generation (as a generator's ``close``)."""
         self._it.close()
 
     def continuation(self, new_tokens: Sequence[int] = ()) -> list[int]:

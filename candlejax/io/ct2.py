@@ -180,6 +180,7 @@ class Ct2Model:
         return Ct2Model(path, version, spec, revision, variables, aliases, buf)
 
     def names(self) -> list[str]:
+        """The variable names in the model file, aliases included, sorted."""
         return sorted([*self.variables, *self.aliases])
 
     def __contains__(self, name: str) -> bool:
@@ -192,9 +193,11 @@ class Ct2Model:
         return v
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of variable ``name``."""
         return self._var(name).shape
 
     def dtype(self, name: str) -> str:
+        """The CTranslate2 dtype string of variable ``name``."""
         return self._var(name).dtype
 
     def get(self, name: str) -> np.ndarray:
@@ -207,12 +210,14 @@ class Ct2Model:
         return raw.view(npt).reshape(v.shape).copy()
 
     def scalar(self, name: str) -> Any:
+        """Variable ``name`` as a Python number; raises ``errors.Ct2`` unless it holds one value."""
         a = self.get(name)
         if a.size != 1:
             raise errors.Ct2(f"ct2: {self.path}: variable {name!r} has shape {list(a.shape)}, expected a scalar")
         return a.reshape(()).item()
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(name, array)`` for each stored variable (aliases excepted)."""
         for name in self.variables:
             yield name, self.get(name)
 
@@ -310,6 +315,7 @@ def _json_object(path: str) -> dict:
 
 
 def tokenizer_vocab(tokenizer_json: str) -> dict[str, int]:
+    """The token → id map of a ``tokenizer.json`` (the model's vocab plus its ``added_tokens``)."""
     tok = _json_object(tokenizer_json)
     try:
         vocab = dict(tok.get("model", {}).get("vocab", {}))

@@ -56,6 +56,7 @@ class VersionedMagic(enum.Enum):
 
     @property
     def version(self) -> int:
+        """The GGUF version number (1, 2 or 3)."""
         return self.value
 
 
@@ -77,6 +78,7 @@ class ValueType(enum.Enum):
     F64 = 12
 
     def to_u32(self) -> int:
+        """The GGUF type code written in the file (Candle's ``ValueType::to_u32``)."""
         return self.value
 
     def __call__(self) -> ValueType:
@@ -151,50 +153,62 @@ class Value:
     # --- constructors -------------------------------------------------------------------------
     @staticmethod
     def u8(v: int) -> Value:
+        """Candle's ``Value::U8(v)``."""
         return Value(ValueType.U8, int(v))
 
     @staticmethod
     def i8(v: int) -> Value:
+        """Candle's ``Value::I8(v)``."""
         return Value(ValueType.I8, int(v))
 
     @staticmethod
     def u16(v: int) -> Value:
+        """Candle's ``Value::U16(v)``."""
         return Value(ValueType.U16, int(v))
 
     @staticmethod
     def i16(v: int) -> Value:
+        """Candle's ``Value::I16(v)``."""
         return Value(ValueType.I16, int(v))
 
     @staticmethod
     def u32(v: int) -> Value:
+        """Candle's ``Value::U32(v)``."""
         return Value(ValueType.U32, int(v))
 
     @staticmethod
     def i32(v: int) -> Value:
+        """Candle's ``Value::I32(v)``."""
         return Value(ValueType.I32, int(v))
 
     @staticmethod
     def u64(v: int) -> Value:
+        """Candle's ``Value::U64(v)``."""
         return Value(ValueType.U64, int(v))
 
     @staticmethod
     def i64(v: int) -> Value:
+        """Candle's ``Value::I64(v)``."""
         return Value(ValueType.I64, int(v))
 
     @staticmethod
     def f32(v: float) -> Value:
+        """Candle's ``Value::F32(v)`` (``v`` rounded to f32)."""
         return Value(ValueType.F32, float(np.float32(v)))
 
     @staticmethod
     def f64(v: float) -> Value:
+        """Candle's ``Value::F64(v)``."""
         return Value(ValueType.F64, float(v))
 
     @staticmethod
     def bool(v: bool) -> Value:
+        """Candle's ``Value::Bool(v)``."""
         return Value(ValueType.Bool, bool(v))
 
     @staticmethod
     def string(v: str) -> Value:
+        """Candle's ``Value::String(v)``."""
         return Value(ValueType.String, str(v))
 
     @staticmethod
@@ -281,21 +295,27 @@ class Value:
         return self._v
 
     def to_u8(self) -> int:
+        """Candle's ``Value::to_u8``: the value if it is a ``U8``, else an error naming the type."""
         return self._expect(ValueType.U8, "u8")
 
     def to_i8(self) -> int:
+        """Candle's ``Value::to_i8``: the value if it is an ``I8``, else an error naming the type."""
         return self._expect(ValueType.I8, "i8")
 
     def to_u16(self) -> int:
+        """Candle's ``Value::to_u16``: the value if it is a ``U16``, else an error naming the type."""
         return self._expect(ValueType.U16, "u16")
 
     def to_i16(self) -> int:
+        """Candle's ``Value::to_i16``: the value if it is an ``I16``, else an error naming the type."""
         return self._expect(ValueType.I16, "i16")
 
     def to_u32(self) -> int:
+        """Candle's ``Value::to_u32``: the value if it is a ``U32``, else an error naming the type."""
         return self._expect(ValueType.U32, "u32")
 
     def to_i32(self) -> int:
+        """Candle's ``Value::to_i32``: the value if it is an ``I32``, else an error naming the type."""
         return self._expect(ValueType.I32, "i32")
 
     def to_u64(self) -> int:
@@ -305,18 +325,23 @@ class Value:
         raise errors.Msg(f"not a u64 or upcastable to u64 {self!r}")
 
     def to_i64(self) -> int:
+        """Candle's ``Value::to_i64``: the value if it is an ``I64``, else an error naming the type."""
         return self._expect(ValueType.I64, "i64")
 
     def to_f32(self) -> float:
+        """Candle's ``Value::to_f32``: the value if it is an ``F32``, else an error naming the type."""
         return self._expect(ValueType.F32, "f32")
 
     def to_f64(self) -> float:
+        """Candle's ``Value::to_f64``: the value if it is an ``F64``, else an error naming the type."""
         return self._expect(ValueType.F64, "f64")
 
     def to_bool(self) -> bool:
+        """Candle's ``Value::to_bool``: the value if it is a ``Bool``, else an error naming the type."""
         return self._expect(ValueType.Bool, "bool")
 
     def to_string(self) -> str:
+        """Candle's ``Value::to_string``: the value if it is a ``String``, else an error naming the type."""
         return self._expect(ValueType.String, "string")
 
     def to_vec(self) -> list[Value]:
@@ -389,9 +414,11 @@ class TensorInfo:
             object.__setattr__(self, "shape", Dims(self.shape))
 
     def elem_count(self) -> int:
+        """The number of elements of the tensor (``shape.elem_count()``)."""
         return self.shape.elem_count()
 
     def size_in_bytes(self) -> int:
+        """The bytes the tensor's blocks take in the file, for its ``ggml_dtype``."""
         return self.ggml_dtype.bytes_for(self.elem_count())
 
     def read(self, reader: Any, tensor_data_offset: int, device: Any = None) -> QTensor:
@@ -705,6 +732,7 @@ class Content:
     # --- Candle's API ----------------------------------------------------------------------
     @property
     def version(self) -> int:
+        """The file's GGUF version (1, 2 or 3), from ``magic``."""
         return self.magic.value
 
     def tensor(self, *args: Any, device: Any = None) -> QTensor:

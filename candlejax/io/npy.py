@@ -277,6 +277,7 @@ class NpzTensors:
         return cls(path)
 
     def names(self) -> list[str]:
+        """The array names in the npz file, in file order."""
         return list(self._index)
 
     def __contains__(self, name: object) -> bool:

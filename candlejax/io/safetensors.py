@@ -243,6 +243,7 @@ class TensorView:
 
     @property
     def name(self) -> str:
+        """The tensor's name in the file."""
         return self._e.name
 
     @property
@@ -252,10 +253,12 @@ class TensorView:
 
     @property
     def st_dtype(self) -> str:
+        """The file's dtype string (``"F32"``, ``"BF16"``, ...)."""
         return self._e.st_dtype
 
     @property
     def dtype(self) -> DType:
+        """The candlejax DType the tensor loads as; raises for a dtype candlejax cannot load."""
         native = _ST.get(self._e.st_dtype, (None, 0, None))[2]
         if native is None:
             raise SafeTensorDtypeError(self._e.st_dtype, _where(self._owner.src, self._e.name))
@@ -263,13 +266,16 @@ class TensorView:
 
     @property
     def data_offsets(self) -> tuple[int, int]:
+        """``(begin, end)`` byte offsets of the data, relative to the end of the header."""
         return (self._e.begin, self._e.end)
 
     @property
     def nbytes(self) -> int:
+        """The number of bytes of the tensor's data."""
         return self._e.end - self._e.begin
 
     def elem_count(self) -> int:
+        """The number of elements (the product of the shape)."""
         n = 1
         for d in self._e.shape:
             n *= d
@@ -353,9 +359,11 @@ class SliceIterator:
         self._chunks, self._newshape = [data] if data else [], newshape
 
     def newshape(self) -> Dims:
+        """The safetensors crate's ``SliceIterator::newshape``: the shape of the selected sub-tensor."""
         return self._newshape
 
     def remaining_byte_len(self) -> int:
+        """The safetensors crate's ``SliceIterator::remaining_byte_len``: bytes not yet yielded."""
         return sum(len(c) for c in self._chunks)
 
     def __iter__(self) -> SliceIterator:
@@ -542,6 +550,7 @@ class MmapedSafetensors:
     # --- queries ------------------------------------------------------------------------------
     @property
     def paths(self) -> list[str]:
+        """The files read, in order."""
         return [s.src for s in self._sources]
 
     def _source_of(self, name: str) -> _Source:
@@ -570,9 +579,11 @@ class MmapedSafetensors:
         return self._source_of(name).src
 
     def tensors(self) -> list[tuple[str, TensorView]]:
+        """Candle's ``MmapedSafetensors::tensors``: ``(name, TensorView)`` for every tensor of every file."""
         return [(n, TensorView(s, e)) for s in self._sources for n, e in s.entries.items()]
 
     def names(self) -> list[str]:
+        """The tensor names of every file, in file order (also ``keys()``)."""
         return [n for s in self._sources for n in s.entries]
 
     keys = names
@@ -642,6 +653,7 @@ class SafeTensors(MmapedSafetensors):
         return self.__len__()
 
     def is_empty(self) -> bool:
+        """The safetensors crate's ``SafeTensors::is_empty``: whether the file holds no tensor."""
         return self.__len__() == 0
 
 

@@ -86,10 +86,12 @@ class Activation(Module):
 
     @staticmethod
     def Elu(alpha: float) -> Activation:  # noqa: N802 - Candle's variant name
+        """Candle's ``Activation::Elu(alpha)``: ELU with the given ``alpha``."""
         return Activation("Elu", alpha)
 
     @staticmethod
     def LeakyRelu(negative_slope: float) -> Activation:  # noqa: N802
+        """Candle's ``Activation::LeakyRelu(negative_slope)``: leaky ReLU with the given slope."""
         return Activation("LeakyRelu", negative_slope)
 
     @staticmethod
@@ -109,6 +111,7 @@ class Activation(Module):
         return Activation(v)
 
     def forward(self, xs: Any) -> Any:
+        """Apply the activation elementwise: ``xs`` in, same shape out (Candle's ``Module for Activation``)."""
         return ops.activation(xs, _VARIANTS[self.variant], self.param or 0.0)
 
     def __eq__(self, other: object) -> bool:
@@ -150,9 +153,11 @@ class PReLU(Module):
 
     @staticmethod
     def new(weight: Any, is_scalar: bool) -> PReLU:
+        """Candle's ``PReLU::new(weight, is_scalar)``: a PReLU from a slope tensor (one slope or one per channel)."""
         return PReLU(weight, is_scalar)
 
     def forward(self, xs: Any) -> Any:
+        """``max(x, 0) + w * min(x, 0)``, ``w`` broadcast on dim 1 (channels): ``xs`` in, same shape out."""
         x = as_array(xs)
         w = self.weight._a
         if not self.is_scalar and w.size != 1 and x.shape != w.shape and (x.ndim < 2 or x.shape[1] != w.shape[0]):

@@ -525,6 +525,7 @@ def conv1d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dCon
 
 
 def conv1d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig, vb: Any) -> Conv1d:
+    """Candle's ``candle_nn::conv1d_no_bias``: a ``Conv1d`` without bias, its ``weight`` read from ``vb``."""
     return _conv_factory(Conv1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
@@ -534,6 +535,7 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dCon
 
 
 def conv2d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig, vb: Any) -> Conv2d:
+    """Candle's ``candle_nn::conv2d_no_bias``: a ``Conv2d`` without bias, its ``weight`` read from ``vb``."""
     return _conv_factory(Conv2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
@@ -547,6 +549,7 @@ def conv_transpose1d(
 def conv_transpose1d_no_bias(
     in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig, vb: Any
 ) -> ConvTranspose1d:
+    """Candle's ``candle_nn::conv_transpose1d_no_bias``: a ``ConvTranspose1d`` without bias, from ``vb``."""
     return _convt_factory(ConvTranspose1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
@@ -560,6 +563,7 @@ def conv_transpose2d(
 def conv_transpose2d_no_bias(
     in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
 ) -> ConvTranspose2d:
+    """Candle's ``candle_nn::conv_transpose2d_no_bias``: a ``ConvTranspose2d`` without bias, from ``vb``."""
     return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 

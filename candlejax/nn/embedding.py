@@ -77,18 +77,23 @@ class Embedding(Module):
 
     @staticmethod
     def new(embeddings: Any, hidden_size: int) -> Embedding:
+        """Candle's ``Embedding::new(embeddings, hidden_size)``: a lookup table ``(vocab, hidden_size)``."""
         return Embedding(embeddings, hidden_size)
 
     def embeddings(self) -> Any:
+        """Candle's ``Embedding::embeddings``: the ``(vocab, hidden_size)`` table."""
         return self.weight
 
     def hidden_size(self) -> int:
+        """Candle's ``Embedding::hidden_size``: the width of each embedding row."""
         return self.hidden
 
     def extra_repr(self) -> str:
+        """The vocabulary size and width, for ``repr``."""
         return f"vocab={self.weight.shape[0]}, hidden={self.hidden}"
 
     def forward(self, ids: Any) -> Any:
+        """Look up integer ``ids`` of any shape: ``(...)`` in, ``(..., hidden_size)`` out."""
         a = as_array(ids)
         if not jnp.issubdtype(a.dtype, jnp.integer):
             raise errors.UnexpectedDType(

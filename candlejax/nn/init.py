@@ -56,6 +56,8 @@ class FanInOut(enum.Enum):
     FanOut = "fan_out"
 
     def for_shape(self, shape: Any) -> int:
+        """Candle's ``FanInOut::for_shape``: the fan-in or fan-out of a weight of this shape (dims 2.. as the receptive
+        field)."""
         dims = as_shape(shape)
         rf = math.prod(dims[2:])
         if self is FanInOut.FanIn:
@@ -64,6 +66,7 @@ class FanInOut(enum.Enum):
 
 
 class NormalOrUniform(enum.Enum):
+    """Candle's ``candle_nn::init::NormalOrUniform``: the distribution Kaiming init draws from."""
     Normal = "normal"
     Uniform = "uniform"
 
@@ -77,6 +80,7 @@ class NonLinearity:
     explicit: float = 0.0
 
     def gain(self) -> float:
+        """Candle's ``NonLinearity::gain``: the recommended init gain (PyTorch's ``nn.init.calculate_gain``)."""
         return {
             "relu": math.sqrt(2.0),
             "linear": 1.0,
@@ -87,6 +91,7 @@ class NonLinearity:
 
     @staticmethod
     def ExplicitGain(g: float) -> NonLinearity:  # noqa: N802 - Candle's variant name
+        """Candle's ``NonLinearity::ExplicitGain(g)``: a nonlinearity whose gain is ``g``."""
         return NonLinearity("explicit", float(g))
 
 
@@ -180,6 +185,7 @@ class Const(_InitBase):
     value: float = 0.0
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any = None) -> jax.Array:
+        """Candle's ``Init::Const``: an array of ``shape`` filled with the constant, in ``dtype`` on ``device``."""
         dt = check_width(to_dtype(dtype))
         if isinstance(self.value, (bool, np.bool_)) or not isinstance(self.value, numbers.Real):  # "1" read as 1.0
             raise errors.ArgumentType(
@@ -202,6 +208,7 @@ class Randn(_InitBase):
     stdev: float = 1.0
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        """Candle's ``Init::Randn { mean, stdev }``: draw ``shape`` from a normal distribution."""
         dt = check_width(to_dtype(dtype))
         _check_float(dt, "rand_normal", "Init.Randn")
         mean, stdev = _normal_params(self.mean, self.stdev)
@@ -219,6 +226,7 @@ class Uniform(_InitBase):
     up: float = 1.0
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        """Candle's ``Init::Uniform { lo, up }``: draw ``shape`` uniformly from ``[lo, up)``."""
         dt = check_width(to_dtype(dtype))
         _check_float(dt, "rand_uniform", "Init.Uniform")
         lo, up = _uniform_bounds(self.lo, self.up)
@@ -255,6 +263,8 @@ class Kaiming(_InitBase):
         return self.non_linearity.gain() / math.sqrt(fan) if fan else math.inf
 
     def sample(self, shape: Any, dtype: Any, device: Any, key: Any) -> jax.Array:
+        """Candle's ``Init::Kaiming``: draw ``shape`` from the Kaiming normal or uniform for the layer's fan and
+        gain."""
         dt = check_width(to_dtype(dtype))
         self._check()
         _check_float(dt, "rand_normal" if self.dist is NormalOrUniform.Normal else "rand_uniform", "Init.Kaiming")
@@ -281,6 +291,7 @@ class Init:
 
     @staticmethod
     def default() -> Const:
+        """Candle's ``Init::default()``: ``Init::Const(0.)``."""
         return Const(0.0)
 
 

@@ -182,6 +182,7 @@ class Cache(Module):
 
     @staticmethod
     def new(dim: int, max_seq_len: int) -> Cache:
+        """Candle's ``Cache::new(dim, max_seq_len)``: an empty cache; the buffer is allocated on the first append."""
         return Cache(dim, max_seq_len)
 
     @staticmethod
@@ -254,6 +255,7 @@ class KvCache(Module):
 
     @staticmethod
     def new(dim: int, max_seq_len: int) -> KvCache:
+        """Candle's ``KvCache::new(dim, max_seq_len)``: an empty cache; buffers are allocated on the first append."""
         return KvCache(dim, max_seq_len)
 
     @staticmethod
@@ -312,6 +314,7 @@ class KvCache(Module):
         return self._narrow(self.k_buf)
 
     def v(self) -> Any:
+        """Candle's ``KvCache::v``: the written part of the values buffer, or ``None``; eager only."""
         return self._narrow(self.v_buf)
 
     def k_cache(self) -> Cache:
@@ -392,6 +395,7 @@ class DecodeKvCache(Module):
 
     @property
     def max_seq_len(self) -> int:
+        """The number of positions the buffers hold."""
         return int(self.k_buf.shape[-1])
 
     @_rebind("(k, v), cache = cache.append(k, v)")
@@ -567,6 +571,7 @@ class RotatingCache(_Ring):
 
     @staticmethod
     def new(dim: int, max_seq_len: int) -> RotatingCache:
+        """Candle's ``RotatingCache::new(dim, max_seq_len)``: an empty ring of ``max_seq_len`` slots on ``dim``."""
         return RotatingCache(dim, max_seq_len)
 
     @_rebind("data, cache = cache.append(x)")
@@ -610,10 +615,12 @@ class RotatingKvCache(_Ring):
 
     @staticmethod
     def new(dim: int, max_seq_len: int) -> RotatingKvCache:
+        """Candle's ``RotatingKvCache::new(dim, max_seq_len)``: empty key/value rings of ``max_seq_len`` slots."""
         return RotatingKvCache(dim, max_seq_len)
 
     @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], RotatingKvCache]:
+        """Candle's ``RotatingKvCache::append``: write ``k``/``v`` into the rings: ``((k_all, v_all), new_cache)``."""
         ka, va = as_array(k), as_array(v)
         _check_source("RotatingKvCache.append", ka, self.dim, None)
         _check_kv("RotatingKvCache.append", ka, va, self.dim)
@@ -639,6 +646,7 @@ class RotatingKvCache(_Ring):
 
     @_rebind("cache = cache.reset()")
     def reset(self) -> RotatingKvCache:
+        """Candle's ``RotatingKvCache::reset``: a cache at position 0 (the buffers are kept)."""
         return RotatingKvCache(self.dim, self.max_seq_len, self.k_buf, self.v_buf)
 
 
@@ -658,10 +666,13 @@ class ConcatKvCache(Module):
 
     @staticmethod
     def new(dim: int) -> ConcatKvCache:
+        """Candle's ``ConcatKvCache::new(dim)``: an empty cache that concatenates along ``dim``."""
         return ConcatKvCache(dim)
 
     @_rebind("(k, v), cache = cache.append(k, v)")
     def append(self, k: Any, v: Any) -> tuple[tuple[Any, Any], ConcatKvCache]:
+        """Candle's ``ConcatKvCache::append``: concatenate ``k``/``v`` to the cached ones: ``((k_all, v_all),
+        new_cache)``."""
         ka, va = as_array(k), as_array(v)
         kb, vb = (None, None) if self.k_buf is None else (self.k_buf._a, self.v_buf._a)
         _check_source("ConcatKvCache.append (keys)", ka, self.dim, kb)
@@ -673,6 +684,7 @@ class ConcatKvCache(Module):
         return KeysValues((wrap(ka), wrap(va))), ConcatKvCache(self.dim, wrap(ka), wrap(va))
 
     def current_seq_len(self) -> int:
+        """Candle's ``ConcatKvCache::current_seq_len``: the cached length along ``dim`` (0 when empty)."""
         return 0 if self.k_buf is None else int(self.k_buf.shape[self.dim])
 
     def is_empty(self) -> bool:
@@ -680,9 +692,11 @@ class ConcatKvCache(Module):
         return self.k_buf is None
 
     def k(self) -> Any:
+        """Candle's ``ConcatKvCache::k``: the cached keys, or ``None`` when empty."""
         return self.k_buf
 
     def v(self) -> Any:
+        """Candle's ``ConcatKvCache::v``: the cached values, or ``None`` when empty."""
         return self.v_buf
 
     def into_inner(self) -> tuple[Any, Any] | None:
@@ -691,6 +705,7 @@ class ConcatKvCache(Module):
 
     @_rebind("cache = cache.reset()")
     def reset(self) -> ConcatKvCache:
+        """Candle's ``ConcatKvCache::reset``: an empty cache on the same ``dim``."""
         return ConcatKvCache(self.dim)
 
 
@@ -717,6 +732,7 @@ class StackedKvCache(Module):
     @classmethod
     def new(cls, num_layers: int, batch: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
             dtype: Any = DType.F32, device: Any = None) -> StackedKvCache:  # fmt: skip
+        """Zeroed buffers ``(num_layers, batch, num_kv_heads, max_seq_len, head_dim)`` in ``dtype`` on ``device``."""
         batch = int_arg(batch, "StackedKvCache", "batch")
         max_seq_len = int_arg(max_seq_len, "StackedKvCache", "max_seq_len")
         if max_seq_len < 1 or batch < 1:
@@ -729,14 +745,17 @@ class StackedKvCache(Module):
 
     @property
     def max_seq_len(self) -> int:
+        """The number of positions each layer's buffers hold."""
         return int(self.k.shape[3])
 
     @property
     def batch(self) -> int:
+        """The batch size of the buffers."""
         return int(self.k.shape[1])
 
     @property
     def num_layers(self) -> int:
+        """The number of layers the buffers hold."""
         return int(self.k.shape[0])
 
     def fits(self, pos: int, seq_len: int) -> bool:
@@ -744,6 +763,8 @@ class StackedKvCache(Module):
         return 0 <= int(pos) and int(pos) + int(seq_len) <= self.max_seq_len
 
     def update(self, layer: Any, k: Any, v: Any, pos: Any, layout: str = "bshd") -> tuple[Any, Any, StackedKvCache]:
+        """Write ``k``/``v`` at ``pos`` of ``layer``: ``(k_all, v_all, new_cache)``, ``k_all`` ``(B, Hkv, max_seq_len,
+        D)``."""
         ka, va = as_array(k), as_array(v)
         if ka.ndim != 4 or va.ndim != 4:
             raise errors.Msg(f"StackedKvCache.update: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"

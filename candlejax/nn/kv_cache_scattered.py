@@ -112,12 +112,15 @@ class ScatteredCacheBuilder:
 
     @staticmethod
     def new(batch_size: int, context: int, dtype: Any = DType.F32, device: Any = None) -> ScatteredCacheBuilder:
+        """Candle's ``ScatteredCacheBuilder::new(batch_size, context, dtype, device)``."""
         return ScatteredCacheBuilder(batch_size, context, dtype, device)
 
     def batch_size(self) -> int:
+        """Candle's ``ScatteredCacheBuilder::batch_size``: the number of batch rows."""
         return len(self._positions)
 
     def device(self) -> Device:
+        """Candle's ``ScatteredCacheBuilder::device``: the device of the masks and caches."""
         return self._device
 
     def positions(self) -> list[int]:
@@ -219,6 +222,8 @@ class ScatteredKvCache(Module):
 
     @_rebind("(k, v), cache = cache.append(k, v, iam)")
     def append(self, k: Any, v: Any, iam: IndicesAndMask) -> tuple[ScatteredKeysValues, ScatteredKvCache]:
+        """Candle's ``ScatteredKvCache::append``: write ``k``/``v`` ``(B, H, T, D)`` at ``iam``'s slots: ``((k_all,
+        v_all), new_cache)``."""
         ka, va = as_array(k), as_array(v)
         kb, vb = self.k_buf._a, self.v_buf._a
         (b, h, c, d), dv = kb.shape, vb.shape[3]

@@ -168,19 +168,24 @@ class Linear(Module):
 
     @staticmethod
     def new(weight: Any, bias: Any = None) -> Linear:
+        """Candle's ``Linear::new(weight, bias)``: weight ``(out, in)``, optional bias ``(out,)``."""
         return Linear(weight, bias)
 
     def in_dim(self) -> int:
+        """The input width (``weight.shape[1]``)."""
         return self.weight.shape[1]
 
     def out_dim(self) -> int:
+        """The output width (``weight.shape[0]``)."""
         return self.weight.shape[0]
 
     def extra_repr(self) -> str:
+        """The widths and whether there is a bias, for ``repr``."""
         w = self.weight
         return f"in={w.shape[1]}, out={w.shape[0]}, bias={self.bias is not None}"
 
     def forward(self, xs: Any) -> Any:
+        """``xs @ weightᵀ + bias``: ``(..., in)`` in, ``(..., out)`` out."""
         w = self.weight._a
         x = _checked_input(xs, "Linear", self.weight, w.shape[1], w.dtype)
         b = None if self.bias is None else self.bias._a
@@ -290,15 +295,19 @@ class PackedLinear(Module):
         return Linear(w, self.bias)
 
     def in_dim(self) -> int:
+        """The input width."""
         return self.panels.shape[1]
 
     def out_dim(self) -> int:
+        """The output width."""
         return self.out_features
 
     def extra_repr(self) -> str:
+        """The widths and whether there is a bias, for ``repr``."""
         return f"in={self.in_dim()}, out={self.out_features}, bias={self.bias is not None}, packed"
 
     def forward(self, xs: Any) -> Any:
+        """``xs @ weightᵀ + bias`` from the packed panels: ``(..., in)`` in, ``(..., out)`` out."""
         panels = self.panels._a
         x = _checked_input(xs, "PackedLinear", self.panels, panels.shape[1], panels.dtype)
         return wrap(_packed_linear(x, panels, None if self.bias is None else self.bias._a, n=self.out_features))
@@ -356,4 +365,6 @@ def linear(in_dim: int, out_dim: int, vb: Any) -> Linear:
 
 
 def linear_no_bias(in_dim: int, out_dim: int, vb: Any) -> Linear:
+    """Candle's ``candle_nn::linear_no_bias``: a ``Linear`` without bias, its ``weight`` ``(out, in)`` read from
+    ``vb``."""
     return linear_b(in_dim, out_dim, False, vb)

@@ -214,6 +214,7 @@ class DonatedBuffer:
         raise errors.DonatedVar(self.name, self.what)
 
     def is_deleted(self) -> bool:
+        """Always True, as ``jax.Array.is_deleted`` of a donated buffer."""
         return True
 
     def __getattr__(self, k: str) -> Any:  # any probe by numpy / JAX (aval, dtype, __jax_array__, ...)
@@ -275,6 +276,7 @@ class NamedTensor(Tensor):
         return wrap(self._a)
 
     def into_inner(self) -> Tensor:
+        """Candle's ``Var::into_inner``: the value as a plain Tensor."""
         return wrap(self._a)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -360,6 +362,7 @@ class NamedTensor(Tensor):
         self._a = a
 
     def rename(self, name: str) -> Any:
+        """A new handle on the same value under another name."""
         return type(self)._make(self._a, name)
 
     def __repr__(self) -> str:
@@ -408,31 +411,39 @@ class Var(NamedTensor):
 
     @staticmethod
     def new(data: Any, device: Any = None, name: str = "") -> Var:
+        """Candle's ``Var::new(data, device)``: a Var holding ``data``."""
         return Var._make(as_array(data, None, device), name)
 
     @staticmethod
     def zeros(shape: Any, dtype: Any = DType.F32, device: Any = None, name: str = "") -> Var:
+        """Candle's ``Var::zeros(shape, dtype, device)``."""
         dt = check_width(to_dtype(dtype))
         return Var._make(as_array(np.zeros(as_shape(shape), dt.np), None, device), name)
 
     @staticmethod
     def ones(shape: Any, dtype: Any = DType.F32, device: Any = None, name: str = "") -> Var:
+        """Candle's ``Var::ones(shape, dtype, device)``."""
         dt = check_width(to_dtype(dtype))
         return Var._make(as_array(np.ones(as_shape(shape), dt.np), None, device), name)
 
     def zeros_like(self) -> Var:
+        """A new Var of zeros with this one's shape, dtype and device (Candle's ``Tensor::zeros_like``)."""
         return Var._make(Tensor.zeros_like(self)._a)
 
     def ones_like(self) -> Var:
+        """A new Var of ones with this one's shape, dtype and device (Candle's ``Tensor::ones_like``)."""
         return Var._make(Tensor.ones_like(self)._a)
 
     def full_like(self, value: Any) -> Var:
+        """A new Var filled with ``value``, with this one's shape, dtype and device (PyTorch's ``full_like``)."""
         return Var._make(Tensor.full_like(self, value)._a)
 
     def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Var:
+        """A new Var drawn uniformly from ``[lo, up)``, shaped like this one (Candle's ``Tensor::rand_like``)."""
         return Var._make(Tensor.rand_like(self, lo, up, key=key)._a)
 
     def randn_like(self, mean: Any, std: Any, *, key: Any = None) -> Var:
+        """A new Var drawn from ``N(mean, std²)``, shaped like this one (Candle's ``Tensor::randn_like``)."""
         return Var._make(Tensor.randn_like(self, mean, std, key=key)._a)
 
 
@@ -755,6 +766,7 @@ class Module:
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, xs: Any) -> Any:
+        """Candle's ``Module::forward``: subclasses compute their output from ``xs``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward(xs)")
 
     def forward_t(self, xs: Any, train: bool) -> Any:
@@ -793,6 +805,7 @@ class Module:
         return named_vars(self)
 
     def named_buffers(self) -> dict[str, Buffer]:
+        """Every Buffer (non-trained state) in the module by dotted name (PyTorch's ``named_buffers``)."""
         return named_buffers(self)
 
     def named_tensors(self) -> dict[str, Any]:
@@ -800,6 +813,7 @@ class Module:
         return named_tensors(self)
 
     def all_vars(self) -> list[Var]:
+        """Every Var in the module (the values of ``named_vars``), as Candle's ``VarMap::all_vars``."""
         return list(named_vars(self).values())
 
     def num_params(self) -> int:
@@ -1056,9 +1070,11 @@ class ModuleT(Module):
     """
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """Candle's ``ModuleT::forward_t``: subclasses compute their output, in training mode when ``train``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward_t(xs, train)")
 
     def forward(self, xs: Any) -> Any:
+        """``forward_t(xs, False)`` (Candle's blanket ``ModuleT`` for a ``Module``, used the other way round)."""
         return self.forward_t(xs, False)
 
     def __call__(self, xs: Any, train: bool = False, **kwargs: Any) -> Any:

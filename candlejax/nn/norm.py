@@ -67,6 +67,7 @@ class LayerNormConfig(CallableConfig):
 
     @staticmethod
     def from_eps(eps: float) -> LayerNormConfig:
+        """A config with ``eps`` and the other fields at their defaults (Candle's ``From<f64> for LayerNormConfig``)."""
         return LayerNormConfig(eps=eps)
 
     @staticmethod
@@ -99,17 +100,21 @@ class LayerNorm(Module):
 
     @staticmethod
     def new(weight: Any, bias: Any, eps: float) -> LayerNorm:
+        """Candle's ``LayerNorm::new(weight, bias, eps)``."""
         return LayerNorm(weight, bias, eps)
 
     @staticmethod
     def new_no_bias(weight: Any, eps: float) -> LayerNorm:
+        """Candle's ``LayerNorm::new_no_bias(weight, eps)``."""
         return LayerNorm(weight, None, eps)
 
     @staticmethod
     def rms_norm(weight: Any, eps: float) -> LayerNorm:
+        """Candle's ``LayerNorm::rms_norm(weight, eps)``: no mean removal and no bias."""
         return LayerNorm(weight, None, eps, remove_mean=False)
 
     def extra_repr(self) -> str:
+        """The normalized size and ``eps``, for ``repr``."""
         return f"size={self.weight.shape[0]}, eps={self.eps}" + ("" if self.remove_mean else ", rms")
 
     def _check(self, x: Any) -> None:
@@ -125,6 +130,7 @@ class LayerNorm(Module):
             raise LayerInputShape(layer_name(type(self).__name__, self.weight), f"[..., {h}]", x.shape, candle=candle)
 
     def forward(self, xs: Any) -> Any:
+        """Normalize over the last dim: ``(..., size)`` in, same shape out."""
         x = as_array(xs)
         self._check(x)
         if self.remove_mean:
@@ -149,6 +155,7 @@ def layer_norm(size: int, config: LayerNormConfig | float, vb: Any) -> LayerNorm
 
 
 def layer_norm_no_bias(size: int, eps: float, vb: Any) -> LayerNorm:
+    """Candle's ``candle_nn::layer_norm_no_bias``: a ``LayerNorm`` with only a ``weight`` read from ``vb``."""
     return LayerNorm(vb.get_with_hints((size,), "weight", ONE), None, eps)
 
 
@@ -160,9 +167,11 @@ class RmsNorm(LayerNorm):
 
     @staticmethod
     def new(weight: Any, eps: float) -> RmsNorm:  # type: ignore[override]
+        """Candle's ``RmsNorm::new(weight, eps)``."""
         return RmsNorm(weight, eps)
 
     def into_inner(self) -> LayerNorm:
+        """Candle's ``RmsNorm::into_inner``: the underlying ``LayerNorm`` (no mean removal)."""
         return LayerNorm(self.weight, None, self.eps, remove_mean=False)
 
     def forward_diff(self, xs: Any) -> Any:
@@ -209,12 +218,15 @@ class GroupNorm(Module):
 
     @staticmethod
     def new(weight: Any, bias: Any, num_channels: int, num_groups: int, eps: float) -> GroupNorm:
+        """Candle's ``GroupNorm::new(weight, bias, num_channels, num_groups, eps)``."""
         return GroupNorm(weight, bias, num_channels, num_groups, eps)
 
     def extra_repr(self) -> str:
+        """The groups, channels and ``eps``, for ``repr``."""
         return f"groups={self.num_groups}, channels={self.num_channels}, eps={self.eps}"
 
     def forward(self, xs: Any) -> Any:
+        """Normalize each group of channels: ``(B, C, ...)`` in, same shape out."""
         x = as_array(xs)
         if x.ndim < 3:
             raise errors.Msg(f"input rank for GroupNorm should be at least 3, got {errors.fmt_shape(x.shape)}")
@@ -366,20 +378,24 @@ class BatchNorm(ModuleT):
 
     @staticmethod
     def new(num_features: int, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: float) -> BatchNorm:
+        """Candle's ``BatchNorm::new(num_features, running_mean, running_var, weight, bias, eps)``."""
         return BatchNorm(num_features, running_mean, running_var, weight, bias, eps)
 
     @staticmethod
     def new_no_bias(num_features: int, running_mean: Any, running_var: Any, eps: float) -> BatchNorm:
+        """Candle's ``BatchNorm::new_no_bias(num_features, running_mean, running_var, eps)``."""
         return BatchNorm(num_features, running_mean, running_var, None, None, eps)
 
     @staticmethod
     def new_with_momentum(num_features: int, running_mean: Any, running_var: Any, weight: Any, bias: Any,
                           eps: float, momentum: float) -> BatchNorm:  # fmt: skip
+        """Candle's ``BatchNorm::new_with_momentum``: ``new`` with the running-stats ``momentum``."""
         return BatchNorm(num_features, running_mean, running_var, weight, bias, eps, momentum)
 
     @staticmethod
     def new_no_bias_with_momentum(num_features: int, running_mean: Any, running_var: Any, eps: float,
                                   momentum: float) -> BatchNorm:  # fmt: skip
+        """Candle's ``BatchNorm::new_no_bias_with_momentum``: no affine part, with ``momentum``."""
         return BatchNorm(num_features, running_mean, running_var, None, None, eps, momentum)
 
     def weight_and_bias(self) -> tuple[Any, Any] | None:
@@ -387,6 +403,7 @@ class BatchNorm(ModuleT):
         return None if self.weight is None or self.bias is None else (self.weight, self.bias)
 
     def extra_repr(self) -> str:
+        """The feature count, ``eps`` and ``momentum``, for ``repr``."""
         return f"features={self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
     def _check(self, x: Any, train: bool = False) -> None:
@@ -440,6 +457,10 @@ class BatchNorm(ModuleT):
         return OutputAndLayer((wrap(y), new))
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """Candle's ``ModuleT for BatchNorm``: batch statistics (updating the running ones) when ``train``, else the
+        running ones.
+        ``(B, C, ...)`` in, same shape out.
+        """
         if train_arg(train, "BatchNorm"):
             y, new = self._forward_train(xs)
             # Candle's forward_t(xs, true) updates the running statistics in place (Var::set); so does

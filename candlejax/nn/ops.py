@@ -215,6 +215,7 @@ def gelu_erf(xs: Any) -> Any:
 
 
 def relu(xs: Any) -> Any:
+    """``max(x, 0)`` (Candle's ``Tensor::relu``, PyTorch's ``F.relu``)."""
     return activation(xs, "relu")
 
 
@@ -224,6 +225,7 @@ def relu2(xs: Any) -> Any:
 
 
 def relu6(xs: Any) -> Any:
+    """``min(max(x, 0), 6)`` (Candle's ``Activation::Relu6``, PyTorch's ``F.relu6``)."""
     return activation(xs, "relu6")
 
 
@@ -233,14 +235,17 @@ def hard_swish(xs: Any) -> Any:
 
 
 def leaky_relu(xs: Any, negative_slope: float) -> Any:
+    """Candle's ``candle_nn::ops::leaky_relu``: ``x`` if positive, else ``negative_slope * x``."""
     return activation(xs, "leaky_relu", negative_slope)
 
 
 def elu(xs: Any, alpha: float) -> Any:
+    """``x`` if positive, else ``alpha * (exp(x) - 1)`` (Candle's ``Tensor::elu``, PyTorch's ``F.elu``)."""
     return activation(xs, "elu", alpha)
 
 
 def selu(xs: Any, alpha: float = 1.6732632423543772, gamma: float = 1.0507009873554805) -> Any:
+    """``gamma * elu(x, alpha)`` (Candle's ``candle_nn::ops::selu``, PyTorch's ``F.selu``)."""
     return activation(xs, "selu", alpha, gamma)
 
 
@@ -290,6 +295,7 @@ class Dropout(ModuleT):
 
     @staticmethod
     def new(p: float) -> Dropout:
+        """Candle's ``Dropout::new(drop_p)``."""
         return Dropout(p)
 
     def forward(self, xs: Any, train: bool = False, key: Any = None) -> Any:
@@ -297,6 +303,8 @@ class Dropout(ModuleT):
         return self.forward_t(xs, train, key)
 
     def forward_t(self, xs: Any, train: bool, key: Any = None) -> Any:
+        """Candle's ``ModuleT for Dropout``: zero elements with probability ``p`` (scaling the rest) when ``train``,
+        else ``xs``."""
         if not train_arg(train, "Dropout"):
             return xs if isinstance(xs, TensorBase) else wrap(xs)
         return dropout(xs, self.p, key=key)
@@ -951,6 +959,7 @@ class Identity(Module):
         return Identity()
 
     def forward(self, xs: Any) -> Any:
+        """``xs`` itself (PyTorch's ``nn.Identity``)."""
         return xs
 
 

@@ -71,10 +71,12 @@ class QLinear(Module):
 
     @staticmethod
     def from_qmatmul(m: QMatMul, bias: Any = None) -> QLinear:
+        """A ``QLinear`` from a ``QMatMul`` and an optional bias (Candle's ``quantized_nn::Linear::from_weights``)."""
         return QLinear(m.weight if m.is_quantized() else unwrap(m.weight), bias)
 
     @staticmethod
     def from_qtensor(q: QTensor, bias: Any = None) -> QLinear:
+        """A ``QLinear`` from a ``QTensor`` and an optional bias (Candle's ``quantized_nn::Linear::from_arc``)."""
         return QLinear.from_qmatmul(QMatMul.from_qtensor(q), bias)
 
     @staticmethod
@@ -88,13 +90,16 @@ class QLinear(Module):
         return QLinear.from_qmatmul(weight, bias)
 
     def qmatmul(self) -> QMatMul:
+        """The weight as a ``QMatMul``."""
         return QMatMul(self.weight)
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The weight's ``(out, in)``."""
         return tuple(self.weight.shape)  # type: ignore[return-value]
 
     def forward(self, xs: Any) -> Any:
+        """``xs @ weightᵀ + bias`` with the quantized weight: ``(..., in)`` in, ``(..., out)`` out."""
         x = unwrap(xs)
         if self.direct and isinstance(self.weight, BlockedWeight):
             y = blocked_matmul_direct(self.weight, x)
@@ -125,10 +130,12 @@ class QEmbedding(Module):
 
     @property
     def weight(self) -> Any:  # a dtype / device probe: the rows come out in f32
+        """A scalar probe with the output's dtype (f32) and device; the rows are in ``table``."""
         return jnp.zeros((), jnp.float32)
 
     @property
     def vocab_size(self) -> int:
+        """The number of rows in the table."""
         return int(self.table.shape[0])
 
     def embeddings(self) -> Any:
@@ -136,9 +143,11 @@ class QEmbedding(Module):
         return self.forward(wrap(jnp.arange(self.vocab_size, dtype=jnp.int32)))
 
     def as_linear(self) -> QLinear:
+        """The table as a ``QLinear`` (tied output projection)."""
         return self.table
 
     def forward(self, ids: Any) -> Any:
+        """Look up integer ``ids``, dequantized: ``(...)`` in, ``(..., hidden)`` f32 out."""
         return wrap(unwrap(self.table.embedding(ids)).astype(jnp.float32))
 
 
@@ -161,6 +170,7 @@ class QRmsNorm(Module):
         return QRmsNorm(weight, eps)
 
     def forward(self, xs: Any) -> Any:
+        """RMS-normalize over the last dim: ``(..., size)`` in, same shape out."""
         return ops.rms_norm(xs, self.weight, self.eps)
 
 
@@ -176,14 +186,17 @@ def linear_b(in_dim: int, out_dim: int, bias: bool, vb: Any) -> QLinear:
 
 
 def linear(in_dim: int, out_dim: int, vb: Any) -> QLinear:
+    """Candle's ``quantized_nn::linear``: a ``QLinear`` with ``weight`` and ``bias`` from ``vb``."""
     return linear_b(in_dim, out_dim, True, vb)
 
 
 def linear_no_bias(in_dim: int, out_dim: int, vb: Any) -> QLinear:
+    """Candle's ``quantized_nn::linear_no_bias``: a ``QLinear`` with only ``weight`` from ``vb``."""
     return linear_b(in_dim, out_dim, False, vb)
 
 
 def embedding(in_size: int, out_size: int, vb: Any) -> QEmbedding:
+    """Candle's ``quantized_nn::Embedding::new``: a quantized table ``weight`` ``(in_size, out_size)`` from ``vb``."""
     return QEmbedding(QLinear.from_qtensor(vb.get((in_size, out_size), "weight")))
 
 
@@ -206,6 +219,8 @@ def layer_norm_no_bias(size: int, eps: float, vb: Any) -> LayerNorm:
 
 
 def rms_norm(size: int, eps: float, vb: Any) -> QRmsNorm:
+    """Candle's ``quantized_nn::RmsNorm::new``: an ``RmsNorm`` whose ``weight`` ``(size,)`` is read from ``vb``,
+    dequantized."""
     w = vb.get(size, "weight")
     if tuple(w.shape) != (int(size),):
         raise errors.UnexpectedShape(f"rms_norm {vb.path('weight')}", (size,), w.shape)

@@ -40,12 +40,15 @@ class RNN:
     __slots__ = ()
 
     def zero_state(self, batch_dim: int) -> Any:
+        """Candle's ``RNN::zero_state``: the initial state for a batch of ``batch_dim``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement zero_state(batch_dim)")
 
     def step(self, input: Any, state: Any) -> Any:
+        """Candle's ``RNN::step``: one time step, ``(B, in)`` and a state in, the next state out."""
         raise NotImplementedError(f"{type(self).__name__} does not implement step(input, state)")
 
     def states_to_tensor(self, states: list[Any]) -> Any:
+        """Candle's ``RNN::states_to_tensor``: the hidden states stacked as ``(B, T, hidden)``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement states_to_tensor(states)")
 
     def seq(self, input: Any) -> list[Any]:
@@ -83,10 +86,12 @@ class LSTMConfig(CallableConfig):
 
     @staticmethod
     def default() -> LSTMConfig:
+        """Candle's ``LSTMConfig::default()``."""
         return LSTMConfig()
 
     @staticmethod
     def default_no_bias() -> LSTMConfig:
+        """Candle's ``LSTMConfig::default_no_bias()``: no bias tensors."""
         return LSTMConfig(b_ih_init=None, b_hh_init=None)
 
 
@@ -99,10 +104,12 @@ class GRUConfig(CallableConfig):
 
     @staticmethod
     def default() -> GRUConfig:
+        """Candle's ``GRUConfig::default()``."""
         return GRUConfig()
 
     @staticmethod
     def default_no_bias() -> GRUConfig:
+        """Candle's ``GRUConfig::default_no_bias()``: no bias tensors."""
         return GRUConfig(b_ih_init=None, b_hh_init=None)
 
 
@@ -265,6 +272,7 @@ class LSTM(_RNNBase):
         return lstm(in_dim, hidden_dim, config, vb)
 
     def zero_state(self, batch_dim: int) -> LSTMState:
+        """Candle's ``RNN::zero_state`` for ``LSTM``: zero ``h`` and ``c`` ``(batch_dim, hidden)``."""
         z = self._zeros(batch_dim)
         return LSTMState(wrap(z), wrap(z))
 
@@ -287,6 +295,7 @@ class LSTM(_RNNBase):
         return wrap(hs), LSTMState(wrap(hs[:, -1]), wrap(cs[:, -1]))
 
     def seq_init(self, input: Any, init_state: LSTMState) -> list[LSTMState]:
+        """Candle's ``RNN::seq_init``: the state after each step of ``(B, T, in)``, from ``init_state``."""
         _check_state(init_state, LSTMState, "LSTM.seq_init")
         x = as_array(input)
         self._check(x, 3, as_array(init_state.h), as_array(init_state.c))
@@ -356,15 +365,18 @@ class GRU(_RNNBase):
         return gru(in_dim, hidden_dim, config, vb)
 
     def zero_state(self, batch_dim: int) -> GRUState:
+        """Candle's ``RNN::zero_state`` for ``GRU``: a zero hidden state ``(batch_dim, hidden)``."""
         return GRUState(wrap(self._zeros(batch_dim)))
 
     def step(self, input: Any, state: GRUState) -> GRUState:
+        """Candle's ``RNN::step`` for ``GRU``: one time step, ``(B, in)`` and a state in, the next state out."""
         _check_state(state, GRUState, "GRU.step")
         x, h = as_array(input), as_array(state.h)
         self._check(x, 2, h)
         return GRUState(wrap(_gru_step(x, h, *self._weights())))
 
     def scan(self, input: Any, state: GRUState | None = None) -> tuple[Any, GRUState]:
+        """Run the whole sequence ``(B, T, in)`` in one scan: ``(hidden states (B, T, hidden), last state)``."""
         x = as_array(input)
         st = self.zero_state(x.shape[0] if x.ndim == 3 else 0) if state is None else state
         self._check(x, 3, as_array(st.h))
@@ -374,6 +386,7 @@ class GRU(_RNNBase):
         return wrap(hs), GRUState(wrap(hs[:, -1]))
 
     def seq_init(self, input: Any, init_state: GRUState) -> list[GRUState]:
+        """Candle's ``RNN::seq_init``: the state after each step of ``(B, T, in)``, from ``init_state``."""
         _check_state(init_state, GRUState, "GRU.seq_init")
         x = as_array(input)
         self._check(x, 3, as_array(init_state.h))
@@ -381,6 +394,7 @@ class GRU(_RNNBase):
         return [GRUState(wrap(hs[:, t])) for t in range(x.shape[1])]
 
     def seq(self, input: Any) -> list[GRUState]:
+        """Candle's ``RNN::seq``: the state after each step of ``(B, T, in)``, from the zero state."""
         x = as_array(input)
         return self.seq_init(x, self.zero_state(x.shape[0]))
 

@@ -192,6 +192,7 @@ class RotaryEmbedding(Module):
         return wrap(c), wrap(s)
 
     def apply_one(self, x: Any, offset: Any = 0) -> Any:
+        """Rotate one tensor (queries or keys) at positions ``offset ..``: same shape out."""
         xa = unwrap(x) if hasattr(unwrap(x), "shape") else jnp.asarray(x)
         t = xa.shape[2] if self.layout == "bhtd" else xa.shape[1]
         cos, sin = self.tables(t, offset)
@@ -213,6 +214,7 @@ class RotaryEmbedding(Module):
         return self.apply_tables(qa, cos, sin), self.apply_tables(unwrap(k), cos, sin)
 
     def forward(self, qk: Any) -> Any:
+        """``(q, k[, offset])`` in, the rotated ``(q, k)`` out (see ``apply``)."""
         q, k, *rest = qk
         return self.apply(q, k, rest[0] if rest else 0)
 

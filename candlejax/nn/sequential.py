@@ -42,9 +42,11 @@ class Func(Module):
         return Func(f)
 
     def forward(self, xs: Any) -> Any:
+        """``f(xs)``."""
         return self.f(xs)
 
     def extra_repr(self) -> str:
+        """The wrapped function's name, for ``repr``."""
         return getattr(self.f, "__name__", repr(self.f))
 
 
@@ -60,17 +62,21 @@ class FuncT(ModuleT):
         return FuncT(f)
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """``f(xs, train)``."""
         return self.f(xs, train)
 
     def extra_repr(self) -> str:
+        """The wrapped function's name, for ``repr``."""
         return getattr(self.f, "__name__", repr(self.f))
 
 
 def func(f: Callable[[Any], Any]) -> Func:
+    """Candle's ``candle_nn::func``: a module whose forward is ``f(xs)``."""
     return Func(f)
 
 
 def func_t(f: Callable[[Any, bool], Any]) -> FuncT:
+    """Candle's ``candle_nn::func_t``: a ``ModuleT`` whose ``forward_t`` is ``f(xs, train)``."""
     return FuncT(f)
 
 
@@ -105,11 +111,13 @@ class Sequential(Module):
         return Sequential([*self.layers, Func(f)])
 
     def forward(self, xs: Any) -> Any:
+        """Apply the layers in order: the last layer's output."""
         for layer in self.layers:
             xs = layer(xs)
         return xs
 
     def forward_t(self, xs: Any, train: bool) -> Any:
+        """Apply each layer's ``forward_t(xs, train)`` in order: the last layer's output."""
         for layer in self.layers:
             xs = layer.forward_t(xs, train)
         return xs
@@ -123,9 +131,11 @@ class Sequential(Module):
         return out
 
     def len(self) -> int:
+        """Candle's ``Sequential::len``: the number of layers."""
         return len(self.layers)
 
     def is_empty(self) -> bool:
+        """Candle's ``Sequential::is_empty``: whether there are no layers."""
         return not self.layers
 
     def __len__(self) -> int:

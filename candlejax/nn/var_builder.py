@@ -92,12 +92,15 @@ class SimpleBackend:
     """
 
     def describe(self) -> str:
+        """A short description of the source, for error messages."""
         return type(self).__name__
 
     def names(self) -> list[str]:
+        """The names of the tensors the backend holds."""
         return []
 
     def contains_tensor(self, path: str) -> bool:
+        """Candle's ``SimpleBackend::contains_tensor``: whether ``path`` can be read."""
         raise NotImplementedError
 
     def _load(self, path: str) -> Any:
@@ -136,10 +139,12 @@ class SimpleBackend:
             raise e
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        """Candle's ``SimpleBackend::get``: load ``path``, checking its ``shape``, in ``dtype`` on ``device``."""
         self.check(path, shape)
         return _to_device(self._load(path), dtype, device)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        """Candle's ``SimpleBackend::get_unchecked``: load ``path`` whatever its shape."""
         self.check(path)
         return _to_device(self._load(path), dtype, device)
 
@@ -151,18 +156,23 @@ class VarMapBackend(SimpleBackend):
         self.varmap = varmap
 
     def describe(self) -> str:
+        """The VarMap, for error messages."""
         return repr(self.varmap)
 
     def names(self) -> list[str]:
+        """The names of the VarMap's variables."""
         return self.varmap.names()
 
     def contains_tensor(self, path: str) -> bool:
+        """Whether the VarMap holds ``path``."""
         return path in self.varmap
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        """Candle's ``Backend for VarMap``: the variable ``path``, created with ``init`` when missing."""
         return self.varmap.get(shape, path, init, dtype, device)._a
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        """Always raises, as Candle: a VarMap needs the shape to create a variable."""
         raise errors.Msg("`get_unchecked` does not make sense for `VarMap`, use `get`.")
 
 
@@ -170,15 +180,19 @@ class ZerosBackend(SimpleBackend):
     """Every ``get`` returns zeros; ``contains_tensor`` is always true."""
 
     def describe(self) -> str:
+        """``"zeros"``, for error messages."""
         return "zeros"
 
     def contains_tensor(self, path: str) -> bool:
+        """Always True: every name reads as zeros."""
         return True
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        """Zeros of ``shape`` in ``dtype`` on ``device``."""
         return Const(0.0).sample(shape, dtype, device)
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        """Always raises, as Candle: zeros need a shape."""
         raise errors.Msg("`get_unchecked` does not make sense for `VarBuilder.zeros()`, use `get(shape, name)`.")
 
 
@@ -190,12 +204,15 @@ class DictBackend(SimpleBackend):
         self.source = source
 
     def describe(self) -> str:
+        """Where the tensors come from, for error messages."""
         return self.source
 
     def names(self) -> list[str]:
+        """The names of the stored tensors."""
         return list(self.tensors)
 
     def contains_tensor(self, path: str) -> bool:
+        """Candle's ``SimpleBackend::contains_tensor``: whether ``path`` is stored."""
         return path in self.tensors
 
     def _load(self, path: str) -> Any:
@@ -231,12 +248,15 @@ class SafetensorsBackend(SimpleBackend):
         self.st = _open_safetensors(self.paths)
 
     def describe(self) -> str:
+        """The safetensors file names, for error messages."""
         return ", ".join(os.path.basename(p) for p in self.st.paths)
 
     def names(self) -> list[str]:
+        """The names of the tensors in the files."""
         return self.st.names()
 
     def contains_tensor(self, path: str) -> bool:
+        """Candle's ``SimpleBackend::contains_tensor``: whether a file holds ``path``."""
         return path in self.st
 
     def _load(self, path: str) -> Any:
@@ -246,10 +266,12 @@ class SafetensorsBackend(SimpleBackend):
         return tuple(self.st.get(path).shape)
 
     def get(self, shape: tuple[int, ...], path: str, init: Any, dtype: DType, device: Device) -> Any:
+        """Candle's ``SimpleBackend::get``: load ``path``, checking its ``shape``, in ``dtype`` on ``device``."""
         self.check(path, shape)
         return self.st.load(path, device, check_width(dtype))._a
 
     def get_unchecked(self, path: str, dtype: DType, device: Device) -> Any:
+        """Candle's ``SimpleBackend::get_unchecked``: load ``path`` whatever its shape."""
         self.check(path)
         return self.st.load(path, device, check_width(dtype))._a
 
@@ -334,12 +356,15 @@ class NpzBackend(_FileBackend):
         self.npz = npy.NpzTensors(self.path)
 
     def describe(self) -> str:
+        """The npz file's path, for error messages."""
         return self.path
 
     def names(self) -> list[str]:
+        """The names of the arrays in the npz file."""
         return self.npz.names()
 
     def contains_tensor(self, path: str) -> bool:
+        """Candle's ``SimpleBackend::contains_tensor``: whether the npz file holds ``path``."""
         return path in self.npz
 
     def _shape(self, path: str) -> tuple[int, ...]:
@@ -495,6 +520,7 @@ class VarBuilder:
 
     @staticmethod
     def zeros(dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Candle's ``VarBuilder::zeros(dtype, device)``: every weight is zeros of the requested shape."""
         return VarBuilder(ZerosBackend(), dtype, device)
 
     @staticmethod
@@ -518,6 +544,7 @@ class VarBuilder:
 
     @staticmethod
     def from_npz(path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None) -> VarBuilder:
+        """Candle's ``VarBuilder::from_npz(path, dtype, device)``: weights read from an npz file."""
         return VarBuilder(NpzBackend(path), dtype, device)
 
     @staticmethod
@@ -550,12 +577,15 @@ class VarBuilder:
     push_prefix = pp
 
     def prefix(self) -> str:
+        """Candle's ``VarBuilder::prefix``: the current path, dot-separated."""
         return ".".join(self._path)
 
     def root(self) -> VarBuilder:
+        """Candle's ``VarBuilder::root``: this builder with an empty prefix."""
         return self._with(path=())
 
     def set_prefix(self, s: str) -> VarBuilder:
+        """Candle's ``VarBuilder::set_prefix``: this builder with the prefix replaced by ``s``."""
         return self._with(path=tuple(p for p in str(s).split(".") if p))
 
     def path(self, name: str) -> str:
@@ -574,17 +604,21 @@ class VarBuilder:
 
     # --- settings ------------------------------------------------------------------------------
     def dtype(self) -> DType:
+        """Candle's ``VarBuilder::dtype``: the dtype weights are loaded in."""
         return self._dtype
 
     def device(self) -> Device:
+        """Candle's ``VarBuilder::device``: the device weights are loaded on."""
         return self._device
 
     def to_dtype(self, dtype: Any) -> VarBuilder:
+        """Candle's ``VarBuilder::to_dtype`` / ``set_dtype``: this builder loading in ``dtype``."""
         return self._with(dtype=dtype)
 
     set_dtype = to_dtype
 
     def set_device(self, device: Any) -> VarBuilder:
+        """Candle's ``VarBuilder::set_device``: this builder loading on ``device``."""
         return self._with(device=device)
 
     def rename_f(self, f: Callable[[str], str]) -> VarBuilder:
@@ -613,6 +647,7 @@ class VarBuilder:
 
     # --- getting tensors -----------------------------------------------------------------------
     def contains_tensor(self, name: str) -> bool:
+        """Candle's ``VarBuilder::contains_tensor``: whether ``name`` under the prefix exists."""
         return self._backend.contains_tensor(self._lookup(name)[1])
 
     def get(self, shape: Any, name: str) -> Var:
@@ -620,6 +655,7 @@ class VarBuilder:
         return self.get_with_hints_dtype(shape, name, Const(0.0), self._dtype)
 
     def get_with_hints(self, shape: Any, name: str, init: Any) -> Var:
+        """Candle's ``VarBuilder::get_with_hints``: ``name`` of ``shape``, created with ``init`` by a VarMap backend."""
         return self.get_with_hints_dtype(shape, name, init, self._dtype)
 
     def get_with_hints_dtype(self, shape: Any, name: str, init: Any, dtype: Any) -> Var:
@@ -635,9 +671,11 @@ class VarBuilder:
         return Var._make(as_array(a), path)  # a user's backend may return a Tensor, as Candle's does
 
     def get_unchecked(self, name: str) -> Var:
+        """Candle's ``VarBuilder::get_unchecked``: ``name`` whatever its shape, in the builder's dtype."""
         return self.get_unchecked_dtype(name, self._dtype)
 
     def get_unchecked_dtype(self, name: str, dtype: Any) -> Var:
+        """Candle's ``VarBuilder::get_unchecked_dtype``: ``name`` whatever its shape, in ``dtype``."""
         path, key = self._lookup(name)
         a = self._backend.get_unchecked(key, check_width(to_dtype(dtype)), self._device)
         self._reads.add(key)

@@ -70,6 +70,7 @@ class VarMap:
 
     @staticmethod
     def new(seed: int = 0) -> VarMap:
+        """Candle's ``VarMap::new()``: an empty map; ``seed`` drives the init draws."""
         return VarMap(seed)
 
     def clone(self) -> VarMap:
@@ -111,6 +112,7 @@ class VarMap:
         return self._data
 
     def names(self) -> list[str]:
+        """The variable names, sorted."""
         return sorted(self._data)
 
     def __contains__(self, name: str) -> bool:

@@ -52,6 +52,7 @@ class ImageCaptioner:
                                 input_ids=self.input_ids)  # fmt: skip
 
     def decode(self, ids: list[int]) -> str:
+        """The caption text of ``ids``, special tokens dropped and whitespace stripped."""
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def __call__(self, image: Any) -> str | list[str]:

@@ -36,6 +36,7 @@ class ObjectDetector:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The model's class names, by class index."""
         return tuple(self.model.names)
 
     def __call__(self, image: Any) -> vision.Detections | list[vision.Detections]:

@@ -92,6 +92,9 @@ class TextGeneration:
     @staticmethod
     def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None, tokenizer: str | None = None,
                         mesh: Any = None, **kw: Any) -> TextGeneration:  # fmt: skip
+        """A Llama-family model folder (``config.json``, safetensors) and its ``tokenizer.json``
+        (or ``tokenizer``); ``kw`` go to :class:`TextGeneration`.
+        """
         from candlejax.models import llama
         from candlejax.tokenizer import load_tokenizer
 

@@ -137,18 +137,22 @@ class BlockedWeight:
 
     @staticmethod
     def from_raw(raw: Any, dtype: GgmlDType, shape: tuple[int, ...], device: Any = None) -> BlockedWeight:
+        """Unpack raw GGML blocks of ``dtype`` and ``shape`` into quants, scales and offsets on ``device``."""
         q, s, o = unpack(np.asarray(raw), dtype, tuple(shape))
         put = (lambda a: jax.device_put(a, device.jax_device)) if device is not None else jnp.asarray
         return BlockedWeight(put(q), put(s), None if o is None else put(o), dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The weight's shape (that of ``q``, one quant per element)."""
         return tuple(self.q.shape)
 
     def storage_size_in_bytes(self) -> int:
+        """The bytes the unpacked quants, scales and offsets take."""
         return int(sum(a.size * a.dtype.itemsize for a in (self.q, self.scale, self.offset) if a is not None))
 
     def dequantize(self, out_dtype: Any = jnp.float32) -> Any:
+        """The weight as a dense array of ``out_dtype``."""
         return expand(self.q, self.scale, self.offset, out_dtype)
 
     def rows(self, ids: Any, out_dtype: Any = jnp.float32) -> Any:

@@ -72,6 +72,7 @@ class PackedWeight:
         return self.logical_shape  # type: ignore[return-value]
 
     def storage_size_in_bytes(self) -> int:
+        """The bytes of the raw GGML blocks."""
         return int(self.raw.size)
 
     def at(self, layer: Any) -> PackedWeight:

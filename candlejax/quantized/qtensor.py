@@ -188,13 +188,16 @@ class QTensor:
         return Dims(self._shape)
 
     def dims(self) -> tuple[int, ...]:
+        """The shape as a tuple of ints (Candle's ``qtensor.shape().dims()``)."""
         return self._shape
 
     @property
     def rank(self) -> Rank:
+        """Candle's ``QTensor::rank``: the number of dims."""
         return Rank(len(self._shape))
 
     def elem_count(self) -> int:
+        """The number of elements of the logical tensor."""
         return int(np.prod(self._shape, dtype=np.int64))
 
     @property
@@ -215,9 +218,11 @@ class QTensor:
         return np.asarray(self._data).reshape(-1)
 
     def storage_size_in_bytes(self) -> int:
+        """Candle's ``QTensor::storage_size_in_bytes``: the bytes of the quantized blocks."""
         return self._dtype.bytes_for(self.elem_count())
 
     def to_device(self, device: Any) -> QTensor:
+        """This tensor's blocks on ``device`` (a traced tensor stays as it is)."""
         dev = Device.coerce(device)
         if isinstance(self._data, jax.core.Tracer):
             return self
@@ -435,6 +440,7 @@ class QMatMul:
 
     @staticmethod
     def from_qtensor(q: QTensor) -> QMatMul:
+        """Candle's ``QMatMul::from_qtensor`` (also ``from_arc``): a matmul with a rank-2 quantized weight."""
         if not isinstance(q, QTensor):
             raise errors.Msg(f"QMatMul.from_qtensor expects a QTensor, got {type(q).__name__}")
         if q.rank != 2:
@@ -469,6 +475,7 @@ class QMatMul:
 
     # --- queries ---------------------------------------------------------------------------
     def is_quantized(self) -> bool:
+        """Whether the weight is kept quantized (Candle's ``QMatMul::QTensor`` variant), not dequantized."""
         return isinstance(self._w, QTensor | BlockedWeight | PackedWeight)
 
     @property
@@ -478,6 +485,7 @@ class QMatMul:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The weight's ``(out, in)``."""
         return tuple(self._w.shape)  # type: ignore[return-value]
 
     # --- compute ---------------------------------------------------------------------------
@@ -509,6 +517,7 @@ class QMatMul:
         return wrap(_dense_matmul(w, x.astype(jnp.float16)).astype(x.dtype))
 
     def dequantize_f16(self) -> Any:
+        """Candle's ``QMatMul::dequantize_f16``: the weight as a dense f16 Tensor."""
         w = self._w
         if isinstance(w, BlockedWeight | PackedWeight):
             return wrap(w.dequantize(jnp.float16))

@@ -37,12 +37,14 @@ class VarBuilder:
 
     @staticmethod
     def from_gguf_buffer(buffer: bytes, device: Any = None) -> VarBuilder:
+        """Candle's ``quantized_var_builder::VarBuilder::from_gguf_buffer``: read the GGUF bytes ``buffer``."""
         from candlejax.io.gguf import Content
 
         return VarBuilder(Content.read(bytes(buffer)), device)
 
     @staticmethod
     def from_content(content: Any, device: Any = None) -> VarBuilder:
+        """A builder over an already-read GGUF ``Content``."""
         return VarBuilder(content, device)
 
     # --- naming --------------------------------------------------------------------------------
@@ -53,13 +55,16 @@ class VarBuilder:
     push_prefix = pp
 
     def path(self, name: str) -> str:
+        """The full tensor name of ``name`` under the current prefix."""
         return ".".join((*self._path, name)) if self._path else name
 
     def prefix(self) -> str:
+        """The current prefix, dot-separated."""
         return ".".join(self._path)
 
     @property
     def device(self) -> Device:
+        """Candle's ``VarBuilder::device``: the device tensors are loaded on."""
         return self._device
 
     @property
@@ -69,13 +74,16 @@ class VarBuilder:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """The GGUF metadata of the file."""
         return self._content.metadata
 
     def contains_key(self, key: str) -> bool:
+        """Candle's ``VarBuilder::contains_key``: whether ``key`` under the prefix is in the file."""
         return self.path(key) in self._content.tensor_infos
 
     # --- tensors -------------------------------------------------------------------------------
     def get_no_shape(self, name: str) -> QTensor:
+        """Candle's ``VarBuilder::get_no_shape``: the ``QTensor`` ``name`` whatever its shape."""
         path = self.path(name)
         q = self._cache.get(path)
         if q is None:

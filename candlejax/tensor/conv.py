@@ -583,6 +583,9 @@ def _upsample_bilinear2d(x: Any, *, sizes: tuple[int, int], align_corners: bool,
 
 # --- the mixin -----------------------------------------------------------------------------------
 class ConvMixin(TensorBase):
+    """Tensor methods for convolutions, pooling and resizing (Candle's ``Tensor::conv1d``, ``conv2d``,
+    ``max_pool2d``, ...)."""
+
     __slots__ = ()
 
     # convolutions ------------------------------------------------------------------------------

@@ -298,6 +298,9 @@ def _dev(device: Any) -> Device:
 
 
 class ConvertMixin(TensorBase):
+    """Tensor methods that change dtype or device or leave the tensor (Candle's ``to_dtype``, ``to_device``,
+    ``to_vec*``)."""
+
     __slots__ = ()
 
     # --- dtype / device --------------------------------------------------------------------

@@ -573,6 +573,9 @@ def _key_for(key: Any, device: Device, op_name: str) -> tuple[Any, Any]:
 
 
 class CreationMixin(TensorBase):
+    """Tensor constructors (Candle's ``Tensor::new``, ``zeros``, ``ones``, ``arange``, ``rand``, ``randn``,
+    ``*_like``, ...)."""
+
     __slots__ = ()
 
     # --- constructors ----------------------------------------------------------------------
@@ -896,12 +899,14 @@ class CreationMixin(TensorBase):
 
     @staticmethod
     def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
-        """``Tensor::rand_f64(lo, up, shape, dtype, &device)``: :meth:`rand` with the dtype given."""
+        """Candle's ``Var::rand_f64(lo, up, shape, dtype, &device)`` as a Tensor (Candle's ``Tensor`` keeps
+        ``rand_f64_impl`` crate-private): :meth:`rand` with the dtype given."""
         return CreationMixin.rand(lo, up, shape, device, key=key, dtype=dtype)
 
     @staticmethod
     def randn_f64(mean: float, std: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
-        """``Tensor::randn_f64(mean, std, shape, dtype, &device)``: :meth:`randn` with the dtype given."""
+        """Candle's ``Var::randn_f64(mean, std, shape, dtype, &device)`` as a Tensor (Candle's ``Tensor`` keeps
+        ``randn_f64_impl`` crate-private): :meth:`randn` with the dtype given."""
         return CreationMixin.randn(mean, std, shape, device, key=key, dtype=dtype)
 
     def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:

@@ -356,6 +356,7 @@ def in_f32(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return fn(a.astype(jnp.float32)).astype(a.dtype) if a.dtype in _HALF else fn(a)
 
     g.__name__ = getattr(fn, "__name__", "in_f32")
+    g.__doc__ = fn.__doc__
     return g
 
 

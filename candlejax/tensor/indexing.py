@@ -482,6 +482,8 @@ def _plan_key(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool) -> tup
 
 
 class IndexingMixin(TensorBase):
+    """Tensor indexing methods (Candle's ``IndexOp::i``, ``index_select``, ``gather``, ``scatter_add``, ...)."""
+
     __slots__ = ()
 
     # --- i() and [] ---------------------------------------------------------------------------

@@ -220,6 +220,9 @@ def _check_cat(ts: list[TensorBase], dim: int, op_name: str) -> None:
 
 
 class MovementMixin(TensorBase):
+    """Tensor shape and view methods (Candle's ``reshape``, ``transpose``, ``narrow``, ``Tensor::cat``,
+    ``broadcast_as``, ...)."""
+
     __slots__ = ()
 
     # --- reshape family -----------------------------------------------------------------------

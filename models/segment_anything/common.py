@@ -35,9 +35,12 @@ class LayerNorm2d(Module):
 
     @staticmethod
     def new(num_channels: int, eps: float, vb: VarBuilder) -> LayerNorm2d:
+        """Candle's ``LayerNorm2d::new(num_channels, eps, vb)``: ``weight`` and ``bias`` ``(num_channels,)`` from
+        ``vb``."""
         return LayerNorm2d(vb.get(num_channels, "weight"), vb.get(num_channels, "bias"), num_channels, eps)
 
     def forward(self, xs: Tensor) -> Tensor:
+        """Normalize over the channels: ``(B, C, H, W)`` in, same shape out."""
         u = xs.mean_keepdim(1)
         xs = xs.broadcast_sub(u)
         s = xs.sqr().mean_keepdim(1)
@@ -64,4 +67,5 @@ class MlpBlock(Module):
         return cls(embedding_dim, mlp_dim, activation, vb)
 
     def forward(self, xs: Any) -> Tensor:
+        """``lin2(activation(lin1(xs)))``: ``(..., embedding_dim)`` in and out."""
         return self.lin2(self.activation(self.lin1(xs)))

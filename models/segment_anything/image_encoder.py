@@ -40,6 +40,7 @@ class PatchEmbed(Module):
         self.proj = conv2d(in_chans, embed_dim, k_size, Conv2dConfig(stride=stride, padding=padding), vb.pp("proj"))
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, C, H, W)`` in, ``(B, H / p, W / p, embed_dim)`` out."""
         return self.proj(xs).permute((0, 2, 3, 1))
 
 
@@ -86,6 +87,7 @@ class Attention(Module):
         return bias.reshape((bh, 1, h * w, h * w))
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, H, W, dim)`` in, ``(B, H, W, dim)`` out (with the relative position bias when enabled)."""
         b, h, w, _ = xs.dims4()
         nh, c = self.num_heads, self.head_dim
         qkv = self.qkv(xs).reshape((b, h * w, 3, nh, c)).permute((2, 0, 3, 1, 4)).reshape((3, b * nh, 1, h * w, c))
@@ -134,6 +136,7 @@ class Block(Module):
         self.window_size = window_size
 
     def forward(self, xs: Tensor) -> Tensor:
+        """``(B, H, W, dim)`` in, ``(B, H, W, dim)`` out (windowed attention when ``window_size > 0``, then the MLP)."""
         shortcut = xs
         xs = self.norm1(xs)
         if self.window_size > 0:
@@ -170,9 +173,13 @@ class ImageEncoderViT(Module):
         self.neck_conv2 = conv2d_no_bias(out_chans, out_chans, 3, Conv2dConfig(padding=1), vb.pp("neck.2"))
         self.neck_ln2 = LayerNorm2d.new(out_chans, 1e-6, vb.pp("neck.3"))
 
-    new = staticmethod(lambda *args: ImageEncoderViT(*args))
+    @staticmethod
+    def new(*args: Any) -> ImageEncoderViT:
+        """Candle's ``ImageEncoderViT::new(...)``: the constructor, positional arguments in Candle's order."""
+        return ImageEncoderViT(*args)
 
     def forward(self, xs: Any) -> Tensor:
+        """``(B, in_chans, img_size, img_size)`` in, ``(B, out_chans, img_size / patch, img_size / patch)`` out."""
         xs = self.patch_embed(xs)
         if self.pos_embed is not None:
             xs = xs.broadcast_add(self.pos_embed)

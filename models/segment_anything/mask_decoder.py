@@ -28,6 +28,7 @@ class MlpMaskDecoder(Module):
         self.sigmoid_output = sigmoid_output
 
     def forward(self, xs: Tensor) -> Tensor:
+        """The MLP with ReLU between layers (and a sigmoid after the last when ``sigmoid_output``)."""
         for i, layer in enumerate(self.layers):
             xs = layer(xs)
             if i + 1 < len(self.layers):
@@ -77,6 +78,7 @@ class MaskDecoder(Module):
 
     def predict_masks(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                       dense_prompt_embeddings: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Candle's ``MaskDecoder::predict_masks``: every mask token's ``(masks (B, N, 4H, 4W), iou (B, N))``."""
         b = sparse_prompt_embeddings.dims()[0]
         output_tokens = Tensor.cat([self.iou_token, self.mask_tokens], 0)
         output_tokens = output_tokens.unsqueeze(0).broadcast_as((b, *output_tokens.dims()))

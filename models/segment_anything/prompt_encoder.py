@@ -79,6 +79,7 @@ class PromptEncoder(Module):
         return self.pe_layer.forward(*self.image_embedding_size).unsqueeze(0)
 
     def embed_masks(self, masks: Tensor) -> Tensor:
+        """Candle's ``PromptEncoder::embed_masks``: ``(B, 1, 4H, 4W)`` masks in, ``(B, embed_dim, H, W)`` out."""
         gelu = Activation("Gelu")
         xs = gelu(self.mask_downscaling_ln1(self.mask_downscaling_conv1(masks)))
         xs = gelu(self.mask_downscaling_ln2(self.mask_downscaling_conv2(xs)))

@@ -207,6 +207,7 @@ class Sam(Module):
         return xs.pad_with_zeros(1, 0, IMAGE_SIZE - h).pad_with_zeros(2, 0, IMAGE_SIZE - w)
 
     def unpreprocess(self, img: Tensor) -> Tensor:
+        """Candle's ``Sam::unpreprocess``: undo the pixel normalisation, clamped to ``[0, 255]``."""
         xs = img.broadcast_mul(self.pixel_std).broadcast_add(self.pixel_mean)
         return xs.clamp(0.0, 255.0)
 

@@ -268,9 +268,11 @@ class TinyViT(Module):
     @staticmethod
     def new(embed_dims: list[int], depths: list[int], num_heads: list[int], window_sizes: list[int],
             num_classes: int, vb: VarBuilder) -> TinyViT:  # fmt: skip
+        """Candle's ``TinyViT::new(embed_dims, depths, num_heads, window_sizes, num_classes, vb)``."""
         return TinyViT(embed_dims, depths, num_heads, window_sizes, num_classes, vb)
 
     def forward(self, xs: Any) -> Tensor:
+        """``(B, 3, 1024, 1024)`` in, ``(B, 256, 64, 64)`` image embeddings out."""
         xs = self.layer0(self.patch_embed(xs))
         for layer in self.layers:
             xs = layer(xs)

@@ -31,6 +31,7 @@ class Attention(Module):
         return xs.reshape((b, n, self.num_heads, c // self.num_heads)).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
+        """``(B, Nq, dim)`` queries, ``(B, Nk, dim)`` keys and values in, ``(B, Nq, dim)`` out."""
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         out = ops.sdpa(q, k, v)  # scale 1/sqrt(c_per_head)
         b, h, n, c = out.dims4()
@@ -38,6 +39,7 @@ class Attention(Module):
 
 
 class TwoWayAttentionBlock(Module):
+    """Candle's ``TwoWayAttentionBlock``: token self-attention, token-to-image and image-to-token cross-attention."""
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool,
                  vb: VarBuilder, layer_norm_eps: float = 1e-5):  # fmt: skip
         self.self_attn = Attention(embedding_dim, num_heads, 1, vb.pp("self_attn"))
@@ -52,6 +54,7 @@ class TwoWayAttentionBlock(Module):
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor,  # type: ignore[override]
                 key_pe: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``(queries (B, Nq, dim), keys (B, Nk, dim))`` in, the updated ``(queries, keys)`` out."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:

@@ -72,13 +72,16 @@ class WhisperTokenizer:
         return list(self.tk.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens (ids from ``<|endoftext|>`` on) dropped."""
         return self.tk.decode([int(i) for i in ids if i < self.eot])
 
     def language_code(self, token: int) -> str:
+        """The language code of a language token (``<|en|>`` -> ``en``)."""
         return str(self.tk.id_to_token(token)).strip("<|>")
 
 
 def compression_ratio(text: str) -> float:
+    """UTF-8 length over zlib-compressed length of ``text`` (Whisper's repetition check); 0.0 for empty text."""
     b = text.encode("utf-8")
     return len(b) / len(zlib.compress(b)) if b else 0.0
 

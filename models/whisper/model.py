@@ -96,6 +96,7 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        """The config of a ``config.json`` dict; unknown keys are kept in ``extra``."""
         config_dict(d, "whisper Config")
         known = {f.name for f in fields(Config)} - {"extra"}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
@@ -122,11 +123,13 @@ class Config:
         return Config.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a ``config.json`` dict (``extra`` keys included)."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "extra"}
         return {**json.loads(self.extra), **d}
 
     @property
     def is_multilingual(self) -> bool:
+        """Whether the vocabulary has the multilingual tokens (``vocab_size >= 51865``)."""
         return self.vocab_size >= 51865
 
 
@@ -177,6 +180,8 @@ class MultiHeadAttention(Module):
 
     @staticmethod
     def load(vb: VarBuilder, n_state: int, n_head: int, linear: LinearLoader = _linear) -> MultiHeadAttention:
+        """Candle's ``MultiHeadAttention::load(n_state, n_head, vb)``: ``q_proj``, ``k_proj``, ``v_proj``,
+        ``out_proj``."""
         return MultiHeadAttention(linear(vb.pp("q_proj"), n_state, n_state, True), linear(vb.pp("k_proj"), n_state,
                                   n_state, False), linear(vb.pp("v_proj"), n_state, n_state, True),
                                   linear(vb.pp("out_proj"), n_state, n_state, True), n_head)  # fmt: skip
@@ -193,6 +198,7 @@ class MultiHeadAttention(Module):
         return self.out.forward(_merge(ops.sdpa(q, k, v, mask, do_causal=causal, keys_transposed=keys_transposed)))
 
     def forward(self, x: Tensor, xa: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``(B, T, n_state)`` in (keys from ``xa`` for cross-attention), ``(B, T, n_state)`` out."""
         k, v = self.kv(x if xa is None else xa)
         return self.attend(x, k, v, causal=causal)
 
@@ -211,6 +217,7 @@ class ResidualAttentionBlock(Module):
     @staticmethod
     def load(vb: VarBuilder, n_state: int, n_head: int, n_mlp: int, cross: bool,
              linear: LinearLoader = _linear) -> ResidualAttentionBlock:  # fmt: skip
+        """Candle's ``ResidualAttentionBlock::load(n_state, n_head, ca, vb)``: attention, cross-attention, MLP."""
         ca = MultiHeadAttention.load(vb.pp("encoder_attn"), n_state, n_head, linear) if cross else None
         ca_ln = _layer_norm(vb.pp("encoder_attn_layer_norm"), n_state) if cross else None
         return ResidualAttentionBlock(
@@ -220,9 +227,11 @@ class ResidualAttentionBlock(Module):
         )  # fmt: skip
 
     def mlp(self, x: Tensor) -> Tensor:
+        """``x + mlp_linear2(gelu(mlp_linear1(mlp_ln(x))))``: the block's MLP with its residual."""
         return x + self.mlp_linear2.forward(ops.gelu_erf(self.mlp_linear1.forward(self.mlp_ln.forward(x))))
 
     def forward(self, x: Tensor, xa: Tensor | None = None, causal: bool = False) -> Tensor:
+        """``(B, T, n_state)`` in, ``(B, T, n_state)`` out (self-, cross-attention and MLP with residuals)."""
         x = x + self.attn.forward(self.attn_ln.forward(x), causal=causal)
         if self.cross_attn is not None and xa is not None:
             x = x + self.cross_attn.forward(self.cross_attn_ln.forward(x), xa)
@@ -355,6 +364,7 @@ class TextDecoder(Module):
         return Linear(self.token_embedding.embeddings()).forward(x)
 
     def reset_kv_cache(self) -> None:
+        """Candle's ``TextDecoder::reset_kv_cache``: forget the cached keys and values."""
         self._forward_state = HostState()
 
 
@@ -367,6 +377,7 @@ class DecoderState(Module):
         self.caches, self.cross_k, self.cross_v = list(caches), list(cross_k), list(cross_v)
 
     def position(self) -> Any:
+        """The number of positions written in the self-attention caches."""
         return self.caches[0].pos
 
     def with_position(self, pos: int) -> DecoderState:

@@ -63,20 +63,24 @@ class Block:
     source: str = "<cfg>"
 
     def where(self, key: str | None = None) -> str:
+        """``source:line [type]`` of the block (or of ``key``'s line), for error messages."""
         line = self.lines.get(key, self.line) if key else self.line
         return f"{self.source}:{line} [{self.block_type}]"
 
     def get(self, key: str) -> str:
+        """The raw value of ``key`` (candle-examples' ``Block::get``); raises ``DarknetConfigError`` when missing."""
         if key not in self.parameters:
             raise DarknetConfigError(f"{self.where()}: cannot find {key!r} in {self.block_type}")
         return self.parameters[key]
 
     def get_int(self, key: str, default: int | None = None) -> int:
+        """``key`` as an int, or ``default`` when given and the key is missing."""
         if default is not None and key not in self.parameters:
             return default
         return _int(self.get(key), self, key)
 
     def get_ints(self, key: str) -> list[int]:
+        """``key`` as a comma-separated list of ints."""
         return [_int(s, self, key) for s in self.get(key).split(",")]
 
 
@@ -96,6 +100,7 @@ class Darknet:
 
     @property
     def parameters(self) -> dict[str, str]:
+        """The ``[net]`` section's parameters."""
         return self.net.parameters
 
     @staticmethod
@@ -145,12 +150,15 @@ class Darknet:
         return _int(self.net.parameters[key], self.net, key)
 
     def width(self) -> int:
+        """The ``[net]`` ``width`` (the input image width)."""
         return self._net_int("width")
 
     def height(self) -> int:
+        """The ``[net]`` ``height`` (the input image height)."""
         return self._net_int("height")
 
     def channels(self) -> int:
+        """The ``[net]`` ``channels`` (3 when absent)."""
         return self.net.get_int("channels", 3)
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -184,6 +192,7 @@ class DarknetConv(Module):
         self.conv, self.bn, self.leaky = conv, bn, leaky
 
     def forward(self, xs: Any) -> Any:
+        """Convolution, batch norm when present, then leaky ReLU (slope 0.1) when ``leaky``."""
         xs = self.conv.forward(xs)
         if self.bn is not None:
             xs = self.bn.forward_t(xs, False)
@@ -197,6 +206,7 @@ class Upsample(Module):
         self.scale = scale
 
     def forward(self, xs: Any) -> Any:
+        """Nearest-neighbour upsampling by ``scale``: ``(B, C, H, W)`` in, ``(B, C, scale*H, scale*W)`` out."""
         _, _, h, w = xs.dims4()
         return xs.upsample_nearest2d(self.scale * h, self.scale * w)
 
@@ -226,6 +236,7 @@ class YoloHead(Module):
         self.classes, self.anchors, self.image_hw = classes, anchors, image_hw
 
     def forward(self, xs: Any) -> Any:
+        """``(B, anchors * (5 + classes), H, W)`` in, ``(B, H * W * anchors, 5 + classes)`` decoded boxes out."""
         b, _, gh, gw = xs.dims4()
         attrs, na = 5 + self.classes, len(self.anchors)
         xs = xs.reshape((b, na * attrs, gh * gw)).transpose(1, 2).reshape((b, gh * gw * na, attrs))

@@ -54,6 +54,7 @@ class Multiples:
 
     @staticmethod
     def of(which: str, version: str = "v8") -> Multiples:
+        """The scale ``which`` (``n``, ``s``, ``m``, ``l``, ``x``) of ``version`` (``v8`` or ``11``)."""
         table = SCALES.get(version)
         if table is None:
             raise errors.Msg(f"yolo: unknown version {version!r} (known: v8, 11)")
@@ -61,17 +62,38 @@ class Multiples:
             raise errors.Msg(f"yolo: unknown size --which {which!r} (known: n, s, m, l, x)")
         return table[which]
 
-    n = staticmethod(lambda: Multiples(0.33, 0.25, 2.0))
-    s = staticmethod(lambda: Multiples(0.33, 0.50, 2.0))
-    m = staticmethod(lambda: Multiples(0.67, 0.75, 1.5))
-    l = staticmethod(lambda: Multiples(1.00, 1.00, 1.0))
-    x = staticmethod(lambda: Multiples(1.00, 1.25, 1.0))
+    @staticmethod
+    def n() -> Multiples:
+        """Candle's ``Multiples::n()``: depth 0.33, width 0.25, ratio 2.0."""
+        return Multiples(0.33, 0.25, 2.0)
+
+    @staticmethod
+    def s() -> Multiples:
+        """Candle's ``Multiples::s()``: depth 0.33, width 0.50, ratio 2.0."""
+        return Multiples(0.33, 0.50, 2.0)
+
+    @staticmethod
+    def m() -> Multiples:
+        """Candle's ``Multiples::m()``: depth 0.67, width 0.75, ratio 1.5."""
+        return Multiples(0.67, 0.75, 1.5)
+
+    @staticmethod
+    def l() -> Multiples:  # noqa: E743 - Candle's name
+        """Candle's ``Multiples::l()``: depth 1.00, width 1.00, ratio 1.0."""
+        return Multiples(1.00, 1.00, 1.0)
+
+    @staticmethod
+    def x() -> Multiples:
+        """Candle's ``Multiples::x()``: depth 1.00, width 1.25, ratio 1.0."""
+        return Multiples(1.00, 1.25, 1.0)
+
 
     def ch(self, c: int) -> int:
         """Ultralytics' ``make_divisible(min(c, max_channels) * width, 8)``."""
         return math.ceil(min(c, 512 * self.ratio) * self.width / 8) * 8
 
     def n_(self, n: int) -> int:
+        """The number of repeats of a block: ``n`` scaled by the depth multiple (at least 1)."""
         return max(round(n * self.depth), 1) if n > 1 else n
 
     def filters(self) -> tuple[int, int, int]:
@@ -103,6 +125,8 @@ class ConvBlock(Module):
     @staticmethod
     def load(vb: Any, c1: int, c2: int, k: int, s: int = 1, p: int | None = None, g: int = 1,
              act: bool = True) -> ConvBlock:  # fmt: skip
+        """candle-examples' ``ConvBlock::load``: ``conv`` and ``bn`` (or a checkpoint with the norm fused into
+        ``conv``)."""
         cfg = Conv2dConfig(padding=k // 2 if p is None else p, stride=s, groups=g)
         if not vb.contains_tensor("bn.weight") and vb.contains_tensor("conv.bias"):  # a fused checkpoint
             return ConvBlock(conv2d(c1, c2, k, cfg, vb.pp("conv")), act)
@@ -110,6 +134,7 @@ class ConvBlock(Module):
         return ConvBlock(conv.absorb_bn(batch_norm(c2, 1e-3, vb.pp("bn"))), act)
 
     def forward(self, xs: Any) -> Any:
+        """Convolution and batch norm, then SiLU when ``act``: ``(B, c1, H, W)`` in, ``(B, c2, H/s, W/s)`` out."""
         ys = self.conv.forward(xs)
         return ops.silu(ys) if self.act else ys
 
@@ -139,11 +164,13 @@ class C2f(Module):
 
     @staticmethod
     def load(vb: Any, c1: int, c2: int, n: int, shortcut: bool) -> C2f:
+        """candle-examples' ``C2f::load(vb, c1, c2, n, shortcut)``: ``cv1``, ``cv2`` and the ``m`` bottlenecks."""
         c = int(c2 * 0.5)
         m = [Bottleneck.load(vb.pp(f"m.{i}"), c, c, shortcut) for i in range(n)]
         return C2f(ConvBlock.load(vb.pp("cv1"), c1, 2 * c, 1), ConvBlock.load(vb.pp("cv2"), (2 + n) * c, c2, 1), m)
 
     def forward(self, xs: Any) -> Any:
+        """``(B, c1, H, W)`` in, ``(B, c2, H, W)`` out."""
         ys = list(self.cv1.forward(xs).chunk(2, 1))
         for m in self.m:
             ys.append(m.forward(ys[-1]))
@@ -158,12 +185,14 @@ class C3k(Module):
 
     @staticmethod
     def load(vb: Any, c1: int, c2: int, n: int, shortcut: bool) -> C3k:
+        """``cv1``, ``cv2``, ``cv3`` and the ``m`` bottlenecks under ``vb`` (Ultralytics' ``C3k``)."""
         c_ = int(c2 * 0.5)
         m = [Bottleneck.load(vb.pp(f"m.{i}"), c_, c_, shortcut) for i in range(n)]
         return C3k(ConvBlock.load(vb.pp("cv1"), c1, c_, 1), ConvBlock.load(vb.pp("cv2"), c1, c_, 1),
                    ConvBlock.load(vb.pp("cv3"), 2 * c_, c2, 1), m)  # fmt: skip
 
     def forward(self, xs: Any) -> Any:
+        """``(B, c1, H, W)`` in, ``(B, c2, H, W)`` out."""
         return self.cv3.forward(Tensor.cat([_seq(self.m, self.cv1.forward(xs)), self.cv2.forward(xs)], 1))
 
 
@@ -173,6 +202,7 @@ class C3k2(C2f):
     @staticmethod
     def load(vb: Any, c1: int, c2: int, n: int, shortcut: bool = True, c3k: bool = False,  # type: ignore[override]
              e: float = 0.5) -> C3k2:  # fmt: skip
+        """A ``C2f`` whose inner blocks are ``C3k`` when ``c3k`` (Ultralytics' ``C3k2``)."""
         c = int(c2 * e)
         m = [C3k.load(vb.pp(f"m.{i}"), c, c, 2, shortcut) if c3k else Bottleneck.load(vb.pp(f"m.{i}"), c, c, shortcut,
              0.5) for i in range(n)]  # fmt: skip
@@ -192,6 +222,7 @@ class Sppf(Module):
         return Sppf(ConvBlock.load(vb.pp("cv1"), c1, c_, 1, act=act), ConvBlock.load(vb.pp("cv2"), c_ * 4, c2, 1), k)
 
     def forward(self, xs: Any) -> Any:
+        """Spatial pyramid pooling (three chained max pools): ``(B, c1, H, W)`` in, ``(B, c2, H, W)`` out."""
         p = self.k // 2
         ys = [self.cv1.forward(xs)]
         for _ in range(3):
@@ -234,10 +265,12 @@ class PSABlock(Module):
 
     @staticmethod
     def load(vb: Any, c: int, num_heads: int) -> PSABlock:
+        """``attn`` and ``ffn`` under ``vb`` (Ultralytics' ``PSABlock``)."""
         ffn = [ConvBlock.load(vb.pp("ffn.0"), c, 2 * c, 1), ConvBlock.load(vb.pp("ffn.1"), 2 * c, c, 1, act=False)]
         return PSABlock(Attention.load(vb.pp("attn"), c, num_heads), ffn)
 
     def forward(self, xs: Any) -> Any:
+        """``xs + attn(xs)``, then ``+ ffn``: ``(B, c, H, W)`` in and out."""
         xs = xs + self.attn.forward(xs)
         return xs + _seq(self.ffn, xs)
 
@@ -250,11 +283,13 @@ class C2PSA(Module):
 
     @staticmethod
     def load(vb: Any, c1: int, n: int) -> C2PSA:
+        """``cv1``, ``cv2`` and the ``m`` PSA blocks under ``vb`` (Ultralytics' ``C2PSA``)."""
         c = c1 // 2
         m = [PSABlock.load(vb.pp(f"m.{i}"), c, max(c // 64, 1)) for i in range(n)]
         return C2PSA(ConvBlock.load(vb.pp("cv1"), c1, 2 * c, 1), ConvBlock.load(vb.pp("cv2"), 2 * c, c1, 1), m, c)
 
     def forward(self, xs: Any) -> Any:
+        """``(B, c1, H, W)`` in, ``(B, c1, H, W)`` out."""
         a, b = self.cv1.forward(xs).chunk(2, 1)
         return self.cv2.forward(Tensor.cat([a, _seq(self.m, b)], 1))
 
@@ -274,6 +309,8 @@ class DarkNet(Module):
 
     @staticmethod
     def load(vb: Any, m: Multiples, version: str = "v8", sppf_act: bool = True) -> DarkNet:
+        """candle-examples' ``DarkNet::load(vb, m)``: the backbone ``model.0`` .. ``model.9`` (``model.10`` for
+        YOLO11)."""
         c, v8 = m.ch, version == "v8"
         e = 0.5 if v8 else 0.25
         L = [
@@ -293,6 +330,7 @@ class DarkNet(Module):
         return DarkNet(L)
 
     def forward(self, xs: Any) -> tuple[Any, Any, Any]:
+        """``(B, 3, H, W)`` in, the ``(P3, P4, P5)`` feature maps out."""
         feats = []
         for layer in self.layers:
             xs = layer.forward(xs)
@@ -308,6 +346,7 @@ class YoloV8Neck(Module):
 
     @staticmethod
     def load(vb: Any, m: Multiples, version: str = "v8") -> YoloV8Neck:
+        """candle-examples' ``YoloV8Neck::load(vb, m)``: the neck ``model.10`` .. ``model.21`` (shifted for YOLO11)."""
         c, o = m.ch, 0 if version == "v8" else 1
         c_p3, n = c(256 if o == 0 else 512), 3 if o == 0 else 2  # YOLO11's P3 block is twice as wide
         sc = version != "v8"  # YOLO11's C3k2 keep their residuals in the neck, YOLOv8's C2f do not
@@ -321,6 +360,7 @@ class YoloV8Neck(Module):
         )  # fmt: skip
 
     def forward(self, p3: Any, p4: Any, p5: Any) -> tuple[Any, Any, Any]:
+        """The backbone's ``(P3, P4, P5)`` in, the three fused feature maps out."""
         def up(t: Any) -> Any:
             _, _, h, w = t.dims4()
             return t.upsample_nearest2d(2 * h, 2 * w)
@@ -340,9 +380,11 @@ class Dfl(Module):
 
     @staticmethod
     def load(vb: Any, c1: int = 16) -> Dfl:
+        """candle-examples' ``Dfl::load``: the ``conv.weight`` ``(1, c1, 1, 1)``."""
         return Dfl(vb.get((1, c1, 1, 1), "conv.weight"), c1)
 
     def forward(self, xs: Any) -> Any:
+        """Distribution focal loss decoding: ``(B, 4 * c1, A)`` in, ``(B, 4, A)`` expected distances out."""
         b, _, a = xs.dims3()
         p = ops.softmax(xs.reshape((b, 4, self.c1, a)), 2)
         return p.broadcast_mul(self.weight.reshape((1, 1, self.c1, 1))).sum(2)
@@ -368,6 +410,8 @@ class DetectionHead(Module):
 
     @staticmethod
     def load(vb: Any, nc: int, filters: tuple[int, int, int], legacy: bool = True) -> DetectionHead:
+        """candle-examples' ``DetectionHead::load(vb, nc, filters)``: the box (``cv2``), class (``cv3``) and ``dfl``
+        branches."""
         ch = 16
         c2, c3 = max(16, filters[0] // 4, ch * 4), max(filters[0], min(nc, 100))
         cv2, cv3 = [], []
@@ -410,6 +454,7 @@ class PoseHead(Module):
 
     @staticmethod
     def load(vb: Any, nc: int, kpt: tuple[int, int], filters: tuple[int, int, int], legacy: bool = True) -> PoseHead:
+        """candle-examples' ``PoseHead::load``: the detection head and the keypoint branch ``cv4``."""
         nk = kpt[0] * kpt[1]
         c4 = max(filters[0] // 4, nk)
         cv4 = [[ConvBlock.load(vb.pp(f"cv4.{i}.0"), f, c4, 3), ConvBlock.load(vb.pp(f"cv4.{i}.1"), c4, c4, 3),
@@ -458,10 +503,12 @@ class YoloV8(Module):
 
     @property
     def kpt_shape(self) -> tuple[int, int] | None:
+        """``(keypoints, dims)`` of a pose model, or ``None``."""
         return self.head.kpt if isinstance(self.head, PoseHead) else None
 
     @property
     def num_classes(self) -> int:
+        """The number of classes the head predicts."""
         return (self.head.detect if isinstance(self.head, PoseHead) else self.head).nc
 
     def forward(self, xs: Any) -> Any:
@@ -483,4 +530,5 @@ class YoloV8Pose(YoloV8):
 
     @staticmethod
     def load(vb: Any, m: Multiples, num_classes: int = 1, kpt: tuple[int, int] = (17, 3), **kw: Any) -> YoloV8:  # type: ignore[override]
+        """``YoloV8.load`` of a pose model (``task="pose"``, ``kpt`` keypoints)."""
         return YoloV8.load(vb, m, num_classes, task="pose", kpt=kpt, **kw)

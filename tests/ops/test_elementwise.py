@@ -581,3 +581,10 @@ def test_half_precision_activations_are_computed_in_f32():
         c = candle.functional.gelu(candle.Tensor(x.tolist()).to_dtype(dt))  # Candle: f64 inside, one rounding
         np.testing.assert_allclose(np.asarray(Tensor(x).to_dtype(dt).gelu_erf().to_dtype("f32")),
                                    np.asarray(c.to_dtype("f32").values(), np.float32), rtol=rtol, atol=0)
+
+
+def test_in_f32_keeps_the_wrapped_docstring():
+    # help(gelu_erf_jnp) showed nothing: the in_f32 wrapper dropped the function's docstring
+    from candlejax.tensor.elementwise import gelu_erf_jnp
+
+    assert gelu_erf_jnp.__doc__ and gelu_erf_jnp.__doc__.startswith("Exact GELU")
