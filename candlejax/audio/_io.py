@@ -26,6 +26,12 @@ def _check_finite(pcm: np.ndarray, where: str, offset: int, rate: int) -> None:
         )
 
 
+def _check_rate(v: Any, what: str, where: str) -> None:
+    """A finite positive number (not a bool or a string): soxr loops forever on a NaN / inf rate."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) or not 0 < v < math.inf:
+        raise errors.Audio(f"audio: {where}: {what} must be a positive number, got {v!r}")
+
+
 def _mono(block: np.ndarray) -> np.ndarray:
     """Average the channels (as ``ffmpeg -ac 1`` does): ``(n, ch)`` -> ``(n,)`` float32."""
     return (block.mean(axis=1) if block.ndim == 2 else block).astype(np.float32, copy=False)
@@ -35,11 +41,16 @@ def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample mono float32 ``pcm`` from ``orig_sr`` to ``target_sr`` Hz (soxr, high quality)."""
     import soxr
 
-    x = np.asarray(pcm, dtype=np.float32)
+    x = np.asarray(pcm)
+    if not np.issubdtype(x.dtype, np.floating):  # int16 PCM would come out 32768x too loud
+        raise errors.Audio(f"audio: resample: expected float samples in [-1, 1], got dtype {x.dtype}"
+                           " (integer PCM: divide by 32768 for int16)")  # fmt: skip
+    x = x.astype(np.float32, copy=False)
     if x.ndim != 1:
         raise errors.Audio(f"audio: resample expects mono samples (n,), got shape {list(x.shape)}")
-    if orig_sr <= 0 or target_sr <= 0:
-        raise errors.Audio(f"audio: resample rates must be positive, got {orig_sr} -> {target_sr}")
+    _check_rate(orig_sr, "orig_sr (the input rate)", "resample")
+    _check_rate(target_sr, "target_sr (the output rate)", "resample")
+    _check_finite(x, "resample", 0, orig_sr)
     if orig_sr == target_sr or x.size == 0:
         return x
     return soxr.resample(x, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
@@ -72,6 +83,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     NaN/inf samples. For long files use :class:`AudioStream`, which reads block by block.
     """
     path = errors.path_arg(path, "read_audio")
+    _check_rate(sample_rate, "sample_rate", "read_audio")
     f = _open(path)
     with f:
         data = f.read(dtype="float32", always_2d=True)
@@ -121,8 +133,7 @@ class AudioStream:
         self.path = errors.path_arg(path, "AudioStream")
         self.name = self.path
         for what, v in (("sample_rate", sample_rate), ("block_seconds", block_seconds)):
-            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) or not 0 < v < math.inf:
-                raise errors.Audio(f"audio: AudioStream: {what} must be a positive number, got {v!r}")
+            _check_rate(v, what, "AudioStream")
         self._f = _open(self.path)
         try:
             self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)

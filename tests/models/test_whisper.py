@@ -363,6 +363,33 @@ def test_audio_files_and_errors(tmp_path):
         s.read(0, 16000)
 
 
+def test_resample_refuses_integer_pcm_and_bad_rates():
+    # Candle's resample takes f32 samples in [-1, 1]: int16 PCM would come out 32768x too loud
+    # (log-mel features shifted by ~2.25), and a NaN / inf rate used to hang soxr
+    x = (0.5 * np.sin(np.arange(4410) / 10.0)).astype(np.float32)
+    with pytest.raises(errors.Audio, match=r"resample: expected float samples .* int16"):
+        cj_audio.resample((x * 32767).astype(np.int16), 44100, 16000)
+    from candlejax.examples import audio as ex_audio
+
+    with pytest.raises(errors.Audio, match=r"resample: expected float samples .* int16"):
+        ex_audio.resample((x * 32767).astype(np.int16), 44100, 16000)
+    for bad in (float("nan"), float("inf"), True, "44100", 0, -1):
+        with pytest.raises(errors.Audio, match="rate"):
+            cj_audio.resample(x, bad, 16000)
+    with pytest.raises(errors.Audio, match="non-finite"):
+        cj_audio.resample(np.array([0.0, np.nan, 0.1], np.float32), 44100, 16000)
+    assert cj_audio.resample(x, 44100.0, 16000).shape == (1600,)
+
+
+def test_read_audio_bad_sample_rate_is_named(tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(800, np.float32), 8000)
+    for bad in ("16000", float("nan"), None, 0):
+        with pytest.raises(errors.Audio, match="sample_rate"):
+            cj_audio.read_audio(tmp_path / "a.wav", bad)
+
+
 def test_stream_reads_forward_in_bounded_blocks(tmp_path):
     import soundfile as sf
 
