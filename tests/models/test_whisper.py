@@ -605,6 +605,43 @@ def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(ti
         next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))
 
 
+def test_transcribe_takes_the_sample_rate_of_an_array(tmp_path):
+    # an array at 44.1 kHz is resampled to 16 kHz (as transformers' pipeline takes
+    # {"raw": pcm, "sampling_rate": sr}); reference: the same chirp sampled at 16 kHz directly
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+
+    def chirp(rate):
+        t = np.arange(int(rate * 1.5)) / rate
+        return (0.4 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32)
+
+    mels = []
+
+    class Stop(Exception):
+        pass
+
+    def encode(self, mel):
+        mels.append(np.asarray(mel))
+        raise Stop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(whisper.Decoder, "encode", encode)
+        for pcm, kw in ((chirp(44100), dict(sample_rate=44100)), (chirp(16000), {}),
+                        (np.stack([chirp(22050)] * 2), dict(sample_rate=22050))):  # fmt: skip
+            with pytest.raises(Stop):
+                next(whisper.transcribe(m, pcm, temperature=0.0, language="en", **kw))
+    ref = np.asarray(wa.pcm_to_mel(16, chirp(16000)))
+    np.testing.assert_array_equal(mels[1], ref)
+    for got in (mels[0], mels[2]):
+        np.testing.assert_allclose(got[:, 2:145], ref[:, 2:145], atol=2e-3)  # (away from the clip's edges)
+    with pytest.raises(errors.Audio, match="sample_rate"):
+        next(whisper.transcribe(m, chirp(16000), sample_rate=float("nan")))
+    import soundfile as sf
+
+    sf.write(tmp_path / "c.wav", chirp(16000), 16000)
+    with pytest.raises(errors.Audio, match=r"sample_rate=44100 is the rate of an array"):
+        next(whisper.transcribe(m, tmp_path / "c.wav", sample_rate=44100))
+
+
 def _openai_greedy(hf, enc, dec, initial, sample_begin, max_initial_timestamp_index=50):
     """OpenAI's ``DecodingTask._main_loop`` at temperature 0, written from ``whisper/decoding.py``
     (SuppressBlank, SuppressTokens, ApplyTimestampRules; stops at EOT or past ``n_ctx`` tokens), on
