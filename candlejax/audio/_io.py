@@ -97,12 +97,12 @@ class PcmSource:
 
     def __init__(self, pcm: Any, sample_rate: int = 16000, name: str = "pcm"):
         x = np.asarray(pcm)
+        if not np.issubdtype(x.dtype, np.floating):  # (before the channel mean, which makes floats)
+            raise errors.Audio(f"audio: {name}: expected float samples in [-1, 1], got dtype {x.dtype}")
         if x.ndim == 2 and x.shape[0] in (1, 2) and x.shape[1] > 2:
             x = x.mean(axis=0)
         if x.ndim != 1:
             raise errors.Audio(f"audio: {name}: expected mono samples (n,), got shape {list(x.shape)}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise errors.Audio(f"audio: {name}: expected float samples in [-1, 1], got dtype {x.dtype}")
         if x.size == 0:
             raise errors.Audio(f"audio: {name}: 0 samples")
         _check_finite(x, name, 0, sample_rate)

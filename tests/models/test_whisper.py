@@ -381,6 +381,17 @@ def test_resample_refuses_integer_pcm_and_bad_rates():
     assert cj_audio.resample(x, 44100.0, 16000).shape == (1600,)
 
 
+def test_pcm_source_refuses_integer_stereo():
+    # averaging the channels of int16 PCM made floats 32768x too loud that passed the float check
+    x = (np.sin(np.arange(1000) / 5.0) * 20000).astype(np.int16)
+    with pytest.raises(errors.Audio, match=r"expected float samples .* int16"):
+        cj_audio.PcmSource(np.stack([x, x]))
+    with pytest.raises(errors.Audio, match=r"expected float samples .* int16"):
+        cj_audio.PcmSource(x)
+    f = x.astype(np.float32) / 32768
+    np.testing.assert_array_equal(cj_audio.PcmSource(np.stack([f, f * 0.5])).pcm, (f + f * 0.5) / 2)
+
+
 def test_read_audio_bad_sample_rate_is_named(tmp_path):
     import soundfile as sf
 
