@@ -200,9 +200,9 @@ def pad_or_trim(samples: Any, length: int = N_SAMPLES, *, axis: int = -1) -> np.
 def _padded_window(source: Any, start: int, n_frames: int) -> np.ndarray:
     half = N_FFT // 2
     n = (n_frames - 1) * HOP_LENGTH + N_FFT
-    if start == 0:
-        x = source.read(0, n - half).astype(np.float64)
-        return np.concatenate([x[1 : half + 1][::-1], x])
+    if start < half:  # the frames before sample `half` see the reflected start of the file
+        x = source.read(0, n - half + start).astype(np.float64)
+        return np.concatenate([x[1 : half - start + 1][::-1], x])
     return source.read(start - half, n).astype(np.float64)
 
 

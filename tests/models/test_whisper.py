@@ -320,6 +320,19 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
     assert wa.pcm_to_mel(80, np.zeros(wa.N_SAMPLES + 1600, np.float32)).shape == (80, 3010)  # longer: len // 160
 
 
+def test_log_mel_window_reflects_at_the_start_for_any_early_frame():
+    # a window starting at frame 1 (sample 160 < N_FFT // 2) saw zeros where the whole-file
+    # spectrogram (transformers' reflect padding) has the reflected samples
+    from transformers import WhisperFeatureExtractor
+
+    x = (np.random.default_rng(0).standard_normal(16000) * 0.3).astype(np.float32)
+    ref = WhisperFeatureExtractor()(x, sampling_rate=16000, return_tensors="np").input_features[0]
+    full = np.asarray(wa.pcm_to_mel(80, x))
+    for start in (0, 160, 320):
+        win = wa.log_mel_window(cj_audio.PcmSource(x), start, n_frames=50, floor=float(full.min() * 4 - 4))
+        np.testing.assert_allclose(win, ref[:, start // 160 : start // 160 + 50], atol=1e-4, rtol=0)
+
+
 def test_pad_or_trim_follows_openai():
     # OpenAI's pad_or_trim: along the last axis (channels or a mel keep their leading dims)
     x = np.arange(1, 11, dtype=np.float64).reshape(2, 5)
