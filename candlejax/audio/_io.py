@@ -137,7 +137,8 @@ class AudioStream:
         self._f = _open(self.path)
         try:
             self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)
-            self.n_samples = math.ceil(self._f.frames * self.sample_rate / self.file_rate)
+            # soxr's output length, floor(n * out / in + 1/2), in exact integers
+            self.n_samples = (2 * self._f.frames * self.sample_rate + self.file_rate) // (2 * self.file_rate)
             self._block = max(1, int(block_seconds * self.file_rate))
             self._buf = np.zeros(0, np.float32)
             self._buf_start = 0  # absolute index (at sample_rate) of _buf[0]

@@ -414,6 +414,16 @@ def test_read_audio_bad_sample_rate_is_named(tmp_path):
             cj_audio.read_audio(tmp_path / "a.wav", bad)
 
 
+def test_stream_length_from_the_header_is_the_resampled_length(tmp_path):
+    # soxr gives floor(n * out / in + 0.5) samples; the header estimate used ceil (one too many)
+    import soundfile as sf
+
+    for rate, n in ((11025, 3), (44100, 100), (22050, 12345), (48000, 1000), (8000, 77)):
+        sf.write(tmp_path / "a.wav", np.full(n, 0.1, np.float32), rate, subtype="FLOAT")
+        with cj_audio.AudioStream(tmp_path / "a.wav") as s:
+            assert s.n_samples == cj_audio.read_audio(tmp_path / "a.wav").shape[0], (rate, n)
+
+
 def test_stream_reads_forward_in_bounded_blocks(tmp_path):
     import soundfile as sf
 
