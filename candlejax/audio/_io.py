@@ -32,6 +32,16 @@ def _check_rate(v: Any, what: str, where: str) -> None:
         raise errors.Audio(f"audio: {where}: {what} must be a positive number, got {v!r}")
 
 
+def _check_span(start: Any, n: Any, where: str) -> tuple[int, int]:
+    """``read(start, n)``'s arguments as ints: integers, ``n >= 0`` (``start`` may be negative)."""
+    for v in (start, n):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise errors.Audio(f"audio: {where}: read(start, n) takes integer sample counts, got ({start!r}, {n!r})")
+    if n < 0:
+        raise errors.Audio(f"audio: {where}: read(start, n) needs n >= 0, got n = {n}")
+    return int(start), int(n)
+
+
 def _mono(block: np.ndarray) -> np.ndarray:
     """Average the channels (as ``ffmpeg -ac 1`` does): ``(n, ch)`` -> ``(n,)`` float32."""
     return (block.mean(axis=1) if block.ndim == 2 else block).astype(np.float32, copy=False)
@@ -111,6 +121,7 @@ class PcmSource:
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Samples ``[start, start + n)``, zero-padded past the end."""
+        start, n = _check_span(start, n, self.name)
         out = np.zeros(n, np.float32)
         if start < self.n_samples:
             chunk = self.pcm[max(start, 0) : start + n]
@@ -165,6 +176,7 @@ class AudioStream:
         self._eof = last
 
     def read(self, start: int, n: int) -> np.ndarray:
+        start, n = _check_span(start, n, self.path)
         if start < self._buf_start:
             raise errors.Audio(f"audio: {self.path}: stream is forward-only (sample {start} already dropped)")
         while not self._eof and self._buf_start + self._buf.shape[0] < start + n:

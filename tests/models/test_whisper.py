@@ -424,6 +424,18 @@ def test_stream_length_from_the_header_is_the_resampled_length(tmp_path):
             assert s.n_samples == cj_audio.read_audio(tmp_path / "a.wav").shape[0], (rate, n)
 
 
+def test_stream_read_bad_span_is_named(tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(800, np.float32), 8000)
+    with cj_audio.AudioStream(tmp_path / "a.wav") as s:
+        for src in (s, cj_audio.PcmSource(np.zeros(100, np.float32))):
+            for start, n in ((0, -1), (0.5, 10), (0, 2.0), (True, 3)):
+                with pytest.raises(errors.Audio, match=r"read\(start, n\)"):
+                    src.read(start, n)
+        assert s.read(0, 3).shape == (3,) and s.read(np.int64(1), np.int32(0)).shape == (0,)
+
+
 def test_stream_reads_forward_in_bounded_blocks(tmp_path):
     import soundfile as sf
 
