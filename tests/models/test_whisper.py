@@ -629,6 +629,13 @@ def _candle_log_mel(samples, filters, fft_size, fft_step, n_mel, speed_up):
     return (np.maximum(mel, mmax) / 4 + 1).reshape(-1)
 
 
+def test_log_mel_spectrogram_underscore_refuses_integer_pcm():
+    # Candle's samples are `&[T: Float]` (f32 / f64): int16 PCM read unscaled shifted every value
+    pcm = (np.sin(np.arange(4000) / 7.0) * 20000).astype(np.int16)
+    with pytest.raises(errors.Audio, match=r"log_mel_spectrogram_: expected float samples .* int16"):
+        wa.log_mel_spectrogram_(pcm, wa.mel_filters(80), 400, 160, 80)
+
+
 @pytest.mark.parametrize("speed_up", [False, True])
 def test_log_mel_spectrogram_underscore_follows_candle(speed_up):
     """``audio::log_mel_spectrogram_``: Candle's output lengths (its unit tests) and values."""
