@@ -43,7 +43,9 @@ def _check_span(start: Any, n: Any, where: str) -> tuple[int, int]:
 
 
 def _mono(block: np.ndarray) -> np.ndarray:
-    """Average the channels (as ``ffmpeg -ac 1`` does): ``(n, ch)`` -> ``(n,)`` float32."""
+    """Average the channels: ``(n, ch)`` -> ``(n,)`` float32. For stereo this is ``ffmpeg -ac 1``'s
+    ``(L + R) / 2``; ffmpeg weights 5.1 by its layout (centre first, no LFE), Candle's ``pcm_decode``
+    keeps channel 0."""
     return (block.mean(axis=1) if block.ndim == 2 else block).astype(np.float32, copy=False)
 
 
