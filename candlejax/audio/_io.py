@@ -26,8 +26,26 @@ def _check_finite(pcm: np.ndarray, where: str, offset: int, rate: int) -> None:
         )
 
 
+def _check_rate(v: Any, what: str, where: str) -> None:
+    """A finite positive number (not a bool or a string): soxr loops forever on a NaN / inf rate."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) or not 0 < v < math.inf:
+        raise errors.Audio(f"audio: {where}: {what} must be a positive number, got {v!r}")
+
+
+def _check_span(start: Any, n: Any, where: str) -> tuple[int, int]:
+    """``read(start, n)``'s arguments as ints: integers, ``n >= 0`` (``start`` may be negative)."""
+    for v in (start, n):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise errors.Audio(f"audio: {where}: read(start, n) takes integer sample counts, got ({start!r}, {n!r})")
+    if n < 0:
+        raise errors.Audio(f"audio: {where}: read(start, n) needs n >= 0, got n = {n}")
+    return int(start), int(n)
+
+
 def _mono(block: np.ndarray) -> np.ndarray:
-    """Average the channels (as ``ffmpeg -ac 1`` does): ``(n, ch)`` -> ``(n,)`` float32."""
+    """Average the channels: ``(n, ch)`` -> ``(n,)`` float32. For stereo this is ``ffmpeg -ac 1``'s
+    ``(L + R) / 2``; ffmpeg weights 5.1 by its layout (centre first, no LFE), Candle's ``pcm_decode``
+    keeps channel 0."""
     return (block.mean(axis=1) if block.ndim == 2 else block).astype(np.float32, copy=False)
 
 
@@ -35,11 +53,16 @@ def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample mono float32 ``pcm`` from ``orig_sr`` to ``target_sr`` Hz (soxr, high quality)."""
     import soxr
 
-    x = np.asarray(pcm, dtype=np.float32)
+    x = np.asarray(pcm)
+    if not np.issubdtype(x.dtype, np.floating):  # int16 PCM would come out 32768x too loud
+        raise errors.Audio(f"audio: resample: expected float samples in [-1, 1], got dtype {x.dtype}"
+                           " (integer PCM: divide by 32768 for int16)")  # fmt: skip
+    x = x.astype(np.float32, copy=False)
     if x.ndim != 1:
         raise errors.Audio(f"audio: resample expects mono samples (n,), got shape {list(x.shape)}")
-    if orig_sr <= 0 or target_sr <= 0:
-        raise errors.Audio(f"audio: resample rates must be positive, got {orig_sr} -> {target_sr}")
+    _check_rate(orig_sr, "orig_sr (the input rate)", "resample")
+    _check_rate(target_sr, "target_sr (the output rate)", "resample")
+    _check_finite(x, "resample", 0, orig_sr)
     if orig_sr == target_sr or x.size == 0:
         return x
     return soxr.resample(x, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
@@ -72,6 +95,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     NaN/inf samples. For long files use :class:`AudioStream`, which reads block by block.
     """
     path = errors.path_arg(path, "read_audio")
+    _check_rate(sample_rate, "sample_rate", "read_audio")
     f = _open(path)
     with f:
         data = f.read(dtype="float32", always_2d=True)
@@ -85,12 +109,12 @@ class PcmSource:
 
     def __init__(self, pcm: Any, sample_rate: int = 16000, name: str = "pcm"):
         x = np.asarray(pcm)
+        if not np.issubdtype(x.dtype, np.floating):  # (before the channel mean, which makes floats)
+            raise errors.Audio(f"audio: {name}: expected float samples in [-1, 1], got dtype {x.dtype}")
         if x.ndim == 2 and x.shape[0] in (1, 2) and x.shape[1] > 2:
             x = x.mean(axis=0)
         if x.ndim != 1:
             raise errors.Audio(f"audio: {name}: expected mono samples (n,), got shape {list(x.shape)}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise errors.Audio(f"audio: {name}: expected float samples in [-1, 1], got dtype {x.dtype}")
         if x.size == 0:
             raise errors.Audio(f"audio: {name}: 0 samples")
         _check_finite(x, name, 0, sample_rate)
@@ -99,6 +123,7 @@ class PcmSource:
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Samples ``[start, start + n)``, zero-padded past the end."""
+        start, n = _check_span(start, n, self.name)
         out = np.zeros(n, np.float32)
         if start < self.n_samples:
             chunk = self.pcm[max(start, 0) : start + n]
@@ -121,12 +146,12 @@ class AudioStream:
         self.path = errors.path_arg(path, "AudioStream")
         self.name = self.path
         for what, v in (("sample_rate", sample_rate), ("block_seconds", block_seconds)):
-            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating) or not 0 < v < math.inf:
-                raise errors.Audio(f"audio: AudioStream: {what} must be a positive number, got {v!r}")
+            _check_rate(v, what, "AudioStream")
         self._f = _open(self.path)
         try:
             self.file_rate, self.sample_rate = int(self._f.samplerate), int(sample_rate)
-            self.n_samples = math.ceil(self._f.frames * self.sample_rate / self.file_rate)
+            # soxr's output length, floor(n * out / in + 1/2), in exact integers
+            self.n_samples = (2 * self._f.frames * self.sample_rate + self.file_rate) // (2 * self.file_rate)
             self._block = max(1, int(block_seconds * self.file_rate))
             self._buf = np.zeros(0, np.float32)
             self._buf_start = 0  # absolute index (at sample_rate) of _buf[0]
@@ -153,6 +178,7 @@ class AudioStream:
         self._eof = last
 
     def read(self, start: int, n: int) -> np.ndarray:
+        start, n = _check_span(start, n, self.path)
         if start < self._buf_start:
             raise errors.Audio(f"audio: {self.path}: stream is forward-only (sample {start} already dropped)")
         while not self._eof and self._buf_start + self._buf.shape[0] < start + n:

@@ -44,7 +44,7 @@ def resample(pcm_in: Any, sr_in: int, sr_out: int) -> np.ndarray:
     """Mono float32 samples from ``sr_in`` to ``sr_out`` Hz: ``round(n * sr_out / sr_in)`` samples,
     no delay (soxr, high quality). Candle's rubato FFT resampler pads its last chunk and delays the
     signal, so its output is a little longer and shifted."""
-    return _soxr_resample(np.asarray(pcm_in, np.float32), int(sr_in), int(sr_out))
+    return _soxr_resample(np.asarray(pcm_in), sr_in, sr_out)
 
 
 def normalize_loudness(wav: Tensor, sample_rate: int, loudness_compressor: bool) -> Tensor:

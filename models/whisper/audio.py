@@ -141,7 +141,10 @@ def log_mel_spectrogram_(samples: Any, filters: Any, fft_size: int, fft_step: in
     Then ``log10(max(mel, 1e-10))``, floored at the maximum minus 8, and ``x / 4 + 1``.
     """
     x = np.asarray(samples)
-    out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
+    if not np.issubdtype(x.dtype, np.floating):  # Candle's `&[T: Float]`: f32 / f64 samples in [-1, 1]
+        raise errors.Audio(f"log_mel_spectrogram_: expected float samples in [-1, 1], got dtype {x.dtype}"
+                           " (integer PCM: divide by 32768 for int16)")  # fmt: skip
+    out_dtype = x.dtype
     x = x.astype(np.float64).reshape(-1)
     fft_size, fft_step, n_mel = int(fft_size), int(fft_step), int(n_mel)
     if fft_size < 1 or fft_step < 1 or n_mel < 1:
@@ -200,9 +203,9 @@ def pad_or_trim(samples: Any, length: int = N_SAMPLES, *, axis: int = -1) -> np.
 def _padded_window(source: Any, start: int, n_frames: int) -> np.ndarray:
     half = N_FFT // 2
     n = (n_frames - 1) * HOP_LENGTH + N_FFT
-    if start == 0:
-        x = source.read(0, n - half).astype(np.float64)
-        return np.concatenate([x[1 : half + 1][::-1], x])
+    if start < half:  # the frames before sample `half` see the reflected start of the file
+        x = source.read(0, n - half + start).astype(np.float64)
+        return np.concatenate([x[1 : half - start + 1][::-1], x])
     return source.read(start - half, n).astype(np.float64)
 
 

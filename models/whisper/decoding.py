@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax.audio import AudioStream, PcmSource
+from candlejax.audio import AudioStream, PcmSource, resample
 from candlejax.models.whisper import audio as wa
 from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, prefill_jit, step_jit
 from candlejax.tensor import Tensor
@@ -363,6 +363,25 @@ def _source(path_or_pcm: Any) -> Any:
     return PcmSource(path_or_pcm, wa.SAMPLE_RATE)
 
 
+def _at_whisper_rate(path_or_pcm: Any, sample_rate: float | None) -> Any:
+    """A path unchanged, or the samples as mono float32 at 16 kHz (resampled from ``sample_rate``)."""
+    if isinstance(path_or_pcm, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise errors.Audio(f"whisper: sample_rate={sample_rate!r} is the rate of an array of samples; a"
+                               " sound file's rate is read from its header")  # fmt: skip
+        return path_or_pcm
+    if sample_rate is None:
+        return path_or_pcm
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0 < sample_rate < math.inf:
+        raise errors.Audio(f"whisper: sample_rate must be a positive number (Hz), got {sample_rate!r}")
+    if sample_rate == wa.SAMPLE_RATE:
+        return path_or_pcm
+    if isinstance(path_or_pcm, Tensor):
+        path_or_pcm = np.asarray(path_or_pcm)
+    mono = PcmSource(path_or_pcm, wa.SAMPLE_RATE).pcm  # (validated, channels averaged)
+    return resample(mono, sample_rate, wa.SAMPLE_RATE)
+
+
 def _log_mel_floor(path_or_pcm: Any, n_mels: int) -> float | None:
     """The whole file's largest log-mel value minus 8, from a first pass over it: OpenAI floors every
     window at it (a window of silence after speech stays at the silence level, and is skipped).
@@ -383,8 +402,12 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                no_speech_threshold: float | None = 0.6, tokenizer: WhisperTokenizer | None = None,
                progress: Callable[[float, float], None] | None = None,
                mel_padding: str = "audio", seed: int = 299792458, initial_prompt: str | None = None,
-               max_initial_timestamp: float | None = 1.0) -> Iterator[Segment]:  # fmt: skip
-    """Transcribe a sound file (any rate / channels) or 16 kHz mono float samples; yields :class:`Segment`s.
+               max_initial_timestamp: float | None = 1.0, sample_rate: float | None = None,
+               ) -> Iterator[Segment]:  # fmt: skip
+    """Transcribe a sound file (any rate / channels) or mono float samples; yields :class:`Segment`s.
+
+    ``sample_rate``: the rate of an array of samples (default 16 kHz), resampled to 16 kHz (soxr, as
+    :func:`candlejax.audio.read_audio`); a file's rate is read from its header.
 
     ``temperature`` 0.0 is plain greedy; a sequence falls back through its values (OpenAI's
     default ``(0.0, 0.2, ..., 1.0)``). ``progress(done_seconds, total_seconds)`` is called per window.
@@ -408,6 +431,7 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
                   max_initial_timestamp=max_initial_timestamp)  # fmt: skip
     tok = dec.tok
     n_mels = model.config.num_mel_bins
+    path_or_pcm = _at_whisper_rate(path_or_pcm, sample_rate)
     floor = _log_mel_floor(path_or_pcm, n_mels)
     src = _source(path_or_pcm)
     try:

@@ -320,6 +320,19 @@ def test_mel_matches_feature_extractor_and_streaming_windows():
     assert wa.pcm_to_mel(80, np.zeros(wa.N_SAMPLES + 1600, np.float32)).shape == (80, 3010)  # longer: len // 160
 
 
+def test_log_mel_window_reflects_at_the_start_for_any_early_frame():
+    # a window starting at frame 1 (sample 160 < N_FFT // 2) saw zeros where the whole-file
+    # spectrogram (transformers' reflect padding) has the reflected samples
+    from transformers import WhisperFeatureExtractor
+
+    x = (np.random.default_rng(0).standard_normal(16000) * 0.3).astype(np.float32)
+    ref = WhisperFeatureExtractor()(x, sampling_rate=16000, return_tensors="np").input_features[0]
+    full = np.asarray(wa.pcm_to_mel(80, x))
+    for start in (0, 160, 320):
+        win = wa.log_mel_window(cj_audio.PcmSource(x), start, n_frames=50, floor=float(full.min() * 4 - 4))
+        np.testing.assert_allclose(win, ref[:, start // 160 : start // 160 + 50], atol=1e-4, rtol=0)
+
+
 def test_pad_or_trim_follows_openai():
     # OpenAI's pad_or_trim: along the last axis (channels or a mel keep their leading dims)
     x = np.arange(1, 11, dtype=np.float64).reshape(2, 5)
@@ -361,6 +374,66 @@ def test_audio_files_and_errors(tmp_path):
         cj_audio.read_audio(tmp_path / "nan.wav")
     with pytest.raises(errors.Audio, match="non-finite"), cj_audio.AudioStream(tmp_path / "nan.wav") as s:
         s.read(0, 16000)
+
+
+def test_resample_refuses_integer_pcm_and_bad_rates():
+    # Candle's resample takes f32 samples in [-1, 1]: int16 PCM would come out 32768x too loud
+    # (log-mel features shifted by ~2.25), and a NaN / inf rate used to hang soxr
+    x = (0.5 * np.sin(np.arange(4410) / 10.0)).astype(np.float32)
+    with pytest.raises(errors.Audio, match=r"resample: expected float samples .* int16"):
+        cj_audio.resample((x * 32767).astype(np.int16), 44100, 16000)
+    from candlejax.examples import audio as ex_audio
+
+    with pytest.raises(errors.Audio, match=r"resample: expected float samples .* int16"):
+        ex_audio.resample((x * 32767).astype(np.int16), 44100, 16000)
+    for bad in (float("nan"), float("inf"), True, "44100", 0, -1):
+        with pytest.raises(errors.Audio, match="rate"):
+            cj_audio.resample(x, bad, 16000)
+    with pytest.raises(errors.Audio, match="non-finite"):
+        cj_audio.resample(np.array([0.0, np.nan, 0.1], np.float32), 44100, 16000)
+    assert cj_audio.resample(x, 44100.0, 16000).shape == (1600,)
+
+
+def test_pcm_source_refuses_integer_stereo():
+    # averaging the channels of int16 PCM made floats 32768x too loud that passed the float check
+    x = (np.sin(np.arange(1000) / 5.0) * 20000).astype(np.int16)
+    with pytest.raises(errors.Audio, match=r"expected float samples .* int16"):
+        cj_audio.PcmSource(np.stack([x, x]))
+    with pytest.raises(errors.Audio, match=r"expected float samples .* int16"):
+        cj_audio.PcmSource(x)
+    f = x.astype(np.float32) / 32768
+    np.testing.assert_array_equal(cj_audio.PcmSource(np.stack([f, f * 0.5])).pcm, (f + f * 0.5) / 2)
+
+
+def test_read_audio_bad_sample_rate_is_named(tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(800, np.float32), 8000)
+    for bad in ("16000", float("nan"), None, 0):
+        with pytest.raises(errors.Audio, match="sample_rate"):
+            cj_audio.read_audio(tmp_path / "a.wav", bad)
+
+
+def test_stream_length_from_the_header_is_the_resampled_length(tmp_path):
+    # soxr gives floor(n * out / in + 0.5) samples; the header estimate used ceil (one too many)
+    import soundfile as sf
+
+    for rate, n in ((11025, 3), (44100, 100), (22050, 12345), (48000, 1000), (8000, 77)):
+        sf.write(tmp_path / "a.wav", np.full(n, 0.1, np.float32), rate, subtype="FLOAT")
+        with cj_audio.AudioStream(tmp_path / "a.wav") as s:
+            assert s.n_samples == cj_audio.read_audio(tmp_path / "a.wav").shape[0], (rate, n)
+
+
+def test_stream_read_bad_span_is_named(tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(800, np.float32), 8000)
+    with cj_audio.AudioStream(tmp_path / "a.wav") as s:
+        for src in (s, cj_audio.PcmSource(np.zeros(100, np.float32))):
+            for start, n in ((0, -1), (0.5, 10), (0, 2.0), (True, 3)):
+                with pytest.raises(errors.Audio, match=r"read\(start, n\)"):
+                    src.read(start, n)
+        assert s.read(0, 3).shape == (3,) and s.read(np.int64(1), np.int32(0)).shape == (0,)
 
 
 def test_stream_reads_forward_in_bounded_blocks(tmp_path):
@@ -556,6 +629,13 @@ def _candle_log_mel(samples, filters, fft_size, fft_step, n_mel, speed_up):
     return (np.maximum(mel, mmax) / 4 + 1).reshape(-1)
 
 
+def test_log_mel_spectrogram_underscore_refuses_integer_pcm():
+    # Candle's samples are `&[T: Float]` (f32 / f64): int16 PCM read unscaled shifted every value
+    pcm = (np.sin(np.arange(4000) / 7.0) * 20000).astype(np.int16)
+    with pytest.raises(errors.Audio, match=r"log_mel_spectrogram_: expected float samples .* int16"):
+        wa.log_mel_spectrogram_(pcm, wa.mel_filters(80), 400, 160, 80)
+
+
 @pytest.mark.parametrize("speed_up", [False, True])
 def test_log_mel_spectrogram_underscore_follows_candle(speed_up):
     """``audio::log_mel_spectrogram_``: Candle's output lengths (its unit tests) and values."""
@@ -576,6 +656,43 @@ def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(ti
     _, m = tiny  # NaN passed the `t < 0` check and decoded anyway
     with pytest.raises(errors.Msg, match="whisper: temperatures must be finite numbers >= 0"):
         next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))
+
+
+def test_transcribe_takes_the_sample_rate_of_an_array(tmp_path):
+    # an array at 44.1 kHz is resampled to 16 kHz (as transformers' pipeline takes
+    # {"raw": pcm, "sampling_rate": sr}); reference: the same chirp sampled at 16 kHz directly
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+
+    def chirp(rate):
+        t = np.arange(int(rate * 1.5)) / rate
+        return (0.4 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32)
+
+    mels = []
+
+    class Stop(Exception):
+        pass
+
+    def encode(self, mel):
+        mels.append(np.asarray(mel))
+        raise Stop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(whisper.Decoder, "encode", encode)
+        for pcm, kw in ((chirp(44100), dict(sample_rate=44100)), (chirp(16000), {}),
+                        (np.stack([chirp(22050)] * 2), dict(sample_rate=22050))):  # fmt: skip
+            with pytest.raises(Stop):
+                next(whisper.transcribe(m, pcm, temperature=0.0, language="en", **kw))
+    ref = np.asarray(wa.pcm_to_mel(16, chirp(16000)))
+    np.testing.assert_array_equal(mels[1], ref)
+    for got in (mels[0], mels[2]):
+        np.testing.assert_allclose(got[:, 2:145], ref[:, 2:145], atol=2e-3)  # (away from the clip's edges)
+    with pytest.raises(errors.Audio, match="sample_rate"):
+        next(whisper.transcribe(m, chirp(16000), sample_rate=float("nan")))
+    import soundfile as sf
+
+    sf.write(tmp_path / "c.wav", chirp(16000), 16000)
+    with pytest.raises(errors.Audio, match=r"sample_rate=44100 is the rate of an array"):
+        next(whisper.transcribe(m, tmp_path / "c.wav", sample_rate=44100))
 
 
 def _openai_greedy(hf, enc, dec, initial, sample_begin, max_initial_timestamp_index=50):
