@@ -15,17 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from candlejax.shape import MAX_ELEM_COUNT
+
 #: numpy's (and XLA's) limit on an array's size in bytes, counting zero dims as 1.
 MAX_NBYTES = 2**63 - 1
 
 
 def shape_fits(shape: Sequence[int], itemsize: float) -> bool:
     """Whether an array of ``shape`` could exist: the product of its dims, zeros counted as 1, times
-    ``itemsize`` fits in ``MAX_NBYTES`` (numpy refuses (0, 2**62) of f4 with "array is too big")."""
+    ``itemsize`` fits in ``MAX_NBYTES`` (numpy refuses (0, 2**62) of f4 with "array is too big") and
+    is at most a Tensor's ``MAX_ELEM_COUNT`` elements (sub-byte quantized types have more elements
+    than bytes)."""
     n = 1
     for d in shape:
         n *= max(int(d), 1)
-    return n * itemsize <= MAX_NBYTES
+    return n * itemsize <= MAX_NBYTES and n <= MAX_ELEM_COUNT
 
 
 #: What :mod:`zipfile` raises on a corrupt archive: bad records, unknown versions or compression methods

@@ -497,3 +497,28 @@ def test_varmap_and_checkpoint_saves_failing_midway_keep_the_previous_file(tmp_p
     with pytest.raises(errors.Error, match="'b'"):
         checkpoint.save(ck, {"a": good, "b": _dead()})
     assert open(ck, "rb").read() == before and sorted(os.listdir(tmp_path)) == ["ck", "vm.safetensors"]
+
+
+def test_gguf_shape_past_a_tensors_element_limit_names_the_file(tmp_path):
+    """A Q4_0 tensor of 1.5e18 elements fits in 2^63 bytes but not in a Tensor (at most 2^60 - 1
+    elements): the reader refuses it naming the file and the tensor, before any shape is built."""
+    gguf_py = pytest.importorskip("gguf")
+    p = str(tmp_path / "huge.gguf")
+    w = gguf_py.GGUFWriter(p, "llama")
+    w.add_tensor("huge_tensor", np.zeros((2, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = bytearray(open(p, "rb").read())
+    # the tensor info: name, n_dims (u32), dims (u64 each), type (u32), offset (u64)
+    name = b"huge_tensor"
+    at = data.index(len(name).to_bytes(8, "little") + name) + 8 + len(name)
+    n_dims = int.from_bytes(data[at : at + 4], "little")
+    assert n_dims == 2
+    data[at + 4 : at + 12] = (32).to_bytes(8, "little")
+    data[at + 12 : at + 20] = (47569271064100866).to_bytes(8, "little")
+    data[at + 20 : at + 24] = (2).to_bytes(4, "little")  # Q4_0
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(errors.Error, match=r"huge\.gguf.*too big"):
+        gguf.read(p)
