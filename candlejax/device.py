@@ -46,6 +46,15 @@ def _local_cpus() -> list[Any]:
     return jax.local_devices(backend="cpu")
 
 
+def _cpu_device(ordinal: int) -> Device:
+    """The CPU device ``ordinal`` (``"cpu:1"``), checked against the CPU devices JAX sees (Candle has
+    one, ``Device::Cpu``)."""
+    n = len(_local_cpus())
+    if not 0 <= ordinal < n:
+        raise errors.InvalidDevice(f"cpu device {ordinal} not found, {n} visible")
+    return _CPU if ordinal == 0 else Device("cpu", ordinal)
+
+
 class DeviceLocation:
     """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }`` / ``Metal { gpu_id }``: ``DeviceLocation.Cpu``,
     ``DeviceLocation.Cuda(gpu_id)``, ``DeviceLocation.Metal(gpu_id)``, compared with ``dev.location()``."""
@@ -138,17 +147,22 @@ class Device(metaclass=_DeviceMeta):
 
     @staticmethod
     def coerce(d: Any) -> Device:
-        """Accept a Device, ``None`` (cpu), a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a jax.Device."""
+        """Accept a Device, ``None`` (cpu), a string (``"cpu"``, ``"cpu:1"``, ``"cuda"``, ``"cuda:1"``) or a
+        jax.Device; a string ordinal must be an integer naming a visible device."""
         if d is None:
             return _CPU
         if isinstance(d, Device):
             return d
         if isinstance(d, str):
-            kind, _, idx = d.lower().partition(":")
+            kind, sep, idx = d.lower().partition(":")
+            if kind in ("cpu", "cuda", "gpu"):
+                if sep and not idx.strip().isdigit():
+                    raise errors.InvalidDevice(f"invalid device {d!r}: the ordinal after ':' must be an integer")
+                i = int(idx) if sep else 0
             if kind == "cpu":
-                return _CPU
+                return _cpu_device(i)
             if kind in ("cuda", "gpu"):
-                return Device.new_cuda(int(idx or 0))
+                return Device.new_cuda(i)
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
             raise errors.InvalidDevice(f"unknown device {d!r}")
@@ -160,9 +174,10 @@ class Device(metaclass=_DeviceMeta):
     @property
     def jax_device(self) -> Any:
         """The ``jax.Device`` this names."""
-        if self.kind == "cpu":
-            return _local_cpus()[self.ordinal]
-        return _gpus()[self.ordinal]
+        devs = _local_cpus() if self.kind == "cpu" else _gpus()
+        if not 0 <= self.ordinal < len(devs):
+            raise errors.InvalidDevice(f"{self.kind} device {self.ordinal} not found, {len(devs)} visible")
+        return devs[self.ordinal]
 
     def location(self) -> DeviceLocation:
         return DeviceLocation(self.kind, self.ordinal)

@@ -90,3 +90,56 @@ def test_batcher_device_and_device_mismatch_in_steps():
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+
+
+PLACEMENT = textwrap.dedent(
+    """
+    import numpy as np
+    from candlejax import Device, Tensor, errors
+
+    dev1, dev0 = Device("cpu", 1), Device.Cpu
+    # a string ordinal names that CPU device (as Device("cpu", 1)), checked against the devices present
+    assert repr(Device.coerce("cpu:1")) == "Cpu(1)" and Device.coerce("cpu:1") == dev1
+    assert Device.coerce("cpu:0") == dev0 and Device.coerce("cpu") == dev0
+    assert Tensor.zeros((2,), device="cpu:1").device == dev1
+    assert Tensor.new([1.0, 2.0]).to_device("cpu:1").device == dev1
+    for bad, words in (("cpu:9", ("9", "4")), ("cpu:x", ("'cpu:x'", "integer")), ("cuda:x", ("'cuda:x'", "integer"))):
+        try:
+            Device.coerce(bad)
+        except errors.InvalidDevice as e:
+            assert all(w in str(e) for w in words), str(e)
+        else:
+            raise AssertionError(bad)
+    try:
+        Tensor.zeros((2,), device=Device("cpu", 9))
+    except errors.InvalidDevice as e:
+        assert "9" in str(e) and "4" in str(e), str(e)
+    else:
+        raise AssertionError("Device('cpu', 9)")
+    # indexes on another device than the indexed tensor: Candle's same_device(indexes, op)
+    a = Tensor.new(np.arange(6, dtype=np.float32).reshape(2, 3), dev1)
+    ids0 = Tensor.new(np.zeros((2, 3), np.uint32), dev0)
+    for op, f in (
+        ("gather", lambda: a.gather(ids0[:, :1], 1)),
+        ("scatter", lambda: a.scatter(ids0, a, 0)),
+        ("scatter-add", lambda: a.scatter_add(ids0, a, 0)),
+        ("index-select", lambda: a.index_select(ids0[0], 1)),
+        ("index-add", lambda: a.index_add(ids0[0, :2], a[:, :2], 1)),
+    ):
+        try:
+            f()
+        except errors.DeviceMismatchBinaryOp as e:
+            assert f"in {op}, lhs: Cpu(1), rhs: Cpu " in str(e), str(e)
+        else:
+            raise AssertionError(op)
+    print("OK")
+    """
+)
+
+
+def test_device_strings_and_index_devices():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", PLACEMENT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
