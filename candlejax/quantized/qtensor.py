@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._dispatch import is_eager, op
-from candlejax.device import Device
+from candlejax._dispatch import check_devices, is_eager, op
+from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.quantized import native
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
@@ -491,6 +491,8 @@ class QMatMul:
                 x.shape, (out_f, in_f), "qmatmul", f"the input's last dim must equal the weight's in-features {in_f}"
             )
         w = self._w
+        if not single_device() and is_eager():  # the weight's arrays sit inside a pytree
+            check_devices("qmatmul", (x,), jax.tree_util.tree_leaves(w))
         if isinstance(w, BlockedWeight):
             return wrap(_blocked_matmul(w, x).astype(x.dtype))
         if isinstance(w, PackedWeight):

@@ -132,6 +132,49 @@ PLACEMENT = textwrap.dedent(
             assert f"in {op}, lhs: Cpu(1), rhs: Cpu " in str(e), str(e)
         else:
             raise AssertionError(op)
+    # a Device.Cpu operand of an nn op, a loss, a KV cache or a quantized matmul whose other operands
+    # are on cpu:1: Candle's same_device raises; JAX moved the Cpu array over without a word
+    import candlejax as cj
+    from candlejax.nn import kv_cache
+
+    def r(*shape, dev=dev1):
+        return Tensor.randn(0.0, 1.0, shape, dev)
+
+    ids = Tensor.new(np.array([0, 1], np.uint32), dev0)
+    for op, f in (
+        ("norm", lambda: cj.nn.RmsNorm(Tensor.ones((4,), device=dev0), 1e-5).forward(r(2, 4))),
+        ("norm", lambda: cj.nn.ops.layer_norm(r(2, 4), Tensor.ones((4,), device=dev0), r(4), 1e-5)),
+        ("nll", lambda: cj.nn.loss.nll(r(2, 3), ids)),
+        ("ce", lambda: cj.nn.loss.cross_entropy(r(2, 3), ids)),
+        ("mse", lambda: cj.nn.loss.mse(r(2, 3), r(2, 3, dev=dev0))),
+        ("rope", lambda: cj.nn.rotary_emb.rope(r(1, 2, 3, 4), r(3, 2, dev=dev0), r(3, 2, dev=dev0))),
+        ("sdpa", lambda: cj.nn.ops.sdpa(r(1, 2, 3, 4), r(1, 2, 3, 4, dev=dev0), r(1, 2, 3, 4), 0.5, False)),
+        ("qmatmul", lambda: cj.quantized.QMatMul.from_qtensor(cj.QTensor.quantize(
+            r(4, 32), cj.quantized.GgmlDType.Q8_0)).forward(r(2, 32, dev=dev0))),
+        ("slice_write", lambda: kv_cache.KvCache(2, 8).append(r(1, 2, 3, 4), r(1, 2, 3, 4))[1].append(
+            r(1, 2, 1, 4, dev=dev0), r(1, 2, 1, 4, dev=dev0))),
+        ("cat", lambda: kv_cache.ConcatKvCache(2).append(r(1, 2, 3, 4), r(1, 2, 3, 4))[1].append(
+            r(1, 2, 1, 4, dev=dev0), r(1, 2, 1, 4, dev=dev0))),
+    ):
+        try:
+            f()
+        except errors.DeviceMismatchBinaryOp as e:
+            assert f"in {op}" in str(e) and "Cpu(1)" in str(e), str(e)
+        else:
+            raise AssertionError(op)
+    # a KV cache's buffers are allocated on its source's device (Candle's Tensor::zeros(.., src.device()))
+    k = r(1, 2, 3, 4)
+    assert kv_cache.KvCache.preallocated(2, 8, k).k_buf.device == dev1
+    assert kv_cache.Cache.preallocated(2, 8, k).all_data().device == dev1
+    assert kv_cache.DecodeKvCache.preallocated(8, k).k_buf.device == dev1
+    (k_all, _), _ = kv_cache.KvCache(2, 8).append(k, k)
+    assert k_all.device == dev1
+    # pickle keeps the device (as torch's does)
+    import pickle
+
+    back = pickle.loads(pickle.dumps(k))
+    assert back.device == dev1 and np.array_equal(back.numpy(), k.numpy()), back.device
+    assert pickle.loads(pickle.dumps(Tensor.new([1.0]))).device == dev0
     print("OK")
     """
 )
