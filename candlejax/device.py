@@ -248,11 +248,12 @@ class Device(metaclass=_DeviceMeta):
         return isinstance(other, Device) and (self.kind, self.ordinal) == (other.kind, other.ordinal)
 
     def __hash__(self) -> int:
-        """The hash of candle-pyo3's device string (``"cpu"``, ``"cuda"`` for GPU 0), which compares
-        equal, so dicts and sets keyed by those strings find the Device."""
+        """The hash of candle-pyo3's device string (``"cpu"``, ``"cuda"`` for GPU 0; ``"cpu:1"``,
+        ``"cuda:1"`` for the others), which compares equal, so dicts and sets keyed by those strings
+        find the Device."""
         if self.ordinal == 0:
             return hash(self.kind)
-        return hash((self.kind, self.ordinal))
+        return hash(f"{self.kind}:{self.ordinal}")
 
     def __repr__(self) -> str:
         return "Cpu" if self.kind == "cpu" and self.ordinal == 0 else (
@@ -260,7 +261,11 @@ class Device(metaclass=_DeviceMeta):
         )
 
     def __str__(self) -> str:
-        return "cpu" if self.kind == "cpu" else f"cuda:{self.ordinal}"
+        """``"cpu"`` (candle-pyo3's name), ``"cpu:1"`` for another host device, ``"cuda:N"``:
+        ``Device.coerce(str(d)) == d``."""
+        if self.kind == "cpu":
+            return "cpu" if self.ordinal == 0 else f"cpu:{self.ordinal}"
+        return f"cuda:{self.ordinal}"
 
 
 _CPU = Device("cpu", 0)

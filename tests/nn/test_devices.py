@@ -101,6 +101,9 @@ PLACEMENT = textwrap.dedent(
     # a string ordinal names that CPU device (as Device("cpu", 1)), checked against the devices present
     assert repr(Device.coerce("cpu:1")) == "Cpu(1)" and Device.coerce("cpu:1") == dev1
     assert Device.coerce("cpu:0") == dev0 and Device.coerce("cpu") == dev0
+    # the string round-trips, and a dict keyed by it finds the Device (equal objects hash alike)
+    assert str(dev1) == "cpu:1" and Device.coerce(str(dev1)) == dev1 and str(dev0) == "cpu"
+    assert {"cpu:1": 1}[dev1] == 1 and {"cpu": 0}[dev0] == 0
     assert Tensor.zeros((2,), device="cpu:1").device == dev1
     assert Tensor.new([1.0, 2.0]).to_device("cpu:1").device == dev1
     for bad, words in (("cpu:9", ("9", "4")), ("cpu:x", ("'cpu:x'", "integer")), ("cuda:x", ("'cuda:x'", "integer"))):
