@@ -106,7 +106,11 @@ class Device(metaclass=_DeviceMeta):
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
             raise errors.InvalidDevice(f"unknown device kind {kind!r}, expected 'cpu' or 'cuda'")
-        self.kind, self.ordinal = kind, int(ordinal)
+        try:
+            ordinal = int(ordinal)
+        except (TypeError, ValueError):
+            raise errors.InvalidDevice(f"invalid {kind} device ordinal {ordinal!r}: expected an integer") from None
+        self.kind, self.ordinal = kind, ordinal
 
     # --- constructors ----------------------------------------------------------------------
     @staticmethod

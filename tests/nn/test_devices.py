@@ -114,6 +114,12 @@ PLACEMENT = textwrap.dedent(
         else:
             raise AssertionError(bad)
     try:
+        Device("cpu", "x")
+    except errors.InvalidDevice as e:
+        assert "'x'" in str(e) and "integer" in str(e), str(e)
+    else:
+        raise AssertionError("Device('cpu', 'x')")
+    try:
         Tensor.zeros((2,), device=Device("cpu", 9))
     except errors.InvalidDevice as e:
         assert "9" in str(e) and "4" in str(e), str(e)
