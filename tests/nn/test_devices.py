@@ -106,6 +106,12 @@ PLACEMENT = textwrap.dedent(
     assert {"cpu:1": 1}[dev1] == 1 and {"cpu": 0}[dev0] == 0
     assert Tensor.zeros((2,), device="cpu:1").device == dev1
     assert Tensor.new([1.0, 2.0]).to_device("cpu:1").device == dev1
+    # Tensor::new(data, &device) copies onto that device, Device.Cpu included
+    t1 = Tensor.new([1.0, 2.0, 3.0, 4.0], dev1)
+    for made in (Tensor.new(t1, dev0), Tensor.new(t1._a, device=dev0), Tensor(t1, device=dev0),
+                 Tensor.from_vec(t1, (2, 2), dev0), Tensor.new(t1, "cpu")):
+        assert made.device == dev0, made.device
+    assert Tensor(t1).device == dev1 and Tensor.new(t1, dev1).device == dev1
     for bad, words in (("cpu:9", ("9", "4")), ("cpu:x", ("'cpu:x'", "integer")), ("cuda:x", ("'cuda:x'", "integer"))):
         try:
             Device.coerce(bad)
