@@ -184,7 +184,9 @@ class Device(metaclass=_DeviceMeta):
         return devs[self.ordinal]
 
     def location(self) -> DeviceLocation:
-        return DeviceLocation(self.kind, self.ordinal)
+        """``Device::location()``: ``DeviceLocation.Cpu`` for every CPU device (Candle's unit variant,
+        which its repr already shows), ``DeviceLocation.Cuda(ordinal)`` for a GPU."""
+        return DeviceLocation.Cpu if self.kind == "cpu" else DeviceLocation(self.kind, self.ordinal)
 
     def same_device(self, other: Device) -> bool:
         return self == other

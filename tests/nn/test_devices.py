@@ -95,7 +95,7 @@ def test_batcher_device_and_device_mismatch_in_steps():
 PLACEMENT = textwrap.dedent(
     """
     import numpy as np
-    from candlejax import Device, Tensor, errors
+    from candlejax import Device, DeviceLocation, Tensor, errors
 
     dev1, dev0 = Device("cpu", 1), Device.Cpu
     # a string ordinal names that CPU device (as Device("cpu", 1)), checked against the devices present
@@ -104,6 +104,8 @@ PLACEMENT = textwrap.dedent(
     # the string round-trips, and a dict keyed by it finds the Device (equal objects hash alike)
     assert str(dev1) == "cpu:1" and Device.coerce(str(dev1)) == dev1 and str(dev0) == "cpu"
     assert {"cpu:1": 1}[dev1] == 1 and {"cpu": 0}[dev0] == 0
+    # Candle's DeviceLocation::Cpu is a unit variant: every CPU device is at it
+    assert dev1.location() == DeviceLocation.Cpu == dev0.location() and repr(dev1.location()) == "Cpu"
     assert Tensor.zeros((2,), device="cpu:1").device == dev1
     assert Tensor.new([1.0, 2.0]).to_device("cpu:1").device == dev1
     # Tensor::new(data, &device) copies onto that device, Device.Cpu included
