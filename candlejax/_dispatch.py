@@ -102,16 +102,18 @@ def _any_rank(f: F) -> F:
 
 
 def check_devices(op_name: str, *groups: Any) -> None:
-    """Candle's ``same_device`` for the arrays of an eager op (in ``groups``, iterables of arguments,
-    each an array or a tuple / list of them): single-device jax arrays on two devices raise ``DeviceMismatchBinaryOp`` (JAX would move an
-    uncommitted ``Device.Cpu`` array onto the other device without a word). Sharded arrays are left
-    to JAX."""
+    """Candle's ``same_device`` for the float arrays of an eager op (in ``groups``, iterables of
+    arguments, each an array or a tuple / list of them): single-device ones on two devices raise
+    ``DeviceMismatchBinaryOp`` (JAX would move an uncommitted ``Device.Cpu`` array onto the other
+    device without a word). Sharded arrays are left to JAX."""
     first = None
     for group in groups:
         for item in group:
             for a in item if isinstance(item, (tuple, list)) else (item,):
-                # rank-0 arrays are left out: a cache's position counter lives on the default device
-                if isinstance(a, jax.Array) and a.ndim and not isinstance(a, Tracer):
+                # integer / bool arrays and rank-0 ones are left out: a cache's positions, slot tables
+                # and masks are bookkeeping made on the default device
+                if isinstance(a, jax.Array) and a.ndim and not isinstance(a, Tracer) \
+                        and jax.numpy.issubdtype(a.dtype, jax.numpy.inexact):  # fmt: skip
                     devs = a.devices()
                     if len(devs) != 1:
                         continue

@@ -162,7 +162,8 @@ PLACEMENT = textwrap.dedent(
         ("norm", lambda: cj.nn.RmsNorm(Tensor.ones((4,), device=dev0), 1e-5).forward(r(2, 4))),
         ("norm", lambda: cj.nn.ops.layer_norm(r(2, 4), Tensor.ones((4,), device=dev0), r(4), 1e-5)),
         ("nll", lambda: cj.nn.loss.nll(r(2, 3), ids)),
-        ("ce", lambda: cj.nn.loss.cross_entropy(r(2, 3), ids)),
+        ("cross_entropy", lambda: cj.nn.loss.cross_entropy(r(2, 3), ids)),
+        ("index-select", lambda: cj.nn.Embedding(r(5, 3), 3).forward(ids)),
         ("mse", lambda: cj.nn.loss.mse(r(2, 3), r(2, 3, dev=dev0))),
         ("rope", lambda: cj.nn.rotary_emb.rope(r(1, 2, 3, 4), r(3, 2, dev=dev0), r(3, 2, dev=dev0))),
         ("sdpa", lambda: cj.nn.ops.sdpa(r(1, 2, 3, 4), r(1, 2, 3, 4, dev=dev0), r(1, 2, 3, 4), 0.5, False)),
@@ -184,8 +185,10 @@ PLACEMENT = textwrap.dedent(
     assert kv_cache.KvCache.preallocated(2, 8, k).k_buf.device == dev1
     assert kv_cache.Cache.preallocated(2, 8, k).all_data().device == dev1
     assert kv_cache.DecodeKvCache.preallocated(8, k).k_buf.device == dev1
-    (k_all, _), _ = kv_cache.KvCache(2, 8).append(k, k)
-    assert k_all.device == dev1
+    for cache in (kv_cache.KvCache(2, 8), kv_cache.RotatingKvCache(2, 8), kv_cache.ConcatKvCache(2)):
+        (k_all, _), cache = cache.append(k, k)  # bookkeeping on the default device is no mismatch
+        (k_all, _), cache = cache.append(k, k)
+        assert k_all.device == dev1, type(cache)
     # pickle keeps the device (as torch's does)
     import pickle
 
