@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from candlejax import _jax_private, errors
-from candlejax.device import Device
+from candlejax.device import Device, single_device
 
 _RuntimeError = jax.errors.JaxRuntimeError
 
@@ -59,6 +59,8 @@ def op(fn: F | None = None, *, static: tuple[str, ...] = (), elementwise: bool =
         @functools.wraps(f)
         def call(*args: Any, **kwargs: Any) -> Any:
             if is_eager():
+                if not single_device():
+                    check_devices(f.__name__.lstrip("_"), args, kwargs.values())
                 try:
                     return fast(*args, **kwargs)
                 except ValueError as e:
@@ -97,6 +99,28 @@ def _any_rank(f: F) -> F:
             return f(*args, **kwargs)
 
     return g  # type: ignore[return-value]
+
+
+def check_devices(op_name: str, *groups: Any) -> None:
+    """Candle's ``same_device`` for the float arrays of an eager op (in ``groups``, iterables of
+    arguments, each an array or a tuple / list of them): single-device ones on two devices raise
+    ``DeviceMismatchBinaryOp`` (JAX would move an uncommitted ``Device.Cpu`` array onto the other
+    device without a word). Sharded arrays are left to JAX."""
+    first = None
+    for group in groups:
+        for item in group:
+            for a in item if isinstance(item, (tuple, list)) else (item,):
+                # integer / bool arrays and rank-0 ones are left out: a cache's positions, slot tables
+                # and masks are bookkeeping made on the default device
+                if isinstance(a, jax.Array) and a.ndim and not isinstance(a, Tracer) \
+                        and jax.numpy.issubdtype(a.dtype, jax.numpy.inexact):  # fmt: skip
+                    devs = a.devices()
+                    if len(devs) != 1:
+                        continue
+                    if first is None:
+                        first = devs
+                    elif devs != first:
+                        raise device_mismatch(op_name, [list(g) for g in groups])
 
 
 def device_mismatch(op_name: str, arrays: Any) -> Exception:

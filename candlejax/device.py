@@ -46,6 +46,15 @@ def _local_cpus() -> list[Any]:
     return jax.local_devices(backend="cpu")
 
 
+def _cpu_device(ordinal: int) -> Device:
+    """The CPU device ``ordinal`` (``"cpu:1"``), checked against the CPU devices JAX sees (Candle has
+    one, ``Device::Cpu``)."""
+    n = len(_local_cpus())
+    if not 0 <= ordinal < n:
+        raise errors.InvalidDevice(f"cpu device {ordinal} not found, {n} visible")
+    return _CPU if ordinal == 0 else Device("cpu", ordinal)
+
+
 class DeviceLocation:
     """``DeviceLocation::Cpu`` / ``Cuda { gpu_id }`` / ``Metal { gpu_id }``: ``DeviceLocation.Cpu``,
     ``DeviceLocation.Cuda(gpu_id)``, ``DeviceLocation.Metal(gpu_id)``, compared with ``dev.location()``."""
@@ -97,7 +106,11 @@ class Device(metaclass=_DeviceMeta):
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
             raise errors.InvalidDevice(f"unknown device kind {kind!r}, expected 'cpu' or 'cuda'")
-        self.kind, self.ordinal = kind, int(ordinal)
+        try:
+            ordinal = int(ordinal)
+        except (TypeError, ValueError):
+            raise errors.InvalidDevice(f"invalid {kind} device ordinal {ordinal!r}: expected an integer") from None
+        self.kind, self.ordinal = kind, ordinal
 
     # --- constructors ----------------------------------------------------------------------
     @staticmethod
@@ -141,19 +154,22 @@ class Device(metaclass=_DeviceMeta):
 
     @staticmethod
     def coerce(d: Any) -> Device:
-        """Accept a Device, ``None`` (cpu), a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a jax.Device."""
+        """Accept a Device, ``None`` (cpu), a string (``"cpu"``, ``"cpu:1"``, ``"cuda"``, ``"cuda:1"``) or a
+        jax.Device; a string ordinal must be an integer naming a visible device."""
         if d is None:
             return _CPU
         if isinstance(d, Device):
             return d
         if isinstance(d, str):
-            kind, _, idx = d.lower().partition(":")
+            kind, sep, idx = d.lower().partition(":")
+            if kind in ("cpu", "cuda", "gpu"):
+                if sep and not idx.strip().isdigit():
+                    raise errors.InvalidDevice(f"invalid device {d!r}: the ordinal after ':' must be an integer")
+                i = int(idx) if sep else 0
             if kind == "cpu":
-                return _CPU
+                return _cpu_device(i)
             if kind in ("cuda", "gpu"):
-                if idx and not idx.isdigit():
-                    raise errors.InvalidDevice(f"unknown device {d!r}: the ordinal must be a non-negative int")
-                return Device.new_cuda(int(idx or 0))
+                return Device.new_cuda(i)
             if kind == "metal":
                 raise errors.NotCompiledWithMetalSupport()
             raise errors.InvalidDevice(f"unknown device {d!r}")
@@ -165,13 +181,15 @@ class Device(metaclass=_DeviceMeta):
     @property
     def jax_device(self) -> Any:
         """The ``jax.Device`` this names."""
-        if self.kind == "cpu":
-            return _local_cpus()[self.ordinal]
-        return _gpus()[self.ordinal]
+        devs = _local_cpus() if self.kind == "cpu" else _gpus()
+        if not 0 <= self.ordinal < len(devs):
+            raise errors.InvalidDevice(f"{self.kind} device {self.ordinal} not found, {len(devs)} visible")
+        return devs[self.ordinal]
 
     def location(self) -> DeviceLocation:
-        """Candle's ``Device::location``: the device's kind and ordinal."""
-        return DeviceLocation(self.kind, self.ordinal)
+        """``Device::location()``: ``DeviceLocation.Cpu`` for every CPU device (Candle's unit variant,
+        which its repr already shows), ``DeviceLocation.Cuda(ordinal)`` for a GPU."""
+        return DeviceLocation.Cpu if self.kind == "cpu" else DeviceLocation(self.kind, self.ordinal)
 
     def same_device(self, other: Device) -> bool:
         """Candle's ``Device::same_device``: whether ``other`` is the same device."""
@@ -246,11 +264,12 @@ class Device(metaclass=_DeviceMeta):
         return isinstance(other, Device) and (self.kind, self.ordinal) == (other.kind, other.ordinal)
 
     def __hash__(self) -> int:
-        """The hash of candle-pyo3's device string (``"cpu"``, ``"cuda"`` for GPU 0), which compares
-        equal, so dicts and sets keyed by those strings find the Device."""
+        """The hash of candle-pyo3's device string (``"cpu"``, ``"cuda"`` for GPU 0; ``"cpu:1"``,
+        ``"cuda:1"`` for the others), which compares equal, so dicts and sets keyed by those strings
+        find the Device."""
         if self.ordinal == 0:
             return hash(self.kind)
-        return hash((self.kind, self.ordinal))
+        return hash(f"{self.kind}:{self.ordinal}")
 
     def __repr__(self) -> str:
         return "Cpu" if self.kind == "cpu" and self.ordinal == 0 else (
@@ -258,7 +277,11 @@ class Device(metaclass=_DeviceMeta):
         )
 
     def __str__(self) -> str:
-        return "cpu" if self.kind == "cpu" else f"cuda:{self.ordinal}"
+        """``"cpu"`` (candle-pyo3's name), ``"cpu:1"`` for another host device, ``"cuda:N"``:
+        ``Device.coerce(str(d)) == d``."""
+        if self.kind == "cpu":
+            return "cpu" if self.ordinal == 0 else f"cpu:{self.ordinal}"
+        return f"cuda:{self.ordinal}"
 
 
 _CPU = Device("cpu", 0)

@@ -14,11 +14,12 @@ import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
+from candlejax.device import single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
 from candlejax.nn.linear import _require_tensor, as_weight, check_param
 from candlejax.nn.module import Module, as_array, layer_name
-from candlejax.tensor._core import int_arg, unwrap, wrap
+from candlejax.tensor._core import TensorBase, check_same_device, int_arg, unwrap, wrap
 
 __all__ = ["Embedding", "check_token_ids", "embedding"]
 
@@ -100,6 +101,8 @@ class Embedding(Module):
                 DType.U32, to_dtype(a.dtype), f"{layer_name('Embedding', self.weight)}: ids must be integers"
             )
         table = self.weight._a
+        if isinstance(ids, TensorBase) and not single_device():  # Candle's index_select: one device
+            check_same_device("index-select", self.weight, ids)
         if is_eager() and a.size:
             hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
             if hi >= table.shape[0] or lo < 0:

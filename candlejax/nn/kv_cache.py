@@ -25,8 +25,8 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
-from candlejax._dispatch import is_eager, op
-from candlejax.device import Device
+from candlejax._dispatch import check_devices, is_eager, op
+from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn._cache_base import (  # noqa: F401 (re-exported: candlejax.nn.kv_cache.KeysValues, ...)
     _APPEND_HINT,
@@ -77,9 +77,11 @@ def _ring_write(bufs: Any, xs: Any, off: Any, slot_pos: Any, *, dim: int) -> Any
 
 
 def _alloc(x: Any, dim: int, size: int) -> Any:
+    """Zeros shaped as ``x`` with ``size`` on ``dim``, on x's device (Candle's
+    ``Tensor::zeros(shape, src.dtype(), src.device())``)."""
     shape = list(x.shape)
     shape[dim] = size
-    return jnp.zeros(shape, x.dtype)
+    return jnp.zeros_like(x, shape=shape)
 
 
 def _check_source(what: str, x: Any, dim: int, buf: Any, max_len: int | None = None) -> None:
@@ -390,8 +392,8 @@ class DecodeKvCache(Module):
                                                "DecodeKvCache.preallocated (k, v)")  # fmt: skip
         b, h = k.shape[:2]
         n, lead = int(max_seq_len), _lead(b, h)
-        return DecodeKvCache(b, h, wrap(jnp.zeros((*lead, k.shape[3], n), k.dtype)),
-                             wrap(jnp.zeros((*lead, n, v.shape[3]), v.dtype)))  # fmt: skip
+        return DecodeKvCache(b, h, wrap(jnp.zeros_like(k, shape=(*lead, k.shape[3], n))),
+                             wrap(jnp.zeros_like(v, shape=(*lead, n, v.shape[3]))))  # fmt: skip
 
     @property
     def max_seq_len(self) -> int:
@@ -679,6 +681,8 @@ class ConcatKvCache(Module):
         _check_kv("ConcatKvCache.append", ka, va, self.dim)
         _check_source("ConcatKvCache.append (values)", va, self.dim, vb)
         if kb is not None:
+            if not single_device() and is_eager():  # Candle's Tensor::cat: one device
+                check_devices("cat", (kb, ka, vb, va))
             ka = jnp.concatenate([kb, ka], axis=self.dim)
             va = jnp.concatenate([vb, va], axis=self.dim)
         return KeysValues((wrap(ka), wrap(va))), ConcatKvCache(self.dim, wrap(ka), wrap(va))

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._dispatch import op
+from candlejax._dispatch import device_mismatch, op
+from candlejax.device import single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.nn.module import as_array
@@ -33,6 +34,9 @@ __all__ = ["binary_cross_entropy_with_logit", "check_finite", "cross_entropy", "
 
 
 def _check_targets(op_name: str, inp: Any, target: Any) -> None:
+    if not single_device() and not isinstance(inp, jax.core.Tracer) and not isinstance(target, jax.core.Tracer) \
+            and inp.devices() != target.devices():  # fmt: skip
+        raise device_mismatch(op_name, (inp, target))  # Candle's gather of the targets: one device
     if target.ndim != 1:
         raise errors.Msg(f"the target tensor should have a single dimension ({fmt_shape(target.shape)})")
     if inp.ndim != 2:  # Candle's nll says "target" here, about the input

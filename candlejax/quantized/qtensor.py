@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._dispatch import is_eager, op
-from candlejax.device import Device
+from candlejax._dispatch import device_mismatch, is_eager, op
+from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.quantized import native
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
@@ -499,6 +499,10 @@ class QMatMul:
                 x.shape, (out_f, in_f), "qmatmul", f"the input's last dim must equal the weight's in-features {in_f}"
             )
         w = self._w
+        if not single_device() and is_eager():  # Candle's QMatMul: the input on the weight's device
+            leaves = [a for a in jax.tree_util.tree_leaves(w) if isinstance(a, jax.Array) and a.ndim]
+            if leaves and len(x.devices()) == 1 == len(leaves[0].devices()) and leaves[0].devices() != x.devices():
+                raise device_mismatch("qmatmul", (x, leaves[0]))
         if isinstance(w, BlockedWeight):
             return wrap(_blocked_matmul(w, x).astype(x.dtype))
         if isinstance(w, PackedWeight):

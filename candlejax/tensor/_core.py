@@ -158,8 +158,13 @@ class TensorBase:
         return out.copy() if copy else out
 
     def __reduce__(self) -> Any:
-        """pickle: the values, dtype and device (as ``pickle.dumps(torch_tensor)``); a traced Tensor raises."""
-        return (wrap, (concrete_array(self._a, "pickle"),))
+        """pickle: the values, dtype and device (as ``pickle.dumps(torch_tensor)``); a traced Tensor raises.
+        Unpickling a Tensor of a device that is not present raises ``InvalidDevice``, as torch does."""
+        a = concrete_array(self._a, "pickle")
+        dev = self.device
+        if dev == Device.Cpu or len(a.devices()) != 1:
+            return (wrap, (a,))
+        return (_unpickle_on, (np.asarray(a), dev))
 
     def __copy__(self) -> Any:
         return wrap(self._a)
@@ -251,6 +256,11 @@ def _live(a: Any, op: str) -> Any:
 
 def _tracer_device(a: Any) -> Device:
     return Device.Cpu
+
+
+def _unpickle_on(a: Any, device: Device) -> Any:
+    """A pickled Tensor back on its device (see ``TensorBase.__reduce__``)."""
+    return wrap(jax.device_put(a, device.jax_device))
 
 
 def wrap(a: Any) -> Any:

@@ -24,7 +24,7 @@ import numpy as np
 from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
-from candlejax.device import Device
+from candlejax.device import Device, single_device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
@@ -48,8 +48,8 @@ def _place(a: Any, device: Device | None) -> Any:
     """Put ``a`` on ``device`` unless it is already JAX's default device (the fast path)."""
     if device is None or isinstance(a, _Tracer):
         return a
-    if device is _CPU and _default_device() is _CPU:
-        return a
+    if device is _CPU and _default_device() is _CPU and (single_device() or not hasattr(a, "devices")):
+        return a  # host data, or an array on the only device
     if not isinstance(device, Device):
         device = Device.coerce(device)
     if device == _default_device() and not hasattr(a, "devices"):

@@ -252,11 +252,13 @@ def _check_candle_order(op_name: str, ids: Any, dim: Any, candle: str, torch: st
         raise errors.Msg(f"{op_name}: Candle's order is {candle}; PyTorch's {torch} puts the dim first")
 
 
-def _as_ids(ids: Any, op_name: str) -> Any:
-    """The jax array of an index Tensor (integer dtype required)."""
+def _as_ids(ids: Any, op_name: str, of: TensorBase) -> Any:
+    """The jax array of an index Tensor (integer dtype required) on the device of ``of``, the indexed
+    tensor (Candle's ``same_device(indexes, op)``)."""
     if not isinstance(ids, TensorBase):
         raise errors.Msg(f"{op_name}: expected a Tensor of indexes, got {type(ids).__name__}")
     check_int(op_name, ids, "index")
+    check_same_device(op_name, of, ids)
     return ids._a
 
 
@@ -549,7 +551,7 @@ class IndexingMixin(TensorBase):
         s = self._a.shape
         _check_candle_order("index_select", ids, dim, "index_select(ids, dim)", "index_select(dim, ids)")
         d = resolve_dim(dim, s, "index-select")
-        arr = _as_ids(ids, "index-select")
+        arr = _as_ids(ids, "index-select", self)
         if arr.ndim != 1:
             raise errors.ShapeMismatchBinaryOp(s, arr.shape, "index-select", "the index tensor must be 1-D")
         _check_values(arr, s[d], "index-select")
@@ -562,7 +564,7 @@ class IndexingMixin(TensorBase):
 
         Candle accepts only 1-D ids; here any rank works (PyTorch ``F.embedding``)."""
         s = self._a.shape
-        arr = _as_ids(ids, "embedding")
+        arr = _as_ids(ids, "embedding", self)
         if len(s) != 2:
             raise errors.ShapeMismatchBinaryOp(s, arr.shape, "embedding", "the embedding table must be (V, H)")
         _check_values(arr, s[0], "index-select")  # Candle's embedding is index_select(ids, 0)
@@ -578,7 +580,7 @@ class IndexingMixin(TensorBase):
         s = self._a.shape
         _check_candle_order("gather", ids, dim, "gather(ids, dim)", "gather(dim, ids)")
         d = resolve_dim(dim, s, "gather")
-        arr = _as_ids(ids, "gather")
+        arr = _as_ids(ids, "gather", self)
         si = arr.shape
         if len(si) != len(s) or any(i != d and b > a for i, (a, b) in enumerate(zip(s, si))):
             raise errors.ShapeMismatchBinaryOp(s, si, "gather")
@@ -594,7 +596,7 @@ class IndexingMixin(TensorBase):
         f = op_name.replace("-", "_")
         _check_candle_order(f, ids, dim, f"{f}(ids, src, dim)", f"{f}(dim, ids, src)")
         d = resolve_dim(dim, s, op_name)
-        arr = _as_ids(ids, op_name)
+        arr = _as_ids(ids, op_name, self)
         src = _as_tensor(src, op_name)
         ss = src.shape
         # Candle's scatter_checks and CPU Scatter kernel name the op "scatter" for the whole family
@@ -641,7 +643,7 @@ class IndexingMixin(TensorBase):
         s = self._a.shape
         _check_candle_order("index_add", ids, dim, "index_add(ids, src, dim)", "index_add(dim, ids, src)")
         d = resolve_dim(dim, s, "index-add")
-        arr = _as_ids(ids, "index-add")
+        arr = _as_ids(ids, "index-add", self)
         src = _as_tensor(src, "index-add")
         ss = src.shape
         if not _same_off_axis(s, ss, d):

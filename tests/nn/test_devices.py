@@ -90,3 +90,119 @@ def test_batcher_device_and_device_mismatch_in_steps():
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+
+
+PLACEMENT = textwrap.dedent(
+    """
+    import numpy as np
+    from candlejax import Device, DeviceLocation, Tensor, errors
+
+    dev1, dev0 = Device("cpu", 1), Device.Cpu
+    # a string ordinal names that CPU device (as Device("cpu", 1)), checked against the devices present
+    assert repr(Device.coerce("cpu:1")) == "Cpu(1)" and Device.coerce("cpu:1") == dev1
+    assert Device.coerce("cpu:0") == dev0 and Device.coerce("cpu") == dev0
+    # the string round-trips, and a dict keyed by it finds the Device (equal objects hash alike)
+    assert str(dev1) == "cpu:1" and Device.coerce(str(dev1)) == dev1 and str(dev0) == "cpu"
+    assert {"cpu:1": 1}[dev1] == 1 and {"cpu": 0}[dev0] == 0
+    # Candle's DeviceLocation::Cpu is a unit variant: every CPU device is at it
+    assert dev1.location() == DeviceLocation.Cpu == dev0.location() and repr(dev1.location()) == "Cpu"
+    assert Tensor.zeros((2,), device="cpu:1").device == dev1
+    assert Tensor.new([1.0, 2.0]).to_device("cpu:1").device == dev1
+    # Tensor::new(data, &device) copies onto that device, Device.Cpu included
+    t1 = Tensor.new([1.0, 2.0, 3.0, 4.0], dev1)
+    for made in (Tensor.new(t1, dev0), Tensor.new(t1._a, device=dev0), Tensor(t1, device=dev0),
+                 Tensor.from_vec(t1, (2, 2), dev0), Tensor.new(t1, "cpu")):
+        assert made.device == dev0, made.device
+    assert Tensor(t1).device == dev1 and Tensor.new(t1, dev1).device == dev1
+    for bad, words in (("cpu:9", ("9", "4")), ("cpu:x", ("'cpu:x'", "integer")), ("cuda:x", ("'cuda:x'", "integer"))):
+        try:
+            Device.coerce(bad)
+        except errors.InvalidDevice as e:
+            assert all(w in str(e) for w in words), str(e)
+        else:
+            raise AssertionError(bad)
+    try:
+        Device("cpu", "x")
+    except errors.InvalidDevice as e:
+        assert "'x'" in str(e) and "integer" in str(e), str(e)
+    else:
+        raise AssertionError("Device('cpu', 'x')")
+    try:
+        Tensor.zeros((2,), device=Device("cpu", 9))
+    except errors.InvalidDevice as e:
+        assert "9" in str(e) and "4" in str(e), str(e)
+    else:
+        raise AssertionError("Device('cpu', 9)")
+    # indexes on another device than the indexed tensor: Candle's same_device(indexes, op)
+    a = Tensor.new(np.arange(6, dtype=np.float32).reshape(2, 3), dev1)
+    ids0 = Tensor.new(np.zeros((2, 3), np.uint32), dev0)
+    for op, f in (
+        ("gather", lambda: a.gather(ids0[:, :1], 1)),
+        ("scatter", lambda: a.scatter(ids0, a, 0)),
+        ("scatter-add", lambda: a.scatter_add(ids0, a, 0)),
+        ("index-select", lambda: a.index_select(ids0[0], 1)),
+        ("index-add", lambda: a.index_add(ids0[0, :2], a[:, :2], 1)),
+    ):
+        try:
+            f()
+        except errors.DeviceMismatchBinaryOp as e:
+            assert f"in {op}, lhs: Cpu(1), rhs: Cpu " in str(e), str(e)
+        else:
+            raise AssertionError(op)
+    # a Device.Cpu operand of an nn op, a loss, a KV cache or a quantized matmul whose other operands
+    # are on cpu:1: Candle's same_device raises; JAX moved the Cpu array over without a word
+    import candlejax as cj
+    from candlejax.nn import kv_cache
+
+    def r(*shape, dev=dev1):
+        return Tensor.randn(0.0, 1.0, shape, dev)
+
+    ids = Tensor.new(np.array([0, 1], np.uint32), dev0)
+    for op, f in (
+        ("norm", lambda: cj.nn.RmsNorm(Tensor.ones((4,), device=dev0), 1e-5).forward(r(2, 4))),
+        ("norm", lambda: cj.nn.ops.layer_norm(r(2, 4), Tensor.ones((4,), device=dev0), r(4), 1e-5)),
+        ("nll", lambda: cj.nn.loss.nll(r(2, 3), ids)),
+        ("cross_entropy", lambda: cj.nn.loss.cross_entropy(r(2, 3), ids)),
+        ("index-select", lambda: cj.nn.Embedding(r(5, 3), 3).forward(ids)),
+        ("mse", lambda: cj.nn.loss.mse(r(2, 3), r(2, 3, dev=dev0))),
+        ("rope", lambda: cj.nn.rotary_emb.rope(r(1, 2, 3, 4), r(3, 2, dev=dev0), r(3, 2, dev=dev0))),
+        ("sdpa", lambda: cj.nn.ops.sdpa(r(1, 2, 3, 4), r(1, 2, 3, 4, dev=dev0), r(1, 2, 3, 4), 0.5, False)),
+        ("qmatmul", lambda: cj.quantized.QMatMul.from_qtensor(cj.QTensor.quantize(
+            r(4, 32), cj.quantized.GgmlDType.Q8_0)).forward(r(2, 32, dev=dev0))),
+        ("slice_write", lambda: kv_cache.KvCache(2, 8).append(r(1, 2, 3, 4), r(1, 2, 3, 4))[1].append(
+            r(1, 2, 1, 4, dev=dev0), r(1, 2, 1, 4, dev=dev0))),
+        ("cat", lambda: kv_cache.ConcatKvCache(2).append(r(1, 2, 3, 4), r(1, 2, 3, 4))[1].append(
+            r(1, 2, 1, 4, dev=dev0), r(1, 2, 1, 4, dev=dev0))),
+    ):
+        try:
+            f()
+        except errors.DeviceMismatchBinaryOp as e:
+            assert f"in {op}" in str(e) and "Cpu(1)" in str(e), str(e)
+        else:
+            raise AssertionError(op)
+    # a KV cache's buffers are allocated on its source's device (Candle's Tensor::zeros(.., src.device()))
+    k = r(1, 2, 3, 4)
+    assert kv_cache.KvCache.preallocated(2, 8, k).k_buf.device == dev1
+    assert kv_cache.Cache.preallocated(2, 8, k).all_data().device == dev1
+    assert kv_cache.DecodeKvCache.preallocated(8, k).k_buf.device == dev1
+    for cache in (kv_cache.KvCache(2, 8), kv_cache.RotatingKvCache(2, 8), kv_cache.ConcatKvCache(2)):
+        (k_all, _), cache = cache.append(k, k)  # bookkeeping on the default device is no mismatch
+        (k_all, _), cache = cache.append(k, k)
+        assert k_all.device == dev1, type(cache)
+    # pickle keeps the device (as torch's does)
+    import pickle
+
+    back = pickle.loads(pickle.dumps(k))
+    assert back.device == dev1 and np.array_equal(back.numpy(), k.numpy()), back.device
+    assert pickle.loads(pickle.dumps(Tensor.new([1.0]))).device == dev0
+    print("OK")
+    """
+)
+
+
+def test_device_strings_and_index_devices():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", PLACEMENT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
