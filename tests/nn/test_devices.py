@@ -84,12 +84,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_batcher_device_and_device_mismatch_in_steps():
+def _run_on_cpu_devices(script: str, n: int) -> None:
+    """Run ``script`` in a fresh process that sees ``n`` CPU devices; it prints OK when its checks pass."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
     env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+
+
+def test_batcher_device_and_device_mismatch_in_steps():
+    _run_on_cpu_devices(SCRIPT, 2)
 
 
 PLACEMENT = textwrap.dedent(
@@ -201,8 +206,4 @@ PLACEMENT = textwrap.dedent(
 
 
 def test_device_strings_and_index_devices():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run([sys.executable, "-c", PLACEMENT], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-4000:]
+    _run_on_cpu_devices(PLACEMENT, 4)
