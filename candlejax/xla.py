@@ -138,10 +138,14 @@ class OptionsJit:
 
 class SizeJit:
     """``jax.jit(fn)`` for small inputs, ``jax.jit(fn, compiler_options=options)`` for
-    ``fn(model, ids, ...)`` calls whose ``ids`` hold at least ``threshold`` elements (tokens)."""
+    ``fn(model, ids, ...)`` calls whose ``ids`` hold at least ``threshold`` elements (tokens).
+    ``prepare(*args, **kwargs) -> (args, kwargs)``, when given, converts the arguments before tracing
+    (e.g. nested lists of ids to arrays, as the eager forward takes them)."""
 
-    def __init__(self, fn: Any, options: dict[str, Any] | None = None, threshold: int = 2048, **kw: Any):
+    def __init__(self, fn: Any, options: dict[str, Any] | None = None, threshold: int = 2048,
+                 prepare: Any = None, **kw: Any):  # fmt: skip
         self.__wrapped__ = fn
+        self._prepare = prepare
         opts = large_input_options() if options is None else options
         self.threshold = int(threshold)
         self._plain = jax.jit(fn, **kw)
@@ -153,6 +157,8 @@ class SizeJit:
         return self._large
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._prepare is not None:
+            args, kwargs = self._prepare(*args, **kwargs)
         f = self._pick(args)
         if f is self._large:
             try:
@@ -169,6 +175,8 @@ class SizeJit:
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
         """``jax.jit(...).lower(*args, **kwargs)`` of the program picked for these arguments."""
+        if self._prepare is not None:
+            args, kwargs = self._prepare(*args, **kwargs)
         return self._pick(args).lower(*args, **kwargs)
 
 

@@ -277,9 +277,8 @@ def _host_inputs(input_ids: Any, token_type_ids: Any, attention_mask: Any) -> tu
 
 
 def _every_query_sees_a_key(attention_mask: Any) -> bool:
-    """Whether every row of a concrete ``(B, S)`` (or ``(B, S, S)``) mask keeps a key. A row that keeps
-    none attends uniformly to all ``S`` keys (transformers' additive minimum): padding it to a length
-    bucket would add the padding keys to that average, so such a batch runs unpadded."""
+    """Whether every row of a concrete ``(B, S)`` / ``(B, S, S)`` mask keeps a key. A row keeping none
+    attends uniformly to its ``S`` keys (transformers'): padding keys must not join that average."""
     if attention_mask is None:
         return True
     return bool((np.asarray(unwrap(attention_mask)) != 0).any(axis=-1).all())
@@ -569,15 +568,11 @@ def _forward(model: BertModel, input_ids: Any, token_type_ids: Any = None, atten
     return model.forward(input_ids, token_type_ids, attention_mask)
 
 
-class _ForwardJit(SizeJit):
-    """:class:`SizeJit` that takes nested lists as ``forward`` does: converted before tracing (traced,
-    each int became a tracer that ``np.asarray`` refused)."""
-
-    def __call__(self, model: Any, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
-        return super().__call__(model, *_host_inputs(input_ids, token_type_ids, attention_mask))
+def _prepare(model: Any, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
+    return (model, *_host_inputs(input_ids, token_type_ids, attention_mask)), {}  # lists before tracing
 
 
-forward_jit = _ForwardJit(_forward, COMPILER_OPTIONS, LARGE_BATCH_TOKENS)
+forward_jit = SizeJit(_forward, COMPILER_OPTIONS, LARGE_BATCH_TOKENS, prepare=_prepare)
 forward_jit.__doc__ = """``forward_jit(model, input_ids, token_type_ids=None, attention_mask=None)``: ``model.forward``
 compiled once per input shape, with the weights as arguments (not constants)."""
 
