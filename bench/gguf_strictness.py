@@ -57,7 +57,8 @@ def run(which: str, paths: list[Path], tmp: Path) -> list[tuple[str, str]]:
     """The outcome of reading each file (one child process for all)."""
     lst = tmp / f"{which}.json"
     lst.write_text(json.dumps([str(p) for p in paths]))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p),
+           "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", CHILD, which, str(lst)], capture_output=True, text=True, env=env,
                        timeout=600)
     if r.returncode:

@@ -3,7 +3,8 @@
     python bench/io.py [--runs 5] [--size-mb 300] [--old-safetensors OLD.py] [--out results.json]
 
 Every measurement runs in a fresh child process (imports done before the clock starts): wall time
-of the operation and its peak RSS above the RSS just before it (VmHWM reset through
+of the operation (until the jax arrays it returns are ready: ``device_put`` copies in the
+background) and its peak RSS above the RSS just before it (VmHWM reset through
 /proc/self/clear_refs, Linux). Medians over ``--runs`` runs, the variants interleaved.
 
 safetensors, on a random checkpoint of ``--size-mb`` MB (half f32, half bf16 by bytes) and on the
@@ -117,6 +118,10 @@ def _prepare(case: str, path: str, old: str | None):
     raise SystemExit(f"unknown case {case}")
 
 
+def lib_of(case: str) -> str:
+    return case.split(":")[0]
+
+
 def child(case: str, path: str, old: str | None) -> None:
     fn = _prepare(case, path, old)
     with open("/proc/self/clear_refs", "w") as f:
@@ -124,6 +129,10 @@ def child(case: str, path: str, old: str | None) -> None:
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
     result = fn()
+    if lib_of(case) in ("candlejax", "candlejax-old", "st-flax"):
+        import jax
+
+        jax.block_until_ready(result)  # device_put copies in the background: count them in time and peak
     wall = time.perf_counter() - t0
     peak = _rss_kib("VmHWM")
     del result
@@ -148,7 +157,8 @@ def _random_checkpoint(path: Path, size_mb: int) -> None:
 
 
 def _run(case: str, path: Path, old: str | None, tmp: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    # the caller's PYTHONPATH first: ``PYTHONPATH=/path/to/other/tree`` measures that tree's candlejax
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p),
            "CJ_BENCH_OUT": str(tmp)}
     cmd = [sys.executable, __file__, "--child", case, str(path)] + (["--old-safetensors", old] if old else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -168,6 +178,8 @@ def main() -> None:
     if a.child:
         return child(a.child[0], a.child[1], a.old_safetensors)
 
+    spec = importlib.util.find_spec("candlejax")  # the children see the same PYTHONPATH first
+    print(f"candlejax from {spec.origin if spec else '?'}")
     tmp = Path(tempfile.mkdtemp(prefix="cj-bench-io-"))
     rand = tmp / "random.safetensors"
     _random_checkpoint(rand, a.size_mb)
