@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors, vision
+from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.examples import (
     audio,
@@ -111,7 +112,7 @@ def _save(img: Any, p: str | os.PathLike[str]) -> None:
 
 
 def _as_pil(img: Any, where: str) -> Any:
-    from PIL import Image
+    Image = require("PIL.Image", where)
 
     a = vision.check_image(img, where)
     return Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models import bert, hub
@@ -231,7 +232,7 @@ class SentenceEmbedder:
         ``pack``: keep the f32 Linear weights in the native product's panel layout
         (:func:`candlejax.nn.pack_linears`, same results up to summation order; a single sentence
         embeds ~20% faster). ``None`` packs where that product runs (an AVX-512 CPU, one device)."""
-        from tokenizers import Tokenizer
+        Tokenizer = require("tokenizers", "SentenceEmbedder.load").Tokenizer
 
         files = hub.resolve(path)
         d = files.root

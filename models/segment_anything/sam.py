@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
+from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
@@ -70,7 +71,7 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
     (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size). 16-bit grey
     files are scaled to 8 bits as :func:`candlejax.vision.load_image` does; a missing or unreadable
     file raises :class:`candlejax.vision.ImageError`."""
-    from PIL import Image
+    Image = require("PIL.Image", "segment_anything.load_image")
 
     if isinstance(device, int) and not isinstance(device, bool):  # Candle's example: load_image(path, Some(1024))
         raise errors.Msg(
