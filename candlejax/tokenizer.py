@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
+from candlejax.optional import require
 from candlejax.tensor._core import int_arg
 
 # llama.cpp token types (tokenizer.ggml.token_type)
@@ -404,7 +404,7 @@ def _render_error_type(jinja_error: type) -> type:
 
 @functools.cache
 def _jinja_env() -> Any:
-    jinja2 = require("jinja2", "chat templates")
+    jinja2 = require("jinja2", "a chat template")
     from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -449,7 +449,7 @@ class ChatTemplate:
     ``strftime_now``; the special tokens are template variables)."""
 
     def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None) -> None:
-        jinja2 = require("jinja2", "chat templates")
+        jinja2 = require("jinja2", "a chat template")
 
         if not isinstance(source, str):
             raise errors.ArgumentType(f"chat template: the template must be a str, got {type(source).__name__}")
@@ -474,7 +474,7 @@ class ChatTemplate:
         does: templates test them with ``is defined``. ``continue_final_message``: the text ends
         with the last message's content, left open for the model to continue (transformers' rule:
         the template's end-of-turn after it is cut off)."""
-        jinja2 = require("jinja2", "chat templates")
+        jinja2 = require("jinja2", "a chat template")
 
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
             raise errors.ArgumentType(

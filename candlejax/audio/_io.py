@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
+from candlejax.optional import require
 
 __all__ = ["AudioStream", "PcmSource", "read_audio", "resample"]
 
@@ -64,7 +64,7 @@ def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     _check_finite(x, "resample", 0, orig_sr)
     if orig_sr == target_sr or x.size == 0:
         return x
-    soxr = require("soxr", "audio resampling")
+    soxr = require("soxr", "resampling audio")
     return soxr.resample(x, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
@@ -159,7 +159,7 @@ class AudioStream:
             self._eof = False
             self._rs = None
             if self.file_rate != self.sample_rate:
-                soxr = require("soxr", "audio resampling")
+                soxr = require("soxr", "resampling audio")
                 self._rs = soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
         except BaseException:
             self._f.close()  # the traceback keeps this frame (and so the file) alive

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
 from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, count, image_argument, number, parser
+from candlejax.optional import require
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "sam_main"]

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from candlejax import errors
-from candlejax._optional import available
 from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, image_argument
+from candlejax.optional import available
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "whisper_main"]

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors, vision
-from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.examples import (
     audio,
@@ -42,6 +41,7 @@ from candlejax.examples import (
     token_output_stream,
     wav,
 )
+from candlejax.optional import require
 from candlejax.tensor import int_arg
 
 __all__ = [

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models import bert, hub
 from candlejax.models.loading import host_array
 from candlejax.nn import VarBuilder, check_token_ids, pack_linears
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import op
-from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
 
 _Tracer = jax.core.Tracer

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from candlejax._optional import require
+from candlejax.optional import require
 from candlejax.vision._image import ImageError, check_image
 
 # COCO's 17-keypoint skeleton (1-based pairs, as in Ultralytics and Candle's KP_CONNECTIONS).

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
 from candlejax.device import Device
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

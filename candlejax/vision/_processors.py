@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.vision._image import ImageError, _hw, check_image, image_to_tensor, load_image
 

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
 from candlejax.device import Device
 from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
 from candlejax.models.object_detection import Bbox, non_maximum_suppression
 from candlejax.nn import Module, VarBuilder
+from candlejax.optional import require
 from candlejax.tensor import Tensor, float_arg, int_arg
 from candlejax.transforms import jit
 from candlejax.vision import open_rgb

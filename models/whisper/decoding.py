@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
-from candlejax._optional import require
 from candlejax.audio import AudioStream, PcmSource, resample
 from candlejax.models.whisper import audio as wa
 from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, prefill_jit, step_jit
+from candlejax.optional import require
 from candlejax.tensor import Tensor
 
 __all__ = ["DecodingResult", "Decoder", "Segment", "WhisperTokenizer", "compression_ratio", "transcribe"]

@@ -92,7 +92,7 @@ def test_missing_optional_package_names_the_install_line(tmp_path: Path) -> None
 def test_transcribe_progress_without_tqdm(tmp_path: Path) -> None:
     code = """
         import json
-        from candlejax._optional import available
+        from candlejax.optional import available
         print(json.dumps({"tqdm": available("tqdm"), "json": available("json")}))
     """
     assert _run(code, ["tqdm"], tmp_path) == {"tqdm": False, "json": True}
