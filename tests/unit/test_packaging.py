@@ -45,3 +45,15 @@ def test_models_importable_as_subpackage(tmp_path: Path) -> None:
     file, no_top_level = out.stdout.split()
     assert Path(file).resolve().parent == ROOT / "models"
     assert no_top_level == "True"
+
+
+def test_jax_lower_bound_is_a_version_that_runs() -> None:
+    """jax/jaxlib 0.6.0 have neither ``jax.extend.core.get_opaque_trace_state`` nor
+    ``jax._src.core.trace_state_clean`` (nor ``jax._src.lib._jax``): ``Tensor.new`` raises there.
+    0.6.1 is the oldest release checked to run (Tensor, nn, optim, safetensors, quantized)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {d.split(">=")[0].strip(): tuple(int(p) for p in d.split(">=")[1].split(",")[0].split(".")) for d in deps
+            if d.split(">=")[0].strip() in ("jax", "jaxlib")}  # fmt: skip
+    assert pins == {"jax": pins["jax"], "jaxlib": pins["jaxlib"]} and min(pins.values()) >= (0, 6, 1), pins
