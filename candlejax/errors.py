@@ -638,6 +638,11 @@ class DeviceMismatch(DeviceMismatchBinaryOp):
     """Arrays of one computation (a training step, a batch and a model) on different devices."""
 
 
+class MissingDependency(Msg, ImportError):
+    """A feature whose optional package is not installed (``tokenizers``, ``soundfile``, ...); also an
+    ``ImportError``. The message names the package and the ``pip install`` line that provides it."""
+
+
 class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 

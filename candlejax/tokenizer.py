@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
+from candlejax.optional import require
 from candlejax.tensor._core import int_arg
 
 # llama.cpp token types (tokenizer.ggml.token_type)
@@ -235,7 +236,7 @@ def _prepare_tokenizer_building() -> None:
     before the metadata's tens of thousands of token strings are decoded. Allocated among those
     short-lived strings, these long-lived objects kept parts of Python's heap from being returned
     once the strings were freed (SmolLM2's tokenizer: ~13 -> ~9 MiB resident)."""
-    import tokenizers  # noqa: F401
+    require("tokenizers", "the tokenizer of a GGUF file")
     from tokenizers import decoders, models, pre_tokenizers, processors  # noqa: F401
 
     bytes_to_unicode()
@@ -403,12 +404,9 @@ def _render_error_type(jinja_error: type) -> type:
 
 @functools.cache
 def _jinja_env() -> Any:
-    try:
-        import jinja2
-        from jinja2.ext import Extension
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as e:  # pragma: no cover - jinja2 ships with transformers and most envs
-        raise errors.Msg("chat templates need jinja2: pip install jinja2") from e
+    jinja2 = require("jinja2", "a chat template")
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationTag(Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers marks assistant text with it)."""
@@ -451,7 +449,7 @@ class ChatTemplate:
     ``strftime_now``; the special tokens are template variables)."""
 
     def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None) -> None:
-        import jinja2
+        jinja2 = require("jinja2", "a chat template")
 
         if not isinstance(source, str):
             raise errors.ArgumentType(f"chat template: the template must be a str, got {type(source).__name__}")
@@ -476,7 +474,7 @@ class ChatTemplate:
         does: templates test them with ``is defined``. ``continue_final_message``: the text ends
         with the last message's content, left open for the model to continue (transformers' rule:
         the template's end-of-turn after it is cut off)."""
-        import jinja2
+        jinja2 = require("jinja2", "a chat template")
 
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
             raise errors.ArgumentType(
@@ -946,7 +944,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a ``tokenizer.json`` (a file, or a folder holding one). From the same folder,
     ``tokenizer_config.json`` supplies the special tokens (those it lacks from
     ``special_tokens_map.json``) and the chat template (or ``chat_template.jinja``/``chat_template.json``)."""
-    from tokenizers import Tokenizer as HFTokenizer
+    HFTokenizer = require("tokenizers", "load_tokenizer").Tokenizer
 
     if not isinstance(path, str | os.PathLike):
         raise errors.ArgumentType(f"load_tokenizer: expected a path, got {type(path).__name__}")

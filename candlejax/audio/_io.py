@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from candlejax import errors
+from candlejax.optional import require
 
 __all__ = ["AudioStream", "PcmSource", "read_audio", "resample"]
 
@@ -51,8 +52,6 @@ def _mono(block: np.ndarray) -> np.ndarray:
 
 def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample mono float32 ``pcm`` from ``orig_sr`` to ``target_sr`` Hz (soxr, high quality)."""
-    import soxr
-
     x = np.asarray(pcm)
     if not np.issubdtype(x.dtype, np.floating):  # int16 PCM would come out 32768x too loud
         raise errors.Audio(f"audio: resample: expected float samples in [-1, 1], got dtype {x.dtype}"
@@ -65,11 +64,12 @@ def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     _check_finite(x, "resample", 0, orig_sr)
     if orig_sr == target_sr or x.size == 0:
         return x
+    soxr = require("soxr", "resampling audio")
     return soxr.resample(x, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
 def _open(path: str) -> Any:
-    import soundfile as sf
+    sf = require("soundfile", "reading audio files")
 
     if not os.path.exists(path):
         raise errors.Audio(f"audio: {path}: no such file")
@@ -159,8 +159,7 @@ class AudioStream:
             self._eof = False
             self._rs = None
             if self.file_rate != self.sample_rate:
-                import soxr
-
+                soxr = require("soxr", "resampling audio")
                 self._rs = soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
         except BaseException:
             self._f.close()  # the traceback keeps this frame (and so the file) alive

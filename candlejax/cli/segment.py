@@ -20,6 +20,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, count, image_argument, number, parser
+from candlejax.optional import require
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "sam_main"]
@@ -54,7 +55,7 @@ def _floats(s: str, n: int, what: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
+    Image = require("PIL.Image", "candlejax segment")
 
     from candlejax.device import Device
     from candlejax.models.segment_anything import IMAGE_SIZE, default_weights, generate_masks, load_image, load_model

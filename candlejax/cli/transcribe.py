@@ -18,6 +18,7 @@ from typing import Any
 from candlejax import errors
 from candlejax.cli._help import add_cpu_argument, use_cpu_if_asked
 from candlejax.cli._script import add_image_argument, image_argument
+from candlejax.optional import available
 from candlejax.xla import enable_compilation_cache
 
 __all__ = ["add_arguments", "run", "whisper_main"]
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: float, total: float) -> None:
         nonlocal bar
-        if args.no_progress or total <= 30.0:
+        if args.no_progress or total <= 30.0 or not available("tqdm"):  # without tqdm: no progress bar
             return
         if bar is None:
             from tqdm import tqdm

@@ -29,6 +29,7 @@ from candlejax import errors
 from candlejax.data._dataset import DatasetFileError
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
+from candlejax.optional import require
 from candlejax.tensor._core import unwrap, wrap
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): data is big-endian.
@@ -315,10 +316,7 @@ def load_digits(
     ``(N, 64)`` or ``(N, 1, 8, 8)`` with ``flatten=False``; labels are ``label_dtype`` (U32 by
     default, the class-id dtype ``cross_entropy`` takes; Candle's MNIST loader gives U8).
     """
-    try:
-        from sklearn.datasets import load_digits as _sk_digits
-    except ImportError as e:  # pragma: no cover - sklearn is a dev dependency
-        raise errors.Msg("load_digits needs scikit-learn (pip install scikit-learn), which ships the data") from e
+    _sk_digits = require("sklearn.datasets", "load_digits").load_digits
     if not isinstance(test_fraction, (int, float, np.floating)) or not 0.0 < test_fraction < 1.0:
         raise errors.InvalidArgument(f"load_digits: test_fraction must be a float in (0, 1), got {test_fraction!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:

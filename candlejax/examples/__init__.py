@@ -41,6 +41,7 @@ from candlejax.examples import (
     token_output_stream,
     wav,
 )
+from candlejax.optional import require
 from candlejax.tensor import int_arg
 
 __all__ = [
@@ -111,7 +112,7 @@ def _save(img: Any, p: str | os.PathLike[str]) -> None:
 
 
 def _as_pil(img: Any, where: str) -> Any:
-    from PIL import Image
+    Image = require("PIL.Image", where)
 
     a = vision.check_image(img, where)
     return Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))

@@ -23,6 +23,7 @@ from candlejax.dtype import DType
 from candlejax.models import bert, hub
 from candlejax.models.loading import host_array
 from candlejax.nn import VarBuilder, check_token_ids, pack_linears
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.xla import SizeJit
 
@@ -231,7 +232,7 @@ class SentenceEmbedder:
         ``pack``: keep the f32 Linear weights in the native product's panel layout
         (:func:`candlejax.nn.pack_linears`, same results up to summation order; a single sentence
         embeds ~20% faster). ``None`` packs where that product runs (an AVX-512 CPU, one device)."""
-        from tokenizers import Tokenizer
+        Tokenizer = require("tokenizers", "SentenceEmbedder.load").Tokenizer
 
         files = hub.resolve(path)
         d = files.root

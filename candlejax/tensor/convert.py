@@ -24,6 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
 
 _Tracer = jax.core.Tracer
@@ -485,7 +486,7 @@ class ConvertMixin(TensorBase):
 
     def to_torch(self) -> Any:
         """A ``torch.Tensor`` sharing memory through DLPack (candle-pyo3's ``to_torch``)."""
-        import torch
+        torch = require("torch", "Tensor.to_torch")
 
         a = _concrete(self, "to_torch")  # the device buffer itself: DLPack shares it
         try:

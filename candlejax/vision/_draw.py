@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from candlejax.optional import require
 from candlejax.vision._image import ImageError, check_image
 
 # COCO's 17-keypoint skeleton (1-based pairs, as in Ultralytics and Candle's KP_CONNECTIONS).
@@ -35,6 +36,7 @@ def draw_detections(img: Any, dets: Any, names: Sequence[str] | dict[int, str] |
     panics on those); boxes reaching far outside the image are clipped to it, and keypoints with a
     non-finite coordinate are not drawn.
     """
+    require("PIL", "draw_detections")
     from PIL import Image, ImageDraw
 
     a = check_image(img, "draw_detections")

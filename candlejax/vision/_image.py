@@ -13,6 +13,7 @@ import io
 import math
 import operator
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,9 +69,8 @@ def image_to_tensor(img: Any, device: Device | str | None = None) -> Any:
     A PIL image is converted as :func:`load_image` converts a file (16-bit grey scaled to 8 bits,
     see :func:`_to_rgb8`), so ``Image.open(f)`` and ``load_image(f)`` give the same pixels.
     """
-    from PIL import Image
-
-    if isinstance(img, Image.Image):
+    pil = sys.modules.get("PIL.Image")  # a PIL image means Pillow is imported; arrays need no Pillow
+    if pil is not None and isinstance(img, pil.Image):
         if img.width == 0 or img.height == 0:
             raise ImageError(f"image_to_tensor: the image is empty ({img.width}x{img.height})")
         try:
@@ -108,6 +109,7 @@ def _to_rgb8(im: Any) -> Any:
 def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
     """Decode an image file as an 8-bit RGB ``PIL.Image`` (16-bit grey scaled, see :func:`_to_rgb8`);
     an :class:`ImageError` naming ``where`` and the file when it is missing or unreadable."""
+    require("PIL", f"{where} (decoding image files)")
     from PIL import Image, UnidentifiedImageError
 
     p = errors.path_arg(path, where)
@@ -177,7 +179,7 @@ def resize_center_crop(img: Any, size: int) -> Any:
     truncates instead, so the two differ by a pixel when the fraction is ``>= 0.5``).
     ``(3, H, W)`` u8 -> ``(3, size, size)`` u8 on the same device.
     """
-    from PIL import Image
+    Image = require("PIL.Image", "resize_center_crop")
 
     a = check_image(img, "resize_center_crop")
     if not isinstance(size, int | np.integer):

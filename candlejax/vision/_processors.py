@@ -12,6 +12,7 @@ takes a path, a ``PIL.Image`` or an ``(H, W, 3)`` uint8 array.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 from candlejax.vision._image import ImageError, _hw, check_image, image_to_tensor, load_image
 
@@ -31,11 +33,10 @@ _RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
 def as_image(img: Any, where: str = "image") -> Any:
     """``img`` as a ``(3, H, W)`` u8 Tensor: a path (read with :func:`load_image`), a ``PIL.Image``,
     an ``(H, W, 3)`` / ``(H, W)`` uint8 array, or a ``(3, H, W)`` u8 Tensor (checked)."""
-    from PIL import Image
-
     if isinstance(img, str | os.PathLike):
         return load_image(img)
-    if isinstance(img, Image.Image):
+    pil = sys.modules.get("PIL.Image")  # a PIL image means Pillow is imported; arrays need no Pillow
+    if pil is not None and isinstance(img, pil.Image):
         return image_to_tensor(img)
     if isinstance(img, Tensor):
         check_image(img, where)
@@ -83,7 +84,7 @@ def _pixel_batch(x: Any) -> Any:
 
 
 def _pil_resize(a: np.ndarray, h: int, w: int, interpolation: str, where: str) -> np.ndarray:
-    from PIL import Image
+    Image = require("PIL.Image", f"{where} (resizing)")
 
     if interpolation not in _RESAMPLE:
         raise ImageError(f"{where}: unknown interpolation {interpolation!r} (known: {', '.join(_RESAMPLE)})")

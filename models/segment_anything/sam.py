@@ -30,6 +30,7 @@ from candlejax.dtype import DType
 from candlejax.models.loading import check_architecture, read_config_json, safetensors_files
 from candlejax.models.object_detection import Bbox, non_maximum_suppression
 from candlejax.nn import Module, VarBuilder
+from candlejax.optional import require
 from candlejax.tensor import Tensor, float_arg, int_arg
 from candlejax.transforms import jit
 from candlejax.vision import open_rgb
@@ -70,7 +71,7 @@ def load_image(path: str | os.PathLike, device: Any = None, resize_longest: int 
     (bicubic, Candle's example's ``load_image(path, Some(1024))``; None keeps the size). 16-bit grey
     files are scaled to 8 bits as :func:`candlejax.vision.load_image` does; a missing or unreadable
     file raises :class:`candlejax.vision.ImageError`."""
-    from PIL import Image
+    Image = require("PIL.Image", "segment_anything.load_image")
 
     if isinstance(device, int) and not isinstance(device, bool):  # Candle's example: load_image(path, Some(1024))
         raise errors.Msg(

@@ -36,6 +36,7 @@ from candlejax import errors
 from candlejax.audio import AudioStream, PcmSource, resample
 from candlejax.models.whisper import audio as wa
 from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, prefill_jit, step_jit
+from candlejax.optional import require
 from candlejax.tensor import Tensor
 
 __all__ = ["DecodingResult", "Decoder", "Segment", "WhisperTokenizer", "compression_ratio", "transcribe"]
@@ -50,7 +51,7 @@ class WhisperTokenizer:
     """A ``tokenizers`` BPE tokenizer with Whisper's special token ids."""
 
     def __init__(self, path: str | os.PathLike, config: Any = None):
-        from tokenizers import Tokenizer
+        Tokenizer = require("tokenizers", "WhisperTokenizer").Tokenizer
 
         self.tk = Tokenizer.from_file(os.fspath(path))
         t = self.tk.token_to_id

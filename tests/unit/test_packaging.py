@@ -45,3 +45,17 @@ def test_models_importable_as_subpackage(tmp_path: Path) -> None:
     file, no_top_level = out.stdout.split()
     assert Path(file).resolve().parent == ROOT / "models"
     assert no_top_level == "True"
+
+
+def test_lower_bounds_are_versions_that_run() -> None:
+    """jax/jaxlib 0.6.0 have neither ``jax.extend.core.get_opaque_trace_state`` nor
+    ``jax._src.core.trace_state_clean`` (nor ``jax._src.lib._jax``): ``Tensor.new`` raises there. optax
+    before 0.2.4 has no ``warmup_constant_schedule``: ``import candlejax`` raises. jax 0.6.1 with optax
+    0.2.4 and numpy 1.26 is the oldest set checked to run (Tensor, nn, optim, safetensors, quantized)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    oldest = {"jax": (0, 6, 1), "jaxlib": (0, 6, 1), "optax": (0, 2, 4)}
+    pins = {d.split(">=")[0].strip(): tuple(int(p) for p in d.split(">=")[1].split(",")[0].split(".")) for d in deps
+            if d.split(">=")[0].strip() in oldest}  # fmt: skip
+    assert pins.keys() == oldest.keys() and all(pins[k] >= oldest[k] for k in oldest), pins
