@@ -45,3 +45,40 @@ def test_varmap_load_failing_at_a_later_tensor_sets_nothing(tmp_path, b):
     vm.load(tmp_path / "ok.safetensors")
     np.testing.assert_array_equal(np.asarray(vm.data()["a"]), np.full((2, 3), 7.0))
     np.testing.assert_array_equal(np.asarray(vm.data()["b"]), np.ones(4))
+
+
+def _bound_mlp(seed: int):
+    import candlejax.optim as optim
+    from candlejax import Tensor
+
+    vm = nn.VarMap(seed=seed)
+    vb = nn.VarBuilder.from_varmap(vm, DType.F32, Device.Cpu)
+    model = nn.seq().add(nn.linear(3, 4, vb.pp("l1"))).add_fn(lambda t: t.relu()).add(nn.linear(4, 2, vb.pp("l2")))
+    opt = optim.AdamW(vm.all_vars(), optim.ParamsAdamW(lr=0.05))
+    x = Tensor(np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32))
+    y = Tensor(np.arange(8, dtype=np.uint32) % 2)
+    return vm, model, opt, x, y
+
+
+def _ce(m, x, y):
+    return nn.loss.cross_entropy(m.forward(x), y)
+
+
+@pytest.mark.parametrize("what", ["batcher", "numpy_rngs"])
+def test_checkpoint_restore_that_raises_leaves_bound_vars_and_optimizer_alone(tmp_path, what):
+    from candlejax import checkpoint
+    from candlejax.data import Batcher
+
+    _, model, opt, x, y = _bound_mlp(1)
+    opt.backward_step(_ce, model, x, y)
+    path = tmp_path / "ck.safetensors"
+    checkpoint.save(path, model, step=1, optimizer=opt)  # no batcher position, no numpy generators
+    vm2, model2, opt2, x, y = _bound_mlp(2)
+    before = _values(vm2)
+    extra = {"batcher": Batcher((np.zeros((4, 1), np.float32),), 2)} if what == "batcher" else {
+        "numpy_rngs": {"aug": np.random.default_rng(0)}}
+    with pytest.raises(checkpoint.CheckpointError, match="holds no"):
+        checkpoint.restore(path, model2, optimizer=opt2, **extra)
+    for k, v in _values(vm2).items():  # the failed restore set nothing: the Vars and the optimizer as they were
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert opt2.state is None or int(opt2.state.step) == 0
