@@ -232,6 +232,8 @@ class TextGeneration:
             text = full[_common_prefix_len(full, held) :]
         ids = _ids_of_tail(tok, full, len(full) - len(text))
         before = self.generation
+        # the positions the cache holds once this turn's prompt is in it
+        fed = len(ids) + (0 if first else len(self.history) + len(before.continuation()))
         try:
             yield from self.stream(ids, max_new_tokens, processor, continue_cache=not first, **kw)
         finally:  # also when the caller stops early: the cache holds the reply so far
@@ -241,6 +243,9 @@ class TextGeneration:
                 end = tok.decode([gen.last_token], skip_special_tokens=False) if gen.finish_reason == "eos" else ""
                 self.messages = [*msgs, {"role": "assistant", "content": reply}]
                 self._chat_held = (gen, full + reply + end)
+                if len(self.history) < fed:  # stopped in the prefill, or max_new_tokens=0: the prompt is not all
+                    # in the cache, so the next turn feeds the whole conversation again, from position 0
+                    self.pos, self.history, self._chat_held = 0, [], (gen, "")
 
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:

@@ -82,3 +82,61 @@ def test_checkpoint_restore_that_raises_leaves_bound_vars_and_optimizer_alone(tm
     for k, v in _values(vm2).items():  # the failed restore set nothing: the Vars and the optimizer as they were
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     assert opt2.state is None or int(opt2.state.step) == 0
+
+
+INST = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    from sentencepiece_fixture import spm_gguf_metadata
+
+    from candlejax.models import llama
+    from candlejax.tokenizer import Tokenizer
+
+    pieces = ["▁", "t", "h", "e", "w", "o", "r", "l", "d", "▁t", "he", "▁the", "▁w", "or", "ld", "▁world"]
+    tok = Tokenizer.from_gguf_metadata(spm_gguf_metadata(pieces, **{"tokenizer.chat_template": INST}))
+    cfg = llama.Config(vocab_size=len(tok.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(seed=0), DType.F32, Device.Cpu)
+    return llama.Llama.load(vb, cfg, strict=False), tok
+
+
+@pytest.mark.parametrize("how", ["interrupted_prefill", "no_new_tokens"])
+def test_chat_turn_whose_prompt_did_not_reach_the_cache(chat_model, monkeypatch, how):
+    """A turn stopped in its chunked prefill (Ctrl-C), or run with max_new_tokens=0, left only part (or
+    none) of its message in the cache while the conversation recorded all of it: the next turn fed only
+    its own message, and the model never saw the first one. transformers feeds the whole rendered
+    conversation; the next turn's tokens are those of generating after it."""
+    import importlib
+
+    from candlejax.pipelines import TextGeneration
+
+    gen_mod = importlib.import_module("candlejax.generation.generate")
+    model, tok = chat_model
+    m1, m2 = " ".join(["the world"] * 30), "world the"  # m1: more than one 32-token prefill chunk
+    tg = TextGeneration(model, tok, eos_token_ids=[])
+    tg.prefill_buckets = True
+    if how == "interrupted_prefill":
+        real, calls = gen_mod.StepProgram.__call__, []
+
+        def interrupted(self, *args):
+            calls.append(1)
+            if len(calls) == 2:  # between the prefill's first and second chunk
+                raise KeyboardInterrupt
+            return real(self, *args)
+
+        monkeypatch.setattr(gen_mod.StepProgram, "__call__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            "".join(tg.chat_turn(m1, 4))
+        monkeypatch.setattr(gen_mod.StepProgram, "__call__", real)
+    else:
+        assert "".join(tg.chat_turn(m1, 0)) == ""
+    "".join(tg.chat_turn(m2, 6))
+    conv = [{"role": "user", "content": m1}, {"role": "assistant", "content": ""}, {"role": "user", "content": m2}]
+    assert tg.messages[:3] == conv
+    ids = tok.apply_chat_template(conv, add_generation_prompt=True)
+    assert tg.generation.tokens == list(model.generate(ids, 6, eos_token_id=[]))
