@@ -140,3 +140,37 @@ def test_chat_turn_whose_prompt_did_not_reach_the_cache(chat_model, monkeypatch,
     assert tg.messages[:3] == conv
     ids = tok.apply_chat_template(conv, add_generation_prompt=True)
     assert tg.generation.tokens == list(model.generate(ids, 6, eos_token_id=[]))
+
+
+@pytest.mark.parametrize("how", ["interrupted_prefill", "no_new_tokens"])
+def test_stream_continuing_a_call_whose_prompt_did_not_reach_the_cache(chat_model, monkeypatch, how):
+    """``stream(ids, n, continue_cache=True)`` follows the previous call's tokens: those of a call
+    stopped in its prefill (or run with max_new_tokens=0) that are not in the cache are fed first."""
+    import importlib
+
+    from candlejax.pipelines import TextGeneration
+
+    gen_mod = importlib.import_module("candlejax.generation.generate")
+    model, tok = chat_model
+    first = tok.encode(" ".join(["the world"] * 30), add_special_tokens=False)
+    second = tok.encode(" world the", add_special_tokens=False)
+    tg = TextGeneration(model, tok, eos_token_ids=[])
+    tg.prefill_buckets = True
+    if how == "interrupted_prefill":
+        real, calls = gen_mod.StepProgram.__call__, []
+
+        def interrupted(self, *args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(self, *args)
+
+        monkeypatch.setattr(gen_mod.StepProgram, "__call__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            "".join(tg.stream(first, 4))
+        monkeypatch.setattr(gen_mod.StepProgram, "__call__", real)
+    else:
+        assert "".join(tg.stream(first, 0)) == ""
+    "".join(tg.stream(second, 6, continue_cache=True))
+    assert tg.generation.tokens == list(model.generate([*first, *second], 6, eos_token_id=[]))
+    assert tg.history == [*first, *second, *tg.generation.tokens][: tg.pos]
