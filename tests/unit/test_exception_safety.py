@@ -174,3 +174,37 @@ def test_stream_continuing_a_call_whose_prompt_did_not_reach_the_cache(chat_mode
     "".join(tg.stream(second, 6, continue_cache=True))
     assert tg.generation.tokens == list(model.generate([*first, *second], 6, eos_token_id=[]))
     assert tg.history == [*first, *second, *tg.generation.tokens][: tg.pos]
+
+
+def test_generation_interrupted_while_its_next_step_runs_holds_only_the_tokens_handed_out(chat_model, monkeypatch):
+    """With ``pipeline=True`` the step after token k is dispatched before token k reaches the host; a
+    Ctrl-C while waiting for it left ``g.pos`` counting token k, which the caller never saw, so a
+    continuation from ``g.cache`` at ``start_pos=g.pos`` attended to it. Continuing must give what
+    generating after the tokens handed out gives."""
+    import importlib
+
+    from candlejax.generation import generate
+    from candlejax.models import llama
+
+    gen_mod = importlib.import_module("candlejax.generation.generate")
+    model, _ = chat_model
+    prompt = [5, 9, 22, 7, 3]
+    g = generate(llama.step, model, model.new_cache(1, 64), prompt, 8, pipeline=True)
+    real, calls = gen_mod._host_token, []
+
+    def interrupted(tok):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(tok)
+
+    monkeypatch.setattr(gen_mod, "_host_token", interrupted)
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for t in g:
+            got.append(t)
+    monkeypatch.setattr(gen_mod, "_host_token", real)
+    assert got == g.tokens and len(got) == 3 and g.pos == len(prompt) + len(got)
+    more = list(generate(llama.step, model, g.cache, g.continuation([11]), 4, start_pos=g.pos, pipeline=True))
+    ref = list(generate(llama.step, model, model.new_cache(1, 64), [*prompt, *got, 11], 4))
+    assert more == ref
