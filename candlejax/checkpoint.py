@@ -340,6 +340,20 @@ def restore(
             new_leaves.append(a)
         new_state = treedef.unflatten(new_leaves)
 
+    # what may still raise comes before the Vars are set in place: a failed restore leaves them as they were
+    for k in numpy_rngs or {}:
+        if k not in meta.get("numpy", {}):
+            raise CheckpointError(f"checkpoint {path} holds no numpy generator named {k!r}")
+    if batcher is not None:
+        if meta.get("batcher") is None:
+            raise CheckpointError(f"checkpoint {path} holds no Batcher position")
+        try:
+            batcher.set_state(meta["batcher"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: invalid Batcher position {meta['batcher']!r} ({e!r})") from None
+    for k, g in (numpy_rngs or {}).items():
+        g.bit_generator.state = meta["numpy"][k]
+
     if bound:  # Candle's form: the Vars shared with the VarMap and the optimizer are set in place
         from candlejax.nn.module import NamedTensor
 
@@ -354,18 +368,6 @@ def restore(
     lr = meta.get("learning_rate")
     if optimizer is not None:
         restore_learning_rate(optimizer, lr)
-    if batcher is not None:
-        if meta.get("batcher") is None:
-            raise CheckpointError(f"checkpoint {path} holds no Batcher position")
-        try:
-            batcher.set_state(meta["batcher"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path}: invalid Batcher position {meta['batcher']!r} ({e!r})") from None
-    if numpy_rngs:
-        for k, g in numpy_rngs.items():
-            if k not in meta.get("numpy", {}):
-                raise CheckpointError(f"checkpoint {path} holds no numpy generator named {k!r}")
-            g.bit_generator.state = meta["numpy"][k]
     if restore_random:
         cj_random._state.clear()
         for k, (seed, counter) in meta.get("random", {}).items():

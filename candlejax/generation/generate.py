@@ -239,6 +239,11 @@ def accepts_last(step_fn: Any) -> bool:
 PREFILL_CHUNK = 32
 
 
+def _host_token(tok: Any) -> int:
+    """The sampled id of a ``(1, 1)`` device array: a 4-byte copy (waits for its step), no extra XLA op."""
+    return int(np.asarray(tok).reshape(-1)[0])
+
+
 def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:
     """The padded prefill length for an ``n``-token prompt: ``n`` rounded up to whole chunks."""
     n, chunk = int_arg(n, "prefill_bucket", "n"), int_arg(chunk, "prefill_bucket", "chunk")
@@ -590,11 +595,16 @@ class Generation:
                 # token is EOS, the cache has consumed it and pending_token is None)
                 nxt = step(tok)
                 self.stats["decode_steps"] += 1
-            t = int(np.asarray(tok).reshape(-1)[0])  # a 4-byte copy, no extra XLA op
-            if t < 0 or t >= 2**31:  # the step's logits_status code, negated (wrapped around for u32 tokens)
-                code = -t if t < 0 else 2**32 - t
-                why = LOGITS_PROBLEMS.get(code, f"sampling failed (code {code})")
-                raise errors.Msg(f"generate: cannot sample new token {produced}: {why}")
+            try:
+                t = _host_token(tok)
+                if t < 0 or t >= 2**31:  # the step's logits_status code, negated (wrapped around for u32 tokens)
+                    code = -t if t < 0 else 2**32 - t
+                    why = LOGITS_PROBLEMS.get(code, f"sampling failed (code {code})")
+                    raise errors.Msg(f"generate: cannot sample new token {produced}: {why}")
+            except BaseException:  # (a Ctrl-C while waiting, no valid token) the step dispatched above took this
+                if nxt is not None:  # token, which never reached the caller: the cache holds the tokens handed out
+                    self.pos -= tok.shape[1]
+                raise
             if produced == 1:
                 self.stats["prefill_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()

@@ -182,14 +182,22 @@ class VarMap:
         """Set every Var already in the map from the file (Candle's ``load``); a Var missing from
         the file is an error. A tensor of another dtype is cast to the Var's, except integer values
         that the Var's integer dtype cannot hold exactly (out of range, or a float with a fraction):
-        those are refused, never wrapped."""
+        those are refused, never wrapped. The names and shapes are checked from the file's header
+        before any Var is set, so a file that does not fit leaves every Var as it was (Candle sets
+        the Vars one by one, in its HashMap's order, until one fails)."""
         __tracebackhide__ = True
         p = errors.path_arg(path, "VarMap.load")
         errors.check_file(p, "VarMap.load")
         with MmapedSafetensors(p) as st:
-            for name in sorted(self._data):
+            names = sorted(self._data)
+            for name in names:
                 if name not in st:
                     raise errors.VarMapError(f"error setting {name} using data from {p}: cannot find tensor {name}")
+                want, got = tuple(self._data[name]._a.shape), tuple(st.get(name).shape)
+                if got != want:
+                    e = errors.ShapeMismatchBinaryOp(want, got, "set")
+                    raise errors.VarMapError(f"error setting {name} using data from {p}: {e}")
+            for name in names:
                 self._load_one(st, name, p)
 
     def _load_one(self, st: MmapedSafetensors, name: str, p: str) -> None:

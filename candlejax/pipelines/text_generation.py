@@ -66,6 +66,9 @@ class TextGeneration:
         self.pos = 0
         self.generation: Any = None
         self.history: list[int] = []
+        #: prompt ids of the last call that are not in the cache (stopped in its prefill, or
+        #: ``max_new_tokens=0``): a ``continue_cache`` call feeds them first
+        self.unfed: list[int] = []
         self.messages: list[dict[str, str]] = []  # the conversation so far (chat_turn)
         self._chat_held: tuple[Any, str] | None = None  # (generation, the text chat_turn put in the cache)
         #: pad prompts to bucketed lengths (one compiled prefill per bucket); ``False``: exact lengths
@@ -127,7 +130,7 @@ class TextGeneration:
 
     def reset(self) -> None:
         """Forget the conversation: the next call starts a new cache."""
-        self.cache, self.pos, self.history, self.generation = None, 0, [], None
+        self.cache, self.pos, self.history, self.generation, self.unfed = None, 0, [], None, []
         self.messages = []
         self._chat_held = None
 
@@ -165,12 +168,13 @@ class TextGeneration:
                 repeat_last_n: int, continue_cache: bool, after_prompt: bool = False) -> Iterator[str]:  # fmt: skip
         # the call's own cache, position and history (a new conversation: a fresh cache, so threads
         # sharing the pipeline for separate prompts never feed each other's cache)
+        unfed = self.unfed
         if not continue_cache or self.cache is None:
             self.cache, self.pos, self.history = None, 0, []
-            cache, pos, history = None, 0, []
+            cache, pos, history, unfed = None, 0, [], []
         else:
             cache, pos, history = self.cache, self.pos, self.history
-        ids = [*(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
+        ids = [*unfed, *(self.generation.continuation() if continue_cache and self.generation else ()), *ids]
         if pos + len(ids) > self.max_seq_len:
             raise errors.Msg(
                 f"the prompt ({len(ids)} tokens after {pos} in the cache) does not fit the cache of"
@@ -201,6 +205,7 @@ class TextGeneration:
             if gen.finish_reason == "eos":  # the EOS ended the reply (not yielded): the cache may hold it
                 seq.append(gen.last_token)
             self.history = seq[: gen.pos]  # exactly the tokens the cache holds
+            self.unfed = [*history, *ids][gen.pos :]  # stopped in the prefill, or max_new_tokens=0
 
     def chat_turn(self, message: str, max_new_tokens: int, processor: Any = None, system: str | None = None,
                   **kw: Any) -> Iterator[str]:  # fmt: skip
