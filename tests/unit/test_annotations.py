@@ -41,15 +41,19 @@ def _public(mod: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _members(cls: type) -> Iterator[tuple[str, Any]]:
-    for name, attr in vars(cls).items():
-        if name.startswith("_") and name not in ("__init__", "__call__"):
+    """Own and inherited (mixin) methods and properties of a candlejax class."""
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("candlejax"):
             continue
-        if isinstance(attr, (staticmethod, classmethod)):
-            attr = attr.__func__
-        elif isinstance(attr, property):
-            attr = attr.fget
-        if inspect.isfunction(attr):
-            yield name, attr
+        for name, attr in vars(klass).items():
+            if name.startswith("_") and name not in ("__init__", "__call__"):
+                continue
+            if isinstance(attr, (staticmethod, classmethod)):
+                attr = attr.__func__
+            elif isinstance(attr, property):
+                attr = attr.fget
+            if inspect.isfunction(attr):
+                yield name, attr
 
 
 def _targets() -> Iterator[tuple[str, Any]]:
