@@ -91,3 +91,13 @@ def test_tensor_accessor_annotations() -> None:
     hints = typing.get_type_hints(candlejax.Tensor.to_vec1)
     assert hints["return"] == list[Any]
     assert typing.get_type_hints(candlejax.Tensor.is_contiguous)["return"] is bool
+
+
+def test_jitted_model_entry_points_resolve() -> None:
+    """A compiled entry point (``candlejax.models.bert.forward_jit``) carries the annotations and
+    signature of the function it compiles, as ``jax.jit``'s wrappers do."""
+    from candlejax.models import bert
+
+    fn = bert.forward_jit
+    assert typing.get_type_hints(fn) == typing.get_type_hints(fn.__wrapped__)
+    assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
