@@ -32,11 +32,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from candlejax import errors
 from candlejax.optional import require
-from candlejax.tensor._core import int_arg
+from candlejax.tensor._core import TensorBase, int_arg
 
 # llama.cpp token types (tokenizer.ggml.token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -813,7 +814,9 @@ class Tokenizer:
         """The tokenizers crate's ``Tokenizer::get_vocab_size``: with or without the added tokens."""
         return self.hf.get_vocab_size(with_added_tokens=with_added_tokens)
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    def decode(
+        self, ids: Sequence[int] | np.ndarray | jax.Array | TensorBase, skip_special_tokens: bool = True
+    ) -> str:
         """The text of ``ids`` (``tokenizers``' ``decode``; ids past the vocabulary are skipped, as there)."""
         skip = _flag(skip_special_tokens, "decode", "skip_special_tokens")
         return self.hf.decode(token_ids(ids, "decode"), skip_special_tokens=skip)

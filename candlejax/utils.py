@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candlejax import errors
@@ -110,7 +110,11 @@ def load_gguf(path: str | os.PathLike, device: Any = None) -> tuple[dict[str, An
     return tensors, metadata
 
 
-def save_gguf(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+def save_gguf(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
+    metadata: Mapping[str, Any] | Iterable[tuple[str, Any]],
+) -> None:
     """``candle.utils.save_gguf(path, tensors, metadata)``: ``{name: QTensor}`` and plain metadata
     values, written atomically (:func:`candlejax.io.gguf.write`)."""
     from candlejax.io import gguf

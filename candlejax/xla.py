@@ -27,6 +27,7 @@ hand-written inference function does the same with
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import math
@@ -144,7 +145,7 @@ class SizeJit:
 
     def __init__(self, fn: Any, options: dict[str, Any] | None = None, threshold: int = 2048,
                  prepare: Any = None, **kw: Any):  # fmt: skip
-        self.__wrapped__ = fn
+        functools.update_wrapper(self, fn)  # name, docstring, annotations, __wrapped__ (as jax.jit)
         self._prepare = prepare
         opts = large_input_options() if options is None else options
         self.threshold = int(threshold)

@@ -88,7 +88,7 @@ def apply_repeat_penalty_mask(logits: Any, penalty: Any, mask: Any) -> Any:
     return wrap(out) if isinstance(logits, TensorBase) else out
 
 
-def apply_repeat_penalty(logits: Any, penalty: float, context: Sequence[int] | Any) -> Any:
+def apply_repeat_penalty(logits: Any, penalty: float | jax.Array, context: Sequence[int] | Any) -> Any:
     """Candle's ``apply_repeat_penalty(&logits, penalty, context)``: each distinct id of ``context``
     once, positive logits ÷ ``penalty``, negative × ``penalty``; returns float32.
 

@@ -30,7 +30,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -480,7 +480,7 @@ class MmapedSafetensors:
     ``routing`` is ``None`` for one file, else ``{name: index into paths}`` as in Candle.
     """
 
-    def __init__(self, path: PathLike | Sequence[PathLike]):
+    def __init__(self, path: PathLike | Iterable[PathLike]):
         self._sources: list[_Source] = []
         self.routing: dict[str, int] | None = None
         if isinstance(path, (str, os.PathLike)):
@@ -500,7 +500,7 @@ class MmapedSafetensors:
         return cls(path)
 
     @classmethod
-    def multi(cls, paths: Sequence[PathLike]) -> MmapedSafetensors:
+    def multi(cls, paths: Iterable[PathLike]) -> MmapedSafetensors:
         """Several files (e.g. shards); each name is routed to the file holding it."""
         return cls(list(paths))
 

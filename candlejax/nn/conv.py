@@ -124,7 +124,8 @@ class ConvTranspose2dConfig(CallableConfig):
 
 
 @op(static=("nd", "padding", "stride", "dilation", "groups"))
-def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int, stride: int, dilation: int, groups: int) -> Any:
+def _conv(x: Any, w: Any, b: Any, *, nd: int, padding: int | tuple[int, ...], stride: int | tuple[int, ...],
+          dilation: int | tuple[int, ...], groups: int) -> Any:
     if nd == 2 and groups == 1:
         geometry = (to_usize2(padding, "padding", "conv2d", 0), to_usize2(stride, "stride", "conv2d", 1),
                     to_usize2(dilation, "dilation", "conv2d", 1))  # fmt: skip
@@ -231,7 +232,7 @@ class Conv1d(_ConvBase):
 
     _nd, _transpose, _kind = 1, False, "Conv1d"
 
-    def __init__(self, weight: Any, bias: Any = None, config: Conv1dConfig = Conv1dConfig()):
+    def __init__(self, weight: Any, bias: Any = None, config: Conv1dConfig | None = Conv1dConfig()):
         super().__init__(weight, bias, config)
 
 
@@ -240,7 +241,7 @@ class Conv2d(_ConvBase):
 
     _nd, _transpose, _kind = 2, False, "Conv2d"
 
-    def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig = Conv2dConfig()):
+    def __init__(self, weight: Any, bias: Any = None, config: Conv2dConfig | None = Conv2dConfig()):
         super().__init__(weight, bias, config)
 
     def forward_nhwc(self, xs: Any, kernel: Any = None, *, relu: bool = False) -> Any:
@@ -449,7 +450,7 @@ class ConvTranspose1d(_ConvBase):
 
     _nd, _transpose, _kind = 1, True, "ConvTranspose1d"
 
-    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose1dConfig = ConvTranspose1dConfig()):
+    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose1dConfig | None = ConvTranspose1dConfig()):
         super().__init__(weight, bias, config)
 
 
@@ -458,7 +459,7 @@ class ConvTranspose2d(_ConvBase):
 
     _nd, _transpose, _kind = 2, True, "ConvTranspose2d"
 
-    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose2dConfig = ConvTranspose2dConfig()):
+    def __init__(self, weight: Any, bias: Any = None, config: ConvTranspose2dConfig | None = ConvTranspose2dConfig()):
         super().__init__(weight, bias, config)
 
 
@@ -519,49 +520,49 @@ def _convt_factory(cls: type, nd: int, c_in: int, c_out: int, k: int, cfg: Any, 
     return cls(ws, bs, cfg)
 
 
-def conv1d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig, vb: Any) -> Conv1d:
+def conv1d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig | None, vb: Any) -> Conv1d:
     """``weight`` Kaiming-normal, ``bias`` U(±1/√in_channels) (Candle's init)."""
     return _conv_factory(Conv1d, 1, in_channels, out_channels, kernel_size, cfg, vb, True)
 
 
-def conv1d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig, vb: Any) -> Conv1d:
+def conv1d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv1dConfig | None, vb: Any) -> Conv1d:
     """Candle's ``candle_nn::conv1d_no_bias``: a ``Conv1d`` without bias, its ``weight`` read from ``vb``."""
     return _conv_factory(Conv1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig, vb: Any) -> Conv2d:
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig | None, vb: Any) -> Conv2d:
     """Square kernel ``(c_out, c_in/groups, k, k)``; init as ``conv1d``."""
     return _conv_factory(Conv2d, 2, in_channels, out_channels, kernel_size, cfg, vb, True)
 
 
-def conv2d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig, vb: Any) -> Conv2d:
+def conv2d_no_bias(in_channels: int, out_channels: int, kernel_size: int, cfg: Conv2dConfig | None, vb: Any) -> Conv2d:
     """Candle's ``candle_nn::conv2d_no_bias``: a ``Conv2d`` without bias, its ``weight`` read from ``vb``."""
     return _conv_factory(Conv2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
 def conv_transpose1d(
-    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig, vb: Any
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig | None, vb: Any
 ) -> ConvTranspose1d:
     """Weight ``(c_in, c_out/groups, k)`` and bias U(±1/√(c_out·k)) (Candle's init)."""
     return _convt_factory(ConvTranspose1d, 1, in_channels, out_channels, kernel_size, cfg, vb, True)
 
 
 def conv_transpose1d_no_bias(
-    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig, vb: Any
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose1dConfig | None, vb: Any
 ) -> ConvTranspose1d:
     """Candle's ``candle_nn::conv_transpose1d_no_bias``: a ``ConvTranspose1d`` without bias, from ``vb``."""
     return _convt_factory(ConvTranspose1d, 1, in_channels, out_channels, kernel_size, cfg, vb, False)
 
 
 def conv_transpose2d(
-    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig | None, vb: Any
 ) -> ConvTranspose2d:
     """Weight ``(c_in, c_out/groups, k, k)`` and bias U(±1/(√c_out·k)) (Candle's init)."""
     return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, True)
 
 
 def conv_transpose2d_no_bias(
-    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig, vb: Any
+    in_channels: int, out_channels: int, kernel_size: int, cfg: ConvTranspose2dConfig | None, vb: Any
 ) -> ConvTranspose2d:
     """Candle's ``candle_nn::conv_transpose2d_no_bias``: a ``ConvTranspose2d`` without bias, from ``vb``."""
     return _convt_factory(ConvTranspose2d, 2, in_channels, out_channels, kernel_size, cfg, vb, False)

@@ -238,7 +238,7 @@ class DictBackend(SimpleBackend):
 class SafetensorsBackend(SimpleBackend):
     """Memory-mapped safetensors files (one, many, or a sharded ``model.safetensors.index.json``)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike] | MmapedSafetensors):
+    def __init__(self, paths: str | os.PathLike | Iterable[str | os.PathLike] | MmapedSafetensors):
         if isinstance(paths, MmapedSafetensors):  # already open (e.g. bytes in memory, SliceSafetensors)
             self.st, self.paths = paths, list(paths.paths)
             return
@@ -302,7 +302,7 @@ class ShardedSafeTensors(SafetensorsBackend):
     checked only when ``world_size`` is 1 (as with ``get(shape, name)``)."""
 
     @staticmethod
-    def var_builder(paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32,
+    def var_builder(paths: str | os.PathLike | Iterable[str | os.PathLike], dtype: Any = DType.F32,
                     device: Any = None) -> VarBuilder:  # fmt: skip
         """Candle's ``ShardedSafeTensors::var_builder(paths, dtype, &dev)``."""
         return VarBuilder(ShardedSafeTensors(paths), dtype, device)
@@ -525,7 +525,7 @@ class VarBuilder:
 
     @staticmethod
     def from_mmaped_safetensors(
-        paths: str | os.PathLike | Sequence[str | os.PathLike], dtype: Any = DType.F32, device: Any = None
+        paths: str | os.PathLike | Iterable[str | os.PathLike], dtype: Any = DType.F32, device: Any = None
     ) -> VarBuilder:
         """One or many safetensors files, or a sharded ``*.index.json`` (a name in two files raises)."""
         return VarBuilder(SafetensorsBackend(paths), dtype, device)

@@ -31,7 +31,7 @@ from candlejax.dtype import check_width, to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.io.safetensors import MmapedSafetensors
 from candlejax.nn.init import Const, check_init
-from candlejax.nn.module import DonatedBuffer, Var, as_array, owned_copy, save_safetensors_dict
+from candlejax.nn.module import Buffer, DonatedBuffer, Var, as_array, owned_copy, save_safetensors_dict
 from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import int_arg
@@ -47,7 +47,7 @@ def name_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (2**63), zlib.crc32(name.encode())])
 
 
-def _same_shape(existing: Var, shape: Any, path: str) -> Var:
+def _same_shape(existing: Var | Buffer, shape: Any, path: str) -> Var | Buffer:
     """``existing``, when it has the requested shape (Candle's ``shape mismatch`` error otherwise)."""
     if tuple(existing.shape) != shape:
         # Candle's text: the requested shape, then the existing Var's
@@ -66,7 +66,7 @@ class VarMap:
 
     def __init__(self, seed: int = 0):
         self.seed = int_arg(seed, "VarMap", "seed")
-        self._data: dict[str, Var] = {}
+        self._data: dict[str, Var | Buffer] = {}
 
     @staticmethod
     def new(seed: int = 0) -> VarMap:
@@ -81,7 +81,7 @@ class VarMap:
         return c
 
     # --- creation ------------------------------------------------------------------------------
-    def get(self, shape: Any, path: str, init: Any, dtype: Any, device: Any) -> Var:
+    def get(self, shape: Any, path: str, init: Any, dtype: Any, device: Any) -> Var | Buffer:
         """Create-or-return the Var ``path``; an existing Var must have the same shape."""
         shape = as_shape(shape)
         existing = self._data.get(path)
@@ -103,12 +103,13 @@ class VarMap:
         return v if kept is v else _same_shape(kept, shape, path)
 
     # --- access --------------------------------------------------------------------------------
-    def all_vars(self) -> list[Var]:
-        """Every Var, sorted by name (Candle returns HashMap order; here it is deterministic)."""
+    def all_vars(self) -> list[Var | Buffer]:
+        """Every Var (and Buffer: BatchNorm's running statistics), sorted by name (Candle returns HashMap order;
+        here it is deterministic)."""
         return [self._data[k] for k in sorted(self._data)]
 
-    def data(self) -> dict[str, Var]:
-        """The live name -> Var dict (Candle's ``data()``; no mutex needed)."""
+    def data(self) -> dict[str, Var | Buffer]:
+        """The live name -> Var (or Buffer) dict (Candle's ``data()``; no mutex needed)."""
         return self._data
 
     def names(self) -> list[str]:

@@ -116,18 +116,18 @@ class QTensor:
         return q.to_device(device) if device is not None else q
 
     @staticmethod
-    def quantize(t: Any, dtype: GgmlDType) -> QTensor:
+    def quantize(t: Any, dtype: GgmlDType | str) -> QTensor:
         """``QTensor::quantize(&t, dtype)``: quantise a Tensor (or array) on the host, keep its device."""
         dev = t.device if isinstance(t, TensorBase) and is_eager() else None
         return QTensor._quantize(t, dtype, dev)
 
     @staticmethod
-    def quantize_onto(t: Any, dtype: GgmlDType, device: Any) -> QTensor:
+    def quantize_onto(t: Any, dtype: GgmlDType | str, device: Any) -> QTensor:
         """``QTensor::quantize_onto``: quantise and place the blocks on ``device``."""
         return QTensor._quantize(t, dtype, Device.coerce(device))
 
     @staticmethod
-    def quantize_imatrix(t: Any, imatrix_weights: Any, dtype: GgmlDType) -> QTensor:
+    def quantize_imatrix(t: Any, imatrix_weights: Any, dtype: GgmlDType | str) -> QTensor:
         """``QTensor::quantize_imatrix``: quantise with importance weights, one per column of ``t``.
 
         ``imatrix_weights`` (a sequence, array or Tensor of ``t``'s last-dim length, e.g. the mean
@@ -138,7 +138,7 @@ class QTensor:
         return QTensor._quantize(t, dtype, dev, imatrix_weights)
 
     @staticmethod
-    def quantize_imatrix_onto(t: Any, imatrix_weights: Any, dtype: GgmlDType, device: Any) -> QTensor:
+    def quantize_imatrix_onto(t: Any, imatrix_weights: Any, dtype: GgmlDType | str, device: Any) -> QTensor:
         """``QTensor::quantize_imatrix_onto``: :meth:`quantize_imatrix`, the blocks placed on ``device``."""
         return QTensor._quantize(t, dtype, Device.coerce(device), imatrix_weights)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, SupportsIndex
 
 import jax
 import jax.numpy as jnp
@@ -822,17 +822,17 @@ class CreationMixin(TensorBase):
         return wrap(_place(a, _dev(device)))
 
     @staticmethod
-    def eye(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def eye(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
         """``Tensor::eye(n, dtype, &device)``: the ``n x n`` identity."""
         return _tri_like(n, dtype, device, "eye", k=1, upper=False)
 
     @staticmethod
-    def tril2(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def tril2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
         """``Tensor::tril2(n, dtype, &device)``: ones on and below the diagonal."""
         return _tri_like(n, dtype, device, "tril2", k=0, upper=False)
 
     @staticmethod
-    def triu2(n: int, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def triu2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
         """``Tensor::triu2(n, dtype, &device)``: ones on and above the diagonal."""
         return _tri_like(n, dtype, device, "triu2", k=0, upper=True)
 

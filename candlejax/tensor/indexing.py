@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsIndex
 
 import jax
 import jax.numpy as jnp
@@ -658,7 +658,7 @@ class IndexingMixin(TensorBase):
         return self._wrap(_index_add(self._a, arr, src._a, axis=d))
 
     # --- slices (functional) ------------------------------------------------------------------
-    def slice_scatter(self, src: Any, dim: Any, start: int) -> Any:
+    def slice_scatter(self, src: Any, dim: Any, start: SupportsIndex) -> Any:
         """Candle ``slice_scatter(src, dim, start)``: a copy of self with ``src`` written at
         ``start`` along ``dim`` (src equals self off ``dim``). PyTorch: ``torch.slice_scatter``.
         ``start`` may be traced under jit (clamped so that ``src`` fits)."""
@@ -686,11 +686,11 @@ class IndexingMixin(TensorBase):
         starts = tuple(start if i == d else 0 for i in range(self._a.ndim))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 
-    def slice_scatter0(self, src: Any, start: int) -> Any:
+    def slice_scatter0(self, src: Any, start: SupportsIndex) -> Any:
         """Candle ``slice_scatter0(src, start)`` = ``slice_scatter(src, 0, start)``."""
         return self.slice_scatter(src, 0, start)
 
-    def slice_set(self, src: Any, dim: Any, offset: int) -> Any:
+    def slice_set(self, src: Any, dim: Any, offset: SupportsIndex) -> Any:
         """Candle ``slice_set(src, dim, offset)`` made functional: returns self with ``src`` written at
         ``offset`` along ``dim`` (Candle writes in place and returns nothing; rebind the result:
         ``cache = cache.slice_set(k, 2, pos)``). Differentiable, unlike Candle's. Under jit ``offset``

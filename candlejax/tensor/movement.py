@@ -14,7 +14,7 @@ provides: MovementMixin, and the primitives ``_reshape``, ``_slice``, ``_split``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsIndex
 
 import jax.numpy as jnp
 import numpy as np
@@ -327,7 +327,7 @@ class MovementMixin(TensorBase):
         return self._wrap(_transpose(self._a, perm=perm))
 
     # --- narrowing and splitting --------------------------------------------------------------
-    def narrow(self, dim: Any, start: int, len: int) -> Any:
+    def narrow(self, dim: Any, start: SupportsIndex, len: SupportsIndex) -> Any:
         """Candle ``narrow(dim, start, len)``: elements ``start..start+len`` of ``dim`` (dim kept).
 
         A negative ``start`` counts from the end (as candle-pyo3). Errors: ``NarrowInvalidArgs``
@@ -353,7 +353,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_narrow_array(self._a, d, start, length))
 
-    def chunk(self, chunks: int, dim: Any) -> list[Any]:
+    def chunk(self, chunks: SupportsIndex, dim: Any) -> list[Any]:
         """Candle ``chunk(n, dim)``: ``n`` pieces; the first ``len % n`` get one extra element.
 
         len 10, n 4 -> sizes ``[3, 3, 2, 2]`` (PyTorch gives ``[3, 3, 3, 1]``); if ``len < n``,
@@ -406,18 +406,18 @@ class MovementMixin(TensorBase):
             acc += n
         return [self._wrap(x) for x in _split(self._a, axis=d, bounds=tuple(bounds))]
 
-    def get(self, index: int) -> Any:
+    def get(self, index: SupportsIndex) -> Any:
         """Candle ``get(i)`` (candle-pyo3 ``get(index)``): index dim 0 and drop it (rank 0 ->
         unchanged). A negative index counts from the end (as candle-pyo3). PyTorch: ``t[i]``."""
         if not self._a.shape:
             return self
         return self._get_on_dim(0, index, "get")
 
-    def get_on_dim(self, dim: Any, index: int) -> Any:
+    def get_on_dim(self, dim: Any, index: SupportsIndex) -> Any:
         """Candle ``get_on_dim(d, i)``: ``narrow(d, i, 1)`` then ``squeeze(d)``. PyTorch: ``select``."""
         return self._get_on_dim(dim, index, "get_on_dim")
 
-    def _get_on_dim(self, dim: Any, index: int, op_name: str) -> Any:
+    def _get_on_dim(self, dim: Any, index: SupportsIndex, op_name: str) -> Any:
         s = self._a.shape
         d = resolve_dim(dim, s, op_name)
         i = int_arg(index, op_name, "index")
@@ -598,7 +598,7 @@ class MovementMixin(TensorBase):
         check_elem_count(tuple(r * d for r, d in zip(reps, s)), "repeat")
         return self._wrap(_tile(self._a, reps=reps))
 
-    def roll(self, shift: int, dim: Any) -> Any:
+    def roll(self, shift: SupportsIndex, dim: Any) -> Any:
         """Candle ``roll(shift, d)``: circular shift along ``d``. PyTorch: ``torch.roll``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "roll")

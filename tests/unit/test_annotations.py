@@ -1,0 +1,103 @@
+"""The public API's annotations resolve at runtime (the package ships ``py.typed``).
+
+Every public module, class, function, method and property of ``candlejax`` and ``candlejax.models``
+(no leading underscore; in ``__all__`` where a module defines it) must pass
+``typing.get_type_hints``, as IDEs and runtime checkers (typeguard, pydantic, beartype) call it.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import pkgutil
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import candlejax
+
+
+def _modules() -> Iterator[Any]:
+    yield candlejax
+    for info in pkgutil.walk_packages(candlejax.__path__, "candlejax."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]):
+            continue
+        try:
+            yield importlib.import_module(info.name)
+        except ModuleNotFoundError as e:  # an optional third-party dependency
+            if (e.name or "").startswith("candlejax"):
+                raise
+
+
+def _public(mod: Any) -> Iterator[tuple[str, Any]]:
+    names = getattr(mod, "__all__", None)
+    if names is None:
+        names = [n for n in vars(mod) if not n.startswith("_")]
+    for name in names:
+        obj = getattr(mod, name)
+        if (getattr(obj, "__module__", None) or "").startswith("candlejax"):
+            yield f"{mod.__name__}.{name}", obj
+
+
+def _members(cls: type) -> Iterator[tuple[str, Any]]:
+    """Own and inherited (mixin) methods and properties of a candlejax class."""
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("candlejax"):
+            continue
+        for name, attr in vars(klass).items():
+            if name.startswith("_") and name not in ("__init__", "__call__"):
+                continue
+            if isinstance(attr, (staticmethod, classmethod)):
+                attr = attr.__func__
+            elif isinstance(attr, property):
+                attr = attr.fget
+            if inspect.isfunction(attr):
+                yield name, attr
+
+
+def _targets() -> Iterator[tuple[str, Any]]:
+    seen: set[int] = set()
+    for mod in _modules():
+        for qual, obj in [(mod.__name__, mod), *_public(mod)]:
+            if id(obj) in seen or isinstance(obj, enum.Enum):
+                continue
+            seen.add(id(obj))
+            if inspect.isclass(obj):
+                yield qual, obj
+                for name, fn in _members(obj):
+                    if id(fn) not in seen:
+                        seen.add(id(fn))
+                        yield f"{qual}.{name}", fn
+            elif inspect.ismodule(obj) or inspect.isfunction(obj):
+                yield qual, obj
+
+
+def test_public_annotations_resolve() -> None:
+    failures = []
+    count = 0
+    for qual, obj in _targets():
+        count += 1
+        try:
+            typing.get_type_hints(obj)
+        except Exception as e:
+            failures.append(f"{qual}: {type(e).__name__}: {e}")
+    assert count > 1000, count
+    assert not failures, "\n".join(failures)
+
+
+def test_tensor_accessor_annotations() -> None:
+    """The annotations of the accessors candle-pyo3's stub types (``candle/__init__.pyi``)."""
+    hints = typing.get_type_hints(candlejax.Tensor.to_vec1)
+    assert hints["return"] == list[Any]
+    assert typing.get_type_hints(candlejax.Tensor.is_contiguous)["return"] is bool
+
+
+def test_jitted_model_entry_points_resolve() -> None:
+    """A compiled entry point (``candlejax.models.bert.forward_jit``) carries the annotations and
+    signature of the function it compiles, as ``jax.jit``'s wrappers do."""
+    from candlejax.models import bert
+
+    fn = bert.forward_jit
+    assert typing.get_type_hints(fn) == typing.get_type_hints(fn.__wrapped__)
+    assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
