@@ -590,7 +590,7 @@ class Generation:
                 # token is EOS, the cache has consumed it and pending_token is None)
                 nxt = step(tok)
                 self.stats["decode_steps"] += 1
-            t = int(np.asarray(tok).reshape(-1)[0])  # a 4-byte copy, no extra XLA op
+            t = int(jax.device_get(tok).reshape(-1)[0])  # a 4-byte explicit copy, no extra XLA op
             if t < 0 or t >= 2**31:  # the step's logits_status code, negated (wrapped around for u32 tokens)
                 code = -t if t < 0 else 2**32 - t
                 why = LOGITS_PROBLEMS.get(code, f"sampling failed (code {code})")

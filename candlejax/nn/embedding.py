@@ -45,7 +45,7 @@ def check_token_ids(ids: Any, vocab_size: int | None, what: str) -> None:
         raise errors.UnexpectedDType(DType.U32, to_dtype(a.dtype), f"{what} must be integers")
     if isinstance(a, jax.core.Tracer):
         return
-    host = np.asarray(a)  # on the host: no reduction compiled per shape
+    host = jax.device_get(a)  # on the host (an explicit read): no reduction compiled per shape
     lo, hi = int(host.min()), int(host.max())
     if lo < 0:
         raise errors.InvalidIndex(what, lo, int(vocab_size) if vocab_size is not None else 0)
