@@ -104,7 +104,8 @@ class Embedding(Module):
         if isinstance(ids, TensorBase) and not single_device():  # Candle's index_select: one device
             check_same_device("index-select", self.weight, ids)
         if is_eager() and a.size:
-            hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
+            host = jax.device_get(a)  # one explicit read
+            hi, lo = int(np.max(host)), int(np.min(host))
             if hi >= table.shape[0] or lo < 0:
                 bad = hi if hi >= table.shape[0] else lo
                 raise errors.InvalidIndex(  # Candle's forward is index_select(ids, 0)

@@ -78,6 +78,18 @@ def test_eager_decode_step_reads_the_device_only_explicitly(tiny, monkeypatch):
     assert np.array_equal(np.asarray(values[0], np.float32), values[2])
 
 
+def test_eager_llama_step_reads_the_device_only_explicitly(tiny, monkeypatch):
+    """``llama.step`` called eagerly (its bounds checks of ids, position and cache slots read the
+    values once, explicitly)."""
+    cache = tiny.new_cache(1, 16)
+    tok, pos = jnp.asarray([[5]], jnp.uint32), jnp.asarray(3, jnp.int32)
+    ref, _ = llama.step(tiny, cache, tok, pos)
+    with no_implicit_device_to_host(monkeypatch) as hits:
+        got, _ = llama.step(tiny, cache, tok, pos)
+    assert hits == []
+    np.testing.assert_array_equal(jax.device_get(got), jax.device_get(ref))
+
+
 def test_generate_after_the_first_token_reads_the_device_only_explicitly(tiny, monkeypatch):
     ref = list(tiny.generate([1, 2, 3], 6, eos_token_id=[]))
     it = tiny.generate([1, 2, 3], 6, eos_token_id=[])
@@ -118,3 +130,46 @@ def test_adamw_trains_under_strict_dtype_promotion(dtype):
         got = _train(dtype)
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     assert got[-1] < got[0]
+
+
+@contextlib.contextmanager
+def _flag(name: str, value: object):
+    old = jax.config.read(name)
+    jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        jax.config.update(name, old)
+
+
+def test_x64_mode_keeps_candles_dtypes(tiny, tmp_path):
+    """Candle-pyo3: ``Tensor([1.0])`` is f32, ``Tensor([1])`` u32; token ids, logits and saved files
+    keep their dtypes when the user turns on ``jax_enable_x64`` after tensors exist."""
+    ids = Tensor.new([[1, 2, 3]], CPU)
+    ref = tiny.forward(ids, 0).numpy()
+    with _flag("jax_enable_x64", True):
+        assert [t.dtype for t in (Tensor.new([1.0]), Tensor.new([1]), Tensor.arange(0, 3, CPU),
+                                  Tensor.arange(0.0, 3.0, CPU), Tensor.randn(0.0, 1.0, (2,), CPU))] == [
+            DType.F32, DType.U32, DType.U32, DType.F32, DType.F32]  # fmt: skip
+        got = tiny.forward(ids, 0).numpy()
+        saved = {"a": Tensor.new([1.0, 2.0]) * 2.0, "b": Tensor.new([1, 2]) + 1}
+        cj.safetensors.save(saved, tmp_path / "m.safetensors")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+    from safetensors.numpy import load_file
+
+    assert {k: v.dtype for k, v in load_file(tmp_path / "m.safetensors").items()} == {"a": np.float32, "b": np.uint32}
+
+
+def test_disable_jit_and_debug_nans_give_the_same_tokens(tiny):
+    """``jax.disable_jit()`` (debugging) and ``jax_debug_nans`` (the -inf causal mask and padded
+    prefill are internal, not NaN-producing): generate still runs, with the same tokens."""
+    ref = list(tiny.generate([1, 2, 3], 4, eos_token_id=[]))
+    with jax.disable_jit():
+        assert list(tiny.generate([1, 2, 3], 4, eos_token_id=[])) == ref
+    with jax.debug_nans(True):
+        assert list(tiny.generate([1, 2, 3], 4, eos_token_id=[])) == ref
+        x = Tensor.new([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]], CPU)
+        g = cj.grad(lambda t: loss.nll(cj.nn.ops.log_softmax(t.masked_fill(t.lt(0.0), float("-inf")), 1),
+                                       Tensor.new([2, 0], CPU)))(x)  # fmt: skip
+    assert np.isfinite(g.numpy()).all()
