@@ -241,7 +241,7 @@ PREFILL_CHUNK = 32
 
 def _host_token(tok: Any) -> int:
     """The sampled id of a ``(1, 1)`` device array: a 4-byte copy (waits for its step), no extra XLA op."""
-    return int(np.asarray(tok).reshape(-1)[0])
+    return int(jax.device_get(tok).reshape(-1)[0])
 
 
 def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:

@@ -45,7 +45,7 @@ def check_token_ids(ids: Any, vocab_size: int | None, what: str) -> None:
         raise errors.UnexpectedDType(DType.U32, to_dtype(a.dtype), f"{what} must be integers")
     if isinstance(a, jax.core.Tracer):
         return
-    host = np.asarray(a)  # on the host: no reduction compiled per shape
+    host = jax.device_get(a)  # on the host (an explicit read): no reduction compiled per shape
     lo, hi = int(host.min()), int(host.max())
     if lo < 0:
         raise errors.InvalidIndex(what, lo, int(vocab_size) if vocab_size is not None else 0)
@@ -104,7 +104,8 @@ class Embedding(Module):
         if isinstance(ids, TensorBase) and not single_device():  # Candle's index_select: one device
             check_same_device("index-select", self.weight, ids)
         if is_eager() and a.size:
-            hi, lo = int(np.max(np.asarray(a))), int(np.min(np.asarray(a)))
+            host = jax.device_get(a)  # one explicit read
+            hi, lo = int(np.max(host)), int(np.min(host))
             if hi >= table.shape[0] or lo < 0:
                 bad = hi if hi >= table.shape[0] else lo
                 raise errors.InvalidIndex(  # Candle's forward is index_select(ids, 0)

@@ -808,7 +808,7 @@ class StackedKvCache(Module):
                 continue
             if isinstance(val, (bool, np.bool_, float, np.floating)) or np.ndim(val) != 0:
                 raise errors.Msg(f"StackedKvCache.update: {what} must be an integer scalar, got {val!r}")
-            p = int(val)  # a concrete array: one scalar read, as KvCache's eager overflow check
+            p = int(jax.device_get(val))  # one explicit scalar read, as KvCache's eager overflow check
             if not 0 <= p <= hi:
                 raise errors.Msg(
                     f"StackedKvCache.update: layer {p} is out of range for {self.k.shape[0]} layers" if what == "layer"

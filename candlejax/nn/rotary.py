@@ -166,7 +166,7 @@ class RotaryEmbedding(Module):
                 raise errors.Msg(f"RotaryEmbedding: {seq_len} positions exceed max_position_embeddings"
                                  f" {self.max_position_embeddings}")  # fmt: skip
             return
-        off = int(np.asarray(unwrap(offset)))
+        off = int(jax.device_get(unwrap(offset)))  # an explicit read
         if off < 0:
             raise errors.Msg(f"RotaryEmbedding: negative position {off}")
         if off + seq_len > self.max_position_embeddings:

@@ -447,14 +447,17 @@ class Optimizer:
 
     # --- the update, traced ------------------------------------------------------------------------
     def _update(self, params: list[Any], state: OptState, grads: list[Any], lr: Any) -> tuple[list[Any], OptState]:
-        updates, inner = self.tx.update(grads, state.inner, params)
-        if self._lr is not None:
-            lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step))
-            neg = -lr_t
-            # the rate in the update's precision, at least float32 (float64 parameters: the exact rate)
-            updates = jax.tree_util.tree_map(lambda u: neg.astype(jnp.promote_types(u.dtype, jnp.float32)) * u,
-                                             updates)  # fmt: skip
-        new_params = optax.apply_updates(params, updates)
+        # optax mixes dtypes (``b1 ** count`` with an int32 count; a float32 rate times bfloat16
+        # updates): JAX's standard promotion, whatever the user's jax_numpy_dtype_promotion
+        with jax.numpy_dtype_promotion("standard"):
+            updates, inner = self.tx.update(grads, state.inner, params)
+            if self._lr is not None:
+                lr_t = lr if lr is not None else jnp.asarray(self._lr(state.step))
+                neg = -lr_t
+                # the rate in the update's precision, at least float32 (float64 parameters: the exact rate)
+                updates = jax.tree_util.tree_map(lambda u: neg.astype(jnp.promote_types(u.dtype, jnp.float32)) * u,
+                                                 updates)  # fmt: skip
+            new_params = optax.apply_updates(params, updates)
         return list(new_params), OptState(state.step + 1, inner)
 
     def _guarded(self, params, state, grads, lr, loss):
