@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax._jax_private import read_to_host
 from candlejax.generation.penalty import (
     RecentTokens,
     apply_repeat_penalty,
@@ -241,7 +242,7 @@ PREFILL_CHUNK = 32
 
 def _host_token(tok: Any) -> int:
     """The sampled id of a ``(1, 1)`` device array: a 4-byte copy (waits for its step), no extra XLA op."""
-    return int(jax.device_get(tok).reshape(-1)[0])
+    return int(read_to_host(tok).reshape(-1)[0])
 
 
 def prefill_bucket(n: int, chunk: int = PREFILL_CHUNK) -> int:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax._jax_private import read_to_host
 from candlejax.generation import candle_rng
 from candlejax.nn.module import as_array
 from candlejax.quantized import native
@@ -132,7 +133,7 @@ def _check_logits(x: Any, where: str) -> None:
         raise errors.Msg(f"{where}: the logits are empty (vocabulary of size 0)")
     if isinstance(x, jax.core.Tracer):
         return
-    nan = int(jax.device_get(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
+    nan = int(read_to_host(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
     if nan:
         what = "all" if nan == x.shape[0] else f"{nan} of {x.shape[0]}"
         raise errors.Msg(f"{where}: {what} logits are NaN (the model produced NaN; check its inputs and weights)")
@@ -167,7 +168,7 @@ def _check_sampled_logits(x: Any, s: Sampling, where: str) -> None:
     if isinstance(s, ArgMax | GumbelSoftmax):
         return
     with np.errstate(over="ignore"):
-        z = np.asarray(jax.device_get(x), np.float32) * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
+        z = np.asarray(read_to_host(x), np.float32) * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
     code = 2 if np.isposinf(z).any() else 3 if not (z > -np.inf).any() else 0
     if code:
         raise errors.Msg(f"{where}: {LOGITS_PROBLEMS[code]}")
@@ -471,11 +472,11 @@ class LogitsProcessor:
         _check_logits(x, "LogitsProcessor::sample")
         s = normalize_sampling(self.sampling, x.shape[0])
         if isinstance(s, ArgMax):
-            return int(jax.device_get(jnp.argmax(x.astype(jnp.float32))))
+            return int(read_to_host(jnp.argmax(x.astype(jnp.float32))))
         _check_sampled_logits(x, s, "LogitsProcessor::sample")
         tok = _sample_step(x, self.base_key, jnp.int32(self.step), sampling=s)
         self.step += 1
-        return int(jax.device_get(tok))
+        return int(read_to_host(tok))
 
     def sample_f(self, logits: Any, f: Callable[[np.ndarray], np.ndarray | None]) -> int:
         """Sample after ``f`` edits the probabilities (Candle: ``sample_f``).
@@ -486,7 +487,7 @@ class LogitsProcessor:
         ``TopP`` / ``TopKThenTopP`` compare ``p`` with the edited probabilities as they are (not
         renormalised), as Candle's ``sample_topp`` does.
         """
-        x = np.asarray(jax.device_get(unwrap(logits)), dtype=np.float32)
+        x = np.asarray(read_to_host(unwrap(logits)), dtype=np.float32)
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, x.shape, "LogitsProcessor::sample_f")
         _check_logits(x, "LogitsProcessor::sample_f")
@@ -497,7 +498,7 @@ class LogitsProcessor:
             return self.sample(logits)
         _check_sampled_logits(x, s, "LogitsProcessor::sample_f")
         z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
-        probs = np.array(jax.device_get(_softmax_jit(jnp.asarray(z))))  # writable, for f
+        probs = np.array(read_to_host(_softmax_jit(jnp.asarray(z))))  # writable, for f
         out = f(probs)
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
         if probs.shape != x.shape:
@@ -508,7 +509,7 @@ class LogitsProcessor:
             raise errors.Msg("LogitsProcessor::sample_f: the probabilities must be >= 0 (no NaN) and not all 0")
         tok = _sample_probs_step(jnp.asarray(probs), self.base_key, jnp.int32(self.step), sampling=s)
         self.step += 1
-        return int(jax.device_get(tok))
+        return int(read_to_host(tok))
 
     def key_for_step(self, step: int | None = None) -> jax.Array:
         """The key of draw ``step`` (default: the next draw)."""

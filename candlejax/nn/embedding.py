@@ -14,6 +14,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import is_eager, op
+from candlejax._jax_private import read_to_host
 from candlejax.device import single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn.init import Randn
@@ -45,7 +46,7 @@ def check_token_ids(ids: Any, vocab_size: int | None, what: str) -> None:
         raise errors.UnexpectedDType(DType.U32, to_dtype(a.dtype), f"{what} must be integers")
     if isinstance(a, jax.core.Tracer):
         return
-    host = jax.device_get(a)  # on the host (an explicit read): no reduction compiled per shape
+    host = read_to_host(a)  # on the host (an explicit read): no reduction compiled per shape
     lo, hi = int(host.min()), int(host.max())
     if lo < 0:
         raise errors.InvalidIndex(what, lo, int(vocab_size) if vocab_size is not None else 0)
@@ -104,7 +105,7 @@ class Embedding(Module):
         if isinstance(ids, TensorBase) and not single_device():  # Candle's index_select: one device
             check_same_device("index-select", self.weight, ids)
         if is_eager() and a.size:
-            host = jax.device_get(a)  # one explicit read
+            host = read_to_host(a)  # one explicit read
             hi, lo = int(np.max(host)), int(np.min(host))
             if hi >= table.shape[0] or lo < 0:
                 bad = hi if hi >= table.shape[0] else lo

@@ -26,6 +26,7 @@ from jax import lax
 
 from candlejax import errors
 from candlejax._dispatch import check_devices, is_eager, op
+from candlejax._jax_private import read_to_host
 from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
 from candlejax.nn._cache_base import (  # noqa: F401 (re-exported: candlejax.nn.kv_cache.KeysValues, ...)
@@ -808,7 +809,7 @@ class StackedKvCache(Module):
                 continue
             if isinstance(val, (bool, np.bool_, float, np.floating)) or np.ndim(val) != 0:
                 raise errors.Msg(f"StackedKvCache.update: {what} must be an integer scalar, got {val!r}")
-            p = int(jax.device_get(val))  # one explicit scalar read, as KvCache's eager overflow check
+            p = int(read_to_host(val))  # one explicit scalar read, as KvCache's eager overflow check
             if not 0 <= p <= hi:
                 raise errors.Msg(
                     f"StackedKvCache.update: layer {p} is out of range for {self.k.shape[0]} layers" if what == "layer"

@@ -26,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from candlejax import errors
+from candlejax._jax_private import read_to_host
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.nn import ops
 from candlejax.nn.module import Module
@@ -166,7 +167,7 @@ class RotaryEmbedding(Module):
                 raise errors.Msg(f"RotaryEmbedding: {seq_len} positions exceed max_position_embeddings"
                                  f" {self.max_position_embeddings}")  # fmt: skip
             return
-        off = int(jax.device_get(unwrap(offset)))  # an explicit read
+        off = int(read_to_host(unwrap(offset)))  # an explicit read
         if off < 0:
             raise errors.Msg(f"RotaryEmbedding: negative position {off}")
         if off + seq_len > self.max_position_embeddings:

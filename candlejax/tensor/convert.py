@@ -22,6 +22,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax._jax_private import read_to_host
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.optional import require
@@ -272,7 +273,7 @@ def _concrete(t: TensorBase, op_name: str) -> Any:
 
 
 def _host(t: TensorBase, op_name: str) -> np.ndarray:
-    return np.asarray(jax.device_get(_concrete(t, op_name)))  # an explicit read: allowed by jax.transfer_guard
+    return np.asarray(read_to_host(_concrete(t, op_name)))  # an explicit read: allowed by jax.transfer_guard
 
 
 def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray:

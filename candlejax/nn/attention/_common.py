@@ -16,6 +16,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax._dispatch import op
+from candlejax._jax_private import read_to_host
 from candlejax.errors import fmt_shape
 from candlejax.nn import ops
 from candlejax.nn.module import as_array
@@ -207,7 +208,7 @@ def concrete_lengths(name: str, t: Any, arg: str) -> np.ndarray | None:
         raise errors.Msg(f"{name}: {arg} must hold u32 sequence lengths, got dtype {a.dtype}")
     if isinstance(a, jax.core.Tracer):
         return None
-    vals = np.asarray(jax.device_get(a)).astype(np.int64)
+    vals = np.asarray(read_to_host(a)).astype(np.int64)
     if (vals < 0).any():
         raise errors.Msg(f"{name}: {arg} holds a negative length: {vals.tolist()}")
     return vals
