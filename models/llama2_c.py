@@ -36,6 +36,7 @@ from jax import lax
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
+from candlejax.generation import prefill_bucket
 from candlejax.models.llama import Block, CausalSelfAttention, Mlp
 from candlejax.models.utils import build_causal_mask
 from candlejax.nn import (
@@ -292,11 +293,18 @@ class Llama(Module):
         check_continuation("llama2_c forward", cache.n_cached, None if kv is None else kv.batch, b, index_pos)
         if kv is None or kv.batch != b:
             kv = StackedKvCache.new(cfg.n_layers, b, cfg.n_kv_heads, cfg.seq_len, hs, self.dtype, cache.device)
+        # a prompt runs padded to a 32-token bucket (one compiled program for every prompt length; the
+        # padding is causally masked and the tokens that follow overwrite its cache slots)
+        padded = prefill_bucket(t) if t > 1 and not isinstance(ids, jax.core.Tracer) else t
+        if padded > t and index_pos + padded <= cfg.seq_len:
+            host = np.zeros((b, padded), np.int32)
+            host[:, :t] = np.asarray(ids)
+            ids = jax.device_put(host, ids.sharding)
         cache.kvs, cache.n_cached = None, 0  # donated below
         logits, kv = _jit_step(self, cache.cos, cache.sin, kv, ids, pos, pos)
         if not traced(kv):  # under jax.jit / vmap / grad the host cache keeps nothing (starts over)
             cache.kvs, cache.n_cached = kv, index_pos + t
-        return wrap(logits)
+        return wrap(logits).narrow(1, 0, t) if logits.shape[1] > t else wrap(logits)
 
     __call__ = forward
 

@@ -42,7 +42,8 @@ from candlejax.generation.sampling import (
     Sampling,
     logits_status,
     normalize_sampling,
-    sample_jax,
+    sample_values,
+    sampling_args,
     sampling_key,
     seed_key,
 )
@@ -66,12 +67,14 @@ def _last_logits(logits: Any, op: str) -> jax.Array:
 class DecodeFns:
     """The two compiled functions :func:`generate` runs for one ``step_fn`` and sampling setup.
 
-    ``fused(params, cache, tokens, pos, base_key, draw, recent, penalty) -> (token (B, 1), cache,
-    recent, pos + S, draw + 1)`` steps the model, penalises, samples and pushes the token into the
-    penalty window; ``logits(params, cache, tokens, pos) -> (logits (B, vocab), cache, pos + S)``
-    is the plain step for a host-side processor. ``trace_count`` counts how often ``step_fn`` was
-    traced (one per distinct input shape). ``compiler_options``: XLA options they compile with
-    (``jax.jit``'s; none: XLA's defaults).
+    ``fused(params, cache, tokens, pos, base_key, draw, recent, penalty, values) -> (token (B, 1),
+    cache, recent, pos + S, draw + 1)`` steps the model, penalises, samples and pushes the token into
+    the penalty window; ``values`` are the sampling's ``[1 / temperature, p]`` (f32, traced: see
+    :func:`candlejax.generation.sampling.sampling_args`; ``sampling`` is reduced to its structure, so
+    one compiled step serves every temperature and top-p); ``logits(params, cache, tokens, pos) ->
+    (logits (B, vocab), cache, pos + S)`` is the plain step for a host-side processor.
+    ``trace_count`` counts how often ``step_fn`` was traced (one per distinct input shape).
+    ``compiler_options``: XLA options they compile with (``jax.jit``'s; none: XLA's defaults).
     """
 
     def __init__(
@@ -84,7 +87,7 @@ class DecodeFns:
         compiler_options: dict[str, Any] | None = None,
     ) -> None:
         self.step_fn = step_fn
-        self.sampling = sampling
+        self.sampling = sampling = sampling_args(normalize_sampling(sampling))[0]
         self.use_penalty = use_penalty
         self.tokens_as_tensor = tokens_as_tensor
         self.trace_count = 0
@@ -100,21 +103,21 @@ class DecodeFns:
                 logits, cache = step_fn(params, cache, toks, pos, last=length - 1)
             return _last_logits(logits, "generate"), cache
 
-        def fused_core(params, cache, tokens, pos, length, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
+        def fused_core(params, cache, tokens, pos, length, base_key, draw, recent, penalty, values):  # type: ignore[no-untyped-def]
             logits, cache = call_step(params, cache, tokens, pos, length)
             if use_penalty:
                 logits = apply_repeat_penalty_mask(logits, penalty, recent.mask(logits.shape[-1])[None, :])
-            tok = sample_jax(logits, sampling_key(base_key, draw), sampling)
+            tok = sample_values(logits, sampling_key(base_key, draw), sampling, values)
             # logits nothing can be drawn from (NaN, overflowed): -code in place of the token, raised on the host
-            status = logits_status(logits, sampling)
+            status = logits_status(logits, sampling, inv_temperature=values[0])
             tok = jnp.where(status > 0, -status, tok)
             if use_penalty:
                 recent = recent.push(tok[0])
             n = tokens.shape[1] if length is None else length
             return tok[:, None].astype(tokens.dtype), cache, recent, pos + n, draw + 1
 
-        def fused(params, cache, tokens, pos, base_key, draw, recent, penalty):  # type: ignore[no-untyped-def]
-            return fused_core(params, cache, tokens, pos, None, base_key, draw, recent, penalty)
+        def fused(params, cache, tokens, pos, base_key, draw, recent, penalty, values):  # type: ignore[no-untyped-def]
+            return fused_core(params, cache, tokens, pos, None, base_key, draw, recent, penalty, values)
 
         def plain_core(params, cache, tokens, pos, length):  # type: ignore[no-untyped-def]
             logits, cache = call_step(params, cache, tokens, pos, length)
@@ -209,6 +212,7 @@ def decode_fns(
     """The (cached) :class:`DecodeFns` for this step function and setup, so repeated
     :func:`generate` calls (a chat) reuse the compiled steps."""
     options = dict(compiler_options or {})
+    sampling = sampling_args(normalize_sampling(sampling))[0]  # temperature and top-p are traced
     key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
     with _CACHE_LOCK:  # generate called from several threads: a lookup and its reordering or eviction as one
         try:
@@ -515,14 +519,16 @@ class Generation:
             penalty = _scalar(self.repeat_penalty, np.float32)
             draw = _scalar(self._draw0, np.int32)
             key = self._base_key
+            values = _scalar(sampling_args(self.sampling)[1], np.float32)
             if padded:  # every chunk has the same shapes and host-made arguments: one program
                 first, n = chunks[0]
-                out = add(fns.fused_padded, params, cache, first, pos, _scalar(n, np.int32), key, draw, recent, penalty)
+                out = add(fns.fused_padded, params, cache, first, pos, _scalar(n, np.int32), key, draw, recent, penalty,
+                          values)  # fmt: skip
             else:
-                out = add(fns.fused, params, cache, self.prompt, pos, key, draw, recent, penalty)
+                out = add(fns.fused, params, cache, self.prompt, pos, key, draw, recent, penalty, values)
             if self.max_new_tokens > 1:
                 tok, cache, recent, pos, draw = out
-                add(fns.fused, params, cache, tok, pos, key, draw, recent, penalty)
+                add(fns.fused, params, cache, tok, pos, key, draw, recent, penalty, values)
         else:
             if padded:
                 first, n = chunks[0]
@@ -561,9 +567,10 @@ class Generation:
         pos = _scalar(self.pos, np.int32)
         draw = _scalar(self._draw0, np.int32)
         params, key = self.params, self._base_key
+        values = _scalar(sampling_args(self.sampling)[1], np.float32)
 
         def step(tok: jax.Array) -> tuple:
-            out = fns.fused(params, self.cache, tok, pos, key, draw, recent, penalty)
+            out = fns.fused(params, self.cache, tok, pos, key, draw, recent, penalty, values)
             self.cache = out[1]
             self.pos += tok.shape[1]
             return out
@@ -577,7 +584,8 @@ class Generation:
                 # two kinds would compile a second prefill program
                 window = recent if i == len(chunks) - 1 else RecentTokens.create(n_recent, self._context)
                 at = _scalar(self.pos, np.int32)
-                out = fns.fused_padded(params, self.cache, chunk, at, _scalar(n, np.int32), key, draw, window, penalty)
+                out = fns.fused_padded(params, self.cache, chunk, at, _scalar(n, np.int32), key, draw, window, penalty,
+                                       values)  # fmt: skip
                 self.cache = out[1]
                 self.pos += n
             tok, _, recent, pos, draw = out

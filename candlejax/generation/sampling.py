@@ -4,7 +4,8 @@
 requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only), candlejax.generation.candle_rng,
 candlejax.quantized.native (Candle's softmax and ``WeightedIndex`` in native code)
 provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
-``normalize_sampling``, ``sample_jax``, ``sampling_key``, ``logits_status``, ``LogitsProcessor``.
+``normalize_sampling``, ``sample_jax``, ``sampling_args`` + ``sample_values`` (a sampling as static structure + traced
+values), ``sampling_key``, ``logits_status``, ``LogitsProcessor``.
 
 Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
 it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
@@ -148,17 +149,19 @@ LOGITS_PROBLEMS = {
 }
 
 
-def logits_status(logits: Any, sampling: Sampling) -> jax.Array:
+def logits_status(logits: Any, sampling: Sampling, inv_temperature: Any = None) -> jax.Array:
     """Per row of ``logits`` ``(..., vocab)``, 0 if ``sampling`` (normalised) can draw from it, else
     the :data:`LOGITS_PROBLEMS` code: 1 a NaN logit; for the multinomial variants (``All``, ``TopK``,
     ``TopP``, ``TopKThenTopP``) 2 a logit +inf once divided by the temperature (its softmax is NaN)
-    and 3 every logit -inf. Pure and jit-able (int32 of shape ``logits.shape[:-1]``)."""
+    and 3 every logit -inf. Pure and jit-able (int32 of shape ``logits.shape[:-1]``);
+    ``inv_temperature`` (f32, may be traced: :func:`sampling_args`) in place of the sampling's
+    ``1 / temperature`` when given."""
     x = jnp.asarray(unwrap(logits)).astype(jnp.float32)
     s = normalize_sampling(sampling, x.shape[-1])
     code = jnp.where(jnp.isnan(x).any(axis=-1), 1, 0).astype(jnp.int32)
     if isinstance(s, ArgMax | GumbelSoftmax):
         return code
-    z = x * jnp.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
+    z = x * (jnp.float32(1.0 / s.temperature) if inv_temperature is None else inv_temperature)  # type: ignore[attr-defined]
     code = jnp.where((code == 0) & (z == jnp.inf).any(axis=-1), 2, code)
     return jnp.where((code == 0) & (z == -jnp.inf).all(axis=-1), 3, code)
 
@@ -296,19 +299,21 @@ def _weighted_draw(weights: jax.Array, u01: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last)
 
 
-def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling) -> jax.Array:
+def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling, p: Any = None) -> jax.Array:
     """The token Candle's ``LogitsProcessor`` draws from ``probs`` (its ``prs``: the softmax of the
-    tempered logits, or what ``sample_f``'s closure made of it) for the multinomial variants."""
+    tempered logits, or what ``sample_f``'s closure made of it) for the multinomial variants;
+    ``p`` (may be traced) in place of ``s.p`` when given."""
+    p = getattr(s, "p", None) if p is None else p
     if isinstance(s, All):
         return _weighted_draw(probs, u01)
     if isinstance(s, TopP):
-        return _weighted_draw(jnp.where(_nucleus_mask(probs, s.p), probs, 0.0), u01)
+        return _weighted_draw(jnp.where(_nucleus_mask(probs, p), probs, 0.0), u01)
     if isinstance(s, TopK | TopKThenTopP):
         vals, idx = jax.lax.top_k(probs, min(s.k, probs.shape[-1]))
         if isinstance(s, TopKThenTopP):
             # Candle cuts at p over the k probabilities as they are (not renormalised)
             before = jnp.cumsum(vals, axis=-1) - vals
-            keep = (before < s.p).at[..., 0].set(True)
+            keep = (before < p).at[..., 0].set(True)
             vals = jnp.where(keep, vals, 0.0)
         j = _weighted_draw(vals, u01)
         return jnp.take_along_axis(idx, j[..., None], axis=-1)[..., 0]
@@ -361,19 +366,51 @@ def sample_jax(logits: Any, key: Any, sampling: Sampling | None = None) -> jax.A
         raise errors.UnexpectedNumberOfDims(1, 0, (), "sample")
     vocab = x.shape[-1]
     s = normalize_sampling(sampling, vocab)
-    x = x.astype(jnp.float32)
     if isinstance(s, ArgMax):
-        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+        return jnp.argmax(x.astype(jnp.float32), axis=-1).astype(jnp.int32)
+    return _draw(x, key, s, jnp.float32(1.0 / s.temperature), getattr(s, "p", None))  # type: ignore[attr-defined]
+
+
+def _draw(x: jax.Array, key: Any, s: Sampling, inv_temperature: Any, p: Any) -> jax.Array:
+    """:func:`sample_jax` for a normalised non-greedy ``s`` whose ``1 / temperature`` (f32) and ``p``
+    are given (either may be traced: see :func:`sampling_args`)."""
+    x = x.astype(jnp.float32)
     key = unwrap(key)
     if isinstance(key, int):
         key = seed_key(key)
     # Candle divides by the temperature as an affine op: a multiplication by 1 / t in f32
-    x = x * jnp.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
+    x = x * inv_temperature
     if isinstance(s, GumbelSoftmax):
         # jax.random.categorical is argmax(logits + Gumbel noise): the Gumbel-max trick
         return jax.random.categorical(_gumbel_key(key), x, axis=-1).astype(jnp.int32)
     probs = _softmax(x)
-    return _sample_probs(probs, _uniform(key, x.shape[:-1]), s).astype(jnp.int32)
+    return _sample_probs(probs, _uniform(key, x.shape[:-1]), s, p).astype(jnp.int32)
+
+
+def sampling_args(sampling: Sampling) -> tuple[Sampling, np.ndarray]:
+    """A normalised ``sampling`` split for a compiled step: its structure (the variant and ``k``, with
+    temperature 1 and a top-p of 0.5), a static argument, and its values ``[1 / temperature, p]``
+    (f32, on the host), a traced one, so another temperature or top-p reuses the compiled program.
+    A ``p`` outside ``(0, 1)`` (normalised away for every variant but ``TopKThenTopP``) stays static."""
+    t = getattr(sampling, "temperature", None)
+    p = getattr(sampling, "p", None)
+    template = sampling
+    if t is not None:
+        template = dataclasses.replace(template, temperature=1.0)  # type: ignore[type-var]
+    if p is not None and 0.0 < p < 1.0:
+        template = dataclasses.replace(template, p=0.5)  # type: ignore[type-var]
+    values = np.array([1.0 / t if t is not None else 1.0, p if p is not None else 0.5], np.float32)
+    return template, values
+
+
+def sample_values(logits: Any, key: Any, template: Sampling, values: Any) -> jax.Array:
+    """:func:`sample_jax` with the structure and values :func:`sampling_args` split ``sampling`` into
+    (``values`` may be traced); the same tokens as ``sample_jax(logits, key, sampling)``."""
+    x = unwrap(logits)
+    s = normalize_sampling(template, x.shape[-1])
+    if isinstance(s, ArgMax):
+        return jnp.argmax(x.astype(jnp.float32), axis=-1).astype(jnp.int32)
+    return _draw(x, key, s, values[0], values[1])
 
 
 def _as_key(key: Any) -> jax.Array:
@@ -404,16 +441,18 @@ def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
-def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
-    return sample_jax(logits, sampling_key(base_key, step), sampling)
+def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, values: jax.Array,
+                 sampling: Sampling) -> jax.Array:  # fmt: skip
+    return sample_values(logits, sampling_key(base_key, step), sampling, values)
 
 
 _softmax_jit = jax.jit(_softmax)
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
-def _sample_probs_step(probs: jax.Array, base_key: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
-    return _sample_probs(probs, _uniform(sampling_key(base_key, step), probs.shape[:-1]), sampling)
+def _sample_probs_step(probs: jax.Array, base_key: jax.Array, step: jax.Array, p: jax.Array,
+                       sampling: Sampling) -> jax.Array:  # fmt: skip
+    return _sample_probs(probs, _uniform(sampling_key(base_key, step), probs.shape[:-1]), sampling, p)
 
 
 # --- LogitsProcessor: the eager, stateful sampler ---------------------------------------------------
@@ -474,7 +513,8 @@ class LogitsProcessor:
         if isinstance(s, ArgMax):
             return int(read_to_host(jnp.argmax(x.astype(jnp.float32))))
         _check_sampled_logits(x, s, "LogitsProcessor::sample")
-        tok = _sample_step(x, self.base_key, jnp.int32(self.step), sampling=s)
+        template, values = sampling_args(s)
+        tok = _sample_step(x, self.base_key, jnp.int32(self.step), values, sampling=template)
         self.step += 1
         return int(read_to_host(tok))
 
@@ -507,7 +547,8 @@ class LogitsProcessor:
         if not (probs >= 0).all() or not probs.sum() > 0:
             # Candle's WeightedIndex refuses negative or NaN weights, and all zeros
             raise errors.Msg("LogitsProcessor::sample_f: the probabilities must be >= 0 (no NaN) and not all 0")
-        tok = _sample_probs_step(jnp.asarray(probs), self.base_key, jnp.int32(self.step), sampling=s)
+        template, values = sampling_args(s)
+        tok = _sample_probs_step(jnp.asarray(probs), self.base_key, jnp.int32(self.step), values[1], sampling=template)
         self.step += 1
         return int(read_to_host(tok))
 

@@ -135,6 +135,25 @@ def _greedy(model, cache, prompt: list[int], n: int) -> tuple[list[int], list[np
     return tokens[len(prompt) :], steps
 
 
+def test_prompts_of_new_lengths_reuse_one_prefill_program(case, jax_compiles):
+    """Candle's loop ``forward(prompt, 0, cache)`` with prompts of 3, 5, 9 and 17 tokens runs one
+    padded prefill program (causally masked), not one per length; logits and tokens are transformers'."""
+    rng = np.random.default_rng(4)
+    for i, n in enumerate((3, 9, 5, 17)):
+        prompt = rng.integers(0, 64, n).tolist()
+        cache = Cache.new(True, case.config, case.vb.pp("rot"))
+        jax_compiles.clear()
+        got = np.asarray(case.model.forward(Tensor.new(np.asarray([prompt], np.uint32)), 0, cache).jax)
+        if i > 0:
+            assert not [c for c in jax_compiles if "step" in c], jax_compiles
+        ref = case.hf_logits([prompt])
+        assert got.shape == ref.shape == (1, n, 64)
+        np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
+        nxt = int(np.argmax(got[0, -1]))
+        step = np.asarray(case.model.forward(Tensor.new(np.asarray([[nxt]], np.uint32)), n, cache).jax)
+        np.testing.assert_allclose(step[0, -1], case.hf_logits([[*prompt, nxt]])[0, -1], atol=ATOL, rtol=0)
+
+
 def test_header_and_weights(case):
     cfg = case.config
     assert (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.seq_len) == (

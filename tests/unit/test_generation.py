@@ -788,6 +788,35 @@ def make_last_model(seed: int = 0):
     return params, lambda: SlotCache(jnp.zeros((1, L), jnp.int32), L), step, plain, traces
 
 
+def test_new_temperatures_and_top_p_reuse_the_compiled_sampler(jax_compiles):
+    """Candle's loop makes a ``LogitsProcessor::new(seed, Some(temperature), top_p)`` per request:
+    another temperature or top-p is a traced value of the compiled sampler, not a new program."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(61,)).astype(np.float32) * 3)  # a vocab no other test uses
+    for make in (lambda v: LogitsProcessor(5, v), lambda v: LogitsProcessor(5, 0.8, v / 1.2),
+                 lambda v: LogitsProcessor.from_sampling(5, Sampling.TopKThenTopP(9, v / 1.1, v))):  # fmt: skip
+        make(0.5).sample(x)
+        jax_compiles.clear()
+        for v in (0.6, 0.7, 0.9):
+            lp = make(v)
+            toks = [lp.sample(x) for _ in range(3)]
+            assert all(0 <= t < 61 for t in toks)
+        assert jax_compiles == [], jax_compiles[:2]
+
+
+def test_generate_with_new_sampling_values_traces_nothing():
+    """A generation at another temperature / top-p reuses the compiled prefill and decode steps and
+    gives the tokens of Candle's loop (the eager processor) for each value."""
+    params, fresh, step, traces = make_model(8)
+    list(generate(step, params, fresh(), [3, 1, 4], 6, LogitsProcessor.from_sampling(2, Sampling.TopP(0.5, 0.5))))
+    traces.clear()
+    for t, p in ((0.7, 0.6), (1.3, 0.9), (0.9, 0.75)):
+        s = Sampling.TopP(p, t)
+        want = host_loop(step, params, fresh(), [3, 1, 4], 6, LogitsProcessor.from_sampling(2, s).sample)
+        traces.clear()
+        assert list(generate(step, params, fresh(), [3, 1, 4], 6, LogitsProcessor.from_sampling(2, s))) == want
+        assert traces == [], (t, p, traces)
+
+
 @pytest.mark.parametrize("processor", [None, "host"])
 def test_generate_pads_prompts_to_buckets(processor):
     params, fresh, step, plain, traces = make_last_model(6)
