@@ -478,7 +478,9 @@ def _cmp_method(name: str) -> Callable[[TensorBase, Any], Tensor]:
 
 
 def _op_method(name: str, reverse: bool = False) -> Callable[[TensorBase, Any], Tensor]:
-    """A Python operator: broadcasting, Tensor or scalar on either side."""
+    """A Python operator: broadcasting, Tensor or scalar on either side. Annotated ``-> Tensor`` as
+    typeshed annotates operators, though an operand it cannot take gives ``NotImplemented`` (Python
+    then asks the other operand)."""
     tt = _fast_tt(name, "broadcast_" + name, True)
     jitted_ts = _KERNELS[name][2 if reverse else 1].jitted
     float_dt = _FLOAT
