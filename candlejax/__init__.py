@@ -31,6 +31,10 @@ try:
     from candlejax.factories import cat, ones, rand, randn, stack, zeros
     from candlejax.nn import Module, ModuleT, Var  # candle::{Module, ModuleT, Var} sit beside Tensor in candle-core
     from candlejax.quantized import QTensor  # candle-pyo3's candle.QTensor
+    from candlejax.tensor import convert as _tensor_convert
+
+    _tensor_convert.QTensor = QTensor  # Tensor.quantize's return hint (as candlejax.tensor sets Tensor there)
+    del _tensor_convert
     from candlejax import streaming
     from candlejax.streaming import StreamingBinOp, StreamingModule, StreamTensor  # candle::StreamTensor, ...
 finally:

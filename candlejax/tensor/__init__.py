@@ -96,6 +96,14 @@ def _positional_arity(f: Any) -> int:
 
 _core._Tensor = Tensor
 
+# The topic modules annotate their methods ``-> Tensor`` but cannot import Tensor (it is made of their
+# mixins): they import it under TYPE_CHECKING for type checkers, and here, once it exists, the name is
+# set in their namespaces so that ``typing.get_type_hints`` resolves it at runtime.
+for _mixin in Tensor.__mro__[1:]:
+    if _mixin.__module__.startswith(__name__ + "."):
+        sys.modules[_mixin.__module__].Tensor = Tensor  # type: ignore[attr-defined]
+del _mixin
+
 
 def _flatten(t: Tensor):
     return (t._a,), None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -22,6 +23,9 @@ from candlejax import errors
 from candlejax.device import Device, single_device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, from_array_dtype
 from candlejax.shape import Dims, Rank, Shape, resolve_dim
+
+if TYPE_CHECKING:  # Tensor is built on TensorBase: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 _new = object.__new__
 
@@ -39,7 +43,7 @@ class TensorBase:
     _a: Any
 
     @staticmethod
-    def _wrap(a: Any) -> Any:
+    def _wrap(a: Any) -> Tensor:
         """A new ``Tensor`` around ``a`` (always ``Tensor``, also when called on a subclass)."""
         t = _new(_Tensor)
         t._a = a
@@ -166,10 +170,10 @@ class TensorBase:
             return (wrap, (a,))
         return (_unpickle_on, (np.asarray(a), dev))
 
-    def __copy__(self) -> Any:
+    def __copy__(self) -> Tensor:
         return wrap(self._a)
 
-    def __deepcopy__(self, memo: dict) -> Any:
+    def __deepcopy__(self, memo: dict) -> Tensor:
         """``copy.deepcopy(t)``: a Tensor with its own buffer (``torch.Tensor.__deepcopy__``); traced ones too."""
         return wrap(copy.deepcopy(_live(self._a, "deepcopy"), memo))
 
@@ -178,7 +182,7 @@ class TensorBase:
             raise TypeError("len() of a rank-0 tensor")
         return self._a.shape[0]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Tensor]:
         """``for row in t``: ``t[0]``, ``t[1]``, ... along dim 0, as torch and numpy; a rank-0 tensor raises
         ``ArgumentType`` (a TypeError, torch's ``iteration over a 0-d tensor``)."""
         if not self._a.shape:
@@ -263,7 +267,7 @@ def _unpickle_on(a: Any, device: Device) -> Any:
     return wrap(jax.device_put(a, device.jax_device))
 
 
-def wrap(a: Any) -> Any:
+def wrap(a: Any) -> Tensor:
     """A new ``Tensor`` around the jax array (or tracer) ``a``."""
     t = _new(_Tensor)
     t._a = a

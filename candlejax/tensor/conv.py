@@ -16,7 +16,7 @@ import functools
 import itertools
 import math
 import os
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,9 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax.shape import check_elem_count
 from candlejax.tensor._core import TensorBase, check_float, check_same_device, int_arg, wrap
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 IntOrPair = int | tuple[int, int]
 
@@ -589,7 +592,7 @@ class ConvMixin(TensorBase):
     __slots__ = ()
 
     # convolutions ------------------------------------------------------------------------------
-    def conv1d(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1, groups: int = 1) -> Any:
+    def conv1d(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1, groups: int = 1) -> Tensor:
         """1D convolution, Candle's ``conv1d`` (PyTorch ``F.conv1d``).
 
         ``self``: ``(B, C_in, L)``, ``kernel``: ``(C_out, C_in / groups, K)`` ->
@@ -620,12 +623,12 @@ class ConvMixin(TensorBase):
         return wrap(_conv(self._a, kernel._a, padding=(p,), stride=(s,), dilation=(d,), groups=g, dn=_DN1))
 
     def conv1d_with_algo(self, kernel: Any, padding: int = 0, stride: int = 1, dilation: int = 1,
-                         groups: int = 1, cudnn_fwd_algo: Any = None) -> Any:
+                         groups: int = 1, cudnn_fwd_algo: Any = None) -> Tensor:
         """``conv1d``; the cuDNN algorithm hint is ignored (XLA picks the algorithm)."""
         return self.conv1d(kernel, padding, stride, dilation, groups)
 
     def conv2d(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1, dilation: IntOrPair = 1,
-               groups: int = 1) -> Any:
+               groups: int = 1) -> Tensor:
         """2D convolution, Candle's ``conv2d`` (PyTorch ``F.conv2d``).
 
         ``self``: ``(B, C_in, H, W)``, ``kernel``: ``(C_out, C_in / groups, KH, KW)``.
@@ -654,7 +657,7 @@ class ConvMixin(TensorBase):
         return wrap(_conv(self._a, kernel._a, padding=p, stride=s, dilation=d, groups=g, dn=_DN2))
 
     def conv2d_with_algo(self, kernel: Any, padding: IntOrPair = 0, stride: IntOrPair = 1,
-                         dilation: IntOrPair = 1, groups: int = 1, cudnn_fwd_algo: Any = None) -> Any:
+                         dilation: IntOrPair = 1, groups: int = 1, cudnn_fwd_algo: Any = None) -> Tensor:
         """``conv2d``; the cuDNN algorithm hint is ignored (XLA picks the algorithm)."""
         return self.conv2d(kernel, padding, stride, dilation, groups)
 
@@ -693,7 +696,7 @@ class ConvMixin(TensorBase):
                                     groups=g, dn=dn))
 
     def conv_transpose1d(self, kernel: Any, padding: int = 0, output_padding: int = 0, stride: int = 1,
-                         dilation: int = 1, groups: int = 1) -> Any:
+                         dilation: int = 1, groups: int = 1) -> Tensor:
         """1D transposed convolution, Candle's ``conv_transpose1d`` (PyTorch ``F.conv_transpose1d``).
 
         ``self``: ``(B, C_in, L)``, ``kernel``: ``(C_in, C_out / groups, K)`` ->
@@ -702,7 +705,7 @@ class ConvMixin(TensorBase):
         return self._conv_transpose("conv_transpose1d", 1, kernel, padding, output_padding, stride, dilation, groups)
 
     def conv_transpose2d(self, kernel: Any, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
-                         stride: IntOrPair = 1, dilation: IntOrPair = 1, groups: int = 1) -> Any:
+                         stride: IntOrPair = 1, dilation: IntOrPair = 1, groups: int = 1) -> Tensor:
         """2D transposed convolution, Candle's ``conv_transpose2d`` (PyTorch ``F.conv_transpose2d``).
 
         ``self``: ``(B, C_in, H, W)``, ``kernel``: ``(C_in, C_out / groups, KH, KW)``. ``groups`` and
@@ -719,28 +722,28 @@ class ConvMixin(TensorBase):
             raise errors.Msg(f"kernel-size ({k[0]}, {k[1]}) is larger than the input size {h},{w}")
         return k, s
 
-    def avg_pool2d(self, kernel_size: IntOrPair) -> Any:
+    def avg_pool2d(self, kernel_size: IntOrPair) -> Tensor:
         """2D average pooling with stride = kernel size, no padding, floor (PyTorch ``F.avg_pool2d``)."""
         return self.avg_pool2d_with_stride(kernel_size, kernel_size)
 
-    def avg_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Any:
+    def avg_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Tensor:
         """2D average pooling of ``(B, C, H, W)`` -> ``(B, C, (H-kh)/sh + 1, (W-kw)/sw + 1)``."""
         name = "avg_pool2d"
         k, s = self._pool_args(name, kernel_size, stride)
         check_float(name, self)
         return wrap(_avg_pool2d(self._a, kernel=k, stride=s))
 
-    def max_pool2d(self, kernel_size: IntOrPair) -> Any:
+    def max_pool2d(self, kernel_size: IntOrPair) -> Tensor:
         """2D max pooling with stride = kernel size, no padding, floor (PyTorch ``F.max_pool2d``)."""
         return self.max_pool2d_with_stride(kernel_size, kernel_size)
 
-    def max_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Any:
+    def max_pool2d_with_stride(self, kernel_size: IntOrPair, stride: IntOrPair) -> Tensor:
         """2D max pooling of ``(B, C, H, W)`` -> ``(B, C, (H-kh)/sh + 1, (W-kw)/sw + 1)``."""
         k, s = self._pool_args("max_pool2d", kernel_size, stride)
         return wrap(_max_pool2d(self._a, kernel=k, stride=s))
 
     # resizing ----------------------------------------------------------------------------------
-    def interpolate1d(self, target_size: int) -> Any:
+    def interpolate1d(self, target_size: int) -> Tensor:
         """Nearest-neighbour resize of ``(B, C, L)`` to ``(B, C, target_size)``
         (PyTorch ``F.interpolate(mode="nearest")``): source index ``floor(i * L / target_size)``."""
         _dimsn(self, 3, "interpolate1d")
@@ -749,11 +752,11 @@ class ConvMixin(TensorBase):
         check_elem_count((*self.shape[:2], n), "interpolate1d")
         return wrap(_upsample_nearest(self._a, sizes=(n,)))
 
-    def upsample_nearest1d(self, target_size: int) -> Any:
+    def upsample_nearest1d(self, target_size: int) -> Tensor:
         """Alias of ``interpolate1d``."""
         return self.interpolate1d(target_size)
 
-    def interpolate2d(self, target_h: int, target_w: int) -> Any:
+    def interpolate2d(self, target_h: int, target_w: int) -> Tensor:
         """Nearest-neighbour resize of ``(B, C, H, W)`` to ``(B, C, target_h, target_w)``."""
         _dimsn(self, 4, "interpolate2d")
         _check_resizable(self, 2, "interpolate2d")
@@ -762,11 +765,11 @@ class ConvMixin(TensorBase):
         check_elem_count((*self.shape[:2], h, w), "interpolate2d")
         return wrap(_upsample_nearest(self._a, sizes=(h, w)))
 
-    def upsample_nearest2d(self, target_h: int, target_w: int) -> Any:
+    def upsample_nearest2d(self, target_h: int, target_w: int) -> Tensor:
         """Alias of ``interpolate2d``."""
         return self.interpolate2d(target_h, target_w)
 
-    def upsample_bilinear2d(self, target_h: int, target_w: int, align_corners: bool = False) -> Any:
+    def upsample_bilinear2d(self, target_h: int, target_w: int, align_corners: bool = False) -> Tensor:
         """Bilinear resize of ``(B, C, H, W)`` to ``(B, C, target_h, target_w)``, as PyTorch's
         ``F.interpolate(mode="bilinear", size=..., align_corners=...)``. Differentiable."""
         name = "upsample_bilinear2d"
@@ -779,7 +782,7 @@ class ConvMixin(TensorBase):
         return wrap(_upsample_bilinear2d(self._a, sizes=(h, w), align_corners=bool(align_corners),
                                          scales=(None, None)))
 
-    def upsample_bilinear2d_with_scale(self, scale_h: float, scale_w: float, align_corners: bool = False) -> Any:
+    def upsample_bilinear2d_with_scale(self, scale_h: float, scale_w: float, align_corners: bool = False) -> Tensor:
         """Bilinear resize by scale factors, as ``F.interpolate(scale_factor=(sh, sw), mode="bilinear")``:
         output size ``floor(H * sh)``; the input itself when the size does not change."""
         name = "upsample_bilinear2d_with_scale"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -27,6 +27,16 @@ from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype
 from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
+
+if TYPE_CHECKING:  # set at runtime (get_type_hints): Tensor by candlejax.tensor, QTensor by candlejax
+    import torch
+
+    from candlejax.quantized import QTensor
+    from candlejax.tensor import Tensor
+
+    _TorchTensor = torch.Tensor
+else:
+    _TorchTensor = Any  # torch is optional: to_torch's runtime hint is Any, type checkers see torch.Tensor
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -306,7 +316,7 @@ class ConvertMixin(TensorBase):
     __slots__ = ()
 
     # --- dtype / device --------------------------------------------------------------------
-    def to_dtype(self, dtype: Any) -> Any:
+    def to_dtype(self, dtype: Any) -> Tensor:
         """``t.to_dtype(DType::F16)`` (also ``"f16"``); same dtype returns ``self``.
 
         Float -> int truncates toward zero and saturates (NaN -> 0), as Rust's ``as``.
@@ -326,7 +336,7 @@ class ConvertMixin(TensorBase):
             check_width(d, "to_dtype")
         return wrap(_astype(a, dtype=npd))
 
-    def to_device(self, device: Any) -> Any:
+    def to_device(self, device: Any) -> Tensor:
         """``t.to_device(&device)``; the same device returns ``self``. PyTorch: ``t.to(device)``."""
         dev = _dev(device)
         a = self._a
@@ -339,7 +349,7 @@ class ConvertMixin(TensorBase):
             return self
         return wrap(jax.device_put(a, jd))
 
-    def quantize(self, quantized_dtype: Any) -> Any:
+    def quantize(self, quantized_dtype: Any) -> QTensor:
         """candle-pyo3's ``t.quantize(quantized_dtype)``: a :class:`candlejax.quantized.QTensor` of this
         tensor in that format, a name as the binding takes them (``"q4_0"``, ``"q4k"``, ``"q8_0"``,
         ``"f16"``, ...; any case) or a ``GgmlDType``. Rust: ``QTensor::quantize(&t, dtype)``."""
@@ -354,7 +364,7 @@ class ConvertMixin(TensorBase):
                 raise errors.Msg(f"quantize: unknown format {fmt!r}; one of {names}") from None
         return QTensor.quantize(self, fmt)
 
-    def to(self, *args: Any, dtype: Any = None, device: Any = None, other: Any = None) -> Any:
+    def to(self, *args: Any, dtype: Any = None, device: Any = None, other: Any = None) -> Tensor:
         """candle-pyo3's ``t.to(...)``: any of a DType (or dtype string), a device, or a Tensor (its
         dtype and device), positionally or as ``dtype=``, ``device=``, ``other=``. As in the binding,
         giving one of them twice, or a tensor with a dtype or device, raises an ``InvalidArgument``;
@@ -410,11 +420,11 @@ class ConvertMixin(TensorBase):
             out = out.to_device(device)
         return out
 
-    def detach(self) -> Any:
+    def detach(self) -> Tensor:
         """``t.detach()``: the same values, cut from the gradient (``jax.lax.stop_gradient``)."""
         return wrap(jax.lax.stop_gradient(self._a))
 
-    def copy(self) -> Any:
+    def copy(self) -> Tensor:
         """``t.copy()``: a tensor with its own buffer (matters for buffer donation). PyTorch: ``clone``."""
         a = self._a
         if isinstance(a, _Tracer):
@@ -485,7 +495,7 @@ class ConvertMixin(TensorBase):
         """A numpy array of the values, zero-copy (read-only) for CPU tensors. bf16 stays bf16."""
         return _host(self, "numpy")
 
-    def to_torch(self) -> Any:
+    def to_torch(self) -> _TorchTensor:
         """A ``torch.Tensor`` sharing memory through DLPack (candle-pyo3's ``to_torch``)."""
         torch = require("torch", "Tensor.to_torch")
 
@@ -556,21 +566,21 @@ class ConvertMixin(TensorBase):
         npy.write_npz(tensors, path)
 
     @staticmethod
-    def read_npy(path: Any, dtype: Any = None, device: Any = None) -> Any:
+    def read_npy(path: Any, dtype: Any = None, device: Any = None) -> Tensor:
         """``Tensor.read_npy("t.npy")``."""
         from candlejax.io import npy
 
         return npy.read_npy(path, dtype=dtype, device=device)
 
     @staticmethod
-    def read_npz(path: Any, dtype: Any = None, device: Any = None) -> list[tuple[str, Any]]:
+    def read_npz(path: Any, dtype: Any = None, device: Any = None) -> list[tuple[str, Tensor]]:
         """``Tensor.read_npz("ab.npz")`` -> ``[(name, Tensor), ...]``."""
         from candlejax.io import npy
 
         return npy.read_npz(path, dtype=dtype, device=device)
 
     @staticmethod
-    def read_npz_by_name(path: Any, names: Any, dtype: Any = None, device: Any = None) -> list[Any]:
+    def read_npz_by_name(path: Any, names: Any, dtype: Any = None, device: Any = None) -> list[Tensor]:
         """``Tensor.read_npz_by_name("ab.npz", ["a"])`` -> ``[Tensor, ...]``."""
         from candlejax.io import npy
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,9 @@ from candlejax.device import Device, single_device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 _Tracer = jax.core.Tracer
 _CPU = Device.Cpu
@@ -595,7 +598,7 @@ class CreationMixin(TensorBase):
         self._a = _place(a, device)
 
     @classmethod
-    def new(cls, data: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def new(cls, data: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::new(array, &device)``: copy ``data`` onto ``device``.
 
         Python floats give F32, non-negative ints U32, negative ints I64 (I32 without x64),
@@ -604,7 +607,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(as_jax_array(data, dtype, "new"), _dev(device)))
 
     @staticmethod
-    def from_vec(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def from_vec(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::from_vec(vec, shape, &device)``; ``shape`` may hold one hole (``()`` or -1).
 
         Raises ``Shape mismatch, got buffer of size 5 which is compatible with shape [2, 3]``.
@@ -617,7 +620,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(a.reshape(dims), _dev(device)))
 
     @staticmethod
-    def from_raw_buffer(data: bytes | bytearray | memoryview, dtype: Any, shape: Any, device: Any = _CPU) -> Any:
+    def from_raw_buffer(data: bytes | bytearray | memoryview, dtype: Any, shape: Any, device: Any = _CPU) -> Tensor:
         """``Tensor::from_raw_buffer(&bytes, dtype, &shape, &device)``: little-endian values of
         ``dtype`` (the bytes are copied); the byte count must be ``elem_count * size_in_bytes``."""
         dt = _dt(dtype, "from_raw_buffer")
@@ -633,7 +636,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(jnp.asarray(a), _dev(device)))
 
     @staticmethod
-    def from_slice(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def from_slice(data: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::from_slice(&[T], shape, &device)`` (no hole allowed)."""
         a = as_jax_array(data, dtype, "from_slice")
         dims = _shape(shape)
@@ -643,7 +646,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(a.reshape(dims), _dev(device)))
 
     @staticmethod
-    def from_iter(iterable: Iterable[Any], device: Any = _CPU, dtype: Any = None) -> Any:
+    def from_iter(iterable: Iterable[Any], device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::from_iter(iter, &device)``: a 1-D tensor from any iterable of scalars."""
         try:
             data = list(iterable)
@@ -660,7 +663,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(a, _dev(device)))
 
     @staticmethod
-    def from_numpy(array: np.ndarray, device: Any = None) -> Any:
+    def from_numpy(array: np.ndarray, device: Any = None) -> Tensor:
         """A Tensor sharing ``array``'s memory where XLA allows it (aligned, C-contiguous, on CPU).
 
         Keeps the dtype (bool -> U8, which copies). As with ``torch.from_numpy``, writing to the
@@ -678,7 +681,7 @@ class CreationMixin(TensorBase):
         return wrap(a)
 
     @staticmethod
-    def from_jax(array: Any) -> Any:
+    def from_jax(array: Any) -> Tensor:
         """A Tensor around a ``jax.Array`` (or tracer), zero-copy. Bool arrays become U8; a Tensor is
         returned as it is; a numpy array is copied to the device (``jnp.asarray``)."""
         if isinstance(array, TensorBase):
@@ -702,7 +705,7 @@ class CreationMixin(TensorBase):
         return wrap(array)
 
     @staticmethod
-    def from_torch(t: Any, device: Any = None) -> Any:
+    def from_torch(t: Any, device: Any = None) -> Tensor:
         """A Tensor from a ``torch.Tensor`` through DLPack (zero-copy for contiguous CPU tensors)."""
         if not _is_torch(t):
             raise errors.ArgumentType(f"from_torch expects a torch.Tensor, got {type(t).__name__}")
@@ -710,24 +713,24 @@ class CreationMixin(TensorBase):
 
     # --- constant tensors ------------------------------------------------------------------
     @staticmethod
-    def zeros(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def zeros(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::zeros(shape, dtype, &device)``. PyTorch: ``torch.zeros``."""
         d = _dt(dtype, "zeros", shape)
         return wrap(_place(_zeros(shape=_shape(shape), dtype=d.np), _dev(device)))
 
     @staticmethod
-    def ones(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def ones(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::ones(shape, dtype, &device)``. PyTorch: ``torch.ones``."""
         d = _dt(dtype, "ones", shape)
         return wrap(_place(_ones(shape=_shape(shape), dtype=d.np), _dev(device)))
 
     @staticmethod
-    def empty(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def empty(shape: Any, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::empty`` (uninitialised in Candle): zeros here."""
         return CreationMixin.zeros(shape, dtype, device)
 
     @staticmethod
-    def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def full(value: Any, shape: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::full(value, shape, &device)``; dtype from ``value`` (float -> F32) unless given; an integer
         dtype refuses a value it cannot hold (PyTorch: ``torch.full``, which raises likewise for 300 as uint8)."""
         v = _fill_scalar(value, "full")
@@ -739,21 +742,21 @@ class CreationMixin(TensorBase):
                 _check_int_scalar(v, d.np, "full")
         return wrap(_place(_full(_host_scalar(v, d.np), shape=_shape(shape), dtype=d.np), _dev(device)))
 
-    def zeros_like(self) -> Any:
+    def zeros_like(self) -> Tensor:
         """``t.zeros_like()``: zeros with this tensor's shape, dtype and device."""
         a = self._a
         return wrap(_place(_zeros(shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
-    def ones_like(self) -> Any:
+    def ones_like(self) -> Tensor:
         """``t.ones_like()``."""
         a = self._a
         return wrap(_place(_ones(shape=a.shape, dtype=a.dtype), _like_dev(a)))
 
-    def empty_like(self) -> Any:
+    def empty_like(self) -> Tensor:
         """``t.empty_like()`` (zeros here: JAX has no uninitialised memory)."""
         return self.zeros_like()
 
-    def full_like(self, value: Any) -> Any:
+    def full_like(self, value: Any) -> Tensor:
         """``torch.full_like(t, value)``: ``value`` cast to this tensor's dtype."""
         a = self._a
         v = _fill_scalar(value, "full_like")
@@ -763,7 +766,7 @@ class CreationMixin(TensorBase):
 
     # --- ranges and structured matrices ------------------------------------------------------
     @staticmethod
-    def arange(start: Any, end: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def arange(start: Any, end: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::arange(start, end, &device)``: ``[start, end)`` with step 1.
 
         Ints give U32 (I32/I64 when negative), floats F32, unless ``dtype`` is given.
@@ -771,7 +774,7 @@ class CreationMixin(TensorBase):
         return CreationMixin.arange_step(start, end, 1, device, dtype=dtype)
 
     @staticmethod
-    def arange_step(start: Any, end: Any, step: Any, device: Any = _CPU, dtype: Any = None) -> Any:
+    def arange_step(start: Any, end: Any, step: Any, device: Any = _CPU, dtype: Any = None) -> Tensor:
         """``Tensor::arange_step(start, end, step, &device)``; negative steps count down.
 
         Raises ``step cannot be zero``. Element ``i`` is ``start + i * step`` (no accumulated
@@ -822,22 +825,22 @@ class CreationMixin(TensorBase):
         return wrap(_place(a, _dev(device)))
 
     @staticmethod
-    def eye(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def eye(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::eye(n, dtype, &device)``: the ``n x n`` identity."""
         return _tri_like(n, dtype, device, "eye", k=1, upper=False)
 
     @staticmethod
-    def tril2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def tril2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::tril2(n, dtype, &device)``: ones on and below the diagonal."""
         return _tri_like(n, dtype, device, "tril2", k=0, upper=False)
 
     @staticmethod
-    def triu2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Any:
+    def triu2(n: SupportsIndex, dtype: Any = DType.F32, device: Any = _CPU) -> Tensor:
         """``Tensor::triu2(n, dtype, &device)``: ones on and above the diagonal."""
         return _tri_like(n, dtype, device, "triu2", k=0, upper=True)
 
     @staticmethod
-    def meshgrid(tensors: Sequence[Any], xy_indexing: bool) -> list[Any]:
+    def meshgrid(tensors: Sequence[Any], xy_indexing: bool) -> list[Tensor]:
         """``Tensor::meshgrid(&[a, b, ..], xy_indexing)``: coordinate grids from 1-D tensors.
 
         ``xy_indexing=False`` gives shape ``(len(a), len(b), ...)`` (``indexing="ij"``);
@@ -863,7 +866,7 @@ class CreationMixin(TensorBase):
 
     # --- random ------------------------------------------------------------------------------
     @staticmethod
-    def rand(lo: Any, up: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
+    def rand(lo: Any, up: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Tensor:
         """``Tensor::rand(lo, up, shape, &device)``: uniform on ``[lo, up)``, F32 unless ``dtype``.
 
         Without ``key`` it draws from ``device``'s seeded generator (eager only: raises
@@ -881,7 +884,7 @@ class CreationMixin(TensorBase):
         return wrap(_place(_uniform(k, c, lo, up, shape=dims, dtype=d.np), dev))
 
     @staticmethod
-    def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Any:
+    def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Tensor:
         """``Tensor::randn(mean, std, shape, &device)``: normal samples, F32 unless ``dtype``.
 
         Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``.
@@ -898,25 +901,25 @@ class CreationMixin(TensorBase):
         return wrap(_place(_normal(k, c, mean, std, shape=dims, dtype=d.np), dev))
 
     @staticmethod
-    def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
+    def rand_f64(lo: float, up: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Tensor:
         """Candle's ``Var::rand_f64(lo, up, shape, dtype, &device)`` as a Tensor (Candle's ``Tensor`` keeps
         ``rand_f64_impl`` crate-private): :meth:`rand` with the dtype given."""
         return CreationMixin.rand(lo, up, shape, device, key=key, dtype=dtype)
 
     @staticmethod
-    def randn_f64(mean: float, std: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Any:
+    def randn_f64(mean: float, std: float, shape: Any, dtype: Any, device: Any = _CPU, *, key: Any = None) -> Tensor:
         """Candle's ``Var::randn_f64(mean, std, shape, dtype, &device)`` as a Tensor (Candle's ``Tensor`` keeps
         ``randn_f64_impl`` crate-private): :meth:`randn` with the dtype given."""
         return CreationMixin.randn(mean, std, shape, device, key=key, dtype=dtype)
 
-    def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Any:
+    def rand_like(self, lo: Any, up: Any, *, key: Any = None) -> Tensor:
         """``t.rand_like(lo, up)``: uniform samples with this tensor's shape, dtype and device."""
         if not self.dtype.is_float():
             raise errors.UnsupportedDTypeForOp(self.dtype, "rand_like", "random tensors are float-only")
         a = self._a
         return CreationMixin.rand(lo, up, a.shape, _tensor_dev(self), key=key, dtype=self.dtype)
 
-    def randn_like(self, mean: Any, std: Any, *, key: Any = None) -> Any:
+    def randn_like(self, mean: Any, std: Any, *, key: Any = None) -> Tensor:
         """``t.randn_like(mean, std)``: normal samples with this tensor's shape, dtype and device."""
         if not self.dtype.is_float():
             raise errors.UnsupportedDTypeForOp(self.dtype, "randn_like", "random tensors are float-only")

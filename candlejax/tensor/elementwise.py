@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,9 @@ from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
 from candlejax.tensor._core import TensorBase, aval, check_same_device, int_arg, multi_device, wrap
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 # --- dtype sets (numpy dtypes, as found on ``jax.Array.dtype``) ---------------------------------
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
@@ -393,11 +396,11 @@ def _sqr(a: Any) -> Any:
     return a * a
 
 
-def _unary(name: str, fn: Callable[[Any], Any], allowed: frozenset, doc: str) -> Callable[[Any], Any]:
+def _unary(name: str, fn: Callable[[Any], Any], allowed: frozenset, doc: str) -> Callable[[TensorBase], Tensor]:
     k = op(fn, elementwise=True)
     jitted, raw = k.jitted, k.raw
 
-    def method(self: TensorBase) -> Any:
+    def method(self: TensorBase) -> Tensor:
         a = self._a
         if a.dtype not in allowed:
             _raise_dtype(self, name, allowed)
@@ -408,7 +411,7 @@ def _unary(name: str, fn: Callable[[Any], Any], allowed: frozenset, doc: str) ->
     return method
 
 
-def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, TensorBase], Any]:
+def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, TensorBase], Tensor]:
     """The tensor-tensor path of one binary op, with its kernels and checks bound once."""
     k = _KERNELS[name][0]
     jitted, raw = k.jitted, k.raw
@@ -416,7 +419,7 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
     hint = _CMP_HINT.get(opname, "")
     dtype_opname = _dtype_opname(name, opname)
 
-    def tt(lhs: TensorBase, rhs: TensorBase) -> Any:
+    def tt(lhs: TensorBase, rhs: TensorBase) -> Tensor:
         a, b = lhs._a, rhs._a
         va, vb = aval(a), aval(b)  # one attribute read each, cheaper than .shape + .dtype
         if va.shape != vb.shape:
@@ -436,10 +439,10 @@ def _fast_tt(name: str, opname: str, broadcast: bool) -> Callable[[TensorBase, T
 
 
 
-def _binary_method(name: str, doc: str, opname: str | None = None) -> Callable[[Any, Any], Any]:
+def _binary_method(name: str, doc: str, opname: str | None = None) -> Callable[[TensorBase, Any], Tensor]:
     tt = _fast_tt(name, opname or name, False)
 
-    def method(self: TensorBase, rhs: Any) -> Any:
+    def method(self: TensorBase, rhs: Any) -> Tensor:
         if isinstance(rhs, TensorBase):
             return tt(self, rhs)
         return _strict(name, self, rhs, opname)
@@ -449,10 +452,10 @@ def _binary_method(name: str, doc: str, opname: str | None = None) -> Callable[[
     return method
 
 
-def _bcast_method(name: str) -> Callable[[Any, Any], Any]:
+def _bcast_method(name: str) -> Callable[[TensorBase, Any], Tensor]:
     tt = _fast_tt(name, "broadcast_" + name, True)
 
-    def method(self: TensorBase, rhs: Any) -> Any:
+    def method(self: TensorBase, rhs: Any) -> Tensor:
         if isinstance(rhs, TensorBase):
             return tt(self, rhs)
         return _bcast(name, self, rhs)
@@ -465,7 +468,7 @@ def _bcast_method(name: str) -> Callable[[Any, Any], Any]:
     return method
 
 
-def _cmp_method(name: str) -> Callable[[Any, Any], Any]:
+def _cmp_method(name: str) -> Callable[[TensorBase, Any], Tensor]:
     return _binary_method(
         name,
         f"Candle's ``{name}``: elementwise comparison with a same-shape Tensor or a scalar, U8 result"
@@ -474,13 +477,15 @@ def _cmp_method(name: str) -> Callable[[Any, Any], Any]:
     )
 
 
-def _op_method(name: str, reverse: bool = False) -> Callable[[Any, Any], Any]:
-    """A Python operator: broadcasting, Tensor or scalar on either side."""
+def _op_method(name: str, reverse: bool = False) -> Callable[[TensorBase, Any], Tensor]:
+    """A Python operator: broadcasting, Tensor or scalar on either side. Annotated ``-> Tensor`` as
+    typeshed annotates operators, though an operand it cannot take gives ``NotImplemented`` (Python
+    then asks the other operand)."""
     tt = _fast_tt(name, "broadcast_" + name, True)
     jitted_ts = _KERNELS[name][2 if reverse else 1].jitted
     float_dt = _FLOAT
 
-    def method(self: TensorBase, other: Any) -> Any:
+    def method(self: TensorBase, other: Any) -> Tensor:
         if isinstance(other, TensorBase):
             return tt(other, self) if reverse else tt(self, other)
         a = self._a
@@ -594,17 +599,17 @@ class ElementwiseMixin(TensorBase):
         "-1, 0 or 1 (Candle ``sign``, torch ``sign``); 0 for NaN and -0.0; unsigned ints give 0 or 1.",
     )  # fmt: skip
 
-    def __neg__(self) -> Any:
+    def __neg__(self) -> Tensor:
         return self.neg()
 
-    def __pos__(self) -> Any:
+    def __pos__(self) -> Tensor:
         return self
 
-    def __abs__(self) -> Any:
+    def __abs__(self) -> Tensor:
         return self.abs()
 
     # ---- parameterised unary -----------------------------------------------------------------
-    def affine(self, mul: float, add: float) -> Any:
+    def affine(self, mul: float, add: float) -> Tensor:
         """``x * mul + add`` with ``mul``/``add`` in the tensor dtype (Candle ``affine``).
 
         On integer tensors ``mul`` and ``add`` must be integral (Candle would truncate them).
@@ -613,20 +618,20 @@ class ElementwiseMixin(TensorBase):
         b = _scalar_value("affine", self, add)
         return _call(_affine, self._a, m, b)
 
-    def elu(self, alpha: float) -> Any:
+    def elu(self, alpha: float) -> Tensor:
         """ELU: ``x`` if ``x > 0`` else ``alpha * (e^x - 1)`` (Candle ``elu``, torch ``F.elu``); float only."""
         if self._a.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(self.dtype, "elu", _F32_HINT)
         return _call(_elu, self._a, _scalar_value("elu", self, alpha))
 
-    def powf(self, p: float) -> Any:
+    def powf(self, p: float) -> Tensor:
         """``x ** p`` for a float exponent (Candle ``powf(e)``, candle-pyo3 ``powf(p)``, torch
         ``pow(x, p)``); float only."""
         if self._a.dtype not in _FLOAT:
             raise errors.UnsupportedDTypeForOp(self.dtype, "powf", _F32_HINT)
         return _call(_powf, self._a, _scalar_value("powf", self, p))
 
-    def round_to(self, decimals: int) -> Any:
+    def round_to(self, decimals: int) -> Tensor:
         """Round to ``decimals`` decimal places, half away from zero (Candle ``round_to``,
         torch ``round(decimals=)``); negative ``decimals`` round left of the point. Float only.
         """
@@ -637,7 +642,7 @@ class ElementwiseMixin(TensorBase):
             raise errors.InvalidArgument(f"round_to: decimals must be in [-308, 308], got {decimals}")
         return _call(_round_to, self._a, 10.0**decimals)
 
-    def clamp(self, min: Any = None, max: Any = None) -> Any:
+    def clamp(self, min: Any = None, max: Any = None) -> Tensor:
         """Clamp to ``[min, max]`` (Candle ``clamp``, torch ``clamp``).
 
         ``min``/``max`` are scalars or Tensors of the same shape and dtype (no broadcasting); as in
@@ -715,7 +720,7 @@ class ElementwiseMixin(TensorBase):
     broadcast_gt = _bcast_method("gt")
     broadcast_ge = _bcast_method("ge")
 
-    def cmp(self, rhs: Any, op: Any) -> Any:
+    def cmp(self, rhs: Any, op: Any) -> Tensor:
         """Candle ``cmp(rhs, CmpOp)``: ``op`` is ``"eq" "ne" "lt" "le" "gt" "ge"`` (or ``== != < <= > >=``,
         or an enum whose name is one of those); same-shape Tensor or scalar rhs; U8 result.
         """
@@ -750,21 +755,21 @@ class ElementwiseMixin(TensorBase):
 
     # u8 masks stand in for PyTorch's bool, where ~ & | ^ are logical: ~ on u8 would be bitwise
     # (~1 == 254), so the mask operators raise, naming Candle's spelling
-    def __invert__(self) -> Any:
+    def __invert__(self) -> Tensor:
         raise errors.Msg("~: there is no bool dtype (masks are u8, where ~1 would be 254); negate a mask with m.eq(0)")
 
-    def __and__(self, rhs: Any) -> Any:
+    def __and__(self, rhs: Any) -> Tensor:
         raise errors.Msg("&: there is no bool dtype (masks are u8); for two 0/1 masks write a.minimum(b) or a * b")
 
-    def __or__(self, rhs: Any) -> Any:
+    def __or__(self, rhs: Any) -> Tensor:
         raise errors.Msg("|: there is no bool dtype (masks are u8); for two 0/1 masks write a.maximum(b)")
 
-    def __xor__(self, rhs: Any) -> Any:
+    def __xor__(self, rhs: Any) -> Tensor:
         raise errors.Msg("^: there is no bool dtype (masks are u8); for two 0/1 masks write a.ne(b)")
 
     __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
 
-    def __pow__(self, rhs: Any) -> Any:
+    def __pow__(self, rhs: Any) -> Tensor:
         """``t ** e``: ``powf(e)`` for a scalar exponent, ``broadcast_pow`` for a Tensor."""
         if not isinstance(rhs, (TensorBase, jax.Array, _Tracer)) and _as_scalar(rhs) is not None:
             return self.powf(rhs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,9 @@ from candlejax.dtype import to_dtype
 from candlejax.errors import fmt_shape
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, check_int, check_same_device, int_arg, not_a_tensor, traced_int
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 Tracer = jax.core.Tracer
 
@@ -515,7 +518,7 @@ class IndexingMixin(TensorBase):
             return self._wrap(plan[1](a, ids))
         return self._wrap(_index.raw(a, ids, **static))
 
-    def i(self, *index: Any) -> Any:
+    def i(self, *index: Any) -> Tensor:
         """Candle ``t.i(...)``: one indexer or a tuple, applied to the leading dims, left to right.
 
         * int (negative counts from the end): selects and drops the dim;
@@ -529,7 +532,7 @@ class IndexingMixin(TensorBase):
         idx = index[0] if len(index) == 1 else index
         return self._do_index(idx, True, "i")
 
-    def __getitem__(self, index: Any) -> Any:
+    def __getitem__(self, index: Any) -> Tensor:
         """``t[...]`` with numpy/PyTorch rules: ints (negative ok), slices (clamped, any step),
         ``...``, ``None`` (new axis), one 1-D integer Tensor/list (``index_select``); a rank-0
         integer Tensor selects (also traced under jit). Out of range ints raise ``InvalidIndex``
@@ -544,7 +547,7 @@ class IndexingMixin(TensorBase):
         return self._do_index(index, False, "index")
 
     # --- selection ----------------------------------------------------------------------------
-    def index_select(self, rhs: Any, dim: Any) -> Any:
+    def index_select(self, rhs: Any, dim: Any) -> Tensor:
         """Candle ``index_select(ids, dim)``: ``ids`` 1-D integer; dim ``dim`` becomes ``len(ids)``.
         PyTorch: ``torch.index_select``. The parameter is named ``rhs`` as in candle-pyo3."""
         ids = rhs
@@ -559,7 +562,7 @@ class IndexingMixin(TensorBase):
             raise errors.InvalidIndex("index-select", 0, 0)
         return self._wrap(_take(self._a, arr, axis=d))
 
-    def embedding(self, ids: Any) -> Any:
+    def embedding(self, ids: Any) -> Tensor:
         """Candle ``embedding(ids)``: rows of ``self`` (``(V, H)``) at ``ids`` -> ``ids.shape + (H,)``.
 
         Candle accepts only 1-D ids; here any rank works (PyTorch ``F.embedding``)."""
@@ -572,7 +575,7 @@ class IndexingMixin(TensorBase):
             raise errors.InvalidIndex("index-select", 0, 0)
         return self._wrap(_embedding(self._a, arr))
 
-    def gather(self, index: Any, dim: Any) -> Any:
+    def gather(self, index: Any, dim: Any) -> Tensor:
         """Candle ``gather(ids, dim)`` (PyTorch ``torch.gather``): ``out[..i..] = self[..ids[..i..]..]``
         along ``dim``; ``ids`` has self's rank and sizes ``<=`` self's off ``dim``; output has ids' shape.
         The parameter is named ``index`` as in candle-pyo3."""
@@ -609,13 +612,13 @@ class IndexingMixin(TensorBase):
         _check_values(arr, s[d], op_name)
         return self._wrap(_scatter(self._a, arr, src._a, axis=d, add=add))
 
-    def scatter(self, ids: Any, src: Any, dim: Any) -> Any:
+    def scatter(self, ids: Any, src: Any, dim: Any) -> Tensor:
         """Candle ``scatter(ids, src, dim)``: a copy of self with ``src`` written at ``ids`` along ``dim``
         (``ids.shape == src.shape``; src equals self off ``dim``). PyTorch: ``Tensor.scatter``.
         With duplicate ids one of the written values wins (unspecified which, as in Candle/PyTorch)."""
         return self._scatter_common(ids, src, dim, "scatter", False)
 
-    def scatter_set(self, ids: Any, src: Any, dim: Any) -> Any:
+    def scatter_set(self, ids: Any, src: Any, dim: Any) -> Tensor:
         """Candle's in-place ``scatter_set``, functional here: returns the new tensor (= ``scatter``).
         Written as a bare statement (Candle's form, which would change nothing here) it raises
         :class:`candlejax.errors.InPlaceStatement`: ``t = t.scatter_set(ids, src, dim)``."""
@@ -624,12 +627,12 @@ class IndexingMixin(TensorBase):
             raise errors.InPlaceStatement("scatter_set", "t = t.scatter_set(ids, src, dim)")
         return out
 
-    def scatter_add(self, ids: Any, src: Any, dim: Any) -> Any:
+    def scatter_add(self, ids: Any, src: Any, dim: Any) -> Tensor:
         """Candle ``scatter_add(ids, src, dim)``: like ``scatter`` but adds (duplicates accumulate).
         PyTorch: ``Tensor.scatter_add``."""
         return self._scatter_common(ids, src, dim, "scatter-add", True)
 
-    def scatter_add_set(self, ids: Any, src: Any, dim: Any) -> Any:
+    def scatter_add_set(self, ids: Any, src: Any, dim: Any) -> Tensor:
         """Candle's in-place ``scatter_add_set``, functional here (= ``scatter_add``); as a bare
         statement it raises :class:`candlejax.errors.InPlaceStatement`."""
         out = self._scatter_common(ids, src, dim, "scatter-add-set", True)
@@ -637,7 +640,7 @@ class IndexingMixin(TensorBase):
             raise errors.InPlaceStatement("scatter_add_set", "t = t.scatter_add_set(ids, src, dim)")
         return out
 
-    def index_add(self, ids: Any, src: Any, dim: Any) -> Any:
+    def index_add(self, ids: Any, src: Any, dim: Any) -> Tensor:
         """Candle ``index_add(ids, src, dim)``: adds slice ``k`` of ``src`` (along ``dim``) into slice
         ``ids[k]`` of self; ``ids`` 1-D with ``len == src.dim(dim)``. PyTorch: ``Tensor.index_add``."""
         s = self._a.shape
@@ -658,7 +661,7 @@ class IndexingMixin(TensorBase):
         return self._wrap(_index_add(self._a, arr, src._a, axis=d))
 
     # --- slices (functional) ------------------------------------------------------------------
-    def slice_scatter(self, src: Any, dim: Any, start: SupportsIndex) -> Any:
+    def slice_scatter(self, src: Any, dim: Any, start: SupportsIndex) -> Tensor:
         """Candle ``slice_scatter(src, dim, start)``: a copy of self with ``src`` written at
         ``start`` along ``dim`` (src equals self off ``dim``). PyTorch: ``torch.slice_scatter``.
         ``start`` may be traced under jit (clamped so that ``src`` fits)."""
@@ -686,11 +689,11 @@ class IndexingMixin(TensorBase):
         starts = tuple(start if i == d else 0 for i in range(self._a.ndim))
         return self._wrap(_update_slice(self._a, src._a, starts=starts))
 
-    def slice_scatter0(self, src: Any, start: SupportsIndex) -> Any:
+    def slice_scatter0(self, src: Any, start: SupportsIndex) -> Tensor:
         """Candle ``slice_scatter0(src, start)`` = ``slice_scatter(src, 0, start)``."""
         return self.slice_scatter(src, 0, start)
 
-    def slice_set(self, src: Any, dim: Any, offset: SupportsIndex) -> Any:
+    def slice_set(self, src: Any, dim: Any, offset: SupportsIndex) -> Tensor:
         """Candle ``slice_set(src, dim, offset)`` made functional: returns self with ``src`` written at
         ``offset`` along ``dim`` (Candle writes in place and returns nothing; rebind the result:
         ``cache = cache.slice_set(k, 2, pos)``). Differentiable, unlike Candle's. Under jit ``offset``
@@ -719,7 +722,7 @@ class IndexingMixin(TensorBase):
             raise errors.InPlaceStatement("slice_set", "t = t.slice_set(src, dim, offset)")
         return out
 
-    def slice_assign(self, ranges: Sequence[Any], src: Any) -> Any:
+    def slice_assign(self, ranges: Sequence[Any], src: Any) -> Tensor:
         """Candle ``slice_assign(&[ranges], src)``: a copy of self with the region given by one range
         per dim replaced by ``src``. Ranges: ``slice(a, b)`` / ``range(a, b)`` (step 1), ``slice(None)``
         for a whole dim. PyTorch: ``t2 = t.clone(); t2[a:b, c:d] = src``."""
@@ -759,7 +762,7 @@ class IndexingMixin(TensorBase):
         return self._wrap(_update_slice(self._a, src._a, starts=tuple(starts)))
 
     # --- selection by predicate ---------------------------------------------------------------
-    def where_cond(self, on_true: Any, on_false: Any) -> Any:
+    def where_cond(self, on_true: Any, on_false: Any) -> Tensor:
         """Candle ``where_cond(on_true, on_false)``: ``self`` is the predicate (integer dtype, non-zero
         = true); all three the same shape (no broadcasting); on_true/on_false the same dtype.
         PyTorch: ``torch.where(cond, on_true, on_false)``."""
@@ -778,7 +781,7 @@ class IndexingMixin(TensorBase):
         check_same_device("where_cond", self, on_true, on_false)
         return self._wrap(_where(self._a, on_true._a, on_false._a))
 
-    def masked_fill(self, mask: Any, value: Any) -> Any:
+    def masked_fill(self, mask: Any, value: Any) -> Tensor:
         """PyTorch ``Tensor.masked_fill(mask, value)``: ``value`` where ``mask`` is non-zero.
 
         ``mask`` is an integer tensor (U8 from a comparison) broadcastable to self; ``value`` a

@@ -11,7 +11,7 @@ provides: LinalgMixin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +23,9 @@ from candlejax.dtype import DType
 from candlejax.shape import broadcast_shapes
 from candlejax.tensor._core import TensorBase, aval, check_same_device, multi_device, not_a_tensor, wrap
 from candlejax.tensor.reduce import sqrt_zero_grad
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
@@ -84,7 +87,7 @@ class LinalgMixin(TensorBase):
 
     __slots__ = ()
 
-    def matmul(self, rhs: Any) -> Any:
+    def matmul(self, rhs: Any) -> Tensor:
         """Batched matrix product ``(..., m, k) x (..., k, n) -> (..., m, n)`` (Candle ``matmul``).
 
         Both operands need rank >= 2, the same rank and the same batch dims (no broadcasting: use
@@ -116,7 +119,7 @@ class LinalgMixin(TensorBase):
             check_same_device("matmul", self, rhs)
         return wrap(_matmul.jitted(a, b) if is_eager() else _matmul.raw(a, b))
 
-    def broadcast_matmul(self, rhs: Any) -> Any:
+    def broadcast_matmul(self, rhs: Any) -> Tensor:
         """Matrix product with numpy broadcasting of the batch dims (Candle ``broadcast_matmul``,
         ``torch.matmul`` for rank >= 2). Float dtypes only."""
         if not isinstance(rhs, TensorBase):
@@ -137,13 +140,13 @@ class LinalgMixin(TensorBase):
         _check_pair("broadcast_matmul", self, rhs, True)
         return _call(_matmul, a, b)
 
-    def __matmul__(self, rhs: Any) -> Any:
+    def __matmul__(self, rhs: Any) -> Tensor:
         """``a @ b`` is ``broadcast_matmul`` (Python operators broadcast, as ``+ - * /`` do)."""
         if not isinstance(rhs, TensorBase):
             return NotImplemented
         return self.broadcast_matmul(rhs)
 
-    def dot(self, rhs: Any) -> Any:
+    def dot(self, rhs: Any) -> Tensor:
         """Inner product of two 1-D tensors of the same length -> rank 0 (Candle ``dot``, ``torch.dot``)."""
         if not isinstance(rhs, TensorBase):
             raise errors.Msg(f"dot: expected a Tensor as rhs, got {type(rhs).__name__}")
@@ -153,7 +156,7 @@ class LinalgMixin(TensorBase):
         _check_pair("dot", self, rhs, False)
         return _call(_dot, a, b)
 
-    def mv(self, rhs: Any) -> Any:
+    def mv(self, rhs: Any) -> Tensor:
         """Matrix-vector product ``(m, n) x (n,) -> (m,)`` (Candle ``mv``, ``torch.mv``); float only."""
         if not isinstance(rhs, TensorBase):
             raise errors.Msg(f"mv: expected a Tensor as rhs, got {type(rhs).__name__}")
@@ -163,7 +166,7 @@ class LinalgMixin(TensorBase):
         _check_pair("mv", self, rhs, True)
         return _call(_mv, a, b)
 
-    def norm(self) -> Any:
+    def norm(self) -> Tensor:
         """Frobenius norm ``sqrt(sum(x^2))`` over all elements -> rank 0 (Candle ``norm``,
         ``torch.linalg.norm`` of the flattened tensor); float only."""
         if self._a.dtype not in _FLOAT:

@@ -14,7 +14,7 @@ provides: MovementMixin, and the primitives ``_reshape``, ``_slice``, ``_split``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +35,9 @@ from candlejax.shape import (
     shape_with_hole,
 )
 from candlejax.tensor._core import TensorBase, check_same_device, int_arg, traced_int
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 # --------------------------------------------------------------------------------------------------
 # cached-jit primitives (static arguments are hashable tuples / ints)
@@ -226,7 +229,7 @@ class MovementMixin(TensorBase):
     __slots__ = ()
 
     # --- reshape family -----------------------------------------------------------------------
-    def reshape(self, *shape: Any) -> Any:
+    def reshape(self, *shape: Any) -> Tensor:
         """Candle ``reshape(s)``: a shape with at most one hole (``()`` or ``-1``).
 
         ``t.reshape((2, ()))``, ``t.reshape((2, -1))`` and ``t.reshape(2, -1)`` all work.
@@ -242,7 +245,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_reshape(a, shape=target))
 
-    def squeeze(self, dim: Any = None) -> Any:
+    def squeeze(self, dim: Any = None) -> Tensor:
         """Candle ``squeeze(d)``: removes dim ``d`` if its size is 1, else a no-op (PyTorch too).
         PyTorch's ``squeeze()`` (no dim) removes every size-1 dim."""
         s = self._a.shape
@@ -254,7 +257,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_reshape(self._a, shape=s[:d] + s[d + 1 :]))
 
-    def unsqueeze(self, dim: Any) -> Any:
+    def unsqueeze(self, dim: Any) -> Tensor:
         """Candle ``unsqueeze(d)``: inserts a size-1 dim at ``d`` in ``0..=rank``; ``-1``/``D.Minus1`` appends."""
         s = self._a.shape
         d = resolve_dim(dim, s, "unsqueeze", extra=1)
@@ -273,27 +276,27 @@ class MovementMixin(TensorBase):
             n *= d
         return self._wrap(_reshape(self._a, shape=(*s[:st], n, *s[en + 1 :])))
 
-    def flatten(self, start_dim: Any = 0, end_dim: Any = -1) -> Any:
+    def flatten(self, start_dim: Any = 0, end_dim: Any = -1) -> Tensor:
         """Candle ``flatten(start, end)``: merges dims ``start..=end`` (inclusive). Rank 0 -> ``[1]``.
 
         As in Candle, ``start >= end`` returns the tensor unchanged. PyTorch: ``Tensor.flatten``.
         """
         return self._flatten(start_dim, end_dim)
 
-    def flatten_to(self, dim: Any) -> Any:
+    def flatten_to(self, dim: Any) -> Tensor:
         """Candle ``flatten_to(end)`` (candle-pyo3 ``flatten_to(dim)``): merges dims ``0..=dim``."""
         return self._flatten(None, dim)
 
-    def flatten_from(self, dim: Any) -> Any:
+    def flatten_from(self, dim: Any) -> Tensor:
         """Candle ``flatten_from(start)`` (candle-pyo3 ``flatten_from(dim)``): merges dims ``dim..rank``."""
         return self._flatten(dim, None)
 
-    def flatten_all(self) -> Any:
+    def flatten_all(self) -> Tensor:
         """Candle ``flatten_all()``: a 1-D tensor (rank 0 -> shape ``[1]``)."""
         return self._flatten(None, None)
 
     # --- transposition ------------------------------------------------------------------------
-    def transpose(self, dim1: Any, dim2: Any) -> Any:
+    def transpose(self, dim1: Any, dim2: Any) -> Tensor:
         """Candle ``transpose(d1, d2)``: swaps two dims (same dim -> unchanged). PyTorch: ``transpose``."""
         s = self._a.shape
         d1 = resolve_dim(dim1, s, "transpose")
@@ -304,14 +307,14 @@ class MovementMixin(TensorBase):
         perm[d1], perm[d2] = d2, d1
         return self._wrap(_transpose(self._a, perm=tuple(perm)))
 
-    def t(self) -> Any:
+    def t(self) -> Tensor:
         """Candle ``t()``: swaps the last two dims; rank < 2 raises ``UnexpectedNumberOfDims``."""
         s = self._a.shape
         if len(s) < 2:
             raise errors.UnexpectedNumberOfDims(2, len(s), s, "t")
         return self.transpose(len(s) - 2, len(s) - 1)
 
-    def permute(self, *dims: Any) -> Any:
+    def permute(self, *dims: Any) -> Tensor:
         """Candle ``permute(dims)``: ``dims`` must be a permutation of ``0..rank``.
 
         ``t.permute((2, 0, 1))`` or ``t.permute(2, 0, 1)``; negative dims and ``D`` accepted.
@@ -327,7 +330,7 @@ class MovementMixin(TensorBase):
         return self._wrap(_transpose(self._a, perm=perm))
 
     # --- narrowing and splitting --------------------------------------------------------------
-    def narrow(self, dim: Any, start: SupportsIndex, len: SupportsIndex) -> Any:
+    def narrow(self, dim: Any, start: SupportsIndex, len: SupportsIndex) -> Tensor:
         """Candle ``narrow(dim, start, len)``: elements ``start..start+len`` of ``dim`` (dim kept).
 
         A negative ``start`` counts from the end (as candle-pyo3). Errors: ``NarrowInvalidArgs``
@@ -353,7 +356,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_narrow_array(self._a, d, start, length))
 
-    def chunk(self, chunks: SupportsIndex, dim: Any) -> list[Any]:
+    def chunk(self, chunks: SupportsIndex, dim: Any) -> list[Tensor]:
         """Candle ``chunk(n, dim)``: ``n`` pieces; the first ``len % n`` get one extra element.
 
         len 10, n 4 -> sizes ``[3, 3, 2, 2]`` (PyTorch gives ``[3, 3, 3, 1]``); if ``len < n``,
@@ -372,7 +375,7 @@ class MovementMixin(TensorBase):
             sizes = [base + 1 if i < extra else base for i in range(chunks)]
         return self._split_sizes(d, sizes)
 
-    def split(self, split_size_or_sections: Any, dim: Any = 0) -> list[Any]:
+    def split(self, split_size_or_sections: Any, dim: Any = 0) -> list[Tensor]:
         """PyTorch ``Tensor.split``: pieces of ``split_size`` (the last may be smaller), or of the
         given section sizes (which must sum to the dim size). Candle's ``Tensor`` has no ``split``.
         """
@@ -406,14 +409,14 @@ class MovementMixin(TensorBase):
             acc += n
         return [self._wrap(x) for x in _split(self._a, axis=d, bounds=tuple(bounds))]
 
-    def get(self, index: SupportsIndex) -> Any:
+    def get(self, index: SupportsIndex) -> Tensor:
         """Candle ``get(i)`` (candle-pyo3 ``get(index)``): index dim 0 and drop it (rank 0 ->
         unchanged). A negative index counts from the end (as candle-pyo3). PyTorch: ``t[i]``."""
         if not self._a.shape:
             return self
         return self._get_on_dim(0, index, "get")
 
-    def get_on_dim(self, dim: Any, index: SupportsIndex) -> Any:
+    def get_on_dim(self, dim: Any, index: SupportsIndex) -> Tensor:
         """Candle ``get_on_dim(d, i)``: ``narrow(d, i, 1)`` then ``squeeze(d)``. PyTorch: ``select``."""
         return self._get_on_dim(dim, index, "get_on_dim")
 
@@ -430,7 +433,7 @@ class MovementMixin(TensorBase):
 
     # --- joining ------------------------------------------------------------------------------
     @staticmethod
-    def cat(tensors: Sequence[Any], dim: Any) -> Any:
+    def cat(tensors: Sequence[Any], dim: Any) -> Tensor:
         """Candle ``Tensor::cat(&[a, b], dim)``: same rank, dtype and device; sizes equal off ``dim``.
 
         Errors: ``OpRequiresAtLeastOneTensor``, ``UnexpectedNumberOfDims``, ``ShapeMismatchCat``,
@@ -446,7 +449,7 @@ class MovementMixin(TensorBase):
         return ts[0]._wrap(_cat([t._a for t in ts], axis=d))
 
     @staticmethod
-    def stack(tensors: Sequence[Any], dim: Any) -> Any:
+    def stack(tensors: Sequence[Any], dim: Any) -> Tensor:
         """Candle ``Tensor::stack(&[a, b], dim)``: all same shape; ``dim`` may equal the rank
         (``-1`` / ``D.Minus1`` append). PyTorch: ``torch.stack``."""
         ts = _tensors(tensors, "stack")
@@ -473,7 +476,7 @@ class MovementMixin(TensorBase):
         return ts[0]._wrap(_stack([t._a for t in ts], axis=d))
 
     # --- broadcasting -------------------------------------------------------------------------
-    def broadcast_as(self, *shape: Any) -> Any:
+    def broadcast_as(self, *shape: Any) -> Tensor:
         """Candle ``broadcast_as(shape)``: numpy rules, target rank >= rank. Errors:
         ``BroadcastIncompatibleShapes``. PyTorch: ``Tensor.expand`` / ``broadcast_to``."""
         dst = as_shape(_shape_args(shape, "broadcast_as"))
@@ -483,7 +486,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_broadcast(self._a, shape=dst))
 
-    def expand(self, *shape: Any) -> Any:
+    def expand(self, *shape: Any) -> Tensor:
         """Candle ``expand`` (alias of ``broadcast_as``); as in PyTorch, ``-1`` keeps a dim's size."""
         spec = _shape_args(shape, "expand")
         if isinstance(spec, Shape):
@@ -503,7 +506,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_broadcast(self._a, shape=dst))
 
-    def broadcast_left(self, *left_shape: Any) -> Any:
+    def broadcast_left(self, *left_shape: Any) -> Tensor:
         """Candle ``broadcast_left(left)``: prepends dims, ``(3,)`` with left ``(2,)`` -> ``(2, 3)``."""
         left = as_shape(_shape_args(left_shape, "broadcast_left"))
         if not left:
@@ -511,12 +514,12 @@ class MovementMixin(TensorBase):
         return self._wrap(_broadcast(self._a, shape=check_elem_count(left + self._a.shape, "broadcast_left")))
 
     # --- layout -------------------------------------------------------------------------------
-    def contiguous(self) -> Any:
+    def contiguous(self) -> Tensor:
         """Candle ``contiguous()``: returns ``self``. JAX arrays have no strides to fix; XLA picks
         the layout, so every tensor behaves as C-contiguous."""
         return self
 
-    def force_contiguous(self) -> Any:
+    def force_contiguous(self) -> Tensor:
         """Candle ``force_contiguous()``: a copy of the data (a new array), always C-contiguous."""
         return self._wrap(_identity_copy(self._a))
 
@@ -553,7 +556,7 @@ class MovementMixin(TensorBase):
         return rank + axis
 
     # --- padding, tiling, rolling -------------------------------------------------------------
-    def pad_with_zeros(self, dim: Any, left: int, right: int) -> Any:
+    def pad_with_zeros(self, dim: Any, left: int, right: int) -> Tensor:
         """Candle ``pad_with_zeros(d, left, right)``. PyTorch: ``F.pad(x, ..., value=0)``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "pad_with_zeros")
@@ -566,7 +569,7 @@ class MovementMixin(TensorBase):
         pads = tuple((left, right) if i == d else (0, 0) for i in range(len(s)))
         return self._wrap(_pad(self._a, pads=pads, mode="constant"))
 
-    def pad_with_same(self, dim: Any, left: int, right: int) -> Any:
+    def pad_with_same(self, dim: Any, left: int, right: int) -> Tensor:
         """Candle ``pad_with_same(d, left, right)``: repeats the edge values.
         PyTorch: ``F.pad(x, ..., mode="replicate")``."""
         s = self._a.shape
@@ -582,7 +585,7 @@ class MovementMixin(TensorBase):
         pads = tuple((left, right) if i == d else (0, 0) for i in range(len(s)))
         return self._wrap(_pad(self._a, pads=pads, mode="edge"))
 
-    def repeat(self, *shape: Any) -> Any:
+    def repeat(self, *shape: Any) -> Tensor:
         """Candle ``repeat(shape)`` (PyTorch ``Tensor.repeat``, numpy ``tile``): repeat counts per dim.
 
         With more counts than dims the rank is extended on the left; with fewer (Candle only,
@@ -598,7 +601,7 @@ class MovementMixin(TensorBase):
         check_elem_count(tuple(r * d for r, d in zip(reps, s)), "repeat")
         return self._wrap(_tile(self._a, reps=reps))
 
-    def roll(self, shift: SupportsIndex, dim: Any) -> Any:
+    def roll(self, shift: SupportsIndex, dim: Any) -> Tensor:
         """Candle ``roll(shift, d)``: circular shift along ``d``. PyTorch: ``torch.roll``."""
         s = self._a.shape
         d = resolve_dim(dim, s, "roll")
@@ -610,7 +613,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_roll_at(self._a, np.int32(shift), axis=d))
 
-    def flip(self, dims: Any) -> Any:
+    def flip(self, dims: Any) -> Tensor:
         """Candle ``flip(&[dims])``: reverses the order along each dim. PyTorch: ``torch.flip``."""
         s = self._a.shape
         axes = resolve_dims(dims, s, "flip")
@@ -618,7 +621,7 @@ class MovementMixin(TensorBase):
             return self
         return self._wrap(_flip(self._a, axes=tuple(sorted(axes))))
 
-    def unfold(self, dim: Any, size: int, step: int) -> Any:
+    def unfold(self, dim: Any, size: int, step: int) -> Tensor:
         """Candle / PyTorch ``unfold(d, size, step)``: every window of ``size`` along ``d``, ``step``
         apart, as a new trailing dim; dim ``d`` becomes ``(len - size) // step + 1``."""
         s = self._a.shape

@@ -11,7 +11,7 @@ provides: ReduceMixin, ``softmax_op`` / ``log_softmax_op`` (the kernels behind `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,9 @@ from candlejax._dispatch import is_eager, op
 from candlejax.dtype import DType
 from candlejax.shape import resolve_dim, resolve_dims
 from candlejax.tensor._core import TensorBase, wrap
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 _FLOAT = frozenset(d.np for d in DType if d.is_float())
 _HALF = frozenset({np.dtype(jnp.bfloat16), np.dtype(np.float16)})
@@ -196,12 +199,12 @@ class ReduceMixin(TensorBase):
             return wrap(_sum.jitted(a, axis=axis, keepdims=keepdim))
         return wrap(_sum.raw(a, axis=axis, keepdims=keepdim))
 
-    def sum_keepdim(self, dims: Any) -> Any:
+    def sum_keepdim(self, dims: Any) -> Tensor:
         """Sum over one dim or several, keeping them as size 1 (Candle ``sum_keepdim``,
         torch ``sum(dims, keepdim=True)``). Keeps the dtype: integer sums wrap."""
         return self._sum_impl(dims, True)
 
-    def sum(self, dims: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+    def sum(self, dims: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Tensor:
         """Sum over one dim or several, removing them (Candle ``sum``, torch ``sum(dims)``).
 
         PyTorch spellings: ``sum()`` is ``sum_all()``; ``dim=`` and ``keepdim`` are accepted. With those
@@ -221,11 +224,11 @@ class ReduceMixin(TensorBase):
         _float_only(self, name, _MEAN_INT_HINT)
         return wrap(_run(_mean, a, axis=axis, keepdims=keepdim))
 
-    def mean_keepdim(self, dims: Any) -> Any:
+    def mean_keepdim(self, dims: Any) -> Tensor:
         """Mean over one dim or several, keeping them (Candle ``mean_keepdim``); float only."""
         return self._mean_impl(dims, True, "mean-keepdim")
 
-    def mean(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Any:
+    def mean(self, dims: Any = None, keepdim: bool = False, *, dim: Any = None) -> Tensor:
         """Mean over one dim or several, removing them (Candle ``mean``, torch ``mean(dims)``); float only.
 
         PyTorch spellings: ``mean()`` is ``mean_all()``; ``dim=`` and ``keepdim=True`` are accepted."""
@@ -248,11 +251,11 @@ class ReduceMixin(TensorBase):
             return wrap(k.jitted(a, axis=axis, keepdims=keepdim))
         return wrap(k.raw(a, axis=axis, keepdims=keepdim))
 
-    def max_keepdim(self, dim: Any) -> Any:
+    def max_keepdim(self, dim: Any) -> Tensor:
         """Max over one dim, kept as size 1 (Candle ``max_keepdim``, torch ``amax(dim, keepdim=True)``)."""
         return self._reduce1(_max, dim, True, "max")
 
-    def max(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+    def max(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Tensor:
         """Max over one dim, removed (Candle ``max(dim)``, torch ``amax(dim)``); ``max()`` is ``max_all()``.
 
         PyTorch's ``max(dim=d)`` / ``max(d, keepdim)`` return ``(values, indices)``: those spellings raise,
@@ -264,11 +267,11 @@ class ReduceMixin(TensorBase):
             return _keep_all(self, self.max_all(), bool(keepdim))
         return self._reduce1(_max, d, False, "max")
 
-    def min_keepdim(self, dim: Any) -> Any:
+    def min_keepdim(self, dim: Any) -> Tensor:
         """Min over one dim, kept as size 1 (Candle ``min_keepdim``, torch ``amin(dim, keepdim=True)``)."""
         return self._reduce1(_min, dim, True, "min")
 
-    def min(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Any:
+    def min(self, d: Any = None, keepdim: bool | None = None, *, dim: Any = None) -> Tensor:
         """Min over one dim, removed (Candle ``min(dim)``, torch ``amin(dim)``); ``min()`` is ``min_all()``.
 
         PyTorch's ``min(dim=d)`` / ``min(d, keepdim)`` return ``(values, indices)``: those spellings raise,
@@ -280,11 +283,11 @@ class ReduceMixin(TensorBase):
             return _keep_all(self, self.min_all(), bool(keepdim))
         return self._reduce1(_min, d, False, "min")
 
-    def argmax_keepdim(self, dim: Any) -> Any:
+    def argmax_keepdim(self, dim: Any) -> Tensor:
         """Index (U32) of the first max over one dim, kept as size 1 (Candle ``argmax_keepdim``)."""
         return self._reduce1(_argmax, dim, True, "argmax")
 
-    def argmax(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def argmax(self, dim: Any = None, keepdim: bool = False) -> Tensor:
         """Index (U32) of the first max over one dim (Candle ``argmax``, torch ``argmax(dim)`` -> i64).
 
         PyTorch spellings: ``argmax()`` is the index into the flattened tensor; ``keepdim=True`` accepted."""
@@ -293,11 +296,11 @@ class ReduceMixin(TensorBase):
             return self._flat_arg(_argmax, keepdim, "argmax")
         return self._reduce1(_argmax, d, bool(keepdim), "argmax")
 
-    def argmin_keepdim(self, dim: Any) -> Any:
+    def argmin_keepdim(self, dim: Any) -> Tensor:
         """Index (U32) of the first min over one dim, kept as size 1 (Candle ``argmin_keepdim``)."""
         return self._reduce1(_argmin, dim, True, "argmin")
 
-    def argmin(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def argmin(self, dim: Any = None, keepdim: bool = False) -> Tensor:
         """Index (U32) of the first min over one dim (Candle ``argmin``, torch ``argmin(dim)`` -> i64).
 
         PyTorch spellings: ``argmin()`` is the index into the flattened tensor; ``keepdim=True`` accepted."""
@@ -306,7 +309,7 @@ class ReduceMixin(TensorBase):
             return self._flat_arg(_argmin, keepdim, "argmin")
         return self._reduce1(_argmin, d, bool(keepdim), "argmin")
 
-    def var_keepdim(self, dim: Any) -> Any:
+    def var_keepdim(self, dim: Any) -> Tensor:
         """Unbiased variance (divide by n - 1) over one dim, kept (Candle ``var_keepdim``,
         torch ``var(dim, keepdim=True)``); float only."""
         a = self._a
@@ -314,7 +317,7 @@ class ReduceMixin(TensorBase):
         _float_only(self, "var")
         return wrap(_run(_var, a, axis=axis, keepdims=True))
 
-    def var(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def var(self, dim: Any = None, keepdim: bool = False) -> Tensor:
         """Unbiased variance over one dim, removed (Candle ``var``, torch ``var(dim)``); float only.
 
         PyTorch spellings: ``var()`` is the variance of all elements; ``keepdim=True`` accepted."""
@@ -329,26 +332,26 @@ class ReduceMixin(TensorBase):
         return wrap(_run(_var, a, axis=axis, keepdims=False))
 
     # ---- whole-tensor reductions (rank-0 results) ---------------------------------------------
-    def sum_all(self) -> Any:
+    def sum_all(self) -> Tensor:
         """Sum of every element, rank 0 (Candle ``sum_all``, torch ``sum()``)."""
         a = self._a
         return wrap(_run(_sum, a, axis=tuple(range(a.ndim)), keepdims=False))
 
-    def mean_all(self) -> Any:
+    def mean_all(self) -> Tensor:
         """Mean of every element, rank 0 (Candle ``mean_all``, torch ``mean()``); float only."""
         a = self._a
         _float_only(self, "mean_all", _MEAN_INT_HINT)
         return wrap(_run(_mean, a, axis=tuple(range(a.ndim)), keepdims=False))
 
-    def max_all(self) -> Any:
+    def max_all(self) -> Tensor:
         """Max of every element, rank 0 (Candle ``max_all``, torch ``max()``)."""
         return self._all_reduce(_max_all)
 
-    def min_all(self) -> Any:
+    def min_all(self) -> Tensor:
         """Min of every element, rank 0 (Candle ``min_all``, torch ``min()``)."""
         return self._all_reduce(_min_all)
 
-    def std(self, dim: Any = None, keepdim: bool = False) -> Any:
+    def std(self, dim: Any = None, keepdim: bool = False) -> Tensor:
         """``var(dim, keepdim).sqrt()`` (PyTorch ``std``, unbiased); Candle has no ``std``. As
         PyTorch's, the gradient of a zero std (a constant row) is 0, not NaN."""
         if dim is None:
@@ -371,7 +374,7 @@ class ReduceMixin(TensorBase):
         return wrap(k.jitted(a) if is_eager() else k.raw(a))
 
     # ---- composites ---------------------------------------------------------------------------
-    def log_sum_exp(self, dims: Any) -> Any:
+    def log_sum_exp(self, dims: Any) -> Tensor:
         """``log(sum(exp(x), dims))``, computed stably (Candle ``log_sum_exp``, torch ``logsumexp``);
         the reduced dims are removed; float only. All ``-inf`` gives ``-inf`` (Candle gives NaN)."""
         a = self._a
@@ -385,7 +388,7 @@ class ReduceMixin(TensorBase):
             return wrap(_log_sum_exp.jitted(a, axis=axis))
         return wrap(_log_sum_exp.raw(a, axis=axis))
 
-    def cumsum(self, dim: Any) -> Any:
+    def cumsum(self, dim: Any) -> Tensor:
         """Cumulative sum along ``dim`` (Candle ``cumsum``, torch ``cumsum``). Exact and O(n) (Candle uses
         an O(n^2) matmul and is float only; integers work here and keep their dtype, except U8 masks,
         which count in U32 as PyTorch's bool/u8 cumsum counts in int64)."""
@@ -395,7 +398,7 @@ class ReduceMixin(TensorBase):
             a = a.astype(_U32)
         return wrap(_run(_cumsum, a, axis=axis))
 
-    def arg_sort_last_dim(self, asc: bool = True) -> Any:
+    def arg_sort_last_dim(self, asc: bool = True) -> Tensor:
         """U32 indices that sort the last dim (Candle ``arg_sort_last_dim``, torch ``argsort(-1)``).
         Stable: ties keep their original order (Candle's sort is documented as unstable)."""
         a = self._a
@@ -403,7 +406,7 @@ class ReduceMixin(TensorBase):
             raise errors.Msg("empty last-dim in arg-sort")
         return wrap(_run(_argsort, a, descending=not _asc(asc, "arg_sort_last_dim")))
 
-    def sort_last_dim(self, asc: bool = True) -> tuple[Any, Any]:
+    def sort_last_dim(self, asc: bool = True) -> tuple[Tensor, Tensor]:
         """``(sorted, indices)`` along the last dim (Candle ``sort_last_dim``, torch ``sort(-1)``);
         stable; the sorted values are differentiable (Candle's are not)."""
         a = self._a

@@ -12,7 +12,7 @@ Only spellings with one possible meaning are accepted; the list is in docs/diffe
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from candlejax import errors
 from candlejax.device import Device
@@ -20,6 +20,9 @@ from candlejax.dtype import DType
 from candlejax.shape import resolve_dim
 from candlejax.tensor._core import TensorBase, check_float, wrap
 from candlejax.tensor.reduce import log_softmax_op, softmax_op
+
+if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
+    from candlejax.tensor import Tensor
 
 #: PyTorch names Candle spells differently (or that cannot work on immutable XLA arrays) -> hint
 _POINTERS: dict[str, str] = {
@@ -95,13 +98,13 @@ class TorchCompatMixin(TensorBase):
     __slots__ = ()
 
     @property
-    def T(self) -> Any:  # noqa: N802 - PyTorch's / numpy's name
+    def T(self) -> Tensor:  # noqa: N802 - PyTorch's / numpy's name
         """All dims reversed (PyTorch/numpy ``x.T``); Candle: ``x.t()`` for the last two dims."""
         r = self.rank
         return self if r < 2 else self.permute(tuple(range(r - 1, -1, -1)))  # type: ignore[attr-defined]
 
     @property
-    def mT(self) -> Any:  # noqa: N802 - PyTorch's name
+    def mT(self) -> Tensor:  # noqa: N802 - PyTorch's name
         """The last two dims swapped (PyTorch ``x.mT``); Candle: ``x.t()`` (rank < 2 raises)."""
         return self.t()  # type: ignore[attr-defined]
 
@@ -113,67 +116,67 @@ class TorchCompatMixin(TensorBase):
         """PyTorch ``x.numel()``; Candle: ``elem_count()``."""
         return self.elem_count()
 
-    def view(self, *shape: Any) -> Any:
+    def view(self, *shape: Any) -> Tensor:
         """PyTorch ``x.view(2, -1)``: ``reshape`` (XLA arrays have no views; the values are the same)."""
         if len(shape) == 1 and not isinstance(shape[0], int):
             shape = shape[0]
         return self.reshape(shape)  # type: ignore[attr-defined]
 
-    def float(self) -> Any:
+    def float(self) -> Tensor:
         """PyTorch ``x.float()``: ``to_dtype(DType.F32)``."""
         return self.to_dtype(DType.F32)  # type: ignore[attr-defined]
 
-    def half(self) -> Any:
+    def half(self) -> Tensor:
         """PyTorch ``x.half()``: ``to_dtype(DType.F16)``."""
         return self.to_dtype(DType.F16)  # type: ignore[attr-defined]
 
-    def bfloat16(self) -> Any:
+    def bfloat16(self) -> Tensor:
         """PyTorch ``x.bfloat16()``: ``to_dtype(DType.BF16)``."""
         return self.to_dtype(DType.BF16)  # type: ignore[attr-defined]
 
-    def double(self) -> Any:
+    def double(self) -> Tensor:
         """PyTorch ``x.double()``: ``to_dtype(DType.F64)`` (needs ``candlejax.enable_x64()``)."""
         return self.to_dtype(DType.F64)  # type: ignore[attr-defined]
 
-    def int(self) -> Any:
+    def int(self) -> Tensor:
         """PyTorch ``x.int()``: ``to_dtype(DType.I32)``."""
         return self.to_dtype(DType.I32)  # type: ignore[attr-defined]
 
-    def long(self) -> Any:
+    def long(self) -> Tensor:
         """PyTorch ``x.long()``: ``to_dtype(DType.I64)`` (needs ``candlejax.enable_x64()``)."""
         return self.to_dtype(DType.I64)  # type: ignore[attr-defined]
 
-    def softmax(self, dim: Any) -> Any:
+    def softmax(self, dim: Any) -> Tensor:
         """PyTorch ``x.softmax(dim)``; Candle: ``candle_nn::ops::softmax(&x, dim)``."""
         check_float("softmax", self)
         return wrap(softmax_op(self._a, axis=resolve_dim(dim, self.shape, "softmax")))
 
-    def log_softmax(self, dim: Any) -> Any:
+    def log_softmax(self, dim: Any) -> Tensor:
         """PyTorch ``x.log_softmax(dim)``; Candle: ``candle_nn::ops::log_softmax(&x, dim)``."""
         check_float("log_softmax", self)
         return wrap(log_softmax_op(self._a, axis=resolve_dim(dim, self.shape, "log_softmax")))
 
-    def mm(self, other: Any) -> Any:
+    def mm(self, other: Any) -> Tensor:
         """PyTorch ``x.mm(y)`` (2-D only); Candle: ``matmul``."""
         if self.rank != 2 or getattr(other, "rank", None) != 2:
             raise errors.Msg("mm: both tensors must be 2-D; use .matmul (batched) or .broadcast_matmul")
         return self.matmul(other)  # type: ignore[attr-defined]
 
-    def amax(self, dim: Any, keepdim: bool = False) -> Any:
+    def amax(self, dim: Any, keepdim: bool = False) -> Tensor:
         """PyTorch ``x.amax(dim, keepdim)``: Candle's ``max`` / ``max_keepdim`` (one dim)."""
         return self.max_keepdim(dim) if keepdim else self.max(dim)  # type: ignore[attr-defined]
 
-    def amin(self, dim: Any, keepdim: bool = False) -> Any:
+    def amin(self, dim: Any, keepdim: bool = False) -> Tensor:
         """PyTorch ``x.amin(dim, keepdim)``: Candle's ``min`` / ``min_keepdim`` (one dim)."""
         return self.min_keepdim(dim) if keepdim else self.min(dim)  # type: ignore[attr-defined]
 
-    def type_as(self, other: Any) -> Any:
+    def type_as(self, other: Any) -> Tensor:
         """PyTorch ``x.type_as(other)``: ``to_dtype(other.dtype)``."""
         if not isinstance(other, TensorBase):
             raise errors.Msg(f"type_as: expected a Tensor, got {type(other).__name__}; use .to_dtype(dtype)")
         return self.to_dtype(other.dtype)  # type: ignore[attr-defined]
 
-    def clone(self) -> Any:
+    def clone(self) -> Tensor:
         """PyTorch ``x.clone()``: Candle's ``copy()``."""
         return self.copy()  # type: ignore[attr-defined]
 
@@ -191,7 +194,7 @@ class TorchCompatMixin(TensorBase):
         """Candle ``is_variable()``: ``True`` for a trainable :class:`candlejax.nn.Var`, else ``False``."""
         return False
 
-    def cpu(self) -> Any:
+    def cpu(self) -> Tensor:
         """PyTorch ``x.cpu()``: ``to_device(Device.Cpu)``."""
         return self.to_device(Device.Cpu)  # type: ignore[attr-defined]
 

@@ -93,6 +93,18 @@ def test_tensor_accessor_annotations() -> None:
     assert typing.get_type_hints(candlejax.Tensor.is_contiguous)["return"] is bool
 
 
+def test_tensor_methods_return_tensor_hints() -> None:
+    """Tensor methods say they return a ``Tensor`` (candle-pyo3's stub: ``-> Tensor``), so type checkers
+    follow ``x.matmul(y).exp()``; the mixin modules resolve the name at runtime."""
+    Tensor = candlejax.Tensor
+    for name in ("matmul", "exp", "narrow", "to_dtype", "broadcast_add", "sum_keepdim", "__add__", "__getitem__"):
+        assert typing.get_type_hints(getattr(Tensor, name))["return"] is Tensor, name
+    assert typing.get_type_hints(Tensor.randn)["return"] is Tensor
+    assert typing.get_type_hints(Tensor.chunk)["return"] == list[Tensor]
+    assert typing.get_type_hints(Tensor.sort_last_dim)["return"] == tuple[Tensor, Tensor]
+    assert typing.get_type_hints(Tensor.quantize)["return"] is candlejax.QTensor
+
+
 def test_jitted_model_entry_points_resolve() -> None:
     """A compiled entry point (``candlejax.models.bert.forward_jit``) carries the annotations and
     signature of the function it compiles, as ``jax.jit``'s wrappers do."""
