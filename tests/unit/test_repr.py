@@ -29,3 +29,13 @@ def test_text_generation_repr():
     model = llama.Llama.load(VarBuilder.zeros(DType.F32, Device.Cpu), cfg)
     _short(repr(TextGeneration(model, None, eos_token_ids=[7], max_seq_len=48)), "TextGeneration(model=Llama",
            "max_seq_len=48", "pos=0")  # fmt: skip
+
+
+def test_sentence_embedder_repr():
+    from tokenizers import Tokenizer, models
+
+    from candlejax.pipelines import SentenceEmbedder
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=512))
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    _short(repr(SentenceEmbedder(model, tok, max_length=128)), "SentenceEmbedder(", "pooling='mean'", "max_length=128")
