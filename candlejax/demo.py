@@ -123,7 +123,9 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dev dependency
         return None
-    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, leave=True)
+    # disable only when asked: an explicit disable=False would override tqdm's TQDM_DISABLE=1
+    off = {} if enabled else {"disable": True}
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True, **off)
 
 
 def _mesh(args: Any) -> Any:

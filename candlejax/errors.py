@@ -647,6 +647,21 @@ class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside candlejax (the user's line, however deep
+    the call that warns), as Python 3.12's ``skip_file_prefixes``."""
+    import sys
+    import warnings
+
+    frame, level = sys._getframe(), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 #: Candle's ``Error`` variants defined here, also reachable as ``Error.<Variant>`` as Rust spells them
 #: (``candle::Error::Msg(..)``, ``candle::Error::DimOutOfRange { .. }``): ``raise Error.Msg("...")``,
 #: ``except Error.DimOutOfRange``.
@@ -671,5 +686,6 @@ __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type
     "fmt_shape",
     "out_of_memory",
     "path_arg",
+    "warn_at_caller",
     "with_context",
 ]

@@ -26,7 +26,6 @@ import enum
 import functools
 import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -307,10 +306,9 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
             )
         else:
             if pre is not None and pre not in GPT2_SPLIT_PRE:
-                warnings.warn(
+                errors.warn_at_caller(
                     f"gguf {source}: tokenizer.ggml.pre = {pre!r} names a split candlejax does not reproduce;"
-                    " using GPT-2's regex, so token ids may differ from llama.cpp's for this model",
-                    stacklevel=3,
+                    " using GPT-2's regex, so token ids may differ from llama.cpp's for this model"
                 )
             tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tk.decoder = decoders.ByteLevel()

@@ -17,7 +17,6 @@ import glob
 import json
 import numbers
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -70,7 +69,7 @@ def check_architecture(config: Any, loader: str, supported: Mapping[str, Iterabl
     msg = f"{loader}: the checkpoint's {' and '.join(problems)} is not implemented; supported: {names}"
     if strict:
         raise errors.Msg(msg + " (pass strict=False to load anyway)")
-    warnings.warn(msg, stacklevel=3)
+    errors.warn_at_caller(msg)
 
 
 def refuse_unknown_config_keys(cls: Any, label: str) -> Any:

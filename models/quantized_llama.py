@@ -42,7 +42,6 @@ from __future__ import annotations
 import mmap
 import os
 import re
-import warnings
 from typing import Any
 
 import jax
@@ -279,7 +278,7 @@ class ModelWeights(Llama):
                    f"{', '.join(unread[:8])}{more} (the loader does not implement them)")  # fmt: skip
             if strict:
                 raise errors.Msg(msg + "; pass strict=False to load anyway")
-            warnings.warn(msg, stacklevel=3)
+            errors.warn_at_caller(msg)
         model = ModelWeights(embed, blocks, norm, lm_head, rotary, cfg)
         if mesh is not None:
             from candlejax import distributed
@@ -328,7 +327,7 @@ def _tokenizer(content: Any) -> Any:
     kind = content.get_str("tokenizer.ggml.model", None)
     if kind not in ("gpt2", "llama"):
         why = f"{content.path}: tokenizer.ggml.model {kind!r} is not supported (supported: 'gpt2', 'llama')"
-        warnings.warn(f"quantized_llama: {why}; the model loads without a tokenizer", stacklevel=4)
+        errors.warn_at_caller(f"quantized_llama: {why}; the model loads without a tokenizer")
         return why
     return Tokenizer.from_gguf_metadata(content.metadata, content.path)
 

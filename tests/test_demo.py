@@ -66,3 +66,14 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
                 timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from {ck} at epoch {epoch}" in done.stdout
+
+
+def test_progress_bar_honours_tqdm_disable():
+    from candlejax import demo
+
+    assert demo._bar(3, "mlp", False).disable
+    # tqdm's own switch, for notebooks and CI logs (tqdm reads it when imported)
+    code = "from candlejax import demo; print(demo._bar(3, 'mlp', True).disable)"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr

@@ -49,6 +49,8 @@ def test_code_block_runs(code: str, tmp_path: Path):
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"block failed:\n{code}\n--- stderr ---\n{r.stderr[-3000:]}"
+    # an example that compiles its step again every iteration (a lambda in the loop) teaches the slow way
+    assert "RecompileWarning" not in r.stderr, r.stderr[-3000:]
 
 
 def _resolve(dotted: str) -> object:

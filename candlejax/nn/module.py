@@ -932,10 +932,12 @@ class Module:
         return [f"{head}({extra}", *sub, "  " * indent + ")"]
 
     def _repr_html_(self) -> str:
-        n = self.num_params()
+        """Jupyter display: the module tree, foldable, with parameter counts."""
+        n = _html_count(self)
+        count = f" — {n} trainable parameters" if n else ""
         return (
             f"<div style='font-family:monospace'><b>{html.escape(type(self).__name__)}</b>"
-            f" — {n:,} trainable parameters{_html_body(self._fields())}</div>"
+            f"{count}{_html_body(self._fields())}</div>"
         )
 
 
@@ -1016,14 +1018,30 @@ def _field_lines(k: str, v: Any, indent: int, pad: str) -> list[str]:
     return []
 
 
+def _html_count(m: Module) -> str:
+    """``m.num_params()`` as ``79,510``, or ``""`` for a tree whose leaves are not arrays (labels, ``None``)."""
+    n = 0
+    for v in named_vars(m).values():
+        shape = getattr(v._a, "shape", None)
+        if shape is None:
+            return ""
+        n += int(np.prod(shape))
+    return f"{n:,}"
+
+
 def _html_body(fields: Any) -> str:
     rows = []
     for k, v in fields:
         if isinstance(v, Module):
-            n = v.num_params()
+            n = _html_count(v)
+            try:
+                extra = v.extra_repr()
+            except Exception:  # as _repr_lines: a tree whose leaves are labels or None
+                extra = ""
+            params = f" <i>{n} params</i>" if n else ""
             rows.append(
                 f"<details style='margin-left:1em'><summary>{html.escape(k)}: <b>{html.escape(type(v).__name__)}</b>"
-                f"({html.escape(v.extra_repr())}) <i>{n:,} params</i></summary>{_html_body(v._fields())}</details>"
+                f"({html.escape(extra)}){params}</summary>{_html_body(v._fields())}</details>"
             )
         elif isinstance(v, (TensorBase, jax.Array, np.ndarray)):
             rows.append(f"<div style='margin-left:1em'>{html.escape(k)}: {html.escape(_tensor_desc(v))}</div>")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -709,7 +708,7 @@ class VarBuilder:
             )
             if strict:
                 raise errors.Msg(msg)
-            warnings.warn(msg, stacklevel=3)
+            errors.warn_at_caller(msg)
         return unused
 
     def __repr__(self) -> str:

@@ -592,7 +592,7 @@ class Optimizer:
                     " is traced and compiled again. Define the loss function once, outside the training loop;"
                     f" only the last {MAX_COMPILED} compiled steps are kept",
                     errors.RecompileWarning,
-                    stacklevel=4,
+                    stacklevel=5,  # the user's backward_step call: backward_step -> *_bstep -> _run -> here
                 )
         jit_kw: dict[str, Any] = {"static_argnums": (0, 1, 2), "donate_argnums": (3, 5) if donate else ()}
         # set while tracing: [0] when loss_fn draws randomness without key=; [1] per model structure, the

@@ -33,6 +33,10 @@ class ImageCaptioner:
         self.temperature, self.top_p, self.seed = temperature, top_p, int_arg(seed, "ImageCaptioner", "seed")
         self.input_ids = None if prompt is None else blip.prompt_input_ids(model, self.tokenizer, prompt)
 
+    def __repr__(self) -> str:
+        return (f"ImageCaptioner(model={type(self.model).__name__}, max_new_tokens={self.max_new_tokens},"
+                f" temperature={self.temperature}, top_p={self.top_p}, seed={self.seed})")  # fmt: skip
+
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
                         device: Any = None, **settings: Any) -> ImageCaptioner:  # fmt: skip

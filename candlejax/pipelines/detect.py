@@ -26,6 +26,10 @@ class ObjectDetector:
         self.model, self.imgsz = model, yolo.imgsz_arg(imgsz, "ObjectDetector")
         self.conf, self.iou = float_arg(conf, "ObjectDetector", "conf"), float_arg(iou, "ObjectDetector", "iou")
 
+    def __repr__(self) -> str:
+        return (f"ObjectDetector(model={type(self.model).__name__}, conf={self.conf}, iou={self.iou},"
+                f" imgsz={self.imgsz})")  # fmt: skip
+
     @classmethod
     def from_file(cls, weights: str | os.PathLike, *, conf: float = 0.25, iou: float = 0.45,
                   imgsz: int | tuple[int, int] = 640,

@@ -222,6 +222,11 @@ class SentenceEmbedder:
         hf.no_padding()
         hf.enable_truncation(self.max_length)
 
+    def __repr__(self) -> str:
+        return (f"SentenceEmbedder(model={type(self.model).__name__}, pooling={self.pooling!r},"
+                f" normalize={self.normalize}, max_length={self.max_length},"
+                f" batch_size={self.batch_size})")  # fmt: skip
+
     @staticmethod
     def from_dir(
         path: str | os.PathLike, dtype: Any = DType.F32, device: Any = None, max_length: int | None = None,

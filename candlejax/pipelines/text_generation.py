@@ -74,6 +74,10 @@ class TextGeneration:
         #: pad prompts to bucketed lengths (one compiled prefill per bucket); ``False``: exact lengths
         self.prefill_buckets: bool | None = None
 
+    def __repr__(self) -> str:
+        return (f"TextGeneration(model={type(self.model).__name__}, max_seq_len={self.max_seq_len},"
+                f" eos_token_ids={self.eos_token_ids}, pos={self.pos})")  # fmt: skip
+
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None, mesh: Any = None,
                   abstract: bool = False, **kw: Any) -> TextGeneration:  # fmt: skip

@@ -49,6 +49,9 @@ class ZeroShotClassifier:
         self.tokenizer = tokenizer_from(tokenizer, model.path, "ZeroShotClassifier", own=True)
         self._text: dict[tuple[str, ...], Any] = {}
 
+    def __repr__(self) -> str:
+        return f"ZeroShotClassifier(model={type(self.model).__name__}, cache_size={self.cache_size})"
+
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, tokenizer: Any = None, dtype: Any = DType.F32,
                         device: Any = None) -> ZeroShotClassifier:  # fmt: skip

@@ -174,35 +174,34 @@ def _int_fmt(v: int, w: int) -> str:
     return str(v).rjust(w)
 
 
-def _summarized(arr: np.ndarray, edge: int) -> np.ndarray:
-    """The values that a summarised display shows (candle's ``get_summarized_data``), flattened."""
-    if arr.ndim == 0:
-        return arr.reshape(1)
-    if arr.ndim == 1:
-        if arr.shape[0] > 2 * edge:
-            return np.concatenate([arr[:edge], arr[-edge:]])
-        return arr
-    rows = range(arr.shape[0])
-    if arr.shape[0] > 2 * edge:
-        rows = [*range(edge), *range(arr.shape[0] - edge, arr.shape[0])]
-    parts = [_summarized(arr[i], edge) for i in rows]
-    return np.concatenate(parts) if parts else arr.reshape(-1)
+_GATHER_ON_DEVICE_BYTES = 1 << 26
 
 
-def _fmt_tensor(arr: Any, indent: int, w: int, summarize: bool, po: PrinterOptions, fmt: Any, out: list[str]) -> None:
-    """candle's ``fmt_tensor``: nested brackets, ``...`` when summarised, wrapped 1-D rows."""
+def _summarized(a: Any, edge: int) -> Any:
+    """The values that a summarised display shows (candle's ``get_summarized_data``): every dim longer than
+    ``2 * edge`` cut to its first and last ``edge`` entries, in one gather (numpy or on a JAX array's device)."""
+    if a.ndim == 0 or all(n <= 2 * edge for n in a.shape):
+        return a
+    idx = [np.r_[0:edge, n - edge : n] if n > 2 * edge else np.arange(n) for n in a.shape]
+    return a[np.ix_(*idx)]
+
+
+def _fmt_tensor(
+    arr: Any, dims: tuple[int, ...], indent: int, w: int, summarize: bool, po: PrinterOptions, fmt: Any, out: list[str]
+) -> None:
+    """candle's ``fmt_tensor``: nested brackets, ``...`` when summarised, wrapped 1-D rows. ``arr`` is the
+    (summarised) values of a tensor of shape ``dims``: a cut dim holds its first and last ``edge`` entries."""
     edge = po.edge_items
     out.append("[")
     if arr.ndim == 0:
         out.append(fmt(arr.item(), w))
     elif arr.ndim == 1:
-        n = arr.shape[0]
-        if summarize and n > 2 * edge:
+        if summarize and dims[0] > 2 * edge:
             for v in arr[:edge].tolist():
                 out.append(fmt(v, w))
                 out.append(", ")
             out.append("...")
-            for v in arr[n - edge :].tolist():
+            for v in arr[edge:].tolist():
                 out.append(", ")
                 out.append(fmt(v, w))
         else:
@@ -215,18 +214,18 @@ def _fmt_tensor(arr: Any, indent: int, w: int, summarize: bool, po: PrinterOptio
     else:
         n = arr.shape[0]
         nl = ",\n" + " " * indent
-        if summarize and n > 2 * edge:
+        if summarize and dims[0] > 2 * edge:
             for i in range(edge):
-                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+                _fmt_tensor(arr[i], dims[1:], indent + 1, w, summarize, po, fmt, out)
                 out.append(nl)
             out.append("...\n" + " " * indent)
-            for i in range(n - edge, n):
-                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+            for i in range(edge, n):
+                _fmt_tensor(arr[i], dims[1:], indent + 1, w, summarize, po, fmt, out)
                 if i + 1 != n:
                     out.append(nl)
         else:
             for i in range(n):
-                _fmt_tensor(arr[i], indent + 1, w, summarize, po, fmt, out)
+                _fmt_tensor(arr[i], dims[1:], indent + 1, w, summarize, po, fmt, out)
                 if i + 1 != n:
                     out.append(nl)
     out.append("]")
@@ -249,9 +248,12 @@ def format_tensor(t: TensorBase) -> str:
     dev = t.device
     suffix = "" if dev.kind == "cpu" else f", {dev}"
     po = _PO[0]
-    arr = np.asarray(a)
-    summarize = arr.size > po.threshold
-    shown = _summarized(arr, po.edge_items) if summarize else arr.reshape(-1)
+    summarize = a.size > po.threshold
+    # a CPU array reads zero-copy; a large accelerator array is cut on its device (one small gather
+    # compiled per shape) rather than copied whole to the host
+    src = a if summarize and dev.kind != "cpu" and a.nbytes > _GATHER_ON_DEVICE_BYTES else np.asarray(a)
+    arr = np.asarray(_summarized(src, po.edge_items) if summarize else src)
+    shown = arr.reshape(-1)
     if dtype.is_float():
         fmt: Any = _FloatFmt(shown, po)
         if arr.dtype.itemsize < 4:  # bf16 / f16 / f8 print through f32, as the half crate does
@@ -263,9 +265,9 @@ def format_tensor(t: TensorBase) -> str:
     for v in shown.tolist():
         w = max(w, len(fmt(v, 1)))
     out: list[str] = []
-    _fmt_tensor(arr, 1, w, summarize, po, fmt, out)
+    _fmt_tensor(arr, a.shape, 1, w, summarize, po, fmt, out)
     out.append("\n")
-    out.append(_footer(arr.shape, dtype, suffix))
+    out.append(_footer(a.shape, dtype, suffix))
     return "".join(out)
 
 

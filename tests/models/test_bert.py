@@ -526,8 +526,10 @@ def test_load_refuses_foreign_model_type_and_unread_tensors(hf_small, tmp_path):
     with pytest.raises(errors.Error, match=r"never read: encoder\.layer\.0\.attention\.self\.distance_embedding"):
         bert.BertModel.load(vb2, bert.Config.from_dict(raw))
     vb3 = VarBuilder.from_mmaped_safetensors([tmp_path / "model.safetensors"], DType.F32, Device.Cpu)
-    with pytest.warns(UserWarning, match="never read"):
-        bert.BertModel.load(vb3, bert.Config.from_dict(raw), strict=False)
+    with pytest.warns(UserWarning) as rec:
+        bert.BertModel.load(vb3, bert.Config.from_dict({**raw, "model_type": "roberta"}), strict=False)
+    assert "model_type 'roberta'" in str(rec[0].message) and "never read" in str(rec[-1].message)
+    assert [r.filename for r in rec] == [__file__] * len(rec)  # each warning points at the load call
     assert vb3.unused_names() == ["cls.predictions.bias", "encoder.layer.0.attention.self.distance_embedding.weight"]
 
 

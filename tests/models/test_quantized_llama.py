@@ -327,8 +327,9 @@ def test_gguf_foreign_architecture_and_unread_tensors_raise(tmp_path):
     _write_qwen2_gguf(tmp_path / "x.gguf", extra={"blk.0.attn_q_norm.weight": np.ones(8, np.float32)})
     with pytest.raises(errors.Error, match=r"never read: blk\.0\.attn_q_norm\.weight"):
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu)
-    with pytest.warns(UserWarning, match="never read"):
+    with pytest.warns(UserWarning, match="never read") as rec:
         quantized_llama.ModelWeights.from_gguf(tmp_path / "x.gguf", Device.Cpu, strict=False)
+    assert [r.filename for r in rec] == [__file__] * len(rec)  # each warning points at the load call
 
 
 def test_native_kernel_and_pure_jax_path_give_the_same_greedy_tokens(ours, monkeypatch):

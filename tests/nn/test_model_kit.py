@@ -177,5 +177,6 @@ def test_var_builder_records_reads():
     with pytest.raises(errors.Error, match=r"2 checkpoint tensor\(s\) .* never read: a\.bias, b\.weight"):
         vb.check_all_used(context="demo")
     vb.mark_used("a.bias")
-    with pytest.warns(UserWarning, match="b.weight"):
+    with pytest.warns(UserWarning, match="b.weight") as rec:
         assert vb.check_all_used(strict=False) == ["b.weight"]
+    assert rec[0].filename == __file__  # the warning points at the caller's line

@@ -140,6 +140,16 @@ def test_repr_and_html(mixed, model):
     assert "'first.weight'" in repr(model.first.weight)
 
 
+def test_html_of_label_and_gradient_trees_does_not_raise(model):
+    # a notebook shows optax's param_labels tree (tree_map(lambda _: "adam", model)) through _repr_html_
+    for tree in (jax.tree_util.tree_map(lambda _: "adam", model), jax.tree_util.tree_map(lambda _: None, model)):
+        h = tree._repr_html_()
+        assert "<b>Model</b>" in h and "first" in h and "Linear" in h
+        assert "first: Linear(" in repr(tree)
+    grads = jax.grad(lambda m: m(wrap(jnp.ones((1, 784)))).sum()._a)(model)
+    assert "79,510 trainable parameters" in grads._repr_html_()
+
+
 def test_save_and_load_safetensors(tmp_path, mixed):
     p = tmp_path / "m.safetensors"
     mixed.save_safetensors(p)

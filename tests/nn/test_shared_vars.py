@@ -337,7 +337,16 @@ def test_fresh_lambda_per_step_warns_once_and_the_cache_is_bounded(data):
             opt.backward_step(lambda m, x, y: loss_fn(m, x, y), model, x, y)
     recompile = [r for r in w if issubclass(r.category, errors.RecompileWarning)]
     assert len(recompile) == 1 and "outside the training loop" in str(recompile[0].message)
+    assert recompile[0].filename == __file__  # points at the training loop's line, not candlejax's
     assert len(opt._compiled) == _optimizer.MAX_COMPILED
+    adam = AdamW(ParamsAdamW())  # the functional form warns at the user's line too
+    state = adam.init(model)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            model, state, _ = adam.backward_step(lambda m, x, y: loss_fn(m, x, y), model, state, x, y)
+    recompile = [r for r in w if issubclass(r.category, errors.RecompileWarning)]
+    assert len(recompile) == 1 and recompile[0].filename == __file__
 
 
 def test_set_with_a_tracer_on_an_outside_var_raises():

@@ -280,3 +280,31 @@ def test_tensor_file_methods_round_trip(tmp_path):
     assert names == ["a", "b"]
     (b,) = Tensor.read_npz_by_name(tmp_path / "ab.npz", ["b"])
     np.testing.assert_array_equal(np.asarray(b), np.asarray(t) * 2)
+
+
+def test_display_summarised_reads_only_the_shown_values():
+    # a summarised bf16 tensor prints as candle-pyo3 does, without converting every value to f32
+    import tracemalloc
+
+    r = np.random.default_rng(1)
+    small = r.standard_normal((3, 40, 50)).astype(np.float32).astype(jnp.bfloat16)
+    assert repr(Tensor(small)) == repr(_candle(small))
+    edge = np.array([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14]], np.float32)
+    convert.set_print_options(threshold=5)
+    try:  # a dim of exactly 2 * edge_items is shown whole, a longer one is cut
+        assert repr(Tensor(edge)) == (
+            "[[ 1.,  2.,  3., ...,  5.,  6.,  7.],\n [ 8.,  9., 10., ..., 12., 13., 14.]]\nTensor[[2, 7], f32]"
+        )
+    finally:
+        convert.set_print_options_default()
+    big = Tensor.zeros((4, 1000, 1000), "bf16")  # 8 MB; its f32 copy would be 16 MB
+    tracemalloc.start()
+    try:
+        s = repr(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert s.endswith("Tensor[[4, 1000, 1000], bf16]") and "..." in s
+    assert peak < 1_000_000
+    x = np.arange(8 * 3 * 9).reshape(8, 3, 9)  # an accelerator's large array is cut on its device
+    np.testing.assert_array_equal(np.asarray(convert._summarized(jnp.asarray(x), 3)), convert._summarized(x, 3))

@@ -98,8 +98,9 @@ def test_ignore_merges_for_the_whole_llama3_family():
 
 
 def test_unknown_pre_warns():
-    with pytest.warns(UserWarning, match="tokenizer.ggml.pre = 'deepseek-llm'"):
+    with pytest.warns(UserWarning, match="tokenizer.ggml.pre = 'deepseek-llm'") as rec:
         tokenizer_from_gguf_metadata(_bpe_meta("deepseek-llm"))
+    assert rec[0].filename == __file__  # the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for pre in (None, "default", "gpt-2", "olmo", "smollm", "qwen2"):
