@@ -71,3 +71,51 @@ def test_generate_reuses_its_compiled_steps_and_keeps_live_buffers_constant(llam
     for _ in range(20):
         assert once().fns is fns
     assert _live() <= warm and fns.trace_count == traced
+
+
+def test_training_steps_keep_live_buffers_constant():
+    """The donated model and optimizer state of each functional step are freed (README's loop)."""
+    import candlejax as cj
+    from candlejax import Device, DType, Tensor
+    from candlejax.nn import Module, VarBuilder, VarMap, linear
+
+    class Mlp(Module):
+        def __init__(self, vb):
+            self.first = linear(8, 16, vb.pp("first"))
+            self.second = linear(16, 4, vb.pp("second"))
+
+        def forward(self, x):
+            return self.second.forward(self.first.forward(x).relu())
+
+    def loss_fn(model, x, y):
+        return cj.nn.loss.cross_entropy(model.forward(x), y)
+
+    rng = np.random.default_rng(0)
+    x = Tensor.new(rng.standard_normal((16, 8)).astype(np.float32))
+    y = Tensor.new(rng.integers(0, 4, 16).astype(np.uint32))
+    model = Mlp(VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu))
+    opt = cj.optim.AdamW(cj.optim.ParamsAdamW(lr=1e-3))
+    state = opt.init(model)
+    for _ in range(5):
+        model, state, loss = opt.backward_step(loss_fn, model, state, x, y)
+    warm = _live()
+    for _ in range(200):
+        model, state, loss = opt.backward_step(loss_fn, model, state, x, y)
+    assert _live() <= warm and np.isfinite(loss.to_scalar())
+
+
+def test_batcher_epochs_stopped_early_leave_no_prefetch_threads():
+    import threading
+
+    import candlejax as cj
+    from candlejax import Tensor
+
+    x = Tensor.new(np.zeros((100, 3), np.float32))
+    batcher = cj.data.Batcher((x,), batch_size=8, shuffle=True, prefetch=2)
+    before = threading.active_count()
+    for epoch in range(30):
+        for k, _ in enumerate(batcher):
+            if epoch % 2 and k == 2:
+                break
+    gc.collect()
+    assert threading.active_count() <= before
