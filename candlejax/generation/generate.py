@@ -17,9 +17,12 @@ are traced arguments. Candle's equivalent is the hand-written loop in its exampl
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import threading
 import time
+import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -199,6 +202,20 @@ _DONATED = (
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
 _CACHE_SIZE = 16
 _CACHE_LOCK = threading.Lock()
+#: the DecodeFns of step functions that hold other objects (closures, partials, bound methods):
+#: kept only while a Generation uses them, so the cache never keeps a dropped model's weights alive
+_HELD: weakref.WeakValueDictionary[Any, DecodeFns] = weakref.WeakValueDictionary()
+
+
+def _captures(step_fn: Any) -> bool:
+    """Whether ``step_fn`` holds objects besides its code (closure cells, bound ``self``, a
+    ``functools.partial``'s arguments, a callable instance): caching it strongly would pin them."""
+    inner = getattr(step_fn, "__wrapped__", None)  # jax.jit(step), functools.wraps: what they wrap
+    if inner is not None and not isinstance(step_fn, functools.partial):
+        return _captures(inner)
+    if isinstance(step_fn, types.FunctionType):
+        return bool(step_fn.__closure__) or bool(step_fn.__defaults__) or bool(step_fn.__kwdefaults__)
+    return not isinstance(step_fn, types.BuiltinFunctionType)
 
 
 def decode_fns(
@@ -216,15 +233,17 @@ def decode_fns(
     key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
     with _CACHE_LOCK:  # generate called from several threads: a lookup and its reordering or eviction as one
         try:
-            fns = _CACHE.get(key)
+            fns = _HELD.get(key) if _captures(step_fn) else _CACHE.get(key)
         except TypeError:  # an unhashable step function or option value: no reuse across calls
             return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
-        if fns is None:
+        if fns is None and _captures(step_fn):
+            fns = _HELD[key] = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+        elif fns is None:
             fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
             _CACHE[key] = fns
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
-        else:
+        elif key in _CACHE:
             _CACHE.move_to_end(key)
         return fns
 
