@@ -6,8 +6,9 @@ Candle: ``candle_transformers::generation`` (``LogitsProcessor``, ``Sampling``),
 Sketch (needs a model)::
 
     from candlejax.generation import LogitsProcessor, Sampling, generate, TokenOutputStream
+    from candlejax.models import llama
     lp = LogitsProcessor.from_sampling(42, Sampling.TopKThenTopP(k=40, p=0.9, temperature=0.8))
-    for tok in generate(model.step, params, cache, prompt_ids, 128, lp, eos_token_id=eos):
+    for tok in generate(llama.step, model, model.new_cache(1, 256), prompt_ids, 128, lp, eos_token_id=eos):
         ...
 """
 

@@ -397,6 +397,8 @@ class Generation:
         prefill_buckets: bool | None = None,
         compiler_options: dict[str, Any] | None = None,
     ) -> None:
+        if inspect.ismethod(step_fn) and step_fn.__self__ is params:  # model.step with the model as params:
+            step_fn = step_fn.__func__  # its function is the pure step(params, cache, tokens, pos)
         self.params = params
         self.cache = cache
         self.max_new_tokens = int_arg(max_new_tokens, "generate", "max_new_tokens")
@@ -778,8 +780,9 @@ def generate(
     """Generate up to ``max_new_tokens`` ids after ``prompt_tokens``, yielding each as it comes.
 
     ``step_fn(params, cache, tokens (B, S), pos) -> (logits (B, vocab), cache)`` is the model's
-    pure step; ``params`` and ``cache`` are pytrees passed to it as jit arguments (never baked into
-    the program). The prompt (list of ids, ``(S,)`` or ``(1, S)``) is prefilled in one call at
+    pure step (``llama.step``; ``model.step`` with ``params=model`` is the same); ``params`` and ``cache``
+    are pytrees passed to it as jit arguments (never baked into the program). The prompt (list of ids,
+    ``(S,)`` or ``(1, S)``) is prefilled in one call at
     ``start_pos`` (default 0); then one compiled decode step per token. ``processor`` is a
     :class:`LogitsProcessor` (sampled on the device, same tokens as its ``sample`` for the same
     seed; its draw counter advances), a :class:`Sampling` (seed 0), ``None`` (greedy) or any

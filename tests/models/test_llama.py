@@ -228,6 +228,8 @@ def test_greedy_generation_matches_transformers(pair):
                           pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
     ours = list(generate(llama.step, model, model.new_cache(1, 32), prompt, 8, Sampling.ArgMax()))
     assert ours == ref
+    # the model's bound step with the model as params (as the package's sketch wrote it) is the same step
+    assert list(generate(model.step, model, model.new_cache(1, 32), prompt, 8, Sampling.ArgMax())) == ref
 
 
 @pytest.mark.parametrize("pair", ["gqa"], indirect=True)
