@@ -99,8 +99,11 @@ class _SwitchingStep:
         return id(self) >> 4
 
 
-def test_generation_cache_survives_another_thread_evicting_the_entry():
+def test_generation_cache_survives_another_thread_evicting_the_entry(monkeypatch):
     gen = importlib.import_module("candlejax.generation.generate")
+    # callable instances are held weakly (a dropped model is freed): here they stand for plain step functions,
+    # which the bounded cache holds and evicts
+    monkeypatch.setattr(gen, "_captures", lambda step_fn: False)
     step = _SwitchingStep()
     others = [_SwitchingStep() for _ in range(gen._CACHE_SIZE + 1)]
     failures: list[BaseException] = []
