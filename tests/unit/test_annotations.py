@@ -113,3 +113,13 @@ def test_jitted_model_entry_points_resolve() -> None:
     fn = bert.forward_jit
     assert typing.get_type_hints(fn) == typing.get_type_hints(fn.__wrapped__)
     assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
+
+
+def test_d_minus_constants_are_declared() -> None:
+    """``D.Minus1`` / ``D.Minus2`` are set after the class body; the class declares them
+    (``ClassVar[D]``) so type checkers see Candle's ``D::Minus1`` as an attribute of ``D``."""
+    from candlejax.shape import D
+
+    hints = typing.get_type_hints(D)
+    assert hints["Minus1"] == typing.ClassVar[D] and hints["Minus2"] == typing.ClassVar[D]
+    assert isinstance(D.Minus1, D) and int(D.Minus1) == -1 and int(D.Minus2) == -2
