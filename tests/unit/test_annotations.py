@@ -13,6 +13,7 @@ import inspect
 import pkgutil
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import candlejax
@@ -123,3 +124,37 @@ def test_d_minus_constants_are_declared() -> None:
     hints = typing.get_type_hints(D)
     assert hints["Minus1"] == typing.ClassVar[D] and hints["Minus2"] == typing.ClassVar[D]
     assert isinstance(D.Minus1, D) and int(D.Minus1) == -1 and int(D.Minus2) == -2
+
+
+def test_module_aliases_declare_their_names() -> None:
+    """``candlejax.pickle``, ``candlejax.quantized.gguf_file`` and ``candlejax.data.nlp.tinystories``
+    replace themselves in ``sys.modules``; an ``if TYPE_CHECKING:`` import declares the names of the
+    module each becomes, so type checkers see ``gguf_file.Content`` (as Candle's
+    ``use candle_core::quantized::gguf_file::Content``). Each declared name exists at runtime."""
+    import ast
+
+    aliases = {
+        "candlejax.pickle": "candlejax.io.pth",
+        "candlejax.quantized.gguf_file": "candlejax.io.gguf",
+        "candlejax.data.nlp.tinystories": "candlejax.data.tinystories",
+    }
+    for name, target in aliases.items():
+        mod = importlib.import_module(name)
+        assert mod is importlib.import_module(target), name
+        parent, _, leaf = name.rpartition(".")
+        path = Path(importlib.import_module(parent).__file__ or "").parent / f"{leaf}.py"  # the alias's own file
+        tree = ast.parse(path.read_text())
+        declared = [
+            node
+            for block in tree.body
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+            for node in block.body
+            if isinstance(node, ast.ImportFrom) and node.module == target
+        ]
+        assert declared, f"{name}: no `if TYPE_CHECKING: from {target} import ...`"
+        for node in declared:
+            names = [a.name for a in node.names]
+            if names == ["*"]:
+                names = list(mod.__all__)
+            for n in names:
+                assert hasattr(mod, n), f"{name}.{n}"
