@@ -158,3 +158,16 @@ def test_module_aliases_declare_their_names() -> None:
                 names = list(mod.__all__)
             for n in names:
                 assert hasattr(mod, n), f"{name}.{n}"
+
+
+def test_activation_variants_are_declared() -> None:
+    """Every unit variant of ``Activation`` (set after the class body, one instance each) is declared
+    ``ClassVar[Activation]``, so type checkers see Candle's ``Activation::Relu`` as ``Activation.Relu``."""
+    from candlejax.nn.activation import _VARIANTS, Activation
+
+    hints = typing.get_type_hints(Activation)
+    units = [v for v in _VARIANTS if isinstance(getattr(Activation, v), Activation)]
+    assert len(units) == 15, units
+    for v in units:
+        assert hints.get(v) == typing.ClassVar[Activation], v
+        assert isinstance(getattr(Activation, v), Activation) and getattr(Activation, v).variant == v
