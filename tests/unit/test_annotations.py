@@ -171,3 +171,16 @@ def test_activation_variants_are_declared() -> None:
     for v in units:
         assert hints.get(v) == typing.ClassVar[Activation], v
         assert isinstance(getattr(Activation, v), Activation) and getattr(Activation, v).variant == v
+
+
+def test_error_variants_are_declared() -> None:
+    """``Error.Msg``, ``Error.DimOutOfRange``, ... (Candle's ``candle::Error::Msg``; set on the class after
+    the subclasses exist) are declared ``ClassVar[type[...]]``, so type checkers accept
+    ``raise Error.Msg("...")`` and ``except Error.DimOutOfRange``."""
+    from candlejax import errors
+
+    hints = typing.get_type_hints(errors.Error)
+    for name in errors._CANDLE_VARIANTS:
+        cls = getattr(errors, name)
+        assert getattr(errors.Error, name) is cls, name
+        assert hints.get(name) == typing.ClassVar[type[cls]], name
