@@ -184,3 +184,23 @@ def test_error_variants_are_declared() -> None:
         cls = getattr(errors, name)
         assert getattr(errors.Error, name) is cls, name
         assert hints.get(name) == typing.ClassVar[type[cls]], name
+
+
+def test_variant_constants_set_after_the_class_are_declared() -> None:
+    """Candle's unit variants set on a class after its body (``NonLinearity::ReLU``,
+    ``ChatTemplateError::RenderError``) are declared as ``ClassVar`` there, so type checkers see them;
+    the declarations are not dataclass fields."""
+    import dataclasses
+
+    from candlejax.examples import chat_template
+    from candlejax.nn.init import NonLinearity
+
+    hints = typing.get_type_hints(NonLinearity)
+    for v in ("ReLU", "Linear", "Sigmoid", "Tanh", "SELU"):
+        assert hints[v] == typing.ClassVar[NonLinearity] and isinstance(getattr(NonLinearity, v), NonLinearity), v
+    assert [f.name for f in dataclasses.fields(NonLinearity)] == ["kind", "explicit"]
+    err = chat_template.ChatTemplateError
+    hints = typing.get_type_hints(err)
+    for v in ("IoError", "ParseError", "TemplateError", "RenderError", "NoTemplate"):
+        cls = getattr(chat_template, v)
+        assert hints[v] == typing.ClassVar[type[cls]] and getattr(err, v) is cls, v
