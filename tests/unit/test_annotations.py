@@ -204,3 +204,41 @@ def test_variant_constants_set_after_the_class_are_declared() -> None:
     for v in ("IoError", "ParseError", "TemplateError", "RenderError", "NoTemplate"):
         cls = getattr(chat_template, v)
         assert hints[v] == typing.ClassVar[type[cls]] and getattr(err, v) is cls, v
+
+
+def test_var_constructors_are_declared_returning_var() -> None:
+    """``Var.randn``, ``Var.from_vec``, ... (Candle's ``Var::randn``) are made at import from the Tensor
+    constructors; ``Var`` declares each for type checkers (``if TYPE_CHECKING:``), returning ``Var``
+    with the Tensor constructor's parameters, so ``w: Var = Var.randn(...)`` checks."""
+    import ast
+
+    from candlejax.nn import module
+
+    Var, Tensor = module.Var, candlejax.Tensor
+    made = {
+        n for n, a in vars(Var).items()
+        if isinstance(a, staticmethod) and (a.__doc__ or "").endswith("returning a trainable Var.")
+    }  # fmt: skip
+    cls = next(n for n in ast.parse(inspect.getsource(module)).body if isinstance(n, ast.ClassDef) and n.name == "Var")
+    block = next(n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    stubs = {f.name: f for f in block.body if isinstance(f, ast.FunctionDef)}
+    assert made and set(stubs) == made, sorted(set(stubs) ^ made)
+    for name, f in stubs.items():
+        assert ast.unparse(f.returns) == "Var", name
+        declared = [a.arg for a in (*f.args.args, *f.args.kwonlyargs)]
+        assert declared == list(inspect.signature(getattr(Tensor, name)).parameters), name
+        assert isinstance(getattr(Var, name)(*_sample_args(name)), Var), name
+
+
+def _sample_args(name: str) -> tuple[Any, ...]:
+    import numpy as np
+
+    from candlejax import DType
+
+    return {
+        "from_vec": ([1.0, 2.0], (2,)), "from_slice": ([1.0, 2.0], (2,)), "from_iter": ([1.0, 2.0],),
+        "from_numpy": (np.zeros(2, np.float32),), "from_jax": (np.zeros(2, np.float32),), "full": (1.0, (2,)),
+        "arange": (0, 3), "arange_step": (0.0, 1.0, 0.5), "eye": (2,), "rand": (0.0, 1.0, (2,)),
+        "randn": (0.0, 1.0, (2,)), "rand_f64": (0.0, 1.0, (2,), DType.F32),
+        "randn_f64": (0.0, 1.0, (2,), DType.F32), "empty": ((2,),),
+    }[name]  # fmt: skip
