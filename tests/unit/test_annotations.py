@@ -242,3 +242,23 @@ def _sample_args(name: str) -> tuple[Any, ...]:
         "randn": (0.0, 1.0, (2,)), "rand_f64": (0.0, 1.0, (2,), DType.F32),
         "randn_f64": (0.0, 1.0, (2,), DType.F32), "empty": ((2,),),
     }[name]  # fmt: skip
+
+
+def test_callable_tensor_package_is_declared() -> None:
+    """``candlejax.tensor(data)`` (candle-pyo3's ``candle.tensor``) calls the package ``candlejax.tensor``;
+    ``candlejax/__init__.py`` declares it for type checkers with the package's runtime type, whose
+    ``__call__`` returns a Tensor."""
+    import ast
+
+    tree = ast.parse(Path(candlejax.__file__ or "").read_text())
+    declared = [
+        ast.unparse(node.annotation)
+        for block in tree.body
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+        for node in block.body
+        if isinstance(node, ast.AnnAssign) and ast.unparse(node.target) == "tensor"
+    ]
+    pkg = candlejax.tensor
+    assert declared == [type(pkg).__name__], declared
+    assert typing.get_type_hints(type(pkg).__call__)["return"] is candlejax.Tensor
+    assert pkg([1.0, 2.0]).to_vec1() == [1.0, 2.0]
