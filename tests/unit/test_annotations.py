@@ -262,3 +262,31 @@ def test_callable_tensor_package_is_declared() -> None:
     assert declared == [type(pkg).__name__], declared
     assert typing.get_type_hints(type(pkg).__call__)["return"] is candlejax.Tensor
     assert pkg([1.0, 2.0]).to_vec1() == [1.0, 2.0]
+
+
+def test_tensor_attributes_are_declared_in_class_bodies() -> None:
+    """Every public Tensor attribute is defined in the body of a candlejax class of its MRO (none is
+    added afterwards), so type checkers see them all; ``Tensor.__getattr__`` (which only raises, with
+    a pointer for PyTorch names) is hidden from them, so a misspelt method is flagged, not typed ``Any``."""
+    import ast
+
+    Tensor = candlejax.Tensor
+    defined: set[str] = set()
+    hidden = []
+    for klass in Tensor.__mro__:
+        if not klass.__module__.startswith("candlejax"):
+            continue
+        cls = ast.parse(inspect.getsource(klass)).body[0]
+        assert isinstance(cls, ast.ClassDef)
+        for node in ast.walk(cls):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign):
+                defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                defined.add(node.target.id)
+            elif isinstance(node, ast.If) and ast.unparse(node.test) == "not TYPE_CHECKING":
+                hidden += [f.name for f in node.body if isinstance(f, ast.FunctionDef)]
+    missing = [n for n in dir(Tensor) if not n.startswith("_") and n not in defined]
+    assert not missing, missing
+    assert "__getattr__" in hidden and hasattr(Tensor, "__getattr__")
