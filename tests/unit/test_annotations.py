@@ -290,3 +290,15 @@ def test_tensor_attributes_are_declared_in_class_bodies() -> None:
     missing = [n for n in dir(Tensor) if not n.startswith("_") and n not in defined]
     assert not missing, missing
     assert "__getattr__" in hidden and hasattr(Tensor, "__getattr__")
+
+
+def test_params_adamw_lr_hint_admits_a_schedule() -> None:
+    """``ParamsAdamW(lr=cj.optim.cosine_decay_schedule(1e-3, 10_000))`` (docs/differences/optim-data.md)
+    is accepted, and ``lr``'s annotation says so (``float | Schedule``), as ``SGD.new``'s does."""
+    import collections.abc
+
+    from candlejax import optim
+
+    args = typing.get_args(typing.get_type_hints(optim.ParamsAdamW)["lr"])
+    assert float in args and any(typing.get_origin(a) is collections.abc.Callable for a in args), args
+    assert callable(optim.ParamsAdamW(lr=optim.cosine_decay_schedule(1e-3, 10_000)).lr)
