@@ -302,3 +302,15 @@ def test_params_adamw_lr_hint_admits_a_schedule() -> None:
     args = typing.get_args(typing.get_type_hints(optim.ParamsAdamW)["lr"])
     assert float in args and any(typing.get_origin(a) is collections.abc.Callable for a in args), args
     assert callable(optim.ParamsAdamW(lr=optim.cosine_decay_schedule(1e-3, 10_000)).lr)
+
+
+def test_var_builder_prefix_hints_take_any_to_string() -> None:
+    """Candle's ``pp`` / ``push_prefix`` / ``set_prefix`` take ``impl ToString`` (candle-nn/src/var_builder.rs):
+    ``vb.set_prefix(3)`` works, and the annotations do not narrow it to ``str``."""
+    from candlejax import Device, DType
+    from candlejax.nn import VarBuilder, VarMap
+
+    for name in ("pp", "push_prefix", "set_prefix"):
+        assert typing.get_type_hints(getattr(VarBuilder, name))["s"] is Any, name
+    vb = VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu)
+    assert vb.set_prefix(3).prefix() == "3" and vb.pp("layers").pp(0).prefix() == "layers.0"
