@@ -314,3 +314,23 @@ def test_var_builder_prefix_hints_take_any_to_string() -> None:
         assert typing.get_type_hints(getattr(VarBuilder, name))["s"] is Any, name
     vb = VarBuilder.from_varmap(VarMap(), DType.F32, Device.Cpu)
     assert vb.set_prefix(3).prefix() == "3" and vb.pp("layers").pp(0).prefix() == "layers.0"
+
+
+def test_tensor_equality_operators_are_declared_returning_tensor() -> None:
+    """``t == 1.0`` / ``t != u`` give a u8 Tensor (candle-pyo3's ``Tensor.__eq__``). Assigned in the class
+    body (``__eq__ = _op_method("eq")``), type checkers would keep ``object.__eq__``'s ``-> bool``, so
+    the class declares them (``if TYPE_CHECKING:``) returning ``Tensor``."""
+    import ast
+
+    from candlejax.tensor import elementwise
+
+    Tensor = candlejax.Tensor
+    cls = next(n for n in ast.parse(inspect.getsource(elementwise)).body
+               if isinstance(n, ast.ClassDef) and n.name == "ElementwiseMixin")  # fmt: skip
+    block = next(n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    declared = {f.name: ast.unparse(f.returns) for f in block.body if isinstance(f, ast.FunctionDef)}
+    assert declared == {"__eq__": "Tensor", "__ne__": "Tensor"}, declared
+    t = Tensor.new([1.0, 2.0])
+    for name in ("__eq__", "__ne__"):
+        assert typing.get_type_hints(getattr(Tensor, name))["return"] is Tensor, name
+    assert isinstance(t == 1.0, Tensor) and (t == 1.0).to_vec1() == [1, 0] and (t != t).to_vec1() == [0, 0]
