@@ -7,6 +7,8 @@
 """
 
 # ruff: noqa: I001  (JAX settings must be applied before anything creates an array)
+import typing as _typing
+
 from candlejax import _sigint
 
 _sigint.defer()  # a Ctrl-C during `import jax` is raised when the import ends, not lost in a GC callback
@@ -39,6 +41,11 @@ try:
     from candlejax.streaming import StreamingBinOp, StreamingModule, StreamTensor  # candle::StreamTensor, ...
 finally:
     _sigint.restore()
+
+if _typing.TYPE_CHECKING:  # the package candlejax.tensor is callable (candle-pyo3's candle.tensor(data)); say so
+    from candlejax.tensor import _CallableModule
+
+    tensor: _CallableModule
 
 # candle-pyo3's dtype names (``candle.f32``); the same DType members
 u8, u32, i16, i32, i64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64

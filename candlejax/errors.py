@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -34,6 +34,42 @@ class Error(ValueError):
     :func:`context` / :func:`with_context` are the ``Context`` trait for a value that may be ``None``
     or an exception.
     """
+
+    # Candle's variants, set on the class below their definitions (``_CANDLE_VARIANTS``); declared here
+    # so type checkers see ``raise Error.Msg(...)`` / ``except Error.DimOutOfRange``
+    UnexpectedDType: ClassVar[type[UnexpectedDType]]
+    DTypeMismatchBinaryOp: ClassVar[type[DTypeMismatchBinaryOp]]
+    UnsupportedDTypeForOp: ClassVar[type[UnsupportedDTypeForOp]]
+    DimOutOfRange: ClassVar[type[DimOutOfRange]]
+    DuplicateDimIndex: ClassVar[type[DuplicateDimIndex]]
+    UnexpectedNumberOfDims: ClassVar[type[UnexpectedNumberOfDims]]
+    UnexpectedShape: ClassVar[type[UnexpectedShape]]
+    ShapeMismatch: ClassVar[type[ShapeMismatch]]
+    ShapeMismatchBinaryOp: ClassVar[type[ShapeMismatchBinaryOp]]
+    ShapeMismatchCat: ClassVar[type[ShapeMismatchCat]]
+    ShapeMismatchSplit: ClassVar[type[ShapeMismatchSplit]]
+    OnlySingleDimension: ClassVar[type[OnlySingleDimension]]
+    EmptyTensor: ClassVar[type[EmptyTensor]]
+    DeviceMismatchBinaryOp: ClassVar[type[DeviceMismatchBinaryOp]]
+    NarrowInvalidArgs: ClassVar[type[NarrowInvalidArgs]]
+    Conv1dInvalidArgs: ClassVar[type[Conv1dInvalidArgs]]
+    InvalidIndex: ClassVar[type[InvalidIndex]]
+    BroadcastIncompatibleShapes: ClassVar[type[BroadcastIncompatibleShapes]]
+    CannotSetVar: ClassVar[type[CannotSetVar]]
+    RequiresContiguous: ClassVar[type[RequiresContiguous]]
+    OpRequiresAtLeastOneTensor: ClassVar[type[OpRequiresAtLeastOneTensor]]
+    OpRequiresAtLeastTwoTensors: ClassVar[type[OpRequiresAtLeastTwoTensors]]
+    BackwardNotSupported: ClassVar[type[BackwardNotSupported]]
+    NotCompiledWithCudaSupport: ClassVar[type[NotCompiledWithCudaSupport]]
+    NotCompiledWithMetalSupport: ClassVar[type[NotCompiledWithMetalSupport]]
+    CannotFindTensor: ClassVar[type[CannotFindTensor]]
+    Npy: ClassVar[type[Npy]]
+    SafeTensor: ClassVar[type[SafeTensor]]
+    UnsupportedSafeTensorDtype: ClassVar[type[UnsupportedSafeTensorDtype]]
+    Wrapped: ClassVar[type[Wrapped]]
+    Context: ClassVar[type[Context]]
+    WithPath: ClassVar[type[WithPath]]
+    Msg: ClassVar[type[Msg]]
 
     @classmethod
     def msg(cls, err: Any) -> Msg:

@@ -9,7 +9,11 @@ untouched (``import pickle`` is absolute).
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from candlejax.io import pth
+
+if TYPE_CHECKING:  # what type checkers see: the names of the module this one becomes
+    from candlejax.io.pth import *  # noqa: F403
 
 sys.modules[__name__] = pth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,8 @@ class D:
     """Candle's ``D`` enum: ``D.Minus1``, ``D.Minus2``, ``D.Minus(n)``."""
 
     __slots__ = ("n",)
+    Minus1: ClassVar[D]  # set below the class: Candle's D::Minus1, the last dim
+    Minus2: ClassVar[D]
 
     def __init__(self, n: int):
         if n <= 0:
@@ -60,8 +62,8 @@ class D:
         return f"D.Minus{self.n}" if self.n <= 2 else f"D.Minus({self.n})"
 
 
-D.Minus1 = D(1)  # type: ignore[attr-defined]
-D.Minus2 = D(2)  # type: ignore[attr-defined]
+D.Minus1 = D(1)
+D.Minus2 = D(2)
 
 Dim = int | D
 

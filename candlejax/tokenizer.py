@@ -461,14 +461,15 @@ class ChatTemplate:
 
     def render(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | Any],
         add_generation_prompt: bool = True,
         tools: Any = None,
         documents: Any = None,
         continue_final_message: bool = False,
         **kwargs: Any,
     ) -> str:
-        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``). Keys whose
+        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``, or dataclass
+        messages such as ``Message.user("Hi")``). Keys whose
         value is ``None`` (``content`` of an OpenAI-style tool call) are left out, as transformers
         does: templates test them with ``is defined``. ``continue_final_message``: the text ends
         with the last message's content, left open for the model to continue (transformers' rule:
@@ -839,7 +840,7 @@ class Tokenizer:
 
     def apply_chat_template(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | Any],
         add_generation_prompt: bool = False,
         tokenize: bool = True,
         return_dict: bool = False,

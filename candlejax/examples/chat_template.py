@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from candlejax import errors
 from candlejax.tokenizer import ChatTemplate as _Jinja
@@ -38,6 +38,13 @@ __all__ = [
 class ChatTemplateError(errors.Error):
     """Candle's ``ChatTemplateError``; its variants are the subclasses below (also reachable as
     ``ChatTemplateError.NoTemplate`` etc.)."""
+
+    # the variants, set below their definitions; declared here for type checkers
+    IoError: ClassVar[type[IoError]]
+    ParseError: ClassVar[type[ParseError]]
+    TemplateError: ClassVar[type[TemplateError]]
+    RenderError: ClassVar[type[RenderError]]
+    NoTemplate: ClassVar[type[NoTemplate]]
 
 
 class IoError(ChatTemplateError):
@@ -63,11 +70,11 @@ class NoTemplate(ChatTemplateError):
         super().__init__(msg)
 
 
-ChatTemplateError.IoError = IoError  # type: ignore[attr-defined]
-ChatTemplateError.ParseError = ParseError  # type: ignore[attr-defined]
-ChatTemplateError.TemplateError = TemplateError  # type: ignore[attr-defined]
-ChatTemplateError.RenderError = RenderError  # type: ignore[attr-defined]
-ChatTemplateError.NoTemplate = NoTemplate  # type: ignore[attr-defined]
+ChatTemplateError.IoError = IoError
+ChatTemplateError.ParseError = ParseError
+ChatTemplateError.TemplateError = TemplateError
+ChatTemplateError.RenderError = RenderError
+ChatTemplateError.NoTemplate = NoTemplate
 
 
 @dataclasses.dataclass

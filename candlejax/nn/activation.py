@@ -10,7 +10,7 @@ plus the Hugging Face aliases ``gelu_new`` and ``gelu_pytorch_tanh``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
@@ -70,6 +70,23 @@ class Activation(Module):
     >>> Activation.parse("gelu_new")
     Activation.NewGelu
     """
+
+    # the unit variants, set below the class (one instance each); declared here for type checkers
+    Gelu: ClassVar[Activation]
+    NewGelu: ClassVar[Activation]
+    GeluPytorchTanh: ClassVar[Activation]
+    Relu: ClassVar[Activation]
+    Relu2: ClassVar[Activation]
+    Relu6: ClassVar[Activation]
+    Silu: ClassVar[Activation]
+    Sigmoid: ClassVar[Activation]
+    HardSigmoid: ClassVar[Activation]
+    Swiglu: ClassVar[Activation]
+    Swish: ClassVar[Activation]
+    Mish: ClassVar[Activation]
+    HardSwish: ClassVar[Activation]
+    QuickGelu: ClassVar[Activation]
+    Tanh: ClassVar[Activation]
 
     def __init__(self, variant: str = "Gelu", param: float | None = None):
         if not isinstance(variant, str) or variant not in _VARIANTS:

@@ -18,7 +18,7 @@ import enum
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,12 @@ class NonLinearity:
 
     kind: str
     explicit: float = 0.0
+    # the unit variants, set below the class; declared here for type checkers (not dataclass fields)
+    ReLU: ClassVar[NonLinearity]
+    Linear: ClassVar[NonLinearity]
+    Sigmoid: ClassVar[NonLinearity]
+    Tanh: ClassVar[NonLinearity]
+    SELU: ClassVar[NonLinearity]
 
     def gain(self) -> float:
         """Candle's ``NonLinearity::gain``: the recommended init gain (PyTorch's ``nn.init.calculate_gain``)."""
@@ -95,11 +101,11 @@ class NonLinearity:
         return NonLinearity("explicit", float(g))
 
 
-NonLinearity.ReLU = NonLinearity("relu")  # type: ignore[attr-defined]
-NonLinearity.Linear = NonLinearity("linear")  # type: ignore[attr-defined]
-NonLinearity.Sigmoid = NonLinearity("sigmoid")  # type: ignore[attr-defined]
-NonLinearity.Tanh = NonLinearity("tanh")  # type: ignore[attr-defined]
-NonLinearity.SELU = NonLinearity("selu")  # type: ignore[attr-defined]
+NonLinearity.ReLU = NonLinearity("relu")
+NonLinearity.Linear = NonLinearity("linear")
+NonLinearity.Sigmoid = NonLinearity("sigmoid")
+NonLinearity.Tanh = NonLinearity("tanh")
+NonLinearity.SELU = NonLinearity("selu")
 
 
 def _float_dtype_for_sampling(dt: DType) -> Any:
@@ -297,5 +303,5 @@ class Init:
 
 ZERO = Const(0.0)
 ONE = Const(1.0)
-DEFAULT_KAIMING_UNIFORM = Kaiming(NormalOrUniform.Uniform, FanInOut.FanIn, NonLinearity.ReLU)  # type: ignore[attr-defined]
-DEFAULT_KAIMING_NORMAL = Kaiming(NormalOrUniform.Normal, FanInOut.FanIn, NonLinearity.ReLU)  # type: ignore[attr-defined]
+DEFAULT_KAIMING_UNIFORM = Kaiming(NormalOrUniform.Uniform, FanInOut.FanIn, NonLinearity.ReLU)
+DEFAULT_KAIMING_NORMAL = Kaiming(NormalOrUniform.Normal, FanInOut.FanIn, NonLinearity.ReLU)

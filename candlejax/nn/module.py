@@ -23,8 +23,8 @@ from __future__ import annotations
 import copy
 import html
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import jax
 import jax.numpy as jnp
@@ -395,6 +395,57 @@ class Var(NamedTensor):
     """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # set below the class by ``_var_creator``: the Tensor constructors, returning Vars
+        @staticmethod
+        def from_vec(data: Any, shape: Any, device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def from_slice(data: Any, shape: Any, device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def from_iter(iterable: Iterable[Any], device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def from_numpy(array: np.ndarray, device: Any = None) -> Var: ...
+
+        @staticmethod
+        def from_jax(array: Any) -> Var: ...
+
+        @staticmethod
+        def full(value: Any, shape: Any, device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def arange(start: Any, end: Any, device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def arange_step(start: Any, end: Any, step: Any, device: Any = Device.Cpu, dtype: Any = None) -> Var: ...
+
+        @staticmethod
+        def eye(n: SupportsIndex, dtype: Any = DType.F32, device: Any = Device.Cpu) -> Var: ...
+
+        @staticmethod
+        def rand(
+            lo: Any, up: Any, shape: Any, device: Any = Device.Cpu, *, key: Any = None, dtype: Any = None
+        ) -> Var: ...
+
+        @staticmethod
+        def randn(
+            mean: Any, std: Any, shape: Any, device: Any = Device.Cpu, *, key: Any = None, dtype: Any = None
+        ) -> Var: ...
+
+        @staticmethod
+        def rand_f64(
+            lo: float, up: float, shape: Any, dtype: Any, device: Any = Device.Cpu, *, key: Any = None
+        ) -> Var: ...
+
+        @staticmethod
+        def randn_f64(
+            mean: float, std: float, shape: Any, dtype: Any, device: Any = Device.Cpu, *, key: Any = None
+        ) -> Var: ...
+
+        @staticmethod
+        def empty(shape: Any, dtype: Any = DType.F32, device: Any = Device.Cpu) -> Var: ...
 
     def is_variable(self) -> bool:
         """Candle's ``is_variable()``: ``True`` for a Var."""

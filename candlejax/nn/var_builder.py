@@ -583,8 +583,8 @@ class VarBuilder:
         """Candle's ``VarBuilder::root``: this builder with an empty prefix."""
         return self._with(path=())
 
-    def set_prefix(self, s: str) -> VarBuilder:
-        """Candle's ``VarBuilder::set_prefix``: this builder with the prefix replaced by ``s``."""
+    def set_prefix(self, s: Any) -> VarBuilder:
+        """Candle's ``VarBuilder::set_prefix`` (``impl ToString``): the prefix replaced by ``str(s)``."""
         return self._with(path=tuple(p for p in str(s).split(".") if p))
 
     def path(self, name: str) -> str:

@@ -1132,7 +1132,7 @@ class ParamsAdamW:
         """Candle's ``ParamsAdamW::default()``."""
         return cls()
 
-    lr: float = 1e-3
+    lr: float | Schedule = 1e-3  # a number, or an optax schedule of the step
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

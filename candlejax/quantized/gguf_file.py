@@ -7,7 +7,11 @@ one module object however it is reached.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from candlejax.io import gguf
+
+if TYPE_CHECKING:  # what type checkers see: the names of the module this one becomes
+    from candlejax.io.gguf import *  # noqa: F403
 
 sys.modules[__name__] = gguf

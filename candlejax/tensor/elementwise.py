@@ -746,8 +746,15 @@ class ElementwiseMixin(TensorBase):
     __rfloordiv__ = _op_method("floor_divide", True)
     __mod__ = _op_method("remainder")
     __rmod__ = _op_method("remainder", True)
-    __eq__ = _op_method("eq")  # type: ignore[assignment]
-    __ne__ = _op_method("ne")  # type: ignore[assignment]
+    if TYPE_CHECKING:  # as assignments, type checkers would keep object's ``-> bool``: t == 1.0 is a Tensor
+
+        def __eq__(self, other: Any) -> Tensor: ...  # type: ignore[override]
+
+        def __ne__(self, other: Any) -> Tensor: ...  # type: ignore[override]
+
+    else:
+        __eq__ = _op_method("eq")
+        __ne__ = _op_method("ne")
     __lt__ = _op_method("lt")
     __le__ = _op_method("le")
     __gt__ = _op_method("gt")

@@ -203,17 +203,19 @@ class TorchCompatMixin(TensorBase):
         ``where_cond`` / ``masked_fill``."""
         raise errors.ItemAssignment()
 
-    def __getattr__(self, name: str) -> Any:
-        # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
-        if name in _CANDLE_IN_PLACE:
-            raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
-        if name in _CANDLE_CUSTOM_OP:
-            raise errors.CustomOpName(name)
-        if name in _CANDLE_INTERNAL:
-            raise errors.CandleInternalName(name, _CANDLE_INTERNAL[name])
-        hint = _POINTERS.get(name)
-        if hint is None and name.endswith("_") and not name.startswith("_"):
-            hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"
-        if hint is None:
-            raise AttributeError(f"'Tensor' object has no attribute {name!r}")
-        raise errors.TorchName(name, hint)
+    if not TYPE_CHECKING:  # a failed lookup raises: type checkers flag a misspelt name instead of typing it Any
+
+        def __getattr__(self, name: str) -> Any:
+            # only reached when normal lookup fails: PyTorch names with a Candle spelling get a pointer
+            if name in _CANDLE_IN_PLACE:
+                raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
+            if name in _CANDLE_CUSTOM_OP:
+                raise errors.CustomOpName(name)
+            if name in _CANDLE_INTERNAL:
+                raise errors.CandleInternalName(name, _CANDLE_INTERNAL[name])
+            hint = _POINTERS.get(name)
+            if hint is None and name.endswith("_") and not name.startswith("_"):
+                hint = f"tensors are immutable XLA arrays, there are no in-place ops: x = x.{name[:-1]}(...)"
+            if hint is None:
+                raise AttributeError(f"'Tensor' object has no attribute {name!r}")
+            raise errors.TorchName(name, hint)
