@@ -33,7 +33,7 @@ import numpy as np
 from candlejax import errors, vision
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.generation import LogitsProcessor, generate
+from candlejax.generation import LogitsProcessor, generate, prefill_bucket
 from candlejax.models import blip_text
 from candlejax.models.loading import (
     candle_config,
@@ -418,8 +418,8 @@ def _prompt_ids(cfg: blip_text.Config, input_ids: Any, batch: int) -> np.ndarray
 
 @jax.jit
 def _greedy_step(decoder: blip_text.TextLMHeadModel, cache: blip_text.TextCache, tokens: Any,
-                 pos: Any) -> tuple[Any, blip_text.TextCache]:  # fmt: skip
-    logits, cache = blip_text.step(decoder, cache, tokens, pos)
+                 pos: Any, last: Any = None) -> tuple[Any, blip_text.TextCache]:  # fmt: skip
+    logits, cache = blip_text.step(decoder, cache, tokens, pos, last)
     return jnp.argmax(logits.jax, -1), cache
 
 
@@ -427,7 +427,14 @@ def _greedy_batch(decoder: blip_text.TextLMHeadModel, cache: blip_text.TextCache
                   max_new_tokens: int, sep: int, pad: int) -> list[list[int]]:  # fmt: skip
     """transformers' batched greedy search: a row that has met ``[SEP]`` is fed ``pad`` until every
     row has (or ``max_new_tokens``); each row: the prompt after BOS, then its tokens before ``[SEP]``."""
-    nxt, cache = _greedy_step(decoder, cache, jnp.asarray(prompt, jnp.uint32), jnp.int32(0))
+    s = prompt.shape[1]
+    padded = prefill_bucket(s)
+    if 1 < s and padded <= cache.max_seq_len:  # one compiled prefill per bucket, not per prompt length
+        ids = np.zeros((len(prompt), padded), np.uint32)
+        ids[:, :s] = prompt
+        nxt, cache = _greedy_step(decoder, cache, ids, np.int32(0), np.int32(s - 1))
+    else:
+        nxt, cache = _greedy_step(decoder, cache, prompt.astype(np.uint32), np.int32(0))
     rows, done, pos = [[int(t) for t in r[1:]] for r in prompt], np.zeros(len(prompt), bool), prompt.shape[1]
     for i in range(max_new_tokens):
         toks = np.asarray(nxt)
@@ -440,8 +447,8 @@ def _greedy_batch(decoder: blip_text.TextLMHeadModel, cache: blip_text.TextCache
                 rows[r].append(int(t))
         if done.all() or i == max_new_tokens - 1:
             break
-        feed = jnp.asarray(np.where(done, pad, toks)[:, None], jnp.uint32)
-        nxt, cache = _greedy_step(decoder, cache, feed, jnp.int32(pos))
+        feed = np.where(done, pad, toks)[:, None].astype(np.uint32)
+        nxt, cache = _greedy_step(decoder, cache, feed, np.int32(pos))
         pos += 1
     return rows
 
@@ -494,8 +501,10 @@ def caption_ids(
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.sep_token_id  # as transformers' fallback
         return _greedy_batch(model.text_decoder, cache, prompt, max_new_tokens, cfg.sep_token_id, pad)
     lp = processor if processor is not None else LogitsProcessor(seed, temperature, top_p)
+    # a prompt padded to a 32-token bucket (one prefill program for every length); [BOS] alone runs
+    # as a decode step (the one program unconditional captions compile)
     gen = generate(blip_text.step, model.text_decoder, cache, prompt[0].tolist(), max_new_tokens, lp,
-                   eos_token_id=cfg.sep_token_id)  # fmt: skip
+                   eos_token_id=cfg.sep_token_id, prefill_buckets=None if s > 1 else False)  # fmt: skip
     return prompt[0, 1:].tolist() + list(gen)
 
 

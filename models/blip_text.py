@@ -401,9 +401,15 @@ class TextLMHeadModel(Module):
             kvs.append(kv)
         return xs, TextCache(kvs, cache.cross_k, cache.cross_v)
 
-    def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int) -> tuple[Tensor, TextCache]:
+    def forward_cached(self, cache: TextCache, input_ids: Tensor, pos: Tensor | int,
+                       last: Any = None) -> tuple[Tensor, TextCache]:  # fmt: skip
         """Logits ``(B, vocab)`` of the last new position and the updated cache (``pos``: position of
         ``input_ids[:, 0]``, an int or an int32 scalar that may be traced).
+
+        ``last`` (an index into ``input_ids``, may be traced): the logits of that position instead, and
+        the cache then holds ``pos + last + 1`` positions: a prompt padded at its end to a bucketed
+        length (one compiled prefill for every prompt length) gives the logits of its last real token,
+        and the padding's slots (causally masked) are overwritten by the tokens that follow.
 
         ``pos`` must be the number of tokens the cache holds, and the ids must be in the vocabulary: both
         raise when concrete; traced (under ``jit``, as in :func:`candlejax.generation.generate`) only the
@@ -416,7 +422,13 @@ class TextLMHeadModel(Module):
                 " tokens it holds); pass the position of input_ids[:, 0]"
             )
         xs, cache = self._hidden_cached(cache, input_ids, pos)
-        return self.head(xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)), cache
+        if last is None:
+            return self.head(xs.narrow(1, xs.dim(1) - 1, 1).squeeze(1)), cache
+        at = jnp.asarray(last.jax if isinstance(last, Tensor) else last, jnp.int32)
+        x = Tensor.from_jax(jax.lax.dynamic_slice_in_dim(xs.jax, at, 1, axis=1))
+        end = jnp.asarray(p, jnp.int32) + at + 1
+        cache = TextCache([kv.at_position(end) for kv in cache.kv], cache.cross_k, cache.cross_v)
+        return self.head(x.squeeze(1)), cache
 
     def forward_stateful(self, input_ids: Tensor, image_embeds: Tensor) -> Tensor:
         """Candle's ``TextLMHeadModel::forward(&mut self, input_ids, image_embeds)``: logits ``(B, S,
@@ -490,8 +502,11 @@ jax.tree_util.register_pytree_node(StatefulTextDecoder, lambda s: ((s.module,), 
                                    lambda _, children: StatefulTextDecoder(children[0]))  # fmt: skip
 
 
-def step(params: TextLMHeadModel, cache: TextCache, tokens: Any, pos: Any) -> tuple[Tensor, TextCache]:
-    """The pure decode step for :func:`candlejax.generation.generate`: ``(logits (B, vocab), cache)``."""
+def step(params: TextLMHeadModel, cache: TextCache, tokens: Any, pos: Any,
+         last: Any = None) -> tuple[Tensor, TextCache]:  # fmt: skip
+    """The pure decode step for :func:`candlejax.generation.generate`: ``(logits (B, vocab), cache)``;
+    ``last``: the logits of that index of a prompt padded to a bucketed length (see
+    :meth:`TextLMHeadModel.forward_cached`)."""
     ids = tokens if isinstance(tokens, Tensor) else Tensor.from_jax(jnp.asarray(tokens))
     p = pos if isinstance(pos, Tensor) else Tensor.from_jax(jnp.asarray(pos, jnp.int32))
-    return params.forward_cached(cache, ids, p)
+    return params.forward_cached(cache, ids, p, last)

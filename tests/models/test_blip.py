@@ -545,3 +545,21 @@ def test_top_level_tie_word_embeddings_ties_the_decoder(tmp_path, rng):
     np.testing.assert_allclose(logits.numpy(), ref, atol=1e-4, rtol=1e-4)
     untied = blip.Config.from_dict({"tie_word_embeddings": False, "text_config": {"tie_word_embeddings": False}})
     assert not untied.tie_word_embeddings and not untied.text_config.tie_word_embeddings
+
+
+def test_prompts_of_new_lengths_reuse_one_prefill_program(pair, rng, jax_compiles):
+    """Conditional captions with prompts of 1 to 4 tokens (one image, greedy and sampled, and a batch)
+    run one padded prefill program per 32-token bucket, not one per prompt length; the captions are
+    transformers' token for token."""
+    hf, model, _ = pair
+    px, px2 = _pixels(rng), _pixels(rng, 2)
+    for i, p in enumerate(PROMPTS):
+        jax_compiles.clear()
+        got = _caption_ids(model, px, 4, input_ids=[[1, *p, SEP]])
+        sampled = _caption_ids(model, px, 3, temperature=0.7, input_ids=[[1, *p, SEP]])
+        batch = _caption_ids(model, px2, 3, input_ids=[[1, *p, SEP]])
+        if i > 0:
+            assert jax_compiles == [], [c[:60] for c in jax_compiles]
+        assert got == _hf_generate(hf, px, 4, [[1, *p, SEP]])[0]
+        assert sampled[: len(p)] == p and len(sampled) <= len(p) + 3
+        assert batch == _hf_generate(hf, px2, 3, [[1, *p, SEP]] * 2)
