@@ -569,6 +569,11 @@ def _forward(model: BertModel, input_ids: Any, token_type_ids: Any = None, atten
 
 
 def _prepare(model: Any, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
+    if not isinstance(model, (BertModel, BertForMaskedLM)):
+        raise errors.ArgumentType(
+            "bert.forward_jit(model, input_ids, token_type_ids=None, attention_mask=None) takes the model first,"
+            f" got {type(model).__name__}"
+        )
     return (model, *_host_inputs(input_ids, token_type_ids, attention_mask)), {}  # lists before tracing
 
 

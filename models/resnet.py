@@ -281,6 +281,11 @@ def forward_jit(net: ResNet, xs: Any) -> Any:
     with at most 64 output channels on one thread). ResNet-50 at batch 1 on a 2-core Xeon: 78.6 ms
     (``jax.jit(net.forward)``) -> 36.3-37.2 ms (torch.compile 41.8-43.8). Same outputs as
     ``net.forward`` up to summation order (~1e-5)."""
+    if not isinstance(net, ResNet) or not hasattr(xs, "shape"):
+        raise errors.ArgumentType(
+            f"resnet.forward_jit(net, xs) takes the ResNet first and the (batch, 3, height, width) images second,"
+            f" got ({type(net).__name__}, {type(xs).__name__})"
+        )
     _check_not_empty(xs, "resnet.forward_jit", "(batch, 3, height, width)")
     shape, c_in = tuple(xs.shape), net.stem.conv.weight.shape[1]
     if len(shape) != 4 or shape[1] != c_in:  # (the channels-last program would name the transposed shape)

@@ -542,6 +542,30 @@ def _concrete(x: Any, op_name: str, what: str) -> float | None:
     return v
 
 
+_NO_SHAPE: Any = type("_NoShape", (), {"__repr__": lambda self: "<no shape>"})()
+
+
+def _torch_rand_spelling(op_name: str, a: Any, b: Any, shape: Any, unit: str) -> None:
+    """Raise for PyTorch's ``torch.randn(2, 3)`` / ``torch.randn(2, 3, 4)`` / ``torch.randn((2, 3))`` written
+    as ``Tensor.randn``: Candle's ``Tensor::randn(mean, std, shape, &dev)`` takes float bounds
+    (``FloatDType``), so three ints would otherwise draw ``shape`` values of the wrong distribution."""
+    given = [x for x in (a, b, shape) if x is not _NO_SHAPE]
+    dims_only = all(type(x) is int for x in given) or (len(given) == 1 and isinstance(a, (tuple, list)))
+    if (shape is _NO_SHAPE or (type(shape) is int and type(a) is int and type(b) is int)) and dims_only:
+        dims = tuple(a) if len(given) == 1 and isinstance(a, (tuple, list)) else tuple(given)
+        torch_args = repr(tuple(a)) if isinstance(a, (tuple, list)) else ", ".join(map(str, given))
+        bounds = "lo, up" if op_name == "rand" else "mean, std"
+        raise errors.Msg(
+            f"Tensor.{op_name} takes Candle's ({bounds}, shape, device) with float {bounds}: for PyTorch's"
+            f" torch.{op_name}({torch_args}) write Tensor.{op_name}({unit}, {dims!r}) or"
+            f" cj.{op_name}({', '.join(map(str, dims))})"
+            + (f"; for {bounds} {a}, {b} and shape ({shape},): Tensor.{op_name}({float(a)}, {float(b)}, {shape})"
+               if shape is not _NO_SHAPE else "")
+        )  # fmt: skip
+    if shape is _NO_SHAPE:
+        raise errors.ArgumentType(f"Tensor.{op_name}: missing the shape: Tensor.{op_name}({unit}, shape, device)")
+
+
 def _bounds_shape(shape: Any, op_name: str, **bounds: Any) -> tuple[int, ...]:
     """The sample shape, after checking that array bounds (``lo``/``up``, ``mean``/``std``) broadcast to it."""
     dims = _shape(shape)
@@ -866,13 +890,16 @@ class CreationMixin(TensorBase):
 
     # --- random ------------------------------------------------------------------------------
     @staticmethod
-    def rand(lo: Any, up: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Tensor:
+    def rand(lo: Any, up: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU, *, key: Any = None,
+             dtype: Any = None) -> Tensor:  # fmt: skip
         """``Tensor::rand(lo, up, shape, &device)``: uniform on ``[lo, up)``, F32 unless ``dtype``.
 
         Without ``key`` it draws from ``device``'s seeded generator (eager only: raises
         ``TracingError`` under jit); with ``key=`` it is a pure function of the key.
-        PyTorch: ``torch.rand(shape) * (up - lo) + lo``.
+        PyTorch: ``torch.rand(shape) * (up - lo) + lo``; PyTorch's ``rand(2, 3)`` / ``rand(2, 3, 4)``
+        spellings raise, naming Candle's.
         """
+        _torch_rand_spelling("rand", lo, up, shape, "0.0, 1.0")
         d = _rand_dtype(dtype, "rand")
         lo_c, up_c = _concrete(lo, "rand", "lo"), _concrete(up, "rand", "up")
         if lo_c is not None and up_c is not None and lo_c > up_c:
@@ -884,11 +911,14 @@ class CreationMixin(TensorBase):
         return wrap(_place(_uniform(k, c, lo, up, shape=dims, dtype=d.np), dev))
 
     @staticmethod
-    def randn(mean: Any, std: Any, shape: Any, device: Any = _CPU, *, key: Any = None, dtype: Any = None) -> Tensor:
+    def randn(mean: Any, std: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU, *, key: Any = None,
+              dtype: Any = None) -> Tensor:  # fmt: skip
         """``Tensor::randn(mean, std, shape, &device)``: normal samples, F32 unless ``dtype``.
 
-        Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``.
+        Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``; PyTorch's
+        ``randn(2, 3)`` / ``randn(2, 3, 4)`` spellings raise, naming Candle's.
         """
+        _torch_rand_spelling("randn", mean, std, shape, "0.0, 1.0")
         d = _rand_dtype(dtype, "randn")
         _concrete(mean, "randn", "mean")
         std_c = _concrete(std, "randn", "std")

@@ -421,6 +421,11 @@ def transcribe(model: Whisper, path_or_pcm: Any, *, timestamps: bool = True,
     A process that transcribes a lot gains ~15% from :func:`candlejax.xla.tune_malloc` (process-wide;
     ``candlejax transcribe`` calls it).
     """
+    if not hasattr(model, "config") or not hasattr(model, "encoder"):
+        raise errors.ArgumentType(
+            f"whisper: transcribe(model, path_or_pcm) takes a Whisper model first, got {type(model).__name__}"
+            " (whisper.Whisper.from_pretrained(folder, device))"
+        )
     if mel_padding not in ("audio", "mel"):
         raise errors.Msg(f"whisper: mel_padding must be 'audio' or 'mel', got {mel_padding!r}")
     temps = (float(temperature),) if isinstance(temperature, numbers.Real) else tuple(float(t) for t in temperature)

@@ -19,7 +19,7 @@ import jax
 
 from candlejax import Device, DType, Tensor, errors, nn
 from candlejax.models import bert
-from candlejax.nn import VarBuilder
+from candlejax.nn import VarBuilder, VarMap
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -795,3 +795,14 @@ def test_sentence_embedder_folder_without_tokenizer_json_is_a_candlejax_error(tm
     with pytest.raises(errors.Error, match=r"tokenizer\.json") as e:
         bert.SentenceEmbedder.from_dir(tmp_path)
     assert isinstance(e.value, FileNotFoundError)
+
+
+def test_forward_jit_names_its_argument_order():
+    """forward_jit(ids, model) was a raw AttributeError ('Tensor' object has no attribute 'forward')."""
+    cfg = bert.Config.from_dict({"vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                 "intermediate_size": 16, "max_position_embeddings": 16})  # fmt: skip
+    model = bert.BertModel.load(VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu), cfg)
+    ids = Tensor.new([[1, 2, 3]])
+    with pytest.raises(errors.ArgumentType, match=r"bert.forward_jit\(model, input_ids"):
+        bert.forward_jit(ids, model)
+    assert bert.forward_jit(model, ids).shape == (1, 3, 8)

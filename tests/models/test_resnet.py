@@ -172,6 +172,16 @@ def test_forward_jit_names_a_missing_batch_dim_or_channels_last_input(shape):
         resnet.forward_jit(net, x)
 
 
+def test_forward_jit_names_its_argument_order():
+    """forward_jit(xs, net) (the images first, as net.forward(xs)) was a raw AttributeError ('ResNet' object
+    has no attribute 'shape')."""
+    net = resnet.resnet18(10, VarBuilder.from_varmap(VarMap(seed=0), DType.F32, Device.Cpu))
+    x = Tensor(np.zeros((1, 3, 32, 32), np.float32))
+    for args in ((x, net), (net, None)):
+        with pytest.raises(errors.ArgumentType, match=r"resnet.forward_jit\(net, xs\)"):
+            resnet.forward_jit(*args)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 0, 0), (1, 3, 32, 0), (0, 3, 32, 32)])
 def test_empty_images_are_named(shape):
     """A 0x0 image or an empty batch is named at the model's entry (conv2d's invalid-args error came

@@ -658,6 +658,14 @@ def test_transcribe_refuses_temperatures_that_are_not_finite_and_non_negative(ti
         next(whisper.transcribe(m, np.zeros(1600, np.float32), temperature=temperature))
 
 
+def test_transcribe_names_its_argument_order(tiny, tmp_path):
+    _, m = tiny  # transcribe("a.wav", model) was a raw AttributeError ('str' object has no attribute 'config')
+    pcm = np.zeros(1600, np.float32)
+    for args in (("a.wav", m), (tmp_path / "a.wav", m), (pcm, m), (None, "a.wav")):
+        with pytest.raises(errors.ArgumentType, match=r"transcribe\(model, path_or_pcm\)"):
+            next(whisper.transcribe(*args))
+
+
 def test_transcribe_takes_the_sample_rate_of_an_array(tmp_path):
     # an array at 44.1 kHz is resampled to 16 kHz (as transformers' pipeline takes
     # {"raw": pcm, "sampling_rate": sr}); reference: the same chirp sampled at 16 kHz directly

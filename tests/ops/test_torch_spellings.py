@@ -98,6 +98,26 @@ def test_shape_mistakes():
     assert Tensor.zeros(4).shape == (4,) and Tensor.zeros((np.int64(2), 3)).shape == (2, 3)
 
 
+def test_torch_rand_spellings_raise_instead_of_drawing_another_shape():
+    """torch.randn(2, 3, 4) is a (2, 3, 4) draw; Candle's Tensor::randn(mean, std, shape, &dev) takes float
+    mean / std (FloatDType), so the same call here must not draw 4 values of N(2, 3²)."""
+    assert tuple(torch.randn(2, 3, 4).shape) == (2, 3, 4) and tuple(torch.rand(2, 3).shape) == (2, 3)
+    for name in ("randn", "rand"):
+        f = getattr(Tensor, name)
+        fix = rf"torch\.{name}\(2, 3, 4\) write Tensor\.{name}\(0\.0, 1\.0, \(2, 3, 4\)\)"
+        with pytest.raises(errors.Error, match=fix):
+            f(2, 3, 4)
+        with pytest.raises(errors.Error, match=rf"torch\.{name}\(2, 3\)"):
+            f(2, 3)
+        with pytest.raises(errors.Error, match=rf"torch\.{name}\(\(2, 3\)\)"):
+            f((2, 3))
+        with pytest.raises(errors.Error, match=rf"torch\.{name}\(2, 3, 4\)"):
+            getattr(cj.nn.Var, name)(2, 3, 4)
+    # Candle's spellings keep working, ints for the bounds included when the shape is a tuple
+    assert Tensor.randn(0.0, 1.0, 4).shape == (4,) and Tensor.rand(0, 1, (3,)).shape == (3,)
+    assert Tensor.randn(2.0, 3.0, 4, key=0).shape == (4,) and cj.nn.Var.randn(0.0, 1.0, (2, 2)).shape == (2, 2)
+
+
 def test_boolean_mask_indexing_points_to_where_cond():
     x = Tensor.new(A)
     with pytest.raises(errors.Error, match="where_cond"):
