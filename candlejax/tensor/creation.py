@@ -543,15 +543,19 @@ def _concrete(x: Any, op_name: str, what: str) -> float | None:
 
 
 _NO_SHAPE: Any = type("_NoShape", (), {"__repr__": lambda self: "<no shape>"})()
+#: ``rand`` / ``randn``'s default device (Device.Cpu), told apart from a device the caller passes
+_CPU_BY_DEFAULT: Any = type("_CpuByDefault", (), {"__repr__": lambda self: "Device.Cpu"})()
 
 
-def _torch_rand_spelling(op_name: str, a: Any, b: Any, shape: Any, unit: str) -> None:
+def _torch_rand_spelling(op_name: str, a: Any, b: Any, shape: Any, unit: str, device: Any) -> None:
     """Raise for PyTorch's ``torch.randn(2, 3)`` / ``torch.randn(2, 3, 4)`` / ``torch.randn((2, 3))`` written
     as ``Tensor.randn``: Candle's ``Tensor::randn(mean, std, shape, &dev)`` takes float bounds
-    (``FloatDType``), so three ints would otherwise draw ``shape`` values of the wrong distribution."""
+    (``FloatDType``), so three ints would otherwise draw ``shape`` values of the wrong distribution.
+    A call that passes a device (``Tensor.randn(0, 1, 5, Device.Cpu)``) is Candle's form and is taken."""
     given = [x for x in (a, b, shape) if x is not _NO_SHAPE]
     dims_only = all(type(x) is int for x in given) or (len(given) == 1 and isinstance(a, (tuple, list)))
-    if (shape is _NO_SHAPE or (type(shape) is int and type(a) is int and type(b) is int)) and dims_only:
+    three_ints = type(shape) is int and type(a) is int and type(b) is int and device is _CPU_BY_DEFAULT
+    if (shape is _NO_SHAPE or three_ints) and dims_only:
         dims = tuple(a) if len(given) == 1 and isinstance(a, (tuple, list)) else tuple(given)
         torch_args = repr(tuple(a)) if isinstance(a, (tuple, list)) else ", ".join(map(str, given))
         bounds = "lo, up" if op_name == "rand" else "mean, std"
@@ -890,8 +894,8 @@ class CreationMixin(TensorBase):
 
     # --- random ------------------------------------------------------------------------------
     @staticmethod
-    def rand(lo: Any, up: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU, *, key: Any = None,
-             dtype: Any = None) -> Tensor:  # fmt: skip
+    def rand(lo: Any, up: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU_BY_DEFAULT, *,
+             key: Any = None, dtype: Any = None) -> Tensor:  # fmt: skip
         """``Tensor::rand(lo, up, shape, &device)``: uniform on ``[lo, up)``, F32 unless ``dtype``.
 
         Without ``key`` it draws from ``device``'s seeded generator (eager only: raises
@@ -899,7 +903,8 @@ class CreationMixin(TensorBase):
         PyTorch: ``torch.rand(shape) * (up - lo) + lo``; PyTorch's ``rand(2, 3)`` / ``rand(2, 3, 4)``
         spellings raise, naming Candle's.
         """
-        _torch_rand_spelling("rand", lo, up, shape, "0.0, 1.0")
+        _torch_rand_spelling("rand", lo, up, shape, "0.0, 1.0", device)
+        device = _CPU if device is _CPU_BY_DEFAULT else device
         d = _rand_dtype(dtype, "rand")
         lo_c, up_c = _concrete(lo, "rand", "lo"), _concrete(up, "rand", "up")
         if lo_c is not None and up_c is not None and lo_c > up_c:
@@ -911,14 +916,15 @@ class CreationMixin(TensorBase):
         return wrap(_place(_uniform(k, c, lo, up, shape=dims, dtype=d.np), dev))
 
     @staticmethod
-    def randn(mean: Any, std: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU, *, key: Any = None,
-              dtype: Any = None) -> Tensor:  # fmt: skip
+    def randn(mean: Any, std: Any = _NO_SHAPE, shape: Any = _NO_SHAPE, device: Any = _CPU_BY_DEFAULT, *,
+              key: Any = None, dtype: Any = None) -> Tensor:  # fmt: skip
         """``Tensor::randn(mean, std, shape, &device)``: normal samples, F32 unless ``dtype``.
 
         Keys as in :meth:`rand`. PyTorch: ``torch.randn(shape) * std + mean``; PyTorch's
         ``randn(2, 3)`` / ``randn(2, 3, 4)`` spellings raise, naming Candle's.
         """
-        _torch_rand_spelling("randn", mean, std, shape, "0.0, 1.0")
+        _torch_rand_spelling("randn", mean, std, shape, "0.0, 1.0", device)
+        device = _CPU if device is _CPU_BY_DEFAULT else device
         d = _rand_dtype(dtype, "randn")
         _concrete(mean, "randn", "mean")
         std_c = _concrete(std, "randn", "std")

@@ -116,6 +116,9 @@ def test_torch_rand_spellings_raise_instead_of_drawing_another_shape():
     # Candle's spellings keep working, ints for the bounds included when the shape is a tuple
     assert Tensor.randn(0.0, 1.0, 4).shape == (4,) and Tensor.rand(0, 1, (3,)).shape == (3,)
     assert Tensor.randn(2.0, 3.0, 4, key=0).shape == (4,) and cj.nn.Var.randn(0.0, 1.0, (2, 2)).shape == (2, 2)
+    # a device makes it Candle's (mean, std, shape, &dev) form, int bounds and an int shape included
+    assert Tensor.randn(0, 1, 5, cj.Device.Cpu).shape == (5,) and Tensor.rand(0, 1, 5, "cpu").shape == (5,)
+    assert cj.nn.Var.rand(0, 1, 3, cj.Device.Cpu).shape == (3,)
 
 
 def test_boolean_mask_indexing_points_to_where_cond():
