@@ -193,6 +193,9 @@ def detect(model: YoloV8, img: Any, conf: float = 0.25, iou: float = 0.45, *, im
     ``max_nms``), at most ``max_det`` detections, boxes and keypoints mapped back to the image's
     pixels. Forward and NMS run as one compiled program per letterboxed shape.
     """
+    if not isinstance(model, YoloV8):
+        raise errors.ArgumentType(f"yolo.detect(model, img) takes the YoloV8 first and the image second,"
+                                  f" got ({type(model).__name__}, {type(img).__name__})")  # fmt: skip
     conf, iou = float_arg(conf, "yolo.detect", "conf"), float_arg(iou, "yolo.detect", "iou")
     imgsz = imgsz_arg(imgsz, "yolo.detect")
     img = as_image(img, "yolo.detect")

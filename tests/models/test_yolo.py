@@ -300,6 +300,8 @@ def test_bad_input_raises(random_files, tmp_path):
             yolo.detect(pose, img, **kw)
     with pytest.raises(vision.ImageError, match=r"got shape \[1, 10, 10\]"):
         yolo.detect(pose, Tensor(np.zeros((1, 10, 10), np.uint8)))
+    with pytest.raises(errors.ArgumentType, match=r"detect\(model, img\).*got \(Tensor, YoloV8\)"):
+        yolo.detect(img, pose)  # the image first: named, not "an array of shape [] and dtype object"
     (tmp_path / "notes.jpg").write_text("hello")
     with pytest.raises(vision.ImageError, match="not a readable image"):
         yolo.detect(pose, tmp_path / "notes.jpg")
