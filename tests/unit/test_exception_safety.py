@@ -105,6 +105,23 @@ def chat_model():
     return llama.Llama.load(vb, cfg, strict=False), tok
 
 
+def _interrupt_second_step(monkeypatch, gen_mod, run) -> None:
+    """Run ``run()`` with a KeyboardInterrupt at the second compiled step call (between the prefill's
+    first and second chunk), then restore the step programs."""
+    real, calls = gen_mod.StepProgram.__call__, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(gen_mod.StepProgram, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(gen_mod.StepProgram, "__call__", real)
+
+
 @pytest.mark.parametrize("how", ["interrupted_prefill", "no_new_tokens"])
 def test_chat_turn_whose_prompt_did_not_reach_the_cache(chat_model, monkeypatch, how):
     """A turn stopped in its chunked prefill (Ctrl-C), or run with max_new_tokens=0, left only part (or
@@ -121,18 +138,7 @@ def test_chat_turn_whose_prompt_did_not_reach_the_cache(chat_model, monkeypatch,
     tg = TextGeneration(model, tok, eos_token_ids=[])
     tg.prefill_buckets = True
     if how == "interrupted_prefill":
-        real, calls = gen_mod.StepProgram.__call__, []
-
-        def interrupted(self, *args):
-            calls.append(1)
-            if len(calls) == 2:  # between the prefill's first and second chunk
-                raise KeyboardInterrupt
-            return real(self, *args)
-
-        monkeypatch.setattr(gen_mod.StepProgram, "__call__", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            "".join(tg.chat_turn(m1, 4))
-        monkeypatch.setattr(gen_mod.StepProgram, "__call__", real)
+        _interrupt_second_step(monkeypatch, gen_mod, lambda: "".join(tg.chat_turn(m1, 4)))
     else:
         assert "".join(tg.chat_turn(m1, 0)) == ""
     "".join(tg.chat_turn(m2, 6))
@@ -157,18 +163,7 @@ def test_stream_continuing_a_call_whose_prompt_did_not_reach_the_cache(chat_mode
     tg = TextGeneration(model, tok, eos_token_ids=[])
     tg.prefill_buckets = True
     if how == "interrupted_prefill":
-        real, calls = gen_mod.StepProgram.__call__, []
-
-        def interrupted(self, *args):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-            return real(self, *args)
-
-        monkeypatch.setattr(gen_mod.StepProgram, "__call__", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            "".join(tg.stream(first, 4))
-        monkeypatch.setattr(gen_mod.StepProgram, "__call__", real)
+        _interrupt_second_step(monkeypatch, gen_mod, lambda: "".join(tg.stream(first, 4)))
     else:
         assert "".join(tg.stream(first, 0)) == ""
     "".join(tg.stream(second, 6, continue_cache=True))
