@@ -8,6 +8,7 @@ Errors are raised by the facade before XLA sees an op, eagerly and under ``jax.j
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NoReturn
@@ -692,10 +693,21 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     import sys
     import warnings
 
+    internal = _internal_dirs()
     frame, level = sys._getframe(), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+@functools.cache
+def _internal_dirs() -> tuple[str, ...]:
+    """candlejax's folder and candlejax.models' (a checkout installs the top-level ``models/`` there)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("candlejax.models")
+    models = [os.path.abspath(p) + os.sep for p in (spec.submodule_search_locations or [])] if spec else []
+    return (_PACKAGE_DIR, *models)
 
 
 #: Candle's ``Error`` variants defined here, also reachable as ``Error.<Variant>`` as Rust spells them
