@@ -214,8 +214,16 @@ def _captures(step_fn: Any) -> bool:
     if inner is not None and not isinstance(step_fn, functools.partial):
         return _captures(inner)
     if isinstance(step_fn, types.FunctionType):
-        return bool(step_fn.__closure__) or bool(step_fn.__defaults__) or bool(step_fn.__kwdefaults__)
+        defaults = (*(step_fn.__defaults__ or ()), *(step_fn.__kwdefaults__ or {}).values())
+        return bool(step_fn.__closure__) or not all(_plain_value(d) for d in defaults)
     return not isinstance(step_fn, types.BuiltinFunctionType)
+
+
+def _plain_value(x: Any) -> bool:
+    """A default that holds no object worth freeing (``last=None``, flags, numbers, names)."""
+    if isinstance(x, tuple):
+        return all(_plain_value(v) for v in x)
+    return x is None or isinstance(x, (bool, int, float, complex, str, bytes))
 
 
 def decode_fns(
