@@ -378,17 +378,20 @@ class BertModel(Module):
     def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
         """``(B, S)`` ids (and token types, 0/1 mask) -> last hidden states ``(B, S, hidden_size)``.
 
-        Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens, so a
-        new sentence length reuses the executables compiled for its bucket instead of compiling its
-        own (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
+        Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens and the
+        batch to a power of two (copies of the last row), so a new sentence length or batch size
+        reuses the executables compiled for its bucket instead of compiling its own
+        (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
         ids, token_type_ids, attention_mask = _host_inputs(input_ids, token_type_ids, attention_mask)
         ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
-        s = int(ids.shape[1])
+        b, s = (int(n) for n in ids.shape)
         padded = eager_length_bucket(s, self.config.max_position_embeddings)
-        if (EAGER_LENGTH_BUCKETS and padded > s and self._eager(ids, token_type_ids, attention_mask)
+        rows = 1 << (b - 1).bit_length()
+        grow = padded > s or rows > b
+        if (EAGER_LENGTH_BUCKETS and grow and self._eager(ids, token_type_ids, attention_mask)
                 and _every_query_sees_a_key(attention_mask)):
-            return self._forward_padded(ids, token_type_ids, attention_mask, padded)
+            return self._forward_padded(ids, token_type_ids, attention_mask, padded, rows)
         return self._encode(ids, token_type_ids, attention_mask)
 
     def _encode(self, ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
@@ -405,19 +408,20 @@ class BertModel(Module):
         arrays = [unwrap(self.embeddings.word_embeddings.weight), *(unwrap(t) for t in inputs if t is not None)]
         return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
-    def _forward_padded(self, ids: Any, token_type_ids: Any, attention_mask: Any, padded: int) -> Any:
+    def _forward_padded(self, ids: Any, token_type_ids: Any, attention_mask: Any, padded: int, rows: int) -> Any:
         b, s = ids.shape
         device = next(iter(ids.devices())) if isinstance(ids, jax.Array) else None
 
-        def pad(a: Any) -> Any:  # on the host: no executable per length
+        def pad(a: Any) -> Any:  # on the host: no executable per length or batch size
             a = np.asarray(unwrap(a))
-            out = np.zeros((b, *[padded] * (a.ndim - 1)), a.dtype)  # a (B, S, S) mask: padded keys masked
-            out[(slice(None), *[slice(0, s)] * (a.ndim - 1))] = a
+            out = np.zeros((rows, *[padded] * (a.ndim - 1)), a.dtype)  # a (B, S, S) mask: padded keys masked
+            out[(slice(0, b), *[slice(0, s)] * (a.ndim - 1))] = a
+            out[b:] = out[b - 1]  # copies of the last row (rows never see each other)
             return jax.device_put(out, device)
 
         mask = np.ones((b, s), np.int32) if attention_mask is None else attention_mask
         out = self._encode(pad(ids), None if token_type_ids is None else pad(token_type_ids), pad(mask))
-        return wrap(jax.device_put(np.asarray(unwrap(out))[:, :s], device))
+        return wrap(jax.device_put(np.asarray(unwrap(out))[:b, :s], device))
 
     def pooled_output(self, hidden_states: Any) -> Any:
         """The pooler on ``forward``'s output: ``(B, hidden_size)`` (HF's ``pooler_output``)."""

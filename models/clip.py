@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors, vision
@@ -50,7 +51,7 @@ from candlejax.nn import (
 )
 from candlejax.nn.conv import hwio_kernels, with_hwio_kernels
 from candlejax.nn.init import Const
-from candlejax.tensor import Tensor, int_arg
+from candlejax.tensor import Tensor, int_arg, unwrap
 
 __all__ = [
     "ClipAttention",
@@ -524,9 +525,13 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     )
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
+def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int, bucket: bool = False) -> tuple[Tensor, Tensor]:
     """``(input_ids (N, S) u32, attention_mask (N, S) u8)``; each row padded with its last id (the
-    EOS); rows longer than ``max_len`` keep their first ``max_len - 1`` ids and their last one."""
+    EOS); rows longer than ``max_len`` keep their first ``max_len - 1`` ids and their last one.
+    ``bucket``: ``N`` padded to a power of two with copies of the last row, ``S`` to a power of two
+    of at least 8 (at most ``max_len``), so that label lists of new sizes reuse compiled programs
+    (the pooled rows are unchanged: causal attention, padding keys masked, the EOS / largest id
+    first found where it was)."""
     rows = _encode(tokenizer_from(tokenizer, None, "clip.tokenize"), texts)
     for i, r in enumerate(rows):
         if not r:
@@ -534,9 +539,23 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[Tensor
         if len(r) > max_len:
             rows[i] = [*r[: max_len - 1], r[-1]]
     s = max(len(r) for r in rows)
+    n = len(rows)
+    if bucket:
+        s = max(s, min(max(8, 1 << (s - 1).bit_length()), max_len))
+        n = 1 << (n - 1).bit_length()
+    rows += [rows[-1]] * (n - len(rows))
     ids = np.array([r + [r[-1]] * (s - len(r)) for r in rows], np.uint32)
     mask = np.array([[1] * len(r) + [0] * (s - len(r)) for r in rows], np.uint8)
     return Tensor.from_numpy(ids), Tensor.from_numpy(mask)
+
+
+@jax.jit
+def _zero_shot(model: ClipModel, kernels: list, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
+               n: Any) -> Any:  # fmt: skip
+    """Softmax over the first ``n`` labels of ``logits_per_image`` (the padded label columns at -inf)."""
+    _, logits = with_hwio_kernels(model, kernels).forward(pixel_values, input_ids, attention_mask)
+    logits = unwrap(logits)
+    return jax.nn.softmax(jnp.where(jnp.arange(logits.shape[-1]) < n, logits, -jnp.inf), axis=-1)
 
 
 def zero_shot(model: ClipModel, image: Any, labels: Sequence[str], tokenizer: Any = None) -> Tensor:
@@ -552,11 +571,14 @@ def zero_shot(model: ClipModel, image: Any, labels: Sequence[str], tokenizer: An
         raise errors.Msg("clip.zero_shot: the label list is empty; give at least one label")
     tok = tokenizer_from(tokenizer, model.path, "clip.zero_shot")
     pixels = preprocess(image, model.image_size)
-    ids, mask = tokenize(tok, labels, model.text_model.max_position_embeddings)
-    _, logits_per_image = forward_jit(model, pixels.to_dtype(model.logit_scale.dtype), ids, mask)
-    probs = ops.softmax_last_dim(logits_per_image)  # (B, N)
+    ids, mask = tokenize(tok, labels, model.text_model.max_position_embeddings, bucket=True)
+    pixels = pixels.to_dtype(model.logit_scale.dtype)
+    _check_pixels("clip vision_model", pixels, model.vision_model.embeddings.num_channels, model.image_size)
+    _check_ids(model, ids)
+    probs = _zero_shot(model, hwio_kernels(model), pixels, ids, mask, len(labels))  # (B, padded N)
+    probs = np.asarray(probs)[:, : len(labels)]  # (B, N), sliced on the host: no program per label count
     single = not isinstance(image, Tensor) or image.rank == 3 or image.dim(0) == 1
-    return probs.squeeze(0) if single and probs.dim(0) == 1 else probs
+    return Tensor.new(probs[0] if single and probs.shape[0] == 1 else probs, pixels.device)
 
 
 if __name__ == "__main__":

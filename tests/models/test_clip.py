@@ -558,3 +558,38 @@ def test_clip_example_main_as_written(models):
     with torch.no_grad():
         ref = hf(input_ids=torch.tensor(tokens), pixel_values=torch.from_numpy(pixels.astype(np.float32)))
     np.testing.assert_allclose(softmax_image_vec, torch.softmax(ref.logits_per_image, 1).flatten().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["eos", "argmax"])
+def test_zero_shot_label_lists_of_new_sizes_reuse_the_compiled_programs(models, rng, name, jax_compiles):
+    """Label lists of 3 or 4 labels of 3 to 8 tokens run the programs compiled for the first list
+    (labels padded to a power-of-two count, ids to a power-of-two length with the EOS id, mask 0),
+    for ``clip.zero_shot`` and ``ZeroShotClassifier``; the probabilities are transformers' CLIPModel's
+    on the unpadded ids, for pooling at the EOS id and at the largest id (``eos_token_id == 2``)."""
+    from candlejax.pipelines import ZeroShotClassifier
+
+    hf, model, _ = models[name]
+    tok = _tiny_tokenizer()
+    clf = ZeroShotClassifier(model, tok)
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    img = _image(rng)
+    px = proc(images=img, return_tensors="pt")["pixel_values"]
+    label_sets = [["a photo of a cat", "dog", "car"], ["cat", "the big red dog", "small car", "a photo"],
+                  ["red", "big", "photo of the small dog"], ["a cat", "a dog", "a car", "the"]]  # fmt: skip
+    for i, labels in enumerate(label_sets):
+        jax_compiles.clear()
+        got = clip.zero_shot(model, img, labels, tokenizer=tok).numpy()
+        rows = clf.probs([img, img], labels)
+        if i > 0:
+            assert jax_compiles == [], [c[:80] for c in jax_compiles]
+        enc = [tok.encode(t).ids for t in labels]
+        s = max(map(len, enc))
+        ids = np.array([e + [e[-1]] * (s - len(e)) for e in enc])
+        mask = np.array([[1] * len(e) + [0] * (s - len(e)) for e in enc])
+        with torch.no_grad():
+            ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), pixel_values=px)
+        want = ref.logits_per_image.softmax(-1)[0].numpy()
+        assert got.shape == (len(labels),) and rows.shape == (2, len(labels))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(rows, [want, want], atol=1e-5)
+        assert clf.text_features(labels).shape == (len(labels), 24)

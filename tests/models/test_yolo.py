@@ -453,3 +453,25 @@ def test_pt_checkpoint_keypoint_shape_is_kept(pose11, tmp_path):
     from candlejax.io.safetensors import MmapedSafetensors
 
     assert json.loads(MmapedSafetensors([str(dst)]).metadata()["kpt_shape"]) == [17, 3]
+
+
+def test_images_of_new_sizes_reuse_the_programs_of_their_letterboxed_shape(random_files, jax_compiles):
+    """Photos of new sizes that letterbox to one shape run the programs compiled for the first one
+    (the resize used to compile once per image size; now once per bucket of 25% of a side); the
+    letterbox is still bilinear as ``jax.image.resize`` (linear, no antialias) up to f32 rounding."""
+    model = yolo.load(random_files["v8n-detect"])
+    rng = np.random.default_rng(0)
+    for i, hw in enumerate([(100, 120), (101, 121), (110, 115), (105, 126), (112, 128)]):
+        img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+        jax_compiles.clear()
+        yolo.detect(model, img, imgsz=160)
+        out, lb = vision.letterbox(vision.image_to_tensor(img), 160)
+        if i > 0:
+            assert jax_compiles == [], [c[:60] for c in jax_compiles]
+        assert out.dims() == (3, 160, 160)
+        nh, nw = max(round(hw[0] * lb.gain), 1), max(round(hw[1] * lb.gain), 1)
+        left, top = lb.pad
+        got = out.numpy()[:, top : top + nh, left : left + nw].astype(int)
+        want = jax.image.resize(img.transpose(2, 0, 1).astype(np.float32), (3, nh, nw), "linear", antialias=False)
+        want = np.clip(np.round(np.asarray(want)), 0, 255).astype(int)
+        assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-2

@@ -146,7 +146,7 @@ class _SwitchingLabel(str):
 def test_zero_shot_label_cache_survives_another_thread_evicting_the_labels(monkeypatch):
     from candlejax.pipelines import zero_shot
 
-    monkeypatch.setattr(zero_shot.clip, "tokenize", lambda tok, labels, n: (labels, None))
+    monkeypatch.setattr(zero_shot.clip, "tokenize", lambda tok, labels, n, bucket=False: (labels, None))
     monkeypatch.setattr(zero_shot.clip, "text_features_jit",
                         lambda model, labels, mask: jax.numpy.ones((len(labels), 4)))  # fmt: skip
     clf = zero_shot.ZeroShotClassifier.__new__(zero_shot.ZeroShotClassifier)
