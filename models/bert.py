@@ -378,18 +378,15 @@ class BertModel(Module):
     def forward(self, input_ids: Any, token_type_ids: Any = None, attention_mask: Any = None) -> Any:
         """``(B, S)`` ids (and token types, 0/1 mask) -> last hidden states ``(B, S, hidden_size)``.
 
-        Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens and the
-        batch to a power of two (copies of the last row), so a new sentence length or batch size
-        reuses the executables compiled for its bucket instead of compiling its own
-        (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
+        Eagerly, the sequence is padded (masked) to a length bucket of 16, 32, 64, ... tokens and the batch
+        to a power of two (copies of the last row), so a new length or batch size reuses its bucket's
+        executables (``EAGER_LENGTH_BUCKETS = False`` turns this off); under ``jit`` it runs as given."""
         ids, token_type_ids, attention_mask = _host_inputs(input_ids, token_type_ids, attention_mask)
         ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
         b, s = (int(n) for n in ids.shape)
-        padded = eager_length_bucket(s, self.config.max_position_embeddings)
-        rows = 1 << (b - 1).bit_length()
-        grow = padded > s or rows > b
-        if (EAGER_LENGTH_BUCKETS and grow and self._eager(ids, token_type_ids, attention_mask)
+        padded, rows = eager_length_bucket(s, self.config.max_position_embeddings), 1 << (b - 1).bit_length()
+        if (EAGER_LENGTH_BUCKETS and (padded > s or rows > b) and self._eager(ids, token_type_ids, attention_mask)
                 and _every_query_sees_a_key(attention_mask)):
             return self._forward_padded(ids, token_type_ids, attention_mask, padded, rows)
         return self._encode(ids, token_type_ids, attention_mask)
