@@ -146,15 +146,16 @@ def _hf_caption(hf, px, n):
 
 def test_greedy_captions_token_identical(pair, rng):
     hf, model, _ = pair
-    lengths = []
+    fns = decode_fns(blip_text.step, ArgMax(), False)  # (the module's step: cached across calls and tests)
+    traced, lengths = fns.trace_count, []
     for _ in range(3):
         px = _pixels(rng)
         ref = _hf_caption(hf, px, 12)
         assert _caption_ids(model, px, 12) == ref
         lengths.append(len(ref))
     assert max(lengths) > 0
-    # one compiled program served the prompt and every decode step of all three captions
-    assert decode_fns(blip_text.step, ArgMax(), False).trace_count == 1
+    # at most one compiled program served the prompt and every decode step of all three captions
+    assert fns.trace_count <= traced + 1 and fns.trace_count >= 1
 
 
 def _caption_ids(model, px, n, **kw):
