@@ -22,6 +22,7 @@ Sentence embeddings (tokenizer, pooling, bucketed shapes): :mod:`candlejax.pipel
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -33,6 +34,7 @@ from candlejax import errors
 from candlejax.distributed import bert_tp_rules as tp_rules  # Megatron-style split over "model"
 from candlejax.dtype import DType, to_dtype
 from candlejax.models.bert_config import Config, HiddenAct, PositionEmbeddingType
+from candlejax.models.buckets import batch_bucket, eager_length_bucket, pad_rows_and_length
 from candlejax.models.loading import check_architecture, host_array
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
@@ -253,11 +255,6 @@ class BertPooler(Module):
 EAGER_LENGTH_BUCKETS = os.environ.get("CANDLEJAX_SHAPE_BUCKETS", "1") != "0"
 
 
-def eager_length_bucket(s: int, limit: int) -> int:
-    """The padded length of an eager ``s``-token forward: 16, 32, 64, ... (at most ``limit``)."""
-    return max(s, min(max(16, 1 << (s - 1).bit_length()), limit))
-
-
 def _mask_bias(attention_mask: Any, dtype: Any) -> Any:
     """0/1 mask ``(B, S)`` -> additive ``(B, 1, 1, S)``, or ``(B, S, S)`` (row i: the keys query i sees)
     -> ``(B, 1, S, S)`` (Candle's ``get_extended_attention_mask``): 0 where kept, the dtype's min where masked."""
@@ -385,7 +382,7 @@ class BertModel(Module):
         ids = unwrap(ids)
         self._check(ids, token_type_ids, attention_mask)
         b, s = (int(n) for n in ids.shape)
-        padded, rows = eager_length_bucket(s, self.config.max_position_embeddings), 1 << (b - 1).bit_length()
+        padded, rows = eager_length_bucket(s, self.config.max_position_embeddings), batch_bucket(b)
         if (EAGER_LENGTH_BUCKETS and (padded > s or rows > b) and self._eager(ids, token_type_ids, attention_mask)
                 and _every_query_sees_a_key(attention_mask)):
             return self._forward_padded(ids, token_type_ids, attention_mask, padded, rows)
@@ -408,14 +405,7 @@ class BertModel(Module):
     def _forward_padded(self, ids: Any, token_type_ids: Any, attention_mask: Any, padded: int, rows: int) -> Any:
         b, s = ids.shape
         device = next(iter(ids.devices())) if isinstance(ids, jax.Array) else None
-
-        def pad(a: Any) -> Any:  # on the host: no executable per length or batch size
-            a = np.asarray(unwrap(a))
-            out = np.zeros((rows, *[padded] * (a.ndim - 1)), a.dtype)  # a (B, S, S) mask: padded keys masked
-            out[(slice(0, b), *[slice(0, s)] * (a.ndim - 1))] = a
-            out[b:] = out[b - 1]  # copies of the last row (rows never see each other)
-            return jax.device_put(out, device)
-
+        pad = functools.partial(pad_rows_and_length, rows=rows, length=padded, device=device)
         mask = np.ones((b, s), np.int32) if attention_mask is None else attention_mask
         out = self._encode(pad(ids), None if token_type_ids is None else pad(token_type_ids), pad(mask))
         return wrap(jax.device_put(np.asarray(unwrap(out))[:b, :s], device))
