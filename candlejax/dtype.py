@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from candlejax import errors
+from candlejax import _reload, errors
+
+_reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
 _NP = {
     "u8": np.dtype(np.uint8),
@@ -205,3 +207,5 @@ def from_array_dtype(dt: Any, where: str = "tensor") -> DType:
         raise errors.UnsupportedDTypeForOp(
             str(dt), where, "supported: " + ", ".join(d.value for d in DType)
         ) from None
+
+_reload.loaded(__name__)

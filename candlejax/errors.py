@@ -680,6 +680,11 @@ class MissingDependency(Msg, ImportError):
     ``ImportError``. The message names the package and the ``pip install`` line that provides it."""
 
 
+class ModuleReload(Msg, ImportError):
+    """``importlib.reload`` / IPython's ``%autoreload`` of a module defining candlejax's core classes
+    (Tensor, Var, Module, DType): refused, leaving the loaded module as it was; also an ``ImportError``."""
+
+
 class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from candlejax import errors
+from candlejax import _reload, errors
 from candlejax.device import Device
 from candlejax.dtype import DType, check_width, to_dtype, x64_enabled
 from candlejax.errors import fmt_shape
@@ -39,6 +39,8 @@ from candlejax.shape import as_shape
 from candlejax.tensor import Tensor
 from candlejax.tensor._core import TensorBase, concrete_array, unwrap, wrap
 from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
+
+_reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
 __all__ = [
     "Buffer",
@@ -1150,3 +1152,5 @@ class ModuleT(Module):
         if not kwargs and train is False and isinstance(xs, Module) and _is_label_tree(self):
             return self
         return self.forward_t(xs, train, **kwargs)
+
+_reload.loaded(__name__)

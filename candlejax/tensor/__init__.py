@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from candlejax import _jax_private, errors
+from candlejax import _jax_private, _reload, errors
 from candlejax.dtype import NUMPY_TO_DTYPE
 from candlejax.tensor import _core
 from candlejax.tensor.conv import ConvMixin
@@ -27,6 +27,8 @@ from candlejax.tensor.linalg import LinalgMixin
 from candlejax.tensor.movement import MovementMixin
 from candlejax.tensor.reduce import ReduceMixin
 from candlejax.tensor.torch_compat import TorchCompatMixin
+
+_reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
 
 class Tensor(
@@ -147,3 +149,5 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Tensor", "float_arg", "int_arg", "unwrap", "wrap"]
+
+_reload.loaded(__name__)

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from candlejax import errors
+from candlejax import _reload, errors
 from candlejax.device import Device, single_device
 from candlejax.dtype import NUMPY_TO_DTYPE, DType, from_array_dtype
 from candlejax.shape import Dims, Rank, Shape, resolve_dim
+
+_reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
 if TYPE_CHECKING:  # Tensor is built on TensorBase: candlejax.tensor sets this name at runtime (get_type_hints)
     from candlejax.tensor import Tensor
@@ -398,3 +400,5 @@ def not_a_tensor(op: str, what: str, x: Any) -> errors.Msg:
     the pair its ``append`` returns: Candle's ``let (k, v) = cache.append(..)`` ported as is)."""
     hint = getattr(type(x), "not_a_tensor_hint", None)
     return errors.Msg(f"{op}: expected a Tensor as {what}, got {type(x).__name__}" + (f" ({hint})" if hint else ""))
+
+_reload.loaded(__name__)
