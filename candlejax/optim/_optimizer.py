@@ -72,6 +72,13 @@ class OptState(NamedTuple):
     step: jax.Array
     inner: Any
 
+    def __repr__(self) -> str:
+        """The fields, or ``<donated>`` once a functional step consumed the state (its buffers are deleted)."""
+        leaves = jax.tree_util.tree_leaves(tuple(self))
+        if any(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_deleted() for a in leaves):
+            return "OptState(<donated to an optimizer step: use the state that step returned>)"
+        return f"OptState(step={self.step!r}, inner={self.inner!r})"
+
 
 def _check_lr(lr: Any, who: str) -> Any:
     if callable(lr):

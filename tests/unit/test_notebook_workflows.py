@@ -96,3 +96,16 @@ def test_ipython_autoreload_of_a_core_module_raises_and_restores_it():
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+def test_displaying_a_donated_optimizer_state_names_the_donation():
+    # a cell that shows `state` re-run after a functional step consumed it: no JAX "Array has been deleted"
+    formatters = pytest.importorskip("IPython.core.formatters")
+    lin = nn.linear(3, 2, nn.VarBuilder.from_varmap(nn.VarMap(), cj.DType.F32, cj.Device.Cpu).pp("l"))
+    opt = cj.optim.AdamW(cj.optim.ParamsAdamW())
+    state = opt.init(lin)
+    assert "step=" in repr(state)
+    _, new_state, _ = opt.backward_step(lambda m, x: m(x).sum_all(), lin, state, cj.Tensor(np.ones((2, 3), np.float32)))
+    assert "donated" in repr(state) and "donated" not in repr(new_state)
+    shown, _ = formatters.format_display_data(state)
+    assert "donated" in shown["text/plain"]
