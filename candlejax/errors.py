@@ -685,6 +685,11 @@ class ModuleReload(Msg, ImportError):
     (Tensor, Var, Module, DType): refused, leaving the loaded module as it was; also an ``ImportError``."""
 
 
+class ConstantVarWarning(UserWarning):
+    """A compiled function reads a Module or Var from a closure or a global: its weights are compiled in
+    as constants and later updates (an optimizer step, ``Var.set``) are not seen; pass it as an argument."""
+
+
 class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 

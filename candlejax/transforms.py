@@ -17,6 +17,7 @@ provides: ``jit``, ``grad``, ``value_and_grad``, ``partition``, ``combine``, ``t
 
 from __future__ import annotations
 
+import dis
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import to_dtype
-from candlejax.nn.module import Module, StaticValue, Var
+from candlejax.nn.module import Module, StaticValue, Var, named_vars
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -60,13 +61,49 @@ def _unbox(tree: Any) -> Any:
                                   is_leaf=lambda x: isinstance(x, _Static))  # fmt: skip
 
 
+def _holds_concrete_var(v: Any) -> bool:
+    vars_ = [v] if isinstance(v, Var) else named_vars(v).values()
+    return any(isinstance(x._a, jax.Array) and not isinstance(x._a, jax.core.Tracer) for x in vars_)
+
+
+def _warn_captured_vars(fn: Any) -> None:
+    """Warn when ``fn`` reads a Module or Var from its closure or its module's globals: ``jax.jit`` compiles
+    their weights in as constants, so an in-place update (a bound optimizer step, ``Var.set``) would leave
+    the compiled function computing with the old values (a notebook's ``cj.jit(lambda x: model(x))``)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return
+    read: dict[str, Any] = {}
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        try:
+            read[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    glob = getattr(fn, "__globals__", {})
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in glob:
+            read.setdefault(ins.argval, glob[ins.argval])
+    names = [n for n, v in read.items() if isinstance(v, (Module, Var)) and _holds_concrete_var(v)]
+    if names:
+        errors.warn_at_caller(
+            f"jit: {getattr(fn, '__qualname__', 'the function')} reads {names} from a closure or a global: their"
+            " Vars are compiled in as constants, so later updates (an optimizer step, Var.set, VarMap.load) are"
+            " not seen by the compiled function; pass the model as an argument instead:"
+            " cj.jit(lambda model, x: model(x))(model, x)",
+            errors.ConstantVarWarning,
+        )
+
+
 class _Jitted:
     def __init__(self, fn: Callable[..., Any], bound: tuple[Any, ...] = (), **jit_kwargs: Any):
         self.fn = fn
         functools.update_wrapper(self, fn)
         self._bound = bound  # the Module of a bound method (or a Module called): passed as the first argument
 
+        self._traced = False
+
         def inner(*args: Any, **kwargs: Any) -> Any:
+            self._traced = True  # runs only while tracing: __call__ then looks for weights baked in
             args, kwargs = _unbox((args, kwargs))
             return _box(fn(*args, **kwargs))
 
@@ -74,7 +111,11 @@ class _Jitted:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _box(((*self._bound, *args), kwargs))
-        return _unbox(self._jitted(*args, **kwargs))
+        out = _unbox(self._jitted(*args, **kwargs))
+        if self._traced:
+            self._traced = False
+            _warn_captured_vars(self.fn)
+        return out
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:

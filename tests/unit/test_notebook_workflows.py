@@ -109,3 +109,29 @@ def test_displaying_a_donated_optimizer_state_names_the_donation():
     assert "donated" in repr(state) and "donated" not in repr(new_state)
     shown, _ = formatters.format_display_data(state)
     assert "donated" in shown["text/plain"]
+
+
+_model = None  # a notebook global: `model = ...` in one cell, `fwd = cj.jit(lambda x: model(x))` in another
+
+
+def test_jit_of_a_function_reading_a_global_or_closed_over_model_warns_it_is_baked_in():
+    global _model
+    vm = nn.VarMap()
+    _model = nn.linear(2, 1, nn.VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu).pp("l"))
+    x = cj.Tensor([[1.0, 2.0]])
+    model = _model
+    fwd_global = cj.jit(lambda x: _model(x))
+    fwd_closure = cj.jit(lambda x: model(x))
+    with pytest.warns(cj.errors.ConstantVarWarning, match="_model"):
+        before = fwd_global(x).to_vec2()
+    with pytest.warns(cj.errors.ConstantVarWarning, match="'model'.*argument"):
+        fwd_closure(x)
+    nn.SGD(vm.all_vars(), 0.1).backward_step(lambda m, x: m(x).sum_all(), _model, x)
+    assert fwd_global(x).to_vec2() == before != _model(x).to_vec2()  # what the warning is about
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd = cj.jit(lambda m, x: m(x))  # the model as an argument: its current weights, no warning
+        assert fwd(_model, x).to_vec2() == _model(x).to_vec2()
+        assert cj.jit(_model.forward)(x).to_vec2() == _model(x).to_vec2()
