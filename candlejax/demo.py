@@ -179,10 +179,11 @@ def train(name: str, ds: data.VisionDataset, out: Path, epochs: int, lr: float, 
             acc = accuracy(model, test_images, ds.test_labels)
             ck_mod.save(path, model, state, step=step, epoch=batcher.epoch, batcher=batcher, optimizer=opt,
                       extra={"test_accuracy": acc, "loss": loss})  # fmt: skip
-    except KeyboardInterrupt:
+    except BaseException as e:  # any failure: a bar left open (the traceback keeps it) garbles later output
         if bar is not None:
             bar.close()
-        print(f"\ninterrupted: the last checkpoint ({path}) is intact; continue with --resume", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt):
+            print(f"\ninterrupted: the last checkpoint ({path}) is intact; continue with --resume", file=sys.stderr)
         raise
     elapsed = time.perf_counter() - t0
     if bar is not None:

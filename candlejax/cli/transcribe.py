@@ -111,18 +111,20 @@ def run(args: argparse.Namespace) -> int:
         bar.n = round(min(done, total), 1)
         bar.refresh()
 
-    for seg in transcribe(model, path, timestamps=args.timestamps, temperature=args.temperature,
-                          language=args.language, task=args.task, progress=progress,
-                          mel_padding=args.mel_padding, seed=args.seed,
-                          initial_prompt=getattr(args, "initial_prompt", None),
-                          max_initial_timestamp=_max_initial_timestamp(args)):  # fmt: skip
-        line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
+    try:
+        for seg in transcribe(model, path, timestamps=args.timestamps, temperature=args.temperature,
+                              language=args.language, task=args.task, progress=progress,
+                              mel_padding=args.mel_padding, seed=args.seed,
+                              initial_prompt=getattr(args, "initial_prompt", None),
+                              max_initial_timestamp=_max_initial_timestamp(args)):  # fmt: skip
+            line = f"[{seg.start:7.2f} -> {seg.end:7.2f}] {seg.text.strip()}" if args.timestamps else seg.text.strip()
+            if bar is not None:
+                bar.write(line)
+            else:
+                print(line, flush=True)
+    finally:  # also on Ctrl-C or an error: an open bar garbles later output
         if bar is not None:
-            bar.write(line)
-        else:
-            print(line, flush=True)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return 0
 
 

@@ -135,3 +135,27 @@ def test_jit_of_a_function_reading_a_global_or_closed_over_model_warns_it_is_bak
         fwd = cj.jit(lambda m, x: m(x))  # the model as an argument: its current weights, no warning
         assert fwd(_model, x).to_vec2() == _model(x).to_vec2()
         assert cj.jit(_model.forward)(x).to_vec2() == _model(x).to_vec2()
+
+
+def test_demo_training_closes_its_progress_bar_when_a_step_fails(tmp_path, monkeypatch):
+    # an open tqdm bar left behind by a failed cell garbles every later output of the notebook
+    tqdm_std = pytest.importorskip("tqdm.std")
+    import types
+
+    from candlejax import demo
+    from candlejax.data import VisionDataset
+
+    rng = np.random.default_rng(0)
+    images = cj.Tensor(rng.random((20, 64), dtype=np.float32))
+    labels = cj.Tensor(rng.integers(0, 10, 20).astype(np.uint32))
+    ds = VisionDataset(images, labels, images, labels, 10)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the evaluation failed")
+
+    monkeypatch.setattr(demo, "accuracy", broken)
+    args = types.SimpleNamespace(batch_size=10, no_progress=False, resume=False, devices=1)
+    with pytest.raises(RuntimeError, match="evaluation failed") as failure:
+        demo.train("mlp", ds, tmp_path, 1, 1e-3, 0, args)
+    # IPython keeps the traceback (sys.last_traceback), and with it the frame holding the bar
+    assert failure.tb is not None and not [b for b in tqdm_std.tqdm._instances if not b.disable]
