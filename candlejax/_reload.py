@@ -1,7 +1,7 @@
 """Refusing to reload the modules that define candlejax's core classes.
 
 Re-running such a module (``importlib.reload``, IPython's ``%autoreload``) makes new ``Tensor`` /
-``Var`` / ``Module`` / ``DType`` classes: the objects made before are no longer instances of them,
+``Var`` / ``Module`` / ``DType`` / ``QTensor`` classes: the objects made before are no longer instances of them,
 and candlejax's ``isinstance`` checks and JAX's pytree registry tell them apart. JAX does not support
 reloading either, so these modules raise :class:`candlejax.errors.ModuleReload` at the top of a
 re-run, before anything is redefined, and stay as they were.

@@ -682,7 +682,7 @@ class MissingDependency(Msg, ImportError):
 
 class ModuleReload(Msg, ImportError):
     """``importlib.reload`` / IPython's ``%autoreload`` of a module defining candlejax's core classes
-    (Tensor, Var, Module, DType): refused, leaving the loaded module as it was; also an ``ImportError``."""
+    (Tensor, Var, Module, DType, QTensor): refused, leaving the loaded module as it was; also an ``ImportError``."""
 
 
 class ConstantVarWarning(UserWarning):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from candlejax import errors
+from candlejax import _reload, errors
 from candlejax._dispatch import device_mismatch, is_eager, op
 from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
@@ -32,6 +32,8 @@ from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
 from candlejax.quantized.packed import PackedWeight
 from candlejax.shape import Dims, Rank
 from candlejax.tensor._core import TensorBase, unwrap, wrap
+
+_reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
 _FLOAT_JNP = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
@@ -555,3 +557,5 @@ jax.tree_util.register_pytree_node(
 )
 
 __all__ = ["QMatMul", "QTensor", "byte_shape"]
+
+_reload.loaded(__name__)

@@ -54,7 +54,7 @@ def test_redefined_module_class_shares_the_varmap_vars_and_trains_them():
 
 
 @pytest.mark.parametrize("module", ["candlejax.tensor", "candlejax.tensor._core", "candlejax.nn.module",
-                                    "candlejax.dtype"])
+                                    "candlejax.dtype", "candlejax.quantized.qtensor"])
 def test_reloading_a_core_module_raises_and_leaves_objects_working(module):
     out = _run(f"""
         import importlib, candlejax as cj
@@ -63,6 +63,10 @@ def test_reloading_a_core_module_raises_and_leaves_objects_working(module):
         lin = nn.linear(2, 1, nn.VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu).pp("l"))
         x = cj.Tensor([[1.0, 2.0]])
         y0 = lin(x).to_vec2()
+        from candlejax import quantized as q
+        ones = lambda shape: cj.Tensor.ones(shape, cj.DType.F32, cj.Device.Cpu)
+        qw = q.QTensor.quantize(ones((4, 32)), q.GgmlDType.Q8_0)
+        q0 = q.QMatMul.from_qtensor(qw).forward(ones((1, 32))).to_vec2()
         try:
             importlib.reload(importlib.import_module("{module}"))
         except errors.ModuleReload as e:
@@ -74,6 +78,7 @@ def test_reloading_a_core_module_raises_and_leaves_objects_working(module):
         new = nn.linear(2, 1, nn.VarBuilder.from_varmap(vm, cj.DType.F32, cj.Device.Cpu).pp("l"))
         assert new.weight is lin.weight and cj.jit(lambda m, x: m(x))(new, x).to_vec2() == y0
         nn.SGD(vm.all_vars(), 0.1).backward_step(lambda m, x: m(x).sum_all(), lin, x)
+        assert q.QMatMul.from_qtensor(qw).forward(ones((1, 32))).to_vec2() == q0
         print("ok")
     """)
     assert out.strip() == "ok"
