@@ -70,25 +70,28 @@ def _warn_captured_vars(fn: Any) -> None:
     """Warn when ``fn`` reads a Module or Var from its closure or its module's globals: ``jax.jit`` compiles
     their weights in as constants, so an in-place update (a bound optimizer step, ``Var.set``) would leave
     the compiled function computing with the old values (a notebook's ``cj.jit(lambda x: model(x))``)."""
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return
     read: dict[str, Any] = {}
-    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+    while isinstance(fn, functools.partial):  # cj.jit(functools.partial(forward, model)): bound arguments
+        func = getattr(fn.func, "__name__", "the function")
+        read.update((f"{func}'s argument {i}", a) for i, a in enumerate(fn.args))
+        read.update((f"{func}'s argument {k}", a) for k, a in fn.keywords.items())
+        fn = fn.func
+    code = getattr(fn, "__code__", None)
+    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(fn, "__closure__", None) or ()):
         try:
             read[name] = cell.cell_contents
         except ValueError:  # an empty cell
             pass
     glob = getattr(fn, "__globals__", {})
-    for ins in dis.get_instructions(code):
+    for ins in dis.get_instructions(code) if code is not None else ():
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in glob:
             read.setdefault(ins.argval, glob[ins.argval])
     names = [n for n, v in read.items() if isinstance(v, (Module, Var)) and _holds_concrete_var(v)]
     if names:
         errors.warn_at_caller(
-            f"jit: {getattr(fn, '__qualname__', 'the function')} reads {names} from a closure or a global: their"
-            " Vars are compiled in as constants, so later updates (an optimizer step, Var.set, VarMap.load) are"
-            " not seen by the compiled function; pass the model as an argument instead:"
+            f"jit: {getattr(fn, '__qualname__', 'the function')} reads {names} from a closure, a global or a partial:"
+            " their Vars are compiled in as constants, so later updates (an optimizer step, Var.set, VarMap.load)"
+            " are not seen by the compiled function; pass the model as an argument instead:"
             " cj.jit(lambda model, x: model(x))(model, x)",
             errors.ConstantVarWarning,
         )

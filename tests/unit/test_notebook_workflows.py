@@ -3,6 +3,7 @@ reloaded (``importlib.reload``, IPython's ``%autoreload``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -131,6 +132,8 @@ def test_jit_of_a_function_reading_a_global_or_closed_over_model_warns_it_is_bak
         before = fwd_global(x).to_vec2()
     with pytest.warns(cj.errors.ConstantVarWarning, match="'model'.*argument"):
         fwd_closure(x)
+    with pytest.warns(cj.errors.ConstantVarWarning, match="argument 0"):
+        cj.jit(functools.partial(lambda m, x: m(x), model))(x)
     nn.SGD(vm.all_vars(), 0.1).backward_step(lambda m, x: m(x).sum_all(), _model, x)
     assert fwd_global(x).to_vec2() == before != _model(x).to_vec2()  # what the warning is about
     import warnings
@@ -140,6 +143,12 @@ def test_jit_of_a_function_reading_a_global_or_closed_over_model_warns_it_is_bak
         fwd = cj.jit(lambda m, x: m(x))  # the model as an argument: its current weights, no warning
         assert fwd(_model, x).to_vec2() == _model(x).to_vec2()
         assert cj.jit(_model.forward)(x).to_vec2() == _model(x).to_vec2()
+
+        @cj.jit
+        def step(_model, x):  # a parameter of the same name as the global: read from the argument
+            return _model(x)
+
+        assert step(_model, x).to_vec2() == _model(x).to_vec2()
 
 
 def test_demo_training_closes_its_progress_bar_when_a_step_fails(tmp_path, monkeypatch):
