@@ -208,4 +208,5 @@ def from_array_dtype(dt: Any, where: str = "tensor") -> DType:
             str(dt), where, "supported: " + ", ".join(d.value for d in DType)
         ) from None
 
+
 _reload.loaded(__name__)

@@ -1153,4 +1153,5 @@ class ModuleT(Module):
             return self
         return self.forward_t(xs, train, **kwargs)
 
+
 _reload.loaded(__name__)

@@ -558,4 +558,5 @@ jax.tree_util.register_pytree_node(
 
 __all__ = ["QMatMul", "QTensor", "byte_shape"]
 
+
 _reload.loaded(__name__)

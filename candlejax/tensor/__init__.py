@@ -150,4 +150,5 @@ sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Tensor", "float_arg", "int_arg", "unwrap", "wrap"]
 
+
 _reload.loaded(__name__)

@@ -401,4 +401,5 @@ def not_a_tensor(op: str, what: str, x: Any) -> errors.Msg:
     hint = getattr(type(x), "not_a_tensor_hint", None)
     return errors.Msg(f"{op}: expected a Tensor as {what}, got {type(x).__name__}" + (f" ({hint})" if hint else ""))
 
+
 _reload.loaded(__name__)
