@@ -166,3 +166,28 @@ def test_batcher_reads_a_dataset_object_only_as_its_batches_are_taken():
     # in-memory arrays have no side effects: they are still gathered ahead
     assert data.Batcher((np.zeros((12, 2), np.float32),), 3).prefetch == 2
     assert data.Batcher(Recorded(), 3, prefetch=1).prefetch == 1  # asked for explicitly
+
+
+def test_varmap_seeds_use_all_64_bits():
+    """``VarMap(seed=2**63)`` drew the same weights as ``seed=0`` (the seed was taken modulo 2**63) and a
+    negative seed was accepted as another's alias; seeds are u64 as ``Device.set_seed``'s."""
+    import zlib
+
+    import pytest
+
+    from candlejax import DType, Tensor
+    from candlejax.errors import Error
+    from candlejax.nn import VarMap
+    from candlejax.nn.init import Randn
+
+    def weights(seed: int) -> np.ndarray:
+        return np.asarray(VarMap(seed=seed).get((4, 3), "w", Randn(0.0, 1.0), DType.F32, None).to_vec2())
+
+    assert not np.array_equal(weights(0), weights(2**63))
+    assert not np.array_equal(weights(2**63 - 1), weights(2**64 - 1))
+    for seed in (0, 7, 2**63 - 1):  # seeds below 2**63 keep their numbers: PCG64 from (seed, crc32(name))
+        want = Randn(0.0, 1.0).sample((4, 3), DType.F32, None, np.random.default_rng([seed, zlib.crc32(b"w")]))
+        np.testing.assert_array_equal(weights(seed), np.asarray(Tensor(want).to_vec2()))
+    for bad in (-1, 2**64):
+        with pytest.raises(Error, match=r"VarMap: seed must be in \[0, 2\*\*64\)"):
+            VarMap(seed=bad)
