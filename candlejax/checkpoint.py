@@ -110,6 +110,50 @@ def _rng_states() -> dict[str, list[int]]:
     return {f"{k[0]}:{k[1]}": [int(v[0]), int(v[2])] for k, v in cj_random._state.items()}
 
 
+def _np_state(g: Any, name: str) -> dict[str, Any]:
+    """The JSON form of a numpy generator's state (``Generator`` or legacy ``RandomState``): its bit
+    generator's ``state`` dict, numpy arrays (MT19937, Philox, SFC64) as ``{"ndarray": list, "dtype"}``."""
+    if isinstance(g, np.random.Generator):
+        state = g.bit_generator.state
+    elif isinstance(g, np.random.RandomState):
+        state = g.get_state(legacy=False)
+    else:
+        raise CheckpointError(
+            f"checkpoint: numpy_rngs[{name!r}] must be a numpy.random.Generator or RandomState, got {type(g).__name__}"
+        )
+
+    def enc(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: enc(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray):
+            return {"ndarray": v.tolist(), "dtype": v.dtype.str}
+        return v.item() if isinstance(v, np.generic) else v
+
+    return enc(state)
+
+
+def _set_np_state(g: Any, name: str, saved: Any, path: str) -> Any:
+    """Check ``saved`` (from :func:`_np_state`) fits ``g``'s bit generator; returns a setter."""
+    mine = _np_state(g, name)
+
+    def dec(v: Any) -> Any:
+        if isinstance(v, dict):
+            if set(v) == {"ndarray", "dtype"}:
+                return np.asarray(v["ndarray"], dtype=np.dtype(v["dtype"]))
+            return {k: dec(x) for k, x in v.items()}
+        return v
+
+    kind = saved.get("bit_generator") if isinstance(saved, dict) else None
+    if kind != mine.get("bit_generator"):
+        raise CheckpointError(
+            f"checkpoint {path}: numpy generator {name!r} is a {kind}, the one given is a {mine.get('bit_generator')}"
+        )
+    state = dec(saved)
+    if isinstance(g, np.random.Generator):
+        return lambda: setattr(g.bit_generator, "state", state)
+    return lambda: g.set_state(state)
+
+
 def _check_batcher(batcher: Any, op: str) -> None:
     """Raise unless ``batcher`` has a position to save / restore (``state`` / ``set_state``)."""
     if batcher is not None and not (hasattr(batcher, "state") and hasattr(batcher, "set_state")):
@@ -129,7 +173,7 @@ def save(
     epoch: int = 0,
     batcher: Any = None,
     optimizer: Any = None,
-    numpy_rngs: dict[str, np.random.Generator] | None = None,
+    numpy_rngs: dict[str, np.random.Generator | np.random.RandomState] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint to ``path`` atomically (temporary file + rename).
@@ -142,7 +186,8 @@ def save(
         optimizer: saves its current learning rate (set again by :func:`restore`); an optimizer bound
             to Vars (``AdamW(varmap.all_vars(), ..)``) also saves its own state, so ``opt_state`` may
             be left out.
-        numpy_rngs: named ``np.random.Generator`` objects whose bit-generator state is saved.
+        numpy_rngs: named ``np.random.Generator`` (any bit generator) or ``RandomState`` objects whose
+            state is saved.
         extra: JSON-serialisable values (loss history, config, ...).
     Also saved: the state of every candlejax device generator (``Device.set_seed`` / ``randn``).
     """
@@ -179,7 +224,7 @@ def save(
         "batcher": None if batcher is None else batcher.state(),
         "learning_rate": lr,
         "random": _rng_states(),
-        "numpy": {k: g.bit_generator.state for k, g in (numpy_rngs or {}).items()},
+        "numpy": {k: _np_state(g, k) for k, g in (numpy_rngs or {}).items()},
         "extra": extra or {},
         "scalars": scalars,
     }
@@ -247,7 +292,7 @@ def restore(
     *,
     optimizer: Any = None,
     batcher: Any = None,
-    numpy_rngs: dict[str, np.random.Generator] | None = None,
+    numpy_rngs: dict[str, np.random.Generator | np.random.RandomState] | None = None,
     restore_random: bool = True,
 ) -> Checkpoint:
     """Load a checkpoint into the structure of ``model`` (and of ``opt_state``).
@@ -341,9 +386,11 @@ def restore(
         new_state = treedef.unflatten(new_leaves)
 
     # what may still raise comes before the Vars are set in place: a failed restore leaves them as they were
-    for k in numpy_rngs or {}:
+    set_numpy = []
+    for k, g in (numpy_rngs or {}).items():
         if k not in meta.get("numpy", {}):
             raise CheckpointError(f"checkpoint {path} holds no numpy generator named {k!r}")
+        set_numpy.append(_set_np_state(g, k, meta["numpy"][k], path))
     if batcher is not None:
         if meta.get("batcher") is None:
             raise CheckpointError(f"checkpoint {path} holds no Batcher position")
@@ -351,8 +398,8 @@ def restore(
             batcher.set_state(meta["batcher"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path}: invalid Batcher position {meta['batcher']!r} ({e!r})") from None
-    for k, g in (numpy_rngs or {}).items():
-        g.bit_generator.state = meta["numpy"][k]
+    for set_state in set_numpy:
+        set_state()
 
     if bound:  # Candle's form: the Vars shared with the VarMap and the optimizer are set in place
         from candlejax.nn.module import NamedTensor

@@ -184,7 +184,10 @@ class Batcher(_BuilderOptions):
             arrays on ``cuda:0`` give batches on ``cuda:0``; a list of examples or a ``Dataset``
             object, its first example's device); host data (numpy, Python) gives ``Device.Cpu``.
         prefetch: batches gathered and moved to the device ahead of time on a background thread
-            (0: gather on the calling thread).
+            (0: gather on the calling thread). Default (``None``): 2 for in-memory data (Tensors,
+            arrays, a list of examples); 0 for a ``Dataset`` object, whose ``__getitem__`` /
+            ``get_batch`` may draw random numbers (augmentation) or have other effects: read ahead,
+            they would run in an order set by thread timing and before the checkpointed position.
         mesh: a ``cj.distributed.mesh``: batches are placed split along dim 0 over its
             ``data_axis`` (``"data"``), each device receiving only its rows (replaces ``device``);
             ``batch_size`` must be a multiple of that axis size.
@@ -203,7 +206,7 @@ class Batcher(_BuilderOptions):
         seed: int = 0,
         return_last_incomplete_batch: bool = False,
         device: Device | str | None = None,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         mesh: Any = None,
         data_axis: str = "data",
         drop_last: bool | None = None,
@@ -219,6 +222,8 @@ class Batcher(_BuilderOptions):
         n = len(self.dataset)
         if n == 0:
             raise EmptyDatasetError("Batcher: the dataset is empty (0 examples)")
+        if prefetch is None:  # a Dataset object is read only as its batches are taken (see the docstring)
+            prefetch = 2 if isinstance(self.dataset, (TensorDataset, list)) else 0
         if not isinstance(prefetch, (int, np.integer)) or isinstance(prefetch, bool) or prefetch < 0:
             raise errors.InvalidArgument(f"Batcher: prefetch must be an int >= 0, got {prefetch!r}")
         self.mesh, self.data_axis = mesh, data_axis

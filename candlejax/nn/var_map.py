@@ -40,11 +40,11 @@ __all__ = ["VarMap"]
 
 
 def name_rng(seed: int, name: str) -> np.random.Generator:
-    """The init generator for ``name``: numpy's PCG64 seeded with ``(seed, crc32(name))``.
+    """The init generator for ``name``: numpy's PCG64 seeded with ``(seed, crc32(name))`` (``seed`` a u64).
 
     Sampled on the host, so building a model compiles nothing; identical on every platform.
     """
-    return np.random.default_rng([int(seed) % (2**63), zlib.crc32(name.encode())])
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
 
 
 def _same_shape(existing: Var | Buffer, shape: Any, path: str) -> Var | Buffer:
@@ -66,6 +66,8 @@ class VarMap:
 
     def __init__(self, seed: int = 0):
         self.seed = int_arg(seed, "VarMap", "seed")
+        if not 0 <= self.seed < 2**64:  # a u64, as Device.set_seed's (taken modulo 2**63, 2**63 drew seed 0's values)
+            raise errors.Msg(f"VarMap: seed must be in [0, 2**64), got {self.seed}")
         self._data: dict[str, Var | Buffer] = {}
 
     @staticmethod

@@ -291,3 +291,23 @@ def test_streaming_batcher_has_no_position_to_save(tmp_path):
     checkpoint.save(p, _init_model(), batcher=Batcher((x, y), 4))
     with pytest.raises(checkpoint.CheckpointError, match=r"batcher=.*IterBatcher.*no position"):
         checkpoint.restore(p, _init_model(), batcher=stream)
+
+
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
+def test_every_numpy_bit_generator_resumes(tmp_path, bits):
+    """MT19937 / Philox / SFC64 states hold numpy arrays: save failed ("extra values must be
+    JSON-serialisable"); a legacy RandomState raised AttributeError."""
+    p = tmp_path / "c.safetensors"
+    g, legacy = np.random.Generator(bits(5)), np.random.RandomState(5)
+    g.random(3), legacy.rand(3)
+    checkpoint.save(p, _init_model(), numpy_rngs={"g": g, "legacy": legacy})
+    want, want_legacy = g.random(4), legacy.rand(4)
+    g2, legacy2 = np.random.Generator(bits(0)), np.random.RandomState(0)
+    checkpoint.restore(p, _init_model(), numpy_rngs={"g": g2, "legacy": legacy2})
+    np.testing.assert_array_equal(g2.random(4), want)
+    np.testing.assert_array_equal(legacy2.rand(4), want_legacy)
+    wrong = np.random.Generator(np.random.PCG64DXSM(0))
+    with pytest.raises(checkpoint.CheckpointError, match=rf"numpy generator 'g' is a {bits.__name__}.*PCG64DXSM"):
+        checkpoint.restore(p, _init_model(), numpy_rngs={"g": wrong})
+    with pytest.raises(checkpoint.CheckpointError, match=r"numpy_rngs\['g'\] must be a numpy.random.Generator"):
+        checkpoint.save(p, _init_model(), numpy_rngs={"g": 3})

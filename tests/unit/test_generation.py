@@ -209,6 +209,9 @@ def test_seed_key_is_candles_stdrng_key_without_compiling(jax_compiles):
     key = np.array([1, 23, 200 + 256, 210 + 30 * 256, 0, 0, 0, 0], np.uint32)
     words = chacha_block(key, np.uint32(0), np.uint32(0))
     assert (int(words[1]) << 32) | int(words[0]) == 10719222850664546238
+    # ... and its second value: StdRng::from_rng(&mut rng0) keys a new ChaCha12 with words 2..10
+    again = chacha_block(np.array(words[2:10], np.uint32), np.uint32(0), np.uint32(0))
+    assert (int(again[1]) << 32) | int(again[0]) == 14064965282130556830
     # ChaCha20's IETF test vector 1 (zero key and nonce), the same block function with 10 double rounds
     words = chacha_block(np.zeros(8, np.uint32), np.uint32(0), np.uint32(0), double_rounds=10)
     assert [int(w) for w in words[:4]] == [0xADE0B876, 0x903DF1A0, 0xE56A5D40, 0x28BD8653]
