@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 
 import candlejax as cj
 from candlejax import DType, Tensor, Var, errors
@@ -185,7 +185,8 @@ MOVE = [
     ("broadcast_left", lambda x: x.broadcast_left(2), lambda x: x.expand(2, 2, 3, 4)),
     ("repeat", lambda x: x.repeat((1, 2, 1)), lambda x: x.repeat(1, 2, 1)),
     ("pad_with_zeros", lambda x: x.pad_with_zeros(2, 1, 2), lambda x: F.pad(x, (1, 2))),
-    ("pad_with_same", lambda x: x.pad_with_same(1, 2, 1), lambda x: F.pad(x.transpose(1, 2), (2, 1), mode="replicate").transpose(1, 2)),
+    ("pad_with_same", lambda x: x.pad_with_same(1, 2, 1),
+     lambda x: F.pad(x.transpose(1, 2), (2, 1), mode="replicate").transpose(1, 2)),
     ("flip", lambda x: x.flip([0, 2]), lambda x: x.flip([0, 2])),
     ("roll", lambda x: x.roll(1, 2), lambda x: x.roll(1, 2)),
     ("i_slice", lambda x: x.i((slice(None), slice(1, 3))), lambda x: x[:, 1:3]),
@@ -383,8 +384,8 @@ def test_to_dtype_f64_round_trip(x64):
 
 def test_tensor_used_twice_accumulates():
     x = _rand((3, 4), 49)
-    _check(lambda a: a * a.exp() + a.t().matmul(a).sum_keepdim(0), lambda a: a * a.exp() + (a.T @ a).sum(0, keepdim=True),
-           x)
+    _check(lambda a: a * a.exp() + a.t().matmul(a).sum_keepdim(0),
+           lambda a: a * a.exp() + (a.T @ a).sum(0, keepdim=True), x)
     w = _rand((4, 2), 50)
     _check(lambda a, b: a.matmul(b).tanh().matmul(b.t()) + a, lambda a, b: torch.tanh(a @ b) @ b.T + a, x, w)
 
