@@ -282,7 +282,31 @@ def test_conv2d_patch_and_pointwise():
            _rand((3, 1, 3, 3), 37))
 
 
-CONVT = [(0, 0, 1, 1, 1), (1, 1, 2, 1, 1), (1, 0, 2, 2, 1), (0, 1, 3, 1, 2)]
+def test_conv_special_paths():
+    # patch conv whose last rows/columns do not fill a patch; strided 1D pointwise; depthwise (one
+    # filter per channel) 1D and 2D with stride/padding/dilation; grouped with a channel multiplier
+    _check(lambda a, b: a.conv2d(b, 0, 4), lambda a, b: F.conv2d(a, b, None, 4),
+           _rand((2, 3, 9, 10), 53), _rand((5, 3, 4, 4), 54), atol=1e-4)
+    _check(lambda a, b: a.conv1d(b, 0, 3), lambda a, b: F.conv1d(a, b, None, 3), _rand((2, 3, 10), 55),
+           _rand((4, 3, 1), 56))
+    _check(lambda a, b: a.conv1d(b, 2, 2, 2, 3), lambda a, b: F.conv1d(a, b, None, 2, 2, 2, 3),
+           _rand((2, 3, 11), 57), _rand((3, 1, 3), 58))
+    _check(lambda a, b: a.conv2d(b, (2, 1), (2, 1), (2, 1), 4),
+           lambda a, b: F.conv2d(a, b, None, (2, 1), (2, 1), (2, 1), 4),
+           _rand((2, 4, 9, 7), 59), _rand((4, 1, 3, 2), 60))
+    _check(lambda a, b: a.conv2d(b, 1, 1, 1, 3), lambda a, b: F.conv2d(a, b, None, 1, 1, 1, 3),
+           _rand((2, 3, 6, 6), 61), _rand((6, 1, 3, 3), 62))
+
+
+@pytest.mark.parametrize(("batch", "size"), [(96, 10), (8, 17)])
+def test_conv2d_batch_chunked_kernel_gradient(batch, size):
+    # large enough (>= WEIGHT_GRAD_MIN_MACS) for the kernel gradient to be summed over batch chunks
+    x, k = _rand((batch, 32, size, size), 63), _rand((32, 32, 3, 3), 64)
+    _check(lambda a, b: a.conv2d(b, 1), lambda a, b: F.conv2d(a, b, None, 1, 1), x, k, atol=2e-3)
+
+
+# (2, 0, 1, 1, 2): padding wider than the kernel (the cropped path); stride == kernel: the patch path
+CONVT = [(2, 0, 1, 1, 2), (0, 0, 3, 1, 2), (0, 0, 1, 1, 1), (1, 1, 2, 1, 1), (1, 0, 2, 2, 1), (0, 1, 3, 1, 2)]
 
 
 @pytest.mark.parametrize(("padding", "out_padding", "stride", "dilation", "groups"), CONVT)
@@ -294,7 +318,7 @@ def test_conv_transpose1d(padding, out_padding, stride, dilation, groups):
 
 @pytest.mark.parametrize(("padding", "out_padding", "stride", "dilation", "groups"), CONVT)
 def test_conv_transpose2d(padding, out_padding, stride, dilation, groups):
-    x, k = _rand((2, 4, 4, 5), 40), _rand((4, 6 // groups, 3, 2), 41)
+    x, k = _rand((2, 4, 4, 5), 40), _rand((4, 6 // groups, 3, 3), 41)
     _check(lambda a, b: a.conv_transpose2d(b, padding, out_padding, stride, dilation, groups),
            lambda a, b: F.conv_transpose2d(a, b, None, stride, padding, out_padding, groups, dilation), x, k,
            atol=1e-4)
