@@ -448,3 +448,41 @@ def test_integer_var_raises_a_candlejax_error():
     x = Var.new(np.array([1, 2, 3], np.uint32))
     with pytest.raises(errors.Error):
         cj.grad(lambda xs: xs[0].to_dtype(DType.F32).sum_all())((x,))
+
+
+@pytest.mark.parametrize("rows", [3, 600])
+def test_linear_gradients_on_the_native_product_sizes(rows):
+    # 128x160 weights: the native few-row (<= 48 rows) and blocked (>= 512 rows) products on AVX-512
+    x, w, b = _rand((rows, 160), 65), _rand((128, 160), 66, -0.1, 0.1), _rand((128,), 67)
+    _check(lambda a, ww, bb: cj.nn.Linear(ww, bb).forward(a), lambda a, ww, bb: F.linear(a, ww, bb), x, w, b,
+           atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "hkv"),
+    [({}, 2), ({"do_causal": True}, 2), ({}, 1), ({"mask": "bool"}, 2), ({"mask": "float"}, 2), ({"scale": 0.3}, 2)],
+)
+def test_sdpa(kwargs, hkv):
+    q, k, v = _rand((2, 2, 5, 8), 68), _rand((2, hkv, 6, 8), 69), _rand((2, hkv, 6, 8), 70)
+    kw, tkw = dict(kwargs), dict(kwargs)
+    if "do_causal" in kwargs:
+        tkw = {"is_causal": True}
+    mask = kwargs.get("mask")
+    if mask == "bool":
+        m = np.random.default_rng(71).uniform(size=(2, 1, 5, 6)) > 0.3
+        m[..., 0] = True
+        kw["mask"], tkw["attn_mask"] = Tensor(m.astype(np.uint8)), torch.tensor(m)
+        del tkw["mask"]
+    elif mask == "float":
+        m = np.where(np.random.default_rng(72).uniform(size=(2, 1, 1, 6)) > 0.3, 0.0, -1e9)
+        kw["mask"], tkw["attn_mask"] = Tensor(m.astype(np.float32)), torch.tensor(m)
+        del tkw["mask"]
+    if "do_causal" in kwargs:  # torch's is_causal aligns at the start: same when S <= Skv only at the end
+        q = _rand((2, 2, 6, 8), 68)
+
+    def tfn(a, b, c):
+        if hkv != a.shape[1]:
+            b, c = b.repeat_interleave(a.shape[1] // hkv, 1), c.repeat_interleave(a.shape[1] // hkv, 1)
+        return F.scaled_dot_product_attention(a, b, c, **tkw)
+
+    _check(lambda a, b, c: cn.sdpa(a, b, c, **kw), tfn, q, k, v)
