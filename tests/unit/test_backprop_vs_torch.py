@@ -486,3 +486,36 @@ def test_sdpa(kwargs, hkv):
         return F.scaled_dot_product_attention(a, b, c, **tkw)
 
     _check(lambda a, b, c: cn.sdpa(a, b, c, **kw), tfn, q, k, v)
+
+
+MORE = [
+    ("sort_last_dim", lambda x: x.sort_last_dim(True)[0], lambda x: x.sort(-1)[0]),
+    ("sort_last_dim_desc", lambda x: x.sort_last_dim(False)[0], lambda x: x.sort(-1, descending=True)[0]),
+    ("unfold", lambda x: x.unfold(2, 2, 1), lambda x: x.unfold(2, 2, 1)),
+    ("std", lambda x: x.std(2), lambda x: x.std(2)),
+    ("var", lambda x: x.var(1, True), lambda x: x.var(1, keepdim=True)),
+    ("norm", lambda x: x.norm(), lambda x: torch.linalg.vector_norm(x)),
+    ("interpolate1d_non_integer", lambda x: x.interpolate1d(7), lambda x: F.interpolate(x, 7)),
+    ("upsample_nearest1d_down", lambda x: x.upsample_nearest1d(3), lambda x: F.interpolate(x, 3)),
+    ("upsample_bilinear2d", lambda x: x.unsqueeze(0).upsample_bilinear2d(5, 7, False),
+     lambda x: F.interpolate(x.unsqueeze(0), (5, 7), mode="bilinear", align_corners=False)),
+    ("upsample_bilinear2d_align", lambda x: x.unsqueeze(0).upsample_bilinear2d(5, 7, True),
+     lambda x: F.interpolate(x.unsqueeze(0), (5, 7), mode="bilinear", align_corners=True)),
+    ("interpolate2d_non_integer", lambda x: x.unsqueeze(0).interpolate2d(5, 7),
+     lambda x: F.interpolate(x.unsqueeze(0), (5, 7))),
+    ("i_step", lambda x: x.i((slice(None), slice(None), slice(0, 4, 2))), lambda x: x[:, :, 0:4:2]),
+    ("masked_fill", lambda x: x.masked_fill(Tensor((np.arange(24).reshape(2, 3, 4) % 3 == 0).astype(np.uint8)), 0.5),
+     lambda x: x.masked_fill(torch.tensor(np.arange(24).reshape(2, 3, 4) % 3 == 0), 0.5)),
+]
+
+
+@pytest.mark.parametrize(("cj_fn", "torch_fn"), [m[1:] for m in MORE], ids=[m[0] for m in MORE])
+def test_more_ops(cj_fn, torch_fn):
+    _check(cj_fn, torch_fn, Y)
+
+
+def test_scatter_set():
+    ids = np.array([[0, 2, 3], [1, 3, 0]], np.uint32)  # no duplicates along dim 1
+    ti = torch.tensor(ids.astype(np.int64))
+    _check(lambda x, s: x.scatter(Tensor(ids), s, 1), lambda x, s: x.scatter(1, ti, s), _rand((2, 4), 73),
+           _rand((2, 3), 74))
