@@ -3,7 +3,8 @@
 Candle's ``loss.backward()`` (candle-core/src/backprop.rs) is ``cj.grad`` here (docs/differences.md,
 "Gradients come from jax.grad"). Each case differentiates ``(op(*xs) * w).sum_all()`` for a fixed
 random cotangent ``w`` (so a transposed or permuted gradient cannot pass) and compares with torch's
-gradient of the same expression on float64 inputs. Where Candle and torch disagree (ties of
+gradient of the same expression on float64 inputs. The gradient runs under ``cj.jit`` (one compile
+per case instead of one per op: the same JAX transformation as an eager ``cj.grad``). Where Candle and torch disagree (ties of
 ``max``/``min``, ``relu`` at 0, ``ceil``) the documented behaviour is checked instead
 (docs/differences/elementwise-reduce.md).
 """
@@ -35,10 +36,14 @@ def _check(cj_fn, torch_fn, *arrays, seed=0, atol=ATOL):
     (tout * torch.tensor(w)).sum().backward()
     vs = tuple(Var.new(np.asarray(a, np.float32)) for a in arrays)
     wt = Tensor(np.asarray(w, np.float32))
-    out = cj_fn(*vs)
+
+    def loss(xs):
+        out = cj_fn(*xs)
+        return (out * wt).sum_all(), out
+
+    grads, out = cj.jit(cj.grad(loss, has_aux=True))(vs)
     assert tuple(out.dims()) == tuple(tout.shape)
     np.testing.assert_allclose(np.asarray(out), tout.detach().numpy(), rtol=RTOL, atol=atol)
-    grads = cj.grad(lambda xs: (cj_fn(*xs) * wt).sum_all())(vs)
     for g, tx in zip(grads, txs, strict=True):
         expected = tx.grad.numpy() if tx.grad is not None else np.zeros(tx.shape)
         assert g.dtype == DType.F32
@@ -519,3 +524,50 @@ def test_scatter_set():
     ti = torch.tensor(ids.astype(np.int64))
     _check(lambda x, s: x.scatter(Tensor(ids), s, 1), lambda x, s: x.scatter(1, ti, s), _rand((2, 4), 73),
            _rand((2, 3), 74))
+
+
+def test_norm_layers():
+    x = _rand((2, 4, 3, 5), 75)
+    w, b = _rand((4,), 76, 0.5, 1.5), _rand((4,), 77)
+    _check(lambda a, ww, bb: cj.nn.GroupNorm(ww, bb, 4, 2).forward(a),
+           lambda a, ww, bb: F.group_norm(a, 2, ww, bb, 1e-5), x, w, b)
+    rm, rv = Tensor(np.zeros(4, np.float32)), Tensor(np.ones(4, np.float32))
+    _check(lambda a, ww, bb: cj.nn.BatchNorm(4, rm, rv, ww, bb).forward_t(a, True),
+           lambda a, ww, bb: F.batch_norm(a, None, None, ww, bb, True, 0.1, 1e-5), x, w, b)
+    h = _rand((2, 3, 5), 78)
+    w5, b5 = _rand((5,), 79, 0.5, 1.5), _rand((5,), 80)
+    _check(lambda a, ww, bb: cj.nn.LayerNorm(ww, bb).forward(a), lambda a, ww, bb: F.layer_norm(a, (5,), ww, bb),
+           h, w5, b5)
+    _check(lambda a, ww: cj.nn.RmsNorm(ww, 1e-6).forward(a),
+           lambda a, ww: a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-6) * ww, h, w5)
+    _check(lambda a, ww: cj.nn.PReLU(ww).forward(a.permute((0, 2, 1))),
+           lambda a, ww: F.prelu(a.permute(0, 2, 1), ww), h, _rand((5,), 81, 0.1, 0.5))
+
+
+def test_lstm_and_gru_sequences():
+    x = _rand((2, 4, 3), 82)
+    wih, whh = _rand((20, 3), 83, -0.5, 0.5), _rand((20, 5), 84, -0.5, 0.5)
+    bih, bhh = _rand((20,), 85), _rand((20,), 86)
+
+    def t_lstm(a, w1, w2, b1, b2):
+        m = torch.nn.LSTM(3, 5, batch_first=True).double()
+        return torch.func.functional_call(m, {"weight_ih_l0": w1, "weight_hh_l0": w2, "bias_ih_l0": b1,
+                                               "bias_hh_l0": b2}, (a,))[0]
+
+    def c_lstm(a, w1, w2, b1, b2):
+        m = cj.nn.LSTM(w1, w2, b1, b2)
+        return m.states_to_tensor(m.seq(a))
+
+    _check(c_lstm, t_lstm, x, wih, whh, bih, bhh)
+    gih, ghh, gbi, gbh = wih[:15], whh[:15], bih[:15], bhh[:15]
+
+    def t_gru(a, w1, w2, b1, b2):
+        m = torch.nn.GRU(3, 5, batch_first=True).double()
+        return torch.func.functional_call(m, {"weight_ih_l0": w1, "weight_hh_l0": w2, "bias_ih_l0": b1,
+                                               "bias_hh_l0": b2}, (a,))[0]
+
+    def c_gru(a, w1, w2, b1, b2):
+        m = cj.nn.GRU(w1, w2, b1, b2)
+        return m.states_to_tensor(m.seq(a)).reshape((2, 4, 5))  # Candle's GRU concatenates the steps
+
+    _check(c_gru, t_gru, x, gih, ghh, gbi, gbh)
