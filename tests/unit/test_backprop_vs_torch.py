@@ -4,9 +4,9 @@ Candle's ``loss.backward()`` (candle-core/src/backprop.rs) is ``cj.grad`` here (
 "Gradients come from jax.grad"). Each case differentiates ``(op(*xs) * w).sum_all()`` for a fixed
 random cotangent ``w`` (so a transposed or permuted gradient cannot pass) and compares with torch's
 gradient of the same expression on float64 inputs. The gradient runs under ``cj.jit`` (one compile
-per case instead of one per op: the same JAX transformation as an eager ``cj.grad``). Where Candle and torch disagree (ties of
-``max``/``min``, ``relu`` at 0, ``ceil``) the documented behaviour is checked instead
-(docs/differences/elementwise-reduce.md).
+per case instead of one per op: the same JAX transformation as an eager ``cj.grad``). Where Candle
+and torch disagree (ties of ``max``/``min``, ``relu`` at 0, ``ceil``) the documented behaviour is
+checked instead (docs/differences/elementwise-reduce.md).
 """
 
 from __future__ import annotations
@@ -571,3 +571,22 @@ def test_lstm_and_gru_sequences():
         return m.states_to_tensor(m.seq(a)).reshape((2, 4, 5))  # Candle's GRU concatenates the steps
 
     _check(c_gru, t_gru, x, gih, ghh, gbi, gbh)
+
+
+def _t_rope(x, cos, sin, interleaved):
+    # candle-nn/src/rotary_emb.rs: rope (halves) and rope_i (adjacent pairs) over (B, H, T, D)
+    c, s = cos[None, None], sin[None, None]
+    if interleaved:
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2)
+    h = x.shape[-1] // 2
+    x0, x1 = x[..., :h], x[..., h:]
+    return torch.cat([x0 * c - x1 * s, x1 * c + x0 * s], -1)
+
+
+def test_rope_gradients():
+    x, cos, sin = _rand((2, 3, 4, 6), 87), _rand((4, 3), 88), _rand((4, 3), 89)
+    _check(lambda a, c, s: cn.rope(a, c, s), lambda a, c, s: _t_rope(a, c, s, False), x, cos, sin)
+    _check(lambda a, c, s: cn.rope_i(a, c, s), lambda a, c, s: _t_rope(a, c, s, True), x, cos, sin)
+    _check(lambda a, c, s: cn.rope_thd(a.transpose(1, 2), c, s),
+           lambda a, c, s: _t_rope(a, c, s, False).transpose(1, 2), x, cos, sin)
