@@ -11,6 +11,8 @@ checked instead (docs/differences/elementwise-reduce.md).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -590,3 +592,15 @@ def test_rope_gradients():
     _check(lambda a, c, s: cn.rope_i(a, c, s), lambda a, c, s: _t_rope(a, c, s, True), x, cos, sin)
     _check(lambda a, c, s: cn.rope_thd(a.transpose(1, 2), c, s),
            lambda a, c, s: _t_rope(a, c, s, False).transpose(1, 2), x, cos, sin)
+
+
+def test_var_from_tensor_of_a_derived_tensor_is_a_new_leaf():
+    # candle-core/src/variable.rs: Var::from_tensor(t) is t itself when t is a Var, else t.make_var(),
+    # a copy built with BackpropOp::none() (tensor.rs): no gradient flows back through it.
+    v = Var.new([1.0, 2.0])
+    (g,) = cj.grad(lambda xs: Var.from_tensor(xs[0].sqr()).sum_all() + xs[0].sum_all())((v,))
+    assert g.to_vec1() == [1.0, 1.0]
+    (g,) = cj.grad(lambda xs: Var.from_tensor(xs[0]).sqr().sum_all())((v,))
+    assert g.to_vec1() == [2.0, 4.0]
+    g = jax.grad(lambda a: Var.from_tensor(Tensor(a) * 3.0).sum_all().jax)(jnp.array([1.0, 2.0]))
+    assert np.asarray(g).tolist() == [0.0, 0.0]
