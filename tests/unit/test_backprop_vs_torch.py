@@ -357,6 +357,15 @@ NN_OPS = [
     ("log_softmax_dim0", lambda x: cn.log_softmax(x, 0), lambda x: torch.log_softmax(x, 0)),
     ("silu", lambda x: cn.silu(x), F.silu),
     ("leaky_relu", lambda x: cn.leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1)),
+    ("mish", lambda x: cn.mish(x), F.mish),
+    ("hard_sigmoid", lambda x: cn.hard_sigmoid(x * 2.0), lambda x: F.hardsigmoid(x * 2.0)),
+    ("hard_swish", lambda x: cn.hard_swish(x * 2.0), lambda x: F.hardswish(x * 2.0)),
+    ("relu6", lambda x: cn.relu6(x * 4.0), lambda x: F.relu6(x * 4.0)),
+    ("relu2", lambda x: cn.relu2(x), lambda x: torch.relu(x) ** 2),
+    ("selu", lambda x: cn.selu(x), F.selu),
+    ("elu", lambda x: cn.elu(x, 1.3), lambda x: F.elu(x, 1.3)),
+    ("gelu", lambda x: cn.gelu(x), lambda x: F.gelu(x, approximate="tanh")),
+    ("gelu_erf", lambda x: cn.gelu_erf(x), F.gelu),
     ("swiglu", lambda x: cn.swiglu(x.pad_with_zeros(2, 0, 1)), lambda x: (lambda a, b: F.silu(a) * b)(
         *F.pad(x, (0, 1)).chunk(2, -1))),
 ]
