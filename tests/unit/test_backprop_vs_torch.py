@@ -613,3 +613,23 @@ def test_var_from_tensor_of_a_derived_tensor_is_a_new_leaf():
     assert g.to_vec1() == [2.0, 4.0]
     g = jax.grad(lambda a: Var.from_tensor(Tensor(a) * 3.0).sum_all().jax)(jnp.array([1.0, 2.0]))
     assert np.asarray(g).tolist() == [0.0, 0.0]
+
+
+def test_conv_and_embedding_layers():
+    x1, w1, b1 = _rand((2, 4, 9), 90), _rand((6, 2, 3), 91), _rand((6,), 92)
+    _check(lambda a, w, b: cj.nn.Conv1d(w, b, cj.nn.Conv1dConfig(1, 2, 1, 2)).forward(a),
+           lambda a, w, b: F.conv1d(a, w, b, 2, 1, 1, 2), x1, w1, b1)
+    wt, bt = _rand((4, 3, 3), 93), _rand((6,), 94)
+    _check(lambda a, w, b: cj.nn.ConvTranspose1d(w, b, cj.nn.ConvTranspose1dConfig(1, 1, 2, 1, 2)).forward(a),
+           lambda a, w, b: F.conv_transpose1d(a, w, b, 2, 1, 1, 2, 1), x1, wt, bt)
+    x2, w2, b2 = _rand((2, 3, 7, 8), 95), _rand((4, 3, 3, 3), 96), _rand((4,), 97)
+    _check(lambda a, w, b: cj.nn.Conv2d(w, b, cj.nn.Conv2dConfig(1, 2)).forward(a),
+           lambda a, w, b: F.conv2d(a, w, b, 2, 1), x2, w2, b2, atol=1e-4)
+    wt2, bt2 = _rand((3, 2, 2, 2), 98), _rand((2,), 99)
+    _check(lambda a, w, b: cj.nn.ConvTranspose2d(w, b, cj.nn.ConvTranspose2dConfig(stride=2)).forward(a),
+           lambda a, w, b: F.conv_transpose2d(a, w, b, 2), x2, wt2, bt2)
+    ids = np.array([[1, 3, 1], [0, 2, 3]], np.uint32)
+    _check(lambda e: cj.nn.Embedding(e, 5).forward(Tensor(ids)),
+           lambda e: F.embedding(torch.tensor(ids.astype(np.int64)), e), _rand((4, 5), 100))
+    _check(lambda a, w: cj.nn.Linear(w).forward(a), lambda a, w: F.linear(a, w), _rand((2, 3, 4), 101),
+           _rand((5, 4), 102))
