@@ -633,3 +633,25 @@ def test_conv_and_embedding_layers():
            lambda e: F.embedding(torch.tensor(ids.astype(np.int64)), e), _rand((4, 5), 100))
     _check(lambda a, w: cj.nn.Linear(w).forward(a), lambda a, w: F.linear(a, w), _rand((2, 3, 4), 101),
            _rand((5, 4), 102))
+
+
+def test_kinks_follow_candle():
+    # backprop.rs: Abs uses `arg.ge(0)` (1 at 0; torch gives 0); clamp is maximum(min).minimum(max)
+    # (tensor.rs) whose ties split the gradient in halves (Maximum/Minimum: `mask_lhs / (mask_rhs + 1)`;
+    # torch's clamp gives 1); elu at 0 is alpha (the `x <= 0` branch, as torch).
+    x = Var.new([0.0, -1.0, 1.0, 2.0])
+    (g,) = cj.grad(lambda xs: xs[0].abs().sum_all())((x,))
+    assert g.to_vec1() == [1.0, -1.0, 1.0, 1.0]
+    (g,) = cj.grad(lambda xs: xs[0].clamp(-1.0, 1.0).sum_all())((x,))
+    assert g.to_vec1() == [1.0, 0.5, 0.5, 0.0]
+    (g,) = cj.grad(lambda xs: xs[0].elu(0.5).sum_all())((x,))
+    np.testing.assert_allclose(np.asarray(g), [0.5, 0.5 * np.exp(-1.0), 1.0, 1.0], rtol=1e-6)
+
+
+def test_pooling_a_map_the_windows_do_not_tile():
+    # the rows and columns past the last whole window get no gradient (torch). Candle's avg_pool2d
+    # backward upsamples the gradient to the input size (backprop.rs), which misplaces it when the
+    # size is not a multiple of the kernel.
+    x = _rand((1, 2, 7, 9), 103)
+    _check(lambda a: a.avg_pool2d(2), lambda a: F.avg_pool2d(a, 2), x)
+    _check(lambda a: a.max_pool2d(2), lambda a: F.max_pool2d(a, 2), x)
