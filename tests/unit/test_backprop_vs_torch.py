@@ -655,3 +655,35 @@ def test_pooling_a_map_the_windows_do_not_tile():
     x = _rand((1, 2, 7, 9), 103)
     _check(lambda a: a.avg_pool2d(2), lambda a: F.avg_pool2d(a, 2), x)
     _check(lambda a: a.max_pool2d(2), lambda a: F.max_pool2d(a, 2), x)
+
+
+F64_CASES = [
+    ("conv2d", lambda a, b: a.conv2d(b, 1, 2), lambda a, b: F.conv2d(a, b, None, 2, 1), [(2, 3, 6, 7), (4, 3, 3, 3)]),
+    ("conv2d_depthwise", lambda a, b: a.conv2d(b, 1, 1, 1, 3), lambda a, b: F.conv2d(a, b, None, 1, 1, 1, 3),
+     [(2, 3, 6, 7), (3, 1, 3, 3)]),
+    ("conv_transpose2d", lambda a, b: a.conv_transpose2d(b, 1, 0, 2), lambda a, b: F.conv_transpose2d(a, b, None, 2, 1),
+     [(2, 3, 4, 5), (3, 2, 3, 3)]),
+    ("conv1d", lambda a, b: a.conv1d(b, 1, 2), lambda a, b: F.conv1d(a, b, None, 2, 1), [(2, 3, 9), (4, 3, 3)]),
+    ("matmul", lambda a, b: a.matmul(b), torch.matmul, [(2, 3, 4), (2, 4, 5)]),
+    ("layer_norm", lambda a, w, b: cn.layer_norm(a, w, b, 1e-5), lambda a, w, b: F.layer_norm(a, (9,), w, b, 1e-5),
+     [(2, 3, 9), (9,), (9,)]),
+    ("softmax", lambda a: cn.softmax_last_dim(a), lambda a: torch.softmax(a, -1), [(2, 3, 9)]),
+    ("sdpa", lambda q, k, v: cn.sdpa(q, k, v), F.scaled_dot_product_attention,
+     [(1, 2, 4, 8), (1, 2, 5, 8), (1, 2, 5, 8)]),
+    ("gelu_erf", lambda a: a.gelu_erf(), F.gelu, [(2, 9)]),
+    ("max_pool2d", lambda a: a.max_pool2d_with_stride(3, 2), lambda a: F.max_pool2d(a, 3, 2), [(2, 3, 7, 8)]),
+]
+
+
+@pytest.mark.parametrize(("cj_fn", "torch_fn", "shapes"), [c[1:] for c in F64_CASES], ids=[c[0] for c in F64_CASES])
+def test_f64_gradients_are_f64_accurate(x64, cj_fn, torch_fn, shapes):
+    arrays = [_rand(s, 110 + i) for i, s in enumerate(shapes)]
+    txs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tout = torch_fn(*txs)
+    w = _rand(tuple(tout.shape), 120, -1.0, 1.0)
+    (tout * torch.tensor(w)).sum().backward()
+    wt = Tensor(w)
+    grads = cj.grad(lambda xs: (cj_fn(*xs) * wt).sum_all())(tuple(Var.new(a) for a in arrays))
+    for g, tx in zip(grads, txs, strict=True):
+        assert g.dtype == DType.F64
+        np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), rtol=1e-11, atol=1e-13)
