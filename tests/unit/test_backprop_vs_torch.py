@@ -687,3 +687,19 @@ def test_f64_gradients_are_f64_accurate(x64, cj_fn, torch_fn, shapes):
     for g, tx in zip(grads, txs, strict=True):
         assert g.dtype == DType.F64
         np.testing.assert_allclose(np.asarray(g), tx.grad.numpy(), rtol=1e-11, atol=1e-13)
+
+
+INDEXING = [
+    ("getitem_int", lambda x: x[1], lambda x: x[1]),
+    ("getitem_neg_step", lambda x: x[:, -1, ::2], lambda x: x[:, -1, ::2]),
+    ("getitem_none_ellipsis", lambda x: x[..., None, 1:3], lambda x: x[..., None, 1:3]),
+    ("getitem_list", lambda x: x[:, [2, 0, 2]], lambda x: x[:, [2, 0, 2]]),
+    ("i_tuple", lambda x: x.i((0, slice(1, 3))), lambda x: x[0, 1:3]),
+    ("i_tensor", lambda x: x.i((slice(None), Tensor(np.array([2, 2, 1], np.uint32)))),
+     lambda x: x[:, [2, 2, 1]]),
+]
+
+
+@pytest.mark.parametrize(("cj_fn", "torch_fn"), [i[1:] for i in INDEXING], ids=[i[0] for i in INDEXING])
+def test_indexing(cj_fn, torch_fn):
+    _check(cj_fn, torch_fn, Y)
