@@ -703,3 +703,8 @@ INDEXING = [
 @pytest.mark.parametrize(("cj_fn", "torch_fn"), [i[1:] for i in INDEXING], ids=[i[0] for i in INDEXING])
 def test_indexing(cj_fn, torch_fn):
     _check(cj_fn, torch_fn, Y)
+
+
+def test_pass_through_ops_keep_the_gradient():
+    # backprop.rs: Copy, ToDevice and contiguous copies pass the gradient on unchanged
+    _check(lambda x: x.copy().contiguous().to_device(cj.Device.Cpu).clone() * 2.0, lambda x: x.clone() * 2.0, Y)
