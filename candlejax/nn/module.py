@@ -456,10 +456,13 @@ class Var(NamedTensor):
     @staticmethod
     def from_tensor(t: Any, name: str = "") -> Var:
         """``Var::from_tensor``: a Var holding a copy of ``t``'s value (as Candle's ``make_var``), so
-        that an optimizer donating the Var's buffer never deletes ``t``'s."""
+        that an optimizer donating the Var's buffer never deletes ``t``'s. As in Candle, a Var made
+        from a tensor that is not a Var is a new leaf: no gradient flows back through it."""
         a = as_array(t)
         if not _tracer(a):
             a = jnp.array(a, copy=True)
+        elif not isinstance(t, Var):  # Candle's make_var: BackpropOp::none()
+            a = jax.lax.stop_gradient(a)
         return Var._make(a, name or getattr(t, "name", ""))
 
     @staticmethod
