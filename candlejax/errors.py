@@ -474,12 +474,15 @@ class CustomOpName(Error, AttributeError):
 
 class CandleInternalName(Error, AttributeError):
     """Candle's storage, op-graph and id accessors (``id``, ``track_op``, ``from_storage``,
-    ``storage_and_layout``, ``strided_index``, ``strided_blocks``, ``sorted_nodes``): an XLA array has
-    no storage, strides or op graph; the message names what to use instead."""
+    ``storage_and_layout``, ``strided_index``, ``strided_blocks``, ``sorted_nodes``, ``backward``): an XLA
+    array has no storage, strides or op graph; the message names what to use instead."""
 
     def __init__(self, name: str, hint: str):
         self.name = name
-        super().__init__(f"Tensor has no .{name} (Candle's storage / op-graph internals): {hint}")
+        what = "Candle's storage / op-graph internals"
+        if name == "backward":
+            what = "Candle's loss.backward() -> GradStore"
+        super().__init__(f"Tensor has no .{name} ({what}): {hint}")
 
 
 class OutOfMemory(Error, MemoryError):

@@ -43,7 +43,6 @@ _POINTERS: dict[str, str] = {
     "new_ones": "use Tensor.ones(shape, x.dtype, x.device) or x.ones_like()",
     "new_tensor": "use Tensor.new(data, x.device)",
     "cuda": "use .to_device(Device.new_cuda(0)) (Candle's name)",
-    "backward": "gradients come from jax: cj.value_and_grad(loss_fn)(model, ...) or Var-based optimizers",
     "requires_grad_": "trainable parameters are candlejax.nn.Var; gradients come from cj.value_and_grad",
     "zero_": "tensors are immutable XLA arrays: x = x.zeros_like()",
     "fill_": "tensors are immutable XLA arrays: x = x.full_like(value)",
@@ -84,6 +83,10 @@ _CANDLE_INTERNAL: dict[str, str] = {
     " t.flatten_all().to_vec1() or t.numpy().ravel()",
     "strided_blocks": "XLA arrays are always C-contiguous (one block of t.elem_count() elements at offset 0):"
     " read the values with t.flatten_all().to_vec1() or t.numpy().ravel()",
+    "backward": "an eager tensor records no op graph, so there is no GradStore to build: write the loss as a"
+    " function of the model and take grads = cj.grad(loss_fn)(model, x, y) (a pytree shaped like the model:"
+    " grads.weight is the gradient of model.weight) or cj.value_and_grad, or let a Candle optimizer do the"
+    " step: opt.backward_step(loss_fn, model, x, y) for Candle's opt.backward_step(&loss)",
     "sorted_nodes": "candlejax records no op graph to sort: gradients come from jax"
     " (cj.value_and_grad(fn)(model, ...))",
 }
