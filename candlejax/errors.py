@@ -327,7 +327,8 @@ class FileAccess(Error, OSError):
 
     def __init__(self, op: str, path: Any, what: str, hint: str = "", *, message: str = ""):
         self.op, self.filename = op, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
-        self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR}.get(what)
+        self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR,
+                      "permission denied": errno.EACCES}.get(what)  # fmt: skip
         self.strerror = what
         super().__init__(message or f"{op}: {what}: {self.filename!r}" + (f" ({hint})" if hint else ""))
 
@@ -347,6 +348,24 @@ class IsADirectory(FileAccess, IsADirectoryError):
 
     def __init__(self, op: str, path: Any, hint: str = "", *, message: str = ""):
         super().__init__(op, path, "is a directory", hint, message=message)
+
+
+class NoPermission(FileAccess, PermissionError):
+    """A path the process may not read or write (also a ``PermissionError``)."""
+
+    def __init__(self, op: str, path: Any, hint: str = "", *, message: str = ""):
+        super().__init__(op, path, "permission denied", hint, message=message)
+
+
+def os_error(e: OSError, op: str, path: Any, message: str = "") -> FileAccess:
+    """``e`` as a candlejax :class:`FileAccess` naming ``op`` and ``path``, keeping its ``OSError``
+    subclass (``NoSuchFile``, ``IsADirectory``, ``NoPermission``) and its ``errno``."""
+    cls = {errno.ENOENT: NoSuchFile, errno.EISDIR: IsADirectory, errno.EACCES: NoPermission,
+           errno.EPERM: NoPermission}.get(e.errno)  # fmt: skip
+    what = e.strerror or str(e)
+    out = cls(op, path, message=message) if cls else FileAccess(op, path, what, message=message)
+    out.errno, out.strerror = e.errno, what
+    return out
 
 
 def path_arg(path: Any, op: str, what: str = "path") -> str:

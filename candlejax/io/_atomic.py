@@ -60,9 +60,10 @@ def _remove_stale_temps(d: str, prefix: str) -> None:
         os.close(fd)
 
 
-def _target_error(e: OSError, path: str) -> OSError:
-    """``e`` (raised on a temporary file) retold about the target ``path``, with the same OSError type."""
-    return type(e)(e.errno, f"cannot write {path}: {e.strerror}", path)
+def _target_error(e: OSError, path: str) -> errors.FileAccess:
+    """``e`` (raised on a temporary file) retold about the target ``path``: a candlejax error that keeps
+    the OSError type (``PermissionError``, ``FileNotFoundError``, ...) and errno."""
+    return errors.os_error(e, "write", path, f"cannot write {path}: {e.strerror}")
 
 
 def _prepare(path: PathLike) -> tuple[str, str, str, str]:

@@ -1,0 +1,58 @@
+"""Paths and the environment: writers' OS errors, environment variables, compilation cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import candlejax as cj
+from candlejax import errors
+from candlejax.io import npy, safetensors
+
+
+def _t() -> cj.Tensor:
+    return cj.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def _unwritable_dir() -> str:
+    """A folder no one may create files in, even root (sysfs refuses with EPERM); skip if none."""
+    d = "/sys"
+    probe = os.path.join(d, "candlejax-probe")
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError:
+        return d
+    os.unlink(probe)
+    pytest.skip("no folder refuses writes here")
+
+
+WRITERS = [
+    ("safetensors.save", lambda p: safetensors.save({"x": _t()}, p)),
+    ("write_npy", lambda p: npy.write_npy(_t(), p)),
+    ("write_npz", lambda p: npy.write_npz([("x", _t())], p)),
+]
+
+
+@pytest.mark.parametrize("name,write", WRITERS, ids=[w[0] for w in WRITERS])
+def test_save_into_unwritable_folder_is_a_candlejax_error(name, write):
+    # numpy.save / torch.save raise PermissionError naming the file; candlejax keeps that type and is
+    # also a candlejax error (as NoSuchFile / IsADirectory are)
+    d = _unwritable_dir()
+    p = os.path.join(d, "w.safetensors")
+    with pytest.raises(PermissionError) as ei:
+        write(p)
+    assert isinstance(ei.value, errors.Error) and isinstance(ei.value, errors.FileAccess)
+    assert p in str(ei.value) and ei.value.filename == p
+
+
+@pytest.mark.parametrize("name,write", WRITERS, ids=[w[0] for w in WRITERS])
+def test_save_to_overlong_name_is_a_candlejax_error(tmp_path, name, write):
+    p = tmp_path / ("a" * 300)
+    with pytest.raises(OSError) as ei:
+        write(p)
+    assert isinstance(ei.value, errors.FileAccess)
+    assert ei.value.errno == 36 or "too long" in str(ei.value)
+    assert os.listdir(tmp_path) == []  # no temporary file left behind
