@@ -418,6 +418,14 @@ class Audio(Error):
     """Unreadable or invalid audio (empty file, not a sound file, no samples, NaN/inf samples)."""
 
 
+class AudioNoSuchFile(NoSuchFile, Audio):
+    """An audio path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``errors.Audio``."""
+
+
+class AudioIsADirectory(IsADirectory, Audio):
+    """A folder given as an audio file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Audio``."""
+
+
 class Pth(Error):
     """A malformed or unreadable PyTorch checkpoint (``torch.save`` zip file)."""
 

@@ -56,3 +56,44 @@ def test_save_to_overlong_name_is_a_candlejax_error(tmp_path, name, write):
     assert isinstance(ei.value, errors.FileAccess)
     assert ei.value.errno == 36 or "too long" in str(ei.value)
     assert os.listdir(tmp_path) == []  # no temporary file left behind
+
+
+def _read_audio(p):
+    pytest.importorskip("soundfile")
+    from candlejax.audio import read_audio
+
+    return read_audio(p)
+
+
+def _load_image(p):
+    pytest.importorskip("PIL")
+    from candlejax.vision import load_image
+
+    return load_image(p)
+
+
+READERS = [("read_audio", _read_audio, errors.Audio), ("load_image", _load_image, None)]
+
+
+@pytest.mark.parametrize("name,read,family", READERS, ids=[r[0] for r in READERS])
+def test_reader_missing_file_and_folder_follow_the_os_error_convention(tmp_path, name, read, family):
+    # as safetensors / gguf / ct2 / pth: a missing path is a NoSuchFile (FileNotFoundError, as PIL's
+    # Image.open and soundfile's open raise) and a folder an IsADirectory, both naming the path
+    from candlejax.vision import ImageError
+
+    family = family or ImageError
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(FileNotFoundError) as ei:
+        read(missing)
+    assert isinstance(ei.value, errors.NoSuchFile) and isinstance(ei.value, family)
+    assert str(missing) in str(ei.value)
+    with pytest.raises(IsADirectoryError) as ei:
+        read(tmp_path)
+    assert isinstance(ei.value, errors.IsADirectory) and isinstance(ei.value, family)
+    assert str(tmp_path) in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", [3, None])
+def test_checkpoint_restore_rejects_a_non_path(bad):
+    with pytest.raises(errors.ArgumentType, match="restore"):
+        cj.checkpoint.restore(bad, {})
