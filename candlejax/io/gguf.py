@@ -740,8 +740,8 @@ class Content:
 
         Raises ``cannot find tensor info for {name}``.
         """
-        if args and not isinstance(args[0], str):
-            args = args[1:]  # Candle passes the reader first; the file is already mapped
+        if args and (not isinstance(args[0], str) or len(args) > 2):
+            args = args[1:]  # Candle passes the reader (here maybe its path) first; the file is already mapped
         if not args:
             raise TypeError("tensor() needs a tensor name")
         name = args[0]
@@ -902,8 +902,9 @@ def _open(source: Any) -> tuple[Any, str, list[Any]]:
         if size == 0:
             f.close()
             raise errors.Gguf(f"gguf {path}: the file is empty")
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return m, path, [m, f]
+        with f:  # the map holds its own descriptor: no file object is left to close (or leak)
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return m, path, [m]
     if isinstance(source, io.BytesIO):
         return memoryview(source.getvalue()), "<BytesIO>", []
     if hasattr(source, "read"):

@@ -97,3 +97,54 @@ def test_reader_missing_file_and_folder_follow_the_os_error_convention(tmp_path,
 def test_checkpoint_restore_rejects_a_non_path(bad):
     with pytest.raises(errors.ArgumentType, match="restore"):
         cj.checkpoint.restore(bad, {})
+
+
+def _gguf_file(tmp_path):
+    from candlejax import quantized as q
+    from candlejax.io import gguf
+
+    a = np.arange(64, dtype=np.float32).reshape(2, 32)
+    p = tmp_path / "m.gguf"
+    gguf.write(p, [], [("f", q.QTensor.quantize(cj.Tensor(a), q.GgmlDType.F32))])
+    return p, a
+
+
+def _open_files(path) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            pass
+    return n
+
+
+def test_gguf_content_read_from_a_path_holds_no_file_object(tmp_path):
+    # the map stays until close() (documented); the file object it was made from is not kept, so a
+    # Content dropped without close() leaves no unclosed file (no ResourceWarning) and no extra fd
+    import gc
+    import warnings
+
+    from candlejax.io import gguf
+
+    p, a = _gguf_file(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        c = gguf.Content.read(p)
+        assert _open_files(p) <= 1  # the map's own descriptor
+        t = c.tensor("f", cj.Device.Cpu)
+        del c
+        gc.collect()
+    assert _open_files(p) == 0
+    np.testing.assert_array_equal(np.asarray(t.dequantize(cj.Device.Cpu).to_vec2()), a)
+
+
+def test_gguf_content_tensor_takes_candles_reader_name_device_with_a_path_reader(tmp_path):
+    # Candle: content.tensor(&mut reader, name, device); the reader may be given as the path itself
+    from candlejax.io import gguf
+
+    p, a = _gguf_file(tmp_path)
+    with gguf.Content.read(p) as c:
+        for reader in (str(p), p):
+            t = c.tensor(reader, "f", cj.Device.Cpu)
+            np.testing.assert_array_equal(np.asarray(t.dequantize(cj.Device.Cpu).to_vec2()), a)
