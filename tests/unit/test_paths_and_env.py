@@ -148,3 +148,33 @@ def test_gguf_content_tensor_takes_candles_reader_name_device_with_a_path_reader
         for reader in (str(p), p):
             t = c.tensor(reader, "f", cj.Device.Cpu)
             np.testing.assert_array_equal(np.asarray(t.dequantize(cj.Device.Cpu).to_vec2()), a)
+
+
+HUB_ENVS = [
+    {"XDG_CACHE_HOME": "/xdg/cache"},
+    {"HF_HOME": "~/my hf"},
+    {"HF_HOME": "$CJ_TEST_ROOT/hf"},
+    {"HUGGINGFACE_HUB_CACHE": "/legacy/hub"},
+    {"HF_HUB_CACHE": "~/hub", "HUGGINGFACE_HUB_CACHE": "/legacy/hub", "HF_HOME": "/h"},
+    {"HF_HOME": "/h", "XDG_CACHE_HOME": "/xdg"},
+]
+
+
+@pytest.mark.parametrize("env", HUB_ENVS, ids=[",".join(e) for e in HUB_ENVS])
+def test_hub_cache_dir_follows_huggingface_hub(env):
+    # huggingface_hub.constants.HF_HUB_CACHE: HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else
+    # HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; ~ and $VARs expanded
+    import subprocess
+    import sys
+
+    pytest.importorskip("huggingface_hub")
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")}  # fmt: skip
+    full.update(env, CJ_TEST_ROOT="/root dir")
+    code = (
+        "import huggingface_hub.constants as c; from candlejax.models import hub;"
+        " print(c.HF_HUB_CACHE); print(hub.hub_cache_dir())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
+    want, got = out.stdout.splitlines()
+    assert got == want
