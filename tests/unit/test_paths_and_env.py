@@ -178,3 +178,11 @@ def test_hub_cache_dir_follows_huggingface_hub(env):
     out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
     want, got = out.stdout.splitlines()
     assert got == want
+
+
+@pytest.mark.parametrize("var", ["CANDLEJAX_NUM_PROCESSES", "CANDLEJAX_PROCESS_ID"])
+@pytest.mark.parametrize("value", ["two", "1.5", "-1"])
+def test_distributed_env_garbage_is_a_candlejax_error_naming_the_variable(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(errors.Error, match=var):
+        cj.distributed.initialize()
