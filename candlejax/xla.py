@@ -39,6 +39,8 @@ from typing import Any
 
 import jax
 
+from candlejax._config import env_off
+
 __all__ = [
     "COMPILATION_CACHE_ENV",
     "GENERATION_OPTIONS",
@@ -53,6 +55,7 @@ __all__ = [
     "large_input_options",
     "load_programs",
     "limit_malloc_arenas",
+    "shape_buckets_enabled",
     "trim_heap",
     "tune_malloc",
 ]
@@ -360,6 +363,12 @@ def trim_heap() -> bool:
     ~11 MiB of tokenizer-building garbage on SmolLM2), so the resident set is what is kept."""
     malloc_trim = getattr(_libc(), "malloc_trim", None)
     return malloc_trim is not None and malloc_trim(0) >= 0
+
+
+def shape_buckets_enabled() -> bool:
+    """Whether eager ops (and BERT's eager forward) pad new shapes to buckets: off when
+    ``CANDLEJAX_SHAPE_BUCKETS`` is ``0``, ``false``, ``no`` or ``off``."""
+    return not env_off("CANDLEJAX_SHAPE_BUCKETS")
 
 
 #: environment variable: a directory for the cache of compiled programs, or ``0`` / ``off`` for none

@@ -186,3 +186,29 @@ def test_distributed_env_garbage_is_a_candlejax_error_naming_the_variable(monkey
     monkeypatch.setenv(var, value)
     with pytest.raises(errors.Error, match=var):
         cj.distributed.initialize()
+
+
+@pytest.mark.parametrize("off", ["0", "false", "False", "off", "NO", " 0 "])
+def test_candlejax_switches_read_the_same_off_words(off):
+    # every CANDLEJAX_* on/off variable reads 0 / false / no / off (any case) as off, as
+    # CANDLEJAX_ASYNC_DISPATCH and CANDLEJAX_COMPILATION_CACHE already do; an empty value is unset
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CANDLEJAX_SHAPE_BUCKETS=off, CANDLEJAX_JAX_PRIVATE=off, CANDLEJAX_NATIVE=off)
+    code = (
+        "from candlejax import _dispatch, _jax_private; from candlejax.quantized import native;"
+        " from candlejax.models import bert;"
+        " print(_dispatch.BUCKETS_ON, bert.EAGER_LENGTH_BUCKETS, _jax_private.AVAILABLE, native._library() is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False", "True"]
+
+
+@pytest.mark.parametrize("value,packed", [("1", True), ("yes", True), ("", False), ("off", False), ("false", False)])
+def test_qmatmul_packed_switch(monkeypatch, value, packed):
+    from candlejax import quantized as q
+
+    monkeypatch.setenv("CANDLEJAX_QMATMUL_PACKED", value)
+    w = q.QTensor.quantize(cj.Tensor(np.ones((4, 32), np.float32)), q.GgmlDType.Q8_0)
+    assert isinstance(q.QMatMul.from_qtensor(w)._w, q.QTensor) == packed
