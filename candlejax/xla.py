@@ -33,7 +33,9 @@ import hashlib
 import math
 import os
 import platform
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -401,7 +403,8 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
 
     ``directory``: default :func:`compilation_cache_dir` (or a ``jax_compilation_cache_dir`` the
     process has set, unless ``CANDLEJAX_COMPILATION_CACHE`` is set). Returns the directory used, or None when
-    the cache is off (``CANDLEJAX_COMPILATION_CACHE=0``) or the directory cannot be created. The
+    the cache is off (``CANDLEJAX_COMPILATION_CACHE=0``) or the directory cannot be created or written
+    (a warning then names it). The
     ``candlejax`` command-line tools call it. A process that loads its programs never starts the
     LLVM compiler: SmolLM2 Q4_1 generation gives its first token after 0.17 s instead of 0.41 and
     peaks ~70 MiB lower. Like ``jax.config.update("jax_compilation_cache_dir", ...)`` (which it uses); programs
@@ -419,9 +422,11 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
         path = compilation_cache_dir()
     if path is None:
         return None
-    try:
+    try:  # a folder that cannot take files: the cache stays off (JAX would warn on every compile)
         os.makedirs(path, exist_ok=True)
-    except OSError:
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        warnings.warn(f"compilation cache left off: cannot write to {path!r} ({e.strerror or e})", stacklevel=2)
         return None
     from jax.experimental.compilation_cache import compilation_cache as cc
 

@@ -212,3 +212,27 @@ def test_qmatmul_packed_switch(monkeypatch, value, packed):
     monkeypatch.setenv("CANDLEJAX_QMATMUL_PACKED", value)
     w = q.QTensor.quantize(cj.Tensor(np.ones((4, 32), np.float32)), q.GgmlDType.Q8_0)
     assert isinstance(q.QMatMul.from_qtensor(w)._w, q.QTensor) == packed
+
+
+def test_unwritable_compilation_cache_dir_is_turned_off_with_one_warning():
+    # an existing folder that refuses files (sysfs, even for root): the cache is not turned on (JAX
+    # would warn on every compile), one warning names the folder, and compiling still works
+    import subprocess
+    import sys
+
+    d = os.path.join(_unwritable_dir(), "kernel")
+    if not os.path.isdir(d):
+        pytest.skip("no /sys/kernel")
+    env = dict(os.environ, CANDLEJAX_COMPILATION_CACHE=d)
+    code = (
+        "import warnings, jax, jax.numpy as jnp, candlejax.xla as x\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    print(x.enable_compilation_cache())\n"
+        "    print(float(jax.jit(lambda a: a * 2 + 1)(jnp.ones(())) ))\n"
+        "print(len(w)); print(w[0].message if w else '')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["None", "3.0", "1"], out.stdout + out.stderr
+    assert d in lines[3] and "compilation cache" in lines[3]
