@@ -236,3 +236,28 @@ def test_unwritable_compilation_cache_dir_is_turned_off_with_one_warning():
     lines = out.stdout.splitlines()
     assert lines[:3] == ["None", "3.0", "1"], out.stdout + out.stderr
     assert d in lines[3] and "compilation cache" in lines[3]
+
+
+def test_lazy_readers_keep_reading_their_file_after_chdir(tmp_path, monkeypatch):
+    # NpzTensors / PthTensors read each tensor on get(); a relative path names the file in the folder
+    # current when they were opened (as MmapedSafetensors, which maps it at once)
+    torch = pytest.importorskip("torch")
+    from candlejax import nn
+    from candlejax.io import pth
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    np.savez(here / "a.npz", x=a)
+    torch.save({"x": torch.from_numpy(a)}, here / "a.pth")
+    monkeypatch.chdir(here)
+    readers = [
+        (npy.NpzTensors("a.npz"), lambda o: o.get("x")),
+        (pth.PthTensors("a.pth"), lambda o: o.get("x")),
+        (nn.VarBuilder.from_npz("a.npz", cj.DType.F32, cj.Device.Cpu), lambda o: o.get((2, 3), "x")),
+        (nn.VarBuilder.from_pth("a.pth", cj.DType.F32, cj.Device.Cpu), lambda o: o.get((2, 3), "x")),
+    ]
+    monkeypatch.chdir(elsewhere)
+    for obj, get in readers:
+        np.testing.assert_array_equal(np.asarray(get(obj).to_vec2()), a)
