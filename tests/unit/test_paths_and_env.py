@@ -261,3 +261,19 @@ def test_lazy_readers_keep_reading_their_file_after_chdir(tmp_path, monkeypatch)
     monkeypatch.chdir(elsewhere)
     for obj, get in readers:
         np.testing.assert_array_equal(np.asarray(get(obj).to_vec2()), a)
+
+
+def test_chat_template_from_tokenizer_config_path_errors(tmp_path):
+    # Candle's ChatTemplateError::Io wraps std::io::Error; here the IoError is also the OSError
+    # subclass every candlejax reader raises (NoSuchFile / IsADirectory), naming the path
+    from candlejax.examples.chat_template import ChatTemplate, IoError
+
+    missing = tmp_path / "tokenizer_config.json"
+    with pytest.raises(FileNotFoundError) as ei:
+        ChatTemplate.from_tokenizer_config(missing)
+    assert isinstance(ei.value, IoError) and isinstance(ei.value, errors.NoSuchFile) and str(missing) in str(ei.value)
+    with pytest.raises(IsADirectoryError) as ei:
+        ChatTemplate.from_tokenizer_config(tmp_path)
+    assert isinstance(ei.value, IoError) and isinstance(ei.value, errors.IsADirectory)
+    with pytest.raises(errors.ArgumentType):
+        ChatTemplate.from_tokenizer_config(3)
