@@ -277,3 +277,53 @@ def test_chat_template_from_tokenizer_config_path_errors(tmp_path):
     assert isinstance(ei.value, IoError) and isinstance(ei.value, errors.IsADirectory)
     with pytest.raises(errors.ArgumentType):
         ChatTemplate.from_tokenizer_config(3)
+
+
+_READ_ONLY_SCRIPT = """
+import os, sys
+import numpy as np, candlejax as cj
+from candlejax import errors
+from candlejax.io import npy, safetensors
+d = sys.argv[1]
+safetensors.save({"w": cj.Tensor(np.ones(2, np.float32))}, os.path.join(d, "warm.safetensors"))
+npy.write_npy(cj.Tensor(np.ones(2, np.float32)), os.path.join(d, "warm.npy"))
+if os.getuid() == 0:  # root writes through any mode: run the check as nobody
+    os.setgid(65534)
+    os.setuid(65534)
+for name, write in [("a.safetensors", lambda p: safetensors.save({"x": cj.Tensor(np.zeros(3, np.float32))}, p)),
+                    ("a.npy", lambda p: npy.write_npy(cj.Tensor(np.zeros(3, np.float32)), p))]:
+    p = os.path.join(d, name)
+    with open(p, "wb") as f:
+        f.write(b"keep me")
+    os.chmod(p, 0o444)
+    try:
+        write(p)
+        print("overwritten", name)
+    except PermissionError as e:
+        print("refused", name, isinstance(e, errors.Error), p in str(e))
+    print("intact", open(p, "rb").read() == b"keep me")
+print(sorted(n for n in os.listdir(d) if not n.startswith("warm")))
+"""
+
+
+def test_save_over_a_read_only_file_is_refused_and_leaves_it(tmp_path):
+    # Candle's File::create, numpy.save and torch.save open the file for writing: a file without write
+    # permission is refused (PermissionError) and left as it was; the atomic rename must not bypass that
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.getuid() != 0 and os.access("/", os.W_OK):
+        pytest.skip("cannot run the check without write permission here")
+    d = tempfile.mkdtemp(prefix="cj-ro-")
+    try:
+        os.chmod(d, 0o777)
+        out = subprocess.run([sys.executable, "-c", _READ_ONLY_SCRIPT, d], capture_output=True, text=True, check=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    assert out.stdout.splitlines() == [
+        "refused a.safetensors True True", "intact True", "refused a.npy True True", "intact True",
+        "['a.npy', 'a.safetensors']",
+    ], out.stdout + out.stderr
