@@ -327,3 +327,24 @@ def test_save_over_a_read_only_file_is_refused_and_leaves_it(tmp_path):
         "refused a.safetensors True True", "intact True", "refused a.npy True True", "intact True",
         "['a.npy', 'a.safetensors']",
     ], out.stdout + out.stderr
+
+
+def test_write_idx_follows_the_writers_conventions(tmp_path):
+    # as every candlejax writer: a folder or a missing folder raise candlejax errors naming the path,
+    # and a failed write leaves the previous file
+    p = tmp_path / "labels-idx1-ubyte"
+    cj.data.write_idx(p, np.arange(3, dtype=np.uint8))
+    before = p.read_bytes()
+    with pytest.raises(IsADirectoryError) as ei:
+        cj.data.write_idx(tmp_path, np.arange(3, dtype=np.uint8))
+    assert isinstance(ei.value, errors.Error)
+    with pytest.raises(FileNotFoundError) as ei:
+        cj.data.write_idx(tmp_path / "no" / "x", np.arange(3, dtype=np.uint8))
+    assert isinstance(ei.value, errors.Error) and "no" in str(ei.value)
+    with pytest.raises(errors.Error):
+        cj.data.write_idx(p, np.arange(3, dtype=np.uint64))
+    assert p.read_bytes() == before and os.listdir(tmp_path) == [p.name]
+    cj.data.write_idx(p, np.arange(4, dtype=np.uint8), compress=True)
+    from candlejax.data.vision import read_idx
+
+    np.testing.assert_array_equal(read_idx(p), np.arange(4))
