@@ -348,3 +348,41 @@ def test_write_idx_follows_the_writers_conventions(tmp_path):
     from candlejax.data.vision import read_idx
 
     np.testing.assert_array_equal(read_idx(p), np.arange(4))
+
+
+def test_write_pcm_as_wav_to_a_path_keeps_the_old_file_on_bad_samples(tmp_path):
+    # the samples are checked before the file is touched; path errors are candlejax errors
+    from candlejax.examples.wav import write_pcm_as_wav
+
+    p = tmp_path / "a.wav"
+    write_pcm_as_wav(p, np.zeros(8, np.float32), 16000)
+    before = p.read_bytes()
+    with pytest.raises(errors.Audio):
+        write_pcm_as_wav(p, np.full(8, 40000, np.int32), 16000)
+    assert p.read_bytes() == before and os.listdir(tmp_path) == ["a.wav"]
+    with pytest.raises(FileNotFoundError) as ei:
+        write_pcm_as_wav(tmp_path / "no" / "a.wav", np.zeros(8, np.float32), 16000)
+    assert isinstance(ei.value, errors.Error)
+    with pytest.raises(IsADirectoryError) as ei:
+        write_pcm_as_wav(tmp_path, np.zeros(8, np.float32), 16000)
+    assert isinstance(ei.value, errors.Error)
+
+
+def test_save_image_path_errors_and_old_file_kept(tmp_path):
+    pytest.importorskip("PIL")
+    from candlejax.examples import save_image
+    from candlejax.vision import ImageError, load_image
+
+    img = cj.Tensor(np.full((3, 4, 5), 7, np.uint8))
+    p = tmp_path / "a.png"
+    save_image(img, p)
+    np.testing.assert_array_equal(np.asarray(load_image(p).jax), np.full((3, 4, 5), 7))
+    before = p.read_bytes()
+    with pytest.raises(ImageError):
+        save_image(img, tmp_path / "a.unknownext")
+    with pytest.raises(FileNotFoundError) as ei:
+        save_image(img, tmp_path / "no" / "a.png")
+    assert isinstance(ei.value, errors.Error)
+    with pytest.raises(errors.ArgumentType):
+        save_image(img, 3)
+    assert p.read_bytes() == before and os.listdir(tmp_path) == ["a.png"]
