@@ -386,3 +386,29 @@ def test_save_image_path_errors_and_old_file_kept(tmp_path):
     with pytest.raises(errors.ArgumentType):
         save_image(img, 3)
     assert p.read_bytes() == before and os.listdir(tmp_path) == ["a.png"]
+
+
+@pytest.mark.parametrize(
+    "value,wins", [("3", True), ("1", True), ("+2", True), ("0", False), ("abc", False), ("", False), ("-2", False)]
+)
+def test_get_num_threads_reads_rayon_num_threads(value, wins):
+    # candle::utils::get_num_threads (candle-core/src/utils.rs, and candle-pyo3's): a positive integer
+    # RAYON_NUM_THREADS, else the default (0 and garbage ignored)
+    import subprocess
+    import sys
+
+    code = "import candlejax as cj; print(cj.utils.get_num_threads())"
+    base = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+    default = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, check=True)
+    got = subprocess.run([sys.executable, "-c", code], env=dict(base, RAYON_NUM_THREADS=value),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert int(got.stdout) == (int(value) if wins else int(default.stdout))
+    try:
+        import candle  # noqa: F401  (candle-pyo3, the reference)
+    except ImportError:
+        return
+    ref_code = "import candle; print(candle.utils.get_num_threads())"
+    ref = subprocess.run([sys.executable, "-c", ref_code], env=dict(base, RAYON_NUM_THREADS=value),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    if wins:
+        assert int(ref.stdout) == int(got.stdout)
