@@ -377,13 +377,15 @@ def path_arg(path: Any, op: str, what: str = "path") -> str:
 
 
 def check_file(path: Any, op: str, dir_hint: str = "") -> None:
-    """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file
-    (``ArgumentType`` when it is not a path at all)."""
+    """Raise ``NoSuchFile`` / ``IsADirectory`` / ``NoPermission`` naming ``op`` unless ``path`` is an
+    existing file this process may read (``ArgumentType`` when it is not a path at all)."""
     path = path_arg(path, op)
     if os.path.isdir(path):
         raise IsADirectory(op, path, dir_hint)
     if not os.path.exists(path):
         raise NoSuchFile(op, path)
+    if not os.access(path, os.R_OK):
+        raise NoPermission(op, path)
 
 
 class Npy(Error):

@@ -412,3 +412,52 @@ def test_get_num_threads_reads_rayon_num_threads(value, wins):
                          capture_output=True, text=True, check=True)  # fmt: skip
     if wins:
         assert int(ref.stdout) == int(got.stdout)
+
+
+_UNREADABLE_SCRIPT = """
+import os, sys
+import numpy as np, candlejax as cj
+from candlejax import errors
+from candlejax.io import npy, pth, safetensors
+d = sys.argv[1]
+a = np.ones((2, 3), np.float32)
+files = {"st": os.path.join(d, "a.safetensors"), "npy": os.path.join(d, "a.npy"), "npz": os.path.join(d, "a.npz")}
+safetensors.save({"x": cj.Tensor(a)}, files["st"])
+np.save(files["npy"], a)
+np.savez(files["npz"], x=a)
+for p in files.values():
+    os.chmod(p, 0)
+if os.getuid() == 0:  # root reads through any mode: run the check as nobody
+    os.setgid(65534)
+    os.setuid(65534)
+readers = [("st", safetensors.load), ("st", safetensors.MmapedSafetensors), ("npy", npy.read_npy),
+           ("npz", npy.read_npz), ("npz", npy.NpzTensors), ("st", lambda p: cj.nn.VarMap().load(p)),
+           ("st", lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu))]
+for key, read in readers:
+    try:
+        read(files[key])
+        print("read")
+    except PermissionError as e:
+        print(isinstance(e, errors.Error), files[key] in str(e))
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(tmp_path):
+    # open() raises PermissionError; candlejax readers raise errors.NoPermission (also a PermissionError)
+    # naming the file, not a raw PermissionError or a "not a valid file" message
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    d = tempfile.mkdtemp(prefix="cj-unreadable-")
+    try:
+        os.chmod(d, 0o777)
+        out = subprocess.run([sys.executable, "-c", _UNREADABLE_SCRIPT, d], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert out.stdout.splitlines() == ["True True"] * 7, out.stdout + out.stderr
