@@ -425,6 +425,10 @@ files = {"st": os.path.join(d, "a.safetensors"), "npy": os.path.join(d, "a.npy")
 safetensors.save({"x": cj.Tensor(a)}, files["st"])
 np.save(files["npy"], a)
 np.savez(files["npz"], x=a)
+import tokenizers
+from candlejax.tokenizer import Tokenizer
+files["tok"] = os.path.join(d, "tokenizer.json")
+tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0}, unk_token="a")).save(files["tok"])
 for p in files.values():
     os.chmod(p, 0)
 if os.getuid() == 0:  # root reads through any mode: run the check as nobody
@@ -432,7 +436,8 @@ if os.getuid() == 0:  # root reads through any mode: run the check as nobody
     os.setuid(65534)
 readers = [("st", safetensors.load), ("st", safetensors.MmapedSafetensors), ("npy", npy.read_npy),
            ("npz", npy.read_npz), ("npz", npy.NpzTensors), ("st", lambda p: cj.nn.VarMap().load(p)),
-           ("st", lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu))]
+           ("st", lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu)),
+           ("tok", Tokenizer.from_file)]
 for key, read in readers:
     try:
         read(files[key])
@@ -460,4 +465,4 @@ def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(
         out = subprocess.run([sys.executable, "-c", _UNREADABLE_SCRIPT, d], capture_output=True, text=True, check=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    assert out.stdout.splitlines() == ["True True"] * 7, out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["True True"] * 8, out.stdout + out.stderr
