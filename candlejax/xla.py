@@ -422,6 +422,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
         path = compilation_cache_dir()
     if path is None:
         return None
+    path = os.path.abspath(path)  # JAX keeps the name: a relative one would follow later os.chdir calls
     try:  # a folder that cannot take files: the cache stays off (JAX would warn on every compile)
         os.makedirs(path, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()

@@ -466,3 +466,24 @@ def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(
     finally:
         shutil.rmtree(d, ignore_errors=True)
     assert out.stdout.splitlines() == ["True True"] * 8, out.stdout + out.stderr
+
+
+def test_relative_compilation_cache_dir_is_fixed_at_enable_time(tmp_path):
+    # JAX keeps the folder name it is given: a relative one would move with every later os.chdir
+    import subprocess
+    import sys
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    code = (
+        "import os, jax, jax.numpy as jnp, candlejax.xla as x\n"
+        "os.chdir('a'); print(x.enable_compilation_cache('cache')); os.chdir('../b')\n"
+        "jax.jit(lambda v: v * 3 + 2)(jnp.ones(5)).block_until_ready()\n"
+        "print(jax.config.jax_compilation_cache_dir)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CANDLEJAX_COMPILATION_CACHE"}
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    want = str(tmp_path / "a" / "cache")
+    assert out.stdout.splitlines() == [want, want], out.stdout + out.stderr
+    assert os.listdir(want) and not (tmp_path / "b" / "cache").exists()
