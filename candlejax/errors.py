@@ -407,6 +407,10 @@ class GgufIsADirectory(IsADirectory, Gguf):
     """A folder given as a GGUF file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Gguf``."""
 
 
+class GgufNoPermission(NoPermission, Gguf):
+    """A GGUF file this process may not read: a ``NoPermission`` (``PermissionError``) and an ``errors.Gguf``."""
+
+
 class Ct2(Error):
     """A malformed or unsupported CTranslate2 model file."""
 
@@ -426,6 +430,10 @@ class AudioNoSuchFile(NoSuchFile, Audio):
 
 class AudioIsADirectory(IsADirectory, Audio):
     """A folder given as an audio file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Audio``."""
+
+
+class AudioNoPermission(NoPermission, Audio):
+    """An audio file this process may not read: a ``NoPermission`` (``PermissionError``) and an ``errors.Audio``."""
 
 
 class Pth(Error):

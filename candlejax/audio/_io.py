@@ -75,6 +75,8 @@ def _open(path: str) -> Any:
         raise errors.AudioIsADirectory("audio", path, message=f"audio: {path}: is a directory, not a sound file")
     if not os.path.exists(path):
         raise errors.AudioNoSuchFile("audio", path, message=f"audio: {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise errors.AudioNoPermission("audio", path, message=f"audio: {path}: permission denied")
     if os.path.getsize(path) == 0:
         raise errors.Audio(f"audio: {path}: empty file (0 bytes), not a sound file")
     try:

@@ -897,7 +897,9 @@ def _open(source: Any) -> tuple[Any, str, list[Any]]:
         try:
             f = open(path, "rb")
         except OSError as e:
-            raise errors.Gguf(f"gguf {path}: cannot open: {e.strerror or e}") from None
+            cls = errors.GgufNoPermission if isinstance(e, PermissionError) else None
+            msg = f"gguf {path}: cannot open: {e.strerror or e}"
+            raise (cls("gguf read", path, message=msg) if cls else errors.Gguf(msg)) from None
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             f.close()

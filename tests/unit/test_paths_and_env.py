@@ -427,6 +427,14 @@ np.save(files["npy"], a)
 np.savez(files["npz"], x=a)
 import tokenizers
 from candlejax.tokenizer import Tokenizer
+from candlejax import quantized as q
+from candlejax.io import gguf
+files["gguf"] = os.path.join(d, "a.gguf")
+gguf.write(files["gguf"], [], [("f", q.QTensor.quantize(cj.Tensor(np.ones((2, 32), np.float32)), q.GgmlDType.F32))])
+import soundfile
+from candlejax.audio import read_audio
+files["wav"] = os.path.join(d, "a.wav")
+soundfile.write(files["wav"], np.full(100, 0.1, np.float32), 16000)
 files["tok"] = os.path.join(d, "tokenizer.json")
 tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0}, unk_token="a")).save(files["tok"])
 for p in files.values():
@@ -437,7 +445,7 @@ if os.getuid() == 0:  # root reads through any mode: run the check as nobody
 readers = [("st", safetensors.load), ("st", safetensors.MmapedSafetensors), ("npy", npy.read_npy),
            ("npz", npy.read_npz), ("npz", npy.NpzTensors), ("st", lambda p: cj.nn.VarMap().load(p)),
            ("st", lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu)),
-           ("tok", Tokenizer.from_file)]
+           ("tok", Tokenizer.from_file), ("gguf", gguf.Content.read), ("wav", read_audio)]
 for key, read in readers:
     try:
         read(files[key])
@@ -465,7 +473,7 @@ def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(
         out = subprocess.run([sys.executable, "-c", _UNREADABLE_SCRIPT, d], capture_output=True, text=True, check=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    assert out.stdout.splitlines() == ["True True"] * 8, out.stdout + out.stderr
+    assert out.stdout.splitlines() == ["True True"] * 10, out.stdout + out.stderr
 
 
 def test_relative_compilation_cache_dir_is_fixed_at_enable_time(tmp_path):
