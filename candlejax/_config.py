@@ -13,14 +13,25 @@ import os
 
 import jax
 
-_FALSE = ("", "0", "false", "False", "FALSE", "no", "off")
+_OFF = ("0", "false", "no", "off")
+
+
+def env_off(name: str) -> bool:
+    """Whether ``$name`` turns a default-on switch off: ``0``, ``false``, ``no`` or ``off`` (any case,
+    spaces ignored). Unset, empty or anything else: on."""
+    return os.environ.get(name, "").strip().lower() in _OFF
+
+
+def env_on(name: str) -> bool:
+    """Whether ``$name`` turns a default-off switch on: set, not empty and not an :func:`env_off` word."""
+    return os.environ.get(name, "").strip().lower() not in ("", *_OFF)
 
 
 def apply() -> None:
     explicit = os.environ.get("JAX_CPU_ENABLE_ASYNC_DISPATCH")
     if explicit is not None:
-        value = explicit.strip() not in _FALSE
-    elif os.environ.get("CANDLEJAX_ASYNC_DISPATCH", "0").strip() not in _FALSE:
+        value = env_on("JAX_CPU_ENABLE_ASYNC_DISPATCH")
+    elif env_on("CANDLEJAX_ASYNC_DISPATCH"):
         return
     else:
         value = False

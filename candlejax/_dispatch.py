@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 
 from candlejax import _jax_private, errors
+from candlejax._config import env_off
 from candlejax.device import Device, single_device
 
 _RuntimeError = jax.errors.JaxRuntimeError
@@ -144,7 +144,7 @@ def device_mismatch(op_name: str, arrays: Any) -> Exception:
 #: back) instead of compiling an XLA executable for the exact shape (~20-30 ms on XLA:CPU each).
 #: After ``EXACT_AFTER`` calls with the same shapes the exact executable is compiled and used, so
 #: repeated shapes keep the direct cached-jit speed. ``CANDLEJAX_SHAPE_BUCKETS=0`` turns this off.
-BUCKETS_ON = os.environ.get("CANDLEJAX_SHAPE_BUCKETS", "1") != "0"
+BUCKETS_ON = not env_off("CANDLEJAX_SHAPE_BUCKETS")
 EXACT_AFTER = 3
 MIN_BUCKET = 1 << 12
 MAX_BUCKETED = 1 << 22  # larger arrays: compute dominates; compile the exact shape

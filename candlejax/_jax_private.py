@@ -14,12 +14,13 @@ internals moved, :data:`AVAILABLE` is False and every function here answers thro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+
+from candlejax._config import env_off
 
 try:
     from jax._src import core as _core
@@ -29,7 +30,7 @@ try:
     from jax._src.interpreters import pxla as _pxla
     from jax._src.lib import _jax
 
-    AVAILABLE: bool = os.environ.get("CANDLEJAX_JAX_PRIVATE", "1") != "0"
+    AVAILABLE: bool = not env_off("CANDLEJAX_JAX_PRIVATE")
 except Exception:  # another JAX version: public API only
     AVAILABLE = False
 

@@ -308,7 +308,7 @@ def restore(
     state is restored, so ``opt.backward_step(loss_fn, model, x, y)`` continues the saved run.
     """
     _check_batcher(batcher, "restore")
-    path = os.fspath(path)
+    path = errors.path_arg(path, "checkpoint restore")
     meta = read_metadata(path)
     _check_metadata(meta, path)
     with st.MmapedSafetensors(path) as f:  # host copies: 64-bit numpy leaves need no x64 mode

@@ -327,7 +327,8 @@ class FileAccess(Error, OSError):
 
     def __init__(self, op: str, path: Any, what: str, hint: str = "", *, message: str = ""):
         self.op, self.filename = op, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
-        self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR}.get(what)
+        self.errno = {"no such file": errno.ENOENT, "is a directory": errno.EISDIR,
+                      "permission denied": errno.EACCES}.get(what)  # fmt: skip
         self.strerror = what
         super().__init__(message or f"{op}: {what}: {self.filename!r}" + (f" ({hint})" if hint else ""))
 
@@ -349,6 +350,24 @@ class IsADirectory(FileAccess, IsADirectoryError):
         super().__init__(op, path, "is a directory", hint, message=message)
 
 
+class NoPermission(FileAccess, PermissionError):
+    """A path the process may not read or write (also a ``PermissionError``)."""
+
+    def __init__(self, op: str, path: Any, hint: str = "", *, message: str = ""):
+        super().__init__(op, path, "permission denied", hint, message=message)
+
+
+def os_error(e: OSError, op: str, path: Any, message: str = "") -> FileAccess:
+    """``e`` as a candlejax :class:`FileAccess` naming ``op`` and ``path``, keeping its ``OSError``
+    subclass (``NoSuchFile``, ``IsADirectory``, ``NoPermission``) and its ``errno``."""
+    cls = {errno.ENOENT: NoSuchFile, errno.EISDIR: IsADirectory, errno.EACCES: NoPermission,
+           errno.EPERM: NoPermission}.get(e.errno)  # fmt: skip
+    what = e.strerror or str(e)
+    out = cls(op, path, message=message) if cls else FileAccess(op, path, what, message=message)
+    out.errno, out.strerror = e.errno, what
+    return out
+
+
 def path_arg(path: Any, op: str, what: str = "path") -> str:
     """``os.fspath(path)``, or ``ArgumentType`` (an ``InvalidArgument``, also a ``TypeError``) naming
     ``op`` when ``path`` is not a str or ``os.PathLike`` (``os.fspath`` / ``Path`` raise a bare ``TypeError``)."""
@@ -358,13 +377,15 @@ def path_arg(path: Any, op: str, what: str = "path") -> str:
 
 
 def check_file(path: Any, op: str, dir_hint: str = "") -> None:
-    """Raise ``NoSuchFile`` / ``IsADirectory`` naming ``op`` unless ``path`` is an existing file
-    (``ArgumentType`` when it is not a path at all)."""
+    """Raise ``NoSuchFile`` / ``IsADirectory`` / ``NoPermission`` naming ``op`` unless ``path`` is an
+    existing file this process may read (``ArgumentType`` when it is not a path at all)."""
     path = path_arg(path, op)
     if os.path.isdir(path):
         raise IsADirectory(op, path, dir_hint)
     if not os.path.exists(path):
         raise NoSuchFile(op, path)
+    if not os.access(path, os.R_OK):
+        raise NoPermission(op, path)
 
 
 class Npy(Error):
@@ -386,6 +407,10 @@ class GgufIsADirectory(IsADirectory, Gguf):
     """A folder given as a GGUF file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Gguf``."""
 
 
+class GgufNoPermission(NoPermission, Gguf):
+    """A GGUF file this process may not read: a ``NoPermission`` (``PermissionError``) and an ``errors.Gguf``."""
+
+
 class Ct2(Error):
     """A malformed or unsupported CTranslate2 model file."""
 
@@ -397,6 +422,18 @@ class Ct2NoSuchFile(NoSuchFile, Ct2):
 
 class Audio(Error):
     """Unreadable or invalid audio (empty file, not a sound file, no samples, NaN/inf samples)."""
+
+
+class AudioNoSuchFile(NoSuchFile, Audio):
+    """An audio path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``errors.Audio``."""
+
+
+class AudioIsADirectory(IsADirectory, Audio):
+    """A folder given as an audio file: an ``IsADirectory`` (``IsADirectoryError``) and an ``errors.Audio``."""
+
+
+class AudioNoPermission(NoPermission, Audio):
+    """An audio file this process may not read: a ``NoPermission`` (``PermissionError``) and an ``errors.Audio``."""
 
 
 class Pth(Error):

@@ -935,6 +935,9 @@ def _json_object(file: Path) -> dict[str, Any]:
     """A tokenizer folder's JSON file as a dict, or a candlejax error naming the file."""
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        msg = f"load_tokenizer: cannot read {os.fspath(file)!r}: {e.strerror}"
+        raise errors.os_error(e, "load_tokenizer", file, msg) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a >4300-digit int; nesting
         raise errors.Msg(f"load_tokenizer: {os.fspath(file)!r} is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(cfg, dict):
@@ -955,6 +958,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not file.is_file():
         msg = f"load_tokenizer: no tokenizer.json at {os.fspath(path)!r}"
         raise errors.NoSuchFile("load_tokenizer", file, message=msg)
+    errors.check_file(file, "load_tokenizer")  # a file this process may not read: NoPermission
     try:
         hf = HFTokenizer.from_file(os.fspath(file))
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file

@@ -34,7 +34,12 @@ def metal_is_available() -> bool:
 
 
 def get_num_threads() -> int:
-    """The CPUs this process may run on (``candle::utils::get_num_threads``)."""
+    """``candle::utils::get_num_threads``: ``RAYON_NUM_THREADS`` when it is a positive integer (as
+    Candle; 0 or anything else is ignored), else the CPUs this process may run on."""
+    v = os.environ.get("RAYON_NUM_THREADS", "")
+    v = v[1:] if v.startswith("+") else v  # Rust's usize::from_str: ASCII digits, an optional "+"
+    if v.isascii() and v.isdigit() and int(v) > 0:
+        return int(v)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -33,11 +33,15 @@ import hashlib
 import math
 import os
 import platform
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import jax
+
+from candlejax._config import env_off
 
 __all__ = [
     "COMPILATION_CACHE_ENV",
@@ -53,6 +57,7 @@ __all__ = [
     "large_input_options",
     "load_programs",
     "limit_malloc_arenas",
+    "shape_buckets_enabled",
     "trim_heap",
     "tune_malloc",
 ]
@@ -362,6 +367,12 @@ def trim_heap() -> bool:
     return malloc_trim is not None and malloc_trim(0) >= 0
 
 
+def shape_buckets_enabled() -> bool:
+    """Whether eager ops (and BERT's eager forward) pad new shapes to buckets: off when
+    ``CANDLEJAX_SHAPE_BUCKETS`` is ``0``, ``false``, ``no`` or ``off``."""
+    return not env_off("CANDLEJAX_SHAPE_BUCKETS")
+
+
 #: environment variable: a directory for the cache of compiled programs, or ``0`` / ``off`` for none
 COMPILATION_CACHE_ENV = "CANDLEJAX_COMPILATION_CACHE"
 
@@ -392,7 +403,8 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
 
     ``directory``: default :func:`compilation_cache_dir` (or a ``jax_compilation_cache_dir`` the
     process has set, unless ``CANDLEJAX_COMPILATION_CACHE`` is set). Returns the directory used, or None when
-    the cache is off (``CANDLEJAX_COMPILATION_CACHE=0``) or the directory cannot be created. The
+    the cache is off (``CANDLEJAX_COMPILATION_CACHE=0``) or the directory cannot be created or written
+    (a warning then names it). The
     ``candlejax`` command-line tools call it. A process that loads its programs never starts the
     LLVM compiler: SmolLM2 Q4_1 generation gives its first token after 0.17 s instead of 0.41 and
     peaks ~70 MiB lower. Like ``jax.config.update("jax_compilation_cache_dir", ...)`` (which it uses); programs
@@ -410,9 +422,12 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
         path = compilation_cache_dir()
     if path is None:
         return None
-    try:
+    path = os.path.abspath(path)  # JAX keeps the name: a relative one would follow later os.chdir calls
+    try:  # a folder that cannot take files: the cache stays off (JAX would warn on every compile)
         os.makedirs(path, exist_ok=True)
-    except OSError:
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        warnings.warn(f"compilation cache left off: cannot write to {path!r} ({e.strerror or e})", stacklevel=2)
         return None
     from jax.experimental.compilation_cache import compilation_cache as cc
 

@@ -23,7 +23,6 @@ Sentence embeddings (tokenizer, pooling, bucketed shapes): :mod:`candlejax.pipel
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -38,7 +37,7 @@ from candlejax.models.buckets import batch_bucket, eager_length_bucket, pad_rows
 from candlejax.models.loading import check_architecture, host_array
 from candlejax.nn import Embedding, LayerNorm, Linear, Module, VarBuilder, embedding, layer_norm, linear, ops
 from candlejax.tensor import unwrap, wrap
-from candlejax.xla import SizeJit, large_input_options
+from candlejax.xla import SizeJit, large_input_options, shape_buckets_enabled
 
 __all__ = [
     "COMPILER_OPTIONS", "DTYPE", "LARGE_BATCH_TOKENS", "BertAttention", "BertEmbeddings", "BertEncoder",
@@ -252,7 +251,7 @@ class BertPooler(Module):
 
 #: Eager ``BertModel.forward`` pads sequences to a length bucket (see :func:`eager_length_bucket`);
 #: ``CANDLEJAX_SHAPE_BUCKETS=0`` turns this off with the eager ops' shape buckets
-EAGER_LENGTH_BUCKETS = os.environ.get("CANDLEJAX_SHAPE_BUCKETS", "1") != "0"
+EAGER_LENGTH_BUCKETS = shape_buckets_enabled()
 
 
 def _mask_bias(attention_mask: Any, dtype: Any) -> Any:

@@ -1,7 +1,7 @@
 """Finding a model's files in a local folder or the local Hugging Face hub cache (never downloads).
 
-The hub cache (``huggingface_hub``'s layout, by default ``$HF_HUB_CACHE``, else
-``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) keeps each repository as::
+The hub cache (``huggingface_hub``'s layout and location: ``$HF_HUB_CACHE``, else
+``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``) keeps each repository as::
 
     models--{org}--{name}/
         refs/main                 # the commit hash the branch points to
@@ -42,15 +42,24 @@ class ModelFiles:
     tokenizer: str | None
 
 
+def _env_path(name: str) -> str | None:
+    """``$name`` with ``~`` and ``$VAR`` expanded (as ``huggingface_hub.constants``); None if unset or empty."""
+    v = os.environ.get(name)
+    return os.path.expandvars(os.path.expanduser(v)) if v else None
+
+
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The hub cache folder: ``cache_dir``, ``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``."""
+    """The hub cache folder, as ``huggingface_hub.constants.HF_HUB_CACHE``: ``cache_dir``, else
+    ``$HF_HUB_CACHE``, ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub``, ``$XDG_CACHE_HOME/huggingface/hub``,
+    ``~/.cache/huggingface/hub`` (``~`` and ``$VAR`` in the variables expanded; empty ones ignored)."""
     if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
+        return Path(errors.path_arg(cache_dir, "hub_cache_dir", "cache_dir"))
+    hub = _env_path("HF_HUB_CACHE") or _env_path("HUGGINGFACE_HUB_CACHE")
+    if hub:
+        return Path(hub)
+    cache = _env_path("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    home = _env_path("HF_HOME") or os.path.join(cache, "huggingface")
+    return Path(home) / "hub"
 
 
 def repo_folder_name(repo_id: str, repo_type: str = "model") -> str:

@@ -71,8 +71,12 @@ def resample(pcm: Any, orig_sr: int, target_sr: int) -> np.ndarray:
 def _open(path: str) -> Any:
     sf = require("soundfile", "reading audio files")
 
+    if os.path.isdir(path):
+        raise errors.AudioIsADirectory("audio", path, message=f"audio: {path}: is a directory, not a sound file")
     if not os.path.exists(path):
-        raise errors.Audio(f"audio: {path}: no such file")
+        raise errors.AudioNoSuchFile("audio", path, message=f"audio: {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise errors.AudioNoPermission("audio", path, message=f"audio: {path}: permission denied")
     if os.path.getsize(path) == 0:
         raise errors.Audio(f"audio: {path}: empty file (0 bytes), not a sound file")
     try:

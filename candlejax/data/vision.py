@@ -29,6 +29,7 @@ from candlejax import errors
 from candlejax.data._dataset import DatasetFileError
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype
+from candlejax.io import atomic_file
 from candlejax.optional import require
 from candlejax.tensor._core import unwrap, wrap
 
@@ -128,9 +129,8 @@ def write_idx(path: str | os.PathLike[str], array: Any, *, compress: bool = Fals
         raise IdxError(f"write_idx: dtype {a.dtype} has no IDX type code (u8, i8, i16, i32, f32, f64)")
     body = bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
     body += np.ascontiguousarray(a, dtype=np.dtype(_IDX_TYPES[code])).tobytes()
-    opener = gzip.open if compress else open
-    with opener(path, "wb") as f:
-        f.write(body)
+    with atomic_file(path) as f:  # candlejax errors naming the path; a failed write leaves the old file
+        f.write(gzip.compress(body) if compress else body)
 
 
 @dataclass

@@ -149,12 +149,11 @@ def initialize(
     all-reduce failed ... Connection closed by peer" on the CPU), or the coordination service stops
     this process after ``heartbeat_timeout_seconds`` ("another task died"); no process waits forever.
     """
-    env = os.environ
-    coordinator_address = coordinator_address or env.get("CANDLEJAX_COORDINATOR")
-    if num_processes is None and env.get("CANDLEJAX_NUM_PROCESSES"):
-        num_processes = int(env["CANDLEJAX_NUM_PROCESSES"])
-    if process_id is None and env.get("CANDLEJAX_PROCESS_ID"):
-        process_id = int(env["CANDLEJAX_PROCESS_ID"])
+    coordinator_address = coordinator_address or os.environ.get("CANDLEJAX_COORDINATOR", "").strip() or None
+    if num_processes is None:
+        num_processes = _env_int("CANDLEJAX_NUM_PROCESSES", 1)
+    if process_id is None:
+        process_id = _env_int("CANDLEJAX_PROCESS_ID", 0)
     if _INITIALIZED[0]:
         raise errors.Msg("cj.distributed.initialize: already called in this process")
     if cpu_collectives:
@@ -171,6 +170,20 @@ def initialize(
         ) from e
     _INITIALIZED[0] = True
     refresh_device_count()  # device checks see every device from now on
+
+
+def _env_int(name: str, low: int) -> int | None:
+    """``$name`` as an int >= ``low``; None when unset or blank; ``errors.Msg`` naming it otherwise."""
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise errors.Msg(f"cj.distributed.initialize: {name}={v!r} is not an integer >= {low}")
+    return n
 
 
 def shutdown() -> None:

@@ -104,11 +104,21 @@ def load_image_and_resize(p: str | os.PathLike[str], width: int, height: int) ->
 
 
 def _save(img: Any, p: str | os.PathLike[str]) -> None:
-    path = os.fspath(p)
-    try:
-        img.save(path)
-    except (ValueError, OSError, KeyError) as e:
-        raise vision.ImageError(f"save_image: cannot write {path!r} ({type(e).__name__}: {e})") from e
+    """``img.save(p)`` through ``atomic_file``: path errors are candlejax errors naming ``p`` and a
+    failed save leaves an existing file; the extension picks the format, as Pillow's ``save(path)``."""
+    from PIL import Image
+
+    from candlejax.io import atomic_file
+
+    path = errors.path_arg(p, "save_image")
+    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise vision.ImageError(f"save_image: cannot write {path!r} (no Pillow image format has its extension)")
+    with atomic_file(path) as f:
+        try:
+            img.save(f, format=fmt)
+        except (ValueError, OSError, KeyError) as e:
+            raise vision.ImageError(f"save_image: cannot write {path!r} ({type(e).__name__}: {e})") from e
 
 
 def _as_pil(img: Any, where: str) -> Any:

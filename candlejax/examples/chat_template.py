@@ -51,6 +51,14 @@ class IoError(ChatTemplateError):
     """The tokenizer config file cannot be read."""
 
 
+class _IoNoSuchFile(errors.NoSuchFile, IoError):
+    """A missing tokenizer config: an ``IoError`` and a ``NoSuchFile`` (``FileNotFoundError``)."""
+
+
+class _IoIsADirectory(errors.IsADirectory, IoError):
+    """A folder given as the tokenizer config: an ``IoError`` and an ``IsADirectory``."""
+
+
 class ParseError(ChatTemplateError):
     """The tokenizer config is not valid JSON (or not an object)."""
 
@@ -218,12 +226,16 @@ class ChatTemplate:
     @staticmethod
     def from_tokenizer_config(path: str | os.PathLike[str]) -> ChatTemplate:
         """The ``chat_template`` (and ``bos_token`` / ``eos_token``) of a ``tokenizer_config.json``."""
-        p = os.fspath(path)
+        p = errors.path_arg(path, "ChatTemplate.from_tokenizer_config")
         try:
             with open(p, encoding="utf-8") as f:
                 content = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise IoError(f"IO error: cannot read {p!r}: {e}") from None
+            msg = f"IO error: cannot read {p!r}: {e}"
+            if isinstance(e, FileNotFoundError | IsADirectoryError):
+                cls = _IoNoSuchFile if isinstance(e, FileNotFoundError) else _IoIsADirectory
+                raise cls("ChatTemplate.from_tokenizer_config", p, message=msg) from None
+            raise IoError(msg) from None
         try:
             return ChatTemplate.from_tokenizer_config_str(content)
         except NoTemplate:

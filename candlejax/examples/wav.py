@@ -41,12 +41,15 @@ def _to_i16(samples: Any) -> np.ndarray:
 def write_pcm_as_wav(w: BinaryIO | str | os.PathLike[str], samples: Any, sample_rate: int) -> None:
     """Write ``samples`` (floats in [-1, 1] or i16, a 1-D array, list or Tensor) as a mono 16-bit
     PCM WAV file at ``sample_rate`` Hz: the canonical 44-byte header, then little-endian i16 data.
-    ``w`` is a binary file object (Candle's ``Write``) or a path."""
-    if isinstance(w, str | os.PathLike):
-        with open(w, "wb") as f:
-            write_pcm_as_wav(f, samples, sample_rate)
-        return
+    ``w`` is a binary file object (Candle's ``Write``) or a path (written atomically: samples that
+    cannot be written leave an existing file as it was)."""
     data = _to_i16(samples).astype("<i2").tobytes()
+    if isinstance(w, str | os.PathLike):
+        from candlejax.io import atomic_file
+
+        with atomic_file(w) as f:
+            write_pcm_as_wav(f, np.frombuffer(data, "<i2"), sample_rate)
+        return
     rate = int(sample_rate)
     header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
     fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)  # PCM, mono, 2 bytes a frame

@@ -8,7 +8,8 @@ A save writes a temporary file next to the target, fsyncs it, gives it the permi
 it replaces (a new file: the umask's) and moves it onto the target with ``os.replace``, then fsyncs
 the folder: a crash or an exception leaves the previous file untouched. A symbolic link is written
 through, as ``File::create``, ``numpy.save`` and ``torch.save`` do: its target is replaced (a
-dangling link creates it) and the link stays a link. Writers hold an ``flock`` on
+dangling link creates it) and the link stays a link. A file the process may not write (``os.access``)
+is refused with ``errors.NoPermission``, as ``open(path, "wb")`` refuses it. Writers hold an ``flock`` on
 their temporary file (or folder); those left by a killed writer are removed by the next save of the
 same target.
 """
@@ -60,9 +61,10 @@ def _remove_stale_temps(d: str, prefix: str) -> None:
         os.close(fd)
 
 
-def _target_error(e: OSError, path: str) -> OSError:
-    """``e`` (raised on a temporary file) retold about the target ``path``, with the same OSError type."""
-    return type(e)(e.errno, f"cannot write {path}: {e.strerror}", path)
+def _target_error(e: OSError, path: str) -> errors.FileAccess:
+    """``e`` (raised on a temporary file) retold about the target ``path``: a candlejax error that keeps
+    the OSError type (``PermissionError``, ``FileNotFoundError``, ...) and errno."""
+    return errors.os_error(e, "write", path, f"cannot write {path}: {e.strerror}")
 
 
 def _prepare(path: PathLike) -> tuple[str, str, str, str]:
@@ -85,6 +87,8 @@ def _prepare(path: PathLike) -> tuple[str, str, str, str]:
         raise errors.NoSuchFile("write", path, message=f"cannot write {path}: its folder {d} does not exist")
     if os.path.isdir(target):
         raise errors.IsADirectory("write", path, message=f"cannot write {path}: it is a folder")
+    if os.path.exists(target) and not os.access(target, os.W_OK):  # as open(path, "wb"): the rename would not ask
+        raise errors.NoPermission("write", path, message=f"cannot write {path}: Permission denied (a read-only file)")
     prefix = "." + os.path.basename(target) + "."
     _remove_stale_temps(d, prefix)
     return path, target, d, prefix

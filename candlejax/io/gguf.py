@@ -740,8 +740,8 @@ class Content:
 
         Raises ``cannot find tensor info for {name}``.
         """
-        if args and not isinstance(args[0], str):
-            args = args[1:]  # Candle passes the reader first; the file is already mapped
+        if args and (not isinstance(args[0], str) or len(args) > 2):
+            args = args[1:]  # Candle passes the reader (here maybe its path) first; the file is already mapped
         if not args:
             raise TypeError("tensor() needs a tensor name")
         name = args[0]
@@ -897,13 +897,16 @@ def _open(source: Any) -> tuple[Any, str, list[Any]]:
         try:
             f = open(path, "rb")
         except OSError as e:
-            raise errors.Gguf(f"gguf {path}: cannot open: {e.strerror or e}") from None
+            cls = errors.GgufNoPermission if isinstance(e, PermissionError) else None
+            msg = f"gguf {path}: cannot open: {e.strerror or e}"
+            raise (cls("gguf read", path, message=msg) if cls else errors.Gguf(msg)) from None
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             f.close()
             raise errors.Gguf(f"gguf {path}: the file is empty")
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return m, path, [m, f]
+        with f:  # the map holds its own descriptor: no file object is left to close (or leak)
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return m, path, [m]
     if isinstance(source, io.BytesIO):
         return memoryview(source.getvalue()), "<BytesIO>", []
     if hasattr(source, "read"):

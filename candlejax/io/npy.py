@@ -267,7 +267,8 @@ class NpzTensors:
     ``get_shape_and_dtype(name)``, ``get(name) -> Tensor | None``."""
 
     def __init__(self, path: PathLike):
-        self.path = errors.path_arg(path, "NpzTensors")
+        # absolute: get() reopens the file, which a later os.chdir must not change
+        self.path = os.path.abspath(errors.path_arg(path, "NpzTensors"))
         with _open_zip(self.path) as zf:
             self._index = {n: i.filename for n, i in _members(zf, self.path).items()}
 

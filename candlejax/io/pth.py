@@ -621,7 +621,8 @@ class PthTensors:
     storage only by :meth:`get`. Nested dicts are flattened with ``.`` as in :func:`load`."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None):
-        self.path = errors.path_arg(path, "PthTensors")
+        # absolute: get() reopens the file, which a later os.chdir must not change
+        self.path = os.path.abspath(errors.path_arg(path, "PthTensors"))
         self._infos = tensor_infos(self.path, key)
 
     def tensor_infos(self) -> dict[str, TensorInfo]:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import errors
+from candlejax._config import env_off
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.tensor.conv import conv_out_len
 
@@ -65,7 +66,7 @@ def _library_path() -> str | None:
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("CANDLEJAX_NATIVE", "1") in ("0", "false", "False"):
+    if env_off("CANDLEJAX_NATIVE"):
         return None
     path = _library_path()
     if path is None:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from candlejax import _reload, errors
+from candlejax._config import env_on
 from candlejax._dispatch import device_mismatch, is_eager, op
 from candlejax.device import Device, single_device
 from candlejax.dtype import DType, to_dtype
@@ -414,6 +415,7 @@ def _blocked_rows(w: BlockedWeight | PackedWeight, ids: Any) -> Any:
 
 
 def _env_flag(name: str) -> bool:
+    """Candle's reading of ``CANDLE_DEQUANTIZE_ALL[_F16]`` (quantized/mod.rs): set, not empty, not ``0``."""
     v = os.environ.get(name, "")
     return v not in ("", "0")
 
@@ -459,9 +461,9 @@ class QMatMul:
             return QMatMul(q.dequantize_f16().jax)
         if q.elem_count() == 0:  # nothing to lay out: the block layouts' reshapes need whole rows
             return QMatMul(q)
-        if dt in PACKED_TYPES and native.available() and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
+        if dt in PACKED_TYPES and native.available() and not env_on("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(PackedWeight(jnp.asarray(q.raw).reshape(q.shape[0], -1), dt, q.shape))
-        if dt in BLOCKED_TYPES and not _env_flag("CANDLEJAX_QMATMUL_PACKED"):
+        if dt in BLOCKED_TYPES and not env_on("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(BlockedWeight.from_raw(q.raw, dt, q.shape))
         return QMatMul(q)
 

@@ -34,6 +34,14 @@ class ImageError(errors.Error):
     """An image that cannot be read or has the wrong layout (channels, dtype, size)."""
 
 
+class ImageNoSuchFile(errors.NoSuchFile, ImageError):
+    """An image path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``ImageError``."""
+
+
+class ImageIsADirectory(errors.IsADirectory, ImageError):
+    """A folder given as an image file: an ``IsADirectory`` (``IsADirectoryError``) and an ``ImageError``."""
+
+
 def _np(x: Any) -> np.ndarray:
     return np.asarray(unwrap(x))
 
@@ -114,9 +122,9 @@ def open_rgb(path: str | os.PathLike[str], where: str = "load_image") -> Any:
 
     p = errors.path_arg(path, where)
     if os.path.isdir(p):
-        raise ImageError(f"{where}: {p!r} is a directory, not an image file")
+        raise ImageIsADirectory(where, p, message=f"{where}: {p!r} is a directory, not an image file")
     if not os.path.isfile(p):
-        raise ImageError(f"{where}: no such file {p!r}")
+        raise ImageNoSuchFile(where, p, message=f"{where}: no such file {p!r}")
     try:
         # decoded from memory: a corrupt chunk length (PNG) then reads at most the file's bytes, where a
         # file object's read(n) first allocated n (4 GiB for a 0xff000015-byte IDAT)
