@@ -21,6 +21,13 @@ import sys
 import time
 
 
+def ms_per_decode_token(stats: dict) -> float:
+    """Milliseconds per decode step from a :class:`candlejax.generation.Generation`'s ``stats``:
+    ``decode_s`` runs from the first token's arrival to the last one's, which is ``decode_steps`` steps
+    (n tokens: n - 1 steps; the prefill is in ``prefill_s``)."""
+    return stats["decode_s"] / max(1, stats["decode_steps"]) * 1e3
+
+
 def worker(n: int, batch: int, steps: int, new: int) -> dict:
     import jax
     import numpy as np
@@ -76,7 +83,7 @@ def worker(n: int, batch: int, steps: int, new: int) -> dict:
     for _ in range(3):
         g = lm.generate(prompt, new)
         assert list(g) == toks
-        runs.append(g.stats["decode_s"] / max(1, g.stats["decode_steps"] - 1) * 1e3)
+        runs.append(ms_per_decode_token(g.stats))
     out["tp_ms_per_token"] = statistics.median(runs)
     out["tokens"] = toks[:8]
     return out
