@@ -41,6 +41,15 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(ts) * 1e3
 
 
+def compile_static(fn, **kwargs):
+    """``torch.compile(fn, dynamic=False)``: one static-shape graph per input shape, as candlejax's
+    programs are. torch.compile's default makes the batch dimension symbolic when a second batch size
+    arrives, so the batch-32 row would time a dynamic-shape graph compiled after batch 1."""
+    import torch
+
+    return torch.compile(fn, dynamic=False, **kwargs)
+
+
 def _nhwc_forward(net):
     """A plain-JAX NHWC forward of a folded candlejax ResNet (bench only)."""
     import jax
@@ -88,7 +97,7 @@ def bench_resnet(batches: list[int], repeats: int, compile_torch: bool) -> list[
         net = resnet.resnet50(1000, vb.rename_f(resnet.hf_to_torchvision))
     fwd = jax.jit(lambda m, x: m.forward(Tensor(x)).jax)
     nhwc = _nhwc_forward(net)
-    tc = torch.compile(hf) if compile_torch else None
+    tc = compile_static(hf) if compile_torch else None
     rows = []
     for b in batches:
         x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)

@@ -45,3 +45,24 @@ def test_ms_per_decode_token_matches_the_host_clock():
     assert abs(got - host_ms) < 0.1 * host_ms, (got, host_ms)
     assert 100.0 <= got < 115.0, got
 
+
+def test_vision_torch_compile_keeps_static_shapes():
+    # bench/vision.py times torch.compile at batch 1, then batch 32 in the same process: torch's default
+    # (automatic dynamic shapes) recompiles the second with a symbolic batch; the row must time a
+    # static graph for each batch, as candlejax compiles one program per shape
+    import torch
+
+    compile_static = _bench_module("vision").compile_static
+    graphs: list[list[object]] = []
+
+    def backend(gm, example_inputs):
+        graphs.append([type(a).__name__ if not isinstance(a, torch.Tensor) else tuple(a.shape)
+                       for a in example_inputs])  # fmt: skip
+        return gm.forward
+
+    f = compile_static(torch.nn.Linear(8, 4), backend=backend)
+    for b in (1, 32):
+        f(torch.ones(b, 8))
+    assert len(graphs) == 2
+    assert all("SymInt" not in g for g in graphs), graphs
+    assert graphs[1][-1] == (32, 8)
