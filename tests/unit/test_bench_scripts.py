@@ -66,3 +66,13 @@ def test_vision_torch_compile_keeps_static_shapes():
     assert len(graphs) == 2
     assert all("SymInt" not in g for g in graphs), graphs
     assert graphs[1][-1] == (32, 8)
+
+
+def test_io_names_the_candlejax_its_children_import(tmp_path, monkeypatch):
+    # without PYTHONPATH, this interpreter may resolve candlejax through an editable install of another
+    # checkout, while bench/io.py's children put its own checkout on their path: the line it prints must
+    # name the tree the children measure
+    io = _bench_module("io")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    got = io.children_candlejax(tmp_path)
+    assert Path(got) == io.ROOT / "candlejax" / "__init__.py", got
