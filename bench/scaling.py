@@ -5,7 +5,7 @@
 Each device count runs in a fresh process (``--xla_force_host_platform_device_count=N`` on the
 CPU; on a multi-GPU machine the first N GPUs). Data parallel: the 784-100-10 MLP, AdamW,
 ``cj.distributed.shard(model, mesh, "replicate")`` and batches split with ``shard_batch``
-(global batch ``--batch``). Tensor parallel: a small LLaMA (``--llama`` shape) through
+(global batch ``--batch``). Tensor parallel: a small LLaMA (4 layers, hidden 256, f32) through
 ``cj.distributed.llama_tp_rules`` and ``Llama.generate``. On the CPU, simulated devices share
 the same cores, so this measures the overhead of partitioning and collectives, not a speed-up.
 """

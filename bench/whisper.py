@@ -4,8 +4,9 @@ vs transformers (torch eager), on speech synthesised with espeak-ng.
 Each engine runs in its own process (its own peak RSS): load, a first transcription (candlejax
 compiles its programs there), then timed runs. Greedy decoding with timestamps, f32 (faster-whisper
 also int8). Reported per engine: load seconds, first-run seconds, median warm seconds, real-time
-factor (warm seconds / audio seconds), peak RSS (MiB) and, with ``--long``, the RSS growth over the
-long file (MiB/min of audio, from the second window on) and the transcription's first words.
+factor (warm seconds / audio seconds), peak RSS (MiB) and, for audio long enough (over 90 s, e.g.
+``--seconds 600``), the RSS growth over the file (MiB/min of audio, from 30 s on and over the second
+half) and the transcription's first words.
 
     python bench/whisper.py                       # 30 s of speech, all engines, markdown rows
     python bench/whisper.py --seconds 600 --runs 1 --engines candlejax faster-whisper-f32
@@ -144,7 +145,8 @@ def run_engine(engine: str, wav: str, runs: int) -> dict:
         from faster_whisper import WhisperModel
 
         ct = engine.rsplit("-", 1)[1].replace("f32", "float32")
-        model = WhisperModel(_ct2_dir(), device="cpu", compute_type=ct, cpu_threads=2)
+        model = WhisperModel(_ct2_dir(), device="cpu", compute_type=ct,
+                             cpu_threads=len(os.sched_getaffinity(0)))  # as many as the other engines use
 
         def go() -> str:
             segs, _ = model.transcribe(wav, beam_size=1, temperature=0.0, vad_filter=False)
