@@ -76,3 +76,13 @@ def test_io_names_the_candlejax_its_children_import(tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     got = io.children_candlejax(tmp_path)
     assert Path(got) == io.ROOT / "candlejax" / "__init__.py", got
+
+
+def test_generate_ratios_pair_the_same_rounds():
+    # bench/generate.py --rounds R: candlejax / llama.cpp per round; a failed round of one engine must not
+    # shift the pairing (round 2 of candlejax against round 3 of llama.cpp)
+    ratios = _bench_module("generate").same_round_ratios
+    cj = [{"decode_tok_s": 100.0}, {"skipped": "failed"}, {"decode_tok_s": 120.0}]
+    lc = [{"decode_tok_s": 50.0}, {"decode_tok_s": 80.0}, {"decode_tok_s": 40.0}]
+    assert ratios(cj, lc) == [2.0, 3.0]
+    assert ratios(lc, [{"skipped": "not installed"}]) == []
