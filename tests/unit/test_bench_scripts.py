@@ -86,3 +86,10 @@ def test_generate_ratios_pair_the_same_rounds():
     lc = [{"decode_tok_s": 50.0}, {"decode_tok_s": 80.0}, {"decode_tok_s": 40.0}]
     assert ratios(cj, lc) == [2.0, 3.0]
     assert ratios(lc, [{"skipped": "not installed"}]) == []
+
+
+def test_whisper_same_words():
+    same_words = _bench_module("whisper").same_words
+    assert same_words(" The quick brown fox.", "the quick, brown fox") == "yes"
+    assert same_words("the quick brown fox", "the quick brown box").startswith("no (word 3")
+    assert same_words("the quick brown", "the quick brown fox") == "no (3 / 4 words)"
