@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads),"
           f" transformers {transformers.__version__}, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    from provenance import describe
+
+    print(describe(), flush=True)
     rows: list[str] = []
     print("| work (batch 1, f32) | candlejax ms | transformers eager ms | speed-up |\n|---|---:|---:|---:|")
     if a.only in (None, "clip"):

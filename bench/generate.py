@@ -295,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[eng].append({"engine": eng, "skipped": f"failed: {r.stderr.strip().splitlines()[-1:]}"})
                 continue
             runs[eng].append(json.loads(line[7:]))
-    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {_cpu()}; {args.rounds} round(s)\n")
+    from provenance import describe
+
+    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {_cpu()}; {args.rounds} round(s)")
+    print(describe() + "\n")
     print("| engine | decode tok/s, median of rounds (each: median step) | per round | TTFT s | decode compile s |"
           " load s | peak RSS MiB | RSS growth MiB/min |")
     print("|---|---|---|---|---|---|---|---|")

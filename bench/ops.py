@@ -297,6 +297,9 @@ def main() -> None:
                  if any(r.get(op) is not None for r in per_proc) else None)
             for op in OPS
         }
+    from provenance import describe
+
+    print(describe())
     fmt = lambda v: "n/a" if v is None else (f"{v:.1f}" if v < 100 else f"{v:.0f}")  # noqa: E731
     print("| lib | " + " | ".join(OPS) + " |")
     print("|---|" + "---|" * len(OPS))

@@ -113,6 +113,9 @@ def main() -> None:
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(f"{n} devices: {rows[-1]}", file=sys.stderr, flush=True)
+    from provenance import describe
+
+    print(describe())
     base = rows[0] if rows else {}
     print(f"| devices | data-parallel MLP steps/s (batch {a.batch}) | vs 1 | tensor-parallel LLaMA decode ms/token |"
           " vs 1 | same tokens |")  # fmt: skip

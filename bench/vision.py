@@ -192,6 +192,9 @@ def main() -> None:
     p.add_argument("--tune-malloc", action="store_true",
                    help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     a = p.parse_args()
+    from provenance import describe
+
+    print(describe(), flush=True)
     if a.tune_malloc:
         from candlejax.xla import tune_malloc
 

@@ -241,6 +241,9 @@ def main() -> None:
             r["growth2"] = _growth(r["rss_trace"], since=end / 2)  # the second half of the audio
             rows.append(r)
             print(f"{e}: {r['text'][:100]!r}", file=sys.stderr)
+    from provenance import describe
+
+    print(describe())
     first = rows[0] if rows else {"engine": "-", "text": ""}
     print(f"| engine ({dur:.0f} s audio) | load s | first run s | warm s | RTF | peak RSS MiB | RSS growth MiB/min "
           f"(from 30 s / second half) | same words as {first['engine']} |")  # fmt: skip

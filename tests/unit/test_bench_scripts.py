@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -93,3 +94,22 @@ def test_whisper_same_words():
     assert same_words(" The quick brown fox.", "the quick, brown fox") == "yes"
     assert same_words("the quick brown fox", "the quick brown box").startswith("no (word 3")
     assert same_words("the quick brown", "the quick brown fox") == "no (3 / 4 words)"
+
+
+def test_provenance_names_the_tree_and_a_missing_native_build(tmp_path, monkeypatch):
+    describe = _bench_module("provenance").describe
+    here = Path(cj.__file__).resolve().parent
+    built = any(here.glob("quantized/_native*.so"))
+    assert describe().startswith(f"candlejax from {here} (commit ")
+    assert describe().endswith("built") == built
+    monkeypatch.setenv("CANDLEJAX_NATIVE", "0")
+    assert describe().endswith("off (CANDLEJAX_NATIVE=0: pure-JAX paths)")
+    monkeypatch.delenv("CANDLEJAX_NATIVE")
+    # another checkout without the built kernels (a fresh worktree): its scripts would take the pure-JAX paths
+    (tmp_path / "candlejax" / "quantized").mkdir(parents=True)
+    (tmp_path / "candlejax" / "__init__.py").write_text("")
+    monkeypatch.delitem(sys.modules, "candlejax")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    got = describe()
+    assert got.startswith(f"candlejax from {tmp_path.resolve() / 'candlejax'}")
+    assert got.endswith("NOT BUILT (pure-JAX paths)")
