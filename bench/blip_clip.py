@@ -35,6 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def _timeit(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():  # one untimed call each: both sides timed warm (torch's first call of a shape)
+        f()
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads),"
           f" transformers {transformers.__version__}, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    from provenance import describe
+
+    print(describe(), flush=True)
     rows: list[str] = []
     print("| work (batch 1, f32) | candlejax ms | transformers eager ms | speed-up |\n|---|---:|---:|---:|")
     if a.only in (None, "clip"):

@@ -63,6 +63,9 @@ def main() -> None:
     if a.child is not None:
         print(json.dumps(child(a.child == "1", a.turns, a.new)))
         return
+    from provenance import describe
+
+    print(describe())
     print("| prefill | first turn s | later turns: median s | max s | prefill programs | prompt lengths |")
     print("|---|---:|---:|---:|---:|---|")
     for buckets in (True, False):

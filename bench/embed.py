@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     title = "MiniLM-L6" if args.model == "minilm" else "BERT-base (random weights)"
     print(f"\n{title} forward, {platform.processor() or platform.machine()}, {threads} threads, "
           f"jax {jax.__version__}, torch {torch.__version__}, medians of {args.repeats} interleaved runs, "
-          f"load average {load0:.1f} -> {load1:.1f}, malloc tuned: {args.tune_malloc}\n")  # fmt: skip
+          f"load average {load0:.1f} -> {load1:.1f}, malloc tuned: {args.tune_malloc}")  # fmt: skip
+    from provenance import describe
+
+    print(describe() + "\n")
     head = "| implementation |" + "".join(f" {b}x{s} wall ms | {b}x{s} CPU ms | ratio |" for b, s in shapes)
     print(head)
     print("|---|" + "---:|---:|---:|" * len(shapes))

@@ -235,6 +235,12 @@ def _cpu() -> str:
     return f"{info.get('Model name', '?').strip()}, {os.cpu_count()} CPUs, flags: {' '.join(isa)}"
 
 
+def same_round_ratios(a: list[dict], b: list[dict], key: str = "decode_tok_s") -> list[float]:
+    """``a[i][key] / b[i][key]`` for the rounds ``i`` where neither engine was skipped (a failed
+    round must not pair one engine's round with the other's next one)."""
+    return [x[key] / y[key] for x, y in zip(a, b) if "skipped" not in x and "skipped" not in y]
+
+
 def _first_difference(a: list[int], b: list[int]) -> str:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -289,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[eng].append({"engine": eng, "skipped": f"failed: {r.stderr.strip().splitlines()[-1:]}"})
                 continue
             runs[eng].append(json.loads(line[7:]))
-    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {_cpu()}; {args.rounds} round(s)\n")
+    from provenance import describe
+
+    print(f"SmolLM2-135M-Instruct Q4_1, batch 1, {args.n} new tokens, greedy; {_cpu()}; {args.rounds} round(s)")
+    print(describe() + "\n")
     print("| engine | decode tok/s, median of rounds (each: median step) | per round | TTFT s | decode compile s |"
           " load s | peak RSS MiB | RSS growth MiB/min |")
     print("|---|---|---|---|---|---|---|---|")
@@ -305,11 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         growth = statistics.median(r.get("rss_growth_mib_per_min", float("nan")) for r in ok)
         print(f"| {ok[0]['engine']} | {med('decode_tok_s'):.1f} | {per} | {med('ttft_s'):.2f} | {med('compile_s'):.1f}"
               f" | {med('load_s'):.1f} | {med('peak_rss_mib'):.0f} | {growth:.1f} |")
-    lc = [r for r in runs.get("llama-cpp", []) if "skipped" not in r]
     for name in [e for e in runs if e.startswith("candlejax")]:
         cj = [r for r in runs.get(name, []) if "skipped" not in r]
-        if cj and lc:
-            ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(cj, lc)]
+        ratios = same_round_ratios(runs.get(name, []), runs.get("llama-cpp", []))
+        if ratios:
             print(f"\n{name} / llama.cpp decode, per round: {', '.join(f'{x:.2f}x' for x in ratios)}")
         if cj:
             extra = [(r["peak_rss_mib"] - r["base_rss_mib"]) / r["file_mib"] for r in cj]

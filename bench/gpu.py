@@ -60,6 +60,9 @@ from candlejax.models import bert, llama  # noqa: E402
 from candlejax.nn import VarBuilder  # noqa: E402
 from candlejax.nn.var_builder import SimpleBackend  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scaling import ms_per_decode_token  # noqa: E402  (bench/scaling.py)
+
 DEV = Device.cuda_if_available(0)
 R: dict[str, Any] = {"meta": {"jax": jax.__version__, "backend": jax.default_backend(),
                               "devices": [str(d) for d in jax.devices()], "tiny": A.tiny,
@@ -220,7 +223,7 @@ def s1_llama(d: dict) -> None:
     for _ in range(3):
         g = model.generate(prompt, NEW)
         toks2 = list(g)
-        runs.append(g.stats["decode_s"] / max(1, g.stats["decode_steps"] - 1))
+        runs.append(ms_per_decode_token(g.stats) / 1e3)
     d["generate_ms_per_token"] = statistics.median(runs) * 1e3
     d["generate_tokens_repeatable"] = toks == toks2
 

@@ -85,6 +85,9 @@ def main() -> int:
     if a.worker:
         _worker(a.worker, pauses, a.blocks, a.calls)
         return 0
+    from provenance import describe
+
+    print(describe())
     print("| engine | pause before the block, s | median ms of calls 1..N of the block |\n|---|---:|---|")
     for engine in a.engines.split(","):
         cmd = [sys.executable, __file__, "--worker", engine, "--pauses", a.pauses, "--blocks", str(a.blocks),

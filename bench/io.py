@@ -156,10 +156,23 @@ def _random_checkpoint(path: Path, size_mb: int) -> None:
     stnp.save_file(arrays, str(path))
 
 
+def child_env(tmp: Path) -> dict[str, str]:
+    """The children's environment: the caller's PYTHONPATH first (``PYTHONPATH=/path/to/other/tree``
+    measures that tree's candlejax), then this checkout."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p),
+            "CJ_BENCH_OUT": str(tmp)}
+
+
+def children_candlejax(tmp: Path) -> str:
+    """The ``candlejax/__init__.py`` the children import, asked of a child (this process may resolve
+    another: an editable install when no PYTHONPATH is set)."""
+    r = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('candlejax').origin)"],
+                       env=child_env(tmp), capture_output=True, text=True, cwd=str(Path(__file__).resolve().parent))
+    return r.stdout.strip() or f"? ({r.stderr.strip()[-200:]})"
+
+
 def _run(case: str, path: Path, old: str | None, tmp: Path) -> dict:
-    # the caller's PYTHONPATH first: ``PYTHONPATH=/path/to/other/tree`` measures that tree's candlejax
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p),
-           "CJ_BENCH_OUT": str(tmp)}
+    env = child_env(tmp)
     cmd = [sys.executable, __file__, "--child", case, str(path)] + (["--old-safetensors", old] if old else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode:
@@ -178,9 +191,8 @@ def main() -> None:
     if a.child:
         return child(a.child[0], a.child[1], a.old_safetensors)
 
-    spec = importlib.util.find_spec("candlejax")  # the children see the same PYTHONPATH first
-    print(f"candlejax from {spec.origin if spec else '?'}")
     tmp = Path(tempfile.mkdtemp(prefix="cj-bench-io-"))
+    print(f"candlejax from {children_candlejax(tmp)}")
     rand = tmp / "random.safetensors"
     _random_checkpoint(rand, a.size_mb)
     libs = ["candlejax", "st-numpy", "st-flax", "st-torch"] + (["candlejax-old"] if a.old_safetensors else [])

@@ -5,8 +5,7 @@ Each library runs in its own fresh worker processes (``--procs``); a worker time
 ``--repeats`` timing runs, and the parent reports the median over processes. A second part checks
 that a jitted candlejax function lowers to the same HLO op counts as the hand-written jnp one.
 
-    python bench/ops.py                 # table on stdout
-    python bench/ops.py --markdown      # the rows recorded in bench/RESULTS.md
+    python bench/ops.py --procs 3       # the Markdown table recorded in bench/RESULTS.md, on stdout
     python bench/ops.py --new-shapes    # ms for the first call of an op / BertModel.forward on a new shape,
                                         # with shape buckets on and off (CANDLEJAX_SHAPE_BUCKETS=0)
 """
@@ -267,7 +266,7 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--libs", default=",".join(LIBS))
-    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="no effect: the table is always Markdown")
     p.add_argument("--worker")
     p.add_argument("--new-shapes", action="store_true")
     p.add_argument("--new-shape-worker", type=int)
@@ -298,6 +297,9 @@ def main() -> None:
                  if any(r.get(op) is not None for r in per_proc) else None)
             for op in OPS
         }
+    from provenance import describe
+
+    print(describe())
     fmt = lambda v: "n/a" if v is None else (f"{v:.1f}" if v < 100 else f"{v:.0f}")  # noqa: E731
     print("| lib | " + " | ".join(OPS) + " |")
     print("|---|" + "---|" * len(OPS))

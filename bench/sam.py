@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--tune-malloc", action="store_true",
                     help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     args = ap.parse_args()
+    from provenance import describe
+
+    print(describe(), flush=True)
     if args.tune_malloc:
         from candlejax.xla import tune_malloc
 

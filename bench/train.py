@@ -570,6 +570,7 @@ def combine(per_proc: list[dict[str, Any]]) -> dict[str, Any]:
 def report(results: list[dict[str, Any]], meta: dict[str, Any], args: Any) -> str:
     lines = [
         f"Command: `{meta['command']}`  ",
+        f"{meta['candlejax']}  ",
         f"Date: {meta['date']}; host: {meta['cpu']}, {meta['ncpu']} CPUs; load average at start"
         f" {meta['load_start']}, at end {meta['load_end']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f", Python {meta['python']}  ",
@@ -659,6 +660,8 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    from provenance import describe
+
     cpus = sorted(os.sched_getaffinity(0))[: args.threads]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.ab:
@@ -681,6 +684,7 @@ def main() -> None:
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "cpu": _cpu(), "ncpu": os.cpu_count(), "cpus": cpus, "python": platform.python_version(),
         "versions": _versions(), "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "candlejax": describe(),
     }  # fmt: skip
     results = []
     threads: dict[str, Any] = {}

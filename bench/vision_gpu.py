@@ -75,7 +75,7 @@ def main() -> None:
             fwd = jax.jit(lambda m, x: m.forward(Tensor(x)).jax)
             nhwc = bv._nhwc_forward(net)
             th = hf.to("cuda", tdt)
-            tc = torch.compile(th)
+            tc = bv.compile_static(th)
             for b in (1, 32):
                 x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
                 xj = jax.device_put(jax.numpy.asarray(x, jax.numpy.float32 if dt == DType.F32 else jax.numpy.bfloat16))

@@ -4,8 +4,9 @@ vs transformers (torch eager), on speech synthesised with espeak-ng.
 Each engine runs in its own process (its own peak RSS): load, a first transcription (candlejax
 compiles its programs there), then timed runs. Greedy decoding with timestamps, f32 (faster-whisper
 also int8). Reported per engine: load seconds, first-run seconds, median warm seconds, real-time
-factor (warm seconds / audio seconds), peak RSS (MiB) and, with ``--long``, the RSS growth over the
-long file (MiB/min of audio, from the second window on) and the transcription's first words.
+factor (warm seconds / audio seconds), peak RSS (MiB) and, for audio long enough (over 90 s, e.g.
+``--seconds 600``), the RSS growth over the file (MiB/min of audio, from 30 s on and over the second
+half) and the transcription's first words.
 
     python bench/whisper.py                       # 30 s of speech, all engines, markdown rows
     python bench/whisper.py --seconds 600 --runs 1 --engines candlejax faster-whisper-f32
@@ -144,7 +145,8 @@ def run_engine(engine: str, wav: str, runs: int) -> dict:
         from faster_whisper import WhisperModel
 
         ct = engine.rsplit("-", 1)[1].replace("f32", "float32")
-        model = WhisperModel(_ct2_dir(), device="cpu", compute_type=ct, cpu_threads=2)
+        model = WhisperModel(_ct2_dir(), device="cpu", compute_type=ct,
+                             cpu_threads=len(os.sched_getaffinity(0)))  # as many as the other engines use
 
         def go() -> str:
             segs, _ = model.transcribe(wav, beam_size=1, temperature=0.0, vad_filter=False)
@@ -191,6 +193,16 @@ def run_engine(engine: str, wav: str, runs: int) -> dict:
             "peak_mib": _peak_mib(), "rss_trace": trace_first, "text": text.strip()}  # fmt: skip
 
 
+def same_words(a: str, b: str) -> str:
+    """``yes`` when two transcriptions have the same words (case, spacing and punctuation aside), else
+    the first word where they part."""
+    wa, wb = ("".join(c for c in t.lower() if c.isalnum() or c.isspace()).split() for t in (a, b))
+    for i, (x, y) in enumerate(zip(wa, wb)):
+        if x != y:
+            return f"no (word {i}: {x!r} / {y!r})"
+    return "yes" if len(wa) == len(wb) else f"no ({len(wa)} / {len(wb)} words)"
+
+
 def _growth(trace: list, since: float = 30.0) -> float | None:
     pts = [(t, r) for t, r in trace if t > since]
     if len(pts) < 2 or pts[-1][0] - pts[0][0] < 60:
@@ -229,14 +241,18 @@ def main() -> None:
             r["growth2"] = _growth(r["rss_trace"], since=end / 2)  # the second half of the audio
             rows.append(r)
             print(f"{e}: {r['text'][:100]!r}", file=sys.stderr)
+    from provenance import describe
+
+    print(describe())
+    first = rows[0] if rows else {"engine": "-", "text": ""}
     print(f"| engine ({dur:.0f} s audio) | load s | first run s | warm s | RTF | peak RSS MiB | RSS growth MiB/min "
-          "(from 30 s / second half) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          f"(from 30 s / second half) | same words as {first['engine']} |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         warm = r["warm_s"] if r["warm_s"] is not None else r["first_s"]
         g = " / ".join("-" if r[k] is None else f"{r[k]:+.1f}" for k in ("growth", "growth2"))
         print(f"| {r['engine']} | {r['load_s']:.1f} | {r['first_s']:.1f} | {warm:.2f} | {warm / dur:.3f} "
-              f"| {r['peak_mib']:.0f} | {g} |")  # fmt: skip
+              f"| {r['peak_mib']:.0f} | {g} | {same_words(r['text'], first['text'])} |")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
 
