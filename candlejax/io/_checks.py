@@ -2,7 +2,7 @@
 
 requires: numpy, zipfile, zlib
 provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``, ``ZIP_ERRORS``,
-``zip_possible_size(info, archive_size)``
+``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``
 """
 
 from __future__ import annotations
@@ -53,6 +53,18 @@ def zip_possible_size(info: zipfile.ZipInfo, archive_size: int) -> int:
     return stored * MAX_DEFLATE_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
 
 
+def zip_method_refusal(info: zipfile.ZipInfo) -> str | None:
+    """Why the zip member ``info`` is not read (``None`` when it is stored or deflated, as ``torch.save`` and
+    ``np.savez`` / ``np.savez_compressed`` write it): other compression methods (bzip2, lzma) are refused, as
+    ``torch.load`` refuses them, since their claimed size is not bounded by the archive's."""
+    if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return None
+    names = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+    method = names.get(info.compress_type, str(info.compress_type))
+    return (f"the zip member {info.filename!r} uses compression method {method}; only stored and deflated"
+            " members are read")
+
+
 def cast(a: np.ndarray, target: Any) -> np.ndarray:
     """``a`` converted to the numpy dtype ``target`` on the host, as ``Tensor.to_dtype`` converts (Candle's
     ``to_dtype``, Rust's ``as``): float -> integer truncates toward zero, saturates at the dtype's bounds
@@ -73,4 +85,5 @@ def cast(a: np.ndarray, target: Any) -> np.ndarray:
     return out
 
 
-__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "zip_possible_size"]
+__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "zip_method_refusal",
+           "zip_possible_size"]

@@ -33,7 +33,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.io._checks import ZIP_ERRORS, zip_possible_size
+from candlejax.io._checks import ZIP_ERRORS, zip_method_refusal, zip_possible_size
 from candlejax.tensor._core import wrap
 from candlejax.tensor.creation import as_jax_array
 
@@ -218,13 +218,15 @@ _OBJECTS_ONLY: dict[tuple[str, str], Any] = {("builtins", "set"): set, ("builtin
 
 
 def _load_build(self: _Unpickler) -> None:
-    """BUILD only on records and on OrderedDicts (a state dict's ``_metadata``); never a setattr."""
+    """BUILD only on records and on OrderedDicts (a state dict's ``_metadata``); never a setattr, and never
+    an attribute that would hide an OrderedDict method (``items``) from the readers."""
     state = self.stack.pop()
     inst = self.stack[-1]
     if isinstance(inst, PickledObject):
         inst.state = state
     elif type(inst) is collections.OrderedDict and isinstance(state, dict):
-        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")})
+        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")
+                              and not hasattr(collections.OrderedDict, k)})  # fmt: skip
     else:
         raise pickle.UnpicklingError(f"BUILD (set state) on a {type(inst).__name__} is not allowed")
 
@@ -345,6 +347,9 @@ class _Archive:
     def _read_record(self, rec: str, limit: int | None = None) -> bytes:
         """The bytes of the small record ``rec`` (at most ``limit``), refusing sizes the archive cannot hold."""
         info = self.zf.getinfo(rec)
+        why = zip_method_refusal(info)
+        if why is not None:
+            raise errors.Pth(f"{self.src}: {why} (torch.load refuses it too)")
         if info.file_size > zip_possible_size(info, self.size):
             raise errors.Pth(
                 f"{self.src}: record {rec} claims {info.file_size} bytes, more than its {info.compress_size} stored"
@@ -389,6 +394,9 @@ class _Archive:
             info = self.zf.getinfo(rec)
         except KeyError:
             raise errors.Pth(f"{self.src}: tensor {name!r}: storage record {rec} is missing") from None
+        why = zip_method_refusal(info)
+        if why is not None:
+            raise errors.Pth(f"{self.src}: tensor {name!r}: {why} (torch.load refuses it too)")
         nbytes = t.storage_numel * t.dtype.itemsize
         if info.file_size < nbytes:
             raise errors.Pth(

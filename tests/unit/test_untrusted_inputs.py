@@ -1,0 +1,69 @@
+"""Hostile checkpoints, tokenizers and configs: refused with candlejax errors, nothing run or allocated."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from candlejax import errors
+from candlejax.io import npy, pth
+
+# a float32 tensor of 4 elements on storage "0", as torch.save pickles it
+_TENSOR = (b"ctorch._utils\n_rebuild_tensor_v2\n((S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nK\x04tQK\x00K\x04"
+           b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR")  # fmt: skip
+
+
+def _pth(path, pkl: bytes, records: dict[str, bytes] | None = None, method: int = zipfile.ZIP_STORED) -> str:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02" + pkl + b".")
+        for k, v in (records if records is not None else {"0": b"\0" * 16}).items():
+            z.writestr(f"archive/data/{k}", v, compress_type=method)
+    return str(path)
+
+
+def _claim(path, member: str, size: int) -> None:
+    """Rewrite the uncompressed size ``member`` claims in its local and central headers."""
+    data = bytearray(open(path, "rb").read())
+    for sig, size_at, name_len_at, name_at in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
+        i = data.find(sig)
+        while i >= 0:
+            n = struct.unpack_from("<H", data, i + name_len_at)[0]
+            if data[i + name_at : i + name_at + n] == member.encode():
+                struct.pack_into("<I", data, i + size_at, size)
+            i = data.find(sig, i + 4)
+    open(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("reader", [pth.load, pth.tensor_infos])
+def test_pth_ordered_dict_state_cannot_shadow_its_methods(tmp_path, reader) -> None:
+    # BUILD on an OrderedDict (a state dict's _metadata) set {"items": 1}: an instance attribute that hid
+    # OrderedDict.items, so reading the checkpoint failed with a raw "'int' object is not callable"
+    pkl = b"ccollections\nOrderedDict\n)R}S'items'\nK\x01sbS'w'\n" + _TENSOR + b"s"
+    got = reader(_pth(tmp_path / "m.pth", pkl))
+    assert list(got) == ["w"]
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_pth_records_compressed_other_than_deflate_are_refused_before_allocating(tmp_path, method) -> None:
+    # torch.load refuses them too ("unsupported method", miniz); their claimed size is not bounded by the
+    # archive, so reading a 100-byte bzip2 record claiming 4 GiB allocated the 4 GiB first
+    pkl = _TENSOR.replace(b"FloatStorage", b"ByteStorage")
+    pkl = b"}S'w'\n" + pkl.replace(b"K\x04", b"\x8a\x05\x00\x00\x00\x80\x00") + b"s"  # 2**31 bytes
+    path = _pth(tmp_path / "b.pth", pkl, {"0": b"\0" * 100}, method)
+    _claim(path, "archive/data/0", 0xFFFFFFFF)
+    with pytest.raises(errors.Pth, match="compression method"):
+        pth.load(path)
+
+
+def test_npz_members_compressed_other_than_deflate_are_refused(tmp_path) -> None:
+    path = str(tmp_path / "a.npz")
+    np.savez(path, a=np.zeros(3, np.float32))
+    with zipfile.ZipFile(path) as z:
+        data = z.read("a.npy")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("a.npy", data, compress_type=zipfile.ZIP_BZIP2)
+    with pytest.raises(errors.Npy, match="compression method"):
+        npy.read_npz(path)
