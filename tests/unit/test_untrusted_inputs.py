@@ -10,6 +10,7 @@ import pytest
 
 from candlejax import errors
 from candlejax.io import npy, pth
+from candlejax.tokenizer import ChatTemplate
 
 # a float32 tensor of 4 elements on storage "0", as torch.save pickles it
 _TENSOR = (b"ctorch._utils\n_rebuild_tensor_v2\n((S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nK\x04tQK\x00K\x04"
@@ -67,3 +68,69 @@ def test_npz_members_compressed_other_than_deflate_are_refused(tmp_path) -> None
         z.writestr("a.npy", data, compress_type=zipfile.ZIP_BZIP2)
     with pytest.raises(errors.Npy, match="compression method"):
         npy.read_npz(path)
+
+
+# --- chat templates ---------------------------------------------------------------------------------
+_CHAT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'x' * 2**40 }}",  # a 1 TiB string
+    "{% set n = 2**20 %}{{ ('x' * n * n)|length }}",
+    "{{ ([1] * 2**40)|length }}",
+    "{% set n = 10 %}{{ n ** (n ** n) }}",  # a 10**10-digit integer: minutes of CPU
+    "{{ 'x'.ljust(2**40)|length }}",
+    "{{ 'x'|center(2**40)|length }}",
+    "{{ ('%' ~ 2**40 ~ 's') % 'x' }}",
+    "{{ ('%' ~ 2**40 ~ 's')|format('x') }}",
+    "{{ ('{:>' ~ 2**40 ~ '}').format('x') }}",
+    "{{ '{0:{1}}'.format('x', 2**40) }}",
+    "{% set s = 'x' * 100000 %}{{ s.replace('', s)|length }}",  # 10**10 characters
+    "{% set s = 'x' * 100000 %}{{ s|replace('x', s)|length }}",
+    "{% for i in range(5000) %}{{ 'x' * 100000 }}{% endfor %}",  # 5 * 10**8 characters of output
+])  # fmt: skip
+def test_chat_template_that_would_exhaust_memory_is_a_candlejax_error(source) -> None:
+    # transformers' sandbox (the same ImmutableSandboxedEnvironment) tries to build these: MemoryError, or
+    # tens of GB allocated where the machine has them
+    with pytest.raises(errors.Error, match="chat template"):
+        ChatTemplate(source).render(_CHAT)
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% set c = a ~ b %}{% endfor %}{% endfor %}",
+])  # fmt: skip
+def test_chat_template_that_would_run_for_hours_is_stopped(monkeypatch, source) -> None:
+    import signal
+
+    from candlejax import tokenizer
+
+    monkeypatch.setattr(tokenizer, "CHAT_TEMPLATE_TIME_LIMIT_S", 0.5)
+
+    def hang(*_):
+        raise TimeoutError("the template was not stopped")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        with pytest.raises(errors.Error, match=r"took longer than 0\.5"):
+            ChatTemplate(source).render(_CHAT)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_chat_template_python_errors_are_candlejax_errors() -> None:
+    with pytest.raises(errors.Error, match="IndexError"):
+        ChatTemplate("{{ '{0}'.format_map({}) }}").render(_CHAT)
+    with pytest.raises(errors.Error, match="OverflowError"):
+        ChatTemplate("{% for i in range(10**12) %}{% endfor %}").render(_CHAT)
+
+
+def test_chat_template_sized_like_real_prompts_still_renders() -> None:
+    # long conversations, repeated separators and indentation stay well under the limits
+    src = ("{{ '=' * 80 }}{% for m in messages %}{{ m.content|indent(4) }}{{ '%5d' % loop.index }}"
+           "{{ '{:>8}'.format(m.role) }}{% endfor %}{{ 2 ** 10 }}")  # fmt: skip
+    msgs = [{"role": "user", "content": "x" * 1000}] * 20000
+    out = ChatTemplate(src).render(msgs)
+    assert out.startswith("=" * 80) and out.endswith("1024") and len(out) > 20000 * 1000
