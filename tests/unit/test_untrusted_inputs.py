@@ -134,3 +134,34 @@ def test_chat_template_sized_like_real_prompts_still_renders() -> None:
     msgs = [{"role": "user", "content": "x" * 1000}] * 20000
     out = ChatTemplate(src).render(msgs)
     assert out.startswith("=" * 80) and out.endswith("1024") and len(out) > 20000 * 1000
+
+
+# --- the hub cache ----------------------------------------------------------------------------------
+@pytest.fixture
+def hub_cache(tmp_path):
+    entry = tmp_path / "hub" / "models--org--m"
+    (entry / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("a" * 40)
+    (tmp_path / "secret").write_text("secret-content")
+    (tmp_path / "outside").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("revision", ["{root}/secret", "../../../secret", "main/../../../../secret"])
+def test_hub_revision_cannot_read_outside_the_cache_entry(hub_cache, revision) -> None:
+    from candlejax.models import hub
+
+    with pytest.raises(errors.Error) as e:
+        hub.snapshot_dir("org/m", revision.format(root=hub_cache), hub_cache / "hub")
+    assert "secret-content" not in str(e.value)
+    assert hub.snapshot_dir("org/m", None, hub_cache / "hub").name == "a" * 40
+
+
+@pytest.mark.parametrize("commit", ["../../../outside", "/{root}/outside"])
+def test_hub_ref_pointing_outside_the_snapshots_is_refused(hub_cache, commit) -> None:
+    from candlejax.models import hub
+
+    (hub_cache / "hub" / "models--org--m" / "refs" / "main").write_text(commit.format(root=hub_cache))
+    with pytest.raises(errors.Error, match="refs/main"):
+        hub.snapshot_dir("org/m", None, hub_cache / "hub")
