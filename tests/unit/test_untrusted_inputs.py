@@ -165,3 +165,36 @@ def test_hub_ref_pointing_outside_the_snapshots_is_refused(hub_cache, commit) ->
     (hub_cache / "hub" / "models--org--m" / "refs" / "main").write_text(commit.format(root=hub_cache))
     with pytest.raises(errors.Error, match="refs/main"):
         hub.snapshot_dir("org/m", None, hub_cache / "hub")
+
+
+# --- saves ------------------------------------------------------------------------------------------
+def test_save_beside_a_fifo_or_link_named_like_a_temporary_file(tmp_path) -> None:
+    # the cleanup of temporary files left by killed saves opened every ".{name}.*.tmp" entry, following
+    # links and blocking forever on a FIFO; what is not a file or folder of its own is now left alone
+    import os
+    import signal
+
+    from candlejax import safetensors as cst
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    d = tmp_path / "save"
+    d.mkdir()
+    os.mkfifo(d / ".w.safetensors.fifo.tmp")
+    os.symlink(outside, d / ".w.safetensors.dir.tmp")
+    os.symlink(outside / "keep.txt", d / ".w.safetensors.file.tmp")
+
+    def hang(*_):
+        raise RuntimeError("the save blocked")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(10)
+    try:
+        cst.save({"a": np.zeros(2, np.float32)}, d / "w.safetensors")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert (outside / "keep.txt").read_text() == "keep"
+    assert os.path.islink(d / ".w.safetensors.dir.tmp") and os.path.islink(d / ".w.safetensors.file.tmp")
+    assert (d / "w.safetensors").is_file()
