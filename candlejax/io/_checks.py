@@ -2,11 +2,12 @@
 
 requires: numpy, zipfile, zlib
 provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``, ``ZIP_ERRORS``,
-``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``
+``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``, ``shard_outside(name)``
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 import zlib
@@ -65,6 +66,15 @@ def zip_method_refusal(info: zipfile.ZipInfo) -> str | None:
             " members are read")
 
 
+def shard_outside(name: str) -> str | None:
+    """Why the shard file ``name`` of a sharded index leads outside the index's folder (an absolute path,
+    a ``..`` part), else ``None``: a downloaded index names files beside it (or below)."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        return f"shard {name!r} lies outside the index's folder (an absolute path or a '..' part)"
+    return None
+
+
 def cast(a: np.ndarray, target: Any) -> np.ndarray:
     """``a`` converted to the numpy dtype ``target`` on the host, as ``Tensor.to_dtype`` converts (Candle's
     ``to_dtype``, Rust's ``as``): float -> integer truncates toward zero, saturates at the dtype's bounds
@@ -85,5 +95,5 @@ def cast(a: np.ndarray, target: Any) -> np.ndarray:
     return out
 
 
-__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "zip_method_refusal",
+__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "shard_outside", "zip_method_refusal",
            "zip_possible_size"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zipfile
 
@@ -198,3 +199,52 @@ def test_save_beside_a_fifo_or_link_named_like_a_temporary_file(tmp_path) -> Non
     assert (outside / "keep.txt").read_text() == "keep"
     assert os.path.islink(d / ".w.safetensors.dir.tmp") and os.path.islink(d / ".w.safetensors.file.tmp")
     assert (d / "w.safetensors").is_file()
+
+
+# --- sharded checkpoints ----------------------------------------------------------------------------
+def _sharded(tmp_path, shard: str):
+    from safetensors.numpy import save_file
+
+    (tmp_path / "outside").mkdir(exist_ok=True)
+    save_file({"w": np.ones(2, np.float32)}, tmp_path / "outside" / "x.safetensors")
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": shard.format(root=tmp_path)}}))
+    return model
+
+
+@pytest.mark.parametrize("shard", ["../outside/x.safetensors", "{root}/outside/x.safetensors"])
+def test_safetensors_index_cannot_name_shards_outside_its_folder(tmp_path, shard) -> None:
+    # transformers joins the names to the folder too; a downloaded index must not read other files
+    from candlejax import Device, DType
+    from candlejax.examples import hub_load_local_safetensors
+    from candlejax.io import safetensors as st
+    from candlejax.models import hub
+    from candlejax.nn import VarBuilder
+
+    model = _sharded(tmp_path, shard)
+    with pytest.raises(errors.Error, match="lies outside"):
+        VarBuilder.from_mmaped_safetensors(hub.weight_files(model), DType.F32, Device.Cpu)
+    with pytest.raises(errors.Error, match="lies outside"):
+        st.MmapedSafetensors(str(model / "model.safetensors.index.json"))
+    with pytest.raises(errors.Error, match="lies outside"):
+        hub_load_local_safetensors(model, "model.safetensors.index.json")
+
+
+def test_safetensors_index_in_a_subfolder_still_reads(tmp_path) -> None:
+    from candlejax.io import safetensors as st
+
+    model = _sharded(tmp_path, "sub/x.safetensors")
+    (model / "sub").mkdir()
+    (tmp_path / "outside" / "x.safetensors").rename(model / "sub" / "x.safetensors")
+    assert st.MmapedSafetensors(str(model / "model.safetensors.index.json")).get("w").shape == (2,)
+
+
+def test_hub_load_local_safetensors_json_bomb_is_a_candlejax_error(tmp_path) -> None:
+    from candlejax.examples import hub_load_local_safetensors
+
+    (tmp_path / "i.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(errors.SafeTensor, match="RecursionError"):
+        hub_load_local_safetensors(tmp_path, "i.json")
