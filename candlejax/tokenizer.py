@@ -417,8 +417,8 @@ _NESTED_SPEC = re.compile(r"%[#0 +\-]*(?:\d*\.)?\*|\{[^{}]*:[^{}]*\{")
 
 
 #: the str methods and the filters whose int arguments are sizes of what they build
-_SIZED_STR_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map", "replace"})
-_SIZED_FILTERS = ("center", "indent", "batch", "slice", "format", "replace")
+_SIZED_STR_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "replace"})
+_SIZED_FILTERS = ("center", "indent", "batch", "slice", "format", "replace", "tojson")
 
 
 def _too_big(n: Any) -> bool:
@@ -540,13 +540,26 @@ def _jinja_env() -> Any:
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
             owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
             if isinstance(owner, (str, bytes)) and name in _SIZED_STR_METHODS:
-                fmt = owner if name in ("format", "format_map") else None
                 sizes = [*args, *kwargs.values()]
                 if name == "replace" and len(args) >= 2 and isinstance(args[0], type(owner)):
                     count = owner.count(args[0]) if args[0] else len(owner) + 1
                     sizes = [len(owner) + count * max(len(args[1]) - len(args[0]), 0)]
-                _check_template_sizes(f"{type(owner).__name__}.{name}", fmt, sizes)
+                _check_template_sizes(f"{type(owner).__name__}.{name}", None, sizes)
             return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value: Any) -> Any:  # str.format / format_map, wrapped when looked up
+            wrapped = super().wrap_str_format(value)
+            if wrapped is None:
+                return None
+
+            def checked(*args: Any, **kwargs: Any) -> str:
+                values = [*args, *kwargs.values()]
+                if value.__name__ == "format_map" and args and isinstance(args[0], Mapping):
+                    values = list(args[0].values())
+                _check_template_sizes(f"str.{value.__name__}", value.__self__, values)
+                return wrapped(*args, **kwargs)
+
+            return checked
 
     class GenerationTag(Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers marks assistant text with it)."""
@@ -568,8 +581,8 @@ def _jinja_env() -> Any:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     env = SizeLimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters.update({name: _size_checked_filter(name, env.filters[name]) for name in _SIZED_FILTERS})
     env.filters["tojson"] = tojson
+    env.filters.update({name: _size_checked_filter(name, env.filters[name]) for name in _SIZED_FILTERS})
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env

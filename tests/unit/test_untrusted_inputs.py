@@ -86,6 +86,9 @@ _CHAT = [{"role": "user", "content": "hi"}]
     "{{ ('%' ~ 2**40 ~ 's')|format('x') }}",
     "{{ ('{:>' ~ 2**40 ~ '}').format('x') }}",
     "{{ '{0:{1}}'.format('x', 2**40) }}",
+    "{{ '{x:>{w}}'.format(x='a', w=2**40) }}",
+    "{{ '{x:>{w}}'.format_map({'x': 'a', 'w': 2**40}) }}",
+    "{{ messages|tojson(indent=2**40) }}",
     "{% set s = 'x' * 100000 %}{{ s.replace('', s)|length }}",  # 10**10 characters
     "{% set s = 'x' * 100000 %}{{ s|replace('x', s)|length }}",
     "{% for i in range(5000) %}{{ 'x' * 100000 }}{% endfor %}",  # 5 * 10**8 characters of output
@@ -93,7 +96,7 @@ _CHAT = [{"role": "user", "content": "hi"}]
 def test_chat_template_that_would_exhaust_memory_is_a_candlejax_error(source) -> None:
     # transformers' sandbox (the same ImmutableSandboxedEnvironment) tries to build these: MemoryError, or
     # tens of GB allocated where the machine has them
-    with pytest.raises(errors.Error, match="chat template"):
+    with pytest.raises(errors.Error, match="CHAT_TEMPLATE_MAX"):  # refused before it is built
         ChatTemplate(source).render(_CHAT)
 
 
