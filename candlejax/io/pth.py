@@ -485,7 +485,21 @@ def _materialise(ar: _Archive, obj: Any, name: str, seen: dict[int, Any]) -> Any
     return obj
 
 
-def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str) -> None:
+#: the most entries flattening a pickle's containers may visit: a pickle can share one container under two
+#: keys at every level (the memo), so that a small file names 2**40 tensors ("billion laughs")
+_MAX_FLAT_VISITS = 1 << 22
+
+
+def _visit(budget: list[int], src: str) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise errors.Pth(
+            f"{src}: its containers are shared so often that flattening them visits more than {_MAX_FLAT_VISITS}"
+            " entries (a crafted file?)"
+        )
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str, budget: list[int] | None = None) -> None:
     items: Iterable[tuple[Any, Any]]
     if isinstance(obj, dict):
         items = obj.items()
@@ -493,14 +507,16 @@ def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str) -> Non
         items = enumerate(obj)
     else:
         return
+    budget = [_MAX_FLAT_VISITS] if budget is None else budget
     for k, v in items:
+        _visit(budget, src)
         name = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, np.ndarray):
             if name in out:
                 raise errors.Pth(f"{src}: two tensors flatten to the name {name!r}")
             out[name] = v
         else:
-            _flatten(v, name, out, src)
+            _flatten(v, name, out, src, budget)
 
 
 def _select(obj: Any, key: str | None, src: str) -> Any:
@@ -550,10 +566,12 @@ def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, T
     (Candle's ``read_pth_tensor_info``)."""
     out: dict[str, TensorInfo] = {}
     src = errors.path_arg(path, "torch checkpoint read")
+    budget = [_MAX_FLAT_VISITS]
 
     def walk(obj: Any, prefix: str) -> None:
         items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
         for k, v in items:
+            _visit(budget, src)
             name = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, TensorInfo):
                 if name in out:
@@ -588,8 +606,10 @@ def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
     if not isinstance(obj, PickledObject):
         raise errors.Msg(f"module_state_dict: expected a PickledObject module record, got {type(obj).__name__}")
     out: dict[str, np.ndarray] = {}
+    budget = [_MAX_FLAT_VISITS]
 
     def walk(m: Any, pre: str) -> None:
+        _visit(budget, "module_state_dict")
         st = m.state if isinstance(m, PickledObject) else None
         if not isinstance(st, dict):
             return

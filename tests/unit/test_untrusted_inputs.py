@@ -48,6 +48,41 @@ def test_pth_ordered_dict_state_cannot_shadow_its_methods(tmp_path, reader) -> N
     assert list(got) == ["w"]
 
 
+@pytest.mark.parametrize("reader", [pth.load, pth.tensor_infos, pth.read_pth_tensor_info])
+def test_pth_shared_containers_cannot_blow_up_the_flattened_names(tmp_path, reader) -> None:
+    # D0 = {"w": tensor}, Dk = {"a": Dk-1, "b": Dk-1} (the memo shares them): 2**40 names to flatten, as
+    # the "billion laughs"; this ran for hours
+    import signal
+
+    pkl = b"}S'w'\n" + _TENSOR + b"sq\x00"
+    for k in range(1, 41):
+        pkl += b"}S'a'\nh" + bytes([k - 1]) + b"sS'b'\nh" + bytes([k - 1]) + b"sq" + bytes([k])
+    path = _pth(tmp_path / "laugh.pth", pkl)
+
+    def hang(*_):
+        raise RuntimeError("the read was not stopped")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        with pytest.raises(errors.Pth, match="shared"):
+            reader(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_pth_shared_submodules_cannot_blow_up_module_state_dict(tmp_path) -> None:
+    # M0 = a module record, Mk = a module whose _modules are {"a": Mk-1, "b": Mk-1}
+    pkl = b"cultralytics.nn\nM\n)R}S'_parameters'\n}S'w'\n" + _TENSOR + b"ssbq\x00"
+    for k in range(1, 41):
+        pkl += (b"cultralytics.nn\nM\n)R}S'_modules'\n}S'a'\nh" + bytes([k - 1]) + b"sS'b'\nh" + bytes([k - 1])
+                + b"ssbq" + bytes([k]))  # fmt: skip
+    obj = pth.load_pickle(_pth(tmp_path / "m.pth", pkl))
+    with pytest.raises(errors.Pth, match="shared"):
+        pth.module_state_dict(obj)
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_pth_records_compressed_other_than_deflate_are_refused_before_allocating(tmp_path, method) -> None:
     # torch.load refuses them too ("unsupported method", miniz); their claimed size is not bounded by the
