@@ -26,6 +26,7 @@ import enum
 import functools
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -401,11 +402,164 @@ def _render_error_type(jinja_error: type) -> type:
     return type(f"ChatTemplate{jinja_error.__name__}", (errors.Msg, jinja_error), {"__str__": as_text, "__doc__": doc})
 
 
+#: the most characters a chat template may render, and the most characters or items one of its operations
+#: (``'x' * n``, ``s.ljust(n)``, ``s|center(n)``, a format width, ``batch(n)``) may build: larger is refused
+#: before it is built (real prompts are a few MB; transformers' sandbox has no such limit and tries)
+CHAT_TEMPLATE_MAX_SIZE = 1 << 28
+#: the most bits of an integer ``a ** b`` a chat template may compute
+CHAT_TEMPLATE_MAX_POW_BITS = 1 << 20
+#: a chat template still rendering after this many seconds (nested loops) is stopped
+CHAT_TEMPLATE_TIME_LIMIT_S = 30.0
+
+#: the widths and precisions of ``%`` and ``str.format`` specs, and a ``str.format`` width taken from an argument
+_FORMAT_SIZES = re.compile(r"%[#0 +\-]*(\d+)?(?:\.(\d+))?|\{[^{}]*?:[^{}]*?(\d+)(?:\.(\d+))?")
+_NESTED_SPEC = re.compile(r"%[#0 +\-]*(?:\d*\.)?\*|\{[^{}]*:[^{}]*\{")
+
+
+#: the str methods and the filters whose int arguments are sizes of what they build
+_SIZED_STR_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "replace"})
+_SIZED_FILTERS = ("center", "indent", "batch", "slice", "format", "replace", "tojson")
+
+
+def _too_big(n: Any) -> bool:
+    return isinstance(n, int) and abs(n) > CHAT_TEMPLATE_MAX_SIZE
+
+
+def _check_template_sizes(what: str, fmt: Any, args: Iterable[Any]) -> None:
+    """Refuse an operation of a chat template that would build more than ``CHAT_TEMPLATE_MAX_SIZE``
+    characters: an int argument above it (a width, a repeat count), or a format width above it."""
+    jinja2 = require("jinja2", "a chat template")
+    args = list(args)
+    big = [a for a in args if _too_big(a)]
+    if isinstance(fmt, str):
+        widths = (int(w) for m in _FORMAT_SIZES.finditer(fmt) for w in m.groups() if w)
+        big += [w for w in widths if w > CHAT_TEMPLATE_MAX_SIZE]
+        if not _NESTED_SPEC.search(fmt):  # plain formatting: a big number argument is only printed
+            big = [b for b in big if b not in args]
+    if big:
+        raise jinja2.sandbox.SecurityError(
+            f"{what} with size {big[0]} would build more than CHAT_TEMPLATE_MAX_SIZE ({CHAT_TEMPLATE_MAX_SIZE})"
+            " characters or items"
+        )
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    jinja2 = require("jinja2", "a chat template")
+    seqs = (str, bytes, list, tuple)
+    if operator == "*":
+        seq, n = (left, right) if isinstance(left, seqs) else (right, left)
+        if isinstance(seq, seqs) and isinstance(n, int) and len(seq) * n > CHAT_TEMPLATE_MAX_SIZE:
+            _check_template_sizes(f"{type(seq).__name__} * int", None, [len(seq) * n])
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            if abs(left).bit_length() * right > CHAT_TEMPLATE_MAX_POW_BITS:
+                raise jinja2.sandbox.SecurityError(
+                    f"{left} ** {right} has more than CHAT_TEMPLATE_MAX_POW_BITS ({CHAT_TEMPLATE_MAX_POW_BITS}) bits"
+                )
+    elif operator == "%" and isinstance(left, str):
+        _check_template_sizes("str % args", left, right if isinstance(right, tuple) else [right])
+
+
+def _size_checked_filter(name: str, f: Any) -> Any:
+    @functools.wraps(f)  # keeps jinja's pass_context / pass_environment marks
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        start = 1 + (getattr(f, "jinja_pass_arg", None) is not None)  # the value, after the context
+        rest = [*args[start:], *kwargs.values()]
+        value = args[start - 1] if len(args) >= start else None
+        if name == "replace" and len(rest) >= 2 and isinstance(value, str) and isinstance(rest[0], str):
+            count = value.count(rest[0]) if rest[0] else len(value) + 1
+            rest = [len(value) + count * max(len(str(rest[1])) - len(rest[0]), 0)]
+        _check_template_sizes(f"the {name} filter", value if name == "format" else None, rest)
+        return f(*args, **kwargs)
+
+    return checked
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside a chat template's render by its watchdog (a ``BaseException``, as ``KeyboardInterrupt``,
+    so that no ``except Exception`` in jinja swallows it)."""
+
+
+def _render_in_time(template: Any, **variables: Any) -> str:
+    """``template.render(**variables)``, stopped past ``CHAT_TEMPLATE_TIME_LIMIT_S`` seconds (a watchdog thread
+    raises in the rendering thread, as Ctrl-C would: loops of the template stop, one long builtin call runs
+    to its end) or ``CHAT_TEMPLATE_MAX_SIZE`` characters of text."""
+    import ctypes
+    import threading
+
+    jinja2 = require("jinja2", "a chat template")
+    limit, tid, lock, state = CHAT_TEMPLATE_TIME_LIMIT_S, threading.get_ident(), threading.Lock(), {"running": True}
+
+    def stop() -> None:
+        with lock:
+            if state["running"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_RenderTimeout))
+
+    timer = threading.Timer(limit, stop)
+    timer.daemon = True
+    parts, n = [], 0
+    try:
+        try:
+            timer.start()
+            for part in template.generate(**variables):
+                n += len(part)
+                if n > CHAT_TEMPLATE_MAX_SIZE:
+                    raise jinja2.exceptions.TemplateRuntimeError(
+                        f"the template renders more than CHAT_TEMPLATE_MAX_SIZE ({CHAT_TEMPLATE_MAX_SIZE}) characters"
+                    )
+                parts.append(part)
+        finally:
+            timer.cancel()
+            with lock:
+                state["running"] = False
+            if state.get("fired"):  # not delivered yet: cleared, so that it cannot land after the render
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+    except _RenderTimeout:
+        raise jinja2.exceptions.TemplateRuntimeError(
+            f"the template took longer than {limit} s (CHAT_TEMPLATE_TIME_LIMIT_S) to render"
+        ) from None
+    return "".join(parts)
+
+
 @functools.cache
 def _jinja_env() -> Any:
     jinja2 = require("jinja2", "a chat template")
     from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class SizeLimitedSandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, with the sizes its operations build bounded (``CHAT_TEMPLATE_MAX_SIZE``)."""
+
+        intercepted_binops = frozenset({"*", "**", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+            if isinstance(owner, (str, bytes)) and name in _SIZED_STR_METHODS:
+                sizes = [*args, *kwargs.values()]
+                if name == "replace" and len(args) >= 2 and isinstance(args[0], type(owner)):
+                    count = owner.count(args[0]) if args[0] else len(owner) + 1
+                    sizes = [len(owner) + count * max(len(args[1]) - len(args[0]), 0)]
+                _check_template_sizes(f"{type(owner).__name__}.{name}", None, sizes)
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value: Any) -> Any:  # str.format / format_map, wrapped when looked up
+            wrapped = super().wrap_str_format(value)
+            if wrapped is None:
+                return None
+
+            def checked(*args: Any, **kwargs: Any) -> str:
+                values = [*args, *kwargs.values()]
+                if value.__name__ == "format_map" and args and isinstance(args[0], Mapping):
+                    values = list(args[0].values())
+                _check_template_sizes(f"str.{value.__name__}", value.__self__, values)
+                return wrapped(*args, **kwargs)
+
+            return checked
 
     class GenerationTag(Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers marks assistant text with it)."""
@@ -426,10 +580,9 @@ def _jinja_env() -> Any:
     def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
-    )
+    env = SizeLimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
+    env.filters.update({name: _size_checked_filter(name, env.filters[name]) for name in _SIZED_FILTERS})
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
@@ -474,7 +627,7 @@ class ChatTemplate:
         does: templates test them with ``is defined``. ``continue_final_message``: the text ends
         with the last message's content, left open for the model to continue (transformers' rule:
         the template's end-of-turn after it is cut off)."""
-        jinja2 = require("jinja2", "a chat template")
+        require("jinja2", "a chat template")
 
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
             raise errors.ArgumentType(
@@ -502,11 +655,14 @@ class ChatTemplate:
                 )
             msgs[-1]["content"] = final + _CONTINUE_TAG
         try:
-            text = self._template.render(
-                messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools, documents=documents,
-                **variables,
+            text = _render_in_time(
+                self._template, messages=msgs, add_generation_prompt=add_generation_prompt, tools=tools,
+                documents=documents, **variables,
             )
-        except jinja2.exceptions.TemplateError as e:  # raise_exception(...) or a message without a "role"
+        except errors.Error:
+            raise
+        # raise_exception(...), a message without a "role", or Python's own errors (IndexError, MemoryError)
+        except Exception as e:
             raise _render_error_type(type(e))(f"chat template: {type(e).__name__}: {e}") from e
         if continue_final_message:
             tag = _CONTINUE_TAG.strip()

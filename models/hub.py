@@ -29,6 +29,7 @@ __all__ = [
 ]  # fmt: skip
 
 _HASH = re.compile(r"^[0-9a-f]{40}$")
+_NAME = re.compile(r"^[0-9A-Za-z_.-]{1,255}$")  # one path component
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +83,15 @@ def entry_snapshot(repo: Path, revision: str | None = None, repo_id: str | None 
             f"{repo_id!r} is not in the local Hugging Face cache ({repo} not found); nothing is downloaded"
         )
     rev = revision or "main"
+    if not isinstance(rev, str) or Path(rev).is_absolute() or ".." in Path(rev).parts or "\\" in rev:
+        raise errors.Msg(f"{repo_id!r}: revision {rev!r} is not a branch, tag or commit name")
     if _HASH.match(rev) and (snaps / rev).is_dir():
         return snaps / rev
     ref = repo / "refs" / rev
     if ref.is_file():
-        commit = ref.read_text(encoding="utf-8").strip()
+        commit = ref.read_text(encoding="utf-8", errors="replace").strip()
+        if not _NAME.match(commit) or commit in (".", ".."):  # huggingface_hub writes a commit hash
+            raise errors.Msg(f"{repo_id!r}: refs/{rev} in {repo} does not hold a commit name (corrupt cache?)")
         if (snaps / commit).is_dir():
             return snaps / commit
         raise errors.Msg(f"{repo_id!r}: refs/{rev} points to {commit}, which has no snapshot in {snaps}")

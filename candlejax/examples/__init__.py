@@ -41,6 +41,7 @@ from candlejax.examples import (
     token_output_stream,
     wav,
 )
+from candlejax.io._checks import shard_outside
 from candlejax.optional import require
 from candlejax.tensor import int_arg
 
@@ -156,14 +157,20 @@ def hub_load_local_safetensors(path: str | os.PathLike[str], json_file: str) -> 
         raise errors.SafeTensor(f"hub_load_local_safetensors: no index file {os.fspath(index)!r}")
     try:
         content = json.loads(index.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise errors.SafeTensor(f"hub_load_local_safetensors: {os.fspath(index)!r} is not JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise errors.SafeTensor(
+            f"hub_load_local_safetensors: {os.fspath(index)!r} is not JSON ({type(e).__name__}: {e})"
+        ) from None
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
     if weight_map is None:
         raise errors.SafeTensor(f"hub_load_local_safetensors: no weight map in {os.fspath(index)!r}")
     if not isinstance(weight_map, dict):
         raise errors.SafeTensor(f"hub_load_local_safetensors: weight map in {os.fspath(index)!r} is not a map")
-    shards = [Path(path) / f for f in dict.fromkeys(v for v in weight_map.values() if isinstance(v, str))]
+    names = list(dict.fromkeys(v for v in weight_map.values() if isinstance(v, str)))
+    outside = [shard_outside(n) for n in names if shard_outside(n)]
+    if outside:
+        raise errors.SafeTensor(f"hub_load_local_safetensors: {os.fspath(index)!r}: {outside[0]}")
+    shards = [Path(path) / f for f in names]
     missing = [os.fspath(s) for s in shards if not s.is_file()]
     if missing:
         raise errors.SafeTensor(

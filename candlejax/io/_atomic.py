@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -44,11 +45,13 @@ def _remove_stale_temps(d: str, prefix: str) -> None:
         return
     for n in names:
         p = os.path.join(d, n)
-        try:
-            fd = os.open(p, os.O_RDONLY)
+        try:  # never through a link, nor blocking on a FIFO: only the files and folders of a save are ours
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue
         try:
+            if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+                raise OSError(errno.EINVAL, "not a file or folder")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)  # a live writer holds it

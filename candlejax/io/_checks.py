@@ -2,11 +2,12 @@
 
 requires: numpy, zipfile, zlib
 provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``, ``ZIP_ERRORS``,
-``zip_possible_size(info, archive_size)``
+``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``, ``shard_outside(name)``
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 import zlib
@@ -53,6 +54,27 @@ def zip_possible_size(info: zipfile.ZipInfo, archive_size: int) -> int:
     return stored * MAX_DEFLATE_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else info.file_size
 
 
+def zip_method_refusal(info: zipfile.ZipInfo) -> str | None:
+    """Why the zip member ``info`` is not read (``None`` when it is stored or deflated, as ``torch.save`` and
+    ``np.savez`` / ``np.savez_compressed`` write it): other compression methods (bzip2, lzma) are refused, as
+    ``torch.load`` refuses them, since their claimed size is not bounded by the archive's."""
+    if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return None
+    names = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+    method = names.get(info.compress_type, str(info.compress_type))
+    return (f"the zip member {info.filename!r} uses compression method {method}; only stored and deflated"
+            " members are read")
+
+
+def shard_outside(name: str) -> str | None:
+    """Why the shard file ``name`` of a sharded index leads outside the index's folder (an absolute path,
+    a ``..`` part), else ``None``: a downloaded index names files beside it (or below)."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        return f"shard {name!r} lies outside the index's folder (an absolute path or a '..' part)"
+    return None
+
+
 def cast(a: np.ndarray, target: Any) -> np.ndarray:
     """``a`` converted to the numpy dtype ``target`` on the host, as ``Tensor.to_dtype`` converts (Candle's
     ``to_dtype``, Rust's ``as``): float -> integer truncates toward zero, saturates at the dtype's bounds
@@ -73,4 +95,5 @@ def cast(a: np.ndarray, target: Any) -> np.ndarray:
     return out
 
 
-__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "zip_possible_size"]
+__all__ = ["MAX_DEFLATE_RATIO", "MAX_NBYTES", "ZIP_ERRORS", "cast", "shape_fits", "shard_outside", "zip_method_refusal",
+           "zip_possible_size"]

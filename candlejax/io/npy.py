@@ -25,7 +25,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, to_dtype, x64_enabled
-from candlejax.io._checks import ZIP_ERRORS, cast, shape_fits, zip_possible_size
+from candlejax.io._checks import ZIP_ERRORS, cast, shape_fits, zip_method_refusal, zip_possible_size
 from candlejax.io.safetensors import atomic_file
 from candlejax.shape import Shape
 from candlejax.tensor._core import TensorBase, wrap
@@ -200,6 +200,9 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, name: str, dtype: DType | None, device: Any,
             header_only: bool = False) -> Any:
     archive_size = os.fstat(zf.fp.fileno()).st_size if zf.fp is not None else 0
+    why = zip_method_refusal(info)
+    if why is not None:
+        raise _err(path, name, why)
     if info.file_size > zip_possible_size(info, archive_size):  # refused before zipfile allocates it
         why = (
             f"the archive ends before the member's recorded {info.compress_size} bytes ({archive_size}-byte file;"

@@ -33,7 +33,7 @@ import numpy as np
 from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType
-from candlejax.io._checks import ZIP_ERRORS, zip_possible_size
+from candlejax.io._checks import ZIP_ERRORS, zip_method_refusal, zip_possible_size
 from candlejax.tensor._core import wrap
 from candlejax.tensor.creation import as_jax_array
 
@@ -218,13 +218,15 @@ _OBJECTS_ONLY: dict[tuple[str, str], Any] = {("builtins", "set"): set, ("builtin
 
 
 def _load_build(self: _Unpickler) -> None:
-    """BUILD only on records and on OrderedDicts (a state dict's ``_metadata``); never a setattr."""
+    """BUILD only on records and on OrderedDicts (a state dict's ``_metadata``); never a setattr, and never
+    an attribute that would hide an OrderedDict method (``items``) from the readers."""
     state = self.stack.pop()
     inst = self.stack[-1]
     if isinstance(inst, PickledObject):
         inst.state = state
     elif type(inst) is collections.OrderedDict and isinstance(state, dict):
-        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")})
+        inst.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("__")
+                              and not hasattr(collections.OrderedDict, k)})  # fmt: skip
     else:
         raise pickle.UnpicklingError(f"BUILD (set state) on a {type(inst).__name__} is not allowed")
 
@@ -345,6 +347,9 @@ class _Archive:
     def _read_record(self, rec: str, limit: int | None = None) -> bytes:
         """The bytes of the small record ``rec`` (at most ``limit``), refusing sizes the archive cannot hold."""
         info = self.zf.getinfo(rec)
+        why = zip_method_refusal(info)
+        if why is not None:
+            raise errors.Pth(f"{self.src}: {why} (torch.load refuses it too)")
         if info.file_size > zip_possible_size(info, self.size):
             raise errors.Pth(
                 f"{self.src}: record {rec} claims {info.file_size} bytes, more than its {info.compress_size} stored"
@@ -389,6 +394,9 @@ class _Archive:
             info = self.zf.getinfo(rec)
         except KeyError:
             raise errors.Pth(f"{self.src}: tensor {name!r}: storage record {rec} is missing") from None
+        why = zip_method_refusal(info)
+        if why is not None:
+            raise errors.Pth(f"{self.src}: tensor {name!r}: {why} (torch.load refuses it too)")
         nbytes = t.storage_numel * t.dtype.itemsize
         if info.file_size < nbytes:
             raise errors.Pth(
@@ -477,7 +485,21 @@ def _materialise(ar: _Archive, obj: Any, name: str, seen: dict[int, Any]) -> Any
     return obj
 
 
-def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str) -> None:
+#: the most entries flattening a pickle's containers may visit: a pickle can share one container under two
+#: keys at every level (the memo), so that a small file names 2**40 tensors ("billion laughs")
+_MAX_FLAT_VISITS = 1 << 22
+
+
+def _visit(budget: list[int], src: str) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise errors.Pth(
+            f"{src}: its containers are shared so often that flattening them visits more than {_MAX_FLAT_VISITS}"
+            " entries (a crafted file?)"
+        )
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str, budget: list[int] | None = None) -> None:
     items: Iterable[tuple[Any, Any]]
     if isinstance(obj, dict):
         items = obj.items()
@@ -485,14 +507,16 @@ def _flatten(obj: Any, prefix: str, out: dict[str, np.ndarray], src: str) -> Non
         items = enumerate(obj)
     else:
         return
+    budget = [_MAX_FLAT_VISITS] if budget is None else budget
     for k, v in items:
+        _visit(budget, src)
         name = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, np.ndarray):
             if name in out:
                 raise errors.Pth(f"{src}: two tensors flatten to the name {name!r}")
             out[name] = v
         else:
-            _flatten(v, name, out, src)
+            _flatten(v, name, out, src, budget)
 
 
 def _select(obj: Any, key: str | None, src: str) -> Any:
@@ -542,10 +566,12 @@ def tensor_infos(path: str | os.PathLike, key: str | None = None) -> dict[str, T
     (Candle's ``read_pth_tensor_info``)."""
     out: dict[str, TensorInfo] = {}
     src = errors.path_arg(path, "torch checkpoint read")
+    budget = [_MAX_FLAT_VISITS]
 
     def walk(obj: Any, prefix: str) -> None:
         items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
         for k, v in items:
+            _visit(budget, src)
             name = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, TensorInfo):
                 if name in out:
@@ -580,8 +606,10 @@ def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
     if not isinstance(obj, PickledObject):
         raise errors.Msg(f"module_state_dict: expected a PickledObject module record, got {type(obj).__name__}")
     out: dict[str, np.ndarray] = {}
+    budget = [_MAX_FLAT_VISITS]
 
     def walk(m: Any, pre: str) -> None:
+        _visit(budget, "module_state_dict")
         st = m.state if isinstance(m, PickledObject) else None
         if not isinstance(st, dict):
             return

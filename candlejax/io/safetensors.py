@@ -42,7 +42,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
-from candlejax.io._checks import cast
+from candlejax.io._checks import cast, shard_outside
 from candlejax.quantized.blocked import aligned_empty
 from candlejax.quantized.blocked import place as place_aligned
 from candlejax.shape import Dims
@@ -535,6 +535,8 @@ class MmapedSafetensors:
         base = os.path.dirname(index_path)
         shards = list(dict.fromkeys(weight_map.values()))
         for shard in shards:
+            if shard_outside(shard):
+                raise errors.SafeTensor(f"safetensors index {index_path}: {shard_outside(shard)}")
             if not os.path.exists(os.path.join(base, shard)):
                 raise errors.SafeTensor(f"safetensors index {index_path} names shard {shard!r}, which does not exist")
         self._open_multi([os.path.join(base, s) for s in shards])
