@@ -97,6 +97,12 @@ class Cache(StackedKvCache):
     :class:`ForwardCache` that ``model.forward(tokens, index_pos, cache)`` updates in place.
     """
 
+    def __init__(self, k: Any, v: Any = None, *candle_args: Any):
+        if isinstance(k, bool) or v is None or candle_args:
+            raise errors.ArgumentType("llama.Cache(k, v) holds two buffers; Candle's Cache::new(use_kv_cache, dtype,"
+                                      " config, device) is llama.Cache.new(True, dtype, config, device)")  # fmt: skip
+        super().__init__(k, v)
+
     @classmethod
     def new(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Candle's ``Cache::new(use_kv_cache, dtype, config, device)`` (a ``ForwardCache``), or the stacked cache's

@@ -449,6 +449,8 @@ def test_bad_prompt_ids_and_sequence_jumps_raise(pairs):
         model.forward(np.array([[9]]), 40)
     with pytest.raises(errors.Error, match="holds batch 1, x has batch 2"):
         model.forward(np.array([[9], [9]]), 3)
+    with pytest.raises(errors.ArgumentType, match=r"llama\.Cache\.new\(True, dtype, config, device\)"):
+        llama.Cache(True, DType.F32, model.config, Device.Cpu)  # Candle's Cache::new arguments to the class
     cache = llama.Cache.new(True, DType.F32, model.config, Device.Cpu)
     with pytest.raises(errors.Error, match="holds 0 positions"):
         model.forward(np.array([[9]]), 2, cache)
