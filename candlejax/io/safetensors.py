@@ -501,12 +501,13 @@ class MmapedSafetensors:
 
     @classmethod
     def multi(cls, paths: Iterable[PathLike]) -> MmapedSafetensors:
-        """Several files (e.g. shards); each name is routed to the file holding it."""
+        """Candle's ``MmapedSafetensors::multi``: several files (e.g. shards); each name is routed to the
+        file holding it. A name in two files raises ``SafeTensor`` (Candle: the last file wins); no
+        files opens, and every ``get`` raises ``CannotFindTensor`` (as Candle)."""
         return cls(list(paths))
 
     def _open_multi(self, paths: list[str]) -> None:
-        if not paths:
-            raise errors.SafeTensor("MmapedSafetensors.multi: no files given")
+        # no files: opens, and every name is then missing (Candle's ``multi(&[])``)
         routing: dict[str, int] = {}
         try:
             for i, p in enumerate(paths):
@@ -560,6 +561,8 @@ class MmapedSafetensors:
                 return s
         elif name in self.routing:
             return self._sources[self.routing[name]]
+        if not self._sources:
+            raise errors.CannotFindTensor(name, "no files were given")
         near = difflib.get_close_matches(name, self.names(), n=3)
         files = ", ".join(self.paths)
         raise errors.CannotFindTensor(name, f"not in {files}" + (f"; did you mean {', '.join(near)}?" if near else ""))

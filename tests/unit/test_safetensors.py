@@ -257,6 +257,25 @@ def test_mmaped_multi_takes_any_iterable_of_paths(tmp_path):
         cst.MmapedSafetensors(3)
 
 
+def test_mmaped_multi_of_no_files_finds_no_tensor(tmp_path):
+    """Candle's ``MmapedSafetensors::multi(&[])`` opens (an empty routing map) and ``get`` then fails
+    with ``cannot find tensor`` (candle-core/src/safetensors.rs); candlejax does the same, naming
+    that no file was given."""
+    st = cst.MmapedSafetensors.multi([])
+    assert st.routing == {} and st.names() == [] and len(st) == 0 and "w" not in st
+    with pytest.raises(errors.CannotFindTensor, match=r"cannot find tensor w \(no files were given\)"):
+        st.get("w")
+    with pytest.raises(errors.CannotFindTensor, match="cannot find tensor w"):
+        st.load("w")
+    assert st.tensors() == [] and st.metadata() == {}
+    from candlejax.nn import VarBuilder  # Candle's from_mmaped_safetensors(&[]) is multi(&[])
+
+    vb = VarBuilder.from_mmaped_safetensors([], DType.F32, cj.Device.Cpu)
+    assert not vb.contains_tensor("w")
+    with pytest.raises(errors.CannotFindTensor, match=r"cannot find tensor w .*none were given"):
+        vb.get(3, "w")
+
+
 def test_mmaped_file_deserialize(tmp_path, rng):
     """Candle's ``MmapedFile::new(p)?.deserialize()?``: the safetensors crate's ``SafeTensors``
     (``tensor(name)``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``), views that ``load``."""
