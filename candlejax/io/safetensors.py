@@ -42,7 +42,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
-from candlejax.io._checks import cast
+from candlejax.io._checks import bytes_path_hint, cast
 from candlejax.quantized.blocked import aligned_empty
 from candlejax.quantized.blocked import place as place_aligned
 from candlejax.shape import Dims
@@ -423,6 +423,8 @@ class _Source:
                 f"{op}: the buffer must hold the file's bytes (bytes, bytearray, memoryview or mmap), got"
                 f" {type(buffer).__name__}; to read a file by name use cj.safetensors.load(path, device)"
             ) from None
+        if hint := bytes_path_hint(mv, op):  # a file's header length has NULs: never a file's name
+            raise errors.ArgumentType(hint)
         header, base = _read_header(lambda a, b: mv[a:b], len(mv), "<buffer>")
         try:
             raw = {n: v["data"] for n, v in safetensors.deserialize(buffer if type(buffer) is bytes else bytes(mv))}

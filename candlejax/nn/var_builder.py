@@ -535,7 +535,8 @@ class VarBuilder:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise errors.InvalidArgument(f"VarBuilder.from_slice_safetensors / from_buffered_safetensors take the"
                                          f" file's bytes, got a {type(data).__name__}")  # fmt: skip
-        return VarBuilder(SafetensorsBackend(SliceSafetensors(data)), dtype, device)
+        st = SliceSafetensors(data, "VarBuilder.from_slice_safetensors")
+        return VarBuilder(SafetensorsBackend(st), dtype, device)
 
     from_buffered_safetensors = from_slice_safetensors
 

@@ -303,6 +303,17 @@ def test_slice_safetensors(rng):
     assert cst.BufferedSafetensors(bytearray(data)).get("a").shape == (3,)
 
 
+def test_bytes_naming_a_file_say_to_pass_a_path(tmp_path):
+    """``load_buffer`` / ``SliceSafetensors`` read bytes as the file's contents; a file's name given as
+    bytes says to pass a str or Path (it was "header length 3275373874638582831 is larger than the limit")."""
+    p = tmp_path / "m.safetensors"
+    stnp.save_file({"a": np.ones(2, np.float32)}, str(p))
+    for fn in (cst.load_buffer, cst.SliceSafetensors, cst.SafeTensors.deserialize):
+        with pytest.raises(errors.ArgumentType, match=r"read as the file's contents.*m\.safetensors.*str or (a )?Path"):
+            fn(os.fsencode(p))
+    assert np.asarray(cst.load_buffer(p.read_bytes())["a"]).tolist() == [1.0, 1.0]
+
+
 def test_misaligned_offsets_load(tmp_path):
     """Old writers did not align tensors; such files are valid and load (copied)."""
     h = np.array([1.5, 2.5, 3.5], np.float16).tobytes()
