@@ -174,6 +174,8 @@ def test_bytes_naming_a_file_say_to_pass_a_path(tmp_path, rng):
     for src in (os.fsencode(p), bytearray(os.fsencode(p))):
         with pytest.raises(errors.Gguf, match=r"read as the file's contents.*a\.gguf.*str or (a )?Path"):
             Content.read(src)
+    with pytest.raises(errors.Gguf, match="read as the file's contents"):
+        VarBuilder.from_gguf_buffer(os.fsencode(p))
     with pytest.raises(errors.Gguf, match="unknown magic"):  # not an existing file: still the magic
         Content.read(os.fsencode(tmp_path / "missing.gguf"))
     Content.read(p.read_bytes()).close()
