@@ -11,19 +11,22 @@ through, as ``File::create``, ``numpy.save`` and ``torch.save`` do: its target i
 dangling link creates it) and the link stays a link. A file the process may not write (``os.access``)
 is refused with ``errors.NoPermission``, as ``open(path, "wb")`` refuses it. Writers hold an ``flock`` on
 their temporary file (or folder); those left by a killed writer are removed by the next save of the
-same target.
+same target. Errors of the save (creating, writing, fsyncing or renaming the temporary file: a full
+disk's ``ENOSPC``) are candlejax ``FileAccess`` errors naming the target that keep the ``OSError``
+subclass and errno.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from candlejax import errors
 
@@ -70,6 +73,23 @@ def _target_error(e: OSError, path: str) -> errors.FileAccess:
     return errors.os_error(e, "write", path, f"cannot write {path}: {e.strerror}")
 
 
+class _TargetFile(io.FileIO):
+    """The temporary file's raw file: a failed write (a full disk: ``ENOSPC``) raises the candlejax
+    error of ``_target_error``, naming the target, instead of a bare ``OSError``."""
+
+    def __init__(self, fd: int, path: str):
+        super().__init__(fd, "wb", closefd=False)
+        self._target = path
+
+    def write(self, b: Any) -> int | None:
+        try:
+            return super().write(b)
+        except OSError as e:
+            if isinstance(e, errors.Error):
+                raise
+            raise _target_error(e, self._target) from None
+
+
 def _prepare(path: PathLike) -> tuple[str, str, str, str]:
     """The name to report, the file to replace, its folder and the prefix of its temporary files.
 
@@ -108,7 +128,9 @@ def _commit(tmp: str, target: str, d: str, path: str) -> None:
     ``target`` (``path`` resolved through its links; errors name ``path``) and fsync the folder."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fsync(fd)  # a full disk may first show here (delayed allocation, NFS)
+    except OSError as e:
+        raise _target_error(e, path) from None
     finally:
         os.close(fd)
     try:  # a file written in place (Candle, numpy) keeps its mode: a private 0600 checkpoint stays private
@@ -145,7 +167,7 @@ def atomic_file(path: PathLike) -> Iterator[IO[bytes]]:
         raise _target_error(e, path) from None
     try:
         _lock(fd)
-        with os.fdopen(fd, "wb", closefd=False) as f:
+        with io.BufferedWriter(_TargetFile(fd, path)) as f:
             yield f
         _commit(tmp, target, d, path)
     except BaseException:

@@ -2,7 +2,8 @@
 
 requires: numpy, zipfile, zlib
 provides: ``MAX_NBYTES``, ``shape_fits(shape, itemsize)``, ``cast(array, dtype)``, ``ZIP_ERRORS``,
-``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``, ``shard_outside(name)``
+``zip_possible_size(info, archive_size)``, ``zip_method_refusal(info)``, ``shard_outside(name)``,
+``bytes_path_hint(data, op)``
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ from candlejax.shape import MAX_ELEM_COUNT
 
 #: numpy's (and XLA's) limit on an array's size in bytes, counting zero dims as 1.
 MAX_NBYTES = 2**63 - 1
+
+
+def bytes_path_hint(data: Any, op: str) -> str | None:
+    """For readers that take bytes as a file's contents: when ``data`` rather looks like a file's name
+    (under 4096 bytes, no NUL, UTF-8, and that file exists), the message saying so; else ``None``.
+    A file's contents passed as bytes are then not mistaken for a name (a file's header holds NULs,
+    or the caller checks its magic first)."""
+    if not isinstance(data, bytes | bytearray | memoryview) or not 0 < len(data) < 4096:
+        return None
+    try:
+        raw = bytes(data)
+        name = raw.decode("utf-8")
+    except (TypeError, ValueError):  # a memoryview of another format; not UTF-8
+        return None
+    if b"\0" in raw or not os.path.exists(name):
+        return None
+    return (
+        f"{op}: bytes are read as the file's contents, and these are the name of the file {name!r}:"
+        " pass it as a str or a Path"
+    )
 
 
 def shape_fits(shape: Sequence[int], itemsize: float) -> bool:

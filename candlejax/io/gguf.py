@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from candlejax import errors
-from candlejax.io._checks import shape_fits
+from candlejax.io._checks import bytes_path_hint, shape_fits
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.quantized.qtensor import QTensor
 from candlejax.shape import Dims
@@ -887,7 +887,10 @@ class Content:
 def _open(source: Any) -> tuple[Any, str, list[Any]]:
     """A read-only buffer over the file, its display name, and the objects to close."""
     if isinstance(source, bytes | bytearray | memoryview):
-        return memoryview(source).cast("B"), "<bytes>", []
+        buf = memoryview(source).cast("B")
+        if bytes(buf[:4]) != MAGIC and (hint := bytes_path_hint(buf, "gguf read")):
+            raise errors.Gguf(hint)
+        return buf, "<bytes>", []
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         if os.path.isdir(path):  # as every reader (errors.check_file), and still an errors.Gguf

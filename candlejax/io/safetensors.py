@@ -42,7 +42,7 @@ from candlejax import errors
 from candlejax.device import Device
 from candlejax.dtype import DType, from_array_dtype, to_dtype, x64_enabled
 from candlejax.io._atomic import atomic_file, atomic_name
-from candlejax.io._checks import cast, shard_outside
+from candlejax.io._checks import bytes_path_hint, cast, shard_outside
 from candlejax.quantized.blocked import aligned_empty
 from candlejax.quantized.blocked import place as place_aligned
 from candlejax.shape import Dims
@@ -423,6 +423,8 @@ class _Source:
                 f"{op}: the buffer must hold the file's bytes (bytes, bytearray, memoryview or mmap), got"
                 f" {type(buffer).__name__}; to read a file by name use cj.safetensors.load(path, device)"
             ) from None
+        if hint := bytes_path_hint(mv, op):  # a file's header length has NULs: never a file's name
+            raise errors.ArgumentType(hint)
         header, base = _read_header(lambda a, b: mv[a:b], len(mv), "<buffer>")
         try:
             raw = {n: v["data"] for n, v in safetensors.deserialize(buffer if type(buffer) is bytes else bytes(mv))}
@@ -501,12 +503,13 @@ class MmapedSafetensors:
 
     @classmethod
     def multi(cls, paths: Iterable[PathLike]) -> MmapedSafetensors:
-        """Several files (e.g. shards); each name is routed to the file holding it."""
+        """Candle's ``MmapedSafetensors::multi``: several files (e.g. shards); each name is routed to the
+        file holding it. A name in two files raises ``SafeTensor`` (Candle: the last file wins); no
+        files opens, and every ``get`` raises ``CannotFindTensor`` (as Candle)."""
         return cls(list(paths))
 
     def _open_multi(self, paths: list[str]) -> None:
-        if not paths:
-            raise errors.SafeTensor("MmapedSafetensors.multi: no files given")
+        # no files: opens, and every name is then missing (Candle's ``multi(&[])``)
         routing: dict[str, int] = {}
         try:
             for i, p in enumerate(paths):
@@ -562,6 +565,8 @@ class MmapedSafetensors:
                 return s
         elif name in self.routing:
             return self._sources[self.routing[name]]
+        if not self._sources:
+            raise errors.CannotFindTensor(name, "no files were given")
         near = difflib.get_close_matches(name, self.names(), n=3)
         files = ", ".join(self.paths)
         raise errors.CannotFindTensor(name, f"not in {files}" + (f"; did you mean {', '.join(near)}?" if near else ""))

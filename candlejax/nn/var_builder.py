@@ -55,8 +55,6 @@ __all__ = [
 def _open_safetensors(paths: Sequence[str]) -> MmapedSafetensors:
     """One file, several shards, or a ``*.index.json`` as one name space (``candlejax.io``)."""
     paths = [errors.path_arg(p, "from_mmaped_safetensors") for p in paths]
-    if not paths:
-        raise errors.Msg("from_mmaped_safetensors: no files given")
     for p in paths:  # candlejax errors that are also FileNotFoundError / IsADirectoryError
         errors.check_file(p, "from_mmaped_safetensors", "pass its *.safetensors files or model.safetensors.index.json")
     return MmapedSafetensors(paths[0] if len(paths) == 1 else paths)
@@ -248,7 +246,7 @@ class SafetensorsBackend(SimpleBackend):
 
     def describe(self) -> str:
         """The safetensors file names, for error messages."""
-        return ", ".join(os.path.basename(p) for p in self.st.paths)
+        return ", ".join(os.path.basename(p) for p in self.st.paths) or "no safetensors files (none were given)"
 
     def names(self) -> list[str]:
         """The names of the tensors in the files."""
@@ -537,7 +535,8 @@ class VarBuilder:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise errors.InvalidArgument(f"VarBuilder.from_slice_safetensors / from_buffered_safetensors take the"
                                          f" file's bytes, got a {type(data).__name__}")  # fmt: skip
-        return VarBuilder(SafetensorsBackend(SliceSafetensors(data)), dtype, device)
+        st = SliceSafetensors(data, "VarBuilder.from_slice_safetensors")
+        return VarBuilder(SafetensorsBackend(st), dtype, device)
 
     from_buffered_safetensors = from_slice_safetensors
 

@@ -165,6 +165,22 @@ def test_custom_alignment_and_sources(tmp_path, rng):
         gguf.write(p, {"general.alignment": Value.u32(48)}, {})
 
 
+def test_bytes_naming_a_file_say_to_pass_a_path(tmp_path, rng):
+    """Bytes are a GGUF file's contents; a file's name given as bytes (``b"/path/m.gguf"``) names
+    the file and says to pass a str or Path, instead of "unknown magic 0x706d742f"."""
+    q = QTensor.quantize(rng.standard_normal((2, 32)).astype(np.float32), GgmlDType.Q4_0)
+    p = tmp_path / "a.gguf"
+    gguf.write(p, {}, {"a": q})
+    for src in (os.fsencode(p), bytearray(os.fsencode(p))):
+        with pytest.raises(errors.Gguf, match=r"read as the file's contents.*a\.gguf.*str or (a )?Path"):
+            Content.read(src)
+    with pytest.raises(errors.Gguf, match="read as the file's contents"):
+        VarBuilder.from_gguf_buffer(os.fsencode(p))
+    with pytest.raises(errors.Gguf, match="unknown magic"):  # not an existing file: still the magic
+        Content.read(os.fsencode(tmp_path / "missing.gguf"))
+    Content.read(p.read_bytes()).close()
+
+
 # --- cross-checks with the gguf package ----------------------------------------------------------
 def test_our_files_read_by_gguf_reader(tmp_path, rng):
     meta = {k: v for k, v in all_values().items() if not k.startswith("arr.nested")}

@@ -222,6 +222,47 @@ def test_next_save_removes_a_killed_saves_temporary_file(tmp_path):
     np.testing.assert_array_equal(np.asarray(cj.safetensors.load(str(target))["a"]), [2.0])
 
 
+def test_a_failed_write_is_a_candlejax_error_naming_the_target(tmp_path):
+    """A write that fails (here past ``RLIMIT_FSIZE``: ``EFBIG``, as a full disk gives ``ENOSPC``) raises
+    a candlejax ``FileAccess`` naming the target, keeping the ``OSError`` and its errno; the
+    temporary file is removed and the previous file is intact (``open(path, "wb").write`` raises a
+    bare ``OSError``)."""
+    target = tmp_path / "m.npy"
+    npy.write_npy(Tensor.new([1.0, 2.0]), str(target))
+    code = textwrap.dedent(f"""
+        import errno, os, resource, signal
+        import numpy as np
+        from candlejax import Tensor, errors, npy
+        from candlejax.io import atomic_file
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        def save_big():
+            npy.write_npy(Tensor.new(np.zeros(10_000, np.float32)), {str(target)!r})
+        def write_big():
+            with atomic_file({str(target)!r}) as f:
+                f.write(b"x" * 10_000)
+        def write_small_big():  # buffered: the error comes when the buffer is flushed at the end
+            with atomic_file({str(target)!r}) as f:
+                for _ in range(100):
+                    f.write(b"x" * 100)
+        for fn in (save_big, write_big, write_small_big):
+            try:
+                fn()
+            except errors.FileAccess as e:
+                assert isinstance(e, OSError) and e.errno == errno.EFBIG, (e, e.errno)
+                assert {str(target)!r} in str(e), str(e)
+                print("ok", e)
+            else:
+                raise SystemExit("no error")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("ok ") == 3 and "File too large" in r.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npy"]  # no temporary file left
+    np.testing.assert_array_equal(np.load(target), [1.0, 2.0])
+
+
 # --- item 7: out of memory -----------------------------------------------------------------------------
 def test_out_of_memory_is_a_candlejax_error():
     with pytest.raises(errors.OutOfMemory, match="out of memory in zeros") as e:

@@ -257,6 +257,25 @@ def test_mmaped_multi_takes_any_iterable_of_paths(tmp_path):
         cst.MmapedSafetensors(3)
 
 
+def test_mmaped_multi_of_no_files_finds_no_tensor(tmp_path):
+    """Candle's ``MmapedSafetensors::multi(&[])`` opens (an empty routing map) and ``get`` then fails
+    with ``cannot find tensor`` (candle-core/src/safetensors.rs); candlejax does the same, naming
+    that no file was given."""
+    st = cst.MmapedSafetensors.multi([])
+    assert st.routing == {} and st.names() == [] and len(st) == 0 and "w" not in st
+    with pytest.raises(errors.CannotFindTensor, match=r"cannot find tensor w \(no files were given\)"):
+        st.get("w")
+    with pytest.raises(errors.CannotFindTensor, match="cannot find tensor w"):
+        st.load("w")
+    assert st.tensors() == [] and st.metadata() == {}
+    from candlejax.nn import VarBuilder  # Candle's from_mmaped_safetensors(&[]) is multi(&[])
+
+    vb = VarBuilder.from_mmaped_safetensors([], DType.F32, cj.Device.Cpu)
+    assert not vb.contains_tensor("w")
+    with pytest.raises(errors.CannotFindTensor, match=r"cannot find tensor w .*none were given"):
+        vb.get(3, "w")
+
+
 def test_mmaped_file_deserialize(tmp_path, rng):
     """Candle's ``MmapedFile::new(p)?.deserialize()?``: the safetensors crate's ``SafeTensors``
     (``tensor(name)``, ``tensors()``, ``names()``, ``len()``, ``is_empty()``), views that ``load``."""
@@ -282,6 +301,17 @@ def test_slice_safetensors(rng):
     st = cst.SliceSafetensors(data)
     assert st.names() == ["a"] and np.asarray(st.load("a")).tolist() == [0, 1, 2]
     assert cst.BufferedSafetensors(bytearray(data)).get("a").shape == (3,)
+
+
+def test_bytes_naming_a_file_say_to_pass_a_path(tmp_path):
+    """``load_buffer`` / ``SliceSafetensors`` read bytes as the file's contents; a file's name given as
+    bytes says to pass a str or Path (it was "header length 3275373874638582831 is larger than the limit")."""
+    p = tmp_path / "m.safetensors"
+    stnp.save_file({"a": np.ones(2, np.float32)}, str(p))
+    for fn in (cst.load_buffer, cst.SliceSafetensors, cst.SafeTensors.deserialize):
+        with pytest.raises(errors.ArgumentType, match=r"read as the file's contents.*m\.safetensors.*str or (a )?Path"):
+            fn(os.fsencode(p))
+    assert np.asarray(cst.load_buffer(p.read_bytes())["a"]).tolist() == [1.0, 1.0]
 
 
 def test_misaligned_offsets_load(tmp_path):
