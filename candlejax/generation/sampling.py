@@ -5,7 +5,7 @@ requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only), ca
 candlejax.quantized.native (Candle's softmax and ``WeightedIndex`` in native code)
 provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
 ``normalize_sampling``, ``sample_jax``, ``sampling_args`` + ``sample_values`` (a sampling as static structure + traced
-values), ``sampling_key``, ``logits_status``, ``LogitsProcessor``.
+values), ``sampling_key``, ``logits_status``, ``candle_softmax`` (on the host), ``LogitsProcessor``.
 
 Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
 it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
@@ -449,6 +449,16 @@ def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, values
 _softmax_jit = jax.jit(_softmax)
 
 
+def candle_softmax(logits: Any) -> np.ndarray:
+    """Candle's ``candle_nn::ops::softmax(&logits, D::Minus1)`` of f32 ``logits`` as a writable numpy
+    array: the max subtracted, ``exp``, the sum, a division, all in f32 (bit for bit Candle's in native
+    code: :func:`_native_sampling`). The probabilities ``WeightedIndex`` draws from in Candle's examples."""
+    x = jnp.asarray(np.asarray(read_to_host(unwrap(logits)), np.float32))
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise errors.Msg(f"candle_softmax: logits must be (..., n) with n >= 1, got shape {tuple(x.shape)}")
+    return np.array(read_to_host(_softmax_jit(x)))
+
+
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_probs_step(probs: jax.Array, base_key: jax.Array, step: jax.Array, p: jax.Array,
                        sampling: Sampling) -> jax.Array:  # fmt: skip
@@ -538,7 +548,7 @@ class LogitsProcessor:
             return self.sample(logits)
         _check_sampled_logits(x, s, "LogitsProcessor::sample_f")
         z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
-        probs = np.array(read_to_host(_softmax_jit(jnp.asarray(z))))  # writable, for f
+        probs = candle_softmax(z)  # writable, for f
         out = f(probs)
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
         if probs.shape != x.shape:

@@ -217,6 +217,37 @@ def test_seed_key_is_candles_stdrng_key_without_compiling(jax_compiles):
     assert [int(w) for w in words[:4]] == [0xADE0B876, 0x903DF1A0, 0xE56A5D40, 0x28BD8653]
 
 
+def test_host_stdrng_and_weighted_index_are_rands():
+    """``StdRng.next_u32`` walks the ChaCha12 key stream word by word (rand's BlockRng), and
+    ``weighted_index`` is rand's ``WeightedIndex<f32>``: running sums in index order, the point
+    ``u * total``, ``partition_point(|w| *w <= chosen)``; invalid weights raise as rand refuses them."""
+    from candlejax.generation.candle_rng import StdRng, chacha_block, stdrng_key, stream_u32, weighted_index
+
+    key = stdrng_key(2**40 + 9)
+    words = [int(w) for b in range(3) for w in chacha_block(key, np.uint32(b), np.uint32(0))]
+    host = StdRng.seed_from_u64(2**40 + 9)
+    assert [host.next_u32() for _ in range(40)] == words[:40] and host.index == 40
+    assert int(np.asarray(jax.jit(stream_u32)(jnp.asarray(key), jnp.uint32(39)))) == words[39]
+    rng = np.random.default_rng(4)
+    for n in range(40):
+        w = rng.exponential(size=200).astype(np.float32)
+        w[rng.integers(0, 200, 20)] = 0.0
+        total, cum = np.float32(0.0), []
+        for v in w:
+            total = np.float32(total + v)
+            cum.append(total)
+        u = np.float32((words[n] >> 9) / 2.0**23)  # UniformFloat<f32>: 23 bits in [0, 1)
+        chosen = np.float32(u * total)
+        want = next((i for i, c in enumerate(cum[:-1]) if c > chosen), len(w) - 1)
+        assert weighted_index(w, words[n]) == want, n
+    assert weighted_index([0.0, 0.0, 1.0, 0.0], 0xFFFFFFFF) == 2 and weighted_index([0.0, 2.0], 0) == 1
+    for bad in ([0.0, 0.0], [1.0, -0.5], [np.nan, 1.0], []):
+        with pytest.raises(cj.Error, match="WeightedIndex"):
+            weighted_index(bad, 0)
+    with pytest.raises(cj.Error, match="seed"):
+        StdRng.seed_from_u64(-1)
+
+
 def test_seeded_determinism(rng):
     x = rng.normal(size=(40, 50)).astype(np.float32)
     s = Sampling.TopKThenTopP(10, 0.9, 1.2)
