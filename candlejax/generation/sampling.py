@@ -299,6 +299,32 @@ def _weighted_draw(weights: jax.Array, u01: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last)
 
 
+#: up to this many values, :func:`_running_sums_before` adds them one at a time (unrolled, as fast as
+#: XLA's cumulative sum); past it, a loop would slow a top-k step by ~40%, so XLA's sum is used
+EXACT_RUNNING_SUM_MAX = 64
+
+
+def _running_sums_before(vals: jax.Array) -> jax.Array:
+    """Per position of the last axis, the f32 sum of the values before it (Candle's ``sample_topp``:
+    ``cumsum += prs[i]``). Up to :data:`EXACT_RUNNING_SUM_MAX` values they are added one at a time in
+    index order, as Candle; ``cumsum - vals`` rounds differently and XLA's cumulative sum associates
+    differently past ~16 values, either of which moves a cut at ``p`` equal to a running sum. Past it,
+    XLA's cumulative sum (Candle's draw over so many top-k tokens differs anyway: its order)."""
+    n = vals.shape[-1]
+    if n > EXACT_RUNNING_SUM_MAX:
+        sums = jnp.cumsum(vals, axis=-1)
+        return jnp.concatenate([jnp.zeros_like(sums[..., :1]), sums[..., :-1]], axis=-1)
+    # the barrier keeps XLA from fusing the per-value slices into their producer (after a top_k of a
+    # 32k vocabulary the step ran ~100x slower)
+    cols = jnp.moveaxis(jax.lax.optimization_barrier(vals), -1, 0)
+
+    def add(acc: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return acc + v, acc
+
+    _, before = jax.lax.scan(add, jnp.zeros_like(cols[0]), cols, unroll=n)
+    return jnp.moveaxis(before, 0, -1)
+
+
 def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling, p: Any = None) -> jax.Array:
     """The token Candle's ``LogitsProcessor`` draws from ``probs`` (its ``prs``: the softmax of the
     tempered logits, or what ``sample_f``'s closure made of it) for the multinomial variants;
@@ -311,9 +337,9 @@ def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling, p: Any = None) 
     if isinstance(s, TopK | TopKThenTopP):
         vals, idx = jax.lax.top_k(probs, min(s.k, probs.shape[-1]))
         if isinstance(s, TopKThenTopP):
-            # Candle cuts at p over the k probabilities as they are (not renormalised)
-            before = jnp.cumsum(vals, axis=-1) - vals
-            keep = (before < p).at[..., 0].set(True)
+            # Candle cuts at p over the k probabilities as they are (not renormalised), once the
+            # running sum of those before a token reaches p
+            keep = (_running_sums_before(vals) < p).at[..., 0].set(True)
             vals = jnp.where(keep, vals, 0.0)
         j = _weighted_draw(vals, u01)
         return jnp.take_along_axis(idx, j[..., None], axis=-1)[..., 0]

@@ -248,6 +248,48 @@ def test_host_stdrng_and_weighted_index_are_rands():
         StdRng.seed_from_u64(-1)
 
 
+def _candle_sample_topk_topp(prs: np.ndarray, k: int, p: float, word: int) -> int:
+    """Candle's ``sample_topk_topp`` (k <= 16 distinct probabilities: ``select_nth_unstable`` leaves
+    them in descending order) written from generation/mod.rs: ``sum_p`` and ``sample_topp``'s
+    ``cumsum`` are f32 running sums; a token is cut once the sum of those before it reaches ``p``."""
+    from candlejax.generation.candle_rng import weighted_index
+
+    indices = sorted(range(len(prs)), key=lambda i: -prs[i])[:k]
+    sub = [np.float32(prs[i]) for i in indices]
+    top_p, sum_p = np.float32(p), np.float32(0.0)
+    for v in sub:
+        sum_p = np.float32(sum_p + v)
+    if not (top_p <= 0 or top_p >= sum_p):
+        cumsum = np.float32(0.0)
+        for i, v in enumerate(list(sub)):
+            if cumsum >= top_p:
+                sub[i] = np.float32(0.0)
+            else:
+                cumsum = np.float32(cumsum + v)
+    return indices[weighted_index(np.array(sub, np.float32), word)]
+
+
+@pytest.mark.parametrize("vals,j", [
+    ([0.3159608542919159, 0.23375312983989716, 0.20328378677368164, 0.07018567621707916, 0.052840784192085266,
+      0.052552975714206696, 0.02549062855541706, 0.015932176262140274], 0),
+    ([0.2650739848613739, 0.2084944248199463, 0.1571432650089264, 0.13855214416980743, 0.06970295310020447,
+      0.06016010046005249, 0.0537799671292305, 0.017093196511268616], 3),
+])  # fmt: skip
+def test_top_k_then_top_p_cuts_at_candles_f32_running_sum(vals, j):
+    """``p`` equal to a running sum of the top k: Candle's ``cumsum >= top_p`` cuts every token after
+    it. The cut used ``cumsum - vals``, which rounds below the running sum and kept one more token."""
+    from candlejax.generation.candle_rng import StdRng
+
+    probs = np.array([*vals, 0.01, 0.004, 0.003, 0.002], np.float32)
+    p = float(np.add.accumulate(np.array(vals, np.float32), dtype=np.float32)[j])
+    lp = LogitsProcessor.from_sampling(11, Sampling.TopKThenTopP(8, p, 1.0))
+    host = StdRng.seed_from_u64(11)
+    got = [lp.sample_f(np.zeros(12, np.float32), lambda _: probs) for _ in range(100)]
+    want = [_candle_sample_topk_topp(probs, 8, p, host.next_u32()) for _ in range(100)]
+    assert got == want
+    assert set(want) == set(range(j + 1))
+
+
 def test_seeded_determinism(rng):
     x = rng.normal(size=(40, 50)).astype(np.float32)
     s = Sampling.TopKThenTopP(10, 0.9, 1.2)
