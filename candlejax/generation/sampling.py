@@ -128,13 +128,15 @@ def _check_temperature(t: Any) -> None:
         raise errors.Msg("sampling: temperature is NaN; pass a number (<= 0 or None for greedy decoding)")
 
 
-def _check_logits(x: Any, where: str) -> None:
-    """Eager logits must be non-empty and NaN-free (sampling would silently return token 0)."""
+def _check_logits(x: Any, where: str, nan: int | None = None) -> None:
+    """Eager logits must be non-empty and NaN-free (sampling would silently return token 0); ``nan``:
+    their number of NaNs when already read."""
     if x.shape[0] == 0:
         raise errors.Msg(f"{where}: the logits are empty (vocabulary of size 0)")
     if isinstance(x, jax.core.Tracer):
         return
-    nan = int(read_to_host(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
+    if nan is None:
+        nan = int(read_to_host(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
     if nan:
         what = "all" if nan == x.shape[0] else f"{nan} of {x.shape[0]}"
         raise errors.Msg(f"{where}: {what} logits are NaN (the model produced NaN; check its inputs and weights)")
@@ -469,7 +471,11 @@ def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, values: jax.Array,
                  sampling: Sampling) -> jax.Array:  # fmt: skip
-    return sample_values(logits, sampling_key(base_key, step), sampling, values)
+    """``[token, logits_status code, number of NaN logits]`` (int32) of one row: one read for the
+    token and its checks."""
+    tok = sample_values(logits, sampling_key(base_key, step), sampling, values)
+    code = logits_status(logits, sampling, values[0])
+    return jnp.stack([tok, code, jnp.isnan(logits).sum().astype(jnp.int32)])
 
 
 _softmax_jit = jax.jit(_softmax)
@@ -544,15 +550,19 @@ class LogitsProcessor:
         x = jnp.asarray(as_array(logits))
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, tuple(x.shape), "LogitsProcessor::sample")
-        _check_logits(x, "LogitsProcessor::sample")
-        s = normalize_sampling(self.sampling, x.shape[0])
-        if isinstance(s, ArgMax):
-            return int(read_to_host(jnp.argmax(x.astype(jnp.float32))))
-        _check_sampled_logits(x, s, "LogitsProcessor::sample")
-        template, values = sampling_args(s)
-        tok = _sample_step(x, self.base_key, jnp.int32(self.step), values, sampling=template)
-        self.step += 1
-        return int(read_to_host(tok))
+        where = "LogitsProcessor::sample"
+        if x.shape[0] == 0:
+            _check_logits(x, where)
+        template, values = sampling_args(normalize_sampling(self.sampling, x.shape[0]))
+        # one read: the token, the logits' status and their NaN count, checked after it
+        tok, code, nan = (int(v) for v in read_to_host(
+            _sample_step(x, self.base_key, np.uint32(self.step), values, sampling=template)))  # fmt: skip
+        _check_logits(x, where, nan)
+        if code:
+            raise errors.Msg(f"{where}: {LOGITS_PROBLEMS[code]}")
+        if not isinstance(template, ArgMax):
+            self.step += 1
+        return tok
 
     def sample_f(self, logits: Any, f: Callable[[np.ndarray], np.ndarray | None]) -> int:
         """Sample after ``f`` edits the probabilities (Candle: ``sample_f``).

@@ -290,6 +290,31 @@ def test_top_k_then_top_p_cuts_at_candles_f32_running_sum(vals, j):
     assert set(want) == set(range(j + 1))
 
 
+def test_sample_reads_the_device_once_per_token(monkeypatch):
+    """``LogitsProcessor.sample`` reads its token and the logits' checks in one transfer (it read the
+    NaN count, the whole row for the +inf / all -inf check, then the token); the refusals keep their
+    messages and draw nothing."""
+    from candlejax.generation import sampling as sampling_mod
+
+    reads = []
+    real = sampling_mod.read_to_host
+    monkeypatch.setattr(sampling_mod, "read_to_host", lambda a: reads.append(1) or real(a))
+    x = np.log(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    for s in (Sampling.ArgMax(), Sampling.All(0.8), Sampling.TopP(0.9, 0.8), Sampling.TopKThenTopP(2, 0.5, 1.0)):
+        lp = LogitsProcessor.from_sampling(3, s)
+        reads.clear()
+        lp.sample(cj.Tensor.from_numpy(x))
+        assert len(reads) == 1, s
+    lp = LogitsProcessor.from_sampling(3, Sampling.All(1.0))
+    with pytest.raises(cj.Error, match=r"LogitsProcessor::sample: 2 of 4 logits are NaN \(the model produced NaN"):
+        lp.sample(np.array([np.nan, 1.0, np.nan, 0.0], np.float32))
+    with pytest.raises(cj.Error, match="LogitsProcessor::sample: all logits are NaN"):
+        LogitsProcessor.from_sampling(3, Sampling.ArgMax()).sample(np.full(3, np.nan, np.float32))
+    with pytest.raises(cj.Error, match="LogitsProcessor::sample: every logit is -inf, there is no token to sample"):
+        lp.sample(np.full(4, -np.inf, np.float32))
+    assert lp.step == 0
+
+
 def test_seeded_determinism(rng):
     x = rng.normal(size=(40, 50)).astype(np.float32)
     s = Sampling.TopKThenTopP(10, 0.9, 1.2)
