@@ -1,8 +1,9 @@
 """Candle's sampling random stream: Rust ``rand``'s ``StdRng`` (ChaCha with 12 rounds) seeded by
 ``seed_from_u64``, and the ``f32`` uniform that ``WeightedIndex`` draws from it.
 
-requires: numpy, jax.numpy
-provides: ``stdrng_key``, ``chacha_block``, ``stream_u32``, ``unit_f32``, ``STREAM_KEY_WORDS``.
+requires: numpy, jax.numpy, candlejax.errors
+provides: ``stdrng_key``, ``chacha_block``, ``stream_u32``, ``unit_f32``, ``STREAM_KEY_WORDS``, and on the
+host ``StdRng`` (``seed_from_u64``, ``next_u32``) and ``weighted_index`` (rand's ``WeightedIndex<f32>`` draw).
 
 Candle's ``LogitsProcessor`` draws each token with one ``next_u32`` of a ``StdRng`` (rand 0.9), so
 draw ``n`` of a seed is word ``n`` of the ChaCha12 key stream: block ``n // 16`` (the block counter),
@@ -16,6 +17,8 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+
+from candlejax import errors
 
 #: a stream key: the 8 ChaCha key words of a seed, then the draw index as (low, high) u32 words
 STREAM_KEY_WORDS = 10
@@ -89,3 +92,50 @@ def unit_f32(word: Any) -> Any:
     of a float in ``[1, 2)``, minus 1."""
     bits = (jnp.asarray(word, jnp.uint32) >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
     return jnp.asarray(bits).view(jnp.float32) - jnp.float32(1.0)
+
+
+class StdRng:
+    """Rust rand's ``StdRng::seed_from_u64(seed)`` on the host: ``next_u32`` returns the words of the
+    ChaCha12 stream in order (the stream :func:`stream_u32` computes, word ``n`` for the ``n``-th call).
+    ``index`` is the number of words drawn so far."""
+
+    def __init__(self, seed: int) -> None:
+        seed = int(seed)
+        if not 0 <= seed < 2**64:
+            raise errors.Msg(f"StdRng::seed_from_u64: seed must be in [0, 2**64), got {seed}")
+        self.key = stdrng_key(seed)
+        self.index = 0
+        self._block: tuple[int, list[int]] | None = None
+
+    @classmethod
+    def seed_from_u64(cls, seed: int) -> StdRng:
+        """rand: ``StdRng::seed_from_u64(seed)``."""
+        return cls(seed)
+
+    def next_u32(self) -> int:
+        """rand: ``RngCore::next_u32``, the next word of the stream."""
+        block = self.index >> 4
+        if self._block is None or self._block[0] != block:
+            words = chacha_block(self.key, np.uint32(block & 0xFFFFFFFF), np.uint32(block >> 32))
+            self._block = (block, [int(w) for w in words])
+        word = self._block[1][self.index & 15]
+        self.index += 1
+        return word
+
+
+def weighted_index(weights: Any, word: int) -> int:
+    """rand's ``WeightedIndex::<f32>::new(weights)`` sampled with the u32 ``word`` (its ``next_u32``),
+    on the host: the running sums of ``weights`` in index order (f32), the point ``u * total`` with
+    ``u`` the ``UniformFloat<f32>`` of ``word``, and the number of running sums (the total excluded)
+    at or below it (``partition_point(|w| *w <= chosen)``). Raises, as rand does, for weights that
+    are negative, NaN or infinite, or all zero."""
+    w = np.asarray(weights, np.float32).reshape(-1)
+    if w.size == 0 or not np.isfinite(w).all() or (w < 0).any():
+        raise errors.Msg("WeightedIndex: the weights must be finite and >= 0 (got an empty, negative, NaN or inf one)")
+    cumulative = np.add.accumulate(w, dtype=np.float32)
+    total = cumulative[-1]
+    if not total > 0:
+        raise errors.Msg("WeightedIndex: the weights are all zero")
+    u = np.array((int(word) >> 9) | 0x3F800000, np.uint32).view(np.float32) - np.float32(1.0)
+    chosen = np.float32(u * total)
+    return int(np.count_nonzero(cumulative[:-1] <= chosen))

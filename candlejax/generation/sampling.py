@@ -5,7 +5,7 @@ requires: jax, candlejax.errors, candlejax.tensor (``unwrap``/``wrap`` only), ca
 candlejax.quantized.native (Candle's softmax and ``WeightedIndex`` in native code)
 provides: ``Sampling`` (``ArgMax``, ``All``, ``TopK``, ``TopP``, ``TopKThenTopP``, ``GumbelSoftmax``),
 ``normalize_sampling``, ``sample_jax``, ``sampling_args`` + ``sample_values`` (a sampling as static structure + traced
-values), ``sampling_key``, ``logits_status``, ``LogitsProcessor``.
+values), ``sampling_key``, ``logits_status``, ``candle_softmax`` (on the host), ``LogitsProcessor``.
 
 Candle: ``candle_transformers::generation``. One pure function, :func:`sample_jax`, does the math;
 it runs inside a compiled decode step, and :class:`LogitsProcessor` (the eager, stateful form)
@@ -128,13 +128,15 @@ def _check_temperature(t: Any) -> None:
         raise errors.Msg("sampling: temperature is NaN; pass a number (<= 0 or None for greedy decoding)")
 
 
-def _check_logits(x: Any, where: str) -> None:
-    """Eager logits must be non-empty and NaN-free (sampling would silently return token 0)."""
+def _check_logits(x: Any, where: str, nan: int | None = None) -> None:
+    """Eager logits must be non-empty and NaN-free (sampling would silently return token 0); ``nan``:
+    their number of NaNs when already read."""
     if x.shape[0] == 0:
         raise errors.Msg(f"{where}: the logits are empty (vocabulary of size 0)")
     if isinstance(x, jax.core.Tracer):
         return
-    nan = int(read_to_host(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
+    if nan is None:
+        nan = int(read_to_host(jnp.isnan(x).sum())) if jnp.issubdtype(x.dtype, jnp.floating) else 0
     if nan:
         what = "all" if nan == x.shape[0] else f"{nan} of {x.shape[0]}"
         raise errors.Msg(f"{where}: {what} logits are NaN (the model produced NaN; check its inputs and weights)")
@@ -299,6 +301,32 @@ def _weighted_draw(weights: jax.Array, u01: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last)
 
 
+#: up to this many values, :func:`_running_sums_before` adds them one at a time (unrolled, as fast as
+#: XLA's cumulative sum); past it, a loop would slow a top-k step by ~40%, so XLA's sum is used
+EXACT_RUNNING_SUM_MAX = 64
+
+
+def _running_sums_before(vals: jax.Array) -> jax.Array:
+    """Per position of the last axis, the f32 sum of the values before it (Candle's ``sample_topp``:
+    ``cumsum += prs[i]``). Up to :data:`EXACT_RUNNING_SUM_MAX` values they are added one at a time in
+    index order, as Candle; ``cumsum - vals`` rounds differently and XLA's cumulative sum associates
+    differently past ~16 values, either of which moves a cut at ``p`` equal to a running sum. Past it,
+    XLA's cumulative sum (Candle's draw over so many top-k tokens differs anyway: its order)."""
+    n = vals.shape[-1]
+    if n > EXACT_RUNNING_SUM_MAX:
+        sums = jnp.cumsum(vals, axis=-1)
+        return jnp.concatenate([jnp.zeros_like(sums[..., :1]), sums[..., :-1]], axis=-1)
+    # the barrier keeps XLA from fusing the per-value slices into their producer (after a top_k of a
+    # 32k vocabulary the step ran ~100x slower)
+    cols = jnp.moveaxis(jax.lax.optimization_barrier(vals), -1, 0)
+
+    def add(acc: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return acc + v, acc
+
+    _, before = jax.lax.scan(add, jnp.zeros_like(cols[0]), cols, unroll=n)
+    return jnp.moveaxis(before, 0, -1)
+
+
 def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling, p: Any = None) -> jax.Array:
     """The token Candle's ``LogitsProcessor`` draws from ``probs`` (its ``prs``: the softmax of the
     tempered logits, or what ``sample_f``'s closure made of it) for the multinomial variants;
@@ -311,9 +339,9 @@ def _sample_probs(probs: jax.Array, u01: jax.Array, s: Sampling, p: Any = None) 
     if isinstance(s, TopK | TopKThenTopP):
         vals, idx = jax.lax.top_k(probs, min(s.k, probs.shape[-1]))
         if isinstance(s, TopKThenTopP):
-            # Candle cuts at p over the k probabilities as they are (not renormalised)
-            before = jnp.cumsum(vals, axis=-1) - vals
-            keep = (before < p).at[..., 0].set(True)
+            # Candle cuts at p over the k probabilities as they are (not renormalised), once the
+            # running sum of those before a token reaches p
+            keep = (_running_sums_before(vals) < p).at[..., 0].set(True)
             vals = jnp.where(keep, vals, 0.0)
         j = _weighted_draw(vals, u01)
         return jnp.take_along_axis(idx, j[..., None], axis=-1)[..., 0]
@@ -443,10 +471,24 @@ def sampling_key(base_key: jax.Array, step: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sample_step(logits: jax.Array, base_key: jax.Array, step: jax.Array, values: jax.Array,
                  sampling: Sampling) -> jax.Array:  # fmt: skip
-    return sample_values(logits, sampling_key(base_key, step), sampling, values)
+    """``[token, logits_status code, number of NaN logits]`` (int32) of one row: one read for the
+    token and its checks."""
+    tok = sample_values(logits, sampling_key(base_key, step), sampling, values)
+    code = logits_status(logits, sampling, values[0])
+    return jnp.stack([tok, code, jnp.isnan(logits).sum().astype(jnp.int32)])
 
 
 _softmax_jit = jax.jit(_softmax)
+
+
+def candle_softmax(logits: Any) -> np.ndarray:
+    """Candle's ``candle_nn::ops::softmax(&logits, D::Minus1)`` of f32 ``logits`` as a writable numpy
+    array: the max subtracted, ``exp``, the sum, a division, all in f32 (bit for bit Candle's in native
+    code: :func:`_native_sampling`). The probabilities ``WeightedIndex`` draws from in Candle's examples."""
+    x = jnp.asarray(np.asarray(read_to_host(unwrap(logits)), np.float32))
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise errors.Msg(f"candle_softmax: logits must be (..., n) with n >= 1, got shape {tuple(x.shape)}")
+    return np.array(read_to_host(_softmax_jit(x)))
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
@@ -508,15 +550,19 @@ class LogitsProcessor:
         x = jnp.asarray(as_array(logits))
         if x.ndim != 1:
             raise errors.UnexpectedNumberOfDims(1, x.ndim, tuple(x.shape), "LogitsProcessor::sample")
-        _check_logits(x, "LogitsProcessor::sample")
-        s = normalize_sampling(self.sampling, x.shape[0])
-        if isinstance(s, ArgMax):
-            return int(read_to_host(jnp.argmax(x.astype(jnp.float32))))
-        _check_sampled_logits(x, s, "LogitsProcessor::sample")
-        template, values = sampling_args(s)
-        tok = _sample_step(x, self.base_key, jnp.int32(self.step), values, sampling=template)
-        self.step += 1
-        return int(read_to_host(tok))
+        where = "LogitsProcessor::sample"
+        if x.shape[0] == 0:
+            _check_logits(x, where)
+        template, values = sampling_args(normalize_sampling(self.sampling, x.shape[0]))
+        # one read: the token, the logits' status and their NaN count, checked after it
+        tok, code, nan = (int(v) for v in read_to_host(
+            _sample_step(x, self.base_key, np.uint32(self.step), values, sampling=template)))  # fmt: skip
+        _check_logits(x, where, nan)
+        if code:
+            raise errors.Msg(f"{where}: {LOGITS_PROBLEMS[code]}")
+        if not isinstance(template, ArgMax):
+            self.step += 1
+        return tok
 
     def sample_f(self, logits: Any, f: Callable[[np.ndarray], np.ndarray | None]) -> int:
         """Sample after ``f`` edits the probabilities (Candle: ``sample_f``).
@@ -538,7 +584,7 @@ class LogitsProcessor:
             return self.sample(logits)
         _check_sampled_logits(x, s, "LogitsProcessor::sample_f")
         z = x * np.float32(1.0 / s.temperature)  # type: ignore[attr-defined]
-        probs = np.array(read_to_host(_softmax_jit(jnp.asarray(z))))  # writable, for f
+        probs = candle_softmax(z)  # writable, for f
         out = f(probs)
         probs = probs if out is None else np.asarray(out, dtype=np.float32)
         if probs.shape != x.shape:

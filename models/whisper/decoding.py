@@ -34,6 +34,8 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.audio import AudioStream, PcmSource, resample
+from candlejax.generation.candle_rng import StdRng, weighted_index
+from candlejax.generation.sampling import candle_softmax
 from candlejax.models.whisper import audio as wa
 from candlejax.models.whisper.model import AudioEncoder, Whisper, new_state, prefill_jit, step_jit
 from candlejax.optional import require
@@ -183,7 +185,8 @@ class Decoder:
                 if t is not None}  # fmt: skip
         self.suppress = np.array(sorted(t for t in sup if 0 <= t < v), np.int64)
         self.begin_suppress = np.array([t for t in self.cfg.begin_suppress_tokens if 0 <= t < v], np.int64)
-        self.rng = np.random.default_rng(seed)
+        #: Candle's example: one ``StdRng::seed_from_u64(seed)`` for every window and temperature
+        self.rng = StdRng.seed_from_u64(seed)
 
     # --- one window ------------------------------------------------------------------------------
     def encode(self, mel: Any) -> Tensor:
@@ -317,9 +320,9 @@ class Decoder:
             x, lse = self._filter(cur.astype(np.float32), tokens, sample_begin)
             if temperature == 0.0:
                 nxt = int(np.argmax(x))
-            else:
-                g = self.rng.gumbel(size=x.shape)
-                nxt = int(np.argmax(x.astype(np.float64) / temperature + g))
+            else:  # Candle: softmax(logits / t) in f32, WeightedIndex::new(&prs).sample(&mut self.rng)
+                prs = candle_softmax(x * np.float32(1.0 / temperature))
+                nxt = weighted_index(prs, self.rng.next_u32())
             sum_lp += float(x[nxt]) - lse
             tokens.append(nxt)
             if nxt == tok.eot or len(tokens) > self.n_ctx:

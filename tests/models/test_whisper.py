@@ -943,3 +943,63 @@ def test_transcribe_fallback_skip_and_prompt_rules_follow_openai(tmp_path, monke
         dec.decode_with_fallback(audio, (), language="en")
     assert dec.decode_with_fallback(audio, 0.4, language="en").temperature == 0.4  # one number (TypeError)
     assert dec.decode_with_fallback(audio, np.float32(0.5), language="en").temperature == 0.5  # numpy scalar
+
+
+def _candle_example_draws(filtered: list, temperatures: list, seed: int) -> list[int]:
+    """Candle's whisper example (candle-examples/examples/whisper/main.rs) at ``t > 0``, written from
+    its loop: ``prs = softmax(&(&logits / t)?, 0)?`` (candle-pyo3's ops), ``WeightedIndex::new(&prs)``
+    and ``distr.sample(&mut self.rng)`` with the one ``StdRng::seed_from_u64(seed)`` the Decoder holds
+    across windows and temperatures (one ``next_u32`` per draw)."""
+    candle = pytest.importorskip("candle")
+    from candlejax.generation.candle_rng import chacha_block, stdrng_key
+
+    key = stdrng_key(seed)
+    words = [int(w) for b in range(8) for w in chacha_block(key, np.uint32(b), np.uint32(0))]
+    out = []
+    for n, (logits, t) in enumerate(zip(filtered, temperatures, strict=True)):
+        prs = np.asarray(candle.functional.softmax(candle.Tensor(logits.tolist()) / t, 0).values(), np.float32)
+        cumulative = []  # rand's WeightedIndex<f32>: running sums in index order, the last is the total
+        total = np.float32(0.0)
+        for w in prs:
+            total = np.float32(total + w)
+            cumulative.append(total)
+        u = np.array((words[n] >> 9) | 0x3F800000, np.uint32).view(np.float32) - np.float32(1.0)
+        chosen = np.float32(u * total)
+        out.append(sum(1 for c in cumulative[:-1] if c <= chosen))  # partition_point(|w| *w <= chosen)
+    return out
+
+
+def test_sampled_decoding_draws_as_candles_example_across_fallbacks(tmp_path):
+    """At a temperature above 0 the Decoder draws each token as Candle's example does: its softmax of
+    the filtered logits divided by t, rand's WeightedIndex, one StdRng stream from ``seed`` that goes
+    on across windows and temperature fallbacks (it drew numpy's Gumbel noise: other tokens)."""
+    m = _multilingual_model(tmp_path, seed=3, decoder_layers=1, max_target_positions=40)
+    audio = whisper.Decoder(m).encode(np.random.default_rng(0).standard_normal((16, 3000)).astype(np.float32))
+    for seed in (1, 42, 299792458):
+        dec = whisper.Decoder(m, seed=seed)
+        calls = []  # per decode: its temperature and the filtered logits of each step
+        decode, filt = dec.decode, dec._filter
+
+        def spy_decode(audio, t, *args, decode=decode, calls=calls, **kw):
+            calls.append((t, []))
+            return decode(audio, t, *args, **kw)
+
+        def spy_filter(logits, tokens, sample_begin, filt=filt, calls=calls):
+            x, lse = filt(logits, tokens, sample_begin)
+            calls[-1][1].append(x.copy())
+            return x, lse
+
+        dec.decode, dec._filter = spy_decode, spy_filter
+        results = [dec.decode(audio, 0.5, language="fr"), dec.decode(audio, 1.0, language="fr")]
+        # a fallback (forced: an average log-probability is below 0) draws on from the same stream
+        results.append(dec.decode_with_fallback(audio, (0.5, 1.0), language="fr", logprob_threshold=0.0,
+                                                no_speech_threshold=None))  # fmt: skip
+        assert [t for t, _ in calls] == [0.5, 1.0, 0.5, 1.0] and results[2].temperature == 1.0
+        draws = _candle_example_draws([x for _, xs in calls for x in xs], [t for t, xs in calls for _ in xs], seed)
+        per_call, start = [], 0
+        for _, xs in calls:
+            per_call.append(draws[start : start + len(xs)])
+            start += len(xs)
+        for res, want in zip(results, [per_call[0], per_call[1], per_call[3]], strict=True):
+            assert res.tokens == want[: len(res.tokens)], seed
+            assert want[len(res.tokens) :] in ([], [dec.tok.eot]), seed

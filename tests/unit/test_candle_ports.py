@@ -656,20 +656,16 @@ def test_generation_stream_matches_a_host_replica_of_rands_weighted_index():
     # draw n of seed s is word n of StdRng::seed_from_u64(s); WeightedIndex<f32> turns it into a
     # point in [0, total) and counts the running sums at or below it
     from candlejax.generation import LogitsProcessor
-    from candlejax.generation.candle_rng import chacha_block, stdrng_key
+    from candlejax.generation.candle_rng import StdRng, weighted_index
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(40, 7)).astype(F32)
-    key = stdrng_key(7)
-    words = [int(w) for b in range(3) for w in chacha_block(key, np.uint32(b), np.uint32(0))]
+    host = StdRng.seed_from_u64(7)
     lp = LogitsProcessor.new(7, 1.0, None)
     for n, row in enumerate(logits):
         e = np.exp(row - row.max())
         p = (e / e.sum()).astype(F32)
-        cum = np.cumsum(p, dtype=F32)
-        u = np.array((words[n] >> 9) | 0x3F800000, np.uint32).view(F32) - F32(1)
-        chosen = F32(u * cum[-1])
-        assert lp.sample(Tensor.new(row, CPU)) == int((cum[:-1] <= chosen).sum()), n
+        assert lp.sample(Tensor.new(row, CPU)) == weighted_index(p, host.next_u32()), n
 
 
 def test_layer_accessor_calls_as_in_rust():

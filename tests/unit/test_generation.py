@@ -217,6 +217,104 @@ def test_seed_key_is_candles_stdrng_key_without_compiling(jax_compiles):
     assert [int(w) for w in words[:4]] == [0xADE0B876, 0x903DF1A0, 0xE56A5D40, 0x28BD8653]
 
 
+def test_host_stdrng_and_weighted_index_are_rands():
+    """``StdRng.next_u32`` walks the ChaCha12 key stream word by word (rand's BlockRng), and
+    ``weighted_index`` is rand's ``WeightedIndex<f32>``: running sums in index order, the point
+    ``u * total``, ``partition_point(|w| *w <= chosen)``; invalid weights raise as rand refuses them."""
+    from candlejax.generation.candle_rng import StdRng, chacha_block, stdrng_key, stream_u32, weighted_index
+
+    key = stdrng_key(2**40 + 9)
+    words = [int(w) for b in range(3) for w in chacha_block(key, np.uint32(b), np.uint32(0))]
+    host = StdRng.seed_from_u64(2**40 + 9)
+    assert [host.next_u32() for _ in range(40)] == words[:40] and host.index == 40
+    assert int(np.asarray(jax.jit(stream_u32)(jnp.asarray(key), jnp.uint32(39)))) == words[39]
+    rng = np.random.default_rng(4)
+    for n in range(40):
+        w = rng.exponential(size=200).astype(np.float32)
+        w[rng.integers(0, 200, 20)] = 0.0
+        total, cum = np.float32(0.0), []
+        for v in w:
+            total = np.float32(total + v)
+            cum.append(total)
+        u = np.float32((words[n] >> 9) / 2.0**23)  # UniformFloat<f32>: 23 bits in [0, 1)
+        chosen = np.float32(u * total)
+        want = next((i for i, c in enumerate(cum[:-1]) if c > chosen), len(w) - 1)
+        assert weighted_index(w, words[n]) == want, n
+    assert weighted_index([0.0, 0.0, 1.0, 0.0], 0xFFFFFFFF) == 2 and weighted_index([0.0, 2.0], 0) == 1
+    for bad in ([0.0, 0.0], [1.0, -0.5], [np.nan, 1.0], []):
+        with pytest.raises(cj.Error, match="WeightedIndex"):
+            weighted_index(bad, 0)
+    with pytest.raises(cj.Error, match="seed"):
+        StdRng.seed_from_u64(-1)
+
+
+def _candle_sample_topk_topp(prs: np.ndarray, k: int, p: float, word: int) -> int:
+    """Candle's ``sample_topk_topp`` (k <= 16 distinct probabilities: ``select_nth_unstable`` leaves
+    them in descending order) written from generation/mod.rs: ``sum_p`` and ``sample_topp``'s
+    ``cumsum`` are f32 running sums; a token is cut once the sum of those before it reaches ``p``."""
+    from candlejax.generation.candle_rng import weighted_index
+
+    indices = sorted(range(len(prs)), key=lambda i: -prs[i])[:k]
+    sub = [np.float32(prs[i]) for i in indices]
+    top_p, sum_p = np.float32(p), np.float32(0.0)
+    for v in sub:
+        sum_p = np.float32(sum_p + v)
+    if not (top_p <= 0 or top_p >= sum_p):
+        cumsum = np.float32(0.0)
+        for i, v in enumerate(list(sub)):
+            if cumsum >= top_p:
+                sub[i] = np.float32(0.0)
+            else:
+                cumsum = np.float32(cumsum + v)
+    return indices[weighted_index(np.array(sub, np.float32), word)]
+
+
+@pytest.mark.parametrize("vals,j", [
+    ([0.3159608542919159, 0.23375312983989716, 0.20328378677368164, 0.07018567621707916, 0.052840784192085266,
+      0.052552975714206696, 0.02549062855541706, 0.015932176262140274], 0),
+    ([0.2650739848613739, 0.2084944248199463, 0.1571432650089264, 0.13855214416980743, 0.06970295310020447,
+      0.06016010046005249, 0.0537799671292305, 0.017093196511268616], 3),
+])  # fmt: skip
+def test_top_k_then_top_p_cuts_at_candles_f32_running_sum(vals, j):
+    """``p`` equal to a running sum of the top k: Candle's ``cumsum >= top_p`` cuts every token after
+    it. The cut used ``cumsum - vals``, which rounds below the running sum and kept one more token."""
+    from candlejax.generation.candle_rng import StdRng
+
+    probs = np.array([*vals, 0.01, 0.004, 0.003, 0.002], np.float32)
+    p = float(np.add.accumulate(np.array(vals, np.float32), dtype=np.float32)[j])
+    lp = LogitsProcessor.from_sampling(11, Sampling.TopKThenTopP(8, p, 1.0))
+    host = StdRng.seed_from_u64(11)
+    got = [lp.sample_f(np.zeros(12, np.float32), lambda _: probs) for _ in range(100)]
+    want = [_candle_sample_topk_topp(probs, 8, p, host.next_u32()) for _ in range(100)]
+    assert got == want
+    assert set(want) == set(range(j + 1))
+
+
+def test_sample_reads_the_device_once_per_token(monkeypatch):
+    """``LogitsProcessor.sample`` reads its token and the logits' checks in one transfer (it read the
+    NaN count, the whole row for the +inf / all -inf check, then the token); the refusals keep their
+    messages and draw nothing."""
+    from candlejax.generation import sampling as sampling_mod
+
+    reads = []
+    real = sampling_mod.read_to_host
+    monkeypatch.setattr(sampling_mod, "read_to_host", lambda a: reads.append(1) or real(a))
+    x = np.log(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    for s in (Sampling.ArgMax(), Sampling.All(0.8), Sampling.TopP(0.9, 0.8), Sampling.TopKThenTopP(2, 0.5, 1.0)):
+        lp = LogitsProcessor.from_sampling(3, s)
+        reads.clear()
+        lp.sample(cj.Tensor.from_numpy(x))
+        assert len(reads) == 1, s
+    lp = LogitsProcessor.from_sampling(3, Sampling.All(1.0))
+    with pytest.raises(cj.Error, match=r"LogitsProcessor::sample: 2 of 4 logits are NaN \(the model produced NaN"):
+        lp.sample(np.array([np.nan, 1.0, np.nan, 0.0], np.float32))
+    with pytest.raises(cj.Error, match="LogitsProcessor::sample: all logits are NaN"):
+        LogitsProcessor.from_sampling(3, Sampling.ArgMax()).sample(np.full(3, np.nan, np.float32))
+    with pytest.raises(cj.Error, match="LogitsProcessor::sample: every logit is -inf, there is no token to sample"):
+        lp.sample(np.full(4, -np.inf, np.float32))
+    assert lp.step == 0
+
+
 def test_seeded_determinism(rng):
     x = rng.normal(size=(40, 50)).astype(np.float32)
     s = Sampling.TopKThenTopP(10, 0.9, 1.2)
