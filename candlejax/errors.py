@@ -777,11 +777,13 @@ for _name in _CANDLE_VARIANTS:
 del _name
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
+    "ConstantVarWarning",
     "RecompileWarning",
     "bail",
     "check_file",
     "context",
     "fmt_shape",
+    "os_error",
     "out_of_memory",
     "path_arg",
     "warn_at_caller",

@@ -1,0 +1,106 @@
+"""The public API surface: ``__all__`` lists, star imports, module paths as Candle spells them, the version."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STAR_MODULES = ["candlejax", "candlejax.nn", "candlejax.quantized", "candlejax.errors", "candlejax.tokenizer",
+                "candlejax.nn.var_builder", "candlejax.io", "candlejax.generation"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STAR_MODULES)
+def test_star_import_defines_every_name_and_shadows_no_builtin(name: str) -> None:
+    ns: dict = {}
+    exec(f"from {name} import *", ns)
+    names = set(ns) - {"__builtins__"}
+    assert names == set(importlib.import_module(name).__all__)
+    assert not [n for n in names if hasattr(builtins, n)]
+
+
+def test_errors_all_lists_the_warnings_and_os_error() -> None:
+    # documented in docs/differences/nn.md (ConstantVarWarning) beside RecompileWarning, which is listed
+    import candlejax.errors as errors
+
+    for n in ("ConstantVarWarning", "RecompileWarning", "os_error"):
+        assert n in errors.__all__, n
+
+
+def test_tokenizer_all_lists_the_documented_padding_types() -> None:
+    # docs/differences/generation.md: "PaddingStrategy.Fixed(n), PaddingDirection, TruncationParams are in
+    # candlejax.tokenizer"; Tokenizer.encode returns an Encoding
+    import candlejax.tokenizer as tok
+
+    for n in ("PaddingStrategy", "PaddingDirection", "PaddingParams", "TruncationParams", "Encoding"):
+        assert n in tok.__all__, n
+
+
+def test_var_builder_all_lists_sharded_safetensors() -> None:
+    # candle-nn/src/var_builder.rs: pub struct ShardedSafeTensors, pub struct Shard; PthBackend is NpzBackend's sibling
+    import candlejax.nn.var_builder as vb
+
+    for n in ("ShardedSafeTensors", "Shard", "PthBackend", "NpzBackend"):
+        assert n in vb.__all__, n
+
+
+# Candle's module paths (candle_nn::optim::AdamW, candle::quantized::ggml_file, candle::pickle) and the
+# README's `cj.generation`, `cj.audio`, `cj.io.gguf` reached as attributes after `import candlejax` alone
+ATTRIBUTE_PATHS = {
+    "cj.nn.optim.AdamW": "candlejax.optim",
+    "cj.quantized.ggml_file.Content": "candlejax.quantized.ggml_file",
+    "cj.quantized.gguf_file.Content": "candlejax.io.gguf",
+    "cj.io.gguf.Content": "candlejax.io.gguf",
+    "cj.pickle.read_all": "candlejax.io.pth",
+    "cj.generation.LogitsProcessor": "candlejax.generation",
+    "cj.audio": "candlejax.audio",
+    "cj.vision": "candlejax.vision",
+    "cj.tokenizer.Tokenizer": "candlejax.tokenizer",
+    "cj.examples": "candlejax.examples",
+    "cj.pipelines": "candlejax.pipelines",
+    "cj.models.bert.BertModel": "candlejax.models.bert",
+}
+
+
+def test_candle_module_paths_are_attributes_after_import_candlejax() -> None:
+    code = ["import candlejax as cj"]
+    for path in ATTRIBUTE_PATHS:
+        code.append(f"o = {path}; print(getattr(o, '__module__', None) or o.__name__)")
+    out = subprocess.run([sys.executable, "-c", "\n".join(code)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = out.stdout.split()
+    assert got == list(ATTRIBUTE_PATHS.values())
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import candlejax as cj
+
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        cj.no_such_thing  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        cj.io.no_such_thing  # noqa: B018
+    assert not hasattr(cj, "no_such_thing")
+
+
+def test_version_matches_the_packaging_metadata() -> None:
+    import candlejax
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert candlejax.__version__ == tomllib.load(f)["project"]["version"]
+    assert candlejax.__version__ == importlib.metadata.version("candlejax")
+
+
+def test_cli_version_prints_the_version() -> None:
+    import candlejax
+
+    out = subprocess.run([sys.executable, "-m", "candlejax", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"candlejax {candlejax.__version__}"
