@@ -47,11 +47,13 @@ if _typing.TYPE_CHECKING:  # the package candlejax.tensor is callable (candle-py
 
     tensor: _CallableModule
     from candlejax import audio as audio, examples as examples, generation as generation, models as models
-    from candlejax import pickle as pickle, pipelines as pipelines, tokenizer as tokenizer, vision as vision
+    from candlejax import pickle as pickle, pipelines as pipelines, test_utils as test_utils
+    from candlejax import tokenizer as tokenizer, vision as vision
 
-#: Subpackages imported on first use (``cj.generation``, ``cj.pickle`` as Rust's ``candle::pickle``, ...)
+#: Subpackages imported on first use (``cj.generation``; ``cj.pickle`` and ``cj.test_utils`` as Rust's
+#: ``candle::pickle`` and ``candle::test_utils``, ...)
 _LAZY_SUBMODULES = frozenset(
-    {"audio", "examples", "generation", "models", "pickle", "pipelines", "tokenizer", "vision"}
+    {"audio", "examples", "generation", "models", "pickle", "pipelines", "test_utils", "tokenizer", "vision"}
 )
 
 if not _typing.TYPE_CHECKING:  # (type checkers see the imports above, and a misspelt name stays an error)
