@@ -75,7 +75,7 @@ ATTRIBUTE_PATHS = {
     "cj.quantized.gguf_file.Content": "candlejax.io.gguf",
     "cj.io.gguf.Content": "candlejax.io.gguf",
     "cj.pickle.read_all": "candlejax.io.pth",
-    "cj.test_utils.to_vec2_round": "candlejax.test_utils",
+    "cj.test_utils.to_vec2_round": "candlejax.testing",
     "cj.generation.LogitsProcessor": "candlejax.generation",
     "cj.audio": "candlejax.audio",
     "cj.vision": "candlejax.vision",
