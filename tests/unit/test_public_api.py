@@ -122,3 +122,16 @@ def test_cli_version_prints_the_version() -> None:
     out = subprocess.run([sys.executable, "-m", "candlejax", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == f"candlejax {candlejax.__version__}"
+
+
+
+def test_every_candle_error_variant_defined_in_errors_is_an_error_attribute() -> None:
+    # candle-core/src/error.rs: `Error::UnwrapNone`, `Error::WrappedContext { .. }` beside `Error::Msg`, ...
+    import candlejax.errors as errors
+    from candlejax import Error
+
+    for name in ("UnwrapNone", "WrappedContext", "Context", "Wrapped", "WithPath", "Msg", "DimOutOfRange"):
+        assert getattr(Error, name) is getattr(errors, name), name
+    with pytest.raises(Error.Context) as info:  # Candle: Error::UnwrapNone.context(context())
+        errors.with_context(None, lambda: "no value")
+    assert isinstance(info.value.inner, Error.UnwrapNone)
