@@ -69,7 +69,8 @@ def test_var_builder_all_lists_sharded_safetensors() -> None:
 
 # Candle's module paths (candle_nn::optim::AdamW, candle::quantized::ggml_file, candle::pickle) and the
 # README's `cj.generation`, `cj.audio`, `cj.io.gguf` reached as attributes after `import candlejax` alone
-ATTRIBUTE_PATHS = {
+ATTRIBUTE_PATHS = {  # (candle_transformers::models::whisper first: nothing before it imports it)
+    "cj.models.whisper.Config": "candlejax.models.whisper",
     "cj.nn.optim.AdamW": "candlejax.optim",
     "cj.quantized.ggml_file.Content": "candlejax.quantized.ggml_file",
     "cj.quantized.gguf_file.Content": "candlejax.io.gguf",
@@ -82,7 +83,8 @@ ATTRIBUTE_PATHS = {
     "cj.tokenizer.Tokenizer": "candlejax.tokenizer",
     "cj.examples": "candlejax.examples",
     "cj.pipelines": "candlejax.pipelines",
-    "cj.models.bert.BertModel": "candlejax.models.bert",
+    "cj.models.with_tracing.Linear": "candlejax.models.with_tracing",
+    "cj.models.object_detection.Bbox": "candlejax.models.object_detection",
 }
 
 
@@ -105,6 +107,8 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         cj.no_such_thing  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         cj.io.no_such_thing  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        cj.models.no_such_thing  # noqa: B018
     assert not hasattr(cj, "no_such_thing")
 
 
