@@ -177,9 +177,10 @@ def _read_one_tensor(r: _Reader, magic: VersionedMagic, device: Any) -> tuple[st
     return name, QTensor.from_data(np.frombuffer(raw, np.uint8), dtype, dims or (1,), device)
 
 
-def qtensor_from_ggml(ggml_dtype: GgmlDType, raw_data: Any, dims: Any, device: Any = None) -> QTensor:
+def qtensor_from_ggml(ggml_dtype: GgmlDType | str, raw_data: Any, dims: Any, device: Any = None) -> QTensor:
     """Candle's ``ggml_file::qtensor_from_ggml``: a ``QTensor`` of shape ``dims`` from a GGML tensor's raw
     bytes (``bytes`` / ``bytearray`` / ``memoryview`` / uint8 array; only the bytes the blocks need are read)."""
+    ggml_dtype = GgmlDType.coerce(ggml_dtype, "qtensor_from_ggml")
     dims = as_shape(dims)
     n = 1
     for d in dims:

@@ -97,3 +97,19 @@ def test_qtensor_from_ggml_reads_raw_blocks_as_candle() -> None:
         ggml_file.qtensor_from_ggml(GgmlDType.Q8_1, b"\0" * 36, (32,), cj.Device.Cpu)
     with pytest.raises(errors.Error, match="34 bytes"):
         ggml_file.qtensor_from_ggml(GgmlDType.Q8_0, raw[:30], (32,), cj.Device.Cpu)
+
+
+def test_qtensor_from_raw_bytes_takes_a_type_name_and_refuses_other_types() -> None:
+    # candle-pyo3's t.quantize("q4_0") takes names; a non-type is a candlejax error, not an AttributeError
+    from candlejax.quantized import QTensor
+
+    q = ggml_file.qtensor_from_ggml("q8_0", _q8_0(np.ones((1, 32), np.float32)), (32,), cj.Device.Cpu)
+    assert q.dtype() == GgmlDType.Q8_0
+    np.testing.assert_allclose(q.dequantize(cj.Device.Cpu).to_vec1(), np.ones(32), atol=1e-3)
+    assert QTensor.from_data(b"\0" * 18, "Q4_0", (32,)).dtype() == GgmlDType.Q4_0
+    with pytest.raises(errors.Error, match=r"qtensor_from_ggml: .*GgmlDType.*int"):
+        ggml_file.qtensor_from_ggml(8, b"\0" * 34, (32,), cj.Device.Cpu)
+    with pytest.raises(errors.Error, match=r"QTensor\.from_data: .*GgmlDType.*NoneType"):
+        QTensor.from_data(b"\0" * 18, None, (32,))
+    with pytest.raises(errors.Error, match="unknown ggml dtype 'q9'"):
+        QTensor.from_data(b"\0" * 18, "q9", (32,))
