@@ -104,6 +104,8 @@ class GgmlDType(enum.Enum):
     @staticmethod
     def parse(s: str) -> GgmlDType:
         """``"q4_0"``, ``"q4k"``, ``"Q4_K"``, ``"f16"`` -> the type."""
+        if not isinstance(s, str):
+            raise errors.ArgumentType(f"GgmlDType.parse: expected a ggml dtype name, got {type(s).__name__}")
         key = s.strip().upper()
         if key in GgmlDType.__members__:
             return GgmlDType.__members__[key]

@@ -97,6 +97,12 @@ BAD = [
     ("apply_repeat_penalty logits None", lambda: gen.apply_repeat_penalty(None, 1.1, [1]), AttributeError),
     ("apply_repeat_penalty context None", lambda: gen.apply_repeat_penalty(Tensor.ones((4,)), 1.1, None), ValueError),
     ("prefill_bucket chunk 0", lambda: gen.prefill_bucket(5, 0), ZeroDivisionError),
+    # candle-pyo3's candle.utils path arguments: a non-path is an ArgumentType (a TypeError), as load_safetensors
+    ("utils.load_gguf path None", lambda: cj.utils.load_gguf(None), TypeError),
+    ("utils.save_gguf path None", lambda: cj.utils.save_gguf(None, {}, {}), TypeError),
+    ("utils.load_ggml path None", lambda: cj.utils.load_ggml(None), TypeError),
+    # GgmlDType.parse of a non-string
+    ("GgmlDType.parse int", lambda: cj.quantized.GgmlDType.parse(1), AttributeError),
 ]
 
 
