@@ -27,6 +27,12 @@ def test_star_import_defines_every_name_and_shadows_no_builtin(name: str) -> Non
     assert not [n for n in names if hasattr(builtins, n)]
 
 
+def test_star_import_of_models_binds_no_helper() -> None:
+    ns: dict = {}
+    exec("from candlejax.models import *", ns)
+    assert set(ns) == {"__builtins__"}
+
+
 def test_star_imports_keep_each_name_on_one_object() -> None:
     # candle::quantized has no VarBuilder (the GGUF one is candle_transformers::quantized_var_builder's), and
     # candle_nn::optim holds four of cj.optim's names: star imports of nn / quantized rebind neither
