@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 STAR_MODULES = ["candlejax", "candlejax.nn", "candlejax.quantized", "candlejax.errors", "candlejax.tokenizer",
-                "candlejax.nn.var_builder", "candlejax.io", "candlejax.generation"]  # fmt: skip
+                "candlejax.nn.var_builder", "candlejax.io", "candlejax.generation", "candlejax.optional"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", STAR_MODULES)
