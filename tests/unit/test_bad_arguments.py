@@ -101,6 +101,9 @@ BAD = [
     ("utils.load_gguf path None", lambda: cj.utils.load_gguf(None), TypeError),
     ("utils.save_gguf path None", lambda: cj.utils.save_gguf(None, {}, {}), TypeError),
     ("utils.load_ggml path None", lambda: cj.utils.load_ggml(None), TypeError),
+    # D::Minus(n) takes a usize: a str raised a raw TypeError, a float was kept (D.Minus(1.5).to_index(3) == 1.5)
+    ("D.Minus str", lambda: cj.D.Minus("a"), TypeError),
+    ("D.Minus float", lambda: cj.D.Minus(1.5), None),
     # GgmlDType.parse of a non-string
     ("GgmlDType.parse int", lambda: cj.quantized.GgmlDType.parse(1), AttributeError),
 ]
