@@ -104,6 +104,11 @@ BAD = [
     # D::Minus(n) takes a usize: a str raised a raw TypeError, a float was kept (D.Minus(1.5).to_index(3) == 1.5)
     ("D.Minus str", lambda: cj.D.Minus("a"), TypeError),
     ("D.Minus float", lambda: cj.D.Minus(1.5), None),
+    # candle::display's setters take a usize: a str raised a raw ValueError, a float or negative was kept
+    ("display.set_precision str", lambda: cj.display.set_precision("a"), ValueError),
+    ("display.set_precision float", lambda: cj.display.set_precision(2.7), None),
+    ("display.set_edge_items negative", lambda: cj.display.set_edge_items(-1), None),
+    ("display.set_print_options threshold str", lambda: cj.display.set_print_options(threshold="x"), ValueError),
     # GgmlDType.parse of a non-string
     ("GgmlDType.parse int", lambda: cj.quantized.GgmlDType.parse(1), AttributeError),
 ]
