@@ -46,6 +46,25 @@ if _typing.TYPE_CHECKING:  # the package candlejax.tensor is callable (candle-py
     from candlejax.tensor import _CallableModule
 
     tensor: _CallableModule
+    from candlejax import audio as audio, examples as examples, generation as generation, models as models
+    from candlejax import pickle as pickle, pipelines as pipelines, test_utils as test_utils
+    from candlejax import tokenizer as tokenizer, vision as vision
+
+#: Subpackages imported on first use (``cj.generation``; ``cj.pickle`` and ``cj.test_utils`` as Rust's
+#: ``candle::pickle`` and ``candle::test_utils``, ...)
+_LAZY_SUBMODULES = frozenset(
+    {"audio", "examples", "generation", "models", "pickle", "pipelines", "test_utils", "tokenizer", "vision"}
+)
+
+if not _typing.TYPE_CHECKING:  # (type checkers see the imports above, and a misspelt name stays an error)
+
+    def __getattr__(name: str) -> _typing.Any:
+        """``cj.generation`` and the other lazily imported subpackages (PEP 562)."""
+        if name in _LAZY_SUBMODULES:
+            import importlib
+
+            return importlib.import_module(f"candlejax.{name}")
+        raise AttributeError(f"module 'candlejax' has no attribute {name!r}")
 
 # candle-pyo3's dtype names (``candle.f32``); the same DType members
 u8, u32, i16, i32, i64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64

@@ -69,7 +69,9 @@ class Error(ValueError):
     UnsupportedSafeTensorDtype: ClassVar[type[UnsupportedSafeTensorDtype]]
     Wrapped: ClassVar[type[Wrapped]]
     Context: ClassVar[type[Context]]
+    WrappedContext: ClassVar[type[WrappedContext]]
     WithPath: ClassVar[type[WithPath]]
+    UnwrapNone: ClassVar[type[UnwrapNone]]
     Msg: ClassVar[type[Msg]]
 
     @classmethod
@@ -770,18 +772,20 @@ _CANDLE_VARIANTS = (
     "Conv1dInvalidArgs", "InvalidIndex", "BroadcastIncompatibleShapes", "CannotSetVar",
     "RequiresContiguous", "OpRequiresAtLeastOneTensor", "OpRequiresAtLeastTwoTensors", "BackwardNotSupported",
     "NotCompiledWithCudaSupport", "NotCompiledWithMetalSupport", "CannotFindTensor", "Npy", "SafeTensor",
-    "UnsupportedSafeTensorDtype", "Wrapped", "Context", "WithPath", "Msg",
+    "UnsupportedSafeTensorDtype", "Wrapped", "Context", "WrappedContext", "WithPath", "UnwrapNone", "Msg",
 )  # fmt: skip
 for _name in _CANDLE_VARIANTS:
     setattr(Error, _name, globals()[_name])
 del _name
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, Error)] + [
+    "ConstantVarWarning",
     "RecompileWarning",
     "bail",
     "check_file",
     "context",
     "fmt_shape",
+    "os_error",
     "out_of_memory",
     "path_arg",
     "warn_at_caller",

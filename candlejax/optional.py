@@ -56,3 +56,6 @@ def available(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+__all__ = ["available", "install_hint", "require"]

@@ -24,6 +24,9 @@ class D:
     Minus2: ClassVar[D]
 
     def __init__(self, n: int):
+        if isinstance(n, bool) or not hasattr(type(n), "__index__"):
+            raise errors.ArgumentType(f"D.Minus expects a positive int offset, got {n!r:.40} ({type(n).__name__})")
+        n = operator.index(n)
         if n <= 0:
             raise errors.InvalidArgument(f"D.Minus expects a positive offset, got {n}")
         self.n = n

@@ -3,7 +3,8 @@ read from a ``tokenizer.json``, with its special tokens and chat template.
 
 requires: tokenizers, jinja2 (for chat templates), numpy
 provides: ``Tokenizer``, ``ChatTemplate``, ``tokenizer_from_gguf_metadata``, ``load_tokenizer``,
-``gguf_tokenizer_metadata``, ``bytes_to_unicode``
+``gguf_tokenizer_metadata``, ``bytes_to_unicode``, ``Encoding``, ``PaddingParams``, ``PaddingStrategy``,
+``PaddingDirection``, ``TruncationParams``
 
 Candle's examples load ``tokenizer.json`` with the ``tokenizers`` crate, and for GGUF models fetch
 the separate tokenizer file; a GGUF file however carries its tokenizer in its metadata (llama.cpp's
@@ -1153,7 +1154,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 __all__ = [
     "ChatTemplate",
+    "Encoding",
+    "PaddingDirection",
+    "PaddingParams",
+    "PaddingStrategy",
     "Tokenizer",
+    "TruncationParams",
     "bytes_to_unicode",
     "gguf_tokenizer_metadata",
     "load_tokenizer",

@@ -108,7 +108,7 @@ def load_gguf(path: str | os.PathLike, device: Any = None) -> tuple[dict[str, An
     (:class:`candlejax.io.gguf.Content` reads the same file lazily)."""
     from candlejax.io import gguf
 
-    content = gguf.Content.read(os.fspath(path))
+    content = gguf.Content.read(errors.path_arg(path, "load_gguf"))
     dev = Device.coerce(device)
     tensors = {name: content.tensor(name, device=dev) for name in content.tensor_infos}
     metadata = {key: value.value for key, value in content.metadata.items()}
@@ -124,13 +124,14 @@ def save_gguf(
     values, written atomically (:func:`candlejax.io.gguf.write`)."""
     from candlejax.io import gguf
 
-    gguf.write(os.fspath(path), metadata, tensors)
+    gguf.write(errors.path_arg(path, "save_gguf"), metadata, tensors)
 
 
 def load_ggml(path: str | os.PathLike, device: Any = None) -> Any:
     """Not supported: the pre-GGUF ggml format. Convert the file to GGUF (llama.cpp's
     ``convert_llama_ggml_to_gguf.py``) and use :func:`load_gguf`."""
+    path = errors.path_arg(path, "load_ggml")
     raise errors.Msg(
-        f"load_ggml({os.fspath(path)!r}): legacy ggml files are not supported; convert the file to GGUF "
+        f"load_ggml({path!r}): legacy ggml files are not supported; convert the file to GGUF "
         "(llama.cpp's convert_llama_ggml_to_gguf.py) and use candlejax.utils.load_gguf"
     )

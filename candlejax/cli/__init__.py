@@ -25,7 +25,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from candlejax import errors
+from candlejax import __version__, errors
 from candlejax.cli._help import HelpFormatter, add_cpu_argument, use_cpu_if_asked
 from candlejax.xla import enable_compilation_cache, limit_malloc_arenas
 
@@ -46,8 +46,10 @@ _COMMANDS = {
 
 
 def parser(prog: str = "candlejax") -> argparse.ArgumentParser:
+    """The console script's ``argparse`` parser: one sub-parser per command, ``--version``, ``--debug``."""
     p = argparse.ArgumentParser(prog=prog, description="candlejax: Candle's models on JAX, from the command line",
                                 formatter_class=HelpFormatter)  # fmt: skip
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():

@@ -15,6 +15,7 @@ from candlejax.nn import (
     init,
     loss,
     ops,
+    optim,  # noqa: F401  candle_nn::optim::AdamW (not in __all__: a star import keeps cj.optim, the full module)
     quantized,
     rotary_emb,
     sampling,

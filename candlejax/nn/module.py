@@ -2,7 +2,7 @@
 
 requires: jax, candlejax.tensor (Tensor, wrap), candlejax.errors
 provides: ``Var`` (trainable, named), ``Buffer`` (named, not trained), ``Module``, ``ModuleT``,
-``static_field_names``, ``named_vars``, ``LayerInputShape`` and the helpers layers share.
+``named_vars``, ``LayerInputShape`` and the helpers layers share.
 
 Every ``Module`` subclass registers itself as a JAX pytree when the class is created: Tensors,
 Vars, jax/numpy arrays, submodules and lists/tuples/dicts holding them are children; everything

@@ -2,7 +2,7 @@
 
 requires: candlejax.nn.module (Var), candlejax.nn.var_map, candlejax.nn.init,
 candlejax.io.safetensors (MmapedSafetensors)
-provides: ``VarBuilder``, ``SimpleBackend`` and its implementations
+provides: ``VarBuilder``, ``SimpleBackend`` and its implementations, ``ShardedSafeTensors`` and its ``Shard`` hints
 
 ``vb.pp("encoder").get((768, 768), "weight")`` returns a ``Var`` named ``"encoder.weight"``. The
 backend decides what a ``get`` means: a ``VarMap`` creates the Var from the init hint; files and
@@ -44,7 +44,10 @@ from candlejax.tensor.creation import _is_candle_pyo3, _is_torch, as_jax_array
 __all__ = [
     "DictBackend",
     "NpzBackend",
+    "PthBackend",
     "SafetensorsBackend",
+    "Shard",
+    "ShardedSafeTensors",
     "SimpleBackend",
     "VarBuilder",
     "VarMapBackend",

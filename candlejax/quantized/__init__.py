@@ -17,6 +17,8 @@ the CPU runtime without a copy), as the GGUF LLaMA loader does. Q4_0/Q4_1 weight
 file layout as a ``PackedWeight`` when the native kernel is built (:mod:`candlejax.quantized.native`).
 """
 
+import importlib
+
 from candlejax.quantized import imatrix_file, k_quants
 from candlejax.quantized.blocked import SUPPORTED as BLOCKED_TYPES
 from candlejax.quantized.blocked import BlockedWeight, aligned_empty
@@ -27,14 +29,16 @@ from candlejax.quantized.jax_dequant import dequantize_rows
 from candlejax.quantized.packed import SUPPORTED as PACKED_TYPES
 from candlejax.quantized.packed import PackedWeight
 from candlejax.quantized.qtensor import QMatMul, QTensor, byte_shape
-from candlejax.quantized.var_builder import VarBuilder
+from candlejax.quantized.var_builder import VarBuilder  # noqa: F401  (not in __all__: nn's VarBuilder keeps the name)
 
 
-def __getattr__(name: str):  # gguf_file is imported lazily: candlejax.io imports this package
+def __getattr__(name: str):  # gguf_file / ggml_file are imported lazily: candlejax.io imports this package
     if name == "gguf_file":
         from candlejax.io import gguf
 
         return gguf
+    if name == "ggml_file":  # candle::quantized::ggml_file
+        return importlib.import_module("candlejax.quantized.ggml_file")
     raise AttributeError(f"module 'candlejax.quantized' has no attribute {name!r}")
 
 
@@ -47,7 +51,6 @@ __all__ = [
     "PackedWeight",
     "QMatMul",
     "QTensor",
-    "VarBuilder",
     "aligned_empty",
     "byte_shape",
     "dequantize_np",

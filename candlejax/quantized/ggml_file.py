@@ -20,9 +20,13 @@ from candlejax import errors
 from candlejax.io._checks import shape_fits
 from candlejax.quantized.ggml_types import GgmlDType
 from candlejax.quantized.qtensor import QTensor
+from candlejax.shape import as_shape
 
 _MAGICS = {0x67676A74: "ggjt", 0x67676C61: "ggla", 0x67676D66: "ggmf", 0x67676D6C: "ggml", 0x6767736E: "ggsn"}
 _MAX_DIMS = 8  # ggml uses at most 4
+#: The types Candle's ``qtensor_from_ggml`` builds (others: ``quantized type Q8_1 is not supported yet``)
+_FROM_GGML = frozenset(GgmlDType[n] for n in ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                                              "Q2K", "Q3K", "Q4K", "Q5K", "Q6K"))  # fmt: skip
 
 
 class VersionedMagic(enum.Enum):
@@ -173,4 +177,22 @@ def _read_one_tensor(r: _Reader, magic: VersionedMagic, device: Any) -> tuple[st
     return name, QTensor.from_data(np.frombuffer(raw, np.uint8), dtype, dims or (1,), device)
 
 
-__all__ = ["Content", "HParams", "VersionedMagic", "Vocab"]
+def qtensor_from_ggml(ggml_dtype: GgmlDType | str, raw_data: Any, dims: Any, device: Any = None) -> QTensor:
+    """Candle's ``ggml_file::qtensor_from_ggml``: a ``QTensor`` of shape ``dims`` from a GGML tensor's raw
+    bytes (``bytes`` / ``bytearray`` / ``memoryview`` / uint8 array; only the bytes the blocks need are read)."""
+    ggml_dtype = GgmlDType.coerce(ggml_dtype, "qtensor_from_ggml")
+    dims = as_shape(dims)
+    n = 1
+    for d in dims:
+        n *= d
+    if n % ggml_dtype.block_size():
+        raise errors.Msg(f"the number of elements {n} is not divisible by the block size {ggml_dtype.block_size()}")
+    if ggml_dtype not in _FROM_GGML:
+        raise errors.Msg(f"quantized type {ggml_dtype.name} is not supported yet")
+    if isinstance(raw_data, bytes | bytearray | memoryview):
+        raw_data = np.frombuffer(raw_data, np.uint8)
+    size = n // ggml_dtype.block_size() * ggml_dtype.type_size()
+    return QTensor.from_data(raw_data[:size], ggml_dtype, dims, device)
+
+
+__all__ = ["Content", "HParams", "VersionedMagic", "Vocab", "qtensor_from_ggml"]

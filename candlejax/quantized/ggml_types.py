@@ -104,10 +104,22 @@ class GgmlDType(enum.Enum):
     @staticmethod
     def parse(s: str) -> GgmlDType:
         """``"q4_0"``, ``"q4k"``, ``"Q4_K"``, ``"f16"`` -> the type."""
+        if not isinstance(s, str):
+            raise errors.ArgumentType(f"GgmlDType.parse: expected a ggml dtype name, got {type(s).__name__}")
         key = s.strip().upper()
         if key in GgmlDType.__members__:
             return GgmlDType.__members__[key]
         raise errors.Msg(f"unknown ggml dtype {s!r}, expected one of {', '.join(_CANONICAL)}")
+
+    @staticmethod
+    def coerce(dtype: GgmlDType | str, op: str) -> GgmlDType:
+        """``dtype`` as a ``GgmlDType``: a member, or its name as :meth:`parse` reads it (``"q4_0"``);
+        anything else raises naming ``op``."""
+        if isinstance(dtype, str):
+            return GgmlDType.parse(dtype)
+        if not isinstance(dtype, GgmlDType):
+            raise errors.Msg(f"{op}: dtype must be a GgmlDType or its name, got {type(dtype).__name__}")
+        return dtype
 
     def is_float(self) -> bool:
         """True for the unquantised F32 / F16 / BF16."""

@@ -106,11 +106,12 @@ class QTensor:
 
     # --- constructors ------------------------------------------------------------------------
     @staticmethod
-    def from_data(data: Any, dtype: GgmlDType, shape: Any, device: Any = None) -> QTensor:
+    def from_data(data: Any, dtype: GgmlDType | str, shape: Any, device: Any = None) -> QTensor:
         """Raw GGML bytes -> a QTensor on ``device`` (Candle's ``qtensor_from_ggml``).
 
         ``data`` is ``bytes`` / ``bytearray`` / ``memoryview`` (Candle's ``Cow<[u8]>``) or a uint8 array.
         """
+        dtype = GgmlDType.coerce(dtype, "QTensor.from_data")
         if isinstance(data, bytes | bytearray | memoryview):
             data = np.frombuffer(data, np.uint8)
         elif not isinstance(data, jax.Array):
@@ -147,10 +148,7 @@ class QTensor:
 
     @staticmethod
     def _quantize(t: Any, dtype: GgmlDType | str, device: Device | None, imatrix: Any = None) -> QTensor:
-        if isinstance(dtype, str):  # "q4_0", "Q4_K", ... as t.quantize(fmt) takes them
-            dtype = GgmlDType.parse(dtype)
-        elif not isinstance(dtype, GgmlDType):
-            raise errors.Msg(f"QTensor.quantize: dtype must be a GgmlDType or its name, got {type(dtype).__name__}")
+        dtype = GgmlDType.coerce(dtype, "QTensor.quantize")  # "q4_0", "Q4_K", ... as t.quantize(fmt) takes them
         a = unwrap(t)
         if isinstance(a, jax.core.Tracer) or (imatrix is not None and isinstance(unwrap(imatrix), jax.core.Tracer)):
             raise errors.TracingError(

@@ -76,17 +76,22 @@ def set_print_options(
         return
     po = _PO[0]
     kw: dict[str, Any] = {}
-    if precision is not None:
-        kw["precision"] = int(precision)
-    if threshold is not None:
-        kw["threshold"] = int(threshold)
-    if edge_items is not None:
-        kw["edge_items"] = int(edge_items)
-    if line_width is not None:
-        kw["line_width"] = int(line_width)
+    for name, v in (("precision", precision), ("threshold", threshold), ("edge_items", edge_items),
+                    ("line_width", line_width)):  # fmt: skip
+        if v is not None:
+            kw[name] = _print_count(v, name)
     if sci_mode != "keep":
         kw["sci_mode"] = sci_mode
     _PO[0] = replace(po, **kw)
+
+
+def _print_count(v: Any, name: str) -> int:
+    """A print option's value: Candle's ``usize``, so an int >= 0 (``ArgumentType`` / ``InvalidArgument``)."""
+    if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+        raise errors.ArgumentType(f"set_print_options: {name} must be an int, got {v!r:.40} ({type(v).__name__})")
+    if int(v) < 0:
+        raise errors.InvalidArgument(f"set_print_options: {name} must be >= 0, got {int(v)}")
+    return int(v)
 
 
 def set_line_width(line_width: int) -> None:

@@ -97,6 +97,20 @@ BAD = [
     ("apply_repeat_penalty logits None", lambda: gen.apply_repeat_penalty(None, 1.1, [1]), AttributeError),
     ("apply_repeat_penalty context None", lambda: gen.apply_repeat_penalty(Tensor.ones((4,)), 1.1, None), ValueError),
     ("prefill_bucket chunk 0", lambda: gen.prefill_bucket(5, 0), ZeroDivisionError),
+    # candle-pyo3's candle.utils path arguments: a non-path is an ArgumentType (a TypeError), as load_safetensors
+    ("utils.load_gguf path None", lambda: cj.utils.load_gguf(None), TypeError),
+    ("utils.save_gguf path None", lambda: cj.utils.save_gguf(None, {}, {}), TypeError),
+    ("utils.load_ggml path None", lambda: cj.utils.load_ggml(None), TypeError),
+    # D::Minus(n) takes a usize: a str raised a raw TypeError, a float was kept (D.Minus(1.5).to_index(3) == 1.5)
+    ("D.Minus str", lambda: cj.D.Minus("a"), TypeError),
+    ("D.Minus float", lambda: cj.D.Minus(1.5), None),
+    # candle::display's setters take a usize: a str raised a raw ValueError, a float or negative was kept
+    ("display.set_precision str", lambda: cj.display.set_precision("a"), ValueError),
+    ("display.set_precision float", lambda: cj.display.set_precision(2.7), None),
+    ("display.set_edge_items negative", lambda: cj.display.set_edge_items(-1), None),
+    ("display.set_print_options threshold str", lambda: cj.display.set_print_options(threshold="x"), ValueError),
+    # GgmlDType.parse of a non-string
+    ("GgmlDType.parse int", lambda: cj.quantized.GgmlDType.parse(1), AttributeError),
 ]
 
 

@@ -76,3 +76,40 @@ def test_corrupt_ggml_files_raise_candlejax_errors(tmp_path, data, match):
     with pytest.raises(errors.Error, match=match) as ei:
         ggml_file.Content.read(p)
     assert "bad.bin" in str(ei.value) or match.startswith("unknown dtype")
+
+
+def test_qtensor_from_ggml_reads_raw_blocks_as_candle() -> None:
+    # candle-core/src/quantized/ggml_file.rs: pub fn qtensor_from_ggml(ggml_dtype, raw_data, dims, device);
+    # only the first elems / block_size * type_size bytes are read; values checked against gguf-py
+    from gguf import GGMLQuantizationType, quants
+
+    x = np.linspace(-2.0, 2.0, 64, dtype=np.float32).reshape(2, 32)
+    raw = _q8_0(x)
+    q = ggml_file.qtensor_from_ggml(GgmlDType.Q8_0, raw + b"\xff" * 7, [2, 32], cj.Device.Cpu)
+    ref = quants.dequantize(np.frombuffer(raw, np.uint8).reshape(2, 34), GGMLQuantizationType.Q8_0)
+    assert q.shape == (2, 32) and q.dtype() == GgmlDType.Q8_0
+    np.testing.assert_array_equal(np.asarray(q.dequantize(cj.Device.Cpu).to_vec2(), np.float32), ref)
+    f = ggml_file.qtensor_from_ggml(GgmlDType.F32, np.float32([1.5, -2.0]).tobytes(), (2,), cj.Device.Cpu)
+    assert f.dequantize(cj.Device.Cpu).to_vec1() == [1.5, -2.0]
+    with pytest.raises(errors.Error, match="the number of elements 31 is not divisible by the block size 32"):
+        ggml_file.qtensor_from_ggml(GgmlDType.Q8_0, raw, (31,), cj.Device.Cpu)
+    with pytest.raises(errors.Error, match="quantized type Q8_1 is not supported yet"):
+        ggml_file.qtensor_from_ggml(GgmlDType.Q8_1, b"\0" * 36, (32,), cj.Device.Cpu)
+    with pytest.raises(errors.Error, match="34 bytes"):
+        ggml_file.qtensor_from_ggml(GgmlDType.Q8_0, raw[:30], (32,), cj.Device.Cpu)
+
+
+def test_qtensor_from_raw_bytes_takes_a_type_name_and_refuses_other_types() -> None:
+    # candle-pyo3's t.quantize("q4_0") takes names; a non-type is a candlejax error, not an AttributeError
+    from candlejax.quantized import QTensor
+
+    q = ggml_file.qtensor_from_ggml("q8_0", _q8_0(np.ones((1, 32), np.float32)), (32,), cj.Device.Cpu)
+    assert q.dtype() == GgmlDType.Q8_0
+    np.testing.assert_allclose(q.dequantize(cj.Device.Cpu).to_vec1(), np.ones(32), atol=1e-3)
+    assert QTensor.from_data(b"\0" * 18, "Q4_0", (32,)).dtype() == GgmlDType.Q4_0
+    with pytest.raises(errors.Error, match=r"qtensor_from_ggml: .*GgmlDType.*int"):
+        ggml_file.qtensor_from_ggml(8, b"\0" * 34, (32,), cj.Device.Cpu)
+    with pytest.raises(errors.Error, match=r"QTensor\.from_data: .*GgmlDType.*NoneType"):
+        QTensor.from_data(b"\0" * 18, None, (32,))
+    with pytest.raises(errors.Error, match="unknown ggml dtype 'q9'"):
+        QTensor.from_data(b"\0" * 18, "q9", (32,))
