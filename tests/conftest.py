@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 
 import numpy as np
@@ -21,6 +22,23 @@ def rng(request) -> np.random.Generator:
     seed = zlib.crc32(request.node.nodeid.encode())  # stable across processes (str hash is salted)
     print(f"numpy seed: {seed}")
     return np.random.default_rng(seed)
+
+
+def _reset_global_generators(seed: int) -> None:
+    candlejax.random._state.clear()  # every device's generator as in a fresh process (seed 299792458)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators(request):
+    """torch's global generator seeded per test, candlejax's devices' generators fresh, before and after
+    each test: torch seeds its generator randomly in every process (module initialisers, ``torch.randn``),
+    and under ``pytest -n`` the tests a worker ran before this one change from run to run."""
+    _reset_global_generators(zlib.crc32(request.node.nodeid.encode()))
+    yield
+    _reset_global_generators(0)
 
 
 @pytest.fixture

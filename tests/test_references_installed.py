@@ -9,7 +9,8 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     ["torch", "candle", "transformers", "sentence_transformers", "gguf", "tokenizers", "flax", "sklearn", "tqdm",
-     "nbclient", "matplotlib", "skimage", "soundfile", "soxr", "faster_whisper", "cv2"],
+     "nbclient", "nbformat", "jupyter_client", "ipykernel", "IPython", "matplotlib", "skimage", "soundfile", "soxr",
+     "faster_whisper", "cv2"],
 )  # fmt: skip
 def test_reference_package_importable(module: str) -> None:
     importlib.import_module(module)

@@ -120,7 +120,11 @@ class Case:
 
 @pytest.fixture(scope="module", params=["shared", "unshared"])
 def case(request, tmp_path_factory):
-    return Case(request.param, tmp_path_factory)
+    threads = torch.get_num_threads()
+    try:
+        yield Case(request.param, tmp_path_factory)  # (sets torch's thread count)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _greedy(model, cache, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:

@@ -131,7 +131,15 @@ def files(tmp_path_factory):
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = cli.main(["llama2-c", *argv])
+    import jax
+
+    # ``--cpu`` sets JAX's platforms and default device for the process: the tests after this one keep theirs
+    saved = {name: getattr(jax.config, name) for name in ("jax_platforms", "jax_default_device")}
+    try:
+        rc = cli.main(["llama2-c", *argv])
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -144,8 +152,12 @@ def test_greedy_equals_candles_loop_until_seq_len(files, capsys):
     logits = files.model.forward(Tensor.new(np.asarray([[1, 17, 42, 5, 33]], np.uint32)), 0,
                                  Cache.new(True, files.cfg, files.vb.pp("rot")))  # fmt: skip
     assert plain[0] == int(np.argmax(np.asarray(logits.jax)[0, -1]))
+    import jax
+
+    default_device = jax.config.jax_default_device
     rc, out, err = _run(capsys, "--config", files.bin, "--tokenizer", files.tokenizer, "--prompt", PROMPT, "--cpu")
     assert rc == 0, err
+    assert jax.config.jax_default_device == default_device  # (the command ran in this process)
     assert out == files.text(ref)
     assert "dim=32" in err and "seq_len=32" in err and "(the llama2.c header)" in err
     assert f"5 prompt tokens, {len(ref)} generated (seq_len)" in err and "tokens/s" in err

@@ -32,9 +32,7 @@ def ours():
     return quantized_llama.ModelWeights.from_gguf(os.path.join(DIR, NAME), Device.Cpu)
 
 
-@pytest.fixture(scope="module")
-def hf():
-    torch.set_num_threads(2)
+def _load_hf():
     import transformers.modeling_utils as mu
 
     if not mu.is_accelerate_available():
@@ -47,6 +45,16 @@ def hf():
         finally:
             mu.is_accelerate_available = saved
     return transformers.AutoModelForCausalLM.from_pretrained(DIR, gguf_file=NAME, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def hf():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield _load_hf()
+    finally:
+        torch.set_num_threads(threads)  # (the process's other tests keep their own setting)
 
 
 def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 
 import jax
 import jax.numpy as jnp
@@ -908,7 +909,11 @@ def test_generate_with_new_sampling_values_traces_nothing():
     """A generation at another temperature / top-p reuses the compiled prefill and decode steps and
     gives the tokens of Candle's loop (the eager processor) for each value."""
     params, fresh, step, traces = make_model(8)
-    list(generate(step, params, fresh(), [3, 1, 4], 6, LogitsProcessor.from_sampling(2, Sampling.TopP(0.5, 0.5))))
+    # held: a closure's compiled steps are cached only while a Generation uses them (else it was the
+    # garbage collector's timing whether the warm-up's steps were still there)
+    first = generate(step, params, fresh(), [3, 1, 4], 6, LogitsProcessor.from_sampling(2, Sampling.TopP(0.5, 0.5)))
+    list(first)
+    gc.collect()
     traces.clear()
     for t, p in ((0.7, 0.6), (1.3, 0.9), (0.9, 0.75)):
         s = Sampling.TopP(p, t)

@@ -156,3 +156,11 @@ def test_bad_arguments():
     with pytest.raises(errors.Msg, match="random key"):
         Tensor.rand(0.0, 1.0, (2,), CPU, key="abc")
     assert random.split(0, 3).shape == (3,)
+
+
+def test_a_test_draws_from_fresh_generators_whatever_ran_before():
+    """Every test starts from the device generators of a fresh process (the tests before this one drew
+    and reseeded): the numbers a test draws are the same in every run and under ``pytest -n``, whichever
+    worker runs it after whichever tests."""
+    assert random.get_state(CPU) == (random.DEFAULT_SEED, 0)
+    assert Tensor.randn(0.0, 1.0, (4,), CPU).to_vec1() == _draw(random.DEFAULT_SEED)[:4]
