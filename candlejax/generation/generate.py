@@ -88,8 +88,11 @@ class DecodeFns:
         tokens_as_tensor: bool = False,
         donate: bool = True,
         compiler_options: dict[str, Any] | None = None,
+        weak: bool = False,
     ) -> None:
-        self.step_fn = step_fn
+        # weak: reach step_fn through a weak reference (the cache of compiled steps per step-function
+        # object must not keep its key alive), dereferenced when a step is traced
+        self._step_ref: Callable[[], Any] = _weak_step(step_fn) if weak else (lambda: step_fn)
         self.sampling = sampling = sampling_args(normalize_sampling(sampling))[0]
         self.use_penalty = use_penalty
         self.tokens_as_tensor = tokens_as_tensor
@@ -100,6 +103,12 @@ class DecodeFns:
                       length: Any = None) -> tuple[jax.Array, Any]:  # fmt: skip
             self.trace_count += 1
             toks = wrap(tokens) if tokens_as_tensor else tokens
+            step_fn = self.step_fn
+            if step_fn is None:
+                raise errors.Msg(
+                    "generate: the step function these compiled steps were made for has been garbage-collected;"
+                    " call generate with a live step function"
+                )
             if length is None:
                 logits, cache = step_fn(params, cache, toks, pos)
             else:  # a padded prompt: the logits of position length - 1
@@ -144,6 +153,17 @@ class DecodeFns:
         #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
         self.fused_padded = StepProgram(jit(fused_core, (1, 7) if donate else ()))
         self.logits_padded = StepProgram(jit(plain_core, donate_plain))
+
+    @property
+    def step_fn(self) -> Any:
+        """The step function these steps trace; ``None`` once a weakly held one was collected."""
+        return self._step_ref()
+
+
+def _weak_step(step_fn: Any) -> Callable[[], Any]:
+    """A weak reference to ``step_fn`` (``weakref.WeakMethod`` for a bound method, a new object on
+    every attribute access): calling it gives the function, or ``None`` once it was collected."""
+    return weakref.WeakMethod(step_fn) if isinstance(step_fn, types.MethodType) else weakref.ref(step_fn)
 
 
 class StepProgram:
@@ -205,6 +225,36 @@ _CACHE_LOCK = threading.Lock()
 #: the DecodeFns of step functions that hold other objects (closures, partials, bound methods):
 #: kept only while a Generation uses them, so the cache never keeps a dropped model's weights alive
 _HELD: weakref.WeakValueDictionary[Any, DecodeFns] = weakref.WeakValueDictionary()
+#: the same, per step-function object that can be weakly referenced (a bound method: per instance,
+#: then per function): an entry lives exactly as long as the caller's function or instance, so a chat
+#: that passes one closure on every turn compiles once, and its DecodeFns reach the function weakly
+_BY_STEP: weakref.WeakKeyDictionary[Any, dict[Any, DecodeFns]] = weakref.WeakKeyDictionary()
+
+
+def _step_owner(step_fn: Any) -> tuple[Any, Any] | None:
+    """``(owner, function)``: the object a capturing ``step_fn``'s compiled steps are kept for
+    (``__self__`` of a bound method, else ``step_fn``) and the bound method's ``__func__`` (else
+    ``None``); ``None`` when the owner cannot be weakly referenced."""
+    if isinstance(step_fn, types.MethodType):
+        owner, func = step_fn.__self__, step_fn.__func__
+    else:
+        owner, func = step_fn, None
+    try:
+        weakref.ref(owner)
+        if func is not None:
+            weakref.ref(func)
+    except TypeError:
+        return None
+    return owner, func
+
+
+def _same_step(fns: DecodeFns, step_fn: Any) -> bool:
+    """Whether ``fns`` trace this very ``step_fn`` (not an equal one: a bound method, equal ``__self__``)."""
+    live = fns.step_fn
+    if isinstance(step_fn, types.MethodType):
+        return (isinstance(live, types.MethodType) and live.__self__ is step_fn.__self__
+                and live.__func__ is step_fn.__func__)  # fmt: skip
+    return live is step_fn
 
 
 def _captures(step_fn: Any) -> bool:
@@ -239,7 +289,20 @@ def decode_fns(
     options = dict(compiler_options or {})
     sampling = sampling_args(normalize_sampling(sampling))[0]  # temperature and top-p are traced
     key = (step_fn, sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
+    setup = (sampling, use_penalty, tokens_as_tensor, donate, tuple(sorted(options.items())))
+    owner = _step_owner(step_fn) if _captures(step_fn) else None
     with _CACHE_LOCK:  # generate called from several threads: a lookup and its reordering or eviction as one
+        if owner is not None:
+            try:
+                per_step = _BY_STEP.setdefault(owner[0], {})
+                fns = per_step.get((owner[1], setup))
+            except TypeError:  # an unhashable owner or option value: no reuse across calls
+                return DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options)
+            if fns is not None and _same_step(fns, step_fn):
+                return fns
+            fns = DecodeFns(step_fn, sampling, use_penalty, tokens_as_tensor, donate, options, weak=True)
+            per_step[(owner[1], setup)] = fns
+            return fns
         try:
             fns = _HELD.get(key) if _captures(step_fn) else _CACHE.get(key)
         except TypeError:  # an unhashable step function or option value: no reuse across calls
@@ -407,6 +470,8 @@ class Generation:
     ) -> None:
         if inspect.ismethod(step_fn) and step_fn.__self__ is params:  # model.step with the model as params:
             step_fn = step_fn.__func__  # its function is the pure step(params, cache, tokens, pos)
+        #: the step function, held here: generate's cache of compiled steps holds a capturing one weakly
+        self.step_fn = step_fn
         self.params = params
         self.cache = cache
         self.max_new_tokens = int_arg(max_new_tokens, "generate", "max_new_tokens")

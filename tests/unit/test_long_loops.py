@@ -55,6 +55,72 @@ def test_generate_with_a_closure_over_the_model_frees_the_model_once_dropped(lla
     assert [r() for r in refs] == [None] * 4
 
 
+class _Runner:
+    """A chat object whose bound ``step`` (not the model's) is the step function."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def step(self, params, cache, tokens, pos, last=None):
+        return llama.step(self.model, cache, tokens, pos, last=last)
+
+
+def _turns(step_of, model, jax_compiles, n=5):
+    """Compiles per turn of a chat loop that calls generate ``n`` times, dropping each Generation."""
+    counts = []
+    for turn in range(n):
+        jax_compiles.clear()
+        g = generate(step_of(), model, model.new_cache(1, 32), [1, 2, 3, 4][: 1 + turn % 2], 3)
+        assert len(list(g)) == 3
+        del g
+        gc.collect()
+        counts.append(len(jax_compiles))
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["closure", "bound_runner", "model_step"])
+def test_a_chat_reusing_one_step_function_compiles_only_its_first_turn(llama_dir, jax_compiles, kind):
+    """The same step object (a closure over the model, a chat object's bound method, ``model.step``;
+    all take ``last=``, so prompts of any length share one padded prefill) passed to generate once
+    per turn reuses its compiled steps after the earlier Generation is collected: each turn
+    recompiled (~1 s) once the compiled steps went with the Generation."""
+    m = llama.Llama.from_pretrained(llama_dir)
+    closure, runner = (lambda p, c, t, pos, last=None: llama.step(m, c, t, pos, last=last)), _Runner(m)
+    step_of = {"closure": lambda: closure, "bound_runner": lambda: runner.step, "model_step": lambda: m.step}[kind]
+    counts = _turns(step_of, m, jax_compiles)
+    assert counts[0] > 0 and counts[1:] == [0, 0, 0, 0], counts
+
+
+def _getter(owner, kind):
+    return (lambda: owner) if kind == "closure" else (lambda: owner.step)
+
+
+@pytest.mark.parametrize("kind", ["closure", "bound_runner"])
+def test_a_reused_step_function_dropped_with_its_model_frees_the_model(llama_dir, jax_compiles, kind):
+    """The compiled steps cached for a step object live as long as it: dropping it (or the chat
+    object whose method it is) and the model frees the model and the step object."""
+    m = llama.Llama.from_pretrained(llama_dir)
+    owner = _step_over(m) if kind == "closure" else _Runner(m)
+    _turns(_getter(owner, kind), m, jax_compiles, n=2)
+    refs = [weakref.ref(m), weakref.ref(owner)]
+    del m, owner
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_compiled_steps_of_a_collected_step_function_raise_when_traced_again(llama_dir):
+    """The cached steps reach the step function weakly: once it is gone, tracing them anew raises
+    a candlejax error instead of calling a dead function."""
+    import candlejax as cj
+    from candlejax.generation import Sampling, decode_fns
+
+    m = llama.Llama.from_pretrained(llama_dir)
+    fns = decode_fns(_step_over(m), Sampling.ArgMax(), False)
+    gc.collect()
+    with pytest.raises(cj.errors.Error, match="step function"):
+        fns.logits(m, m.new_cache(1, 16), np.ones((1, 2), np.uint32), np.int32(0))
+
+
 def test_generate_reuses_its_compiled_steps_and_keeps_live_buffers_constant(llama_dir):
     """Repeated generate calls with the module's step (fresh prompts) compile once and leave no buffers behind."""
     m = llama.Llama.from_pretrained(llama_dir)
