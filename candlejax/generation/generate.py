@@ -222,8 +222,9 @@ _DONATED = (
 _CACHE: collections.OrderedDict[Any, DecodeFns] = collections.OrderedDict()
 _CACHE_SIZE = 16
 _CACHE_LOCK = threading.Lock()
-#: the DecodeFns of step functions that hold other objects (closures, partials, bound methods):
-#: kept only while a Generation uses them, so the cache never keeps a dropped model's weights alive
+#: the DecodeFns of step functions that hold other objects and cannot be weakly referenced (a
+#: callable instance with ``__slots__``): kept only while a Generation uses them, so the cache never
+#: keeps a dropped model's weights alive
 _HELD: weakref.WeakValueDictionary[Any, DecodeFns] = weakref.WeakValueDictionary()
 #: the same, per step-function object that can be weakly referenced (a bound method: per instance,
 #: then per function): an entry lives exactly as long as the caller's function or instance, so a chat
