@@ -18,6 +18,11 @@ from candlejax import _reload, errors
 
 _reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
+__all__ = [
+    "BF16", "F16", "F32", "F64", "F8E4M3", "I16", "I32", "I64", "NUMPY_TO_DTYPE", "U8", "U32", "DType",
+    "check_width", "enable_x64", "from_array_dtype", "to_dtype", "x64_enabled",
+]  # fmt: skip
+
 _NP = {
     "u8": np.dtype(np.uint8),
     "u32": np.dtype(np.uint32),

@@ -132,9 +132,7 @@ def save_gguf(
     gguf.write(path, metadata, tensors)
 
 
-def load_ggml(
-    path: str | os.PathLike, device: Any = None
-) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+def load_ggml(path: str | os.PathLike, device: Any = None) -> tuple[dict[str, Any], dict[str, int], list[str]]:
     """``candle.utils.load_ggml(path, device=None)``: a legacy GGML / GGMF / GGJT file as
     ``({name: QTensor}, hparams, vocab)``: the seven hparams by name (``n_vocab``, ``n_embd``,
     ``n_mult``, ``n_head``, ``n_layer``, ``n_rot``, ``ftype``) and the vocabulary's tokens decoded as
