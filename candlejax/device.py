@@ -15,6 +15,8 @@ import jax
 from candlejax import errors, random
 from candlejax.dtype import DType
 
+__all__ = ["Device", "DeviceLocation", "refresh_device_count", "single_device"]
+
 
 @functools.cache
 def _gpus() -> tuple[Any, ...]:

@@ -18,6 +18,11 @@ from candlejax import _reload, errors
 
 _reload.refuse(__name__)  # a re-run would redefine the classes of existing objects
 
+__all__ = [
+    "BF16", "F16", "F32", "F64", "F8E4M3", "I16", "I32", "I64", "NUMPY_TO_DTYPE", "U8", "U32", "DType",
+    "check_width", "enable_x64", "from_array_dtype", "to_dtype", "x64_enabled",
+]  # fmt: skip
+
 _NP = {
     "u8": np.dtype(np.uint8),
     "u32": np.dtype(np.uint32),
@@ -55,10 +60,19 @@ class DType(enum.Enum):
     def parse(s: str) -> DType:
         """``"f32".parse::<DType>()``; raises ``cannot parse 'x' as a dtype`` (an ``ArgumentType``, also a
         ``TypeError`` as candle-pyo3's ``invalid dtype 'x'``)."""
-        try:
-            return DType(s.lower().strip())
-        except ValueError:
-            raise errors.ArgumentType(f"cannot parse '{s}' as a dtype") from None
+        if not isinstance(s, str):
+            what = f"{s!r} ({type(s).__name__})"
+            raise errors.ArgumentType(f"cannot parse {what} as a dtype: expected a name such as 'f32'")
+        d = DType._value2member_map_.get(s.lower().strip())
+        if d is None:
+            raise errors.ArgumentType(f"cannot parse '{s}' as a dtype")
+        return d  # type: ignore[return-value]
+
+    @classmethod
+    def _missing_(cls, value: object) -> DType:
+        """``DType("F32")`` for a name other than the exact value: as :meth:`parse`, whose ``ArgumentType``
+        a bad name raises (enum's own error would be a bare ``ValueError``)."""
+        return DType.parse(value)  # type: ignore[arg-type]
 
     @staticmethod
     def from_str(s: str) -> DType:

@@ -438,6 +438,18 @@ class AudioNoPermission(NoPermission, Audio):
     """An audio file this process may not read: a ``NoPermission`` (``PermissionError``) and an ``errors.Audio``."""
 
 
+class ImageError(Error):
+    """An image that cannot be read or has the wrong layout (channels, dtype, size)."""
+
+
+class ImageNoSuchFile(NoSuchFile, ImageError):
+    """An image path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``ImageError``."""
+
+
+class ImageIsADirectory(IsADirectory, ImageError):
+    """A folder given as an image file: an ``IsADirectory`` (``IsADirectoryError``) and an ``ImageError``."""
+
+
 class Pth(Error):
     """A malformed or unreadable PyTorch checkpoint (``torch.save`` zip file)."""
 

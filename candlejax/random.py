@@ -37,6 +37,11 @@ import numpy as np
 from candlejax import errors
 from candlejax._jax_private import is_eager
 
+__all__ = [
+    "DEFAULT_SEED", "as_key", "get_seed", "get_state", "key", "key_scope", "next_key", "next_key_parts", "release",
+    "reserve", "set_seed", "set_state", "split",
+]  # fmt: skip
+
 DEFAULT_SEED = 299792458
 
 _state: dict[Any, list[Any]] = {}  # device -> [seed, base key, counter]

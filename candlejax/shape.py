@@ -15,6 +15,11 @@ import numpy as np
 
 from candlejax import errors
 
+__all__ = [
+    "MAX_ELEM_COUNT", "PLAIN_SHAPE_TYPES", "CallableInt", "CallableTuple", "D", "Dim", "Dims", "Layout", "Rank",
+    "Shape", "as_shape", "broadcast_shapes", "check_elem_count", "resolve_dim", "resolve_dims", "shape_with_hole",
+]  # fmt: skip
+
 
 class D:
     """Candle's ``D`` enum: ``D.Minus1``, ``D.Minus2``, ``D.Minus(n)``."""

@@ -121,17 +121,27 @@ def save_gguf(
     metadata: Mapping[str, Any] | Iterable[tuple[str, Any]],
 ) -> None:
     """``candle.utils.save_gguf(path, tensors, metadata)``: ``{name: QTensor}`` and plain metadata
-    values, written atomically (:func:`candlejax.io.gguf.write`)."""
+    values, written atomically (:func:`candlejax.io.gguf.write`). ``None`` for either raises
+    ``ArgumentType`` (candle-pyo3: ``expected a dict``) and writes nothing."""
     from candlejax.io import gguf
 
-    gguf.write(errors.path_arg(path, "save_gguf"), metadata, tensors)
+    path = errors.path_arg(path, "save_gguf")
+    for what, arg in (("tensors", tensors), ("metadata", metadata)):
+        if arg is None:
+            raise errors.ArgumentType(f"save_gguf: {what}: expected a dict, got None")
+    gguf.write(path, metadata, tensors)
 
 
-def load_ggml(path: str | os.PathLike, device: Any = None) -> Any:
-    """Not supported: the pre-GGUF ggml format. Convert the file to GGUF (llama.cpp's
-    ``convert_llama_ggml_to_gguf.py``) and use :func:`load_gguf`."""
-    path = errors.path_arg(path, "load_ggml")
-    raise errors.Msg(
-        f"load_ggml({path!r}): legacy ggml files are not supported; convert the file to GGUF "
-        "(llama.cpp's convert_llama_ggml_to_gguf.py) and use candlejax.utils.load_gguf"
-    )
+def load_ggml(path: str | os.PathLike, device: Any = None) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+    """``candle.utils.load_ggml(path, device=None)``: a legacy GGML / GGMF / GGJT file as
+    ``({name: QTensor}, hparams, vocab)``: the seven hparams by name (``n_vocab``, ``n_embd``,
+    ``n_mult``, ``n_head``, ``n_layer``, ``n_rot``, ``ftype``) and the vocabulary's tokens decoded as
+    UTF-8 with U+FFFD for bad bytes (Rust's ``String::from_utf8_lossy``); read by
+    :class:`candlejax.quantized.ggml_file.Content`."""
+    from dataclasses import asdict
+
+    from candlejax.quantized import ggml_file
+
+    content = ggml_file.Content.read(errors.path_arg(path, "load_ggml"), Device.coerce(device))
+    vocab = [word.decode("utf-8", errors="replace") for word, _ in content.vocab.token_score_pairs]
+    return dict(content.tensors), asdict(content.hparams), vocab

@@ -23,23 +23,12 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.device import Device
+from candlejax.errors import ImageError, ImageIsADirectory, ImageNoSuchFile
 from candlejax.optional import require
 from candlejax.tensor import Tensor, unwrap, wrap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageError(errors.Error):
-    """An image that cannot be read or has the wrong layout (channels, dtype, size)."""
-
-
-class ImageNoSuchFile(errors.NoSuchFile, ImageError):
-    """An image path that does not exist: a ``NoSuchFile`` (``FileNotFoundError``) and an ``ImageError``."""
-
-
-class ImageIsADirectory(errors.IsADirectory, ImageError):
-    """A folder given as an image file: an ``IsADirectory`` (``IsADirectoryError``) and an ``ImageError``."""
 
 
 def _np(x: Any) -> np.ndarray:

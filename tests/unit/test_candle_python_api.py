@@ -103,7 +103,7 @@ def test_utils_facts_and_files(tmp_path):
     ours, our_meta = u.load_gguf(tmp_path / "q.gguf")
     assert our_meta["n"] == 3 and ours["w"].shape == (4, 64)
     np.testing.assert_array_equal(np.asarray(ours["w"].dequantize()), _np(tensors["w"].dequantize()))
-    with pytest.raises(errors.Msg, match="convert the file to GGUF"):
+    with pytest.raises(FileNotFoundError):  # candle-pyo3: std::fs::File::open(path)?
         u.load_ggml(tmp_path / "old.bin")
 
 
@@ -535,3 +535,61 @@ def test_module_traits_at_the_crate_root():
     # a function (xs, train) keeps working
     assert x.apply_t(lambda t, train: t * (3.0 if train else 1.0), True).to_vec1() == [3.0, -6.0]
     assert x.apply_t(lambda t, *, scale=2.0: t * scale, False).to_vec1() == [2.0, -4.0]
+
+
+def test_load_ggml_equals_the_binding(tmp_path):
+    # candle-pyo3/src/lib.rs load_ggml: ({name: QTensor}, the seven hparams by name, the vocab's tokens
+    # decoded with String::from_utf8_lossy)
+    from tests.unit.test_ggml_file import _q8_0, ggjt_bytes
+
+    w = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+    tensors = [("w", 8, (2, 32), _q8_0(w)), ("b", 0, (3,), np.float32([1, 2, 3]).tobytes()),
+               ("h", 1, (2,), np.float16([1, -2]).tobytes())]  # fmt: skip
+    vocab = ((b"a", 0.5), (b"\xff\xfeb", -1.0), (b"\xe2\x96\x81x", 2.0), (b"\xe2\x96", 0), (b"\xed\xa0\x80", 0))
+    path = tmp_path / "m.bin"
+    path.write_bytes(ggjt_bytes(tensors, vocab=vocab, hparams=(5, 32, 256, 4, 1, 8, 7)))
+    want_t, want_h, want_v = candle.utils.load_ggml(str(path))
+    got_t, got_h, got_v = cj.utils.load_ggml(path)
+    assert type(got_t) is dict and type(got_h) is dict and type(got_v) is list
+    assert got_h == want_h and list(got_h) == list(want_h) and got_h["ftype"] == 7
+    assert got_v == want_v == ["a", "\ufffd\ufffdb", "\u2581x", "\ufffd", "\ufffd" * 3]
+    assert sorted(got_t) == sorted(want_t)
+    for name, q in got_t.items():
+        assert isinstance(q, cj.QTensor)
+        assert tuple(q.shape) == tuple(want_t[name].shape)
+        assert q.ggml_dtype.upper() == str(want_t[name].ggml_dtype).upper()
+        np.testing.assert_array_equal(np.asarray(q.dequantize()), _np(want_t[name].dequantize()))
+    assert cj.utils.load_ggml(str(path), device="cpu")[0]["b"].device.is_cpu()
+
+
+def test_save_gguf_refuses_none_as_the_binding_and_writes_nothing(tmp_path):
+    # candle-pyo3's save_gguf: tensors.cast_bound::<PyDict>() else ValueError "expected a dict" (for
+    # metadata too); candlejax raises ArgumentType (a ValueError and a TypeError) naming the argument
+    with pytest.raises(ValueError, match="expected a dict"):
+        candle.utils.save_gguf(str(tmp_path / "c.gguf"), None, None)
+    q = {"w": cj.ones((1, 32)).quantize("q8_0")}
+    for tensors, metadata, which in [(None, None, "tensors"), (None, {}, "tensors"), (q, None, "metadata")]:
+        with pytest.raises(errors.ArgumentType, match=f"save_gguf: {which}.*None"):
+            cj.utils.save_gguf(tmp_path / "x.gguf", tensors, metadata)
+        with pytest.raises(TypeError):
+            cj.utils.save_gguf(tmp_path / "x.gguf", tensors, metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dtype_constructor_raises_the_parse_error_for_a_bad_name():
+    # candle-pyo3's DType has no constructor (TypeError); candlejax's DType("f32") is the enum lookup and a
+    # bad name raises what DType.parse raises (ArgumentType: a ValueError and a TypeError)
+    import pickle
+
+    with pytest.raises(TypeError):
+        candle.DType("f32")
+    assert cj.DType("f32") is cj.DType.F32 and cj.DType("BF16") is cj.DType.BF16
+    for bad in ("x", "float32", 3, None):
+        with pytest.raises(errors.ArgumentType, match="as a dtype"):
+            cj.DType(bad)
+        with pytest.raises(ValueError):
+            cj.DType(bad)
+    with pytest.raises(errors.ArgumentType, match="cannot parse 'x' as a dtype"):
+        cj.DType.parse("x")
+    assert pickle.loads(pickle.dumps(cj.DType.F16)) is cj.DType.F16
+    assert cj.DType["F32"] is cj.DType.F32 and len(list(cj.DType)) == 10

@@ -8,6 +8,7 @@ import importlib.metadata
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 STAR_MODULES = ["candlejax", "candlejax.nn", "candlejax.quantized", "candlejax.errors", "candlejax.tokenizer",
-                "candlejax.nn.var_builder", "candlejax.io", "candlejax.generation", "candlejax.optional"]  # fmt: skip
+                "candlejax.nn.var_builder", "candlejax.io", "candlejax.generation", "candlejax.optional",
+                "candlejax.shape", "candlejax.dtype", "candlejax.device", "candlejax.random"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", STAR_MODULES)
@@ -25,6 +27,48 @@ def test_star_import_defines_every_name_and_shadows_no_builtin(name: str) -> Non
     names = set(ns) - {"__builtins__"}
     assert names == set(importlib.import_module(name).__all__)
     assert not [n for n in names if hasattr(builtins, n)]
+
+
+@pytest.mark.parametrize("name", ["candlejax.shape", "candlejax.dtype", "candlejax.device", "candlejax.random"])
+def test_star_import_of_core_modules_binds_no_private_or_imported_name(name: str) -> None:
+    ns: dict = {}
+    exec(f"from {name} import *", ns)
+    ns.pop("__builtins__")
+    assert not [n for n in ns if n.startswith("_")]
+    assert not [n for n, v in ns.items() if isinstance(v, types.ModuleType)], sorted(ns)
+    assert not {"jax", "np", "errors", "random", "enum", "functools", "operator", "Any"} & set(ns)
+
+
+def test_core_modules_all_lists_the_names_docs_and_tests_import() -> None:
+    import candlejax.device
+    import candlejax.dtype
+    import candlejax.random
+    import candlejax.shape
+
+    for mod, names in [(candlejax.dtype, ("DType", "to_dtype", "check_width", "x64_enabled", "enable_x64",
+                                          "from_array_dtype", "NUMPY_TO_DTYPE")),
+                       (candlejax.device, ("Device", "DeviceLocation", "single_device", "refresh_device_count")),
+                       (candlejax.shape, ("D", "Dim", "Dims", "Shape", "Layout", "Rank", "as_shape", "resolve_dim",
+                                          "resolve_dims", "broadcast_shapes", "check_elem_count", "shape_with_hole",
+                                          "MAX_ELEM_COUNT", "CallableInt", "PLAIN_SHAPE_TYPES")),
+                       (candlejax.random, ("key", "key_scope", "set_seed", "get_seed", "split",
+                                           "DEFAULT_SEED"))]:  # fmt: skip
+        for n in names:
+            assert n in mod.__all__, (mod.__name__, n)
+
+
+def test_image_file_errors_are_in_candlejax_errors() -> None:
+    # as errors.AudioNoSuchFile / AudioIsADirectory; the vision module's path keeps working
+    from candlejax import errors, vision
+    from candlejax.vision import _image
+
+    assert errors.ImageNoSuchFile is _image.ImageNoSuchFile and errors.ImageIsADirectory is _image.ImageIsADirectory
+    assert errors.ImageError is vision.ImageError is _image.ImageError
+    for n in ("ImageError", "ImageNoSuchFile", "ImageIsADirectory"):
+        assert n in errors.__all__, n
+    assert issubclass(errors.ImageNoSuchFile, FileNotFoundError)
+    assert issubclass(errors.ImageNoSuchFile, errors.NoSuchFile)
+    assert issubclass(errors.ImageIsADirectory, IsADirectoryError)
 
 
 def test_star_import_of_models_binds_no_helper() -> None:
