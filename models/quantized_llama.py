@@ -33,6 +33,9 @@ Layers whose block types agree (every single-type file) are stacked at load time
 one layer is compiled; stacked blocked weights are sliced inside the fused products and packed
 ones read in place by the kernel; ``layers="unrolled"`` compiles every layer.
 
+``from_ggml(ggml_file.Content.read(path), gqa)`` loads llama.cpp's legacy GGML/GGJT files (Candle's
+names ``layers.N.attention.wq.weight``, ... mapped onto the GGUF ones; the same model).
+
 ``from_gguf(path, mesh=mesh)`` loads the model tensor-parallel (Megatron-style, by
 :data:`candlejax.distributed.llama_tp_rules`): the same :func:`step` then runs over the mesh.
 """
@@ -66,7 +69,9 @@ from candlejax.models.llama import (
 from candlejax.models.quantized_llama_config import (
     MAX_SEQ_LEN,
     SUPPORTED_ARCHITECTURES,
+    GgmlTensors,
     check_architecture,
+    config_from_ggml,
     config_from_gguf,
 )
 from candlejax.nn.quantized import QEmbedding, QLinear, QRmsNorm
@@ -86,7 +91,7 @@ from candlejax.quantized import (
 from candlejax.xla import trim_heap
 
 __all__ = ["MAX_SEQ_LEN", "SUPPORTED_ARCHITECTURES", "Cache", "ModelWeights", "QEmbedding", "QLinear",
-           "check_architecture", "config_from_gguf", "forward_all", "step"]  # fmt: skip
+           "check_architecture", "config_from_ggml", "config_from_gguf", "forward_all", "step"]  # fmt: skip
 
 class ModelWeights(Llama):
     """Candle's ``quantized_llama::ModelWeights``: a LLaMA-family GGUF model.
@@ -154,9 +159,10 @@ class ModelWeights(Llama):
     @staticmethod
     def from_content(content: Any, device: Any = None, dequantize: str | None = None, layers: str | None = None,
                      strict: bool = True, mesh: Any = None, rules: Any = None, *, abstract: bool = False,
-                     tokenizer: Any = None) -> ModelWeights:  # fmt: skip
+                     tokenizer: Any = None, config: Config | None = None) -> ModelWeights:  # fmt: skip
         """Build from an open ``candlejax.io.gguf.Content`` (the tensors are copied out of it;
-        ``abstract`` and ``tokenizer`` as :meth:`from_gguf`)."""
+        ``abstract`` and ``tokenizer`` as :meth:`from_gguf`; ``config``: this one instead of the
+        metadata's, as :meth:`from_ggml` gives)."""
         if dequantize is None:
             env = os.environ.get
             dequantize = (
@@ -167,7 +173,7 @@ class ModelWeights(Llama):
             raise errors.Msg(f"dequantize must be None, 'f32' or 'f16', got {dequantize!r}")
 
         dev = Device.coerce(device)
-        cfg = config_from_gguf(content)
+        cfg = config_from_gguf(content) if config is None else config
         if abstract and mesh is not None:
             raise errors.Msg("ModelWeights.from_gguf: abstract=True does not take a mesh; load on one device")
         if tokenizer is None:  # first: the garbage of building it is freed before the weights fill the heap
@@ -288,15 +294,27 @@ class ModelWeights(Llama):
         return model
 
     @staticmethod
-    def from_ggml(ct: Any = None, gqa: int = 1, *args: Any, **kwargs: Any) -> ModelWeights:
-        """Candle's ``ModelWeights::from_ggml(content, gqa)`` reads llama.cpp's legacy GGML/GGJT files;
-        candlejax has no GGML reader: this raises at once, naming :meth:`from_gguf` and the conversion."""
-        raise errors.Msg(
-            "quantized_llama ModelWeights.from_ggml: the legacy GGML/GGJT format is not supported; convert the"
-            " file to GGUF with llama.cpp's `convert_llama_ggml_to_gguf.py --input model.bin --output model.gguf"
-            " --gqa N` (or re-export from the original weights with `convert_hf_to_gguf.py`) and load it with"
-            " `ModelWeights.from_gguf(path, device)`"
-        )
+    def from_ggml(ct: Any, gqa: int, device: Any = None, dequantize: str | None = None, layers: str | None = None,
+                  strict: bool = True) -> ModelWeights:  # fmt: skip
+        """Candle's ``ModelWeights::from_ggml(ct, gqa)``: a LLaMA from llama.cpp's legacy GGML/GGJT file.
+
+        ``ct``: a :class:`candlejax.quantized.ggml_file.Content` (``ggml_file.Content.read(f, device)``)
+        or the file's path. ``gqa``: query heads per key/value head (``n_kv_head = n_head / gqa``; 8 for
+        LLaMA-2 70B). As Candle: rope theta 10000, rms eps 1e-5, rotary on interleaved pairs (GGML
+        files hold q/k permuted as GGUF files do), no tokenizer. The model is placed on ``device``,
+        else ``ct.device``; ``dequantize``, ``layers`` and ``strict`` as :meth:`from_gguf`.
+        """
+        from candlejax.quantized import ggml_file
+
+        if isinstance(ct, str | os.PathLike):
+            ct = ggml_file.Content.read(ct, device)
+        elif not isinstance(ct, ggml_file.Content):
+            raise errors.Msg(f"ModelWeights.from_ggml: ct must be a ggml_file.Content or a path, got"
+                             f" {type(ct).__name__}")  # fmt: skip
+        cfg = config_from_ggml(ct, gqa)
+        why = "a GGML file holds no tokenizer; load its tokenizer.json with Tokenizer.from_file"
+        return ModelWeights.from_content(GgmlTensors(ct), ct.device if device is None else device, dequantize,
+                                         layers, strict, tokenizer=why, config=cfg)  # fmt: skip
 
     def clear_kv_cache(self) -> None:
         """Candle's ``ModelWeights::clear_kv_cache()``: drop the KV cache that :meth:`forward` keeps

@@ -11,8 +11,10 @@ from typing import Any
 
 from candlejax import errors
 from candlejax.models.llama import Config
+from candlejax.tensor import int_arg
 
-__all__ = ["MAX_SEQ_LEN", "SUPPORTED_ARCHITECTURES", "check_architecture", "config_from_gguf"]
+__all__ = ["GGML_NAMES", "MAX_SEQ_LEN", "SUPPORTED_ARCHITECTURES", "GgmlTensors", "check_architecture",
+           "config_from_ggml", "config_from_gguf"]  # fmt: skip
 
 #: ``general.architecture`` values this loader implements (llama.cpp names; Mistral files say "llama")
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -164,3 +166,87 @@ def config_from_gguf(content: Any) -> Config:
         model_type=None,
         qkv_bias=qkv_bias,
     )
+
+
+#: The tensors Candle's ``ModelWeights::from_ggml`` reads (its names, in its order) -> llama.cpp's GGUF
+#: names; ``{i}`` is the layer. GGML and GGUF files hold q/k with the same row permutation.
+GGML_NAMES = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
+              "output.weight": "output.weight"}  # fmt: skip
+GGML_LAYER_NAMES = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+                    "attention.wo": "attn_output", "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down",
+                    "feed_forward.w3": "ffn_up", "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}  # fmt: skip
+
+
+def _ggml_names(n_layer: int) -> dict[str, str]:
+    names = dict(GGML_NAMES)
+    for i in range(n_layer):
+        names.update({f"layers.{i}.{k}.weight": f"blk.{i}.{v}.weight" for k, v in GGML_LAYER_NAMES.items()})
+    return names
+
+
+def config_from_ggml(ct: Any, gqa: int) -> Config:
+    """The :class:`Config` of Candle's ``ModelWeights::from_ggml(ct, gqa)`` for a legacy GGML/GGJT
+    ``ggml_file.Content``: rope theta 10000, rms eps 1e-5, ``n_kv_head = n_head / gqa``,
+    ``head_dim = n_embd / n_head``, rotary on interleaved pairs over ``MAX_SEQ_LEN`` positions. A tensor
+    Candle reads that is missing raises as Candle's ``cannot find tensor with name '...'``; a ``gqa``
+    that does not divide ``n_head``, or a tensor of another shape than the hparams imply, raises too."""
+    gqa = int_arg(gqa, "quantized_llama from_ggml", "gqa")
+    if gqa < 1:
+        raise errors.Msg(f"quantized_llama from_ggml: gqa must be >= 1, got {gqa}")
+    h = ct.hparams
+    if not 1 <= h.n_layer <= MAX_LAYERS or not 1 <= h.n_head <= MAX_HEADS or not 1 <= h.n_embd <= MAX_WIDTH:
+        raise errors.Msg(f"quantized_llama from_ggml: hparams n_layer {h.n_layer}, n_head {h.n_head}, n_embd"
+                         f" {h.n_embd} out of range")  # fmt: skip
+    if h.n_embd % h.n_head or (h.n_embd // h.n_head) % 2:
+        raise errors.Msg(f"quantized_llama from_ggml: n_head {h.n_head} does not divide n_embd {h.n_embd} into"
+                         " heads of an even size")  # fmt: skip
+    if h.n_head % gqa:
+        raise errors.Msg(f"quantized_llama from_ggml: gqa {gqa} does not divide n_head {h.n_head}")
+    names = _ggml_names(h.n_layer)
+    for name in names:
+        if name not in ct.tensors:
+            raise errors.Msg(f"cannot find tensor with name '{name}'")  # Candle's ggml_file Content::remove
+    n_kv, head_dim = h.n_head // gqa, h.n_embd // h.n_head
+    vocab, hidden = ct.tensors["tok_embeddings.weight"].dims()[0], h.n_embd
+    ff = ct.tensors["layers.0.feed_forward.w1.weight"].dims()[0]
+    q, kv = h.n_head * head_dim, n_kv * head_dim
+    want = {"tok_embeddings.weight": (vocab, hidden), "norm.weight": (hidden,), "output.weight": (vocab, hidden)}
+    per_layer = {"attention.wq": (q, hidden), "attention.wk": (kv, hidden), "attention.wv": (kv, hidden),
+                 "attention.wo": (hidden, q), "feed_forward.w1": (ff, hidden), "feed_forward.w2": (hidden, ff),
+                 "feed_forward.w3": (ff, hidden), "attention_norm": (hidden,), "ffn_norm": (hidden,)}  # fmt: skip
+    for i in range(h.n_layer):
+        want.update({f"layers.{i}.{k}.weight": v for k, v in per_layer.items()})
+    for name, shape in want.items():
+        got = ct.tensors[name].dims()
+        if got != shape:
+            raise errors.Msg(
+                f"quantized_llama from_ggml: tensor '{name}' has shape {errors.fmt_shape(got)}, the hparams"
+                f" (n_embd {hidden}, n_head {h.n_head}, gqa {gqa}) imply {errors.fmt_shape(shape)}"
+            )
+    return Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=ff, num_hidden_layers=h.n_layer,
+                  num_attention_heads=h.n_head, num_key_value_heads=n_kv, head_dim=head_dim,
+                  max_position_embeddings=MAX_SEQ_LEN, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None,
+                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                  torch_dtype="float32", rope_interleaved=True, model_type=None, qkv_bias=False)  # fmt: skip
+
+
+class GgmlTensors:
+    """A ``ggml_file.Content``'s tensors under llama.cpp's GGUF names (``tensor_infos``, ``tensor_view``,
+    ``tensor_bytes``), for the GGUF loader; tensors Candle's ``from_ggml`` does not read keep their names."""
+
+    path = "the GGML file"
+
+    def __init__(self, ct: Any):
+        from candlejax.io.gguf import TensorInfo
+
+        names = _ggml_names(ct.hparams.n_layer)
+        self._tensors = {names.get(k, k): v for k, v in ct.tensors.items()}
+        self.tensor_infos = {k: TensorInfo(v.dtype(), v.dims(), 0) for k, v in self._tensors.items()}
+
+    def tensor_view(self, name: str) -> Any:
+        """One tensor's raw block bytes (flat uint8, read-only)."""
+        return self._tensors[name].data()
+
+    def tensor_bytes(self, name: str) -> Any:
+        """A host copy of one tensor's raw block bytes (flat uint8)."""
+        return self.tensor_view(name).copy()

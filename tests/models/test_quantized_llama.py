@@ -388,9 +388,7 @@ def test_generation_takes_the_models_compiler_options(ours, tmp_path):
 
 def test_clear_kv_cache_and_legacy_ggml(tmp_path):
     """Candle's ``clear_kv_cache()`` between conversations: the next prompt at index_pos 0 gives a fresh
-    model's logits. ``from_ggml`` (the legacy format) raises at once, naming ``from_gguf``."""
-    from candlejax import errors
-
+    model's logits."""
     _write_qwen2_gguf(tmp_path / "q.gguf")
     m = quantized_llama.ModelWeights.from_gguf(tmp_path / "q.gguf", Device.Cpu)
     a, b = np.array([[3, 5, 7, 9]], np.uint32), np.array([[11, 2, 4, 6]], np.uint32)
@@ -400,5 +398,117 @@ def test_clear_kv_cache_and_legacy_ggml(tmp_path):
     m.clear_kv_cache()
     assert m._forward_state.cache is None
     np.testing.assert_allclose(np.asarray(m.forward(b, 0).jax), want, atol=1e-5, rtol=1e-5)
-    with pytest.raises(errors.Msg, match=r"from_gguf.*|convert_llama_ggml_to_gguf"):
-        quantized_llama.ModelWeights.from_ggml(object(), 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Candle's from_ggml (candle-transformers/src/models/quantized_llama.rs): the legacy GGML/GGJT names
+# ------------------------------------------------------------------------------------------------
+_GGML = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
+         "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
+         "attn_norm": "attention_norm", "ffn_norm": "ffn_norm"}  # fmt: skip
+
+
+def _tiny_llama_files(tmp_path, gqa: int, drop: str | None = None):
+    """A tiny random transformers Llama as llama.cpp's converters write it (q/k rows permuted for rotary
+    on interleaved pairs, Q8_0 products, F32 norms), once as GGUF and once as GGJT with Candle's
+    ``from_ggml`` names; returns the paths and the transformers model holding the dequantised values."""
+    from ggml_fixture import ggjt_bytes
+    from gguf import GGMLQuantizationType, quants
+
+    from candlejax.io import gguf
+    from candlejax.quantized import GgmlDType, QTensor
+
+    n_head, n_layer, hidden, vocab = 4, 2, 64, 48
+    torch.manual_seed(5 + gqa)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=96,
+                                   num_hidden_layers=n_layer, num_attention_heads=n_head,
+                                   num_key_value_heads=n_head // gqa, max_position_embeddings=64, rope_theta=10000.0,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)  # fmt: skip
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    sd = hf.state_dict()
+
+    def permute(w, heads):  # llama.cpp's convert: halves -> interleaved pairs
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+    def unpermute(w, heads):
+        return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+    gg, ggml = {}, []
+    names = {"token_embd.weight": ("model.embed_tokens.weight", "tok_embeddings.weight"),
+             "output_norm.weight": ("model.norm.weight", "norm.weight"),
+             "output.weight": ("lm_head.weight", "output.weight")}  # fmt: skip
+    hf_parts = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+                "ffn_norm": "post_attention_layernorm"}  # fmt: skip
+    for i in range(n_layer):
+        for g, h in hf_parts.items():
+            names[f"blk.{i}.{g}.weight"] = (f"model.layers.{i}.{h}.weight", f"layers.{i}.{_GGML[g]}.weight")
+    with torch.no_grad():
+        for g, (h, legacy) in names.items():
+            w = sd[h].numpy().astype(np.float32)
+            heads = n_head if "attn_q" in g else n_head // gqa if "attn_k" in g else 0
+            w = permute(w, heads) if heads else w
+            if w.ndim == 2:
+                raw = quants.quantize(w, GGMLQuantizationType.Q8_0)
+                deq = quants.dequantize(raw, GGMLQuantizationType.Q8_0)
+                sd[h].copy_(torch.from_numpy(unpermute(deq, heads) if heads else deq))
+                gg[g] = QTensor.from_data(raw.tobytes(), GgmlDType.Q8_0, w.shape)
+                t = (legacy, 8, w.shape, raw.tobytes())
+            else:
+                gg[g], t = w, (legacy, 0, w.shape, w.tobytes())
+            if legacy != drop:
+                ggml.append(t)
+    meta = {"general.architecture": "llama", "llama.block_count": n_layer, "llama.embedding_length": hidden,
+            "llama.feed_forward_length": 96, "llama.attention.head_count": n_head,
+            "llama.attention.head_count_kv": n_head // gqa, "llama.context_length": 64,
+            "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.rope.freq_base": 10000.0}  # fmt: skip
+    gguf.write(str(tmp_path / "m.gguf"), meta, gg)
+    hparams = (vocab, hidden, 256, n_head, n_layer, hidden // n_head, 7)  # ftype 7: mostly Q8_0
+    (tmp_path / "m.bin").write_bytes(ggjt_bytes(ggml, [(b"t%d" % i, 0.0) for i in range(vocab)], hparams=hparams))
+    return tmp_path / "m.gguf", tmp_path / "m.bin", hf
+
+
+@pytest.mark.parametrize("gqa", [1, 2])
+def test_from_ggml_matches_from_gguf_and_transformers(tmp_path, gqa):
+    from candlejax.quantized import ggml_file
+
+    gguf_path, ggml_path, hf = _tiny_llama_files(tmp_path, gqa)
+    ref = quantized_llama.ModelWeights.from_gguf(gguf_path, Device.Cpu)
+    ct = ggml_file.Content.read(ggml_path, Device.Cpu)
+    m = quantized_llama.ModelWeights.from_ggml(ct, gqa)
+    c = m.config
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (4, 4 // gqa, 16)
+    assert (c.rope_theta, c.rms_norm_eps, c.rope_interleaved, c.max_position_embeddings) == (1e4, 1e-5, True, 4096)
+    ids = np.random.default_rng(gqa).integers(0, 48, (1, 7))
+    got = np.asarray(llama.forward_all(m, jnp.asarray(ids, jnp.uint32)).jax)
+    want = np.asarray(llama.forward_all(ref, jnp.asarray(ids, jnp.uint32)).jax)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, hf(torch.tensor(ids)).logits.numpy(), atol=1e-4, rtol=1e-4)
+    # the stateful forward over positions, as Candle's example drives it; a path is taken too
+    m2 = quantized_llama.ModelWeights.from_ggml(str(ggml_path), gqa)
+    last = [np.asarray(m2.forward(np.array([[t]], np.uint32), p).jax)[0] for p, t in enumerate(ids[0])]
+    np.testing.assert_allclose(np.stack(last), want[0], atol=1e-5, rtol=1e-5)
+
+
+def test_from_ggml_refuses_missing_tensors_and_bad_gqa(tmp_path):
+    from candlejax import errors
+    from candlejax.quantized import ggml_file
+
+    _, ggml_path, _ = _tiny_llama_files(tmp_path, 1, drop="layers.1.attention.wk.weight")
+    with pytest.raises(errors.Error, match=r"cannot find tensor with name 'layers\.1\.attention\.wk\.weight'"):
+        quantized_llama.ModelWeights.from_ggml(ggml_file.Content.read(ggml_path), 1)
+    _, ggml_path, _ = _tiny_llama_files(tmp_path, 1)
+    ct = ggml_file.Content.read(ggml_path)
+    with pytest.raises(errors.Error, match="gqa 3 does not divide n_head 4"):
+        quantized_llama.ModelWeights.from_ggml(ct, 3)
+    with pytest.raises(errors.Error, match=r"'layers\.0\.attention\.wk\.weight' has shape \[64, 64\].*\[32, 64\]"):
+        quantized_llama.ModelWeights.from_ggml(ct, 2)  # the file has 4 kv heads
+    for bad in (0, 1.0, "1", None):
+        with pytest.raises(errors.Error, match="gqa"):
+            quantized_llama.ModelWeights.from_ggml(ct, bad)
+    with pytest.raises(errors.Error, match=r"ggml_file\.Content or a path"):
+        quantized_llama.ModelWeights.from_ggml(object(), 1)
+    with pytest.raises(errors.Error, match="no tokenizer"):
+        _ = quantized_llama.ModelWeights.from_ggml(ct, 1).tokenizer
