@@ -525,15 +525,23 @@ class CustomOpName(Error, AttributeError):
 
 class CandleInternalName(Error, AttributeError):
     """Candle's storage, op-graph and id accessors (``id``, ``track_op``, ``from_storage``,
-    ``storage_and_layout``, ``strided_index``, ``strided_blocks``, ``sorted_nodes``, ``backward``): an XLA
-    array has no storage, strides or op graph; the message names what to use instead."""
+    ``storage_and_layout``, ``strided_index``, ``strided_blocks``, ``sorted_nodes``): an XLA array has
+    no storage, strides or op graph; the message names what to use instead."""
 
     def __init__(self, name: str, hint: str):
         self.name = name
-        what = "Candle's storage / op-graph internals"
-        if name == "backward":
-            what = "Candle's loss.backward() -> GradStore"
-        super().__init__(f"Tensor has no .{name} ({what}): {hint}")
+        super().__init__(f"Tensor has no .{name} (Candle's storage / op-graph internals): {hint}")
+
+
+class NoBackward(TorchName, CandleInternalName):
+    """``t.backward()``: Candle's ``loss.backward() -> GradStore`` and PyTorch's ``loss.backward()`` need an op
+    graph that eager tensors do not record; the message names ``cj.grad`` / ``cj.value_and_grad`` and
+    ``opt.backward_step``."""
+
+    def __init__(self, hint: str):
+        self.name = "backward"
+        Error.__init__(self, f"Tensor has no .backward (Candle's loss.backward() -> GradStore, PyTorch's"
+                             f" loss.backward()): {hint}")  # fmt: skip
 
 
 class OutOfMemory(Error, MemoryError):

@@ -24,6 +24,15 @@ from candlejax.tensor.reduce import log_softmax_op, softmax_op
 if TYPE_CHECKING:  # Tensor joins the mixins: candlejax.tensor sets this name at runtime (get_type_hints)
     from candlejax.tensor import Tensor
 
+#: ``t.backward()`` (Candle's and PyTorch's name): what to write instead
+_BACKWARD_HINT = (
+    "an eager tensor records no op graph, so there is no GradStore to build: write the loss as a function of"
+    " the model and take grads = cj.grad(loss_fn)(model, x, y) (a pytree shaped like the model: grads.weight"
+    " is the gradient of model.weight) or loss, grads = cj.value_and_grad(loss_fn)(model, x, y), or let a"
+    " Candle optimizer do the step: opt.backward_step(loss_fn, model, x, y) for Candle's"
+    " opt.backward_step(&loss)"
+)
+
 #: PyTorch names Candle spells differently (or that cannot work on immutable XLA arrays) -> hint
 _POINTERS: dict[str, str] = {
     "type": "use .to_dtype(DType.F32) (Candle's name)",
@@ -83,10 +92,6 @@ _CANDLE_INTERNAL: dict[str, str] = {
     " t.flatten_all().to_vec1() or t.numpy().ravel()",
     "strided_blocks": "XLA arrays are always C-contiguous (one block of t.elem_count() elements at offset 0):"
     " read the values with t.flatten_all().to_vec1() or t.numpy().ravel()",
-    "backward": "an eager tensor records no op graph, so there is no GradStore to build: write the loss as a"
-    " function of the model and take grads = cj.grad(loss_fn)(model, x, y) (a pytree shaped like the model:"
-    " grads.weight is the gradient of model.weight) or cj.value_and_grad, or let a Candle optimizer do the"
-    " step: opt.backward_step(loss_fn, model, x, y) for Candle's opt.backward_step(&loss)",
     "sorted_nodes": "candlejax records no op graph to sort: gradients come from jax"
     " (cj.value_and_grad(fn)(model, ...))",
 }
@@ -214,6 +219,8 @@ class TorchCompatMixin(TensorBase):
                 raise errors.CandleInPlaceName(name, _CANDLE_IN_PLACE[name])
             if name in _CANDLE_CUSTOM_OP:
                 raise errors.CustomOpName(name)
+            if name == "backward":
+                raise errors.NoBackward(_BACKWARD_HINT)
             if name in _CANDLE_INTERNAL:
                 raise errors.CandleInternalName(name, _CANDLE_INTERNAL[name])
             hint = _POINTERS.get(name)

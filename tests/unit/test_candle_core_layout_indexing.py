@@ -148,7 +148,7 @@ def test_layout_and_storage_accessors():
         Tensor.from_storage(None, (2,), None, False)
     assert getattr(tensor, "id", None) is None  # still an AttributeError
     # Candle's `let grads = loss.backward()?`: names Candle's call and the candlejax spelling
-    with pytest.raises(errors.CandleInternalName, match=r"loss\.backward\(\) -> GradStore.*cj\.grad\(loss_fn\)"):
+    with pytest.raises(errors.TorchName, match=r"loss\.backward\(\) -> GradStore.*cj\.grad\(loss_fn\)"):
         tensor.sum_all().backward()
 
 
