@@ -560,28 +560,26 @@ def test_lstm_and_gru_sequences():
     wih, whh = _rand((20, 3), 83, -0.5, 0.5), _rand((20, 5), 84, -0.5, 0.5)
     bih, bhh = _rand((20,), 85), _rand((20,), 86)
 
-    def t_lstm(a, w1, w2, b1, b2):
-        m = torch.nn.LSTM(3, 5, batch_first=True).double()
-        return torch.func.functional_call(m, {"weight_ih_l0": w1, "weight_hh_l0": w2, "bias_ih_l0": b1,
-                                               "bias_hh_l0": b2}, (a,))[0]
+    def torch_rnn(cls):
+        def run(a, w1, w2, b1, b2):
+            m = cls(3, 5, batch_first=True).double()
+            return torch.func.functional_call(m, {"weight_ih_l0": w1, "weight_hh_l0": w2, "bias_ih_l0": b1,
+                                                   "bias_hh_l0": b2}, (a,))[0]  # fmt: skip
+
+        return run
 
     def c_lstm(a, w1, w2, b1, b2):
         m = cj.nn.LSTM(w1, w2, b1, b2)
         return m.states_to_tensor(m.seq(a))
 
-    _check(c_lstm, t_lstm, x, wih, whh, bih, bhh)
+    _check(c_lstm, torch_rnn(torch.nn.LSTM), x, wih, whh, bih, bhh)
     gih, ghh, gbi, gbh = wih[:15], whh[:15], bih[:15], bhh[:15]
-
-    def t_gru(a, w1, w2, b1, b2):
-        m = torch.nn.GRU(3, 5, batch_first=True).double()
-        return torch.func.functional_call(m, {"weight_ih_l0": w1, "weight_hh_l0": w2, "bias_ih_l0": b1,
-                                               "bias_hh_l0": b2}, (a,))[0]
 
     def c_gru(a, w1, w2, b1, b2):
         m = cj.nn.GRU(w1, w2, b1, b2)
         return m.states_to_tensor(m.seq(a)).reshape((2, 4, 5))  # Candle's GRU concatenates the steps
 
-    _check(c_gru, t_gru, x, gih, ghh, gbi, gbh)
+    _check(c_gru, torch_rnn(torch.nn.GRU), x, gih, ghh, gbi, gbh)
 
 
 def _t_rope(x, cos, sin, interleaved):

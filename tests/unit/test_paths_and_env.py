@@ -312,26 +312,32 @@ print(sorted(n for n in os.listdir(d) if not n.startswith("warm")))
 def test_save_over_a_read_only_file_is_refused_and_leaves_it(tmp_path):
     # Candle's File::create, numpy.save and torch.save open the file for writing: a file without write
     # permission is refused (PermissionError) and left as it was; the atomic rename must not bypass that
+    if os.getuid() != 0 and os.access("/", os.W_OK):
+        pytest.skip("cannot run the check without write permission here")
+    lines, text = _run_unprivileged(_READ_ONLY_SCRIPT, "cj-ro-")
+    assert lines == [
+        "refused a.safetensors True True", "intact True", "refused a.npy True True", "intact True",
+        "['a.npy', 'a.safetensors']",
+    ], text
+
+
+def _run_unprivileged(script: str, prefix: str) -> tuple[list[str], str]:
+    """Run ``script`` on a fresh world-writable folder (the script drops root to ``nobody`` itself): its
+    output lines and its whole output; skips the test when the script says it cannot run."""
+    import shutil
     import subprocess
     import sys
     import tempfile
 
-    if os.getuid() != 0 and os.access("/", os.W_OK):
-        pytest.skip("cannot run the check without write permission here")
-    d = tempfile.mkdtemp(prefix="cj-ro-")
+    d = tempfile.mkdtemp(prefix=prefix)
     try:
         os.chmod(d, 0o777)
-        out = subprocess.run([sys.executable, "-c", _READ_ONLY_SCRIPT, d], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", script, d], capture_output=True, text=True, check=True)
     finally:
-        import shutil
-
         shutil.rmtree(d, ignore_errors=True)
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
-    assert out.stdout.splitlines() == [
-        "refused a.safetensors True True", "intact True", "refused a.npy True True", "intact True",
-        "['a.npy', 'a.safetensors']",
-    ], out.stdout + out.stderr
+    return out.stdout.splitlines(), out.stdout + out.stderr
 
 
 def test_write_idx_follows_the_writers_conventions(tmp_path):
@@ -468,22 +474,10 @@ for key, read in readers:
 def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(tmp_path):
     # open() raises PermissionError; candlejax readers raise errors.NoPermission (also a PermissionError)
     # naming the file, not a raw PermissionError or a "not a valid file" message
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     if os.getuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user")
-    d = tempfile.mkdtemp(prefix="cj-unreadable-")
-    try:
-        os.chmod(d, 0o777)
-        out = subprocess.run([sys.executable, "-c", _UNREADABLE_SCRIPT, d], capture_output=True, text=True, check=True)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    if out.stdout.startswith("SKIP"):
-        pytest.skip(out.stdout.strip())
-    assert out.stdout.splitlines() == ["True True"] * 10, out.stdout + out.stderr
+    lines, text = _run_unprivileged(_UNREADABLE_SCRIPT, "cj-unreadable-")
+    assert lines == ["True True"] * 10, text
 
 
 def test_relative_compilation_cache_dir_is_fixed_at_enable_time(tmp_path):
