@@ -279,6 +279,15 @@ def test_chat_template_from_tokenizer_config_path_errors(tmp_path):
         ChatTemplate.from_tokenizer_config(3)
 
 
+#: the scripts' switch from root (which writes and reads through any file mode) to nobody
+_DROP_ROOT = """if os.getuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+    if not os.access(os.path.dirname(cj.__file__), os.R_OK | os.X_OK):  # lazy imports of candlejax modules
+        print("SKIP: the unprivileged user cannot read the candlejax package")
+        sys.exit(0)
+"""
+
 _READ_ONLY_SCRIPT = """
 import os, sys
 import numpy as np, candlejax as cj
@@ -287,12 +296,7 @@ from candlejax.io import npy, safetensors
 d = sys.argv[1]
 safetensors.save({"w": cj.Tensor(np.ones(2, np.float32))}, os.path.join(d, "warm.safetensors"))
 npy.write_npy(cj.Tensor(np.ones(2, np.float32)), os.path.join(d, "warm.npy"))
-if os.getuid() == 0:  # root writes through any mode: run the check as nobody
-    os.setgid(65534)
-    os.setuid(65534)
-    if not os.access(os.path.dirname(cj.__file__), os.R_OK | os.X_OK):  # lazy imports of candlejax modules
-        print("SKIP: the unprivileged user cannot read the candlejax package")
-        sys.exit(0)
+DROP_ROOT
 for name, write in [("a.safetensors", lambda p: safetensors.save({"x": cj.Tensor(np.zeros(3, np.float32))}, p)),
                     ("a.npy", lambda p: npy.write_npy(cj.Tensor(np.zeros(3, np.float32)), p))]:
     p = os.path.join(d, name)
@@ -314,7 +318,7 @@ def test_save_over_a_read_only_file_is_refused_and_leaves_it(tmp_path):
     # permission is refused (PermissionError) and left as it was; the atomic rename must not bypass that
     if os.getuid() != 0 and os.access("/", os.W_OK):
         pytest.skip("cannot run the check without write permission here")
-    lines, text = _run_unprivileged(_READ_ONLY_SCRIPT, "cj-ro-")
+    lines, text = _run_unprivileged(_READ_ONLY_SCRIPT.replace("DROP_ROOT\n", _DROP_ROOT), "cj-ro-")
     assert lines == [
         "refused a.safetensors True True", "intact True", "refused a.npy True True", "intact True",
         "['a.npy', 'a.safetensors']",
@@ -450,12 +454,7 @@ files["tok"] = os.path.join(d, "tokenizer.json")
 tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0}, unk_token="a")).save(files["tok"])
 for p in files.values():
     os.chmod(p, 0)
-if os.getuid() == 0:  # root reads through any mode: run the check as nobody
-    os.setgid(65534)
-    os.setuid(65534)
-    if not os.access(os.path.dirname(cj.__file__), os.R_OK | os.X_OK):  # lazy imports of candlejax modules
-        print("SKIP: the unprivileged user cannot read the candlejax package")
-        sys.exit(0)
+DROP_ROOT
 readers = [("st", safetensors.load), ("st", safetensors.MmapedSafetensors), ("npy", npy.read_npy),
            ("npz", npy.read_npz), ("npz", npy.NpzTensors), ("st", lambda p: cj.nn.VarMap().load(p)),
            ("st", lambda p: cj.nn.VarBuilder.from_mmaped_safetensors([p], cj.DType.F32, cj.Device.Cpu)),
@@ -476,7 +475,7 @@ def test_reading_a_file_without_read_permission_is_a_candlejax_permission_error(
     # naming the file, not a raw PermissionError or a "not a valid file" message
     if os.getuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user")
-    lines, text = _run_unprivileged(_UNREADABLE_SCRIPT, "cj-unreadable-")
+    lines, text = _run_unprivileged(_UNREADABLE_SCRIPT.replace("DROP_ROOT\n", _DROP_ROOT), "cj-unreadable-")
     assert lines == ["True True"] * 10, text
 
 
