@@ -134,7 +134,9 @@ def _np_state(g: Any, name: str) -> dict[str, Any]:
 
 def _set_np_state(g: Any, name: str, saved: Any, path: str) -> Any:
     """Check ``saved`` (from :func:`_np_state`) fits ``g``'s bit generator; returns a setter."""
-    mine = _np_state(g, name)
+    if not isinstance(g, np.random.Generator | np.random.RandomState):
+        _np_state(g, name)  # raises naming the type
+    mine = type(g.bit_generator).__name__ if isinstance(g, np.random.Generator) else "MT19937"  # RandomState's
 
     def dec(v: Any) -> Any:
         if isinstance(v, dict):
@@ -144,10 +146,8 @@ def _set_np_state(g: Any, name: str, saved: Any, path: str) -> Any:
         return v
 
     kind = saved.get("bit_generator") if isinstance(saved, dict) else None
-    if kind != mine.get("bit_generator"):
-        raise CheckpointError(
-            f"checkpoint {path}: numpy generator {name!r} is a {kind}, the one given is a {mine.get('bit_generator')}"
-        )
+    if kind != mine:
+        raise CheckpointError(f"checkpoint {path}: numpy generator {name!r} is a {kind}, the one given is a {mine}")
     state = dec(saved)
     if isinstance(g, np.random.Generator):
         return lambda: setattr(g.bit_generator, "state", state)
