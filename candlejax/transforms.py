@@ -63,7 +63,7 @@ def _unbox(tree: Any) -> Any:
 
 def _holds_concrete_var(v: Any) -> bool:
     vars_ = [v] if isinstance(v, Var) else named_vars(v).values()
-    return any(isinstance(x._a, jax.Array) and not isinstance(x._a, jax.core.Tracer) for x in vars_)
+    return any(isinstance(unwrap(x), jax.Array) and not isinstance(unwrap(x), jax.core.Tracer) for x in vars_)
 
 
 def _warn_captured_vars(fn: Any) -> None:
