@@ -43,8 +43,10 @@ def test_ms_per_decode_token_matches_the_host_clock():
     host_ms = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e3
     assert len(g.tokens) == 6 and g.stats["decode_steps"] == 5
     got = ms_per_decode_token(g.stats)
+    # the consumer's own clock is the reference (a loaded machine stretches both alike); one step too
+    # few in the divisor is 25% off it
     assert abs(got - host_ms) < 0.1 * host_ms, (got, host_ms)
-    assert 100.0 <= got < 115.0, got
+    assert got >= 100.0, got  # each step waited at least the consumer's 0.1 s
 
 
 def test_vision_torch_compile_keeps_static_shapes():
