@@ -25,7 +25,9 @@ try:
     from candlejax.shape import D, Layout, Shape
     from candlejax.tensor import Tensor
     from candlejax.tensor.elementwise import CmpOp  # candle::op::CmpOp, for t.cmp(rhs, CmpOp.Lt)
-    from candlejax import checkpoint, conv, data, display, io, nn, npy, optim, random, safetensors
+    from candlejax import checkpoint, conv, data, io, nn, npy, optim, random, safetensors
+    # cj.display (Candle's print options) stays out of __all__: a star import in a notebook keeps IPython's display
+    from candlejax import display as display
     from candlejax import distributed
     from candlejax._precision import gemm_reduced_precision_f32, set_gemm_reduced_precision_f32
     from candlejax.transforms import grad, jit, value_and_grad
@@ -76,7 +78,7 @@ __all__ = [
     "CmpOp", "D", "DType", "Device", "DeviceLocation", "Error", "Layout", "Module", "ModuleT", "QTensor", "Shape",
     "Tensor", "Var",
     "StreamTensor", "StreamingBinOp", "StreamingModule", "streaming",
-    "checkpoint", "conv", "data", "display", "enable_x64",
+    "checkpoint", "conv", "data", "enable_x64",
     "errors", "grad", "io", "jit", "nn", "npy", "optim", "random", "safetensors", "value_and_grad", "x64_enabled",
     "distributed", "gemm_reduced_precision_f32", "set_gemm_reduced_precision_f32",
     "functional", "testing", "utils", "cat", "ones", "rand", "randn", "stack", "tensor", "zeros",
