@@ -471,7 +471,12 @@ def _plan_key(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool) -> tup
         if t is int or x is None or x is Ellipsis:
             key.append(x)
         elif t is slice:
-            key.append((x.start, x.stop, x.step))
+            # only exact ints key a slice: 1.0 and True hash like 1 (and must still be refused), and a
+            # concrete jax scalar bound is unhashable
+            bounds = (x.start, x.stop, x.step)
+            if not all(b is None or type(b) is int for b in bounds):
+                return None, []
+            key.append(bounds)
         elif isinstance(x, TensorBase):
             a = x._a
             key.append(("T", a.shape, a.dtype))
