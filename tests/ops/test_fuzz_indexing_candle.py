@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from candlejax import DType, Tensor, errors
+from candlejax import D, DType, Tensor, errors
 
 candle = pytest.importorskip("candle")
 
@@ -215,3 +215,175 @@ def test_index_plan_cache_keys_only_int_slice_bounds():
     np.testing.assert_array_equal(np.asarray(x[jnp.int32(1) : 3]), want)
     np.testing.assert_array_equal(np.asarray(x.i(slice(jnp.int32(1), 3))), want)
     np.testing.assert_array_equal(np.asarray(x[np.int64(1) : 3]), want)
+
+
+# --- index_select / gather / where_cond / argmax / narrow vs candle-pyo3 ---------------------------
+
+CANDLE_IDS = [(np.uint8, "u8"), (np.uint32, "u32")]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_select_gather_where_vs_candle_pyo3(seed):
+    rng = np.random.default_rng(4000 + seed)
+    for case in range(4):
+        shape = _shape(rng, int(rng.integers(1, 4)))
+        x, j, c = _pair(rng, shape)
+        npdt, cdt = CANDLE_IDS[case % 2]
+        dim = int(rng.integers(0, len(shape)))
+        jdim = [dim, dim - len(shape), D.Minus1 if dim == len(shape) - 1 else dim][case % 3]
+        v = rng.integers(0, shape[dim], int(rng.integers(0, 5)))
+        got = j.index_select(tt(v.astype(npdt)), jdim)
+        want = _np(c.index_select(_cids(v, getattr(candle, cdt)), dim))
+        assert got.shape == want.shape and got.dtype == DType.F32
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), np.take(x, v, axis=dim))
+        # gather: candle-pyo3 0.4.2 wants ids of self's shape; smaller ids vs numpy take_along_axis
+        g = rng.integers(0, shape[dim], shape)
+        got = j.gather(tt(g.astype(npdt)), jdim)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), _np(c.gather(_cids(g, getattr(candle, cdt)), dim)))
+        small = tuple(int(rng.integers(1, s + 1)) for s in shape)
+        g = rng.integers(0, shape[dim], small)
+        sl = tuple(slice(0, s) if k != dim else slice(None) for k, s in enumerate(small))
+        got = j.gather(tt(g.astype(npdt)), jdim)
+        assert got.shape == small
+        np.testing.assert_array_equal(np.asarray(got, np.float64), np.take_along_axis(x[sl], g, axis=dim))
+        # where_cond (pred u8 / u32), strided pred
+        m = (rng.random(shape) < 0.5).astype(np.uint32) * rng.integers(1, 3, shape).astype(np.uint32)
+        y = rng.integers(-9, 9, shape).astype(np.float32)
+        jp = tt(m.astype(npdt))
+        if len(shape) >= 2:
+            jp = tt(np.ascontiguousarray(np.swapaxes(m, 0, 1)).astype(npdt)).transpose(0, 1)
+        got = jp.where_cond(j, tt(y))
+        want = _np(_cids(m, getattr(candle, cdt)).where_cond(c, candle.Tensor(y)))
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+        # masked_fill (candle-nn): mask broadcast to self, value where mask != 0
+        mb = m[..., :1] if rng.random() < 0.5 else m
+        got = j.masked_fill(tt(mb.astype(npdt)), -100.0)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), np.where(np.broadcast_to(mb, shape) != 0, -100.0, x))
+        # argmax / argmin keepdim and not (ties: the first index, as Candle's reduce)
+        xt = np.round(x / 40)  # many ties
+        jt, ct = tt(xt.astype(np.float32)), candle.Tensor(xt.astype(np.float32))
+        for name in ("argmax", "argmin"):
+            want = _np(getattr(ct, f"{name}_keepdim")(dim))
+            got = getattr(jt, f"{name}_keepdim")(jdim)
+            assert got.dtype == DType.U32 and got.shape == want.shape
+            np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+            got = getattr(jt, name)(jdim)
+            assert got.dtype == DType.U32 and got.shape == want.shape[:dim] + want.shape[dim + 1 :]
+            np.testing.assert_array_equal(np.asarray(got, np.float64), want.reshape(got.shape))
+        # narrow
+        start = int(rng.integers(0, shape[dim]))  # candle-pyo3 refuses start == size even for len 0
+        n = int(rng.integers(0, shape[dim] - start + 1))
+        np.testing.assert_array_equal(np.asarray(j.narrow(jdim, start, n), np.float64), _np(c.narrow(dim, start, n)))
+
+
+def test_i64_ids_vs_candle_pyo3(x64):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    c = candle.Tensor(x)
+    v = np.array([2, 0, 2])
+    jid = tt(v.astype(np.int64))
+    assert jid.dtype == DType.I64
+    cid = _cids(v, candle.i64)
+    np.testing.assert_array_equal(np.asarray(tt(x).index_select(jid, 0)), _np(c.index_select(cid, 0)))
+    np.testing.assert_array_equal(np.asarray(tt(x)[jid]), _np(c[cid]))
+    g = np.array([[2, 0, 1, 1], [0, 0, 2, 1], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(tt(x).gather(tt(g), 0)), _np(c.gather(_cids(g, candle.i64), 0)))
+    p = _cids(np.array([1, 0, 2, 0]), candle.i64)
+    want = _np(p.where_cond(c[0], c[1]))
+    np.testing.assert_array_equal(np.asarray(tt(np.array([1, 0, 2, 0], np.int64)).where_cond(tt(x)[0], tt(x)[1])), want)
+    with pytest.raises(errors.InvalidIndex, match="index-select invalid index 3 with dim size 3"):
+        tt(x).index_select(tt(np.array([3], np.int64)), 0)
+    with pytest.raises(errors.InvalidIndex, match="index-select invalid index -1"):
+        tt(x).index_select(tt(np.array([-1], np.int64)), 0)
+
+
+# --- scatter family and slice writes vs numpy -------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scatter_index_add_slice_writes_vs_numpy(seed):
+    rng = np.random.default_rng(5000 + seed)
+    for case in range(4):
+        shape = _shape(rng, int(rng.integers(1, 4)))
+        x, j, _ = _pair(rng, shape)
+        npdt = ID_DTYPES[case % 3]
+        dim = int(rng.integers(0, len(shape)))
+        jdim = dim - len(shape) if case % 2 else dim
+        # Candle's scatter: ids and src share a shape that equals self's off the dim
+        small = tuple(int(rng.integers(1, 4)) if k == dim else s for k, s in enumerate(shape))
+        g = rng.integers(0, shape[dim], small)
+        src = rng.integers(-9, 9, small).astype(np.float32)
+        want_add = x.copy()
+        for pos in np.ndindex(*small):
+            tgt = list(pos)
+            tgt[dim] = g[pos]
+            want_add[tuple(tgt)] += src[pos]
+        got = j.scatter_add(tt(g.astype(npdt)), tt(src), jdim)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want_add)
+        # scatter (set) with distinct ids along the dim (duplicates: an unspecified winner on XLA)
+        k = min(small[dim], shape[dim])
+        perm = np.argsort(rng.random(shape), axis=dim)
+        g = np.take(perm, np.arange(k), axis=dim)
+        src = np.take(src, np.arange(k), axis=dim)
+        want_set = x.copy()
+        np.put_along_axis(want_set, g, src, axis=dim)
+        got = j.scatter(tt(g.astype(npdt)), tt(src), jdim)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want_set)
+        # index_add: 1-D ids, source of self's shape but len(ids) on dim
+        v = rng.integers(0, shape[dim], int(rng.integers(0, 4)))
+        srcshape = tuple(len(v) if k == dim else s for k, s in enumerate(shape))
+        s2 = rng.integers(-9, 9, srcshape).astype(np.float32)
+        want = x.copy()
+        np.add.at(np.moveaxis(want, dim, 0), v, np.moveaxis(s2, dim, 0))
+        got = j.index_add(tt(v.astype(npdt)), tt(s2), jdim)
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+        # slice_scatter / slice_set / slice_assign
+        start = int(rng.integers(0, shape[dim]))
+        n = int(rng.integers(1, shape[dim] - start + 1))
+        srcshape = tuple(n if k == dim else s for k, s in enumerate(shape))
+        s3 = rng.integers(-9, 9, srcshape).astype(np.float32)
+        want = x.copy()
+        sl = tuple(slice(start, start + n) if k == dim else slice(None) for k in range(len(shape)))
+        want[sl] = s3
+        np.testing.assert_array_equal(np.asarray(j.slice_scatter(tt(s3), jdim, start), np.float64), want)
+        np.testing.assert_array_equal(np.asarray(j.slice_set(tt(s3), jdim, start), np.float64), want)
+        np.testing.assert_array_equal(np.asarray(j.slice_assign(list(sl), tt(s3)), np.float64), want)
+
+
+# --- out-of-range and float ids: a candlejax error, never a clamp or a wrap -------------------------
+
+_X = np.zeros((3, 4), np.float32)
+
+
+def _ids_cases(dt):
+    def i(v):
+        return tt(np.asarray(v).astype(dt))
+
+    src = tt(np.ones((1, 4), np.float32))
+    return [
+        ("index_select", lambda: tt(_X).index_select(i([0, 3]), 0)),
+        ("index_select dim1", lambda: tt(_X).t().index_select(i([4]), 0)),
+        ("getitem", lambda: tt(_X)[:, i([4])]),
+        ("i", lambda: tt(_X).i(i([3]))),
+        ("embedding", lambda: tt(_X).embedding(i([[1, 3]]))),
+        ("gather", lambda: tt(_X).gather(i([[3, 0, 0, 0]]), 0)),
+        ("gather neg dim", lambda: tt(_X).gather(i([[4], [0], [0]]), -1)),
+        ("scatter", lambda: tt(_X).scatter(i([[3, 0, 0, 0]]), src, 0)),
+        ("scatter_add", lambda: tt(_X).scatter_add(i([[0, 3, 0, 0]]), src, 0)),
+        ("index_add", lambda: tt(_X).index_add(i([3]), src, 0)),
+    ]
+
+
+@pytest.mark.parametrize("dt", [np.uint8, np.uint32, np.int32, np.int16])
+def test_out_of_range_ids_raise_invalid_index(dt):
+    for name, f in _ids_cases(dt):
+        with pytest.raises(errors.InvalidIndex):
+            f()
+        assert name
+
+
+def test_float_ids_are_refused():
+    for name, f in _ids_cases(np.float32):
+        with pytest.raises(errors.UnexpectedDType, match=r"integer dtype|index") as e:
+            f()
+        assert isinstance(e.value, errors.Error), name
