@@ -13,7 +13,7 @@ from candlejax import D, DType, Tensor, errors
 
 candle = pytest.importorskip("candle")
 
-SEEDS = range(4)
+SEEDS = range(3)
 ID_DTYPES = [np.uint8, np.uint32, np.int32]
 
 
@@ -114,7 +114,7 @@ def _np_getitem(x: np.ndarray, idx: list, list_at: int | None) -> np.ndarray:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_getitem_fuzz_vs_numpy(seed):
     rng = np.random.default_rng(1000 + seed)
-    for case in range(20):
+    for case in range(12):
         shape = _shape(rng)
         x, j, _ = _pair(rng, shape)
         idx, list_at = _rand_index(rng, shape, ID_DTYPES[case % 3])
@@ -130,7 +130,7 @@ def test_getitem_fuzz_vs_candle_pyo3(seed):
     """Step-free slices, ints, ``...`` and one id list or tensor: candle-pyo3 0.4.2's own ``[]`` (it
     ignores slice steps and mishandles ``None`` next to ``...``, so those stay in the numpy fuzz)."""
     rng = np.random.default_rng(2000 + seed)
-    for case in range(20):
+    for case in range(10):
         shape = _shape(rng)
         _, j, c = _pair(rng, shape)
         idx: list = []
@@ -168,7 +168,7 @@ def test_i_fuzz_vs_numpy(seed):
     """``i()``: positive-step slices that must lie in range (Candle's ``narrow``), ints, id lists,
     several id indexers applied one dim at a time."""
     rng = np.random.default_rng(3000 + seed)
-    for case in range(15):
+    for case in range(10):
         shape = _shape(rng)
         x, j, _ = _pair(rng, shape)
         idx: list = []
@@ -225,7 +225,7 @@ CANDLE_IDS = [(np.uint8, "u8"), (np.uint32, "u32")]
 @pytest.mark.parametrize("seed", SEEDS)
 def test_select_gather_where_vs_candle_pyo3(seed):
     rng = np.random.default_rng(4000 + seed)
-    for case in range(4):
+    for case in range(3):
         shape = _shape(rng, int(rng.integers(1, 4)))
         x, j, c = _pair(rng, shape)
         npdt, cdt = CANDLE_IDS[case % 2]
@@ -303,7 +303,7 @@ def test_i64_ids_vs_candle_pyo3(x64):
 @pytest.mark.parametrize("seed", range(3))
 def test_scatter_index_add_slice_writes_vs_numpy(seed):
     rng = np.random.default_rng(5000 + seed)
-    for case in range(4):
+    for case in range(3):
         shape = _shape(rng, int(rng.integers(1, 4)))
         x, j, _ = _pair(rng, shape)
         npdt = ID_DTYPES[case % 3]
@@ -387,3 +387,67 @@ def test_float_ids_are_refused():
         with pytest.raises(errors.UnexpectedDType, match=r"integer dtype|index") as e:
             f()
         assert isinstance(e.value, errors.Error), name
+
+
+# --- movement and creation vs numpy ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_roll_flip_chunk_split_cumsum_vs_numpy(seed):
+    rng = np.random.default_rng(6000 + seed)
+    for _ in range(5):
+        shape = _shape(rng, int(rng.integers(1, 4)))
+        x, j, _ = _pair(rng, shape)
+        dim = int(rng.integers(0, len(shape)))
+        jdim = dim - len(shape) if rng.random() < 0.5 else dim
+        shift = int(rng.integers(-7, 8))
+        np.testing.assert_array_equal(np.asarray(j.roll(shift, jdim), np.float64), np.roll(x, shift, dim))
+        np.testing.assert_array_equal(np.asarray(j.flip([jdim]), np.float64), np.flip(x, dim))
+        np.testing.assert_array_equal(np.asarray(j.cumsum(jdim), np.float64), np.cumsum(x, dim))
+        n = int(rng.integers(1, 6))
+        size = shape[dim]
+        # Candle's chunk: min(n, size) chunks, the first size % n one longer (not PyTorch's ceil sizes)
+        sizes = [1] * size if size < n else [size // n + (i < size % n) for i in range(n)]
+        want = np.split(x, np.cumsum(sizes)[:-1], axis=dim)
+        got = j.chunk(n, jdim)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g, np.float64), w)
+        k = int(rng.integers(1, size + 1))
+        got = j.split(k, jdim)
+        want = np.split(x, range(k, size, k), axis=dim)
+        assert [g.shape for g in got] == [w.shape for w in want]
+
+
+def test_arange_step_vs_candle_rules():
+    """Candle's arange_step: repeated ``current + step`` while ``current < end`` (``> end`` for a
+    negative step), in the start's type; step 0 is refused."""
+    for start, end, step in [(5, 0, -2), (0, 7, 3), (0.0, 1.0, 0.3), (1.0, 0.0, -0.3), (2.0, -1.0, -0.7), (0, 5, -1)]:
+        want, cur = [], np.float32(start) if isinstance(start, float) else start
+        while (step > 0 and cur < end) or (step < 0 and cur > end):
+            want.append(cur)
+            cur = np.float32(cur + np.float32(step)) if isinstance(start, float) else cur + step
+        got = Tensor.arange_step(start, end, step)
+        assert got.dtype == (
+            DType.F32 if isinstance(start, float) else DType.U32 if min(start, end) >= 0 else got.dtype
+        )
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=1e-6)
+    with pytest.raises(errors.Error, match="step cannot be zero"):
+        Tensor.arange_step(0, 5, 0)
+
+
+def test_one_hot_tril_triu_vs_numpy():
+    from candlejax.nn.encoding import one_hot
+
+    v = np.array([[2, 0], [1, 2]], np.uint32)
+    got = one_hot(tt(v), 3, 1.0, 0.0)
+    assert got.shape == (2, 2, 3) and got.dtype == DType.F32
+    np.testing.assert_array_equal(np.asarray(got), np.eye(3, dtype=np.float32)[v])
+    with pytest.raises(errors.Error, match="one_hot: index value 3 exceeds depth 3"):
+        one_hot(tt(np.array([3], np.uint8)), 3, 1.0, 0.0)
+    with pytest.raises(errors.Error, match="one_hot: invalid negative index value -2"):
+        one_hot(tt(np.array([-2], np.int32)), 3, 1.0, 0.0)
+    np.testing.assert_array_equal(np.asarray(one_hot(tt(np.array([-1], np.int32)), 3, 1.0, 0.0)), [[0, 0, 0]])
+    for n in (0, 1, 4):
+        np.testing.assert_array_equal(np.asarray(Tensor.tril2(n)), np.tril(np.ones((n, n), np.float32)))
+        np.testing.assert_array_equal(np.asarray(Tensor.triu2(n, DType.U8)), np.triu(np.ones((n, n), np.uint8)))
