@@ -305,8 +305,17 @@ def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray
     return _host(t, op_name)
 
 
+_F8E4M3 = DType.F8E4M3.np
+_F8E4M3_MAX = 448  # the largest finite float8 e4m3fn value
+
+
 @op(static=("dtype",), elementwise=True)
 def _astype(a: Any, *, dtype: Any) -> Any:
+    if dtype == _F8E4M3 and a.dtype.itemsize > 1:  # (u8 and f8 hold no value beyond 448)
+        # Candle's F8E4M3::from_f32 saturates (``SatFinite``): beyond +-448, +-inf included, gives +-448;
+        # XLA's convert gives NaN there. NaN stays NaN (clip propagates it).
+        lo = 0 if np.issubdtype(a.dtype, np.unsignedinteger) else -_F8E4M3_MAX
+        a = jax.numpy.clip(a, lo, _F8E4M3_MAX)
     return a.astype(dtype)
 
 
