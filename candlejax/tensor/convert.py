@@ -24,7 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax._jax_private import read_to_host
 from candlejax.device import Device
-from candlejax.dtype import DType, check_width, to_dtype
+from candlejax.dtype import DType, _f8_saturate, check_width, to_dtype
 from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
 
@@ -305,17 +305,9 @@ def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray
     return _host(t, op_name)
 
 
-_F8E4M3 = DType.F8E4M3.np
-_F8E4M3_MAX = 448  # the largest finite float8 e4m3fn value
-
-
 @op(static=("dtype",), elementwise=True)
 def _astype(a: Any, *, dtype: Any) -> Any:
-    if dtype == _F8E4M3 and a.dtype.itemsize > 1:  # (u8 and f8 hold no value beyond 448)
-        # Candle's F8E4M3::from_f32 saturates (``SatFinite``): beyond +-448, +-inf included, gives +-448;
-        # XLA's convert gives NaN there. NaN stays NaN (clip propagates it).
-        lo = 0 if np.issubdtype(a.dtype, np.unsignedinteger) else -_F8E4M3_MAX
-        a = jax.numpy.clip(a, lo, _F8E4M3_MAX)
+    a = _f8_saturate(a, dtype)  # Candle's float8 casts saturate at +-448 where XLA's give NaN
     return a.astype(dtype)
 
 

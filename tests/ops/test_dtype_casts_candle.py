@@ -154,3 +154,21 @@ def test_f64_to_narrow_floats_vs_candle():
     for dst in ["bf16", "f16", "f32"]:
         want = c.to_dtype(getattr(candle, dst)).to_dtype(candle.f64).values()
         assert same(values(j.to_dtype(dst)), want), dst
+
+
+def test_f8e4m3_creation_saturates():
+    """Values put into an F8E4M3 tensor at creation round as ``F8E4M3::from_f64`` does: +-448 beyond the
+    range (Candle's ``Tensor::full(F8E4M3::from_f32(1000.), ..)``), from lists, numpy / jax arrays, fills."""
+    import jax.numpy as jnp
+
+    vals = [1000.0, -1e9, math.inf, -math.inf, math.nan, 3.0, 465.0, -0.0]
+    want = [rust_to_f8(v) for v in vals]
+    f8 = DType.F8E4M3
+    for data in (vals, np.array(vals, np.float32), np.array(vals), jnp.asarray(vals, jnp.float32)):
+        assert same(values(Tensor(data, dtype=f8)), want), type(data)
+    assert same(values(Tensor(np.array([1000, 7, 2**31], np.uint32), dtype=f8)), [448.0, 7.0, 448.0])
+    assert same(values(Tensor([-1000, 7], dtype=f8)), [-448.0, 7.0])
+    for v in (1000.0, -math.inf, 2**40):
+        assert same(values(Tensor.full(v, (2,), dtype=f8)), [rust_to_f8(v)] * 2), v
+        assert same(values(Tensor.zeros((2,), f8).full_like(v)), [rust_to_f8(v)] * 2), v
+    assert same(values(Tensor.arange_step(0.0, 1000.0, 200.0, dtype=f8)), [0.0, 192.0, 384.0, 448.0, 448.0])
