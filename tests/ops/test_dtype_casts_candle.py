@@ -6,6 +6,7 @@ here exactly with Python ints and Fractions; and f64 -> bf16 / f16 / f32 roundin
 from __future__ import annotations
 
 import math
+import operator
 from fractions import Fraction
 
 import ml_dtypes
@@ -172,3 +173,41 @@ def test_f8e4m3_creation_saturates():
         assert same(values(Tensor.full(v, (2,), dtype=f8)), [rust_to_f8(v)] * 2), v
         assert same(values(Tensor.zeros((2,), f8).full_like(v)), [rust_to_f8(v)] * 2), v
     assert same(values(Tensor.arange_step(0.0, 1000.0, 200.0, dtype=f8)), [0.0, 192.0, 384.0, 448.0, 448.0])
+
+
+@pytest.mark.parametrize("dt", ["i16", "i32"])
+def test_i16_i32_arithmetic_wraps_like_rust(dt):
+    """The dtypes the fuzz against candle-pyo3 cannot reach: wrapping ``+ - *``, ``sqr`` and ``affine``,
+    truncating ``/``, U8 comparisons, as Rust's release-build integer ops in Candle's cpu backend."""
+    lo, hi = INT_RANGE[dt]
+    xs = [0, 1, -1, 7, -7, 300, -300, hi, lo, hi - 1, lo + 1, 12345]
+    ys = [3, -2, 5, -3, 2, 300, 7, 2, 3, -5, 9, -12345]
+    a, b = Tensor(xs, dtype="i64").to_dtype(dt), Tensor(ys, dtype="i64").to_dtype(dt)
+    w = lambda v: rust_int_to_int(v, dt)  # noqa: E731
+    assert values(a + b) == [w(x + y) for x, y in zip(xs, ys, strict=True)]
+    assert values(a - b) == [w(x - y) for x, y in zip(xs, ys, strict=True)]
+    assert values(a * b) == [w(x * y) for x, y in zip(xs, ys, strict=True)]
+    trunc_div = [abs(x) // abs(y) * (1 if (x < 0) == (y < 0) else -1) for x, y in zip(xs, ys, strict=True)]
+    assert values(a / b) == [w(q) for q in trunc_div]
+    assert values(a.sqr()) == [w(x * x) for x in xs]
+    assert values(a.affine(3.0, -2.0)) == [w(3 * x - 2) for x in xs]
+    for got, f in [(a < b, lambda x, y: x < y), (a >= b, lambda x, y: x >= y), (a.eq(b), lambda x, y: x == y)]:
+        assert got.dtype == DType.U8 and values(got) == [int(f(x, y)) for x, y in zip(xs, ys, strict=True)]
+    for r in (a + b, a * b, a.sqr(), a.affine(3.0, -2.0)):
+        assert r.dtype == DType.parse(dt)
+
+
+def test_mixed_dtypes_refuse_naming_both():
+    """Candle never promotes: a binary op between two dtypes raises, naming both."""
+    from candlejax import errors
+
+    dts = ["u8", "i16", "i32", "f16", "f8e4m3"]
+    for x in dts:
+        for y in dts:
+            if x == y:
+                continue
+            a, b = Tensor.ones((2,), x), Tensor.ones((2,), y)
+            for f in (operator.add, Tensor.mul, operator.lt, Tensor.maximum):
+                with pytest.raises(errors.DTypeMismatchBinaryOp) as e:
+                    f(a, b)
+                assert x.upper() in str(e.value) and y.upper() in str(e.value), str(e.value)
