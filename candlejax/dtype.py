@@ -144,6 +144,22 @@ U8, U32, I16, I32, I64 = DType.U8, DType.U32, DType.I16, DType.I32, DType.I64
 BF16, F16, F32, F64, F8E4M3 = DType.BF16, DType.F16, DType.F32, DType.F64, DType.F8E4M3
 
 
+_F8_MAX = 448  # the largest finite float8 e4m3fn value
+
+
+def _f8_saturate(a: Any, dtype: Any) -> Any:
+    """``a`` (a numpy or jax array) ready for ``a.astype(dtype)``: for an F8E4M3 target, clipped to +-448.
+
+    Candle's ``F8E4M3::from_f32`` / ``from_f64`` (the ``float8`` crate, ``SatFinite``) saturate beyond the
+    largest finite value, +-inf included; numpy's (ml_dtypes) and XLA's casts give NaN there. NaN stays NaN.
+    """
+    if dtype != _NP["f8e4m3"] or a.dtype.itemsize <= 1:  # u8 / bool / f8 hold nothing beyond 448
+        return a
+    xp = np if isinstance(a, (np.ndarray, np.generic)) else jnp
+    lo = 0 if np.issubdtype(a.dtype, np.unsignedinteger) else -_F8_MAX
+    return xp.clip(a, lo, _F8_MAX)
+
+
 def x64_enabled() -> bool:
     """Whether JAX runs with 64-bit types (``jax_enable_x64``), needed for F64 and I64."""
     return bool(jax.config.read("jax_enable_x64"))
