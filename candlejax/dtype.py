@@ -147,7 +147,7 @@ BF16, F16, F32, F64, F8E4M3 = DType.BF16, DType.F16, DType.F32, DType.F64, DType
 _F8_MAX = 448  # the largest finite float8 e4m3fn value
 
 
-def _f8_saturate(a: Any, dtype: Any) -> Any:
+def f8_saturate(a: Any, dtype: Any) -> Any:
     """``a`` (a numpy or jax array) ready for ``a.astype(dtype)``: for an F8E4M3 target, clipped to +-448.
 
     Candle's ``F8E4M3::from_f32`` / ``from_f64`` (the ``float8`` crate, ``SatFinite``) saturate beyond the

@@ -24,7 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax._jax_private import read_to_host
 from candlejax.device import Device
-from candlejax.dtype import DType, _f8_saturate, check_width, to_dtype
+from candlejax.dtype import DType, f8_saturate, check_width, to_dtype
 from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
 
@@ -307,7 +307,7 @@ def _check_vec(t: TensorBase, rank: int, dtype: Any, op_name: str) -> np.ndarray
 
 @op(static=("dtype",), elementwise=True)
 def _astype(a: Any, *, dtype: Any) -> Any:
-    a = _f8_saturate(a, dtype)  # Candle's float8 casts saturate at +-448 where XLA's give NaN
+    a = f8_saturate(a, dtype)  # Candle's float8 casts saturate at +-448 where XLA's give NaN
     return a.astype(dtype)
 
 

@@ -25,7 +25,7 @@ from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device, single_device
-from candlejax.dtype import NUMPY_TO_DTYPE, DType, _f8_saturate, check_width, from_array_dtype, to_dtype, x64_enabled
+from candlejax.dtype import NUMPY_TO_DTYPE, DType, f8_saturate, check_width, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
@@ -276,7 +276,7 @@ def _from_python(data: Any, dtype: DType | None, where: str) -> np.ndarray:
     if dtype is not None:
         if dtype.np in _INT_RANGE:
             _check_int_values(arr, dtype.np, where, True)
-        return _f8_saturate(arr, dtype.np).astype(dtype.np, copy=False)
+        return f8_saturate(arr, dtype.np).astype(dtype.np, copy=False)
     if kind == "f":
         return arr.astype(np.float32, copy=False)
     if kind == "b":
@@ -390,7 +390,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor", *, copy: b
         data = np.asarray(data)
         if data.dtype != dt.np and dt.np in _INT_RANGE:
             _check_int_values(data, dt.np, where, False)
-        return _from_host(_f8_saturate(data, dt.np).astype(dt.np, copy=False), copy)
+        return _from_host(f8_saturate(data, dt.np).astype(dt.np, copy=False), copy)
     elif _is_torch(data):
         return _from_torch(data, dt, where, copy=True)
     elif isinstance(data, (bytes, bytearray)):  # Rust's Vec<u8> (``img.into_raw()``: PIL's ``img.tobytes()``)
@@ -417,7 +417,7 @@ def as_jax_array(data: Any, dtype: Any = None, where: str = "tensor", *, copy: b
     elif adt not in NUMPY_TO_DTYPE:
         from_array_dtype(adt, where)
     if dt is not None and a.dtype != dt.np:
-        a = _f8_saturate(a, dt.np).astype(dt.np)
+        a = f8_saturate(a, dt.np).astype(dt.np)
     return a
 
 
@@ -443,7 +443,7 @@ def _host_scalar(value: Any, dtype: Any) -> Any:
     2**31 - 1 (a U32 fill value, 2**40 for an F32 tensor) raised jax's OverflowError."""
     if isinstance(value, (bool, int, float, np.generic)):
         with np.errstate(all="ignore"):
-            return _f8_saturate(np.asarray(value), dtype).astype(dtype)[()]
+            return f8_saturate(np.asarray(value), dtype).astype(dtype)[()]
     return value
 
 
@@ -453,7 +453,7 @@ def _arange(start: Any, step: Any, *, n: int, dtype: Any) -> Any:
     # narrow dtype the step, the index and the product would each be rounded
     work = jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else dtype
     i = jax.lax.iota(work, n)
-    return _f8_saturate(start.astype(work) + i * step.astype(work), dtype).astype(dtype)
+    return f8_saturate(start.astype(work) + i * step.astype(work), dtype).astype(dtype)
 
 
 @op(static=("n", "dtype", "k", "upper"))
