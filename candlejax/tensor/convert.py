@@ -24,7 +24,7 @@ from candlejax import errors
 from candlejax._dispatch import op
 from candlejax._jax_private import read_to_host
 from candlejax.device import Device
-from candlejax.dtype import DType, f8_saturate, check_width, to_dtype
+from candlejax.dtype import DType, check_width, f8_saturate, to_dtype
 from candlejax.optional import require
 from candlejax.tensor._core import TensorBase, _live, wrap
 

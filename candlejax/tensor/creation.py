@@ -25,7 +25,7 @@ from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import is_eager, op
 from candlejax.device import Device, single_device
-from candlejax.dtype import NUMPY_TO_DTYPE, DType, f8_saturate, check_width, from_array_dtype, to_dtype, x64_enabled
+from candlejax.dtype import NUMPY_TO_DTYPE, DType, check_width, f8_saturate, from_array_dtype, to_dtype, x64_enabled
 from candlejax.shape import PLAIN_SHAPE_TYPES, as_shape, check_elem_count, shape_with_hole
 from candlejax.tensor._core import TensorBase, int_arg, unwrap, wrap
 
