@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import candlejax as cj
-from candlejax import Device, Tensor, errors, nn
+from candlejax import Device, DType, Tensor, errors, nn
 
 candle = pytest.importorskip("candle")
 
@@ -144,3 +144,40 @@ def test_layers_with_batch_zero():
     assert cj.zeros((0, 2, 5, 5)).conv2d(cj.ones((3, 2, 3, 3))).shape == (0, 3, 3, 3)
     for name in ("softmax", "log_softmax"):
         assert getattr(nn.ops, name)(cj.zeros((2, 0)), 1).shape == (2, 0)
+
+
+# --- models with an empty prompt ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from candlejax.models import llama
+
+    cfg = llama.Config(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)  # fmt: skip
+    return llama.Llama.load(nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, CPU), cfg)
+
+
+@pytest.mark.parametrize("ids", [np.zeros((1, 0), np.int32), np.zeros((0, 2), np.int32)])
+def test_llama_step_names_empty_token_ids(tiny_llama, ids):
+    from candlejax.models import llama
+
+    with pytest.raises(errors.Error, match=r"llama step: token ids \[\d, \d\] are empty"):
+        llama.step(tiny_llama, tiny_llama.new_cache(1, 8), ids, 0)
+    with pytest.raises(errors.Error, match="empty"):
+        llama.forward_all(tiny_llama, ids)
+
+
+def test_llama_generate_names_the_empty_prompt(tiny_llama):
+    with pytest.raises(errors.Error, match="the prompt is empty"):
+        list(tiny_llama.generate([], 2))
+    assert len(list(tiny_llama.generate([1, 2], 2))) == 2
+
+
+def test_llama2_c_forward_names_empty_input():
+    from candlejax.models.llama2_c import Cache, Config, Llama
+
+    cfg = Config(dim=16, hidden_dim=24, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=32, seq_len=8)
+    vb = nn.VarBuilder.from_varmap(nn.VarMap(), DType.F32, CPU)
+    cache, model = Cache.new(True, cfg, vb.pp("rot")), Llama.load(vb, cfg)
+    with pytest.raises(errors.Error, match=r"llama2_c forward: x \[1, 0\] is empty"):
+        model.forward(Tensor.new(np.zeros((1, 0), np.uint32), CPU), 0, cache)
+    assert model.forward(Tensor.new(np.ones((1, 2), np.uint32), CPU), 0, cache).shape == (1, 2, 32)
