@@ -521,13 +521,21 @@ def _lm_head(params: Llama, x: Any) -> Any:
     return jnp.einsum("bth,vh->btv", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
+def _token_ids(params: Llama, tokens: Any, where: str) -> Any:
+    """``tokens`` as a ``(B, T)`` array, checked (shapes under jit too; traced values: the dtype only)."""
     ids = unwrap(host_array(tokens, "llama token ids"))
     ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
-    check_token_ids(ids, params.config.vocab_size, "llama step: token ids")  # traced: the dtype only
+    check_token_ids(ids, params.config.vocab_size, f"{where}: token ids")
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2:
-        raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama step: token ids (batch, seq)")
+        raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), f"{where}: token ids (batch, seq)")
+    if 0 in ids.shape:
+        raise errors.Msg(f"{where}: token ids {errors.fmt_shape(ids.shape)} are empty (batch and seq must be >= 1)")
+    return ids
+
+
+def _hidden(params: Llama, cache: Cache, tokens: Any, pos: Any) -> tuple[Any, Cache]:
+    ids = _token_ids(params, tokens, "llama step")
     return _hidden_embeds(params, cache, unwrap(params.embed_tokens(ids.astype(jnp.int32))), pos)
 
 
@@ -568,11 +576,7 @@ def step(params: Llama, cache: Cache, tokens: Any, pos: Any, last: Any = None) -
 
 def forward_all(params: Llama, tokens: Any) -> Any:
     """Logits for every position of ``tokens`` ``(B, T)`` -> ``(B, T, vocab)`` (no cache kept)."""
-    ids = unwrap(host_array(tokens, "llama token ids"))
-    ids = ids if isinstance(ids, (jax.Array, np.ndarray)) else np.asarray(ids)
-    ids = ids[None, :] if ids.ndim == 1 else ids
-    if ids.ndim != 2:
-        raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama forward_all: token ids (batch, seq)")
+    ids = _token_ids(params, tokens, "llama forward_all")
     params.check_positions(0, ids.shape[1])  # a shape: checked under jit too
     cache = params.new_cache(ids.shape[0], ids.shape[1])
     x, _ = _hidden(params, cache, ids, 0)

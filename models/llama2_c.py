@@ -279,7 +279,9 @@ class Llama(Module):
             raise errors.UnexpectedNumberOfDims(2, ids.ndim, tuple(ids.shape), "llama2_c forward: x (batch, seq)")
         b, t = int(ids.shape[0]), int(ids.shape[1])
         index_pos = int_arg(index_pos, "llama2_c forward", "index_pos")
-        if t == 0 or index_pos < 0 or index_pos + t > cfg.seq_len:
+        if b == 0 or t == 0:
+            raise errors.Msg(f"llama2_c forward: x {errors.fmt_shape(ids.shape)} is empty (batch and seq must be >= 1)")
+        if index_pos < 0 or index_pos + t > cfg.seq_len:
             raise errors.Msg(f"llama2_c forward: positions {index_pos}..{index_pos + t - 1} are outside the"
                              f" rotary tables' 0..{cfg.seq_len - 1} (seq_len)")  # fmt: skip
         if tuple(cache.cos.shape) != (cfg.seq_len, cfg.head_size() // 2) or cache.n_layers != cfg.n_layers:

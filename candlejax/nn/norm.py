@@ -189,7 +189,7 @@ def rms_norm(size: int, eps: float, vb: Any) -> RmsNorm:
 def _group_norm(x: Any, w: Any, b: Any, *, groups: int, eps: float) -> Any:
     xf = x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
     bsz, c = x.shape[:2]
-    g = xf.reshape(bsz, groups, -1)
+    g = xf.reshape(bsz, groups, (c // groups) * math.prod(x.shape[2:]))  # not -1: batch 0 has no inferable dim
     mean = jnp.mean(g, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(g - mean), axis=-1, keepdims=True)
     y = ((g - mean) * lax.rsqrt(var + eps)).reshape(x.shape)

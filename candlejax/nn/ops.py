@@ -428,7 +428,7 @@ def _rope(x: Any, cos: Any, sin: Any, *, layout: str, interleaved: bool) -> Any:
     c, s = _rope_tables(cos.astype(dt), sin.astype(dt), t, x.shape[0], layout)
     x = x.astype(dt)
     if interleaved:
-        xr = x.reshape(*x.shape[:-1], -1, 2)
+        xr = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)  # not -1: a size-0 x has no inferable dim
         x0, x1 = xr[..., 0], xr[..., 1]
         return jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape).astype(out)
     cf = jnp.concatenate([c, c], axis=-1)

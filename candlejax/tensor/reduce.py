@@ -75,7 +75,8 @@ def _var(a: Any, *, axis: int, keepdims: bool) -> Any:
     mean = jnp.mean(x, axis=axis, keepdims=True)
     d = x - mean
     n = x.shape[axis]
-    return (jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1)).astype(a.dtype)
+    # an empty dim: NaN as torch and numpy (ddof=1), not 0 / -1 = -0.0 (Candle's usize n - 1 underflows)
+    return (jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1 if n else jnp.nan)).astype(a.dtype)
 
 
 def sqrt_zero_grad(x: Any) -> Any:
@@ -89,7 +90,8 @@ def sqrt_zero_grad(x: Any) -> Any:
 def _std(a: Any, *, axis: int, keepdims: bool) -> Any:
     x = _up(a)
     d = x - jnp.mean(x, axis=axis, keepdims=True)
-    return sqrt_zero_grad(jnp.sum(d * d, axis=axis, keepdims=keepdims) / (x.shape[axis] - 1)).astype(a.dtype)
+    n = x.shape[axis]
+    return sqrt_zero_grad(jnp.sum(d * d, axis=axis, keepdims=keepdims) / (n - 1 if n else jnp.nan)).astype(a.dtype)
 
 
 @op(static=("axis",))
