@@ -13,6 +13,7 @@ inside ``jax.jit`` / ``grad`` / ``vmap`` they raise :class:`candlejax.errors.Tra
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -555,6 +556,13 @@ class ConvertMixin(TensorBase):
     def write_bytes(self, f: Any) -> None:
         """Candle ``write_bytes(&mut w)``: the values in row-major order, little endian, written to
         the binary file object ``f`` (anything with ``write``)."""
+        if not callable(getattr(f, "write", None)):
+            hint = ""
+            if isinstance(f, (str, os.PathLike)):
+                hint = f' (a path: `with open({os.fspath(f)!r}, "wb") as f: t.write_bytes(f)`)'
+            raise errors.ArgumentType(
+                f"write_bytes: f must be a binary file object with write(), got {type(f).__name__}{hint}"
+            )
         arr = np.ascontiguousarray(_host(self, "write_bytes"))
         if sys.byteorder != "little" and arr.dtype.itemsize > 1:
             arr = arr.byteswap()

@@ -153,3 +153,15 @@ def test_rotary_base_must_be_positive() -> None:
     # base <= 0 gave NaN tables silently (base ** (-2i/dim))
     with pytest.raises(Error, match="base"):
         nn.RotaryEmbedding(8, 16, 0.0)
+
+
+def test_write_bytes_refuses_what_is_not_a_file_object(tmp_path) -> None:
+    t = cj.Tensor([1.0, 2.0])
+    with pytest.raises(cj.errors.ArgumentType, match="binary file object") as e:
+        t.write_bytes(str(tmp_path / "t.bin"))
+    assert 'open(' in str(e.value) and isinstance(e.value, TypeError)
+    with pytest.raises(cj.errors.ArgumentType, match="got int"):
+        t.write_bytes(3)
+    with open(tmp_path / "t.bin", "wb") as f:
+        t.write_bytes(f)
+    assert (tmp_path / "t.bin").read_bytes() == np.array([1.0, 2.0], "<f4").tobytes()
