@@ -27,7 +27,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import to_dtype
-from candlejax.nn.module import Module, StaticValue, Var, named_vars
+from candlejax.nn.module import Module, NamedTensor, StaticValue, Var, named_vars
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -97,6 +97,26 @@ def _warn_captured_vars(fn: Any) -> None:
         )
 
 
+def _handles(tree: Any) -> list[Any]:
+    """The leaves of ``tree`` in flatten order, a Var / Buffer handle standing for its array."""
+    return jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, NamedTensor))
+
+
+def _write_back(handles: list[Any], updates: dict[int, Any]) -> None:
+    """Set the caller's Vars / Buffers that the compiled function set in place (``Var.set``,
+    BatchNorm's ``forward_t(x, True)`` running statistics), as the same code does eagerly."""
+    for i, new in updates.items():
+        h = handles[i]
+        if isinstance(new, jax.core.Tracer) and not isinstance(h._a, jax.core.Tracer):
+            new = jax.lax.stop_gradient(new)  # cj.grad(cj.jit(f)): the statistics carry no gradient
+            if isinstance(new, jax.core.Tracer):
+                raise errors.Msg(
+                    f"jit: {type(h).__name__} {h.name!r} was set inside the compiled function to a value that depends"
+                    " on an enclosing transform's tracer; set it outside, or return the new value"
+                )
+        h.set(new, own=True)  # a fresh output of the compiled program
+
+
 class _Jitted:
     def __init__(self, fn: Callable[..., Any], bound: tuple[Any, ...] = (), **jit_kwargs: Any):
         self.fn = fn
@@ -108,13 +128,27 @@ class _Jitted:
         def inner(*args: Any, **kwargs: Any) -> Any:
             self._traced = True  # runs only while tracing: __call__ then looks for weights baked in
             args, kwargs = _unbox((args, kwargs))
-            return _box(fn(*args, **kwargs))
+            handles = _handles((args, kwargs))
+            before = [h._a if isinstance(h, NamedTensor) else None for h in handles]
+            out = _box(fn(*args, **kwargs))
+            # Vars / Buffers of the arguments set in place inside: their new values are extra outputs
+            # (keyed by leaf position), so __call__ sets the caller's handles as an eager call would
+            updates = {
+                i: h._a
+                for i, (h, old) in enumerate(zip(handles, before))
+                if isinstance(h, NamedTensor) and h._a is not old and isinstance(h._a, jax.Array)
+            }
+            return out, updates
 
         self._jitted = jax.jit(inner, **jit_kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = _box(((*self._bound, *args), kwargs))
-        out = _unbox(self._jitted(*args, **kwargs))
+        full = ((*self._bound, *args), kwargs)
+        bargs, bkwargs = _box(full)
+        out, updates = self._jitted(*bargs, **bkwargs)
+        if updates:
+            _write_back(_handles(full), updates)
+        out = _unbox(out)
         if self._traced:
             self._traced = False
             _warn_captured_vars(self.fn)
@@ -126,6 +160,8 @@ class _Jitted:
         return functools.partial(self, instance)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """``jax.jit(...).lower``: the program returns ``(outputs, updates)``, ``updates`` the values of the
+        arguments' Vars / Buffers it set in place, by leaf position (calling the ``cj.jit`` function sets them)."""
         args, kwargs = _box(((*self._bound, *args), kwargs))
         return self._jitted.lower(*args, **kwargs)
 
@@ -135,6 +171,10 @@ class _Jitted:
 
 def jit(fn: Callable[..., Any] | None = None, *, donate_argnums: Any = (), **jit_kwargs: Any) -> Any:
     """Compile ``fn`` with XLA; Modules (and any pytree) may be passed as arguments.
+
+    Vars and Buffers of the arguments set in place inside ``fn`` (``Var.set``, BatchNorm's running
+    statistics in ``forward_t(x, True)``) are set on the caller's handles after the call, as an eager
+    call sets them (``jax.jit`` itself would drop them).
 
     ``donate_argnums`` lets XLA reuse the buffers of those arguments for the outputs (pass the
     model and optimizer state of a training step). Python scalars are static: a changing float

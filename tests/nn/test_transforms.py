@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from candlejax import Tensor
-from candlejax.nn import Buffer, Module, Var, VarBuilder, VarMap, linear
+from candlejax.nn import BatchNormConfig, Buffer, Module, Var, VarBuilder, VarMap, batch_norm, linear
 from candlejax.tensor._core import wrap
 from candlejax.transforms import apply_updates, combine, grad, jit, partition, trainable, value_and_grad
 
@@ -181,3 +181,66 @@ def test_jit_of_a_bound_method_or_module_reads_the_current_weights():
         np.testing.assert_allclose(np.asarray(f(x)._a), np.asarray(m(x)._a), rtol=1e-6)
         assert not np.allclose(np.asarray(f(x)._a), before)
         assert f._cache_size() == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# in-place updates inside cj.jit reach the caller's handles, as eagerly
+# ------------------------------------------------------------------------------------------------
+class _BnNet(Module):
+    def __init__(self, vb):
+        self.fc = linear(3, 4, vb.pp("fc"))
+        self.bn = batch_norm(4, BatchNormConfig(), vb.pp("bn"))
+
+    def forward_t(self, x, train):
+        return self.bn.forward_t(self.fc(x).unsqueeze(2), train)
+
+
+def _bn_loss(m, x):
+    return m.forward_t(x, True).sqr().sum_all()
+
+
+_BN_X = Tensor(np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32) + 1.0)
+
+
+def _bn_stats_after(transform):
+    varmap = VarMap(seed=1)
+    m = _BnNet(VarBuilder.from_varmap(varmap))
+    f = transform(_bn_loss)
+    f(m, _BN_X)
+    f(m, _BN_X)  # twice: the second call reuses the program and updates from the first call's values
+    return np.asarray(m.bn.running_mean.jax), np.asarray(m.bn.running_var.jax), varmap
+
+
+@pytest.mark.parametrize("name", ["jit", "jit(value_and_grad)", "value_and_grad(jit)", "jit(grad)"])
+def test_batchnorm_running_stats_update_through_cj_jit_as_eagerly(name):
+    transform = {
+        "jit": jit,
+        "jit(value_and_grad)": lambda f: jit(value_and_grad(f)),
+        "value_and_grad(jit)": lambda f: value_and_grad(jit(f)),
+        "jit(grad)": lambda f: jit(grad(f)),
+    }[name]
+    mean_ref, var_ref, _ = _bn_stats_after(value_and_grad)  # eager: Candle's forward_t updates in place
+    mean, var, varmap = _bn_stats_after(transform)
+    assert np.abs(mean_ref).max() > 0.05 and np.abs(var_ref - 1).max() > 0.05  # the statistics moved
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(varmap.data()["bn.running_mean"].jax), mean)  # the map's handle
+
+
+def test_var_set_inside_cj_jit_sets_the_callers_var_and_a_plain_call_changes_nothing(net):
+    v = Var(jnp.zeros(3), "v")
+
+    @jit
+    def bump(v, x):
+        v.set(v + x)
+        return x * 2
+
+    out = bump(v, Tensor(np.ones(3, np.float32)))
+    np.testing.assert_array_equal(np.asarray(out.jax), 2.0)
+    np.testing.assert_array_equal(np.asarray(v.jax), 1.0)
+    bump(v, Tensor(np.ones(3, np.float32)))
+    np.testing.assert_array_equal(np.asarray(v.jax), 2.0)
+    assert bump._cache_size() == 1
+    before = {k: np.asarray(x.jax).copy() for k, x in net.named_vars().items()}
+    jit(lambda m, x: m(x))(net, Tensor(np.ones((2, 3), np.float32)))
+    assert all(np.array_equal(np.asarray(x.jax), before[k]) for k, x in net.named_vars().items())
