@@ -220,14 +220,15 @@ def test_resnet_train_mode_adamw_step_and_running_stats(tmp_path):
     assert not buffers & set(net.named_vars())  # running statistics are not trainable
     # one AdamW step: the same parameters, and running statistics moved as torch's (momentum 0.1,
     # unbiased variance, Candle's batch_norm.rs forward_train)
-    hf_stats_before = {k: b.numpy().copy() for k, b in hf.named_buffers() if "running" in k}
+    with torch.no_grad():  # Candle's forward_train updates the statistics on every train-mode forward:
+        hf(torch.tensor(x))  # ours ran two (the gradient above, the step below), with the same parameters
+    hf_stats = {k: b.numpy().copy() for k, b in hf.named_buffers() if "running" in k}
     new = _adamw_step(net, fn, Tensor(x), Tensor(y))
     ref_new = _torch_adamw_step(hf)
     got = {resnet.hf_to_torchvision(k): np.asarray(v) for k, v in new.named_vars().items()}
     ref_new = {resnet.hf_to_torchvision(k): v for k, v in ref_new.items()}
     _compare(got, ref_new, "resnet AdamW", rtol=1e-5, atol=STEP_ATOL)
-    # torch's one train-mode forward (above) and our step's each moved the statistics once
     stats = {resnet.hf_to_torchvision(k): np.asarray(t.jax) for k, t in new.named_buffers().items()}
-    assert set(hf_stats_before) and all(resnet.hf_to_torchvision(k) in stats for k in hf_stats_before)
-    for k, v in hf_stats_before.items():
+    assert hf_stats and all(resnet.hf_to_torchvision(k) in stats for k in hf_stats)
+    for k, v in hf_stats.items():
         np.testing.assert_allclose(stats[resnet.hf_to_torchvision(k)], v, atol=1e-5, rtol=1e-4, err_msg=k)
