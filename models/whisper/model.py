@@ -57,6 +57,7 @@ from candlejax.nn import (
     linear_b,
     ops,
 )
+from candlejax.nn.module import Buffer
 from candlejax.nn.state import traced
 from candlejax.tensor import Tensor
 
@@ -257,7 +258,9 @@ class AudioEncoder(Module):
         if pos is None and not vb.contains_tensor("embed_positions.weight"):
             pos = sinusoids(cfg.max_source_positions, d, vb.device())  # Candle's table (a fresh VarMap)
         if pos is None:
-            pos = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
+            # frozen (transformers' requires_grad_(False); Candle never reads it): a Buffer, not a Var
+            w = vb.pp("embed_positions").get((cfg.max_source_positions, d), "weight")
+            pos = Buffer(w, getattr(w, "name", ""))
         heads, ffn = cfg.encoder_attention_heads, cfg.encoder_ffn_dim
         blocks = [ResidualAttentionBlock.load(vb.pp(f"layers.{i}"), d, heads, ffn, False, linear)
                   for i in range(cfg.encoder_layers)]  # fmt: skip
