@@ -72,6 +72,10 @@ def _library() -> ctypes.CDLL | None:
     if path is None:
         return None
     try:
+        # the CPU backend first: a target registered before it exists is only queued, and a handler
+        # XLA refuses then (a library built against a newer jaxlib's FFI API than the one running)
+        # fails the backend's start, i.e. every JAX computation; once it exists, refusal raises here
+        jax.devices("cpu")
         lib = ctypes.CDLL(path)
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CandlejaxQMatmul), platform="cpu")
     except (OSError, AttributeError, RuntimeError):

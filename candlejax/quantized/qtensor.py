@@ -462,7 +462,10 @@ class QMatMul:
         if dt in PACKED_TYPES and native.available() and not env_on("CANDLEJAX_QMATMUL_PACKED"):
             return QMatMul(PackedWeight(jnp.asarray(q.raw).reshape(q.shape[0], -1), dt, q.shape))
         if dt in BLOCKED_TYPES and not env_on("CANDLEJAX_QMATMUL_PACKED"):
-            return QMatMul(BlockedWeight.from_raw(q.raw, dt, q.shape))
+            # unpacked on the host: back on the device the blocks are on (Candle's QMatMul keeps its weight's)
+            raw = q.raw
+            on = q.device if not single_device() and isinstance(raw, jax.Array) and len(raw.devices()) == 1 else None
+            return QMatMul(BlockedWeight.from_raw(raw, dt, q.shape, on))
         return QMatMul(q)
 
     from_arc = from_qtensor

@@ -207,3 +207,34 @@ PLACEMENT = textwrap.dedent(
 
 def test_device_strings_and_index_devices():
     _run_on_cpu_devices(PLACEMENT, 4)
+
+
+BLOCKED_WEIGHT_DEVICE = textwrap.dedent(
+    """
+    import numpy as np
+    import candlejax as cj
+    from candlejax import Device, Tensor, errors
+
+    dev1 = Device("cpu", 1)
+    w = Tensor.randn(0.0, 1.0, (4, 32), dev1)
+    for dt in (cj.quantized.GgmlDType.Q8_0, cj.quantized.GgmlDType.Q4_0):
+        mm = cj.quantized.QMatMul.from_qtensor(cj.QTensor.quantize(w, dt))
+        assert all(Device.from_jax(d) == dev1 for a in (mm.weight.q, mm.weight.scale) for d in a.devices())
+        y = mm.forward(Tensor.ones((2, 32), device=dev1))
+        assert y.device == dev1 and y.dims() == (2, 4), (y.device, y.dims())
+        try:
+            mm.forward(Tensor.ones((2, 32)))
+        except errors.DeviceMismatchBinaryOp as e:
+            assert "in qmatmul" in str(e) and "Cpu(1)" in str(e), str(e)
+        else:
+            raise AssertionError(dt)
+    print("OK")
+    """
+)
+
+
+def test_blocked_qmatmul_weight_stays_on_its_device(monkeypatch):
+    """Without the native kernel (other CPUs, ``CANDLEJAX_NATIVE=0``) a QMatMul keeps Q4/Q8 weights as
+    unpacked blocks; they stay on the QTensor's device, so an input elsewhere raises as in Candle."""
+    monkeypatch.setenv("CANDLEJAX_NATIVE", "0")
+    _run_on_cpu_devices(BLOCKED_WEIGHT_DEVICE, 2)

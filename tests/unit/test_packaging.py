@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -59,3 +60,50 @@ def test_lower_bounds_are_versions_that_run() -> None:
     pins = {d.split(">=")[0].strip(): tuple(int(p) for p in d.split(">=")[1].split(",")[0].split(".")) for d in deps
             if d.split(">=")[0].strip() in oldest}  # fmt: skip
     assert pins.keys() == oldest.keys() and all(pins[k] >= oldest[k] for k in oldest), pins
+
+
+_FOREIGN_FFI_HANDLER = r"""
+import ctypes, types
+import candlejax
+from candlejax.quantized import native
+
+# an XLA FFI handler that reports an FFI API version the running jaxlib does not speak (a kernel built
+# against a newer jaxlib): XLA queries it through the call frame's metadata extension and refuses it
+class Version(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("ext", ctypes.c_void_p), ("major", ctypes.c_int),
+                ("minor", ctypes.c_int)]
+class Metadata(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("version", Version)]
+class Extension(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("type", ctypes.c_int), ("next", ctypes.c_void_p),
+                ("metadata", ctypes.POINTER(Metadata))]
+class Frame(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("ext", ctypes.POINTER(Extension))]
+
+@ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(Frame))
+def handler(frame):
+    ext = frame.contents.ext
+    if ext and ext.contents.type == 1:  # XLA_FFI_Extension_Metadata
+        ext.contents.metadata.contents.version.major = 99
+        ext.contents.metadata.contents.version.minor = 0
+    return None
+
+class Library:
+    CandlejaxQMatmul = handler
+    candlejax_native_isa = candlejax_native_set_isa = types.SimpleNamespace()
+
+native._library_path = lambda: "_native.so"
+native.ctypes.CDLL = lambda path: Library()
+print(native.available())
+print(candlejax.Tensor.new([1.0, 2.0]).sqr().to_vec1())
+"""
+
+
+def test_kernel_for_another_ffi_api_leaves_jax_working(tmp_path: Path) -> None:
+    """A native kernel XLA refuses (built against a jaxlib whose FFI API the running one does not speak:
+    a wheel compiled with jaxlib 0.10, run with jaxlib 0.6.1) is reported unavailable; it must not
+    fail the CPU backend's start, which would break every computation in the process."""
+    out = subprocess.run([sys.executable, "-c", _FOREIGN_FFI_HANDLER], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["False", "[1.0, 4.0]"], out.stdout
