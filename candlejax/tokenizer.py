@@ -324,7 +324,6 @@ def _build_tokenizer(meta: Mapping[str, Any], source: str) -> Any:
         model = models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
         tk = HFTokenizer(model)
         prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
-        tk.normalizer = None
         tk.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False
         )
