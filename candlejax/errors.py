@@ -752,6 +752,12 @@ class ConstantVarWarning(UserWarning):
     as constants and later updates (an optimizer step, ``Var.set``) are not seen; pass it as an argument."""
 
 
+class LostUpdateWarning(UserWarning):
+    """An in-place update (BatchNorm's running statistics in ``forward_t(x, True)``) made under a JAX transform
+    that does not keep it (``jax.jit``, ``jax.vmap``, a closure): the new value is dropped when the trace ends.
+    ``cj.jit`` / ``cj.value_and_grad`` / ``opt.backward_step`` keep it; or return the layer from ``forward_train``."""
+
+
 class RecompileWarning(UserWarning):
     """A function is compiled again and again (a new closure per call): define it once, outside the loop."""
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from candlejax import errors
 from candlejax.dtype import to_dtype
-from candlejax.nn.module import Module, NamedTensor, StaticValue, Var, named_vars
+from candlejax.nn.module import Module, NamedTensor, StaticValue, Var, keeping_in_place_updates, named_vars
 from candlejax.tensor._core import TensorBase, unwrap, wrap
 
 __all__ = ["apply_updates", "combine", "grad", "jit", "partition", "trainable", "value_and_grad"]
@@ -130,7 +130,8 @@ class _Jitted:
             args, kwargs = _unbox((args, kwargs))
             handles = _handles((args, kwargs))
             before = [h._a if isinstance(h, NamedTensor) else None for h in handles]
-            out = _box(fn(*args, **kwargs))
+            with keeping_in_place_updates():
+                out = _box(fn(*args, **kwargs))
             # Vars / Buffers of the arguments set in place inside: their new values are extra outputs
             # (keyed by leaf position), so __call__ sets the caller's handles as an eager call would
             updates = {

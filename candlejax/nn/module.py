@@ -20,9 +20,11 @@ trained nor saved. Ops on a Var or a Buffer return plain Tensors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import html
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -51,6 +53,8 @@ __all__ = [
     "NamedTensor",
     "StaticValue",
     "Var",
+    "in_place_updates_kept",
+    "keeping_in_place_updates",
     "as_array",
     "named_buffers",
     "named_tensors",
@@ -1158,3 +1162,26 @@ class ModuleT(Module):
 
 
 _reload.loaded(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# in-place updates under a trace
+# ------------------------------------------------------------------------------------------------
+_IN_PLACE = threading.local()
+
+
+@contextlib.contextmanager
+def keeping_in_place_updates() -> Iterator[None]:
+    """While tracing inside this block, the caller writes back the Vars / Buffers of its traced arguments that
+    are set in place (``cj.jit``, an optimizer's compiled step): layers need not warn that the update is lost."""
+    depth = getattr(_IN_PLACE, "depth", 0)
+    _IN_PLACE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _IN_PLACE.depth = depth
+
+
+def in_place_updates_kept() -> bool:
+    """Whether a traced in-place update made now is kept by an enclosing ``cj.jit`` / optimizer step."""
+    return getattr(_IN_PLACE, "depth", 0) > 0

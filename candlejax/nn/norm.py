@@ -37,6 +37,7 @@ from candlejax.nn.module import (
     Module,
     ModuleT,
     as_array,
+    in_place_updates_kept,
     layer_name,
     train_arg,
 )
@@ -470,6 +471,14 @@ class BatchNorm(ModuleT):
             for old_stat, new_stat in ((self.running_mean, new.running_mean), (self.running_var, new.running_var)):
                 if not isinstance(new_stat._a, jax.core.Tracer) or isinstance(old_stat._a, jax.core.Tracer):
                     old_stat.set(new_stat, own=True)  # fresh values: no copy
+            if isinstance(new.running_mean._a, jax.core.Tracer) and not in_place_updates_kept():
+                errors.warn_at_caller(
+                    f"{layer_name('BatchNorm', self.weight, self.running_mean)}.forward_t(x, True) under a JAX"
+                    " transform that drops in-place updates (jax.jit, jax.vmap, or a layer a traced function closes"
+                    " over): its running statistics will not change; pass the model to cj.jit / cj.value_and_grad"
+                    " (or opt.backward_step), or write `y, bn = bn.forward_train(x)` and return bn",
+                    errors.LostUpdateWarning,
+                )
             return y
         x = as_array(xs)
         self._check(x)

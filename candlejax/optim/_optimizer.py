@@ -915,6 +915,8 @@ class Optimizer:
             raise NanLoss(int(state2.step) + 1, None, None, state2)
 
     def _make_bstep(self, loss_fn: Callable[..., Any], used: list[Any]) -> Callable[..., Any]:
+        from candlejax.nn.module import keeping_in_place_updates
+
         def bstep(treedef, slots, statics, params, rest_arrays, state, lr, batch, rng):
             rest = _join_rest(rest_arrays, statics)
             if isinstance(rng, tuple):  # the device generator's (seed, counter), as _random.next_key folds it
@@ -922,13 +924,14 @@ class Optimizer:
                 rng = jax.random.fold_in(jax.random.wrap_key_data(data, impl="threefry2x32"), counter)
 
             def call(model: Any) -> Any:
-                if rng is None:
-                    return loss_fn(model, *batch)
-                with _random.key_scope(rng):
-                    out = loss_fn(model, *batch)
-                    if _random._scopes.stack[-1][1]:
-                        used[0] = True
-                return out
+                with keeping_in_place_updates():  # the Buffers loss_fn sets come back as outputs (_set_buffers)
+                    if rng is None:
+                        return loss_fn(model, *batch)
+                    with _random.key_scope(rng):
+                        out = loss_fn(model, *batch)
+                        if _random._scopes.stack[-1][1]:
+                            used[0] = True
+                    return out
 
             def f(p: list[Any]) -> Any:
                 model = treedef.unflatten(merge_leaves(slots, p, rest))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from candlejax import Tensor
+from candlejax.errors import LostUpdateWarning
 from candlejax.nn import BatchNormConfig, Buffer, Module, Var, VarBuilder, VarMap, batch_norm, linear
 from candlejax.tensor._core import wrap
 from candlejax.transforms import apply_updates, combine, grad, jit, partition, trainable, value_and_grad
@@ -244,3 +247,17 @@ def test_var_set_inside_cj_jit_sets_the_callers_var_and_a_plain_call_changes_not
     before = {k: np.asarray(x.jax).copy() for k, x in net.named_vars().items()}
     jit(lambda m, x: m(x))(net, Tensor(np.ones((2, 3), np.float32)))
     assert all(np.array_equal(np.asarray(x.jax), before[k]) for k, x in net.named_vars().items())
+
+
+def test_batchnorm_under_a_transform_that_drops_its_statistics_warns():
+    m = _BnNet(VarBuilder.from_varmap(VarMap(seed=1)))
+    with pytest.warns(LostUpdateWarning, match=r"forward_t\(x, True\).*cj.jit"):
+        jax.jit(lambda m, x: _bn_loss(m, x).jax)(m, _BN_X)
+    np.testing.assert_array_equal(np.asarray(m.bn.running_mean.jax), 0.0)  # what the warning says
+    with pytest.warns(LostUpdateWarning):  # a layer closed over: its statistics cannot take traced values
+        jax.jit(lambda x: _bn_loss(m, wrap(x)).jax)(_BN_X.jax)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LostUpdateWarning)
+        jit(_bn_loss)(m, _BN_X)  # kept: no warning
+        value_and_grad(_bn_loss)(m, _BN_X)
+        jax.jit(lambda bn, x: bn.forward_train(wrap(x))[1])(m.bn, jnp.ones((2, 4, 1)))  # functional form
