@@ -409,8 +409,9 @@ def _plan_index(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool, op_n
                     x = slice(x.start, x.stop, x.step)
                 try:
                     start, stop, step = x.indices(size)
-                except (ValueError, TypeError) as e:
-                    raise errors.Msg(f"{op_name}: invalid slice {x!r}: {e}") from None
+                except (ValueError, TypeError) as e:  # a float bound is a TypeError, as Python's own slicing
+                    kind = errors.ArgumentType if isinstance(e, TypeError) else errors.Msg
+                    raise kind(f"{op_name}: invalid slice {x!r}: {e}") from None
                 count = len(range(start, stop, step))
                 if step < 0:
                     if count:
@@ -436,7 +437,7 @@ def _plan_index(shape: tuple[int, ...], idx: tuple[Any, ...], strict: bool, op_n
             elif isinstance(x, (list, tuple, np.ndarray)):
                 arr = _list_ids(x, size, op_name)
             else:
-                raise errors.Msg(f"{op_name}: unsupported indexer {x!r} of type {type(x).__name__}")
+                raise errors.ArgumentType(f"{op_name}: unsupported indexer {x!r} of type {type(x).__name__}")
             if arr.ndim > 1:
                 raise errors.Msg("multi-dimensional tensor indexing is not supported")
             if not isinstance(arr, np.ndarray):
