@@ -372,10 +372,11 @@ CJ_AVX2 void PackPanelAvx2(const float* a, int64_t k, int64_t rows, float* out, 
 }
 
 // Tile's contract (MR left rows i0.. against one packed panel, columns j0.., `cols` of them kept)
-// on AVX2: each 16-column half of the panel in turn, a half with no kept column skipped
+// on AVX2, without an epilogue (the products only): each 16-column half of the panel in turn, a
+// half with no kept column skipped
 template <int MR, typename Rows>
 CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
-                             int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi, const char* ahead = nullptr,
+                             int64_t ldy, int64_t j0, int64_t cols, const char* ahead = nullptr,
                              int64_t ahead_lines = 0) {
   typename Rows::Pos pos[MR];
   for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
@@ -407,20 +408,6 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
     }
     const int64_t jh = j0 + h * 16, left = cols - h * 16;
     const __m256i keep0 = FirstLanes8(left), keep1 = FirstLanes8(left - 8);
-    if (epi.bias != nullptr) {
-      const __m256 bias0 = _mm256_maskload_ps(epi.bias + jh, keep0);
-      const __m256 bias1 = _mm256_maskload_ps(epi.bias + jh + 8, keep1);
-      for (int i = 0; i < MR; ++i) {
-        acc[i][0] = _mm256_add_ps(acc[i][0], bias0);
-        acc[i][1] = _mm256_add_ps(acc[i][1], bias1);
-      }
-    }
-    if (epi.relu) {
-      for (int i = 0; i < MR; ++i) {
-        acc[i][0] = _mm256_max_ps(acc[i][0], _mm256_setzero_ps());
-        acc[i][1] = _mm256_max_ps(acc[i][1], _mm256_setzero_ps());
-      }
-    }
     for (int i = 0; i < MR; ++i) {
       if (left >= 16) {
         _mm256_storeu_ps(y + i * ldy + jh, acc[i][0]);
@@ -436,17 +423,17 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
 // TileAvx2 for the 1 to 5 rows left after the tiles of six
 template <typename Rows>
 CJ_AVX2 void TileAvx2Rows(int mr, const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel,
-                          float* y, int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi) {
+                          float* y, int64_t ldy, int64_t j0, int64_t cols) {
   switch (mr) {
-    case 5: return TileAvx2<5>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
-    case 4: return TileAvx2<4>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
-    case 3: return TileAvx2<3>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
-    case 2: return TileAvx2<2>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
-    default: return TileAvx2<1>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
+    case 5: return TileAvx2<5>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 4: return TileAvx2<4>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 3: return TileAvx2<3>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 2: return TileAvx2<2>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    default: return TileAvx2<1>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
   }
 }
 
-// BlockedRows on AVX2: left rows [i0, i1) against weight panels [p0, p1)
+// BlockedRows on AVX2: left rows [i0, i1) against weight panels [p0, p1); g.epi must be none
 template <typename Rows>
 CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
   const int64_t k = g.ntaps * g.c, n = g.n;
@@ -477,7 +464,7 @@ CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int
       for (int64_t p = g0; p < g1; ++p) {
         const int64_t lines = std::min(per_tile, ahead_lines);
         TileAvx2<kTileAvx2>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n, p * kPanel,
-                            std::min<int64_t>(kPanel, n - p * kPanel), g.epi, ahead, lines);
+                            std::min<int64_t>(kPanel, n - p * kPanel), ahead, lines);
         ahead += lines * 64;
         ahead_lines -= lines;
       }
@@ -485,7 +472,7 @@ CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int
     if (i < i1) {
       for (int64_t p = g0; p < g1; ++p) {
         TileAvx2Rows(static_cast<int>(i1 - i), g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n,
-                     n, p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi);
+                     n, p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel));
       }
     }
   }
