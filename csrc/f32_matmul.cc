@@ -488,7 +488,7 @@ CJ_AVX2 void F32BlockedAvx2(ffi::ThreadPool& pool, int64_t workers, const Blocke
     ParallelChunks(pool, workers - 1, panels, 1, workers,
                    [=](int64_t p0, int64_t p1) { BlockedRowsAvx2(g, 0, g.m, p0, p1); });
   } else {
-    ParallelChunks(pool, workers - 1, g.m, kTile, workers,
+    ParallelChunks(pool, workers - 1, g.m, kTile, 4 * workers,
                    [=](int64_t i0, int64_t i1) { BlockedRowsAvx2(g, i0, i1, 0, panels); });
   }
 }
