@@ -343,6 +343,156 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t work) {
   return work < (int64_t{1} << 17) ? 1 : std::max<int64_t>(1, pool.num_threads());
 }
 
+// --- the blocked product on AVX2 + FMA CPUs (16 ymm registers) ------------------------------------
+// The same 32-wide K-major panels (packed by PackPanelAvx2, or pre-packed) and the same split over
+// workers, on tiles of 6 rows x 16 columns (12 accumulators, two panel vectors and a broadcast): a
+// panel is two halves of 16 columns, each half's 6 x K-step products summed in registers. Panels are
+// grouped by kPackedBytesAvx2 (a share of a 512 KiB L2, as on AMD Zen 2/3).
+
+constexpr int kTileAvx2 = 6;
+constexpr int64_t kPackedBytesAvx2 = int64_t{1} << 18;
+
+// the first `count` (clamped to 0..8) lanes set: a mask for _mm256_maskload_ps / _mm256_maskstore_ps
+CJ_AVX2 inline __m256i FirstLanes8(int64_t count) {
+  const int64_t n = std::max<int64_t>(0, std::min<int64_t>(8, count));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// PackPanel's layout (out[c * 32 + i] = a[i * lda + c], zeros for rows past `rows`), a plain loop
+CJ_AVX2 void PackPanelAvx2(const float* a, int64_t k, int64_t rows, float* out, int64_t lda = -1) {
+  if (lda < 0) lda = k;
+  for (int64_t i = 0; i < kPanel; ++i) {
+    if (i < rows) {
+      const float* src = a + i * lda;
+      for (int64_t c = 0; c < k; ++c) out[c * kPanel + i] = src[c];
+    } else {
+      for (int64_t c = 0; c < k; ++c) out[c * kPanel + i] = 0.0f;
+    }
+  }
+}
+
+// Tile's contract (MR left rows i0.. against one packed panel, columns j0.., `cols` of them kept)
+// on AVX2, without an epilogue (the products only): each 16-column half of the panel in turn, a
+// half with no kept column skipped
+template <int MR, typename Rows>
+CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
+                             int64_t ldy, int64_t j0, int64_t cols, const char* ahead = nullptr,
+                             int64_t ahead_lines = 0) {
+  typename Rows::Pos pos[MR];
+  for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
+  for (int h = 0; h < 2 && h * 16 < cols; ++h) {
+    __m256 acc[MR][2];
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const float* xr[MR];
+      for (int i = 0; i < MR; ++i) xr[i] = rows.Tap(pos[i], t);
+      const float* pt = panel + t * c * kPanel + h * 16;
+      for (int64_t c0 = 0; c0 < c; c0 += 16) {
+        if (h == 0) {
+          for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
+        }
+        for (int l = 0; l < kAheadLinesPerStep / 2 && ahead_lines > 0; ++l, --ahead_lines, ahead += 64) {
+          _mm_prefetch(ahead, _MM_HINT_T1);
+        }
+        const int64_t c1 = std::min<int64_t>(c, c0 + 16);
+#pragma GCC unroll 4
+        for (int64_t q = c0; q < c1; ++q) {
+          const __m256 b0 = _mm256_loadu_ps(pt + q * kPanel), b1 = _mm256_loadu_ps(pt + q * kPanel + 8);
+          for (int i = 0; i < MR; ++i) {
+            const __m256 a = _mm256_broadcast_ss(xr[i] + q);
+            acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+          }
+        }
+      }
+    }
+    const int64_t jh = j0 + h * 16, left = cols - h * 16;
+    const __m256i keep0 = FirstLanes8(left), keep1 = FirstLanes8(left - 8);
+    for (int i = 0; i < MR; ++i) {
+      if (left >= 16) {
+        _mm256_storeu_ps(y + i * ldy + jh, acc[i][0]);
+        _mm256_storeu_ps(y + i * ldy + jh + 8, acc[i][1]);
+      } else {
+        _mm256_maskstore_ps(y + i * ldy + jh, keep0, acc[i][0]);
+        _mm256_maskstore_ps(y + i * ldy + jh + 8, keep1, acc[i][1]);
+      }
+    }
+  }
+}
+
+// TileAvx2 for the 1 to 5 rows left after the tiles of six
+template <typename Rows>
+CJ_AVX2 void TileAvx2Rows(int mr, const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel,
+                          float* y, int64_t ldy, int64_t j0, int64_t cols) {
+  switch (mr) {
+    case 5: return TileAvx2<5>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 4: return TileAvx2<4>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 3: return TileAvx2<3>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 2: return TileAvx2<2>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    default: return TileAvx2<1>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+  }
+}
+
+// BlockedRows on AVX2: left rows [i0, i1) against weight panels [p0, p1); g.epi must be none
+template <typename Rows>
+CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
+  const int64_t k = g.ntaps * g.c, n = g.n;
+  const int64_t per_group = std::max<int64_t>(1, std::min(p1 - p0, kPackedBytesAvx2 / (k * kPanel * 4)));
+  float* scratch = g.panels == nullptr ? Scratch(0, per_group * k * kPanel) : nullptr;
+  for (int64_t g0 = p0; g0 < p1; g0 += per_group) {
+    const int64_t g1 = std::min(p1, g0 + per_group);
+    const float* packed = scratch;
+    if (scratch == nullptr) {
+      packed = g.panels + g0 * k * kPanel;
+    } else {
+      for (int64_t p = g0; p < g1; ++p) {
+        PackPanelAvx2(g.w + p * kPanel * k, k, std::min<int64_t>(kPanel, n - p * kPanel),
+                      scratch + (p - g0) * k * kPanel);
+      }
+    }
+    // pre-packed: the next group's panels, spread over this group's tiles of six rows
+    const char* ahead = nullptr;
+    int64_t ahead_lines = 0, per_tile = 0;
+    if (scratch == nullptr && g1 < p1) {
+      ahead = reinterpret_cast<const char*>(g.panels + g1 * k * kPanel);
+      ahead_lines = (std::min(p1, g1 + per_group) - g1) * k * kPanel * 4 / 64;
+      const int64_t calls = std::max<int64_t>(1, (i1 - i0) / kTileAvx2 * (g1 - g0));
+      per_tile = (ahead_lines + calls - 1) / calls;
+    }
+    int64_t i = i0;
+    for (; i + kTileAvx2 <= i1; i += kTileAvx2) {
+      for (int64_t p = g0; p < g1; ++p) {
+        const int64_t lines = std::min(per_tile, ahead_lines);
+        TileAvx2<kTileAvx2>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n, p * kPanel,
+                            std::min<int64_t>(kPanel, n - p * kPanel), ahead, lines);
+        ahead += lines * 64;
+        ahead_lines -= lines;
+      }
+    }
+    if (i < i1) {
+      for (int64_t p = g0; p < g1; ++p) {
+        TileAvx2Rows(static_cast<int>(i1 - i), g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n,
+                     n, p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel));
+      }
+    }
+  }
+}
+
+// F32BlockedAvx512's split over workers, on the AVX2 tiles
+template <typename Rows>
+CJ_AVX2 void F32BlockedAvx2(ffi::ThreadPool& pool, int64_t workers, const Blocked<Rows>& g, int64_t left_bytes) {
+  const int64_t panels = (g.n + kPanel - 1) / kPanel;
+  if (workers <= 1) {
+    BlockedRowsAvx2(g, 0, g.m, 0, panels);
+  } else if (left_bytes <= kPackedBytes && panels >= 2 * workers) {
+    ParallelChunks(pool, workers - 1, panels, 1, workers,
+                   [=](int64_t p0, int64_t p1) { BlockedRowsAvx2(g, 0, g.m, p0, p1); });
+  } else {
+    ParallelChunks(pool, workers - 1, g.m, kTile, 4 * workers,
+                   [=](int64_t i0, int64_t i1) { BlockedRowsAvx2(g, i0, i1, 0, panels); });
+  }
+}
+
 // y (B, Ho, Wo, O) = act(conv(x, w) + bias) for a channels-last x (B, H, W, C), a kernel
 // (O, kh * kw * C) in OHWI order, zero padding, stride and dilation; bias (O,) or (0,) for none,
 // act 0 none or 1 ReLU; on AVX-512 CPUs
@@ -751,6 +901,11 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     F32BlockedAvx512(pool, Workers(pool, m * k * n), g, m * k * 4);
     return ffi::Error::Success();
   }
+  if (ActiveIsa() == 1 && m > kFewRows) {
+    const Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, wp, yp, Epilogue{nullptr, false}};
+    F32BlockedAvx2(pool, Workers(pool, m * k * n), g, m * k * 4);
+    return ffi::Error::Success();
+  }
   auto rows = avx512 ? F32RowsAvx512 : F32RowsPortable;
   if (threads <= 0 || m * k * n < (int64_t{1} << 17) || n < 64) {
     rows(xp, wp, m, k, n, 0, n, yp);
@@ -762,7 +917,7 @@ ffi::Error F32Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 
 // y (M, N) = x (M, K) @ W^T for a weight already in the blocked product's panel layout:
 // panels (P, K, 32) with panels[p, c, i] = W[32 p + i, c] and zeros past row N (P = ceil(N / 32)).
-// Every row count takes the register tiles; without AVX-512 a plain loop.
+// Every row count takes the register tiles (AVX-512 or AVX2); without AVX2 a plain loop.
 ffi::Error F32MatmulPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> panels,
                            ffi::ResultBuffer<ffi::F32> out) {
   const auto xd = x.dimensions();
@@ -777,7 +932,13 @@ ffi::Error F32MatmulPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   const float* xp = x.typed_data();
   const float* pp = panels.typed_data();
   float* yp = out->typed_data();
-  if (ActiveIsa() < 2) {
+  if (ActiveIsa() == 1) {
+    Blocked<DenseRows> g{DenseRows{xp, k}, 1, k, m, n, nullptr, yp, Epilogue{nullptr, false}};
+    g.panels = pp;
+    F32BlockedAvx2(pool, Workers(pool, m * k * n), g, m * k * 4);
+    return ffi::Error::Success();
+  }
+  if (ActiveIsa() < 1) {
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
         const float* col = pp + (j / kPanel) * k * kPanel + j % kPanel;

@@ -296,8 +296,8 @@ def f32_matmul(x: Any, w: Any) -> Any:
     """``x (M, K) f32 @ Wᵀ -> (M, N) f32`` for an f32 weight ``W (N, K)`` (PyTorch's Linear layout).
 
     Few rows (at most 48: a single sentence's tokens, a decode step): each weight row is read once
-    and multiplied with the rows held in cache. More rows (AVX-512): register tiles of 12 x 32
-    results over 32-row weight panels packed per call. Equal to ``x @ W.T`` up to summation order.
+    and multiplied with the rows held in cache. More rows: register tiles of 12 x 32 results (AVX-512;
+    6 x 16 on AVX2) over 32-row weight panels packed per call. Equal to ``x @ W.T`` up to summation order.
     No derivative of its own (``nn.Linear`` wraps it in one that uses XLA's products)."""
     if not f32_available():
         raise errors.Msg("the native f32 product is not available (not built, or CANDLEJAX_NATIVE=0)")
@@ -309,8 +309,8 @@ def f32_matmul(x: Any, w: Any) -> Any:
 
 
 def packed_available() -> bool:
-    """Whether :func:`f32_matmul_packed` runs its register tiles: the library has it, on an AVX-512 CPU
-    (elsewhere it computes with a plain loop, slower than XLA's product)."""
+    """Whether :func:`f32_matmul_packed` runs its AVX-512 register tiles: the library has it, on an
+    AVX-512 CPU (its AVX2 tiles are level with XLA's product, not faster; without AVX2 a plain loop)."""
     return available() and _packed_registered() and isa() == "avx512"
 
 

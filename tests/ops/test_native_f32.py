@@ -41,6 +41,30 @@ def test_f32_matmul_matches_float64_on_every_instruction_set(rng, m, k, n):
 
 
 @needs_f32
+@pytest.mark.parametrize("m,k,n", [(49, 3, 40), (50, 13, 45), (51, 64, 48), (52, 7, 57), (53, 31, 96), (59, 16, 8),
+                                   (301, 100, 700), (64, 1, 33)])  # fmt: skip
+def test_f32_blocked_product_tails_on_avx2_match_the_portable_loop(rng, m, k, n):
+    """The AVX2 tiles (6 rows x 16 columns): 1 to 5 rows left after the tiles of six, a panel whose
+    second half has no column (N % 32 <= 16) or a few, K of any length; several groups of panels.
+    Equal to the portable loop up to rounding, and both to float64."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    panels = native.pack_f32_panels(jnp.asarray(w))
+    plain, packed = jax.jit(native.f32_matmul), jax.jit(native.f32_matmul_packed, static_argnums=2)
+    got = {}
+    for isa in each_native_isa():
+        got[isa] = np.asarray(plain(x, w)), np.asarray(packed(x, panels, n))
+    if "avx2" not in got:
+        pytest.skip("this CPU has no AVX2")
+    tol = {"rtol": 1e-5, "atol": 1e-5 * np.abs(ref).max()}
+    for y in (*got["avx2"], *got["portable"]):
+        np.testing.assert_allclose(y, ref, **tol)
+    for y, p in zip(got["avx2"], got["portable"], strict=True):
+        np.testing.assert_allclose(y, p, **tol)
+
+
+@needs_f32
 def test_f32_matmul_rejects_other_shapes_and_dtypes():
     x = jnp.ones((2, 8), jnp.float32)
     with pytest.raises(errors.Error, match=r"x must be \(M, K\) and w \(N, K\)"):
