@@ -474,9 +474,10 @@ class BatchNorm(ModuleT):
             if isinstance(new.running_mean._a, jax.core.Tracer) and not in_place_updates_kept():
                 errors.warn_at_caller(
                     f"{layer_name('BatchNorm', self.weight, self.running_mean)}.forward_t(x, True) under a JAX"
-                    " transform that drops in-place updates (jax.jit, jax.vmap, or a layer a traced function closes"
-                    " over): its running statistics will not change; pass the model to cj.jit / cj.value_and_grad"
-                    " (or opt.backward_step), or write `y, bn = bn.forward_train(x)` and return bn",
+                    " transform that does not write in-place updates back (jax.jit, jax.vmap, or a layer a traced"
+                    " function closes over): the caller's layer keeps its running statistics; pass the model to"
+                    " cj.jit / cj.value_and_grad (or opt.backward_step), or return the updated layer from the traced"
+                    " function (`y, bn = bn.forward_train(x)`)",
                     errors.LostUpdateWarning,
                 )
             return y
