@@ -372,18 +372,10 @@ class Llama(Module):
         Cache``, or without it in the model object. It grows (doubling, one recompile) when a
         sequence outgrows it, up to ``max_position_embeddings``; positions beyond raise.
         """
-        t = unwrap(host_array(tokens, "llama token ids"))
-        t = t if isinstance(t, jax.Array) else np.asarray(t)
-        if t.ndim == 1:
-            t = t[None, :]
-        if t.ndim != 2:
-            raise errors.UnexpectedNumberOfDims(2, t.ndim, tuple(t.shape), "llama forward: tokens (batch, seq)")
+        t = _token_ids(self, tokens, "llama forward")
         b, s = int(t.shape[0]), int(t.shape[1])
-        if s == 0:
-            raise errors.Msg("llama forward: tokens is empty (batch, 0)")
         self.check_positions(index_pos, s)
         index_pos = int(index_pos)
-        check_token_ids(t, self.config.vocab_size, "llama token ids")
         st = forward_state(self, cache, index_pos)
         check_continuation("llama forward", st.positions if st.cache is not None else 0,
                            None if st.cache is None else st.cache.batch, b, index_pos)  # fmt: skip
