@@ -371,12 +371,12 @@ CJ_AVX2 void PackPanelAvx2(const float* a, int64_t k, int64_t rows, float* out, 
   }
 }
 
-// Tile's contract (MR left rows i0.. against one packed panel, columns j0.., `cols` of them kept)
-// on AVX2, without an epilogue (the products only): each 16-column half of the panel in turn, a
-// half with no kept column skipped
+// Tile's contract (MR left rows i0.. against one packed panel, columns j0.., `cols` of them kept,
+// then the epilogue) on AVX2: each 16-column half of the panel in turn, a half with no kept column
+// skipped
 template <int MR, typename Rows>
 CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
-                             int64_t ldy, int64_t j0, int64_t cols, const char* ahead = nullptr,
+                             int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi, const char* ahead = nullptr,
                              int64_t ahead_lines = 0) {
   typename Rows::Pos pos[MR];
   for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
@@ -408,6 +408,19 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
     }
     const int64_t jh = j0 + h * 16, left = cols - h * 16;
     const __m256i keep0 = FirstLanes8(left), keep1 = FirstLanes8(left - 8);
+    if (epi.bias != nullptr) {
+      const __m256 bias0 = _mm256_maskload_ps(epi.bias + jh, keep0), bias1 = _mm256_maskload_ps(epi.bias + jh + 8, keep1);
+      for (int i = 0; i < MR; ++i) {
+        acc[i][0] = _mm256_add_ps(acc[i][0], bias0);
+        acc[i][1] = _mm256_add_ps(acc[i][1], bias1);
+      }
+    }
+    if (epi.relu) {
+      for (int i = 0; i < MR; ++i) {
+        acc[i][0] = _mm256_max_ps(acc[i][0], _mm256_setzero_ps());
+        acc[i][1] = _mm256_max_ps(acc[i][1], _mm256_setzero_ps());
+      }
+    }
     for (int i = 0; i < MR; ++i) {
       if (left >= 16) {
         _mm256_storeu_ps(y + i * ldy + jh, acc[i][0]);
@@ -423,17 +436,17 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
 // TileAvx2 for the 1 to 5 rows left after the tiles of six
 template <typename Rows>
 CJ_AVX2 void TileAvx2Rows(int mr, const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel,
-                          float* y, int64_t ldy, int64_t j0, int64_t cols) {
+                          float* y, int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi) {
   switch (mr) {
-    case 5: return TileAvx2<5>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
-    case 4: return TileAvx2<4>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
-    case 3: return TileAvx2<3>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
-    case 2: return TileAvx2<2>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
-    default: return TileAvx2<1>(rows, i0, ntaps, c, panel, y, ldy, j0, cols);
+    case 5: return TileAvx2<5>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
+    case 4: return TileAvx2<4>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
+    case 3: return TileAvx2<3>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
+    case 2: return TileAvx2<2>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
+    default: return TileAvx2<1>(rows, i0, ntaps, c, panel, y, ldy, j0, cols, epi);
   }
 }
 
-// BlockedRows on AVX2: left rows [i0, i1) against weight panels [p0, p1); g.epi must be none
+// BlockedRows on AVX2: left rows [i0, i1) against weight panels [p0, p1)
 template <typename Rows>
 CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int64_t p0, int64_t p1) {
   const int64_t k = g.ntaps * g.c, n = g.n;
@@ -464,7 +477,7 @@ CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int
       for (int64_t p = g0; p < g1; ++p) {
         const int64_t lines = std::min(per_tile, ahead_lines);
         TileAvx2<kTileAvx2>(g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n, n, p * kPanel,
-                            std::min<int64_t>(kPanel, n - p * kPanel), ahead, lines);
+                            std::min<int64_t>(kPanel, n - p * kPanel), g.epi, ahead, lines);
         ahead += lines * 64;
         ahead_lines -= lines;
       }
@@ -472,7 +485,7 @@ CJ_AVX2 void BlockedRowsAvx2(const Blocked<Rows>& g, int64_t i0, int64_t i1, int
     if (i < i1) {
       for (int64_t p = g0; p < g1; ++p) {
         TileAvx2Rows(static_cast<int>(i1 - i), g.rows, i, g.ntaps, g.c, packed + (p - g0) * k * kPanel, g.y + i * n,
-                     n, p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel));
+                     n, p * kPanel, std::min<int64_t>(kPanel, n - p * kPanel), g.epi);
       }
     }
   }
@@ -495,7 +508,7 @@ CJ_AVX2 void F32BlockedAvx2(ffi::ThreadPool& pool, int64_t workers, const Blocke
 
 // y (B, Ho, Wo, O) = act(conv(x, w) + bias) for a channels-last x (B, H, W, C), a kernel
 // (O, kh * kw * C) in OHWI order, zero padding, stride and dilation; bias (O,) or (0,) for none,
-// act 0 none or 1 ReLU; on AVX-512 CPUs
+// act 0 none or 1 ReLU; on AVX-512 or AVX2 CPUs
 ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
                        int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t act) {
@@ -519,7 +532,7 @@ ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   if (bias.element_count() != 0 && bias.element_count() != static_cast<size_t>(o)) {
     return ffi::Error::InvalidArgument("candlejax f32 conv: bias must have O values or none");
   }
-  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv: needs an AVX-512 CPU");
+  if (ActiveIsa() < 1) return ffi::Error::InvalidArgument("candlejax f32 conv: needs an AVX2 or AVX-512 CPU");
   std::vector<int64_t> tap_yx;
   for (int64_t r = 0; r < kh; ++r) {
     for (int64_t q = 0; q < kw; ++q) {
@@ -533,7 +546,11 @@ ffi::Error F32ConvNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   const Blocked<ConvRows> g{ConvRows{x.typed_data(), zeros.data(), tap_yx.data(), ho, wo, h, wi, c, sh, sw, ph, pw},
                             kh * kw, c, m, o, w.typed_data(), out->typed_data(),
                             Epilogue{bias.element_count() ? bias.typed_data() : nullptr, act == 1}};
-  F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * h * wi * c * 4);
+  if (ActiveIsa() == 1) {
+    F32BlockedAvx2(pool, Workers(pool, m * wd[1] * o), g, bsz * h * wi * c * 4);
+  } else {
+    F32BlockedAvx512(pool, Workers(pool, m * wd[1] * o), g, bsz * h * wi * c * 4);
+  }
   return ffi::Error::Success();
 }
 
@@ -645,6 +662,87 @@ CJ_AVX512 void KernelGradImages(const KernelGradGeometry& g, const float* x, con
   }
 }
 
+// KernelGradTile on AVX2: NV (1 or 2) vectors of 8 output channels, the last one's lanes `last`
+template <int CB, int NV>
+CJ_AVX2 void KernelGradTileAvx2(const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
+                                int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __m256i last,
+                                float* acc_rows) {
+  const int64_t top = r * g.dh - g.ph, left = q * g.dw - g.pw;
+  oh0 = std::max(oh0, top >= 0 ? int64_t{0} : (-top + g.sh - 1) / g.sh);
+  oh1 = std::min(oh1, g.h - 1 - top < 0 ? int64_t{0} : (g.h - 1 - top) / g.sh + 1);
+  const int64_t ow0 = left >= 0 ? 0 : (-left + g.sw - 1) / g.sw;
+  const int64_t ow1 = std::min(g.wo, g.w - 1 - left < 0 ? int64_t{0} : (g.w - 1 - left) / g.sw + 1);
+  if (oh0 >= oh1 || ow0 >= ow1) return;
+  const __m256i all = _mm256_set1_epi32(-1);
+  __m256 acc[CB][NV];
+  for (int ci = 0; ci < CB; ++ci) {
+    for (int v = 0; v < NV; ++v) acc[ci][v] = _mm256_maskload_ps(acc_rows + ci * g.o + o0 + 8 * v, v == NV - 1 ? last : all);
+  }
+  const int64_t xstep = g.sw * g.c, o = g.o;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const float* xp = xi + ((oh * g.sh + top) * g.w + ow0 * g.sw + left) * g.c + c0;
+    const float* dp = dyi + (oh * g.wo + ow0) * o + o0;
+    for (int64_t ow = ow0; ow < ow1; ++ow, xp += xstep, dp += o) {
+      __m256 d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = _mm256_maskload_ps(dp + 8 * v, v == NV - 1 ? last : all);
+      for (int ci = 0; ci < CB; ++ci) {
+        const __m256 xv = _mm256_broadcast_ss(xp + ci);
+        for (int v = 0; v < NV; ++v) acc[ci][v] = _mm256_fmadd_ps(xv, d[v], acc[ci][v]);
+      }
+    }
+  }
+  for (int ci = 0; ci < CB; ++ci) {
+    for (int v = 0; v < NV; ++v) _mm256_maskstore_ps(acc_rows + ci * g.o + o0 + 8 * v, v == NV - 1 ? last : all, acc[ci][v]);
+  }
+}
+
+// CB (1 to 6: 12 result vectors, two of dy and the broadcast in the 16 registers) as a template argument
+template <int NV>
+CJ_AVX2 void KernelGradTileAvx2Cb(int cb, const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
+                                  int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __m256i last,
+                                  float* acc_rows) {
+  switch (cb) {
+    case 6: return KernelGradTileAvx2<6, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 5: return KernelGradTileAvx2<5, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 4: return KernelGradTileAvx2<4, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 3: return KernelGradTileAvx2<3, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    case 2: return KernelGradTileAvx2<2, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+    default: return KernelGradTileAvx2<1, NV>(g, xi, dyi, oh0, oh1, r, q, c0, o0, last, acc_rows);
+  }
+}
+
+// KernelGradImages on AVX2: 16 output channels (6 input channels) a pass
+CJ_AVX2 void KernelGradImagesAvx2(const KernelGradGeometry& g, const float* x, const float* dy, int64_t b0,
+                                  int64_t b1, float* scratch) {
+  const int64_t rows = std::max<int64_t>(1, 128 / g.wo);
+  constexpr int64_t kCstep = 6;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xi = x + b * g.h * g.w * g.c;
+    const float* dyi = dy + b * g.ho * g.wo * g.o;
+    for (int64_t oh0 = 0; oh0 < g.ho; oh0 += rows) {
+      const int64_t oh1 = std::min(g.ho, oh0 + rows);
+      for (int64_t o0 = 0; o0 < g.o; o0 += 16) {
+        const int64_t cols = std::min<int64_t>(16, g.o - o0);
+        for (int64_t r = 0; r < g.kh; ++r) {
+          for (int64_t q = 0; q < g.kw; ++q) {
+            float* tap_rows = scratch + (r * g.kw + q) * g.c * g.o;
+            for (int64_t c0 = 0; c0 < g.c; c0 += kCstep) {
+              const int cb = static_cast<int>(std::min<int64_t>(kCstep, g.c - c0));
+              if (cols > 8) {
+                KernelGradTileAvx2Cb<2>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes8(cols - 8),
+                                        tap_rows + c0 * g.o);
+              } else {
+                KernelGradTileAvx2Cb<1>(cb, g, xi, dyi, oh0, oh1, r, q, c0, o0, FirstLanes8(cols),
+                                        tap_rows + c0 * g.o);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                  ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                                  int64_t dh, int64_t dw, int64_t ph, int64_t pw) {
@@ -661,7 +759,9 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
   if (span_h < 0 || span_w < 0 || yd[1] != span_h / sh + 1 || yd[2] != span_w / sw + 1) {
     return ffi::Error::InvalidArgument("candlejax f32 conv kernel gradient: dy must be (B, Ho, Wo, O) for this geometry");
   }
-  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 conv kernel gradient: needs an AVX-512 CPU");
+  if (ActiveIsa() < 1) {
+    return ffi::Error::InvalidArgument("candlejax f32 conv kernel gradient: needs an AVX2 or AVX-512 CPU");
+  }
   const KernelGradGeometry g{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kh, kw, sh, sw, dh, dw, ph, pw};
   const int64_t bsz = xd[0], k = kh * kw * g.c, size = k * g.o;
   const int64_t workers = Workers(pool, bsz * g.ho * g.wo * size);
@@ -674,8 +774,13 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
   const float* xp = x.typed_data();
   const float* dyp = dy.typed_data();
   float* sp = scratch.data();  // a worker that starts after the return finds no chunk left
+  const bool avx2 = ActiveIsa() == 1;
   ParallelChunks(pool, workers - 1, bsz, 1, chunks, [=](int64_t b0, int64_t b1) {
-    KernelGradImages(g, xp, dyp, b0, b1, sp + (b0 / per) * size);
+    if (avx2) {
+      KernelGradImagesAvx2(g, xp, dyp, b0, b1, sp + (b0 / per) * size);
+    } else {
+      KernelGradImages(g, xp, dyp, b0, b1, sp + (b0 / per) * size);
+    }
   });
   // the chunks' sums, transposed to (O, K) in 32 x 32 blocks (a row-by-row transpose of a wide
   // layer's gradient, 512 x 4608 values, missed the cache at every store)

@@ -257,7 +257,7 @@ class Conv2d(_ConvBase):
         (im2col; a 3x3 over 7x7x512: 2.1 -> 1.4 ms), and products of at most
         :data:`NATIVE_CONV_MAX_ROWS` rows run in the native f32 product; more output rows run the
         native f32 convolution (OHWI kernel, taps read in place) in a one-device f32 process on an
-        AVX-512 CPU, else XLA's convolution with an HWIO kernel."""
+        AVX-512 or AVX2 CPU, else XLA's convolution with an HWIO kernel."""
         x = as_array(xs)
         w = self.weight._a
         name = layer_name(self._kind, self.weight)
@@ -327,7 +327,7 @@ NATIVE_KERNEL_GRAD_MAX_VALUES = 64 * 64 * 9
 
 def _native_conv_applies(dtype: Any) -> bool:
     """Whether an f32 channels-last convolution runs in the native library: exact f32 products (not
-    ``set_gemm_reduced_precision_f32``), one-device CPU process, AVX-512 (a custom call has no
+    ``set_gemm_reduced_precision_f32``), one-device CPU process, AVX-512 or AVX2 (a custom call has no
     sharding rule, so programs over several devices keep XLA's)."""
     return (dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST and jax.device_count() == 1
             and native.conv_available())  # fmt: skip

@@ -220,8 +220,9 @@ def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None 
 
 
 def conv_available() -> bool:
-    """Whether :func:`f32_conv_nhwc` can run: the library has it, on the CPU backend, on an AVX-512 CPU."""
-    return available() and _conv_registered() and isa() == "avx512"
+    """Whether :func:`f32_conv_nhwc` can run: the library has it, on the CPU backend, on an AVX-512 or
+    AVX2 CPU."""
+    return available() and _conv_registered() and isa() in ("avx2", "avx512")
 
 
 def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple[int, int] = (1, 1),
@@ -234,7 +235,7 @@ def f32_conv_nhwc(x: Any, kernel: Any, kernel_hw: tuple[int, int], stride: tuple
     ``channels_last`` tensors. Equal to XLA's convolution up to summation order; no derivative of its
     own (``Conv2d.forward_nhwc`` wraps it in one that uses XLA's)."""
     if not conv_available():
-        raise errors.Msg("the native f32 convolution is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
+        raise errors.Msg("the native f32 convolution is not available (not built, no AVX2, or CANDLEJAX_NATIVE=0)")
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel_hw, stride, dilation, padding
     bias = jnp.zeros((0,), jnp.float32) if bias is None else bias
     if (x.ndim != 4 or kernel.ndim != 2 or kernel.shape[1] != kh * kw * x.shape[3] or x.dtype != jnp.float32
@@ -268,7 +269,7 @@ def f32_conv_kernel_grad_nhwc(x: Any, dy: Any, kernel_hw: tuple[int, int], strid
     read in place; XLA's form of this gradient is a convolution contracting over the batch, with
     ``x`` and ``dy`` first transposed batch-minor. Equal to it up to summation order."""
     if not conv_kernel_grad_available():
-        raise errors.Msg("the native f32 convolution kernel gradient is not available (not built, not AVX-512, or "
+        raise errors.Msg("the native f32 convolution kernel gradient is not available (not built, no AVX2, or "
                          "CANDLEJAX_NATIVE=0)")  # fmt: skip
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel_hw, stride, dilation, padding
     if (x.ndim != 4 or dy.ndim != 4 or x.dtype != jnp.float32 or dy.dtype != jnp.float32 or x.shape[0] != dy.shape[0]

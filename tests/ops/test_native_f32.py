@@ -149,6 +149,14 @@ def test_linear_keeps_xlas_product_between_the_bounds_for_small_weights_and_othe
 needs_conv = pytest.mark.skipif(not native.conv_available(), reason="native f32 convolution not built for this CPU")
 
 
+def _vector_isas():
+    """Each vector path of the convolution kernels this CPU has (AVX2, then AVX-512), capped with
+    ``native.set_isa``: an AVX-512 host checks the AVX2 code too."""
+    for isa in each_native_isa():
+        if isa != "portable":
+            yield isa
+
+
 def _conv_nhwc_f64(xp, w4, stride, dilation):
     """Reference: float64 convolution of a padded NHWC input with an (O, kh, kw, C) kernel."""
     b, h, w, _ = xp.shape
@@ -171,6 +179,7 @@ def _conv_nhwc_f64(xp, w4, stride, dilation):
     (3, 17, 19, 20, 33, (3, 5), (2, 1), (2, 3), (2, 0), False, True),  # rectangular kernel, mixed geometry
     (1, 70, 66, 64, 128, (3, 3), (1, 1), (1, 1), (1, 1), True, True),  # input over the packed-bytes budget
     (1, 4, 5, 8, 40, (3, 3), (1, 1), (1, 1), (4, 4), True, False),  # padding wider than the kernel's reach
+    (1, 5, 11, 6, 20, (3, 3), (1, 1), (1, 1), (1, 1), True, True),  # AVX2: 55 rows (tiles of 6, 1 left), 16 + 4 columns
 ])  # fmt: skip
 def test_f32_conv_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation, padding, bias, relu):
     """Taps in the padding read zeros; bias and ReLU are applied before the store."""
@@ -181,9 +190,10 @@ def test_f32_conv_nhwc_matches_float64(rng, b, h, w, c, o, k, stride, dilation, 
     ref = _conv_nhwc_f64(xp, w4, stride, dilation) + (0 if bv is None else bv.astype(np.float64))
     ref = np.maximum(ref, 0) if relu else ref
     f = jax.jit(native.f32_conv_nhwc, static_argnums=(2, 3, 4, 5, 7))
-    y = np.asarray(f(x, w4.reshape(o, -1), k, stride, dilation, padding, bv, relu))
-    assert y.shape == ref.shape and y.dtype == np.float32
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    for isa in _vector_isas():
+        y = np.asarray(f(x, w4.reshape(o, -1), k, stride, dilation, padding, bv, relu))
+        assert y.shape == ref.shape and y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=isa)
 
 
 @needs_conv
@@ -226,9 +236,10 @@ def test_f32_conv_kernel_grad_nhwc_matches_float64(rng, b, h, w, c, o, k, stride
             patch = xp[:, r * dh : r * dh + sh * (ho - 1) + 1 : sh, q * dw : q * dw + sw * (wo - 1) + 1 : sw, :]
             ref[:, r, q, :] = np.einsum("bhwo,bhwc->oc", dy.astype(np.float64), patch)
     f = jax.jit(native.f32_conv_kernel_grad_nhwc, static_argnums=(2, 3, 4, 5))
-    g = np.asarray(f(x, dy, k, stride, dilation, padding))
-    assert g.shape == (o, kh * kw * c) and g.dtype == np.float32
-    np.testing.assert_allclose(g, ref.reshape(o, -1), rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    for isa in _vector_isas():
+        g = np.asarray(f(x, dy, k, stride, dilation, padding))
+        assert g.shape == (o, kh * kw * c) and g.dtype == np.float32
+        np.testing.assert_allclose(g, ref.reshape(o, -1), rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=isa)
 
 
 @needs_kernel_grad
