@@ -358,15 +358,39 @@ CJ_AVX2 inline __m256i FirstLanes8(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// PackPanel's layout (out[c * 32 + i] = a[i * lda + c], zeros for rows past `rows`), a plain loop
+// r[i] lane j <-> r[j] lane i
+CJ_AVX2 inline void Transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+    r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+  }
+}
+
+// PackPanel's layout (out[c * 32 + i] = a[i * lda + c], zeros for rows past `rows`; out 32-byte
+// aligned) in 8 x 8 blocks
 CJ_AVX2 void PackPanelAvx2(const float* a, int64_t k, int64_t rows, float* out, int64_t lda = -1) {
   if (lda < 0) lda = k;
-  for (int64_t i = 0; i < kPanel; ++i) {
-    if (i < rows) {
-      const float* src = a + i * lda;
-      for (int64_t c = 0; c < k; ++c) out[c * kPanel + i] = src[c];
-    } else {
-      for (int64_t c = 0; c < k; ++c) out[c * kPanel + i] = 0.0f;
+  for (int64_t i0 = 0; i0 < kPanel; i0 += 8) {
+    for (int64_t c0 = 0; c0 < k; c0 += 8) {
+      const int64_t kc = std::min<int64_t>(8, k - c0);
+      const __m256i cols = FirstLanes8(kc);
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) {
+        r[j] = i0 + j < rows ? _mm256_maskload_ps(a + (i0 + j) * lda + c0, cols) : _mm256_setzero_ps();
+      }
+      Transpose8(r);
+      for (int64_t j = 0; j < kc; ++j) _mm256_store_ps(out + (c0 + j) * kPanel + i0, r[j]);
     }
   }
 }
@@ -377,7 +401,7 @@ CJ_AVX2 void PackPanelAvx2(const float* a, int64_t k, int64_t rows, float* out, 
 template <int MR, typename Rows>
 CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_t c, const float* panel, float* y,
                              int64_t ldy, int64_t j0, int64_t cols, const Epilogue& epi, const char* ahead = nullptr,
-                             int64_t ahead_lines = 0) {
+                             int64_t ahead_lines = 0, int64_t ldp = kPanel) {
   typename Rows::Pos pos[MR];
   for (int i = 0; i < MR; ++i) pos[i] = rows.Locate(i0 + i);
   for (int h = 0; h < 2 && h * 16 < cols; ++h) {
@@ -386,7 +410,7 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
     for (int64_t t = 0; t < ntaps; ++t) {
       const float* xr[MR];
       for (int i = 0; i < MR; ++i) xr[i] = rows.Tap(pos[i], t);
-      const float* pt = panel + t * c * kPanel + h * 16;
+      const float* pt = panel + t * c * ldp + h * 16;
       for (int64_t c0 = 0; c0 < c; c0 += 16) {
         if (h == 0) {
           for (int i = 0; i < MR; ++i) _mm_prefetch(reinterpret_cast<const char*>(xr[i] + c0 + kAhead), _MM_HINT_T0);
@@ -397,7 +421,7 @@ CJ_AVX2 inline void TileAvx2(const Rows& rows, int64_t i0, int64_t ntaps, int64_
         const int64_t c1 = std::min<int64_t>(c, c0 + 16);
 #pragma GCC unroll 4
         for (int64_t q = c0; q < c1; ++q) {
-          const __m256 b0 = _mm256_loadu_ps(pt + q * kPanel), b1 = _mm256_loadu_ps(pt + q * kPanel + 8);
+          const __m256 b0 = _mm256_loadu_ps(pt + q * ldp), b1 = _mm256_loadu_ps(pt + q * ldp + 8);
           for (int i = 0; i < MR; ++i) {
             const __m256 a = _mm256_broadcast_ss(xr[i] + q);
             acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
@@ -933,6 +957,150 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
   }
 }
 
+// --- attention on AVX2 + FMA CPUs: AttentionHeads on the AVX2 tiles (6 query rows at a time) ------
+
+// ExpNonPositive on 8 lanes: 2^n built in the exponent field (n >= -126 for x >= -87)
+CJ_AVX2 inline __m256 ExpNonPositiveAvx2(__m256 x) {
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // the second operand is returned for a NaN
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+CJ_AVX2 inline float ReduceMax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+CJ_AVX2 inline float ReduceAdd8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// the numerators of SoftmaxRows on AVX2, exp(scores * scale + bias - row max), with 1 / their row
+// sums in inv (the value product is scaled by them after it); lanes past skv are neither read nor written
+CJ_AVX2 void SoftmaxNumeratorsAvx2(float* sc, int64_t rows, int64_t skv, int64_t ld, float scale, const float* bias,
+                                   float* inv) {
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = sc + i * ld;
+    __m256 vmax = ninf;
+    for (int64_t j = 0; j < skv; j += 8) {
+      const __m256i keep = FirstLanes8(skv - j);
+      __m256 v = _mm256_mul_ps(_mm256_maskload_ps(row + j, keep), vscale);
+      if (bias != nullptr) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + j, keep));
+      _mm256_maskstore_ps(row + j, keep, v);
+      vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(keep)));
+    }
+    const __m256 m = _mm256_set1_ps(ReduceMax8(vmax));
+    __m256 vsum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < skv; j += 8) {
+      const __m256i keep = FirstLanes8(skv - j);
+      const __m256 e = _mm256_and_ps(ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_maskload_ps(row + j, keep), m)),
+                                     _mm256_castsi256_ps(keep));
+      _mm256_maskstore_ps(row + j, keep, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    inv[i] = 1.0f / ReduceAdd8(vsum);
+  }
+}
+
+// row r of the rows x cols values at y (row stride ld) times scale[r]
+CJ_AVX2 void ScaleRowsAvx2(float* y, int rows, int64_t cols, int64_t ld, const float* scale) {
+  for (int r = 0; r < rows; ++r) {
+    float* row = y + r * ld;
+    const __m256 s = _mm256_set1_ps(scale[r]);
+    for (int64_t j = 0; j < cols; j += 8) {
+      const __m256i keep = FirstLanes8(cols - j);
+      _mm256_maskstore_ps(row + j, keep, _mm256_mul_ps(_mm256_maskload_ps(row + j, keep), s));
+    }
+  }
+}
+
+// PackKMajor on AVX2
+CJ_AVX2 void PackKMajorAvx2(const float* src, int64_t rows, int64_t ld, int64_t cols, float* out) {
+  const __m256i keep[4] = {FirstLanes8(cols), FirstLanes8(cols - 8), FirstLanes8(cols - 16), FirstLanes8(cols - 24)};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int v = 0; v < 4; ++v) _mm256_store_ps(out + r * kPanel + 8 * v, _mm256_maskload_ps(src + r * ld + 8 * v, keep[v]));
+  }
+}
+
+// AttentionHeads on the AVX2 tiles
+CJ_AVX2 void AttentionHeadsAvx2(const AttentionGeometry& g, int64_t u0, int64_t u1) {
+  const int64_t kpanels = (g.skv + kPanel - 1) / kPanel, vpanels = (g.dv + kPanel - 1) / kPanel;
+  const int64_t ld_sc = kpanels * kPanel;
+  float* kp = Scratch(1, kpanels * g.d * kPanel);
+  float* vp = Scratch(2, vpanels * g.skv * kPanel);
+  float* sc = Scratch(3, kTileAvx2 * ld_sc);
+  const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
+  const bool one_pass = g.s <= kTileAvx2;
+  auto key_in_place = [&](int64_t p) { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; };
+  auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
+  const Epilogue none{nullptr, false};
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t bi = u / g.h, hi = u % g.h;
+    const float* q = g.q + (g.bshd ? (bi * g.s * g.h + hi) * g.d : u * g.s * g.d);
+    const float* k = g.k + (g.keys_t ? u * g.d * g.skv : g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
+    const float* v = g.v + (g.bshd ? (bi * g.skv * g.h + hi) * g.dv : u * g.skv * g.dv);
+    float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
+    const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
+    for (int64_t p = 0; p < kpanels; ++p) {
+      const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
+      if (key_in_place(p)) continue;
+      if (g.keys_t) {
+        PackKMajorAvx2(k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
+      } else {
+        PackPanelAvx2(k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
+      }
+    }
+    for (int64_t p = 0; p < vpanels; ++p) {
+      if (value_in_place(p)) continue;
+      PackKMajorAvx2(v + p * kPanel, g.skv, ldv, std::min<int64_t>(kPanel, g.dv - p * kPanel), vp + p * g.skv * kPanel);
+    }
+    auto rows = [&](auto mr, int64_t i) {
+      constexpr int MR = decltype(mr)::value;
+      for (int64_t p = 0; p < kpanels; ++p) {
+        const bool here = key_in_place(p);
+        TileAvx2<MR>(DenseRows{q, ldq}, i, 1, g.d, here ? k + p * kPanel : kp + p * g.d * kPanel, sc, ld_sc,
+                     p * kPanel, std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0,
+                     here ? g.skv : kPanel);
+      }
+      float inv[MR];
+      SoftmaxNumeratorsAvx2(sc, MR, g.skv, ld_sc, g.scale, bias, inv);
+      for (int64_t p = 0; p < vpanels; ++p) {
+        const bool here = value_in_place(p);
+        TileAvx2<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, here ? v + p * kPanel : vp + p * g.skv * kPanel,
+                     o + i * ldo, ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0,
+                     here ? ldv : kPanel);
+      }
+      ScaleRowsAvx2(o + i * ldo, MR, g.dv, ldo, inv);  // the softmax's division, on dv outputs, not skv scores
+    };
+    int64_t i = 0;
+    for (; i + kTileAvx2 <= g.s; i += kTileAvx2) rows(std::integral_constant<int, kTileAvx2>{}, i);
+    switch (g.s - i) {
+      case 5: rows(std::integral_constant<int, 5>{}, i); break;
+      case 4: rows(std::integral_constant<int, 4>{}, i); break;
+      case 3: rows(std::integral_constant<int, 3>{}, i); break;
+      case 2: rows(std::integral_constant<int, 2>{}, i); break;
+      case 1: rows(std::integral_constant<int, 1>{}, i); break;
+      default: break;
+    }
+  }
+}
+
 ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
                         float scale, int64_t bshd, int64_t keys_t) {
@@ -969,17 +1137,18 @@ ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
   if (bias_n != 0 && bias_n != skv && bias_n != b * skv) {
     return ffi::Error::InvalidArgument("candlejax f32 attention: bias must be (B, Skv), (1, Skv) or empty");
   }
-  if (ActiveIsa() < 2) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX-512 CPU");
+  if (ActiveIsa() < 1) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX2 or AVX-512 CPU");
   const AttentionGeometry g{q.typed_data(), k.typed_data(), v.typed_data(), bias_n ? bias.typed_data() : nullptr,
                             out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0,
                             keys_t != 0, scale};
   const int64_t units = b * h, work = units * s * skv * (d + dv);
   const int64_t workers = Workers(pool, work);
+  auto heads = ActiveIsa() == 1 ? AttentionHeadsAvx2 : AttentionHeads;
   if (workers <= 1 || units < 2) {
-    AttentionHeads(g, 0, units);
+    heads(g, 0, units);
   } else {
     ParallelChunks(pool, workers - 1, units, 1, std::min<int64_t>(units, workers * 4),
-                   [=](int64_t u0, int64_t u1) { AttentionHeads(g, u0, u1); });
+                   [=](int64_t u0, int64_t u1) { heads(g, u0, u1); });
   }
   return ffi::Error::Success();
 }

@@ -670,7 +670,7 @@ def _check_sdpa(q: Any, k: Any, v: Any, mask: Any, layout: str = "bhsd", kv_layo
 def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_layout: str,
                            keys_t: bool = False) -> Any:  # fmt: skip
     """The ``(B or 1, Skv)`` additive bias for the native attention, an empty ``(0,)`` array for no mask, or
-    None where it does not apply: f32 with exact products, one-device CPU process on AVX-512, as many
+    None where it does not apply: f32 with exact products, one-device CPU process on AVX-512 or AVX2, as many
     key heads as query heads, one layout, and no mask or a float mask over keys only (padding). With
     transposed keys (a decoding cache's buffer) a bool or integer key mask (the cache's
     ``attn_mask(1)``) applies too, as the XLA form applies it: masked scores become ``-inf`` (a batch
@@ -755,7 +755,7 @@ def sdpa(
     it is): passing that buffer, rather than its transpose, spares a copy of every key per call.
     Scores and the softmax are f32 (f64 for f64 input); the output has q's dtype. Plain attention (no
     positions or softcapping, as many key heads as query heads, no mask or a float mask over the keys
-    only; with transposed keys a bool key mask too) in f32 runs in native code on AVX-512 CPUs
+    only; with transposed keys a bool key mask too) in f32 runs in native code on AVX-512 and AVX2 CPUs
     (:func:`candlejax.quantized.native.f32_attention`).
     PyTorch: ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=, scale=, enable_gqa=True)``
     (``k.transpose(-1, -2)`` for transposed keys).
@@ -774,7 +774,7 @@ def sdpa(
     positions = bool(do_causal) or window is not None
     if not positions and offset is None and float(softcapping) == 1.0:
         bias = _native_attention_bias(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout, keys_t)
-        if bias is not None:  # plain attention in native code (AVX-512 CPUs)
+        if bias is not None:  # plain attention in native code (AVX-512 and AVX2 CPUs)
             return wrap(_native_sdpa(qa, ka, va, bias, sc, layout, keys_t))
     return wrap(_sdpa(qa, ka, va, ma, off, causal=bool(do_causal), scale=sc, softcap=float(softcapping),
                       window=None if window is None else int(window), layout=layout, kv_layout=kv_layout,

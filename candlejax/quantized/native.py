@@ -177,8 +177,9 @@ def _attention_registered() -> bool:
 
 
 def attention_available() -> bool:
-    """Whether :func:`f32_attention` can run: the library has it, on the CPU backend, on an AVX-512 CPU."""
-    return available() and _attention_registered() and isa() == "avx512"
+    """Whether :func:`f32_attention` can run: the library has it, on the CPU backend, on an AVX-512 or
+    AVX2 CPU."""
+    return available() and _attention_registered() and isa() in ("avx2", "avx512")
 
 
 def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None = None, layout: str = "bhsd",
@@ -191,7 +192,7 @@ def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None 
     broadcast over heads and queries. No derivative of its own (``ops.sdpa`` wraps it in one that
     uses its XLA form)."""
     if not attention_available():
-        raise errors.Msg("the native f32 attention is not available (not built, not AVX-512, or CANDLEJAX_NATIVE=0)")
+        raise errors.Msg("the native f32 attention is not available (not built, no AVX2, or CANDLEJAX_NATIVE=0)")
     bshd = layout == "bshd"
     b, h, s = (q.shape[0], q.shape[2], q.shape[1]) if bshd else q.shape[:3]
     kt = bool(keys_transposed)

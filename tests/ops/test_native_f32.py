@@ -282,10 +282,12 @@ def test_f32_attention_matches_float64(rng, b, h, s, skv, d, dv, layout, bias):
     v = rng.standard_normal(shape(skv, dv)).astype(np.float32)
     rows = {None: 0, "shared": 1, "per batch": b}[bias]
     bv = np.where(rng.random((rows, skv)) < 0.25, np.finfo(np.float32).min, 0).astype(np.float32) if rows else None
-    y = np.asarray(jax.jit(native.f32_attention, static_argnums=(4, 5))(q, k, v, bv, None, layout))
     ref = _attention_f64(q, k, v, bv, 1 / np.sqrt(d), layout)
-    assert y.shape == ref.shape
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6)
+    f = jax.jit(native.f32_attention, static_argnums=(4, 5))
+    for isa in _vector_isas():  # query tiles of 12 (AVX-512) or 6 (AVX2) rows and their tails
+        y = np.asarray(f(q, k, v, bv, None, layout))
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6, err_msg=isa)
 
 
 @needs_attention
@@ -303,8 +305,11 @@ def test_f32_attention_takes_transposed_keys(rng, b, h, s, skv, d, dv, bias):
     rows = {None: 0, "shared": 1, "per batch": b}[bias]
     bv = np.where(rng.random((rows, skv)) < 0.25, np.finfo(np.float32).min, 0).astype(np.float32) if rows else None
     kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
-    y = np.asarray(jax.jit(lambda q, kt, v: native.f32_attention(q, kt, v, bv, keys_transposed=True))(q, kt, v))
-    np.testing.assert_allclose(y, _attention_f64(q, k, v, bv, 1 / np.sqrt(d), "bhsd"), rtol=1e-5, atol=2e-6)
+    f = jax.jit(lambda q, kt, v: native.f32_attention(q, kt, v, bv, keys_transposed=True))
+    for isa in _vector_isas():
+        y = np.asarray(f(q, kt, v))
+        np.testing.assert_allclose(y, _attention_f64(q, k, v, bv, 1 / np.sqrt(d), "bhsd"), rtol=1e-5, atol=2e-6,
+                                   err_msg=isa)  # fmt: skip
     with pytest.raises(errors.Error, match=r"bshd, keys transposed"):
         native.f32_attention(q, kt, v, layout="bshd", keys_transposed=True)
     with pytest.raises(errors.Error, match=r"must be f32 with matching"):
@@ -419,13 +424,15 @@ def test_f32_attention_gives_masked_keys_no_weight_and_keeps_nans(rng):
     q, k = rng.standard_normal((1, 2, 3, 8)).astype(np.float32), rng.standard_normal((1, 2, 20, 8)).astype(np.float32)
     v = rng.standard_normal((1, 2, 20, 8)).astype(np.float32)
     bias = np.zeros((1, 20), np.float32)
-    for fill in (np.finfo(np.float32).min, -np.inf):
-        bias[0, 5:9] = fill
-        v_big = v.copy()
-        v_big[:, :, 5:9] = 1e30
-        y = np.asarray(native.f32_attention(q, k, v_big, bias))
-        np.testing.assert_allclose(y, _attention_f64(q, k, v, np.where(bias < -1e30, -1e38, 0), 1 / np.sqrt(8), "bhsd"),
-                                   rtol=1e-5, atol=2e-6)  # fmt: skip
-    q[0, 1, 2, 0] = np.nan
-    y = np.asarray(native.f32_attention(q, k, v))
-    assert np.isnan(y[0, 1, 2]).all() and np.isfinite(np.delete(y.reshape(6, 8), 5, axis=0)).all()
+    for isa in _vector_isas():
+        for fill in (np.finfo(np.float32).min, -np.inf):
+            bias[0, 5:9] = fill
+            v_big = v.copy()
+            v_big[:, :, 5:9] = 1e30
+            y = np.asarray(native.f32_attention(q, k, v_big, bias))
+            ref = _attention_f64(q, k, v, np.where(bias < -1e30, -1e38, 0), 1 / np.sqrt(8), "bhsd")
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6, err_msg=isa)
+        q_nan = q.copy()
+        q_nan[0, 1, 2, 0] = np.nan
+        y = np.asarray(native.f32_attention(q_nan, k, v))
+        assert np.isnan(y[0, 1, 2]).all() and np.isfinite(np.delete(y.reshape(6, 8), 5, axis=0)).all(), isa
