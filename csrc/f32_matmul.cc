@@ -994,24 +994,36 @@ CJ_AVX2 inline float ReduceAdd8(__m256 v) {
 // sums in inv (the value product is scaled by them after it); lanes past skv are neither read nor written
 CJ_AVX2 void SoftmaxNumeratorsAvx2(float* sc, int64_t rows, int64_t skv, int64_t ld, float scale, const float* bias,
                                    float* inv) {
+  // whole vectors in the loops, a last 1-7 lanes masked (a masked store is slow on AMD CPUs)
+  const int64_t whole = skv / 8 * 8;
+  const __m256i tail = FirstLanes8(skv - whole);
   const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < rows; ++i) {
     float* row = sc + i * ld;
     __m256 vmax = ninf;
-    for (int64_t j = 0; j < skv; j += 8) {
-      const __m256i keep = FirstLanes8(skv - j);
-      __m256 v = _mm256_mul_ps(_mm256_maskload_ps(row + j, keep), vscale);
-      if (bias != nullptr) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + j, keep));
-      _mm256_maskstore_ps(row + j, keep, v);
-      vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(keep)));
+    for (int64_t j = 0; j < whole; j += 8) {
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + j), vscale);
+      if (bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
+      _mm256_storeu_ps(row + j, v);
+      vmax = _mm256_max_ps(vmax, v);
+    }
+    if (whole < skv) {
+      __m256 v = _mm256_mul_ps(_mm256_maskload_ps(row + whole, tail), vscale);
+      if (bias != nullptr) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + whole, tail));
+      _mm256_maskstore_ps(row + whole, tail, v);
+      vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(tail)));
     }
     const __m256 m = _mm256_set1_ps(ReduceMax8(vmax));
     __m256 vsum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < skv; j += 8) {
-      const __m256i keep = FirstLanes8(skv - j);
-      const __m256 e = _mm256_and_ps(ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_maskload_ps(row + j, keep), m)),
-                                     _mm256_castsi256_ps(keep));
-      _mm256_maskstore_ps(row + j, keep, e);
+    for (int64_t j = 0; j < whole; j += 8) {
+      const __m256 e = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), m));
+      _mm256_storeu_ps(row + j, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    if (whole < skv) {
+      const __m256 e = _mm256_and_ps(ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_maskload_ps(row + whole, tail), m)),
+                                     _mm256_castsi256_ps(tail));
+      _mm256_maskstore_ps(row + whole, tail, e);
       vsum = _mm256_add_ps(vsum, e);
     }
     inv[i] = 1.0f / ReduceAdd8(vsum);
@@ -1023,7 +1035,9 @@ CJ_AVX2 void ScaleRowsAvx2(float* y, int rows, int64_t cols, int64_t ld, const f
   for (int r = 0; r < rows; ++r) {
     float* row = y + r * ld;
     const __m256 s = _mm256_set1_ps(scale[r]);
-    for (int64_t j = 0; j < cols; j += 8) {
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), s));
+    if (j < cols) {
       const __m256i keep = FirstLanes8(cols - j);
       _mm256_maskstore_ps(row + j, keep, _mm256_mul_ps(_mm256_maskload_ps(row + j, keep), s));
     }
