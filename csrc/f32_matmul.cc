@@ -837,20 +837,21 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 // for one use).
 
 // exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r), r = x - n ln 2 in [-ln2/2, ln2/2];
-// 0 below -87 (masked keys get no weight), NaN stays NaN
+// 0 below -87 (masked keys get no weight), NaN stays NaN. ln 2 in two parts, then p's coefficients
+// (highest power first; p(r) = 1 + r + r^2 * (c0 r^5 + ... + c5))
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 CJ_AVX512 inline __m512 ExpNonPositive(__m512 x) {
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
   x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);  // the second operand is returned for a NaN
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
 }
@@ -884,12 +885,28 @@ CJ_AVX512 void SoftmaxRows(float* sc, int64_t rows, int64_t skv, int64_t ld, flo
   }
 }
 
+// one (batch, head) pair's q, k, v, output and bias rows
+struct HeadData {
+  const float *q, *k, *v, *bias;
+  float* out;
+};
+
 struct AttentionGeometry {
   const float *q, *k, *v, *bias;
   float* out;
   int64_t b, h, s, skv, d, dv, bias_rows;
   bool bshd, keys_t;
   float scale;
+
+  // pair u of the B x H (batch, head) pairs, in the (B, H, S, D) or (B, S, H, D) layout
+  HeadData Head(int64_t u) const {
+    const int64_t bi = u / h, hi = u % h;
+    return {q + (bshd ? (bi * s * h + hi) * d : u * s * d),
+            k + (keys_t ? u * d * skv : bshd ? (bi * skv * h + hi) * d : u * skv * d),
+            v + (bshd ? (bi * skv * h + hi) * dv : u * skv * dv),
+            bias == nullptr ? nullptr : bias + (bias_rows == 1 ? 0 : bi) * skv,
+            out + (bshd ? (bi * s * h + hi) * dv : u * s * dv)};
+  }
 };
 
 // rows x 32 values of a K-major operand (element (r, j) at src[r * ld + j]) as a packed panel: the
@@ -915,12 +932,9 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
   auto key_in_place = [&](int64_t p) { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; };
   auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
   for (int64_t u = u0; u < u1; ++u) {
-    const int64_t bi = u / g.h, hi = u % g.h;
-    const float* q = g.q + (g.bshd ? (bi * g.s * g.h + hi) * g.d : u * g.s * g.d);
-    const float* k = g.k + (g.keys_t ? u * g.d * g.skv : g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
-    const float* v = g.v + (g.bshd ? (bi * g.skv * g.h + hi) * g.dv : u * g.skv * g.dv);
-    float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
-    const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
+    const HeadData head = g.Head(u);
+    const float *q = head.q, *k = head.k, *v = head.v, *bias = head.bias;
+    float* o = head.out;
     for (int64_t p = 0; p < kpanels; ++p) {
       const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
       if (key_in_place(p)) continue;
@@ -959,20 +973,16 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
 
 // --- attention on AVX2 + FMA CPUs: AttentionHeads on the AVX2 tiles (6 query rows at a time) ------
 
-// ExpNonPositive on 8 lanes: 2^n built in the exponent field (n >= -126 for x >= -87)
+// ExpNonPositive on 8 lanes (the same constants): 2^n built in the exponent field (n >= -126 for x >= -87)
 CJ_AVX2 inline __m256 ExpNonPositiveAvx2(__m256 x) {
   const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);
   x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // the second operand is returned for a NaN
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[i]));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
@@ -1065,12 +1075,9 @@ CJ_AVX2 void AttentionHeadsAvx2(const AttentionGeometry& g, int64_t u0, int64_t 
   auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
   const Epilogue none{nullptr, false};
   for (int64_t u = u0; u < u1; ++u) {
-    const int64_t bi = u / g.h, hi = u % g.h;
-    const float* q = g.q + (g.bshd ? (bi * g.s * g.h + hi) * g.d : u * g.s * g.d);
-    const float* k = g.k + (g.keys_t ? u * g.d * g.skv : g.bshd ? (bi * g.skv * g.h + hi) * g.d : u * g.skv * g.d);
-    const float* v = g.v + (g.bshd ? (bi * g.skv * g.h + hi) * g.dv : u * g.skv * g.dv);
-    float* o = g.out + (g.bshd ? (bi * g.s * g.h + hi) * g.dv : u * g.s * g.dv);
-    const float* bias = g.bias == nullptr ? nullptr : g.bias + (g.bias_rows == 1 ? 0 : bi) * g.skv;
+    const HeadData head = g.Head(u);
+    const float *q = head.q, *k = head.k, *v = head.v, *bias = head.bias;
+    float* o = head.out;
     for (int64_t p = 0; p < kpanels; ++p) {
       const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
       if (key_in_place(p)) continue;
