@@ -839,14 +839,14 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 // exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r), r = x - n ln 2 in [-ln2/2, ln2/2];
 // 0 below -87 (masked keys get no weight), NaN stays NaN. ln 2 in two parts, then p's coefficients
 // (highest power first; p(r) = 1 + r + r^2 * (c0 r^5 + ... + c5))
-constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpFloor = -87.0f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                                4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
 CJ_AVX512 inline __m512 ExpNonPositive(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
-  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);  // the second operand is returned for a NaN
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFloor), _CMP_NLT_UQ);
+  x = _mm512_max_ps(_mm512_set1_ps(kExpFloor), x);  // the second operand is returned for a NaN
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
@@ -918,50 +918,73 @@ CJ_AVX512 void PackKMajor(const float* src, int64_t rows, int64_t ld, int64_t co
   }
 }
 
-// heads [u0, u1) of the B x H (batch, head) pairs
-CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1) {
-  const int64_t kpanels = (g.skv + kPanel - 1) / kPanel, vpanels = (g.dv + kPanel - 1) / kPanel;
-  const int64_t ld_sc = kpanels * kPanel;
-  float* kp = Scratch(1, kpanels * g.d * kPanel);
-  float* vp = Scratch(2, vpanels * g.skv * kPanel);
-  float* sc = Scratch(3, kTile * ld_sc);
-  // row strides and head offsets of the (B, H, S, D) or (B, S, H, D) tensors
-  const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
-  const bool one_pass = g.s <= kTile;
-  // key panel p: keys p*32.. as 32 values per step along D (in place: a slice of each row of kᵀ)
-  auto key_in_place = [&](int64_t p) { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; };
-  auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
-  for (int64_t u = u0; u < u1; ++u) {
-    const HeadData head = g.Head(u);
-    const float *q = head.q, *k = head.k, *v = head.v, *bias = head.bias;
-    float* o = head.out;
-    for (int64_t p = 0; p < kpanels; ++p) {
+// A head's key and value panels for the tiles. Key panel p holds keys p*32.. as 32 values per step
+// along D, value panel p value columns p*32.. as 32 values per key (rows of v, in order). With one
+// pass of query rows, whole panels that are slices of kᵀ or v are read where they lie (their row
+// stride: Skv or v's); the others are packed into this thread's scratch by the ISA's own routines.
+struct HeadPanels {
+  const AttentionGeometry& g;
+  bool one_pass;
+  float *kp, *vp;  // packed key and value panels
+  int64_t ldk, ldv;
+
+  HeadPanels(const AttentionGeometry& geometry, int64_t tile_rows)
+      : g(geometry), one_pass(geometry.s <= tile_rows),
+        kp(Scratch(1, Panels(geometry.skv) * geometry.d * kPanel)),
+        vp(Scratch(2, Panels(geometry.dv) * geometry.skv * kPanel)),
+        ldk(geometry.bshd ? geometry.h * geometry.d : geometry.d),
+        ldv(geometry.bshd ? geometry.h * geometry.dv : geometry.dv) {}
+  static int64_t Panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
+  bool KeyInPlace(int64_t p) const { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; }
+  bool ValueInPlace(int64_t p) const { return one_pass && g.dv - p * kPanel >= kPanel; }
+  const float* Key(const HeadData& head, int64_t p) const {
+    return KeyInPlace(p) ? head.k + p * kPanel : kp + p * g.d * kPanel;
+  }
+  int64_t KeyStride(int64_t p) const { return KeyInPlace(p) ? g.skv : kPanel; }
+  const float* Value(const HeadData& head, int64_t p) const {
+    return ValueInPlace(p) ? head.v + p * kPanel : vp + p * g.skv * kPanel;
+  }
+  int64_t ValueStride(int64_t p) const { return ValueInPlace(p) ? ldv : kPanel; }
+  // pack_panel: PackPanel's contract (rows of k as they are); pack_k_major: PackKMajor's
+  void Pack(const HeadData& head, void (*pack_panel)(const float*, int64_t, int64_t, float*, int64_t),
+            void (*pack_k_major)(const float*, int64_t, int64_t, int64_t, float*)) const {
+    for (int64_t p = 0; p < Panels(g.skv); ++p) {
       const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
-      if (key_in_place(p)) continue;
+      if (KeyInPlace(p)) continue;
       if (g.keys_t) {
-        PackKMajor(k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
+        pack_k_major(head.k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
       } else {
-        PackPanel(k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
+        pack_panel(head.k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
       }
     }
-    for (int64_t p = 0; p < vpanels; ++p) {  // value columns p*32.. as K-major panels: rows of v, in order
-      if (value_in_place(p)) continue;
-      PackKMajor(v + p * kPanel, g.skv, ldv, std::min<int64_t>(kPanel, g.dv - p * kPanel), vp + p * g.skv * kPanel);
+    for (int64_t p = 0; p < Panels(g.dv); ++p) {
+      if (ValueInPlace(p)) continue;
+      pack_k_major(head.v + p * kPanel, g.skv, ldv, std::min<int64_t>(kPanel, g.dv - p * kPanel),
+                   vp + p * g.skv * kPanel);
     }
-    const Epilogue none{nullptr, false};
+  }
+};
+
+// heads [u0, u1) of the B x H (batch, head) pairs
+CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1) {
+  const HeadPanels panels(g, kTile);
+  const int64_t kpanels = HeadPanels::Panels(g.skv), vpanels = HeadPanels::Panels(g.dv), ld_sc = kpanels * kPanel;
+  float* sc = Scratch(3, kTile * ld_sc);
+  const int64_t ldq = panels.ldk, ldo = panels.ldv;  // q's row stride is k's, the output's v's
+  const Epilogue none{nullptr, false};
+  for (int64_t u = u0; u < u1; ++u) {
+    const HeadData head = g.Head(u);
+    panels.Pack(head, PackPanel, PackKMajor);
     auto rows = [&](auto mr, int64_t i) {
       constexpr int MR = decltype(mr)::value;
       for (int64_t p = 0; p < kpanels; ++p) {
-        const bool here = key_in_place(p);
-        Tile<MR>(DenseRows{q, ldq}, i, 1, g.d, here ? k + p * kPanel : kp + p * g.d * kPanel, sc, ld_sc,
-                 p * kPanel, std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0, here ? g.skv : kPanel);
+        Tile<MR>(DenseRows{head.q, ldq}, i, 1, g.d, panels.Key(head, p), sc, ld_sc, p * kPanel,
+                 std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0, panels.KeyStride(p));
       }
-      SoftmaxRows(sc, MR, g.skv, ld_sc, g.scale, bias);
+      SoftmaxRows(sc, MR, g.skv, ld_sc, g.scale, head.bias);
       for (int64_t p = 0; p < vpanels; ++p) {
-        const bool here = value_in_place(p);
-        Tile<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, here ? v + p * kPanel : vp + p * g.skv * kPanel, o + i * ldo,
-                 ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0,
-                 here ? ldv : kPanel);
+        Tile<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, panels.Value(head, p), head.out + i * ldo, ldo, p * kPanel,
+                 std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0, panels.ValueStride(p));
       }
     };
     int64_t i = 0;
@@ -975,9 +998,9 @@ CJ_AVX512 void AttentionHeads(const AttentionGeometry& g, int64_t u0, int64_t u1
 
 // ExpNonPositive on 8 lanes (the same constants): 2^n built in the exponent field (n >= -126 for x >= -87)
 CJ_AVX2 inline __m256 ExpNonPositiveAvx2(__m256 x) {
-  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_NLT_UQ);
-  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // the second operand is returned for a NaN
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFloor), _CMP_NLT_UQ);
+  x = _mm256_max_ps(_mm256_set1_ps(kExpFloor), x);  // the second operand is returned for a NaN
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
@@ -1064,50 +1087,27 @@ CJ_AVX2 void PackKMajorAvx2(const float* src, int64_t rows, int64_t ld, int64_t 
 
 // AttentionHeads on the AVX2 tiles
 CJ_AVX2 void AttentionHeadsAvx2(const AttentionGeometry& g, int64_t u0, int64_t u1) {
-  const int64_t kpanels = (g.skv + kPanel - 1) / kPanel, vpanels = (g.dv + kPanel - 1) / kPanel;
-  const int64_t ld_sc = kpanels * kPanel;
-  float* kp = Scratch(1, kpanels * g.d * kPanel);
-  float* vp = Scratch(2, vpanels * g.skv * kPanel);
+  const HeadPanels panels(g, kTileAvx2);
+  const int64_t kpanels = HeadPanels::Panels(g.skv), vpanels = HeadPanels::Panels(g.dv), ld_sc = kpanels * kPanel;
   float* sc = Scratch(3, kTileAvx2 * ld_sc);
-  const int64_t ldq = g.bshd ? g.h * g.d : g.d, ldk = ldq, ldv = g.bshd ? g.h * g.dv : g.dv, ldo = ldv;
-  const bool one_pass = g.s <= kTileAvx2;
-  auto key_in_place = [&](int64_t p) { return g.keys_t && one_pass && g.skv - p * kPanel >= kPanel; };
-  auto value_in_place = [&](int64_t p) { return one_pass && g.dv - p * kPanel >= kPanel; };
+  const int64_t ldq = panels.ldk, ldo = panels.ldv;
   const Epilogue none{nullptr, false};
   for (int64_t u = u0; u < u1; ++u) {
     const HeadData head = g.Head(u);
-    const float *q = head.q, *k = head.k, *v = head.v, *bias = head.bias;
-    float* o = head.out;
-    for (int64_t p = 0; p < kpanels; ++p) {
-      const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
-      if (key_in_place(p)) continue;
-      if (g.keys_t) {
-        PackKMajorAvx2(k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
-      } else {
-        PackPanelAvx2(k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
-      }
-    }
-    for (int64_t p = 0; p < vpanels; ++p) {
-      if (value_in_place(p)) continue;
-      PackKMajorAvx2(v + p * kPanel, g.skv, ldv, std::min<int64_t>(kPanel, g.dv - p * kPanel), vp + p * g.skv * kPanel);
-    }
+    panels.Pack(head, PackPanelAvx2, PackKMajorAvx2);
     auto rows = [&](auto mr, int64_t i) {
       constexpr int MR = decltype(mr)::value;
       for (int64_t p = 0; p < kpanels; ++p) {
-        const bool here = key_in_place(p);
-        TileAvx2<MR>(DenseRows{q, ldq}, i, 1, g.d, here ? k + p * kPanel : kp + p * g.d * kPanel, sc, ld_sc,
-                     p * kPanel, std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0,
-                     here ? g.skv : kPanel);
+        TileAvx2<MR>(DenseRows{head.q, ldq}, i, 1, g.d, panels.Key(head, p), sc, ld_sc, p * kPanel,
+                     std::min<int64_t>(kPanel, g.skv - p * kPanel), none, nullptr, 0, panels.KeyStride(p));
       }
       float inv[MR];
-      SoftmaxNumeratorsAvx2(sc, MR, g.skv, ld_sc, g.scale, bias, inv);
+      SoftmaxNumeratorsAvx2(sc, MR, g.skv, ld_sc, g.scale, head.bias, inv);
       for (int64_t p = 0; p < vpanels; ++p) {
-        const bool here = value_in_place(p);
-        TileAvx2<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, here ? v + p * kPanel : vp + p * g.skv * kPanel,
-                     o + i * ldo, ldo, p * kPanel, std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0,
-                     here ? ldv : kPanel);
+        TileAvx2<MR>(DenseRows{sc, ld_sc}, 0, 1, g.skv, panels.Value(head, p), head.out + i * ldo, ldo, p * kPanel,
+                     std::min<int64_t>(kPanel, g.dv - p * kPanel), none, nullptr, 0, panels.ValueStride(p));
       }
-      ScaleRowsAvx2(o + i * ldo, MR, g.dv, ldo, inv);  // the softmax's division, on dv outputs, not skv scores
+      ScaleRowsAvx2(head.out + i * ldo, MR, g.dv, ldo, inv);  // the softmax's division, on dv outputs
     };
     int64_t i = 0;
     for (; i + kTileAvx2 <= g.s; i += kTileAvx2) rows(std::integral_constant<int, kTileAvx2>{}, i);
