@@ -591,18 +591,30 @@ struct KernelGradGeometry {
   int64_t h, w, c, ho, wo, o, kh, kw, sh, sw, dh, dw, ph, pw;
 };
 
+// tap (r, q)'s input offset from an output position's first input (top, left), and the output rows
+// [oh0, oh1) (within a block of rows) and columns [ow0, ow1) whose input under that tap is inside
+struct TapWindow {
+  int64_t top, left, oh0, oh1, ow0, ow1;
+};
+
+inline TapWindow InsideTap(const KernelGradGeometry& g, int64_t r, int64_t q, int64_t oh0, int64_t oh1) {
+  const int64_t top = r * g.dh - g.ph, left = q * g.dw - g.pw;
+  return {top, left, std::max(oh0, top >= 0 ? int64_t{0} : (-top + g.sh - 1) / g.sh),
+          std::min(oh1, g.h - 1 - top < 0 ? int64_t{0} : (g.h - 1 - top) / g.sh + 1),
+          left >= 0 ? 0 : (-left + g.sw - 1) / g.sw,
+          std::min(g.wo, g.w - 1 - left < 0 ? int64_t{0} : (g.w - 1 - left) / g.sw + 1)};
+}
+
 // acc[CB x NV vectors] += x (CB channels at one input position) outer dy (NV x 16 output channels)
 // over the output rows [oh0, oh1) of one image, at the positions whose input under tap (r, q) is inside
 template <int CB, int NV>
 CJ_AVX512 void KernelGradTile(const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0, int64_t oh1,
                               int64_t r, int64_t q, int64_t c0, int64_t o0, __mmask16 last, float* acc_rows) {
-  // the output rows and columns whose input row / column under this tap is inside
-  const int64_t top = r * g.dh - g.ph, left = q * g.dw - g.pw;
-  oh0 = std::max(oh0, top >= 0 ? int64_t{0} : (-top + g.sh - 1) / g.sh);
-  oh1 = std::min(oh1, g.h - 1 - top < 0 ? int64_t{0} : (g.h - 1 - top) / g.sh + 1);
-  const int64_t ow0 = left >= 0 ? 0 : (-left + g.sw - 1) / g.sw;
-  const int64_t ow1 = std::min(g.wo, g.w - 1 - left < 0 ? int64_t{0} : (g.w - 1 - left) / g.sw + 1);
-  if (oh0 >= oh1 || ow0 >= ow1) return;
+  const TapWindow tap = InsideTap(g, r, q, oh0, oh1);
+  if (tap.oh0 >= tap.oh1 || tap.ow0 >= tap.ow1) return;
+  const int64_t top = tap.top, left = tap.left, ow0 = tap.ow0, ow1 = tap.ow1;
+  oh0 = tap.oh0;
+  oh1 = tap.oh1;
   __m512 acc[CB][NV];
   for (int ci = 0; ci < CB; ++ci) {
     for (int v = 0; v < NV; ++v) {
@@ -691,12 +703,11 @@ template <int CB, int NV>
 CJ_AVX2 void KernelGradTileAvx2(const KernelGradGeometry& g, const float* xi, const float* dyi, int64_t oh0,
                                 int64_t oh1, int64_t r, int64_t q, int64_t c0, int64_t o0, __m256i last,
                                 float* acc_rows) {
-  const int64_t top = r * g.dh - g.ph, left = q * g.dw - g.pw;
-  oh0 = std::max(oh0, top >= 0 ? int64_t{0} : (-top + g.sh - 1) / g.sh);
-  oh1 = std::min(oh1, g.h - 1 - top < 0 ? int64_t{0} : (g.h - 1 - top) / g.sh + 1);
-  const int64_t ow0 = left >= 0 ? 0 : (-left + g.sw - 1) / g.sw;
-  const int64_t ow1 = std::min(g.wo, g.w - 1 - left < 0 ? int64_t{0} : (g.w - 1 - left) / g.sw + 1);
-  if (oh0 >= oh1 || ow0 >= ow1) return;
+  const TapWindow tap = InsideTap(g, r, q, oh0, oh1);
+  if (tap.oh0 >= tap.oh1 || tap.ow0 >= tap.ow1) return;
+  const int64_t top = tap.top, left = tap.left, ow0 = tap.ow0, ow1 = tap.ow1;
+  oh0 = tap.oh0;
+  oh1 = tap.oh1;
   const __m256i all = _mm256_set1_epi32(-1);
   __m256 acc[CB][NV];
   for (int ci = 0; ci < CB; ++ci) {
