@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -1134,12 +1135,28 @@ CJ_AVX2 void AttentionHeadsAvx2(const AttentionGeometry& g, int64_t u0, int64_t 
 }
 
 ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
-                        float scale, int64_t bshd, int64_t keys_t) {
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> layer,
+                        ffi::ResultBuffer<ffi::F32> out, float scale, int64_t bshd, int64_t keys_t) {
   const auto qd = q.dimensions(), od = out->dimensions();
-  if (qd.size() != 4 || od.size() != 4 || k.dimensions().size() < 2 || k.dimensions().size() > 4 ||
-      v.dimensions().size() < 2 || v.dimensions().size() > 4 || (bshd && (k.dimensions().size() != 4 ||
-      v.dimensions().size() != 4))) {
+  ffi::Span<const int64_t> kdims = k.dimensions(), vdims = v.dimensions();
+  const float *kp = k.typed_data(), *vp = v.typed_data();
+  // k and v of 5 dimensions: every layer's buffers (L, B, H, S, D) of a stacked decoding cache, of
+  // which `layer` is read in place
+  if (kdims.size() == 5 || vdims.size() == 5) {
+    const int32_t l = *layer.typed_data();
+    if (kdims.size() != 5 || vdims.size() != 5 || kdims[0] != vdims[0] || bshd || keys_t) {
+      return ffi::Error::InvalidArgument("candlejax f32 attention: stacked k and v must both be (L, B, H, S, D)");
+    }
+    if (l < 0 || l >= kdims[0]) {
+      return ffi::Error::InvalidArgument("candlejax f32 attention: layer " + std::to_string(l) +
+                                         " out of range for " + std::to_string(kdims[0]) + " stacked layers");
+    }
+    kdims = kdims.last(4), vdims = vdims.last(4);
+    kp += l * kdims[0] * kdims[1] * kdims[2] * kdims[3];
+    vp += l * vdims[0] * vdims[1] * vdims[2] * vdims[3];
+  }
+  if (qd.size() != 4 || od.size() != 4 || kdims.size() < 2 || kdims.size() > 4 || vdims.size() < 2 ||
+      vdims.size() > 4 || (bshd && (kdims.size() != 4 || vdims.size() != 4))) {
     return ffi::Error::InvalidArgument("candlejax f32 attention: q and the result must be 4-D, k and v 4-D "
                                        "or (B, H, S, D) without its size-1 batch and head dimensions");
   }
@@ -1158,7 +1175,7 @@ ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     if (dims.size() < 4 && static_cast<int64_t>(4 - dims.size()) != dropped) r[0] = -1;  // no such view
     return r;
   };
-  const std::array<int64_t, 4> kd = as4(k.dimensions()), vd = as4(v.dimensions());
+  const std::array<int64_t, 4> kd = as4(kdims), vd = as4(vdims);
   const int64_t skv = keys_t ? kd[3] : bshd ? kd[1] : kd[2], dv = vd[3], kdim = keys_t ? kd[2] : kd[3];
   const bool heads_ok = (bshd ? kd[2] == h && vd[2] == h && vd[1] == skv && od[1] == s && od[2] == h
                               : kd[1] == h && vd[1] == h && vd[2] == skv && od[1] == h && od[2] == s);
@@ -1170,7 +1187,7 @@ ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     return ffi::Error::InvalidArgument("candlejax f32 attention: bias must be (B, Skv), (1, Skv) or empty");
   }
   if (ActiveIsa() < 1) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX2 or AVX-512 CPU");
-  const AttentionGeometry g{q.typed_data(), k.typed_data(), v.typed_data(), bias_n ? bias.typed_data() : nullptr,
+  const AttentionGeometry g{q.typed_data(), kp, vp, bias_n ? bias.typed_data() : nullptr,
                             out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0,
                             keys_t != 0, scale};
   const int64_t units = b * h, work = units * s * skv * (d + dv);
@@ -1284,6 +1301,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CandlejaxF32Attention, F32Attention,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale")
                                   .Attr<int64_t>("bshd")

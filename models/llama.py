@@ -139,7 +139,7 @@ def _linear(in_dim: int, out_dim: int, bias: bool, vb: VarBuilder) -> Linear:
 
 class CausalSelfAttention(Module):
     """``LlamaAttention``: q/k/v projections, rotary positions, grouped-query attention over the
-    preallocated cache (``ops.sdpa`` in the ``(B, T, H, D)`` layout, reading the cache in its own),
+    preallocated cache (``StackedKvCache.attend`` in the ``(B, T, H, D)`` layout, reading the cache in its own),
     output projection. With ``k_proj``/``v_proj`` ``None``, ``q_proj`` holds the q, k and v rows
     stacked (one product; the quantized GGUF model does this). ``window``: sliding-window size."""
 
@@ -177,9 +177,8 @@ class CausalSelfAttention(Module):
             q, k, v = unwrap(self.q_proj(x)), unwrap(self.k_proj(x)), unwrap(self.v_proj(x))
         q = rotary.apply_tables(q.reshape(b, t, nh, d), cos, sin)
         k = rotary.apply_tables(k.reshape(b, t, nkv, d), cos, sin)
-        k_all, v_all, cache = cache.update(layer, k, v.reshape(b, t, nkv, d), pos)  # in place when donated
-        y = ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, window=self.window, layout="bshd",
-                     kv_layout="bhsd")  # fmt: skip
+        # written in place when donated; a decoding step reads the layer's slots in place
+        y, cache = cache.attend(layer, q, k, v.reshape(b, t, nkv, d), pos, window=self.window)
         return unwrap(self.o_proj(unwrap(y).reshape(b, t, nh * d))), cache
 
 

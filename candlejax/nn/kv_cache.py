@@ -41,6 +41,7 @@ from candlejax.nn._cache_base import (  # noqa: F401 (re-exported: candlejax.nn.
 )
 from candlejax.nn.kv_cache_scattered import IndicesAndMask, ScatteredCacheBuilder, ScatteredKvCache
 from candlejax.nn.module import Module, as_array
+from candlejax.nn.ops import stacked_layer_sdpa
 from candlejax.shape import CallableInt, check_elem_count
 from candlejax.tensor._core import int_arg, unwrap, wrap
 
@@ -778,14 +779,41 @@ class StackedKvCache(Module):
             ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
         elif layout != "bhsd":
             raise errors.Msg(f"StackedKvCache.update: layout must be 'bshd' or 'bhsd', got {layout!r}")
+        ck, cv = self._write(layer, ka, va, pos)
+        k_all = lax.dynamic_index_in_dim(ck, jnp.asarray(unwrap(layer), jnp.int32), 0, keepdims=False)
+        v_all = lax.dynamic_index_in_dim(cv, jnp.asarray(unwrap(layer), jnp.int32), 0, keepdims=False)
+        return k_all, v_all, type(self)(ck, cv)  # a subclass (a model's Cache) stays itself
+
+    def attend(self, layer: Any, q: Any, k: Any, v: Any, pos: Any, *, window: int | None = None,
+               scale: float | None = None, layout: str = "bshd") -> tuple[Any, StackedKvCache]:  # fmt: skip
+        """Write ``k``/``v`` at ``pos`` of ``layer`` (as :meth:`update`) and attend to them: ``(y, new_cache)``,
+        ``y`` the causal attention of ``q`` (``(B, T, Hq, D)``, or ``(B, Hq, T, D)`` with ``layout="bhsd"``,
+        as ``k``/``v``; ``Hq`` a multiple of ``Hkv``) over the layer's slots up to each query's position,
+        in ``q``'s layout. The same as ``k_all, v_all, cache = cache.update(layer, k, v, pos, layout)``
+        then ``ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, window=window, scale=scale,
+        layout=layout, kv_layout="bhsd")``, except that a decoding step (``T == 1``) in f32 on an AVX2 or
+        AVX-512 CPU reads the layer's slots in place in native code
+        (:func:`candlejax.nn.ops.stacked_layer_sdpa`)."""
+        ka, va = as_array(k), as_array(v)
+        if ka.ndim != 4 or va.ndim != 4:
+            raise errors.Msg(f"StackedKvCache.attend: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"
+                             f" ({'(B, T, Hkv, D)' if layout == 'bshd' else '(B, Hkv, T, D)'})")  # fmt: skip
+        if layout == "bshd":
+            ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
+        elif layout != "bhsd":
+            raise errors.Msg(f"StackedKvCache.attend: layout must be 'bshd' or 'bhsd', got {layout!r}")
+        ck, cv = self._write(layer, ka, va, pos)
+        y = stacked_layer_sdpa(q, ck, cv, unwrap(layer), unwrap(pos), window, scale, layout)
+        return y, type(self)(ck, cv)
+
+    def _write(self, layer: Any, ka: Any, va: Any, pos: Any) -> tuple[Any, Any]:
+        """The buffers with ``(B, Hkv, T, D)`` keys/values ``ka``/``va`` written at ``pos`` of ``layer``."""
         self._check_update(ka, va, layer, pos)
         zero = jnp.zeros((), jnp.int32)
         at = (jnp.asarray(unwrap(layer), jnp.int32), zero, zero, jnp.asarray(unwrap(pos), jnp.int32), zero)
         ck = lax.dynamic_update_slice(self.k, ka.astype(self.k.dtype)[None], at)
         cv = lax.dynamic_update_slice(self.v, va.astype(self.v.dtype)[None], at)
-        k_all = lax.dynamic_index_in_dim(ck, at[0], 0, keepdims=False)
-        v_all = lax.dynamic_index_in_dim(cv, at[0], 0, keepdims=False)
-        return k_all, v_all, type(self)(ck, cv)  # a subclass (a model's Cache) stays itself
+        return ck, cv
 
     def _check_update(self, ka: Any, va: Any, layer: Any, pos: Any) -> None:
         """Static checks of ``(B, Hkv, T, D)`` keys/values against the buffers, then, when ``layer`` /

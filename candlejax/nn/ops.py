@@ -75,6 +75,7 @@ __all__ = [
     "repeat_kv",
     "sdpa",
     "sdpa_slow",
+    "stacked_layer_sdpa",
     "selu",
     "sigmoid",
     "silu",
@@ -728,6 +729,89 @@ def _native_sdpa_jvp(scale: float, layout: str, keys_t: bool, primals: tuple[Any
                      tangents: tuple[Any, ...]) -> Any:  # fmt: skip
     y = _native_sdpa(*primals, scale, layout, keys_t)
     _, ty = jax.jvp(lambda q, k, v, b: _xla_sdpa(q, k, v, b, scale, layout, keys_t), primals, tangents)
+    return y, ty
+
+
+def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: Any, window: int | None = None,
+                       scale: float | None = None, layout: str = "bshd") -> Any:  # fmt: skip
+    """Causal attention of ``q`` (at positions ``offset ..``) over layer ``layer`` of a stacked cache's
+    ``(L, B, Hkv, Skv, D)`` key and value buffers: :func:`sdpa` ``(q, k_stack[layer], v_stack[layer],
+    do_causal=True, offset=offset, window=window, scale=scale, layout=layout, kv_layout="bhsd")``.
+
+    One query position (a decoding step) in f32 on an AVX2 or AVX-512 CPU runs in native code, which
+    reads the layer's slots where they lie (no copy of them) and takes grouped heads as rows of their
+    key head. ``layer`` and ``offset`` may be traced int32 scalars
+    (:meth:`candlejax.nn.StackedKvCache.attend` is the usual caller)."""
+    qa, ks, vs = as_array(q), as_array(k_stack), as_array(v_stack)
+    if ks.ndim != 5 or vs.ndim != 5 or ks.shape[0] != vs.shape[0]:
+        raise errors.Msg(f"stacked_layer_sdpa: k_stack {fmt_shape(ks.shape)} and v_stack {fmt_shape(vs.shape)} must "
+                         "be (layers, batch, kv_heads, max_seq_len, head_dim) with as many layers")  # fmt: skip
+    if not _is_integer_scalar(layer):
+        raise errors.NotAnInteger("stacked_layer_sdpa", "layer", layer)
+    layer_i = jnp.asarray(layer if isinstance(layer, int | np.integer) else as_array(layer), jnp.int32)
+    native_ok = (qa.ndim == 4 and _dims(qa, layout)[2] == 1
+                 and qa.dtype == ks.dtype == vs.dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST
+                 and jax.device_count() == 1 and native.attention_available())  # fmt: skip
+    if native_ok:
+        one = jax.ShapeDtypeStruct(ks.shape[1:], ks.dtype)
+        _check_sdpa(qa, one, jax.ShapeDtypeStruct(vs.shape[1:], vs.dtype), None, layout, "bhsd")
+        b, hq, _, d = _dims(qa, layout)
+        hkv, skv, dv = ks.shape[2], ks.shape[3], vs.shape[4]
+        off = _offset_arg(offset, "stacked_layer_sdpa")
+        sc = 1.0 / math.sqrt(d) if scale is None else float_arg(scale, "stacked_layer_sdpa", "scale")
+        w = None if window is None else int_arg(window, "stacked_layer_sdpa", "window")
+        if w is not None and w < 1:
+            raise errors.Msg(f"stacked_layer_sdpa: window must be >= 1, got {w}")
+        bias = _decode_bias(skv, off, w)
+        # one position: q (B, 1, Hq, D) and (B, Hq, 1, D) are the same rows; a key head's grouped query
+        # heads are consecutive rows of it
+        y = _native_sdpa_layer(qa.reshape(b, hkv, hq // hkv, d), ks, vs, bias, layer_i, sc)
+        y = _zero_dead_rows(bias, y)
+        return wrap(y.reshape((b, 1, hq, dv) if layout == "bshd" else (b, hq, 1, dv)))
+    k_all = lax.dynamic_index_in_dim(ks, layer_i, 0, keepdims=False)
+    v_all = lax.dynamic_index_in_dim(vs, layer_i, 0, keepdims=False)
+    return sdpa(qa, k_all, v_all, do_causal=True, offset=offset, window=window, scale=scale, layout=layout,
+                kv_layout="bhsd")  # fmt: skip
+
+
+def _is_integer_scalar(x: Any) -> bool:
+    """Whether ``x`` is an integer scalar: a Python or numpy int, or a 0-d integer array (traced too)."""
+    if isinstance(x, bool | np.bool_):
+        return False
+    if isinstance(x, int | np.integer):
+        return True
+    a = as_array(x)
+    return a.ndim == 0 and jnp.issubdtype(a.dtype, jnp.integer)
+
+
+@partial(jax.jit, static_argnums=(0, 2))
+def _decode_bias(skv: int, offset: Any, window: int | None) -> Any:
+    """``(1, Skv)`` f32: 0 for the keys a query at position ``offset`` sees (``j <= offset`` and, with
+    ``window``, ``offset - j < window``), ``-inf`` for the others."""
+    j = jnp.arange(skv, dtype=jnp.int32)
+    off = jnp.asarray(offset, jnp.int32)
+    keep = j <= off if window is None else (j <= off) & (off - j < window)
+    return jnp.where(keep, 0.0, -jnp.inf).astype(jnp.float32)[None]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _native_sdpa_layer(q: Any, k_stack: Any, v_stack: Any, bias: Any, layer: Any, scale: float) -> Any:
+    """:func:`_native_sdpa` of ``(B, H, S, D)`` q over layer ``layer`` of stacked ``(L, B, H, Skv, D)``
+    keys and values, read in place. Derivatives: the XLA form's on the layer's slices."""
+    return native.f32_attention(q, k_stack, v_stack, bias, scale, "bhsd", layer=layer)
+
+
+@_native_sdpa_layer.defjvp
+def _native_sdpa_layer_jvp(scale: float, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    q, k_stack, v_stack, bias, layer = primals
+    y = _native_sdpa_layer(q, k_stack, v_stack, bias, layer, scale)
+
+    def xla(q: Any, ks: Any, vs: Any, b: Any) -> Any:
+        at = lax.dynamic_index_in_dim
+        return _xla_sdpa(q, at(ks, layer, 0, keepdims=False), at(vs, layer, 0, keepdims=False), b, scale, "bhsd",
+                         False)  # fmt: skip
+
+    _, ty = jax.jvp(xla, (q, k_stack, v_stack, bias), tangents[:4])
     return y, ty
 
 

@@ -183,16 +183,27 @@ def attention_available() -> bool:
 
 
 def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None = None, layout: str = "bhsd",
-                  keys_transposed: bool = False) -> Any:  # fmt: skip
+                  keys_transposed: bool = False, layer: Any = None) -> Any:  # fmt: skip
     """``softmax(q kᵀ * scale + bias) v`` per batch and head, f32: q ``(B, H, S, D)``, k ``(B, H, Skv, D)``,
     v ``(B, H, Skv, Dv)`` (``layout="bshd"``: ``(B, S, H, D)`` each, the output too), ``bias`` an
     additive ``(B, Skv)`` or ``(1, Skv)`` mask (padding), ``scale`` ``1/√D`` by default.
     ``keys_transposed=True`` takes k as ``(B, H, D, Skv)`` (``bhsd`` only), as a decoding cache stores
-    it: read in place, not copied back. PyTorch: ``F.scaled_dot_product_attention`` with a float mask
-    broadcast over heads and queries. No derivative of its own (``ops.sdpa`` wraps it in one that
-    uses its XLA form)."""
+    it: read in place, not copied back. ``layer`` (an int or traced int32 scalar; ``bhsd``, keys not
+    transposed): k and v are every layer's buffers ``(L, B, H, Skv, D)`` of a stacked cache, and the
+    attention reads layer ``layer`` in place (``k[layer]`` without the copy). PyTorch:
+    ``F.scaled_dot_product_attention`` with a float mask broadcast over heads and queries. No
+    derivative of its own (``ops.sdpa`` wraps it in one that uses its XLA form)."""
     if not attention_available():
         raise errors.Msg("the native f32 attention is not available (not built, no AVX2, or CANDLEJAX_NATIVE=0)")
+    if layer is not None:
+        if k.ndim != 5 or v.ndim != 5 or k.shape[0] != v.shape[0] or layout != "bhsd" or keys_transposed:
+            raise errors.Msg(f"native.f32_attention: with layer=, k {tuple(k.shape)} and v {tuple(v.shape)} must be "
+                             "stacked (L, B, H, Skv, D) buffers in the bhsd layout, keys not transposed")  # fmt: skip
+        if not isinstance(layer, jax.core.Tracer) and not 0 <= int(np.asarray(layer)) < k.shape[0]:
+            raise errors.Msg(f"native.f32_attention: layer {int(np.asarray(layer))} out of range for {k.shape[0]} "
+                             f"stacked layers, k {tuple(k.shape)}")  # fmt: skip
+        stacked_k, stacked_v = k, v
+        k, v = jax.ShapeDtypeStruct(k.shape[1:], k.dtype), jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
     bshd = layout == "bshd"
     b, h, s = (q.shape[0], q.shape[2], q.shape[1]) if bshd else q.shape[:3]
     kt = bool(keys_transposed)
@@ -210,14 +221,18 @@ def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None 
                          f"({what}) and bias {tuple(bias.shape)} must be f32 with matching batch, heads, keys "
                          "and dims")  # fmt: skip
     out = jax.ShapeDtypeStruct((b, s, h, v.shape[3]) if bshd else (b, h, s, v.shape[3]), jnp.float32)
+    call = jax.ffi.ffi_call(F32_ATTENTION_TARGET, out, vmap_method="sequential")
+    sc = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    attrs = {"scale": np.float32(sc), "bshd": np.int64(int(bshd)), "keys_t": np.int64(int(kt))}
+    if layer is not None:  # the stacked buffers as they are: a reshape would make XLA copy them
+        index = jnp.asarray(layer, jnp.int32) if isinstance(layer, jax.core.Tracer) else np.asarray(layer, np.int32)
+        return call(q, stacked_k, stacked_v, bias, index.reshape(()), **attrs)
     if not bshd and (b == 1 or h == 1):
         # without the size-1 batch / head dimensions: a decoding cache stores its buffers so, and XLA
         # copies a buffer written in place in the same program that a reshape hands to a custom call
         lead = tuple(n for n in (b, h) if n != 1)
         k, v = k.reshape(*lead, *k.shape[2:]), v.reshape(*lead, *v.shape[2:])
-    call = jax.ffi.ffi_call(F32_ATTENTION_TARGET, out, vmap_method="sequential")
-    sc = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    return call(q, k, v, bias, scale=np.float32(sc), bshd=np.int64(int(bshd)), keys_t=np.int64(int(kt)))
+    return call(q, k, v, bias, np.zeros((), np.int32), **attrs)
 
 
 def conv_available() -> bool:

@@ -364,6 +364,49 @@ def test_sdpa_transposed_keys_on_xlas_path_and_errors(rng):
 
 
 @needs_attention
+@pytest.mark.parametrize("b,h,s,skv,d,dv,bias", [
+    (1, 3, 3, 160, 64, 64, "shared"),  # SmolLM2's decode step: 3 query heads per key head as rows
+    (2, 2, 1, 37, 16, 24, "per batch"),  # panel tails, a batch of two
+    (1, 1, 7, 33, 8, 8, None),  # one head: no size-1 dimension dropped from the stack
+])  # fmt: skip
+def test_f32_attention_reads_a_layer_of_stacked_buffers(rng, b, h, s, skv, d, dv, bias):
+    """``layer=`` reads layer ``l`` of ``(L, B, H, Skv, D)`` buffers in place: the attention of
+    ``k[l]``, ``v[l]``, for a concrete or a traced layer, on every vector path."""
+    n_layers = 3
+    q = rng.standard_normal((b, h, s, d)).astype(np.float32)
+    k = rng.standard_normal((n_layers, b, h, skv, d)).astype(np.float32)
+    v = rng.standard_normal((n_layers, b, h, skv, dv)).astype(np.float32)
+    rows = {None: 0, "shared": 1, "per batch": b}[bias]
+    bv = np.where(rng.random((rows, skv)) < 0.25, -np.inf, 0).astype(np.float32) if rows else None
+    if rows:
+        bv[:, 0] = 0  # every row sees a key
+    traced = jax.jit(lambda q, k, v, layer: native.f32_attention(q, k, v, bv, layer=layer))
+    for isa in _vector_isas():
+        for layer in range(n_layers):
+            ref = _attention_f64(q, k[layer], v[layer], bv, 1 / np.sqrt(d), "bhsd")
+            np.testing.assert_allclose(np.asarray(traced(q, k, v, np.int32(layer))), ref, rtol=1e-5, atol=2e-6,
+                                       err_msg=f"{isa}, layer {layer}")  # fmt: skip
+            y = np.asarray(native.f32_attention(q, k, v, bv, layer=layer))
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6, err_msg=f"{isa}, layer {layer}")
+
+
+@needs_attention
+def test_f32_attention_rejects_a_layer_out_of_range_or_unstacked_buffers():
+    q = jnp.ones((1, 2, 1, 8), jnp.float32)
+    k = jnp.ones((3, 1, 2, 5, 8), jnp.float32)
+    with pytest.raises(errors.Error, match="layer 3 out of range for 3 stacked layers"):
+        native.f32_attention(q, k, k, layer=3)
+    with pytest.raises(errors.Error, match="layer -1 out of range"):
+        native.f32_attention(q, k, k, layer=-1)
+    with pytest.raises(Exception, match="layer 5 out of range for 3 stacked layers"):  # checked by the kernel
+        jax.jit(lambda layer: native.f32_attention(q, k, k, layer=layer))(np.int32(5)).block_until_ready()
+    with pytest.raises(errors.Error, match=r"must be stacked \(L, B, H, Skv, D\)"):
+        native.f32_attention(q, k[0], k[0], layer=0)
+    with pytest.raises(errors.Error, match="must be stacked"):
+        native.f32_attention(q, k, k, layout="bshd", layer=0)
+
+
+@needs_attention
 def test_f32_attention_rejects_bad_shapes():
     q = jnp.ones((1, 2, 4, 8), jnp.float32)
     with pytest.raises(errors.Error, match=r"must be f32 with matching"):
