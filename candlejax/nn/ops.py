@@ -29,6 +29,7 @@ from jax import lax
 from candlejax import errors
 from candlejax import random as _random
 from candlejax._dispatch import op
+from candlejax._jax_private import read_to_host
 from candlejax._precision import f32_precision
 from candlejax.device import Device
 from candlejax.dtype import to_dtype
@@ -748,7 +749,14 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
                          "be (layers, batch, kv_heads, max_seq_len, head_dim) with as many layers")  # fmt: skip
     if not _is_integer_scalar(layer):
         raise errors.NotAnInteger("stacked_layer_sdpa", "layer", layer)
-    layer_i = jnp.asarray(layer if isinstance(layer, int | np.integer) else as_array(layer), jnp.int32)
+    la = layer if isinstance(layer, int | np.integer) else as_array(layer)
+    if isinstance(la, jax.core.Tracer):
+        layer_i = la.astype(jnp.int32)
+    else:  # a concrete layer: checked (XLA would clamp it), read once explicitly
+        li = int(read_to_host(la))
+        if not 0 <= li < ks.shape[0]:
+            raise errors.Msg(f"stacked_layer_sdpa: layer {li} is out of range for {ks.shape[0]} layers")
+        layer_i = np.int32(li)
     native_ok = (qa.ndim == 4 and _dims(qa, layout)[2] == 1
                  and qa.dtype == ks.dtype == vs.dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST
                  and jax.device_count() == 1 and native.attention_available())  # fmt: skip

@@ -199,9 +199,12 @@ def f32_attention(q: Any, k: Any, v: Any, bias: Any = None, scale: float | None 
         if k.ndim != 5 or v.ndim != 5 or k.shape[0] != v.shape[0] or layout != "bhsd" or keys_transposed:
             raise errors.Msg(f"native.f32_attention: with layer=, k {tuple(k.shape)} and v {tuple(v.shape)} must be "
                              "stacked (L, B, H, Skv, D) buffers in the bhsd layout, keys not transposed")  # fmt: skip
-        if not isinstance(layer, jax.core.Tracer) and not 0 <= int(np.asarray(layer)) < k.shape[0]:
-            raise errors.Msg(f"native.f32_attention: layer {int(np.asarray(layer))} out of range for {k.shape[0]} "
-                             f"stacked layers, k {tuple(k.shape)}")  # fmt: skip
+        if not isinstance(layer, jax.core.Tracer):  # a concrete layer, read once explicitly
+            li = int(jax.device_get(layer))
+            if not 0 <= li < k.shape[0]:
+                raise errors.Msg(f"native.f32_attention: layer {li} out of range for {k.shape[0]} stacked layers, "
+                                 f"k {tuple(k.shape)}")  # fmt: skip
+            layer = np.int32(li)
         stacked_k, stacked_v = k, v
         k, v = jax.ShapeDtypeStruct(k.shape[1:], k.dtype), jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
     bshd = layout == "bshd"

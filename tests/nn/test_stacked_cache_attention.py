@@ -157,6 +157,12 @@ def test_stacked_layer_sdpa_rejects_bad_buffers_and_layers(rng):
         ops.stacked_layer_sdpa(q, cache.k[0], cache.v[0], 0, 3)
     with pytest.raises(errors.Error, match="layer"):
         ops.stacked_layer_sdpa(q, cache.k, cache.v, 0.5, 3)
+    for layer in (2, -1):  # a concrete layer is checked on both paths (XLA's slice would clamp it)
+        with pytest.raises(errors.Error, match=f"layer {layer} is out of range for 2 layers"):
+            ops.stacked_layer_sdpa(q, cache.k, cache.v, layer, 3)
+        with pytest.raises(errors.Error, match=f"layer {layer} is out of range for 2 layers"):
+            ops.stacked_layer_sdpa(q.astype(jnp.bfloat16), cache.k.astype(jnp.bfloat16), cache.v.astype(jnp.bfloat16),
+                                   np.int32(layer), 3)  # fmt: skip
     with pytest.raises(errors.Error, match="q heads must be a multiple of kv heads"):
         ops.stacked_layer_sdpa(jnp.ones((1, 1, 3, 8), jnp.float32), cache.k, cache.v, 0, 3)
     with pytest.raises(errors.Error, match="layer 2 is out of range for 2 layers"):
