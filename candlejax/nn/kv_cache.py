@@ -771,15 +771,7 @@ class StackedKvCache(Module):
     def update(self, layer: Any, k: Any, v: Any, pos: Any, layout: str = "bshd") -> tuple[Any, Any, StackedKvCache]:
         """Write ``k``/``v`` at ``pos`` of ``layer``: ``(k_all, v_all, new_cache)``, ``k_all`` ``(B, Hkv, max_seq_len,
         D)``."""
-        ka, va = as_array(k), as_array(v)
-        if ka.ndim != 4 or va.ndim != 4:
-            raise errors.Msg(f"StackedKvCache.update: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"
-                             f" ({'(B, T, Hkv, D)' if layout == 'bshd' else '(B, Hkv, T, D)'})")  # fmt: skip
-        if layout == "bshd":
-            ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
-        elif layout != "bhsd":
-            raise errors.Msg(f"StackedKvCache.update: layout must be 'bshd' or 'bhsd', got {layout!r}")
-        ck, cv = self._write(layer, ka, va, pos)
+        ck, cv = self._write(layer, k, v, pos, layout, "StackedKvCache.update")
         k_all = lax.dynamic_index_in_dim(ck, jnp.asarray(unwrap(layer), jnp.int32), 0, keepdims=False)
         v_all = lax.dynamic_index_in_dim(cv, jnp.asarray(unwrap(layer), jnp.int32), 0, keepdims=False)
         return k_all, v_all, type(self)(ck, cv)  # a subclass (a model's Cache) stays itself
@@ -794,54 +786,55 @@ class StackedKvCache(Module):
         layout=layout, kv_layout="bhsd")``, except that a decoding step (``T == 1``) in f32 on an AVX2 or
         AVX-512 CPU reads the layer's slots in place in native code
         (:func:`candlejax.nn.ops.stacked_layer_sdpa`)."""
+        ck, cv = self._write(layer, k, v, pos, layout, "StackedKvCache.attend")
+        y = stacked_layer_sdpa(q, ck, cv, unwrap(layer), unwrap(pos), window, scale, layout)
+        return y, type(self)(ck, cv)
+
+    def _write(self, layer: Any, k: Any, v: Any, pos: Any, layout: str, what: str) -> tuple[Any, Any]:
+        """The buffers with keys/values ``k``/``v`` (``(B, T, Hkv, D)``, or ``(B, Hkv, T, D)`` with
+        ``layout="bhsd"``) written at ``pos`` of ``layer``; ``what`` names the caller in errors."""
         ka, va = as_array(k), as_array(v)
         if ka.ndim != 4 or va.ndim != 4:
-            raise errors.Msg(f"StackedKvCache.attend: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"
+            raise errors.Msg(f"{what}: k {tuple(ka.shape)} and v {tuple(va.shape)} must be rank 4"
                              f" ({'(B, T, Hkv, D)' if layout == 'bshd' else '(B, Hkv, T, D)'})")  # fmt: skip
         if layout == "bshd":
             ka, va = ka.transpose(0, 2, 1, 3), va.transpose(0, 2, 1, 3)
         elif layout != "bhsd":
-            raise errors.Msg(f"StackedKvCache.attend: layout must be 'bshd' or 'bhsd', got {layout!r}")
-        ck, cv = self._write(layer, ka, va, pos)
-        y = stacked_layer_sdpa(q, ck, cv, unwrap(layer), unwrap(pos), window, scale, layout)
-        return y, type(self)(ck, cv)
-
-    def _write(self, layer: Any, ka: Any, va: Any, pos: Any) -> tuple[Any, Any]:
-        """The buffers with ``(B, Hkv, T, D)`` keys/values ``ka``/``va`` written at ``pos`` of ``layer``."""
-        self._check_update(ka, va, layer, pos)
+            raise errors.Msg(f"{what}: layout must be 'bshd' or 'bhsd', got {layout!r}")
+        self._check_update(ka, va, layer, pos, what)
         zero = jnp.zeros((), jnp.int32)
         at = (jnp.asarray(unwrap(layer), jnp.int32), zero, zero, jnp.asarray(unwrap(pos), jnp.int32), zero)
         ck = lax.dynamic_update_slice(self.k, ka.astype(self.k.dtype)[None], at)
         cv = lax.dynamic_update_slice(self.v, va.astype(self.v.dtype)[None], at)
         return ck, cv
 
-    def _check_update(self, ka: Any, va: Any, layer: Any, pos: Any) -> None:
+    def _check_update(self, ka: Any, va: Any, layer: Any, pos: Any, caller: str = "StackedKvCache.update") -> None:
         """Static checks of ``(B, Hkv, T, D)`` keys/values against the buffers, then, when ``layer`` /
         ``pos`` are concrete (not traced), that the write fits: XLA would clamp it silently."""
         b, h, n, d = self.k.shape[1:]
         for name, x, buf in (("k", ka, self.k), ("v", va, self.v)):
             if (x.shape[0], x.shape[1], x.shape[3]) != (b, h, d) or x.shape[2] != ka.shape[2]:
                 raise errors.Msg(
-                    f"StackedKvCache.update: {name} of shape (B, Hkv, T, D) {tuple(x.shape)} does not fit the"
+                    f"{caller}: {name} of shape (B, Hkv, T, D) {tuple(x.shape)} does not fit the"
                     f" cache's batch {b}, {h} kv heads, head_dim {d} (and T of k {ka.shape[2]})"
                 )
             if x.dtype != buf.dtype:
                 raise errors.DTypeMismatchBinaryOp(to_dtype(buf.dtype), to_dtype(x.dtype),
-                                                   f"StackedKvCache.update ({name} cache, {name})")  # fmt: skip
+                                                   f"{caller} ({name} cache, {name})")  # fmt: skip
         t = ka.shape[2]
         if t > n:
-            raise errors.Msg(f"StackedKvCache.update: {t} positions are more than the {n} slots (max_seq_len)")
+            raise errors.Msg(f"{caller}: {t} positions are more than the {n} slots (max_seq_len)")
         for what, val, hi in (("layer", layer, self.k.shape[0] - 1), ("pos", pos, n - t)):
             val = unwrap(val)
             if isinstance(val, jax.core.Tracer):
                 continue
             if isinstance(val, (bool, np.bool_, float, np.floating)) or np.ndim(val) != 0:
-                raise errors.Msg(f"StackedKvCache.update: {what} must be an integer scalar, got {val!r}")
+                raise errors.Msg(f"{caller}: {what} must be an integer scalar, got {val!r}")
             p = int(read_to_host(val))  # one explicit scalar read, as KvCache's eager overflow check
             if not 0 <= p <= hi:
                 raise errors.Msg(
-                    f"StackedKvCache.update: layer {p} is out of range for {self.k.shape[0]} layers" if what == "layer"
-                    else f"StackedKvCache.update: writing {t} positions at pos {p} (slots {p}..{p + t - 1}) does"
+                    f"{caller}: layer {p} is out of range for {self.k.shape[0]} layers" if what == "layer"
+                    else f"{caller}: writing {t} positions at pos {p} (slots {p}..{p + t - 1}) does"
                     f" not fit the {n} slots 0..{n - 1} (check with fits(pos, T), or grow() the cache)"
                 )  # fmt: skip
 
