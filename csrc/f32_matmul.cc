@@ -846,7 +846,8 @@ ffi::Error F32ConvKernelGradNhwc(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 // may come transposed, (B, H, D, Skv) (`keys_t`, a decoding cache's layout): their panels are then
 // slices of each row. With one pass of query rows (S <= 12, a decoding step), whole panels that are
 // slices of k or v are read where they lie instead of being copied (packing would move all of them
-// for one use).
+// for one use). k and v may also be a stacked cache's (L, B, H, Skv, D) buffers, of which the s32
+// `layer` operand picks one in place (otherwise `layer` is unused).
 
 // exp(x) for x <= 0 (scores minus their row maximum): 2^n * p(r), r = x - n ln 2 in [-ln2/2, ln2/2];
 // 0 below -87 (masked keys get no weight), NaN stays NaN. ln 2 in two parts, then p's coefficients

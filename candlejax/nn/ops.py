@@ -702,12 +702,15 @@ def _native_attention_bias(q: Any, k: Any, v: Any, mask: Any, layout: str, kv_la
     return m.astype(jnp.float32)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
-def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys_t: bool) -> Any:
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
+def _native_sdpa(q: Any, k: Any, v: Any, bias: Any, layer: Any, scale: float, layout: str, keys_t: bool) -> Any:
     """:func:`sdpa` without positions, softcapping or grouped heads, in native code
     (:func:`candlejax.quantized.native.f32_attention`: BERT-base's 12 heads over 128 tokens 0.55 ->
-    0.21 ms, BLIP's over 577 10.3 -> 4.7). Derivatives: the XLA form's (tangent map below)."""
-    y = native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t)
+    0.21 ms, BLIP's over 577 10.3 -> 4.7); ``layer`` (an int32 scalar, or None): k and v are stacked
+    ``(L, B, H, Skv, D)`` buffers of which that layer is read in place. Derivatives: the XLA form's
+    (tangent map below)."""
+    y = native.f32_attention(q, k, v, bias if bias.shape[0] else None, scale, layout, keys_transposed=keys_t,
+                             layer=layer)  # fmt: skip
     return _zero_dead_rows(bias, y) if bias.shape[0] else y
 
 
@@ -729,7 +732,14 @@ def _xla_sdpa(q: Any, k: Any, v: Any, bias: Any, scale: float, layout: str, keys
 def _native_sdpa_jvp(scale: float, layout: str, keys_t: bool, primals: tuple[Any, ...],
                      tangents: tuple[Any, ...]) -> Any:  # fmt: skip
     y = _native_sdpa(*primals, scale, layout, keys_t)
-    _, ty = jax.jvp(lambda q, k, v, b: _xla_sdpa(q, k, v, b, scale, layout, keys_t), primals, tangents)
+    layer = primals[4]
+
+    def xla(q: Any, k: Any, v: Any, b: Any) -> Any:
+        if layer is not None:  # the layer's slices of the stacked buffers
+            k, v = (lax.dynamic_index_in_dim(t, layer, 0, keepdims=False) for t in (k, v))
+        return _xla_sdpa(q, k, v, b, scale, layout, keys_t)
+
+    _, ty = jax.jvp(xla, primals[:4], tangents[:4])
     return y, ty
 
 
@@ -742,7 +752,9 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
     One query position (a decoding step) in f32 on an AVX2 or AVX-512 CPU runs in native code, which
     reads the layer's slots where they lie (no copy of them) and takes grouped heads as rows of their
     key head. ``layer`` and ``offset`` may be traced int32 scalars
-    (:meth:`candlejax.nn.StackedKvCache.attend` is the usual caller)."""
+    (:meth:`candlejax.nn.StackedKvCache.attend` is the usual caller). PyTorch:
+    ``F.scaled_dot_product_attention(q, k_stack[layer], v_stack[layer], attn_mask=causal_from_offset,
+    enable_gqa=True)``."""
     qa, ks, vs = as_array(q), as_array(k_stack), as_array(v_stack)
     if ks.ndim != 5 or vs.ndim != 5 or ks.shape[0] != vs.shape[0]:
         raise errors.Msg(f"stacked_layer_sdpa: k_stack {fmt_shape(ks.shape)} and v_stack {fmt_shape(vs.shape)} must "
@@ -757,29 +769,27 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
         if not 0 <= li < ks.shape[0]:
             raise errors.Msg(f"stacked_layer_sdpa: layer {li} is out of range for {ks.shape[0]} layers")
         layer_i = np.int32(li)
-    native_ok = (qa.ndim == 4 and _dims(qa, layout)[2] == 1
-                 and qa.dtype == ks.dtype == vs.dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST
-                 and jax.device_count() == 1 and native.attention_available())  # fmt: skip
-    if native_ok:
-        one = jax.ShapeDtypeStruct(ks.shape[1:], ks.dtype)
-        _check_sdpa(qa, one, jax.ShapeDtypeStruct(vs.shape[1:], vs.dtype), None, layout, "bhsd")
-        b, hq, _, d = _dims(qa, layout)
+    if qa.ndim != 4:
+        raise errors.Msg(f"stacked_layer_sdpa: q must be 4-D ({layout}), got {fmt_shape(qa.shape)}")
+    _check_sdpa(qa, jax.ShapeDtypeStruct(ks.shape[1:], ks.dtype), jax.ShapeDtypeStruct(vs.shape[1:], vs.dtype), None,
+                layout, "bhsd")  # fmt: skip
+    off = _offset_arg(offset, "stacked_layer_sdpa")
+    w = None if window is None else int_arg(window, "stacked_layer_sdpa", "window")
+    if w is not None and w < 1:
+        raise errors.Msg(f"stacked_layer_sdpa: window must be >= 1, got {w}")
+    b, hq, s, d = _dims(qa, layout)
+    sc = 1.0 / math.sqrt(d) if scale is None else float_arg(scale, "stacked_layer_sdpa", "scale")
+    if (s == 1 and qa.dtype == ks.dtype == vs.dtype == jnp.float32 and f32_precision() == lax.Precision.HIGHEST
+            and jax.device_count() == 1 and native.attention_available()):  # fmt: skip
         hkv, skv, dv = ks.shape[2], ks.shape[3], vs.shape[4]
-        off = _offset_arg(offset, "stacked_layer_sdpa")
-        sc = 1.0 / math.sqrt(d) if scale is None else float_arg(scale, "stacked_layer_sdpa", "scale")
-        w = None if window is None else int_arg(window, "stacked_layer_sdpa", "window")
-        if w is not None and w < 1:
-            raise errors.Msg(f"stacked_layer_sdpa: window must be >= 1, got {w}")
         bias = _decode_bias(skv, off, w)
         # one position: q (B, 1, Hq, D) and (B, Hq, 1, D) are the same rows; a key head's grouped query
         # heads are consecutive rows of it
-        y = _native_sdpa_layer(qa.reshape(b, hkv, hq // hkv, d), ks, vs, bias, layer_i, sc)
-        y = _zero_dead_rows(bias, y)
+        y = _native_sdpa(qa.reshape(b, hkv, hq // hkv, d), ks, vs, bias, layer_i, sc, "bhsd", False)
         return wrap(y.reshape((b, 1, hq, dv) if layout == "bshd" else (b, hq, 1, dv)))
     k_all = lax.dynamic_index_in_dim(ks, layer_i, 0, keepdims=False)
     v_all = lax.dynamic_index_in_dim(vs, layer_i, 0, keepdims=False)
-    return sdpa(qa, k_all, v_all, do_causal=True, offset=offset, window=window, scale=scale, layout=layout,
-                kv_layout="bhsd")  # fmt: skip
+    return sdpa(qa, k_all, v_all, do_causal=True, offset=off, window=w, scale=sc, layout=layout, kv_layout="bhsd")
 
 
 def _is_integer_scalar(x: Any) -> bool:
@@ -800,27 +810,6 @@ def _decode_bias(skv: int, offset: Any, window: int | None) -> Any:
     off = jnp.asarray(offset, jnp.int32)
     keep = j <= off if window is None else (j <= off) & (off - j < window)
     return jnp.where(keep, 0.0, -jnp.inf).astype(jnp.float32)[None]
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _native_sdpa_layer(q: Any, k_stack: Any, v_stack: Any, bias: Any, layer: Any, scale: float) -> Any:
-    """:func:`_native_sdpa` of ``(B, H, S, D)`` q over layer ``layer`` of stacked ``(L, B, H, Skv, D)``
-    keys and values, read in place. Derivatives: the XLA form's on the layer's slices."""
-    return native.f32_attention(q, k_stack, v_stack, bias, scale, "bhsd", layer=layer)
-
-
-@_native_sdpa_layer.defjvp
-def _native_sdpa_layer_jvp(scale: float, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-    q, k_stack, v_stack, bias, layer = primals
-    y = _native_sdpa_layer(q, k_stack, v_stack, bias, layer, scale)
-
-    def xla(q: Any, ks: Any, vs: Any, b: Any) -> Any:
-        at = lax.dynamic_index_in_dim
-        return _xla_sdpa(q, at(ks, layer, 0, keepdims=False), at(vs, layer, 0, keepdims=False), b, scale, "bhsd",
-                         False)  # fmt: skip
-
-    _, ty = jax.jvp(xla, (q, k_stack, v_stack, bias), tangents[:4])
-    return y, ty
 
 
 def sdpa(
@@ -867,7 +856,7 @@ def sdpa(
     if not positions and offset is None and float(softcapping) == 1.0:
         bias = _native_attention_bias(qa, _keys_view(ka, keys_t), va, ma, layout, kv_layout, keys_t)
         if bias is not None:  # plain attention in native code (AVX-512 and AVX2 CPUs)
-            return wrap(_native_sdpa(qa, ka, va, bias, sc, layout, keys_t))
+            return wrap(_native_sdpa(qa, ka, va, bias, None, sc, layout, keys_t))
     return wrap(_sdpa(qa, ka, va, ma, off, causal=bool(do_causal), scale=sc, softcap=float(softcapping),
                       window=None if window is None else int(window), layout=layout, kv_layout=kv_layout,
                       positions=positions, keys_t=keys_t))  # fmt: skip
