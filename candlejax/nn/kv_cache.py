@@ -785,7 +785,8 @@ class StackedKvCache(Module):
         then ``ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, window=window, scale=scale,
         layout=layout, kv_layout="bhsd")``, except that a decoding step (``T == 1``) in f32 on an AVX2 or
         AVX-512 CPU reads the layer's slots in place in native code
-        (:func:`candlejax.nn.ops.stacked_layer_sdpa`)."""
+        (:func:`candlejax.nn.ops.stacked_layer_sdpa`). PyTorch: ``k_cache[layer, :, :, pos:pos + T] = k``
+        (and ``v``), then ``F.scaled_dot_product_attention`` over the layer's slots with a causal mask."""
         ck, cv = self._write(layer, k, v, pos, layout, "StackedKvCache.attend")
         y = stacked_layer_sdpa(q, ck, cv, unwrap(layer), unwrap(pos), window, scale, layout)
         return y, type(self)(ck, cv)
