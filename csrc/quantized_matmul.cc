@@ -153,6 +153,64 @@ CJ_AVX2 inline void Expand256(const uint8_t* blk, __m256 q[4]) {
   }
 }
 
+// A Q4 block's 16 bytes zero-extended straight from memory, 8 bytes at a time: each 32-bit lane
+// holds one byte, whose low nibble is value j and high nibble value j + 16 (no byte shuffles).
+template <int K>
+CJ_AVX2 inline void ExpandFromMemory256(const uint8_t* blk, __m256 q[4]) {
+  const uint8_t* qs = blk + Fmt<K>::kQs;
+  if constexpr (Fmt<K>::kEight) {
+    Expand256<K>(blk, q);
+  } else {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8)));
+    q[0] = _mm256_cvtepi32_ps(_mm256_and_si256(b0, m4));
+    q[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b1, m4));
+    q[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
+    q[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
+  }
+}
+
+// One activation row (a decode step) against rows [r, r + 4): the four rows' block headers (f16 d
+// and, for Q4_1, m) convert together, eight halves in one instruction, and their offset terms
+// accumulate as one vector; each row's d is a lane permute.
+template <int K>
+CJ_AVX2 inline void FourRowsAvx2(const uint8_t* row0, size_t row_bytes, const float* x, const float* xsum,
+                                 int64_t nb, float* y) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 offsets = _mm256_setzero_ps();  // lanes 2j, 2j + 1: row j's sums of d * sum(x) and m * sum(x)
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kBlock;
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+    const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+    const uint8_t* blk = row0 + b * Fmt<K>::kBytes;
+    int32_t head[4];  // each row's first four bytes: d and m (Q4_1), or d and two bytes not used
+    for (int j = 0; j < 4; ++j) std::memcpy(&head[j], blk + j * row_bytes, 4);
+    const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32(head[0], head[1], head[2], head[3]));
+    if constexpr (!Fmt<K>::kEight) offsets = _mm256_fmadd_ps(dm, _mm256_set1_ps(xsum[b]), offsets);
+    for (int j = 0; j < 4; ++j) {
+      __m256 q[4];
+      ExpandFromMemory256<K>(blk + j * row_bytes, q);
+      __m256 t = _mm256_mul_ps(q[0], x0);
+      t = _mm256_fmadd_ps(q[1], x1, t);
+      t = _mm256_fmadd_ps(q[2], x2, t);
+      t = _mm256_fmadd_ps(q[3], x3, t);
+      acc[j] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dm, _mm256_set1_epi32(2 * j)), t, acc[j]);
+    }
+  }
+  alignas(32) float off[8];
+  _mm256_store_ps(off, offsets);
+  for (int j = 0; j < 4; ++j) {
+    float o = 0.0f;  // Q8_0
+    if constexpr (Fmt<K>::kMin) {
+      o = off[2 * j + 1];
+    } else if constexpr (!Fmt<K>::kEight) {
+      o = -8.0f * off[2 * j];  // Q4_0: m = -8 d
+    }
+    y[j] = Hsum256(acc[j]) + o;
+  }
+}
+
 template <int K>
 CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const float* xsum, int64_t m_rows,
                       int64_t k, int64_t n, int64_t r0, int64_t r1, float* y) {
@@ -162,26 +220,7 @@ CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const 
     const RowPrefetch ahead(w, row_bytes, r, r1);
     for (; r + 4 <= r1; r += 4) {
       ahead.Next(r);
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      float macc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int64_t b = 0; b < nb; ++b) {
-        const float* xb = x + b * kBlock;
-        const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-        const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-        for (int j = 0; j < 4; ++j) {
-          const uint8_t* blk = w + (r + j) * row_bytes + b * Fmt<K>::kBytes;
-          const float d = Half2(LoadU16(blk));
-          __m256 q[4];
-          Expand256<K>(blk, q);
-          __m256 t = _mm256_mul_ps(q[0], x0);
-          __m256 u = _mm256_mul_ps(q[1], x1);
-          t = _mm256_fmadd_ps(q[2], x2, t);
-          u = _mm256_fmadd_ps(q[3], x3, u);
-          acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(t, u), acc[j]);
-          if constexpr (!Fmt<K>::kEight) macc[j] += Offset<K>(blk, d, Half2) * xsum[b];
-        }
-      }
-      for (int j = 0; j < 4; ++j) y[r + j] = Hsum256(acc[j]) + macc[j];
+      FourRowsAvx2<K>(w + r * row_bytes, row_bytes, x, xsum, nb, y + r);
     }
   }
   for (; r < r1; ++r) {
