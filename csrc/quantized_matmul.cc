@@ -211,41 +211,114 @@ CJ_AVX2 inline void FourRowsAvx2(const uint8_t* row0, size_t row_bytes, const fl
   }
 }
 
+// Several activation rows (a prompt chunk): one weight row's block is expanded and scaled by d once
+// for G rows of x (G = 8 or 4; d * q is exact, an f16 scale times a 4- or 8-bit value). The offset
+// terms read sum(x) per block from xsum_t, laid out block-major (G rows' sums side by side).
+template <int K, int G>
+CJ_AVX2 inline void RowGroupAvx2(const uint8_t* row, const float* x, const float* xsum_t, int64_t m_rows, int64_t k,
+                                 int64_t nb, float* y, int64_t n) {
+  static_assert(G == 8 || G == 4, "groups of 8 or 4 rows of x");
+  __m256 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+  __m256 offsets8 = _mm256_setzero_ps();  // lane g: row g's sum of m * sum(x) (Q4_1) or d * sum(x) (Q4_0)
+  __m128 offsets4 = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * Fmt<K>::kBytes;
+    const float d = Half2(LoadU16(blk));
+    __m256 q[4];
+    ExpandFromMemory256<K>(blk, q);
+    const __m256 ds = _mm256_set1_ps(d);
+    for (int j = 0; j < 4; ++j) q[j] = _mm256_mul_ps(q[j], ds);
+    if constexpr (!Fmt<K>::kEight) {
+      const float o = Fmt<K>::kMin ? Half2(LoadU16(blk + 2)) : d;
+      if constexpr (G == 8) {
+        offsets8 = _mm256_fmadd_ps(_mm256_set1_ps(o), _mm256_loadu_ps(xsum_t + b * m_rows), offsets8);
+      } else {
+        offsets4 = _mm_fmadd_ps(_mm_set1_ps(o), _mm_loadu_ps(xsum_t + b * m_rows), offsets4);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      const float* xb = x + g * k + b * kBlock;
+      acc[g] = _mm256_fmadd_ps(q[0], _mm256_loadu_ps(xb), acc[g]);
+      acc[g] = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), acc[g]);
+      acc[g] = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), acc[g]);
+      acc[g] = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), acc[g]);
+    }
+  }
+  alignas(32) float off[8];
+  if constexpr (G == 8) {
+    _mm256_store_ps(off, offsets8);
+  } else {
+    _mm_store_ps(off, offsets4);
+  }
+  for (int g = 0; g < G; ++g) {
+    float o = 0.0f;  // Q8_0
+    if constexpr (Fmt<K>::kMin) {
+      o = off[g];
+    } else if constexpr (!Fmt<K>::kEight) {
+      o = -8.0f * off[g];  // Q4_0: m = -8 d
+    }
+    y[g * n] = Hsum256(acc[g]) + o;
+  }
+}
+
 template <int K>
 CJ_AVX2 void RowsAvx2(const uint8_t* w, size_t row_bytes, const float* x, const float* xsum, int64_t m_rows,
                       int64_t k, int64_t n, int64_t r0, int64_t r1, float* y) {
   const int64_t nb = k / kBlock;
-  int64_t r = r0;
-  if (m_rows == 1) {  // decode: four weight rows per pass share the loads of x and overlap their chains
-    const RowPrefetch ahead(w, row_bytes, r, r1);
-    for (; r + 4 <= r1; r += 4) {
-      ahead.Next(r);
-      FourRowsAvx2<K>(w + r * row_bytes, row_bytes, x, xsum, nb, y + r);
+  if (m_rows != 1) {
+    const int64_t grouped = m_rows / 4 * 4;
+    if (grouped > 0) {
+      std::vector<float> xsum_t(static_cast<size_t>(nb * m_rows));
+      for (int64_t i = 0; i < m_rows; ++i) {
+        for (int64_t b = 0; b < nb; ++b) xsum_t[b * m_rows + i] = xsum[i * nb + b];
+      }
+      // a group of x's rows (8 x K floats: 18 KiB at K = 576) stays in L1 while the chunk's weight rows pass
+      int64_t i = 0;
+      for (; i + 8 <= grouped; i += 8) {
+        for (int64_t r = r0; r < r1; ++r) {
+          RowGroupAvx2<K, 8>(w + r * row_bytes, x + i * k, xsum_t.data() + i, m_rows, k, nb, y + i * n + r, n);
+        }
+      }
+      for (; i < grouped; i += 4) {
+        for (int64_t r = r0; r < r1; ++r) {
+          RowGroupAvx2<K, 4>(w + r * row_bytes, x + i * k, xsum_t.data() + i, m_rows, k, nb, y + i * n + r, n);
+        }
+      }
     }
+    // the last m_rows % 4 rows of x one at a time, through the decode loop
+    for (int64_t i = grouped; i < m_rows; ++i) {
+      RowsAvx2<K>(w, row_bytes, x + i * k, xsum + i * nb, 1, k, n, r0, r1, y + i * n);
+    }
+    return;
+  }
+  // decode: four weight rows per pass share the loads of x and overlap their chains
+  int64_t r = r0;
+  const RowPrefetch ahead(w, row_bytes, r, r1);
+  for (; r + 4 <= r1; r += 4) {
+    ahead.Next(r);
+    FourRowsAvx2<K>(w + r * row_bytes, row_bytes, x, xsum, nb, y + r);
   }
   for (; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
-    for (int64_t i = 0; i < m_rows; ++i) {
-      const float* xi = x + i * k;
-      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-      float macc = 0.0f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * Fmt<K>::kBytes;
-        const float d = Half2(LoadU16(blk));
-        __m256 q[4];
-        Expand256<K>(blk, q);
-        const float* xb = xi + b * kBlock;
-        __m256 t = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
-        __m256 u = _mm256_mul_ps(q[1], _mm256_loadu_ps(xb + 8));
-        t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), t);
-        u = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), u);
-        const __m256 ds = _mm256_set1_ps(d);
-        acc0 = _mm256_fmadd_ps(ds, t, acc0);
-        acc1 = _mm256_fmadd_ps(ds, u, acc1);
-        if constexpr (!Fmt<K>::kEight) macc += Offset<K>(blk, d, Half2) * xsum[i * nb + b];
-      }
-      y[i * n + r] = Hsum256(_mm256_add_ps(acc0, acc1)) + macc;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float macc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Fmt<K>::kBytes;
+      const float d = Half2(LoadU16(blk));
+      __m256 q[4];
+      Expand256<K>(blk, q);
+      const float* xb = x + b * kBlock;
+      __m256 t = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+      __m256 u = _mm256_mul_ps(q[1], _mm256_loadu_ps(xb + 8));
+      t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), t);
+      u = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), u);
+      const __m256 ds = _mm256_set1_ps(d);
+      acc0 = _mm256_fmadd_ps(ds, t, acc0);
+      acc1 = _mm256_fmadd_ps(ds, u, acc1);
+      if constexpr (!Fmt<K>::kEight) macc += Offset<K>(blk, d, Half2) * xsum[b];
     }
+    y[r] = Hsum256(_mm256_add_ps(acc0, acc1)) + macc;
   }
 }
 
