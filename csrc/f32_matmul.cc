@@ -904,20 +904,23 @@ struct HeadData {
   float* out;
 };
 
+// skv: the keys attended, the first skv of the buffers' skv_stride (keys past the last one that
+// any bias row leaves unmasked get no weight, so they are not read)
 struct AttentionGeometry {
   const float *q, *k, *v, *bias;
   float* out;
   int64_t b, h, s, skv, d, dv, bias_rows;
   bool bshd, keys_t;
   float scale;
+  int64_t skv_stride;
 
   // pair u of the B x H (batch, head) pairs, in the (B, H, S, D) or (B, S, H, D) layout
   HeadData Head(int64_t u) const {
-    const int64_t bi = u / h, hi = u % h;
+    const int64_t bi = u / h, hi = u % h, n = skv_stride;
     return {q + (bshd ? (bi * s * h + hi) * d : u * s * d),
-            k + (keys_t ? u * d * skv : bshd ? (bi * skv * h + hi) * d : u * skv * d),
-            v + (bshd ? (bi * skv * h + hi) * dv : u * skv * dv),
-            bias == nullptr ? nullptr : bias + (bias_rows == 1 ? 0 : bi) * skv,
+            k + (keys_t ? u * d * n : bshd ? (bi * n * h + hi) * d : u * n * d),
+            v + (bshd ? (bi * n * h + hi) * dv : u * n * dv),
+            bias == nullptr ? nullptr : bias + (bias_rows == 1 ? 0 : bi) * n,
             out + (bshd ? (bi * s * h + hi) * dv : u * s * dv)};
   }
 };
@@ -953,7 +956,7 @@ struct HeadPanels {
   const float* Key(const HeadData& head, int64_t p) const {
     return KeyInPlace(p) ? head.k + p * kPanel : kp + p * g.d * kPanel;
   }
-  int64_t KeyStride(int64_t p) const { return KeyInPlace(p) ? g.skv : kPanel; }
+  int64_t KeyStride(int64_t p) const { return KeyInPlace(p) ? g.skv_stride : kPanel; }
   const float* Value(const HeadData& head, int64_t p) const {
     return ValueInPlace(p) ? head.v + p * kPanel : vp + p * g.skv * kPanel;
   }
@@ -965,7 +968,7 @@ struct HeadPanels {
       const int64_t keys = std::min<int64_t>(kPanel, g.skv - p * kPanel);
       if (KeyInPlace(p)) continue;
       if (g.keys_t) {
-        pack_k_major(head.k + p * kPanel, g.d, g.skv, keys, kp + p * g.d * kPanel);
+        pack_k_major(head.k + p * kPanel, g.d, g.skv_stride, keys, kp + p * g.d * kPanel);
       } else {
         pack_panel(head.k + p * kPanel * ldk, g.d, keys, kp + p * g.d * kPanel, ldk);
       }
@@ -1188,10 +1191,22 @@ ffi::Error F32Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     return ffi::Error::InvalidArgument("candlejax f32 attention: bias must be (B, Skv), (1, Skv) or empty");
   }
   if (ActiveIsa() < 1) return ffi::Error::InvalidArgument("candlejax f32 attention: needs an AVX2 or AVX-512 CPU");
+  // keys past the last one that some bias row leaves unmasked (-inf: no weight) are not read: a
+  // decoding cache's slots past the position, however many the cache holds
+  int64_t used = skv;
+  if (bias_n != 0) {
+    const float* bp = bias.typed_data();
+    used = 1;
+    for (int64_t r = 0; r < bias_n / skv; ++r) {
+      int64_t j = skv;
+      while (j > used && bp[r * skv + j - 1] == -std::numeric_limits<float>::infinity()) --j;
+      used = std::max(used, j);
+    }
+  }
   const AttentionGeometry g{q.typed_data(), kp, vp, bias_n ? bias.typed_data() : nullptr,
-                            out->typed_data(), b, h, s, skv, d, dv, bias_n == skv ? 1 : b, bshd != 0,
-                            keys_t != 0, scale};
-  const int64_t units = b * h, work = units * s * skv * (d + dv);
+                            out->typed_data(), b, h, s, used, d, dv, bias_n == skv ? 1 : b, bshd != 0,
+                            keys_t != 0, scale, skv};
+  const int64_t units = b * h, work = units * s * used * (d + dv);
   const int64_t workers = Workers(pool, work);
   auto heads = ActiveIsa() == 1 ? AttentionHeadsAvx2 : AttentionHeads;
   if (workers <= 1 || units < 2) {

@@ -391,6 +391,35 @@ def test_f32_attention_reads_a_layer_of_stacked_buffers(rng, b, h, s, skv, d, dv
 
 
 @needs_attention
+@pytest.mark.parametrize("layout,keys_t,stacked", [("bhsd", False, False), ("bshd", False, False),
+                                                   ("bhsd", True, False), ("bhsd", False, True)])  # fmt: skip
+def test_f32_attention_does_not_read_keys_past_the_last_unmasked_one(rng, layout, keys_t, stacked):
+    """A decoding cache's slots past the position (-inf in every bias row) are not read: NaN there
+    changes nothing, and the result is float64's attention of the slots before them. Rows of a
+    per-batch bias that see fewer keys keep their own mask."""
+    b, h, s, skv, d, n_layers, layer = 2, 3, 3, 300, 16, 2, 1
+    shape = (lambda n: (b, n, h, d)) if layout == "bshd" else (lambda n: (b, h, n, d))
+    q = rng.standard_normal(shape(s)).astype(np.float32)
+    k = rng.standard_normal((n_layers, *shape(skv))).astype(np.float32)
+    v = rng.standard_normal((n_layers, *shape(skv))).astype(np.float32)
+    bias = np.zeros((b, skv), np.float32)
+    bias[0, 41:] = -np.inf  # batch 0 sees 41 keys, batch 1 sees 70
+    bias[1, 70:] = -np.inf
+    k_read, v_read = k.copy(), v.copy()
+    (k_read if layout == "bhsd" else k_read.swapaxes(2, 3))[:, :, :, 70:] = np.nan
+    (v_read if layout == "bhsd" else v_read.swapaxes(2, 3))[:, :, :, 70:] = np.nan
+    ref = _attention_f64(q, k[layer], v[layer], bias, 1 / np.sqrt(d), layout)
+    for isa in _vector_isas():
+        if stacked:
+            y = native.f32_attention(q, k_read, v_read, bias, layer=layer)
+        elif keys_t:
+            y = native.f32_attention(q, k_read[layer].swapaxes(2, 3), v_read[layer], bias, keys_transposed=True)
+        else:
+            y = native.f32_attention(q, k_read[layer], v_read[layer], bias, None, layout)
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=2e-6, err_msg=isa)
+
+
+@needs_attention
 def test_f32_attention_rejects_a_layer_out_of_range_or_unstacked_buffers():
     q = jnp.ones((1, 2, 1, 8), jnp.float32)
     k = jnp.ones((3, 1, 2, 5, 8), jnp.float32)
