@@ -751,7 +751,9 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
 
     One query position (a decoding step) in f32 on an AVX2 or AVX-512 CPU runs in native code, which
     reads the layer's slots where they lie (no copy of them) and takes grouped heads as rows of their
-    key head. ``layer`` and ``offset`` may be traced int32 scalars
+    key head. Prompt chunks (and other dtypes) take :func:`sdpa` over the first 512, 1024, ... slots
+    that hold their positions, so a large cache costs what its filled slots cost. ``layer`` and
+    ``offset`` may be traced int32 scalars
     (:meth:`candlejax.nn.StackedKvCache.attend` is the usual caller). PyTorch:
     ``F.scaled_dot_product_attention(q, k_stack[layer], v_stack[layer], attn_mask=causal_from_offset,
     enable_gqa=True)``."""
@@ -789,7 +791,32 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
         return wrap(y.reshape((b, 1, hq, dv) if layout == "bshd" else (b, hq, 1, dv)))
     k_all = lax.dynamic_index_in_dim(ks, layer_i, 0, keepdims=False)
     v_all = lax.dynamic_index_in_dim(vs, layer_i, 0, keepdims=False)
-    return sdpa(qa, k_all, v_all, do_causal=True, offset=off, window=w, scale=sc, layout=layout, kv_layout="bhsd")
+    sizes = _slot_buckets(ks.shape[3], s)
+
+    def first_slots(n: int) -> Any:  # the slots past offset + s are masked for every query: leave them out
+        return as_array(sdpa(qa, k_all[:, :, :n], v_all[:, :, :n], do_causal=True, offset=off, window=w, scale=sc,
+                             layout=layout, kv_layout="bhsd"))  # fmt: skip
+
+    if len(sizes) == 1:
+        return wrap(first_slots(sizes[0]))
+    need = off + s
+    if not isinstance(need, jax.core.Tracer):
+        return wrap(first_slots(next((n for n in sizes if n >= int(need)), sizes[-1])))
+    which = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes, jnp.int32), need.astype(jnp.int32)), len(sizes) - 1)
+    return wrap(lax.switch(which, [partial(first_slots, n) for n in sizes]))
+
+
+def _slot_buckets(skv: int, s: int, smallest: int = 512) -> list[int]:
+    """The key counts a cache of ``skv`` slots is attended over, for ``s`` queries: the powers of two
+    from ``smallest`` below ``skv`` (those that hold ``s``), then ``skv``. The prompt chunks of a
+    generation into a large cache then cost what the slots filled so far cost, not the whole cache
+    (one program: ``lax.switch`` picks the count at run time)."""
+    sizes, n = [], smallest
+    while n < skv:
+        if n >= s:
+            sizes.append(n)
+        n *= 2
+    return [*sizes, skv]
 
 
 def _is_integer_scalar(x: Any) -> bool:

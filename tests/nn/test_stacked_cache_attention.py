@@ -108,6 +108,40 @@ def test_attend_equals_update_then_sdpa_with_gradients(rng):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pos", [3, 509, 700, 1090, 1096])  # the first 512 slots, 1024 (509 + 4 > 512), all 1100
+def test_prompt_chunks_in_a_large_cache_attend_its_first_slots_only(rng, pos):
+    """A prompt chunk in a cache of more than 512 slots attends the first 512, 1024, ... slots that
+    hold its positions (``lax.switch`` under jit, a static choice eagerly): values equal float64
+    attention over the whole layer, and gradients equal XLA's attention of the whole layer."""
+    cache = _cache(rng, layers=2, b=1, hkv=1, s=1100, d=8)
+    t = 4
+    q = rng.standard_normal((1, t, 2, 8)).astype(np.float32)
+    kv = rng.standard_normal((1, t, 1, 8)).astype(np.float32)
+    k_ref, v_ref = np.asarray(cache.k[1]).copy(), np.asarray(cache.v[1]).copy()
+    k_ref[:, :, pos : pos + t] = kv.transpose(0, 2, 1, 3)
+    v_ref[:, :, pos : pos + t] = kv.transpose(0, 2, 1, 3)
+    ref = _reference(q, k_ref, v_ref, pos, None)
+
+    def run(q, ks, vs, pos):
+        y, _ = StackedKvCache(ks, vs).attend(1, q, kv, kv, pos)
+        return unwrap(y)
+
+    for how, fn in (("eager", run), ("jit", jax.jit(run))):
+        y = fn(q, cache.k, cache.v, np.int32(pos) if how == "jit" else pos)
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=2e-6, err_msg=how)
+
+    def via_sdpa(q, ks, vs, pos):
+        k_all, v_all, _ = StackedKvCache(ks, vs).update(1, kv, kv, pos)
+        return unwrap(ops.sdpa(q, k_all, v_all, do_causal=True, offset=pos, layout="bshd", kv_layout="bhsd"))
+
+    weights = jnp.asarray(rng.standard_normal((1, t, 2, 8)), jnp.float32)
+    args = (jnp.asarray(q), cache.k, cache.v, np.int32(pos))
+    got = jax.jit(jax.grad(lambda *a: jnp.sum(run(*a) * weights), argnums=(0, 1, 2)))(*args)
+    want = jax.jit(jax.grad(lambda *a: jnp.sum(via_sdpa(*a) * weights), argnums=(0, 1, 2)))(*args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
 def test_attend_gives_zeros_to_a_query_that_sees_no_key(rng):
     """A traced position outside the cache (not checked under jit) hides every slot: zeros, as
     ``ops.sdpa``, on the native path too."""
