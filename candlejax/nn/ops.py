@@ -801,7 +801,8 @@ def stacked_layer_sdpa(q: Any, k_stack: Any, v_stack: Any, layer: Any, offset: A
         return wrap(first_slots(sizes[0]))
     need = off + s
     if not isinstance(need, jax.core.Tracer):
-        return wrap(first_slots(next((n for n in sizes if n >= int(need)), sizes[-1])))
+        n_need = int(read_to_host(need))  # a concrete offset: read once, explicitly
+        return wrap(first_slots(next((n for n in sizes if n >= n_need), sizes[-1])))
     which = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes, jnp.int32), need.astype(jnp.int32)), len(sizes) - 1)
     return wrap(lax.switch(which, [partial(first_slots, n) for n in sizes]))
 

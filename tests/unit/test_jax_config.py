@@ -90,6 +90,18 @@ def test_eager_llama_step_reads_the_device_only_explicitly(tiny, monkeypatch):
     np.testing.assert_array_equal(jax.device_get(got), jax.device_get(ref))
 
 
+def test_eager_prompt_chunk_in_a_large_cache_reads_the_device_only_explicitly(tiny, monkeypatch):
+    """A prompt chunk into a cache of more than 512 slots picks the slots it attends from the
+    position, read once, explicitly."""
+    cache = tiny.new_cache(1, 600)
+    tok, pos = jnp.asarray([[5, 6, 7, 8]], jnp.uint32), jnp.asarray(3, jnp.int32)
+    ref, _ = llama.step(tiny, cache, tok, pos)
+    with no_implicit_device_to_host(monkeypatch) as hits:
+        got, _ = llama.step(tiny, cache, tok, pos)
+    assert hits == []
+    np.testing.assert_array_equal(jax.device_get(got), jax.device_get(ref))
+
+
 def test_generate_after_the_first_token_reads_the_device_only_explicitly(tiny, monkeypatch):
     ref = list(tiny.generate([1, 2, 3], 6, eos_token_id=[]))
     it = tiny.generate([1, 2, 3], 6, eos_token_id=[])
