@@ -2,7 +2,8 @@
 gate/up and down products (Q4_1, read in place from the stacked weights) and the output head
 (Q8_0) on one activation row, in one compiled loop, through the native kernel
 (``candlejax.quantized.native.matmul``). Prints ms per token (median of ``--steps`` calls, per
-round), the weight bytes read and the rate. Nothing else of the model runs, so this is the floor
+round), the weight bytes read and the rate. Between the products only a resize and a scaling of
+the last output run (each product's input comes from the one before), so this is about the floor
 that the products set for a decode step.
 
     python bench/quantized_products.py                            # the pool's threads

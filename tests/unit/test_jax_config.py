@@ -78,23 +78,15 @@ def test_eager_decode_step_reads_the_device_only_explicitly(tiny, monkeypatch):
     assert np.array_equal(np.asarray(values[0], np.float32), values[2])
 
 
-def test_eager_llama_step_reads_the_device_only_explicitly(tiny, monkeypatch):
-    """``llama.step`` called eagerly (its bounds checks of ids, position and cache slots read the
-    values once, explicitly)."""
-    cache = tiny.new_cache(1, 16)
-    tok, pos = jnp.asarray([[5]], jnp.uint32), jnp.asarray(3, jnp.int32)
-    ref, _ = llama.step(tiny, cache, tok, pos)
-    with no_implicit_device_to_host(monkeypatch) as hits:
-        got, _ = llama.step(tiny, cache, tok, pos)
-    assert hits == []
-    np.testing.assert_array_equal(jax.device_get(got), jax.device_get(ref))
-
-
-def test_eager_prompt_chunk_in_a_large_cache_reads_the_device_only_explicitly(tiny, monkeypatch):
-    """A prompt chunk into a cache of more than 512 slots picks the slots it attends from the
-    position, read once, explicitly."""
-    cache = tiny.new_cache(1, 600)
-    tok, pos = jnp.asarray([[5, 6, 7, 8]], jnp.uint32), jnp.asarray(3, jnp.int32)
+@pytest.mark.parametrize("slots,ids", [
+    (16, [5]),  # a decoding step
+    (600, [5, 6, 7, 8]),  # a prompt chunk into a cache of more than 512 slots: its slots picked from the position
+])  # fmt: skip
+def test_eager_llama_step_reads_the_device_only_explicitly(tiny, monkeypatch, slots, ids):
+    """``llama.step`` called eagerly (its bounds checks of ids, position and cache slots, and the
+    choice of the slots a prompt chunk attends, read the values once, explicitly)."""
+    cache = tiny.new_cache(1, slots)
+    tok, pos = jnp.asarray([ids], jnp.uint32), jnp.asarray(3, jnp.int32)
     ref, _ = llama.step(tiny, cache, tok, pos)
     with no_implicit_device_to_host(monkeypatch) as hits:
         got, _ = llama.step(tiny, cache, tok, pos)
