@@ -15,7 +15,9 @@ is the ``candlejax generate`` command's order without that cache: the model's sh
 heap trimmed, then the weights loaded (its decode-compile column is both programs' compile time);
 ``candlejax-compile-first-cached`` is that order with the cache (the CLI's second run). An engine name
 containing ``one-arena`` (``candlejax-one-arena``) first calls
-:func:`candlejax.xla.limit_malloc_arenas` (one glibc heap for all threads).
+:func:`candlejax.xla.limit_malloc_arenas` (one glibc heap for all threads). ``candlejax-pipeline``
+generates through :class:`candlejax.pipelines.TextGeneration` (``from_gguf``, then ``stream`` with
+its defaults: the cache it sizes itself, EOS ids cleared so that all ``-n`` tokens come).
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -67,7 +69,7 @@ def _rss_now_mib() -> float:
 
 
 def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir: str | None = None,
-                  compile_first: bool = False, one_arena: bool = False) -> dict:  # fmt: skip
+                  compile_first: bool = False, one_arena: bool = False, pipeline: bool = False) -> dict:  # fmt: skip
     import jax
     import jax.numpy as jnp
 
@@ -105,13 +107,25 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
     load_s = time.perf_counter() - t0
     ids = model.tokenizer.encode(PROMPT)
     size = len(ids) + n + 1
-    # the user path: candlejax.generation.generate (greedy sampled on the device, donated cache)
-    gen = generate(llama.step, model, model.new_cache(1, size), ids, n, Sampling.ArgMax())
+    if pipeline:  # TextGeneration's defaults (its own cache size), every token decoded to text
+        from candlejax.pipelines import TextGeneration
+
+        tg = TextGeneration(model, model.tokenizer)
+        tg.eos_token_ids = []  # all n tokens, as the other engines
+        stream = tg.stream(ids, n, Sampling.ArgMax())
+    else:  # the user path: candlejax.generation.generate (greedy sampled on the device, donated cache)
+        gen = generate(llama.step, model, model.new_cache(1, size), ids, n, Sampling.ArgMax())
+        stream = gen
     stamps, rss = [time.perf_counter()], []
-    for i, _tok in enumerate(gen):
-        stamps.append(time.perf_counter())
-        if i in (16, n - 1):
+    for _item in stream:
+        # a text piece may hold several tokens: each gets an equal share of the time since the last
+        count = len(tg.generation.tokens) if pipeline else len(stamps)
+        t, k = time.perf_counter(), count - (len(stamps) - 1)
+        stamps += [stamps[-1] + (t - stamps[-1]) * (j + 1) / k for j in range(k)]
+        if (len(stamps) - 2 >= 16 and not rss) or len(stamps) - 1 == n:
             rss.append((stamps[-1], _rss_now_mib()))
+    if pipeline:
+        gen = tg.generation
     peak_rss = _rss_mib()
     if not compile_first:
         # decode-step compile time, measured on its own after the run (so that it does not add to the
@@ -130,7 +144,8 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
                                " (Q4_1, native kernel)" if native.available() else " (Q4_1, blocked XLA)")
         + (", programs from the compilation cache" if cache_dir else "")
         + (", compiled before loading" if compile_first else "")
-        + (", one malloc arena" if one_arena else ""),
+        + (", one malloc arena" if one_arena else "")
+        + (", through TextGeneration" if pipeline else ""),
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": peak_rss, "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
@@ -210,7 +225,7 @@ def _child(args: argparse.Namespace) -> None:
     if args.child.startswith("candlejax"):
         cache = os.environ["BENCH_XLA_CACHE"] if args.child.endswith("-cached") else None
         res = run_candlejax(args.n, args.dequantize, args.layers, cache, compile_first="compile-first" in args.child,
-                            one_arena="one-arena" in args.child)  # fmt: skip
+                            one_arena="one-arena" in args.child, pipeline="pipeline" in args.child)  # fmt: skip
     elif args.child == "transformers":
         res = run_transformers(args.n)
     else:

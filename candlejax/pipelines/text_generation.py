@@ -9,7 +9,9 @@ provides: ``TextGeneration``, ``sampling_from``
     tg.generation.finish_reason            # "eos", "length" or "cache_full"
 
 A chat keeps its history in the cache: :meth:`TextGeneration.chat_turn` continues the cache of the
-previous turn (``start_pos``), prefilling only the new messages.
+previous turn (``start_pos``), prefilling only the new messages. The cache holds what a call needs
+(its positions rounded up to a power of two, at least 256 slots) and grows, by doubling, up to
+``max_seq_len`` as a conversation does (Candle's KV caches grow by concatenation).
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from jax import lax
 
 from candlejax import errors
 from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, compile_generation, generate
 from candlejax.tensor import unwrap
 
-__all__ = ["TextGeneration", "processor_from", "sampling_from"]
+__all__ = ["MIN_CACHE_SLOTS", "TextGeneration", "processor_from", "sampling_from"]
+
+#: the smallest KV cache :class:`TextGeneration` makes (slots; fewer if ``max_seq_len`` is smaller)
+MIN_CACHE_SLOTS = 256
 
 
 def sampling_from(temperature: float | None, top_k: int | None = None, top_p: float | None = None) -> Any:
@@ -45,7 +52,9 @@ def sampling_from(temperature: float | None, top_k: int | None = None, top_p: fl
 class TextGeneration:
     """``model`` (a :class:`~candlejax.models.llama.Llama` or GGUF ``ModelWeights``), ``tokenizer``
     (:class:`candlejax.tokenizer.Tokenizer`), ``eos_token_ids``; ``cache`` and ``pos`` are the KV
-    cache and its length after the last call (``None`` / 0 before the first)."""
+    cache and its length after the last call (``None`` / 0 before the first). ``max_seq_len``
+    (default: the model's ``max_position_embeddings``) caps the positions a conversation holds; the
+    cache itself is sized for each call (:meth:`cache_slots`) and grows up to that cap."""
 
     def __init__(self, model: Any, tokenizer: Any, eos_token_ids: Sequence[int] | None = None,
                  max_seq_len: int | None = None):  # fmt: skip
@@ -138,6 +147,23 @@ class TextGeneration:
         self.messages = []
         self._chat_held = None
 
+    def cache_slots(self, positions: int) -> int:
+        """The slots of a cache that holds ``positions``: the next power of two, at least
+        ``MIN_CACHE_SLOTS``, at most ``max_seq_len``. Each size compiles its own programs, so sizes
+        double rather than follow every call."""
+        return min(max(MIN_CACHE_SLOTS, 1 << max(int(positions) - 1, 0).bit_length()), self.max_seq_len)
+
+    def _cache_for(self, cache: Any, positions: int) -> Any:
+        """``cache`` (``None``: a new one), grown with its slots kept to hold ``positions`` (up to
+        ``max_seq_len``)."""
+        slots = self.cache_slots(positions)
+        if cache is None:
+            return self.model.new_cache(1, slots)
+        if cache.max_seq_len >= slots:
+            return cache
+        grown = self.model.new_cache(1, slots)  # placed as the model's caches are (a mesh: heads split)
+        return _copy_prefix(grown, cache)
+
     def compile(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                 repeat_last_n: int = 64) -> list[Any]:  # fmt: skip
         """Compile, without running, the programs :meth:`stream` runs for a new conversation with
@@ -147,7 +173,7 @@ class TextGeneration:
 
         if len(ids) > self.max_seq_len:
             raise errors.Msg(f"the prompt ({len(ids)} tokens) does not fit the cache of {self.max_seq_len} positions")
-        cache = self.model.new_cache(1, self.max_seq_len)
+        cache = self.model.new_cache(1, self.cache_slots(len(ids) + int(max_new_tokens)))
         return compile_generation(llama.step, self.model, cache, ids, max_new_tokens, processor,
                                   self.eos_token_ids or None, repeat_penalty=repeat_penalty,
                                   repeat_last_n=repeat_last_n, prefill_buckets=self.prefill_buckets)  # fmt: skip
@@ -185,8 +211,7 @@ class TextGeneration:
                 f" {self.max_seq_len} positions; shorten it, reset() the conversation or raise max_seq_len"
             )
         self.model.check_positions(pos, len(ids))
-        if cache is None:
-            cache = self.model.new_cache(1, self.max_seq_len)
+        cache = self._cache_for(cache, pos + len(ids) + max_new_tokens)
         from candlejax.models import llama
 
         gen = generate(llama.step, self.model, cache, ids, max_new_tokens, processor, self.eos_token_ids or None,
@@ -250,6 +275,12 @@ class TextGeneration:
                 end = tok.decode([gen.last_token], skip_special_tokens=False) if gen.finish_reason == "eos" else ""
                 self.messages = [*msgs, {"role": "assistant", "content": reply}]
                 self._chat_held = (gen, full + reply + end)
+
+
+@jax.jit(donate_argnums=0)
+def _copy_prefix(grown: Any, cache: Any) -> Any:
+    """``grown`` with ``cache``'s slots written over its first ones (the slot axis is 3)."""
+    return jax.tree.map(lambda big, small: lax.dynamic_update_slice_in_dim(big, small, 0, axis=3), grown, cache)
 
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:

@@ -112,6 +112,27 @@ def test_smollm2_stateful_forward_and_generate_method(smol):
     assert list(tp.generate(ids, 6)) == list(ref.generate(ids, 6))
 
 
+def test_smollm2_text_generation_cache_grows_on_its_shards(smol, monkeypatch):
+    """A conversation that outgrows the pipeline's cache: the grown cache keeps its slots and stays
+    split on the key/value heads, and the replies equal one device's."""
+    from candlejax.pipelines import TextGeneration, text_generation
+
+    monkeypatch.setattr(text_generation, "MIN_CACHE_SLOTS", 16)
+    ref, tp = smol
+    replies = []
+    for model in (ref, tp):
+        tg = TextGeneration(model, model.tokenizer)
+        first = "".join(tg.stream(tg.encode(PROMPT), 6, Sampling.ArgMax()))
+        slots = tg.cache.max_seq_len
+        second = "".join(tg.stream(tg.encode(" Its population is"), 12, Sampling.ArgMax(), continue_cache=True))
+        assert tg.cache.max_seq_len == 2 * slots == 32, (slots, tg.cache.max_seq_len)
+        replies.append((first, second, tg.generation.tokens))
+        if model is tp:
+            fresh = tp.new_cache(1, 32).k.sharding  # P(None, None, "model", None, None)
+            assert tg.cache.k.sharding.is_equivalent_to(fresh, 5) and len(tg.cache.k.sharding.device_set) == 3
+    assert replies[0] == replies[1] and len(replies[0][2]) >= 8, replies  # 11 tokens, then EOS
+
+
 def test_smollm2_mesh_that_does_not_divide_the_heads():
     with pytest.raises(ShardingError, match=r"9 attention heads of blk\.\*\.attn_q\.weight over mesh axis 'model' of"
                                             r" size 2 .*one of \[1, 3, 9\]"):  # fmt: skip

@@ -116,6 +116,31 @@ def test_chat_turns_continue_the_cache_like_transformers(ours, hf):
     assert second.tokens == (ref[: ref.index(2)] if 2 in ref else ref)  # 2: <|im_end|>, the EOS (not yielded)
 
 
+def test_text_generation_cache_grows_with_the_chat_like_transformers(ours, hf, monkeypatch):
+    """The pipeline's cache holds what a call needs (not ``max_position_embeddings``: 8192 slots,
+    377 MB for this model) and doubles, keeping its slots, when a turn needs more; the replies
+    equal transformers' greedy ones on the whole history."""
+    from candlejax.pipelines import TextGeneration, text_generation
+
+    monkeypatch.setattr(text_generation, "MIN_CACHE_SLOTS", 32)  # small sizes, so that the chat grows
+    tg = TextGeneration(ours, ours.tokenizer)
+    assert tg.max_seq_len == 8192
+    "".join(tg.chat_turn("What is 2 + 2?", NEW, Sampling.ArgMax()))
+    first = tg.generation
+    ids1 = [int(t) for t in np.asarray(first.prompt[0])]
+    assert tg.cache.max_seq_len == tg.cache_slots(len(ids1) + NEW) == 64
+    ref1 = _hf_greedy(hf, ids1, NEW)
+    assert first.tokens == (ref1[: ref1.index(2)] if 2 in ref1 else ref1)
+    before = [*tg.history, *first.continuation()]
+    "".join(tg.chat_turn("And 3 + 3?", 40, Sampling.ArgMax()))
+    second = tg.generation
+    assert tg.cache.max_seq_len == 128  # 64 -> 128 slots: the turn needs more than 64 positions
+    new_ids = [int(t) for t in np.asarray(second.prompt[0])]
+    ref = _hf_greedy(hf, [*before, *new_ids[len(first.continuation()) :]], 40)
+    assert len(second.tokens) > 0
+    assert second.tokens == (ref[: ref.index(2)] if 2 in ref else ref)  # 2: <|im_end|>, the EOS (not yielded)
+
+
 def test_text_generation_checks_its_arguments(ours, tmp_path):
     from candlejax import errors
     from candlejax.pipelines import TextGeneration
@@ -123,7 +148,10 @@ def test_text_generation_checks_its_arguments(ours, tmp_path):
     for msl in (0, -1):  # 0 meant "the model's default" (falsy)
         with pytest.raises(errors.InvalidArgument, match=rf"max_seq_len must be a positive int .*got {msl}"):
             TextGeneration(ours, ours.tokenizer, max_seq_len=msl)
+    tg = TextGeneration(ours, ours.tokenizer)  # caches sized by powers of two, 256 to max_position_embeddings
+    assert [tg.cache_slots(n) for n in (1, 256, 257, 5000, 9000)] == [256, 256, 512, 8192, 8192]
     tg = TextGeneration(ours, ours.tokenizer, max_seq_len=64)
+    assert [tg.cache_slots(n) for n in (1, 64)] == [64, 64]
     with pytest.raises(errors.InvalidArgument, match="encode takes a str prompt, got 123"):
         tg.encode(123)
     with pytest.raises(errors.InvalidArgument, match="max_new_tokens must be an int >= 0, got -1"):
