@@ -4,8 +4,9 @@ Each engine runs in its own process (so peak RSS is its own): batch 1, greedy, a
 ``-n`` new tokens (default 128, no early stop at EOS). Reported per engine: load seconds, time to
 first token (prefill, including candlejax's compilation of the prompt step), decode-step compile
 seconds (candlejax), decode tokens/s (median over the decode steps), peak RSS (MiB) and, for
-candlejax, the RSS growth during decoding (MiB/min, from token 16 to the last) and the RSS of the
-bare runtime (jax imported, one op run) before the model is loaded. candlejax runs the user path,
+candlejax, the RSS growth during decoding (MiB/min, from token 16 to the last), the RSS at the last
+token (what the process keeps) and the RSS of the bare runtime (jax imported, one op run) before
+the model is loaded. candlejax runs the user path,
 ``candlejax.generation.generate`` (greedy on the device, donated cache). ``candlejax-cached`` is
 the same with the on-disk cache of compiled programs the ``candlejax`` command line uses
 (:func:`candlejax.xla.enable_compilation_cache`): one untimed process fills a fresh cache first, so
@@ -149,6 +150,7 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         "load_s": load_s, "ttft_s": ttft, "compile_s": compile_s,
         "decode_tok_s": 1.0 / statistics.median(times), "decode_tok_s_mean": len(times) / sum(times),
         "peak_rss_mib": peak_rss, "base_rss_mib": base_rss, "rss_growth_mib_per_min": growth,
+        "end_rss_mib": rss[-1][1] if rss else float("nan"),
         "text": model.tokenizer.decode(gen.tokens)[:80], "tokens": [int(t) for t in gen.tokens],
         "file_mib": os.path.getsize(_gguf_path()) / 2**20,
     }  # fmt: skip
@@ -340,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             above = ", ".join(f"{r['peak_rss_mib'] - r['base_rss_mib']:.1f}" for r in cj)
             bare = ", ".join(f"{r['base_rss_mib']:.0f}" for r in cj)
             print(f"{name} peak RSS - bare runtime, MiB: {above}; bare runtime, MiB: {bare}")
+            end = ", ".join(f"{r.get('end_rss_mib', float('nan')) - r['base_rss_mib']:.1f}" for r in cj)
+            print(f"{name} RSS at the last token - bare runtime, MiB: {end}")
     plain = next((r["tokens"] for r in runs.get("candlejax", []) if "tokens" in r), None)
     cached = next((r["tokens"] for r in runs.get("candlejax-cached", []) if "tokens" in r), None)
     if plain and cached:

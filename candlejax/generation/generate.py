@@ -145,14 +145,17 @@ class DecodeFns:
                 fn, donate_argnums=donate_argnums
             )
 
+        def program(fn: Any, donate_argnums: tuple[int, ...]) -> StepProgram:
+            return StepProgram(jit(fn, donate_argnums), lambda: jit(_fresh(fn), donate_argnums))
+
         donate_fused = (1, 6) if donate else ()
         donate_plain = (1,) if donate else ()
-        self.fused = StepProgram(jit(fused, donate_fused))
-        self.logits = StepProgram(jit(plain, donate_plain))
+        self.fused = program(fused, donate_fused)
+        self.logits = program(plain, donate_plain)
         #: the same, for a prompt padded to a bucketed length: an extra traced ``length`` (the number
         #: of real tokens) after ``pos``; only built for a ``step_fn`` that takes ``last=``
-        self.fused_padded = StepProgram(jit(fused_core, (1, 7) if donate else ()))
-        self.logits_padded = StepProgram(jit(plain_core, donate_plain))
+        self.fused_padded = program(fused_core, (1, 7) if donate else ())
+        self.logits_padded = program(plain_core, donate_plain)
 
     @property
     def step_fn(self) -> Any:
@@ -166,32 +169,60 @@ def _weak_step(step_fn: Any) -> Callable[[], Any]:
     return weakref.WeakMethod(step_fn) if isinstance(step_fn, types.MethodType) else weakref.ref(step_fn)
 
 
+def _fresh(fn: Any) -> Any:
+    """A new function object that calls ``fn``: JAX's tracing, lowering and compilation caches are
+    keyed (weakly) on the function, so what is traced through it is freed with it."""
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        return fn(*args)
+
+    return call
+
+
+def _jit_only(args: Any) -> bool:
+    """Whether a call must go through ``jax.jit`` itself: inside a trace, or with ``jax.disable_jit``
+    or NaN / Inf checking on (which compiled-ahead programs do not take part in)."""
+    cfg = jax.config
+    if cfg.jax_disable_jit or cfg.jax_debug_nans or cfg.jax_debug_infs:
+        return True
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
+
+
 class StepProgram:
-    """A jitted generation step that first runs the programs compiled ahead for it
-    (:meth:`Generation.compile`) and falls back to ``jax.jit`` when none takes the arguments.
+    """A generation step that runs the programs compiled for it, compiling one when none takes the
+    arguments.
 
     A compiled program checks its arguments' structure, shapes, dtypes and placement before it
-    runs (nothing is donated when they differ), so a mismatch just tries the next one. Once a
-    generation's programs are held here, JAX's tracing and lowering caches can be cleared
-    (``jax.clear_caches()``: ~5 MiB on SmolLM2) without anything being traced or compiled again.
+    runs (nothing is donated when they differ), so a mismatch just tries the next one. Programs come
+    from :meth:`Generation.compile` (compiled ahead) or, given ``fresh`` (a factory of the same
+    ``jax.jit`` over a new function object), from the first call with new shapes: the step is
+    lowered and compiled through ``fresh()`` and kept here in its compact form
+    (:func:`candlejax.xla.compile_compact`), so JAX's caches do not hold a second copy of the
+    program, its lowering and its trace (~10 MiB for SmolLM2's two programs) once the call returns.
+    Calls inside a trace or under ``jax.disable_jit`` / ``jax_debug_nans`` / ``jax_debug_infs``, and a
+    ``StepProgram`` without ``fresh``, go through ``jitted`` (``jax.jit``'s own caches).
     """
 
-    #: programs kept per step (a chat may compile a few cache sizes); the oldest is dropped
-    MAX_PROGRAMS = 4
+    #: programs kept per step (prompt lengths, cache sizes); the least recently used is dropped
+    MAX_PROGRAMS = 16
 
-    def __init__(self, jitted: Any) -> None:
+    def __init__(self, jitted: Any, fresh: Callable[[], Any] | None = None) -> None:
         self.jitted = jitted
+        self.fresh = fresh
         self.compiled: list[Any] = []
+        self._compiling = threading.Lock()
 
     def lower(self, *args: Any) -> Any:
-        """``jax.jit(step).lower(*args)``: the step lowered for these arguments."""
-        return self.jitted.lower(*args)
+        """``jax.jit(step).lower(*args)``: the step lowered for these arguments (through ``fresh()``
+        when given, so nothing of it stays in JAX's caches once the result is dropped)."""
+        return (self.fresh() if self.fresh is not None else self.jitted).lower(*args)
 
     def add(self, program: Any) -> None:
         """Keep a compiled ``program`` first, dropping the oldest beyond ``MAX_PROGRAMS``."""
         self.compiled = [program, *self.compiled][: self.MAX_PROGRAMS]
 
-    def __call__(self, *args: Any) -> Any:
+    def _run_compiled(self, args: tuple[Any, ...]) -> tuple[bool, Any]:
         programs = self.compiled  # replaced, never changed in place: safe to call from several threads
         for i, program in enumerate(programs):
             try:
@@ -203,9 +234,25 @@ class StepProgram:
             loaded = program.load() if isinstance(program, SerializedProgram) else program
             if i or loaded is not program:
                 self.compiled = [loaded, *(p for p in programs if p is not program)]
+            return True, out
+        return False, None
+
+    def __call__(self, *args: Any) -> Any:
+        ran, out = self._run_compiled(args)
+        if ran:
             return out
         try:
-            return self.jitted(*args)
+            if self.fresh is None or _jit_only(args):
+                return self.jitted(*args)
+            with self._compiling:  # one compile per new shape, however many threads call
+                ran, out = self._run_compiled(args)
+                if ran:
+                    return out
+                # loaded at its first run below, once the lowering (and with it the program JAX
+                # compiled, which its caches hold while the lowering lives) is gone
+                program = compile_compact(self.lower(*args), load_on_first_use=True)
+                self.add(program)
+            return program(*args)
         except (ValueError, RuntimeError) as e:
             if "deleted or donated" in str(e) or "has been deleted" in str(e):
                 raise errors.DeletedBuffer("generate", _DONATED) from None

@@ -1004,6 +1004,33 @@ def test_programs_compiled_ahead_serve_generate_after_the_caches_are_cleared():
     assert len(sp.compiled) == StepProgram.MAX_PROGRAMS
 
 
+def test_generate_keeps_its_programs_out_of_jaxs_caches():
+    """A generation compiles each new step through a throwaway ``jax.jit`` and keeps the program in
+    its ``StepProgram`` (compact form): the step's own jit never compiles (JAX's caches hold no
+    second copy of the programs, their lowerings or traces), and a second generation with the same
+    shapes traces and compiles nothing."""
+    from candlejax.generation import decode_fns
+
+    params, fresh, step, traces = make_model(7)
+    prompt = [4, 2, 7]
+    want = host_loop(step, params, fresh(), prompt, 6, lambda r: int(np.argmax(r)))
+    traces.clear()
+    assert list(generate(step, params, fresh(), prompt, 6)) == want
+    assert traces == [(1, 3), (1, 1)]  # the prompt's step, then one decode step for all later tokens
+    fns = decode_fns(step, Sampling.ArgMax(), False)
+    assert len(fns.fused.compiled) == 2
+    assert fns.fused.jitted._cache_size() == 0  # the jit the step would otherwise run never compiled
+    traces.clear()
+    assert list(generate(step, params, fresh(), prompt, 6)) == want
+    assert traces == []
+    with jax.disable_jit():  # no compiled program takes part: the step runs op by op, as jax.jit's would
+        traces.clear()
+        assert list(generate(step, params, fresh(), [1, 2, 3, 4], 3)) == host_loop(
+            step, params, fresh(), [1, 2, 3, 4], 3, lambda r: int(np.argmax(r))
+        )
+    assert traces and len(fns.fused.compiled) == 2
+
+
 @pytest.mark.skipif(not native.sampling_available(), reason="native sampling kernels not built")
 def test_native_softmax_is_candles_bit_for_bit():
     import candle
