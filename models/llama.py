@@ -405,7 +405,7 @@ class Llama(Module):
         """The held cache, grown (or a new one) to hold ``need`` positions for ``b`` sequences."""
         c = st.cache
         if c is None or c.batch != b or c.max_seq_len < need:
-            size = min(max(256, 1 << (need - 1).bit_length()), self.max_position_embeddings)
+            size = Cache.slots_for(need, self.max_position_embeddings)
             if c is not None and c.batch == b and index_pos > 0:
                 c = c.grow(size)
             else:

@@ -17,6 +17,7 @@ narrowed views (eager only).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -715,6 +716,17 @@ class ConcatKvCache(Module):
         return ConcatKvCache(self.dim)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _grown_buffers(k: Any, v: Any, slots: int, keep: int) -> tuple[Any, Any]:
+    """:meth:`StackedKvCache.grow`'s buffers: ``slots`` slots, the first ``keep`` of ``k`` / ``v``."""
+
+    def one(a: Any) -> Any:
+        out = jnp.zeros((*a.shape[:3], slots, a.shape[4]), a.dtype)
+        return lax.dynamic_update_slice_in_dim(out, a[:, :, :, :keep], 0, axis=3)
+
+    return one(k), one(v)
+
+
 class StackedKvCache(Module):
     """Every layer's keys and values in two preallocated buffers ``k``/``v`` of shape ``(layers, B,
     Hkv, max_seq_len, head_dim)`` (raw arrays: the pytree leaves a jitted step donates).
@@ -840,9 +852,20 @@ class StackedKvCache(Module):
                 )  # fmt: skip
 
     def grow(self, max_seq_len: int, keep: int | None = None) -> StackedKvCache:
-        """A cache of ``max_seq_len`` slots holding this one's first ``keep`` (default: all) slots."""
-        n = min(self.max_seq_len, int(max_seq_len)) if keep is None else int(keep)
-        shape = (*self.k.shape[:3], int(max_seq_len), self.k.shape[4])
-        k = jnp.zeros(shape, self.k.dtype).at[:, :, :, :n].set(self.k[:, :, :, :n])
-        v = jnp.zeros(shape, self.v.dtype).at[:, :, :, :n].set(self.v[:, :, :, :n])
-        return type(self)(k, v)
+        """A cache of ``max_seq_len`` slots holding this one's first ``keep`` (default: all that
+        fit) slots, zero after them; one program, and the buffers keep this cache's placement (on
+        a mesh, their heads stay split)."""
+        slots = int_arg(max_seq_len, "StackedKvCache.grow", "max_seq_len")
+        fit = min(self.max_seq_len, slots)
+        n = fit if keep is None else int_arg(keep, "StackedKvCache.grow", "keep")
+        if not 0 <= n <= fit:
+            raise errors.Msg(f"StackedKvCache.grow: keep={n} slots, but {fit} fit (the cache holds"
+                             f" {self.max_seq_len}, the new one {slots})")  # fmt: skip
+        return type(self)(*_grown_buffers(self.k, self.v, slots, n))
+
+    @staticmethod
+    def slots_for(positions: int, limit: int, smallest: int = 256) -> int:
+        """The slots of a cache sized for ``positions``: the next power of two, at least
+        ``smallest``, at most ``limit``. A cache that grows by these sizes compiles its steps
+        for a few sizes only (each size is a program)."""
+        return min(max(int(smallest), 1 << max(int(positions) - 1, 0).bit_length()), int(limit))

@@ -20,9 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import jax
 import numpy as np
-from jax import lax
 
 from candlejax import errors
 from candlejax.generation import LogitsProcessor, Sampling, TokenOutputStream, compile_generation, generate
@@ -151,7 +149,9 @@ class TextGeneration:
         """The slots of a cache that holds ``positions``: the next power of two, at least
         ``MIN_CACHE_SLOTS``, at most ``max_seq_len``. Each size compiles its own programs, so sizes
         double rather than follow every call."""
-        return min(max(MIN_CACHE_SLOTS, 1 << max(int(positions) - 1, 0).bit_length()), self.max_seq_len)
+        from candlejax.nn import StackedKvCache
+
+        return StackedKvCache.slots_for(positions, self.max_seq_len, MIN_CACHE_SLOTS)
 
     def _cache_for(self, cache: Any, positions: int) -> Any:
         """``cache`` (``None``: a new one), grown with its slots kept to hold ``positions`` (up to
@@ -161,8 +161,7 @@ class TextGeneration:
             return self.model.new_cache(1, slots)
         if cache.max_seq_len >= slots:
             return cache
-        grown = self.model.new_cache(1, slots)  # placed as the model's caches are (a mesh: heads split)
-        return _copy_prefix(grown, cache)
+        return cache.grow(slots)  # its slots kept, placed as it is (a mesh: heads split)
 
     def compile(self, ids: Sequence[int], max_new_tokens: int, processor: Any = None, *, repeat_penalty: float = 1.0,
                 repeat_last_n: int = 64) -> list[Any]:  # fmt: skip
@@ -275,12 +274,6 @@ class TextGeneration:
                 end = tok.decode([gen.last_token], skip_special_tokens=False) if gen.finish_reason == "eos" else ""
                 self.messages = [*msgs, {"role": "assistant", "content": reply}]
                 self._chat_held = (gen, full + reply + end)
-
-
-@jax.jit(donate_argnums=0)
-def _copy_prefix(grown: Any, cache: Any) -> Any:
-    """``grown`` with ``cache``'s slots written over its first ones (the slot axis is 3)."""
-    return jax.tree.map(lambda big, small: lax.dynamic_update_slice_in_dim(big, small, 0, axis=3), grown, cache)
 
 
 def _check_stream_args(tg: TextGeneration, ids: Any, max_new_tokens: Any) -> list[int]:

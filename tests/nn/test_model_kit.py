@@ -143,6 +143,14 @@ def test_stacked_cache_decode_equals_full_attention():
     assert not np.asarray(cache.k[0]).any()  # layer 0 untouched
     grown = cache.grow(32)
     assert grown.max_seq_len == 32 and np.array_equal(np.asarray(grown.k[:, :, :, :16]), np.asarray(cache.k))
+    assert not np.asarray(grown.v[:, :, :, 16:]).any()  # the new slots are zero
+    np.testing.assert_array_equal(np.asarray(cache.grow(8).v), np.asarray(cache.v[:, :, :, :8]))
+    kept = cache.grow(32, keep=4)
+    assert np.array_equal(np.asarray(kept.k[:, :, :, :4]), np.asarray(cache.k[:, :, :, :4]))
+    assert not np.asarray(kept.k[:, :, :, 4:]).any()
+    with pytest.raises(errors.Error, match=r"grow: keep=20 slots, but 16 fit"):
+        cache.grow(32, keep=20)
+    assert [nn.StackedKvCache.slots_for(p, 4096) for p in (1, 256, 257, 3000, 9000)] == [256, 256, 512, 4096, 4096]
     assert cache.fits(15, 1) and not cache.fits(15, 2)
     (ka, _), c = nn.ConcatKvCache.new(2).append(k[:, :3].transpose(0, 2, 1, 3), v[:, :3].transpose(0, 2, 1, 3))
     (ka, _), c = c.append(k[:, 3:].transpose(0, 2, 1, 3), v[:, 3:].transpose(0, 2, 1, 3))
