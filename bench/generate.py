@@ -119,9 +119,9 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         stream = gen
     stamps, rss = [time.perf_counter()], []
     for _item in stream:
-        # a text piece may hold several tokens: each gets an equal share of the time since the last
-        count = len(tg.generation.tokens) if pipeline else len(stamps)
-        t, k = time.perf_counter(), count - (len(stamps) - 1)
+        # a text piece may hold several tokens (or none): each gets an equal share of the time since the last
+        t = time.perf_counter()
+        k = len(tg.generation.tokens) - (len(stamps) - 1) if pipeline else 1
         stamps += [stamps[-1] + (t - stamps[-1]) * (j + 1) / k for j in range(k)]
         if (len(stamps) - 2 >= 16 and not rss) or len(stamps) - 1 == n:
             rss.append((stamps[-1], _rss_now_mib()))
