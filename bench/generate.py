@@ -17,8 +17,10 @@ heap trimmed, then the weights loaded (its decode-compile column is both program
 ``candlejax-compile-first-cached`` is that order with the cache (the CLI's second run). An engine name
 containing ``one-arena`` (``candlejax-one-arena``) first calls
 :func:`candlejax.xla.limit_malloc_arenas` (one glibc heap for all threads). ``candlejax-pipeline``
-generates through :class:`candlejax.pipelines.TextGeneration` (``from_gguf``, then ``stream`` with
-its defaults: the cache it sizes itself, EOS ids cleared so that all ``-n`` tokens come).
+generates through :class:`candlejax.pipelines.TextGeneration` (``TextGeneration.from_gguf``, which
+compiles the greedy programs before it loads the weights, then ``stream`` with its defaults: the
+cache it sizes itself, EOS ids cleared so that all ``-n`` tokens come; its load column includes
+that compile).
 
     python bench/generate.py                 # all engines, markdown table on stdout
     python bench/generate.py --engines candlejax --dequantize f32
@@ -103,15 +105,20 @@ def run_candlejax(n: int, dequantize: str | None, layers: str | None, cache_dir:
         load_programs(programs, clear_caches=True)  # as `candlejax generate`: JAX's caches go, programs stay
         del programs
     t0 = time.perf_counter()
-    model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize, layers=layers,
-                                                   tokenizer=tokenizer)  # fmt: skip
+    if pipeline:  # TextGeneration's loader: the greedy programs compiled on the file's shapes, then the weights
+        from candlejax.pipelines import TextGeneration
+
+        if dequantize or layers:
+            raise SystemExit("the candlejax-pipeline engine loads the GGUF as TextGeneration.from_gguf does")
+        tg = TextGeneration.from_gguf(_gguf_path(), Device.Cpu)
+        model = tg.model
+    else:
+        model = quantized_llama.ModelWeights.from_gguf(_gguf_path(), Device.Cpu, dequantize=dequantize,
+                                                       layers=layers, tokenizer=tokenizer)  # fmt: skip
     load_s = time.perf_counter() - t0
     ids = model.tokenizer.encode(PROMPT)
     size = len(ids) + n + 1
     if pipeline:  # TextGeneration's defaults (its own cache size), every token decoded to text
-        from candlejax.pipelines import TextGeneration
-
-        tg = TextGeneration(model, model.tokenizer)
         tg.eos_token_ids = []  # all n tokens, as the other engines
         stream = tg.stream(ids, n, Sampling.ArgMax())
     else:  # the user path: candlejax.generation.generate (greedy sampled on the device, donated cache)

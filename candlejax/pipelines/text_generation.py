@@ -17,6 +17,7 @@ previous turn (``start_pos``), prefilling only the new messages. The cache holds
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -87,8 +88,20 @@ class TextGeneration:
 
     @staticmethod
     def from_gguf(path: str | os.PathLike, device: Any = None, tokenizer: str | None = None, mesh: Any = None,
-                  abstract: bool = False, **kw: Any) -> TextGeneration:  # fmt: skip
-        """``abstract=True``: the model's weights are ``jax.ShapeDtypeStruct`` placeholders
+                  abstract: bool = False, precompile: bool = True, **kw: Any) -> TextGeneration:  # fmt: skip
+        """A GGUF model (``quantized_llama.ModelWeights.from_gguf``) and its tokenizer (the file's, or
+        ``tokenizer``: a ``tokenizer.json``); ``kw`` go to :class:`TextGeneration`.
+
+        ``precompile`` (the default, on one device): before reading the weights, compile on the
+        file's shapes the two programs of a greedy call (``processor`` ``None`` or
+        ``Sampling.ArgMax()``, no repeat penalty) on a new cache of up to ``MIN_CACHE_SLOTS``
+        positions, as ``candlejax generate`` does. Every such call whose prompt is not a whole
+        number of 32-token chunks runs them. The compiler's transient memory is then spent and
+        handed back before the weights take theirs (SmolLM2-135M: the peak resident memory of a
+        128-token generation ~10 MiB lower), and the first call compiles nothing; loading takes the
+        compile time instead. Other calls compile their own programs when first met.
+        ``precompile=False``: nothing is compiled before a call needs it.
+        ``abstract=True``: the model's weights are ``jax.ShapeDtypeStruct`` placeholders
         (``ModelWeights.from_gguf(..., abstract=True)``): :meth:`compile`, then set ``model`` to the
         loaded one, keeps the compiler's transient memory out of the process's peak."""
         from candlejax.models import quantized_llama
@@ -99,9 +112,19 @@ class TextGeneration:
                 f"TextGeneration.from_gguf: path must be a str or os.PathLike naming a .gguf file, got {path!r}"
             )
         errors.check_file(path, "TextGeneration.from_gguf", "pass the .gguf file inside it")
-        # mesh: tensor-parallel
-        model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh, abstract=abstract)
-        return TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
+        compile_first = bool(precompile) and not abstract and mesh is None  # mesh: tensor-parallel, loaded as is
+        model = quantized_llama.ModelWeights.from_gguf(path, device, mesh=mesh, abstract=abstract or compile_first)
+        tg = TextGeneration(model, load_tokenizer(tokenizer) if tokenizer else model.tokenizer, **kw)
+        if compile_first:
+            _compile_greedy(tg)
+            try:
+                built = model.tokenizer  # the file's, built once
+            except errors.Msg:  # the file holds none the loader builds (a tokenizer= was given)
+                built = None
+            with warnings.catch_warnings():  # the shapes' load has already warned about this file
+                warnings.simplefilter("ignore")
+                tg.model = quantized_llama.ModelWeights.from_gguf(path, device, tokenizer=built)
+        return tg
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: Any = None, tokenizer: str | None = None,
@@ -328,3 +351,18 @@ def processor_from(seed: int, temperature: float | None, top_k: int | None = Non
                    top_p: float | None = None) -> LogitsProcessor:  # fmt: skip
     """A seeded :class:`LogitsProcessor` for :func:`sampling_from`'s choice."""
     return LogitsProcessor.from_sampling(seed, sampling_from(temperature, top_k, top_p))
+
+
+def _compile_greedy(tg: TextGeneration) -> None:
+    """Compile and load the programs of a greedy call on a new cache of ``cache_slots(3)`` slots
+    (the prompt in padded 32-token chunks) for ``tg``'s abstract model, then hand the compiler's
+    garbage back (the tracing's reference cycles collected, ``malloc_trim``)."""
+    import gc
+
+    from candlejax.xla import load_programs, trim_heap
+
+    programs = tg.compile([0], 2)  # a one-token prompt: one padded chunk; 2 new tokens: the decode step too
+    load_programs(programs)
+    del programs
+    gc.collect()
+    trim_heap()

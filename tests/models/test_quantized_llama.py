@@ -238,6 +238,43 @@ def test_programs_compiled_on_the_abstract_model_serve_the_loaded_one(ours, jax_
     assert got == list(generate(llama.step, ours, ours.new_cache(1, 96), ids, 6, Sampling.ArgMax(), **kw))
 
 
+def test_text_generation_from_gguf_compiles_its_greedy_programs_before_the_weights(ours, jax_compiles, monkeypatch):
+    """``TextGeneration.from_gguf`` compiles a greedy call's two programs on the file's shapes, then
+    loads the weights: greedy calls within 256 positions (prompts of one or several 32-token chunks)
+    compile nothing and give ``generate``'s tokens; ``precompile=False`` compiles nothing at load."""
+    from candlejax.pipelines import TextGeneration
+
+    path = os.path.join(DIR, NAME)
+    loads: list[tuple[bool, int]] = []  # (abstract, programs compiled before this load)
+    load = quantized_llama.ModelWeights.from_gguf
+
+    def spy(*args, **kw):
+        loads.append((bool(kw.get("abstract")), len([c for c in jax_compiles if "fused" in c])))
+        return load(*args, **kw)
+
+    monkeypatch.setattr(quantized_llama.ModelWeights, "from_gguf", staticmethod(spy))
+    jax_compiles.clear()
+    tg = TextGeneration.from_gguf(path, Device.Cpu)
+    assert len([c for c in jax_compiles if "fused" in c]) == 2  # the prefill chunk and the decode step
+    assert loads == [(True, 0), (False, 2)]  # the shapes, the two programs, then the weights
+    assert tg.model.tokenizer is tg.tokenizer  # built once
+    assert not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(tg.model))
+    tg.eos_token_ids = []  # every new token, as generate without an EOS
+    for prompt, n in ((PROMPTS[0], NEW), (PROMPTS[1] * 9, 4)):  # one prefill chunk; several
+        ids = tg.encode(prompt)
+        assert len(ids) % 32 and len(ids) + n <= 256
+        jax_compiles.clear()
+        "".join(tg.stream(ids, n))
+        assert jax_compiles == []
+        want = list(generate(llama.step, ours, ours.new_cache(1, len(ids) + n), ids, n, Sampling.ArgMax()))
+        assert tg.generation.tokens == want
+    loads.clear()
+    jax_compiles.clear()
+    lazy = TextGeneration.from_gguf(path, Device.Cpu, precompile=False)
+    assert loads == [(False, 0)] and not [c for c in jax_compiles if "fused" in c]
+    assert lazy.model.tokenizer is lazy.tokenizer
+
+
 def test_abstract_load_of_an_unrolled_model_and_a_host_processor(tmp_path, jax_compiles):
     """The unrolled layer loop (a float GGUF) and a host-side processor (the plain-logits programs)."""
     _write_qwen2_gguf(tmp_path / "q.gguf")
