@@ -6,10 +6,11 @@ compares it with the eager one) and rebuilding a ``jax.jit`` object's C++ fast p
 cache-miss handler, which hosts the eager shape buckets (without it a small Python gate does the same;
 see docs/performance.md); an explicit device-to-host read of one array without ``jax.device_get``'s
 pytree walk (:func:`read_to_host`, ~2 µs instead of ~18 per read, in the per-token paths); and for
-one error message: naming the fix when a Tensor reaches JAX where
-it needs an array value (:func:`name_non_array`). The imports run inside ``try``: with a JAX whose
-internals moved, :data:`AVAILABLE` is False and every function here answers through public JAX (or
-``None``), so results stay the same. ``CANDLEJAX_JAX_PRIVATE=0`` forces that path.
+one error message: naming the fix when a Tensor reaches JAX where it needs an array value
+(:func:`name_non_array`); and emptying JAX's caches of traced and lowered computations while its
+jitted functions keep their compiled programs (:func:`drop_tracing_caches`). The imports run inside
+``try``: with a JAX whose internals moved, :data:`AVAILABLE` is False and every function here
+answers through public JAX (or ``None``), so results stay the same. ``CANDLEJAX_JAX_PRIVATE=0`` forces that path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ try:
     from jax._src import core as _core
     from jax._src import pjit as _pjit
     from jax._src import tree_util as _tu
+    from jax._src import util as _util
     from jax._src.config import explicit_device_get_scope as _explicit_device_get_scope
     from jax._src.interpreters import pxla as _pxla
     from jax._src.lib import _jax
@@ -137,3 +139,19 @@ def read_to_host(x: Any) -> Any:
         return jax.device_get(x)
     with _explicit_device_get_scope():
         return np.asarray(x)
+
+
+def drop_tracing_caches() -> bool:
+    """Empty JAX's caches of traced, lowered and compiled computations that ``jax.clear_caches()``
+    empties besides the jitted functions' own C++ caches: every jitted function that has run keeps
+    its compiled program and runs it without tracing again, while a new trace traces the
+    ``jax.numpy`` functions it calls afresh. After a large program is compiled these caches hold
+    ~3 MiB of its tracing (SmolLM2's generation programs). Returns False, having done nothing, where
+    :data:`AVAILABLE` is False or this JAX version's internals differ."""
+    if not AVAILABLE:
+        return False
+    try:
+        _util.clear_all_caches()
+    except Exception:  # another JAX version
+        return False
+    return True

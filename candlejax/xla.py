@@ -4,8 +4,8 @@ and glibc heap tuning for serving (``tune_malloc``, ``trim_heap``).
 
 requires: jax
 provides: ``SizeJit``, ``OptionsJit``, ``XLA_CONVOLUTION_OPTIONS``, ``GENERATION_OPTIONS``,
-``enable_compilation_cache``, ``compile_compact``, ``SerializedProgram``, ``load_programs``, ``tune_malloc``,
-``trim_heap``
+``enable_compilation_cache``, ``compile_compact``, ``SerializedProgram``, ``load_programs``,
+``drop_tracing_caches``, ``tune_malloc``, ``trim_heap``
 
 jax 0.10's XLA:CPU hands dots, with the LayerNorm and GELU work around them, to YNNPACK fusions:
 best for a few hundred tokens (MiniLM 1x16: ~2x faster than without). For large inputs it depends
@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 
+from candlejax import _jax_private
 from candlejax._config import env_off
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "XLA_CONVOLUTION_OPTIONS",
     "compilation_cache_dir",
     "compile_compact",
+    "drop_tracing_caches",
     "enable_compilation_cache",
     "large_input_options",
     "load_programs",
@@ -357,6 +359,15 @@ def load_programs(programs: Iterable[Any], *, clear_caches: bool = False) -> lis
         gc.collect()
         trim_heap()
     return [p.load() if isinstance(p, SerializedProgram) else p for p in programs]
+
+
+def drop_tracing_caches() -> bool:
+    """Empty JAX's caches of traced, lowered and compiled computations, keeping what its jitted
+    functions run: the part of ``jax.clear_caches()`` that does not make them trace and compile
+    again (a jitted function that has run keeps its compiled program). Loaders call it once their
+    programs are compiled: after SmolLM2's two generation programs they hold ~3 MiB of tracing.
+    Returns False, having done nothing, on a JAX version whose internals it does not know."""
+    return _jax_private.drop_tracing_caches()
 
 
 def trim_heap() -> bool:

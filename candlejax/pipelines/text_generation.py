@@ -355,14 +355,18 @@ def processor_from(seed: int, temperature: float | None, top_k: int | None = Non
 
 def _compile_greedy(tg: TextGeneration) -> None:
     """Compile and load the programs of a greedy call on a new cache of ``cache_slots(3)`` slots
-    (the prompt in padded 32-token chunks) for ``tg``'s abstract model, then hand the compiler's
-    garbage back (the tracing's reference cycles collected, ``malloc_trim``)."""
+    (the prompt in padded 32-token chunks) for ``tg``'s abstract model, handing the compiler's
+    garbage back first: JAX's caches of the tracing (not the compiled programs of jitted
+    functions), the tracing's reference cycles, the free heap (``malloc_trim``)."""
     import gc
 
-    from candlejax.xla import load_programs, trim_heap
+    from candlejax.xla import drop_tracing_caches, load_programs, trim_heap
 
     programs = tg.compile([0], 2)  # a one-token prompt: one padded chunk; 2 new tokens: the decode step too
+    drop_tracing_caches()
+    gc.collect()
+    trim_heap()
     load_programs(programs)
     del programs
-    gc.collect()
+    gc.collect()  # what loading left
     trim_heap()

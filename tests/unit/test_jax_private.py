@@ -105,3 +105,34 @@ def test_a_process_without_jax_internals_gives_the_same_answers(tmp_path):
     assert lines[1] == "tracing error"
     with pytest.raises(errors.TracingError):
         jax.jit(lambda t: t + Tensor.randn(0.0, 1.0, (5,), Device.Cpu))(Tensor.new(np.zeros(5, np.float32)))
+
+
+def test_drop_tracing_caches_keeps_what_jitted_functions_run(jax_compiles, monkeypatch):
+    """``candlejax.xla.drop_tracing_caches`` empties JAX's tracing caches (a function traced inside a
+    new trace is traced again) while a jitted function that has run neither traces nor compiles again."""
+    from candlejax import xla
+
+    traced: list[str] = []
+
+    @jax.jit
+    def inner(x):
+        traced.append("inner")
+        return jnp.sin(x) * 3
+
+    @jax.jit
+    def outer(x):
+        traced.append("outer")
+        return inner(x) + 1
+
+    x = jnp.arange(4.0)
+    want_inner, want_outer = np.asarray(inner(x)), np.asarray(outer(x))
+    assert traced == ["inner", "outer"]  # inner's trace is cached, and reused inside outer's
+    assert xla.drop_tracing_caches() is True
+    jax_compiles.clear()
+    np.testing.assert_array_equal(inner(x), want_inner)
+    np.testing.assert_array_equal(outer(x), want_outer)
+    assert jax_compiles == [] and traced == ["inner", "outer"]  # both still run their programs
+    jax.jit(lambda a: inner(a) * 2)(x)  # a new trace calling inner: its cached trace was dropped
+    assert traced == ["inner", "outer", "inner"]
+    monkeypatch.setattr(_jax_private, "AVAILABLE", False)
+    assert xla.drop_tracing_caches() is False
