@@ -127,6 +127,8 @@ def test_drop_tracing_caches_keeps_what_jitted_functions_run(jax_compiles, monke
     x = jnp.arange(4.0)
     want_inner, want_outer = np.asarray(inner(x)), np.asarray(outer(x))
     assert traced == ["inner", "outer"]  # inner's trace is cached, and reused inside outer's
+    if not _jax_private.AVAILABLE:
+        pytest.skip("CANDLEJAX_JAX_PRIVATE=0: drop_tracing_caches does nothing")
     assert xla.drop_tracing_caches() is True
     jax_compiles.clear()
     np.testing.assert_array_equal(inner(x), want_inner)
