@@ -340,7 +340,7 @@ def compile_compact(lowered: Any, *, load_on_first_use: bool = False) -> Any:
     return program if load_on_first_use else program.load()
 
 
-def load_programs(programs: Iterable[Any], *, clear_caches: bool = False) -> list[Any]:
+def load_programs(programs: Iterable[Any], *, clear_caches: bool = False, drop_tracing: bool = False) -> list[Any]:
     """Load the :class:`SerializedProgram` among ``programs`` now (the others are returned as
     they are), e.g. those of :func:`candlejax.generation.compile_generation`.
 
@@ -352,13 +352,25 @@ def load_programs(programs: Iterable[Any], *, clear_caches: bool = False) -> lis
         programs = compile_generation(llama.step, shapes, cache_shapes, ids, 128)
         load_programs(programs, clear_caches=True)
         model = ModelWeights.from_gguf(path, tokenizer=shapes.tokenizer)
+
+    ``drop_tracing``: the same with :func:`drop_tracing_caches` instead, which leaves every jitted
+    function its compiled programs (what a library loader does: the rest of the process is not its own).
     """
     programs = list(programs)
-    if clear_caches:
-        jax.clear_caches()
-        gc.collect()
+    clear = clear_caches or drop_tracing
+    if clear:
+        if clear_caches:
+            jax.clear_caches()
+        else:
+            drop_tracing_caches()
+        gc.collect()  # the tracing's reference cycles
         trim_heap()
-    return [p.load() if isinstance(p, SerializedProgram) else p for p in programs]
+    loaded = [p.load() if isinstance(p, SerializedProgram) else p for p in programs]
+    if clear:
+        del programs
+        gc.collect()  # what loading left (each load trims the heap, not the cycles)
+        trim_heap()
+    return loaded
 
 
 def drop_tracing_caches() -> bool:

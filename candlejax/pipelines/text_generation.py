@@ -355,18 +355,9 @@ def processor_from(seed: int, temperature: float | None, top_k: int | None = Non
 
 def _compile_greedy(tg: TextGeneration) -> None:
     """Compile and load the programs of a greedy call on a new cache of ``cache_slots(3)`` slots
-    (the prompt in padded 32-token chunks) for ``tg``'s abstract model, handing the compiler's
-    garbage back first: JAX's caches of the tracing (not the compiled programs of jitted
-    functions), the tracing's reference cycles, the free heap (``malloc_trim``)."""
-    import gc
+    (the prompt in padded 32-token chunks) for ``tg``'s abstract model, the compiler's garbage
+    handed back first (:func:`candlejax.xla.load_programs` with ``drop_tracing``)."""
+    from candlejax.xla import load_programs
 
-    from candlejax.xla import drop_tracing_caches, load_programs, trim_heap
-
-    programs = tg.compile([0], 2)  # a one-token prompt: one padded chunk; 2 new tokens: the decode step too
-    drop_tracing_caches()
-    gc.collect()
-    trim_heap()
-    load_programs(programs)
-    del programs
-    gc.collect()  # what loading left
-    trim_heap()
+    # a one-token prompt: one padded chunk; 2 new tokens: the decode step too
+    load_programs(tg.compile([0], 2), drop_tracing=True)

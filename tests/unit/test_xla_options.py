@@ -219,6 +219,13 @@ def test_serialized_program_loads_on_first_use_once(monkeypatch):
     assert loads == [1, 1] and other.loaded and loaded[0] is other.load() and loaded[1] is plain
     np.testing.assert_allclose(np.asarray(other(jnp.arange(3.0), b[:3])[0]), np.arange(3.0) * 2 + np.sin(b64[:3]),
                                rtol=1e-6)  # fmt: skip
+    third = compile_compact(f.lower(jnp.arange(2.0), b[:2]), load_on_first_use=True)
+    f(jnp.arange(5.0), b[:5])  # a jitted call whose program must survive the dropped tracing caches
+    traced = f._cache_size()
+    (got,) = load_programs([third], drop_tracing=True)
+    assert loads == [1, 1, 1] and got is third.load() and f._cache_size() == traced
+    np.testing.assert_allclose(np.asarray(got(jnp.arange(2.0), b[:2])[0]), np.arange(2.0) * 2 + np.sin(b64[:2]),
+                               rtol=1e-6)  # fmt: skip
 
 
 _COMPACT_RUN = """
